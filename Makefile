@@ -1,0 +1,24 @@
+# The two commands: "make demo" runs the main job on the embedded store;
+# "make test" runs the whole test suite (what .ci/run calls).
+GO ?= go
+GOFLAGS_BUILD = -tags grpcnotrace -trimpath
+export CGO_ENABLED ?= 0
+
+.PHONY: build demo test bench fuzz vet
+
+build:
+	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
+
+demo:
+	$(GO) run $(GOFLAGS_BUILD) ./cmd/moatless demo
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l cmd internal test 2>/dev/null)" || (gofmt -l cmd internal test; echo "gofmt needed"; exit 1)
+
+# -race needs cgo; everything else is built without it.
+test: vet
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -1,0 +1,242 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/moatless/moatless/internal/config"
+)
+
+// adminFlags are the connection flags every admin command takes. Each flag
+// falls back to an environment variable, then to the default data
+// directory, in the habit of VAULT_ADDR / VAULT_TOKEN / VAULT_CACERT.
+type adminFlags struct {
+	addr       string
+	token      string
+	tokenFile  string
+	cacert     string
+	clientCert string
+	clientKey  string
+	output     string
+	getenv     func(string) string
+}
+
+func (a *adminFlags) register(fs *flag.FlagSet, e *Env) {
+	a.getenv = e.getenv
+	fs.StringVar(&a.addr, "addr", "", "server address `host:port` or https URL (env MOATLESS_ADDR; default "+config.DefaultListen+")")
+	fs.StringVar(&a.token, "token", "", "admin token (env MOATLESS_TOKEN; default: DATA_DIR/admin-token)")
+	fs.StringVar(&a.tokenFile, "token-file", "", "read the admin token from this `file`")
+	fs.StringVar(&a.cacert, "cacert", "", "PEM trust bundle to verify the server (env MOATLESS_CACERT; default: DATA_DIR/bundle.pem)")
+	fs.StringVar(&a.clientCert, "client-cert", "", "admin client certificate `file` (env MOATLESS_CLIENT_CERT), instead of a token")
+	fs.StringVar(&a.clientKey, "client-key", "", "admin client key `file` (env MOATLESS_CLIENT_KEY)")
+	fs.StringVar(&a.output, "o", "text", "output format: text or json")
+}
+
+// json reports whether -o json was asked for.
+func (a *adminFlags) json() bool { return a.output == "json" }
+
+func (a *adminFlags) validateOutput() error {
+	if a.output != "text" && a.output != "json" {
+		return fmt.Errorf("-o must be text or json, not %q", a.output)
+	}
+	return nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// adminClient talks to the server's admin API over TLS, verifying the
+// server against the trust bundle.
+type adminClient struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// client builds an adminClient from the flags. Its errors say what to set.
+func (a *adminFlags) client() (*adminClient, error) {
+	if err := a.validateOutput(); err != nil {
+		return nil, err
+	}
+	dataDir := config.DefaultDataDir(a.getenv)
+	addr := firstNonEmpty(a.addr, a.getenv("MOATLESS_ADDR"), config.DefaultListen)
+	if !strings.Contains(addr, "://") {
+		addr = "https://" + addr
+	}
+	if strings.HasPrefix(addr, "http://") {
+		return nil, fmt.Errorf("the admin API is TLS only: use an https:// address, not %q", addr)
+	}
+	addr = strings.TrimRight(addr, "/")
+
+	cacert := firstNonEmpty(a.cacert, a.getenv("MOATLESS_CACERT"), filepath.Join(dataDir, "bundle.pem"))
+	pemBytes, err := os.ReadFile(cacert)
+	if err != nil {
+		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("trust bundle %s holds no PEM certificate", cacert)
+	}
+	tlsConf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+
+	certFile := firstNonEmpty(a.clientCert, a.getenv("MOATLESS_CLIENT_CERT"))
+	keyFile := firstNonEmpty(a.clientKey, a.getenv("MOATLESS_CLIENT_KEY"))
+	token := firstNonEmpty(a.token, a.getenv("MOATLESS_TOKEN"))
+	switch {
+	case certFile != "" || keyFile != "":
+		if certFile == "" || keyFile == "" {
+			return nil, errors.New("--client-cert and --client-key go together")
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load admin client certificate: %w", err)
+		}
+		tlsConf.Certificates = []tls.Certificate{cert}
+	case token != "":
+	case a.tokenFile != "":
+		b, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read admin token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	default:
+		b, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+		if err != nil {
+			return nil, fmt.Errorf("no admin credential: set MOATLESS_TOKEN (the server wrote it to DATA_DIR/admin-token on first start) or pass --client-cert/--client-key")
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	// The server is verified by its SPIFFE trust bundle; its certificate
+	// carries the DNS names and IPs it listens on, so normal hostname
+	// verification applies.
+	tr := &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+}
+
+// apiError is a non-2xx answer from the server: {"errors": [...]}.
+type apiError struct {
+	Status int
+	Msgs   []string
+}
+
+func (e *apiError) Error() string {
+	if len(e.Msgs) == 0 {
+		return fmt.Sprintf("server answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return strings.Join(e.Msgs, "; ")
+}
+
+// do sends in (if non-nil) as JSON and decodes a 2xx answer into out (if
+// non-nil). Non-2xx answers become *apiError.
+func (c *adminClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the server at %s: %w (is \"moatless server\" running? set --addr or MOATLESS_ADDR)", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		ae := &apiError{Status: resp.StatusCode}
+		var eb struct {
+			Errors []string `json:"errors"`
+		}
+		if json.Unmarshal(raw, &eb) == nil {
+			ae.Msgs = eb.Errors
+		}
+		return ae
+	}
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// exitCode maps an error from an admin call to the documented exit codes
+// and prints it with a hint.
+func (e *Env) fail(err error) int {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		switch {
+		case ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden:
+			return e.errorf(ExitDenied, "%v (check MOATLESS_TOKEN or the admin client certificate)", err)
+		case ae.Status == http.StatusNotFound:
+			return e.errorf(ExitNotFound, "%v", err)
+		case ae.Status/100 == 4:
+			return e.errorf(ExitUsage, "%v", err)
+		}
+	}
+	return e.errorf(ExitFailure, "%v", err)
+}
+
+// printJSON writes v as indented JSON followed by a newline.
+func (e *Env) printJSON(v any) int {
+	enc := json.NewEncoder(e.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return e.errorf(ExitFailure, "write output: %v", err)
+	}
+	return ExitOK
+}
+
+// parseFlags parses args into fs, printing errors to stderr. It returns
+// false with the exit code to use when parsing failed or help was asked.
+func (e *Env) parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
+	fs.SetOutput(e.Stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK, false
+		}
+		return ExitUsage, false
+	}
+	if fs.NArg() > 0 {
+		return e.errorf(ExitUsage, "%s: unexpected argument %q", fs.Name(), fs.Arg(0)), false
+	}
+	return 0, true
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }

@@ -1,0 +1,146 @@
+// Package cli is the moatless command line: a visible table of subcommands,
+// one file per command, each with its own flag set and no global flag
+// variables. Main is what cmd/moatless calls and what tests drive.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Exit codes that scripts can rely on. They are documented in docs/cli.md.
+const (
+	ExitOK       = 0 // the command did what was asked
+	ExitFailure  = 1 // it could not: server unreachable, server error, I/O
+	ExitUsage    = 2 // bad flags or bad input; nothing was changed
+	ExitNotFound = 3 // the named object does not exist
+	ExitDenied   = 4 // the credential was missing, wrong or not allowed
+)
+
+// Env is everything a command may touch of the outside world, so tests can
+// run commands in-process with their own streams and environment.
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Getenv reads an environment variable; nil means os.Getenv.
+	Getenv func(string) string
+}
+
+func (e *Env) getenv(k string) string {
+	if e.Getenv == nil {
+		return os.Getenv(k)
+	}
+	return e.Getenv(k)
+}
+
+// errorf prints "moatless: ..." to stderr and returns code.
+func (e *Env) errorf(code int, format string, args ...any) int {
+	fmt.Fprintf(e.Stderr, "moatless: "+format+"\n", args...)
+	return code
+}
+
+// A command is one row of the table. run receives the arguments after the
+// command name and returns an exit code.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, env *Env, args []string) int
+}
+
+// commands is the subcommand table. Each run function lives in the file
+// named after its command.
+var commands = []command{
+	{"server", "run the control plane (CA, registry, policy store, token service, audit)", runServer},
+	{"agent", "run the node agent that serves the SPIFFE Workload API", runAgent},
+	{"sidecar", "run the mTLS sidecar in front of one workload", runSidecar},
+	{"jointoken", "create single-use join tokens for agents and sidecars", runJoinToken},
+	{"entry", "create, list, show and delete registration entries", runEntry},
+	{"revoke", "revoke a SPIFFE ID or a certificate serial everywhere", runRevoke},
+	{"ca", "show and rotate the certificate authority", runCA},
+	{"svid", "fetch SVIDs and bundles from a Workload API socket", runSVID},
+	{"policy", "check policies offline; apply, get, delete, roll back and watch their rollout", runPolicy},
+	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
+	{"audit", "verify and read the audit log", runAudit},
+	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
+	{"version", "print the version", runVersion},
+}
+
+// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
+var Version = "dev"
+
+// Main runs the command named by args[0] and returns its exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	env := &Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	return env.main(ctx, args)
+}
+
+func (e *Env) main(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		e.usage(e.Stderr)
+		return ExitUsage
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		e.usage(e.Stdout)
+		return ExitOK
+	case "-v", "-version", "--version":
+		args = []string{"version"}
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run(ctx, e, args[1:])
+		}
+	}
+	return e.errorf(ExitUsage, "unknown command %q; run \"moatless help\" for the list", args[0])
+}
+
+func (e *Env) usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: moatless <command> [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	width := 0
+	for _, c := range commands {
+		width = max(width, len(c.name))
+	}
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, `Run "moatless <command> -h" for a command's flags.`)
+	fmt.Fprintln(w, "Admin commands read MOATLESS_ADDR, MOATLESS_TOKEN and MOATLESS_CACERT.")
+}
+
+// subcommand dispatches to a nested table such as "entry create".
+func (e *Env) subcommand(ctx context.Context, parent string, table []command, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		w := e.Stderr
+		code := ExitUsage
+		if len(args) > 0 {
+			w, code = e.Stdout, ExitOK
+		}
+		fmt.Fprintf(w, "Usage: moatless %s <subcommand> [flags]\n\nSubcommands:\n", parent)
+		for _, c := range table {
+			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		}
+		return code
+	}
+	for _, c := range table {
+		if c.name == args[0] {
+			return c.run(ctx, e, args[1:])
+		}
+	}
+	names := make([]string, len(table))
+	for i, c := range table {
+		names[i] = c.name
+	}
+	return e.errorf(ExitUsage, "unknown subcommand %q for %q; want one of: %s", args[0], parent, strings.Join(names, ", "))
+}
+
+func runVersion(_ context.Context, e *Env, _ []string) int {
+	fmt.Fprintf(e.Stdout, "moatless %s\n", Version)
+	return ExitOK
+}

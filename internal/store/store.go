@@ -1,0 +1,295 @@
+// Package store is the server's SQL storage. The embedded default is SQLite
+// (pure Go, no cgo, one file in the data directory); PostgreSQL is how
+// several server replicas share state. Queries use $1-style placeholders,
+// which both drivers accept, and SQL that both dialects run; the few places
+// that differ ask DB.Dialect. Migrations are embedded SQL files applied in
+// order at Open.
+//
+// Domain methods (entries, join tokens, CA state, audit, policies, OAuth)
+// live in their own files; each is shaped by what the server needs.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound = errors.New("store: not found")
+	ErrConflict = errors.New("store: conflict")
+)
+
+// Dialect says which SQL engine is behind a DB.
+type Dialect int
+
+const (
+	SQLite Dialect = iota
+	Postgres
+)
+
+func (d Dialect) String() string {
+	if d == Postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// DB is an open store. It is safe for concurrent use.
+type DB struct {
+	db      *sql.DB
+	dialect Dialect
+	// Now is the clock used for timestamps the store writes itself;
+	// time.Now when nil. Tests set it.
+	Now func() time.Time
+}
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Open opens the store named by dsn and applies pending migrations.
+//
+//   - "postgres://…" or "postgresql://…": PostgreSQL through pgx.
+//   - "sqlite:PATH", "file:PATH" or a plain path: SQLite at PATH, created
+//     with mode 0600 if missing, in WAL mode with full fsync, so a crash in
+//     the middle of a write loses no committed transaction.
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	var (
+		db      *sql.DB
+		err     error
+		dialect Dialect
+	)
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		dialect = Postgres
+		db, err = sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("store: open postgres: %w", err)
+		}
+		db.SetMaxOpenConns(16)
+	default:
+		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
+		if path == "" {
+			return nil, errors.New("store: empty sqlite path")
+		}
+		if err := createPrivate(path); err != nil {
+			return nil, err
+		}
+		q := url.Values{}
+		for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
+			q.Add("_pragma", p)
+		}
+		q.Set("_txlock", "immediate")
+		db, err = sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("store: open sqlite: %w", err)
+		}
+		// One writer at a time is SQLite's model; a small pool lets
+		// readers proceed under WAL.
+		db.SetMaxOpenConns(4)
+	}
+	s := &DB{db: db, dialect: dialect}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: connect to %s: %w", dialect, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func createPrivate(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return f.Close()
+}
+
+// Close closes the database. It is safe to call more than once.
+func (s *DB) Close() error {
+	if s == nil || s.db == nil {
+		return nil
+	}
+	return s.db.Close()
+}
+
+// Dialect reports the SQL engine.
+func (s *DB) Dialect() Dialect { return s.dialect }
+
+// SQL exposes the handle for the domain files of this package and for tests.
+func (s *DB) SQL() *sql.DB { return s.db }
+
+func (s *DB) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Tx runs fn in a transaction and commits it if fn returns nil. Under
+// SQLite the transaction takes the write lock at BEGIN (IMMEDIATE), so two
+// writers never deadlock on upgrade; under PostgreSQL it runs at READ
+// COMMITTED and domain code takes row locks where it needs them.
+func (s *DB) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	return nil
+}
+
+// rewrite adapts a migration to the dialect. Migrations write {{blob}} for
+// binary columns and {{serial}} for an auto-increment integer primary key.
+func (s *DB) rewrite(q string) string {
+	blob, serial := "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"
+	if s.dialect == Postgres {
+		blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
+	}
+	return strings.NewReplacer("{{blob}}", blob, "{{serial}}", serial).Replace(q)
+}
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func loadMigrations() ([]migration, error) {
+	names, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	seen := map[int]string{}
+	for _, n := range names {
+		base := filepath.Base(n)
+		num, _, ok := strings.Cut(base, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("store: migration %s: name must be NNNN_name.sql", base)
+		}
+		if prev, dup := seen[v]; dup {
+			return nil, fmt.Errorf("store: migrations %s and %s share number %d", prev, base, v)
+		}
+		seen[v] = base
+		b, err := migrationFS.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{version: v, name: base, sql: string(b)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	return ms, nil
+}
+
+// migrate applies every embedded migration not yet recorded, each in its
+// own transaction together with its record. Under PostgreSQL an advisory
+// lock makes concurrent replicas take turns.
+func (s *DB) migrate(ctx context.Context) error {
+	ms, err := loadMigrations()
+	if err != nil {
+		return err
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer conn.Close()
+	if s.dialect == Postgres {
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock(7462817)"); err != nil {
+			return fmt.Errorf("store: migrate lock: %w", err)
+		}
+		defer conn.ExecContext(context.Background(), "SELECT pg_advisory_unlock(7462817)")
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY,
+		name TEXT NOT NULL,
+		applied_at BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	applied := map[int]bool{}
+	rows, err := conn.QueryContext(ctx, "SELECT version FROM schema_migrations")
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return err
+		}
+		applied[v] = true
+	}
+	rows.Close()
+	for _, m := range ms {
+		if applied[m.version] {
+			continue
+		}
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("store: migrate %s: %w", m.name, err)
+		}
+		for _, stmt := range splitStatements(s.rewrite(m.sql)) {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("store: migrate %s: %w", m.name, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+			m.version, m.name, s.now().Unix()); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("store: migrate %s: %w", m.name, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("store: migrate %s: %w", m.name, err)
+		}
+	}
+	return nil
+}
+
+// splitStatements splits a migration on semicolons at line ends. Migrations
+// keep to one statement per ";\n" and no semicolons inside literals.
+func splitStatements(q string) []string {
+	var out []string
+	for _, part := range strings.Split(q, ";\n") {
+		var b strings.Builder
+		for _, line := range strings.Split(part, "\n") {
+			if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "--") {
+				continue
+			}
+			b.WriteString(line)
+			b.WriteByte('\n')
+		}
+		if st := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(b.String()), ";")); st != "" {
+			out = append(out, st)
+		}
+	}
+	return out
+}

@@ -1,0 +1,239 @@
+// Package wire holds the types the control plane and the data plane
+// exchange: the agent API (attestation, SVID signing, the watch stream) and
+// the objects it carries. Both sides import it; it imports neither.
+//
+// Transport: HTTPS on the server's listener. Attestation is TLS with the
+// server verified against the trust bundle; every other agent call is
+// mutual TLS with the caller's X509-SVID. Bodies are JSON (byte slices are
+// base64, times RFC 3339). Errors are {"errors": ["..."]} with a 4xx/5xx
+// status, as in the admin API.
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Agent API paths (server side). All are POST except PathWatch (GET).
+const (
+	// PathAttest: AttestRequest → AttestResponse. TLS without a client
+	// certificate; the join token is the credential. A join token is single
+	// use and bound to one SPIFFE ID, which becomes the caller's identity.
+	PathAttest = "/v1/agent/attest"
+	// PathRenew: RenewRequest → X509SVIDResponse. mTLS with the caller's
+	// current SVID; the new SVID has the same SPIFFE ID.
+	PathRenew = "/v1/agent/renew"
+	// PathSignX509: SignX509Request → SignX509Response. mTLS. Signs SVIDs
+	// for entries whose parent is the caller.
+	PathSignX509 = "/v1/agent/x509svids"
+	// PathSignJWT: SignJWTRequest → SignJWTResponse. mTLS. Signs a JWT-SVID
+	// for an entry whose parent is the caller.
+	PathSignJWT = "/v1/agent/jwtsvid"
+	// PathWatch: GET with ?since=VERSION (0 = everything). The answer is a
+	// stream of newline-delimited JSON Update objects, flushed as they
+	// happen, each with a higher Version than the one before. The server
+	// sends a Heartbeat update at least every HeartbeatInterval so either
+	// side notices a dead stream.
+	PathWatch = "/v1/agent/watch"
+	// PathAck: Ack → 204. mTLS. Records which version the caller has
+	// applied, so the server knows who runs what.
+	PathAck = "/v1/agent/ack"
+)
+
+// HeartbeatInterval is the longest the server stays silent on a watch
+// stream. A client that hears nothing for 3× this reconnects.
+const HeartbeatInterval = 15 * time.Second
+
+// MaxBodySize bounds every request body on the agent API.
+const MaxBodySize = 1 << 20
+
+// AttestRequest is a node (agent, or a sidecar acting as its own agent)
+// proving itself with a join token. CSR is a PKCS#10 request in DER made
+// with a key generated on the node; the server takes only its public key.
+type AttestRequest struct {
+	JoinToken string `json:"join_token"`
+	CSR       []byte `json:"csr"`
+}
+
+// AttestResponse carries the node's first SVID and the trust bundle.
+type AttestResponse struct {
+	SVID   X509SVID `json:"svid"`
+	Bundle Bundle   `json:"bundle"`
+}
+
+// RenewRequest asks for a fresh SVID for the caller's own SPIFFE ID, for a
+// key generated on the node.
+type RenewRequest struct {
+	CSR []byte `json:"csr"`
+}
+
+// X509SVIDResponse answers PathRenew.
+type X509SVIDResponse struct {
+	SVID X509SVID `json:"svid"`
+}
+
+// X509SVID is a signed certificate chain, leaf first, DER encoded. The
+// private key never travels.
+type X509SVID struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	EntryID   string    `json:"entry_id,omitempty"`
+	CertChain [][]byte  `json:"cert_chain"`
+	Serial    string    `json:"serial"` // leaf serial, lower-case hex
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// SignX509Request asks for SVIDs for registration entries parented by the
+// caller. The server ignores every subject and SAN in the CSRs: the SPIFFE
+// ID and TTL come from the entry.
+type SignX509Request struct {
+	Requests []X509SVIDRequest `json:"requests"`
+}
+
+// X509SVIDRequest is one entry's CSR.
+type X509SVIDRequest struct {
+	EntryID string `json:"entry_id"`
+	CSR     []byte `json:"csr"`
+}
+
+// SignX509Response holds one SVID per request, in order.
+type SignX509Response struct {
+	SVIDs []X509SVID `json:"svids"`
+}
+
+// SignJWTRequest asks for a JWT-SVID for an entry parented by the caller.
+type SignJWTRequest struct {
+	EntryID  string   `json:"entry_id"`
+	Audience []string `json:"audience"`
+}
+
+// SignJWTResponse carries the signed token.
+type SignJWTResponse struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Bundle is a SPIFFE trust bundle: the X.509 authorities (root
+// certificates, DER) and the JWT authorities (public keys by key ID). The
+// sequence number grows with every change.
+type Bundle struct {
+	TrustDomain     string         `json:"trust_domain"`
+	X509Authorities [][]byte       `json:"x509_authorities"`
+	JWTAuthorities  []JWTAuthority `json:"jwt_authorities"`
+	RefreshHint     Duration       `json:"refresh_hint,omitempty"`
+	SequenceNumber  uint64         `json:"sequence_number"`
+}
+
+// JWTAuthority is a JWT signing public key (PKIX DER).
+type JWTAuthority struct {
+	KeyID     string    `json:"key_id"`
+	PublicKey []byte    `json:"public_key"`
+	ExpiresAt time.Time `json:"expires_at,omitempty"`
+}
+
+// Selector is a type and value a workload must show to be given an entry's
+// identity, e.g. {"unix", "uid:1000"}. Written "unix:uid:1000".
+type Selector struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+func (s Selector) String() string { return s.Type + ":" + s.Value }
+
+// Entry is a registration entry: which workloads under which parent get
+// which SPIFFE ID, for how long, and the metadata policies select on.
+type Entry struct {
+	ID        string            `json:"id"`
+	SPIFFEID  string            `json:"spiffe_id"`
+	ParentID  string            `json:"parent_id"`
+	Selectors []Selector        `json:"selectors"`
+	X509TTL   Duration          `json:"x509_ttl,omitempty"` // 0: server default (1h)
+	JWTTTL    Duration          `json:"jwt_ttl,omitempty"`  // 0: server default (5m)
+	Namespace string            `json:"namespace,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// Revision grows with every change to the entry.
+	Revision  uint64    `json:"revision"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Revocations lists what nobody may serve or accept any more. A revoked
+// SPIFFE ID stays revoked until an admin lifts it; a revoked serial is
+// dropped from the list once the certificate has expired.
+type Revocations struct {
+	SPIFFEIDs []string         `json:"spiffe_ids,omitempty"`
+	Serials   []RevokedSerial  `json:"serials,omitempty"`
+	TokenIDs  []RevokedTokenID `json:"token_ids,omitempty"` // OAuth access-token jti values
+}
+
+// RevokedSerial is a revoked certificate, by lower-case hex serial, with the
+// certificate's expiry after which the entry is useless.
+type RevokedSerial struct {
+	Serial    string    `json:"serial"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// RevokedTokenID is a revoked OAuth token by jti, kept until it expires.
+type RevokedTokenID struct {
+	JTI       string    `json:"jti"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Update is one message on the watch stream. Version is the global change
+// version it brings the receiver to. Each section is a full replacement of
+// that section and is present only when it changed since the version the
+// client named in ?since (nil means "unchanged"); the first update after
+// connecting carries every section. A receiver applies the whole update,
+// then posts an Ack with its Version.
+type Update struct {
+	Version     uint64       `json:"version"`
+	Heartbeat   bool         `json:"heartbeat,omitempty"`
+	Bundle      *Bundle      `json:"bundle,omitempty"`
+	Entries     *[]Entry     `json:"entries,omitempty"` // entries parented by the caller
+	Revocations *Revocations `json:"revocations,omitempty"`
+	Policies    *PolicySet   `json:"policies,omitempty"`
+}
+
+// PolicySet is the whole set of security policies at one policy version:
+// Istio security.istio.io documents (AuthorizationPolicy,
+// PeerAuthentication, RequestAuthentication) as JSON, exactly as applied.
+type PolicySet struct {
+	Version   uint64            `json:"version"`
+	Documents []json.RawMessage `json:"documents"`
+}
+
+// Ack reports that the caller applied everything up to Version. Component
+// says what kind of process it is ("agent", "sidecar", "gateway") and Info
+// carries per-component detail such as the policy version in force.
+type Ack struct {
+	Version       uint64 `json:"version"`
+	Component     string `json:"component"`
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
+}
+
+// Duration is a time.Duration that is a Go duration string in JSON
+// ("1h30m") and also accepts a number of seconds.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("wire: bad duration %q: %w", s, err)
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var secs int64
+	if err := json.Unmarshal(b, &secs); err != nil {
+		return fmt.Errorf("wire: duration must be a string like \"1h\" or a number of seconds")
+	}
+	*d = Duration(time.Duration(secs) * time.Second)
+	return nil
+}
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
