@@ -1,0 +1,96 @@
+package policy
+
+import (
+	"net/http"
+	"net/netip"
+
+	securityv1beta1 "istio.io/api/security/v1beta1"
+)
+
+// Protocol is what the destination port speaks, as the sidecar sees it.
+type Protocol uint8
+
+const (
+	// HTTP covers HTTP/1.1, HTTP/2 and gRPC: every field can match.
+	HTTP Protocol = iota
+	// TCP is raw TCP: HTTP-only fields never match an ALLOW rule and make
+	// a DENY rule apply (Istio's rule for HTTP fields on TCP traffic).
+	TCP
+)
+
+// Request is everything a decision may look at. The sidecar, the gateway
+// and "moatless policy check" fill it in the same way. Header names are
+// matched case-insensitively; Headers uses http.Header's canonical keys.
+type Request struct {
+	Protocol Protocol
+
+	// Source is the peer of the mTLS connection. Principal is its SPIFFE
+	// ID without the "spiffe://" scheme, as Istio writes principals
+	// ("td/ns/prod/sa/orders"), or "" for a plaintext peer.
+	Source Source
+	// RemoteIP is the original client IP (from X-Forwarded-For at the
+	// gateway); equal to Source.IP inside the mesh.
+	RemoteIP netip.Addr
+
+	Destination Destination
+	// SNI is the server name the client asked for in its TLS handshake.
+	SNI string
+
+	// HTTP only. Path is the request target as received, query included;
+	// the engine normalizes it as Istio does before matching.
+	Method  string
+	Host    string
+	Path    string
+	Headers http.Header
+
+	// Auth is the verified end-user identity from RequestAuthentication,
+	// nil when the request carries no token. Evaluate fills it in from its
+	// JWTVerifier; callers of Decide set it themselves.
+	Auth *Auth
+}
+
+// Source is the calling workload.
+type Source struct {
+	Principal string
+	IP        netip.Addr
+}
+
+// Destination is the workload the request is for.
+type Destination struct {
+	Namespace string
+	Labels    map[string]string
+	IP        netip.Addr
+	Port      int
+}
+
+// Auth is a validated request JWT, in the shape Istio's request.auth.*
+// attributes expose it.
+type Auth struct {
+	// Principal is "<iss>/<sub>".
+	Principal string
+	Audiences []string
+	// Presenter is the azp claim.
+	Presenter string
+	// Claims are all claims of the token, decoded from JSON.
+	Claims map[string]any
+
+	// Header changes RequestAuthentication asks for (outputPayloadToHeader,
+	// outputClaimToHeaders, forwardOriginalToken=false). The proxy applies
+	// them after an allow, before forwarding.
+	SetHeaders    map[string]string
+	RemoveHeaders []string
+	// RemoveQueryParams are fromParams token parameters to drop when the
+	// token is not forwarded.
+	RemoveQueryParams []string
+}
+
+// JWTVerifier validates the JWTs a request carries against the
+// RequestAuthentication rules that apply to its destination. The authn
+// package implements it; policy only declares what it needs.
+type JWTVerifier interface {
+	// Verify returns (nil, nil) when the request carries no token that any
+	// rule looks at, and a non-nil error when a token is present but
+	// invalid (the decision is then Unauthenticated: HTTP 401). It does no
+	// network I/O: key sets are fetched ahead of time.
+	Verify(rules []*securityv1beta1.JWTRule, req *Request) (*Auth, error)
+}
