@@ -94,3 +94,70 @@ type JWTVerifier interface {
 	// network I/O: key sets are fetched ahead of time.
 	Verify(rules []*securityv1beta1.JWTRule, req *Request) (*Auth, error)
 }
+
+// Outcome is what a decision says. The zero value is Deny: deny by default.
+type Outcome uint8
+
+const (
+	Deny Outcome = iota
+	Allow
+	// Unauthenticated: the request carried an invalid token (HTTP 401).
+	Unauthenticated
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Allow:
+		return "allow"
+	case Unauthenticated:
+		return "unauthenticated"
+	default:
+		return "deny"
+	}
+}
+
+// Decision is the result of evaluating one request. It always names what
+// decided it, so a deny can be explained and logged.
+type Decision struct {
+	Outcome Outcome
+	// Policy is "namespace/name" of the deciding policy, "" when no policy
+	// decided (no ALLOW policy applies: allow; ALLOW policies apply but
+	// none matched: deny).
+	Policy string
+	// Action of the deciding policy: "ALLOW", "DENY", "CUSTOM", or "".
+	Action string
+	// Rule is the index of the deciding rule in spec.rules, -1 for none.
+	Rule int
+	// Reason is a short human explanation ("no ALLOW rule matched",
+	// "matched DENY rule 0 of prod/deny-delete", "invalid token: …").
+	Reason string
+	// Audit reports that an AUDIT policy matched: the caller writes an
+	// audit record. AuditPolicy names it.
+	Audit       bool
+	AuditPolicy string
+}
+
+// MTLSMode is the PeerAuthentication mode in force for a workload port.
+type MTLSMode uint8
+
+const (
+	// ModeUnset inherits; at the top of the hierarchy it means PERMISSIVE,
+	// as in Istio.
+	ModeUnset MTLSMode = iota
+	ModeStrict
+	ModePermissive
+	ModeDisable
+)
+
+func (m MTLSMode) String() string {
+	switch m {
+	case ModeStrict:
+		return "STRICT"
+	case ModePermissive:
+		return "PERMISSIVE"
+	case ModeDisable:
+		return "DISABLE"
+	default:
+		return "UNSET"
+	}
+}
