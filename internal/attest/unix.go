@@ -1,0 +1,331 @@
+package attest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Selector type and value prefixes the unix attestor produces. They are
+// SPIRE's unix workload attestor names, so entries written for SPIRE read
+// the same here.
+const (
+	SelectorType = "unix"
+)
+
+// Defaults of UnixConfig.
+const (
+	DefaultProcRoot      = "/proc"
+	DefaultMaxBinarySize = 256 << 20
+	defaultHashCacheSize = 4096
+	maxProcFileSize      = 64 << 10
+)
+
+// UnixConfig configures the unix attestor. The zero value is ready to use.
+type UnixConfig struct {
+	// ProcRoot is where procfs is mounted. Default "/proc".
+	ProcRoot string
+	// MaxBinarySize bounds how many bytes of a caller's binary are hashed.
+	// A larger binary gets no unix:sha256 selector (so entries that
+	// require one never match it) rather than stalling the agent. Default
+	// 256 MiB.
+	MaxBinarySize int64
+	// SkipNames leaves out unix:user, unix:group and
+	// unix:supplementary_group (name look-ups read /etc/passwd and
+	// /etc/group on every call).
+	SkipNames bool
+}
+
+// Unix attests a local process from its peer credentials and /proc:
+//
+//	unix:uid:N                  effective uid at connect(2) (SO_PEERCRED)
+//	unix:gid:N                  effective gid at connect(2) (SO_PEERCRED)
+//	unix:user:NAME              name of that uid, when it has one
+//	unix:group:NAME             name of that gid, when it has one
+//	unix:supplementary_gid:N    each supplementary group (/proc/PID/status)
+//	unix:supplementary_group:NAME
+//	unix:path:/abs/path         the caller's binary (/proc/PID/exe)
+//	unix:sha256:HEX             SHA-256 of that binary
+//
+// Races: the binary is hashed through a file descriptor opened from
+// /proc/PID/exe, never by path, so swapping the file at the path does not
+// change what is hashed. The process start time is read before and after;
+// with a pidfd the process is then proven still alive, so the PID cannot
+// have been handed to another process in between. Without a pidfd (kernels
+// before 6.5) a PID reused before attestation begins is not detectable;
+// the start-time check narrows but does not close that window.
+//
+// Hashes are cached by (device, inode, size, mtime, ctime) so a busy
+// binary is hashed once. Unix is safe for concurrent use.
+type Unix struct {
+	procRoot  string
+	maxBinary int64
+	skipNames bool
+
+	mu    sync.Mutex
+	cache map[fileKey]string
+}
+
+type fileKey struct {
+	dev, ino, size  uint64
+	mtimeS, mtimeNs int64
+	ctimeS, ctimeNs int64
+}
+
+// NewUnix returns a unix attestor.
+func NewUnix(cfg UnixConfig) *Unix {
+	u := &Unix{procRoot: cfg.ProcRoot, maxBinary: cfg.MaxBinarySize, skipNames: cfg.SkipNames, cache: map[fileKey]string{}}
+	if u.procRoot == "" {
+		u.procRoot = DefaultProcRoot
+	}
+	if u.maxBinary <= 0 {
+		u.maxBinary = DefaultMaxBinarySize
+	}
+	return u
+}
+
+func sel(kind, value string) wire.Selector {
+	return wire.Selector{Type: SelectorType, Value: kind + ":" + value}
+}
+
+// Attest implements Attestor.
+func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
+	if peer.PID <= 0 {
+		return nil, ErrInvalidPeer
+	}
+	dir := filepath.Join(u.procRoot, strconv.FormatInt(int64(peer.PID), 10))
+	start1, err := readStartTime(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	sels := []wire.Selector{
+		sel("uid", strconv.FormatUint(uint64(peer.UID), 10)),
+		sel("gid", strconv.FormatUint(uint64(peer.GID), 10)),
+	}
+	if !u.skipNames {
+		if usr, err := user.LookupId(strconv.FormatUint(uint64(peer.UID), 10)); err == nil {
+			sels = append(sels, sel("user", usr.Username))
+		}
+		if g, err := user.LookupGroupId(strconv.FormatUint(uint64(peer.GID), 10)); err == nil {
+			sels = append(sels, sel("group", g.Name))
+		}
+	}
+
+	status, err := readProcFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return nil, gone(err)
+	}
+	groups, err := ParseStatusGroups(status)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
+		gs := strconv.FormatUint(uint64(g), 10)
+		sels = append(sels, sel("supplementary_gid", gs))
+		if !u.skipNames {
+			if grp, err := user.LookupGroupId(gs); err == nil {
+				sels = append(sels, sel("supplementary_group", grp.Name))
+			}
+		}
+	}
+
+	path, err := os.Readlink(filepath.Join(dir, "exe"))
+	if err != nil {
+		// Kernel threads and processes of other users we may not trace
+		// have no readable exe: no path, no hash, entries requiring them
+		// do not match.
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrProcessGone
+		}
+	} else {
+		sels = append(sels, sel("path", path))
+		if sum, ok, err := u.hashExe(ctx, filepath.Join(dir, "exe")); err != nil {
+			return nil, err
+		} else if ok {
+			sels = append(sels, sel("sha256", sum))
+		}
+	}
+
+	start2, err := readStartTime(dir)
+	if err != nil {
+		return nil, err
+	}
+	if start1 != start2 {
+		return nil, ErrProcessGone
+	}
+	if peer.PIDFD >= 0 {
+		// Signal 0 checks that the very process we were connected to is
+		// still there; while it is, its PID cannot belong to another.
+		if err := unix.PidfdSendSignal(peer.PIDFD, 0, nil, 0); err != nil {
+			return nil, ErrProcessGone
+		}
+	}
+	return sels, nil
+}
+
+func gone(err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return ErrProcessGone
+	}
+	return fmt.Errorf("attest: %w", err)
+}
+
+// hashExe hashes the binary behind /proc/PID/exe through one descriptor.
+// ok is false when the binary is larger than the limit.
+func (u *Unix) hashExe(ctx context.Context, exe string) (sum string, ok bool, err error) {
+	f, err := os.Open(exe)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return "", false, nil
+		}
+		return "", false, gone(err)
+	}
+	defer f.Close()
+	key, err := statKey(f)
+	if err != nil {
+		return "", false, fmt.Errorf("attest: stat binary: %w", err)
+	}
+	if int64(key.size) > u.maxBinary {
+		return "", false, nil
+	}
+	u.mu.Lock()
+	sum, hit := u.cache[key]
+	u.mu.Unlock()
+	if hit {
+		return sum, true, nil
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, readerCtx{ctx, io.LimitReader(f, u.maxBinary+1)})
+	if err != nil {
+		return "", false, fmt.Errorf("attest: hash binary: %w", err)
+	}
+	after, err := statKey(f)
+	if err != nil {
+		return "", false, fmt.Errorf("attest: stat binary: %w", err)
+	}
+	if after != key || n != int64(key.size) {
+		return "", false, errors.New("attest: binary changed while it was hashed")
+	}
+	sum = hex.EncodeToString(h.Sum(nil))
+	u.mu.Lock()
+	if len(u.cache) >= defaultHashCacheSize {
+		clear(u.cache)
+	}
+	u.cache[key] = sum
+	u.mu.Unlock()
+	return sum, true, nil
+}
+
+type readerCtx struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerCtx) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+func statKey(f *os.File) (fileKey, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fileKey{}, err
+	}
+	return fileKey{
+		dev: st.Dev, ino: st.Ino, size: uint64(st.Size),
+		mtimeS: st.Mtim.Sec, mtimeNs: st.Mtim.Nsec,
+		ctimeS: st.Ctim.Sec, ctimeNs: st.Ctim.Nsec,
+	}, nil
+}
+
+func readProcFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxProcFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxProcFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxProcFileSize)
+	}
+	return b, nil
+}
+
+func readStartTime(dir string) (uint64, error) {
+	b, err := readProcFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return 0, gone(err)
+	}
+	return ParseStatStartTime(b)
+}
+
+// ParseStatStartTime returns field 22 (starttime, clock ticks after boot)
+// of a /proc/PID/stat line. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted from its last ')'.
+func ParseStatStartTime(stat []byte) (uint64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || bytes.IndexByte(stat, '(') < 0 {
+		return 0, errors.New("attest: malformed /proc stat: no command name")
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	// After ')' come fields 3 (state) onwards; starttime is field 22.
+	const idx = 22 - 3
+	if len(fields) <= idx {
+		return 0, fmt.Errorf("attest: malformed /proc stat: %d fields after the command name", len(fields))
+	}
+	v, err := strconv.ParseUint(fields[idx], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("attest: malformed /proc stat start time: %w", err)
+	}
+	return v, nil
+}
+
+// maxGroups bounds the supplementary groups taken from /proc (the kernel's
+// NGROUPS_MAX is 65536; entries needing more than this are not sensible).
+const maxGroups = 1024
+
+// ParseStatusGroups returns the supplementary group IDs from the "Groups:"
+// line of /proc/PID/status. A status without that line is malformed.
+func ParseStatusGroups(status []byte) ([]uint32, error) {
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		rest, ok := bytes.CutPrefix(line, []byte("Groups:"))
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(string(rest))
+		if len(fields) > maxGroups {
+			return nil, fmt.Errorf("attest: more than %d supplementary groups", maxGroups)
+		}
+		out := make([]uint32, 0, len(fields))
+		for _, f := range fields {
+			g, err := strconv.ParseUint(f, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("attest: malformed /proc status group %q: %w", f, err)
+			}
+			out = append(out, uint32(g))
+		}
+		return out, nil
+	}
+	return nil, errors.New("attest: malformed /proc status: no Groups line")
+}

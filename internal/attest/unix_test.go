@@ -1,0 +1,294 @@
+package attest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+func selfPeer(t *testing.T) Peer {
+	t.Helper()
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		pidfd = -1
+	} else {
+		t.Cleanup(func() { unix.Close(pidfd) })
+	}
+	return Peer{PID: int32(os.Getpid()), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PIDFD: pidfd}
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func TestUnixAttestSelf(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ = filepath.EvalSymlinks(exe)
+	u := NewUnix(UnixConfig{})
+	got, err := u.Attest(context.Background(), selfPeer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []wire.Selector{
+		{Type: "unix", Value: "uid:" + strconv.Itoa(os.Geteuid())},
+		{Type: "unix", Value: "gid:" + strconv.Itoa(os.Getegid())},
+		{Type: "unix", Value: "path:" + exe},
+		{Type: "unix", Value: "sha256:" + fileSHA256(t, exe)},
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("selector %s missing from %v", w, got)
+		}
+	}
+	if os.Geteuid() == 0 && !slices.Contains(got, wire.Selector{Type: "unix", Value: "user:root"}) {
+		t.Errorf("unix:user:root missing from %v", got)
+	}
+	// A second call hits the hash cache and must agree.
+	again, err := u.Attest(context.Background(), selfPeer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, again) {
+		t.Errorf("second attestation differs:\n%v\n%v", got, again)
+	}
+}
+
+func TestUnixAttestChildBinary(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	sleep, _ = filepath.EvalSymlinks(sleep)
+	cmd := exec.Command(sleep, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	u := NewUnix(UnixConfig{SkipNames: true})
+	got, err := u.Attest(context.Background(), Peer{PID: int32(cmd.Process.Pid), UID: 1234, GID: 5678, PIDFD: pidfd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []wire.Selector{
+		{Type: "unix", Value: "uid:1234"},
+		{Type: "unix", Value: "gid:5678"},
+		{Type: "unix", Value: "path:" + sleep},
+		{Type: "unix", Value: "sha256:" + fileSHA256(t, sleep)},
+	} {
+		if !slices.Contains(got, w) {
+			t.Errorf("selector %s missing from %v", w, got)
+		}
+	}
+	for _, s := range got {
+		if s.Value[:5] == "user:" || s.Value[:6] == "group:" {
+			t.Errorf("SkipNames set but got %s", s)
+		}
+	}
+
+	// Once the process is gone the pidfd proves it, even though /proc
+	// reads could race with a new process under the same PID.
+	cmd.Process.Kill()
+	cmd.Wait()
+	_, err = u.Attest(context.Background(), Peer{PID: int32(cmd.Process.Pid), UID: 1234, GID: 5678, PIDFD: pidfd})
+	if !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("attest of exited process: err = %v, want ErrProcessGone", err)
+	}
+}
+
+func TestUnixAttestRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		peer Peer
+		want error
+	}{
+		{"zero_pid", Peer{PID: 0, PIDFD: -1}, ErrInvalidPeer},
+		{"negative_pid", Peer{PID: -5, PIDFD: -1}, ErrInvalidPeer},
+		{"no_such_process", Peer{PID: 1<<22 + 17, PIDFD: -1}, ErrProcessGone},
+	}
+	u := NewUnix(UnixConfig{})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sels, err := u.Attest(context.Background(), tt.peer)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if sels != nil {
+				t.Fatalf("selectors returned with an error: %v", sels)
+			}
+		})
+	}
+}
+
+func TestUnixAttestBinaryTooLargeHasNoHash(t *testing.T) {
+	u := NewUnix(UnixConfig{MaxBinarySize: 1024, SkipNames: true})
+	got, err := u.Attest(context.Background(), selfPeer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range got {
+		if len(s.Value) > 7 && s.Value[:7] == "sha256:" {
+			t.Fatalf("binary above the size limit was hashed: %s", s)
+		}
+	}
+}
+
+// fakeProc builds a procfs tree for one PID with the given stat and status.
+func fakeProc(t *testing.T, pid int, stat, status string) string {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, strconv.Itoa(pid))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
+	os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644)
+	return root
+}
+
+func TestUnixAttestMalformedProc(t *testing.T) {
+	good := "42 (x) S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 1 1\n"
+	tests := []struct {
+		name, stat, status string
+	}{
+		{"stat_without_command", "42 x S 1", "Groups:\n"},
+		{"stat_short", "42 (x) S 1 2 3\n", "Groups:\n"},
+		{"stat_start_not_number", "42 (x) S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 abc 1\n", "Groups:\n"},
+		{"status_without_groups", good, "Name: x\n"},
+		{"status_bad_group", good, "Groups:\t1 two 3\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := NewUnix(UnixConfig{ProcRoot: fakeProc(t, 42, tt.stat, tt.status), SkipNames: true})
+			sels, err := u.Attest(context.Background(), Peer{PID: 42, PIDFD: -1})
+			if err == nil {
+				t.Fatalf("attestation succeeded with selectors %v", sels)
+			}
+		})
+	}
+}
+
+func TestParseStatStartTime(t *testing.T) {
+	tests := []struct {
+		name string
+		stat string
+		want uint64
+		ok   bool
+	}{
+		{"plain", "1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9 1 1", 9, true},
+		{"command_with_spaces_and_parens", "7 (a) b (c) R 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 123456 1", 123456, true},
+		{"empty", "", 0, false},
+		{"no_close_paren", "1 (init S 0", 0, false},
+		{"overflow", "1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99999999999999999999999 1", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseStatStartTime([]byte(tt.stat))
+			if (err == nil) != tt.ok || got != tt.want {
+				t.Fatalf("got %d, %v; want %d, ok=%v", got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func TestParseStatusGroups(t *testing.T) {
+	tests := []struct {
+		name   string
+		status string
+		want   []uint32
+		ok     bool
+	}{
+		{"several", "Name:\tx\nGroups:\t4 24 27 \nNSpid:\t1\n", []uint32{4, 24, 27}, true},
+		{"none", "Groups:\n", []uint32{}, true},
+		{"missing", "Name:\tx\n", nil, false},
+		{"negative", "Groups:\t-1\n", nil, false},
+		{"too_big", "Groups:\t4294967296\n", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseStatusGroups([]byte(tt.status))
+			if (err == nil) != tt.ok || !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, %v; want %v, ok=%v", got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func TestMatches(t *testing.T) {
+	s := func(v string) wire.Selector { return wire.Selector{Type: "unix", Value: v} }
+	have := []wire.Selector{s("uid:1000"), s("gid:1000"), s("path:/bin/app")}
+	tests := []struct {
+		name string
+		want []wire.Selector
+		ok   bool
+	}{
+		{"subset", []wire.Selector{s("uid:1000")}, true},
+		{"all", have, true},
+		{"one_missing", []wire.Selector{s("uid:1000"), s("sha256:ab")}, false},
+		{"other_type_same_value", []wire.Selector{{Type: "k8s", Value: "uid:1000"}}, false},
+		{"empty_matches_nothing", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Matches(tt.want, have); got != tt.ok {
+				t.Fatalf("Matches = %v, want %v", got, tt.ok)
+			}
+		})
+	}
+}
+
+func FuzzParseStatStartTime(f *testing.F) {
+	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9 1 1"))
+	f.Add([]byte("7 (a) b (c) R 1"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ParseStatStartTime(b)
+	})
+}
+
+func FuzzParseStatusGroups(f *testing.F) {
+	f.Add([]byte("Groups:\t4 24 27\n"))
+	f.Add([]byte("Name:\tx\nGroups:\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		gs, err := ParseStatusGroups(b)
+		if err == nil && len(gs) > maxGroups {
+			t.Fatalf("%d groups accepted", len(gs))
+		}
+	})
+}
+
+func BenchmarkUnixAttestCached(b *testing.B) {
+	u := NewUnix(UnixConfig{SkipNames: true})
+	peer := Peer{PID: int32(os.Getpid()), UID: 0, GID: 0, PIDFD: -1}
+	if _, err := u.Attest(context.Background(), peer); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := u.Attest(context.Background(), peer); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
