@@ -1,0 +1,676 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/moatless/moatless/internal/token"
+)
+
+// OAuth is the token service's storage (token.Store) on this database.
+// Get it with DB.OAuth.
+type OAuth struct{ db *DB }
+
+// OAuth returns the token.Store of this database.
+func (s *DB) OAuth() *OAuth { return &OAuth{db: s} }
+
+var _ token.Store = (*OAuth)(nil)
+
+// kindError wraps both this package's sentinel and the token package's,
+// so callers of either can branch with errors.Is.
+type kindError struct {
+	msg  string
+	errs []error
+}
+
+func (e *kindError) Error() string   { return e.msg }
+func (e *kindError) Unwrap() []error { return e.errs }
+
+func oauthNotFound(what string) error {
+	return &kindError{"store: oauth " + what + " not found", []error{ErrNotFound, token.ErrNotFound}}
+}
+
+func oauthConflict(what string) error {
+	return &kindError{"store: oauth " + what, []error{ErrConflict, token.ErrConflict}}
+}
+
+func oauthReused(what string) error {
+	return &kindError{"store: oauth " + what + " used before", []error{ErrConflict, token.ErrReused}}
+}
+
+func oerr(op string, err error) error { return fmt.Errorf("store: oauth %s: %w", op, err) }
+
+func unix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func fromUnix(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.Unix(v, 0).UTC()
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+func jsonList(v []string) string {
+	if len(v) == 0 {
+		return "[]"
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func parseList(s string) ([]string, error) {
+	var v []string
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// rowsOne reports whether exactly one row changed.
+func rowsOne(res sql.Result) (bool, error) {
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// ---- clients
+
+func (o *OAuth) CreateClient(ctx context.Context, c *token.Client) error {
+	spec, err := json.Marshal(c.ClientSpec)
+	if err != nil {
+		return oerr("create client", err)
+	}
+	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_clients (id, name, spiffe_id, secret_hash, spec, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
+		c.ID, c.Name, nullString(c.SPIFFEID), c.SecretHash, string(spec), unix(c.CreatedAt), unix(c.UpdatedAt))
+	if err != nil {
+		return oerr("create client", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("create client", err)
+	} else if !ok {
+		return oauthConflict("client: the ID, name or SPIFFE ID is taken")
+	}
+	return nil
+}
+
+const clientCols = `id, name, secret_hash, spec, created_at, updated_at`
+
+func scanClient(row interface{ Scan(...any) error }) (*token.Client, error) {
+	var (
+		c          token.Client
+		spec       string
+		created, u int64
+	)
+	if err := row.Scan(&c.ID, &c.Name, &c.SecretHash, &spec, &created, &u); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(spec), &c.ClientSpec); err != nil {
+		return nil, fmt.Errorf("client %s: bad spec: %w", c.ID, err)
+	}
+	c.CreatedAt, c.UpdatedAt = fromUnix(created), fromUnix(u)
+	return &c, nil
+}
+
+func (o *OAuth) clientWhere(ctx context.Context, where string, arg any) (*token.Client, error) {
+	c, err := scanClient(o.db.db.QueryRowContext(ctx, "SELECT "+clientCols+" FROM oauth_clients WHERE "+where, arg))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, oauthNotFound("client")
+	}
+	if err != nil {
+		return nil, oerr("get client", err)
+	}
+	return c, nil
+}
+
+func (o *OAuth) Client(ctx context.Context, id string) (*token.Client, error) {
+	return o.clientWhere(ctx, "id = $1", id)
+}
+
+func (o *OAuth) ClientBySPIFFEID(ctx context.Context, spiffeID string) (*token.Client, error) {
+	return o.clientWhere(ctx, "spiffe_id = $1", spiffeID)
+}
+
+func (o *OAuth) Clients(ctx context.Context) ([]*token.Client, error) {
+	rows, err := o.db.db.QueryContext(ctx, "SELECT "+clientCols+" FROM oauth_clients ORDER BY name")
+	if err != nil {
+		return nil, oerr("list clients", err)
+	}
+	defer rows.Close()
+	var out []*token.Client
+	for rows.Next() {
+		c, err := scanClient(rows)
+		if err != nil {
+			return nil, oerr("list clients", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, oerr("list clients", err)
+	}
+	return out, nil
+}
+
+func (o *OAuth) SetClientSecret(ctx context.Context, id string, hash []byte, at time.Time) error {
+	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_clients SET secret_hash = $1, updated_at = $2 WHERE id = $3", hash, unix(at), id)
+	if err != nil {
+		return oerr("set client secret", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("set client secret", err)
+	} else if !ok {
+		return oauthNotFound("client")
+	}
+	return nil
+}
+
+func (o *OAuth) DeleteClient(ctx context.Context, id string) error {
+	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_clients WHERE id = $1", id)
+	if err != nil {
+		return oerr("delete client", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("delete client", err)
+	} else if !ok {
+		return oauthNotFound("client")
+	}
+	return nil
+}
+
+// ---- users
+
+func (o *OAuth) CreateUser(ctx context.Context, u *token.User) error {
+	spec, err := json.Marshal(u.UserSpec)
+	if err != nil {
+		return oerr("create user", err)
+	}
+	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_users (id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
+		u.ID, u.Name, u.PasswordHash, u.TOTPSecret, boolInt(u.TOTPEnabled), u.TOTPLastStep, string(spec), unix(u.CreatedAt), unix(u.UpdatedAt))
+	if err != nil {
+		return oerr("create user", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("create user", err)
+	} else if !ok {
+		return oauthConflict("user: the name is taken")
+	}
+	return nil
+}
+
+const userCols = `id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at`
+
+func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
+	var (
+		u          token.User
+		enabled    int
+		spec       string
+		created, m int64
+	)
+	if err := row.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TOTPSecret, &enabled, &u.TOTPLastStep, &spec, &created, &m); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(spec), &u.UserSpec); err != nil {
+		return nil, fmt.Errorf("user %s: bad spec: %w", u.ID, err)
+	}
+	u.TOTPEnabled = enabled != 0
+	u.CreatedAt, u.UpdatedAt = fromUnix(created), fromUnix(m)
+	return &u, nil
+}
+
+func (o *OAuth) userWhere(ctx context.Context, where string, arg any) (*token.User, error) {
+	u, err := scanUser(o.db.db.QueryRowContext(ctx, "SELECT "+userCols+" FROM oauth_users WHERE "+where, arg))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, oauthNotFound("user")
+	}
+	if err != nil {
+		return nil, oerr("get user", err)
+	}
+	return u, nil
+}
+
+func (o *OAuth) User(ctx context.Context, name string) (*token.User, error) {
+	return o.userWhere(ctx, "name = $1", name)
+}
+
+func (o *OAuth) UserByID(ctx context.Context, id string) (*token.User, error) {
+	return o.userWhere(ctx, "id = $1", id)
+}
+
+func (o *OAuth) Users(ctx context.Context) ([]*token.User, error) {
+	rows, err := o.db.db.QueryContext(ctx, "SELECT "+userCols+" FROM oauth_users ORDER BY name")
+	if err != nil {
+		return nil, oerr("list users", err)
+	}
+	defer rows.Close()
+	var out []*token.User
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, oerr("list users", err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, oerr("list users", err)
+	}
+	return out, nil
+}
+
+func (o *OAuth) UpdateUser(ctx context.Context, u *token.User) error {
+	spec, err := json.Marshal(u.UserSpec)
+	if err != nil {
+		return oerr("update user", err)
+	}
+	// totp_last_step is only ever raised (by UseTOTPStep) or reset to 0
+	// with a new TOTP key, never lowered to an older accepted step.
+	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_users SET password_hash = $1, totp_secret = $2, totp_enabled = $3,
+		totp_last_step = CASE WHEN $4 = 0 THEN 0 ELSE totp_last_step END, spec = $5, updated_at = $6 WHERE id = $7`,
+		u.PasswordHash, u.TOTPSecret, boolInt(u.TOTPEnabled), u.TOTPLastStep, string(spec), unix(u.UpdatedAt), u.ID)
+	if err != nil {
+		return oerr("update user", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("update user", err)
+	} else if !ok {
+		return oauthNotFound("user")
+	}
+	return nil
+}
+
+func (o *OAuth) DeleteUser(ctx context.Context, name string) error {
+	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+		var id string
+		err := tx.QueryRowContext(ctx, "SELECT id FROM oauth_users WHERE name = $1", name).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return oauthNotFound("user")
+		}
+		if err != nil {
+			return oerr("delete user", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1", id); err != nil {
+			return oerr("delete user", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_users WHERE id = $1", id); err != nil {
+			return oerr("delete user", err)
+		}
+		return nil
+	})
+}
+
+func (o *OAuth) UseTOTPStep(ctx context.Context, userID string, step int64) error {
+	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1", step, userID)
+	if err != nil {
+		return oerr("use totp step", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("use totp step", err)
+	} else if !ok {
+		return oauthConflict("totp code used before")
+	}
+	return nil
+}
+
+func (o *OAuth) SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1", userID); err != nil {
+			return oerr("set recovery codes", err)
+		}
+		for _, h := range hashes {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_recovery_codes (user_id, code_hash) VALUES ($1, $2)", userID, h); err != nil {
+				return oerr("set recovery codes", err)
+			}
+		}
+		return nil
+	})
+}
+
+func (o *OAuth) UseRecoveryCode(ctx context.Context, userID string, hash []byte) error {
+	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1 AND code_hash = $2", userID, hash)
+	if err != nil {
+		return oerr("use recovery code", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("use recovery code", err)
+	} else if !ok {
+		return oauthNotFound("recovery code")
+	}
+	return nil
+}
+
+func (o *OAuth) RecoveryCodesLeft(ctx context.Context, userID string) (int, error) {
+	var n int
+	if err := o.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_recovery_codes WHERE user_id = $1", userID).Scan(&n); err != nil {
+		return 0, oerr("count recovery codes", err)
+	}
+	return n, nil
+}
+
+// ---- signing keys
+
+func (o *OAuth) SigningKeys(ctx context.Context) ([]*token.SigningKey, error) {
+	rows, err := o.db.db.QueryContext(ctx, `SELECT kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at
+		FROM oauth_signing_keys ORDER BY activate_at, kid`)
+	if err != nil {
+		return nil, oerr("list signing keys", err)
+	}
+	defer rows.Close()
+	var out []*token.SigningKey
+	for rows.Next() {
+		var (
+			k          token.SigningKey
+			c, a, r, e int64
+		)
+		if err := rows.Scan(&k.KID, &k.Alg, &k.Sealed, &k.Public, &c, &a, &r, &e); err != nil {
+			return nil, oerr("list signing keys", err)
+		}
+		k.CreatedAt, k.ActivateAt, k.RetireAt, k.ExpireAt = fromUnix(c), fromUnix(a), fromUnix(r), fromUnix(e)
+		out = append(out, &k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, oerr("list signing keys", err)
+	}
+	return out, nil
+}
+
+func (o *OAuth) AddSigningKey(ctx context.Context, k *token.SigningKey) error {
+	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_signing_keys (kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
+		k.KID, k.Alg, k.Sealed, k.Public, unix(k.CreatedAt), unix(k.ActivateAt), unix(k.RetireAt), unix(k.ExpireAt))
+	if err != nil {
+		return oerr("add signing key", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("add signing key", err)
+	} else if !ok {
+		return oauthConflict("signing key id taken")
+	}
+	return nil
+}
+
+func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, error) {
+	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
+	if err != nil {
+		return 0, oerr("delete signing keys", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
+
+// ---- grants
+
+func (o *OAuth) AddGrant(ctx context.Context, g *token.Grant) error {
+	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_grants (id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		g.ID, g.ClientID, g.UserID, jsonList(g.Scope), unix(g.AuthTime), jsonList(g.AMR), unix(g.CreatedAt), unix(g.ExpiresAt), unix(g.RevokedAt))
+	if err != nil {
+		return oerr("add grant", err)
+	}
+	return nil
+}
+
+func (o *OAuth) Grant(ctx context.Context, id string) (*token.Grant, error) {
+	var (
+		g                 token.Grant
+		scope, amr        string
+		at, c, exp, revok int64
+	)
+	err := o.db.db.QueryRowContext(ctx, `SELECT id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at
+		FROM oauth_grants WHERE id = $1`, id).Scan(&g.ID, &g.ClientID, &g.UserID, &scope, &at, &amr, &c, &exp, &revok)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, oauthNotFound("grant")
+	}
+	if err != nil {
+		return nil, oerr("get grant", err)
+	}
+	if g.Scope, err = parseList(scope); err != nil {
+		return nil, oerr("get grant", err)
+	}
+	if g.AMR, err = parseList(amr); err != nil {
+		return nil, oerr("get grant", err)
+	}
+	g.AuthTime, g.CreatedAt, g.ExpiresAt, g.RevokedAt = fromUnix(at), fromUnix(c), fromUnix(exp), fromUnix(revok)
+	return &g, nil
+}
+
+func (o *OAuth) RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error {
+	if _, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_grant_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)", jti, grantID, unix(exp)); err != nil {
+		return oerr("record token id", err)
+	}
+	return nil
+}
+
+func (o *OAuth) RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]token.RevokedToken, error) {
+	var out []token.RevokedToken
+	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		if _, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE id = $2 AND revoked_at = 0", unix(at), grantID); err != nil {
+			return oerr("revoke grant", err)
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE oauth_refresh_tokens SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at = 0", unix(at), grantID); err != nil {
+			return oerr("revoke grant", err)
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT jti, expires_at FROM oauth_grant_tokens WHERE grant_id = $1 AND expires_at > $2", grantID, unix(at))
+		if err != nil {
+			return oerr("revoke grant", err)
+		}
+		var toks []token.RevokedToken
+		for rows.Next() {
+			var (
+				jti string
+				exp int64
+			)
+			if err := rows.Scan(&jti, &exp); err != nil {
+				rows.Close()
+				return oerr("revoke grant", err)
+			}
+			toks = append(toks, token.RevokedToken{JTI: jti, ExpiresAt: fromUnix(exp)})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return oerr("revoke grant", err)
+		}
+		for _, t := range toks {
+			res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+				t.JTI, unix(t.ExpiresAt), unix(at))
+			if err != nil {
+				return oerr("revoke grant", err)
+			}
+			if ok, _ := rowsOne(res); ok {
+				out = append(out, t)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ---- authorization codes
+
+func (o *OAuth) AddCode(ctx context.Context, c *token.AuthCode) error {
+	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_codes (code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
+		auth_time, amr, audiences, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)`,
+		c.Hash, c.GrantID, c.ClientID, c.UserID, c.RedirectURI, jsonList(c.Scope), c.Nonce, c.Challenge,
+		unix(c.AuthTime), jsonList(c.AMR), jsonList(c.RequestedAuds), unix(c.CreatedAt), unix(c.ExpiresAt))
+	if err != nil {
+		return oerr("add code", err)
+	}
+	return nil
+}
+
+func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, at time.Time) (*token.AuthCode, error) {
+	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at = 0", unix(at), hash)
+	if err != nil {
+		return nil, oerr("consume code", err)
+	}
+	fresh, err := rowsOne(res)
+	if err != nil {
+		return nil, oerr("consume code", err)
+	}
+	var (
+		c                    token.AuthCode
+		scope, amr, auds     string
+		authAt, cr, exp, use int64
+	)
+	err = o.db.db.QueryRowContext(ctx, `SELECT code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
+		auth_time, amr, audiences, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1`, hash).
+		Scan(&c.Hash, &c.GrantID, &c.ClientID, &c.UserID, &c.RedirectURI, &scope, &c.Nonce, &c.Challenge, &authAt, &amr, &auds, &cr, &exp, &use)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, oauthNotFound("code")
+	}
+	if err != nil {
+		return nil, oerr("consume code", err)
+	}
+	for _, p := range []struct {
+		s   string
+		dst *[]string
+	}{{scope, &c.Scope}, {amr, &c.AMR}, {auds, &c.RequestedAuds}} {
+		if *p.dst, err = parseList(p.s); err != nil {
+			return nil, oerr("consume code", err)
+		}
+	}
+	c.AuthTime, c.CreatedAt, c.ExpiresAt, c.UsedAt = fromUnix(authAt), fromUnix(cr), fromUnix(exp), fromUnix(use)
+	if !fresh {
+		return &c, oauthReused("authorization code")
+	}
+	return &c, nil
+}
+
+// ---- refresh tokens
+
+func (o *OAuth) AddRefreshToken(ctx context.Context, t *token.RefreshToken) error {
+	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_refresh_tokens (token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at)
+		VALUES ($1, $2, $3, $4, $5, 0, 0)`, t.Hash, t.GrantID, t.ClientID, unix(t.CreatedAt), unix(t.ExpiresAt))
+	if err != nil {
+		return oerr("add refresh token", err)
+	}
+	return nil
+}
+
+func (o *OAuth) RefreshToken(ctx context.Context, hash []byte) (*token.RefreshToken, error) {
+	var (
+		t                 token.RefreshToken
+		c, e, used, revok int64
+	)
+	err := o.db.db.QueryRowContext(ctx, `SELECT token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at
+		FROM oauth_refresh_tokens WHERE token_hash = $1`, hash).Scan(&t.Hash, &t.GrantID, &t.ClientID, &c, &e, &used, &revok)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, oauthNotFound("refresh token")
+	}
+	if err != nil {
+		return nil, oerr("get refresh token", err)
+	}
+	t.CreatedAt, t.ExpiresAt, t.UsedAt, t.RevokedAt = fromUnix(c), fromUnix(e), fromUnix(used), fromUnix(revok)
+	return &t, nil
+}
+
+func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *token.RefreshToken, at time.Time) error {
+	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE oauth_refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at = 0 AND revoked_at = 0", unix(at), oldHash)
+		if err != nil {
+			return oerr("rotate refresh token", err)
+		}
+		if ok, err := rowsOne(res); err != nil {
+			return oerr("rotate refresh token", err)
+		} else if !ok {
+			return oauthReused("refresh token")
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO oauth_refresh_tokens (token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at)
+			VALUES ($1, $2, $3, $4, $5, 0, 0)`, next.Hash, next.GrantID, next.ClientID, unix(next.CreatedAt), unix(next.ExpiresAt)); err != nil {
+			return oerr("rotate refresh token", err)
+		}
+		return nil
+	})
+}
+
+// ---- revoked access tokens and assertion replay
+
+func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error) {
+	res, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+		jti, unix(exp), unix(at))
+	if err != nil {
+		return false, oerr("revoke token id", err)
+	}
+	return rowsOne(res)
+}
+
+func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {
+	var n int
+	if err := o.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", jti).Scan(&n); err != nil {
+		return false, oerr("check revoked token id", err)
+	}
+	return n > 0, nil
+}
+
+func (o *OAuth) RevokedTokenIDs(ctx context.Context, now time.Time) ([]token.RevokedToken, error) {
+	rows, err := o.db.db.QueryContext(ctx, "SELECT jti, expires_at FROM oauth_revoked_tokens WHERE expires_at > $1 ORDER BY jti", unix(now))
+	if err != nil {
+		return nil, oerr("list revoked token ids", err)
+	}
+	defer rows.Close()
+	var out []token.RevokedToken
+	for rows.Next() {
+		var (
+			t   token.RevokedToken
+			exp int64
+		)
+		if err := rows.Scan(&t.JTI, &exp); err != nil {
+			return nil, oerr("list revoked token ids", err)
+		}
+		t.ExpiresAt = fromUnix(exp)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error {
+	res, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+		clientID, jti, unix(exp))
+	if err != nil {
+		return oerr("use assertion jti", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("use assertion jti", err)
+	} else if !ok {
+		return oauthConflict("client assertion jti used before")
+	}
+	return nil
+}
+
+func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
+	n := unix(now)
+	for _, q := range []string{
+		"DELETE FROM oauth_codes WHERE expires_at < $1",
+		"DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",
+		"DELETE FROM oauth_grant_tokens WHERE expires_at < $1",
+		"DELETE FROM oauth_grants WHERE expires_at < $1",
+		"DELETE FROM oauth_revoked_tokens WHERE expires_at < $1",
+		"DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",
+	} {
+		if _, err := o.db.db.ExecContext(ctx, q, n); err != nil {
+			return oerr("prune", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,226 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+	"github.com/moatless/moatless/internal/token"
+)
+
+func TestOAuthClients(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		c := &token.Client{ID: "c1", Name: "orders", SecretHash: []byte{1, 2, 3}, CreatedAt: now, UpdatedAt: now,
+			ClientSpec: token.ClientSpec{AuthMethod: token.AuthTLSClient, GrantTypes: []string{"client_credentials"}, SPIFFEID: "spiffe://td/ns/a/sa/orders"}}
+		if err := o.CreateClient(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		for name, dup := range map[string]*token.Client{
+			"same_id":        {ID: "c1", Name: "other"},
+			"same_name":      {ID: "c2", Name: "orders"},
+			"same_spiffe_id": {ID: "c3", Name: "x", ClientSpec: token.ClientSpec{SPIFFEID: "spiffe://td/ns/a/sa/orders"}},
+		} {
+			if err := o.CreateClient(ctx, dup); !errors.Is(err, token.ErrConflict) || !errors.Is(err, store.ErrConflict) {
+				t.Errorf("%s: got %v, want conflict", name, err)
+			}
+		}
+		got, err := o.ClientBySPIFFEID(ctx, "spiffe://td/ns/a/sa/orders")
+		if err != nil || got.ID != "c1" || got.AuthMethod != token.AuthTLSClient || !got.CreatedAt.Equal(now) {
+			t.Fatalf("by spiffe id: %+v %v", got, err)
+		}
+		if err := o.SetClientSecret(ctx, "c1", []byte{9}, now); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := o.Client(ctx, "c1"); string(got.SecretHash) != "\x09" {
+			t.Fatalf("secret hash not updated: %x", got.SecretHash)
+		}
+		if err := o.SetClientSecret(ctx, "nope", []byte{9}, now); !errors.Is(err, token.ErrNotFound) {
+			t.Fatalf("got %v", err)
+		}
+		if err := o.DeleteClient(ctx, "c1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Client(ctx, "c1"); !errors.Is(err, token.ErrNotFound) || !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("got %v", err)
+		}
+		if err := o.DeleteClient(ctx, "c1"); !errors.Is(err, token.ErrNotFound) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestOAuthUsersTOTPAndRecovery(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		u := &token.User{ID: "u1", Name: "alice", PasswordHash: "$argon2id$x", UserSpec: token.UserSpec{Roles: []string{"admin"}}}
+		if err := o.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.CreateUser(ctx, &token.User{ID: "u2", Name: "alice"}); !errors.Is(err, token.ErrConflict) {
+			t.Fatalf("got %v", err)
+		}
+		// Steps only move forward; a replay of the same or an older step
+		// is a conflict.
+		for i, tc := range []struct {
+			step int64
+			ok   bool
+		}{{100, true}, {100, false}, {99, false}, {101, true}} {
+			err := o.UseTOTPStep(ctx, "u1", tc.step)
+			if (err == nil) != tc.ok {
+				t.Fatalf("case %d step %d: got %v", i, tc.step, err)
+			}
+		}
+		// UpdateUser keeps the last step unless it resets it to 0.
+		u.TOTPEnabled, u.TOTPSecret, u.TOTPLastStep = true, []byte("sealed"), 5
+		if err := o.UpdateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := o.User(ctx, "alice")
+		if !got.TOTPEnabled || got.TOTPLastStep != 101 || got.Roles[0] != "admin" {
+			t.Fatalf("%+v", got)
+		}
+		if err := o.SetRecoveryCodes(ctx, "u1", [][]byte{{1}, {2}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.UseRecoveryCode(ctx, "u1", []byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.UseRecoveryCode(ctx, "u1", []byte{1}); !errors.Is(err, token.ErrNotFound) {
+			t.Fatalf("second use: %v", err)
+		}
+		if n, _ := o.RecoveryCodesLeft(ctx, "u1"); n != 1 {
+			t.Fatalf("left %d", n)
+		}
+		if err := o.DeleteUser(ctx, "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := o.RecoveryCodesLeft(ctx, "u1"); n != 0 {
+			t.Fatalf("recovery codes survive user: %d", n)
+		}
+	})
+}
+
+func TestOAuthCodesAndRefreshFamilies(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		g := &token.Grant{ID: "g1", ClientID: "c", UserID: "u", Scope: []string{"openid"}, AuthTime: now, AMR: []string{"pwd"}, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if err := o.AddGrant(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+		code := &token.AuthCode{Hash: []byte("h"), GrantID: "g1", ClientID: "c", UserID: "u", RedirectURI: "https://app/cb",
+			Scope: []string{"openid"}, Challenge: "ch", AuthTime: now, CreatedAt: now, ExpiresAt: now.Add(time.Minute)}
+		if err := o.AddCode(ctx, code); err != nil {
+			t.Fatal(err)
+		}
+		got, err := o.ConsumeCode(ctx, []byte("h"), now)
+		if err != nil || got.GrantID != "g1" || got.RedirectURI != "https://app/cb" || got.Scope[0] != "openid" {
+			t.Fatalf("%+v %v", got, err)
+		}
+		got, err = o.ConsumeCode(ctx, []byte("h"), now)
+		if !errors.Is(err, token.ErrReused) || got == nil || got.GrantID != "g1" {
+			t.Fatalf("reuse: %+v %v", got, err)
+		}
+		if _, err := o.ConsumeCode(ctx, []byte("unknown"), now); !errors.Is(err, token.ErrNotFound) {
+			t.Fatalf("unknown: %v", err)
+		}
+
+		if err := o.RecordTokenID(ctx, "g1", "jti-1", now.Add(10*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.RecordTokenID(ctx, "g1", "jti-old", now.Add(-time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		r1 := &token.RefreshToken{Hash: []byte("r1"), GrantID: "g1", ClientID: "c", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if err := o.AddRefreshToken(ctx, r1); err != nil {
+			t.Fatal(err)
+		}
+		// Concurrent rotations of one token: exactly one wins.
+		var wg sync.WaitGroup
+		errs := make([]error, 4)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = o.RotateRefreshToken(ctx, []byte("r1"), &token.RefreshToken{Hash: []byte{'n', byte(i)}, GrantID: "g1", ClientID: "c", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, now)
+			}()
+		}
+		wg.Wait()
+		wins := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				wins++
+			case !errors.Is(err, token.ErrReused):
+				t.Fatalf("rotation: %v", err)
+			}
+		}
+		if wins != 1 {
+			t.Fatalf("%d rotations won", wins)
+		}
+		revoked, err := o.RevokeGrant(ctx, "g1", now)
+		if err != nil || len(revoked) != 1 || revoked[0].JTI != "jti-1" {
+			t.Fatalf("revoke grant: %+v %v", revoked, err)
+		}
+		again, err := o.RevokeGrant(ctx, "g1", now)
+		if err != nil || len(again) != 0 {
+			t.Fatalf("second revoke: %+v %v", again, err)
+		}
+		if ok, _ := o.TokenIDRevoked(ctx, "jti-1"); !ok {
+			t.Fatal("jti-1 not revoked")
+		}
+		gg, _ := o.Grant(ctx, "g1")
+		if gg.RevokedAt.IsZero() {
+			t.Fatal("grant not marked revoked")
+		}
+		list, _ := o.RevokedTokenIDs(ctx, now)
+		if len(list) != 1 {
+			t.Fatalf("%+v", list)
+		}
+		if err := o.Prune(ctx, now.Add(2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if list, _ := o.RevokedTokenIDs(ctx, now); len(list) != 0 {
+			t.Fatalf("prune kept %+v", list)
+		}
+	})
+}
+
+func TestOAuthAssertionReplayAndKeys(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		if err := o.UseAssertionJTI(ctx, "c", "j", now); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.UseAssertionJTI(ctx, "c", "j", now); !errors.Is(err, token.ErrConflict) {
+			t.Fatalf("replay: %v", err)
+		}
+		if err := o.UseAssertionJTI(ctx, "other", "j", now); err != nil {
+			t.Fatalf("other client, same jti: %v", err)
+		}
+		k := &token.SigningKey{KID: "k1", Alg: "ES256", Sealed: []byte{1}, Public: []byte("{}"), CreatedAt: now, ActivateAt: now, RetireAt: now.Add(time.Hour), ExpireAt: now.Add(2 * time.Hour)}
+		if err := o.AddSigningKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.AddSigningKey(ctx, k); !errors.Is(err, token.ErrConflict) {
+			t.Fatalf("dup kid: %v", err)
+		}
+		if n, _ := o.DeleteSigningKeys(ctx, now.Add(time.Hour)); n != 0 {
+			t.Fatalf("deleted %d live keys", n)
+		}
+		if n, _ := o.DeleteSigningKeys(ctx, now.Add(3*time.Hour)); n != 1 {
+			t.Fatalf("deleted %d", n)
+		}
+	})
+}

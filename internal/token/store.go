@@ -1,0 +1,306 @@
+package token
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Sentinel errors a Store returns (wrapped) and callers branch on.
+var (
+	// ErrNotFound: the named object does not exist.
+	ErrNotFound = errors.New("token: not found")
+	// ErrConflict: the object exists already (name, ID or SPIFFE ID
+	// taken), or a single-use value (TOTP step, assertion jti) was used.
+	ErrConflict = errors.New("token: conflict")
+	// ErrReused: a single-use credential (authorization code, refresh
+	// token) was presented a second time. The store still returns the
+	// record so the caller can revoke what was issued from it.
+	ErrReused = errors.New("token: reused")
+)
+
+// Store is the persistence the token service needs. internal/store
+// implements it on SQLite and PostgreSQL (store.DB.OAuth()). Every method
+// is safe for concurrent use, including from several server replicas on
+// one PostgreSQL database: the single-use operations (ConsumeCode,
+// RotateRefreshToken, UseTOTPStep, UseRecoveryCode, UseAssertionJTI) are
+// atomic compare-and-set operations in the database, never
+// read-then-write in the caller.
+type Store interface {
+	// CreateClient stores a new client; ErrConflict when its ID, name or
+	// SPIFFE ID is taken.
+	CreateClient(ctx context.Context, c *Client) error
+	// Client returns the client with this ID, or ErrNotFound.
+	Client(ctx context.Context, id string) (*Client, error)
+	// ClientBySPIFFEID returns the client registered with this SPIFFE ID
+	// for tls_client_auth, or ErrNotFound.
+	ClientBySPIFFEID(ctx context.Context, spiffeID string) (*Client, error)
+	// Clients lists every client, ordered by name.
+	Clients(ctx context.Context) ([]*Client, error)
+	// SetClientSecret replaces a client's secret hash; ErrNotFound.
+	SetClientSecret(ctx context.Context, id string, hash []byte, at time.Time) error
+	// DeleteClient deletes a client; ErrNotFound.
+	DeleteClient(ctx context.Context, id string) error
+
+	// CreateUser stores a new user; ErrConflict when the name is taken.
+	CreateUser(ctx context.Context, u *User) error
+	// User returns the user with this name, or ErrNotFound.
+	User(ctx context.Context, name string) (*User, error)
+	// UserByID returns the user with this ID, or ErrNotFound.
+	UserByID(ctx context.Context, id string) (*User, error)
+	// Users lists every user, ordered by name.
+	Users(ctx context.Context) ([]*User, error)
+	// UpdateUser writes the user's password hash, TOTP state and spec;
+	// ErrNotFound.
+	UpdateUser(ctx context.Context, u *User) error
+	// DeleteUser deletes a user and their recovery codes; ErrNotFound.
+	DeleteUser(ctx context.Context, name string) error
+	// UseTOTPStep records that the TOTP code of time step was accepted
+	// for the user. ErrConflict when step is not greater than the last
+	// step recorded: that code (or an older one) was used already.
+	UseTOTPStep(ctx context.Context, userID string, step int64) error
+	// SetRecoveryCodes replaces the user's recovery code hashes.
+	SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error
+	// UseRecoveryCode deletes the recovery code with this hash;
+	// ErrNotFound when the user has no such (unused) code.
+	UseRecoveryCode(ctx context.Context, userID string, hash []byte) error
+	// RecoveryCodesLeft counts the user's unused recovery codes.
+	RecoveryCodesLeft(ctx context.Context, userID string) (int, error)
+
+	// SigningKeys lists every stored signing key, oldest first.
+	SigningKeys(ctx context.Context) ([]*SigningKey, error)
+	// AddSigningKey stores a new signing key; ErrConflict on a kid clash.
+	AddSigningKey(ctx context.Context, k *SigningKey) error
+	// DeleteSigningKeys deletes keys whose ExpireAt is before t.
+	DeleteSigningKeys(ctx context.Context, before time.Time) (int, error)
+
+	// AddGrant stores the grant an authorization code or refresh token
+	// family belongs to.
+	AddGrant(ctx context.Context, g *Grant) error
+	// Grant returns a grant by ID, or ErrNotFound.
+	Grant(ctx context.Context, id string) (*Grant, error)
+	// RecordTokenID remembers that an access token with this jti was
+	// issued under the grant, so revoking the grant can revoke it.
+	RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error
+	// RevokeGrant marks the grant and all its refresh tokens revoked and
+	// adds the unexpired access token IDs issued under it to the revoked
+	// list. It returns the token IDs it newly revoked (for OnRevoke).
+	// Revoking a revoked grant returns none and no error.
+	RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]RevokedToken, error)
+
+	// AddCode stores an authorization code (by hash).
+	AddCode(ctx context.Context, c *AuthCode) error
+	// ConsumeCode marks the code used and returns it. ErrNotFound for an
+	// unknown code; a code used before comes back with ErrReused.
+	// Expiry is the caller's check.
+	ConsumeCode(ctx context.Context, hash []byte, at time.Time) (*AuthCode, error)
+
+	// AddRefreshToken stores a refresh token (by hash).
+	AddRefreshToken(ctx context.Context, t *RefreshToken) error
+	// RefreshToken returns a refresh token by hash, or ErrNotFound.
+	RefreshToken(ctx context.Context, hash []byte) (*RefreshToken, error)
+	// RotateRefreshToken marks the token with oldHash used and stores
+	// next, atomically. ErrReused when the old token was used or revoked
+	// already (a concurrent rotation counts as reuse).
+	RotateRefreshToken(ctx context.Context, oldHash []byte, next *RefreshToken, at time.Time) error
+
+	// RevokeTokenID adds an access token ID to the revoked list until
+	// exp. It reports whether the ID was newly added.
+	RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error)
+	// TokenIDRevoked reports whether the ID is on the revoked list.
+	TokenIDRevoked(ctx context.Context, jti string) (bool, error)
+	// RevokedTokenIDs lists the revoked IDs that expire after now.
+	RevokedTokenIDs(ctx context.Context, now time.Time) ([]RevokedToken, error)
+
+	// UseAssertionJTI records a client assertion's jti until exp;
+	// ErrConflict when the client used it before (a replay).
+	UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error
+
+	// Prune deletes expired codes, refresh tokens, grants, token IDs and
+	// assertion jtis (everything that expired before now).
+	Prune(ctx context.Context, now time.Time) error
+}
+
+// Client authentication methods (RFC 7591 token_endpoint_auth_method).
+const (
+	AuthSecretBasic   = "client_secret_basic"
+	AuthSecretPost    = "client_secret_post"
+	AuthPrivateKeyJWT = "private_key_jwt"
+	AuthTLSClient     = "tls_client_auth"
+	// AuthNone is a public client (a browser or native app): it may use
+	// only authorization_code (PKCE is always required) and refresh_token.
+	AuthNone = "none"
+)
+
+// Grant types.
+const (
+	GrantClientCredentials = "client_credentials"
+	GrantAuthorizationCode = "authorization_code"
+	GrantRefreshToken      = "refresh_token"
+	GrantTokenExchange     = "urn:ietf:params:oauth:grant-type:token-exchange"
+)
+
+// Client is a registered OAuth client. SecretHash is SHA-256 of the
+// secret (a 256-bit random value, so a slow hash adds nothing) and is
+// empty for clients that do not use a secret.
+type Client struct {
+	ID         string    `json:"client_id"`
+	Name       string    `json:"name"`
+	SecretHash []byte    `json:"-"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	ClientSpec
+}
+
+// ClientSpec is a client's configuration: what it may ask for and what
+// its tokens carry. It is stored as JSON.
+type ClientSpec struct {
+	// AuthMethod is how the client authenticates at the token endpoint.
+	AuthMethod string `json:"token_endpoint_auth_method"`
+	// GrantTypes the client may use.
+	GrantTypes []string `json:"grant_types"`
+	// Scopes the client may ask for; a request without scope gets all.
+	Scopes []string `json:"scopes,omitempty"`
+	// Audiences the client's access tokens may be for; a request without
+	// audience/resource gets all of them (the client ID when empty).
+	Audiences []string `json:"audiences,omitempty"`
+	// RedirectURIs for authorization_code, matched exactly.
+	RedirectURIs []string `json:"redirect_uris,omitempty"`
+	// JWKS holds the public keys of a private_key_jwt client.
+	JWKS json.RawMessage `json:"jwks,omitempty"`
+	// SPIFFEID of a tls_client_auth client: the verified URI SAN of its
+	// TLS client certificate must equal it (RFC 8705 §2.1.2 in SPIFFE
+	// terms).
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// ExchangeAudiences are the audiences this client may obtain by token
+	// exchange (RFC 8693). Empty: none. "*" is not accepted: which
+	// service may exchange for which audience is explicit policy.
+	ExchangeAudiences []string `json:"exchange_audiences,omitempty"`
+	// Roles, Permissions and Tenant go into client_credentials tokens.
+	Roles       []string `json:"roles,omitempty"`
+	Permissions []string `json:"permissions,omitempty"`
+	Tenant      string   `json:"tenant,omitempty"`
+	// AccessTokenTTL overrides the service default (≤ 15 min).
+	AccessTokenTTL Duration `json:"access_token_ttl,omitempty"`
+}
+
+// AllowsGrant reports whether the client may use grant type g.
+func (c *ClientSpec) AllowsGrant(g string) bool { return contains(c.GrantTypes, g) }
+
+// User is an end user who logs in on the login page.
+type User struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	PasswordHash string `json:"-"` // PHC-encoded argon2id
+	// TOTPSecret is the TOTP key sealed with the KEK; nil when none.
+	TOTPSecret []byte `json:"-"`
+	// TOTPEnabled is set once enrolment was confirmed with a valid code.
+	TOTPEnabled bool `json:"mfa_enabled"`
+	// TOTPLastStep is the last accepted time step (replay protection).
+	TOTPLastStep int64     `json:"-"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	UserSpec
+}
+
+// UserSpec is what an admin configures on a user. It is stored as JSON.
+type UserSpec struct {
+	Email       string   `json:"email,omitempty"`
+	Roles       []string `json:"roles,omitempty"`
+	Permissions []string `json:"permissions,omitempty"`
+	Tenant      string   `json:"tenant,omitempty"`
+	// RequireMFA makes the login page enrol the user in TOTP at their next
+	// login if they have none, and refuse logins without a second factor.
+	RequireMFA bool `json:"require_mfa,omitempty"`
+}
+
+// SigningKey is a token signing key. The private key (PKCS#8) is sealed
+// with the KEK; Public is the public JWK as JSON.
+type SigningKey struct {
+	KID        string
+	Alg        string
+	Sealed     []byte
+	Public     []byte
+	CreatedAt  time.Time
+	ActivateAt time.Time // signs from here (published before it)
+	RetireAt   time.Time // stops signing here
+	ExpireAt   time.Time // leaves the JWKS here: after its last token expired
+}
+
+// Grant is one user's consent to one client, from which an authorization
+// code, and then a family of refresh and access tokens, descend.
+type Grant struct {
+	ID        string
+	ClientID  string
+	UserID    string
+	Scope     []string
+	AuthTime  time.Time
+	AMR       []string
+	CreatedAt time.Time
+	ExpiresAt time.Time // absolute end of the refresh token family
+	RevokedAt time.Time // zero while valid
+}
+
+// AuthCode is an issued authorization code, stored by hash.
+type AuthCode struct {
+	Hash          []byte
+	GrantID       string
+	ClientID      string
+	UserID        string
+	RedirectURI   string
+	Scope         []string
+	Nonce         string
+	Challenge     string // PKCE S256 code_challenge
+	AuthTime      time.Time
+	AMR           []string
+	CreatedAt     time.Time
+	ExpiresAt     time.Time
+	UsedAt        time.Time
+	RequestedAuds []string // audience the client asked for; empty: default
+}
+
+// RefreshToken is an issued refresh token, stored by hash.
+type RefreshToken struct {
+	Hash      []byte
+	GrantID   string
+	ClientID  string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	UsedAt    time.Time // set when rotated
+	RevokedAt time.Time
+}
+
+// RevokedToken is a revoked access token ID with its expiry, after which
+// the entry is useless.
+type RevokedToken struct {
+	JTI       string    `json:"jti"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Duration is a time.Duration that is a Go duration string in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return errors.New("token: duration must be a string like \"10m\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("token: bad duration " + s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func contains(list []string, v string) bool {
+	for _, s := range list {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
