@@ -1,0 +1,508 @@
+// Package workload serves the SPIFFE Workload API (gRPC over a unix socket)
+// from the agent's cache, with go-spiffe's generated types, as the SPIFFE
+// Workload API, X509-SVID and JWT-SVID standards describe it:
+//
+//   - every call must carry the metadata header "workload.spiffe.io: true"
+//     (InvalidArgument otherwise), which keeps browsers and SSRF-style
+//     proxies from reaching the API;
+//   - every call is attested from the kernel's peer credentials; a caller
+//     that no registration entry matches gets PermissionDenied;
+//   - FetchX509SVID, FetchX509Bundles and FetchJWTBundles are streams that
+//     send the full current answer at once and again whenever it changes
+//     (rotation, revocation, bundle change); a stream whose caller loses its
+//     last identity ends with PermissionDenied;
+//   - FetchJWTSVID needs an audience; ValidateJWTSVID checks a token against
+//     the trust bundle and rejects revoked SPIFFE IDs (InvalidArgument).
+package workload
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Limits on what a workload may send.
+const (
+	// MaxRequestSize bounds one request message (a JWT to validate is the
+	// largest thing a workload sends).
+	MaxRequestSize = 64 << 10
+	// MaxAudiences bounds the audiences of one FetchJWTSVID request.
+	MaxAudiences = 32
+	// MaxAudienceLen bounds one audience string.
+	MaxAudienceLen = 512
+	// SecurityHeader is the metadata key every call must carry with value
+	// "true".
+	SecurityHeader = "workload.spiffe.io"
+)
+
+// Config configures a Workload API server.
+type Config struct {
+	// SocketPath is the unix socket to listen on. Required. Its directory
+	// is created 0755 when missing; the socket itself is 0777 (any local
+	// process may ask; attestation decides what it gets). A stale socket
+	// left by a dead agent is removed; a live one is an error.
+	SocketPath string
+	// Source serves the SVIDs and bundles. Required.
+	Source Source
+	// Attestor turns a caller into selectors. Required.
+	Attestor attest.Attestor
+	// Logger receives structured logs; slog.Default() when nil. Never
+	// given a key or token.
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// OnServe, when set, is called once per SVID handed out ("x509" or
+	// "jwt"). OnAttestFailure is called when a caller could not be
+	// attested. Both must be cheap and safe for concurrent use.
+	OnServe         func(kind string)
+	OnAttestFailure func()
+}
+
+// Server is a Workload API server. Lifecycle: New → Serve → Close.
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	grpc *grpc.Server
+
+	mu       sync.Mutex
+	lis      net.Listener
+	sockIno  uint64
+	closed   bool
+	ready    chan struct{}
+	readyOne sync.Once
+}
+
+// New checks cfg and returns a server that does not listen yet.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.SocketPath == "":
+		return nil, errors.New("workload: socket path is required")
+	case cfg.Source == nil:
+		return nil, errors.New("workload: source is required")
+	case cfg.Attestor == nil:
+		return nil, errors.New("workload: attestor is required")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(peerCredentials{}),
+		grpc.MaxRecvMsgSize(MaxRequestSize),
+		grpc.MaxConcurrentStreams(64),
+	)
+	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
+	return s, nil
+}
+
+// Ready is closed once the socket is listening.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Serve listens on the socket and serves until ctx ends or Close is
+// called; then it stops every stream and removes the socket. It returns
+// nil after a clean stop.
+func (s *Server) Serve(ctx context.Context) error {
+	lis, err := listenUnix(s.cfg.SocketPath)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		lis.Close()
+		removeIfSame(s.cfg.SocketPath, inode(s.cfg.SocketPath))
+		return nil
+	}
+	s.lis = lis
+	s.sockIno = inode(s.cfg.SocketPath)
+	s.mu.Unlock()
+	s.readyOne.Do(func() { close(s.ready) })
+	s.log.Info("workload API listening", "socket", s.cfg.SocketPath)
+
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	err = s.grpc.Serve(lis)
+	s.Close()
+	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("workload: serve: %w", err)
+	}
+	return nil
+}
+
+// Close stops the server (open streams end with Unavailable as the
+// connection closes) and removes the socket. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	ino := s.sockIno
+	s.mu.Unlock()
+	s.grpc.Stop()
+	if ino != 0 {
+		removeIfSame(s.cfg.SocketPath, ino)
+	}
+	return nil
+}
+
+// listenUnix creates the socket as SPIRE does: directory 0755, socket 0777.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("workload: create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("workload: %s exists and is not a socket; remove it or choose another --socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("workload: another process is serving %s; stop it or choose another --socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("workload: remove stale socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("workload: listen: %w", err)
+	}
+	// The listener must not unlink on Close: Close removes the socket only
+	// when it is still ours (a new agent may have replaced it).
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o777); err != nil {
+		lis.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("workload: chmod socket: %w", err)
+	}
+	return lis, nil
+}
+
+func inode(path string) uint64 {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+func removeIfSame(path string, ino uint64) {
+	if ino != 0 && inode(path) == ino {
+		os.Remove(path)
+	}
+}
+
+// caller checks the security header and attests the caller.
+func (s *Server) caller(ctx context.Context, method string) ([]wire.Selector, attest.Peer, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(SecurityHeader); len(v) != 1 || v[0] != "true" {
+		return nil, attest.Peer{}, status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, attest.Peer{}, status.Error(codes.Internal, "no peer information")
+	}
+	info, ok := p.AuthInfo.(AuthInfo)
+	if !ok {
+		return nil, attest.Peer{}, status.Error(codes.Internal, "no peer credentials on this connection")
+	}
+	sels, err := s.cfg.Attestor.Attest(ctx, info.Peer)
+	if err != nil {
+		if s.cfg.OnAttestFailure != nil {
+			s.cfg.OnAttestFailure()
+		}
+		s.log.Warn("workload attestation failed", "method", method, "pid", info.Peer.PID, "uid", info.Peer.UID, "error", err)
+		return nil, info.Peer, status.Error(codes.PermissionDenied, "workload attestation failed")
+	}
+	return sels, info.Peer, nil
+}
+
+// matching returns the caller's identities in st, deduplicated by SPIFFE
+// ID (first entry wins, entries in the order the source gives them).
+func matching(st *State, sels []wire.Selector) []*Identity {
+	have := make(map[wire.Selector]struct{}, len(sels))
+	for _, s := range sels {
+		have[s] = struct{}{}
+	}
+	var out []*Identity
+	seen := map[spiffeid.ID]bool{}
+next:
+	for _, id := range st.Identities {
+		if len(id.Selectors) == 0 || seen[id.SPIFFEID] || st.revoked(id.SPIFFEID) {
+			continue
+		}
+		for _, w := range id.Selectors {
+			if _, ok := have[w]; !ok {
+				continue next
+			}
+		}
+		seen[id.SPIFFEID] = true
+		out = append(out, id)
+	}
+	return out
+}
+
+// liveX509 keeps identities with an SVID that is valid at now.
+func liveX509(ids []*Identity, now time.Time) []*Identity {
+	out := ids[:0:0]
+	for _, id := range ids {
+		if id.X509 != nil && now.Before(id.X509.ExpiresAt) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+
+// watch runs send with every new snapshot until ctx ends. send returns the
+// earliest time the answer changes by itself (an expiry), or zero.
+func (s *Server) watch(ctx context.Context, send func(*State) (time.Time, error)) error {
+	for {
+		st, changed := s.cfg.Source.State()
+		next, err := send(st)
+		if err != nil {
+			return err
+		}
+		var (
+			timer <-chan time.Time
+			t     *time.Timer
+		)
+		if !next.IsZero() {
+			t = time.NewTimer(max(next.Sub(s.now()), 0))
+			timer = t.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-timer:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// FetchX509SVID implements the Workload API.
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	ctx := stream.Context()
+	sels, p, err := s.caller(ctx, "FetchX509SVID")
+	if err != nil {
+		return err
+	}
+	var last []byte
+	return s.watch(ctx, func(st *State) (time.Time, error) {
+		now := s.now()
+		ids := liveX509(matching(st, sels), now)
+		if len(ids) == 0 {
+			s.log.Info("no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
+			return time.Time{}, errNoIdentity
+		}
+		// The answer changes when any served serial or the bundle does.
+		var key bytes.Buffer
+		fmt.Fprintf(&key, "%d|", st.BundleSequence)
+		key.Write(st.x509BundleDER)
+		next := ids[0].X509.ExpiresAt
+		resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, 0, len(ids))}
+		for _, id := range ids {
+			key.WriteString("|" + id.SPIFFEID.String() + "=" + id.X509.Serial)
+			next = minTime(next, id.X509.ExpiresAt)
+			resp.Svids = append(resp.Svids, &workload.X509SVID{
+				SpiffeId:    id.SPIFFEID.String(),
+				X509Svid:    id.X509.ChainDER,
+				X509SvidKey: id.X509.KeyDER,
+				Bundle:      st.x509BundleDER,
+			})
+		}
+		if bytes.Equal(key.Bytes(), last) {
+			return next, nil
+		}
+		if err := stream.Send(resp); err != nil {
+			return time.Time{}, err
+		}
+		last = key.Bytes()
+		if s.cfg.OnServe != nil {
+			for range ids {
+				s.cfg.OnServe("x509")
+			}
+		}
+		s.log.Debug("sent X509-SVIDs", "pid", p.PID, "count", len(ids))
+		return next, nil
+	})
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// FetchX509Bundles implements the Workload API. Like SPIRE, only callers
+// entitled to an identity get bundles.
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	ctx := stream.Context()
+	sels, _, err := s.caller(ctx, "FetchX509Bundles")
+	if err != nil {
+		return err
+	}
+	var last []byte
+	sent := false
+	return s.watch(ctx, func(st *State) (time.Time, error) {
+		if len(matching(st, sels)) == 0 {
+			return time.Time{}, errNoIdentity
+		}
+		if sent && bytes.Equal(st.x509BundleDER, last) {
+			return time.Time{}, nil
+		}
+		resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{st.TrustDomain.IDString(): st.x509BundleDER}}
+		if err := stream.Send(resp); err != nil {
+			return time.Time{}, err
+		}
+		last, sent = st.x509BundleDER, true
+		return time.Time{}, nil
+	})
+}
+
+// FetchJWTBundles implements the Workload API.
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	ctx := stream.Context()
+	sels, _, err := s.caller(ctx, "FetchJWTBundles")
+	if err != nil {
+		return err
+	}
+	var last []byte
+	sent := false
+	return s.watch(ctx, func(st *State) (time.Time, error) {
+		if len(matching(st, sels)) == 0 {
+			return time.Time{}, errNoIdentity
+		}
+		if sent && bytes.Equal(st.jwtBundleJSON, last) {
+			return time.Time{}, nil
+		}
+		resp := &workload.JWTBundlesResponse{Bundles: map[string][]byte{st.TrustDomain.IDString(): st.jwtBundleJSON}}
+		if err := stream.Send(resp); err != nil {
+			return time.Time{}, err
+		}
+		last, sent = st.jwtBundleJSON, true
+		return time.Time{}, nil
+	})
+}
+
+// FetchJWTSVID implements the Workload API.
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	sels, p, err := s.caller(ctx, "FetchJWTSVID")
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAudience(req.Audience); err != nil {
+		return nil, err
+	}
+	var want spiffeid.ID
+	if req.SpiffeId != "" {
+		if want, err = spiffeid.FromString(req.SpiffeId); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
+		}
+	}
+	st, _ := s.cfg.Source.State()
+	ids := matching(st, sels)
+	if !want.IsZero() {
+		ids = slices.DeleteFunc(ids, func(id *Identity) bool { return id.SPIFFEID != want })
+	}
+	if len(ids) == 0 {
+		s.log.Info("no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
+		return nil, errNoIdentity
+	}
+	resp := &workload.JWTSVIDResponse{}
+	for _, id := range ids {
+		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
+		if err != nil {
+			s.log.Warn("JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
+			return nil, status.Errorf(codes.Unavailable, "could not get a JWT-SVID for %s: the agent cannot reach the server", id.SPIFFEID)
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SPIFFEID.String(), Svid: tok})
+		if s.cfg.OnServe != nil {
+			s.cfg.OnServe("jwt")
+		}
+	}
+	return resp, nil
+}
+
+func checkAudience(aud []string) error {
+	if len(aud) == 0 {
+		return status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if len(aud) > MaxAudiences {
+		return status.Errorf(codes.InvalidArgument, "at most %d audiences", MaxAudiences)
+	}
+	for _, a := range aud {
+		if a == "" || len(a) > MaxAudienceLen || strings.ContainsFunc(a, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return status.Errorf(codes.InvalidArgument, "each audience must be 1 to %d printable characters", MaxAudienceLen)
+		}
+	}
+	return nil
+}
+
+// ValidateJWTSVID implements the Workload API. Any caller may validate (no
+// identity is handed out), but the call is still attested and logged.
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	if _, _, err := s.caller(ctx, "ValidateJWTSVID"); err != nil {
+		return nil, err
+	}
+	switch {
+	case req.Audience == "":
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	case req.Svid == "":
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	st, _ := s.cfg.Source.State()
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, st.JWTBundle, []string{req.Audience})
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
+	}
+	if st.revoked(svid.ID) {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %s is revoked", svid.ID)
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID claims: %v", err)
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
