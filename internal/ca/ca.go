@@ -1,0 +1,362 @@
+// Package ca is Moatless's certificate authority. It issues X509-SVIDs and
+// JWT-SVIDs for one SPIFFE trust domain, keeps its signing keys sealed at rest
+// with a key-encryption key (KEK), publishes a SPIFFE trust bundle, and
+// rotates its X.509 and JWT authorities without downtime.
+//
+// # Authorities and rotation
+//
+// An authority is one signing key: an X.509 CA certificate (a self-signed
+// P-256 root, or an intermediate signed by an Upstream CA) or a JWT signing
+// key (P-256, ES256). Each goes through three states:
+//
+//   - prepared: published in the bundle, signs nothing yet;
+//   - active: the one key of its kind that signs;
+//   - retired: signs nothing, stays in the bundle until its NotAfter, by
+//     which time every SVID it signed has expired (SVIDs are capped at their
+//     signer's NotAfter), then is dropped.
+//
+// For an active authority A with lifetime L = A.NotAfter − A.NotBefore, the
+// next authority is prepared at A.NotBefore + L/2 and activated at
+// A.NotBefore + 5L/6, or earlier at A.NotAfter − (the default SVID TTL of its
+// kind) when that comes first, so that A never has to shorten a default-TTL
+// SVID; and in every case no sooner than Options.ActivationDelay after it was
+// prepared, so that agents and federated peers have the new key before any
+// SVID signed with it reaches them. Rotate (admin-triggered) prepares a new
+// authority of each kind at once and activates it after ActivationDelay.
+// Tick applies the schedule by the injected clock. Every change of state is
+// sealed and saved through the StateStore before it takes effect: a failed
+// save leaves the CA exactly as it was.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. Signing reads the active
+// authorities from an immutable snapshot behind an atomic pointer and takes
+// no lock; Tick and Rotate serialize among themselves only.
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultCATTL           = 24 * time.Hour
+	DefaultX509SVIDTTL     = time.Hour
+	DefaultJWTSVIDTTL      = 5 * time.Minute
+	DefaultActivationDelay = 10 * time.Minute
+	DefaultRefreshHint     = 5 * time.Minute
+)
+
+// KEKSize is the length in bytes of the key-encryption key (AES-256).
+const KEKSize = 32
+
+// maxAuthorities bounds the authorities of one kind kept in the bundle
+// (prepared + active + retired). Rotate refuses beyond it, so repeated
+// admin rotations cannot grow the bundle (and the sealed state) without end.
+const maxAuthorities = 16
+
+// Sentinel errors callers branch on (errors.Is).
+var (
+	// ErrNoState is returned by StateStore.LoadCAState when nothing was
+	// saved yet; Open then creates a new CA.
+	ErrNoState = errors.New("ca: no saved state")
+	// ErrUnseal means the sealed state failed authentication: the KEK is
+	// not the one it was sealed with, or the stored bytes were altered.
+	ErrUnseal = errors.New("ca: cannot unseal CA state: wrong key-encryption key?")
+	// ErrInvalidCSR means a certificate signing request was refused:
+	// malformed, too large, a bad self-signature, or an unsupported key.
+	ErrInvalidCSR = errors.New("ca: invalid certificate signing request")
+	// ErrInvalidID means a SPIFFE ID cannot be issued by this CA: outside
+	// its trust domain, the bare trust-domain ID, or empty.
+	ErrInvalidID = errors.New("ca: SPIFFE ID not allowed")
+	// ErrInvalidRequest means another argument was refused: a negative
+	// TTL, a bad audience, DNS name or public key.
+	ErrInvalidRequest = errors.New("ca: invalid request")
+	// ErrNoAuthority means there is no authority able to sign right now
+	// (its certificate expired and Tick has not run to replace it).
+	ErrNoAuthority = errors.New("ca: no usable signing authority")
+	// ErrTooManyAuthorities is returned by Rotate when the bundle already
+	// holds the maximum number of authorities of a kind.
+	ErrTooManyAuthorities = errors.New("ca: too many authorities in the bundle")
+)
+
+// StateStore persists the CA's sealed state (keys encrypted with the KEK).
+// The server implements it on its SQL store. SaveCAState must be atomic and
+// durable when it returns nil: the CA acts on a new state only after that.
+type StateStore interface {
+	// LoadCAState returns the last saved blob, or an error wrapping
+	// ErrNoState when nothing was saved yet.
+	LoadCAState(ctx context.Context) ([]byte, error)
+	// SaveCAState replaces the saved blob.
+	SaveCAState(ctx context.Context, sealed []byte) error
+}
+
+// Options configures a CA. Zero values take the documented defaults.
+type Options struct {
+	// TrustDomain is the trust domain the CA issues for. Required.
+	TrustDomain spiffeid.TrustDomain
+	// State persists the sealed state. Required.
+	State StateStore
+	// KEK is the 32-byte key-encryption key that seals the state at rest
+	// (AES-256-GCM, with the format header as associated data). Required.
+	// The CA keeps its own copy.
+	KEK []byte
+	// Upstream, when set, signs the CA's intermediate certificates (its key
+	// is generated here); the bundle's X.509 authorities are then the
+	// upstream roots. Nil: self-signed P-256 roots.
+	Upstream *Upstream
+	// CATTL is the lifetime of each CA certificate and JWT key
+	// (NotAfter − NotBefore); default 24h. With an Upstream it is further
+	// capped by the upstream chain's NotAfter. It must be at least 6 times
+	// the larger default SVID TTL and 6 times ActivationDelay, so that the
+	// rotation schedule (see the package doc) has room.
+	CATTL time.Duration
+	// X509SVIDTTL is the X509-SVID lifetime when a caller passes ttl 0;
+	// default 1h.
+	X509SVIDTTL time.Duration
+	// JWTSVIDTTL is the JWT-SVID lifetime when a caller passes ttl 0;
+	// default 5m.
+	JWTSVIDTTL time.Duration
+	// ActivationDelay is the least time a prepared authority is published
+	// in the bundle before it signs; default 10m. It must be at least
+	// RefreshHint, so federated peers polling at the hint see the key first.
+	ActivationDelay time.Duration
+	// RefreshHint is the bundle's refresh hint for consumers that poll;
+	// default 5m.
+	RefreshHint time.Duration
+	// Now is the clock; default time.Now. Tick follows it.
+	Now func() time.Time
+	// Rand is the randomness for serial numbers and signatures; default
+	// crypto/rand.Reader. (Key generation and the nonces that seal the
+	// state always use crypto/rand: a repeated GCM nonce would be fatal.)
+	Rand io.Reader
+	// Logger receives rotation events (authority IDs, never key material);
+	// default discards.
+	Logger *slog.Logger
+}
+
+// CA is a certificate authority for one trust domain. Create it with Open.
+type CA struct {
+	o      Options
+	parent string // "" for self-signed, else the upstream signing cert's fingerprint
+
+	mu  sync.Mutex // serializes state transitions (Tick, Rotate)
+	cur atomic.Pointer[snapshot]
+}
+
+// Open loads and unseals the CA's state from o.State, or, when nothing was
+// saved yet, creates the first X.509 and JWT authorities and saves them
+// before returning. It then applies any rotation steps that came due while
+// the CA was stopped (as Tick would), including a rotation to a new parent
+// when the configured Upstream differs from the one the active authority
+// was signed by, so the returned CA can sign at once.
+//
+// Errors: ErrUnseal for a wrong KEK or altered state (nothing is changed);
+// a clear error for bad Options, a state for another trust domain, or a
+// store failure.
+func Open(ctx context.Context, o Options) (*CA, error) {
+	if err := o.normalize(); err != nil {
+		return nil, err
+	}
+	c := &CA{o: o}
+	if o.Upstream != nil {
+		if err := o.Upstream.validate(o.Now()); err != nil {
+			return nil, err
+		}
+		c.parent = o.Upstream.fingerprint()
+	}
+
+	sealed, err := o.State.LoadCAState(ctx)
+	var st *state
+	switch {
+	case errors.Is(err, ErrNoState):
+		st = &state{Version: stateVersion, TrustDomain: o.TrustDomain.Name()}
+	case err != nil:
+		return nil, fmt.Errorf("ca: load CA state: %w", err)
+	default:
+		plain, err := unseal(o.KEK, sealed)
+		if err != nil {
+			return nil, err
+		}
+		st, err = decodeState(plain, o.TrustDomain)
+		clear(plain)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next, _, err := c.advance(st, o.Now(), false)
+	if err != nil {
+		return nil, err
+	}
+	if next != st || sealed == nil {
+		if err := c.save(ctx, next); err != nil {
+			return nil, err
+		}
+	}
+	snap, err := c.buildSnapshot(next)
+	if err != nil {
+		return nil, err
+	}
+	c.cur.Store(snap)
+	return c, nil
+}
+
+func (o *Options) normalize() error {
+	if o.TrustDomain.IsZero() {
+		return errors.New("ca: Options.TrustDomain is required")
+	}
+	if o.State == nil {
+		return errors.New("ca: Options.State is required")
+	}
+	if len(o.KEK) != KEKSize {
+		return fmt.Errorf("ca: Options.KEK must be %d bytes, got %d", KEKSize, len(o.KEK))
+	}
+	zero := true
+	for _, b := range o.KEK {
+		zero = zero && b == 0
+	}
+	if zero {
+		return errors.New("ca: Options.KEK is all zeros; generate a random key")
+	}
+	o.KEK = append([]byte(nil), o.KEK...)
+	def := func(d *time.Duration, v time.Duration, name string) error {
+		if *d < 0 {
+			return fmt.Errorf("ca: Options.%s must not be negative", name)
+		}
+		if *d == 0 {
+			*d = v
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		d    *time.Duration
+		v    time.Duration
+		name string
+	}{
+		{&o.CATTL, DefaultCATTL, "CATTL"},
+		{&o.X509SVIDTTL, DefaultX509SVIDTTL, "X509SVIDTTL"},
+		{&o.JWTSVIDTTL, DefaultJWTSVIDTTL, "JWTSVIDTTL"},
+		{&o.ActivationDelay, DefaultActivationDelay, "ActivationDelay"},
+		{&o.RefreshHint, DefaultRefreshHint, "RefreshHint"},
+	} {
+		if err := def(f.d, f.v, f.name); err != nil {
+			return err
+		}
+	}
+	maxTTL := max(o.X509SVIDTTL, o.JWTSVIDTTL)
+	if o.CATTL < 6*maxTTL {
+		return fmt.Errorf("ca: Options.CATTL (%v) must be at least 6 times the longest default SVID TTL (%v): raise CATTL or lower the SVID TTL", o.CATTL, maxTTL)
+	}
+	if o.CATTL < 6*o.ActivationDelay {
+		return fmt.Errorf("ca: Options.CATTL (%v) must be at least 6 times ActivationDelay (%v)", o.CATTL, o.ActivationDelay)
+	}
+	if o.ActivationDelay < o.RefreshHint {
+		return fmt.Errorf("ca: Options.ActivationDelay (%v) must be at least RefreshHint (%v)", o.ActivationDelay, o.RefreshHint)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// TrustDomain returns the trust domain the CA issues for.
+func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.o.TrustDomain }
+
+// Bundle returns the current trust bundle: the X.509 authorities (every
+// prepared, active and retired self-signed root, or the upstream roots), the
+// JWT authorities by key ID, a sequence number that grows with each change,
+// and the refresh hint. The result is the caller's own copy.
+func (c *CA) Bundle() *spiffebundle.Bundle {
+	return c.cur.Load().bundle.Clone()
+}
+
+// Status lists the authorities, X.509 first, each kind ordered by
+// NotBefore, for `moatless ca show`.
+func (c *CA) Status() []Authority {
+	s := c.cur.Load().status
+	return append([]Authority(nil), s...)
+}
+
+// Tick applies the rotation schedule at the injected clock's now: prepares,
+// activates, retires and drops authorities as they come due (see the package
+// doc). The new state is sealed and saved before it takes effect; on error
+// nothing changes and the next Tick retries. changed reports whether the
+// trust bundle changed (the server then pushes Bundle() to every agent);
+// an activation alone does not change the bundle.
+func (c *CA) Tick(ctx context.Context) (changed bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.transition(ctx, false)
+}
+
+// Rotate prepares a new X.509 and a new JWT authority at once
+// (admin-triggered rotation). They are published in the bundle now and
+// activated by Tick after ActivationDelay; the old ones retire then and stay
+// in the bundle until their NotAfter. If an authority of a kind is already
+// prepared, Rotate brings its activation forward to the earliest the delay
+// allows instead of preparing another. ErrTooManyAuthorities if the bundle
+// is full. The caller should push Bundle() to agents after a nil return.
+func (c *CA) Rotate(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.transition(ctx, true)
+	return err
+}
+
+// transition computes the next state, saves it and swaps the snapshot.
+// Callers hold c.mu.
+func (c *CA) transition(ctx context.Context, rotate bool) (bool, error) {
+	old := c.cur.Load()
+	next, bundleChanged, err := c.advance(old.st, c.o.Now(), rotate)
+	if err != nil {
+		return false, err
+	}
+	if next == old.st {
+		return false, nil
+	}
+	snap, err := c.buildSnapshot(next)
+	if err != nil {
+		return false, err
+	}
+	if err := c.save(ctx, next); err != nil {
+		return false, err
+	}
+	c.cur.Store(snap)
+	return bundleChanged, nil
+}
+
+func (c *CA) save(ctx context.Context, st *state) error {
+	plain, err := encodeState(st)
+	if err != nil {
+		return err
+	}
+	sealed, err := seal(c.o.KEK, plain)
+	clear(plain)
+	if err != nil {
+		return err
+	}
+	if err := c.o.State.SaveCAState(ctx, sealed); err != nil {
+		return fmt.Errorf("ca: save CA state: %w", err)
+	}
+	return nil
+}

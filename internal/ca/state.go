@@ -1,0 +1,386 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// AuthorityKind says what an authority signs.
+type AuthorityKind string
+
+// Authority kinds.
+const (
+	KindX509 AuthorityKind = "x509"
+	KindJWT  AuthorityKind = "jwt"
+)
+
+// AuthorityState is where an authority is in its life (see the package doc).
+type AuthorityState string
+
+// Authority states.
+const (
+	StatePrepared AuthorityState = "prepared"
+	StateActive   AuthorityState = "active"
+	StateRetired  AuthorityState = "retired"
+)
+
+// Authority describes one signing key for `moatless ca show`. It holds no
+// key material.
+type Authority struct {
+	Kind AuthorityKind `json:"kind"`
+	// ID is the X.509 CA certificate's subject key ID (lower-case hex), or
+	// the JWT key ID (`kid`, the RFC 7638 SHA-256 thumbprint, base64url).
+	ID        string         `json:"id"`
+	State     AuthorityState `json:"state"`
+	NotBefore time.Time      `json:"not_before"`
+	// NotAfter is when the authority expires and is dropped from the
+	// bundle; nothing it signed outlives it.
+	NotAfter   time.Time `json:"not_after"`
+	PreparedAt time.Time `json:"prepared_at"`
+	// ActivateAt is when Tick will activate a prepared authority.
+	ActivateAt  time.Time `json:"activate_at,omitzero"`
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	// Fingerprint is the SHA-256 of the X.509 certificate (lower-case
+	// hex); empty for JWT authorities.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	// Issuer is the X.509 certificate's issuer (itself for a self-signed
+	// root, the upstream CA otherwise); empty for JWT authorities.
+	Issuer string `json:"issuer,omitempty"`
+	// Certificate is the X.509 CA certificate; nil for JWT authorities.
+	Certificate *x509.Certificate `json:"-"`
+}
+
+// stateVersion is the version of the JSON schema inside the sealed blob.
+const stateVersion = 1
+
+// state is the CA's persistent state: what the sealed blob holds. A state
+// value is never modified once it has been saved or published in a
+// snapshot; transitions build a new one.
+type state struct {
+	Version     int      `json:"version"`
+	TrustDomain string   `json:"trust_domain"`
+	Sequence    uint64   `json:"sequence"`
+	X509        []record `json:"x509"`
+	JWT         []record `json:"jwt"`
+}
+
+// record is one authority as stored.
+type record struct {
+	ID    string         `json:"id"`
+	State AuthorityState `json:"state"`
+	Key   []byte         `json:"key"`            // PKCS#8 DER private key
+	Cert  []byte         `json:"cert,omitempty"` // X.509: the CA certificate, DER
+	// Chain holds the upstream certificates above Cert, excluding roots
+	// (X.509 with an upstream only); SVID chains carry them.
+	Chain [][]byte `json:"chain,omitempty"`
+	// Roots are the trust anchors of Cert when it was signed by an
+	// upstream CA; a self-signed Cert is its own anchor.
+	Roots [][]byte `json:"roots,omitempty"`
+	// Parent is "" for a self-signed root, else the SHA-256 (hex) of the
+	// upstream signing certificate, to notice a change of upstream.
+	Parent      string    `json:"parent,omitempty"`
+	NotBefore   time.Time `json:"not_before"`
+	NotAfter    time.Time `json:"not_after"`
+	PreparedAt  time.Time `json:"prepared_at"`
+	ActivateAt  time.Time `json:"activate_at,omitzero"`
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	RetiredAt   time.Time `json:"retired_at,omitzero"`
+
+	p *parsed // decoded key and certificates; shared, never mutated
+}
+
+type parsed struct {
+	signer crypto.Signer
+	cert   *x509.Certificate   // X.509 only
+	chain  []*x509.Certificate // X.509 only
+	roots  []*x509.Certificate // X.509 only
+}
+
+// anchors are the certificates a record contributes to the bundle.
+func (r *record) anchors() []*x509.Certificate {
+	if r.Parent == "" {
+		return []*x509.Certificate{r.p.cert}
+	}
+	return r.p.roots
+}
+
+func encodeState(st *state) ([]byte, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("ca: encode CA state: %w", err)
+	}
+	return b, nil
+}
+
+// decodeState parses and fully validates the plaintext state: strict JSON
+// (unknown fields and trailing data refused), the trust domain, and every
+// authority's key and certificate. A state that fails is refused whole.
+func decodeState(plain []byte, td spiffeid.TrustDomain) (*state, error) {
+	dec := json.NewDecoder(bytes.NewReader(plain))
+	dec.DisallowUnknownFields()
+	var st state
+	if err := dec.Decode(&st); err != nil {
+		return nil, fmt.Errorf("ca: saved CA state is invalid: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("ca: saved CA state is invalid: trailing data")
+	}
+	if st.Version != stateVersion {
+		return nil, fmt.Errorf("ca: saved CA state has schema version %d; this build reads %d", st.Version, stateVersion)
+	}
+	if st.TrustDomain != td.Name() {
+		return nil, fmt.Errorf("ca: saved CA state is for trust domain %q, but the server is configured for %q: use the data directory of that trust domain, or a new one", st.TrustDomain, td.Name())
+	}
+	for _, k := range []struct {
+		kind AuthorityKind
+		list []record
+	}{{KindX509, st.X509}, {KindJWT, st.JWT}} {
+		if len(k.list) > 2*maxAuthorities {
+			return nil, fmt.Errorf("ca: saved CA state is invalid: %d %s authorities", len(k.list), k.kind)
+		}
+		var active, prepared int
+		ids := map[string]bool{}
+		for i := range k.list {
+			r := &k.list[i]
+			if err := r.parse(k.kind, td); err != nil {
+				return nil, fmt.Errorf("ca: saved CA state is invalid: %s authority %d: %w", k.kind, i, err)
+			}
+			if ids[r.ID] {
+				return nil, fmt.Errorf("ca: saved CA state is invalid: duplicate %s authority %s", k.kind, r.ID)
+			}
+			ids[r.ID] = true
+			switch r.State {
+			case StateActive:
+				active++
+			case StatePrepared:
+				prepared++
+			}
+		}
+		if active > 1 || prepared > 1 {
+			return nil, fmt.Errorf("ca: saved CA state is invalid: %d active and %d prepared %s authorities", active, prepared, k.kind)
+		}
+	}
+	return &st, nil
+}
+
+// parse decodes and checks one stored authority and sets r.p.
+func (r *record) parse(kind AuthorityKind, td spiffeid.TrustDomain) error {
+	switch r.State {
+	case StatePrepared, StateActive, StateRetired:
+	default:
+		return fmt.Errorf("unknown state %q", r.State)
+	}
+	if r.NotBefore.IsZero() || !r.NotAfter.After(r.NotBefore) {
+		return errors.New("bad validity period")
+	}
+	if r.State == StatePrepared && r.ActivateAt.IsZero() {
+		return errors.New("prepared without an activation time")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(r.Key)
+	if err != nil {
+		return fmt.Errorf("private key: %w", err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("private key of type %T cannot sign", k)
+	}
+	p := &parsed{signer: signer}
+	switch kind {
+	case KindJWT:
+		if len(r.Cert) > 0 || len(r.Chain) > 0 || len(r.Roots) > 0 || r.Parent != "" {
+			return errors.New("JWT authority with X.509 fields")
+		}
+		ek, ok := signer.(*ecdsa.PrivateKey)
+		if !ok || ek.Curve != elliptic.P256() {
+			return errors.New("JWT key is not ECDSA P-256")
+		}
+		kid, err := jwtKeyID(signer.Public())
+		if err != nil {
+			return err
+		}
+		if kid != r.ID {
+			return fmt.Errorf("key ID %q does not match the key", r.ID)
+		}
+	case KindX509:
+		cert, err := x509.ParseCertificate(r.Cert)
+		if err != nil {
+			return fmt.Errorf("certificate: %w", err)
+		}
+		if !cert.IsCA || !cert.BasicConstraintsValid || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+			return errors.New("certificate is not a signing certificate")
+		}
+		if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+			return errors.New("certificate does not match the private key")
+		}
+		if hex.EncodeToString(cert.SubjectKeyId) != r.ID {
+			return fmt.Errorf("ID %q does not match the certificate's subject key ID", r.ID)
+		}
+		if !cert.NotBefore.Equal(r.NotBefore) || !cert.NotAfter.Equal(r.NotAfter) {
+			return errors.New("validity period does not match the certificate")
+		}
+		if len(cert.URIs) != 1 || cert.URIs[0].String() != td.IDString() {
+			return errors.New("certificate is not for this trust domain")
+		}
+		p.cert = cert
+		for _, der := range r.Chain {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return fmt.Errorf("upstream chain: %w", err)
+			}
+			p.chain = append(p.chain, c)
+		}
+		for _, der := range r.Roots {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return fmt.Errorf("upstream root: %w", err)
+			}
+			p.roots = append(p.roots, c)
+		}
+		if r.Parent == "" {
+			if len(r.Chain) > 0 || len(r.Roots) > 0 {
+				return errors.New("self-signed root with an upstream chain")
+			}
+			if err := cert.CheckSignatureFrom(cert); err != nil {
+				return fmt.Errorf("self-signed root: %w", err)
+			}
+		} else {
+			if len(p.roots) == 0 {
+				return errors.New("upstream-signed certificate without roots")
+			}
+			// At NotAfter−1s every certificate on the path is valid: an
+			// intermediate is never made to outlive its upstream.
+			if _, err := verifyCAChain(cert, p.chain, p.roots, cert.NotAfter.Add(-time.Second)); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unknown kind %q", kind)
+	}
+	r.p = p
+	return nil
+}
+
+// verifyCAChain checks that the CA certificate cert chains through
+// intermediates to one of roots at time at.
+func verifyCAChain(cert *x509.Certificate, intermediates, roots []*x509.Certificate, at time.Time) ([][]*x509.Certificate, error) {
+	rp, ip := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range roots {
+		rp.AddCert(c)
+	}
+	for _, c := range intermediates {
+		ip.AddCert(c)
+	}
+	chains, err := cert.Verify(x509.VerifyOptions{
+		Roots:         rp,
+		Intermediates: ip,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("certificate does not chain to the upstream roots: %w", err)
+	}
+	return chains, nil
+}
+
+// jwtKeyID is the RFC 7638 JWK thumbprint (SHA-256, base64url): stable for
+// a key, and different keys never share one.
+func jwtKeyID(pub crypto.PublicKey) (string, error) {
+	tp, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", fmt.Errorf("ca: JWT key thumbprint: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(tp), nil
+}
+
+// bundleKey identifies the bundle's content (anchors and JWT keys, not the
+// sequence number), so a transition knows whether the bundle changed.
+func bundleKey(st *state) string {
+	var parts []string
+	for i := range st.X509 {
+		for _, c := range st.X509[i].anchors() {
+			sum := sha256.Sum256(c.Raw)
+			parts = append(parts, "x:"+hex.EncodeToString(sum[:]))
+		}
+	}
+	for i := range st.JWT {
+		parts = append(parts, "j:"+st.JWT[i].ID)
+	}
+	sort.Strings(parts)
+	return strings.Join(slices.Compact(parts), ",")
+}
+
+// buildBundle makes the go-spiffe bundle for a state.
+func buildBundle(td spiffeid.TrustDomain, st *state, refresh time.Duration) (*spiffebundle.Bundle, error) {
+	b := spiffebundle.New(td)
+	for i := range st.X509 {
+		for _, c := range st.X509[i].anchors() {
+			b.AddX509Authority(c) // ignores duplicates
+		}
+	}
+	for i := range st.JWT {
+		r := &st.JWT[i]
+		if err := b.AddJWTAuthority(r.ID, r.p.signer.Public()); err != nil {
+			return nil, fmt.Errorf("ca: build bundle: %w", err)
+		}
+	}
+	b.SetSequenceNumber(st.Sequence)
+	b.SetRefreshHint(refresh)
+	return b, nil
+}
+
+func authorityStatus(kind AuthorityKind, r *record) Authority {
+	a := Authority{
+		Kind:        kind,
+		ID:          r.ID,
+		State:       r.State,
+		NotBefore:   r.NotBefore,
+		NotAfter:    r.NotAfter,
+		PreparedAt:  r.PreparedAt,
+		ActivatedAt: r.ActivatedAt,
+		RetiredAt:   r.RetiredAt,
+	}
+	if r.State == StatePrepared {
+		a.ActivateAt = r.ActivateAt
+	}
+	if kind == KindX509 {
+		sum := sha256.Sum256(r.p.cert.Raw)
+		a.Fingerprint = hex.EncodeToString(sum[:])
+		a.Issuer = r.p.cert.Issuer.String()
+		a.Certificate = r.p.cert
+	}
+	return a
+}
+
+// publicKeyEqual reports whether two public keys are the same key.
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	switch k := a.(type) {
+	case *ecdsa.PublicKey:
+		return k.Equal(b)
+	case *rsa.PublicKey:
+		return k.Equal(b)
+	case ed25519.PublicKey:
+		return k.Equal(b)
+	}
+	return false
+}
