@@ -1,0 +1,351 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Defaults of the sidecar config.
+const (
+	// DefaultSidecarAdmin serves /metrics, /livez and /readyz.
+	DefaultSidecarAdmin = "127.0.0.1:15000"
+	// DefaultSidecarReload is how often files are checked for changes.
+	DefaultSidecarReload = 2 * time.Second
+	// DefaultRootNamespace is Istio's root namespace: policies in it apply
+	// mesh-wide.
+	DefaultRootNamespace = "istio-system"
+)
+
+// Sidecar is the "moatless sidecar" config file. Exactly one identity
+// source is set. Example:
+//
+//	identity:
+//	  files: {cert: svid.pem, key: svid-key.pem, bundle: bundle.pem}
+//	namespace: prod
+//	labels: {app: orders}
+//	inbound:
+//	  - {listen: "0.0.0.0:15006", app: "127.0.0.1:8080", protocol: http}
+//	outbound:
+//	  - {listen: "127.0.0.1:15001", upstream: "10.0.0.7:15006",
+//	     spiffe_id: "spiffe://moatless.local/ns/prod/sa/payments"}
+//	policy:
+//	  files: [policies/]
+type Sidecar struct {
+	Identity SidecarIdentity `json:"identity"`
+	// Namespace and Labels describe this workload to policies.
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+
+	Inbound  []SidecarInbound  `json:"inbound,omitempty"`
+	Outbound []SidecarOutbound `json:"outbound,omitempty"`
+
+	Policy SidecarPolicy `json:"policy"`
+
+	// Admin is the address of /metrics, /livez and /readyz; default
+	// DefaultSidecarAdmin. "off" disables it. Must be loopback.
+	Admin string `json:"admin,omitempty"`
+
+	DecisionLog SidecarDecisionLog `json:"decision_log"`
+
+	// ReloadInterval is how often identity, policy and revocation files
+	// are checked for changes; default 2s.
+	ReloadInterval wire.Duration `json:"reload_interval,omitempty"`
+	// HandshakeTimeout bounds an inbound handshake; default 10s.
+	HandshakeTimeout wire.Duration `json:"handshake_timeout,omitempty"`
+	// IdleTimeout closes idle keep-alive connections; default 5m.
+	IdleTimeout wire.Duration `json:"idle_timeout,omitempty"`
+}
+
+// SidecarIdentity says where the SVID comes from: a SPIFFE Workload API
+// socket (ours or SPIRE's), PEM files, or a join token to the server.
+type SidecarIdentity struct {
+	// WorkloadAPI is the socket address, "unix:///run/spire/agent.sock".
+	// "default" means DefaultAgentSocket.
+	WorkloadAPI string        `json:"workload_api,omitempty"`
+	Files       *SidecarFiles `json:"files,omitempty"`
+	Join        *SidecarJoin  `json:"join,omitempty"`
+}
+
+// SidecarFiles is a standalone identity: reloaded when the files change;
+// a reload that fails keeps the previous identity.
+type SidecarFiles struct {
+	Cert   string `json:"cert"`
+	Key    string `json:"key"`
+	Bundle string `json:"bundle"`
+}
+
+// SidecarJoin makes the sidecar its own agent: it attests to the server
+// with a single-use join token and receives its SVID, bundle, policies and
+// revocations over the watch stream.
+type SidecarJoin struct {
+	// Server is the server's address, "host:port" or an https URL.
+	Server string `json:"server"`
+	// TokenFile holds the join token (never put the token itself in a
+	// config file).
+	TokenFile string `json:"token_file"`
+	// ServerBundle is the PEM trust bundle that verifies the server.
+	ServerBundle string `json:"server_bundle"`
+	// StateDir keeps the SVID and key between restarts (a join token is
+	// single use); default: none, re-attest needs a new token.
+	StateDir string `json:"state_dir,omitempty"`
+}
+
+// SidecarInbound is one mTLS listener in front of the app.
+type SidecarInbound struct {
+	Name   string `json:"name,omitempty"`
+	Listen string `json:"listen"`
+	// App is "host:port" or "unix:/path".
+	App string `json:"app"`
+	// Protocol: http (default), http2 / grpc (h2c to the app) or tcp.
+	Protocol string `json:"protocol,omitempty"`
+	// Port is the workload port policies see; default the app's port.
+	Port int `json:"port,omitempty"`
+}
+
+// SidecarOutbound is one loopback listener for the app's calls to an
+// upstream sidecar.
+type SidecarOutbound struct {
+	Name   string `json:"name,omitempty"`
+	Listen string `json:"listen"`
+	// Upstream is the upstream sidecar's inbound "host:port".
+	Upstream string `json:"upstream"`
+	// SPIFFEID the upstream must present.
+	SPIFFEID string `json:"spiffe_id"`
+	// ServerName is sent as SNI; default none.
+	ServerName string `json:"server_name,omitempty"`
+	// Protocol: http (default; HTTP/1.1 and h2c from the app) or tcp.
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// SidecarPolicy is where policies come from in the modes without a server.
+type SidecarPolicy struct {
+	// Files and directories of Istio security YAML, reloaded on change. A
+	// reload that fails keeps the policies in force.
+	Files []string `json:"files,omitempty"`
+	// RootNamespace: policies there apply mesh-wide; default
+	// DefaultRootNamespace.
+	RootNamespace string `json:"root_namespace,omitempty"`
+	// RevocationsFile is a JSON wire.Revocations document, reloaded on
+	// change: revoked SPIFFE IDs, serials and token IDs.
+	RevocationsFile string `json:"revocations_file,omitempty"`
+}
+
+// SidecarDecisionLog configures decision records.
+type SidecarDecisionLog struct {
+	// AllowSampleRate is the share of allows logged, 0 (default) to 1.
+	// Every deny is logged.
+	AllowSampleRate float64 `json:"allow_sample_rate,omitempty"`
+	// DenyNamesPolicy names the deciding policy in 403 bodies. Off by
+	// default: it tells a caller how the mesh is configured.
+	DenyNamesPolicy bool `json:"deny_names_policy,omitempty"`
+}
+
+// DefaultSidecar returns a config with every default filled in and no
+// listener.
+func DefaultSidecar() Sidecar {
+	return Sidecar{
+		Admin:            DefaultSidecarAdmin,
+		ReloadInterval:   wire.Duration(DefaultSidecarReload),
+		HandshakeTimeout: wire.Duration(10 * time.Second),
+		IdleTimeout:      wire.Duration(5 * time.Minute),
+		Policy:           SidecarPolicy{RootNamespace: DefaultRootNamespace},
+	}
+}
+
+// ParseSidecar reads a sidecar config strictly (unknown keys are errors
+// naming the key) over the defaults, then validates it.
+func ParseSidecar(r io.Reader) (Sidecar, error) {
+	c := DefaultSidecar()
+	if err := Decode(r, &c); err != nil {
+		return Sidecar{}, err
+	}
+	c.fillDefaults()
+	if err := c.Validate(); err != nil {
+		return Sidecar{}, err
+	}
+	return c, nil
+}
+
+// LoadSidecar is ParseSidecar for a file; errors name the file.
+func LoadSidecar(path string) (Sidecar, error) {
+	c := DefaultSidecar()
+	if err := DecodeFile(path, &c); err != nil {
+		return Sidecar{}, err
+	}
+	c.fillDefaults()
+	if err := c.Validate(); err != nil {
+		return Sidecar{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// fillDefaults restores defaults a file set to their zero value.
+func (c *Sidecar) fillDefaults() {
+	d := DefaultSidecar()
+	if c.Admin == "" {
+		c.Admin = d.Admin
+	}
+	if c.ReloadInterval <= 0 {
+		c.ReloadInterval = d.ReloadInterval
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.Policy.RootNamespace == "" {
+		c.Policy.RootNamespace = d.Policy.RootNamespace
+	}
+	if c.Identity.WorkloadAPI == "default" {
+		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+	}
+}
+
+// Validate checks the config; each error names the field.
+func (c *Sidecar) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("config: "+format, args...)) }
+
+	n := 0
+	if c.Identity.WorkloadAPI != "" {
+		n++
+		u, err := url.Parse(c.Identity.WorkloadAPI)
+		if err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
+			add("identity.workload_api: %q is not a unix:///path or tcp://host:port address", c.Identity.WorkloadAPI)
+		}
+	}
+	if f := c.Identity.Files; f != nil {
+		n++
+		if f.Cert == "" || f.Key == "" || f.Bundle == "" {
+			add("identity.files: cert, key and bundle are all required")
+		}
+	}
+	if j := c.Identity.Join; j != nil {
+		n++
+		if j.Server == "" {
+			add("identity.join.server: required")
+		}
+		if j.TokenFile == "" {
+			add("identity.join.token_file: required")
+		}
+		if j.ServerBundle == "" {
+			add("identity.join.server_bundle: required")
+		}
+	}
+	switch {
+	case n == 0:
+		add("identity: set one of workload_api, files or join")
+	case n > 1:
+		add("identity: set only one of workload_api, files or join")
+	}
+	if len(c.Inbound) == 0 && len(c.Outbound) == 0 {
+		add("inbound, outbound: at least one listener is required")
+	}
+	if c.Namespace == "" && len(c.Inbound) > 0 {
+		add("namespace: required when there is an inbound listener (policies select on it)")
+	}
+	names := map[string]string{}
+	seen := func(field, name string) {
+		if name == "" {
+			return
+		}
+		if prev, ok := names[name]; ok {
+			add("%s.name: %q already used by %s", field, name, prev)
+		}
+		names[name] = field
+	}
+	for i, in := range c.Inbound {
+		f := fmt.Sprintf("inbound[%d]", i)
+		seen(f, in.Name)
+		if err := checkHostPort(in.Listen); err != nil {
+			add("%s.listen: %v", f, err)
+		}
+		if p, ok := strings.CutPrefix(in.App, "unix:"); ok {
+			if p == "" {
+				add("%s.app: empty unix socket path", f)
+			}
+		} else if err := checkHostPort(in.App); err != nil {
+			add("%s.app: %v", f, err)
+		}
+		if !oneOf(in.Protocol, "", "http", "http2", "h2c", "grpc", "tcp") {
+			add("%s.protocol: %q is not http, http2, grpc or tcp", f, in.Protocol)
+		}
+		if in.Port < 0 || in.Port > 65535 {
+			add("%s.port: %d out of range", f, in.Port)
+		}
+	}
+	for i, out := range c.Outbound {
+		f := fmt.Sprintf("outbound[%d]", i)
+		seen(f, out.Name)
+		if err := checkHostPort(out.Listen); err != nil {
+			add("%s.listen: %v", f, err)
+		} else if !isLoopback(out.Listen) {
+			add("%s.listen: %q is not a loopback address: the app's plaintext must not leave the host", f, out.Listen)
+		}
+		if err := checkHostPort(out.Upstream); err != nil {
+			add("%s.upstream: %v", f, err)
+		}
+		if _, err := spiffeid.FromString(out.SPIFFEID); err != nil {
+			add("%s.spiffe_id: %q: %v", f, out.SPIFFEID, err)
+		}
+		if !oneOf(out.Protocol, "", "http", "http2", "h2c", "grpc", "tcp") {
+			add("%s.protocol: %q is not http or tcp", f, out.Protocol)
+		}
+	}
+	if c.Admin != "off" {
+		if err := checkHostPort(c.Admin); err != nil {
+			add("admin: %v", err)
+		} else if !isLoopback(c.Admin) {
+			add("admin: %q is not a loopback address", c.Admin)
+		}
+	}
+	if r := c.DecisionLog.AllowSampleRate; r < 0 || r > 1 {
+		add("decision_log.allow_sample_rate: %v is not between 0 and 1", r)
+	}
+	if c.Identity.Join != nil && len(c.Policy.Files) > 0 {
+		add("policy.files: policies come from the server in join mode")
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(s string) error {
+	if s == "" {
+		return errors.New("required")
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if port == "" {
+		return fmt.Errorf("%q has no port", s)
+	}
+	return nil
+}
+
+func isLoopback(hostport string) bool {
+	host, _, _ := net.SplitHostPort(hostport)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func oneOf(s string, vals ...string) bool {
+	for _, v := range vals {
+		if strings.EqualFold(s, v) {
+			return true
+		}
+	}
+	return false
+}

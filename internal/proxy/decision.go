@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// Reason is the bounded category of a decision, used as a metric label
+// (the free-text policy.Decision.Reason goes only to logs).
+type Reason string
+
+const (
+	ReasonAllowed       Reason = "allowed"         // a policy (or no applicable ALLOW policy) allowed it
+	ReasonDenyRule      Reason = "deny_rule"       // a DENY (or CUSTOM) rule matched
+	ReasonNoAllowMatch  Reason = "no_allow_match"  // ALLOW policies apply, none matched
+	ReasonInvalidToken  Reason = "invalid_token"   // RequestAuthentication refused a token: 401
+	ReasonNoPolicy      Reason = "no_policy"       // no policy version loaded yet: deny by default
+	ReasonMTLSRequired  Reason = "mtls_required"   // plaintext under STRICT
+	ReasonTLSNotAllowed Reason = "tls_not_allowed" // TLS under DISABLE
+)
+
+func reasonOf(d policy.Decision, loaded bool) Reason {
+	switch {
+	case !loaded:
+		return ReasonNoPolicy
+	case d.Outcome == policy.Allow:
+		return ReasonAllowed
+	case d.Outcome == policy.Unauthenticated:
+		return ReasonInvalidToken
+	case d.Policy != "" && d.Action != "ALLOW":
+		return ReasonDenyRule
+	default:
+		return ReasonNoAllowMatch
+	}
+}
+
+// DecisionEvent is one logged decision. Path never includes the query
+// string: tokens may travel there (RequestAuthentication fromParams).
+type DecisionEvent struct {
+	Time          time.Time `json:"time"`
+	Listener      string    `json:"listener"`
+	Source        string    `json:"source"` // SPIFFE ID, "" for plaintext
+	SourceIP      string    `json:"source_ip"`
+	Destination   string    `json:"destination"` // "namespace:port"
+	Protocol      string    `json:"protocol"`
+	Method        string    `json:"method,omitempty"`
+	Path          string    `json:"path,omitempty"`
+	Decision      string    `json:"decision"` // allow, deny, unauthenticated
+	Policy        string    `json:"policy,omitempty"`
+	Rule          int       `json:"rule"`
+	Reason        string    `json:"reason"`
+	ReasonCode    Reason    `json:"reason_code"`
+	PolicyVersion uint64    `json:"policy_version"`
+	// AuditPolicy names the AUDIT policy that matched, if any.
+	AuditPolicy string `json:"audit_policy,omitempty"`
+}
+
+// AuditSink receives every deny, and every request an AUDIT policy
+// matched, in addition to the decision log. It must not block:
+// implementations queue and drop (counting) when full.
+type AuditSink interface {
+	Record(ctx context.Context, ev DecisionEvent)
+}
+
+// decisionLogger writes decisions as structured logs and counts them.
+type decisionLogger struct {
+	log    *slog.Logger
+	sample float64
+	audit  AuditSink
+	m      *metrics
+}
+
+// sampled reports whether an allow should be logged.
+func (d *decisionLogger) sampled() bool {
+	switch {
+	case d.sample <= 0:
+		return false
+	case d.sample >= 1:
+		return true
+	}
+	return rand.Float64() < d.sample
+}
+
+// record counts the decision and, for denies and sampled allows, builds
+// and writes the event. fill is only called when the event is written, so
+// unsampled allows cost one counter increment.
+func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol string, reason Reason, fill func(*DecisionEvent)) {
+	d.m.decision(outcome, pol, reason)
+	if outcome == policy.Allow && !d.sampled() {
+		return
+	}
+	ev := DecisionEvent{Time: time.Now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason}
+	fill(&ev)
+	level := slog.LevelInfo
+	if outcome != policy.Allow {
+		level = slog.LevelWarn
+	}
+	d.log.LogAttrs(ctx, level, "decision",
+		slog.String("listener", ev.Listener),
+		slog.String("source", ev.Source),
+		slog.String("source_ip", ev.SourceIP),
+		slog.String("destination", ev.Destination),
+		slog.String("protocol", ev.Protocol),
+		slog.String("method", ev.Method),
+		slog.String("path", ev.Path),
+		slog.String("decision", ev.Decision),
+		slog.String("policy", ev.Policy),
+		slog.Int("rule", ev.Rule),
+		slog.String("reason", ev.Reason),
+		slog.String("reason_code", string(ev.ReasonCode)),
+		slog.Uint64("policy_version", ev.PolicyVersion),
+	)
+	if outcome != policy.Allow && d.audit != nil {
+		d.audit.Record(ctx, ev)
+	}
+}
+
+// audited records a request an AUDIT policy matched: always logged, and
+// sent to the audit sink whatever the outcome.
+func (d *decisionLogger) audited(ctx context.Context, dec policy.Decision, fill func(*DecisionEvent)) {
+	ev := DecisionEvent{Time: time.Now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true)}
+	fill(&ev)
+	ev.AuditPolicy = dec.AuditPolicy
+	d.log.LogAttrs(ctx, slog.LevelInfo, "audit",
+		slog.String("listener", ev.Listener),
+		slog.String("source", ev.Source),
+		slog.String("destination", ev.Destination),
+		slog.String("method", ev.Method),
+		slog.String("path", ev.Path),
+		slog.String("decision", ev.Decision),
+		slog.String("audit_policy", ev.AuditPolicy),
+	)
+	if d.audit != nil && dec.Outcome == policy.Allow { // denies were sent by record
+		d.audit.Record(ctx, ev)
+	}
+}
+
+// metrics are the sidecar's Prometheus series. Labels are bounded: listener
+// names come from config, policy names from the policy set, reasons from
+// the Reason constants; no peer IDs or paths.
+type metrics struct {
+	decisions         *prometheus.CounterVec
+	handshakeFailures *prometheus.CounterVec
+	connections       *prometheus.CounterVec
+	active            *prometheus.GaugeVec
+	upstreamErrors    *prometheus.CounterVec
+	revokedClosed     prometheus.Counter
+	policyVersion     prometheus.Gauge
+	reloadFailures    *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_decisions_total",
+			Help: "Authorization decisions by outcome, deciding policy (namespace/name, empty when none) and reason.",
+		}, []string{"decision", "policy", "reason"}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_handshake_failures_total",
+			Help: "Failed inbound and outbound TLS handshakes by listener and reason.",
+		}, []string{"listener", "reason"}),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_connections_total",
+			Help: "Accepted connections by listener and transport (mtls, plaintext).",
+		}, []string{"listener", "transport"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "moatless_sidecar_active_connections",
+			Help: "Open connections by listener.",
+		}, []string{"listener"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_upstream_errors_total",
+			Help: "Requests or connections that could not be forwarded, by listener.",
+		}, []string{"listener"}),
+		revokedClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "moatless_sidecar_revoked_connections_closed_total",
+			Help: "Live connections and requests closed because their identity or token was revoked.",
+		}),
+		policyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "moatless_sidecar_policy_version",
+			Help: "Policy version in force.",
+		}),
+		reloadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_reload_failures_total",
+			Help: "Failed reloads of identity, policy or revocation files; the previous ones stay in force.",
+		}, []string{"what"}),
+	}
+	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.revokedClosed, m.policyVersion, m.reloadFailures} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) decision(o policy.Outcome, pol string, r Reason) {
+	m.decisions.WithLabelValues(o.String(), pol, string(r)).Inc()
+}
+
+// ReloadFailed counts a failed reload of what ("identity", "policy",
+// "revocations"). Drivers that reload files call it.
+func (s *Sidecar) ReloadFailed(what string) { s.metrics.reloadFailures.WithLabelValues(what).Inc() }
+
+func destString(ns string, port int) string { return ns + ":" + strconv.Itoa(port) }

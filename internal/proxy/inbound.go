@@ -1,0 +1,536 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// xfccHeader is Envoy's x-forwarded-client-cert: the only way the app
+// learns who called. Any copy arriving from outside is removed before the
+// sidecar sets its own, so the app can trust it.
+const xfccHeader = "X-Forwarded-Client-Cert"
+
+// inbound is one mTLS listener in front of the app.
+type inbound struct {
+	s    *Sidecar
+	cfg  Inbound
+	name string
+	port int
+	ln   net.Listener
+
+	tlsConf *tls.Config
+	httpSrv *http.Server  // nil for TCP
+	hl      *chanListener // feeds accepted, authenticated conns to httpSrv
+	fwd     *forwarder
+	dialApp func(ctx context.Context) (net.Conn, error)
+
+	conns  sync.Map // net.Conn → *connInfo, every live conn
+	closed atomic.Bool
+}
+
+// connInfo is what the sidecar learned about a connection at accept and
+// handshake time; every request on it reads it, none recomputes it.
+type connInfo struct {
+	peer      string // "spiffe://td/..." or "" for plaintext
+	principal string // peer without the scheme, as Istio writes principals
+	serial    string
+	srcIP     netip.Addr
+	srcIPStr  string
+	dstIP     netip.Addr
+	sni       string
+	xfcc      []string // the header value, shared by every request
+	entry     *tracked
+}
+
+type connInfoKey struct{}
+
+func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
+	if c.App == "" {
+		return nil, errors.New("proxy: config: inbound needs an app address")
+	}
+	if c.Listener == nil && c.Listen == "" {
+		return nil, errors.New("proxy: config: inbound needs a listen address")
+	}
+	ib := &inbound{s: s, cfg: c, port: c.Port}
+	network, addr := "tcp", c.App
+	if p, ok := strings.CutPrefix(c.App, "unix:"); ok {
+		network, addr = "unix", p
+	} else if _, _, err := net.SplitHostPort(c.App); err != nil {
+		return nil, fmt.Errorf("proxy: config: inbound app %q: %w", c.App, err)
+	}
+	if ib.port == 0 {
+		ib.port = portOf(c.App)
+	}
+	ib.name = c.Name
+	if ib.name == "" {
+		ib.name = fmt.Sprintf("inbound-%d", ib.port)
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	ib.dialApp = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+
+	if c.Protocol == TCP {
+		ib.tlsConf = s.tls.serverConfig(nil)
+		return ib, nil
+	}
+	ib.tlsConf = s.tls.serverConfig([]string{"h2", "http/1.1"})
+	tr := &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return ib.dialApp(ctx) },
+		MaxIdleConns:        s.cfg.MaxIdleConnsPerApp,
+		MaxIdleConnsPerHost: s.cfg.MaxIdleConnsPerApp,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		Protocols:           new(http.Protocols),
+	}
+	if c.Protocol == HTTP2 {
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	} else {
+		tr.Protocols.SetHTTP1(true)
+	}
+	host := addr
+	if network == "unix" {
+		host = "app"
+	}
+	ib.fwd = &forwarder{rt: tr, scheme: "http", host: host, name: ib.name, s: s}
+	ib.hl = newChanListener()
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
+	ib.httpSrv = &http.Server{
+		Handler:           ib,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		Protocols:         protos,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if v, ok := ib.conns.Load(c); ok {
+				return context.WithValue(ctx, connInfoKey{}, v.(*connInfo))
+			}
+			return ctx
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				ib.connDone(c)
+			}
+		},
+	}
+	return ib, nil
+}
+
+func (ib *inbound) serve() error {
+	if ib.httpSrv != nil {
+		go ib.httpSrv.Serve(ib.hl)
+	}
+	var delay time.Duration
+	for {
+		c, err := ib.ln.Accept()
+		if err != nil {
+			if ib.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("proxy: inbound %s: accept: %w", ib.name, err)
+		}
+		delay = 0
+		go ib.handle(c)
+	}
+}
+
+func (ib *inbound) close() {
+	if ib.closed.Swap(true) {
+		return
+	}
+	if ib.ln != nil {
+		ib.ln.Close()
+	}
+	if ib.httpSrv != nil {
+		ib.hl.Close()
+		ib.httpSrv.Close()
+	}
+	ib.conns.Range(func(k, _ any) bool {
+		k.(net.Conn).Close()
+		return true
+	})
+}
+
+// destination is the workload as policies see it on this port.
+func (ib *inbound) destination(ip netip.Addr) policy.Destination {
+	return policy.Destination{Namespace: ib.s.cfg.Namespace, Labels: ib.s.cfg.Labels, IP: ip, Port: ib.port}
+}
+
+// handle takes one accepted connection through the PeerAuthentication mode
+// and the handshake, registers it for revocation, then serves it.
+func (ib *inbound) handle(c net.Conn) {
+	s := ib.s
+	s.metrics.active.WithLabelValues(ib.name).Inc()
+	info := &connInfo{}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		info.srcIP = ap.Addr().Unmap()
+		info.srcIPStr = info.srcIP.String()
+	}
+	if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+		info.dstIP = ap.Addr().Unmap()
+	}
+	fail := func() {
+		c.Close()
+		s.metrics.active.WithLabelValues(ib.name).Dec()
+	}
+	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+
+	authz, version := s.authorizer()
+	mode := policy.ModeStrict // deny by default: no policy, no plaintext
+	if authz != nil {
+		mode = authz.MTLSMode(ib.destination(info.dstIP))
+		if mode == policy.ModeUnset {
+			mode = policy.ModePermissive // Istio's mesh-wide default
+		}
+	}
+
+	// One byte tells a TLS ClientHello (a handshake record, 0x16) from
+	// plaintext; it is replayed to whoever reads the connection next.
+	var first [1]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		fail()
+		return
+	}
+	pc := &prefixConn{Conn: c, first: first[0], pending: true}
+	isTLS := first[0] == 0x16
+
+	var conn net.Conn = pc
+	switch {
+	case isTLS && mode == policy.ModeDisable:
+		ib.connDenied(info, ReasonTLSNotAllowed, "PeerAuthentication DISABLE: TLS not accepted", version)
+		fail()
+		return
+	case !isTLS && mode == policy.ModeStrict:
+		reason := "PeerAuthentication STRICT: plaintext refused"
+		if authz == nil {
+			reason = "no policy loaded: plaintext refused"
+		}
+		ib.connDenied(info, ReasonMTLSRequired, reason, version)
+		fail()
+		return
+	case isTLS:
+		tc := tls.Server(pc, ib.tlsConf)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.metrics.handshakeFailures.WithLabelValues(ib.name, handshakeReason(err)).Inc()
+			s.log.Debug("inbound handshake failed", "listener", ib.name, "remote", info.srcIPStr, "err", err)
+			fail()
+			return
+		}
+		cs := tc.ConnectionState()
+		leaf := cs.PeerCertificates[0]
+		id, err := x509svid.IDFromCert(leaf)
+		if err != nil { // verified in VerifyConnection; cannot happen
+			fail()
+			return
+		}
+		info.peer = id.String()
+		info.principal = strings.TrimPrefix(info.peer, "spiffe://")
+		info.serial = serialHex(leaf)
+		info.sni = cs.ServerName
+		if own, err := s.tls.ownID(); err == nil {
+			sum := sha256.Sum256(leaf.Raw)
+			info.xfcc = []string{"By=" + own.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + info.peer}
+		}
+		conn = tc
+		s.metrics.connections.WithLabelValues(ib.name, "mtls").Inc()
+	default:
+		s.metrics.connections.WithLabelValues(ib.name, "plaintext").Inc()
+	}
+	_ = c.SetDeadline(time.Time{})
+
+	ib.conns.Store(conn, info)
+	if info.peer != "" {
+		info.entry = s.live.add(func() { conn.Close() }, idKey(info.peer), serialKey(info.serial))
+		// A revocation may have landed between the handshake's check and
+		// the registration; the sweep would have missed this connection.
+		if s.revoked.Load().has(info.peer, info.serial) {
+			ib.connDone(conn)
+			conn.Close()
+			return
+		}
+	}
+	if ib.closed.Load() {
+		ib.connDone(conn)
+		conn.Close()
+		return
+	}
+	if ib.cfg.Protocol == TCP {
+		ib.serveTCP(conn, info)
+		return
+	}
+	if !ib.hl.push(conn) {
+		ib.connDone(conn)
+		conn.Close()
+	}
+}
+
+// connDone forgets a closed connection.
+func (ib *inbound) connDone(c net.Conn) {
+	v, ok := ib.conns.LoadAndDelete(c)
+	if !ok {
+		return
+	}
+	ib.s.live.remove(v.(*connInfo).entry)
+	ib.s.metrics.active.WithLabelValues(ib.name).Dec()
+}
+
+// connDenied logs and counts a connection refused before any request.
+func (ib *inbound) connDenied(info *connInfo, reason Reason, text string, version uint64) {
+	ib.s.dec.record(context.Background(), policy.Deny, "", reason, func(ev *DecisionEvent) {
+		ev.Listener = ib.name
+		ev.SourceIP = info.srcIPStr
+		ev.Destination = destString(ib.s.cfg.Namespace, ib.port)
+		ev.Protocol = ib.cfg.Protocol.String()
+		ev.Reason = text
+		ev.PolicyVersion = version
+	})
+}
+
+func handshakeReason(err error) string {
+	switch {
+	case errors.Is(err, ErrPeerRevoked):
+		return "revoked"
+	case errors.Is(err, ErrPeerNotAllowed):
+		return "wrong_id"
+	case errors.Is(err, ErrPeerUnverified):
+		return "unverified"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	}
+	var ae tls.AlertError
+	if errors.As(err, &ae) {
+		return "alert"
+	}
+	return "other"
+}
+
+// serveTCP applies L4 policy to a raw TCP connection and pipes it to the app.
+func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
+	s := ib.s
+	defer func() {
+		ib.connDone(conn)
+		conn.Close()
+	}()
+	authz, version := s.authorizer()
+	req := policy.Request{
+		Protocol:    policy.TCP,
+		Source:      policy.Source{Principal: info.principal, IP: info.srcIP},
+		RemoteIP:    info.srcIP,
+		Destination: ib.destination(info.dstIP),
+		SNI:         info.sni,
+	}
+	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
+	if authz != nil {
+		dec = authz.Evaluate(&req, s.verifier())
+	}
+	ib.logDecision(context.Background(), dec, authz != nil, version, info, nil)
+	if dec.Outcome != policy.Allow {
+		return
+	}
+	app, err := ib.dialApp(context.Background())
+	if err != nil {
+		s.metrics.upstreamErrors.WithLabelValues(ib.name).Inc()
+		s.log.Warn("dial app failed", "listener", ib.name, "err", err)
+		return
+	}
+	defer app.Close()
+	pipe(app, app, conn, conn)
+}
+
+// logDecision records a decision with the request's attributes.
+func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded bool, version uint64, info *connInfo, r *http.Request) {
+	reason := reasonOf(dec, loaded)
+	fill := func(ev *DecisionEvent) {
+		ev.Listener = ib.name
+		ev.Source = info.peer
+		ev.SourceIP = info.srcIPStr
+		ev.Destination = destString(ib.s.cfg.Namespace, ib.port)
+		ev.Protocol = ib.cfg.Protocol.String()
+		if r != nil {
+			ev.Method = r.Method
+			ev.Path = r.URL.Path
+		}
+		ev.Rule = dec.Rule
+		ev.Reason = dec.Reason
+		ev.PolicyVersion = version
+	}
+	ib.s.dec.record(ctx, dec.Outcome, dec.Policy, reason, fill)
+	if dec.Audit {
+		ib.s.dec.audited(ctx, dec, fill)
+	}
+}
+
+var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
+
+// ServeHTTP is the inbound request path: strip the caller's
+// x-forwarded-client-cert, authenticate and authorize, then forward.
+func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := ib.s
+	info, _ := r.Context().Value(connInfoKey{}).(*connInfo)
+	if info == nil { // not a connection this listener accepted
+		http.Error(w, "RBAC: access denied", http.StatusForbidden)
+		return
+	}
+	h := r.Header
+	delete(h, xfccHeader)
+
+	authz, version := s.authorizer()
+	req := reqPool.Get().(*policy.Request)
+	*req = policy.Request{
+		Protocol:    policy.HTTP,
+		Source:      policy.Source{Principal: info.principal, IP: info.srcIP},
+		RemoteIP:    info.srcIP,
+		Destination: ib.destination(info.dstIP),
+		SNI:         info.sni,
+		Method:      r.Method,
+		Host:        r.Host,
+		Path:        r.RequestURI,
+		Headers:     h,
+	}
+	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
+	if authz != nil {
+		dec = authz.Evaluate(req, s.verifier())
+	}
+	auth := req.Auth
+	*req = policy.Request{}
+	reqPool.Put(req)
+	ib.logDecision(r.Context(), dec, authz != nil, version, info, r)
+
+	switch dec.Outcome {
+	case policy.Allow:
+	case policy.Unauthenticated:
+		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, "Jwt verification fails")
+		return
+	default:
+		body := "RBAC: access denied"
+		if s.cfg.DenyNamesPolicy && dec.Policy != "" {
+			body += " by " + dec.Policy
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, body)
+		return
+	}
+
+	if auth != nil {
+		for _, k := range auth.RemoveHeaders {
+			h.Del(k)
+		}
+		for k, v := range auth.SetHeaders {
+			h.Set(k, v)
+		}
+		if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
+			q := r.URL.Query()
+			for _, p := range auth.RemoveQueryParams {
+				q.Del(p)
+			}
+			r.URL.RawQuery = q.Encode()
+		}
+		// A request authenticated with a token is cut off when that
+		// token's jti is revoked, however long it streams.
+		if jti, _ := auth.Claims["jti"].(string); jti != "" {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			e := s.live.add(cancel, jtiKey(jti))
+			defer s.live.remove(e)
+			if s.revoked.Load().hasJTI(jti) {
+				cancel()
+			}
+			r = r.WithContext(ctx)
+		}
+	}
+	if info.xfcc != nil {
+		h[xfccHeader] = info.xfcc
+	}
+	ib.fwd.forward(w, r, func(c net.Conn) func() {
+		// The upgraded stream outlives the HTTP server's view of the
+		// connection; keep it registered for revocation until it ends.
+		return func() { ib.connDone(c) }
+	})
+}
+
+// chanListener hands connections the sidecar accepted and authenticated
+// to an http.Server.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// prefixConn replays the byte read to sniff the protocol.
+type prefixConn struct {
+	net.Conn
+	first   byte
+	pending bool
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if c.pending && len(p) > 0 {
+		p[0] = c.first
+		c.pending = false
+		return 1, nil
+	}
+	return c.Conn.Read(p)
+}

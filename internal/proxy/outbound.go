@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// outbound is one loopback listener the app calls in plaintext; requests
+// go on over mutual TLS to one upstream sidecar.
+type outbound struct {
+	s    *Sidecar
+	cfg  Outbound
+	name string
+	ln   net.Listener
+
+	tlsConf *tls.Config // TCP: dialed per connection
+	tr      *http.Transport
+	httpSrv *http.Server
+	fwd     *forwarder
+
+	upstreamRevoked atomic.Bool
+	conns           sync.Map // TCP conns, for Close
+	closed          atomic.Bool
+}
+
+func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
+	if c.Upstream == "" {
+		return nil, errors.New("proxy: config: outbound needs an upstream address")
+	}
+	if _, _, err := net.SplitHostPort(c.Upstream); err != nil {
+		return nil, fmt.Errorf("proxy: config: outbound upstream %q: %w", c.Upstream, err)
+	}
+	if c.ID.IsZero() {
+		return nil, fmt.Errorf("proxy: config: outbound to %s needs the upstream's SPIFFE ID", c.Upstream)
+	}
+	if c.Listener == nil && c.Listen == "" {
+		return nil, errors.New("proxy: config: outbound needs a listen address")
+	}
+	ob := &outbound{s: s, cfg: c, name: c.Name}
+	if ob.name == "" {
+		addr := c.Listen
+		if c.Listener != nil {
+			addr = c.Listener.Addr().String()
+		}
+		ob.name = fmt.Sprintf("outbound-%d", portOf(addr))
+	}
+	if c.Protocol == TCP {
+		ob.tlsConf = s.tls.clientConfig(c.ID, c.ServerName, nil)
+		return ob, nil
+	}
+	// One pool of HTTP/2 connections to the upstream (ALPN h2): many
+	// requests share one handshake. WebSocket upgrades need HTTP/1.1; the
+	// transport dials those on separate connections by itself.
+	ob.tr = &http.Transport{
+		TLSClientConfig:     s.tls.clientConfig(c.ID, c.ServerName, []string{"h2", "http/1.1"}),
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: s.cfg.HandshakeTimeout,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		Protocols:           new(http.Protocols),
+		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+	}
+	ob.tr.Protocols.SetHTTP1(true)
+	ob.tr.Protocols.SetHTTP2(true)
+	ob.fwd = &forwarder{rt: ob.tr, scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
+	ob.httpSrv = &http.Server{
+		Handler:           ob,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		Protocols:         protos,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				s.metrics.active.WithLabelValues(ob.name).Inc()
+				s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
+			case http.StateClosed, http.StateHijacked:
+				s.metrics.active.WithLabelValues(ob.name).Dec()
+			}
+		},
+	}
+	return ob, nil
+}
+
+// errBody tells the app why its call did not reach the upstream. The app
+// is local and trusted with the detail (a wrong upstream identity, for
+// one), unlike a remote caller.
+func (ob *outbound) errBody(err error) string {
+	msg := "upstream connect error or disconnect/reset before headers"
+	switch {
+	case errors.Is(err, ErrPeerNotAllowed):
+		return msg + ": upstream SPIFFE ID is not " + ob.cfg.ID.String()
+	case errors.Is(err, ErrPeerRevoked):
+		return msg + ": upstream identity revoked"
+	case errors.Is(err, ErrPeerUnverified):
+		return msg + ": upstream X509-SVID not verified by the trust bundle"
+	}
+	return msg
+}
+
+func (ob *outbound) serve() error {
+	if ob.httpSrv != nil {
+		err := ob.httpSrv.Serve(ob.ln)
+		if ob.closed.Load() || errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("proxy: outbound %s: %w", ob.name, err)
+	}
+	for {
+		c, err := ob.ln.Accept()
+		if err != nil {
+			if ob.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("proxy: outbound %s: accept: %w", ob.name, err)
+		}
+		go ob.serveTCP(c)
+	}
+}
+
+func (ob *outbound) close() {
+	if ob.closed.Swap(true) {
+		return
+	}
+	if ob.httpSrv != nil {
+		ob.httpSrv.Close()
+		ob.tr.CloseIdleConnections()
+	}
+	if ob.ln != nil {
+		ob.ln.Close()
+	}
+	ob.conns.Range(func(k, _ any) bool {
+		k.(net.Conn).Close()
+		return true
+	})
+}
+
+// revoked drops pooled connections to an upstream whose identity was
+// revoked; new handshakes with it fail verification.
+func (ob *outbound) revoked(rs *revocationSet) {
+	was := ob.upstreamRevoked.Load()
+	now := rs.has(ob.cfg.ID.String(), "")
+	ob.upstreamRevoked.Store(now)
+	if now && !was && ob.tr != nil {
+		ob.tr.CloseIdleConnections()
+	}
+}
+
+// ServeHTTP forwards one plaintext request from the app to the upstream.
+func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if ob.upstreamRevoked.Load() {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
+		return
+	}
+	ob.fwd.forward(w, r, nil)
+}
+
+// serveTCP pipes one plaintext connection from the app to the upstream.
+func (ob *outbound) serveTCP(c net.Conn) {
+	s := ob.s
+	s.metrics.active.WithLabelValues(ob.name).Inc()
+	s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
+	ob.conns.Store(c, struct{}{})
+	defer func() {
+		ob.conns.Delete(c)
+		c.Close()
+		s.metrics.active.WithLabelValues(ob.name).Dec()
+	}()
+	if ob.closed.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	d := &tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: ob.tlsConf}
+	up, err := d.DialContext(ctx, "tcp", ob.cfg.Upstream)
+	cancel()
+	if err != nil {
+		s.metrics.upstreamErrors.WithLabelValues(ob.name).Inc()
+		s.metrics.handshakeFailures.WithLabelValues(ob.name, handshakeReason(err)).Inc()
+		s.log.Warn("outbound dial failed", "listener", ob.name, "upstream", ob.cfg.Upstream, "err", err)
+		return
+	}
+	ob.conns.Store(up, struct{}{})
+	defer func() {
+		ob.conns.Delete(up)
+		up.Close()
+	}()
+	pipe(up, up, c, c)
+}

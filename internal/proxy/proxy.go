@@ -1,0 +1,493 @@
+// Package proxy is the moatless sidecar: one per workload, in front of it
+// and behind it.
+//
+// Inbound, it terminates mutual TLS from other sidecars (TLS 1.3, the peer's
+// X509-SVID verified against the trust bundle, never a hostname), applies
+// the PeerAuthentication mode of the port (STRICT refuses plaintext,
+// PERMISSIVE accepts both on one port by sniffing for a TLS ClientHello,
+// DISABLE takes plaintext only), authenticates request JWTs
+// (RequestAuthentication), authorizes the request (AuthorizationPolicy) and
+// forwards it to the local app with the verified caller in
+// x-forwarded-client-cert. Outbound, it listens on loopback for the app's
+// plaintext calls and forwards each over mutual TLS to an upstream sidecar
+// whose SPIFFE ID it verifies, over pooled HTTP/2 connections with TLS
+// session resumption.
+//
+// HTTP/1.1, HTTP/2 (h2c from the app), gRPC (trailers included), WebSocket
+// upgrades and raw TCP (L4 policy only) are carried. New SVIDs, bundles and
+// policies apply to the next handshake or request without dropping
+// connections; a revoked identity (SPIFFE ID, certificate serial or token
+// ID) has its live connections closed.
+//
+// Lifecycle: New(Config) → Serve(ctx) → Close. Policy and revocations are
+// pushed in with SetAuthorizer and SetRevocations from whatever drives the
+// sidecar (policy files, the server's watch stream).
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Authorizer is the compiled policy the sidecar enforces: the part of the
+// policy engine's *Set it consumes. Implementations must be safe for
+// concurrent use and must not do I/O; a new policy version is a new
+// Authorizer swapped in whole.
+type Authorizer interface {
+	// MTLSMode is the PeerAuthentication mode for a workload port.
+	MTLSMode(dst policy.Destination) policy.MTLSMode
+	// Evaluate authenticates the request's JWTs with v and authorizes it.
+	Evaluate(req *policy.Request, v policy.JWTVerifier) policy.Decision
+}
+
+// Protocol is what a port carries.
+type Protocol uint8
+
+const (
+	// HTTP: HTTP/1.1 or HTTP/2 from the peer, HTTP/1.1 to the app.
+	HTTP Protocol = iota
+	// HTTP2: as HTTP but HTTP/2 without TLS (h2c) to the app: gRPC servers.
+	HTTP2
+	// TCP: raw bytes, L4 policy only.
+	TCP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case HTTP2:
+		return "http2"
+	case TCP:
+		return "tcp"
+	default:
+		return "http"
+	}
+}
+
+// ParseProtocol reads a protocol name: "http", "http2" (alias "grpc", "h2c")
+// or "tcp".
+func ParseProtocol(s string) (Protocol, error) {
+	switch strings.ToLower(s) {
+	case "", "http", "http1", "http/1.1":
+		return HTTP, nil
+	case "http2", "h2c", "grpc":
+		return HTTP2, nil
+	case "tcp":
+		return TCP, nil
+	}
+	return 0, fmt.Errorf("proxy: unknown protocol %q (want http, http2, grpc or tcp)", s)
+}
+
+// Inbound is one mTLS listener in front of the app.
+type Inbound struct {
+	// Name labels metrics and logs; default "inbound-<port>".
+	Name string
+	// Listen is the address to bind ("0.0.0.0:15006"). Ignored when
+	// Listener is set.
+	Listen   string
+	Listener net.Listener
+	// App is where the app listens: "host:port" or "unix:/path".
+	App string
+	// Protocol of the port.
+	Protocol Protocol
+	// Port is the destination port policies see (Istio's workload port,
+	// for portLevelMtls and destination.port); default: App's port.
+	Port int
+}
+
+// Outbound is one loopback listener the app calls in plaintext.
+type Outbound struct {
+	// Name labels metrics and logs; default "outbound-<listen port>".
+	Name string
+	// Listen must be a loopback address: plaintext never leaves the host.
+	// Ignored when Listener is set.
+	Listen   string
+	Listener net.Listener
+	// Upstream is the upstream sidecar's inbound address, "host:port".
+	Upstream string
+	// ID is the SPIFFE ID the upstream must present. Anything else is
+	// refused during the handshake.
+	ID spiffeid.ID
+	// ServerName is sent as SNI; default none.
+	ServerName string
+	// Protocol of the port: HTTP (the app may speak HTTP/1.1 or h2c) or TCP.
+	// HTTP2 is the same as HTTP on the outbound side.
+	Protocol Protocol
+}
+
+// Config configures a Sidecar. Identity and at least one listener are
+// required; every other field has a working zero value.
+type Config struct {
+	// Identity supplies the SVID and bundles; read on every handshake.
+	Identity Identity
+	// Namespace and Labels describe this workload to policies (selectors,
+	// targeting by namespace).
+	Namespace string
+	Labels    map[string]string
+
+	Inbound  []Inbound
+	Outbound []Outbound
+
+	// Authorizer is the initial policy. Nil means deny everything (and
+	// STRICT mTLS) until SetAuthorizer is called: deny by default.
+	Authorizer Authorizer
+	// Verifier validates request JWTs. Nil refuses (401) any request for
+	// which a RequestAuthentication rule exists and a token is presented.
+	Verifier policy.JWTVerifier
+
+	// Logger receives operational logs; default slog.Default().
+	Logger *slog.Logger
+	// DecisionLog receives decision records as structured logs; default
+	// Logger. Every deny is logged; allows at AllowSampleRate (0: none,
+	// 1: all).
+	DecisionLog     *slog.Logger
+	AllowSampleRate float64
+	// Audit, when set, also receives every deny (join-token mode reports
+	// them to the server's audit log).
+	Audit AuditSink
+	// Registerer receives the sidecar's Prometheus metrics; default none
+	// (a private registry).
+	Registerer prometheus.Registerer
+
+	// DenyNamesPolicy puts the deciding policy's name in 403 bodies
+	// ("RBAC: access denied by prod/deny-delete"). Off by default: policy
+	// names tell a caller how the mesh is configured.
+	DenyNamesPolicy bool
+
+	// HandshakeTimeout bounds the first byte plus TLS handshake; default 10s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes idle keep-alive connections; default 5m.
+	IdleTimeout time.Duration
+	// ReadHeaderTimeout bounds reading request headers; default 30s.
+	ReadHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds request headers; default 64 KiB.
+	MaxHeaderBytes int
+	// MaxIdleConnsPerApp is the keep-alive pool to the app; default 256.
+	MaxIdleConnsPerApp int
+
+	// Now is the clock for certificate checks; default time.Now.
+	Now func() time.Time
+}
+
+// ErrClosed is returned by Serve after Close.
+var ErrClosed = errors.New("proxy: sidecar closed")
+
+// Sidecar is a running sidecar. Create it with New, run it with Serve,
+// stop it with Close. Its methods are safe for concurrent use.
+type Sidecar struct {
+	cfg     Config
+	log     *slog.Logger
+	tls     *tlsIdentity
+	policy  atomic.Pointer[policyState]
+	revoked atomic.Pointer[revocationSet]
+	live    *tracker
+	dec     *decisionLogger
+	metrics *metrics
+
+	inbound  []*inbound
+	outbound []*outbound
+
+	mu       sync.Mutex
+	serving  bool
+	closed   bool
+	done     chan struct{}
+	closers  []func()
+	onPolicy []func(uint64)
+}
+
+type policyState struct {
+	version uint64
+	authz   Authorizer
+}
+
+// New checks cfg and builds a Sidecar. It binds nothing: Serve does.
+func New(cfg Config) (*Sidecar, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("proxy: config: an identity source is required")
+	}
+	if len(cfg.Inbound) == 0 && len(cfg.Outbound) == 0 {
+		return nil, errors.New("proxy: config: no inbound or outbound listener")
+	}
+	if cfg.AllowSampleRate < 0 || cfg.AllowSampleRate > 1 {
+		return nil, fmt.Errorf("proxy: config: allow sample rate %v not in [0, 1]", cfg.AllowSampleRate)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DecisionLog == nil {
+		cfg.DecisionLog = cfg.Logger
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 30 * time.Second
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = 64 << 10
+	}
+	if cfg.MaxIdleConnsPerApp <= 0 {
+		cfg.MaxIdleConnsPerApp = 256
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, live: newTracker(), done: make(chan struct{})}
+	s.revoked.Store(&revocationSet{})
+	s.tls = &tlsIdentity{src: cfg.Identity, now: cfg.Now, revoked: s.revoked.Load}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.dec = &decisionLogger{log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
+	s.policy.Store(&policyState{authz: cfg.Authorizer})
+
+	names := map[string]bool{}
+	for i := range cfg.Inbound {
+		ib, err := s.newInbound(cfg.Inbound[i])
+		if err != nil {
+			return nil, err
+		}
+		if names[ib.name] {
+			return nil, fmt.Errorf("proxy: config: listener name %q used twice", ib.name)
+		}
+		names[ib.name] = true
+		s.inbound = append(s.inbound, ib)
+	}
+	for i := range cfg.Outbound {
+		ob, err := s.newOutbound(cfg.Outbound[i])
+		if err != nil {
+			return nil, err
+		}
+		if names[ob.name] {
+			return nil, fmt.Errorf("proxy: config: listener name %q used twice", ob.name)
+		}
+		names[ob.name] = true
+		s.outbound = append(s.outbound, ob)
+	}
+	return s, nil
+}
+
+// Serve binds every listener (or uses the given ones) and serves until ctx
+// is done or Close is called. It returns ErrClosed after Close, ctx's error
+// when ctx ended, or the first listener error. Serve may be called once.
+func (s *Sidecar) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("proxy: Serve called twice")
+	}
+	s.serving = true
+	s.mu.Unlock()
+
+	bind := func(given net.Listener, addr string) (net.Listener, error) {
+		if given != nil {
+			return given, nil
+		}
+		return net.Listen("tcp", addr)
+	}
+	var lns []net.Listener
+	fail := func(err error) error {
+		for _, l := range lns {
+			l.Close()
+		}
+		s.Close()
+		return err
+	}
+	for _, ib := range s.inbound {
+		l, err := bind(ib.cfg.Listener, ib.cfg.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: inbound %s: listen: %w", ib.name, err))
+		}
+		lns = append(lns, l)
+	}
+	for _, ob := range s.outbound {
+		l, err := bind(ob.cfg.Listener, ob.cfg.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: outbound %s: listen: %w", ob.name, err))
+		}
+		lns = append(lns, l)
+		if ta, ok := l.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+			return fail(fmt.Errorf("proxy: outbound %s: %s is not a loopback address: plaintext must not leave the host", ob.name, l.Addr()))
+		}
+	}
+	// Listeners are published under the lock so Close sees them.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		for _, l := range lns {
+			l.Close()
+		}
+		return ErrClosed
+	}
+	for i, ib := range s.inbound {
+		ib.ln = lns[i]
+	}
+	for i, ob := range s.outbound {
+		ob.ln = lns[len(s.inbound)+i]
+	}
+	s.mu.Unlock()
+
+	errc := make(chan error, len(s.inbound)+len(s.outbound))
+	for _, ib := range s.inbound {
+		go func() { errc <- ib.serve() }()
+	}
+	for _, ob := range s.outbound {
+		go func() { errc <- ob.serve() }()
+	}
+	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
+
+	var err error
+	select {
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-s.done:
+		err = ErrClosed
+	case err = <-errc:
+	}
+	s.Close()
+	return err
+}
+
+// Close stops every listener and closes every connection. It is idempotent.
+func (s *Sidecar) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	for _, ib := range s.inbound {
+		ib.close()
+	}
+	for _, ob := range s.outbound {
+		ob.close()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Addrs returns the bound address of each listener by name, once Serve has
+// bound them (nil entries before).
+func (s *Sidecar) Addrs() map[string]net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]net.Addr)
+	for _, ib := range s.inbound {
+		if ib.ln != nil {
+			out[ib.name] = ib.ln.Addr()
+		}
+	}
+	for _, ob := range s.outbound {
+		if ob.ln != nil {
+			out[ob.name] = ob.ln.Addr()
+		}
+	}
+	return out
+}
+
+// SetAuthorizer puts a new policy version in force for every following
+// decision. Connections already open stay open; their next request is
+// decided by the new policy. Nil denies everything.
+func (s *Sidecar) SetAuthorizer(version uint64, a Authorizer) {
+	s.policy.Store(&policyState{version: version, authz: a})
+	s.metrics.policyVersion.Set(float64(version))
+}
+
+// PolicyVersion is the version last passed to SetAuthorizer (0 before).
+func (s *Sidecar) PolicyVersion() uint64 { return s.policy.Load().version }
+
+// SetRevocations replaces the revocation list. New handshakes from a revoked
+// SPIFFE ID or serial fail; live connections authenticated with one, and
+// in-flight requests authenticated with a revoked token ID, are closed.
+// It returns how many were closed. If the Verifier implements TokenRevoker,
+// it gets the token IDs too.
+func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
+	rs := newRevocationSet(r)
+	s.revoked.Store(rs)
+	if tr, ok := s.cfg.Verifier.(TokenRevoker); ok && r != nil {
+		tr.SetRevokedTokenIDs(r.TokenIDs)
+	}
+	n := s.live.sweep(rs)
+	if n > 0 {
+		s.metrics.revokedClosed.Add(float64(n))
+		s.log.Info("closed connections of revoked identities", "count", n)
+	}
+	for _, ob := range s.outbound {
+		ob.revoked(rs)
+	}
+	return n
+}
+
+// TokenRevoker is an optional capability of a Verifier: it refuses tokens
+// whose jti is listed.
+type TokenRevoker interface {
+	SetRevokedTokenIDs([]wire.RevokedTokenID)
+}
+
+// LiveConnections is the number of inbound connections (and token-bound
+// requests) tracked for revocation.
+func (s *Sidecar) LiveConnections() int { return s.live.len() }
+
+// verifier is the configured JWT verifier, or one that refuses every token
+// when none is configured: a token nobody can check is not trusted.
+func (s *Sidecar) verifier() policy.JWTVerifier {
+	if s.cfg.Verifier != nil {
+		return s.cfg.Verifier
+	}
+	return refuseTokens{}
+}
+
+type refuseTokens struct{}
+
+func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	return nil, errors.New("proxy: no JWT verifier configured")
+}
+
+func (s *Sidecar) authorizer() (Authorizer, uint64) {
+	p := s.policy.Load()
+	return p.authz, p.version
+}
+
+// portOf returns the port number of "host:port", 0 if none.
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return 0
+	}
+	return n
+}

@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// revocationSet is an immutable snapshot of wire.Revocations, indexed for
+// the per-handshake and per-request checks. The zero value (and nil) revokes
+// nothing.
+type revocationSet struct {
+	ids     map[string]struct{} // full "spiffe://" IDs
+	serials map[string]struct{} // lower-case hex, no leading zeros
+	jtis    map[string]time.Time
+}
+
+// newRevocationSet indexes r. Serials are normalized to lower case without
+// leading zeros, the form big.Int.Text(16) produces, so "0A1b" matches a
+// certificate with serial 0xa1b.
+func newRevocationSet(r *wire.Revocations) *revocationSet {
+	rs := &revocationSet{}
+	if r == nil {
+		return rs
+	}
+	if len(r.SPIFFEIDs) > 0 {
+		rs.ids = make(map[string]struct{}, len(r.SPIFFEIDs))
+		for _, id := range r.SPIFFEIDs {
+			rs.ids[id] = struct{}{}
+		}
+	}
+	if len(r.Serials) > 0 {
+		rs.serials = make(map[string]struct{}, len(r.Serials))
+		for _, s := range r.Serials {
+			rs.serials[normalizeSerial(s.Serial)] = struct{}{}
+		}
+	}
+	if len(r.TokenIDs) > 0 {
+		rs.jtis = make(map[string]time.Time, len(r.TokenIDs))
+		for _, t := range r.TokenIDs {
+			rs.jtis[t.JTI] = t.ExpiresAt
+		}
+	}
+	return rs
+}
+
+func normalizeSerial(s string) string {
+	s = strings.ToLower(strings.TrimSpace(s))
+	s = strings.TrimLeft(s, "0")
+	if s == "" {
+		return "0"
+	}
+	return s
+}
+
+// has reports whether a peer with this SPIFFE ID or leaf serial is revoked.
+func (rs *revocationSet) has(id, serial string) bool {
+	if rs == nil {
+		return false
+	}
+	if _, ok := rs.ids[id]; ok {
+		return true
+	}
+	if serial == "" {
+		return false
+	}
+	_, ok := rs.serials[serial]
+	return ok
+}
+
+// hasJTI reports whether a token ID is revoked.
+func (rs *revocationSet) hasJTI(jti string) bool {
+	if rs == nil || jti == "" {
+		return false
+	}
+	_, ok := rs.jtis[jti]
+	return ok
+}
+
+// Keys under which live connections and requests are tracked.
+func idKey(id string) string         { return "id:" + id }
+func serialKey(serial string) string { return "serial:" + serial }
+func jtiKey(jti string) string       { return "jti:" + jti }
+
+// tracker knows every live inbound connection (and every in-flight request
+// authenticated by a token ID) by the identities it was authenticated with,
+// so that a revocation can close what is already open, not only refuse
+// what comes next.
+type tracker struct {
+	mu    sync.Mutex
+	byKey map[string]map[*tracked]struct{}
+	n     int
+}
+
+// tracked is one live connection or request. close is called at most once.
+type tracked struct {
+	keys  []string
+	close func()
+	once  sync.Once
+}
+
+func newTracker() *tracker { return &tracker{byKey: make(map[string]map[*tracked]struct{})} }
+
+// add registers close under keys and returns the handle to remove it with.
+func (t *tracker) add(close func(), keys ...string) *tracked {
+	e := &tracked{keys: keys, close: close}
+	t.mu.Lock()
+	for _, k := range keys {
+		m := t.byKey[k]
+		if m == nil {
+			m = make(map[*tracked]struct{}, 1)
+			t.byKey[k] = m
+		}
+		m[e] = struct{}{}
+	}
+	t.n++
+	t.mu.Unlock()
+	return e
+}
+
+// remove forgets e; removing twice is harmless.
+func (t *tracker) remove(e *tracked) {
+	if e == nil {
+		return
+	}
+	t.mu.Lock()
+	t.removeLocked(e)
+	t.mu.Unlock()
+}
+
+func (t *tracker) removeLocked(e *tracked) {
+	removed := false
+	for _, k := range e.keys {
+		m := t.byKey[k]
+		if _, ok := m[e]; ok {
+			removed = true
+			delete(m, e)
+			if len(m) == 0 {
+				delete(t.byKey, k)
+			}
+		}
+	}
+	if removed {
+		t.n--
+	}
+}
+
+// len is the number of live tracked entries.
+func (t *tracker) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
+
+// sweep closes and forgets every entry registered under a key that rs
+// revokes, and returns how many it closed. Closing happens outside the
+// lock: a close function may block on I/O.
+func (t *tracker) sweep(rs *revocationSet) int {
+	var victims []*tracked
+	t.mu.Lock()
+	for k, m := range t.byKey {
+		if !keyRevoked(rs, k) {
+			continue
+		}
+		for e := range m {
+			victims = append(victims, e)
+		}
+	}
+	for _, e := range victims {
+		t.removeLocked(e)
+	}
+	t.mu.Unlock()
+	for _, e := range victims {
+		e.once.Do(e.close)
+	}
+	return len(victims)
+}
+
+func keyRevoked(rs *revocationSet, k string) bool {
+	switch {
+	case strings.HasPrefix(k, "id:"):
+		_, ok := rs.ids[k[3:]]
+		return ok
+	case strings.HasPrefix(k, "serial:"):
+		_, ok := rs.serials[k[7:]]
+		return ok
+	case strings.HasPrefix(k, "jti:"):
+		return rs.hasJTI(k[4:])
+	}
+	return false
+}
