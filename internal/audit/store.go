@@ -1,0 +1,266 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/moatless/moatless/internal/store"
+)
+
+// StoreSink appends events to the store's audit log, chained.
+//
+// AppendTx writes inside a caller's transaction, so a change and its audit
+// record commit together or not at all. Append (the Sink method) is for
+// events with no change of their own (reads, refusals, issuance): it
+// group-commits, so concurrent callers share one transaction and one
+// fsync, and returns once its event is durable.
+//
+// Every append locks the chain head (PostgreSQL: SELECT ... FOR UPDATE;
+// SQLite: the database write lock), so appends from several server
+// replicas serialize into one chain. Safe for concurrent use.
+type StoreSink struct {
+	db *store.DB
+	// Now is the clock for events without a time; time.Now when nil.
+	Now func() time.Time
+	// MaxBatch bounds a group commit; 256 when 0.
+	MaxBatch int
+
+	mu      sync.Mutex
+	pending []*pendingEvent
+	leading bool
+}
+
+type pendingEvent struct {
+	ev   Event
+	done chan error
+}
+
+// NewStoreSink returns a sink writing to db.
+func NewStoreSink(db *store.DB) *StoreSink { return &StoreSink{db: db} }
+
+func (s *StoreSink) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// AppendTx chains evs after the current head inside tx. The head stays
+// locked until tx ends.
+func (s *StoreSink) AppendTx(ctx context.Context, tx *sql.Tx, evs ...Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	seq, prev, err := s.db.LockAuditHead(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	rows := make([]store.AuditRow, 0, len(evs))
+	for _, ev := range evs {
+		ev = normalize(ev, s.now)
+		seq++
+		r := store.AuditRow{
+			Seq: seq, At: ev.Time.UnixNano(), Kind: ev.Kind, Actor: ev.Actor, Subject: ev.Subject,
+			Outcome: ev.Outcome, Details: encodeDetails(ev.Details), PrevHash: prev,
+		}
+		r.Hash = Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, r.PrevHash)
+		rows = append(rows, r)
+		prev = r.Hash
+	}
+	if err := s.db.AppendAuditRows(ctx, tx, rows); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
+
+// Append records ev durably, batching with concurrent callers. If ctx ends
+// before the batch is written, Append returns ctx's error, but the event
+// may still be written.
+func (s *StoreSink) Append(ctx context.Context, ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = s.now()
+	}
+	p := &pendingEvent{ev: ev, done: make(chan error, 1)}
+	s.mu.Lock()
+	s.pending = append(s.pending, p)
+	lead := !s.leading
+	if lead {
+		s.leading = true
+	}
+	s.mu.Unlock()
+	if lead {
+		// The leader writes batches until none are pending, then steps
+		// down; followers only wait. Detached from the leader's ctx so one
+		// caller's cancellation cannot fail everybody else's events.
+		s.lead(context.WithoutCancel(ctx))
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *StoreSink) lead(ctx context.Context) {
+	maxBatch := s.MaxBatch
+	if maxBatch <= 0 {
+		maxBatch = 256
+	}
+	for {
+		s.mu.Lock()
+		if len(s.pending) == 0 {
+			s.leading = false
+			s.mu.Unlock()
+			return
+		}
+		n := min(len(s.pending), maxBatch)
+		batch := s.pending[:n:n]
+		s.pending = s.pending[n:]
+		s.mu.Unlock()
+
+		evs := make([]Event, len(batch))
+		for i, p := range batch {
+			evs[i] = p.ev
+		}
+		var err error
+		for attempt := 0; attempt < 3; attempt++ {
+			// A retry covers the one benign race: two replicas creating
+			// the chain head of an empty log at once.
+			if err = s.db.Tx(ctx, func(tx *sql.Tx) error { return s.AppendTx(ctx, tx, evs...) }); err == nil {
+				break
+			}
+		}
+		for _, p := range batch {
+			p.done <- err
+		}
+	}
+}
+
+// FromRow converts a stored row to a Record.
+func FromRow(r store.AuditRow) (Record, error) {
+	rec := Record{Seq: r.Seq, PrevHash: r.PrevHash, Hash: r.Hash, Event: Event{
+		Time: time.Unix(0, r.At).UTC(), Kind: r.Kind, Actor: r.Actor, Subject: r.Subject, Outcome: r.Outcome,
+	}}
+	if len(rec.PrevHash) == 0 {
+		rec.PrevHash = nil
+	}
+	if err := json.Unmarshal([]byte(r.Details), &rec.Details); err != nil {
+		return rec, fmt.Errorf("audit: record %d: details are not a JSON object of strings: %w", r.Seq, err)
+	}
+	return rec, nil
+}
+
+// List returns up to limit records, newest first, older than before (0:
+// from the newest).
+func List(ctx context.Context, db *store.DB, before uint64, limit int) ([]Record, error) {
+	rows, err := db.AuditRowsDesc(ctx, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	out := make([]Record, 0, len(rows))
+	for _, r := range rows {
+		rec, err := FromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// VerifyOptions tune Verify.
+type VerifyOptions struct {
+	// ExpectHead, when set, is a head saved earlier: the record with its
+	// sequence number must still carry its hash. This catches a chain
+	// rewritten from an edited record forward, which the chain alone
+	// cannot.
+	ExpectHead *Head
+	// PageSize is how many records are read per query; 1000 when 0.
+	PageSize int
+}
+
+// VerifyResult summarizes a chain that verified.
+type VerifyResult struct {
+	Records uint64 `json:"records"`
+	Head    Head   `json:"head"`
+}
+
+// Verify reads the whole audit log of db in sequence order and checks every
+// link. It returns a *VerifyError (matching ErrBroken) naming the first
+// record that does not fit: edited (its hash does not match its content),
+// deleted or inserted (a gap or a broken link), reordered (a broken link),
+// or a truncated tail (the head names a record that is missing). Other
+// errors are I/O.
+func Verify(ctx context.Context, db *store.DB, o VerifyOptions) (VerifyResult, error) {
+	page := o.PageSize
+	if page <= 0 {
+		page = 1000
+	}
+	var (
+		res       VerifyResult
+		prev      []byte
+		last      uint64
+		sawExpect bool
+	)
+	for {
+		rows, err := db.AuditRows(ctx, last, page)
+		if err != nil {
+			return res, fmt.Errorf("audit: %w", err)
+		}
+		for _, r := range rows {
+			want := last + 1
+			switch {
+			case r.Seq != want:
+				return res, &VerifyError{Seq: want, Reason: fmt.Sprintf("missing: the next stored record is %d (records deleted)", r.Seq)}
+			case !bytes.Equal(nilIfEmpty(r.PrevHash), prev):
+				return res, &VerifyError{Seq: r.Seq, Reason: "its previous-hash does not match the record before it (a record was deleted, inserted or reordered before it)"}
+			case !bytes.Equal(Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nilIfEmpty(r.PrevHash)), r.Hash):
+				return res, &VerifyError{Seq: r.Seq, Reason: "its content does not match its hash (the record was edited)"}
+			}
+			if _, err := FromRow(r); err != nil {
+				return res, &VerifyError{Seq: r.Seq, Reason: err.Error()}
+			}
+			if o.ExpectHead != nil && r.Seq == o.ExpectHead.Seq {
+				sawExpect = true
+				if !bytes.Equal(r.Hash, o.ExpectHead.Hash) {
+					return res, &VerifyError{Seq: r.Seq, Reason: "its hash differs from the expected head (the chain was rewritten from this record or before)"}
+				}
+			}
+			prev, last = r.Hash, r.Seq
+			res.Records++
+		}
+		if len(rows) < page {
+			break
+		}
+	}
+	headSeq, headHash, err := db.AuditHead(ctx)
+	if err != nil {
+		return res, fmt.Errorf("audit: %w", err)
+	}
+	switch {
+	case headSeq > last:
+		return res, &VerifyError{Seq: last + 1, Reason: fmt.Sprintf("missing: the chain head says the log ends at %d (tail truncated)", headSeq)}
+	case headSeq < last:
+		return res, &VerifyError{Seq: headSeq + 1, Reason: fmt.Sprintf("after the chain head (%d): appended outside the audit sink", headSeq)}
+	case !bytes.Equal(headHash, prev):
+		return res, &VerifyError{Seq: last, Reason: "its hash differs from the chain head's"}
+	}
+	if o.ExpectHead != nil && !sawExpect {
+		return res, &VerifyError{Seq: o.ExpectHead.Seq, Reason: "the expected head record is missing"}
+	}
+	res.Head = Head{Seq: last, Hash: prev}
+	return res, nil
+}
+
+func nilIfEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
