@@ -219,6 +219,10 @@ func (o *Options) normalize() error {
 	if o.TrustDomain.IsZero() {
 		return errors.New("ca: Options.TrustDomain is required")
 	}
+	if n := len(o.TrustDomain.Name()); n > 255 {
+		// SPIFFE-ID §2.3: a trust domain name is at most 255 bytes.
+		return fmt.Errorf("ca: Options.TrustDomain is %d bytes, at most 255", n)
+	}
 	if o.State == nil {
 		return errors.New("ca: Options.State is required")
 	}

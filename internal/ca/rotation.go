@@ -148,11 +148,10 @@ func (c *CA) advanceKind(kind AuthorityKind, in []record, now time.Time, rotate 
 		default:
 			return out, changed, nil
 		}
-		r, err := c.newAuthority(kind, now)
+		r, err := c.newAuthority(kind, now, activateAt)
 		if err != nil {
 			return nil, false, err
 		}
-		r.ActivateAt = activateAt
 		log.Info("ca: prepared authority", "kind", kind, "id", r.ID, "activate_at", activateAt, "not_after", r.NotAfter)
 		out = append(out, r)
 		changed = true
@@ -162,7 +161,7 @@ func (c *CA) advanceKind(kind AuthorityKind, in []record, now time.Time, rotate 
 }
 
 // newAuthority generates a key and, for X.509, its CA certificate.
-func (c *CA) newAuthority(kind AuthorityKind, now time.Time) (record, error) {
+func (c *CA) newAuthority(kind AuthorityKind, now, activateAt time.Time) (record, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return record{}, fmt.Errorf("ca: generate %s authority key: %w", kind, err)
@@ -178,6 +177,7 @@ func (c *CA) newAuthority(kind AuthorityKind, now time.Time) (record, error) {
 		NotBefore:  nb,
 		NotAfter:   nb.Add(c.o.CATTL),
 		PreparedAt: now,
+		ActivateAt: activateAt,
 	}
 	if kind == KindJWT {
 		if r.ID, err = jwtKeyID(key.Public()); err != nil {

@@ -26,6 +26,8 @@ import (
 
 // Limits on what callers may ask for.
 const (
+	// MaxIDLength is the longest SPIFFE ID the CA issues (SPIFFE-ID §2.3).
+	MaxIDLength = 2048
 	// MaxCSRSize bounds a CSR's DER size; an honest CSR with an 8192-bit
 	// RSA key is under 2 KiB.
 	MaxCSRSize = 16 << 10
@@ -126,6 +128,10 @@ func (c *CA) checkWorkloadID(id spiffeid.ID) error {
 		return fmt.Errorf("%w: %s is outside trust domain %s", ErrInvalidID, id, c.o.TrustDomain.Name())
 	case id.Path() == "":
 		return fmt.Errorf("%w: %s is the trust domain's own ID; a workload ID needs a path", ErrInvalidID, id)
+	case len(id.String()) > MaxIDLength:
+		// SPIFFE-ID §2.3: implementations SHOULD NOT generate longer IDs,
+		// and validators need only support this much.
+		return fmt.Errorf("%w: SPIFFE ID of %d bytes, at most %d", ErrInvalidID, len(id.String()), MaxIDLength)
 	}
 	return nil
 }
@@ -142,7 +148,7 @@ func parseCSR(der []byte) (crypto.PublicKey, []byte, error) {
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidCSR, err)
+		return nil, nil, fmt.Errorf("%w: not a DER PKCS#10 request: %w", ErrInvalidCSR, err)
 	}
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidCSR, err)
