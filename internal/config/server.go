@@ -1,0 +1,282 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Defaults and bounds of the server config.
+const (
+	DefaultX509SVIDTTL  = time.Hour
+	DefaultJWTSVIDTTL   = 5 * time.Minute
+	MaxX509SVIDTTLLimit = 30 * 24 * time.Hour
+	DefaultJoinTokenTTL = 15 * time.Minute
+	DefaultMaxTokenTTL  = 24 * time.Hour
+	// DefaultServerCertTTL is the lifetime of the server's own TLS
+	// certificate; it is renewed at half life.
+	DefaultServerCertTTL = 24 * time.Hour
+	// DefaultPollInterval is how often a server reads the store's change
+	// version to notice changes made by other replicas.
+	DefaultPollInterval = time.Second
+)
+
+// Server is the "moatless server" config. Every field has a default, so an
+// empty file (or none) is a working single-node server. Example:
+//
+//	data_dir: /var/lib/moatless
+//	trust_domain: example.org
+//	listen: 0.0.0.0:8443
+//	store: postgres://moatless@db/moatless
+//	admin_ids: [spiffe://example.org/moatless/admin]
+//	server_names: [moatless.example.org]
+type Server struct {
+	// DataDir holds the SQLite store, kek, admin-token and bundle.pem;
+	// default DefaultDataDir.
+	DataDir string `json:"data_dir,omitempty"`
+	// TrustDomain is the SPIFFE trust domain; default DefaultTrustDomain.
+	TrustDomain string `json:"trust_domain,omitempty"`
+	// Listen is the one TLS listener (agent API, admin API, health,
+	// metrics); default DefaultListen.
+	Listen string `json:"listen,omitempty"`
+	// Store is the store DSN: "postgres://..." for PostgreSQL, else a
+	// SQLite path; default DATA_DIR/moatless.db.
+	Store string `json:"store,omitempty"`
+	// KEKFile is the 32-byte key-encryption key that seals the CA keys in
+	// the store; default DATA_DIR/kek, created on first start. Replicas
+	// sharing a PostgreSQL store must share this file.
+	KEKFile string `json:"kek_file,omitempty"`
+	// AdminIDs are the SPIFFE IDs whose client certificates may call the
+	// admin API; default [spiffe://TD/moatless/admin].
+	AdminIDs []string `json:"admin_ids,omitempty"`
+	// ServerNames are extra DNS names or IPs for the server's certificate,
+	// besides the listen host (and localhost/loopback when it listens on
+	// loopback or on every interface).
+	ServerNames []string `json:"server_names,omitempty"`
+	// UpstreamCA, when set, signs the CA's intermediates (PEM files).
+	UpstreamCA *UpstreamCA `json:"upstream_ca,omitempty"`
+
+	// CATTL is the lifetime of each CA certificate; 0 uses the CA's default.
+	CATTL wire.Duration `json:"ca_ttl,omitempty"`
+	// X509SVIDTTL and JWTSVIDTTL are the SVID lifetimes of entries that do
+	// not set their own; defaults 1h and 5m.
+	X509SVIDTTL wire.Duration `json:"x509_svid_ttl,omitempty"`
+	JWTSVIDTTL  wire.Duration `json:"jwt_svid_ttl,omitempty"`
+	// MaxX509SVIDTTL and MaxJWTSVIDTTL bound what an entry may ask for;
+	// defaults 24h and 1h.
+	MaxX509SVIDTTL wire.Duration `json:"max_x509_svid_ttl,omitempty"`
+	MaxJWTSVIDTTL  wire.Duration `json:"max_jwt_svid_ttl,omitempty"`
+	// JoinTokenTTL is the default join token lifetime (15m);
+	// MaxJoinTokenTTL the longest one may be created with (24h).
+	JoinTokenTTL    wire.Duration `json:"join_token_ttl,omitempty"`
+	MaxJoinTokenTTL wire.Duration `json:"max_join_token_ttl,omitempty"`
+	// ServerCertTTL is the lifetime of the server's TLS certificate (24h).
+	ServerCertTTL wire.Duration `json:"server_cert_ttl,omitempty"`
+	// PollInterval is how often the server looks for changes made by other
+	// replicas (1s).
+	PollInterval wire.Duration `json:"poll_interval,omitempty"`
+	// LogLevel is debug, info, warn or error; default info.
+	LogLevel string `json:"log_level,omitempty"`
+}
+
+// UpstreamCA names the PEM files of an organisation's CA that signs ours.
+type UpstreamCA struct {
+	// Cert is the signing certificate (and any intermediates up to, not
+	// including, the root).
+	Cert string `json:"cert"`
+	// Key is the signing key (PKCS#8, SEC 1 or PKCS#1).
+	Key string `json:"key"`
+	// Bundle holds the upstream root certificates; they become the trust
+	// bundle's X.509 authorities.
+	Bundle string `json:"bundle"`
+}
+
+// DefaultServer returns the config of "moatless server" with no flags:
+// every default filled in, data directory from getenv (nil: os.Getenv).
+func DefaultServer(getenv func(string) string) Server {
+	dir := DefaultDataDir(getenv)
+	return Server{
+		DataDir:         dir,
+		TrustDomain:     DefaultTrustDomain,
+		Listen:          DefaultListen,
+		X509SVIDTTL:     wire.Duration(DefaultX509SVIDTTL),
+		JWTSVIDTTL:      wire.Duration(DefaultJWTSVIDTTL),
+		MaxX509SVIDTTL:  wire.Duration(24 * time.Hour),
+		MaxJWTSVIDTTL:   wire.Duration(time.Hour),
+		JoinTokenTTL:    wire.Duration(DefaultJoinTokenTTL),
+		MaxJoinTokenTTL: wire.Duration(DefaultMaxTokenTTL),
+		ServerCertTTL:   wire.Duration(DefaultServerCertTTL),
+		PollInterval:    wire.Duration(DefaultPollInterval),
+		LogLevel:        "info",
+	}
+}
+
+// ParseServer reads a server config strictly (unknown keys are errors that
+// name the key) over DefaultServer, fills the fields derived from others
+// (store, kek_file, admin_ids) and validates.
+func ParseServer(r io.Reader, getenv func(string) string) (Server, error) {
+	c := DefaultServer(getenv)
+	if err := Decode(r, &c); err != nil {
+		return Server{}, err
+	}
+	c.Complete()
+	if err := c.Validate(); err != nil {
+		return Server{}, err
+	}
+	return c, nil
+}
+
+// LoadServer is ParseServer for a file; errors name the file.
+func LoadServer(path string, getenv func(string) string) (Server, error) {
+	c := DefaultServer(getenv)
+	if err := DecodeFile(path, &c); err != nil {
+		return Server{}, err
+	}
+	c.Complete()
+	if err := c.Validate(); err != nil {
+		return Server{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Complete fills the fields whose defaults derive from others: Store and
+// KEKFile from DataDir, AdminIDs from TrustDomain, and zero durations from
+// DefaultServer. Call it after applying flags, before Validate.
+func (c *Server) Complete() {
+	d := DefaultServer(nil)
+	if c.Store == "" && c.DataDir != "" {
+		c.Store = filepath.Join(c.DataDir, "moatless.db")
+	}
+	if c.KEKFile == "" && c.DataDir != "" {
+		c.KEKFile = filepath.Join(c.DataDir, "kek")
+	}
+	if len(c.AdminIDs) == 0 && c.TrustDomain != "" {
+		c.AdminIDs = []string{"spiffe://" + c.TrustDomain + "/moatless/admin"}
+	}
+	for _, p := range []struct{ v, def *wire.Duration }{
+		{&c.X509SVIDTTL, &d.X509SVIDTTL}, {&c.JWTSVIDTTL, &d.JWTSVIDTTL},
+		{&c.MaxX509SVIDTTL, &d.MaxX509SVIDTTL}, {&c.MaxJWTSVIDTTL, &d.MaxJWTSVIDTTL},
+		{&c.JoinTokenTTL, &d.JoinTokenTTL}, {&c.MaxJoinTokenTTL, &d.MaxJoinTokenTTL},
+		{&c.ServerCertTTL, &d.ServerCertTTL}, {&c.PollInterval, &d.PollInterval},
+	} {
+		if *p.v == 0 {
+			*p.v = *p.def
+		}
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = d.LogLevel
+	}
+}
+
+// Validate checks every field; the error names the first bad one.
+func (c *Server) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("config: data_dir: must be set")
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("config: trust_domain %q: %w", c.TrustDomain, err)
+	}
+	if strings.Contains(c.TrustDomain, ":") || strings.Contains(c.TrustDomain, "/") {
+		return fmt.Errorf("config: trust_domain %q: a bare name like example.org, not an ID or URL", c.TrustDomain)
+	}
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("config: listen %q: want host:port: %v", c.Listen, err)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil || port == "" {
+		return fmt.Errorf("config: listen %q: bad port", c.Listen)
+	}
+	if strings.ContainsAny(host, "/ ") {
+		return fmt.Errorf("config: listen %q: bad host", c.Listen)
+	}
+	if c.Store == "" {
+		return errors.New("config: store: must be set")
+	}
+	if c.KEKFile == "" {
+		return errors.New("config: kek_file: must be set")
+	}
+	if len(c.AdminIDs) == 0 {
+		return errors.New("config: admin_ids: at least one is needed")
+	}
+	for i, s := range c.AdminIDs {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return fmt.Errorf("config: admin_ids[%d] %q: %w", i, s, err)
+		}
+		if id.TrustDomain() != td {
+			return fmt.Errorf("config: admin_ids[%d] %q: not in trust domain %s", i, s, td)
+		}
+		if id.Path() == "" {
+			return fmt.Errorf("config: admin_ids[%d] %q: the bare trust domain ID cannot be an admin", i, s)
+		}
+	}
+	for i, n := range c.ServerNames {
+		if _, err := netip.ParseAddr(n); err == nil {
+			continue
+		}
+		if !validDNSName(n) {
+			return fmt.Errorf("config: server_names[%d] %q: not a DNS name or IP address", i, n)
+		}
+	}
+	if u := c.UpstreamCA; u != nil && (u.Cert == "" || u.Key == "" || u.Bundle == "") {
+		return errors.New("config: upstream_ca: cert, key and bundle are all required")
+	}
+	checks := []struct {
+		name     string
+		v        wire.Duration
+		min, max time.Duration
+	}{
+		{"max_x509_svid_ttl", c.MaxX509SVIDTTL, time.Second, MaxX509SVIDTTLLimit},
+		{"max_jwt_svid_ttl", c.MaxJWTSVIDTTL, time.Second, 24 * time.Hour},
+		{"max_join_token_ttl", c.MaxJoinTokenTTL, time.Second, 30 * 24 * time.Hour},
+		{"x509_svid_ttl", c.X509SVIDTTL, time.Second, c.MaxX509SVIDTTL.Std()},
+		{"jwt_svid_ttl", c.JWTSVIDTTL, time.Second, c.MaxJWTSVIDTTL.Std()},
+		{"join_token_ttl", c.JoinTokenTTL, time.Second, c.MaxJoinTokenTTL.Std()},
+		{"server_cert_ttl", c.ServerCertTTL, time.Minute, 30 * 24 * time.Hour},
+		{"poll_interval", c.PollInterval, 10 * time.Millisecond, time.Minute},
+	}
+	for _, ck := range checks {
+		if d := ck.v.Std(); d < ck.min || d > ck.max {
+			return fmt.Errorf("config: %s %s: must be between %s and %s", ck.name, d, ck.min, ck.max)
+		}
+	}
+	if c.CATTL < 0 {
+		return fmt.Errorf("config: ca_ttl %s: must not be negative", c.CATTL.Std())
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// validDNSName accepts a host name of LDH labels, optionally with one
+// leading "*." wildcard label.
+func validDNSName(n string) bool {
+	n = strings.TrimPrefix(n, "*.")
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(n, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

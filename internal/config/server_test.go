@@ -1,0 +1,63 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseServerDefaults(t *testing.T) {
+	c, err := ParseServer(strings.NewReader(""), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store != "/d/moatless.db" || c.KEKFile != "/d/kek" || c.Listen != DefaultListen ||
+		c.AdminIDs[0] != "spiffe://moatless.local/moatless/admin" || c.X509SVIDTTL.Std() != time.Hour {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseServerRejects(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown_key", "listen_addr: x", "listen_addr"},
+		{"bad_trust_domain", "trust_domain: Example.ORG", "trust_domain"},
+		{"trust_domain_as_id", "trust_domain: spiffe://x", "trust_domain"},
+		{"bad_listen", "listen: nohostport", "listen"},
+		{"bad_port", "listen: 127.0.0.1:http99", "listen"},
+		{"admin_id_other_domain", "admin_ids: [spiffe://other/admin]", "admin_ids[0]"},
+		{"admin_id_bare_domain", "admin_ids: [spiffe://moatless.local]", "admin_ids[0]"},
+		{"admin_id_garbage", "admin_ids: [admin]", "admin_ids[0]"},
+		{"server_name_bad", "server_names: [bad_name]", "server_names[0]"},
+		{"ttl_too_long", "x509_svid_ttl: 48h", "x509_svid_ttl"},
+		{"ttl_bad_string", "jwt_svid_ttl: soon", "duration"},
+		{"token_ttl_zero_max", "max_join_token_ttl: 1ms", "max_join_token_ttl"},
+		{"upstream_partial", "upstream_ca: {cert: a.pem}", "upstream_ca"},
+		{"log_level", "log_level: loud", "log_level"},
+		{"poll_too_fast", "poll_interval: 1ms", "poll_interval"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseServer(strings.NewReader(tc.yaml), env(map[string]string{"HOME": "/h"}))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseServer(f *testing.F) {
+	f.Add("trust_domain: a.b\nlisten: 127.0.0.1:1\n")
+	f.Add("admin_ids: [spiffe://moatless.local/x]\nx509_svid_ttl: 30m\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseServer(strings.NewReader(s), env(map[string]string{"HOME": "/h"}))
+		if err == nil {
+			if err := c.Validate(); err != nil {
+				t.Fatalf("parsed config does not validate: %v", err)
+			}
+		}
+	})
+}
