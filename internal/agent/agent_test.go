@@ -1,0 +1,403 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+const nodeID = "spiffe://example.org/agent/node1"
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func (f *fakeServer) nodeConfig(t *testing.T, token, dataDir string) NodeConfig {
+	return NodeConfig{
+		ServerAddr: f.addr(), TrustBundle: []*x509.Certificate{f.ca.Cert}, JoinToken: token, DataDir: dataDir,
+		Logger: quiet(), BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+	}
+}
+
+func TestNodeAttestPersistAndRestart(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["tok-1"] = nodeID
+	dir := t.TempDir()
+	ctx := context.Background()
+
+	n, err := NewNode(f.nodeConfig(t, "tok-1", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Attest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n.ID().String() != nodeID {
+		t.Fatalf("node ID %s, want %s", n.ID(), nodeID)
+	}
+	fi, err := os.Stat(filepath.Join(dir, nodeFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("persisted SVID: %v %v, want mode 0600", fi, err)
+	}
+
+	tests := []struct {
+		name    string
+		token   string
+		dataDir string
+		want    error
+	}{
+		{"reused_token_without_data_dir", "tok-1", "", ErrJoinTokenRejected},
+		{"unknown_token", "nope", "", ErrJoinTokenRejected},
+		{"no_token_no_data", "", "", ErrNoCredential},
+		{"restart_uses_persisted_svid", "", dir, nil},
+		{"restart_ignores_used_token", "tok-1", dir, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n2, err := NewNode(f.nodeConfig(t, tt.token, tt.dataDir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = n2.Attest(ctx)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Attest = %v, want %v", err, tt.want)
+			}
+			if err == nil && n2.ID() != n.ID() {
+				t.Fatalf("restarted as %s", n2.ID())
+			}
+		})
+	}
+
+	t.Run("tampered_file_is_not_used", func(t *testing.T) {
+		bad := t.TempDir()
+		raw, _ := os.ReadFile(filepath.Join(dir, nodeFile))
+		os.WriteFile(filepath.Join(bad, nodeFile), raw[:len(raw)/2], 0o600)
+		braw, _ := os.ReadFile(filepath.Join(dir, bundleFile))
+		os.WriteFile(filepath.Join(bad, bundleFile), braw, 0o600)
+		n3, _ := NewNode(f.nodeConfig(t, "", bad))
+		if err := n3.Attest(ctx); !errors.Is(err, ErrNoCredential) {
+			t.Fatalf("Attest with a truncated SVID file = %v, want ErrNoCredential", err)
+		}
+	})
+	t.Run("world_readable_file_is_not_used", func(t *testing.T) {
+		loose := t.TempDir()
+		raw, _ := os.ReadFile(filepath.Join(dir, nodeFile))
+		os.WriteFile(filepath.Join(loose, nodeFile), raw, 0o644)
+		os.Chmod(filepath.Join(loose, nodeFile), 0o644)
+		braw, _ := os.ReadFile(filepath.Join(dir, bundleFile))
+		os.WriteFile(filepath.Join(loose, bundleFile), braw, 0o600)
+		n3, _ := NewNode(f.nodeConfig(t, "", loose))
+		if err := n3.Attest(ctx); !errors.Is(err, ErrNoCredential) {
+			t.Fatalf("Attest with a 0644 key file = %v, want ErrNoCredential", err)
+		}
+	})
+}
+
+func TestNodeRenewsAtHalfLife(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.nodeTTL = 4 * time.Second
+	n, _ := NewNode(f.nodeConfig(t, "t", ""))
+	if err := n.Attest(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	first := n.SVID()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go n.Run(ctx)
+	for n.SVID() == first {
+		select {
+		case <-ctx.Done():
+			t.Fatal("node SVID not renewed")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if n.SVID().Certificates[0].NotAfter.Before(first.Certificates[0].NotAfter) {
+		t.Fatal("renewed SVID does not outlive the old one")
+	}
+	if n.SVID().Certificates[0].NotBefore.After(first.Certificates[0].NotAfter) {
+		t.Fatal("renewed only after expiry")
+	}
+}
+
+// agentFixture runs a full agent against the fake server.
+type agentFixture struct {
+	f      *fakeServer
+	a      *Agent
+	sock   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(t *testing.T, f *fakeServer, token, dataDir string) *agentFixture {
+	t.Helper()
+	sd, err := os.MkdirTemp("", "ag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sd) })
+	af := &agentFixture{f: f, sock: filepath.Join(sd, "agent.sock"), done: make(chan error, 1)}
+	af.a, err = New(Config{Node: f.nodeConfig(t, token, dataDir), SocketPath: af.sock, HealthListen: "127.0.0.1:0", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	af.cancel = cancel
+	go func() { af.done <- af.a.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-af.done
+	})
+	select {
+	case <-af.a.Ready():
+	case err := <-af.done:
+		t.Fatalf("agent stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent not ready")
+	}
+	return af
+}
+
+func uidEntry(id, spiffeID string, ttl time.Duration) wire.Entry {
+	return wire.Entry{ID: id, SPIFFEID: spiffeID, ParentID: nodeID, X509TTL: wire.Duration(ttl), Revision: 1,
+		Selectors: []wire.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(os.Geteuid())}}}
+}
+
+func client(t *testing.T, sock string) *workloadapi.Client {
+	c, err := workloadapi.New(context.Background(), workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type x509Watcher struct {
+	updates chan *workloadapi.X509Context
+	errs    chan error
+}
+
+func (w x509Watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.updates <- c }
+func (w x509Watcher) OnX509ContextWatchError(err error) {
+	select {
+	case w.errs <- err:
+	default:
+	}
+}
+
+func TestAgentServesRotatesRevokes(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", 3*time.Second)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	w := x509Watcher{make(chan *workloadapi.X509Context, 16), make(chan error, 16)}
+	go client(t, af.sock).WatchX509Context(ctx, w)
+	next := func() *workloadapi.X509Context {
+		t.Helper()
+		for {
+			select {
+			case u := <-w.updates:
+				return u
+			case err := <-w.errs:
+				// Before the first SVID is signed the caller has no identity.
+				if status.Code(err) != codes.PermissionDenied {
+					t.Fatalf("watch error: %v", err)
+				}
+			case <-ctx.Done():
+				t.Fatal("no update before the deadline")
+			}
+		}
+	}
+	first := next().DefaultSVID()
+	if first.ID.String() != "spiffe://example.org/web" {
+		t.Fatalf("got %s", first.ID)
+	}
+	// Rotation at half life, pushed on the stream before the old expires.
+	second := next().DefaultSVID()
+	if second.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
+		t.Fatal("same SVID sent twice")
+	}
+	if !time.Now().Before(first.Certificates[0].NotAfter) {
+		t.Fatal("rotated SVID arrived after the old one expired")
+	}
+	if second.PrivateKey.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(first.PrivateKey.Public()) {
+		t.Fatal("rotation reused the private key")
+	}
+
+	// Acks follow the versions applied.
+	f.mu.Lock()
+	acks := len(f.acks)
+	f.mu.Unlock()
+	if acks == 0 {
+		t.Fatal("no ack for the applied updates")
+	}
+
+	// Revoking the SPIFFE ID stops serving it at once.
+	f.push(func() { f.rev = wire.Revocations{SPIFFEIDs: []string{"spiffe://example.org/web"}} })
+	for {
+		select {
+		case err := <-w.errs:
+			if status.Code(err) == codes.PermissionDenied {
+				goto revoked
+			}
+		case u := <-w.updates:
+			if u.DefaultSVID().ID.String() == "spiffe://example.org/web" && time.Now().After(u.DefaultSVID().Certificates[0].NotBefore.Add(2*time.Second)) {
+				continue // a rotation raced the revocation; keep waiting
+			}
+		case <-ctx.Done():
+			t.Fatal("revocation did not stop the stream")
+		}
+	}
+revoked:
+	_, err := client(t, af.sock).FetchX509SVID(ctx)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("revoked ID still served: %v", err)
+	}
+	f.mu.Lock()
+	last := f.acks[len(f.acks)-1]
+	ver := f.version
+	f.mu.Unlock()
+	for last.Version != ver {
+		time.Sleep(10 * time.Millisecond)
+		f.mu.Lock()
+		last = f.acks[len(f.acks)-1]
+		f.mu.Unlock()
+	}
+	if last.Component != "agent" {
+		t.Fatalf("ack component %q", last.Component)
+	}
+}
+
+func TestAgentRidesOutServerOutage(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := client(t, af.sock)
+	var before *workloadapi.X509Context
+	for before == nil {
+		x, err := c.FetchX509Context(ctx)
+		if err == nil {
+			before = x
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	jwt1, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f.srv.CloseClientConnections()
+	f.srv.Close()
+	// The server is gone: cached SVIDs are still served, JWTs reused.
+	after, err := c.FetchX509Context(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.DefaultSVID().Certificates[0].SerialNumber.Cmp(before.DefaultSVID().Certificates[0].SerialNumber) != 0 {
+		t.Fatal("a different SVID while the server was down")
+	}
+	jwt2, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"})
+	if err != nil || jwt2.Marshal() != jwt1.Marshal() {
+		t.Fatalf("JWT-SVID not served from cache during the outage: %v", err)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "never-asked"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("new audience during an outage: %v, want Unavailable", err)
+	}
+	_, jwtCalls, _, _ := f.counts()
+	if jwtCalls != 1 {
+		t.Fatalf("server signed %d JWTs, want 1 (the second must come from the cache)", jwtCalls)
+	}
+	// readyz stays OK and says the stream is down.
+	resp, err := http.Get("http://" + af.a.HealthAddr().String() + "/readyz?verbose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "disconnected") {
+		t.Fatalf("readyz during outage: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestAgentRefusesBadSVIDsFromServer(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	other := newFakeServer(t)
+	tests := []struct {
+		name   string
+		tamper func(*wire.X509SVID)
+	}{
+		{"wrong_key", func(s *wire.X509SVID) {
+			s.CertChain = [][]byte{f.ca.SVID(t, "spiffe://example.org/web", time.Hour).Chain[0].Raw}
+		}},
+		{"wrong_spiffe_id", func(s *wire.X509SVID) {
+			s.CertChain = [][]byte{f.ca.SVID(t, "spiffe://example.org/admin", time.Hour).Chain[0].Raw}
+		}},
+		{"other_ca", func(s *wire.X509SVID) {
+			s.CertChain = [][]byte{other.ca.SVID(t, "spiffe://example.org/web", time.Hour).Chain[0].Raw}
+		}},
+		{"garbage", func(s *wire.X509SVID) { s.CertChain = [][]byte{[]byte("nope")} }},
+		{"empty", func(s *wire.X509SVID) { s.CertChain = nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCache(fakeSigner{f, tt.tamper}, CacheConfig{Logger: quiet()})
+			c.SetBundle(f.bundle())
+			c.SetEntries(f.entries)
+			c.syncOnce(context.Background())
+			if c.Served() != 0 {
+				t.Fatal("a bad SVID from the server was kept")
+			}
+		})
+	}
+}
+
+// fakeSigner signs directly with the fake server's CA, then tampers.
+type fakeSigner struct {
+	f      *fakeServer
+	tamper func(*wire.X509SVID)
+}
+
+func (s fakeSigner) SignX509(_ context.Context, reqs []wire.X509SVIDRequest) ([]wire.X509SVID, error) {
+	var out []wire.X509SVID
+	for _, r := range reqs {
+		e, _ := s.f.entry(nodeID, r.EntryID)
+		v, err := s.f.sign(r.CSR, e.SPIFFEID, time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		s.tamper(&v)
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (s fakeSigner) SignJWT(context.Context, string, []string) (*wire.SignJWTResponse, error) {
+	return nil, errors.New("no")
+}

@@ -1,0 +1,518 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/moatless/moatless/internal/wire"
+	"github.com/moatless/moatless/internal/workload"
+)
+
+// signer is what the cache needs from the server: Node, or a fake in tests.
+type signer interface {
+	SignX509(ctx context.Context, reqs []wire.X509SVIDRequest) ([]wire.X509SVID, error)
+	SignJWT(ctx context.Context, entryID string, audience []string) (*wire.SignJWTResponse, error)
+}
+
+const (
+	// signBatch bounds the CSRs in one sign request (each is ~0.5 KB of
+	// JSON; wire.MaxBodySize is 1 MiB).
+	signBatch = 500
+	// maxJWTCache bounds the cached JWT-SVIDs (entry × audience set).
+	maxJWTCache = 10000
+)
+
+// cachedX509 is a workload SVID and what it was signed for.
+type cachedX509 struct {
+	svid     *workload.X509SVID
+	spiffeID string
+	ttl      wire.Duration
+	notAfter time.Time
+	rotateAt time.Time
+}
+
+type cachedJWT struct {
+	token    string
+	spiffeID string
+	reuseTil time.Time // half life
+	expires  time.Time
+}
+
+// Cache holds the node's workload SVIDs: it signs one for every entry
+// parented by the node (keys generated here), rotates each at half life,
+// drops revoked ones at once, and publishes snapshots to the Workload API.
+// It implements workload.Source. Safe for concurrent use.
+type Cache struct {
+	signer signer
+	log    *slog.Logger
+	now    func() time.Time
+	pub    workload.Publisher
+	base   time.Duration
+	maxB   time.Duration
+
+	wake chan struct{}
+
+	mu             sync.Mutex
+	bundle         *wire.Bundle
+	td             spiffeid.TrustDomain
+	x509Auth       []*x509.Certificate
+	jwtBundle      *jwtbundle.Bundle
+	entries        map[string]wire.Entry
+	x509           map[string]*cachedX509 // by entry ID
+	jwt            map[string]*cachedJWT
+	revokedIDs     map[string]struct{}
+	revokedSerials map[string]struct{}
+	nodeID         spiffeid.ID
+	nodeSerial     string
+	failures       int
+}
+
+// CacheConfig configures a Cache.
+type CacheConfig struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// BackoffBase and BackoffMax bound signing retries. Defaults 500ms, 30s.
+	BackoffBase, BackoffMax time.Duration
+}
+
+func newCache(s signer, cfg CacheConfig) *Cache {
+	c := &Cache{
+		signer: s, log: cfg.Logger, now: cfg.Now, base: cfg.BackoffBase, maxB: cfg.BackoffMax,
+		wake:    make(chan struct{}, 1),
+		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{},
+		revokedIDs: map[string]struct{}{}, revokedSerials: map[string]struct{}{},
+	}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.base <= 0 {
+		c.base = DefaultBackoffBase
+	}
+	if c.maxB <= 0 {
+		c.maxB = DefaultBackoffMax
+	}
+	return c
+}
+
+// State implements workload.Source.
+func (c *Cache) State() (*workload.State, <-chan struct{}) { return c.pub.State() }
+
+func (c *Cache) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SetNode tells the cache the node's own identity: if it is revoked the
+// node serves nothing.
+func (c *Cache) SetNode(id spiffeid.ID, serial string) {
+	c.mu.Lock()
+	c.nodeID, c.nodeSerial = id, serial
+	c.mu.Unlock()
+}
+
+// SetBundle applies a new trust bundle.
+func (c *Cache) SetBundle(b wire.Bundle) {
+	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if err != nil {
+		c.log.Error("ignoring bundle with a bad trust domain", "error", err)
+		return
+	}
+	var auth []*x509.Certificate
+	for _, der := range b.X509Authorities {
+		if cert, err := x509.ParseCertificate(der); err == nil {
+			auth = append(auth, cert)
+		}
+	}
+	jb := jwtbundle.New(td)
+	for _, a := range b.JWTAuthorities {
+		pub, err := x509.ParsePKIXPublicKey(a.PublicKey)
+		if err != nil {
+			continue
+		}
+		if err := jb.AddJWTAuthority(a.KeyID, pub); err != nil {
+			c.log.Warn("skipping JWT authority", "key_id", a.KeyID, "error", err)
+		}
+	}
+	c.mu.Lock()
+	c.bundle, c.td, c.x509Auth, c.jwtBundle = &b, td, auth, jb
+	c.publishLocked()
+	c.mu.Unlock()
+}
+
+// SetEntries replaces the node's entries; new and changed ones are signed
+// by the sync loop, removed ones stop being served at once.
+func (c *Cache) SetEntries(entries []wire.Entry) {
+	c.mu.Lock()
+	next := make(map[string]wire.Entry, len(entries))
+	for _, e := range entries {
+		if e.ID == "" {
+			continue
+		}
+		next[e.ID] = e
+	}
+	for id := range c.x509 {
+		if _, ok := next[id]; !ok {
+			delete(c.x509, id)
+		}
+	}
+	for k, j := range c.jwt {
+		if e, ok := next[strings.SplitN(k, "\x00", 2)[0]]; !ok || e.SPIFFEID != j.spiffeID {
+			delete(c.jwt, k)
+		}
+	}
+	c.entries = next
+	c.publishLocked()
+	c.mu.Unlock()
+	c.kick()
+}
+
+// SetRevocations applies the revocation list: revoked SPIFFE IDs and
+// serials stop being served before this returns.
+func (c *Cache) SetRevocations(r wire.Revocations) {
+	c.mu.Lock()
+	c.revokedIDs = make(map[string]struct{}, len(r.SPIFFEIDs))
+	for _, id := range r.SPIFFEIDs {
+		c.revokedIDs[id] = struct{}{}
+	}
+	c.revokedSerials = make(map[string]struct{}, len(r.Serials))
+	for _, s := range r.Serials {
+		c.revokedSerials[strings.ToLower(s.Serial)] = struct{}{}
+	}
+	for id, x := range c.x509 {
+		_, badSerial := c.revokedSerials[x.svid.Serial]
+		_, badID := c.revokedIDs[x.spiffeID]
+		if badSerial || badID {
+			delete(c.x509, id)
+		}
+	}
+	for k, j := range c.jwt {
+		if _, bad := c.revokedIDs[j.spiffeID]; bad {
+			delete(c.jwt, k)
+		}
+	}
+	c.publishLocked()
+	c.mu.Unlock()
+	c.kick()
+}
+
+// nodeRevokedLocked reports whether the node's own identity is revoked.
+func (c *Cache) nodeRevokedLocked() bool {
+	if c.nodeID.IsZero() {
+		return false
+	}
+	_, badID := c.revokedIDs[c.nodeID.String()]
+	_, badSerial := c.revokedSerials[c.nodeSerial]
+	return badID || badSerial
+}
+
+// publishLocked builds and publishes a snapshot from the cache.
+func (c *Cache) publishLocked() {
+	if c.bundle == nil {
+		return
+	}
+	now := c.now()
+	revoked := make(map[string]struct{}, len(c.revokedIDs))
+	for k := range c.revokedIDs {
+		revoked[k] = struct{}{}
+	}
+	var ids []*workload.Identity
+	if !c.nodeRevokedLocked() {
+		for _, e := range c.entries {
+			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
+				continue
+			}
+			sid, err := spiffeid.FromString(e.SPIFFEID)
+			if err != nil {
+				continue
+			}
+			id := &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors}
+			if x := c.x509[e.ID]; x != nil && x.spiffeID == e.SPIFFEID && now.Before(x.notAfter) {
+				id.X509 = x.svid
+			}
+			ids = append(ids, id)
+		}
+	}
+	// A stable order: when two entries give a caller the same SPIFFE ID,
+	// the same one wins every time.
+	slices.SortFunc(ids, func(a, b *workload.Identity) int {
+		return cmp.Or(cmp.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()), cmp.Compare(a.EntryID, b.EntryID))
+	})
+	st, err := workload.NewState(c.td, c.bundle.SequenceNumber, c.x509Auth, c.jwtBundle, ids, revoked)
+	if err != nil {
+		c.log.Error("cannot build Workload API state", "error", err)
+		return
+	}
+	c.pub.Publish(st)
+}
+
+// Run keeps SVIDs signed and rotated until ctx ends.
+func (c *Cache) Run(ctx context.Context) {
+	for {
+		next := c.syncOnce(ctx)
+		var (
+			timer <-chan time.Time
+			t     *time.Timer
+		)
+		if !next.IsZero() {
+			t = time.NewTimer(max(next.Sub(c.now()), 0))
+			timer = t.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-c.wake:
+		case <-timer:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+type pending struct {
+	entry wire.Entry
+	key   *ecdsa.PrivateKey
+	req   wire.X509SVIDRequest
+}
+
+// syncOnce signs what needs signing and returns when to look again.
+func (c *Cache) syncOnce(ctx context.Context) time.Time {
+	c.mu.Lock()
+	now := c.now()
+	expired := false
+	for id, x := range c.x509 {
+		if !now.Before(x.notAfter) {
+			delete(c.x509, id)
+			expired = true
+		}
+	}
+	if expired {
+		c.publishLocked()
+	}
+	bundle := c.bundle
+	var todo []wire.Entry
+	if bundle != nil && !c.nodeRevokedLocked() {
+		for _, e := range c.entries {
+			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
+				continue
+			}
+			x := c.x509[e.ID]
+			if x == nil || x.spiffeID != e.SPIFFEID || x.ttl != e.X509TTL || !now.Before(x.rotateAt) {
+				todo = append(todo, e)
+			}
+		}
+	}
+	c.mu.Unlock()
+
+	var failed error
+	for chunk := range slices.Chunk(todo, signBatch) {
+		batch := make([]pending, 0, len(chunk))
+		reqs := make([]wire.X509SVIDRequest, 0, len(chunk))
+		for _, e := range chunk {
+			sid, err := spiffeid.FromString(e.SPIFFEID)
+			if err != nil {
+				c.log.Warn("entry has an invalid SPIFFE ID; not signing", "entry_id", e.ID, "error", err)
+				continue
+			}
+			key, csr, err := newKeyAndCSR(sid)
+			if err != nil {
+				failed = err
+				break
+			}
+			p := pending{entry: e, key: key, req: wire.X509SVIDRequest{EntryID: e.ID, CSR: csr}}
+			batch = append(batch, p)
+			reqs = append(reqs, p.req)
+		}
+		if len(reqs) == 0 {
+			continue
+		}
+		svids, err := c.signer.SignX509(ctx, reqs)
+		if err != nil {
+			failed = err
+			break
+		}
+		c.store(batch, svids, *bundle)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if failed != nil && ctx.Err() == nil {
+		c.failures++
+		wait := backoff(c.base, c.maxB, c.failures-1)
+		c.log.Warn("signing workload SVIDs failed; serving cached ones and retrying", "error", failed, "in", wait.Round(time.Millisecond))
+		return c.now().Add(wait)
+	}
+	c.failures = 0
+	// Wake for the next rotation, and for the next expiry so an SVID that
+	// could not be rotated stops being served the moment it expires.
+	var next time.Time
+	for _, x := range c.x509 {
+		for _, t := range []time.Time{x.rotateAt, x.notAfter} {
+			if t.After(c.now()) && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
+		}
+	}
+	return next
+}
+
+// store checks each signed SVID and keeps the good ones.
+func (c *Cache) store(batch []pending, svids []wire.X509SVID, b wire.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for i, p := range batch {
+		w := svids[i]
+		want, _ := spiffeid.FromString(p.entry.SPIFFEID)
+		if w.EntryID != "" && w.EntryID != p.entry.ID {
+			c.log.Error("server answered for the wrong entry; discarding", "entry_id", p.entry.ID, "got", w.EntryID)
+			continue
+		}
+		svid, err := checkSVID(w, p.key, want, b, now)
+		if err != nil {
+			c.log.Error("server sent an unusable SVID; discarding", "entry_id", p.entry.ID, "error", err)
+			continue
+		}
+		leaf := svid.Certificates[0]
+		serial := strings.ToLower(leaf.SerialNumber.Text(16))
+		if _, bad := c.revokedSerials[serial]; bad {
+			continue
+		}
+		if e, ok := c.entries[p.entry.ID]; !ok || e.SPIFFEID != p.entry.SPIFFEID {
+			continue // the entry changed or went away while we signed
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(p.key)
+		if err != nil {
+			continue
+		}
+		var chainDER []byte
+		for _, cert := range svid.Certificates {
+			chainDER = append(chainDER, cert.Raw...)
+		}
+		c.x509[p.entry.ID] = &cachedX509{
+			svid:     &workload.X509SVID{Chain: svid.Certificates, ChainDER: chainDER, KeyDER: keyDER, Serial: serial, ExpiresAt: leaf.NotAfter},
+			spiffeID: p.entry.SPIFFEID,
+			ttl:      p.entry.X509TTL,
+			notAfter: leaf.NotAfter,
+			rotateAt: halfLife(leaf),
+		}
+	}
+	c.publishLocked()
+}
+
+// JWTSVID implements workload.Source: a cached token until its half life;
+// past that a fresh one from the server, or the cached one until it
+// expires if the server cannot be reached.
+func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []string) (string, error) {
+	aud := slices.Clone(audience)
+	slices.Sort(aud)
+	aud = slices.Compact(aud)
+	key := id.EntryID + "\x00" + strings.Join(aud, "\x00")
+	c.mu.Lock()
+	cached := c.jwt[key]
+	c.mu.Unlock()
+	now := c.now()
+	if cached != nil && now.Before(cached.reuseTil) {
+		return cached.token, nil
+	}
+	resp, err := c.signer.SignJWT(ctx, id.EntryID, audience)
+	if err != nil {
+		if cached != nil && now.Before(cached.expires) {
+			c.log.Warn("serving a cached JWT-SVID past its half life; the server cannot be reached", "spiffe_id", cached.spiffeID, "error", err)
+			return cached.token, nil
+		}
+		return "", err
+	}
+	c.mu.Lock()
+	jb := c.jwtBundle
+	c.mu.Unlock()
+	if jb == nil {
+		return "", errors.New("agent: no JWT bundle yet")
+	}
+	// Hand out only a token that validates for its audience against the
+	// bundle workloads will check it with, for the entry's SPIFFE ID.
+	tok, err := jwtsvid.ParseAndValidate(resp.Token, jb, audience[:1])
+	if err != nil {
+		return "", fmt.Errorf("agent: server sent an invalid JWT-SVID: %w", err)
+	}
+	if tok.ID != id.SPIFFEID {
+		return "", fmt.Errorf("agent: server sent a JWT-SVID for %s, wanted %s", tok.ID, id.SPIFFEID)
+	}
+	for _, a := range audience {
+		if !slices.Contains(tok.Audience, a) {
+			return "", fmt.Errorf("agent: server sent a JWT-SVID without audience %q", a)
+		}
+	}
+	issued := now
+	if iat, ok := tok.Claims["iat"].(float64); ok {
+		issued = time.Unix(int64(iat), 0)
+	}
+	entry := &cachedJWT{token: resp.Token, spiffeID: id.SPIFFEID.String(), expires: tok.Expiry, reuseTil: issued.Add(tok.Expiry.Sub(issued) / 2)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, bad := c.revokedIDs[entry.spiffeID]; bad {
+		return "", fmt.Errorf("agent: %s was revoked", entry.spiffeID)
+	}
+	if len(c.jwt) >= maxJWTCache {
+		for k, j := range c.jwt {
+			if !now.Before(j.expires) {
+				delete(c.jwt, k)
+			}
+		}
+		if len(c.jwt) >= maxJWTCache {
+			clear(c.jwt)
+		}
+	}
+	c.jwt[key] = entry
+	return resp.Token, nil
+}
+
+// EarliestExpiry returns when the first served workload SVID expires
+// (zero when none is served).
+func (c *Cache) EarliestExpiry() time.Time {
+	st, _ := c.pub.State()
+	var t time.Time
+	for _, id := range st.Identities {
+		if id.X509 != nil && (t.IsZero() || id.X509.ExpiresAt.Before(t)) {
+			t = id.X509.ExpiresAt
+		}
+	}
+	return t
+}
+
+// backoff is the wait before retry number attempt: full jitter over an
+// exponentially growing window, at least half of it.
+func backoff(base, maxWait time.Duration, attempt int) time.Duration {
+	window := base << min(attempt, 20)
+	if window > maxWait || window <= 0 {
+		window = maxWait
+	}
+	return window/2 + randN(window/2+1)
+}
+
+// Served returns how many workload X509-SVIDs are currently held.
+func (c *Cache) Served() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.x509)
+}

@@ -1,0 +1,871 @@
+// Package agent is the node agent: it attests its node to the server with a
+// join token, keeps its own X509-SVID renewed, follows the server's watch
+// stream (bundle, entries, revocations, policies), keeps SVIDs for the
+// node's workloads signed and rotated, and serves them over the SPIFFE
+// Workload API.
+//
+// The server-facing half is Node, a reusable client that any data-plane
+// process acting as its own agent (the sidecar, the gateway) embeds to
+// attest, renew, sign and receive updates.
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrJoinTokenRejected: the server refused the join token (unknown,
+	// already used, expired, or bound to another identity). Get a new one
+	// with "moatless jointoken create".
+	ErrJoinTokenRejected = errors.New("agent: the server rejected the join token (unknown, already used or expired); create a new one with \"moatless jointoken create\"")
+	// ErrNoCredential: there is no usable persisted SVID and no join token.
+	ErrNoCredential = errors.New("agent: no join token and no valid node SVID in the data directory; pass --join-token")
+	// ErrNodeRejected: the server refused the node's own SVID (revoked or
+	// unknown node). The node must attest again with a new join token.
+	ErrNodeRejected = errors.New("agent: the server refused this node's SVID (revoked?); attest again with a new join token")
+	// ErrNotAttested: a call that needs the node SVID came before Attest.
+	ErrNotAttested = errors.New("agent: node is not attested")
+)
+
+// Defaults of NodeConfig.
+const (
+	DefaultComponent   = "agent"
+	DefaultBackoffBase = 500 * time.Millisecond
+	DefaultBackoffMax  = 30 * time.Second
+	// MaxUpdateSize bounds one watch-stream line.
+	MaxUpdateSize = 64 << 20
+	// maxResponseSize bounds every other answer from the server.
+	maxResponseSize = 16 << 20
+	nodeFile        = "node-svid.pem"
+	bundleFile      = "node-bundle.json"
+)
+
+// NodeConfig configures a Node. Callbacks run on the watch goroutine, in the
+// order bundle, revocations, entries, policies, each only for a section the
+// update carries, and all before the update is acknowledged: when they
+// return, the update is in force. They must not block for long.
+type NodeConfig struct {
+	// ServerAddr is the server's agent API address, "host:port". Required.
+	ServerAddr string
+	// ServerName is the name the server's certificate must carry; the host
+	// of ServerAddr when empty.
+	ServerName string
+	// TrustBundle authenticates the server before the node has the trust
+	// domain's bundle from the server (and ever after, alongside it).
+	// Required unless DataDir holds a bundle from an earlier run.
+	TrustBundle []*x509.Certificate
+	// JoinToken is the single-use credential for the first attestation.
+	// Ignored when DataDir holds a valid node SVID.
+	JoinToken string
+	// DataDir, when set, is where the node SVID with its key (mode 0600)
+	// and the latest bundle are kept, so a restart needs no new token.
+	DataDir string
+	// Component names the process in acks ("agent", "sidecar",
+	// "gateway"). Default "agent".
+	Component string
+	// Logger receives structured logs; slog.Default() when nil. Never
+	// given a key or token.
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// WatchTimeout is how long the watch stream may stay silent before
+	// the node reconnects. Default 3 × wire.HeartbeatInterval.
+	WatchTimeout time.Duration
+	// BackoffBase and BackoffMax bound the exponential backoff (with full
+	// jitter) between reconnects and retries. Defaults 500ms and 30s.
+	BackoffBase, BackoffMax time.Duration
+
+	OnBundle      func(wire.Bundle)
+	OnRevocations func(wire.Revocations)
+	OnEntries     func([]wire.Entry)
+	OnPolicies    func(wire.PolicySet)
+	// OnSVID is called after the node's own SVID changed (attestation,
+	// load, renewal).
+	OnSVID func(*x509svid.SVID)
+	// OnAttestFailure and OnReconnect feed metrics.
+	OnAttestFailure func()
+	OnReconnect     func()
+}
+
+// Node is the server-facing client of a data-plane process. Lifecycle:
+// NewNode → Attest → Run (until its context ends) → Close. Its methods are
+// safe for concurrent use once Attest returned.
+type Node struct {
+	cfg        NodeConfig
+	log        *slog.Logger
+	now        func() time.Time
+	base       string
+	serverName string
+
+	svid   atomic.Pointer[x509svid.SVID]
+	client atomic.Pointer[http.Client]
+
+	mu         sync.Mutex
+	bundle     *wire.Bundle
+	poolKey    string
+	version    uint64
+	policyVer  uint64
+	connected  bool
+	closed     bool
+	transports []*http.Transport
+}
+
+// NewNode checks cfg; it does no I/O.
+func NewNode(cfg NodeConfig) (*Node, error) {
+	host, _, err := net.SplitHostPort(cfg.ServerAddr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: server address %q must be host:port: %w", cfg.ServerAddr, err)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, serverName: cfg.ServerName}
+	if n.log == nil {
+		n.log = slog.Default()
+	}
+	if n.now == nil {
+		n.now = time.Now
+	}
+	if n.serverName == "" {
+		n.serverName = host
+	}
+	if n.cfg.Component == "" {
+		n.cfg.Component = DefaultComponent
+	}
+	if n.cfg.WatchTimeout <= 0 {
+		n.cfg.WatchTimeout = 3 * wire.HeartbeatInterval
+	}
+	if n.cfg.BackoffBase <= 0 {
+		n.cfg.BackoffBase = DefaultBackoffBase
+	}
+	if n.cfg.BackoffMax <= 0 {
+		n.cfg.BackoffMax = DefaultBackoffMax
+	}
+	n.base = "https://" + cfg.ServerAddr
+	return n, nil
+}
+
+// SVID returns the node's current SVID, or nil before Attest.
+func (n *Node) SVID() *x509svid.SVID { return n.svid.Load() }
+
+// ID returns the node's SPIFFE ID (zero before Attest).
+func (n *Node) ID() spiffeid.ID {
+	if s := n.svid.Load(); s != nil {
+		return s.ID
+	}
+	return spiffeid.ID{}
+}
+
+// Bundle returns the latest trust bundle from the server, or nil.
+func (n *Node) Bundle() *wire.Bundle {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bundle
+}
+
+// Connected reports whether the watch stream is up.
+func (n *Node) Connected() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.connected
+}
+
+// Version returns the last update version applied and acknowledged.
+func (n *Node) Version() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.version
+}
+
+// Close releases idle connections. It is idempotent; Run must have
+// returned (or never been called).
+func (n *Node) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	for _, t := range n.transports {
+		t.CloseIdleConnections()
+	}
+	return nil
+}
+
+// Attest gives the node its identity: the SVID persisted in DataDir if it
+// is still valid, else a new one for the join token. It returns
+// ErrJoinTokenRejected, ErrNoCredential, or a transport error (the server
+// may be down: retry).
+func (n *Node) Attest(ctx context.Context) error {
+	if n.cfg.DataDir != "" {
+		if err := n.loadPersisted(); err == nil {
+			if n.cfg.JoinToken != "" {
+				n.log.Info("using the node SVID from the data directory; the join token was not used", "spiffe_id", n.ID().String())
+			}
+			return nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
+		}
+	}
+	n.mu.Lock()
+	n.setPoolLocked()
+	n.mu.Unlock()
+	if n.cfg.JoinToken == "" {
+		return ErrNoCredential
+	}
+	key, csr, err := newKeyAndCSR(spiffeid.ID{})
+	if err != nil {
+		return err
+	}
+	var resp wire.AttestResponse
+	err = n.post(ctx, wire.PathAttest, wire.AttestRequest{JoinToken: n.cfg.JoinToken, CSR: csr}, &resp)
+	if err != nil {
+		if n.cfg.OnAttestFailure != nil {
+			n.cfg.OnAttestFailure()
+		}
+		var se *ServerError
+		if errors.As(err, &se) && (se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden) {
+			return fmt.Errorf("%w (server said: %s)", ErrJoinTokenRejected, se)
+		}
+		return fmt.Errorf("agent: attest: %w", err)
+	}
+	if err := validBundle(&resp.Bundle); err != nil {
+		return fmt.Errorf("agent: attest: %w", err)
+	}
+	svid, err := checkSVID(resp.SVID, key, spiffeid.ID{}, resp.Bundle, n.now())
+	if err != nil {
+		if n.cfg.OnAttestFailure != nil {
+			n.cfg.OnAttestFailure()
+		}
+		return fmt.Errorf("agent: attest: %w", err)
+	}
+	n.mu.Lock()
+	n.bundle = &resp.Bundle
+	n.setPoolLocked()
+	n.mu.Unlock()
+	n.setSVID(svid)
+	n.persist()
+	n.log.Info("node attested", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+func (n *Node) setSVID(s *x509svid.SVID) {
+	n.svid.Store(s)
+	if n.cfg.OnSVID != nil {
+		n.cfg.OnSVID(s)
+	}
+}
+
+// Run keeps the node SVID renewed and follows the watch stream until ctx
+// ends; it returns nil then. Attest must have succeeded.
+func (n *Node) Run(ctx context.Context) error {
+	if n.svid.Load() == nil {
+		return ErrNotAttested
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); n.renewLoop(ctx) }()
+	go func() { defer wg.Done(); n.watchLoop(ctx) }()
+	wg.Wait()
+	return nil
+}
+
+// backoff is the wait before retry number attempt (0-based): full jitter
+// over an exponentially growing window.
+func (n *Node) backoff(attempt int) time.Duration {
+	return backoff(n.cfg.BackoffBase, n.cfg.BackoffMax, attempt)
+}
+
+func randN(d time.Duration) time.Duration { return mrand.N(d) }
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// halfLife is when a certificate should be replaced.
+func halfLife(c *x509.Certificate) time.Time {
+	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+}
+
+func (n *Node) renewLoop(ctx context.Context) {
+	attempt := 0
+	for {
+		svid := n.svid.Load()
+		wait := halfLife(svid.Certificates[0]).Sub(n.now())
+		if attempt > 0 {
+			// Retry sooner than half life, but never past expiry.
+			wait = min(n.backoff(attempt-1), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
+		}
+		if !sleepCtx(ctx, max(wait, 0)) {
+			return
+		}
+		if err := n.Renew(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			attempt++
+			n.log.Warn("node SVID renewal failed; retrying", "error", err, "expires_at", svid.Certificates[0].NotAfter)
+			continue
+		}
+		attempt = 0
+	}
+}
+
+// Renew replaces the node SVID with a fresh one for a new key.
+func (n *Node) Renew(ctx context.Context) error {
+	cur := n.svid.Load()
+	if cur == nil {
+		return ErrNotAttested
+	}
+	key, csr, err := newKeyAndCSR(cur.ID)
+	if err != nil {
+		return err
+	}
+	var resp wire.X509SVIDResponse
+	if err := n.post(ctx, wire.PathRenew, wire.RenewRequest{CSR: csr}, &resp); err != nil {
+		var se *ServerError
+		if errors.As(err, &se) && (se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden) {
+			return fmt.Errorf("%w (server said: %s)", ErrNodeRejected, se)
+		}
+		return fmt.Errorf("agent: renew: %w", err)
+	}
+	b := n.Bundle()
+	if b == nil {
+		return errors.New("agent: renew: no trust bundle")
+	}
+	svid, err := checkSVID(resp.SVID, key, cur.ID, *b, n.now())
+	if err != nil {
+		return fmt.Errorf("agent: renew: %w", err)
+	}
+	n.setSVID(svid)
+	n.persist()
+	n.log.Info("node SVID renewed", "expires_at", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+// SignX509 asks the server to sign SVIDs for entries parented by this
+// node. The caller checks the answers (see checkSVID).
+func (n *Node) SignX509(ctx context.Context, reqs []wire.X509SVIDRequest) ([]wire.X509SVID, error) {
+	if n.svid.Load() == nil {
+		return nil, ErrNotAttested
+	}
+	var resp wire.SignX509Response
+	if err := n.post(ctx, wire.PathSignX509, wire.SignX509Request{Requests: reqs}, &resp); err != nil {
+		return nil, fmt.Errorf("agent: sign X509-SVIDs: %w", err)
+	}
+	if len(resp.SVIDs) != len(reqs) {
+		return nil, fmt.Errorf("agent: sign X509-SVIDs: asked for %d, got %d", len(reqs), len(resp.SVIDs))
+	}
+	return resp.SVIDs, nil
+}
+
+// SignJWT asks the server for a JWT-SVID for an entry parented by this
+// node.
+func (n *Node) SignJWT(ctx context.Context, entryID string, audience []string) (*wire.SignJWTResponse, error) {
+	if n.svid.Load() == nil {
+		return nil, ErrNotAttested
+	}
+	var resp wire.SignJWTResponse
+	if err := n.post(ctx, wire.PathSignJWT, wire.SignJWTRequest{EntryID: entryID, Audience: audience}, &resp); err != nil {
+		return nil, fmt.Errorf("agent: sign JWT-SVID: %w", err)
+	}
+	return &resp, nil
+}
+
+// ServerError is a non-2xx answer from the server.
+type ServerError struct {
+	Status int
+	Msgs   []string
+}
+
+func (e *ServerError) Error() string {
+	if len(e.Msgs) == 0 {
+		return fmt.Sprintf("server answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("server answered %d: %s", e.Status, strings.Join(e.Msgs, "; "))
+}
+
+func readServerError(resp *http.Response) error {
+	se := &ServerError{Status: resp.StatusCode}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var eb struct {
+		Errors []string `json:"errors"`
+	}
+	if json.Unmarshal(raw, &eb) == nil {
+		se.Msgs = eb.Errors
+	}
+	return se
+}
+
+func (n *Node) post(ctx context.Context, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	if len(body) > wire.MaxBodySize {
+		return fmt.Errorf("request of %d bytes is larger than the server accepts (%d)", len(body), wire.MaxBodySize)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := n.client.Load().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return readServerError(resp)
+	}
+	if out == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseSize))
+		return nil
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize+1))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if len(raw) > maxResponseSize {
+		return fmt.Errorf("answer larger than %d bytes", maxResponseSize)
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	return nil
+}
+
+// setPoolLocked (re)builds the HTTP client when the set of authorities
+// trusted for the server changed: the configured trust bundle plus the
+// trust domain's bundle, so a CA rotation announced on the watch stream is
+// trusted before the server presents a certificate from the new CA.
+func (n *Node) setPoolLocked() {
+	certs := slices.Clone(n.cfg.TrustBundle)
+	if n.bundle != nil {
+		for _, der := range n.bundle.X509Authorities {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				certs = append(certs, c)
+			}
+		}
+	}
+	var key strings.Builder
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+		key.Write(c.Raw)
+	}
+	if key.String() == n.poolKey && n.client.Load() != nil {
+		return
+	}
+	n.poolKey = key.String()
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{
+			RootCAs:    pool,
+			ServerName: n.serverName,
+			MinVersion: tls.VersionTLS12,
+			// The current node SVID, read at every handshake, so renewal
+			// needs no new client.
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				s := n.svid.Load()
+				if s == nil {
+					return &tls.Certificate{}, nil
+				}
+				c := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
+				for _, x := range s.Certificates {
+					c.Certificate = append(c.Certificate, x.Raw)
+				}
+				return c, nil
+			},
+		},
+		ForceAttemptHTTP2:   true,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	}
+	// Old transports keep serving requests in flight (the watch stream);
+	// their idle connections are dropped.
+	for _, t := range n.transports {
+		t.CloseIdleConnections()
+	}
+	n.transports = append(n.transports[:0], tr)
+	n.client.Store(&http.Client{Transport: tr, Timeout: 0})
+}
+
+func (n *Node) watchLoop(ctx context.Context) {
+	attempt := 0
+	for {
+		applied, err := n.watchOnce(ctx)
+		n.mu.Lock()
+		n.connected = false
+		n.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if applied {
+			attempt = 0
+		}
+		wait := n.backoff(attempt)
+		attempt++
+		n.log.Warn("watch stream ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond))
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+		if n.cfg.OnReconnect != nil {
+			n.cfg.OnReconnect()
+		}
+	}
+}
+
+// watchOnce follows one watch stream until it breaks. applied reports
+// whether at least one update was applied (the server was healthy).
+func (n *Node) watchOnce(ctx context.Context) (applied bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	since := n.Version()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.base+wire.PathWatch+"?since="+strconv.FormatUint(since, 10), nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := n.client.Load().Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, readServerError(resp)
+	}
+	n.mu.Lock()
+	n.connected = true
+	n.mu.Unlock()
+	// A silent stream is a dead one: the server heartbeats.
+	silence := time.AfterFunc(n.cfg.WatchTimeout, cancel)
+	defer silence.Stop()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), MaxUpdateSize)
+	first := true
+	for sc.Scan() {
+		silence.Reset(n.cfg.WatchTimeout)
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		var u wire.Update
+		if err := json.Unmarshal(line, &u); err != nil {
+			return applied, fmt.Errorf("agent: malformed update: %w", err)
+		}
+		cur := n.Version()
+		if !first && u.Version < cur {
+			return applied, fmt.Errorf("agent: update version went backwards (%d after %d)", u.Version, cur)
+		}
+		first = false
+		if u.Heartbeat && u.Bundle == nil && u.Entries == nil && u.Revocations == nil && u.Policies == nil {
+			continue
+		}
+		if err := n.apply(&u); err != nil {
+			return applied, err
+		}
+		applied = true
+		if err := n.ack(ctx, u.Version); err != nil && ctx.Err() == nil {
+			// The next ack covers this one; the stream is still good.
+			n.log.Warn("ack failed", "version", u.Version, "error", err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if ctx.Err() != nil && ctx.Err() != context.Canceled {
+			return applied, ctx.Err()
+		}
+		return applied, fmt.Errorf("agent: watch stream: %w", err)
+	}
+	return applied, errors.New("agent: watch stream closed by the server")
+}
+
+// apply validates and applies one update: nothing of an invalid update is
+// applied.
+func (n *Node) apply(u *wire.Update) error {
+	if u.Bundle != nil {
+		if err := validBundle(u.Bundle); err != nil {
+			return fmt.Errorf("agent: update %d: %w", u.Version, err)
+		}
+		if id := n.ID(); id.TrustDomain().Name() != u.Bundle.TrustDomain {
+			return fmt.Errorf("agent: update %d: bundle for trust domain %q, node is in %q", u.Version, u.Bundle.TrustDomain, id.TrustDomain().Name())
+		}
+	}
+	if u.Bundle != nil {
+		b := *u.Bundle
+		n.mu.Lock()
+		n.bundle = &b
+		n.setPoolLocked()
+		n.mu.Unlock()
+		n.persistBundle()
+		if n.cfg.OnBundle != nil {
+			n.cfg.OnBundle(b)
+		}
+	}
+	if u.Revocations != nil && n.cfg.OnRevocations != nil {
+		n.cfg.OnRevocations(*u.Revocations)
+	}
+	if u.Entries != nil && n.cfg.OnEntries != nil {
+		n.cfg.OnEntries(*u.Entries)
+	}
+	if u.Policies != nil {
+		n.mu.Lock()
+		n.policyVer = u.Policies.Version
+		n.mu.Unlock()
+		if n.cfg.OnPolicies != nil {
+			n.cfg.OnPolicies(*u.Policies)
+		}
+	}
+	n.mu.Lock()
+	n.version = u.Version
+	n.mu.Unlock()
+	return nil
+}
+
+func (n *Node) ack(ctx context.Context, version uint64) error {
+	n.mu.Lock()
+	pv := n.policyVer
+	n.mu.Unlock()
+	return n.post(ctx, wire.PathAck, wire.Ack{Version: version, Component: n.cfg.Component, PolicyVersion: pv}, nil)
+}
+
+// validBundle checks that a bundle is usable: a trust domain name and at
+// least one parseable CA certificate.
+func validBundle(b *wire.Bundle) error {
+	if _, err := spiffeid.TrustDomainFromString(b.TrustDomain); err != nil {
+		return fmt.Errorf("bundle: bad trust domain: %w", err)
+	}
+	if len(b.X509Authorities) == 0 {
+		return errors.New("bundle: no X.509 authorities")
+	}
+	for i, der := range b.X509Authorities {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("bundle: X.509 authority %d: %w", i, err)
+		}
+		if !c.IsCA {
+			return fmt.Errorf("bundle: X.509 authority %d is not a CA certificate", i)
+		}
+	}
+	for i, a := range b.JWTAuthorities {
+		if a.KeyID == "" {
+			return fmt.Errorf("bundle: JWT authority %d has no key ID", i)
+		}
+		if _, err := x509.ParsePKIXPublicKey(a.PublicKey); err != nil {
+			return fmt.Errorf("bundle: JWT authority %q: %w", a.KeyID, err)
+		}
+	}
+	return nil
+}
+
+func newKeyAndCSR(id spiffeid.ID) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: generate key: %w", err)
+	}
+	tmpl := &x509.CertificateRequest{}
+	if !id.IsZero() {
+		tmpl.URIs = []*url.URL{id.URL()}
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: create CSR: %w", err)
+	}
+	return key, csr, nil
+}
+
+// checkSVID verifies a signed SVID before it is used: the leaf holds our
+// public key, carries exactly one SPIFFE ID (want, when not zero) in the
+// bundle's trust domain, chains to the bundle and is valid now. A server
+// answer that fails any of these is refused, whatever the server said.
+func checkSVID(w wire.X509SVID, key crypto.Signer, want spiffeid.ID, b wire.Bundle, now time.Time) (*x509svid.SVID, error) {
+	if len(w.CertChain) == 0 {
+		return nil, errors.New("SVID has no certificate")
+	}
+	chain := make([]*x509.Certificate, 0, len(w.CertChain))
+	for i, der := range w.CertChain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("SVID certificate %d: %w", i, err)
+		}
+		chain = append(chain, c)
+	}
+	leaf := chain[0]
+	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("SVID is not for the key this node generated")
+	}
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("SVID: %w", err)
+	}
+	if !want.IsZero() && id != want {
+		return nil, fmt.Errorf("SVID is for %s, expected %s", id, want)
+	}
+	if id.TrustDomain().Name() != b.TrustDomain {
+		return nil, fmt.Errorf("SVID is for trust domain %q, bundle is for %q", id.TrustDomain().Name(), b.TrustDomain)
+	}
+	roots := x509.NewCertPool()
+	for _, der := range b.X509Authorities {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			roots.AddCert(c)
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("SVID does not verify against the trust bundle: %w", err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+}
+
+// persist writes the node SVID and key to DataDir atomically (one file,
+// mode 0600, renamed into place) so a crash never leaves a key without
+// its certificate.
+func (n *Node) persist() {
+	if n.cfg.DataDir == "" {
+		return
+	}
+	s := n.svid.Load()
+	certs, key, err := s.Marshal()
+	if err != nil {
+		n.log.Error("cannot encode node SVID for the data directory", "error", err)
+		return
+	}
+	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, nodeFile), append(key, certs...)); err != nil {
+		n.log.Error("cannot persist node SVID; a restart will need a new join token", "error", err)
+	}
+	n.persistBundle()
+}
+
+func (n *Node) persistBundle() {
+	b := n.Bundle()
+	if n.cfg.DataDir == "" || b == nil {
+		return
+	}
+	raw, err := json.Marshal(b)
+	if err == nil {
+		err = writeFileAtomic(filepath.Join(n.cfg.DataDir, bundleFile), raw)
+	}
+	if err != nil {
+		n.log.Error("cannot persist trust bundle", "error", err)
+	}
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// loadPersisted loads a node SVID and bundle from DataDir. It fails (and
+// the node attests afresh) unless both parse, belong together and the SVID
+// is still valid; os.ErrNotExist when there is none.
+func (n *Node) loadPersisted() error {
+	raw, err := os.ReadFile(filepath.Join(n.cfg.DataDir, nodeFile))
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(filepath.Join(n.cfg.DataDir, nodeFile))
+	if err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s is readable by others (mode %v); remove it", nodeFile, fi.Mode().Perm())
+	}
+	braw, err := os.ReadFile(filepath.Join(n.cfg.DataDir, bundleFile))
+	if err != nil {
+		return fmt.Errorf("node SVID without a bundle: %w", err)
+	}
+	var b wire.Bundle
+	if err := json.Unmarshal(braw, &b); err != nil {
+		return fmt.Errorf("%s: %w", bundleFile, err)
+	}
+	if err := validBundle(&b); err != nil {
+		return err
+	}
+	svid, err := x509svid.Parse(raw, raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", nodeFile, err)
+	}
+	signer, ok := svid.PrivateKey.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("%s: unusable key", nodeFile)
+	}
+	w := wire.X509SVID{SPIFFEID: svid.ID.String()}
+	for _, c := range svid.Certificates {
+		w.CertChain = append(w.CertChain, c.Raw)
+	}
+	checked, err := checkSVID(w, signer, svid.ID, b, n.now())
+	if err != nil {
+		return fmt.Errorf("%s: %w", nodeFile, err)
+	}
+	n.mu.Lock()
+	n.bundle = &b
+	n.setPoolLocked()
+	n.mu.Unlock()
+	n.setSVID(checked)
+	n.log.Info("loaded node SVID from the data directory", "spiffe_id", checked.ID.String(), "expires_at", checked.Certificates[0].NotAfter)
+	return nil
+}
