@@ -234,7 +234,11 @@ func (c *CA) newAuthority(kind AuthorityKind, now, activateAt time.Time) (record
 		parent, signer = up.Chain[0], up.Signer
 		tmpl.Subject.CommonName = "Moatless intermediate CA " + c.o.TrustDomain.Name()
 		for _, cert := range up.Chain {
-			r.Chain = append(r.Chain, cert.Raw)
+			// A root signing our intermediates itself is not sent: the
+			// validator already holds it.
+			if !slices.ContainsFunc(up.Roots, cert.Equal) {
+				r.Chain = append(r.Chain, cert.Raw)
+			}
 		}
 		for _, cert := range up.Roots {
 			r.Roots = append(r.Roots, cert.Raw)
