@@ -1,0 +1,69 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseAgent(t *testing.T) {
+	env := func(k string) string {
+		if k == "HOME" {
+			return "/home/u"
+		}
+		return ""
+	}
+	tests := []struct {
+		name    string
+		in      string
+		wantErr string
+		check   func(Agent) bool
+	}{
+		{"empty_is_defaults", "", "", func(a Agent) bool {
+			return a.Server == DefaultListen && a.Socket == DefaultAgentSocket && a.HealthListen == DefaultAgentHealthListen && a.DataDir == "/home/u/.local/share/moatless/agent"
+		}},
+		{"full", "server: s.example.org:443\ntrust_bundle: /b.pem\njoin_token_file: /t\nsocket: /run/m/a.sock\ndata_dir: /var/lib/m\nhealth_listen: '[::1]:9000'\nlog_level: debug\n", "", func(a Agent) bool {
+			return a.Server == "s.example.org:443" && a.HealthListen == "[::1]:9000" && a.LogLevel == "debug"
+		}},
+		{"health_off", "health_listen: \"off\"\n", "", func(a Agent) bool { return a.HealthListen == "off" }},
+		{"unknown_key", "sever: x:1\n", "sever", nil},
+		{"server_without_port", "server: example.org\n", "server", nil},
+		{"server_bad_port", "server: example.org:http2x\n", "server", nil},
+		{"relative_socket", "socket: agent.sock\n", "socket", nil},
+		{"socket_too_long", "socket: /" + strings.Repeat("a", 120) + "\n", "socket", nil},
+		{"health_public", "health_listen: 0.0.0.0:8089\n", "health_listen", nil},
+		{"health_hostname", "health_listen: example.org:8089\n", "health_listen", nil},
+		{"token_and_file", "join_token: a\njoin_token_file: /b\n", "join_token", nil},
+		{"bad_log_level", "log_level: loud\n", "log_level", nil},
+		{"empty_data_dir", "data_dir: \"\"\n", "data_dir", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := ParseAgent(strings.NewReader(tt.in), env)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(a) {
+				t.Fatalf("unexpected config %+v", a)
+			}
+		})
+	}
+}
+
+func FuzzParseAgent(f *testing.F) {
+	f.Add("server: a:1\nsocket: /x\n")
+	f.Add("health_listen: 127.0.0.1:0\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		a, err := ParseAgent(strings.NewReader(in), func(string) string { return "" })
+		if err == nil {
+			if err := a.Validate(); err != nil {
+				t.Fatalf("parsed config does not validate: %v", err)
+			}
+		}
+	})
+}
