@@ -223,18 +223,22 @@ func TestVerifyAccepts(t *testing.T) {
 			}},
 		},
 		{
-			name:  "exp_within_leeway",
-			rule:  func() *securityv1beta1.JWTRule { return inlineRule(t, keyES256) },
-			token: func() string { return sign(t, keyES256, claims(map[string]any{"exp": testNow.Add(-30 * time.Second).Unix()})) },
-			req:   bearer,
-			want:  std,
+			name: "exp_within_leeway",
+			rule: func() *securityv1beta1.JWTRule { return inlineRule(t, keyES256) },
+			token: func() string {
+				return sign(t, keyES256, claims(map[string]any{"exp": testNow.Add(-30 * time.Second).Unix()}))
+			},
+			req:  bearer,
+			want: std,
 		},
 		{
-			name:  "nbf_within_leeway",
-			rule:  func() *securityv1beta1.JWTRule { return inlineRule(t, keyES256) },
-			token: func() string { return sign(t, keyES256, claims(map[string]any{"nbf": testNow.Add(30 * time.Second).Unix()})) },
-			req:   bearer,
-			want:  std,
+			name: "nbf_within_leeway",
+			rule: func() *securityv1beta1.JWTRule { return inlineRule(t, keyES256) },
+			token: func() string {
+				return sign(t, keyES256, claims(map[string]any{"nbf": testNow.Add(30 * time.Second).Unix()}))
+			},
+			req:  bearer,
+			want: std,
 		},
 		{
 			name:  "fractional_times",
