@@ -135,6 +135,23 @@ type Decision struct {
 	// audit record. AuditPolicy names it.
 	Audit       bool
 	AuditPolicy string
+	// DryRun reports what the decision would have been had the policies
+	// annotated istio.io/dry-run been enforced. It is never enforced: log
+	// it next to the real decision.
+	DryRun DryRun
+}
+
+// DryRun is the what-if of istio.io/dry-run policies: the whole decision
+// recomputed with them enforced alongside the others.
+type DryRun struct {
+	// Applies reports that at least one dry-run policy applies to the
+	// destination; the other fields are meaningful only then.
+	Applies bool
+	Outcome Outcome
+	Policy  string
+	Action  string
+	Rule    int
+	Reason  string
 }
 
 // MTLSMode is the PeerAuthentication mode in force for a workload port.

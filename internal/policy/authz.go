@@ -1,0 +1,628 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+)
+
+// action is an AuthorizationPolicy action.
+type action uint8
+
+const (
+	actAllow action = iota
+	actDeny
+	actAudit
+	actCustom
+)
+
+func (a action) String() string {
+	switch a {
+	case actDeny:
+		return "DENY"
+	case actAudit:
+		return "AUDIT"
+	case actCustom:
+		return "CUSTOM"
+	}
+	return "ALLOW"
+}
+
+// Limits inside one AuthorizationPolicy, Istio's CRD limits where it has
+// them (512 rules, 512 sources, 16 service accounts).
+const (
+	maxRules         = 512
+	maxClauses       = 512
+	maxValues        = 4096
+	maxValueLen      = 4096
+	maxServiceAccts  = 16
+	maxTargetRefs    = 16
+	maxSelectorLabel = 4096
+)
+
+// compiledAuthz is one AuthorizationPolicy, ready to match.
+type compiledAuthz struct {
+	ref      string // "namespace/name"
+	ns       string
+	name     string
+	action   action
+	provider string // CUSTOM only
+	dryRun   bool
+	selector labelSelector
+	// targetRefs policies bind to Gateways, waypoints and Services, which
+	// sidecars are not: like Istio's sidecars, the engine never applies them.
+	targetRefs bool
+	rank       int // position in evaluation order
+	rules      []compiledRule
+}
+
+// compiledRule is one rule: any source, any operation, every condition.
+type compiledRule struct {
+	index    int
+	from     []clause // empty: any source
+	to       []clause // empty: any operation
+	when     clause
+	httpOnly bool   // uses an attribute that TCP traffic does not have
+	reason   string // "matched DENY rule 0 of prod/deny-delete", built once
+}
+
+// clause is a conjunction: a source, an operation, or the when list.
+type clause []attrMatch
+
+// attrMatch tests one attribute against its values and notValues.
+type attrMatch struct {
+	kind   attrKind
+	desc   string   // where it came from, for explanations: "from[0].source.principals"
+	header string   // attrHeader
+	claim  []string // attrClaim
+	pos    valueSet
+	neg    valueSet
+}
+
+// valueSet is a compiled values (or notValues) list; which member is used
+// depends on the attribute.
+type valueSet struct {
+	n        int
+	strs     strSet
+	presence bool // "*" among header values: matches a present header, even empty
+	paths    pathSet
+	ips      ipSet
+	ports    portSet
+	rps      []reqPrincipalPat
+	sas      []serviceAccount
+}
+
+// reqPrincipalPat is a requestPrincipals value split as Istio splits it:
+// issuer and subject matched separately, so "iss/*" cannot match a token
+// from issuer "iss/x".
+type reqPrincipalPat struct {
+	iss, sub strPat
+}
+
+type serviceAccount struct{ ns, name string }
+
+// labelSelector is matchLabels; nil or empty selects every workload.
+type labelSelector map[string]string
+
+func (s labelSelector) matches(labels map[string]string) bool {
+	for k, v := range s {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	targetKindRE  = regexp.MustCompile(`^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$`)
+	targetGroupRE = regexp.MustCompile(`^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	outHeaderRE   = regexp.MustCompile(`^[-_A-Za-z0-9]+$`)
+)
+
+// validateSelector applies Istio's workload selector rules.
+func validateSelector(sel *typev1beta1.WorkloadSelector, p fieldPath) (labelSelector, []string, *fieldError) {
+	if sel == nil {
+		return nil, nil, nil
+	}
+	p = p.key("matchLabels")
+	if len(sel.GetMatchLabels()) == 0 {
+		return nil, []string{"workload selector specified without labels: it selects every workload in scope"}, nil
+	}
+	if len(sel.GetMatchLabels()) > maxSelectorLabel {
+		return nil, nil, errAt(p, "more than %d labels", maxSelectorLabel)
+	}
+	out := make(labelSelector, len(sel.GetMatchLabels()))
+	for _, k := range sortedKeys(sel.GetMatchLabels()) {
+		v := sel.GetMatchLabels()[k]
+		switch {
+		case k == "":
+			return nil, nil, errAt(p, "empty key is not supported in selector")
+		case strings.Contains(k, "*") || strings.Contains(v, "*"):
+			return nil, nil, errAt(p.key(k), "wildcard is not supported in selector: %q", k+"="+v)
+		case len(v) > 63:
+			return nil, nil, errAt(p.key(k), "label value longer than 63 characters")
+		}
+		out[k] = v
+	}
+	return out, nil, nil
+}
+
+// validateTargetRefs applies Istio's PolicyTargetReference rules.
+func validateTargetRefs(sel *typev1beta1.WorkloadSelector, one *typev1beta1.PolicyTargetReference, many []*typev1beta1.PolicyTargetReference, spec fieldPath) *fieldError {
+	set := 0
+	if sel != nil {
+		set++
+	}
+	if one != nil {
+		set++
+	}
+	if len(many) > 0 {
+		set++
+	}
+	if set > 1 {
+		return errAt(spec, "only one of selector, targetRef or targetRefs can be set")
+	}
+	if len(many) > maxTargetRefs {
+		return errAt(spec.key("targetRefs"), "at most %d targetRefs", maxTargetRefs)
+	}
+	check := func(r *typev1beta1.PolicyTargetReference, p fieldPath) *fieldError {
+		switch {
+		case r.GetKind() == "" || len(r.GetKind()) > 63 || !targetKindRE.MatchString(r.GetKind()):
+			return errAt(p.key("kind"), "kind is required: a resource kind such as Gateway or Service")
+		case r.GetName() == "" || len(r.GetName()) > 253:
+			return errAt(p.key("name"), "name is required (at most 253 characters)")
+		case len(r.GetGroup()) > 253 || !targetGroupRE.MatchString(r.GetGroup()):
+			return errAt(p.key("group"), "%q is not a valid API group", r.GetGroup())
+		case r.GetNamespace() != "":
+			return errAt(p.key("namespace"), "cross namespace referencing is not currently supported")
+		}
+		return nil
+	}
+	if one != nil {
+		if fe := check(one, spec.key("targetRef")); fe != nil {
+			return fe
+		}
+	}
+	for i, r := range many {
+		if fe := check(r, spec.key("targetRefs").index(i)); fe != nil {
+			return fe
+		}
+	}
+	return nil
+}
+
+const targetRefsWarning = "targetRefs bind a policy to Gateways, waypoints and Services; no sidecar applies it (as in Istio)"
+
+// compileAuthz validates an AuthorizationPolicy the way Istio's
+// ValidateAuthorizationPolicy does (and more strictly where Istio would
+// silently skip a rule) and builds its matchers.
+func compileAuthz(d *Document, spec fieldPath) (*compiledAuthz, []string, *fieldError) {
+	ap := d.Spec.(*securityv1beta1.AuthorizationPolicy)
+	var warnings []string
+	c := &compiledAuthz{
+		ref: d.Ref(), ns: d.Namespace, name: d.Name, dryRun: d.DryRun,
+		targetRefs: ap.GetTargetRef() != nil || len(ap.GetTargetRefs()) > 0,
+	}
+	if fe := validateTargetRefs(ap.GetSelector(), ap.GetTargetRef(), ap.GetTargetRefs(), spec); fe != nil {
+		return nil, nil, fe
+	}
+	if c.targetRefs {
+		warnings = append(warnings, targetRefsWarning)
+	}
+	sel, w, fe := validateSelector(ap.GetSelector(), spec.key("selector"))
+	if fe != nil {
+		return nil, nil, fe
+	}
+	c.selector = sel
+	warnings = append(warnings, w...)
+
+	switch ap.GetAction() {
+	case securityv1beta1.AuthorizationPolicy_ALLOW:
+		c.action = actAllow
+	case securityv1beta1.AuthorizationPolicy_DENY:
+		c.action = actDeny
+	case securityv1beta1.AuthorizationPolicy_AUDIT:
+		c.action = actAudit
+	case securityv1beta1.AuthorizationPolicy_CUSTOM:
+		c.action = actCustom
+	default:
+		return nil, nil, errAt(spec.key("action"), "unknown action %v", ap.GetAction())
+	}
+	if ap.GetProvider() != nil && c.action != actCustom {
+		return nil, nil, errAt(spec.key("provider"), "`provider` must not be with non CUSTOM action, found %s", c.action)
+	}
+	if len(ap.GetRules()) == 0 {
+		switch c.action {
+		case actDeny:
+			return nil, nil, errAt(spec.key("rules"), "DENY action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request")
+		case actCustom:
+			return nil, nil, errAt(spec.key("rules"), "CUSTOM action without `rules` is meaningless as it will never be triggered, add an empty rule `{}` if you want it be triggered for every request")
+		case actAudit:
+			warnings = append(warnings, "AUDIT action without `rules` never audits anything")
+		}
+	}
+	if c.action == actCustom {
+		if ap.GetProvider().GetName() == "" {
+			return nil, nil, errAt(spec.key("provider").key("name"), "`provider.name` must not be empty")
+		}
+		c.provider = ap.GetProvider().GetName()
+	}
+	if len(ap.GetRules()) > maxRules {
+		return nil, nil, errAt(spec.key("rules"), "at most %d rules", maxRules)
+	}
+	for i, r := range ap.GetRules() {
+		rp := spec.key("rules").index(i)
+		cr, w, fe := compileRule(c, r, i, rp)
+		if fe != nil {
+			return nil, nil, fe
+		}
+		warnings = append(warnings, w...)
+		c.rules = append(c.rules, cr)
+	}
+	return c, warnings, nil
+}
+
+func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath) (compiledRule, []string, *fieldError) {
+	cr := compiledRule{index: i}
+	var warnings []string
+	if r == nil {
+		return cr, nil, errAt(rp, "`rule` must not be null")
+	}
+	if len(r.GetFrom()) > maxClauses || len(r.GetTo()) > maxClauses || len(r.GetWhen()) > maxClauses {
+		return cr, nil, errAt(rp, "at most %d entries in from, to and when", maxClauses)
+	}
+	tcpInFrom, tcpInTo := false, false
+	for j, f := range r.GetFrom() {
+		fp := rp.key("from").index(j)
+		if f.GetSource() == nil {
+			return cr, nil, errAt(fp.key("source"), "`from.source` must not be null")
+		}
+		cl, tcp, fe := compileSource(c, f.GetSource(), fp.key("source"))
+		if fe != nil {
+			return cr, nil, fe
+		}
+		tcpInFrom = tcpInFrom || tcp
+		cr.from = append(cr.from, cl)
+	}
+	for j, t := range r.GetTo() {
+		tp := rp.key("to").index(j)
+		if t.GetOperation() == nil {
+			return cr, nil, errAt(tp.key("operation"), "`to.operation` must not be null")
+		}
+		cl, tcp, w, fe := compileOperation(t.GetOperation(), tp.key("operation"))
+		if fe != nil {
+			return cr, nil, fe
+		}
+		warnings = append(warnings, w...)
+		tcpInTo = tcpInTo || tcp
+		cr.to = append(cr.to, cl)
+	}
+	for j, cond := range r.GetWhen() {
+		wp := rp.key("when").index(j)
+		am, fe := compileCondition(c, cond, wp)
+		if fe != nil {
+			return cr, nil, fe
+		}
+		cr.when = append(cr.when, am)
+	}
+	for _, cls := range [][]clause{cr.from, cr.to, {cr.when}} {
+		for _, cl := range cls {
+			for _, am := range cl {
+				if am.kind.httpOnly() {
+					cr.httpOnly = true
+				}
+			}
+		}
+	}
+	// Istio's warning: a DENY rule whose sources or operations are all HTTP
+	// attributes denies every TCP connection in its scope.
+	if c.action == actDeny && ((len(cr.from) > 0 && len(cr.to) == 0 && !tcpInFrom) || (len(cr.to) > 0 && !tcpInTo)) {
+		warnings = append(warnings, fmt.Sprintf("rule %d: configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to the use of only HTTP attributes in a DENY rule; it is recommended to explicitly specify the port", i))
+	}
+	if c.action == actCustom {
+		cr.reason = fmt.Sprintf("CUSTOM provider %q (rule %d of %s)", c.provider, i, c.ref)
+	} else {
+		cr.reason = fmt.Sprintf("matched %s rule %d of %s", c.action, i, c.ref)
+	}
+	return cr, warnings, nil
+}
+
+// compileSource builds one from.source. tcp reports whether it uses any
+// attribute that TCP traffic has (Istio's tcpRulesInFrom).
+func compileSource(c *compiledAuthz, s *securityv1beta1.Source, sp fieldPath) (clause, bool, *fieldError) {
+	if len(s.GetServiceAccounts())+len(s.GetNotServiceAccounts()) > 0 &&
+		len(s.GetPrincipals())+len(s.GetNotPrincipals())+len(s.GetNamespaces())+len(s.GetNotNamespaces()) > 0 {
+		return nil, false, errAt(sp, "cannot set serviceAccounts with namespaces or principals")
+	}
+	type field struct {
+		kind     attrKind
+		name     string
+		pos, neg []string
+	}
+	fields := []field{
+		{attrPrincipal, "principals", s.GetPrincipals(), s.GetNotPrincipals()},
+		{attrRequestPrincipal, "requestPrincipals", s.GetRequestPrincipals(), s.GetNotRequestPrincipals()},
+		{attrNamespace, "namespaces", s.GetNamespaces(), s.GetNotNamespaces()},
+		{attrServiceAccount, "serviceAccounts", s.GetServiceAccounts(), s.GetNotServiceAccounts()},
+		{attrSourceIP, "ipBlocks", s.GetIpBlocks(), s.GetNotIpBlocks()},
+		{attrRemoteIP, "remoteIpBlocks", s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks()},
+		{attrTrustDomain, "trustDomains", s.GetTrustDomains(), s.GetNotTrustDomains()},
+	}
+	var cl clause
+	tcp := false
+	for _, f := range fields {
+		if len(f.pos) == 0 && len(f.neg) == 0 {
+			continue
+		}
+		negName := "not" + strings.ToUpper(f.name[:1]) + f.name[1:]
+		am := attrMatch{kind: f.kind, desc: sp.key(f.name).String()}
+		var fe *fieldError
+		if am.pos, fe = compileValues(c, f.kind, f.pos, sp.key(f.name)); fe != nil {
+			return nil, false, fe
+		}
+		if am.neg, fe = compileValues(c, f.kind, f.neg, sp.key(negName)); fe != nil {
+			return nil, false, fe
+		}
+		if len(f.pos) == 0 {
+			am.desc = sp.key(negName).String()
+		}
+		if !f.kind.httpOnly() {
+			tcp = true
+		}
+		cl = append(cl, am)
+	}
+	if len(cl) == 0 {
+		return nil, false, errAt(sp, "`from.source` must not be empty")
+	}
+	return cl, tcp, nil
+}
+
+func compileOperation(o *securityv1beta1.Operation, op fieldPath) (clause, bool, []string, *fieldError) {
+	type field struct {
+		kind     attrKind
+		name     string
+		pos, neg []string
+	}
+	fields := []field{
+		{attrHost, "hosts", o.GetHosts(), o.GetNotHosts()},
+		{attrPort, "ports", o.GetPorts(), o.GetNotPorts()},
+		{attrMethod, "methods", o.GetMethods(), o.GetNotMethods()},
+		{attrPath, "paths", o.GetPaths(), o.GetNotPaths()},
+	}
+	var cl clause
+	var warnings []string
+	tcp := false
+	for _, f := range fields {
+		if len(f.pos) == 0 && len(f.neg) == 0 {
+			continue
+		}
+		negName := "not" + strings.ToUpper(f.name[:1]) + f.name[1:]
+		am := attrMatch{kind: f.kind, desc: op.key(f.name).String()}
+		var fe *fieldError
+		if am.pos, fe = compileValues(nil, f.kind, f.pos, op.key(f.name)); fe != nil {
+			return nil, false, nil, fe
+		}
+		if am.neg, fe = compileValues(nil, f.kind, f.neg, op.key(negName)); fe != nil {
+			return nil, false, nil, fe
+		}
+		if len(f.pos) == 0 {
+			am.desc = op.key(negName).String()
+		}
+		if f.kind == attrMethod {
+			for _, m := range append(append([]string(nil), f.pos...), f.neg...) {
+				if m != strings.ToUpper(m) {
+					warnings = append(warnings, fmt.Sprintf("%s: method %q is not upper case; requests with a method not in upper case are rejected, so it never matches", op.key(f.name), m))
+				}
+			}
+		}
+		if !f.kind.httpOnly() {
+			tcp = true
+		}
+		cl = append(cl, am)
+	}
+	if len(cl) == 0 {
+		return nil, false, nil, errAt(op, "`to.operation` must not be empty")
+	}
+	return cl, tcp, warnings, nil
+}
+
+func compileCondition(c *compiledAuthz, cond *securityv1beta1.Condition, wp fieldPath) (attrMatch, *fieldError) {
+	if cond == nil {
+		return attrMatch{}, errAt(wp, "condition must not be null")
+	}
+	if cond.GetKey() == "" {
+		return attrMatch{}, errAt(wp.key("key"), "`key` must not be empty")
+	}
+	if len(cond.GetValues()) == 0 && len(cond.GetNotValues()) == 0 {
+		return attrMatch{}, errAt(wp, "at least one of `values` or `notValues` must be set for key %s", cond.GetKey())
+	}
+	k, err := parseConditionKey(cond.GetKey())
+	if err != nil {
+		return attrMatch{}, errAt(wp.key("key"), "%v", err)
+	}
+	if c.action == actCustom {
+		switch k.kind {
+		case attrNamespace, attrServiceAccount, attrPrincipal, attrRequestPrincipal, attrAudiences, attrPresenter, attrClaim:
+			return attrMatch{}, errAt(wp.key("key"), "%s is currently not supported with CUSTOM action", cond.GetKey())
+		}
+	}
+	am := attrMatch{kind: k.kind, header: k.header, claim: k.claim, desc: "when " + cond.GetKey()}
+	var fe *fieldError
+	if am.pos, fe = compileValues(c, k.kind, cond.GetValues(), wp.key("values")); fe != nil {
+		return attrMatch{}, fe
+	}
+	if am.neg, fe = compileValues(c, k.kind, cond.GetNotValues(), wp.key("notValues")); fe != nil {
+		return attrMatch{}, fe
+	}
+	return am, nil
+}
+
+// compileValues validates and compiles one values list for an attribute.
+// c is the policy (for serviceAccounts without a namespace and for
+// CUSTOM's restrictions); nil for operations.
+func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath) (valueSet, *fieldError) {
+	vs := valueSet{n: len(values)}
+	if len(values) == 0 {
+		return vs, nil
+	}
+	if len(values) > maxValues {
+		return vs, errAt(p, "more than %d values", maxValues)
+	}
+	for i, v := range values {
+		if v == "" {
+			return vs, errAt(p.index(i), "empty value not allowed")
+		}
+		if len(v) > maxValueLen {
+			return vs, errAt(p.index(i), "value longer than %d bytes", maxValueLen)
+		}
+	}
+	if c != nil && c.action == actCustom {
+		switch kind {
+		case attrNamespace, attrServiceAccount, attrPrincipal, attrRequestPrincipal:
+			return vs, errAt(p, "%s is currently not supported with CUSTOM action", p[len(p)-1].key)
+		}
+	}
+	switch kind {
+	case attrSourceIP, attrRemoteIP, attrDestIP:
+		for i, v := range values {
+			pr, err := parseIPOrCIDR(v)
+			if err != nil {
+				return vs, errAt(p.index(i), "%v", err)
+			}
+			vs.ips.prefixes = append(vs.ips.prefixes, pr)
+		}
+	case attrPort:
+		for i, v := range values {
+			port, err := parsePort(v)
+			if err != nil {
+				return vs, errAt(p.index(i), "%v", err)
+			}
+			vs.ports.ports = append(vs.ports.ports, port)
+		}
+	case attrPath:
+		var plain []string
+		for i, v := range values {
+			if !isPathTemplate(v) && !strings.ContainsAny(v, "{}") {
+				plain = append(plain, v)
+				continue
+			}
+			t, err := parsePathTemplate(v)
+			if err != nil {
+				return vs, errAt(p.index(i), "%v", err)
+			}
+			vs.paths.templates = append(vs.paths.templates, t)
+		}
+		vs.paths.strs = newStrSet(plain, false)
+	case attrRequestPrincipal:
+		for _, v := range values {
+			vs.rps = append(vs.rps, parseRequestPrincipal(v))
+		}
+	case attrServiceAccount:
+		if len(values) > maxServiceAccts {
+			return vs, errAt(p, "at most %d service accounts", maxServiceAccts)
+		}
+		for i, v := range values {
+			sa, err := parseServiceAccount(v, c.ns)
+			if err != nil {
+				return vs, errAt(p.index(i), "%v", err)
+			}
+			vs.sas = append(vs.sas, sa)
+		}
+	case attrHost:
+		vs.strs = newStrSet(values, true)
+	case attrHeader:
+		for _, v := range values {
+			if v == "*" {
+				vs.presence = true
+			}
+		}
+		vs.strs = newStrSet(values, false)
+	default:
+		vs.strs = newStrSet(values, false)
+	}
+	return vs, nil
+}
+
+// parseRequestPrincipal splits a requestPrincipals value at its last "/"
+// into issuer and subject patterns, the way Istio does:
+//
+//	"*"            any issuer and any subject (both present)
+//	"*/sub"        any issuer, subject "sub"; "*x/sub": issuer ends with x
+//	"*sub"         (no "/") any issuer, subject ending with "sub"
+//	"iss/*"        issuer "iss", any subject; "iss/ab*": subject starts with ab
+//	"iss*"         (no "/") issuer starting with "iss", any subject
+//	"iss/sub"      both exact
+func parseRequestPrincipal(v string) reqPrincipalPat {
+	anyPat := strPat{kind: patPresence}
+	idx := strings.LastIndex(v, "/")
+	found := idx >= 0
+	iss, sub := v, ""
+	if found {
+		iss, sub = v[:idx], v[idx+1:]
+	}
+	switch {
+	case v == "*":
+		return reqPrincipalPat{iss: anyPat, sub: anyPat}
+	case strings.HasPrefix(v, "*"):
+		if !found {
+			return reqPrincipalPat{iss: anyPat, sub: strPat{kind: patSuffix, s: v[1:]}}
+		}
+		ip := anyPat
+		if iss != "*" {
+			ip = strPat{kind: patSuffix, s: iss[1:]}
+		}
+		return reqPrincipalPat{iss: ip, sub: strPat{kind: patExact, s: sub}}
+	case strings.HasSuffix(v, "*"):
+		if !found {
+			return reqPrincipalPat{iss: strPat{kind: patPrefix, s: v[:len(v)-1]}, sub: anyPat}
+		}
+		sp := anyPat
+		if sub != "*" {
+			sp = strPat{kind: patPrefix, s: sub[:len(sub)-1]}
+		}
+		return reqPrincipalPat{iss: strPat{kind: patExact, s: iss}, sub: sp}
+	}
+	return reqPrincipalPat{iss: strPat{kind: patExact, s: iss}, sub: strPat{kind: patExact, s: sub}}
+}
+
+// parseServiceAccount reads "namespace/name" or "name" (the policy's
+// namespace), without wildcards, as Istio's CheckServiceAccount does.
+func parseServiceAccount(v, policyNS string) (serviceAccount, error) {
+	if len(v) > 320 {
+		return serviceAccount{}, fmt.Errorf("service account %q is longer than 320 characters", v)
+	}
+	if strings.Contains(v, "*") {
+		return serviceAccount{}, fmt.Errorf("wildcards are not allowed in serviceAccounts: %q", v)
+	}
+	ns, name, found := strings.Cut(v, "/")
+	if !found {
+		ns, name = policyNS, v
+	}
+	if ns == "" || name == "" || strings.Contains(name, "/") {
+		return serviceAccount{}, fmt.Errorf("service account %q must be <namespace>/<name> or <name>", v)
+	}
+	return serviceAccount{ns: ns, name: name}, nil
+}
+
+// sortAuthz orders policies the way decisions report them: the root
+// namespace first (Istio evaluates root-namespace DENY policies in a
+// filter of their own, before the others), then by namespace and name.
+func sortAuthz(ps []*compiledAuthz, root string) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
+		if (a.ns == root) != (b.ns == root) {
+			return a.ns == root
+		}
+		if a.ns != b.ns {
+			return a.ns < b.ns
+		}
+		return a.name < b.name
+	})
+	for i, p := range ps {
+		p.rank = i
+	}
+}

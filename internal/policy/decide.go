@@ -1,0 +1,529 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+	"unsafe"
+)
+
+// Reasons of decisions that no rule made.
+const (
+	ReasonNoAllowPolicy = "no ALLOW policy applies to the workload"
+	ReasonNoAllowMatch  = "no ALLOW rule matched"
+	ReasonMTLSRequired  = "mTLS required (STRICT)"
+	ReasonNoSet         = "no policy loaded"
+	reasonNoVerifier    = "RequestAuthentication applies but no JWT verifier is configured"
+)
+
+// evalCtx is the per-decision state: the request and what is derived from
+// it once. It lives on the stack of Decide.
+type evalCtx struct {
+	req *Request
+	tcp bool
+
+	path string // normalized, query removed; may alias pathBuf
+
+	srcDone bool
+	td      string // trust domain of the source principal
+	ns      string // namespace of the source principal
+	sa      string // service account of the source principal
+
+	pathBuf [maxPathBuffer]byte
+}
+
+func (c *evalCtx) source() {
+	if c.srcDone {
+		return
+	}
+	c.srcDone = true
+	c.td, c.ns, c.sa = splitPrincipal(c.req.Source.Principal)
+}
+
+// splitPrincipal reads an Istio-form principal "td/ns/NS/sa/SA" (a SPIFFE
+// ID without "spiffe://"): its trust domain, and the namespace and service
+// account that follow the first "ns" and "sa" path segments. A principal
+// not of that form has no namespace or service account, so it matches no
+// namespaces or serviceAccounts value (and every notNamespaces).
+func splitPrincipal(p string) (td, ns, sa string) {
+	p = strings.TrimPrefix(p, "spiffe://")
+	td, rest, ok := strings.Cut(p, "/")
+	if !ok {
+		return td, "", ""
+	}
+	for rest != "" {
+		var seg string
+		seg, rest, _ = strings.Cut(rest, "/")
+		switch {
+		case seg == "ns" && ns == "" && sa == "":
+			ns, rest, _ = strings.Cut(rest, "/")
+		case seg == "sa" && ns != "" && sa == "":
+			sa, rest, _ = strings.Cut(rest, "/")
+		}
+	}
+	return td, ns, sa
+}
+
+// match reports whether the attribute satisfies values and notValues: at
+// least one value (when there are values) and no notValue. An attribute
+// the request lacks (no principal on a plaintext connection, no token, no
+// such header) matches no value and therefore every notValues list.
+func (a *attrMatch) match(c *evalCtx) bool {
+	r := c.req
+	switch a.kind {
+	case attrPrincipal:
+		return a.strAttr(r.Source.Principal, r.Source.Principal != "")
+	case attrNamespace:
+		c.source()
+		return a.strAttr(c.ns, c.ns != "")
+	case attrTrustDomain:
+		c.source()
+		return a.strAttr(c.td, c.td != "")
+	case attrServiceAccount:
+		c.source()
+		present := c.ns != "" && c.sa != ""
+		if a.pos.n > 0 && (!present || !matchSA(a.pos.sas, c.ns, c.sa)) {
+			return false
+		}
+		return a.neg.n == 0 || !present || !matchSA(a.neg.sas, c.ns, c.sa)
+	case attrSourceIP:
+		return a.ipAttr(r.Source.IP)
+	case attrRemoteIP:
+		ip := r.RemoteIP
+		if !ip.IsValid() {
+			ip = r.Source.IP
+		}
+		return a.ipAttr(ip)
+	case attrDestIP:
+		return a.ipAttr(r.Destination.IP)
+	case attrPort:
+		if a.pos.n > 0 && !a.pos.ports.match(r.Destination.Port) {
+			return false
+		}
+		return a.neg.n == 0 || !a.neg.ports.match(r.Destination.Port)
+	case attrSNI:
+		return a.strAttr(r.SNI, r.SNI != "")
+	case attrHost:
+		return a.strAttr(r.Host, r.Host != "")
+	case attrMethod:
+		return a.strAttr(r.Method, r.Method != "")
+	case attrPath:
+		if a.pos.n > 0 && !a.pos.paths.match(c.path) {
+			return false
+		}
+		return a.neg.n == 0 || !a.neg.paths.match(c.path)
+	case attrHeader:
+		return a.headerAttr(c)
+	case attrRequestPrincipal:
+		iss, sub, present := requestIssSub(r.Auth)
+		if a.pos.n > 0 && (!present || !matchRP(a.pos.rps, iss, sub)) {
+			return false
+		}
+		return a.neg.n == 0 || !present || !matchRP(a.neg.rps, iss, sub)
+	case attrAudiences:
+		var auds []string
+		if r.Auth != nil {
+			auds = r.Auth.Audiences
+		}
+		if a.pos.n > 0 && !anyString(&a.pos.strs, auds) {
+			return false
+		}
+		return a.neg.n == 0 || !anyString(&a.neg.strs, auds)
+	case attrPresenter:
+		var p string
+		if r.Auth != nil {
+			p = r.Auth.Presenter
+		}
+		return a.strAttr(p, p != "")
+	case attrClaim:
+		var v any
+		if r.Auth != nil {
+			v = lookupClaim(r.Auth.Claims, a.claim)
+		}
+		if a.pos.n > 0 && !claimMatches(&a.pos.strs, v, a.claim) {
+			return false
+		}
+		return a.neg.n == 0 || !claimMatches(&a.neg.strs, v, a.claim)
+	}
+	return false
+}
+
+func (a *attrMatch) strAttr(v string, present bool) bool {
+	if a.pos.n > 0 && (!present || !a.pos.strs.match(v)) {
+		return false
+	}
+	return a.neg.n == 0 || !present || !a.neg.strs.match(v)
+}
+
+func (a *attrMatch) ipAttr(ip netip.Addr) bool {
+	if a.pos.n > 0 && !a.pos.ips.match(ip) {
+		return false
+	}
+	return a.neg.n == 0 || !a.neg.ips.match(ip)
+}
+
+// headerAttr matches request.headers[name]. Several values of one header
+// are joined with "," first, as Envoy does; "*" matches a header that is
+// present, even empty.
+func (a *attrMatch) headerAttr(c *evalCtx) bool {
+	r := c.req
+	var (
+		v       string
+		present bool
+		buf     [256]byte
+	)
+	switch a.header {
+	case ":authority":
+		v, present = r.Host, r.Host != ""
+	case ":method":
+		v, present = r.Method, r.Method != ""
+	case ":path":
+		v, present = r.Path, r.Path != ""
+	default:
+		vals := r.Headers[a.header]
+		switch len(vals) {
+		case 0:
+		case 1:
+			v, present = vals[0], true
+		default:
+			b := buf[:0]
+			for i, s := range vals {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, s...)
+			}
+			v, present = unsafe.String(unsafe.SliceData(b), len(b)), true
+		}
+	}
+	in := func(vs *valueSet) bool {
+		return present && (vs.presence || vs.strs.match(v))
+	}
+	if a.pos.n > 0 && !in(&a.pos) {
+		return false
+	}
+	return a.neg.n == 0 || !in(&a.neg)
+}
+
+func matchSA(sas []serviceAccount, ns, sa string) bool {
+	for _, s := range sas {
+		if s.ns == ns && s.name == sa {
+			return true
+		}
+	}
+	return false
+}
+
+// requestIssSub returns the issuer and subject of the verified token,
+// from its claims when present (a subject may hold "/"), else split from
+// Auth.Principal ("iss/sub") at its last "/".
+func requestIssSub(a *Auth) (iss, sub string, present bool) {
+	if a == nil {
+		return "", "", false
+	}
+	iss, _ = a.Claims["iss"].(string)
+	sub, _ = a.Claims["sub"].(string)
+	if iss == "" && sub == "" && a.Principal != "" {
+		if i := strings.LastIndexByte(a.Principal, '/'); i >= 0 {
+			iss, sub = a.Principal[:i], a.Principal[i+1:]
+		}
+	}
+	return iss, sub, iss != "" || sub != ""
+}
+
+func matchRP(ps []reqPrincipalPat, iss, sub string) bool {
+	for _, p := range ps {
+		if p.iss.match(iss) && p.sub.match(sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyString(s *strSet, vs []string) bool {
+	for _, v := range vs {
+		if v != "" && s.match(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// lookupClaim follows a claim path through nested JSON objects.
+func lookupClaim(claims map[string]any, path []string) any {
+	var cur any = claims
+	for _, k := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		if cur, ok = m[k]; !ok {
+			return nil
+		}
+	}
+	return cur
+}
+
+// claimMatches matches a claim value as Envoy's metadata matcher does: a
+// string, or any string element of a list. Numbers, booleans and objects
+// never match. The claims "scope" and "permission" are space-delimited
+// lists (as Istio's JWT filter treats them), so each word is a value.
+func claimMatches(s *strSet, v any, path []string) bool {
+	switch t := v.(type) {
+	case string:
+		if len(path) == 1 && (path[0] == "scope" || path[0] == "permission") {
+			for _, w := range strings.Fields(t) {
+				if s.match(w) {
+					return true
+				}
+			}
+			return false
+		}
+		return t != "" && s.match(t)
+	case []any:
+		for _, e := range t {
+			if es, ok := e.(string); ok && es != "" && s.match(es) {
+				return true
+			}
+		}
+	case []string:
+		return anyString(s, t)
+	}
+	return false
+}
+
+func clauseMatches(c *evalCtx, cl clause) bool {
+	for i := range cl {
+		a := &cl[i]
+		if c.tcp && a.kind.httpOnly() {
+			continue // dropped on TCP: only non-ALLOW rules get here with such fields
+		}
+		if !a.match(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func anyClause(c *evalCtx, cls []clause) bool {
+	for i := range cls {
+		if clauseMatches(c, cls[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// matches applies one rule. On TCP an ALLOW rule that uses HTTP-only
+// attributes never matches; other actions drop those attributes.
+func (r *compiledRule) matches(c *evalCtx, act action) bool {
+	if c.tcp && r.httpOnly && act == actAllow {
+		return false
+	}
+	if len(r.from) > 0 && !anyClause(c, r.from) {
+		return false
+	}
+	if len(r.to) > 0 && !anyClause(c, r.to) {
+		return false
+	}
+	return clauseMatches(c, r.when)
+}
+
+// firstMatch is the index of the first rule that matches, -1 for none
+// (always -1 for a policy without rules).
+func (p *compiledAuthz) firstMatch(c *evalCtx) int {
+	for i := range p.rules {
+		if p.rules[i].matches(c, p.action) {
+			return i
+		}
+	}
+	return -1
+}
+
+// candidates collects the policies that apply to the destination, in
+// evaluation order, into buf.
+func (s *Set) candidates(buf []*compiledAuthz, dst *Destination) ([]*compiledAuthz, bool) {
+	buf = s.rootIdx.collect(buf, dst.Labels)
+	dry := s.rootIdx.dryRun
+	if dst.Namespace != s.root {
+		if x := s.nsIdx[dst.Namespace]; x != nil {
+			buf = x.collect(buf, dst.Labels)
+			dry = dry || x.dryRun
+		}
+	}
+	// Insertion sort by rank: short lists, mostly sorted already.
+	for i := 1; i < len(buf); i++ {
+		for j := i; j > 0 && buf[j].rank < buf[j-1].rank; j-- {
+			buf[j], buf[j-1] = buf[j-1], buf[j]
+		}
+	}
+	if dry {
+		dry = false
+		for _, p := range buf {
+			if p.dryRun {
+				dry = true
+				break
+			}
+		}
+	}
+	return buf, dry
+}
+
+// Decide is the authorization decision for req, without
+// RequestAuthentication (req.Auth is taken as given): PeerAuthentication
+// first (a plaintext source on a STRICT port is denied), then CUSTOM, DENY
+// and ALLOW policies in Istio's order, with AUDIT and dry-run policies
+// reported in the Decision. It does no I/O (a CUSTOM provider aside) and
+// does not allocate on the common path. A nil Set denies everything.
+//
+// For HTTP, req.Path is normalized as Options.PathNormalization says
+// before matching; a path Istio rejects outright (see ErrInvalidPath) is
+// denied. Decide does not modify req.
+func (s *Set) Decide(req *Request) Decision {
+	if s == nil {
+		return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoSet}
+	}
+	if d, refused := s.peerCheck(req); refused {
+		return d
+	}
+	return s.authorize(req)
+}
+
+// Evaluate is what a sidecar runs per request: PeerAuthentication, then
+// RequestAuthentication (the JWT rules that apply to the destination go
+// to v; a present but invalid token makes the decision Unauthenticated,
+// HTTP 401; no token is not an error), then Decide. It sets req.Auth to
+// what v returned. With rules to apply and a nil v, it denies.
+func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
+	if s == nil {
+		return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoSet}
+	}
+	if d, refused := s.peerCheck(req); refused {
+		return d
+	}
+	if req.Protocol == HTTP {
+		if rules := s.JWTRules(req.Destination); len(rules) > 0 {
+			if v == nil {
+				return Decision{Outcome: Deny, Rule: -1, Reason: reasonNoVerifier}
+			}
+			auth, err := v.Verify(rules, req)
+			if err != nil {
+				return Decision{Outcome: Unauthenticated, Rule: -1, Reason: "invalid token: " + err.Error()}
+			}
+			req.Auth = auth
+		}
+	}
+	return s.authorize(req)
+}
+
+// peerCheck refuses a plaintext source where PeerAuthentication is STRICT.
+func (s *Set) peerCheck(req *Request) (Decision, bool) {
+	if req.Source.Principal != "" {
+		return Decision{}, false
+	}
+	mode, ref := s.MTLSPolicy(req.Destination)
+	if mode != ModeStrict {
+		return Decision{}, false
+	}
+	return Decision{Outcome: Deny, Policy: ref, Rule: -1, Reason: ReasonMTLSRequired}, true
+}
+
+func (s *Set) authorize(req *Request) Decision {
+	var c evalCtx
+	c.req = req
+	c.tcp = req.Protocol == TCP
+	if !c.tcp {
+		p, err := normalizePath(c.pathBuf[:0], req.Path, s.opts.PathNormalization)
+		if err != nil {
+			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
+		}
+		c.path = p
+	}
+	var buf [32]*compiledAuthz
+	cands, dry := s.candidates(buf[:0], &req.Destination)
+
+	d, customDenied := s.customPhase(&c, cands)
+	if !customDenied {
+		d = decideDenyAllow(&c, cands, false)
+	}
+	for _, p := range cands {
+		if p.action == actAudit && !p.dryRun && p.firstMatch(&c) >= 0 {
+			d.Audit, d.AuditPolicy = true, p.ref
+			break
+		}
+	}
+	if dry {
+		w := d
+		if !customDenied {
+			w = decideDenyAllow(&c, cands, true)
+		}
+		d.DryRun = DryRun{Applies: true, Outcome: w.Outcome, Policy: w.Policy, Action: w.Action, Rule: w.Rule, Reason: w.Reason}
+	}
+	return d
+}
+
+// customPhase runs the enforced CUSTOM policies that match: each distinct
+// provider is asked once; any deny decides.
+func (s *Set) customPhase(c *evalCtx, cands []*compiledAuthz) (Decision, bool) {
+	var asked [4]string
+	n := 0
+outer:
+	for _, p := range cands {
+		if p.action != actCustom || p.dryRun {
+			continue
+		}
+		i := p.firstMatch(c)
+		if i < 0 {
+			continue
+		}
+		for _, a := range asked[:n] {
+			if a == p.provider {
+				continue outer
+			}
+		}
+		if n < len(asked) {
+			asked[n] = p.provider
+			n++
+		}
+		if s.opts.Custom == nil {
+			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
+				Reason: p.rules[i].reason + ": provider is not configured"}, true
+		}
+		allow, reason := s.opts.Custom(p.provider, c.req)
+		if !allow {
+			if reason == "" {
+				reason = "denied"
+			}
+			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
+				Reason: p.rules[i].reason + ": " + reason}, true
+		}
+	}
+	return Decision{}, false
+}
+
+// decideDenyAllow is steps 2 to 5 of Istio's evaluation: any matching
+// DENY denies; no ALLOW policy allows; a matching ALLOW allows; otherwise
+// deny. withDryRun counts dry-run policies as enforced (the what-if).
+func decideDenyAllow(c *evalCtx, cands []*compiledAuthz, withDryRun bool) Decision {
+	for _, p := range cands {
+		if p.action != actDeny || (p.dryRun && !withDryRun) {
+			continue
+		}
+		if i := p.firstMatch(c); i >= 0 {
+			return Decision{Outcome: Deny, Policy: p.ref, Action: "DENY", Rule: i, Reason: p.rules[i].reason}
+		}
+	}
+	anyAllow := false
+	for _, p := range cands {
+		if p.action != actAllow || (p.dryRun && !withDryRun) {
+			continue
+		}
+		anyAllow = true
+		if i := p.firstMatch(c); i >= 0 {
+			return Decision{Outcome: Allow, Policy: p.ref, Action: "ALLOW", Rule: i, Reason: p.rules[i].reason}
+		}
+	}
+	if !anyAllow {
+		return Decision{Outcome: Allow, Rule: -1, Reason: ReasonNoAllowPolicy}
+	}
+	return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoAllowMatch}
+}

@@ -1,0 +1,388 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// patKind is Istio's four string matches.
+type patKind uint8
+
+const (
+	patExact    patKind = iota // "abc" matches "abc"
+	patPrefix                  // "abc*" matches "abc" and "abcd"
+	patSuffix                  // "*abc" matches "abc" and "xabc"
+	patPresence                // "*" matches any non-empty value
+)
+
+type strPat struct {
+	kind patKind
+	s    string
+}
+
+// parsePattern reads an Istio string match. The rules are Istio's
+// (StringMatcherWithPrefix): "*" alone is presence, a leading "*" makes a
+// suffix match, a trailing "*" a prefix match; a "*" anywhere else is a
+// literal character.
+func parsePattern(v string) strPat {
+	switch {
+	case v == "*":
+		return strPat{kind: patPresence}
+	case strings.HasPrefix(v, "*"):
+		return strPat{kind: patSuffix, s: v[1:]}
+	case strings.HasSuffix(v, "*"):
+		return strPat{kind: patPrefix, s: v[:len(v)-1]}
+	}
+	return strPat{kind: patExact, s: v}
+}
+
+func (p strPat) match(v string) bool {
+	switch p.kind {
+	case patExact:
+		return v == p.s
+	case patPrefix:
+		return strings.HasPrefix(v, p.s)
+	case patSuffix:
+		return strings.HasSuffix(v, p.s)
+	default:
+		return v != ""
+	}
+}
+
+func (p strPat) matchFold(v string) bool {
+	switch p.kind {
+	case patExact:
+		return strings.EqualFold(v, p.s)
+	case patPrefix:
+		return len(v) >= len(p.s) && strings.EqualFold(v[:len(p.s)], p.s)
+	case patSuffix:
+		return len(v) >= len(p.s) && strings.EqualFold(v[len(v)-len(p.s):], p.s)
+	default:
+		return v != ""
+	}
+}
+
+func (p strPat) String() string {
+	switch p.kind {
+	case patPrefix:
+		return p.s + "*"
+	case patSuffix:
+		return "*" + p.s
+	case patPresence:
+		return "*"
+	}
+	return p.s
+}
+
+// exactMapMin is the list length from which exact values go in a map.
+const exactMapMin = 8
+
+// strSet is a compiled list of values: it matches when any value does.
+// Long lists of exact values are looked up in a map, so a policy naming a
+// thousand principals costs one lookup.
+type strSet struct {
+	pats  []strPat            // non-exact patterns, and exact ones when few
+	exact map[string]struct{} // exact values when many (lower-cased if fold)
+	fold  bool                // case-insensitive (hosts)
+	n     int                 // number of values
+}
+
+func newStrSet(values []string, fold bool) strSet {
+	s := strSet{fold: fold, n: len(values)}
+	exacts := 0
+	for _, v := range values {
+		if parsePattern(v).kind == patExact {
+			exacts++
+		}
+	}
+	for _, v := range values {
+		p := parsePattern(v)
+		if p.kind == patExact && exacts >= exactMapMin {
+			if s.exact == nil {
+				s.exact = make(map[string]struct{}, exacts)
+			}
+			if fold {
+				s.exact[strings.ToLower(p.s)] = struct{}{}
+			} else {
+				s.exact[p.s] = struct{}{}
+			}
+			continue
+		}
+		if fold {
+			p.s = strings.ToLower(p.s)
+		}
+		s.pats = append(s.pats, p)
+	}
+	return s
+}
+
+func (s *strSet) empty() bool { return s.n == 0 }
+
+func (s *strSet) match(v string) bool {
+	if s.exact != nil {
+		if s.fold {
+			if lookupFold(s.exact, v) {
+				return true
+			}
+		} else if _, ok := s.exact[v]; ok {
+			return true
+		}
+	}
+	for i := range s.pats {
+		if s.fold {
+			if s.pats[i].matchFold(v) {
+				return true
+			}
+		} else if s.pats[i].match(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// lookupFold looks v up lower-cased without allocating for usual lengths.
+func lookupFold(m map[string]struct{}, v string) bool {
+	var buf [256]byte
+	if len(v) > len(buf) {
+		_, ok := m[strings.ToLower(v)]
+		return ok
+	}
+	b := buf[:len(v)]
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	_, ok := m[string(b)] // the compiler does not allocate for this conversion
+	return ok
+}
+
+// ipSet is a compiled list of IPs and CIDRs.
+type ipSet struct {
+	prefixes []netip.Prefix
+}
+
+// parseIPOrCIDR reads "10.1.2.3", "10.1.0.0/16" or IPv6 forms, as Istio's
+// ValidateIPs does. A CIDR with host bits set is accepted and masked, as
+// Envoy treats it.
+func parseIPOrCIDR(v string) (netip.Prefix, error) {
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("bad CIDR range %q", v)
+		}
+		if p.Addr().Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("bad CIDR range %q: zones are not allowed", v)
+		}
+		return netip.PrefixFrom(p.Addr().Unmap(), unmappedBits(p)).Masked(), nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("bad IP address %q", v)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func unmappedBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return max(p.Bits()-96, 0)
+	}
+	return p.Bits()
+}
+
+func (s *ipSet) match(a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range s.prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// portSet is a compiled list of ports.
+type portSet struct {
+	ports []uint16
+}
+
+func parsePort(v string) (uint16, error) {
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n > 65535 {
+		return 0, fmt.Errorf("bad port %q: want a number from 0 to 65535", v)
+	}
+	return uint16(n), nil
+}
+
+func (s *portSet) match(port int) bool {
+	if port < 0 || port > 65535 {
+		return false
+	}
+	for _, p := range s.ports {
+		if int(p) == port {
+			return true
+		}
+	}
+	return false
+}
+
+// pathTemplate is an Istio path template ("/foo/{*}/bar/{**}"), matched as
+// Envoy's uri_template matcher does: "{*}" is one non-empty path segment
+// of RFC 3986 pchar characters (without "*" and "="), "{**}" zero or more
+// such characters and "/"; "{**}" is the last operator, and only literals
+// may follow it.
+type pathTemplate struct {
+	raw    string
+	before []tmplSeg // segments before {**}, or all segments when !hasAny
+	hasAny bool
+	after  string // the text after "{**}", starting with "/" (or "")
+}
+
+type tmplSeg struct {
+	one bool   // "{*}"
+	lit string // literal segment otherwise ("" only as the trailing empty segment)
+}
+
+func isPathTemplate(v string) bool {
+	return strings.Contains(v, "{*}") || strings.Contains(v, "{**}")
+}
+
+// templateChar: pchar from RFC 3986 appendix A without "*" and "=", the
+// characters Envoy's "{*}" and "{**}" operators match.
+func templateChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~%!$&'()+,;:@", c) >= 0
+}
+
+// literalChar: what a literal segment of a template may hold (Istio's
+// IsValidLiteral: templateChar plus "=").
+func literalChar(c byte) bool { return templateChar(c) || c == '=' }
+
+func parsePathTemplate(v string) (*pathTemplate, error) {
+	if !strings.HasPrefix(v, "/") {
+		return nil, fmt.Errorf("invalid path template %q: must start with \"/\"", v)
+	}
+	t := &pathTemplate{raw: v}
+	segs := strings.Split(v[1:], "/")
+	anyAt := -1
+	for i, s := range segs {
+		last := i == len(segs)-1
+		switch {
+		case s == "{*}":
+			if anyAt >= 0 {
+				return nil, fmt.Errorf("invalid path template %q: {**} must be the last operator", v)
+			}
+			t.before = append(t.before, tmplSeg{one: true})
+		case s == "{**}":
+			if anyAt >= 0 {
+				return nil, fmt.Errorf("invalid path template %q: {**} must be the last operator", v)
+			}
+			anyAt = i
+		case s == "" && last && i > 0:
+			// A trailing "/": the path must end with "/".
+			if anyAt < 0 {
+				t.before = append(t.before, tmplSeg{})
+			}
+		case s == "":
+			return nil, fmt.Errorf("invalid path template %q: empty path segment", v)
+		default:
+			for j := 0; j < len(s); j++ {
+				if !literalChar(s[j]) {
+					return nil, fmt.Errorf("invalid path template %q: %q is not allowed in a template segment (only {*} or {**} alone, or letters, digits and -._~%%!$&'()+,;:@=)", v, s[j])
+				}
+			}
+			if anyAt < 0 {
+				t.before = append(t.before, tmplSeg{lit: s})
+			}
+		}
+	}
+	if anyAt >= 0 {
+		t.hasAny = true
+		if anyAt+1 < len(segs) {
+			t.after = "/" + strings.Join(segs[anyAt+1:], "/")
+		}
+	}
+	return t, nil
+}
+
+func (t *pathTemplate) match(path string) bool {
+	if len(path) == 0 || path[0] != '/' {
+		return false
+	}
+	rest := path[1:]
+	for i, seg := range t.before {
+		// Take one segment from rest.
+		end := strings.IndexByte(rest, '/')
+		cur, more := rest, false
+		if end >= 0 {
+			cur, more = rest[:end], true
+		}
+		lastSeg := i == len(t.before)-1
+		switch {
+		case seg.one:
+			if cur == "" {
+				return false
+			}
+			for j := 0; j < len(cur); j++ {
+				if !templateChar(cur[j]) {
+					return false
+				}
+			}
+		default:
+			if cur != seg.lit {
+				return false
+			}
+		}
+		if lastSeg && !t.hasAny {
+			return !more
+		}
+		if !more {
+			// The pattern wants more: another segment, or "/" before {**}.
+			return false
+		}
+		rest = rest[end+1:]
+	}
+	if !t.hasAny {
+		// Only reachable with no segments at all, which parse never builds.
+		return rest == ""
+	}
+	// rest is what {**} and the literal tail must cover.
+	if len(rest) < len(t.after) || rest[len(rest)-len(t.after):] != t.after {
+		return false
+	}
+	mid := rest[:len(rest)-len(t.after)]
+	for j := 0; j < len(mid); j++ {
+		if c := mid[j]; c != '/' && !templateChar(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// pathSet matches paths: string patterns and templates.
+type pathSet struct {
+	strs      strSet
+	templates []*pathTemplate
+}
+
+func (s *pathSet) match(path string) bool {
+	if s.strs.match(path) {
+		return true
+	}
+	for _, t := range s.templates {
+		if t.match(path) {
+			return true
+		}
+	}
+	return false
+}
