@@ -43,11 +43,13 @@ func newReq(opts ...reqOpt) *Request {
 }
 
 func from(principal string) reqOpt { return func(r *Request) { r.Source.Principal = principal } }
-func plaintext() reqOpt         { return from("") }
-func method(m string) reqOpt    { return func(r *Request) { r.Method = m } }
-func path(p string) reqOpt      { return func(r *Request) { r.Path = p } }
-func host(h string) reqOpt      { return func(r *Request) { r.Host = h } }
-func tcp() reqOpt               { return func(r *Request) { r.Protocol = TCP; r.Method, r.Path, r.Host = "", "", "" } }
+func plaintext() reqOpt            { return from("") }
+func method(m string) reqOpt       { return func(r *Request) { r.Method = m } }
+func path(p string) reqOpt         { return func(r *Request) { r.Path = p } }
+func host(h string) reqOpt         { return func(r *Request) { r.Host = h } }
+func tcp() reqOpt {
+	return func(r *Request) { r.Protocol = TCP; r.Method, r.Path, r.Host = "", "", "" }
+}
 func port(p int) reqOpt         { return func(r *Request) { r.Destination.Port = p } }
 func srcIP(ip string) reqOpt    { return func(r *Request) { r.Source.IP = netip.MustParseAddr(ip) } }
 func remoteIP(ip string) reqOpt { return func(r *Request) { r.RemoteIP = netip.MustParseAddr(ip) } }

@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
 	yamlv3 "go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // pathElem is one step of a field path: a mapping key or a list index.
