@@ -1,0 +1,238 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+)
+
+// Token type identifiers (RFC 8693 §3).
+const (
+	TokenTypeAccess = "urn:ietf:params:oauth:token-type:access_token"
+	TokenTypeJWT    = "urn:ietf:params:oauth:token-type:jwt"
+)
+
+// exchangeSubject is a validated subject or actor token.
+type exchangeSubject struct {
+	subject     string
+	issuer      string
+	scope       []string
+	aud         []string
+	clientID    string
+	roles       []string
+	permissions []string
+	tenant      string
+	authTime    time.Time
+	expiry      time.Time
+	act         *actor
+	mayAct      *actor
+	svid        bool
+}
+
+// exchangeRequest is the parsed, syntactically checked form of a token
+// exchange request (RFC 8693 §2.1).
+type exchangeRequest struct {
+	subjectToken, subjectType string
+	actorToken, actorType     string
+	requestedType             string
+	audiences                 []string
+	scope                     string
+}
+
+// parseExchange checks the request's shape. Errors are invalid_request
+// or invalid_target as RFC 8693 §2.2.2 says.
+func parseExchange(p params) (*exchangeRequest, *oauthError) {
+	r := &exchangeRequest{
+		subjectToken: p.get("subject_token"), subjectType: p.get("subject_token_type"),
+		actorToken: p.get("actor_token"), actorType: p.get("actor_token_type"),
+		requestedType: p.get("requested_token_type"), scope: p.get("scope"),
+	}
+	if r.subjectToken == "" || r.subjectType == "" {
+		return nil, oerr(errInvalidRequest, "subject_token and subject_token_type are required")
+	}
+	if !supportedType(r.subjectType) {
+		return nil, oerr(errInvalidRequest, "unsupported subject_token_type: use %s or %s", TokenTypeAccess, TokenTypeJWT)
+	}
+	if (r.actorToken == "") != (r.actorType == "") {
+		return nil, oerr(errInvalidRequest, "actor_token and actor_token_type go together")
+	}
+	if r.actorType != "" && !supportedType(r.actorType) {
+		return nil, oerr(errInvalidRequest, "unsupported actor_token_type")
+	}
+	if r.requestedType != "" && !supportedType(r.requestedType) {
+		return nil, oerr(errInvalidRequest, "unsupported requested_token_type: this server issues %s", TokenTypeAccess)
+	}
+	var oe *oauthError
+	if r.audiences, oe = requestedAudiences(p); oe != nil {
+		return nil, oe
+	}
+	if len(r.audiences) == 0 {
+		return nil, oerr(errInvalidRequest, "audience or resource is required: an exchanged token is for one service")
+	}
+	return r, nil
+}
+
+func supportedType(t string) bool { return t == TokenTypeAccess || t == TokenTypeJWT }
+
+// exchange is RFC 8693 token exchange. The requesting client must hold
+// the subject token (be its audience or its client) and may only ask for
+// audiences in its ExchangeAudiences. The result names the subject token's
+// subject, carries the delegation chain in act, lives ExchangeTTL (never
+// beyond the subject token) and may only narrow the scope.
+func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*issued, *oauthError) {
+	if c.method == AuthNone {
+		return nil, oerr(errUnauthorizedClient, "a public client cannot exchange tokens")
+	}
+	req, oe := parseExchange(p)
+	if oe != nil {
+		return nil, oe
+	}
+	for _, a := range req.audiences {
+		if !contains(c.ExchangeAudiences, a) {
+			return nil, oerr(errInvalidTarget, "this client may not obtain tokens for audience %q", a)
+		}
+	}
+	subj, oe := s.exchangeToken(ctx, req.subjectToken, req.subjectType, "subject_token")
+	if oe != nil {
+		return nil, oe
+	}
+	// Only the holder may exchange: an SVID only by its owner, one of our
+	// tokens only by a client it was issued to or for.
+	if subj.svid {
+		if c.SPIFFEID == "" || subj.subject != c.SPIFFEID {
+			return nil, oerr(errInvalidRequest, "a JWT-SVID may only be exchanged by the workload it names")
+		}
+	} else if subj.clientID != c.ID && !contains(subj.aud, c.ID) && (c.SPIFFEID == "" || !contains(subj.aud, c.SPIFFEID)) {
+		return nil, oerr(errInvalidRequest, "the subject_token was not issued to or for this client")
+	}
+	actorID := c.actorID()
+	if req.actorToken != "" {
+		act, oe := s.exchangeToken(ctx, req.actorToken, req.actorType, "actor_token")
+		if oe != nil {
+			return nil, oe
+		}
+		if act.subject != c.ID && act.subject != c.SPIFFEID {
+			return nil, oerr(errInvalidRequest, "the actor_token must name the requesting client")
+		}
+		actorID = act.subject
+	}
+	// may_act (RFC 8693 §4.4): the subject said who may act for it.
+	if subj.mayAct != nil && subj.mayAct.Subject != actorID && subj.mayAct.Subject != c.ID {
+		return nil, oerr(errInvalidRequest, "the subject_token's may_act does not name this client")
+	}
+	var act *actor
+	if actorID != subj.subject {
+		act = &actor{Subject: actorID, Act: subj.act}
+		if act.depth() > maxActDepth {
+			return nil, oerr(errInvalidRequest, "delegation chain longer than %d", maxActDepth)
+		}
+	}
+	allowed := subj.scope
+	if subj.svid {
+		allowed = c.Scopes
+	}
+	scope, oe := resolveScope(req.scope, allowed)
+	if oe != nil {
+		return nil, oe
+	}
+	roles, perms, tenant := subj.roles, subj.permissions, subj.tenant
+	if subj.svid {
+		roles, perms, tenant = c.Roles, c.Permissions, c.Tenant
+	}
+	now := s.now()
+	ttl := s.cfg.ExchangeTTL
+	if left := subj.expiry.Sub(now); left < ttl {
+		ttl = left
+	}
+	if ttl < time.Second {
+		return nil, oerr(errInvalidRequest, "the subject_token expires now")
+	}
+	raw, cl, err := s.issueAccess(ctx, accessSpec{
+		subject: subj.subject, clientID: c.ID, aud: req.audiences, scope: scope, ttl: ttl,
+		roles: roles, permissions: perms, tenant: tenant, authTime: subj.authTime,
+		certThumbprint: c.certThumbprint, act: act,
+	})
+	if err != nil {
+		return nil, serverError(err)
+	}
+	issuedType := TokenTypeAccess
+	if req.requestedType == TokenTypeJWT {
+		issuedType = TokenTypeJWT
+	}
+	det := map[string]string{"audience": strings.Join(req.audiences, " "), "subject_token_type": req.subjectType, "actor": actorID}
+	return &issued{
+		resp: &tokenResponse{AccessToken: raw, IssuedTokenType: issuedType, TokenType: "Bearer",
+			ExpiresIn: ttlSeconds(cl, now), Scope: cl.Scope},
+		subject: cl.Subject, jti: cl.ID, details: det,
+	}, nil
+}
+
+// exchangeToken validates a subject or actor token: one of our access
+// tokens (not revoked), or for the jwt type a JWT-SVID whose audience is
+// this issuer, validated against the SPIFFE trust bundle. Any failure is
+// invalid_request (RFC 8693 §2.2.2).
+func (s *Service) exchangeToken(ctx context.Context, raw, typ, what string) (*exchangeSubject, *oauthError) {
+	if len(raw) > maxTokenLen {
+		return nil, oerr(errInvalidRequest, "%s too long", what)
+	}
+	var peek jwt.Claims
+	tok, err := jwt.ParseSigned(raw, signingAlgs)
+	if err == nil {
+		err = tok.UnsafeClaimsWithoutVerification(&peek)
+	}
+	if err != nil {
+		return nil, oerr(errInvalidRequest, "%s is not a JWT", what)
+	}
+	if peek.Issuer == s.cfg.Issuer {
+		cl, oe := s.validAccessToken(ctx, raw)
+		if oe != nil {
+			return nil, oerr(errInvalidRequest, "%s is invalid, expired or revoked", what)
+		}
+		out := &exchangeSubject{
+			subject: cl.Subject, issuer: cl.Issuer, aud: cl.Audience, clientID: cl.ClientID,
+			roles: cl.Roles, permissions: cl.Permissions, tenant: cl.Tenant,
+			expiry: cl.Expiry.Time(), act: cl.Act, mayAct: cl.MayAct,
+		}
+		out.scope, _ = parseScope(cl.Scope)
+		if cl.AuthTime != 0 {
+			out.authTime = time.Unix(cl.AuthTime, 0)
+		}
+		return out, nil
+	}
+	if typ != TokenTypeJWT {
+		return nil, oerr(errInvalidRequest, "%s is not an access token of this issuer", what)
+	}
+	if s.cfg.JWTBundles == nil {
+		return nil, oerr(errInvalidRequest, "%s: JWT-SVIDs are not accepted by this server", what)
+	}
+	sv, err := jwtsvid.ParseAndValidate(raw, s.cfg.JWTBundles, []string{s.cfg.Issuer})
+	if err != nil {
+		s.log.Debug("token: JWT-SVID refused", "what", what, "err", err)
+		return nil, oerr(errInvalidRequest, "%s is not a valid JWT-SVID for audience %s", what, s.cfg.Issuer)
+	}
+	return &exchangeSubject{subject: sv.ID.String(), issuer: sv.ID.TrustDomain().IDString(), aud: sv.Audience, expiry: sv.Expiry, svid: true}, nil
+}
+
+// validAccessToken verifies one of our access tokens and checks that it
+// is not revoked.
+func (s *Service) validAccessToken(ctx context.Context, raw string) (*accessClaims, *oauthError) {
+	var cl accessClaims
+	if err := s.verify(ctx, raw, typAccess, &cl); err != nil {
+		if errors.Is(err, errBadToken) {
+			return nil, oerr(errInvalidToken, "invalid or expired token")
+		}
+		return nil, serverError(err)
+	}
+	revoked, err := s.cfg.Store.TokenIDRevoked(ctx, cl.ID)
+	if err != nil {
+		return nil, serverError(err)
+	}
+	if revoked {
+		return nil, oerr(errInvalidToken, "token revoked")
+	}
+	return &cl, nil
+}
