@@ -282,3 +282,5 @@ func assertNoLeak(t testing.TB, text, tok string) {
 		}
 	}
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
