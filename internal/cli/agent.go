@@ -1,8 +1,155 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
 
-// runAgent is a placeholder until the agent command lands.
-func runAgent(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "agent: not implemented yet")
+	"github.com/moatless/moatless/internal/agent"
+	"github.com/moatless/moatless/internal/config"
+)
+
+// runAgent runs the node agent until interrupted.
+func runAgent(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	file := fs.String("config", "", "agent config `file` (YAML or JSON); flags override it")
+	vals := map[string]*string{}
+	str := func(name, usage string) { vals[name] = fs.String(name, "", usage) }
+	str("server", "server `host:port` (default "+config.DefaultListen+")")
+	str("server-name", "`name` the server's certificate must carry (default: the host of --server)")
+	str("join-token", "single-use join `token` for the first start (env MOATLESS_JOIN_TOKEN; visible in ps: prefer --join-token-file)")
+	str("join-token-file", "read the join token from this `file`")
+	str("trust-bundle", "PEM `file` of CA certificates that authenticate the server (the server's bundle.pem)")
+	str("socket", "Workload API unix socket `path` (default "+config.DefaultAgentSocket+")")
+	str("data-dir", "`directory` keeping the agent's own SVID and key across restarts (default DATA_DIR/agent)")
+	str("health-listen", "loopback `host:port` for /healthz, /readyz and /metrics, or \"off\" (default "+config.DefaultAgentHealthListen+")")
+	str("log-level", "debug, info, warn or error (default info)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless agent --server HOST:PORT --join-token-file FILE --trust-bundle FILE --socket PATH [--data-dir DIR]")
+		fmt.Fprintln(fs.Output(), "\nAttests this node to the server and serves the SPIFFE Workload API on a unix socket.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+
+	cfg := config.DefaultAgent(e.getenv)
+	if *file != "" {
+		var err error
+		if cfg, err = config.LoadAgent(*file, e.getenv); err != nil {
+			return e.errorf(ExitUsage, "agent: %v", err)
+		}
+	}
+	dst := map[string]*string{
+		"server": &cfg.Server, "server-name": &cfg.ServerName, "join-token": &cfg.JoinToken,
+		"join-token-file": &cfg.JoinTokenFile, "trust-bundle": &cfg.TrustBundle, "socket": &cfg.Socket,
+		"data-dir": &cfg.DataDir, "health-listen": &cfg.HealthListen, "log-level": &cfg.LogLevel,
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		if d, ok := dst[fl.Name]; ok {
+			*d = *vals[fl.Name]
+		}
+	})
+	if cfg.JoinToken == "" && cfg.JoinTokenFile == "" {
+		cfg.JoinToken = e.getenv("MOATLESS_JOIN_TOKEN")
+	}
+	if err := cfg.Validate(); err != nil {
+		return e.errorf(ExitUsage, "agent: %v", err)
+	}
+	token := strings.TrimSpace(cfg.JoinToken)
+	if cfg.JoinTokenFile != "" {
+		b, err := os.ReadFile(cfg.JoinTokenFile)
+		if err != nil {
+			return e.errorf(ExitUsage, "agent: read join token: %v", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	var trust []*x509.Certificate
+	if cfg.TrustBundle != "" {
+		var err error
+		if trust, err = readPEMCerts(cfg.TrustBundle); err != nil {
+			return e.errorf(ExitUsage, "agent: --trust-bundle: %v", err)
+		}
+	}
+	if len(trust) == 0 && token != "" {
+		return e.errorf(ExitUsage, "agent: --trust-bundle is required for the first start (the server's DATA_DIR/bundle.pem)")
+	}
+	health := cfg.HealthListen
+	if health == "off" {
+		health = ""
+	}
+	log := newAgentLogger(e.Stderr, cfg.LogLevel).With("component", "agent")
+	a, err := agent.New(agent.Config{
+		Node: agent.NodeConfig{
+			ServerAddr: cfg.Server, ServerName: cfg.ServerName, TrustBundle: trust,
+			JoinToken: token, DataDir: cfg.DataDir,
+		},
+		SocketPath:   cfg.Socket,
+		HealthListen: health,
+		Logger:       log,
+	})
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	if err := a.Serve(ctx); err != nil {
+		switch {
+		case errors.Is(err, agent.ErrJoinTokenRejected):
+			return e.errorf(ExitDenied, "%v", err)
+		case errors.Is(err, agent.ErrNoCredential):
+			return e.errorf(ExitUsage, "%v", err)
+		case errors.Is(err, context.Canceled):
+			return ExitOK
+		}
+		return e.errorf(ExitFailure, "%v", err)
+	}
+	return ExitOK
+}
+
+// readPEMCerts reads every CERTIFICATE block of a PEM file.
+func readPEMCerts(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return out, nil
+}
+
+// newAgentLogger logs JSON to w at level ("" or unknown: info).
+func newAgentLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	switch level {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }
