@@ -214,7 +214,11 @@ func TestPrivateKeyJWT(t *testing.T) {
 			{"lifetime_too_long", form(sign(key, "k1", func() jwt.Claims { c := good("a6"); c.Expiry = jwt.NewNumericDate(now.Add(time.Hour)); return c }())), 401},
 			{"no_jti", form(sign(key, "k1", good(""))), 401},
 			{"subject_mismatch", form(sign(key, "k1", func() jwt.Claims { c := good("a7"); c.Issuer = "other"; return c }())), 401},
-			{"wrong_assertion_type", func() url.Values { f := form(sign(key, "k1", good("a8"))); f.Set("client_assertion_type", "x"); return f }(), 400},
+			{"wrong_assertion_type", func() url.Values {
+				f := form(sign(key, "k1", good("a8")))
+				f.Set("client_assertion_type", "x")
+				return f
+			}(), 400},
 			{"not_a_jwt", form("not.a.jwt"), 401},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
