@@ -49,8 +49,8 @@ func TestParseJWKS(t *testing.T) {
 		{"keys_not_array", `{"keys":{}}`, 0, nil, "cannot unmarshal"},
 		{"duplicate_member", `{"keys":[` + ec + `],"keys":[]}`, 0, nil, "duplicate member"},
 		{"duplicate_member_in_key", `{"keys":[` + withField(ec, `"kid":"other"`) + `]}`, 0, nil, "duplicate member"},
-		{"not_json", `keys`, 0, nil, "not a JSON object"},
-		{"trailing_garbage", `{"keys":[` + ec + `]} x`, 0, nil, "data after"},
+		{"not_json", `keys`, 0, nil, "not a single JSON object"},
+		{"trailing_garbage", `{"keys":[` + ec + `]} x`, 0, nil, "not a single JSON object"},
 		{"too_many_keys", `{"keys":[` + strings.Repeat(ec+",", 100) + ec + `]}`, 0, nil, "more than the limit"},
 	}
 	for _, tc := range tests {
@@ -225,7 +225,7 @@ func TestRemoteJWKSFailureKeepsOldSet(t *testing.T) {
 	}{
 		{"http_500", `oops`, http.StatusInternalServerError, nil, "HTTP status 500"},
 		{"http_404", ``, http.StatusNotFound, nil, "HTTP status 404"},
-		{"not_json", `<html>`, http.StatusOK, nil, "not a JSON object"},
+		{"not_json", `<html>`, http.StatusOK, nil, "not a single JSON object"},
 		{"empty_key_set", `{"keys":[]}`, http.StatusOK, nil, "no usable signing key"},
 		{"only_unusable_keys", `{"keys":[` + string(privEC) + `,{"kty":"oct","k":"c2VjcmV0"}]}`, http.StatusOK, nil, "no usable signing key"},
 		{"duplicate_members", `{"keys":[],"keys":[]}`, http.StatusOK, nil, "duplicate member"},

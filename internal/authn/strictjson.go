@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"unicode/utf8"
 )
 
@@ -14,11 +12,15 @@ import (
 // costing stack and time.
 const maxJSONDepth = 32
 
+// smallObject is the member count up to which duplicates are found by a
+// linear scan; larger objects switch to a map so a hostile document with
+// thousands of members costs linear, not quadratic, time.
+const smallObject = 16
+
 var (
-	errJSONNotObject = errors.New("not a JSON object")
+	errJSONNotObject = errors.New("not a single JSON object")
 	errJSONDepth     = errors.New("JSON nested too deeply")
 	errJSONUTF8      = errors.New("JSON is not valid UTF-8")
-	errJSONTrailing  = errors.New("data after the JSON object")
 )
 
 // duplicateKeyError names a repeated member (quoted, truncated).
@@ -28,91 +30,93 @@ func (e *duplicateKeyError) Error() string { return "duplicate member " + quote(
 
 // checkStrictJSON verifies that data is exactly one JSON object, valid
 // UTF-8, nested at most maxJSONDepth levels, with no object anywhere that
-// repeats a member name. encoding/json silently keeps the last of
-// duplicate members while other parsers keep the first; a token whose
-// claims two parsers read differently (RFC 8725 section 2.8, RFC 7519
-// section 4) is refused instead.
+// repeats a member name (after unescaping, so "a" and "\u0061" are the
+// same name). encoding/json silently keeps the last of duplicate members
+// while other parsers keep the first; a document that two parsers read
+// differently (RFC 8725 section 2.8, RFC 7519 section 4) is refused.
+//
+// Syntax is checked by json.Valid first; the walk below then only has to
+// find member names in known-valid JSON, which it does without allocating
+// for the usual small objects.
 func checkStrictJSON(data []byte) error {
 	if !utf8.Valid(data) {
 		return errJSONUTF8
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber() // numbers as text: no float conversion work here
-	tok, err := dec.Token()
-	if err != nil {
-		return fmt.Errorf("%w: %v", errJSONNotObject, err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if !json.Valid(data) {
 		return errJSONNotObject
 	}
-	stack := []jsonFrame{{names: map[string]struct{}{}, object: true, expectKey: true}}
-	for len(stack) > 0 {
-		tok, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("%w: %v", errJSONNotObject, err)
-		}
-		top := &stack[len(stack)-1]
-		if top.object && top.expectKey {
-			if d, ok := tok.(json.Delim); ok && d == '}' {
-				stack = stack[:len(stack)-1]
-				if len(stack) > 0 {
-					valueDone(stack)
+	data = bytes.TrimLeft(data, " \t\r\n")
+	if len(data) == 0 || data[0] != '{' {
+		return errJSONNotObject
+	}
+	type frame struct {
+		object    bool
+		expectKey bool
+		start     int                 // this object's names begin at names[start]
+		big       map[string]struct{} // set once the object outgrows smallObject
+	}
+	var stackBuf [8]frame
+	stack := stackBuf[:0]
+	var namesBuf [32][]byte
+	names := namesBuf[:0]
+	for i := 0; i < len(data); i++ {
+		switch c := data[i]; c {
+		case '{', '[':
+			if len(stack) == maxJSONDepth {
+				return errJSONDepth
+			}
+			stack = append(stack, frame{object: c == '{', expectKey: c == '{', start: len(names)})
+		case '}', ']':
+			top := stack[len(stack)-1]
+			names = names[:top.start]
+			stack = stack[:len(stack)-1]
+		case ',':
+			if top := &stack[len(stack)-1]; top.object {
+				top.expectKey = true
+			}
+		case '"':
+			start := i
+			escaped := false
+			for i++; data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					escaped = true
+					i++
 				}
+			}
+			top := &stack[len(stack)-1]
+			if !top.object || !top.expectKey {
 				continue
 			}
-			name, ok := tok.(string)
-			if !ok {
-				return errJSONNotObject
-			}
-			if _, dup := top.names[name]; dup {
-				return &duplicateKeyError{name: name}
-			}
-			top.names[name] = struct{}{}
 			top.expectKey = false
-			continue
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{', '[':
-				if len(stack) >= maxJSONDepth {
-					return errJSONDepth
+			name := data[start+1 : i]
+			if escaped {
+				var s string
+				if err := json.Unmarshal(data[start:i+1], &s); err != nil {
+					return errJSONNotObject
 				}
-				f := jsonFrame{object: t == '{', expectKey: t == '{'}
-				if f.object {
-					f.names = map[string]struct{}{}
-				}
-				stack = append(stack, f)
-			case ']':
-				stack = stack[:len(stack)-1]
-				if len(stack) > 0 {
-					valueDone(stack)
-				}
-			default: // '}' where a value was expected cannot come from Token
-				return errJSONNotObject
+				name = []byte(s)
 			}
-		default:
-			valueDone(stack)
+			if top.big != nil {
+				if _, dup := top.big[string(name)]; dup {
+					return &duplicateKeyError{name: string(name)}
+				}
+				top.big[string(name)] = struct{}{}
+				continue
+			}
+			for _, n := range names[top.start:] {
+				if bytes.Equal(n, name) {
+					return &duplicateKeyError{name: string(name)}
+				}
+			}
+			names = append(names, name)
+			if len(names)-top.start > smallObject {
+				top.big = make(map[string]struct{}, 2*smallObject)
+				for _, n := range names[top.start:] {
+					top.big[string(n)] = struct{}{}
+				}
+				names = names[:top.start]
+			}
 		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errJSONTrailing
 	}
 	return nil
-}
-
-// jsonFrame is one open container: objects track their member names and
-// whether the next token is a name.
-type jsonFrame struct {
-	names     map[string]struct{}
-	object    bool
-	expectKey bool
-}
-
-// valueDone records that the innermost container got a complete value:
-// an object then expects its next member name.
-func valueDone(stack []jsonFrame) {
-	if top := &stack[len(stack)-1]; top.object {
-		top.expectKey = true
-	}
 }

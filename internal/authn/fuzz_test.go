@@ -1,0 +1,135 @@
+package authn
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// tokenSeeds are valid and hostile tokens for the token fuzzers.
+func tokenSeeds(t testing.TB) []string {
+	keys(t)
+	body := mustJSON(t, claims(nil))
+	return []string{
+		sign(t, keyES256, claims(nil)),
+		sign(t, keyRSA, claims(map[string]any{"aud": []string{"a", "b"}, "realm": map[string]any{"g": "x"}})),
+		sign(t, keyEd, claims(map[string]any{"exp": 1.5e9})),
+		rawToken(`{"alg":"none"}`, body, constSig([]byte("x"))),
+		rawToken(`{"alg":"ES256","jwk":{"kty":"EC"}}`, body, constSig(make([]byte, 64))),
+		rawToken(`{"alg":"ES256","kid":"a","kid":"b"}`, body, constSig(make([]byte, 64))),
+		rawToken(`{"alg":"ES256","cty":"JWT"}`, body, constSig(make([]byte, 64))),
+		"eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a2V5.aXY.Y2lwaGVy.dGFn",
+		"a.b.c",
+		"..",
+		"",
+	}
+}
+
+// FuzzParseToken: the strict parser never panics, every refusal is a
+// token error with a known reason whose text does not repeat the input,
+// and what it accepts has the claims the verifier relies on.
+func FuzzParseToken(f *testing.F) {
+	for _, s := range tokenSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		pt, err := parseToken(raw, DefaultMaxTokenSize)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidToken) || Reason(err) == "other" {
+				t.Fatalf("error %v is not a classified token error", err)
+			}
+			if len(raw) >= 16 && strings.Contains(err.Error(), raw) {
+				t.Fatalf("error repeats the token: %v", err)
+			}
+			return
+		}
+		if pt.iss == "" || pt.claims == nil || pt.exp < 0 || pt.exp > maxUnixSeconds {
+			t.Fatalf("accepted token lacks required claims: %+v", pt)
+		}
+		if err := checkStrictJSON(pt.payload); err != nil {
+			t.Fatalf("accepted claims are not strict JSON: %v", err)
+		}
+	})
+}
+
+// FuzzParseJWKS: key-set parsing never panics and keeps only usable keys.
+func FuzzParseJWKS(f *testing.F) {
+	keys(f)
+	f.Add([]byte(jwksOf(f, keyES256, keyRSA, keyEd, keyES384)))
+	f.Add([]byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`))
+	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}],"keys":[]}`))
+	f.Add([]byte(`{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","alg":"RS256","use":"sig","key_ops":["verify"]}]}`))
+	f.Add([]byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ks, _, err := parseJWKS(data)
+		if err != nil {
+			return
+		}
+		if len(ks.keys) == 0 || len(ks.keys) > maxJWKSKeys {
+			t.Fatalf("accepted set has %d keys", len(ks.keys))
+		}
+		for _, k := range ks.keys {
+			if k.pub == nil {
+				t.Fatal("key without public key")
+			}
+			if k.alg != "" && !keyFits(k.pub, k.alg) {
+				t.Fatalf("key kept with alg %s it cannot verify", k.alg)
+			}
+		}
+	})
+}
+
+// FuzzStrictJSON: what the strict checker accepts, encoding/json reads as
+// an object.
+func FuzzStrictJSON(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,{"c":null}]}}`, `{"a":1,"a":2}`, `[]`, `{"\u0061":1,"a":2}`, `{} `} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if checkStrictJSON(data) != nil {
+			return
+		}
+		var m map[string]any
+		if err := json.Unmarshal(data, &m); err != nil || m == nil {
+			t.Fatalf("strict JSON accepted what encoding/json refuses: %v", err)
+		}
+	})
+}
+
+// FuzzVerify drives the whole request path: header and query extraction,
+// parsing and verification. Nothing panics, every error is a 401-type
+// token error, and nothing but the seed tokens' identity is ever accepted
+// (the fuzzer cannot produce signatures).
+func FuzzVerify(f *testing.F) {
+	seeds := tokenSeeds(f)
+	for _, s := range seeds {
+		f.Add("Bearer "+s, "/")
+		f.Add("", "/p?access_token="+s)
+	}
+	f.Add("bearer  "+seeds[0], "/?access_token="+seeds[0])
+	f.Add("Bearer "+seeds[0], "/?access_token="+seeds[1])
+	f.Add("Basic abc", "/?access_token=%41")
+	rule := inlineRule(f, keyES256, keyRSA, keyEd)
+	v := NewVerifier(Options{Now: func() time.Time { return testNow }, Logger: discardLogger(), CacheSize: 64})
+	f.Fuzz(func(t *testing.T, authz, path string) {
+		req := &policy.Request{Path: path, Headers: http.Header{}}
+		if authz != "" {
+			req.Headers["Authorization"] = []string{authz}
+		}
+		auth, err := v.Verify(ruleList(rule), req)
+		if err != nil {
+			if auth != nil || !errors.Is(err, ErrInvalidToken) {
+				t.Fatalf("error %v with auth %v", err, auth)
+			}
+			return
+		}
+		if auth != nil && auth.Principal != testIssuer+"/alice" {
+			t.Fatalf("accepted a principal no seed carries: %q", auth.Principal)
+		}
+	})
+}
