@@ -21,14 +21,12 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string // normalized, query removed; may alias pathBuf
+	path string // normalized, query removed; may alias a buffer on authorize's stack
 
 	srcDone bool
 	td      string // trust domain of the source principal
 	ns      string // namespace of the source principal
 	sa      string // service account of the source principal
-
-	pathBuf [maxPathBuffer]byte
 }
 
 func (c *evalCtx) source() {
@@ -428,11 +426,16 @@ func (s *Set) peerCheck(req *Request) (Decision, bool) {
 }
 
 func (s *Set) authorize(req *Request) Decision {
-	var c evalCtx
+	var (
+		c evalCtx
+		// Not a field of c: a pointer from c into itself would make the
+		// compiler move c to the heap.
+		pathBuf [maxPathBuffer]byte
+	)
 	c.req = req
 	c.tcp = req.Protocol == TCP
 	if !c.tcp {
-		p, err := normalizePath(c.pathBuf[:0], req.Path, s.opts.PathNormalization)
+		p, err := normalizePath(pathBuf[:0], req.Path, s.opts.PathNormalization)
 		if err != nil {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
@@ -441,7 +444,7 @@ func (s *Set) authorize(req *Request) Decision {
 	var buf [32]*compiledAuthz
 	cands, dry := s.candidates(buf[:0], &req.Destination)
 
-	d, customDenied := s.customPhase(&c, cands)
+	d, customDenied := s.customPhase(&c, req, cands)
 	if !customDenied {
 		d = decideDenyAllow(&c, cands, false)
 	}
@@ -462,8 +465,10 @@ func (s *Set) authorize(req *Request) Decision {
 }
 
 // customPhase runs the enforced CUSTOM policies that match: each distinct
-// provider is asked once; any deny decides.
-func (s *Set) customPhase(c *evalCtx, cands []*compiledAuthz) (Decision, bool) {
+// provider is asked once; any deny decides. req is c.req, passed apart so
+// that handing it to the provider does not make the compiler think c
+// (and the path buffer it points to) escapes.
+func (s *Set) customPhase(c *evalCtx, req *Request, cands []*compiledAuthz) (Decision, bool) {
 	var asked [4]string
 	n := 0
 outer:
@@ -488,7 +493,7 @@ outer:
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
 				Reason: p.rules[i].reason + ": provider is not configured"}, true
 		}
-		allow, reason := s.opts.Custom(p.provider, c.req)
+		allow, reason := s.opts.Custom(p.provider, req)
 		if !allow {
 			if reason == "" {
 				reason = "denied"

@@ -349,7 +349,11 @@ func parseYAMLStream(source string, data []byte) ([]Document, error) {
 				continue
 			}
 			d.Source, d.Index = source, index
-			d.Line = lineOf(c.text, c.line, paths[i], false)
+			if len(paths[i]) == 0 {
+				d.Line = firstContentLine(c.text, c.line)
+			} else {
+				d.Line = lineOf(c.text, c.line, paths[i], false)
+			}
 			docs = append(docs, d)
 		}
 		if stop {
@@ -363,6 +367,18 @@ func parseYAMLStream(source string, data []byte) ([]Document, error) {
 		return nil, errors.Join(errs...)
 	}
 	return docs, nil
+}
+
+// firstContentLine is the line of the first line that is neither blank
+// nor a comment: where a reader sees the document start.
+func firstContentLine(b []byte, first int) int {
+	for i, l := range bytes.Split(b, []byte("\n")) {
+		l = bytes.TrimSpace(l)
+		if len(l) > 0 && l[0] != '#' {
+			return first + i
+		}
+	}
+	return first
 }
 
 func isBlankYAML(b []byte) bool {

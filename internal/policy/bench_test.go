@@ -1,0 +1,178 @@
+package policy
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// meshPolicies writes n AuthorizationPolicies shaped like a real mesh's:
+// spread over namespaces of 20 policies and workloads of two, each
+// workload with an ALLOW policy of three rules (principals, methods,
+// paths, a header condition) and a DENY policy, every namespace with a
+// namespace-wide DENY, and three mesh-wide policies in the root namespace.
+func meshPolicies(n int) string {
+	var b strings.Builder
+	write := func(ns, name, body string) {
+		fmt.Fprintf(&b, "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: %s, namespace: %s}\nspec:\n%s", name, ns, body)
+	}
+	root := []string{
+		"  action: DENY\n  rules:\n  - from: [{source: {notPrincipals: [\"*\"]}}]\n    to: [{operation: {paths: [\"/admin/*\"]}}]\n",
+		"  action: DENY\n  rules:\n  - from: [{source: {ipBlocks: [\"192.0.2.0/24\", \"198.51.100.7\"]}}]\n",
+		"  action: AUDIT\n  rules:\n  - to: [{operation: {methods: [DELETE]}}]\n",
+	}
+	for i := 0; i < n && i < len(root); i++ {
+		write("istio-system", fmt.Sprintf("mesh-%d", i), root[i])
+	}
+	for i := len(root); i < n; i++ {
+		ns := fmt.Sprintf("ns-%d", i/20)
+		app := fmt.Sprintf("app-%d", (i%20)/2)
+		switch {
+		case i%20 == 19:
+			write(ns, fmt.Sprintf("deny-debug-%d", i), "  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/debug/*\", \"/internal/*\"], ports: [\"8080\"]}}]\n")
+		case i%2 == 0:
+			write(ns, fmt.Sprintf("allow-%s", app), fmt.Sprintf(`  selector: {matchLabels: {app: %[1]s, tier: backend}}
+  rules:
+  - from: [{source: {principals: ["td/ns/%[2]s/sa/batch", "td/ns/%[2]s/sa/cron"]}}]
+    to: [{operation: {methods: [PUT], paths: ["/api/v1/jobs/*"]}}]
+  - from: [{source: {namespaces: ["monitoring"]}}]
+    to: [{operation: {methods: [GET], paths: ["/metrics", "/healthz"]}}]
+  - from: [{source: {principals: ["td/ns/%[2]s/sa/frontend", "td/ns/%[2]s/sa/orders", "td/ns/%[2]s/sa/web"]}}]
+    to:
+    - operation: {methods: [GET, HEAD], paths: ["/api/v1/*"]}
+    - operation: {methods: [POST], paths: ["/api/v1/payments", "/api/v1/payments/{*}"]}
+    when:
+    - key: request.headers[X-Tenant]
+      values: ["acme", "globex"]
+`, app, ns))
+		default:
+			write(ns, fmt.Sprintf("deny-%s", app), fmt.Sprintf(`  selector: {matchLabels: {app: %s}}
+  action: DENY
+  rules:
+  - from: [{source: {notNamespaces: ["%s", "monitoring"]}}]
+  - to: [{operation: {methods: [DELETE], paths: ["/api/v1/*"]}}]
+`, app, ns))
+		}
+	}
+	return b.String()
+}
+
+// benchRequest is an allowed POST to a workload that many policies share
+// a namespace with: it is decided by the third rule of its ALLOW policy
+// after every DENY in scope was checked.
+func benchRequest(n int) *Request {
+	ns := "ns-0"
+	if n <= 3 {
+		ns = "default"
+	}
+	return &Request{
+		Protocol: HTTP,
+		Source:   Source{Principal: "td/ns/" + ns + "/sa/orders", IP: netip.MustParseAddr("10.1.2.3")},
+		Destination: Destination{
+			Namespace: ns, Labels: map[string]string{"app": "app-2", "tier": "backend", "version": "v1"},
+			IP: netip.MustParseAddr("10.1.9.9"), Port: 8080,
+		},
+		Method:  "POST",
+		Host:    "payments.prod",
+		Path:    "/api/v1/payments/42?expand=items",
+		Headers: http.Header{"X-Tenant": {"acme"}, "User-Agent": {"curl/8"}},
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	for _, n := range []int{1, 100, 1000, 10000} {
+		s := mustSet(b, meshPolicies(n), Options{})
+		req := benchRequest(n)
+		want := s.Decide(req)
+		if n > 3 && (want.Outcome != Allow || want.Rule != 2) {
+			b.Fatalf("benchmark request not decided by rule 2 of an ALLOW policy: %+v", want)
+		}
+		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Decide(req)
+			}
+		})
+	}
+}
+
+// BenchmarkDecideVariants measures the other common shapes at 1,000
+// policies: a denied request, a path that needs normalization, raw TCP.
+func BenchmarkDecideVariants(b *testing.B) {
+	s := mustSet(b, meshPolicies(1000), Options{})
+	variants := []struct {
+		name string
+		edit func(*Request)
+	}{
+		{"deny_delete", func(r *Request) { r.Method = "DELETE" }},
+		{"normalize_path", func(r *Request) { r.Path = "/api/v1/./payments/%34%32/../42?x=1" }},
+		{"tcp", func(r *Request) { r.Protocol, r.Method, r.Path, r.Host = TCP, "", "", "" }},
+		{"plaintext", func(r *Request) { r.Source.Principal = "" }},
+	}
+	for _, v := range variants {
+		req := benchRequest(1000)
+		v.edit(req)
+		b.Run(v.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Decide(req)
+			}
+		})
+	}
+}
+
+func BenchmarkCompile(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		docs, err := Parse(strings.NewReader(meshPolicies(n)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Compile(docs, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkNormalizePath(b *testing.B) {
+	var buf [maxPathBuffer]byte
+	for _, p := range []string{"/api/v1/payments/42", "/api/v1/./payments/%34%32/../42?x=1"} {
+		b.Run(p, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := normalizePath(buf[:0], p, NormalizeBase); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestDecideDoesNotAllocate pins the zero-allocation promise of the
+// common path (not a timing test: allocation counts are deterministic).
+func TestDecideDoesNotAllocate(t *testing.T) {
+	s := mustSet(t, meshPolicies(1000), Options{})
+	cases := map[string]func(*Request){
+		"allow":             func(*Request) {},
+		"deny":              func(r *Request) { r.Method = "DELETE" },
+		"normalized_path":   func(r *Request) { r.Path = "/api/v1/./payments/%34%32/../42?x=1" },
+		"tcp":               func(r *Request) { r.Protocol, r.Method, r.Path, r.Host = TCP, "", "", "" },
+		"plaintext":         func(r *Request) { r.Source.Principal = "" },
+		"duplicate_headers": func(r *Request) { r.Headers["X-Tenant"] = []string{"acme", "globex"} },
+	}
+	for name, edit := range cases {
+		t.Run(name, func(t *testing.T) {
+			req := benchRequest(1000)
+			edit(req)
+			if n := testing.AllocsPerRun(200, func() { s.Decide(req) }); n != 0 {
+				t.Errorf("Decide allocates %.1f times per call", n)
+			}
+		})
+	}
+}

@@ -1,0 +1,247 @@
+package policy
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestNormalizePath(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		mode PathNormalization
+		want string
+		err  bool
+	}{
+		// The examples of Istio's "Authorization Policy Normalization" page.
+		{name: "doc_percent_encoded", in: "/some%2fdata/%61%62%63", mode: NormalizeDecodeAndMergeSlashes, want: "/some/data/abc"},
+		{name: "doc_backslash", in: `/some\data`, want: "/some/data"},
+		{name: "doc_multiple_slashes", in: "/some//data///abc", mode: NormalizeMergeSlashes, want: "/some/data/abc"},
+		{name: "doc_dot_segments", in: "/public/./data/abc/../xyz", want: "/public/data/xyz"},
+		{name: "doc_query_removed", in: "/foo?v=1", want: "/foo"},
+		{name: "doc_nul_rejected", in: "/a%00b", err: true},
+
+		{name: "unchanged", in: "/api/v1/payments/42", want: "/api/v1/payments/42"},
+		{name: "empty_is_root", in: "", want: "/"},
+		{name: "query_only", in: "?x=1", want: "/"},
+		{name: "fragment_removed", in: "/a#frag", want: "/a"},
+		{name: "base_keeps_encoded_slash", in: "/a%2fb", want: "/a%2Fb"},
+		{name: "base_keeps_encoded_backslash", in: "/a%5cb", want: "/a%5Cb"},
+		{name: "base_does_not_merge_slashes", in: "/a//b", want: "/a//b"},
+		{name: "unreserved_decoded", in: "/%7Euser/%2D%5F%2E", want: "/~user/-_."},
+		{name: "reserved_kept_upper_cased", in: "/a%3fb%3Db", want: "/a%3Fb%3Db"},
+		{name: "encoded_dots_resolved", in: "/a/%2e%2E/admin", want: "/admin"},
+		{name: "mixed_encoded_dot", in: "/a/.%2e/admin", want: "/admin"},
+		{name: "backslash_dot_dot", in: `/a\..\admin`, want: "/admin"},
+		{name: "dot_dot_above_root", in: "/../../admin", want: "/admin"},
+		{name: "trailing_dot_dot", in: "/a/b/..", want: "/a/"},
+		{name: "trailing_dot", in: "/a/.", want: "/a/"},
+		{name: "dot_dot_after_empty_segment", in: "/a//..", want: "/a/"},
+		{name: "dot_file_kept", in: "/.well-known/x", want: "/.well-known/x"},
+		{name: "triple_dot_kept", in: "/a/.../b", want: "/a/.../b"},
+		{name: "invalid_escape_kept", in: "/a%zz%4", want: "/a%zz%4"},
+		{name: "space_encoded", in: "/a b", want: "/a%20b"},
+		{name: "non_ascii_encoded", in: "/caf\xc3\xa9", want: "/caf%C3%A9"},
+		{name: "merge_after_dots", in: "//a//../b", mode: NormalizeMergeSlashes, want: "/a/b"},
+		{name: "decode_slash_then_dots", in: "/a/..%2fadmin", mode: NormalizeDecodeAndMergeSlashes, want: "/admin"},
+		{name: "decode_backslash", in: "/a%5C%5Cadmin", mode: NormalizeDecodeAndMergeSlashes, want: "/a/admin"},
+		{name: "none_only_strips_query", in: "/a/../b?x", mode: NormalizeNone, want: "/a/../b"},
+		{name: "none_still_rejects_nul", in: "/a%00", mode: NormalizeNone, err: true},
+		{name: "lower_case_nul_rejected", in: "/a%00", err: true},
+		{name: "raw_nul_rejected", in: "/a\x00b", err: true},
+		{name: "control_char_rejected", in: "/a\nb", err: true},
+		{name: "delete_char_rejected", in: "/a\x7fb", err: true},
+		{name: "relative_rejected", in: "a/b", err: true},
+		{name: "asterisk_form_rejected", in: "*", err: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := NormalizePath(tc.in, tc.mode)
+			if tc.err {
+				if !errors.Is(err, ErrInvalidPath) {
+					t.Fatalf("NormalizePath(%q) = %q, %v; want ErrInvalidPath", tc.in, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("NormalizePath(%q, %v) = %q, %v; want %q", tc.in, tc.mode, got, err, tc.want)
+			}
+			// Normalizing twice changes nothing more (for modes that decode once).
+			if again, err := NormalizePath(got, tc.mode); err != nil || again != got && tc.mode != NormalizeNone {
+				t.Errorf("not idempotent: %q -> %q (%v)", got, again, err)
+			}
+		})
+	}
+}
+
+func TestParsePathNormalization(t *testing.T) {
+	for _, n := range []PathNormalization{NormalizeBase, NormalizeNone, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes} {
+		got, err := ParsePathNormalization(n.String())
+		if err != nil || got != n {
+			t.Errorf("round trip of %v: %v %v", n, got, err)
+		}
+	}
+	if _, err := ParsePathNormalization("FULL"); err == nil {
+		t.Error("unknown name accepted")
+	}
+}
+
+func TestPathTemplates(t *testing.T) {
+	tests := []struct {
+		template string
+		path     string
+		want     bool
+	}{
+		// The examples of Istio's Operation.paths reference.
+		{"/foo/{*}", "/foo/bar", true},
+		{"/foo/{*}", "/foo/bar/baz", false},
+		{"/foo/{**}/", "/foo/bar/", true},
+		{"/foo/{**}/", "/foo//", true},
+		{"/foo/{**}/", "/foo/bar", false},
+		// Istio's page says this matches; Envoy, which enforces the
+		// template, requires the trailing "/". We follow Envoy.
+		{"/foo/{**}/", "/foo/bar/baz.txt", false},
+		{"/foo/{*}/bar/{**}", "/foo/buzz/bar/", true},
+		{"/foo/{*}/bar/{**}", "/foo/buzz/bar/baz", true},
+		{"/foo/{*}/bar/{**}", "/foo/buzz/bar", false},
+
+		{"/{**}", "/", true},
+		{"/{**}", "/anything/at/all", true},
+		{"/foo/{**}", "/foo", false},
+		{"/foo/{**}", "/foo/", true},
+		{"/foo/{**}/bar.tmp", "/foo/a/b/bar.tmp", true},
+		{"/foo/{**}/bar.tmp", "/foo//bar.tmp", true},
+		{"/foo/{**}/bar.tmp", "/foo/bar.tmp", false},
+		{"/{*}/foo/", "/x/foo/", true},
+		{"/{*}/foo/", "/x/foo", false},
+		{"/{*}/foo", "//foo", false},
+		{"/users/{*}", "/users/a=b", false}, // "=" is not matched by an operator
+		{"/users/{*}", "/users/a*b", false},
+		{"/users/id=1/{*}", "/users/id=1/x", true},
+		{"/a/{*}", "/a/%2F", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.template+"_"+tc.path, func(t *testing.T) {
+			tm, err := parsePathTemplate(tc.template)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tm.match(tc.path); got != tc.want {
+				t.Errorf("%q matches %q = %v, want %v", tc.template, tc.path, got, tc.want)
+			}
+		})
+	}
+	// Istio's CheckValidPathTemplate cases.
+	for _, bad := range []string{
+		"/foo/{**}buzz/bar", "/{*}/foo/{}/bar", "/foo/{*}/bar/*", "/foo/{*}/bar/**/buzz",
+		"/foo/{buzz}/bar", "/{buzz}", "/foo/{buzz}/bar/{**}", "/foo/{buzz=*}/bar/{**}",
+		"/{*}/foo/{buzz=**}/bar", "/{*}/foo/{**}bar", "/{*}/foo/{*}.txt", "/{*}/foo/{temp",
+		"/{*}/foo/temp}/bar", "/{*}/foo/temp}/*", "/{**}/foo/temp/{*}/bar", "/{**}/{**}",
+		"/{**}/foo/temp/{**}/bar", "/{*}/foo/?abc", "{*}/foo", "/a//{*}",
+	} {
+		if _, err := parsePathTemplate(bad); err == nil {
+			t.Errorf("parsePathTemplate(%q) accepted", bad)
+		}
+	}
+	for _, good := range []string{"/{*}/foo", "/{*}/foo/", "/foo/{**}/bar", "/foo/bar/{**}"} {
+		if _, err := parsePathTemplate(good); err != nil {
+			t.Errorf("parsePathTemplate(%q): %v", good, err)
+		}
+	}
+}
+
+func TestParseConditionKey(t *testing.T) {
+	tests := []struct {
+		key    string
+		kind   attrKind
+		header string
+		claim  []string
+		err    bool
+	}{
+		{key: "request.headers[User-Agent]", kind: attrHeader, header: "User-Agent"},
+		{key: "request.headers[x-custom-token]", kind: attrHeader, header: "X-Custom-Token"},
+		{key: "request.headers[:authority]", kind: attrHeader, header: ":authority"},
+		{key: "request.headers[Host]", kind: attrHeader, header: ":authority"},
+		{key: "request.headers[:scheme]", err: true},
+		{key: "request.headers[]", err: true},
+		{key: "request.headers", err: true},
+		{key: "request.headers[a][b]", err: true},
+		{key: "request.headers[a b]", err: true},
+		{key: "request.headers[a", err: true},
+		{key: "request.auth.claims[iss]", kind: attrClaim, claim: []string{"iss"}},
+		{key: "request.auth.claims[realm][role]", kind: attrClaim, claim: []string{"realm", "role"}},
+		{key: "request.auth.claims[a.b]", kind: attrClaim, claim: []string{"a.b"}},
+		{key: "request.auth.claims[]", err: true},
+		{key: "request.auth.claims[a]x", err: true},
+		{key: "request.auth.claims[a[b]]", err: true},
+		{key: "source.ip", kind: attrSourceIP},
+		{key: "remote.ip", kind: attrRemoteIP},
+		{key: "source.namespace", kind: attrNamespace},
+		{key: "source.principal", kind: attrPrincipal},
+		{key: "source.serviceAccount", kind: attrServiceAccount},
+		{key: "request.auth.principal", kind: attrRequestPrincipal},
+		{key: "request.auth.audiences", kind: attrAudiences},
+		{key: "request.auth.presenter", kind: attrPresenter},
+		{key: "destination.ip", kind: attrDestIP},
+		{key: "destination.port", kind: attrPort},
+		{key: "connection.sni", kind: attrSNI},
+		{key: "experimental.envoy.filters.a.b[c]", err: true},
+		{key: "destination.labels[app]", err: true},
+		{key: "destination.namespace", err: true},
+		{key: "destination.name", err: true},
+		{key: "source.user", err: true},
+		{key: "", err: true},
+		{key: "Source.IP", err: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.key, func(t *testing.T) {
+			k, err := parseConditionKey(tc.key)
+			if tc.err {
+				if err == nil {
+					t.Fatalf("accepted: %+v", k)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k.kind != tc.kind || k.header != tc.header || len(k.claim) != len(tc.claim) {
+				t.Fatalf("got %+v", k)
+			}
+			for i := range tc.claim {
+				if k.claim[i] != tc.claim[i] {
+					t.Fatalf("claim = %v, want %v", k.claim, tc.claim)
+				}
+			}
+		})
+	}
+	if _, err := parseConditionKey("request.auth.claims" + repeatBrackets(maxClaimDepth+1)); err == nil {
+		t.Error("claim path deeper than the limit accepted")
+	}
+}
+
+func repeatBrackets(n int) string {
+	s := ""
+	for i := 0; i < n; i++ {
+		s += "[a]"
+	}
+	return s
+}
+
+func TestSplitPrincipal(t *testing.T) {
+	tests := []struct{ in, td, ns, sa string }{
+		{"cluster.local/ns/default/sa/sleep", "cluster.local", "default", "sleep"},
+		{"spiffe://td/ns/prod/sa/orders", "td", "prod", "orders"},
+		{"td/ns/prod/x/y/sa/orders/extra", "td", "prod", "orders"},
+		{"td/sa/orders/ns/prod", "td", "prod", ""},
+		{"td/workload/a", "td", "", ""},
+		{"td", "td", "", ""},
+		{"", "", "", ""},
+	}
+	for _, tc := range tests {
+		td, ns, sa := splitPrincipal(tc.in)
+		if td != tc.td || ns != tc.ns || sa != tc.sa {
+			t.Errorf("splitPrincipal(%q) = %q %q %q, want %q %q %q", tc.in, td, ns, sa, tc.td, tc.ns, tc.sa)
+		}
+	}
+}
