@@ -27,7 +27,7 @@ import (
 // fakeServer implements the agent API of wire.go with testpki, enough to
 // drive the agent in unit tests. The e2e tests use the real server.
 type fakeServer struct {
-	t      *testing.T
+	t      testing.TB
 	ca     *testpki.CA
 	jwtKey *ecdsa.PrivateKey
 	srv    *httptest.Server
@@ -49,7 +49,9 @@ type fakeServer struct {
 	tamper func(*wire.X509SVID)
 }
 
-func newFakeServer(t *testing.T) *fakeServer {
+func newFakeServer(t *testing.T) *fakeServer { return newFakeServerTB(t) }
+
+func newFakeServerTB(t testing.TB) *fakeServer {
 	t.Helper()
 	f := &fakeServer{t: t, ca: testpki.NewCA(t, "example.org"), tokens: map[string]string{}, nodeTTL: time.Hour, changed: make(chan struct{}), version: 1}
 	var err error
@@ -297,3 +299,5 @@ func (f *fakeServer) counts() (sign, jwt, renews, watches int) {
 	defer f.mu.Unlock()
 	return f.signCalls, f.jwtCalls, f.renews, f.watches
 }
+
+func (f *fakeServer) trust() []*x509.Certificate { return []*x509.Certificate{f.ca.Cert} }
