@@ -1,0 +1,416 @@
+package token_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"golang.org/x/oauth2"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+	"github.com/moatless/moatless/internal/token"
+)
+
+const appCallback = "https://app.example/cb"
+
+func (h *harness) webClient() *token.ClientAnswer {
+	return h.createClient(token.ClientRequest{Name: "web", ClientSpec: token.ClientSpec{
+		GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{appCallback},
+		Scopes: []string{"openid", "email", "orders.read"}, Audiences: []string{"orders"}}})
+}
+
+func (h *harness) active(raw string) bool {
+	h.t.Helper()
+	var m map[string]any
+	if code := h.admin("POST", "tokens/introspect", map[string]string{"token": raw}, &m); code != 200 {
+		h.t.Fatalf("introspect: %d", code)
+	}
+	if m["active"] != true && len(m) != 1 {
+		h.t.Fatalf("inactive answer says more than active=false: %v", m)
+	}
+	return m["active"] == true
+}
+
+// The whole browser flow with unchanged standard clients: x/oauth2 builds
+// the request and redeems the code, the test drives the login form
+// (password, then TOTP) like a browser with a cookie jar, and go-oidc
+// verifies the ID token (signature via discovery + JWKS, nonce, at_hash)
+// and reads userinfo.
+func TestCodeFlowWithGoOIDC(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.webClient()
+		u := h.createUser("alice", "correct horse battery", token.UserSpec{Email: "alice@example.org", Roles: []string{"buyer"}, Tenant: "acme"})
+		secret, _ := h.enrollTOTP("alice")
+
+		ctx := oidc.ClientContext(context.Background(), h.http)
+		provider, err := oidc.NewProvider(ctx, h.issuer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := oauth2.Config{ClientID: web.ID, ClientSecret: web.Secret, Endpoint: provider.Endpoint(), RedirectURL: appCallback,
+			Scopes: []string{oidc.ScopeOpenID, "email"}}
+		verifier := oauth2.GenerateVerifier()
+		authURL := cfg.AuthCodeURL("state-xyz", oauth2.S256ChallengeOption(verifier), oidc.Nonce("nonce-123"))
+
+		browser := h.tlsClient(nil)
+		p := h.get(browser, authURL)
+		if p.status != 200 || !strings.Contains(p.body, `name="password"`) {
+			t.Fatalf("login page: %d %s", p.status, p.body)
+		}
+		for k, want := range map[string]string{"Cache-Control": "no-store", "X-Frame-Options": "DENY"} {
+			if got := p.header.Get(k); got != want {
+				t.Errorf("%s = %q, want %q", k, got, want)
+			}
+		}
+		if csp := p.header.Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors 'none'") {
+			t.Errorf("CSP %q", csp)
+		}
+		p = h.submit(browser, p, url.Values{"username": {"alice"}, "password": {"correct horse battery"}})
+		if p.status != 200 || !strings.Contains(p.body, `name="code"`) {
+			t.Fatalf("want TOTP page, got %d %s", p.status, p.body)
+		}
+		p = h.submit(browser, p, url.Values{"code": {h.totpCode(secret, 0)}})
+		code := codeFrom(t, p)
+		loc, _ := url.Parse(p.location)
+		if loc.Query().Get("state") != "state-xyz" || loc.Query().Get("iss") != h.issuer || !strings.HasPrefix(p.location, appCallback+"?") {
+			t.Fatalf("redirect %s", p.location)
+		}
+
+		tok, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(verifier))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rawID, _ := tok.Extra("id_token").(string)
+		idt, err := provider.Verifier(&oidc.Config{ClientID: web.ID, Now: h.clock.Now}).Verify(ctx, rawID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idt.Nonce != "nonce-123" || idt.Subject != u.ID {
+			t.Fatalf("id token: nonce %q sub %q", idt.Nonce, idt.Subject)
+		}
+		if err := idt.VerifyAccessToken(tok.AccessToken); err != nil {
+			t.Fatalf("at_hash: %v", err)
+		}
+		var idc struct {
+			AMR               []string `json:"amr"`
+			PreferredUsername string   `json:"preferred_username"`
+			Email             string   `json:"email"`
+		}
+		idt.Claims(&idc)
+		if !slices.Contains(idc.AMR, "otp") || idc.PreferredUsername != "alice" || idc.Email != "alice@example.org" {
+			t.Fatalf("id claims %+v", idc)
+		}
+		if tok.RefreshToken == "" {
+			t.Fatal("no refresh token")
+		}
+		at, typ, err := h.verifyWithJWKS(tok.AccessToken)
+		if err != nil || typ != "at+jwt" || at["sub"] != u.ID || at["aud"] != "orders" || at["tenant"] != "acme" || at["client_id"] != "web" {
+			t.Fatalf("access token %v %q %v", at, typ, err)
+		}
+		ui, err := provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ui.Subject != u.ID || ui.Email != "alice@example.org" {
+			t.Fatalf("userinfo %+v", ui)
+		}
+		types := h.auditTypes()
+		for _, want := range []string{"oauth.login.success", "oauth.mfa.verified", "oauth.token.issued", "oauth.mfa.enrolled"} {
+			if !slices.Contains(types, want) {
+				t.Errorf("no %s audit record in %v", want, types)
+			}
+		}
+	})
+}
+
+// PKCE is required and checked, S256 only; the redirect URI must match
+// exactly; bad clients and redirect URIs never redirect.
+func TestAuthorizeRequestChecks(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.webClient()
+		_, ch := pkce("v")
+		base := url.Values{"response_type": {"code"}, "client_id": {"web"}, "redirect_uri": {appCallback}, "state": {"s1"},
+			"code_challenge": {ch}, "code_challenge_method": {"S256"}, "scope": {"openid"}}
+		mod := func(kv ...string) string {
+			q := url.Values{}
+			for k, v := range base {
+				q[k] = v
+			}
+			for i := 0; i < len(kv); i += 2 {
+				if kv[i+1] == "" {
+					q.Del(kv[i])
+				} else {
+					q.Set(kv[i], kv[i+1])
+				}
+			}
+			return h.issuer + "/oauth2/authorize?" + q.Encode()
+		}
+		for _, tc := range []struct {
+			name    string
+			url     string
+			status  int
+			errCode string // in the redirect; "" for a page error
+		}{
+			{"valid", mod(), 200, ""},
+			{"no_code_challenge", mod("code_challenge", ""), 303, "invalid_request"},
+			{"plain_method", mod("code_challenge_method", "plain"), 303, "invalid_request"},
+			{"no_method_means_plain", mod("code_challenge_method", ""), 303, "invalid_request"},
+			{"challenge_not_sha256", mod("code_challenge", "abc"), 303, "invalid_request"},
+			{"token_response_type", mod("response_type", "token"), 303, "unsupported_response_type"},
+			{"scope_not_allowed", mod("scope", "openid admin"), 303, "invalid_scope"},
+			{"prompt_none", mod("prompt", "none"), 303, "login_required"},
+			{"request_object", mod("request", "eyJ.x.y"), 303, "request_not_supported"},
+			{"wrong_redirect_uri", mod("redirect_uri", "https://evil.example/cb"), 400, ""},
+			{"redirect_uri_prefix_trick", mod("redirect_uri", appCallback+"/../x"), 400, ""},
+			{"redirect_uri_extra_query", mod("redirect_uri", appCallback+"?next=x"), 400, ""},
+			{"missing_redirect_uri", mod("redirect_uri", ""), 400, ""},
+			{"unknown_client", mod("client_id", "nobody"), 400, ""},
+			{"duplicate_parameter", mod() + "&state=again", 400, ""},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				p := h.get(h.tlsClient(nil), tc.url)
+				if p.status != tc.status {
+					t.Fatalf("status %d, want %d: %s", p.status, tc.status, p.body)
+				}
+				if tc.status == 400 && p.location != "" {
+					t.Fatalf("redirected to %s on an untrusted request", p.location)
+				}
+				if tc.status == 303 {
+					u, _ := url.Parse(p.location)
+					if !strings.HasPrefix(p.location, appCallback+"?") || u.Query().Get("error") != tc.errCode || u.Query().Get("state") != "s1" {
+						t.Fatalf("redirect %s", p.location)
+					}
+				}
+			})
+		}
+	})
+}
+
+// Token-time checks of the code: PKCE verifier, redirect URI, client,
+// expiry; each failed attempt burns the code.
+func TestCodeRedemptionChecks(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.webClient()
+		other := h.createClient(token.ClientRequest{Name: "other", ClientSpec: token.ClientSpec{
+			GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{appCallback}}})
+		h.createUser("bob", "bob's long password", token.UserSpec{})
+		v, ch := pkce("k")
+		redeem := func(user, pass string, kv ...string) (int, map[string]any) {
+			code := h.loginForCode("web", appCallback, "openid", "bob", "bob's long password", ch)
+			f := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}
+			for i := 0; i < len(kv); i += 2 {
+				if kv[i+1] == "" {
+					f.Del(kv[i])
+				} else {
+					f.Set(kv[i], kv[i+1])
+				}
+			}
+			return h.post(nil, "/oauth2/token", f, user, pass)
+		}
+		for _, tc := range []struct {
+			name       string
+			user, pass string
+			kv         []string
+			advance    time.Duration
+			status     int
+			errCode    string
+		}{
+			{"valid", "web", web.Secret, nil, 0, 200, ""},
+			{"missing_verifier", "web", web.Secret, []string{"code_verifier", ""}, 0, 400, "invalid_request"},
+			{"short_verifier", "web", web.Secret, []string{"code_verifier", "abc"}, 0, 400, "invalid_request"},
+			{"wrong_verifier", "web", web.Secret, []string{"code_verifier", strings.Repeat("x", 50)}, 0, 400, "invalid_grant"},
+			{"wrong_redirect_uri", "web", web.Secret, []string{"redirect_uri", "https://app.example/other"}, 0, 400, "invalid_grant"},
+			{"another_client", "other", other.Secret, nil, 0, 400, "invalid_grant"},
+			{"expired_code", "web", web.Secret, nil, 61 * time.Second, 400, "invalid_grant"},
+			{"unknown_code", "web", web.Secret, []string{"code", "mlc_nope"}, 0, 400, "invalid_grant"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if tc.advance > 0 {
+					code := h.loginForCode("web", appCallback, "openid", "bob", "bob's long password", ch)
+					h.clock.Advance(tc.advance)
+					status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, tc.user, tc.pass)
+					if status != tc.status || body["error"] != tc.errCode {
+						t.Fatalf("got %d %v", status, body)
+					}
+					return
+				}
+				status, body := redeem(tc.user, tc.pass, tc.kv...)
+				if status != tc.status || (tc.errCode != "" && body["error"] != tc.errCode) {
+					t.Fatalf("got %d %v, want %d %s", status, body, tc.status, tc.errCode)
+				}
+			})
+		}
+	})
+}
+
+// A public client (no secret) must still use PKCE and gets tokens with
+// its client_id alone.
+func TestPublicClientCodeFlow(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.createClient(token.ClientRequest{Name: "spa", ClientSpec: token.ClientSpec{AuthMethod: token.AuthNone,
+			GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{"http://127.0.0.1:9999/cb"}}})
+		h.createUser("carol", "carol's password!", token.UserSpec{})
+		v, ch := pkce("p")
+		code := h.loginForCode("spa", "http://127.0.0.1:9999/cb", "", "carol", "carol's password!", ch)
+		status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "client_id": {"spa"}, "code": {code},
+			"redirect_uri": {"http://127.0.0.1:9999/cb"}, "code_verifier": {v}}, "", "")
+		if status != 200 || body["refresh_token"] == nil {
+			t.Fatalf("%d %v", status, body)
+		}
+		// A public client cannot use client_credentials even if asked.
+		status, body = h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"spa"}}, "", "")
+		if status != 400 || body["error"] != "unauthorized_client" {
+			t.Fatalf("%d %v", status, body)
+		}
+	})
+}
+
+// RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it,
+// and each revoked access token ID goes to OnRevoke.
+func TestCodeReuseRevokesIssuedTokens(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.webClient()
+		h.createUser("dave", "dave's password!", token.UserSpec{})
+		v, ch := pkce("r")
+		code := h.loginForCode("web", appCallback, "openid", "dave", "dave's password!", ch)
+		form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}
+		status, first := h.post(nil, "/oauth2/token", form, "web", web.Secret)
+		if status != 200 {
+			t.Fatalf("%d %v", status, first)
+		}
+		at := first["access_token"].(string)
+		if !h.active(at) {
+			t.Fatal("fresh token inactive")
+		}
+		status, second := h.post(nil, "/oauth2/token", form, "web", web.Secret)
+		if status != 400 || second["error"] != "invalid_grant" {
+			t.Fatalf("reuse: %d %v", status, second)
+		}
+		if h.active(at) {
+			t.Fatal("token from a reused code still active")
+		}
+		if !h.wasRevoked(claims(t, at)["jti"].(string)) {
+			t.Fatal("OnRevoke not called for the token's jti")
+		}
+		status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {first["refresh_token"].(string)}}, "web", web.Secret)
+		if status != 400 || body["error"] != "invalid_grant" {
+			t.Fatalf("refresh after code reuse: %d %v", status, body)
+		}
+		if !slices.Contains(h.auditTypes(), "oauth.code.reused") {
+			t.Fatal("no audit record for the reuse")
+		}
+	})
+}
+
+// Refresh tokens rotate on every use; presenting a rotated one revokes
+// the whole family: the newest refresh token and every access token.
+func TestRefreshRotationAndReuse(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.webClient()
+		other := h.createClient(token.ClientRequest{Name: "other", ClientSpec: token.ClientSpec{
+			GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{appCallback}}})
+		h.createUser("erin", "erin's password!", token.UserSpec{})
+		v, ch := pkce("f")
+		code := h.loginForCode("web", appCallback, "openid orders.read", "erin", "erin's password!", ch)
+		_, t0 := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret)
+		refresh := func(rt string, kv ...string) (int, map[string]any) {
+			f := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}
+			for i := 0; i < len(kv); i += 2 {
+				f.Set(kv[i], kv[i+1])
+			}
+			return h.post(nil, "/oauth2/token", f, "web", web.Secret)
+		}
+		rt1 := t0["refresh_token"].(string)
+		// Another client cannot use it (and that does not count as reuse).
+		if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt1}}, "other", other.Secret); status != 400 || body["error"] != "invalid_grant" {
+			t.Fatalf("other client: %d %v", status, body)
+		}
+		status, t1 := refresh(rt1, "scope", "orders.read")
+		if status != 200 || t1["refresh_token"] == rt1 || t1["scope"] != "orders.read" {
+			t.Fatalf("rotation: %d %v", status, t1)
+		}
+		if status, body := refresh(t1["refresh_token"].(string), "scope", "openid admin"); status != 400 || body["error"] != "invalid_scope" {
+			t.Fatalf("scope widening: %d %v", status, body)
+		}
+		status, t2 := refresh(t1["refresh_token"].(string))
+		if status != 200 {
+			t.Fatalf("second rotation: %d %v", status, t2)
+		}
+		// Reuse of rt1: theft assumed, family revoked.
+		if status, body := refresh(rt1); status != 400 || body["error"] != "invalid_grant" {
+			t.Fatalf("reuse: %d %v", status, body)
+		}
+		if status, body := refresh(t2["refresh_token"].(string)); status != 400 || body["error"] != "invalid_grant" {
+			t.Fatalf("newest token after family revocation: %d %v", status, body)
+		}
+		for i, tk := range []map[string]any{t0, t1, t2} {
+			at := tk["access_token"].(string)
+			if h.active(at) || !h.wasRevoked(claims(t, at)["jti"].(string)) {
+				t.Errorf("access token %d of the family not revoked", i)
+			}
+		}
+
+		// Idle expiry: a refresh token unused past RefreshTokenTTL dies.
+		code = h.loginForCode("web", appCallback, "openid", "erin", "erin's password!", ch)
+		_, t3 := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret)
+		h.clock.Advance(token.DefaultRefreshTokenTTL + time.Second)
+		if status, body := refresh(t3["refresh_token"].(string)); status != 400 || body["error"] != "invalid_grant" {
+			t.Fatalf("expired refresh token: %d %v", status, body)
+		}
+		if !slices.Contains(h.auditTypes(), "oauth.refresh.reused") {
+			t.Fatal("no audit record for refresh reuse")
+		}
+	})
+}
+
+func TestLoginPageSecurityHeaders(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	h.webClient()
+	_, ch := pkce("h")
+	p := h.get(h.tlsClient(nil), h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+	if p.status != http.StatusOK {
+		t.Fatal(p.status)
+	}
+	csp := p.header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "frame-ancestors 'none'", "form-action 'self' https://app.example"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %q", csp, want)
+		}
+	}
+	if p.header.Get("Referrer-Policy") != "no-referrer" || p.header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("headers %v", p.header)
+	}
+	// A form posted without the login cookie (cross-site) is refused.
+	m := txRE.FindStringSubmatch(p.body)
+	resp, err := h.tlsClient(nil).PostForm(h.issuer+"/oauth2/login", url.Values{"tx": {m[1]}, "username": {"x"}, "password": {"y"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("form without cookie: %d", resp.StatusCode)
+	}
+	// An altered form state is refused.
+	c := h.tlsClient(nil)
+	p = h.get(c, h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+	m = txRE.FindStringSubmatch(p.body)
+	tampered := []byte(m[1])
+	tampered[10] ^= 1
+	resp, _ = c.PostForm(h.issuer+"/oauth2/login", url.Values{"tx": {string(tampered)}, "username": {"x"}, "password": {"y"}})
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("tampered form: %d", resp.StatusCode)
+	}
+}
