@@ -172,7 +172,9 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 	if peer.PIDFD >= 0 {
 		// Signal 0 checks that the very process we were connected to is
 		// still there; while it is, its PID cannot belong to another.
-		if err := unix.PidfdSendSignal(peer.PIDFD, 0, nil, 0); err != nil {
+		// EPERM (another user's process, no CAP_KILL) still proves it
+		// exists; only ESRCH means it is gone.
+		if err := unix.PidfdSendSignal(peer.PIDFD, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
 			return nil, ErrProcessGone
 		}
 	}
