@@ -9,10 +9,10 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -40,7 +40,7 @@ type certSpec struct {
 	parentSigner crypto.Signer
 }
 
-func makeCert(t *testing.T, s certSpec, key crypto.Signer) *x509.Certificate {
+func makeCert(t testing.TB, s certSpec, key crypto.Signer) *x509.Certificate {
 	t.Helper()
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
@@ -69,7 +69,7 @@ func makeCert(t *testing.T, s certSpec, key crypto.Signer) *x509.Certificate {
 	return c
 }
 
-func newOrgPKI(t *testing.T, now time.Time, life time.Duration) *orgPKI {
+func newOrgPKI(t testing.TB, now time.Time, life time.Duration) *orgPKI {
 	t.Helper()
 	p := &orgPKI{rootKey: newP256(t), interKey: newP256(t)}
 	p.root = makeCert(t, certSpec{cn: "Org Root", ca: true, notBefore: now.Add(-time.Hour), notAfter: now.Add(10 * life), keyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}, p.rootKey)
@@ -349,5 +349,75 @@ func TestLoadUpstreamFilesRefused(t *testing.T) {
 	if _, err := LoadUpstream(certs, writeFile(t, dir, "sec1.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER})), roots); err != nil {
 		t.Errorf("SEC 1 key: %v", err)
 	}
-	_ = hex.EncodeToString
+}
+
+// upstreamScript is the OpenSSL recipe docs/ca.md gives for an upstream CA
+// (an organisation root and an issuing CA for Moatless).
+const upstreamScript = `
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout root.key -out root.pem -days 3650 -subj "/O=Example Org/CN=Example Root CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout upstream.key -out upstream.csr -subj "/O=Example Org/CN=Moatless upstream CA"
+printf 'basicConstraints=critical,CA:TRUE,pathlen:1\nkeyUsage=critical,keyCertSign,cRLSign\n' > upstream.ext
+openssl x509 -req -in upstream.csr -CA root.pem -CAkey root.key -CAcreateserial \
+  -days 365 -extfile upstream.ext -out upstream.pem
+chmod 600 root.key upstream.key
+`
+
+// TestUpstreamMadeByOpenSSL checks interoperability both ways: an upstream
+// CA made by OpenSSL loads, and OpenSSL verifies the SVIDs issued under it
+// with only the root.
+func TestUpstreamMadeByOpenSSL(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	dir := t.TempDir()
+	run := func(script string) string {
+		t.Helper()
+		cmd := exec.Command("sh", "-ec", script)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", script, err, out)
+		}
+		return string(out)
+	}
+	run(upstreamScript)
+	up, err := LoadUpstream(filepath.Join(dir, "upstream.pem"), filepath.Join(dir, "upstream.key"), filepath.Join(dir, "root.pem"))
+	if err != nil {
+		t.Fatalf("LoadUpstream: %v", err)
+	}
+	e := newEnv(t, func(o *Options) { o.Upstream = up })
+	is := mustSign(t, e.ca, testID, 0)
+	writeFile(t, dir, "leaf.pem", pemCerts(is.Chain[0]))
+	writeFile(t, dir, "chain.pem", pemCerts(is.Chain[1:]...))
+	out := run("openssl verify -x509_strict -purpose sslclient -CAfile root.pem -untrusted chain.pem leaf.pem")
+	if !strings.Contains(out, "leaf.pem: OK") {
+		t.Errorf("openssl verify: %s", out)
+	}
+	out = run("openssl x509 -in leaf.pem -noout -ext subjectAltName,basicConstraints,keyUsage,extendedKeyUsage")
+	for _, want := range []string{"URI:" + testID.String(), "CA:FALSE", "Digital Signature", "TLS Web Client Authentication"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("openssl x509 output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// OpenSSL verifies a self-signed-mode SVID against the bundle root.
+func TestSelfSignedVerifiedByOpenSSL(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	dir := t.TempDir()
+	e := newEnv(t, nil)
+	is := mustSign(t, e.ca, testID, 0)
+	writeFile(t, dir, "bundle.pem", pemCerts(e.ca.Bundle().X509Authorities()...))
+	writeFile(t, dir, "leaf.pem", pemCerts(is.Chain[0]))
+	cmd := exec.Command("openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", "bundle.pem", "leaf.pem")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "leaf.pem: OK") {
+		t.Errorf("openssl verify: %v\n%s", err, out)
+	}
 }
