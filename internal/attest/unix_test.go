@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -290,5 +291,37 @@ func BenchmarkUnixAttestCached(b *testing.B) {
 		if _, err := u.Attest(context.Background(), peer); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestUnixAttestOtherUser attests a process of another user: its binary,
+// path and liveness must be readable across users. (Running as root the
+// pidfd signal succeeds; the EPERM case of an agent without CAP_KILL is
+// handled in Attest but not reproducible here without dropping caps.)
+func TestUnixAttestOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start a process as another user")
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	cmd := exec.Command(sleep, "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := cmd.Start(); err != nil {
+		t.Skipf("cannot start as nobody: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	got, err := NewUnix(UnixConfig{SkipNames: true}).Attest(context.Background(), Peer{PID: int32(cmd.Process.Pid), UID: 65534, GID: 65534, PIDFD: pidfd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(got, wire.Selector{Type: "unix", Value: "uid:65534"}) {
+		t.Fatalf("selectors %v", got)
 	}
 }
