@@ -103,8 +103,11 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	// Only the holder may exchange: an SVID only by its owner, one of our
 	// tokens only by a client it was issued to or for.
 	if subj.svid {
-		if c.SPIFFEID == "" || subj.subject != c.SPIFFEID {
-			return nil, oerr(errInvalidRequest, "a JWT-SVID may only be exchanged by the workload it names")
+		// A workload exchanges its own JWT-SVID, or one whose may_act
+		// names it (the named workload delegated to it).
+		own := c.SPIFFEID != "" && subj.subject == c.SPIFFEID
+		if !own && (subj.mayAct == nil || c.SPIFFEID == "" || subj.mayAct.Subject != c.SPIFFEID) {
+			return nil, oerr(errInvalidRequest, "a JWT-SVID may only be exchanged by the workload it names or one its may_act names")
 		}
 	} else if subj.clientID != c.ID && !contains(subj.aud, c.ID) && (c.SPIFFEID == "" || !contains(subj.aud, c.SPIFFEID)) {
 		return nil, oerr(errInvalidRequest, "the subject_token was not issued to or for this client")
@@ -121,7 +124,7 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 		actorID = act.subject
 	}
 	// may_act (RFC 8693 §4.4): the subject said who may act for it.
-	if subj.mayAct != nil && subj.mayAct.Subject != actorID && subj.mayAct.Subject != c.ID {
+	if subj.mayAct != nil && actorID != subj.subject && subj.mayAct.Subject != actorID && subj.mayAct.Subject != c.ID {
 		return nil, oerr(errInvalidRequest, "the subject_token's may_act does not name this client")
 	}
 	var act *actor
@@ -214,7 +217,13 @@ func (s *Service) exchangeToken(ctx context.Context, raw, typ, what string) (*ex
 		s.log.Debug("token: JWT-SVID refused", "what", what, "err", err)
 		return nil, oerr(errInvalidRequest, "%s is not a valid JWT-SVID for audience %s", what, s.cfg.Issuer)
 	}
-	return &exchangeSubject{subject: sv.ID.String(), issuer: sv.ID.TrustDomain().IDString(), aud: sv.Audience, expiry: sv.Expiry, svid: true}, nil
+	out := &exchangeSubject{subject: sv.ID.String(), issuer: sv.ID.TrustDomain().IDString(), aud: sv.Audience, expiry: sv.Expiry, svid: true}
+	if m, ok := sv.Claims["may_act"].(map[string]any); ok {
+		if sub, ok := m["sub"].(string); ok && sub != "" {
+			out.mayAct = &actor{Subject: sub}
+		}
+	}
+	return out, nil
 }
 
 // validAccessToken verifies one of our access tokens and checks that it

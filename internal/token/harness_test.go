@@ -258,6 +258,24 @@ func (h *harness) post(c *http.Client, path string, form url.Values, user, pass 
 	return resp.StatusCode, out
 }
 
+// postBody posts a raw form body.
+func (h *harness) postBody(path, body, user, pass string) (int, map[string]any) {
+	h.t.Helper()
+	req, _ := http.NewRequest("POST", h.issuer+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := h.http.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
 // claims decodes a JWT's payload without verifying (tests verify
 // separately through JWKS or introspection).
 func claims(t *testing.T, raw string) map[string]any {
