@@ -214,4 +214,3 @@ func TestTokenExchange(t *testing.T) {
 		}
 	})
 }
-
