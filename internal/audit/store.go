@@ -36,7 +36,8 @@ type StoreSink struct {
 }
 
 type pendingEvent struct {
-	ev   Event
+	evs  []Event
+	with func(ctx context.Context, tx *sql.Tx) error
 	done chan error
 }
 
@@ -82,10 +83,23 @@ func (s *StoreSink) AppendTx(ctx context.Context, tx *sql.Tx, evs ...Event) erro
 // before the batch is written, Append returns ctx's error, but the event
 // may still be written.
 func (s *StoreSink) Append(ctx context.Context, ev Event) error {
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
+	return s.AppendWith(ctx, nil, ev)
+}
+
+// AppendWith is Append for several events plus writes of the caller's own
+// (with, which may be nil) that must commit together with them, such as
+// the record of an issued certificate. with runs inside the group
+// transaction; if it fails, every event of that batch fails with it, so it
+// should only do writes that cannot conflict (inserts under fresh keys).
+func (s *StoreSink) AppendWith(ctx context.Context, with func(ctx context.Context, tx *sql.Tx) error, evs ...Event) error {
+	now := s.now()
+	evs = append([]Event(nil), evs...)
+	for i := range evs {
+		if evs[i].Time.IsZero() {
+			evs[i].Time = now
+		}
 	}
-	p := &pendingEvent{ev: ev, done: make(chan error, 1)}
+	p := &pendingEvent{evs: evs, with: with, done: make(chan error, 1)}
 	s.mu.Lock()
 	s.pending = append(s.pending, p)
 	lead := !s.leading
@@ -119,20 +133,34 @@ func (s *StoreSink) lead(ctx context.Context) {
 			s.mu.Unlock()
 			return
 		}
-		n := min(len(s.pending), maxBatch)
+		n, count := 0, 0
+		for n < len(s.pending) && (n == 0 || count+len(s.pending[n].evs) <= maxBatch) {
+			count += len(s.pending[n].evs)
+			n++
+		}
 		batch := s.pending[:n:n]
 		s.pending = s.pending[n:]
 		s.mu.Unlock()
 
-		evs := make([]Event, len(batch))
-		for i, p := range batch {
-			evs[i] = p.ev
+		evs := make([]Event, 0, count)
+		for _, p := range batch {
+			evs = append(evs, p.evs...)
 		}
 		var err error
 		for attempt := 0; attempt < 3; attempt++ {
 			// A retry covers the one benign race: two replicas creating
 			// the chain head of an empty log at once.
-			if err = s.db.Tx(ctx, func(tx *sql.Tx) error { return s.AppendTx(ctx, tx, evs...) }); err == nil {
+			err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+				for _, p := range batch {
+					if p.with != nil {
+						if err := p.with(ctx, tx); err != nil {
+							return err
+						}
+					}
+				}
+				return s.AppendTx(ctx, tx, evs...)
+			})
+			if err == nil {
 				break
 			}
 		}

@@ -1,0 +1,439 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// maxSignBatch bounds the CSRs of one SignX509Request.
+const maxSignBatch = 500
+
+var componentName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+
+// agentFail writes an agent API error and counts it.
+func (s *Server) agentFail(w http.ResponseWriter, endpoint string, status int, msg string) {
+	outcome := "client_error"
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		outcome = "denied"
+	case status >= 500:
+		outcome = "server_error"
+	}
+	s.metrics.agentRequests.WithLabelValues(endpoint, outcome).Inc()
+	writeErrors(w, status, msg)
+}
+
+func (s *Server) agentOK(w http.ResponseWriter, endpoint string, status int, v any) {
+	s.metrics.agentRequests.WithLabelValues(endpoint, "success").Inc()
+	if v == nil {
+		w.WriteHeader(status)
+		return
+	}
+	writeJSON(w, status, v)
+}
+
+// agentErr maps an error to a status and a message safe to return.
+func (s *Server) agentErr(w http.ResponseWriter, endpoint string, err error) {
+	var br *badRequest
+	switch {
+	case errors.As(err, &br):
+		s.agentFail(w, endpoint, http.StatusBadRequest, br.msg)
+	case errors.Is(err, errRevoked):
+		s.agentFail(w, endpoint, http.StatusForbidden, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		s.agentFail(w, endpoint, http.StatusNotFound, strings.TrimPrefix(err.Error(), "store: "))
+	default:
+		s.log.Error("agent request failed", "endpoint", endpoint, "err", err)
+		s.agentFail(w, endpoint, http.StatusInternalServerError, "internal error; see the server log")
+	}
+}
+
+// authNode authenticates an agent API caller: a valid, unexpired,
+// unrevoked X509-SVID that this server issued as a node SVID to that very
+// SPIFFE ID. Workload SVIDs, admin certificates and certificates another
+// CA under the same upstream root signed are refused.
+func (s *Server) authNode(w http.ResponseWriter, r *http.Request, endpoint string) (*caller, bool) {
+	c, err := s.peer(r)
+	switch {
+	case errors.Is(err, errRevoked):
+		s.agentFail(w, endpoint, http.StatusForbidden, err.Error())
+		return nil, false
+	case err != nil:
+		s.agentFail(w, endpoint, http.StatusUnauthorized, err.Error())
+		return nil, false
+	}
+	kind, err := s.credentialKind(r.Context(), c)
+	if err != nil {
+		s.agentErr(w, endpoint, err)
+		return nil, false
+	}
+	if kind != store.SVIDKindNode {
+		s.agentFail(w, endpoint, http.StatusForbidden, fmt.Sprintf("%s is not an attested node: attest with a join token first", c.id))
+		return nil, false
+	}
+	return c, true
+}
+
+func toWireSVID(iss *ca.Issued, id, entryID string) wire.X509SVID {
+	out := wire.X509SVID{SPIFFEID: id, EntryID: entryID, Serial: iss.Serial, ExpiresAt: iss.NotAfter.UTC()}
+	for _, c := range iss.Chain {
+		out.CertChain = append(out.CertChain, c.Raw)
+	}
+	return out
+}
+
+// wireBundle converts the CA's bundle to the wire form.
+func (s *Server) wireBundle() *wire.Bundle {
+	b := s.ca.Bundle()
+	out := &wire.Bundle{TrustDomain: s.td.Name(), X509Authorities: [][]byte{}, JWTAuthorities: []wire.JWTAuthority{}}
+	for _, c := range b.X509Authorities() {
+		out.X509Authorities = append(out.X509Authorities, c.Raw)
+	}
+	expiry := map[string]time.Time{}
+	for _, a := range s.ca.Status() {
+		if a.Kind == ca.KindJWT {
+			expiry[a.ID] = a.NotAfter
+		}
+	}
+	for kid, pub := range b.JWTAuthorities() {
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			s.log.Error("cannot encode a JWT authority", "kid", kid, "err", err)
+			continue
+		}
+		out.JWTAuthorities = append(out.JWTAuthorities, wire.JWTAuthority{KeyID: kid, PublicKey: der, ExpiresAt: expiry[kid].UTC()})
+	}
+	slices.SortFunc(out.JWTAuthorities, func(a, b wire.JWTAuthority) int { return strings.Compare(a.KeyID, b.KeyID) })
+	if h, ok := b.RefreshHint(); ok {
+		out.RefreshHint = wire.Duration(h)
+	}
+	out.SequenceNumber, _ = b.SequenceNumber()
+	return out
+}
+
+// attestFailure records a refused attestation: metric by reason, audit
+// record, and the answer.
+func (s *Server) attestFailure(w http.ResponseWriter, r *http.Request, reason, subject string, status int, msg string) {
+	s.metrics.attestFailures.WithLabelValues(reason).Inc()
+	ev := audit.Event{Kind: audit.KindAttest, Actor: "anonymous", Subject: subject, Outcome: audit.Failure,
+		Details: map[string]string{"reason": reason, "remote": remoteHost(r)}}
+	if status == http.StatusForbidden {
+		ev.Outcome = audit.Denied
+	}
+	if err := s.audit.Append(r.Context(), ev); err != nil {
+		s.log.Error("audit log unavailable", "err", err)
+		s.agentFail(w, "attest", http.StatusInternalServerError, "audit log unavailable")
+		return
+	}
+	s.log.Warn("attestation refused", "reason", reason, "remote", remoteHost(r))
+	s.agentFail(w, "attest", status, msg)
+}
+
+// handleAttest: a node proves itself with a single-use join token and gets
+// its first SVID for the token's SPIFFE ID. Consuming the token, recording
+// the node and its certificate, and the audit record are one transaction;
+// a refused attestation changes nothing (the token stays usable unless it
+// was the reason).
+func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
+	var in wire.AttestRequest
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		s.attestFailure(w, r, "malformed", "", http.StatusBadRequest, err.Error())
+		return
+	}
+	if in.JoinToken == "" || len(in.JoinToken) > 256 {
+		s.attestFailure(w, r, "malformed", "", http.StatusBadRequest, "join_token: required (at most 256 characters)")
+		return
+	}
+	if len(in.CSR) == 0 {
+		s.attestFailure(w, r, "malformed", "", http.StatusBadRequest, "csr: required (PKCS#10, DER, base64 in JSON)")
+		return
+	}
+	hash := sha256.Sum256([]byte(in.JoinToken))
+	now := s.now()
+	var (
+		jt  store.JoinToken
+		id  spiffeid.ID
+		iss *ca.Issued
+	)
+	type refusal struct {
+		reason string
+		status int
+		msg    string
+	}
+	var refused *refusal
+	err := s.db.Tx(r.Context(), func(tx *sql.Tx) error {
+		var err error
+		jt, err = s.db.ConsumeJoinToken(r.Context(), tx, hash, now)
+		switch {
+		case errors.Is(err, store.ErrTokenUnknown), errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpired):
+			reason := map[error]string{store.ErrTokenUnknown: "unknown_token", store.ErrTokenUsed: "used_token", store.ErrTokenExpired: "expired_token"}
+			for k, v := range reason {
+				if errors.Is(err, k) {
+					refused = &refusal{v, http.StatusUnauthorized, "join token is unknown, expired or already used: create a new one with \"moatless jointoken create\""}
+				}
+			}
+			return err
+		case err != nil:
+			return err
+		}
+		if id, err = spiffeid.FromString(jt.SPIFFEID); err != nil {
+			return fmt.Errorf("stored join token %s has a bad SPIFFE ID: %w", jt.ID, err)
+		}
+		if s.revs.Load().revoked(id.String(), "") {
+			refused = &refusal{"revoked", http.StatusForbidden, id.String() + " is revoked"}
+			return errRevoked
+		}
+		if iss, err = s.ca.SignX509SVID(in.CSR, id, s.cfg.X509SVIDTTL.Std()); err != nil {
+			refused = &refusal{"bad_csr", http.StatusBadRequest, "csr: " + err.Error()}
+			return err
+		}
+		if err := s.db.UpsertAttestedNode(r.Context(), tx, store.Node{SPIFFEID: id.String(), TokenID: jt.ID, AttestedAt: now,
+			Serial: iss.Serial, NotAfter: iss.NotAfter, RemoteAddr: remoteHost(r)}); err != nil {
+			return err
+		}
+		if err := s.db.InsertSVIDs(r.Context(), tx, store.IssuedSVID{Serial: iss.Serial, SPIFFEID: id.String(), Kind: store.SVIDKindNode,
+			IssuedTo: id.String(), NotAfter: iss.NotAfter, IssuedAt: now}); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(r.Context(), tx, audit.Event{Kind: audit.KindAttest, Actor: id.String(), Subject: jt.ID, Outcome: audit.Success,
+			Details: map[string]string{"serial": iss.Serial, "not_after": iss.NotAfter.UTC().Format(time.RFC3339), "remote": remoteHost(r)}})
+	})
+	if refused != nil {
+		s.attestFailure(w, r, refused.reason, jt.ID, refused.status, refused.msg)
+		return
+	}
+	if err != nil {
+		s.agentErr(w, "attest", err)
+		return
+	}
+	s.metrics.attestations.Inc()
+	s.metrics.svids.WithLabelValues(store.SVIDKindNode).Inc()
+	s.metrics.nodes.Inc()
+	s.log.Info("node attested", "spiffe_id", id.String(), "serial", iss.Serial, "remote", remoteHost(r))
+	s.changed(r.Context())
+	s.agentOK(w, "attest", http.StatusOK, wire.AttestResponse{SVID: toWireSVID(iss, id.String(), ""), Bundle: *s.wireBundle()})
+}
+
+// handleRenew signs a fresh node SVID for the caller's own SPIFFE ID.
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.authNode(w, r, "renew")
+	if !ok {
+		return
+	}
+	var in wire.RenewRequest
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		s.agentErr(w, "renew", err)
+		return
+	}
+	if len(in.CSR) == 0 {
+		s.agentErr(w, "renew", badf("csr: required"))
+		return
+	}
+	iss, err := s.ca.SignX509SVID(in.CSR, c.id, s.cfg.X509SVIDTTL.Std())
+	if err != nil {
+		s.agentErr(w, "renew", badf("csr: %v", err))
+		return
+	}
+	now := s.now()
+	err = s.db.Tx(r.Context(), func(tx *sql.Tx) error {
+		if err := s.db.SetNodeSVID(r.Context(), tx, c.id.String(), iss.Serial, iss.NotAfter, now); err != nil {
+			return err
+		}
+		if err := s.db.InsertSVIDs(r.Context(), tx, store.IssuedSVID{Serial: iss.Serial, SPIFFEID: c.id.String(), Kind: store.SVIDKindNode,
+			IssuedTo: c.id.String(), NotAfter: iss.NotAfter, IssuedAt: now}); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(r.Context(), tx, audit.Event{Kind: audit.KindRenew, Actor: c.id.String(), Subject: c.id.String(), Outcome: audit.Success,
+			Details: map[string]string{"serial": iss.Serial, "previous_serial": c.serial, "not_after": iss.NotAfter.UTC().Format(time.RFC3339), "remote": remoteHost(r)}})
+	})
+	if err != nil {
+		s.agentErr(w, "renew", err)
+		return
+	}
+	s.metrics.svids.WithLabelValues(store.SVIDKindNode).Inc()
+	s.agentOK(w, "renew", http.StatusOK, wire.X509SVIDResponse{SVID: toWireSVID(iss, c.id.String(), "")})
+}
+
+// entryFor loads an entry the caller may get an identity for: it exists,
+// its parent is the caller, and its SPIFFE ID is not revoked.
+func (s *Server) entryFor(ctx context.Context, c *caller, field, id string) (wire.Entry, error) {
+	if id == "" {
+		return wire.Entry{}, badf("%s: required", field)
+	}
+	e, err := s.db.Entry(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && e.ParentID != c.id.String()) {
+		// The same answer for "absent" and "not yours": a node learns
+		// nothing about other nodes' entries.
+		return e, fmt.Errorf("%w: %s: no entry %q parented by %s", store.ErrNotFound, field, id, c.id)
+	}
+	if err != nil {
+		return e, err
+	}
+	if s.revs.Load().revoked(e.SPIFFEID, "") {
+		return e, fmt.Errorf("%w: %s", errRevoked, e.SPIFFEID)
+	}
+	return e, nil
+}
+
+// handleSignX509 signs X509-SVIDs for entries parented by the caller. All
+// or nothing: one bad request fails the whole batch and nothing is issued.
+// The issued certificates and one audit record each are written by a group
+// commit before the answer.
+func (s *Server) handleSignX509(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	c, ok := s.authNode(w, r, "x509svids")
+	if !ok {
+		return
+	}
+	var in wire.SignX509Request
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		s.agentErr(w, "x509svids", err)
+		return
+	}
+	if len(in.Requests) == 0 || len(in.Requests) > maxSignBatch {
+		s.agentErr(w, "x509svids", badf("requests: want 1 to %d", maxSignBatch))
+		return
+	}
+	entries := make([]wire.Entry, len(in.Requests))
+	for i, req := range in.Requests {
+		e, err := s.entryFor(r.Context(), c, fmt.Sprintf("requests[%d].entry_id", i), req.EntryID)
+		if err != nil {
+			s.agentErr(w, "x509svids", err)
+			return
+		}
+		if len(req.CSR) == 0 {
+			s.agentErr(w, "x509svids", badf("requests[%d].csr: required", i))
+			return
+		}
+		entries[i] = e
+	}
+	now := s.now()
+	out := wire.SignX509Response{SVIDs: make([]wire.X509SVID, len(in.Requests))}
+	recs := make([]store.IssuedSVID, len(in.Requests))
+	evs := make([]audit.Event, len(in.Requests))
+	for i, req := range in.Requests {
+		e := entries[i]
+		id, err := spiffeid.FromString(e.SPIFFEID)
+		if err != nil {
+			s.agentErr(w, "x509svids", fmt.Errorf("entry %s has a bad SPIFFE ID: %w", e.ID, err))
+			return
+		}
+		ttl := e.X509TTL.Std()
+		if ttl == 0 {
+			ttl = s.cfg.X509SVIDTTL.Std()
+		}
+		iss, err := s.ca.SignX509SVID(req.CSR, id, ttl)
+		if err != nil {
+			s.agentErr(w, "x509svids", badf("requests[%d].csr: %v", i, err))
+			return
+		}
+		out.SVIDs[i] = toWireSVID(iss, e.SPIFFEID, e.ID)
+		recs[i] = store.IssuedSVID{Serial: iss.Serial, SPIFFEID: e.SPIFFEID, Kind: store.SVIDKindWorkload, EntryID: e.ID,
+			IssuedTo: c.id.String(), NotAfter: iss.NotAfter, IssuedAt: now}
+		evs[i] = audit.Event{Kind: audit.KindIssueX509, Actor: c.id.String(), Subject: e.SPIFFEID, Outcome: audit.Success, Time: now,
+			Details: map[string]string{"entry_id": e.ID, "serial": iss.Serial, "not_after": iss.NotAfter.UTC().Format(time.RFC3339)}}
+	}
+	err := s.audit.AppendWith(r.Context(), func(ctx context.Context, tx *sql.Tx) error {
+		return s.db.InsertSVIDs(ctx, tx, recs...)
+	}, evs...)
+	if err != nil {
+		s.agentErr(w, "x509svids", err)
+		return
+	}
+	s.metrics.svids.WithLabelValues(store.SVIDKindWorkload).Add(float64(len(recs)))
+	s.metrics.signSeconds.Observe(time.Since(start).Seconds())
+	s.agentOK(w, "x509svids", http.StatusOK, out)
+}
+
+// handleSignJWT signs a JWT-SVID for an entry parented by the caller.
+func (s *Server) handleSignJWT(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.authNode(w, r, "jwtsvid")
+	if !ok {
+		return
+	}
+	var in wire.SignJWTRequest
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	e, err := s.entryFor(r.Context(), c, "entry_id", in.EntryID)
+	if err != nil {
+		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	if err := validateAudience(in.Audience); err != nil {
+		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	id, err := spiffeid.FromString(e.SPIFFEID)
+	if err != nil {
+		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	ttl := e.JWTTTL.Std()
+	if ttl == 0 {
+		ttl = s.cfg.JWTSVIDTTL.Std()
+	}
+	tok, exp, err := s.ca.SignJWTSVID(id, in.Audience, ttl)
+	if err != nil {
+		s.agentErr(w, "jwtsvid", badf("%v", err))
+		return
+	}
+	ev := audit.Event{Kind: audit.KindIssueJWT, Actor: c.id.String(), Subject: e.SPIFFEID, Outcome: audit.Success,
+		Details: map[string]string{"entry_id": e.ID, "audience": strings.Join(in.Audience, " "), "expires_at": exp.UTC().Format(time.RFC3339)}}
+	if err := s.audit.Append(r.Context(), ev); err != nil {
+		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	s.metrics.svids.WithLabelValues("jwt").Inc()
+	s.agentOK(w, "jwtsvid", http.StatusOK, wire.SignJWTResponse{SPIFFEID: e.SPIFFEID, Token: tok, ExpiresAt: exp.UTC()})
+}
+
+// handleAck records what the caller applied.
+func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.authNode(w, r, "ack")
+	if !ok {
+		return
+	}
+	var in wire.Ack
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		s.agentErr(w, "ack", err)
+		return
+	}
+	if !componentName.MatchString(in.Component) {
+		s.agentErr(w, "ack", badf("component %q: want a short lower-case name such as agent, sidecar or gateway", in.Component))
+		return
+	}
+	if in.Version > s.hub.current() {
+		v, err := s.db.GlobalVersion(r.Context())
+		if err != nil {
+			s.agentErr(w, "ack", err)
+			return
+		}
+		if in.Version > v {
+			s.agentErr(w, "ack", badf("version %d: the server is only at %d", in.Version, v))
+			return
+		}
+	}
+	if err := s.db.RecordAck(r.Context(), c.id.String(), in.Component, in.Version, in.PolicyVersion, s.now()); err != nil {
+		s.agentErr(w, "ack", err)
+		return
+	}
+	s.agentOK(w, "ack", http.StatusNoContent, nil)
+}

@@ -1,0 +1,526 @@
+// Package server is the Moatless control plane: it wires the CA, the
+// registry (entries, join tokens, attested nodes), revocations and the
+// audit log to one TLS listener that serves the agent API (internal/wire),
+// the admin API (/v1/admin/...), health (/livez, /readyz, /healthz) and
+// /metrics.
+//
+// Lifecycle: New(ctx, Config) opens the store, the KEK, the CA and the
+// listener, issues the server's own certificate and writes DIR/bundle.pem;
+// nothing runs until Serve(ctx), which serves until ctx ends; Close is
+// idempotent and releases everything.
+//
+// Several servers may share one PostgreSQL store (and one KEK file): every
+// change bumps a global version in the store, and each server polls it to
+// push changes made elsewhere to its own watch streams.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/store"
+)
+
+// Files the server keeps in its data directory.
+const (
+	AdminTokenFile = "admin-token"
+	BundleFile     = "bundle.pem"
+)
+
+// adminTokenMetaKey is where the store keeps the SHA-256 of the admin token.
+const adminTokenMetaKey = "admin_token_sha256"
+
+// Config configures a Server. Settings is required; every other field has a
+// working zero value.
+type Config struct {
+	// Settings are the parsed and validated server settings.
+	Settings config.Server
+	// Listener, when set, is used instead of listening on Settings.Listen
+	// (tests pass one on 127.0.0.1:0). The server closes it.
+	Listener net.Listener
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger receives JSON logs; slog.Default() when nil. Never given a
+	// token or key.
+	Logger *slog.Logger
+	// Notice receives the first-start instructions for humans (where the
+	// admin token was written); discarded when nil. The token itself is
+	// never printed.
+	Notice io.Writer
+	// ExtraHandlers are mounted on the listener next to the built-in
+	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
+	// /.well-known/ and /oauth2/ here). See also Mount.
+	ExtraHandlers map[string]http.Handler
+	// ResetAdminToken replaces the admin token with a new one written to
+	// DIR/admin-token (the old one stops working).
+	ResetAdminToken bool
+}
+
+// Server is the control plane. Create it with New.
+type Server struct {
+	cfg    config.Server
+	td     spiffeid.TrustDomain
+	id     spiffeid.ID // spiffe://TD/moatless/server
+	admins map[string]bool
+	now    func() time.Time
+	log    *slog.Logger
+
+	db    *store.DB
+	ca    *ca.CA
+	audit *audit.StoreSink
+
+	adminHash [sha256.Size]byte
+	cert      atomic.Pointer[serverCert]
+	revs      atomic.Pointer[revocationSet]
+	hub       hub
+	metrics   *metrics
+	// credCache remembers serials already checked against the svids table
+	// (serial -> kind); certificates never change, revocation is checked
+	// separately on every request.
+	credCache sync.Map
+	credCount atomic.Int64
+
+	ln      net.Listener
+	mux     *http.ServeMux
+	httpSrv *http.Server
+
+	mu        sync.Mutex
+	serving   bool
+	closed    bool
+	closeOnce sync.Once
+	closeErr  error
+	bundleSeq atomic.Uint64
+	ready     atomic.Bool
+}
+
+// serverID is the SPIFFE ID of the control plane itself.
+func serverID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "moatless", "server")
+}
+
+// New prepares a server: data directory (0700), store, KEK (created on
+// first start), CA, admin token (created on first start), the server's TLS
+// certificate, DIR/bundle.pem and the listener. It starts no goroutine.
+func New(ctx context.Context, c Config) (*Server, error) {
+	st := c.Settings
+	st.Complete()
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(st.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	for _, a := range st.AdminIDs {
+		s.admins[a] = true
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(st.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data directory: %w", err)
+	}
+	s.db, err = store.Open(ctx, st.Store)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.db.Now = s.now
+	s.audit = audit.NewStoreSink(s.db)
+	s.audit.Now = s.now
+	s.metrics = newMetrics(s)
+
+	kek, err := s.loadKEK(ctx)
+	if err != nil {
+		return nil, err
+	}
+	opts := ca.Options{
+		TrustDomain: td, State: caState{s.db}, KEK: kek, CATTL: st.CATTL.Std(),
+		X509SVIDTTL: st.X509SVIDTTL.Std(), JWTSVIDTTL: st.JWTSVIDTTL.Std(), Now: s.now,
+		Logger: s.log.With("component", "ca"),
+	}
+	if u := st.UpstreamCA; u != nil {
+		opts.Upstream, err = ca.LoadUpstream(u.Cert, u.Key, u.Bundle)
+		if err != nil {
+			return nil, fmt.Errorf("server: upstream CA: %w", err)
+		}
+	}
+	s.ca, err = ca.Open(ctx, opts)
+	clear(kek)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if err := s.initAdminToken(ctx, c.Notice, c.ResetAdminToken); err != nil {
+		return nil, err
+	}
+	if err := s.renewServerCert(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.writeBundleFile(); err != nil {
+		return nil, err
+	}
+	if err := s.reloadRevocations(ctx); err != nil {
+		return nil, err
+	}
+	if v, err := s.db.GlobalVersion(ctx); err == nil {
+		s.hub.set(v)
+	} else {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if err := s.metrics.refreshCounts(ctx); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+
+	s.mux = http.NewServeMux()
+	s.routes()
+	for pattern, h := range c.ExtraHandlers {
+		s.mux.Handle(pattern, h)
+	}
+	if c.Listener != nil {
+		s.ln = c.Listener
+	} else {
+		s.ln, err = net.Listen("tcp", st.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("server: listen on %s: %w (is another server running? set --listen)", st.Listen, err)
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+// Mount adds a handler to the listener's mux (http.ServeMux pattern). Call
+// it before Serve. Handlers mounted here get no authentication from the
+// server: they must authenticate their own callers.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Addr is the listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Store is the server's store, for components mounted on it.
+func (s *Server) Store() *store.DB { return s.db }
+
+// CA is the server's certificate authority.
+func (s *Server) CA() *ca.CA { return s.ca }
+
+// Audit is the server's audit sink.
+func (s *Server) Audit() *audit.StoreSink { return s.audit }
+
+// TrustDomain is the server's trust domain.
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// Serve serves until ctx ends, then shuts down gracefully (watch streams
+// end at once; other requests get up to 5 seconds). It returns nil after a
+// clean shutdown. Serve may be called once.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.serving || s.closed {
+		s.mu.Unlock()
+		return errors.New("server: Serve called twice or after Close")
+	}
+	s.serving = true
+	base, cancel := context.WithCancel(ctx)
+	s.httpSrv = &http.Server{
+		Handler:           s.mux,
+		TLSConfig:         s.tlsConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
+	s.mu.Unlock()
+	defer cancel()
+
+	if err := s.audit.Append(ctx, audit.Event{Kind: audit.KindServerStart, Actor: s.id.String(), Outcome: audit.Success,
+		Details: map[string]string{"listen": s.ln.Addr().String(), "trust_domain": s.td.Name()}}); err != nil {
+		return fmt.Errorf("server: audit log unavailable: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.maintain(base) }()
+
+	errc := make(chan error, 1)
+	go func() { errc <- s.httpSrv.ServeTLS(s.ln, "", "") }()
+	s.ready.Store(true)
+	s.log.Info("serving", "addr", s.ln.Addr().String(), "trust_domain", s.td.Name(), "store", s.db.Dialect().String())
+
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		s.ready.Store(false)
+		cancel() // ends watch streams
+		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = s.httpSrv.Shutdown(sctx)
+		scancel()
+		<-errc
+	}
+	cancel()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops serving at once and releases the listener and the store. It
+// is safe to call more than once and concurrently with Serve.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		hs := s.httpSrv
+		s.mu.Unlock()
+		var errs []error
+		if hs != nil {
+			errs = append(errs, ignoreClosed(hs.Close()))
+		} else if s.ln != nil {
+			errs = append(errs, ignoreClosed(s.ln.Close()))
+		}
+		if s.db != nil {
+			errs = append(errs, s.db.Close())
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+func ignoreClosed(err error) error {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// caState adapts the store to the CA's StateStore.
+type caState struct{ db *store.DB }
+
+func (c caState) LoadCAState(ctx context.Context) ([]byte, error) {
+	b, err := c.db.LoadCAState(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ca.ErrNoState
+	}
+	return b, err
+}
+
+func (c caState) SaveCAState(ctx context.Context, b []byte) error { return c.db.SaveCAState(ctx, b) }
+
+// loadKEK reads the key-encryption key, creating it (0600) on first start.
+// It refuses to create a new KEK when the store already holds CA state: a
+// fresh key could never unseal it, and the operator must find the old one.
+func (s *Server) loadKEK(ctx context.Context) ([]byte, error) {
+	path := s.cfg.KEKFile
+	b, err := readSecretFile(path, ca.KEKSize*2+2)
+	if err == nil {
+		if len(b) != ca.KEKSize {
+			return nil, fmt.Errorf("server: key-encryption key %s: want exactly %d bytes, found %d", path, ca.KEKSize, len(b))
+		}
+		return b, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("server: key-encryption key: %w", err)
+	}
+	if _, err := s.db.LoadCAState(ctx); err == nil {
+		return nil, fmt.Errorf("server: the store holds CA keys sealed with a key-encryption key, but %s does not exist: "+
+			"restore that file or pass --kek-file (replicas must share it)", path)
+	}
+	kek := make([]byte, ca.KEKSize)
+	if _, err := rand.Read(kek); err != nil {
+		return nil, fmt.Errorf("server: generate key-encryption key: %w", err)
+	}
+	if err := writeFileAtomic(path, kek, 0o600, true); err != nil {
+		return nil, fmt.Errorf("server: write key-encryption key: %w", err)
+	}
+	s.log.Info("created key-encryption key", "path", path)
+	return kek, nil
+}
+
+// readSecretFile reads a small file, refusing files readable by group or
+// others (a key or token must be private) and files over limit bytes.
+func readSecretFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s is accessible by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+// writeFileAtomic writes b to path through a temporary file in the same
+// directory, fsynced and renamed over path, so readers see the old or the
+// new content, never a mix, even after a crash. With exclusive it fails if
+// path exists.
+func writeFileAtomic(path string, b []byte, mode os.FileMode, exclusive bool) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if exclusive {
+		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("%s exists", path)
+		}
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// newAdminToken returns a fresh random admin token.
+func newAdminToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return "mla_" + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// initAdminToken loads the admin token's hash from the store, or on first
+// start (or with reset) creates a token, writes it once to
+// DIR/admin-token (0600) and keeps only its SHA-256.
+func (s *Server) initAdminToken(ctx context.Context, notice io.Writer, reset bool) error {
+	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
+	if !reset {
+		v, err := s.db.Meta(ctx, adminTokenMetaKey)
+		if err == nil {
+			h, err := hex.DecodeString(v)
+			if err != nil || len(h) != sha256.Size {
+				return fmt.Errorf("server: stored admin token hash is corrupt; restart with --reset-admin-token")
+			}
+			copy(s.adminHash[:], h)
+			return nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("server: %w", err)
+		}
+	}
+	tok, err := newAdminToken()
+	if err != nil {
+		return fmt.Errorf("server: generate admin token: %w", err)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if reset {
+		if err := s.db.SetMeta(ctx, s.db.SQL(), adminTokenMetaKey, hex.EncodeToString(sum[:])); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+	} else {
+		won, err := s.db.SetMetaIfAbsent(ctx, s.db.SQL(), adminTokenMetaKey, hex.EncodeToString(sum[:]))
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		if !won { // another replica created it first: use theirs
+			return s.initAdminToken(ctx, notice, false)
+		}
+	}
+	s.adminHash = sum
+	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600, false); err != nil {
+		return fmt.Errorf("server: write admin token: %w", err)
+	}
+	if notice != nil {
+		fmt.Fprintf(notice, `
+The admin token was written to %s (mode 0600). It is shown nowhere else.
+Admin commands on this machine find it there; elsewhere run:
+
+    export MOATLESS_ADDR=%s
+    export MOATLESS_CACERT=%s
+    export MOATLESS_TOKEN="$(cat %s)"
+
+`, path, s.cfg.Listen, filepath.Join(s.cfg.DataDir, BundleFile), path)
+	}
+	s.log.Info("created admin token", "path", path)
+	return nil
+}
+
+// checkAdminToken compares a presented token with the stored hash in
+// constant time.
+func (s *Server) checkAdminToken(tok string) bool {
+	sum := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare(sum[:], s.adminHash[:]) == 1
+}
+
+// writeBundleFile rewrites DIR/bundle.pem with the current X.509
+// authorities, atomically.
+func (s *Server) writeBundleFile() error {
+	b := s.ca.Bundle()
+	var out []byte
+	for _, c := range b.X509Authorities() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, BundleFile), out, 0o644, false); err != nil {
+		return fmt.Errorf("server: write trust bundle: %w", err)
+	}
+	seq, _ := b.SequenceNumber()
+	s.bundleSeq.Store(seq)
+	return nil
+}
+
+// remoteHost is the caller's address for logs and audit.
+func remoteHost(r *http.Request) string {
+	return strings.TrimSpace(r.RemoteAddr)
+}

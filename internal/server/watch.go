@@ -1,0 +1,341 @@
+package server
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// hub tells watch streams that the global version moved. Waiters take the
+// current channel, which is closed (and replaced) on every change, so no
+// change between a check and a wait is missed.
+type hub struct {
+	mu      sync.Mutex
+	version uint64
+	ch      chan struct{}
+	conns   map[string]int
+}
+
+func (h *hub) wait() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ch == nil {
+		h.ch = make(chan struct{})
+	}
+	return h.ch
+}
+
+// set records version v and wakes every waiter if it is new.
+func (h *hub) set(v uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if v <= h.version {
+		return
+	}
+	h.version = v
+	if h.ch != nil {
+		close(h.ch)
+		h.ch = nil
+	}
+}
+
+func (h *hub) current() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.version
+}
+
+func (h *hub) connect(id string, delta int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conns == nil {
+		h.conns = map[string]int{}
+	}
+	h.conns[id] += delta
+	if h.conns[id] <= 0 {
+		delete(h.conns, id)
+	}
+}
+
+func (h *hub) isConnected(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.conns[id] > 0
+}
+
+// changed is called after this server committed a change, and by the
+// poller when another replica did: it refreshes the revocation snapshot if
+// revocations moved, then wakes the watch streams.
+func (s *Server) changed(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	vs, err := s.db.Versions(ctx)
+	if err != nil {
+		s.log.Error("read change versions", "err", err)
+		return
+	}
+	if vs.Sections[store.SectionRevocations] != s.revs.Load().version {
+		if err := s.reloadRevocations(ctx); err != nil {
+			s.log.Error("reload revocations", "err", err)
+			return
+		}
+	}
+	s.hub.set(vs.Global)
+}
+
+// publishBundle records a bundle change (rotation, a Tick step) as a new
+// bundle version with its audit record, rewrites DIR/bundle.pem and wakes
+// the watch streams.
+func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
+	seq, _ := s.ca.Bundle().SequenceNumber()
+	if ev.Details == nil {
+		ev.Details = map[string]string{}
+	}
+	ev.Details["bundle_sequence"] = strconv.FormatUint(seq, 10)
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(ctx, tx, ev)
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.writeBundleFile(); err != nil {
+		return err
+	}
+	s.changed(ctx)
+	return nil
+}
+
+// buildUpdate fills the sections of u that changed after since for caller
+// c (all of them when full).
+func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, since uint64, full bool) (wire.Update, bool, error) {
+	u := wire.Update{Version: vs.Global}
+	any := false
+	if full || vs.Sections[store.SectionBundle] > since {
+		u.Bundle = s.wireBundle()
+		any = true
+	}
+	pv, err := s.db.ParentVersion(ctx, c.id.String())
+	if err != nil {
+		return u, false, err
+	}
+	if full || pv > since {
+		entries, err := s.db.ListEntries(ctx, store.EntryFilter{ParentID: c.id.String()})
+		if err != nil {
+			return u, false, err
+		}
+		u.Entries = &entries
+		any = true
+	}
+	if full || vs.Sections[store.SectionRevocations] > since {
+		u.Revocations = s.revs.Load().wire()
+		any = true
+	}
+	if full || vs.Sections[store.SectionPolicies] > since {
+		ps, err := s.policySet(ctx)
+		if err != nil {
+			return u, false, err
+		}
+		if ps != nil {
+			u.Policies = ps
+			any = true
+		}
+	}
+	return u, any, nil
+}
+
+// policySet returns the policy section; nil until the policy store exists.
+var policySetHook func(ctx context.Context, s *Server) (*wire.PolicySet, error)
+
+func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {
+	if policySetHook == nil {
+		return nil, nil
+	}
+	return policySetHook(ctx, s)
+}
+
+// handleWatch streams wire.Update objects as NDJSON to an attested node:
+// first every section, then each change that concerns it (its entries, the
+// bundle, revocations, policies) with the global version, and a heartbeat
+// at least every wire.HeartbeatInterval. The stream ends when the caller's
+// SVID expires or is revoked (the node reconnects with a renewed SVID), or
+// when the server shuts down.
+func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.authNode(w, r, "watch")
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	for k := range q {
+		if k != "since" {
+			s.agentErr(w, "watch", badf("query parameter %q: unknown (allowed: since)", k))
+			return
+		}
+	}
+	if v := q.Get("since"); v != "" {
+		if _, err := strconv.ParseUint(v, 10, 63); err != nil {
+			s.agentErr(w, "watch", badf("since %q: want a version number", v))
+			return
+		}
+	}
+	ctx := r.Context()
+	id := c.id.String()
+	rc := http.NewResponseController(w)
+	// Reading the versions before building the update means the content
+	// sent is at least as new as the version it is labelled with.
+	wake := s.hub.wait()
+	vs, err := s.db.Versions(ctx)
+	if err != nil {
+		s.agentErr(w, "watch", err)
+		return
+	}
+	first, _, err := s.buildUpdate(ctx, c, vs, 0, true)
+	if err != nil {
+		s.agentErr(w, "watch", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	s.metrics.agentRequests.WithLabelValues("watch", "success").Inc()
+	s.hub.connect(id, 1)
+	s.metrics.connected.Inc()
+	defer func() {
+		s.hub.connect(id, -1)
+		s.metrics.connected.Dec()
+	}()
+	_ = s.db.TouchNode(ctx, id, s.now())
+
+	enc := json.NewEncoder(w)
+	send := func(u wire.Update) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if err := enc.Encode(u); err != nil {
+			return false
+		}
+		if err := rc.Flush(); err != nil {
+			return false
+		}
+		kind := "update"
+		if u.Heartbeat {
+			kind = "heartbeat"
+		}
+		s.metrics.watchUpdates.WithLabelValues(kind).Inc()
+		return true
+	}
+	if !send(first) {
+		return
+	}
+	last := first.Version
+	heartbeat := time.NewTicker(wire.HeartbeatInterval)
+	defer heartbeat.Stop()
+	expiry := time.NewTimer(max(c.leaf.NotAfter.Sub(s.now()), 0))
+	defer expiry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-expiry.C:
+			return
+		case <-heartbeat.C:
+			if s.revs.Load().revoked(id, c.serial) {
+				return
+			}
+			if !send(wire.Update{Version: last, Heartbeat: true}) {
+				return
+			}
+			_ = s.db.TouchNode(ctx, id, s.now())
+		case <-wake:
+			wake = s.hub.wait()
+			if s.revs.Load().revoked(id, c.serial) {
+				return
+			}
+			vs, err := s.db.Versions(ctx)
+			if err != nil {
+				s.log.Warn("watch: read versions", "err", err)
+				continue
+			}
+			if vs.Global <= last {
+				continue
+			}
+			u, any, err := s.buildUpdate(ctx, c, vs, last, false)
+			if err != nil {
+				s.log.Warn("watch: build update", "err", err)
+				continue
+			}
+			last = vs.Global
+			if any && !send(u) {
+				return
+			}
+		}
+	}
+}
+
+// maintain runs the server's periodic work until ctx ends: CA rotation
+// steps, server certificate renewal, noticing other replicas' changes, and
+// pruning expired records.
+func (s *Server) maintain(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PollInterval.Std())
+	defer t.Stop()
+	var lastPrune time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if changed, err := s.ca.Tick(ctx); err != nil {
+			s.log.Error("CA rotation step failed; will retry", "err", err)
+		} else if changed {
+			ev := audit.Event{Kind: audit.KindBundleChange, Actor: s.id.String(), Subject: s.td.Name(), Outcome: audit.Success}
+			if err := s.publishBundle(ctx, ev); err != nil {
+				s.log.Error("publish trust bundle", "err", err)
+			}
+		}
+		if c := s.cert.Load(); c == nil || s.now().After(c.renewAt) {
+			if err := s.renewServerCert(ctx); err != nil {
+				s.log.Error("renew server certificate; keeping the old one", "err", err)
+			}
+		}
+		if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
+			s.changed(ctx)
+		}
+		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
+			lastPrune = now
+			s.prune(ctx, now)
+		}
+	}
+}
+
+// prune drops records that can no longer matter.
+func (s *Server) prune(ctx context.Context, now time.Time) {
+	if _, err := s.db.PruneSVIDs(ctx, now.Add(-time.Hour)); err != nil {
+		s.log.Warn("prune issued certificates", "err", err)
+	}
+	if _, err := s.db.PruneJoinTokens(ctx, now.Add(-24*time.Hour)); err != nil {
+		s.log.Warn("prune join tokens", "err", err)
+	}
+	var n int64
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		n, err = s.db.PruneRevokedSerials(ctx, tx, now)
+		return err
+	})
+	if err != nil {
+		s.log.Warn("prune revoked serials", "err", err)
+	} else if n > 0 {
+		s.changed(ctx)
+	}
+	if err := s.metrics.refreshCounts(ctx); err != nil {
+		s.log.Warn("refresh gauges", "err", err)
+	}
+}
