@@ -55,7 +55,9 @@ func (s *Server) routes() {
 	m.Handle("GET "+PathAdminNodes, s.admin(s.listNodes))
 	// Anything else under /v1/admin/ still needs a credential before it
 	// learns that it does not exist.
-	m.Handle("/v1/admin/", s.admin(func(c *adminCall) { c.reply(http.StatusNotFound, errorBody("no such admin endpoint: "+c.r.Method+" "+c.r.URL.Path)) }))
+	m.Handle("/v1/admin/", s.admin(func(c *adminCall) {
+		c.reply(http.StatusNotFound, errorBody("no such admin endpoint: "+c.r.Method+" "+c.r.URL.Path))
+	}))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErrors(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})

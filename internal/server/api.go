@@ -89,7 +89,7 @@ type NodeStatus struct {
 	// EntriesVersion is the version of the last change this node must
 	// apply; InSync says it acknowledged at least that.
 	RequiredVersion uint64 `json:"required_version"`
-	InSync         bool   `json:"in_sync"`
+	InSync          bool   `json:"in_sync"`
 }
 
 // AuditPage is a page of audit records, newest first.
