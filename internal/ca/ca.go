@@ -35,6 +35,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -86,6 +87,10 @@ var (
 	// ErrNoAuthority means there is no authority able to sign right now
 	// (its certificate expired and Tick has not run to replace it).
 	ErrNoAuthority = errors.New("ca: no usable signing authority")
+	// ErrStateConflict is wrapped by StateSwapper.SwapCAState when another
+	// replica saved first; Tick and Rotate return it and the next Tick
+	// adopts the other replica's state.
+	ErrStateConflict = errors.New("ca: CA state was changed by another server")
 	// ErrTooManyAuthorities is returned by Rotate when the bundle already
 	// holds the maximum number of authorities of a kind.
 	ErrTooManyAuthorities = errors.New("ca: too many authorities in the bundle")
@@ -100,6 +105,18 @@ type StateStore interface {
 	LoadCAState(ctx context.Context) ([]byte, error)
 	// SaveCAState replaces the saved blob.
 	SaveCAState(ctx context.Context, sealed []byte) error
+}
+
+// StateSwapper is an optional StateStore capability (found by type
+// assertion) for several server replicas sharing one store. With it, a save
+// is a compare-and-swap, so two replicas ticking at once cannot overwrite
+// each other's rotation step; without it the last writer wins within the
+// short window between a Tick's load and its save.
+type StateSwapper interface {
+	// SwapCAState saves sealed only if the stored blob is still old (nil
+	// old: nothing is stored yet); otherwise it returns an error wrapping
+	// ErrStateConflict and changes nothing.
+	SwapCAState(ctx context.Context, old, sealed []byte) error
 }
 
 // Options configures a CA. Zero values take the documented defaults.
@@ -177,11 +194,31 @@ func Open(ctx context.Context, o Options) (*CA, error) {
 		c.parent = o.Upstream.fingerprint()
 	}
 
+	// Replicas starting together race to create or advance the state; the
+	// loser of a compare-and-swap starts over from what the winner saved.
+	for attempt := 0; ; attempt++ {
+		snap, err := c.load(ctx)
+		if errors.Is(err, ErrStateConflict) && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.cur.Store(snap)
+		return c, nil
+	}
+}
+
+// load reads the stored state (or starts a new one), applies what is due,
+// and saves the result if it changed.
+func (c *CA) load(ctx context.Context) (*snapshot, error) {
+	o := &c.o
 	sealed, err := o.State.LoadCAState(ctx)
 	var st *state
 	switch {
 	case errors.Is(err, ErrNoState):
 		st = &state{Version: stateVersion, TrustDomain: o.TrustDomain.Name()}
+		sealed = nil
 	case err != nil:
 		return nil, fmt.Errorf("ca: load CA state: %w", err)
 	default:
@@ -195,24 +232,23 @@ func Open(ctx context.Context, o Options) (*CA, error) {
 			return nil, err
 		}
 	}
-
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	next, _, err := c.advance(st, o.Now(), false)
 	if err != nil {
 		return nil, err
 	}
-	if next != st || sealed == nil {
-		if err := c.save(ctx, next); err != nil {
-			return nil, err
-		}
-	}
 	snap, err := c.buildSnapshot(next)
 	if err != nil {
 		return nil, err
 	}
-	c.cur.Store(snap)
-	return c, nil
+	snap.blob = sealed
+	if next != st || sealed == nil {
+		if snap.blob, err = c.save(ctx, next, sealed); err != nil {
+			return nil, err
+		}
+	}
+	return snap, nil
 }
 
 func (o *Options) normalize() error {
@@ -303,10 +339,15 @@ func (c *CA) Status() []Authority {
 
 // Tick applies the rotation schedule at the injected clock's now: prepares,
 // activates, retires and drops authorities as they come due (see the package
-// doc). The new state is sealed and saved before it takes effect; on error
-// nothing changes and the next Tick retries. changed reports whether the
-// trust bundle changed (the server then pushes Bundle() to every agent);
-// an activation alone does not change the bundle.
+// doc). It first adopts any newer state another server replica saved in
+// the shared store. Its own new state is sealed and saved before it takes
+// effect; when the save fails nothing of Tick's own changes, and the next
+// Tick retries.
+//
+// changed reports whether the trust bundle changed (the server then pushes
+// Bundle() to every agent); an activation alone does not change the bundle.
+// changed can be true together with an error, when the CA adopted another
+// replica's state and then failed its own step: push the bundle anyway.
 func (c *CA) Tick(ctx context.Context) (changed bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -327,40 +368,83 @@ func (c *CA) Rotate(ctx context.Context) error {
 	return err
 }
 
-// transition computes the next state, saves it and swaps the snapshot.
-// Callers hold c.mu.
+// transition adopts the stored state if another replica changed it, then
+// computes the next state, saves it and swaps the snapshot. Callers hold
+// c.mu.
 func (c *CA) transition(ctx context.Context, rotate bool) (bool, error) {
-	old := c.cur.Load()
-	next, bundleChanged, err := c.advance(old.st, c.o.Now(), rotate)
+	adopted, err := c.sync(ctx)
 	if err != nil {
 		return false, err
 	}
-	if next == old.st {
-		return false, nil
+	cur := c.cur.Load()
+	next, bundleChanged, err := c.advance(cur.st, c.o.Now(), rotate)
+	if err != nil {
+		return adopted, err
+	}
+	if next == cur.st {
+		return adopted, nil
 	}
 	snap, err := c.buildSnapshot(next)
 	if err != nil {
-		return false, err
+		return adopted, err
 	}
-	if err := c.save(ctx, next); err != nil {
-		return false, err
+	if snap.blob, err = c.save(ctx, next, cur.blob); err != nil {
+		return adopted, err
 	}
 	c.cur.Store(snap)
-	return bundleChanged, nil
+	return adopted || bundleChanged, nil
 }
 
-func (c *CA) save(ctx context.Context, st *state) error {
+// sync loads the stored state and, when it is not the one this CA last
+// loaded or saved, adopts it: another replica saved a rotation step. It
+// reports whether the bundle changed.
+func (c *CA) sync(ctx context.Context) (bool, error) {
+	blob, err := c.o.State.LoadCAState(ctx)
+	if err != nil {
+		return false, fmt.Errorf("ca: load CA state: %w", err)
+	}
+	cur := c.cur.Load()
+	if bytes.Equal(blob, cur.blob) {
+		return false, nil
+	}
+	plain, err := unseal(c.o.KEK, blob)
+	if err != nil {
+		return false, err
+	}
+	st, err := decodeState(plain, c.o.TrustDomain)
+	clear(plain)
+	if err != nil {
+		return false, err
+	}
+	snap, err := c.buildSnapshot(st)
+	if err != nil {
+		return false, err
+	}
+	snap.blob = blob
+	c.cur.Store(snap)
+	c.o.Logger.Info("ca: adopted the CA state saved by another server", "sequence", st.Sequence)
+	return st.Sequence != cur.st.Sequence || bundleKey(st) != bundleKey(cur.st), nil
+}
+
+// save seals st and stores it, as a compare-and-swap against old when the
+// store supports it. It returns the stored blob.
+func (c *CA) save(ctx context.Context, st *state, old []byte) ([]byte, error) {
 	plain, err := encodeState(st)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sealed, err := seal(c.o.KEK, plain)
 	clear(plain)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := c.o.State.SaveCAState(ctx, sealed); err != nil {
-		return fmt.Errorf("ca: save CA state: %w", err)
+	if sw, ok := c.o.State.(StateSwapper); ok {
+		err = sw.SwapCAState(ctx, old, sealed)
+	} else {
+		err = c.o.State.SaveCAState(ctx, sealed)
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("ca: save CA state: %w", err)
+	}
+	return sealed, nil
 }

@@ -259,6 +259,7 @@ func (c *CA) newAuthority(kind AuthorityKind, now, activateAt time.Time) (record
 // snapshot is an immutable view of one state, what signers read.
 type snapshot struct {
 	st     *state
+	blob   []byte      // the sealed bytes of st as stored
 	x509   *x509Signer // nil when no X.509 authority is active
 	jwt    *jwtSigner  // nil when no JWT authority is active
 	bundle *spiffebundle.Bundle
