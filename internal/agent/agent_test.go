@@ -401,3 +401,28 @@ func (s fakeSigner) SignX509(_ context.Context, reqs []wire.X509SVIDRequest) ([]
 func (s fakeSigner) SignJWT(context.Context, string, []string) (*wire.SignJWTResponse, error) {
 	return nil, errors.New("no")
 }
+
+func TestHalfLife(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	cert := func(nb, na time.Time) *x509.Certificate { return &x509.Certificate{NotBefore: nb, NotAfter: na} }
+	tests := []struct {
+		name     string
+		c        *x509.Certificate
+		received time.Time
+		want     time.Time
+	}{
+		{"unknown_receipt_uses_not_before", cert(t0, t0.Add(time.Hour)), time.Time{}, t0.Add(30 * time.Minute)},
+		{"received_at_not_before", cert(t0, t0.Add(time.Hour)), t0, t0.Add(30 * time.Minute)},
+		// A server that backdates NotBefore by 30s must not make a 20s SVID
+		// look past half life on arrival.
+		{"backdated_short_svid", cert(t0.Add(-30*time.Second), t0.Add(20*time.Second)), t0, t0.Add(10 * time.Second)},
+		{"received_before_not_before", cert(t0, t0.Add(time.Hour)), t0.Add(-time.Minute), t0.Add(30 * time.Minute)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := halfLife(tt.c, tt.received); !got.Equal(tt.want) {
+				t.Fatalf("halfLife = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}

@@ -414,7 +414,7 @@ func (c *Cache) store(batch []pending, svids []wire.X509SVID, b wire.Bundle) {
 			spiffeID: p.entry.SPIFFEID,
 			ttl:      p.entry.X509TTL,
 			notAfter: leaf.NotAfter,
-			rotateAt: halfLife(leaf),
+			rotateAt: halfLife(leaf, now),
 		}
 	}
 	c.publishLocked()

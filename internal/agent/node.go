@@ -129,6 +129,7 @@ type Node struct {
 	serverName string
 
 	svid   atomic.Pointer[x509svid.SVID]
+	svidAt atomic.Int64 // when svid was received, unix ns (0: loaded from disk)
 	client atomic.Pointer[http.Client]
 
 	mu         sync.Mutex
@@ -271,13 +272,18 @@ func (n *Node) Attest(ctx context.Context) error {
 	n.bundle = &resp.Bundle
 	n.setPoolLocked()
 	n.mu.Unlock()
-	n.setSVID(svid)
+	n.setSVID(svid, true)
 	n.persist()
 	n.log.Info("node attested", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
 	return nil
 }
 
-func (n *Node) setSVID(s *x509svid.SVID) {
+func (n *Node) setSVID(s *x509svid.SVID, fresh bool) {
+	var at int64
+	if fresh {
+		at = n.now().UnixNano()
+	}
+	n.svidAt.Store(at)
 	n.svid.Store(s)
 	if n.cfg.OnSVID != nil {
 		n.cfg.OnSVID(s)
@@ -317,16 +323,28 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// halfLife is when a certificate should be replaced.
-func halfLife(c *x509.Certificate) time.Time {
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+// halfLife is when a certificate should be replaced: halfway through the
+// part of its life the node actually holds it. Servers backdate NotBefore
+// to absorb clock skew; measured from NotBefore alone, a short-lived SVID
+// would be past half life on arrival and rotate only when it expires.
+// received is when the node got it (zero: unknown, use NotBefore).
+func halfLife(c *x509.Certificate, received time.Time) time.Time {
+	start := c.NotBefore
+	if received.After(start) {
+		start = received
+	}
+	return start.Add(c.NotAfter.Sub(start) / 2)
 }
 
 func (n *Node) renewLoop(ctx context.Context) {
 	attempt := 0
 	for {
 		svid := n.svid.Load()
-		wait := halfLife(svid.Certificates[0]).Sub(n.now())
+		var received time.Time
+		if at := n.svidAt.Load(); at != 0 {
+			received = time.Unix(0, at)
+		}
+		wait := halfLife(svid.Certificates[0], received).Sub(n.now())
 		if attempt > 0 {
 			// Retry sooner than half life, but never past expiry.
 			wait = min(n.backoff(attempt-1), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
@@ -372,7 +390,7 @@ func (n *Node) Renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: renew: %w", err)
 	}
-	n.setSVID(svid)
+	n.setSVID(svid, true)
 	n.persist()
 	n.log.Info("node SVID renewed", "expires_at", svid.Certificates[0].NotAfter)
 	return nil
@@ -865,7 +883,7 @@ func (n *Node) loadPersisted() error {
 	n.bundle = &b
 	n.setPoolLocked()
 	n.mu.Unlock()
-	n.setSVID(checked)
+	n.setSVID(checked, false)
 	n.log.Info("loaded node SVID from the data directory", "spiffe_id", checked.ID.String(), "expires_at", checked.Certificates[0].NotAfter)
 	return nil
 }
