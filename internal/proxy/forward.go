@@ -188,9 +188,12 @@ func (f *forwarder) upgrade(w http.ResponseWriter, r *http.Request, resp *http.R
 	defer done()
 	defer conn.Close()
 	resp.Header.Del("Keep-Alive")
-	if err := resp.Write(brw); err != nil { // status line and headers only: Body is the stream
+	// Status line and headers only: the body is the upgraded stream.
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	if err := resp.Header.Write(brw); err != nil {
 		return
 	}
+	brw.WriteString("\r\n")
 	if err := brw.Flush(); err != nil {
 		return
 	}
