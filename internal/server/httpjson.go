@@ -47,6 +47,10 @@ func decodeJSON(r *http.Request, limit int64, v any) error {
 		return badf("Content-Type must be application/json, not %q", ct)
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return badf("body larger than %d bytes", tooLarge.Limit)
+	}
 	if err != nil {
 		return badf("read body: %v", err)
 	}
