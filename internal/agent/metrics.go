@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		}, []string{"kind"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "moatless_agent_watch_reconnects_total",
-			Help: "Times the watch stream to the server was re-established after it broke.",
+			Help: "Attempts to re-establish the watch stream to the server after it broke.",
 		}),
 	}
 	for _, k := range []string{"x509", "jwt"} {
