@@ -299,7 +299,11 @@ func readFile(t *testing.T, p string) string {
 func TestReplicasSharePostgres(t *testing.T) {
 	dsn := storetest.PostgresDSN(t)
 	kek := filepath.Join(t.TempDir(), "kek")
-	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek; c.PollInterval = wire.Duration(50 * time.Millisecond) }
+	opt := func(c *config.Server) {
+		c.Store = dsn
+		c.KEKFile = kek
+		c.PollInterval = wire.Duration(50 * time.Millisecond)
+	}
 	a := start(t, "", opt)
 	bDir := t.TempDir()
 	// Replica b reads the admin token hash from the store; it writes no
