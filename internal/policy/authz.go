@@ -105,12 +105,13 @@ type reqPrincipalPat struct {
 
 type serviceAccount struct{ ns, name string }
 
-// labelSelector is matchLabels; nil or empty selects every workload.
-type labelSelector map[string]string
+// labelSelector is matchLabels as sorted pairs (a slice is cheaper to walk
+// than a map); nil or empty selects every workload.
+type labelSelector []labelPair
 
 func (s labelSelector) matches(labels map[string]string) bool {
-	for k, v := range s {
-		if lv, ok := labels[k]; !ok || lv != v {
+	for _, p := range s {
+		if lv, ok := labels[p.k]; !ok || lv != p.v {
 			return false
 		}
 	}
@@ -135,7 +136,7 @@ func validateSelector(sel *typev1beta1.WorkloadSelector, p fieldPath) (labelSele
 	if len(sel.GetMatchLabels()) > maxSelectorLabel {
 		return nil, nil, errAt(p, "more than %d labels", maxSelectorLabel)
 	}
-	out := make(labelSelector, len(sel.GetMatchLabels()))
+	out := make(labelSelector, 0, len(sel.GetMatchLabels()))
 	for _, k := range sortedKeys(sel.GetMatchLabels()) {
 		v := sel.GetMatchLabels()[k]
 		switch {
@@ -146,7 +147,7 @@ func validateSelector(sel *typev1beta1.WorkloadSelector, p fieldPath) (labelSele
 		case len(v) > 63:
 			return nil, nil, errAt(p.key(k), "label value longer than 63 characters")
 		}
-		out[k] = v
+		out = append(out, labelPair{k, v})
 	}
 	return out, nil, nil
 }

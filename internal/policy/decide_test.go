@@ -790,3 +790,45 @@ func TestNilSetDeniesEverything(t *testing.T) {
 		t.Errorf("MTLSMode on nil set = %v", m)
 	}
 }
+
+func TestExplain(t *testing.T) {
+	s := mustSet(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-orders, namespace: prod}
+spec:
+  selector: {matchLabels: {app: payments}}
+  rules:
+  - from: [{source: {principals: ["td/ns/prod/sa/orders"]}}]
+    to: [{operation: {methods: [POST], paths: ["/api/v1/payments/*"]}}]
+  - from: [{source: {namespaces: ["ops"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-app, namespace: prod}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{}]
+`, Options{})
+	r := newReq(dst("prod", "app", "payments"), from("td/ns/prod/sa/orders"), method("GET"), path("/api/v1/payments/42"))
+	e := s.Explain(r, nil)
+	if e.Decision != s.Decide(r) {
+		t.Fatalf("Explain decision %+v differs from Decide %+v", e.Decision, s.Decide(r))
+	}
+	if len(e.Policies) != 1 || e.Policies[0].Policy != "prod/allow-orders" || e.Policies[0].Matched != -1 {
+		t.Fatalf("policies = %+v", e.Policies)
+	}
+	rules := e.Policies[0].Rules
+	if want := `to: spec.rules[0].to[0].operation.methods: method "GET" matches none of the values`; !strings.HasSuffix(rules[0].Why, want) {
+		t.Errorf("rule 0: %q, want suffix %q", rules[0].Why, want)
+	}
+	if want := `from: spec.rules[1].from[0].source.namespaces: source namespace "prod" matches none of the values`; !strings.HasSuffix(rules[1].Why, want) {
+		t.Errorf("rule 1: %q, want suffix %q", rules[1].Why, want)
+	}
+	if len(e.Skipped) != 1 || !strings.Contains(e.Skipped[0], "prod/other-app (selector app=web") {
+		t.Errorf("skipped = %v", e.Skipped)
+	}
+	if e.Token != "none" || e.MTLSMode != ModePermissive {
+		t.Errorf("token %q mode %v", e.Token, e.MTLSMode)
+	}
+}

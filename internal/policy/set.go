@@ -76,8 +76,7 @@ func (x *authzIndex) add(c *compiledAuthz) {
 	}
 	var best labelPair
 	bestN := -1
-	for _, k := range sortedKeys(c.selector) {
-		lp := labelPair{k, c.selector[k]}
+	for _, lp := range c.selector {
 		if n := len(x.byLabel[lp]); bestN < 0 || n < bestN {
 			best, bestN = lp, n
 		}
