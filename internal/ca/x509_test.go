@@ -260,6 +260,7 @@ func TestCSRRefused(t *testing.T) {
 		{"p224_key", csrFor(t, p224, nil), "curve P-224 not accepted"},
 		{"rsa_1024_key", rsa1024, "RSA key of 1024 bits"},
 		{"certificate_not_csr", e.ca.Bundle().X509Authorities()[0].Raw, ""},
+		{"sha1_signature", csrFor(t, newP256(t), &x509.CertificateRequest{SignatureAlgorithm: x509.ECDSAWithSHA1}), "signature algorithm ECDSA-SHA1 not accepted"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
