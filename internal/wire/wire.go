@@ -237,3 +237,39 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Std returns d as a time.Duration.
 func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// PathAudit: AuditReport → 204. mTLS. A data-plane process (a sidecar or
+// a gateway acting as its own agent) reports security decisions for the
+// audit log: every deny and every request an AUDIT policy matched. The
+// server records the caller's SPIFFE ID (from its client certificate) as
+// the reporter; nothing in the body can claim another reporter. At most
+// MaxAuditEvents per report; the body is bounded by MaxBodySize.
+const PathAudit = "/v1/agent/audit"
+
+// MaxAuditEvents bounds the events of one AuditReport.
+const MaxAuditEvents = 500
+
+// AuditReport is a batch of decisions reported by a data-plane process.
+type AuditReport struct {
+	Events []AuditEvent `json:"events"`
+}
+
+// AuditEvent is one decision, as the sidecar's decision log writes it. Path
+// never carries the query string (tokens may travel there).
+type AuditEvent struct {
+	Time          time.Time `json:"time"`
+	Listener      string    `json:"listener"`
+	Source        string    `json:"source"` // caller SPIFFE ID, "" for plaintext
+	SourceIP      string    `json:"source_ip"`
+	Destination   string    `json:"destination"` // "namespace:port"
+	Protocol      string    `json:"protocol"`    // http, http2, tcp
+	Method        string    `json:"method,omitempty"`
+	Path          string    `json:"path,omitempty"`
+	Decision      string    `json:"decision"` // allow, deny, unauthenticated
+	Policy        string    `json:"policy,omitempty"`
+	Rule          int       `json:"rule"`
+	Reason        string    `json:"reason"`
+	ReasonCode    string    `json:"reason_code"`
+	PolicyVersion uint64    `json:"policy_version"`
+	AuditPolicy   string    `json:"audit_policy,omitempty"`
+}
