@@ -215,8 +215,9 @@ func (h *harness) enrollTOTP(name string) (string, []string) {
 	if len(done.RecoveryCodes) != token.RecoveryCodes {
 		h.t.Fatalf("recovery codes: %v", done.RecoveryCodes)
 	}
-	// The confirming code's step is used; move to the next step.
-	h.clock.Advance(30 * time.Second)
+	// The confirming code's step is used; move two steps on so that
+	// codes one step behind are fresh too.
+	h.clock.Advance(60 * time.Second)
 	return enr.Secret, done.RecoveryCodes
 }
 

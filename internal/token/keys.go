@@ -248,8 +248,16 @@ func (s *Service) rotateKeys(ctx context.Context) error {
 			active = stored[len(stored)-1]
 		}
 	}
-	if next == nil && !now.Before(active.RetireAt.Add(-s.cfg.KeyPublishAhead)) {
+	switch {
+	case next == nil && !now.Before(active.RetireAt.Add(-s.cfg.KeyPublishAhead)):
 		if err := add(active.RetireAt, "scheduled rotation"); err != nil {
+			return err
+		}
+	case next == nil && active.Alg != s.cfg.SigningAlg:
+		// The configured algorithm changed: publish a key of the new
+		// one ahead; it signs from then on, and the old key stays
+		// published for its tokens.
+		if err := add(now.Add(s.cfg.KeyPublishAhead), "signing algorithm changed"); err != nil {
 			return err
 		}
 	}
