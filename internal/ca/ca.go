@@ -27,6 +27,13 @@
 // sealed and saved through the StateStore before it takes effect: a failed
 // save leaves the CA exactly as it was.
 //
+// # Replicas
+//
+// Several server replicas may share one StateStore (and KEK). Tick and
+// Rotate first adopt a state another replica saved, so each step is taken
+// once and all replicas sign with the same active authorities; a store that
+// implements StateSwapper makes every save a compare-and-swap.
+//
 // # Concurrency
 //
 // All methods are safe for concurrent use. Signing reads the active

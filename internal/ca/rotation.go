@@ -132,6 +132,9 @@ func (c *CA) advanceKind(kind AuthorityKind, in []record, now time.Time, rotate 
 		switch {
 		case a < 0:
 			activateAt = now // nothing can sign: no choice but at once
+			if len(in) > 0 {
+				log.Warn("ca: no valid authority left (was the server down longer than its life?); activating a new one at once: peers accept its SVIDs only once they have the new bundle", "kind", kind)
+			}
 		case rotate:
 			if len(out) >= maxAuthorities {
 				return nil, false, fmt.Errorf("%w: %d %s authorities; retired ones are dropped at their NotAfter", ErrTooManyAuthorities, len(out), kind)
