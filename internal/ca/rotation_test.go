@@ -397,8 +397,11 @@ func TestOutageLongerThanCALife(t *testing.T) {
 	if _, _, err := e.ca.SignJWTSVID(testID, []string{"a"}, 0); !errors.Is(err, ErrNoAuthority) {
 		t.Errorf("JWT sign with an expired authority: %v, want ErrNoAuthority", err)
 	}
-	// A restart (Open) catches up by itself.
+	// A restart (Open) catches up by itself, and says what happened.
 	re := e.reopen(t)
+	if !strings.Contains(e.logs.String(), "no valid authority left") {
+		t.Errorf("no warning logged for an activation without publication")
+	}
 	v := re.Status()
 	if len(v) != 2 || v[0].State != StateActive || v[1].State != StateActive || v[0].ID == oldX || v[1].ID == oldJ {
 		t.Fatalf("after outage: %+v", v)
