@@ -18,6 +18,9 @@ import (
 
 // runAgent runs the node agent until interrupted.
 func runAgent(ctx context.Context, e *Env, args []string) int {
+	if len(args) > 0 && args[0] == "list" { // admin view of attested agents: agent_admin.go
+		return runAgentList(ctx, e, args[1:])
+	}
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	file := fs.String("config", "", "agent config `file` (YAML or JSON); flags override it")
 	vals := map[string]*string{}

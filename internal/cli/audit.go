@@ -1,8 +1,138 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
 
-// runAudit is a placeholder until the audit command lands.
-func runAudit(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "audit: not implemented yet")
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+)
+
+// runAudit is "moatless audit verify|list".
+func runAudit(ctx context.Context, e *Env, args []string) int {
+	return e.subcommand(ctx, "audit", []command{
+		{"verify", "check the audit log's hash chain in the store; name the first record that does not fit", runAuditVerify},
+		{"list", "show audit records, newest first", runAuditList},
+	}, args)
+}
+
+func runAuditVerify(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "", "server data `directory` whose SQLite store to read (default $MOATLESS_DATA_DIR, else ~/.local/share/moatless)")
+	dsn := fs.String("store", "", "store `DSN` (postgres://... or a SQLite path) instead of --data-dir")
+	expect := fs.String("expect-head", "", "a head printed by an earlier verify (`SEQ:HASH`): catches a chain rewritten since")
+	output := fs.String("o", "text", "output format: text or json")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless audit verify [--data-dir DIR | --store DSN] [--expect-head SEQ:HASH] [-o json]")
+		fmt.Fprintln(fs.Output(), "\nReads the store directly (no server needed). Exit 0: the chain verifies; 1: it does not, or the store cannot be read.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *output != "text" && *output != "json" {
+		return e.errorf(ExitUsage, "audit verify: -o must be text or json")
+	}
+	if *dataDir != "" && *dsn != "" {
+		return e.errorf(ExitUsage, "audit verify: give --data-dir or --store, not both")
+	}
+	src := *dsn
+	if src == "" {
+		dir := *dataDir
+		if dir == "" {
+			dir = config.DefaultDataDir(e.getenv)
+		}
+		src = filepath.Join(dir, "moatless.db")
+		if !fileExists(src) {
+			return e.errorf(ExitUsage, "audit verify: no store at %s (set --data-dir or --store)", src)
+		}
+	}
+	var opts audit.VerifyOptions
+	if *expect != "" {
+		h, err := audit.ParseHead(*expect)
+		if err != nil {
+			return e.errorf(ExitUsage, "audit verify: --expect-head: %v", err)
+		}
+		opts.ExpectHead = &h
+	}
+	db, err := store.Open(ctx, src)
+	if err != nil {
+		return e.errorf(ExitFailure, "audit verify: %v", err)
+	}
+	defer db.Close()
+	res, err := audit.Verify(ctx, db, opts)
+	var ve *audit.VerifyError
+	if errors.As(err, &ve) {
+		if *output == "json" {
+			e.printJSON(map[string]any{"ok": false, "records_checked": res.Records, "first_bad_record": ve.Seq, "reason": ve.Reason})
+			return ExitFailure
+		}
+		return e.errorf(ExitFailure, "audit log does NOT verify: record %d: %s (%d records before it are intact)", ve.Seq, ve.Reason, res.Records)
+	}
+	if err != nil {
+		return e.errorf(ExitFailure, "audit verify: %v", err)
+	}
+	if *output == "json" {
+		return e.printJSON(map[string]any{"ok": true, "records_checked": res.Records, "head": res.Head.String()})
+	}
+	fmt.Fprintf(e.Stdout, "audit log verifies: %d records, head %s\n", res.Records, res.Head)
+	return ExitOK
+}
+
+func runAuditList(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("audit list", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	limit := fs.Int("limit", 50, "how many records (1-1000)")
+	before := fs.Uint64("before", 0, "only records older than this sequence `number` (paging)")
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *limit < 1 || *limit > 1000 {
+		return e.errorf(ExitUsage, "audit list: --limit must be 1 to 1000")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "audit list: %v", err)
+	}
+	path := server.PathAdminAudit + "?limit=" + strconv.Itoa(*limit)
+	if *before > 0 {
+		path += "&before=" + strconv.FormatUint(*before, 10)
+	}
+	var page server.AuditPage
+	if err := c.do(ctx, "GET", path, nil, &page); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(page)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tOUTCOME\tACTOR\tSUBJECT\tDETAILS")
+	for _, r := range page.Records {
+		keys := make([]string, 0, len(r.Details))
+		for k := range r.Details {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var d []string
+		for _, k := range keys {
+			d = append(d, k+"="+r.Details[k])
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Kind, r.Outcome, r.Actor, r.Subject, strings.Join(d, " "))
+	}
+	tw.Flush()
+	if page.Next > 0 {
+		fmt.Fprintf(e.Stdout, "(older: moatless audit list --before %d)\n", page.Next)
+	}
+	return ExitOK
 }

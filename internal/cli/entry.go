@@ -1,8 +1,248 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
 
-// runEntry is a placeholder until the entry command lands.
-func runEntry(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "entry: not implemented yet")
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// runEntry is "moatless entry create|list|show|delete".
+func runEntry(ctx context.Context, e *Env, args []string) int {
+	return e.subcommand(ctx, "entry", []command{
+		{"create", "register a workload: SPIFFE ID, parent agent, selectors", runEntryCreate},
+		{"list", "list registration entries", runEntryList},
+		{"show", "show one entry by id", runEntryShow},
+		{"delete", "delete one entry by id", runEntryDelete},
+	}, args)
+}
+
+// positional takes a leading non-flag argument (an id) off args, so both
+// "show ID -o json" and "show -o json ID" work.
+func positional(args []string) (string, []string) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:]
+	}
+	if n := len(args); n > 0 && !strings.HasPrefix(args[n-1], "-") {
+		// "-o json ID": the last word is the id unless it is a flag's value.
+		if n < 2 || !flagTakesValue(args[n-2]) {
+			return args[n-1], args[:n-1]
+		}
+	}
+	return "", args
+}
+
+// flagTakesValue reports whether a "-flag" word expects the next word as
+// its value (the admin flags and -o do; boolean flags do not).
+func flagTakesValue(w string) bool {
+	if strings.Contains(w, "=") {
+		return false
+	}
+	switch strings.TrimLeft(w, "-") {
+	case "all", "h", "help":
+		return false
+	}
+	return strings.HasPrefix(w, "-")
+}
+
+func pathEscape(s string) string { return url.PathEscape(s) }
+
+func runEntryCreate(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("entry create", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	parent := fs.String("parent", "", "SPIFFE `ID` of the agent that may serve this identity (required)")
+	id := fs.String("spiffe-id", "", "SPIFFE `ID` the workload gets (required)")
+	var sels, labels stringList
+	fs.Var(&sels, "selector", "`TYPE:KIND:VALUE` a workload must show, e.g. unix:uid:1000 (repeatable; all must match)")
+	fs.Var(&labels, "label", "`key=value` label policies can select on (repeatable)")
+	ns := fs.String("namespace", "", "`namespace` of the workload (a DNS label)")
+	x509TTL := fs.Duration("x509-ttl", 0, "X509-SVID lifetime (default: the server's, 1h)")
+	jwtTTL := fs.Duration("jwt-ttl", 0, "JWT-SVID lifetime (default: the server's, 5m)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless entry create --parent ID --spiffe-id ID --selector unix:uid:1000 [--selector ...]")
+		fmt.Fprintln(fs.Output(), "         [--namespace NS] [--label k=v ...] [--x509-ttl D] [--jwt-ttl D] [-o json]")
+		fmt.Fprintf(fs.Output(), "\nSelector kinds: unix:%s\n\n", strings.Join(server.SelectorKinds, ", unix:"))
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	req := server.EntryRequest{SPIFFEID: *id, ParentID: *parent, Namespace: *ns, X509TTL: wire.Duration(*x509TTL), JWTTTL: wire.Duration(*jwtTTL)}
+	switch {
+	case *id == "":
+		return e.errorf(ExitUsage, "entry create: --spiffe-id is required")
+	case *parent == "":
+		return e.errorf(ExitUsage, "entry create: --parent is required (the agent's SPIFFE ID)")
+	case len(sels) == 0:
+		return e.errorf(ExitUsage, "entry create: at least one --selector is required, e.g. --selector unix:uid:1000")
+	}
+	for _, s := range sels {
+		sel, err := server.ParseSelector(s)
+		if err != nil {
+			return e.errorf(ExitUsage, "entry create: --selector %v", err)
+		}
+		req.Selectors = append(req.Selectors, sel)
+	}
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return e.errorf(ExitUsage, "entry create: --label %q: want key=value", l)
+		}
+		if req.Labels == nil {
+			req.Labels = map[string]string{}
+		}
+		if _, dup := req.Labels[k]; dup {
+			return e.errorf(ExitUsage, "entry create: --label %q given twice", k)
+		}
+		req.Labels[k] = v
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "entry create: %v", err)
+	}
+	var out wire.Entry
+	if err := c.do(ctx, "POST", server.PathAdminEntries, req, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	printEntry(e.Stdout, out)
+	return ExitOK
+}
+
+func printEntry(w io.Writer, en wire.Entry) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Entry ID\t%s\n", en.ID)
+	fmt.Fprintf(tw, "SPIFFE ID\t%s\n", en.SPIFFEID)
+	fmt.Fprintf(tw, "Parent ID\t%s\n", en.ParentID)
+	for i, s := range en.Selectors {
+		label := ""
+		if i == 0 {
+			label = "Selectors"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, s.String())
+	}
+	ttl := func(d wire.Duration) string {
+		if d == 0 {
+			return "server default"
+		}
+		return d.Std().String()
+	}
+	fmt.Fprintf(tw, "X509-SVID TTL\t%s\n", ttl(en.X509TTL))
+	fmt.Fprintf(tw, "JWT-SVID TTL\t%s\n", ttl(en.JWTTTL))
+	if en.Namespace != "" {
+		fmt.Fprintf(tw, "Namespace\t%s\n", en.Namespace)
+	}
+	keys := make([]string, 0, len(en.Labels))
+	for k := range en.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		label := ""
+		if i == 0 {
+			label = "Labels"
+		}
+		fmt.Fprintf(tw, "%s\t%s=%s\n", label, k, en.Labels[k])
+	}
+	fmt.Fprintf(tw, "Revision\t%d\n", en.Revision)
+	fmt.Fprintf(tw, "Created\t%s\n", en.CreatedAt.Local().Format(time.RFC3339))
+	tw.Flush()
+}
+
+func runEntryList(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("entry list", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	id := fs.String("spiffe-id", "", "only entries with this SPIFFE `ID`")
+	parent := fs.String("parent", "", "only entries of this parent `ID`")
+	ns := fs.String("namespace", "", "only entries in this `namespace`")
+	sel := fs.String("selector", "", "only entries with this `selector`")
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"spiffe_id": *id, "parent_id": *parent, "namespace": *ns, "selector": *sel} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	path := server.PathAdminEntries
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "entry list: %v", err)
+	}
+	var out []wire.Entry
+	if err := c.do(ctx, "GET", path, nil, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT\tSELECTORS\tNAMESPACE")
+	for _, en := range out {
+		s := make([]string, len(en.Selectors))
+		for i, x := range en.Selectors {
+			s[i] = x.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.ID, en.SPIFFEID, en.ParentID, strings.Join(s, ","), en.Namespace)
+	}
+	tw.Flush()
+	return ExitOK
+}
+
+func runEntryShow(ctx context.Context, e *Env, args []string) int {
+	return entryByID(ctx, e, "show", "GET", args)
+}
+
+func runEntryDelete(ctx context.Context, e *Env, args []string) int {
+	return entryByID(ctx, e, "delete", "DELETE", args)
+}
+
+func entryByID(ctx context.Context, e *Env, verb, method string, args []string) int {
+	id, rest := positional(args)
+	fs := flag.NewFlagSet("entry "+verb, flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: moatless entry %s ID [-o json]\n", verb)
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, rest); !ok {
+		return code
+	}
+	if id == "" {
+		return e.errorf(ExitUsage, "entry %s: the entry id is required (see \"moatless entry list\")", verb)
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "entry %s: %v", verb, err)
+	}
+	var out wire.Entry
+	if err := c.do(ctx, method, server.PathAdminEntries+"/"+pathEscape(id), nil, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	if verb == "delete" {
+		fmt.Fprintf(e.Stdout, "deleted entry %s (%s)\n", out.ID, out.SPIFFEID)
+		return ExitOK
+	}
+	printEntry(e.Stdout, out)
+	return ExitOK
 }

@@ -1,8 +1,120 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+	"time"
 
-// runJoinToken is a placeholder until the jointoken command lands.
-func runJoinToken(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "jointoken: not implemented yet")
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// runJoinToken is "moatless jointoken create|list|delete".
+func runJoinToken(ctx context.Context, e *Env, args []string) int {
+	return e.subcommand(ctx, "jointoken", []command{
+		{"create", "create a single-use join token bound to one agent SPIFFE ID", runJoinTokenCreate},
+		{"list", "list unused join tokens (--all: also used and expired ones)", runJoinTokenList},
+		{"delete", "delete a join token by id", runJoinTokenDelete},
+	}, args)
+}
+
+func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("jointoken create", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	id := fs.String("spiffe-id", "", "SPIFFE `ID` the agent will have, e.g. spiffe://moatless.local/agent/node1 (required)")
+	ttl := fs.Duration("ttl", 0, "how long the token stays usable (default: the server's, 15m)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless jointoken create --spiffe-id ID [--ttl D] [-o json]")
+		fmt.Fprintln(fs.Output(), "\nPrints the token alone (more with -o json). The server keeps only its hash: it is shown once.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *id == "" {
+		return e.errorf(ExitUsage, "jointoken create: --spiffe-id is required")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "jointoken create: %v", err)
+	}
+	var out server.JoinTokenResponse
+	if err := c.do(ctx, "POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: *id, TTL: wire.Duration(*ttl)}, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	fmt.Fprintln(e.Stdout, out.Token)
+	return ExitOK
+}
+
+func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("jointoken list", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	all := fs.Bool("all", false, "include used and expired tokens")
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "jointoken list: %v", err)
+	}
+	path := server.PathAdminJoinTokens
+	if *all {
+		path += "?all=true"
+	}
+	var out []store.JoinToken
+	if err := c.do(ctx, "GET", path, nil, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSPIFFE ID\tEXPIRES\tUSED")
+	for _, t := range out {
+		used := "-"
+		if !t.UsedAt.IsZero() {
+			used = t.UsedAt.Local().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.SPIFFEID, t.ExpiresAt.Local().Format(time.RFC3339), used)
+	}
+	tw.Flush()
+	return ExitOK
+}
+
+func runJoinTokenDelete(ctx context.Context, e *Env, args []string) int {
+	id, rest := positional(args)
+	fs := flag.NewFlagSet("jointoken delete", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless jointoken delete ID")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, rest); !ok {
+		return code
+	}
+	if id == "" {
+		return e.errorf(ExitUsage, "jointoken delete: the token id is required (see \"moatless jointoken list\")")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "jointoken delete: %v", err)
+	}
+	var out store.JoinToken
+	if err := c.do(ctx, "DELETE", server.PathAdminJoinTokens+"/"+pathEscape(id), nil, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	fmt.Fprintf(e.Stdout, "deleted join token %s (%s)\n", out.ID, out.SPIFFEID)
+	return ExitOK
 }

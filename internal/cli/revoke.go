@@ -1,8 +1,117 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/url"
+	"text/tabwriter"
+	"time"
 
-// runRevoke is a placeholder until the revoke command lands.
-func runRevoke(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "revoke: not implemented yet")
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+)
+
+// runRevoke is "moatless revoke --spiffe-id ID | --serial S", plus
+// "revoke list" and "revoke lift --spiffe-id ID".
+func runRevoke(ctx context.Context, e *Env, args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "list":
+			return runRevokeList(ctx, e, args[1:])
+		case "lift":
+			return runRevokeLift(ctx, e, args[1:])
+		}
+	}
+	fs := flag.NewFlagSet("revoke", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	id := fs.String("spiffe-id", "", "revoke this SPIFFE `ID`: no SVID for it is served or accepted any more")
+	serial := fs.String("serial", "", "revoke one certificate by `serial` (hex, as the server reports it)")
+	reason := fs.String("reason", "", "why (goes to the audit log)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless revoke --spiffe-id ID | --serial SERIAL [--reason TEXT] [-o json]")
+		fmt.Fprintln(fs.Output(), "       moatless revoke list [-o json]")
+		fmt.Fprintln(fs.Output(), "       moatless revoke lift --spiffe-id ID")
+		fmt.Fprintln(fs.Output(), "\nA revocation reaches every connected agent on its watch stream at once.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if (*id == "") == (*serial == "") {
+		return e.errorf(ExitUsage, "revoke: give exactly one of --spiffe-id and --serial")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "revoke: %v", err)
+	}
+	var out map[string]any
+	if err := c.do(ctx, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: *id, Serial: *serial, Reason: *reason}, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	if *id != "" {
+		fmt.Fprintf(e.Stdout, "revoked %s\n", *id)
+	} else {
+		fmt.Fprintf(e.Stdout, "revoked certificate %s of %v (until it expires at %v)\n", out["serial"], out["spiffe_id"], out["expires_at"])
+	}
+	return ExitOK
+}
+
+func runRevokeList(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("revoke list", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "revoke list: %v", err)
+	}
+	var out store.RevocationList
+	if err := c.do(ctx, "GET", server.PathAdminRevocations, nil, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIND\tSUBJECT\tSPIFFE ID\tUNTIL\tREVOKED BY\tREASON")
+	for _, r := range out.IDs {
+		fmt.Fprintf(tw, "spiffe-id\t%s\t%s\t-\t%s\t%s\n", r.SPIFFEID, r.SPIFFEID, r.RevokedBy, r.Reason)
+	}
+	for _, r := range out.Serials {
+		fmt.Fprintf(tw, "serial\t%s\t%s\t%s\t%s\t%s\n", r.Serial, r.SPIFFEID, r.ExpiresAt.Local().Format(time.RFC3339), r.RevokedBy, r.Reason)
+	}
+	tw.Flush()
+	return ExitOK
+}
+
+func runRevokeLift(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("revoke lift", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	id := fs.String("spiffe-id", "", "SPIFFE `ID` whose revocation to lift (required)")
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *id == "" {
+		return e.errorf(ExitUsage, "revoke lift: --spiffe-id is required")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "revoke lift: %v", err)
+	}
+	if err := c.do(ctx, "DELETE", server.PathAdminRevocations+"?"+url.Values{"spiffe_id": {*id}}.Encode(), nil, nil); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(map[string]string{"lifted": *id})
+	}
+	fmt.Fprintf(e.Stdout, "lifted the revocation of %s\n", *id)
+	return ExitOK
 }

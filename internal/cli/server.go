@@ -1,8 +1,102 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
 
-// runServer is a placeholder until the server command lands.
-func runServer(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "server: not implemented yet")
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// runServer runs the control plane until interrupted.
+func runServer(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	file := fs.String("config", "", "server config `file` (YAML or JSON); flags override it")
+	dataDir := fs.String("data-dir", "", "data `directory` (default $MOATLESS_DATA_DIR, else ~/.local/share/moatless)")
+	td := fs.String("trust-domain", "", "SPIFFE trust `domain` (default "+config.DefaultTrustDomain+")")
+	listen := fs.String("listen", "", "TLS listen `host:port` for the agent API, admin API, health and metrics (default "+config.DefaultListen+")")
+	dsn := fs.String("store", "", "store `DSN`: postgres://... or a SQLite path (default DATA_DIR/moatless.db)")
+	kek := fs.String("kek-file", "", "key-encryption key `file` sealing the CA keys (default DATA_DIR/kek, created on first start)")
+	var adminIDs, names stringList
+	fs.Var(&adminIDs, "admin-id", "SPIFFE `ID` whose client certificate may use the admin API (repeatable; default spiffe://TD/moatless/admin)")
+	fs.Var(&names, "server-name", "extra DNS `name` or IP for the server certificate (repeatable)")
+	upCert := fs.String("upstream-cert", "", "upstream CA certificate `file` (PEM) that signs our CA")
+	upKey := fs.String("upstream-key", "", "upstream CA key `file` (PEM)")
+	upBundle := fs.String("upstream-bundle", "", "upstream root certificates `file` (PEM)")
+	x509TTL := fs.Duration("x509-svid-ttl", 0, "default X509-SVID lifetime (default 1h)")
+	jwtTTL := fs.Duration("jwt-svid-ttl", 0, "default JWT-SVID lifetime (default 5m)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	reset := fs.Bool("reset-admin-token", false, "replace the admin token with a new one in DATA_DIR/admin-token (the old one stops working)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless server [--data-dir DIR] [--trust-domain TD] [--listen HOST:PORT] [flags]")
+		fmt.Fprintln(fs.Output(), "\nRuns the control plane: CA, registry, admin API and the agent API on one TLS port.")
+		fmt.Fprintln(fs.Output(), "On first start it writes DATA_DIR/admin-token (0600), DATA_DIR/kek (0600) and DATA_DIR/bundle.pem.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	// The file is decoded over the defaults without deriving anything, so
+	// that --data-dir also moves the store and KEK the file did not name.
+	cfg := config.DefaultServer(e.getenv)
+	if *file != "" {
+		if err := config.DecodeFile(*file, &cfg); err != nil {
+			return e.errorf(ExitUsage, "server: %v", err)
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["data-dir"] {
+		cfg.DataDir = *dataDir
+	}
+	if set["trust-domain"] {
+		cfg.TrustDomain = *td
+	}
+	if set["listen"] {
+		cfg.Listen = *listen
+	}
+	if set["store"] {
+		cfg.Store = *dsn
+	}
+	if set["kek-file"] {
+		cfg.KEKFile = *kek
+	}
+	if len(adminIDs) > 0 {
+		cfg.AdminIDs = adminIDs
+	}
+	if len(names) > 0 {
+		cfg.ServerNames = append(cfg.ServerNames, names...)
+	}
+	if *upCert != "" || *upKey != "" || *upBundle != "" {
+		cfg.UpstreamCA = &config.UpstreamCA{Cert: *upCert, Key: *upKey, Bundle: *upBundle}
+	}
+	if set["x509-svid-ttl"] {
+		cfg.X509SVIDTTL = wire.Duration(*x509TTL)
+	}
+	if set["jwt-svid-ttl"] {
+		cfg.JWTSVIDTTL = wire.Duration(*jwtTTL)
+	}
+	if set["log-level"] {
+		cfg.LogLevel = *logLevel
+	}
+	cfg.Complete()
+	if err := cfg.Validate(); err != nil {
+		return e.errorf(ExitUsage, "server: %v", err)
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	logger := slog.New(slog.NewJSONHandler(e.Stderr, &slog.HandlerOptions{Level: level}))
+
+	srv, err := server.New(ctx, server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset})
+	if err != nil {
+		return e.errorf(ExitFailure, "%v", err)
+	}
+	defer srv.Close()
+	if err := srv.Serve(ctx); err != nil {
+		return e.errorf(ExitFailure, "%v", err)
+	}
+	return ExitOK
 }
