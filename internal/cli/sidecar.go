@@ -1,8 +1,353 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
 
-// runSidecar is a placeholder until the sidecar command lands.
-func runSidecar(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "sidecar: not implemented yet")
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/moatless/moatless/internal/agent"
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// runSidecar runs "moatless sidecar -config FILE": one sidecar in front of
+// one workload, its identity from a Workload API socket, PEM files or a
+// join token (see docs/sidecar.md).
+func runSidecar(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	var (
+		cfgPath   string
+		logFormat string
+		logLevel  string
+		check     bool
+	)
+	fs.StringVar(&cfgPath, "config", "", "sidecar config `file` (YAML or JSON; required)")
+	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&check, "check", false, "validate the config (and policy files) and exit")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless sidecar -config FILE [flags]")
+		fmt.Fprintln(fs.Output(), "\nRuns the mTLS sidecar in front of one workload. Flags:")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if cfgPath == "" {
+		return e.errorf(ExitUsage, "sidecar: -config is required (see docs/sidecar.md for an example)")
+	}
+	cfg, err := config.LoadSidecar(cfgPath)
+	if err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return e.errorf(ExitUsage, "sidecar: -log-level: %v", err)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	switch logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(e.Stderr, hopts))
+	case "text":
+		log = slog.New(slog.NewTextHandler(e.Stderr, hopts))
+	default:
+		return e.errorf(ExitUsage, "sidecar: -log-format must be json or text, not %q", logFormat)
+	}
+	sc := &sidecarRun{cfg: cfg, log: log}
+	if check {
+		if err := sc.checkOnly(ctx); err != nil {
+			return e.errorf(ExitUsage, "sidecar: %v", err)
+		}
+		fmt.Fprintln(e.Stdout, "config OK")
+		return ExitOK
+	}
+	if err := sc.run(ctx); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			return e.errorf(ExitUsage, "sidecar: %v", err)
+		}
+		return e.errorf(ExitFailure, "sidecar: %v", err)
+	}
+	return ExitOK
+}
+
+// usageError marks errors the user fixes in the config or its files.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+type sidecarRun struct {
+	cfg config.Sidecar
+	log *slog.Logger
+}
+
+func (r *sidecarRun) policyOptions() policy.Options {
+	return policy.Options{RootNamespace: r.cfg.Policy.RootNamespace}
+}
+
+// checkOnly validates the policy files the way a start would.
+func (r *sidecarRun) checkOnly(ctx context.Context) error {
+	if len(r.cfg.Policy.Files) == 0 {
+		return nil
+	}
+	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}}, Logger: r.log})
+	if err != nil {
+		return err
+	}
+	w := &proxy.FileWatcher{Sidecar: s, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(), Logger: r.log}
+	return w.Load(ctx)
+}
+
+func (r *sidecarRun) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cfg := r.cfg
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	verifier := authn.NewVerifier(authn.Options{Logger: r.log})
+	defer verifier.Close()
+	verifier.Start(ctx)
+
+	pc := proxy.Config{
+		Namespace:        cfg.Namespace,
+		Labels:           cfg.Labels,
+		Verifier:         verifier,
+		Logger:           r.log,
+		AllowSampleRate:  cfg.DecisionLog.AllowSampleRate,
+		DenyNamesPolicy:  cfg.DecisionLog.DenyNamesPolicy,
+		Registerer:       reg,
+		HandshakeTimeout: cfg.HandshakeTimeout.Std(),
+		IdleTimeout:      cfg.IdleTimeout.Std(),
+	}
+	for _, in := range cfg.Inbound {
+		p, err := proxy.ParseProtocol(in.Protocol)
+		if err != nil {
+			return usageError{err}
+		}
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port})
+	}
+	for _, out := range cfg.Outbound {
+		p, err := proxy.ParseProtocol(out.Protocol)
+		if err != nil {
+			return usageError{err}
+		}
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p})
+	}
+
+	var (
+		background []func(context.Context)
+		files      *proxy.FileSource
+		sidecar    *proxy.Sidecar
+		node       *agent.Node
+		nodeID     *proxy.NodeIdentity
+	)
+	switch id := cfg.Identity; {
+	case id.Files != nil:
+		f, err := proxy.NewFileSource(id.Files.Cert, id.Files.Key, id.Files.Bundle)
+		if err != nil {
+			return usageError{err}
+		}
+		files = f
+		pc.Identity = f
+	case id.WorkloadAPI != "":
+		r.log.Info("waiting for an X509-SVID from the Workload API", "addr", id.WorkloadAPI)
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(id.WorkloadAPI)))
+		wcancel()
+		if err != nil {
+			return fmt.Errorf("no X509-SVID from the Workload API at %s: %w (is the agent running, and is there a registration entry for this process?)", id.WorkloadAPI, err)
+		}
+		defer src.Close()
+		pc.Identity = src
+	case id.Join != nil:
+		n, ni, err := r.newNode(id.Join, func() *proxy.Sidecar { return sidecar })
+		if err != nil {
+			return err
+		}
+		node, nodeID = n, ni
+		defer node.Close()
+		pc.Identity = nodeID
+		audit := &proxy.ServerAudit{
+			ServerAddr:  strings.TrimPrefix(id.Join.Server, "https://"),
+			Identity:    nodeID,
+			ServerRoots: func() *x509.CertPool { return nodeRoots(node) },
+			Logger:      r.log,
+		}
+		pc.Audit = audit
+		background = append(background, audit.Run)
+	}
+
+	s, err := proxy.New(pc)
+	if err != nil {
+		return usageError{err}
+	}
+	sidecar = s
+
+	if node != nil {
+		// Attest (or reuse the persisted SVID), then follow the watch
+		// stream: bundle, revocations and policies arrive through the
+		// callbacks and are acknowledged once in force.
+		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
+		err := node.Attest(actx)
+		acancel()
+		if err != nil {
+			return err
+		}
+		if b := node.Bundle(); b != nil {
+			if err := nodeID.SetBundle(*b); err != nil {
+				return err
+			}
+		}
+		background = append(background, func(ctx context.Context) {
+			if err := node.Run(ctx); err != nil && ctx.Err() == nil {
+				r.log.Error("server connection ended", "err", err)
+				cancel()
+			}
+		})
+	} else {
+		w := &proxy.FileWatcher{
+			Sidecar: s, Identity: files, PolicyFiles: cfg.Policy.Files, PolicyOptions: r.policyOptions(),
+			RevocationsFile: cfg.Policy.RevocationsFile, Interval: cfg.ReloadInterval.Std(), Logger: r.log,
+		}
+		if err := w.Load(ctx); err != nil {
+			return usageError{err}
+		}
+		if len(cfg.Policy.Files) == 0 {
+			r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
+		}
+		background = append(background, w.Run)
+	}
+
+	if cfg.Admin != "off" {
+		l, err := net.Listen("tcp", cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+		mux.HandleFunc("GET /livez", live)
+		mux.HandleFunc("GET /healthz", live)
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := s.Ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(l)
+		defer srv.Close()
+		r.log.Info("admin listening", "addr", l.Addr().String())
+	}
+
+	var wg sync.WaitGroup
+	for _, f := range background {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	err = s.Serve(ctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) || errors.Is(err, proxy.ErrClosed) {
+		r.log.Info("sidecar stopped")
+		return nil
+	}
+	return err
+}
+
+// newNode builds the agent client of join-token mode. Its callbacks feed
+// the sidecar, which exists by the time the first update arrives.
+func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sidecar) (*agent.Node, *proxy.NodeIdentity, error) {
+	roots, err := readPEMCerts(j.ServerBundle)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
+	}
+	token := ""
+	if b, err := os.ReadFile(j.TokenFile); err == nil {
+		token = strings.TrimSpace(string(b))
+	} else if j.StateDir == "" {
+		return nil, nil, usageError{fmt.Errorf("identity.join.token_file: %w", err)}
+	}
+	ni := &proxy.NodeIdentity{}
+	var node *agent.Node
+	node, err = agent.NewNode(agent.NodeConfig{
+		ServerAddr:  strings.TrimPrefix(j.Server, "https://"),
+		TrustBundle: roots,
+		JoinToken:   token,
+		DataDir:     j.StateDir,
+		Component:   "sidecar",
+		Logger:      r.log,
+		OnBundle: func(b wire.Bundle) {
+			if err := ni.SetBundle(b); err != nil {
+				r.log.Error("bundle from server refused; keeping the previous one", "err", err)
+			}
+		},
+		OnRevocations: func(rv wire.Revocations) {
+			if s := sidecar(); s != nil {
+				s.SetRevocations(&rv)
+			}
+		},
+		OnPolicies: func(ps wire.PolicySet) {
+			s := sidecar()
+			if s == nil {
+				return
+			}
+			docs, err := policy.ParseJSONDocuments(ps.Documents)
+			if err == nil {
+				var set *policy.Set
+				set, err = policy.Compile(docs, r.policyOptions())
+				if err == nil {
+					s.SetAuthorizer(ps.Version, set)
+					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs))
+					return
+				}
+			}
+			s.ReloadFailed("policy")
+			r.log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)
+		},
+		OnSVID: func(s *x509svid.SVID) {
+			r.log.Info("own SVID", "spiffe_id", s.ID.String(), "expires", s.Certificates[0].NotAfter)
+		},
+	})
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	ni.SVID = node.SVID
+	return node, ni, nil
+}
+
+// nodeRoots is the pool that verifies the server: the trust domain's
+// current bundle.
+func nodeRoots(n *agent.Node) *x509.CertPool {
+	p := x509.NewCertPool()
+	if b := n.Bundle(); b != nil {
+		for _, der := range b.X509Authorities {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				p.AddCert(c)
+			}
+		}
+	}
+	return p
 }

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -201,12 +202,10 @@ type Sidecar struct {
 	inbound  []*inbound
 	outbound []*outbound
 
-	mu       sync.Mutex
-	serving  bool
-	closed   bool
-	done     chan struct{}
-	closers  []func()
-	onPolicy []func(uint64)
+	mu      sync.Mutex
+	serving bool
+	closed  bool
+	done    chan struct{}
 }
 
 type policyState struct {
@@ -417,8 +416,50 @@ func (s *Sidecar) Addrs() map[string]net.Addr {
 // decision. Connections already open stay open; their next request is
 // decided by the new policy. Nil denies everything.
 func (s *Sidecar) SetAuthorizer(version uint64, a Authorizer) {
+	s.SetAuthorizerContext(context.Background(), version, a)
+}
+
+// SetAuthorizerContext is SetAuthorizer with a context for preparing the
+// JWT verifier: when a implements JWTRuleSource and the Verifier
+// implements Preparer, the verifier is given the rules of every inbound
+// port (fetching remote key sets, bounded by ctx and 10s) before the new
+// policy takes effect, so the first request under it finds the keys. A
+// failed preparation is logged; the policy still applies and tokens the
+// verifier cannot check are refused (401), never accepted.
+func (s *Sidecar) SetAuthorizerContext(ctx context.Context, version uint64, a Authorizer) {
+	if rs, ok := a.(JWTRuleSource); ok {
+		if p, ok := s.cfg.Verifier.(Preparer); ok {
+			var rules []*securityv1beta1.JWTRule
+			seen := map[*securityv1beta1.JWTRule]bool{}
+			for _, ib := range s.inbound {
+				for _, r := range rs.JWTRules(ib.destination(netip.Addr{})) {
+					if !seen[r] {
+						seen[r] = true
+						rules = append(rules, r)
+					}
+				}
+			}
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := p.Prepare(pctx, rules); err != nil {
+				s.log.Warn("prepare JWT verifier", "policy_version", version, "err", err)
+			}
+			cancel()
+		}
+	}
 	s.policy.Store(&policyState{version: version, authz: a})
 	s.metrics.policyVersion.Set(float64(version))
+}
+
+// JWTRuleSource is an optional capability of an Authorizer (the policy
+// engine's *Set has it): the RequestAuthentication rules for a workload.
+type JWTRuleSource interface {
+	JWTRules(dst policy.Destination) []*securityv1beta1.JWTRule
+}
+
+// Preparer is an optional capability of a Verifier (authn's has it): load
+// the key sets of rules ahead of requests.
+type Preparer interface {
+	Prepare(ctx context.Context, rules []*securityv1beta1.JWTRule) error
 }
 
 // PolicyVersion is the version last passed to SetAuthorizer (0 before).
@@ -433,7 +474,7 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	rs := newRevocationSet(r)
 	s.revoked.Store(rs)
 	if tr, ok := s.cfg.Verifier.(TokenRevoker); ok && r != nil {
-		tr.SetRevokedTokenIDs(r.TokenIDs)
+		tr.SetRevokedTokens(r.TokenIDs)
 	}
 	n := s.live.sweep(rs)
 	if n > 0 {
@@ -449,7 +490,19 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 // TokenRevoker is an optional capability of a Verifier: it refuses tokens
 // whose jti is listed.
 type TokenRevoker interface {
-	SetRevokedTokenIDs([]wire.RevokedTokenID)
+	SetRevokedTokens([]wire.RevokedTokenID)
+}
+
+// Ready reports whether the sidecar can serve: it has an SVID and a
+// policy. The error says what is missing.
+func (s *Sidecar) Ready() error {
+	if _, err := s.tls.certificate(); err != nil {
+		return err
+	}
+	if a, _ := s.authorizer(); a == nil {
+		return errors.New("proxy: no policy loaded yet")
+	}
+	return nil
 }
 
 // LiveConnections is the number of inbound connections (and token-bound

@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// maxPolicyFile bounds one policy file, maxRevocationsFile the revocation
+// list.
+const (
+	maxPolicyFile      = 4 << 20
+	maxRevocationsFile = 16 << 20
+)
+
+// FileWatcher keeps a standalone sidecar's files in force: the identity
+// (cert, key, bundle), the policy files and the revocation list. Each is
+// re-read every Interval; a change is applied atomically, and a reload that
+// fails (unreadable file, invalid policy, bad JSON) keeps what is in force,
+// logs the error and counts it in moatless_sidecar_reload_failures_total.
+type FileWatcher struct {
+	Sidecar *Sidecar
+	// Identity, when set, is reloaded.
+	Identity *FileSource
+	// PolicyFiles are files or directories (their *.yaml, *.yml and *.json
+	// files, not recursive) of Istio security documents.
+	PolicyFiles []string
+	// PolicyOptions are passed to policy.Compile.
+	PolicyOptions policy.Options
+	// RevocationsFile is a JSON wire.Revocations document; "" for none.
+	RevocationsFile string
+	// Interval between checks; default 2s.
+	Interval time.Duration
+	Logger   *slog.Logger
+
+	policySum [32]byte
+	policyVer uint64
+	revRaw    []byte
+	revLoaded bool
+}
+
+// Load reads everything once. Unlike later reloads, an error here is
+// returned: a sidecar must not start on policies it cannot read.
+func (w *FileWatcher) Load(ctx context.Context) error {
+	if w.Logger == nil {
+		w.Logger = slog.Default()
+	}
+	if len(w.PolicyFiles) > 0 {
+		if _, err := w.reloadPolicy(ctx); err != nil {
+			return err
+		}
+	}
+	if w.RevocationsFile != "" {
+		if _, err := w.reloadRevocations(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Check runs one round of reloads and returns the errors of those that
+// failed (the previous state stays in force for each).
+func (w *FileWatcher) Check(ctx context.Context) error {
+	var errs []error
+	if w.Identity != nil {
+		changed, err := w.Identity.Reload()
+		if err != nil {
+			w.Sidecar.ReloadFailed("identity")
+			errs = append(errs, err)
+		} else if changed {
+			if svid, err := w.Identity.GetX509SVID(); err == nil {
+				w.Logger.Info("identity reloaded", "spiffe_id", svid.ID.String(), "serial", serialHex(svid.Certificates[0]), "expires", svid.Certificates[0].NotAfter)
+			}
+		}
+	}
+	if len(w.PolicyFiles) > 0 {
+		if _, err := w.reloadPolicy(ctx); err != nil {
+			w.Sidecar.ReloadFailed("policy")
+			errs = append(errs, err)
+		}
+	}
+	if w.RevocationsFile != "" {
+		if _, err := w.reloadRevocations(); err != nil {
+			w.Sidecar.ReloadFailed("revocations")
+			errs = append(errs, err)
+		}
+	}
+	for _, err := range errs {
+		w.Logger.Error("reload failed; keeping what is in force", "err", err)
+	}
+	return errors.Join(errs...)
+}
+
+// Run checks every Interval until ctx ends.
+func (w *FileWatcher) Run(ctx context.Context) {
+	iv := w.Interval
+	if iv <= 0 {
+		iv = 2 * time.Second
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.Check(ctx)
+		}
+	}
+}
+
+// policyPaths expands directories into their policy files, sorted.
+func policyPaths(entries []string) ([]string, error) {
+	var out []string
+	for _, p := range entries {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: policy files: %w", err)
+		}
+		if !st.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		des, err := os.ReadDir(p)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: policy files: %w", err)
+		}
+		for _, de := range des {
+			ext := strings.ToLower(filepath.Ext(de.Name()))
+			if de.Type().IsRegular() && (ext == ".yaml" || ext == ".yml" || ext == ".json") && !strings.HasPrefix(de.Name(), ".") {
+				out = append(out, filepath.Join(p, de.Name()))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// reloadPolicy compiles the policy files when their content changed.
+func (w *FileWatcher) reloadPolicy(ctx context.Context) (bool, error) {
+	paths, err := policyPaths(w.PolicyFiles)
+	if err != nil {
+		return false, err
+	}
+	h := sha256.New()
+	contents := make([][]byte, len(paths))
+	for i, p := range paths {
+		b, err := readLimited(p, maxPolicyFile)
+		if err != nil {
+			return false, fmt.Errorf("proxy: policy file: %w", err)
+		}
+		contents[i] = b
+		fmt.Fprintf(h, "%s\x00%d\x00", p, len(b))
+		h.Write(b)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	if w.policyVer > 0 && sum == w.policySum {
+		return false, nil
+	}
+	var docs []policy.Document
+	for i, p := range paths {
+		d, err := policy.ParseSource(p, bytes.NewReader(contents[i]))
+		if err != nil {
+			return false, fmt.Errorf("proxy: %w", err)
+		}
+		docs = append(docs, d...)
+	}
+	set, err := policy.Compile(docs, w.PolicyOptions)
+	if err != nil {
+		return false, fmt.Errorf("proxy: compile policies: %w", err)
+	}
+	for _, warn := range set.Warnings() {
+		w.Logger.Warn("policy warning", "warning", warn)
+	}
+	w.policySum = sum
+	w.policyVer++
+	w.Sidecar.SetAuthorizerContext(ctx, w.policyVer, set)
+	w.Logger.Info("policies loaded", "version", w.policyVer, "files", len(paths), "documents", len(docs))
+	return true, nil
+}
+
+// reloadRevocations applies the revocation file when it changed. A missing
+// file is an empty list only if it never existed; once loaded, a vanished
+// file is an error (keep the revocations rather than silently lift them).
+func (w *FileWatcher) reloadRevocations() (bool, error) {
+	b, err := readLimited(w.RevocationsFile, maxRevocationsFile)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !w.revLoaded {
+			return false, nil
+		}
+		return false, fmt.Errorf("proxy: revocations file: %w", err)
+	}
+	if w.revLoaded && bytes.Equal(b, w.revRaw) {
+		return false, nil
+	}
+	var r wire.Revocations
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if len(bytes.TrimSpace(b)) > 0 {
+		if err := dec.Decode(&r); err != nil {
+			return false, fmt.Errorf("proxy: revocations file %s: %w", w.RevocationsFile, err)
+		}
+	}
+	w.revRaw, w.revLoaded = b, true
+	n := w.Sidecar.SetRevocations(&r)
+	w.Logger.Info("revocations loaded", "spiffe_ids", len(r.SPIFFEIDs), "serials", len(r.Serials), "token_ids", len(r.TokenIDs), "closed", n)
+	return true, nil
+}

@@ -1,0 +1,249 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// NodeIdentity is the Identity of a sidecar that is its own agent: the
+// SVID comes from SVID (the agent client's current, auto-renewed one) and
+// the bundle from the watch stream's Bundle sections, applied with
+// SetBundle.
+type NodeIdentity struct {
+	// SVID returns the current SVID, nil before attestation.
+	SVID func() *x509svid.SVID
+
+	bundle atomic.Pointer[x509bundle.Bundle]
+}
+
+// SetBundle puts a trust bundle from the server in force. A bundle without
+// X.509 authorities or with an invalid one is refused and the previous one
+// stays.
+func (n *NodeIdentity) SetBundle(b wire.Bundle) error {
+	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("proxy: bundle: %w", err)
+	}
+	var certs []*x509.Certificate
+	for _, der := range b.X509Authorities {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("proxy: bundle for %s: %w", td, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return fmt.Errorf("proxy: bundle for %s has no X.509 authority", td)
+	}
+	n.bundle.Store(x509bundle.FromX509Authorities(td, certs))
+	return nil
+}
+
+// GetX509SVID returns the agent client's current SVID.
+func (n *NodeIdentity) GetX509SVID() (*x509svid.SVID, error) {
+	if n.SVID == nil {
+		return nil, ErrNoIdentity
+	}
+	s := n.SVID()
+	if s == nil {
+		return nil, ErrNoIdentity
+	}
+	return s, nil
+}
+
+// GetX509BundleForTrustDomain returns the server's bundle for its trust
+// domain.
+func (n *NodeIdentity) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b := n.bundle.Load()
+	if b == nil {
+		return nil, ErrNoIdentity
+	}
+	if b.TrustDomain() != td {
+		return nil, fmt.Errorf("proxy: no trust bundle for trust domain %q", td)
+	}
+	return b, nil
+}
+
+// ServerAudit is an AuditSink that reports events to the server's audit
+// log (wire.PathAudit) over mutual TLS with the sidecar's own SVID. Events
+// queue in memory (QueueSize, default 1,000) and are sent in batches; when
+// the queue is full new events are dropped and counted, so a slow or absent
+// server never slows the request path. Lifecycle: Run(ctx) sends until ctx
+// ends, then makes one last attempt to flush.
+type ServerAudit struct {
+	// ServerAddr is the server's "host:port"; ServerName the name its
+	// certificate carries (the host when empty).
+	ServerAddr string
+	ServerName string
+	// Identity provides the client certificate.
+	Identity Identity
+	// ServerRoots verify the server's certificate (its TLS certificate is
+	// a web-PKI-style certificate from the trust domain's CA).
+	ServerRoots func() *x509.CertPool
+	QueueSize   int
+	Logger      *slog.Logger
+
+	once    sync.Once
+	queue   chan wire.AuditEvent
+	dropped atomic.Uint64
+	sent    atomic.Uint64
+	client  *http.Client
+}
+
+func (a *ServerAudit) init() {
+	a.once.Do(func() {
+		if a.QueueSize <= 0 {
+			a.QueueSize = 1000
+		}
+		if a.Logger == nil {
+			a.Logger = slog.Default()
+		}
+		a.queue = make(chan wire.AuditEvent, a.QueueSize)
+		host, _, _ := net.SplitHostPort(a.ServerAddr)
+		name := a.ServerName
+		if name == "" {
+			name = host
+		}
+		conf := &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			ServerName: name,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				s, err := a.Identity.GetX509SVID()
+				if err != nil {
+					return nil, err
+				}
+				c := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
+				for _, x := range s.Certificates {
+					c.Certificate = append(c.Certificate, x.Raw)
+				}
+				return c, nil
+			},
+			// Roots are read per handshake: the server's CA may rotate.
+			InsecureSkipVerify: true, //nolint:gosec // verified below against the current roots, with the server name
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("proxy: audit: server presented no certificate")
+				}
+				inter := x509.NewCertPool()
+				for _, c := range cs.PeerCertificates[1:] {
+					inter.AddCert(c)
+				}
+				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: name, Roots: a.ServerRoots(), Intermediates: inter})
+				return err
+			},
+		}
+		a.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 2}}
+	})
+}
+
+// Record queues ev; it never blocks.
+func (a *ServerAudit) Record(_ context.Context, ev DecisionEvent) {
+	a.init()
+	select {
+	case a.queue <- wire.AuditEvent{
+		Time: ev.Time, Listener: ev.Listener, Source: ev.Source, SourceIP: ev.SourceIP,
+		Destination: ev.Destination, Protocol: ev.Protocol, Method: ev.Method, Path: ev.Path,
+		Decision: ev.Decision, Policy: ev.Policy, Rule: ev.Rule, Reason: ev.Reason,
+		ReasonCode: string(ev.ReasonCode), PolicyVersion: ev.PolicyVersion, AuditPolicy: ev.AuditPolicy,
+	}:
+	default:
+		a.dropped.Add(1)
+	}
+}
+
+// Dropped is how many events were dropped because the queue was full or
+// the server refused them for good.
+func (a *ServerAudit) Dropped() uint64 { return a.dropped.Load() }
+
+// Sent is how many events the server accepted.
+func (a *ServerAudit) Sent() uint64 { return a.sent.Load() }
+
+// Run sends queued events in batches until ctx ends.
+func (a *ServerAudit) Run(ctx context.Context) {
+	a.init()
+	backoff := time.Second
+	var batch []wire.AuditEvent
+	for {
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-a.queue:
+				batch = append(batch, ev)
+			}
+		}
+	fill:
+		for len(batch) < wire.MaxAuditEvents {
+			select {
+			case ev := <-a.queue:
+				batch = append(batch, ev)
+			default:
+				break fill
+			}
+		}
+		err := a.send(ctx, batch)
+		switch {
+		case err == nil:
+			a.sent.Add(uint64(len(batch)))
+			batch = batch[:0]
+			backoff = time.Second
+		case errors.Is(err, errPermanent):
+			a.Logger.Warn("audit report refused; events dropped", "events", len(batch), "err", err)
+			a.dropped.Add(uint64(len(batch)))
+			batch = batch[:0]
+		default:
+			a.Logger.Warn("audit report failed; retrying", "events", len(batch), "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	}
+}
+
+var errPermanent = errors.New("proxy: audit: refused")
+
+func (a *ServerAudit) send(ctx context.Context, events []wire.AuditEvent) error {
+	body, err := json.Marshal(wire.AuditReport{Events: events})
+	if err != nil {
+		return fmt.Errorf("%w: %w", errPermanent, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+a.ServerAddr+wire.PathAudit, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errPermanent, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	switch {
+	case resp.StatusCode/100 == 2:
+		return nil
+	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusRequestEntityTooLarge:
+		return fmt.Errorf("%w: server answered %d", errPermanent, resp.StatusCode)
+	}
+	return fmt.Errorf("proxy: audit: server answered %d", resp.StatusCode)
+}
