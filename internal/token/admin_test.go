@@ -1,0 +1,118 @@
+package token_test
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+	"github.com/moatless/moatless/internal/token"
+)
+
+// Every malformed admin request gets a clear 4xx and writes nothing.
+func TestAdminRejectsBadInput(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		for _, tc := range []struct {
+			name, method, path, body string
+			status                   int
+			wantErr                  string
+		}{
+			{"client_not_json", "POST", "clients", "{", 400, "bad JSON"},
+			{"client_unknown_field", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"secret":"x"}`, 400, "unknown field"},
+			{"client_two_objects", "POST", "clients", `{"name":"a","grant_types":["client_credentials"]}{}`, 400, "more than one"},
+			{"client_no_name", "POST", "clients", `{"grant_types":["client_credentials"]}`, 400, "name"},
+			{"client_bad_name", "POST", "clients", `{"name":"a b","grant_types":["client_credentials"]}`, 400, "name"},
+			{"client_no_grants", "POST", "clients", `{"name":"a"}`, 400, "grant_types"},
+			{"client_unknown_grant", "POST", "clients", `{"name":"a","grant_types":["password"]}`, 400, "unknown grant type"},
+			{"client_code_without_redirect", "POST", "clients", `{"name":"a","grant_types":["authorization_code"]}`, 400, "redirect_uri"},
+			{"client_http_redirect", "POST", "clients", `{"name":"a","grant_types":["authorization_code"],"redirect_uris":["http://app.example/cb"]}`, 400, "loopback"},
+			{"client_fragment_redirect", "POST", "clients", `{"name":"a","grant_types":["authorization_code"],"redirect_uris":["https://app.example/cb#x"]}`, 400, "fragment"},
+			{"client_javascript_redirect", "POST", "clients", `{"name":"a","grant_types":["authorization_code"],"redirect_uris":["javascript:alert(1)"]}`, 400, "redirect_uri"},
+			{"client_public_cc", "POST", "clients", `{"name":"a","token_endpoint_auth_method":"none","grant_types":["client_credentials"]}`, 400, "public client"},
+			{"client_bad_spiffe_id", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"spiffe_id":"spiffe://x/../y"}`, 400, "SPIFFE ID"},
+			{"client_private_jwks", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"jwks":{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM","d":"870MB6gfuTJ4HtUnUvYMyJpr5eUZNP4Bk43bVdj3eAE"}]}}`, 400, "public keys only"},
+			{"client_wildcard_exchange", "POST", "clients", `{"name":"a","grant_types":["` + token.GrantTokenExchange + `"],"exchange_audiences":["*"]}`, 400, "wildcards"},
+			{"client_exchange_without_grant", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"exchange_audiences":["b"]}`, 400, "exchange grant"},
+			{"client_ttl_too_long", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"access_token_ttl":"1h"}`, 400, "at most"},
+			{"client_bad_scope", "POST", "clients", `{"name":"a","grant_types":["client_credentials"],"scopes":["a\"b"]}`, 400, "scope"},
+			{"user_short_password", "POST", "users", `{"name":"u","password":"short"}`, 400, "password"},
+			{"user_bad_name", "POST", "users", `{"name":"../x","password":"long enough pw"}`, 400, "name"},
+			{"user_unknown_field", "POST", "users", `{"name":"u","password":"long enough pw","admin":true}`, 400, "unknown field"},
+			{"revoke_both", "POST", "tokens/revoke", `{"token":"a","jti":"b"}`, 400, "either"},
+			{"revoke_neither", "POST", "tokens/revoke", `{}`, 400, "either"},
+			{"introspect_empty", "POST", "tokens/introspect", `{}`, 400, "token"},
+			{"get_unknown_client", "GET", "clients/nope", "", 404, "not found"},
+			{"delete_unknown_user", "DELETE", "users/nope", "", 404, "not found"},
+			{"unknown_endpoint", "GET", "nothing-here", "", 404, "no such"},
+			{"mfa_unknown_user", "POST", "users/nope/mfa", "", 404, "not found"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var out struct {
+					Errors []string `json:"errors"`
+				}
+				var body any
+				if tc.body != "" {
+					body = tc.body
+				}
+				status := h.admin(tc.method, tc.path, body, &out)
+				if status != tc.status || len(out.Errors) != 1 || !strings.Contains(out.Errors[0], tc.wantErr) {
+					t.Fatalf("got %d %v, want %d containing %q", status, out.Errors, tc.status, tc.wantErr)
+				}
+			})
+		}
+		var clients struct{ Clients []token.Client }
+		var users struct{ Users []token.User }
+		h.admin("GET", "clients", nil, &clients)
+		h.admin("GET", "users", nil, &users)
+		if len(clients.Clients) != 0 || len(users.Users) != 0 {
+			t.Fatalf("bad input wrote something: %d clients, %d users", len(clients.Clients), len(users.Users))
+		}
+	})
+}
+
+func TestAdminClientLifecycle(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		c := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+		if c.AuthMethod != token.AuthSecretBasic || c.ID != "svc" {
+			t.Fatalf("%+v", c)
+		}
+		if code := h.admin("POST", "clients", token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}}, nil); code != 409 {
+			t.Fatalf("duplicate: %d", code)
+		}
+		var shown map[string]any
+		h.admin("GET", "clients/svc", nil, &shown)
+		if shown["client_secret"] != nil || shown["SecretHash"] != nil {
+			t.Fatalf("show leaks the secret: %v", shown)
+		}
+		var rotated token.ClientAnswer
+		if code := h.admin("POST", "clients/svc/rotate-secret", nil, &rotated); code != 200 || rotated.Secret == "" || rotated.Secret == c.Secret {
+			t.Fatalf("rotate: %d", code)
+		}
+		if status, _ := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", c.Secret); status != 401 {
+			t.Fatal("old secret still works")
+		}
+		h.ccToken("svc", rotated.Secret)
+		if code := h.admin("DELETE", "clients/svc", nil, nil); code != 204 {
+			t.Fatal(code)
+		}
+		if status, _ := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", rotated.Secret); status != 401 {
+			t.Fatal("deleted client still gets tokens")
+		}
+		var keys struct{ Keys []token.KeyInfo }
+		h.admin("GET", "keys", nil, &keys)
+		if len(keys.Keys) != 1 || keys.Keys[0].State != "signing" {
+			t.Fatalf("keys %+v", keys)
+		}
+		// A user's password can be changed; the old one stops working.
+		h.webClient()
+		h.createUser("max", "first password", token.UserSpec{})
+		if code := h.admin("POST", "users/max/password", map[string]string{"password": "second password"}, nil); code != 204 {
+			t.Fatal(code)
+		}
+		_, ch := pkce("m")
+		h.loginForCode("web", appCallback, "openid", "max", "second password", ch)
+	})
+}

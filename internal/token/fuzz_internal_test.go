@@ -1,0 +1,186 @@
+package token
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseParams(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		ok       bool
+		want     map[string]int // parameter → number of values
+	}{
+		{"simple", "a=1&b=2", true, map[string]int{"a": 1, "b": 1}},
+		{"empty_value_is_omitted", "a=&b=2", true, map[string]int{"b": 1}},
+		{"empty_pairs_skipped", "a=1&&b=2&", true, map[string]int{"a": 1, "b": 1}},
+		{"duplicate_refused", "a=1&a=2", false, nil},
+		{"duplicate_empty_refused", "a=&a=2", false, nil},
+		{"repeatable_audience", "audience=x&audience=y", true, map[string]int{"audience": 2}},
+		{"repeatable_resource", "resource=https://a&resource=https://b", true, map[string]int{"resource": 2}},
+		{"semicolon_refused", "a=1;b=2", false, nil},
+		{"bad_escape_refused", "a=%zz", false, nil},
+		{"bad_key_escape_refused", "%zz=1", false, nil},
+		{"plus_is_space", "scope=a+b", true, map[string]int{"scope": 1}},
+		{"too_many", strings.Repeat("a=1&", 0) + manyParams(maxParams+1), false, nil},
+		{"too_long", "a=" + strings.Repeat("x", maxParamLen+1), false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := parseParams(tc.in)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err %v", err)
+			}
+			for k, n := range tc.want {
+				if len(p[k]) != n {
+					t.Fatalf("%s: %v", k, p[k])
+				}
+			}
+			if tc.ok && len(p) != len(tc.want) {
+				t.Fatalf("params %v", p)
+			}
+		})
+	}
+}
+
+func manyParams(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		b.WriteString("p")
+		b.WriteString(strings.Repeat("x", i))
+		b.WriteString("=1&")
+	}
+	return b.String()
+}
+
+func FuzzParseParams(f *testing.F) {
+	for _, s := range []string{"grant_type=client_credentials&scope=a+b", "a=1&a=2", "audience=x&audience=y", "%zz", "a=1;b", "=&=&", "a=%E2%82%AC"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		p, err := parseParams(raw)
+		if err != nil {
+			return
+		}
+		if len(p) > maxParams {
+			t.Fatalf("%d params", len(p))
+		}
+		for k, vs := range p {
+			if len(vs) == 0 {
+				t.Fatalf("%q kept without a value", k)
+			}
+			if len(vs) > 1 && !repeatable[k] {
+				t.Fatalf("%q repeated", k)
+			}
+			for _, v := range vs {
+				if v == "" || len(v) > maxParamLen {
+					t.Fatalf("%q value %d bytes", k, len(v))
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseScope(f *testing.F) {
+	for _, s := range []string{"openid email", "a  b", "a\"b", "", " a", "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sc, err := parseScope(s)
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, tok := range sc {
+			if tok == "" || strings.ContainsAny(tok, " \"\\") || seen[tok] {
+				t.Fatalf("bad scope token %q in %q", tok, s)
+			}
+			seen[tok] = true
+		}
+	})
+}
+
+// FuzzClientAssertion feeds the pre-verification read of client
+// assertions: it must never panic, and whatever it returns is only a
+// lookup key (the signature is checked afterwards).
+func FuzzClientAssertion(f *testing.F) {
+	for _, s := range []string{
+		"eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhIiwiaXNzIjoiYSJ9.c2ln",
+		"eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.",
+		"a.b.c", "", "....",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		sub, h, err := peekAssertion(raw)
+		if err != nil {
+			return
+		}
+		if sub == "" || len(sub) > maxClientIDLen {
+			t.Fatalf("subject %q", sub)
+		}
+		switch h.Algorithm {
+		case "ES256", "ES384", "RS256", "PS256", "EdDSA":
+		default:
+			t.Fatalf("algorithm %q passed the allow-list", h.Algorithm)
+		}
+	})
+}
+
+// FuzzExchangeRequest checks that the token exchange request parser
+// either refuses with a standard error or yields a complete request.
+func FuzzExchangeRequest(f *testing.F) {
+	for _, s := range []string{
+		"subject_token=x&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=orders",
+		"subject_token=x&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb",
+		"subject_token=x&actor_token=y",
+		"audience=a&audience=a",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		p, err := parseParams(raw)
+		if err != nil {
+			return
+		}
+		r, oe := parseExchange(p)
+		if oe != nil {
+			if oe.Code != errInvalidRequest && oe.Code != errInvalidTarget {
+				t.Fatalf("non-standard error %q", oe.Code)
+			}
+			return
+		}
+		if r.subjectToken == "" || !supportedType(r.subjectType) || len(r.audiences) == 0 || (r.actorToken == "") != (r.actorType == "") {
+			t.Fatalf("incomplete request accepted: %+v", r)
+		}
+	})
+}
+
+// FuzzPasswordHash feeds stored hash strings to the verifier: malformed
+// or absurd parameters must be refused, never computed.
+func FuzzPasswordHash(f *testing.F) {
+	f.Add("$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA")
+	f.Add("$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdA$aGFzaA")
+	f.Add("$argon2i$v=19$m=8,t=1,p=1$$")
+	f.Fuzz(func(t *testing.T, encoded string) {
+		if strings.Contains(encoded, "m=") {
+			// Keep each run cheap: the verifier caps memory at 1 GiB,
+			// which is still too slow to fuzz.
+			var m int
+			if i := strings.Index(encoded, "m="); i >= 0 {
+				for _, c := range encoded[i+2:] {
+					if c < '0' || c > '9' {
+						break
+					}
+					m = m*10 + int(c-'0')
+					if m > 1<<16 {
+						return
+					}
+				}
+			}
+		}
+		if i := strings.Index(encoded, "t="); i >= 0 && i+3 <= len(encoded) && (encoded[i+2] < '1' || encoded[i+2] > '2' || (encoded[i+3] >= '0' && encoded[i+3] <= '9')) {
+			return
+		}
+		checkPassword(encoded, "password")
+	})
+}
