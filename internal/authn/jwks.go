@@ -123,6 +123,9 @@ type jwkMeta struct {
 	Use    string   `json:"use"`
 	KeyOps []string `json:"key_ops"`
 	Alg    string   `json:"alg"`
+	// D is the private exponent (RSA, EC, OKP): its presence alone says
+	// private key material was published.
+	D json.RawMessage `json:"d"`
 }
 
 // parseJWK turns one key-set entry into a usable key, or says why not.
@@ -145,6 +148,11 @@ func parseJWK(raw json.RawMessage) (*jwk, skippedKey) {
 		return nil, withReason(sk, "symmetric key (HMAC is never accepted)")
 	default:
 		return nil, withReason(sk, "unsupported key type")
+	}
+	if meta.D != nil {
+		// Refuse before parsing: validating a private key is costly, and
+		// a published private key is compromised whatever it is.
+		return nil, withReason(sk, "private key material published in a key set")
 	}
 	if meta.Use != "" && meta.Use != "sig" {
 		return nil, withReason(sk, "key use is not sig")
