@@ -233,7 +233,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		if err := w.Load(ctx); err != nil {
 			return usageError{err}
 		}
-		if len(cfg.Policy.Files) == 0 {
+		if len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
 			r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 		}
 		background = append(background, w.Run)
