@@ -1,0 +1,214 @@
+package authn_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// issuer is a minimal OIDC-style issuer on loopback: a P-256 key, its
+// JWKS at /jwks, and a way to mint tokens.
+type issuer struct {
+	srv *httptest.Server
+	key *ecdsa.PrivateKey
+	kid string
+}
+
+// startIssuer starts the issuer; the caller closes is.srv. Test helper:
+// it panics on errors that cannot happen with the standard library.
+func startIssuer() *issuer {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	is := &issuer{key: key, kid: "k1"}
+	is.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: is.kid, Algorithm: "ES256", Use: "sig"}}}
+		_ = json.NewEncoder(w).Encode(set)
+	}))
+	return is
+}
+
+func (is *issuer) token(claims map[string]any) string {
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: is.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", is.kid))
+	if err != nil {
+		panic(err)
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		panic(err)
+	}
+	obj, err := s.Sign(payload)
+	if err != nil {
+		panic(err)
+	}
+	tok, err := obj.CompactSerialize()
+	if err != nil {
+		panic(err)
+	}
+	return tok
+}
+
+// policyYAML is the example from docs/authn.md, with the JWKS URL
+// filled in: tokens from the issuer are verified for app=orders, and only
+// a caller in group "buyers" may POST.
+const policyYAML = `
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: orders-jwt
+  namespace: prod
+spec:
+  selector:
+    matchLabels:
+      app: orders
+  jwtRules:
+  - issuer: https://login.example.com
+    jwksUri: JWKS_URI
+    audiences: ["orders"]
+    outputClaimToHeaders:
+    - header: x-user
+      claim: sub
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: orders-buyers
+  namespace: prod
+spec:
+  selector:
+    matchLabels:
+      app: orders
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["https://login.example.com/*"]
+    to:
+    - operation:
+        methods: ["POST"]
+    when:
+    - key: request.auth.claims[groups]
+      values: ["buyers"]
+`
+
+// TestWithPolicyEngine runs RequestAuthentication and AuthorizationPolicy
+// through the real policy engine with this verifier: the contract of
+// policy.JWTVerifier end to end.
+func TestWithPolicyEngine(t *testing.T) {
+	is := startIssuer()
+	defer is.srv.Close()
+	docs, err := policy.Parse(strings.NewReader(strings.Replace(policyYAML, "JWKS_URI", is.srv.URL+"/jwks", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(docs, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := policy.Destination{Namespace: "prod", Labels: map[string]string{"app": "orders"}, Port: 8080}
+	v := authn.NewVerifier(authn.Options{Logger: slog.New(slog.DiscardHandler)})
+	defer v.Close()
+	if err := v.Prepare(context.Background(), set.JWTRules(dst)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	base := func(o map[string]any) map[string]any {
+		c := map[string]any{"iss": "https://login.example.com", "sub": "alice", "aud": "orders",
+			"exp": now.Add(5 * time.Minute).Unix(), "iat": now.Unix(), "jti": "j-1", "groups": []string{"buyers"}}
+		for k, x := range o {
+			c[k] = x
+		}
+		return c
+	}
+	buyer := is.token(base(nil))
+	tests := []struct {
+		name   string
+		authz  string
+		want   policy.Outcome
+		revoke bool
+	}{
+		{"buyer_allowed", "Bearer " + buyer, policy.Allow, false},
+		{"no_token_denied_by_policy", "", policy.Deny, false},
+		{"other_group_denied", "Bearer " + is.token(base(map[string]any{"groups": []string{"viewers"}, "jti": "j-2"})), policy.Deny, false},
+		{"wrong_audience_unauthenticated", "Bearer " + is.token(base(map[string]any{"aud": "payments"})), policy.Unauthenticated, false},
+		{"expired_unauthenticated", "Bearer " + is.token(base(map[string]any{"exp": now.Add(-time.Hour).Unix()})), policy.Unauthenticated, false},
+		{"forged_unauthenticated", "Bearer " + buyer[:len(buyer)-4] + "AAAA", policy.Unauthenticated, false},
+		{"revoked_unauthenticated", "Bearer " + buyer, policy.Unauthenticated, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.revoke {
+				v.SetRevokedTokens([]wire.RevokedTokenID{{JTI: "j-1", ExpiresAt: now.Add(5 * time.Minute)}})
+			}
+			req := &policy.Request{Protocol: policy.HTTP, Destination: dst, Method: "POST", Path: "/orders", Host: "orders.prod",
+				Source: policy.Source{Principal: "td/ns/prod/sa/frontend"}, Headers: http.Header{}}
+			if tc.authz != "" {
+				req.Headers.Set("Authorization", tc.authz)
+			}
+			d := set.Evaluate(req, v)
+			if d.Outcome != tc.want {
+				t.Fatalf("outcome = %v (%s), want %v", d.Outcome, d.Reason, tc.want)
+			}
+			if d.Outcome == policy.Allow && (req.Auth == nil || req.Auth.SetHeaders["X-User"] != "alice") {
+				t.Fatalf("auth = %+v", req.Auth)
+			}
+		})
+	}
+}
+
+// ExampleVerifier shows the lifecycle a sidecar follows: prepare the rules
+// (fetching their key sets), verify requests, push revocations.
+func ExampleVerifier() {
+	is := startIssuer()
+	defer is.srv.Close()
+	docs, _ := policy.Parse(strings.NewReader(strings.Replace(policyYAML, "JWKS_URI", is.srv.URL+"/jwks", 1)))
+	set, _ := policy.Compile(docs, policy.Options{})
+	rules := set.JWTRules(policy.Destination{Namespace: "prod", Labels: map[string]string{"app": "orders"}})
+
+	v := authn.NewVerifier(authn.Options{Logger: slog.New(slog.DiscardHandler)})
+	defer v.Close()
+	ctx := context.Background()
+	v.Start(ctx) // background refresh every 20 minutes
+	if err := v.Prepare(ctx, rules); err != nil {
+		fmt.Println("prepare:", err)
+	}
+
+	tok := is.token(map[string]any{"iss": "https://login.example.com", "sub": "alice", "aud": "orders",
+		"exp": time.Now().Add(time.Minute).Unix(), "jti": "j-1"})
+	req := &policy.Request{Path: "/orders", Headers: http.Header{"Authorization": {"Bearer " + tok}}}
+
+	auth, err := v.Verify(rules, req)
+	fmt.Println(auth.Principal, auth.SetHeaders, auth.RemoveHeaders, err)
+
+	forged := tok[:len(tok)-4] + "AAAA" // another signature
+	_, err = v.Verify(rules, &policy.Request{Path: "/orders", Headers: http.Header{"Authorization": {"Bearer " + forged}}})
+	fmt.Println(authn.Reason(err))
+
+	auth, err = v.Verify(rules, &policy.Request{Path: "/orders"})
+	fmt.Println(auth, err)
+
+	v.SetRevokedTokens([]wire.RevokedTokenID{{JTI: "j-1"}})
+	_, err = v.Verify(rules, req)
+	fmt.Println(err)
+	// Output:
+	// https://login.example.com/alice map[X-User:alice] [Authorization] <nil>
+	// signature
+	// <nil> <nil>
+	// authn: invalid token: token revoked
+}
