@@ -23,6 +23,7 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	var adminIDs, names stringList
 	fs.Var(&adminIDs, "admin-id", "SPIFFE `ID` whose client certificate may use the admin API (repeatable; default spiffe://TD/moatless/admin)")
 	fs.Var(&names, "server-name", "extra DNS `name` or IP for the server certificate (repeatable)")
+	issuer := fs.String("issuer", "", "OAuth/OIDC issuer `URL` of the token service (default https://LISTEN)")
 	upCert := fs.String("upstream-cert", "", "upstream CA certificate `file` (PEM) that signs our CA")
 	upKey := fs.String("upstream-key", "", "upstream CA key `file` (PEM)")
 	upBundle := fs.String("upstream-bundle", "", "upstream root certificates `file` (PEM)")
@@ -60,6 +61,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	}
 	if set["store"] {
 		cfg.Store = *dsn
+	}
+	if set["issuer"] {
+		cfg.Issuer = *issuer
 	}
 	if set["kek-file"] {
 		cfg.KEKFile = *kek

@@ -62,6 +62,10 @@ type Server struct {
 	// besides the listen host (and localhost/loopback when it listens on
 	// loopback or on every interface).
 	ServerNames []string `json:"server_names,omitempty"`
+	// Issuer is the OAuth 2.0 / OIDC issuer URL of the token service;
+	// default https://<listen address> (localhost when listening on every
+	// interface). Tokens name it in iss; clients fetch discovery under it.
+	Issuer string `json:"issuer,omitempty"`
 	// UpstreamCA, when set, signs the CA's intermediates (PEM files).
 	UpstreamCA *UpstreamCA `json:"upstream_ca,omitempty"`
 

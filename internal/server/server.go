@@ -93,6 +93,7 @@ type Server struct {
 
 	adminHash [sha256.Size]byte
 	cert      atomic.Pointer[serverCert]
+	oauth     *oauthState // the token service (oauth.go)
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -214,6 +215,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("server: listen on %s: %w (is another server running? set --listen)", st.Listen, err)
 		}
+	}
+	if err := s.initOAuth(ctx, st.Issuer); err != nil {
+		return nil, err
 	}
 	ok = true
 	return s, nil

@@ -211,6 +211,7 @@ type revocationSet struct {
 	ids     map[string]bool
 	serials map[string]bool
 	list    store.RevocationList
+	tokens  []wire.RevokedTokenID // revoked OAuth access tokens (oauth.go)
 }
 
 func (r *revocationSet) revoked(id, serial string) bool {
@@ -229,6 +230,7 @@ func (r *revocationSet) wire() *wire.Revocations {
 	for _, x := range r.list.Serials {
 		out.Serials = append(out.Serials, wire.RevokedSerial{Serial: x.Serial, ExpiresAt: x.ExpiresAt})
 	}
+	out.TokenIDs = r.tokens
 	return out
 }
 
@@ -242,7 +244,11 @@ func (s *Server) reloadRevocations(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	set := &revocationSet{version: vs.Sections[store.SectionRevocations], ids: map[string]bool{}, serials: map[string]bool{}, list: l}
+	toks, err := s.oauthRevokedTokens(ctx)
+	if err != nil {
+		return err
+	}
+	set := &revocationSet{version: vs.Sections[store.SectionRevocations], ids: map[string]bool{}, serials: map[string]bool{}, list: l, tokens: toks}
 	for _, x := range l.IDs {
 		set.ids[x.SPIFFEID] = true
 	}

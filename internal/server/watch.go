@@ -309,6 +309,7 @@ func (s *Server) maintain(ctx context.Context) {
 		if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
 			s.changed(ctx)
 		}
+		s.tickOAuth(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)
