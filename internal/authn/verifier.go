@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -513,7 +514,7 @@ func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) 
 // public-key operation and cannot trigger key refreshes.
 func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, now time.Time) (*cacheEntry, error) {
 	if c.err != nil {
-		return nil, tokenErr(ErrRuleInvalid, c.err.Error())
+		return nil, tokenErr(ErrRuleInvalid, strings.TrimPrefix(c.err.Error(), "authn: "))
 	}
 	if err := pt.checkTimes(now, v.leeway); err != nil {
 		return nil, err
