@@ -1,0 +1,151 @@
+package server_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/token"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+func formPost(t *testing.T, c *http.Client, u string, form url.Values, user, pass string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", u, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// The server serves the token service on its listener with its own
+// certificate; the admin API is behind the admin credential; a workload
+// gets a certificate-bound token with its SVID; a revoked token's ID goes
+// out on every watch stream.
+func TestTokenServiceOnServer(t *testing.T) {
+	e := start(t, "")
+	iss := "https://" + e.addr
+	st, body := e.do(e.client(nil), "GET", "/.well-known/openid-configuration", "", nil)
+	var d map[string]any
+	json.Unmarshal(body, &d)
+	if st != 200 || d["issuer"] != iss || d["token_endpoint"] != iss+"/oauth2/token" {
+		t.Fatalf("discovery: %d %s", st, body)
+	}
+
+	// The admin API needs the admin credential.
+	req := token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}, SPIFFEID: "spiffe://example.org/agent/orders", Audiences: []string{"payments"}}}
+	if st, body := e.do(e.client(nil), "POST", "/v1/admin/oauth/clients", "", req); st != http.StatusUnauthorized {
+		t.Fatalf("no credential: %d %s", st, body)
+	}
+	if st, _ := e.do(e.client(nil), "POST", "/v1/admin/oauth/clients", "mla_wrong", req); st != http.StatusUnauthorized {
+		t.Fatalf("wrong credential: %d", st)
+	}
+	var created token.ClientAnswer
+	e.admin("POST", "/v1/admin/oauth/clients", req, &created)
+
+	// The workload authenticates with its X509-SVID (issued by this
+	// server's CA) and gets a certificate-bound token.
+	n := e.attest("spiffe://example.org/agent/orders")
+	st, tok := formPost(t, n.http, iss+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "", "")
+	if st != 200 {
+		t.Fatalf("token: %d %v", st, tok)
+	}
+	at := tok["access_token"].(string)
+	parsed, err := jwt.ParseSigned(at, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jwks jose.JSONWebKeySet
+	st, body = e.do(e.client(nil), "GET", "/.well-known/jwks.json", "", nil)
+	if err := json.Unmarshal(body, &jwks); err != nil || st != 200 {
+		t.Fatalf("jwks: %d %s", st, body)
+	}
+	var c struct {
+		jwt.Claims
+		Cnf map[string]string `json:"cnf"`
+	}
+	keys := jwks.Key(parsed.Headers[0].KeyID)
+	if len(keys) != 1 {
+		t.Fatal("signing key not in JWKS")
+	}
+	if err := parsed.Claims(keys[0].Key, &c); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(n.svid.CertChain[0])
+	if c.Issuer != iss || c.Subject != "orders" || c.Cnf["x5t#S256"] != base64.RawURLEncoding.EncodeToString(sum[:]) {
+		t.Fatalf("claims %+v", c)
+	}
+
+	// Revocation reaches the watch stream.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := e.watch(ctx, n)
+	next(t, ch) // the full first update
+	start := time.Now()
+	e.admin("POST", "/v1/admin/oauth/tokens/revoke", map[string]string{"token": at}, nil)
+	for {
+		u := next(t, ch)
+		if u.Revocations != nil && slices.ContainsFunc(u.Revocations.TokenIDs, func(r wire.RevokedTokenID) bool { return r.JTI == c.ID }) {
+			t.Logf("revoked jti on the watch stream after %v", time.Since(start))
+			break
+		}
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("revocation took %v to reach the watch stream", time.Since(start))
+	}
+	// Introspection now says inactive, and the metrics are exported.
+	var intro map[string]any
+	e.admin("POST", "/v1/admin/oauth/tokens/introspect", map[string]string{"token": at}, &intro)
+	if len(intro) != 1 || intro["active"] != false {
+		t.Fatalf("introspect: %v", intro)
+	}
+	st, body = e.do(e.client(nil), "GET", "/metrics", "", nil)
+	if st != 200 || !strings.Contains(string(body), `moatless_oauth_tokens_issued_total{grant="client_credentials"} 1`) {
+		t.Fatalf("metrics: %d", st)
+	}
+}
+
+// --issuer (config issuer) names the issuer; a restart keeps clients and
+// keys.
+func TestTokenServiceIssuerAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, func(c *config.Server) { c.Issuer = "https://127.0.0.1:1/auth" })
+	st, body := e.do(e.client(nil), "GET", "/auth/.well-known/openid-configuration", "", nil)
+	if st != 200 || !strings.Contains(string(body), `"issuer":"https://127.0.0.1:1/auth"`) {
+		t.Fatalf("discovery under the issuer path: %d %s", st, body)
+	}
+	var created token.ClientAnswer
+	e.admin("POST", "/v1/admin/oauth/clients", token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}}, &created)
+	var keys1 struct{ Keys []token.KeyInfo }
+	e.admin("GET", "/v1/admin/oauth/keys", nil, &keys1)
+	e.stop()
+	e2 := start(t, dir, func(c *config.Server) { c.Issuer = "https://127.0.0.1:1/auth" })
+	var keys2 struct{ Keys []token.KeyInfo }
+	e2.admin("GET", "/v1/admin/oauth/keys", nil, &keys2)
+	if len(keys1.Keys) != 1 || len(keys2.Keys) != 1 || keys1.Keys[0].KID != keys2.Keys[0].KID {
+		t.Fatalf("keys before %v after %v", keys1, keys2)
+	}
+	st, tok := formPost(t, e2.client(nil), "https://"+e2.addr+"/auth/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", created.Secret)
+	if st != 200 {
+		t.Fatalf("after restart: %d %v", st, tok)
+	}
+}
