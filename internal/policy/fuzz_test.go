@@ -1,0 +1,188 @@
+package policy
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func addConformanceSeeds(f *testing.F, pattern string) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "conformance", "*", pattern))
+	for _, file := range files {
+		if b, err := os.ReadFile(file); err == nil {
+			f.Add(b)
+		}
+	}
+}
+
+// FuzzParse: the loader never panics, and whatever it accepts compiles,
+// and its canonical Raw reads back to the same bytes.
+func FuzzParse(f *testing.F) {
+	addConformanceSeeds(f, "*.yaml")
+	f.Add([]byte("apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {name: a}\n"))
+	f.Add([]byte("---\n---\n# c\n"))
+	f.Add([]byte("a: &a [*a]"))
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"x"},"spec":{"rules":[{"when":[{"key":"request.auth.claims[a][b]","values":["*"]}]}]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		docs, err := Parse(bytes.NewReader(data))
+		if err != nil {
+			if docs != nil {
+				t.Fatal("documents returned with an error")
+			}
+			return
+		}
+		if _, err := Compile(docs, Options{}); err != nil {
+			t.Fatalf("accepted documents do not compile: %v", err)
+		}
+		for _, d := range docs {
+			back, err := ParseJSON(d.Raw)
+			if err != nil {
+				t.Fatalf("Raw does not parse back: %v\n%s", err, d.Raw)
+			}
+			if !bytes.Equal(back.Raw, d.Raw) {
+				t.Fatalf("Raw is not stable:\n%s\n%s", d.Raw, back.Raw)
+			}
+		}
+	})
+}
+
+// FuzzParseJSON: one JSON document, as the watch stream carries them.
+func FuzzParseJSON(f *testing.F) {
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"a"},"spec":{"selector":{"matchLabels":{"a":"b"}},"portLevelMtls":{"80":{"mode":"STRICT"}}}}`))
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"RequestAuthentication","metadata":{"name":"a"},"spec":{"jwtRules":[{"issuer":"i","timeout":"1s"}]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseJSON(data)
+		if err != nil {
+			return
+		}
+		if _, err := Compile([]Document{d}, Options{}); err != nil {
+			t.Fatalf("accepted document does not compile: %v", err)
+		}
+	})
+}
+
+// FuzzNormalizePath: normalization never panics; its output is an
+// absolute path without query, dot segments or (when merging) empty
+// segments, and normalizing it again changes nothing.
+func FuzzNormalizePath(f *testing.F) {
+	for _, s := range []string{"/", "/a/../b", `/a\b`, "/%2e%2E/x", "/a%2fb%5C", "//a//b/", "/a?b#c", "/caf\xc3\xa9 x", "/%zz%4", "/a/.", "/..", "/a/%00"} {
+		f.Add(s, uint8(0))
+		f.Add(s, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, p string, m uint8) {
+		mode := PathNormalization(m % 4)
+		out, err := NormalizePath(p, mode)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(out, "/") || strings.ContainsAny(out, "?#") {
+			t.Fatalf("NormalizePath(%q, %v) = %q", p, mode, out)
+		}
+		if mode == NormalizeNone {
+			return
+		}
+		for _, seg := range strings.Split(out[1:], "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("NormalizePath(%q, %v) = %q keeps a dot segment", p, mode, out)
+			}
+		}
+		if strings.ContainsRune(out, '\\') {
+			t.Fatalf("NormalizePath(%q, %v) = %q keeps a backslash", p, mode, out)
+		}
+		if (mode == NormalizeMergeSlashes || mode == NormalizeDecodeAndMergeSlashes) && strings.Contains(out, "//") {
+			t.Fatalf("NormalizePath(%q, %v) = %q keeps //", p, mode, out)
+		}
+		if mode != NormalizeDecodeAndMergeSlashes {
+			// DECODE_AND_MERGE_SLASHES decodes once by design ("%252F"
+			// becomes "%2F", which a second pass would decode again).
+			if again, err := NormalizePath(out, mode); err != nil || again != out {
+				t.Fatalf("not idempotent: %q -> %q -> %q (%v)", p, out, again, err)
+			}
+		}
+	})
+}
+
+// FuzzConditionKey: the `when` key parser never panics and never accepts
+// an empty header or claim name.
+func FuzzConditionKey(f *testing.F) {
+	for _, k := range []string{"request.headers[User-Agent]", "request.auth.claims[a][b]", "request.auth.claims[]", "request.headers[a][b]", "source.ip", "experimental.envoy.filters.a[b]", "request.auth.claims[[a]]"} {
+		f.Add(k)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		k, err := parseConditionKey(key)
+		if err != nil {
+			return
+		}
+		switch k.kind {
+		case attrHeader:
+			if k.header == "" {
+				t.Fatalf("%q: empty header", key)
+			}
+		case attrClaim:
+			if len(k.claim) == 0 || len(k.claim) > maxClaimDepth {
+				t.Fatalf("%q: claim path %q", key, k.claim)
+			}
+			for _, c := range k.claim {
+				if c == "" || strings.ContainsAny(c, "[]") {
+					t.Fatalf("%q: claim path %q", key, k.claim)
+				}
+			}
+		}
+	})
+}
+
+// FuzzPathTemplate: templates parse or fail cleanly and matching never
+// panics.
+func FuzzPathTemplate(f *testing.F) {
+	f.Add("/foo/{*}/bar/{**}", "/foo/x/bar/y/z")
+	f.Add("/{**}/", "//")
+	f.Add("/a/{*}", "/a/")
+	f.Fuzz(func(t *testing.T, tmpl, path string) {
+		pt, err := parsePathTemplate(tmpl)
+		if err != nil {
+			return
+		}
+		pt.match(path)
+	})
+}
+
+// FuzzDecide: any request file against the conformance policies decides
+// without panicking, and Explain agrees with Evaluate.
+func FuzzDecide(f *testing.F) {
+	addConformanceSeeds(f, filepath.Join("requests", "*.json"))
+	var docs []Document
+	files, _ := filepath.Glob(filepath.Join("testdata", "conformance", "*", "*.yaml"))
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		d, err := Parse(bytes.NewReader(b))
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, doc := range d {
+			doc.Name = strings.ReplaceAll(filepath.Base(filepath.Dir(file)), "_", "-") + "-" + doc.Name
+			docs = append(docs, doc)
+		}
+	}
+	s, err := Compile(docs, Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := ParseCheckRequest(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		d := s.Decide(req)
+		if d.Reason == "" {
+			t.Fatalf("decision without a reason: %+v", d)
+		}
+		if e := s.Explain(req, nil); e.Decision != s.Evaluate(req, nil) {
+			t.Fatalf("Explain and Evaluate disagree")
+		}
+	})
+}
