@@ -311,11 +311,17 @@ func (s *Server) handleSignX509(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	entries := make([]wire.Entry, len(in.Requests))
+	seen := map[string]wire.Entry{}
 	for i, req := range in.Requests {
-		e, err := s.entryFor(r.Context(), c, fmt.Sprintf("requests[%d].entry_id", i), req.EntryID)
-		if err != nil {
-			s.agentErr(w, "x509svids", err)
-			return
+		e, ok := seen[req.EntryID]
+		if !ok {
+			var err error
+			e, err = s.entryFor(r.Context(), c, fmt.Sprintf("requests[%d].entry_id", i), req.EntryID)
+			if err != nil {
+				s.agentErr(w, "x509svids", err)
+				return
+			}
+			seen[req.EntryID] = e
 		}
 		if len(req.CSR) == 0 {
 			s.agentErr(w, "x509svids", badf("requests[%d].csr: required", i))

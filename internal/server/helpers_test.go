@@ -44,7 +44,7 @@ func (c *clock) Add(d time.Duration) {
 
 // env is a running server for a test.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	srv    *server.Server
 	addr   string
@@ -58,7 +58,15 @@ type env struct {
 type envOpt func(*config.Server)
 
 // start runs a server on 127.0.0.1:0 in dir (a new temp dir when "").
-func start(t *testing.T, dir string, opts ...envOpt) *env {
+func start(t *testing.T, dir string, opts ...envOpt) *env { return startTB(t, dir, opts...) }
+
+// startB is start for benchmarks.
+func startB(b *testing.B) *env { return startTB(b, "") }
+
+func (e *env) attestB(b *testing.B, id string) *node                 { return e.attest(id) }
+func (e *env) adminB(b *testing.B, method, path string, in, out any) { e.admin(method, path, in, out) }
+
+func startTB(t testing.TB, dir string, opts ...envOpt) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()

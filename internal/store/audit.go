@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // AuditRow is one stored audit record. The hashing and verification rules
@@ -52,11 +53,24 @@ func (s *DB) AppendAuditRows(ctx context.Context, tx *sql.Tx, rows []AuditRow) e
 	if len(rows) == 0 {
 		return nil
 	}
-	for _, r := range rows {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, int64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details,
-			nonNil(r.PrevHash), r.Hash); err != nil {
-			return fmt.Errorf("store: append audit record %d: %w", r.Seq, err)
+	// Multi-row INSERTs: one statement per chunk, not per record, is most of
+	// the cost of a group commit.
+	const chunk = 100
+	for start := 0; start < len(rows); start += chunk {
+		part := rows[start:min(start+chunk, len(rows))]
+		var b strings.Builder
+		b.WriteString("INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash) VALUES ")
+		args := make([]any, 0, len(part)*9)
+		for i, r := range part {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			n := len(args)
+			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+			args = append(args, int64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nonNil(r.PrevHash), r.Hash)
+		}
+		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("store: append audit records %d-%d: %w", part[0].Seq, part[len(part)-1].Seq, err)
 		}
 	}
 	last := rows[len(rows)-1]
