@@ -77,7 +77,7 @@ func TestAdminMalformedInput(t *testing.T) {
 		{"entry_label_value", "POST", server.PathAdminEntries, `{` + valid + `,"labels":{"app":"a b"}}`, 400, "labels"},
 		{"entry_label_prefix", "POST", server.PathAdminEntries, `{` + valid + `,"labels":{"Bad_Prefix/app":"x"}}`, 400, "prefix"},
 		{"entry_query_param", "POST", server.PathAdminEntries + "?force=1", `{` + valid + `}`, 400, "force"},
-		{"entry_content_type", "POST", server.PathAdminEntries, "x=1", 400, "Content-Type"},
+		{"entry_form_body", "POST", server.PathAdminEntries, "x=1", 400, "malformed JSON"},
 		{"entry_huge_body", "POST", server.PathAdminEntries, `{"spiffe_id":"` + strings.Repeat("a", server.MaxAdminBody) + `"}`, 400, "larger than"},
 		{"entry_list_bad_selector", "GET", server.PathAdminEntries + "?selector=unix:nope", "", 400, "selector"},
 		{"entry_list_unknown_param", "GET", server.PathAdminEntries + "?limit=5", "", 400, "limit"},
@@ -115,7 +115,7 @@ func TestAdminMalformedInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, "https://"+e.addr+tc.path, strings.NewReader(tc.body))
 			req.Header.Set("Authorization", "Bearer "+e.token)
-			if tc.name == "entry_content_type" {
+			if tc.name == "entry_form_body" {
 				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			}
 			resp, err := e.client(nil).Do(req)
