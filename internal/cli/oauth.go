@@ -538,11 +538,11 @@ func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
 	fs := flag.NewFlagSet("oauth token revoke", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs, e)
-	file := fs.String("token-file", "", "`file` holding the token, - for stdin")
+	file := fs.String("file", "", "`file` holding the token, - for stdin")
 	jti := fs.String("jti", "", "revoke by token `ID` instead (the jti claim)")
 	exp := fs.String("expires-at", "", "with --jti: the token's expiry (RFC 3339); default 20 minutes from now, past any access token's lifetime")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless oauth token revoke (--token-file F | --jti ID [--expires-at T])")
+		fmt.Fprintln(fs.Output(), "Usage: moatless oauth token revoke (--file F | --jti ID [--expires-at T])")
 		fmt.Fprintln(fs.Output(), "\nA revoked access token's ID goes out on the watch stream: every sidecar refuses it within a second.")
 		fmt.Fprintln(fs.Output(), "A revoked refresh token revokes its whole family and the access tokens issued from it.")
 		fs.PrintDefaults()
@@ -553,7 +553,7 @@ func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
 	var req token.RevokeRequest
 	switch {
 	case (*file == "") == (*jti == ""):
-		return e.errorf(ExitUsage, "oauth token revoke: give --token-file or --jti")
+		return e.errorf(ExitUsage, "oauth token revoke: give --file (the token) or --jti")
 	case *file != "":
 		t, err := e.tokenArg(*file)
 		if err != nil {
@@ -587,12 +587,12 @@ func runOAuthTokenIntrospect(ctx context.Context, e *Env, args []string) int {
 	fs := flag.NewFlagSet("oauth token introspect", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs, e)
-	file := fs.String("token-file", "", "`file` holding the token, - for stdin (required)")
+	file := fs.String("file", "", "`file` holding the token, - for stdin (required)")
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
 	if *file == "" {
-		return e.errorf(ExitUsage, "oauth token introspect: --token-file is required (- reads stdin)")
+		return e.errorf(ExitUsage, "oauth token introspect: --file is required (- reads stdin)")
 	}
 	t, err := e.tokenArg(*file)
 	if err != nil {
