@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of mTLS proxy pairs on loopback, in one run:
+#
+#   direct:   wrk → app
+#   moatless: wrk → moatless sidecar (outbound) ⇒ mTLS ⇒ moatless sidecar (inbound) → app
+#   nginx:    wrk → nginx ⇒ mTLS ⇒ nginx → app
+#   haproxy:  wrk → haproxy ⇒ mTLS ⇒ haproxy → app
+#
+# Every pair uses the same P-256 certificates (X509-SVIDs with SPIFFE URI
+# SANs from one CA), verifies the peer's certificate both ways, keeps
+# pooled keep-alive connections between the proxies and to the app, and
+# runs one worker each (nginx worker_processes 1, HAProxy nbthread 1, the
+# sidecar GOMAXPROCS=1). The app is an nginx answering "hello" (one worker).
+#
+# Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
+# connection and what the pair adds over direct; CPU seconds per 1,000
+# requests for each proxy of the pair (utime+stime from /proc during the
+# 32-connection run); peak RSS (VmHWM) of each proxy.
+#
+# Usage: bench/run.sh [-d SECONDS] [-o results.md]
+# Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
+# Only 127.0.0.1 is used; everything started is stopped on exit.
+set -euo pipefail
+
+DUR=10
+OUT=""
+while getopts "d:o:" opt; do
+	case $opt in
+	d) DUR=$OPTARG ;;
+	o) OUT=$OPTARG ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE]" >&2; exit 2 ;;
+	esac
+done
+
+for cmd in go openssl nginx haproxy wrk; do
+	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx haproxy wrk openssl)" >&2; exit 2; }
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/moatless-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+# Ports: a block chosen from the PID so parallel runs do not collide.
+BASE=$((20000 + ($$ % 400) * 100))
+APP=$BASE
+MO_IN=$((BASE + 1)) MO_OUT=$((BASE + 2)) MO_ADM1=$((BASE + 3)) MO_ADM2=$((BASE + 4))
+NG_IN=$((BASE + 11)) NG_OUT=$((BASE + 12))
+HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
+
+echo "bench: building moatless" >&2
+(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
+
+# --- PKI: one CA, a server SVID (orders) and a client SVID (frontend). ---
+cd "$W"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -days 2 -subj "/O=bench/CN=bench CA" \
+	-addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+	-addext "subjectAltName=URI:spiffe://bench.test" -out ca.pem 2>/dev/null
+leaf() { # name spiffe-id
+	openssl ecparam -name prime256v1 -genkey -noout -out "$1.ec" 2>/dev/null
+	openssl pkcs8 -topk8 -nocrypt -in "$1.ec" -out "$1.key"
+	openssl req -new -key "$1.key" -subj "/O=bench" -out "$1.csr" 2>/dev/null
+	printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=URI:%s,DNS:localhost,IP:127.0.0.1\n' "$2" > "$1.ext"
+	openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+	cat "$1.pem" "$1.key" > "$1.bundle.pem" # HAProxy wants cert+key in one file
+}
+leaf server spiffe://bench.test/ns/prod/sa/orders
+leaf client spiffe://bench.test/ns/prod/sa/frontend
+
+# --- the app: nginx answering "hello" ---
+mkdir -p app ngin ngout
+cat > app/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $W/app/pid; error_log $W/app/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$APP; location / { return 200 "hello\n"; } } }
+CONF
+
+# --- nginx pair ---
+cat > ngin/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $W/ngin/pid; error_log $W/ngin/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$APP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG_IN ssl http2;
+    ssl_certificate $W/server.pem; ssl_certificate_key $W/server.key;
+    ssl_client_certificate $W/ca.pem; ssl_verify_client on; ssl_protocols TLSv1.3;
+    ssl_session_cache shared:S:1m;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  } }
+CONF
+cat > ngout/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $W/ngout/pid; error_log $W/ngout/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream peer { server 127.0.0.1:$NG_IN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG_OUT;
+    location / {
+      proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $W/client.pem; proxy_ssl_certificate_key $W/client.key;
+      proxy_ssl_trusted_certificate $W/ca.pem; proxy_ssl_verify on; proxy_ssl_name localhost;
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+    }
+  } }
+CONF
+
+# --- HAProxy pair ---
+cat > hain.cfg <<CONF
+global
+  nbthread 1
+  maxconn 4096
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend in
+  bind 127.0.0.1:$HA_IN ssl crt $W/server.bundle.pem ca-file $W/ca.pem verify required alpn h2,http/1.1 ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  server app 127.0.0.1:$APP
+CONF
+cat > haout.cfg <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend out
+  bind 127.0.0.1:$HA_OUT
+  default_backend peer
+backend peer
+  server peer 127.0.0.1:$HA_IN ssl crt $W/client.bundle.pem ca-file $W/ca.pem verify required verifyhost localhost ssl-min-ver TLSv1.3
+CONF
+
+# --- moatless pair (files mode, STRICT, one ALLOW policy) ---
+mkdir -p pol
+cat > pol/p.yaml <<CONF
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: prod}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: orders, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["bench.test/ns/prod/sa/frontend"]}}]
+    to: [{operation: {methods: ["GET"]}}]
+CONF
+cat > moin.yaml <<CONF
+identity: {files: {cert: $W/server.pem, key: $W/server.key, bundle: $W/ca.pem}}
+namespace: prod
+labels: {app: orders}
+inbound: [{listen: "127.0.0.1:$MO_IN", app: "127.0.0.1:$APP"}]
+policy: {files: [$W/pol]}
+admin: "127.0.0.1:$MO_ADM1"
+CONF
+cat > moout.yaml <<CONF
+identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
+outbound: [{listen: "127.0.0.1:$MO_OUT", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"}]
+admin: "127.0.0.1:$MO_ADM2"
+CONF
+
+startp() { # name cmd...
+	"${@:2}" >"$W/$1.log" 2>&1 &
+	PIDS+=($!)
+	eval "PID_$1=$!"
+}
+startp app nginx -c "$W/app/nginx.conf" -p "$W/app"
+startp ngin nginx -c "$W/ngin/nginx.conf" -p "$W/ngin"
+startp ngout nginx -c "$W/ngout/nginx.conf" -p "$W/ngout"
+startp hain haproxy -db -f "$W/hain.cfg"
+startp haout haproxy -db -f "$W/haout.cfg"
+GOMAXPROCS=1 startp moin "$W/moatless" sidecar -config "$W/moin.yaml"
+GOMAXPROCS=1 startp moout "$W/moatless" sidecar -config "$W/moout.yaml"
+
+waitport() {
+	for _ in $(seq 1 200); do
+		if curl -s -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
+		sleep 0.05
+	done
+	echo "bench: nothing answers on 127.0.0.1:$1" >&2
+	cat "$W"/*.log >&2
+	exit 1
+}
+for p in $APP $NG_OUT $HA_OUT $MO_OUT; do waitport "$p"; done
+for p in $NG_OUT $HA_OUT $MO_OUT; do
+	body=$(curl -s "http://127.0.0.1:$p/x")
+	[ "$body" = "hello" ] || { echo "bench: 127.0.0.1:$p answered '$body', not hello" >&2; cat "$W"/*.log >&2; exit 1; }
+done
+
+# nginx forks workers: measure the worker (the child of the master).
+worker_of() { pgrep -P "$1" | head -1; }
+WPID_ngin=$(worker_of "$PID_ngin"); WPID_ngout=$(worker_of "$PID_ngout")
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
+	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+declare -A RPS P50 P99 CPU_A CPU_B RSS_A RSS_B
+measure() { # setup port pidA pidB
+	local name=$1 port=$2 pa=${3:-} pb=${4:-}
+	# warm up: pools, sessions, JIT-free but caches
+	wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null
+	local a0=0 b0=0
+	[ -n "$pa" ] && a0=$(ticks "$pa") && b0=$(ticks "$pb")
+	local out reqs
+	out=$(wrk -t2 -c32 -d"${DUR}s" "http://127.0.0.1:$port/")
+	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+	if [ -n "$pa" ]; then
+		CPU_A[$name]=$(awk -v t="$(( $(ticks "$pa") - a0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
+		CPU_B[$name]=$(awk -v t="$(( $(ticks "$pb") - b0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
+		RSS_A[$name]=$(( $(hwm "$pa") / 1024 ))
+		RSS_B[$name]=$(( $(hwm "$pb") / 1024 ))
+	fi
+	out=$(wrk -t1 -c1 -d"${DUR}s" --latency "http://127.0.0.1:$port/")
+	P50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+	P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+	echo "bench: $name done" >&2
+}
+
+measure direct "$APP"
+measure moatless "$MO_OUT" "$PID_moout" "$PID_moin"
+measure nginx "$NG_OUT" "$WPID_ngout" "$WPID_ngin"
+measure haproxy "$HA_OUT" "$PID_haout" "$PID_hain"
+
+add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
+{
+	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)."
+	echo
+	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | peak RSS MB (client / server proxy) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	for s in direct moatless nginx haproxy; do
+		if [ "$s" = direct ]; then
+			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – |"
+		else
+			echo "| $s pair | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+		fi
+	done
+} | tee "${OUT:-/dev/null}"
