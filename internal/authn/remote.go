@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -319,5 +320,6 @@ func (v *Verifier) remoteList() []*remoteKeys {
 	for _, r := range v.remotes {
 		out = append(out, r)
 	}
+	slices.SortFunc(out, func(a, b *remoteKeys) int { return strings.Compare(a.id, b.id) })
 	return out
 }
