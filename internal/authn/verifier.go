@@ -603,8 +603,10 @@ func claimString(claims map[string]any, path []string) (string, bool) {
 	return "", false
 }
 
-// auth builds the per-request Auth: identity from the entry, token removal
-// for the locations this request used that the rule looks at.
+// auth builds the per-request Auth: identity from the entry and, unless
+// the rule forwards the original token, its removal from every location
+// this request carried it in (also those another rule looks at: the
+// token is the same bearer credential wherever it sits).
 func (e *cacheEntry) auth(fs []found) *policy.Auth {
 	a := &policy.Auth{
 		Principal:  e.principal,
@@ -617,9 +619,6 @@ func (e *cacheEntry) auth(fs []found) *policy.Auth {
 		return a
 	}
 	for _, f := range fs {
-		if !e.rule.hasLocation(f.loc) {
-			continue
-		}
 		if a.RemoveHeaders == nil && a.RemoveQueryParams == nil {
 			// The common case, one location: share its precomputed slices.
 			a.RemoveHeaders, a.RemoveQueryParams = f.loc.removeHeaders, f.loc.removeParams
