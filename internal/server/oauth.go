@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,8 +163,14 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) {
 	if e.Outcome != "success" {
 		outcome = audit.Failure
 	}
-	actor := e.ClientID
-	if actor == "" {
+	actor, _ := ctx.Value(adminActorKey{}).(string)
+	switch {
+	case actor != "":
+	case e.ClientID != "":
+		actor = e.ClientID
+	case strings.HasPrefix(e.Type, "oauth.key."):
+		actor = s.id.String()
+	default:
 		actor = "anonymous"
 	}
 	details := map[string]string{}
@@ -183,6 +190,10 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) {
 		s.log.Error("audit log unavailable for a token service event", "kind", e.Type, "err", err)
 	}
 }
+
+// adminActorKey carries the authenticated admin into the token service's
+// admin handlers, so their audit records name who acted.
+type adminActorKey struct{}
 
 // oauthPeer gives the token service the caller's SPIFFE ID for
 // tls_client_auth. The listener verified the certificate as an
@@ -238,7 +249,7 @@ func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 			writeErrors(rec, status, msg)
 		} else {
 			r.Body = http.MaxBytesReader(w, r.Body, MaxAdminBody)
-			h.ServeHTTP(rec, r)
+			h.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), adminActorKey{}, actor)))
 		}
 		code := rec.status
 		outcome, label := audit.Success, "success"

@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/token"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -117,6 +118,19 @@ func TestTokenServiceOnServer(t *testing.T) {
 	e.admin("POST", "/v1/admin/oauth/tokens/introspect", map[string]string{"token": at}, &intro)
 	if len(intro) != 1 || intro["active"] != false {
 		t.Fatalf("introspect: %v", intro)
+	}
+	// The audit log names who did what: the admin for admin calls, the
+	// client for grants.
+	var page server.AuditPage
+	e.admin("GET", server.PathAdminAudit+"?limit=200", nil, &page)
+	want := map[string]string{"oauth.client.created": "admin-token", "oauth.token.issued": "orders", "oauth.revoke": "admin-token", "oauth.key.created": "spiffe://example.org/moatless/server"}
+	for _, r := range page.Records {
+		if a, ok := want[r.Kind]; ok && a == r.Actor {
+			delete(want, r.Kind)
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("audit records missing (kind → actor): %v", want)
 	}
 	st, body = e.do(e.client(nil), "GET", "/metrics", "", nil)
 	if st != 200 || !strings.Contains(string(body), `moatless_oauth_tokens_issued_total{grant="client_credentials"} 1`) {

@@ -290,7 +290,7 @@ func (s *Service) CreateClient(ctx context.Context, req ClientRequest) (*ClientA
 	if err := s.cfg.Store.CreateClient(ctx, c); err != nil {
 		return nil, err
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.client.created", Outcome: "success", ClientID: c.ID,
+	s.audit(ctx, AuditEvent{Type: "oauth.client.created", Outcome: "success", Subject: c.ID,
 		Details: map[string]string{"auth_method": c.AuthMethod, "grant_types": strings.Join(c.GrantTypes, " ")}})
 	return &ClientAnswer{Client: c, Secret: secret}, nil
 }
@@ -342,7 +342,7 @@ func (s *Service) adminDeleteClient(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "client", err)
 		return
 	}
-	s.audit(r.Context(), AuditEvent{Type: "oauth.client.deleted", Outcome: "success", ClientID: id})
+	s.audit(r.Context(), AuditEvent{Type: "oauth.client.deleted", Outcome: "success", Subject: id})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -363,7 +363,7 @@ func (s *Service) adminRotateSecret(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.UpdatedAt = s.now()
-	s.audit(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", ClientID: c.ID})
+	s.audit(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", Subject: c.ID})
 	adminJSON(w, http.StatusOK, &ClientAnswer{Client: c, Secret: secret})
 }
 

@@ -129,9 +129,14 @@ type AuditEvent struct {
 	// "oauth.login.failed", "oauth.mfa.enrolled".
 	Type string
 	// Outcome is "success" or "failure".
-	Outcome  string
+	Outcome string
+	// ClientID is the OAuth client that made the request, "" for admin
+	// API calls (the server knows the admin) and for the service's own
+	// actions (key rotation).
 	ClientID string
-	Subject  string
+	// Subject is what the event is about: a user ID, a token subject, or
+	// the client an admin call changed.
+	Subject string
 	// Reason is an OAuth error code or a short cause on failure.
 	Reason string
 	Remote string
