@@ -602,3 +602,25 @@ func TestClaimsDecoded(t *testing.T) {
 		t.Fatalf("claims = %s", got)
 	}
 }
+
+// TestPrepareInstallsValidRules: one bad rule does not keep the others out.
+func TestPrepareInstallsValidRules(t *testing.T) {
+	keys(t)
+	good := inlineRule(t, keyES256)
+	bad := &securityv1beta1.JWTRule{Issuer: "https://other.example", JwksUri: "http://example.com/jwks"}
+	v, _ := newTestVerifier(t, Options{})
+	err := v.Prepare(context.Background(), ruleList(good, bad))
+	if !errors.Is(err, ErrInvalidRule) || !strings.Contains(err.Error(), "jwksUri") {
+		t.Fatalf("Prepare err = %v", err)
+	}
+	if _, err := v.Verify(ruleList(good, bad), bearer(sign(t, keyES256, claims(nil)))); err != nil {
+		t.Fatalf("valid rule not installed: %v", err)
+	}
+	_, err = v.Verify(ruleList(good, bad), bearer(sign(t, keyES256, claims(map[string]any{"iss": "https://other.example"}))))
+	if !errors.Is(err, ErrRuleInvalid) {
+		t.Fatalf("token for the invalid rule: %v", err)
+	}
+	if strings.Count(err.Error(), "authn:") != 1 {
+		t.Errorf("error repeats its prefix: %v", err)
+	}
+}
