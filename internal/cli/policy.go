@@ -1,8 +1,385 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
 
-// runPolicy is a placeholder until the policy command lands.
-func runPolicy(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy: not implemented yet")
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// policyCommands is the "moatless policy" table. check is offline and
+// lives here; the others talk to the server (policy_admin.go).
+var policyCommands = []command{
+	{"check", "evaluate a request against policy files offline, exactly as a sidecar would", runPolicyCheck},
+	{"apply", "validate and apply policies (multi-document YAML) as a new version", runPolicyApply},
+	{"get", "show the policies in force", runPolicyGet},
+	{"delete", "delete policies", runPolicyDelete},
+	{"history", "list policy versions", runPolicyHistory},
+	{"rollback", "make an earlier policy version current again", runPolicyRollback},
+	{"status", "show which sidecar runs which policy version", runPolicyStatus},
+}
+
+func runPolicy(ctx context.Context, e *Env, args []string) int {
+	return e.subcommand(ctx, "policy", policyCommands, args)
+}
+
+// jwksFetchTimeout bounds fetching jwksUri key sets during a check.
+const jwksFetchTimeout = 10 * time.Second
+
+const policyCheckUsage = `Usage: moatless policy check -f FILE_OR_DIR [-f ...] --request REQ.json [flags]
+
+Evaluates one request against Istio security policies (AuthorizationPolicy,
+PeerAuthentication, RequestAuthentication) the way a sidecar does, and prints
+the decision with the policy and rule that made it. A directory contributes
+its *.yaml, *.yml and *.json files. "-" reads standard input.
+
+REQ.json:
+  {"source": {"principal": "spiffe://td/ns/prod/sa/orders", "ip": "10.1.2.3"},
+   "destination": {"namespace": "prod", "labels": {"app": "payments"}, "port": 8080},
+   "request": {"protocol": "http", "method": "POST", "path": "/api/v1/payments/42",
+               "host": "payments.prod", "headers": {"authorization": "Bearer ..."}}}
+  "principal": "" is a plaintext caller; "protocol": "tcp" is raw TCP.
+
+Exit status: 0 when the check ran (whatever the decision), 2 on bad input.
+
+Flags:
+`
+
+func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("policy check", flag.ContinueOnError)
+	var (
+		files   stringList
+		reqFile string
+		root    string
+		norm    string
+		output  string
+		explain bool
+		at      string
+	)
+	fs.Var(&files, "f", "policy `file or directory` (repeatable; - for stdin)")
+	fs.StringVar(&reqFile, "request", "", "request `file` in the REQ.json format (- for stdin)")
+	fs.StringVar(&root, "root-namespace", policy.DefaultRootNamespace, "root `namespace`: its policies apply mesh-wide")
+	fs.StringVar(&norm, "path-normalization", "BASE", "path normalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
+	fs.StringVar(&output, "o", "text", "output format: text or json")
+	fs.BoolVar(&explain, "explain", false, "show every applicable policy and rule and why each did or did not match")
+	fs.StringVar(&at, "at", "", "verify tokens as of this `time` (RFC 3339) instead of now, for fixtures in CI")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), policyCheckUsage)
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	switch {
+	case len(files) == 0:
+		return e.errorf(ExitUsage, "policy check: give policies with -f FILE_OR_DIR")
+	case reqFile == "":
+		return e.errorf(ExitUsage, "policy check: give the request with --request REQ.json")
+	case output != "text" && output != "json":
+		return e.errorf(ExitUsage, "policy check: -o must be text or json, not %q", output)
+	}
+	stdinUsers := 0
+	for _, f := range append([]string{reqFile}, files...) {
+		if f == "-" {
+			stdinUsers++
+		}
+	}
+	if stdinUsers > 1 {
+		return e.errorf(ExitUsage, "policy check: only one of -f and --request can read standard input")
+	}
+	mode, err := policy.ParsePathNormalization(norm)
+	if err != nil {
+		return e.errorf(ExitUsage, "policy check: --path-normalization: %v", err)
+	}
+	now := time.Now
+	if at != "" {
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return e.errorf(ExitUsage, "policy check: --at: %q is not an RFC 3339 time such as 2025-01-02T15:04:05Z", at)
+		}
+		now = func() time.Time { return t }
+	}
+
+	docs, code, ok := e.readPolicyInputs(files)
+	if !ok {
+		return code
+	}
+	set, err := policy.Compile(docs, policy.Options{RootNamespace: root, PathNormalization: mode})
+	if err != nil {
+		if errors.Is(err, policy.ErrInvalid) {
+			return e.errorf(ExitUsage, "policy check: %v", err)
+		}
+		return e.errorf(ExitUsage, "policy check: --root-namespace: %v", err)
+	}
+
+	req, err := e.readCheckRequest(reqFile)
+	if err != nil {
+		return e.errorf(ExitUsage, "policy check: %s: %v", nameOfInput(reqFile), err)
+	}
+
+	// The sidecar's JWT verifier, with the key sets of the rules that
+	// apply fetched first (a sidecar does the same before serving).
+	var warnings []string
+	warnings = append(warnings, set.Warnings()...)
+	verifier := authn.NewVerifier(authn.Options{
+		Now:    now,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	defer verifier.Close()
+	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, jwksFetchTimeout)
+		if err := verifier.Prepare(pctx, rules); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				warnings = append(warnings, "RequestAuthentication: "+line)
+			}
+		}
+		cancel()
+	}
+
+	ex := set.Explain(req, verifier)
+	out := newCheckOutput(ex, warnings, explain)
+	if output == "json" {
+		return e.printJSON(out)
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(e.Stderr, "warning: %s\n", w)
+	}
+	out.writeText(e.Stdout, explain)
+	return ExitOK
+}
+
+func nameOfInput(f string) string {
+	if f == "-" {
+		return "standard input"
+	}
+	return f
+}
+
+// readPolicyInputs parses every -f argument: files, directories (their
+// *.yaml, *.yml and *.json files, in name order) and "-".
+func (e *Env) readPolicyInputs(args []string) ([]policy.Document, int, bool) {
+	var docs []policy.Document
+	for _, arg := range args {
+		var paths []string
+		if arg == "-" {
+			paths = []string{"-"}
+		} else {
+			st, err := os.Stat(arg)
+			if err != nil {
+				return nil, e.errorf(ExitUsage, "policy check: %v", err), false
+			}
+			if st.IsDir() {
+				entries, err := os.ReadDir(arg)
+				if err != nil {
+					return nil, e.errorf(ExitUsage, "policy check: %v", err), false
+				}
+				for _, en := range entries {
+					switch strings.ToLower(filepath.Ext(en.Name())) {
+					case ".yaml", ".yml", ".json":
+						if !en.IsDir() {
+							paths = append(paths, filepath.Join(arg, en.Name()))
+						}
+					}
+				}
+				sort.Strings(paths)
+				if len(paths) == 0 {
+					return nil, e.errorf(ExitUsage, "policy check: %s holds no .yaml, .yml or .json file", arg), false
+				}
+			} else {
+				paths = []string{arg}
+			}
+		}
+		for _, p := range paths {
+			var r io.Reader = e.Stdin
+			if p != "-" {
+				f, err := os.Open(p)
+				if err != nil {
+					return nil, e.errorf(ExitUsage, "policy check: %v", err), false
+				}
+				defer f.Close()
+				r = f
+			}
+			d, err := policy.ParseSource(nameOfInput(p), r)
+			if err != nil {
+				return nil, e.errorf(ExitUsage, "policy check: %v", err), false
+			}
+			docs = append(docs, d...)
+		}
+	}
+	return docs, 0, true
+}
+
+func (e *Env) readCheckRequest(name string) (*policy.Request, error) {
+	var r io.Reader = e.Stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	return policy.ParseCheckRequest(r)
+}
+
+// checkOutput is what "policy check -o json" prints.
+type checkOutput struct {
+	Decision string        `json:"decision"`
+	Policy   string        `json:"policy"`
+	Rule     *int          `json:"rule"`
+	Reason   string        `json:"reason"`
+	Action   string        `json:"action,omitempty"`
+	MTLS     mtlsOutput    `json:"mtls"`
+	Token    string        `json:"token"`
+	Audit    string        `json:"audit,omitempty"`
+	DryRun   *dryRunOutput `json:"dry_run,omitempty"`
+	Warnings []string      `json:"warnings,omitempty"`
+	Explain  *explainOut   `json:"explain,omitempty"`
+}
+
+type mtlsOutput struct {
+	Mode   string `json:"mode"`
+	Policy string `json:"policy,omitempty"`
+}
+
+type dryRunOutput struct {
+	Decision string `json:"decision"`
+	Policy   string `json:"policy"`
+	Rule     *int   `json:"rule"`
+	Reason   string `json:"reason"`
+}
+
+type explainOut struct {
+	Policies []policyTraceOut `json:"policies"`
+	Skipped  []string         `json:"skipped,omitempty"`
+}
+
+type policyTraceOut struct {
+	Policy   string         `json:"policy"`
+	Action   string         `json:"action"`
+	Provider string         `json:"provider,omitempty"`
+	DryRun   bool           `json:"dry_run,omitempty"`
+	Matched  *int           `json:"matched_rule"`
+	Note     string         `json:"note,omitempty"`
+	Rules    []ruleTraceOut `json:"rules"`
+}
+
+type ruleTraceOut struct {
+	Rule    int    `json:"rule"`
+	Matched bool   `json:"matched"`
+	Why     string `json:"why,omitempty"`
+}
+
+func ruleRef(i int) *int {
+	if i < 0 {
+		return nil
+	}
+	return &i
+}
+
+func newCheckOutput(ex policy.Explanation, warnings []string, explain bool) *checkOutput {
+	d := ex.Decision
+	out := &checkOutput{
+		Decision: d.Outcome.String(),
+		Policy:   d.Policy,
+		Rule:     ruleRef(d.Rule),
+		Reason:   d.Reason,
+		Action:   d.Action,
+		MTLS:     mtlsOutput{Mode: ex.MTLSMode.String(), Policy: ex.MTLSPolicy},
+		Token:    ex.Token,
+		Warnings: warnings,
+	}
+	if d.Audit {
+		out.Audit = d.AuditPolicy
+	}
+	if d.DryRun.Applies {
+		out.DryRun = &dryRunOutput{Decision: d.DryRun.Outcome.String(), Policy: d.DryRun.Policy, Rule: ruleRef(d.DryRun.Rule), Reason: d.DryRun.Reason}
+	}
+	if explain {
+		x := &explainOut{Policies: []policyTraceOut{}, Skipped: ex.Skipped}
+		for _, p := range ex.Policies {
+			pt := policyTraceOut{Policy: p.Policy, Action: p.Action, Provider: p.Provider, DryRun: p.DryRun, Matched: ruleRef(p.Matched), Note: p.Note, Rules: []ruleTraceOut{}}
+			for _, r := range p.Rules {
+				pt.Rules = append(pt.Rules, ruleTraceOut{Rule: r.Rule, Matched: r.Matched, Why: r.Why})
+			}
+			x.Policies = append(x.Policies, pt)
+		}
+		out.Explain = x
+	}
+	return out
+}
+
+func (o *checkOutput) writeText(w io.Writer, explain bool) {
+	by := "no policy decided"
+	if o.Policy != "" {
+		by = o.Policy
+		if o.Rule != nil {
+			by += fmt.Sprintf(" rule %d", *o.Rule)
+		}
+	}
+	fmt.Fprintf(w, "%s (%s)\n", strings.ToUpper(o.Decision), by)
+	fmt.Fprintf(w, "  reason:  %s\n", o.Reason)
+	mtls := o.MTLS.Mode
+	if o.MTLS.Policy != "" {
+		mtls += " (" + o.MTLS.Policy + ")"
+	} else {
+		mtls += " (no PeerAuthentication: the default)"
+	}
+	fmt.Fprintf(w, "  mTLS:    %s\n", mtls)
+	fmt.Fprintf(w, "  token:   %s\n", o.Token)
+	if o.Audit != "" {
+		fmt.Fprintf(w, "  audit:   yes (%s)\n", o.Audit)
+	}
+	if o.DryRun != nil {
+		fmt.Fprintf(w, "  dry-run: would %s: %s\n", strings.ToUpper(o.DryRun.Decision), o.DryRun.Reason)
+	}
+	if !explain || o.Explain == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	if len(o.Explain.Policies) == 0 {
+		fmt.Fprintln(w, "No AuthorizationPolicy applies to the destination.")
+	} else {
+		fmt.Fprintln(w, "AuthorizationPolicies that apply, in evaluation order:")
+	}
+	for _, p := range o.Explain.Policies {
+		tags := p.Action
+		if p.DryRun {
+			tags += ", dry-run"
+		}
+		if p.Provider != "" {
+			tags += ", provider " + p.Provider
+		}
+		status := "no rule matched"
+		if p.Matched != nil {
+			status = fmt.Sprintf("rule %d matched", *p.Matched)
+		}
+		fmt.Fprintf(w, "  %s [%s]: %s\n", p.Policy, tags, status)
+		if p.Note != "" {
+			fmt.Fprintf(w, "    %s\n", p.Note)
+		}
+		for _, r := range p.Rules {
+			if r.Matched {
+				fmt.Fprintf(w, "    rule %d: matched\n", r.Rule)
+			} else {
+				fmt.Fprintf(w, "    rule %d: %s\n", r.Rule, r.Why)
+			}
+		}
+	}
+	if len(o.Explain.Skipped) > 0 {
+		fmt.Fprintln(w, "Not applied (selector does not match):")
+		for _, s := range o.Explain.Skipped {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	}
 }

@@ -16,7 +16,8 @@ import (
 // The conformance suite is data: testdata/conformance/<scenario>/ holds
 // policies (*.yaml) and requests/<name>.<outcome>.json, where outcome is
 // allow, deny or unauthenticated. A request file is exactly what
-// "moatless policy check --request" reads, plus optional test-only keys:
+// "moatless policy check --request" reads. expectations.jsonc may add, per
+// case name:
 //
 //	"expect":      {"policy": "ns/name" or "", "rule": N, "reason": substring,
 //	                "audit": "ns/name", "dry_run": {"decision", "policy", "rule"}}
@@ -36,6 +37,12 @@ func TestConformance(t *testing.T) {
 	for _, dir := range scenarios {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			s := loadScenario(t, dir)
+			extras := map[string]json.RawMessage{}
+			if b, err := os.ReadFile(filepath.Join(dir, "expectations.jsonc")); err == nil {
+				if err := json.Unmarshal(b, &extras); err != nil {
+					t.Fatalf("expectations.jsonc: %v", err)
+				}
+			}
 			reqs, _ := filepath.Glob(filepath.Join(dir, "requests", "*.json"))
 			sort.Strings(reqs)
 			if len(reqs) == 0 {
@@ -48,7 +55,12 @@ func TestConformance(t *testing.T) {
 				if !ok {
 					t.Fatalf("%s: name must be <case>.<allow|deny|unauthenticated>.json", f)
 				}
-				t.Run(base, func(t *testing.T) { runConformanceCase(t, s, f, outcome) })
+				extra := extras[base]
+				delete(extras, base)
+				t.Run(base, func(t *testing.T) { runConformanceCase(t, s, f, outcome, extra) })
+			}
+			for name := range extras {
+				t.Errorf("expectations.jsonc names %q, which has no request file", name)
 			}
 		})
 	}
@@ -100,30 +112,25 @@ type conformanceExpect struct {
 	} `json:"dry_run"`
 }
 
-func runConformanceCase(t *testing.T, s *Set, file, outcome string) {
+func runConformanceCase(t *testing.T, s *Set, file, outcome string, extra json.RawMessage) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		t.Fatal(err)
+	var x struct {
+		Expect     conformanceExpect `json:"expect"`
+		JWT        map[string]any    `json:"jwt"`
+		JWTInvalid string            `json:"jwt_invalid"`
 	}
-	var expect conformanceExpect
-	var claims map[string]any
-	var invalid string
-	for key, dst := range map[string]any{"expect": &expect, "jwt": &claims, "jwt_invalid": &invalid} {
-		if v, ok := fields[key]; ok {
-			dec := json.NewDecoder(bytes.NewReader(v))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(dst); err != nil {
-				t.Fatalf("%s: %v", key, err)
-			}
-			delete(fields, key)
+	if extra != nil {
+		dec := json.NewDecoder(bytes.NewReader(extra))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&x); err != nil {
+			t.Fatalf("expectations.jsonc: %v", err)
 		}
 	}
-	rest, _ := json.Marshal(fields)
-	req, err := ParseCheckRequest(bytes.NewReader(rest))
+	expect, claims, invalid := x.Expect, x.JWT, x.JWTInvalid
+	req, err := ParseCheckRequest(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +184,7 @@ func runConformanceCase(t *testing.T, s *Set, file, outcome string) {
 		t.Errorf("unexpected dry-run result %+v", d.DryRun)
 	}
 	// Explain must agree with Evaluate.
-	req2, _ := ParseCheckRequest(bytes.NewReader(rest))
+	req2, _ := ParseCheckRequest(bytes.NewReader(raw))
 	if e := s.Explain(req2, verifier); e.Decision != d {
 		t.Errorf("Explain decided %+v, Evaluate %+v", e.Decision, d)
 	}

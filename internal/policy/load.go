@@ -468,6 +468,11 @@ var knownMetadata = map[string]bool{
 // valid.
 func decodeObject(obj map[string]any, at fieldPath) (Document, *fieldError) {
 	var d Document
+	_, hasAV := obj["apiVersion"]
+	_, hasKind := obj["kind"]
+	if !hasAV && !hasKind {
+		return d, errAt(at, "not a policy document: it has no apiVersion and kind (want an AuthorizationPolicy, PeerAuthentication or RequestAuthentication)")
+	}
 	for _, k := range sortedKeys(obj) {
 		switch k {
 		case "apiVersion", "kind", "metadata", "spec", "status":
