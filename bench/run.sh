@@ -220,14 +220,32 @@ to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
 	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-declare -A RPS P50 P99 CPU_A CPU_B RSS_A RSS_B
+# wrk at about 1,000 requests/s: 4 connections, each waiting 4 ms between
+# requests.
+cat > "$W/rate.lua" <<'LUA'
+function delay() return 4 end
+LUA
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# RssAnon is the process's private memory; the rest of VmRSS is mostly
+# file-backed pages of the executable, shared by every process running it.
+anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
+
+declare -A RPS P50 P99 CPU_A CPU_B RSS_A RSS_B LOW_RPS LOW_A LOW_B
 measure() { # setup port pidA pidB
 	local name=$1 port=$2 pa=${3:-} pb=${4:-}
-	# warm up: pools, sessions, JIT-free but caches
+	local out
+	if [ -n "$pa" ]; then
+		# RSS at ~1,000 req/s, before any heavier load.
+		out=$(wrk -t1 -c4 -d"${DUR}s" -s "$W/rate.lua" "http://127.0.0.1:$port/")
+		LOW_RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+		LOW_A[$name]=$(awk -v k="$(rss "$pa")" -v a="$(anon "$pa")" 'BEGIN {printf "%.1f (%.1f private)", k / 1024, a / 1024}')
+		LOW_B[$name]=$(awk -v k="$(rss "$pb")" -v a="$(anon "$pb")" 'BEGIN {printf "%.1f (%.1f private)", k / 1024, a / 1024}')
+	fi
+	# warm up: pools, sessions, caches
 	wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null
 	local a0=0 b0=0
 	[ -n "$pa" ] && a0=$(ticks "$pa") && b0=$(ticks "$pb")
-	local out reqs
+	local reqs
 	out=$(wrk -t2 -c32 -d"${DUR}s" "http://127.0.0.1:$port/")
 	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
 	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -252,13 +270,13 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 {
 	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)."
 	echo
-	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | peak RSS MB (client / server proxy) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | RSS MB at ~1k req/s (client / server proxy) | peak RSS MB @32 conns (client / server) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for s in direct moatless nginx haproxy; do
 		if [ "$s" = direct ]; then
-			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – |"
+			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – | – |"
 		else
-			echo "| $s pair | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+			echo "| $s pair | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
 		fi
 	done
 } | tee "${OUT:-/dev/null}"
