@@ -112,11 +112,11 @@ func (a *attrMatch) match(c *evalCtx) bool {
 	case attrHeader:
 		return a.headerAttr(c)
 	case attrRequestPrincipal:
-		iss, sub, present := requestIssSub(r.Auth)
-		if a.pos.n > 0 && (!present || !matchRP(a.pos.rps, iss, sub)) {
+		t := requestIssSub(r.Auth)
+		if a.pos.n > 0 && !matchRP(a.pos.rps, t) {
 			return false
 		}
-		return a.neg.n == 0 || !present || !matchRP(a.neg.rps, iss, sub)
+		return a.neg.n == 0 || !matchRP(a.neg.rps, t)
 	case attrAudiences:
 		var auds []string
 		if r.Auth != nil {
@@ -211,26 +211,37 @@ func matchSA(sas []serviceAccount, ns, sa string) bool {
 	return false
 }
 
-// requestIssSub returns the issuer and subject of the verified token,
-// from its claims when present (a subject may hold "/"), else split from
-// Auth.Principal ("iss/sub") at its last "/".
-func requestIssSub(a *Auth) (iss, sub string, present bool) {
-	if a == nil {
-		return "", "", false
-	}
-	iss, _ = a.Claims["iss"].(string)
-	sub, _ = a.Claims["sub"].(string)
-	if iss == "" && sub == "" && a.Principal != "" {
-		if i := strings.LastIndexByte(a.Principal, '/'); i >= 0 {
-			iss, sub = a.Principal[:i], a.Principal[i+1:]
-		}
-	}
-	return iss, sub, iss != "" || sub != ""
+// issSub is the issuer and subject of the verified token, each with
+// whether the token has it: a claim the token lacks matches no pattern,
+// not even an exact "" (Envoy's metadata matcher does the same).
+type issSub struct {
+	iss, sub       string
+	hasIss, hasSub bool
 }
 
-func matchRP(ps []reqPrincipalPat, iss, sub string) bool {
+// requestIssSub reads iss and sub from the token's claims (a subject may
+// hold "/"), else splits Auth.Principal ("iss/sub") at its last "/".
+func requestIssSub(a *Auth) issSub {
+	var t issSub
+	if a == nil {
+		return t
+	}
+	t.iss, t.hasIss = a.Claims["iss"].(string)
+	t.sub, t.hasSub = a.Claims["sub"].(string)
+	if !t.hasIss && !t.hasSub && a.Principal != "" {
+		if i := strings.LastIndexByte(a.Principal, '/'); i >= 0 {
+			t.iss, t.sub, t.hasIss, t.hasSub = a.Principal[:i], a.Principal[i+1:], true, true
+		}
+	}
+	return t
+}
+
+func matchRP(ps []reqPrincipalPat, t issSub) bool {
+	if !t.hasIss || !t.hasSub {
+		return false
+	}
 	for _, p := range ps {
-		if p.iss.match(iss) && p.sub.match(sub) {
+		if p.iss.match(t.iss) && p.sub.match(t.sub) {
 			return true
 		}
 	}

@@ -633,6 +633,21 @@ spec:
 			{name: "any_issuer_subject_admin", req: newReq(method("POST"), auth(jwt("https://other", "admin", nil))), outcome: Allow, policy: "foo/rp", rule: 1},
 			{name: "no_token", req: newReq(), outcome: Deny, policy: ""},
 		},
+	}, {
+		name: "request_principal_without_slash_is_an_issuer",
+		yaml: `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: rp, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["machine-issuer"]}}]
+`,
+		checks: []check{
+			{name: "empty_subject_matches", req: newReq(auth(&Auth{Claims: map[string]any{"iss": "machine-issuer", "sub": ""}})), outcome: Allow, policy: "foo/rp", rule: 0},
+			{name: "missing_subject_does_not", req: newReq(auth(&Auth{Claims: map[string]any{"iss": "machine-issuer"}})), outcome: Deny, policy: ""},
+			{name: "other_subject_does_not", req: newReq(auth(jwt("machine-issuer", "x", nil))), outcome: Deny, policy: ""},
+		},
 	}})
 }
 

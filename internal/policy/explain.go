@@ -242,11 +242,11 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		}
 		return "header " + a.header + " (absent)"
 	case attrRequestPrincipal:
-		iss, sub, ok := requestIssSub(r.Auth)
-		if !ok {
-			return "request principal (no verified token)"
+		t := requestIssSub(r.Auth)
+		if !t.hasIss || !t.hasSub {
+			return "request principal (no verified token with iss and sub)"
 		}
-		return q("request principal", iss+"/"+sub)
+		return q("request principal", t.iss+"/"+t.sub)
 	case attrAudiences:
 		if r.Auth == nil || len(r.Auth.Audiences) == 0 {
 			return "token audiences (absent)"
