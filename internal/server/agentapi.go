@@ -270,13 +270,34 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	s.agentOK(w, "renew", http.StatusOK, wire.X509SVIDResponse{SVID: toWireSVID(iss, c.id.String(), "")})
 }
 
+// cachedEntry returns the entry with id from the cache or the store.
+// Entries are immutable once written (changes are delete + create), and the
+// cache is cleared on every entries version change, so a hit is never
+// older than the last change this server has seen.
+func (s *Server) cachedEntry(ctx context.Context, id string) (wire.Entry, error) {
+	if v, ok := s.entries.Load(id); ok {
+		return v.(wire.Entry), nil
+	}
+	ver := s.entriesVer.Load()
+	e, err := s.db.Entry(ctx, id)
+	if err != nil {
+		return e, err
+	}
+	// Cache only if no change happened while reading: otherwise the entry
+	// read may already be stale.
+	if s.entriesVer.Load() == ver && s.entriesCount.Add(1) <= 100_000 {
+		s.entries.Store(id, e)
+	}
+	return e, nil
+}
+
 // entryFor loads an entry the caller may get an identity for: it exists,
 // its parent is the caller, and its SPIFFE ID is not revoked.
 func (s *Server) entryFor(ctx context.Context, c *caller, field, id string) (wire.Entry, error) {
 	if id == "" {
 		return wire.Entry{}, badf("%s: required", field)
 	}
-	e, err := s.db.Entry(ctx, id)
+	e, err := s.cachedEntry(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && e.ParentID != c.id.String()) {
 		// The same answer for "absent" and "not yours": a node learns
 		// nothing about other nodes' entries.

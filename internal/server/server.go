@@ -102,6 +102,12 @@ type Server struct {
 	// separately on every request.
 	credCache sync.Map
 	credCount atomic.Int64
+	// entries caches registration entries by id for the signing path; it
+	// is dropped whenever the entries version moves (here or, via the
+	// poller, on another replica).
+	entries      sync.Map
+	entriesCount atomic.Int64
+	entriesVer   atomic.Uint64
 
 	ln      net.Listener
 	mux     *http.ServeMux

@@ -81,6 +81,10 @@ func (s *Server) changed(ctx context.Context) {
 		s.log.Error("read change versions", "err", err)
 		return
 	}
+	if v := vs.Sections[store.SectionEntries]; s.entriesVer.Swap(v) != v {
+		s.entries.Clear()
+		s.entriesCount.Store(0)
+	}
 	if vs.Sections[store.SectionRevocations] != s.revs.Load().version {
 		if err := s.reloadRevocations(ctx); err != nil {
 			s.log.Error("reload revocations", "err", err)
