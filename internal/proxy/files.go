@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -206,16 +208,58 @@ func (w *FileWatcher) reloadRevocations() (bool, error) {
 	if w.revLoaded && bytes.Equal(b, w.revRaw) {
 		return false, nil
 	}
-	var r wire.Revocations
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if len(bytes.TrimSpace(b)) > 0 {
-		if err := dec.Decode(&r); err != nil {
-			return false, fmt.Errorf("proxy: revocations file %s: %w", w.RevocationsFile, err)
-		}
+	r, err := ParseRevocations(b)
+	if err != nil {
+		return false, fmt.Errorf("proxy: revocations file %s: %w", w.RevocationsFile, err)
 	}
 	w.revRaw, w.revLoaded = b, true
-	n := w.Sidecar.SetRevocations(&r)
+	n := w.Sidecar.SetRevocations(r)
 	w.Logger.Info("revocations loaded", "spiffe_ids", len(r.SPIFFEIDs), "serials", len(r.Serials), "token_ids", len(r.TokenIDs), "closed", n)
 	return true, nil
+}
+
+// ParseRevocations reads a JSON wire.Revocations document strictly: unknown
+// fields, trailing data, empty or malformed SPIFFE IDs and serials that are
+// not hex are errors. An empty (or all-whitespace) input is an empty list.
+func ParseRevocations(b []byte) (*wire.Revocations, error) {
+	var r wire.Revocations
+	if len(bytes.TrimSpace(b)) == 0 {
+		return &r, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after the JSON object")
+	}
+	for _, id := range r.SPIFFEIDs {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return nil, fmt.Errorf("spiffe_ids: %q: %w", id, err)
+		}
+	}
+	for _, s := range r.Serials {
+		if !isHex(strings.TrimSpace(s.Serial)) {
+			return nil, fmt.Errorf("serials: %q is not a hex serial", s.Serial)
+		}
+	}
+	for _, t := range r.TokenIDs {
+		if t.JTI == "" {
+			return nil, errors.New("token_ids: empty jti")
+		}
+	}
+	return &r, nil
+}
+
+func isHex(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }

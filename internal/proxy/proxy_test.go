@@ -357,3 +357,5 @@ func TestRevocationClosesLiveConnections(t *testing.T) {
 }
 
 var _ sync.Locker
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -1,0 +1,100 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const sidecarOK = `identity:
+  files: {cert: c.pem, key: k.pem, bundle: b.pem}
+namespace: prod
+labels: {app: orders}
+inbound:
+  - {listen: "0.0.0.0:15006", app: "127.0.0.1:8080"}
+outbound:
+  - {listen: "127.0.0.1:15001", upstream: "10.0.0.7:15006", spiffe_id: "spiffe://td/ns/prod/sa/payments"}
+`
+
+func TestParseSidecarDefaults(t *testing.T) {
+	c, err := ParseSidecar(strings.NewReader(sidecarOK))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin != DefaultSidecarAdmin || c.ReloadInterval.Std() != DefaultSidecarReload ||
+		c.Policy.RootNamespace != DefaultRootNamespace || c.HandshakeTimeout.Std() != 10*time.Second {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}
+
+func TestParseSidecarRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{"unknown_key", sidecarOK + "bogus: 1\n", "bogus"},
+		{"unknown_nested_key", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", prot: tcp", 1), "prot"},
+		{"no_identity", strings.Replace(sidecarOK, "  files: {cert: c.pem, key: k.pem, bundle: b.pem}\n", "  {}\n", 1), "identity: set one of"},
+		{"two_identities", strings.Replace(sidecarOK, "identity:\n", "identity:\n  workload_api: unix:///tmp/a.sock\n", 1), "only one"},
+		{"files_missing_key", strings.Replace(sidecarOK, "key: k.pem, ", "", 1), "identity.files"},
+		{"workload_api_not_unix", strings.Replace(sidecarOK, "  files: {cert: c.pem, key: k.pem, bundle: b.pem}\n", "  workload_api: /tmp/a.sock\n", 1), "identity.workload_api"},
+		{"outbound_not_loopback", strings.Replace(sidecarOK, "127.0.0.1:15001", "0.0.0.0:15001", 1), "outbound[0].listen"},
+		{"outbound_bad_spiffe_id", strings.Replace(sidecarOK, "spiffe://td/ns/prod/sa/payments", "https://payments", 1), "outbound[0].spiffe_id"},
+		{"inbound_bad_protocol", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", protocol: udp", 1), "inbound[0].protocol"},
+		{"inbound_no_port", strings.Replace(sidecarOK, "0.0.0.0:15006", "0.0.0.0", 1), "inbound[0].listen"},
+		{"no_namespace_with_inbound", strings.Replace(sidecarOK, "namespace: prod\n", "", 1), "namespace"},
+		{"admin_not_loopback", sidecarOK + "admin: 0.0.0.0:15000\n", "admin"},
+		{"sample_rate_above_one", sidecarOK + "decision_log: {allow_sample_rate: 1.5}\n", "allow_sample_rate"},
+		{"bad_duration", sidecarOK + "reload_interval: soon\n", "duration"},
+		{"duplicate_names", strings.Replace(strings.Replace(sidecarOK, "- {listen: \"0.0.0.0", "- {name: a, listen: \"0.0.0.0", 1), "- {listen: \"127", "- {name: a, listen: \"127", 1), "already used"},
+		{"join_with_policy_files", "identity: {join: {server: \"127.0.0.1:8443\", token_file: t, server_bundle: b}}\noutbound: [{listen: \"127.0.0.1:1\", upstream: \"127.0.0.1:2\", spiffe_id: \"spiffe://td/x\"}]\npolicy: {files: [p]}\n", "policy.files"},
+		{"no_listener", "identity: {workload_api: \"unix:///tmp/a.sock\"}\n", "at least one listener"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseSidecar(strings.NewReader(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseSidecarAccepts(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+	}{
+		{"files", sidecarOK},
+		{"workload_api_default", strings.Replace(sidecarOK, "  files: {cert: c.pem, key: k.pem, bundle: b.pem}\n", "  workload_api: default\n", 1)},
+		{"join", strings.Replace(sidecarOK, "  files: {cert: c.pem, key: k.pem, bundle: b.pem}\n", "  join: {server: \"127.0.0.1:8443\", token_file: t, server_bundle: b.pem}\n", 1)},
+		{"unix_app_and_grpc", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"unix:/run/app.sock\", protocol: grpc, port: 9090", 1)},
+		{"json", `{"identity": {"workload_api": "unix:///tmp/a.sock"}, "outbound": [{"listen": "[::1]:1", "upstream": "127.0.0.1:2", "spiffe_id": "spiffe://td/x", "protocol": "tcp"}]}`},
+		{"admin_off", sidecarOK + "admin: \"off\"\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseSidecar(strings.NewReader(tc.yaml)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// FuzzParseSidecar: any input either parses into a config that validates
+// or is refused with an error; it never panics.
+func FuzzParseSidecar(f *testing.F) {
+	f.Add(sidecarOK)
+	f.Add(`{"identity": {"workload_api": "unix:///tmp/a.sock"}, "outbound": [{"listen": "[::1]:1", "upstream": "127.0.0.1:2", "spiffe_id": "spiffe://td/x"}]}`)
+	f.Add("identity: {join: {server: a, token_file: b, server_bundle: c}}\nreload_interval: 5\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseSidecar(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("parsed config does not validate: %v", err)
+		}
+	})
+}
