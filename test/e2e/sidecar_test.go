@@ -527,3 +527,57 @@ outbound:
 		}
 	})
 }
+
+// TestSidecarJoinTokenMode: two sidecars attest to a real server with
+// their own join tokens and use the SVIDs it issues; with no policy pushed
+// yet every request is denied (deny by default); a revocation pushed by
+// the server closes the caller's live connection at the callee and its
+// next handshake is refused.
+func TestSidecarJoinTokenMode(t *testing.T) {
+	p := startPlane(t)
+	bundle := filepath.Join(p.dataDir, "bundle.pem")
+	app := sidecarEchoApp(t)
+	inbound, outbound := freeAddr(t), freeAddr(t)
+	tokenFile := func(id string) string {
+		f := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(f, []byte(p.joinToken(id)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	orders := startSidecarProc(t, "orders-sidecar", fmt.Sprintf(`identity:
+  join: {server: "%s", token_file: %s, server_bundle: %s}
+namespace: prod
+labels: {app: orders}
+inbound:
+  - {listen: "%s", app: "%s", port: 8080}
+`, p.addr, tokenFile(scOrdersID), bundle, inbound, app), false)
+	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
+  join: {server: "%s", token_file: %s, server_bundle: %s}
+outbound:
+  - {listen: "%s", upstream: "%s", spiffe_id: "%s"}
+`, p.addr, tokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
+
+	plain := &http.Client{Timeout: 10 * time.Second}
+	var code int
+	var body string
+	waitFor(t, 30*time.Second, "a decision through the joined pair", func() bool {
+		code, body = sidecarDo(t, plain, "GET", "http://"+outbound+"/api/orders")
+		return code == 403
+	})
+	if body != "RBAC: access denied" {
+		t.Fatalf("without policies: %d %q", code, body)
+	}
+	if !strings.Contains(orders.out.String(), `"source":"`+scFrontendID+`"`) {
+		t.Fatalf("the callee did not see the caller's server-issued identity:\n%s", orders.out.String())
+	}
+
+	p.admin("revoke", "--spiffe-id", scFrontendID)
+	waitFor(t, 15*time.Second, "the revocation to close the caller's connection", func() bool {
+		return orders.metric(t, "moatless_sidecar_revoked_connections_closed_total") >= 1
+	})
+	code, body = sidecarDo(t, plain, "GET", "http://"+outbound+"/api/orders")
+	if code != 503 || !strings.Contains(body, "upstream connect error") {
+		t.Fatalf("revoked caller: %d %q, want 503 (handshake refused)", code, body)
+	}
+}
