@@ -84,31 +84,35 @@ func NormalizePath(path string, mode PathNormalization) (string, error) {
 // (or path itself when nothing changes): the caller must not keep it past
 // buf's life. It allocates only when the path outgrows buf.
 func normalizePath(buf []byte, path string, mode PathNormalization) (string, error) {
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		path = path[:i]
-	}
-	if path == "" {
+	if path == "" || path[0] == '?' || path[0] == '#' {
 		return "/", nil
 	}
 	if path[0] != '/' {
 		return "", fmt.Errorf("%w: must start with \"/\"", ErrInvalidPath)
 	}
-	// Fast path: nothing to decode, convert, resolve or merge.
-	clean := true
-	for i := 0; i < len(path); i++ {
+	// One scan: cut the query and fragment, refuse what Istio refuses, and
+	// see whether anything needs decoding, converting, resolving or merging.
+	clean, pct := true, false
+scan:
+	for i := 1; i < len(path); i++ {
 		c := path[i]
 		switch {
+		case c == '?' || c == '#':
+			path = path[:i]
+			break scan
 		case c < 0x20 || c == 0x7f:
 			return "", fmt.Errorf("%w: control character 0x%02x", ErrInvalidPath, c)
-		case c == '%' || c == '\\' || c == ' ' || c >= 0x80:
+		case c == '%':
+			clean, pct = false, true
+		case c == '\\' || c == ' ' || c >= 0x80:
 			clean = false
 		case c == '.' && path[i-1] == '/':
 			clean = false
-		case c == '/' && i > 0 && path[i-1] == '/':
+		case c == '/' && path[i-1] == '/':
 			clean = false
 		}
 	}
-	if strings.Contains(path, "%00") {
+	if pct && strings.Contains(path, "%00") {
 		return "", fmt.Errorf("%w: encoded NUL (%%00)", ErrInvalidPath)
 	}
 	if clean || mode == NormalizeNone {
