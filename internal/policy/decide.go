@@ -416,7 +416,11 @@ func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 			}
 			auth, err := v.Verify(rules, req)
 			if err != nil {
-				return Decision{Outcome: Unauthenticated, Rule: -1, Reason: "invalid token: " + err.Error()}
+				reason := err.Error()
+				if !strings.Contains(reason, "invalid token") {
+					reason = "invalid token: " + reason
+				}
+				return Decision{Outcome: Unauthenticated, Rule: -1, Reason: reason}
 			}
 			req.Auth = auth
 		}

@@ -18,7 +18,7 @@ type Explanation struct {
 	// JWTRules is how many RequestAuthentication rules apply.
 	JWTRules int
 	// Token describes the request's JWT: "none", "verified <principal>",
-	// or "not checked" when the decision came before authentication.
+	// "invalid", or "not checked" when mTLS refused the request first.
 	Token string
 	// Policies are the AuthorizationPolicies that apply to the
 	// destination, in evaluation order, each with what its rules did.
@@ -61,8 +61,10 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 	e.MTLSMode, e.MTLSPolicy = s.MTLSPolicy(req.Destination)
 	e.JWTRules = len(s.JWTRules(req.Destination))
 	switch {
-	case req.Source.Principal == "" && e.MTLSMode == ModeStrict, e.Decision.Outcome == Unauthenticated:
+	case req.Source.Principal == "" && e.MTLSMode == ModeStrict:
 		e.Token = "not checked"
+	case e.Decision.Outcome == Unauthenticated:
+		e.Token = "invalid"
 	case req.Auth != nil:
 		e.Token = "verified " + req.Auth.Principal
 	default:
