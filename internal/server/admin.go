@@ -53,6 +53,7 @@ func (s *Server) routes() {
 	m.Handle("GET "+PathAdminBundle, s.admin(s.getBundle))
 	m.Handle("GET "+PathAdminAudit, s.admin(s.listAudit))
 	m.Handle("GET "+PathAdminNodes, s.admin(s.listNodes))
+	s.policyRoutes()
 	// Anything else under /v1/admin/ still needs a credential before it
 	// learns that it does not exist.
 	m.Handle("/v1/admin/", s.admin(func(c *adminCall) {
@@ -154,7 +155,10 @@ func (c *adminCall) query(allowed ...string) (url.Values, error) {
 // admin wraps an admin handler: it authenticates the caller (admin token
 // or admin client certificate), bounds the body, runs h, audits the call
 // unless h recorded it with its change, counts it, and writes the reply.
-func (s *Server) admin(h func(*adminCall)) http.Handler {
+func (s *Server) admin(h func(*adminCall)) http.Handler { return s.adminLimit(MaxAdminBody, h) }
+
+// adminLimit is admin with a body limit of its own (policy sets are larger).
+func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &adminCall{s: s, r: r, ctx: r.Context()}
 		actor, status, msg := s.authenticateAdmin(r)
@@ -166,7 +170,7 @@ func (s *Server) admin(h func(*adminCall)) http.Handler {
 			c.reply(status, errorBody(msg))
 		} else {
 			c.actor = actor
-			r.Body = http.MaxBytesReader(w, r.Body, MaxAdminBody)
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
 			h(c)
 		}
 		if c.status == 0 {

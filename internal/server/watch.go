@@ -157,16 +157,6 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 	return u, any, nil
 }
 
-// policySet returns the policy section; nil until the policy store exists.
-var policySetHook func(ctx context.Context, s *Server) (*wire.PolicySet, error)
-
-func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {
-	if policySetHook == nil {
-		return nil, nil
-	}
-	return policySetHook(ctx, s)
-}
-
 // handleWatch streams wire.Update objects as NDJSON to an attested node:
 // first every section, then each change that concerns it (its entries, the
 // bundle, revocations, policies) with the global version, and a heartbeat

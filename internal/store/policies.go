@@ -206,3 +206,14 @@ func (s *DB) PolicyHistory(ctx context.Context, before uint64, limit int) ([]Pol
 	}
 	return out, rows.Err()
 }
+
+// LockPolicies takes the policy writers' lock inside tx (the policy
+// counter's row lock under PostgreSQL; SQLite's write lock is held from
+// BEGIN already), so reading the current set, validating a change against
+// it and writing it happen without another writer in between.
+func (s *DB) LockPolicies(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, "UPDATE counters SET value = value WHERE name = 'policy_version'"); err != nil {
+		return fmt.Errorf("store: lock policies: %w", err)
+	}
+	return nil
+}

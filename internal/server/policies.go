@@ -1,0 +1,499 @@
+package server
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Policy admin API paths.
+const (
+	PathAdminPolicies        = "/v1/admin/policies"          // GET ?version&kind&namespace&name, POST PolicyApplyRequest
+	PathAdminPoliciesDelete  = "/v1/admin/policies/delete"   // POST PolicyDeleteRequest
+	PathAdminPolicyHistory   = "/v1/admin/policies/history"  // GET ?before&limit
+	PathAdminPolicyRollback  = "/v1/admin/policies/rollback" // POST PolicyRollbackRequest
+	PathAdminPolicyStatus    = "/v1/admin/policies/status"   // GET PolicyStatus
+	maxPolicyBody            = policy.MaxInputSize + 1<<20
+	maxPolicyFiles           = 1000
+	maxPolicyRefsInOneDelete = 10000
+)
+
+// PolicyFile is one file of policies (multi-document YAML or JSON).
+type PolicyFile struct {
+	// Name appears in error messages ("policies.yaml: document 2, line 14: ...").
+	Name    string `json:"name,omitempty"`
+	Content string `json:"content"`
+}
+
+// PolicyApplyRequest applies the documents of Files as one new version:
+// each document is created or replaces the one with its kind, namespace
+// and name; others stay. DryRun validates and reports without writing.
+type PolicyApplyRequest struct {
+	Files  []PolicyFile `json:"files"`
+	DryRun bool         `json:"dry_run,omitempty"`
+}
+
+// PolicyChangeResult answers apply, delete and rollback.
+type PolicyChangeResult struct {
+	// Version is the new policy version, or the current one when nothing
+	// changed (Changes empty).
+	Version  uint64               `json:"version"`
+	Changes  []store.PolicyChange `json:"changes"`
+	Warnings []string             `json:"warnings,omitempty"`
+	DryRun   bool                 `json:"dry_run,omitempty"`
+}
+
+// PolicyDeleteRequest deletes objects as one new version.
+type PolicyDeleteRequest struct {
+	Objects []store.PolicyRef `json:"objects"`
+}
+
+// PolicyRollbackRequest makes the set of an earlier version current again,
+// as a new version.
+type PolicyRollbackRequest struct {
+	Version uint64 `json:"version"`
+}
+
+// PolicySetResponse is a policy set at a version.
+type PolicySetResponse struct {
+	Version   uint64            `json:"version"`
+	Documents []json.RawMessage `json:"documents"`
+}
+
+// PolicyStatus says which node runs which policy version.
+type PolicyStatus struct {
+	Version uint64 `json:"version"`
+	// Converged: every connected node acknowledged Version.
+	Converged bool               `json:"converged"`
+	Connected int                `json:"connected"`
+	AtVersion int                `json:"at_version"`
+	Nodes     []PolicyNodeStatus `json:"nodes"`
+}
+
+// PolicyNodeStatus is one node's policy state.
+type PolicyNodeStatus struct {
+	SPIFFEID      string    `json:"spiffe_id"`
+	Component     string    `json:"component,omitempty"`
+	PolicyVersion uint64    `json:"policy_version"`
+	Current       bool      `json:"current"`
+	Connected     bool      `json:"connected"`
+	LastAck       time.Time `json:"last_ack,omitzero"`
+}
+
+func (s *Server) policyRoutes() {
+	m := s.mux
+	m.Handle("GET "+PathAdminPolicies, s.admin(s.getPolicies))
+	m.Handle("POST "+PathAdminPolicies, s.adminLimit(maxPolicyBody, s.applyPolicies))
+	m.Handle("POST "+PathAdminPoliciesDelete, s.admin(s.deletePolicies))
+	m.Handle("GET "+PathAdminPolicyHistory, s.admin(s.policyHistory))
+	m.Handle("POST "+PathAdminPolicyRollback, s.admin(s.rollbackPolicies))
+	m.Handle("GET "+PathAdminPolicyStatus, s.admin(s.policyStatus))
+}
+
+// policySet is the watch stream's policies section: the current set with
+// its policy version (an empty set at version 0 before any policy).
+func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {
+	v, objs, err := s.db.PolicySet(ctx, s.db.SQL(), 0)
+	if err != nil {
+		return nil, err
+	}
+	ps := &wire.PolicySet{Version: v, Documents: make([]json.RawMessage, len(objs))}
+	for i, o := range objs {
+		ps.Documents[i] = o.Raw
+	}
+	return ps, nil
+}
+
+// policyErrors turns a loader or compiler error into 400 messages, one per
+// rejected document (the loader joins them).
+func policyErrors(err error) error {
+	msg := strings.TrimPrefix(err.Error(), "policy: ")
+	return &badRequest{msg: msg}
+}
+
+func refOf(d *policy.Document) store.PolicyRef {
+	return store.PolicyRef{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name}
+}
+
+// loadSet parses stored objects back into documents, for compiling a
+// candidate set.
+func loadSet(objs []store.PolicyObject) ([]policy.Document, error) {
+	raws := make([]json.RawMessage, len(objs))
+	for i, o := range objs {
+		raws[i] = o.Raw
+	}
+	docs, err := policy.ParseJSONDocuments(raws)
+	if err != nil {
+		return nil, fmt.Errorf("server: the stored policy set no longer validates: %w", err)
+	}
+	return docs, nil
+}
+
+// compileMerged checks that the set current+writes compiles as a whole.
+func compileMerged(current []policy.Document, writes map[store.PolicyRef]*policy.Document, deletes map[store.PolicyRef]bool) error {
+	var merged []policy.Document
+	for i := range current {
+		ref := refOf(&current[i])
+		if deletes[ref] {
+			continue
+		}
+		if w, ok := writes[ref]; ok {
+			merged = append(merged, *w)
+			delete(writes, ref)
+			continue
+		}
+		merged = append(merged, current[i])
+	}
+	for _, w := range writes {
+		merged = append(merged, *w)
+	}
+	if _, err := policy.Compile(merged, policy.Options{}); err != nil {
+		return policyErrors(err)
+	}
+	return nil
+}
+
+// writePolicySet runs one policy change: lock, read the current set,
+// build the writes with build, compile the result, write it as a new
+// version with its audit record, and tell the watch streams.
+func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryRun bool,
+	build func(current []policy.Document, byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error)) (PolicyChangeResult, error) {
+	var res PolicyChangeResult
+	errDryRun := errors.New("dry run")
+	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
+		if err := s.db.LockPolicies(c.ctx, tx); err != nil {
+			return err
+		}
+		cur, objs, err := s.db.PolicySet(c.ctx, tx, 0)
+		if err != nil {
+			return err
+		}
+		current, err := loadSet(objs)
+		if err != nil {
+			return err
+		}
+		byRef := map[store.PolicyRef]store.PolicyObject{}
+		for _, o := range objs {
+			byRef[o.PolicyRef] = o
+		}
+		writes, err := build(current, byRef)
+		if err != nil {
+			return err
+		}
+		if dryRun {
+			res.Version = cur
+			for _, w := range writes {
+				old, exists := byRef[w.PolicyRef]
+				switch {
+				case w.Raw == nil:
+					res.Changes = append(res.Changes, store.PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
+				case !exists:
+					res.Changes = append(res.Changes, store.PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
+				case string(old.Raw) != string(w.Raw):
+					res.Changes = append(res.Changes, store.PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
+				}
+			}
+			return errDryRun // roll back: a dry run writes nothing
+		}
+		pv, err := s.db.WritePolicies(c.ctx, tx, c.actor, action, source, writes, s.now())
+		if err != nil {
+			return err
+		}
+		res.Version, res.Changes = pv.Version, pv.Changes
+		if len(pv.Changes) == 0 {
+			return nil
+		}
+		details := map[string]string{"changes": strconv.Itoa(len(pv.Changes)), "documents": strconv.Itoa(pv.Documents)}
+		var names []string
+		for _, ch := range pv.Changes {
+			names = append(names, ch.Op+" "+ch.PolicyRef.String())
+		}
+		details["objects"] = strings.Join(names, "; ")
+		if source > 0 {
+			details["source_version"] = strconv.FormatUint(source, 10)
+		}
+		kind := map[string]string{"apply": audit.KindPolicyApply, "delete": audit.KindPolicyDelete, "rollback": audit.KindPolicyRollback}[action]
+		return s.audit.AppendTx(c.ctx, tx, c.event(kind, "policy version "+strconv.FormatUint(pv.Version, 10), details))
+	})
+	if errors.Is(err, errDryRun) {
+		res.DryRun = true
+		if res.Changes == nil {
+			res.Changes = []store.PolicyChange{}
+		}
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	if len(res.Changes) > 0 {
+		c.audited = true
+		s.changed(c.ctx)
+	}
+	return res, nil
+}
+
+func (s *Server) applyPolicies(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	var in PolicyApplyRequest
+	if err := decodeJSON(c.r, maxPolicyBody, &in); err != nil {
+		c.fail(err)
+		return
+	}
+	if len(in.Files) == 0 || len(in.Files) > maxPolicyFiles {
+		c.fail(badf("files: want 1 to %d", maxPolicyFiles))
+		return
+	}
+	var docs []policy.Document
+	var warnings []string
+	seen := map[store.PolicyRef]string{}
+	for i, f := range in.Files {
+		name := f.Name
+		if name == "" {
+			name = fmt.Sprintf("files[%d]", i)
+		}
+		ds, err := policy.ParseSource(name, strings.NewReader(f.Content))
+		if err != nil {
+			c.fail(policyErrors(err))
+			return
+		}
+		for j := range ds {
+			d := &ds[j]
+			ref := refOf(d)
+			if prev, dup := seen[ref]; dup {
+				c.fail(badf("%s: document %d, line %d: %s is also in %s", name, d.Index, d.Line, ref, prev))
+				return
+			}
+			seen[ref] = fmt.Sprintf("%s line %d", name, d.Line)
+			for _, w := range d.Warnings {
+				warnings = append(warnings, fmt.Sprintf("%s: %s: %s", name, ref, w))
+			}
+		}
+		docs = append(docs, ds...)
+	}
+	if len(docs) == 0 {
+		c.fail(badf("files: no policy documents found"))
+		return
+	}
+	res, err := s.writePolicySet(c, "apply", 0, in.DryRun, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+		writes := map[store.PolicyRef]*policy.Document{}
+		out := make([]store.PolicyWrite, 0, len(docs))
+		for i := range docs {
+			writes[refOf(&docs[i])] = &docs[i]
+			out = append(out, store.PolicyWrite{PolicyRef: refOf(&docs[i]), Raw: docs[i].Raw})
+		}
+		return out, compileMerged(current, writes, nil)
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	res.Warnings = warnings
+	c.reply(http.StatusOK, res)
+}
+
+var policyKinds = map[string]bool{policy.KindAuthorizationPolicy: true, policy.KindPeerAuthentication: true, policy.KindRequestAuthentication: true}
+
+func (s *Server) deletePolicies(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	var in PolicyDeleteRequest
+	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+		c.fail(err)
+		return
+	}
+	if len(in.Objects) == 0 || len(in.Objects) > maxPolicyRefsInOneDelete {
+		c.fail(badf("objects: want 1 to %d", maxPolicyRefsInOneDelete))
+		return
+	}
+	seen := map[store.PolicyRef]bool{}
+	for i, r := range in.Objects {
+		switch {
+		case !policyKinds[r.Kind]:
+			c.fail(badf("objects[%d].kind %q: want AuthorizationPolicy, PeerAuthentication or RequestAuthentication", i, r.Kind))
+			return
+		case !dnsLabel.MatchString(r.Namespace):
+			c.fail(badf("objects[%d].namespace %q: must be a namespace name", i, r.Namespace))
+			return
+		case r.Name == "" || len(r.Name) > 253:
+			c.fail(badf("objects[%d].name: required", i))
+			return
+		case seen[r]:
+			c.fail(badf("objects[%d]: %s listed twice", i, r))
+			return
+		}
+		seen[r] = true
+	}
+	res, err := s.writePolicySet(c, "delete", 0, false, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+		out := make([]store.PolicyWrite, len(in.Objects))
+		for i, r := range in.Objects {
+			out[i] = store.PolicyWrite{PolicyRef: r}
+		}
+		return out, nil
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, res)
+}
+
+func (s *Server) rollbackPolicies(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	var in PolicyRollbackRequest
+	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+		c.fail(err)
+		return
+	}
+	if in.Version == 0 {
+		c.fail(badf("version: required (see \"moatless policy history\")"))
+		return
+	}
+	res, err := s.writePolicySet(c, "rollback", in.Version, false, func(current []policy.Document, byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+		_, target, err := s.db.PolicySet(c.ctx, s.db.SQL(), in.Version)
+		if err != nil {
+			return nil, err
+		}
+		targetDocs, err := loadSet(target)
+		if err != nil {
+			return nil, badf("version %d no longer validates: %v", in.Version, err)
+		}
+		if _, err := policy.Compile(targetDocs, policy.Options{}); err != nil {
+			return nil, badf("version %d no longer compiles: %v", in.Version, err)
+		}
+		var out []store.PolicyWrite
+		keep := map[store.PolicyRef]bool{}
+		for _, o := range target {
+			keep[o.PolicyRef] = true
+			out = append(out, store.PolicyWrite{PolicyRef: o.PolicyRef, Raw: o.Raw})
+		}
+		for ref := range byRef {
+			if !keep[ref] {
+				out = append(out, store.PolicyWrite{PolicyRef: ref})
+			}
+		}
+		return out, nil
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, res)
+}
+
+func (s *Server) getPolicies(c *adminCall) {
+	q, err := c.query("version", "kind", "namespace", "name")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	var version uint64
+	if v := q.Get("version"); v != "" {
+		if version, err = strconv.ParseUint(v, 10, 63); err != nil || version == 0 {
+			c.fail(badf("version %q: want a policy version number", v))
+			return
+		}
+	}
+	ver, objs, err := s.db.PolicySet(c.ctx, s.db.SQL(), version)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	out := PolicySetResponse{Version: ver, Documents: []json.RawMessage{}}
+	for _, o := range objs {
+		if k := q.Get("kind"); k != "" && !strings.EqualFold(k, o.Kind) {
+			continue
+		}
+		if n := q.Get("namespace"); n != "" && n != o.Namespace {
+			continue
+		}
+		if n := q.Get("name"); n != "" && n != o.Name {
+			continue
+		}
+		out.Documents = append(out.Documents, o.Raw)
+	}
+	if q.Get("name") != "" && len(out.Documents) == 0 {
+		c.fail(fmt.Errorf("%w: no policy named %q at version %d", store.ErrNotFound, q.Get("name"), ver))
+		return
+	}
+	c.reply(http.StatusOK, out)
+}
+
+func (s *Server) policyHistory(c *adminCall) {
+	q, err := c.query("before", "limit")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	limit := 50
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
+			c.fail(badf("limit %q: want 1 to 1000", v))
+			return
+		}
+	}
+	var before uint64
+	if v := q.Get("before"); v != "" {
+		if before, err = strconv.ParseUint(v, 10, 63); err != nil {
+			c.fail(badf("before %q: want a version number", v))
+			return
+		}
+	}
+	h, err := s.db.PolicyHistory(c.ctx, before, limit)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, h)
+}
+
+func (s *Server) policyStatus(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	cur, err := s.db.CurrentPolicyVersion(c.ctx, s.db.SQL())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	nodes, err := s.db.Nodes(c.ctx)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}}
+	now := s.now()
+	for _, n := range nodes {
+		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
+			Current: n.PolicyVersion == cur, LastAck: n.LastAck,
+			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*wire.HeartbeatInterval}
+		if ns.Connected {
+			st.Connected++
+			if ns.Current {
+				st.AtVersion++
+			}
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	st.Converged = st.AtVersion == st.Connected
+	c.reply(http.StatusOK, st)
+}

@@ -1,0 +1,198 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+const allowOrders = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: payments-allow-orders
+  namespace: prod
+spec:
+  selector:
+    matchLabels:
+      app: payments
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["moatless.local/ns/prod/sa/orders"]
+    to:
+    - operation:
+        methods: ["POST"]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: prod
+spec:
+  mtls:
+    mode: STRICT
+`
+
+func apply(e *env, content string, dryRun bool) (int, server.PolicyChangeResult, string) {
+	st, body := e.do(e.client(nil), "POST", server.PathAdminPolicies, e.token,
+		server.PolicyApplyRequest{Files: []server.PolicyFile{{Name: "p.yaml", Content: content}}, DryRun: dryRun})
+	var res server.PolicyChangeResult
+	json.Unmarshal(body, &res)
+	return st, res, string(body)
+}
+
+// TestPolicyStore: apply, get, re-apply, delete, history, rollback; each
+// change is a new version pushed on the watch stream, acknowledged, and
+// shown by the status endpoint.
+func TestPolicyStore(t *testing.T) {
+	e := start(t, "")
+	n := e.attest("spiffe://example.org/sidecar/payments")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := e.watch(ctx, n)
+	first := next(t, ch)
+	if first.Policies == nil || first.Policies.Version != 0 || len(first.Policies.Documents) != 0 {
+		t.Fatalf("first update policies: %+v", first.Policies)
+	}
+
+	// A dry run reports and writes nothing.
+	st, res, body := apply(e, allowOrders, true)
+	if st != 200 || !res.DryRun || len(res.Changes) != 2 || res.Version != 0 {
+		t.Fatalf("dry run: %d %s", st, body)
+	}
+	st, res, body = apply(e, allowOrders, false)
+	if st != 200 || res.Version != 1 || len(res.Changes) != 2 {
+		t.Fatalf("apply: %d %s", st, body)
+	}
+	u := next(t, ch)
+	if u.Policies == nil || u.Policies.Version != 1 || len(u.Policies.Documents) != 2 || u.Entries != nil {
+		t.Fatalf("policy update: %+v", u)
+	}
+	// Re-applying the same documents is not a new version.
+	if st, res, body = apply(e, allowOrders, false); st != 200 || res.Version != 1 || len(res.Changes) != 0 {
+		t.Fatalf("re-apply: %d %s", st, body)
+	}
+	// Ack the version; status shows convergence.
+	if st, body := e.do(n.http, "POST", wire.PathAck, "", wire.Ack{Version: u.Version, Component: "sidecar", PolicyVersion: 1}); st != 204 {
+		t.Fatalf("ack: %d %s", st, body)
+	}
+	var status server.PolicyStatus
+	e.admin("GET", server.PathAdminPolicyStatus, nil, &status)
+	if status.Version != 1 || !status.Converged || status.Connected != 1 || status.Nodes[0].PolicyVersion != 1 {
+		t.Fatalf("status: %+v", status)
+	}
+
+	changed := strings.Replace(allowOrders, `methods: ["POST"]`, `methods: ["POST", "GET"]`, 1)
+	if st, res, body = apply(e, changed, false); st != 200 || res.Version != 2 || len(res.Changes) != 1 || res.Changes[0].Op != "update" {
+		t.Fatalf("update: %d %s", st, body)
+	}
+	e.admin("GET", server.PathAdminPolicyStatus, nil, &status)
+	if status.Converged || status.AtVersion != 0 {
+		t.Fatalf("status before the node acked version 2: %+v", status)
+	}
+	var del server.PolicyChangeResult
+	e.admin("POST", server.PathAdminPoliciesDelete, server.PolicyDeleteRequest{Objects: []store.PolicyRef{{Kind: "PeerAuthentication", Namespace: "prod", Name: "default"}}}, &del)
+	if del.Version != 3 || del.Changes[0].Op != "delete" {
+		t.Fatalf("delete: %+v", del)
+	}
+	var set server.PolicySetResponse
+	e.admin("GET", server.PathAdminPolicies, nil, &set)
+	if set.Version != 3 || len(set.Documents) != 1 || !strings.Contains(string(set.Documents[0]), `"GET"`) {
+		t.Fatalf("current set: %+v", set)
+	}
+	e.admin("GET", server.PathAdminPolicies+"?version=1", nil, &set)
+	if set.Version != 1 || len(set.Documents) != 2 || strings.Contains(string(set.Documents[0]), `"GET"`) {
+		t.Fatalf("set at version 1: %+v", set)
+	}
+	var rb server.PolicyChangeResult
+	e.admin("POST", server.PathAdminPolicyRollback, server.PolicyRollbackRequest{Version: 1}, &rb)
+	if rb.Version != 4 || len(rb.Changes) != 2 {
+		t.Fatalf("rollback: %+v", rb)
+	}
+	e.admin("GET", server.PathAdminPolicies, nil, &set)
+	var v1 server.PolicySetResponse
+	e.admin("GET", server.PathAdminPolicies+"?version=1", nil, &v1)
+	if len(set.Documents) != 2 || string(set.Documents[0]) != string(v1.Documents[0]) || string(set.Documents[1]) != string(v1.Documents[1]) {
+		t.Fatal("rollback did not restore version 1's set")
+	}
+	var hist []store.PolicyVersion
+	e.admin("GET", server.PathAdminPolicyHistory, nil, &hist)
+	if len(hist) != 4 || hist[0].Action != "rollback" || hist[0].SourceVersion != 1 || hist[0].Actor != "admin-token" {
+		t.Fatalf("history: %+v", hist)
+	}
+	// The stream saw every version, in order.
+	last := uint64(1)
+	for last < 4 {
+		u := next(t, ch)
+		if u.Policies == nil {
+			continue
+		}
+		if u.Policies.Version <= last {
+			t.Fatalf("policy version went %d -> %d", last, u.Policies.Version)
+		}
+		last = u.Policies.Version
+	}
+	recs, _ := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+	kinds := map[string]int{}
+	for _, r := range recs {
+		kinds[r.Kind]++
+	}
+	if kinds[audit.KindPolicyApply] != 2 || kinds[audit.KindPolicyDelete] != 1 || kinds[audit.KindPolicyRollback] != 1 {
+		t.Fatalf("audited policy changes: %v", kinds)
+	}
+}
+
+// TestPolicyApplyRejects: bad policies are refused with the document and
+// line, and nothing is written.
+func TestPolicyApplyRejects(t *testing.T) {
+	e := start(t, "")
+	if st, _, body := apply(e, allowOrders, false); st != 200 {
+		t.Fatal(body)
+	}
+	tests := []struct {
+		name, content, want string
+	}{
+		{"unknown_kind", "apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\nspec: {}\n", "Sidecar"},
+		{"unknown_field_with_line", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: prod}\nspec:\n  rules:\n  - from:\n    - source:\n        principal: [\"a\"]\n", "line"},
+		{"unknown_field_named", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: prod}\nspec:\n  actionn: DENY\n", "actionn"},
+		{"bad_yaml", "kind: [", "document 1"},
+		{"empty", "---\n---\n", "no policy documents"},
+		{"duplicate_in_input", allowOrders + "---\n" + strings.SplitN(allowOrders, "---\n", 2)[0], "payments-allow-orders"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _, body := apply(e, tc.content, false)
+			if st != 400 || !strings.Contains(body, tc.want) {
+				t.Fatalf("got %d %s, want 400 containing %q", st, body, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, method, path, body, want string }{
+		{"apply_no_files", "POST", server.PathAdminPolicies, `{"files":[]}`, "files"},
+		{"apply_unknown_field", "POST", server.PathAdminPolicies, `{"files":[{"content":"x"}],"force":true}`, "force"},
+		{"delete_bad_kind", "POST", server.PathAdminPoliciesDelete, `{"objects":[{"kind":"Pod","namespace":"prod","name":"x"}]}`, "kind"},
+		{"delete_missing", "POST", server.PathAdminPoliciesDelete, `{"objects":[{"kind":"AuthorizationPolicy","namespace":"prod","name":"nope"}]}`, "not in force"},
+		{"rollback_zero", "POST", server.PathAdminPolicyRollback, `{"version":0}`, "version"},
+		{"rollback_future", "POST", server.PathAdminPolicyRollback, `{"version":99}`, "latest is 1"},
+		{"get_bad_version", "GET", server.PathAdminPolicies + "?version=x", "", "version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := e.do(e.client(nil), tc.method, tc.path, e.token, tc.body)
+			if st/100 != 4 || !strings.Contains(string(body), tc.want) {
+				t.Fatalf("got %d %s, want 4xx containing %q", st, body, tc.want)
+			}
+		})
+	}
+	var hist []store.PolicyVersion
+	e.admin("GET", server.PathAdminPolicyHistory, nil, &hist)
+	if len(hist) != 1 {
+		t.Fatalf("bad input created versions: %+v", hist)
+	}
+}
