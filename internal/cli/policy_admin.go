@@ -1,30 +1,414 @@
 package cli
 
-import "context"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
 
-// Placeholders for the server-backed policy commands; the server engineer
-// replaces this file with the admin-API implementations.
+	"sigs.k8s.io/yaml"
 
-func runPolicyApply(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy apply: not implemented yet")
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+)
+
+// The server-backed policy commands; internal/cli/policy.go lists them in
+// the "policy" table.
+
+// readPolicyFiles reads -f arguments: files, directories (their *.yaml,
+// *.yml and *.json files in name order) and "-" for standard input.
+func (e *Env) readPolicyFiles(cmd string, args []string) ([]server.PolicyFile, error) {
+	var out []server.PolicyFile
+	stdin := false
+	for _, arg := range args {
+		if arg == "-" {
+			if stdin {
+				return nil, fmt.Errorf("%s: - (standard input) given twice", cmd)
+			}
+			stdin = true
+			b, err := io.ReadAll(io.LimitReader(e.Stdin, policy.MaxInputSize+1))
+			if err != nil {
+				return nil, fmt.Errorf("%s: read standard input: %v", cmd, err)
+			}
+			out = append(out, server.PolicyFile{Name: "<stdin>", Content: string(b)})
+			continue
+		}
+		fi, err := os.Stat(arg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", cmd, err)
+		}
+		paths := []string{arg}
+		if fi.IsDir() {
+			entries, err := os.ReadDir(arg)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v", cmd, err)
+			}
+			paths = nil
+			for _, en := range entries {
+				switch strings.ToLower(filepath.Ext(en.Name())) {
+				case ".yaml", ".yml", ".json":
+					if !en.IsDir() {
+						paths = append(paths, filepath.Join(arg, en.Name()))
+					}
+				}
+			}
+			if len(paths) == 0 {
+				return nil, fmt.Errorf("%s: %s holds no .yaml, .yml or .json file", cmd, arg)
+			}
+		}
+		for _, p := range paths {
+			f, err := os.Open(p)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v", cmd, err)
+			}
+			b, err := io.ReadAll(io.LimitReader(f, policy.MaxInputSize+1))
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("%s: read %s: %v", cmd, p, err)
+			}
+			if len(b) > policy.MaxInputSize {
+				return nil, fmt.Errorf("%s: %s is larger than %d MiB", cmd, p, policy.MaxInputSize>>20)
+			}
+			out = append(out, server.PolicyFile{Name: p, Content: string(b)})
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: -f FILE_OR_DIR is required", cmd)
+	}
+	return out, nil
 }
 
-func runPolicyGet(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy get: not implemented yet")
+func printPolicyChanges(e *Env, res server.PolicyChangeResult, verb string) {
+	for _, w := range res.Warnings {
+		fmt.Fprintf(e.Stderr, "warning: %s\n", w)
+	}
+	if len(res.Changes) == 0 {
+		fmt.Fprintf(e.Stdout, "no change: the policies in force are already these (version %d)\n", res.Version)
+		return
+	}
+	for _, c := range res.Changes {
+		fmt.Fprintf(e.Stdout, "%s %s %s/%s\n", c.Op, c.Kind, c.Namespace, c.Name)
+	}
+	if res.DryRun {
+		fmt.Fprintf(e.Stdout, "dry run: nothing %s (current version %d)\n", verb, res.Version)
+		return
+	}
+	fmt.Fprintf(e.Stdout, "policy version %d %s; see \"moatless policy status\" for its rollout\n", res.Version, verb)
 }
 
-func runPolicyDelete(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy delete: not implemented yet")
+func runPolicyApply(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("policy apply", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	var files stringList
+	fs.Var(&files, "f", "policy `file or directory` (repeatable; - for stdin)")
+	dry := fs.Bool("dry-run", false, "validate and show what would change, write nothing")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy apply -f FILE_OR_DIR [-f ...] [--dry-run] [-o json]")
+		fmt.Fprintln(fs.Output(), "\nEach document (AuthorizationPolicy, PeerAuthentication, RequestAuthentication) is created")
+		fmt.Fprintln(fs.Output(), "or replaces the one with its kind, namespace and name; the change is one new policy version.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	pf, err := e.readPolicyFiles("policy apply", files)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy apply: %v", err)
+	}
+	var res server.PolicyChangeResult
+	if err := c.do(ctx, "POST", server.PathAdminPolicies, server.PolicyApplyRequest{Files: pf, DryRun: *dry}, &res); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(res)
+	}
+	printPolicyChanges(e, res, "applied")
+	return ExitOK
 }
 
-func runPolicyHistory(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy history: not implemented yet")
+func runPolicyGet(ctx context.Context, e *Env, args []string) int {
+	// policy get [KIND [NAME]] [-n NS] [--version V] [-o text|json|yaml]
+	var pos []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") && len(pos) < 2 {
+		pos, args = append(pos, args[0]), args[1:]
+	}
+	fs := flag.NewFlagSet("policy get", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	ns := fs.String("n", "", "only this `namespace`")
+	version := fs.Uint64("version", 0, "the set at this policy `version` (default: current)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy get [KIND [NAME]] [-n NAMESPACE] [--version V] [-o text|json|yaml]")
+		fmt.Fprintln(fs.Output(), "\n-o yaml prints the documents as multi-document YAML that \"policy apply -f\" takes back.")
+		fs.PrintDefaults()
+	}
+	asYAML := false
+	for i, a := range args { // -o yaml is ours; adminFlags knows text and json
+		if (a == "-o" || a == "--o") && i+1 < len(args) && args[i+1] == "yaml" {
+			args[i+1], asYAML = "text", true
+		} else if a == "-o=yaml" || a == "--o=yaml" {
+			args[i], asYAML = "-o=text", true
+		}
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	q := url.Values{}
+	if len(pos) > 0 {
+		kind, ok := policyKindName(pos[0])
+		if !ok {
+			return e.errorf(ExitUsage, "policy get: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)", pos[0])
+		}
+		q.Set("kind", kind)
+	}
+	if len(pos) > 1 {
+		q.Set("name", pos[1])
+	}
+	if *ns != "" {
+		q.Set("namespace", *ns)
+	}
+	if *version > 0 {
+		q.Set("version", strconv.FormatUint(*version, 10))
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy get: %v", err)
+	}
+	path := server.PathAdminPolicies
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var set server.PolicySetResponse
+	if err := c.do(ctx, "GET", path, nil, &set); err != nil {
+		return e.fail(err)
+	}
+	switch {
+	case af.json():
+		return e.printJSON(set)
+	case asYAML:
+		for i, d := range set.Documents {
+			y, err := yaml.JSONToYAML(d)
+			if err != nil {
+				return e.errorf(ExitFailure, "policy get: %v", err)
+			}
+			if i > 0 {
+				fmt.Fprintln(e.Stdout, "---")
+			}
+			e.Stdout.Write(y)
+		}
+		return ExitOK
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "policy version %d\n\nKIND\tNAMESPACE\tNAME\n", set.Version)
+	for _, d := range set.Documents {
+		doc, err := policy.ParseJSON(d)
+		if err != nil {
+			fmt.Fprintf(tw, "?\t?\t(unreadable: %v)\n", err)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", doc.Kind, doc.Namespace, doc.Name)
+	}
+	tw.Flush()
+	return ExitOK
 }
 
-func runPolicyRollback(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy rollback: not implemented yet")
+// policyKindName accepts a kind in any case and the short names kubectl
+// users type.
+func policyKindName(s string) (string, bool) {
+	switch strings.ToLower(s) {
+	case "authorizationpolicy", "authorizationpolicies", "ap":
+		return policy.KindAuthorizationPolicy, true
+	case "peerauthentication", "peerauthentications", "pa":
+		return policy.KindPeerAuthentication, true
+	case "requestauthentication", "requestauthentications", "ra":
+		return policy.KindRequestAuthentication, true
+	}
+	return "", false
 }
 
-func runPolicyStatus(_ context.Context, e *Env, _ []string) int {
-	return e.errorf(ExitFailure, "policy status: not implemented yet")
+func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
+	var pos []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") && len(pos) < 2 {
+		pos, args = append(pos, args[0]), args[1:]
+	}
+	fs := flag.NewFlagSet("policy delete", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	ns := fs.String("n", policy.DefaultNamespace, "`namespace` of KIND NAME")
+	var files stringList
+	fs.Var(&files, "f", "delete the policies named in this `file or directory` (repeatable; - for stdin)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy delete KIND NAME [-n NAMESPACE] [-o json]")
+		fmt.Fprintln(fs.Output(), "       moatless policy delete -f FILE_OR_DIR [-f ...]")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	var refs []store.PolicyRef
+	switch {
+	case len(files) > 0 && len(pos) > 0:
+		return e.errorf(ExitUsage, "policy delete: give KIND NAME or -f, not both")
+	case len(files) > 0:
+		pf, err := e.readPolicyFiles("policy delete", files)
+		if err != nil {
+			return e.errorf(ExitUsage, "%v", err)
+		}
+		for _, f := range pf {
+			docs, err := policy.ParseSource(f.Name, strings.NewReader(f.Content))
+			if err != nil {
+				return e.errorf(ExitUsage, "policy delete: %v", err)
+			}
+			for _, d := range docs {
+				refs = append(refs, store.PolicyRef{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name})
+			}
+		}
+	case len(pos) == 2:
+		kind, ok := policyKindName(pos[0])
+		if !ok {
+			return e.errorf(ExitUsage, "policy delete: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)", pos[0])
+		}
+		refs = []store.PolicyRef{{Kind: kind, Namespace: *ns, Name: pos[1]}}
+	default:
+		return e.errorf(ExitUsage, "policy delete: give KIND NAME [-n NAMESPACE], or -f FILE")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy delete: %v", err)
+	}
+	var res server.PolicyChangeResult
+	if err := c.do(ctx, "POST", server.PathAdminPoliciesDelete, server.PolicyDeleteRequest{Objects: refs}, &res); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(res)
+	}
+	printPolicyChanges(e, res, "applied")
+	return ExitOK
+}
+
+func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("policy history", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	limit := fs.Int("limit", 20, "how many versions (1-1000)")
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *limit < 1 || *limit > 1000 {
+		return e.errorf(ExitUsage, "policy history: --limit must be 1 to 1000")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy history: %v", err)
+	}
+	var hist []store.PolicyVersion
+	if err := c.do(ctx, "GET", server.PathAdminPolicyHistory+"?limit="+strconv.Itoa(*limit), nil, &hist); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(hist)
+	}
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tTIME\tACTION\tBY\tDOCUMENTS\tCHANGES")
+	for _, h := range hist {
+		action := h.Action
+		if h.SourceVersion > 0 {
+			action += " to " + strconv.FormatUint(h.SourceVersion, 10)
+		}
+		var ch []string
+		for _, c := range h.Changes {
+			ch = append(ch, c.Op+" "+c.Kind+" "+c.Namespace+"/"+c.Name)
+		}
+		sort.Strings(ch)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", h.Version, h.CreatedAt.Local().Format(time.RFC3339), action, h.Actor, h.Documents, strings.Join(ch, ", "))
+	}
+	tw.Flush()
+	return ExitOK
+}
+
+func runPolicyRollback(ctx context.Context, e *Env, args []string) int {
+	v, rest := positional(args)
+	fs := flag.NewFlagSet("policy rollback", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy rollback VERSION [-o json]")
+		fmt.Fprintln(fs.Output(), "\nMakes the set of policies of VERSION current again, as a new version.")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, rest); !ok {
+		return code
+	}
+	version, err := strconv.ParseUint(v, 10, 63)
+	if err != nil || version == 0 {
+		return e.errorf(ExitUsage, "policy rollback: VERSION must be a policy version number (see \"moatless policy history\")")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy rollback: %v", err)
+	}
+	var res server.PolicyChangeResult
+	if err := c.do(ctx, "POST", server.PathAdminPolicyRollback, server.PolicyRollbackRequest{Version: version}, &res); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(res)
+	}
+	printPolicyChanges(e, res, "applied")
+	return ExitOK
+}
+
+func runPolicyStatus(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("policy status", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "policy status: %v", err)
+	}
+	var st server.PolicyStatus
+	if err := c.do(ctx, "GET", server.PathAdminPolicyStatus, nil, &st); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(st)
+	}
+	state := "converged"
+	if !st.Converged {
+		state = "rolling out"
+	}
+	fmt.Fprintf(e.Stdout, "policy version %d: %d of %d connected nodes run it (%s)\n\n", st.Version, st.AtVersion, st.Connected, state)
+	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tPOLICY VERSION\tCURRENT\tLAST ACK")
+	yn := map[bool]string{true: "yes", false: "no"}
+	for _, n := range st.Nodes {
+		comp, ack := n.Component, "-"
+		if comp == "" {
+			comp = "-"
+		}
+		if !n.LastAck.IsZero() {
+			ack = n.LastAck.Local().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, yn[n.Connected], n.PolicyVersion, yn[n.Current], ack)
+	}
+	tw.Flush()
+	return ExitOK
 }
