@@ -190,8 +190,11 @@ startp ngin nginx -c "$W/ngin/nginx.conf" -p "$W/ngin"
 startp ngout nginx -c "$W/ngout/nginx.conf" -p "$W/ngout"
 startp hain haproxy -db -f "$W/hain.cfg"
 startp haout haproxy -db -f "$W/haout.cfg"
-GOMAXPROCS=1 startp moin "$W/moatless" sidecar -config "$W/moin.yaml"
-GOMAXPROCS=1 startp moout "$W/moatless" sidecar -config "$W/moout.yaml"
+# SIDECAR_ENV adds environment to the sidecars, e.g. SIDECAR_ENV="GOGC=200".
+env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moin.yaml" >"$W/moin.log" 2>&1 &
+PIDS+=($!); PID_moin=$!
+env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moout.yaml" >"$W/moout.log" 2>&1 &
+PIDS+=($!); PID_moout=$!
 
 waitport() {
 	for _ in $(seq 1 200); do
