@@ -461,6 +461,18 @@ func (o *OAuth) RecordTokenID(ctx context.Context, grantID, jti string, exp time
 	return nil
 }
 
+func (o *OAuth) TokenGrant(ctx context.Context, jti string) (string, error) {
+	var g string
+	err := o.db.db.QueryRowContext(ctx, "SELECT grant_id FROM oauth_grant_tokens WHERE jti = $1", jti).Scan(&g)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", oauthNotFound("token id")
+	}
+	if err != nil {
+		return "", oerr("token grant", err)
+	}
+	return g, nil
+}
+
 func (o *OAuth) RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]token.RevokedToken, error) {
 	var out []token.RevokedToken
 	err := o.db.Tx(ctx, func(tx *sql.Tx) error {

@@ -31,6 +31,7 @@ type exchangeSubject struct {
 	act         *actor
 	mayAct      *actor
 	svid        bool
+	jti         string
 }
 
 // exchangeRequest is the parsed, syntactically checked form of a token
@@ -154,10 +155,23 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	if ttl < time.Second {
 		return nil, oerr(errInvalidRequest, "the subject_token expires now")
 	}
+	// A token exchanged from a user's token joins that login's grant, so
+	// revoking the login (its refresh family, a reused code) revokes the
+	// delegated tokens too.
+	var grantID string
+	if subj.jti != "" {
+		g, err := s.cfg.Store.TokenGrant(ctx, subj.jti)
+		switch {
+		case err == nil:
+			grantID = g
+		case !errors.Is(err, ErrNotFound):
+			return nil, serverError(err)
+		}
+	}
 	raw, cl, err := s.issueAccess(ctx, accessSpec{
 		subject: subj.subject, clientID: c.ID, aud: req.audiences, scope: scope, ttl: ttl,
 		roles: roles, permissions: perms, tenant: tenant, authTime: subj.authTime,
-		certThumbprint: c.certThumbprint, act: act,
+		certThumbprint: c.certThumbprint, act: act, grantID: grantID,
 	})
 	if err != nil {
 		return nil, serverError(err)
@@ -198,7 +212,7 @@ func (s *Service) exchangeToken(ctx context.Context, raw, typ, what string) (*ex
 		out := &exchangeSubject{
 			subject: cl.Subject, issuer: cl.Issuer, aud: cl.Audience, clientID: cl.ClientID,
 			roles: cl.Roles, permissions: cl.Permissions, tenant: cl.Tenant,
-			expiry: cl.Expiry.Time(), act: cl.Act, mayAct: cl.MayAct,
+			expiry: cl.Expiry.Time(), act: cl.Act, mayAct: cl.MayAct, jti: cl.ID,
 		}
 		out.scope, _ = parseScope(cl.Scope)
 		if cl.AuthTime != 0 {

@@ -214,3 +214,42 @@ func TestTokenExchange(t *testing.T) {
 		}
 	})
 }
+
+// Tokens exchanged from a user's token, and tokens exchanged from those,
+// belong to the user's login: revoking the login's refresh token revokes
+// the whole delegation chain.
+func TestExchangedTokensDieWithTheLogin(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		fe := h.createClient(token.ClientRequest{Name: "frontend", ClientSpec: token.ClientSpec{
+			GrantTypes:   []string{"authorization_code", "refresh_token", token.GrantTokenExchange},
+			RedirectURIs: []string{appCallback}, ExchangeAudiences: []string{"orders"}}})
+		ord := h.createClient(token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{
+			GrantTypes: []string{token.GrantTokenExchange}, ExchangeAudiences: []string{"payments"}}})
+		h.createUser("nina", "nina's password", token.UserSpec{})
+		v, ch := pkce("d")
+		code := h.loginForCode("frontend", appCallback, "", "nina", "nina's password", ch)
+		_, t0 := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, "frontend", fe.Secret)
+		exchange := func(subject, audience, client, secret string) string {
+			status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {token.GrantTokenExchange}, "subject_token": {subject},
+				"subject_token_type": {token.TokenTypeAccess}, "audience": {audience}}, client, secret)
+			if status != 200 {
+				t.Fatalf("exchange for %s: %d %v", audience, status, body)
+			}
+			return body["access_token"].(string)
+		}
+		hop1 := exchange(t0["access_token"].(string), "orders", "frontend", fe.Secret)
+		hop2 := exchange(hop1, "payments", "orders", ord.Secret)
+		if !h.active(hop1) || !h.active(hop2) {
+			t.Fatal("exchanged tokens inactive before revocation")
+		}
+		if status, _ := h.post(nil, "/oauth2/revoke", url.Values{"token": {t0["refresh_token"].(string)}}, "frontend", fe.Secret); status != 200 {
+			t.Fatal(status)
+		}
+		for name, raw := range map[string]string{"hop1": hop1, "hop2": hop2} {
+			if h.active(raw) || !h.wasRevoked(claims(t, raw)["jti"].(string)) {
+				t.Errorf("%s survived the revocation of the login", name)
+			}
+		}
+	})
+}

@@ -83,6 +83,9 @@ type Store interface {
 	// RecordTokenID remembers that an access token with this jti was
 	// issued under the grant, so revoking the grant can revoke it.
 	RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error
+	// TokenGrant returns the grant an access token ID was recorded under,
+	// or ErrNotFound (client_credentials tokens have none).
+	TokenGrant(ctx context.Context, jti string) (string, error)
 	// RevokeGrant marks the grant and all its refresh tokens revoked and
 	// adds the unexpired access token IDs issued under it to the revoked
 	// list. It returns the token IDs it newly revoked (for OnRevoke).
