@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// TestRequestAuthenticationWithRealEngine runs the inbound path with the
+// real policy engine and the real JWT verifier: an invalid token is 401
+// with WWW-Authenticate, a valid one reaches the app with the claim header
+// RequestAuthentication asks for, no token is decided by policy, and a
+// revoked jti is refused.
+func TestRequestAuthenticationWithRealEngine(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := func(claims map[string]any) string {
+		b, _ := json.Marshal(claims)
+		obj, err := signer.Sign(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := obj.CompactSerialize()
+		return s
+	}
+	docs := fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '%s'
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-user, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+`, jwks)
+	parsed, err := policy.Parse(strings.NewReader(docs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+	defer v.Close()
+
+	seen := make(chan string, 8)
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("X-User")
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	s := startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:  []Inbound{{Listener: inL, App: l.Addr().String()}},
+		Verifier: v,
+	})
+	s.SetAuthorizerContext(context.Background(), 1, set)
+	c := mtlsClient(t, ca, frontendID, ordersID)
+	now := time.Now().Unix()
+	valid := token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": now + 300, "jti": "j-1"})
+	tests := []struct {
+		name     string
+		auth     string
+		wantCode int
+		wantUser string
+		wantAuth string
+	}{
+		{"valid_token_allowed_with_claim_header", "Bearer " + valid, 200, "alice", ""},
+		{"tampered_token_is_401", "Bearer " + valid[:len(valid)-4] + "AAAA", 401, "", `Bearer error="invalid_token"`},
+		{"expired_token_is_401", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": "bob", "exp": now - 3600}), 401, "", `Bearer error="invalid_token"`},
+		{"no_token_denied_by_policy", "", 403, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			req.Header.Set("X-User", "forged")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.wantCode || resp.Header.Get("Www-Authenticate") != tc.wantAuth {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, resp.Header.Get("Www-Authenticate"), tc.wantCode, tc.wantAuth)
+			}
+			if tc.wantCode == 200 {
+				if got := <-seen; got != tc.wantUser {
+					t.Fatalf("app saw x-user %q, want %q", got, tc.wantUser)
+				}
+			}
+		})
+	}
+	t.Run("revoked_jti_is_401", func(t *testing.T) {
+		s.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "j-1", ExpiresAt: time.Now().Add(time.Hour)}}})
+		req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+		req.Header.Set("Authorization", "Bearer "+valid)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("revoked token: %d", resp.StatusCode)
+		}
+	})
+}
