@@ -109,6 +109,13 @@ func TestAdminMalformedInput(t *testing.T) {
 		{"audit_bad_before", "GET", server.PathAdminAudit + "?before=x", "", 400, "before"},
 		{"rotate_with_param", "POST", server.PathAdminCARotate + "?now=1", "", 400, "now"},
 		{"unknown_endpoint", "GET", "/v1/admin/nope", "", 404, "no such admin endpoint"},
+		{"nodes_with_param", "GET", server.PathAdminNodes + "?all=1", "", 400, "all"},
+		{"bundle_with_param", "GET", server.PathAdminBundle + "?format=pem", "", 400, "format"},
+		{"ca_with_param", "GET", server.PathAdminCA + "?x=1", "", 400, "takes none"},
+		{"revocations_list_with_param", "GET", server.PathAdminRevocations + "?x=1", "", 400, "takes none"},
+		{"entry_get_with_param", "GET", server.PathAdminEntries + "/x?y=1", "", 400, "takes none"},
+		{"audit_limit_too_big", "GET", server.PathAdminAudit + "?limit=5000", "", 400, "limit"},
+		{"audit_param_twice", "GET", server.PathAdminAudit + "?limit=1&limit=2", "", 400, "more than once"},
 	}
 	before := counts(t, e)
 	for _, tc := range tests {
