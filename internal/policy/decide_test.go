@@ -847,3 +847,42 @@ spec:
 		t.Errorf("token %q mode %v", e.Token, e.MTLSMode)
 	}
 }
+
+// Long lists of exact values are looked up in a map; the map must agree
+// with the linear patterns, case-insensitively for hosts.
+func TestLargeValueLists(t *testing.T) {
+	var principals, hosts []string
+	for i := 0; i < 50; i++ {
+		principals = append(principals, fmt.Sprintf("%q", fmt.Sprintf("td/ns/prod/sa/svc-%d", i)))
+		hosts = append(hosts, fmt.Sprintf("%q", fmt.Sprintf("Host-%d.Example.com", i)))
+	}
+	s := mustSet(t, fmt.Sprintf(`
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: many, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {principals: [%s, "td/ns/ops/*"]}}]
+    to: [{operation: {hosts: [%s, "*.internal"]}}]
+`, strings.Join(principals, ", "), strings.Join(hosts, ", ")), Options{})
+	long := strings.Repeat("x", 300) + ".example.com"
+	tests := []struct {
+		name    string
+		req     *Request
+		outcome Outcome
+	}{
+		{"exact_principal_and_host_from_maps", newReq(from("td/ns/prod/sa/svc-37"), host("host-12.example.com")), Allow},
+		{"host_case_folded", newReq(from("td/ns/prod/sa/svc-0"), host("HOST-49.EXAMPLE.COM")), Allow},
+		{"prefix_pattern_beside_map", newReq(from("td/ns/ops/sa/x"), host("api.internal")), Allow},
+		{"principal_not_listed", newReq(from("td/ns/prod/sa/svc-50"), host("host-1.example.com")), Deny},
+		{"host_not_listed", newReq(from("td/ns/prod/sa/svc-1"), host("host-50.example.com")), Deny},
+		{"very_long_host", newReq(from("td/ns/prod/sa/svc-1"), host(long)), Deny},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if d := s.Decide(tc.req); d.Outcome != tc.outcome {
+				t.Errorf("decision = %+v, want %v", d, tc.outcome)
+			}
+		})
+	}
+}

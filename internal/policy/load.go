@@ -436,13 +436,6 @@ type fieldError struct {
 	keyLine bool   // report the line of the key (unknown fields), not of its value
 }
 
-func (e *fieldError) Error() string {
-	if len(e.path) == 0 {
-		return e.msg
-	}
-	return e.path.String() + ": " + e.msg
-}
-
 func errAt(p fieldPath, format string, args ...any) *fieldError {
 	return &fieldError{path: p, msg: fmt.Sprintf(format, args...)}
 }

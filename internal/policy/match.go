@@ -118,8 +118,6 @@ func newStrSet(values []string, fold bool) strSet {
 	return s
 }
 
-func (s *strSet) empty() bool { return s.n == 0 }
-
 func (s *strSet) match(v string) bool {
 	if s.exact != nil {
 		if s.fold {
