@@ -886,3 +886,29 @@ spec:
 		})
 	}
 }
+
+// A Set is shared by every request goroutine of a sidecar.
+func TestConcurrentDecisions(t *testing.T) {
+	s := mustSet(t, meshPolicies(200), Options{})
+	want := s.Decide(benchRequest(200))
+	done := make(chan struct{})
+	for g := 0; g < 8; g++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 200; i++ {
+				r := benchRequest(200)
+				if i%2 == 0 {
+					r.Path = "/api/v1/./payments/%34%32"
+				}
+				if d := s.Decide(r); d != want {
+					t.Errorf("decision %+v, want %+v", d, want)
+					return
+				}
+				s.Explain(r, nil)
+			}
+		}()
+	}
+	for g := 0; g < 8; g++ {
+		<-done
+	}
+}

@@ -64,18 +64,6 @@ func (p strPat) matchFold(v string) bool {
 	}
 }
 
-func (p strPat) String() string {
-	switch p.kind {
-	case patPrefix:
-		return p.s + "*"
-	case patSuffix:
-		return "*" + p.s
-	case patPresence:
-		return "*"
-	}
-	return p.s
-}
-
 // exactMapMin is the list length from which exact values go in a map.
 const exactMapMin = 8
 
