@@ -331,6 +331,19 @@ func TestReplicasSharePostgres(t *testing.T) {
 	if u.Entries == nil || len(*u.Entries) != 1 || (*u.Entries)[0].ID != ent.ID {
 		t.Fatalf("update on replica b: %+v", u)
 	}
+	// A CA rotation through replica a reaches replica b's agents: b's CA
+	// adopts the shared state on its next tick and b pushes the bundle.
+	var rot server.CAStatus
+	a.admin("POST", server.PathAdminCARotate, nil, &rot)
+	for {
+		u := next(t, ch)
+		if u.Bundle != nil && len(u.Bundle.X509Authorities) == 2 {
+			break
+		}
+	}
+	if readFile(t, filepath.Join(a.dir, server.BundleFile)) != readFile(t, filepath.Join(b.dir, server.BundleFile)) {
+		t.Fatal("replicas' bundle.pem differ after the rotation")
+	}
 	if _, err := audit.Verify(ctx, a.srv.Store(), audit.VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}

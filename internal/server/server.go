@@ -346,6 +346,16 @@ func (c caState) LoadCAState(ctx context.Context) ([]byte, error) {
 
 func (c caState) SaveCAState(ctx context.Context, b []byte) error { return c.db.SaveCAState(ctx, b) }
 
+// SwapCAState makes saves compare-and-swap (ca.StateSwapper), so replicas
+// sharing a store never overwrite each other's CA step.
+func (c caState) SwapCAState(ctx context.Context, old, sealed []byte) error {
+	err := c.db.SwapCAState(ctx, old, sealed)
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: %w", ca.ErrStateConflict, err)
+	}
+	return err
+}
+
 // loadKEK reads the key-encryption key, creating it (0600) on first start.
 // It refuses to create a new KEK when the store already holds CA state: a
 // fresh key could never unseal it, and the operator must find the old one.

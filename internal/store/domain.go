@@ -125,3 +125,31 @@ func (s *DB) SaveCAState(ctx context.Context, sealed []byte) error {
 	}
 	return nil
 }
+
+// SwapCAState replaces the CA's sealed state only if the stored state is
+// still old (nil old: only if nothing is stored yet), so two server
+// replicas stepping the CA at once cannot overwrite each other's step: the
+// loser gets ErrConflict, changes nothing, and adopts the winner's state.
+func (s *DB) SwapCAState(ctx context.Context, old, sealed []byte) error {
+	if len(sealed) == 0 {
+		return errors.New("store: refusing to save empty CA state")
+	}
+	var res sql.Result
+	var err error
+	if old == nil {
+		res, err = s.db.ExecContext(ctx, "INSERT INTO ca_state (id, state, updated_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING", sealed, ns(s.now()))
+	} else {
+		res, err = s.db.ExecContext(ctx, "UPDATE ca_state SET state = $1, updated_at = $2 WHERE id = 1 AND state = $3", sealed, ns(s.now()), old)
+	}
+	if err != nil {
+		return fmt.Errorf("store: save CA state: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("store: save CA state: %w", err)
+	}
+	if n != 1 {
+		return fmt.Errorf("%w: the CA state was changed by another server", ErrConflict)
+	}
+	return nil
+}

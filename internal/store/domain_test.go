@@ -307,6 +307,19 @@ func TestMetaAndCAState(t *testing.T) {
 		if err := db.SaveCAState(ctx, nil); err == nil {
 			t.Fatal("saved empty CA state")
 		}
+		// Compare-and-swap: a stale old value changes nothing.
+		if err := db.SwapCAState(ctx, []byte("one"), []byte("three")); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("swap from a stale state: %v", err)
+		}
+		if err := db.SwapCAState(ctx, nil, []byte("x")); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("swap from nothing over something: %v", err)
+		}
+		if err := db.SwapCAState(ctx, []byte("two"), []byte("three")); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := db.LoadCAState(ctx); string(b) != "three" {
+			t.Fatalf("CA state after swap = %q", b)
+		}
 		ok1, err1 := db.SetMetaIfAbsent(ctx, db.SQL(), "k", "a")
 		ok2, err2 := db.SetMetaIfAbsent(ctx, db.SQL(), "k", "b")
 		if !ok1 || ok2 || err1 != nil || err2 != nil {
