@@ -197,3 +197,41 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		})
 	}
 }
+
+// Evaluate with two RequestAuthentications in scope and no token: the
+// merged rule list is remembered per workload, so nothing allocates.
+func TestEvaluateDoesNotAllocate(t *testing.T) {
+	s := mustSet(t, meshPolicies(100)+`
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: mesh-jwt, namespace: istio-system}
+spec:
+  jwtRules: [{issuer: "https://mesh.example"}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ns-jwt, namespace: ns-0}
+spec:
+  jwtRules: [{issuer: "https://ns.example"}]
+`, Options{})
+	req := benchRequest(100)
+	noToken := verifierFunc(func(rules []*securityv1beta1JWTRule, r *Request) (*Auth, error) {
+		if len(rules) != 2 {
+			t.Errorf("%d rules", len(rules))
+		}
+		return nil, nil
+	})
+	s.Evaluate(req, noToken)
+	if n := testing.AllocsPerRun(200, func() { s.Evaluate(req, noToken) }); n != 0 {
+		t.Errorf("Evaluate allocates %.1f times per call", n)
+	}
+	// Another workload gets its own list, not the remembered one.
+	other := Destination{Namespace: "ns-1"}
+	if got := s.JWTRules(other); len(got) != 1 || got[0].GetIssuer() != "https://mesh.example" {
+		t.Errorf("JWTRules(ns-1) = %v", got)
+	}
+	if got := s.JWTRules(req.Destination); len(got) != 2 {
+		t.Errorf("JWTRules(ns-0) = %v", got)
+	}
+}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"maps"
 	"net/url"
 	"strings"
 
@@ -165,13 +166,39 @@ func (x *reqAuthnIndex) add(c *compiledReqAuthn, root string) {
 	x.ns[c.ns] = append(x.ns[c.ns], c)
 }
 
+// jwtMemo remembers the last merged rule list and the workload it was
+// for: a sidecar asks for the same workload on every request, and when
+// several RequestAuthentications apply the merge would otherwise allocate
+// each time.
+type jwtMemo struct {
+	ns     string
+	labels map[string]string // a copy
+	rules  []*securityv1beta1.JWTRule
+}
+
+func (m *jwtMemo) matches(dst *Destination) bool {
+	if m.ns != dst.Namespace || len(m.labels) != len(dst.Labels) {
+		return false
+	}
+	for k, v := range m.labels {
+		if lv, ok := dst.Labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
 // JWTRules returns the RequestAuthentication JWT rules that apply to dst,
 // root-namespace policies first, then the workload's namespace, each in
-// document order. The result must not be modified. It allocates only when
-// more than one policy applies.
+// document order. The result must not be modified. It does not allocate
+// when one policy applies, nor when several do and the previous call was
+// for the same workload.
 func (s *Set) JWTRules(dst Destination) []*securityv1beta1.JWTRule {
 	if s == nil {
 		return nil
+	}
+	if m := s.jwtMemo.Load(); m != nil && m.matches(&dst) {
+		return m.rules
 	}
 	var single []*securityv1beta1.JWTRule
 	var merged []*securityv1beta1.JWTRule
@@ -197,6 +224,8 @@ func (s *Set) JWTRules(dst Destination) []*securityv1beta1.JWTRule {
 		visit(s.reqAuthn.ns[dst.Namespace])
 	}
 	if n > 1 {
+		merged = merged[:len(merged):len(merged)]
+		s.jwtMemo.Store(&jwtMemo{ns: dst.Namespace, labels: maps.Clone(dst.Labels), rules: merged})
 		return merged
 	}
 	return single[:len(single):len(single)]

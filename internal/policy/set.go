@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -49,6 +50,7 @@ type Set struct {
 	nsIdx    map[string]*authzIndex
 	peer     peerIndex
 	reqAuthn reqAuthnIndex
+	jwtMemo  atomic.Pointer[jwtMemo] // the only mutable field: a cache
 }
 
 // authzIndex holds the AuthorizationPolicies of one namespace so that a
