@@ -23,7 +23,7 @@ func runOAuth(ctx context.Context, e *Env, args []string) int {
 		{"client", "create, list, show, rotate-secret and delete OAuth clients", runOAuthClient},
 		{"user", "create, list, show and delete users; passwords and MFA", runOAuthUser},
 		{"token", "revoke and introspect tokens; list revoked token IDs", runOAuthToken},
-		{"keys", "list the token signing keys (public data)", runOAuthKeys},
+		{"keys", "list the token signing keys (public data); rotate them now", runOAuthKeys},
 	}, args)
 }
 
@@ -639,11 +639,27 @@ func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
 	return ExitOK
 }
 
+// runOAuthKeys is "oauth keys [list]" and "oauth keys rotate".
 func runOAuthKeys(ctx context.Context, e *Env, args []string) int {
-	if len(args) > 0 && args[0] == "list" {
-		args = args[1:]
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return runOAuthKeysList(ctx, e, args)
 	}
-	fs := flag.NewFlagSet("oauth keys", flag.ContinueOnError)
+	return e.subcommand(ctx, "oauth keys", []command{
+		{"list", "list the signing keys: signing, next and retired-but-published", runOAuthKeysList},
+		{"rotate", "make a new key that signs from now on (emergency rotation)", runOAuthKeysRotate},
+	}, args)
+}
+
+func runOAuthKeysRotate(ctx context.Context, e *Env, args []string) int {
+	return e.oauthKeys(ctx, "oauth keys rotate", "POST", "/keys/rotate", args)
+}
+
+func runOAuthKeysList(ctx context.Context, e *Env, args []string) int {
+	return e.oauthKeys(ctx, "oauth keys list", "GET", "/keys", args)
+}
+
+func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs, e)
 	if code, ok := e.parseFlags(fs, args); !ok {
@@ -651,12 +667,12 @@ func runOAuthKeys(ctx context.Context, e *Env, args []string) int {
 	}
 	c, err := af.client()
 	if err != nil {
-		return e.errorf(ExitUsage, "oauth keys: %v", err)
+		return e.errorf(ExitUsage, "%s: %v", name, err)
 	}
 	var out struct {
 		Keys []token.KeyInfo `json:"keys"`
 	}
-	if err := c.do(ctx, "GET", oauthAdmin+"/keys", nil, &out); err != nil {
+	if err := c.do(ctx, method, oauthAdmin+path, nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if af.json() {

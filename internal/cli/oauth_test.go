@@ -29,7 +29,7 @@ func TestOAuthCommandsHelp(t *testing.T) {
 		{"oauth", "user", "delete", "-h"}, {"oauth", "user", "set-password", "-h"}, {"oauth", "user", "mfa-enroll", "-h"},
 		{"oauth", "user", "mfa-confirm", "-h"}, {"oauth", "user", "reset-mfa", "-h"},
 		{"oauth", "token", "revoke", "-h"}, {"oauth", "token", "introspect", "-h"}, {"oauth", "token", "revoked", "-h"},
-		{"oauth", "keys", "-h"}, {"oauth", "help"},
+		{"oauth", "keys", "-h"}, {"oauth", "keys", "list", "-h"}, {"oauth", "keys", "rotate", "-h"}, {"oauth", "help"},
 	} {
 		t.Run(strings.Join(args[1:], "_"), func(t *testing.T) {
 			if code, _, stderr := runCLI(t, nil, args...); code != ExitOK {
@@ -142,6 +142,9 @@ func TestOAuthCommandsAgainstServer(t *testing.T) {
 	run(ExitUsage, "oauth", "token", "revoke")
 	if out := run(ExitOK, "oauth", "keys"); !strings.Contains(out, "signing") {
 		t.Fatalf("keys: %s", out)
+	}
+	if out := run(ExitOK, "oauth", "keys", "rotate"); !strings.Contains(out, "retired") || !strings.Contains(out, "signing") {
+		t.Fatalf("keys rotate: %s", out)
 	}
 	run(ExitOK, "oauth", "client", "delete", "orders")
 	run(ExitNotFound, "oauth", "client", "delete", "orders")

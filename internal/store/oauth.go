@@ -409,6 +409,13 @@ func (o *OAuth) AddSigningKey(ctx context.Context, k *token.SigningKey) error {
 	return nil
 }
 
+func (o *OAuth) RetireSigningKeys(ctx context.Context, at time.Time) error {
+	if _, err := o.db.db.ExecContext(ctx, "UPDATE oauth_signing_keys SET retire_at = $1 WHERE activate_at <= $1 AND retire_at > $1", unix(at)); err != nil {
+		return oerr("retire signing keys", err)
+	}
+	return nil
+}
+
 func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, error) {
 	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
 	if err != nil {

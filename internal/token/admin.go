@@ -41,6 +41,7 @@ import (
 //	POST   tokens/introspect            {"token": …}
 //	GET    tokens/revoked               revoked access token IDs
 //	GET    keys                         signing keys (public data only)
+//	POST   keys/rotate                  emergency rotation: a new key signs from now on
 func (s *Service) AdminHandler() http.Handler { return s.admin }
 
 func (s *Service) adminRoutes() http.Handler {
@@ -63,6 +64,7 @@ func (s *Service) adminRoutes() http.Handler {
 	mux.HandleFunc("POST "+p+"/tokens/introspect", s.adminIntrospect)
 	mux.HandleFunc("GET "+p+"/tokens/revoked", s.adminRevokedList)
 	mux.HandleFunc("GET "+p+"/keys", s.adminKeys)
+	mux.HandleFunc("POST "+p+"/keys/rotate", s.adminRotateKeys)
 	mux.HandleFunc(p+"/", func(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusNotFound, "no such admin endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -688,4 +690,15 @@ func (s *Service) adminKeys(w http.ResponseWriter, r *http.Request) {
 		out = append(out, KeyInfo{KID: k.kid, Alg: string(k.alg), State: st, ActivateAt: k.activate.UTC(), RetireAt: k.retire.UTC(), ExpireAt: k.expire.UTC()})
 	}
 	adminJSON(w, http.StatusOK, map[string]any{"keys": out})
+}
+
+func (s *Service) adminRotateKeys(w http.ResponseWriter, r *http.Request) {
+	if !decodeAdminEmpty(w, r) {
+		return
+	}
+	if _, err := s.RotateKeys(r.Context()); err != nil {
+		s.storeError(w, "keys", err)
+		return
+	}
+	s.adminKeys(w, r)
 }

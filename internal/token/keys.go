@@ -106,6 +106,13 @@ func (ks *keySet) signer(t time.Time) *loadedKey {
 	return best
 }
 
+func (ks *keySet) byIDOrNil(kid string) *loadedKey {
+	if ks == nil {
+		return nil
+	}
+	return ks.byID[kid]
+}
+
 // verifier returns the key with kid if it is still published at t.
 func (ks *keySet) verifier(kid string, t time.Time) *loadedKey {
 	if ks == nil {
@@ -202,10 +209,38 @@ func (s *Service) loadKey(sk *SigningKey) (*loadedKey, error) {
 	return k, nil
 }
 
+// RotateKeys makes a new signing key that signs from now on: the
+// emergency rotation, when a key may have leaked or the algorithm must
+// change at once. Relying parties meet its kid before their JWKS cache
+// expires and must fetch the JWKS again (standard OIDC clients do). The
+// old keys stay published until their last tokens expire.
+func (s *Service) RotateKeys(ctx context.Context) (string, error) {
+	s.keysMu.Lock()
+	defer s.keysMu.Unlock()
+	now := s.now()
+	k, err := s.newSigningKey(now)
+	if err != nil {
+		return "", err
+	}
+	if err := s.cfg.Store.RetireSigningKeys(ctx, now); err != nil {
+		return "", fmt.Errorf("token: rotate keys: %w", err)
+	}
+	if err := s.cfg.Store.AddSigningKey(ctx, k); err != nil {
+		return "", fmt.Errorf("token: rotate keys: %w", err)
+	}
+	s.log.Warn("token: signing key rotated on request", "kid", k.KID, "alg", k.Alg)
+	s.audit(ctx, AuditEvent{Type: "oauth.key.rotated", Outcome: "success", Details: map[string]string{"kid": k.KID, "alg": k.Alg}})
+	return k.KID, s.rotateKeysLocked(ctx)
+}
+
 // rotateKeys implements the key part of Tick.
 func (s *Service) rotateKeys(ctx context.Context) error {
 	s.keysMu.Lock()
 	defer s.keysMu.Unlock()
+	return s.rotateKeysLocked(ctx)
+}
+
+func (s *Service) rotateKeysLocked(ctx context.Context) error {
 	now := s.now()
 	st := s.cfg.Store
 	if _, err := st.DeleteSigningKeys(ctx, now); err != nil {
@@ -265,8 +300,12 @@ func (s *Service) rotateKeys(ctx context.Context) error {
 	old := s.keys.Load()
 	for _, sk := range stored {
 		var lk *loadedKey
-		if old != nil && old.byID[sk.KID] != nil {
-			lk = old.byID[sk.KID]
+		if prev := old.byIDOrNil(sk.KID); prev != nil {
+			// Reuse the unsealed key and signers; take the schedule from
+			// the store, where a rotation may have changed it.
+			cp := *prev
+			cp.activate, cp.retire, cp.expire = sk.ActivateAt, sk.RetireAt, sk.ExpireAt
+			lk = &cp
 		} else if lk, err = s.loadKey(sk); err != nil {
 			return err
 		}

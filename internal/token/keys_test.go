@@ -228,3 +228,39 @@ func TestSigningAlgorithmChange(t *testing.T) {
 		t.Fatal("same key")
 	}
 }
+
+// An emergency rotation signs with a new key at once; tokens of the old
+// key stay valid until they expire.
+func TestEmergencyKeyRotation(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		cl := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+		old := h.ccToken("svc", cl.Secret)
+		var keys struct{ Keys []token.KeyInfo }
+		if code := h.admin("POST", "keys/rotate", nil, &keys); code != 200 || len(keys.Keys) != 2 {
+			t.Fatalf("rotate: %d %+v", code, keys)
+		}
+		state := map[string]string{}
+		for _, k := range keys.Keys {
+			state[k.KID] = k.State
+		}
+		if state[kidOf(t, old)] != "retired" {
+			t.Fatalf("old key %s after rotation: %+v", kidOf(t, old), keys)
+		}
+		fresh := h.ccToken("svc", cl.Secret)
+		newKID := kidOf(t, fresh)
+		if newKID == kidOf(t, old) || state[newKID] != "signing" {
+			t.Fatalf("the new key does not sign: %s %+v", newKID, keys)
+		}
+		if !h.active(old) || len(h.jwks()) != 2 {
+			t.Fatal("the old key's token died with the rotation")
+		}
+		// The scheduled rotation carries on from the new key.
+		if err := h.svc.Tick(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if kidOf(t, h.ccToken("svc", cl.Secret)) != newKID {
+			t.Fatal("Tick switched back to the old key")
+		}
+	})
+}
