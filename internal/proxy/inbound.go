@@ -108,7 +108,11 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	if network == "unix" {
 		host = "app"
 	}
-	ib.fwd = &forwarder{rt: tr, scheme: "http", host: host, name: ib.name, s: s}
+	var rt http.RoundTripper = tr
+	if c.Protocol == HTTP {
+		rt = &appClient{dial: ib.dialApp, fallback: tr, maxIdle: s.cfg.MaxIdleConnsPerApp, idleTimeout: 30 * time.Second, now: time.Now}
+	}
+	ib.fwd = &forwarder{rt: rt, scheme: "http", host: host, name: ib.name, s: s}
 	ib.hl = newChanListener()
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
@@ -171,6 +175,9 @@ func (ib *inbound) close() {
 	if ib.httpSrv != nil {
 		ib.hl.Close()
 		ib.httpSrv.Close()
+		if c, ok := ib.fwd.rt.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
 	}
 	ib.conns.Range(func(k, _ any) bool {
 		k.(net.Conn).Close()

@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// appClient is the lean HTTP/1.1 client of the hop to the local app. The
+// standard transport spends two goroutines per connection and three
+// hand-offs per request; this one writes the request and reads the answer
+// on the caller's goroutine over a LIFO pool of keep-alive connections,
+// parsing answers with net/http's own ReadResponse. It takes the common
+// case — no upgrade, no trailers, a request body of known length up to
+// leanMaxBody — and hands everything else to fallback, the standard
+// transport, so streaming and upgrades keep their full semantics.
+//
+// A pooled connection the app has closed is noticed before reuse (a
+// non-blocking peek); a request that still meets a dead reused connection
+// is retried once on a new one only when it is idempotent, as
+// net/http.Transport does.
+type appClient struct {
+	dial        func(ctx context.Context) (net.Conn, error)
+	fallback    http.RoundTripper
+	maxIdle     int
+	idleTimeout time.Duration
+	now         func() time.Time
+
+	mu     sync.Mutex
+	idle   []*appConn
+	closed bool
+}
+
+type appConn struct {
+	nc        net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
+}
+
+// leanMaxBody is the largest request body the lean path buffers (to retry
+// it); larger or unknown-length bodies stream through the fallback.
+const leanMaxBody = 64 << 10
+
+var errBadHeader = errors.New("proxy: invalid header for the app")
+
+func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !a.lean(req) {
+		return a.fallback.RoundTrip(req)
+	}
+	var body []byte
+	if req.ContentLength > 0 {
+		body = make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, body); err != nil {
+			req.Body.Close()
+			return nil, fmt.Errorf("proxy: read request body: %w", err)
+		}
+		req.Body.Close()
+	}
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := a.get(req.Context())
+		if err != nil {
+			return nil, err
+		}
+		resp, err := a.exchange(pc, req, body)
+		if err == nil {
+			return resp, nil
+		}
+		pc.nc.Close()
+		if !reused || attempt > 0 || !replayable(req) || req.Context().Err() != nil || errors.Is(err, errBadHeader) {
+			return nil, err
+		}
+	}
+}
+
+// lean reports whether req fits the lean path.
+func (a *appClient) lean(req *http.Request) bool {
+	if req.ContentLength < 0 || req.ContentLength > leanMaxBody || len(req.Trailer) > 0 {
+		return false
+	}
+	if req.ContentLength > 0 && req.Body == nil {
+		return false
+	}
+	_, up := req.Header["Upgrade"]
+	return !up && req.Method != http.MethodConnect
+}
+
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, k1 := req.Header["Idempotency-Key"]
+	_, k2 := req.Header["X-Idempotency-Key"]
+	return k1 || k2
+}
+
+// get pops the most recently used live connection or dials a new one.
+func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
+	now := a.now()
+	a.mu.Lock()
+	for len(a.idle) > 0 {
+		pc := a.idle[len(a.idle)-1]
+		a.idle = a.idle[:len(a.idle)-1]
+		a.mu.Unlock()
+		if now.Sub(pc.idleSince) < a.idleTimeout && connAlive(pc.nc) {
+			return pc, true, nil
+		}
+		pc.nc.Close()
+		a.mu.Lock()
+	}
+	a.mu.Unlock()
+	nc, err := a.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return &appConn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}, false, nil
+}
+
+// put returns a connection to the pool, closing it if the pool is full or
+// closed.
+func (a *appClient) put(pc *appConn) {
+	pc.idleSince = a.now()
+	a.mu.Lock()
+	if a.closed || len(a.idle) >= a.maxIdle {
+		a.mu.Unlock()
+		pc.nc.Close()
+		return
+	}
+	a.idle = append(a.idle, pc)
+	a.mu.Unlock()
+}
+
+// CloseIdleConnections closes the pool; later connections are closed when
+// returned.
+func (a *appClient) CloseIdleConnections() {
+	a.mu.Lock()
+	idle := a.idle
+	a.idle = nil
+	a.closed = true
+	a.mu.Unlock()
+	for _, pc := range idle {
+		pc.nc.Close()
+	}
+	if c, ok := a.fallback.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// exchange writes req on pc and reads the answer's head. The body, when
+// read to its end, returns pc to the pool.
+func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http.Response, error) {
+	ctx := req.Context()
+	// Cancelling the request (client gone, token revoked) unblocks any
+	// read or write on the connection at once.
+	stop := context.AfterFunc(ctx, func() { pc.nc.SetDeadline(time.Unix(1, 0)) })
+	if err := writeRequest(pc.bw, req, body); err != nil {
+		stop()
+		return nil, err
+	}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(pc.br, req)
+		if err != nil {
+			stop()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		resp.Body.Close() // 1xx: informational, the real answer follows
+	}
+	reuse := !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols
+	if resp.Body == http.NoBody {
+		if stop() && reuse {
+			a.put(pc)
+		} else {
+			pc.nc.Close()
+		}
+		return resp, nil
+	}
+	resp.Body = &appBody{rc: resp.Body, a: a, pc: pc, stop: stop, reuse: reuse}
+	return resp, nil
+}
+
+// writeRequest writes the request head and body with one flush. Header
+// names and values are checked as net/http.Transport checks them: a value
+// a policy put in (a JWT claim) must not smuggle a second header or
+// request.
+func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("%w: host %q", errBadHeader, host)
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for k, vv := range req.Header {
+		if k == "Host" || k == "Content-Length" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("%w: name %q", errBadHeader, k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("%w: value of %s", errBadHeader, k)
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if len(body) > 0 || methodWantsLength(req.Method) {
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], int64(len(body)), 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	bw.Write(body)
+	return bw.Flush()
+}
+
+func methodWantsLength(m string) bool {
+	return m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch
+}
+
+// appBody gives the connection back once the body has been read to its
+// end; closing it early closes the connection (its remaining bytes would
+// corrupt the next answer).
+type appBody struct {
+	rc    io.ReadCloser
+	a     *appClient
+	pc    *appConn
+	stop  func() bool
+	reuse bool
+	done  bool
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *appBody) Close() error {
+	if !b.done {
+		b.finish(false)
+	}
+	return nil
+}
+
+func (b *appBody) finish(complete bool) {
+	b.done = true
+	if b.stop() && complete && b.reuse {
+		b.a.put(b.pc)
+		return
+	}
+	b.pc.nc.Close()
+}

@@ -1,0 +1,179 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawApp is an HTTP/1.1 app written by hand so a test controls exactly
+// when it closes connections. closeAfter closes each connection after
+// that many answers, without announcing it (as an app whose keep-alive
+// timeout fired would).
+func rawApp(t *testing.T, closeAfter int) (addr string, conns *atomic.Int64) {
+	t.Helper()
+	l := listen(t)
+	conns = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; i < closeAfter; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					b, _ := io.ReadAll(req.Body)
+					body := fmt.Sprintf("%s %s %d %s", req.Method, req.URL.Path, len(b), req.Header.Get("X-Test"))
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String(), conns
+}
+
+func newAppClient(addr string) *appClient {
+	d := &net.Dialer{}
+	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	return &appClient{
+		dial: dial,
+		// The fallback dials the same fixed address, never a name.
+		fallback:    &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }},
+		maxIdle:     4,
+		idleTimeout: time.Minute,
+		now:         time.Now,
+	}
+}
+
+func doApp(t *testing.T, a *appClient, method, body string, hdr map[string]string) (string, error) {
+	t.Helper()
+	var rb io.Reader
+	if body != "" {
+		rb = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, "http://app/p", rb)
+	for k, v := range hdr {
+		req.Header[k] = []string{v}
+	}
+	resp, err := a.RoundTrip(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestAppClient(t *testing.T) {
+	t.Run("keep_alive_reuses_one_connection", func(t *testing.T) {
+		addr, conns := rawApp(t, 1000)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		for i := range 5 {
+			got, err := doApp(t, a, "POST", strings.Repeat("x", i), map[string]string{"X-Test": "v"})
+			if err != nil || got != fmt.Sprintf("POST /p %d v", i) {
+				t.Fatalf("request %d: %q %v", i, got, err)
+			}
+		}
+		if n := conns.Load(); n != 1 {
+			t.Fatalf("%d connections, want 1", n)
+		}
+	})
+	t.Run("connection_closed_by_app_is_noticed_before_reuse", func(t *testing.T) {
+		addr, conns := rawApp(t, 1)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		for i := range 3 {
+			// POST is not retried: it must never meet the dead connection.
+			if got, err := doApp(t, a, "POST", "abc", nil); err != nil || got != "POST /p 3 " {
+				t.Fatalf("request %d: %q %v", i, got, err)
+			}
+			// Let the app's close reach us before the next request.
+			waitClosed(t, a)
+		}
+		if n := conns.Load(); n != 3 {
+			t.Fatalf("%d connections, want 3", n)
+		}
+	})
+	t.Run("header_injection_refused", func(t *testing.T) {
+		addr, _ := rawApp(t, 10)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		_, err := doApp(t, a, "GET", "", map[string]string{"X-Test": "a\r\nX-Evil: 1"})
+		if err == nil || !strings.Contains(err.Error(), "invalid header") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("large_body_takes_the_standard_transport", func(t *testing.T) {
+		addr, _ := rawApp(t, 10)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		big := strings.Repeat("y", leanMaxBody+1)
+		got, err := doApp(t, a, "PUT", big, nil)
+		if err != nil || got != fmt.Sprintf("PUT /p %d ", len(big)) {
+			t.Fatalf("got %.40q %v", got, err)
+		}
+	})
+	t.Run("cancelled_request_unblocks", func(t *testing.T) {
+		l := listen(t)
+		go func() {
+			c, err := l.Accept()
+			if err == nil {
+				defer c.Close()
+				io.Copy(io.Discard, c) // never answers
+			}
+		}()
+		a := newAppClient(l.Addr().String())
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://app/", nil)
+		errc := make(chan error, 1)
+		go func() { _, err := a.RoundTrip(req); errc <- err }()
+		cancel()
+		select {
+		case err := <-errc:
+			if err == nil {
+				t.Fatal("cancelled request succeeded")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("cancelled request still blocked")
+		}
+	})
+}
+
+// waitClosed waits until every pooled connection reads as closed.
+func waitClosed(t *testing.T, a *appClient) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		dead := true
+		for _, pc := range a.idle {
+			if connAlive(pc.nc) {
+				dead = false
+			}
+		}
+		a.mu.Unlock()
+		if dead {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pooled connection never closed by the app")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
