@@ -409,8 +409,10 @@ func (o *OAuth) AddSigningKey(ctx context.Context, k *token.SigningKey) error {
 	return nil
 }
 
-func (o *OAuth) RetireSigningKeys(ctx context.Context, at time.Time) error {
-	if _, err := o.db.db.ExecContext(ctx, "UPDATE oauth_signing_keys SET retire_at = $1 WHERE activate_at <= $1 AND retire_at > $1", unix(at)); err != nil {
+func (o *OAuth) RetireSigningKeys(ctx context.Context, at, expireBy time.Time) error {
+	if _, err := o.db.db.ExecContext(ctx, `UPDATE oauth_signing_keys SET retire_at = $1,
+		expire_at = CASE WHEN expire_at > $2 THEN $2 ELSE expire_at END
+		WHERE activate_at <= $1 AND retire_at > $1`, unix(at), unix(expireBy)); err != nil {
 		return oerr("retire signing keys", err)
 	}
 	return nil

@@ -222,7 +222,7 @@ func (s *Service) RotateKeys(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := s.cfg.Store.RetireSigningKeys(ctx, now); err != nil {
+	if err := s.cfg.Store.RetireSigningKeys(ctx, now, now.Add(s.maxTokenTTL())); err != nil {
 		return "", fmt.Errorf("token: rotate keys: %w", err)
 	}
 	if err := s.cfg.Store.AddSigningKey(ctx, k); err != nil {

@@ -244,6 +244,11 @@ func TestEmergencyKeyRotation(t *testing.T) {
 		for _, k := range keys.Keys {
 			state[k.KID] = k.State
 		}
+		for _, k := range keys.Keys {
+			if k.State == "retired" && k.ExpireAt.After(h.clock.Now().Add(token.MaxAccessTokenTTL+5*time.Minute)) {
+				t.Fatalf("retired key published past its last token: %+v", k)
+			}
+		}
 		if state[kidOf(t, old)] != "retired" {
 			t.Fatalf("old key %s after rotation: %+v", kidOf(t, old), keys)
 		}

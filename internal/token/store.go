@@ -73,8 +73,9 @@ type Store interface {
 	// AddSigningKey stores a new signing key; ErrConflict on a kid clash.
 	AddSigningKey(ctx context.Context, k *SigningKey) error
 	// RetireSigningKeys sets RetireAt to at on every key that would still
-	// sign at at (activated, not retired), so none of them signs again.
-	RetireSigningKeys(ctx context.Context, at time.Time) error
+	// sign at at (activated, not retired), so none of them signs again,
+	// and brings their ExpireAt forward to expireBy when it is later.
+	RetireSigningKeys(ctx context.Context, at, expireBy time.Time) error
 	// DeleteSigningKeys deletes keys whose ExpireAt is before t.
 	DeleteSigningKeys(ctx context.Context, before time.Time) (int, error)
 
