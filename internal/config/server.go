@@ -66,6 +66,10 @@ type Server struct {
 	// default https://<listen address> (localhost when listening on every
 	// interface). Tokens name it in iss; clients fetch discovery under it.
 	Issuer string `json:"issuer,omitempty"`
+	// TokenSigningAlg is the token service's signing algorithm: ES256
+	// (default), RS256 or EdDSA. A change publishes a key of the new
+	// algorithm a day ahead, which then signs.
+	TokenSigningAlg string `json:"token_signing_alg,omitempty"`
 	// UpstreamCA, when set, signs the CA's intermediates (PEM files).
 	UpstreamCA *UpstreamCA `json:"upstream_ca,omitempty"`
 

@@ -66,6 +66,7 @@ func defaultIssuer(addr net.Addr) string {
 // derived from the server's (HKDF-SHA256 with its own label), so the CA
 // keys and the token keys are sealed under different keys.
 func (s *Server) initOAuth(ctx context.Context, issuer string) error {
+	alg := s.cfg.TokenSigningAlg
 	if issuer == "" {
 		issuer = defaultIssuer(s.ln.Addr())
 	}
@@ -79,7 +80,7 @@ func (s *Server) initOAuth(ctx context.Context, issuer string) error {
 		return fmt.Errorf("server: derive token service key: %w", err)
 	}
 	svc, err := token.New(token.Config{
-		Issuer: issuer, Store: s.db.OAuth(), KEK: okek, Now: s.now,
+		Issuer: issuer, Store: s.db.OAuth(), KEK: okek, Now: s.now, SigningAlg: alg,
 		Logger:     s.log.With("component", "token"),
 		Audit:      s.oauthAudit,
 		OnRevoke:   s.oauthRevoked,

@@ -142,7 +142,7 @@ func TestTokenServiceOnServer(t *testing.T) {
 // keys.
 func TestTokenServiceIssuerAndRestart(t *testing.T) {
 	dir := t.TempDir()
-	e := start(t, dir, func(c *config.Server) { c.Issuer = "https://127.0.0.1:1/auth" })
+	e := start(t, dir, func(c *config.Server) { c.Issuer, c.TokenSigningAlg = "https://127.0.0.1:1/auth", "EdDSA" })
 	st, body := e.do(e.client(nil), "GET", "/auth/.well-known/openid-configuration", "", nil)
 	if st != 200 || !strings.Contains(string(body), `"issuer":"https://127.0.0.1:1/auth"`) {
 		t.Fatalf("discovery under the issuer path: %d %s", st, body)
@@ -152,10 +152,10 @@ func TestTokenServiceIssuerAndRestart(t *testing.T) {
 	var keys1 struct{ Keys []token.KeyInfo }
 	e.admin("GET", "/v1/admin/oauth/keys", nil, &keys1)
 	e.stop()
-	e2 := start(t, dir, func(c *config.Server) { c.Issuer = "https://127.0.0.1:1/auth" })
+	e2 := start(t, dir, func(c *config.Server) { c.Issuer, c.TokenSigningAlg = "https://127.0.0.1:1/auth", "EdDSA" })
 	var keys2 struct{ Keys []token.KeyInfo }
 	e2.admin("GET", "/v1/admin/oauth/keys", nil, &keys2)
-	if len(keys1.Keys) != 1 || len(keys2.Keys) != 1 || keys1.Keys[0].KID != keys2.Keys[0].KID {
+	if len(keys1.Keys) != 1 || len(keys2.Keys) != 1 || keys1.Keys[0].KID != keys2.Keys[0].KID || keys1.Keys[0].Alg != "EdDSA" {
 		t.Fatalf("keys before %v after %v", keys1, keys2)
 	}
 	st, tok := formPost(t, e2.client(nil), "https://"+e2.addr+"/auth/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", created.Secret)
