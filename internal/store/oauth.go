@@ -430,9 +430,9 @@ func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, e
 // ---- grants
 
 func (o *OAuth) AddGrant(ctx context.Context, g *token.Grant) error {
-	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_grants (id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		g.ID, g.ClientID, g.UserID, jsonList(g.Scope), unix(g.AuthTime), jsonList(g.AMR), unix(g.CreatedAt), unix(g.ExpiresAt), unix(g.RevokedAt))
+	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_grants (id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		g.ID, g.ClientID, g.UserID, jsonList(g.Scope), unix(g.AuthTime), jsonList(g.AMR), unix(g.CreatedAt), unix(g.ExpiresAt), unix(g.RevokedAt), jsonList(g.Audiences))
 	if err != nil {
 		return oerr("add grant", err)
 	}
@@ -442,11 +442,11 @@ func (o *OAuth) AddGrant(ctx context.Context, g *token.Grant) error {
 func (o *OAuth) Grant(ctx context.Context, id string) (*token.Grant, error) {
 	var (
 		g                 token.Grant
-		scope, amr        string
+		scope, amr, auds  string
 		at, c, exp, revok int64
 	)
-	err := o.db.db.QueryRowContext(ctx, `SELECT id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at
-		FROM oauth_grants WHERE id = $1`, id).Scan(&g.ID, &g.ClientID, &g.UserID, &scope, &at, &amr, &c, &exp, &revok)
+	err := o.db.db.QueryRowContext(ctx, `SELECT id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences
+		FROM oauth_grants WHERE id = $1`, id).Scan(&g.ID, &g.ClientID, &g.UserID, &scope, &at, &amr, &c, &exp, &revok, &auds)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, oauthNotFound("grant")
 	}
@@ -457,6 +457,9 @@ func (o *OAuth) Grant(ctx context.Context, id string) (*token.Grant, error) {
 		return nil, oerr("get grant", err)
 	}
 	if g.AMR, err = parseList(amr); err != nil {
+		return nil, oerr("get grant", err)
+	}
+	if g.Audiences, err = parseList(auds); err != nil {
 		return nil, oerr("get grant", err)
 	}
 	g.AuthTime, g.CreatedAt, g.ExpiresAt, g.RevokedAt = fromUnix(at), fromUnix(c), fromUnix(exp), fromUnix(revok)

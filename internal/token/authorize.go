@@ -456,7 +456,7 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 	}
 	now := s.now()
 	g := &Grant{ID: s.newID(), ClientID: tx.Req.ClientID, UserID: u.ID, Scope: tx.Req.Scope, AuthTime: time.Unix(tx.AuthTime, 0),
-		AMR: tx.AMR, CreatedAt: now, ExpiresAt: now.Add(s.cfg.RefreshFamilyTTL)}
+		AMR: tx.AMR, Audiences: tx.Req.Audiences, CreatedAt: now, ExpiresAt: now.Add(s.cfg.RefreshFamilyTTL)}
 	code := "mlc_" + base64.RawURLEncoding.EncodeToString(s.random(32))
 	ac := &AuthCode{Hash: hashSecret(code), GrantID: g.ID, ClientID: g.ClientID, UserID: u.ID, RedirectURI: tx.Req.RedirectURI,
 		Scope: tx.Req.Scope, Nonce: tx.Req.Nonce, Challenge: tx.Req.Challenge, AuthTime: g.AuthTime, AMR: g.AMR,

@@ -414,3 +414,29 @@ func TestLoginPageSecurityHeaders(t *testing.T) {
 		t.Fatalf("tampered form: %d", resp.StatusCode)
 	}
 }
+
+// The audience asked for at login carries on through refreshes.
+func TestLoginAudienceSurvivesRefresh(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.createClient(token.ClientRequest{Name: "web", ClientSpec: token.ClientSpec{
+			GrantTypes: []string{"authorization_code", "refresh_token"}, RedirectURIs: []string{appCallback}, Audiences: []string{"orders", "billing"}}})
+		h.createUser("olga", "olga's password", token.UserSpec{})
+		v, ch := pkce("a")
+		c := h.tlsClient(nil)
+		p := h.get(c, h.authorizeURL("web", appCallback, "", "s", "", ch)+"&audience=billing")
+		code := codeFrom(t, h.submit(c, p, url.Values{"username": {"olga"}, "password": {"olga's password"}}))
+		_, t0 := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret)
+		if aud := claims(t, t0["access_token"].(string))["aud"]; aud != "billing" {
+			t.Fatalf("first token aud %v", aud)
+		}
+		_, t1 := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {t0["refresh_token"].(string)}}, "web", web.Secret)
+		if aud := claims(t, t1["access_token"].(string))["aud"]; aud != "billing" {
+			t.Fatalf("refreshed token aud %v", aud)
+		}
+		// An explicit audience is still checked against the client's.
+		if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {t1["refresh_token"].(string)}, "audience": {"hr"}}, "web", web.Secret); status != 400 || body["error"] != "invalid_target" {
+			t.Fatalf("foreign audience: %d %v", status, body)
+		}
+	})
+}

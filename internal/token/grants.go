@@ -515,9 +515,13 @@ func (s *Service) refresh(ctx context.Context, c *authedClient, p params) (*issu
 	} else if err != nil {
 		return nil, serverError(err)
 	}
-	aud, oe := resolveAudience(p, c.Client)
-	if oe != nil {
-		return nil, oe
+	// Without audience/resource the login's audiences carry on; with them,
+	// the client's allowed audiences bound the request as at login.
+	aud := g.Audiences
+	if len(p.all("audience")) > 0 || len(p.all("resource")) > 0 || len(aud) == 0 {
+		if aud, oe = resolveAudience(p, c.Client); oe != nil {
+			return nil, oe
+		}
 	}
 	// Issue first with rotation deferred: build the next token, rotate
 	// atomically, and only then return tokens.

@@ -244,6 +244,9 @@ type Grant struct {
 	Scope     []string
 	AuthTime  time.Time
 	AMR       []string
+	// Audiences the authorization request asked for; empty: the client's
+	// default audiences.
+	Audiences []string
 	CreatedAt time.Time
 	ExpiresAt time.Time // absolute end of the refresh token family
 	RevokedAt time.Time // zero while valid
