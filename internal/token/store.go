@@ -238,12 +238,12 @@ type SigningKey struct {
 // Grant is one user's consent to one client, from which an authorization
 // code, and then a family of refresh and access tokens, descend.
 type Grant struct {
-	ID        string
-	ClientID  string
-	UserID    string
-	Scope     []string
-	AuthTime  time.Time
-	AMR       []string
+	ID       string
+	ClientID string
+	UserID   string
+	Scope    []string
+	AuthTime time.Time
+	AMR      []string
 	// Audiences the authorization request asked for; empty: the client's
 	// default audiences.
 	Audiences []string
