@@ -50,6 +50,7 @@ trap cleanup EXIT
 BASE=$((20000 + ($$ % 400) * 100))
 APP=$BASE
 MO_IN=$((BASE + 1)) MO_OUT=$((BASE + 2)) MO_ADM1=$((BASE + 3)) MO_ADM2=$((BASE + 4))
+MO_OUT1=$((BASE + 5)) MO_ADM3=$((BASE + 6))
 NG_IN=$((BASE + 11)) NG_OUT=$((BASE + 12))
 HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
 
@@ -179,6 +180,12 @@ identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
 outbound: [{listen: "127.0.0.1:$MO_OUT", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"}]
 admin: "127.0.0.1:$MO_ADM2"
 CONF
+# The same, carrying requests to the inbound sidecar over HTTP/1.1.
+cat > moout1.yaml <<CONF
+identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
+outbound: [{listen: "127.0.0.1:$MO_OUT1", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders", upstream_http1: true}]
+admin: "127.0.0.1:$MO_ADM3"
+CONF
 
 startp() { # name cmd...
 	"${@:2}" >"$W/$1.log" 2>&1 &
@@ -195,6 +202,8 @@ env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moin.yaml" >
 PIDS+=($!); PID_moin=$!
 env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moout.yaml" >"$W/moout.log" 2>&1 &
 PIDS+=($!); PID_moout=$!
+env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moout1.yaml" >"$W/moout1.log" 2>&1 &
+PIDS+=($!); PID_moout1=$!
 
 waitport() {
 	for _ in $(seq 1 200); do
@@ -205,8 +214,8 @@ waitport() {
 	cat "$W"/*.log >&2
 	exit 1
 }
-for p in $APP $NG_OUT $HA_OUT $MO_OUT; do waitport "$p"; done
-for p in $NG_OUT $HA_OUT $MO_OUT; do
+for p in $APP $NG_OUT $HA_OUT $MO_OUT $MO_OUT1; do waitport "$p"; done
+for p in $NG_OUT $HA_OUT $MO_OUT $MO_OUT1; do
 	body=$(curl -s "http://127.0.0.1:$p/x")
 	[ "$body" = "hello" ] || { echo "bench: 127.0.0.1:$p answered '$body', not hello" >&2; cat "$W"/*.log >&2; exit 1; }
 done
@@ -266,6 +275,7 @@ measure() { # setup port pidA pidB
 
 measure direct "$APP"
 measure moatless "$MO_OUT" "$PID_moout" "$PID_moin"
+measure moatless-h1 "$MO_OUT1" "$PID_moout1" "$PID_moin"
 measure nginx "$NG_OUT" "$WPID_ngout" "$WPID_ngin"
 measure haproxy "$HA_OUT" "$PID_haout" "$PID_hain"
 
@@ -275,11 +285,14 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 	echo
 	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | RSS MB at ~1k req/s (client / server proxy) | peak RSS MB @32 conns (client / server) |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for s in direct moatless nginx haproxy; do
+	for s in direct moatless moatless-h1 nginx haproxy; do
 		if [ "$s" = direct ]; then
 			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – | – |"
 		else
-			echo "| $s pair | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+			label="$s pair"
+			[ "$s" = moatless ] && label="moatless pair (HTTP/2 between sidecars, default)"
+			[ "$s" = moatless-h1 ] && label="moatless pair (upstream_http1: HTTP/1.1 between sidecars)"
+			echo "| $label | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
 		fi
 	done
 } | tee "${OUT:-/dev/null}"

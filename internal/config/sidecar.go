@@ -124,6 +124,10 @@ type SidecarOutbound struct {
 	ServerName string `json:"server_name,omitempty"`
 	// Protocol: http (default; HTTP/1.1 and h2c from the app) or tcp.
 	Protocol string `json:"protocol,omitempty"`
+	// UpstreamHTTP1 sends plain requests to the upstream sidecar over a
+	// pool of HTTP/1.1 connections instead of HTTP/2: less CPU per request,
+	// more connections. Default false (HTTP/2).
+	UpstreamHTTP1 bool `json:"upstream_http1,omitempty"`
 }
 
 // SidecarPolicy is where policies come from in the modes without a server.

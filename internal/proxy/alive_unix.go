@@ -11,6 +11,11 @@ import (
 // one reads EOF, a live one has nothing to read. Unsolicited bytes from
 // the app also make it unusable.
 func connAlive(c net.Conn) bool {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		// TLS: any byte the peer sent while idle (a close_notify, a
+		// KeyUpdate) makes the connection not worth reusing.
+		c = tc.NetConn()
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return true

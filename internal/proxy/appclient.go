@@ -140,6 +140,17 @@ func (a *appClient) put(pc *appConn) {
 	a.mu.Unlock()
 }
 
+// dropIdle closes the idle connections and keeps the pool open.
+func (a *appClient) dropIdle() {
+	a.mu.Lock()
+	idle := a.idle
+	a.idle = nil
+	a.mu.Unlock()
+	for _, pc := range idle {
+		pc.nc.Close()
+	}
+}
+
 // CloseIdleConnections closes the pool; later connections are closed when
 // returned.
 func (a *appClient) CloseIdleConnections() {

@@ -74,7 +74,22 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	}
 	ob.tr.Protocols.SetHTTP1(true)
 	ob.tr.Protocols.SetHTTP2(true)
-	ob.fwd = &forwarder{rt: ob.tr, scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
+	var rt http.RoundTripper = ob.tr
+	if c.HTTP1 {
+		// Plain requests over pooled HTTP/1.1 TLS connections on the lean
+		// client; streaming bodies, gRPC and upgrades keep the transport.
+		h1 := s.tls.clientConfig(c.ID, c.ServerName, []string{"http/1.1"})
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, Config: h1}
+		rt = &appClient{
+			dial: func(ctx context.Context) (net.Conn, error) {
+				ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+				defer cancel()
+				return d.DialContext(ctx, "tcp", c.Upstream)
+			},
+			fallback: ob.tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
+		}
+	}
+	ob.fwd = &forwarder{rt: rt, scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
@@ -146,6 +161,9 @@ func (ob *outbound) close() {
 	}
 	if ob.httpSrv != nil {
 		ob.httpSrv.Close()
+		if c, ok := ob.fwd.rt.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
 		ob.tr.CloseIdleConnections()
 	}
 	if ob.ln != nil {
@@ -165,6 +183,9 @@ func (ob *outbound) revoked(rs *revocationSet) {
 	ob.upstreamRevoked.Store(now)
 	if now && !was && ob.tr != nil {
 		ob.tr.CloseIdleConnections()
+		if a, ok := ob.fwd.rt.(*appClient); ok {
+			a.dropIdle()
+		}
 	}
 }
 

@@ -254,3 +254,42 @@ func TestSVIDRotationKeepsConnectionsAndServesNewCert(t *testing.T) {
 		t.Fatalf("new handshake served %s, want rotated %s", secondSerial, serialHex(rotated.Chain[0]))
 	}
 }
+
+func TestOutboundHTTP1Upstream(t *testing.T) {
+	l := listen(t)
+	mux := http.NewServeMux()
+	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %s %d", r.Method, r.URL.Path, r.Proto, len(b))
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	p := newPairHTTP1(t, allowFrontend(), l.Addr().String(), HTTP, true)
+	c := &http.Client{}
+	for i := range 3 {
+		resp, err := c.Post(p.outboundURL+"/api/orders", "text/plain", strings.NewReader(strings.Repeat("z", i*1000)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("POST /api/orders HTTP/1.1 %d", i*1000); resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("got %d %q, want %q", resp.StatusCode, b, want)
+		}
+	}
+	if code, body := get(t, c, "DELETE", p.outboundURL+"/x"); code != 403 || body != "RBAC: access denied" {
+		t.Fatalf("delete: %d %q", code, body)
+	}
+	ws, err := websocket.Dial("ws"+strings.TrimPrefix(p.outboundURL, "http")+"/ws", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	websocket.Message.Send(ws, "hi")
+	var got string
+	if err := websocket.Message.Receive(ws, &got); err != nil || got != "hi" {
+		t.Fatalf("websocket: %q %v", got, err)
+	}
+}

@@ -128,6 +128,12 @@ type Outbound struct {
 	// Protocol of the port: HTTP (the app may speak HTTP/1.1 or h2c) or TCP.
 	// HTTP2 is the same as HTTP on the outbound side.
 	Protocol Protocol
+	// HTTP1 carries plain requests to the upstream over a pool of
+	// HTTP/1.1 TLS connections instead of multiplexing them on HTTP/2:
+	// more connections and handshakes, less CPU per request (see
+	// docs/benchmarks.md). Streaming bodies, gRPC and upgrades are
+	// unaffected. Default false: HTTP/2.
+	HTTP1 bool
 }
 
 // Config configures a Sidecar. Identity and at least one listener are

@@ -134,6 +134,12 @@ const (
 
 func newPair(t testing.TB, authz Authorizer, appAddr string, proto Protocol) *pair {
 	t.Helper()
+	return newPairHTTP1(t, authz, appAddr, proto, false)
+}
+
+// newPairHTTP1 is newPair with the outbound's HTTP1 option set as given.
+func newPairHTTP1(t testing.TB, authz Authorizer, appAddr string, proto Protocol, http1 bool) *pair {
+	t.Helper()
 	ca := testpki.NewCA(t, "example.org")
 	p := &pair{ca: ca}
 	p.serverID = newStaticIdentity(ca, ca.SVID(t, ordersID, 0))
@@ -149,7 +155,7 @@ func newPair(t testing.TB, authz Authorizer, appAddr string, proto Protocol) *pa
 	p.outboundURL = "http://" + outL.Addr().String()
 	p.client = startSidecar(t, Config{
 		Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: p.inboundAddr, ID: spiffeid.RequireFromString(ordersID), Protocol: proto}},
+		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: p.inboundAddr, ID: spiffeid.RequireFromString(ordersID), Protocol: proto, HTTP1: http1}},
 	})
 	return p
 }
