@@ -91,7 +91,7 @@ func startTB(t testing.TB, dir string, opts ...envOpt) *env {
 	if testing.Verbose() {
 		logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := server.New(context.Background(), server.Config{Settings: st, Listener: ln, Now: clk.Now, Logger: logger})
+	srv, err := server.New(context.Background(), server.Config{Settings: st, Listener: ln, Now: clk.Now, Logger: logger, HeartbeatInterval: testHeartbeat})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,22 @@ func (e *env) watch(ctx context.Context, n *node) <-chan wire.Update {
 	return ch
 }
 
+// testHeartbeat is the test servers' watch heartbeat interval.
+const testHeartbeat = 200 * time.Millisecond
+
+// next returns the next update that is not a heartbeat.
 func next(t *testing.T, ch <-chan wire.Update) wire.Update {
+	t.Helper()
+	for {
+		u := nextAny(t, ch)
+		if !u.Heartbeat {
+			return u
+		}
+	}
+}
+
+// nextAny returns the next message, heartbeat or not.
+func nextAny(t *testing.T, ch <-chan wire.Update) wire.Update {
 	t.Helper()
 	select {
 	case u, ok := <-ch:

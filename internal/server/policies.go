@@ -54,6 +54,10 @@ type PolicyChangeResult struct {
 	DryRun   bool                 `json:"dry_run,omitempty"`
 }
 
+// PolicyApplyResponse is the answer to an apply (the same shape as delete
+// and rollback answers).
+type PolicyApplyResponse = PolicyChangeResult
+
 // PolicyDeleteRequest deletes objects as one new version.
 type PolicyDeleteRequest struct {
 	Objects []store.PolicyRef `json:"objects"`
@@ -485,7 +489,7 @@ func (s *Server) policyStatus(c *adminCall) {
 	for _, n := range nodes {
 		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
 			Current: n.PolicyVersion == cur, LastAck: n.LastAck,
-			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*wire.HeartbeatInterval}
+			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat}
 		if ns.Connected {
 			st.Connected++
 			if ns.Current {

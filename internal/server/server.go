@@ -41,6 +41,7 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // Files the server keeps in its data directory.
@@ -73,6 +74,9 @@ type Config struct {
 	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
 	// /.well-known/ and /oauth2/ here). See also Mount.
 	ExtraHandlers map[string]http.Handler
+	// HeartbeatInterval is the longest a watch stream stays silent;
+	// wire.HeartbeatInterval (15s) when 0. Tests shorten it.
+	HeartbeatInterval time.Duration
 	// ResetAdminToken replaces the admin token with a new one written to
 	// DIR/admin-token (the old one stops working).
 	ResetAdminToken bool
@@ -86,6 +90,8 @@ type Server struct {
 	admins map[string]bool
 	now    func() time.Time
 	log    *slog.Logger
+	// heartbeat is the watch streams' heartbeat interval.
+	heartbeat time.Duration
 
 	db    *store.DB
 	ca    *ca.CA
@@ -143,6 +149,10 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	s.heartbeat = c.HeartbeatInterval
+	if s.heartbeat <= 0 {
+		s.heartbeat = wire.HeartbeatInterval
 	}
 	if s.log == nil {
 		s.log = slog.Default()

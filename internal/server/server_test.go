@@ -301,6 +301,17 @@ func TestWatch(t *testing.T) {
 		}
 	}
 
+	// Heartbeats carry the version last sent and nothing else.
+	for {
+		hb := nextAny(t, ch)
+		if hb.Heartbeat {
+			if hb.Version != u3.Version || hb.Bundle != nil || hb.Entries != nil || hb.Revocations != nil || hb.Policies != nil {
+				t.Fatalf("heartbeat: %+v", hb)
+			}
+			break
+		}
+	}
+
 	// Revoking the watcher ends its stream.
 	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: n.id}, nil)
 	for {

@@ -18,10 +18,11 @@ import (
 // current channel, which is closed (and replaced) on every change, so no
 // change between a check and a wait is missed.
 type hub struct {
-	mu      sync.Mutex
-	version uint64
-	ch      chan struct{}
-	conns   map[string]int
+	mu       sync.Mutex
+	version  uint64
+	sections store.Versions // the versions at h.version, shared by every stream
+	ch       chan struct{}
+	conns    map[string]int
 }
 
 func (h *hub) wait() <-chan struct{} {
@@ -34,17 +35,29 @@ func (h *hub) wait() <-chan struct{} {
 }
 
 // set records version v and wakes every waiter if it is new.
-func (h *hub) set(v uint64) {
+func (h *hub) set(v uint64) { h.setVersions(store.Versions{Global: v}) }
+
+// setVersions records a versions snapshot and wakes every waiter if it is
+// newer: streams read it instead of each querying the store.
+func (h *hub) setVersions(vs store.Versions) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if v <= h.version {
+	if vs.Global <= h.version {
 		return
 	}
-	h.version = v
+	h.version, h.sections = vs.Global, vs
 	if h.ch != nil {
 		close(h.ch)
 		h.ch = nil
 	}
+}
+
+// snapshot returns the latest versions snapshot, or false when only the
+// global version is known.
+func (h *hub) snapshot() (store.Versions, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sections, h.sections.Sections != nil
 }
 
 func (h *hub) current() uint64 {
@@ -91,7 +104,7 @@ func (s *Server) changed(ctx context.Context) {
 			return
 		}
 	}
-	s.hub.set(vs.Global)
+	s.hub.setVersions(vs)
 }
 
 // publishBundle records a bundle change (rotation, a Tick step) as a new
@@ -230,7 +243,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := first.Version
-	heartbeat := time.NewTicker(wire.HeartbeatInterval)
+	heartbeat := time.NewTicker(s.heartbeat)
 	defer heartbeat.Stop()
 	expiry := time.NewTimer(max(c.leaf.NotAfter.Sub(s.now()), 0))
 	defer expiry.Stop()
@@ -253,10 +266,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			if s.revs.Load().revoked(id, c.serial) {
 				return
 			}
-			vs, err := s.db.Versions(ctx)
-			if err != nil {
-				s.log.Warn("watch: read versions", "err", err)
-				continue
+			vs, ok := s.hub.snapshot()
+			if !ok || vs.Global <= last {
+				var err error
+				if vs, err = s.db.Versions(ctx); err != nil {
+					s.log.Warn("watch: read versions", "err", err)
+					continue
+				}
 			}
 			if vs.Global <= last {
 				continue
