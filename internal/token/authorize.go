@@ -35,6 +35,9 @@ type authzRequest struct {
 // replica can continue it and nobody can read or alter it. CSRF is the
 // value of the login cookie it must arrive with.
 type loginTx struct {
+	// ID makes the transaction single use: finishing it records the ID,
+	// so a replayed form cannot mint a second code.
+	ID       string       `json:"i"`
 	Req      authzRequest `json:"q"`
 	Stage    string       `json:"st"` // password, totp, enroll, finish
 	UserID   string       `json:"u,omitempty"`
@@ -47,6 +50,11 @@ type loginTx struct {
 }
 
 const csrfCookie = "__Host-moatless-login"
+
+// loginTxNamespace keeps finished login transaction IDs in the store's
+// single-use table apart from client assertion jtis (client IDs cannot
+// contain a colon).
+const loginTxNamespace = "moatless:login"
 
 // authzError is a failure that must not redirect: the client or
 // redirect URI cannot be trusted (RFC 6749 §4.1.2.1).
@@ -158,7 +166,7 @@ func (s *Service) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 	csrf := base64.RawURLEncoding.EncodeToString(s.random(32))
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: csrf, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode, MaxAge: int(loginTxTTL / time.Second)})
-	tx := &loginTx{Req: *req, Stage: "password", CSRF: csrf}
+	tx := &loginTx{ID: s.newID(), Req: *req, Stage: "password", CSRF: csrf}
 	s.renderLogin(w, http.StatusOK, tx, "", nil)
 }
 
@@ -455,6 +463,17 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 		return
 	}
 	now := s.now()
+	// Every sealed copy of this transaction expires within loginTxTTL of
+	// now, so remembering its ID that long makes it single use.
+	if err := s.cfg.Store.UseAssertionJTI(ctx, loginTxNamespace, tx.ID, now.Add(loginTxTTL+time.Minute)); err != nil {
+		if errors.Is(err, ErrConflict) {
+			s.errorPage(w, http.StatusBadRequest, "this sign-in was completed already; start again from the application")
+			return
+		}
+		s.log.Error("token: login: record transaction", "err", err)
+		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
+		return
+	}
 	g := &Grant{ID: s.newID(), ClientID: tx.Req.ClientID, UserID: u.ID, Scope: tx.Req.Scope, AuthTime: time.Unix(tx.AuthTime, 0),
 		AMR: tx.AMR, Audiences: tx.Req.Audiences, CreatedAt: now, ExpiresAt: now.Add(s.cfg.RefreshFamilyTTL)}
 	code := "mlc_" + base64.RawURLEncoding.EncodeToString(s.random(32))

@@ -392,6 +392,19 @@ func TestLoginPageSecurityHeaders(t *testing.T) {
 	if p.header.Get("Referrer-Policy") != "no-referrer" || p.header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("headers %v", p.header)
 	}
+	// A completed sign-in form cannot be replayed for a second code.
+	h.createUser("pat", "pat's password!", token.UserSpec{})
+	bc := h.tlsClient(nil)
+	lp := h.get(bc, h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+	issuerURL, _ := url.Parse(h.issuer)
+	saved := bc.Jar.Cookies(issuerURL)
+	codeFrom(t, h.submit(bc, lp, url.Values{"username": {"pat"}, "password": {"pat's password!"}}))
+	// Put back the cookie finishing cleared: the attacker has the whole
+	// browser state, and the transaction alone must refuse.
+	bc.Jar.SetCookies(issuerURL, saved)
+	if again := h.submit(bc, lp, url.Values{"username": {"pat"}, "password": {"pat's password!"}}); again.status != 400 || again.location != "" {
+		t.Fatalf("replayed password form: %d %s", again.status, again.location)
+	}
 	// A form posted without the login cookie (cross-site) is refused.
 	m := txRE.FindStringSubmatch(p.body)
 	resp, err := h.tlsClient(nil).PostForm(h.issuer+"/oauth2/login", url.Values{"tx": {m[1]}, "username": {"x"}, "password": {"y"}})

@@ -115,6 +115,9 @@ func TestMFAEnrolmentAtLogin(t *testing.T) {
 			t.Fatalf("recovery codes page: %d %s", p.status, p.body)
 		}
 		codeFrom(t, h.submit(c, p, url.Values{}))
+		if again := h.submit(c, p, url.Values{}); again.status != http.StatusBadRequest || again.location != "" {
+			t.Fatalf("replayed finish form: %d %s", again.status, again.location)
+		}
 		h.clock.Advance(30 * time.Second)
 		if p := h.loginTOTP("jack", "jack's password", url.Values{"code": {h.totpCode(secret, 0)}}); p.status != http.StatusSeeOther {
 			t.Fatalf("login after enrolment: %d", p.status)
