@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -68,4 +69,39 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkWatchFanout measures how long a revocation takes to reach every
+// open watch stream: from the admin call's start until each of N streams
+// has received the update. Reports ms per fan-out.
+func BenchmarkWatchFanout(b *testing.B) {
+	for _, n := range []int{10, 100} {
+		b.Run(fmt.Sprintf("streams=%d", n), func(b *testing.B) {
+			e := startB(b)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			chans := make([]<-chan wire.Update, n)
+			for i := range chans {
+				node := e.attestB(b, fmt.Sprintf("spiffe://example.org/agent/f%d", i))
+				chans[i] = e.watch(ctx, node)
+				for u := range chans[i] { // the first, full update
+					if !u.Heartbeat {
+						break
+					}
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				e.adminB(b, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: fmt.Sprintf("spiffe://example.org/gone/%d", i)}, nil)
+				for _, ch := range chans {
+					for u := range ch {
+						if u.Revocations != nil {
+							break
+						}
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/fanout")
+		})
+	}
 }
