@@ -365,3 +365,42 @@ func TestRevocationClosesLiveConnections(t *testing.T) {
 var _ sync.Locker
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestClosedConnectionsAreForgotten: connections that end (HTTP/1.1,
+// HTTP/2, raw TCP) leave the revocation tracker, so it does not grow.
+func TestClosedConnectionsAreForgotten(t *testing.T) {
+	app := echoApp(t)
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2_%v", h2), func(t *testing.T) {
+			p := newPair(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP)
+			c := mtlsClient(t, p.ca, frontendID, ordersID)
+			tr := c.Transport.(*http.Transport)
+			if !h2 {
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+				tr.ForceAttemptHTTP2 = false
+			}
+			for range 3 {
+				resp, err := c.Get("https://" + p.inboundAddr + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if got := resp.ProtoMajor == 2; got != h2 {
+					t.Fatalf("proto %s", resp.Proto)
+				}
+			}
+			if n := p.server.LiveConnections(); n != 1 {
+				t.Fatalf("live %d, want 1", n)
+			}
+			tr.CloseIdleConnections()
+			deadline := time.Now().Add(5 * time.Second)
+			for p.server.LiveConnections() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("closed connection still tracked: %d", p.server.LiveConnections())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
