@@ -176,6 +176,12 @@ func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 		if c.status == 0 {
 			c.fail(errors.New("handler set no reply"))
 		}
+		if !c.audited && c.actor == "anonymous" && !s.refusals.allow(s.now()) {
+			// An unauthenticated flood: answer without an audit record each.
+			s.metrics.adminRequests.WithLabelValues("rate_limited").Inc()
+			writeErrors(w, http.StatusTooManyRequests, "too many refused requests; retry later")
+			return
+		}
 		if !c.audited {
 			outcome := audit.Success
 			switch {

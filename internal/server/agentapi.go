@@ -131,6 +131,11 @@ func (s *Server) wireBundle() *wire.Bundle {
 // record, and the answer.
 func (s *Server) attestFailure(w http.ResponseWriter, r *http.Request, reason, subject string, status int, msg string) {
 	s.metrics.attestFailures.WithLabelValues(reason).Inc()
+	if !s.refusals.allow(s.now()) {
+		s.metrics.attestFailures.WithLabelValues("rate_limited").Inc()
+		s.agentFail(w, "attest", http.StatusTooManyRequests, "too many refused requests; retry later")
+		return
+	}
 	ev := audit.Event{Kind: audit.KindAttest, Actor: "anonymous", Subject: subject, Outcome: audit.Failure,
 		Details: map[string]string{"reason": reason, "remote": remoteHost(r)}}
 	if status == http.StatusForbidden {

@@ -92,6 +92,8 @@ type Server struct {
 	log    *slog.Logger
 	// heartbeat is the watch streams' heartbeat interval.
 	heartbeat time.Duration
+	// refusals bounds audited anonymous refusals (limits.go).
+	refusals *failLimiter
 
 	db    *store.DB
 	ca    *ca.CA
@@ -150,6 +152,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.refusals = newFailLimiter(50, 200)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = wire.HeartbeatInterval
@@ -271,7 +274,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving = true
 	base, cancel := context.WithCancel(ctx)
 	s.httpSrv = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.withDeadlines(s.mux),
 		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

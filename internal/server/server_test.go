@@ -367,3 +367,35 @@ func TestRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRefusalFloodIsBounded: anonymous refusals are audited up to a rate;
+// past it they get 429 and no audit record each (the clock is frozen, so
+// the bucket does not refill), while authenticated calls still work.
+func TestRefusalFloodIsBounded(t *testing.T) {
+	e := start(t, "")
+	c := e.client(nil)
+	codes := map[int]int{}
+	for i := 0; i < 230; i++ {
+		var st int
+		if i%2 == 0 {
+			st, _ = e.do(c, "POST", wire.PathAttest, "", wire.AttestRequest{JoinToken: "mlj_guess", CSR: []byte{1}})
+		} else {
+			st, _ = e.do(c, "GET", server.PathAdminEntries, "mla_guess", nil)
+		}
+		codes[st]++
+	}
+	if codes[401] != 200 || codes[429] != 30 {
+		t.Fatalf("status counts %v, want 200 refusals then 30 rate-limited", codes)
+	}
+	recs, _ := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+	refused := 0
+	for _, r := range recs {
+		if r.Outcome != audit.Success {
+			refused++
+		}
+	}
+	if refused != 200 {
+		t.Fatalf("%d refusals audited, want 200", refused)
+	}
+	e.admin("GET", server.PathAdminEntries, nil, nil) // the admin is not locked out
+}
