@@ -209,15 +209,6 @@ func parseScope(s string) ([]string, error) {
 	return out, nil
 }
 
-// subset reports whether every element of a is in b.
-func subset(a, b []string) bool {
-	for _, v := range a {
-		if !contains(b, v) {
-			return false
-		}
-	}
-	return true
-}
 
 // writeJSONCached writes v as a 200 answer, keeping the caller's caching
 // headers (discovery and JWKS are public and cacheable).
