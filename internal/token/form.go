@@ -209,7 +209,6 @@ func parseScope(s string) ([]string, error) {
 	return out, nil
 }
 
-
 // writeJSONCached writes v as a 200 answer, keeping the caller's caching
 // headers (discovery and JWKS are public and cacheable).
 func writeJSONCached(w http.ResponseWriter, v any) {
