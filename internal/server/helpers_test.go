@@ -58,15 +58,15 @@ type env struct {
 type envOpt func(*config.Server)
 
 // start runs a server on 127.0.0.1:0 in dir (a new temp dir when "").
-func start(t *testing.T, dir string, opts ...envOpt) *env { return startTB(t, dir, opts...) }
+func start(t *testing.T, dir string, opts ...envOpt) *env { return startTB(t, dir, nil, opts...) }
 
 // startB is start for benchmarks.
-func startB(b *testing.B) *env { return startTB(b, "") }
+func startB(b *testing.B) *env { return startTB(b, "", nil) }
 
 func (e *env) attestB(b *testing.B, id string) *node                 { return e.attest(id) }
 func (e *env) adminB(b *testing.B, method, path string, in, out any) { e.admin(method, path, in, out) }
 
-func startTB(t testing.TB, dir string, opts ...envOpt) *env {
+func startTB(t testing.TB, dir string, srvOpt func(*server.Config), opts ...envOpt) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -91,7 +91,11 @@ func startTB(t testing.TB, dir string, opts ...envOpt) *env {
 	if testing.Verbose() {
 		logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := server.New(context.Background(), server.Config{Settings: st, Listener: ln, Now: clk.Now, Logger: logger, HeartbeatInterval: testHeartbeat})
+	sc := server.Config{Settings: st, Listener: ln, Now: clk.Now, Logger: logger, HeartbeatInterval: testHeartbeat}
+	if srvOpt != nil {
+		srvOpt(&sc)
+	}
+	srv, err := server.New(context.Background(), sc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -399,3 +399,26 @@ func TestRefusalFloodIsBounded(t *testing.T) {
 	}
 	e.admin("GET", server.PathAdminEntries, nil, nil) // the admin is not locked out
 }
+
+// TestResetAdminToken: --reset-admin-token writes a new token and the old
+// one stops working; nothing else changes.
+func TestResetAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	old := e.token
+	var before server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &before)
+	e.stop()
+	e2 := startTB(t, dir, func(c *server.Config) { c.ResetAdminToken = true })
+	if e2.token == old || !strings.HasPrefix(e2.token, "mla_") {
+		t.Fatalf("token not replaced: %q", e2.token)
+	}
+	if st, _ := e2.do(e2.client(nil), "GET", server.PathAdminEntries, old, nil); st != 401 {
+		t.Fatalf("old token after reset: %d", st)
+	}
+	var after server.CAStatus
+	e2.admin("GET", server.PathAdminCA, nil, &after)
+	if after.BundlePEM != before.BundlePEM {
+		t.Fatal("resetting the admin token changed the CA")
+	}
+}
