@@ -21,17 +21,20 @@ func BenchmarkVerify(b *testing.B) {
 		name  string
 		key   *testKey
 		cache int
+		split bool // a rule with spaceDelimitedClaims, a token with such claims
 	}{
-		{"hit_es256", keyES256, 0},
-		{"hit_rs256", keyRSA, 0},
-		{"miss_es256", keyES256, -1},
-		{"miss_es384", keyES384, -1},
-		{"miss_rs256", keyRSA, -1},
-		{"miss_eddsa", keyEd, -1},
+		{"hit_es256", keyES256, 0, false},
+		{"hit_rs256", keyRSA, 0, false},
+		{"hit_es256_space_delimited", keyES256, 0, true},
+		{"miss_es256", keyES256, -1, false},
+		{"miss_es256_space_delimited", keyES256, -1, true},
+		{"miss_es384", keyES384, -1, false},
+		{"miss_rs256", keyRSA, -1, false},
+		{"miss_eddsa", keyEd, -1, false},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			v, rules, req := benchSetup(b, c.key, c.cache)
+			v, rules, req := benchSetupWith(b, c.key, c.cache, c.split)
 			b.ReportAllocs()
 			b.ResetTimer()
 			cpu := cpuTime()
@@ -90,14 +93,26 @@ func reportCPU(b *testing.B, start time.Duration) {
 }
 
 func benchSetup(b *testing.B, k *testKey, cache int) (*Verifier, []*securityv1beta1.JWTRule, *policy.Request) {
+	return benchSetupWith(b, k, cache, false)
+}
+
+// benchSetupWith, with split, names two claims in spaceDelimitedClaims
+// and gives the token both, so every verification splits them.
+func benchSetupWith(b *testing.B, k *testKey, cache int, split bool) (*Verifier, []*securityv1beta1.JWTRule, *policy.Request) {
 	v, _ := newTestVerifier(b, Options{CacheSize: cache, Logger: discardLogger()})
 	rule := inlineRule(b, k)
 	rule.Audiences = []string{"orders"}
+	cl := claims(nil)
+	if split {
+		rule.SpaceDelimitedClaims = []string{"roles", "scope"}
+		cl["roles"] = "admin editor viewer"
+		cl["scope"] = "openid profile orders.read orders.write"
+	}
 	rules := ruleList(rule)
 	if err := v.Prepare(b.Context(), rules); err != nil {
 		b.Fatal(err)
 	}
-	req := bearer(sign(b, k, claims(nil)))
+	req := bearer(sign(b, k, cl))
 	if _, err := v.Verify(rules, req); err != nil {
 		b.Fatal(err)
 	}

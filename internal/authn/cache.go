@@ -40,8 +40,18 @@ type cacheEntry struct {
 	claims     map[string]any
 	setHeaders map[string]string
 
+	// refused are the rules with the token's issuer that were tried
+	// before rule and refused it, each with the key set it had then.
+	refused []refusal
+
 	slot int         // index in the shard's ring
 	ref  atomic.Bool // second-chance bit for the clock eviction
+}
+
+// refusal is a rule that refused a token while it held key set keys.
+type refusal struct {
+	rule *compiledRule
+	keys *keySet
 }
 
 // tokenCache is a bounded map from token digest to verified result,

@@ -1,9 +1,11 @@
 package authn
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +132,58 @@ func FuzzVerify(f *testing.F) {
 		}
 		if auth != nil && auth.Principal != testIssuer+"/alice" {
 			t.Fatalf("accepted a principal no seed carries: %q", auth.Principal)
+		}
+	})
+}
+
+// FuzzSplitClaims: spaceDelimitedClaims on any claim set. The input is
+// never modified; a named string claim with words becomes exactly its
+// strings.Fields words, none empty, and nothing else changes.
+func FuzzSplitClaims(f *testing.F) {
+	f.Add(`{"roles":"admin editor","sub":"a"}`, "roles")
+	f.Add(`{"roles":"  a\t\nb \u00a0c\u2003"}`, "roles")
+	f.Add(`{"roles":""}`, "roles")
+	f.Add(`{"roles":["a b"]}`, "roles")
+	f.Add(`{"a.b":"x y","a":{"b":"x y"}}`, "a.b")
+	f.Add(`{"scope":"read write"}`, "scope")
+	f.Fuzz(func(t *testing.T, doc, name string) {
+		var in map[string]any
+		if json.Unmarshal([]byte(doc), &in) != nil || in == nil {
+			return
+		}
+		before, err := json.Marshal(in)
+		if err != nil {
+			return
+		}
+		out := splitClaims(in, []string{name})
+		if after, _ := json.Marshal(in); !bytes.Equal(before, after) {
+			t.Fatalf("input modified: %s -> %s", before, after)
+		}
+		if len(out) != len(in) {
+			t.Fatalf("claim count %d -> %d", len(in), len(out))
+		}
+		for k, v := range in {
+			got := out[k]
+			s, isString := v.(string)
+			if k != name || !isString || len(strings.Fields(s)) == 0 {
+				if !reflect.DeepEqual(got, v) {
+					t.Fatalf("claim %q changed: %#v -> %#v", k, v, got)
+				}
+				continue
+			}
+			list, ok := got.([]any)
+			if !ok {
+				t.Fatalf("claim %q = %#v, want a list", k, got)
+			}
+			words := strings.Fields(s)
+			if len(list) != len(words) {
+				t.Fatalf("claim %q: %d words, want %d", k, len(list), len(words))
+			}
+			for i, w := range list {
+				if w != words[i] {
+					t.Fatalf("claim %q word %d = %#v, want %q", k, i, w, words[i])
+				}
+			}
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
@@ -211,4 +213,130 @@ func ExampleVerifier() {
 	// signature
 	// <nil> <nil>
 	// authn: invalid token: token revoked
+}
+
+// spaceDelimitedYAML: orders names "roles" in spaceDelimitedClaims,
+// billing does not, payments names "scope" (which the engine would split
+// anyway). One AuthorizationPolicy admits role admin or scope
+// orders.write; another denies role suspended.
+const spaceDelimitedYAML = `
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: orders-jwt, namespace: prod}
+spec:
+  selector: {matchLabels: {app: orders}}
+  jwtRules:
+  - issuer: https://login.example.com
+    jwksUri: JWKS_URI
+    spaceDelimitedClaims: ["roles"]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: billing-jwt, namespace: prod}
+spec:
+  selector: {matchLabels: {app: billing}}
+  jwtRules:
+  - issuer: https://login.example.com
+    jwksUri: JWKS_URI
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: payments-jwt, namespace: prod}
+spec:
+  selector: {matchLabels: {app: payments}}
+  jwtRules:
+  - issuer: https://login.example.com
+    jwksUri: JWKS_URI
+    spaceDelimitedClaims: ["scope", "roles"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admins-or-writers, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - when:
+    - key: request.auth.claims[roles]
+      values: ["admin"]
+  - when:
+    - key: request.auth.claims[scope]
+      values: ["orders.write"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-suspended, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.auth.claims[roles]
+      values: ["suspended"]
+`
+
+// TestSpaceDelimitedClaimsWithPolicyEngine: spaceDelimitedClaims decide
+// request.auth.claims[…] matching through the real policy engine, for the
+// first verification and for cache hits alike; scope works whether the
+// rule pre-splits it or the engine splits it.
+func TestSpaceDelimitedClaimsWithPolicyEngine(t *testing.T) {
+	is := startIssuer()
+	defer is.srv.Close()
+	docs, err := policy.Parse(strings.NewReader(strings.ReplaceAll(spaceDelimitedYAML, "JWKS_URI", is.srv.URL+"/jwks")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(docs, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := authn.NewVerifier(authn.Options{Logger: slog.New(slog.DiscardHandler)})
+	defer v.Close()
+	dst := func(app string) policy.Destination {
+		return policy.Destination{Namespace: "prod", Labels: map[string]string{"app": app}, Port: 8080}
+	}
+	var all []*securityv1beta1.JWTRule
+	for _, app := range []string{"orders", "billing", "payments"} {
+		all = append(all, set.JWTRules(dst(app))...)
+	}
+	if err := v.Prepare(context.Background(), all); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tests := []struct {
+		name   string
+		app    string
+		claims map[string]any
+		want   policy.Outcome
+		policy string // deciding policy, "" when none
+	}{
+		{"named_claim_matches_one_word", "orders", map[string]any{"roles": "editor admin"}, policy.Allow, "prod/admins-or-writers"},
+		{"named_claim_no_partial_word", "orders", map[string]any{"roles": "administrator"}, policy.Deny, ""},
+		{"named_claim_deny_on_one_word", "orders", map[string]any{"roles": "admin suspended"}, policy.Deny, "prod/no-suspended"},
+		{"unnamed_claim_is_one_opaque_string", "billing", map[string]any{"roles": "editor admin"}, policy.Deny, ""},
+		{"unnamed_claim_whole_value_matches", "billing", map[string]any{"roles": "admin"}, policy.Allow, "prod/admins-or-writers"},
+		{"unnamed_claim_deny_needs_whole_value", "billing", map[string]any{"roles": "admin suspended"}, policy.Deny, ""},
+		{"scope_split_by_engine", "orders", map[string]any{"scope": "orders.read orders.write"}, policy.Allow, "prod/admins-or-writers"},
+		{"scope_split_by_engine_unnamed_rule", "billing", map[string]any{"scope": "orders.read orders.write"}, policy.Allow, "prod/admins-or-writers"},
+		{"scope_presplit_by_rule", "payments", map[string]any{"scope": "orders.read orders.write"}, policy.Allow, "prod/admins-or-writers"},
+		{"scope_presplit_no_partial_word", "payments", map[string]any{"scope": "orders.writer"}, policy.Deny, ""},
+		{"array_claim_unchanged", "orders", map[string]any{"roles": []string{"admin"}}, policy.Allow, "prod/admins-or-writers"},
+		{"array_element_not_split", "orders", map[string]any{"roles": []string{"editor admin"}}, policy.Deny, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := map[string]any{"iss": "https://login.example.com", "sub": "alice", "exp": now.Add(5 * time.Minute).Unix()}
+			maps.Copy(c, tc.claims)
+			tok := is.token(c)
+			for _, kind := range []string{"miss", "hit"} {
+				req := &policy.Request{Protocol: policy.HTTP, Destination: dst(tc.app), Method: "GET", Path: "/", Host: tc.app + ".prod",
+					Source: policy.Source{Principal: "td/ns/prod/sa/frontend"}, Headers: http.Header{"Authorization": {"Bearer " + tok}}}
+				d := set.Evaluate(req, v)
+				if d.Outcome != tc.want || d.Policy != tc.policy {
+					t.Fatalf("%s: outcome = %v by %q (%s), want %v by %q", kind, d.Outcome, d.Policy, d.Reason, tc.want, tc.policy)
+				}
+			}
+		})
+	}
+	if s := v.Stats(); s.CacheHits != uint64(len(tests)) {
+		t.Fatalf("cache hits = %d, want one per case (%d)", s.CacheHits, len(tests))
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +30,13 @@ const (
 	maxPrefixLen  = 64
 	maxClaimPath  = 16 // segments in an outputClaimToHeaders claim path
 	maxRuleTimout = 5 * time.Minute
+)
+
+// Limits on spaceDelimitedClaims: Istio's CRD allows 64 names; a name is
+// bounded like an issuer, so a rule's memory stays bounded.
+const (
+	maxSpaceDelimited    = 64
+	maxSpaceDelimitedLen = 1024
 )
 
 // reservedOutputHeaders may not be written by outputPayloadToHeader or
@@ -98,6 +106,9 @@ type compiledRule struct {
 
 	payloadHeader string
 	claimHeaders  []claimHeader
+	// spaceDelimited are the top-level claims whose string values are
+	// presented as word lists (spaceDelimitedClaims), without duplicates.
+	spaceDelimited []string
 
 	inline *keySet
 	remote *remoteKeys // nil for inline rules
@@ -138,7 +149,9 @@ func (c *compiledRule) hasLocation(l *location) bool {
 // Connect discovery); a timeout in (0, 5m]; header, parameter and cookie
 // names well formed; output header names matching Istio's pattern,
 // unique, and not reserved (hop-by-hop headers, Host, Content-Length,
-// x-forwarded-client-cert).
+// x-forwarded-client-cert); at most 64 spaceDelimitedClaims, each a
+// non-empty name of at most 1024 bytes (duplicates are allowed and count
+// once).
 func ValidateRule(r *securityv1beta1.JWTRule) error {
 	return compileRule(r, DefaultMaxJWKSSize, DefaultJWKSTimeout).err
 }
@@ -218,7 +231,32 @@ func (c *compiledRule) compile(r *securityv1beta1.JWTRule, maxJWKS int64) error 
 		}
 		c.source = "discovery"
 	}
+	if err := c.compileSpaceDelimited(r); err != nil {
+		return err
+	}
 	return c.compileOutputs(r)
+}
+
+// compileSpaceDelimited checks spaceDelimitedClaims as Istio's CRD does
+// (at most 64, none empty) plus a length bound, and drops duplicates (as
+// Istio does when it builds Envoy's normalize_payload_in_metadata).
+func (c *compiledRule) compileSpaceDelimited(r *securityv1beta1.JWTRule) error {
+	names := r.GetSpaceDelimitedClaims()
+	if len(names) > maxSpaceDelimited {
+		return ruleErr(c.issuer, fmt.Sprintf("spaceDelimitedClaims: at most %d claims", maxSpaceDelimited))
+	}
+	for i, n := range names {
+		if n == "" {
+			return ruleErr(c.issuer, fmt.Sprintf("spaceDelimitedClaims[%d] is empty", i))
+		}
+		if len(n) > maxSpaceDelimitedLen {
+			return ruleErr(c.issuer, fmt.Sprintf("spaceDelimitedClaims[%d] is longer than %d bytes", i, maxSpaceDelimitedLen))
+		}
+		if !slices.Contains(c.spaceDelimited, n) {
+			c.spaceDelimited = append(c.spaceDelimited, n)
+		}
+	}
+	return nil
 }
 
 func ruleErr(iss, msg string) error {

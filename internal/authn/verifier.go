@@ -394,8 +394,19 @@ func (v *Verifier) lookup(r *securityv1beta1.JWTRule) *compiledRule {
 // rules that look where the token was found; none is ErrUnknownIssuer.
 // Verify does no network I/O. A token already verified (cache hit) costs a
 // hash and a map lookup; its expiry, its rule, the rule's current key set
-// and the revocation set are checked again on every use. The returned
-// Auth's slices and maps are shared: treat them as read-only.
+// and the revocation set are checked again on every use, and a hit
+// returns exactly what the full check would (same rule, same claims).
+//
+// Auth.Claims holds the token's claims decoded from JSON, except that each
+// claim the rule names in spaceDelimitedClaims whose value is a string
+// with at least one word is a []any of its words (strings.Fields: the
+// split the policy engine applies to "scope" and "permission"), so
+// request.auth.claims[roles] can match one word of "roles": "admin
+// editor", as in Istio. Only top-level claims are split, as in Envoy.
+//
+// The returned Auth's slices and maps, Claims included, are shared by
+// every request presenting the same token and are never modified after
+// verification: treat them as read-only.
 func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
 	if len(rules) == 0 || req == nil {
 		return nil, nil
@@ -442,7 +453,7 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 	var key tokenKey
 	if v.cache != nil {
 		key = keyOf(tok)
-		if e := v.cache.get(&key, now.UnixNano()); e != nil && containsRule(cands, e.rule) && e.keys == e.rule.keys() {
+		if e := v.cache.get(&key, now.UnixNano()); e != nil && e.answersFor(cands) && e.keys == e.rule.keys() {
 			if v.isRevoked(e.jti) {
 				return nil, v.reject(tokenErr(ErrRevoked, ""))
 			}
@@ -473,32 +484,58 @@ func hasLocKey(locs []*location, l *location) bool {
 	return false
 }
 
-func containsRule(cs []*compiledRule, c *compiledRule) bool {
-	for _, x := range cs {
-		if x == c {
+// answersFor reports whether the entry is what the full check would
+// return for a request with these candidate rules: its rule must be among
+// them, and every candidate before it with the same issuer must be one
+// that refused this token with the key set that rule holds now. Else the
+// full check could pick an earlier rule, with other claims
+// (spaceDelimitedClaims), headers or token forwarding.
+func (e *cacheEntry) answersFor(cands []*compiledRule) bool {
+	for _, c := range cands {
+		if c == e.rule {
 			return true
+		}
+		if c.issuer == e.rule.issuer && !e.refusedBy(c) {
+			return false
+		}
+	}
+	return false
+}
+
+func (e *cacheEntry) refusedBy(c *compiledRule) bool {
+	for _, r := range e.refused {
+		if r.rule == c {
+			return r.keys == c.keys()
 		}
 	}
 	return false
 }
 
 // verifySlow parses and fully verifies tok against the candidate rules
-// for its issuer, in order; the first that accepts wins, otherwise the
-// first rule's error is returned.
+// for its issuer, in order; the first that accepts wins (and remembers
+// the rules that refused before it, for answersFor), otherwise the first
+// rule's error is returned.
 func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) (*cacheEntry, error) {
 	pt, err := parseToken(tok, v.maxToken)
 	if err != nil {
 		return nil, err
 	}
 	var firstErr error
+	var refused []refusal
 	for _, c := range cands {
 		if c.issuer != pt.iss {
 			continue
 		}
-		e, err := v.verifyWith(pt, c, now)
+		// The key set is read once, before the check: a refusal is then
+		// recorded against the keys it was made with, or older ones
+		// (which only costs a later miss), never newer ones.
+		ks := c.keys()
+		e, err := v.verifyWith(pt, c, ks, now)
 		if err == nil {
+			e.refused = refused
 			return e, nil
 		}
+		refused = append(refused, refusal{rule: c, keys: ks})
 		if firstErr == nil {
 			firstErr = err
 		}
@@ -509,10 +546,11 @@ func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) 
 	return nil, firstErr
 }
 
-// verifyWith checks pt against one rule. Cheap checks (times, audience)
-// come before the signature so that stale or misdirected tokens cost no
-// public-key operation and cannot trigger key refreshes.
-func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, now time.Time) (*cacheEntry, error) {
+// verifyWith checks pt against one rule, whose key set is ks (c.keys()
+// read by the caller). Cheap checks (times, audience) come before the
+// signature so that stale or misdirected tokens cost no public-key
+// operation and cannot trigger key refreshes.
+func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now time.Time) (*cacheEntry, error) {
 	if c.err != nil {
 		return nil, tokenErr(ErrRuleInvalid, strings.TrimPrefix(c.err.Error(), "authn: "))
 	}
@@ -522,7 +560,6 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, now time.Time) (
 	if err := pt.checkAudience(c.audiences); err != nil {
 		return nil, err
 	}
-	ks := c.keys()
 	if ks == nil {
 		c.remote.requestRefresh(false)
 		return nil, tokenErr(ErrKeysUnavailable, "from "+c.remote.describe())
@@ -547,7 +584,7 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, now time.Time) (
 		jti:       pt.jti,
 		audiences: pt.aud,
 		presenter: pt.azp,
-		claims:    pt.claims,
+		claims:    splitClaims(pt.claims, c.spaceDelimited),
 	}
 	if pt.sub != "" {
 		e.principal = pt.iss + "/" + pt.sub
@@ -560,7 +597,9 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, now time.Time) (
 // sent: base64url without padding, as Envoy forwards it) and
 // outputClaimToHeaders (string, number and boolean claims, nested by dots;
 // a claim that is absent, of another type, or not a valid header value
-// yields no header).
+// yields no header). Claims are read as the token has them: a
+// space-delimited claim is copied as its original string, as Envoy's
+// claim_to_headers does.
 func outputHeaders(c *compiledRule, pt *parsedToken) map[string]string {
 	if c.payloadHeader == "" && len(c.claimHeaders) == 0 {
 		return nil
