@@ -348,3 +348,27 @@ func TestReplicasSharePostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestServerCertRenewal: past half its life the server certificate is
+// replaced by a new one (new key, new serial) without a restart, and the
+// new one still verifies against bundle.pem.
+func TestServerCertRenewal(t *testing.T) {
+	e := start(t, "", func(c *config.Server) { c.PollInterval = wire.Duration(20 * time.Millisecond) })
+	serial := func() string {
+		conn, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.pool, ServerName: "127.0.0.1", Time: e.clock.Now})
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	first := serial()
+	e.clock.Add(13 * time.Hour) // past half of the 24h server certificate
+	deadline := time.Now().Add(10 * time.Second)
+	for serial() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("server certificate not renewed past half life")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
