@@ -405,14 +405,19 @@ func (s *Service) verify(ctx context.Context, raw, typ string, dest any) error {
 	if err := tok.Claims(k.public.Key, &std, dest); err != nil {
 		return errBadToken
 	}
-	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: s.cfg.Issuer, Time: s.now()}, 0); err != nil {
+	// nbf and iat get leeway for replicas whose clocks differ slightly
+	// (and iat's one-second granularity); exp gets none.
+	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: s.cfg.Issuer, Time: s.now()}, clockLeeway); err != nil {
 		return errBadToken
 	}
-	if std.Expiry == nil || std.ID == "" {
+	if std.Expiry == nil || std.ID == "" || !s.now().Before(std.Expiry.Time()) {
 		return errBadToken
 	}
 	return nil
 }
+
+// clockLeeway is the clock skew tolerated on nbf and iat.
+const clockLeeway = 30 * time.Second
 
 // maxTokenLen bounds any token we parse.
 const maxTokenLen = 16 << 10

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -268,4 +270,43 @@ func TestEmergencyKeyRotation(t *testing.T) {
 			t.Fatal("Tick switched back to the old key")
 		}
 	})
+}
+
+// Replicas share keys and state through the store; a token one replica
+// issued is valid at another whose clock is a few seconds behind.
+func TestReplicaWithClockSkew(t *testing.T) {
+	db := storetest.SQLite(t)
+	h := newHarness(t, db)
+	cl := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+	for _, tc := range []struct {
+		name   string
+		ahead  time.Duration
+		active bool
+	}{
+		{"two_seconds_ahead", 2 * time.Second, true},
+		{"twenty_seconds_ahead", 20 * time.Second, true},
+		{"two_minutes_ahead", 2 * time.Minute, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			other, err := token.New(token.Config{Issuer: h.issuer, Store: db.OAuth(), KEK: bytes.Repeat([]byte{7}, 32),
+				Now: func() time.Time { return h.clock.Now().Add(tc.ahead) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest("POST", h.issuer+"/oauth2/token", strings.NewReader("grant_type=client_credentials"))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.SetBasicAuth("svc", cl.Secret)
+			rec := httptest.NewRecorder()
+			other.Handler().ServeHTTP(rec, req)
+			var tok struct {
+				AccessToken string `json:"access_token"`
+			}
+			if err := json.Unmarshal(rec.Body.Bytes(), &tok); err != nil || tok.AccessToken == "" {
+				t.Fatalf("issue: %d %s", rec.Code, rec.Body)
+			}
+			if got := h.active(tok.AccessToken); got != tc.active {
+				t.Fatalf("active at the slower replica: %v, want %v", got, tc.active)
+			}
+		})
+	}
 }
