@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
@@ -420,5 +421,55 @@ func TestResetAdminToken(t *testing.T) {
 	e2.admin("GET", server.PathAdminCA, nil, &after)
 	if after.BundlePEM != before.BundlePEM {
 		t.Fatal("resetting the admin token changed the CA")
+	}
+}
+
+// TestKEKProtectsCAKeys: a store holding sealed CA keys never gets a fresh
+// KEK made for it, and the wrong KEK cannot open it; neither changes the
+// store.
+func TestKEKProtectsCAKeys(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.stop()
+	kek := filepath.Join(dir, "kek")
+	orig, err := os.ReadFile(kek)
+	if err != nil || len(orig) != 32 {
+		t.Fatalf("kek: %d bytes, %v", len(orig), err)
+	}
+	fi, _ := os.Stat(kek)
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("kek mode %v", fi.Mode())
+	}
+	newServer := func() error {
+		st := config.DefaultServer(func(string) string { return "" })
+		st.DataDir, st.TrustDomain, st.Listen = dir, "example.org", "127.0.0.1:0"
+		st.Complete()
+		s, err := server.New(context.Background(), server.Config{Settings: st})
+		if err == nil {
+			s.Close()
+		}
+		return err
+	}
+	os.Remove(kek)
+	if err := newServer(); err == nil || !strings.Contains(err.Error(), "kek") {
+		t.Fatalf("start without the KEK: %v", err)
+	}
+	if _, err := os.Stat(kek); err == nil {
+		t.Fatal("a new KEK was created for a store with sealed CA keys")
+	}
+	wrong := append([]byte(nil), orig...)
+	wrong[0] ^= 1
+	os.WriteFile(kek, wrong, 0o600)
+	if err := newServer(); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+		t.Fatalf("start with a wrong KEK: %v", err)
+	}
+	os.WriteFile(kek, orig, 0o600)
+	os.Chmod(kek, 0o644)
+	if err := newServer(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("start with a world-readable KEK: %v", err)
+	}
+	os.Chmod(kek, 0o600)
+	if err := newServer(); err != nil {
+		t.Fatalf("start with the right KEK: %v", err)
 	}
 }
