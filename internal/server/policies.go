@@ -105,6 +105,28 @@ func (s *Server) policyRoutes() {
 	m.Handle("GET "+PathAdminPolicyStatus, s.admin(s.policyStatus))
 }
 
+// policyCacheEntry is the policy set loaded for a policies-section version.
+type policyCacheEntry struct {
+	key uint64
+	set *wire.PolicySet
+}
+
+// cachedPolicySet returns the policy set for the policies section at
+// version key, loading it once per change instead of once per stream. The
+// set returned may be newer than key (loaded after a later change), never
+// older; streams treat it as read-only.
+func (s *Server) cachedPolicySet(ctx context.Context, key uint64) (*wire.PolicySet, error) {
+	if c := s.policyCache.Load(); c != nil && c.key == key && key != 0 {
+		return c.set, nil
+	}
+	ps, err := s.policySet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.policyCache.Store(&policyCacheEntry{key: key, set: ps})
+	return ps, nil
+}
+
 // policySet is the watch stream's policies section: the current set with
 // its policy version (an empty set at version 0 before any policy).
 func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {

@@ -113,6 +113,7 @@ type Server struct {
 	// entries caches registration entries by id for the signing path; it
 	// is dropped whenever the entries version moves (here or, via the
 	// poller, on another replica).
+	policyCache  atomic.Pointer[policyCacheEntry]
 	entries      sync.Map
 	entriesCount atomic.Int64
 	entriesVer   atomic.Uint64

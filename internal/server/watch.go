@@ -158,7 +158,7 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 		any = true
 	}
 	if full || vs.Sections[store.SectionPolicies] > since {
-		ps, err := s.policySet(ctx)
+		ps, err := s.cachedPolicySet(ctx, vs.Sections[store.SectionPolicies])
 		if err != nil {
 			return u, false, err
 		}
