@@ -2,15 +2,21 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/token"
 )
 
@@ -510,6 +516,7 @@ func runOAuthUserMFAConfirm(ctx context.Context, e *Env, args []string) int {
 
 func runOAuthToken(ctx context.Context, e *Env, args []string) int {
 	return e.subcommand(ctx, "oauth token", []command{
+		{"get", "get an access token with client credentials (secret or SVID), as a client would", runOAuthTokenGet},
 		{"revoke", "revoke an access or refresh token (or a token ID) everywhere", runOAuthTokenRevoke},
 		{"introspect", "show whether a token is active and what it says (RFC 7662)", runOAuthTokenIntrospect},
 		{"revoked", "list revoked access token IDs that have not expired", runOAuthTokenRevoked},
@@ -684,5 +691,122 @@ func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []s
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, k.ActivateAt.Format(time.RFC3339), k.RetireAt.Format(time.RFC3339), k.ExpireAt.Format(time.RFC3339))
 	}
 	tw.Flush()
+	return ExitOK
+}
+
+// runOAuthTokenGet is a client_credentials client: it asks the token
+// endpoint for an access token with a client secret (read from a file) or
+// with an X509-SVID over mutual TLS, and prints the token alone (the whole
+// answer with -o json). It is for scripts and trying policies out; it
+// uses the public token endpoint, not the admin API.
+func runOAuthTokenGet(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("oauth token get", flag.ContinueOnError)
+	addr := fs.String("addr", "", "server address `host:port` (env MOATLESS_ADDR; default "+config.DefaultListen+")")
+	issuer := fs.String("issuer", "", "issuer `URL` whose /oauth2/token to call (default https://ADDR)")
+	cacert := fs.String("cacert", "", "PEM trust bundle to verify the server (env MOATLESS_CACERT; default: DATA_DIR/bundle.pem)")
+	clientID := fs.String("client-id", "", "client_id (optional with --cert: the SVID names the client)")
+	secretFile := fs.String("client-secret-file", "", "`file` holding the client secret, - for stdin")
+	cert := fs.String("cert", "", "X509-SVID certificate `file` (PEM) for mutual TLS (tls_client_auth)")
+	key := fs.String("key", "", "X509-SVID private key `file` (PEM)")
+	var auds, resources stringList
+	fs.Var(&auds, "audience", "`audience` to ask for (repeatable)")
+	fs.Var(&resources, "resource", "resource `URI` to ask for (repeatable)")
+	scope := fs.String("scope", "", "`scopes` to ask for, space-separated")
+	output := fs.String("o", "text", "output format: text (the token alone) or json (the whole answer)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless oauth token get (--client-id ID --client-secret-file F | --cert F --key F) [--audience A] [--scope S] [-o json]")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if *output != "text" && *output != "json" {
+		return e.errorf(ExitUsage, "oauth token get: -o must be text or json, not %q", *output)
+	}
+	if (*cert == "") != (*key == "") {
+		return e.errorf(ExitUsage, "oauth token get: --cert and --key go together")
+	}
+	if *secretFile == "" && *cert == "" {
+		return e.errorf(ExitUsage, "oauth token get: give --client-secret-file (with --client-id) or --cert and --key")
+	}
+	if *secretFile != "" && *clientID == "" {
+		return e.errorf(ExitUsage, "oauth token get: --client-secret-file needs --client-id")
+	}
+	a := firstNonEmpty(*addr, e.getenv("MOATLESS_ADDR"), config.DefaultListen)
+	a = strings.TrimRight(strings.TrimPrefix(a, "https://"), "/")
+	iss := firstNonEmpty(*issuer, "https://"+a)
+	bundle := firstNonEmpty(*cacert, e.getenv("MOATLESS_CACERT"), filepath.Join(config.DefaultDataDir(e.getenv), "bundle.pem"))
+	pemBytes, err := os.ReadFile(bundle)
+	if err != nil {
+		return e.errorf(ExitUsage, "oauth token get: read trust bundle: %v (set --cacert or MOATLESS_CACERT)", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return e.errorf(ExitUsage, "oauth token get: trust bundle %s holds no PEM certificate", bundle)
+	}
+	tlsConf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if *cert != "" {
+		c, err := tls.LoadX509KeyPair(*cert, *key)
+		if err != nil {
+			return e.errorf(ExitUsage, "oauth token get: load SVID: %v", err)
+		}
+		tlsConf.Certificates = []tls.Certificate{c}
+	}
+	form := url.Values{"grant_type": {token.GrantClientCredentials}}
+	if *scope != "" {
+		form.Set("scope", *scope)
+	}
+	for _, v := range auds {
+		form.Add("audience", v)
+	}
+	for _, v := range resources {
+		form.Add("resource", v)
+	}
+	if *clientID != "" {
+		form.Set("client_id", *clientID)
+	}
+	var secret string
+	if *secretFile != "" {
+		if secret, err = e.tokenArg(*secretFile); err != nil {
+			return e.errorf(ExitUsage, "oauth token get: read client secret: %v", err)
+		}
+		form.Del("client_id")
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", iss+"/oauth2/token", strings.NewReader(form.Encode()))
+	if err != nil {
+		return e.errorf(ExitUsage, "oauth token get: %v", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if secret != "" {
+		req.SetBasicAuth(url.QueryEscape(*clientID), url.QueryEscape(secret))
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 30 * time.Second}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return e.errorf(ExitFailure, "oauth token get: cannot reach %s: %v", iss, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return e.errorf(ExitFailure, "oauth token get: read answer: %v", err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return e.errorf(ExitFailure, "oauth token get: the server answered %d with no JSON", resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		code := ExitFailure
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			code = ExitDenied
+		case http.StatusBadRequest:
+			code = ExitUsage
+		}
+		return e.errorf(code, "oauth token get: %v: %v", out["error"], out["error_description"])
+	}
+	if *output == "json" {
+		return e.printJSON(out)
+	}
+	fmt.Fprintln(e.Stdout, out["access_token"])
 	return ExitOK
 }

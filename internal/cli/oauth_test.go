@@ -28,7 +28,7 @@ func TestOAuthCommandsHelp(t *testing.T) {
 		{"oauth", "user", "create", "-h"}, {"oauth", "user", "list", "-h"}, {"oauth", "user", "show", "-h"},
 		{"oauth", "user", "delete", "-h"}, {"oauth", "user", "set-password", "-h"}, {"oauth", "user", "mfa-enroll", "-h"},
 		{"oauth", "user", "mfa-confirm", "-h"}, {"oauth", "user", "reset-mfa", "-h"},
-		{"oauth", "token", "revoke", "-h"}, {"oauth", "token", "introspect", "-h"}, {"oauth", "token", "revoked", "-h"},
+		{"oauth", "token", "get", "-h"}, {"oauth", "token", "revoke", "-h"}, {"oauth", "token", "introspect", "-h"}, {"oauth", "token", "revoked", "-h"},
 		{"oauth", "keys", "-h"}, {"oauth", "keys", "list", "-h"}, {"oauth", "keys", "rotate", "-h"}, {"oauth", "help"},
 	} {
 		t.Run(strings.Join(args[1:], "_"), func(t *testing.T) {
@@ -95,8 +95,33 @@ func TestOAuthCommandsAgainstServer(t *testing.T) {
 	if out := run(ExitOK, "oauth", "client", "show", "orders"); strings.Contains(out, created.Secret) || !strings.Contains(out, "payments") {
 		t.Fatalf("show: %s", out)
 	}
-	if out := run(ExitOK, "oauth", "client", "rotate-secret", "orders"); !strings.Contains(out, "client_secret:  mls_") || strings.Contains(out, created.Secret) {
+	// oauth token get: the old secret is refused once rotated, the new one works.
+	secretFile := filepath.Join(dir, "secret")
+	os.WriteFile(secretFile, []byte(created.Secret+"\n"), 0o600)
+	if out := run(ExitOK, "oauth", "token", "get", "--client-id", "orders", "--client-secret-file", secretFile, "--audience", "payments"); strings.Count(out, ".") != 2 {
+		t.Fatalf("token get: %q", out)
+	}
+	out = run(ExitOK, "oauth", "client", "rotate-secret", "orders", "-o", "json")
+	var rotated struct {
+		Secret string `json:"client_secret"`
+	}
+	if json.Unmarshal([]byte(out), &rotated); rotated.Secret == "" || rotated.Secret == created.Secret {
 		t.Fatalf("rotate: %s", out)
+	}
+	run(ExitDenied, "oauth", "token", "get", "--client-id", "orders", "--client-secret-file", secretFile)
+	os.WriteFile(secretFile, []byte(rotated.Secret+"\n"), 0o600)
+	if out := run(ExitOK, "oauth", "token", "get", "--client-id", "orders", "--client-secret-file", secretFile, "-o", "json"); !strings.Contains(out, `"token_type": "Bearer"`) {
+		t.Fatalf("token get -o json: %s", out)
+	}
+	run(ExitUsage, "oauth", "token", "get", "--client-id", "orders", "--client-secret-file", secretFile, "--audience", "elsewhere")
+	run(ExitUsage, "oauth", "token", "get", "--client-id", "orders")
+	// With an X509-SVID issued by the server's CA (here an admin
+	// certificate) and no secret.
+	run(ExitOK, "ca", "issue-admin", "--out", filepath.Join(dir, "adm"))
+	run(ExitOK, "oauth", "client", "create", "--name", "by-svid", "--grant", "client_credentials", "--spiffe-id", "spiffe://example.org/moatless/admin")
+	out = run(ExitOK, "oauth", "token", "get", "--cert", filepath.Join(dir, "adm", "admin-cert.pem"), "--key", filepath.Join(dir, "adm", "admin-key.pem"), "-o", "json")
+	if !strings.Contains(out, `"access_token"`) {
+		t.Fatalf("token get with SVID: %s", out)
 	}
 	run(ExitUsage, "oauth", "client", "create", "--name", "x")
 	run(ExitUsage, "oauth", "client", "create", "--name", "x", "--grant", "password")
