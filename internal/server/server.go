@@ -525,10 +525,24 @@ Admin commands on this machine find it there; elsewhere run:
     export MOATLESS_CACERT=%s
     export MOATLESS_TOKEN="$(cat %s)"
 
-`, path, s.cfg.Listen, filepath.Join(s.cfg.DataDir, BundleFile), path)
+`, path, clientAddr(s.cfg.Listen), filepath.Join(s.cfg.DataDir, BundleFile), path)
 	}
 	s.log.Info("created admin token", "path", path)
 	return nil
+}
+
+// clientAddr is the address clients on this machine use for a listen
+// address: an unspecified host (all interfaces) becomes localhost, which
+// the server certificate carries.
+func clientAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return net.JoinHostPort("localhost", port)
+	}
+	return listen
 }
 
 // checkAdminToken compares a presented token with the stored hash in
