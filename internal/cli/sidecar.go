@@ -314,6 +314,15 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 			if s == nil {
 				return
 			}
+			if ps.Version == 0 {
+				// No policy was ever applied on the server: deny by
+				// default, as in files mode without policy files. Once an
+				// admin applies policies, Istio's semantics hold in full
+				// (an empty set at a later version allows).
+				s.SetAuthorizer(0, nil)
+				r.log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
+				return
+			}
 			docs, err := policy.ParseJSONDocuments(ps.Documents)
 			if err == nil {
 				var set *policy.Set

@@ -529,10 +529,12 @@ outbound:
 }
 
 // TestSidecarJoinTokenMode: two sidecars attest to a real server with
-// their own join tokens and use the SVIDs it issues; with no policy pushed
-// yet every request is denied (deny by default); a revocation pushed by
-// the server closes the caller's live connection at the callee and its
-// next handshake is refused.
+// their own join tokens and use the SVIDs it issues; with no policy applied
+// yet every request is denied (deny by default); a policy applied on the
+// server reaches both sidecars, is acknowledged by each (policy status
+// converges) and decides the next request; a revocation pushed by the
+// server closes the caller's live connection at the callee and its next
+// handshake is refused.
 func TestSidecarJoinTokenMode(t *testing.T) {
 	p := startPlane(t)
 	bundle := filepath.Join(p.dataDir, "bundle.pem")
@@ -568,8 +570,44 @@ outbound:
 	if body != "RBAC: access denied" {
 		t.Fatalf("without policies: %d %q", code, body)
 	}
-	if !strings.Contains(orders.out.String(), `"source":"`+scFrontendID+`"`) {
-		t.Fatalf("the callee did not see the caller's server-issued identity:\n%s", orders.out.String())
+	waitFor(t, 10*time.Second, "the callee's decision log naming the caller's server-issued identity", func() bool {
+		return strings.Contains(orders.out.String(), `"source":"`+scFrontendID+`"`)
+	})
+
+	// A policy change reaches both sidecars, each acknowledges it, and the
+	// next request is decided by it.
+	pf := filepath.Join(t.TempDir(), "policies.yaml")
+	if err := os.WriteFile(pf, []byte(sidecarPolicies), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.admin("policy", "apply", "-f", pf)
+	var st struct {
+		Version   uint64 `json:"version"`
+		Converged bool   `json:"converged"`
+		Nodes     []struct {
+			SPIFFEID      string `json:"spiffe_id"`
+			Component     string `json:"component"`
+			PolicyVersion uint64 `json:"policy_version"`
+		} `json:"nodes"`
+	}
+	waitFor(t, 20*time.Second, "both sidecars to acknowledge the new policy version", func() bool {
+		if err := json.Unmarshal([]byte(p.admin("policy", "status", "-o", "json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		acked := 0
+		for _, n := range st.Nodes {
+			if n.Component == "sidecar" && n.PolicyVersion == st.Version && st.Version > 0 {
+				acked++
+			}
+		}
+		return st.Converged && acked == 2
+	})
+	code, body = sidecarDo(t, plain, "GET", "http://"+outbound+"/api/orders")
+	if code != 200 || !strings.Contains(body, ";URI="+scFrontendID) {
+		t.Fatalf("after the policy push: %d %q", code, body)
+	}
+	if code, body = sidecarDo(t, plain, "DELETE", "http://"+outbound+"/api/admin/x"); code != 403 {
+		t.Fatalf("DENY policy after the push: %d %q", code, body)
 	}
 
 	p.admin("revoke", "--spiffe-id", scFrontendID)
