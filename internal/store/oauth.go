@@ -682,8 +682,56 @@ func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp t
 	return nil
 }
 
+// ---- login throttling
+
+func (o *OAuth) RecordLoginFailure(ctx context.Context, key string, at, forgetBefore time.Time) (int, error) {
+	var n int
+	err := o.db.db.QueryRowContext(ctx, `INSERT INTO oauth_login_throttle (key, failures, last_failure, locked_until) VALUES ($1, 1, $2, 0)
+		ON CONFLICT (key) DO UPDATE SET
+			failures = CASE WHEN oauth_login_throttle.last_failure < $3 THEN 1 ELSE oauth_login_throttle.failures + 1 END,
+			last_failure = $2
+		RETURNING failures`, key, unix(at), unix(forgetBefore)).Scan(&n)
+	if err != nil {
+		return 0, oerr("record login failure", err)
+	}
+	return n, nil
+}
+
+func (o *OAuth) LockLogin(ctx context.Context, key string, until time.Time) error {
+	if _, err := o.db.db.ExecContext(ctx, "UPDATE oauth_login_throttle SET locked_until = $1 WHERE key = $2 AND locked_until < $1", unix(until), key); err != nil {
+		return oerr("lock login", err)
+	}
+	return nil
+}
+
+func (o *OAuth) LoginLockedUntil(ctx context.Context, keys []string) (time.Time, error) {
+	var latest int64
+	for _, k := range keys {
+		var v int64
+		err := o.db.db.QueryRowContext(ctx, "SELECT locked_until FROM oauth_login_throttle WHERE key = $1", k).Scan(&v)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return time.Time{}, oerr("login lock", err)
+		}
+		latest = max(latest, v)
+	}
+	return fromUnix(latest), nil
+}
+
+func (o *OAuth) ClearLoginFailures(ctx context.Context, key string) error {
+	if _, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE key = $1", key); err != nil {
+		return oerr("clear login failures", err)
+	}
+	return nil
+}
+
 func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 	n := unix(now)
+	if _, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE last_failure < $1 AND locked_until < $2", n-3600, n); err != nil {
+		return oerr("prune", err)
+	}
 	for _, q := range []string{
 		"DELETE FROM oauth_codes WHERE expires_at < $1",
 		"DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",

@@ -224,3 +224,57 @@ func TestOAuthAssertionReplayAndKeys(t *testing.T) {
 		}
 	})
 }
+
+func TestOAuthLoginThrottle(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		// Concurrent failures are all counted.
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := o.RecordLoginFailure(ctx, "k", now, now.Add(-time.Hour)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		n, err := o.RecordLoginFailure(ctx, "k", now, now.Add(-time.Hour))
+		if err != nil || n != 9 {
+			t.Fatalf("count %d, %v", n, err)
+		}
+		if err := o.LockLogin(ctx, "k", now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.LockLogin(ctx, "k", now.Add(time.Second)); err != nil { // never shortens
+			t.Fatal(err)
+		}
+		until, err := o.LoginLockedUntil(ctx, []string{"other", "k"})
+		if err != nil || !until.Equal(now.Add(time.Minute)) {
+			t.Fatalf("locked until %v, %v", until, err)
+		}
+		// An idle counter starts again.
+		later := now.Add(2 * time.Hour)
+		if n, _ := o.RecordLoginFailure(ctx, "k", later, later.Add(-time.Hour)); n != 1 {
+			t.Fatalf("after idle: %d", n)
+		}
+		if err := o.ClearLoginFailures(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if until, _ := o.LoginLockedUntil(ctx, []string{"k"}); !until.IsZero() {
+			t.Fatalf("cleared key still locked until %v", until)
+		}
+		o.RecordLoginFailure(ctx, "old", now, now.Add(-time.Hour))
+		if err := o.Prune(ctx, now.Add(2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		var rows int
+		db.SQL().QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_login_throttle").Scan(&rows)
+		if rows != 0 {
+			t.Fatalf("prune kept %d idle counters", rows)
+		}
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,11 +251,26 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// throttleKey hashes a user name so the throttle holds no raw input.
+// throttleKey and ipKey hash a user name or client address, so the
+// throttle table holds no raw input.
 func (s *Service) throttleKey(name string) string {
+	return s.lookupKey("user:" + strings.ToLower(name))
+}
+
+func (s *Service) ipKey(ip string) string { return s.lookupKey("ip:" + ip) }
+
+func (s *Service) lookupKey(v string) string {
 	m := hmac.New(sha256.New, s.hashKey)
-	m.Write([]byte("user:" + strings.ToLower(name)))
-	return string(m.Sum(nil))
+	m.Write([]byte(v))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// countFailure records a failed attempt; a store failure is logged (the
+// attempt has failed anyway).
+func (s *Service) countFailure(ctx context.Context, userKey, ipKey string) {
+	if err := s.loginFailed(ctx, userKey, ipKey); err != nil {
+		s.log.Error("token: login throttle: record failure", "err", err)
+	}
 }
 
 // handleLogin processes the login page's forms: password, then TOTP or
@@ -272,7 +288,7 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ip := clientIP(r)
+	ip := s.ipKey(clientIP(r))
 	switch tx.Stage {
 	case "password":
 		s.loginPassword(ctx, w, r, tx, p, ip)
@@ -287,8 +303,17 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Service) throttled(w http.ResponseWriter, tx *loginTx, userKey, ip string) bool {
-	if d := s.thr.wait(userKey, ip, s.now()); d > 0 {
+// throttled answers for a user or address that must wait (429) or when
+// the throttle cannot be read (500: without it, refuse rather than allow
+// unlimited guessing), and reports whether it did.
+func (s *Service) throttled(ctx context.Context, w http.ResponseWriter, tx *loginTx, userKey, ip string) bool {
+	d, err := s.loginWait(ctx, userKey, ip)
+	if err != nil {
+		s.log.Error("token: login throttle unavailable; refusing the attempt", "err", err)
+		s.renderLogin(w, http.StatusInternalServerError, tx, "The server could not check your login. Try again.", nil)
+		return true
+	}
+	if d > 0 {
 		s.metrics.logins.WithLabelValues("throttled").Inc()
 		secs := int(d.Round(time.Second) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -305,7 +330,7 @@ func (s *Service) loginPassword(ctx context.Context, w http.ResponseWriter, r *h
 		return
 	}
 	key := s.throttleKey(name)
-	if s.throttled(w, tx, key, ip) {
+	if s.throttled(ctx, w, tx, key, ip) {
 		s.audit(ctx, AuditEvent{Type: "oauth.login.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Reason: "throttled", Remote: r.RemoteAddr, Details: map[string]string{"username": name}})
 		return
 	}
@@ -322,7 +347,7 @@ func (s *Service) loginPassword(ctx context.Context, w http.ResponseWriter, r *h
 	}
 	ok, herr := checkPassword(hash, pw)
 	if u == nil || !ok || herr != nil || name == "" {
-		s.thr.fail(key, ip, s.now())
+		s.countFailure(ctx, key, ip)
 		s.metrics.logins.WithLabelValues("bad_credentials").Inc()
 		s.audit(ctx, AuditEvent{Type: "oauth.login.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Reason: "bad_credentials", Remote: r.RemoteAddr, Details: map[string]string{"username": name}})
 		s.renderLogin(w, http.StatusUnauthorized, tx, "Wrong user name or password.", nil)
@@ -355,7 +380,7 @@ func (s *Service) loginTOTP(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	key := s.throttleKey(u.Name)
-	if s.throttled(w, tx, key, ip) {
+	if s.throttled(ctx, w, tx, key, ip) {
 		return
 	}
 	ev := AuditEvent{Type: "oauth.mfa.verified", Outcome: "success", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Details: map[string]string{"method": "totp"}}
@@ -385,7 +410,7 @@ func (s *Service) loginTOTP(ctx context.Context, w http.ResponseWriter, r *http.
 			s.renderLogin(w, http.StatusInternalServerError, tx, "The server could not check the code. Try again.", nil)
 			return
 		}
-		s.thr.fail(key, ip, s.now())
+		s.countFailure(ctx, key, ip)
 		s.metrics.logins.WithLabelValues("mfa_failed").Inc()
 		ev.Type, ev.Outcome = "oauth.mfa.failed", "failure"
 		s.audit(ctx, ev)
@@ -404,7 +429,7 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		return
 	}
 	key := s.throttleKey(u.Name)
-	if s.throttled(w, tx, key, ip) {
+	if s.throttled(ctx, w, tx, key, ip) {
 		return
 	}
 	secret, err := unseal(s.cfg.KEK, tx.EnrollKey, totpAAD(u.ID))
@@ -414,7 +439,7 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 	}
 	step, ok := matchTOTP(string(secret), strings.TrimSpace(p.get("code")), s.now())
 	if !ok {
-		s.thr.fail(key, ip, s.now())
+		s.countFailure(ctx, key, ip)
 		s.metrics.mfa.WithLabelValues("failed").Inc()
 		s.renderLogin(w, http.StatusUnauthorized, tx, "Wrong code. Check the time on your device and enter the current code.", &Enrollment{Secret: string(secret)})
 		return
@@ -490,7 +515,9 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
 		return
 	}
-	s.thr.success(s.throttleKey(u.Name))
+	if err := s.cfg.Store.ClearLoginFailures(ctx, s.throttleKey(u.Name)); err != nil {
+		s.log.Warn("token: login: clear throttle counter", "err", err)
+	}
 	s.metrics.logins.WithLabelValues("success").Inc()
 	s.audit(ctx, AuditEvent{Type: "oauth.login.success", Outcome: "success", ClientID: g.ClientID, Subject: u.ID, Remote: r.RemoteAddr,
 		Details: map[string]string{"amr": strings.Join(g.AMR, " "), "grant": g.ID, "scope": strings.Join(g.Scope, " ")}})

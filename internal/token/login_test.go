@@ -1,7 +1,9 @@
 package token_test
 
 import (
+	"bytes"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -187,6 +189,44 @@ func TestLoginThrottling(t *testing.T) {
 		types := strings.Join(h.auditTypes(), " ")
 		if !strings.Contains(types, "oauth.login.failed") {
 			t.Fatal("no audit of failed logins")
+		}
+	})
+}
+
+// Throttling holds across replicas: failures at one server lock the
+// user out at another sharing the store.
+func TestLoginThrottlingSharedByReplicas(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.webClient()
+		h.createUser("quinn", "quinn's password", token.UserSpec{})
+		_, ch := pkce("q")
+		for i := 0; i < 6; i++ {
+			c := h.tlsClient(nil)
+			p := h.get(c, h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+			if p = h.submit(c, p, url.Values{"username": {"quinn"}, "password": {"wrong"}}); p.status != http.StatusUnauthorized {
+				t.Fatalf("failure %d: %d", i, p.status)
+			}
+		}
+		other, err := token.New(token.Config{Issuer: h.issuer, Store: db.OAuth(), KEK: bytes.Repeat([]byte{7}, 32), Now: h.clock.Now, Argon2: testArgon2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		other.Handler().ServeHTTP(rec, httptest.NewRequest("GET", h.authorizeURL("web", appCallback, "openid", "s", "", ch), nil))
+		m := txRE.FindStringSubmatch(rec.Body.String())
+		if rec.Code != 200 || m == nil {
+			t.Fatalf("authorize at the other replica: %d", rec.Code)
+		}
+		req := httptest.NewRequest("POST", h.issuer+"/oauth2/login", strings.NewReader(url.Values{"tx": {m[1]}, "username": {"quinn"}, "password": {"quinn's password"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for _, c := range rec.Result().Cookies() {
+			req.AddCookie(c)
+		}
+		rec = httptest.NewRecorder()
+		other.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusTooManyRequests {
+			t.Fatalf("the other replica let a locked-out user in: %d", rec.Code)
 		}
 	})
 }

@@ -124,8 +124,20 @@ type Store interface {
 	// ErrConflict when the client used it before (a replay).
 	UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error
 
+	// RecordLoginFailure counts a failed login against key and returns
+	// the count, starting again from 1 when the last failure was before
+	// forgetBefore. It is one atomic statement (replicas count together).
+	RecordLoginFailure(ctx context.Context, key string, at, forgetBefore time.Time) (int, error)
+	// LockLogin makes key wait until until (never shortening a lock).
+	LockLogin(ctx context.Context, key string, until time.Time) error
+	// LoginLockedUntil returns the latest lock of the keys (zero if none).
+	LoginLockedUntil(ctx context.Context, keys []string) (time.Time, error)
+	// ClearLoginFailures forgets key's failures and lock.
+	ClearLoginFailures(ctx context.Context, key string) error
+
 	// Prune deletes expired codes, refresh tokens, grants, token IDs and
-	// assertion jtis (everything that expired before now).
+	// assertion jtis (everything that expired before now), and login
+	// throttle counters idle for an hour and not locked.
 	Prune(ctx context.Context, now time.Time) error
 }
 

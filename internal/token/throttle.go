@@ -1,111 +1,65 @@
 package token
 
 import (
-	"sync"
+	"context"
 	"time"
 )
 
 // Login throttling. Every failed login counts against the user name
 // (whether or not the user exists, so lockouts reveal nothing) and the
-// client IP. After the free attempts each further failure doubles the
-// wait, up to maxLockout. A success clears the user's counter. Counters
-// forget after throttleIdle without failures.
+// client address. After the free attempts each further failure doubles
+// the wait, up to maxLockout. A completed login clears the user's
+// counter. A counter forgets after throttleIdle without failures. The
+// counters live in the store, so they hold across replicas and restarts;
+// keys are HMACs of the name or address.
 const (
 	userFreeFailures = 5
 	ipFreeFailures   = 20
 	baseLockout      = time.Second
 	maxLockout       = 15 * time.Minute
 	throttleIdle     = time.Hour
-	maxThrottleKeys  = 100_000
 )
 
-type thrEntry struct {
-	failures    int
-	lockedUntil time.Time
-	last        time.Time
+// lockout is the wait after failures failures with free free ones.
+func lockout(failures, free int) time.Duration {
+	over := failures - free
+	switch {
+	case over <= 0:
+		return 0
+	case over >= 20:
+		return maxLockout
+	}
+	return min(baseLockout<<(over-1), maxLockout)
 }
 
-// throttle keeps failure counters in memory. Keys are hashed by the
-// caller; the map is bounded.
-type throttle struct {
-	mu    sync.Mutex
-	users map[string]*thrEntry
-	ips   map[string]*thrEntry
+// loginWait returns how long the user or address must still wait.
+func (s *Service) loginWait(ctx context.Context, userKey, ipKey string) (time.Duration, error) {
+	until, err := s.cfg.Store.LoginLockedUntil(ctx, []string{userKey, ipKey})
+	if err != nil {
+		return 0, err
+	}
+	if d := until.Sub(s.now()); d > 0 {
+		return d, nil
+	}
+	return 0, nil
 }
 
-func newThrottle() *throttle {
-	return &throttle{users: map[string]*thrEntry{}, ips: map[string]*thrEntry{}}
-}
-
-// wait returns how long the user or IP must still wait, 0 if neither is
-// locked.
-func (t *throttle) wait(user, ip string, now time.Time) time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var d time.Duration
-	for _, e := range []*thrEntry{t.users[user], t.ips[ip]} {
-		if e != nil && now.Before(e.lockedUntil) {
-			d = max(d, e.lockedUntil.Sub(now))
+// loginFailed counts a failure against both keys and locks them as due.
+func (s *Service) loginFailed(ctx context.Context, userKey, ipKey string) error {
+	now := s.now()
+	for _, k := range []struct {
+		key  string
+		free int
+	}{{userKey, userFreeFailures}, {ipKey, ipFreeFailures}} {
+		n, err := s.cfg.Store.RecordLoginFailure(ctx, k.key, now, now.Add(-throttleIdle))
+		if err != nil {
+			return err
 		}
-	}
-	return d
-}
-
-func (t *throttle) fail(user, ip string, now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	bump(t.users, user, userFreeFailures, now)
-	bump(t.ips, ip, ipFreeFailures, now)
-}
-
-func bump(m map[string]*thrEntry, k string, free int, now time.Time) {
-	e := m[k]
-	if e != nil && now.Sub(e.last) > throttleIdle {
-		e = nil
-	}
-	if e == nil {
-		if len(m) >= maxThrottleKeys {
-			pruneMap(m, now)
-			if len(m) >= maxThrottleKeys {
-				for victim, ve := range m { // evict one unlocked entry
-					if !now.Before(ve.lockedUntil) {
-						delete(m, victim)
-						break
-					}
-				}
+		if d := lockout(n, k.free); d > 0 {
+			if err := s.cfg.Store.LockLogin(ctx, k.key, now.Add(d)); err != nil {
+				return err
 			}
 		}
-		e = &thrEntry{}
-		m[k] = e
 	}
-	e.failures++
-	e.last = now
-	if over := e.failures - free; over > 0 {
-		d := maxLockout
-		if over < 20 {
-			d = min(baseLockout<<(over-1), maxLockout)
-		}
-		e.lockedUntil = now.Add(d)
-	}
-}
-
-func (t *throttle) success(user string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.users, user)
-}
-
-func (t *throttle) prune(now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pruneMap(t.users, now)
-	pruneMap(t.ips, now)
-}
-
-func pruneMap(m map[string]*thrEntry, now time.Time) {
-	for k, e := range m {
-		if now.Sub(e.last) > throttleIdle && !now.Before(e.lockedUntil) {
-			delete(m, k)
-		}
-	}
+	return nil
 }

@@ -154,7 +154,6 @@ type Service struct {
 	txKey   []byte     // AES-256 key for login form state (HKDF of the KEK)
 	hashKey []byte     // HMAC key for non-secret lookups
 	metrics *metrics
-	thr     *throttle
 	tpl     *templates
 	closed  atomic.Bool
 	handler http.Handler
@@ -234,7 +233,6 @@ func New(cfg Config) (*Service, error) {
 	if s.hashKey, err = hkdf.Key(sha256.New, cfg.KEK, nil, "moatless token lookup v1", 32); err != nil {
 		return nil, fmt.Errorf("token: derive keys: %w", err)
 	}
-	s.thr = newThrottle()
 	if s.tpl, err = parseTemplates(); err != nil {
 		return nil, err
 	}
@@ -281,7 +279,6 @@ func (s *Service) Tick(ctx context.Context) error {
 	if err := s.cfg.Store.Prune(ctx, s.now()); err != nil {
 		return fmt.Errorf("token: prune: %w", err)
 	}
-	s.thr.prune(s.now())
 	return nil
 }
 
