@@ -139,6 +139,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		Registerer:       reg,
 		HandshakeTimeout: cfg.HandshakeTimeout.Std(),
 		IdleTimeout:      cfg.IdleTimeout.Std(),
+		DrainTimeout:     cfg.DrainTimeout.Std(),
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)

@@ -63,6 +63,9 @@ type Sidecar struct {
 	HandshakeTimeout wire.Duration `json:"handshake_timeout,omitempty"`
 	// IdleTimeout closes idle keep-alive connections; default 5m.
 	IdleTimeout wire.Duration `json:"idle_timeout,omitempty"`
+	// DrainTimeout is how long requests and streams in flight may finish
+	// after SIGTERM while no new connection is accepted; default 5s.
+	DrainTimeout wire.Duration `json:"drain_timeout,omitempty"`
 }
 
 // SidecarIdentity says where the SVID comes from: a SPIFFE Workload API
@@ -161,6 +164,7 @@ func DefaultSidecar() Sidecar {
 		ReloadInterval:   wire.Duration(DefaultSidecarReload),
 		HandshakeTimeout: wire.Duration(10 * time.Second),
 		IdleTimeout:      wire.Duration(5 * time.Minute),
+		DrainTimeout:     wire.Duration(5 * time.Second),
 		Policy:           SidecarPolicy{RootNamespace: DefaultRootNamespace},
 	}
 }
@@ -206,6 +210,9 @@ func (c *Sidecar) fillDefaults() {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = d.DrainTimeout
 	}
 	if c.Policy.RootNamespace == "" {
 		c.Policy.RootNamespace = d.Policy.RootNamespace

@@ -42,8 +42,10 @@ type inbound struct {
 	fwd     *forwarder
 	dialApp func(ctx context.Context) (net.Conn, error)
 
-	conns  sync.Map // net.Conn → *connInfo, every live conn
-	closed atomic.Bool
+	conns    sync.Map // net.Conn → *connInfo, every live conn
+	closed   atomic.Bool
+	draining atomic.Bool
+	streams  sync.WaitGroup // raw TCP streams and connections in their handshake
 }
 
 // connInfo is what the sidecar learned about a connection at accept and
@@ -149,7 +151,7 @@ func (ib *inbound) serve() error {
 	for {
 		c, err := ib.ln.Accept()
 		if err != nil {
-			if ib.closed.Load() || errors.Is(err, net.ErrClosed) {
+			if ib.closed.Load() || ib.draining.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error
@@ -161,7 +163,11 @@ func (ib *inbound) serve() error {
 			return fmt.Errorf("proxy: inbound %s: accept: %w", ib.name, err)
 		}
 		delay = 0
-		go ib.handle(c)
+		ib.streams.Add(1)
+		go func() {
+			defer ib.streams.Done()
+			ib.handle(c)
+		}()
 	}
 }
 

@@ -30,6 +30,8 @@ type outbound struct {
 	upstreamRevoked atomic.Bool
 	conns           sync.Map // TCP conns, for Close
 	closed          atomic.Bool
+	draining        atomic.Bool
+	streams         sync.WaitGroup // raw TCP streams
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -133,7 +135,7 @@ func (ob *outbound) errBody(err error) string {
 func (ob *outbound) serve() error {
 	if ob.httpSrv != nil {
 		err := ob.httpSrv.Serve(ob.ln)
-		if ob.closed.Load() || errors.Is(err, http.ErrServerClosed) {
+		if ob.closed.Load() || ob.draining.Load() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
 		return fmt.Errorf("proxy: outbound %s: %w", ob.name, err)
@@ -141,7 +143,7 @@ func (ob *outbound) serve() error {
 	for {
 		c, err := ob.ln.Accept()
 		if err != nil {
-			if ob.closed.Load() || errors.Is(err, net.ErrClosed) {
+			if ob.closed.Load() || ob.draining.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error
@@ -151,7 +153,11 @@ func (ob *outbound) serve() error {
 			}
 			return fmt.Errorf("proxy: outbound %s: accept: %w", ob.name, err)
 		}
-		go ob.serveTCP(c)
+		ob.streams.Add(1)
+		go func() {
+			defer ob.streams.Done()
+			ob.serveTCP(c)
+		}()
 	}
 }
 

@@ -185,6 +185,9 @@ type Config struct {
 	MaxHeaderBytes int
 	// MaxIdleConnsPerApp is the keep-alive pool to the app; default 256.
 	MaxIdleConnsPerApp int
+	// DrainTimeout is how long Serve lets requests and streams in flight
+	// finish after its context ends (see Shutdown); default 5s.
+	DrainTimeout time.Duration
 
 	// Now is the clock for certificate checks; default time.Now.
 	Now func() time.Time
@@ -253,6 +256,9 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.MaxIdleConnsPerApp <= 0 {
 		cfg.MaxIdleConnsPerApp = 256
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Second
 	}
 	reg := cfg.Registerer
 	if reg == nil {
@@ -360,11 +366,21 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 
 	errc := make(chan error, len(s.inbound)+len(s.outbound))
+	// Only failures are sent: a listener closed by Shutdown or Close ends
+	// its loop quietly and Serve waits for the drain to finish.
 	for _, ib := range s.inbound {
-		go func() { errc <- ib.serve() }()
+		go func() {
+			if err := ib.serve(); err != nil {
+				errc <- err
+			}
+		}()
 	}
 	for _, ob := range s.outbound {
-		go func() { errc <- ob.serve() }()
+		go func() {
+			if err := ob.serve(); err != nil {
+				errc <- err
+			}
+		}()
 	}
 	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
 
@@ -372,12 +388,71 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		err = ctx.Err()
+		dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+		s.Shutdown(dctx)
+		cancel()
 	case <-s.done:
 		err = ErrClosed
 	case err = <-errc:
 	}
 	s.Close()
 	return err
+}
+
+// Shutdown drains the sidecar: listeners stop accepting, idle connections
+// close, HTTP/2 peers get GOAWAY, and requests and TCP streams in flight
+// may finish until ctx ends; then everything is closed. It returns ctx's
+// error if the drain was cut short.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	for _, ib := range s.inbound {
+		ib.draining.Store(true)
+		if ib.ln != nil {
+			ib.ln.Close()
+		}
+	}
+	for _, ob := range s.outbound {
+		ob.draining.Store(true)
+		if ob.ln != nil && ob.httpSrv == nil {
+			ob.ln.Close()
+		}
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, ib := range s.inbound {
+		if ib.httpSrv != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); ib.httpSrv.Shutdown(ctx) }()
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); waitGroupCtx(ctx, &ib.streams) }()
+	}
+	for _, ob := range s.outbound {
+		if ob.httpSrv != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); ob.httpSrv.Shutdown(ctx) }()
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); waitGroupCtx(ctx, &ob.streams) }()
+	}
+	wg.Wait()
+	err := ctx.Err()
+	s.Close()
+	return err
+}
+
+// waitGroupCtx waits for wg or ctx, whichever comes first.
+func waitGroupCtx(ctx context.Context, wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // Close stops every listener and closes every connection. It is idempotent.

@@ -404,3 +404,69 @@ func TestClosedConnectionsAreForgotten(t *testing.T) {
 		})
 	}
 }
+
+// TestServeDrainsOnCancel: when Serve's context ends, listeners stop
+// accepting but a request in flight completes.
+func TestServeDrainsOnCancel(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+		io.WriteString(w, "finished")
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	s, err := New(Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:      []Inbound{{Listener: inL, App: l.Addr().String()}},
+		Authorizer:   allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Logger:       discardLogger(),
+		DrainTimeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx) }()
+
+	c := mtlsClient(t, ca, frontendID, ordersID)
+	got := make(chan string, 1)
+	go func() {
+		resp, err := c.Get("https://" + inL.Addr().String() + "/slow")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	<-entered
+	cancel()
+	// New connections are refused once the listener is closed.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", inL.Addr().String())
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still accepting while draining")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	if body := <-got; body != "finished" {
+		t.Fatalf("in-flight request got %q", body)
+	}
+	if err := <-served; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve returned %v", err)
+	}
+}
