@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,4 +169,80 @@ func TestServerCommandRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServerCommandRuns starts "moatless server" in-process from a config
+// file plus flags (flags win; --data-dir moves the store and KEK the file
+// did not name), waits for its files, and stops it with the context: exit 0.
+func TestServerCommandRuns(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "server.yaml")
+	os.WriteFile(cfg, []byte("trust_domain: example.org\nlisten: 127.0.0.1:1\nlog_level: warn\n"), 0o600)
+	data := filepath.Join(dir, "data")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb strings.Builder
+	e := &Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &syncWriter{w: &errb}, Getenv: func(k string) string { return map[string]string{"HOME": dir}[k] }}
+	done := make(chan int, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	go func() { done <- e.main(ctx, []string{"server", "--config", cfg, "--data-dir", data, "--listen", addr}) }()
+	deadline := time.Now().Add(20 * time.Second)
+	adminEnv := map[string]string{"MOATLESS_DATA_DIR": data, "MOATLESS_ADDR": addr, "HOME": dir}
+	for {
+		if code, _, _ := runCLI(t, adminEnv, "ca", "show", "-o", "json"); code == ExitOK {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("server exited early with %d: %s", code, errb.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server files never appeared")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, f := range []string{"kek", "admin-token"} {
+		fi, err := os.Stat(filepath.Join(data, f))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi, err)
+		}
+	}
+	// The file's trust domain and the flag's listen address are in force.
+	if code, out, _ := runCLI(t, adminEnv, "ca", "show", "-o", "json"); code != ExitOK || !strings.Contains(out, `"trust_domain": "example.org"`) {
+		t.Fatalf("ca show: %d %s", code, out)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != ExitOK {
+			t.Fatalf("exit %d after cancel: %s", code, errb.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not stop")
+	}
+	if !strings.Contains(errb.String(), "admin token was written to "+filepath.Join(data, "admin-token")) {
+		t.Fatalf("first-start notice missing: %s", errb.String())
+	}
+	tok, _ := os.ReadFile(filepath.Join(data, "admin-token"))
+	if strings.Contains(errb.String(), strings.TrimSpace(string(tok))) {
+		t.Fatal("the admin token was printed")
+	}
+}
+
+// syncWriter serializes writes from the server's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
