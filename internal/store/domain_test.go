@@ -367,3 +367,38 @@ func TestVersionOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestDuplicateEntryRace: concurrent creates of one identity (different
+// ids) yield exactly one entry on both engines; the rest are conflicts.
+func TestDuplicateEntryRace(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ok, conflicts := 0, 0
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := db.Tx(ctx, func(tx *sql.Tx) error {
+					_, err := db.InsertEntry(ctx, tx, entry(fmt.Sprintf("id-%d", i), "spiffe://td/w", "spiffe://td/agent/a", "uid:1"))
+					return err
+				})
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					ok++
+				case errors.Is(err, store.ErrConflict):
+					conflicts++
+				default:
+					t.Errorf("insert: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if ok != 1 || conflicts != 7 {
+			t.Fatalf("ok=%d conflicts=%d, want 1 and 7", ok, conflicts)
+		}
+	})
+}
