@@ -32,6 +32,10 @@ const (
 // re-read every Interval; a change is applied atomically, and a reload that
 // fails (unreadable file, invalid policy, bad JSON) keeps what is in force,
 // logs the error and counts it in moatless_sidecar_reload_failures_total.
+// Policy and revocation changes apply once two consecutive checks read the
+// same content (one Interval after the write settles), so a half-written
+// file is never in force. Identity files need no such wait: a half-written
+// certificate or key fails to parse or to match and is refused.
 type FileWatcher struct {
 	Sidecar *Sidecar
 	// Identity, when set, is reloaded.
@@ -51,6 +55,14 @@ type FileWatcher struct {
 	policyVer uint64
 	revRaw    []byte
 	revLoaded bool
+
+	// A change is applied only once two consecutive checks read the same
+	// content, so a file caught half-written by an editor or a copy (empty,
+	// or cut at a document boundary, which still parses) is never put in
+	// force: that could drop a DENY policy or lift every revocation.
+	pendingPolicy [32]byte
+	pendingRev    [32]byte
+	settled       bool // Load: apply at once
 }
 
 // Load reads everything once. Unlike later reloads, an error here is
@@ -59,6 +71,8 @@ func (w *FileWatcher) Load(ctx context.Context) error {
 	if w.Logger == nil {
 		w.Logger = slog.Default()
 	}
+	w.settled = true
+	defer func() { w.settled = false }()
 	if len(w.PolicyFiles) > 0 {
 		if _, err := w.reloadPolicy(ctx); err != nil {
 			return err
@@ -172,6 +186,10 @@ func (w *FileWatcher) reloadPolicy(ctx context.Context) (bool, error) {
 	if w.policyVer > 0 && sum == w.policySum {
 		return false, nil
 	}
+	if !w.settled && sum != w.pendingPolicy {
+		w.pendingPolicy = sum // changed since the last check: wait for it to settle
+		return false, nil
+	}
 	var docs []policy.Document
 	for i, p := range paths {
 		d, err := policy.ParseSource(p, bytes.NewReader(contents[i]))
@@ -206,6 +224,10 @@ func (w *FileWatcher) reloadRevocations() (bool, error) {
 		return false, fmt.Errorf("proxy: revocations file: %w", err)
 	}
 	if w.revLoaded && bytes.Equal(b, w.revRaw) {
+		return false, nil
+	}
+	if sum := sha256.Sum256(b); !w.settled && sum != w.pendingRev {
+		w.pendingRev = sum
 		return false, nil
 	}
 	r, err := ParseRevocations(b)

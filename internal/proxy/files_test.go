@@ -152,6 +152,19 @@ func TestFileWatcherPolicyAndRevocations(t *testing.T) {
 		wantRevoked bool
 	}{
 		{"unchanged_is_not_a_new_version", func() {}, false, 1, policy.ModeStrict, false},
+		{"half_written_file_seen_once_is_never_applied", func() {
+			write(pol, "") // an editor truncated it...
+			if err := w.Check(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// ...and finished writing the same content before the next check.
+			write(pol, "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: prod}\nspec: {mtls: {mode: STRICT}}\n")
+			write(revs, "")
+			if err := w.Check(ctx); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(revs)
+		}, false, 1, policy.ModeStrict, false},
 		{"changed_policy_is_a_new_version", func() {
 			write(pol, "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: prod}\nspec: {mtls: {mode: PERMISSIVE}}\n")
 		}, false, 2, policy.ModePermissive, false},
@@ -173,6 +186,8 @@ func TestFileWatcherPolicyAndRevocations(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.prepare()
+			// A change applies once two checks read the same content.
+			w.Check(ctx)
 			err := w.Check(ctx)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("Check: %v, want error %v", err, tc.wantErr)
