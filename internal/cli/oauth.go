@@ -242,7 +242,11 @@ func (e *Env) printClientAnswer(raw json.RawMessage, af *adminFlags) int {
 	}
 	printClient(e.Stdout, &out)
 	if out.Secret != "" {
-		fmt.Fprintf(e.Stdout, "client_secret:  %s\n\nThe new secret is shown only now; the old one no longer works.\n", out.Secret)
+		old := "the old one no longer works"
+		if !out.PreviousSecretUntil.IsZero() {
+			old = "the old one works until " + out.PreviousSecretUntil.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(e.Stdout, "client_secret:  %s\n\nThe new secret is shown only now; %s.\n", out.Secret, old)
 	}
 	return ExitOK
 }
@@ -252,7 +256,34 @@ func runOAuthClientShow(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthClientRotate(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth client rotate-secret", "client_id", args, "POST", func(id string) string { return oauthAdmin + "/clients/" + id + "/rotate-secret" }, nil, e.printClientAnswer)
+	fs := flag.NewFlagSet("oauth client rotate-secret", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	grace := fs.Duration("grace", 0, "keep the old secret valid this long (at most 168h), so clients can switch without downtime")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless oauth client rotate-secret CLIENT_ID [--grace 1h] [-o json]")
+		fs.PrintDefaults()
+	}
+	id, rest := positional(args)
+	if code, ok := e.parseFlags(fs, rest); !ok {
+		return code
+	}
+	if id == "" {
+		return e.errorf(ExitUsage, "oauth client rotate-secret: give the client_id")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "oauth client rotate-secret: %v", err)
+	}
+	var body any
+	if *grace != 0 {
+		body = map[string]string{"grace": grace.String()}
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, "POST", oauthAdmin+"/clients/"+pathEscape(id)+"/rotate-secret", body, &raw); err != nil {
+		return e.fail(err)
+	}
+	return e.printClientAnswer(raw, &af)
 }
 
 func runOAuthClientDelete(ctx context.Context, e *Env, args []string) int {

@@ -101,6 +101,9 @@ func TestOAuthCommandsAgainstServer(t *testing.T) {
 	if out := run(ExitOK, "oauth", "token", "get", "--client-id", "orders", "--client-secret-file", secretFile, "--audience", "payments"); strings.Count(out, ".") != 2 {
 		t.Fatalf("token get: %q", out)
 	}
+	if out := run(ExitOK, "oauth", "client", "rotate-secret", "orders", "--grace", "1h"); !strings.Contains(out, "the old one works until") {
+		t.Fatalf("rotate with grace: %s", out)
+	}
 	out = run(ExitOK, "oauth", "client", "rotate-secret", "orders", "-o", "json")
 	var rotated struct {
 		Secret string `json:"client_secret"`

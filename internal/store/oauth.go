@@ -115,21 +115,21 @@ func (o *OAuth) CreateClient(ctx context.Context, c *token.Client) error {
 	return nil
 }
 
-const clientCols = `id, name, secret_hash, spec, created_at, updated_at`
+const clientCols = `id, name, secret_hash, spec, created_at, updated_at, previous_secret_hash, previous_secret_until`
 
 func scanClient(row interface{ Scan(...any) error }) (*token.Client, error) {
 	var (
-		c          token.Client
-		spec       string
-		created, u int64
+		c             token.Client
+		spec          string
+		created, u, p int64
 	)
-	if err := row.Scan(&c.ID, &c.Name, &c.SecretHash, &spec, &created, &u); err != nil {
+	if err := row.Scan(&c.ID, &c.Name, &c.SecretHash, &spec, &created, &u, &c.PreviousSecretHash, &p); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(spec), &c.ClientSpec); err != nil {
 		return nil, fmt.Errorf("client %s: bad spec: %w", c.ID, err)
 	}
-	c.CreatedAt, c.UpdatedAt = fromUnix(created), fromUnix(u)
+	c.CreatedAt, c.UpdatedAt, c.PreviousSecretUntil = fromUnix(created), fromUnix(u), fromUnix(p)
 	return &c, nil
 }
 
@@ -172,8 +172,11 @@ func (o *OAuth) Clients(ctx context.Context) ([]*token.Client, error) {
 	return out, nil
 }
 
-func (o *OAuth) SetClientSecret(ctx context.Context, id string, hash []byte, at time.Time) error {
-	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_clients SET secret_hash = $1, updated_at = $2 WHERE id = $3", hash, unix(at), id)
+func (o *OAuth) SetClientSecret(ctx context.Context, id string, hash []byte, previousUntil, at time.Time) error {
+	// The previous hash is the current one (same statement, so two
+	// concurrent rotations cannot lose it).
+	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_clients SET previous_secret_hash = CASE WHEN $1 > 0 THEN secret_hash ELSE NULL END,
+		previous_secret_until = $1, secret_hash = $2, updated_at = $3 WHERE id = $4`, unix(previousUntil), hash, unix(at), id)
 	if err != nil {
 		return oerr("set client secret", err)
 	}

@@ -35,13 +35,19 @@ func TestOAuthClients(t *testing.T) {
 		if err != nil || got.ID != "c1" || got.AuthMethod != token.AuthTLSClient || !got.CreatedAt.Equal(now) {
 			t.Fatalf("by spiffe id: %+v %v", got, err)
 		}
-		if err := o.SetClientSecret(ctx, "c1", []byte{9}, now); err != nil {
+		if err := o.SetClientSecret(ctx, "c1", []byte{9}, now.Add(time.Hour), now); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := o.Client(ctx, "c1"); string(got.SecretHash) != "\x09" {
-			t.Fatalf("secret hash not updated: %x", got.SecretHash)
+		if got, _ := o.Client(ctx, "c1"); string(got.SecretHash) != "\x09" || string(got.PreviousSecretHash) != "\x01\x02\x03" || !got.PreviousSecretUntil.Equal(now.Add(time.Hour)) {
+			t.Fatalf("secret hashes after rotation with grace: %x %x %v", got.SecretHash, got.PreviousSecretHash, got.PreviousSecretUntil)
 		}
-		if err := o.SetClientSecret(ctx, "nope", []byte{9}, now); !errors.Is(err, token.ErrNotFound) {
+		if err := o.SetClientSecret(ctx, "c1", []byte{8}, time.Time{}, now); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := o.Client(ctx, "c1"); string(got.SecretHash) != "\x08" || got.PreviousSecretHash != nil || !got.PreviousSecretUntil.IsZero() {
+			t.Fatalf("rotation without grace kept the old secret: %x %v", got.PreviousSecretHash, got.PreviousSecretUntil)
+		}
+		if err := o.SetClientSecret(ctx, "nope", []byte{9}, time.Time{}, now); !errors.Is(err, token.ErrNotFound) {
 			t.Fatalf("got %v", err)
 		}
 		if err := o.DeleteClient(ctx, "c1"); err != nil {

@@ -28,7 +28,8 @@ import (
 //	POST   clients                      create (answer holds client_secret, shown once)
 //	GET    clients/{id}                 show
 //	DELETE clients/{id}                 delete
-//	POST   clients/{id}/rotate-secret   new secret (shown once); the old one stops working
+//	POST   clients/{id}/rotate-secret   new secret (shown once); the old one stops working,
+//	                                    or after {"grace": "1h"} (at most 7 days)
 //	GET    users                        list users
 //	POST   users                        create
 //	GET    users/{name}                 show
@@ -348,8 +349,31 @@ func (s *Service) adminDeleteClient(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// MaxSecretGrace bounds how long a rotated-out secret stays valid.
+const MaxSecretGrace = 7 * 24 * time.Hour
+
 func (s *Service) adminRotateSecret(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	var req struct {
+		// Grace keeps the old secret valid this long (default 0: it stops
+		// working at once), so clients can be updated without downtime.
+		Grace Duration `json:"grace,omitempty"`
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	if err != nil {
+		adminError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		return
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		if err := decodeStrictJSON(body, &req); err != nil {
+			adminError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	}
+	if req.Grace < 0 || time.Duration(req.Grace) > MaxSecretGrace {
+		adminError(w, http.StatusBadRequest, "grace must be between 0 and %v", MaxSecretGrace)
+		return
+	}
 	c, err := s.cfg.Store.Client(ctx, r.PathValue("id"))
 	if err != nil {
 		s.storeError(w, "client", err)
@@ -360,12 +384,17 @@ func (s *Service) adminRotateSecret(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret := s.newClientSecret()
-	if err := s.cfg.Store.SetClientSecret(ctx, c.ID, clientSecretHash(secret), s.now()); err != nil {
+	var until time.Time
+	if req.Grace > 0 {
+		until = s.now().Add(time.Duration(req.Grace))
+	}
+	if err := s.cfg.Store.SetClientSecret(ctx, c.ID, clientSecretHash(secret), until, s.now()); err != nil {
 		s.storeError(w, "client", err)
 		return
 	}
-	c.UpdatedAt = s.now()
-	s.audit(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", Subject: c.ID})
+	c.UpdatedAt, c.PreviousSecretUntil = s.now(), until
+	s.audit(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", Subject: c.ID,
+		Details: map[string]string{"grace": time.Duration(req.Grace).String()}})
 	adminJSON(w, http.StatusOK, &ClientAnswer{Client: c, Secret: secret})
 }
 

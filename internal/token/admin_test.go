@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/store/storetest"
@@ -95,6 +96,24 @@ func TestAdminClientLifecycle(t *testing.T) {
 			t.Fatal("old secret still works")
 		}
 		h.ccToken("svc", rotated.Secret)
+		// Rotation with a grace period: both secrets work until it ends.
+		var graced token.ClientAnswer
+		if code := h.admin("POST", "clients/svc/rotate-secret", `{"grace":"1h"}`, &graced); code != 200 || graced.PreviousSecretUntil.IsZero() {
+			t.Fatalf("rotate with grace: %d %+v", code, graced)
+		}
+		h.ccToken("svc", rotated.Secret)
+		h.ccToken("svc", graced.Secret)
+		h.clock.Advance(time.Hour)
+		if status, _ := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", rotated.Secret); status != 401 {
+			t.Fatal("the previous secret outlived its grace period")
+		}
+		h.ccToken("svc", graced.Secret)
+		for _, bad := range []string{`{"grace":"200h"}`, `{"grace":"-1s"}`, `{"grace":5}`, `{"grace":"1h","x":1}`} {
+			if code := h.admin("POST", "clients/svc/rotate-secret", bad, nil); code != 400 {
+				t.Fatalf("rotate-secret %s: %d", bad, code)
+			}
+		}
+		h.ccToken("svc", graced.Secret) // refused rotations changed nothing
 		if code := h.admin("DELETE", "clients/svc", nil, nil); code != 204 {
 			t.Fatal(code)
 		}

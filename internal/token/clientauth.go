@@ -183,11 +183,20 @@ func (s *Service) authSecret(ctx context.Context, id, secret string) (*authedCli
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, serverError(err)
 	}
-	want := dummySecretHash
+	want, prev := dummySecretHash, dummySecretHash
 	if c != nil && len(c.SecretHash) > 0 {
 		want = c.SecretHash
 	}
-	ok := subtle.ConstantTimeCompare(clientSecretHash(secret), want) == 1
+	prevValid := c != nil && len(c.PreviousSecretHash) > 0 && s.now().Before(c.PreviousSecretUntil)
+	if prevValid {
+		prev = c.PreviousSecretHash
+	}
+	// Both comparisons always run, so timing says nothing about which
+	// secret (if any) matched.
+	got := clientSecretHash(secret)
+	cur := subtle.ConstantTimeCompare(got, want) == 1
+	old := subtle.ConstantTimeCompare(got, prev) == 1 && prevValid
+	ok := cur || old
 	if c == nil || !ok || (c.AuthMethod != AuthSecretBasic && c.AuthMethod != AuthSecretPost) {
 		return nil, errClientAuth
 	}

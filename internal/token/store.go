@@ -38,8 +38,9 @@ type Store interface {
 	ClientBySPIFFEID(ctx context.Context, spiffeID string) (*Client, error)
 	// Clients lists every client, ordered by name.
 	Clients(ctx context.Context) ([]*Client, error)
-	// SetClientSecret replaces a client's secret hash; ErrNotFound.
-	SetClientSecret(ctx context.Context, id string, hash []byte, at time.Time) error
+	// SetClientSecret replaces a client's secret hash; the old hash
+	// stays valid until previousUntil (zero: not at all). ErrNotFound.
+	SetClientSecret(ctx context.Context, id string, hash []byte, previousUntil, at time.Time) error
 	// DeleteClient deletes a client; ErrNotFound.
 	DeleteClient(ctx context.Context, id string) error
 
@@ -164,11 +165,15 @@ const (
 // secret (a 256-bit random value, so a slow hash adds nothing) and is
 // empty for clients that do not use a secret.
 type Client struct {
-	ID         string    `json:"client_id"`
-	Name       string    `json:"name"`
-	SecretHash []byte    `json:"-"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	ID         string `json:"client_id"`
+	Name       string `json:"name"`
+	SecretHash []byte `json:"-"`
+	// PreviousSecretHash is the secret before the last rotation, valid
+	// until PreviousSecretUntil (a rotation with a grace period).
+	PreviousSecretHash  []byte    `json:"-"`
+	PreviousSecretUntil time.Time `json:"previous_secret_valid_until,omitzero"`
+	CreatedAt           time.Time `json:"created_at"`
+	UpdatedAt           time.Time `json:"updated_at"`
 	ClientSpec
 }
 
