@@ -229,7 +229,9 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.attestations.Inc()
 	s.metrics.svids.WithLabelValues(store.SVIDKindNode).Inc()
-	s.metrics.nodes.Inc()
+	if n, err := s.db.CountNodes(r.Context()); err == nil { // a re-attesting node is not a new one
+		s.metrics.nodes.Set(float64(n))
+	}
 	s.log.Info("node attested", "spiffe_id", id.String(), "serial", iss.Serial, "remote", remoteHost(r))
 	s.changed(r.Context())
 	s.agentOK(w, "attest", http.StatusOK, wire.AttestResponse{SVID: toWireSVID(iss, id.String(), ""), Bundle: *s.wireBundle()})

@@ -79,11 +79,11 @@ func (m *metrics) refreshCounts(ctx context.Context) error {
 		return err
 	}
 	m.entries.Set(float64(n))
-	nodes, err := m.s.db.Nodes(ctx)
+	nodes, err := m.s.db.CountNodes(ctx)
 	if err != nil {
 		return err
 	}
-	m.nodes.Set(float64(len(nodes)))
+	m.nodes.Set(float64(nodes))
 	return nil
 }
 

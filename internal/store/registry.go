@@ -498,3 +498,12 @@ func (s *DB) PruneSVIDs(ctx context.Context, before time.Time) (int64, error) {
 	}
 	return res.RowsAffected()
 }
+
+// CountNodes returns the number of attested nodes.
+func (s *DB) CountNodes(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM nodes").Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count nodes: %w", err)
+	}
+	return n, nil
+}
