@@ -293,9 +293,10 @@ func TestSidecarFilesModeDecisions(t *testing.T) {
 	if got := m.orders.metric(t, `moatless_sidecar_decisions_total{decision="deny",policy="prod/orders-deny-admin-delete",reason="deny_rule"}`); got != 1 {
 		t.Errorf("deny metric for the DENY policy = %v, want 1", got)
 	}
-	if !strings.Contains(m.orders.out.String(), `"decision":"deny","policy":"prod/orders-deny-admin-delete"`) {
-		t.Errorf("no decision log for the DENY policy:\n%s", m.orders.out.String())
-	}
+	// The log line travels through a pipe: wait for it rather than race it.
+	waitFor(t, 10*time.Second, "the decision log line of the DENY policy", func() bool {
+		return strings.Contains(m.orders.out.String(), `"decision":"deny","policy":"prod/orders-deny-admin-delete"`)
+	})
 
 	t.Run("outbound_refuses_upstream_with_wrong_id", func(t *testing.T) {
 		out := freeAddr(t)
