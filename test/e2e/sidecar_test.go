@@ -111,8 +111,8 @@ type sidecarProc struct {
 }
 
 // startSidecarProc writes cfg (YAML) and starts a sidecar, waiting until
-// /readyz says it has an identity and a policy, or, for an outbound-only
-// sidecar without policies, until /livez answers.
+// /readyz says it has an identity (and, with inbound listeners, a policy),
+// or with needReady false until /livez answers.
 func startSidecarProc(t *testing.T, name, cfg string, needReady bool) *sidecarProc {
 	t.Helper()
 	admin := freeAddr(t)
@@ -218,7 +218,7 @@ namespace: prod
 labels: {app: frontend}
 outbound:
   - {name: orders, listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID), false)
+`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID), true)
 	return m
 }
 
