@@ -140,6 +140,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		HandshakeTimeout: cfg.HandshakeTimeout.Std(),
 		IdleTimeout:      cfg.IdleTimeout.Std(),
 		DrainTimeout:     cfg.DrainTimeout.Std(),
+		MaxConnections:   cfg.MaxConnections,
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)

@@ -63,6 +63,9 @@ type Sidecar struct {
 	HandshakeTimeout wire.Duration `json:"handshake_timeout,omitempty"`
 	// IdleTimeout closes idle keep-alive connections; default 5m.
 	IdleTimeout wire.Duration `json:"idle_timeout,omitempty"`
+	// MaxConnections bounds the open connections of each inbound listener;
+	// default 10,000.
+	MaxConnections int `json:"max_connections,omitempty"`
 	// DrainTimeout is how long requests and streams in flight may finish
 	// after SIGTERM while no new connection is accepted; default 5s.
 	DrainTimeout wire.Duration `json:"drain_timeout,omitempty"`
@@ -319,6 +322,9 @@ func (c *Sidecar) Validate() error {
 		} else if !isLoopback(c.Admin) {
 			add("admin: %q is not a loopback address", c.Admin)
 		}
+	}
+	if c.MaxConnections < 0 {
+		add("max_connections: %d is negative", c.MaxConnections)
 	}
 	if r := c.DecisionLog.AllowSampleRate; r < 0 || r > 1 {
 		add("decision_log.allow_sample_rate: %v is not between 0 and 1", r)

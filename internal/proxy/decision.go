@@ -152,6 +152,7 @@ type metrics struct {
 	active            *prometheus.GaugeVec
 	upstreamErrors    *prometheus.CounterVec
 	revokedClosed     prometheus.Counter
+	refused           *prometheus.CounterVec
 	policyVersion     prometheus.Gauge
 	reloadFailures    *prometheus.CounterVec
 }
@@ -178,6 +179,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "moatless_sidecar_upstream_errors_total",
 			Help: "Requests or connections that could not be forwarded, by listener.",
 		}, []string{"listener"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_connections_refused_total",
+			Help: "Inbound connections closed on accept because the listener was at its connection limit.",
+		}, []string{"listener"}),
 		revokedClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "moatless_sidecar_revoked_connections_closed_total",
 			Help: "Live connections and requests closed because their identity or token was revoked.",
@@ -191,7 +196,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed reloads of identity, policy or revocation files; the previous ones stay in force.",
 		}, []string{"what"}),
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.revokedClosed, m.policyVersion, m.reloadFailures} {
+	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.refused, m.revokedClosed, m.policyVersion, m.reloadFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

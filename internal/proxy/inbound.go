@@ -46,6 +46,7 @@ type inbound struct {
 	closed   atomic.Bool
 	draining atomic.Bool
 	streams  sync.WaitGroup // raw TCP streams and connections in their handshake
+	open     atomic.Int64   // connections accepted and not yet closed
 }
 
 // connInfo is what the sidecar learned about a connection at accept and
@@ -163,6 +164,13 @@ func (ib *inbound) serve() error {
 			return fmt.Errorf("proxy: inbound %s: accept: %w", ib.name, err)
 		}
 		delay = 0
+		// Past the limit a connection is closed at once, before any TLS
+		// work: a flood costs an accept, not a handshake and a goroutine.
+		if ib.open.Load() >= int64(ib.s.cfg.MaxConnections) {
+			c.Close()
+			ib.s.metrics.refused.WithLabelValues(ib.name).Inc()
+			continue
+		}
 		ib.streams.Add(1)
 		go func() {
 			defer ib.streams.Done()
@@ -201,6 +209,7 @@ func (ib *inbound) destination(ip netip.Addr) policy.Destination {
 func (ib *inbound) handle(c net.Conn) {
 	s := ib.s
 	s.metrics.active.WithLabelValues(ib.name).Inc()
+	ib.open.Add(1)
 	info := &connInfo{}
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		info.srcIP = ap.Addr().Unmap()
@@ -212,6 +221,7 @@ func (ib *inbound) handle(c net.Conn) {
 	fail := func() {
 		c.Close()
 		s.metrics.active.WithLabelValues(ib.name).Dec()
+		ib.open.Add(-1)
 	}
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 
@@ -315,6 +325,7 @@ func (ib *inbound) connDone(c net.Conn) {
 	}
 	ib.s.live.remove(v.(*connInfo).entry)
 	ib.s.metrics.active.WithLabelValues(ib.name).Dec()
+	ib.open.Add(-1)
 }
 
 // connDenied logs and counts a connection refused before any request.

@@ -185,6 +185,9 @@ type Config struct {
 	MaxHeaderBytes int
 	// MaxIdleConnsPerApp is the keep-alive pool to the app; default 256.
 	MaxIdleConnsPerApp int
+	// MaxConnections bounds the open connections of each inbound listener;
+	// more are closed on accept and counted. Default 10,000.
+	MaxConnections int
 	// DrainTimeout is how long Serve lets requests and streams in flight
 	// finish after its context ends (see Shutdown); default 5s.
 	DrainTimeout time.Duration
@@ -256,6 +259,9 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.MaxIdleConnsPerApp <= 0 {
 		cfg.MaxIdleConnsPerApp = 256
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 10000
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Second

@@ -470,3 +470,48 @@ func TestServeDrainsOnCancel(t *testing.T) {
 		t.Fatalf("Serve returned %v", err)
 	}
 }
+
+func TestInboundConnectionLimit(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	s := startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:        []Inbound{{Listener: inL, App: echoApp(t)}},
+		Authorizer:     allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		MaxConnections: 2,
+	})
+	c := mtlsClient(t, ca, frontendID, ordersID)
+	tr := c.Transport.(*http.Transport)
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	tr.ForceAttemptHTTP2 = false
+	// Two idle keep-alive connections hold both slots.
+	var held []net.Conn
+	for range 2 {
+		conn, err := tls.Dial("tcp", inL.Addr().String(), tr.TLSClientConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, conn)
+	}
+	waitFor := func(cond func() bool) {
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal("timed out")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor(func() bool { return s.LiveConnections() == 2 })
+	if _, err := c.Get("https://" + inL.Addr().String() + "/"); err == nil {
+		t.Fatal("third connection accepted past the limit")
+	}
+	held[0].Close()
+	waitFor(func() bool { return s.LiveConnections() == 1 })
+	resp, err := c.Get("https://" + inL.Addr().String() + "/")
+	if err != nil {
+		t.Fatalf("a freed slot is usable again: %v", err)
+	}
+	resp.Body.Close()
+	held[1].Close()
+}
