@@ -44,6 +44,7 @@ const (
 	KindJoinTokenCreate = "jointoken.create"
 	KindJoinTokenDelete = "jointoken.delete"
 	KindEntryCreate     = "entry.create"
+	KindEntryUpdate     = "entry.update"
 	KindEntryDelete     = "entry.delete"
 	KindAttest          = "node.attest"
 	KindRenew           = "node.renew"

@@ -21,6 +21,7 @@ func runEntry(ctx context.Context, e *Env, args []string) int {
 		{"create", "register a workload: SPIFFE ID, parent agent, selectors", runEntryCreate},
 		{"list", "list registration entries", runEntryList},
 		{"show", "show one entry by id", runEntryShow},
+		{"update", "change an entry: the flags given replace those fields", runEntryUpdate},
 		{"delete", "delete one entry by id", runEntryDelete},
 	}, args)
 }
@@ -202,6 +203,104 @@ func runEntryList(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.ID, en.SPIFFEID, en.ParentID, strings.Join(s, ","), en.Namespace)
 	}
 	tw.Flush()
+	return ExitOK
+}
+
+// runEntryUpdate reads the entry, replaces the fields named by flags
+// (--selector and --label replace the whole list), and writes it back at
+// the revision it read, so a concurrent change is refused, not overwritten.
+func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
+	id, rest := positional(args)
+	fs := flag.NewFlagSet("entry update", flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs, e)
+	parent := fs.String("parent", "", "new parent agent SPIFFE `ID`")
+	spiffeID := fs.String("spiffe-id", "", "new SPIFFE `ID`")
+	var sels, labels stringList
+	fs.Var(&sels, "selector", "`TYPE:KIND:VALUE` (repeatable; replaces all selectors)")
+	fs.Var(&labels, "label", "`key=value` (repeatable; replaces all labels; --label - clears them)")
+	ns := fs.String("namespace", "", "new `namespace` (- clears it)")
+	x509TTL := fs.Duration("x509-ttl", 0, "new X509-SVID lifetime (0: the server default)")
+	jwtTTL := fs.Duration("jwt-ttl", 0, "new JWT-SVID lifetime (0: the server default)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless entry update ID [--parent ID] [--spiffe-id ID] [--selector S ...] [--label k=v ...]")
+		fmt.Fprintln(fs.Output(), "         [--namespace NS] [--x509-ttl D] [--jwt-ttl D] [-o json]")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, rest); !ok {
+		return code
+	}
+	if id == "" {
+		return e.errorf(ExitUsage, "entry update: the entry id is required (see \"moatless entry list\")")
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["parent"] && !set["spiffe-id"] && !set["selector"] && !set["label"] && !set["namespace"] && !set["x509-ttl"] && !set["jwt-ttl"] {
+		return e.errorf(ExitUsage, "entry update: nothing to change: give at least one of --parent, --spiffe-id, --selector, --label, --namespace, --x509-ttl, --jwt-ttl")
+	}
+	c, err := af.client()
+	if err != nil {
+		return e.errorf(ExitUsage, "entry update: %v", err)
+	}
+	var cur wire.Entry
+	if err := c.do(ctx, "GET", server.PathAdminEntries+"/"+pathEscape(id), nil, &cur); err != nil {
+		return e.fail(err)
+	}
+	req := server.EntryRequest{SPIFFEID: cur.SPIFFEID, ParentID: cur.ParentID, Selectors: cur.Selectors, X509TTL: cur.X509TTL,
+		JWTTTL: cur.JWTTTL, Namespace: cur.Namespace, Labels: cur.Labels}
+	if set["parent"] {
+		req.ParentID = *parent
+	}
+	if set["spiffe-id"] {
+		req.SPIFFEID = *spiffeID
+	}
+	if set["selector"] {
+		req.Selectors = nil
+		for _, s := range sels {
+			sel, err := server.ParseSelector(s)
+			if err != nil {
+				return e.errorf(ExitUsage, "entry update: --selector %v", err)
+			}
+			req.Selectors = append(req.Selectors, sel)
+		}
+	}
+	if set["label"] {
+		req.Labels = nil
+		for _, l := range labels {
+			if l == "-" {
+				continue
+			}
+			k, v, ok := strings.Cut(l, "=")
+			if !ok || k == "" {
+				return e.errorf(ExitUsage, "entry update: --label %q: want key=value", l)
+			}
+			if req.Labels == nil {
+				req.Labels = map[string]string{}
+			}
+			req.Labels[k] = v
+		}
+	}
+	if set["namespace"] {
+		req.Namespace = *ns
+		if *ns == "-" {
+			req.Namespace = ""
+		}
+	}
+	if set["x509-ttl"] {
+		req.X509TTL = wire.Duration(*x509TTL)
+	}
+	if set["jwt-ttl"] {
+		req.JWTTTL = wire.Duration(*jwtTTL)
+	}
+	var out wire.Entry
+	path := server.PathAdminEntries + "/" + pathEscape(id) + "?revision=" + fmt.Sprint(cur.Revision)
+	if err := c.do(ctx, "PUT", path, req, &out); err != nil {
+		return e.fail(err)
+	}
+	if af.json() {
+		return e.printJSON(out)
+	}
+	printEntry(e.Stdout, out)
 	return ExitOK
 }
 

@@ -130,6 +130,11 @@ func TestAdminCommands(t *testing.T) {
 		{"policy_status", env, []string{"policy", "status"}, ExitOK, "policy version 1"},
 		{"policy_rollback_missing", env, []string{"policy", "rollback", "9"}, ExitNotFound, "latest is 1"},
 		{"policy_delete", env, []string{"policy", "delete", "-f", policyFile}, ExitOK, "policy version 2 applied"},
+		{"entry_update", env, []string{"entry", "update", entry.ID, "--label", "app=web2", "--x509-ttl", "30m"}, ExitOK, "Revision       2"},
+		{"entry_update_json", env, []string{"entry", "update", entry.ID, "--namespace", "-", "-o", "json"}, ExitOK, `"revision": 3`},
+		{"entry_update_nothing", env, []string{"entry", "update", entry.ID}, ExitUsage, "nothing to change"},
+		{"entry_update_missing", env, []string{"entry", "update", "nope", "--namespace", "x"}, ExitNotFound, "no entry"},
+		{"entry_update_bad", env, []string{"entry", "update", entry.ID, "--x509-ttl", "1s"}, ExitUsage, "x509_ttl"},
 		{"entry_delete", env, []string{"entry", "delete", entry.ID}, ExitOK, "deleted entry"},
 	}
 	for _, tc := range tests {

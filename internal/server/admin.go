@@ -40,6 +40,7 @@ func (s *Server) routes() {
 	m.Handle("GET "+PathAdminEntries, s.admin(s.listEntries))
 	m.Handle("POST "+PathAdminEntries, s.admin(s.createEntry))
 	m.Handle("GET "+PathAdminEntries+"/{id}", s.admin(s.getEntry))
+	m.Handle("PUT "+PathAdminEntries+"/{id}", s.admin(s.updateEntry))
 	m.Handle("DELETE "+PathAdminEntries+"/{id}", s.admin(s.deleteEntry))
 	m.Handle("GET "+PathAdminJoinTokens, s.admin(s.listJoinTokens))
 	m.Handle("POST "+PathAdminJoinTokens, s.admin(s.createJoinToken))
@@ -330,6 +331,48 @@ func (s *Server) getEntry(c *adminCall) {
 	if errors.Is(err, store.ErrNotFound) {
 		err = fmt.Errorf("%w: no entry with id %q", store.ErrNotFound, c.r.PathValue("id"))
 	}
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, e)
+}
+
+// updateEntry replaces an entry (PUT with a whole EntryRequest). With
+// ?revision=N it applies only if the entry is still at revision N.
+func (s *Server) updateEntry(c *adminCall) {
+	q, err := c.query("revision")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	var expect uint64
+	if v := q.Get("revision"); v != "" {
+		if expect, err = strconv.ParseUint(v, 10, 63); err != nil || expect == 0 {
+			c.fail(badf("revision %q: want the entry's current revision number", v))
+			return
+		}
+	}
+	var in EntryRequest
+	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+		c.fail(err)
+		return
+	}
+	e, err := s.validateEntry(in)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	e.ID = c.r.PathValue("id")
+	err = c.change(func(tx *sql.Tx) (audit.Event, error) {
+		var err error
+		e, err = s.db.UpdateEntry(c.ctx, tx, e, expect)
+		if errors.Is(err, store.ErrNotFound) {
+			err = fmt.Errorf("%w: no entry with id %q", store.ErrNotFound, e.ID)
+		}
+		return c.event(audit.KindEntryUpdate, e.ID, map[string]string{"spiffe_id": e.SPIFFEID, "parent_id": e.ParentID,
+			"revision": strconv.FormatUint(e.Revision, 10)}), err
+	})
 	if err != nil {
 		c.fail(err)
 		return

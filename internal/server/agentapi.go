@@ -277,10 +277,10 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	s.agentOK(w, "renew", http.StatusOK, wire.X509SVIDResponse{SVID: toWireSVID(iss, c.id.String(), "")})
 }
 
-// cachedEntry returns the entry with id from the cache or the store.
-// Entries are immutable once written (changes are delete + create), and the
-// cache is cleared on every entries version change, so a hit is never
-// older than the last change this server has seen.
+// cachedEntry returns the entry with id from the cache or the store. The
+// cache is cleared on every entries version change (create, update,
+// delete), so a hit is never older than the last change this server has
+// seen.
 func (s *Server) cachedEntry(ctx context.Context, id string) (wire.Entry, error) {
 	if v, ok := s.entries.Load(id); ok {
 		return v.(wire.Entry), nil

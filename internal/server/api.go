@@ -12,7 +12,7 @@ import (
 // "Authorization: Bearer TOKEN", or a client certificate whose SPIFFE ID is
 // one of the configured admin IDs. Errors are {"errors": ["..."]}.
 const (
-	PathAdminEntries     = "/v1/admin/entries"     // GET (?spiffe_id, parent_id, namespace, selector), POST EntryRequest
+	PathAdminEntries     = "/v1/admin/entries"     // GET (?spiffe_id, parent_id, namespace, selector), POST EntryRequest; /{id}: GET, PUT EntryRequest (?revision=N), DELETE
 	PathAdminJoinTokens  = "/v1/admin/jointokens"  // GET (?all=true), POST JoinTokenRequest
 	PathAdminRevocations = "/v1/admin/revocations" // GET, POST RevokeRequest, DELETE ?spiffe_id=
 	PathAdminCA          = "/v1/admin/ca"          // GET CAStatus

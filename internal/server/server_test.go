@@ -473,3 +473,43 @@ func TestKEKProtectsCAKeys(t *testing.T) {
 		t.Fatalf("start with the right KEK: %v", err)
 	}
 }
+
+// TestEntryUpdate: moving an entry to another parent reaches both nodes'
+// watch streams; a stale revision is refused.
+func TestEntryUpdate(t *testing.T) {
+	e := start(t, "")
+	n1 := e.attest("spiffe://example.org/agent/u1")
+	n2 := e.attest("spiffe://example.org/agent/u2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch1, ch2 := e.watch(ctx, n1), e.watch(ctx, n2)
+	next(t, ch1)
+	next(t, ch2)
+	var ent wire.Entry
+	e.admin("POST", server.PathAdminEntries, entryReq(n1.id, "spiffe://example.org/u/w", "unix:uid:9"), &ent)
+	if u := next(t, ch1); u.Entries == nil || len(*u.Entries) != 1 {
+		t.Fatalf("n1 after create: %+v", u)
+	}
+	req := entryReq(n2.id, "spiffe://example.org/u/w", "unix:uid:9", "unix:gid:9")
+	var upd wire.Entry
+	e.admin("PUT", server.PathAdminEntries+"/"+ent.ID+"?revision=1", req, &upd)
+	if upd.ID != ent.ID || upd.Revision != 2 || upd.ParentID != n2.id || len(upd.Selectors) != 2 {
+		t.Fatalf("updated: %+v", upd)
+	}
+	if u := next(t, ch1); u.Entries == nil || len(*u.Entries) != 0 {
+		t.Fatalf("old parent after the move: %+v", u)
+	}
+	if u := next(t, ch2); u.Entries == nil || len(*u.Entries) != 1 || (*u.Entries)[0].Revision != 2 {
+		t.Fatalf("new parent after the move: %+v", u)
+	}
+	// The old parent can no longer get SVIDs for it; the new one can.
+	if st, body := e.do(n1.http, "POST", wire.PathSignJWT, "", wire.SignJWTRequest{EntryID: ent.ID, Audience: []string{"a"}}); st != 404 {
+		t.Fatalf("old parent signing: %d %s", st, body)
+	}
+	if st, body := e.do(n2.http, "POST", wire.PathSignJWT, "", wire.SignJWTRequest{EntryID: ent.ID, Audience: []string{"a"}}); st != 200 {
+		t.Fatalf("new parent signing: %d %s", st, body)
+	}
+	if st, body := e.do(e.client(nil), "PUT", server.PathAdminEntries+"/"+ent.ID+"?revision=1", e.token, req); st != 409 || !strings.Contains(string(body), "revision") {
+		t.Fatalf("stale revision: %d %s", st, body)
+	}
+}

@@ -82,6 +82,39 @@ func TestEntries(t *testing.T) {
 		if pv == 0 || vs.Global <= pv || vs.Sections[store.SectionEntries] != vs.Global {
 			t.Fatalf("versions: parent %d, %+v", pv, vs)
 		}
+		// Update: new parent and labels; both parents' versions move; a
+		// stale revision or a clash with another entry is a conflict.
+		upd := entry("e1", "spiffe://td/w/1", "spiffe://td/agent/c", "uid:1000")
+		upd.Labels = map[string]string{"app": "v2"}
+		var updated wire.Entry
+		err = tx(t, db, func(tx *sql.Tx) error {
+			var err error
+			updated, err = db.UpdateEntry(ctx, tx, upd, 1)
+			return err
+		})
+		if err != nil || updated.Revision != 2 || !updated.CreatedAt.Equal(t0) || updated.Labels["app"] != "v2" {
+			t.Fatalf("update: %+v %v", updated, err)
+		}
+		if pa, _ := db.ParentVersion(ctx, node); pa <= pv {
+			t.Fatal("update did not bump the old parent's version")
+		}
+		if pc, _ := db.ParentVersion(ctx, "spiffe://td/agent/c"); pc == 0 {
+			t.Fatal("update did not bump the new parent's version")
+		}
+		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.UpdateEntry(ctx, tx, upd, 1); return err })
+		if !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("update at a stale revision: %v", err)
+		}
+		clash := entry("e1", "spiffe://td/w/2", "spiffe://td/agent/b", "uid:1")
+		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.UpdateEntry(ctx, tx, clash, 0); return err })
+		if !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("update onto another entry's identity: %v", err)
+		}
+		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.UpdateEntry(ctx, tx, entry("nope", "spiffe://td/x", node, "uid:1"), 0); return err })
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("update of a missing entry: %v", err)
+		}
+		vs, _ = db.Versions(ctx)
 		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.DeleteEntry(ctx, tx, "e1"); return err })
 		if err != nil {
 			t.Fatal(err)
@@ -89,7 +122,7 @@ func TestEntries(t *testing.T) {
 		if _, err := db.Entry(ctx, "e1"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("deleted entry: %v", err)
 		}
-		if pv2, _ := db.ParentVersion(ctx, node); pv2 <= vs.Global {
+		if pv2, _ := db.ParentVersion(ctx, "spiffe://td/agent/c"); pv2 <= vs.Global {
 			t.Fatalf("delete did not bump parent version: %d <= %d", pv2, vs.Global)
 		}
 		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.DeleteEntry(ctx, tx, "e1"); return err })

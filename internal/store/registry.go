@@ -99,6 +99,67 @@ func (s *DB) InsertEntry(ctx context.Context, tx *sql.Tx, e wire.Entry) (wire.En
 	return e, nil
 }
 
+// UpdateEntry replaces the entry with e.ID by e (already validated),
+// keeping its id and creation time and incrementing its revision. With
+// expectRevision > 0 the entry must still be at that revision (optimistic
+// concurrency), else ErrConflict. Another entry with the same SPIFFE ID,
+// parent and selectors is ErrConflict; a missing entry ErrNotFound. The
+// entries versions of the old and the new parent are bumped.
+func (s *DB) UpdateEntry(ctx context.Context, tx *sql.Tx, e wire.Entry, expectRevision uint64) (wire.Entry, error) {
+	old, err := scanEntry(tx.QueryRowContext(ctx, entryCols+" FROM entries WHERE id = $1"+s.forUpdate(), e.ID))
+	if err != nil {
+		return e, err
+	}
+	if expectRevision > 0 && old.Revision != expectRevision {
+		return e, fmt.Errorf("%w: entry %s is at revision %d, not %d (changed meanwhile: read it again)", ErrConflict, e.ID, old.Revision, expectRevision)
+	}
+	e.Selectors = SortSelectors(e.Selectors)
+	e.Revision = old.Revision + 1
+	e.CreatedAt = old.CreatedAt
+	if e.Labels == nil {
+		e.Labels = map[string]string{}
+	}
+	selJSON, err := json.Marshal(e.Selectors)
+	if err != nil {
+		return e, fmt.Errorf("store: encode selectors: %w", err)
+	}
+	labJSON, err := json.Marshal(e.Labels)
+	if err != nil {
+		return e, fmt.Errorf("store: encode labels: %w", err)
+	}
+	key := selectorsKey(e.Selectors)
+	var other string
+	err = tx.QueryRowContext(ctx, "SELECT id FROM entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors_key = $3 AND id <> $4",
+		e.SPIFFEID, e.ParentID, key, e.ID).Scan(&other)
+	if err == nil {
+		return e, fmt.Errorf("%w: entry %s has the same SPIFFE ID, parent and selectors", ErrConflict, other)
+	} else if !errors.Is(err, sql.ErrNoRows) {
+		return e, fmt.Errorf("store: update entry: %w", err)
+	}
+	v, err := s.BumpVersion(ctx, tx, SectionEntries)
+	if err != nil {
+		return e, err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, selectors_key = $4,
+		x509_ttl = $5, jwt_ttl = $6, namespace = $7, labels = $8, revision = $9, version = $10, updated_at = $11 WHERE id = $12`,
+		e.SPIFFEID, e.ParentID, string(selJSON), key, int64(e.X509TTL), int64(e.JWTTTL), e.Namespace, string(labJSON),
+		int64(e.Revision), int64(v), ns(s.now()), e.ID)
+	if isUniqueViolation(err) {
+		return e, fmt.Errorf("%w: an entry with the same SPIFFE ID, parent and selectors exists", ErrConflict)
+	}
+	if err != nil {
+		return e, fmt.Errorf("store: update entry: %w", err)
+	}
+	if len(e.Labels) == 0 {
+		e.Labels = nil
+	}
+	parents := []string{e.ParentID}
+	if old.ParentID != e.ParentID {
+		parents = append(parents, old.ParentID)
+	}
+	return e, bumpParents(ctx, tx, v, parents...)
+}
+
 // DeleteEntry removes the entry with id and returns it; ErrNotFound if
 // there is none.
 func (s *DB) DeleteEntry(ctx context.Context, tx *sql.Tx, id string) (wire.Entry, error) {
