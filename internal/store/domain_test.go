@@ -110,7 +110,10 @@ func TestEntries(t *testing.T) {
 		if !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("update onto another entry's identity: %v", err)
 		}
-		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.UpdateEntry(ctx, tx, entry("nope", "spiffe://td/x", node, "uid:1"), 0); return err })
+		err = tx(t, db, func(tx *sql.Tx) error {
+			_, err := db.UpdateEntry(ctx, tx, entry("nope", "spiffe://td/x", node, "uid:1"), 0)
+			return err
+		})
 		if !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("update of a missing entry: %v", err)
 		}
