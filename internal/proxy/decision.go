@@ -71,6 +71,7 @@ type AuditSink interface {
 
 // decisionLogger writes decisions as structured logs and counts them.
 type decisionLogger struct {
+	now    func() time.Time
 	log    *slog.Logger
 	sample float64
 	audit  AuditSink
@@ -96,7 +97,7 @@ func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol
 	if outcome == policy.Allow && !d.sampled() {
 		return
 	}
-	ev := DecisionEvent{Time: time.Now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason}
+	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason}
 	fill(&ev)
 	level := slog.LevelInfo
 	if outcome != policy.Allow {
@@ -125,7 +126,7 @@ func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol
 // audited records a request an AUDIT policy matched: always logged, and
 // sent to the audit sink whatever the outcome.
 func (d *decisionLogger) audited(ctx context.Context, dec policy.Decision, fill func(*DecisionEvent)) {
-	ev := DecisionEvent{Time: time.Now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true)}
+	ev := DecisionEvent{Time: d.now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true)}
 	fill(&ev)
 	ev.AuditPolicy = dec.AuditPolicy
 	d.log.LogAttrs(ctx, slog.LevelInfo, "audit",

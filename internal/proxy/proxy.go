@@ -192,7 +192,8 @@ type Config struct {
 	// finish after its context ends (see Shutdown); default 5s.
 	DrainTimeout time.Duration
 
-	// Now is the clock for certificate checks; default time.Now.
+	// Now is the clock for certificate checks and decision records;
+	// default time.Now.
 	Now func() time.Time
 }
 
@@ -278,7 +279,7 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, err
 	}
 	s.metrics = m
-	s.dec = &decisionLogger{log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
+	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
 	s.policy.Store(&policyState{authz: cfg.Authorizer})
 
 	names := map[string]bool{}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -329,7 +328,6 @@ func TestRevocationClosesLiveConnections(t *testing.T) {
 	app := echoApp(t)
 	p := newPair(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, TCP)
 	// Raw TCP through the pair: the connection stays open until closed.
-	_ = p
 	ca := p.ca
 	addr := p.inboundAddr
 	dialer := &tls.Dialer{Config: (&tlsIdentity{src: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}).clientConfig(spiffeid.RequireFromString(ordersID), "", nil)}
@@ -361,8 +359,6 @@ func TestRevocationClosesLiveConnections(t *testing.T) {
 		t.Log("dial succeeded; the server refuses on first read")
 	}
 }
-
-var _ sync.Locker
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
