@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -161,5 +163,44 @@ func TestTokenServiceIssuerAndRestart(t *testing.T) {
 	st, tok := formPost(t, e2.client(nil), "https://"+e2.addr+"/auth/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", created.Secret)
 	if st != 200 {
 		t.Fatalf("after restart: %d %v", st, tok)
+	}
+}
+
+// BenchmarkTokenIssuanceThroughServer is client_credentials issuance as a
+// service sees it: HTTPS to the server's listener (kept-alive
+// connections), client authentication against the store, signing, and
+// the durable audit record of the grant.
+func BenchmarkTokenIssuanceThroughServer(b *testing.B) {
+	for _, clients := range []int{1, 32} {
+		b.Run(fmt.Sprintf("clients=%dxGOMAXPROCS", clients), func(b *testing.B) {
+			e := startB(b)
+			var created token.ClientAnswer
+			e.adminB(b, "POST", "/v1/admin/oauth/clients", token.ClientRequest{Name: "bench", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}}, &created)
+			body := url.Values{"grant_type": {"client_credentials"}}.Encode()
+			b.SetParallelism(clients)
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				client := e.client(nil)
+				for pb.Next() {
+					req, _ := http.NewRequest("POST", "https://"+e.addr+"/oauth2/token", strings.NewReader(body))
+					req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+					req.SetBasicAuth("bench", created.Secret)
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+		})
 	}
 }
