@@ -158,8 +158,9 @@ func (s *Server) oauthRevoked(ctx context.Context, jti string, exp time.Time) {
 	s.changed(ctx)
 }
 
-// oauthAudit appends a token service event to the audit log.
-func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) {
+// oauthAudit appends a token service event to the audit log; the token
+// service withholds a grant whose record cannot be written.
+func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 	outcome := audit.Success
 	if e.Outcome != "success" {
 		outcome = audit.Failure
@@ -188,8 +189,9 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) {
 	}
 	ev := audit.Event{Kind: e.Type, Actor: actor, Subject: e.Subject, Outcome: outcome, Details: details}
 	if err := s.audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-		s.log.Error("audit log unavailable for a token service event", "kind", e.Type, "err", err)
+		return fmt.Errorf("server: audit log: %w", err)
 	}
+	return nil
 }
 
 // adminActorKey carries the authenticated admin into the token service's

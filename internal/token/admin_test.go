@@ -135,3 +135,32 @@ func TestAdminClientLifecycle(t *testing.T) {
 		h.loginForCode("web", appCallback, "openid", "max", "second password", ch)
 	})
 }
+
+// No credential leaves unaudited: while the audit log fails, the token
+// endpoint answers server_error and the login page withholds the code.
+func TestNoGrantWithoutAudit(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		cl := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+		h.webClient()
+		h.createUser("ray", "ray's password!", token.UserSpec{})
+		_, ch := pkce("r")
+		c := h.tlsClient(nil)
+		p := h.get(c, h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+
+		h.mu.Lock()
+		h.auditDown = true
+		h.mu.Unlock()
+		status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "svc", cl.Secret)
+		if status != 500 || body["error"] != "server_error" || body["access_token"] != nil {
+			t.Fatalf("token while the audit log is down: %d %v", status, body)
+		}
+		if p := h.submit(c, p, url.Values{"username": {"ray"}, "password": {"ray's password!"}}); p.status != 500 || p.location != "" {
+			t.Fatalf("login while the audit log is down: %d %s", p.status, p.location)
+		}
+		h.mu.Lock()
+		h.auditDown = false
+		h.mu.Unlock()
+		h.ccToken("svc", cl.Secret)
+	})
+}

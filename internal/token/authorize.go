@@ -518,9 +518,14 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 	if err := s.cfg.Store.ClearLoginFailures(ctx, s.throttleKey(u.Name)); err != nil {
 		s.log.Warn("token: login: clear throttle counter", "err", err)
 	}
+	if err := s.auditGrant(ctx, AuditEvent{Type: "oauth.login.success", Outcome: "success", ClientID: g.ClientID, Subject: u.ID, Remote: r.RemoteAddr,
+		Details: map[string]string{"amr": strings.Join(g.AMR, " "), "grant": g.ID, "scope": strings.Join(g.Scope, " ")}}); err != nil {
+		// The code is stored but never handed out; it expires unused.
+		s.log.Error("token: audit log unavailable; withholding the authorization code", "err", err)
+		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
+		return
+	}
 	s.metrics.logins.WithLabelValues("success").Inc()
-	s.audit(ctx, AuditEvent{Type: "oauth.login.success", Outcome: "success", ClientID: g.ClientID, Subject: u.ID, Remote: r.RemoteAddr,
-		Details: map[string]string{"amr": strings.Join(g.AMR, " "), "grant": g.ID, "scope": strings.Join(g.Scope, " ")}})
 	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: "", Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode, MaxAge: -1})
 	q := url.Values{"code": {code}, "iss": {s.cfg.Issuer}}
 	if tx.Req.State != "" {

@@ -164,14 +164,24 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, oe)
 		return
 	}
-	s.metrics.issued.WithLabelValues(label).Inc()
 	ev.Subject = out.subject
 	ev.Details["jti"] = out.jti
 	ev.Details["scope"] = out.resp.Scope
 	for k, v := range out.details {
 		ev.Details[k] = v
 	}
-	s.audit(ctx, ev)
+	if err := s.auditGrant(ctx, ev); err != nil {
+		// The token was signed but is not handed out; revoke its ID so
+		// it is dead even if it leaked some other way.
+		s.log.Error("token: audit log unavailable; withholding the token", "grant", label, "err", err)
+		s.metrics.failures.WithLabelValues(label, errServerError).Inc()
+		if _, rerr := s.cfg.Store.RevokeTokenID(ctx, out.jti, s.now().Add(MaxAccessTokenTTL), s.now()); rerr != nil {
+			s.log.Error("token: revoke withheld token", "err", rerr)
+		}
+		writeOAuthError(w, serverError(err))
+		return
+	}
+	s.metrics.issued.WithLabelValues(label).Inc()
 	writeJSON(w, http.StatusOK, out.resp)
 }
 

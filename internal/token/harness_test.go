@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -62,9 +63,10 @@ type harness struct {
 	issuer string
 	http   *http.Client // trusts the CA, no client certificate
 
-	mu      sync.Mutex
-	revoked map[string]time.Time
-	audits  []token.AuditEvent
+	mu        sync.Mutex
+	revoked   map[string]time.Time
+	audits    []token.AuditEvent
+	auditDown bool // Audit fails while set
 }
 
 type harnessOpt func(*token.Config)
@@ -89,10 +91,14 @@ func newHarness(t *testing.T, db *store.DB, opts ...harnessOpt) *harness {
 	h.issuer = "https://" + srv.Listener.Addr().String()
 	cfg := token.Config{
 		Issuer: h.issuer, Store: db.OAuth(), KEK: bytes.Repeat([]byte{7}, 32), Now: clk.Now, Argon2: testArgon2,
-		Audit: func(_ context.Context, e token.AuditEvent) {
+		Audit: func(_ context.Context, e token.AuditEvent) error {
 			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.auditDown {
+				return errors.New("audit log down")
+			}
 			h.audits = append(h.audits, e)
-			h.mu.Unlock()
+			return nil
 		},
 		OnRevoke: func(_ context.Context, jti string, exp time.Time) {
 			h.mu.Lock()

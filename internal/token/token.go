@@ -83,10 +83,13 @@ type Config struct {
 	// Logger receives operational logs (never a credential); discarded
 	// when nil.
 	Logger *slog.Logger
-	// Audit receives a record for every grant, failure, exchange,
-	// revocation, login and MFA event; ignored when nil. It must not
-	// block for long: it runs on the request path.
-	Audit func(ctx context.Context, e AuditEvent)
+	// Audit records an event durably: every grant, failure, exchange,
+	// revocation, login and MFA event; ignored when nil. It runs on the
+	// request path. When it fails for a grant (a token or an
+	// authorization code about to be handed out), the grant is withheld
+	// and the client gets server_error: no credential leaves unaudited.
+	// Other failures are logged.
+	Audit func(ctx context.Context, e AuditEvent) error
 	// OnRevoke is called with every access token ID that becomes revoked
 	// (directly, or through its refresh family or a reused code), so the
 	// server can push it to every sidecar. Ignored when nil.
@@ -299,10 +302,20 @@ func (s *Service) random(n int) []byte {
 	return b
 }
 
+// audit records e, logging a failure.
 func (s *Service) audit(ctx context.Context, e AuditEvent) {
-	if s.cfg.Audit != nil {
-		s.cfg.Audit(ctx, e)
+	if err := s.auditGrant(ctx, e); err != nil {
+		s.log.Error("token: audit record failed", "type", e.Type, "err", err)
 	}
+}
+
+// auditGrant records e and returns the failure, for the callers that must
+// withhold a credential when it cannot be audited.
+func (s *Service) auditGrant(ctx context.Context, e AuditEvent) error {
+	if s.cfg.Audit == nil {
+		return nil
+	}
+	return s.cfg.Audit(ctx, e)
 }
 
 func (s *Service) revoked(ctx context.Context, toks []RevokedToken) {
