@@ -413,7 +413,11 @@ func (s *Service) CreateUser(ctx context.Context, req UserRequest) (*User, error
 	if err := checkNewPassword(req.Password); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if err := s.acquireHash(ctx); err != nil {
+		return nil, fmt.Errorf("token: password hashing busy: %w", err)
+	}
 	hash, err := hashPassword(s.cfg.Rand, req.Password, *s.cfg.Argon2)
+	s.releaseHash()
 	if err != nil {
 		return nil, err
 	}
@@ -499,7 +503,13 @@ func (s *Service) adminSetPassword(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	if u.PasswordHash, err = hashPassword(s.cfg.Rand, req.Password, *s.cfg.Argon2); err != nil {
+	if err := s.acquireHash(ctx); err != nil {
+		adminError(w, http.StatusServiceUnavailable, "password hashing is busy; try again")
+		return
+	}
+	u.PasswordHash, err = hashPassword(s.cfg.Rand, req.Password, *s.cfg.Argon2)
+	s.releaseHash()
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}

@@ -345,7 +345,13 @@ func (s *Service) loginPassword(ctx context.Context, w http.ResponseWriter, r *h
 	if u != nil {
 		hash = u.PasswordHash
 	}
+	if err := s.acquireHash(ctx); err != nil {
+		w.Header().Set("Retry-After", "1")
+		s.renderLogin(w, http.StatusServiceUnavailable, tx, "The server is busy. Try again in a moment.", nil)
+		return
+	}
 	ok, herr := checkPassword(hash, pw)
+	s.releaseHash()
 	if u == nil || !ok || herr != nil || name == "" {
 		s.countFailure(ctx, key, ip)
 		s.metrics.logins.WithLabelValues("bad_credentials").Inc()

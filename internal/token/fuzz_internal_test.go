@@ -1,6 +1,7 @@
 package token
 
 import (
+	"context"
 	"strings"
 	"testing"
 )
@@ -187,4 +188,22 @@ func FuzzPasswordHash(f *testing.F) {
 		}
 		checkPassword(encoded, "password")
 	})
+}
+
+// Password hashing is bounded: when every slot is taken, a request waits
+// only as long as its context allows and is refused.
+func TestHashingIsBounded(t *testing.T) {
+	s := &Service{hashSem: make(chan struct{}, 1), metrics: newMetrics()}
+	if err := s.acquireHash(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.acquireHash(ctx); err == nil {
+		t.Fatal("acquired a second slot of one")
+	}
+	s.releaseHash()
+	if err := s.acquireHash(context.Background()); err != nil {
+		t.Fatalf("a freed slot was not reusable: %v", err)
+	}
 }

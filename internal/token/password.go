@@ -1,12 +1,15 @@
 package token
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -81,3 +84,26 @@ func checkNewPassword(pw string) error {
 	}
 	return nil
 }
+
+// Each argon2id computation takes 19 MiB; without a bound, a flood of
+// login attempts would take the server's memory with it. At most
+// maxHashers run at once; a request waits at most hashWait for its turn
+// and is otherwise answered "busy" (throttling already limits each user
+// and address; this bounds the total).
+var maxHashers = max(2, 2*runtime.GOMAXPROCS(0))
+
+const hashWait = 5 * time.Second
+
+func (s *Service) acquireHash(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, hashWait)
+	defer cancel()
+	select {
+	case s.hashSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		s.metrics.logins.WithLabelValues("busy").Inc()
+		return ctx.Err()
+	}
+}
+
+func (s *Service) releaseHash() { <-s.hashSem }

@@ -165,6 +165,8 @@ type Service struct {
 	// path costs the same as a wrong password (no user enumeration by
 	// timing).
 	dummyHash string
+	// hashSem bounds concurrent argon2id computations (password.go).
+	hashSem chan struct{}
 }
 
 // New checks cfg, fills in defaults and returns a Service. It does no I/O.
@@ -228,7 +230,7 @@ func New(cfg Config) (*Service, error) {
 		params = *cfg.Argon2
 	}
 	cfg.Argon2 = &params
-	s := &Service{cfg: cfg, log: cfg.Logger, metrics: newMetrics()}
+	s := &Service{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), hashSem: make(chan struct{}, maxHashers)}
 	var err error
 	if s.txKey, err = hkdf.Key(sha256.New, cfg.KEK, nil, "moatless token login form v1", 32); err != nil {
 		return nil, fmt.Errorf("token: derive keys: %w", err)
