@@ -70,6 +70,8 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 	fs.Var(&scopes, "scope", "`scopes` the client may ask for, space-separated (repeatable)")
 	fs.Var(&auds, "audience", "`audience` its access tokens may be for (repeatable; default: the client_id)")
 	fs.Var(&redirects, "redirect-uri", "redirect `URI` for authorization_code, matched exactly (repeatable)")
+	var corsOrigins stringList
+	fs.Var(&corsOrigins, "cors-origin", "browser `origin` (https://app.example.com) allowed to call the token endpoint: single-page apps (repeatable)")
 	fs.Var(&xauds, "exchange-audience", "`audience` it may obtain by token exchange (repeatable)")
 	fs.Var(&roles, "role", "`role` put in its client_credentials tokens (repeatable)")
 	fs.Var(&perms, "permission", "`permission` put in its client_credentials tokens (repeatable)")
@@ -94,7 +96,7 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "oauth client create: give at least one --grant (client_credentials, authorization_code, refresh_token, token-exchange)")
 	}
 	req := token.ClientRequest{ID: *id, Name: *name, ClientSpec: token.ClientSpec{
-		AuthMethod: *method, Scopes: splitWords(scopes), Audiences: auds, RedirectURIs: redirects, ExchangeAudiences: xauds,
+		AuthMethod: *method, Scopes: splitWords(scopes), Audiences: auds, RedirectURIs: redirects, CORSOrigins: corsOrigins, ExchangeAudiences: xauds,
 		Roles: roles, Permissions: perms, Tenant: *tenant, SPIFFEID: *spiffeID, AccessTokenTTL: token.Duration(*ttl),
 	}}
 	for _, g := range grants {
@@ -145,6 +147,7 @@ func printClient(w io.Writer, c *token.ClientAnswer) {
 	row("scopes", strings.Join(c.Scopes, " "))
 	row("audiences", strings.Join(c.Audiences, " "))
 	row("redirect_uris", strings.Join(c.RedirectURIs, " "))
+	row("cors_origins", strings.Join(c.CORSOrigins, " "))
 	row("spiffe_id", c.SPIFFEID)
 	row("exchange_audiences", strings.Join(c.ExchangeAudiences, " "))
 	row("roles", strings.Join(c.Roles, " "))

@@ -127,6 +127,9 @@ func TestOAuthCommandsAgainstServer(t *testing.T) {
 		t.Fatalf("token get with SVID: %s", out)
 	}
 	run(ExitUsage, "oauth", "client", "create", "--name", "x")
+	if out := run(ExitOK, "oauth", "client", "create", "--name", "spa", "--auth-method", "none", "--grant", "code", "--redirect-uri", "https://spa.example/cb", "--cors-origin", "https://spa.example"); !strings.Contains(out, "cors_origins:") {
+		t.Fatalf("spa: %s", out)
+	}
 	run(ExitUsage, "oauth", "client", "create", "--name", "x", "--grant", "password")
 	run(ExitNotFound, "oauth", "client", "show", "nope")
 	run(ExitUsage, "oauth", "client", "create", "--name", "orders", "--grant", "client_credentials", "-o", "yaml")

@@ -226,6 +226,11 @@ func validateClient(c *ClientRequest) error {
 			return err
 		}
 	}
+	for _, o := range c.CORSOrigins {
+		if err := validOrigin(o); err != nil {
+			return err
+		}
+	}
 	if _, err := parseScope(strings.Join(c.Scopes, " ")); err != nil {
 		return fmt.Errorf("scopes: %v", err)
 	}
@@ -268,6 +273,26 @@ func validRedirectURI(raw string) error {
 		if !strings.Contains(u.Scheme, ".") {
 			return fmt.Errorf("redirect_uri %q: private-use schemes must be reverse domain names (RFC 8252 §7.1)", raw)
 		}
+	}
+	return nil
+}
+
+// validOrigin accepts a browser origin exactly as browsers send it:
+// scheme://host[:port], https (http only on loopback), nothing else.
+func validOrigin(o string) error {
+	u, err := url.Parse(o)
+	bad := fmt.Errorf("cors_origins %q: want an origin like https://app.example.com (scheme, host and port only)", o)
+	if err != nil || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil || strings.HasSuffix(o, "/") {
+		return bad
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if h := u.Hostname(); h != "127.0.0.1" && h != "::1" && h != "localhost" {
+			return fmt.Errorf("cors_origins %q: plain http only for loopback", o)
+		}
+	default:
+		return bad
 	}
 	return nil
 }

@@ -453,3 +453,51 @@ func TestLoginAudienceSurvivesRefresh(t *testing.T) {
 		}
 	})
 }
+
+// A single-page app (public client) reads the token endpoint's answer
+// from its registered origin only (CORS).
+func TestCORSForBrowserApps(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.createClient(token.ClientRequest{Name: "spa", ClientSpec: token.ClientSpec{AuthMethod: token.AuthNone,
+			GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{"https://spa.example/cb"}, CORSOrigins: []string{"https://spa.example"}}})
+		h.createUser("sam", "sam's password!", token.UserSpec{})
+		redeem := func(origin string) *http.Response {
+			v, ch := pkce("c")
+			code := h.loginForCode("spa", "https://spa.example/cb", "", "sam", "sam's password!", ch)
+			req, _ := http.NewRequest("POST", h.issuer+"/oauth2/token", strings.NewReader(url.Values{"grant_type": {"authorization_code"}, "client_id": {"spa"},
+				"code": {code}, "redirect_uri": {"https://spa.example/cb"}, "code_verifier": {v}}.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Origin", origin)
+			resp, err := h.http.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp
+		}
+		if resp := redeem("https://spa.example"); resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "https://spa.example" {
+			t.Fatalf("registered origin: %d %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		if resp := redeem("https://evil.example"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Fatalf("another origin may read the answer: %q", resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		req, _ := http.NewRequest("OPTIONS", h.issuer+"/oauth2/token", nil)
+		req.Header.Set("Origin", "https://spa.example")
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		resp, err := h.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 204 || !strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "POST") {
+			t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+		}
+		for _, bad := range []string{"https://spa.example/", "https://spa.example/path", "http://spa.example", "*", "ftp://spa.example"} {
+			if code := h.admin("POST", "clients", token.ClientRequest{Name: "x", ClientSpec: token.ClientSpec{AuthMethod: token.AuthNone,
+				GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{"https://spa.example/cb"}, CORSOrigins: []string{bad}}}, nil); code != 400 {
+				t.Errorf("origin %q accepted: %d", bad, code)
+			}
+		}
+	})
+}

@@ -141,6 +141,9 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	label := grantLabel(grant)
+	if client != nil {
+		allowCORS(w, r, client.Client)
+	}
 	s.metrics.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
 	ev := AuditEvent{Type: "oauth.token.issued", Outcome: "success", Remote: r.RemoteAddr, Details: map[string]string{"grant_type": label}}
 	if grant == GrantTokenExchange {

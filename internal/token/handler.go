@@ -39,6 +39,9 @@ func (s *Service) routes() http.Handler {
 	mux.HandleFunc(base+PathIntrospect, s.handleIntrospect)
 	mux.HandleFunc("GET "+base+PathUserinfo, s.handleUserinfo)
 	mux.HandleFunc("POST "+base+PathUserinfo, s.handleUserinfo)
+	for _, p := range []string{PathToken, PathRevoke, PathUserinfo} {
+		mux.HandleFunc("OPTIONS "+base+p, preflight)
+	}
 	return s.guard(mux)
 }
 
@@ -115,4 +118,32 @@ func (s *Service) handleJWKS(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age="+jwksCacheSeconds)
 	w.Header().Set("Content-Type", "application/jwk-set+json")
 	writeJSONCached(w, set)
+}
+
+// allowCORS lets a browser at one of the client's registered origins read
+// the answer (CORS). Only exact origins registered on the client count,
+// and credentials (cookies) are never allowed.
+func allowCORS(w http.ResponseWriter, r *http.Request, c *Client) {
+	origin := r.Header.Get("Origin")
+	if origin == "" || c == nil || !contains(c.CORSOrigins, origin) {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+}
+
+// preflight answers CORS preflight requests for the endpoints browsers
+// call. It grants nothing by itself: whether the answer may be read is
+// decided per client on the actual request (allowCORS).
+func preflight(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	if origin := r.Header.Get("Origin"); origin != "" {
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Add("Vary", "Origin")
+	}
+	h.Set("Access-Control-Allow-Methods", "POST, GET")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -28,6 +28,7 @@ func (s *Service) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, oe)
 		return
 	}
+	allowCORS(w, r, c.Client)
 	raw := p.get("token")
 	if raw == "" {
 		writeOAuthError(w, oerr(errInvalidRequest, "token is required"))
@@ -234,6 +235,9 @@ func (s *Service) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		}
 		fail(errInvalidToken, "the access token is invalid, expired or revoked", http.StatusUnauthorized)
 		return
+	}
+	if c, err := s.cfg.Store.Client(ctx, cl.ClientID); err == nil {
+		allowCORS(w, r, c)
 	}
 	if cl.Cnf != nil {
 		if _, thumb, ok := s.peerSPIFFEID(r); !ok || thumb != cl.Cnf.X5tS256 {

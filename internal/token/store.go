@@ -191,6 +191,10 @@ type ClientSpec struct {
 	Audiences []string `json:"audiences,omitempty"`
 	// RedirectURIs for authorization_code, matched exactly.
 	RedirectURIs []string `json:"redirect_uris,omitempty"`
+	// CORSOrigins are the browser origins ("https://app.example.com")
+	// allowed to read this client's answers from the token, revocation
+	// and userinfo endpoints: what a single-page app needs. Empty: none.
+	CORSOrigins []string `json:"cors_origins,omitempty"`
 	// JWKS holds the public keys of a private_key_jwt client.
 	JWKS json.RawMessage `json:"jwks,omitempty"`
 	// SPIFFEID of a tls_client_auth client: the verified URI SAN of its
