@@ -262,7 +262,17 @@ func (e *env) attest(id string) *node {
 // watch opens a watch stream as n and returns a channel of updates.
 func (e *env) watch(ctx context.Context, n *node) <-chan wire.Update {
 	e.t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+e.addr+wire.PathWatch, nil)
+	return e.watchQuery(ctx, n, "")
+}
+
+// watchQuery is watch with a query string ("since=3").
+func (e *env) watchQuery(ctx context.Context, n *node, query string) <-chan wire.Update {
+	e.t.Helper()
+	u := "https://" + e.addr + wire.PathWatch
+	if query != "" {
+		u += "?" + query
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
 	resp, err := n.http.Do(req)
 	if err != nil {
 		e.t.Fatal(err)

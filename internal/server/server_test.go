@@ -327,6 +327,46 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestWatchSinceStartsComplete: ?since is validated but the first update
+// of a stream is complete whatever it says (wire.Update's contract), so a
+// node that reconnects after losing its state, or after changes it
+// missed, is whole again from one update.
+func TestWatchSinceStartsComplete(t *testing.T) {
+	e := start(t, "")
+	n := e.attest("spiffe://example.org/agent/since")
+	e.admin("POST", server.PathAdminEntries, entryReq(n.id, "spiffe://example.org/ns/a/sa/since", "unix:uid:3"), nil)
+	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/gone"}, nil)
+	if st, _, body := apply(e, allowOrders, false); st != 200 {
+		t.Fatal(body)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := next(t, e.watch(ctx, n))
+	cancel()
+
+	for _, since := range []uint64{first.Version, first.Version - 1, first.Version + 100} {
+		t.Run(fmt.Sprintf("since_%d", since), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			u := next(t, e.watchQuery(ctx, n, fmt.Sprintf("since=%d", since)))
+			if u.Version != first.Version || u.Bundle == nil || u.Entries == nil || len(*u.Entries) != 1 ||
+				u.Revocations == nil || len(u.Revocations.SPIFFEIDs) != 1 || u.Policies == nil || u.Policies.Version != 1 {
+				t.Fatalf("first update with ?since=%d is not complete: %+v", since, u)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, query string }{
+		{"since_not_a_number", "since=x"},
+		{"since_negative", "since=-1"},
+		{"unknown_parameter", "from=1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if st, body := e.do(n.http, "GET", wire.PathWatch+"?"+tc.query, "", nil); st != 400 {
+				t.Fatalf("got %d %s, want 400", st, body)
+			}
+		})
+	}
+}
+
 // TestRestartKeepsState: entries, tokens, nodes, the CA keys and the admin
 // token survive a restart.
 func TestRestartKeepsState(t *testing.T) {

@@ -30,11 +30,13 @@ const (
 	// PathSignJWT: SignJWTRequest → SignJWTResponse. mTLS. Signs a JWT-SVID
 	// for an entry whose parent is the caller.
 	PathSignJWT = "/v1/agent/jwtsvid"
-	// PathWatch: GET with ?since=VERSION (0 = everything). The answer is a
-	// stream of newline-delimited JSON Update objects, flushed as they
-	// happen, each with a higher Version than the one before. The server
-	// sends a Heartbeat update at least every HeartbeatInterval so either
-	// side notices a dead stream.
+	// PathWatch: GET, optionally with ?since=VERSION (the last version the
+	// client applied; validated, but informational only: the server does
+	// not send a delta against it). The answer is a stream of
+	// newline-delimited JSON Update objects, flushed as they happen: first
+	// one complete Update, then one per later change, each with a higher
+	// Version than the one before. The server sends a Heartbeat update at
+	// least every HeartbeatInterval so either side notices a dead stream.
 	PathWatch = "/v1/agent/watch"
 	// PathAck: Ack → 204. mTLS. Records which version the caller has
 	// applied, so the server knows who runs what.
@@ -181,10 +183,13 @@ type RevokedTokenID struct {
 
 // Update is one message on the watch stream. Version is the global change
 // version it brings the receiver to. Each section is a full replacement of
-// that section and is present only when it changed since the version the
-// client named in ?since (nil means "unchanged"); the first update after
-// connecting carries every section. A receiver applies the whole update,
-// then posts an Ack with its Version.
+// that section. The first update of every stream carries every section
+// (Policies too, at policy version 0 before any policy exists), whatever
+// ?since said, so a client that reconnects after losing state, or after
+// changes it missed, is whole again from that one update. Later updates
+// carry only the sections that changed since the previous update on the
+// same stream (nil means "unchanged"). A receiver applies the whole
+// update, then posts an Ack with its Version.
 type Update struct {
 	Version     uint64       `json:"version"`
 	Heartbeat   bool         `json:"heartbeat,omitempty"`
