@@ -41,6 +41,7 @@ const (
 const (
 	KindServerStart     = "server.start"
 	KindAdminCall       = "admin.call"
+	KindAgentCall       = "agent.call" // an agent API call refused for its credential; accepted ones are recorded as what they did
 	KindJoinTokenCreate = "jointoken.create"
 	KindJoinTokenDelete = "jointoken.delete"
 	KindEntryCreate     = "entry.create"

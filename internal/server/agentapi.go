@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,15 +68,20 @@ func (s *Server) agentErr(w http.ResponseWriter, endpoint string, err error) {
 // authNode authenticates an agent API caller: a valid, unexpired,
 // unrevoked X509-SVID that this server issued as a node SVID to that very
 // SPIFFE ID. Workload SVIDs, admin certificates and certificates another
-// CA under the same upstream root signed are refused.
+// CA under the same upstream root signed are refused. Every refusal is
+// audited (agentRefused), so a revoked node still knocking, or a workload
+// trying the agent API with its own SVID, shows up in the audit log.
 func (s *Server) authNode(w http.ResponseWriter, r *http.Request, endpoint string) (*caller, bool) {
 	c, err := s.peer(r)
 	switch {
 	case errors.Is(err, errRevoked):
-		s.agentFail(w, endpoint, http.StatusForbidden, err.Error())
+		s.agentRefused(w, r, endpoint, c, "revoked", http.StatusForbidden, err.Error())
+		return nil, false
+	case errors.Is(err, errExpired):
+		s.agentRefused(w, r, endpoint, c, "expired", http.StatusUnauthorized, err.Error())
 		return nil, false
 	case err != nil:
-		s.agentFail(w, endpoint, http.StatusUnauthorized, err.Error())
+		s.agentRefused(w, r, endpoint, nil, "no_client_cert", http.StatusUnauthorized, err.Error())
 		return nil, false
 	}
 	kind, err := s.credentialKind(r.Context(), c)
@@ -84,10 +90,40 @@ func (s *Server) authNode(w http.ResponseWriter, r *http.Request, endpoint strin
 		return nil, false
 	}
 	if kind != store.SVIDKindNode {
-		s.agentFail(w, endpoint, http.StatusForbidden, fmt.Sprintf("%s is not an attested node: attest with a join token first", c.id))
+		s.agentRefused(w, r, endpoint, c, "not_a_node", http.StatusForbidden, fmt.Sprintf("%s is not an attested node: attest with a join token first", c.id))
 		return nil, false
 	}
 	return c, true
+}
+
+// agentRefused records an agent API call refused for its credential: an
+// audit record (kind agent.call, outcome denied; the actor is the SPIFFE
+// ID of the certificate presented, "anonymous" without one), then the
+// answer. These records share the bound of anonymous refusals
+// (s.refusals): a revoked node retrying in a loop, or a flood of calls
+// without a certificate, cannot become a flood of fsynced audit writes.
+// Over the bound the caller gets 429 and the refusal is only counted in
+// moatless_agent_requests_total{outcome="rate_limited"}.
+func (s *Server) agentRefused(w http.ResponseWriter, r *http.Request, endpoint string, c *caller, reason string, status int, msg string) {
+	if !s.refusals.allow(s.now()) {
+		s.metrics.agentRequests.WithLabelValues(endpoint, "rate_limited").Inc()
+		writeErrors(w, http.StatusTooManyRequests, "too many refused requests; retry later")
+		return
+	}
+	actor := "anonymous"
+	details := map[string]string{"reason": reason, "method": r.Method, "path": r.URL.Path, "status": strconv.Itoa(status), "remote": remoteHost(r)}
+	if c != nil {
+		actor = c.id.String()
+		details["serial"] = c.serial
+	}
+	ev := audit.Event{Kind: audit.KindAgentCall, Actor: actor, Subject: r.Method + " " + r.URL.Path, Outcome: audit.Denied, Details: details}
+	if err := s.audit.Append(r.Context(), ev); err != nil {
+		s.log.Error("audit log unavailable", "err", err)
+		s.agentFail(w, endpoint, http.StatusInternalServerError, "audit log unavailable")
+		return
+	}
+	s.log.Warn("agent API call refused", "endpoint", endpoint, "reason", reason, "actor", actor, "remote", remoteHost(r))
+	s.agentFail(w, endpoint, status, msg)
 }
 
 func toWireSVID(iss *ca.Issued, id, entryID string) wire.X509SVID {

@@ -151,7 +151,10 @@ var (
 
 // peer returns the verified client identity of r, checking expiry and
 // revocation again on every request (a keep-alive connection may outlive
-// both).
+// both). With errExpired or errRevoked it also returns the caller the
+// certificate names (verified against the bundle at the handshake, so the
+// name is authentic) for the audit record of the refusal; such a caller is
+// never to be served.
 func (s *Server) peer(r *http.Request) (*caller, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, errNoClientCert
@@ -161,12 +164,12 @@ func (s *Server) peer(r *http.Request) (*caller, error) {
 	if err != nil { // verified at the handshake; cannot happen
 		return nil, errNoClientCert
 	}
-	if s.now().After(leaf.NotAfter) {
-		return nil, errExpired
-	}
 	c := &caller{id: id, leaf: leaf, serial: leaf.SerialNumber.Text(16)}
+	if s.now().After(leaf.NotAfter) {
+		return c, errExpired
+	}
 	if s.revs.Load().revoked(c.id.String(), c.serial) {
-		return nil, errRevoked
+		return c, errRevoked
 	}
 	return c, nil
 }
