@@ -2,6 +2,7 @@ package token_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -500,4 +501,114 @@ func TestCORSForBrowserApps(t *testing.T) {
 			}
 		}
 	})
+}
+
+// go-oidc verifies ID tokens and at_hash for every signing algorithm
+// (EdDSA's at_hash uses SHA-512), and userinfo refuses what it must.
+func TestIDTokenAlgorithmsAndUserinfo(t *testing.T) {
+	for _, alg := range []string{"ES256", "RS256", "EdDSA"} {
+		t.Run(alg, func(t *testing.T) {
+			h := newHarness(t, storetest.SQLite(t), func(c *token.Config) { c.SigningAlg = alg })
+			web := h.createClient(token.ClientRequest{Name: "web", ClientSpec: token.ClientSpec{
+				GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{appCallback}, Scopes: []string{"openid", "email", "orders.read"}}})
+			h.createUser("uma", "uma's password!", token.UserSpec{Email: "uma@example.org"})
+			ctx := oidc.ClientContext(context.Background(), h.http)
+			provider, err := oidc.NewProvider(ctx, h.issuer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, ch := pkce("i")
+			// The authorization request by POST (OIDC Core §3.1.2.1).
+			c := h.tlsClient(nil)
+			resp, err := c.PostForm(h.issuer+"/oauth2/authorize", url.Values{"response_type": {"code"}, "client_id": {"web"}, "redirect_uri": {appCallback},
+				"scope": {"openid email"}, "state": {"s"}, "nonce": {"n1"}, "code_challenge": {ch}, "code_challenge_method": {"S256"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			p := h.submit(c, page{status: resp.StatusCode, body: string(b)}, url.Values{"username": {"uma"}, "password": {"uma's password!"}})
+			cfg := oauth2.Config{ClientID: "web", ClientSecret: web.Secret, Endpoint: provider.Endpoint(), RedirectURL: appCallback}
+			tok, err := cfg.Exchange(ctx, codeFrom(t, p), oauth2.VerifierOption(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			idt, err := provider.Verifier(&oidc.Config{ClientID: "web", Now: h.clock.Now, SupportedSigningAlgs: []string{alg}}).Verify(ctx, tok.Extra("id_token").(string))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := idt.VerifyAccessToken(tok.AccessToken); err != nil || idt.Nonce != "n1" {
+				t.Fatalf("at_hash: %v, nonce %q", err, idt.Nonce)
+			}
+			userinfo := func(auth string) int {
+				req, _ := http.NewRequest("GET", h.issuer+"/oauth2/userinfo", nil)
+				if auth != "" {
+					req.Header.Set("Authorization", auth)
+				}
+				resp, err := h.http.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if code := userinfo("Bearer " + tok.AccessToken); code != 200 {
+				t.Fatalf("userinfo: %d", code)
+			}
+			noOpenID := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+			for name, tc := range map[string]struct {
+				auth string
+				want int
+			}{
+				"no_header":       {"", 401},
+				"basic_scheme":    {"Basic eDp5", 401},
+				"garbage":         {"Bearer nope", 401},
+				"id_token":        {"Bearer " + tok.Extra("id_token").(string), 401},
+				"no_openid_scope": {"Bearer " + h.ccToken("svc", noOpenID.Secret), 403},
+			} {
+				if code := userinfo(tc.auth); code != tc.want {
+					t.Errorf("%s: %d, want %d", name, code, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// A certificate-bound token works at userinfo only over a connection
+// with the same certificate (RFC 8705 §3).
+func TestUserinfoChecksCertificateBinding(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	const id = "spiffe://example.org/ns/prod/sa/ui"
+	h.createClient(token.ClientRequest{Name: "ui", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}, SPIFFEID: id, Scopes: []string{"openid"}}})
+	cert := h.ca.SVID(t, id, time.Hour).TLSCertificate()
+	other := h.ca.SVID(t, id, time.Hour).TLSCertificate() // same ID, another key
+	mtls := h.tlsClient(&cert)
+	_, body := h.post(mtls, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, "", "")
+	at := body["access_token"].(string)
+	for name, tc := range map[string]struct {
+		c    *http.Client
+		want int
+	}{
+		"same_certificate":    {mtls, 401}, // bound and presented; no user behind it
+		"no_certificate":      {h.http, 401},
+		"another_certificate": {h.tlsClient(&other), 401},
+	} {
+		req, _ := http.NewRequest("GET", h.issuer+"/oauth2/userinfo", nil)
+		req.Header.Set("Authorization", "Bearer "+at)
+		resp, err := tc.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, b)
+		}
+		if name != "same_certificate" && !strings.Contains(resp.Header.Get("WWW-Authenticate"), "certificate") {
+			t.Errorf("%s: refused for another reason: %s", name, resp.Header.Get("WWW-Authenticate"))
+		}
+		if name == "same_certificate" && !strings.Contains(resp.Header.Get("WWW-Authenticate"), "no longer exists") {
+			t.Errorf("%s: %s", name, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
 }
