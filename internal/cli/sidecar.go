@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -258,6 +260,20 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			}
 			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
 		})
+		if cfg.AdminPprof {
+			// runtime/pprof directly: net/http/pprof would also register
+			// itself on http.DefaultServeMux for the whole binary.
+			mux.HandleFunc("GET /debug/pprof/profile", cpuProfile)
+			mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
+				p := pprof.Lookup(r.PathValue("name"))
+				if p == nil {
+					http.Error(w, "unknown profile", http.StatusNotFound)
+					return
+				}
+				w.Header().Set("Content-Type", "application/octet-stream")
+				p.WriteTo(w, 0)
+			})
+		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(l)
 		defer srv.Close()
@@ -361,4 +377,27 @@ func nodeRoots(n *agent.Node) *x509.CertPool {
 		}
 	}
 	return p
+}
+
+// cpuProfile writes a CPU profile of ?seconds=N (default 10, at most 60).
+func cpuProfile(w http.ResponseWriter, r *http.Request) {
+	secs := 10
+	if v := r.URL.Query().Get("seconds"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 60 {
+			http.Error(w, "seconds must be 1 to 60", http.StatusBadRequest)
+			return
+		}
+		secs = n
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := pprof.StartCPUProfile(w); err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	select {
+	case <-time.After(time.Duration(secs) * time.Second):
+	case <-r.Context().Done():
+	}
+	pprof.StopCPUProfile()
 }

@@ -53,6 +53,9 @@ type Sidecar struct {
 	// Admin is the address of /metrics, /livez and /readyz; default
 	// DefaultSidecarAdmin. "off" disables it. Must be loopback.
 	Admin string `json:"admin,omitempty"`
+	// AdminPprof serves Go's /debug/pprof/ on the admin address, for
+	// profiling. Off by default.
+	AdminPprof bool `json:"admin_pprof,omitempty"`
 
 	DecisionLog SidecarDecisionLog `json:"decision_log"`
 

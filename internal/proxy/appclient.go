@@ -25,7 +25,8 @@ import (
 // transport, so streaming and upgrades keep their full semantics.
 //
 // A pooled connection the app has closed is noticed before reuse (a
-// non-blocking peek); a request that still meets a dead reused connection
+// non-blocking peek, for connections idle longer than peekAfter); a
+// request that still meets a dead reused connection
 // is retried once on a new one only when it is idempotent, as
 // net/http.Transport does.
 type appClient struct {
@@ -46,6 +47,10 @@ type appConn struct {
 	bw        *bufio.Writer
 	idleSince time.Time
 }
+
+// peekAfter is how long a connection must have been idle before get
+// checks that the app has not closed it.
+const peekAfter = 100 * time.Millisecond
 
 // leanMaxBody is the largest request body the lean path buffers (to retry
 // it); larger or unknown-length bodies stream through the fallback.
@@ -112,7 +117,11 @@ func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
 		pc := a.idle[len(a.idle)-1]
 		a.idle = a.idle[:len(a.idle)-1]
 		a.mu.Unlock()
-		if now.Sub(pc.idleSince) < a.idleTimeout && connAlive(pc.nc) {
+		idle := now.Sub(pc.idleSince)
+		// A connection back in the pool for under peekAfter is not peeked:
+		// apps close idle keep-alive connections after seconds, not
+		// milliseconds, and under load the peek is a syscall per request.
+		if idle < a.idleTimeout && (idle < peekAfter || connAlive(pc.nc)) {
 			return pc, true, nil
 		}
 		pc.nc.Close()

@@ -98,12 +98,32 @@ func TestAppClient(t *testing.T) {
 		addr, conns := rawApp(t, 1)
 		a := newAppClient(addr)
 		defer a.CloseIdleConnections()
+		// Each request comes a second after the last: pooled connections
+		// are old enough to be peeked.
+		clock := time.Unix(1_000_000, 0)
+		a.now = func() time.Time { clock = clock.Add(time.Second); return clock }
 		for i := range 3 {
 			// POST is not retried: it must never meet the dead connection.
 			if got, err := doApp(t, a, "POST", "abc", nil); err != nil || got != "POST /p 3 " {
 				t.Fatalf("request %d: %q %v", i, got, err)
 			}
 			// Let the app's close reach us before the next request.
+			waitClosed(t, a)
+		}
+		if n := conns.Load(); n != 3 {
+			t.Fatalf("%d connections, want 3", n)
+		}
+	})
+	t.Run("idempotent_request_on_a_fresh_dead_connection_is_retried", func(t *testing.T) {
+		addr, conns := rawApp(t, 1)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		frozen := time.Unix(1_000_000, 0)
+		a.now = func() time.Time { return frozen } // never old enough to peek
+		for i := range 3 {
+			if got, err := doApp(t, a, "GET", "", nil); err != nil || got != "GET /p 0 " {
+				t.Fatalf("request %d: %q %v", i, got, err)
+			}
 			waitClosed(t, a)
 		}
 		if n := conns.Load(); n != 3 {
