@@ -59,6 +59,12 @@ const (
 	KindPolicyApply     = "policy.apply"
 	KindPolicyDelete    = "policy.delete"
 	KindPolicyRollback  = "policy.rollback"
+
+	// Decisions a sidecar or gateway reported (wire.PathAudit); the actor
+	// is the reporter's SPIFFE ID, the subject the denied caller.
+	KindDecisionDeny            = "decision.deny"
+	KindDecisionUnauthenticated = "decision.unauthenticated"
+	KindDecisionAudit           = "decision.audit" // allowed, and an AUDIT policy matched
 )
 
 // Event is one audited action.

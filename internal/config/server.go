@@ -94,7 +94,24 @@ type Server struct {
 	PollInterval wire.Duration `json:"poll_interval,omitempty"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level,omitempty"`
+	// AuditReportRate is how many decision events per second one node (a
+	// sidecar or gateway reporting denies through wire.PathAudit) may add
+	// to the audit log, sustained, on each server; AuditReportBurst how
+	// many it may add at once. A report that does not fit is refused
+	// whole with 429 (the reporter retries it later), so a compromised
+	// sidecar cannot flood the audit log. Defaults
+	// DefaultAuditReportRate and DefaultAuditReportBurst; the burst is at
+	// least wire.MaxAuditEvents, so a full report always fits an idle
+	// node's budget.
+	AuditReportRate  float64 `json:"audit_report_rate,omitempty"`
+	AuditReportBurst int     `json:"audit_report_burst,omitempty"`
 }
+
+// Defaults of the per-node bound on reported decision events.
+const (
+	DefaultAuditReportRate  = 50
+	DefaultAuditReportBurst = 2000
+)
 
 // UpstreamCA names the PEM files of an organisation's CA that signs ours.
 type UpstreamCA struct {
@@ -125,6 +142,9 @@ func DefaultServer(getenv func(string) string) Server {
 		ServerCertTTL:   wire.Duration(DefaultServerCertTTL),
 		PollInterval:    wire.Duration(DefaultPollInterval),
 		LogLevel:        "info",
+
+		AuditReportRate:  DefaultAuditReportRate,
+		AuditReportBurst: DefaultAuditReportBurst,
 	}
 }
 
@@ -182,6 +202,12 @@ func (c *Server) Complete() {
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = d.LogLevel
+	}
+	if c.AuditReportRate == 0 {
+		c.AuditReportRate = d.AuditReportRate
+	}
+	if c.AuditReportBurst == 0 {
+		c.AuditReportBurst = d.AuditReportBurst
 	}
 }
 
@@ -265,6 +291,12 @@ func (c *Server) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if !(c.AuditReportRate > 0 && c.AuditReportRate <= 100_000) { // also refuses NaN
+		return fmt.Errorf("config: audit_report_rate %v: must be above 0 and at most 100000 events per second", c.AuditReportRate)
+	}
+	if c.AuditReportBurst < wire.MaxAuditEvents || c.AuditReportBurst > 1_000_000 {
+		return fmt.Errorf("config: audit_report_burst %d: must be between %d (one full report) and 1000000", c.AuditReportBurst, wire.MaxAuditEvents)
 	}
 	return nil
 }

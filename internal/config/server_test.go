@@ -14,7 +14,8 @@ func TestParseServerDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Store != "/d/moatless.db" || c.KEKFile != "/d/kek" || c.Listen != DefaultListen ||
-		c.AdminIDs[0] != "spiffe://moatless.local/moatless/admin" || c.X509SVIDTTL.Std() != time.Hour {
+		c.AdminIDs[0] != "spiffe://moatless.local/moatless/admin" || c.X509SVIDTTL.Std() != time.Hour ||
+		c.AuditReportRate != DefaultAuditReportRate || c.AuditReportBurst != DefaultAuditReportBurst {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -38,6 +39,10 @@ func TestParseServerRejects(t *testing.T) {
 		{"upstream_partial", "upstream_ca: {cert: a.pem}", "upstream_ca"},
 		{"log_level", "log_level: loud", "log_level"},
 		{"poll_too_fast", "poll_interval: 1ms", "poll_interval"},
+		{"audit_report_rate_negative", "audit_report_rate: -1", "audit_report_rate"},
+		{"audit_report_rate_huge", "audit_report_rate: 1e9", "audit_report_rate"},
+		{"audit_report_burst_below_one_report", "audit_report_burst: 499", "audit_report_burst"},
+		{"audit_report_burst_string", "audit_report_burst: lots", "audit_report_burst"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -36,6 +36,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST "+wire.PathSignJWT, s.handleSignJWT)
 	m.HandleFunc("GET "+wire.PathWatch, s.handleWatch)
 	m.HandleFunc("POST "+wire.PathAck, s.handleAck)
+	m.HandleFunc("POST "+wire.PathAudit, s.handleAuditReport)
 
 	m.Handle("GET "+PathAdminEntries, s.admin(s.listEntries))
 	m.Handle("POST "+PathAdminEntries, s.admin(s.createEntry))

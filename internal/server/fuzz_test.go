@@ -4,10 +4,13 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 func fuzzServer() *Server {
@@ -89,6 +92,43 @@ func FuzzNormalizeSerial(f *testing.F) {
 		}
 		if again, err := normalizeSerial(n); err != nil || again != n {
 			t.Fatalf("normalizeSerial not idempotent on %q: %q %v", n, again, err)
+		}
+	})
+}
+
+// FuzzAuditReport feeds arbitrary bodies through the agent API's strict
+// decoder and the validation of reported decisions: no panic; an accepted
+// event carries no control character in any stored value, no value over
+// its bound, and a kind and outcome from the decision.
+func FuzzAuditReport(f *testing.F) {
+	f.Add(`{"events":[{"time":"2026-01-02T03:04:05Z","listener":"in","source":"spiffe://example.org/a","source_ip":"10.0.0.1","destination":"prod:80","protocol":"http","method":"GET","path":"/x","decision":"deny","policy":"prod/p","rule":0,"reason":"r","reason_code":"deny_rule","policy_version":1}]}`)
+	f.Add(`{"events":[{"time":"2026-01-02T03:04:05Z","listener":"in","destination":"prod:80","protocol":"tcp","decision":"allow","audit_policy":"prod/a","rule":-1,"reason":"","reason_code":"allowed","policy_version":0,"path":"/\u001b[2J\n\u00ff"}]}`)
+	f.Add(`{"events":[{"decision":"unauthenticated"}],"actor":"x"}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		r := httptest.NewRequest("POST", wire.PathAudit, strings.NewReader(body))
+		var in wire.AuditReport
+		if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+			if _, ok := err.(*badRequest); !ok {
+				t.Fatalf("decode error is not a badRequest: %v", err)
+			}
+			return
+		}
+		for i := range in.Events {
+			ev, err := reportedEvent(i, &in.Events[i])
+			if err != nil {
+				if _, ok := err.(*badRequest); !ok {
+					t.Fatalf("validation error is not a badRequest: %v", err)
+				}
+				continue
+			}
+			if ev.Actor != "" || !strings.HasPrefix(ev.Kind, "decision.") || (ev.Outcome != audit.Denied && ev.Outcome != audit.Success) {
+				t.Fatalf("accepted event: %+v", ev)
+			}
+			for k, v := range ev.Details {
+				if !printable(v) || !utf8.ValidString(v) || len(v) > maxReportPath {
+					t.Fatalf("accepted detail %s=%q", k, v)
+				}
+			}
 		}
 	})
 }

@@ -64,3 +64,71 @@ func (l *failLimiter) allow(now time.Time) bool {
 	l.tokens--
 	return true
 }
+
+// keyedLimiter is a token bucket per key (a node's SPIFFE ID): rate tokens
+// per second up to burst, a new key starting full. It bounds what one
+// authenticated caller may add to the audit log, however many requests it
+// spreads that over. Buckets that have refilled are equivalent to absent
+// ones, so they are dropped when the map reaches max keys; if every bucket
+// is still in use, new keys are refused until one refills. Safe for
+// concurrent use.
+type keyedLimiter struct {
+	rate, burst float64
+	max         int
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newKeyedLimiter(rate, burst float64, max int) *keyedLimiter {
+	return &keyedLimiter{rate: rate, burst: burst, max: max, buckets: map[string]*bucket{}}
+}
+
+// take takes n tokens from key's bucket at now if it holds them. If it
+// does not, it takes nothing and says how long until it will (0 when n
+// exceeds the burst and never will).
+func (l *keyedLimiter) take(key string, now time.Time, n float64) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		if len(l.buckets) >= l.max {
+			l.sweep(now)
+		}
+		if len(l.buckets) >= l.max {
+			return false, time.Duration(float64(time.Second) / l.rate)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	l.refill(b, now)
+	switch {
+	case n > l.burst:
+		return false, 0
+	case b.tokens < n:
+		return false, time.Duration((n - b.tokens) / l.rate * float64(time.Second))
+	}
+	b.tokens -= n
+	return true, 0
+}
+
+func (l *keyedLimiter) refill(b *bucket, now time.Time) {
+	if d := now.Sub(b.last).Seconds(); d > 0 {
+		b.tokens = min(l.burst, b.tokens+d*l.rate)
+		b.last = now
+	}
+}
+
+// sweep drops the buckets that are full at now.
+func (l *keyedLimiter) sweep(now time.Time) {
+	for k, b := range l.buckets {
+		if l.refill(b, now); b.tokens >= l.burst {
+			delete(l.buckets, k)
+		}
+	}
+}

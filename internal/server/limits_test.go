@@ -31,3 +31,33 @@ func TestFailLimiter(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyedLimiter(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := newKeyedLimiter(10, 500, 2)
+	tests := []struct {
+		name     string
+		key      string
+		at       time.Duration
+		n        float64
+		want     bool
+		wantWait time.Duration
+	}{
+		{"full_report_fits_a_new_key", "a", 0, 500, true, 0},
+		{"spent", "a", 0, 1, false, 100 * time.Millisecond},
+		{"other_key_has_its_own_budget", "b", 0, 300, true, 0},
+		{"third_key_refused_while_both_in_use", "c", 0, 1, false, 100 * time.Millisecond},
+		{"partial_refill_not_enough", "a", time.Second, 20, false, time.Second},
+		{"partial_refill_enough", "a", time.Second, 10, true, 0},
+		{"more_than_burst_never_fits", "b", time.Hour, 501, false, 0},
+		{"refilled_keys_are_swept_for_a_new_one", "c", time.Hour, 500, true, 0},
+		{"swept_key_starts_full_again", "a", time.Hour, 1, true, 0},
+		{"no_full_bucket_to_sweep", "d", time.Hour, 1, false, 100 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		ok, wait := l.take(tc.key, t0.Add(tc.at), tc.n)
+		if ok != tc.want || wait != tc.wantWait {
+			t.Fatalf("%s: take = %v, %v; want %v, %v", tc.name, ok, wait, tc.want, tc.wantWait)
+		}
+	}
+}

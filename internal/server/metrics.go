@@ -23,6 +23,7 @@ type metrics struct {
 	watchUpdates   *prometheus.CounterVec // type: update, heartbeat
 	adminRequests  *prometheus.CounterVec // outcome
 	agentRequests  *prometheus.CounterVec // endpoint, outcome
+	reportEvents   *prometheus.CounterVec // outcome: recorded, rate_limited, error
 	tlsFailures    prometheus.Counter
 	signSeconds    prometheus.Histogram
 	bundleSeq      prometheus.GaugeFunc
@@ -54,6 +55,8 @@ func newMetrics(s *Server) *metrics {
 		Help: "Admin API requests, by outcome (success, client_error, denied, server_error)."}, []string{"outcome"})
 	m.agentRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_agent_requests_total",
 		Help: "Agent API requests, by endpoint and outcome."}, []string{"endpoint", "outcome"})
+	m.reportEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_audit_report_events_total",
+		Help: "Decision events reported by sidecars and gateways, by outcome (recorded, rate_limited, error)."}, []string{"outcome"})
 	m.tlsFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_client_certificate_failures_total",
 		Help: "TLS handshakes refused because the client certificate was not a valid X509-SVID."})
 	m.signSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "moatless_x509_sign_request_duration_seconds",
@@ -64,7 +67,7 @@ func newMetrics(s *Server) *metrics {
 	m.version = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moatless_change_version",
 		Help: "Global change version this server has seen."}, func() float64 { return float64(s.hub.current()) })
 	for _, c := range []prometheus.Collector{m.svids, m.attestFailures, m.attestations, m.tokensCreated, m.entries,
-		m.nodes, m.connected, m.watchUpdates, m.adminRequests, m.agentRequests, m.tlsFailures, m.signSeconds,
+		m.nodes, m.connected, m.watchUpdates, m.adminRequests, m.agentRequests, m.reportEvents, m.tlsFailures, m.signSeconds,
 		m.bundleSeq, m.version,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)

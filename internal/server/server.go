@@ -94,6 +94,8 @@ type Server struct {
 	heartbeat time.Duration
 	// refusals bounds audited anonymous refusals (limits.go).
 	refusals *failLimiter
+	// reports bounds the decision events each node may report (reports.go).
+	reports *keyedLimiter
 
 	db    *store.DB
 	ca    *ca.CA
@@ -154,6 +156,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		s.now = time.Now
 	}
 	s.refusals = newFailLimiter(50, 200)
+	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = wire.HeartbeatInterval
