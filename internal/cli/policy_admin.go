@@ -395,11 +395,25 @@ func runPolicyStatus(ctx context.Context, e *Env, args []string) int {
 	if !st.Converged {
 		state = "rolling out"
 	}
-	fmt.Fprintf(e.Stdout, "policy version %d: %d of %d connected nodes run it (%s)\n\n", st.Version, st.AtVersion, st.Connected, state)
+	fmt.Fprintf(e.Stdout, "policy version %d: %d of %d connected enforcing nodes run it (%s)\n\n", st.Version, st.AtVersion, st.Connected, state)
+	if len(st.Nodes) > 0 {
+		printPolicyNodes(e, st.Nodes)
+	} else {
+		fmt.Fprintln(e.Stdout, "no sidecar or gateway is attested")
+	}
+	if len(st.NotEnforcing) > 0 {
+		fmt.Fprintf(e.Stdout, "\nnot counted: %d node(s) that receive policies but do not enforce them\n\n", len(st.NotEnforcing))
+		printPolicyNodes(e, st.NotEnforcing)
+	}
+	return ExitOK
+}
+
+// printPolicyNodes prints nodes' policy state as a table.
+func printPolicyNodes(e *Env, nodes []server.PolicyNodeStatus) {
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tPOLICY VERSION\tCURRENT\tLAST ACK")
 	yn := map[bool]string{true: "yes", false: "no"}
-	for _, n := range st.Nodes {
+	for _, n := range nodes {
 		comp, ack := n.Component, "-"
 		if comp == "" {
 			comp = "-"
@@ -410,5 +424,4 @@ func runPolicyStatus(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, yn[n.Connected], n.PolicyVersion, yn[n.Current], ack)
 	}
 	tw.Flush()
-	return ExitOK
 }

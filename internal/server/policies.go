@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,14 +76,37 @@ type PolicySetResponse struct {
 	Documents []json.RawMessage `json:"documents"`
 }
 
-// PolicyStatus says which node runs which policy version.
+// PolicyStatus says which node runs which policy version. Only nodes that
+// enforce policy count toward convergence: those whose last ack named an
+// enforcing component (wire.Ack.Component "sidecar" or "gateway"), and
+// those that have not acknowledged anything yet, since they may be either.
+// Agents receive the policy set on their watch stream too but enforce
+// nothing, so whichever version they last saw says nothing about what the
+// mesh enforces; they are listed in NotEnforcing and never counted.
 type PolicyStatus struct {
 	Version uint64 `json:"version"`
-	// Converged: every connected node acknowledged Version.
-	Converged bool               `json:"converged"`
-	Connected int                `json:"connected"`
-	AtVersion int                `json:"at_version"`
-	Nodes     []PolicyNodeStatus `json:"nodes"`
+	// Converged: every connected node in Nodes acknowledged Version.
+	Converged bool `json:"converged"`
+	// Connected and AtVersion count the connected nodes of Nodes, and
+	// those of them that run Version.
+	Connected int `json:"connected"`
+	AtVersion int `json:"at_version"`
+	// Nodes are the enforcing nodes (and those not yet acknowledged).
+	Nodes []PolicyNodeStatus `json:"nodes"`
+	// NotEnforcing are nodes whose component does not enforce policy
+	// (agents), for reference.
+	NotEnforcing []PolicyNodeStatus `json:"not_enforcing"`
+}
+
+// enforcingComponents are the wire.Ack components that enforce policy.
+var enforcingComponents = []string{"sidecar", "gateway"}
+
+// enforcesPolicy reports whether a node whose last ack named component
+// counts toward policy convergence ("" is a node that has not acknowledged
+// anything yet: counted, so a new sidecar holds convergence back until it
+// reports what it runs).
+func enforcesPolicy(component string) bool {
+	return component == "" || slices.Contains(enforcingComponents, component)
 }
 
 // PolicyNodeStatus is one node's policy state.
@@ -506,12 +530,16 @@ func (s *Server) policyStatus(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}}
+	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}, NotEnforcing: []PolicyNodeStatus{}}
 	now := s.now()
 	for _, n := range nodes {
 		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
 			Current: n.PolicyVersion == cur, LastAck: n.LastAck,
 			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat}
+		if !enforcesPolicy(n.Component) {
+			st.NotEnforcing = append(st.NotEnforcing, ns)
+			continue
+		}
 		if ns.Connected {
 			st.Connected++
 			if ns.Current {

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,5 +195,62 @@ func TestPolicyApplyRejects(t *testing.T) {
 	e.admin("GET", server.PathAdminPolicyHistory, nil, &hist)
 	if len(hist) != 1 {
 		t.Fatalf("bad input created versions: %+v", hist)
+	}
+}
+
+// TestPolicyStatusCountsEnforcers: only nodes that enforce policy
+// (sidecars, gateways, and nodes that have not said what they are yet)
+// count toward convergence; an agent, which receives policies but enforces
+// none, is listed apart and never holds convergence back.
+func TestPolicyStatusCountsEnforcers(t *testing.T) {
+	e := start(t, "")
+	if st, _, body := apply(e, allowOrders, false); st != 200 {
+		t.Fatal(body)
+	}
+	ack := func(n *node, component string, policyVersion uint64) {
+		t.Helper()
+		if st, body := e.do(n.http, "POST", wire.PathAck, "", wire.Ack{Version: 1, Component: component, PolicyVersion: policyVersion}); st != 204 {
+			t.Fatalf("ack: %d %s", st, body)
+		}
+	}
+	const sidecarID, agentID, gatewayID = "spiffe://example.org/sidecar/payments", "spiffe://example.org/agent/node1", "spiffe://example.org/gateway/edge"
+	sidecar, agent := e.attest(sidecarID), e.attest(agentID)
+	var gateway *node
+	steps := []struct {
+		name                 string
+		do                   func()
+		converged            bool
+		connected, atVersion int
+		nodes, notEnforcing  []string
+	}{
+		{"unacknowledged_nodes_count", func() {}, false, 2, 0,
+			[]string{sidecarID, agentID}, nil},
+		{"agent_on_old_version_is_not_counted", func() { ack(sidecar, "sidecar", 1); ack(agent, "agent", 0) }, true, 1, 1,
+			[]string{sidecarID}, []string{agentID}},
+		{"new_node_holds_convergence_until_it_acks", func() { gateway = e.attest(gatewayID) }, false, 2, 1,
+			[]string{sidecarID, gatewayID}, []string{agentID}},
+		{"gateway_on_old_version_counts", func() { ack(gateway, "gateway", 0) }, false, 2, 1,
+			[]string{sidecarID, gatewayID}, []string{agentID}},
+		{"gateway_current", func() { ack(gateway, "gateway", 1) }, true, 2, 2,
+			[]string{sidecarID, gatewayID}, []string{agentID}},
+	}
+	ids := func(ns []server.PolicyNodeStatus) []string {
+		var out []string
+		for _, n := range ns {
+			out = append(out, n.SPIFFEID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, s := range steps {
+		s.do()
+		var st server.PolicyStatus
+		e.admin("GET", server.PathAdminPolicyStatus, nil, &st)
+		slices.Sort(s.nodes)
+		slices.Sort(s.notEnforcing)
+		if st.Version != 1 || st.Converged != s.converged || st.Connected != s.connected || st.AtVersion != s.atVersion ||
+			!slices.Equal(ids(st.Nodes), s.nodes) || !slices.Equal(ids(st.NotEnforcing), s.notEnforcing) {
+			t.Fatalf("%s: status %+v", s.name, st)
+		}
 	}
 }
