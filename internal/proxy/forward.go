@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -94,7 +95,14 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, onHijack fun
 			return // the client went away; nobody to answer
 		}
 		f.s.metrics.upstreamErrors.WithLabelValues(f.name).Inc()
-		f.s.log.Warn("forward failed", "listener", f.name, "err", err)
+		// url.Error would print the request URL, query included, and a
+		// query can carry a token (RequestAuthentication fromParams).
+		logErr := err
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			logErr = ue.Err
+		}
+		f.s.log.Warn("forward failed", "listener", f.name, "method", r.Method, "path", r.URL.Path, "err", logErr)
 		body := "upstream connect error or disconnect/reset before headers"
 		if f.errBody != nil {
 			body = f.errBody(err)

@@ -46,6 +46,7 @@ type inbound struct {
 	closed   atomic.Bool
 	draining atomic.Bool
 	streams  sync.WaitGroup // raw TCP streams and connections in their handshake
+	streamMu sync.Mutex     // orders streams.Add against Shutdown's Wait
 	open     atomic.Int64   // connections accepted and not yet closed
 }
 
@@ -171,7 +172,10 @@ func (ib *inbound) serve() error {
 			ib.s.metrics.refused.WithLabelValues(ib.name).Inc()
 			continue
 		}
-		ib.streams.Add(1)
+		if !ib.addStream() {
+			c.Close()
+			return nil
+		}
 		go func() {
 			defer ib.streams.Done()
 			ib.handle(c)
@@ -315,6 +319,18 @@ func (ib *inbound) handle(c net.Conn) {
 		ib.connDone(conn)
 		conn.Close()
 	}
+}
+
+// addStream counts a new connection unless the listener is draining. The
+// lock makes every Add happen before Shutdown starts waiting.
+func (ib *inbound) addStream() bool {
+	ib.streamMu.Lock()
+	defer ib.streamMu.Unlock()
+	if ib.draining.Load() {
+		return false
+	}
+	ib.streams.Add(1)
+	return true
 }
 
 // connDone forgets a closed connection.

@@ -32,6 +32,7 @@ type outbound struct {
 	closed          atomic.Bool
 	draining        atomic.Bool
 	streams         sync.WaitGroup // raw TCP streams
+	streamMu        sync.Mutex     // orders streams.Add against Shutdown's Wait
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -153,7 +154,14 @@ func (ob *outbound) serve() error {
 			}
 			return fmt.Errorf("proxy: outbound %s: accept: %w", ob.name, err)
 		}
+		ob.streamMu.Lock()
+		if ob.draining.Load() {
+			ob.streamMu.Unlock()
+			c.Close()
+			return nil
+		}
 		ob.streams.Add(1)
+		ob.streamMu.Unlock()
 		go func() {
 			defer ob.streams.Done()
 			ob.serveTCP(c)

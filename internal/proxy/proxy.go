@@ -417,13 +417,17 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	for _, ib := range s.inbound {
+		ib.streamMu.Lock()
 		ib.draining.Store(true)
+		ib.streamMu.Unlock()
 		if ib.ln != nil {
 			ib.ln.Close()
 		}
 	}
 	for _, ob := range s.outbound {
+		ob.streamMu.Lock()
 		ob.draining.Store(true)
+		ob.streamMu.Unlock()
 		if ob.ln != nil && ob.httpSrv == nil {
 			ob.ln.Close()
 		}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -510,4 +511,46 @@ func TestInboundConnectionLimit(t *testing.T) {
 	}
 	resp.Body.Close()
 	held[1].Close()
+}
+
+// TestForwardErrorsDoNotLogTheQuery: a failed forward is logged without
+// the query string, where a token may travel.
+func TestForwardErrorsDoNotLogTheQuery(t *testing.T) {
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing listens: every forward fails
+	var logs syncBuf
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:    []Inbound{{Listener: inL, App: deadAddr}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Logger:     slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	c := mtlsClient(t, ca, frontendID, ordersID)
+	code, body := get(t, c, "GET", "https://"+inL.Addr().String()+"/api?access_token=secret-token-value")
+	if code != 503 || body != "upstream connect error or disconnect/reset before headers" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if out := logs.String(); !strings.Contains(out, "forward failed") || strings.Contains(out, "secret-token-value") {
+		t.Fatalf("log:\n%s", out)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
