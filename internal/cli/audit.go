@@ -34,7 +34,8 @@ func runAuditVerify(ctx context.Context, e *Env, args []string) int {
 	output := fs.String("o", "text", "output format: text or json")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless audit verify [--data-dir DIR | --store DSN] [--expect-head SEQ:HASH] [-o json]")
-		fmt.Fprintln(fs.Output(), "\nReads the store directly (no server needed). Exit 0: the chain verifies; 1: it does not, or the store cannot be read.")
+		fmt.Fprintln(fs.Output(), "\nReads the store directly and read-only (no server needed; nothing is written, not even a migration).")
+		fmt.Fprintln(fs.Output(), "Exit 0: the chain verifies; 1: it does not, or the store cannot be read.")
 		fs.PrintDefaults()
 	}
 	if code, ok := e.parseFlags(fs, args); !ok {
@@ -65,7 +66,10 @@ func runAuditVerify(ctx context.Context, e *Env, args []string) int {
 		}
 		opts.ExpectHead = &h
 	}
-	db, err := store.Open(ctx, src)
+	// Read-only: verifying must never change the store it judges (no
+	// migration, no write), so it is safe on a stopped server's store and
+	// on a copy kept as evidence.
+	db, err := store.OpenWith(ctx, src, store.OpenOptions{ReadOnly: true})
 	if err != nil {
 		return e.errorf(ExitFailure, "audit verify: %v", err)
 	}

@@ -32,6 +32,12 @@ import (
 var (
 	ErrNotFound = errors.New("store: not found")
 	ErrConflict = errors.New("store: conflict")
+	// ErrSchemaOutdated: a read-only open found migrations this binary
+	// would apply; it applies none.
+	ErrSchemaOutdated = errors.New("store: the store's schema is older than this binary; start the server once to migrate")
+	// ErrSchemaNewer: a read-only open found migrations this binary does
+	// not know; a newer server migrated the store.
+	ErrSchemaNewer = errors.New("store: the store's schema is newer than this binary; use the moatless version the server runs")
 )
 
 // Dialect says which SQL engine is behind a DB.
@@ -68,6 +74,28 @@ var migrationFS embed.FS
 //     with mode 0600 if missing, in WAL mode with full fsync, so a crash in
 //     the middle of a write loses no committed transaction.
 func Open(ctx context.Context, dsn string) (*DB, error) {
+	return OpenWith(ctx, dsn, OpenOptions{})
+}
+
+// OpenOptions tune OpenWith; the zero value is Open.
+type OpenOptions struct {
+	// ReadOnly opens the store for tools that must never change it, such
+	// as "moatless audit verify": no migration runs and no file is
+	// created. SQLite opens PATH with mode=ro and query_only (a missing
+	// file is an error, every write fails with SQLITE_READONLY; SQLite may
+	// create the -wal and -shm files of a WAL database that has none, with
+	// the database file's owner and mode, which a server opening it later
+	// uses as usual). PostgreSQL sessions run with
+	// default_transaction_read_only=on. The open fails with an error
+	// wrapping ErrSchemaOutdated when migrations are pending (the server
+	// applies them at start) and ErrSchemaNewer when the store holds
+	// migrations this binary does not know, since reading a schema this
+	// binary was not built for could misreport what the store holds.
+	ReadOnly bool
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 	var (
 		db      *sql.DB
 		err     error
@@ -76,6 +104,16 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	switch {
 	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
 		dialect = Postgres
+		if o.ReadOnly {
+			u, err := url.Parse(dsn)
+			if err != nil {
+				return nil, fmt.Errorf("store: postgres DSN: %w", err)
+			}
+			q := u.Query()
+			q.Set("default_transaction_read_only", "on") // pgx sends unknown keys as run-time parameters
+			u.RawQuery = q.Encode()
+			dsn = u.String()
+		}
 		db, err = sql.Open("pgx", dsn)
 		if err != nil {
 			return nil, fmt.Errorf("store: open postgres: %w", err)
@@ -86,14 +124,24 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		if path == "" {
 			return nil, errors.New("store: empty sqlite path")
 		}
-		if err := createPrivate(path); err != nil {
-			return nil, err
-		}
 		q := url.Values{}
-		for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
-			q.Add("_pragma", p)
+		if o.ReadOnly {
+			if _, err := os.Stat(path); err != nil {
+				return nil, fmt.Errorf("store: %w", err)
+			}
+			q.Set("mode", "ro")
+			for _, p := range []string{"busy_timeout(10000)", "query_only(1)"} {
+				q.Add("_pragma", p)
+			}
+		} else {
+			if err := createPrivate(path); err != nil {
+				return nil, err
+			}
+			for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
+				q.Add("_pragma", p)
+			}
+			q.Set("_txlock", "immediate")
 		}
-		q.Set("_txlock", "immediate")
 		db, err = sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 		if err != nil {
 			return nil, fmt.Errorf("store: open sqlite: %w", err)
@@ -107,11 +155,71 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to %s: %w", dialect, err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if o.ReadOnly {
+		err = s.checkSchema(ctx)
+	} else {
+		err = s.migrate(ctx)
+	}
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkSchema compares the migrations recorded in the store with the
+// embedded ones, writing nothing.
+func (s *DB) checkSchema(ctx context.Context) error {
+	ms, err := loadMigrations()
+	if err != nil {
+		return err
+	}
+	exists := `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`
+	if s.dialect == Postgres {
+		exists = `SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = 'schema_migrations'`
+	}
+	var n int
+	if err := s.db.QueryRowContext(ctx, exists).Scan(&n); err != nil {
+		return fmt.Errorf("store: read schema version: %w", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w (it has no Moatless schema at all: is this the right store?)", ErrSchemaOutdated)
+	}
+	applied := map[int]bool{}
+	rows, err := s.db.QueryContext(ctx, "SELECT version FROM schema_migrations")
+	if err != nil {
+		return fmt.Errorf("store: read schema version: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			return fmt.Errorf("store: read schema version: %w", err)
+		}
+		applied[v] = true
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("store: read schema version: %w", err)
+	}
+	var pending []string
+	for _, m := range ms {
+		if !applied[m.version] {
+			pending = append(pending, m.name)
+		}
+		delete(applied, m.version)
+	}
+	if len(pending) > 0 {
+		return fmt.Errorf("%w (%d migrations pending, first %s)", ErrSchemaOutdated, len(pending), pending[0])
+	}
+	if len(applied) > 0 {
+		unknown := make([]int, 0, len(applied))
+		for v := range applied {
+			unknown = append(unknown, v)
+		}
+		sort.Ints(unknown)
+		return fmt.Errorf("%w (%d migrations unknown to it, first %04d)", ErrSchemaNewer, len(unknown), unknown[0])
+	}
+	return nil
 }
 
 func createPrivate(path string) error {
