@@ -197,6 +197,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed reloads of identity, policy or revocation files; the previous ones stay in force.",
 		}, []string{"what"}),
 	}
+	return m.register(reg)
+}
+
+// registerSVIDExpiry exports the expiry of the SVID in force, for alerts
+// ("rotation stopped"). It reads the identity at scrape time.
+func (m *metrics) registerSVIDExpiry(reg prometheus.Registerer, t *tlsIdentity) error {
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "moatless_sidecar_svid_expiry_timestamp_seconds",
+		Help: "When the sidecar's X509-SVID in force expires (Unix seconds); 0 without one.",
+	}, func() float64 {
+		c, err := t.certificate()
+		if err != nil || c.Leaf == nil {
+			return 0
+		}
+		return float64(c.Leaf.NotAfter.Unix())
+	}))
+}
+
+func (m *metrics) register(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.refused, m.revokedClosed, m.policyVersion, m.reloadFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
@@ -252,4 +255,58 @@ func FuzzParseRevocations(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFileSourceRefusesExpiredCertificate(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	dir := t.TempDir()
+	good := ca.SVID(t, ordersID, 0)
+	f := ca.WriteFiles(t, dir, "w", good)
+	src, err := NewFileSource(f.Cert, f.Key, f.Bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-3 * time.Hour)
+	ca.Now = func() time.Time { return past }
+	expired := ca.SVID(t, ordersID, time.Hour) // expired two hours ago
+	ca.Now = nil
+	tmp := ca.WriteFiles(t, t.TempDir(), "x", expired)
+	copyFile(t, tmp.Cert, f.Cert)
+	copyFile(t, tmp.Key, f.Key)
+	if _, err := src.Reload(); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("Reload of an expired certificate: %v", err)
+	}
+	s, _ := src.GetX509SVID()
+	if serialHex(s.Certificates[0]) != serialHex(good.Chain[0]) {
+		t.Fatal("expired certificate replaced the valid one")
+	}
+	if _, err := NewFileSource(f.Cert, f.Key, f.Bundle); err == nil {
+		t.Fatal("started on an expired certificate")
+	}
+}
+
+func TestSVIDExpiryMetric(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	svid := ca.SVID(t, ordersID, 0)
+	reg := prometheus.NewRegistry()
+	if _, err := New(Config{
+		Identity: newStaticIdentity(ca, svid), Namespace: "prod",
+		Inbound:    []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
+		Registerer: reg, Logger: discardLogger(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "moatless_sidecar_svid_expiry_timestamp_seconds" {
+			if got := int64(mf.GetMetric()[0].GetGauge().GetValue()); got != svid.Chain[0].NotAfter.Unix() {
+				t.Fatalf("expiry %d, want %d", got, svid.Chain[0].NotAfter.Unix())
+			}
+			return
+		}
+	}
+	t.Fatal("no SVID expiry metric")
 }

@@ -92,6 +92,11 @@ func (f *FileSource) Reload() (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("proxy: %s and %s: %w", f.certFile, f.keyFile, err)
 	}
+	if leaf := svid.Certificates[0]; !time.Now().Before(leaf.NotAfter) {
+		// Every peer would refuse it; keeping the previous one (if any)
+		// at least fails no worse, and the error says what to fix.
+		return false, fmt.Errorf("proxy: %s: certificate expired at %s", f.certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	bundle, err := x509bundle.Parse(svid.ID.TrustDomain(), raw[2])
 	if err != nil {
 		return false, fmt.Errorf("proxy: bundle %s: %w", f.bundleFile, err)

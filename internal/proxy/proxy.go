@@ -278,6 +278,9 @@ func New(cfg Config) (*Sidecar, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := m.registerSVIDExpiry(reg, s.tls); err != nil {
+		return nil, err
+	}
 	s.metrics = m
 	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
 	s.policy.Store(&policyState{authz: cfg.Authorizer})
