@@ -12,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	securityv1beta1 "istio.io/api/security/v1beta1"
+
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
@@ -163,6 +166,35 @@ func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {
 		ps.Documents[i] = o.Raw
 	}
 	return ps, nil
+}
+
+// validateJWTRules checks every RequestAuthentication jwtRule of docs with
+// the verifier's own validation (authn.ValidateRule), which knows more than
+// the policy loader can without importing authn: usable keys in an inline
+// jwks, https-only jwksUri, an issuer fit for discovery, timeouts, header,
+// parameter and cookie names. A rule the sidecar's verifier would refuse is
+// refused at apply (a *badRequest naming the document and field, nothing
+// written) instead of failing every token on the first request.
+func validateJWTRules(docs []policy.Document) error {
+	var errs []error
+	for i := range docs {
+		d := &docs[i]
+		ra, ok := d.Spec.(*securityv1beta1.RequestAuthentication)
+		if !ok {
+			continue
+		}
+		for j, r := range ra.GetJwtRules() {
+			if err := authn.ValidateRule(r); err != nil {
+				errs = append(errs, &policy.ParseError{Source: d.Source, Document: d.Index, Line: d.Line, Object: d.Kind + " " + d.Ref(),
+					Path: fmt.Sprintf("spec.jwtRules[%d]", j), Msg: strings.TrimPrefix(err.Error(), "authn: ")})
+				break // one error per document, as the loader reports
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return policyErrors(errors.Join(errs...))
+	}
+	return nil
 }
 
 // policyErrors turns a loader or compiler error into 400 messages, one per
@@ -338,6 +370,10 @@ func (s *Server) applyPolicies(c *adminCall) {
 		c.fail(badf("files: no policy documents found"))
 		return
 	}
+	if err := validateJWTRules(docs); err != nil {
+		c.fail(err)
+		return
+	}
 	res, err := s.writePolicySet(c, "apply", 0, in.DryRun, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
 		writes := map[store.PolicyRef]*policy.Document{}
 		out := make([]store.PolicyWrite, 0, len(docs))
@@ -428,6 +464,9 @@ func (s *Server) rollbackPolicies(c *adminCall) {
 		}
 		if _, err := policy.Compile(targetDocs, policy.Options{}); err != nil {
 			return nil, badf("version %d no longer compiles: %v", in.Version, err)
+		}
+		if err := validateJWTRules(targetDocs); err != nil {
+			return nil, badf("version %d no longer validates: %v", in.Version, err)
 		}
 		var out []store.PolicyWrite
 		keep := map[store.PolicyRef]bool{}

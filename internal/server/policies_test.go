@@ -2,12 +2,15 @@ package server_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
@@ -252,5 +255,86 @@ func TestPolicyStatusCountsEnforcers(t *testing.T) {
 			!slices.Equal(ids(st.Nodes), s.nodes) || !slices.Equal(ids(st.NotEnforcing), s.notEnforcing) {
 			t.Fatalf("%s: status %+v", s.name, st)
 		}
+	}
+}
+
+// raDoc is a RequestAuthentication prod/NAME with the given jwtRules YAML
+// (indented as list items under jwtRules).
+func raDoc(name, rules string) string {
+	return "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: " + name + "\n  namespace: prod\nspec:\n  jwtRules:\n" + rules
+}
+
+const goodRule = "  - issuer: https://issuer.example.com\n    jwksUri: https://issuer.example.com/jwks\n"
+
+// TestPolicyApplyValidatesJWTRules: RequestAuthentication rules go through
+// the JWT verifier's own validation (authn.ValidateRule) at apply, so a rule
+// the sidecar could not enforce is refused naming the document and field,
+// and nothing is written.
+func TestPolicyApplyValidatesJWTRules(t *testing.T) {
+	e := start(t, "")
+	tests := []struct {
+		name, content string
+		want          []string
+	}{
+		{"jwks_uri_plain_http", raDoc("jwt", "  - issuer: https://issuer.example.com\n    jwksUri: http://issuer.example.com/jwks\n"),
+			[]string{"p.yaml: document 1 (RequestAuthentication prod/jwt), line 1: spec.jwtRules[0]:", "jwksUri"}},
+		{"issuer_not_discoverable", raDoc("jwt", "  - issuer: orders\n"),
+			[]string{"spec.jwtRules[0]:", "discovery"}},
+		{"inline_jwks_without_keys", raDoc("jwt", "  - issuer: https://issuer.example.com\n    jwks: '{\"keys\": []}'\n"),
+			[]string{"spec.jwtRules[0]:", "jwks"}},
+		{"timeout_too_long", raDoc("jwt", goodRule+"    timeout: 600s\n"),
+			[]string{"spec.jwtRules[0]:", "timeout"}},
+		{"second_rule_of_second_document", raDoc("jwt", goodRule) + "---\n" + raDoc("jwt2", goodRule+"  - issuer: https://other.example.com\n    jwksUri: http://other.example.com/jwks\n"),
+			[]string{"document 2 (RequestAuthentication prod/jwt2), line 11: spec.jwtRules[1]:", "jwksUri"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, dryRun := range []bool{true, false} {
+				st, _, body := apply(e, tc.content, dryRun)
+				if st != 400 {
+					t.Fatalf("dry run %v: got %d %s, want 400", dryRun, st, body)
+				}
+				for _, w := range tc.want {
+					if !strings.Contains(body, w) {
+						t.Fatalf("dry run %v: %s does not contain %q", dryRun, body, w)
+					}
+				}
+			}
+		})
+	}
+	var set server.PolicySetResponse
+	e.admin("GET", server.PathAdminPolicies, nil, &set)
+	if set.Version != 0 || len(set.Documents) != 0 {
+		t.Fatalf("refused rules wrote policies: %+v", set)
+	}
+	if st, res, body := apply(e, raDoc("jwt", goodRule), false); st != 200 || res.Version != 1 {
+		t.Fatalf("a valid rule: %d %s", st, body)
+	}
+
+	// A version stored before this check (written here straight to the
+	// store) cannot be rolled back to.
+	docs, err := policy.ParseSource("old.yaml", strings.NewReader(raDoc("jwt", "  - issuer: orders\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := e.srv.Store()
+	err = db.Tx(context.Background(), func(tx *sql.Tx) error {
+		_, err := db.WritePolicies(context.Background(), tx, "test", "apply", 0,
+			[]store.PolicyWrite{{PolicyRef: store.PolicyRef{Kind: docs[0].Kind, Namespace: docs[0].Namespace, Name: docs[0].Name}, Raw: docs[0].Raw}}, time.Now())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, res, body := apply(e, raDoc("jwt", goodRule), false); st != 200 || res.Version != 3 {
+		t.Fatalf("re-apply the valid rule: %d %s", st, body)
+	}
+	st, body := e.do(e.client(nil), "POST", server.PathAdminPolicyRollback, e.token, server.PolicyRollbackRequest{Version: 2})
+	if st != 400 || !strings.Contains(string(body), "version 2 no longer validates") || !strings.Contains(string(body), "spec.jwtRules[0]") {
+		t.Fatalf("rollback to a version with an invalid rule: %d %s", st, body)
+	}
+	e.admin("GET", server.PathAdminPolicies, nil, &set)
+	if set.Version != 3 {
+		t.Fatalf("a refused rollback wrote version %d", set.Version)
 	}
 }
