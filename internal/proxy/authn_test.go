@@ -72,7 +72,16 @@ spec:
 
 	seen := make(chan string, 8)
 	l := listen(t)
+	streaming := make(chan struct{}, 1)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			// A long response: one chunk, then wait until the caller is gone.
+			io.WriteString(w, "first chunk\n")
+			w.(http.Flusher).Flush()
+			streaming <- struct{}{}
+			<-r.Context().Done()
+			return
+		}
 		seen <- r.Header.Get("X-User")
 		io.WriteString(w, "ok")
 	})}
@@ -124,6 +133,34 @@ spec:
 			}
 		})
 	}
+	t.Run("revoking_the_jti_cuts_a_streaming_request", func(t *testing.T) {
+		live := token(map[string]any{"iss": "https://issuer.example", "sub": "carol", "exp": now + 300, "jti": "j-stream"})
+		req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/stream", nil)
+		req.Header.Set("Authorization", "Bearer "+live)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		<-streaming
+		buf := make([]byte, 12)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first chunk\n" {
+			t.Fatalf("first chunk: %q %v", buf, err)
+		}
+		if n := s.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "j-stream", ExpiresAt: time.Now().Add(time.Hour)}}}); n < 1 {
+			t.Fatalf("closed %d, want the streaming request", n)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := io.ReadAll(resp.Body); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("stream ended cleanly; want it cut off")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("streaming request still open after its token was revoked")
+		}
+	})
 	t.Run("revoked_jti_is_401", func(t *testing.T) {
 		s.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "j-1", ExpiresAt: time.Now().Add(time.Hour)}}})
 		req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)

@@ -151,10 +151,12 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, onHijack fun
 			}
 		}
 		if rerr != nil {
-			if rerr != io.EOF && r.Context().Err() == nil {
+			if rerr != io.EOF {
 				f.s.log.Debug("response body copy ended", "listener", f.name, "err", rerr)
-				// Abort so the client sees a reset rather than a
-				// silently truncated body.
+				// Abort so the client sees a reset (HTTP/2 RST_STREAM, a
+				// closed HTTP/1.1 connection) rather than a body that ends
+				// cleanly but truncated — whether the upstream failed or
+				// the request was cut off (its token revoked).
 				bufPool.Put(bp)
 				panic(http.ErrAbortHandler)
 			}
