@@ -531,7 +531,8 @@ outbound:
 
 // TestSidecarJoinTokenMode: two sidecars attest to a real server with
 // their own join tokens and use the SVIDs it issues; with no policy applied
-// yet every request is denied (deny by default); a policy applied on the
+// yet every request is denied (deny by default) and the deny is reported
+// to the server's audit log; a policy applied on the
 // server reaches both sidecars, is acknowledged by each (policy status
 // converges) and decides the next request; a revocation pushed by the
 // server closes the caller's live connection at the callee and its next
@@ -573,6 +574,26 @@ outbound:
 	}
 	waitFor(t, 10*time.Second, "the callee's decision log naming the caller's server-issued identity", func() bool {
 		return strings.Contains(orders.out.String(), `"source":"`+scFrontendID+`"`)
+	})
+	// The deny reaches the server's audit log, reported by orders' sidecar
+	// about the frontend.
+	waitFor(t, 15*time.Second, "the deny in the server's audit log", func() bool {
+		var page struct {
+			Records []struct {
+				Kind    string `json:"kind"`
+				Actor   string `json:"actor"`
+				Subject string `json:"subject"`
+			} `json:"records"`
+		}
+		if err := json.Unmarshal([]byte(p.admin("audit", "list", "-o", "json")), &page); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Records {
+			if r.Kind == "decision.deny" && r.Actor == scOrdersID && r.Subject == scFrontendID {
+				return true
+			}
+		}
+		return false
 	})
 
 	// A policy change reaches both sidecars, each acknowledges it, and the
