@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -127,9 +129,19 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	verifier := authn.NewVerifier(authn.Options{Logger: r.log})
+	// jwksUri fetches trust the system roots and, in join mode, the
+	// server's current bundle, so a RequestAuthentication naming our own
+	// issuer works without extra configuration.
+	var joined atomic.Pointer[agent.Node]
+	verifier := authn.NewVerifier(authn.Options{Logger: r.log, HTTPClient: jwksClient(func() []*x509.Certificate {
+		if n := joined.Load(); n != nil {
+			return nodeCerts(n)
+		}
+		return nil
+	})})
 	defer verifier.Close()
 	verifier.Start(ctx)
+	reg.MustRegister(authn.NewCollector(verifier))
 
 	pc := proxy.Config{
 		Namespace:        cfg.Namespace,
@@ -190,6 +202,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			return err
 		}
 		node, nodeID = n, ni
+		joined.Store(n)
 		defer node.Close()
 		pc.Identity = nodeID
 		audit := &proxy.ServerAudit{
@@ -367,16 +380,55 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 
 // nodeRoots is the pool that verifies the server: the trust domain's
 // current bundle.
+// jwksClient is the HTTP client for JWKS and OIDC discovery fetches. Each
+// TLS connection verifies the server against the system roots plus, when
+// extra returns any, the moatless trust bundle in force at that moment
+// (it rotates; a static pool would go stale).
+func jwksClient(extra func() []*x509.Certificate) *http.Client {
+	system, err := x509.SystemCertPool()
+	if err != nil || system == nil {
+		system = x509.NewCertPool()
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		roots := system
+		if certs := extra(); len(certs) > 0 {
+			roots = system.Clone()
+			for _, c := range certs {
+				roots.AddCert(c)
+			}
+		}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}}
+		return d.DialContext(ctx, network, addr)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Proxy: http.ProxyFromEnvironment, DialTLSContext: dial, TLSHandshakeTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
+	}}
+}
+
 func nodeRoots(n *agent.Node) *x509.CertPool {
 	p := x509.NewCertPool()
+	for _, c := range nodeCerts(n) {
+		p.AddCert(c)
+	}
+	return p
+}
+
+// nodeCerts are the X.509 authorities of the bundle the node holds now.
+func nodeCerts(n *agent.Node) []*x509.Certificate {
+	var certs []*x509.Certificate
 	if b := n.Bundle(); b != nil {
 		for _, der := range b.X509Authorities {
 			if c, err := x509.ParseCertificate(der); err == nil {
-				p.AddCert(c)
+				certs = append(certs, c)
 			}
 		}
 	}
-	return p
+	return certs
 }
 
 // cpuProfile writes a CPU profile of ?seconds=N (default 10, at most 60).

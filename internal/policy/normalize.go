@@ -232,3 +232,21 @@ func isUnreserved(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
+
+// NormalizeForForward is NormalizePath for a proxy's request path: it
+// reports changed=false, without allocating, when path (query and fragment
+// aside) is already in normal form, so the proxy forwards it untouched;
+// otherwise it returns the normalized path, which the proxy forwards in
+// place of the original so that what was authorized is what is served.
+// Errors wrap ErrInvalidPath: answer 400.
+func NormalizeForForward(path string, mode PathNormalization) (normalized string, changed bool, err error) {
+	var buf [maxPathBuffer]byte
+	s, err := normalizePath(buf[:0], path, mode)
+	if err != nil {
+		return "", false, err
+	}
+	if len(s) <= len(path) && path[:len(s)] == s && (len(s) == len(path) || path[len(s)] == '?' || path[len(s)] == '#') {
+		return "", false, nil
+	}
+	return strings.Clone(s), true, nil
+}

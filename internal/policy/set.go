@@ -245,6 +245,15 @@ func (s *Set) Version() uint64 {
 // RootNamespace is the root namespace in force.
 func (s *Set) RootNamespace() string { return s.root }
 
+// PathNormalization is the mode paths are normalized with before matching;
+// a proxy forwards paths normalized the same way.
+func (s *Set) PathNormalization() PathNormalization {
+	if s == nil {
+		return NormalizeBase
+	}
+	return s.opts.PathNormalization
+}
+
 // Documents are the documents the Set was compiled from. Read only.
 func (s *Set) Documents() []Document { return s.docs }
 

@@ -44,20 +44,23 @@ func reasonOf(d policy.Decision, loaded bool) Reason {
 // DecisionEvent is one logged decision. Path never includes the query
 // string: tokens may travel there (RequestAuthentication fromParams).
 type DecisionEvent struct {
-	Time          time.Time `json:"time"`
-	Listener      string    `json:"listener"`
-	Source        string    `json:"source"` // SPIFFE ID, "" for plaintext
-	SourceIP      string    `json:"source_ip"`
-	Destination   string    `json:"destination"` // "namespace:port"
-	Protocol      string    `json:"protocol"`
-	Method        string    `json:"method,omitempty"`
-	Path          string    `json:"path,omitempty"`
-	Decision      string    `json:"decision"` // allow, deny, unauthenticated
-	Policy        string    `json:"policy,omitempty"`
-	Rule          int       `json:"rule"`
-	Reason        string    `json:"reason"`
-	ReasonCode    Reason    `json:"reason_code"`
-	PolicyVersion uint64    `json:"policy_version"`
+	Time        time.Time `json:"time"`
+	Listener    string    `json:"listener"`
+	Source      string    `json:"source"` // SPIFFE ID, "" for plaintext
+	SourceIP    string    `json:"source_ip"`
+	Destination string    `json:"destination"` // "namespace:port"
+	Protocol    string    `json:"protocol"`
+	Method      string    `json:"method,omitempty"`
+	// RequestID is the caller's x-request-id, when it sent one, so a
+	// request can be followed across hops.
+	RequestID     string `json:"request_id,omitempty"`
+	Path          string `json:"path,omitempty"`
+	Decision      string `json:"decision"` // allow, deny, unauthenticated
+	Policy        string `json:"policy,omitempty"`
+	Rule          int    `json:"rule"`
+	Reason        string `json:"reason"`
+	ReasonCode    Reason `json:"reason_code"`
+	PolicyVersion uint64 `json:"policy_version"`
 	// AuditPolicy names the AUDIT policy that matched, if any.
 	AuditPolicy string `json:"audit_policy,omitempty"`
 }
@@ -111,6 +114,7 @@ func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol
 		slog.String("protocol", ev.Protocol),
 		slog.String("method", ev.Method),
 		slog.String("path", ev.Path),
+		slog.String("request_id", ev.RequestID),
 		slog.String("decision", ev.Decision),
 		slog.String("policy", ev.Policy),
 		slog.Int("rule", ev.Rule),

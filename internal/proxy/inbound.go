@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -419,6 +420,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		if r != nil {
 			ev.Method = r.Method
 			ev.Path = r.URL.Path
+			ev.RequestID = r.Header.Get("X-Request-Id")
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
@@ -428,6 +430,12 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 	if dec.Audit {
 		ib.s.dec.audited(ctx, dec, fill)
 	}
+}
+
+// pathNormalizer is an optional capability of an Authorizer (the policy
+// engine's *Set has it): how paths are normalized before matching.
+type pathNormalizer interface {
+	PathNormalization() policy.PathNormalization
 }
 
 var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
@@ -443,8 +451,27 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h := r.Header
 	delete(h, xfccHeader)
+	// Headers RequestAuthentication writes for the app are the sidecar's
+	// alone: a caller's copy is dropped whether or not it sends a token.
+	for _, k := range s.outputHeaders(ib.name) {
+		delete(h, k)
+	}
 
 	authz, version := s.authorizer()
+	// The app is served the path policy matched: normalized as the policy
+	// set says (Istio's meshConfig.pathNormalization), and a path Istio
+	// refuses outright is a 400, not a policy decision.
+	mode := policy.NormalizeBase
+	if pn, ok := authz.(pathNormalizer); ok {
+		mode = pn.PathNormalization()
+	}
+	normPath, pathChanged, perr := policy.NormalizeForForward(r.RequestURI, mode)
+	if perr != nil || r.URL.Opaque != "" {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, "Bad Request")
+		return
+	}
 	req := reqPool.Get().(*policy.Request)
 	*req = policy.Request{
 		Protocol:    policy.HTTP,
@@ -510,6 +537,11 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				cancel()
 			}
 			r = r.WithContext(ctx)
+		}
+	}
+	if pathChanged {
+		if p, err := url.PathUnescape(normPath); err == nil {
+			r.URL.Path, r.URL.RawPath = p, normPath
 		}
 	}
 	if info.xfcc != nil {

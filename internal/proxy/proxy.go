@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -224,6 +226,12 @@ type Sidecar struct {
 type policyState struct {
 	version uint64
 	authz   Authorizer
+	// strip lists, per inbound listener name, the headers that
+	// RequestAuthentication writes for the app (outputPayloadToHeader,
+	// outputClaimToHeaders). They are removed from every inbound request
+	// before evaluation, so a caller cannot forge them on a request that
+	// carries no token: the app may only trust what the sidecar wrote.
+	strip map[string][]string
 }
 
 // New checks cfg and builds a Sidecar. It binds nothing: Serve does.
@@ -541,7 +549,18 @@ func (s *Sidecar) SetAuthorizerContext(ctx context.Context, version uint64, a Au
 			cancel()
 		}
 	}
-	s.policy.Store(&policyState{version: version, authz: a})
+	st := &policyState{version: version, authz: a}
+	if rs, ok := a.(JWTRuleSource); ok {
+		st.strip = map[string][]string{}
+		for _, ib := range s.inbound {
+			var hs []string
+			for _, h := range authn.OutputHeaders(rs.JWTRules(ib.destination(netip.Addr{}))) {
+				hs = append(hs, http.CanonicalHeaderKey(h))
+			}
+			st.strip[ib.name] = hs
+		}
+	}
+	s.policy.Store(st)
 	s.metrics.policyVersion.Set(float64(version))
 }
 
@@ -625,6 +644,12 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request
 func (s *Sidecar) authorizer() (Authorizer, uint64) {
 	p := s.policy.Load()
 	return p.authz, p.version
+}
+
+// outputHeaders is the list of RequestAuthentication output headers to
+// strip from requests on inbound listener name.
+func (s *Sidecar) outputHeaders(name string) []string {
+	return s.policy.Load().strip[name]
 }
 
 // portOf returns the port number of "host:port", 0 if none.
