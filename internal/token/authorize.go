@@ -434,6 +434,16 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		s.errorPage(w, http.StatusBadRequest, errTxInvalid.Error())
 		return
 	}
+	if u.TOTPEnabled {
+		// The form was served before the user enrolled (at another login
+		// or by an admin). Enrolling now would replace the user's second
+		// factor with a key chosen by whoever holds this form, on the
+		// strength of the password alone.
+		s.audit(ctx, AuditEvent{Type: "oauth.mfa.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Reason: "already_enrolled",
+			Details: map[string]string{"method": "enroll"}})
+		s.errorPage(w, http.StatusBadRequest, "two-factor authentication is already set up for this account; start again from the application")
+		return
+	}
 	key := s.throttleKey(u.Name)
 	if s.throttled(ctx, w, tx, key, ip) {
 		return

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -229,4 +230,71 @@ func TestLoginThrottlingSharedByReplicas(t *testing.T) {
 			t.Fatalf("the other replica let a locked-out user in: %d", rec.Code)
 		}
 	})
+}
+
+// An enrolment form captured before the user enrolled must not replace
+// the second factor the user has since set up: whoever holds only the
+// password could otherwise swap in their own TOTP key (and get fresh
+// recovery codes) and pass every later MFA check. Enrolment at login is
+// for users who have no second factor yet.
+func TestStaleEnrolmentCannotReplaceMFA(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.webClient()
+		cases := []struct {
+			name string
+			// enrol enrols the user by another way while the attacker's
+			// enrolment form is pending, and returns the user's key.
+			enrol func(t *testing.T, user, pw string) string
+		}{
+			{"user_enrolled_by_admin", func(t *testing.T, user, _ string) string {
+				secret, _ := h.enrollTOTP(user)
+				return secret
+			}},
+			{"user_enrolled_at_another_login", func(t *testing.T, user, pw string) string {
+				c, p, secret := h.enrolmentPage(user, pw)
+				p = h.submit(c, p, url.Values{"code": {h.totpCode(secret, 0)}})
+				if p.status != http.StatusOK || strings.Count(p.body, "<li>") != token.RecoveryCodes {
+					t.Fatalf("legitimate enrolment: %d %s", p.status, p.body)
+				}
+				h.clock.Advance(60 * time.Second)
+				return secret
+			}},
+		}
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				user, pw := "mia"+strconv.Itoa(i), "mia's password!"
+				h.createUser(user, pw, token.UserSpec{RequireMFA: true})
+				c, stale, attackerKey := h.enrolmentPage(user, pw)
+				userKey := tc.enrol(t, user, pw)
+
+				if got := h.submit(c, stale, url.Values{"code": {h.totpCode(attackerKey, 0)}}); got.status != http.StatusBadRequest || strings.Contains(got.body, "<li>") {
+					t.Fatalf("stale enrolment form: status %d, want 400 without recovery codes: %s", got.status, got.body)
+				}
+				h.clock.Advance(60 * time.Second)
+				if p := h.loginTOTP(user, pw, url.Values{"code": {h.totpCode(attackerKey, 0)}}); p.status != http.StatusUnauthorized {
+					t.Fatalf("attacker's key after the refused enrolment: %d, want 401", p.status)
+				}
+				h.clock.Advance(60 * time.Second)
+				if p := h.loginTOTP(user, pw, url.Values{"code": {h.totpCode(userKey, 0)}}); p.status != http.StatusSeeOther {
+					t.Fatalf("user's own key after the refused enrolment: %d, want 303", p.status)
+				}
+			})
+		}
+	})
+}
+
+// enrolmentPage logs in with a password for a user who must enrol TOTP and
+// returns the browser, the enrolment page and the key it offers.
+func (h *harness) enrolmentPage(user, pw string) (*http.Client, page, string) {
+	h.t.Helper()
+	_, ch := pkce("e")
+	c := h.tlsClient(nil)
+	p := h.get(c, h.authorizeURL("web", appCallback, "openid", "s", "", ch))
+	p = h.submit(c, p, url.Values{"username": {user}, "password": {pw}})
+	i := strings.Index(p.body, "Key: <code>")
+	if p.status != http.StatusOK || i < 0 {
+		h.t.Fatalf("enrolment page: %d %s", p.status, p.body)
+	}
+	return c, p, p.body[i+len("Key: <code>") : i+len("Key: <code>")+32]
 }
