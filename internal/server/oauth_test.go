@@ -17,6 +17,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/token"
@@ -201,6 +202,42 @@ func BenchmarkTokenIssuanceThroughServer(b *testing.B) {
 			})
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+		})
+	}
+}
+
+// TestAdminRefusalFloodIsBoundedOnEveryAdminAPI: an anonymous caller
+// guessing admin tokens gets its refusals audited only up to the
+// refusal bound, on the built-in admin API and on the token service's
+// admin API alike; past the bound it gets 429 and no audit record each.
+// Without the bound on the token service's admin API, every guess was an
+// fsynced audit write: a free way to flood the audit log and the disk.
+func TestAdminRefusalFloodIsBoundedOnEveryAdminAPI(t *testing.T) {
+	cases := []struct {
+		name, method, path string
+	}{
+		{"builtin_admin_api", "GET", server.PathAdminEntries},
+		{"oauth_admin_api", "GET", "/v1/admin/oauth/clients"},
+		{"oauth_admin_api_write", "POST", "/v1/admin/oauth/clients"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, "")
+			c := e.client(nil)
+			before, _ := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+			codes := map[int]int{}
+			for i := 0; i < 230; i++ {
+				st, _ := e.do(c, tc.method, tc.path, "mla_guess", nil)
+				codes[st]++
+			}
+			if codes[401] != 200 || codes[429] != 30 {
+				t.Fatalf("status counts %v, want 200 refusals then 30 rate-limited", codes)
+			}
+			recs, _ := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+			if got := len(recs) - len(before); got != 200 {
+				t.Fatalf("%d refusals audited, want 200", got)
+			}
+			e.admin("GET", "/v1/admin/oauth/clients", nil, nil) // the admin is not locked out
 		})
 	}
 }
