@@ -177,10 +177,10 @@ func runCAIssueAdmin(ctx context.Context, e *Env, args []string) int {
 		{"bundle.pem", []byte(resp.BundlePEM), 0o644},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(*out, f.name), f.b, f.mode); err != nil {
-			return e.errorf(ExitFailure, "ca issue-admin: %v", err)
-		}
-		if err := os.Chmod(filepath.Join(*out, f.name), f.mode); err != nil {
+		// A new file with its mode set before the key is written, renamed
+		// over whatever is there: never an existing file's looser mode,
+		// never through a link planted at that name.
+		if err := writeAtomic(filepath.Join(*out, f.name), f.b, f.mode); err != nil {
 			return e.errorf(ExitFailure, "ca issue-admin: %v", err)
 		}
 	}

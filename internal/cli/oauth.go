@@ -503,7 +503,8 @@ func runOAuthUserMFAEnroll(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if *qr != "" {
-		if err := os.WriteFile(*qr, out.QRPNG, 0o600); err != nil {
+		// The QR code is the TOTP key: 0600 even over an existing file.
+		if err := writeAtomic(*qr, out.QRPNG, 0o600); err != nil {
 			return e.errorf(ExitFailure, "oauth user mfa-enroll: write QR code: %v", err)
 		}
 	}
