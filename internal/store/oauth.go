@@ -569,6 +569,66 @@ func (o *OAuth) RevokeGrant(ctx context.Context, grantID string, at time.Time) (
 	return out, err
 }
 
+// RevokeUserGrants ends every session of the user in one transaction:
+// their unrevoked grants and refresh tokens are marked revoked, their
+// unredeemed authorization codes are deleted (a code issued a moment
+// before cannot start a new session), and the unexpired access token IDs
+// recorded under any of their grants go on the revoked list. It returns
+// how many grants it revoked and the token IDs it newly listed.
+func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Time) (int, []token.RevokedToken, error) {
+	var (
+		grants int
+		out    []token.RevokedToken
+	)
+	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+		grants, out = 0, nil
+		res, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE user_id = $2 AND revoked_at = 0", unix(at), userID)
+		if err != nil {
+			return oerr("revoke user grants", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return oerr("revoke user grants", err)
+		}
+		grants = int(n)
+		if _, err := tx.ExecContext(ctx, `UPDATE oauth_refresh_tokens SET revoked_at = $1
+			WHERE revoked_at = 0 AND grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $2)`, unix(at), userID); err != nil {
+			return oerr("revoke user grants", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE user_id = $1 AND used_at = 0", userID); err != nil {
+			return oerr("revoke user grants", err)
+		}
+		// Tokens of grants revoked earlier are listed already; ON
+		// CONFLICT leaves them out of what RETURNING reports as new.
+		rows, err := tx.QueryContext(ctx, `INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at)
+			SELECT t.jti, t.expires_at, $1 FROM oauth_grant_tokens t JOIN oauth_grants g ON g.id = t.grant_id
+			WHERE g.user_id = $2 AND t.expires_at > $1
+			ON CONFLICT DO NOTHING RETURNING jti, expires_at`, unix(at), userID)
+		if err != nil {
+			return oerr("revoke user grants", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				jti string
+				exp int64
+			)
+			if err := rows.Scan(&jti, &exp); err != nil {
+				return oerr("revoke user grants", err)
+			}
+			out = append(out, token.RevokedToken{JTI: jti, ExpiresAt: fromUnix(exp)})
+		}
+		if err := rows.Err(); err != nil {
+			return oerr("revoke user grants", err)
+		}
+		return rows.Close()
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return grants, out, nil
+}
+
 // ---- authorization codes
 
 func (o *OAuth) AddCode(ctx context.Context, c *token.AuthCode) error {

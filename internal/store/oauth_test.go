@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -281,6 +282,125 @@ func TestOAuthLoginThrottle(t *testing.T) {
 		db.SQL().QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_login_throttle").Scan(&rows)
 		if rows != 0 {
 			t.Fatalf("prune kept %d idle counters", rows)
+		}
+	})
+}
+
+// Ending a user's sessions revokes exactly that user's grants, refresh
+// tokens, unredeemed codes and unexpired access token IDs, in one go,
+// and reports only the IDs it newly revoked.
+func TestOAuthRevokeUserGrants(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		grant := func(id, user string) {
+			must(o.AddGrant(ctx, &token.Grant{ID: id, ClientID: "c", UserID: user, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+		}
+		code := func(hash, grantID, user string) {
+			must(o.AddCode(ctx, &token.AuthCode{Hash: []byte(hash), GrantID: grantID, ClientID: "c", UserID: user, RedirectURI: "https://app/cb",
+				CreatedAt: now, ExpiresAt: now.Add(time.Minute)}))
+		}
+		refresh := func(hash, grantID string) {
+			must(o.AddRefreshToken(ctx, &token.RefreshToken{Hash: []byte(hash), GrantID: grantID, ClientID: "c", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+		}
+		// alice: two live grants, one revoked earlier, a redeemed code
+		// (kept for reuse detection) and an unredeemed one.
+		grant("a1", "alice")
+		grant("a2", "alice")
+		grant("a-old", "alice")
+		refresh("ra1", "a1")
+		refresh("ra2", "a2")
+		must(o.RecordTokenID(ctx, "a1", "jti-a1", now.Add(10*time.Minute)))
+		must(o.RecordTokenID(ctx, "a2", "jti-a2", now.Add(5*time.Minute)))
+		must(o.RecordTokenID(ctx, "a1", "jti-a1-expired", now.Add(-time.Minute)))
+		must(o.RecordTokenID(ctx, "a-old", "jti-old", now.Add(10*time.Minute)))
+		if _, err := o.RevokeGrant(ctx, "a-old", now); err != nil {
+			t.Fatal(err)
+		}
+		code("ca-used", "a1", "alice")
+		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), now); err != nil {
+			t.Fatal(err)
+		}
+		code("ca-fresh", "a2", "alice")
+		// bob must not be touched.
+		grant("b1", "bob")
+		refresh("rb1", "b1")
+		must(o.RecordTokenID(ctx, "b1", "jti-b1", now.Add(10*time.Minute)))
+		code("cb-fresh", "b1", "bob")
+
+		later := now.Add(time.Second)
+		n, toks, err := o.RevokeUserGrants(ctx, "alice", later)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var jtis []string
+		for _, tk := range toks {
+			jtis = append(jtis, tk.JTI)
+		}
+		slices.Sort(jtis)
+		if n != 2 || !slices.Equal(jtis, []string{"jti-a1", "jti-a2"}) {
+			t.Fatalf("revoked %d grants, tokens %v; want 2 and [jti-a1 jti-a2]", n, jtis)
+		}
+		for _, tk := range toks {
+			if tk.JTI == "jti-a1" && !tk.ExpiresAt.Equal(now.Add(10*time.Minute)) {
+				t.Fatalf("jti-a1 expiry %v", tk.ExpiresAt)
+			}
+		}
+		for _, id := range []string{"a1", "a2"} {
+			if g, _ := o.Grant(ctx, id); !g.RevokedAt.Equal(later) {
+				t.Errorf("grant %s revoked at %v", id, g.RevokedAt)
+			}
+		}
+		if g, _ := o.Grant(ctx, "a-old"); !g.RevokedAt.Equal(now) {
+			t.Errorf("earlier revocation time overwritten: %v", g.RevokedAt)
+		}
+		for _, h := range []string{"ra1", "ra2"} {
+			if rt, _ := o.RefreshToken(ctx, []byte(h)); rt.RevokedAt.IsZero() {
+				t.Errorf("refresh token %s not revoked", h)
+			}
+			if err := o.RotateRefreshToken(ctx, []byte(h), &token.RefreshToken{Hash: []byte("n" + h), GrantID: "a1", ClientID: "c", CreatedAt: later, ExpiresAt: now.Add(time.Hour)}, later); !errors.Is(err, token.ErrReused) {
+				t.Errorf("rotating revoked %s: %v", h, err)
+			}
+		}
+		for _, j := range []string{"jti-a1", "jti-a2", "jti-old"} {
+			if ok, _ := o.TokenIDRevoked(ctx, j); !ok {
+				t.Errorf("%s not on the revoked list", j)
+			}
+		}
+		if ok, _ := o.TokenIDRevoked(ctx, "jti-a1-expired"); ok {
+			t.Error("an expired token ID was listed")
+		}
+		if _, err := o.ConsumeCode(ctx, []byte("ca-fresh"), later); !errors.Is(err, token.ErrNotFound) {
+			t.Errorf("unredeemed code of the user still redeemable: %v", err)
+		}
+		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), later); !errors.Is(err, token.ErrReused) {
+			t.Errorf("redeemed code no longer detects reuse: %v", err)
+		}
+		// bob is untouched.
+		if g, _ := o.Grant(ctx, "b1"); !g.RevokedAt.IsZero() {
+			t.Error("another user's grant revoked")
+		}
+		if rt, _ := o.RefreshToken(ctx, []byte("rb1")); !rt.RevokedAt.IsZero() {
+			t.Error("another user's refresh token revoked")
+		}
+		if ok, _ := o.TokenIDRevoked(ctx, "jti-b1"); ok {
+			t.Error("another user's access token revoked")
+		}
+		if _, err := o.ConsumeCode(ctx, []byte("cb-fresh"), later); err != nil {
+			t.Errorf("another user's code: %v", err)
+		}
+		// Again: nothing new; unknown user: nothing at all.
+		for _, user := range []string{"alice", "nobody"} {
+			if n, toks, err := o.RevokeUserGrants(ctx, user, later); err != nil || n != 0 || len(toks) != 0 {
+				t.Errorf("%s: %d %v %v", user, n, toks, err)
+			}
 		}
 	})
 }

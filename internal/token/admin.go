@@ -33,11 +33,11 @@ import (
 //	GET    users                        list users
 //	POST   users                        create
 //	GET    users/{name}                 show
-//	DELETE users/{name}                 delete
-//	POST   users/{name}/password        set password {"password": …}
+//	DELETE users/{name}                 delete (ends the user's sessions first)
+//	POST   users/{name}/password        set password {"password": …}; ends the user's sessions
 //	POST   users/{name}/mfa             start TOTP enrolment → otpauth URI, key, QR PNG
 //	POST   users/{name}/mfa/confirm     {"code": …} → recovery codes (shown once)
-//	DELETE users/{name}/mfa             reset MFA (key and recovery codes)
+//	DELETE users/{name}/mfa             reset MFA (key and recovery codes); ends the user's sessions
 //	POST   tokens/revoke                {"token": …} or {"jti": …, "expires_at": …}
 //	POST   tokens/introspect            {"token": …}
 //	GET    tokens/revoked               revoked access token IDs
@@ -501,13 +501,53 @@ func (s *Service) adminGetUser(w http.ResponseWriter, r *http.Request) {
 	}{u, left})
 }
 
+// endSessions ends every session of the user: all their grants and
+// refresh token families are revoked and their unredeemed codes dropped
+// in one store transaction, and the access token IDs issued under them go
+// to OnRevoke, so sidecars refuse those tokens within a second instead of
+// until they expire. An admin resets a password or second factor, or
+// deletes a user, because someone else may hold them; sessions opened
+// with them must not outlive that (refresh families last up to
+// RefreshFamilyTTL). Audited as oauth.user.sessions_revoked with the
+// action in Details["action"].
+func (s *Service) endSessions(ctx context.Context, userID, because string) error {
+	grants, toks, err := s.cfg.Store.RevokeUserGrants(ctx, userID, s.now())
+	if err != nil {
+		return err
+	}
+	s.revoked(ctx, toks)
+	s.audit(ctx, AuditEvent{Type: "oauth.user.sessions_revoked", Outcome: "success", Subject: userID,
+		Details: map[string]string{"action": because, "grants": itoa(grants), "revoked_tokens": itoa(len(toks))}})
+	return nil
+}
+
+// sessionsError answers an admin action that was done but whose
+// sessions could not be ended: repeating it is safe and finishes the job.
+func (s *Service) sessionsError(w http.ResponseWriter, what string, err error) {
+	s.log.Error("token: admin: end sessions", "what", what, "err", err)
+	adminError(w, http.StatusInternalServerError, "%s, but the user's sessions could not be ended; run the command again", what)
+}
+
+// adminDeleteUser ends the user's sessions first and then deletes them:
+// if the deletion fails the user keeps an account with no sessions,
+// never the other way round.
 func (s *Service) adminDeleteUser(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
 	name := r.PathValue("name")
-	if err := s.cfg.Store.DeleteUser(r.Context(), name); err != nil {
+	u, err := s.cfg.Store.User(ctx, name)
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}
-	s.audit(r.Context(), AuditEvent{Type: "oauth.user.deleted", Outcome: "success", Details: map[string]string{"username": name}})
+	if err := s.endSessions(ctx, u.ID, "user_deleted"); err != nil {
+		s.storeError(w, "user", err)
+		return
+	}
+	if err := s.cfg.Store.DeleteUser(ctx, name); err != nil {
+		s.storeError(w, "user", err)
+		return
+	}
+	s.audit(ctx, AuditEvent{Type: "oauth.user.deleted", Outcome: "success", Subject: u.ID, Details: map[string]string{"username": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -544,6 +584,12 @@ func (s *Service) adminSetPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit(ctx, AuditEvent{Type: "oauth.user.password_set", Outcome: "success", Subject: u.ID})
+	// After the new password is stored, so a login with the old one
+	// cannot slip in between and keep its session.
+	if err := s.endSessions(ctx, u.ID, "password_set"); err != nil {
+		s.sessionsError(w, "the password was set", err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -651,6 +697,10 @@ func (s *Service) adminResetMFA(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.mfa.WithLabelValues("reset").Inc()
 	s.audit(ctx, AuditEvent{Type: "oauth.mfa.reset", Outcome: "success", Subject: u.ID})
+	if err := s.endSessions(ctx, u.ID, "mfa_reset"); err != nil {
+		s.sessionsError(w, "MFA was reset", err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -164,3 +164,80 @@ func TestNoGrantWithoutAudit(t *testing.T) {
 		h.ccToken("svc", cl.Secret)
 	})
 }
+
+// Resetting a user's password or second factor, or deleting the user,
+// ends every session the user has: refresh families, access tokens
+// (pushed to OnRevoke for the sidecars) and codes not yet redeemed.
+// Another user's sessions stay.
+func TestAdminUserActionsEndSessions(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, path string
+		body               any
+	}{
+		{"password_set", "POST", "users/alice/password", map[string]string{"password": "a new long password"}},
+		{"mfa_reset", "DELETE", "users/alice/mfa", nil},
+		{"user_deleted", "DELETE", "users/alice", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Each(t, func(t *testing.T, db *store.DB) {
+				h := newHarness(t, db)
+				web := h.webClient()
+				alice := h.createUser("alice", "alice's password", token.UserSpec{})
+				h.createUser("bob", "bob's password!", token.UserSpec{})
+				v, ch := pkce("s")
+				login := func(user, pw string) map[string]any {
+					t.Helper()
+					code := h.loginForCode("web", appCallback, "openid", user, pw, ch)
+					status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code},
+						"redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret)
+					if status != 200 {
+						t.Fatalf("redeem: %d %v", status, body)
+					}
+					return body
+				}
+				first, second, bobs := login("alice", "alice's password"), login("alice", "alice's password"), login("bob", "bob's password!")
+				pending := h.loginForCode("web", appCallback, "openid", "alice", "alice's password", ch)
+
+				if code := h.admin(tc.method, tc.path, tc.body, nil); code != 204 {
+					t.Fatalf("%s %s: %d", tc.method, tc.path, code)
+				}
+
+				for i, tk := range []map[string]any{first, second} {
+					at := tk["access_token"].(string)
+					if h.active(at) {
+						t.Errorf("session %d: access token still active", i)
+					}
+					if !h.wasRevoked(claims(t, at)["jti"].(string)) {
+						t.Errorf("session %d: access token ID not pushed to OnRevoke", i)
+					}
+					if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tk["refresh_token"].(string)}},
+						"web", web.Secret); status != 400 || body["error"] != "invalid_grant" {
+						t.Errorf("session %d: refresh after %s: %d %v", i, tc.name, status, body["error"])
+					}
+				}
+				if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {pending},
+					"redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret); status != 400 || body["error"] != "invalid_grant" {
+					t.Errorf("code issued before %s redeemed: %d %v", tc.name, status, body["error"])
+				}
+				if !h.active(bobs["access_token"].(string)) {
+					t.Error("another user's access token was revoked")
+				}
+				if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {bobs["refresh_token"].(string)}},
+					"web", web.Secret); status != 200 {
+					t.Errorf("another user's refresh token: %d %v", status, body["error"])
+				}
+				var ev *token.AuditEvent
+				h.mu.Lock()
+				for i := range h.audits {
+					if h.audits[i].Type == "oauth.user.sessions_revoked" {
+						ev = &h.audits[i]
+					}
+				}
+				h.mu.Unlock()
+				if ev == nil || ev.Subject != alice.ID || ev.Details["action"] != tc.name || ev.Details["grants"] != "3" || ev.Details["revoked_tokens"] != "2" {
+					t.Fatalf("audit record: %+v", ev)
+				}
+			})
+		})
+	}
+}

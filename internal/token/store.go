@@ -96,6 +96,14 @@ type Store interface {
 	// list. It returns the token IDs it newly revoked (for OnRevoke).
 	// Revoking a revoked grant returns none and no error.
 	RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]RevokedToken, error)
+	// RevokeUserGrants ends every session of a user atomically (one
+	// transaction): it revokes all their grants and refresh tokens,
+	// deletes their unredeemed authorization codes, and adds the
+	// unexpired access token IDs issued under their grants to the revoked
+	// list. It returns the number of grants it revoked and the token IDs
+	// it newly revoked (for OnRevoke). A user with no sessions, or an
+	// unknown user ID, gets 0, none and no error.
+	RevokeUserGrants(ctx context.Context, userID string, at time.Time) (int, []RevokedToken, error)
 
 	// AddCode stores an authorization code (by hash).
 	AddCode(ctx context.Context, c *AuthCode) error
