@@ -642,8 +642,12 @@ func (o *OAuth) AddCode(ctx context.Context, c *token.AuthCode) error {
 	return nil
 }
 
-func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, at time.Time) (*token.AuthCode, error) {
-	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at = 0", unix(at), hash)
+func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, want token.CodeRedemption, at time.Time) (*token.AuthCode, error) {
+	// The checks are part of the one statement that consumes the code:
+	// a presentation that does not match changes nothing.
+	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_codes SET used_at = $1
+		WHERE code_hash = $2 AND used_at = 0 AND client_id = $3 AND redirect_uri = $4 AND challenge = $5`,
+		unix(at), hash, want.ClientID, want.RedirectURI, want.Challenge)
 	if err != nil {
 		return nil, oerr("consume code", err)
 	}
@@ -674,10 +678,16 @@ func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, at time.Time) (*to
 		}
 	}
 	c.AuthTime, c.CreatedAt, c.ExpiresAt, c.UsedAt = fromUnix(authAt), fromUnix(cr), fromUnix(exp), fromUnix(use)
-	if !fresh {
+	switch {
+	case fresh:
+		return &c, nil
+	case c.ClientID != want.ClientID || c.RedirectURI != want.RedirectURI || c.Challenge != want.Challenge:
+		return &c, &kindError{"store: oauth authorization code presented with another client, redirect URI or verifier", []error{token.ErrMismatch}}
+	default:
+		// It matches, so the update missed it because it was used (by
+		// an earlier or a concurrent redemption): reuse.
 		return &c, oauthReused("authorization code")
 	}
-	return &c, nil
 }
 
 // ---- refresh tokens

@@ -129,15 +129,16 @@ func TestOAuthCodesAndRefreshFamilies(t *testing.T) {
 		if err := o.AddCode(ctx, code); err != nil {
 			t.Fatal(err)
 		}
-		got, err := o.ConsumeCode(ctx, []byte("h"), now)
+		want := token.CodeRedemption{ClientID: "c", RedirectURI: "https://app/cb", Challenge: "ch"}
+		got, err := o.ConsumeCode(ctx, []byte("h"), want, now)
 		if err != nil || got.GrantID != "g1" || got.RedirectURI != "https://app/cb" || got.Scope[0] != "openid" {
 			t.Fatalf("%+v %v", got, err)
 		}
-		got, err = o.ConsumeCode(ctx, []byte("h"), now)
+		got, err = o.ConsumeCode(ctx, []byte("h"), want, now)
 		if !errors.Is(err, token.ErrReused) || got == nil || got.GrantID != "g1" {
 			t.Fatalf("reuse: %+v %v", got, err)
 		}
-		if _, err := o.ConsumeCode(ctx, []byte("unknown"), now); !errors.Is(err, token.ErrNotFound) {
+		if _, err := o.ConsumeCode(ctx, []byte("unknown"), want, now); !errors.Is(err, token.ErrNotFound) {
 			t.Fatalf("unknown: %v", err)
 		}
 
@@ -307,6 +308,7 @@ func TestOAuthRevokeUserGrants(t *testing.T) {
 			must(o.AddCode(ctx, &token.AuthCode{Hash: []byte(hash), GrantID: grantID, ClientID: "c", UserID: user, RedirectURI: "https://app/cb",
 				CreatedAt: now, ExpiresAt: now.Add(time.Minute)}))
 		}
+		codeFor := token.CodeRedemption{ClientID: "c", RedirectURI: "https://app/cb"}
 		refresh := func(hash, grantID string) {
 			must(o.AddRefreshToken(ctx, &token.RefreshToken{Hash: []byte(hash), GrantID: grantID, ClientID: "c", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
 		}
@@ -325,7 +327,7 @@ func TestOAuthRevokeUserGrants(t *testing.T) {
 			t.Fatal(err)
 		}
 		code("ca-used", "a1", "alice")
-		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), now); err != nil {
+		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), codeFor, now); err != nil {
 			t.Fatal(err)
 		}
 		code("ca-fresh", "a2", "alice")
@@ -377,10 +379,10 @@ func TestOAuthRevokeUserGrants(t *testing.T) {
 		if ok, _ := o.TokenIDRevoked(ctx, "jti-a1-expired"); ok {
 			t.Error("an expired token ID was listed")
 		}
-		if _, err := o.ConsumeCode(ctx, []byte("ca-fresh"), later); !errors.Is(err, token.ErrNotFound) {
+		if _, err := o.ConsumeCode(ctx, []byte("ca-fresh"), codeFor, later); !errors.Is(err, token.ErrNotFound) {
 			t.Errorf("unredeemed code of the user still redeemable: %v", err)
 		}
-		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), later); !errors.Is(err, token.ErrReused) {
+		if _, err := o.ConsumeCode(ctx, []byte("ca-used"), codeFor, later); !errors.Is(err, token.ErrReused) {
 			t.Errorf("redeemed code no longer detects reuse: %v", err)
 		}
 		// bob is untouched.
@@ -393,7 +395,7 @@ func TestOAuthRevokeUserGrants(t *testing.T) {
 		if ok, _ := o.TokenIDRevoked(ctx, "jti-b1"); ok {
 			t.Error("another user's access token revoked")
 		}
-		if _, err := o.ConsumeCode(ctx, []byte("cb-fresh"), later); err != nil {
+		if _, err := o.ConsumeCode(ctx, []byte("cb-fresh"), codeFor, later); err != nil {
 			t.Errorf("another user's code: %v", err)
 		}
 		// Again: nothing new; unknown user: nothing at all.
@@ -401,6 +403,60 @@ func TestOAuthRevokeUserGrants(t *testing.T) {
 			if n, toks, err := o.RevokeUserGrants(ctx, user, later); err != nil || n != 0 || len(toks) != 0 {
 				t.Errorf("%s: %d %v %v", user, n, toks, err)
 			}
+		}
+	})
+}
+
+// A code presented with another client, redirect URI or PKCE challenge
+// is neither consumed nor reported as reused, before or after its real
+// redemption; a matching second presentation is reuse.
+func TestOAuthConsumeCodeChecksBeforeConsuming(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		now := time.Unix(1_800_000_000, 0).UTC()
+		if err := o.AddCode(ctx, &token.AuthCode{Hash: []byte("h"), GrantID: "g", ClientID: "web", UserID: "u", RedirectURI: "https://app/cb",
+			Challenge: "good-challenge", CreatedAt: now, ExpiresAt: now.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		right := token.CodeRedemption{ClientID: "web", RedirectURI: "https://app/cb", Challenge: "good-challenge"}
+		mismatches := []struct {
+			name string
+			want token.CodeRedemption
+		}{
+			{"another_client", token.CodeRedemption{ClientID: "evil", RedirectURI: right.RedirectURI, Challenge: right.Challenge}},
+			{"another_redirect_uri", token.CodeRedemption{ClientID: right.ClientID, RedirectURI: "https://evil/cb", Challenge: right.Challenge}},
+			{"another_challenge", token.CodeRedemption{ClientID: right.ClientID, RedirectURI: right.RedirectURI, Challenge: "guess"}},
+			{"empty", token.CodeRedemption{}},
+		}
+		used := func() int64 {
+			var v int64
+			if err := db.SQL().QueryRowContext(ctx, "SELECT used_at FROM oauth_codes WHERE code_hash = $1", []byte("h")).Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		for _, phase := range []string{"before_redemption", "after_redemption"} {
+			for _, tc := range mismatches {
+				t.Run(phase+"/"+tc.name, func(t *testing.T) {
+					before := used()
+					got, err := o.ConsumeCode(ctx, []byte("h"), tc.want, now)
+					if !errors.Is(err, token.ErrMismatch) || errors.Is(err, token.ErrReused) || got == nil || got.ClientID != "web" {
+						t.Fatalf("got %+v, %v; want the record and ErrMismatch only", got, err)
+					}
+					if after := used(); after != before {
+						t.Fatalf("a mismatching presentation changed used_at from %d to %d", before, after)
+					}
+				})
+			}
+			if phase == "before_redemption" {
+				if _, err := o.ConsumeCode(ctx, []byte("h"), right, now); err != nil {
+					t.Fatalf("the real redemption after mismatches: %v", err)
+				}
+			}
+		}
+		if _, err := o.ConsumeCode(ctx, []byte("h"), right, now); !errors.Is(err, token.ErrReused) {
+			t.Fatalf("matching second redemption: %v, want ErrReused", err)
 		}
 	})
 }

@@ -196,7 +196,7 @@ func TestAuthorizeRequestChecks(t *testing.T) {
 }
 
 // Token-time checks of the code: PKCE verifier, redirect URI, client,
-// expiry; each failed attempt burns the code.
+// expiry.
 func TestCodeRedemptionChecks(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		h := newHarness(t, db)
@@ -249,6 +249,66 @@ func TestCodeRedemptionChecks(t *testing.T) {
 					t.Fatalf("got %d %v, want %d %s", status, body, tc.status, tc.errCode)
 				}
 			})
+		}
+	})
+}
+
+// Someone who intercepted a code but does not have the client's
+// credentials, redirect URI and PKCE verifier cannot burn the code, and
+// their attempts (before or after the real redemption) never count as
+// reuse, which would revoke the real client's tokens. The client's own
+// second redemption still does (TestCodeReuseRevokesIssuedTokens).
+func TestCodeMismatchDoesNotBurnCode(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		web := h.webClient()
+		other := h.createClient(token.ClientRequest{Name: "other", ClientSpec: token.ClientSpec{
+			GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{appCallback, "https://app.example/other"}}})
+		h.createUser("gil", "gil's password!", token.UserSpec{})
+		v, ch := pkce("g")
+		code := h.loginForCode("web", appCallback, "openid", "gil", "gil's password!", ch)
+		form := func(kv ...string) url.Values {
+			f := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}
+			for i := 0; i < len(kv); i += 2 {
+				f.Set(kv[i], kv[i+1])
+			}
+			return f
+		}
+		attacks := []struct {
+			name       string
+			user, pass string
+			form       url.Values
+		}{
+			{"wrong_verifier", "web", web.Secret, form("code_verifier", strings.Repeat("x", 50))},
+			{"wrong_redirect_uri", "web", web.Secret, form("redirect_uri", "https://app.example/other")},
+			{"another_client", "other", other.Secret, form()},
+			{"another_client_wrong_verifier", "other", other.Secret, form("code_verifier", strings.Repeat("y", 43))},
+		}
+		try := func(phase string) {
+			for _, a := range attacks {
+				t.Run(phase+"/"+a.name, func(t *testing.T) {
+					if status, body := h.post(nil, "/oauth2/token", a.form, a.user, a.pass); status != 400 || body["error"] != "invalid_grant" {
+						t.Fatalf("got %d %v, want 400 invalid_grant", status, body["error"])
+					}
+				})
+			}
+		}
+		try("before_redemption")
+		status, body := h.post(nil, "/oauth2/token", form(), "web", web.Secret)
+		if status != 200 {
+			t.Fatalf("the real client's redemption after the attempts: %d %v", status, body["error"])
+		}
+		at := body["access_token"].(string)
+		try("after_redemption")
+		if !h.active(at) || h.wasRevoked(claims(t, at)["jti"].(string)) {
+			t.Fatal("mismatching attempts after the redemption revoked the client's token")
+		}
+		if status, rb := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {body["refresh_token"].(string)}},
+			"web", web.Secret); status != 200 {
+			t.Fatalf("refresh after mismatching attempts: %d %v", status, rb["error"])
+		}
+		if slices.Contains(h.auditTypes(), "oauth.code.reused") {
+			t.Fatal("a mismatching attempt was audited as code reuse")
 		}
 	})
 }

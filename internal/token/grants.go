@@ -378,10 +378,23 @@ func (s *Service) authorizationCode(ctx context.Context, c *authedClient, p para
 		return nil, oerr(errInvalidRequest, "code_verifier must be 43 to 128 unreserved characters (RFC 7636 §4.1)")
 	}
 	now := s.now()
-	ac, err := s.cfg.Store.ConsumeCode(ctx, hashSecret(code), now)
+	// The store consumes the code only if client, redirect_uri and
+	// verifier all match: someone who intercepted a code (but not the
+	// verifier) can neither burn it nor make the client's own redemption
+	// look like reuse, which would revoke the client's tokens.
+	ac, err := s.cfg.Store.ConsumeCode(ctx, hashSecret(code), CodeRedemption{ClientID: c.ID, RedirectURI: redirect, Challenge: s256(verifier)}, now)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil, oerr(errInvalidGrant, "unknown or expired authorization code")
+	case errors.Is(err, ErrMismatch):
+		switch {
+		case ac.ClientID != c.ID:
+			return nil, oerr(errInvalidGrant, "authorization code was issued to another client")
+		case redirect != ac.RedirectURI:
+			return nil, oerr(errInvalidGrant, "redirect_uri does not match the authorization request")
+		default:
+			return nil, oerr(errInvalidGrant, "code_verifier does not match the code_challenge")
+		}
 	case errors.Is(err, ErrReused):
 		// RFC 6749 §4.1.2: a code used twice revokes what it produced.
 		toks, rerr := s.cfg.Store.RevokeGrant(ctx, ac.GrantID, now)
@@ -395,17 +408,12 @@ func (s *Service) authorizationCode(ctx context.Context, c *authedClient, p para
 	case err != nil:
 		return nil, serverError(err)
 	}
-	if ac.ClientID != c.ID {
-		return nil, oerr(errInvalidGrant, "authorization code was issued to another client")
+	// Defence in depth: the store compared these already.
+	if ac.ClientID != c.ID || redirect != ac.RedirectURI || subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(ac.Challenge)) != 1 {
+		return nil, oerr(errInvalidGrant, "authorization code does not match this request")
 	}
 	if !now.Before(ac.ExpiresAt) {
 		return nil, oerr(errInvalidGrant, "authorization code expired")
-	}
-	if redirect != ac.RedirectURI {
-		return nil, oerr(errInvalidGrant, "redirect_uri does not match the authorization request")
-	}
-	if subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(ac.Challenge)) != 1 {
-		return nil, oerr(errInvalidGrant, "code_verifier does not match the code_challenge")
 	}
 	u, err := s.cfg.Store.UserByID(ctx, ac.UserID)
 	if errors.Is(err, ErrNotFound) {

@@ -18,6 +18,11 @@ var (
 	// token) was presented a second time. The store still returns the
 	// record so the caller can revoke what was issued from it.
 	ErrReused = errors.New("token: reused")
+	// ErrMismatch: an authorization code was presented by another
+	// client, or with another redirect URI or PKCE verifier than it was
+	// issued for. The store changed nothing and returns the record so
+	// the caller can say which part did not match.
+	ErrMismatch = errors.New("token: mismatch")
 )
 
 // Store is the persistence the token service needs. internal/store
@@ -107,10 +112,16 @@ type Store interface {
 
 	// AddCode stores an authorization code (by hash).
 	AddCode(ctx context.Context, c *AuthCode) error
-	// ConsumeCode marks the code used and returns it. ErrNotFound for an
-	// unknown code; a code used before comes back with ErrReused.
-	// Expiry is the caller's check.
-	ConsumeCode(ctx context.Context, hash []byte, at time.Time) (*AuthCode, error)
+	// ConsumeCode marks the code used and returns it, but only if want
+	// matches what the code was issued for (client, redirect URI, PKCE
+	// challenge), in one conditional statement. ErrNotFound for an
+	// unknown code; ErrMismatch when want does not match, whether or not
+	// the code was used (nothing changes, so someone who intercepted a
+	// code cannot burn it, nor make the real redemption look like
+	// reuse); ErrReused when it matches and the code was used before
+	// (RFC 6749 §4.1.2: the caller revokes its grant). Both come with the
+	// record. Expiry is the caller's check.
+	ConsumeCode(ctx context.Context, hash []byte, want CodeRedemption, at time.Time) (*AuthCode, error)
 
 	// AddRefreshToken stores a refresh token (by hash).
 	AddRefreshToken(ctx context.Context, t *RefreshToken) error
@@ -297,6 +308,17 @@ type AuthCode struct {
 	ExpiresAt     time.Time
 	UsedAt        time.Time
 	RequestedAuds []string // audience the client asked for; empty: default
+}
+
+// CodeRedemption is what a token request presents along with an
+// authorization code (RFC 6749 §4.1.3, RFC 7636 §4.6).
+type CodeRedemption struct {
+	ClientID    string // the authenticated client
+	RedirectURI string // the redirect_uri parameter
+	// Challenge is the S256 transform of the code_verifier parameter,
+	// compared with the code's code_challenge. The challenge travelled
+	// through the browser, so comparing it is not a secret comparison.
+	Challenge string
 }
 
 // RefreshToken is an issued refresh token, stored by hash.
