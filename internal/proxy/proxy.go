@@ -194,6 +194,19 @@ type Config struct {
 	// finish after its context ends (see Shutdown); default 5s.
 	DrainTimeout time.Duration
 
+	// KeepStartupPages turns off the release of the executable's pages
+	// once the sidecar serves. By default (Linux only), when Serve has its
+	// listeners up, the sidecar asks the kernel (madvise MADV_PAGEOUT) to
+	// reclaim the pages of the moatless executable that only this process
+	// maps. The one binary carries the server, store, CA and CLI too: the
+	// package initializers and the kernel's fault-around (64 KiB per page
+	// fault) leave about 17 MB of it resident, most of which a sidecar never
+	// runs again. Pages the request path needs fault back in once; pages
+	// shared with other processes (the agent, other sidecars) are left
+	// alone by the kernel. Done once per process; failures are logged at
+	// debug level and change nothing else.
+	KeepStartupPages bool
+
 	// Now is the clock for certificate checks and decision records;
 	// default time.Now.
 	Now func() time.Time
@@ -401,6 +414,9 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}()
 	}
 	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
+	if !s.cfg.KeepStartupPages {
+		go releaseStartupPagesOnce(s.log)
+	}
 
 	var err error
 	select {
