@@ -196,15 +196,16 @@ type Config struct {
 
 	// KeepStartupPages turns off the release of the executable's pages
 	// once the sidecar serves. By default (Linux only), when Serve has its
-	// listeners up, the sidecar asks the kernel (madvise MADV_PAGEOUT) to
-	// reclaim the pages of the moatless executable that only this process
-	// maps. The one binary carries the server, store, CA and CLI too: the
+	// listeners up, the sidecar unmaps from itself (madvise MADV_DONTNEED)
+	// the resident pages of the moatless executable's read-only mappings.
+	// The one binary carries the server, store, CA and CLI too: the
 	// package initializers and the kernel's fault-around (64 KiB per page
-	// fault) leave about 17 MB of it resident, most of which a sidecar never
-	// runs again. Pages the request path needs fault back in once; pages
-	// shared with other processes (the agent, other sidecars) are left
-	// alone by the kernel. Done once per process; failures are logged at
-	// debug level and change nothing else.
+	// fault) leave about 17 MB of it resident, most of which a sidecar
+	// never runs again. The pages stay in the page cache, shared with the
+	// agent and other sidecars; those the request path needs fault back in
+	// once, as minor faults. A mapping holding copy-on-write pages is
+	// skipped. Done once per process; a failure is logged at debug level
+	// and changes nothing else.
 	KeepStartupPages bool
 
 	// Now is the clock for certificate checks and decision records;
