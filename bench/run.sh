@@ -15,7 +15,9 @@
 # Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
 # connection and what the pair adds over direct; CPU seconds per 1,000
 # requests for each proxy of the pair (utime+stime from /proc during the
-# 32-connection run); peak RSS (VmHWM) of each proxy.
+# 32-connection run); RSS, private RSS and PSS at about 1,000 requests/s
+# and RSS after the 32-connection run. (Not VmHWM: the sidecar drops its
+# startup pages once serving, so the peak is the start, not the load.)
 #
 # Usage: bench/run.sh [-d SECONDS] [-o results.md]
 # Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
@@ -225,7 +227,6 @@ worker_of() { pgrep -P "$1" | head -1; }
 WPID_ngin=$(worker_of "$PID_ngin"); WPID_ngout=$(worker_of "$PID_ngout")
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
 to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
@@ -241,6 +242,10 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # RssAnon is the process's private memory; the rest of VmRSS is mostly
 # file-backed pages of the executable, shared by every process running it.
 anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
+# PSS divides each shared page among the processes mapping it: with several
+# sidecars and the agent on a host, it is what one sidecar costs.
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+mem() { awk -v k="$(rss "$1")" -v a="$(anon "$1")" -v p="$(pss "$1")" 'BEGIN {printf "%.1f (%.1f private, PSS %.1f)", k / 1024, a / 1024, p / 1024}'; }
 
 declare -A RPS P50 P99 CPU_A CPU_B RSS_A RSS_B LOW_RPS LOW_A LOW_B
 measure() { # setup port pidA pidB
@@ -250,8 +255,8 @@ measure() { # setup port pidA pidB
 		# RSS at ~1,000 req/s, before any heavier load.
 		out=$(wrk -t1 -c6 -d"${DUR}s" -s "$W/rate.lua" "http://127.0.0.1:$port/")
 		LOW_RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-		LOW_A[$name]=$(awk -v k="$(rss "$pa")" -v a="$(anon "$pa")" 'BEGIN {printf "%.1f (%.1f private)", k / 1024, a / 1024}')
-		LOW_B[$name]=$(awk -v k="$(rss "$pb")" -v a="$(anon "$pb")" 'BEGIN {printf "%.1f (%.1f private)", k / 1024, a / 1024}')
+		LOW_A[$name]=$(mem "$pa")
+		LOW_B[$name]=$(mem "$pb")
 	fi
 	# warm up: pools, sessions, caches
 	wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null
@@ -264,8 +269,8 @@ measure() { # setup port pidA pidB
 	if [ -n "$pa" ]; then
 		CPU_A[$name]=$(awk -v t="$(( $(ticks "$pa") - a0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
 		CPU_B[$name]=$(awk -v t="$(( $(ticks "$pb") - b0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
-		RSS_A[$name]=$(( $(hwm "$pa") / 1024 ))
-		RSS_B[$name]=$(( $(hwm "$pb") / 1024 ))
+		RSS_A[$name]=$(( $(rss "$pa") / 1024 ))
+		RSS_B[$name]=$(( $(rss "$pb") / 1024 ))
 	fi
 	out=$(wrk -t1 -c1 -d"${DUR}s" --latency "http://127.0.0.1:$port/")
 	P50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -283,7 +288,7 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 {
 	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)."
 	echo
-	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | RSS MB at ~1k req/s (client / server proxy) | peak RSS MB @32 conns (client / server) |"
+	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for s in direct moatless moatless-h1 nginx haproxy; do
 		if [ "$s" = direct ]; then
