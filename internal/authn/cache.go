@@ -32,6 +32,10 @@ type cacheEntry struct {
 	keys    *keySet
 	expires int64 // Unix nanoseconds: the token's exp
 	jti     string
+	// x5t is the certificate thumbprint the token is bound to (cnf
+	// x5t#S256), "" when unbound. Checked against every request's
+	// Source.CertSHA256: the cache is per token, the binding per request.
+	x5t string
 
 	// The Auth fields a hit hands out; shared and read-only.
 	principal  string

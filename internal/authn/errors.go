@@ -68,6 +68,12 @@ var (
 	// ErrRuleInvalid: the token's issuer has a rule that failed to compile
 	// (see ValidateRule), so the token cannot be verified.
 	ErrRuleInvalid = errors.New("rule for issuer is invalid")
+	// ErrCertBinding: the token is bound to a client certificate (cnf
+	// "x5t#S256", RFC 8705 §3) and the request did not come over a
+	// connection that presented that certificate (Source.CertSHA256
+	// differs, or is "" for plaintext). A stolen bound token is useless
+	// without the certificate's private key.
+	ErrCertBinding = errors.New("token bound to another client certificate")
 )
 
 // ErrInvalidRule is wrapped by ValidateRule and Prepare errors: a JWTRule
@@ -105,6 +111,7 @@ var reasonLabels = [...]struct {
 	{ErrRevoked, "revoked"},
 	{ErrMultipleTokens, "multiple_tokens"},
 	{ErrRuleInvalid, "rule_invalid"},
+	{ErrCertBinding, "cert_binding"},
 }
 
 // Reason returns a short, fixed label for why err refused a token

@@ -21,6 +21,7 @@ func tokenSeeds(t testing.TB) []string {
 		sign(t, keyES256, claims(nil)),
 		sign(t, keyRSA, claims(map[string]any{"aud": []string{"a", "b"}, "realm": map[string]any{"g": "x"}})),
 		sign(t, keyEd, claims(map[string]any{"exp": 1.5e9})),
+		sign(t, keyES256, claims(map[string]any{"cnf": map[string]any{"x5t#S256": "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"}})),
 		rawToken(`{"alg":"none"}`, body, constSig([]byte("x"))),
 		rawToken(`{"alg":"ES256","jwk":{"kty":"EC"}}`, body, constSig(make([]byte, 64))),
 		rawToken(`{"alg":"ES256","kid":"a","kid":"b"}`, body, constSig(make([]byte, 64))),
@@ -55,6 +56,9 @@ func FuzzParseToken(f *testing.F) {
 		}
 		if err := checkStrictJSON(pt.payload); err != nil {
 			t.Fatalf("accepted claims are not strict JSON: %v", err)
+		}
+		if cnf, ok := pt.claims["cnf"].(map[string]any); ok && cnf["x5t#S256"] != nil && (pt.x5t == "" || !validThumbprint(pt.x5t)) {
+			t.Fatalf("accepted a token whose certificate binding would not be enforced: %q", pt.x5t)
 		}
 	})
 }

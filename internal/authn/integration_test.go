@@ -20,6 +20,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -338,5 +339,76 @@ func TestSpaceDelimitedClaimsWithPolicyEngine(t *testing.T) {
 	}
 	if s := v.Stats(); s.CacheHits != uint64(len(tests)) {
 		t.Fatalf("cache hits = %d, want one per case (%d)", s.CacheHits, len(tests))
+	}
+}
+
+// TestCertBoundTokenWithPolicyEngine: a token bound to a client
+// certificate (cnf x5t#S256, as the token service issues to tls_client_auth
+// clients) is allowed through the real policy engine only when the
+// request's Source.CertSHA256, computed from the peer's certificate the
+// way the sidecar does, matches; from another workload's certificate or
+// over plaintext it is Unauthenticated (401), on cache hits too. A token
+// without cnf is unaffected.
+func TestCertBoundTokenWithPolicyEngine(t *testing.T) {
+	is := startIssuer()
+	defer is.srv.Close()
+	docs, err := policy.Parse(strings.NewReader(strings.Replace(policyYAML, "JWKS_URI", is.srv.URL+"/jwks", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(docs, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := policy.Destination{Namespace: "prod", Labels: map[string]string{"app": "orders"}, Port: 8080}
+	v := authn.NewVerifier(authn.Options{Logger: slog.New(slog.DiscardHandler)})
+	defer v.Close()
+	if err := v.Prepare(context.Background(), set.JWTRules(dst)); err != nil {
+		t.Fatal(err)
+	}
+	ca := testpki.NewCA(t, "td")
+	owner := ca.SVID(t, "spiffe://td/ns/prod/sa/frontend", 0)
+	thief := ca.SVID(t, "spiffe://td/ns/prod/sa/frontend", 0) // same identity, another key and certificate
+	now := time.Now()
+	mint := func(jti string, cnf map[string]any) string {
+		c := map[string]any{"iss": "https://login.example.com", "sub": "alice", "aud": "orders",
+			"exp": now.Add(5 * time.Minute).Unix(), "jti": jti, "groups": []string{"buyers"}}
+		if cnf != nil {
+			c["cnf"] = cnf
+		}
+		return is.token(c)
+	}
+	bound := mint("bound", map[string]any{"x5t#S256": policy.CertThumbprint(owner.Chain[0])})
+	unbound := mint("unbound", nil)
+	for _, tc := range []struct {
+		name   string
+		token  string
+		peer   *testpki.SVID // nil: plaintext
+		want   policy.Outcome
+		reason string
+	}{
+		{"bound_from_its_certificate", bound, owner, policy.Allow, ""},
+		{"bound_from_another_certificate", bound, thief, policy.Unauthenticated, "cert_binding"},
+		{"bound_over_plaintext", bound, nil, policy.Unauthenticated, "cert_binding"},
+		{"unbound_from_any_certificate", unbound, thief, policy.Allow, ""},
+		{"unbound_over_plaintext", unbound, nil, policy.Allow, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, kind := range []string{"first", "again"} {
+				req := &policy.Request{Protocol: policy.HTTP, Destination: dst, Method: "POST", Path: "/orders", Host: "orders.prod",
+					Headers: http.Header{"Authorization": {"Bearer " + tc.token}}}
+				if tc.peer != nil {
+					req.Source = policy.Source{Principal: "td/ns/prod/sa/frontend", CertSHA256: policy.CertThumbprint(tc.peer.Chain[0])}
+				}
+				before := v.Stats().Rejected["cert_binding"]
+				d := set.Evaluate(req, v)
+				if d.Outcome != tc.want {
+					t.Fatalf("%s: outcome = %v (%s), want %v", kind, d.Outcome, d.Reason, tc.want)
+				}
+				if tc.reason != "" && v.Stats().Rejected[tc.reason] != before+1 {
+					t.Fatalf("%s: refusal not counted as %s: %+v", kind, tc.reason, v.Stats().Rejected)
+				}
+			}
+		})
 	}
 }

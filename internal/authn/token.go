@@ -2,6 +2,7 @@ package authn
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -54,10 +55,13 @@ type parsedToken struct {
 	claims  map[string]any
 
 	iss, sub, azp, jti string
-	aud                []string
-	exp                float64
-	nbf, iat           float64
-	hasNBF, hasIAT     bool
+	// x5t is the cnf "x5t#S256" claim (RFC 8705 §3.1): the thumbprint of
+	// the client certificate the token is bound to, "" when unbound.
+	x5t            string
+	aud            []string
+	exp            float64
+	nbf, iat       float64
+	hasNBF, hasIAT bool
 }
 
 // isTokenChar reports whether c may appear in a JWS compact serialization:
@@ -216,6 +220,20 @@ func (t *parsedToken) parseClaims(payload []byte) error {
 			return tokenErr(ErrMalformed, c.name+" is not a string")
 		}
 	}
+	if cnf, present := t.claims["cnf"]; present {
+		m, ok := cnf.(map[string]any)
+		if !ok {
+			return tokenErr(ErrMalformed, "cnf is not a JSON object")
+		}
+		if x, present := m["x5t#S256"]; present {
+			// RFC 8705 §3.1: base64url of a SHA-256, so 43 characters.
+			s, ok := x.(string)
+			if !ok || !validThumbprint(s) {
+				return tokenErr(ErrMalformed, "cnf x5t#S256 is not a base64url SHA-256 thumbprint")
+			}
+			t.x5t = s
+		}
+	}
 	switch aud := t.claims["aud"].(type) {
 	case nil:
 		if _, present := t.claims["aud"]; present {
@@ -248,6 +266,16 @@ func (t *parsedToken) parseClaims(payload []byte) error {
 		return tokenErr(ErrMalformed, "iat is not a valid NumericDate")
 	}
 	return nil
+}
+
+// validThumbprint reports whether s is a SHA-256 digest in base64url
+// without padding, strictly (no stray bits in the last character).
+func validThumbprint(s string) bool {
+	if len(s) != 43 {
+		return false
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	return err == nil && len(b) == sha256.Size
 }
 
 // stringClaim returns claim name as a string; ok is false when it is

@@ -385,7 +385,9 @@ func (v *Verifier) lookup(r *securityv1beta1.JWTRule) *compiledRule {
 //   - (nil, nil) when the request carries no token at any of them: no
 //     token is not an error, the policy decides;
 //   - an error wrapping ErrInvalidToken (HTTP 401) when a token is present
-//     but refused, or when the request carries several distinct tokens;
+//     but refused, or when the request carries several distinct tokens,
+//     or when the token is bound to a client certificate (cnf x5t#S256,
+//     RFC 8705 §3) other than req.Source.CertSHA256 (ErrCertBinding);
 //   - the verified identity otherwise, with the header edits the matching
 //     rule asks for (payload and claim headers; removal of the token
 //     header or query parameter unless forwardOriginalToken).
@@ -458,6 +460,9 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 				return nil, v.reject(tokenErr(ErrRevoked, ""))
 			}
 			v.hits.Add(1)
+			if err := e.checkBinding(req); err != nil {
+				return nil, v.reject(err)
+			}
 			v.accepted.Add(1)
 			return e.auth(fs), nil
 		}
@@ -471,8 +476,28 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 		e.key = key
 		v.cache.put(e, now.UnixNano())
 	}
+	if err := e.checkBinding(req); err != nil {
+		return nil, v.reject(err)
+	}
 	v.accepted.Add(1)
 	return e.auth(fs), nil
+}
+
+// checkBinding enforces RFC 8705 §3: a token whose cnf carries x5t#S256
+// is a proof-of-possession token, good only on a connection whose client
+// certificate has that thumbprint. Without the check a stolen bound token
+// would work from any caller, as a bearer token. It runs on every
+// request, cache hits included, because the cache is keyed by token and
+// the same token may arrive over another connection. Unbound tokens pass.
+func (e *cacheEntry) checkBinding(req *policy.Request) error {
+	switch {
+	case e.x5t == "" || e.x5t == req.Source.CertSHA256:
+		return nil
+	case req.Source.CertSHA256 == "":
+		return tokenErr(ErrCertBinding, "the connection presented no client certificate")
+	default:
+		return tokenErr(ErrCertBinding, "the connection's client certificate is not the one in cnf x5t#S256")
+	}
 }
 
 func hasLocKey(locs []*location, l *location) bool {
@@ -582,6 +607,7 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 		keys:      ks,
 		expires:   pt.expiry().UnixNano(),
 		jti:       pt.jti,
+		x5t:       pt.x5t,
 		audiences: pt.aud,
 		presenter: pt.azp,
 		claims:    splitClaims(pt.claims, c.spaceDelimited),

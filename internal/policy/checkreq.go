@@ -2,6 +2,8 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,13 +28,17 @@ const MaxCheckRequestSize = 1 << 20
 //	             "host": "payments.prod", "headers": {"authorization": "Bearer ..."}}}
 //
 // source.principal "" is a plaintext peer. Optional extras:
-// source.remote_ip (the original client behind a gateway) and
+// source.remote_ip (the original client behind a gateway),
+// source.cert_sha256 (the peer certificate's thumbprint, see
+// Source.CertSHA256: needed to check a certificate-bound token) and
 // connection.sni. A header value may be a string or a list of strings.
 type CheckRequest struct {
 	Source struct {
 		Principal string `json:"principal"`
 		IP        string `json:"ip,omitempty"`
 		RemoteIP  string `json:"remote_ip,omitempty"`
+		// CertSHA256 is base64url without padding, 43 characters.
+		CertSHA256 string `json:"cert_sha256,omitempty"`
 	} `json:"source"`
 	Destination struct {
 		Namespace string            `json:"namespace"`
@@ -99,6 +105,15 @@ func (cr *CheckRequest) ToRequest() (*Request, error) {
 	}
 	if req.RemoteIP, err = optionalAddr(cr.Source.RemoteIP); err != nil {
 		return nil, bad("source.remote_ip", "%v", err)
+	}
+	if c := cr.Source.CertSHA256; c != "" {
+		if b, err := base64.RawURLEncoding.Strict().DecodeString(c); err != nil || len(b) != sha256.Size {
+			return nil, bad("source.cert_sha256", "%q is not a certificate thumbprint (base64url without padding of a SHA-256, 43 characters)", c)
+		}
+		if req.Source.Principal == "" {
+			return nil, bad("source.cert_sha256", "a plaintext peer (no source.principal) has no certificate")
+		}
+		req.Source.CertSHA256 = c
 	}
 
 	d := cr.Destination

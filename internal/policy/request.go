@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"net/http"
 	"net/netip"
 
@@ -53,6 +56,21 @@ type Request struct {
 type Source struct {
 	Principal string
 	IP        netip.Addr
+	// CertSHA256 is the base64url (no padding) SHA-256 of the DER of the
+	// peer's leaf certificate (CertThumbprint), "" for plaintext. The
+	// request authenticator compares it with a token's cnf "x5t#S256"
+	// (RFC 8705 §3): a certificate-bound token is accepted only from the
+	// connection that presented that certificate. Compute it once per
+	// connection.
+	CertSHA256 string
+}
+
+// CertThumbprint is the RFC 8705 §3.1 certificate thumbprint of leaf:
+// base64url without padding of the SHA-256 of its DER, the form of
+// Source.CertSHA256 and of a token's cnf "x5t#S256".
+func CertThumbprint(leaf *x509.Certificate) string {
+	sum := sha256.Sum256(leaf.Raw)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // Destination is the workload the request is for.
