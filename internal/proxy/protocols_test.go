@@ -67,6 +67,16 @@ func TestH2CFromAppAndHTTP2BetweenSidecars(t *testing.T) {
 }
 
 func TestGRPCThroughPairCarriesTrailersAndStreams(t *testing.T) {
+	testGRPCThroughPair(t, false)
+}
+
+// With upstream_http1 plain requests travel over HTTP/1.1 between the
+// sidecars; gRPC (streaming bodies, trailers) must still go over HTTP/2.
+func TestGRPCThroughPairWithHTTP1Upstream(t *testing.T) {
+	testGRPCThroughPair(t, true)
+}
+
+func testGRPCThroughPair(t *testing.T, http1 bool) {
 	l := listen(t)
 	gs := grpc.NewServer()
 	hs := health.NewServer()
@@ -74,7 +84,7 @@ func TestGRPCThroughPairCarriesTrailersAndStreams(t *testing.T) {
 	healthpb.RegisterHealthServer(gs, hs)
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)
-	p := newPair(t, allowFrontend(), l.Addr().String(), HTTP2)
+	p := newPairHTTP1(t, allowFrontend(), l.Addr().String(), HTTP2, http1)
 
 	cc, err := grpc.NewClient(strings.TrimPrefix(p.outboundURL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
