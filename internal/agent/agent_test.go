@@ -426,3 +426,81 @@ func TestHalfLife(t *testing.T) {
 		})
 	}
 }
+
+// The node accepts the server only if its certificate, besides chaining
+// to the trust bundle and naming the host, carries the server's SPIFFE
+// ID: a workload SVID from the same CA with the server's DNS name and IP
+// is refused before any request (join token, CSR) is sent.
+func TestNodeRequiresServerSPIFFEID(t *testing.T) {
+	for _, tc := range []struct {
+		name, certID string
+		ok           bool
+	}{
+		{"server_id", fakeServerID, true},
+		{"workload_svid_with_server_names", "spiffe://example.org/ns/prod/sa/web", false},
+		{"node_svid_with_server_names", nodeID, false},
+		{"server_path_prefix", fakeServerID + "/x", false},
+		{"server_path_in_another_segment", "spiffe://example.org/ns/moatless/server", false},
+		{"no_spiffe_id", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeServer(t)
+			f.tokens["tok"] = nodeID
+			f.setServerID(tc.certID)
+			cfg := f.nodeConfig(t, "tok", "")
+			cfg.ServerName = fakeServerName // the certificate's DNS name: only the SPIFFE ID differs
+			n, err := NewNode(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = n.Attest(context.Background())
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("Attest = %v", err)
+				}
+				return
+			}
+			if err == nil || errors.Is(err, ErrJoinTokenRejected) || !strings.Contains(err.Error(), "Moatless server") {
+				t.Fatalf("Attest = %v, want the server's certificate refused", err)
+			}
+			// Nothing reached the impostor: the token is still unused.
+			f.setServerID(fakeServerID)
+			if err := n.Attest(context.Background()); err != nil {
+				t.Fatalf("Attest with the real server afterwards = %v", err)
+			}
+		})
+	}
+}
+
+// After attestation the whole server ID is pinned, trust domain included.
+func TestNodePinsServerIDAfterAttest(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["tok"] = nodeID
+	n, err := NewNode(f.nodeConfig(t, "tok", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Attest(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, certID string
+		ok           bool
+	}{
+		{"server_path_other_trust_domain", "spiffe://other.org/moatless/server", false},
+		{"workload_svid", "spiffe://example.org/ns/prod/sa/web", false},
+		{"server_id", fakeServerID, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f.setServerID(tc.certID)
+			f.srv.CloseClientConnections() // the next request handshakes again
+			err := n.Renew(context.Background())
+			if tc.ok != (err == nil) {
+				t.Fatalf("Renew = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "not the Moatless server ("+fakeServerID+")") {
+				t.Fatalf("Renew = %v, want the server's ID named", err)
+			}
+		})
+	}
+}

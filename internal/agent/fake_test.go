@@ -8,12 +8,15 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +34,7 @@ type fakeServer struct {
 	ca     *testpki.CA
 	jwtKey *ecdsa.PrivateKey
 	srv    *httptest.Server
+	cert   atomic.Pointer[tls.Certificate]
 
 	mu        sync.Mutex
 	tokens    map[string]string // join token → SPIFFE ID
@@ -67,14 +71,37 @@ func newFakeServerTB(t testing.TB) *fakeServer {
 	mux.HandleFunc("POST "+wire.PathAck, f.ack)
 	f.srv = httptest.NewUnstartedServer(mux)
 	f.srv.EnableHTTP2 = true
-	f.srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{f.ca.ServerCert(t, "", "127.0.0.1")},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    f.ca.Pool(),
-	}
+	f.setServerID(fakeServerID)
+	// Per handshake, so setServerID takes effect at once (GetCertificate
+	// alone is not asked when the client sends no SNI, as for an IP).
+	f.srv.TLS = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return &tls.Config{
+			Certificates: []tls.Certificate{*f.cert.Load()},
+			ClientAuth:   tls.VerifyClientCertIfGiven,
+			ClientCAs:    f.ca.Pool(),
+			NextProtos:   []string{"h2", "http/1.1"},
+		}, nil
+	}}
+	// Handshakes the node refuses are what some tests are about.
+	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// fakeServerID is the SPIFFE ID the real server's certificate carries.
+const fakeServerID = "spiffe://example.org/moatless/server"
+
+// fakeServerName is a DNS name the fake server's certificate carries
+// besides 127.0.0.1.
+const fakeServerName = "moatless-server.test"
+
+// setServerID makes the fake present a certificate from its CA for
+// 127.0.0.1 and fakeServerName with id as its URI SAN ("" for none) from
+// the next handshake on.
+func (f *fakeServer) setServerID(id string) {
+	c := f.ca.ServerCert(f.t, id, "127.0.0.1", fakeServerName)
+	f.cert.Store(&c)
 }
 
 func (f *fakeServer) addr() string { return f.srv.Listener.Addr().String() }

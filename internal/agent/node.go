@@ -69,6 +69,11 @@ const (
 	maxResponseSize = 16 << 20
 	nodeFile        = "node-svid.pem"
 	bundleFile      = "node-bundle.json"
+	// serverIDPath is the path of the control plane's own SPIFFE ID,
+	// spiffe://<trust domain>/moatless/server, the URI SAN of its TLS
+	// certificate (internal/server). The server reserves /moatless/...:
+	// no registration entry, hence no workload, can have such an ID.
+	serverIDPath = "/moatless/server"
 )
 
 // NodeConfig configures a Node. Callbacks run on the watch goroutine, in the
@@ -79,7 +84,9 @@ type NodeConfig struct {
 	// ServerAddr is the server's agent API address, "host:port". Required.
 	ServerAddr string
 	// ServerName is the name the server's certificate must carry; the host
-	// of ServerAddr when empty.
+	// of ServerAddr when empty. The certificate must also carry the
+	// server's SPIFFE ID, spiffe://<trust domain>/moatless/server (see
+	// verifyServer).
 	ServerName string
 	// TrustBundle authenticates the server before the node has the trust
 	// domain's bundle from the server (and ever after, alongside it).
@@ -513,9 +520,10 @@ func (n *Node) setPoolLocked() {
 	n.poolKey = key.String()
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
-			RootCAs:    pool,
-			ServerName: n.serverName,
-			MinVersion: tls.VersionTLS12,
+			RootCAs:          pool,
+			ServerName:       n.serverName,
+			MinVersion:       tls.VersionTLS12,
+			VerifyConnection: n.verifyServer,
 			// The current node SVID, read at every handshake, so renewal
 			// needs no new client.
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -542,6 +550,37 @@ func (n *Node) setPoolLocked() {
 	}
 	n.transports = append(n.transports[:0], tr)
 	n.client.Store(&http.Client{Transport: tr, Timeout: 0})
+}
+
+// verifyServer runs after crypto/tls has verified the server's chain
+// against the trusted authorities and its DNS name or IP against
+// ServerName, and also requires the control plane's SPIFFE ID as the
+// certificate's URI SAN. The CA that issued the server's certificate also
+// issues every workload's SVID; CA and host name alone would let any SVID
+// that carried a matching DNS or IP SAN pose as the server, take join
+// tokens and CSRs, and push bundles, entries and policies the node would
+// trust. Once the node has its SVID the whole ID must match,
+// spiffe://<its trust domain>/moatless/server; before the first
+// attestation the trust domain is not known yet, so only the path is
+// checked (under the configured trust bundle, which signs one trust
+// domain).
+func (n *Node) verifyServer(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("agent: the server presented no certificate")
+	}
+	want := "spiffe://<trust domain>" + serverIDPath
+	td := n.ID().TrustDomain()
+	if !td.IsZero() {
+		want = td.IDString() + serverIDPath
+	}
+	id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
+	if err != nil {
+		return fmt.Errorf("agent: the server's certificate has no SPIFFE ID (want %s): is %s the Moatless server? %w", want, n.cfg.ServerAddr, err)
+	}
+	if id.Path() != serverIDPath || (!td.IsZero() && id.TrustDomain() != td) {
+		return fmt.Errorf("agent: the certificate at %s is for %s, not the Moatless server (%s)", n.cfg.ServerAddr, id, want)
+	}
+	return nil
 }
 
 func (n *Node) watchLoop(ctx context.Context) {
