@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
@@ -174,4 +175,93 @@ spec:
 			t.Fatalf("revoked token: %d", resp.StatusCode)
 		}
 	})
+}
+
+// TestCertBoundTokenThroughInbound: the sidecar hands the peer's
+// certificate thumbprint to the verifier, so a token bound to a client
+// certificate (RFC 8705 cnf x5t#S256) is accepted only on a connection
+// that presented that certificate — not from another certificate of the
+// same SPIFFE ID.
+func TestCertBoundTokenThroughInbound(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := policy.Parse(strings.NewReader(fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules: [{issuer: "https://issuer.example", jwks: '%s'}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-token, namespace: prod}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]}]
+`, jwks)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+	defer v.Close()
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	s := startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:  []Inbound{{Listener: inL, App: echoApp(t)}},
+		Verifier: v,
+	})
+	s.SetAuthorizerContext(context.Background(), 1, set)
+
+	client := func(svid *testpki.SVID) *http.Client {
+		ti := &tlsIdentity{src: newStaticIdentity(ca, svid), now: time.Now, revoked: func() *revocationSet { return nil }}
+		tr := &http.Transport{TLSClientConfig: ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil)}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	holder := ca.SVID(t, frontendID, 0)
+	other := ca.SVID(t, frontendID, 0) // same SPIFFE ID, another certificate
+	claims, _ := json.Marshal(map[string]any{
+		"iss": "https://issuer.example", "sub": "svc", "exp": time.Now().Unix() + 300,
+		"cnf": map[string]any{"x5t#S256": policy.CertThumbprint(holder.Chain[0])},
+	})
+	obj, err := signer.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound, _ := obj.CompactSerialize()
+
+	tests := []struct {
+		name     string
+		c        *http.Client
+		wantCode int
+	}{
+		{"from_the_bound_certificate", client(holder), 200},
+		{"from_another_certificate_of_the_same_id", client(other), 401},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Twice: the second request hits the verifier's cache, which
+			// must still check the binding against this connection.
+			for range 2 {
+				req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+				req.Header.Set("Authorization", "Bearer "+bound)
+				resp, err := tc.c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != tc.wantCode {
+					t.Fatalf("got %d, want %d", resp.StatusCode, tc.wantCode)
+				}
+			}
+		})
+	}
 }

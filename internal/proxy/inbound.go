@@ -57,12 +57,16 @@ type connInfo struct {
 	peer      string // "spiffe://td/..." or "" for plaintext
 	principal string // peer without the scheme, as Istio writes principals
 	serial    string
-	srcIP     netip.Addr
-	srcIPStr  string
-	dstIP     netip.Addr
-	sni       string
-	xfcc      []string // the header value, shared by every request
-	entry     *tracked
+	// certSHA256 is the RFC 8705 thumbprint of the peer's leaf
+	// certificate, "" for plaintext: certificate-bound tokens are
+	// accepted only on the connection that presented that certificate.
+	certSHA256 string
+	srcIP      netip.Addr
+	srcIPStr   string
+	dstIP      netip.Addr
+	sni        string
+	xfcc       []string // the header value, shared by every request
+	entry      *tracked
 }
 
 type connInfoKey struct{}
@@ -284,6 +288,7 @@ func (ib *inbound) handle(c net.Conn) {
 		info.peer = id.String()
 		info.principal = strings.TrimPrefix(info.peer, "spiffe://")
 		info.serial = serialHex(leaf)
+		info.certSHA256 = policy.CertThumbprint(leaf)
 		info.sni = cs.ServerName
 		if own, err := s.tls.ownID(); err == nil {
 			sum := sha256.Sum256(leaf.Raw)
@@ -385,7 +390,7 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 	authz, version := s.authorizer()
 	req := policy.Request{
 		Protocol:    policy.TCP,
-		Source:      policy.Source{Principal: info.principal, IP: info.srcIP},
+		Source:      policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
 		RemoteIP:    info.srcIP,
 		Destination: ib.destination(info.dstIP),
 		SNI:         info.sni,
@@ -475,7 +480,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := reqPool.Get().(*policy.Request)
 	*req = policy.Request{
 		Protocol:    policy.HTTP,
-		Source:      policy.Source{Principal: info.principal, IP: info.srcIP},
+		Source:      policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
 		RemoteIP:    info.srcIP,
 		Destination: ib.destination(info.dstIP),
 		SNI:         info.sni,
