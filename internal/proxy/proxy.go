@@ -607,9 +607,8 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := s.cfg.Verifier.(TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	n := s.live.sweep(rs)
+	n := s.live.sweep(rs, func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
 	if n > 0 {
-		s.metrics.revokedClosed.Add(float64(n))
 		s.log.Info("closed connections of revoked identities", "count", n)
 	}
 	for _, ob := range s.outbound {

@@ -155,9 +155,11 @@ func (t *tracker) len() int {
 }
 
 // sweep closes and forgets every entry registered under a key that rs
-// revokes, and returns how many it closed. Closing happens outside the
-// lock: a close function may block on I/O.
-func (t *tracker) sweep(rs *revocationSet) int {
+// revokes, and returns how many it closed. before, when non-nil, is told
+// the count before anything is closed, so whoever sees a connection end
+// already finds it counted. Closing happens outside the lock: a close
+// function may block on I/O.
+func (t *tracker) sweep(rs *revocationSet, before func(n int)) int {
 	var victims []*tracked
 	t.mu.Lock()
 	for k, m := range t.byKey {
@@ -172,6 +174,9 @@ func (t *tracker) sweep(rs *revocationSet) int {
 		t.removeLocked(e)
 	}
 	t.mu.Unlock()
+	if before != nil && len(victims) > 0 {
+		before(len(victims))
+	}
 	for _, e := range victims {
 		e.once.Do(e.close)
 	}
