@@ -88,7 +88,8 @@ type attrMatch struct {
 type valueSet struct {
 	n        int
 	strs     strSet
-	presence bool // "*" among header values: matches a present header, even empty
+	nss      nsSet // namespaces, source.namespace
+	presence bool  // "*" among header values: matches a present header, even empty
 	paths    pathSet
 	ips      ipSet
 	ports    portSet
@@ -533,6 +534,13 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 			}
 			vs.sas = append(vs.sas, sa)
 		}
+	case attrNamespace:
+		for i, v := range values {
+			if j := strings.IndexAny(v, nsRegexMeta); j >= 0 {
+				return vs, errAt(p.index(i), "namespace %q: Istio matches namespaces as the regular expression .*/ns/<value>/.* (with * as .*), so %q would not be a literal character there; use the namespace name, with * as the only wildcard", v, v[j:j+1])
+			}
+		}
+		vs.nss = newNSSet(values)
 	case attrHost:
 		vs.strs = newStrSet(values, true)
 	case attrHeader:

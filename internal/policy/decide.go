@@ -41,7 +41,8 @@ func (c *evalCtx) source() {
 // ID without "spiffe://"): its trust domain, and the namespace and service
 // account that follow the first "ns" and "sa" path segments. A principal
 // not of that form has no namespace or service account, so it matches no
-// namespaces or serviceAccounts value (and every notNamespaces).
+// serviceAccounts value. (namespaces are matched on the whole principal,
+// as Istio does: see nsSet.)
 func splitPrincipal(p string) (td, ns, sa string) {
 	p = strings.TrimPrefix(p, "spiffe://")
 	td, rest, ok := strings.Cut(p, "/")
@@ -71,8 +72,13 @@ func (a *attrMatch) match(c *evalCtx) bool {
 	case attrPrincipal:
 		return a.strAttr(r.Source.Principal, r.Source.Principal != "")
 	case attrNamespace:
-		c.source()
-		return a.strAttr(c.ns, c.ns != "")
+		// A plaintext peer (no principal) is in no namespace: it matches
+		// no value and every notValue, as an absent attribute does.
+		p := r.Source.Principal
+		if a.pos.n > 0 && !a.pos.nss.match(p) {
+			return false
+		}
+		return a.neg.n == 0 || !a.neg.nss.match(p)
 	case attrTrustDomain:
 		c.source()
 		return a.strAttr(c.td, c.td != "")

@@ -199,8 +199,14 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		}
 		return q("source principal", r.Source.Principal)
 	case attrNamespace:
-		c.source()
-		return q("source namespace", c.ns)
+		switch ns := principalNamespaces(r.Source.Principal); len(ns) {
+		case 0:
+			return "source namespace (absent)"
+		case 1:
+			return q("source namespace", ns[0])
+		default:
+			return "source namespaces " + strings.Join(quoteAll(ns), ", ")
+		}
 	case attrTrustDomain:
 		c.source()
 		return q("source trust domain", c.td)
@@ -281,4 +287,30 @@ func addrString(a interface {
 		return "(absent)"
 	}
 	return a.String()
+}
+
+// principalNamespaces lists the namespaces a principal is in as Istio's
+// namespace match sees them (nsSet): the segment after each "/ns/" that
+// another "/" follows. For explanations only.
+func principalNamespaces(p string) []string {
+	p = "/" + strings.TrimPrefix(p, "spiffe://")
+	var out []string
+	for {
+		i := strings.Index(p, "/ns/")
+		if i < 0 {
+			return out
+		}
+		p = p[i+3:] // keep the "/" that ends "/ns/": it may start the next one
+		if seg, _, ok := strings.Cut(p[1:], "/"); ok {
+			out = append(out, seg)
+		}
+	}
+}
+
+func quoteAll(vs []string) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = strconv.Quote(v)
+	}
+	return out
 }

@@ -372,3 +372,107 @@ func (s *pathSet) match(path string) bool {
 	}
 	return false
 }
+
+// nsRegexMeta are the characters Istio's namespace regular expression
+// would read as operators. "*" is the supported wildcard; a value with
+// any of these is refused rather than matched differently from Istio.
+const nsRegexMeta = `\.+?()[]{}|^$`
+
+// nsSet is a compiled namespaces list (from.source.namespaces, or the
+// values of a source.namespace condition), matched exactly as Istio does
+// (pilot/pkg/security/authz/model, srcNamespaceGenerator): value v
+// becomes the regular expression .*/ns/<v>/.* with every "*" in v read
+// as .*, and it must match the whole peer principal, "spiffe://"
+// included. Two consequences a first-"/ns/"-segment reading gets wrong:
+// a value matches any "/ns/<v>/" of the principal, not only the first
+// ("td/ns/dev/sa/x/ns/prod/y" is in prod, so a DENY on prod applies),
+// and the namespace must be followed by "/" ("td/ns/prod" with nothing
+// after is in no namespace, so an ALLOW on prod does not admit it).
+//
+// Values without "*" or "/" (namespace names) are whole segments: the
+// principal matches when a segment after some "/ns/" and before the next
+// "/" equals one (looked up in a map when there are many). The others are
+// globs: their pieces between "*"s must be found in order. No regular
+// expression runs and nothing allocates.
+type nsSet struct {
+	segs  strSet     // exact namespace names
+	globs [][]string // pieces of "/ns/<v>/" split at "*", in order
+}
+
+func newNSSet(values []string) nsSet {
+	var s nsSet
+	var segs []string
+	for _, v := range values {
+		if !strings.ContainsAny(v, "*/") {
+			segs = append(segs, v)
+			continue
+		}
+		var pieces []string
+		for i, pc := range strings.Split("/ns/"+v+"/", "*") {
+			if pc != "" || i == 0 {
+				pieces = append(pieces, pc)
+			}
+		}
+		s.globs = append(s.globs, pieces)
+	}
+	s.segs = newStrSet(segs, false)
+	return s
+}
+
+// match reports whether principal p (with or without "spiffe://") is in
+// one of the namespaces. "" (plaintext) is in none.
+func (s *nsSet) match(p string) bool {
+	p = strings.TrimPrefix(p, "spiffe://")
+	if p == "" {
+		return false
+	}
+	if s.segs.n > 0 {
+		// Walk every "/ns/" of "/"+p: the scheme's last "/" precedes p,
+		// so "ns/" at the very start counts.
+		rest, atSlash := p, true
+		for {
+			if atSlash && strings.HasPrefix(rest, "ns/") {
+				rest = rest[3:]
+			} else if i := strings.Index(rest, "/ns/"); i >= 0 {
+				rest = rest[i+4:]
+			} else {
+				break
+			}
+			// rest follows a "/": "ns/" at its start is the next candidate.
+			atSlash = true
+			if seg, _, ok := strings.Cut(rest, "/"); ok && s.segs.match(seg) {
+				return true
+			}
+		}
+	}
+	for _, g := range s.globs {
+		if globIn(p, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// globIn reports whether "/"+p contains pieces in order, without overlap:
+// the regular expression .*<piece0>.*<piece1>...<pieceN>.* matching all
+// of it. Taking each piece at its earliest position leaves the most room
+// for the rest, so the first failure is final. pieces[0] starts with "/".
+func globIn(p string, pieces []string) bool {
+	first := pieces[0]
+	var end int
+	if strings.HasPrefix(p, first[1:]) {
+		end = len(first) - 1
+	} else if i := strings.Index(p, first); i >= 0 {
+		end = i + len(first)
+	} else {
+		return false
+	}
+	for _, pc := range pieces[1:] {
+		i := strings.Index(p[end:], pc)
+		if i < 0 {
+			return false
+		}
+		end += i + len(pc)
+	}
+	return true
+}
