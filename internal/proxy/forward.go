@@ -42,9 +42,7 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 	}
 	te := h["Te"]
 	for _, k := range hopHeaders {
-		if _, ok := h[k]; ok {
-			delete(h, k)
-		}
+		delete(h, k)
 	}
 	for _, v := range te {
 		if strings.EqualFold(strings.TrimSpace(v), "trailers") {
