@@ -204,8 +204,10 @@ type Config struct {
 	// never runs again. The pages stay in the page cache, shared with the
 	// agent and other sidecars; those the request path needs fault back in
 	// once, as minor faults. A mapping holding copy-on-write pages is
-	// skipped. Done once per process; a failure is logged at debug level
-	// and changes nothing else.
+	// skipped. Done once per process, and once more 10 s later for the
+	// code that runs only as traffic starts (first reloads, handshakes,
+	// pool dials); a failure is logged at debug level and changes nothing
+	// else.
 	KeepStartupPages bool
 
 	// Now is the clock for certificate checks and decision records;
