@@ -179,13 +179,13 @@ admin: "127.0.0.1:$MO_ADM1"
 CONF
 cat > moout.yaml <<CONF
 identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
-outbound: [{listen: "127.0.0.1:$MO_OUT", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"}]
+outbound: [{listen: "127.0.0.1:$MO_OUT", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders", upstream_http2: true}]
 admin: "127.0.0.1:$MO_ADM2"
 CONF
-# The same, carrying requests to the inbound sidecar over HTTP/1.1.
+# The same with the default: HTTP/1.1 requests stay HTTP/1.1 between the sidecars.
 cat > moout1.yaml <<CONF
 identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
-outbound: [{listen: "127.0.0.1:$MO_OUT1", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders", upstream_http1: true}]
+outbound: [{listen: "127.0.0.1:$MO_OUT1", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"}]
 admin: "127.0.0.1:$MO_ADM3"
 CONF
 
@@ -295,8 +295,8 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – | – |"
 		else
 			label="$s pair"
-			[ "$s" = moatless ] && label="moatless pair (HTTP/2 between sidecars, default)"
-			[ "$s" = moatless-h1 ] && label="moatless pair (upstream_http1: HTTP/1.1 between sidecars)"
+			[ "$s" = moatless ] && label="moatless pair (upstream_http2: HTTP/2 between sidecars)"
+			[ "$s" = moatless-h1 ] && label="moatless pair (default: HTTP/1.1 between sidecars)"
 			echo "| $label | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
 		fi
 	done

@@ -155,6 +155,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		IdleTimeout:      cfg.IdleTimeout.Std(),
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
+		KeepStartupPages: cfg.KeepStartupPages,
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)
@@ -168,7 +169,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: out.UpstreamHTTP1})
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2})
 	}
 
 	var (
