@@ -70,7 +70,7 @@ func TestGRPCThroughPairCarriesTrailersAndStreams(t *testing.T) {
 	testGRPCThroughPair(t, false)
 }
 
-// With upstream_http1 plain requests travel over HTTP/1.1 between the
+// With HTTP/1.1 upstreams (the config default) plain requests travel over HTTP/1.1 between the
 // sidecars; gRPC (streaming bodies, trailers) must still go over HTTP/2.
 func TestGRPCThroughPairWithHTTP1Upstream(t *testing.T) {
 	testGRPCThroughPair(t, true)
