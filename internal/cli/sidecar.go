@@ -133,11 +133,11 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	// server's current bundle, so a RequestAuthentication naming our own
 	// issuer works without extra configuration.
 	var joined atomic.Pointer[agent.Node]
-	verifier := authn.NewVerifier(authn.Options{Logger: r.log, HTTPClient: jwksClient(func() []*x509.Certificate {
-		if n := joined.Load(); n != nil {
-			return nodeCerts(n)
+	verifier := authn.NewVerifier(authn.Options{Logger: r.log, HTTPClient: jwksClient(func() ([]*x509.Certificate, string) {
+		if n := joined.Load(); n != nil && !n.ID().IsZero() {
+			return nodeCerts(n), "spiffe://" + n.ID().TrustDomain().Name() + "/moatless/server"
 		}
-		return nil
+		return nil, ""
 	})})
 	defer verifier.Close()
 	verifier.Start(ctx)
@@ -381,11 +381,14 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 
 // nodeRoots is the pool that verifies the server: the trust domain's
 // current bundle.
-// jwksClient is the HTTP client for JWKS and OIDC discovery fetches. Each
-// TLS connection verifies the server against the system roots plus, when
-// extra returns any, the moatless trust bundle in force at that moment
-// (it rotates; a static pool would go stale).
-func jwksClient(extra func() []*x509.Certificate) *http.Client {
+// jwksClient is the HTTP client for JWKS and OIDC discovery fetches. A
+// key server is trusted when its certificate verifies for the host name
+// against the system roots, or — in join mode, where mesh returns the
+// trust bundle in force at that moment (it rotates) — against the mesh's
+// roots AND carries the moatless server's SPIFFE ID: every workload SVID
+// chains to those roots too, so the name alone must not be enough to serve
+// keys from them.
+func jwksClient(mesh func() (roots []*x509.Certificate, serverID string)) *http.Client {
 	system, err := x509.SystemCertPool()
 	if err != nil || system == nil {
 		system = x509.NewCertPool()
@@ -395,20 +398,59 @@ func jwksClient(extra func() []*x509.Certificate) *http.Client {
 		if err != nil {
 			return nil, err
 		}
-		roots := system
-		if certs := extra(); len(certs) > 0 {
-			roots = system.Clone()
-			for _, c := range certs {
-				roots.AddCert(c)
-			}
+		conf := &tls.Config{
+			ServerName: host,
+			MinVersion: tls.VersionTLS12,
+			// Verification happens in VerifyConnection, which checks the
+			// chain and host name exactly as the default would and adds
+			// the SPIFFE ID rule for mesh-issued certificates.
+			InsecureSkipVerify: true,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return verifyKeyServer(cs, host, system, mesh)
+			},
 		}
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: conf}
 		return d.DialContext(ctx, network, addr)
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		Proxy: http.ProxyFromEnvironment, DialTLSContext: dial, TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
 	}}
+}
+
+// verifyKeyServer is jwksClient's certificate check.
+func verifyKeyServer(cs tls.ConnectionState, host string, system *x509.CertPool, mesh func() ([]*x509.Certificate, string)) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("key server sent no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	opts := x509.VerifyOptions{DNSName: host, Intermediates: inter, Roots: system}
+	_, sysErr := leaf.Verify(opts)
+	if sysErr == nil {
+		return nil
+	}
+	roots, serverID := mesh()
+	if len(roots) == 0 || serverID == "" {
+		return sysErr
+	}
+	pool := x509.NewCertPool()
+	for _, c := range roots {
+		pool.AddCert(c)
+	}
+	opts.Roots = pool
+	if _, err := leaf.Verify(opts); err != nil {
+		return sysErr
+	}
+	for _, u := range leaf.URIs {
+		if u.String() == serverID {
+			return nil
+		}
+	}
+	return fmt.Errorf("key server %s has a mesh certificate that is not the moatless server's (%s)", host, serverID)
 }
 
 func nodeRoots(n *agent.Node) *x509.CertPool {
