@@ -303,9 +303,14 @@ func (s *Server) maintain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if changed, err := s.ca.Tick(ctx); err != nil {
+		// Tick may report a change together with an error: it adopted a
+		// step another replica saved, then failed its own. The adopted
+		// bundle must still go out.
+		changed, err := s.ca.Tick(ctx)
+		if err != nil {
 			s.log.Error("CA rotation step failed; will retry", "err", err)
-		} else if changed {
+		}
+		if changed {
 			ev := audit.Event{Kind: audit.KindBundleChange, Actor: s.id.String(), Subject: s.td.Name(), Outcome: audit.Success}
 			if err := s.publishBundle(ctx, ev); err != nil {
 				s.log.Error("publish trust bundle", "err", err)
