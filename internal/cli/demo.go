@@ -509,7 +509,8 @@ func (d *demo) printNext() {
 	out := d.e.Stdout
 	fe, rp := d.sidecars["frontend"], d.sidecars["reports"]
 	fmt.Fprintf(out, `
-The mesh keeps running (Ctrl-C stops it; data and logs in %s). Try:
+The mesh keeps running (Ctrl-C stops it; data and logs in %s).
+In another terminal (the moatless commands need the binary on PATH: "make build" puts it in bin/), try:
 
   export MOATLESS_ADDR=%s MOATLESS_CACERT=%s
   export MOATLESS_TOKEN="$(cat %s)"
