@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
@@ -94,7 +96,7 @@ type valueSet struct {
 	ips      ipSet
 	ports    portSet
 	rps      []reqPrincipalPat
-	sas      []serviceAccount
+	sas      saSet // serviceAccounts, source.serviceAccount
 }
 
 // reqPrincipalPat is a requestPrincipals value split as Istio splits it:
@@ -527,13 +529,15 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 		if len(values) > maxServiceAccts {
 			return vs, errAt(p, "at most %d service accounts", maxServiceAccts)
 		}
+		accts := make([]serviceAccount, len(values))
 		for i, v := range values {
 			sa, err := parseServiceAccount(v, c.ns)
 			if err != nil {
 				return vs, errAt(p.index(i), "%v", err)
 			}
-			vs.sas = append(vs.sas, sa)
+			accts[i] = sa
 		}
+		vs.sas = newSASet(accts)
 	case attrNamespace:
 		for i, v := range values {
 			if j := strings.IndexAny(v, nsRegexMeta); j >= 0 {
@@ -599,13 +603,25 @@ func parseRequestPrincipal(v string) reqPrincipalPat {
 }
 
 // parseServiceAccount reads "namespace/name" or "name" (the policy's
-// namespace), without wildcards, as Istio's CheckServiceAccount does.
+// namespace), at most 320 bytes and without wildcards, as Istio's API
+// defines the field. Istio pastes both parts unescaped into the regular
+// expression spiffe://.+/ns/<ns>/(.+/|)sa/<name>(/.+)? (see saSet), so a
+// value with a regular-expression character ("." included: Istio would
+// match any character there) is refused rather than matched differently
+// from Istio; so are control characters and invalid UTF-8, which no
+// SPIFFE ID holds.
 func parseServiceAccount(v, policyNS string) (serviceAccount, error) {
 	if len(v) > 320 {
 		return serviceAccount{}, fmt.Errorf("service account %q is longer than 320 characters", v)
 	}
 	if strings.Contains(v, "*") {
 		return serviceAccount{}, fmt.Errorf("wildcards are not allowed in serviceAccounts: %q", v)
+	}
+	if j := strings.IndexAny(v, nsRegexMeta); j >= 0 {
+		return serviceAccount{}, fmt.Errorf("service account %q: Istio matches service accounts as the regular expression spiffe://.+/ns/<namespace>/(.+/|)sa/<name>(/.+)?, so %q would not be a literal character there; name the account without it, or match its SPIFFE ID with principals", v, v[j:j+1])
+	}
+	if !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
+		return serviceAccount{}, fmt.Errorf("service account %q holds a control character or invalid UTF-8", v)
 	}
 	ns, name, found := strings.Cut(v, "/")
 	if !found {

@@ -38,8 +38,9 @@ func loopWithCPU(b *testing.B, f func()) {
 // meshPolicies writes n AuthorizationPolicies shaped like a real mesh's:
 // spread over namespaces of 20 policies and workloads of two, each
 // workload with an ALLOW policy of three rules (principals, methods,
-// paths, a header condition) and a DENY policy, every namespace with a
-// namespace-wide DENY, and three mesh-wide policies in the root namespace.
+// paths, a header condition) and a DENY policy (namespaces, an operation,
+// service accounts), every namespace with a namespace-wide DENY, and three
+// mesh-wide policies in the root namespace.
 func meshPolicies(n int) string {
 	var b strings.Builder
 	write := func(ns, name, body string) {
@@ -75,11 +76,12 @@ func meshPolicies(n int) string {
       values: ["acme", "globex"]
 `, app, ns))
 		default:
-			write(ns, fmt.Sprintf("deny-%s", app), fmt.Sprintf(`  selector: {matchLabels: {app: %s}}
+			write(ns, fmt.Sprintf("deny-%s", app), fmt.Sprintf(`  selector: {matchLabels: {app: %[1]s}}
   action: DENY
   rules:
-  - from: [{source: {notNamespaces: ["%s", "monitoring"]}}]
+  - from: [{source: {notNamespaces: ["%[2]s", "monitoring"]}}]
   - to: [{operation: {methods: [DELETE], paths: ["/api/v1/*"]}}]
+  - from: [{source: {serviceAccounts: ["quarantined", "tools/scanner"]}}]
 `, app, ns))
 		}
 	}

@@ -25,8 +25,6 @@ type evalCtx struct {
 
 	srcDone bool
 	td      string // trust domain of the source principal
-	ns      string // namespace of the source principal
-	sa      string // service account of the source principal
 }
 
 func (c *evalCtx) source() {
@@ -34,32 +32,16 @@ func (c *evalCtx) source() {
 		return
 	}
 	c.srcDone = true
-	c.td, c.ns, c.sa = splitPrincipal(c.req.Source.Principal)
+	c.td = trustDomain(c.req.Source.Principal)
 }
 
-// splitPrincipal reads an Istio-form principal "td/ns/NS/sa/SA" (a SPIFFE
-// ID without "spiffe://"): its trust domain, and the namespace and service
-// account that follow the first "ns" and "sa" path segments. A principal
-// not of that form has no namespace or service account, so it matches no
-// serviceAccounts value. (namespaces are matched on the whole principal,
-// as Istio does: see nsSet.)
-func splitPrincipal(p string) (td, ns, sa string) {
-	p = strings.TrimPrefix(p, "spiffe://")
-	td, rest, ok := strings.Cut(p, "/")
-	if !ok {
-		return td, "", ""
-	}
-	for rest != "" {
-		var seg string
-		seg, rest, _ = strings.Cut(rest, "/")
-		switch {
-		case seg == "ns" && ns == "" && sa == "":
-			ns, rest, _ = strings.Cut(rest, "/")
-		case seg == "sa" && ns != "" && sa == "":
-			sa, rest, _ = strings.Cut(rest, "/")
-		}
-	}
-	return td, ns, sa
+// trustDomain is the trust domain of a principal (a SPIFFE ID with or
+// without "spiffe://"): what precedes its first "/". namespaces and
+// serviceAccounts are matched on the whole principal, as Istio does (see
+// nsSet and saSet), not on segments read from it.
+func trustDomain(p string) string {
+	td, _, _ := strings.Cut(strings.TrimPrefix(p, "spiffe://"), "/")
+	return td
 }
 
 // match reports whether the attribute satisfies values and notValues: at
@@ -83,12 +65,12 @@ func (a *attrMatch) match(c *evalCtx) bool {
 		c.source()
 		return a.strAttr(c.td, c.td != "")
 	case attrServiceAccount:
-		c.source()
-		present := c.ns != "" && c.sa != ""
-		if a.pos.n > 0 && (!present || !matchSA(a.pos.sas, c.ns, c.sa)) {
+		// As for namespaces: a plaintext peer is no service account.
+		p := r.Source.Principal
+		if a.pos.n > 0 && !a.pos.sas.match(p) {
 			return false
 		}
-		return a.neg.n == 0 || !present || !matchSA(a.neg.sas, c.ns, c.sa)
+		return a.neg.n == 0 || !a.neg.sas.match(p)
 	case attrSourceIP:
 		return a.ipAttr(r.Source.IP)
 	case attrRemoteIP:
@@ -206,15 +188,6 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 		return false
 	}
 	return a.neg.n == 0 || !in(&a.neg)
-}
-
-func matchSA(sas []serviceAccount, ns, sa string) bool {
-	for _, s := range sas {
-		if s.ns == ns && s.name == sa {
-			return true
-		}
-	}
-	return false
 }
 
 // issSub is the issuer and subject of the verified token, each with

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -211,11 +212,14 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		c.source()
 		return q("source trust domain", c.td)
 	case attrServiceAccount:
-		c.source()
-		if c.ns == "" || c.sa == "" {
+		switch sas := principalServiceAccounts(r.Source.Principal); len(sas) {
+		case 0:
 			return "source service account (absent)"
+		case 1:
+			return q("source service account", sas[0])
+		default:
+			return "source service accounts " + strings.Join(quoteAll(sas), ", ")
 		}
-		return q("source service account", c.ns+"/"+c.sa)
 	case attrSourceIP:
 		return "source IP " + addrString(r.Source.IP)
 	case attrRemoteIP:
@@ -305,6 +309,43 @@ func principalNamespaces(p string) []string {
 			out = append(out, seg)
 		}
 	}
+}
+
+// principalServiceAccounts lists the service accounts ("ns/name") a
+// principal is as Istio's service account match sees them (saSet): every
+// "/ns/<ns>/" after the first character, with every "sa/<name>" that
+// follows it directly or after a "/" at least two characters on, where
+// <name> ends the principal or more than a "/" follows. For explanations
+// only.
+func principalServiceAccounts(p string) []string {
+	p = strings.TrimPrefix(p, "spiffe://")
+	if strings.IndexByte(p, '\n') >= 0 {
+		return nil
+	}
+	var out []string
+	for i := 1; i < len(p); i++ {
+		if !strings.HasPrefix(p[i:], "/ns/") {
+			continue
+		}
+		ns, _, ok := strings.Cut(p[i+4:], "/")
+		if !ok || ns == "" {
+			continue
+		}
+		a := i + 4 + len(ns) + 1 // after "/ns/<ns>/"
+		for j := a; j < len(p); j++ {
+			if j != a && (j < a+2 || p[j-1] != '/') || !strings.HasPrefix(p[j:], "sa/") {
+				continue
+			}
+			name, _, _ := strings.Cut(p[j+3:], "/")
+			if name == "" || !saTail(p[j+3+len(name):]) {
+				continue
+			}
+			if acct := ns + "/" + name; !slices.Contains(out, acct) {
+				out = append(out, acct)
+			}
+		}
+	}
+	return out
 }
 
 func quoteAll(vs []string) []string {

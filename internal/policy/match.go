@@ -476,3 +476,102 @@ func globIn(p string, pieces []string) bool {
 	}
 	return true
 }
+
+// saSet is a compiled serviceAccounts list (from.source.serviceAccounts,
+// or the values of a source.serviceAccount condition), matched exactly as
+// Istio does (pilot/pkg/security/authz/model, srcServiceAccountGenerator):
+// value ns/name becomes the regular expression
+//
+//	spiffe://.+/ns/<ns>/(.+/|)sa/<name>(/.+)?
+//
+// which must match the whole peer principal, "spiffe://" included. Read
+// as text, the principal after "spiffe://" is
+//
+//	X "/ns/" ns "/" Y "sa/" name Z
+//
+// with X at least one character, Y empty or at least one character and a
+// "/", and Z empty or "/" and at least one character, none of X, Y, Z
+// holding a newline (the regex's "." does not match one). So the account
+// counts wherever the principal has it, not only in its first /ns/ and
+// /sa/ segments ("td/ns/prod/sa/web/ns/tools/sa/scanner" is
+// tools/scanner as well as prod/web, so a DENY on tools/scanner applies),
+// and shapes the regex refuses are no account: a trailing "/"
+// ("td/ns/prod/sa/web/"), a single empty segment before "sa"
+// ("td/ns/prod//sa/web"), a name that only starts with the value
+// ("web-admin").
+//
+// Values are literal (the loader refuses regular-expression characters),
+// so no regular expression runs and nothing allocates.
+type saSet struct {
+	accts []saPattern
+}
+
+// saPattern is one account as the pieces of its regular expression.
+type saPattern struct {
+	nsSeg   string // "/ns/<ns>/"
+	sa      string // "sa/<name>", directly after nsSeg (Y empty)
+	slashSA string // "/sa/<name>", after more text (Y = ".+/")
+}
+
+func newSASet(accts []serviceAccount) saSet {
+	s := saSet{accts: make([]saPattern, len(accts))}
+	for i, a := range accts {
+		s.accts[i] = saPattern{nsSeg: "/ns/" + a.ns + "/", sa: "sa/" + a.name, slashSA: "/sa/" + a.name}
+	}
+	return s
+}
+
+// match reports whether principal p (with or without "spiffe://") is one
+// of the accounts. "" (plaintext) is none.
+func (s *saSet) match(p string) bool {
+	p = strings.TrimPrefix(p, "spiffe://")
+	// Values hold no newline (the loader refuses control characters), so
+	// a newline anywhere would have to be inside X, Y or Z, where the
+	// regex's "." cannot match it.
+	if p == "" || strings.IndexByte(p, '\n') >= 0 {
+		return false
+	}
+	for i := range s.accts {
+		if s.accts[i].match(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// match reports whether p (without "spiffe://", not empty, no newline)
+// matches the account's regular expression.
+func (a *saPattern) match(p string) bool {
+	// X is at least one character: look from p[1:]. The earliest
+	// "/ns/<ns>/" is the only one to try: a later one ends at least three
+	// bytes further on, just after a "/", so every "sa/<name>" that could
+	// follow it (Y empty or not) can follow the earliest one with Y not
+	// empty.
+	i := strings.Index(p[1:], a.nsSeg)
+	if i < 0 {
+		return false
+	}
+	rest := p[1+i+len(a.nsSeg):]
+	if strings.HasPrefix(rest, a.sa) && saTail(rest[len(a.sa):]) {
+		return true // Y empty
+	}
+	// Y = ".+/": "/sa/<name>" at rest[1:] or later. Occurrences may
+	// overlap ("/sa/sa/sa"), so step one byte past each.
+	for off := 1; off < len(rest); {
+		j := strings.Index(rest[off:], a.slashSA)
+		if j < 0 {
+			return false
+		}
+		if saTail(rest[off+j+len(a.slashSA):]) {
+			return true
+		}
+		off += j + 1
+	}
+	return false
+}
+
+// saTail reports whether z is a valid Z: empty, or "/" and at least one
+// more character.
+func saTail(z string) bool {
+	return z == "" || (len(z) >= 2 && z[0] == '/')
+}

@@ -228,20 +228,17 @@ func repeatBrackets(n int) string {
 	return s
 }
 
-func TestSplitPrincipal(t *testing.T) {
-	tests := []struct{ in, td, ns, sa string }{
-		{"cluster.local/ns/default/sa/sleep", "cluster.local", "default", "sleep"},
-		{"spiffe://td/ns/prod/sa/orders", "td", "prod", "orders"},
-		{"td/ns/prod/x/y/sa/orders/extra", "td", "prod", "orders"},
-		{"td/sa/orders/ns/prod", "td", "prod", ""},
-		{"td/workload/a", "td", "", ""},
-		{"td", "td", "", ""},
-		{"", "", "", ""},
+func TestTrustDomain(t *testing.T) {
+	tests := []struct{ in, td string }{
+		{"cluster.local/ns/default/sa/sleep", "cluster.local"},
+		{"spiffe://td/ns/prod/sa/orders", "td"},
+		{"td/workload/a", "td"},
+		{"td", "td"},
+		{"", ""},
 	}
 	for _, tc := range tests {
-		td, ns, sa := splitPrincipal(tc.in)
-		if td != tc.td || ns != tc.ns || sa != tc.sa {
-			t.Errorf("splitPrincipal(%q) = %q %q %q, want %q %q %q", tc.in, td, ns, sa, tc.td, tc.ns, tc.sa)
+		if td := trustDomain(tc.in); td != tc.td {
+			t.Errorf("trustDomain(%q) = %q, want %q", tc.in, td, tc.td)
 		}
 	}
 }
