@@ -287,6 +287,12 @@ func (c *Server) Validate() error {
 	if c.CATTL < 0 {
 		return fmt.Errorf("config: ca_ttl %s: must not be negative", c.CATTL.Std())
 	}
+	// The CA rotates its key at 5/6 of its life, so it must outlive six of
+	// the longest default SVIDs (the CA refuses to open otherwise; saying
+	// so here names the config field).
+	if longest := max(c.X509SVIDTTL, c.JWTSVIDTTL); c.CATTL > 0 && c.CATTL < 6*longest {
+		return fmt.Errorf("config: ca_ttl %s: must be at least 6 times the longest default SVID TTL (%s): raise ca_ttl or lower x509_svid_ttl/jwt_svid_ttl", c.CATTL.Std(), longest.Std())
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

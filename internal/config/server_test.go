@@ -39,6 +39,7 @@ func TestParseServerRejects(t *testing.T) {
 		{"upstream_partial", "upstream_ca: {cert: a.pem}", "upstream_ca"},
 		{"log_level", "log_level: loud", "log_level"},
 		{"poll_too_fast", "poll_interval: 1ms", "poll_interval"},
+		{"ca_ttl_shorter_than_six_svids", "ca_ttl: 5h", "ca_ttl"},
 		{"audit_report_rate_negative", "audit_report_rate: -1", "audit_report_rate"},
 		{"audit_report_rate_huge", "audit_report_rate: 1e9", "audit_report_rate"},
 		{"audit_report_burst_below_one_report", "audit_report_burst: 499", "audit_report_burst"},
