@@ -378,33 +378,30 @@ func minTime(a, b time.Time) time.Time {
 // FetchX509Bundles implements the Workload API. Like SPIRE, only callers
 // entitled to an identity get bundles.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
-	ctx := stream.Context()
-	sels, _, err := s.caller(ctx, "FetchX509Bundles")
-	if err != nil {
-		return err
-	}
-	var last []byte
-	sent := false
-	return s.watch(ctx, func(st *State) (time.Time, error) {
-		if len(matching(st, sels)) == 0 {
-			return time.Time{}, errNoIdentity
-		}
-		if sent && bytes.Equal(st.x509BundleDER, last) {
-			return time.Time{}, nil
-		}
-		resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{st.TrustDomain.IDString(): st.x509BundleDER}}
-		if err := stream.Send(resp); err != nil {
-			return time.Time{}, err
-		}
-		last, sent = st.x509BundleDER, true
-		return time.Time{}, nil
-	})
+	return s.streamBundles(stream.Context(), "FetchX509Bundles",
+		func(st *State) []byte { return st.x509BundleDER },
+		func(bundles map[string][]byte) error {
+			return stream.Send(&workload.X509BundlesResponse{Bundles: bundles})
+		})
 }
 
 // FetchJWTBundles implements the Workload API.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
-	ctx := stream.Context()
-	sels, _, err := s.caller(ctx, "FetchJWTBundles")
+	return s.streamBundles(stream.Context(), "FetchJWTBundles",
+		func(st *State) []byte { return st.jwtBundleJSON },
+		func(bundles map[string][]byte) error {
+			return stream.Send(&workload.JWTBundlesResponse{Bundles: bundles})
+		})
+}
+
+// streamBundles serves one of the bundle streams of the Workload API
+// (method names it to caller): it sends the trust domain's bundle, as
+// bundle picks it from a snapshot, keyed by the trust domain's ID, first
+// and then whenever it changes, until ctx ends or send fails. Like SPIRE,
+// a caller entitled to no identity gets errNoIdentity instead, also when
+// its last entry goes away mid-stream.
+func (s *Server) streamBundles(ctx context.Context, method string, bundle func(*State) []byte, send func(map[string][]byte) error) error {
+	sels, _, err := s.caller(ctx, method)
 	if err != nil {
 		return err
 	}
@@ -414,14 +411,14 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 		if len(matching(st, sels)) == 0 {
 			return time.Time{}, errNoIdentity
 		}
-		if sent && bytes.Equal(st.jwtBundleJSON, last) {
+		b := bundle(st)
+		if sent && bytes.Equal(b, last) {
 			return time.Time{}, nil
 		}
-		resp := &workload.JWTBundlesResponse{Bundles: map[string][]byte{st.TrustDomain.IDString(): st.jwtBundleJSON}}
-		if err := stream.Send(resp); err != nil {
+		if err := send(map[string][]byte{st.TrustDomain.IDString(): b}); err != nil {
 			return time.Time{}, err
 		}
-		last, sent = st.jwtBundleJSON, true
+		last, sent = b, true
 		return time.Time{}, nil
 	})
 }
