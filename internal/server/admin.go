@@ -154,6 +154,31 @@ func (c *adminCall) query(allowed ...string) (url.Values, error) {
 	return q, nil
 }
 
+// pageQuery reads the paging parameters of a newest-first admin listing,
+// ?limit=N&before=S, and refuses any other query parameter (as query does).
+// limit defaults to defaultLimit and must be 1 to 1000; before defaults to
+// 0 (start at the newest) and must be an unsigned number below 2^63, the
+// position S names in the error message (e.g. "a sequence number"). Every
+// error is a *badRequest for the caller to pass to fail.
+func (c *adminCall) pageQuery(defaultLimit int, position string) (before uint64, limit int, err error) {
+	q, err := c.query("before", "limit")
+	if err != nil {
+		return 0, 0, err
+	}
+	limit = defaultLimit
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
+			return 0, 0, badf("limit %q: want 1 to 1000", v)
+		}
+	}
+	if v := q.Get("before"); v != "" {
+		if before, err = strconv.ParseUint(v, 10, 63); err != nil {
+			return 0, 0, badf("before %q: want %s", v, position)
+		}
+	}
+	return before, limit, nil
+}
+
 // admin wraps an admin handler: it authenticates the caller (admin token
 // or admin client certificate), bounds the body, runs h, audits the call
 // unless h recorded it with its change, counts it, and writes the reply.
@@ -716,24 +741,10 @@ func (s *Server) getBundle(c *adminCall) {
 }
 
 func (s *Server) listAudit(c *adminCall) {
-	q, err := c.query("before", "limit")
+	before, limit, err := c.pageQuery(100, "a sequence number")
 	if err != nil {
 		c.fail(err)
 		return
-	}
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
-			c.fail(badf("limit %q: want 1 to 1000", v))
-			return
-		}
-	}
-	var before uint64
-	if v := q.Get("before"); v != "" {
-		if before, err = strconv.ParseUint(v, 10, 63); err != nil {
-			c.fail(badf("before %q: want a sequence number", v))
-			return
-		}
 	}
 	recs, err := audit.List(c.ctx, s.db, before, limit)
 	if err != nil {

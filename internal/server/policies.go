@@ -527,24 +527,10 @@ func (s *Server) getPolicies(c *adminCall) {
 }
 
 func (s *Server) policyHistory(c *adminCall) {
-	q, err := c.query("before", "limit")
+	before, limit, err := c.pageQuery(50, "a version number")
 	if err != nil {
 		c.fail(err)
 		return
-	}
-	limit := 50
-	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 1000 {
-			c.fail(badf("limit %q: want 1 to 1000", v))
-			return
-		}
-	}
-	var before uint64
-	if v := q.Get("before"); v != "" {
-		if before, err = strconv.ParseUint(v, 10, 63); err != nil {
-			c.fail(badf("before %q: want a version number", v))
-			return
-		}
 	}
 	h, err := s.db.PolicyHistory(c.ctx, before, limit)
 	if err != nil {
