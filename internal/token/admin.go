@@ -141,6 +141,18 @@ func (s *Service) storeError(w http.ResponseWriter, what string, err error) {
 	}
 }
 
+// createError answers a failed CreateClient or CreateUser: 400 with the
+// message after the ErrInvalid prefix for a request the admin must correct,
+// anything else as storeError does (404, 409, or a logged 500 that says
+// nothing of the cause).
+func (s *Service) createError(w http.ResponseWriter, what string, err error) {
+	if errors.Is(err, ErrInvalid) {
+		adminError(w, http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+		return
+	}
+	s.storeError(w, what, err)
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$`)
 
 // ClientRequest is the body of POST clients.
@@ -332,12 +344,8 @@ func (s *Service) adminCreateClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ans, err := s.CreateClient(r.Context(), req)
-	if errors.Is(err, ErrInvalid) {
-		adminError(w, http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
-		return
-	}
 	if err != nil {
-		s.storeError(w, "client", err)
+		s.createError(w, "client", err)
 		return
 	}
 	adminJSON(w, http.StatusCreated, ans)
@@ -461,12 +469,8 @@ func (s *Service) adminCreateUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u, err := s.CreateUser(r.Context(), req)
-	if errors.Is(err, ErrInvalid) {
-		adminError(w, http.StatusBadRequest, "%s", strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
-		return
-	}
 	if err != nil {
-		s.storeError(w, "user", err)
+		s.createError(w, "user", err)
 		return
 	}
 	adminJSON(w, http.StatusCreated, u)
