@@ -51,26 +51,35 @@ func selectorsKey(sorted []wire.Selector) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// encodeEntry puts e's selectors in canonical order and makes nil labels
+// empty, in place, and returns what InsertEntry and UpdateEntry store of
+// them: the selectors and labels as JSON, and the selectors key that makes
+// two entries with the same SPIFFE ID, parent and selector set conflict.
+func encodeEntry(e *wire.Entry) (selJSON, labJSON []byte, key string, err error) {
+	e.Selectors = SortSelectors(e.Selectors)
+	if e.Labels == nil {
+		e.Labels = map[string]string{}
+	}
+	if selJSON, err = json.Marshal(e.Selectors); err != nil {
+		return nil, nil, "", fmt.Errorf("store: encode selectors: %w", err)
+	}
+	if labJSON, err = json.Marshal(e.Labels); err != nil {
+		return nil, nil, "", fmt.Errorf("store: encode labels: %w", err)
+	}
+	return selJSON, labJSON, selectorsKey(e.Selectors), nil
+}
+
 // InsertEntry stores a new, already validated entry with e.ID chosen by the
 // caller, revision 1 and created-at now, and bumps the entries version of
 // its parent. It returns the stored entry. A second entry with the same
 // SPIFFE ID, parent and selector set is ErrConflict.
 func (s *DB) InsertEntry(ctx context.Context, tx *sql.Tx, e wire.Entry) (wire.Entry, error) {
-	e.Selectors = SortSelectors(e.Selectors)
 	e.Revision = 1
 	e.CreatedAt = s.now().UTC()
-	if e.Labels == nil {
-		e.Labels = map[string]string{}
-	}
-	selJSON, err := json.Marshal(e.Selectors)
+	selJSON, labJSON, key, err := encodeEntry(&e)
 	if err != nil {
-		return e, fmt.Errorf("store: encode selectors: %w", err)
+		return e, err
 	}
-	labJSON, err := json.Marshal(e.Labels)
-	if err != nil {
-		return e, fmt.Errorf("store: encode labels: %w", err)
-	}
-	key := selectorsKey(e.Selectors)
 	var exists string
 	err = tx.QueryRowContext(ctx, "SELECT id FROM entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors_key = $3",
 		e.SPIFFEID, e.ParentID, key).Scan(&exists)
@@ -113,21 +122,12 @@ func (s *DB) UpdateEntry(ctx context.Context, tx *sql.Tx, e wire.Entry, expectRe
 	if expectRevision > 0 && old.Revision != expectRevision {
 		return e, fmt.Errorf("%w: entry %s is at revision %d, not %d (changed meanwhile: read it again)", ErrConflict, e.ID, old.Revision, expectRevision)
 	}
-	e.Selectors = SortSelectors(e.Selectors)
 	e.Revision = old.Revision + 1
 	e.CreatedAt = old.CreatedAt
-	if e.Labels == nil {
-		e.Labels = map[string]string{}
-	}
-	selJSON, err := json.Marshal(e.Selectors)
+	selJSON, labJSON, key, err := encodeEntry(&e)
 	if err != nil {
-		return e, fmt.Errorf("store: encode selectors: %w", err)
+		return e, err
 	}
-	labJSON, err := json.Marshal(e.Labels)
-	if err != nil {
-		return e, fmt.Errorf("store: encode labels: %w", err)
-	}
-	key := selectorsKey(e.Selectors)
 	var other string
 	err = tx.QueryRowContext(ctx, "SELECT id FROM entries WHERE spiffe_id = $1 AND parent_id = $2 AND selectors_key = $3 AND id <> $4",
 		e.SPIFFEID, e.ParentID, key, e.ID).Scan(&other)
