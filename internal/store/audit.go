@@ -112,6 +112,14 @@ func (s *DB) AuditRows(ctx context.Context, after uint64, limit int) ([]AuditRow
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
+	return scanAuditRows(rows)
+}
+
+// scanAuditRows reads all of rows, the result of a query for the audit_log
+// columns seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+// in that order, and closes it. A scan error is "store: read audit log:
+// ..."; a query that matched nothing yields nil.
+func scanAuditRows(rows *sql.Rows) ([]AuditRow, error) {
 	defer rows.Close()
 	var out []AuditRow
 	for rows.Next() {
@@ -139,16 +147,5 @@ func (s *DB) AuditRowsDesc(ctx context.Context, before uint64, limit int) ([]Aud
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
-	defer rows.Close()
-	var out []AuditRow
-	for rows.Next() {
-		var r AuditRow
-		var seq int64
-		if err := rows.Scan(&seq, &r.At, &r.Kind, &r.Actor, &r.Subject, &r.Outcome, &r.Details, &r.PrevHash, &r.Hash); err != nil {
-			return nil, fmt.Errorf("store: read audit log: %w", err)
-		}
-		r.Seq = uint64(seq)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return scanAuditRows(rows)
 }
