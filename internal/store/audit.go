@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // AuditRow is one stored audit record. The hashing and verification rules
@@ -58,18 +57,12 @@ func (s *DB) AppendAuditRows(ctx context.Context, tx *sql.Tx, rows []AuditRow) e
 	const chunk = 100
 	for start := 0; start < len(rows); start += chunk {
 		part := rows[start:min(start+chunk, len(rows))]
-		var b strings.Builder
-		b.WriteString("INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash) VALUES ")
 		args := make([]any, 0, len(part)*9)
-		for i, r := range part {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			n := len(args)
-			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+		for _, r := range part {
 			args = append(args, int64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nonNil(r.PrevHash), r.Hash)
 		}
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		q := insertValues("INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)", len(part), 9)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("store: append audit records %d-%d: %w", part[0].Seq, part[len(part)-1].Seq, err)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -49,6 +51,33 @@ func isUniqueViolation(err error) bool {
 		return se.Code() == 2067 || se.Code() == 1555 // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
 	}
 	return false
+}
+
+// insertValues returns the multi-row INSERT statement "head VALUES
+// ($1,...,$cols),($cols+1,...),..." with rows tuples of cols placeholders,
+// numbered on across the tuples, for arguments given row by row. Both
+// engines take $N placeholders.
+func insertValues(head string, rows, cols int) string {
+	var b strings.Builder
+	b.WriteString(head)
+	b.WriteString(" VALUES ")
+	n := 0
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for j := range cols {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
 }
 
 // forUpdate is the row-lock suffix of a SELECT under PostgreSQL. SQLite has

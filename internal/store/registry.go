@@ -513,18 +513,12 @@ func (s *DB) InsertSVIDs(ctx context.Context, q Queryer, svids ...IssuedSVID) er
 	const chunk = 100
 	for start := 0; start < len(svids); start += chunk {
 		part := svids[start:min(start+chunk, len(svids))]
-		var b strings.Builder
-		b.WriteString("INSERT INTO svids (serial, spiffe_id, kind, entry_id, issued_to, not_after, issued_at) VALUES ")
 		args := make([]any, 0, len(part)*7)
-		for i, v := range part {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			n := len(args)
-			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+		for _, v := range part {
 			args = append(args, v.Serial, v.SPIFFEID, v.Kind, v.EntryID, v.IssuedTo, ns(v.NotAfter), ns(v.IssuedAt))
 		}
-		if _, err := q.ExecContext(ctx, b.String(), args...); err != nil {
+		stmt := insertValues("INSERT INTO svids (serial, spiffe_id, kind, entry_id, issued_to, not_after, issued_at)", len(part), 7)
+		if _, err := q.ExecContext(ctx, stmt, args...); err != nil {
 			if isUniqueViolation(err) {
 				return fmt.Errorf("%w: a serial was issued twice", ErrConflict)
 			}
