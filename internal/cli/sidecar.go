@@ -77,7 +77,13 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	default:
 		return e.errorf(ExitUsage, "sidecar: -log-format must be json or text, not %q", logFormat)
 	}
-	sc := &sidecarRun{cfg: cfg, log: log}
+	// LoadSidecar validated the name; parsing again keeps a config built
+	// any other way from silently falling back to BASE.
+	pathNorm, err := policy.ParsePathNormalization(cfg.Policy.PathNormalization)
+	if err != nil {
+		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
+	}
+	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
@@ -103,10 +109,15 @@ func (u usageError) Unwrap() error { return u.error }
 type sidecarRun struct {
 	cfg config.Sidecar
 	log *slog.Logger
+	// pathNorm is cfg.Policy.PathNormalization parsed.
+	pathNorm policy.PathNormalization
 }
 
+// policyOptions compile every policy set of this sidecar, from files or
+// from the server: the set carries the path normalization, so the path
+// policies match is also the path the app is served.
 func (r *sidecarRun) policyOptions() policy.Options {
-	return policy.Options{RootNamespace: r.cfg.Policy.RootNamespace}
+	return policy.Options{RootNamespace: r.cfg.Policy.RootNamespace, PathNormalization: r.pathNorm}
 }
 
 // checkOnly validates the policy files the way a start would.
@@ -361,7 +372,7 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 				set, err = policy.Compile(docs, r.policyOptions())
 				if err == nil {
 					s.SetAuthorizer(ps.Version, set)
-					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs))
+					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs), "path_normalization", set.PathNormalization().String())
 					return
 				}
 			}

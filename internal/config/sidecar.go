@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -23,6 +24,9 @@ const (
 	// DefaultRootNamespace is Istio's root namespace: policies in it apply
 	// mesh-wide.
 	DefaultRootNamespace = "istio-system"
+	// DefaultPathNormalization is Istio's meshConfig.pathNormalization
+	// default.
+	DefaultPathNormalization = "BASE"
 )
 
 // Sidecar is the "moatless sidecar" config file. Exactly one identity
@@ -163,6 +167,16 @@ type SidecarPolicy struct {
 	// RevocationsFile is a JSON wire.Revocations document, reloaded on
 	// change: revoked SPIFFE IDs, serials and token IDs.
 	RevocationsFile string `json:"revocations_file,omitempty"`
+	// PathNormalization is how request paths are normalized before
+	// paths and notPaths match, and the path the app is then served,
+	// Istio's meshConfig.pathNormalization: NONE, BASE, MERGE_SLASHES or
+	// DECODE_AND_MERGE_SLASHES (case-insensitive; DEFAULT is BASE);
+	// default DefaultPathNormalization. It applies in every mode, to
+	// policy files and to policies from the server alike. MERGE_SLASHES
+	// or stricter keeps "//admin" from slipping past a rule on "/admin";
+	// NONE lets "/a/../admin" past it too. Parse it with
+	// policy.ParsePathNormalization.
+	PathNormalization string `json:"path_normalization,omitempty"`
 }
 
 // SidecarDecisionLog configures decision records.
@@ -184,7 +198,7 @@ func DefaultSidecar() Sidecar {
 		HandshakeTimeout: wire.Duration(10 * time.Second),
 		IdleTimeout:      wire.Duration(5 * time.Minute),
 		DrainTimeout:     wire.Duration(5 * time.Second),
-		Policy:           SidecarPolicy{RootNamespace: DefaultRootNamespace},
+		Policy:           SidecarPolicy{RootNamespace: DefaultRootNamespace, PathNormalization: DefaultPathNormalization},
 	}
 }
 
@@ -235,6 +249,9 @@ func (c *Sidecar) fillDefaults() {
 	}
 	if c.Policy.RootNamespace == "" {
 		c.Policy.RootNamespace = d.Policy.RootNamespace
+	}
+	if c.Policy.PathNormalization == "" {
+		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
 		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
@@ -344,6 +361,9 @@ func (c *Sidecar) Validate() error {
 	}
 	if r := c.DecisionLog.AllowSampleRate; r < 0 || r > 1 {
 		add("decision_log.allow_sample_rate: %v is not between 0 and 1", r)
+	}
+	if _, err := policy.ParsePathNormalization(c.Policy.PathNormalization); err != nil {
+		add("policy.path_normalization: %q is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", c.Policy.PathNormalization)
 	}
 	if c.Identity.Join != nil && len(c.Policy.Files) > 0 {
 		add("policy.files: policies come from the server in join mode")

@@ -22,7 +22,8 @@ func TestParseSidecarDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Admin != DefaultSidecarAdmin || c.ReloadInterval.Std() != DefaultSidecarReload ||
-		c.Policy.RootNamespace != DefaultRootNamespace || c.HandshakeTimeout.Std() != 10*time.Second {
+		c.Policy.RootNamespace != DefaultRootNamespace || c.HandshakeTimeout.Std() != 10*time.Second ||
+		c.Policy.PathNormalization != "BASE" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 }
@@ -50,6 +51,8 @@ func TestParseSidecarRejects(t *testing.T) {
 		{"duplicate_names", strings.Replace(strings.Replace(sidecarOK, "- {listen: \"0.0.0.0", "- {name: a, listen: \"0.0.0.0", 1), "- {listen: \"127", "- {name: a, listen: \"127", 1), "already used"},
 		{"join_with_policy_files", "identity: {join: {server: \"127.0.0.1:8443\", token_file: t, server_bundle: b}}\noutbound: [{listen: \"127.0.0.1:1\", upstream: \"127.0.0.1:2\", spiffe_id: \"spiffe://td/x\"}]\npolicy: {files: [p]}\n", "policy.files"},
 		{"no_listener", "identity: {workload_api: \"unix:///tmp/a.sock\"}\n", "at least one listener"},
+		{"unknown_path_normalization", sidecarOK + "policy: {path_normalization: FULL}\n", "policy.path_normalization: \"FULL\""},
+		{"path_normalization_not_a_string", sidecarOK + "policy: {path_normalization: [BASE]}\n", "path_normalization"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -72,6 +75,10 @@ func TestParseSidecarAccepts(t *testing.T) {
 		{"unix_app_and_grpc", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"unix:/run/app.sock\", protocol: grpc, port: 9090", 1)},
 		{"json", `{"identity": {"workload_api": "unix:///tmp/a.sock"}, "outbound": [{"listen": "[::1]:1", "upstream": "127.0.0.1:2", "spiffe_id": "spiffe://td/x", "protocol": "tcp"}]}`},
 		{"admin_off", sidecarOK + "admin: \"off\"\n"},
+		{"path_normalization_none", sidecarOK + "policy: {path_normalization: NONE}\n"},
+		{"path_normalization_merge_slashes", sidecarOK + "policy: {path_normalization: MERGE_SLASHES}\n"},
+		{"path_normalization_decode_and_merge_slashes_lower_case", sidecarOK + "policy: {path_normalization: decode_and_merge_slashes}\n"},
+		{"path_normalization_istio_default_alias", sidecarOK + "policy: {path_normalization: DEFAULT}\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,6 +95,7 @@ func FuzzParseSidecar(f *testing.F) {
 	f.Add(sidecarOK)
 	f.Add(`{"identity": {"workload_api": "unix:///tmp/a.sock"}, "outbound": [{"listen": "[::1]:1", "upstream": "127.0.0.1:2", "spiffe_id": "spiffe://td/x"}]}`)
 	f.Add("identity: {join: {server: a, token_file: b, server_bundle: c}}\nreload_interval: 5\n")
+	f.Add(sidecarOK + "policy: {path_normalization: MERGE_SLASHES}\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := ParseSidecar(strings.NewReader(s))
 		if err != nil {

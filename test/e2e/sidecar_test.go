@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -334,6 +335,122 @@ outbound:
 	})
 }
 
+// pathNormPolicies allow everything in prod except paths "/admin" and
+// "/admin/*", which a DENY refuses.
+const pathNormPolicies = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: prod}
+spec:
+  action: ALLOW
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
+`
+
+// TestSidecarPathNormalization: policy.path_normalization decides which
+// spellings of a path a DENY on "/admin" catches, and the app is served
+// the path the policy matched, as Istio's meshConfig.pathNormalization.
+func TestSidecarPathNormalization(t *testing.T) {
+	// The app echoes the request target exactly as it arrived: no
+	// ServeMux, whose redirects to cleaned paths would hide what the
+	// sidecar forwarded.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.Method, r.RequestURI)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	app := l.Addr().String()
+	pki := newSidecarPKI(t)
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "p.yaml"), []byte(pathNormPolicies), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	of, _ := pki.files("orders", scOrdersID)
+	client := pki.mtlsClient(t, scFrontendID)
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	type check struct {
+		path     string
+		wantCode int
+		want     string // in the body: the path the app was served
+	}
+	tests := []struct {
+		name   string
+		config string // the policy.path_normalization line, "" for the default
+		checks []check
+	}{
+		{"default_base", "", []check{
+			{"/admin", 403, "RBAC: access denied"},
+			{"/a/../admin", 403, "RBAC: access denied"},
+			{"//admin", 200, "GET //admin"},
+			{"/api//orders", 200, "GET /api//orders"},
+		}},
+		{"merge_slashes", "MERGE_SLASHES", []check{
+			{"/admin", 403, "RBAC: access denied"},
+			{"//admin", 403, "RBAC: access denied"},
+			{"/admin//users", 403, "RBAC: access denied"},
+			{"/%2Fadmin", 200, "GET /%2Fadmin"},
+			{"/api//orders", 200, "GET /api/orders"},
+		}},
+		{"decode_and_merge_slashes", "decode_and_merge_slashes", []check{
+			{"//admin", 403, "RBAC: access denied"},
+			{"/%2Fadmin", 403, "RBAC: access denied"},
+			{"/api/%2F/orders", 200, "GET /api/orders"},
+		}},
+		{"none", "NONE", []check{
+			{"/admin", 403, "RBAC: access denied"},
+			{"/a/../admin", 200, "GET /a/../admin"},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inbound := freeAddr(t)
+			norm := ""
+			if tc.config != "" {
+				norm = "  path_normalization: " + tc.config + "\n"
+			}
+			startSidecarProc(t, "orders-sidecar-"+tc.name, fmt.Sprintf(`identity:
+  files: {cert: %s, key: %s, bundle: %s}
+namespace: prod
+labels: {app: orders}
+inbound:
+  - {listen: "%s", app: "%s", port: 8080}
+policy:
+  files: [%s]
+%s`, of.Cert, of.Key, of.Bundle, inbound, app, policyDir, norm), true)
+			for _, c := range tc.checks {
+				code, body := sidecarDo(t, client, "GET", "https://"+inbound+c.path)
+				if code != c.wantCode || !strings.Contains(body, c.want) {
+					t.Errorf("GET %s: got %d %q, want %d containing %q", c.path, code, body, c.wantCode, c.want)
+				}
+			}
+		})
+	}
+
+	t.Run("unknown_mode_refused_at_start", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "bad.yaml")
+		cfg := fmt.Sprintf("identity:\n  files: {cert: %s, key: %s, bundle: %s}\nnamespace: prod\ninbound:\n  - {listen: \"%s\", app: \"%s\"}\npolicy:\n  path_normalization: FULL\n",
+			of.Cert, of.Key, of.Bundle, freeAddr(t), app)
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "sidecar", "-config", path, "-check").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), `policy.path_normalization: "FULL"`) {
+			t.Fatalf("got %v %q, want a usage error naming policy.path_normalization", err, out)
+		}
+	})
+}
+
 // TestSidecarRotationUnderLoad: both sidecars' certificate files are
 // replaced several times while requests flow; new handshakes get the new
 // certificate and no request fails.
@@ -555,6 +672,7 @@ namespace: prod
 labels: {app: orders}
 inbound:
   - {listen: "%s", app: "%s", port: 8080}
+policy: {path_normalization: MERGE_SLASHES}
 `, p.addr, tokenFile(scOrdersID), bundle, inbound, app), false)
 	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
@@ -630,6 +748,13 @@ outbound:
 	}
 	if code, body = sidecarDo(t, plain, "DELETE", "http://"+outbound+"/api/admin/x"); code != 403 {
 		t.Fatalf("DENY policy after the push: %d %q", code, body)
+	}
+	// Policies from the server are compiled with the sidecar's
+	// path_normalization: under MERGE_SLASHES "/api//admin/x" is
+	// "/api/admin/x" to the DENY rule (under BASE it would reach the app).
+	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if code, body = sidecarDo(t, noRedirect, "DELETE", "http://"+outbound+"/api//admin/x"); code != 403 {
+		t.Fatalf("DENY policy on a path with a doubled slash under MERGE_SLASHES: %d %q", code, body)
 	}
 
 	p.admin("revoke", "--spiffe-id", scFrontendID)
