@@ -371,18 +371,51 @@ func (o *OAuth) UseTOTPStep(ctx context.Context, userID string, step int64) erro
 	return nil
 }
 
-func (o *OAuth) SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+// EnableTOTP is one conditional UPDATE, and that condition is the check
+// callers rely on: under SQLite the transaction holds the database write
+// lock; under PostgreSQL (READ COMMITTED) a concurrent UPDATE of the row
+// waits for the first to commit, re-evaluates "totp_enabled = 0" against
+// the committed row and matches nothing. Either way exactly one of several
+// concurrent enrolments changes the row, and only the winner replaces the
+// recovery codes.
+func (o *OAuth) EnableTOTP(ctx context.Context, userID string, sealed []byte, step int64, recoveryHashes [][]byte, at time.Time) error {
 	return o.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1", userID); err != nil {
+		res, err := tx.ExecContext(ctx, `UPDATE oauth_users SET totp_secret = $1, totp_enabled = 1, totp_last_step = $2, updated_at = $3
+			WHERE id = $4 AND totp_enabled = 0`, sealed, step, unix(at), userID)
+		if err != nil {
+			return oerr("enable totp", err)
+		}
+		if ok, err := rowsOne(res); err != nil {
+			return oerr("enable totp", err)
+		} else if !ok {
+			var one int
+			err := tx.QueryRowContext(ctx, "SELECT 1 FROM oauth_users WHERE id = $1", userID).Scan(&one)
+			if errors.Is(err, sql.ErrNoRows) {
+				return oauthNotFound("user")
+			}
+			if err != nil {
+				return oerr("enable totp", err)
+			}
+			return &kindError{"store: oauth user has TOTP enabled already", []error{ErrConflict, token.ErrTOTPEnabled}}
+		}
+		return setRecoveryCodes(ctx, tx, userID, recoveryHashes)
+	})
+}
+
+func (o *OAuth) SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
+	return o.db.Tx(ctx, func(tx *sql.Tx) error { return setRecoveryCodes(ctx, tx, userID, hashes) })
+}
+
+func setRecoveryCodes(ctx context.Context, tx *sql.Tx, userID string, hashes [][]byte) error {
+	if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1", userID); err != nil {
+		return oerr("set recovery codes", err)
+	}
+	for _, h := range hashes {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_recovery_codes (user_id, code_hash) VALUES ($1, $2)", userID, h); err != nil {
 			return oerr("set recovery codes", err)
 		}
-		for _, h := range hashes {
-			if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_recovery_codes (user_id, code_hash) VALUES ($1, $2)", userID, h); err != nil {
-				return oerr("set recovery codes", err)
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func (o *OAuth) UseRecoveryCode(ctx context.Context, userID string, hash []byte) error {

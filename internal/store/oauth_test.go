@@ -115,6 +115,94 @@ func TestOAuthUsersTOTPAndRecovery(t *testing.T) {
 	})
 }
 
+// Two enrolments submitted at the same instant must not both replace the
+// user's second factor: EnableTOTP enables TOTP only if it is not enabled,
+// atomically, so exactly one of many concurrent calls wins and the others
+// change nothing (neither the key nor the winner's recovery codes).
+func TestOAuthEnableTOTPOnlyOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		at := time.Unix(1_800_000_000, 0).UTC()
+		if err := o.CreateUser(ctx, &token.User{ID: "u1", Name: "mia", PasswordHash: "$argon2id$x", CreatedAt: at, UpdatedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+		const n = 8
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			errs  = make([]error, n)
+		)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				errs[i] = o.EnableTOTP(ctx, "u1", []byte{byte(i)}, int64(1000+i), [][]byte{{byte(i), 1}, {byte(i), 2}}, at)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner < 0:
+				winner = i
+			case err == nil:
+				t.Fatalf("enrolments %d and %d both enabled TOTP", winner, i)
+			case !errors.Is(err, token.ErrTOTPEnabled) || !errors.Is(err, store.ErrConflict):
+				t.Fatalf("enrolment %d: got %v, want ErrTOTPEnabled", i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatal("no enrolment enabled TOTP")
+		}
+		u, err := o.UserByID(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !u.TOTPEnabled || !slices.Equal(u.TOTPSecret, []byte{byte(winner)}) || u.TOTPLastStep != int64(1000+winner) {
+			t.Fatalf("stored %v %x step %d, want the winner's (%d)", u.TOTPEnabled, u.TOTPSecret, u.TOTPLastStep, winner)
+		}
+		for i := range n {
+			err := o.UseRecoveryCode(ctx, "u1", []byte{byte(i), 1})
+			if (err == nil) != (i == winner) {
+				t.Fatalf("recovery code of enrolment %d (winner %d): %v", i, winner, err)
+			}
+		}
+
+		cases := []struct {
+			name   string
+			userID string
+			want   error
+		}{
+			{"enabled_already", "u1", token.ErrTOTPEnabled},
+			{"unknown_user", "nobody", token.ErrNotFound},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				if err := o.EnableTOTP(ctx, tc.userID, []byte("other"), 5000, [][]byte{{9}}, at); !errors.Is(err, tc.want) {
+					t.Fatalf("got %v, want %v", err, tc.want)
+				}
+			})
+		}
+		if got, _ := o.UserByID(ctx, "u1"); !slices.Equal(got.TOTPSecret, []byte{byte(winner)}) {
+			t.Fatalf("a refused enrolment changed the key: %x", got.TOTPSecret)
+		}
+		if left, _ := o.RecoveryCodesLeft(ctx, "u1"); left != 1 {
+			t.Fatalf("a refused enrolment changed the recovery codes: %d left, want 1", left)
+		}
+		// After a reset the user can enrol again.
+		u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep = nil, false, 0
+		if err := o.UpdateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.EnableTOTP(ctx, "u1", []byte("new"), 2000, nil, at); err != nil {
+			t.Fatalf("enrol after reset: %v", err)
+		}
+	})
+}
+
 func TestOAuthCodesAndRefreshFamilies(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()

@@ -675,6 +675,11 @@ func (s *Service) adminConfirmMFA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	codes, err := s.enableTOTP(ctx, u, u.TOTPSecret, step)
+	if errors.Is(err, ErrTOTPEnabled) {
+		// The user enrolled at a login meanwhile.
+		adminError(w, http.StatusConflict, "user %s has MFA on already; reset it first (moatless oauth user reset-mfa)", u.Name)
+		return
+	}
 	if err != nil {
 		s.storeError(w, "user", err)
 		return

@@ -439,9 +439,7 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		// or by an admin). Enrolling now would replace the user's second
 		// factor with a key chosen by whoever holds this form, on the
 		// strength of the password alone.
-		s.audit(ctx, AuditEvent{Type: "oauth.mfa.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Reason: "already_enrolled",
-			Details: map[string]string{"method": "enroll"}})
-		s.errorPage(w, http.StatusBadRequest, "two-factor authentication is already set up for this account; start again from the application")
+		s.refuseEnrolled(ctx, w, r, tx, u)
 		return
 	}
 	key := s.throttleKey(u.Name)
@@ -461,6 +459,14 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		return
 	}
 	codes, err := s.enableTOTP(ctx, u, tx.EnrollKey, step)
+	if errors.Is(err, ErrTOTPEnabled) {
+		// Another enrolment (a second form submitted at the same
+		// instant, or an admin's) passed the check above too and won:
+		// the store enables TOTP only if it is not enabled, so this one
+		// changed nothing and is refused like a stale form.
+		s.refuseEnrolled(ctx, w, r, tx, u)
+		return
+	}
 	if err != nil {
 		s.log.Error("token: login: enable totp", "err", err)
 		s.renderLogin(w, http.StatusInternalServerError, tx, "The server could not save your MFA enrolment. Try again.", nil)
@@ -472,20 +478,28 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 	s.renderLogin(w, http.StatusOK, &next, "", &Enrollment{RecoveryCodes: codes})
 }
 
+// refuseEnrolled answers an enrolment form for a user whose TOTP is
+// enabled: 400, audited as oauth.mfa.failed/already_enrolled, nothing
+// changed.
+func (s *Service) refuseEnrolled(ctx context.Context, w http.ResponseWriter, r *http.Request, tx *loginTx, u *User) {
+	s.audit(ctx, AuditEvent{Type: "oauth.mfa.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Reason: "already_enrolled",
+		Details: map[string]string{"method": "enroll"}})
+	s.errorPage(w, http.StatusBadRequest, "two-factor authentication is already set up for this account; start again from the application")
+}
+
 // enableTOTP stores a confirmed TOTP key (its confirming step counts as
-// used) and fresh recovery codes, which it returns for showing once.
+// used) and fresh recovery codes, which it returns for showing once. The
+// store does it only if the user's TOTP is not enabled yet, atomically:
+// ErrTOTPEnabled when another enrolment got there first (a check of
+// u.TOTPEnabled before calling is a read that a concurrent enrolment can
+// overtake, so it is never what prevents replacing a factor).
 func (s *Service) enableTOTP(ctx context.Context, u *User, sealed []byte, step int64) ([]string, error) {
-	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = sealed, true, 0, s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
-		return nil, err
-	}
-	if err := s.cfg.Store.UseTOTPStep(ctx, u.ID, step); err != nil {
-		return nil, err
-	}
 	codes, hashes := s.newRecoveryCodes()
-	if err := s.cfg.Store.SetRecoveryCodes(ctx, u.ID, hashes); err != nil {
+	now := s.now()
+	if err := s.cfg.Store.EnableTOTP(ctx, u.ID, sealed, step, hashes, now); err != nil {
 		return nil, err
 	}
+	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = sealed, true, step, now
 	s.metrics.mfa.WithLabelValues("enrolled").Inc()
 	return codes, nil
 }

@@ -2,11 +2,15 @@ package token_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -297,4 +301,179 @@ func (h *harness) enrolmentPage(user, pw string) (*http.Client, page, string) {
 		h.t.Fatalf("enrolment page: %d %s", p.status, p.body)
 	}
 	return c, p, p.body[i+len("Key: <code>") : i+len("Key: <code>")+32]
+}
+
+// rendezvousStore is the real store with a rendezvous, once armed, after
+// reading a user (User and UserByID): the first n readers each wait until
+// all n have read, so every competing enrolment sees the user without
+// TOTP, the interleaving a race needs, on every run.
+type rendezvousStore struct {
+	token.Store
+	mu      sync.Mutex
+	waiting int
+	release chan struct{}
+}
+
+func (s *rendezvousStore) arm(n int) {
+	s.mu.Lock()
+	s.waiting, s.release = n, make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *rendezvousStore) meet(ctx context.Context) {
+	s.mu.Lock()
+	rel := s.release
+	if rel != nil {
+		if s.waiting--; s.waiting == 0 {
+			close(rel)
+			s.release = nil
+		}
+	}
+	s.mu.Unlock()
+	if rel != nil {
+		select {
+		case <-rel:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func (s *rendezvousStore) User(ctx context.Context, name string) (*token.User, error) {
+	u, err := s.Store.User(ctx, name)
+	s.meet(ctx)
+	return u, err
+}
+
+func (s *rendezvousStore) UserByID(ctx context.Context, id string) (*token.User, error) {
+	u, err := s.Store.UserByID(ctx, id)
+	s.meet(ctx)
+	return u, err
+}
+
+// Two enrolments submitted at the same instant both pass the "user has no
+// TOTP yet" check; the later write must not replace the earlier factor.
+// Whoever holds only the password (and keeps an enrolment form) would
+// otherwise race the user's own enrolment and end up with the key, and
+// the user with recovery codes that no longer work. Exactly one enrolment
+// wins; a login form that loses is refused like a stale form (400,
+// oauth.mfa.failed/already_enrolled), an admin confirmation that loses
+// gets 409, and the loser changes nothing.
+func TestConcurrentEnrolmentsCannotReplaceMFA(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		rs := &rendezvousStore{Store: db.OAuth()}
+		h := newHarness(t, db, func(c *token.Config) { c.Store = rs })
+		h.webClient()
+		type result struct {
+			status int
+			won    bool // the answer shows recovery codes
+			key    string
+		}
+		// loginForm returns a competing enrolment by a login form.
+		loginForm := func(user, pw string) func() result {
+			c, p, key := h.enrolmentPage(user, pw)
+			tx := txRE.FindStringSubmatch(p.body)[1]
+			code := h.totpCode(key, 0)
+			return func() result {
+				resp, err := c.PostForm(h.issuer+"/oauth2/login", url.Values{"tx": {tx}, "code": {code}})
+				if err != nil {
+					return result{status: -1}
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				won := strings.Count(string(b), "<li>") == token.RecoveryCodes
+				return result{resp.StatusCode, won, key}
+			}
+		}
+		// adminConfirm returns a competing enrolment by an admin.
+		adminConfirm := func(user, _ string) func() result {
+			var enr token.Enrollment
+			if code := h.admin("POST", "users/"+user+"/mfa", nil, &enr); code != http.StatusOK {
+				t.Fatalf("start mfa: %d", code)
+			}
+			code := h.totpCode(enr.Secret, 0)
+			return func() result {
+				b, _ := json.Marshal(map[string]string{"code": code})
+				resp, err := h.http.Post(h.srv.URL+"/v1/admin/oauth/users/"+user+"/mfa/confirm", "application/json", bytes.NewReader(b))
+				if err != nil {
+					return result{status: -1}
+				}
+				defer resp.Body.Close()
+				var done token.Enrollment
+				json.NewDecoder(resp.Body).Decode(&done)
+				return result{resp.StatusCode, len(done.RecoveryCodes) == token.RecoveryCodes, enr.Secret}
+			}
+		}
+		cases := []struct {
+			name      string
+			second    func(user, pw string) func() result
+			loserCode int // the second enrolment's status when it loses
+		}{
+			{"two_login_forms", loginForm, http.StatusBadRequest},
+			{"login_form_and_admin_confirm", adminConfirm, http.StatusConflict},
+		}
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				user, pw := "noa"+strconv.Itoa(i), "noa's password!"
+				h.createUser(user, pw, token.UserSpec{RequireMFA: true})
+				enrol := []func() result{loginForm(user, pw), tc.second(user, pw)}
+				results := make([]result, len(enrol))
+				rs.arm(len(enrol))
+				var wg sync.WaitGroup
+				for j, f := range enrol {
+					wg.Add(1)
+					go func() { defer wg.Done(); results[j] = f() }()
+				}
+				wg.Wait()
+
+				winner := -1
+				for j, r := range results {
+					if r.won && winner >= 0 {
+						t.Fatalf("both enrolments enabled TOTP: %+v", results)
+					}
+					if r.won {
+						winner = j
+					}
+				}
+				if winner < 0 || results[winner].status != http.StatusOK {
+					t.Fatalf("no enrolment won: %+v", results)
+				}
+				loser := 1 - winner
+				wantLoser := http.StatusBadRequest
+				if loser == 1 {
+					wantLoser = tc.loserCode
+				}
+				if results[loser].status != wantLoser {
+					t.Fatalf("losing enrolment %d: status %d, want %d", loser, results[loser].status, wantLoser)
+				}
+				u, err := db.OAuth().User(context.Background(), user)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var enrolled, refused int
+				h.mu.Lock()
+				for _, e := range h.audits {
+					switch {
+					case e.Subject != u.ID:
+					case e.Type == "oauth.mfa.enrolled":
+						enrolled++
+					case e.Type == "oauth.mfa.failed" && e.Reason == "already_enrolled":
+						refused++
+					}
+				}
+				h.mu.Unlock()
+				if wantRefused := map[bool]int{true: 1, false: 0}[wantLoser == http.StatusBadRequest]; enrolled != 1 || refused != wantRefused {
+					t.Fatalf("audit: %d enrolled, %d already_enrolled refusals; want 1 and %d", enrolled, refused, wantRefused)
+				}
+
+				h.clock.Advance(60 * time.Second)
+				if p := h.loginTOTP(user, pw, url.Values{"code": {h.totpCode(results[loser].key, 0)}}); p.status != http.StatusUnauthorized {
+					t.Fatalf("losing enrolment's key: %d, want 401", p.status)
+				}
+				h.clock.Advance(60 * time.Second)
+				if p := h.loginTOTP(user, pw, url.Values{"code": {h.totpCode(results[winner].key, 0)}}); p.status != http.StatusSeeOther {
+					t.Fatalf("winning enrolment's key: %d, want 303", p.status)
+				}
+			})
+		}
+	})
 }

@@ -23,15 +23,19 @@ var (
 	// issued for. The store changed nothing and returns the record so
 	// the caller can say which part did not match.
 	ErrMismatch = errors.New("token: mismatch")
+	// ErrTOTPEnabled: EnableTOTP found the user's TOTP enabled already
+	// (another enrolment, at a login or by an admin, got there first).
+	// Nothing changed.
+	ErrTOTPEnabled = errors.New("token: totp enabled already")
 )
 
 // Store is the persistence the token service needs. internal/store
 // implements it on SQLite and PostgreSQL (store.DB.OAuth()). Every method
 // is safe for concurrent use, including from several server replicas on
 // one PostgreSQL database: the single-use operations (ConsumeCode,
-// RotateRefreshToken, UseTOTPStep, UseRecoveryCode, UseAssertionJTI) are
-// atomic compare-and-set operations in the database, never
-// read-then-write in the caller.
+// RotateRefreshToken, EnableTOTP, UseTOTPStep, UseRecoveryCode,
+// UseAssertionJTI) are atomic compare-and-set operations in the
+// database, never read-then-write in the caller.
 type Store interface {
 	// CreateClient stores a new client; ErrConflict when its ID, name or
 	// SPIFFE ID is taken.
@@ -66,6 +70,15 @@ type Store interface {
 	// for the user. ErrConflict when step is not greater than the last
 	// step recorded: that code (or an older one) was used already.
 	UseTOTPStep(ctx context.Context, userID string, step int64) error
+	// EnableTOTP turns on TOTP for the user with the confirmed key sealed,
+	// records step as its last accepted time step and replaces the user's
+	// recovery codes with recoveryHashes, in one transaction, but only if
+	// the user's TOTP is not enabled: the check and the write are one
+	// conditional statement in the database, so of several concurrent
+	// enrolments (on any replica) exactly one succeeds. ErrTOTPEnabled
+	// when the user's TOTP was enabled already (nothing changed);
+	// ErrNotFound for an unknown user.
+	EnableTOTP(ctx context.Context, userID string, sealed []byte, step int64, recoveryHashes [][]byte, at time.Time) error
 	// SetRecoveryCodes replaces the user's recovery code hashes.
 	SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error
 	// UseRecoveryCode deletes the recovery code with this hash;
