@@ -33,6 +33,7 @@ type outbound struct {
 	draining        atomic.Bool
 	streams         sync.WaitGroup // raw TCP streams
 	streamMu        sync.Mutex     // orders streams.Add against Shutdown's Wait
+	accept          acceptBackoff  // the TCP accept loop's pacing
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -147,13 +148,12 @@ func (ob *outbound) serve() error {
 			if ob.closed.Load() || ob.draining.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
+			if ob.accept.retry(err) {
 				continue
 			}
 			return fmt.Errorf("proxy: outbound %s: accept: %w", ob.name, err)
 		}
+		ob.accept.reset()
 		ob.streamMu.Lock()
 		if ob.draining.Load() {
 			ob.streamMu.Unlock()
