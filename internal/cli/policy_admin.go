@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -306,18 +307,32 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 	var af adminFlags
 	af.register(fs, e)
 	limit := fs.Int("limit", 20, "how many versions (1-1000)")
+	before := fs.Uint64("before", 0, "only versions older than this policy `version` (paging)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy history [--limit N] [--before VERSION] [-o json]")
+		fmt.Fprintln(fs.Output(), "\nLists policy versions, newest first. When more are older than the page, the text")
+		fmt.Fprintln(fs.Output(), "output ends with the --before value that shows the next page.")
+		fs.PrintDefaults()
+	}
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
 	if *limit < 1 || *limit > 1000 {
 		return e.errorf(ExitUsage, "policy history: --limit must be 1 to 1000")
 	}
+	if *before > math.MaxInt64 {
+		return e.errorf(ExitUsage, "policy history: --before %d is not a policy version", *before)
+	}
 	c, err := af.client()
 	if err != nil {
 		return e.errorf(ExitUsage, "policy history: %v", err)
 	}
+	path := server.PathAdminPolicyHistory + "?limit=" + strconv.Itoa(*limit)
+	if *before > 0 {
+		path += "&before=" + strconv.FormatUint(*before, 10)
+	}
 	var hist []store.PolicyVersion
-	if err := c.do(ctx, "GET", server.PathAdminPolicyHistory+"?limit="+strconv.Itoa(*limit), nil, &hist); err != nil {
+	if err := c.do(ctx, "GET", path, nil, &hist); err != nil {
 		return e.fail(err)
 	}
 	if af.json() {
@@ -338,6 +353,12 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", h.Version, h.CreatedAt.Local().Format(time.RFC3339), action, h.Actor, h.Documents, strings.Join(ch, ", "))
 	}
 	tw.Flush()
+	// The server answers a bare list (no "next" as in the audit page), so
+	// the hint follows the server's audit paging rule: a full page whose
+	// oldest version is above 1 (versions count from 1) has older ones.
+	if n := len(hist); n == *limit && hist[n-1].Version > 1 {
+		fmt.Fprintf(e.Stdout, "(older: moatless policy history --before %d)\n", hist[n-1].Version)
+	}
 	return ExitOK
 }
 
