@@ -7,10 +7,12 @@ package server
 // pushed on the watch stream, its keys rotated by the maintenance loop.
 
 import (
+	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -165,7 +167,11 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 	if e.Outcome != "success" {
 		outcome = audit.Failure
 	}
-	actor, _ := ctx.Value(adminActorKey{}).(string)
+	call, _ := ctx.Value(oauthAdminCallKey{}).(*oauthAdminCall)
+	var actor string
+	if call != nil {
+		actor = call.actor
+	}
 	switch {
 	case actor != "":
 	case e.ClientID != "":
@@ -188,15 +194,15 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 		}
 	}
 	ev := audit.Event{Kind: e.Type, Actor: actor, Subject: e.Subject, Outcome: outcome, Details: details}
-	if err := s.audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	err := s.audit.Append(context.WithoutCancel(ctx), ev)
+	if call != nil {
+		call.note(err)
+	}
+	if err != nil {
 		return fmt.Errorf("server: audit log: %w", err)
 	}
 	return nil
 }
-
-// adminActorKey carries the authenticated admin into the token service's
-// admin handlers, so their audit records name who acted.
-type adminActorKey struct{}
 
 // oauthPeer gives the token service the caller's SPIFFE ID for
 // tls_client_auth. The listener verified the certificate as an
@@ -218,29 +224,94 @@ func (b caJWTBundles) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtb
 	return b.s.ca.Bundle().GetJWTBundleForTrustDomain(td)
 }
 
-// statusRecorder remembers the status a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
+// oauthAdminCall is one call of the token service's admin API being
+// served. oauthAudit counts the token service's own records of the call
+// here; they decide whether the call needs an admin.call record and
+// whether its answer may leave.
+type oauthAdminCall struct {
+	actor string
+
+	mu       sync.Mutex
+	recorded int   // records of the call written
+	failed   error // the first record of the call that could not be written
+}
+
+// oauthAdminCallKey carries the *oauthAdminCall into the token service's
+// admin handlers, so their audit records name who acted and report back.
+type oauthAdminCallKey struct{}
+
+func (c *oauthAdminCall) note(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		if c.failed == nil {
+			c.failed = err
+		}
+		return
+	}
+	c.recorded++
+}
+
+func (c *oauthAdminCall) outcome() (recorded int, failed error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.recorded, c.failed
+}
+
+// heldResponse holds an admin answer until the call is audited.
+type heldResponse struct {
+	header http.Header
 	status int
+	body   bytes.Buffer
 }
 
-func (w *statusRecorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
+func newHeldResponse() *heldResponse { return &heldResponse{header: http.Header{}} }
+
+func (h *heldResponse) Header() http.Header { return h.header }
+
+func (h *heldResponse) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
 	}
-	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *statusRecorder) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
+func (h *heldResponse) Write(b []byte) (int, error) {
+	if h.status == 0 {
+		h.status = http.StatusOK
 	}
-	return w.ResponseWriter.Write(b)
+	return h.body.Write(b)
+}
+
+// firstError is the first message of a {"errors": [...]} answer.
+func (h *heldResponse) firstError() string {
+	var eb struct {
+		Errors []string `json:"errors"`
+	}
+	if h.status < 400 || json.Unmarshal(h.body.Bytes(), &eb) != nil || len(eb.Errors) == 0 {
+		return ""
+	}
+	return eb.Errors[0]
 }
 
 // oauthAdmin puts the token service's admin API behind the server's admin
-// authentication (admin token or admin client certificate), and audits
-// and counts each call like the built-in admin endpoints.
+// authentication (admin token or admin client certificate), and audits,
+// counts and answers each call as the built-in admin API does (admin.go):
+//
+//   - The answer is held until the call is audited. If any audit record
+//     of the call cannot be written, the answer never leaves (a client
+//     secret or recovery codes are shown once, a listing is data) and the
+//     caller gets 500 "audit log unavailable".
+//   - A call is audited once. The token service records what it did
+//     (oauth.client.created, oauth.revoke, oauth.mfa.failed, ...) with the
+//     admin as actor; a call it recorded nothing for (reads, refusals,
+//     unknown endpoints) gets one admin.call record, as the built-in API
+//     gives calls with no change record.
+//
+// Unlike the built-in API's changes, a token service change is not in one
+// transaction with its record (the token store and the audit log are
+// written separately): when the record of a change fails, the change
+// stays made though unrecorded, and only its answer is withheld. The
+// refusal says so.
 func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		actor, status, msg := s.authenticateAdmin(r)
@@ -251,31 +322,64 @@ func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 			writeErrors(w, http.StatusTooManyRequests, "too many refused requests; retry later")
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w}
+		call := &oauthAdminCall{actor: actor}
+		res := newHeldResponse()
 		if status != 0 {
 			if status == http.StatusUnauthorized {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="moatless"`)
+				res.header.Set("WWW-Authenticate", `Bearer realm="moatless"`)
 			}
-			writeErrors(rec, status, msg)
+			writeErrors(res, status, msg)
 		} else {
 			r.Body = http.MaxBytesReader(w, r.Body, MaxAdminBody)
-			h.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), adminActorKey{}, actor)))
+			h.ServeHTTP(res, r.WithContext(context.WithValue(r.Context(), oauthAdminCallKey{}, call)))
 		}
-		code := rec.status
-		outcome, label := audit.Success, "success"
+		if res.status == 0 {
+			res.status = http.StatusOK // what net/http sends for a handler that wrote nothing
+		}
+		recorded, failed := call.outcome()
+		if failed == nil && recorded == 0 {
+			outcome := audit.Success
+			switch {
+			case res.status == http.StatusUnauthorized || res.status == http.StatusForbidden:
+				outcome = audit.Denied
+			case res.status >= 500:
+				outcome = audit.Error
+			case res.status >= 400:
+				outcome = audit.Failure
+			}
+			details := map[string]string{"method": r.Method, "path": r.URL.Path, "status": strconv.Itoa(res.status), "remote": remoteHost(r)}
+			if r.URL.RawQuery != "" {
+				details["query"] = r.URL.RawQuery
+			}
+			if m := res.firstError(); m != "" {
+				details["error"] = m
+			}
+			ev := audit.Event{Kind: audit.KindAdminCall, Actor: actor, Subject: r.Method + " " + r.URL.Path, Outcome: outcome, Details: details}
+			if err := s.audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
+				s.log.Error("audit log unavailable: refusing the admin call", "err", err)
+				res = newHeldResponse()
+				writeErrors(res, http.StatusInternalServerError, "audit log unavailable; the call was not served")
+			}
+		} else if failed != nil {
+			s.log.Error("audit log unavailable: withholding the token service's admin answer", "method", r.Method, "path", r.URL.Path, "err", failed)
+			res = newHeldResponse()
+			writeErrors(res, http.StatusInternalServerError,
+				"audit log unavailable; the answer was withheld, and a change the call made may stand unrecorded: check once the audit log works")
+		}
 		switch {
-		case code == http.StatusUnauthorized || code == http.StatusForbidden:
-			outcome, label = audit.Denied, "denied"
-		case code >= 500:
-			outcome, label = audit.Error, "server_error"
-		case code >= 400:
-			outcome, label = audit.Failure, "client_error"
+		case res.status == http.StatusUnauthorized || res.status == http.StatusForbidden:
+			s.metrics.adminRequests.WithLabelValues("denied").Inc()
+		case res.status >= 500:
+			s.metrics.adminRequests.WithLabelValues("server_error").Inc()
+		case res.status >= 400:
+			s.metrics.adminRequests.WithLabelValues("client_error").Inc()
+		default:
+			s.metrics.adminRequests.WithLabelValues("success").Inc()
 		}
-		s.metrics.adminRequests.WithLabelValues(label).Inc()
-		ev := audit.Event{Kind: audit.KindAdminCall, Actor: actor, Subject: r.Method + " " + r.URL.Path, Outcome: outcome,
-			Details: map[string]string{"method": r.Method, "path": r.URL.Path, "status": strconv.Itoa(code), "remote": remoteHost(r)}}
-		if err := s.audit.Append(context.WithoutCancel(r.Context()), ev); err != nil {
-			s.log.Error("audit log unavailable for an admin call", "err", err)
+		for k, v := range res.header {
+			w.Header()[k] = v
 		}
+		w.WriteHeader(res.status)
+		w.Write(res.body.Bytes())
 	})
 }

@@ -241,3 +241,74 @@ func TestAdminRefusalFloodIsBoundedOnEveryAdminAPI(t *testing.T) {
 		})
 	}
 }
+
+// The token service's admin API fails closed like the built-in admin API:
+// a call whose audit record cannot be written is not answered (no client
+// secret shown once, no list of users leaves the server unaudited), and a
+// call is audited once: by the token service's own record of what it did
+// or, when it recorded nothing, by one admin.call record.
+func TestOAuthAdminFailsClosedWithoutAudit(t *testing.T) {
+	e := start(t, "")
+	db := e.srv.Store().SQL()
+	e.admin("POST", "/v1/admin/oauth/users", token.UserRequest{Name: "zoe", Password: "zoe's long password"}, nil)
+	auditDown := func(down bool) {
+		t.Helper()
+		q := "DROP TRIGGER audit_down"
+		if down {
+			// The audit sink fails; the rest of the store works.
+			q = "CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log down'); END"
+		}
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newClient := token.ClientRequest{Name: "billing", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}}
+	cases := []struct {
+		name     string
+		method   string
+		path     string
+		token    string
+		body     any
+		leak     string // must not be in the refused answer
+		wantKind string // the one record of the call once the audit log works
+	}{
+		{"create_client", "POST", "/v1/admin/oauth/clients", e.token, newClient, "client_secret", "oauth.client.created"},
+		{"list_users", "GET", "/v1/admin/oauth/users", e.token, nil, "zoe", audit.KindAdminCall},
+		{"show_user", "GET", "/v1/admin/oauth/users/zoe", e.token, nil, "zoe", audit.KindAdminCall},
+		{"unauthenticated", "GET", "/v1/admin/oauth/users", "mla_wrong", nil, "zoe", audit.KindAdminCall},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			auditDown(true)
+			st, body := e.do(e.client(nil), tc.method, tc.path, tc.token, tc.body)
+			auditDown(false)
+			if st != http.StatusInternalServerError || strings.Contains(string(body), tc.leak) || !strings.Contains(string(body), "audit log unavailable") {
+				t.Fatalf("with the audit log down: %d %s, want 500 audit log unavailable", st, body)
+			}
+
+			if tc.method == "POST" {
+				// The refused call's change may have been made (see
+				// oauthAdmin); create another.
+				newClient.Name += "2"
+				tc.body = newClient
+			}
+			before, err := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, body := e.do(e.client(nil), tc.method, tc.path, tc.token, tc.body); st >= 500 {
+				t.Fatalf("with the audit log back: %d %s", st, body)
+			}
+			after, _ := audit.List(context.Background(), e.srv.Store(), 0, 1000)
+			var kinds []string
+			for _, r := range after[:len(after)-len(before)] {
+				if r.Actor == "admin-token" || r.Actor == "anonymous" {
+					kinds = append(kinds, r.Kind)
+				}
+			}
+			if len(kinds) != 1 || kinds[0] != tc.wantKind {
+				t.Fatalf("the call was audited as %v, want once as %s", kinds, tc.wantKind)
+			}
+		})
+	}
+}
