@@ -190,3 +190,32 @@ func TestOutboundAcceptBackoff(t *testing.T) {
 		})
 	}
 }
+
+// The inbound listener rides out a file-descriptor shortage too: EMFILE
+// used to end Serve, stopping the workload's only way in for good.
+func TestInboundSurvivesEMFILE(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	ln := newScriptedListener(acceptErr(syscall.EMFILE), acceptErr(syscall.ENFILE))
+	s, err := New(Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Inbound:  []Inbound{{Name: "in", Listener: ln, App: "127.0.0.1:1"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ctx) }()
+	select {
+	case <-ln.drained:
+	case err := <-errc:
+		t.Fatalf("Serve ended on a temporary accept error: %v", err)
+	}
+	cancel()
+	if err := <-errc; err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+}

@@ -154,22 +154,21 @@ func (ib *inbound) serve() error {
 	if ib.httpSrv != nil {
 		go ib.httpSrv.Serve(ib.hl)
 	}
-	var delay time.Duration
+	var backoff acceptBackoff
 	for {
 		c, err := ib.ln.Accept()
 		if err != nil {
 			if ib.closed.Load() || ib.draining.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
+			// EMFILE and friends pass once connections close; giving up
+			// would stop the inbound listener for good after one burst.
+			if backoff.retry(err) {
 				continue
 			}
 			return fmt.Errorf("proxy: inbound %s: accept: %w", ib.name, err)
 		}
-		delay = 0
+		backoff.reset()
 		// Past the limit a connection is closed at once, before any TLS
 		// work: a flood costs an accept, not a handshake and a goroutine.
 		if ib.open.Load() >= int64(ib.s.cfg.MaxConnections) {
