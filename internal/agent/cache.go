@@ -35,12 +35,13 @@ const (
 	maxJWTCache = 10000
 )
 
-// cachedX509 is a workload SVID and what it was signed for.
+// cachedX509 is a workload SVID and what it was signed for. Its expiry is
+// svid.ExpiresAt (the leaf's NotAfter); rotateAt is kept because it also
+// depends on when the SVID arrived (halfLife).
 type cachedX509 struct {
 	svid     *workload.X509SVID
 	spiffeID string
 	ttl      wire.Duration
-	notAfter time.Time
 	rotateAt time.Time
 }
 
@@ -244,7 +245,7 @@ func (c *Cache) publishLocked() {
 				continue
 			}
 			id := &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors}
-			if x := c.x509[e.ID]; x != nil && x.spiffeID == e.SPIFFEID && now.Before(x.notAfter) {
+			if x := c.x509[e.ID]; x != nil && x.spiffeID == e.SPIFFEID && now.Before(x.svid.ExpiresAt) {
 				id.X509 = x.svid
 			}
 			ids = append(ids, id)
@@ -301,7 +302,7 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 	now := c.now()
 	expired := false
 	for id, x := range c.x509 {
-		if !now.Before(x.notAfter) {
+		if !now.Before(x.svid.ExpiresAt) {
 			delete(c.x509, id)
 			expired = true
 		}
@@ -367,7 +368,7 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 	// could not be rotated stops being served the moment it expires.
 	var next time.Time
 	for _, x := range c.x509 {
-		for _, t := range []time.Time{x.rotateAt, x.notAfter} {
+		for _, t := range []time.Time{x.rotateAt, x.svid.ExpiresAt} {
 			if t.After(c.now()) && (next.IsZero() || t.Before(next)) {
 				next = t
 			}
@@ -413,7 +414,6 @@ func (c *Cache) store(batch []pending, svids []wire.X509SVID, b wire.Bundle) {
 			svid:     &workload.X509SVID{Chain: svid.Certificates, ChainDER: chainDER, KeyDER: keyDER, Serial: serial, ExpiresAt: leaf.NotAfter},
 			spiffeID: p.entry.SPIFFEID,
 			ttl:      p.entry.X509TTL,
-			notAfter: leaf.NotAfter,
 			rotateAt: halfLife(leaf, now),
 		}
 	}
