@@ -186,7 +186,9 @@ func (c *Cache) SetEntries(entries []wire.Entry) {
 }
 
 // SetRevocations applies the revocation list: revoked SPIFFE IDs and
-// serials stop being served before this returns.
+// serials stop being served before this returns. It replaces the sets
+// whole and nothing writes to them after: published snapshots share
+// revokedIDs.
 func (c *Cache) SetRevocations(r wire.Revocations) {
 	c.mu.Lock()
 	c.revokedIDs = make(map[string]struct{}, len(r.SPIFFEIDs))
@@ -230,10 +232,6 @@ func (c *Cache) publishLocked() {
 		return
 	}
 	now := c.now()
-	revoked := make(map[string]struct{}, len(c.revokedIDs))
-	for k := range c.revokedIDs {
-		revoked[k] = struct{}{}
-	}
 	var ids []*workload.Identity
 	if !c.nodeRevokedLocked() {
 		for _, e := range c.entries {
@@ -256,7 +254,10 @@ func (c *Cache) publishLocked() {
 	slices.SortFunc(ids, func(a, b *workload.Identity) int {
 		return cmp.Or(cmp.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()), cmp.Compare(a.EntryID, b.EntryID))
 	})
-	st, err := workload.NewState(c.td, c.bundle.SequenceNumber, c.x509Auth, c.jwtBundle, ids, revoked)
+	// The snapshot shares revokedIDs: SetRevocations replaces the map
+	// whole and nothing writes to it after, so published snapshots stay
+	// immutable without a copy per publish.
+	st, err := workload.NewState(c.td, c.bundle.SequenceNumber, c.x509Auth, c.jwtBundle, ids, c.revokedIDs)
 	if err != nil {
 		c.log.Error("cannot build Workload API state", "error", err)
 		return
