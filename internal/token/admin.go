@@ -392,16 +392,8 @@ func (s *Service) adminRotateSecret(w http.ResponseWriter, r *http.Request) {
 		// working at once), so clients can be updated without downtime.
 		Grace Duration `json:"grace,omitempty"`
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
-	if err != nil {
-		adminError(w, http.StatusRequestEntityTooLarge, "request body too large")
+	if !decodeAdminOptional(w, r, &req) {
 		return
-	}
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := decodeStrictJSON(body, &req); err != nil {
-			adminError(w, http.StatusBadRequest, "%v", err)
-			return
-		}
 	}
 	if req.Grace < 0 || time.Duration(req.Grace) > MaxSecretGrace {
 		adminError(w, http.StatusBadRequest, "grace must be between 0 and %v", MaxSecretGrace)
@@ -629,6 +621,13 @@ func (s *Service) adminStartMFA(w http.ResponseWriter, r *http.Request) {
 
 // decodeAdminEmpty accepts an empty body or an empty JSON object.
 func decodeAdminEmpty(w http.ResponseWriter, r *http.Request) bool {
+	return decodeAdminOptional(w, r, &struct{}{})
+}
+
+// decodeAdminOptional is decodeAdmin for endpoints whose body may be
+// left out: an empty (or all-space) body leaves v as it is; anything
+// else must be exactly one JSON object for v, decoded strictly.
+func decodeAdminOptional(w http.ResponseWriter, r *http.Request, v any) bool {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
 	if err != nil {
 		adminError(w, http.StatusRequestEntityTooLarge, "request body too large")
@@ -637,8 +636,7 @@ func decodeAdminEmpty(w http.ResponseWriter, r *http.Request) bool {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return true
 	}
-	var v struct{}
-	if err := decodeStrictJSON(body, &v); err != nil {
+	if err := decodeStrictJSON(body, v); err != nil {
 		adminError(w, http.StatusBadRequest, "%v", err)
 		return false
 	}
