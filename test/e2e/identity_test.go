@@ -84,6 +84,17 @@ func (p *plane) joinToken(id string, extra ...string) string {
 	return strings.TrimSpace(p.admin(append([]string{"jointoken", "create", "--spiffe-id", id}, extra...)...))
 }
 
+// joinTokenFile writes a new join token for id into a file of its own, as
+// a sidecar's identity.join.token_file reads it, and returns the path.
+func (p *plane) joinTokenFile(id string) string {
+	p.t.Helper()
+	f := filepath.Join(p.t.TempDir(), "token")
+	if err := os.WriteFile(f, []byte(p.joinToken(id)+"\n"), 0o600); err != nil {
+		p.t.Fatal(err)
+	}
+	return f
+}
+
 func uidSelector() string { return "unix:uid:" + strconv.Itoa(os.Geteuid()) }
 
 // agentProc is a running agent.

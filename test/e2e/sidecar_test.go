@@ -659,13 +659,6 @@ func TestSidecarJoinTokenMode(t *testing.T) {
 	bundle := filepath.Join(p.dataDir, "bundle.pem")
 	app := sidecarEchoApp(t)
 	inbound, outbound := freeAddr(t), freeAddr(t)
-	tokenFile := func(id string) string {
-		f := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(f, []byte(p.joinToken(id)+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
 	orders := startSidecarProc(t, "orders-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
 namespace: prod
@@ -673,12 +666,12 @@ labels: {app: orders}
 inbound:
   - {listen: "%s", app: "%s", port: 8080}
 policy: {path_normalization: MERGE_SLASHES}
-`, p.addr, tokenFile(scOrdersID), bundle, inbound, app), false)
+`, p.addr, p.joinTokenFile(scOrdersID), bundle, inbound, app), false)
 	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
 outbound:
   - {listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, p.addr, tokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
+`, p.addr, p.joinTokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
 
 	plain := &http.Client{Timeout: 10 * time.Second}
 	var code int

@@ -78,25 +78,18 @@ spec:
 
 	app := sidecarEchoApp(t)
 	inbound, outbound := freeAddr(t), freeAddr(t)
-	tokenFile := func(id string) string {
-		f := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(f, []byte(p.joinToken(id)+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
 	startSidecarProc(t, "orders-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
 namespace: prod
 labels: {app: orders}
 inbound:
   - {listen: "%s", app: "%s", port: 8080}
-`, p.addr, tokenFile(scOrdersID), bundle, inbound, app), false)
+`, p.addr, p.joinTokenFile(scOrdersID), bundle, inbound, app), false)
 	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
 outbound:
   - {listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, p.addr, tokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
+`, p.addr, p.joinTokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
 
 	// A token from the server's token endpoint.
 	req, _ := http.NewRequest("POST", issuer+"/oauth2/token", strings.NewReader(url.Values{"grant_type": {"client_credentials"}}.Encode()))
