@@ -188,6 +188,9 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		"tcp":               func(r *Request) { r.Protocol, r.Method, r.Path, r.Host = TCP, "", "", "" },
 		"plaintext":         func(r *Request) { r.Source.Principal = "" },
 		"duplicate_headers": func(r *Request) { r.Headers["X-Tenant"] = []string{"acme", "globex"} },
+		"path_normalized_ahead": func(r *Request) {
+			r.NormalizedPath, _ = NormalizeRequestPath("/api/v1/./payments/%34%32/../42?x=1", NormalizeBase)
+		},
 	}
 	for name, edit := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -235,5 +238,28 @@ spec:
 	}
 	if got := s.JWTRules(req.Destination); len(got) != 2 {
 		t.Errorf("JWTRules(ns-0) = %v", got)
+	}
+}
+
+// BenchmarkForwardAndDecide is a sidecar's per-request path work at 1,000
+// policies: normalize the request target for forwarding, then decide.
+func BenchmarkForwardAndDecide(b *testing.B) {
+	s := mustSet(b, meshPolicies(1000), Options{})
+	for _, v := range []struct{ name, path string }{
+		{"normal_path", "/api/v1/payments/42?expand=items"},
+		{"normalize_path", "/api/v1/./payments/%34%32/../42?x=1"},
+	} {
+		req := benchRequest(1000)
+		req.Path = v.path
+		b.Run(v.name, func(b *testing.B) {
+			loopWithCPU(b, func() {
+				np, err := NormalizeRequestPath(req.Path, s.PathNormalization())
+				if err != nil {
+					b.Fatal(err)
+				}
+				req.NormalizedPath = np
+				s.Decide(req)
+			})
+		})
 	}
 }

@@ -364,8 +364,9 @@ func (s *Set) candidates(buf []*compiledAuthz, dst *Destination) ([]*compiledAut
 // does not allocate on the common path. A nil Set denies everything.
 //
 // For HTTP, req.Path is normalized as Options.PathNormalization says
-// before matching; a path Istio rejects outright (see ErrInvalidPath) is
-// denied. Decide does not modify req.
+// before matching (or req.NormalizedPath, already normalized that way, is
+// matched); a path Istio rejects outright (see ErrInvalidPath) is denied.
+// Decide does not modify req.
 func (s *Set) Decide(req *Request) Decision {
 	if s == nil {
 		return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoSet}
@@ -429,7 +430,7 @@ func (s *Set) authorize(req *Request) Decision {
 	c.req = req
 	c.tcp = req.Protocol == TCP
 	if !c.tcp {
-		p, err := normalizePath(pathBuf[:0], req.Path, s.opts.PathNormalization)
+		p, err := s.matchPath(pathBuf[:0], req)
 		if err != nil {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
@@ -456,6 +457,16 @@ func (s *Set) authorize(req *Request) Decision {
 		d.DryRun = DryRun{Applies: true, Outcome: w.Outcome, Policy: w.Policy, Action: w.Action, Rule: w.Rule, Reason: w.Reason}
 	}
 	return d
+}
+
+// matchPath is the path paths and notPaths match: req.NormalizedPath when
+// it was normalized in the Set's mode, else req.Path normalized into buf
+// (the result may alias buf, as normalizePath's does).
+func (s *Set) matchPath(buf []byte, req *Request) (string, error) {
+	if np := &req.NormalizedPath; np.ok && np.mode == s.opts.PathNormalization {
+		return np.path, nil
+	}
+	return normalizePath(buf, req.Path, s.opts.PathNormalization)
 }
 
 // customPhase runs the enforced CUSTOM policies that match: each distinct

@@ -77,7 +77,7 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 
 	c := evalCtx{req: req, tcp: req.Protocol == TCP}
 	if !c.tcp {
-		p, err := NormalizePath(req.Path, s.opts.PathNormalization)
+		p, err := s.matchPath(nil, req)
 		if err != nil {
 			return e
 		}

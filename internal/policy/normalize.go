@@ -233,20 +233,43 @@ func isUnreserved(c byte) bool {
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
 
-// NormalizeForForward is NormalizePath for a proxy's request path: it
-// reports changed=false, without allocating, when path (query and fragment
-// aside) is already in normal form, so the proxy forwards it untouched;
-// otherwise it returns the normalized path, which the proxy forwards in
-// place of the original so that what was authorized is what is served.
-// Errors wrap ErrInvalidPath: answer 400.
-func NormalizeForForward(path string, mode PathNormalization) (normalized string, changed bool, err error) {
+// RequestPath is a request path normalized once for one mode: the path a
+// proxy forwards and, set as Request.NormalizedPath, the path the engine
+// matches, so that what was authorized is what is served and the path is
+// normalized once per request. Build it with NormalizeRequestPath; the
+// zero value holds no path.
+type RequestPath struct {
+	path    string // normalized; a substring of the raw path when unchanged
+	mode    PathNormalization
+	changed bool
+	ok      bool
+}
+
+// NormalizeRequestPath is NormalizePath for a proxy's request target. When
+// path (query and fragment aside) is already in normal form it does not
+// allocate and Changed reports false: the proxy forwards the target
+// untouched. Otherwise Path is the normalized path, which the proxy
+// forwards in place of the original. Errors wrap ErrInvalidPath: answer
+// 400.
+func NormalizeRequestPath(path string, mode PathNormalization) (RequestPath, error) {
 	var buf [maxPathBuffer]byte
 	s, err := normalizePath(buf[:0], path, mode)
 	if err != nil {
-		return "", false, err
+		return RequestPath{}, err
 	}
 	if len(s) <= len(path) && path[:len(s)] == s && (len(s) == len(path) || path[len(s)] == '?' || path[len(s)] == '#') {
-		return "", false, nil
+		return RequestPath{path: path[:len(s)], mode: mode, ok: true}, nil
 	}
-	return strings.Clone(s), true, nil
+	return RequestPath{path: strings.Clone(s), mode: mode, changed: true, ok: true}, nil
 }
+
+// Path is the normalized path, without query or fragment ("" for the zero
+// RequestPath).
+func (p RequestPath) Path() string { return p.path }
+
+// Changed reports whether normalization changed the path, that is whether
+// a proxy must forward Path in place of the request target.
+func (p RequestPath) Changed() bool { return p.changed }
+
+// Mode is the normalization the path went through.
+func (p RequestPath) Mode() PathNormalization { return p.mode }

@@ -45,6 +45,13 @@ type Request struct {
 	Host    string
 	Path    string
 	Headers http.Header
+	// NormalizedPath, optional, is Path as NormalizeRequestPath returned
+	// it: a proxy that forwards the normalized path hands it over so that
+	// the path is normalized once per request. The engine matches it when
+	// its mode is the Set's PathNormalization and normalizes Path itself
+	// otherwise (the zero value included), so a stale mode never weakens
+	// matching.
+	NormalizedPath RequestPath
 
 	// Auth is the verified end-user identity from RequestAuthentication,
 	// nil when the request carries no token. Evaluate fills it in from its

@@ -469,7 +469,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pn, ok := authz.(pathNormalizer); ok {
 		mode = pn.PathNormalization()
 	}
-	normPath, pathChanged, perr := policy.NormalizeForForward(r.RequestURI, mode)
+	// Normalized once: the engine matches this path (NormalizedPath) and
+	// the app is served it.
+	np, perr := policy.NormalizeRequestPath(r.RequestURI, mode)
 	if perr != nil || r.URL.Opaque != "" {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusBadRequest)
@@ -478,15 +480,16 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req := reqPool.Get().(*policy.Request)
 	*req = policy.Request{
-		Protocol:    policy.HTTP,
-		Source:      policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
-		RemoteIP:    info.srcIP,
-		Destination: ib.destination(info.dstIP),
-		SNI:         info.sni,
-		Method:      r.Method,
-		Host:        r.Host,
-		Path:        r.RequestURI,
-		Headers:     h,
+		Protocol:       policy.HTTP,
+		Source:         policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
+		RemoteIP:       info.srcIP,
+		Destination:    ib.destination(info.dstIP),
+		SNI:            info.sni,
+		Method:         r.Method,
+		Host:           r.Host,
+		Path:           r.RequestURI,
+		NormalizedPath: np,
+		Headers:        h,
 	}
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if authz != nil {
@@ -543,9 +546,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(ctx)
 		}
 	}
-	if pathChanged {
-		if p, err := url.PathUnescape(normPath); err == nil {
-			r.URL.Path, r.URL.RawPath = p, normPath
+	if np.Changed() {
+		if p, err := url.PathUnescape(np.Path()); err == nil {
+			r.URL.Path, r.URL.RawPath = p, np.Path()
 		}
 	}
 	if info.xfcc != nil {
