@@ -131,6 +131,50 @@ func (a *adminFlags) client() (*adminClient, error) {
 	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
 }
 
+// adminCommand is the frame every admin command shares: a flag set named
+// after the command with the connection flags (adminFlags) registered on
+// it. A command adds its own flags to fs, parses, checks its input, and
+// only then builds the client, so bad input is reported before any
+// credential or trust bundle is read.
+type adminCommand struct {
+	e  *Env
+	fs *flag.FlagSet
+	af adminFlags
+}
+
+// newAdminCommand starts the admin command called name ("entry create");
+// name is also the prefix of its error messages.
+func (e *Env) newAdminCommand(name string) *adminCommand {
+	a := &adminCommand{e: e, fs: flag.NewFlagSet(name, flag.ContinueOnError)}
+	a.af.register(a.fs, e)
+	return a
+}
+
+// parse parses args into the flag set; see Env.parseFlags.
+func (a *adminCommand) parse(args []string) (int, bool) { return a.e.parseFlags(a.fs, args) }
+
+// client builds the admin client from the connection flags. What fails
+// here (a bad -o, no credential, an unreadable trust bundle) is the user's
+// to fix: it is printed as "NAME: ..." with ExitUsage, returned with false.
+func (a *adminCommand) client() (*adminClient, int, bool) {
+	c, err := a.af.client()
+	if err != nil {
+		return nil, a.e.errorf(ExitUsage, "%s: %v", a.fs.Name(), err), false
+	}
+	return c, ExitOK, true
+}
+
+// connect is parse then client, for commands that check nothing between.
+func (a *adminCommand) connect(args []string) (*adminClient, int, bool) {
+	if code, ok := a.parse(args); !ok {
+		return nil, code, false
+	}
+	return a.client()
+}
+
+// json reports whether -o json was asked for.
+func (a *adminCommand) json() bool { return a.af.json() }
+
 // apiError is a non-2xx answer from the server: {"errors": [...]}.
 type apiError struct {
 	Status int

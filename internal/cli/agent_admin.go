@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -15,26 +14,22 @@ import (
 // connected, and whether it acknowledged everything it must apply.
 // internal/cli/agent.go dispatches "agent list" here.
 func runAgentList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("agent list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("agent list")
+	fs := cmd.fs
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless agent list [-o json]")
 		fmt.Fprintln(fs.Output(), "\nShows attested agents (and sidecars attested as their own agent): connection, acknowledged version, SVID expiry.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "agent list: %v", err)
 	}
 	var out []server.NodeStatus
 	if err := c.do(ctx, "GET", server.PathAdminNodes, nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)

@@ -94,20 +94,19 @@ func runAuditVerify(ctx context.Context, e *Env, args []string) int {
 }
 
 func runAuditList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("audit list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("audit list")
+	fs := cmd.fs
 	limit := fs.Int("limit", 50, "how many records (1-1000)")
 	before := fs.Uint64("before", 0, "only records older than this sequence `number` (paging)")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *limit < 1 || *limit > 1000 {
 		return e.errorf(ExitUsage, "audit list: --limit must be 1 to 1000")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "audit list: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	path := server.PathAdminAudit + "?limit=" + strconv.Itoa(*limit)
 	if *before > 0 {
@@ -117,7 +116,7 @@ func runAuditList(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", path, nil, &page); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(page)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -44,21 +43,16 @@ func printCAStatus(e *Env, st server.CAStatus) {
 }
 
 func runCAShow(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("ca show", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("ca show")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "ca show: %v", err)
 	}
 	var st server.CAStatus
 	if err := c.do(ctx, "GET", server.PathAdminCA, nil, &st); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(st)
 	}
 	printCAStatus(e, st)
@@ -66,21 +60,16 @@ func runCAShow(ctx context.Context, e *Env, args []string) int {
 }
 
 func runCARotate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("ca rotate", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("ca rotate")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "ca rotate: %v", err)
 	}
 	var st server.CAStatus
 	if err := c.do(ctx, "POST", server.PathAdminCARotate, nil, &st); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(st)
 	}
 	printCAStatus(e, st)
@@ -89,17 +78,12 @@ func runCARotate(ctx context.Context, e *Env, args []string) int {
 }
 
 func runCABundle(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("ca bundle", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("ca bundle")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "ca bundle: %v", err)
-	}
-	if af.json() {
+	if cmd.json() {
 		var b wire.Bundle
 		if err := c.do(ctx, "GET", server.PathAdminBundle, nil, &b); err != nil {
 			return e.fail(err)
@@ -115,9 +99,8 @@ func runCABundle(ctx context.Context, e *Env, args []string) int {
 }
 
 func runCAIssueAdmin(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("ca issue-admin", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("ca issue-admin")
+	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "admin SPIFFE `ID`, one of the server's admin IDs (default spiffe://TD/moatless/admin)")
 	out := fs.String("out", "", "`directory` to write admin-cert.pem, admin-key.pem (0600) and bundle.pem into (required)")
 	ttl := fs.Duration("ttl", 0, "certificate lifetime (default 24h)")
@@ -127,15 +110,15 @@ func runCAIssueAdmin(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "Then: export MOATLESS_CLIENT_CERT=DIR/admin-cert.pem MOATLESS_CLIENT_KEY=DIR/admin-key.pem")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *out == "" {
 		return e.errorf(ExitUsage, "ca issue-admin: --out is required")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "ca issue-admin: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	if *id == "" {
 		var st server.CAStatus
@@ -184,7 +167,7 @@ func runCAIssueAdmin(ctx context.Context, e *Env, args []string) int {
 			return e.errorf(ExitFailure, "ca issue-admin: %v", err)
 		}
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(map[string]any{"spiffe_id": resp.SVID.SPIFFEID, "serial": resp.SVID.Serial, "expires_at": resp.SVID.ExpiresAt,
 			"cert": filepath.Join(*out, "admin-cert.pem"), "key": filepath.Join(*out, "admin-key.pem"), "bundle": filepath.Join(*out, "bundle.pem")})
 	}

@@ -57,9 +57,8 @@ func flagTakesValue(w string) bool {
 func pathEscape(s string) string { return url.PathEscape(s) }
 
 func runEntryCreate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("entry create", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("entry create")
+	fs := cmd.fs
 	parent := fs.String("parent", "", "SPIFFE `ID` of the agent that may serve this identity (required)")
 	id := fs.String("spiffe-id", "", "SPIFFE `ID` the workload gets (required)")
 	var sels, labels stringList
@@ -74,7 +73,7 @@ func runEntryCreate(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintf(fs.Output(), "\nSelector kinds: unix:%s\n\n", strings.Join(server.SelectorKinds, ", unix:"))
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	req := server.EntryRequest{SPIFFEID: *id, ParentID: *parent, Namespace: *ns, X509TTL: wire.Duration(*x509TTL), JWTTTL: wire.Duration(*jwtTTL)}
@@ -106,15 +105,15 @@ func runEntryCreate(ctx context.Context, e *Env, args []string) int {
 		}
 		req.Labels[k] = v
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "entry create: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out wire.Entry
 	if err := c.do(ctx, "POST", server.PathAdminEntries, req, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	printEntry(e.Stdout, out)
@@ -162,14 +161,13 @@ func printEntry(w io.Writer, en wire.Entry) {
 }
 
 func runEntryList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("entry list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("entry list")
+	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "only entries with this SPIFFE `ID`")
 	parent := fs.String("parent", "", "only entries of this parent `ID`")
 	ns := fs.String("namespace", "", "only entries in this `namespace`")
 	sel := fs.String("selector", "", "only entries with this `selector`")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	q := url.Values{}
@@ -182,15 +180,15 @@ func runEntryList(ctx context.Context, e *Env, args []string) int {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "entry list: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out []wire.Entry
 	if err := c.do(ctx, "GET", path, nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
@@ -211,9 +209,8 @@ func runEntryList(ctx context.Context, e *Env, args []string) int {
 // the revision it read, so a concurrent change is refused, not overwritten.
 func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 	id, rest := positional(args)
-	fs := flag.NewFlagSet("entry update", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("entry update")
+	fs := cmd.fs
 	parent := fs.String("parent", "", "new parent agent SPIFFE `ID`")
 	spiffeID := fs.String("spiffe-id", "", "new SPIFFE `ID`")
 	var sels, labels stringList
@@ -227,7 +224,7 @@ func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "         [--namespace NS] [--x509-ttl D] [--jwt-ttl D] [-o json]")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if id == "" {
@@ -238,9 +235,9 @@ func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 	if !set["parent"] && !set["spiffe-id"] && !set["selector"] && !set["label"] && !set["namespace"] && !set["x509-ttl"] && !set["jwt-ttl"] {
 		return e.errorf(ExitUsage, "entry update: nothing to change: give at least one of --parent, --spiffe-id, --selector, --label, --namespace, --x509-ttl, --jwt-ttl")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "entry update: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var cur wire.Entry
 	if err := c.do(ctx, "GET", server.PathAdminEntries+"/"+pathEscape(id), nil, &cur); err != nil {
@@ -297,7 +294,7 @@ func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "PUT", path, req, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	printEntry(e.Stdout, out)
@@ -314,28 +311,27 @@ func runEntryDelete(ctx context.Context, e *Env, args []string) int {
 
 func entryByID(ctx context.Context, e *Env, verb, method string, args []string) int {
 	id, rest := positional(args)
-	fs := flag.NewFlagSet("entry "+verb, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("entry " + verb)
+	fs := cmd.fs
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: moatless entry %s ID [-o json]\n", verb)
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if id == "" {
 		return e.errorf(ExitUsage, "entry %s: the entry id is required (see \"moatless entry list\")", verb)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "entry %s: %v", verb, err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out wire.Entry
 	if err := c.do(ctx, method, server.PathAdminEntries+"/"+pathEscape(id), nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	if verb == "delete" {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -22,9 +21,8 @@ func runJoinToken(ctx context.Context, e *Env, args []string) int {
 }
 
 func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("jointoken create", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("jointoken create")
+	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "SPIFFE `ID` the agent will have, e.g. spiffe://moatless.local/agent/node1 (required)")
 	ttl := fs.Duration("ttl", 0, "how long the token stays usable (default: the server's, 15m)")
 	fs.Usage = func() {
@@ -32,21 +30,21 @@ func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "\nPrints the token alone (more with -o json). The server keeps only its hash: it is shown once.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *id == "" {
 		return e.errorf(ExitUsage, "jointoken create: --spiffe-id is required")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "jointoken create: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out server.JoinTokenResponse
 	if err := c.do(ctx, "POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: *id, TTL: wire.Duration(*ttl)}, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	fmt.Fprintln(e.Stdout, out.Token)
@@ -54,16 +52,12 @@ func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
 }
 
 func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("jointoken list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("jointoken list")
+	fs := cmd.fs
 	all := fs.Bool("all", false, "include used and expired tokens")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "jointoken list: %v", err)
 	}
 	path := server.PathAdminJoinTokens
 	if *all {
@@ -73,7 +67,7 @@ func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", path, nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
@@ -91,28 +85,27 @@ func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
 
 func runJoinTokenDelete(ctx context.Context, e *Env, args []string) int {
 	id, rest := positional(args)
-	fs := flag.NewFlagSet("jointoken delete", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("jointoken delete")
+	fs := cmd.fs
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless jointoken delete ID")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if id == "" {
 		return e.errorf(ExitUsage, "jointoken delete: the token id is required (see \"moatless jointoken list\")")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "jointoken delete: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out store.JoinToken
 	if err := c.do(ctx, "DELETE", server.PathAdminJoinTokens+"/"+pathEscape(id), nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	fmt.Fprintf(e.Stdout, "deleted join token %s (%s)\n", out.ID, out.SPIFFEID)

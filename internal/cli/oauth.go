@@ -60,9 +60,8 @@ func splitWords(vs []string) []string {
 }
 
 func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth client create", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth client create")
+	fs := cmd.fs
 	name := fs.String("name", "", "client `name` (required; also the client_id unless --id is given)")
 	id := fs.String("id", "", "client_id (default: the name)")
 	var grants, scopes, auds, redirects, xauds, roles, perms stringList
@@ -86,7 +85,7 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "\nThe client secret (for secret clients) is printed once; only its hash is stored.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *name == "" {
@@ -115,15 +114,15 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 		}
 		req.JWKS = b
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth client create: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out token.ClientAnswer
 	if err := c.do(ctx, "POST", oauthAdmin+"/clients", req, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	printClient(e.Stdout, &out)
@@ -161,15 +160,10 @@ func printClient(w io.Writer, c *token.ClientAnswer) {
 }
 
 func runOAuthClientList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth client list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("oauth client list")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth client list: %v", err)
 	}
 	var out struct {
 		Clients []*token.Client `json:"clients"`
@@ -177,7 +171,7 @@ func runOAuthClientList(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", oauthAdmin+"/clients", nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
@@ -204,35 +198,34 @@ func shortGrants(gs []string) []string {
 // ID or user name) and calls method on path(arg).
 func (e *Env) oauthByID(ctx context.Context, name, what string, args []string, method string, path func(string) string, body any,
 	print func(raw json.RawMessage, af *adminFlags) int) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand(name)
+	fs := cmd.fs
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: moatless %s %s [-o json]\n", name, strings.ToUpper(what))
 		fs.PrintDefaults()
 	}
 	arg, rest := positional(args)
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if arg == "" {
 		return e.errorf(ExitUsage, "%s: give the %s", name, what)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "%s: %v", name, err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var raw json.RawMessage
 	if err := c.do(ctx, method, path(pathEscape(arg)), body, &raw); err != nil {
 		return e.fail(err)
 	}
 	if print == nil {
-		if !af.json() {
+		if !cmd.json() {
 			fmt.Fprintf(e.Stdout, "%s: done\n", name)
 		}
 		return ExitOK
 	}
-	return print(raw, &af)
+	return print(raw, &cmd.af)
 }
 
 func (e *Env) printClientAnswer(raw json.RawMessage, af *adminFlags) int {
@@ -259,24 +252,23 @@ func runOAuthClientShow(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthClientRotate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth client rotate-secret", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth client rotate-secret")
+	fs := cmd.fs
 	grace := fs.Duration("grace", 0, "keep the old secret valid this long (at most 168h), so clients can switch without downtime")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless oauth client rotate-secret CLIENT_ID [--grace 1h] [-o json]")
 		fs.PrintDefaults()
 	}
 	id, rest := positional(args)
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if id == "" {
 		return e.errorf(ExitUsage, "oauth client rotate-secret: give the client_id")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth client rotate-secret: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var body any
 	if *grace != 0 {
@@ -286,7 +278,7 @@ func runOAuthClientRotate(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "POST", oauthAdmin+"/clients/"+pathEscape(id)+"/rotate-secret", body, &raw); err != nil {
 		return e.fail(err)
 	}
-	return e.printClientAnswer(raw, &af)
+	return e.printClientAnswer(raw, &cmd.af)
 }
 
 func runOAuthClientDelete(ctx context.Context, e *Env, args []string) int {
@@ -343,9 +335,8 @@ func readSmallFile(path string, limit int64) ([]byte, error) {
 }
 
 func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth user create", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth user create")
+	fs := cmd.fs
 	name := fs.String("name", "", "user `name` (required)")
 	pwFile := fs.String("password-file", "", "`file` holding the password on its first line, - for stdin (required)")
 	email := fs.String("email", "", "e-mail `address` (in ID tokens with the email scope)")
@@ -354,7 +345,7 @@ func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
 	fs.Var(&perms, "permission", "`permission` put in the user's tokens (repeatable)")
 	tenant := fs.String("tenant", "", "`tenant` put in the user's tokens")
 	requireMFA := fs.Bool("require-mfa", false, "make the user enrol TOTP at the next login and always use it")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *name == "" || *pwFile == "" {
@@ -364,16 +355,16 @@ func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "oauth user create: read password: %v", err)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth user create: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out token.User
 	req := token.UserRequest{Name: *name, Password: pw, UserSpec: token.UserSpec{Email: *email, Roles: roles, Permissions: perms, Tenant: *tenant, RequireMFA: *requireMFA}}
 	if err := c.do(ctx, "POST", oauthAdmin+"/users", req, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	fmt.Fprintf(e.Stdout, "created user %s (id %s)\n", out.Name, out.ID)
@@ -381,15 +372,10 @@ func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth user list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("oauth user list")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth user list: %v", err)
 	}
 	var out struct {
 		Users []*token.User `json:"users"`
@@ -397,7 +383,7 @@ func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", oauthAdmin+"/users", nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
@@ -454,12 +440,11 @@ func runOAuthUserResetMFA(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthUserPassword(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth user set-password", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth user set-password")
+	fs := cmd.fs
 	name := fs.String("name", "", "user `name` (required)")
 	pwFile := fs.String("password-file", "", "`file` holding the new password on its first line, - for stdin (required)")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *name == "" || *pwFile == "" {
@@ -469,34 +454,33 @@ func runOAuthUserPassword(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "oauth user set-password: read password: %v", err)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth user set-password: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(*name)+"/password", map[string]string{"password": pw}, nil); err != nil {
 		return e.fail(err)
 	}
-	if !af.json() {
+	if !cmd.json() {
 		fmt.Fprintf(e.Stdout, "password of %s changed\n", *name)
 	}
 	return ExitOK
 }
 
 func runOAuthUserMFAEnroll(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth user mfa-enroll", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth user mfa-enroll")
+	fs := cmd.fs
 	qr := fs.String("qr-file", "", "write the QR code as a PNG to this `file` (mode 0600)")
 	name, rest := positional(args)
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	if name == "" {
 		return e.errorf(ExitUsage, "oauth user mfa-enroll: give the user name")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth user mfa-enroll: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out token.Enrollment
 	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(name)+"/mfa", nil, &out); err != nil {
@@ -508,7 +492,7 @@ func runOAuthUserMFAEnroll(ctx context.Context, e *Env, args []string) int {
 			return e.errorf(ExitFailure, "oauth user mfa-enroll: write QR code: %v", err)
 		}
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	fmt.Fprintf(e.Stdout, "otpauth_uri:  %s\nsecret:       %s\n", out.URI, out.Secret)
@@ -520,26 +504,25 @@ func runOAuthUserMFAEnroll(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthUserMFAConfirm(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth user mfa-confirm", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth user mfa-confirm")
+	fs := cmd.fs
 	code := fs.String("code", "", "the 6-digit `code` the authenticator app shows now (required)")
 	name, rest := positional(args)
-	if c, ok := e.parseFlags(fs, rest); !ok {
-		return c
+	if exit, ok := cmd.parse(rest); !ok {
+		return exit
 	}
 	if name == "" || *code == "" {
 		return e.errorf(ExitUsage, "oauth user mfa-confirm: give the user name and --code")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth user mfa-confirm: %v", err)
+	c, exit, ok := cmd.client()
+	if !ok {
+		return exit
 	}
 	var out token.Enrollment
 	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(name)+"/mfa/confirm", map[string]string{"code": *code}, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(map[string]any{"recovery_codes": out.RecoveryCodes})
 	}
 	fmt.Fprintf(e.Stdout, "MFA is on for %s. Recovery codes (each works once; shown only now):\n", name)
@@ -577,9 +560,8 @@ func (e *Env) tokenArg(file string) (string, error) {
 }
 
 func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth token revoke", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth token revoke")
+	fs := cmd.fs
 	file := fs.String("file", "", "`file` holding the token, - for stdin")
 	jti := fs.String("jti", "", "revoke by token `ID` instead (the jti claim)")
 	exp := fs.String("expires-at", "", "with --jti: the token's expiry (RFC 3339); default 20 minutes from now, past any access token's lifetime")
@@ -589,7 +571,7 @@ func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "A revoked refresh token revokes its whole family and the access tokens issued from it.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	var req token.RevokeRequest
@@ -612,25 +594,24 @@ func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
 			req.ExpiresAt = t
 		}
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth token revoke: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	if err := c.do(ctx, "POST", oauthAdmin+"/tokens/revoke", req, nil); err != nil {
 		return e.fail(err)
 	}
-	if !af.json() {
+	if !cmd.json() {
 		fmt.Fprintln(e.Stdout, "revoked (an unknown or expired token needs no revocation and is accepted too)")
 	}
 	return ExitOK
 }
 
 func runOAuthTokenIntrospect(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth token introspect", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("oauth token introspect")
+	fs := cmd.fs
 	file := fs.String("file", "", "`file` holding the token, - for stdin (required)")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *file == "" {
@@ -640,9 +621,9 @@ func runOAuthTokenIntrospect(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "oauth token introspect: %v", err)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth token introspect: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out map[string]any
 	if err := c.do(ctx, "POST", oauthAdmin+"/tokens/introspect", map[string]string{"token": t}, &out); err != nil {
@@ -653,15 +634,10 @@ func runOAuthTokenIntrospect(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("oauth token revoked", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("oauth token revoked")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "oauth token revoked: %v", err)
 	}
 	var out struct {
 		Revoked []token.RevokedToken `json:"revoked"`
@@ -669,7 +645,7 @@ func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", oauthAdmin+"/tokens/revoked", nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
@@ -701,15 +677,10 @@ func runOAuthKeysList(ctx context.Context, e *Env, args []string) int {
 }
 
 func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []string) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand(name)
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "%s: %v", name, err)
 	}
 	var out struct {
 		Keys []token.KeyInfo `json:"keys"`
@@ -717,7 +688,7 @@ func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []s
 	if err := c.do(ctx, method, oauthAdmin+path, nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -107,9 +106,8 @@ func printPolicyChanges(e *Env, res server.PolicyChangeResult, verb string) {
 }
 
 func runPolicyApply(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("policy apply", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("policy apply")
+	fs := cmd.fs
 	var files stringList
 	fs.Var(&files, "f", "policy `file or directory` (repeatable; - for stdin)")
 	dry := fs.Bool("dry-run", false, "validate and show what would change, write nothing")
@@ -119,22 +117,22 @@ func runPolicyApply(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "or replaces the one with its kind, namespace and name; the change is one new policy version.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	pf, err := e.readPolicyFiles("policy apply", files)
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy apply: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var res server.PolicyChangeResult
 	if err := c.do(ctx, "POST", server.PathAdminPolicies, server.PolicyApplyRequest{Files: pf, DryRun: *dry}, &res); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(res)
 	}
 	printPolicyChanges(e, res, "applied")
@@ -147,9 +145,8 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 	for len(args) > 0 && !strings.HasPrefix(args[0], "-") && len(pos) < 2 {
 		pos, args = append(pos, args[0]), args[1:]
 	}
-	fs := flag.NewFlagSet("policy get", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("policy get")
+	fs := cmd.fs
 	ns := fs.String("n", "", "only this `namespace`")
 	version := fs.Uint64("version", 0, "the set at this policy `version` (default: current)")
 	fs.Usage = func() {
@@ -165,7 +162,7 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 			args[i], asYAML = "-o=text", true
 		}
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	q := url.Values{}
@@ -185,9 +182,9 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 	if *version > 0 {
 		q.Set("version", strconv.FormatUint(*version, 10))
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy get: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	path := server.PathAdminPolicies
 	if len(q) > 0 {
@@ -198,7 +195,7 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	switch {
-	case af.json():
+	case cmd.json():
 		return e.printJSON(set)
 	case asYAML:
 		for i, d := range set.Documents {
@@ -246,9 +243,8 @@ func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
 	for len(args) > 0 && !strings.HasPrefix(args[0], "-") && len(pos) < 2 {
 		pos, args = append(pos, args[0]), args[1:]
 	}
-	fs := flag.NewFlagSet("policy delete", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("policy delete")
+	fs := cmd.fs
 	ns := fs.String("n", policy.DefaultNamespace, "`namespace` of KIND NAME")
 	var files stringList
 	fs.Var(&files, "f", "delete the policies named in this `file or directory` (repeatable; - for stdin)")
@@ -257,7 +253,7 @@ func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "       moatless policy delete -f FILE_OR_DIR [-f ...]")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	var refs []store.PolicyRef
@@ -287,15 +283,15 @@ func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
 	default:
 		return e.errorf(ExitUsage, "policy delete: give KIND NAME [-n NAMESPACE], or -f FILE")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy delete: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var res server.PolicyChangeResult
 	if err := c.do(ctx, "POST", server.PathAdminPoliciesDelete, server.PolicyDeleteRequest{Objects: refs}, &res); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(res)
 	}
 	printPolicyChanges(e, res, "applied")
@@ -303,9 +299,8 @@ func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
 }
 
 func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("policy history", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("policy history")
+	fs := cmd.fs
 	limit := fs.Int("limit", 20, "how many versions (1-1000)")
 	before := fs.Uint64("before", 0, "only versions older than this policy `version` (paging)")
 	fs.Usage = func() {
@@ -314,7 +309,7 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "output ends with the --before value that shows the next page.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *limit < 1 || *limit > 1000 {
@@ -323,9 +318,9 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 	if *before > math.MaxInt64 {
 		return e.errorf(ExitUsage, "policy history: --before %d is not a policy version", *before)
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy history: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	path := server.PathAdminPolicyHistory + "?limit=" + strconv.Itoa(*limit)
 	if *before > 0 {
@@ -335,7 +330,7 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 	if err := c.do(ctx, "GET", path, nil, &hist); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(hist)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
@@ -364,30 +359,29 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 
 func runPolicyRollback(ctx context.Context, e *Env, args []string) int {
 	v, rest := positional(args)
-	fs := flag.NewFlagSet("policy rollback", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("policy rollback")
+	fs := cmd.fs
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless policy rollback VERSION [-o json]")
 		fmt.Fprintln(fs.Output(), "\nMakes the set of policies of VERSION current again, as a new version.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, rest); !ok {
+	if code, ok := cmd.parse(rest); !ok {
 		return code
 	}
 	version, err := strconv.ParseUint(v, 10, 63)
 	if err != nil || version == 0 {
 		return e.errorf(ExitUsage, "policy rollback: VERSION must be a policy version number (see \"moatless policy history\")")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy rollback: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var res server.PolicyChangeResult
 	if err := c.do(ctx, "POST", server.PathAdminPolicyRollback, server.PolicyRollbackRequest{Version: version}, &res); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(res)
 	}
 	printPolicyChanges(e, res, "applied")
@@ -395,21 +389,16 @@ func runPolicyRollback(ctx context.Context, e *Env, args []string) int {
 }
 
 func runPolicyStatus(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("policy status", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("policy status")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "policy status: %v", err)
 	}
 	var st server.PolicyStatus
 	if err := c.do(ctx, "GET", server.PathAdminPolicyStatus, nil, &st); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(st)
 	}
 	state := "converged"

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"text/tabwriter"
@@ -23,9 +22,8 @@ func runRevoke(ctx context.Context, e *Env, args []string) int {
 			return runRevokeLift(ctx, e, args[1:])
 		}
 	}
-	fs := flag.NewFlagSet("revoke", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("revoke")
+	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "revoke this SPIFFE `ID`: no SVID for it is served or accepted any more")
 	serial := fs.String("serial", "", "revoke one certificate by `serial` (hex, as the server reports it)")
 	reason := fs.String("reason", "", "why (goes to the audit log)")
@@ -36,21 +34,21 @@ func runRevoke(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "\nA revocation reaches every connected agent on its watch stream at once.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if (*id == "") == (*serial == "") {
 		return e.errorf(ExitUsage, "revoke: give exactly one of --spiffe-id and --serial")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "revoke: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	var out map[string]any
 	if err := c.do(ctx, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: *id, Serial: *serial, Reason: *reason}, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	if *id != "" {
@@ -62,21 +60,16 @@ func runRevoke(ctx context.Context, e *Env, args []string) int {
 }
 
 func runRevokeList(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("revoke list", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
-	if code, ok := e.parseFlags(fs, args); !ok {
+	cmd := e.newAdminCommand("revoke list")
+	c, code, ok := cmd.connect(args)
+	if !ok {
 		return code
-	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "revoke list: %v", err)
 	}
 	var out store.RevocationList
 	if err := c.do(ctx, "GET", server.PathAdminRevocations, nil, &out); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(out)
 	}
 	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
@@ -92,24 +85,23 @@ func runRevokeList(ctx context.Context, e *Env, args []string) int {
 }
 
 func runRevokeLift(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("revoke lift", flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs, e)
+	cmd := e.newAdminCommand("revoke lift")
+	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "SPIFFE `ID` whose revocation to lift (required)")
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
 	if *id == "" {
 		return e.errorf(ExitUsage, "revoke lift: --spiffe-id is required")
 	}
-	c, err := af.client()
-	if err != nil {
-		return e.errorf(ExitUsage, "revoke lift: %v", err)
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
 	}
 	if err := c.do(ctx, "DELETE", server.PathAdminRevocations+"?"+url.Values{"spiffe_id": {*id}}.Encode(), nil, nil); err != nil {
 		return e.fail(err)
 	}
-	if af.json() {
+	if cmd.json() {
 		return e.printJSON(map[string]string{"lifted": *id})
 	}
 	fmt.Fprintf(e.Stdout, "lifted the revocation of %s\n", *id)
