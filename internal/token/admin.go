@@ -153,6 +153,20 @@ func (s *Service) createError(w http.ResponseWriter, what string, err error) {
 	s.storeError(w, what, err)
 }
 
+// adminList answers a list endpoint with {key: list}, an empty list as []
+// (never null, so clients can range over it), or a failed read as
+// storeError does for what.
+func adminList[T any](s *Service, w http.ResponseWriter, what, key string, list []T, err error) {
+	if err != nil {
+		s.storeError(w, what, err)
+		return
+	}
+	if list == nil {
+		list = []T{}
+	}
+	adminJSON(w, http.StatusOK, map[string]any{key: list})
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$`)
 
 // ClientRequest is the body of POST clients.
@@ -353,14 +367,7 @@ func (s *Service) adminCreateClient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) adminListClients(w http.ResponseWriter, r *http.Request) {
 	cs, err := s.cfg.Store.Clients(r.Context())
-	if err != nil {
-		s.storeError(w, "clients", err)
-		return
-	}
-	if cs == nil {
-		cs = []*Client{}
-	}
-	adminJSON(w, http.StatusOK, map[string]any{"clients": cs})
+	adminList(s, w, "clients", "clients", cs, err)
 }
 
 func (s *Service) adminGetClient(w http.ResponseWriter, r *http.Request) {
@@ -470,14 +477,7 @@ func (s *Service) adminCreateUser(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) adminListUsers(w http.ResponseWriter, r *http.Request) {
 	us, err := s.cfg.Store.Users(r.Context())
-	if err != nil {
-		s.storeError(w, "users", err)
-		return
-	}
-	if us == nil {
-		us = []*User{}
-	}
-	adminJSON(w, http.StatusOK, map[string]any{"users": us})
+	adminList(s, w, "users", "users", us, err)
 }
 
 func (s *Service) adminGetUser(w http.ResponseWriter, r *http.Request) {
@@ -771,14 +771,7 @@ func (s *Service) adminIntrospect(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) adminRevokedList(w http.ResponseWriter, r *http.Request) {
 	list, err := s.RevokedTokenIDs(r.Context())
-	if err != nil {
-		s.storeError(w, "revoked tokens", err)
-		return
-	}
-	if list == nil {
-		list = []RevokedToken{}
-	}
-	adminJSON(w, http.StatusOK, map[string]any{"revoked": list})
+	adminList(s, w, "revoked tokens", "revoked", list, err)
 }
 
 // KeyInfo describes a signing key (public data only).

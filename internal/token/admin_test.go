@@ -1,6 +1,7 @@
 package token_test
 
 import (
+	"encoding/json"
 	"net/url"
 	"strings"
 	"testing"
@@ -69,6 +70,26 @@ func TestAdminRejectsBadInput(t *testing.T) {
 		h.admin("GET", "users", nil, &users)
 		if len(clients.Clients) != 0 || len(users.Users) != 0 {
 			t.Fatalf("bad input wrote something: %d clients, %d users", len(clients.Clients), len(users.Users))
+		}
+	})
+}
+
+// A list with nothing in it is [] (never null), so clients can range over
+// it without a nil check.
+func TestAdminEmptyListsAreArrays(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		for _, tc := range []struct{ name, path, key string }{
+			{"clients", "clients", "clients"},
+			{"users", "users", "users"},
+			{"revoked_tokens", "tokens/revoked", "revoked"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var out map[string]json.RawMessage
+				if code := h.admin("GET", tc.path, nil, &out); code != 200 || len(out) != 1 || string(out[tc.key]) != "[]" {
+					t.Fatalf("GET %s: %d %s, want 200 {%q: []}", tc.path, code, out, tc.key)
+				}
+			})
 		}
 	})
 }
