@@ -46,6 +46,14 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
+	// However the policy arrives, the sidecar derives the same strip list
+	// and normalization from it.
+	for _, via := range []string{"set_authorizer", "config_authorizer"} {
+		t.Run(via, func(t *testing.T) { testInboundServesWhatPolicySaw(t, set, via == "config_authorizer") })
+	}
+}
+
+func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig bool) {
 	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
 	defer v.Close()
 
@@ -61,12 +69,18 @@ spec:
 
 	ca := testpki.NewCA(t, "example.org")
 	inL := listen(t)
-	s := startSidecar(t, Config{
+	cfg := Config{
 		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 		Inbound:  []Inbound{{Listener: inL, App: l.Addr().String()}},
 		Verifier: v,
-	})
-	s.SetAuthorizerContext(context.Background(), 1, set)
+	}
+	if viaConfig {
+		cfg.Authorizer = set
+	}
+	s := startSidecar(t, cfg)
+	if !viaConfig {
+		s.SetAuthorizerContext(context.Background(), 1, set)
+	}
 
 	// Raw requests over mTLS, so the request target reaches the sidecar
 	// exactly as written (an http.Client would clean some of it).

@@ -436,12 +436,6 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 	}
 }
 
-// pathNormalizer is an optional capability of an Authorizer (the policy
-// engine's *Set has it): how paths are normalized before matching.
-type pathNormalizer interface {
-	PathNormalization() policy.PathNormalization
-}
-
 var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
 
 // ServeHTTP is the inbound request path: strip the caller's
@@ -453,25 +447,23 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
+	// One policy version for the whole request: its strip list, path
+	// normalization and decision.
+	st := s.policy.Load()
+	authz, version := st.authz, st.version
 	h := r.Header
 	delete(h, xfccHeader)
 	// Headers RequestAuthentication writes for the app are the sidecar's
 	// alone: a caller's copy is dropped whether or not it sends a token.
-	for _, k := range s.outputHeaders(ib.name) {
+	for _, k := range st.strip[ib.name] {
 		delete(h, k)
 	}
 
-	authz, version := s.authorizer()
-	// The app is served the path policy matched: normalized as the policy
-	// set says (Istio's meshConfig.pathNormalization), and a path Istio
-	// refuses outright is a 400, not a policy decision.
-	mode := policy.NormalizeBase
-	if pn, ok := authz.(pathNormalizer); ok {
-		mode = pn.PathNormalization()
-	}
-	// Normalized once: the engine matches this path (NormalizedPath) and
-	// the app is served it.
-	np, perr := policy.NormalizeRequestPath(r.RequestURI, mode)
+	// The app is served the path policy matched: normalized once, as the
+	// policy set says (Istio's meshConfig.pathNormalization), for the
+	// engine to match (NormalizedPath) and the app to be served; a path
+	// Istio refuses outright is a 400, not a policy decision.
+	np, perr := policy.NormalizeRequestPath(r.RequestURI, st.mode)
 	if perr != nil || r.URL.Opaque != "" {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusBadRequest)

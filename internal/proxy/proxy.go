@@ -248,6 +248,38 @@ type policyState struct {
 	// before evaluation, so a caller cannot forge them on a request that
 	// carries no token: the app may only trust what the sidecar wrote.
 	strip map[string][]string
+	// mode is how the authorizer normalizes paths (policy.NormalizeBase
+	// unless it says otherwise): the inbound path is normalized once, in
+	// this mode, for matching and forwarding.
+	mode policy.PathNormalization
+}
+
+// pathNormalizer is an optional capability of an Authorizer (the policy
+// engine's *Set has it): how paths are normalized before matching.
+type pathNormalizer interface {
+	PathNormalization() policy.PathNormalization
+}
+
+// newPolicyState derives, once per policy version, what every request
+// under a needs besides a itself. New and SetAuthorizerContext both build
+// the state here, so an initial Config.Authorizer strips output headers
+// exactly as a pushed one does.
+func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
+	st := &policyState{version: version, authz: a}
+	if rs, ok := a.(JWTRuleSource); ok {
+		st.strip = map[string][]string{}
+		for _, ib := range s.inbound {
+			var hs []string
+			for _, h := range authn.OutputHeaders(rs.JWTRules(ib.destination(netip.Addr{}))) {
+				hs = append(hs, http.CanonicalHeaderKey(h))
+			}
+			st.strip[ib.name] = hs
+		}
+	}
+	if pn, ok := a.(pathNormalizer); ok {
+		st.mode = pn.PathNormalization()
+	}
+	return st
 }
 
 // New checks cfg and builds a Sidecar. It binds nothing: Serve does.
@@ -307,7 +339,6 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s.metrics = m
 	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
-	s.policy.Store(&policyState{authz: cfg.Authorizer})
 
 	names := map[string]bool{}
 	for i := range cfg.Inbound {
@@ -321,6 +352,8 @@ func New(cfg Config) (*Sidecar, error) {
 		names[ib.name] = true
 		s.inbound = append(s.inbound, ib)
 	}
+	// After the inbound listeners: the state lists their output headers.
+	s.policy.Store(s.newPolicyState(0, cfg.Authorizer))
 	for i := range cfg.Outbound {
 		ob, err := s.newOutbound(cfg.Outbound[i])
 		if err != nil {
@@ -568,18 +601,7 @@ func (s *Sidecar) SetAuthorizerContext(ctx context.Context, version uint64, a Au
 			cancel()
 		}
 	}
-	st := &policyState{version: version, authz: a}
-	if rs, ok := a.(JWTRuleSource); ok {
-		st.strip = map[string][]string{}
-		for _, ib := range s.inbound {
-			var hs []string
-			for _, h := range authn.OutputHeaders(rs.JWTRules(ib.destination(netip.Addr{}))) {
-				hs = append(hs, http.CanonicalHeaderKey(h))
-			}
-			st.strip[ib.name] = hs
-		}
-	}
-	s.policy.Store(st)
+	s.policy.Store(s.newPolicyState(version, a))
 	s.metrics.policyVersion.Set(float64(version))
 }
 
@@ -662,12 +684,6 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request
 func (s *Sidecar) authorizer() (Authorizer, uint64) {
 	p := s.policy.Load()
 	return p.authz, p.version
-}
-
-// outputHeaders is the list of RequestAuthentication output headers to
-// strip from requests on inbound listener name.
-func (s *Sidecar) outputHeaders(name string) []string {
-	return s.policy.Load().strip[name]
 }
 
 // portOf returns the port number of "host:port", 0 if none.
