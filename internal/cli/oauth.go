@@ -20,9 +20,6 @@ import (
 	"github.com/moatless/moatless/internal/token"
 )
 
-// oauthAdmin is the token service's admin API prefix.
-const oauthAdmin = "/v1/admin/oauth"
-
 // runOAuth is "moatless oauth client|user|token|keys ...".
 func runOAuth(ctx context.Context, e *Env, args []string) int {
 	return e.subcommand(ctx, "oauth", []command{
@@ -119,7 +116,7 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 		return code
 	}
 	var out token.ClientAnswer
-	if err := c.do(ctx, "POST", oauthAdmin+"/clients", req, &out); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"clients", req, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -168,7 +165,7 @@ func runOAuthClientList(ctx context.Context, e *Env, args []string) int {
 	var out struct {
 		Clients []*token.Client `json:"clients"`
 	}
-	if err := c.do(ctx, "GET", oauthAdmin+"/clients", nil, &out); err != nil {
+	if err := c.do(ctx, "GET", token.AdminPathPrefix+"clients", nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -248,7 +245,7 @@ func (e *Env) printClientAnswer(raw json.RawMessage, af *adminFlags) int {
 }
 
 func runOAuthClientShow(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth client show", "client_id", args, "GET", func(id string) string { return oauthAdmin + "/clients/" + id }, nil, e.printClientAnswer)
+	return e.oauthByID(ctx, "oauth client show", "client_id", args, "GET", func(id string) string { return token.AdminPathPrefix + "clients/" + id }, nil, e.printClientAnswer)
 }
 
 func runOAuthClientRotate(ctx context.Context, e *Env, args []string) int {
@@ -275,14 +272,14 @@ func runOAuthClientRotate(ctx context.Context, e *Env, args []string) int {
 		body = map[string]string{"grace": grace.String()}
 	}
 	var raw json.RawMessage
-	if err := c.do(ctx, "POST", oauthAdmin+"/clients/"+pathEscape(id)+"/rotate-secret", body, &raw); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"clients/"+pathEscape(id)+"/rotate-secret", body, &raw); err != nil {
 		return e.fail(err)
 	}
 	return e.printClientAnswer(raw, &cmd.af)
 }
 
 func runOAuthClientDelete(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth client delete", "client_id", args, "DELETE", func(id string) string { return oauthAdmin + "/clients/" + id }, nil, nil)
+	return e.oauthByID(ctx, "oauth client delete", "client_id", args, "DELETE", func(id string) string { return token.AdminPathPrefix + "clients/" + id }, nil, nil)
 }
 
 func runOAuthUser(ctx context.Context, e *Env, args []string) int {
@@ -361,7 +358,7 @@ func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
 	}
 	var out token.User
 	req := token.UserRequest{Name: *name, Password: pw, UserSpec: token.UserSpec{Email: *email, Roles: roles, Permissions: perms, Tenant: *tenant, RequireMFA: *requireMFA}}
-	if err := c.do(ctx, "POST", oauthAdmin+"/users", req, &out); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"users", req, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -380,7 +377,7 @@ func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
 	var out struct {
 		Users []*token.User `json:"users"`
 	}
-	if err := c.do(ctx, "GET", oauthAdmin+"/users", nil, &out); err != nil {
+	if err := c.do(ctx, "GET", token.AdminPathPrefix+"users", nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -403,7 +400,7 @@ func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthUserShow(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth user show", "user name", args, "GET", func(n string) string { return oauthAdmin + "/users/" + n }, nil,
+	return e.oauthByID(ctx, "oauth user show", "user name", args, "GET", func(n string) string { return token.AdminPathPrefix + "users/" + n }, nil,
 		func(raw json.RawMessage, af *adminFlags) int {
 			var u struct {
 				token.User
@@ -432,11 +429,11 @@ func runOAuthUserShow(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthUserDelete(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth user delete", "user name", args, "DELETE", func(n string) string { return oauthAdmin + "/users/" + n }, nil, nil)
+	return e.oauthByID(ctx, "oauth user delete", "user name", args, "DELETE", func(n string) string { return token.AdminPathPrefix + "users/" + n }, nil, nil)
 }
 
 func runOAuthUserResetMFA(ctx context.Context, e *Env, args []string) int {
-	return e.oauthByID(ctx, "oauth user reset-mfa", "user name", args, "DELETE", func(n string) string { return oauthAdmin + "/users/" + n + "/mfa" }, nil, nil)
+	return e.oauthByID(ctx, "oauth user reset-mfa", "user name", args, "DELETE", func(n string) string { return token.AdminPathPrefix + "users/" + n + "/mfa" }, nil, nil)
 }
 
 func runOAuthUserPassword(ctx context.Context, e *Env, args []string) int {
@@ -458,7 +455,7 @@ func runOAuthUserPassword(ctx context.Context, e *Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(*name)+"/password", map[string]string{"password": pw}, nil); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"users/"+pathEscape(*name)+"/password", map[string]string{"password": pw}, nil); err != nil {
 		return e.fail(err)
 	}
 	if !cmd.json() {
@@ -483,7 +480,7 @@ func runOAuthUserMFAEnroll(ctx context.Context, e *Env, args []string) int {
 		return code
 	}
 	var out token.Enrollment
-	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(name)+"/mfa", nil, &out); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"users/"+pathEscape(name)+"/mfa", nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if *qr != "" {
@@ -519,7 +516,7 @@ func runOAuthUserMFAConfirm(ctx context.Context, e *Env, args []string) int {
 		return exit
 	}
 	var out token.Enrollment
-	if err := c.do(ctx, "POST", oauthAdmin+"/users/"+pathEscape(name)+"/mfa/confirm", map[string]string{"code": *code}, &out); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"users/"+pathEscape(name)+"/mfa/confirm", map[string]string{"code": *code}, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -598,7 +595,7 @@ func runOAuthTokenRevoke(ctx context.Context, e *Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if err := c.do(ctx, "POST", oauthAdmin+"/tokens/revoke", req, nil); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"tokens/revoke", req, nil); err != nil {
 		return e.fail(err)
 	}
 	if !cmd.json() {
@@ -626,7 +623,7 @@ func runOAuthTokenIntrospect(ctx context.Context, e *Env, args []string) int {
 		return code
 	}
 	var out map[string]any
-	if err := c.do(ctx, "POST", oauthAdmin+"/tokens/introspect", map[string]string{"token": t}, &out); err != nil {
+	if err := c.do(ctx, "POST", token.AdminPathPrefix+"tokens/introspect", map[string]string{"token": t}, &out); err != nil {
 		return e.fail(err)
 	}
 	// Introspection is a read: JSON is its natural form either way.
@@ -642,7 +639,7 @@ func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
 	var out struct {
 		Revoked []token.RevokedToken `json:"revoked"`
 	}
-	if err := c.do(ctx, "GET", oauthAdmin+"/tokens/revoked", nil, &out); err != nil {
+	if err := c.do(ctx, "GET", token.AdminPathPrefix+"tokens/revoked", nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
@@ -669,11 +666,11 @@ func runOAuthKeys(ctx context.Context, e *Env, args []string) int {
 }
 
 func runOAuthKeysRotate(ctx context.Context, e *Env, args []string) int {
-	return e.oauthKeys(ctx, "oauth keys rotate", "POST", "/keys/rotate", args)
+	return e.oauthKeys(ctx, "oauth keys rotate", "POST", "keys/rotate", args)
 }
 
 func runOAuthKeysList(ctx context.Context, e *Env, args []string) int {
-	return e.oauthKeys(ctx, "oauth keys list", "GET", "/keys", args)
+	return e.oauthKeys(ctx, "oauth keys list", "GET", "keys", args)
 }
 
 func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []string) int {
@@ -685,7 +682,7 @@ func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []s
 	var out struct {
 		Keys []token.KeyInfo `json:"keys"`
 	}
-	if err := c.do(ctx, method, oauthAdmin+path, nil, &out); err != nil {
+	if err := c.do(ctx, method, token.AdminPathPrefix+path, nil, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
