@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
@@ -262,6 +263,11 @@ func (e *Env) printJSON(v any) int {
 	}
 	return ExitOK
 }
+
+// newTable is the writer of every table and key/value listing the
+// commands print: columns two spaces apart, padded with spaces. Flush it
+// at the end.
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
 
 // parseFlags parses args into fs, printing errors to stderr. It returns
 // false with the exit code to use when parsing failed or help was asked.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -32,7 +31,7 @@ func runAgentList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tACKED\tREQUIRED\tIN SYNC\tPOLICY\tLAST SEEN\tSVID EXPIRES")
 	yn := map[bool]string{true: "yes", false: "no"}
 	for _, n := range out {

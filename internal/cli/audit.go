@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/audit"
@@ -119,7 +118,7 @@ func runAuditList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(page)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tOUTCOME\tACTOR\tSUBJECT\tDETAILS")
 	for _, r := range page.Records {
 		keys := make([]string, 0, len(r.Details))

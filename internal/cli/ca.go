@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -28,7 +27,7 @@ func runCA(ctx context.Context, e *Env, args []string) int {
 }
 
 func printCAStatus(e *Env, st server.CAStatus) {
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintf(tw, "Trust domain\t%s\n", st.TrustDomain)
 	fmt.Fprintf(tw, "Bundle sequence\t%d\n\n", st.BundleSequence)
 	fmt.Fprintln(tw, "KIND\tID\tSTATE\tNOT BEFORE\tNOT AFTER\tACTIVATE AT")

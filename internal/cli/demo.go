@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -486,7 +485,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)
-	tw := tabwriter.NewWriter(d.e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(d.e.Stdout)
 	fmt.Fprintln(tw, "#\tCALLER\tCALLEE\tMETHOD\tPATH\tEXPECTED\tRESULT\tDECIDED BY\t")
 	for _, r := range rows {
 		mark := "✓"

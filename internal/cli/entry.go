@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -121,7 +120,7 @@ func runEntryCreate(ctx context.Context, e *Env, args []string) int {
 }
 
 func printEntry(w io.Writer, en wire.Entry) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintf(tw, "Entry ID\t%s\n", en.ID)
 	fmt.Fprintf(tw, "SPIFFE ID\t%s\n", en.SPIFFEID)
 	fmt.Fprintf(tw, "Parent ID\t%s\n", en.ParentID)
@@ -191,7 +190,7 @@ func runEntryList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT\tSELECTORS\tNAMESPACE")
 	for _, en := range out {
 		s := make([]string, len(en.Selectors))

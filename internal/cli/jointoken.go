@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -70,7 +69,7 @@ func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "ID\tSPIFFE ID\tEXPIRES\tUSED")
 	for _, t := range out {
 		used := "-"

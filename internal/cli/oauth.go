@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
@@ -130,7 +129,7 @@ func runOAuthClientCreate(ctx context.Context, e *Env, args []string) int {
 }
 
 func printClient(w io.Writer, c *token.ClientAnswer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	row := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
@@ -171,7 +170,7 @@ func runOAuthClientList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "CLIENT_ID\tAUTH\tGRANTS\tSPIFFE_ID")
 	for _, cl := range out.Clients {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cl.ID, cl.AuthMethod, strings.Join(shortGrants(cl.GrantTypes), ","), cl.SPIFFEID)
@@ -383,7 +382,7 @@ func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "NAME\tID\tMFA\tROLES\tTENANT")
 	for _, u := range out.Users {
 		mfa := "off"
@@ -412,7 +411,7 @@ func runOAuthUserShow(ctx context.Context, e *Env, args []string) int {
 			if af.json() {
 				return e.printJSON(json.RawMessage(raw))
 			}
-			tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+			tw := newTable(e.Stdout)
 			fmt.Fprintf(tw, "name:\t%s\nid:\t%s\nmfa:\t%v\nrequire_mfa:\t%v\nrecovery_codes_left:\t%d\n", u.Name, u.ID, u.TOTPEnabled, u.RequireMFA, u.RecoveryCodesLeft)
 			if u.Email != "" {
 				fmt.Fprintf(tw, "email:\t%s\n", u.Email)
@@ -645,7 +644,7 @@ func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "JTI\tEXPIRES_AT")
 	for _, r := range out.Revoked {
 		fmt.Fprintf(tw, "%s\t%s\n", r.JTI, r.ExpiresAt.UTC().Format(time.RFC3339))
@@ -688,7 +687,7 @@ func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []s
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 0, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "KID\tALG\tSTATE\tSIGNS_FROM\tSIGNS_UNTIL\tPUBLISHED_UNTIL")
 	for _, k := range out.Keys {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, k.ActivateAt.Format(time.RFC3339), k.RetireAt.Format(time.RFC3339), k.ExpireAt.Format(time.RFC3339))

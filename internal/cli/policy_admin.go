@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -210,7 +209,7 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 		}
 		return ExitOK
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintf(tw, "policy version %d\n\nKIND\tNAMESPACE\tNAME\n", set.Version)
 	for _, d := range set.Documents {
 		doc, err := policy.ParseJSON(d)
@@ -333,7 +332,7 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(hist)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "VERSION\tTIME\tACTION\tBY\tDOCUMENTS\tCHANGES")
 	for _, h := range hist {
 		action := h.Action
@@ -420,7 +419,7 @@ func runPolicyStatus(ctx context.Context, e *Env, args []string) int {
 
 // printPolicyNodes prints nodes' policy state as a table.
 func printPolicyNodes(e *Env, nodes []server.PolicyNodeStatus) {
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tPOLICY VERSION\tCURRENT\tLAST ACK")
 	yn := map[bool]string{true: "yes", false: "no"}
 	for _, n := range nodes {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/moatless/moatless/internal/server"
@@ -72,7 +71,7 @@ func runRevokeList(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(out)
 	}
-	tw := tabwriter.NewWriter(e.Stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "KIND\tSUBJECT\tSPIFFE ID\tUNTIL\tREVOKED BY\tREASON")
 	for _, r := range out.IDs {
 		fmt.Fprintf(tw, "spiffe-id\t%s\t%s\t-\t%s\t%s\n", r.SPIFFEID, r.SPIFFEID, r.RevokedBy, r.Reason)
