@@ -259,7 +259,7 @@ func claimMatches(s *strSet, v any, path []string) bool {
 	switch t := v.(type) {
 	case string:
 		if len(path) == 1 && (path[0] == "scope" || path[0] == "permission") {
-			for _, w := range strings.Fields(t) {
+			for w := range strings.FieldsSeq(t) { // no slice: Decide does not allocate
 				if s.match(w) {
 					return true
 				}
