@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -65,4 +68,49 @@ func temporaryAcceptError(err error) bool {
 		}
 	}
 	return false
+}
+
+// streamGroup counts a listener's connections and streams in flight so
+// that Shutdown can wait for them. Once drain is called it admits no more:
+// mu orders every add against drain, so a wait that started after drain
+// never races a late add (sync.WaitGroup forbids Add concurrent with a
+// Wait at zero). The zero value is ready.
+type streamGroup struct {
+	mu       sync.Mutex
+	draining atomic.Bool
+	wg       sync.WaitGroup
+}
+
+// add counts a new stream unless the group is draining; the caller calls
+// done when the stream ends, and only if add returned true.
+func (g *streamGroup) add() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.draining.Load() {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *streamGroup) done() { g.wg.Done() }
+
+// drain stops admitting streams.
+func (g *streamGroup) drain() {
+	g.mu.Lock()
+	g.draining.Store(true)
+	g.mu.Unlock()
+}
+
+// isDraining reports whether drain was called.
+func (g *streamGroup) isDraining() bool { return g.draining.Load() }
+
+// wait waits until every admitted stream is done or ctx ends.
+func (g *streamGroup) wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }

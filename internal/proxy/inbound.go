@@ -43,12 +43,10 @@ type inbound struct {
 	fwd     *forwarder
 	dialApp func(ctx context.Context) (net.Conn, error)
 
-	conns    sync.Map // net.Conn → *connInfo, every live conn
-	closed   atomic.Bool
-	draining atomic.Bool
-	streams  sync.WaitGroup // raw TCP streams and connections in their handshake
-	streamMu sync.Mutex     // orders streams.Add against Shutdown's Wait
-	open     atomic.Int64   // connections accepted and not yet closed
+	conns   sync.Map // net.Conn → *connInfo, every live conn
+	closed  atomic.Bool
+	streams streamGroup  // raw TCP streams and connections in their handshake
+	open    atomic.Int64 // connections accepted and not yet closed
 }
 
 // connInfo is what the sidecar learned about a connection at accept and
@@ -158,7 +156,7 @@ func (ib *inbound) serve() error {
 	for {
 		c, err := ib.ln.Accept()
 		if err != nil {
-			if ib.closed.Load() || ib.draining.Load() || errors.Is(err, net.ErrClosed) {
+			if ib.closed.Load() || ib.streams.isDraining() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			// EMFILE and friends pass once connections close; giving up
@@ -176,12 +174,12 @@ func (ib *inbound) serve() error {
 			ib.s.metrics.refused.WithLabelValues(ib.name).Inc()
 			continue
 		}
-		if !ib.addStream() {
+		if !ib.streams.add() {
 			c.Close()
 			return nil
 		}
 		go func() {
-			defer ib.streams.Done()
+			defer ib.streams.done()
 			ib.handle(c)
 		}()
 	}
@@ -324,18 +322,6 @@ func (ib *inbound) handle(c net.Conn) {
 		ib.connDone(conn)
 		conn.Close()
 	}
-}
-
-// addStream counts a new connection unless the listener is draining. The
-// lock makes every Add happen before Shutdown starts waiting.
-func (ib *inbound) addStream() bool {
-	ib.streamMu.Lock()
-	defer ib.streamMu.Unlock()
-	if ib.draining.Load() {
-		return false
-	}
-	ib.streams.Add(1)
-	return true
 }
 
 // connDone forgets a closed connection.

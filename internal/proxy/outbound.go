@@ -30,10 +30,8 @@ type outbound struct {
 	upstreamRevoked atomic.Bool
 	conns           sync.Map // TCP conns, for Close
 	closed          atomic.Bool
-	draining        atomic.Bool
-	streams         sync.WaitGroup // raw TCP streams
-	streamMu        sync.Mutex     // orders streams.Add against Shutdown's Wait
-	accept          acceptBackoff  // the TCP accept loop's pacing
+	streams         streamGroup   // raw TCP streams
+	accept          acceptBackoff // the TCP accept loop's pacing
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -137,7 +135,7 @@ func (ob *outbound) errBody(err error) string {
 func (ob *outbound) serve() error {
 	if ob.httpSrv != nil {
 		err := ob.httpSrv.Serve(ob.ln)
-		if ob.closed.Load() || ob.draining.Load() || errors.Is(err, http.ErrServerClosed) {
+		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
 		return fmt.Errorf("proxy: outbound %s: %w", ob.name, err)
@@ -145,7 +143,7 @@ func (ob *outbound) serve() error {
 	for {
 		c, err := ob.ln.Accept()
 		if err != nil {
-			if ob.closed.Load() || ob.draining.Load() || errors.Is(err, net.ErrClosed) {
+			if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			if ob.accept.retry(err) {
@@ -154,16 +152,12 @@ func (ob *outbound) serve() error {
 			return fmt.Errorf("proxy: outbound %s: accept: %w", ob.name, err)
 		}
 		ob.accept.reset()
-		ob.streamMu.Lock()
-		if ob.draining.Load() {
-			ob.streamMu.Unlock()
+		if !ob.streams.add() {
 			c.Close()
 			return nil
 		}
-		ob.streams.Add(1)
-		ob.streamMu.Unlock()
 		go func() {
-			defer ob.streams.Done()
+			defer ob.streams.done()
 			ob.serveTCP(c)
 		}()
 	}

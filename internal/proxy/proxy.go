@@ -480,17 +480,13 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	for _, ib := range s.inbound {
-		ib.streamMu.Lock()
-		ib.draining.Store(true)
-		ib.streamMu.Unlock()
+		ib.streams.drain()
 		if ib.ln != nil {
 			ib.ln.Close()
 		}
 	}
 	for _, ob := range s.outbound {
-		ob.streamMu.Lock()
-		ob.draining.Store(true)
-		ob.streamMu.Unlock()
+		ob.streams.drain()
 		if ob.ln != nil && ob.httpSrv == nil {
 			ob.ln.Close()
 		}
@@ -503,7 +499,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 			go func() { defer wg.Done(); ib.httpSrv.Shutdown(ctx) }()
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); waitGroupCtx(ctx, &ib.streams) }()
+		go func() { defer wg.Done(); ib.streams.wait(ctx) }()
 	}
 	for _, ob := range s.outbound {
 		if ob.httpSrv != nil {
@@ -511,22 +507,12 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 			go func() { defer wg.Done(); ob.httpSrv.Shutdown(ctx) }()
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); waitGroupCtx(ctx, &ob.streams) }()
+		go func() { defer wg.Done(); ob.streams.wait(ctx) }()
 	}
 	wg.Wait()
 	err := ctx.Err()
 	s.Close()
 	return err
-}
-
-// waitGroupCtx waits for wg or ctx, whichever comes first.
-func waitGroupCtx(ctx context.Context, wg *sync.WaitGroup) {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
 }
 
 // Close stops every listener and closes every connection. It is idempotent.
