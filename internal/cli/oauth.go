@@ -298,20 +298,22 @@ func runOAuthUser(ctx context.Context, e *Env, args []string) int {
 // line, without its line ending. Passwords never come from flags, which
 // other users can read in the process list.
 func (e *Env) readPassword(path string) (string, error) {
-	var (
-		b   []byte
-		err error
-	)
-	if path == "-" {
-		b, err = io.ReadAll(io.LimitReader(e.Stdin, token.MaxPasswordLen+2))
-	} else {
-		b, err = readSmallFile(path, token.MaxPasswordLen+2)
-	}
+	b, err := e.readInput(path, token.MaxPasswordLen+2)
 	if err != nil {
 		return "", err
 	}
 	pw, _, _ := strings.Cut(string(b), "\n")
 	return strings.TrimSuffix(pw, "\r"), nil
+}
+
+// readInput reads a small input named on the command line: a file, or
+// "-" for standard input. More than limit bytes is an error from either:
+// input cut short would send another token or password than the one given.
+func (e *Env) readInput(path string, limit int64) ([]byte, error) {
+	if path == "-" {
+		return readLimited(e.Stdin, "standard input", limit)
+	}
+	return readSmallFile(path, limit)
 }
 
 func readSmallFile(path string, limit int64) ([]byte, error) {
@@ -320,12 +322,18 @@ func readSmallFile(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	return readLimited(f, path, limit)
+}
+
+// readLimited reads r to the end; more than limit bytes is an error that
+// names it.
+func readLimited(r io.Reader, name string, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit)
 	}
 	return b, nil
 }
@@ -537,18 +545,10 @@ func runOAuthToken(ctx context.Context, e *Env, args []string) int {
 	}, args)
 }
 
-// tokenFlags reads a token from --token-file (or "-" for stdin); a token
-// on the command line would be visible in the process list.
+// tokenArg reads a token or client secret from a file ("-" for stdin); on
+// the command line it would be visible in the process list.
 func (e *Env) tokenArg(file string) (string, error) {
-	var (
-		b   []byte
-		err error
-	)
-	if file == "-" {
-		b, err = io.ReadAll(io.LimitReader(e.Stdin, 64<<10))
-	} else {
-		b, err = readSmallFile(file, 64<<10)
-	}
+	b, err := e.readInput(file, 64<<10)
 	if err != nil {
 		return "", err
 	}
