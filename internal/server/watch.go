@@ -141,17 +141,23 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 		u.Bundle = s.wireBundle()
 		any = true
 	}
-	pv, err := s.db.ParentVersion(ctx, c.id.String())
-	if err != nil {
-		return u, false, err
-	}
-	if full || pv > since {
-		entries, err := s.db.ListEntries(ctx, store.EntryFilter{ParentID: c.id.String()})
+	// A parent's entries version never exceeds the entries section's
+	// (store.ParentVersion), so a change that moved no entries needs no
+	// per-stream store query: a revocation or a policy change reaches
+	// every stream without one query per node.
+	if full || vs.Sections[store.SectionEntries] > since {
+		pv, err := s.db.ParentVersion(ctx, c.id.String())
 		if err != nil {
 			return u, false, err
 		}
-		u.Entries = &entries
-		any = true
+		if full || pv > since {
+			entries, err := s.db.ListEntries(ctx, store.EntryFilter{ParentID: c.id.String()})
+			if err != nil {
+				return u, false, err
+			}
+			u.Entries = &entries
+			any = true
+		}
 	}
 	if full || vs.Sections[store.SectionRevocations] > since {
 		u.Revocations = s.revs.Load().wire()

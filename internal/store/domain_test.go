@@ -101,6 +101,11 @@ func TestEntries(t *testing.T) {
 		if pc, _ := db.ParentVersion(ctx, "spiffe://td/agent/c"); pc == 0 {
 			t.Fatal("update did not bump the new parent's version")
 		}
+		// Watch streams skip ParentVersion while the entries section
+		// has not moved: a parent is bumped to the section's version.
+		if pa, pc, vs := parentAndSection(t, db, node, "spiffe://td/agent/c"); pa != vs || pc != vs {
+			t.Fatalf("after update: parents at %d and %d, entries section at %d", pa, pc, vs)
+		}
 		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.UpdateEntry(ctx, tx, upd, 1); return err })
 		if !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("update at a stale revision: %v", err)
@@ -127,6 +132,9 @@ func TestEntries(t *testing.T) {
 		}
 		if pv2, _ := db.ParentVersion(ctx, "spiffe://td/agent/c"); pv2 <= vs.Global {
 			t.Fatalf("delete did not bump parent version: %d <= %d", pv2, vs.Global)
+		}
+		if pc, _, sec := parentAndSection(t, db, "spiffe://td/agent/c", "spiffe://td/agent/c"); pc != sec {
+			t.Fatalf("after delete: parent at %d, entries section at %d", pc, sec)
 		}
 		err = tx(t, db, func(tx *sql.Tx) error { _, err := db.DeleteEntry(ctx, tx, "e1"); return err })
 		if !errors.Is(err, store.ErrNotFound) {
@@ -437,4 +445,23 @@ func TestDuplicateEntryRace(t *testing.T) {
 			t.Fatalf("ok=%d conflicts=%d, want 1 and 7", ok, conflicts)
 		}
 	})
+}
+
+// parentAndSection reads the entries versions of parents a and b and the
+// entries section's version.
+func parentAndSection(t *testing.T, db *store.DB, a, b string) (pa, pb, section uint64) {
+	t.Helper()
+	ctx := context.Background()
+	var err error
+	if pa, err = db.ParentVersion(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if pb, err = db.ParentVersion(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := db.Versions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pa, pb, vs.Sections[store.SectionEntries]
 }

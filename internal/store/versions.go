@@ -42,7 +42,9 @@ func (s *DB) BumpVersion(ctx context.Context, tx *sql.Tx, sections ...Section) (
 	return uint64(v), nil
 }
 
-// bumpParents records version v as the entries version of each parent.
+// bumpParents records version v as the entries version of each parent. v
+// must be the version BumpVersion(SectionEntries) returned in the same
+// transaction (see ParentVersion).
 func bumpParents(ctx context.Context, tx *sql.Tx, v uint64, parents ...string) error {
 	for _, p := range parents {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO parent_versions (parent_id, version) VALUES ($1, $2)
@@ -94,7 +96,10 @@ func (s *DB) GlobalVersion(ctx context.Context) (uint64, error) {
 }
 
 // ParentVersion is the global version at which the entries parented by
-// parent last changed; 0 if they never did.
+// parent last changed; 0 if they never did. It is never above the version
+// of SectionEntries: every change that bumps a parent bumps the section in
+// the same transaction, to the same version (watch streams rely on this to
+// skip the query when the section has not moved).
 func (s *DB) ParentVersion(ctx context.Context, parent string) (uint64, error) {
 	var v int64
 	err := s.db.QueryRowContext(ctx, "SELECT version FROM parent_versions WHERE parent_id = $1", parent).Scan(&v)
