@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -28,22 +29,8 @@ import (
 // RequestAuthentication asks for, no token is decided by policy, and a
 // revoked jti is refused.
 func TestRequestAuthenticationWithRealEngine(t *testing.T) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := func(claims map[string]any) string {
-		b, _ := json.Marshal(claims)
-		obj, err := signer.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, _ := obj.CompactSerialize()
-		return s
-	}
-	docs := fmt.Sprintf(`apiVersion: security.istio.io/v1
+	jwks, token := newTestIssuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
@@ -59,17 +46,7 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
-`, jwks)
-	parsed, err := policy.Parse(strings.NewReader(docs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Compile(parsed, policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-	defer v.Close()
+`, jwks))
 
 	seen := make(chan string, 8)
 	l := listen(t)
@@ -90,13 +67,7 @@ spec:
 	t.Cleanup(func() { srv.Close() })
 
 	ca := testpki.NewCA(t, "example.org")
-	inL := listen(t)
-	s := startSidecar(t, Config{
-		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound:  []Inbound{{Listener: inL, App: l.Addr().String()}},
-		Verifier: v,
-	})
-	s.SetAuthorizerContext(context.Background(), 1, set)
+	s, inL := startEngineSidecar(t, ca, set, l.Addr().String(), false)
 	c := mtlsClient(t, ca, frontendID, ordersID)
 	now := time.Now().Unix()
 	valid := token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": now + 300, "jti": "j-1"})
@@ -183,13 +154,8 @@ spec:
 // that presented that certificate — not from another certificate of the
 // same SPIFFE ID.
 func TestCertBoundTokenThroughInbound(t *testing.T) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := policy.Parse(strings.NewReader(fmt.Sprintf(`apiVersion: security.istio.io/v1
+	jwks, token := newTestIssuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
@@ -201,24 +167,9 @@ metadata: {name: need-token, namespace: prod}
 spec:
   action: ALLOW
   rules: [{from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]}]
-`, jwks)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Compile(parsed, policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-	defer v.Close()
+`, jwks))
 	ca := testpki.NewCA(t, "example.org")
-	inL := listen(t)
-	s := startSidecar(t, Config{
-		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound:  []Inbound{{Listener: inL, App: echoApp(t)}},
-		Verifier: v,
-	})
-	s.SetAuthorizerContext(context.Background(), 1, set)
+	_, inL := startEngineSidecar(t, ca, set, echoApp(t), false)
 
 	client := func(svid *testpki.SVID) *http.Client {
 		ti := &tlsIdentity{src: newStaticIdentity(ca, svid), now: time.Now, revoked: func() *revocationSet { return nil }}
@@ -228,15 +179,10 @@ spec:
 	}
 	holder := ca.SVID(t, frontendID, 0)
 	other := ca.SVID(t, frontendID, 0) // same SPIFFE ID, another certificate
-	claims, _ := json.Marshal(map[string]any{
+	bound := token(map[string]any{
 		"iss": "https://issuer.example", "sub": "svc", "exp": time.Now().Unix() + 300,
 		"cnf": map[string]any{"x5t#S256": policy.CertThumbprint(holder.Chain[0])},
 	})
-	obj, err := signer.Sign(claims)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bound, _ := obj.CompactSerialize()
 
 	tests := []struct {
 		name     string
@@ -264,4 +210,75 @@ spec:
 			}
 		})
 	}
+}
+
+// newTestIssuer makes a fresh ES256 key: jwks publishes it (key ID "k1")
+// and token signs claims with it as a compact JWT.
+func newTestIssuer(t testing.TB) (jwks string, token func(claims map[string]any) string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(set), func(claims map[string]any) string {
+		b, err := json.Marshal(claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, err := signer.Sign(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := obj.CompactSerialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
+// compileSet compiles policy documents with the default options.
+func compileSet(t testing.TB, docs string) *policy.Set {
+	t.Helper()
+	parsed, err := policy.Parse(strings.NewReader(docs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// startEngineSidecar starts the orders sidecar (SVID from ca) with one
+// inbound listener forwarding to app, enforcing set with the real JWT
+// verifier: given in Config when viaConfig, else pushed with
+// SetAuthorizerContext as version 1.
+func startEngineSidecar(t testing.TB, ca *testpki.CA, set *policy.Set, app string, viaConfig bool) (*Sidecar, net.Listener) {
+	t.Helper()
+	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+	t.Cleanup(func() { v.Close() })
+	inL := listen(t)
+	cfg := Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:  []Inbound{{Listener: inL, App: app}},
+		Verifier: v,
+	}
+	if viaConfig {
+		cfg.Authorizer = set
+	}
+	s := startSidecar(t, cfg)
+	if !viaConfig {
+		s.SetAuthorizerContext(context.Background(), 1, set)
+	}
+	return s, inL
 }

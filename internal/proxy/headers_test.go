@@ -2,15 +2,12 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 
-	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
 )
@@ -38,14 +35,7 @@ spec:
   rules:
   - to: [{operation: {paths: ["/admin*"]}}]
 `
-	parsed, err := policy.Parse(strings.NewReader(docs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Compile(parsed, policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := compileSet(t, docs)
 	// However the policy arrives, the sidecar derives the same strip list
 	// and normalization from it.
 	for _, via := range []string{"set_authorizer", "config_authorizer"} {
@@ -54,8 +44,6 @@ spec:
 }
 
 func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig bool) {
-	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-	defer v.Close()
 
 	type seenReq struct{ user, payload, uri string }
 	seen := make(chan seenReq, 8)
@@ -68,19 +56,7 @@ func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig boo
 	t.Cleanup(func() { srv.Close() })
 
 	ca := testpki.NewCA(t, "example.org")
-	inL := listen(t)
-	cfg := Config{
-		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound:  []Inbound{{Listener: inL, App: l.Addr().String()}},
-		Verifier: v,
-	}
-	if viaConfig {
-		cfg.Authorizer = set
-	}
-	s := startSidecar(t, cfg)
-	if !viaConfig {
-		s.SetAuthorizerContext(context.Background(), 1, set)
-	}
+	_, inL := startEngineSidecar(t, ca, set, l.Addr().String(), viaConfig)
 
 	// Raw requests over mTLS, so the request target reaches the sidecar
 	// exactly as written (an http.Client would clean some of it).
