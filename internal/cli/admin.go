@@ -87,14 +87,9 @@ func (a *adminFlags) client() (*adminClient, error) {
 	}
 	addr = strings.TrimRight(addr, "/")
 
-	cacert := firstNonEmpty(a.cacert, a.getenv("MOATLESS_CACERT"), filepath.Join(dataDir, "bundle.pem"))
-	pemBytes, err := os.ReadFile(cacert)
+	pool, err := serverTrust(a.cacert, a.getenv)
 	if err != nil {
-		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("trust bundle %s holds no PEM certificate", cacert)
+		return nil, err
 	}
 	tlsConf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 
@@ -175,6 +170,27 @@ func (a *adminCommand) connect(args []string) (*adminClient, int, bool) {
 
 // json reports whether -o json was asked for.
 func (a *adminCommand) json() bool { return a.af.json() }
+
+// serverTrust reads the PEM trust bundle that verifies the server: the
+// file given by --cacert (cacert), else MOATLESS_CACERT, else
+// DATA_DIR/bundle.pem. A bundle with no certificate, or with one that does
+// not parse, is an error naming the file.
+func serverTrust(cacert string, getenv func(string) string) (*x509.CertPool, error) {
+	path := firstNonEmpty(cacert, getenv("MOATLESS_CACERT"), filepath.Join(config.DefaultDataDir(getenv), "bundle.pem"))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
+	}
+	certs, err := parsePEMCerts(b, "trust bundle "+path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
+}
 
 // apiError is a non-2xx answer from the server: {"errors": [...]}.
 type apiError struct {

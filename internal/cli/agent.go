@@ -121,6 +121,13 @@ func readPEMCerts(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parsePEMCerts(b, path)
+}
+
+// parsePEMCerts parses every CERTIFICATE block of b, the PEM content of
+// name; other blocks are skipped. A certificate that does not parse, or
+// none at all, is an error naming name.
+func parsePEMCerts(b []byte, name string) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for {
 		var blk *pem.Block
@@ -133,12 +140,12 @@ func readPEMCerts(path string) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+		return nil, fmt.Errorf("%s holds no PEM certificate", name)
 	}
 	return out, nil
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -737,14 +735,9 @@ func runOAuthTokenGet(ctx context.Context, e *Env, args []string) int {
 	a := firstNonEmpty(*addr, e.getenv("MOATLESS_ADDR"), config.DefaultListen)
 	a = strings.TrimRight(strings.TrimPrefix(a, "https://"), "/")
 	iss := firstNonEmpty(*issuer, "https://"+a)
-	bundle := firstNonEmpty(*cacert, e.getenv("MOATLESS_CACERT"), filepath.Join(config.DefaultDataDir(e.getenv), "bundle.pem"))
-	pemBytes, err := os.ReadFile(bundle)
+	pool, err := serverTrust(*cacert, e.getenv)
 	if err != nil {
-		return e.errorf(ExitUsage, "oauth token get: read trust bundle: %v (set --cacert or MOATLESS_CACERT)", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return e.errorf(ExitUsage, "oauth token get: trust bundle %s holds no PEM certificate", bundle)
+		return e.errorf(ExitUsage, "oauth token get: %v", err)
 	}
 	tlsConf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if *cert != "" {
