@@ -88,7 +88,11 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	if health == "off" {
 		health = ""
 	}
-	log := newAgentLogger(e.Stderr, cfg.LogLevel).With("component", "agent")
+	log, err := newLogger(e.Stderr, "json", cfg.LogLevel)
+	if err != nil {
+		return e.errorf(ExitUsage, "agent: log_level: %v", err)
+	}
+	log = log.With("component", "agent")
 	a, err := agent.New(agent.Config{
 		Node: agent.NodeConfig{
 			ServerAddr: cfg.Server, ServerName: cfg.ServerName, TrustBundle: trust,
@@ -150,16 +154,25 @@ func parsePEMCerts(b []byte, name string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// newAgentLogger logs JSON to w at level ("" or unknown: info).
-func newAgentLogger(w io.Writer, level string) *slog.Logger {
+// errLogFormat is newLogger's answer to a format other than json or text.
+var errLogFormat = errors.New("log format must be json or text")
+
+// newLogger logs to w in format "json" or "text" at level, one of slog's
+// level names (debug, info, warn, error). The server's and the agent's
+// configs were validated to those names; the sidecar's flags come here
+// unchecked: a bad level is an error, checked first, then a bad format is
+// errLogFormat.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var l slog.Level
-	switch level {
-	case "debug":
-		l = slog.LevelDebug
-	case "warn":
-		l = slog.LevelWarn
-	case "error":
-		l = slog.LevelError
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, err
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, errLogFormat
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
@@ -90,9 +89,10 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if err := cfg.Validate(); err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
 	}
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	logger := slog.New(slog.NewJSONHandler(e.Stderr, &slog.HandlerOptions{Level: level}))
+	logger, err := newLogger(e.Stderr, "json", cfg.LogLevel)
+	if err != nil {
+		return e.errorf(ExitUsage, "server: log_level: %v", err)
+	}
 
 	srv, err := server.New(ctx, server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset})
 	if err != nil {

@@ -63,19 +63,12 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: %v", err)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return e.errorf(ExitUsage, "sidecar: -log-level: %v", err)
-	}
-	hopts := &slog.HandlerOptions{Level: level}
-	var log *slog.Logger
-	switch logFormat {
-	case "json":
-		log = slog.New(slog.NewJSONHandler(e.Stderr, hopts))
-	case "text":
-		log = slog.New(slog.NewTextHandler(e.Stderr, hopts))
-	default:
+	log, err := newLogger(e.Stderr, logFormat, logLevel)
+	switch {
+	case errors.Is(err, errLogFormat):
 		return e.errorf(ExitUsage, "sidecar: -log-format must be json or text, not %q", logFormat)
+	case err != nil:
+		return e.errorf(ExitUsage, "sidecar: -log-level: %v", err)
 	}
 	// LoadSidecar validated the name; parsing again keeps a config built
 	// any other way from silently falling back to BASE.
