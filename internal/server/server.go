@@ -214,14 +214,14 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.writeBundleFile(); err != nil {
 		return nil, err
 	}
-	if err := s.reloadRevocations(ctx); err != nil {
-		return nil, err
-	}
-	if v, err := s.db.GlobalVersion(ctx); err == nil {
-		s.hub.set(v)
-	} else {
+	vs, err := s.db.Versions(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
+		return nil, err
+	}
+	s.hub.setVersions(vs)
 	if err := s.metrics.refreshCounts(ctx); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

@@ -213,8 +213,9 @@ type revocationSet struct {
 	version uint64
 	ids     map[string]bool
 	serials map[string]bool
-	list    store.RevocationList
-	tokens  []wire.RevokedTokenID // revoked OAuth access tokens (oauth.go)
+	// section is the watch stream's revocations section, built once with
+	// the snapshot and shared, read-only, by every stream that sends it.
+	section *wire.Revocations
 }
 
 func (r *revocationSet) revoked(id, serial string) bool {
@@ -224,25 +225,10 @@ func (r *revocationSet) revoked(id, serial string) bool {
 	return r.ids[id] || r.serials[serial]
 }
 
-// wire converts the set to the watch stream's section.
-func (r *revocationSet) wire() *wire.Revocations {
-	out := &wire.Revocations{}
-	for _, x := range r.list.IDs {
-		out.SPIFFEIDs = append(out.SPIFFEIDs, x.SPIFFEID)
-	}
-	for _, x := range r.list.Serials {
-		out.Serials = append(out.Serials, wire.RevokedSerial{Serial: x.Serial, ExpiresAt: x.ExpiresAt})
-	}
-	out.TokenIDs = r.tokens
-	return out
-}
-
-// reloadRevocations reads the revocations from the store.
-func (s *Server) reloadRevocations(ctx context.Context) error {
-	vs, err := s.db.Versions(ctx)
-	if err != nil {
-		return err
-	}
+// reloadRevocations reads the revocations from the store into a new
+// snapshot labelled version, the revocations section's version the caller
+// read before calling (so the content is at least as new as its label).
+func (s *Server) reloadRevocations(ctx context.Context, version uint64) error {
 	l, err := s.db.Revocations(ctx, s.now())
 	if err != nil {
 		return err
@@ -251,12 +237,14 @@ func (s *Server) reloadRevocations(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	set := &revocationSet{version: vs.Sections[store.SectionRevocations], ids: map[string]bool{}, serials: map[string]bool{}, list: l, tokens: toks}
+	set := &revocationSet{version: version, ids: map[string]bool{}, serials: map[string]bool{}, section: &wire.Revocations{TokenIDs: toks}}
 	for _, x := range l.IDs {
 		set.ids[x.SPIFFEID] = true
+		set.section.SPIFFEIDs = append(set.section.SPIFFEIDs, x.SPIFFEID)
 	}
 	for _, x := range l.Serials {
 		set.serials[x.Serial] = true
+		set.section.Serials = append(set.section.Serials, wire.RevokedSerial{Serial: x.Serial, ExpiresAt: x.ExpiresAt})
 	}
 	s.revs.Store(set)
 	return nil

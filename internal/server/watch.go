@@ -34,9 +34,6 @@ func (h *hub) wait() <-chan struct{} {
 	return h.ch
 }
 
-// set records version v and wakes every waiter if it is new.
-func (h *hub) set(v uint64) { h.setVersions(store.Versions{Global: v}) }
-
 // setVersions records a versions snapshot and wakes every waiter if it is
 // newer: streams read it instead of each querying the store.
 func (h *hub) setVersions(vs store.Versions) {
@@ -99,7 +96,7 @@ func (s *Server) changed(ctx context.Context) {
 		s.entriesCount.Store(0)
 	}
 	if vs.Sections[store.SectionRevocations] != s.revs.Load().version {
-		if err := s.reloadRevocations(ctx); err != nil {
+		if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
 			s.log.Error("reload revocations", "err", err)
 			return
 		}
@@ -160,7 +157,7 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 		}
 	}
 	if full || vs.Sections[store.SectionRevocations] > since {
-		u.Revocations = s.revs.Load().wire()
+		u.Revocations = s.revs.Load().section
 		any = true
 	}
 	if full || vs.Sections[store.SectionPolicies] > since {
