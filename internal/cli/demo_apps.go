@@ -156,7 +156,7 @@ func (a *demoApps) ordersHandler() http.Handler {
 		req, _ := http.NewRequestWithContext(r.Context(), "POST", "http://"+paymentsOut+"/payments", strings.NewReader(`{"amount": 42}`))
 		req.Header.Set("Authorization", "Bearer "+ex.AccessToken)
 		req.Header.Set(hdrRequestID, rid+"-payments")
-		status := call(a.client, req)
+		status, _ := call(a.client, req)
 		w.Header().Set(hdrDownstream, fmt.Sprintf("%d %s-payments", status, rid))
 		if status != http.StatusCreated {
 			writeJSON(w, http.StatusBadGateway, map[string]any{"error": "payment failed", "payments_status": status})
@@ -177,7 +177,7 @@ func (a *demoApps) frontendHandler() http.Handler {
 		ordersOut, _, _ := a.outs()
 		req, _ := http.NewRequestWithContext(r.Context(), "GET", "http://"+ordersOut+"/orders/"+url.PathEscape(r.PathValue("id")), nil)
 		req.Header.Set(hdrRequestID, r.Header.Get(hdrRequestID)+"-orders")
-		status := call(a.client, req)
+		status, _ := call(a.client, req)
 		w.Header().Set(hdrDownstream, fmt.Sprintf("%d %s-orders", status, r.Header.Get(hdrRequestID)))
 		w.WriteHeader(status)
 	})
@@ -190,15 +190,8 @@ func (a *demoApps) frontendHandler() http.Handler {
 			req.Header.Set("Authorization", auth)
 		}
 		req.Header.Set(hdrRequestID, rid+"-orders")
-		resp, err := a.client.Do(req)
-		status := 0
-		next := ""
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			status = resp.StatusCode
-			next = resp.Header.Get(hdrDownstream)
-		}
+		status, h := call(a.client, req)
+		next := h.Get(hdrDownstream)
 		w.Header().Set(hdrDownstream, fmt.Sprintf("%d %s-orders", status, rid))
 		if next != "" {
 			w.Header().Set(hdrNested, next)
@@ -212,13 +205,14 @@ func (a *demoApps) frontendHandler() http.Handler {
 	return m
 }
 
-// call sends req and returns the status, or 0 when no answer came.
-func call(c *http.Client, req *http.Request) int {
+// call sends req and returns the status and headers of the answer, with
+// its body drained; 0 and nil when no answer came.
+func call(c *http.Client, req *http.Request) (int, http.Header) {
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0
+		return 0, nil
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, resp.Header
 }

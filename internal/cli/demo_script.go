@@ -217,13 +217,7 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 		if bearer != "" {
 			req.Header.Set("Authorization", "Bearer "+bearer)
 		}
-		resp, err := plain.Do(req)
-		if err != nil {
-			return 0, nil
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode, resp.Header
+		return call(plain, req)
 	}
 	// hop makes one call from caller's outbound listener to callee and
 	// records the row, with the decision from callee's sidecar.
