@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -479,9 +478,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		}
 	}
 	if d.json {
-		enc := json.NewEncoder(d.e.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"rows": rows, "mismatches": bad})
+		d.e.printJSON(map[string]any{"rows": rows, "mismatches": bad})
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)
