@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -84,25 +85,12 @@ func runEntryCreate(ctx context.Context, e *Env, args []string) int {
 	case len(sels) == 0:
 		return e.errorf(ExitUsage, "entry create: at least one --selector is required, e.g. --selector unix:uid:1000")
 	}
-	for _, s := range sels {
-		sel, err := server.ParseSelector(s)
-		if err != nil {
-			return e.errorf(ExitUsage, "entry create: --selector %v", err)
-		}
-		req.Selectors = append(req.Selectors, sel)
+	var err error
+	if req.Selectors, err = parseSelectors(sels); err != nil {
+		return e.errorf(ExitUsage, "entry create: %v", err)
 	}
-	for _, l := range labels {
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			return e.errorf(ExitUsage, "entry create: --label %q: want key=value", l)
-		}
-		if req.Labels == nil {
-			req.Labels = map[string]string{}
-		}
-		if _, dup := req.Labels[k]; dup {
-			return e.errorf(ExitUsage, "entry create: --label %q given twice", k)
-		}
-		req.Labels[k] = v
+	if req.Labels, err = parseLabels(labels); err != nil {
+		return e.errorf(ExitUsage, "entry create: %v", err)
 	}
 	c, code, ok := cmd.client()
 	if !ok {
@@ -250,30 +238,17 @@ func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 	if set["spiffe-id"] {
 		req.SPIFFEID = *spiffeID
 	}
+	var err error
 	if set["selector"] {
-		req.Selectors = nil
-		for _, s := range sels {
-			sel, err := server.ParseSelector(s)
-			if err != nil {
-				return e.errorf(ExitUsage, "entry update: --selector %v", err)
-			}
-			req.Selectors = append(req.Selectors, sel)
+		if req.Selectors, err = parseSelectors(sels); err != nil {
+			return e.errorf(ExitUsage, "entry update: %v", err)
 		}
 	}
 	if set["label"] {
-		req.Labels = nil
-		for _, l := range labels {
-			if l == "-" {
-				continue
-			}
-			k, v, ok := strings.Cut(l, "=")
-			if !ok || k == "" {
-				return e.errorf(ExitUsage, "entry update: --label %q: want key=value", l)
-			}
-			if req.Labels == nil {
-				req.Labels = map[string]string{}
-			}
-			req.Labels[k] = v
+		// "--label -" clears the labels: it adds none.
+		kv := slices.DeleteFunc(slices.Clone(labels), func(l string) bool { return l == "-" })
+		if req.Labels, err = parseLabels(kv); err != nil {
+			return e.errorf(ExitUsage, "entry update: %v", err)
 		}
 	}
 	if set["namespace"] {
@@ -298,6 +273,39 @@ func runEntryUpdate(ctx context.Context, e *Env, args []string) int {
 	}
 	printEntry(e.Stdout, out)
 	return ExitOK
+}
+
+// parseSelectors parses --selector values (TYPE:KIND:VALUE).
+func parseSelectors(vals []string) ([]wire.Selector, error) {
+	var out []wire.Selector
+	for _, v := range vals {
+		sel, err := server.ParseSelector(v)
+		if err != nil {
+			return nil, fmt.Errorf("--selector %v", err)
+		}
+		out = append(out, sel)
+	}
+	return out, nil
+}
+
+// parseLabels parses --label key=value values into a map, nil for none. A
+// key given twice is an error: which value was meant cannot be known.
+func parseLabels(vals []string) (map[string]string, error) {
+	var out map[string]string
+	for _, l := range vals {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--label %q: want key=value", l)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--label %q given twice", k)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func runEntryShow(ctx context.Context, e *Env, args []string) int {

@@ -100,6 +100,7 @@ func TestAdminCommands(t *testing.T) {
 		{"entry_missing_selector", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x"}, ExitUsage, "--selector"},
 		{"entry_bad_selector", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x", "--selector", "unix:pid:1"}, ExitUsage, "unknown unix selector kind"},
 		{"entry_bad_label", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x", "--selector", "unix:uid:1", "--label", "novalue"}, ExitUsage, "key=value"},
+		{"entry_label_twice", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x", "--selector", "unix:uid:1", "--label", "a=1", "--label", "a=2"}, ExitUsage, `entry create: --label "a" given twice`},
 		{"wrong_token", with(env, "MOATLESS_TOKEN", "mla_wrong"), []string{"entry", "list"}, ExitDenied, "not valid"},
 		{"unreachable", with(env, "MOATLESS_ADDR", "127.0.0.1:1"), []string{"entry", "list"}, ExitFailure, "cannot reach"},
 		{"bad_output", env, []string{"entry", "list", "-o", "xml"}, ExitUsage, "-o must be"},
@@ -135,6 +136,9 @@ func TestAdminCommands(t *testing.T) {
 		{"entry_update_nothing", env, []string{"entry", "update", entry.ID}, ExitUsage, "nothing to change"},
 		{"entry_update_missing", env, []string{"entry", "update", "nope", "--namespace", "x"}, ExitNotFound, "no entry"},
 		{"entry_update_bad", env, []string{"entry", "update", entry.ID, "--x509-ttl", "1s"}, ExitUsage, "x509_ttl"},
+		{"entry_update_label_twice", env, []string{"entry", "update", entry.ID, "--label", "app=a", "--label", "app=b"}, ExitUsage, `--label "app" given twice`},
+		{"entry_update_bad_label", env, []string{"entry", "update", entry.ID, "--label", "novalue"}, ExitUsage, "entry update: --label \"novalue\": want key=value"},
+		{"entry_update_bad_selector", env, []string{"entry", "update", entry.ID, "--selector", "unix:pid:1"}, ExitUsage, "entry update: --selector"},
 		{"entry_delete", env, []string{"entry", "delete", entry.ID}, ExitOK, "deleted entry"},
 	}
 	for _, tc := range tests {
