@@ -55,7 +55,12 @@ func (s *svidFlags) addr(e *Env) string {
 	return a
 }
 
-func (s *svidFlags) check(e *Env) (int, bool) {
+// parse parses args into fs, on which register put the svid flags, and
+// checks -o; see Env.parseFlags.
+func (s *svidFlags) parse(e *Env, fs *flag.FlagSet, args []string) (int, bool) {
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code, false
+	}
 	if s.output != "text" && s.output != "json" {
 		return e.errorf(ExitUsage, "-o must be text or json, not %q", s.output), false
 	}
@@ -97,10 +102,7 @@ func runSVIDFetch(ctx context.Context, e *Env, args []string) int {
 	var sf svidFlags
 	sf.register(fs)
 	write := fs.String("write", "", "write svid.pem, svid_key.pem (0600) and svid_bundle.pem of the first SVID into this `directory`")
-	if code, ok := e.parseFlags(fs, args); !ok {
-		return code
-	}
-	if code, ok := sf.check(e); !ok {
+	if code, ok := sf.parse(e, fs, args); !ok {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(ctx, sf.timeout)
@@ -193,10 +195,7 @@ func runSVIDJWT(ctx context.Context, e *Env, args []string) int {
 	var aud stringList
 	fs.Var(&aud, "audience", "audience the token is for (repeatable; at least one)")
 	id := fs.String("spiffe-id", "", "which of this process's SPIFFE IDs (default: all of them)")
-	if code, ok := e.parseFlags(fs, args); !ok {
-		return code
-	}
-	if code, ok := sf.check(e); !ok {
+	if code, ok := sf.parse(e, fs, args); !ok {
 		return code
 	}
 	if len(aud) == 0 {
@@ -246,10 +245,7 @@ func runSVIDBundle(ctx context.Context, e *Env, args []string) int {
 	var sf svidFlags
 	sf.register(fs)
 	jwt := fs.Bool("jwt", false, "print the JWT bundle (JWKS) instead of the X.509 one")
-	if code, ok := e.parseFlags(fs, args); !ok {
-		return code
-	}
-	if code, ok := sf.check(e); !ok {
+	if code, ok := sf.parse(e, fs, args); !ok {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(ctx, sf.timeout)
@@ -301,10 +297,7 @@ func runSVIDValidate(ctx context.Context, e *Env, args []string) int {
 	sf.register(fs)
 	aud := fs.String("audience", "", "the audience the token must carry (required)")
 	token := fs.String("token", "", "the JWT-SVID (default: read from stdin)")
-	if code, ok := e.parseFlags(fs, args); !ok {
-		return code
-	}
-	if code, ok := sf.check(e); !ok {
+	if code, ok := sf.parse(e, fs, args); !ok {
 		return code
 	}
 	if *aud == "" {
