@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -313,23 +315,35 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	s.agentOK(w, "renew", http.StatusOK, wire.X509SVIDResponse{SVID: toWireSVID(iss, c.id.String(), "")})
 }
 
-// cachedEntry returns the entry with id from the cache or the store. The
-// cache is cleared on every entries version change (create, update,
-// delete), so a hit is never older than the last change this server has
-// seen.
+// entryCache holds registration entries by id as read at one
+// entries-section version. changed() replaces it whole when that version
+// moves (a change here or, via the poller, on another replica), so the
+// version is the cache's own and nothing is cleared in place: a reader
+// that raced with the replacement files what it read into the old cache,
+// which no one reads again.
+type entryCache struct {
+	version uint64
+	m       sync.Map // id -> wire.Entry
+	n       atomic.Int64
+}
+
+// maxCachedEntries bounds an entryCache; past it entries are read from the
+// store until the next entries change.
+const maxCachedEntries = 100_000
+
+// cachedEntry returns the entry with id from the cache or the store. A hit
+// is never older than the last entries change this server has seen.
 func (s *Server) cachedEntry(ctx context.Context, id string) (wire.Entry, error) {
-	if v, ok := s.entries.Load(id); ok {
+	c := s.entries.Load()
+	if v, ok := c.m.Load(id); ok {
 		return v.(wire.Entry), nil
 	}
-	ver := s.entriesVer.Load()
 	e, err := s.db.Entry(ctx, id)
 	if err != nil {
 		return e, err
 	}
-	// Cache only if no change happened while reading: otherwise the entry
-	// read may already be stale.
-	if s.entriesVer.Load() == ver && s.entriesCount.Add(1) <= 100_000 {
-		s.entries.Store(id, e)
+	if c.n.Add(1) <= maxCachedEntries {
+		c.m.Store(id, e)
 	}
 	return e, nil
 }

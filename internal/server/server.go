@@ -110,15 +110,12 @@ type Server struct {
 	// credCache remembers serials already checked against the svids table
 	// (serial -> kind); certificates never change, revocation is checked
 	// separately on every request.
-	credCache sync.Map
-	credCount atomic.Int64
-	// entries caches registration entries by id for the signing path; it
-	// is dropped whenever the entries version moves (here or, via the
-	// poller, on another replica).
-	policyCache  atomic.Pointer[policyCacheEntry]
-	entries      sync.Map
-	entriesCount atomic.Int64
-	entriesVer   atomic.Uint64
+	credCache   sync.Map
+	credCount   atomic.Int64
+	policyCache atomic.Pointer[policyCacheEntry]
+	// entries caches registration entries for the signing path as of one
+	// entries-section version (agentapi.go).
+	entries atomic.Pointer[entryCache]
 
 	ln      net.Listener
 	mux     *http.ServeMux
@@ -221,6 +218,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
 		return nil, err
 	}
+	s.entries.Store(&entryCache{version: vs.Sections[store.SectionEntries]})
 	s.hub.setVersions(vs)
 	if err := s.metrics.refreshCounts(ctx); err != nil {
 		return nil, fmt.Errorf("server: %w", err)

@@ -91,9 +91,8 @@ func (s *Server) changed(ctx context.Context) {
 		s.log.Error("read change versions", "err", err)
 		return
 	}
-	if v := vs.Sections[store.SectionEntries]; s.entriesVer.Swap(v) != v {
-		s.entries.Clear()
-		s.entriesCount.Store(0)
+	if v := vs.Sections[store.SectionEntries]; s.entries.Load().version != v {
+		s.entries.Store(&entryCache{version: v})
 	}
 	if vs.Sections[store.SectionRevocations] != s.revs.Load().version {
 		if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
