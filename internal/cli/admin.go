@@ -10,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -278,6 +280,24 @@ func (e *Env) printJSON(v any) int {
 		return e.errorf(ExitFailure, "write output: %v", err)
 	}
 	return ExitOK
+}
+
+// pagePath is path?limit=LIMIT[&before=BEFORE] for the paged listings
+// (audit list, policy history). The server's bounds are checked here so
+// that the error names the flag: --limit is 1 to 1000, --before is 0 (the
+// newest page) or a positive int64, a position the server calls what.
+func pagePath(path string, limit int, before uint64, what string) (string, error) {
+	if limit < 1 || limit > 1000 {
+		return "", errors.New("--limit must be 1 to 1000")
+	}
+	if before > math.MaxInt64 {
+		return "", fmt.Errorf("--before %d is not a %s", before, what)
+	}
+	path += "?limit=" + strconv.Itoa(limit)
+	if before > 0 {
+		path += "&before=" + strconv.FormatUint(before, 10)
+	}
+	return path, nil
 }
 
 // newTable is the writer of every table and key/value listing the

@@ -38,3 +38,28 @@ func TestServerTrustBundleErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPagedListingBounds: audit list and policy history check --limit and
+// --before the same way, before any credential is read or request sent
+// (no server runs here).
+func TestPagedListingBounds(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"audit_limit_zero", []string{"audit", "list", "--limit", "0"}, "audit list: --limit must be 1 to 1000"},
+		{"audit_limit_above_1000", []string{"audit", "list", "--limit", "1001"}, "audit list: --limit must be 1 to 1000"},
+		{"audit_before_above_int64", []string{"audit", "list", "--before", "9223372036854775808"}, "audit list: --before 9223372036854775808 is not a sequence number"},
+		{"history_limit_above_1000", []string{"policy", "history", "--limit", "1001"}, "policy history: --limit must be 1 to 1000"},
+		{"history_before_above_int64", []string{"policy", "history", "--before", "9223372036854775808"}, "policy history: --before 9223372036854775808 is not a policy version"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, stderr := runCLI(t, map[string]string{"HOME": t.TempDir()}, tc.args...)
+			if code != ExitUsage || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, stderr, ExitUsage, tc.want)
+			}
+		})
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -100,16 +99,13 @@ func runAuditList(ctx context.Context, e *Env, args []string) int {
 	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
-	if *limit < 1 || *limit > 1000 {
-		return e.errorf(ExitUsage, "audit list: --limit must be 1 to 1000")
+	path, err := pagePath(server.PathAdminAudit, *limit, *before, "sequence number")
+	if err != nil {
+		return e.errorf(ExitUsage, "audit list: %v", err)
 	}
 	c, code, ok := cmd.client()
 	if !ok {
 		return code
-	}
-	path := server.PathAdminAudit + "?limit=" + strconv.Itoa(*limit)
-	if *before > 0 {
-		path += "&before=" + strconv.FormatUint(*before, 10)
 	}
 	var page server.AuditPage
 	if err := c.do(ctx, "GET", path, nil, &page); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -311,19 +310,13 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 	if code, ok := cmd.parse(args); !ok {
 		return code
 	}
-	if *limit < 1 || *limit > 1000 {
-		return e.errorf(ExitUsage, "policy history: --limit must be 1 to 1000")
-	}
-	if *before > math.MaxInt64 {
-		return e.errorf(ExitUsage, "policy history: --before %d is not a policy version", *before)
+	path, err := pagePath(server.PathAdminPolicyHistory, *limit, *before, "policy version")
+	if err != nil {
+		return e.errorf(ExitUsage, "policy history: %v", err)
 	}
 	c, code, ok := cmd.client()
 	if !ok {
 		return code
-	}
-	path := server.PathAdminPolicyHistory + "?limit=" + strconv.Itoa(*limit)
-	if *before > 0 {
-		path += "&before=" + strconv.FormatUint(*before, 10)
 	}
 	var hist []store.PolicyVersion
 	if err := c.do(ctx, "GET", path, nil, &hist); err != nil {
