@@ -42,37 +42,33 @@ func printCAStatus(e *Env, st server.CAStatus) {
 }
 
 func runCAShow(ctx context.Context, e *Env, args []string) int {
-	cmd := e.newAdminCommand("ca show")
-	c, code, ok := cmd.connect(args)
-	if !ok {
-		return code
-	}
-	var st server.CAStatus
-	if err := c.do(ctx, "GET", server.PathAdminCA, nil, &st); err != nil {
-		return e.fail(err)
-	}
-	if cmd.json() {
-		return e.printJSON(st)
-	}
-	printCAStatus(e, st)
-	return ExitOK
+	return e.caStatus(ctx, "ca show", "GET", server.PathAdminCA, "", args)
 }
 
 func runCARotate(ctx context.Context, e *Env, args []string) int {
-	cmd := e.newAdminCommand("ca rotate")
+	return e.caStatus(ctx, "ca rotate", "POST", server.PathAdminCARotate,
+		"\nThe new authorities are in the bundle now and start signing after the publication delay.", args)
+}
+
+// caStatus runs a command whose answer is the CA's status (show, rotate):
+// it prints the status, then note (if any) in text output.
+func (e *Env) caStatus(ctx context.Context, name, method, path, note string, args []string) int {
+	cmd := e.newAdminCommand(name)
 	c, code, ok := cmd.connect(args)
 	if !ok {
 		return code
 	}
 	var st server.CAStatus
-	if err := c.do(ctx, "POST", server.PathAdminCARotate, nil, &st); err != nil {
+	if err := c.do(ctx, method, path, nil, &st); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {
 		return e.printJSON(st)
 	}
 	printCAStatus(e, st)
-	fmt.Fprintln(e.Stdout, "\nThe new authorities are in the bundle now and start signing after the publication delay.")
+	if note != "" {
+		fmt.Fprintln(e.Stdout, note)
+	}
 	return ExitOK
 }
 
