@@ -140,6 +140,8 @@ func TestAdminCommands(t *testing.T) {
 		{"entry_update_bad_label", env, []string{"entry", "update", entry.ID, "--label", "novalue"}, ExitUsage, "entry update: --label \"novalue\": want key=value"},
 		{"entry_update_bad_selector", env, []string{"entry", "update", entry.ID, "--selector", "unix:pid:1"}, ExitUsage, "entry update: --selector"},
 		{"entry_delete", env, []string{"entry", "delete", entry.ID}, ExitOK, "deleted entry"},
+		{"ca_rotate", env, []string{"ca", "rotate"}, ExitOK, "start signing after the publication delay"},
+		{"ca_rotate_json", env, []string{"ca", "rotate", "-o", "json"}, ExitOK, `"trust_domain": "moatless.local"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
