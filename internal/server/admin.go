@@ -79,6 +79,8 @@ type adminCall struct {
 	body    any
 	audited bool
 	errMsg  string
+	// limit bounds the body: the route's (admin, adminLimit).
+	limit int64
 }
 
 func (c *adminCall) reply(status int, body any) {
@@ -154,6 +156,16 @@ func (c *adminCall) query(allowed ...string) (url.Values, error) {
 	return q, nil
 }
 
+// decode reads the body strictly into v (decodeJSON, bounded by the
+// route's limit) after refusing any query parameter: for handlers whose
+// whole input is the body. Errors are *badRequest, for fail.
+func (c *adminCall) decode(v any) error {
+	if _, err := c.query(); err != nil {
+		return err
+	}
+	return decodeJSON(c.r, c.limit, v)
+}
+
 // pageQuery reads the paging parameters of a newest-first admin listing,
 // ?limit=N&before=S, and refuses any other query parameter (as query does).
 // limit defaults to defaultLimit and must be 1 to 1000; before defaults to
@@ -187,7 +199,7 @@ func (s *Server) admin(h func(*adminCall)) http.Handler { return s.adminLimit(Ma
 // adminLimit is admin with a body limit of its own (policy sets are larger).
 func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := &adminCall{s: s, r: r, ctx: r.Context()}
+		c := &adminCall{s: s, r: r, ctx: r.Context(), limit: limit}
 		actor, status, msg := s.authenticateAdmin(r)
 		if status != 0 {
 			c.actor = actor
@@ -320,12 +332,8 @@ func (s *Server) listEntries(c *adminCall) {
 }
 
 func (s *Server) createEntry(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in EntryRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -380,7 +388,7 @@ func (s *Server) updateEntry(c *adminCall) {
 		}
 	}
 	var in EntryRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := decodeJSON(c.r, c.limit, &in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -464,12 +472,8 @@ func newJoinToken() (token, id string) {
 }
 
 func (s *Server) createJoinToken(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in JoinTokenRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -554,12 +558,8 @@ func normalizeSerial(v string) (string, error) {
 }
 
 func (s *Server) createRevocation(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in RevokeRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -684,12 +684,8 @@ func (s *Server) caRotate(c *adminCall) {
 }
 
 func (s *Server) issueAdminCert(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in AdminCertRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}

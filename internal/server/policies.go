@@ -326,12 +326,8 @@ func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryR
 }
 
 func (s *Server) applyPolicies(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in PolicyApplyRequest
-	if err := decodeJSON(c.r, maxPolicyBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -394,12 +390,8 @@ func (s *Server) applyPolicies(c *adminCall) {
 var policyKinds = map[string]bool{policy.KindAuthorizationPolicy: true, policy.KindPeerAuthentication: true, policy.KindRequestAuthentication: true}
 
 func (s *Server) deletePolicies(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in PolicyDeleteRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
@@ -440,12 +432,8 @@ func (s *Server) deletePolicies(c *adminCall) {
 }
 
 func (s *Server) rollbackPolicies(c *adminCall) {
-	if _, err := c.query(); err != nil {
-		c.fail(err)
-		return
-	}
 	var in PolicyRollbackRequest
-	if err := decodeJSON(c.r, MaxAdminBody, &in); err != nil {
+	if err := c.decode(&in); err != nil {
 		c.fail(err)
 		return
 	}
