@@ -110,17 +110,17 @@ func (a *adminFlags) client() (*adminClient, error) {
 		tlsConf.Certificates = []tls.Certificate{cert}
 	case token != "":
 	case a.tokenFile != "":
-		b, err := os.ReadFile(a.tokenFile)
+		t, err := readTokenFile(a.tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("read admin token: %w", err)
 		}
-		token = strings.TrimSpace(string(b))
+		token = t
 	default:
-		b, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+		t, err := readTokenFile(filepath.Join(dataDir, "admin-token"))
 		if err != nil {
 			return nil, fmt.Errorf("no admin credential: set MOATLESS_TOKEN (the server wrote it to DATA_DIR/admin-token on first start) or pass --client-cert/--client-key")
 		}
-		token = strings.TrimSpace(string(b))
+		token = t
 	}
 	// The server is verified by its SPIFFE trust bundle; its certificate
 	// carries the DNS names and IPs it listens on, so normal hostname

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/testpki"
 )
 
 // TestServerTrustBundleErrors: the admin commands and "oauth token get"
@@ -57,6 +60,33 @@ func TestPagedListingBounds(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, stderr := runCLI(t, map[string]string{"HOME": t.TempDir()}, tc.args...)
+			if code != ExitUsage || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, stderr, ExitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestTokenFilesAreBounded: the admin token and a join token are read
+// from files with the same size bound as a token on standard input, and
+// an oversized one is a usage error naming the file.
+func TestTokenFilesAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	big := writeFile(t, dir, "big-token", strings.Repeat("t", tokenLimit+1))
+	ca := testpki.NewCA(t, "example.org")
+	files := ca.WriteFiles(t, dir, "x", ca.SVID(t, "spiffe://example.org/x", time.Hour))
+	bundle := files.Bundle
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"admin_token_file", []string{"entry", "list", "--addr", "127.0.0.1:1", "--token-file", big, "--cacert", bundle}, "read admin token: " + big + " is larger than"},
+		{"agent_join_token_file", []string{"agent", "--join-token-file", big, "--trust-bundle", bundle, "--server", "127.0.0.1:1", "--health-listen", "off", "--socket", filepath.Join(dir, "s.sock"), "--data-dir", dir}, "agent: read join token: " + big + " is larger than"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, stderr := runCLI(t, map[string]string{"HOME": dir}, tc.args...)
 			if code != ExitUsage || !strings.Contains(stderr, tc.want) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, stderr, ExitUsage, tc.want)
 			}

@@ -68,11 +68,11 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	}
 	token := strings.TrimSpace(cfg.JoinToken)
 	if cfg.JoinTokenFile != "" {
-		b, err := os.ReadFile(cfg.JoinTokenFile)
+		t, err := readTokenFile(cfg.JoinTokenFile)
 		if err != nil {
 			return e.errorf(ExitUsage, "agent: read join token: %v", err)
 		}
-		token = strings.TrimSpace(string(b))
+		token = t
 	}
 	var trust []*x509.Certificate
 	if cfg.TrustBundle != "" {

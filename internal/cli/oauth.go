@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -304,38 +303,6 @@ func (e *Env) readPassword(path string) (string, error) {
 	return strings.TrimSuffix(pw, "\r"), nil
 }
 
-// readInput reads a small input named on the command line: a file, or
-// "-" for standard input. More than limit bytes is an error from either:
-// input cut short would send another token or password than the one given.
-func (e *Env) readInput(path string, limit int64) ([]byte, error) {
-	if path == "-" {
-		return readLimited(e.Stdin, "standard input", limit)
-	}
-	return readSmallFile(path, limit)
-}
-
-func readSmallFile(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return readLimited(f, path, limit)
-}
-
-// readLimited reads r to the end; more than limit bytes is an error that
-// names it.
-func readLimited(r io.Reader, name string, limit int64) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit)
-	}
-	return b, nil
-}
-
 func runOAuthUserCreate(ctx context.Context, e *Env, args []string) int {
 	cmd := e.newAdminCommand("oauth user create")
 	fs := cmd.fs
@@ -546,7 +513,7 @@ func runOAuthToken(ctx context.Context, e *Env, args []string) int {
 // tokenArg reads a token or client secret from a file ("-" for stdin); on
 // the command line it would be visible in the process list.
 func (e *Env) tokenArg(file string) (string, error) {
-	b, err := e.readInput(file, 64<<10)
+	b, err := e.readInput(file, tokenLimit)
 	if err != nil {
 		return "", err
 	}

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -321,8 +320,8 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
 	}
 	token := ""
-	if b, err := os.ReadFile(j.TokenFile); err == nil {
-		token = strings.TrimSpace(string(b))
+	if t, err := readTokenFile(j.TokenFile); err == nil {
+		token = t
 	} else if j.StateDir == "" {
 		return nil, nil, usageError{fmt.Errorf("identity.join.token_file: %w", err)}
 	}
