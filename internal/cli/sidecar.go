@@ -112,16 +112,18 @@ func (r *sidecarRun) policyOptions() policy.Options {
 	return policy.Options{RootNamespace: r.cfg.Policy.RootNamespace, PathNormalization: r.pathNorm}
 }
 
-// checkOnly validates the policy files the way a start would.
+// checkOnly validates the policy files and the revocations file the way
+// a start would: what fails here would stop the sidecar from starting.
 func (r *sidecarRun) checkOnly(ctx context.Context) error {
-	if len(r.cfg.Policy.Files) == 0 {
+	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
 	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}}, Logger: r.log})
 	if err != nil {
 		return err
 	}
-	w := &proxy.FileWatcher{Sidecar: s, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(), Logger: r.log}
+	w := &proxy.FileWatcher{Sidecar: s, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(),
+		RevocationsFile: r.cfg.Policy.RevocationsFile, Logger: r.log}
 	return w.Load(ctx)
 }
 
