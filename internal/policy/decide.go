@@ -464,7 +464,7 @@ func (s *Set) authorize(req *Request) Decision {
 // (the result may alias buf, as normalizePath's does).
 func (s *Set) matchPath(buf []byte, req *Request) (string, error) {
 	if np := &req.NormalizedPath; np.ok && np.mode == s.opts.PathNormalization {
-		return np.path, nil
+		return np.Path(), nil
 	}
 	return normalizePath(buf, req.Path, s.opts.PathNormalization)
 }

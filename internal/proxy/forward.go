@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // bufPool holds the copy buffers of every body and byte stream, so steady
@@ -51,6 +53,26 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 		}
 	}
 	return upgrade
+}
+
+// setTarget makes u's request target (URL.RequestURI, which net/http's
+// HTTP/1.1 and HTTP/2 clients both write) exactly np.Target(): the path
+// policy decided on, then the query. np's path is validly escaped, so
+// RawPath is used as given (TestSetTargetRoundTrip checks it).
+func setTarget(u *url.URL, np policy.RequestPath) {
+	p := np.Path()
+	u.Opaque = ""
+	u.Path, _ = url.PathUnescape(p)
+	u.RawPath = p
+	q, ok := np.Query()
+	u.RawQuery, u.ForceQuery = q, ok && q == ""
+}
+
+// badRequest answers 400 to a request refused before any decision.
+func badRequest(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusBadRequest)
+	io.WriteString(w, "Bad Request")
 }
 
 // forwarder sends a request on to one fixed destination and streams the

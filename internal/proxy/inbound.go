@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -445,16 +444,19 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(h, k)
 	}
 
-	// The app is served the path policy matched: normalized once, as the
-	// policy set says (Istio's meshConfig.pathNormalization), for the
-	// engine to match (NormalizedPath) and the app to be served; a path
-	// Istio refuses outright is a 400, not a policy decision.
+	// The app is served the target policy decided on: one call normalizes
+	// it as the policy set says (Istio's meshConfig.pathNormalization)
+	// and gives both the path the engine matches (NormalizedPath) and the
+	// target forwarded, so the two cannot differ. A target refused
+	// outright (a fragment, NUL, malformed escape) is a 400, not a policy
+	// decision.
 	np, perr := policy.NormalizeRequestPath(r.RequestURI, st.mode)
 	if perr != nil || r.URL.Opaque != "" {
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusBadRequest)
-		io.WriteString(w, "Bad Request")
+		badRequest(w)
 		return
+	}
+	if np.Changed() {
+		setTarget(r.URL, np)
 	}
 	req := reqPool.Get().(*policy.Request)
 	*req = policy.Request{
@@ -465,7 +467,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		SNI:            info.sni,
 		Method:         r.Method,
 		Host:           r.Host,
-		Path:           r.RequestURI,
+		Path:           np.Target(),
 		NormalizedPath: np,
 		Headers:        h,
 	}
@@ -522,11 +524,6 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				cancel()
 			}
 			r = r.WithContext(ctx)
-		}
-	}
-	if np.Changed() {
-		if p, err := url.PathUnescape(np.Path()); err == nil {
-			r.URL.Path, r.URL.RawPath = p, np.Path()
 		}
 	}
 	if info.xfcc != nil {

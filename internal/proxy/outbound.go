@@ -9,9 +9,12 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // outbound is one loopback listener the app calls in plaintext; requests
@@ -205,7 +208,50 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
 		return
 	}
+	// The upstream's policy decides on the target this sidecar forwards:
+	// it is normalized here as the inbound side normalizes it, by the same
+	// function, so nothing this hop re-encodes can change what is
+	// decided; a target the inbound side would refuse is refused here.
+	target, ok := originForm(r)
+	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
+	if !ok || err != nil {
+		badRequest(w)
+		return
+	}
+	if np.Changed() || target != r.RequestURI {
+		setTarget(r.URL, np)
+	}
 	ob.fwd.forward(w, r, nil)
+}
+
+// originForm is r's request target in origin form ("/path?query"). An app
+// using the listener as an HTTP proxy sends the absolute form
+// ("http://orders/path"), whose scheme and authority are dropped: the
+// upstream is fixed. ok is false for a target with a fragment, anywhere,
+// and for the authority and asterisk forms.
+func originForm(r *http.Request) (string, bool) {
+	t := r.RequestURI
+	if strings.IndexByte(t, '#') >= 0 || r.URL.Opaque != "" {
+		return "", false
+	}
+	if t == "" || t[0] == '/' {
+		return t, true
+	}
+	if r.URL.Scheme == "" || r.URL.Host == "" {
+		return "", false
+	}
+	_, rest, ok := strings.Cut(t, "://")
+	if !ok {
+		return "", false
+	}
+	switch i := strings.IndexAny(rest, "/?"); {
+	case i < 0:
+		return "/", true
+	case rest[i] == '?':
+		return "/" + rest[i:], true
+	default:
+		return rest[i:], true
+	}
 }
 
 // serveTCP pipes one plaintext connection from the app to the upstream.
