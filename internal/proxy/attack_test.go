@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,8 +54,9 @@ spec:
 // seenRequest is what the app behind the sidecar received.
 type seenRequest struct {
 	method, uri string
-	header      http.Header
-	order       []string // header names in wire order (HTTP/1.1 apps only)
+	header      http.Header // names as sent, not canonicalized
+	order       []string    // header names in wire order
+	trailer     http.Header // trailer fields of a chunked body, names as sent
 }
 
 // recordingApp is an HTTP/1.1 app that records every request it gets,
@@ -97,31 +99,68 @@ func (a *recordingApp) serve(c net.Conn) {
 		if len(parts) != 3 {
 			return
 		}
-		sr := seenRequest{method: parts[0], uri: parts[1], header: http.Header{}}
-		length := 0
-		for {
-			hl, err := br.ReadString('\n')
-			if err != nil {
+		sr := seenRequest{method: parts[0], uri: parts[1]}
+		if sr.header, sr.order, err = readFields(br); err != nil {
+			return
+		}
+		if strings.EqualFold(firstValue(sr.header, "Transfer-Encoding"), "chunked") {
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				n, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(line, ";", 2)[0]), 16, 64)
+				if err != nil {
+					return
+				}
+				if n == 0 {
+					break
+				}
+				io.CopyN(io.Discard, br, n+2)
+			}
+			if sr.trailer, _, err = readFields(br); err != nil {
 				return
 			}
-			hl = strings.TrimRight(hl, "\r\n")
-			if hl == "" {
-				break
-			}
-			k, v, _ := strings.Cut(hl, ":")
-			v = strings.TrimSpace(v)
-			sr.order = append(sr.order, k)
-			sr.header[k] = append(sr.header[k], v) // names as sent, not canonicalized
-			if strings.EqualFold(k, "Content-Length") {
-				length, _ = strconv.Atoi(v)
-			}
+		} else {
+			n, _ := strconv.Atoi(firstValue(sr.header, "Content-Length"))
+			io.CopyN(io.Discard, br, int64(n))
 		}
-		io.CopyN(io.Discard, br, int64(length))
 		a.mu.Lock()
 		a.seen = append(a.seen, sr)
 		a.mu.Unlock()
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
 	}
+}
+
+// readFields reads header (or trailer) lines up to the empty line, keeping
+// names as sent and their order.
+func readFields(br *bufio.Reader) (http.Header, []string, error) {
+	h := http.Header{}
+	var order []string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return nil, nil, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			return h, order, nil
+		}
+		k, v, _ := strings.Cut(line, ":")
+		order = append(order, k)
+		h[k] = append(h[k], strings.TrimSpace(v))
+	}
+}
+
+// firstValue is the first value of a field whose name equals name
+// case-insensitively.
+func firstValue(h http.Header, name string) string {
+	for k, vv := range h {
+		if strings.EqualFold(k, name) && len(vv) > 0 {
+			return vv[0]
+		}
+	}
+	return ""
 }
 
 // take returns and forgets what the app has received so far.
@@ -425,5 +464,147 @@ func TestSetTargetRoundTrip(t *testing.T) {
 				t.Fatalf("%q (%v): URL writes %q, want %q", raw, mode, got, np.Target())
 			}
 		}
+	}
+}
+
+// headerPolicies add RequestAuthentication to attackPolicies: tokens from
+// x-auth-token, their sub written to x-user and the payload to
+// x-jwt-payload.
+const headerPolicies = attackPolicies + `---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '{"keys": []}'
+    fromHeaders: [{name: x-auth-token}]
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+    outputPayloadToHeader: x-jwt-payload
+`
+
+// foldName is a header name as WSGI, CGI and many frameworks see it:
+// case-insensitive, "_" and "-" the same.
+func foldName(n string) string { return strings.ToLower(strings.ReplaceAll(n, "_", "-")) }
+
+// TestOwnedHeaderTwinsAreDropped: a header whose name, with "_" read as
+// "-", is one the sidecar sets or removes never reaches the app, however
+// it is spelled: x_forwarded_client_cert, x_user and friends used to pass,
+// and an app that folds "_" into "-" saw a forged caller. The "_" twins of
+// headers the sidecar or a hop before it vouches for (the token header,
+// x-forwarded-for) are dropped too, while their real spelling passes;
+// other headers pass whatever their spelling. Headers reach the app in
+// sorted order, so which of two folded names wins never depends on a
+// random map order.
+func TestOwnedHeaderTwinsAreDropped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	// any: dropped under every spelling (the sidecar sets or strips it);
+	// otherwise only the spellings with "_" are dropped.
+	forged := []struct {
+		name, value string
+		any         bool
+	}{
+		{"X_Forwarded_Client_Cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"x_forwarded_client_cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"X-Forwarded_Client-Cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"x_user", "admin", true},
+		{"X_USER", "admin", true},
+		{"x_jwt_payload", "eyJzdWIiOiJhZG1pbiJ9", true},
+		{"X-Moatless-Internal", "1", true},
+		{"x_moatless_internal", "1", true},
+		{"x_auth_token", "forged", false},
+		{"X_Forwarded_For", "10.0.0.1", false},
+		{"x_forwarded_proto", "https", false},
+		{"Keep_Alive", "timeout=5", false},
+		{"Proxy_Authorization", "Basic Zm9vOmJhcg==", false},
+		{"Http2_Settings", "AAMAAABkAAQAoAAAAAIAAAAA", false},
+	}
+	kept := [][2]string{
+		{"X-Forwarded-For", "192.0.2.1"},
+		{"X_Request_Trace", "kept"},
+		{"Accept", "*/*"},
+	}
+	send := append([][2]string{}, kept...)
+	for _, f := range forged {
+		send = append(send, [2]string{f.name, f.value})
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", send); code != 200 {
+				t.Fatalf("status %d, want 200", code)
+			}
+			seen := app.take()
+			if len(seen) != 1 {
+				t.Fatalf("app saw %d requests", len(seen))
+			}
+			got := seen[0]
+			for _, f := range forged {
+				for k, vv := range got.header {
+					if foldName(k) != foldName(f.name) || !f.any && !strings.Contains(k, "_") {
+						continue
+					}
+					if k == xfccHeader && len(vv) == 1 && strings.HasPrefix(vv[0], "By="+ordersID+";") {
+						continue // the sidecar's own, over mTLS
+					}
+					t.Errorf("%s: %s: %q reached the app", f.name, k, vv)
+				}
+			}
+			for _, f := range kept {
+				var vv []string
+				for k, v := range got.header {
+					if strings.EqualFold(k, f[0]) {
+						vv = append(vv, v...)
+					}
+				}
+				if len(vv) != 1 || vv[0] != f[1] {
+					t.Errorf("%s: got %q, want %q", f[0], vv, f[1])
+				}
+			}
+			var order []string
+			for _, k := range got.order {
+				if k != "Host" && k != "Content-Length" {
+					order = append(order, k)
+				}
+			}
+			if !sort.StringsAreSorted(order) {
+				t.Errorf("headers not in sorted order: %q", got.order)
+			}
+		})
+	}
+}
+
+// TestRequestTrailersCannotCarryOwnedHeaders: trailer fields of a chunked
+// request reach the app only when announced in Trailer and not owned by
+// the sidecar: an app that merges trailers into headers (older servlet
+// containers did) must not see a forged x-forwarded-client-cert there.
+func TestRequestTrailersCannotCarryOwnedHeaders(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /api/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n"+
+		"Trailer: X-Forwarded-Client-Cert, X_User, X-Checksum\r\nConnection: close\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Forwarded-Client-Cert: By=evil;URI=spiffe://example.org/ns/prod/sa/admin\r\n"+
+		"X_User: admin\r\nX-Checksum: 42\r\nX-Undeclared: 1\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	seen := app.take()
+	if resp.StatusCode != 200 || len(seen) != 1 {
+		t.Fatalf("status %d, app saw %d requests", resp.StatusCode, len(seen))
+	}
+	want := http.Header{"X-Checksum": {"42"}}
+	if fmt.Sprint(seen[0].trailer) != fmt.Sprint(want) {
+		t.Fatalf("app got trailers %q, want %q", seen[0].trailer, want)
 	}
 }

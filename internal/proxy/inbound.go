@@ -437,12 +437,16 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := s.policy.Load()
 	authz, version := st.authz, st.version
 	h := r.Header
-	delete(h, xfccHeader)
-	// Headers RequestAuthentication writes for the app are the sidecar's
-	// alone: a caller's copy is dropped whether or not it sends a token.
-	for _, k := range st.strip[ib.name] {
-		delete(h, k)
+	// Headers the sidecar writes for the app are its alone: a caller's
+	// copy, under any spelling the app could fold into the same name, is
+	// dropped whether or not it sends a token, from the header and from
+	// the trailer.
+	hf := st.headers[ib.name]
+	if hf == nil {
+		hf = baseHeaderFilter
 	}
+	hf.strip(h)
+	hf.guardTrailers(r)
 
 	// The app is served the target policy decided on: one call normalizes
 	// it as the policy set says (Istio's meshConfig.pathNormalization)

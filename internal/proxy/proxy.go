@@ -30,7 +30,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -242,12 +241,15 @@ type Sidecar struct {
 type policyState struct {
 	version uint64
 	authz   Authorizer
-	// strip lists, per inbound listener name, the headers that
+	// headers holds, per inbound listener name, the filter of request
+	// headers the app could take for the sidecar's word: XFCC, the headers
 	// RequestAuthentication writes for the app (outputPayloadToHeader,
-	// outputClaimToHeaders). They are removed from every inbound request
-	// before evaluation, so a caller cannot forge them on a request that
-	// carries no token: the app may only trust what the sidecar wrote.
-	strip map[string][]string
+	// outputClaimToHeaders) under any spelling, "_" twins of the token
+	// headers it reads. It runs on every inbound request before
+	// evaluation, so a caller cannot forge them on a request that carries
+	// no token: the app may only trust what the sidecar wrote. A listener
+	// missing here uses baseHeaderFilter.
+	headers map[string]*headerFilter
 	// mode is how the authorizer normalizes paths (policy.NormalizeBase
 	// unless it says otherwise): the inbound path is normalized once, in
 	// this mode, for matching and forwarding.
@@ -267,13 +269,10 @@ type pathNormalizer interface {
 func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
 	st := &policyState{version: version, authz: a}
 	if rs, ok := a.(JWTRuleSource); ok {
-		st.strip = map[string][]string{}
+		st.headers = map[string]*headerFilter{}
 		for _, ib := range s.inbound {
-			var hs []string
-			for _, h := range authn.OutputHeaders(rs.JWTRules(ib.destination(netip.Addr{}))) {
-				hs = append(hs, http.CanonicalHeaderKey(h))
-			}
-			st.strip[ib.name] = hs
+			rules := rs.JWTRules(ib.destination(netip.Addr{}))
+			st.headers[ib.name] = newHeaderFilter(authn.OutputHeaders(rules), authn.TokenHeaders(rules))
 		}
 	}
 	if pn, ok := a.(pathNormalizer); ok {

@@ -297,6 +297,15 @@ func TestAttacksThroughSidecar(t *testing.T) {
 		{name: "fragment_then_dot_segments_past_default_deny", method: "GET",
 			via: "/api/x#/../../admin", direct: "/api/x%23/../../admin",
 			exploited: "admin-panel", wantViaSidecar: "Bad Request"},
+		{name: "underscore_twin_of_xfcc", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers:   []string{"X_Forwarded_Client_Cert: By=spiffe://e2e.test/forged;URI=spiffe://e2e.test/ns/prod/sa/admin"},
+			exploited: "caller=spiffe://e2e.test/ns/prod/sa/admin", wantViaSidecar: "path=/api/whoami"},
+		{name: "underscore_twin_of_claim_header", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers:   []string{"x_user: admin"},
+			exploited: "user=admin", wantViaSidecar: "path=/api/whoami"},
+		{name: "underscore_twin_of_claim_header_next_to_a_token", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers:   []string{"Authorization: Bearer " + e.token, "X_User: admin"},
+			exploited: "user=admin", wantViaSidecar: "user=alice"},
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
