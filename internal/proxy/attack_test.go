@@ -608,3 +608,70 @@ func TestRequestTrailersCannotCarryOwnedHeaders(t *testing.T) {
 		t.Fatalf("app got trailers %q, want %q", seen[0].trailer, want)
 	}
 }
+
+// TestConnectionCannotRemoveSidecarHeaders: hop-by-hop fields are removed
+// from the request as received, before the sidecar adds its own headers,
+// so "Connection: X-Forwarded-Client-Cert, X-User" no longer deletes the
+// verified caller and the token's claims after the sidecar set them. Other
+// fields a Connection header names are not removed at all (as in Envoy):
+// the caller sent them, policy saw them, and removing them would let a
+// caller delete what a proxy in front added.
+func TestConnectionCannotRemoveSidecarHeaders(t *testing.T) {
+	jwks, token := newTestIssuer(t)
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies+`---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '`+jwks+`'
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+    outputPayloadToHeader: x-jwt-payload
+`, policy.NormalizeBase, app.addr)
+	bearer := [2]string{"Authorization", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Unix() + 300})}
+	tests := []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"nominates_xfcc_and_claim_headers", [][2]string{{"Connection", "X-Forwarded-Client-Cert, X-User, X-Jwt-Payload"}}},
+		{"nominations_in_two_fields", [][2]string{{"Connection", "keep-alive, x-forwarded-client-cert"}, {"Connection", "x-user,x-jwt-payload"}}},
+		{"nominates_authorization", [][2]string{{"Connection", "Authorization"}}},
+		{"nominates_host_and_an_end_to_end_field", [][2]string{{"Connection", "Host, X-Custom"}, {"X-Custom", "kept"}}},
+	}
+	for _, tr := range attackTransports(ca)[:2] { // HTTP/2 has no Connection header
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/api/x", append([][2]string{bearer}, tc.headers...)); code != 200 {
+					t.Fatalf("status %d, want 200", code)
+				}
+				seen := app.take()
+				if len(seen) != 1 {
+					t.Fatalf("app saw %d requests", len(seen))
+				}
+				h := http.Header{}
+				for k, vv := range seen[0].header {
+					h[http.CanonicalHeaderKey(k)] = vv
+				}
+				if tr.name == "http1_mtls" && !strings.HasPrefix(h.Get(xfccHeader), "By="+ordersID+";") {
+					t.Errorf("x-forwarded-client-cert = %q, want the sidecar's", h.Get(xfccHeader))
+				}
+				if h.Get("X-User") != "alice" || h.Get("X-Jwt-Payload") == "" {
+					t.Errorf("x-user %q, x-jwt-payload %q: the token's headers are missing", h.Get("X-User"), h.Get("X-Jwt-Payload"))
+				}
+				if h.Get("Host") != "orders" {
+					t.Errorf("host %q", h.Get("Host"))
+				}
+				if x := h.Get("X-Custom"); strings.Contains(tc.name, "end_to_end") && x != "kept" {
+					t.Errorf("x-custom %q, want kept", x)
+				}
+				if c := h.Values("Connection"); len(c) != 0 {
+					t.Errorf("Connection %q reached the app", c)
+				}
+			})
+		}
+	}
+}

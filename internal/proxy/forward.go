@@ -18,27 +18,32 @@ import (
 // traffic allocates none.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// hopHeaders are dropped between hops (RFC 9110 section 7.6.1), plus the
-// names the Connection header lists. "Te: trailers" is kept: gRPC needs it.
+// hopHeaders are dropped between hops (RFC 9110 section 7.6.1), plus
+// HTTP2-Settings (RFC 7540 section 3.2.1, connection-specific). "Te:
+// trailers" is kept: gRPC needs it.
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Http2-Settings",
 }
 
-// removeHopHeaders strips hop-by-hop headers from h in place and returns
-// the Upgrade protocol when the message asks for one (WebSocket), which the
-// caller puts back on the next hop.
+// removeHopHeaders strips the hop-by-hop fields from h in place and
+// returns the Upgrade protocol when the message asks for one (WebSocket);
+// h then says exactly "Connection: Upgrade" and "Upgrade: <protocol>", as
+// the next hop is asked, so policy sees what is forwarded. It runs on a
+// message as received, before the sidecar adds anything.
+//
+// Fields that Connection names are not removed unless they are hop-by-hop
+// anyway: they were sent by the peer, policy sees them, and they reach
+// the next hop like any other field it sent. Honouring the nominations
+// would let a caller delete fields that a proxy in front of the sidecar
+// added (X-Forwarded-For, an identity header), and, were they removed
+// after the sidecar adds its own, the sidecar's x-forwarded-client-cert
+// and token claims. Envoy does not honour them either.
 func removeHopHeaders(h http.Header) (upgrade string) {
-	if c := h["Connection"]; len(c) > 0 {
-		for _, v := range c {
-			for f := range strings.SplitSeq(v, ",") {
-				f = strings.TrimSpace(f)
-				if strings.EqualFold(f, "upgrade") {
-					upgrade = h.Get("Upgrade")
-				}
-				if f != "" {
-					h.Del(f)
-				}
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), "upgrade") {
+				upgrade = h.Get("Upgrade")
 			}
 		}
 	}
@@ -51,6 +56,10 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 			h["Te"] = []string{"trailers"}
 			break
 		}
+	}
+	if upgrade != "" {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = []string{upgrade}
 	}
 	return upgrade
 }
@@ -88,15 +97,12 @@ type forwarder struct {
 	errBody func(err error) string
 }
 
-// forward sends r to the destination. onHijack, when non-nil, is called
-// with the client connection once a protocol upgrade has taken it over, and
-// its return is called when the upgraded stream ends.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, onHijack func(net.Conn) func()) {
-	upgrade := removeHopHeaders(r.Header)
-	if upgrade != "" {
-		r.Header["Connection"] = []string{"Upgrade"}
-		r.Header["Upgrade"] = []string{upgrade}
-	}
+// forward sends r, whose hop-by-hop fields the caller removed with
+// removeHopHeaders, to the destination; upgrade is the protocol
+// removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
+// with the client connection once a protocol upgrade has taken it over,
+// and its return is called when the upgraded stream ends.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""

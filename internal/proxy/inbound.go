@@ -437,6 +437,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := s.policy.Load()
 	authz, version := st.authz, st.version
 	h := r.Header
+	// Hop-by-hop fields go first, from the request as received: nothing
+	// the sidecar adds below can be named away by the caller's Connection.
+	upgrade := removeHopHeaders(h)
 	// Headers the sidecar writes for the app are its alone: a caller's
 	// copy, under any spelling the app could fold into the same name, is
 	// dropped whether or not it sends a token, from the header and from
@@ -533,7 +536,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
 	}
-	ib.fwd.forward(w, r, func(c net.Conn) func() {
+	ib.fwd.forward(w, r, upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the
 		// connection; keep it registered for revocation until it ends.
 		return func() { ib.connDone(c) }

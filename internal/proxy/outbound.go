@@ -221,7 +221,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if np.Changed() || target != r.RequestURI {
 		setTarget(r.URL, np)
 	}
-	ob.fwd.forward(w, r, nil)
+	ob.fwd.forward(w, r, removeHopHeaders(r.Header), nil)
 }
 
 // originForm is r's request target in origin form ("/path?query"). An app

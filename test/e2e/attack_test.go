@@ -281,8 +281,9 @@ type attack struct {
 	via, direct    string   // request targets
 	headers        []string // header lines sent to the sidecar
 	directHeaders  []string // header lines the app gets when the attack works; nil: headers
-	exploited      string
-	wantViaSidecar string // in the sidecar's answer: the request refused or served safely
+	exploited      string   // in the app's answer (which ends with a newline here) when the attack works
+	wantViaSidecar string   // in the sidecar's answer: the request refused or served safely
+	mtlsOnly       bool     // the attack needs a verified caller
 }
 
 // TestAttacksThroughSidecar: every attack class the hostile review found
@@ -306,6 +307,18 @@ func TestAttacksThroughSidecar(t *testing.T) {
 		{name: "underscore_twin_of_claim_header_next_to_a_token", method: "GET", via: "/api/whoami", direct: "/api/whoami",
 			headers:   []string{"Authorization: Bearer " + e.token, "X_User: admin"},
 			exploited: "user=admin", wantViaSidecar: "user=alice"},
+		// The app is told nothing when a Connection header could delete
+		// what the sidecar added.
+		{name: "connection_nominates_xfcc", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers:   []string{"Connection: X-Forwarded-Client-Cert"},
+			exploited: "caller= ", wantViaSidecar: "caller=" + scFrontendID, mtlsOnly: true},
+		{name: "connection_nominates_claim_header", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers:   []string{"Authorization: Bearer " + e.token, "Connection: X-User"},
+			exploited: "user=\n", wantViaSidecar: "user=alice"},
+		{name: "connection_nominates_both_next_to_twins", method: "GET", via: "/api/whoami", direct: "/api/whoami",
+			headers: []string{"Authorization: Bearer " + e.token, "Connection: X-Forwarded-Client-Cert, X-User",
+				"X_Forwarded_Client_Cert: By=spiffe://e2e.test/forged;URI=spiffe://e2e.test/ns/prod/sa/admin", "X_User: admin"},
+			exploited: "user=admin", wantViaSidecar: "caller=" + scFrontendID + " user=alice", mtlsOnly: true},
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
@@ -315,13 +328,16 @@ func TestAttacksThroughSidecar(t *testing.T) {
 			}
 			c := e.dial(t, e.app, false)
 			code, body, _ := rawRequest(t, c, bufio.NewReader(c), a.method, a.direct, directHeaders)
-			if code != 200 || !strings.Contains(body, a.exploited) {
+			if code != 200 || !strings.Contains(body+"\n", a.exploited) {
 				t.Fatalf("against the app directly: %d %q; the attack should work there (%q)", code, body, a.exploited)
 			}
 			for _, mtls := range []bool{true, false} {
+				if a.mtlsOnly && !mtls {
+					continue
+				}
 				c := e.dial(t, e.inbound, mtls)
 				code, body, _ := rawRequest(t, c, bufio.NewReader(c), a.method, a.via, a.headers)
-				if strings.Contains(body, a.exploited) || !strings.Contains(body, a.wantViaSidecar) {
+				if strings.Contains(body+"\n", a.exploited) || !strings.Contains(body, a.wantViaSidecar) {
 					t.Errorf("through the sidecar (mtls=%v): %d %q; want %q and not %q", mtls, code, body, a.wantViaSidecar, a.exploited)
 				}
 			}
