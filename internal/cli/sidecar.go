@@ -167,14 +167,14 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port})
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port, Upgrades: in.Upgrades})
 	}
 	for _, out := range cfg.Outbound {
 		p, err := proxy.ParseProtocol(out.Protocol)
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2})
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2, Upgrades: out.Upgrades})
 	}
 
 	var (

@@ -130,6 +130,9 @@ type SidecarInbound struct {
 	Protocol string `json:"protocol,omitempty"`
 	// Port is the workload port policies see; default the app's port.
 	Port int `json:"port,omitempty"`
+	// Upgrades lists the protocols an HTTP request may switch to; only
+	// websocket is accepted. Default [websocket]; [] forwards none.
+	Upgrades []string `json:"upgrades,omitempty"`
 }
 
 // SidecarOutbound is one loopback listener for the app's calls to an
@@ -154,6 +157,9 @@ type SidecarOutbound struct {
 	// bodies use HTTP/2), as Istio's default h2UpgradePolicy
 	// DO_NOT_UPGRADE does.
 	UpstreamHTTP2 bool `json:"upstream_http2,omitempty"`
+	// Upgrades lists the protocols the app's HTTP requests may switch to;
+	// only websocket is accepted. Default [websocket]; [] forwards none.
+	Upgrades []string `json:"upgrades,omitempty"`
 }
 
 // SidecarPolicy is where policies come from in the modes without a server.
@@ -330,6 +336,7 @@ func (c *Sidecar) Validate() error {
 		if in.Port < 0 || in.Port > 65535 {
 			add("%s.port: %d out of range", f, in.Port)
 		}
+		checkUpgrades(f, in.Protocol, in.Upgrades, add)
 	}
 	for i, out := range c.Outbound {
 		f := fmt.Sprintf("outbound[%d]", i)
@@ -348,6 +355,7 @@ func (c *Sidecar) Validate() error {
 		if !oneOf(out.Protocol, "", "http", "http2", "h2c", "grpc", "tcp") {
 			add("%s.protocol: %q is not http or tcp", f, out.Protocol)
 		}
+		checkUpgrades(f, out.Protocol, out.Upgrades, add)
 	}
 	if c.Admin != "off" {
 		if err := checkHostPort(c.Admin); err != nil {
@@ -369,6 +377,21 @@ func (c *Sidecar) Validate() error {
 		add("policy.files: policies come from the server in join mode")
 	}
 	return errors.Join(errs...)
+}
+
+// checkUpgrades accepts only websocket upgrades, and only on HTTP
+// listeners: an upgraded connection carries bytes per-request policy never
+// sees, so h2c (HTTP/2 requests in a tunnel) and unknown protocols are
+// refused here rather than dropped at run time without a word.
+func checkUpgrades(field, protocol string, upgrades []string, add func(string, ...any)) {
+	if len(upgrades) > 0 && protocol == "tcp" {
+		add("%s.upgrades: only for http listeners", field)
+	}
+	for i, u := range upgrades {
+		if !strings.EqualFold(u, "websocket") {
+			add("%s.upgrades[%d]: %q is not websocket, the only upgrade forwarded (an upgraded connection carries requests policy never sees)", field, i, u)
+		}
+	}
 }
 
 func checkHostPort(s string) error {

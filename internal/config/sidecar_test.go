@@ -53,6 +53,9 @@ func TestParseSidecarRejects(t *testing.T) {
 		{"no_listener", "identity: {workload_api: \"unix:///tmp/a.sock\"}\n", "at least one listener"},
 		{"unknown_path_normalization", sidecarOK + "policy: {path_normalization: FULL}\n", "policy.path_normalization: \"FULL\""},
 		{"path_normalization_not_a_string", sidecarOK + "policy: {path_normalization: [BASE]}\n", "path_normalization"},
+		{"inbound_upgrade_h2c", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", upgrades: [websocket, h2c]", 1), "inbound[0].upgrades[1]: \"h2c\""},
+		{"outbound_upgrade_unknown", strings.Replace(sidecarOK, "spiffe_id: \"spiffe://td/ns/prod/sa/payments\"", "spiffe_id: \"spiffe://td/ns/prod/sa/payments\", upgrades: [tls]", 1), "outbound[0].upgrades[0]"},
+		{"upgrades_on_tcp", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", protocol: tcp, upgrades: [websocket]", 1), "inbound[0].upgrades: only for http"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -79,6 +82,8 @@ func TestParseSidecarAccepts(t *testing.T) {
 		{"path_normalization_merge_slashes", sidecarOK + "policy: {path_normalization: MERGE_SLASHES}\n"},
 		{"path_normalization_decode_and_merge_slashes_lower_case", sidecarOK + "policy: {path_normalization: decode_and_merge_slashes}\n"},
 		{"path_normalization_istio_default_alias", sidecarOK + "policy: {path_normalization: DEFAULT}\n"},
+		{"upgrades_websocket", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", upgrades: [WebSocket]", 1)},
+		{"upgrades_none", strings.Replace(sidecarOK, "app: \"127.0.0.1:8080\"", "app: \"127.0.0.1:8080\", upgrades: []", 1)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,8 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/net/websocket"
 
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
@@ -672,6 +676,232 @@ spec:
 					t.Errorf("Connection %q reached the app", c)
 				}
 			})
+		}
+	}
+}
+
+// h2cApp is an app that would honour an h2c upgrade: x/net's h2c handler,
+// made lenient (it switches on "Upgrade: h2c" without insisting that
+// Connection names HTTP2-Settings, or that HTTP2-Settings is there). It answers "ok" and records whether a
+// request arrived with upgrade headers.
+func h2cApp(t *testing.T) (addr string, upgrades func() int) {
+	t.Helper()
+	var mu sync.Mutex
+	n := 0
+	h2 := h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok "+r.Proto)
+	}), &http2.Server{})
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" || r.Header.Get("Http2-Settings") != "" {
+			mu.Lock()
+			n++
+			mu.Unlock()
+		}
+		if httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") {
+			r.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+			if _, ok := r.Header["Http2-Settings"]; !ok {
+				r.Header.Set("Http2-Settings", "") // defaults
+			}
+		}
+		h2.ServeHTTP(w, r)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// TestH2CUpgradeIsNotForwarded: "Upgrade: h2c" used to reach the app, and
+// an app that honours it turned the connection into an HTTP/2 tunnel whose
+// requests policy never sees. Only upgrades the listener is configured for
+// (WebSocket) are forwarded; Upgrade, HTTP2-Settings and Connection are
+// stripped otherwise, the request is served as a plain one, and the
+// connection stays HTTP/1.1.
+func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app, upgrades := h2cApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app)
+	tests := []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"rfc7540_upgrade", [][2]string{{"Connection", "Upgrade, HTTP2-Settings"}, {"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+		{"settings_not_nominated", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+		{"h2c_listed_after_an_unknown_protocol", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "foo/2, h2c"}, {"HTTP2-Settings", ""}}},
+		{"upgrade_without_connection", [][2]string{{"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+	}
+	for _, tr := range attackTransports(ca)[:2] {
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				before := upgrades()
+				var c net.Conn
+				var err error
+				if tr.name == "http1_mtls" {
+					cert := ca.SVID(t, frontendID, 0).TLSCertificate()
+					c, err = tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+				} else {
+					c, err = net.Dial("tcp", addr)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				var b bytes.Buffer
+				b.WriteString("GET /api/x HTTP/1.1\r\nHost: orders\r\n")
+				for _, h := range tc.headers {
+					fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
+				}
+				b.WriteString("\r\n")
+				c.Write(b.Bytes())
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(body) != "ok HTTP/1.1" {
+					t.Fatalf("got %d %q, want 200 \"ok HTTP/1.1\" (no switch)", resp.StatusCode, body)
+				}
+				if n := upgrades() - before; n != 0 {
+					t.Errorf("the app saw upgrade headers on %d requests", n)
+				}
+				// The connection is still HTTP/1.1 to the sidecar, which
+				// decides the next request itself.
+				io.WriteString(c, "GET /internal/keys HTTP/1.1\r\nHost: orders\r\n\r\n")
+				resp, err = http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusForbidden {
+					t.Fatalf("second request on the connection: %d, want 403", resp.StatusCode)
+				}
+			})
+		}
+	}
+}
+
+// switchingApp answers every request with 101 Switching Protocols to h2c,
+// whatever it was asked, then echoes bytes.
+func switchingApp(t *testing.T) string {
+	t.Helper()
+	l := listen(t)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+				io.Copy(c, br)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String()
+}
+
+// TestUnaskedProtocolSwitchIsRefused: an app answering 101 to a request
+// the sidecar did not ask to upgrade, or switching to another protocol
+// than the one asked for, gets no tunnel: the caller gets 502.
+func TestUnaskedProtocolSwitchIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, switchingApp(t))
+	for _, tc := range []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"no_upgrade_asked", nil},
+		{"websocket_asked", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}, {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if code := rawHTTP1(t, c, "GET", "/api/x", tc.headers); code != http.StatusBadGateway {
+				t.Fatalf("status %d, want 502", code)
+			}
+		})
+	}
+}
+
+// TestConnectIsRefused: CONNECT opens a tunnel whose bytes policy never
+// sees; an HTTP listener refuses it with 405 whatever its target.
+func TestConnectIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr)
+	for _, target := range []string{"/api/x", "app.internal:443"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if code := rawHTTP1(t, c, "CONNECT", target, nil); code != http.StatusMethodNotAllowed && code != http.StatusBadRequest {
+			t.Errorf("CONNECT %s: status %d, want 405 (or 400)", target, code)
+		}
+	}
+	if seen := app.take(); len(seen) != 0 {
+		t.Errorf("the app was sent %q", seen[0].method+" "+seen[0].uri)
+	}
+}
+
+// TestUpgradesFollowListenerConfig: WebSocket is forwarded by default and
+// not at all on a listener configured with no upgrades; a listener cannot
+// be configured to forward h2c or anything else.
+func TestUpgradesFollowListenerConfig(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	l := listen(t)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	ca := testpki.NewCA(t, "example.org")
+	allow := &fakeAuthz{mode: policy.ModePermissive, evaluate: func(*policy.Request) policy.Decision {
+		return policy.Decision{Outcome: policy.Allow, Rule: -1}
+	}}
+	for _, tc := range []struct {
+		name     string
+		upgrades []string
+		wantWS   bool
+	}{
+		{"default_forwards_websocket", nil, true},
+		{"explicit_websocket", []string{"WebSocket"}, true},
+		{"none", []string{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inL := listen(t)
+			startSidecar(t, Config{
+				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+				Inbound: []Inbound{{Listener: inL, App: l.Addr().String(), Upgrades: tc.upgrades}}, Authorizer: allow,
+			})
+			ws, err := websocket.Dial("ws://"+inL.Addr().String()+"/ws", "", "http://localhost/")
+			if (err == nil) != tc.wantWS {
+				t.Fatalf("websocket dial: %v, want success %v", err, tc.wantWS)
+			}
+			if err == nil {
+				ws.Close()
+			}
+		})
+	}
+	for _, bad := range [][]string{{"h2c"}, {"websocket", "tls/1.2"}} {
+		_, err := New(Config{Identity: &NodeIdentity{}, Namespace: "prod", Inbound: []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:1", Upgrades: bad}}})
+		if err == nil || !strings.Contains(err.Error(), "only websocket") {
+			t.Errorf("inbound upgrades %q: err %v", bad, err)
+		}
+		_, err = New(Config{Identity: &NodeIdentity{}, Outbound: []Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString(ordersID), Upgrades: bad}}})
+		if err == nil || !strings.Contains(err.Error(), "only websocket") {
+			t.Errorf("outbound upgrades %q: err %v", bad, err)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/moatless/moatless/internal/policy"
 )
 
@@ -27,9 +29,13 @@ var hopHeaders = []string{
 }
 
 // removeHopHeaders strips the hop-by-hop fields from h in place and
-// returns the Upgrade protocol when the message asks for one (WebSocket);
-// h then says exactly "Connection: Upgrade" and "Upgrade: <protocol>", as
-// the next hop is asked, so policy sees what is forwarded. It runs on a
+// returns the protocol of the Upgrade the message asks for, when it is one
+// of allowed (compared case-insensitively by name, a "/version" aside:
+// WebSocket); h then says exactly "Connection: Upgrade" and "Upgrade:
+// <protocol>", as the next hop is asked, so policy sees what is
+// forwarded. Any other upgrade (h2c, which would turn the connection into
+// an HTTP/2 tunnel whose requests policy never sees) is stripped with its
+// HTTP2-Settings, and the request goes on as a plain one. It runs on a
 // message as received, before the sidecar adds anything.
 //
 // Fields that Connection names are not removed unless they are hop-by-hop
@@ -39,13 +45,9 @@ var hopHeaders = []string{
 // added (X-Forwarded-For, an identity header), and, were they removed
 // after the sidecar adds its own, the sidecar's x-forwarded-client-cert
 // and token claims. Envoy does not honour them either.
-func removeHopHeaders(h http.Header) (upgrade string) {
-	for _, v := range h["Connection"] {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), "upgrade") {
-				upgrade = h.Get("Upgrade")
-			}
-		}
+func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
+	if len(allowed) > 0 && httpguts.HeaderValuesContainsToken(h["Connection"], "upgrade") {
+		upgrade = pickUpgrade(h["Upgrade"], allowed)
 	}
 	te := h["Te"]
 	for _, k := range hopHeaders {
@@ -62,6 +64,35 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 		h["Upgrade"] = []string{upgrade}
 	}
 	return upgrade
+}
+
+// pickUpgrade is the first protocol of an Upgrade field (RFC 9110 section
+// 7.8: a list in order of preference) that allowed names.
+func pickUpgrade(values, allowed []string) string {
+	for _, v := range values {
+		for p := range strings.SplitSeq(v, ",") {
+			p = strings.TrimSpace(p)
+			name, _, _ := strings.Cut(p, "/")
+			for _, a := range allowed {
+				if strings.EqualFold(name, a) {
+					return p
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// switchedTo reports whether a 101 answer switches to the protocol asked
+// for: an app answering 101 to a request that asked for no upgrade, or
+// switching to another protocol, gets no tunnel.
+func switchedTo(resp *http.Response, upgrade string) bool {
+	if upgrade == "" || !httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "upgrade") {
+		return false
+	}
+	want, _, _ := strings.Cut(upgrade, "/")
+	got, _, _ := strings.Cut(strings.TrimSpace(resp.Header.Get("Upgrade")), "/")
+	return strings.EqualFold(got, want)
 }
 
 // setTarget makes u's request target (URL.RequestURI, which net/http's
@@ -84,17 +115,26 @@ func badRequest(w http.ResponseWriter) {
 	io.WriteString(w, "Bad Request")
 }
 
+// refuseConnect answers a CONNECT request: an HTTP listener opens no
+// tunnels (405, as the method is known but not allowed here).
+func refuseConnect(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusMethodNotAllowed)
+	io.WriteString(w, "CONNECT is not allowed")
+}
+
 // forwarder sends a request on to one fixed destination and streams the
 // answer back. It is the lean part of httputil.ReverseProxy the sidecar
 // needs: the incoming request is reused rather than cloned, bodies are
 // copied through pooled buffers, trailers and upgrades are carried.
 type forwarder struct {
-	rt      http.RoundTripper
-	scheme  string // "http" to the app, "https" to an upstream sidecar
-	host    string // URL host; the dialer ignores it where the address is fixed
-	name    string
-	s       *Sidecar
-	errBody func(err error) string
+	rt       http.RoundTripper
+	upgrades []string // protocols requests may switch to (removeHopHeaders)
+	scheme   string   // "http" to the app, "https" to an upstream sidecar
+	host     string   // URL host; the dialer ignores it where the address is fixed
+	name     string
+	s        *Sidecar
+	errBody  func(err error) string
 }
 
 // forward sends r, whose hop-by-hop fields the caller removed with
@@ -139,12 +179,18 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		return
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if !switchedTo(resp, upgrade) {
+			resp.Body.Close()
+			f.s.log.Warn("protocol switch refused", "listener", f.name, "asked", upgrade, "answered", resp.Header.Get("Upgrade"))
+			http.Error(w, "upstream switched protocols unasked", http.StatusBadGateway)
+			return
+		}
 		f.upgrade(w, r, resp, onHijack)
 		return
 	}
 	defer resp.Body.Close()
 
-	removeHopHeaders(resp.Header)
+	removeHopHeaders(resp.Header, nil)
 	dst := w.Header()
 	for k, vv := range resp.Header {
 		dst[k] = vv

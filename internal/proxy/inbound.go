@@ -85,6 +85,9 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	if ib.port == 0 {
 		ib.port = portOf(c.App)
 	}
+	if err := CheckUpgrades(c.Upgrades); err != nil {
+		return nil, err
+	}
 	ib.name = c.Name
 	if ib.name == "" {
 		ib.name = fmt.Sprintf("inbound-%d", ib.port)
@@ -118,7 +121,7 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	if c.Protocol == HTTP {
 		rt = &appClient{dial: ib.dialApp, fallback: tr, maxIdle: s.cfg.MaxIdleConnsPerApp, idleTimeout: 30 * time.Second, now: time.Now}
 	}
-	ib.fwd = &forwarder{rt: rt, scheme: "http", host: host, name: ib.name, s: s}
+	ib.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "http", host: host, name: ib.name, s: s}
 	ib.hl = newChanListener()
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
@@ -436,10 +439,16 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// normalization and decision.
 	st := s.policy.Load()
 	authz, version := st.authz, st.version
+	if r.Method == http.MethodConnect {
+		// A tunnel: its bytes would pass no policy.
+		refuseConnect(w)
+		return
+	}
 	h := r.Header
 	// Hop-by-hop fields go first, from the request as received: nothing
-	// the sidecar adds below can be named away by the caller's Connection.
-	upgrade := removeHopHeaders(h)
+	// the sidecar adds below can be named away by the caller's Connection,
+	// and only an upgrade this listener carries survives.
+	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
 	// Headers the sidecar writes for the app are its alone: a caller's
 	// copy, under any spelling the app could fold into the same name, is
 	// dropped whether or not it sends a token, from the header and from

@@ -50,6 +50,9 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	if c.Listener == nil && c.Listen == "" {
 		return nil, errors.New("proxy: config: outbound needs a listen address")
 	}
+	if err := CheckUpgrades(c.Upgrades); err != nil {
+		return nil, err
+	}
 	ob := &outbound{s: s, cfg: c, name: c.Name}
 	if ob.name == "" {
 		addr := c.Listen
@@ -94,7 +97,7 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 			fallback: ob.tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
 		}
 	}
-	ob.fwd = &forwarder{rt: rt, scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
+	ob.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
@@ -208,6 +211,10 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
 		return
 	}
+	if r.Method == http.MethodConnect {
+		refuseConnect(w) // the upstream would refuse it too
+		return
+	}
 	// The upstream's policy decides on the target this sidecar forwards:
 	// it is normalized here as the inbound side normalizes it, by the same
 	// function, so nothing this hop re-encodes can change what is
@@ -221,7 +228,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if np.Changed() || target != r.RequestURI {
 		setTarget(r.URL, np)
 	}
-	ob.fwd.forward(w, r, removeHopHeaders(r.Header), nil)
+	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
 }
 
 // originForm is r's request target in origin form ("/path?query"). An app

@@ -109,6 +109,36 @@ type Inbound struct {
 	// Port is the destination port policies see (Istio's workload port,
 	// for portLevelMtls and destination.port); default: App's port.
 	Port int
+	// Upgrades lists the protocols a request may switch to (HTTP/1.1
+	// Upgrade); nil means DefaultUpgrades, an empty list none. See
+	// CheckUpgrades.
+	Upgrades []string
+}
+
+// DefaultUpgrades are the protocol upgrades an HTTP listener forwards when
+// its config names none: WebSocket, as Istio enables it by default.
+var DefaultUpgrades = []string{"websocket"}
+
+// CheckUpgrades refuses upgrade protocols a listener cannot carry safely.
+// Only "websocket" is accepted (case-insensitive). An upgraded connection
+// is a byte stream that per-request policy never sees again: h2c would
+// carry any number of HTTP/2 requests past it, and anything else is
+// unknown.
+func CheckUpgrades(protos []string) error {
+	for _, p := range protos {
+		if !strings.EqualFold(p, "websocket") {
+			return fmt.Errorf("proxy: config: upgrade %q: only websocket can be forwarded (an upgraded connection carries requests policy never sees)", p)
+		}
+	}
+	return nil
+}
+
+// upgradesOf is the upgrade list in force for a configured one.
+func upgradesOf(protos []string) []string {
+	if protos == nil {
+		return DefaultUpgrades
+	}
+	return protos
 }
 
 // Outbound is one loopback listener the app calls in plaintext.
@@ -135,6 +165,9 @@ type Outbound struct {
 	// docs/benchmarks.md). Streaming bodies, gRPC and upgrades are
 	// unaffected. Default false: HTTP/2.
 	HTTP1 bool
+	// Upgrades lists the protocols a request from the app may switch to;
+	// nil means DefaultUpgrades, an empty list none. See CheckUpgrades.
+	Upgrades []string
 }
 
 // Config configures a Sidecar. Identity and at least one listener are

@@ -26,8 +26,10 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
+	"golang.org/x/net/http2/hpack"
 )
 
 // The attack tests run real sidecars in front of an app that is as
@@ -127,12 +129,15 @@ func lenientApp(t *testing.T) string {
 		}
 	})
 	// h2c.NewHandler switches on "Upgrade: h2c" only when Connection
-	// names HTTP2-Settings, as RFC 7540 §3.2 says; lenient servers do not
-	// check, and neither does this one.
+	// names HTTP2-Settings and HTTP2-Settings is there, as RFC 7540 §3.2
+	// says; lenient servers do not check, and neither does this one.
 	h2 := h2c.NewHandler(app, &http2.Server{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.EqualFold(r.Header.Get("Upgrade"), "h2c") && r.Header.Get("Http2-Settings") != "" {
+		if httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") {
 			r.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+			if _, ok := r.Header["Http2-Settings"]; !ok {
+				r.Header.Set("Http2-Settings", "") // defaults
+			}
 		}
 		h2.ServeHTTP(w, r)
 	})}
@@ -342,5 +347,69 @@ func TestAttacksThroughSidecar(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// h2cRequest asks, on c, for GET /api/x with an upgrade to h2c. When the
+// answer is 101, it speaks HTTP/2 on the connection and asks for
+// /internal/keys as a second stream, which no policy sees; it returns the
+// status of the first answer and the body of the tunnelled one.
+func h2cRequest(t *testing.T, c net.Conn) (int, string) {
+	t.Helper()
+	br := bufio.NewReader(c)
+	code, body, _ := rawRequest(t, c, br, "GET", "/api/x", []string{"Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA"})
+	if code != http.StatusSwitchingProtocols {
+		return code, body
+	}
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, br)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "orders"}, {":path", "/internal/keys"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	var tunnelled bytes.Buffer
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return code, "tunnel: " + err.Error()
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.DataFrame:
+			if f.StreamID == 3 {
+				tunnelled.Write(f.Data())
+				if f.StreamEnded() {
+					return code, tunnelled.String()
+				}
+			}
+		case *http2.GoAwayFrame:
+			return code, "tunnel: goaway"
+		}
+	}
+}
+
+// TestH2CUpgradeThroughSidecar: the lenient app turns an "Upgrade: h2c"
+// into an HTTP/2 tunnel in which /internal/keys is one request away, past
+// any policy; through the sidecar the request is served as plain
+// HTTP/1.1 and no tunnel opens.
+func TestH2CUpgradeThroughSidecar(t *testing.T) {
+	e := startAttackEnv(t)
+	if code, body := h2cRequest(t, e.dial(t, e.app, false)); code != http.StatusSwitchingProtocols || body != "secret-keys" {
+		t.Fatalf("against the app directly: %d %q; the tunnel should open there", code, body)
+	}
+	for _, mtls := range []bool{true, false} {
+		code, body := h2cRequest(t, e.dial(t, e.inbound, mtls))
+		if code != 200 || !strings.Contains(body, "path=/api/x") {
+			t.Errorf("through the sidecar (mtls=%v): %d %q; want 200 from the app, no switch", mtls, code, body)
+		}
 	}
 }
