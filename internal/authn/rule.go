@@ -41,12 +41,16 @@ const (
 
 // reservedOutputHeaders may not be written by outputPayloadToHeader or
 // outputClaimToHeaders: hop-by-hop and framing headers would corrupt the
-// forwarded request, and x-forwarded-client-cert carries the peer identity
-// the sidecar vouches for, which a token must never be able to forge.
+// forwarded request, x-forwarded-client-cert carries the peer identity
+// the sidecar vouches for, which a token must never be able to forge, and a
+// method override would make the app act on a method policy did not see.
 var reservedOutputHeaders = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Connection": true,
 	"Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true, "Upgrade": true,
 	"X-Forwarded-Client-Cert": true,
+	// Method overrides: the proxy drops them (policy decides on the
+	// method); a token must not write one either.
+	"X-Http-Method-Override": true, "X-Http-Method": true, "X-Method-Override": true,
 }
 
 type locKind uint8

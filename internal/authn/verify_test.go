@@ -389,6 +389,7 @@ func TestValidateRule(t *testing.T) {
 		// reserved header, or the two outputs as one.
 		{"output_header_xfcc_underscored", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x_forwarded_client_cert", Claim: "sub"}}}, "reserved"},
 		{"output_header_transfer_encoding_underscored", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "Transfer_Encoding"}, "reserved"},
+		{"output_header_method_override", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x_http_method_override", Claim: "m"}}}, "reserved"},
 		{"output_header_moatless_namespace", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "x-moatless-user"}, "reserved"},
 		{"output_header_duplicate_folded", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-a", Claim: "sub"}, {Header: "X_A", Claim: "iss"}}}, "used twice"},
 		{"output_header_payload_folded", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "x_payload", OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-payload", Claim: "sub"}}}, "used twice"},

@@ -905,3 +905,60 @@ func TestUpgradesFollowListenerConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestMethodOverrideIsStripped: policy decides on the request method, so
+// an app must not act on another one. The override headers frameworks
+// honour (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) never
+// reach the app, under any spelling, and neither does a _method query
+// parameter (Symfony, Laravel, Express's method-override), however its
+// name is escaped or spelled for PHP; the rest of the query is kept as
+// sent.
+func TestMethodOverrideIsStripped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	headers := [][2]string{
+		{"X-HTTP-Method-Override", "DELETE"},
+		{"x_http_method_override", "DELETE"},
+		{"X-Http-Method", "DELETE"},
+		{"X_HTTP_Method", "DELETE"},
+		{"X-Method-Override", "DELETE"},
+	}
+	queries := []struct{ in, want string }{
+		{"/api/x?_method=DELETE", "/api/x?"},
+		{"/api/x?a=1&_method=DELETE&b=%2F", "/api/x?a=1&b=%2F"},
+		{"/api/x?%5Fmethod=DELETE&a", "/api/x?a"},
+		{"/api/x?_%6Dethod=PUT", "/api/x?"},
+		{"/api/x?.method=DELETE", "/api/x?"},
+		{"/api/x?+method=DELETE&a=1", "/api/x?a=1"},
+		{"/api/x?a=1;_method=DELETE", "/api/x?a=1"},
+		{"/api/x?_method=DELETE&_method=PATCH", "/api/x?"},
+		{"/api/x?method=GET&x_method=1&_methods=2", "/api/x?method=GET&x_method=1&_methods=2"},
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name+"/headers", func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", headers); code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			for _, sr := range app.take() {
+				for k, vv := range sr.header {
+					if strings.Contains(foldName(k), "method") {
+						t.Errorf("%s: %q reached the app", k, vv)
+					}
+				}
+			}
+		})
+		t.Run(tr.name+"/query", func(t *testing.T) {
+			for _, q := range queries {
+				app.take()
+				if code := tr.do(t, addr, q.in, nil); code != 200 {
+					t.Fatalf("%s: status %d", q.in, code)
+				}
+				if seen := app.take(); len(seen) != 1 || seen[0].uri != q.want {
+					t.Errorf("%s: the app was sent %v, want %q", q.in, seen, q.want)
+				}
+			}
+		})
+	}
+}

@@ -20,15 +20,16 @@ import (
 // keeps working and a forger gains nothing:
 //
 //   - headers the sidecar sets (x-forwarded-client-cert, the headers
-//     RequestAuthentication writes from a token) and the x-moatless-*
-//     namespace are dropped under every spelling;
+//     RequestAuthentication writes from a token), method overrides and the
+//     x-moatless-* namespace are dropped under every spelling;
 //   - headers that other parts of the request path vouch for or that frame
 //     the message (the token headers RequestAuthentication reads, hop-by-hop
 //     fields, Content-Length, x-forwarded-*) keep their real spelling and
 //     lose their "_" twins.
 
-// ownedHeaders are set by the sidecar alone, whatever the policy.
-var ownedHeaders = []string{xfccHeader}
+// ownedHeaders are set by the sidecar alone, whatever the policy, or
+// never forwarded (method overrides: see query.go).
+var ownedHeaders = append([]string{xfccHeader}, methodOverrideHeaders...)
 
 // twinHeaders lose their "_" spellings; the real spelling is either
 // handled elsewhere (hop-by-hop fields) or end-to-end.

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -471,7 +472,10 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		badRequest(w)
 		return
 	}
-	if np.Changed() {
+	// Policy decides on r.Method: a _method override in the query is
+	// dropped before it does (override headers went with the filter).
+	np, overridden := stripMethodOverride(np)
+	if np.Changed() || overridden {
 		setTarget(r.URL, np)
 	}
 	req := reqPool.Get().(*policy.Request)
@@ -523,11 +527,10 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.Set(k, v)
 		}
 		if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
-			q := r.URL.Query()
-			for _, p := range auth.RemoveQueryParams {
-				q.Del(p)
-			}
-			r.URL.RawQuery = q.Encode()
+			// The token's parameter goes; the rest stays as sent.
+			r.URL.RawQuery, _ = removeQueryParams(r.URL.RawQuery, func(name string) bool {
+				return slices.Contains(auth.RemoveQueryParams, name)
+			})
 		}
 		// A request authenticated with a token is cut off when that
 		// token's jti is revoked, however long it streams.

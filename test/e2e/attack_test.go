@@ -324,6 +324,24 @@ func TestAttacksThroughSidecar(t *testing.T) {
 			headers: []string{"Authorization: Bearer " + e.token, "Connection: X-Forwarded-Client-Cert, X-User",
 				"X_Forwarded_Client_Cert: By=spiffe://e2e.test/forged;URI=spiffe://e2e.test/ns/prod/sa/admin", "X_User: admin"},
 			exploited: "user=admin", wantViaSidecar: "caller=" + scFrontendID + " user=alice", mtlsOnly: true},
+		// Policy allows POST and denies DELETE on orders; the app acts on
+		// an overridden method.
+		{name: "method_override_header", method: "POST", via: "/api/orders/1", direct: "/api/orders/1",
+			headers:   []string{"X-HTTP-Method-Override: DELETE"},
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
+		{name: "method_override_header_underscored", method: "POST", via: "/api/orders/1", direct: "/api/orders/1",
+			headers:   []string{"x_http_method_override: DELETE"},
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
+		{name: "x_http_method_header", method: "POST", via: "/api/orders/1", direct: "/api/orders/1",
+			headers:   []string{"X-HTTP-Method: DELETE"},
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
+		{name: "x_method_override_header", method: "POST", via: "/api/orders/1", direct: "/api/orders/1",
+			headers:   []string{"X-Method-Override: DELETE"},
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
+		{name: "method_override_query_parameter", method: "POST", via: "/api/orders/1?_method=DELETE", direct: "/api/orders/1?_method=DELETE",
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
+		{name: "method_override_query_parameter_escaped", method: "POST", via: "/api/orders/1?a=1&%5Fmethod=DELETE", direct: "/api/orders/1?a=1&%5Fmethod=DELETE",
+			exploited: "method=DELETE", wantViaSidecar: "method=POST path=/api/orders/1"},
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
