@@ -184,11 +184,12 @@ func translatePath(target string) string {
 	return path.Clean("/" + b.String())
 }
 
-// attackEnv is the lenient app behind an orders sidecar run from files.
+// attackEnv is the lenient app behind an orders sidecar run from files,
+// and a frontend sidecar whose outbound listener leads there.
 type attackEnv struct {
-	app, inbound string
-	pki          *sidecarPKI
-	token        string // a valid token for sub "alice"
+	app, inbound, outbound string
+	pki                    *sidecarPKI
+	token                  string // a valid token for sub "alice"
 }
 
 func startAttackEnv(t *testing.T) *attackEnv {
@@ -209,7 +210,7 @@ func startAttackEnv(t *testing.T) *attackEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &attackEnv{app: lenientApp(t), inbound: freeAddr(t), pki: newSidecarPKI(t), token: token}
+	e := &attackEnv{app: lenientApp(t), inbound: freeAddr(t), outbound: freeAddr(t), pki: newSidecarPKI(t), token: token}
 	policyDir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(policyDir, "policies.yaml"), []byte(attackPolicies(string(jwks))), 0o600); err != nil {
 		t.Fatal(err)
@@ -224,7 +225,33 @@ inbound:
 policy:
   files: [%s]
 `, of.Cert, of.Key, of.Bundle, e.inbound, e.app, policyDir), true)
+	ff, _ := e.pki.files("frontend", scFrontendID)
+	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
+  files: {cert: %s, key: %s, bundle: %s}
+outbound:
+  - {name: orders, listen: "%s", upstream: "%s", spiffe_id: "%s"}
+`, ff.Cert, ff.Key, ff.Bundle, e.outbound, e.inbound, scOrdersID), true)
 	return e
+}
+
+// attackRoutes are the ways into the orders sidecar: straight to its
+// inbound listener over mTLS as frontend or in plaintext (the port is
+// PERMISSIVE), and through frontend's outbound listener, as frontend's
+// app would call.
+func (e *attackEnv) attackRoutes(t *testing.T) []struct {
+	name string
+	mtls bool
+	dial func() net.Conn
+} {
+	return []struct {
+		name string
+		mtls bool
+		dial func() net.Conn
+	}{
+		{"inbound_mtls", true, func() net.Conn { return e.dial(t, e.inbound, true) }},
+		{"inbound_plaintext", false, func() net.Conn { return e.dial(t, e.inbound, false) }},
+		{"through_outbound", true, func() net.Conn { return e.dial(t, e.outbound, false) }},
+	}
 }
 
 // dial opens a connection to addr: plaintext, or mTLS as frontend when
@@ -292,8 +319,9 @@ type attack struct {
 }
 
 // TestAttacksThroughSidecar: every attack class the hostile review found
-// works against the lenient app and fails through the sidecar, over
-// mTLS and in plaintext on the PERMISSIVE port.
+// works against the lenient app and fails through the sidecar, over mTLS
+// and in plaintext on the PERMISSIVE port, and through an outbound
+// listener in front of it.
 func TestAttacksThroughSidecar(t *testing.T) {
 	e := startAttackEnv(t)
 	attacks := []attack{
@@ -354,14 +382,14 @@ func TestAttacksThroughSidecar(t *testing.T) {
 			if code != 200 || !strings.Contains(body+"\n", a.exploited) {
 				t.Fatalf("against the app directly: %d %q; the attack should work there (%q)", code, body, a.exploited)
 			}
-			for _, mtls := range []bool{true, false} {
-				if a.mtlsOnly && !mtls {
+			for _, r := range e.attackRoutes(t) {
+				if a.mtlsOnly && !r.mtls {
 					continue
 				}
-				c := e.dial(t, e.inbound, mtls)
+				c := r.dial()
 				code, body, _ := rawRequest(t, c, bufio.NewReader(c), a.method, a.via, a.headers)
 				if strings.Contains(body+"\n", a.exploited) || !strings.Contains(body, a.wantViaSidecar) {
-					t.Errorf("through the sidecar (mtls=%v): %d %q; want %q and not %q", mtls, code, body, a.wantViaSidecar, a.exploited)
+					t.Errorf("%s: %d %q; want %q and not %q", r.name, code, body, a.wantViaSidecar, a.exploited)
 				}
 			}
 		})
@@ -424,10 +452,10 @@ func TestH2CUpgradeThroughSidecar(t *testing.T) {
 	if code, body := h2cRequest(t, e.dial(t, e.app, false)); code != http.StatusSwitchingProtocols || body != "secret-keys" {
 		t.Fatalf("against the app directly: %d %q; the tunnel should open there", code, body)
 	}
-	for _, mtls := range []bool{true, false} {
-		code, body := h2cRequest(t, e.dial(t, e.inbound, mtls))
+	for _, r := range e.attackRoutes(t) {
+		code, body := h2cRequest(t, r.dial())
 		if code != 200 || !strings.Contains(body, "path=/api/x") {
-			t.Errorf("through the sidecar (mtls=%v): %d %q; want 200 from the app, no switch", mtls, code, body)
+			t.Errorf("%s: %d %q; want 200 from the app, no switch", r.name, code, body)
 		}
 	}
 }
