@@ -74,18 +74,7 @@ type recordingApp struct {
 func newRecordingApp(t testing.TB) *recordingApp {
 	t.Helper()
 	a := &recordingApp{}
-	l := listen(t)
-	a.addr = l.Addr().String()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go a.serve(c)
-		}
-	}()
-	t.Cleanup(func() { l.Close() })
+	a.addr = serveRaw(t, a.serve).Addr().String()
 	return a
 }
 
@@ -471,21 +460,28 @@ func TestSetTargetRoundTrip(t *testing.T) {
 	}
 }
 
-// headerPolicies add RequestAuthentication to attackPolicies: tokens from
-// x-auth-token, their sub written to x-user and the payload to
+// withRequestAuthentication adds to attackPolicies a RequestAuthentication
+// trusting jwks for https://issuer.example: tokens from x-auth-token or
+// "Authorization: Bearer", their sub written to x-user and the payload to
 // x-jwt-payload.
-const headerPolicies = attackPolicies + `---
+func withRequestAuthentication(jwks string) string {
+	return attackPolicies + `---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
   jwtRules:
   - issuer: https://issuer.example
-    jwks: '{"keys": []}'
-    fromHeaders: [{name: x-auth-token}]
+    jwks: '` + jwks + `'
+    fromHeaders: [{name: x-auth-token}, {name: authorization, prefix: "Bearer "}]
     outputClaimToHeaders: [{header: x-user, claim: sub}]
     outputPayloadToHeader: x-jwt-payload
 `
+}
+
+// headerPolicies is withRequestAuthentication with no keys: no token
+// verifies, which the header tests do not need.
+var headerPolicies = withRequestAuthentication(`{"keys": []}`)
 
 // foldName is a header name as WSGI, CGI and many frameworks see it:
 // case-insensitive, "_" and "-" the same.
@@ -624,17 +620,7 @@ func TestConnectionCannotRemoveSidecarHeaders(t *testing.T) {
 	jwks, token := newTestIssuer(t)
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, attackPolicies+`---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://issuer.example
-    jwks: '`+jwks+`'
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
-    outputPayloadToHeader: x-jwt-payload
-`, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, withRequestAuthentication(jwks), policy.NormalizeBase, app.addr)
 	bearer := [2]string{"Authorization", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Unix() + 300})}
 	tests := []struct {
 		name    string
@@ -787,26 +773,15 @@ func TestH2CUpgradeIsNotForwarded(t *testing.T) {
 // whatever it was asked, then echoes bytes.
 func switchingApp(t *testing.T) string {
 	t.Helper()
-	l := listen(t)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-				io.Copy(c, br)
-			}()
+	return serveRaw(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	t.Cleanup(func() { l.Close() })
-	return l.Addr().String()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+		io.Copy(c, br)
+	}).Addr().String()
 }
 
 // TestUnaskedProtocolSwitchIsRefused: an app answering 101 to a request

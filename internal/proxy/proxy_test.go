@@ -83,6 +83,24 @@ func listen(t testing.TB) net.Listener {
 	return l
 }
 
+// serveRaw runs handle, on its own goroutine, for every connection to a
+// new loopback listener until the test ends; handle closes the conn.
+func serveRaw(t testing.TB, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	l := listen(t)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func startSidecar(t testing.TB, cfg Config) *Sidecar {
 	t.Helper()
 	if cfg.Logger == nil {

@@ -13,9 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -210,28 +208,9 @@ func startAttackEnv(t *testing.T) *attackEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &attackEnv{app: lenientApp(t), inbound: freeAddr(t), outbound: freeAddr(t), pki: newSidecarPKI(t), token: token}
-	policyDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(policyDir, "policies.yaml"), []byte(attackPolicies(string(jwks))), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	of, _ := e.pki.files("orders", scOrdersID)
-	startSidecarProc(t, "orders-sidecar", fmt.Sprintf(`identity:
-  files: {cert: %s, key: %s, bundle: %s}
-namespace: prod
-labels: {app: orders}
-inbound:
-  - {name: http, listen: "%s", app: "%s", protocol: http, port: 8080}
-policy:
-  files: [%s]
-`, of.Cert, of.Key, of.Bundle, e.inbound, e.app, policyDir), true)
-	ff, _ := e.pki.files("frontend", scFrontendID)
-	startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
-  files: {cert: %s, key: %s, bundle: %s}
-outbound:
-  - {name: orders, listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, ff.Cert, ff.Key, ff.Bundle, e.outbound, e.inbound, scOrdersID), true)
-	return e
+	app := lenientApp(t)
+	m := startSidecarMeshWith(t, app, attackPolicies(string(jwks)))
+	return &attackEnv{app: app, inbound: m.inbound, outbound: m.outbound, pki: m.pki, token: token}
 }
 
 // attackRoutes are the ways into the orders sidecar: straight to its
