@@ -20,14 +20,6 @@ import (
 // traffic allocates none.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// hopHeaders are dropped between hops (RFC 9110 section 7.6.1), plus
-// HTTP2-Settings (RFC 7540 section 3.2.1, connection-specific). "Te:
-// trailers" is kept: gRPC needs it.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Http2-Settings",
-}
-
 // removeHopHeaders strips the hop-by-hop fields from h in place and
 // returns the protocol of the Upgrade the message asks for, when it is one
 // of allowed (compared case-insensitively by name, a "/version" aside:
@@ -45,13 +37,30 @@ var hopHeaders = []string{
 // added (X-Forwarded-For, an identity header), and, were they removed
 // after the sidecar adds its own, the sidecar's x-forwarded-client-cert
 // and token claims. Envoy does not honour them either.
+//
+// The hop-by-hop fields are those of RFC 9110 section 7.6.1 plus
+// HTTP2-Settings (RFC 7540 section 3.2.1, connection-specific); "Te:
+// trailers" is kept: gRPC needs it. One pass over the message's own fields
+// finds them (a request has a handful), rather than a lookup per name.
 func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
-	if len(allowed) > 0 && httpguts.HeaderValuesContainsToken(h["Connection"], "upgrade") {
-		upgrade = pickUpgrade(h["Upgrade"], allowed)
-	}
-	te := h["Te"]
-	for _, k := range hopHeaders {
+	var conn, up, te []string
+	for k, v := range h {
+		switch k {
+		case "Connection":
+			conn = v
+		case "Upgrade":
+			up = v
+		case "Te":
+			te = v
+		case "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+			"Trailer", "Transfer-Encoding", "Http2-Settings":
+		default:
+			continue
+		}
 		delete(h, k)
+	}
+	if len(allowed) > 0 && httpguts.HeaderValuesContainsToken(conn, "upgrade") {
+		upgrade = pickUpgrade(up, allowed)
 	}
 	for _, v := range te {
 		if strings.EqualFold(strings.TrimSpace(v), "trailers") {

@@ -56,8 +56,8 @@ const (
 // policy version, the headers described above. It is built once per
 // policy version and read concurrently.
 type headerFilter struct {
-	// exact are the canonical "-" spellings of the owned headers, deleted
-	// by key: every name without "_" arrives canonical.
+	// exact are the canonical "-" spellings of the owned headers: every
+	// name without "_" arrives canonical.
 	exact []string
 	// rules holds folded names (lower case, "_" read as "-"), consulted
 	// for names that contain "_".
@@ -100,20 +100,29 @@ func foldHeaderName(h string) string {
 	return strings.ToLower(strings.ReplaceAll(h, "_", "-"))
 }
 
-// strip deletes from h, in place, every header the filter refuses.
+// strip deletes from h, in place, every header the filter refuses, in
+// one pass over h's own fields.
 func (f *headerFilter) strip(h http.Header) {
-	for _, k := range f.exact {
-		delete(h, k)
-	}
 	for k := range h {
 		if strings.IndexByte(k, '_') >= 0 {
 			if f.underscored(k) {
 				delete(h, k)
 			}
-		} else if len(k) >= len(ownedPrefix) && strings.EqualFold(k[:len(ownedPrefix)], ownedPrefix) {
+		} else if f.owned(k) {
 			delete(h, k)
 		}
 	}
+}
+
+// owned reports whether k, a canonical name without "_", is an owned
+// header's.
+func (f *headerFilter) owned(k string) bool {
+	for _, e := range f.exact {
+		if k == e {
+			return true
+		}
+	}
+	return len(k) >= len(ownedPrefix) && strings.EqualFold(k[:len(ownedPrefix)], ownedPrefix)
 }
 
 // underscored reports whether k, a name holding "_", folds to a refused
