@@ -826,6 +826,15 @@ func TestConnectIsRefused(t *testing.T) {
 			t.Errorf("CONNECT %s: status %d, want 405 (or 400)", target, code)
 		}
 	}
+	// HTTP/2's extended CONNECT (RFC 8441: WebSocket over a stream).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if code := rawH2(t, c, "CONNECT", "/api/x", [][2]string{{":protocol", "websocket"}}); code != http.StatusMethodNotAllowed && code != 0 {
+		t.Errorf("h2 extended CONNECT: status %d, want 405 (or a reset)", code)
+	}
 	if seen := app.take(); len(seen) != 0 {
 		t.Errorf("the app was sent %q", seen[0].method+" "+seen[0].uri)
 	}
