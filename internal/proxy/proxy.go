@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -114,12 +115,25 @@ type Inbound struct {
 
 // Outbound is one loopback listener the app calls in plaintext.
 type Outbound struct {
-	// Name labels metrics and logs; default "outbound-<listen port>".
+	// Name labels metrics and logs; default "outbound-<listen port>", or
+	// "outbound-<file name>" for a unix socket.
 	Name string
 	// Listen must be a loopback address: plaintext never leaves the host.
-	// Ignored when Listener is set.
+	// "unix:/abs/path" listens on a unix socket instead (Linux only),
+	// whose file mode keeps other users from connecting at all. Either
+	// way, Config.OutboundCallers decides who may connect. Ignored when
+	// Listener is set; a given Listener is checked the same way.
 	Listen   string
 	Listener net.Listener
+	// SocketMode is the permission bits of a unix socket listener's file;
+	// default 0600 when only the sidecar's own uid may connect
+	// (OutboundCallers' zero value), 0660 with a SocketGID, 0666
+	// otherwise (the peer credential check still refuses uids and gids
+	// not admitted).
+	SocketMode fs.FileMode
+	// SocketGID, when set, is the group of a unix socket listener's file
+	// (the sidecar must be a member, or root).
+	SocketGID *uint32
 	// Upstream is the upstream sidecar's inbound address, "host:port".
 	Upstream string
 	// ID is the SPIFFE ID the upstream must present. Anything else is
@@ -150,6 +164,10 @@ type Config struct {
 
 	Inbound  []Inbound
 	Outbound []Outbound
+	// OutboundCallers are the local users whose processes may use the
+	// outbound listeners; the zero value admits only the uid the sidecar
+	// runs as. See LocalCallers.
+	OutboundCallers LocalCallers
 
 	// Authorizer is the initial policy. Nil means deny everything (and
 	// STRICT mTLS) until SetAuthorizer is called: deny by default.
@@ -229,6 +247,7 @@ type Sidecar struct {
 	live    *tracker
 	dec     *decisionLogger
 	metrics *metrics
+	callers *callerCheck
 
 	inbound  []*inbound
 	outbound []*outbound
@@ -338,6 +357,9 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
+		return nil, err
+	}
 	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
 
 	names := map[string]bool{}
@@ -390,6 +412,14 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}
 		return net.Listen("tcp", addr)
 	}
+	tcpOutbound := false
+	for _, ob := range s.outbound {
+		tcpOutbound = tcpOutbound || !isUnixListen(ob.cfg)
+	}
+	if err := s.callers.prepare(tcpOutbound); err != nil {
+		s.Close()
+		return err
+	}
 	var lns []net.Listener
 	fail := func(err error) error {
 		for _, l := range lns {
@@ -406,7 +436,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		lns = append(lns, l)
 	}
 	for _, ob := range s.outbound {
-		l, err := bind(ob.cfg.Listener, ob.cfg.Listen)
+		var l net.Listener
+		var err error
+		if ob.socketPath != "" && ob.cfg.Listener == nil {
+			l, err = listenUnixOutbound(ob.socketPath, s.callers.socketMode(ob.cfg), ob.cfg.SocketGID)
+		} else {
+			l, err = bind(ob.cfg.Listener, ob.cfg.Listen)
+		}
 		if err != nil {
 			return fail(fmt.Errorf("proxy: outbound %s: listen: %w", ob.name, err))
 		}
