@@ -209,17 +209,6 @@ func parseProcTCPAddr(b []byte, v6 bool, order binary.ByteOrder) (netip.AddrPort
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[:4])), uint16(port)), nil
 }
 
-// formatProcTCPAddr is parseProcTCPAddr's inverse, for tests and the fuzz
-// target's round trip.
-func formatProcTCPAddr(ap netip.AddrPort, order binary.ByteOrder) string {
-	var b []byte
-	ip := ap.Addr().AsSlice()
-	for w := 0; w < len(ip)/4; w++ {
-		b = fmt.Appendf(b, "%08X", order.Uint32(ip[4*w:]))
-	}
-	return fmt.Sprintf("%s:%04X", b, ap.Port())
-}
-
 // fieldsN returns the first n space-separated fields of line, or nil if it
 // has fewer. Only spaces separate fields: the kernel prints no tabs.
 func fieldsN(line []byte, n int) [][]byte {
