@@ -704,3 +704,124 @@ func TestOutboundUnixSocketSetup(t *testing.T) {
 		})
 	}
 }
+
+// openConnections opens n loopback connections (2n sockets) for the length
+// of the benchmark: the host's socket count is what a /proc/net/tcp
+// lookup pays for.
+func openConnections(b *testing.B, n int) {
+	b.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	for range n {
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, err := l.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close(); a.Close() })
+	}
+}
+
+// BenchmarkTCPOwnerLookup is the caller check's cost per accepted loopback
+// connection: one sock_diag round trip, or one read of /proc/net/tcp up to
+// the client's socket (where it sits in the table is the kernel's hash
+// order: any), with the host's own sockets plus the given number of extra
+// loopback connections (two sockets each). proc_full_table is the
+// /proc/net/tcp read to the end, the bound of the fallback's cost.
+func BenchmarkTCPOwnerLookup(b *testing.B) {
+	for _, extra := range []int{0, 1000, 5000} {
+		b.Run(fmt.Sprintf("extra_connections=%d", extra), func(b *testing.B) {
+			openConnections(b, extra)
+			_, accepted := connectB(b)
+			for _, l := range []*tcpOwnerLookup{diagLookup, procLookup} {
+				b.Run(strings.Trim(strings.ReplaceAll(l.name, "/", "_"), "_"), func(b *testing.B) {
+					cc := &callerCheck{tcp: l, uids: []uint32{uint32(os.Geteuid())}}
+					b.ReportAllocs()
+					for b.Loop() {
+						p, _, err := cc.identify(accepted)
+						if err != nil || !cc.allowed(p) {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+			b.Run("proc_full_table", func(b *testing.B) {
+				none := netip.MustParseAddrPort("127.0.0.9:1")
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := procFindIn("/proc/net/tcp", false, none, none); !errors.Is(err, errNoSocket) {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// connectB is one loopback connection for a benchmark.
+func connectB(b *testing.B) (client, accepted net.Conn) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	if client, err = net.Dial("tcp4", l.Addr().String()); err != nil {
+		b.Fatal(err)
+	}
+	if accepted, err = l.Accept(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { client.Close(); accepted.Close() })
+	return client, accepted
+}
+
+// BenchmarkOutboundNewConnection is what the check adds to a new app
+// connection through a TCP outbound listener, end to end: connect, one
+// request over the pooled mTLS to the upstream, close. any_local_user is
+// the same path without the check.
+func BenchmarkOutboundNewConnection(b *testing.B) {
+	ca := testpki.NewCA(b, "example.org")
+	inL := listen(b)
+	startSidecar(b, Config{
+		Identity:   newStaticIdentity(ca, ca.SVID(b, ordersID, 0)),
+		Namespace:  "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: inL, App: echoApp(b)}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+	})
+	for _, tc := range []struct {
+		name    string
+		callers LocalCallers
+		lookup  *tcpOwnerLookup
+	}{
+		{"any_local_user", LocalCallers{AnyLocalUser: true}, nil},
+		{"checked_sock_diag", LocalCallers{}, diagLookup},
+		{"checked_proc_net_tcp", LocalCallers{}, procLookup},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			outL := listen(b)
+			s, err := New(Config{
+				Identity:        newStaticIdentity(ca, ca.SVID(b, frontendID, 0)),
+				Outbound:        []Outbound{{Name: "orders", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+				OutboundCallers: tc.callers,
+				Logger:          discardLogger(),
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.callers.tcp = tc.lookup
+			serveSidecar(b, s)
+			addr := outL.Addr().String()
+			for b.Loop() {
+				if got := callOnce("tcp " + addr); got != "status=200" {
+					b.Fatal(got)
+				}
+			}
+		})
+	}
+}

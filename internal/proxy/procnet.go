@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"strconv"
 )
 
 // Limits of reading /proc/net/tcp and /proc/net/tcp6. A line is about 150
@@ -61,6 +60,9 @@ var procTCPHeader = [][]byte{
 // maxProcNetLine and a table longer than limit bytes. fn sees every
 // entry before the one that failed.
 func scanProcNetTCP(r io.Reader, v6 bool, order binary.ByteOrder, limit int64, fn func(tcpSocket) bool) error {
+	// The byte order as a bool: an interface call would move every
+	// parsed address to the heap.
+	little := order.Uint16([]byte{1, 0}) == 1
 	br := bufio.NewReaderSize(io.LimitReader(r, limit+1), 64<<10)
 	var read int64
 	for n := 0; ; n++ {
@@ -91,7 +93,7 @@ func scanProcNetTCP(r io.Reader, v6 bool, order binary.ByteOrder, limit int64, f
 			}
 			continue
 		}
-		e, err := parseProcTCPLine(line, v6, order)
+		e, err := parseProcTCPLine(line, v6, little)
 		if err != nil {
 			return fmt.Errorf("proxy: %w: line %d: %v", errProcNetFormat, n+1, err)
 		}
@@ -124,21 +126,22 @@ func checkProcTCPHeader(line []byte) error {
 //
 // (tcp6: 32 hex digits per address). Fields after the inode differ by
 // socket kind and kernel version and are not read.
-func parseProcTCPLine(line []byte, v6 bool, order binary.ByteOrder) (tcpSocket, error) {
+func parseProcTCPLine(line []byte, v6, little bool) (tcpSocket, error) {
 	var e tcpSocket
-	f := fieldsN(line, 10)
-	if f == nil {
+	var fa [10][]byte
+	f := fa[:]
+	if !fieldsN(line, f) {
 		return e, errors.New("fewer than 10 fields")
 	}
 	sl, ok := bytes.CutSuffix(f[0], []byte(":"))
-	if !ok || !isDec(sl) {
+	if _, dec := parseDec(sl, 32); !ok || !dec {
 		return e, fmt.Errorf("slot %q", f[0])
 	}
 	var err error
-	if e.local, err = parseProcTCPAddr(f[1], v6, order); err != nil {
+	if e.local, err = parseProcTCPAddr(f[1], v6, little); err != nil {
 		return e, fmt.Errorf("local address: %v", err)
 	}
-	if e.remote, err = parseProcTCPAddr(f[2], v6, order); err != nil {
+	if e.remote, err = parseProcTCPAddr(f[2], v6, little); err != nil {
 		return e, fmt.Errorf("remote address: %v", err)
 	}
 	st, ok := hexN(f[3], 2, 2)
@@ -157,11 +160,8 @@ func parseProcTCPLine(line []byte, v6 bool, order binary.ByteOrder) (tcpSocket, 
 	if _, ok := hexN(f[6], 8, 8); !ok {
 		return e, fmt.Errorf("retransmits %q", f[6])
 	}
-	if !isDec(f[7]) {
-		return e, fmt.Errorf("uid %q", f[7])
-	}
-	uid, err := strconv.ParseUint(string(f[7]), 10, 32)
-	if err != nil {
+	uid, ok := parseDec(f[7], 32)
+	if !ok {
 		return e, fmt.Errorf("uid %q", f[7])
 	}
 	e.uid = uint32(uid)
@@ -169,21 +169,18 @@ func parseProcTCPLine(line []byte, v6 bool, order binary.ByteOrder) (tcpSocket, 
 	if len(timeout) > 1 && timeout[0] == '-' {
 		timeout = timeout[1:]
 	}
-	if !isDec(timeout) || len(timeout) > 10 {
+	if _, ok := parseDec(timeout, 32); !ok {
 		return e, fmt.Errorf("timeout %q", f[8])
 	}
-	if !isDec(f[9]) {
-		return e, fmt.Errorf("inode %q", f[9])
-	}
-	if e.inode, err = strconv.ParseUint(string(f[9]), 10, 64); err != nil {
+	if e.inode, ok = parseDec(f[9], 64); !ok {
 		return e, fmt.Errorf("inode %q", f[9])
 	}
 	return e, nil
 }
 
 // parseProcTCPAddr parses "0100007F:1F90": the address as 32-bit words in
-// the kernel's byte order, then the port in hex.
-func parseProcTCPAddr(b []byte, v6 bool, order binary.ByteOrder) (netip.AddrPort, error) {
+// the kernel's byte order (little-endian or not), then the port in hex.
+func parseProcTCPAddr(b []byte, v6, little bool) (netip.AddrPort, error) {
 	n := 8
 	if v6 {
 		n = 32
@@ -201,7 +198,11 @@ func parseProcTCPAddr(b []byte, v6 bool, order binary.ByteOrder) (netip.AddrPort
 		if !ok {
 			return netip.AddrPort{}, fmt.Errorf("%q", b)
 		}
-		order.PutUint32(ip[4*w:], uint32(v))
+		if little {
+			binary.LittleEndian.PutUint32(ip[4*w:], uint32(v))
+		} else {
+			binary.BigEndian.PutUint32(ip[4*w:], uint32(v))
+		}
 	}
 	if v6 {
 		return netip.AddrPortFrom(netip.AddrFrom16(ip), uint16(port)), nil
@@ -209,23 +210,22 @@ func parseProcTCPAddr(b []byte, v6 bool, order binary.ByteOrder) (netip.AddrPort
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[:4])), uint16(port)), nil
 }
 
-// fieldsN returns the first n space-separated fields of line, or nil if it
-// has fewer. Only spaces separate fields: the kernel prints no tabs.
-func fieldsN(line []byte, n int) [][]byte {
-	out := make([][]byte, 0, n)
-	for len(out) < n {
+// fieldsN fills f with the first len(f) space-separated fields of line
+// and reports whether it had that many. Only spaces separate fields: the
+// kernel prints no tabs.
+func fieldsN(line []byte, f [][]byte) bool {
+	for i := range f {
 		line = bytes.TrimLeft(line, " ")
 		if len(line) == 0 {
-			return nil
+			return false
 		}
-		i := bytes.IndexByte(line, ' ')
-		if i < 0 {
-			i = len(line)
+		j := bytes.IndexByte(line, ' ')
+		if j < 0 {
+			j = len(line)
 		}
-		out = append(out, line[:i])
-		line = line[i:]
+		f[i], line = line[:j], line[j:]
 	}
-	return out
+	return true
 }
 
 // hexN parses b as an upper-case hex number of min to max digits (the
@@ -259,14 +259,24 @@ func hexPair(b []byte, min1, max1, min2, max2 int) bool {
 	return ok1 && ok2
 }
 
-func isDec(b []byte) bool {
+// parseDec parses b as an unsigned decimal number that fits in bits.
+func parseDec(b []byte, bits int) (uint64, bool) {
 	if len(b) == 0 || len(b) > 20 {
-		return false
+		return 0, false
 	}
+	var v uint64
 	for _, c := range b {
 		if c < '0' || c > '9' {
-			return false
+			return 0, false
 		}
+		d := uint64(c - '0')
+		if v > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
 	}
-	return true
+	if bits < 64 && v >= 1<<bits {
+		return 0, false
+	}
+	return v, true
 }
