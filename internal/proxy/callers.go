@@ -146,17 +146,28 @@ func newCallerCheck(c LocalCallers, outbound []Outbound, reg prometheus.Register
 }
 
 // prepare picks how loopback TCP callers are looked up, once, before the
-// listeners serve. Unix socket listeners need nothing.
-func (cc *callerCheck) prepare(tcpListeners bool) error {
-	if cc.any || !tcpListeners || cc.tcp != nil {
+// listeners serve, and says in the log who the outbound listeners admit.
+// Unix socket listeners need no lookup.
+func (cc *callerCheck) prepare(outbound, tcpListeners bool) error {
+	if !outbound {
 		return nil
 	}
-	l, err := tcpOwnerBackend()
-	if err != nil {
-		return fmt.Errorf("proxy: outbound: cannot identify the local process behind a loopback connection (%w); without that any local user could act as this workload. Listen on a unix socket, or set outbound_allow_any_local_user: true to accept that", err)
+	if cc.any {
+		cc.log.Warn("outbound listeners admit any local user: every local user can act as this workload through them (outbound_allow_any_local_user)")
+		return nil
 	}
-	cc.tcp = l
-	cc.log.Debug("outbound callers identified through "+l.name, "uids", cc.uids)
+	if tcpListeners && cc.tcp == nil {
+		l, err := tcpOwnerBackend()
+		if err != nil {
+			return fmt.Errorf("proxy: outbound: cannot identify the local process behind a loopback connection (%w); without that any local user could act as this workload. Listen on a unix socket, or set outbound_allow_any_local_user: true to accept that", err)
+		}
+		cc.tcp = l
+	}
+	attrs := []any{"uids", cc.uids, "gids", cc.gids}
+	if cc.tcp != nil {
+		attrs = append(attrs, "tcp_lookup", cc.tcp.name)
+	}
+	cc.log.Info("outbound callers checked", attrs...)
 	return nil
 }
 

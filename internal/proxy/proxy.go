@@ -416,7 +416,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	for _, ob := range s.outbound {
 		tcpOutbound = tcpOutbound || !isUnixListen(ob.cfg)
 	}
-	if err := s.callers.prepare(tcpOutbound); err != nil {
+	if err := s.callers.prepare(len(s.outbound) > 0, tcpOutbound); err != nil {
 		s.Close()
 		return err
 	}
