@@ -197,24 +197,9 @@ func callsAs(t *testing.T, bin string, uid uint32, specs ...string) []string {
 func TestOutboundRefusesOtherLocalUser(t *testing.T) {
 	needRoot(t)
 	bin := userBinary(t)
-	app := echoApp(t)
-	ca := testpki.NewCA(t, "example.org")
-	inL := listen(t)
-	startSidecar(t, Config{
-		Identity:   newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
-		Namespace:  "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: app}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
-	})
+	ca, upstream := upstreamOrders(t)
 	outL := listen(t)
-	reg := prometheus.NewRegistry()
-	logs := &syncBuf{}
-	startSidecar(t, Config{
-		Identity:   newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-		Outbound:   []Outbound{{Name: "orders", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID)}},
-		Registerer: reg,
-		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
-	})
+	_, reg, logs := frontendSidecar(t, ca, upstream, Outbound{Listener: outL}, LocalCallers{}, nil)
 	addr := outL.Addr().String()
 
 	if got := callsAs(t, bin, 0, "tcp "+addr)[0]; got != "status=200" {
@@ -239,7 +224,7 @@ func TestOutboundRefusesOtherLocalUser(t *testing.T) {
 
 // upstreamOrders starts orders' sidecar in front of an echo app, allowing
 // frontend, and returns its CA and inbound address.
-func upstreamOrders(t *testing.T) (*testpki.CA, string) {
+func upstreamOrders(t testing.TB) (*testpki.CA, string) {
 	t.Helper()
 	ca := testpki.NewCA(t, "example.org")
 	inL := listen(t)
@@ -786,14 +771,7 @@ func connectB(b *testing.B) (client, accepted net.Conn) {
 // request over the pooled mTLS to the upstream, close. any_local_user is
 // the same path without the check.
 func BenchmarkOutboundNewConnection(b *testing.B) {
-	ca := testpki.NewCA(b, "example.org")
-	inL := listen(b)
-	startSidecar(b, Config{
-		Identity:   newStaticIdentity(ca, ca.SVID(b, ordersID, 0)),
-		Namespace:  "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: echoApp(b)}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
-	})
+	ca, upstream := upstreamOrders(b)
 	for _, tc := range []struct {
 		name    string
 		callers LocalCallers
@@ -807,7 +785,7 @@ func BenchmarkOutboundNewConnection(b *testing.B) {
 			outL := listen(b)
 			s, err := New(Config{
 				Identity:        newStaticIdentity(ca, ca.SVID(b, frontendID, 0)),
-				Outbound:        []Outbound{{Name: "orders", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+				Outbound:        []Outbound{{Name: "orders", Listener: outL, Upstream: upstream, ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
 				OutboundCallers: tc.callers,
 				Logger:          discardLogger(),
 			})
