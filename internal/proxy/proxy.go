@@ -8,10 +8,12 @@
 // DISABLE takes plaintext only), authenticates request JWTs
 // (RequestAuthentication), authorizes the request (AuthorizationPolicy) and
 // forwards it to the local app with the verified caller in
-// x-forwarded-client-cert. Outbound, it listens on loopback for the app's
-// plaintext calls and forwards each over mutual TLS to an upstream sidecar
-// whose SPIFFE ID it verifies, over pooled HTTP/2 connections with TLS
-// session resumption.
+// x-forwarded-client-cert. Outbound, it listens on loopback (or a unix
+// socket) for the app's plaintext calls, admits only the local users
+// configured (by default the uid it runs as; see LocalCallers), and
+// forwards each call over mutual TLS to an upstream sidecar whose SPIFFE
+// ID it verifies, over pooled HTTP/2 connections with TLS session
+// resumption.
 //
 // HTTP/1.1, HTTP/2 (h2c from the app), gRPC (trailers included), WebSocket
 // upgrades and raw TCP (L4 policy only) are carried. New SVIDs, bundles and
