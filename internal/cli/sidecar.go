@@ -118,7 +118,10 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
-	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}}, Logger: r.log})
+	// A sidecar that only loads files and never serves: any local user
+	// may "use" its listener, which is never bound.
+	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}},
+		OutboundCallers: proxy.LocalCallers{AnyLocalUser: true}, Logger: r.log})
 	if err != nil {
 		return err
 	}
@@ -161,6 +164,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
 		KeepStartupPages: cfg.KeepStartupPages,
+		OutboundCallers: proxy.LocalCallers{
+			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
+		},
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)
@@ -174,7 +180,12 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2, Upgrades: out.Upgrades})
+		mode, err := config.ParseSocketMode(string(out.SocketMode))
+		if err != nil {
+			return usageError{err}
+		}
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2,
+			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
 	var (

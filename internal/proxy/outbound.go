@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,8 @@ type outbound struct {
 	cfg  Outbound
 	name string
 	ln   net.Listener
+	// socketPath is the path of a "unix:" Listen address.
+	socketPath string
 
 	tlsConf *tls.Config // TCP: dialed per connection
 	tr      *http.Transport
@@ -54,12 +57,26 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 		return nil, err
 	}
 	ob := &outbound{s: s, cfg: c, name: c.Name}
-	if ob.name == "" {
-		addr := c.Listen
-		if c.Listener != nil {
-			addr = c.Listener.Addr().String()
+	if c.Listener == nil && strings.HasPrefix(c.Listen, unixListenPrefix) {
+		p, err := unixSocketPath(c.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: config: outbound listen: %w", err)
 		}
-		ob.name = fmt.Sprintf("outbound-%d", portOf(addr))
+		ob.socketPath = p
+	}
+	if ob.name == "" {
+		switch {
+		case ob.socketPath != "":
+			ob.name = "outbound-" + filepath.Base(ob.socketPath)
+		case c.Listener != nil && c.Listener.Addr().Network() == "unix":
+			ob.name = "outbound-" + filepath.Base(c.Listener.Addr().String())
+		default:
+			addr := c.Listen
+			if c.Listener != nil {
+				addr = c.Listener.Addr().String()
+			}
+			ob.name = fmt.Sprintf("outbound-%d", portOf(addr))
+		}
 	}
 	if c.Protocol == TCP {
 		ob.tlsConf = s.tls.clientConfig(c.ID, c.ServerName, nil)
@@ -138,9 +155,13 @@ func (ob *outbound) errBody(err error) string {
 	return msg
 }
 
+// serve accepts until the listener closes. Every connection meets the
+// local caller check before a byte of it is read: for HTTP in the
+// listener's Accept, for TCP in the connection's goroutine, after the
+// accept loop has counted a successful accept.
 func (ob *outbound) serve() error {
 	if ob.httpSrv != nil {
-		err := ob.httpSrv.Serve(ob.ln)
+		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
@@ -164,6 +185,10 @@ func (ob *outbound) serve() error {
 		}
 		go func() {
 			defer ob.streams.done()
+			if !ob.s.callers.admit(c, ob.name) {
+				c.Close()
+				return
+			}
 			ob.serveTCP(c)
 		}()
 	}

@@ -8,10 +8,12 @@
 // DISABLE takes plaintext only), authenticates request JWTs
 // (RequestAuthentication), authorizes the request (AuthorizationPolicy) and
 // forwards it to the local app with the verified caller in
-// x-forwarded-client-cert. Outbound, it listens on loopback for the app's
-// plaintext calls and forwards each over mutual TLS to an upstream sidecar
-// whose SPIFFE ID it verifies, over pooled HTTP/2 connections with TLS
-// session resumption.
+// x-forwarded-client-cert. Outbound, it listens on loopback (or a unix
+// socket) for the app's plaintext calls, admits only the local users
+// configured (by default the uid it runs as; see LocalCallers), and
+// forwards each call over mutual TLS to an upstream sidecar whose SPIFFE
+// ID it verifies, over pooled HTTP/2 connections with TLS session
+// resumption.
 //
 // HTTP/1.1, HTTP/2 (h2c from the app), gRPC (trailers included), WebSocket
 // upgrades and raw TCP (L4 policy only) are carried. New SVIDs, bundles and
@@ -28,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -143,12 +146,25 @@ func upgradesOf(protos []string) []string {
 
 // Outbound is one loopback listener the app calls in plaintext.
 type Outbound struct {
-	// Name labels metrics and logs; default "outbound-<listen port>".
+	// Name labels metrics and logs; default "outbound-<listen port>", or
+	// "outbound-<file name>" for a unix socket.
 	Name string
 	// Listen must be a loopback address: plaintext never leaves the host.
-	// Ignored when Listener is set.
+	// "unix:/abs/path" listens on a unix socket instead (Linux only),
+	// whose file mode keeps other users from connecting at all. Either
+	// way, Config.OutboundCallers decides who may connect. Ignored when
+	// Listener is set; a given Listener is checked the same way.
 	Listen   string
 	Listener net.Listener
+	// SocketMode is the permission bits of a unix socket listener's file;
+	// default 0600 when only the sidecar's own uid may connect
+	// (OutboundCallers' zero value), 0660 with a SocketGID, 0666
+	// otherwise (the peer credential check still refuses uids and gids
+	// not admitted).
+	SocketMode fs.FileMode
+	// SocketGID, when set, is the group of a unix socket listener's file
+	// (the sidecar must be a member, or root).
+	SocketGID *uint32
 	// Upstream is the upstream sidecar's inbound address, "host:port".
 	Upstream string
 	// ID is the SPIFFE ID the upstream must present. Anything else is
@@ -182,6 +198,10 @@ type Config struct {
 
 	Inbound  []Inbound
 	Outbound []Outbound
+	// OutboundCallers are the local users whose processes may use the
+	// outbound listeners; the zero value admits only the uid the sidecar
+	// runs as. See LocalCallers.
+	OutboundCallers LocalCallers
 
 	// Authorizer is the initial policy. Nil means deny everything (and
 	// STRICT mTLS) until SetAuthorizer is called: deny by default.
@@ -261,6 +281,7 @@ type Sidecar struct {
 	live    *tracker
 	dec     *decisionLogger
 	metrics *metrics
+	callers *callerCheck
 
 	inbound  []*inbound
 	outbound []*outbound
@@ -370,6 +391,9 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
+		return nil, err
+	}
 	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
 
 	names := map[string]bool{}
@@ -422,6 +446,14 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}
 		return net.Listen("tcp", addr)
 	}
+	tcpOutbound := false
+	for _, ob := range s.outbound {
+		tcpOutbound = tcpOutbound || !isUnixListen(ob.cfg)
+	}
+	if err := s.callers.prepare(len(s.outbound) > 0, tcpOutbound); err != nil {
+		s.Close()
+		return err
+	}
 	var lns []net.Listener
 	fail := func(err error) error {
 		for _, l := range lns {
@@ -438,7 +470,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		lns = append(lns, l)
 	}
 	for _, ob := range s.outbound {
-		l, err := bind(ob.cfg.Listener, ob.cfg.Listen)
+		var l net.Listener
+		var err error
+		if ob.socketPath != "" && ob.cfg.Listener == nil {
+			l, err = listenUnixOutbound(ob.socketPath, s.callers.socketMode(ob.cfg), ob.cfg.SocketGID)
+		} else {
+			l, err = bind(ob.cfg.Listener, ob.cfg.Listen)
+		}
 		if err != nil {
 			return fail(fmt.Errorf("proxy: outbound %s: listen: %w", ob.name, err))
 		}

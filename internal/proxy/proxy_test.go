@@ -110,6 +110,13 @@ func startSidecar(t testing.TB, cfg Config) *Sidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveSidecar(t, s)
+	return s
+}
+
+// serveSidecar runs s.Serve until the test ends.
+func serveSidecar(t testing.TB, s *Sidecar) {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(context.Background()) }()
 	t.Cleanup(func() {
@@ -118,7 +125,6 @@ func startSidecar(t testing.TB, cfg Config) *Sidecar {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return s
 }
 
 // echoApp answers with what it saw: method, path and the XFCC header.
