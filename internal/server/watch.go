@@ -327,6 +327,7 @@ func (s *Server) maintain(ctx context.Context) {
 			s.changed(ctx)
 		}
 		s.tickOAuth(ctx)
+		s.tickSecrets(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)

@@ -19,7 +19,9 @@ package barrier
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -310,4 +312,16 @@ func (b *Barrier) Open(place string, blob []byte) ([]byte, error) {
 		return nil, err
 	}
 	return k.Open(place, blob)
+}
+
+// Derive returns a 32-byte key for label, stable across keyring rotations
+// (it is derived from the first term's data key): the audit HMAC key.
+func (k *Keyring) Derive(label string) ([]byte, error) {
+	first := k.raw[0]
+	for _, t := range k.raw {
+		if t.Term < first.Term {
+			first = t
+		}
+	}
+	return hkdf.Key(sha256.New, first.Key, nil, "moatless barrier derive v1\x00"+label, KeySize)
 }
