@@ -241,7 +241,7 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 		// Never the password; the URL as configured (with placeholders).
 		return data(map[string]any{"plugin_name": c.Plugin, "allowed_roles": c.AllowedRoles, "root_credentials_rotate_statements": c.RootRotation,
 			"connection_details": map[string]any{"connection_url": c.ConnectionURL, "username": c.Username, "max_open_connections": c.MaxOpenConnections},
-			"password_policy": "", "verify_connection": true}), nil
+			"password_policy":    "", "verify_connection": true}), nil
 	case "delete":
 		if err := rq.need(acl.Delete); err != nil {
 			return nil, err

@@ -14,7 +14,9 @@ import (
 // keyCipher adapts a transit key to fieldcrypt.Cipher, in process.
 type keyCipher struct{ k *transit.Key }
 
-func (c keyCipher) Encrypt(_ context.Context, pt, ctx []byte) (string, error) { return c.k.Encrypt(pt, ctx, 0) }
+func (c keyCipher) Encrypt(_ context.Context, pt, ctx []byte) (string, error) {
+	return c.k.Encrypt(pt, ctx, 0)
+}
 func (c keyCipher) Decrypt(_ context.Context, ct string, ctx []byte) ([]byte, error) {
 	pt, _, err := c.k.Decrypt(ct, ctx)
 	return pt, err

@@ -72,7 +72,9 @@ func errf(status int, format string, args ...any) error {
 	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
-func badRequest(format string, args ...any) error { return errf(http.StatusBadRequest, format, args...) }
+func badRequest(format string, args ...any) error {
+	return errf(http.StatusBadRequest, format, args...)
+}
 
 var errPermission = &apiError{status: http.StatusForbidden, msg: "permission denied"}
 
