@@ -507,6 +507,19 @@ func (s *Service) createToken(rq *req) (*envelope, error) {
 	}
 	rq.body.raw("no_parent")
 	rq.body.raw("no_default_policy")
+	// Fields the official client always sends: only their empty or
+	// service-token values are accepted.
+	for _, k := range []string{"type", "entity_alias", "id", "period", "role_name"} {
+		v, err := rq.body.str(k)
+		if err != nil && k == "period" {
+			if d, derr := rq.body.duration(k); derr == nil && d == 0 {
+				continue
+			}
+		}
+		if err != nil || (v != "" && !(k == "type" && v == "service")) {
+			return nil, badRequest("%s: not supported (only service tokens with generated IDs are issued)", k)
+		}
+	}
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}

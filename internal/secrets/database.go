@@ -70,7 +70,6 @@ var (
 		`REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM "{{name}}"`,
 		`REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM "{{name}}"`,
 		`REVOKE USAGE ON SCHEMA public FROM "{{name}}"`,
-		`DROP OWNED BY "{{name}}"`,
 		`DROP ROLE IF EXISTS "{{name}}"`,
 	}
 	defaultRootRotation = []string{`ALTER ROLE "{{username}}" WITH PASSWORD '{{password}}'`}
