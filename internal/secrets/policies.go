@@ -98,9 +98,11 @@ func (s *Service) effectivePolicies(ctx context.Context, t *tokenCtx) []string {
 
 // PolicyFile is one input document of a policy apply.
 type PolicyFile struct {
-	// Name names the policy for HCL or Vault JSON input (which carry no
+	// Name names the file in error messages.
+	Name string `json:"name,omitempty"`
+	// Policy names the policy of HCL or Vault JSON input (which carry no
 	// name); documents in this service's YAML/JSON shape name themselves.
-	Name    string `json:"name,omitempty"`
+	Policy  string `json:"policy,omitempty"`
 	Content string `json:"content"`
 }
 
@@ -326,7 +328,7 @@ func (s *Service) policyApply(rq *req) (*envelope, error) {
 	seen := map[string]int{}
 	for i, f := range files {
 		for j, part := range splitYAMLDocuments(f.Content) {
-			p, err := acl.ParseDocument(f.Name, []byte(part))
+			p, err := acl.ParseDocument(f.Policy, []byte(part))
 			if err != nil {
 				return nil, badRequest("files[%d] %s, document %d: %v", i, f.Name, j+1, err)
 			}
