@@ -226,7 +226,7 @@ func TestRenderDatabaseLease(t *testing.T) {
 	ts := startServer(t, clk.now)
 	ts.call(t, "POST", "database/config/app", map[string]any{"plugin_name": "postgresql-database-plugin",
 		"connection_url": fmt.Sprintf("postgres://{{username}}:{{password}}@127.0.0.1:%d/%s?sslmode=disable", pg.Port, db),
-		"username": pg.Superuser, "password": pg.Password, "allowed_roles": "*"})
+		"username":       pg.Superuser, "password": pg.Password, "allowed_roles": "*"})
 	ts.call(t, "POST", "database/roles/app", map[string]any{"db_name": "app", "default_ttl": "30m", "max_ttl": "50m",
 		"creation_statements": `CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`})
 	out := t.TempDir()
