@@ -31,6 +31,7 @@ import (
 	"math/big"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -77,6 +78,10 @@ type Key struct {
 	MinAvailableVersion  int              `json:"min_available_version"`
 	Versions             map[int]*Version `json:"versions"`
 	CreatedAt            time.Time        `json:"created_at"`
+
+	// aeads caches the AEAD of each version of a key that is not derived
+	// (the AES key schedule is most of the cost of a small encryption).
+	aeads sync.Map // int -> cipher.AEAD
 }
 
 // ValidType reports whether t is a supported key type.
@@ -196,6 +201,31 @@ func (key *Key) material(kv *Version, context []byte) ([]byte, error) {
 	return hkdf.Key(sha256.New, kv.Key, nil, "moatless transit v1\x00"+string(context), len(kv.Key))
 }
 
+// aeadFor is the AEAD of version v for context, cached when the key is
+// not derived.
+func (key *Key) aeadFor(v int, kv *Version, context []byte) (cipher.AEAD, error) {
+	if !key.Derived {
+		if a, ok := key.aeads.Load(v); ok {
+			if len(context) > 0 {
+				return nil, errors.New("transit: context given for a key that is not derived")
+			}
+			return a.(cipher.AEAD), nil
+		}
+	}
+	m, err := key.material(kv, context)
+	if err != nil {
+		return nil, err
+	}
+	a, err := key.aead(m)
+	if err != nil {
+		return nil, err
+	}
+	if !key.Derived {
+		key.aeads.Store(v, a)
+	}
+	return a, nil
+}
+
 func (key *Key) aead(m []byte) (cipher.AEAD, error) {
 	if key.Type == ChaCha20Poly1305 {
 		return chacha20poly1305.New(m)
@@ -222,11 +252,7 @@ func (key *Key) Encrypt(plaintext, context []byte, version int) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	m, err := key.material(kv, context)
-	if err != nil {
-		return "", err
-	}
-	a, err := key.aead(m)
+	a, err := key.aeadFor(v, kv, context)
 	if err != nil {
 		return "", err
 	}
@@ -284,11 +310,7 @@ func (key *Key) Decrypt(ciphertext string, context []byte) ([]byte, int, error) 
 	if err != nil {
 		return nil, 0, err
 	}
-	m, err := key.material(kv, context)
-	if err != nil {
-		return nil, 0, err
-	}
-	a, err := key.aead(m)
+	a, err := key.aeadFor(v, kv, context)
 	if err != nil {
 		return nil, 0, err
 	}
