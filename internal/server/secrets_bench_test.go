@@ -56,7 +56,6 @@ func tokenOr(t, def string) string {
 	return def
 }
 
-
 // benchEnv is a server with a KV secret, a transit key and a derived key.
 func benchEnv(b *testing.B) *env {
 	e := startB(b)
