@@ -303,9 +303,8 @@ func runKVGet(ctx context.Context, e *Env, args []string) int {
 			fmt.Fprintln(e.Stdout, valueString(v))
 			return
 		}
+		fmt.Fprintf(e.Stdout, "== %s: version %s, created %s ==\n", c.args[0], valueString(m.Metadata["version"]), valueString(m.Metadata["created_time"]))
 		tw := newTable(e.Stdout)
-		fmt.Fprintf(tw, "version\t%s\ncreated_time\t%s\n", valueString(m.Metadata["version"]), valueString(m.Metadata["created_time"]))
-		fmt.Fprintln(tw, "\t")
 		fmt.Fprintln(tw, "KEY\tVALUE")
 		keys := make([]string, 0, len(m.Data))
 		for k := range m.Data {
@@ -488,7 +487,11 @@ func runSecretsTransit(ctx context.Context, e *Env, args []string) int {
 				typ = c.fs.String("type", "aes256-gcm96", "key `type`")
 				derived = c.fs.Bool("derived", false, "derive a key per context")
 				conv = c.fs.Bool("convergent", false, "convergent encryption (equal inputs, equal ciphertexts; needs --derived)")
-			}, nil),
+			}, func(e *Env, c *secretsCmd, r *vaultResponse) {
+				var m map[string]any
+				json.Unmarshal(r.Data, &m)
+				fmt.Fprintf(e.Stdout, "key %s (%s) at version %s\n", c.args[0], valueString(m["type"]), valueString(m["latest_version"]))
+			}),
 		{"list", "list keys", func(ctx context.Context, e *Env, args []string) int {
 			c := e.newSecretsCmd("transit list", "[-o json]", 0, 0)
 			return c.run(ctx, args, func() (string, string, any, error) { return "LIST", "transit/keys", nil, nil }, func(r *vaultResponse) { printKeys(e, r) })
