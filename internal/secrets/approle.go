@@ -100,10 +100,7 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.need(acl.Update); err != nil {
 			return nil, err
 		}
-		id, err := rq.body.str("role_id")
-		if err != nil {
-			return nil, err
-		}
+		id := rq.body.str("role_id")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -133,10 +130,7 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.need(acl.Update); err != nil {
 			return nil, err
 		}
-		acc, err := rq.body.str("secret_id_accessor")
-		if err != nil {
-			return nil, err
-		}
+		acc := rq.body.str("secret_id_accessor")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -208,33 +202,18 @@ func (s *Service) approleRole(rq *req, name string) (*envelope, error) {
 		return nil, err
 	}
 	p := rq.body
-	var e error
-	set := func(k string, f func() error) {
-		if e == nil && p.has(k) {
-			e = f()
-		} else {
-			p.used[k] = true
-		}
-	}
-	set("bind_secret_id", func() (err error) { role.BindSecretID, err = p.boolean("bind_secret_id"); return })
-	set("secret_id_bound_cidrs", func() (err error) { role.SecretIDBoundCIDRs, err = p.strList("secret_id_bound_cidrs"); return })
-	set("secret_id_num_uses", func() (err error) { role.SecretIDNumUses, err = p.integer("secret_id_num_uses"); return })
-	set("secret_id_ttl", func() (err error) { role.SecretIDTTL, err = p.duration("secret_id_ttl"); return })
-	set("token_policies", func() (err error) { role.TokenPolicies, err = p.strList("token_policies"); return })
-	set("policies", func() (err error) { role.TokenPolicies, err = p.strList("policies"); return })
-	set("token_ttl", func() (err error) { role.TokenTTL, err = p.duration("token_ttl"); return })
-	set("token_max_ttl", func() (err error) { role.TokenMaxTTL, err = p.duration("token_max_ttl"); return })
-	set("token_num_uses", func() (err error) { role.TokenNumUses, err = p.integer("token_num_uses"); return })
-	set("token_bound_cidrs", func() (err error) { role.TokenBoundCIDRs, err = p.strList("token_bound_cidrs"); return })
-	set("token_type", func() error {
-		t, err := p.str("token_type")
-		if err == nil && t != "service" && t != "default" {
-			err = badRequest("token_type: only service tokens are issued")
-		}
-		return err
-	})
-	if e != nil {
-		return nil, e
+	p.optBool(&role.BindSecretID, "bind_secret_id")
+	p.optList(&role.SecretIDBoundCIDRs, "secret_id_bound_cidrs")
+	p.optInt(&role.SecretIDNumUses, "secret_id_num_uses")
+	p.optDuration(&role.SecretIDTTL, "secret_id_ttl")
+	p.optList(&role.TokenPolicies, "token_policies")
+	p.optList(&role.TokenPolicies, "policies") // Vault's older name
+	p.optDuration(&role.TokenTTL, "token_ttl")
+	p.optDuration(&role.TokenMaxTTL, "token_max_ttl")
+	p.optInt(&role.TokenNumUses, "token_num_uses")
+	p.optList(&role.TokenBoundCIDRs, "token_bound_cidrs")
+	if t := p.str("token_type"); t != "" && t != "service" && t != "default" {
+		return nil, badRequest("token_type: only service tokens are issued")
 	}
 	if err := p.done(); err != nil {
 		return nil, err
@@ -267,28 +246,15 @@ func (s *Service) newSecretID(rq *req, name string) (*envelope, error) {
 		return nil, err
 	}
 	p := rq.body
-	meta, err := p.strMap("metadata")
-	if err != nil {
-		return nil, err
-	}
-	cidrs, err := p.strList("cidr_list")
-	if err != nil {
-		return nil, err
-	}
-	tcidrs, err := p.strList("token_bound_cidrs")
-	if err != nil {
-		return nil, err
-	}
+	meta := p.strMap("metadata")
+	cidrs := p.strList("cidr_list")
+	tcidrs := p.strList("token_bound_cidrs")
 	spec := secretIDSpec{Metadata: meta, CIDRs: cidrs, TokenBoundCIDRs: tcidrs, NumUses: role.SecretIDNumUses, TTL: role.SecretIDTTL}
 	if p.has("num_uses") {
-		if spec.NumUses, err = p.integer("num_uses"); err != nil {
-			return nil, err
-		}
+		spec.NumUses = p.integer("num_uses")
 	}
 	if p.has("ttl") {
-		if spec.TTL, err = p.duration("ttl"); err != nil {
-			return nil, err
-		}
+		spec.TTL = p.duration("ttl")
 	}
 	if err := p.done(); err != nil {
 		return nil, err
@@ -331,14 +297,8 @@ func (s *Service) newSecretID(rq *req, name string) (*envelope, error) {
 // gets one message.
 func (s *Service) approleLogin(rq *req) (*envelope, error) {
 	rq.op = "update"
-	roleID, err := rq.body.str("role_id")
-	if err != nil {
-		return nil, err
-	}
-	secretID, err := rq.body.str("secret_id")
-	if err != nil {
-		return nil, err
-	}
+	roleID := rq.body.str("role_id")
+	secretID := rq.body.str("secret_id")
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}
@@ -453,42 +413,22 @@ func (s *Service) jwtRoleAPI(rq *req, rest string) (*envelope, error) {
 	}
 	p := rq.body
 	var jr JWTRole
-	var err error
-	if rt, _ := p.str("role_type"); rt != "" && rt != "jwt" {
+	if rt := p.str("role_type"); rt != "" && rt != "jwt" {
 		return nil, badRequest("role_type: only jwt")
 	}
 	p.used["user_claim"] = true
-	if jr.BoundAudiences, err = p.strList("bound_audiences"); err != nil {
-		return nil, err
-	}
-	if jr.BoundSubjects, err = p.strList("bound_subjects"); err != nil {
-		return nil, err
-	}
+	jr.BoundAudiences = p.strList("bound_audiences")
+	jr.BoundSubjects = p.strList("bound_subjects")
 	if p.has("bound_subject") {
-		sub, err := p.str("bound_subject")
-		if err != nil {
-			return nil, err
-		}
+		sub := p.str("bound_subject")
 		jr.BoundSubjects = append(jr.BoundSubjects, sub)
 	}
-	if jr.BoundSubjectPatterns, err = p.strList("bound_subject_patterns"); err != nil {
-		return nil, err
-	}
-	if jr.TokenPolicies, err = p.strList("token_policies"); err != nil {
-		return nil, err
-	}
-	if jr.TokenTTL, err = p.duration("token_ttl"); err != nil {
-		return nil, err
-	}
-	if jr.TokenMaxTTL, err = p.duration("token_max_ttl"); err != nil {
-		return nil, err
-	}
-	if jr.TokenNumUses, err = p.integer("token_num_uses"); err != nil {
-		return nil, err
-	}
-	if jr.TokenBoundCIDRs, err = p.strList("token_bound_cidrs"); err != nil {
-		return nil, err
-	}
+	jr.BoundSubjectPatterns = p.strList("bound_subject_patterns")
+	jr.TokenPolicies = p.strList("token_policies")
+	jr.TokenTTL = p.duration("token_ttl")
+	jr.TokenMaxTTL = p.duration("token_max_ttl")
+	jr.TokenNumUses = p.integer("token_num_uses")
+	jr.TokenBoundCIDRs = p.strList("token_bound_cidrs")
 	if err := p.done(); err != nil {
 		return nil, err
 	}

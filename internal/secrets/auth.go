@@ -230,9 +230,7 @@ func (s *Service) login(rq *req, in issued, extra map[string]string) (*envelope,
 // outlives the certificate.
 func (s *Service) certLogin(rq *req) (*envelope, error) {
 	rq.op = "update"
-	if _, err := rq.body.str("name"); err != nil {
-		return nil, err
-	}
+	rq.body.str("name") // Vault's cert role name: the SVID decides here
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}
@@ -264,14 +262,8 @@ type JWTRole struct {
 // domain, signed by the CA's JWT keys, for one of the role's audiences.
 func (s *Service) jwtLogin(rq *req) (*envelope, error) {
 	rq.op = "update"
-	role, err := rq.body.str("role")
-	if err != nil {
-		return nil, err
-	}
-	tok, err := rq.body.str("jwt")
-	if err != nil {
-		return nil, err
-	}
+	role := rq.body.str("role")
+	tok := rq.body.str("jwt")
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}
@@ -353,10 +345,7 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 		}
 		return s.lookupToken(rq, rq.tok, true)
 	case "renew-self":
-		inc, err := rq.body.duration("increment")
-		if err != nil {
-			return nil, err
-		}
+		inc := rq.body.duration("increment")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -379,14 +368,8 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.needOp(); err != nil {
 			return nil, err
 		}
-		acc, err := rq.body.str("accessor")
-		if err != nil {
-			return nil, err
-		}
-		inc, err := rq.body.duration("increment")
-		if err != nil {
-			return nil, err
-		}
+		acc := rq.body.str("accessor")
+		inc := rq.body.duration("increment")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -475,48 +458,25 @@ func (s *Service) createToken(rq *req) (*envelope, error) {
 	if !rq.tok.acl.Allowed(rq.path, acl.Sudo) {
 		return nil, errPermission
 	}
-	pols, err := rq.body.strList("policies")
-	if err != nil {
-		return nil, err
-	}
-	ttl, err := rq.body.duration("ttl")
-	if err != nil {
-		return nil, err
-	}
-	maxTTL, err := rq.body.duration("explicit_max_ttl")
-	if err != nil {
-		return nil, err
-	}
-	uses, err := rq.body.integer("num_uses")
-	if err != nil {
-		return nil, err
-	}
-	display, err := rq.body.str("display_name")
-	if err != nil {
-		return nil, err
-	}
-	meta, err := rq.body.strMap("meta")
-	if err != nil {
-		return nil, err
-	}
+	pols := rq.body.strList("policies")
+	ttl := rq.body.duration("ttl")
+	maxTTL := rq.body.duration("explicit_max_ttl")
+	uses := rq.body.integer("num_uses")
+	display := rq.body.str("display_name")
+	meta := rq.body.strMap("meta")
 	renew := true
 	if rq.body.has("renewable") {
-		if renew, err = rq.body.boolean("renewable"); err != nil {
-			return nil, err
-		}
+		renew = rq.body.boolean("renewable")
 	}
 	rq.body.raw("no_parent")
 	rq.body.raw("no_default_policy")
 	// Fields the official client always sends: only their empty or
 	// service-token values are accepted.
 	for _, k := range []string{"type", "entity_alias", "id", "period", "role_name"} {
-		v, err := rq.body.str(k)
-		if err != nil && k == "period" {
-			if d, derr := rq.body.duration(k); derr == nil && d == 0 {
-				continue
-			}
-		}
-		if err != nil || (v != "" && !(k == "type" && v == "service")) {
+		raw := rq.body.raw(k)
+		var v any
+		json.Unmarshal(raw, &v)
+		if raw != nil && v != "" && v != 0.0 && v != "0" && !(k == "type" && v == "service") {
 			return nil, badRequest("%s: not supported (only service tokens with generated IDs are issued)", k)
 		}
 	}

@@ -254,32 +254,16 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 	p := rq.body
 	c := &dbConnection{}
 	var err error
-	if c.Plugin, err = p.str("plugin_name"); err != nil {
-		return nil, err
-	}
-	if c.ConnectionURL, err = p.str("connection_url"); err != nil {
-		return nil, err
-	}
-	if c.Username, err = p.str("username"); err != nil {
-		return nil, err
-	}
-	if c.Password, err = p.str("password"); err != nil {
-		return nil, err
-	}
-	if c.AllowedRoles, err = p.strList("allowed_roles"); err != nil {
-		return nil, err
-	}
-	if c.RootRotation, err = p.strList("root_rotation_statements"); err != nil {
-		return nil, err
-	}
-	if c.MaxOpenConnections, err = p.integer("max_open_connections"); err != nil {
-		return nil, err
-	}
+	c.Plugin = p.str("plugin_name")
+	c.ConnectionURL = p.str("connection_url")
+	c.Username = p.str("username")
+	c.Password = p.str("password")
+	c.AllowedRoles = p.strList("allowed_roles")
+	c.RootRotation = p.strList("root_rotation_statements")
+	c.MaxOpenConnections = p.integer("max_open_connections")
 	verify := true
 	if p.has("verify_connection") {
-		if verify, err = p.boolean("verify_connection"); err != nil {
-			return nil, err
-		}
+		verify = p.boolean("verify_connection")
 	}
 	for _, k := range []string{"max_idle_connections", "max_connection_lifetime", "password_policy", "username_template", "plugin_version"} {
 		if p.has(k) {
@@ -351,9 +335,7 @@ func (s *Service) dbRoleAPI(rq *req, name string) (*envelope, error) {
 	p := rq.body
 	var r dbRole
 	var err error
-	if r.DBName, err = p.str("db_name"); err != nil {
-		return nil, err
-	}
+	r.DBName = p.str("db_name")
 	if r.Creation, err = statements(p, "creation_statements"); err != nil {
 		return nil, err
 	}
@@ -366,12 +348,8 @@ func (s *Service) dbRoleAPI(rq *req, name string) (*envelope, error) {
 	if r.Rollback, err = statements(p, "rollback_statements"); err != nil {
 		return nil, err
 	}
-	if r.DefaultTTL, err = p.duration("default_ttl"); err != nil {
-		return nil, err
-	}
-	if r.MaxTTL, err = p.duration("max_ttl"); err != nil {
-		return nil, err
-	}
+	r.DefaultTTL = p.duration("default_ttl")
+	r.MaxTTL = p.duration("max_ttl")
 	p.raw("credential_type")
 	if err := p.done(); err != nil {
 		return nil, err

@@ -38,18 +38,9 @@ func (s *Service) fieldAPI(rq *req, rest string) (*envelope, error) {
 		return nil, err
 	}
 	raw := rq.body.raw("document")
-	fields, err := rq.body.strList("fields")
-	if err != nil {
-		return nil, err
-	}
-	ctxb, err := b64Field(rq.body, "context", false)
-	if err != nil {
-		return nil, err
-	}
-	strict, err := rq.body.boolean("strict")
-	if err != nil {
-		return nil, err
-	}
+	fields := rq.body.strList("fields")
+	ctxb := rq.body.b64("context", false)
+	strict := rq.body.boolean("strict")
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}

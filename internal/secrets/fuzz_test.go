@@ -22,7 +22,7 @@ func FuzzParams(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if d, err := p.duration("ttl"); err == nil && (d < 0 || d > MaxDuration) {
+		if d := p.duration("ttl"); p.err == nil && (d < 0 || d > MaxDuration) {
 			t.Fatalf("duration %v out of bounds", d)
 		}
 		p.integer("num_uses")
@@ -30,7 +30,7 @@ func FuzzParams(f *testing.F) {
 		p.strList("policies")
 		p.strMap("meta")
 		p.str("data")
-		b64Field(p, "plaintext", true)
+		p.b64("plaintext", true)
 		p.done()
 	})
 }
@@ -119,5 +119,34 @@ func TestMergePatch(t *testing.T) {
 		map[string]any{"a": nil, "b": map[string]any{"c": "x"}, "f": "5"})
 	if _, ok := got["a"]; ok || got["b"].(map[string]any)["c"] != "x" || got["b"].(map[string]any)["d"] != "3" || got["f"] != "5" || got["e"] != "4" {
 		t.Fatalf("merge patch = %v", got)
+	}
+}
+
+// TestParamsErrors: the first malformed field is what done reports, before
+// unknown fields.
+func TestParamsErrors(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+		read             func(p *params)
+	}{
+		{"bad_integer", `{"n":"x","zz":1}`, "n: want an integer", func(p *params) { p.integer("n") }},
+		{"bad_bool", `{"b":"maybe"}`, "b: want true or false", func(p *params) { p.boolean("b") }},
+		{"bad_duration", `{"ttl":"soon"}`, "ttl: want seconds", func(p *params) { p.duration("ttl") }},
+		{"bad_base64", `{"plaintext":"!!"}`, "plaintext: not base64", func(p *params) { p.b64("plaintext", true) }},
+		{"missing_required", `{}`, "missing plaintext", func(p *params) { p.b64("plaintext", true) }},
+		{"first_error_wins", `{"a":1,"b":"x"}`, "a: want a string", func(p *params) { p.str("a"); p.integer("b") }},
+		{"unknown_sorted", `{"zz":1,"aa":2}`, "unknown parameters: aa, zz", func(p *params) {}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := parseParams([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.read(p)
+			if err := p.done(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("done() = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -381,12 +383,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // data wraps a data map in an envelope.
 func data(d any) *envelope { return &envelope{Data: d} }
 
-// params are a request's JSON body fields. Every field must be consumed
-// by the handler: done refuses the rest, so a misspelt option is an
-// error, not silently ignored.
+// params are a request's JSON body fields. Handlers read each field they
+// take with a typed getter; the first malformed field is remembered and
+// done reports it, or else refuses the fields no getter took, so a
+// misspelt option is an error, not silently ignored. Handlers must call
+// done before acting on the values.
 type params struct {
 	m    map[string]json.RawMessage
 	used map[string]bool
+	err  error
 }
 
 func parseParams(b []byte) (*params, error) {
@@ -410,6 +415,7 @@ func (p *params) has(k string) bool {
 	return ok && string(v) != "null"
 }
 
+// raw takes a field as it is (nil when absent or null).
 func (p *params) raw(k string) json.RawMessage {
 	p.used[k] = true
 	if !p.has(k) {
@@ -418,75 +424,211 @@ func (p *params) raw(k string) json.RawMessage {
 	return p.m[k]
 }
 
-func (p *params) str(k string) (string, error) {
-	raw := p.raw(k)
-	if raw == nil {
-		return "", nil
+// fail remembers the first malformed field.
+func (p *params) fail(format string, args ...any) {
+	if p.err == nil {
+		p.err = badRequest(format, args...)
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", badRequest("%s: want a string", k)
-	}
-	return s, nil
 }
 
-func (p *params) integer(k string) (int64, error) {
+func (p *params) str(k string) string {
+	raw := p.raw(k)
+	var s string
+	if raw != nil && json.Unmarshal(raw, &s) != nil {
+		p.fail("%s: want a string", k)
+	}
+	return s
+}
+
+// integer takes a JSON number or a string of digits.
+func (p *params) integer(k string) int64 {
 	raw := p.raw(k)
 	if raw == nil {
-		return 0, nil
+		return 0
 	}
-	var n json.Number
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var v any
-	if err := dec.Decode(&v); err != nil {
-		return 0, badRequest("%s: want an integer", k)
-	}
-	switch x := v.(type) {
-	case json.Number:
-		n = x
-	case string:
-		n = json.Number(x)
-	default:
-		return 0, badRequest("%s: want an integer", k)
+	var n json.Number
+	if dec.Decode(&v) == nil {
+		switch x := v.(type) {
+		case json.Number:
+			n = x
+		case string:
+			n = json.Number(x)
+		}
 	}
 	i, err := strconv.ParseInt(string(n), 10, 64)
 	if err != nil {
-		return 0, badRequest("%s: want an integer", k)
+		p.fail("%s: want an integer", k)
 	}
-	return i, nil
+	return i
 }
 
-func (p *params) boolean(k string) (bool, error) {
+// boolean takes true/false or a string strconv.ParseBool reads.
+func (p *params) boolean(k string) bool {
 	raw := p.raw(k)
 	if raw == nil {
-		return false, nil
+		return false
 	}
 	var b bool
-	if err := json.Unmarshal(raw, &b); err == nil {
-		return b, nil
+	if json.Unmarshal(raw, &b) == nil {
+		return b
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
 		if v, err := strconv.ParseBool(s); err == nil {
-			return v, nil
+			return v
 		}
 	}
-	return false, badRequest("%s: want true or false", k)
+	p.fail("%s: want true or false", k)
+	return false
 }
 
 // duration reads Vault's duration fields: an integer of seconds, or a
 // string of seconds or with units ("90s", "1h", "7d").
-func (p *params) duration(k string) (time.Duration, error) {
+func (p *params) duration(k string) time.Duration {
 	raw := p.raw(k)
 	if raw == nil {
-		return 0, nil
+		return 0
 	}
 	d, err := parseDuration(raw)
 	if err != nil {
-		return 0, badRequest("%s: %v", k, err)
+		p.fail("%s: %v", k, err)
 	}
-	return d, nil
+	return d
+}
+
+// strList reads a list of strings, given as a JSON array or as one
+// comma-separated string (both are Vault habits).
+func (p *params) strList(k string) []string {
+	raw := p.raw(k)
+	if raw == nil {
+		return nil
+	}
+	var l []string
+	if json.Unmarshal(raw, &l) == nil {
+		return l
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		p.fail("%s: want a list of strings", k)
+		return nil
+	}
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			l = append(l, x)
+		}
+	}
+	return l
+}
+
+// strMap reads an object of strings (AppRole metadata may arrive as a
+// JSON string holding one).
+func (p *params) strMap(k string) map[string]string {
+	raw := p.raw(k)
+	if raw == nil {
+		return nil
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil {
+		var s string
+		if json.Unmarshal(raw, &s) != nil || json.Unmarshal([]byte(s), &m) != nil {
+			p.fail("%s: want an object of strings", k)
+		}
+	}
+	return m
+}
+
+// b64 reads a base64 field (standard encoding); required refuses an
+// absent one.
+func (p *params) b64(k string, required bool) []byte {
+	present := p.has(k)
+	s := p.str(k)
+	if s == "" {
+		if required && !present {
+			p.fail("missing %s in input", k)
+		}
+		return nil
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		p.fail("%s: not base64 (encode it with base64 first)", k)
+	}
+	return b
+}
+
+// The opt* getters change *dst only when the field is present: a write
+// changes the fields it gives (Vault's habit for roles and configs).
+func (p *params) optInt(dst *int64, k string) {
+	if p.has(k) {
+		*dst = p.integer(k)
+	}
+	p.used[k] = true
+}
+
+func (p *params) optBool(dst *bool, k string) {
+	if p.has(k) {
+		*dst = p.boolean(k)
+	}
+	p.used[k] = true
+}
+
+func (p *params) optDuration(dst *time.Duration, k string) {
+	if p.has(k) {
+		*dst = p.duration(k)
+	}
+	p.used[k] = true
+}
+
+func (p *params) optList(dst *[]string, k string) {
+	if p.has(k) {
+		*dst = p.strList(k)
+	}
+	p.used[k] = true
+}
+
+// ignore takes fields a handler accepts and has no use for.
+func (p *params) ignore(ks ...string) {
+	for _, k := range ks {
+		p.used[k] = true
+	}
+}
+
+// done reports the first malformed field, else the fields no getter took.
+func (p *params) done() error {
+	if p.err != nil {
+		return p.err
+	}
+	var unknown []string
+	for k := range p.m {
+		if !p.used[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return badRequest("unknown parameters: %s", strings.Join(unknown, ", "))
+	}
+	return nil
+}
+
+// query reads an allowed query parameter; the list parameter is always
+// allowed.
+func (rq *req) onlyQuery(allowed ...string) error {
+	for k := range rq.q {
+		if k == "list" {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || a == k
+		}
+		if !ok {
+			return badRequest("unknown query parameter %q", k)
+		}
+	}
+	return nil
 }
 
 // MaxDuration bounds every duration parameter (10 years).
@@ -529,75 +671,4 @@ func parseDurationString(s string) (time.Duration, error) {
 		return 0, errors.New("want seconds or a duration like \"1h\"")
 	}
 	return d, nil
-}
-
-// strList reads a list of strings, given as a JSON array or as one
-// comma-separated string (both are Vault habits).
-func (p *params) strList(k string) ([]string, error) {
-	raw := p.raw(k)
-	if raw == nil {
-		return nil, nil
-	}
-	var l []string
-	if json.Unmarshal(raw, &l) == nil {
-		return l, nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, badRequest("%s: want a list of strings", k)
-	}
-	for _, x := range strings.Split(s, ",") {
-		if x = strings.TrimSpace(x); x != "" {
-			l = append(l, x)
-		}
-	}
-	return l, nil
-}
-
-func (p *params) strMap(k string) (map[string]string, error) {
-	raw := p.raw(k)
-	if raw == nil {
-		return nil, nil
-	}
-	var m map[string]string
-	if err := json.Unmarshal(raw, &m); err != nil {
-		// AppRole metadata arrives as a JSON string of an object.
-		var s string
-		if json.Unmarshal(raw, &s) != nil || json.Unmarshal([]byte(s), &m) != nil {
-			return nil, badRequest("%s: want an object of strings", k)
-		}
-	}
-	return m, nil
-}
-
-// done refuses fields no handler consumed.
-func (p *params) done() error {
-	var unknown []string
-	for k := range p.m {
-		if !p.used[k] {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		return badRequest("unknown parameters: %s", strings.Join(unknown, ", "))
-	}
-	return nil
-}
-
-// query reads an allowed query parameter; the list parameter is always
-// allowed.
-func (rq *req) onlyQuery(allowed ...string) error {
-	for k := range rq.q {
-		if k == "list" {
-			continue
-		}
-		ok := false
-		for _, a := range allowed {
-			ok = ok || a == k
-		}
-		if !ok {
-			return badRequest("unknown query parameter %q", k)
-		}
-	}
-	return nil
 }

@@ -422,24 +422,12 @@ func (s *Service) kvReadMeta(rq *req, mount, path string) (*envelope, error) {
 
 func (s *Service) kvWriteMeta(rq *req, mount, path string) (*envelope, error) {
 	p := rq.body
-	maxV, hasMax := int64(0), p.has("max_versions")
-	cas, hasCAS := false, p.has("cas_required")
-	dva, hasDVA := time.Duration(0), p.has("delete_version_after")
-	var err error
-	if maxV, err = p.integer("max_versions"); err != nil {
-		return nil, err
-	}
-	if cas, err = p.boolean("cas_required"); err != nil {
-		return nil, err
-	}
-	if dva, err = p.duration("delete_version_after"); err != nil {
-		return nil, err
-	}
+	hasMax, hasCAS, hasDVA := p.has("max_versions"), p.has("cas_required"), p.has("delete_version_after")
+	maxV := p.integer("max_versions")
+	cas := p.boolean("cas_required")
+	dva := p.duration("delete_version_after")
 	hasCustom := p.has("custom_metadata")
-	custom, err := p.strMap("custom_metadata")
-	if err != nil {
-		return nil, err
-	}
+	custom := p.strMap("custom_metadata")
 	if err := p.done(); err != nil {
 		return nil, err
 	}
@@ -529,21 +517,9 @@ func (s *Service) kvConfigAPI(rq *req, mount string) (*envelope, error) {
 		return nil, err
 	}
 	p := rq.body
-	if p.has("max_versions") {
-		if c.MaxVersions, err = p.integer("max_versions"); err != nil {
-			return nil, err
-		}
-	}
-	if p.has("cas_required") {
-		if c.CASRequired, err = p.boolean("cas_required"); err != nil {
-			return nil, err
-		}
-	}
-	if p.has("delete_version_after") {
-		if c.DeleteVersionAfter, err = p.duration("delete_version_after"); err != nil {
-			return nil, err
-		}
-	}
+	p.optInt(&c.MaxVersions, "max_versions")
+	p.optBool(&c.CASRequired, "cas_required")
+	p.optDuration(&c.DeleteVersionAfter, "delete_version_after")
 	if err := p.done(); err != nil {
 		return nil, err
 	}

@@ -60,14 +60,8 @@ func (s *Service) leasesAPI(rq *req, rest string) (*envelope, error) {
 		}
 		return listing(keys)
 	}
-	id, err := rq.body.str("lease_id")
-	if err != nil {
-		return nil, err
-	}
-	inc, err := rq.body.duration("increment")
-	if err != nil {
-		return nil, err
-	}
+	id := rq.body.str("lease_id")
+	inc := rq.body.duration("increment")
 	rq.body.raw("sync")
 	if err := rq.body.done(); err != nil {
 		return nil, err

@@ -171,10 +171,7 @@ func (s *Service) policiesAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.need(acl.Update | acl.Sudo); err != nil {
 			return nil, err
 		}
-		v, err := rq.body.integer("version")
-		if err != nil {
-			return nil, err
-		}
+		v := rq.body.integer("version")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -277,10 +274,7 @@ func (s *Service) policyOne(rq *req, name string) (*envelope, error) {
 	if err := rq.need(acl.Update); err != nil {
 		return nil, err
 	}
-	src, err := rq.body.str("policy")
-	if err != nil {
-		return nil, err
-	}
+	src := rq.body.str("policy")
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}
@@ -313,10 +307,7 @@ func (s *Service) policyWrite(p acl.Policy, cur map[string]store.PolicyObject, k
 
 func (s *Service) policyApply(rq *req) (*envelope, error) {
 	raw := rq.body.raw("files")
-	dry, err := rq.body.boolean("dry_run")
-	if err != nil {
-		return nil, err
-	}
+	dry := rq.body.boolean("dry_run")
 	if err := rq.body.done(); err != nil {
 		return nil, err
 	}
@@ -388,23 +379,13 @@ func (s *Service) writePolicies(rq *req, action string, source uint64, dry bool,
 			return err
 		}
 		cur := map[string]store.PolicyObject{}
+		byRef := map[store.PolicyRef]store.PolicyObject{}
 		for _, o := range objs {
-			cur[o.Name] = o
+			cur[o.Name], byRef[o.PolicyRef] = o, o
 		}
 		writes := build(cur)
 		if dry {
-			res.Version, res.DryRun = ver, true
-			for _, w := range writes {
-				old, ok := cur[w.Name]
-				switch {
-				case w.Raw == nil:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
-				case !ok:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
-				case string(old.Raw) != string(w.Raw):
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
-				}
-			}
+			res.Version, res.DryRun, res.Changes = ver, true, store.PlannedChanges(byRef, writes)
 			return errDryRun
 		}
 		if len(writes) == 0 {

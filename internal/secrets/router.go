@@ -75,10 +75,7 @@ func (s *Service) sysAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.need(acl.Update); err != nil {
 			return nil, err
 		}
-		in, err := rq.body.str("input")
-		if err != nil {
-			return nil, err
-		}
+		in := rq.body.str("input")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -137,10 +134,7 @@ func (s *Service) mountCreate(rq *req, name string) (*envelope, error) {
 	if rq.op == "delete" {
 		return nil, badRequest("mounts cannot be removed; destroy their secrets instead")
 	}
-	typ, err := rq.body.str("type")
-	if err != nil {
-		return nil, err
-	}
+	typ := rq.body.str("type")
 	var opts map[string]string
 	if raw := rq.body.raw("options"); raw != nil {
 		if json.Unmarshal(raw, &opts) != nil {
@@ -193,14 +187,8 @@ func (s *Service) unsealAPI(rq *req) (*envelope, error) {
 		return nil, errf(http.StatusForbidden, "permission denied: unsealing needs the admin credential")
 	}
 	rq.tok = &tokenCtx{root: true, adminID: actor}
-	key, err := rq.body.str("key")
-	if err != nil {
-		return nil, err
-	}
-	pass, err := rq.body.str("passphrase")
-	if err != nil {
-		return nil, err
-	}
+	key := rq.body.str("key")
+	pass := rq.body.str("passphrase")
 	rq.body.raw("reset")
 	if err := rq.body.done(); err != nil {
 		return nil, err

@@ -3,7 +3,6 @@ package secrets
 import (
 	"crypto/rand"
 	"database/sql"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -165,21 +164,10 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 	switch op {
 	case "encrypt":
 		return s.batch(rq, func(it *params) (map[string]any, error) {
-			pt, err := b64Field(it, "plaintext", true)
-			if err != nil {
-				return nil, err
-			}
-			ctx, err := b64Field(it, "context", false)
-			if err != nil {
-				return nil, err
-			}
-			if _, err := b64Field(it, "nonce", false); err != nil {
-				return nil, err
-			}
-			v, err := it.integer("key_version")
-			if err != nil {
-				return nil, err
-			}
+			pt := it.b64("plaintext", true)
+			ctx := it.b64("context", false)
+			it.b64("nonce", false)
+			v := it.integer("key_version")
 			it.raw("reference")
 			if err := it.done(); err != nil {
 				return nil, err
@@ -193,17 +181,9 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		}, "type", "convergent_encryption", "associated_data")
 	case "decrypt":
 		return s.batch(rq, func(it *params) (map[string]any, error) {
-			ct, err := it.str("ciphertext")
-			if err != nil {
-				return nil, err
-			}
-			ctx, err := b64Field(it, "context", false)
-			if err != nil {
-				return nil, err
-			}
-			if _, err := b64Field(it, "nonce", false); err != nil {
-				return nil, err
-			}
+			ct := it.str("ciphertext")
+			ctx := it.b64("context", false)
+			it.b64("nonce", false)
 			it.raw("reference")
 			if err := it.done(); err != nil {
 				return nil, err
@@ -216,21 +196,10 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		})
 	case "rewrap":
 		return s.batch(rq, func(it *params) (map[string]any, error) {
-			ct, err := it.str("ciphertext")
-			if err != nil {
-				return nil, err
-			}
-			ctx, err := b64Field(it, "context", false)
-			if err != nil {
-				return nil, err
-			}
-			v, err := it.integer("key_version")
-			if err != nil {
-				return nil, err
-			}
-			if _, err := b64Field(it, "nonce", false); err != nil {
-				return nil, err
-			}
+			ct := it.str("ciphertext")
+			ctx := it.b64("context", false)
+			v := it.integer("key_version")
+			it.b64("nonce", false)
 			it.raw("reference")
 			if err := it.done(); err != nil {
 				return nil, err
@@ -249,17 +218,9 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		})
 	case "datakey":
 		p := rq.body
-		ctx, err := b64Field(p, "context", false)
-		if err != nil {
-			return nil, err
-		}
-		bits, err := p.integer("bits")
-		if err != nil {
-			return nil, err
-		}
-		if _, err := b64Field(p, "nonce", false); err != nil {
-			return nil, err
-		}
+		ctx := p.b64("context", false)
+		bits := p.integer("bits")
+		p.b64("nonce", false)
 		if err := p.done(); err != nil {
 			return nil, err
 		}
@@ -290,14 +251,8 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 			return nil, err
 		}
 		return s.batch(rq, func(it *params) (map[string]any, error) {
-			in, err := b64Field(it, "input", true)
-			if err != nil {
-				return nil, err
-			}
-			v, err := it.integer("key_version")
-			if err != nil {
-				return nil, err
-			}
+			in := it.b64("input", true)
+			v := it.integer("key_version")
 			it.raw("reference")
 			if err := it.done(); err != nil {
 				return nil, err
@@ -313,31 +268,16 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		if err != nil {
 			return nil, err
 		}
-		pre, err := rq.body.boolean("prehashed")
-		if err != nil {
-			return nil, err
-		}
-		marsh, err := rq.body.str("marshaling_algorithm")
-		if err != nil {
-			return nil, err
-		}
+		pre := rq.body.boolean("prehashed")
+		marsh := rq.body.str("marshaling_algorithm")
 		rq.body.raw("signature_algorithm")
 		return s.batch(rq, func(it *params) (map[string]any, error) {
-			in, err := b64Field(it, "input", true)
-			if err != nil {
-				return nil, err
-			}
-			ctx, err := b64Field(it, "context", false)
-			if err != nil {
-				return nil, err
-			}
+			in := it.b64("input", true)
+			ctx := it.b64("context", false)
 			o := transit.SignOptions{HashAlgorithm: alg, Prehashed: pre, Marshaling: marsh, Context: ctx}
 			it.raw("reference")
 			if op == "sign" {
-				v, err := it.integer("key_version")
-				if err != nil {
-					return nil, err
-				}
+				v := it.integer("key_version")
 				if err := it.done(); err != nil {
 					return nil, err
 				}
@@ -348,14 +288,8 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 				ver, _, _ := transit.ParseVersioned(sig)
 				return map[string]any{"signature": sig, "key_version": ver}, nil
 			}
-			sig, err := it.str("signature")
-			if err != nil {
-				return nil, err
-			}
-			tag, err := it.str("hmac")
-			if err != nil {
-				return nil, err
-			}
+			sig := it.str("signature")
+			tag := it.str("hmac")
 			if err := it.done(); err != nil {
 				return nil, err
 			}
@@ -380,10 +314,7 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 }
 
 func algParam(p *params, field, fromPath string) (string, error) {
-	alg, err := p.str(field)
-	if err != nil {
-		return "", err
-	}
+	alg := p.str(field)
 	if fromPath != "" {
 		if alg != "" && alg != fromPath {
 			return "", badRequest("%s %q disagrees with the path's %q", field, alg, fromPath)
@@ -402,24 +333,6 @@ func transitErr(err error) error {
 	return err
 }
 
-func b64Field(p *params, k string, required bool) ([]byte, error) {
-	s, err := p.str(k)
-	if err != nil {
-		return nil, err
-	}
-	if s == "" {
-		if required && !p.has(k) {
-			return nil, badRequest("missing %s in input", k)
-		}
-		return nil, nil
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		return nil, badRequest("%s: not base64 (encode it with base64 first)", k)
-	}
-	return b, nil
-}
-
 // batch runs one, or each item of batch_input, through fn. As in Vault,
 // any failing item makes the status 400 unless partial_failure_response_code
 // says otherwise for partial failures; every item reports its own error.
@@ -431,10 +344,7 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 			return nil, badRequest("%s is not supported", k)
 		}
 	}
-	partial, err := rq.body.integer("partial_failure_response_code")
-	if err != nil {
-		return nil, err
-	}
+	partial := rq.body.integer("partial_failure_response_code")
 	raw := rq.body.raw("batch_input")
 	if raw == nil {
 		out, err := fn(rq.body)
@@ -442,6 +352,9 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 			return nil, err
 		}
 		return data(out), nil
+	}
+	if rq.body.err != nil { // a malformed top-level field
+		return nil, rq.body.err
 	}
 	var items []map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &items); err != nil || len(items) == 0 {
@@ -526,10 +439,7 @@ func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
 		if err := rq.need(acl.Update); err != nil {
 			return nil, err
 		}
-		v, err := rq.body.integer("min_available_version")
-		if err != nil {
-			return nil, err
-		}
+		v := rq.body.integer("min_available_version")
 		if err := rq.body.done(); err != nil {
 			return nil, err
 		}
@@ -573,29 +483,14 @@ func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
 		return nil, err
 	}
 	p := rq.body
-	typ, err := p.str("type")
-	if err != nil {
-		return nil, err
-	}
-	derived, err := p.boolean("derived")
-	if err != nil {
-		return nil, err
-	}
-	conv, err := p.boolean("convergent_encryption")
-	if err != nil {
-		return nil, err
-	}
-	exportable, err := p.boolean("exportable")
-	if err != nil {
-		return nil, err
-	}
+	typ := p.str("type")
+	derived := p.boolean("derived")
+	conv := p.boolean("convergent_encryption")
+	exportable := p.boolean("exportable")
 	if exportable {
 		return nil, badRequest("exportable keys are not supported: keys never leave the server")
 	}
-	arp, err := p.duration("auto_rotate_period")
-	if err != nil {
-		return nil, err
-	}
+	arp := p.duration("auto_rotate_period")
 	if arp != 0 && arp < time.Hour {
 		return nil, badRequest("auto_rotate_period: at least 1h, or 0")
 	}
@@ -642,26 +537,16 @@ func (s *Service) transitConfig(rq *req, name string) (*envelope, error) {
 	var minDec, minEnc opt
 	var err error
 	if minDec.set = p.has("min_decryption_version"); minDec.set {
-		if minDec.v, err = p.integer("min_decryption_version"); err != nil {
-			return nil, err
-		}
+		minDec.v = p.integer("min_decryption_version")
 	}
 	if minEnc.set = p.has("min_encryption_version"); minEnc.set {
-		if minEnc.v, err = p.integer("min_encryption_version"); err != nil {
-			return nil, err
-		}
+		minEnc.v = p.integer("min_encryption_version")
 	}
 	delSet := p.has("deletion_allowed")
-	del, err := p.boolean("deletion_allowed")
-	if err != nil {
-		return nil, err
-	}
+	del := p.boolean("deletion_allowed")
 	arpSet := p.has("auto_rotate_period")
-	arp, err := p.duration("auto_rotate_period")
-	if err != nil {
-		return nil, err
-	}
-	if exp, _ := p.boolean("exportable"); exp {
+	arp := p.duration("auto_rotate_period")
+	if p.boolean("exportable") {
 		return nil, badRequest("exportable keys are not supported: keys never leave the server")
 	}
 	p.raw("allow_plaintext_backup")
@@ -744,11 +629,9 @@ func (s *Service) transitRandom(rq *req, tail string) (*envelope, error) {
 		}
 	}
 	if rq.body.has("bytes") {
-		if n, err = rq.body.integer("bytes"); err != nil {
-			return nil, err
-		}
+		n = rq.body.integer("bytes")
 	}
-	if f, _ := rq.body.str("format"); f != "" {
+	if f := rq.body.str("format"); f != "" {
 		format = f
 	}
 	rq.body.raw("source")

@@ -206,6 +206,25 @@ func (s *DB) WritePoliciesIn(ctx context.Context, tx *sql.Tx, f PolicyFamily, ac
 	return pv, nil
 }
 
+// PlannedChanges are the changes writes would make to the objects in
+// force (by reference): what a dry run reports. Writes equal to what is in
+// force are no change.
+func PlannedChanges(current map[PolicyRef]PolicyObject, writes []PolicyWrite) []PolicyChange {
+	out := []PolicyChange{}
+	for _, w := range writes {
+		old, exists := current[w.PolicyRef]
+		switch {
+		case w.Raw == nil:
+			out = append(out, PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
+		case !exists:
+			out = append(out, PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
+		case string(old.Raw) != string(w.Raw):
+			out = append(out, PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
+		}
+	}
+	return out
+}
+
 // PolicyHistory lists policy versions, newest first, at most limit, older
 // than before (0: from the newest).
 func (s *DB) PolicyHistory(ctx context.Context, before uint64, limit int) ([]PolicyVersion, error) {

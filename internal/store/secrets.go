@@ -122,14 +122,19 @@ func (s *DB) SecretsObjectNames(ctx context.Context, kind string) ([]string, err
 	if err != nil {
 		return nil, fmt.Errorf("store: list %s: %w", kind, err)
 	}
+	return scanStrings(rows)
+}
+
+// scanStrings reads a one-column result of strings and closes rows.
+func scanStrings(rows *sql.Rows) ([]string, error) {
 	defer rows.Close()
 	out := []string{}
 	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
+		var v string
+		if err := rows.Scan(&v); err != nil {
 			return nil, err
 		}
-		out = append(out, n)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }
@@ -257,16 +262,7 @@ func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int)
 	if err != nil {
 		return nil, fmt.Errorf("store: expired tokens: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // SecretID is an AppRole secret ID as stored: its hash, never its value.
@@ -318,16 +314,7 @@ func (s *DB) SecretIDAccessors(ctx context.Context, role string) ([]string, erro
 	if err != nil {
 		return nil, fmt.Errorf("store: list secret ids: %w", err)
 	}
-	defer rows.Close()
-	out := []string{}
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // ConsumeSecretID looks a secret ID up by hash inside tx, locked, and
