@@ -271,7 +271,9 @@ func (rq *req) event(outcome string) audit.Event {
 		}
 	}
 	rq.details["op"] = rq.op
-	rq.details["remote"] = rq.r.RemoteAddr
+	if rq.r != nil { // nil for the service's own changes (auto-rotation)
+		rq.details["remote"] = rq.r.RemoteAddr
+	}
 	rq.details["request_id"] = rq.id
 	return audit.Event{Kind: KindRequest, Actor: actor, Subject: rq.path, Outcome: outcome, Details: rq.details}
 }

@@ -109,6 +109,8 @@ type Service struct {
 	transit  sync.Map // name -> *transitEntry
 	dbs      *dbPool
 	unsealMu sync.Mutex
+	// lastRotateCheck is when Tick last looked for keys due for rotation.
+	lastRotateCheck atomic.Pointer[time.Time]
 }
 
 // New prepares a sealed service.
@@ -311,6 +313,10 @@ func (s *Service) Tick(ctx context.Context) {
 		}
 	}
 	s.revokeDueLeases(ctx)
+	if last := s.lastRotateCheck.Load(); last == nil || now.Sub(*last) >= time.Minute {
+		s.lastRotateCheck.Store(&now)
+		s.autoRotate(ctx)
+	}
 	if err := s.db.PruneSecrets(ctx, now); err != nil {
 		s.log.Warn("prune secrets", "err", err)
 	}

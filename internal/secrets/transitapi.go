@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
@@ -25,9 +26,15 @@ type transitEntry struct {
 	key *transit.Key
 }
 
+// transitSpec is what the store shows of a key in the clear: enough to
+// find stale cache entries and keys due for automatic rotation without
+// unsealing them.
 type transitSpec struct {
-	Generation int64  `json:"generation"`
-	Type       string `json:"type"`
+	Generation int64         `json:"generation"`
+	Type       string        `json:"type"`
+	AutoRotate time.Duration `json:"auto_rotate_period,omitempty"`
+	// LatestAt is when the latest version was created.
+	LatestAt time.Time `json:"latest_at"`
 }
 
 // loadKey returns the key, from the cache when its generation (a cheap
@@ -108,9 +115,42 @@ func (s *Service) saveKey(rq *req, tx *sql.Tx, k *transit.Key, gen int64) error 
 	if err != nil {
 		return err
 	}
-	return s.db.PutSecretsObject(rq.ctx, tx, store.SecretsObject{Kind: kindTransitKey, Name: k.Name,
-		Spec: jsonSpec(transitSpec{Generation: gen, Type: k.Type}), Sealed: sealed})
+	spec := transitSpec{Generation: gen, Type: k.Type, AutoRotate: k.AutoRotatePeriod, LatestAt: k.Versions[k.LatestVersion].CreatedAt}
+	return s.db.PutSecretsObject(rq.ctx, tx, store.SecretsObject{Kind: kindTransitKey, Name: k.Name, Spec: jsonSpec(spec), Sealed: sealed})
 }
+
+// autoRotate rotates the keys whose auto_rotate_period has passed since
+// their latest version, each with an audit record.
+func (s *Service) autoRotate(ctx context.Context) {
+	names, err := s.db.SecretsObjectNames(ctx, kindTransitKey)
+	if err != nil {
+		s.log.Warn("transit auto-rotation: list keys", "err", err)
+		return
+	}
+	now := s.now()
+	for _, name := range names {
+		o, err := s.db.SecretsObject(ctx, s.db.SQL(), kindTransitKey, name, false)
+		if err != nil {
+			continue
+		}
+		var spec transitSpec
+		if json.Unmarshal(o.Spec, &spec) != nil || spec.AutoRotate <= 0 || now.Before(spec.LatestAt.Add(spec.AutoRotate)) {
+			continue
+		}
+		rq := &req{s: s, ctx: ctx, path: "transit/keys/" + name + "/rotate", op: "update", id: newUUID(),
+			details: map[string]string{"key": name, "reason": "auto_rotate_period"}, tok: &tokenCtx{subject: "moatless-secrets"}}
+		if _, err := s.updateKey(rq, name, func(k *transit.Key) error {
+			if k.AutoRotatePeriod <= 0 || now.Before(k.Versions[k.LatestVersion].CreatedAt.Add(k.AutoRotatePeriod)) {
+				return errNoRotation // another replica rotated it first
+			}
+			return k.Rotate(now)
+		}); err != nil && !errors.Is(err, errNoRotation) {
+			s.log.Warn("transit auto-rotation failed", "key", name, "err", err)
+		}
+	}
+}
+
+var errNoRotation = errors.New("secrets: no rotation due")
 
 func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 	op, tail, _ := strings.Cut(rest, "/")

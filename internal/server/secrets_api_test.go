@@ -559,3 +559,36 @@ func testSettings(dir string) config.Server {
 	st.Complete()
 	return st
 }
+
+// TestSecretsTransitAutoRotation: a key with auto_rotate_period gets a new
+// version once the period has passed, from the maintenance loop, audited.
+func TestSecretsTransitAutoRotation(t *testing.T) {
+	e := start(t, "")
+	c := e.client(nil)
+	if st, out := e.vreq(c, "POST", "/v1/transit/keys/auto", e.token, map[string]any{"auto_rotate_period": "1h"}); st != 200 {
+		t.Fatalf("create: %d %v", st, out)
+	}
+	if st, _ := e.vreq(c, "POST", "/v1/transit/keys/short", e.token, map[string]any{"auto_rotate_period": "10m"}); st != 400 {
+		t.Fatalf("auto_rotate_period under 1h accepted: %d", st)
+	}
+	e.clock.Add(2 * time.Hour) // not past the server certificate's renewal at half life
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, out := e.vreq(c, "GET", "/v1/transit/keys/auto", e.token, nil)
+		if dataOf(out)["latest_version"] == 2.0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not rotated: %v", dataOf(out))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var page server.AuditPage
+	e.admin("GET", server.PathAdminAudit+"?limit=50", nil, &page)
+	for _, r := range page.Records {
+		if r.Subject == "transit/keys/auto/rotate" && r.Actor == "moatless-secrets" && r.Details["reason"] == "auto_rotate_period" {
+			return
+		}
+	}
+	t.Fatal("no audit record of the automatic rotation")
+}
