@@ -336,8 +336,13 @@ func (rq *req) finish(resp *envelope, err error) {
 	case status >= 400:
 		outcome = audit.Failure
 	}
-	// Refused anonymous requests of a sealed server are not audited one by
-	// one (nothing was served, and they would be a disk-write flood).
+	// Refused requests without any credential are audited up to a rate
+	// (over it: 429, counted in the metrics only), and those of a sealed
+	// server not at all: nothing was served, and each record is an fsync.
+	if !rq.audited && rq.tok == nil && status >= 400 && status != http.StatusServiceUnavailable && status != http.StatusTooManyRequests &&
+		!rq.s.anonLim.Allow() {
+		status, msgs, resp = http.StatusTooManyRequests, []string{"too many refused requests; retry later"}, nil
+	}
 	if !rq.audited && !(status == http.StatusServiceUnavailable && rq.tok == nil) && status != http.StatusTooManyRequests {
 		rq.details["status"] = strconv.Itoa(status)
 		if len(msgs) > 0 && msgs[0] != "" {

@@ -257,6 +257,33 @@ func (s *Service) revokeLease(ctx context.Context, l store.Lease) error {
 	return nil
 }
 
+// revokeLeasesOfRevokedIDs asks for the revocation of every lease held by
+// a SPIFFE ID that has been revoked since: a compromised workload's
+// database users go with it, not when their leases run out.
+func (s *Service) revokeLeasesOfRevokedIDs(ctx context.Context) {
+	ids, err := s.db.LeaseSPIFFEIDs(ctx)
+	if err != nil {
+		s.log.Warn("read lease identities", "err", err)
+		return
+	}
+	for _, id := range ids {
+		if !s.cfg.Revoked(id) {
+			continue
+		}
+		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+			n, err := s.db.MarkLeasesOfSPIFFEID(ctx, tx, id, s.now())
+			if err != nil || n == 0 {
+				return err
+			}
+			return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke_identity", Actor: "moatless-secrets", Subject: id,
+				Outcome: audit.Success, Details: map[string]string{"reason": "SPIFFE ID revoked", "leases": strconv.FormatInt(n, 10)}})
+		})
+		if err != nil {
+			s.log.Warn("revoke leases of a revoked SPIFFE ID", "spiffe_id", id, "err", err)
+		}
+	}
+}
+
 // revokeDueLeases revokes every lease that expired or whose revocation
 // was asked for and is due for an attempt — also those that expired while
 // the server was down, on the first tick after start.

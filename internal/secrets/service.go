@@ -104,6 +104,9 @@ type Service struct {
 	sealMsg  atomic.Pointer[string]
 	metrics  *metrics
 	loginLim *rate.Limiter
+	// anonLim bounds the audited refusals of requests without any
+	// credential: each is an fsynced audit record.
+	anonLim *rate.Limiter
 
 	policies atomic.Pointer[policyCache]
 	transit  sync.Map // name -> *transitEntry
@@ -149,6 +152,7 @@ func New(c Config) (*Service, error) {
 	s.metrics = newMetrics()
 	// Failed logins are bounded server-wide: each is an audit record.
 	s.loginLim = rate.NewLimiter(20, 100)
+	s.anonLim = rate.NewLimiter(50, 200)
 	s.dbs = newDBPool()
 	return s, nil
 }
@@ -312,6 +316,7 @@ func (s *Service) Tick(ctx context.Context) {
 			}
 		}
 	}
+	s.revokeLeasesOfRevokedIDs(ctx)
 	s.revokeDueLeases(ctx)
 	if last := s.lastRotateCheck.Load(); last == nil || now.Sub(*last) >= time.Minute {
 		s.lastRotateCheck.Store(&now)

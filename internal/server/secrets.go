@@ -16,8 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/moatless/moatless/internal/secrets"
 	"github.com/moatless/moatless/internal/secrets/barrier"
@@ -28,14 +26,8 @@ import (
 // the data directory, created on first start like the KEK.
 const SecretsKeyFile = "secrets-key"
 
-// secretsTickInterval is how often the maintenance loop lets the secrets
-// service revoke expired leases and tokens.
-const secretsTickInterval = time.Second
-
 type secretsState struct {
-	svc      *secrets.Service
-	mu       sync.Mutex
-	lastTick time.Time
+	svc *secrets.Service
 }
 
 // Secrets returns the secrets service (nil before New finished).
@@ -174,20 +166,11 @@ func (s *Server) secretsAdmin(r *http.Request) (string, bool) {
 	return c.id.String(), true
 }
 
-// tickSecrets runs the secrets service's expiry work at most every
-// secretsTickInterval.
+// tickSecrets runs the secrets service's expiry and revocation work; the
+// maintenance loop calls it on each pass (every poll interval, 1s by
+// default), so a lease is revoked within about a second of its end.
 func (s *Server) tickSecrets(ctx context.Context) {
-	st := s.secrets
-	if st == nil {
-		return
+	if s.secrets != nil {
+		s.secrets.svc.Tick(ctx)
 	}
-	st.mu.Lock()
-	if now := s.now(); now.Sub(st.lastTick) < secretsTickInterval && !st.lastTick.IsZero() {
-		st.mu.Unlock()
-		return
-	} else {
-		st.lastTick = now
-	}
-	st.mu.Unlock()
-	st.svc.Tick(ctx)
 }

@@ -592,3 +592,36 @@ func TestSecretsTransitAutoRotation(t *testing.T) {
 	}
 	t.Fatal("no audit record of the automatic rotation")
 }
+
+// TestSecretsAnonymousFloodIsBounded: requests without any credential are
+// refused and audited up to a rate; beyond it they get 429 and no record,
+// so a flood cannot turn into a flood of fsynced audit writes.
+func TestSecretsAnonymousFloodIsBounded(t *testing.T) {
+	e := start(t, "")
+	c := e.client(nil)
+	limited := 0
+	for range 260 {
+		st, _ := e.vreq(c, "GET", "/v1/secret/data/x", "", nil)
+		switch st {
+		case 403:
+		case 429:
+			limited++
+		default:
+			t.Fatalf("anonymous request: %d", st)
+		}
+	}
+	if limited == 0 {
+		t.Fatal("260 refused anonymous requests in a burst were all audited")
+	}
+	var page server.AuditPage
+	e.admin("GET", server.PathAdminAudit+"?limit=1000", nil, &page)
+	n := 0
+	for _, r := range page.Records {
+		if r.Kind == "secrets.request" && r.Actor == "anonymous" {
+			n++
+		}
+	}
+	if n > 260-limited || n < 200 {
+		t.Fatalf("%d anonymous refusals audited, %d limited", n, limited)
+	}
+}

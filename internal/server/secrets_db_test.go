@@ -17,6 +17,7 @@ import (
 	vault "github.com/hashicorp/vault/api"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store/storetest"
 )
 
@@ -274,5 +275,39 @@ func expireLeases(t *testing.T, path string) {
 	defer db.Close()
 	if _, err := db.ExecContext(context.Background(), "UPDATE secrets_leases SET expires_at = 1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDatabaseLeasesOfRevokedIdentity: a workload that obtained database
+// users with its SVID loses them when its SPIFFE ID is revoked, not when
+// the leases run out.
+func TestDatabaseLeasesOfRevokedIdentity(t *testing.T) {
+	a := newPGApp(t)
+	e := start(t, "")
+	admin := e.vaultClient(t, e.token, nil)
+	if _, err := admin.Logical().Write("database/config/appdb", map[string]any{
+		"plugin_name": "postgresql-database-plugin", "connection_url": a.connURL,
+		"username": a.admin, "password": a.adminPass, "allowed_roles": "reader"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Logical().Write("database/roles/reader", map[string]any{"db_name": "appdb", "default_ttl": "1h",
+		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}'; GRANT SELECT ON orders TO "{{name}}";`}); err != nil {
+		t.Fatal(err)
+	}
+	w := e.attest("spiffe://example.org/ns/prod/sa/reporting")
+	pol := "name: reporting\nsubjects: {spiffe_ids: [spiffe://example.org/ns/prod/sa/reporting]}\npaths: [{path: database/creds/reader, capabilities: [read]}]\n"
+	e.vreq(e.client(nil), "POST", "/v1/sys/policies/apply", e.token, map[string]any{"files": []map[string]string{{"content": pol}}})
+	st, out := e.vreq(w.http, "GET", "/v1/database/creds/reader", "", nil)
+	if st != 200 {
+		t.Fatalf("creds by SVID: %d %v", st, out)
+	}
+	user, pass := dataOf(out)["username"].(string), dataOf(out)["password"].(string)
+	if err := a.login(user, pass); err != nil {
+		t.Fatal(err)
+	}
+	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/ns/prod/sa/reporting"}, nil)
+	a.waitGone(t, user)
+	if a.login(user, pass) == nil {
+		t.Fatal("the revoked identity's database user still logs in")
 	}
 }

@@ -231,6 +231,7 @@ type Lease struct {
 	Path          string // the path it was read from: database/creds/ROLE
 	Kind          string // "database"
 	TokenAccessor string
+	SPIFFEID      string // the identity behind the lease; "" for AppRole and admin tokens
 	Sealed        []byte // what revocation needs, sealed
 	Renewable     bool
 	IssuedAt      time.Time
@@ -245,13 +246,13 @@ type Lease struct {
 	LastError         string
 }
 
-const leaseCols = "id, path, kind, token_accessor, sealed, renewable, issued_at, expires_at, max_expires_at, revoke_requested_at, attempts, next_attempt_at, last_error"
+const leaseCols = "id, path, kind, token_accessor, spiffe_id, sealed, renewable, issued_at, expires_at, max_expires_at, revoke_requested_at, attempts, next_attempt_at, last_error"
 
 func scanLease(r interface{ Scan(...any) error }) (Lease, error) {
 	var l Lease
 	var renew int
 	var iss, exp, maxExp, req, next int64
-	err := r.Scan(&l.ID, &l.Path, &l.Kind, &l.TokenAccessor, &l.Sealed, &renew, &iss, &exp, &maxExp, &req, &l.Attempts, &next, &l.LastError)
+	err := r.Scan(&l.ID, &l.Path, &l.Kind, &l.TokenAccessor, &l.SPIFFEID, &l.Sealed, &renew, &iss, &exp, &maxExp, &req, &l.Attempts, &next, &l.LastError)
 	if errors.Is(err, sql.ErrNoRows) {
 		return l, fmt.Errorf("%w: lease", ErrNotFound)
 	}
@@ -265,8 +266,8 @@ func scanLease(r interface{ Scan(...any) error }) (Lease, error) {
 
 // CreateLease stores a lease.
 func (s *DB) CreateLease(ctx context.Context, q Queryer, l Lease) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO secrets_leases (`+leaseCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		l.ID, l.Path, l.Kind, l.TokenAccessor, l.Sealed, boolInt(l.Renewable), ns(l.IssuedAt), ns(l.ExpiresAt), ns(l.MaxExpires),
+	_, err := q.ExecContext(ctx, `INSERT INTO secrets_leases (`+leaseCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		l.ID, l.Path, l.Kind, l.TokenAccessor, l.SPIFFEID, l.Sealed, boolInt(l.Renewable), ns(l.IssuedAt), ns(l.ExpiresAt), ns(l.MaxExpires),
 		ns(l.RevokeRequestedAt), l.Attempts, ns(l.NextAttemptAt), l.LastError)
 	if err != nil {
 		return fmt.Errorf("store: create lease: %w", err)
@@ -316,6 +317,25 @@ func (s *DB) Leases(ctx context.Context, prefix, accessor string, limit int) ([]
 		out = append(out, l)
 	}
 	return out, rows.Err()
+}
+
+// LeaseSPIFFEIDs lists the SPIFFE IDs that hold leases not yet being
+// revoked.
+func (s *DB) LeaseSPIFFEIDs(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT DISTINCT spiffe_id FROM secrets_leases WHERE spiffe_id != '' AND revoke_requested_at = 0")
+	if err != nil {
+		return nil, fmt.Errorf("store: lease identities: %w", err)
+	}
+	return scanStrings(rows)
+}
+
+// MarkLeasesOfSPIFFEID asks for the revocation of every lease of id.
+func (s *DB) MarkLeasesOfSPIFFEID(ctx context.Context, q Queryer, id string, now time.Time) (int64, error) {
+	res, err := q.ExecContext(ctx, "UPDATE secrets_leases SET revoke_requested_at = $1 WHERE spiffe_id = $2 AND revoke_requested_at = 0", ns(now), id)
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke leases of %s: %w", id, err)
+	}
+	return res.RowsAffected()
 }
 
 // DueLeases lists leases that must be revoked at now: expired, or whose

@@ -97,6 +97,9 @@ CREATE TABLE IF NOT EXISTS secrets_leases (
     path TEXT NOT NULL,
     kind TEXT NOT NULL,
     token_accessor TEXT NOT NULL,
+    -- the SPIFFE ID behind the lease ('' for AppRole and admin tokens):
+    -- revoking the ID revokes its leases
+    spiffe_id TEXT NOT NULL,
     sealed {{blob}} NOT NULL,
     renewable INTEGER NOT NULL,
     issued_at BIGINT NOT NULL,
@@ -109,6 +112,7 @@ CREATE TABLE IF NOT EXISTS secrets_leases (
 );
 CREATE INDEX IF NOT EXISTS secrets_leases_expires ON secrets_leases (expires_at);
 CREATE INDEX IF NOT EXISTS secrets_leases_token ON secrets_leases (token_accessor);
+CREATE INDEX IF NOT EXISTS secrets_leases_spiffe_id ON secrets_leases (spiffe_id);
 
 -- Access policies of the secrets service, versioned exactly like the mesh
 -- policies (0020_policies.sql): an object row is in force from
