@@ -106,7 +106,10 @@ func (s *Service) sysAPI(rq *req, rest string) (*envelope, error) {
 		if err := rq.need(acl.Update | acl.Sudo); err != nil {
 			return nil, err
 		}
-		return nil, errf(http.StatusNotImplemented, "rotating the keyring needs the root key; run \"moatless secrets rotate-keyring\" on the server host")
+		// The barrier supports terms (older terms keep opening what they
+		// sealed), but sealing a new keyring needs the root key, which the
+		// server does not keep after unsealing.
+		return nil, errf(http.StatusNotImplemented, "rotating the keyring's data key is not supported yet")
 	}
 	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
 }
