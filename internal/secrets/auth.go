@@ -203,7 +203,7 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 func (s *Service) loginFailed(rq *req, msg string, why string) error {
 	s.metrics.loginFailures.WithLabelValues(rq.engine + "/" + strings.Split(rq.path, "/")[1]).Inc()
 	rq.details["reason"] = why
-	if !s.loginLim.Allow() {
+	if !s.loginLim.AllowN(s.now(), 1) {
 		return errf(http.StatusTooManyRequests, "too many failed logins; retry later")
 	}
 	return badRequest("%s", msg)

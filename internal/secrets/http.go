@@ -340,7 +340,7 @@ func (rq *req) finish(resp *envelope, err error) {
 	// (over it: 429, counted in the metrics only), and those of a sealed
 	// server not at all: nothing was served, and each record is an fsync.
 	if !rq.audited && rq.tok == nil && status >= 400 && status != http.StatusServiceUnavailable && status != http.StatusTooManyRequests &&
-		!rq.s.anonLim.Allow() {
+		!rq.s.anonLim.AllowN(rq.s.now(), 1) {
 		status, msgs, resp = http.StatusTooManyRequests, []string{"too many refused requests; retry later"}, nil
 	}
 	if !rq.audited && !(status == http.StatusServiceUnavailable && rq.tok == nil) && status != http.StatusTooManyRequests {

@@ -250,6 +250,9 @@ func (s *Service) revokeLease(ctx context.Context, l store.Lease) error {
 		return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke", Actor: "moatless-secrets", Subject: l.ID, Outcome: audit.Success,
 			Details: map[string]string{"reason": why, "username": dl.Username, "attempts": strconv.FormatInt(l.Attempts+1, 10)}})
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // revoked (and audited) by another replica meanwhile
+	}
 	if err != nil {
 		return err
 	}

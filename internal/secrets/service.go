@@ -105,7 +105,8 @@ type Service struct {
 	metrics  *metrics
 	loginLim *rate.Limiter
 	// anonLim bounds the audited refusals of requests without any
-	// credential: each is an fsynced audit record.
+	// credential: each is an fsynced audit record. Both limiters run on
+	// the injected clock.
 	anonLim *rate.Limiter
 
 	policies atomic.Pointer[policyCache]

@@ -595,7 +595,8 @@ func TestSecretsTransitAutoRotation(t *testing.T) {
 
 // TestSecretsAnonymousFloodIsBounded: requests without any credential are
 // refused and audited up to a rate; beyond it they get 429 and no record,
-// so a flood cannot turn into a flood of fsynced audit writes.
+// so a flood cannot turn into a flood of fsynced audit writes. The test
+// clock stands still: the bucket does not refill during the burst.
 func TestSecretsAnonymousFloodIsBounded(t *testing.T) {
 	e := start(t, "")
 	c := e.client(nil)

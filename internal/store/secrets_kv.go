@@ -377,10 +377,15 @@ func (s *DB) LeaseRevokeFailed(ctx context.Context, id string, attempts int64, n
 	return nil
 }
 
-// DeleteLease removes a revoked lease.
+// DeleteLease removes a revoked lease; ErrNotFound when it is gone already
+// (another replica revoked it first).
 func (s *DB) DeleteLease(ctx context.Context, q Queryer, id string) error {
-	if _, err := q.ExecContext(ctx, "DELETE FROM secrets_leases WHERE id = $1", id); err != nil {
+	res, err := q.ExecContext(ctx, "DELETE FROM secrets_leases WHERE id = $1", id)
+	if err != nil {
 		return fmt.Errorf("store: delete lease: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: lease %s", ErrNotFound, id)
 	}
 	return nil
 }
