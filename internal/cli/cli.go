@@ -64,6 +64,7 @@ var commands = []command{
 	{"svid", "fetch SVIDs and bundles from a Workload API socket", runSVID},
 	{"policy", "check policies offline; apply, get, delete, roll back and watch their rollout", runPolicy},
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
+	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
 	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
 	{"version", "print the version", runVersion},

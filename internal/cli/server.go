@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
@@ -29,6 +30,8 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	x509TTL := fs.Duration("x509-svid-ttl", 0, "default X509-SVID lifetime (default 1h)")
 	jwtTTL := fs.Duration("jwt-svid-ttl", 0, "default JWT-SVID lifetime (default 5m)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	secretsKey := fs.String("secrets-key-file", "", "secrets service root key `file` (default DATA_DIR/secrets-key, created on first start; env MOATLESS_SECRETS_ROOT_KEY gives the key itself)")
+	secretsPass := fs.String("secrets-passphrase-file", "", "unseal the secrets service with the passphrase in this `file` (- for stdin; env MOATLESS_SECRETS_PASSPHRASE)")
 	reset := fs.Bool("reset-admin-token", false, "replace the admin token with a new one in DATA_DIR/admin-token (the old one stops working)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless server [--data-dir DIR] [--trust-domain TD] [--listen HOST:PORT] [flags]")
@@ -85,6 +88,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel
 	}
+	if set["secrets-key-file"] {
+		cfg.SecretsKeyFile = *secretsKey
+	}
 	cfg.Complete()
 	if err := cfg.Validate(); err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
@@ -94,7 +100,23 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	srv, err := server.New(ctx, server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset})
+	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset}
+	// The root key or passphrase comes from the environment or a file,
+	// never from a flag's value (which "ps" shows to every local user).
+	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {
+		sc.SecretsRootKey = []byte(k)
+	}
+	switch {
+	case *secretsPass != "":
+		b, err := e.readInput(*secretsPass, 4096)
+		if err != nil {
+			return e.errorf(ExitUsage, "server: --secrets-passphrase-file: %v", err)
+		}
+		sc.SecretsPassphrase = []byte(strings.TrimRight(string(b), "\r\n"))
+	case e.getenv("MOATLESS_SECRETS_PASSPHRASE") != "":
+		sc.SecretsPassphrase = []byte(e.getenv("MOATLESS_SECRETS_PASSPHRASE"))
+	}
+	srv, err := server.New(ctx, sc)
 	if err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}

@@ -274,18 +274,7 @@ func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryR
 			return err
 		}
 		if dryRun {
-			res.Version = cur
-			for _, w := range writes {
-				old, exists := byRef[w.PolicyRef]
-				switch {
-				case w.Raw == nil:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
-				case !exists:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
-				case string(old.Raw) != string(w.Raw):
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
-				}
-			}
+			res.Version, res.Changes = cur, store.PlannedChanges(byRef, writes)
 			return errDryRun // roll back: a dry run writes nothing
 		}
 		pv, err := s.db.WritePolicies(c.ctx, tx, c.actor, action, source, writes, s.now())
