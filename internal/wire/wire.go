@@ -201,10 +201,30 @@ type Update struct {
 
 // PolicySet is the whole set of security policies at one policy version:
 // Istio security.istio.io documents (AuthorizationPolicy,
-// PeerAuthentication, RequestAuthentication) as JSON, exactly as applied.
+// PeerAuthentication, RequestAuthentication) and Moatless RegoProvider
+// documents as JSON, exactly as applied, with the Rego modules and data
+// documents that CUSTOM policies evaluate.
 type PolicySet struct {
 	Version   uint64            `json:"version"`
 	Documents []json.RawMessage `json:"documents"`
+	// Modules are the Rego modules in force, by ID.
+	Modules []RegoModule `json:"modules,omitempty"`
+	// Data are the data documents in force: each is one top-level key of
+	// Rego's data (data.<key>).
+	Data []DataDocument `json:"data,omitempty"`
+}
+
+// RegoModule is one Rego module: its ID (OPA's policy ID, the file name
+// it was applied from) and its source, exactly as applied.
+type RegoModule struct {
+	ID     string `json:"id"`
+	Source string `json:"source"`
+}
+
+// DataDocument is the value of data.<Key>, as JSON.
+type DataDocument struct {
+	Key   string          `json:"key"`
+	Value json.RawMessage `json:"value"`
 }
 
 // Ack reports that the caller applied everything up to Version. Component
