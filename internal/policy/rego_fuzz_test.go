@@ -71,4 +71,3 @@ func FuzzRegoInput(f *testing.F) {
 		}
 	})
 }
-
