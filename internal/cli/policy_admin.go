@@ -22,8 +22,10 @@ import (
 // The server-backed policy commands; internal/cli/policy.go lists them in
 // the "policy" table.
 
-// readPolicyFiles reads -f arguments: files, directories (their *.yaml,
-// *.yml and *.json files in name order) and "-" for standard input.
+// readPolicyFiles reads -f arguments: files, directories (their policy
+// files in name order: *.yaml, *.yml and *.json documents, *.rego
+// modules, data.json or data.yaml data; see policy.PolicyFileKind) and
+// "-" for standard input (documents).
 func (e *Env) readPolicyFiles(cmd string, args []string) ([]server.PolicyFile, error) {
 	var out []server.PolicyFile
 	stdin := false
@@ -52,15 +54,12 @@ func (e *Env) readPolicyFiles(cmd string, args []string) ([]server.PolicyFile, e
 			}
 			paths = nil
 			for _, en := range entries {
-				switch strings.ToLower(filepath.Ext(en.Name())) {
-				case ".yaml", ".yml", ".json":
-					if !en.IsDir() {
-						paths = append(paths, filepath.Join(arg, en.Name()))
-					}
+				if _, ok := policy.PolicyFileKind(en.Name()); ok && !en.IsDir() {
+					paths = append(paths, filepath.Join(arg, en.Name()))
 				}
 			}
 			if len(paths) == 0 {
-				return nil, fmt.Errorf("%s: %s holds no .yaml, .yml or .json file", cmd, arg)
+				return nil, fmt.Errorf("%s: %s holds no .yaml, .yml, .json or .rego file", cmd, arg)
 			}
 		}
 		for _, p := range paths {

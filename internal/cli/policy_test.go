@@ -130,7 +130,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 		{"no_request", []string{"-f", good}, "give the request with --request"},
 		{"invalid_policy_names_file_and_line", []string{"-f", good, "-f", bad, "--request", req}, `bad.yaml: document 1 (AuthorizationPolicy default/x), line 7: spec.rules[0].from[0].source.principal: unknown field "principal"; did you mean "principals"?`},
 		{"missing_policy_file", []string{"-f", filepath.Join(dir, "nope.yaml"), "--request", req}, "no such file"},
-		{"empty_directory", []string{"-f", empty, "--request", req}, "holds no .yaml, .yml or .json file"},
+		{"empty_directory", []string{"-f", empty, "--request", req}, "holds no .yaml, .yml, .json or .rego file"},
 		{"invalid_request_names_file", []string{"-f", good, "--request", badReq}, `bad-req.json: invalid request: source.principal: "orders" is not a SPIFFE ID`},
 		{"missing_request", []string{"-f", good, "--request", filepath.Join(dir, "none.json")}, "none.json"},
 		{"duplicate_across_files", []string{"-f", good, "-f", good, "--request", req}, "duplicate"},
@@ -153,9 +153,10 @@ func TestPolicyCheckBadInput(t *testing.T) {
 	}
 }
 
-// A token in the request is verified by the real authn verifier against
-// the RequestAuthentication's inline JWKS, as in a sidecar.
-func TestPolicyCheckVerifiesTokens(t *testing.T) {
+// testIssuer is an ES256 token issuer: its JWKS (JSON) and a signer of
+// claims.
+func testIssuer(t *testing.T) (string, func(map[string]any) string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -168,8 +169,7 @@ func TestPolicyCheckVerifiesTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	issued := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	sign := func(claims map[string]any) string {
+	return string(jwks), func(claims map[string]any) string {
 		b, _ := json.Marshal(claims)
 		obj, err := signer.Sign(b)
 		if err != nil {
@@ -178,6 +178,13 @@ func TestPolicyCheckVerifiesTokens(t *testing.T) {
 		s, _ := obj.CompactSerialize()
 		return s
 	}
+}
+
+// A token in the request is verified by the real authn verifier against
+// the RequestAuthentication's inline JWKS, as in a sidecar.
+func TestPolicyCheckVerifiesTokens(t *testing.T) {
+	jwks, sign := testIssuer(t)
+	issued := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	valid := sign(map[string]any{"iss": "https://issuer.example", "sub": "alice", "groups": []string{"admins"}, "exp": issued.Add(time.Hour).Unix(), "iat": issued.Unix()})
 
 	dir := t.TempDir()
@@ -187,7 +194,7 @@ metadata: {name: jwt, namespace: api}
 spec:
   jwtRules:
   - issuer: https://issuer.example
-    jwks: '`+string(jwks)+`'
+    jwks: '`+jwks+`'
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
