@@ -360,15 +360,12 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 				r.log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
 				return
 			}
-			docs, err := policy.ParseJSONDocuments(ps.Documents)
+			set, err := policy.FromWire(&ps, r.policyOptions())
 			if err == nil {
-				var set *policy.Set
-				set, err = policy.Compile(docs, r.policyOptions())
-				if err == nil {
-					s.SetAuthorizer(ps.Version, set)
-					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs), "path_normalization", set.PathNormalization().String())
-					return
-				}
+				s.SetAuthorizer(ps.Version, set)
+				r.log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
+					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
+				return
 			}
 			s.ReloadFailed("policy")
 			r.log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)

@@ -528,3 +528,11 @@ func (b *Bundle) Compile(opts Options) (*Set, error) {
 	}
 	return Compile(b.Docs, opts)
 }
+
+// Storage kinds of Rego modules and data documents in the policy store,
+// beside the documents' own kinds. Both are mesh-wide: their namespace is
+// "" and their name the module ID or the data key.
+const (
+	KindRegoModule = "RegoModule"
+	KindRegoData   = "RegoData"
+)

@@ -297,4 +297,9 @@ type AuditEvent struct {
 	ReasonCode    string    `json:"reason_code"`
 	PolicyVersion uint64    `json:"policy_version"`
 	AuditPolicy   string    `json:"audit_policy,omitempty"`
+	// RegoQuery and InputSHA256 name the Rego query of the CUSTOM
+	// provider that decided, and the SHA-256 (hex) of the input document
+	// it saw; empty when no Rego provider decided.
+	RegoQuery   string `json:"rego_query,omitempty"`
+	InputSHA256 string `json:"input_sha256,omitempty"`
 }
