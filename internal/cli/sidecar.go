@@ -27,6 +27,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
@@ -279,6 +280,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			}
 			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
 		})
+		// OPA's Data and Policy APIs, read-only, over the Rego modules and
+		// data of the policy version in force.
+		(&opaapi.Handler{Rego: s.Rego, Logger: r.log}).Register(mux, opaapi.LoopbackOnly)
 		if cfg.AdminPprof {
 			// runtime/pprof directly: net/http/pprof would also register
 			// itself on http.DefaultServeMux for the whole binary.

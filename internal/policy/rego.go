@@ -536,3 +536,13 @@ const (
 	KindRegoModule = "RegoModule"
 	KindRegoData   = "RegoData"
 )
+
+// EmptyRego is the Rego of a version without modules or data: every
+// query of data is undefined but data itself ({}).
+var EmptyRego = sync.OnceValue(func() *Rego {
+	r, err := CompileRego(nil, nil)
+	if err != nil {
+		panic("policy: empty Rego does not compile: " + err.Error())
+	}
+	return r
+})
