@@ -30,6 +30,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	jwtTTL := fs.Duration("jwt-svid-ttl", 0, "default JWT-SVID lifetime (default 5m)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	reset := fs.Bool("reset-admin-token", false, "replace the admin token with a new one in DATA_DIR/admin-token (the old one stops working)")
+	extAuthz := fs.String("ext-authz", "", "serve Envoy's ext_authz (gRPC) on this unix socket, `unix:/path`, deciding with the policy set in force")
+	var extAuthzUIDs stringList
+	fs.Var(&extAuthzUIDs, "ext-authz-uid", "`uid` allowed on the --ext-authz socket (repeatable; default the server's)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless server [--data-dir DIR] [--trust-domain TD] [--listen HOST:PORT] [flags]")
 		fmt.Fprintln(fs.Output(), "\nRuns the control plane: CA, registry, admin API and the agent API on one TLS port.")
@@ -99,6 +102,13 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitFailure, "%v", err)
 	}
 	defer srv.Close()
+	if *extAuthz != "" {
+		stop, err := serveExtAuthz(ctx, srv, *extAuthz, extAuthzUIDs, logger)
+		if err != nil {
+			return e.errorf(ExitUsage, "server: --ext-authz: %v", err)
+		}
+		defer stop()
+	}
 	if err := srv.Serve(ctx); err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}

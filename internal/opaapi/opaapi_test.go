@@ -19,10 +19,10 @@ import (
 func TestParseDataRequest(t *testing.T) {
 	cases := []struct {
 		name, method, path, query, body, ctype string
-		wantPath                              []string
-		wantInput                             any
-		wantErr                               string
-		wantStatus                            int
+		wantPath                               []string
+		wantInput                              any
+		wantErr                                string
+		wantStatus                             int
 	}{
 		{name: "post_with_input", method: "POST", path: "/v1/data/a/b", body: `{"input": {"x": 1}}`, wantPath: []string{"a", "b"}, wantInput: map[string]any{"x": jsonNumber("1")}},
 		{name: "post_without_body", method: "POST", path: "/v1/data/a", wantPath: []string{"a"}},
