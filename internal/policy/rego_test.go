@@ -402,3 +402,35 @@ func TestBundleFiles(t *testing.T) {
 func jsonNum(s string) json.Number { return json.Number(s) }
 
 func inputValue(v any) (ast.Value, error) { return ast.InterfaceToValue(v) }
+
+// TestRegoInputNeeds: the input is built only as far as the modules read
+// it; "with input as" (tests) is not a read; reading input whole, or by
+// a variable key, builds it all.
+func TestRegoInputNeeds(t *testing.T) {
+	build := func(src string) map[string]any {
+		t.Helper()
+		s := failClosedSet(t, src, "")
+		r := newReq(from("td/ns/a/sa/b"), header("X-A", "1"), header("X-B", "2"), auth(jwt("i", "alice", map[string]any{"role": "r"})), atTime(at(10, 0)))
+		v, err := ast.JSON(buildInput(s.providers["m"], r, "/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.(map[string]any)
+	}
+	got := build("package m\nimport rego.v1\nallow if input.request.headers[\"x-a\"] == \"1\"\nallow if input.auth.claims.sub == \"alice\"\ntest_x if allow with input as {}\n")
+	want := map[string]any{
+		"request": map[string]any{"protocol": "http", "method": "GET", "path": "/", "host": "svc.example", "headers": map[string]any{"x-a": "1"}},
+		"auth":    map[string]any{"claims": map[string]any{"sub": "alice"}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("input (-want +got):\n%s", diff)
+	}
+	for _, src := range []string{
+		"package m\nimport rego.v1\nallow if count(input) > 0\n",
+		"package m\nimport rego.v1\nallow if { some k; input[k] }\n",
+	} {
+		if got := build(src); got["source"] == nil || got["time"] == nil {
+			t.Fatalf("%q: input not built whole: %v", src, got)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/topdown"
 )
@@ -457,29 +458,44 @@ func inputNeeds(r *Rego, maps []inputMap) *needTree {
 		}
 	}
 	read := map[string]bool{}
-	for _, m := range r.modules {
-		ast.WalkRefs(r.compiler.Modules[m.ID], func(ref ast.Ref) bool {
-			if whole || !ref.HasPrefix(ast.InputRootRef) {
-				return false
+	var visit func(x any)
+	onRef := func(ref ast.Ref) {
+		if whole || !ref.HasPrefix(ast.InputRootRef) {
+			return
+		}
+		var path []string
+		for _, t := range ref[1:] {
+			k, ok := t.Value.(ast.String)
+			if !ok {
+				break
 			}
-			var path []string
-			for _, t := range ref[1:] {
-				k, ok := t.Value.(ast.String)
-				if !ok {
-					break
-				}
-				path = append(path, string(k))
-			}
-			if len(path) == 0 {
-				whole = true
+			path = append(path, string(k))
+		}
+		if len(path) == 0 {
+			whole = true
+			return
+		}
+		read[path[0]] = true
+		if inputRoots[path[0]] {
+			add(path)
+		}
+	}
+	visit = func(x any) {
+		ast.NewGenericVisitor(func(x any) bool {
+			switch t := x.(type) {
+			case *ast.With:
+				// "with input as …" replaces input (tests do it): its
+				// target is not a read, its value may be.
+				visit(t.Value)
 				return true
+			case ast.Ref:
+				onRef(t)
 			}
-			read[path[0]] = true
-			if inputRoots[path[0]] {
-				add(path)
-			}
-			return false
-		})
+			return whole
+		}).Walk(x)
+	}
+	for _, m := range r.modules {
+		visit(r.compiler.Modules[m.ID])
 	}
 	if whole {
 		return nil
@@ -535,6 +551,10 @@ var forbiddenHeaders = map[string]bool{
 	"X-Forwarded-Client-Cert": true,
 }
 
+// noMetrics spares every evaluation OPA's own timers: Moatless counts
+// evaluations by provider and result instead.
+var noMetrics = metrics.NoOp()
+
 // eval runs the provider's query on req. Any failure denies: an error,
 // the timeout, an undefined result, or a result of the wrong shape.
 func (p *regoProvider) eval(req *Request, path string) customResult {
@@ -543,7 +563,7 @@ func (p *regoProvider) eval(req *Request, path string) customResult {
 	res.eval.InputSHA256 = inputDigest(in)
 	cancel := topdown.NewCancel()
 	timer := time.AfterFunc(p.timeout, cancel.Cancel)
-	opts := []rego.EvalOption{rego.EvalParsedInput(in), rego.EvalExternalCancel(cancel)}
+	opts := []rego.EvalOption{rego.EvalParsedInput(in), rego.EvalExternalCancel(cancel), rego.EvalMetrics(noMetrics)}
 	if !req.Time.IsZero() {
 		opts = append(opts, rego.EvalTime(req.Time))
 	}
