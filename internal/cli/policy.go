@@ -162,7 +162,11 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 				continue
 			}
 			policy.RedactInput(in)
-			out.Explain.Rego = append(out.Explain.Rego, regoInputOut{Provider: c.Provider, Query: c.Query, Input: in})
+			ro := regoInputOut{Provider: c.Provider, Query: c.Query, Input: in}
+			if c.Result != "allow" {
+				ro.Failed, _ = set.RegoFailures(c.Provider, req)
+			}
+			out.Explain.Rego = append(out.Explain.Rego, ro)
 		}
 	}
 	if output == "json" {
@@ -260,6 +264,9 @@ type regoInputOut struct {
 	Provider string         `json:"provider"`
 	Query    string         `json:"query"`
 	Input    map[string]any `json:"input"`
+	// Failed are the expressions that were false, "file:line: expr",
+	// when the provider did not allow.
+	Failed []string `json:"failed,omitempty"`
 }
 
 type policyTraceOut struct {
@@ -398,6 +405,12 @@ func (o *checkOutput) writeText(w io.Writer, explain bool) {
 		}
 	}
 	for _, r := range o.Explain.Rego {
+		if len(r.Failed) > 0 {
+			fmt.Fprintf(w, "Rego provider %s (%s): false expressions, in evaluation order:\n", r.Provider, r.Query)
+			for _, f := range r.Failed {
+				fmt.Fprintf(w, "  %s\n", f)
+			}
+		}
 		fmt.Fprintf(w, "Input of Rego provider %s (%s):\n", r.Provider, r.Query)
 		b, _ := json.MarshalIndent(r.Input, "  ", "  ")
 		fmt.Fprintf(w, "  %s\n", b)

@@ -24,6 +24,9 @@ func regoPolicyDir(t *testing.T, jwks string, extra map[string]string) string {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(src, e.Name()))
 		if err != nil {
 			t.Fatal(err)
@@ -59,12 +62,12 @@ func TestPolicyCheckRego(t *testing.T) {
 	}
 	hour := func(h int) string { return day.Add(time.Duration(h) * time.Hour).Format(time.RFC3339) }
 	cases := []struct {
-		name, tok, path, level, at, decision, result string
+		name, tok, path, level, at, decision, result, failed string
 	}{
-		{"owner_in_hours", token("alice", "user"), "/records/alice/7", "2", hour(10), "allow", "allow"},
-		{"owner_out_of_hours", token("alice", "user"), "/records/alice/7", "2", hour(20), "deny", "deny"},
-		{"user_above_clearance", token("bob", "user"), "/records/bob/7", "2", hour(10), "deny", "deny"},
-		{"non_owner", token("carol", "admin"), "/records/alice/7", "1", hour(10), "deny", "deny"},
+		{"owner_in_hours", token("alice", "user"), "/records/alice/7", "2", hour(10), "allow", "allow", ""},
+		{"owner_out_of_hours", token("alice", "user"), "/records/alice/7", "2", hour(20), "deny", "deny", "authz.rego:10: input.context.time <= 17"},
+		{"user_above_clearance", token("bob", "user"), "/records/bob/7", "2", hour(10), "deny", "deny", "authz.rego:11: input.resource.sensitivity_level <= user_clearance_level"},
+		{"non_owner", token("carol", "admin"), "/records/alice/7", "1", hour(10), "deny", "deny", "authz.rego:8: input.resource.owner == input.user.id"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -79,7 +82,10 @@ func TestPolicyCheckRego(t *testing.T) {
 					InputSHA256      string `json:"input_sha256"`
 				}
 				Explain struct {
-					Rego []struct{ Input map[string]any }
+					Rego []struct {
+						Input  map[string]any
+						Failed []string
+					}
 				}
 			}
 			if err := json.Unmarshal([]byte(stdout), &got); err != nil {
@@ -90,6 +96,9 @@ func TestPolicyCheckRego(t *testing.T) {
 			}
 			if len(got.Explain.Rego) != 1 {
 				t.Fatalf("no input in --explain: %s", stdout)
+			}
+			if f := got.Explain.Rego[0].Failed; c.failed != "" && (len(f) == 0 || f[0] != c.failed) {
+				t.Fatalf("false expressions %q, want %q first", f, c.failed)
 			}
 			h := got.Explain.Rego[0].Input["request"].(map[string]any)["headers"].(map[string]any)
 			if h["authorization"] != "[redacted]" || strings.Contains(stdout, c.tok[30:60]) {

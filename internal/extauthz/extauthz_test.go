@@ -49,6 +49,9 @@ func regoSet(t *testing.T) (*policy.Set, func(claims map[string]any) string) {
 	dir := filepath.Join("..", "policy", "testdata", "rego")
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
 		c, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)

@@ -672,3 +672,55 @@ func (ps regoProviders) sortedNames() []string {
 	sort.Strings(out)
 	return out
 }
+
+// maxRegoFailures bounds what RegoFailures reports.
+const maxRegoFailures = 20
+
+// RegoFailures evaluates provider's query on req again with OPA's tracer
+// and lists the expressions that evaluated to false, "file:line: expr",
+// in evaluation order without repeats: for "moatless policy check
+// --explain", what kept an allow rule from matching. It costs a traced
+// evaluation and is not for the request path.
+func (s *Set) RegoFailures(provider string, req *Request) ([]string, error) {
+	if s == nil || s.providers[provider] == nil {
+		return nil, fmt.Errorf("policy: no Rego provider %q", provider)
+	}
+	p := s.providers[provider]
+	path := ""
+	if req.Protocol != TCP {
+		var err error
+		if path, err = s.matchPath(nil, req); err != nil {
+			return nil, err
+		}
+	}
+	buf := topdown.NewBufferTracer()
+	opts := []rego.EvalOption{rego.EvalParsedInput(buildInput(p, req, path)), rego.EvalQueryTracer(buf), rego.EvalRuleIndexing(false), rego.EvalEarlyExit(false)}
+	if !req.Time.IsZero() {
+		opts = append(opts, rego.EvalTime(req.Time))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), MaxRegoTimeout)
+	defer cancel()
+	if _, err := p.pq.Eval(ctx, opts...); err != nil {
+		return nil, err
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, ev := range *buf {
+		if ev.Op != topdown.FailOp {
+			continue
+		}
+		e, ok := ev.Node.(*ast.Expr)
+		if !ok || e.Location == nil || e.Location.File == "" || e.Generated {
+			continue
+		}
+		line := fmt.Sprintf("%s:%d: %s", e.Location.File, e.Location.Row, strings.TrimSpace(string(e.Location.Text)))
+		if !seen[line] {
+			seen[line] = true
+			out = append(out, line)
+			if len(out) == maxRegoFailures {
+				break
+			}
+		}
+	}
+	return out, nil
+}
