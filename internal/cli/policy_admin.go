@@ -93,11 +93,7 @@ func printPolicyChanges(e *Env, res server.PolicyChangeResult, verb string) {
 		return
 	}
 	for _, c := range res.Changes {
-		if meshWideKind(c.Kind) {
-			fmt.Fprintf(e.Stdout, "%s %s %s\n", c.Op, c.Kind, c.Name)
-			continue
-		}
-		fmt.Fprintf(e.Stdout, "%s %s %s/%s\n", c.Op, c.Kind, c.Namespace, c.Name)
+		fmt.Fprintf(e.Stdout, "%s %s\n", c.Op, c.PolicyRef)
 	}
 	if res.DryRun {
 		fmt.Fprintf(e.Stdout, "dry run: nothing %s (current version %d)\n", verb, res.Version)
@@ -365,7 +361,7 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		}
 		var ch []string
 		for _, c := range h.Changes {
-			ch = append(ch, c.Op+" "+c.Kind+" "+c.Namespace+"/"+c.Name)
+			ch = append(ch, c.Op+" "+c.PolicyRef.String())
 		}
 		sort.Strings(ch)
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", h.Version, h.CreatedAt.Local().Format(time.RFC3339), action, h.Actor, h.Documents, strings.Join(ch, ", "))
