@@ -322,6 +322,7 @@ func TestRegoFailsClosed(t *testing.T) {
 		{"string_result", "package m\nallow := \"yes\"\n", "", "error", "a string, not a boolean"},
 		{"object_without_allow", "package m\nallow := {\"ok\": true}\n", "", "error", `boolean "allow"`},
 		{"forbidden_header", "package m\nallow := {\"allow\": true, \"headers\": {\"x-forwarded-client-cert\": \"By=spiffe://evil\"}}\n", "", "error", "may not be set"},
+		{"underscore_header", "package m\nallow := {\"allow\": true, \"headers\": {\"x_forwarded_client_cert\": \"By=spiffe://evil\"}}\n", "", "error", "names with _ are refused"},
 		{"header_injection", "package m\nallow := {\"allow\": true, \"headers\": {\"x-a\": \"1\\r\\nx-b: 2\"}}\n", "", "error", "without CR, LF or NUL"},
 		{"status_out_of_range", "package m\nallow := {\"allow\": false, \"status\": 200}\n", "", "error", "from 400 to 599"},
 	}

@@ -633,6 +633,10 @@ func (res *customResult) read(v any) error {
 				switch {
 				case err != nil || strings.HasPrefix(name, ":"):
 					return fmt.Errorf("header %q is not a header name", k)
+				case strings.ContainsRune(name, '_'):
+					// CGI-style apps read "_" and "-" alike: X_Forwarded_Client_Cert
+					// would be the sidecar's header to them.
+					return fmt.Errorf("header %q: names with _ are refused (apps may read them as -)", k)
 				case forbiddenHeaders[name]:
 					return fmt.Errorf("header %q may not be set by a policy", name)
 				case !ok || strings.ContainsAny(s, "\r\n\x00") || len(s) > maxValueLen:
