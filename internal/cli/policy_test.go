@@ -3,9 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
+	"github.com/moatless/moatless/internal/policy/policytest"
 )
 
 // checkCLI runs "moatless policy check" in-process.
@@ -155,30 +152,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 
 // testIssuer is an ES256 token issuer: its JWKS (JSON) and a signer of
 // claims.
-func testIssuer(t *testing.T) (string, func(map[string]any) string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(jwks), func(claims map[string]any) string {
-		b, _ := json.Marshal(claims)
-		obj, err := signer.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, _ := obj.CompactSerialize()
-		return s
-	}
-}
+func testIssuer(t *testing.T) (string, func(map[string]any) string) { return policytest.Issuer(t) }
 
 // A token in the request is verified by the real authn verifier against
 // the RequestAuthentication's inline JWKS, as in a sidecar.

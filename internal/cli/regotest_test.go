@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/policy/policytest"
 )
 
 // regoPolicyDir copies internal/policy/testdata/rego (the issue's example
@@ -18,21 +18,7 @@ import (
 func regoPolicyDir(t *testing.T, jwks string, extra map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	src := filepath.Join("..", "policy", "testdata", "rego")
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, dir, e.Name(), string(b))
-	}
+	policytest.CopyRego(t, dir)
 	writeFile(t, dir, "jwt.yaml", `apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}

@@ -2,11 +2,7 @@ package extauthz
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,7 +15,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	jose "github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +23,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/testpki"
 )
 
@@ -36,17 +32,9 @@ import (
 // for an issuer whose tokens sign signs.
 func regoSet(t *testing.T) (*policy.Set, func(claims map[string]any) string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	jwks, sign := policytest.Issuer(t)
 	var b policy.Bundle
-	dir := filepath.Join("..", "policy", "testdata", "rego")
+	dir := policytest.RegoDir()
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if e.IsDir() {
@@ -78,13 +66,7 @@ spec:
 	return set, func(claims map[string]any) string {
 		now := time.Now()
 		claims["iss"], claims["iat"], claims["exp"] = "https://idp.example", now.Unix(), now.Add(time.Hour).Unix()
-		raw, _ := json.Marshal(claims)
-		obj, err := signer.Sign(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, _ := obj.CompactSerialize()
-		return s
+		return sign(claims)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/testpki"
 )
 
@@ -29,23 +30,7 @@ import (
 func regoDir(t *testing.T, jwks string) string {
 	t.Helper()
 	dir := t.TempDir()
-	src := filepath.Join("..", "policy", "testdata", "rego")
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	policytest.CopyRego(t, dir)
 	jwt := fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -46,39 +45,7 @@ func authzClient(t *testing.T, sock string) authv3.AuthorizationClient {
 // denying anyone else with the policy's 404.
 func TestAuthzExtAuthz(t *testing.T) {
 	jwks, token := regoIssuer(t)
-	dir := t.TempDir()
-	src := filepath.Join("..", "..", "internal", "policy", "testdata", "rego")
-	for _, f := range []string{"ownership.rego", "data.json"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeTestFile(t, dir, f, string(b))
-	}
-	writeTestFile(t, dir, "policies.yaml", fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - {issuer: "https://idp.e2e", jwks: '%s'}
----
-apiVersion: moatless.io/v1
-kind: RegoProvider
-metadata: {name: ownership}
-spec:
-  query: data.ownership.decision
-  routes:
-  - {path: "/documents/{doc}", attributes: {doc: {segment: doc}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: documents-owner, namespace: prod}
-spec:
-  selector: {matchLabels: {app: documents}}
-  action: CUSTOM
-  provider: {name: ownership}
-  rules: [{}]
-`, jwks))
+	dir := ownershipPolicies(t, jwks)
 
 	expect := func(t *testing.T, c authv3.AuthorizationClient) {
 		t.Helper()

@@ -2,12 +2,8 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -17,33 +13,57 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-
 	"github.com/moatless/moatless/internal/opaapi/opaclient"
+	"github.com/moatless/moatless/internal/policy/policytest"
 )
 
-// regoIssuer is an ES256 token issuer: its JWKS and a signer.
+// regoIssuer is an ES256 token issuer: its JWKS and a signer of tokens
+// for sub with roles, valid for an hour.
 func regoIssuer(t *testing.T) (string, func(sub string, roles ...string) string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(jwks), func(sub string, roles ...string) string {
+	jwks, sign := policytest.Issuer(t)
+	return jwks, func(sub string, roles ...string) string {
 		now := time.Now()
-		b, _ := json.Marshal(map[string]any{"iss": "https://idp.e2e", "sub": sub, "roles": roles, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
-		obj, err := signer.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, _ := obj.CompactSerialize()
-		return s
+		return sign(map[string]any{"iss": "https://idp.e2e", "sub": sub, "roles": roles, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
 	}
+}
+
+// ownershipPolicies writes the ownership policy of the Rego examples, its
+// data, a provider for /documents/{doc} and the CUSTOM policy for
+// app=documents in prod, trusting tokens of jwks, into a new directory.
+func ownershipPolicies(t *testing.T, jwks string) string {
+	t.Helper()
+	dir := t.TempDir()
+	policytest.CopyRego(t, dir, "ownership.rego", "data.json")
+	writeTestFile(t, dir, "policies.yaml", fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.e2e
+    jwks: '%s'
+---
+apiVersion: moatless.io/v1
+kind: RegoProvider
+metadata: {name: ownership}
+spec:
+  query: data.ownership.decision
+  routes:
+  - path: "/documents/{doc}"
+    methods: [GET]
+    attributes:
+      doc: {segment: doc}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: documents-owner, namespace: prod}
+spec:
+  selector: {matchLabels: {app: documents}}
+  action: CUSTOM
+  provider: {name: ownership}
+  rules: [{}]
+`, jwks))
+	return dir
 }
 
 // TestSidecarRego: Rego through the real binaries. The ownership policy
@@ -73,43 +93,7 @@ outbound:
   - {listen: "%s", upstream: "%s", spiffe_id: "%s"}
 `, p.addr, p.joinTokenFile(scFrontendID), bundle, outbound, inbound, scOrdersID), false)
 
-	dir := t.TempDir()
-	src := filepath.Join("..", "..", "internal", "policy", "testdata", "rego")
-	for _, f := range []string{"ownership.rego", "data.json"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeTestFile(t, dir, f, string(b))
-	}
-	writeTestFile(t, dir, "policies.yaml", fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://idp.e2e
-    jwks: '%s'
----
-apiVersion: moatless.io/v1
-kind: RegoProvider
-metadata: {name: ownership}
-spec:
-  query: data.ownership.decision
-  routes:
-  - path: "/documents/{doc}"
-    methods: [GET]
-    attributes:
-      doc: {segment: doc}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: documents-owner, namespace: prod}
-spec:
-  selector: {matchLabels: {app: documents}}
-  action: CUSTOM
-  provider: {name: ownership}
-  rules: [{}]
-`, jwks))
+	dir := ownershipPolicies(t, jwks)
 	out := p.admin("policy", "apply", "-f", dir)
 	if !strings.Contains(out, "create RegoModule ownership.rego") || !strings.Contains(out, "create RegoData documents") {
 		t.Fatalf("apply: %s", out)

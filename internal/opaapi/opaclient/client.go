@@ -88,8 +88,17 @@ func (c *Client) Query(ctx context.Context, path string, input any) (result any,
 	if err != nil {
 		return nil, false, err
 	}
+	return c.result(ctx, http.MethodPost, path, bytes.NewReader(body))
+}
+
+// result sends a Data API query and reads its "result".
+func (c *Client) result(ctx context.Context, method, path string, body io.Reader) (result any, defined bool, err error) {
 	var out map[string]json.RawMessage
-	if _, err := c.do(ctx, http.MethodPost, "/v1/data/"+strings.TrimPrefix(path, "/"), bytes.NewReader(body), "application/json", &out); err != nil {
+	ct := ""
+	if body != nil {
+		ct = "application/json"
+	}
+	if _, err := c.do(ctx, method, "/v1/data/"+strings.TrimPrefix(path, "/"), body, ct, &out); err != nil {
 		return nil, false, err
 	}
 	raw, ok := out["result"]
@@ -102,16 +111,7 @@ func (c *Client) Query(ctx context.Context, path string, input any) (result any,
 
 // Get reads the document at path (GET /v1/data/{path}).
 func (c *Client) Get(ctx context.Context, path string) (result any, defined bool, err error) {
-	var out map[string]json.RawMessage
-	if _, err := c.do(ctx, http.MethodGet, "/v1/data/"+strings.TrimPrefix(path, "/"), nil, "", &out); err != nil {
-		return nil, false, err
-	}
-	raw, ok := out["result"]
-	if !ok {
-		return nil, false, nil
-	}
-	err = json.Unmarshal(raw, &result)
-	return result, true, err
+	return c.result(ctx, http.MethodGet, path, nil)
 }
 
 // PutData creates or overwrites the document at path (PUT /v1/data/{path}).
