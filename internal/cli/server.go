@@ -33,6 +33,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	secretsKey := fs.String("secrets-key-file", "", "secrets service root key `file` (default DATA_DIR/secrets-key, created on first start; env MOATLESS_SECRETS_ROOT_KEY gives the key itself)")
 	secretsPass := fs.String("secrets-passphrase-file", "", "unseal the secrets service with the passphrase in this `file` (- for stdin; env MOATLESS_SECRETS_PASSPHRASE)")
 	reset := fs.Bool("reset-admin-token", false, "replace the admin token with a new one in DATA_DIR/admin-token (the old one stops working)")
+	extAuthz := fs.String("ext-authz", "", "serve Envoy's ext_authz (gRPC) on this unix socket, `unix:/path`, deciding with the policy set in force")
+	var extAuthzUIDs stringList
+	fs.Var(&extAuthzUIDs, "ext-authz-uid", "`uid` allowed on the --ext-authz socket (repeatable; default the server's)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless server [--data-dir DIR] [--trust-domain TD] [--listen HOST:PORT] [flags]")
 		fmt.Fprintln(fs.Output(), "\nRuns the control plane: CA, registry, admin API and the agent API on one TLS port.")
@@ -121,6 +124,13 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitFailure, "%v", err)
 	}
 	defer srv.Close()
+	if *extAuthz != "" {
+		stop, err := serveExtAuthz(ctx, srv, *extAuthz, extAuthzUIDs, logger)
+		if err != nil {
+			return e.errorf(ExitUsage, "server: --ext-authz: %v", err)
+		}
+		defer stop()
+	}
 	if err := srv.Serve(ctx); err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}

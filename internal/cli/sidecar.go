@@ -27,6 +27,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
@@ -290,6 +291,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			}
 			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
 		})
+		// OPA's Data and Policy APIs, read-only, over the Rego modules and
+		// data of the policy version in force.
+		(&opaapi.Handler{Rego: s.Rego, Logger: r.log}).Register(mux, opaapi.LoopbackOnly)
 		if cfg.AdminPprof {
 			// runtime/pprof directly: net/http/pprof would also register
 			// itself on http.DefaultServeMux for the whole binary.
@@ -371,15 +375,12 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 				r.log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
 				return
 			}
-			docs, err := policy.ParseJSONDocuments(ps.Documents)
+			set, err := policy.FromWire(&ps, r.policyOptions())
 			if err == nil {
-				var set *policy.Set
-				set, err = policy.Compile(docs, r.policyOptions())
-				if err == nil {
-					s.SetAuthorizer(ps.Version, set)
-					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs), "path_normalization", set.PathNormalization().String())
-					return
-				}
+				s.SetAuthorizer(ps.Version, set)
+				r.log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
+					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
+				return
 			}
 			s.ReloadFailed("policy")
 			r.log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)

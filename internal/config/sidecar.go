@@ -201,8 +201,9 @@ type SidecarOutbound struct {
 
 // SidecarPolicy is where policies come from in the modes without a server.
 type SidecarPolicy struct {
-	// Files and directories of Istio security YAML, reloaded on change. A
-	// reload that fails keeps the policies in force.
+	// Files and directories of Istio security YAML and RegoProviders,
+	// Rego modules (*.rego) and data (data.json, data.yaml), reloaded on
+	// change. A reload that fails keeps the policies in force.
 	Files []string `json:"files,omitempty"`
 	// RootNamespace: policies there apply mesh-wide; default
 	// DefaultRootNamespace.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -179,7 +180,7 @@ func FuzzDecide(f *testing.F) {
 		if d.Reason == "" {
 			t.Fatalf("decision without a reason: %+v", d)
 		}
-		if e := s.Explain(req, nil); e.Decision != s.Evaluate(req, nil) {
+		if e := s.Explain(req, nil); !reflect.DeepEqual(e.Decision, s.Evaluate(req, nil)) {
 			t.Fatalf("Explain and Evaluate disagree")
 		}
 	})

@@ -64,7 +64,10 @@ type connInfo struct {
 	dstIP      netip.Addr
 	sni        string
 	xfcc       []string // the header value, shared by every request
-	entry      *tracked
+	// own is this sidecar's SPIFFE ID without the scheme at the
+	// handshake: the destination's principal for Rego providers.
+	own   string
+	entry *tracked
 }
 
 type connInfoKey struct{}
@@ -291,6 +294,7 @@ func (ib *inbound) handle(c net.Conn) {
 		info.certSHA256 = policy.CertThumbprint(leaf)
 		info.sni = cs.ServerName
 		if own, err := s.tls.ownID(); err == nil {
+			info.own = strings.TrimPrefix(own.String(), "spiffe://")
 			sum := sha256.Sum256(leaf.Raw)
 			info.xfcc = []string{"By=" + own.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + info.peer}
 		}
@@ -382,7 +386,9 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 		RemoteIP:    info.srcIP,
 		Destination: ib.destination(info.dstIP),
 		SNI:         info.sni,
+		Time:        s.cfg.Now(),
 	}
+	req.Destination.Principal = info.own
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if authz != nil {
 		dec = authz.Evaluate(&req, s.verifier())
@@ -419,7 +425,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		ev.Reason = dec.Reason
 		ev.PolicyVersion = version
 	}
-	ib.s.dec.record(ctx, dec.Outcome, dec.Policy, reason, fill)
+	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)
 	if dec.Audit {
 		ib.s.dec.audited(ctx, dec, fill)
 	}
@@ -485,12 +491,14 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		RemoteIP:       info.srcIP,
 		Destination:    ib.destination(info.dstIP),
 		SNI:            info.sni,
+		Time:           s.cfg.Now(),
 		Method:         r.Method,
 		Host:           r.Host,
 		Path:           np.Target(),
 		NormalizedPath: np,
 		Headers:        h,
 	}
+	req.Destination.Principal = info.own
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if authz != nil {
 		dec = authz.Evaluate(req, s.verifier())
@@ -513,8 +521,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.DenyNamesPolicy && dec.Policy != "" {
 			body += " by " + dec.Policy
 		}
+		status := http.StatusForbidden
+		if dec.Status != 0 { // a CUSTOM provider's choice, 400-599
+			status = dec.Status
+		}
 		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusForbidden)
+		w.WriteHeader(status)
 		io.WriteString(w, body)
 		return
 	}
@@ -544,6 +556,11 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			r = r.WithContext(ctx)
 		}
+	}
+	// Headers an allowing CUSTOM provider asked for replace the caller's
+	// (the policy package refused framing and identity headers).
+	for k, v := range dec.Headers {
+		h[k] = []string{v}
 	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc

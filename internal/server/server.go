@@ -119,6 +119,8 @@ type Server struct {
 	credCache   sync.Map
 	credCount   atomic.Int64
 	policyCache atomic.Pointer[policyCacheEntry]
+	opaRego     regoCache  // the OPA API's compiled Rego, per policy version
+	authzSet    authzCache // ext_authz's compiled policy set, per policy version
 	// entries caches registration entries for the signing path as of one
 	// entries-section version (agentapi.go).
 	entries atomic.Pointer[entryCache]

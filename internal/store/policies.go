@@ -16,7 +16,12 @@ type PolicyRef struct {
 	Name      string `json:"name"`
 }
 
-func (r PolicyRef) String() string { return r.Kind + " " + r.Namespace + "/" + r.Name }
+func (r PolicyRef) String() string {
+	if r.Namespace == "" { // mesh-wide kinds: Rego modules and data
+		return r.Kind + " " + r.Name
+	}
+	return r.Kind + " " + r.Namespace + "/" + r.Name
+}
 
 // PolicyObject is a policy document as stored: its canonical JSON.
 type PolicyObject struct {
