@@ -95,6 +95,7 @@ type valueSet struct {
 	paths    pathSet
 	ips      ipSet
 	ports    portSet
+	hosts    hostSet
 	rps      []reqPrincipalPat
 	sas      saSet // serviceAccounts, source.serviceAccount
 }
@@ -311,6 +312,9 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		if fe != nil {
 			return cr, nil, fe
 		}
+		if am.kind == attrHeader && am.header == ":authority" {
+			warnings = append(warnings, fmt.Sprintf("%s: %s matches the Host header as sent, so a port, a trailing dot or another case makes a different value; to.operation.hosts matches the host name", wp.key("key"), cond.GetKey()))
+		}
 		cr.when = append(cr.when, am)
 	}
 	for _, cls := range [][]clause{cr.from, cr.to, {cr.when}} {
@@ -520,7 +524,7 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 			}
 			vs.paths.templates = append(vs.paths.templates, t)
 		}
-		vs.paths.strs = newStrSet(plain, false)
+		vs.paths.strs = newStrSet(plain)
 	case attrRequestPrincipal:
 		for _, v := range values {
 			vs.rps = append(vs.rps, parseRequestPrincipal(v))
@@ -546,16 +550,19 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 		}
 		vs.nss = newNSSet(values)
 	case attrHost:
-		vs.strs = newStrSet(values, true)
+		var fe *fieldError
+		if vs.hosts, fe = newHostSet(values, p); fe != nil {
+			return vs, fe
+		}
 	case attrHeader:
 		for _, v := range values {
 			if v == "*" {
 				vs.presence = true
 			}
 		}
-		vs.strs = newStrSet(values, false)
+		vs.strs = newStrSet(values)
 	default:
-		vs.strs = newStrSet(values, false)
+		vs.strs = newStrSet(values)
 	}
 	return vs, nil
 }
