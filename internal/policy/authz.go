@@ -280,6 +280,17 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 	if len(r.GetFrom()) > maxClauses || len(r.GetTo()) > maxClauses || len(r.GetWhen()) > maxClauses {
 		return cr, nil, errAt(rp, "at most %d entries in from, to and when", maxClauses)
 	}
+	// Istio's check, for documents built in Go: a present but empty list
+	// would match anything. (The loader refuses "[]" and null on the JSON,
+	// which protojson decodes as absent.)
+	switch {
+	case r.From != nil && len(r.From) == 0:
+		return cr, nil, errAt(rp.key("from"), "%s", emptyRefused["istio.security.v1beta1.Rule.from"])
+	case r.To != nil && len(r.To) == 0:
+		return cr, nil, errAt(rp.key("to"), "%s", emptyRefused["istio.security.v1beta1.Rule.to"])
+	case r.When != nil && len(r.When) == 0:
+		return cr, nil, errAt(rp.key("when"), "%s", emptyRefused["istio.security.v1beta1.Rule.when"])
+	}
 	tcpInFrom, tcpInTo := false, false
 	for j, f := range r.GetFrom() {
 		fp := rp.key("from").index(j)
