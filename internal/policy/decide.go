@@ -21,10 +21,23 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string // normalized, query removed; may alias a buffer on authorize's stack
+	path string      // normalized, query removed; may alias a buffer on authorize's stack
+	host requestHost // parsed req.Host, when it is not ""
 
 	srcDone bool
 	td      string // trust domain of the source principal
+}
+
+// parseHost reads req.Host for hosts and notHosts. A Host that is not an
+// authority is a bad request (ErrInvalidHost): it could name the denied
+// host to the application in a form the policy does not see.
+func (c *evalCtx) parseHost() error {
+	if c.req.Host == "" {
+		return nil
+	}
+	h, err := parseRequestHost(c.req.Host)
+	c.host = h
+	return err
 }
 
 func (c *evalCtx) source() {
@@ -89,7 +102,11 @@ func (a *attrMatch) match(c *evalCtx) bool {
 	case attrSNI:
 		return a.strAttr(r.SNI, r.SNI != "")
 	case attrHost:
-		return a.strAttr(r.Host, r.Host != "")
+		present := r.Host != ""
+		if a.pos.n > 0 && (!present || !a.pos.hosts.match(&c.host)) {
+			return false
+		}
+		return a.neg.n == 0 || !present || !a.neg.hosts.match(&c.host)
 	case attrMethod:
 		return a.strAttr(r.Method, r.Method != "")
 	case attrPath:
@@ -431,6 +448,9 @@ func (s *Set) authorize(req *Request) Decision {
 	c.tcp = req.Protocol == TCP
 	if !c.tcp {
 		p, err := s.matchPath(pathBuf[:0], req)
+		if err == nil {
+			err = c.parseHost()
+		}
 		if err != nil {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
