@@ -223,7 +223,7 @@ func (a *Agent) attest(ctx context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || ctx.Err() != nil {
+		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || ctx.Err() != nil {
 			return err
 		}
 		wait := a.node.backoff(attempt)

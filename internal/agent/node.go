@@ -239,6 +239,11 @@ func (n *Node) Attest(ctx context.Context) error {
 				n.log.Info("using the node SVID from the data directory; the join token was not used", "spiffe_id", n.ID().String())
 			}
 			return nil
+		} else if errors.Is(err, ErrStaleState) {
+			if n.cfg.JoinToken == "" {
+				return err
+			}
+			n.log.Warn("the node SVID in the data directory is from another server or trust domain; attesting with the join token and replacing it", "error", err)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
 		}
@@ -917,6 +922,9 @@ func (n *Node) loadPersisted() error {
 	checked, err := checkSVID(w, signer, svid.ID, b, n.now())
 	if err != nil {
 		return fmt.Errorf("%s: %w", nodeFile, err)
+	}
+	if err := n.checkSavedState(checked, &b); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	n.bundle = &b

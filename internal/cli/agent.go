@@ -109,7 +109,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 		switch {
 		case errors.Is(err, agent.ErrJoinTokenRejected):
 			return e.errorf(ExitDenied, "%v", err)
-		case errors.Is(err, agent.ErrNoCredential):
+		case errors.Is(err, agent.ErrNoCredential), errors.Is(err, agent.ErrStaleState):
 			return e.errorf(ExitUsage, "%v", err)
 		case errors.Is(err, context.Canceled):
 			return ExitOK

@@ -246,6 +246,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
 		err := node.Attest(actx)
 		acancel()
+		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) {
+			return usageError{fmt.Errorf("identity.join.state_dir: %w", err)}
+		}
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,59 @@
+package agent
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// ErrStaleState: the data directory holds a node SVID that the trust
+// bundle given in the configuration does not vouch for — it was issued by
+// another server or trust domain (a second tour, a server whose data
+// directory was reset). Such an SVID is never used: the server would
+// refuse it on every connection, forever. With a join token the node
+// attests afresh and replaces it; without one the error names the file to
+// remove.
+var ErrStaleState = errors.New("agent: the data directory holds a node SVID from another server or trust domain")
+
+// checkSavedState decides whether a node SVID loaded from the data
+// directory (already checked against the bundle saved beside it) belongs
+// to the server the configured TrustBundle authenticates. It does when the
+// SVID chains to TrustBundle, or when the saved bundle still holds one of
+// TrustBundle's authorities: the saved bundle came over the watch stream
+// from a server that TrustBundle authenticated, so a CA rotated since the
+// given bundle was copied keeps its SVIDs. Without a configured
+// TrustBundle there is nothing to compare with and the saved state is
+// used. Otherwise the answer wraps ErrStaleState and names the file.
+func (n *Node) checkSavedState(s *x509svid.SVID, saved *wire.Bundle) error {
+	if len(n.cfg.TrustBundle) == 0 {
+		return nil
+	}
+	roots := x509.NewCertPool()
+	given := map[string]bool{}
+	for _, c := range n.cfg.TrustBundle {
+		roots.AddCert(c)
+		given[string(c.Raw)] = true
+	}
+	for _, der := range saved.X509Authorities {
+		if given[string(der)] {
+			return nil
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range s.Certificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := s.Certificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: n.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err == nil {
+		return nil
+	}
+	path := filepath.Join(n.cfg.DataDir, nodeFile)
+	return fmt.Errorf("%w: %s (%s) does not chain to the trust bundle given (%v); start with a new join token to replace it, or remove %s",
+		ErrStaleState, path, s.ID, err, path)
+}
