@@ -40,6 +40,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// FirstSyncWait bounds how long a Workload API call made before the
+	// first complete sync with the server (entries received, their SVIDs
+	// signed) waits for it, so a workload started with the agent is not
+	// told it has no identity. Default workload.DefaultFirstSyncWait.
+	FirstSyncWait time.Duration
 	// Registry receives the agent's metrics; a new registry when nil (so
 	// several agents in one test process do not collide).
 	Registry *prometheus.Registry
@@ -104,6 +109,12 @@ func New(cfg Config) (*Agent, error) {
 			user.OnEntries(e)
 		}
 	}
+	nc.OnUpdate = func(v uint64) {
+		a.cache.updateApplied()
+		if user.OnUpdate != nil {
+			user.OnUpdate(v)
+		}
+	}
 	nc.OnSVID = func(s *x509svid.SVID) {
 		a.cache.SetNode(s.ID, strings.ToLower(s.Certificates[0].SerialNumber.Text(16)))
 		if user.OnSVID != nil {
@@ -129,12 +140,13 @@ func New(cfg Config) (*Agent, error) {
 	a.node = node
 	a.cache = newCache(node, CacheConfig{Logger: a.log.With("part", "cache"), Now: a.now, BackoffBase: nc.BackoffBase, BackoffMax: nc.BackoffMax})
 	a.wl, err = workload.New(workload.Config{
-		SocketPath: cfg.SocketPath,
-		Source:     a.cache,
-		Attestor:   cfg.Attestor,
-		Logger:     a.log.With("part", "workload"),
-		Now:        a.now,
-		OnServe:    func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
+		SocketPath:    cfg.SocketPath,
+		Source:        a.cache,
+		FirstSyncWait: cfg.FirstSyncWait,
+		Attestor:      cfg.Attestor,
+		Logger:        a.log.With("part", "workload"),
+		Now:           a.now,
+		OnServe:       func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
 		OnAttestFailure: func() {
 			a.metrics.attestFailures.WithLabelValues("workload").Inc()
 		},

@@ -146,13 +146,23 @@ type agentFixture struct {
 
 func startAgent(t *testing.T, f *fakeServer, token, dataDir string) *agentFixture {
 	t.Helper()
+	return startAgentWith(t, f, token, dataDir, nil)
+}
+
+// startAgentWith is startAgent with the agent's Config changed by edit.
+func startAgentWith(t *testing.T, f *fakeServer, token, dataDir string, edit func(*Config)) *agentFixture {
+	t.Helper()
 	sd, err := os.MkdirTemp("", "ag")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sd) })
 	af := &agentFixture{f: f, sock: filepath.Join(sd, "agent.sock"), done: make(chan error, 1)}
-	af.a, err = New(Config{Node: f.nodeConfig(t, token, dataDir), SocketPath: af.sock, HealthListen: "127.0.0.1:0", Logger: quiet()})
+	cfg := Config{Node: f.nodeConfig(t, token, dataDir), SocketPath: af.sock, HealthListen: "127.0.0.1:0", Logger: quiet()}
+	if edit != nil {
+		edit(&cfg)
+	}
+	af.a, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

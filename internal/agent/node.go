@@ -117,6 +117,9 @@ type NodeConfig struct {
 	OnRevocations func(wire.Revocations)
 	OnEntries     func([]wire.Entry)
 	OnPolicies    func(wire.PolicySet)
+	// OnUpdate is called after every section of an update was applied
+	// (and before it is acknowledged), with the update's version.
+	OnUpdate func(version uint64)
 	// OnSVID is called after the node's own SVID changed (attestation,
 	// load, renewal).
 	OnSVID func(*x509svid.SVID)
@@ -715,6 +718,9 @@ func (n *Node) apply(u *wire.Update) error {
 	n.mu.Lock()
 	n.version = u.Version
 	n.mu.Unlock()
+	if n.cfg.OnUpdate != nil {
+		n.cfg.OnUpdate(u.Version)
+	}
 	return nil
 }
 
