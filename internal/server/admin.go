@@ -583,6 +583,10 @@ func (s *Server) createRevocation(c *adminCall) {
 			c.fail(badf("spiffe_id: the server's own ID cannot be revoked"))
 			return
 		}
+		if err := s.checkKnownID(c.ctx, id.String(), in.Force); err != nil {
+			c.fail(err)
+			return
+		}
 		r := store.RevokedID{SPIFFEID: id.String(), Reason: in.Reason, RevokedBy: c.actor, RevokedAt: now}
 		err = c.change(func(tx *sql.Tx) (audit.Event, error) {
 			_, err := s.db.RevokeID(c.ctx, tx, r)

@@ -57,6 +57,9 @@ type RevokeRequest struct {
 	// Serial is the certificate serial in hex, as the server reports it.
 	Serial string `json:"serial,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Force revokes a SPIFFE ID that nothing known to the server has yet
+	// (ahead of time); without it such an ID is refused (404).
+	Force bool `json:"force,omitempty"`
 }
 
 // AdminCertRequest asks the server to sign an admin client certificate for
