@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/testpki"
 )
 
 // startAdminServer runs an in-process server in a temp data dir and returns the
@@ -84,6 +86,10 @@ func TestAdminCommands(t *testing.T) {
 	badPolicy := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(badPolicy, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mod: STRICT}}\n"), 0o600)
 	adminDir := filepath.Join(dir, "admin")
+	// Another server's bundle: a running server whose certificate does not
+	// chain to it.
+	otherBundle := filepath.Join(dir, "other-bundle.pem")
+	os.WriteFile(otherBundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: testpki.NewCA(t, "moatless.local").Cert.Raw}), 0o600)
 
 	tests := []struct {
 		name string
@@ -103,6 +109,8 @@ func TestAdminCommands(t *testing.T) {
 		{"entry_label_twice", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x", "--selector", "unix:uid:1", "--label", "a=1", "--label", "a=2"}, ExitUsage, `entry create: --label "a" given twice`},
 		{"wrong_token", with(env, "MOATLESS_TOKEN", "mla_wrong"), []string{"entry", "list"}, ExitDenied, "not valid"},
 		{"unreachable", with(env, "MOATLESS_ADDR", "127.0.0.1:1"), []string{"entry", "list"}, ExitFailure, "cannot reach"},
+		{"wrong_cacert", with(env, "MOATLESS_CACERT", otherBundle), []string{"entry", "list"}, ExitFailure, "does not chain to the given bundle (" + otherBundle + ")"},
+		{"wrong_cacert_flag", env, []string{"entry", "list", "--cacert", otherBundle}, ExitFailure, "does not chain to the given bundle (" + otherBundle + ")"},
 		{"bad_output", env, []string{"entry", "list", "-o", "xml"}, ExitUsage, "-o must be"},
 		{"jointoken_list", env, []string{"jointoken", "list"}, ExitOK, parent},
 		{"jointoken_no_id", env, []string{"jointoken", "create"}, ExitUsage, "--spiffe-id is required"},
