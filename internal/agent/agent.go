@@ -285,6 +285,7 @@ func (a *Agent) checks() []check {
 	default:
 		out = append(out, check{"node_svid", nil})
 	}
+	out = append(out, check{"node_identity", a.node.Refused()})
 	if a.node.Bundle() == nil {
 		out = append(out, check{"bundle", errors.New("no trust bundle yet")})
 	} else {

@@ -81,6 +81,7 @@ type Cache struct {
 	jwt            map[string]*cachedJWT
 	revokedIDs     map[string]struct{}
 	revokedSerials map[string]struct{}
+	revocations    *wire.Revocations // as received: when and why
 	nodeID         spiffeid.ID
 	nodeSerial     string
 	failures       int
@@ -210,6 +211,7 @@ func (c *Cache) SetEntries(entries []wire.Entry) {
 // revokedIDs.
 func (c *Cache) SetRevocations(r wire.Revocations) {
 	c.mu.Lock()
+	c.revocations = &r
 	c.revokedIDs = make(map[string]struct{}, len(r.SPIFFEIDs))
 	for _, id := range r.SPIFFEIDs {
 		c.revokedIDs[id] = struct{}{}
@@ -251,14 +253,15 @@ func (c *Cache) publishLocked() {
 		return
 	}
 	now := c.now()
-	var ids []*workload.Identity
+	var ids, revoked []*workload.Identity
 	if !c.nodeRevokedLocked() {
 		for _, e := range c.entries {
-			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
-				continue
-			}
 			sid, err := spiffeid.FromString(e.SPIFFEID)
 			if err != nil {
+				continue
+			}
+			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
+				revoked = append(revoked, &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors})
 				continue
 			}
 			id := &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors}
@@ -281,6 +284,7 @@ func (c *Cache) publishLocked() {
 		c.log.Error("cannot build Workload API state", "error", err)
 		return
 	}
+	st.Revoked, st.Revocations = revoked, c.revocations
 	c.pub.Publish(st)
 }
 

@@ -141,6 +141,9 @@ type Node struct {
 	svid   atomic.Pointer[x509svid.SVID]
 	svidAt atomic.Int64 // when svid was received, unix ns (0: loaded from disk)
 	client atomic.Pointer[http.Client]
+	// refused is the server's last refusal of the node's credential on
+	// the watch stream (revoked, unknown); nil once a stream is accepted.
+	refused atomic.Pointer[ServerError]
 
 	mu         sync.Mutex
 	bundle     *wire.Bundle
@@ -598,6 +601,7 @@ func (n *Node) watchLoop(ctx context.Context) {
 		n.mu.Lock()
 		n.connected = false
 		n.mu.Unlock()
+		n.noteRefusal(err)
 		if ctx.Err() != nil {
 			return
 		}
@@ -637,6 +641,7 @@ func (n *Node) watchOnce(ctx context.Context) (applied bool, err error) {
 	n.mu.Lock()
 	n.connected = true
 	n.mu.Unlock()
+	n.refused.Store(nil)
 	// A silent stream is a dead one: the server heartbeats.
 	silence := time.AfterFunc(n.cfg.WatchTimeout, cancel)
 	defer silence.Stop()

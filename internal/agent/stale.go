@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -56,4 +57,25 @@ func (n *Node) checkSavedState(s *x509svid.SVID, saved *wire.Bundle) error {
 	path := filepath.Join(n.cfg.DataDir, nodeFile)
 	return fmt.Errorf("%w: %s (%s) does not chain to the trust bundle given (%v); start with a new join token to replace it, or remove %s",
 		ErrStaleState, path, s.ID, err, path)
+}
+
+// noteRefusal records a watch stream that ended with the server refusing
+// the node's credential (401, 403: revoked, unknown), for Refused.
+func (n *Node) noteRefusal(err error) {
+	var se *ServerError
+	if errors.As(err, &se) && (se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden) {
+		n.refused.Store(se)
+	}
+}
+
+// Refused returns the server's refusal of this node's credential on its
+// last watch stream attempt (for example "the client's SPIFFE ID or
+// certificate is revoked: spiffe://… was revoked at … (reason: …)"), or
+// nil once the server accepts a stream again. A refused node gets no
+// updates; its readiness check reports this error.
+func (n *Node) Refused() error {
+	if se := n.refused.Load(); se != nil {
+		return fmt.Errorf("%w (%s)", ErrNodeRejected, se)
+	}
+	return nil
 }

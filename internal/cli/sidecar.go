@@ -288,7 +288,11 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		mux.HandleFunc("GET /livez", live)
 		mux.HandleFunc("GET /healthz", live)
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := s.Ready(); err != nil {
+			err := s.Ready()
+			if err == nil && node != nil {
+				err = node.Refused()
+			}
+			if err != nil {
 				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return
 			}

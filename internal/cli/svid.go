@@ -71,6 +71,9 @@ func (s *svidFlags) parse(e *Env, fs *flag.FlagSet, args []string) (int, bool) {
 func (e *Env) workloadFail(addr string, err error) int {
 	switch status.Code(err) {
 	case codes.PermissionDenied:
+		if strings.Contains(status.Convert(err).Message(), "identity revoked") {
+			return e.errorf(ExitDenied, "%v (see \"moatless revoke list\"; \"moatless revoke lift\" restores it)", err)
+		}
 		return e.errorf(ExitDenied, "%v (no registration entry matches this process: check \"moatless entry list\" and the selectors of this user and binary)", err)
 	case codes.InvalidArgument:
 		return e.errorf(ExitUsage, "%v", err)

@@ -788,8 +788,9 @@ func (s *Server) listNodes(c *adminCall) {
 			return
 		}
 		req := max(base, pv)
-		out = append(out, NodeStatus{Node: n, Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat,
-			RequiredVersion: req, InSync: n.AckedVersion >= req})
+		rev := s.nodeRevocation(n)
+		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat),
+			RequiredVersion: req, InSync: n.AckedVersion >= req, Revocation: rev})
 	}
 	c.reply(http.StatusOK, out)
 }

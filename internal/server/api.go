@@ -87,12 +87,15 @@ type CAStatus struct {
 // NodeStatus is an attested node with what it runs.
 type NodeStatus struct {
 	store.Node
-	// Connected: heard from within three heartbeat intervals.
+	// Connected: heard from within three heartbeat intervals, and not
+	// revoked.
 	Connected bool `json:"connected"`
 	// EntriesVersion is the version of the last change this node must
 	// apply; InSync says it acknowledged at least that.
 	RequiredVersion uint64 `json:"required_version"`
 	InSync          bool   `json:"in_sync"`
+	// Revocation: a revoked node is never Connected.
+	Revocation
 }
 
 // AuditPage is a page of audit records, newest first.

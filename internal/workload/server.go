@@ -412,7 +412,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		ids := liveX509(matching(st, sels), now)
 		if len(ids) == 0 {
 			s.log.Info("no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
-			return time.Time{}, errNoIdentity
+			return time.Time{}, noIdentity(st, sels, spiffeid.ID{})
 		}
 		// The answer changes when any served serial or the bundle does.
 		var key bytes.Buffer
@@ -530,7 +530,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	}
 	if len(ids) == 0 {
 		s.log.Info("no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
-		return nil, errNoIdentity
+		return nil, noIdentity(st, sels, want)
 	}
 	resp := &workload.JWTSVIDResponse{}
 	for _, id := range ids {
