@@ -25,8 +25,9 @@ const (
 	// DefaultServerCertTTL is the lifetime of the server's own TLS
 	// certificate; it is renewed at half life.
 	DefaultServerCertTTL = 24 * time.Hour
-	// DefaultPollInterval is how often a server reads the store's change
-	// version to notice changes made by other replicas.
+	// DefaultPollInterval is the period of the server's maintenance loop,
+	// which also reads the store's change version as the fallback for
+	// LISTEN/NOTIFY (see Server.PollInterval).
 	DefaultPollInterval = time.Second
 )
 
@@ -89,8 +90,11 @@ type Server struct {
 	MaxJoinTokenTTL wire.Duration `json:"max_join_token_ttl,omitempty"`
 	// ServerCertTTL is the lifetime of the server's TLS certificate (24h).
 	ServerCertTTL wire.Duration `json:"server_cert_ttl,omitempty"`
-	// PollInterval is how often the server looks for changes made by other
-	// replicas (1s).
+	// PollInterval is the period of the server's maintenance (CA rotation
+	// steps, certificate renewal, pruning) and of its fallback poll for
+	// changes other replicas made (1s). On PostgreSQL, replicas hear of
+	// each other's changes at once through LISTEN/NOTIFY; while that
+	// connection is up the version is polled only every tenth period.
 	PollInterval wire.Duration `json:"poll_interval,omitempty"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level,omitempty"`

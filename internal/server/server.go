@@ -10,8 +10,10 @@
 // idempotent and releases everything.
 //
 // Several servers may share one PostgreSQL store (and one KEK file): every
-// change bumps a global version in the store, and each server polls it to
-// push changes made elsewhere to its own watch streams.
+// change bumps a global version in the store and notifies it with
+// PostgreSQL's NOTIFY; each server listens (replica.go), with a poll of the
+// version as the fallback, and pushes changes made elsewhere to its own
+// watch streams.
 package server
 
 import (
@@ -128,6 +130,13 @@ type Server struct {
 	closeErr  error
 	bundleSeq atomic.Uint64
 	ready     atomic.Bool
+
+	// listening is true while followChanges hears other replicas'
+	// changes (replica.go); refresh wakes refreshLoop.
+	listening atomic.Bool
+	refresh   chan struct{}
+	// bundleSeen is the bundle section version changed() last handled.
+	bundleSeen atomic.Uint64
 }
 
 // serverID is the SPIFFE ID of the control plane itself.
@@ -148,7 +157,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}}
+	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -219,6 +228,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, err
 	}
 	s.entries.Store(&entryCache{version: vs.Sections[store.SectionEntries]})
+	s.bundleSeen.Store(vs.Sections[store.SectionBundle])
 	s.hub.setVersions(vs)
 	if err := s.metrics.refreshCounts(ctx); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -292,8 +302,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.maintain(base) }()
+	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(base) }()
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.httpSrv.ServeTLS(s.ln, "", "") }()

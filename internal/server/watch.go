@@ -91,6 +91,18 @@ func (s *Server) changed(ctx context.Context) {
 		s.log.Error("read change versions", "err", err)
 		return
 	}
+	if v := vs.Sections[store.SectionBundle]; v > s.bundleSeen.Load() {
+		// Another replica may have taken a CA step: adopt it before the
+		// streams send the bundle section, so they send the new bundle.
+		s.bundleSeen.Store(v)
+		if adopted, err := s.ca.Sync(ctx); err != nil {
+			s.log.Error("adopt the CA state another replica saved; retrying at the next tick", "err", err)
+		} else if adopted {
+			if err := s.writeBundleFile(); err != nil {
+				s.log.Error("write trust bundle", "err", err)
+			}
+		}
+	}
 	if v := vs.Sections[store.SectionEntries]; s.entries.Load().version != v {
 		s.entries.Store(&entryCache{version: v})
 	}
@@ -293,13 +305,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 }
 
 // maintain runs the server's periodic work until ctx ends: CA rotation
-// steps, server certificate renewal, noticing other replicas' changes, and
-// pruning expired records.
+// steps, server certificate renewal, the fallback poll for other replicas'
+// changes (replica.go), and pruning expired records.
 func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval.Std())
 	defer t.Stop()
 	var lastPrune time.Time
-	for {
+	for tick := uint64(1); ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -323,8 +335,13 @@ func (s *Server) maintain(ctx context.Context) {
 				s.log.Error("renew server certificate; keeping the old one", "err", err)
 			}
 		}
-		if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
-			s.changed(ctx)
+		if s.pollDue(tick) {
+			if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
+				if s.listening.Load() {
+					s.metrics.feedEvents.WithLabelValues("poll_catch_up").Inc()
+				}
+				s.changed(ctx)
+			}
 		}
 		s.tickOAuth(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {

@@ -59,6 +59,9 @@ func (d Dialect) String() string {
 type DB struct {
 	db      *sql.DB
 	dialect Dialect
+	// dsn is the PostgreSQL DSN, for the dedicated connection of
+	// FollowChanges; empty under SQLite.
+	dsn string
 	// Now is the clock used for timestamps the store writes itself;
 	// time.Now when nil. Tests set it.
 	Now func() time.Time
@@ -151,6 +154,9 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 		db.SetMaxOpenConns(4)
 	}
 	s := &DB{db: db, dialect: dialect}
+	if dialect == Postgres {
+		s.dsn = dsn
+	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to %s: %w", dialect, err)

@@ -28,9 +28,21 @@ const (
 // a reader that saw version v can never later see a commit with a version
 // below v. Call it after the change's own statements and before appending
 // the audit record, in every change transaction (one lock order for all).
+//
+// Under PostgreSQL the same statement queues a notification on
+// ChangeChannel carrying the new version; PostgreSQL delivers it to every
+// listening replica when (and only if) the transaction commits, in commit
+// order, so each replica hears of each change the moment it is durable
+// (FollowChanges) instead of at its next poll.
 func (s *DB) BumpVersion(ctx context.Context, tx *sql.Tx, sections ...Section) (uint64, error) {
 	var v int64
-	if err := tx.QueryRowContext(ctx, "UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value").Scan(&v); err != nil {
+	q := "UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value"
+	if s.dialect == Postgres {
+		// One round trip for the increment and the notification.
+		q = `WITH v AS (UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value)
+			SELECT value FROM v, LATERAL (SELECT pg_notify('` + ChangeChannel + `', value::text)) n`
+	}
+	if err := tx.QueryRowContext(ctx, q).Scan(&v); err != nil {
 		return 0, fmt.Errorf("store: bump version: %w", err)
 	}
 	for _, sec := range sections {
