@@ -25,6 +25,11 @@ const (
 	// DefaultServerCertTTL is the lifetime of the server's own TLS
 	// certificate; it is renewed at half life.
 	DefaultServerCertTTL = 24 * time.Hour
+	// DefaultWatchHeartbeat is how often a server speaks on an idle watch
+	// stream. Clients call a stream dead after 3 silent intervals and move
+	// to another server, so with the default a client notices a server
+	// that vanished without closing its connections within 1.5 s.
+	DefaultWatchHeartbeat = 500 * time.Millisecond
 	// DefaultPollInterval is the period of the server's maintenance loop,
 	// which also reads the store's change version as the fallback for
 	// LISTEN/NOTIFY (see Server.PollInterval).
@@ -96,6 +101,13 @@ type Server struct {
 	// each other's changes at once through LISTEN/NOTIFY; while that
 	// connection is up the version is polled only every tenth period.
 	PollInterval wire.Duration `json:"poll_interval,omitempty"`
+	// WatchHeartbeat is the longest the server stays silent on a watch
+	// stream (DefaultWatchHeartbeat). It is announced on every stream;
+	// clients reconnect, to another replica when they know several, after
+	// three silent intervals. Shorter means faster failover when a server
+	// disappears without closing its connections, at the cost of one small
+	// write per interval per connected client.
+	WatchHeartbeat wire.Duration `json:"watch_heartbeat,omitempty"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level,omitempty"`
 	// AuditReportRate is how many decision events per second one node (a
@@ -145,6 +157,7 @@ func DefaultServer(getenv func(string) string) Server {
 		MaxJoinTokenTTL: wire.Duration(DefaultMaxTokenTTL),
 		ServerCertTTL:   wire.Duration(DefaultServerCertTTL),
 		PollInterval:    wire.Duration(DefaultPollInterval),
+		WatchHeartbeat:  wire.Duration(DefaultWatchHeartbeat),
 		LogLevel:        "info",
 
 		AuditReportRate:  DefaultAuditReportRate,
@@ -199,6 +212,7 @@ func (c *Server) Complete() {
 		{&c.MaxX509SVIDTTL, &d.MaxX509SVIDTTL}, {&c.MaxJWTSVIDTTL, &d.MaxJWTSVIDTTL},
 		{&c.JoinTokenTTL, &d.JoinTokenTTL}, {&c.MaxJoinTokenTTL, &d.MaxJoinTokenTTL},
 		{&c.ServerCertTTL, &d.ServerCertTTL}, {&c.PollInterval, &d.PollInterval},
+		{&c.WatchHeartbeat, &d.WatchHeartbeat},
 	} {
 		if *p.v == 0 {
 			*p.v = *p.def
@@ -282,6 +296,7 @@ func (c *Server) Validate() error {
 		{"join_token_ttl", c.JoinTokenTTL, time.Second, c.MaxJoinTokenTTL.Std()},
 		{"server_cert_ttl", c.ServerCertTTL, time.Minute, 30 * 24 * time.Hour},
 		{"poll_interval", c.PollInterval, 10 * time.Millisecond, time.Minute},
+		{"watch_heartbeat", c.WatchHeartbeat, 50 * time.Millisecond, wire.HeartbeatInterval},
 	}
 	for _, ck := range checks {
 		if d := ck.v.Std(); d < ck.min || d > ck.max {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -129,6 +130,34 @@ func FuzzAuditReport(f *testing.F) {
 					t.Fatalf("accepted detail %s=%q", k, v)
 				}
 			}
+		}
+	})
+}
+
+// FuzzWatchQuery: whatever query string a node sends to the watch stream,
+// the parser answers a badRequest or a since and epoch that hold to the
+// rules (a bounded lower-case hex epoch, a version that fits int64).
+func FuzzWatchQuery(f *testing.F) {
+	f.Add("since=12&epoch=0123456789abcdef0123456789abcdef")
+	f.Add("since=0")
+	f.Add("epoch=ab&since=1&since=2")
+	f.Add("since=9223372036854775808")
+	f.Add("from=1;since=2")
+	f.Add("since=%31&epoch=%41")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		since, hasSince, epoch, err := watchQuery(q)
+		if err != nil {
+			if _, ok := err.(*badRequest); !ok {
+				t.Fatalf("error is not a badRequest: %v", err)
+			}
+			return
+		}
+		if since > 1<<63-1 || (!hasSince && since != 0) || len(epoch) > wire.MaxEpochLength || strings.Trim(epoch, "0123456789abcdef") != "" {
+			t.Fatalf("accepted %q: since %d (%v) epoch %q", raw, since, hasSince, epoch)
 		}
 	})
 }

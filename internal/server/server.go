@@ -43,7 +43,6 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
-	"github.com/moatless/moatless/internal/wire"
 )
 
 // Files the server keeps in its data directory.
@@ -76,8 +75,8 @@ type Config struct {
 	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
 	// /.well-known/ and /oauth2/ here). See also Mount.
 	ExtraHandlers map[string]http.Handler
-	// HeartbeatInterval is the longest a watch stream stays silent;
-	// wire.HeartbeatInterval (15s) when 0. Tests shorten it.
+	// HeartbeatInterval, when set, overrides Settings.WatchHeartbeat
+	// (tests use it).
 	HeartbeatInterval time.Duration
 	// ResetAdminToken replaces the admin token with a new one written to
 	// DIR/admin-token (the old one stops working).
@@ -137,6 +136,8 @@ type Server struct {
 	refresh   chan struct{}
 	// bundleSeen is the bundle section version changed() last handled.
 	bundleSeen atomic.Uint64
+	// epoch is the store's (store.DB.Epoch), announced on watch streams.
+	epoch string
 }
 
 // serverID is the SPIFFE ID of the control plane itself.
@@ -165,7 +166,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
-		s.heartbeat = wire.HeartbeatInterval
+		s.heartbeat = st.WatchHeartbeat.Std()
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -187,6 +188,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.db.Now = s.now
+	if s.epoch, err = s.db.Epoch(ctx); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.audit = audit.NewStoreSink(s.db)
 	s.audit.Now = s.now
 	s.metrics = newMetrics(s)

@@ -163,8 +163,8 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 	}
 	if o.ReadOnly {
 		err = s.checkSchema(ctx)
-	} else {
-		err = s.migrate(ctx)
+	} else if err = s.migrate(ctx); err == nil {
+		err = s.ensureEpoch(ctx)
 	}
 	if err != nil {
 		db.Close()

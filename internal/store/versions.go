@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -122,4 +124,35 @@ func (s *DB) ParentVersion(ctx context.Context, parent string) (uint64, error) {
 		return 0, fmt.Errorf("store: read entries version: %w", err)
 	}
 	return uint64(v), nil
+}
+
+// epochMetaKey is where the store keeps its epoch.
+const epochMetaKey = "store_epoch"
+
+// Epoch identifies the store's history of versions: watch clients resume
+// from a version only within the epoch they saw it in. It is created at
+// the first Open and survives restarts and "moatless store migrate" (the
+// same history in another engine); restoring a backup gives the store a
+// new one (NewEpoch), since versions after the backup's may repeat with
+// other content.
+func (s *DB) Epoch(ctx context.Context) (string, error) {
+	return s.Meta(ctx, epochMetaKey)
+}
+
+// NewEpoch gives the store a fresh epoch through q: every watch client
+// gets a complete snapshot on its next connection.
+func (s *DB) NewEpoch(ctx context.Context, q Queryer) error {
+	return s.SetMeta(ctx, q, epochMetaKey, newEpoch())
+}
+
+// ensureEpoch creates the epoch of a store that has none.
+func (s *DB) ensureEpoch(ctx context.Context) error {
+	_, err := s.SetMetaIfAbsent(ctx, s.db, epochMetaKey, newEpoch())
+	return err
+}
+
+func newEpoch() string {
+	b := make([]byte, 16)
+	rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
 }
