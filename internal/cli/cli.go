@@ -65,6 +65,7 @@ var commands = []command{
 	{"policy", "check policies offline; apply, get, delete, roll back and watch their rollout", runPolicy},
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"audit", "verify and read the audit log", runAudit},
+	{"store", "migrate, back up and restore the server's store", runStore},
 	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
 	{"version", "print the version", runVersion},
 }

@@ -183,7 +183,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := os.MkdirAll(st.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
-	s.db, err = store.Open(ctx, st.Store)
+	// Lock: a second server on the same SQLite file is refused, and
+	// "moatless store migrate" sees that this store is live.
+	s.db, err = store.OpenWith(ctx, st.Store, store.OpenOptions{Lock: true})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
