@@ -211,12 +211,21 @@ type VerifyOptions struct {
 	ExpectHead *Head
 	// PageSize is how many records are read per query; 1000 when 0.
 	PageSize int
+	// Archived, when set, is where the archived segment files end
+	// (VerifyArchive): the store's log must continue exactly there. When
+	// nil, a log whose oldest records were archived is checked from its
+	// archived head (the store's record of the last segment), which
+	// VerifyResult.Base reports.
+	Archived *Head
 }
 
 // VerifyResult summarizes a chain that verified.
 type VerifyResult struct {
 	Records uint64 `json:"records"`
 	Head    Head   `json:"head"`
+	// Base is where the checked chain starts: 0 and no hash for a log
+	// that was never archived, else the last archived record.
+	Base Head `json:"base"`
 }
 
 // Verify reads the whole audit log of db in sequence order and checks every
@@ -236,6 +245,24 @@ func Verify(ctx context.Context, db *store.DB, o VerifyOptions) (VerifyResult, e
 		last      uint64
 		sawExpect bool
 	)
+	// Records archived out of the store (archive.go) are gone from it; the
+	// chain in the store continues from the last one.
+	baseSeq, baseHash, err := db.AuditBase(ctx)
+	if err != nil {
+		return res, fmt.Errorf("audit: %w", err)
+	}
+	res.Base = Head{Seq: baseSeq, Hash: baseHash}
+	if a := o.Archived; a != nil && (a.Seq != baseSeq || !bytes.Equal(a.Hash, baseHash)) {
+		return res, &VerifyError{Seq: a.Seq + 1, Reason: fmt.Sprintf("the archived segments end at %s but the store's log continues from %s", a, res.Base)}
+	}
+	last, prev = baseSeq, nilIfEmpty(baseHash)
+	if o.ExpectHead != nil && o.ExpectHead.Seq <= baseSeq && o.ExpectHead.Seq > 0 {
+		// The expected head was archived: the archive check covers it.
+		sawExpect = o.ExpectHead.Seq != baseSeq || bytes.Equal(o.ExpectHead.Hash, baseHash)
+		if !sawExpect {
+			return res, &VerifyError{Seq: baseSeq, Reason: "its hash differs from the expected head (the chain was rewritten from this record or before)"}
+		}
+	}
 	for {
 		rows, err := db.AuditRows(ctx, last, page)
 		if err != nil {

@@ -353,7 +353,7 @@ func watchQuery(q url.Values) (since uint64, hasSince bool, epoch string, err er
 func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval.Std())
 	defer t.Stop()
-	var lastPrune time.Time
+	var lastPrune, lastArchive time.Time
 	for tick := uint64(1); ; tick++ {
 		select {
 		case <-ctx.Done():
@@ -390,6 +390,11 @@ func (s *Server) maintain(ctx context.Context) {
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)
+			s.evictStaleNodes(ctx, now)
+		}
+		if now := s.now(); s.cfg.AuditRetention > 0 && now.Sub(lastArchive) >= archiveEvery {
+			lastArchive = now
+			s.archiveAudit(ctx, now)
 		}
 	}
 }
