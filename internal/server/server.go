@@ -420,7 +420,8 @@ func (s *Server) loadKEK(ctx context.Context) ([]byte, error) {
 }
 
 // readSecretFile reads a small file, refusing files readable by group or
-// others (a key or token must be private) and files over limit bytes.
+// others (a key or token must be private) and files over limit bytes. The
+// one exception is a Kubernetes Secret volume (secretFromReadOnlyMount).
 func readSecretFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -431,7 +432,7 @@ func readSecretFile(path string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 && !secretFromReadOnlyMount(f, fi) {
 		return nil, fmt.Errorf("%s is accessible by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
 	}
 	if fi.Size() > limit {
