@@ -236,14 +236,26 @@ func (n *Node) Server() string { return n.servers[n.cur.Load()] }
 func (n *Node) Servers() []string { return slices.Clone(n.servers) }
 
 // moveOn makes another server current after the one at index from
-// failed: a random other one, so the clients of a replica that died split
-// over the survivors instead of all landing on the same one.
-func (n *Node) moveOn(from int64) {
-	if len(n.servers) < 2 {
-		return
+// failed: a random one not in failed (the servers that failed since the
+// last good stream), so the clients of a replica that died split over the
+// survivors instead of all landing on the same one, and none tries a dead
+// one twice before every other was tried. It reports false when every
+// server failed: a round is over.
+func (n *Node) moveOn(from int64, failed map[int64]bool) bool {
+	var candidates []int64
+	for i := range int64(len(n.servers)) {
+		if i != from && !failed[i] {
+			candidates = append(candidates, i)
+		}
 	}
-	next := (from + 1 + int64(mrand.N(len(n.servers)-1))) % int64(len(n.servers))
-	n.cur.CompareAndSwap(from, next)
+	if len(candidates) == 0 {
+		if len(n.servers) > 1 {
+			n.cur.CompareAndSwap(from, (from+1)%int64(len(n.servers)))
+		}
+		return false
+	}
+	n.cur.CompareAndSwap(from, candidates[mrand.N(len(candidates))])
+	return true
 }
 
 // SVID returns the node's current SVID, or nil before Attest.
@@ -701,7 +713,8 @@ var errServerIdentity = errors.New("agent: not the Moatless server")
 // breaks or goes silent it moves to another replica at once, and keeps
 // trying each in turn; only when a whole round failed does it back off.
 func (n *Node) watchLoop(ctx context.Context) {
-	failures := 0 // consecutive attempts that got no stream
+	rounds := 0                 // consecutive rounds in which every server failed
+	failed := map[int64]bool{} // servers that failed since the last good stream
 	for {
 		from := n.cur.Load()
 		connected, err := n.watchOnce(ctx, n.servers[from])
@@ -712,15 +725,18 @@ func (n *Node) watchLoop(ctx context.Context) {
 			return
 		}
 		if connected {
-			failures = 0
+			rounds = 0
+			clear(failed)
 		}
-		n.moveOn(from)
+		failed[from] = true
 		var wait time.Duration
-		if failures >= len(n.servers)-1 {
-			// One server, or every other one failed too: back off.
-			wait = n.backoff(failures - (len(n.servers) - 1))
+		if !n.moveOn(from, failed) {
+			// Every server failed since the last good stream: back off
+			// before the next round.
+			wait = n.backoff(rounds)
+			rounds++
+			clear(failed)
 		}
-		failures++
 		n.log.Warn("watch stream ended; reconnecting", "server", n.servers[from], "next", n.Server(), "error", err, "in", wait.Round(time.Millisecond))
 		if wait > 0 && !sleepCtx(ctx, wait) {
 			return
