@@ -713,7 +713,7 @@ var errServerIdentity = errors.New("agent: not the Moatless server")
 // breaks or goes silent it moves to another replica at once, and keeps
 // trying each in turn; only when a whole round failed does it back off.
 func (n *Node) watchLoop(ctx context.Context) {
-	rounds := 0                 // consecutive rounds in which every server failed
+	rounds := 0                // consecutive rounds in which every server failed
 	failed := map[int64]bool{} // servers that failed since the last good stream
 	for {
 		from := n.cur.Load()
