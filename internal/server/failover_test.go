@@ -121,7 +121,7 @@ func (p *pausableProxy) serve() {
 	}
 }
 
-func readPEMFile(t *testing.T, path string) []*x509.Certificate {
+func readPEMFile(t testing.TB, path string) []*x509.Certificate {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
