@@ -33,6 +33,7 @@ import (
 type replicaSet struct {
 	t      *testing.T
 	extra  []string // more server flags
+	env    []string // more environment
 	dsn    string
 	kek    string
 	token  string
@@ -45,7 +46,14 @@ type replicaSet struct {
 
 func startReplicas(t *testing.T, n int, extra ...string) *replicaSet {
 	t.Helper()
-	rs := &replicaSet{t: t, extra: extra, dsn: storetest.PostgresDSN(t), kek: filepath.Join(t.TempDir(), "kek")}
+	return startReplicasEnv(t, n, nil, extra...)
+}
+
+// startReplicasEnv is startReplicas with environment variables for the
+// servers.
+func startReplicasEnv(t *testing.T, n int, env []string, extra ...string) *replicaSet {
+	t.Helper()
+	rs := &replicaSet{t: t, extra: extra, env: env, dsn: storetest.PostgresDSN(t), kek: filepath.Join(t.TempDir(), "kek")}
 	for i := range n {
 		rs.dirs = append(rs.dirs, t.TempDir())
 		rs.addrs = append(rs.addrs, freeAddr(t))
@@ -73,7 +81,7 @@ func startReplicas(t *testing.T, n int, extra ...string) *replicaSet {
 func (rs *replicaSet) start(i int) {
 	args := append([]string{"server", "--data-dir", rs.dirs[i], "--store", rs.dsn, "--kek-file", rs.kek,
 		"--trust-domain", trustDomain, "--listen", rs.addrs[i]}, rs.extra...)
-	rs.procs[i] = start(rs.t, fmt.Sprintf("replica-%d", i), nil, args...)
+	rs.procs[i] = start(rs.t, fmt.Sprintf("replica-%d", i), rs.env, args...)
 	waitListening(rs.t, rs.procs[i], rs.addrs[i], rs.dirs[i])
 }
 
