@@ -127,10 +127,13 @@ func (c *copyRun) run(ctx context.Context) int {
 	ok := false
 	defer func() {
 		dst.Close()
-		if created && !ok {
+		switch {
+		case created && !ok:
 			for _, suffix := range []string{"", "-wal", "-shm", ".lock"} {
 				os.Remove(c.dst + suffix)
 			}
+		case c.dstMustNotExist:
+			os.Remove(c.dst + ".lock") // a backup file is no server's store
 		}
 	}()
 	counts, err := store.Copy(ctx, src, dst, store.CopyOptions{NewEpoch: c.newEpoch})
@@ -171,7 +174,11 @@ func (c *copyRun) run(ctx context.Context) int {
 		return e.printJSON(rep)
 	}
 	fmt.Fprintf(e.Stdout, "copied %d rows in %d tables from %s to %s\n", rep.Rows, len(counts), rep.From, rep.To)
-	fmt.Fprintf(e.Stdout, "audit log verifies on both sides: %d records, head %s\n", res.Records, res.Head)
+	if c.live {
+		fmt.Fprintf(e.Stdout, "the copy's audit log verifies: %d records, head %s\n", res.Records, res.Head)
+	} else {
+		fmt.Fprintf(e.Stdout, "audit log verifies on both sides: %d records, head %s\n", res.Records, res.Head)
+	}
 	return ExitOK
 }
 

@@ -114,6 +114,7 @@ type Server struct {
 	credCache   sync.Map
 	credCount   atomic.Int64
 	policyCache atomic.Pointer[policyCacheEntry]
+	policyLoad  sync.Mutex // one load of the policy set at a time (cachedPolicySet)
 	// entries caches registration entries for the signing path as of one
 	// entries-section version (agentapi.go).
 	entries atomic.Pointer[entryCache]
