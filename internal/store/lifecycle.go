@@ -12,20 +12,7 @@ import (
 // cutoff: they stopped renewing (an agent renews at half life) and are due
 // for eviction. Oldest expiry first.
 func (s *DB) StaleNodes(ctx context.Context, cutoff time.Time, limit int) ([]Node, error) {
-	rows, err := s.db.QueryContext(ctx, nodeCols+" WHERE not_after < $1 ORDER BY not_after LIMIT $2", ns(cutoff), limit)
-	if err != nil {
-		return nil, fmt.Errorf("store: list stale nodes: %w", err)
-	}
-	defer rows.Close()
-	var out []Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return s.queryNodes(ctx, " WHERE not_after < $1 ORDER BY not_after LIMIT $2", ns(cutoff), limit)
 }
 
 // EvictNode removes node id if its node SVID still expired before cutoff
