@@ -87,6 +87,10 @@ func Copy(ctx context.Context, src, dst *DB, o CopyOptions) ([]TableCount, error
 			if err := dst.NewEpoch(ctx, wtx); err != nil {
 				return err
 			}
+		} else if _, err := dst.SetMetaIfAbsent(ctx, wtx, epochMetaKey, newEpoch()); err != nil {
+			// A source that never had an epoch (a store no server of
+			// this version opened) leaves the copy with a new one.
+			return err
 		}
 		return dst.resetSequences(ctx, wtx)
 	})
