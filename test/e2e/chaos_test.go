@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,7 +166,9 @@ func firstAfter(evs []logEvent, t time.Time) (logEvent, bool) {
 // its SVID every 100 ms) and two join-mode sidecars spread over them, and
 // steady load through every replica (entries, policy applies, revocations,
 // token issuance; SVIDs renewing every few seconds). Replica after replica
-// is killed with SIGKILL, then both are restarted. Afterwards: every write
+// is killed with SIGKILL, then both are restarted, then the busiest is
+// frozen with SIGSTOP (a hung host, noticed only by its silence).
+// Afterwards: every write
 // a replica acknowledged is in the store, the audit chain verifies, every
 // workload held a valid SVID at every fetch, and every client whose replica
 // died was connected to another within 2 s. Convergence after each kill
@@ -400,11 +403,10 @@ inbound:
 	type kill struct {
 		replica int
 		at      time.Time
+		how     string
 	}
-	var kills []kill
-	alive := []int{0, 1, 2}
-	for range 2 {
-		// The victim is the live replica serving the most clients.
+	// busiest is the replica among alive serving the most clients.
+	busiest := func(alive []int) (int, int) {
 		count := map[int]int{}
 		for _, c := range clients {
 			for _, i := range alive {
@@ -422,12 +424,18 @@ inbound:
 		if count[victim] == 0 {
 			t.Fatalf("no client on any live replica: %v", count)
 		}
+		return victim, count[victim]
+	}
+	var kills []kill
+	alive := []int{0, 1, 2}
+	for range 2 {
+		victim, n := busiest(alive)
 		alive = slices.DeleteFunc(alive, func(i int) bool { return i == victim })
 		at := time.Now()
 		rs.procs[victim].kill()
-		kills = append(kills, kill{victim, at})
+		kills = append(kills, kill{victim, at, "SIGKILL"})
 		t.Logf("SIGKILL replica %d (%s, %d clients) at %s; every node acknowledged a change made after it within %s", victim, rs.addrs[victim],
-			count[victim], at.Format(time.StampMilli), convergence(alive[0], at).Round(time.Millisecond))
+			n, at.Format(time.StampMilli), convergence(alive[0], at).Round(time.Millisecond))
 		time.Sleep(3 * time.Second)
 	}
 	restartAt := time.Now()
@@ -436,11 +444,23 @@ inbound:
 	}
 	t.Logf("killed replicas restarted in %s; every node acknowledged a change made through one of them within %s", time.Since(restartAt).Round(time.Millisecond),
 		convergence(kills[0].replica, time.Now()).Round(time.Millisecond))
-	time.Sleep(3 * time.Second)
+	time.Sleep(2 * time.Second)
+
+	// A hung host: SIGSTOP keeps the replica's connections open and
+	// silent. Its clients must notice by the missing heartbeats.
+	frozen, n := busiest([]int{0, 1, 2})
+	at := time.Now()
+	rs.procs[frozen].cmd.Process.Signal(syscall.SIGSTOP)
+	kills = append(kills, kill{frozen, at, "SIGSTOP"})
+	t.Logf("SIGSTOP replica %d (%s, %d clients) at %s; every node acknowledged a change made after it within %s", frozen, rs.addrs[frozen],
+		n, at.Format(time.StampMilli), convergence((frozen+1)%3, at).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	rs.procs[frozen].cmd.Process.Signal(syscall.SIGCONT)
+	time.Sleep(time.Second)
 	cancel()
 	wg.Wait()
 
-	// Every client on a killed replica was on another within 2 s.
+	// Every client on a killed or hung replica was on another within 2 s.
 	for _, k := range kills {
 		for _, c := range clients {
 			evs := streamEvents(c.out.String())
@@ -449,13 +469,13 @@ inbound:
 			}
 			next, ok := firstAfter(evs, k.at)
 			if !ok {
-				t.Errorf("%s never reconnected after replica %d died", c.name, k.replica)
+				t.Errorf("%s never reconnected after %s of replica %d", c.name, k.how, k.replica)
 				continue
 			}
 			d := next.Time.Sub(k.at)
-			t.Logf("%s: replica %d died, on %s after %s (resumed %v)", c.name, k.replica, next.Server, d.Round(time.Millisecond), next.Resumed)
+			t.Logf("%s: %s of replica %d, on %s after %s (resumed %v)", c.name, k.how, k.replica, next.Server, d.Round(time.Millisecond), next.Resumed)
 			if d > 2*time.Second || next.Server == rs.addrs[k.replica] {
-				t.Errorf("%s: on %s %s after replica %d died, want another within 2s", c.name, next.Server, d, k.replica)
+				t.Errorf("%s: on %s %s after %s of replica %d, want another within 2s", c.name, next.Server, d, k.how, k.replica)
 			}
 			if !next.Resumed {
 				t.Errorf("%s: the stream after the failover did not resume (a full snapshot)", c.name)
