@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/agent"
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store/storetest"
@@ -262,4 +263,78 @@ func waitEntries(t *testing.T, ch <-chan []wire.Entry) []wire.Entry {
 		t.Fatal("no entries within 20s")
 	}
 	return nil
+}
+
+// TestConcurrentRotationAcrossReplicas: admins rotating the CA through
+// three replicas at the same moment, several times over, leave one CA
+// state: every replica serves the same bundle (bundle.pem and the admin
+// API), with one prepared authority per kind at most (a second rotation
+// brings the prepared one forward instead of adding another), and the
+// audit chain verifies.
+func TestConcurrentRotationAcrossReplicas(t *testing.T) {
+	dsn := storetest.PostgresDSN(t)
+	kek := filepath.Join(t.TempDir(), "kek")
+	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
+	first := start(t, "", opt)
+	envs := []*env{first}
+	for range 2 {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(first.token), 0o600)
+		envs = append(envs, start(t, dir, opt))
+	}
+	for round := range 3 {
+		var wg sync.WaitGroup
+		codes := make([]int, len(envs))
+		for i, e := range envs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				codes[i], _ = e.do(e.client(nil), "POST", server.PathAdminCARotate, e.token, nil)
+			}()
+		}
+		wg.Wait()
+		for i, c := range codes {
+			// A replica that lost the compare-and-swap adopts the winner's
+			// state; an admin may see 409 and retry, never a split CA.
+			if c != 200 && c != 409 {
+				t.Fatalf("round %d: rotate through replica %d: %d", round, i, c)
+			}
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var sts []server.CAStatus
+		for _, e := range envs {
+			var st server.CAStatus
+			e.admin("GET", server.PathAdminCA, nil, &st)
+			sts = append(sts, st)
+		}
+		same := true
+		for _, st := range sts[1:] {
+			same = same && st.BundlePEM == sts[0].BundlePEM && st.BundleSequence == sts[0].BundleSequence
+		}
+		files := readFile(t, filepath.Join(envs[0].dir, server.BundleFile))
+		for _, e := range envs[1:] {
+			same = same && readFile(t, filepath.Join(e.dir, server.BundleFile)) == files
+		}
+		if same {
+			prepared := map[string]int{}
+			for _, a := range sts[0].Authorities {
+				if a.State == "prepared" {
+					prepared[string(a.Kind)]++
+				}
+			}
+			if prepared["x509"] > 1 || prepared["jwt"] > 1 {
+				t.Fatalf("rotations through three replicas prepared %v authorities", prepared)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas serve different CAs after concurrent rotations: sequences %d %d %d", sts[0].BundleSequence, sts[1].BundleSequence, sts[2].BundleSequence)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := audit.Verify(context.Background(), first.srv.Store(), audit.VerifyOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
