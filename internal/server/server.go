@@ -139,6 +139,10 @@ type Server struct {
 	bundleSeen atomic.Uint64
 	// epoch is the store's (store.DB.Epoch), announced on watch streams.
 	epoch string
+	// shared and bundleCache encode the watch sections every stream
+	// sends once per version (encode.go).
+	shared      sharedJSON
+	bundleCache atomic.Pointer[bundleCacheEntry]
 }
 
 // serverID is the SPIFFE ID of the control plane itself.

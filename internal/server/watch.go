@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -147,7 +146,7 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 	u := wire.Update{Version: vs.Global}
 	any := false
 	if full || vs.Sections[store.SectionBundle] > since {
-		u.Bundle = s.wireBundle()
+		u.Bundle = s.cachedWireBundle()
 		any = true
 	}
 	// A parent's entries version never exceeds the entries section's
@@ -242,10 +241,14 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	_ = s.db.TouchNode(ctx, id, s.now())
 	lastTouch := time.Now()
 
-	enc := json.NewEncoder(w)
 	send := func(u wire.Update) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if err := enc.Encode(u); err != nil {
+		line, err := s.encodeUpdate(u)
+		if err != nil {
+			s.log.Error("watch: encode update", "err", err)
+			return false
+		}
+		if _, err := w.Write(line); err != nil {
 			return false
 		}
 		if err := rc.Flush(); err != nil {
