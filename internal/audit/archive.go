@@ -305,51 +305,90 @@ func strictJSON(b []byte, v any) error {
 	return nil
 }
 
-// VerifyArchive checks the segment files in dir as one chain from record 1
-// (the files sorted by name; every audit-*.ndjson file counts). With
-// segments from the store (AuditSegments), each file the store recorded
-// must be there with the SHA-256 recorded. expect, when set, is checked
-// if its record is archived. It returns the records checked and the head
-// the files end at, where the store's log must continue (pass it to Verify
-// as VerifyOptions.Archived).
+// VerifyArchive checks the segment files in dir as one chain from record 1.
+// With segs (the store's AuditSegments), exactly the files the store
+// recorded are checked, in order, each against the SHA-256 recorded when it
+// was archived; a file the store never recorded (an archive run that failed
+// or is still committing) is not part of the chain and is left out. With
+// segs nil (no store at hand), every audit-*.ndjson file counts, sorted by
+// name. expect, when set, is checked if its record is archived. It returns
+// the records checked and the head the files end at, where the store's log
+// must continue (pass it to Verify as VerifyOptions.Archived, or use
+// VerifyAll, which also copes with an archive committed meanwhile).
 func VerifyArchive(dir string, segs []store.AuditSegment, expect *Head) (VerifyResult, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "audit-*.ndjson"))
-	if err != nil {
-		return VerifyResult{}, fmt.Errorf("audit: %w", err)
-	}
-	sort.Strings(names)
-	recorded := map[string]string{}
-	for _, g := range segs {
-		recorded[g.File] = g.FileSHA256
+	type file struct{ name, sha string }
+	var files []file
+	if segs != nil {
+		ordered := append([]store.AuditSegment(nil), segs...)
+		sort.Slice(ordered, func(i, j int) bool { return ordered[i].FirstSeq < ordered[j].FirstSeq })
+		for _, g := range ordered {
+			files = append(files, file{g.File, g.FileSHA256})
+		}
+	} else {
+		names, err := filepath.Glob(filepath.Join(dir, "audit-*.ndjson"))
+		if err != nil {
+			return VerifyResult{}, fmt.Errorf("audit: %w", err)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			files = append(files, file{name: filepath.Base(n)})
+		}
 	}
 	var res VerifyResult
-	for _, p := range names {
-		b, err := os.ReadFile(p)
+	for _, f := range files {
+		if strings.ContainsAny(f.name, `/\`) {
+			return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: fmt.Sprintf("the store names segment file %q, which is not a plain file name", f.name)}
+		}
+		b, err := os.ReadFile(filepath.Join(dir, f.name))
+		if errors.Is(err, os.ErrNotExist) {
+			return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: fmt.Sprintf("archived segment missing from %s: %s", dir, f.name)}
+		}
 		if err != nil {
 			return res, fmt.Errorf("audit: %w", err)
 		}
-		base := filepath.Base(p)
-		if want, ok := recorded[base]; ok {
+		if f.sha != "" {
 			sum := sha256.Sum256(b)
-			if hex.EncodeToString(sum[:]) != want {
-				return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: base + ": its SHA-256 differs from the one the store recorded when it was archived"}
+			if hex.EncodeToString(sum[:]) != f.sha {
+				return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: f.name + ": its SHA-256 differs from the one the store recorded when it was archived"}
 			}
-			delete(recorded, base)
 		}
-		r, err := verifySegment(bytes.NewReader(b), base, res.Head, expect)
+		r, err := verifySegment(bytes.NewReader(b), f.name, res.Head, expect)
 		res.Records += r.Records
 		if err != nil {
 			return res, err
 		}
 		res.Head = r.Head
 	}
-	if len(recorded) > 0 {
-		missing := make([]string, 0, len(recorded))
-		for f := range recorded {
-			missing = append(missing, f)
-		}
-		sort.Strings(missing)
-		return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: fmt.Sprintf("archived segment missing from %s: %s", dir, strings.Join(missing, ", "))}
-	}
 	return res, nil
+}
+
+// VerifyAll verifies the archived segments in dir (VerifyArchive, against
+// the store's record of them) and the store's log after them as one chain
+// from record 1. An archive run that commits while it reads moves the
+// store's start past what it read; it then reads again (a few times). It
+// returns the archive's result and the store's; inArchive says that an
+// error is about the segment files rather than the store's log.
+func VerifyAll(ctx context.Context, db *store.DB, dir string, o VerifyOptions) (arch, res VerifyResult, inArchive bool, err error) {
+	for attempt := 0; ; attempt++ {
+		segs, err := db.AuditSegments(ctx)
+		if err != nil {
+			return arch, res, false, fmt.Errorf("audit: %w", err)
+		}
+		if segs == nil {
+			segs = []store.AuditSegment{}
+		}
+		if arch, err = VerifyArchive(dir, segs, o.ExpectHead); err != nil {
+			return arch, res, true, err
+		}
+		o.Archived = &arch.Head
+		res, err = Verify(ctx, db, o)
+		if err == nil || attempt == 3 {
+			return arch, res, false, err
+		}
+		// Did a segment commit after the list was read (the store now
+		// starts later)? Then read again; otherwise the error stands.
+		if base, _, berr := db.AuditBase(ctx); berr != nil || base <= arch.Head.Seq {
+			return arch, res, false, err
+		}
+	}
 }

@@ -103,7 +103,7 @@ func TestArchiveTamperingFound(t *testing.T) {
 			os.WriteFile(seg2, []byte(strings.Replace(string(orig), `"subject":"e7"`, `"subject":"e77"`, 1)), 0o600)
 		}, stored, 6, "SHA-256"},
 		{"segment_deleted", func(t *testing.T) { os.Remove(seg2) }, nil, 6, "missing or out of order"},
-		{"segment_deleted_store_knows", func(t *testing.T) { os.Remove(seg2) }, stored, 6, "missing or out of order"},
+		{"segment_deleted_store_knows", func(t *testing.T) { os.Remove(seg2) }, stored, 6, "archived segment missing"},
 		{"tail_truncated", func(t *testing.T) {
 			lines := strings.SplitAfter(string(orig), "\n")
 			os.WriteFile(seg2, []byte(strings.Join(lines[:len(lines)-2], "")), 0o600)
@@ -131,6 +131,14 @@ func TestArchiveTamperingFound(t *testing.T) {
 		})
 	}
 	os.WriteFile(seg2, orig, 0o600)
+	// A file the store never recorded (an archive run that failed before
+	// its commit) is not part of the chain.
+	orphan := filepath.Join(dir, audit.SegmentName(16, 18))
+	os.WriteFile(orphan, []byte("{}\n"), 0o600)
+	if _, _, _, err := audit.VerifyAll(context.Background(), db, dir, audit.VerifyOptions{}); err != nil {
+		t.Fatalf("an unrecorded file broke verification: %v", err)
+	}
+	os.Remove(orphan)
 	// The store's log does not continue where files that stop early end.
 	wrong := audit.Head{Seq: 10}
 	if _, err := audit.Verify(context.Background(), db, audit.VerifyOptions{Archived: &wrong}); err == nil {

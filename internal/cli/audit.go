@@ -84,27 +84,22 @@ func runAuditVerify(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitFailure, "audit verify: %v", err)
 	}
 	defer db.Close()
-	var arch audit.VerifyResult
+	var arch, res audit.VerifyResult
 	if *archiveDir != "" {
-		segs, err := db.AuditSegments(ctx)
-		if err != nil {
-			return e.errorf(ExitFailure, "audit verify: %v", err)
-		}
-		arch, err = audit.VerifyArchive(*archiveDir, segs, opts.ExpectHead)
+		var inArchive bool
+		arch, res, inArchive, err = audit.VerifyAll(ctx, db, *archiveDir, opts)
 		var ve *audit.VerifyError
-		if errors.As(err, &ve) {
+		if errors.As(err, &ve) && inArchive {
+			// The archive itself (not the store after it) does not fit.
 			if *output == "json" {
 				e.printJSON(map[string]any{"ok": false, "records_checked": arch.Records, "first_bad_record": ve.Seq, "reason": ve.Reason})
 				return ExitFailure
 			}
 			return e.errorf(ExitFailure, "audit archive does NOT verify: record %d: %s (%d records before it are intact)", ve.Seq, ve.Reason, arch.Records)
 		}
-		if err != nil {
-			return e.errorf(ExitFailure, "audit verify: %v", err)
-		}
-		opts.Archived = &arch.Head
+	} else {
+		res, err = audit.Verify(ctx, db, opts)
 	}
-	res, err := audit.Verify(ctx, db, opts)
 	res.Records += arch.Records
 	var ve *audit.VerifyError
 	if errors.As(err, &ve) {
