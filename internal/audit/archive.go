@@ -146,7 +146,7 @@ func Archive(ctx context.Context, db *store.DB, sink *StoreSink, o ArchiveOption
 // baseHash) to a new segment file and verifies what was written by reading
 // it back.
 func writeSegment(dir string, base uint64, baseHash []byte, rows []store.AuditRow) (store.AuditSegment, [][]byte, error) {
-	first, last := rows[0].Seq, rows[len(rows)-1].Seq
+	first, last := uint64(rows[0].Seq), uint64(rows[len(rows)-1].Seq)
 	name := SegmentName(first, last)
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -158,7 +158,7 @@ func writeSegment(dir string, base uint64, baseHash []byte, rows []store.AuditRo
 	hashes := make([][]byte, len(rows))
 	for i, r := range rows {
 		hashes[i] = r.Hash
-		if err := enc.Encode(segmentLine{Seq: r.Seq, At: r.At, Kind: r.Kind, Actor: r.Actor, Subject: r.Subject, Outcome: r.Outcome,
+		if err := enc.Encode(segmentLine{Seq: uint64(r.Seq), At: r.At, Kind: r.Kind, Actor: r.Actor, Subject: r.Subject, Outcome: r.Outcome,
 			Details: r.Details, PrevHash: hex.EncodeToString(r.PrevHash), Hash: hex.EncodeToString(r.Hash)}); err != nil {
 			return store.AuditSegment{}, nil, err
 		}
@@ -235,7 +235,7 @@ func verifySegment(r io.Reader, name string, prev Head, expect *Head) (VerifyRes
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), MaxSegmentLine)
 	bad := func(seq uint64, format string, args ...any) error {
-		return &VerifyError{Seq: seq, Reason: name + ": " + fmt.Sprintf(format, args...)}
+		return &VerifyError{Seq: int64(seq), Reason: name + ": " + fmt.Sprintf(format, args...)}
 	}
 	if !sc.Scan() {
 		if err := sc.Err(); err != nil {
@@ -337,11 +337,11 @@ func VerifyArchive(dir string, segs []store.AuditSegment, expect *Head) (VerifyR
 	var res VerifyResult
 	for _, f := range files {
 		if strings.ContainsAny(f.name, `/\`) {
-			return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: fmt.Sprintf("the store names segment file %q, which is not a plain file name", f.name)}
+			return res, &VerifyError{Seq: int64(res.Head.Seq) + 1, Reason: fmt.Sprintf("the store names segment file %q, which is not a plain file name", f.name)}
 		}
 		b, err := os.ReadFile(filepath.Join(dir, f.name))
 		if errors.Is(err, os.ErrNotExist) {
-			return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: fmt.Sprintf("archived segment missing from %s: %s", dir, f.name)}
+			return res, &VerifyError{Seq: int64(res.Head.Seq) + 1, Reason: fmt.Sprintf("archived segment missing from %s: %s", dir, f.name)}
 		}
 		if err != nil {
 			return res, fmt.Errorf("audit: %w", err)
@@ -349,7 +349,7 @@ func VerifyArchive(dir string, segs []store.AuditSegment, expect *Head) (VerifyR
 		if f.sha != "" {
 			sum := sha256.Sum256(b)
 			if hex.EncodeToString(sum[:]) != f.sha {
-				return res, &VerifyError{Seq: res.Head.Seq + 1, Reason: f.name + ": its SHA-256 differs from the one the store recorded when it was archived"}
+				return res, &VerifyError{Seq: int64(res.Head.Seq) + 1, Reason: f.name + ": its SHA-256 differs from the one the store recorded when it was archived"}
 			}
 		}
 		r, err := verifySegment(bytes.NewReader(b), f.name, res.Head, expect)

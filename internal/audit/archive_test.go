@@ -92,7 +92,7 @@ func TestArchiveTamperingFound(t *testing.T) {
 		name    string
 		tamper  func(t *testing.T)
 		segs    []store.AuditSegment
-		wantSeq uint64
+		wantSeq int64
 		reason  string
 	}{
 		{"intact", func(*testing.T) {}, stored, 0, ""},

@@ -26,6 +26,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
@@ -117,7 +118,10 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
-	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}}, Logger: r.log})
+	// A sidecar that only loads files and never serves: any local user
+	// may "use" its listener, which is never bound.
+	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}},
+		OutboundCallers: proxy.LocalCallers{AnyLocalUser: true}, Logger: r.log})
 	if err != nil {
 		return err
 	}
@@ -160,20 +164,28 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
 		KeepStartupPages: cfg.KeepStartupPages,
+		OutboundCallers: proxy.LocalCallers{
+			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
+		},
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port})
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port, Upgrades: in.Upgrades})
 	}
 	for _, out := range cfg.Outbound {
 		p, err := proxy.ParseProtocol(out.Protocol)
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2})
+		mode, err := config.ParseSocketMode(string(out.SocketMode))
+		if err != nil {
+			return usageError{err}
+		}
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2,
+			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
 	var (
@@ -278,6 +290,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			}
 			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
 		})
+		// OPA's Data and Policy APIs, read-only, over the Rego modules and
+		// data of the policy version in force.
+		(&opaapi.Handler{Rego: s.Rego, Logger: r.log}).Register(mux, opaapi.LoopbackOnly)
 		if cfg.AdminPprof {
 			// runtime/pprof directly: net/http/pprof would also register
 			// itself on http.DefaultServeMux for the whole binary.
@@ -359,15 +374,12 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 				r.log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
 				return
 			}
-			docs, err := policy.ParseJSONDocuments(ps.Documents)
+			set, err := policy.FromWire(&ps, r.policyOptions())
 			if err == nil {
-				var set *policy.Set
-				set, err = policy.Compile(docs, r.policyOptions())
-				if err == nil {
-					s.SetAuthorizer(ps.Version, set)
-					r.log.Info("policy version in force", "version", ps.Version, "documents", len(docs), "path_normalization", set.PathNormalization().String())
-					return
-				}
+				s.SetAuthorizer(ps.Version, set)
+				r.log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
+					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
+				return
 			}
 			s.ReloadFailed("policy")
 			r.log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)

@@ -357,6 +357,9 @@ func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval.Std())
 	defer t.Stop()
 	var lastPrune, lastArchive time.Time
+	// Leases that expired while the server was down are revoked now, not
+	// a poll interval later.
+	s.tickSecrets(ctx)
 	for tick := uint64(1); ; tick++ {
 		select {
 		case <-ctx.Done():
@@ -390,6 +393,7 @@ func (s *Server) maintain(ctx context.Context) {
 			}
 		}
 		s.tickOAuth(ctx)
+		s.tickSecrets(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)

@@ -41,7 +41,7 @@ func fill(t *testing.T, db *store.DB) {
 		if err != nil {
 			return err
 		}
-		r := store.AuditRow{Seq: seq + 1, At: now.UnixNano(), Kind: "k", Actor: "a", Subject: "s", Outcome: "success", Details: "{}", PrevHash: prev, Hash: []byte{1, 2, 3}}
+		r := store.AuditRow{Seq: int64(seq) + 1, At: now.UnixNano(), Kind: "k", Actor: "a", Subject: "s", Outcome: "success", Details: "{}", PrevHash: prev, Hash: []byte{1, 2, 3}}
 		return db.AppendAuditRows(ctx, tx, []store.AuditRow{r})
 	})
 	if err != nil {

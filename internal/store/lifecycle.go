@@ -83,6 +83,11 @@ func auditBase(ctx context.Context, q Queryer) (uint64, []byte, error) {
 	return uint64(seq), hash, nil
 }
 
+// Base is AuditBase within the snapshot.
+func (a *AuditSnapshot) Base(ctx context.Context) (uint64, []byte, error) {
+	return auditBase(ctx, a.tx)
+}
+
 // AuditSegments lists the archived segments, oldest first.
 func (s *DB) AuditSegments(ctx context.Context) ([]AuditSegment, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT first_seq, last_seq, last_hash, records, file, file_sha256, archived_at, archived_by
@@ -110,7 +115,12 @@ func (s *DB) AuditSegments(ctx context.Context) ([]AuditSegment, error) {
 // a prefix of old records may be archived, so the scan stops at the first
 // record that is not old enough.
 func (s *DB) AuditRowsBefore(ctx context.Context, after uint64, before time.Time, limit int) ([]AuditRow, error) {
-	rows, err := s.AuditRows(ctx, after, limit)
+	q, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+		FROM audit_log WHERE `+s.intSeq()+` AND seq > $1 ORDER BY seq LIMIT $2`, int64(after), limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: read audit log: %w", err)
+	}
+	rows, err := scanAuditRows(q)
 	if err != nil {
 		return nil, err
 	}
