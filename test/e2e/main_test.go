@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/store/storetest"
 )
 
 // bin is the moatless binary built once for every test.
@@ -37,6 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	storetest.Stop() // the PostgreSQL server of the replica tests, if one started
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
