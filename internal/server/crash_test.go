@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
@@ -53,12 +53,11 @@ func moatlessBinary(t *testing.T) string {
 }
 
 func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := loopback.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // proc is a server process started from the built binary.
