@@ -789,7 +789,7 @@ func (s *Server) listNodes(c *adminCall) {
 		}
 		req := max(base, pv)
 		rev := s.nodeRevocation(n)
-		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat),
+		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat),
 			RequiredVersion: req, InSync: n.AckedVersion >= req, Revocation: rev})
 	}
 	c.reply(http.StatusOK, out)
