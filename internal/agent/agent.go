@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -235,7 +236,7 @@ func (a *Agent) attest(ctx context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || ctx.Err() != nil {
+		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || errors.Is(err, ErrDataDirInUse) || ctx.Err() != nil {
 			return err
 		}
 		wait := a.node.backoff(attempt)
@@ -302,6 +303,9 @@ func (a *Agent) checks() []check {
 
 func (a *Agent) startHealth() error {
 	lis, err := net.Listen("tcp", a.cfg.HealthListen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("agent: health listener: %w: another agent (or program) on this host uses it; set --health-listen (health_listen) to a free loopback address, or off", err)
+	}
 	if err != nil {
 		return fmt.Errorf("agent: health listener: %w", err)
 	}

@@ -67,12 +67,19 @@ func TestNodeAttestPersistAndRestart(t *testing.T) {
 		{"restart_uses_persisted_svid", "", dir, nil},
 		{"restart_ignores_used_token", "tok-1", dir, nil},
 	}
+	// While n holds the data directory, no other node may use it.
+	busy, _ := NewNode(f.nodeConfig(t, "", dir))
+	if err := busy.Attest(ctx); !errors.Is(err, ErrDataDirInUse) {
+		t.Fatalf("Attest on a data directory in use = %v, want ErrDataDirInUse", err)
+	}
+	n.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n2, err := NewNode(f.nodeConfig(t, tt.token, tt.dataDir))
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer n2.Close()
 			err = n2.Attest(ctx)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Attest = %v, want %v", err, tt.want)

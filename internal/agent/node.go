@@ -174,6 +174,8 @@ type Node struct {
 	// refused is the server's last refusal of the node's credential on
 	// the watch stream (revoked, unknown); nil once a stream is accepted.
 	refused atomic.Pointer[ServerError]
+	// unlock releases the data directory's lock (lockDir).
+	unlock func()
 
 	mu         sync.Mutex
 	bundle     *wire.Bundle
@@ -305,6 +307,9 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	if n.unlock != nil {
+		n.unlock()
+	}
 	for _, t := range n.transports {
 		t.CloseIdleConnections()
 	}
@@ -316,6 +321,9 @@ func (n *Node) Close() error {
 // ErrJoinTokenRejected, ErrNoCredential, or a transport error (the server
 // may be down: retry).
 func (n *Node) Attest(ctx context.Context) error {
+	if err := n.lockDir(); err != nil {
+		return err
+	}
 	if n.cfg.DataDir != "" {
 		if err := n.loadPersisted(); err == nil {
 			if n.cfg.JoinToken != "" {

@@ -79,3 +79,22 @@ func (n *Node) Refused() error {
 	}
 	return nil
 }
+
+// ErrDataDirInUse: another running agent or sidecar holds the data
+// directory.
+var ErrDataDirInUse = errors.New("agent: the data directory is in use")
+
+// lockDir locks DataDir once, for the Node's lifetime (Close releases it).
+func (n *Node) lockDir() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cfg.DataDir == "" || n.unlock != nil {
+		return nil
+	}
+	release, err := lockDataDir(n.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	n.unlock = release
+	return nil
+}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -248,6 +249,9 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 		return fmt.Errorf("%q is not a loopback address", addr)
 	}
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: another moatless authz (or program) on this host uses it; set --admin to a free loopback address, or --admin off", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,7 +76,7 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
-	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm}
+	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm, cfgPath: cfgPath}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
@@ -99,8 +100,9 @@ type usageError struct{ error }
 func (u usageError) Unwrap() error { return u.error }
 
 type sidecarRun struct {
-	cfg config.Sidecar
-	log *slog.Logger
+	cfg     config.Sidecar
+	cfgPath string
+	log     *slog.Logger
 	// pathNorm is cfg.Policy.PathNormalization parsed.
 	pathNorm policy.PathNormalization
 }
@@ -245,7 +247,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
 		err := node.Attest(actx)
 		acancel()
-		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) {
+		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) || errors.Is(err, agent.ErrDataDirInUse) {
 			return usageError{fmt.Errorf("identity.join.state_dir: %w", err)}
 		}
 		if err != nil {
@@ -278,6 +280,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 
 	if cfg.Admin != "off" {
 		l, err := net.Listen("tcp", cfg.Admin)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return usageError{fmt.Errorf("admin listener: %w: another sidecar (or program) on this host uses it; every sidecar needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", err, r.cfgPath)}
+		}
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}

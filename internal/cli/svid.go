@@ -41,14 +41,17 @@ type svidFlags struct {
 }
 
 func (s *svidFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.socket, "socket", "", "Workload API socket `path` or unix:// URL (env SPIFFE_ENDPOINT_SOCKET; default "+config.DefaultAgentSocket+")")
+	fs.StringVar(&s.socket, "socket", "", "Workload API socket `path` or unix:// URL (env SPIFFE_ENDPOINT_SOCKET; default "+config.SystemAgentSocket+" if it exists, else $XDG_RUNTIME_DIR/moatless/agent.sock)")
 	fs.StringVar(&s.output, "o", "text", "output format: text or json")
 	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "give up after this long")
 }
 
 // addr resolves the socket the way go-spiffe does, with our default.
 func (s *svidFlags) addr(e *Env) string {
-	a := firstNonEmpty(s.socket, e.getenv("SPIFFE_ENDPOINT_SOCKET"), config.DefaultAgentSocket)
+	a := firstNonEmpty(s.socket, e.getenv("SPIFFE_ENDPOINT_SOCKET"))
+	if a == "" {
+		a = config.AgentSocketForClients(e.getenv, os.Geteuid())
+	}
 	if !strings.Contains(a, "://") {
 		a = "unix://" + a
 	}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -116,7 +117,7 @@ type Sidecar struct {
 // socket (ours or SPIRE's), PEM files, or a join token to the server.
 type SidecarIdentity struct {
 	// WorkloadAPI is the socket address, "unix:///run/spire/agent.sock".
-	// "default" means DefaultAgentSocket.
+	// "default" means AgentSocketForClients.
 	WorkloadAPI string        `json:"workload_api,omitempty"`
 	Files       *SidecarFiles `json:"files,omitempty"`
 	Join        *SidecarJoin  `json:"join,omitempty"`
@@ -299,7 +300,7 @@ func (c *Sidecar) fillDefaults() {
 		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
 	}
 }
 

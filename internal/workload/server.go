@@ -63,8 +63,9 @@ const (
 // Config configures a Workload API server.
 type Config struct {
 	// SocketPath is the unix socket to listen on. Required. Its directory
-	// is created 0755 when missing; the socket itself is 0777 (any local
-	// process may ask; attestation decides what it gets). A stale socket
+	// is created 0755 when missing and must be owned by the agent's user
+	// and writable by no one else (checkSocketDir); the socket itself is
+	// 0777 (any local process may ask; attestation decides what it gets). A stale socket
 	// left by a dead agent is removed; a live one is an error.
 	SocketPath string
 	// Source serves the SVIDs and bundles. Required.
@@ -206,6 +207,9 @@ func (s *Server) Close() error {
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("workload: create socket directory: %w", err)
+	}
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
