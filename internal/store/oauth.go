@@ -317,16 +317,18 @@ func (o *OAuth) Users(ctx context.Context) ([]*token.User, error) {
 	return out, nil
 }
 
+// UpdateUser writes the password hash and spec only. The TOTP columns
+// are never written from a user read earlier: a password change racing an
+// MFA enrolment would otherwise switch the new TOTP off again (and a reset
+// would resurrect an old key). StartTOTP, EnableTOTP, UseTOTPStep and
+// ResetTOTP change them, each in one conditional statement.
 func (o *OAuth) UpdateUser(ctx context.Context, u *token.User) error {
 	spec, err := json.Marshal(u.UserSpec)
 	if err != nil {
 		return oerr("update user", err)
 	}
-	// totp_last_step is only ever raised (by UseTOTPStep) or reset to 0
-	// with a new TOTP key, never lowered to an older accepted step.
-	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_users SET password_hash = $1, totp_secret = $2, totp_enabled = $3,
-		totp_last_step = CASE WHEN $4 = 0 THEN 0 ELSE totp_last_step END, spec = $5, updated_at = $6 WHERE id = $7`,
-		u.PasswordHash, u.TOTPSecret, boolInt(u.TOTPEnabled), u.TOTPLastStep, string(spec), unix(u.UpdatedAt), u.ID)
+	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_users SET password_hash = $1, spec = $2, updated_at = $3 WHERE id = $4`,
+		u.PasswordHash, string(spec), unix(u.UpdatedAt), u.ID)
 	if err != nil {
 		return oerr("update user", err)
 	}
@@ -336,6 +338,50 @@ func (o *OAuth) UpdateUser(ctx context.Context, u *token.User) error {
 		return oauthNotFound("user")
 	}
 	return nil
+}
+
+// StartTOTP stores a new pending (not enabled) TOTP key, but only while
+// the user's TOTP is not enabled, in one conditional statement: an
+// enrolment started as another one completes cannot overwrite the key just
+// enabled. ErrTOTPEnabled when it is enabled (nothing changed).
+func (o *OAuth) StartTOTP(ctx context.Context, userID string, sealed []byte, at time.Time) error {
+	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_users SET totp_secret = $1, totp_enabled = 0, totp_last_step = 0, updated_at = $2
+		WHERE id = $3 AND totp_enabled = 0`, sealed, unix(at), userID)
+	if err != nil {
+		return oerr("start totp", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("start totp", err)
+	} else if !ok {
+		var one int
+		err := o.db.db.QueryRowContext(ctx, "SELECT 1 FROM oauth_users WHERE id = $1", userID).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return oauthNotFound("user")
+		}
+		if err != nil {
+			return oerr("start totp", err)
+		}
+		return &kindError{"store: oauth user has TOTP enabled already", []error{ErrConflict, token.ErrTOTPEnabled}}
+	}
+	return nil
+}
+
+// ResetTOTP turns the user's TOTP off, forgets the key and deletes the
+// recovery codes, in one transaction. ErrNotFound for an unknown user.
+func (o *OAuth) ResetTOTP(ctx context.Context, userID string, at time.Time) error {
+	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE oauth_users SET totp_secret = NULL, totp_enabled = 0, totp_last_step = 0, updated_at = $1 WHERE id = $2`,
+			unix(at), userID)
+		if err != nil {
+			return oerr("reset totp", err)
+		}
+		if ok, err := rowsOne(res); err != nil {
+			return oerr("reset totp", err)
+		} else if !ok {
+			return oauthNotFound("user")
+		}
+		return setRecoveryCodes(ctx, tx, userID, nil)
+	})
 }
 
 func (o *OAuth) DeleteUser(ctx context.Context, name string) error {

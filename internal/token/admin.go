@@ -610,8 +610,13 @@ func (s *Service) adminStartMFA(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = sealed, false, 0, s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
+	err = s.cfg.Store.StartTOTP(ctx, u.ID, sealed, s.now())
+	if errors.Is(err, ErrTOTPEnabled) {
+		// An enrolment completed since the user was read.
+		adminError(w, http.StatusConflict, "user %s has MFA on already; reset it first (moatless oauth user reset-mfa)", u.Name)
+		return
+	}
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}
@@ -693,12 +698,7 @@ func (s *Service) adminResetMFA(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = nil, false, 0, s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
-		s.storeError(w, "user", err)
-		return
-	}
-	if err := s.cfg.Store.SetRecoveryCodes(ctx, u.ID, nil); err != nil {
+	if err := s.cfg.Store.ResetTOTP(ctx, u.ID, s.now()); err != nil {
 		s.storeError(w, "user", err)
 		return
 	}

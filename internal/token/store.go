@@ -61,9 +61,16 @@ type Store interface {
 	UserByID(ctx context.Context, id string) (*User, error)
 	// Users lists every user, ordered by name.
 	Users(ctx context.Context) ([]*User, error)
-	// UpdateUser writes the user's password hash, TOTP state and spec;
-	// ErrNotFound.
+	// UpdateUser writes the user's password hash and spec, never the
+	// TOTP state (see StartTOTP, EnableTOTP, ResetTOTP); ErrNotFound.
 	UpdateUser(ctx context.Context, u *User) error
+	// StartTOTP stores a pending (not enabled) TOTP key, but only if the
+	// user's TOTP is not enabled, atomically: ErrTOTPEnabled otherwise
+	// (nothing changed); ErrNotFound for an unknown user.
+	StartTOTP(ctx context.Context, userID string, sealed []byte, at time.Time) error
+	// ResetTOTP turns TOTP off, forgets the key and deletes the recovery
+	// codes, in one transaction; ErrNotFound.
+	ResetTOTP(ctx context.Context, userID string, at time.Time) error
 	// DeleteUser deletes a user and their recovery codes; ErrNotFound.
 	DeleteUser(ctx context.Context, name string) error
 	// UseTOTPStep records that the TOTP code of time step was accepted
