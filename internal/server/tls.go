@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/tlsconf"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -103,9 +104,10 @@ func (s *Server) renewServerCert(ctx context.Context) error {
 
 // tlsConfig serves the current server certificate and asks for (does not
 // require) a client certificate: attestation, health and metrics have
-// none; everything else checks the caller's SVID per request.
+// none; everything else checks the caller's SVID per request. Under TLS
+// 1.2 only AEAD suites are offered (tlsconf).
 func (s *Server) tlsConfig() *tls.Config {
-	return &tls.Config{
+	return tlsconf.Server(&tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -113,7 +115,7 @@ func (s *Server) tlsConfig() *tls.Config {
 		},
 		ClientAuth:       tls.RequestClientCert,
 		VerifyConnection: s.verifyConnection,
-	}
+	})
 }
 
 // verifyConnection verifies a presented client certificate as an
