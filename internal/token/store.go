@@ -37,6 +37,14 @@ var (
 // UseAssertionJTI) are atomic compare-and-set operations in the
 // database, never read-then-write in the caller.
 type Store interface {
+	// Atomically runs fn in one transaction and commits it when fn
+	// returns nil; otherwise nothing fn did is kept. Every Store method
+	// fn calls with the context fn is given runs in that transaction,
+	// and so must Config.Audit when given that context: a change and its
+	// audit record commit together or not at all. A call inside fn joins
+	// the transaction.
+	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
+
 	// CreateClient stores a new client; ErrConflict when its ID, name or
 	// SPIFFE ID is taken.
 	CreateClient(ctx context.Context, c *Client) error
@@ -110,6 +118,12 @@ type Store interface {
 	AddGrant(ctx context.Context, g *Grant) error
 	// Grant returns a grant by ID, or ErrNotFound.
 	Grant(ctx context.Context, id string) (*Grant, error)
+	// LockGrant is Grant inside Atomically, holding the grant until the
+	// transaction ends: a concurrent RevokeGrant or RevokeUserGrants
+	// either committed before (and the grant reads revoked) or waits,
+	// and then also revokes what the transaction added to the grant. An
+	// error outside Atomically.
+	LockGrant(ctx context.Context, id string) (*Grant, error)
 	// RecordTokenID remembers that an access token with this jti was
 	// issued under the grant, so revoking the grant can revoke it.
 	RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error
