@@ -295,7 +295,7 @@ func (o *OAuth) CreateUser(ctx context.Context, u *token.User) error {
 	return nil
 }
 
-const userCols = `id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at`
+const userCols = `id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at, sessions_epoch`
 
 func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
 	var (
@@ -304,7 +304,7 @@ func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
 		spec       string
 		created, m int64
 	)
-	if err := row.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TOTPSecret, &enabled, &u.TOTPLastStep, &spec, &created, &m); err != nil {
+	if err := row.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TOTPSecret, &enabled, &u.TOTPLastStep, &spec, &created, &m, &u.SessionsEpoch); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(spec), &u.UserSpec); err != nil {
@@ -332,6 +332,21 @@ func (o *OAuth) User(ctx context.Context, name string) (*token.User, error) {
 
 func (o *OAuth) UserByID(ctx context.Context, id string) (*token.User, error) {
 	return o.userWhere(ctx, "id = $1", id)
+}
+
+// LockUser reads the user with a row lock (PostgreSQL: FOR UPDATE) held
+// until the transaction ctx carries ends; under SQLite that transaction
+// holds the write lock already. RevokeUserGrants updates the user's row
+// first, so it and a login finishing under LockUser take turns.
+func (o *OAuth) LockUser(ctx context.Context, id string) (*token.User, error) {
+	if _, ok := TxFrom(ctx); !ok {
+		return nil, oerr("lock user", errors.New("not inside Atomically"))
+	}
+	where := "id = $1"
+	if o.db.dialect == Postgres {
+		where += " FOR UPDATE"
+	}
+	return o.userWhere(ctx, where, id)
 }
 
 func (o *OAuth) Users(ctx context.Context) ([]*token.User, error) {
@@ -729,10 +744,15 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 	)
 	err := o.tx(ctx, func(tx *sql.Tx) error {
 		grants, out = 0, nil
-		// Codes, then grants, then refresh tokens: the order in which a
-		// redemption (code, then LockGrant) and a refresh (LockGrant,
-		// then its refresh token) lock rows, so none of them deadlocks
-		// with this under PostgreSQL.
+		// The user, then codes, then grants, then refresh tokens: the
+		// order in which a login (LockUser), a redemption (code, then
+		// LockGrant) and a refresh (LockGrant, then its refresh token)
+		// lock rows, so none of them deadlocks with this under
+		// PostgreSQL. Moving the epoch makes every login in progress
+		// stale (token: finishLogin).
+		if _, err := tx.ExecContext(ctx, "UPDATE oauth_users SET sessions_epoch = sessions_epoch + 1 WHERE id = $1", userID); err != nil {
+			return oerr("revoke user grants", err)
+		}
 		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE user_id = $1 AND used_at = 0", userID); err != nil {
 			return oerr("revoke user grants", err)
 		}

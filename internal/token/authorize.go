@@ -46,6 +46,10 @@ type loginTx struct {
 	Exp      int64        `json:"e"`
 	AMR      []string     `json:"m,omitempty"`
 	AuthTime int64        `json:"t,omitempty"`
+	// Epoch is the user's SessionsEpoch when the password was checked: a
+	// password or MFA reset (or a deletion) since then moved it, and the
+	// login cannot finish.
+	Epoch int64 `json:"ep,omitempty"`
 	// EnrollKey is the TOTP key being enrolled (sealed for the user).
 	EnrollKey []byte `json:"k,omitempty"`
 }
@@ -360,7 +364,7 @@ func (s *Service) loginPassword(ctx context.Context, w http.ResponseWriter, r *h
 		return
 	}
 	next := *tx
-	next.UserID, next.AMR, next.AuthTime = u.ID, []string{"pwd"}, s.now().Unix()
+	next.UserID, next.AMR, next.AuthTime, next.Epoch = u.ID, []string{"pwd"}, s.now().Unix(), u.SessionsEpoch
 	switch {
 	case u.TOTPEnabled:
 		next.Stage = "totp"
@@ -473,6 +477,9 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 	}
 	var codes []string
 	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.checkLoginCurrent(ctx, tx); err != nil {
+			return err
+		}
 		var err error
 		if codes, err = s.enableTOTP(ctx, u, tx.EnrollKey, step); err != nil {
 			return err
@@ -485,6 +492,10 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		// the store enables TOTP only if it is not enabled, so this one
 		// changed nothing and is refused like a stale form.
 		s.refuseEnrolled(ctx, w, r, tx, u)
+		return
+	}
+	if errors.Is(err, errLoginStale) {
+		s.refuseStale(ctx, w, r, tx)
 		return
 	}
 	if err != nil {
@@ -523,6 +534,37 @@ func (s *Service) enableTOTP(ctx context.Context, u *User, sealed []byte, step i
 	return codes, nil
 }
 
+// errLoginStale refuses a login whose user's sessions were ended since
+// the password was checked.
+var errLoginStale = errors.New("your account was changed while you were signing in (a password or second factor reset); start again from the application")
+
+// checkLoginCurrent, inside an atomically block, holds the user
+// (Store.LockUser) and refuses the login if their sessions were ended
+// since its password check: a password or MFA reset ends the logins in
+// progress too, not only the sessions they already opened. Holding the
+// user makes a reset either come first (and be seen here) or wait and end
+// what this login opens.
+func (s *Service) checkLoginCurrent(ctx context.Context, tx *loginTx) error {
+	u, err := s.cfg.Store.LockUser(ctx, tx.UserID)
+	if errors.Is(err, ErrNotFound) {
+		return errLoginStale
+	} else if err != nil {
+		return err
+	}
+	if u.SessionsEpoch != tx.Epoch {
+		return errLoginStale
+	}
+	return nil
+}
+
+// refuseStale answers a login that checkLoginCurrent refused: 400,
+// audited as oauth.login.failed/sessions_ended, nothing changed.
+func (s *Service) refuseStale(ctx context.Context, w http.ResponseWriter, r *http.Request, tx *loginTx) {
+	s.metrics.logins.WithLabelValues("stale").Inc()
+	s.audit(ctx, AuditEvent{Type: "oauth.login.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Subject: tx.UserID, Reason: "sessions_ended", Remote: r.RemoteAddr})
+	s.errorPage(w, http.StatusBadRequest, errLoginStale.Error())
+}
+
 // finishLogin issues the authorization code and sends the browser back
 // to the client (RFC 6749 §4.1.2, with iss per RFC 9207).
 func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *http.Request, tx *loginTx) {
@@ -546,6 +588,9 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 	// The login's single use, its grant and code, and its record commit
 	// together: a code whose record could not be written does not exist.
 	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.checkLoginCurrent(ctx, tx); err != nil {
+			return err
+		}
 		// Every sealed copy of this transaction expires within
 		// loginTxTTL of now, so remembering its ID that long makes it
 		// single use.
@@ -566,6 +611,10 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 	})
 	if errors.Is(err, ErrConflict) {
 		s.errorPage(w, http.StatusBadRequest, "this sign-in was completed already; start again from the application")
+		return
+	}
+	if errors.Is(err, errLoginStale) {
+		s.refuseStale(ctx, w, r, tx)
 		return
 	}
 	if err != nil {

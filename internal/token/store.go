@@ -67,6 +67,11 @@ type Store interface {
 	User(ctx context.Context, name string) (*User, error)
 	// UserByID returns the user with this ID, or ErrNotFound.
 	UserByID(ctx context.Context, id string) (*User, error)
+	// LockUser is UserByID inside Atomically, holding the user until the
+	// transaction ends, so a concurrent RevokeUserGrants either committed
+	// before (SessionsEpoch moved) or waits for the transaction and then
+	// also ends what it opened. An error outside Atomically.
+	LockUser(ctx context.Context, id string) (*User, error)
 	// Users lists every user, ordered by name.
 	Users(ctx context.Context) ([]*User, error)
 	// UpdateUser writes the user's password hash and spec, never the
@@ -136,7 +141,8 @@ type Store interface {
 	// Revoking a revoked grant returns none and no error.
 	RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]RevokedToken, error)
 	// RevokeUserGrants ends every session of a user atomically (one
-	// transaction): it revokes all their grants and refresh tokens,
+	// transaction): it moves the user's SessionsEpoch, revokes all their
+	// grants and refresh tokens,
 	// deletes their unredeemed authorization codes, and adds the
 	// unexpired access token IDs issued under their grants to the revoked
 	// list. It returns the number of grants it revoked and the token IDs
@@ -282,6 +288,10 @@ type User struct {
 	TOTPLastStep int64     `json:"-"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// SessionsEpoch counts the times the user's sessions were ended
+	// (RevokeUserGrants). A login remembers it from the password check
+	// and completes only if it has not moved.
+	SessionsEpoch int64 `json:"-"`
 	UserSpec
 }
 
