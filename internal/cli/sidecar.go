@@ -19,7 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -286,11 +285,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-		mux.HandleFunc("GET /livez", live)
-		mux.HandleFunc("GET /healthz", live)
+		mux := healthMux(reg)
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 			err := s.Ready()
 			if err == nil && node != nil {
