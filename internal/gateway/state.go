@@ -1,0 +1,124 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// state is one configuration compiled for the request path. It is
+// immutable once built and replaced whole by Reload, so a request sees
+// one configuration from start to end.
+type state struct {
+	cfg     config.Gateway
+	routes  []*route
+	table   *routeTable
+	trusted []netip.Prefix
+	allow   []netip.Prefix
+	deny    []netip.Prefix
+	headers [][2]string
+	cancel  context.CancelFunc
+}
+
+// route is one compiled route.
+type route struct {
+	name    string
+	host    string
+	prefix  string
+	cfg     config.GatewayRoute
+	pool    *pool
+	fwd     *proxy.Forwarder
+	cors    *cors
+	maxBody int64
+}
+
+func (s *state) stop() {
+	if s != nil && s.cancel != nil {
+		s.cancel()
+	}
+}
+
+// build compiles cfg. old, when set, is the state in force, whose
+// reusable parts (rate-limit counters, WAF engines) carry over.
+func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*state, error) {
+	st := &state{cfg: cfg}
+	parse := func(list []string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range list {
+			p, _ := config.ParsePrefix(s) // validated
+			out = append(out, p)
+		}
+		return out
+	}
+	st.trusted = parse(cfg.TrustedProxies)
+	st.allow = parse(cfg.IP.Allow)
+	st.deny = parse(cfg.IP.Deny)
+	st.headers = securityHeaders(cfg.Headers)
+
+	hctx, cancel := context.WithCancel(context.Background())
+	st.cancel = cancel
+	for i := range cfg.Routes {
+		rc := cfg.Routes[i]
+		p, err := g.newPool(&rc)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		r := &route{name: rc.Name, host: canonicalHost(rc.Host), prefix: rc.PathPrefix, cfg: rc, pool: p, maxBody: cfg.Limits.MaxBodyBytes}
+		if rc.MaxBodyBytes > 0 {
+			r.maxBody = rc.MaxBodyBytes
+		}
+		if rc.CORS != nil {
+			r.cors = newCORS(rc.CORS)
+		}
+		fwd, err := proxy.NewForwarder(proxy.ForwarderConfig{
+			Name: "route-" + rc.Name, Transport: p, Host: rc.Name, Logger: g.log,
+			OnError: func(w http.ResponseWriter, req *http.Request, err error) { g.upstreamFailed(w, req, r, err) },
+		})
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		r.fwd = fwd
+		st.routes = append(st.routes, r)
+	}
+	st.table = newRouteTable(st.routes)
+	for _, r := range st.routes {
+		if r.pool.health != nil {
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				r.pool.healthLoop(hctx)
+			}()
+		}
+	}
+	return st, nil
+}
+
+// securityHeaders is the list set on every response, defaults filled in;
+// "off" leaves a header out.
+func securityHeaders(h config.GatewayHeaders) [][2]string {
+	out := [][2]string{{"X-Content-Type-Options", "nosniff"}}
+	for _, kv := range [][3]string{
+		{"Strict-Transport-Security", h.HSTS, "max-age=31536000; includeSubDomains"},
+		{"Content-Security-Policy", h.CSP, "default-src 'none'; frame-ancestors 'none'"},
+		{"X-Frame-Options", h.FrameOptions, "DENY"},
+		{"Referrer-Policy", h.ReferrerPolicy, "no-referrer"},
+		{"Permissions-Policy", h.PermissionsPolicy, "camera=(), microphone=(), geolocation=()"},
+		{"Cross-Origin-Opener-Policy", h.CrossOriginOpenerPolicy, "same-origin"},
+	} {
+		v := kv[1]
+		if v == "" {
+			v = kv[2]
+		}
+		if strings.EqualFold(v, "off") {
+			continue
+		}
+		out = append(out, [2]string{kv[0], v})
+	}
+	return out
+}
