@@ -43,6 +43,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway/ratelimit"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
@@ -103,6 +104,11 @@ type Gateway struct {
 	upstreams map[upstreamKey]*proxy.Upstream
 	// reloadMu serializes Reload.
 	reloadMu sync.Mutex
+	// redis are the rate-limit stores by URL, shared by limits and kept
+	// across reloads.
+	redisMu   sync.Mutex
+	redis     map[string]*ratelimit.Redis
+	storeErrs storeErrLog
 
 	conns   *connCounter
 	tlsConf *tls.Config
@@ -458,6 +464,11 @@ func (g *Gateway) Close() error {
 		u.CloseIdleConnections()
 	}
 	g.upMu.Unlock()
+	g.redisMu.Lock()
+	for _, r := range g.redis {
+		r.Close()
+	}
+	g.redisMu.Unlock()
 	g.wg.Wait()
 	return nil
 }

@@ -143,6 +143,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w0, r.Body, rt.maxBody)
 	}
 
+	if !g.rateLimit(w, r, rc, nil, false) {
+		return
+	}
+
 	// The one decision function, as in the sidecar.
 	req := policy.Request{
 		Protocol:       policy.HTTP,
@@ -179,6 +183,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 			reason = reasonNoPolicy
 		}
 		g.reject(w, http.StatusForbidden, reason, "RBAC: access denied")
+		return
+	}
+
+	if !g.rateLimit(w, r, rc, auth, true) {
 		return
 	}
 

@@ -21,6 +21,7 @@ type state struct {
 	allow   []netip.Prefix
 	deny    []netip.Prefix
 	headers [][2]string
+	limits  map[string]*limiter
 	cancel  context.CancelFunc
 }
 
@@ -34,6 +35,7 @@ type route struct {
 	fwd     *proxy.Forwarder
 	cors    *cors
 	maxBody int64
+	limits  []*limiter
 }
 
 func (s *state) stop() {
@@ -58,6 +60,11 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 	st.allow = parse(cfg.IP.Allow)
 	st.deny = parse(cfg.IP.Deny)
 	st.headers = securityHeaders(cfg.Headers)
+	limits, err := g.limiters(&cfg, old)
+	if err != nil {
+		return nil, err
+	}
+	st.limits = limits
 
 	hctx, cancel := context.WithCancel(context.Background())
 	st.cancel = cancel
@@ -74,6 +81,9 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 		}
 		if rc.CORS != nil {
 			r.cors = newCORS(rc.CORS)
+		}
+		for _, n := range rc.RateLimits {
+			r.limits = append(r.limits, limits[n])
 		}
 		fwd, err := proxy.NewForwarder(proxy.ForwarderConfig{
 			Name: "route-" + rc.Name, Transport: p, Host: rc.Name, Logger: g.log,
