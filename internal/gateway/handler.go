@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 )
@@ -54,6 +57,10 @@ type reqCtx struct {
 	identity  string
 	// detail is extra for the access log: the WAF's rule IDs.
 	detail string
+	// body is the request body when a check needed it whole (WAF,
+	// validation); r.Body then replays it.
+	body     []byte
+	bodyRead bool
 }
 
 // ServeHTTP is the gateway's request path; see the package comment for
@@ -145,6 +152,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 
 	if !g.rateLimit(w, r, rc, nil, false) {
 		return
+	}
+	if rt.waf != nil {
+		if !g.readBody(w, r, rc) || !g.inspect(w, r, rc) {
+			return
+		}
 	}
 
 	// The one decision function, as in the sidecar.
@@ -403,3 +415,69 @@ func randFloat() float64 { return rand.Float64() }
 // unescapePath is url.PathUnescape: the normalized path as the upstream's
 // URL.Path, with RawPath keeping its encoding.
 func unescapePath(p string) (string, error) { return url.PathUnescape(p) }
+
+// readBody reads the whole body (already bounded by the route's limit)
+// for the checks that need it, and makes r replay it, also for a retry
+// on another upstream.
+func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
+	if rc.bodyRead {
+		return true
+	}
+	rc.bodyRead = true
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	b, err := io.ReadAll(r.Body)
+	r.Body.Close()
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			g.reject(w, http.StatusRequestEntityTooLarge, reasonBodyLarge, "request body larger than "+strconv.FormatInt(mbe.Limit, 10)+" bytes")
+			return false
+		}
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "request body could not be read")
+		return false
+	}
+	rc.body = b
+	r.ContentLength = int64(len(b))
+	r.TransferEncoding = nil
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	return true
+}
+
+// inspect runs the route's WAF. A block is a 403 naming only the request
+// ID; the decision log and the audit record name the matched rule IDs,
+// never any part of the request (body, cookies, Authorization).
+func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
+	local := netip.AddrPortFrom(localIP(r), uint16(g.port))
+	peerPort := uint16(0)
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peerPort = ap.Port()
+	}
+	v, err := rc.route.waf.Inspect(r, rc.body, netip.AddrPortFrom(rc.client, peerPort), local)
+	if err != nil {
+		// A request the engine cannot process is not let through.
+		g.log.Error("waf failed", "route", rc.route.name, "request_id", rc.id, "err", err)
+		v = waf.Verdict{Blocked: true, WouldBlock: true}
+	}
+	ids := make([]string, len(v.RuleIDs))
+	for i, id := range v.RuleIDs {
+		ids[i] = strconv.Itoa(id)
+	}
+	switch {
+	case v.Blocked:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
+		rc.detail = "waf rules " + strings.Join(ids, ",")
+		g.reject(w, http.StatusForbidden, reasonWAF, "request blocked by the web application firewall")
+		g.blocked(r, rc, reasonWAF, "waf: rules "+strings.Join(ids, ", "))
+		return false
+	case v.WouldBlock:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "detect").Inc()
+		rc.detail = "waf detect rules " + strings.Join(ids, ",")
+		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", "), "waf_detect", g.policy.Load().version)
+	default:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
+	}
+	return true
+}

@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/proxy"
 )
 
@@ -22,7 +25,9 @@ type state struct {
 	deny    []netip.Prefix
 	headers [][2]string
 	limits  map[string]*limiter
-	cancel  context.CancelFunc
+	// wafs are the compiled engines by configuration key.
+	wafs   map[string]*waf.Engine
+	cancel context.CancelFunc
 }
 
 // route is one compiled route.
@@ -36,6 +41,7 @@ type route struct {
 	cors    *cors
 	maxBody int64
 	limits  []*limiter
+	waf     *waf.Engine
 }
 
 func (s *state) stop() {
@@ -85,6 +91,14 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 		for _, n := range rc.RateLimits {
 			r.limits = append(r.limits, limits[n])
 		}
+		if rc.WAF != nil && rc.WAF.Enabled {
+			e, err := st.wafFor(&cfg.WAF, rc.WAF.Exclusions, old)
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("gateway: route %s: %w", rc.Name, err)
+			}
+			r.waf = e
+		}
 		fwd, err := proxy.NewForwarder(proxy.ForwarderConfig{
 			Name: "route-" + rc.Name, Transport: p, Host: rc.Name, Logger: g.log,
 			OnError: func(w http.ResponseWriter, req *http.Request, err error) { g.upstreamFailed(w, req, r, err) },
@@ -107,6 +121,35 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 		}
 	}
 	return st, nil
+}
+
+// wafFor returns the engine for the global WAF settings plus a route's
+// exclusions: one per distinct configuration, carried over from old when
+// unchanged (compiling the Core Rule Set takes a fraction of a second).
+func (st *state) wafFor(c *config.GatewayWAF, routeExclusions []int, old *state) (*waf.Engine, error) {
+	wc := waf.Config{
+		Detect: c.Mode == "detect", Paranoia: c.ParanoiaLevel, Threshold: c.InboundAnomalyThreshold,
+		Exclusions: append(slices.Clone(c.Exclusions), routeExclusions...), MaxInspectBytes: c.MaxInspectBytes,
+	}
+	k := wc.Key()
+	if e := st.wafs[k]; e != nil {
+		return e, nil
+	}
+	if st.wafs == nil {
+		st.wafs = map[string]*waf.Engine{}
+	}
+	if old != nil {
+		if e := old.wafs[k]; e != nil {
+			st.wafs[k] = e
+			return e, nil
+		}
+	}
+	e, err := waf.New(wc)
+	if err != nil {
+		return nil, err
+	}
+	st.wafs[k] = e
+	return e, nil
 }
 
 // securityHeaders is the list set on every response, defaults filled in;
