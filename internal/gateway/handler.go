@@ -158,6 +158,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if rt.valid != nil {
+		if !g.readBody(w, r, rc) {
+			return
+		}
+		if v := rt.valid.Validate(r.Context(), r, rc.body); v != nil {
+			g.rejectWith(w, http.StatusBadRequest, reasonValidation, errorBody{Error: v.Message, Pointer: v.Pointer})
+			return
+		}
+	}
 
 	// The one decision function, as in the sidecar.
 	req := policy.Request{

@@ -40,7 +40,9 @@ var reservedPrefixes = []string{"x-moatless-", "x-forwarded-", "x-envoy-", "x-is
 // Hop-by-hop headers are removed by the caller first.
 func shapeHeaders(h http.Header, strip []string) {
 	for k := range h {
-		if spoofable[k] || strings.IndexByte(k, '_') >= 0 {
+		// Compared canonically: net/http canonicalizes the names it
+		// parses, but a name it leaves alone must not slip by on case.
+		if spoofable[http.CanonicalHeaderKey(k)] || strings.IndexByte(k, '_') >= 0 {
 			delete(h, k)
 			continue
 		}
@@ -52,6 +54,7 @@ func shapeHeaders(h http.Header, strip []string) {
 		}
 	}
 	for _, k := range strip {
+		h.Del(k)
 		delete(h, k)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway/validate"
 	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/proxy"
 )
@@ -42,6 +43,7 @@ type route struct {
 	maxBody int64
 	limits  []*limiter
 	waf     *waf.Engine
+	valid   validate.Validator
 }
 
 func (s *state) stop() {
@@ -99,6 +101,14 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 			}
 			r.waf = e
 		}
+		if v := rc.Validation; v != nil {
+			val, err := g.validator(v)
+			if err != nil {
+				cancel()
+				return nil, fmt.Errorf("gateway: route %s: %w", rc.Name, err)
+			}
+			r.valid = val
+		}
 		fwd, err := proxy.NewForwarder(proxy.ForwarderConfig{
 			Name: "route-" + rc.Name, Transport: p, Host: rc.Name, Logger: g.log,
 			OnError: func(w http.ResponseWriter, req *http.Request, err error) { g.upstreamFailed(w, req, r, err) },
@@ -150,6 +160,22 @@ func (st *state) wafFor(c *config.GatewayWAF, routeExclusions []int, old *state)
 	}
 	st.wafs[k] = e
 	return e, nil
+}
+
+// validator loads a route's JSON Schema or OpenAPI document.
+func (g *Gateway) validator(v *config.GatewayValidation) (validate.Validator, error) {
+	path := v.JSONSchema
+	if path == "" {
+		path = v.OpenAPI
+	}
+	b, err := g.opts.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("validation: %w", err)
+	}
+	if v.JSONSchema != "" {
+		return validate.NewJSONSchema(path, b)
+	}
+	return validate.NewOpenAPI(path, b)
 }
 
 // securityHeaders is the list set on every response, defaults filled in;

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -70,5 +71,24 @@ func TestGatewayWAFBlocks(t *testing.T) {
 	defer mu.Unlock()
 	if len(records) < 5 || !strings.HasPrefix(records[0].Reason, "waf: rules ") || records[0].ReasonCode != "waf" {
 		t.Fatalf("audit records %+v", records)
+	}
+}
+
+func TestGatewayValidation(t *testing.T) {
+	schema := t.TempDir() + "/order.json"
+	if err := os.WriteFile(schema, []byte(`{"type":"object","required":["item","qty"],"properties":{"item":{"type":"string"},"qty":{"type":"integer","minimum":1}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].Validation = &config.GatewayValidation{JSONSchema: schema}
+	})
+	resp, b := tg.do(t, "POST", "/orders", strings.NewReader(`{"item":"book","qty":0}`), map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"pointer":"/qty"`) {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	checkSecurityHeaders(t, resp.Header)
+	resp, b = tg.do(t, "POST", "/orders", strings.NewReader(`{"item":"book","qty":2}`), map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode != 200 || decodeSeen(t, b).Body != `{"item":"book","qty":2}` {
+		t.Fatalf("valid body: %d %s", resp.StatusCode, b)
 	}
 }
