@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -340,7 +341,8 @@ func (g *Gateway) Reload(ctx context.Context, cfg config.Gateway) error {
 func restartOnly(a, b *config.Gateway) error {
 	var errs []error
 	same := func(name string, x, y any) {
-		if fmt.Sprint(x) != fmt.Sprint(y) {
+		// DeepEqual, not printing: identity holds pointers.
+		if !reflect.DeepEqual(x, y) {
 			errs = append(errs, fmt.Errorf("gateway: reload: %s changed: restart the gateway to apply it", name))
 		}
 	}

@@ -466,6 +466,8 @@ func TestGatewayReload(t *testing.T) {
 	})
 	t.Run("good_config_applies", func(t *testing.T) {
 		c := cfg
+		// A separately built identity section: equal, not the same pointers.
+		c.Identity = config.SidecarIdentity{Files: &config.SidecarFiles{Cert: "x", Key: "x", Bundle: "x"}}
 		c.Routes = append([]config.GatewayRoute{}, cfg.Routes...)
 		c.Routes[0].PathPrefix = "/public"
 		c.Limits.MaxBodyBytes = 10
