@@ -49,7 +49,7 @@ spec:
 type gatewayProc struct {
 	*proc
 	addr, admin, cfgPath string
-	client             *http.Client
+	client               *http.Client
 }
 
 // startGatewayMesh runs app ← orders' sidecar ← gateway, all processes
