@@ -525,6 +525,14 @@ func (c *Gateway) Validate() error {
 			add("%s.secret_file: required", f)
 		}
 	}
+	// Parsed so configs can be written ahead, refused until enforced: a
+	// setting that silently did nothing would be worse than an error.
+	if len(c.JWT.HMACIssuers) > 0 {
+		add("jwt.hmac_issuers: not supported yet (HS256 tokens are refused)")
+	}
+	if c.TokenExchange != nil {
+		add("token_exchange: not supported yet")
+	}
 	if len(c.Routes) == 0 {
 		add("routes: at least one route is required")
 	}
