@@ -62,13 +62,18 @@ type UnixConfig struct {
 //	unix:path:/abs/path         the caller's binary (/proc/PID/exe)
 //	unix:sha256:HEX             SHA-256 of that binary
 //
-// Races: the binary is hashed through a file descriptor opened from
-// /proc/PID/exe, never by path, so swapping the file at the path does not
-// change what is hashed. The process start time is read before and after;
-// with a pidfd the process is then proven still alive, so the PID cannot
-// have been handed to another process in between. Without a pidfd (kernels
-// before 6.5) a PID reused before attestation begins is not detectable;
-// the start-time check narrows but does not close that window.
+// Races: Unix is a Binder. A peer bound when its connection was accepted
+// is attested only while it still runs the bound image: same start time
+// (not a reused PID), same executable device and inode (no execve since),
+// and, with a pidfd, not exited. The path and hash come from one
+// descriptor opened from /proc/PID/exe and checked against the bound
+// image (the path is that descriptor's own, read from /proc/self/fd), so
+// they describe the same file, and replacing the file at the path changes
+// nothing. Everything is checked again after the reads, so an execve
+// during attestation is caught too. Without a pidfd (kernels before 5.3)
+// a PID reused before the binding is not detectable; from 5.3 to 6.4 the
+// pidfd is opened from the PID after accept(2), which leaves the same
+// window between the peer's connect(2) and the agent's accept(2).
 //
 // Hashes are cached by (device, inode, size, mtime, ctime) so a busy
 // binary is hashed once. Unix is safe for concurrent use.
@@ -103,14 +108,95 @@ func sel(kind, value string) wire.Selector {
 	return wire.Selector{Type: SelectorType, Value: kind + ":" + value}
 }
 
+func (u *Unix) procDir(pid int32) string {
+	return filepath.Join(u.procRoot, strconv.FormatInt(int64(pid), 10))
+}
+
+// Bind implements Binder: it reads the image peer runs now. It fails with
+// ErrProcessGone if the process exited (or its PID changed hands) while it
+// read.
+func (u *Unix) Bind(_ context.Context, peer Peer) (Image, error) {
+	if peer.PID <= 0 {
+		return Image{}, ErrInvalidPeer
+	}
+	dir := u.procDir(peer.PID)
+	start, err := readStartTime(dir)
+	if err != nil {
+		return Image{}, err
+	}
+	img := Image{StartTime: start}
+	if img.Dev, img.Ino, img.ExeKnown, err = exeIdentity(dir); err != nil {
+		return Image{}, err
+	}
+	if err := u.same(dir, peer, img.StartTime); err != nil {
+		return Image{}, err
+	}
+	return img, nil
+}
+
+// exeIdentity stats the executable behind dir/exe (stat follows the
+// link to the file the process runs). known is false when the agent may
+// not read it.
+func exeIdentity(dir string) (dev, ino uint64, known bool, err error) {
+	var st unix.Stat_t
+	err = unix.Stat(filepath.Join(dir, "exe"), &st)
+	switch {
+	case err == nil:
+		return st.Dev, st.Ino, true, nil
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		return 0, 0, false, nil
+	default:
+		return 0, 0, false, gone(err)
+	}
+}
+
+// same checks that the process behind dir is still the one peer names,
+// started at start, and has not exited.
+func (u *Unix) same(dir string, peer Peer, start uint64) error {
+	now, err := readStartTime(dir)
+	if err != nil {
+		return err
+	}
+	if now != start {
+		return ErrProcessGone
+	}
+	if peer.PIDFD >= 0 && exited(peer.PIDFD) {
+		return ErrProcessGone
+	}
+	return nil
+}
+
+// exited reports whether the process behind pidfd has terminated: a
+// pidfd polls readable from the moment its process exits, zombie or
+// reaped (a signal 0 would still reach a zombie).
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		// An error other than EINTR means the pidfd is unusable: treat
+		// the process as gone rather than trust /proc alone.
+		return err != nil || (n > 0 && fds[0].Revents != 0)
+	}
+}
+
 // Attest implements Attestor.
 func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 	if peer.PID <= 0 {
 		return nil, ErrInvalidPeer
 	}
-	dir := filepath.Join(u.procRoot, strconv.FormatInt(int64(peer.PID), 10))
-	start1, err := readStartTime(dir)
-	if err != nil {
+	img := peer.Image
+	if img == nil {
+		b, err := u.Bind(ctx, peer)
+		if err != nil {
+			return nil, err
+		}
+		img = &b
+	}
+	dir := u.procDir(peer.PID)
+	if err := u.same(dir, peer, img.StartTime); err != nil {
 		return nil, err
 	}
 
@@ -145,38 +231,62 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 		}
 	}
 
-	path, err := os.Readlink(filepath.Join(dir, "exe"))
-	if err != nil {
-		// Kernel threads and processes of other users we may not trace
-		// have no readable exe: no path, no hash, entries requiring them
-		// do not match.
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, ErrProcessGone
-		}
-	} else {
-		sels = append(sels, sel("path", path))
-		if sum, ok, err := u.hashExe(ctx, filepath.Join(dir, "exe")); err != nil {
-			return nil, err
-		} else if ok {
-			sels = append(sels, sel("sha256", sum))
-		}
-	}
-
-	start2, err := readStartTime(dir)
+	exeSels, err := u.exeSelectors(ctx, dir, img)
 	if err != nil {
 		return nil, err
 	}
-	if start1 != start2 {
-		return nil, ErrProcessGone
+	sels = append(sels, exeSels...)
+
+	// Everything above described the bound image only if the process
+	// still runs it now: an execve or exit during the reads shows here.
+	if err := u.same(dir, peer, img.StartTime); err != nil {
+		return nil, err
 	}
-	if peer.PIDFD >= 0 {
-		// Signal 0 checks that the very process we were connected to is
-		// still there; while it is, its PID cannot belong to another.
-		// EPERM (another user's process, no CAP_KILL) still proves it
-		// exists; only ESRCH means it is gone.
-		if err := unix.PidfdSendSignal(peer.PIDFD, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
-			return nil, ErrProcessGone
+	dev, ino, known, err := exeIdentity(dir)
+	if err != nil {
+		return nil, err
+	}
+	if known != img.ExeKnown || dev != img.Dev || ino != img.Ino {
+		return nil, ErrExecuted
+	}
+	return sels, nil
+}
+
+// exeSelectors returns unix:path and unix:sha256 for the executable of
+// the process at dir, read through one descriptor that must be the bound
+// image's executable. An executable the agent may not read gives none,
+// unless the bound image's was readable (then the image changed).
+func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire.Selector, error) {
+	f, err := os.Open(filepath.Join(dir, "exe"))
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			if img.ExeKnown {
+				return nil, ErrExecuted
+			}
+			return nil, nil
 		}
+		// Kernel threads have no exe; an exited process has none either.
+		return nil, gone(err)
+	}
+	defer f.Close()
+	key, err := statKey(f)
+	if err != nil {
+		return nil, fmt.Errorf("attest: stat binary: %w", err)
+	}
+	if !img.ExeKnown || key.dev != img.Dev || key.ino != img.Ino {
+		return nil, ErrExecuted
+	}
+	// The descriptor's own path: the file it opened, whatever the
+	// process runs by now.
+	path, err := os.Readlink(filepath.Join(u.procRoot, "self", "fd", strconv.Itoa(int(f.Fd()))))
+	if err != nil {
+		return nil, fmt.Errorf("attest: path of the binary: %w", err)
+	}
+	sels := []wire.Selector{sel("path", path)}
+	if sum, ok, err := u.hashExe(ctx, f, key); err != nil {
+		return nil, err
+	} else if ok {
+		sels = append(sels, sel("sha256", sum))
 	}
 	return sels, nil
 }
@@ -188,21 +298,9 @@ func gone(err error) error {
 	return fmt.Errorf("attest: %w", err)
 }
 
-// hashExe hashes the binary behind /proc/PID/exe through one descriptor.
-// ok is false when the binary is larger than the limit.
-func (u *Unix) hashExe(ctx context.Context, exe string) (sum string, ok bool, err error) {
-	f, err := os.Open(exe)
-	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return "", false, nil
-		}
-		return "", false, gone(err)
-	}
-	defer f.Close()
-	key, err := statKey(f)
-	if err != nil {
-		return "", false, fmt.Errorf("attest: stat binary: %w", err)
-	}
+// hashExe hashes the binary open as f, whose stat key is key. ok is false
+// when the binary is larger than the limit.
+func (u *Unix) hashExe(ctx context.Context, f *os.File, key fileKey) (sum string, ok bool, err error) {
 	if int64(key.size) > u.maxBinary {
 		return "", false, nil
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -323,5 +325,121 @@ func TestUnixAttestOtherUser(t *testing.T) {
 	}
 	if !slices.Contains(got, wire.Selector{Type: "unix", Value: "uid:65534"}) {
 		t.Fatalf("selectors %v", got)
+	}
+}
+
+// TestUnixBindRefusesAfterExec: a peer bound while it ran one program is
+// attested while it runs it, and refused with ErrExecuted once it has
+// executed another (same PID, same start time), never described as the
+// new one. An exited peer, zombie or reaped, is ErrProcessGone.
+func TestUnixBindRefusesAfterExec(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	sleep, _ = filepath.EvalSymlinks(sleep)
+	cmd := exec.Command(sh, "-c", "read x; exec "+sleep+" 30")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	u := NewUnix(UnixConfig{SkipNames: true})
+	peer := Peer{PID: int32(cmd.Process.Pid), UID: 1, GID: 1, PIDFD: pidfd}
+	img, err := u.Bind(context.Background(), peer)
+	if err != nil || !img.ExeKnown || img.StartTime == 0 {
+		t.Fatalf("Bind = %+v, %v", img, err)
+	}
+	peer.Image = &img
+	sels, err := u.Attest(context.Background(), peer)
+	if err != nil || slices.Contains(sels, wire.Selector{Type: "unix", Value: "path:" + sleep}) {
+		t.Fatalf("before exec: %v %v", sels, err)
+	}
+
+	stdin.Write([]byte("go\n"))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)); exe == sleep {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sh never executed sleep")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if sels, err := u.Attest(context.Background(), peer); !errors.Is(err, ErrExecuted) || sels != nil {
+		t.Fatalf("after exec: %v, %v; want ErrExecuted", sels, err)
+	}
+	// Unbound, the same process is attested as what it runs now.
+	fresh := peer
+	fresh.Image = nil
+	if sels, err := u.Attest(context.Background(), fresh); err != nil || !slices.Contains(sels, wire.Selector{Type: "unix", Value: "path:" + sleep}) {
+		t.Fatalf("unbound after exec: %v %v", sels, err)
+	}
+
+	cmd.Process.Kill()
+	// Not yet reaped: a zombie still answers signal 0, but its pidfd says
+	// it exited.
+	deadline = time.Now().Add(10 * time.Second)
+	for !exited(pidfd) {
+		if time.Now().After(deadline) {
+			t.Fatal("pidfd never reported the exit")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if _, err := u.Attest(context.Background(), peer); !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("zombie: %v, want ErrProcessGone", err)
+	}
+	cmd.Wait()
+	if _, err := u.Attest(context.Background(), peer); !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("reaped: %v, want ErrProcessGone", err)
+	}
+	if _, err := u.Bind(context.Background(), peer); !errors.Is(err, ErrProcessGone) {
+		t.Fatalf("Bind of a reaped process: %v, want ErrProcessGone", err)
+	}
+}
+
+// BenchmarkUnixAttestBound is the per-request cost on a bound connection:
+// attestation plus the re-checks of the bound image (hash cached).
+func BenchmarkUnixAttestBound(b *testing.B) {
+	u := NewUnix(UnixConfig{SkipNames: true})
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		b.Skip("no pidfd")
+	}
+	defer unix.Close(pidfd)
+	peer := Peer{PID: int32(os.Getpid()), PIDFD: pidfd}
+	img, err := u.Bind(context.Background(), peer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	peer.Image = &img
+	for b.Loop() {
+		if _, err := u.Attest(context.Background(), peer); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnixBind is the cost added to each accepted connection.
+func BenchmarkUnixBind(b *testing.B) {
+	u := NewUnix(UnixConfig{SkipNames: true})
+	peer := Peer{PID: int32(os.Getpid()), PIDFD: -1}
+	for b.Loop() {
+		if _, err := u.Bind(context.Background(), peer); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

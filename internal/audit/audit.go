@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -179,13 +180,27 @@ func normalize(ev Event, now func() time.Time) Event {
 // VerifyError names the first record that does not fit the chain.
 type VerifyError struct {
 	// Seq is the sequence number of the first record that does not fit
-	// (for a truncated tail: the first missing one).
-	Seq    uint64
+	// (for a truncated tail: the first missing one). It is below 1 for a
+	// row stored outside the chain's range.
+	Seq int64
+	// Stored is set instead of Seq for a row whose sequence number is not
+	// an integer at all (SQLite keeps NULL, text or a fraction in an
+	// integer column): that value as SQL text, such as 'x7' or NULL.
+	Stored string
 	Reason string
 }
 
+// Record names the offending record: its sequence number, or the stored
+// value that is not one.
+func (e *VerifyError) Record() string {
+	if e.Stored != "" {
+		return "with sequence number " + e.Stored
+	}
+	return strconv.FormatInt(e.Seq, 10)
+}
+
 func (e *VerifyError) Error() string {
-	return fmt.Sprintf("audit: record %d does not fit the chain: %s", e.Seq, e.Reason)
+	return fmt.Sprintf("audit: record %s does not fit the chain: %s", e.Record(), e.Reason)
 }
 
 // ErrBroken is what every *VerifyError matches with errors.Is.

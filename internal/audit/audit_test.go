@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +36,21 @@ func fill(t *testing.T, db *store.DB, n int) *audit.StoreSink {
 	return s
 }
 
+// storedRows returns the stored rows from seq on.
+func storedRows(t *testing.T, db *store.DB, from int64) []store.AuditRow {
+	t.Helper()
+	var rows []store.AuditRow
+	err := db.ReadAudit(context.Background(), func(s *store.AuditSnapshot) error {
+		var err error
+		rows, err = s.RowsFrom(context.Background(), from, 1000)
+		return err
+	})
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("rows from %d: %v %v", from, rows, err)
+	}
+	return rows
+}
+
 func exec(t *testing.T, db *store.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.SQL().ExecContext(context.Background(), q, args...); err != nil {
@@ -49,7 +65,7 @@ func TestVerifyCatchesTampering(t *testing.T) {
 	tests := []struct {
 		name    string
 		tamper  func(t *testing.T, db *store.DB)
-		wantSeq uint64
+		wantSeq int64
 		reason  string
 	}{
 		{"intact", func(*testing.T, *store.DB) {}, 0, ""},
@@ -84,7 +100,7 @@ func TestVerifyCatchesTampering(t *testing.T) {
 		}, 2, "reordered"},
 		{"inserted_at_end", func(t *testing.T, db *store.DB) {
 			// A well-formed record appended without moving the head.
-			rows, _ := db.AuditRows(context.Background(), 4, 1)
+			rows := storedRows(t, db, 5)
 			prev := rows[0].Hash
 			h := audit.Hash(6, 1, "k", "a", "s", "success", "{}", prev)
 			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
@@ -93,7 +109,7 @@ func TestVerifyCatchesTampering(t *testing.T) {
 		{"inserted_garbage_at_end", func(t *testing.T, db *store.DB) {
 			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
 				SELECT seq + 1, at, kind, actor, subject, outcome, details, hash, hash FROM audit_log WHERE seq = 5`)
-		}, 6, "edited"},
+		}, 6, "after the chain head (5): appended outside the audit sink"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -130,7 +146,7 @@ func TestExpectHeadCatchesRewrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, _ := db.AuditRows(ctx, 0, 100)
+	rows := storedRows(t, db, 1)
 	var prev []byte
 	for _, r := range rows {
 		if r.Seq == 2 {
@@ -141,8 +157,8 @@ func TestExpectHeadCatchesRewrite(t *testing.T) {
 		} else {
 			r.PrevHash = []byte{}
 		}
-		r.Hash = audit.Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, r.PrevHash)
-		exec(t, db, "UPDATE audit_log SET subject = $1, prev_hash = $2, hash = $3 WHERE seq = $4", r.Subject, r.PrevHash, r.Hash, int64(r.Seq))
+		r.Hash = audit.Hash(uint64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, r.PrevHash)
+		exec(t, db, "UPDATE audit_log SET subject = $1, prev_hash = $2, hash = $3 WHERE seq = $4", r.Subject, r.PrevHash, r.Hash, r.Seq)
 		prev = r.Hash
 	}
 	exec(t, db, "UPDATE audit_head SET hash = $1", prev)
@@ -278,6 +294,211 @@ func FuzzParseHead(f *testing.F) {
 		h, err := audit.ParseHead(s)
 		if err == nil && h.String() != strings.ToLower(s) {
 			t.Fatalf("ParseHead(%q) round-trips to %q", s, h.String())
+		}
+	})
+}
+
+// forge inserts a well-formed record (its hash computed over its own
+// content, previous-hash as given) with raw SQL, as someone with write
+// access to the database would.
+func forge(t *testing.T, db *store.DB, seq int64, subject string, prev []byte) {
+	t.Helper()
+	at := t0.UnixNano()
+	h := audit.Hash(uint64(seq), at, audit.KindEntryCreate, "admin-token", subject, audit.Success, "{}", prev)
+	exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
+		VALUES ($1, $2, $3, 'admin-token', $4, 'success', '{}', $5, $6)`, seq, at, audit.KindEntryCreate, subject, nonNilBytes(prev), h)
+}
+
+func nonNilBytes(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// TestVerifyEveryRow: every row of the audit table belongs to the chain or
+// verification fails, naming it. The chain starts at 1, its sequence
+// numbers are contiguous, their count is the head's, and nothing is stored
+// below 1, above the head, twice, or under a sequence number that is not
+// an integer. Each forgery passes a check that only walks from record 1
+// (the bug: rows with seq <= 0 were never read), so each must fail here,
+// also against a head saved before the forgery (--expect-head), which it
+// does not move.
+func TestVerifyEveryRow(t *testing.T) {
+	tests := []struct {
+		name    string
+		sqlite  bool // SQLite only (PostgreSQL's BIGINT NOT NULL key refuses it)
+		tamper  func(t *testing.T, db *store.DB)
+		wantSeq int64
+		reason  string
+	}{
+		{"seq_zero", false, func(t *testing.T, db *store.DB) { forge(t, db, 0, "forged", nil) }, 0, "outside the chain"},
+		{"seq_negative", false, func(t *testing.T, db *store.DB) { forge(t, db, -7, "forged", nil) }, -7, "outside the chain"},
+		{"seq_min_int64", false, func(t *testing.T, db *store.DB) { forge(t, db, math.MinInt64, "forged", nil) }, math.MinInt64, "outside the chain"},
+		{"seq_zero_chain_rewritten_through_it", false, func(t *testing.T, db *store.DB) {
+			// Record 0, then every hash recomputed so that record 1 links
+			// to it and the head names the new last hash: the links all
+			// hold, but a chain starts at 1.
+			forge(t, db, 0, "forged", nil)
+			rechain(t, db)
+		}, 0, "outside the chain"},
+		{"seq_far_above_head", false, func(t *testing.T, db *store.DB) { forge(t, db, math.MaxInt64, "forged", nil) }, math.MaxInt64, "after the chain head"},
+		{"duplicate_seq_without_primary_key", false, func(t *testing.T, db *store.DB) {
+			dropAuditKey(t, db)
+			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
+				SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash FROM audit_log WHERE seq = 3`)
+		}, 3, "stored more than once"},
+		{"null_seq", true, func(t *testing.T, db *store.DB) {
+			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
+				VALUES (NULL, 1, 'k', 'a', 'forged', 'success', '{}', X'', X'00')`)
+		}, 0, "not an integer"},
+		{"text_seq", true, func(t *testing.T, db *store.DB) {
+			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
+				VALUES ('x7', 1, 'k', 'a', 'forged', 'success', '{}', X'', X'00')`)
+		}, 0, "not an integer"},
+		{"real_seq", true, func(t *testing.T, db *store.DB) {
+			exec(t, db, `INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)
+				VALUES (2.5, 1, 'k', 'a', 'forged', 'success', '{}', X'', X'00')`)
+		}, 0, "not an integer"},
+		{"second_head_row", false, func(t *testing.T, db *store.DB) {
+			exec(t, db, "INSERT INTO audit_head (id, seq, hash) VALUES (2, 3, $1)", []byte{1})
+		}, 3, "second chain head"},
+		{"head_negative", false, func(t *testing.T, db *store.DB) {
+			exec(t, db, "UPDATE audit_head SET seq = -2")
+		}, -2, "chain head names it"},
+		{"times_swapped", false, func(t *testing.T, db *store.DB) {
+			// Records 2 and 3 exchange their times: an edit of both.
+			exec(t, db, "UPDATE audit_log SET at = -at WHERE seq IN (2, 3)")
+			exec(t, db, "UPDATE audit_log SET at = (SELECT -at FROM audit_log WHERE seq = 3) WHERE seq = 2")
+			exec(t, db, "UPDATE audit_log SET at = (SELECT -at FROM audit_log WHERE seq = 2) WHERE seq = 3")
+		}, 2, "edited"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Each(t, func(t *testing.T, db *store.DB) {
+				if tc.sqlite && db.Dialect() != store.SQLite {
+					t.Skip("the PostgreSQL schema cannot hold this row")
+				}
+				ctx := context.Background()
+				fill(t, db, 5)
+				saved, err := audit.Verify(ctx, db, audit.VerifyOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tc.tamper(t, db)
+				for _, o := range []audit.VerifyOptions{{PageSize: 2}, {ExpectHead: &saved.Head}} {
+					_, err := audit.Verify(ctx, db, o)
+					var ve *audit.VerifyError
+					if !errors.As(err, &ve) || !errors.Is(err, audit.ErrBroken) {
+						t.Fatalf("%+v: got %v, want a VerifyError", o, err)
+					}
+					if int64(ve.Seq) != tc.wantSeq || !strings.Contains(ve.Reason, tc.reason) {
+						t.Fatalf("%+v: got record %d (%s), want %d (%s)", o, int64(ve.Seq), ve.Reason, tc.wantSeq, tc.reason)
+					}
+				}
+				// Listing shows the chain, never a row outside it (and
+				// fails rather than guess where a broken head points).
+				recs, err := audit.List(ctx, db, 0, 100)
+				if err != nil && tc.name != "head_negative" {
+					t.Fatal(err)
+				}
+				for _, r := range recs {
+					if r.Subject == "forged" || int64(r.Seq) < 1 || r.Seq > 5 {
+						t.Errorf("audit list shows a record outside the chain: %d %q", int64(r.Seq), r.Subject)
+					}
+				}
+			})
+		})
+	}
+}
+
+// rechain recomputes every stored row's links and hashes in order of seq,
+// from the lowest, and points the head at the last: a forger's consistent
+// rewrite.
+func rechain(t *testing.T, db *store.DB) {
+	t.Helper()
+	var prev []byte
+	var last int64
+	for _, r := range storedRows(t, db, math.MinInt64) {
+		h := audit.Hash(uint64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, prev)
+		exec(t, db, "UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3", nonNilBytes(prev), h, r.Seq)
+		prev, last = h, r.Seq
+	}
+	exec(t, db, "UPDATE audit_head SET seq = $1, hash = $2", last, prev)
+}
+
+// dropAuditKey removes audit_log's primary key, as an attacker with DDL
+// rights could, so a sequence number can be stored twice.
+func dropAuditKey(t *testing.T, db *store.DB) {
+	t.Helper()
+	if db.Dialect() == store.Postgres {
+		exec(t, db, "ALTER TABLE audit_log DROP CONSTRAINT audit_log_pkey")
+		return
+	}
+	exec(t, db, "ALTER TABLE audit_log RENAME TO audit_log_old")
+	exec(t, db, `CREATE TABLE audit_log (seq BIGINT, at BIGINT NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL,
+		subject TEXT NOT NULL, outcome TEXT NOT NULL, details TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL)`)
+	exec(t, db, "INSERT INTO audit_log SELECT * FROM audit_log_old")
+	exec(t, db, "DROP TABLE audit_log_old")
+}
+
+// TestVerifyTailCutAndHeadMovedBack: deleting the newest records and
+// moving the head back to the last one left is a consistent shorter chain;
+// only a head saved before (--expect-head) tells. The same holds for a
+// chain rewritten from an edited record (times reordered, say) forward.
+func TestVerifyTailCutAndHeadMovedBack(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		fill(t, db, 5)
+		saved, err := audit.Verify(ctx, db, audit.VerifyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := storedRows(t, db, 4)
+		exec(t, db, "DELETE FROM audit_log WHERE seq = 5")
+		exec(t, db, "UPDATE audit_head SET seq = 4, hash = $1", rows[0].Hash)
+		if res, err := audit.Verify(ctx, db, audit.VerifyOptions{}); err != nil || res.Records != 4 {
+			t.Fatalf("a consistently shortened chain passes the plain check: %+v %v", res, err)
+		}
+		_, err = audit.Verify(ctx, db, audit.VerifyOptions{ExpectHead: &saved.Head})
+		var ve *audit.VerifyError
+		if !errors.As(err, &ve) || int64(ve.Seq) != 5 || !strings.Contains(ve.Reason, "expected head") {
+			t.Fatalf("expect-head after the tail was cut: %v", err)
+		}
+	})
+}
+
+// TestVerifyDuringAppends: verifying the store of a running server, whose
+// appends commit between verify's reads, never reports tampering (verify
+// reads one snapshot: rows, their count and the head agree).
+func TestVerifyDuringAppends(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		fill(t, db, 3)
+		sink := audit.NewStoreSink(db)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := range 100 {
+				if err := sink.Append(ctx, audit.Event{Kind: audit.KindAdminCall, Actor: "a", Subject: fmt.Sprint(i), Outcome: audit.Success}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+		for runs := 0; ; runs++ {
+			select {
+			case <-done:
+				if res, err := audit.Verify(ctx, db, audit.VerifyOptions{}); err != nil || res.Records != 103 {
+					t.Fatalf("after the appends: %+v %v", res, err)
+				}
+				t.Logf("%d verifications during the appends", runs)
+				return
+			default:
+			}
+			if _, err := audit.Verify(ctx, db, audit.VerifyOptions{PageSize: 7}); err != nil {
+				t.Fatalf("verify during appends: %v", err)
+			}
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -66,10 +67,10 @@ func (s *StoreSink) AppendTx(ctx context.Context, tx *sql.Tx, evs ...Event) erro
 		ev = normalize(ev, s.now)
 		seq++
 		r := store.AuditRow{
-			Seq: seq, At: ev.Time.UnixNano(), Kind: ev.Kind, Actor: ev.Actor, Subject: ev.Subject,
+			Seq: int64(seq), At: ev.Time.UnixNano(), Kind: ev.Kind, Actor: ev.Actor, Subject: ev.Subject,
 			Outcome: ev.Outcome, Details: encodeDetails(ev.Details), PrevHash: prev,
 		}
-		r.Hash = Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, r.PrevHash)
+		r.Hash = Hash(seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, r.PrevHash)
 		rows = append(rows, r)
 		prev = r.Hash
 	}
@@ -170,9 +171,12 @@ func (s *StoreSink) lead(ctx context.Context) {
 	}
 }
 
-// FromRow converts a stored row to a Record.
+// FromRow converts a stored row of the chain (seq >= 1) to a Record.
 func FromRow(r store.AuditRow) (Record, error) {
-	rec := Record{Seq: r.Seq, PrevHash: r.PrevHash, Hash: r.Hash, Event: Event{
+	if r.Seq < 1 {
+		return Record{}, fmt.Errorf("audit: record %d is outside the chain (sequence numbers start at 1)", r.Seq)
+	}
+	rec := Record{Seq: uint64(r.Seq), PrevHash: r.PrevHash, Hash: r.Hash, Event: Event{
 		Time: time.Unix(0, r.At).UTC(), Kind: r.Kind, Actor: r.Actor, Subject: r.Subject, Outcome: r.Outcome,
 	}}
 	if len(rec.PrevHash) == 0 {
@@ -184,10 +188,20 @@ func FromRow(r store.AuditRow) (Record, error) {
 	return rec, nil
 }
 
-// List returns up to limit records, newest first, older than before (0:
-// from the newest).
+// List returns up to limit records of the chain, newest first, older than
+// before (0: from the newest). Only records 1 to the chain head are
+// listed: a row stored outside that range was not written by the audit
+// sink (audit verify names it) and is never shown as a record.
 func List(ctx context.Context, db *store.DB, before uint64, limit int) ([]Record, error) {
-	rows, err := db.AuditRowsDesc(ctx, before, limit)
+	head, _, err := db.AuditHead(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	upTo := head
+	if before > 0 {
+		upTo = min(upTo, before-1)
+	}
+	rows, err := db.AuditRowsDesc(ctx, upTo, limit)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
@@ -206,8 +220,8 @@ func List(ctx context.Context, db *store.DB, before uint64, limit int) ([]Record
 type VerifyOptions struct {
 	// ExpectHead, when set, is a head saved earlier: the record with its
 	// sequence number must still carry its hash. This catches a chain
-	// rewritten from an edited record forward, which the chain alone
-	// cannot.
+	// rewritten from an edited record forward, and a tail cut off with the
+	// head moved back, which the chain alone cannot.
 	ExpectHead *Head
 	// PageSize is how many records are read per query; 1000 when 0.
 	PageSize int
@@ -219,42 +233,82 @@ type VerifyResult struct {
 	Head    Head   `json:"head"`
 }
 
-// Verify reads the whole audit log of db in sequence order and checks every
-// link. It returns a *VerifyError (matching ErrBroken) naming the first
-// record that does not fit: edited (its hash does not match its content),
-// deleted or inserted (a gap or a broken link), reordered (a broken link),
-// or a truncated tail (the head names a record that is missing). Other
-// errors are I/O.
+// Verify checks every row of db's audit log against the chain, reading
+// one consistent snapshot (appends committed meanwhile by a running server
+// are not mistaken for tampering). The log verifies only if its rows are
+// exactly records 1 to the head, each once, each linking to the one before
+// and carrying the hash of its own content, and the head names the last.
+// Otherwise Verify returns a *VerifyError (matching ErrBroken) naming the
+// first row that does not fit: one stored outside the chain (a sequence
+// number below 1, above the head, twice, or not an integer), edited (its
+// hash does not match its content), deleted or inserted (a gap or a broken
+// link), reordered (a broken link), a truncated tail (the head names a
+// record that is missing), or a second head. Other errors are I/O.
 func Verify(ctx context.Context, db *store.DB, o VerifyOptions) (VerifyResult, error) {
+	var res VerifyResult
+	err := db.ReadAudit(ctx, func(snap *store.AuditSnapshot) error {
+		var err error
+		res, err = verify(ctx, snap, o)
+		return err
+	})
+	return res, err
+}
+
+func verify(ctx context.Context, snap *store.AuditSnapshot, o VerifyOptions) (VerifyResult, error) {
 	page := o.PageSize
 	if page <= 0 {
 		page = 1000
 	}
+	var res VerifyResult
+	an, err := snap.Anomalies(ctx)
+	if err != nil {
+		return res, fmt.Errorf("audit: %w", err)
+	}
+	switch {
+	case an.NonInteger != "":
+		return res, &VerifyError{Stored: an.NonInteger, Reason: "outside the chain: its sequence number is not an integer (written outside the audit sink)"}
+	case an.HasDuplicate:
+		return res, &VerifyError{Seq: an.Duplicate, Reason: "outside the chain: this sequence number is stored more than once (written outside the audit sink)"}
+	case an.HasExtraHead:
+		return res, &VerifyError{Seq: an.ExtraHeadSeq, Reason: fmt.Sprintf("a second chain head (id %d) names it: written outside the audit sink", an.ExtraHeadID)}
+	}
+	headSeq, headHash, err := snap.Head(ctx)
+	if err != nil {
+		return res, fmt.Errorf("audit: %w", err)
+	}
+	if headSeq < 0 {
+		return res, &VerifyError{Seq: headSeq, Reason: "the chain head names it, but sequence numbers start at 1"}
+	}
 	var (
-		res       VerifyResult
 		prev      []byte
-		last      uint64
+		last      int64
 		sawExpect bool
+		from      int64 = math.MinInt64
 	)
+walk:
 	for {
-		rows, err := db.AuditRows(ctx, last, page)
+		rows, err := snap.RowsFrom(ctx, from, page)
 		if err != nil {
 			return res, fmt.Errorf("audit: %w", err)
 		}
 		for _, r := range rows {
 			want := last + 1
 			switch {
+			case r.Seq < 1:
+				return res, &VerifyError{Seq: r.Seq, Reason: "outside the chain: sequence numbers start at 1 (written outside the audit sink)"}
+			case r.Seq > headSeq:
+				return res, &VerifyError{Seq: r.Seq, Reason: fmt.Sprintf("after the chain head (%d): appended outside the audit sink", headSeq)}
 			case r.Seq != want:
 				return res, &VerifyError{Seq: want, Reason: fmt.Sprintf("missing: the next stored record is %d (records deleted)", r.Seq)}
 			case !bytes.Equal(nilIfEmpty(r.PrevHash), prev):
 				return res, &VerifyError{Seq: r.Seq, Reason: "its previous-hash does not match the record before it (a record was deleted, inserted or reordered before it)"}
-			case !bytes.Equal(Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nilIfEmpty(r.PrevHash)), r.Hash):
+			case !bytes.Equal(Hash(uint64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nilIfEmpty(r.PrevHash)), r.Hash):
 				return res, &VerifyError{Seq: r.Seq, Reason: "its content does not match its hash (the record was edited)"}
 			}
 			if _, err := FromRow(r); err != nil {
 				return res, &VerifyError{Seq: r.Seq, Reason: err.Error()}
 			}
-			if o.ExpectHead != nil && r.Seq == o.ExpectHead.Seq {
+			if o.ExpectHead != nil && uint64(r.Seq) == o.ExpectHead.Seq {
 				sawExpect = true
 				if !bytes.Equal(r.Hash, o.ExpectHead.Hash) {
 					return res, &VerifyError{Seq: r.Seq, Reason: "its hash differs from the expected head (the chain was rewritten from this record or before)"}
@@ -263,26 +317,27 @@ func Verify(ctx context.Context, db *store.DB, o VerifyOptions) (VerifyResult, e
 			prev, last = r.Hash, r.Seq
 			res.Records++
 		}
-		if len(rows) < page {
-			break
+		// last <= headSeq <= MaxInt64 - 1 is not guaranteed: stop before
+		// last+1 wraps.
+		if len(rows) < page || last == math.MaxInt64 {
+			break walk
 		}
-	}
-	headSeq, headHash, err := db.AuditHead(ctx)
-	if err != nil {
-		return res, fmt.Errorf("audit: %w", err)
+		from = last + 1
 	}
 	switch {
 	case headSeq > last:
 		return res, &VerifyError{Seq: last + 1, Reason: fmt.Sprintf("missing: the chain head says the log ends at %d (tail truncated)", headSeq)}
-	case headSeq < last:
-		return res, &VerifyError{Seq: headSeq + 1, Reason: fmt.Sprintf("after the chain head (%d): appended outside the audit sink", headSeq)}
 	case !bytes.Equal(headHash, prev):
 		return res, &VerifyError{Seq: last, Reason: "its hash differs from the chain head's"}
+	case an.Rows != int64(res.Records):
+		// Unreachable while the checks above hold; kept so that no row can
+		// escape the walk unreported whatever the schema allows.
+		return res, &VerifyError{Seq: last, Reason: fmt.Sprintf("%d rows are stored but the chain has %d: rows outside the chain exist", an.Rows, res.Records)}
 	}
 	if o.ExpectHead != nil && !sawExpect {
-		return res, &VerifyError{Seq: o.ExpectHead.Seq, Reason: "the expected head record is missing"}
+		return res, &VerifyError{Seq: int64(min(o.ExpectHead.Seq, math.MaxInt64)), Reason: "the expected head record is missing"}
 	}
-	res.Head = Head{Seq: last, Hash: prev}
+	res.Head = Head{Seq: uint64(last), Hash: prev}
 	return res, nil
 }
 

@@ -41,12 +41,16 @@ const (
 
 // reservedOutputHeaders may not be written by outputPayloadToHeader or
 // outputClaimToHeaders: hop-by-hop and framing headers would corrupt the
-// forwarded request, and x-forwarded-client-cert carries the peer identity
-// the sidecar vouches for, which a token must never be able to forge.
+// forwarded request, x-forwarded-client-cert carries the peer identity
+// the sidecar vouches for, which a token must never be able to forge, and a
+// method override would make the app act on a method policy did not see.
 var reservedOutputHeaders = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Connection": true,
 	"Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true, "Upgrade": true,
 	"X-Forwarded-Client-Cert": true,
+	// Method overrides: the proxy drops them (policy decides on the
+	// method); a token must not write one either.
+	"X-Http-Method-Override": true, "X-Http-Method": true, "X-Method-Override": true,
 }
 
 type locKind uint8
@@ -318,16 +322,17 @@ func (c *compiledRule) compileOutputs(r *securityv1beta1.JWTRule) error {
 		}
 		c.payloadHeader = http.CanonicalHeaderKey(h)
 	}
-	seen := map[string]bool{}
+	// Names are compared as an app that folds "_" into "-" reads them.
+	seen := map[string]bool{foldedHeader(c.payloadHeader): c.payloadHeader != ""}
 	for i, o := range r.GetOutputClaimToHeaders() {
 		if err := checkOutputHeader(o.GetHeader()); err != nil {
 			return ruleErr(c.issuer, fmt.Sprintf("outputClaimToHeaders[%d].header: %v", i, err))
 		}
 		h := http.CanonicalHeaderKey(o.GetHeader())
-		if seen[h] || h == c.payloadHeader {
+		if seen[foldedHeader(h)] {
 			return ruleErr(c.issuer, fmt.Sprintf("outputClaimToHeaders[%d].header %s is used twice", i, quote(o.GetHeader())))
 		}
-		seen[h] = true
+		seen[foldedHeader(h)] = true
 		claim := o.GetClaim()
 		if claim == "" {
 			return ruleErr(c.issuer, fmt.Sprintf("outputClaimToHeaders[%d].claim is required", i))
@@ -346,8 +351,14 @@ func (c *compiledRule) compileOutputs(r *securityv1beta1.JWTRule) error {
 	return nil
 }
 
+// foldedHeader is h as WSGI, CGI and many frameworks read it: "_" and "-"
+// the same, case-insensitive (canonical form).
+func foldedHeader(h string) string { return http.CanonicalHeaderKey(strings.ReplaceAll(h, "_", "-")) }
+
 // checkOutputHeader applies Istio's pattern ^[-_A-Za-z0-9]+$ and refuses
-// reserved names.
+// reserved names, under any spelling an app could fold into one
+// (x_forwarded_client_cert), and the x-moatless-* namespace the proxy
+// keeps for itself.
 func checkOutputHeader(h string) error {
 	if h == "" || len(h) > maxNameLen {
 		return errors.New("header name is empty or too long")
@@ -358,7 +369,7 @@ func checkOutputHeader(h string) error {
 			return fmt.Errorf("header name %s must match ^[-_A-Za-z0-9]+$", quote(h))
 		}
 	}
-	if reservedOutputHeaders[http.CanonicalHeaderKey(h)] {
+	if f := foldedHeader(h); reservedOutputHeaders[f] || strings.HasPrefix(f, "X-Moatless-") {
 		return fmt.Errorf("header %s is reserved", quote(h))
 	}
 	return nil
@@ -419,6 +430,33 @@ func redactURL(s string) string {
 	out := u.Scheme + "://" + u.Host + u.EscapedPath()
 	if u.RawQuery != "" {
 		out += "?…"
+	}
+	return out
+}
+
+// TokenHeaders returns the canonical names of the headers the rules read
+// tokens from (fromHeaders, or Authorization for a rule that names no
+// location), each once. The proxy refuses look-alike spellings of them
+// (x_auth_token for x-auth-token) that an application could read as the
+// header the proxy verified.
+func TokenHeaders(rules []*securityv1beta1.JWTRule) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, r := range rules {
+		hs := r.GetFromHeaders()
+		if len(hs) == 0 && len(r.GetFromParams()) == 0 && len(r.GetFromCookies()) == 0 {
+			hs = []*securityv1beta1.JWTHeader{{Name: defaultHeader}}
+		}
+		for _, h := range hs {
+			n := h.GetName()
+			if n == "" || len(n) > maxNameLen || !httpguts.ValidHeaderFieldName(n) {
+				continue
+			}
+			if n = http.CanonicalHeaderKey(n); !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
 	}
 	return out
 }

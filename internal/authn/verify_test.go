@@ -385,6 +385,14 @@ func TestValidateRule(t *testing.T) {
 		{"output_header_xfcc", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "X-Forwarded-Client-Cert", Claim: "sub"}}}, "reserved"},
 		{"output_header_host", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "host"}, "reserved"},
 		{"output_header_duplicate", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-a", Claim: "sub"}, {Header: "X-A", Claim: "iss"}}}, "used twice"},
+		// Apps that fold "_" into "-" (WSGI, CGI) would read these as the
+		// reserved header, or the two outputs as one.
+		{"output_header_xfcc_underscored", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x_forwarded_client_cert", Claim: "sub"}}}, "reserved"},
+		{"output_header_transfer_encoding_underscored", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "Transfer_Encoding"}, "reserved"},
+		{"output_header_method_override", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x_http_method_override", Claim: "m"}}}, "reserved"},
+		{"output_header_moatless_namespace", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "x-moatless-user"}, "reserved"},
+		{"output_header_duplicate_folded", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-a", Claim: "sub"}, {Header: "X_A", Claim: "iss"}}}, "used twice"},
+		{"output_header_payload_folded", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputPayloadToHeader: "x_payload", OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-payload", Claim: "sub"}}}, "used twice"},
 		{"output_claim_empty_segment", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "x-a", Claim: "a..b"}}}, "empty path segment"},
 		{"timeout_zero", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, Timeout: durationpb.New(0)}, "timeout"},
 		{"timeout_huge", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, Timeout: durationpb.New(time.Hour)}, "timeout"},
@@ -411,6 +419,17 @@ func TestOutputHeaders(t *testing.T) {
 		&securityv1beta1.JWTRule{OutputClaimToHeaders: []*securityv1beta1.ClaimToHeader{{Header: "X-GROUP", Claim: "h"}, {Header: "bad header", Claim: "h"}}},
 	)
 	if diff := cmp.Diff([]string{"X-Payload", "X-Group"}, OutputHeaders(rules)); diff != "" {
+		t.Fatal(diff)
+	}
+}
+
+func TestTokenHeaders(t *testing.T) {
+	rules := ruleList(
+		&securityv1beta1.JWTRule{}, // no location: Istio's default, Authorization (and access_token)
+		&securityv1beta1.JWTRule{FromHeaders: []*securityv1beta1.JWTHeader{{Name: "x-auth-token"}, {Name: "AUTHORIZATION"}, {Name: "bad header"}}},
+		&securityv1beta1.JWTRule{FromParams: []string{"tok"}}, // a query parameter only: no header
+	)
+	if diff := cmp.Diff([]string{"Authorization", "X-Auth-Token"}, TokenHeaders(rules)); diff != "" {
 		t.Fatal(diff)
 	}
 }

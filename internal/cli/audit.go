@@ -76,10 +76,16 @@ func runAuditVerify(ctx context.Context, e *Env, args []string) int {
 	var ve *audit.VerifyError
 	if errors.As(err, &ve) {
 		if *output == "json" {
-			e.printJSON(map[string]any{"ok": false, "records_checked": res.Records, "first_bad_record": ve.Seq, "reason": ve.Reason})
+			out := map[string]any{"ok": false, "records_checked": res.Records, "first_bad_record": ve.Seq, "reason": ve.Reason}
+			if ve.Stored != "" {
+				// Not an integer: first_bad_record cannot hold it.
+				out["first_bad_record"] = nil
+				out["stored_sequence_number"] = ve.Stored
+			}
+			e.printJSON(out)
 			return ExitFailure
 		}
-		return e.errorf(ExitFailure, "audit log does NOT verify: record %d: %s (%d records before it are intact)", ve.Seq, ve.Reason, res.Records)
+		return e.errorf(ExitFailure, "audit log does NOT verify: record %s: %s (%d records of the chain checked before it)", ve.Record(), ve.Reason, res.Records)
 	}
 	if err != nil {
 		return e.errorf(ExitFailure, "audit verify: %v", err)

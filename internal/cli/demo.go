@@ -28,13 +28,14 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 	dir := fs.String("dir", "", "working `directory` for the demo's data and logs (default: a new temporary directory, removed on exit)")
 	keep := fs.Bool("keep", false, "keep the working directory on exit")
 	output := fs.String("o", "text", "output format of the table: text or json")
+	pg := fs.String("postgres", "", "PostgreSQL admin `URL` (postgres://USER:PASSWORD@HOST:PORT/DB) for the database credentials row; skipped without it")
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
 	if *output != "text" && *output != "json" {
 		return e.errorf(ExitUsage, "demo: -o must be text or json")
 	}
-	d := &demo{e: e, json: *output == "json"}
+	d := &demo{e: e, json: *output == "json", postgres: *pg}
 	if *dir == "" {
 		tmp, err := os.MkdirTemp("", "moatless-demo-")
 		if err != nil {
@@ -89,6 +90,9 @@ type demo struct {
 
 	sidecars map[string]*demoSidecar
 	apps     *demoApps
+	// postgres is the admin URL of a PostgreSQL for the database
+	// credentials row ("" skips it).
+	postgres string
 }
 
 // demoSidecar is one workload's sidecar as the demo started it.
@@ -135,6 +139,9 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 		return nil, err
 	}
 	if err := d.setUpTokens(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.setUpSecrets(ctx); err != nil {
 		return nil, err
 	}
 	if err := d.waitConverged(ctx, version); err != nil {
@@ -264,7 +271,7 @@ func (d *demo) startSidecars(ctx context.Context) error {
 	specs := []spec{
 		{"payments", d.apps.payments, nil},
 		{"orders", d.apps.orders, []string{"payments", "server"}},
-		{"frontend", d.apps.frontend, []string{"orders", "payments"}},
+		{"frontend", d.apps.frontend, []string{"orders", "payments", "server"}},
 		{"reports", "", []string{"orders"}},
 	}
 	d.sidecars = map[string]*demoSidecar{}
@@ -521,6 +528,9 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   moatless agent list                           # the nodes and what they acknowledged
   moatless audit list                           # every decision, issuance and admin call, hash-chained
   moatless audit verify --data-dir %s
+  moatless secrets kv get orders/config         # the secret orders read in step 12 (the admin may read it too)
+  moatless secrets policy get orders            # who may read what: orders' SPIFFE ID, three paths
+  moatless secrets transit encrypt cards "5500 0000 0000 0004"   # then: moatless secrets transit decrypt cards vault:v1:...
 
 Edit %s and "moatless policy apply -f" it: every sidecar has the new version within a second.
 Decision logs: %s/logs/*-sidecar.log

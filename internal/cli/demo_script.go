@@ -315,6 +315,7 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 		return st == http.StatusUnauthorized
 	})
 	checkout(fmt.Sprintf("after \"moatless oauth token revoke\": refused %v later, long before it expires", cut.Round(time.Millisecond)), "unauthenticated", "", "")
+	rows = append(rows, d.secretsRows(ctx, step)...)
 	return rows, nil
 }
 

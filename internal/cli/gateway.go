@@ -149,7 +149,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, g.Ready, func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, false, r.log)
+		stop, err := serveAdmin(cfg.Admin, reg, g.Ready, func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, false, r.log)
 		if err != nil {
 			return err
 		}

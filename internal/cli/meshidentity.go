@@ -20,6 +20,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
@@ -30,7 +31,6 @@ import (
 type policyTarget interface {
 	proxy.PolicyTarget
 	SetAuthorizer(version uint64, a proxy.Authorizer)
-	PolicyVersion() uint64
 }
 
 // meshIdentity is a sidecar's or the gateway's identity, set up from the
@@ -152,9 +152,11 @@ func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol
 }
 
 // serveAdmin serves /metrics, /livez, /healthz, /readyz (ready says what
-// is missing, status what is in force) and optionally pprof on a loopback
-// address until the returned stop is called.
-func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, withPprof bool, log *slog.Logger) (stop func(), err error) {
+// is missing, status what is in force), optionally pprof, and OPA's
+// read-only Data and Policy APIs over the Rego modules and data in force
+// when rego is set, on a loopback address until the returned stop is
+// called.
+func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
@@ -171,6 +173,9 @@ func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 		}
 		fmt.Fprintf(w, "ok (%s)\n", status())
 	})
+	if rego != nil {
+		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, opaapi.LoopbackOnly)
+	}
 	if withPprof {
 		// runtime/pprof directly: net/http/pprof would also register
 		// itself on http.DefaultServeMux for the whole binary.
@@ -237,15 +242,12 @@ func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts pol
 				log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
 				return
 			}
-			docs, err := policy.ParseJSONDocuments(ps.Documents)
+			set, err := policy.FromWire(&ps, opts)
 			if err == nil {
-				var set *policy.Set
-				set, err = policy.Compile(docs, opts)
-				if err == nil {
-					s.SetAuthorizer(ps.Version, set)
-					log.Info("policy version in force", "version", ps.Version, "documents", len(docs), "path_normalization", set.PathNormalization().String())
-					return
-				}
+				s.SetAuthorizer(ps.Version, set)
+				log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
+					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
+				return
 			}
 			s.ReloadFailed("policy")
 			log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)

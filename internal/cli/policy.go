@@ -2,14 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 // lives here; the others talk to the server (policy_admin.go).
 var policyCommands = []command{
 	{"check", "evaluate a request against policy files offline, exactly as a sidecar would", runPolicyCheck},
+	{"test", "run the Rego unit tests (test_* rules) of policy files, as opa test does", runPolicyTest},
 	{"apply", "validate and apply policies (multi-document YAML) as a new version", runPolicyApply},
 	{"get", "show the policies in force", runPolicyGet},
 	{"delete", "delete policies", runPolicyDelete},
@@ -39,9 +39,10 @@ const jwksFetchTimeout = 10 * time.Second
 const policyCheckUsage = `Usage: moatless policy check -f FILE_OR_DIR [-f ...] --request REQ.json [flags]
 
 Evaluates one request against Istio security policies (AuthorizationPolicy,
-PeerAuthentication, RequestAuthentication) the way a sidecar does, and prints
-the decision with the policy and rule that made it. A directory contributes
-its *.yaml, *.yml and *.json files. "-" reads standard input.
+PeerAuthentication, RequestAuthentication), Rego modules and RegoProviders the
+way a sidecar does, and prints the decision with the policy and rule that made
+it. A directory contributes its *.yaml, *.yml and *.json documents, its *.rego
+modules and its data.json / data.yaml data. "-" reads standard input.
 
 REQ.json:
   {"source": {"principal": "spiffe://td/ns/prod/sa/orders", "ip": "10.1.2.3"},
@@ -72,7 +73,7 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 	fs.StringVar(&norm, "path-normalization", "BASE", "path normalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
 	fs.StringVar(&output, "o", "text", "output format: text or json")
 	fs.BoolVar(&explain, "explain", false, "show every applicable policy and rule and why each did or did not match")
-	fs.StringVar(&at, "at", "", "verify tokens as of this `time` (RFC 3339) instead of now, for fixtures in CI")
+	fs.StringVar(&at, "at", "", "decide as of this `time` (RFC 3339) instead of now: token expiry and Rego's input.time, for fixtures in CI")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), policyCheckUsage)
 		fs.PrintDefaults()
@@ -110,11 +111,11 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 		now = func() time.Time { return t }
 	}
 
-	docs, code, ok := e.readPolicyInputs(files)
-	if !ok {
-		return code
+	bundle, err := e.readPolicyBundle("policy check", files)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
 	}
-	set, err := policy.Compile(docs, policy.Options{RootNamespace: root, PathNormalization: mode})
+	set, err := bundle.Compile(policy.Options{RootNamespace: root, PathNormalization: mode})
 	if err != nil {
 		if errors.Is(err, policy.ErrInvalid) {
 			return e.errorf(ExitUsage, "policy check: %v", err)
@@ -126,6 +127,9 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "policy check: %s: %v", nameOfInput(reqFile), err)
 	}
+	// Rego providers see the request's time (input.time, time.now_ns()):
+	// --at makes a check reproducible.
+	req.Time = now()
 
 	// The sidecar's JWT verifier, with the key sets of the rules that
 	// apply fetched first (a sidecar does the same before serving).
@@ -148,6 +152,23 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 
 	ex := set.Explain(req, verifier)
 	out := newCheckOutput(ex, warnings, explain)
+	if explain {
+		for _, c := range ex.Decision.Custom {
+			if c.Query == "" {
+				continue
+			}
+			in, err := set.RegoInput(c.Provider, req)
+			if err != nil {
+				continue
+			}
+			policy.RedactInput(in)
+			ro := regoInputOut{Provider: c.Provider, Query: c.Query, Input: in}
+			if c.Result != "allow" {
+				ro.Failed, _ = set.RegoFailures(c.Provider, req)
+			}
+			out.Explain.Rego = append(out.Explain.Rego, ro)
+		}
+	}
 	if output == "json" {
 		return e.printJSON(out)
 	}
@@ -165,58 +186,20 @@ func nameOfInput(f string) string {
 	return f
 }
 
-// readPolicyInputs parses every -f argument: files, directories (their
-// *.yaml, *.yml and *.json files, in name order) and "-".
-func (e *Env) readPolicyInputs(args []string) ([]policy.Document, int, bool) {
-	var docs []policy.Document
-	for _, arg := range args {
-		var paths []string
-		if arg == "-" {
-			paths = []string{"-"}
-		} else {
-			st, err := os.Stat(arg)
-			if err != nil {
-				return nil, e.errorf(ExitUsage, "policy check: %v", err), false
-			}
-			if st.IsDir() {
-				entries, err := os.ReadDir(arg)
-				if err != nil {
-					return nil, e.errorf(ExitUsage, "policy check: %v", err), false
-				}
-				for _, en := range entries {
-					switch strings.ToLower(filepath.Ext(en.Name())) {
-					case ".yaml", ".yml", ".json":
-						if !en.IsDir() {
-							paths = append(paths, filepath.Join(arg, en.Name()))
-						}
-					}
-				}
-				sort.Strings(paths)
-				if len(paths) == 0 {
-					return nil, e.errorf(ExitUsage, "policy check: %s holds no .yaml, .yml or .json file", arg), false
-				}
-			} else {
-				paths = []string{arg}
-			}
-		}
-		for _, p := range paths {
-			var r io.Reader = e.Stdin
-			if p != "-" {
-				f, err := os.Open(p)
-				if err != nil {
-					return nil, e.errorf(ExitUsage, "policy check: %v", err), false
-				}
-				defer f.Close()
-				r = f
-			}
-			d, err := policy.ParseSource(nameOfInput(p), r)
-			if err != nil {
-				return nil, e.errorf(ExitUsage, "policy check: %v", err), false
-			}
-			docs = append(docs, d...)
+// readPolicyBundle reads every -f argument (readPolicyFiles) into a
+// policy.Bundle: documents, Rego modules and data.
+func (e *Env) readPolicyBundle(cmd string, args []string) (*policy.Bundle, error) {
+	files, err := e.readPolicyFiles(cmd, args)
+	if err != nil {
+		return nil, err
+	}
+	var b policy.Bundle
+	for _, f := range files {
+		if err := b.Add(f.Name, []byte(f.Content)); err != nil {
+			return nil, fmt.Errorf("%s: %w", cmd, err)
 		}
 	}
-	return docs, 0, true
+	return &b, nil
 }
 
 func (e *Env) readCheckRequest(name string) (*policy.Request, error) {
@@ -242,6 +225,7 @@ type checkOutput struct {
 	MTLS     mtlsOutput    `json:"mtls"`
 	Token    string        `json:"token"`
 	Audit    string        `json:"audit,omitempty"`
+	Custom   []customOut   `json:"custom,omitempty"`
 	DryRun   *dryRunOutput `json:"dry_run,omitempty"`
 	Warnings []string      `json:"warnings,omitempty"`
 	Explain  *explainOut   `json:"explain,omitempty"`
@@ -262,6 +246,27 @@ type dryRunOutput struct {
 type explainOut struct {
 	Policies []policyTraceOut `json:"policies"`
 	Skipped  []string         `json:"skipped,omitempty"`
+	// Rego is the input document each Rego provider saw (credentials in
+	// headers redacted).
+	Rego []regoInputOut `json:"rego,omitempty"`
+}
+
+// customOut is one CUSTOM provider asked.
+type customOut struct {
+	Provider    string `json:"provider"`
+	Query       string `json:"query,omitempty"`
+	Result      string `json:"result"`
+	InputSHA256 string `json:"input_sha256,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+type regoInputOut struct {
+	Provider string         `json:"provider"`
+	Query    string         `json:"query"`
+	Input    map[string]any `json:"input"`
+	// Failed are the expressions that were false, "file:line: expr",
+	// when the provider did not allow.
+	Failed []string `json:"failed,omitempty"`
 }
 
 type policyTraceOut struct {
@@ -302,6 +307,9 @@ func newCheckOutput(ex policy.Explanation, warnings []string, explain bool) *che
 	if d.Audit {
 		out.Audit = d.AuditPolicy
 	}
+	for _, c := range d.Custom {
+		out.Custom = append(out.Custom, customOut{Provider: c.Provider, Query: c.Query, Result: c.Result, InputSHA256: c.InputSHA256, Error: c.Error})
+	}
 	if d.DryRun.Applies {
 		out.DryRun = &dryRunOutput{Decision: d.DryRun.Outcome.String(), Policy: d.DryRun.Policy, Rule: ruleRef(d.DryRun.Rule), Reason: d.DryRun.Reason}
 	}
@@ -339,6 +347,20 @@ func (o *checkOutput) writeText(w io.Writer, explain bool) {
 	fmt.Fprintf(w, "  token:   %s\n", o.Token)
 	if o.Audit != "" {
 		fmt.Fprintf(w, "  audit:   yes (%s)\n", o.Audit)
+	}
+	for _, c := range o.Custom {
+		what := c.Provider
+		if c.Query != "" {
+			what += " (" + c.Query + ")"
+		}
+		fmt.Fprintf(w, "  custom:  %s: %s", what, c.Result)
+		if c.Error != "" {
+			fmt.Fprintf(w, ": %s", c.Error)
+		}
+		if c.InputSHA256 != "" {
+			fmt.Fprintf(w, " [input sha256 %s]", c.InputSHA256[:16])
+		}
+		fmt.Fprintln(w)
 	}
 	if o.DryRun != nil {
 		fmt.Fprintf(w, "  dry-run: would %s: %s\n", strings.ToUpper(o.DryRun.Decision), o.DryRun.Reason)
@@ -381,5 +403,16 @@ func (o *checkOutput) writeText(w io.Writer, explain bool) {
 		for _, s := range o.Explain.Skipped {
 			fmt.Fprintf(w, "  %s\n", s)
 		}
+	}
+	for _, r := range o.Explain.Rego {
+		if len(r.Failed) > 0 {
+			fmt.Fprintf(w, "Rego provider %s (%s): false expressions, in evaluation order:\n", r.Provider, r.Query)
+			for _, f := range r.Failed {
+				fmt.Fprintf(w, "  %s\n", f)
+			}
+		}
+		fmt.Fprintf(w, "Input of Rego provider %s (%s):\n", r.Provider, r.Query)
+		b, _ := json.MarshalIndent(r.Input, "  ", "  ")
+		fmt.Fprintf(w, "  %s\n", b)
 	}
 }

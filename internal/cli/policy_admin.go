@@ -22,8 +22,10 @@ import (
 // The server-backed policy commands; internal/cli/policy.go lists them in
 // the "policy" table.
 
-// readPolicyFiles reads -f arguments: files, directories (their *.yaml,
-// *.yml and *.json files in name order) and "-" for standard input.
+// readPolicyFiles reads -f arguments: files, directories (their policy
+// files in name order: *.yaml, *.yml and *.json documents, *.rego
+// modules, data.json or data.yaml data; see policy.PolicyFileKind) and
+// "-" for standard input (documents).
 func (e *Env) readPolicyFiles(cmd string, args []string) ([]server.PolicyFile, error) {
 	var out []server.PolicyFile
 	stdin := false
@@ -52,15 +54,12 @@ func (e *Env) readPolicyFiles(cmd string, args []string) ([]server.PolicyFile, e
 			}
 			paths = nil
 			for _, en := range entries {
-				switch strings.ToLower(filepath.Ext(en.Name())) {
-				case ".yaml", ".yml", ".json":
-					if !en.IsDir() {
-						paths = append(paths, filepath.Join(arg, en.Name()))
-					}
+				if _, ok := policy.PolicyFileKind(en.Name()); ok && !en.IsDir() {
+					paths = append(paths, filepath.Join(arg, en.Name()))
 				}
 			}
 			if len(paths) == 0 {
-				return nil, fmt.Errorf("%s: %s holds no .yaml, .yml or .json file", cmd, arg)
+				return nil, fmt.Errorf("%s: %s holds no .yaml, .yml, .json or .rego file", cmd, arg)
 			}
 		}
 		for _, p := range paths {
@@ -94,7 +93,7 @@ func printPolicyChanges(e *Env, res server.PolicyChangeResult, verb string) {
 		return
 	}
 	for _, c := range res.Changes {
-		fmt.Fprintf(e.Stdout, "%s %s %s/%s\n", c.Op, c.Kind, c.Namespace, c.Name)
+		fmt.Fprintf(e.Stdout, "%s %s\n", c.Op, c.PolicyRef)
 	}
 	if res.DryRun {
 		fmt.Fprintf(e.Stdout, "dry run: nothing %s (current version %d)\n", verb, res.Version)
@@ -111,8 +110,10 @@ func runPolicyApply(ctx context.Context, e *Env, args []string) int {
 	dry := fs.Bool("dry-run", false, "validate and show what would change, write nothing")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless policy apply -f FILE_OR_DIR [-f ...] [--dry-run] [-o json]")
-		fmt.Fprintln(fs.Output(), "\nEach document (AuthorizationPolicy, PeerAuthentication, RequestAuthentication) is created")
-		fmt.Fprintln(fs.Output(), "or replaces the one with its kind, namespace and name; the change is one new policy version.")
+		fmt.Fprintln(fs.Output(), "\nEach document (AuthorizationPolicy, PeerAuthentication, RequestAuthentication, RegoProvider) is created")
+		fmt.Fprintln(fs.Output(), "or replaces the one with its kind, namespace and name; each *.rego file is a Rego module (its base name")
+		fmt.Fprintln(fs.Output(), "the module ID) and each data.json / data.yaml replaces the data documents of its top-level keys.")
+		fmt.Fprintln(fs.Output(), "The change is one new policy version.")
 		fs.PrintDefaults()
 	}
 	if code, ok := cmd.parse(args); !ok {
@@ -167,7 +168,7 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 	if len(pos) > 0 {
 		kind, ok := policyKindName(pos[0])
 		if !ok {
-			return e.errorf(ExitUsage, "policy get: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)", pos[0])
+			return e.errorf(ExitUsage, "policy get: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication, RegoProvider, RegoModule, RegoData)", pos[0])
 		}
 		q.Set("kind", kind)
 	}
@@ -218,6 +219,12 @@ func runPolicyGet(ctx context.Context, e *Env, args []string) int {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", doc.Kind, doc.Namespace, doc.Name)
 	}
+	for _, m := range set.Modules {
+		fmt.Fprintf(tw, "%s\t\t%s\n", policy.KindRegoModule, m.ID)
+	}
+	for _, d := range set.Data {
+		fmt.Fprintf(tw, "%s\t\t%s\n", policy.KindRegoData, d.Key)
+	}
 	tw.Flush()
 	return ExitOK
 }
@@ -232,8 +239,19 @@ func policyKindName(s string) (string, bool) {
 		return policy.KindPeerAuthentication, true
 	case "requestauthentication", "requestauthentications", "ra":
 		return policy.KindRequestAuthentication, true
+	case "regoprovider", "regoproviders":
+		return policy.KindRegoProvider, true
+	case "regomodule", "regomodules", "module", "modules":
+		return policy.KindRegoModule, true
+	case "regodata", "data":
+		return policy.KindRegoData, true
 	}
 	return "", false
+}
+
+// meshWideKind reports kinds stored without a namespace.
+func meshWideKind(kind string) bool {
+	return kind == policy.KindRegoModule || kind == policy.KindRegoData
 }
 
 func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
@@ -263,21 +281,30 @@ func runPolicyDelete(ctx context.Context, e *Env, args []string) int {
 		if err != nil {
 			return e.errorf(ExitUsage, "%v", err)
 		}
+		var b policy.Bundle
 		for _, f := range pf {
-			docs, err := policy.ParseSource(f.Name, strings.NewReader(f.Content))
-			if err != nil {
+			if err := b.Add(f.Name, []byte(f.Content)); err != nil {
 				return e.errorf(ExitUsage, "policy delete: %v", err)
 			}
-			for _, d := range docs {
-				refs = append(refs, store.PolicyRef{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name})
-			}
+		}
+		for _, d := range b.Docs {
+			refs = append(refs, store.PolicyRef{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name})
+		}
+		for _, m := range b.Modules {
+			refs = append(refs, store.PolicyRef{Kind: policy.KindRegoModule, Name: m.ID})
+		}
+		for _, d := range b.Data {
+			refs = append(refs, store.PolicyRef{Kind: policy.KindRegoData, Name: d.Key})
 		}
 	case len(pos) == 2:
 		kind, ok := policyKindName(pos[0])
 		if !ok {
-			return e.errorf(ExitUsage, "policy delete: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)", pos[0])
+			return e.errorf(ExitUsage, "policy delete: unknown kind %q (AuthorizationPolicy, PeerAuthentication, RequestAuthentication, RegoProvider, RegoModule, RegoData)", pos[0])
 		}
 		refs = []store.PolicyRef{{Kind: kind, Namespace: *ns, Name: pos[1]}}
+		if meshWideKind(kind) {
+			refs[0].Namespace = ""
+		}
 	default:
 		return e.errorf(ExitUsage, "policy delete: give KIND NAME [-n NAMESPACE], or -f FILE")
 	}
@@ -334,7 +361,7 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		}
 		var ch []string
 		for _, c := range h.Changes {
-			ch = append(ch, c.Op+" "+c.Kind+" "+c.Namespace+"/"+c.Name)
+			ch = append(ch, c.Op+" "+c.PolicyRef.String())
 		}
 		sort.Strings(ch)
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", h.Version, h.CreatedAt.Local().Format(time.RFC3339), action, h.Actor, h.Documents, strings.Join(ch, ", "))

@@ -3,9 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
+	"github.com/moatless/moatless/internal/policy/policytest"
 )
 
 // checkCLI runs "moatless policy check" in-process.
@@ -130,7 +127,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 		{"no_request", []string{"-f", good}, "give the request with --request"},
 		{"invalid_policy_names_file_and_line", []string{"-f", good, "-f", bad, "--request", req}, `bad.yaml: document 1 (AuthorizationPolicy default/x), line 7: spec.rules[0].from[0].source.principal: unknown field "principal"; did you mean "principals"?`},
 		{"missing_policy_file", []string{"-f", filepath.Join(dir, "nope.yaml"), "--request", req}, "no such file"},
-		{"empty_directory", []string{"-f", empty, "--request", req}, "holds no .yaml, .yml or .json file"},
+		{"empty_directory", []string{"-f", empty, "--request", req}, "holds no .yaml, .yml, .json or .rego file"},
 		{"invalid_request_names_file", []string{"-f", good, "--request", badReq}, `bad-req.json: invalid request: source.principal: "orders" is not a SPIFFE ID`},
 		{"missing_request", []string{"-f", good, "--request", filepath.Join(dir, "none.json")}, "none.json"},
 		{"duplicate_across_files", []string{"-f", good, "-f", good, "--request", req}, "duplicate"},
@@ -153,31 +150,15 @@ func TestPolicyCheckBadInput(t *testing.T) {
 	}
 }
 
+// testIssuer is an ES256 token issuer: its JWKS (JSON) and a signer of
+// claims.
+func testIssuer(t *testing.T) (string, func(map[string]any) string) { return policytest.Issuer(t) }
+
 // A token in the request is verified by the real authn verifier against
 // the RequestAuthentication's inline JWKS, as in a sidecar.
 func TestPolicyCheckVerifiesTokens(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	jwks, sign := testIssuer(t)
 	issued := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	sign := func(claims map[string]any) string {
-		b, _ := json.Marshal(claims)
-		obj, err := signer.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, _ := obj.CompactSerialize()
-		return s
-	}
 	valid := sign(map[string]any{"iss": "https://issuer.example", "sub": "alice", "groups": []string{"admins"}, "exp": issued.Add(time.Hour).Unix(), "iat": issued.Unix()})
 
 	dir := t.TempDir()
@@ -187,7 +168,7 @@ metadata: {name: jwt, namespace: api}
 spec:
   jwtRules:
   - issuer: https://issuer.example
-    jwks: '`+string(jwks)+`'
+    jwks: '`+jwks+`'
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
@@ -29,7 +30,12 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	x509TTL := fs.Duration("x509-svid-ttl", 0, "default X509-SVID lifetime (default 1h)")
 	jwtTTL := fs.Duration("jwt-svid-ttl", 0, "default JWT-SVID lifetime (default 5m)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	secretsKey := fs.String("secrets-key-file", "", "secrets service root key `file` (default DATA_DIR/secrets-key, created on first start; env MOATLESS_SECRETS_ROOT_KEY gives the key itself)")
+	secretsPass := fs.String("secrets-passphrase-file", "", "unseal the secrets service with the passphrase in this `file` (- for stdin; env MOATLESS_SECRETS_PASSPHRASE)")
 	reset := fs.Bool("reset-admin-token", false, "replace the admin token with a new one in DATA_DIR/admin-token (the old one stops working)")
+	extAuthz := fs.String("ext-authz", "", "serve Envoy's ext_authz (gRPC) on this unix socket, `unix:/path`, deciding with the policy set in force")
+	var extAuthzUIDs stringList
+	fs.Var(&extAuthzUIDs, "ext-authz-uid", "`uid` allowed on the --ext-authz socket (repeatable; default the server's)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless server [--data-dir DIR] [--trust-domain TD] [--listen HOST:PORT] [flags]")
 		fmt.Fprintln(fs.Output(), "\nRuns the control plane: CA, registry, admin API and the agent API on one TLS port.")
@@ -85,6 +91,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel
 	}
+	if set["secrets-key-file"] {
+		cfg.SecretsKeyFile = *secretsKey
+	}
 	cfg.Complete()
 	if err := cfg.Validate(); err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
@@ -94,11 +103,34 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	srv, err := server.New(ctx, server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset})
+	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset}
+	// The root key or passphrase comes from the environment or a file,
+	// never from a flag's value (which "ps" shows to every local user).
+	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {
+		sc.SecretsRootKey = []byte(k)
+	}
+	switch {
+	case *secretsPass != "":
+		b, err := e.readInput(*secretsPass, 4096)
+		if err != nil {
+			return e.errorf(ExitUsage, "server: --secrets-passphrase-file: %v", err)
+		}
+		sc.SecretsPassphrase = []byte(strings.TrimRight(string(b), "\r\n"))
+	case e.getenv("MOATLESS_SECRETS_PASSPHRASE") != "":
+		sc.SecretsPassphrase = []byte(e.getenv("MOATLESS_SECRETS_PASSPHRASE"))
+	}
+	srv, err := server.New(ctx, sc)
 	if err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}
 	defer srv.Close()
+	if *extAuthz != "" {
+		stop, err := serveExtAuthz(ctx, srv, *extAuthz, extAuthzUIDs, logger)
+		if err != nil {
+			return e.errorf(ExitUsage, "server: --ext-authz: %v", err)
+		}
+		defer stop()
+	}
 	if err := srv.Serve(ctx); err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}

@@ -112,7 +112,10 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
-	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}}, Logger: r.log})
+	// A sidecar that only loads files and never serves: any local user
+	// may "use" its listener, which is never bound.
+	s, err := proxy.New(proxy.Config{Identity: &proxy.NodeIdentity{}, Outbound: []proxy.Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString("spiffe://check/x")}},
+		OutboundCallers: proxy.LocalCallers{AnyLocalUser: true}, Logger: r.log})
 	if err != nil {
 		return err
 	}
@@ -160,20 +163,28 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
 		KeepStartupPages: cfg.KeepStartupPages,
+		OutboundCallers: proxy.LocalCallers{
+			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
+		},
 	}
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port})
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port, Upgrades: in.Upgrades})
 	}
 	for _, out := range cfg.Outbound {
 		p, err := proxy.ParseProtocol(out.Protocol)
 		if err != nil {
 			return usageError{err}
 		}
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2})
+		mode, err := config.ParseSocketMode(string(out.SocketMode))
+		if err != nil {
+			return usageError{err}
+		}
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2,
+			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
 	s, err := proxy.New(pc)
@@ -195,7 +206,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	}
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, s.Ready, func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, cfg.AdminPprof, r.log)
+		stop, err := serveAdmin(cfg.Admin, reg, s.Ready, func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log)
 		if err != nil {
 			return err
 		}

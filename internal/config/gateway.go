@@ -245,6 +245,10 @@ type GatewayRoute struct {
 	Timeout wire.Duration `json:"timeout,omitempty"`
 	// UpstreamHTTP2 multiplexes requests on HTTP/2 to the upstream.
 	UpstreamHTTP2 bool `json:"upstream_http2,omitempty"`
+	// Upgrades lists the protocols a request may switch to (HTTP/1.1 GET
+	// with Upgrade); only websocket is accepted. Default [websocket]; []
+	// forwards none.
+	Upgrades []string `json:"upgrades,omitempty"`
 
 	CORS *GatewayCORS `json:"cors,omitempty"`
 	// RateLimits names limits from the top-level rate_limits, all applied.
@@ -574,6 +578,7 @@ func (c *Gateway) Validate() error {
 		if r.Retries > 10 {
 			add("%s.retries: %d is more than 10", f, r.Retries)
 		}
+		checkUpgrades(f, "http", r.Upgrades, add)
 		if hc := r.HealthCheck; hc != nil && !strings.HasPrefix(hc.Path, "/") {
 			add("%s.health_check.path: %q must start with /", f, hc.Path)
 		}

@@ -70,6 +70,10 @@ type Server struct {
 	// (default), RS256 or EdDSA. A change publishes a key of the new
 	// algorithm a day ahead, which then signs.
 	TokenSigningAlg string `json:"token_signing_alg,omitempty"`
+	// SecretsKeyFile holds the secrets service's root key (32 bytes, raw
+	// or base64); default DATA_DIR/secrets-key, created on first start.
+	// Replicas sharing a PostgreSQL store must share it.
+	SecretsKeyFile string `json:"secrets_key_file,omitempty"`
 	// UpstreamCA, when set, signs the CA's intermediates (PEM files).
 	UpstreamCA *UpstreamCA `json:"upstream_ca,omitempty"`
 

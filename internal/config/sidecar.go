@@ -1,10 +1,16 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math"
 	"net"
+	"path"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +56,26 @@ type Sidecar struct {
 
 	Inbound  []SidecarInbound  `json:"inbound,omitempty"`
 	Outbound []SidecarOutbound `json:"outbound,omitempty"`
+
+	// OutboundAllowedUIDs are the local users whose processes may use the
+	// outbound listeners: whoever connects to one acts as this workload.
+	// Every outbound connection is attributed by the kernel (SO_PEERCRED
+	// on a unix socket; the owner of the client's socket, through
+	// sock_diag or /proc/net/tcp, on loopback TCP) and closed at once if
+	// its uid is not admitted. Default, when neither this nor
+	// OutboundAllowedGIDs is set: only the uid the sidecar runs as.
+	// Linux only; see OutboundAllowAnyLocalUser.
+	OutboundAllowedUIDs []uint32 `json:"outbound_allowed_uids,omitempty"`
+	// OutboundAllowedGIDs admits callers by their effective group at
+	// connect(2), as the agent's unix:gid selector does. Only a unix
+	// socket tells the caller's group, so it needs every outbound to
+	// listen on one.
+	OutboundAllowedGIDs []uint32 `json:"outbound_allowed_gids,omitempty"`
+	// OutboundAllowAnyLocalUser turns the check off: every local user can
+	// then act as this workload through the outbound listeners. Required
+	// for outbound listeners outside Linux, where the check cannot be
+	// made. Excludes the two lists above.
+	OutboundAllowAnyLocalUser bool `json:"outbound_allow_any_local_user,omitempty"`
 
 	Policy SidecarPolicy `json:"policy"`
 
@@ -129,13 +155,27 @@ type SidecarInbound struct {
 	Protocol string `json:"protocol,omitempty"`
 	// Port is the workload port policies see; default the app's port.
 	Port int `json:"port,omitempty"`
+	// Upgrades lists the protocols an HTTP request may switch to; only
+	// websocket is accepted. Default [websocket]; [] forwards none.
+	Upgrades []string `json:"upgrades,omitempty"`
 }
 
 // SidecarOutbound is one loopback listener for the app's calls to an
 // upstream sidecar.
 type SidecarOutbound struct {
-	Name   string `json:"name,omitempty"`
+	Name string `json:"name,omitempty"`
+	// Listen is a loopback "host:port", or "unix:/absolute/path" for a
+	// unix socket (Linux), whose file mode keeps other users out before
+	// the caller check runs.
 	Listen string `json:"listen"`
+	// SocketMode is the octal permission bits of a unix socket listener,
+	// "0660". Default: "0600" when only the sidecar's own uid is admitted
+	// (no outbound_allowed_uids/gids), "0660" with socket_gid, else
+	// "0666" (the caller check still refuses users not admitted).
+	SocketMode SocketMode `json:"socket_mode,omitempty"`
+	// SocketGID is the group of a unix socket listener's file; default
+	// the sidecar's group. The sidecar must be a member (or root).
+	SocketGID *uint32 `json:"socket_gid,omitempty"`
 	// Upstream is the upstream sidecar's inbound "host:port".
 	Upstream string `json:"upstream"`
 	// SPIFFEID the upstream must present.
@@ -153,12 +193,16 @@ type SidecarOutbound struct {
 	// bodies use HTTP/2), as Istio's default h2UpgradePolicy
 	// DO_NOT_UPGRADE does.
 	UpstreamHTTP2 bool `json:"upstream_http2,omitempty"`
+	// Upgrades lists the protocols the app's HTTP requests may switch to;
+	// only websocket is accepted. Default [websocket]; [] forwards none.
+	Upgrades []string `json:"upgrades,omitempty"`
 }
 
 // SidecarPolicy is where policies come from in the modes without a server.
 type SidecarPolicy struct {
-	// Files and directories of Istio security YAML, reloaded on change. A
-	// reload that fails keeps the policies in force.
+	// Files and directories of Istio security YAML and RegoProviders,
+	// Rego modules (*.rego) and data (data.json, data.yaml), reloaded on
+	// change. A reload that fails keeps the policies in force.
 	Files []string `json:"files,omitempty"`
 	// RootNamespace: policies there apply mesh-wide; default
 	// DefaultRootNamespace.
@@ -298,14 +342,29 @@ func (c *Sidecar) Validate() error {
 		if in.Port < 0 || in.Port > 65535 {
 			add("%s.port: %d out of range", f, in.Port)
 		}
+		checkUpgrades(f, in.Protocol, in.Upgrades, add)
 	}
+	tcpOutbound := false
 	for i, out := range c.Outbound {
 		f := fmt.Sprintf("outbound[%d]", i)
 		seen(f, out.Name)
-		if err := checkHostPort(out.Listen); err != nil {
-			add("%s.listen: %v", f, err)
-		} else if !isLoopback(out.Listen) {
-			add("%s.listen: %q is not a loopback address: the app's plaintext must not leave the host", f, out.Listen)
+		if p, ok := strings.CutPrefix(out.Listen, "unix:"); ok {
+			if !strings.HasPrefix(p, "/") || path.Clean(p) != p || len(p) > 107 {
+				add("%s.listen: %q is not a clean absolute unix socket path of at most 107 bytes", f, out.Listen)
+			}
+			if _, err := ParseSocketMode(string(out.SocketMode)); err != nil {
+				add("%s.socket_mode: %v", f, err)
+			}
+		} else {
+			tcpOutbound = true
+			if err := checkHostPort(out.Listen); err != nil {
+				add("%s.listen: %v", f, err)
+			} else if !isLoopback(out.Listen) {
+				add("%s.listen: %q is not a loopback address: the app's plaintext must not leave the host", f, out.Listen)
+			}
+			if out.SocketMode != "" || out.SocketGID != nil {
+				add("%s.socket_mode, socket_gid: only for a unix socket listener (listen: \"unix:/path\")", f)
+			}
 		}
 		if err := checkHostPort(out.Upstream); err != nil {
 			add("%s.upstream: %v", f, err)
@@ -316,6 +375,19 @@ func (c *Sidecar) Validate() error {
 		if !oneOf(out.Protocol, "", "http", "http2", "h2c", "grpc", "tcp") {
 			add("%s.protocol: %q is not http or tcp", f, out.Protocol)
 		}
+		checkUpgrades(f, out.Protocol, out.Upgrades, add)
+	}
+	switch {
+	case c.OutboundAllowAnyLocalUser && (len(c.OutboundAllowedUIDs) > 0 || len(c.OutboundAllowedGIDs) > 0):
+		add("outbound_allow_any_local_user: set it or outbound_allowed_uids/gids, not both")
+	case len(c.OutboundAllowedGIDs) > 0 && tcpOutbound:
+		add("outbound_allowed_gids: a TCP outbound listener cannot learn the caller's group (the kernel records only the uid of a TCP socket): admit uids in outbound_allowed_uids, or make every outbound listen on a unix socket")
+	}
+	if slices.Contains(c.OutboundAllowedUIDs, math.MaxUint32) {
+		add("outbound_allowed_uids: 4294967295 is (uid_t)-1, not a user")
+	}
+	if slices.Contains(c.OutboundAllowedGIDs, math.MaxUint32) {
+		add("outbound_allowed_gids: 4294967295 is (gid_t)-1, not a group")
 	}
 	if c.Admin != "off" {
 		if err := checkHostPort(c.Admin); err != nil {
@@ -337,6 +409,56 @@ func (c *Sidecar) Validate() error {
 		add("policy.files: policies come from the server in join mode")
 	}
 	return errors.Join(errs...)
+}
+
+// checkUpgrades accepts only websocket upgrades, and only on HTTP
+// listeners: an upgraded connection carries bytes per-request policy never
+// sees, so h2c (HTTP/2 requests in a tunnel) and unknown protocols are
+// refused here rather than dropped at run time without a word.
+func checkUpgrades(field, protocol string, upgrades []string, add func(string, ...any)) {
+	if len(upgrades) > 0 && protocol == "tcp" {
+		add("%s.upgrades: only for http listeners", field)
+	}
+	for i, u := range upgrades {
+		if !strings.EqualFold(u, "websocket") {
+			add("%s.upgrades[%d]: %q is not websocket, the only upgrade forwarded (an upgraded connection carries requests policy never sees)", field, i, u)
+		}
+	}
+}
+
+// SocketMode is socket_mode: permission bits written as a quoted octal
+// string, "0660" (see ParseSocketMode). A number is refused: YAML reads an
+// unquoted 0660 as octal, the number 432, which would otherwise arrive
+// here as the string "432" and mean mode 0432.
+type SocketMode string
+
+// UnmarshalJSON accepts a JSON string only.
+func (m *SocketMode) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("socket_mode: write it as a quoted octal string such as \"0660\" (unquoted, 0660 is YAML's number 432), not %s", b)
+	}
+	*m = SocketMode(s)
+	return nil
+}
+
+// ParseSocketMode reads socket_mode: three or four octal digits of
+// permission bits ("0660"); "" is 0, the listener's default.
+func ParseSocketMode(s string) (fs.FileMode, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if len(s) < 3 || len(s) > 4 {
+		return 0, fmt.Errorf("%q is not an octal mode such as \"0660\"", s)
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("%q is not an octal mode such as \"0660\" (permission bits only)", s)
+	}
+	if m == 0 {
+		return 0, fmt.Errorf("%q lets nobody but root connect", s)
+	}
+	return fs.FileMode(m), nil
 }
 
 func checkHostPort(s string) error {

@@ -128,10 +128,11 @@ type Gateway struct {
 type policyState struct {
 	version uint64
 	authz   proxy.Authorizer
-	// strip are the headers RequestAuthentication writes upstream: a
-	// caller's copy is removed from every request.
-	strip []string
-	mode  policy.PathNormalization
+	// headers removes what a caller may not send (the sidecar's filter
+	// in its edge form), including the headers RequestAuthentication
+	// writes upstream and the "_" twins of those it reads tokens from.
+	headers *proxy.HeaderFilter
+	mode    policy.PathNormalization
 }
 
 // New checks opts and builds a Gateway. It binds nothing: Serve does.
@@ -237,11 +238,12 @@ func (g *Gateway) newPolicyState(version uint64, a proxy.Authorizer) *policyStat
 	}); ok {
 		ps.mode = pn.PathNormalization()
 	}
+	var output, tokenHeaders []string
 	if rs, ok := a.(proxy.JWTRuleSource); ok {
-		for _, h := range authn.OutputHeaders(rs.JWTRules(g.destination(netip.Addr{}))) {
-			ps.strip = append(ps.strip, http.CanonicalHeaderKey(h))
-		}
+		rules := rs.JWTRules(g.destination(netip.Addr{}))
+		output, tokenHeaders = authn.OutputHeaders(rules), authn.TokenHeaders(rules)
 	}
+	ps.headers = proxy.NewEdgeHeaderFilter(output, tokenHeaders)
 	return ps
 }
 
@@ -272,6 +274,15 @@ func (g *Gateway) SetAuthorizerContext(ctx context.Context, version uint64, a pr
 	}
 	g.policy.Store(g.newPolicyState(version, a))
 	g.metrics.policyVersion.Set(float64(version))
+}
+
+// Rego is the compiled Rego modules and data of the policy in force, nil
+// without any: what the admin listener's read-only OPA API answers from.
+func (g *Gateway) Rego() *policy.Rego {
+	if rs, ok := g.policy.Load().authz.(interface{ Rego() *policy.Rego }); ok {
+		return rs.Rego()
+	}
+	return nil
 }
 
 // PolicyVersion is the version last passed to SetAuthorizer.

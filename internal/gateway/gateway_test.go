@@ -9,10 +9,13 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -206,6 +209,14 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 "},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
 		{"connect", "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n", "HTTP/1.1 4"},
+		// Hosts net/http lets through that the decision function cannot
+		// read as an authority: 400 before routing or deciding.
+		{"host_empty_label", "GET /orders/1 HTTP/1.1\r\nHost: api..example.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_percent_encoded", "GET /orders/1 HTTP/1.1\r\nHost: api%2Eexample.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_port_out_of_range", "GET /orders/1 HTTP/1.1\r\nHost: localhost:99999\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_two_ports", "GET /orders/1 HTTP/1.1\r\nHost: localhost:80:90\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_userinfo", "GET /orders/1 HTTP/1.1\r\nHost: user@localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_with_port_and_dot", "GET /orders/1 HTTP/1.1\r\nHost: localhost.:8443\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -220,6 +231,99 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 				t.Fatalf("smuggled GET /admin not refused by policy: %q", got)
 			}
 		})
+	}
+}
+
+// TestGatewayStripsMethodOverrideQuery: policy decides on the request
+// method, so a _method parameter (Symfony, Laravel, Express) never reaches
+// the upstream, however it is escaped; the rest of the query is kept as
+// sent, and the upstream is served exactly the target policy decided on.
+func TestGatewayStripsMethodOverrideQuery(t *testing.T) {
+	tg := startGateway(t, nil)
+	tests := []struct{ target, wantPath, wantQuery string }{
+		{"/orders/1?_method=DELETE", "/orders/1", ""},
+		{"/orders/1?a=1&_method=DELETE&b=%2F", "/orders/1", "a=1&b=%2F"},
+		{"/orders/1?%5Fmethod=DELETE&a", "/orders/1", "a"},
+		{"/orders//1?.method=PUT", "/orders/1", ""},
+		{"/orders/1?method=GET&x_method=1", "/orders/1", "method=GET&x_method=1"},
+	}
+	for _, tt := range tests {
+		resp, body := tg.do(t, "GET", tt.target, nil, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d: %s", tt.target, resp.StatusCode, body)
+		}
+		if s := decodeSeen(t, body); s.Path != tt.wantPath || s.Query != tt.wantQuery || s.Method != "GET" {
+			t.Errorf("%s: upstream saw %s %s?%s, want GET %s?%s", tt.target, s.Method, s.Path, s.Query, tt.wantPath, tt.wantQuery)
+		}
+	}
+}
+
+// TestGatewayCustomDecision: a Rego CUSTOM provider decides at the gateway
+// as in a sidecar: on the gateway's clock (Request.Time), its headers
+// reach the upstream on an allow, its status is the answer on a deny.
+func TestGatewayCustomDecision(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, echoApp(t))
+	// The gateway's clock, in Unix seconds; it also checks certificates,
+	// so it stays within the test SVIDs' hour.
+	start := time.Now().Truncate(time.Second)
+	var clock atomic.Int64
+	clock.Store(start.Unix())
+	tg := startGatewayWith(t, ca, up, nil, func(o *Options) {
+		o.Now = func() time.Time { return time.Unix(clock.Load(), 0) }
+	})
+	var b policy.Bundle
+	if err := b.Add("edge.rego", []byte(fmt.Sprintf(`package edge
+import rego.v1
+default allow := false
+allow := {"allow": true, "headers": {"x-user-tier": "gold"}} if {
+	input.request.method == "GET"
+	input.time.unix < %d
+}
+allow := {"allow": false, "http_status": 429, "reason": "quota"} if input.request.method == "POST"
+`, start.Add(10*time.Minute).Unix()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Add("edge.yaml", []byte(gatewayPolicy+`---
+apiVersion: moatless.io/v1
+kind: RegoProvider
+metadata: {name: edge, namespace: istio-system}
+spec: {query: data.edge.allow}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-custom, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: CUSTOM
+  provider: {name: edge}
+  rules: [{to: [{operation: {paths: ["/orders/*"]}}]}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{RootNamespace: "istio-system", PathNormalization: policy.NormalizeMergeSlashes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.g.SetAuthorizer(2, set)
+
+	resp, body := tg.do(t, "GET", "/orders/1", nil, map[string]string{"X-User-Tier": "platinum"})
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET before the deadline: status %d: %s", resp.StatusCode, body)
+	}
+	if got := decodeSeen(t, body).Headers["X-User-Tier"]; len(got) != 1 || got[0] != "gold" {
+		t.Errorf("upstream X-User-Tier %v, want the provider's [gold]", got)
+	}
+	resp, body = tg.do(t, "POST", "/orders/1", strings.NewReader("{}"), nil)
+	if resp.StatusCode != 429 || strings.Contains(string(body), "gold") {
+		t.Fatalf("POST: status %d (want the provider's 429): %s", resp.StatusCode, body)
+	}
+	if resp.Header.Get("Strict-Transport-Security") == "" || resp.Header.Get("X-Request-Id") == "" {
+		t.Errorf("the provider's denial lacks the security headers: %v", resp.Header)
+	}
+	clock.Store(start.Add(20 * time.Minute).Unix())
+	if resp, _ := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("GET past the deadline: status %d, want 403", resp.StatusCode)
 	}
 }
 

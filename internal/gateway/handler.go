@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -93,8 +92,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	// Origin-form only: an absolute-form target ("GET http://other/")
 	// would route by one host and reach an app that reads another; a
 	// fragment is never sent by a browser and means a crafted request.
-	if !strings.HasPrefix(r.RequestURI, "/") || strings.IndexByte(r.RequestURI, '#') >= 0 {
+	if !strings.HasPrefix(r.RequestURI, "/") || strings.IndexByte(r.RequestURI, '#') >= 0 || r.URL.Opaque != "" {
 		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request target")
+		return
+	}
+	// A Host the decision function cannot read as an authority is a 400
+	// here, as the sidecar's path check is, rather than a request routed
+	// and decided on a host it does not match.
+	if policy.CheckRequestHost(r.Host) != nil {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed Host")
 		return
 	}
 
@@ -105,11 +111,19 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// The upstream is served the target policy decided on: one call
+	// normalizes it as the policy set says and gives both the path routes
+	// and policy match and the target forwarded, so they cannot differ.
+	// A _method override in the query goes before anything decides.
 	ps := g.policy.Load()
 	np, err := policy.NormalizeRequestPath(r.RequestURI, ps.mode)
 	if err != nil {
 		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path")
 		return
+	}
+	np, overridden := proxy.StripMethodOverride(np)
+	if np.Changed() || overridden {
+		proxy.SetTarget(r.URL, np)
 	}
 	rc.route = st.table.lookup(canonicalHost(r.Host), np.Path())
 	if rc.route == nil {
@@ -118,13 +132,18 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 	rt := rc.route
 
-	// Header shaping: hop-by-hop headers first, so a Connection
-	// nomination can only ever remove what the client itself sent.
-	upgrade := proxy.RemoveHopHeaders(r.Header)
-	shapeHeaders(r.Header, ps.strip)
-	if upgrade != "" && !(strings.EqualFold(upgrade, "websocket") && r.Method == http.MethodGet && r.ProtoMajor == 1) {
-		upgrade = "" // h2c and anything else: not carried
+	// Header shaping, the sidecar's own code: hop-by-hop headers first,
+	// from the request as received (only a WebSocket upgrade the route
+	// carries survives), then every header a caller may not send, under
+	// any spelling, from the header and the trailer.
+	upgrade := proxy.RemoveHopHeaders(r.Header, rt.upgrades)
+	if upgrade != "" && (r.Method != http.MethodGet || r.ProtoMajor != 1) {
+		delete(r.Header, "Connection")
+		delete(r.Header, "Upgrade")
+		upgrade = ""
 	}
+	ps.headers.Strip(r.Header)
+	ps.headers.GuardTrailers(r)
 
 	rc.origin = r.Header.Get("Origin")
 	if rt.cors != nil && isPreflight(r) {
@@ -174,9 +193,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		Source:         policy.Source{IP: rc.peer},
 		RemoteIP:       rc.client,
 		Destination:    g.destination(localIP(r)),
+		Time:           g.now(),
 		Method:         r.Method,
 		Host:           r.Host,
-		Path:           r.RequestURI,
+		Path:           np.Target(),
 		NormalizedPath: np,
 		Headers:        r.Header,
 	}
@@ -203,7 +223,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		if ps.authz == nil {
 			reason = reasonNoPolicy
 		}
-		g.reject(w, http.StatusForbidden, reason, "RBAC: access denied")
+		status := http.StatusForbidden
+		if dec.Status != 0 { // a CUSTOM provider's choice, 400-599
+			status = dec.Status
+		}
+		g.reject(w, status, reason, "RBAC: access denied")
 		return
 	}
 
@@ -212,28 +236,24 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 
 	// What the upstream is told, set after shaping so no caller copy
-	// survives: the client address, the scheme, the request ID, and the
-	// verified claims the RequestAuthentication rule names.
-	if np.Changed() {
-		if p, err := unescapePath(np.Path()); err == nil {
-			r.URL.Path, r.URL.RawPath = p, np.Path()
-		}
-	}
+	// survives: the client address, the scheme, the request ID, the
+	// verified claims the RequestAuthentication rule names, and the
+	// headers an allowing CUSTOM provider asked for (the policy package
+	// refused framing and identity headers among them).
 	h := r.Header
 	h["X-Forwarded-For"] = []string{rc.client.String()}
 	h["X-Forwarded-Proto"] = []string{"https"}
 	h["X-Request-Id"] = []string{rc.id}
 	proxy.ApplyAuth(r, auth)
-	if upgrade != "" {
-		h["Connection"] = []string{"Upgrade"}
-		h["Upgrade"] = []string{upgrade}
+	for k, v := range dec.Headers {
+		h[k] = []string{v}
 	}
 	if rt.pool.timeout > 0 && upgrade == "" {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.pool.timeout)
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
-	rt.fwd.Forward(w, r, func(c net.Conn) func() { return g.conns.track(c) })
+	rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) })
 }
 
 // headBytes is the size of the request line and headers as sent (HTTP/2's
@@ -420,10 +440,6 @@ func (g *Gateway) sampleAllow() bool {
 }
 
 func randFloat() float64 { return rand.Float64() }
-
-// unescapePath is url.PathUnescape: the normalized path as the upstream's
-// URL.Path, with RawPath keeping its encoding.
-func unescapePath(p string) (string, error) { return url.PathUnescape(p) }
 
 // readBody reads the whole body (already bounded by the route's limit)
 // for the checks that need it, and makes r replay it, also for a retry

@@ -242,7 +242,9 @@ func startGateway(t testing.TB, edit func(c *config.Gateway)) *testGateway {
 	return startGatewayWith(t, ca, up, edit)
 }
 
-func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *config.Gateway)) *testGateway {
+// startGatewayWith is startGateway in front of the upstream sidecar up;
+// opts, when given, edit the gateway's Options before New.
+func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *config.Gateway), opts ...func(o *Options)) *testGateway {
 	t.Helper()
 	dir := t.TempDir()
 	writeServerCert(t, ca, dir)
@@ -256,11 +258,15 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	}
 	tg := &testGateway{ca: ca, dir: dir, upstream: up, logs: &syncBuffer{}, access: &syncBuffer{}}
 	l := listen(t)
-	g, err := New(Options{
+	o := Options{
 		Config: cfg, Identity: identity(ca, t, gatewayID), Listener: l,
 		Logger:    slog.New(slog.NewJSONHandler(tg.logs, nil)),
 		AccessLog: slog.New(slog.NewJSONHandler(tg.access, nil)),
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	g, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,8 @@ type route struct {
 	limits  []*limiter
 	waf     *waf.Engine
 	valid   validate.Validator
+	// upgrades are the protocols a request may switch to.
+	upgrades []string
 }
 
 func (s *state) stop() {
@@ -86,6 +88,10 @@ func (g *Gateway) build(_ context.Context, cfg config.Gateway, old *state) (*sta
 		r := &route{name: rc.Name, host: canonicalHost(rc.Host), prefix: rc.PathPrefix, cfg: rc, pool: p, maxBody: cfg.Limits.MaxBodyBytes}
 		if rc.MaxBodyBytes > 0 {
 			r.maxBody = rc.MaxBodyBytes
+		}
+		r.upgrades = rc.Upgrades
+		if r.upgrades == nil {
+			r.upgrades = proxy.DefaultUpgrades
 		}
 		if rc.CORS != nil {
 			r.cors = newCORS(rc.CORS)

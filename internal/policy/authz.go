@@ -95,6 +95,7 @@ type valueSet struct {
 	paths    pathSet
 	ips      ipSet
 	ports    portSet
+	hosts    hostSet
 	rps      []reqPrincipalPat
 	sas      saSet // serviceAccounts, source.serviceAccount
 }
@@ -279,6 +280,17 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 	if len(r.GetFrom()) > maxClauses || len(r.GetTo()) > maxClauses || len(r.GetWhen()) > maxClauses {
 		return cr, nil, errAt(rp, "at most %d entries in from, to and when", maxClauses)
 	}
+	// Istio's check, for documents built in Go: a present but empty list
+	// would match anything. (The loader refuses "[]" and null on the JSON,
+	// which protojson decodes as absent.)
+	switch {
+	case r.From != nil && len(r.From) == 0:
+		return cr, nil, errAt(rp.key("from"), "%s", emptyRefused["istio.security.v1beta1.Rule.from"])
+	case r.To != nil && len(r.To) == 0:
+		return cr, nil, errAt(rp.key("to"), "%s", emptyRefused["istio.security.v1beta1.Rule.to"])
+	case r.When != nil && len(r.When) == 0:
+		return cr, nil, errAt(rp.key("when"), "%s", emptyRefused["istio.security.v1beta1.Rule.when"])
+	}
 	tcpInFrom, tcpInTo := false, false
 	for j, f := range r.GetFrom() {
 		fp := rp.key("from").index(j)
@@ -310,6 +322,9 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		am, fe := compileCondition(c, cond, wp)
 		if fe != nil {
 			return cr, nil, fe
+		}
+		if am.kind == attrHeader && am.header == ":authority" {
+			warnings = append(warnings, fmt.Sprintf("%s: %s matches the Host header as sent, so a port, a trailing dot or another case makes a different value; to.operation.hosts matches the host name", wp.key("key"), cond.GetKey()))
 		}
 		cr.when = append(cr.when, am)
 	}
@@ -520,7 +535,7 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 			}
 			vs.paths.templates = append(vs.paths.templates, t)
 		}
-		vs.paths.strs = newStrSet(plain, false)
+		vs.paths.strs = newStrSet(plain)
 	case attrRequestPrincipal:
 		for _, v := range values {
 			vs.rps = append(vs.rps, parseRequestPrincipal(v))
@@ -546,16 +561,19 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 		}
 		vs.nss = newNSSet(values)
 	case attrHost:
-		vs.strs = newStrSet(values, true)
+		var fe *fieldError
+		if vs.hosts, fe = newHostSet(values, p); fe != nil {
+			return vs, fe
+		}
 	case attrHeader:
 		for _, v := range values {
 			if v == "*" {
 				vs.presence = true
 			}
 		}
-		vs.strs = newStrSet(values, false)
+		vs.strs = newStrSet(values)
 	default:
-		vs.strs = newStrSet(values, false)
+		vs.strs = newStrSet(values)
 	}
 	return vs, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -185,7 +186,7 @@ func runConformanceCase(t *testing.T, s *Set, file, outcome string, extra json.R
 	}
 	// Explain must agree with Evaluate.
 	req2, _ := ParseCheckRequest(bytes.NewReader(raw))
-	if e := s.Explain(req2, verifier); e.Decision != d {
+	if e := s.Explain(req2, verifier); !reflect.DeepEqual(e.Decision, d) {
 		t.Errorf("Explain decided %+v, Evaluate %+v", e.Decision, d)
 	}
 }

@@ -21,10 +21,23 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string // normalized, query removed; may alias a buffer on authorize's stack
+	path string      // normalized, query removed; may alias a buffer on authorize's stack
+	host requestHost // parsed req.Host, when it is not ""
 
 	srcDone bool
 	td      string // trust domain of the source principal
+}
+
+// parseHost reads req.Host for hosts and notHosts. A Host that is not an
+// authority is a bad request (ErrInvalidHost): it could name the denied
+// host to the application in a form the policy does not see.
+func (c *evalCtx) parseHost() error {
+	if c.req.Host == "" {
+		return nil
+	}
+	h, err := parseRequestHost(c.req.Host)
+	c.host = h
+	return err
 }
 
 func (c *evalCtx) source() {
@@ -89,7 +102,11 @@ func (a *attrMatch) match(c *evalCtx) bool {
 	case attrSNI:
 		return a.strAttr(r.SNI, r.SNI != "")
 	case attrHost:
-		return a.strAttr(r.Host, r.Host != "")
+		present := r.Host != ""
+		if a.pos.n > 0 && (!present || !a.pos.hosts.match(&c.host)) {
+			return false
+		}
+		return a.neg.n == 0 || !present || !a.neg.hosts.match(&c.host)
 	case attrMethod:
 		return a.strAttr(r.Method, r.Method != "")
 	case attrPath:
@@ -431,6 +448,9 @@ func (s *Set) authorize(req *Request) Decision {
 	c.tcp = req.Protocol == TCP
 	if !c.tcp {
 		p, err := s.matchPath(pathBuf[:0], req)
+		if err == nil {
+			err = c.parseHost()
+		}
 		if err != nil {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
@@ -441,7 +461,12 @@ func (s *Set) authorize(req *Request) Decision {
 
 	d, customDenied := s.customPhase(&c, req, cands)
 	if !customDenied {
+		custom := d
 		d = decideDenyAllow(&c, cands, false)
+		d.Custom = custom.Custom
+		if d.Outcome == Allow {
+			d.Headers = custom.Headers
+		}
 	}
 	for _, p := range cands {
 		if p.action == actAudit && !p.dryRun && p.firstMatch(&c) >= 0 {
@@ -464,18 +489,22 @@ func (s *Set) authorize(req *Request) Decision {
 // (the result may alias buf, as normalizePath's does).
 func (s *Set) matchPath(buf []byte, req *Request) (string, error) {
 	if np := &req.NormalizedPath; np.ok && np.mode == s.opts.PathNormalization {
-		return np.path, nil
+		return np.Path(), nil
 	}
 	return normalizePath(buf, req.Path, s.opts.PathNormalization)
 }
 
 // customPhase runs the enforced CUSTOM policies that match: each distinct
-// provider is asked once; any deny decides. req is c.req, passed apart so
-// that handing it to the provider does not make the compiler think c
-// (and the path buffer it points to) escapes.
+// provider is asked once; any deny decides. A RegoProvider of the set
+// evaluates its prepared query (regoProvider.eval), any other provider
+// goes to Options.Custom. req is c.req, passed apart so that handing it
+// to the provider does not make the compiler think c (and the path
+// buffer it points to) escapes. When every provider allows, the returned
+// Decision carries only their Headers and Custom records.
 func (s *Set) customPhase(c *evalCtx, req *Request, cands []*compiledAuthz) (Decision, bool) {
 	var asked [4]string
 	n := 0
+	var out Decision
 outer:
 	for _, p := range cands {
 		if p.action != actCustom || p.dryRun {
@@ -494,20 +523,40 @@ outer:
 			asked[n] = p.provider
 			n++
 		}
+		if rp := s.providers[p.provider]; rp != nil {
+			// c.path may alias authorize's stack buffer; the input
+			// document keeps its own copy.
+			res := rp.eval(req, strings.Clone(c.path))
+			out.Custom = append(out.Custom, res.eval)
+			if !res.allow {
+				return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i, Status: res.status,
+					Reason: p.rules[i].reason + ": " + res.reason, Custom: out.Custom}, true
+			}
+			for k, v := range res.headers {
+				if out.Headers == nil {
+					out.Headers = make(map[string]string, len(res.headers))
+				}
+				out.Headers[k] = v
+			}
+			continue
+		}
 		if s.opts.Custom == nil {
+			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "error", Error: "provider is not configured"})
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
-				Reason: p.rules[i].reason + ": provider is not configured"}, true
+				Reason: p.rules[i].reason + ": provider is not configured", Custom: out.Custom}, true
 		}
 		allow, reason := s.opts.Custom(p.provider, req)
 		if !allow {
 			if reason == "" {
 				reason = "denied"
 			}
+			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "deny"})
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
-				Reason: p.rules[i].reason + ": " + reason}, true
+				Reason: p.rules[i].reason + ": " + reason, Custom: out.Custom}, true
 		}
+		out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 	}
-	return Decision{}, false
+	return out, false
 }
 
 // decideDenyAllow is steps 2 to 5 of Istio's evaluation: any matching

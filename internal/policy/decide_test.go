@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -827,7 +828,7 @@ spec:
 `, Options{})
 	r := newReq(dst("prod", "app", "payments"), from("td/ns/prod/sa/orders"), method("GET"), path("/api/v1/payments/42"))
 	e := s.Explain(r, nil)
-	if e.Decision != s.Decide(r) {
+	if !reflect.DeepEqual(e.Decision, s.Decide(r)) {
 		t.Fatalf("Explain decision %+v differs from Decide %+v", e.Decision, s.Decide(r))
 	}
 	if len(e.Policies) != 1 || e.Policies[0].Policy != "prod/allow-orders" || e.Policies[0].Matched != -1 {
@@ -900,7 +901,7 @@ func TestConcurrentDecisions(t *testing.T) {
 				if i%2 == 0 {
 					r.Path = "/api/v1/./payments/%34%32"
 				}
-				if d := s.Decide(r); d != want {
+				if d := s.Decide(r); !reflect.DeepEqual(d, want) {
 					t.Errorf("decision %+v, want %+v", d, want)
 					return
 				}

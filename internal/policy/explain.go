@@ -78,6 +78,9 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 	c := evalCtx{req: req, tcp: req.Protocol == TCP}
 	if !c.tcp {
 		p, err := s.matchPath(nil, req)
+		if err == nil {
+			err = c.parseHost()
+		}
 		if err != nil {
 			return e
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -77,7 +78,7 @@ func FuzzNormalizePath(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !strings.HasPrefix(out, "/") || strings.ContainsAny(out, "?#") {
+		if !strings.HasPrefix(out, "/") || strings.ContainsAny(out, "?# ") {
 			t.Fatalf("NormalizePath(%q, %v) = %q", p, mode, out)
 		}
 		if mode == NormalizeNone {
@@ -94,12 +95,10 @@ func FuzzNormalizePath(f *testing.F) {
 		if (mode == NormalizeMergeSlashes || mode == NormalizeDecodeAndMergeSlashes) && strings.Contains(out, "//") {
 			t.Fatalf("NormalizePath(%q, %v) = %q keeps //", p, mode, out)
 		}
-		if mode != NormalizeDecodeAndMergeSlashes {
-			// DECODE_AND_MERGE_SLASHES decodes once by design ("%252F"
-			// becomes "%2F", which a second pass would decode again).
-			if again, err := NormalizePath(out, mode); err != nil || again != out {
-				t.Fatalf("not idempotent: %q -> %q -> %q (%v)", p, out, again, err)
-			}
+		// Escapes are decoded once and "%25" is never decoded, so a
+		// second pass finds nothing to do, in every mode.
+		if again, err := NormalizePath(out, mode); err != nil || again != out {
+			t.Fatalf("not idempotent: %q -> %q -> %q (%v)", p, out, again, err)
 		}
 	})
 }
@@ -181,7 +180,7 @@ func FuzzDecide(f *testing.F) {
 		if d.Reason == "" {
 			t.Fatalf("decision without a reason: %+v", d)
 		}
-		if e := s.Explain(req, nil); e.Decision != s.Evaluate(req, nil) {
+		if e := s.Explain(req, nil); !reflect.DeepEqual(e.Decision, s.Evaluate(req, nil)) {
 			t.Fatalf("Explain and Evaluate disagree")
 		}
 	})

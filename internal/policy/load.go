@@ -87,6 +87,9 @@ type Document struct {
 	// stores and pushes, and what ParseJSON reads back unchanged.
 	Raw json.RawMessage
 
+	// Provider is the spec of a RegoProvider document (Spec is nil then).
+	Provider *RegoProviderSpec
+
 	// Warnings are valid but probably unintended constructs, in Istio's
 	// words where Istio warns (a DENY rule with only HTTP attributes, a
 	// selector without labels, targetRefs that no sidecar applies).
@@ -483,6 +486,8 @@ func decodeObject(obj map[string]any, at fieldPath) (Document, *fieldError) {
 	}
 	switch d.Kind {
 	case KindAuthorizationPolicy, KindPeerAuthentication, KindRequestAuthentication:
+	case KindRegoProvider:
+		return decodeRegoProvider(d, obj, at)
 	default:
 		return d, errAt(at.key("kind"), "unsupported kind %q (%s): Moatless applies %s AuthorizationPolicy, PeerAuthentication and RequestAuthentication", d.Kind, d.APIVersion, Group)
 	}

@@ -366,6 +366,13 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: authority-header, namespace: prod}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[Host]", values: [admin.example.com]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: gw, namespace: prod}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]
@@ -386,6 +393,7 @@ spec: {mtls: {mode: DISABLE}}
 		"AuthorizationPolicy prod/deny-http-only: rule 0: configured AuthorizationPolicy will deny all traffic to TCP ports",
 		`method "post" is not upper case`,
 		"AuthorizationPolicy prod/gw: targetRefs bind a policy",
+		"AuthorizationPolicy prod/authority-header: spec.rules[0].when[0].key: request.headers[Host] matches the Host header as sent",
 		"PeerAuthentication prod/b: PeerAuthentication prod/b is ignored: prod/a is already the namespace-wide policy",
 	} {
 		if !strings.Contains(all, w) {

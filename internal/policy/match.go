@@ -69,16 +69,16 @@ const exactMapMin = 8
 
 // strSet is a compiled list of values: it matches when any value does.
 // Long lists of exact values are looked up in a map, so a policy naming a
-// thousand principals costs one lookup.
+// thousand principals costs one lookup. Matching is case-sensitive (hosts,
+// the one case-insensitive attribute, have hostSet).
 type strSet struct {
 	pats  []strPat            // non-exact patterns, and exact ones when few
-	exact map[string]struct{} // exact values when many (lower-cased if fold)
-	fold  bool                // case-insensitive (hosts)
+	exact map[string]struct{} // exact values when many
 	n     int                 // number of values
 }
 
-func newStrSet(values []string, fold bool) strSet {
-	s := strSet{fold: fold, n: len(values)}
+func newStrSet(values []string) strSet {
+	s := strSet{n: len(values)}
 	exacts := 0
 	for _, v := range values {
 		if parsePattern(v).kind == patExact {
@@ -91,15 +91,8 @@ func newStrSet(values []string, fold bool) strSet {
 			if s.exact == nil {
 				s.exact = make(map[string]struct{}, exacts)
 			}
-			if fold {
-				s.exact[strings.ToLower(p.s)] = struct{}{}
-			} else {
-				s.exact[p.s] = struct{}{}
-			}
+			s.exact[p.s] = struct{}{}
 			continue
-		}
-		if fold {
-			p.s = strings.ToLower(p.s)
 		}
 		s.pats = append(s.pats, p)
 	}
@@ -108,20 +101,12 @@ func newStrSet(values []string, fold bool) strSet {
 
 func (s *strSet) match(v string) bool {
 	if s.exact != nil {
-		if s.fold {
-			if lookupFold(s.exact, v) {
-				return true
-			}
-		} else if _, ok := s.exact[v]; ok {
+		if _, ok := s.exact[v]; ok {
 			return true
 		}
 	}
 	for i := range s.pats {
-		if s.fold {
-			if s.pats[i].matchFold(v) {
-				return true
-			}
-		} else if s.pats[i].match(v) {
+		if s.pats[i].match(v) {
 			return true
 		}
 	}
@@ -415,7 +400,7 @@ func newNSSet(values []string) nsSet {
 		}
 		s.globs = append(s.globs, pieces)
 	}
-	s.segs = newStrSet(segs, false)
+	s.segs = newStrSet(segs)
 	return s
 }
 

@@ -58,9 +58,10 @@ func ParsePathNormalization(s string) (PathNormalization, error) {
 	return 0, fmt.Errorf("policy: unknown path normalization %q: want NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", s)
 }
 
-// ErrInvalidPath is a request path that Istio refuses outright with HTTP
-// 400: one holding a NUL (raw or %00) or a control character, or not
-// starting with "/".
+// ErrInvalidPath is a request target that is refused outright with HTTP
+// 400 rather than decided on: one holding a fragment ("#", which a request
+// target never has, RFC 9112 §3.2), a NUL (raw or %00), a control
+// character or a malformed percent-escape, or not starting with "/".
 var ErrInvalidPath = errors.New("invalid request path")
 
 // maxPathBuffer is the stack buffer a decision normalizes into; longer
@@ -68,9 +69,9 @@ var ErrInvalidPath = errors.New("invalid request path")
 const maxPathBuffer = 512
 
 // NormalizePath returns path as authorization policies see it under mode:
-// query and fragment removed, then normalized. The proxy should forward
-// this same path to the application, as Istio does, so that what was
-// authorized is what is served. Errors wrap ErrInvalidPath: answer 400.
+// query removed, then normalized. The proxy forwards this same path to the
+// application (see NormalizeRequestPath), so that what was authorized is
+// what is served. Errors wrap ErrInvalidPath: answer 400.
 func NormalizePath(path string, mode PathNormalization) (string, error) {
 	var buf [maxPathBuffer]byte
 	s, err := normalizePath(buf[:0], path, mode)
@@ -80,42 +81,70 @@ func NormalizePath(path string, mode PathNormalization) (string, error) {
 	return strings.Clone(s), nil
 }
 
+// pathRaw marks the bytes that may stand unescaped in a normalized path:
+// RFC 3986 pchar (unreserved, sub-delims, ":" and "@") and "/". Every
+// other byte is percent-encoded, in every mode, so that the path policy
+// matches is a valid request target that any client forwards byte for
+// byte ('%' introduces an escape and is handled apart).
+var pathRaw = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "0123456789-._~!$&'()*+,;=:@/" {
+		t[c] = true
+	}
+	return t
+}()
+
 // normalizePath normalizes into buf, returning a string that may alias buf
 // (or path itself when nothing changes): the caller must not keep it past
-// buf's life. It allocates only when the path outgrows buf.
+// buf's life. It allocates only when the path outgrows buf. The query, if
+// any, is checked (no fragment, no control character) but not returned.
 func normalizePath(buf []byte, path string, mode PathNormalization) (string, error) {
-	if path == "" || path[0] == '?' || path[0] == '#' {
-		return "/", nil
+	if path == "" || path[0] == '?' {
+		return "/", checkQuery(path)
 	}
 	if path[0] != '/' {
 		return "", fmt.Errorf("%w: must start with \"/\"", ErrInvalidPath)
 	}
-	// One scan: cut the query and fragment, refuse what Istio refuses, and
-	// see whether anything needs decoding, converting, resolving or merging.
-	clean, pct := true, false
-scan:
+	// One scan: find the query, refuse what is refused, and see whether
+	// anything needs encoding, decoding, converting, resolving or merging.
+	clean := true
 	for i := 1; i < len(path); i++ {
 		c := path[i]
+		if pathRaw[c] {
+			if c == '.' && path[i-1] == '/' || c == '/' && path[i-1] == '/' {
+				clean = false
+			}
+			continue
+		}
 		switch {
-		case c == '?' || c == '#':
+		case c == '?':
+			if err := checkQuery(path[i:]); err != nil {
+				return "", err
+			}
 			path = path[:i]
-			break scan
+		case c == '#':
+			return "", errFragment
 		case c < 0x20 || c == 0x7f:
 			return "", fmt.Errorf("%w: control character 0x%02x", ErrInvalidPath, c)
 		case c == '%':
-			clean, pct = false, true
-		case c == '\\' || c == ' ' || c >= 0x80:
+			if i+2 >= len(path) || !isHex(path[i+1]) || !isHex(path[i+2]) {
+				return "", fmt.Errorf("%w: malformed percent-escape", ErrInvalidPath)
+			}
+			if path[i+1] == '0' && path[i+2] == '0' {
+				return "", fmt.Errorf("%w: encoded NUL (%%00)", ErrInvalidPath)
+			}
 			clean = false
-		case c == '.' && path[i-1] == '/':
+			i += 2
+			continue
+		default: // a byte that must be escaped: space, '\', '"', 0x80 and up, ...
 			clean = false
-		case c == '/' && path[i-1] == '/':
-			clean = false
+			continue
 		}
+		break
 	}
-	if pct && strings.Contains(path, "%00") {
-		return "", fmt.Errorf("%w: encoded NUL (%%00)", ErrInvalidPath)
-	}
-	if clean || mode == NormalizeNone {
+	if clean || mode == NormalizeNone && !needsEscape(path) {
 		return path, nil
 	}
 
@@ -124,7 +153,12 @@ scan:
 	for i := 0; i < len(path); i++ {
 		c := path[i]
 		switch {
-		case c == '%' && i+2 < len(path) && isHex(path[i+1]) && isHex(path[i+2]):
+		case c == '%': // a valid escape: checked above
+			if mode == NormalizeNone {
+				b = append(b, path[i:i+3]...)
+				i += 2
+				continue
+			}
 			d := unhex(path[i+1])<<4 | unhex(path[i+2])
 			switch {
 			case isUnreserved(d):
@@ -137,16 +171,18 @@ scan:
 				b = append(b, '%', upperHex(path[i+1]), upperHex(path[i+2]))
 			}
 			i += 2
-		case c == '\\':
+		case c == '\\' && mode != NormalizeNone:
 			b = append(b, '/')
-		case c == ' ' || c >= 0x80:
+		case !pathRaw[c]:
 			b = append(b, '%', hexDigits[c>>4], hexDigits[c&0xf])
 		default:
 			b = append(b, c)
 		}
 	}
-	// Pass 2: remove dot segments in place (the output never outgrows the input).
-	b = removeDotSegments(b)
+	if mode != NormalizeNone {
+		// Pass 2: remove dot segments in place (the output never outgrows the input).
+		b = removeDotSegments(b)
+	}
 	// Pass 3: merge slashes.
 	if mode == NormalizeMergeSlashes || mode == NormalizeDecodeAndMergeSlashes {
 		w := 0
@@ -163,6 +199,34 @@ scan:
 		return "/", nil
 	}
 	return unsafe.String(unsafe.SliceData(b), len(b)), nil
+}
+
+var errFragment = fmt.Errorf("%w: a request target has no fragment (\"#\", RFC 9112 section 3.2)", ErrInvalidPath)
+
+// needsEscape reports whether a path (already checked by normalizePath)
+// holds a byte that must be percent-encoded.
+func needsEscape(path string) bool {
+	for i := 0; i < len(path); i++ {
+		if c := path[i]; !pathRaw[c] && c != '%' {
+			return true
+		}
+	}
+	return false
+}
+
+// checkQuery refuses a query ("?..." or "") holding a fragment or a
+// control character: the query is forwarded, never matched, but it is
+// part of the request target all the same.
+func checkQuery(q string) error {
+	for i := 0; i < len(q); i++ {
+		switch c := q[i]; {
+		case c == '#':
+			return errFragment
+		case c < 0x20 || c == 0x7f:
+			return fmt.Errorf("%w: control character 0x%02x in the query", ErrInvalidPath, c)
+		}
+	}
+	return nil
 }
 
 // removeDotSegments applies RFC 3986 section 5.2.4 to an absolute path.
@@ -233,42 +297,98 @@ func isUnreserved(c byte) bool {
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
 
-// RequestPath is a request path normalized once for one mode: the path a
-// proxy forwards and, set as Request.NormalizedPath, the path the engine
-// matches, so that what was authorized is what is served and the path is
-// normalized once per request. Build it with NormalizeRequestPath; the
-// zero value holds no path.
+// RequestPath is a request target normalized once for one mode: the
+// path the engine matches (set as Request.NormalizedPath) and the target
+// a proxy forwards, from one computation, so that what was authorized is
+// what is served: Target is Path, then the query when the request has
+// one. Build it with NormalizeRequestPath; the zero value holds no path.
 type RequestPath struct {
-	path    string // normalized; a substring of the raw path when unchanged
+	target  string // what to forward; the raw target itself when unchanged
+	pathLen int    // target[:pathLen] is the normalized path
 	mode    PathNormalization
 	changed bool
 	ok      bool
 }
 
-// NormalizeRequestPath is NormalizePath for a proxy's request target. When
-// path (query and fragment aside) is already in normal form it does not
-// allocate and Changed reports false: the proxy forwards the target
-// untouched. Otherwise Path is the normalized path, which the proxy
-// forwards in place of the original. Errors wrap ErrInvalidPath: answer
-// 400.
-func NormalizeRequestPath(path string, mode PathNormalization) (RequestPath, error) {
+// NormalizeRequestPath normalizes a proxy's request target (origin-form,
+// RFC 9112 §3.2.1: "/path?query"). The path is normalized as NormalizePath
+// does; the query is forwarded with the same meaning but never matched,
+// its bytes that may not appear in a request target (space, '"', '<',
+// '\', 0x80 and up, ...) percent-encoded. When the target is already in
+// that form it does not allocate, Target is the target itself and Changed
+// reports false. Errors wrap ErrInvalidPath: answer 400 — among them a
+// target holding "#", which NormalizePath refuses too.
+func NormalizeRequestPath(target string, mode PathNormalization) (RequestPath, error) {
+	if target == "" || target[0] != '/' {
+		return RequestPath{}, fmt.Errorf("%w: must start with \"/\"", ErrInvalidPath)
+	}
 	var buf [maxPathBuffer]byte
-	s, err := normalizePath(buf[:0], path, mode)
+	p, err := normalizePath(buf[:0], target, mode)
 	if err != nil {
 		return RequestPath{}, err
 	}
-	if len(s) <= len(path) && path[:len(s)] == s && (len(s) == len(path) || path[len(s)] == '?' || path[len(s)] == '#') {
-		return RequestPath{path: path[:len(s)], mode: mode, ok: true}, nil
+	rawPath, query, hasQuery := target, "", false
+	if i := strings.IndexByte(target, '?'); i >= 0 {
+		rawPath, query, hasQuery = target[:i], target[i+1:], true
 	}
-	return RequestPath{path: strings.Clone(s), mode: mode, changed: true, ok: true}, nil
+	qs := queryEscapes(query)
+	if p == rawPath && qs == 0 {
+		return RequestPath{target: target, pathLen: len(p), mode: mode, ok: true}, nil
+	}
+	n := len(p)
+	if hasQuery {
+		n += 1 + len(query) + 2*qs
+	}
+	b := make([]byte, 0, n)
+	b = append(b, p...)
+	if hasQuery {
+		b = append(b, '?')
+		for i := 0; i < len(query); i++ {
+			if c := query[i]; !queryRaw(c) {
+				b = append(b, '%', hexDigits[c>>4], hexDigits[c&0xf])
+			} else {
+				b = append(b, c)
+			}
+		}
+	}
+	return RequestPath{target: unsafe.String(unsafe.SliceData(b), len(b)), pathLen: len(p), mode: mode, changed: true, ok: true}, nil
 }
 
-// Path is the normalized path, without query or fragment ("" for the zero
-// RequestPath).
-func (p RequestPath) Path() string { return p.path }
+// queryRaw: the bytes that stand unescaped in a forwarded query, RFC 3986
+// query characters plus '%' (a malformed escape in a query is the app's to
+// judge, and harmless to carry).
+func queryRaw(c byte) bool { return pathRaw[c] || c == '?' || c == '%' }
 
-// Changed reports whether normalization changed the path, that is whether
-// a proxy must forward Path in place of the request target.
+// queryEscapes counts the bytes of q that queryRaw refuses.
+func queryEscapes(q string) int {
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if !queryRaw(q[i]) {
+			n++
+		}
+	}
+	return n
+}
+
+// Path is the normalized path, without query ("" for the zero
+// RequestPath).
+func (p RequestPath) Path() string { return p.target[:p.pathLen] }
+
+// Target is the request target to forward: Path, then "?" and the query
+// when the request had one.
+func (p RequestPath) Target() string { return p.target }
+
+// Query is the query to forward, without the "?", and whether the target
+// has one (an empty query after "?" is kept).
+func (p RequestPath) Query() (string, bool) {
+	if len(p.target) == p.pathLen {
+		return "", false
+	}
+	return p.target[p.pathLen+1:], true
+}
+
+// Changed reports whether Target differs from the received target, that
+// is whether a proxy must forward Target in place of it.
 func (p RequestPath) Changed() bool { return p.changed }
 
 // Mode is the normalization the path went through.

@@ -36,6 +36,9 @@ func compilePeer(d *Document, spec fieldPath, root string) (*compiledPeer, []str
 	if fe != nil {
 		return nil, nil, fe
 	}
+	if pa.PortLevelMtls != nil && len(pa.PortLevelMtls) == 0 {
+		return nil, nil, errAt(spec.key("portLevelMtls"), "%s", emptyRefused["istio.security.v1beta1.PeerAuthentication.port_level_mtls"])
+	}
 	if len(sel) == 0 && len(pa.GetPortLevelMtls()) > 0 {
 		return nil, nil, errAt(spec.key("portLevelMtls"), "mesh/namespace peer authentication cannot have port level mTLS: add a selector")
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/netip"
+	"time"
 
 	securityv1beta1 "istio.io/api/security/v1beta1"
 )
@@ -53,6 +54,12 @@ type Request struct {
 	// matching.
 	NormalizedPath RequestPath
 
+	// Time is when the request arrived: Rego providers see it as
+	// input.time and as time.now_ns(). The zero value leaves input.time
+	// out (a policy that reads it is undefined and denies). Callers set
+	// it; Decide never reads a clock.
+	Time time.Time
+
 	// Auth is the verified end-user identity from RequestAuthentication,
 	// nil when the request carries no token. Evaluate fills it in from its
 	// JWTVerifier; callers of Decide set it themselves.
@@ -86,6 +93,9 @@ type Destination struct {
 	Labels    map[string]string
 	IP        netip.Addr
 	Port      int
+	// Principal is the workload's own SPIFFE ID without the scheme, ""
+	// when unknown. Only Rego providers read it (input.destination).
+	Principal string
 }
 
 // Auth is a validated request JWT, in the shape Istio's request.auth.*
@@ -164,6 +174,18 @@ type Decision struct {
 	// annotated istio.io/dry-run been enforced. It is never enforced: log
 	// it next to the real decision.
 	DryRun DryRun
+
+	// Headers are request headers the CUSTOM providers that allowed the
+	// request asked for (a Rego result's "headers"): set them on the
+	// request before forwarding it. Nil when there are none.
+	Headers map[string]string
+	// Status is the HTTP status a denying CUSTOM provider asked for
+	// (400-599); 0 means the default, 403.
+	Status int
+	// Custom lists every CUSTOM provider asked, in order, with its result
+	// and a digest of its input, for decision logs and metrics. Nil when
+	// no CUSTOM policy matched.
+	Custom []CustomEval
 }
 
 // DryRun is the what-if of istio.io/dry-run policies: the whole decision

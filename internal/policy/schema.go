@@ -141,11 +141,74 @@ func checkSchema(p fieldPath, v any, md protoreflect.MessageDescriptor) *fieldEr
 			}
 			return unknownField(p.key(k), k, known)
 		}
+		if fe := checkEmpty(p.key(k), obj, k, fd); fe != nil {
+			return fe
+		}
 		if fe := checkField(p.key(k), obj[k], fd); fe != nil {
 			return fe
 		}
 	}
 	return nil
+}
+
+// Where an explicitly empty list or mapping (or a null: a template that
+// rendered nothing) would read as an absent field and so widen what a
+// policy matches, the loader refuses it: protojson cannot tell "[]" from
+// absent, so this is checked on the JSON. In Istio's words where Istio's
+// validation refuses the same (ValidateAuthorizationPolicy,
+// ValidatePeerAuthentication); Moatless is stricter for `when`, a list of
+// a source, an operation or a condition beside another that is set,
+// `targetRefs` and a JWT rule's `audiences`. A source, operation or
+// condition whose lists are all empty is left to the compiler, which
+// refuses it with Istio's message ("`from.source` must not be empty").
+var (
+	emptyRefused = map[protoreflect.FullName]string{
+		"istio.security.v1beta1.Rule.from":                          "`from` must not be empty; leave it out to match any source, or list at least one",
+		"istio.security.v1beta1.Rule.to":                            "`to` must not be empty; leave it out to match any operation, or list at least one",
+		"istio.security.v1beta1.Rule.when":                          "`when` must not be empty; leave it out for a rule without conditions, or list at least one",
+		"istio.security.v1beta1.AuthorizationPolicy.targetRefs":     "`targetRefs` must not be empty; leave it out to bind the policy by its selector, or name at least one target",
+		"istio.security.v1beta1.RequestAuthentication.targetRefs":   "`targetRefs` must not be empty; leave it out to bind the policy by its selector, or name at least one target",
+		"istio.security.v1beta1.PeerAuthentication.port_level_mtls": "port level mTLS, if defined, must have at least one element",
+		"istio.security.v1beta1.JWTRule.audiences":                  "`audiences` must not be empty; leave it out to accept any audience, or list at least one",
+	}
+	// emptyBesideSibling are the messages whose lists are refused empty
+	// when another list of the same message is set.
+	emptyBesideSibling = map[protoreflect.FullName]bool{
+		"istio.security.v1beta1.Source":    true,
+		"istio.security.v1beta1.Operation": true,
+		"istio.security.v1beta1.Condition": true,
+	}
+)
+
+func checkEmpty(p fieldPath, obj map[string]any, key string, fd protoreflect.FieldDescriptor) *fieldError {
+	if !(fd.IsList() || fd.IsMap()) || !isEmptyJSON(obj[key]) {
+		return nil
+	}
+	if msg, ok := emptyRefused[fd.FullName()]; ok {
+		return errAt(p, "%s", msg)
+	}
+	if !fd.IsList() || !emptyBesideSibling[fd.ContainingMessage().FullName()] {
+		return nil
+	}
+	for k, v := range obj {
+		if l, ok := v.([]any); ok && k != key && len(l) > 0 {
+			return errAt(p, "`%s` must not be empty; leave it out, or list at least one value: an empty list would read as no constraint and widen the rule", key)
+		}
+	}
+	return nil
+}
+
+// isEmptyJSON reports null, an empty list and an empty mapping.
+func isEmptyJSON(v any) bool {
+	switch t := v.(type) {
+	case nil:
+		return true
+	case []any:
+		return len(t) == 0
+	case map[string]any:
+		return len(t) == 0
+	}
+	return false
 }
 
 // hiddenField reports fields Istio hides from its documentation; they are

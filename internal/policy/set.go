@@ -29,10 +29,16 @@ type Options struct {
 	// PathNormalization applies to paths and notPaths. Default
 	// NormalizeBase, Istio's default.
 	PathNormalization PathNormalization
-	// Custom evaluates CUSTOM policies. Nil denies every request that a
-	// CUSTOM policy matches (Istio denies when a provider is not
+	// Custom evaluates CUSTOM policies whose provider is not a
+	// RegoProvider document of the set. Nil denies every request that
+	// such a policy matches (Istio denies when a provider is not
 	// configured): CUSTOM never fails open.
 	Custom CustomFunc
+	// Rego is the compiled Rego modules and data (CompileRego) the set's
+	// RegoProvider documents prepare their queries against, once, in
+	// Compile. Nil: no modules, so every Rego query is undefined and
+	// denies.
+	Rego *Rego
 }
 
 // Set is one compiled version of the policies: immutable, safe for
@@ -51,6 +57,8 @@ type Set struct {
 	peer     peerIndex
 	reqAuthn reqAuthnIndex
 	jwtMemo  atomic.Pointer[jwtMemo] // the only mutable field: a cache
+
+	providers regoProviders // RegoProvider documents, by name
 }
 
 // authzIndex holds the AuthorizationPolicies of one namespace so that a
@@ -143,7 +151,7 @@ func Compile(docs []Document, opts Options) (*Set, error) {
 		fail := func(fe *fieldError) {
 			errs = append(errs, &ParseError{Source: d.Source, Document: d.Index, Line: d.Line, Object: d.describe(), Path: fe.path.String(), Msg: fe.msg})
 		}
-		if d.Spec == nil {
+		if d.Spec == nil && (d.Kind != KindRegoProvider || d.Provider == nil) {
 			fail(errAt(nil, "document has no spec"))
 			continue
 		}
@@ -184,6 +192,20 @@ func Compile(docs []Document, opts Options) (*Set, error) {
 			}
 			warnings = w
 			s.reqAuthn.add(c, s.root)
+		case KindRegoProvider:
+			rp, fe := compileRegoProvider(d, opts.Rego)
+			if fe != nil {
+				fail(fe)
+				continue
+			}
+			if prev, dup := s.providers[rp.name]; dup {
+				fail(errAt(fieldPath{}.key("metadata").key("name"), "RegoProvider %q is also defined by %s: provider names are mesh-wide", rp.name, prev.ref))
+				continue
+			}
+			if s.providers == nil {
+				s.providers = regoProviders{}
+			}
+			s.providers[rp.name] = rp
 		default:
 			fail(errAt(nil, "unsupported kind %q", d.Kind))
 			continue
@@ -225,6 +247,11 @@ func FromWire(ps *wire.PolicySet, opts Options) (*Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: version %d: %w", ps.Version, err)
 	}
+	if len(ps.Modules) > 0 || len(ps.Data) > 0 {
+		if opts.Rego, err = CompileRego(ps.Modules, ps.Data); err != nil {
+			return nil, fmt.Errorf("policy: version %d: %w", ps.Version, err)
+		}
+	}
 	s, err := Compile(docs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("policy: version %d: %w", ps.Version, err)
@@ -256,6 +283,23 @@ func (s *Set) PathNormalization() PathNormalization {
 
 // Documents are the documents the Set was compiled from. Read only.
 func (s *Set) Documents() []Document { return s.docs }
+
+// Rego is the compiled Rego modules and data the set was built with
+// (Options.Rego), nil without.
+func (s *Set) Rego() *Rego {
+	if s == nil {
+		return nil
+	}
+	return s.opts.Rego
+}
+
+// RegoProviders are the names of the set's RegoProvider documents, sorted.
+func (s *Set) RegoProviders() []string {
+	if s == nil {
+		return nil
+	}
+	return s.providers.sortedNames()
+}
 
 // Warnings are every document's warnings and the set's own (policies
 // that another one of the same scope shadows), "Kind ns/name: message",

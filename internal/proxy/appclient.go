@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -219,7 +220,8 @@ func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http
 // writeRequest writes the request head and body with one flush. Header
 // names and values are checked as net/http.Transport checks them: a value
 // a policy put in (a JWT claim) must not smuggle a second header or
-// request.
+// request. Headers go out sorted by name, as net/http writes them: an app
+// that folds two names into one sees the same winner every time.
 func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) error {
 	host := req.Host
 	if host == "" {
@@ -234,10 +236,16 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) error {
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
-	for k, vv := range req.Header {
-		if k == "Host" || k == "Content-Length" {
-			continue
+	var keyBuf [32]string
+	keys := keyBuf[:0]
+	for k := range req.Header {
+		if k != "Host" && k != "Content-Length" {
+			keys = append(keys, k)
 		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		vv := req.Header[k]
 		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Errorf("%w: name %q", errBadHeader, k)
 		}

@@ -19,31 +19,21 @@ import (
 // timeout fired would).
 func rawApp(t *testing.T, closeAfter int) (addr string, conns *atomic.Int64) {
 	t.Helper()
-	l := listen(t)
 	conns = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := l.Accept()
+	l := serveRaw(t, func(c net.Conn) {
+		conns.Add(1)
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for i := 0; i < closeAfter; i++ {
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for i := 0; i < closeAfter; i++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					b, _ := io.ReadAll(req.Body)
-					body := fmt.Sprintf("%s %s %d %s", req.Method, req.URL.Path, len(b), req.Header.Get("X-Test"))
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-				}
-			}()
+			b, _ := io.ReadAll(req.Body)
+			body := fmt.Sprintf("%s %s %d %s", req.Method, req.URL.Path, len(b), req.Header.Get("X-Test"))
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 		}
-	}()
-	t.Cleanup(func() { l.Close() })
+	})
 	return l.Addr().String(), conns
 }
 

@@ -2,10 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -14,11 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -215,34 +211,7 @@ spec:
 // newTestIssuer makes a fresh ES256 key: jwks publishes it (key ID "k1")
 // and token signs claims with it as a compact JWT.
 func newTestIssuer(t testing.TB) (jwks string, token func(claims map[string]any) string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(set), func(claims map[string]any) string {
-		b, err := json.Marshal(claims)
-		if err != nil {
-			t.Fatal(err)
-		}
-		obj, err := signer.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := obj.CompactSerialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	return policytest.Issuer(t)
 }
 
 // compileSet compiles policy documents with the default options.

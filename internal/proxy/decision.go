@@ -63,6 +63,29 @@ type DecisionEvent struct {
 	PolicyVersion uint64 `json:"policy_version"`
 	// AuditPolicy names the AUDIT policy that matched, if any.
 	AuditPolicy string `json:"audit_policy,omitempty"`
+	// Custom lists the CUSTOM providers asked (Rego queries), each with
+	// its result and the SHA-256 of its input document.
+	Custom []CustomDecision `json:"custom,omitempty"`
+}
+
+// CustomDecision is one CUSTOM provider's part in a decision.
+type CustomDecision struct {
+	Provider    string `json:"provider"`
+	Query       string `json:"query,omitempty"`
+	Result      string `json:"result"` // allow, deny, error, timeout
+	InputSHA256 string `json:"input_sha256,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+func customDecisions(cs []policy.CustomEval) []CustomDecision {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]CustomDecision, len(cs))
+	for i, c := range cs {
+		out[i] = CustomDecision{Provider: c.Provider, Query: c.Query, Result: c.Result, InputSHA256: c.InputSHA256, Error: c.Error}
+	}
+	return out
 }
 
 // AuditSink receives every deny, and every request an AUDIT policy
@@ -96,17 +119,33 @@ func (d *decisionLogger) sampled() bool {
 // and writes the event. fill is only called when the event is written, so
 // unsampled allows cost one counter increment.
 func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol string, reason Reason, fill func(*DecisionEvent)) {
+	d.recordCustom(ctx, outcome, pol, reason, nil, fill)
+}
+
+// recordCustom is record for a decision in which CUSTOM providers were
+// asked: each is counted by provider and result, and the decision is
+// logged whatever the allow sample rate, with the providers' queries,
+// results and input digests.
+func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcome, pol string, reason Reason, custom []policy.CustomEval, fill func(*DecisionEvent)) {
 	d.m.decision(outcome, pol, reason)
-	if outcome == policy.Allow && !d.sampled() {
+	for _, c := range custom {
+		d.m.custom.WithLabelValues(c.Provider, c.Result).Inc()
+		if c.Result == "error" || c.Result == "timeout" {
+			d.log.LogAttrs(ctx, slog.LevelError, "CUSTOM provider failed; the request is denied",
+				slog.String("provider", c.Provider), slog.String("query", c.Query),
+				slog.String("result", c.Result), slog.String("error", c.Error), slog.String("input_sha256", c.InputSHA256))
+		}
+	}
+	if outcome == policy.Allow && len(custom) == 0 && !d.sampled() {
 		return
 	}
-	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason}
+	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom)}
 	fill(&ev)
 	level := slog.LevelInfo
 	if outcome != policy.Allow {
 		level = slog.LevelWarn
 	}
-	d.log.LogAttrs(ctx, level, "decision",
+	attrs := []slog.Attr{
 		slog.String("listener", ev.Listener),
 		slog.String("source", ev.Source),
 		slog.String("source_ip", ev.SourceIP),
@@ -121,7 +160,11 @@ func (d *decisionLogger) record(ctx context.Context, outcome policy.Outcome, pol
 		slog.String("reason", ev.Reason),
 		slog.String("reason_code", string(ev.ReasonCode)),
 		slog.Uint64("policy_version", ev.PolicyVersion),
-	)
+	}
+	if len(ev.Custom) > 0 {
+		attrs = append(attrs, slog.Any("custom", ev.Custom))
+	}
+	d.log.LogAttrs(ctx, level, "decision", attrs...)
 	if outcome != policy.Allow && d.audit != nil {
 		d.audit.Record(ctx, ev)
 	}
@@ -160,6 +203,7 @@ type metrics struct {
 	refused           *prometheus.CounterVec
 	policyVersion     prometheus.Gauge
 	reloadFailures    *prometheus.CounterVec
+	custom            *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -200,6 +244,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "moatless_sidecar_reload_failures_total",
 			Help: "Failed reloads of identity, policy or revocation files; the previous ones stay in force.",
 		}, []string{"what"}),
+		custom: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_sidecar_custom_decisions_total",
+			Help: "CUSTOM provider (Rego) evaluations by provider and result: allow, deny, error or timeout (the last two deny).",
+		}, []string{"provider", "result"}),
 	}
 	return m.register(reg)
 }
@@ -220,7 +268,7 @@ func (m *metrics) registerSVIDExpiry(reg prometheus.Registerer, t *tlsIdentity) 
 }
 
 func (m *metrics) register(reg prometheus.Registerer) (*metrics, error) {
-	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.refused, m.revokedClosed, m.policyVersion, m.reloadFailures} {
+	for _, c := range []prometheus.Collector{m.decisions, m.handshakeFailures, m.connections, m.active, m.upstreamErrors, m.refused, m.revokedClosed, m.policyVersion, m.reloadFailures, m.custom} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ type PolicyTarget interface {
 	SetAuthorizerContext(ctx context.Context, version uint64, a Authorizer)
 	SetRevocations(r *wire.Revocations) int
 	ReloadFailed(what string)
+	PolicyVersion() uint64
 }
 
 var _ PolicyTarget = (*Sidecar)(nil)
@@ -138,8 +140,7 @@ type ForwarderConfig struct {
 	OnError func(w http.ResponseWriter, r *http.Request, err error)
 }
 
-// Forwarder is the sidecar's forwarding hop: hop-by-hop headers (and the
-// ones Connection nominates) dropped, bodies streamed through pooled
+// Forwarder is the sidecar's forwarding hop: bodies streamed through pooled
 // buffers, trailers, gRPC and WebSocket upgrades carried, a failed
 // response body turned into a reset rather than a clean truncation.
 type Forwarder struct{ f *forwarder }
@@ -170,19 +171,63 @@ func NewForwarder(c ForwarderConfig) (*Forwarder, error) {
 }
 
 // Forward sends r on and streams the answer to w. r's hop-by-hop headers
-// are removed (an Upgrade nominated by Connection is carried). onHijack,
-// when non-nil, is called with the client connection once an upgrade has
-// taken it over, and its result when the upgraded stream ends.
-func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, onHijack func(net.Conn) func()) {
-	f.f.forward(w, r, onHijack)
+// must have been removed with RemoveHopHeaders first, which returned
+// upgrade ("" for none). onHijack, when non-nil, is called with the
+// client connection once an upgrade has taken it over, and its result
+// when the upgraded stream ends.
+func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
+	f.f.forward(w, r, upgrade, onHijack)
 }
 
 // RemoveHopHeaders removes the hop-by-hop headers of RFC 9110 section
-// 7.6.1 and those Connection nominates from h, and returns the Upgrade
-// protocol a Connection: upgrade asked for ("" for none). A part that
-// adds headers of its own before Forward calls it first, so a
-// nomination can only remove what the client sent.
-func RemoveHopHeaders(h http.Header) (upgrade string) { return removeHopHeaders(h) }
+// 7.6.1 from h, as the sidecar does, and returns the protocol of an
+// Upgrade the request asks for when allowed names it (see CheckUpgrades;
+// h then says exactly "Connection: Upgrade" and the protocol). Fields
+// Connection nominates are not removed. A part that adds headers of its
+// own calls it first, on the request as received.
+func RemoveHopHeaders(h http.Header, allowed []string) (upgrade string) {
+	return removeHopHeaders(h, allowed)
+}
+
+// HeaderFilter removes the request headers a caller may not send: the
+// sidecar's own filter (see headers.go) for another part of the data
+// plane. Safe for concurrent use.
+type HeaderFilter struct{ f *headerFilter }
+
+// NewEdgeHeaderFilter is the filter of the edge, for a RequestAuthentication
+// that writes output headers and reads tokens from tokenHeaders: what the
+// sidecar drops (x-forwarded-client-cert, x-moatless-*, method and path
+// overrides, the output headers, under every spelling) and, since nothing
+// in front of the edge is trusted, the forwarding family (X-Forwarded-*,
+// Forwarded, X-Real-IP and kin), X-Request-Id, x-envoy-* and x-istio-*,
+// and every name holding "_".
+func NewEdgeHeaderFilter(output, tokenHeaders []string) *HeaderFilter {
+	return &HeaderFilter{f: buildHeaderFilter(output, tokenHeaders, true)}
+}
+
+// Strip deletes the refused headers from h in place.
+func (f *HeaderFilter) Strip(h http.Header) { f.f.strip(h) }
+
+// GuardTrailers applies the filter to r's trailer fields, declared and
+// undeclared, as the sidecar does.
+func (f *HeaderFilter) GuardTrailers(r *http.Request) { f.f.guardTrailers(r) }
+
+// StripMethodOverride removes _method query parameters (Symfony, Laravel,
+// Express's method-override) from np, returning np re-normalized and
+// whether it removed any.
+func StripMethodOverride(np policy.RequestPath) (policy.RequestPath, bool) {
+	return stripMethodOverride(np)
+}
+
+// SetTarget makes u's request target exactly np.Target(), the path and
+// query policy decided on, as the sidecar forwards it.
+func SetTarget(u *url.URL, np policy.RequestPath) { setTarget(u, np) }
+
+// RemoveQueryParams returns q (a raw query) without the parameters whose
+// decoded name drop accepts (see removeQueryParams), and whether any went.
+func RemoveQueryParams(q string, drop func(name string) bool) (string, bool) {
+	return removeQueryParams(q, drop)
+}
 
 // ConnListener hands connections accepted and handshaken elsewhere to an
 // http.Server (which sees a *tls.Conn and so negotiates HTTP/2 by ALPN).
@@ -209,22 +254,4 @@ func (a *AcceptBackoff) Reset() { a.b.reset() }
 // ApplyAuth makes the header and query edits RequestAuthentication asked
 // for on an allowed request (output headers set, the token removed unless
 // forwardOriginalToken), as the sidecar does before forwarding.
-func ApplyAuth(r *http.Request, auth *policy.Auth) {
-	if auth == nil {
-		return
-	}
-	h := r.Header
-	for _, k := range auth.RemoveHeaders {
-		h.Del(k)
-	}
-	for k, v := range auth.SetHeaders {
-		h.Set(k, v)
-	}
-	if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
-		q := r.URL.Query()
-		for _, p := range auth.RemoveQueryParams {
-			q.Del(p)
-		}
-		r.URL.RawQuery = q.Encode()
-	}
-}
+func ApplyAuth(r *http.Request, auth *policy.Auth) { applyAuth(r, auth) }

@@ -42,8 +42,10 @@ type FileWatcher struct {
 	Sidecar PolicyTarget
 	// Identity, when set, is reloaded.
 	Identity *FileSource
-	// PolicyFiles are files or directories (their *.yaml, *.yml and *.json
-	// files, not recursive) of Istio security documents.
+	// PolicyFiles are files or directories (not recursive) of Istio
+	// security documents and RegoProviders (*.yaml, *.yml, *.json), Rego
+	// modules (*.rego) and data (data.json, data.yaml): see
+	// policy.PolicyFileKind.
 	PolicyFiles []string
 	// PolicyOptions are passed to policy.Compile.
 	PolicyOptions policy.Options
@@ -156,8 +158,7 @@ func policyPaths(entries []string) ([]string, error) {
 			return nil, fmt.Errorf("proxy: policy files: %w", err)
 		}
 		for _, de := range des {
-			ext := strings.ToLower(filepath.Ext(de.Name()))
-			if de.Type().IsRegular() && (ext == ".yaml" || ext == ".yml" || ext == ".json") && !strings.HasPrefix(de.Name(), ".") {
+			if _, ok := policy.PolicyFileKind(de.Name()); ok && de.Type().IsRegular() && !strings.HasPrefix(de.Name(), ".") {
 				out = append(out, filepath.Join(p, de.Name()))
 			}
 		}
@@ -192,15 +193,14 @@ func (w *FileWatcher) reloadPolicy(ctx context.Context) (bool, error) {
 		w.pendingPolicy = sum // changed since the last check: wait for it to settle
 		return false, nil
 	}
-	var docs []policy.Document
+	var b policy.Bundle
 	for i, p := range paths {
-		d, err := policy.ParseSource(p, bytes.NewReader(contents[i]))
-		if err != nil {
+		if err := b.Add(p, contents[i]); err != nil {
 			return false, fmt.Errorf("proxy: %w", err)
 		}
-		docs = append(docs, d...)
 	}
-	set, err := policy.Compile(docs, w.PolicyOptions)
+	docs := b.Docs
+	set, err := b.Compile(w.PolicyOptions)
 	if err != nil {
 		return false, fmt.Errorf("proxy: compile policies: %w", err)
 	}
@@ -210,7 +210,7 @@ func (w *FileWatcher) reloadPolicy(ctx context.Context) (bool, error) {
 	w.policySum = sum
 	w.policyVer++
 	w.Sidecar.SetAuthorizerContext(ctx, w.policyVer, set)
-	w.Logger.Info("policies loaded", "version", w.policyVer, "files", len(paths), "documents", len(docs))
+	w.Logger.Info("policies loaded", "version", w.policyVer, "files", len(paths), "documents", len(docs), "rego_modules", len(b.Modules), "data_documents", len(b.Data))
 	return true, nil
 }
 

@@ -10,39 +10,57 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // bufPool holds the copy buffers of every body and byte stream, so steady
 // traffic allocates none.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// hopHeaders are dropped between hops (RFC 9110 section 7.6.1), plus the
-// names the Connection header lists. "Te: trailers" is kept: gRPC needs it.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-// removeHopHeaders strips hop-by-hop headers from h in place and returns
-// the Upgrade protocol when the message asks for one (WebSocket), which the
-// caller puts back on the next hop.
-func removeHopHeaders(h http.Header) (upgrade string) {
-	if c := h["Connection"]; len(c) > 0 {
-		for _, v := range c {
-			for f := range strings.SplitSeq(v, ",") {
-				f = strings.TrimSpace(f)
-				if strings.EqualFold(f, "upgrade") {
-					upgrade = h.Get("Upgrade")
-				}
-				if f != "" {
-					h.Del(f)
-				}
-			}
+// removeHopHeaders strips the hop-by-hop fields from h in place and
+// returns the protocol of the Upgrade the message asks for, when it is one
+// of allowed (compared case-insensitively by name, a "/version" aside:
+// WebSocket); h then says exactly "Connection: Upgrade" and "Upgrade:
+// <protocol>", as the next hop is asked, so policy sees what is
+// forwarded. Any other upgrade (h2c, which would turn the connection into
+// an HTTP/2 tunnel whose requests policy never sees) is stripped with its
+// HTTP2-Settings, and the request goes on as a plain one. It runs on a
+// message as received, before the sidecar adds anything.
+//
+// Fields that Connection names are not removed unless they are hop-by-hop
+// anyway: they were sent by the peer, policy sees them, and they reach
+// the next hop like any other field it sent. Honouring the nominations
+// would let a caller delete fields that a proxy in front of the sidecar
+// added (X-Forwarded-For, an identity header), and, were they removed
+// after the sidecar adds its own, the sidecar's x-forwarded-client-cert
+// and token claims. Envoy does not honour them either.
+//
+// The hop-by-hop fields are those of RFC 9110 section 7.6.1 plus
+// HTTP2-Settings (RFC 7540 section 3.2.1, connection-specific); "Te:
+// trailers" is kept: gRPC needs it. One pass over the message's own fields
+// finds them (a request has a handful), rather than a lookup per name.
+func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
+	var conn, up, te []string
+	for k, v := range h {
+		switch k {
+		case "Connection":
+			conn = v
+		case "Upgrade":
+			up = v
+		case "Te":
+			te = v
+		case "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+			"Trailer", "Transfer-Encoding", "Http2-Settings":
+		default:
+			continue
 		}
-	}
-	te := h["Te"]
-	for _, k := range hopHeaders {
 		delete(h, k)
+	}
+	if len(allowed) > 0 && httpguts.HeaderValuesContainsToken(conn, "upgrade") {
+		upgrade = pickUpgrade(up, allowed)
 	}
 	for _, v := range te {
 		if strings.EqualFold(strings.TrimSpace(v), "trailers") {
@@ -50,7 +68,68 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 			break
 		}
 	}
+	if upgrade != "" {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = []string{upgrade}
+	}
 	return upgrade
+}
+
+// pickUpgrade is the first protocol of an Upgrade field (RFC 9110 section
+// 7.8: a list in order of preference) that allowed names.
+func pickUpgrade(values, allowed []string) string {
+	for _, v := range values {
+		for p := range strings.SplitSeq(v, ",") {
+			p = strings.TrimSpace(p)
+			name, _, _ := strings.Cut(p, "/")
+			for _, a := range allowed {
+				if strings.EqualFold(name, a) {
+					return p
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// switchedTo reports whether a 101 answer switches to the protocol asked
+// for: an app answering 101 to a request that asked for no upgrade, or
+// switching to another protocol, gets no tunnel.
+func switchedTo(resp *http.Response, upgrade string) bool {
+	if upgrade == "" || !httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "upgrade") {
+		return false
+	}
+	want, _, _ := strings.Cut(upgrade, "/")
+	got, _, _ := strings.Cut(strings.TrimSpace(resp.Header.Get("Upgrade")), "/")
+	return strings.EqualFold(got, want)
+}
+
+// setTarget makes u's request target (URL.RequestURI, which net/http's
+// HTTP/1.1 and HTTP/2 clients both write) exactly np.Target(): the path
+// policy decided on, then the query. np's path is validly escaped, so
+// RawPath is used as given (TestSetTargetRoundTrip checks it).
+func setTarget(u *url.URL, np policy.RequestPath) {
+	p := np.Path()
+	u.Opaque = ""
+	u.Path, _ = url.PathUnescape(p)
+	u.RawPath = p
+	q, ok := np.Query()
+	u.RawQuery, u.ForceQuery = q, ok && q == ""
+}
+
+// badRequest answers 400 to a request refused before any decision.
+func badRequest(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusBadRequest)
+	io.WriteString(w, "Bad Request")
+}
+
+// refuseConnect answers a CONNECT request: an HTTP listener opens no
+// tunnels (405, as the method is known but not allowed here).
+func refuseConnect(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusMethodNotAllowed)
+	io.WriteString(w, "CONNECT is not allowed")
 }
 
 // forwarder sends a request on to one fixed destination and streams the
@@ -58,26 +137,24 @@ func removeHopHeaders(h http.Header) (upgrade string) {
 // needs: the incoming request is reused rather than cloned, bodies are
 // copied through pooled buffers, trailers and upgrades are carried.
 type forwarder struct {
-	rt      http.RoundTripper
-	scheme  string // "http" to the app, "https" to an upstream sidecar
-	host    string // URL host; the dialer ignores it where the address is fixed
-	name    string
-	s       *Sidecar
-	errBody func(err error) string
+	rt       http.RoundTripper
+	upgrades []string // protocols requests may switch to (removeHopHeaders)
+	scheme   string   // "http" to the app, "https" to an upstream sidecar
+	host     string   // URL host; the dialer ignores it where the address is fixed
+	name     string
+	s        *Sidecar
+	errBody  func(err error) string
 	// onError, when set, answers a request that could not be forwarded
 	// instead of the default 503 (the gateway's 502 with its own body).
 	onError func(w http.ResponseWriter, r *http.Request, err error)
 }
 
-// forward sends r to the destination. onHijack, when non-nil, is called
-// with the client connection once a protocol upgrade has taken it over, and
-// its return is called when the upgraded stream ends.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, onHijack func(net.Conn) func()) {
-	upgrade := removeHopHeaders(r.Header)
-	if upgrade != "" {
-		r.Header["Connection"] = []string{"Upgrade"}
-		r.Header["Upgrade"] = []string{upgrade}
-	}
+// forward sends r, whose hop-by-hop fields the caller removed with
+// removeHopHeaders, to the destination; upgrade is the protocol
+// removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
+// with the client connection once a protocol upgrade has taken it over,
+// and its return is called when the upgraded stream ends.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""
@@ -118,12 +195,18 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, onHijack fun
 		return
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if !switchedTo(resp, upgrade) {
+			resp.Body.Close()
+			f.s.log.Warn("protocol switch refused", "listener", f.name, "asked", upgrade, "answered", resp.Header.Get("Upgrade"))
+			http.Error(w, "upstream switched protocols unasked", http.StatusBadGateway)
+			return
+		}
 		f.upgrade(w, r, resp, onHijack)
 		return
 	}
 	defer resp.Body.Close()
 
-	removeHopHeaders(resp.Header)
+	removeHopHeaders(resp.Header, nil)
 	dst := w.Header()
 	for k, vv := range resp.Header {
 		dst[k] = vv

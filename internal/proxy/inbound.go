@@ -12,8 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,7 +64,10 @@ type connInfo struct {
 	dstIP      netip.Addr
 	sni        string
 	xfcc       []string // the header value, shared by every request
-	entry      *tracked
+	// own is this sidecar's SPIFFE ID without the scheme at the
+	// handshake: the destination's principal for Rego providers.
+	own   string
+	entry *tracked
 }
 
 type connInfoKey struct{}
@@ -85,6 +88,9 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	}
 	if ib.port == 0 {
 		ib.port = portOf(c.App)
+	}
+	if err := CheckUpgrades(c.Upgrades); err != nil {
+		return nil, err
 	}
 	ib.name = c.Name
 	if ib.name == "" {
@@ -119,7 +125,7 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	if c.Protocol == HTTP {
 		rt = &appClient{dial: ib.dialApp, fallback: tr, maxIdle: s.cfg.MaxIdleConnsPerApp, idleTimeout: 30 * time.Second, now: time.Now}
 	}
-	ib.fwd = &forwarder{rt: rt, scheme: "http", host: host, name: ib.name, s: s}
+	ib.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "http", host: host, name: ib.name, s: s}
 	ib.hl = newChanListener()
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
@@ -288,6 +294,7 @@ func (ib *inbound) handle(c net.Conn) {
 		info.certSHA256 = policy.CertThumbprint(leaf)
 		info.sni = cs.ServerName
 		if own, err := s.tls.ownID(); err == nil {
+			info.own = strings.TrimPrefix(own.String(), "spiffe://")
 			sum := sha256.Sum256(leaf.Raw)
 			info.xfcc = []string{"By=" + own.String() + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + info.peer}
 		}
@@ -379,7 +386,9 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 		RemoteIP:    info.srcIP,
 		Destination: ib.destination(info.dstIP),
 		SNI:         info.sni,
+		Time:        s.cfg.Now(),
 	}
+	req.Destination.Principal = info.own
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if authz != nil {
 		dec = authz.Evaluate(&req, s.verifier())
@@ -416,9 +425,31 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		ev.Reason = dec.Reason
 		ev.PolicyVersion = version
 	}
-	ib.s.dec.record(ctx, dec.Outcome, dec.Policy, reason, fill)
+	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)
 	if dec.Audit {
 		ib.s.dec.audited(ctx, dec, fill)
+	}
+}
+
+// applyAuth makes the header and query edits RequestAuthentication asked
+// for on an allowed request: output headers set, the token removed unless
+// forwardOriginalToken.
+func applyAuth(r *http.Request, auth *policy.Auth) {
+	if auth == nil {
+		return
+	}
+	h := r.Header
+	for _, k := range auth.RemoveHeaders {
+		h.Del(k)
+	}
+	for k, v := range auth.SetHeaders {
+		h.Set(k, v)
+	}
+	if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
+		// The token's parameter goes; the rest stays as sent.
+		r.URL.RawQuery, _ = removeQueryParams(r.URL.RawQuery, func(name string) bool {
+			return slices.Contains(auth.RemoveQueryParams, name)
+		})
 	}
 }
 
@@ -437,24 +468,43 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// normalization and decision.
 	st := s.policy.Load()
 	authz, version := st.authz, st.version
-	h := r.Header
-	delete(h, xfccHeader)
-	// Headers RequestAuthentication writes for the app are the sidecar's
-	// alone: a caller's copy is dropped whether or not it sends a token.
-	for _, k := range st.strip[ib.name] {
-		delete(h, k)
+	if r.Method == http.MethodConnect {
+		// A tunnel: its bytes would pass no policy.
+		refuseConnect(w)
+		return
 	}
+	h := r.Header
+	// Hop-by-hop fields go first, from the request as received: nothing
+	// the sidecar adds below can be named away by the caller's Connection,
+	// and only an upgrade this listener carries survives.
+	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
+	// Headers the sidecar writes for the app are its alone: a caller's
+	// copy, under any spelling the app could fold into the same name, is
+	// dropped whether or not it sends a token, from the header and from
+	// the trailer.
+	hf := st.headers[ib.name]
+	if hf == nil {
+		hf = baseHeaderFilter
+	}
+	hf.strip(h)
+	hf.guardTrailers(r)
 
-	// The app is served the path policy matched: normalized once, as the
-	// policy set says (Istio's meshConfig.pathNormalization), for the
-	// engine to match (NormalizedPath) and the app to be served; a path
-	// Istio refuses outright is a 400, not a policy decision.
+	// The app is served the target policy decided on: one call normalizes
+	// it as the policy set says (Istio's meshConfig.pathNormalization)
+	// and gives both the path the engine matches (NormalizedPath) and the
+	// target forwarded, so the two cannot differ. A target refused
+	// outright (a fragment, NUL, malformed escape) is a 400, not a policy
+	// decision.
 	np, perr := policy.NormalizeRequestPath(r.RequestURI, st.mode)
 	if perr != nil || r.URL.Opaque != "" {
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusBadRequest)
-		io.WriteString(w, "Bad Request")
+		badRequest(w)
 		return
+	}
+	// Policy decides on r.Method: a _method override in the query is
+	// dropped before it does (override headers went with the filter).
+	np, overridden := stripMethodOverride(np)
+	if np.Changed() || overridden {
+		setTarget(r.URL, np)
 	}
 	req := reqPool.Get().(*policy.Request)
 	*req = policy.Request{
@@ -463,12 +513,14 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		RemoteIP:       info.srcIP,
 		Destination:    ib.destination(info.dstIP),
 		SNI:            info.sni,
+		Time:           s.cfg.Now(),
 		Method:         r.Method,
 		Host:           r.Host,
-		Path:           r.RequestURI,
+		Path:           np.Target(),
 		NormalizedPath: np,
 		Headers:        h,
 	}
+	req.Destination.Principal = info.own
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if authz != nil {
 		dec = authz.Evaluate(req, s.verifier())
@@ -491,26 +543,18 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.DenyNamesPolicy && dec.Policy != "" {
 			body += " by " + dec.Policy
 		}
+		status := http.StatusForbidden
+		if dec.Status != 0 { // a CUSTOM provider's choice, 400-599
+			status = dec.Status
+		}
 		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusForbidden)
+		w.WriteHeader(status)
 		io.WriteString(w, body)
 		return
 	}
 
 	if auth != nil {
-		for _, k := range auth.RemoveHeaders {
-			h.Del(k)
-		}
-		for k, v := range auth.SetHeaders {
-			h.Set(k, v)
-		}
-		if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
-			q := r.URL.Query()
-			for _, p := range auth.RemoveQueryParams {
-				q.Del(p)
-			}
-			r.URL.RawQuery = q.Encode()
-		}
+		applyAuth(r, auth)
 		// A request authenticated with a token is cut off when that
 		// token's jti is revoked, however long it streams.
 		if jti, _ := auth.Claims["jti"].(string); jti != "" {
@@ -524,15 +568,15 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(ctx)
 		}
 	}
-	if np.Changed() {
-		if p, err := url.PathUnescape(np.Path()); err == nil {
-			r.URL.Path, r.URL.RawPath = p, np.Path()
-		}
+	// Headers an allowing CUSTOM provider asked for replace the caller's
+	// (the policy package refused framing and identity headers).
+	for k, v := range dec.Headers {
+		h[k] = []string{v}
 	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
 	}
-	ib.fwd.forward(w, r, func(c net.Conn) func() {
+	ib.fwd.forward(w, r, upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the
 		// connection; keep it registered for revocation until it ends.
 		return func() { ib.connDone(c) }

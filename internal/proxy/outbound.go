@@ -9,9 +9,13 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // outbound is one loopback listener the app calls in plaintext; requests
@@ -21,6 +25,8 @@ type outbound struct {
 	cfg  Outbound
 	name string
 	ln   net.Listener
+	// socketPath is the path of a "unix:" Listen address.
+	socketPath string
 
 	tlsConf *tls.Config // TCP: dialed per connection
 	tr      *http.Transport
@@ -47,13 +53,30 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	if c.Listener == nil && c.Listen == "" {
 		return nil, errors.New("proxy: config: outbound needs a listen address")
 	}
+	if err := CheckUpgrades(c.Upgrades); err != nil {
+		return nil, err
+	}
 	ob := &outbound{s: s, cfg: c, name: c.Name}
-	if ob.name == "" {
-		addr := c.Listen
-		if c.Listener != nil {
-			addr = c.Listener.Addr().String()
+	if c.Listener == nil && strings.HasPrefix(c.Listen, unixListenPrefix) {
+		p, err := unixSocketPath(c.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: config: outbound listen: %w", err)
 		}
-		ob.name = fmt.Sprintf("outbound-%d", portOf(addr))
+		ob.socketPath = p
+	}
+	if ob.name == "" {
+		switch {
+		case ob.socketPath != "":
+			ob.name = "outbound-" + filepath.Base(ob.socketPath)
+		case c.Listener != nil && c.Listener.Addr().Network() == "unix":
+			ob.name = "outbound-" + filepath.Base(c.Listener.Addr().String())
+		default:
+			addr := c.Listen
+			if c.Listener != nil {
+				addr = c.Listener.Addr().String()
+			}
+			ob.name = fmt.Sprintf("outbound-%d", portOf(addr))
+		}
 	}
 	if c.Protocol == TCP {
 		ob.tlsConf = s.tls.clientConfig(c.ID, c.ServerName, nil)
@@ -61,7 +84,7 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	}
 	rt, tr := s.tls.upstreamClient(c.ID, c.ServerName, c.Upstream, c.HTTP1, s.cfg.HandshakeTimeout)
 	ob.tr = tr
-	ob.fwd = &forwarder{rt: rt, scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
+	ob.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
@@ -102,9 +125,13 @@ func (ob *outbound) errBody(err error) string {
 	return msg
 }
 
+// serve accepts until the listener closes. Every connection meets the
+// local caller check before a byte of it is read: for HTTP in the
+// listener's Accept, for TCP in the connection's goroutine, after the
+// accept loop has counted a successful accept.
 func (ob *outbound) serve() error {
 	if ob.httpSrv != nil {
-		err := ob.httpSrv.Serve(ob.ln)
+		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
@@ -128,6 +155,10 @@ func (ob *outbound) serve() error {
 		}
 		go func() {
 			defer ob.streams.done()
+			if !ob.s.callers.admit(c, ob.name) {
+				c.Close()
+				return
+			}
 			ob.serveTCP(c)
 		}()
 	}
@@ -175,7 +206,54 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
 		return
 	}
-	ob.fwd.forward(w, r, nil)
+	if r.Method == http.MethodConnect {
+		refuseConnect(w) // the upstream would refuse it too
+		return
+	}
+	// The upstream's policy decides on the target this sidecar forwards:
+	// it is normalized here as the inbound side normalizes it, by the same
+	// function, so nothing this hop re-encodes can change what is
+	// decided; a target the inbound side would refuse is refused here.
+	target, ok := originForm(r)
+	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
+	if !ok || err != nil {
+		badRequest(w)
+		return
+	}
+	if np.Changed() || target != r.RequestURI {
+		setTarget(r.URL, np)
+	}
+	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+}
+
+// originForm is r's request target in origin form ("/path?query"). An app
+// using the listener as an HTTP proxy sends the absolute form
+// ("http://orders/path"), whose scheme and authority are dropped: the
+// upstream is fixed. ok is false for a target with a fragment, anywhere,
+// and for the authority and asterisk forms.
+func originForm(r *http.Request) (string, bool) {
+	t := r.RequestURI
+	if strings.IndexByte(t, '#') >= 0 || r.URL.Opaque != "" {
+		return "", false
+	}
+	if t == "" || t[0] == '/' {
+		return t, true
+	}
+	if r.URL.Scheme == "" || r.URL.Host == "" {
+		return "", false
+	}
+	_, rest, ok := strings.Cut(t, "://")
+	if !ok {
+		return "", false
+	}
+	switch i := strings.IndexAny(rest, "/?"); {
+	case i < 0:
+		return "/", true
+	case rest[i] == '?':
+		return "/" + rest[i:], true
+	default:
+		return rest[i:], true
+	}
 }
 
 // serveTCP pipes one plaintext connection from the app to the upstream.

@@ -171,22 +171,11 @@ func TestWebSocketThroughPair(t *testing.T) {
 }
 
 func TestRawTCPThroughPairWithL4Policy(t *testing.T) {
-	l := listen(t)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				line, _ := br.ReadString('\n')
-				fmt.Fprintf(c, "echo %s", line)
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close() })
+	l := serveRaw(t, func(c net.Conn) {
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "echo %s", line)
+	})
 	var sawProtocol policy.Protocol = 99
 	authz := &fakeAuthz{mode: policy.ModeStrict, evaluate: func(req *policy.Request) policy.Decision {
 		sawProtocol = req.Protocol

@@ -8,10 +8,12 @@
 // DISABLE takes plaintext only), authenticates request JWTs
 // (RequestAuthentication), authorizes the request (AuthorizationPolicy) and
 // forwards it to the local app with the verified caller in
-// x-forwarded-client-cert. Outbound, it listens on loopback for the app's
-// plaintext calls and forwards each over mutual TLS to an upstream sidecar
-// whose SPIFFE ID it verifies, over pooled HTTP/2 connections with TLS
-// session resumption.
+// x-forwarded-client-cert. Outbound, it listens on loopback (or a unix
+// socket) for the app's plaintext calls, admits only the local users
+// configured (by default the uid it runs as; see LocalCallers), and
+// forwards each call over mutual TLS to an upstream sidecar whose SPIFFE
+// ID it verifies, over pooled HTTP/2 connections with TLS session
+// resumption.
 //
 // HTTP/1.1, HTTP/2 (h2c from the app), gRPC (trailers included), WebSocket
 // upgrades and raw TCP (L4 policy only) are carried. New SVIDs, bundles and
@@ -28,9 +30,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -110,16 +112,59 @@ type Inbound struct {
 	// Port is the destination port policies see (Istio's workload port,
 	// for portLevelMtls and destination.port); default: App's port.
 	Port int
+	// Upgrades lists the protocols a request may switch to (HTTP/1.1
+	// Upgrade); nil means DefaultUpgrades, an empty list none. See
+	// CheckUpgrades.
+	Upgrades []string
+}
+
+// DefaultUpgrades are the protocol upgrades an HTTP listener forwards when
+// its config names none: WebSocket, as Istio enables it by default.
+var DefaultUpgrades = []string{"websocket"}
+
+// CheckUpgrades refuses upgrade protocols a listener cannot carry safely.
+// Only "websocket" is accepted (case-insensitive). An upgraded connection
+// is a byte stream that per-request policy never sees again: h2c would
+// carry any number of HTTP/2 requests past it, and anything else is
+// unknown.
+func CheckUpgrades(protos []string) error {
+	for _, p := range protos {
+		if !strings.EqualFold(p, "websocket") {
+			return fmt.Errorf("proxy: config: upgrade %q: only websocket can be forwarded (an upgraded connection carries requests policy never sees)", p)
+		}
+	}
+	return nil
+}
+
+// upgradesOf is the upgrade list in force for a configured one.
+func upgradesOf(protos []string) []string {
+	if protos == nil {
+		return DefaultUpgrades
+	}
+	return protos
 }
 
 // Outbound is one loopback listener the app calls in plaintext.
 type Outbound struct {
-	// Name labels metrics and logs; default "outbound-<listen port>".
+	// Name labels metrics and logs; default "outbound-<listen port>", or
+	// "outbound-<file name>" for a unix socket.
 	Name string
 	// Listen must be a loopback address: plaintext never leaves the host.
-	// Ignored when Listener is set.
+	// "unix:/abs/path" listens on a unix socket instead (Linux only),
+	// whose file mode keeps other users from connecting at all. Either
+	// way, Config.OutboundCallers decides who may connect. Ignored when
+	// Listener is set; a given Listener is checked the same way.
 	Listen   string
 	Listener net.Listener
+	// SocketMode is the permission bits of a unix socket listener's file;
+	// default 0600 when only the sidecar's own uid may connect
+	// (OutboundCallers' zero value), 0660 with a SocketGID, 0666
+	// otherwise (the peer credential check still refuses uids and gids
+	// not admitted).
+	SocketMode fs.FileMode
+	// SocketGID, when set, is the group of a unix socket listener's file
+	// (the sidecar must be a member, or root).
+	SocketGID *uint32
 	// Upstream is the upstream sidecar's inbound address, "host:port".
 	Upstream string
 	// ID is the SPIFFE ID the upstream must present. Anything else is
@@ -136,6 +181,9 @@ type Outbound struct {
 	// docs/benchmarks.md). Streaming bodies, gRPC and upgrades are
 	// unaffected. Default false: HTTP/2.
 	HTTP1 bool
+	// Upgrades lists the protocols a request from the app may switch to;
+	// nil means DefaultUpgrades, an empty list none. See CheckUpgrades.
+	Upgrades []string
 }
 
 // Config configures a Sidecar. Identity and at least one listener are
@@ -150,6 +198,10 @@ type Config struct {
 
 	Inbound  []Inbound
 	Outbound []Outbound
+	// OutboundCallers are the local users whose processes may use the
+	// outbound listeners; the zero value admits only the uid the sidecar
+	// runs as. See LocalCallers.
+	OutboundCallers LocalCallers
 
 	// Authorizer is the initial policy. Nil means deny everything (and
 	// STRICT mTLS) until SetAuthorizer is called: deny by default.
@@ -229,6 +281,7 @@ type Sidecar struct {
 	live    *tracker
 	dec     *decisionLogger
 	metrics *metrics
+	callers *callerCheck
 
 	inbound  []*inbound
 	outbound []*outbound
@@ -242,12 +295,15 @@ type Sidecar struct {
 type policyState struct {
 	version uint64
 	authz   Authorizer
-	// strip lists, per inbound listener name, the headers that
+	// headers holds, per inbound listener name, the filter of request
+	// headers the app could take for the sidecar's word: XFCC, the headers
 	// RequestAuthentication writes for the app (outputPayloadToHeader,
-	// outputClaimToHeaders). They are removed from every inbound request
-	// before evaluation, so a caller cannot forge them on a request that
-	// carries no token: the app may only trust what the sidecar wrote.
-	strip map[string][]string
+	// outputClaimToHeaders) under any spelling, "_" twins of the token
+	// headers it reads. It runs on every inbound request before
+	// evaluation, so a caller cannot forge them on a request that carries
+	// no token: the app may only trust what the sidecar wrote. A listener
+	// missing here uses baseHeaderFilter.
+	headers map[string]*headerFilter
 	// mode is how the authorizer normalizes paths (policy.NormalizeBase
 	// unless it says otherwise): the inbound path is normalized once, in
 	// this mode, for matching and forwarding.
@@ -267,13 +323,10 @@ type pathNormalizer interface {
 func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
 	st := &policyState{version: version, authz: a}
 	if rs, ok := a.(JWTRuleSource); ok {
-		st.strip = map[string][]string{}
+		st.headers = map[string]*headerFilter{}
 		for _, ib := range s.inbound {
-			var hs []string
-			for _, h := range authn.OutputHeaders(rs.JWTRules(ib.destination(netip.Addr{}))) {
-				hs = append(hs, http.CanonicalHeaderKey(h))
-			}
-			st.strip[ib.name] = hs
+			rules := rs.JWTRules(ib.destination(netip.Addr{}))
+			st.headers[ib.name] = newHeaderFilter(authn.OutputHeaders(rules), authn.TokenHeaders(rules))
 		}
 	}
 	if pn, ok := a.(pathNormalizer); ok {
@@ -338,6 +391,9 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
+		return nil, err
+	}
 	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
 
 	names := map[string]bool{}
@@ -390,6 +446,14 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}
 		return net.Listen("tcp", addr)
 	}
+	tcpOutbound := false
+	for _, ob := range s.outbound {
+		tcpOutbound = tcpOutbound || !isUnixListen(ob.cfg)
+	}
+	if err := s.callers.prepare(len(s.outbound) > 0, tcpOutbound); err != nil {
+		s.Close()
+		return err
+	}
 	var lns []net.Listener
 	fail := func(err error) error {
 		for _, l := range lns {
@@ -406,7 +470,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		lns = append(lns, l)
 	}
 	for _, ob := range s.outbound {
-		l, err := bind(ob.cfg.Listener, ob.cfg.Listen)
+		var l net.Listener
+		var err error
+		if ob.socketPath != "" && ob.cfg.Listener == nil {
+			l, err = listenUnixOutbound(ob.socketPath, s.callers.socketMode(ob.cfg), ob.cfg.SocketGID)
+		} else {
+			l, err = bind(ob.cfg.Listener, ob.cfg.Listen)
+		}
 		if err != nil {
 			return fail(fmt.Errorf("proxy: outbound %s: listen: %w", ob.name, err))
 		}

@@ -83,6 +83,24 @@ func listen(t testing.TB) net.Listener {
 	return l
 }
 
+// serveRaw runs handle, on its own goroutine, for every connection to a
+// new loopback listener until the test ends; handle closes the conn.
+func serveRaw(t testing.TB, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	l := listen(t)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func startSidecar(t testing.TB, cfg Config) *Sidecar {
 	t.Helper()
 	if cfg.Logger == nil {
@@ -92,6 +110,13 @@ func startSidecar(t testing.TB, cfg Config) *Sidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveSidecar(t, s)
+	return s
+}
+
+// serveSidecar runs s.Serve until the test ends.
+func serveSidecar(t testing.TB, s *Sidecar) {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(context.Background()) }()
 	t.Cleanup(func() {
@@ -100,7 +125,6 @@ func startSidecar(t testing.TB, cfg Config) *Sidecar {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return s
 }
 
 // echoApp answers with what it saw: method, path and the XFCC header.

@@ -56,6 +56,7 @@ func (s *Server) routes() {
 	m.Handle("GET "+PathAdminAudit, s.admin(s.listAudit))
 	m.Handle("GET "+PathAdminNodes, s.admin(s.listNodes))
 	s.policyRoutes()
+	s.opaRoutes()
 	// Anything else under /v1/admin/ still needs a credential before it
 	// learns that it does not exist.
 	m.Handle("/v1/admin/", s.admin(func(c *adminCall) {

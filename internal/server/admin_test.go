@@ -59,6 +59,13 @@ func TestAdminMalformedInput(t *testing.T) {
 		{"entry_uppercase_td", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://Example.org/a","parent_id":"` + agent + `"}`, 400, "spiffe_id"},
 		{"entry_other_td", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://other.org/a","parent_id":"` + agent + `"}`, 400, "not in trust domain"},
 		{"entry_reserved_id", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/moatless/admin","parent_id":"` + agent + `"}`, 400, "reserved"},
+		// SPIFFE paths are case-sensitive, but a reservation must not be
+		// escaped by spelling it differently: /Moatless/admin reads as an
+		// admin ID to a person and to any consumer that folds case.
+		{"entry_reserved_id_capitalized", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/Moatless/admin","parent_id":"` + agent + `"}`, 400, "reserved"},
+		{"entry_reserved_id_upper_case", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/MOATLESS/ns/x","parent_id":"` + agent + `"}`, 400, "reserved"},
+		{"entry_reserved_segment_alone", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/moatless","parent_id":"` + agent + `"}`, 400, "reserved"},
+		{"entry_server_parent_mixed_case", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/MoatLess/server"}`, 400, "parent_id"},
 		{"entry_server_parent", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/moatless/server"}`, 400, "parent_id"},
 		{"entry_bare_td_parent", "POST", server.PathAdminEntries, `{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org"}`, 400, "parent_id"},
 		{"entry_self_parent", "POST", server.PathAdminEntries, `{"spiffe_id":"` + agent + `","parent_id":"` + agent + `"}`, 400, "own parent"},
@@ -90,6 +97,7 @@ func TestAdminMalformedInput(t *testing.T) {
 		{"token_missing_id", "POST", server.PathAdminJoinTokens, `{}`, 400, "spiffe_id: required"},
 		{"token_bad_id", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"agent-1"}`, 400, "spiffe_id"},
 		{"token_reserved_id", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"spiffe://example.org/moatless/server"}`, 400, "reserved"},
+		{"token_reserved_id_capitalized", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"spiffe://example.org/Moatless/server"}`, 400, "reserved"},
 		{"token_ttl_too_long", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"` + agent + `","ttl":"720h"}`, 400, "ttl"},
 		{"token_ttl_negative", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"` + agent + `","ttl":"-1s"}`, 400, "ttl"},
 		{"token_unknown_field", "POST", server.PathAdminJoinTokens, `{"spiffe_id":"` + agent + `","token":"mine"}`, 400, `unknown field "token"`},

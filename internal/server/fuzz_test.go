@@ -27,6 +27,7 @@ func fuzzServer() *Server {
 func FuzzEntryRequest(f *testing.F) {
 	f.Add(`{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/agent/a","selectors":[{"type":"unix","value":"uid:1"}],"labels":{"app":"x"},"namespace":"prod","x509_ttl":"1h"}`)
 	f.Add(`{"spiffe_id":"spiffe://example.org/moatless/admin","parent_id":"spiffe://example.org/a","selectors":[]}`)
+	f.Add(`{"spiffe_id":"spiffe://example.org/Moatless/admin","parent_id":"spiffe://example.org/a","selectors":[{"type":"unix","value":"uid:1"}]}`)
 	f.Add(`{"x509_ttl":3600,"jwt_ttl":"5m"}`)
 	f.Add(`[]`)
 	s := fuzzServer()
@@ -47,7 +48,7 @@ func FuzzEntryRequest(f *testing.F) {
 			return
 		}
 		id, err := spiffeid.FromString(e.SPIFFEID)
-		if err != nil || id.TrustDomain() != s.td || strings.HasPrefix(id.Path(), "/moatless/") {
+		if seg, _, _ := strings.Cut(strings.TrimPrefix(id.Path(), "/"), "/"); err != nil || id.TrustDomain() != s.td || strings.EqualFold(seg, "moatless") {
 			t.Fatalf("accepted SPIFFE ID %q", e.SPIFFEID)
 		}
 		if len(e.Selectors) == 0 || len(e.Selectors) > maxSelectors {

@@ -3,6 +3,8 @@ package server
 import (
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestFailLimiter(t *testing.T) {
@@ -58,6 +60,33 @@ func TestKeyedLimiter(t *testing.T) {
 		ok, wait := l.take(tc.key, t0.Add(tc.at), tc.n)
 		if ok != tc.want || wait != tc.wantWait {
 			t.Fatalf("%s: take = %v, %v; want %v, %v", tc.name, ok, wait, tc.want, tc.wantWait)
+		}
+	}
+}
+
+// TestCheckAssignableIgnoresCase: the server's ID, the admin IDs and the
+// /moatless segment are reserved in any letter case; a segment that only
+// starts with "moatless" is not.
+func TestCheckAssignableIgnoresCase(t *testing.T) {
+	s := fuzzServer()
+	s.admins["spiffe://example.org/ops/root"] = true
+	for _, tc := range []struct {
+		id       string
+		reserved bool
+	}{
+		{"spiffe://example.org/moatless/server", true},
+		{"spiffe://example.org/Moatless/Server", true},
+		{"spiffe://example.org/MOATLESS", true},
+		{"spiffe://example.org/mOaTlEsS/anything/below", true},
+		{"spiffe://example.org/ops/root", true},
+		{"spiffe://example.org/OPS/Root", true},
+		{"spiffe://example.org/ops/root/child", false},
+		{"spiffe://example.org/moatlessly/x", false},
+		{"spiffe://example.org/ns/moatless/sa/x", false},
+	} {
+		err := s.checkAssignable("spiffe_id", spiffeid.RequireFromString(tc.id))
+		if (err != nil) != tc.reserved {
+			t.Errorf("%s: err %v, want reserved %v", tc.id, err, tc.reserved)
 		}
 	}
 }

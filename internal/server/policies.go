@@ -33,7 +33,11 @@ const (
 	maxPolicyRefsInOneDelete = 10000
 )
 
-// PolicyFile is one file of policies (multi-document YAML or JSON).
+// PolicyFile is one file of policies: multi-document YAML or JSON, a Rego
+// module (a Name ending in .rego: applied under its base name as module
+// ID) or data (a Name whose base is data.json or data.yaml: a JSON or
+// YAML object whose top-level keys each replace the data document of that
+// key). See policy.PolicyFileKind.
 type PolicyFile struct {
 	// Name appears in error messages ("policies.yaml: document 2, line 14: ...").
 	Name    string `json:"name,omitempty"`
@@ -77,6 +81,9 @@ type PolicyRollbackRequest struct {
 type PolicySetResponse struct {
 	Version   uint64            `json:"version"`
 	Documents []json.RawMessage `json:"documents"`
+	// Modules and Data are the Rego modules and data documents.
+	Modules []wire.RegoModule   `json:"modules,omitempty"`
+	Data    []wire.DataDocument `json:"data,omitempty"`
 }
 
 // PolicyStatus says which node runs which policy version. Only nodes that
@@ -161,12 +168,85 @@ func (s *Server) policySet(ctx context.Context) (*wire.PolicySet, error) {
 	if err != nil {
 		return nil, err
 	}
-	ps := &wire.PolicySet{Version: v, Documents: make([]json.RawMessage, len(objs))}
-	for i, o := range objs {
-		ps.Documents[i] = o.Raw
+	ps, err := wirePolicySet(v, objs)
+	if err != nil {
+		return nil, fmt.Errorf("server: the stored policy set is unreadable: %w", err)
 	}
 	return ps, nil
 }
+
+// wirePolicySet sorts stored objects into a wire.PolicySet: documents,
+// Rego modules and data documents.
+func wirePolicySet(version uint64, objs []store.PolicyObject) (*wire.PolicySet, error) {
+	ps := &wire.PolicySet{Version: version, Documents: []json.RawMessage{}}
+	for _, o := range objs {
+		switch o.Kind {
+		case policy.KindRegoModule:
+			var m wire.RegoModule
+			if err := json.Unmarshal(o.Raw, &m); err != nil {
+				return nil, fmt.Errorf("module %q: %w", o.Name, err)
+			}
+			ps.Modules = append(ps.Modules, m)
+		case policy.KindRegoData:
+			ps.Data = append(ps.Data, wire.DataDocument{Key: o.Name, Value: o.Raw})
+		default:
+			ps.Documents = append(ps.Documents, o.Raw)
+		}
+	}
+	return ps, nil
+}
+
+// moduleObject and dataObject are the stored forms of a Rego module and
+// a data document.
+func moduleObject(m wire.RegoModule) (store.PolicyWrite, error) {
+	raw, err := json.Marshal(m)
+	return store.PolicyWrite{PolicyRef: store.PolicyRef{Kind: policy.KindRegoModule, Name: m.ID}, Raw: raw}, err
+}
+
+func dataObject(d wire.DataDocument) store.PolicyWrite {
+	return store.PolicyWrite{PolicyRef: store.PolicyRef{Kind: policy.KindRegoData, Name: d.Key}, Raw: d.Value}
+}
+
+// compileObjects compiles a whole stored set (documents, modules and
+// data) as a sidecar would: what does not compile is refused before it is
+// written.
+func compileObjects(objs map[store.PolicyRef]json.RawMessage) error {
+	list := make([]store.PolicyObject, 0, len(objs))
+	for ref, raw := range objs {
+		list = append(list, store.PolicyObject{PolicyRef: ref, Raw: raw})
+	}
+	slices.SortFunc(list, func(a, b store.PolicyObject) int {
+		return strings.Compare(a.Kind+"\x00"+a.Namespace+"\x00"+a.Name, b.Kind+"\x00"+b.Namespace+"\x00"+b.Name)
+	})
+	ps, err := wirePolicySet(0, list)
+	if err != nil {
+		return err
+	}
+	docs, err := policy.ParseJSONDocuments(ps.Documents)
+	if err != nil {
+		return fmt.Errorf("server: the stored policy set no longer validates: %w", err)
+	}
+	var opts policy.Options
+	if len(ps.Modules) > 0 || len(ps.Data) > 0 {
+		if opts.Rego, err = policy.CompileRego(ps.Modules, ps.Data); err != nil {
+			return policyErrors(err)
+		}
+	}
+	if _, err := policy.Compile(docs, opts); err != nil {
+		return policyErrors(err)
+	}
+	return nil
+}
+
+// regoInvalid is a 400 (it unwraps to a *badRequest) that keeps OPA's
+// errors for the OPA-compatible API.
+type regoInvalid struct {
+	br *badRequest
+	re *policy.RegoError
+}
+
+func (e *regoInvalid) Error() string   { return e.br.msg }
+func (e *regoInvalid) Unwrap() []error { return []error{e.br, e.re} }
 
 // validateJWTRules checks every RequestAuthentication jwtRule of docs with
 // the verifier's own validation (authn.ValidateRule), which knows more than
@@ -201,6 +281,10 @@ func validateJWTRules(docs []policy.Document) error {
 // rejected document (the loader joins them).
 func policyErrors(err error) error {
 	msg := strings.TrimPrefix(err.Error(), "policy: ")
+	var re *policy.RegoError
+	if errors.As(err, &re) {
+		return &regoInvalid{br: &badRequest{msg: msg}, re: re}
+	}
 	return &badRequest{msg: msg}
 }
 
@@ -208,42 +292,20 @@ func refOf(d *policy.Document) store.PolicyRef {
 	return store.PolicyRef{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name}
 }
 
-// loadSet parses stored objects back into documents, for compiling a
-// candidate set.
+// loadSet parses stored objects back into documents (not modules and
+// data), for compiling a candidate set.
 func loadSet(objs []store.PolicyObject) ([]policy.Document, error) {
-	raws := make([]json.RawMessage, len(objs))
-	for i, o := range objs {
-		raws[i] = o.Raw
+	raws := make([]json.RawMessage, 0, len(objs))
+	for _, o := range objs {
+		if o.Kind != policy.KindRegoModule && o.Kind != policy.KindRegoData {
+			raws = append(raws, o.Raw)
+		}
 	}
 	docs, err := policy.ParseJSONDocuments(raws)
 	if err != nil {
 		return nil, fmt.Errorf("server: the stored policy set no longer validates: %w", err)
 	}
 	return docs, nil
-}
-
-// compileMerged checks that the set current+writes compiles as a whole.
-func compileMerged(current []policy.Document, writes map[store.PolicyRef]*policy.Document, deletes map[store.PolicyRef]bool) error {
-	var merged []policy.Document
-	for i := range current {
-		ref := refOf(&current[i])
-		if deletes[ref] {
-			continue
-		}
-		if w, ok := writes[ref]; ok {
-			merged = append(merged, *w)
-			delete(writes, ref)
-			continue
-		}
-		merged = append(merged, current[i])
-	}
-	for _, w := range writes {
-		merged = append(merged, *w)
-	}
-	if _, err := policy.Compile(merged, policy.Options{}); err != nil {
-		return policyErrors(err)
-	}
-	return nil
 }
 
 // writePolicySet runs one policy change: lock, read the current set,
@@ -273,19 +335,24 @@ func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryR
 		if err != nil {
 			return err
 		}
-		if dryRun {
-			res.Version = cur
-			for _, w := range writes {
-				old, exists := byRef[w.PolicyRef]
-				switch {
-				case w.Raw == nil:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
-				case !exists:
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
-				case string(old.Raw) != string(w.Raw):
-					res.Changes = append(res.Changes, store.PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
-				}
+		// The set as it will be, compiled whole as a sidecar compiles it:
+		// documents with the Rego modules and data they run against.
+		merged := make(map[store.PolicyRef]json.RawMessage, len(byRef)+len(writes))
+		for ref, o := range byRef {
+			merged[ref] = o.Raw
+		}
+		for _, w := range writes {
+			if w.Raw == nil {
+				delete(merged, w.PolicyRef)
+			} else {
+				merged[w.PolicyRef] = w.Raw
 			}
+		}
+		if err := compileObjects(merged); err != nil {
+			return err
+		}
+		if dryRun {
+			res.Version, res.Changes = cur, store.PlannedChanges(byRef, writes)
 			return errDryRun // roll back: a dry run writes nothing
 		}
 		pv, err := s.db.WritePolicies(c.ctx, tx, c.actor, action, source, writes, s.now())
@@ -336,12 +403,29 @@ func (s *Server) applyPolicies(c *adminCall) {
 		return
 	}
 	var docs []policy.Document
+	var rego []store.PolicyWrite
 	var warnings []string
 	seen := map[store.PolicyRef]string{}
 	for i, f := range in.Files {
 		name := f.Name
 		if name == "" {
 			name = fmt.Sprintf("files[%d]", i)
+		}
+		ws, isRego, err := regoWrites(name, f.Content)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if isRego {
+			for _, w := range ws {
+				if prev, dup := seen[w.PolicyRef]; dup {
+					c.fail(badf("%s: %s is also in %s", name, w.PolicyRef, prev))
+					return
+				}
+				seen[w.PolicyRef] = name
+			}
+			rego = append(rego, ws...)
+			continue
 		}
 		ds, err := policy.ParseSource(name, strings.NewReader(f.Content))
 		if err != nil {
@@ -362,7 +446,7 @@ func (s *Server) applyPolicies(c *adminCall) {
 		}
 		docs = append(docs, ds...)
 	}
-	if len(docs) == 0 {
+	if len(docs) == 0 && len(rego) == 0 {
 		c.fail(badf("files: no policy documents found"))
 		return
 	}
@@ -371,13 +455,11 @@ func (s *Server) applyPolicies(c *adminCall) {
 		return
 	}
 	res, err := s.writePolicySet(c, "apply", 0, in.DryRun, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
-		writes := map[store.PolicyRef]*policy.Document{}
-		out := make([]store.PolicyWrite, 0, len(docs))
+		out := make([]store.PolicyWrite, 0, len(docs)+len(rego))
 		for i := range docs {
-			writes[refOf(&docs[i])] = &docs[i]
 			out = append(out, store.PolicyWrite{PolicyRef: refOf(&docs[i]), Raw: docs[i].Raw})
 		}
-		return out, compileMerged(current, writes, nil)
+		return append(out, rego...), nil
 	})
 	if err != nil {
 		c.fail(err)
@@ -387,7 +469,35 @@ func (s *Server) applyPolicies(c *adminCall) {
 	c.reply(http.StatusOK, res)
 }
 
-var policyKinds = map[string]bool{policy.KindAuthorizationPolicy: true, policy.KindPeerAuthentication: true, policy.KindRequestAuthentication: true}
+var policyKinds = map[string]bool{policy.KindAuthorizationPolicy: true, policy.KindPeerAuthentication: true, policy.KindRequestAuthentication: true, policy.KindRegoProvider: true}
+
+// regoKinds are stored without a namespace.
+var regoKinds = map[string]bool{policy.KindRegoModule: true, policy.KindRegoData: true}
+
+// regoWrites turns a Rego module file or a data file into the writes that
+// apply it; isRego is false for a file of documents.
+func regoWrites(name, content string) (ws []store.PolicyWrite, isRego bool, err error) {
+	kind, _ := policy.PolicyFileKind(name)
+	switch kind {
+	case policy.FileRego:
+		m := wire.RegoModule{ID: policy.RegoModuleID(name), Source: content}
+		if _, err := policy.ParseRegoModule(m.ID, m.Source); err != nil {
+			return nil, true, policyErrors(err)
+		}
+		w, err := moduleObject(m)
+		return []store.PolicyWrite{w}, true, err
+	case policy.FileData:
+		docs, err := policy.ParseDataFile(name, []byte(content))
+		if err != nil {
+			return nil, true, policyErrors(err)
+		}
+		for _, d := range docs {
+			ws = append(ws, dataObject(d))
+		}
+		return ws, true, nil
+	}
+	return nil, false, nil
+}
 
 func (s *Server) deletePolicies(c *adminCall) {
 	var in PolicyDeleteRequest
@@ -402,8 +512,12 @@ func (s *Server) deletePolicies(c *adminCall) {
 	seen := map[store.PolicyRef]bool{}
 	for i, r := range in.Objects {
 		switch {
+		case regoKinds[r.Kind] && r.Namespace != "":
+			c.fail(badf("objects[%d].namespace: a %s has no namespace", i, r.Kind))
+			return
+		case regoKinds[r.Kind]:
 		case !policyKinds[r.Kind]:
-			c.fail(badf("objects[%d].kind %q: want AuthorizationPolicy, PeerAuthentication or RequestAuthentication", i, r.Kind))
+			c.fail(badf("objects[%d].kind %q: want AuthorizationPolicy, PeerAuthentication, RequestAuthentication, RegoProvider, RegoModule or RegoData", i, r.Kind))
 			return
 		case !dnsLabel.MatchString(r.Namespace):
 			c.fail(badf("objects[%d].namespace %q: must be a namespace name", i, r.Namespace))
@@ -450,9 +564,6 @@ func (s *Server) rollbackPolicies(c *adminCall) {
 		if err != nil {
 			return nil, badf("version %d no longer validates: %v", in.Version, err)
 		}
-		if _, err := policy.Compile(targetDocs, policy.Options{}); err != nil {
-			return nil, badf("version %d no longer compiles: %v", in.Version, err)
-		}
 		if err := validateJWTRules(targetDocs); err != nil {
 			return nil, badf("version %d no longer validates: %v", in.Version, err)
 		}
@@ -494,7 +605,7 @@ func (s *Server) getPolicies(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	out := PolicySetResponse{Version: ver, Documents: []json.RawMessage{}}
+	var picked []store.PolicyObject
 	for _, o := range objs {
 		if k := q.Get("kind"); k != "" && !strings.EqualFold(k, o.Kind) {
 			continue
@@ -505,9 +616,15 @@ func (s *Server) getPolicies(c *adminCall) {
 		if n := q.Get("name"); n != "" && n != o.Name {
 			continue
 		}
-		out.Documents = append(out.Documents, o.Raw)
+		picked = append(picked, o)
 	}
-	if q.Get("name") != "" && len(out.Documents) == 0 {
+	ps, err := wirePolicySet(ver, picked)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	out := PolicySetResponse{Version: ver, Documents: ps.Documents, Modules: ps.Modules, Data: ps.Data}
+	if q.Get("name") != "" && len(picked) == 0 {
 		c.fail(fmt.Errorf("%w: no policy named %q at version %d", store.ErrNotFound, q.Get("name"), ver))
 		return
 	}

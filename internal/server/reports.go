@@ -35,6 +35,9 @@ const (
 
 var reasonCodeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 
+// inputDigestRE is a reported Rego input digest: hex SHA-256.
+var inputDigestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 // handleAuditReport records the security decisions a data-plane process
 // reports (wire.PathAudit): every deny, and every request an AUDIT policy
 // matched. The caller is authenticated like every agent API call (its node
@@ -151,6 +154,12 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 	if !reasonCodeRE.MatchString(e.ReasonCode) {
 		return ev, badf("%s %q: want a short snake_case code such as deny_rule", field("reason_code"), clipReported(e.ReasonCode, 64))
 	}
+	if e.InputSHA256 != "" && !inputDigestRE.MatchString(e.InputSHA256) {
+		return ev, badf("%s: want 64 lower-case hex digits", field("input_sha256"))
+	}
+	if len(e.RegoQuery) > maxReportName || !printable(e.RegoQuery) {
+		return ev, badf("%s: want a Rego query of at most %d printable bytes", field("rego_query"), maxReportName)
+	}
 	if e.Rule < -1 || e.Rule > maxReportRule {
 		return ev, badf("%s %d: want -1 (no rule) to %d", field("rule"), e.Rule, maxReportRule)
 	}
@@ -167,7 +176,8 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 	for k, v := range map[string]string{
 		"source": e.Source, "source_ip": e.SourceIP, "policy": e.Policy, "audit_policy": e.AuditPolicy,
 		"method": clipReported(e.Method, maxReportMethod), "path": clipReported(e.Path, maxReportPath),
-		"reason": clipReported(e.Reason, maxReportReason),
+		"reason":     clipReported(e.Reason, maxReportReason),
+		"rego_query": e.RegoQuery, "input_sha256": e.InputSHA256,
 	} {
 		if v != "" {
 			d[k] = v

@@ -80,6 +80,11 @@ type Config struct {
 	// ResetAdminToken replaces the admin token with a new one written to
 	// DIR/admin-token (the old one stops working).
 	ResetAdminToken bool
+	// SecretsRootKey (32 bytes, raw or base64) or SecretsPassphrase
+	// unseals the secrets service at start, instead of the key file
+	// (Settings.SecretsKeyFile); see secrets.go.
+	SecretsRootKey    []byte
+	SecretsPassphrase []byte
 }
 
 // Server is the control plane. Create it with New.
@@ -103,7 +108,8 @@ type Server struct {
 
 	adminHash [sha256.Size]byte
 	cert      atomic.Pointer[serverCert]
-	oauth     *oauthState // the token service (oauth.go)
+	oauth     *oauthState   // the token service (oauth.go)
+	secrets   *secretsState // the secrets service (secrets.go)
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -113,6 +119,8 @@ type Server struct {
 	credCache   sync.Map
 	credCount   atomic.Int64
 	policyCache atomic.Pointer[policyCacheEntry]
+	opaRego     regoCache  // the OPA API's compiled Rego, per policy version
+	authzSet    authzCache // ext_authz's compiled policy set, per policy version
 	// entries caches registration entries for the signing path as of one
 	// entries-section version (agentapi.go).
 	entries atomic.Pointer[entryCache]
@@ -240,6 +248,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.initOAuth(ctx, st.Issuer); err != nil {
 		return nil, err
 	}
+	if err := s.initSecrets(ctx, c); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }
@@ -332,6 +343,9 @@ func (s *Server) Close() error {
 			errs = append(errs, ignoreClosed(hs.Close()))
 		} else if s.ln != nil {
 			errs = append(errs, ignoreClosed(s.ln.Close()))
+		}
+		if s.secrets != nil {
+			s.secrets.svc.Close()
 		}
 		if s.db != nil {
 			errs = append(errs, s.db.Close())

@@ -55,11 +55,19 @@ func (s *Server) parseSPIFFEID(field, v string) (spiffeid.ID, error) {
 
 // checkAssignable refuses IDs that must never be handed to a workload or
 // node: the server's own and the admin IDs (an SVID for one would be an
-// admin credential), and everything under /moatless/, reserved for the
-// control plane.
+// admin credential), and /moatless and everything under it, reserved for
+// the control plane. All of it is compared case-insensitively: SPIFFE
+// paths are case-sensitive, so spiffe://td/Moatless/admin is another ID,
+// but one that reads as an admin to a person writing policy, to a log
+// search and to any consumer that folds case, so it is not handed out.
 func (s *Server) checkAssignable(field string, id spiffeid.ID) error {
-	if id == s.id || s.admins[id.String()] || strings.HasPrefix(id.Path(), "/moatless/") {
-		return badf("%s %q: reserved for the control plane (the server, admin IDs and /moatless/...)", field, id)
+	first, _, _ := strings.Cut(strings.TrimPrefix(id.Path(), "/"), "/")
+	reserved := strings.EqualFold(first, "moatless") || strings.EqualFold(id.String(), s.id.String())
+	for a := range s.admins {
+		reserved = reserved || strings.EqualFold(id.String(), a)
+	}
+	if reserved {
+		return badf("%s %q: reserved for the control plane (the server, admin IDs and /moatless/..., in any letter case)", field, id)
 	}
 	return nil
 }

@@ -299,6 +299,9 @@ func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval.Std())
 	defer t.Stop()
 	var lastPrune time.Time
+	// Leases that expired while the server was down are revoked now, not
+	// a poll interval later.
+	s.tickSecrets(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -327,6 +330,7 @@ func (s *Server) maintain(ctx context.Context) {
 			s.changed(ctx)
 		}
 		s.tickOAuth(ctx)
+		s.tickSecrets(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)

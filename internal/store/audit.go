@@ -5,12 +5,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // AuditRow is one stored audit record. The hashing and verification rules
 // live in package audit; the store only keeps rows and the chain head.
 type AuditRow struct {
-	Seq      uint64
+	// Seq is the sequence number as stored. The chain is 1..head; the
+	// column itself holds any BIGINT, so readers that judge the log (audit
+	// verify) must see values below 1 too.
+	Seq      int64
 	At       int64 // Unix nanoseconds
 	Kind     string
 	Actor    string
@@ -39,6 +43,11 @@ func (s *DB) LockAuditHead(ctx context.Context, tx *sql.Tx) (uint64, []byte, err
 	if err != nil {
 		return 0, nil, fmt.Errorf("store: lock audit head: %w", err)
 	}
+	if seq < 0 {
+		// Only an edit of the table does this; chaining after it would
+		// wrap the sequence. Appends fail until the log is repaired.
+		return 0, nil, fmt.Errorf("store: audit head names record %d, but sequence numbers start at 1: the log was edited (run moatless audit verify)", seq)
+	}
 	if len(hash) == 0 {
 		hash = nil
 	}
@@ -59,7 +68,7 @@ func (s *DB) AppendAuditRows(ctx context.Context, tx *sql.Tx, rows []AuditRow) e
 		part := rows[start:min(start+chunk, len(rows))]
 		args := make([]any, 0, len(part)*9)
 		for _, r := range part {
-			args = append(args, int64(r.Seq), r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nonNil(r.PrevHash), r.Hash)
+			args = append(args, r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, nonNil(r.PrevHash), r.Hash)
 		}
 		q := insertValues("INSERT INTO audit_log (seq, at, kind, actor, subject, outcome, details, prev_hash, hash)", len(part), 9)
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
@@ -67,7 +76,7 @@ func (s *DB) AppendAuditRows(ctx context.Context, tx *sql.Tx, rows []AuditRow) e
 		}
 	}
 	last := rows[len(rows)-1]
-	if _, err := tx.ExecContext(ctx, "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", int64(last.Seq), last.Hash); err != nil {
+	if _, err := tx.ExecContext(ctx, "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", last.Seq, last.Hash); err != nil {
 		return fmt.Errorf("store: move audit head: %w", err)
 	}
 	return nil
@@ -82,9 +91,23 @@ func nonNil(b []byte) []byte {
 
 // AuditHead returns the chain head without locking it.
 func (s *DB) AuditHead(ctx context.Context) (uint64, []byte, error) {
+	seq, hash, err := auditHead(ctx, s.db)
+	if err == nil && seq < 0 {
+		err = fmt.Errorf("store: audit head names record %d: sequence numbers start at 1", seq)
+	}
+	return uint64(max(seq, 0)), hash, err
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// auditHead reads the chain head as stored (0 and nil when there is none).
+func auditHead(ctx context.Context, q querier) (int64, []byte, error) {
 	var seq int64
 	var hash []byte
-	err := s.db.QueryRowContext(ctx, "SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&seq, &hash)
+	err := q.QueryRowContext(ctx, "SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&seq, &hash)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil, nil
 	}
@@ -94,14 +117,30 @@ func (s *DB) AuditHead(ctx context.Context) (uint64, []byte, error) {
 	if len(hash) == 0 {
 		hash = nil
 	}
-	return uint64(seq), hash, nil
+	return seq, hash, nil
 }
 
-// AuditRows returns up to limit records with seq > after, in storage order
-// of seq. Verification reads the whole log with it page by page.
-func (s *DB) AuditRows(ctx context.Context, after uint64, limit int) ([]AuditRow, error) {
+// intSeq is a condition on audit_log.seq that keeps rows whose sequence
+// number is an integer. PostgreSQL's BIGINT holds nothing else; SQLite
+// stores whatever it is given in a column of integer affinity (NULL, text,
+// a fraction), and such rows are reported by AuditSnapshot.Anomalies, not
+// read as records.
+func (s *DB) intSeq() string {
+	if s.dialect == Postgres {
+		return "TRUE"
+	}
+	return "typeof(seq) = 'integer'"
+}
+
+// AuditRowsDesc returns up to limit records with 1 <= seq <= upTo, newest
+// first, for listing. Rows outside that range are not part of the chain
+// (audit verify reports them), so a listing never shows them.
+func (s *DB) AuditRowsDesc(ctx context.Context, upTo uint64, limit int) ([]AuditRow, error) {
+	if upTo == 0 {
+		return nil, nil
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
-		FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2`, int64(after), limit)
+		FROM audit_log WHERE `+s.intSeq()+` AND seq >= 1 AND seq <= $1 ORDER BY seq DESC LIMIT $2`, int64(min(upTo, math.MaxInt64)), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
@@ -117,28 +156,105 @@ func scanAuditRows(rows *sql.Rows) ([]AuditRow, error) {
 	var out []AuditRow
 	for rows.Next() {
 		var r AuditRow
-		var seq int64
-		if err := rows.Scan(&seq, &r.At, &r.Kind, &r.Actor, &r.Subject, &r.Outcome, &r.Details, &r.PrevHash, &r.Hash); err != nil {
+		if err := rows.Scan(&r.Seq, &r.At, &r.Kind, &r.Actor, &r.Subject, &r.Outcome, &r.Details, &r.PrevHash, &r.Hash); err != nil {
 			return nil, fmt.Errorf("store: read audit log: %w", err)
 		}
-		r.Seq = uint64(seq)
 		out = append(out, r)
 	}
 	return out, rows.Err()
 }
 
-// AuditRowsDesc returns up to limit records with seq < before (0: from the
-// newest), newest first, for listing.
-func (s *DB) AuditRowsDesc(ctx context.Context, before uint64, limit int) ([]AuditRow, error) {
-	q := `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash FROM audit_log`
-	args := []any{limit}
-	if before > 0 {
-		q += " WHERE seq < $2"
-		args = append(args, int64(before))
+// AuditSnapshot reads the audit tables as of one instant, for checks that
+// compare several reads (the rows, their count, the head) and must not
+// mistake an append committed between two of them for tampering.
+// PostgreSQL: one REPEATABLE READ read-only transaction; SQLite: one read
+// transaction (a WAL snapshot). It is valid only inside the function given
+// to ReadAudit.
+type AuditSnapshot struct {
+	s  *DB
+	tx *sql.Tx
+}
+
+// ReadAudit runs fn with a consistent snapshot of the audit tables. It
+// writes nothing.
+func (s *DB) ReadAudit(ctx context.Context, fn func(*AuditSnapshot) error) error {
+	var opts *sql.TxOptions
+	if s.dialect == Postgres {
+		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
 	}
-	rows, err := s.db.QueryContext(ctx, q+" ORDER BY seq DESC LIMIT $1", args...)
+	tx, err := s.db.BeginTx(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("store: begin audit read: %w", err)
+	}
+	defer tx.Rollback()
+	return fn(&AuditSnapshot{s: s, tx: tx})
+}
+
+// Head is the chain head within the snapshot, as stored: the sequence
+// number may be below 0 in a store someone edited.
+func (a *AuditSnapshot) Head(ctx context.Context) (int64, []byte, error) {
+	return auditHead(ctx, a.tx)
+}
+
+// RowsFrom returns up to limit records with seq >= from, in order of seq.
+// Reading from math.MinInt64 visits every row whose sequence number is an
+// integer, including any below 1.
+func (a *AuditSnapshot) RowsFrom(ctx context.Context, from int64, limit int) ([]AuditRow, error) {
+	rows, err := a.tx.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+		FROM audit_log WHERE `+a.s.intSeq()+` AND seq >= $1 ORDER BY seq LIMIT $2`, from, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
 	return scanAuditRows(rows)
+}
+
+// AuditAnomalies are facts about the audit tables that no append through
+// the audit sink produces; verification reports each as tampering.
+type AuditAnomalies struct {
+	// Rows counts every row of audit_log, whatever its sequence number.
+	Rows int64
+	// NonInteger is, for the first row whose sequence number is not an
+	// integer (SQLite only: NULL, text, a fraction, a blob), that value as
+	// text ("NULL" for NULL); "" when there is none.
+	NonInteger string
+	// Duplicate is the lowest sequence number stored more than once
+	// (possible only if the primary key was dropped); HasDuplicate says
+	// whether there is one.
+	Duplicate    int64
+	HasDuplicate bool
+	// ExtraHeadID and ExtraHeadSeq name a row of audit_head other than the
+	// one chain head (id 1); HasExtraHead says whether there is one.
+	ExtraHeadID, ExtraHeadSeq int64
+	HasExtraHead              bool
+}
+
+// Anomalies reads AuditAnomalies within the snapshot.
+func (a *AuditSnapshot) Anomalies(ctx context.Context) (AuditAnomalies, error) {
+	var an AuditAnomalies
+	if err := a.tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM audit_log").Scan(&an.Rows); err != nil {
+		return an, fmt.Errorf("store: count audit log: %w", err)
+	}
+	if a.s.dialect != Postgres {
+		err := a.tx.QueryRowContext(ctx, `SELECT COALESCE(quote(seq), 'NULL') FROM audit_log
+			WHERE typeof(seq) != 'integer' LIMIT 1`).Scan(&an.NonInteger)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return an, fmt.Errorf("store: read audit log: %w", err)
+		}
+	}
+	err := a.tx.QueryRowContext(ctx, `SELECT seq FROM audit_log WHERE `+a.s.intSeq()+`
+		GROUP BY seq HAVING COUNT(*) > 1 ORDER BY seq LIMIT 1`).Scan(&an.Duplicate)
+	switch {
+	case err == nil:
+		an.HasDuplicate = true
+	case !errors.Is(err, sql.ErrNoRows):
+		return an, fmt.Errorf("store: read audit log: %w", err)
+	}
+	err = a.tx.QueryRowContext(ctx, "SELECT id, seq FROM audit_head WHERE id != 1 ORDER BY id LIMIT 1").Scan(&an.ExtraHeadID, &an.ExtraHeadSeq)
+	switch {
+	case err == nil:
+		an.HasExtraHead = true
+	case !errors.Is(err, sql.ErrNoRows):
+		return an, fmt.Errorf("store: read audit head: %w", err)
+	}
+	return an, nil
 }

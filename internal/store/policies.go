@@ -16,7 +16,12 @@ type PolicyRef struct {
 	Name      string `json:"name"`
 }
 
-func (r PolicyRef) String() string { return r.Kind + " " + r.Namespace + "/" + r.Name }
+func (r PolicyRef) String() string {
+	if r.Namespace == "" { // mesh-wide kinds: Rego modules and data
+		return r.Kind + " " + r.Name
+	}
+	return r.Kind + " " + r.Namespace + "/" + r.Name
+}
 
 // PolicyObject is a policy document as stored: its canonical JSON.
 type PolicyObject struct {
@@ -43,10 +48,30 @@ type PolicyVersion struct {
 	Documents int `json:"documents"`
 }
 
-// CurrentPolicyVersion is the latest policy version (0: none yet).
+// PolicyFamily names one versioned policy store: its object and version
+// tables, its version counter and the watch section its changes bump.
+// The mesh's Istio policies and the secrets service's access policies are
+// two families kept by the same code.
+type PolicyFamily struct {
+	objects, versions, counter string
+	section                    Section
+}
+
+// The policy families.
+var (
+	MeshPolicies    = PolicyFamily{"policy_objects", "policy_versions", "policy_version", SectionPolicies}
+	SecretsPolicies = PolicyFamily{"secrets_policy_objects", "secrets_policy_versions", "secrets_policy_version", SectionSecretsPolicies}
+)
+
+// CurrentPolicyVersion is the latest mesh policy version (0: none yet).
 func (s *DB) CurrentPolicyVersion(ctx context.Context, q Queryer) (uint64, error) {
+	return s.CurrentPolicyVersionIn(ctx, q, MeshPolicies)
+}
+
+// CurrentPolicyVersionIn is the latest version of family f (0: none yet).
+func (s *DB) CurrentPolicyVersionIn(ctx context.Context, q Queryer, f PolicyFamily) (uint64, error) {
 	var v int64
-	if err := q.QueryRowContext(ctx, "SELECT value FROM counters WHERE name = 'policy_version'").Scan(&v); err != nil {
+	if err := q.QueryRowContext(ctx, "SELECT value FROM counters WHERE name = $1", f.counter).Scan(&v); err != nil {
 		return 0, fmt.Errorf("store: read policy version: %w", err)
 	}
 	return uint64(v), nil
@@ -56,7 +81,12 @@ func (s *DB) CurrentPolicyVersion(ctx context.Context, q Queryer) (uint64, error
 // ordered by kind, namespace and name, with the version they are at.
 // ErrNotFound for a version that does not exist.
 func (s *DB) PolicySet(ctx context.Context, q Queryer, version uint64) (uint64, []PolicyObject, error) {
-	cur, err := s.CurrentPolicyVersion(ctx, q)
+	return s.PolicySetIn(ctx, q, MeshPolicies, version)
+}
+
+// PolicySetIn is PolicySet for family f.
+func (s *DB) PolicySetIn(ctx context.Context, q Queryer, f PolicyFamily, version uint64) (uint64, []PolicyObject, error) {
+	cur, err := s.CurrentPolicyVersionIn(ctx, q, f)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -66,7 +96,7 @@ func (s *DB) PolicySet(ctx context.Context, q Queryer, version uint64) (uint64, 
 	if version > cur {
 		return 0, nil, fmt.Errorf("%w: policy version %d (the latest is %d)", ErrNotFound, version, cur)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT kind, namespace, name, raw FROM policy_objects
+	rows, err := q.QueryContext(ctx, `SELECT kind, namespace, name, raw FROM `+f.objects+`
 		WHERE from_version <= $1 AND (to_version = 0 OR to_version > $1)
 		ORDER BY kind, namespace, name`, int64(version))
 	if err != nil {
@@ -100,13 +130,18 @@ type PolicyWrite struct {
 // writes nothing. The global change version's policies section is bumped,
 // so watch streams carry the new set.
 func (s *DB) WritePolicies(ctx context.Context, tx *sql.Tx, actor, action string, sourceVersion uint64, writes []PolicyWrite, now time.Time) (PolicyVersion, error) {
+	return s.WritePoliciesIn(ctx, tx, MeshPolicies, actor, action, sourceVersion, writes, now)
+}
+
+// WritePoliciesIn is WritePolicies for family f.
+func (s *DB) WritePoliciesIn(ctx context.Context, tx *sql.Tx, f PolicyFamily, actor, action string, sourceVersion uint64, writes []PolicyWrite, now time.Time) (PolicyVersion, error) {
 	pv := PolicyVersion{Actor: actor, Action: action, SourceVersion: sourceVersion, CreatedAt: now.UTC(), Changes: []PolicyChange{}}
 	// Take the policy counter's row lock first: concurrent writers of the
 	// policy set serialize here, so each sees the other's result.
-	if _, err := tx.ExecContext(ctx, "UPDATE counters SET value = value WHERE name = 'policy_version'"); err != nil {
+	if _, err := tx.ExecContext(ctx, "UPDATE counters SET value = value WHERE name = $1", f.counter); err != nil {
 		return pv, fmt.Errorf("store: lock policy version: %w", err)
 	}
-	cur, err := s.CurrentPolicyVersion(ctx, tx)
+	cur, err := s.CurrentPolicyVersionIn(ctx, tx, f)
 	if err != nil {
 		return pv, err
 	}
@@ -118,7 +153,7 @@ func (s *DB) WritePolicies(ctx context.Context, tx *sql.Tx, actor, action string
 	var changes []change
 	for _, w := range writes {
 		var raw string
-		err := tx.QueryRowContext(ctx, `SELECT raw FROM policy_objects WHERE kind = $1 AND namespace = $2 AND name = $3 AND to_version = 0`,
+		err := tx.QueryRowContext(ctx, `SELECT raw FROM `+f.objects+` WHERE kind = $1 AND namespace = $2 AND name = $3 AND to_version = 0`,
 			w.Kind, w.Namespace, w.Name).Scan(&raw)
 		exists := err == nil
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -140,46 +175,70 @@ func (s *DB) WritePolicies(ctx context.Context, tx *sql.Tx, actor, action string
 		return pv, nil
 	}
 	var v int64
-	if err := tx.QueryRowContext(ctx, "UPDATE counters SET value = value + 1 WHERE name = 'policy_version' RETURNING value").Scan(&v); err != nil {
+	if err := tx.QueryRowContext(ctx, "UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value", f.counter).Scan(&v); err != nil {
 		return pv, fmt.Errorf("store: next policy version: %w", err)
 	}
 	pv.Version = uint64(v)
 	for _, c := range changes {
 		if c.exists {
-			if _, err := tx.ExecContext(ctx, `UPDATE policy_objects SET to_version = $1
+			if _, err := tx.ExecContext(ctx, `UPDATE `+f.objects+` SET to_version = $1
 				WHERE kind = $2 AND namespace = $3 AND name = $4 AND to_version = 0`, v, c.w.Kind, c.w.Namespace, c.w.Name); err != nil {
 				return pv, fmt.Errorf("store: retire policy: %w", err)
 			}
 		}
 		if c.w.Raw != nil {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO policy_objects (kind, namespace, name, from_version, to_version, raw)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO `+f.objects+` (kind, namespace, name, from_version, to_version, raw)
 				VALUES ($1, $2, $3, $4, 0, $5)`, c.w.Kind, c.w.Namespace, c.w.Name, v, string(c.w.Raw)); err != nil {
 				return pv, fmt.Errorf("store: write policy: %w", err)
 			}
 		}
 		pv.Changes = append(pv.Changes, PolicyChange{Op: c.op, PolicyRef: c.w.PolicyRef})
 	}
-	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM policy_objects WHERE to_version = 0").Scan(&pv.Documents); err != nil {
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+f.objects+" WHERE to_version = 0").Scan(&pv.Documents); err != nil {
 		return pv, fmt.Errorf("store: count policies: %w", err)
 	}
 	chJSON, err := json.Marshal(pv.Changes)
 	if err != nil {
 		return pv, err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO policy_versions (version, created_at, actor, action, source_version, changes, documents)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+f.versions+` (version, created_at, actor, action, source_version, changes, documents)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`, v, ns(pv.CreatedAt), actor, action, int64(sourceVersion), string(chJSON), pv.Documents); err != nil {
 		return pv, fmt.Errorf("store: record policy version: %w", err)
 	}
-	if _, err := s.BumpVersion(ctx, tx, SectionPolicies); err != nil {
+	if _, err := s.BumpVersion(ctx, tx, f.section); err != nil {
 		return pv, err
 	}
 	return pv, nil
 }
 
+// PlannedChanges are the changes writes would make to the objects in
+// force (by reference): what a dry run reports. Writes equal to what is in
+// force are no change.
+func PlannedChanges(current map[PolicyRef]PolicyObject, writes []PolicyWrite) []PolicyChange {
+	out := []PolicyChange{}
+	for _, w := range writes {
+		old, exists := current[w.PolicyRef]
+		switch {
+		case w.Raw == nil:
+			out = append(out, PolicyChange{Op: "delete", PolicyRef: w.PolicyRef})
+		case !exists:
+			out = append(out, PolicyChange{Op: "create", PolicyRef: w.PolicyRef})
+		case string(old.Raw) != string(w.Raw):
+			out = append(out, PolicyChange{Op: "update", PolicyRef: w.PolicyRef})
+		}
+	}
+	return out
+}
+
 // PolicyHistory lists policy versions, newest first, at most limit, older
 // than before (0: from the newest).
 func (s *DB) PolicyHistory(ctx context.Context, before uint64, limit int) ([]PolicyVersion, error) {
-	q := `SELECT version, created_at, actor, action, source_version, changes, documents FROM policy_versions`
+	return s.PolicyHistoryIn(ctx, MeshPolicies, before, limit)
+}
+
+// PolicyHistoryIn is PolicyHistory for family f.
+func (s *DB) PolicyHistoryIn(ctx context.Context, f PolicyFamily, before uint64, limit int) ([]PolicyVersion, error) {
+	q := `SELECT version, created_at, actor, action, source_version, changes, documents FROM ` + f.versions
 	args := []any{limit}
 	if before > 0 {
 		q += " WHERE version < $2"
@@ -212,7 +271,12 @@ func (s *DB) PolicyHistory(ctx context.Context, before uint64, limit int) ([]Pol
 // BEGIN already), so reading the current set, validating a change against
 // it and writing it happen without another writer in between.
 func (s *DB) LockPolicies(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, "UPDATE counters SET value = value WHERE name = 'policy_version'"); err != nil {
+	return s.LockPoliciesIn(ctx, tx, MeshPolicies)
+}
+
+// LockPoliciesIn is LockPolicies for family f.
+func (s *DB) LockPoliciesIn(ctx context.Context, tx *sql.Tx, f PolicyFamily) error {
+	if _, err := tx.ExecContext(ctx, "UPDATE counters SET value = value WHERE name = $1", f.counter); err != nil {
 		return fmt.Errorf("store: lock policies: %w", err)
 	}
 	return nil

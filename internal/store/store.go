@@ -137,7 +137,9 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 			if err := createPrivate(path); err != nil {
 				return nil, err
 			}
-			for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"} {
+			// secure_delete zeroes freed content, so a destroyed secret
+			// version leaves no bytes behind in the file (secrets service).
+			for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "secure_delete(1)"} {
 				q.Add("_pragma", p)
 			}
 			q.Set("_txlock", "immediate")

@@ -18,6 +18,9 @@ const (
 	SectionEntries     Section = "entries"
 	SectionRevocations Section = "revocations"
 	SectionPolicies    Section = "policies"
+	// SectionSecretsPolicies changes with the secrets service's access
+	// policies; no watch stream carries it, replicas reload on it.
+	SectionSecretsPolicies Section = "secrets_policies"
 )
 
 // BumpVersion increments the global change version inside tx and records

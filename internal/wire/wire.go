@@ -201,10 +201,30 @@ type Update struct {
 
 // PolicySet is the whole set of security policies at one policy version:
 // Istio security.istio.io documents (AuthorizationPolicy,
-// PeerAuthentication, RequestAuthentication) as JSON, exactly as applied.
+// PeerAuthentication, RequestAuthentication) and Moatless RegoProvider
+// documents as JSON, exactly as applied, with the Rego modules and data
+// documents that CUSTOM policies evaluate.
 type PolicySet struct {
 	Version   uint64            `json:"version"`
 	Documents []json.RawMessage `json:"documents"`
+	// Modules are the Rego modules in force, by ID.
+	Modules []RegoModule `json:"modules,omitempty"`
+	// Data are the data documents in force: each is one top-level key of
+	// Rego's data (data.<key>).
+	Data []DataDocument `json:"data,omitempty"`
+}
+
+// RegoModule is one Rego module: its ID (OPA's policy ID, the file name
+// it was applied from) and its source, exactly as applied.
+type RegoModule struct {
+	ID     string `json:"id"`
+	Source string `json:"source"`
+}
+
+// DataDocument is the value of data.<Key>, as JSON.
+type DataDocument struct {
+	Key   string          `json:"key"`
+	Value json.RawMessage `json:"value"`
 }
 
 // Ack reports that the caller applied everything up to Version. Component
@@ -277,4 +297,9 @@ type AuditEvent struct {
 	ReasonCode    string    `json:"reason_code"`
 	PolicyVersion uint64    `json:"policy_version"`
 	AuditPolicy   string    `json:"audit_policy,omitempty"`
+	// RegoQuery and InputSHA256 name the Rego query of the CUSTOM
+	// provider that decided, and the SHA-256 (hex) of the input document
+	// it saw; empty when no Rego provider decided.
+	RegoQuery   string `json:"rego_query,omitempty"`
+	InputSHA256 string `json:"input_sha256,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -14,17 +15,35 @@ import (
 )
 
 // peerCredentials is a gRPC TransportCredentials that adds no encryption
-// (the unix socket never leaves the kernel) but captures, at accept time,
-// the kernel's word about the process that connected: SO_PEERCRED and,
-// where the kernel has it, a pidfd (SO_PEERPIDFD). Nothing the client
-// sends is used to identify it.
-type peerCredentials struct{}
+// (the unix socket never leaves the kernel) but binds each connection, at
+// accept time, to the process that opened it, from the kernel's word
+// alone: SO_PEERCRED (pid, uid, gid at connect(2)), a pidfd for that
+// process (SO_PEERPIDFD, or pidfd_open of the PID on kernels before 6.5),
+// and, through binder, the program image it runs then (start time,
+// executable device and inode).
+//
+// The connection it returns then checks every byte it reads: the kernel
+// stamps each write on a unix socket with the writing process's PID
+// (SCM_CREDENTIALS, with SO_PASSCRED on the socket), so bytes written by
+// any other process than the opener — a child it handed the descriptor
+// to, a process it passed it to over another socket — mark the connection,
+// and so does a request already sent before the binding (it may come from
+// the program the process ran before an execve). Server.caller refuses
+// every call on a marked connection. Nothing the client sends is used to
+// identify it.
+type peerCredentials struct {
+	// binder binds connections to program images; nil binds nothing
+	// (an attestor that reads no /proc needs no binding).
+	binder attest.Binder
+	hooks  *testHooks
+}
 
 // AuthInfo is the peer information attached to every RPC on a Workload API
 // connection (read it with peer.FromContext).
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	Peer attest.Peer
+	conn *boundConn
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -32,7 +51,7 @@ func (AuthInfo) AuthType() string { return "unix-peercred" }
 
 var errNotUnix = errors.New("workload: connection is not a unix socket")
 
-func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
 		return nil, nil, errNotUnix
@@ -42,16 +61,21 @@ func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.Aut
 		return nil, nil, fmt.Errorf("workload: peer credentials: %w", err)
 	}
 	var (
-		cred   *unix.Ucred
-		credEr error
-		pidfd  = -1
+		cred  *unix.Ucred
+		serr  error
+		pidfd = -1
 	)
 	cerr := raw.Control(func(fd uintptr) {
-		cred, credEr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credEr != nil {
+		if cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); serr != nil {
 			return
 		}
-		// ENOPROTOOPT before Linux 6.5: attest without the pidfd.
+		// The listener has SO_PASSCRED, which accepted sockets inherit;
+		// set it again in case this one came from elsewhere. Bytes queued
+		// before it was set carry no PID and count as foreign.
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1); serr != nil {
+			return
+		}
+		// ENOPROTOOPT before Linux 6.5: pidfd_open below.
 		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
 			pidfd = p
 		}
@@ -59,17 +83,48 @@ func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.Aut
 	if cerr != nil {
 		return nil, nil, fmt.Errorf("workload: peer credentials: %w", cerr)
 	}
-	if credEr != nil {
-		return nil, nil, fmt.Errorf("workload: peer credentials: %w", credEr)
+	if serr != nil {
+		return nil, nil, fmt.Errorf("workload: peer credentials: %w", serr)
+	}
+	if pidfd < 0 && cred.Pid > 0 {
+		// Weaker than SO_PEERPIDFD: the PID may already name another
+		// process if the peer exited since connect(2). The binding's
+		// start time then belongs to that process; see docs/agent.md.
+		if p, err := unix.PidfdOpen(int(cred.Pid), unix.PIDFD_NONBLOCK); err == nil {
+			pidfd = p
+		}
+	}
+	if pc.hooks != nil {
+		runHook(&pc.hooks.handshake, cred.Pid)
+	}
+	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
+	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
+	if pc.binder != nil && cred.Pid > 0 {
+		img, err := pc.binder.Bind(context.Background(), peer)
+		if err != nil {
+			// Refused at the first call, with the reason, rather than by
+			// a failed handshake the client would only see as Unavailable.
+			bc.bindErr = err
+		} else {
+			peer.Image = &img
+		}
+	}
+	// Everything queued by now was written before the binding above: by
+	// the image bound, or by one the process ran before an execve. A
+	// request among those bytes cannot be attributed to the bound image.
+	var inq int
+	cerr = raw.Control(func(fd uintptr) { inq, serr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	if cerr == nil && serr == nil {
+		bc.early.left = inq
+	} else {
+		bc.bindErr = fmt.Errorf("workload: queued bytes: %w", errors.Join(cerr, serr))
 	}
 	info := AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		Peer:           attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd},
+		Peer:           peer,
+		conn:           bc,
 	}
-	if pidfd < 0 {
-		return conn, info, nil
-	}
-	return &pidfdConn{Conn: conn, pidfd: pidfd}, info, nil
+	return bc, info, nil
 }
 
 func (peerCredentials) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -84,14 +139,87 @@ func (c peerCredentials) Clone() credentials.TransportCredentials { return c }
 
 func (peerCredentials) OverrideServerName(string) error { return nil } //nolint:staticcheck // interface
 
-// pidfdConn closes the peer's pidfd with the connection.
-type pidfdConn struct {
-	net.Conn
-	once  sync.Once
-	pidfd int
+// boundConn is a Workload API connection bound to the process that opened
+// it. It reads with recvmsg to see the writer of every byte, and closes the
+// peer's pidfd with the connection. Read is called by one goroutine (the
+// gRPC transport's reader); the marks are read by the handlers.
+type boundConn struct {
+	*net.UnixConn
+	pid     int32
+	pidfd   int
+	bindErr error
+
+	oob   [64]byte
+	early earlyScan
+
+	foreign      atomic.Int32 // first other writer's PID (-1: a write without a PID)
+	earlyRequest atomic.Bool
+	once         sync.Once
 }
 
-func (c *pidfdConn) Close() error {
-	c.once.Do(func() { unix.Close(c.pidfd) })
-	return c.Conn.Close()
+// Read implements net.Conn. Each recvmsg returns bytes of one writer only:
+// with SO_PASSCRED the kernel never merges writes of different processes
+// into one read.
+func (c *boundConn) Read(p []byte) (int, error) {
+	n, oobn, _, _, err := c.UnixConn.ReadMsgUnix(p, c.oob[:])
+	if n < 0 { // some error paths report -1
+		n = 0
+	}
+	if n > 0 {
+		if w := writerPID(c.oob[:oobn]); w != c.pid {
+			if w == 0 {
+				w = -1
+			}
+			c.foreign.CompareAndSwap(0, w)
+		}
+		if c.early.active() && c.early.feed(p[:n]) {
+			c.earlyRequest.Store(true)
+		}
+	}
+	return n, err
+}
+
+// writerPID returns the PID in the SCM_CREDENTIALS of oob, 0 if none.
+// Descriptors a client sends along (SCM_RIGHTS) do not fit the buffer: the
+// kernel closes them and never installs them in the agent.
+func writerPID(oob []byte) int32 {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	for i := range msgs {
+		if msgs[i].Header.Level == unix.SOL_SOCKET && msgs[i].Header.Type == unix.SCM_CREDENTIALS {
+			if cr, err := unix.ParseUnixCredentials(&msgs[i]); err == nil {
+				return cr.Pid
+			}
+		}
+	}
+	return 0
+}
+
+// check returns why no call may be served on this connection, or nil.
+// The messages go to the client: they say what happened and what to do.
+func (c *boundConn) check() error {
+	switch w := c.foreign.Load(); {
+	case c.bindErr != nil && errors.Is(c.bindErr, attest.ErrProcessGone):
+		return fmt.Errorf("the process that opened this connection (pid %d) exited before the agent accepted it", c.pid)
+	case c.bindErr != nil:
+		return fmt.Errorf("the agent could not bind this connection to the process that opened it (pid %d)", c.pid)
+	case w == -1:
+		return fmt.Errorf("this connection was written to by a process the kernel did not name, not by process %d that opened it; a Workload API connection serves only the process that opened it", c.pid)
+	case w != 0:
+		return fmt.Errorf("this connection was written to by process %d, not by process %d that opened it; a Workload API connection serves only the process that opened it: open one in each process", w, c.pid)
+	case c.earlyRequest.Load():
+		return fmt.Errorf("a request on this connection was sent before the agent bound it to process %d, so the program that sent it is unknown; send requests only after the server's HTTP/2 SETTINGS (gRPC clients do)", c.pid)
+	}
+	return nil
+}
+
+func (c *boundConn) Close() error {
+	c.once.Do(func() {
+		if c.pidfd >= 0 {
+			unix.Close(c.pidfd)
+		}
+	})
+	return c.UnixConn.Close()
 }

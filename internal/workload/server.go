@@ -27,12 +27,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -96,6 +98,25 @@ type Server struct {
 	closed   bool
 	ready    chan struct{}
 	readyOne sync.Once
+
+	testHooks testHooks
+}
+
+// testHooks let tests stop the server at the points an attacker races
+// for. Unset hooks do nothing; production code never sets them. Atomic:
+// tests set them while the server runs.
+type testHooks struct {
+	// handshake runs when a connection is accepted, before it is bound
+	// to its peer process.
+	handshake atomic.Pointer[func(pid int32)]
+	// request runs when a call arrives, before its caller is checked.
+	request atomic.Pointer[func(pid int32)]
+}
+
+func runHook(h *atomic.Pointer[func(int32)], pid int32) {
+	if f := h.Load(); f != nil && *f != nil {
+		(*f)(pid)
+	}
 }
 
 // New checks cfg and returns a server that does not listen yet.
@@ -115,8 +136,9 @@ func New(cfg Config) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	binder, _ := cfg.Attestor.(attest.Binder)
 	s.grpc = grpc.NewServer(
-		grpc.Creds(peerCredentials{}),
+		grpc.Creds(peerCredentials{binder: binder, hooks: &s.testHooks}),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
 		grpc.MaxConcurrentStreams(64),
 	)
@@ -198,6 +220,13 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workload: listen: %w", err)
 	}
+	// Accepted sockets inherit SO_PASSCRED, so even the bytes a client
+	// writes before accept(2) carry its PID (see boundConn).
+	if err := passCred(lis.(*net.UnixListener)); err != nil {
+		lis.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("workload: listen: SO_PASSCRED: %w", err)
+	}
 	// The listener must not unlink on Close: Close removes the socket only
 	// when it is still ours (a new agent may have replaced it).
 	lis.(*net.UnixListener).SetUnlinkOnClose(false)
@@ -207,6 +236,18 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("workload: chmod socket: %w", err)
 	}
 	return lis, nil
+}
+
+func passCred(l *net.UnixListener) error {
+	raw, err := l.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 func inode(path string) uint64 {
@@ -226,7 +267,11 @@ func removeIfSame(path string, ino uint64) {
 	}
 }
 
-// caller checks the security header and attests the caller.
+// caller checks the security header, that the connection still serves
+// the process that opened it (see peerCredentials), and attests that
+// process. Streams call it again before every later answer, so a stream
+// ends (PermissionDenied) once its opener executes another program, exits
+// or hands the connection to another process.
 func (s *Server) caller(ctx context.Context, method string) ([]wire.Selector, attest.Peer, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(SecurityHeader); len(v) != 1 || v[0] != "true" {
@@ -237,16 +282,28 @@ func (s *Server) caller(ctx context.Context, method string) ([]wire.Selector, at
 		return nil, attest.Peer{}, status.Error(codes.Internal, "no peer information")
 	}
 	info, ok := p.AuthInfo.(AuthInfo)
-	if !ok {
+	if !ok || info.conn == nil {
 		return nil, attest.Peer{}, status.Error(codes.Internal, "no peer credentials on this connection")
 	}
-	sels, err := s.cfg.Attestor.Attest(ctx, info.Peer)
-	if err != nil {
+	runHook(&s.testHooks.request, info.Peer.PID)
+	deny := func(reason error, msg string) error {
 		if s.cfg.OnAttestFailure != nil {
 			s.cfg.OnAttestFailure()
 		}
-		s.log.Warn("workload attestation failed", "method", method, "pid", info.Peer.PID, "uid", info.Peer.UID, "error", err)
-		return nil, info.Peer, status.Error(codes.PermissionDenied, "workload attestation failed")
+		s.log.Warn("workload attestation failed", "method", method, "pid", info.Peer.PID, "uid", info.Peer.UID, "error", reason)
+		return status.Error(codes.PermissionDenied, "workload attestation failed: "+msg)
+	}
+	if err := info.conn.check(); err != nil {
+		return nil, info.Peer, deny(err, err.Error())
+	}
+	sels, err := s.cfg.Attestor.Attest(ctx, info.Peer)
+	switch {
+	case errors.Is(err, attest.ErrExecuted):
+		return nil, info.Peer, deny(err, fmt.Sprintf("the process that opened this connection (pid %d) executed another program since; a connection carries the identity of the program that opened it: open a new one", info.Peer.PID))
+	case errors.Is(err, attest.ErrProcessGone):
+		return nil, info.Peer, deny(err, fmt.Sprintf("the process that opened this connection (pid %d) exited", info.Peer.PID))
+	case err != nil:
+		return nil, info.Peer, deny(err, "the agent could not read the caller's process")
 	}
 	return sels, info.Peer, nil
 }
@@ -328,7 +385,14 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		return err
 	}
 	var last []byte
+	first := true
 	return s.watch(ctx, func(st *State) (time.Time, error) {
+		if !first {
+			if sels, _, err = s.caller(ctx, "FetchX509SVID"); err != nil {
+				return time.Time{}, err
+			}
+		}
+		first = false
 		now := s.now()
 		ids := liveX509(matching(st, sels), now)
 		if len(ids) == 0 {
@@ -406,8 +470,14 @@ func (s *Server) streamBundles(ctx context.Context, method string, bundle func(*
 		return err
 	}
 	var last []byte
-	sent := false
+	sent, first := false, true
 	return s.watch(ctx, func(st *State) (time.Time, error) {
+		if !first {
+			if sels, _, err = s.caller(ctx, method); err != nil {
+				return time.Time{}, err
+			}
+		}
+		first = false
 		if len(matching(st, sels)) == 0 {
 			return time.Time{}, errNoIdentity
 		}

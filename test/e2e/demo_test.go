@@ -7,7 +7,8 @@ import (
 
 // "moatless demo --once" is README command one and a smoke test of the
 // whole product: server, four join-token sidecars, policies pushed and
-// acknowledged, an OIDC login, a token exchange, and two revocations. Every
+// acknowledged, an OIDC login, a token exchange, two revocations, and the
+// secrets service (orders' KV read and card encryption by SVID). Every
 // row must come out as the demo expects.
 func TestDemoOnce(t *testing.T) {
 	code, stdout, stderr := run(t, nil, "", "demo", "--once", "-o", "json", "--dir", t.TempDir())
@@ -33,7 +34,7 @@ func TestDemoOnce(t *testing.T) {
 			t.Errorf("step %d: allowed without a deciding policy in the sidecar's decision log", r.Step)
 		}
 	}
-	if len(out.Rows) < 11 || code != 0 {
+	if len(out.Rows) < 14 || code != 0 {
 		t.Fatalf("demo exit %d with %d rows; stderr: %s", code, len(out.Rows), stderr)
 	}
 }

@@ -195,9 +195,15 @@ type sidecarMesh struct {
 
 func startSidecarMesh(t *testing.T, app string) *sidecarMesh {
 	t.Helper()
+	return startSidecarMeshWith(t, app, sidecarPolicies)
+}
+
+// startSidecarMeshWith is startSidecarMesh enforcing policies (YAML).
+func startSidecarMeshWith(t *testing.T, app, policies string) *sidecarMesh {
+	t.Helper()
 	m := &sidecarMesh{pki: newSidecarPKI(t), policyDir: t.TempDir(), inbound: freeAddr(t), outbound: freeAddr(t)}
 	m.revocations = filepath.Join(m.pki.dir, "revocations.json")
-	if err := os.WriteFile(filepath.Join(m.policyDir, "policies.yaml"), []byte(sidecarPolicies), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(m.policyDir, "policies.yaml"), []byte(policies), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	of, _ := m.pki.files("orders", scOrdersID)

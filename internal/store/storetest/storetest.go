@@ -88,11 +88,33 @@ func Main(m interface{ Run() int }) {
 	os.Exit(code)
 }
 
-// Stop stops the shared server if it was started.
+// Stop stops the shared servers that were started.
 func Stop() {
 	if pgServer != nil {
 		pgServer.stop()
 	}
+	if pwServer != nil {
+		pwServer.srv.stop()
+	}
+}
+
+// dropPrivileges: PostgreSQL refuses to run as root; drop to the
+// package's postgres user (or nobody) and give it the directory.
+func dropPrivileges(s *server) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		u, err = user.Lookup("nobody")
+	}
+	if err != nil {
+		return fmt.Errorf("running as root and no postgres user to drop to")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	return os.Chown(s.dir, uid, gid)
 }
 
 type server struct {
@@ -157,22 +179,8 @@ func startPostgres() (*server, error) {
 		return nil, err
 	}
 	s := &server{dir: dir, bin: bin}
-	// PostgreSQL refuses to run as root; drop to the package's postgres
-	// user (or nobody) and give it the directory.
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			u, err = user.Lookup("nobody")
-		}
-		if err != nil {
-			return nil, fmt.Errorf("running as root and no postgres user to drop to")
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
+	if err := dropPrivileges(s); err != nil {
+		return nil, err
 	}
 	data := filepath.Join(dir, "data")
 	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "moatless", "--auth=trust", "-E", "UTF8", "--no-sync")

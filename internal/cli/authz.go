@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/extauthz"
+	"github.com/moatless/moatless/internal/opaapi"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/server"
+)
+
+const authzUsage = `Usage: moatless authz -f FILE_OR_DIR [-f ...] --listen ADDR [flags]
+
+Serves Envoy's external authorization API (gRPC envoy.service.auth.v3) with
+Moatless's decision function over policy files: Istio AuthorizationPolicy,
+PeerAuthentication-free RequestAuthentication, RegoProviders, *.rego modules
+and data.json. Files are re-read every --reload-interval; a change applies
+once two reads agree, and one that does not compile keeps the policy in force.
+
+--listen unix:/path serves a unix socket (mode 0660) to the UIDs of
+--allow-uid (default: this process's); --listen host:port needs mutual TLS
+(--tls-cert, --tls-key, --client-ca). Envoy's context_extensions "namespace"
+and "labels" (app=web,tier=front) name the destination per route; --namespace
+and --label are the default.
+
+Flags:
+`
+
+// runAuthz runs "moatless authz": a standalone ext_authz server.
+func runAuthz(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("authz", flag.ContinueOnError)
+	var (
+		files, labels, uids           stringList
+		listen, admin, ns, root, norm string
+		cert, key, clientCA           string
+		logLevel                      string
+		reload                        time.Duration
+	)
+	fs.Var(&files, "f", "policy `file or directory` (repeatable)")
+	fs.StringVar(&listen, "listen", "", "`address`: unix:/path or host:port (required)")
+	fs.StringVar(&cert, "tls-cert", "", "server certificate `file` (PEM) for a TCP listener")
+	fs.StringVar(&key, "tls-key", "", "server key `file` (PEM) for a TCP listener")
+	fs.StringVar(&clientCA, "client-ca", "", "`file` of CA certificates (PEM) client certificates must chain to")
+	fs.Var(&uids, "allow-uid", "`uid` allowed on a unix socket (repeatable; default this process's)")
+	fs.StringVar(&ns, "namespace", policy.DefaultNamespace, "destination `namespace` when the context extensions name none")
+	fs.Var(&labels, "label", "destination label `key=value` (repeatable) when the context extensions name none")
+	fs.StringVar(&root, "root-namespace", policy.DefaultRootNamespace, "root `namespace`: its policies apply mesh-wide")
+	fs.StringVar(&norm, "path-normalization", "BASE", "path normalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
+	fs.StringVar(&admin, "admin", "127.0.0.1:15010", "loopback `address` of /metrics, /livez, /readyz and the read-only OPA API; off to disable")
+	fs.DurationVar(&reload, "reload-interval", 2*time.Second, "how often policy files are checked for changes")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), authzUsage)
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	switch {
+	case len(files) == 0:
+		return e.errorf(ExitUsage, "authz: give the policies with -f FILE_OR_DIR")
+	case listen == "":
+		return e.errorf(ExitUsage, "authz: --listen unix:/path or host:port is required")
+	case reload <= 0:
+		return e.errorf(ExitUsage, "authz: --reload-interval must be positive")
+	}
+	mode, err := policy.ParsePathNormalization(norm)
+	if err != nil {
+		return e.errorf(ExitUsage, "authz: --path-normalization: %v", err)
+	}
+	dst := policy.Destination{Namespace: ns, Labels: map[string]string{}}
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return e.errorf(ExitUsage, "authz: --label %q: want key=value", l)
+		}
+		dst.Labels[k] = v
+	}
+	var allow []uint32
+	for _, u := range uids {
+		n, err := strconv.ParseUint(u, 10, 32)
+		if err != nil {
+			return e.errorf(ExitUsage, "authz: --allow-uid %q is not a uid", u)
+		}
+		allow = append(allow, uint32(n))
+	}
+	var tlsConf *tls.Config
+	if !strings.HasPrefix(listen, "unix:") {
+		if tlsConf, err = mutualTLS(cert, key, clientCA); err != nil {
+			return e.errorf(ExitUsage, "authz: %v", err)
+		}
+	}
+	log, err := newLogger(e.Stderr, "json", logLevel)
+	if err != nil {
+		return e.errorf(ExitUsage, "authz: --log-level: %v", err)
+	}
+
+	verifier := authn.NewVerifier(authn.Options{Logger: log})
+	defer verifier.Close()
+	verifier.Start(ctx)
+	pol := &filePolicy{e: e, files: files, opts: policy.Options{RootNamespace: root, PathNormalization: mode}, log: log, verifier: verifier, dst: dst}
+	if err := pol.load(ctx, true); err != nil {
+		return e.errorf(ExitUsage, "authz: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := extauthz.New(extauthz.Config{Policy: pol.current, Verifier: verifier, Destination: dst, Logger: log, Registerer: reg})
+	if err != nil {
+		return e.errorf(ExitFailure, "authz: %v", err)
+	}
+	l, creds, err := extauthz.Listen(listen, tlsConf, allow)
+	if err != nil {
+		return e.errorf(ExitFailure, "authz: %v", err)
+	}
+	if admin != "off" {
+		if err := serveAuthzAdmin(ctx, admin, reg, pol, log); err != nil {
+			l.Close()
+			return e.errorf(ExitUsage, "authz: --admin: %v", err)
+		}
+	}
+	go func() {
+		t := time.NewTicker(reload)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := pol.load(ctx, false); err != nil {
+					log.Error("policy reload failed; keeping the policy in force", "err", err)
+				}
+			}
+		}
+	}()
+	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
+	if err := srv.Serve(ctx, l, creds); err != nil && !errors.Is(err, net.ErrClosed) {
+		return e.errorf(ExitFailure, "authz: %v", err)
+	}
+	return ExitOK
+}
+
+// mutualTLS is the TLS config of a TCP ext_authz listener: a server
+// certificate, client certificates required and verified against clientCA.
+func mutualTLS(cert, key, clientCA string) (*tls.Config, error) {
+	if cert == "" || key == "" || clientCA == "" {
+		return nil, errors.New("a TCP --listen needs --tls-cert, --tls-key and --client-ca (mutual TLS); or listen on unix:/path")
+	}
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	pem, err := os.ReadFile(clientCA)
+	if err != nil {
+		return nil, fmt.Errorf("--client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--client-ca: %s holds no PEM certificate", clientCA)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{kp}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
+}
+
+// filePolicy is the policy of "moatless authz", from files.
+type filePolicy struct {
+	e        *Env
+	files    []string
+	opts     policy.Options
+	log      *slog.Logger
+	verifier *authn.Verifier
+	dst      policy.Destination
+
+	set     atomic.Pointer[policy.Set]
+	version atomic.Uint64
+	sum     [32]byte
+	pending [32]byte
+}
+
+func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
+
+// load reads the files and puts them in force when they changed and (but
+// at start) two consecutive reads agree, so a half-written file is never
+// in force.
+func (p *filePolicy) load(ctx context.Context, first bool) error {
+	pf, err := p.e.readPolicyFiles("authz", p.files)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	for _, f := range pf {
+		fmt.Fprintf(h, "%s\x00%d\x00%s", f.Name, len(f.Content), f.Content)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	if !first && sum == p.sum {
+		return nil
+	}
+	if !first && sum != p.pending {
+		p.pending = sum
+		return nil
+	}
+	var b policy.Bundle
+	for _, f := range pf {
+		if err := b.Add(f.Name, []byte(f.Content)); err != nil {
+			return err
+		}
+	}
+	set, err := b.Compile(p.opts)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if err := p.verifier.Prepare(pctx, set.JWTRules(p.dst)); err != nil {
+		p.log.Warn("prepare JWT verifier", "err", err)
+	}
+	cancel()
+	p.sum = sum
+	p.set.Store(set)
+	v := p.version.Add(1)
+	p.log.Info("policies loaded", "version", v, "files", len(pf), "documents", len(b.Docs), "rego_modules", len(b.Modules), "data_documents", len(b.Data))
+	return nil
+}
+
+// serveAuthzAdmin serves /metrics, the health endpoints and the
+// read-only OPA API on a loopback address.
+func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry, p *filePolicy, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%q is not a loopback address", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("GET /livez", live)
+	mux.HandleFunc("GET /healthz", live)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
+	})
+	(&opaapi.Handler{Rego: func() *policy.Rego { return p.set.Load().Rego() }, Logger: log}).Register(mux, opaapi.LoopbackOnly)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.Info("admin listening", "addr", l.Addr().String())
+	return nil
+}
+
+// serveExtAuthz serves ext_authz from "moatless server" on a unix socket:
+// decisions with the policy set in force, denials audited.
+func serveExtAuthz(ctx context.Context, srv *server.Server, addr string, uidArgs []string, log *slog.Logger) (func(), error) {
+	if !strings.HasPrefix(addr, "unix:") {
+		return nil, fmt.Errorf("%q: the server serves ext_authz on a unix socket (unix:/path); for TCP with mutual TLS run \"moatless authz\"", addr)
+	}
+	var allow []uint32
+	for _, u := range uidArgs {
+		n, err := strconv.ParseUint(u, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--ext-authz-uid %q is not a uid", u)
+		}
+		allow = append(allow, uint32(n))
+	}
+	verifier := authn.NewVerifier(authn.Options{Logger: log})
+	verifier.Start(ctx)
+	x, err := extauthz.New(extauthz.Config{Policy: srv.AuthzPolicy, Verifier: verifier, Logger: log, OnDecision: srv.AuditAuthzDecision,
+		Destination: policy.Destination{Namespace: policy.DefaultNamespace}})
+	if err != nil {
+		verifier.Close()
+		return nil, err
+	}
+	l, creds, err := extauthz.Listen(addr, nil, allow)
+	if err != nil {
+		verifier.Close()
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := x.Serve(sctx, l, creds); err != nil {
+			log.Error("ext_authz stopped", "err", err)
+		}
+	}()
+	log.Info("ext_authz serving", "listen", addr)
+	return func() { cancel(); <-done; verifier.Close() }, nil
+}

@@ -1,0 +1,383 @@
+// Package extauthz serves Envoy's external authorization API (gRPC
+// envoy.service.auth.v3.Authorization, go-control-plane's types) with
+// Moatless's decision function: an existing Envoy or Istio ingress
+// delegates decisions (Istio AuthorizationPolicy, RequestAuthentication
+// and Rego CUSTOM providers) to "moatless server" or "moatless authz".
+//
+// A CheckRequest becomes a policy.Request: the source principal and
+// address Envoy saw, the destination's port and principal, the HTTP
+// method, path, host and headers, the TLS session's SNI and the request
+// time Envoy stamped. Destinations have no namespace or labels in Envoy's
+// request; they come from Config.Destination, overridden per route by the
+// context extensions "namespace" and "labels" ("app=web,tier=front").
+// Allowed requests get the headers the policies ask for (Rego results,
+// RequestAuthentication outputs); denials get 403 (or the Rego result's
+// status), invalid tokens 401, as the sidecar answers them.
+package extauthz
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// Record is one decision, for the embedder's audit log (Config.OnDecision).
+type Record struct {
+	Time          time.Time
+	Source        string // caller SPIFFE ID as Envoy saw it, "" for none
+	SourceIP      string
+	Destination   string // "namespace:port"
+	Method, Path  string // Path without the query
+	Decision      policy.Decision
+	PolicyVersion uint64
+}
+
+// Config configures a Server. Policy is required.
+type Config struct {
+	// Policy returns the policy in force and its version; a nil Set
+	// denies everything (deny by default).
+	Policy func() (*policy.Set, uint64)
+	// Verifier validates request JWTs (RequestAuthentication); nil
+	// refuses (401) every token a rule looks at.
+	Verifier policy.JWTVerifier
+	// Destination is the workload decisions are for when the context
+	// extensions do not say (Namespace, Labels; Port comes from Envoy).
+	Destination policy.Destination
+	// Now stamps requests Envoy did not stamp; default time.Now.
+	Now func() time.Time
+	// Logger receives operational logs and DecisionLog every decision
+	// (denials at warn); defaults slog.Default().
+	Logger      *slog.Logger
+	DecisionLog *slog.Logger
+	// Registerer receives the metrics; default none.
+	Registerer prometheus.Registerer
+	// OnDecision, when set, is called with every denial (the server
+	// audits them). It must not block.
+	OnDecision func(context.Context, Record)
+}
+
+// Server answers Check calls.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	cfg       Config
+	decisions *prometheus.CounterVec
+	custom    *prometheus.CounterVec
+}
+
+// New checks cfg and builds a Server; it listens on nothing (Serve does).
+func New(cfg Config) (*Server, error) {
+	if cfg.Policy == nil {
+		return nil, errors.New("extauthz: config: a policy source is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.DecisionLog == nil {
+		cfg.DecisionLog = cfg.Logger
+	}
+	s := &Server{cfg: cfg,
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_authz_decisions_total",
+			Help: "ext_authz Check decisions by outcome and deciding policy (namespace/name, empty when none).",
+		}, []string{"decision", "policy"}),
+		custom: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_authz_custom_decisions_total",
+			Help: "CUSTOM provider (Rego) evaluations of ext_authz checks by provider and result: allow, deny, error or timeout.",
+		}, []string{"provider", "result"}),
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.decisions, s.custom} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+// Request converts a CheckRequest into the request the decision function
+// takes, with def as the destination's namespace and labels unless the
+// context extensions name them. Errors are malformed requests (a source
+// address that is not an IP, bad labels).
+func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*policy.Request, error) {
+	a := cr.GetAttributes()
+	req := &policy.Request{Protocol: policy.TCP, Headers: http.Header{}, Time: now}
+	if t := a.GetRequest().GetTime(); t != nil && t.IsValid() {
+		req.Time = t.AsTime()
+	}
+	req.Source.Principal = strings.TrimPrefix(a.GetSource().GetPrincipal(), "spiffe://")
+	if sa := a.GetSource().GetAddress().GetSocketAddress(); sa != nil && sa.GetAddress() != "" {
+		ip, err := netip.ParseAddr(sa.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("source address %q is not an IP", sa.GetAddress())
+		}
+		req.Source.IP = ip.Unmap()
+	}
+	req.RemoteIP = req.Source.IP
+	req.Destination = policy.Destination{Namespace: def.Namespace, Labels: def.Labels}
+	if ds := a.GetDestination().GetAddress().GetSocketAddress(); ds != nil {
+		req.Destination.Port = int(ds.GetPortValue())
+		if ip, err := netip.ParseAddr(ds.GetAddress()); err == nil {
+			req.Destination.IP = ip.Unmap()
+		}
+	}
+	req.Destination.Principal = strings.TrimPrefix(a.GetDestination().GetPrincipal(), "spiffe://")
+	ext := a.GetContextExtensions()
+	if ns, ok := ext["namespace"]; ok {
+		req.Destination.Namespace = ns
+	}
+	if ls, ok := ext["labels"]; ok {
+		labels, err := parseLabels(ls)
+		if err != nil {
+			return nil, err
+		}
+		req.Destination.Labels = labels
+	}
+	req.SNI = a.GetTlsSession().GetSni()
+	h := a.GetRequest().GetHttp()
+	if h == nil {
+		return req, nil // a network (L4) check
+	}
+	req.Protocol = policy.HTTP
+	req.Method, req.Host, req.Path = h.GetMethod(), h.GetHost(), h.GetPath()
+	if req.Path == "" {
+		req.Path = "/"
+	}
+	for k, v := range h.GetHeaders() {
+		if strings.HasPrefix(k, ":") {
+			continue // pseudo-headers are the fields above
+		}
+		req.Headers[http.CanonicalHeaderKey(k)] = []string{v}
+	}
+	for _, hv := range h.GetHeaderMap().GetHeaders() {
+		if strings.HasPrefix(hv.GetKey(), ":") {
+			continue
+		}
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		req.Headers.Add(http.CanonicalHeaderKey(hv.GetKey()), v)
+	}
+	return req, nil
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("context extension labels %q: want key=value[,key=value]", s)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// Check decides one request with the policy in force. A request that
+// cannot be read, and any policy failure, is denied: ext_authz never
+// fails open on Moatless's side.
+func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	set, version := s.cfg.Policy()
+	req, err := Request(cr, s.cfg.Destination, s.cfg.Now())
+	var dec policy.Decision
+	switch {
+	case err != nil:
+		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
+	case set == nil:
+		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: policy.ReasonNoSet}
+	default:
+		v := s.cfg.Verifier
+		if v == nil {
+			v = refuseTokens{}
+		}
+		dec = set.Evaluate(req, v)
+	}
+	s.record(ctx, cr, req, dec, version)
+	return response(dec, req), nil
+}
+
+type refuseTokens struct{}
+
+func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, _ *policy.Request) (*policy.Auth, error) {
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	return nil, errors.New("extauthz: no JWT verifier configured")
+}
+
+// response is Envoy's answer to dec.
+func response(dec policy.Decision, req *policy.Request) *authv3.CheckResponse {
+	switch dec.Outcome {
+	case policy.Allow:
+		ok := &authv3.OkHttpResponse{}
+		set := func(k, v string) {
+			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: strings.ToLower(k), Value: v},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+		if req != nil && req.Auth != nil {
+			for _, k := range req.Auth.RemoveHeaders {
+				ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(k))
+			}
+			for _, k := range sortedKeys(req.Auth.SetHeaders) {
+				set(k, req.Auth.SetHeaders[k])
+			}
+		}
+		for _, k := range sortedKeys(dec.Headers) {
+			set(k, dec.Headers[k])
+		}
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
+	case policy.Unauthenticated:
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(codes.Unauthenticated), Message: dec.Reason},
+			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+				Status: &typev3.HttpStatus{Code: typev3.StatusCode_Unauthorized},
+				Headers: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "www-authenticate", Value: `Bearer error="invalid_token"`},
+					AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}},
+				Body: "Jwt verification fails",
+			}},
+		}
+	}
+	code := typev3.StatusCode_Forbidden
+	if dec.Status != 0 {
+		code = typev3.StatusCode(dec.Status)
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: dec.Reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status: &typev3.HttpStatus{Code: code}, Body: "RBAC: access denied",
+		}},
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// record counts and logs a decision (every denial and every decision a
+// CUSTOM provider took part in; other allows are only counted) and hands
+// denials to OnDecision.
+func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *policy.Request, dec policy.Decision, version uint64) {
+	s.decisions.WithLabelValues(dec.Outcome.String(), dec.Policy).Inc()
+	for _, c := range dec.Custom {
+		s.custom.WithLabelValues(c.Provider, c.Result).Inc()
+	}
+	if dec.Outcome == policy.Allow && len(dec.Custom) == 0 {
+		return
+	}
+	a := cr.GetAttributes()
+	rec := Record{Time: s.cfg.Now(), Source: a.GetSource().GetPrincipal(), Decision: dec, PolicyVersion: version}
+	if req != nil {
+		rec.SourceIP = addr(req.Source.IP)
+		rec.Destination = req.Destination.Namespace + ":" + strconv.Itoa(req.Destination.Port)
+		rec.Method = req.Method
+		rec.Path, _, _ = strings.Cut(req.Path, "?") // tokens may travel in the query
+	}
+	attrs := []slog.Attr{
+		slog.String("source", rec.Source), slog.String("source_ip", rec.SourceIP), slog.String("destination", rec.Destination),
+		slog.String("method", rec.Method), slog.String("path", rec.Path), slog.String("decision", dec.Outcome.String()),
+		slog.String("policy", dec.Policy), slog.Int("rule", dec.Rule), slog.String("reason", dec.Reason), slog.Uint64("policy_version", version),
+	}
+	for i, c := range dec.Custom {
+		attrs = append(attrs, slog.Group("custom_"+strconv.Itoa(i), slog.String("provider", c.Provider), slog.String("query", c.Query),
+			slog.String("result", c.Result), slog.String("input_sha256", c.InputSHA256), slog.String("error", c.Error)))
+	}
+	level := slog.LevelInfo
+	if dec.Outcome != policy.Allow {
+		level = slog.LevelWarn
+	}
+	s.cfg.DecisionLog.LogAttrs(ctx, level, "decision", attrs...)
+	if dec.Outcome != policy.Allow && s.cfg.OnDecision != nil {
+		s.cfg.OnDecision(ctx, rec)
+	}
+}
+
+func addr(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}
+
+// Listen binds addr: "unix:/path" (a socket only the allowed UIDs may
+// use, checked with SO_PEERCRED on every connection; the file is made
+// 0660) or "host:port", which needs tlsConf with client certificates
+// required (mutual TLS): ext_authz decisions and the requests they carry
+// are nothing to serve to just anyone.
+func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener, credentials.TransportCredentials, error) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if p == "" {
+			return nil, nil, errors.New("extauthz: empty unix socket path")
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("extauthz: %w", err)
+		}
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("extauthz: %w", err)
+		}
+		if err := os.Chmod(p, 0o660); err != nil {
+			l.Close()
+			return nil, nil, fmt.Errorf("extauthz: %w", err)
+		}
+		if len(allowUIDs) == 0 {
+			allowUIDs = []uint32{uint32(os.Geteuid())}
+		}
+		return l, peerUIDs{allow: allowUIDs}, nil
+	}
+	if tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, nil, fmt.Errorf("extauthz: %s: a TCP listener needs mutual TLS (a certificate, a key and the client CA)", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("extauthz: %w", err)
+	}
+	return l, credentials.NewTLS(tlsConf), nil
+}
+
+// Serve serves Check on l until ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener, creds credentials.TransportCredentials) error {
+	g := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20))
+	authv3.RegisterAuthorizationServer(g, s)
+	errc := make(chan error, 1)
+	go func() { errc <- g.Serve(l) }()
+	select {
+	case <-ctx.Done():
+		g.GracefulStop()
+		return nil
+	case err := <-errc:
+		return err
+	}
+}

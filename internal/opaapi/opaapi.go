@@ -1,0 +1,498 @@
+// Package opaapi serves Open Policy Agent's REST API (v1 Data and Policy
+// APIs, https://www.openpolicyagent.org/docs/rest-api) over Moatless's
+// Rego modules and data, so that code and tools written for OPA work
+// against the server and the sidecars unchanged:
+//
+//	POST /v1/data/{path}     {"input": …} → {"result": …}   (evaluate data.path)
+//	GET  /v1/data/{path}                  → {"result": …}
+//	PUT  /v1/data/{path}     JSON value   → 204             (write; server only)
+//	DELETE /v1/data/{path}                → 204             (server only)
+//	GET  /v1/policies                     → {"result": [{"id", "raw", "ast"}]}
+//	GET  /v1/policies/{id}                → {"result": {"id", "raw", "ast"}}
+//	PUT  /v1/policies/{id}   Rego source  → 200 {}          (server only)
+//	DELETE /v1/policies/{id}              → 200 {}          (server only)
+//
+// A result that is undefined is a response without "result", as in OPA.
+// Errors are OPA's: {"code": "invalid_parameter", "message": …, "errors":
+// [{"code", "message", "location": {"file", "row", "col"}}]}. The package
+// parses and answers; who may call (the server's admin credential, the
+// sidecar's loopback admin listener) and how writes are stored are the
+// embedder's (Handler.Writer).
+package opaapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// Limits on requests.
+const (
+	// MaxInputSize bounds a POST /v1/data body (the input document).
+	MaxInputSize = 1 << 20
+	// MaxPathSegments bounds /v1/data/{path}.
+	MaxPathSegments = 64
+)
+
+// OPA's error codes.
+const (
+	CodeInvalidParameter = "invalid_parameter"
+	CodeNotFound         = "resource_not_found"
+	CodeInternal         = "internal_error"
+	CodeUnauthorized     = "unauthorized"
+	CodeConflict         = "resource_conflict"
+)
+
+// Error is OPA's error response.
+type Error struct {
+	Status  int          `json:"-"`
+	Code    string       `json:"code"`
+	Message string       `json:"message"`
+	Errors  []ErrorCause `json:"errors,omitempty"`
+}
+
+// ErrorCause is one error of a module that did not compile.
+type ErrorCause struct {
+	Code     string    `json:"code"`
+	Message  string    `json:"message"`
+	Location *Location `json:"location,omitempty"`
+}
+
+// Location is where in a module an error is.
+type Location struct {
+	File string `json:"file"`
+	Row  int    `json:"row"`
+	Col  int    `json:"col"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf is an OPA error with a status.
+func Errorf(status int, code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrNotFound is what a Writer returns for a document or module that does
+// not exist (404, resource_not_found).
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is what a Writer returns when a PUT with If-None-Match: *
+// finds the document present (304).
+var ErrExists = errors.New("exists")
+
+// CompileError turns a module or data refusal into OPA's 400: for a
+// *policy.RegoError, "error(s) occurred while compiling module(s)" with
+// each of OPA's errors and its location.
+func CompileError(err error) *Error {
+	var re *policy.RegoError
+	if !errors.As(err, &re) || re.Msg != "" {
+		return Errorf(http.StatusBadRequest, CodeInvalidParameter, "%s", strings.TrimPrefix(err.Error(), "rego: "))
+	}
+	e := Errorf(http.StatusBadRequest, CodeInvalidParameter, "error(s) occurred while compiling module(s)")
+	for _, x := range re.Errors {
+		c := ErrorCause{Code: x.Code, Message: x.Message}
+		if x.Location != nil {
+			c.Location = &Location{File: x.Location.File, Row: x.Location.Row, Col: x.Location.Col}
+		}
+		e.Errors = append(e.Errors, c)
+	}
+	return e
+}
+
+// Writer stores writes; nil makes the API read-only (405 for writes).
+// Paths are data paths split into keys ([] is the whole of data).
+type Writer interface {
+	PutData(r *http.Request, path []string, value any, ifNoneMatch bool) error
+	DeleteData(r *http.Request, path []string) error
+	PutPolicy(r *http.Request, id, source string) error
+	DeletePolicy(r *http.Request, id string) error
+}
+
+// Handler serves the API. Rego returns the modules and data in force (nil
+// for none: an empty data document).
+type Handler struct {
+	Rego   func() *policy.Rego
+	Writer Writer
+	Logger *slog.Logger
+	// MaxWriteSize bounds PUT bodies; default 16 MiB.
+	MaxWriteSize int64
+}
+
+// Register adds the routes to mux, each wrapped by wrap (authentication;
+// nil for none).
+func (h *Handler) Register(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
+	if wrap == nil {
+		wrap = func(x http.Handler) http.Handler { return x }
+	}
+	data := wrap(http.HandlerFunc(h.serveData))
+	pols := wrap(http.HandlerFunc(h.servePolicies))
+	mux.Handle("/v1/data", data)
+	mux.Handle("/v1/data/", data)
+	mux.Handle("/v1/policies", pols)
+	mux.Handle("/v1/policies/", pols)
+}
+
+// DataRequest is a parsed /v1/data request.
+type DataRequest struct {
+	Method string
+	// Path is the data path, split and percent-decoded ([]: all of data).
+	Path []string
+	// Input is the input document of a POST (or GET ?input=), nil for none.
+	Input    any
+	HasInput bool
+	// Value is the document a PUT writes.
+	Value       any
+	Pretty      bool
+	IfNoneMatch bool
+}
+
+// ParseDataRequest parses a Data API request: the escaped URL path (which
+// must start with /v1/data), the query and, for POST and PUT, the body
+// (at most limit bytes). Errors are *Error, ready to answer.
+func ParseDataRequest(method, escapedPath string, query url.Values, header http.Header, body io.Reader, limit int64) (*DataRequest, error) {
+	req := &DataRequest{Method: method}
+	rest, ok := strings.CutPrefix(escapedPath, "/v1/data")
+	if !ok || (rest != "" && rest[0] != '/') {
+		return nil, Errorf(http.StatusNotFound, CodeNotFound, "not a data path: %q", escapedPath)
+	}
+	path, err := SplitPath(rest)
+	if err != nil {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "%v", err)
+	}
+	req.Path = path
+	for k, vs := range query {
+		switch k {
+		case "pretty":
+			req.Pretty = len(vs) > 0 && vs[len(vs)-1] != "false"
+		case "input":
+			if method != http.MethodGet {
+				return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "input may be a query parameter only of GET")
+			}
+			if len(vs) != 1 || int64(len(vs[0])) > limit {
+				return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "input: give one JSON document of at most %d KiB", limit>>10)
+			}
+			v, err := policy.ParseDataJSON(strings.NewReader(vs[0]), limit)
+			if err != nil {
+				return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "input: %v", err)
+			}
+			req.Input, req.HasInput = v, true
+		case "provenance", "explain", "metrics", "instrument", "strict-builtin-errors":
+			// OPA's diagnostics; answered without them.
+		default:
+			return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "unknown query parameter %q", k)
+		}
+	}
+	switch method {
+	case http.MethodGet, http.MethodDelete:
+		return req, nil
+	case http.MethodPost, http.MethodPut:
+	default:
+		return nil, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "method %s is not allowed on /v1/data", method)
+	}
+	if enc := header.Get("Content-Encoding"); enc != "" && enc != "identity" {
+		return nil, Errorf(http.StatusUnsupportedMediaType, CodeInvalidParameter, "Content-Encoding %q is not supported", enc)
+	}
+	// As OPA's server: the body is JSON whatever the Content-Type says
+	// (curl -d sends a form type), except YAML, which is not supported.
+	if ct := strings.ToLower(header.Get("Content-Type")); strings.Contains(ct, "yaml") {
+		return nil, Errorf(http.StatusUnsupportedMediaType, CodeInvalidParameter, "Content-Type %q: send application/json", ct)
+	}
+	b, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "read body: %v", err)
+	}
+	if int64(len(b)) > limit {
+		return nil, Errorf(http.StatusRequestEntityTooLarge, CodeInvalidParameter, "body is larger than %d KiB", limit>>10)
+	}
+	if method == http.MethodPut {
+		v, err := policy.ParseDataJSON(bytes.NewReader(b), limit)
+		if err != nil {
+			return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "body: %v", err)
+		}
+		req.Value = v
+		req.IfNoneMatch = strings.TrimSpace(header.Get("If-None-Match")) == "*"
+		return req, nil
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return req, nil // a query without input
+	}
+	v, err := policy.ParseDataJSON(bytes.NewReader(b), limit)
+	if err != nil {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "body: %v", err)
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, `body: want {"input": …}`)
+	}
+	for k, x := range obj {
+		if k != "input" {
+			return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "body: unknown field %q (want input)", k)
+		}
+		req.Input, req.HasInput = x, true
+	}
+	return req, nil
+}
+
+// SplitPath splits an escaped path ("/a/b%2Fc" → [a b/c]); "" and "/" are
+// the root. Empty segments, more than MaxPathSegments and bad escapes are
+// errors.
+func SplitPath(escaped string) ([]string, error) {
+	escaped = strings.TrimPrefix(escaped, "/")
+	escaped = strings.TrimSuffix(escaped, "/")
+	if escaped == "" {
+		return []string{}, nil
+	}
+	raw := strings.Split(escaped, "/")
+	if len(raw) > MaxPathSegments {
+		return nil, fmt.Errorf("path has more than %d segments", MaxPathSegments)
+	}
+	out := make([]string, len(raw))
+	for i, s := range raw {
+		if s == "" {
+			return nil, errors.New("path has an empty segment")
+		}
+		u, err := url.PathUnescape(s)
+		if err != nil {
+			return nil, fmt.Errorf("path segment %q: %v", s, err)
+		}
+		if u == "" || strings.ContainsRune(u, 0) {
+			return nil, fmt.Errorf("path segment %q is empty or holds NUL", s)
+		}
+		out[i] = u
+	}
+	return out, nil
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Logger != nil {
+		return h.Logger
+	}
+	return slog.Default()
+}
+
+func (h *Handler) maxWrite() int64 {
+	if h.MaxWriteSize > 0 {
+		return h.MaxWriteSize
+	}
+	return 16 << 20
+}
+
+func (h *Handler) rego() *policy.Rego {
+	if h.Rego != nil {
+		if r := h.Rego(); r != nil {
+			return r
+		}
+	}
+	return policy.EmptyRego()
+}
+
+func (h *Handler) serveData(w http.ResponseWriter, r *http.Request) {
+	limit := int64(MaxInputSize)
+	if r.Method == http.MethodPut {
+		limit = h.maxWrite()
+	}
+	dr, err := ParseDataRequest(r.Method, r.URL.EscapedPath(), r.URL.Query(), r.Header, r.Body, limit)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	switch dr.Method {
+	case http.MethodGet, http.MethodPost:
+		h.query(w, r.Context(), dr)
+	case http.MethodPut:
+		if h.Writer == nil {
+			h.fail(w, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "this API is read-only: write data through the server"))
+			return
+		}
+		if err := h.Writer.PutData(r, dr.Path, dr.Value, dr.IfNoneMatch); err != nil {
+			if errors.Is(err, ErrExists) {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+			h.fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case http.MethodDelete:
+		if h.Writer == nil {
+			h.fail(w, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "this API is read-only: write data through the server"))
+			return
+		}
+		if err := h.Writer.DeleteData(r, dr.Path); err != nil {
+			h.fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (h *Handler) query(w http.ResponseWriter, ctx context.Context, dr *DataRequest) {
+	ref := ast.Ref{ast.DefaultRootDocument}
+	for _, k := range dr.Path {
+		if n, err := strconv.Atoi(k); err == nil && n >= 0 && strconv.Itoa(n) == k {
+			ref = append(ref, ast.InternedTerm(n)) // an array index, as OPA's server reads it
+			continue
+		}
+		ref = append(ref, ast.StringTerm(k))
+	}
+	var in ast.Value
+	if dr.HasInput {
+		v, err := ast.InterfaceToValue(dr.Input)
+		if err != nil {
+			h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "input: %v", err))
+			return
+		}
+		in = v
+	}
+	res, defined, err := h.rego().Query(ctx, ref, in)
+	if err != nil {
+		var re *policy.RegoError
+		if errors.As(err, &re) {
+			h.fail(w, CompileError(err))
+			return
+		}
+		h.fail(w, Errorf(http.StatusInternalServerError, CodeInternal, "%v", err))
+		return
+	}
+	out := map[string]any{}
+	if defined {
+		out["result"] = res
+	}
+	writeJSON(w, http.StatusOK, out, dr.Pretty)
+}
+
+// PolicyModule is one module as the Policy API shows it.
+type PolicyModule struct {
+	ID  string      `json:"id"`
+	Raw string      `json:"raw"`
+	AST *ast.Module `json:"ast"`
+}
+
+func (h *Handler) servePolicies(w http.ResponseWriter, r *http.Request) {
+	rest, _ := strings.CutPrefix(r.URL.EscapedPath(), "/v1/policies")
+	pretty := r.URL.Query().Get("pretty") == "true"
+	id := ""
+	if rest != "" && rest != "/" {
+		u, err := url.PathUnescape(strings.TrimPrefix(rest, "/"))
+		if err != nil {
+			h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "policy id: %v", err))
+			return
+		}
+		if err := policy.ValidRegoID(u); err != nil {
+			h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "%v", err))
+			return
+		}
+		id = u
+	}
+	switch {
+	case r.Method == http.MethodGet && id == "":
+		list := []PolicyModule{}
+		reg := h.rego()
+		for _, m := range reg.Modules() {
+			_, parsed, _ := reg.Module(m.ID)
+			list = append(list, PolicyModule{ID: m.ID, Raw: m.Source, AST: parsed})
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"result": list}, pretty)
+	case r.Method == http.MethodGet:
+		m, parsed, ok := h.rego().Module(id)
+		if !ok {
+			h.fail(w, Errorf(http.StatusNotFound, CodeNotFound, "storage_not_found_error: policy id %q", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"result": PolicyModule{ID: m.ID, Raw: m.Source, AST: parsed}}, pretty)
+	case (r.Method == http.MethodPut || r.Method == http.MethodDelete) && h.Writer == nil:
+		h.fail(w, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "this API is read-only: write policies through the server"))
+	case id == "":
+		h.fail(w, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "method %s needs a policy id: /v1/policies/{id}", r.Method))
+	case r.Method == http.MethodPut:
+		b, err := io.ReadAll(io.LimitReader(r.Body, policy.MaxRegoModuleSize+1))
+		if err != nil {
+			h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "read body: %v", err))
+			return
+		}
+		if len(b) > policy.MaxRegoModuleSize {
+			h.fail(w, Errorf(http.StatusRequestEntityTooLarge, CodeInvalidParameter, "module is larger than %d KiB", policy.MaxRegoModuleSize>>10))
+			return
+		}
+		if _, err := policy.ParseRegoModule(id, string(b)); err != nil {
+			h.fail(w, CompileError(err))
+			return
+		}
+		if err := h.Writer.PutPolicy(r, id, string(b)); err != nil {
+			h.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{}, pretty)
+	case r.Method == http.MethodDelete:
+		if err := h.Writer.DeletePolicy(r, id); err != nil {
+			h.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{}, pretty)
+	default:
+		h.fail(w, Errorf(http.StatusMethodNotAllowed, CodeInvalidParameter, "method %s is not allowed on /v1/policies", r.Method))
+	}
+}
+
+// fail answers err in OPA's shape: an *Error as is, ErrNotFound as 404,
+// a compile error as OPA's 400, anything else as 500 (logged, not shown).
+func (h *Handler) fail(w http.ResponseWriter, err error) {
+	var oe *Error
+	var re *policy.RegoError
+	switch {
+	case errors.As(err, &oe):
+	case errors.As(err, &re):
+		oe = CompileError(err)
+	case errors.Is(err, ErrNotFound):
+		oe = Errorf(http.StatusNotFound, CodeNotFound, "storage_not_found_error: %s", strings.TrimSuffix(err.Error(), ": "+ErrNotFound.Error()))
+	default:
+		h.log().Error("OPA API request failed", "err", err)
+		oe = Errorf(http.StatusInternalServerError, CodeInternal, "internal error; see the log")
+	}
+	writeJSON(w, oe.Status, oe, false)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
+	var b []byte
+	var err error
+	if pretty {
+		b, err = json.MarshalIndent(v, "", "  ")
+	} else {
+		b, err = json.Marshal(v)
+	}
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"code":"internal_error","message":"cannot encode the result"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// LoopbackOnly refuses (403) callers whose address is not loopback: the
+// sidecar's admin listener binds to loopback, and this keeps its OPA API
+// there even if a future configuration did not.
+func LoopbackOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		ip, perr := netip.ParseAddr(host)
+		if err != nil || perr != nil || !ip.Unmap().IsLoopback() {
+			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only"), false)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

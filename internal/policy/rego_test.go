@@ -1,0 +1,440 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// regoBundle loads testdata/rego (the issue's example policy, a
+// role-based and an ownership-based one, their data and providers) plus
+// extra files given as name → content.
+func regoBundle(t testing.TB, extra map[string]string) *Set {
+	t.Helper()
+	var b Bundle
+	entries, err := os.ReadDir("testdata/rego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			continue // requests/: examples for the documentation
+		}
+		content, err := os.ReadFile(filepath.Join("testdata/rego", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Add(e.Name(), content); err != nil {
+			t.Fatalf("%s: %v", e.Name(), err)
+		}
+	}
+	for name, content := range extra {
+		if err := b.Add(name, []byte(content)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	s, err := b.Compile(Options{})
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	return s
+}
+
+// at is a time of day on a fixed date, UTC.
+func at(hour, minute int) time.Time { return time.Date(2026, 3, 4, hour, minute, 0, 0, time.UTC) }
+
+func atTime(t time.Time) reqOpt { return func(r *Request) { r.Time = t } }
+
+func TestRegoExamplePolicy(t *testing.T) {
+	s := regoBundle(t, nil)
+	records := dst("prod", "app", "records")
+	user := func(sub, role string) reqOpt {
+		return auth(jwt("https://idp.example", sub, map[string]any{"role": role}))
+	}
+	cases := []struct {
+		name   string
+		opts   []reqOpt
+		want   Outcome
+		reason string
+	}{
+		{"owner_in_hours", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "2"), atTime(at(10, 30))}, Allow, ""},
+		{"owner_at_nine", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "3"), atTime(at(9, 0))}, Allow, ""},
+		{"owner_at_five_past_five", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "3"), atTime(at(17, 5))}, Allow, ""},
+		{"owner_out_of_hours", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "2"), atTime(at(18, 0))}, Deny, "is false"},
+		{"owner_before_hours", []reqOpt{user("alice", "admin"), path("/records/alice/7"), header("X-Sensitivity-Level", "2"), atTime(at(8, 59))}, Deny, "is false"},
+		{"above_clearance", []reqOpt{user("bob", "user"), path("/records/bob/1"), header("X-Sensitivity-Level", "2"), atTime(at(12, 0))}, Deny, "is false"},
+		{"non_owner", []reqOpt{user("carol", "admin"), path("/records/alice/7"), header("X-Sensitivity-Level", "1"), atTime(at(12, 0))}, Deny, "is false"},
+		{"unknown_role", []reqOpt{user("alice", "guest"), path("/records/alice/7"), header("X-Sensitivity-Level", "1"), atTime(at(12, 0))}, Deny, ""},
+		{"no_token", []reqOpt{path("/records/alice/7"), header("X-Sensitivity-Level", "1"), atTime(at(12, 0))}, Deny, ""},
+		{"no_sensitivity_header", []reqOpt{user("alice", "user"), path("/records/alice/7"), atTime(at(12, 0))}, Deny, ""},
+		{"sensitivity_not_a_number", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "low"), atTime(at(12, 0))}, Deny, ""},
+		{"no_time", []reqOpt{user("alice", "user"), path("/records/alice/7"), header("X-Sensitivity-Level", "1")}, Deny, ""},
+		{"dot_segments_resolved_before_owner_read", []reqOpt{user("alice", "user"), path("/records/bob/../alice/7"), header("X-Sensitivity-Level", "1"), atTime(at(12, 0))}, Allow, ""},
+		{"encoded_owner_decoded", []reqOpt{user("alice", "user"), path("/records/%61lice/7"), header("X-Sensitivity-Level", "1"), atTime(at(12, 0))}, Allow, ""},
+		{"path_outside_policy", []reqOpt{user("carol", "user"), path("/health")}, Allow, ReasonNoAllowPolicy},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newReq(append([]reqOpt{records}, c.opts...)...)
+			d := s.Decide(r)
+			if d.Outcome != c.want || !strings.Contains(d.Reason, c.reason) {
+				t.Fatalf("decision %v (%s), want %v containing %q", d.Outcome, d.Reason, c.want, c.reason)
+			}
+			if c.reason == ReasonNoAllowPolicy {
+				return
+			}
+			if len(d.Custom) != 1 || d.Custom[0].Provider != "records-authz" || d.Custom[0].Query != "data.microservices.authz.allow" || len(d.Custom[0].InputSHA256) != 64 {
+				t.Fatalf("custom = %+v", d.Custom)
+			}
+			if d.Outcome == Deny && (d.Policy != "prod/records-abac" || d.Action != "CUSTOM" || d.Rule != 0) {
+				t.Fatalf("denial names %q %q rule %d", d.Policy, d.Action, d.Rule)
+			}
+		})
+	}
+}
+
+func TestRegoRoleAndOwnership(t *testing.T) {
+	s := regoBundle(t, nil)
+	tok := func(sub string, roles ...any) reqOpt {
+		return auth(jwt("https://idp.example", sub, map[string]any{"roles": roles}))
+	}
+	cases := []struct {
+		name    string
+		opts    []reqOpt
+		want    Outcome
+		status  int
+		headers map[string]string
+	}{
+		{"viewer_reads_report", []reqOpt{dst("prod", "app", "reports"), tok("dave", "viewer"), path("/reports/q1")}, Allow, 0, nil},
+		{"viewer_cannot_write", []reqOpt{dst("prod", "app", "reports"), tok("dave", "viewer"), method("PUT"), path("/reports/q1")}, Deny, 0, nil},
+		{"editor_writes", []reqOpt{dst("prod", "app", "reports"), tok("erin", "viewer", "editor"), method("PUT"), path("/reports/q1")}, Allow, 0, nil},
+		{"role_outside_prefix", []reqOpt{dst("prod", "app", "reports"), tok("erin", "editor"), path("/admin/reports/q1")}, Deny, 0, nil},
+		{"prefix_escape_by_dot_segments", []reqOpt{dst("prod", "app", "reports"), tok("dave", "viewer"), path("/reports/../admin")}, Deny, 0, nil},
+		{"no_roles", []reqOpt{dst("prod", "app", "reports"), tok("dave"), path("/reports/q1")}, Deny, 0, nil},
+		{"owner_reads_document", []reqOpt{dst("prod", "app", "documents"), tok("alice"), path("/documents/d1")}, Allow, 0, map[string]string{"X-Document-Owner": "alice"}},
+		{"non_owner_gets_404", []reqOpt{dst("prod", "app", "documents"), tok("bob"), path("/documents/d1")}, Deny, 404, nil},
+		{"admin_reads_any", []reqOpt{dst("prod", "app", "documents"), tok("zed", "admin"), path("/documents/d2")}, Allow, 0, map[string]string{"X-Document-Owner": "bob"}},
+		{"unknown_document", []reqOpt{dst("prod", "app", "documents"), tok("alice"), path("/documents/d9")}, Deny, 404, nil},
+		{"write_not_a_declared_route", []reqOpt{dst("prod", "app", "documents"), tok("alice"), method("DELETE"), path("/documents/d1")}, Deny, 404, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := s.Decide(newReq(c.opts...))
+			if d.Outcome != c.want || d.Status != c.status {
+				t.Fatalf("decision %v status %d (%s), want %v status %d", d.Outcome, d.Status, d.Reason, c.want, c.status)
+			}
+			if diff := cmp.Diff(c.headers, d.Headers); diff != "" {
+				t.Fatalf("headers (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRegoInputDocument(t *testing.T) {
+	s := regoBundle(t, nil)
+	r := newReq(dst("prod", "app", "records"), from("td/ns/shop/sa/web"), srcIP("10.1.2.3"), sni("records.prod"),
+		method("GET"), path("/records/alice/7?fields=a&fields=b"), host("records.prod"),
+		header("X-Sensitivity-Level", "2"), header("Accept", "a", "b"),
+		auth(jwt("https://idp.example", "alice", map[string]any{"role": "user", "aud": "records"})),
+		atTime(time.Date(2026, 3, 4, 13, 5, 0, 0, time.UTC)))
+	r.Destination.Principal = "td/ns/prod/sa/records"
+	got, err := s.RegoInput("records-authz", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"source": map[string]any{"principal": "td/ns/shop/sa/web", "spiffe_id": "spiffe://td/ns/shop/sa/web", "trust_domain": "td",
+			"namespace": "shop", "service_account": "web", "ip": "10.1.2.3", "remote_ip": "10.1.2.3"},
+		"destination": map[string]any{"namespace": "prod", "labels": map[string]any{"app": "records"}, "port": jsonNum("8080"), "principal": "td/ns/prod/sa/records"},
+		"request": map[string]any{"protocol": "http", "method": "GET", "path": "/records/alice/7", "host": "records.prod",
+			"query":   map[string]any{"fields": []any{"a", "b"}},
+			"headers": map[string]any{"x-sensitivity-level": "2", "accept": "a,b"}},
+		"connection": map[string]any{"sni": "records.prod"},
+		"auth": map[string]any{"principal": "https://idp.example/alice", "audiences": []any{"records"},
+			"claims": map[string]any{"iss": "https://idp.example", "sub": "alice", "role": "user", "aud": "records"}},
+		"time": map[string]any{"unix": jsonNum("1772629500"), "unix_ns": jsonNum("1772629500000000000"), "rfc3339": "2026-03-04T13:05:00Z",
+			"year": jsonNum("2026"), "month": jsonNum("3"), "day": jsonNum("4"), "hour": jsonNum("13"), "minute": jsonNum("5"), "weekday": "Wednesday"},
+		"attributes": map[string]any{"owner": "alice", "level": jsonNum("2")},
+		"user":       map[string]any{"id": "alice", "role": "user"},
+		"context":    map[string]any{"time": jsonNum("13")},
+		"resource":   map[string]any{"owner": "alice", "sensitivity_level": jsonNum("2")},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("input (-want +got):\n%s", diff)
+	}
+	// A plaintext TCP peer: no principal, no HTTP fields, no attributes.
+	tr := newReq(dst("prod", "app", "records"), plaintext(), tcp())
+	got, err = s.RegoInput("records-authz", tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]any{"ip": "10.0.0.1", "remote_ip": "10.0.0.1"}, got["source"]); diff != "" {
+		t.Fatalf("tcp source (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]any{"protocol": "tcp"}, got["request"]); diff != "" {
+		t.Fatalf("tcp request (-want +got):\n%s", diff)
+	}
+}
+
+func TestRegoCompileErrors(t *testing.T) {
+	cases := []struct {
+		name    string
+		modules []wire.RegoModule
+		data    []wire.DataDocument
+		want    []string // in the error, all of them
+	}{
+		{"parse_error_has_id_and_line", []wire.RegoModule{{ID: "bad.rego", Source: "package x\n\nallow if {\n  input.a ==\n}\n"}}, nil, []string{"bad.rego:", "rego_parse_error"}},
+		{"unsafe_builtin", []wire.RegoModule{{ID: "net.rego", Source: "package x\nimport rego.v1\nallow if http.send({\"method\": \"GET\", \"url\": \"http://127.0.0.1\"}).status_code == 200\n"}}, nil, []string{"net.rego:3", "http.send"}},
+		{"opa_runtime_refused", []wire.RegoModule{{ID: "env.rego", Source: "package x\nimport rego.v1\nenv := opa.runtime().env\n"}}, nil, []string{"env.rego:3", "opa.runtime"}},
+		{"unsafe_var", []wire.RegoModule{{ID: "var.rego", Source: "package x\nimport rego.v1\nallow if { x == 1 }\n"}}, nil, []string{"var.rego:3", "rego_unsafe_var_error"}},
+		{"data_conflicts_with_package", []wire.RegoModule{{ID: "a.rego", Source: "package clearance.rules\nimport rego.v1\nallow := true\n"}}, []wire.DataDocument{{Key: "clearance", Value: []byte(`{}`)}}, []string{`"clearance" conflicts with package data.clearance.rules`}},
+		{"bad_module_id", []wire.RegoModule{{ID: "../x.rego", Source: "package x\n"}}, nil, []string{"segment"}},
+		{"duplicate_module", []wire.RegoModule{{ID: "a.rego", Source: "package a\n"}, {ID: "a.rego", Source: "package b\n"}}, nil, []string{"given twice"}},
+		{"bad_data_key", nil, []wire.DataDocument{{Key: "a.b", Value: []byte(`1`)}}, []string{`data key "a.b"`}},
+		{"malformed_data", nil, []wire.DataDocument{{Key: "a", Value: []byte(`{"x":1,"x":2}`)}}, []string{`duplicate key "x"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := CompileRego(c.modules, c.data)
+			if err == nil {
+				t.Fatal("compiled")
+			}
+			var re *RegoError
+			if !errors.As(err, &re) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %T %v is not a *RegoError wrapping ErrInvalid", err, err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRegoV0AndV1Modules(t *testing.T) {
+	for _, src := range []string{
+		"package x\nallow { input.a == 1 }\n",                           // v0 only
+		"package x\nimport rego.v1\nallow if input.a == 1\n",            // v1 with the compat import
+		"package x\nallow if { input.a == 1 }\n",                        // v1
+		"package x\nimport future.keywords.if\nallow if input.a == 1\n", // v0 with future keywords
+	} {
+		r, err := CompileRego([]wire.RegoModule{{ID: "x.rego", Source: src}}, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", src, err)
+		}
+		ref, _ := DataRef("x/allow")
+		in, _ := inputValue(map[string]any{"a": 1})
+		v, ok, err := r.Query(t.Context(), ref, in)
+		if err != nil || !ok || v != true {
+			t.Fatalf("%q: data.x.allow = %v %v %v", src, v, ok, err)
+		}
+	}
+}
+
+func TestRegoProviderValidation(t *testing.T) {
+	doc := func(spec string) string {
+		return "apiVersion: moatless.io/v1\nkind: RegoProvider\nmetadata: {name: p}\nspec:\n" + spec
+	}
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"no_query", doc("  timeout: 1ms\n"), "query is required"},
+		{"query_not_data", doc("  query: input.x\n"), "not a reference into data"},
+		{"query_with_var", doc("  query: data.x[y]\n"), "not a reference into data"},
+		{"bad_timeout", doc("  query: data.x\n  timeout: 2s\n"), "between 0 and 1s"},
+		{"bad_zone", doc("  query: data.x\n  timeZone: Mars/Olympus\n"), "unknown time zone"},
+		{"typo", doc("  query: data.x\n  rotues: []\n"), "unknown field"},
+		{"target_replaces_root", doc("  query: data.x\n  input: {source.x: auth.claims.sub}\n"), "would replace input.source"},
+		{"target_nested_in_target", doc("  query: data.x\n  input: {user: auth.claims, user.id: auth.claims.sub}\n"), "inside target"},
+		{"source_unknown_root", doc("  query: data.x\n  input: {user.id: claims.sub}\n"), "must start with one of"},
+		{"segment_not_in_template", doc("  query: data.x\n  routes: [{path: '/a/{id}', attributes: {x: {segment: owner}}}]\n"), "has no {owner}"},
+		{"two_sources", doc("  query: data.x\n  routes: [{path: '/a/{id}', attributes: {x: {segment: id, header: x-a}}}]\n"), "exactly one"},
+		{"rest_not_last", doc("  query: data.x\n  routes: [{path: '/a/{**}/b', attributes: {x: {header: x-a}}}]\n"), "must be last"},
+		{"bad_as", doc("  query: data.x\n  routes: [{path: /a, attributes: {x: {header: x-a, as: int}}}]\n"), "want string, number or boolean"},
+		{"wrong_api_version", strings.Replace(doc("  query: data.x\n"), "moatless.io/v1", "moatless.io/v2", 1), "unsupported apiVersion"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(c.yaml))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+	// Two providers with one name in different namespaces.
+	two := doc("  query: data.x\n") + "---\n" + strings.Replace(doc("  query: data.y\n"), "{name: p}", "{name: p, namespace: other}", 1)
+	docs, err := Parse(strings.NewReader(two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Compile(docs, Options{}); err == nil || !strings.Contains(err.Error(), "mesh-wide") {
+		t.Fatalf("Compile: %v", err)
+	}
+}
+
+// failClosedBundle is a provider over module src for app=x.
+func failClosedSet(t *testing.T, src, timeout string) *Set {
+	t.Helper()
+	var b Bundle
+	if err := b.Add("m.rego", []byte(src)); err != nil {
+		t.Fatal(err)
+	}
+	spec := "  query: data.m.allow\n"
+	if timeout != "" {
+		spec += "  timeout: " + timeout + "\n"
+	}
+	y := "apiVersion: moatless.io/v1\nkind: RegoProvider\nmetadata: {name: m}\nspec:\n" + spec + `---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: x, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: m}
+  rules: [{}]
+`
+	if err := b.Add("p.yaml", []byte(y)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Compile(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestRegoFailsClosed(t *testing.T) {
+	cases := []struct {
+		name, src, timeout, result, reason string
+	}{
+		{"conflicting_outputs", "package m\nimport rego.v1\nallow := true if input.request.method == \"GET\"\nallow := false if input.request.path == \"/\"\n", "", "error", "rego evaluation failed"},
+		{"timeout", "package m\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 100000000)]) > 0\n", "1ms", "timeout", "exceeded 1ms"},
+		{"undefined", "package m\nimport rego.v1\nallow if input.nothing\n", "", "deny", "is undefined"},
+		{"string_result", "package m\nallow := \"yes\"\n", "", "error", "a string, not a boolean"},
+		{"object_without_allow", "package m\nallow := {\"ok\": true}\n", "", "error", `boolean "allow"`},
+		{"forbidden_header", "package m\nallow := {\"allow\": true, \"headers\": {\"x-forwarded-client-cert\": \"By=spiffe://evil\"}}\n", "", "error", "may not be set"},
+		{"underscore_header", "package m\nallow := {\"allow\": true, \"headers\": {\"x_forwarded_client_cert\": \"By=spiffe://evil\"}}\n", "", "error", "names with _ are refused"},
+		{"header_injection", "package m\nallow := {\"allow\": true, \"headers\": {\"x-a\": \"1\\r\\nx-b: 2\"}}\n", "", "error", "without CR, LF or NUL"},
+		{"status_out_of_range", "package m\nallow := {\"allow\": false, \"status\": 200}\n", "", "error", "from 400 to 599"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := failClosedSet(t, c.src, c.timeout)
+			d := s.Decide(newReq())
+			if d.Outcome != Deny || d.Headers != nil || d.Status != 0 {
+				t.Fatalf("decision %+v, want a plain deny", d)
+			}
+			if len(d.Custom) != 1 || d.Custom[0].Result != c.result || !strings.Contains(d.Reason, c.reason) {
+				t.Fatalf("custom %+v reason %q, want result %q and reason containing %q", d.Custom, d.Reason, c.result, c.reason)
+			}
+		})
+	}
+}
+
+func TestRegoResultObject(t *testing.T) {
+	s := failClosedSet(t, `package m
+import rego.v1
+allow := {"allowed": true, "headers": {"x-user-tier": "gold"}} if input.request.method == "GET"
+allow := {"allow": false, "http_status": 429, "reason": "quota"} if input.request.method == "POST"
+`, "")
+	d := s.Decide(newReq())
+	if d.Outcome != Allow || d.Headers["X-User-Tier"] != "gold" || d.Custom[0].Result != "allow" {
+		t.Fatalf("GET: %+v", d)
+	}
+	d = s.Decide(newReq(method("POST")))
+	if d.Outcome != Deny || d.Status != 429 || !strings.HasSuffix(d.Reason, ": quota") {
+		t.Fatalf("POST: %+v", d)
+	}
+}
+
+// TestRegoHeadersOnlyWhenAllowed: headers a CUSTOM provider returns are
+// dropped when a DENY policy decides.
+func TestRegoHeadersOnlyWhenAllowed(t *testing.T) {
+	s := regoBundle(t, map[string]string{"deny.yaml": `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/documents/d2"]}}]}]
+`})
+	d := s.Decide(newReq(dst("prod", "app", "documents"), auth(jwt("i", "bob", nil)), path("/documents/d2")))
+	if d.Outcome != Deny || d.Action != "DENY" || d.Headers != nil || len(d.Custom) != 1 {
+		t.Fatalf("decision %+v", d)
+	}
+}
+
+func TestBundleFiles(t *testing.T) {
+	cases := []struct {
+		name string
+		kind FileKind
+		ok   bool
+	}{
+		{"authz.rego", FileRego, true},
+		{"dir/data.json", FileData, true},
+		{"DATA.YAML", FileData, true},
+		{"policies.yaml", FileDocuments, true},
+		{"x.json", FileDocuments, true},
+		{"README.md", 0, false},
+	}
+	for _, c := range cases {
+		k, ok := PolicyFileKind(c.name)
+		if k != c.kind || ok != c.ok {
+			t.Errorf("%s: %v %v, want %v %v", c.name, k, ok, c.kind, c.ok)
+		}
+	}
+	var b Bundle
+	if err := b.Add("a/x.rego", []byte("package x\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Add("b/x.rego", []byte("package y\n")); err == nil || !strings.Contains(err.Error(), "a/x.rego") {
+		t.Fatalf("duplicate module ID: %v", err)
+	}
+	if err := b.Add("data.json", []byte(`[1]`)); err == nil || !strings.Contains(err.Error(), "JSON object") {
+		t.Fatalf("array data: %v", err)
+	}
+}
+
+func jsonNum(s string) json.Number { return json.Number(s) }
+
+func inputValue(v any) (ast.Value, error) { return ast.InterfaceToValue(v) }
+
+// TestRegoInputNeeds: the input is built only as far as the modules read
+// it; "with input as" (tests) is not a read; reading input whole, or by
+// a variable key, builds it all.
+func TestRegoInputNeeds(t *testing.T) {
+	build := func(src string) map[string]any {
+		t.Helper()
+		s := failClosedSet(t, src, "")
+		r := newReq(from("td/ns/a/sa/b"), header("X-A", "1"), header("X-B", "2"), auth(jwt("i", "alice", map[string]any{"role": "r"})), atTime(at(10, 0)))
+		v, err := ast.JSON(buildInput(s.providers["m"], r, "/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.(map[string]any)
+	}
+	got := build("package m\nimport rego.v1\nallow if input.request.headers[\"x-a\"] == \"1\"\nallow if input.auth.claims.sub == \"alice\"\ntest_x if allow with input as {}\n")
+	want := map[string]any{
+		"request": map[string]any{"protocol": "http", "method": "GET", "path": "/", "host": "svc.example", "headers": map[string]any{"x-a": "1"}},
+		"auth":    map[string]any{"claims": map[string]any{"sub": "alice"}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("input (-want +got):\n%s", diff)
+	}
+	for _, src := range []string{
+		"package m\nimport rego.v1\nallow if count(input) > 0\n",
+		"package m\nimport rego.v1\nallow if { some k; input[k] }\n",
+	} {
+		if got := build(src); got["source"] == nil || got["time"] == nil {
+			t.Fatalf("%q: input not built whole: %v", src, got)
+		}
+	}
+}

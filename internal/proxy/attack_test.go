@@ -1,0 +1,980 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+	"golang.org/x/net/http2/hpack"
+	"golang.org/x/net/websocket"
+
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
+)
+
+// The tests in this file attack the inbound listener with requests no
+// well-behaved client sends: raw request targets, header names and
+// Connection nominations written byte by byte over HTTP/1.1 and frame by
+// frame over HTTP/2, in plaintext (PERMISSIVE) and over mTLS.
+
+// attackPolicies: PERMISSIVE, so plaintext reaches the listener too; a DENY
+// on /internal/* and an ALLOW on /api/* that makes everything else (/admin)
+// deny by default.
+const attackPolicies = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: prod}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-internal, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/internal/*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-api, namespace: prod}
+spec:
+  action: ALLOW
+  rules: [{to: [{operation: {paths: ["/api/*"]}}]}]
+`
+
+// seenRequest is what the app behind the sidecar received.
+type seenRequest struct {
+	method, uri string
+	header      http.Header // names as sent, not canonicalized
+	order       []string    // header names in wire order
+	trailer     http.Header // trailer fields of a chunked body, names as sent
+}
+
+// recordingApp is an HTTP/1.1 app that records every request it gets,
+// header names in the order they arrived included.
+type recordingApp struct {
+	addr string
+	mu   sync.Mutex
+	seen []seenRequest
+}
+
+func newRecordingApp(t testing.TB) *recordingApp {
+	t.Helper()
+	a := &recordingApp{}
+	a.addr = serveRaw(t, a.serve).Addr().String()
+	return a
+}
+
+// serve reads requests off one connection by hand, to see header names in
+// wire order, and answers 200 "ok" to each.
+func (a *recordingApp) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		parts := strings.SplitN(strings.TrimRight(line, "\r\n"), " ", 3)
+		if len(parts) != 3 {
+			return
+		}
+		sr := seenRequest{method: parts[0], uri: parts[1]}
+		if sr.header, sr.order, err = readFields(br); err != nil {
+			return
+		}
+		if strings.EqualFold(firstValue(sr.header, "Transfer-Encoding"), "chunked") {
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				n, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(line, ";", 2)[0]), 16, 64)
+				if err != nil {
+					return
+				}
+				if n == 0 {
+					break
+				}
+				io.CopyN(io.Discard, br, n+2)
+			}
+			if sr.trailer, _, err = readFields(br); err != nil {
+				return
+			}
+		} else {
+			n, _ := strconv.Atoi(firstValue(sr.header, "Content-Length"))
+			io.CopyN(io.Discard, br, int64(n))
+		}
+		a.mu.Lock()
+		a.seen = append(a.seen, sr)
+		a.mu.Unlock()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+	}
+}
+
+// readFields reads header (or trailer) lines up to the empty line, keeping
+// names as sent and their order.
+func readFields(br *bufio.Reader) (http.Header, []string, error) {
+	h := http.Header{}
+	var order []string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return nil, nil, err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			return h, order, nil
+		}
+		k, v, _ := strings.Cut(line, ":")
+		order = append(order, k)
+		h[k] = append(h[k], strings.TrimSpace(v))
+	}
+}
+
+// firstValue is the first value of a field whose name equals name
+// case-insensitively.
+func firstValue(h http.Header, name string) string {
+	for k, vv := range h {
+		if strings.EqualFold(k, name) && len(vv) > 0 {
+			return vv[0]
+		}
+	}
+	return ""
+}
+
+// take returns and forgets what the app has received so far.
+func (a *recordingApp) take() []seenRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.seen
+	a.seen = nil
+	return s
+}
+
+// transport is one way of reaching an inbound listener.
+type transport struct {
+	name string
+	// do sends a GET for target with the extra header lines and returns
+	// the status (0 when the request was refused below HTTP: a reset).
+	do func(t *testing.T, addr, target string, headers [][2]string) int
+}
+
+// attackTransports: HTTP/1.1 and HTTP/2, each in plaintext and over mTLS
+// as frontend.
+func attackTransports(ca *testpki.CA) []transport {
+	tlsConf := func(t *testing.T, proto string) *tls.Config {
+		cert := ca.SVID(t, frontendID, 0).TLSCertificate()
+		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{proto}}
+	}
+	dial := func(t *testing.T, addr string, conf *tls.Config) net.Conn {
+		t.Helper()
+		var c net.Conn
+		var err error
+		if conf == nil {
+			c, err = net.Dial("tcp", addr)
+		} else {
+			c, err = tls.Dial("tcp", addr, conf)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	return []transport{
+		{"http1_plaintext", func(t *testing.T, addr, target string, hs [][2]string) int {
+			return rawHTTP1(t, dial(t, addr, nil), "GET", target, hs)
+		}},
+		{"http1_mtls", func(t *testing.T, addr, target string, hs [][2]string) int {
+			return rawHTTP1(t, dial(t, addr, tlsConf(t, "http/1.1")), "GET", target, hs)
+		}},
+		{"h2c_plaintext", func(t *testing.T, addr, target string, hs [][2]string) int {
+			return rawH2(t, dial(t, addr, nil), "GET", target, hs)
+		}},
+		{"h2_mtls", func(t *testing.T, addr, target string, hs [][2]string) int {
+			return rawH2(t, dial(t, addr, tlsConf(t, "h2")), "GET", target, hs)
+		}},
+	}
+}
+
+// rawHTTP1 writes one request exactly as given and reads the status.
+func rawHTTP1(t *testing.T, c net.Conn, method, target string, headers [][2]string) int {
+	t.Helper()
+	defer c.Close()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: orders\r\n", method, target)
+	for _, h := range headers {
+		fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
+	}
+	b.WriteString("Connection: close\r\n\r\n")
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// rawH2 opens an HTTP/2 connection on c (TLS with ALPN h2, or plaintext
+// with prior knowledge), sends one request with exactly the given :path
+// and header fields, and returns the response status (0 when the stream
+// or the connection was reset instead).
+func rawH2(t *testing.T, c net.Conn, method, path string, headers [][2]string) int {
+	t.Helper()
+	defer c.Close()
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", method}, {":scheme", "https"}, {":authority", "orders"}, {":path", path}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	for _, h := range headers {
+		enc.WriteField(hpack.HeaderField{Name: strings.ToLower(h[0]), Value: h[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return 0
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == 1 {
+				code, _ := strconv.Atoi(f.PseudoValue("status"))
+				return code
+			}
+		case *http2.RSTStreamFrame, *http2.GoAwayFrame:
+			return 0
+		}
+	}
+}
+
+// startAttackSidecar runs an orders sidecar in front of app enforcing
+// docs under mode.
+func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.PathNormalization, app string) string {
+	t.Helper()
+	parsed, err := policy.Parse(strings.NewReader(docs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{PathNormalization: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, inL := startEngineSidecar(t, ca, set, app, true)
+	return inL.Addr().String()
+}
+
+// TestFragmentInTargetIsRefused: a request target has no fragment (RFC 9112
+// §3.2). "GET /api/x#/../internal/keys" used to be matched as /api/x and
+// forwarded as /api/x%23/../internal/keys, which an app that decodes and
+// resolves dot segments serves as /internal/keys, past the DENY; it is 400
+// now, over every transport and in every path_normalization mode, and the
+// app never sees it.
+func TestFragmentInTargetIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	targets := []string{
+		"/api/x#/../internal/keys",
+		"/api/x#/../../admin",
+		"/api/x?q=1#/../../internal/keys",
+		"/api/x#",
+	}
+	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
+		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr)
+		for _, tr := range attackTransports(ca) {
+			t.Run(strings.ToLower(mode.String())+"/"+tr.name, func(t *testing.T) {
+				// The same transport reaches the app with a plain target,
+				// so a refusal below is the sidecar's, not the harness's.
+				if code := tr.do(t, addr, "/api/x", nil); code != 200 {
+					t.Fatalf("GET /api/x: status %d, want 200", code)
+				}
+				app.take()
+				for _, target := range targets {
+					if code := tr.do(t, addr, target, nil); code != http.StatusBadRequest {
+						t.Errorf("GET %s: status %d, want 400", target, code)
+					}
+				}
+				if seen := app.take(); len(seen) != 0 {
+					t.Errorf("the app was sent %d requests with a fragment, first %s", len(seen), seen[0].uri)
+				}
+			})
+		}
+	}
+}
+
+// recordingAuthz allows everything and records the target each request
+// was decided on, in a path normalization mode of its own.
+type recordingAuthz struct {
+	mode policy.PathNormalization
+	mu   sync.Mutex
+	seen []string
+}
+
+func (a *recordingAuthz) MTLSMode(policy.Destination) policy.MTLSMode { return policy.ModePermissive }
+func (a *recordingAuthz) PathNormalization() policy.PathNormalization { return a.mode }
+func (a *recordingAuthz) Evaluate(req *policy.Request, _ policy.JWTVerifier) policy.Decision {
+	a.mu.Lock()
+	a.seen = append(a.seen, req.NormalizedPath.Target())
+	a.mu.Unlock()
+	return policy.Decision{Outcome: policy.Allow, Rule: -1}
+}
+
+func (a *recordingAuthz) take() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.seen
+	a.seen = nil
+	return s
+}
+
+// genTargets returns n request targets for raw HTTP/1.1 (no space, which
+// ends the target on the request line): escapes, dot segments, "#", "?",
+// ";", backslashes, %2F, non-ASCII and stray bytes. Seeded: a failure
+// reproduces.
+func genTargets(n int) []string {
+	pieces := []string{
+		"/", "/", "/", "api", "internal", "admin", ".", "..", "%2e", "%2E%2e", "%2f", "%2F", "%5c", `\`, "#", "?", "?", ";",
+		"%3b", "%3F", "%23", "%25", "%41", "~", "+", "//", "\xc3\xa9", "\xff", "\"", "<", "[", "{", "|", "^", "'", "!", ":", "@", "&", "=", "%", "%zz",
+	}
+	seed := uint64(1)
+	next := func(k int) int {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		return int((seed >> 33) % uint64(k))
+	}
+	out := make([]string, n)
+	for i := range out {
+		var b strings.Builder
+		b.WriteByte('/')
+		for m := next(10); m >= 0; m-- {
+			b.WriteString(pieces[next(len(pieces))])
+		}
+		out[i] = b.String()
+	}
+	return out
+}
+
+// TestForwardedTargetIsDecided: for generated request targets, the app is
+// sent exactly the target policy decided on, and that is the target
+// policy.NormalizeRequestPath gives for what the caller sent — straight
+// into the inbound listener in every mode, and through an outbound
+// listener (which forwards the target normalized the same way) to it.
+// Whatever is refused is refused before policy and never reaches the app.
+func TestForwardedTargetIsDecided(t *testing.T) {
+	app := newRecordingApp(t)
+	targets := genTargets(250)
+	check := func(t *testing.T, authz *recordingAuthz, addr string, mode policy.PathNormalization) {
+		t.Helper()
+		for _, raw := range targets {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			code := rawHTTP1(t, c, "GET", raw, nil)
+			decided, seen := authz.take(), app.take()
+			want, err := policy.NormalizeRequestPath(raw, mode)
+			switch {
+			case err != nil:
+				if code != http.StatusBadRequest || len(decided) != 0 || len(seen) != 0 {
+					t.Fatalf("%q (%v): status %d, decided %q, app saw %d requests; want 400 before policy", raw, err, code, decided, len(seen))
+				}
+			case code == http.StatusBadRequest && len(decided) == 0 && len(seen) == 0:
+				// Go's server refused it first (it reads the target
+				// more strictly than RFC 9112 requires); still 400.
+			case code != 200 || len(decided) != 1 || len(seen) != 1:
+				t.Fatalf("%q: status %d, decided %q, app saw %d requests", raw, code, decided, len(seen))
+			case seen[0].uri != decided[0] || decided[0] != want.Target():
+				t.Fatalf("%q: policy decided on %q, the app was sent %q, want %q for both", raw, decided[0], seen[0].uri, want.Target())
+			}
+		}
+	}
+	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
+		t.Run("inbound/"+strings.ToLower(mode.String()), func(t *testing.T) {
+			ca := testpki.NewCA(t, "example.org")
+			authz := &recordingAuthz{mode: mode}
+			inL := listen(t)
+			startSidecar(t, Config{
+				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+				Inbound: []Inbound{{Listener: inL, App: app.addr}}, Authorizer: authz,
+			})
+			check(t, authz, inL.Addr().String(), mode)
+		})
+	}
+	for _, http1 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("outbound/http1=%v", http1), func(t *testing.T) {
+			authz := &recordingAuthz{mode: policy.NormalizeBase}
+			p := newPairHTTP1(t, authz, app.addr, HTTP, http1)
+			check(t, authz, strings.TrimPrefix(p.outboundURL, "http://"), policy.NormalizeBase)
+		})
+	}
+}
+
+// TestSetTargetRoundTrip: whatever NormalizeRequestPath produces, the URL
+// setTarget fills is written by net/http's clients (HTTP/1.1 and HTTP/2
+// both use URL.RequestURI) as exactly that target.
+func TestSetTargetRoundTrip(t *testing.T) {
+	for _, raw := range append(genTargets(2000), "/a?", "/a%2Fb?x=%2F", "/a!'()*", "//x", "/%41?", "/a b?c d") {
+		for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
+			np, err := policy.NormalizeRequestPath(raw, mode)
+			if err != nil {
+				continue
+			}
+			u := &url.URL{Scheme: "http", Host: "app", Path: "/stale", RawQuery: "stale=1"}
+			setTarget(u, np)
+			if got := u.RequestURI(); got != np.Target() {
+				t.Fatalf("%q (%v): URL writes %q, want %q", raw, mode, got, np.Target())
+			}
+		}
+	}
+}
+
+// withRequestAuthentication adds to attackPolicies a RequestAuthentication
+// trusting jwks for https://issuer.example: tokens from x-auth-token or
+// "Authorization: Bearer", their sub written to x-user and the payload to
+// x-jwt-payload.
+func withRequestAuthentication(jwks string) string {
+	return attackPolicies + `---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '` + jwks + `'
+    fromHeaders: [{name: x-auth-token}, {name: authorization, prefix: "Bearer "}]
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+    outputPayloadToHeader: x-jwt-payload
+`
+}
+
+// headerPolicies is withRequestAuthentication with no keys: no token
+// verifies, which the header tests do not need.
+var headerPolicies = withRequestAuthentication(`{"keys": []}`)
+
+// foldName is a header name as WSGI, CGI and many frameworks see it:
+// case-insensitive, "_" and "-" the same.
+func foldName(n string) string { return strings.ToLower(strings.ReplaceAll(n, "_", "-")) }
+
+// TestOwnedHeaderTwinsAreDropped: a header whose name, with "_" read as
+// "-", is one the sidecar sets or removes never reaches the app, however
+// it is spelled: x_forwarded_client_cert, x_user and friends used to pass,
+// and an app that folds "_" into "-" saw a forged caller. The "_" twins of
+// headers the sidecar or a hop before it vouches for (the token header,
+// x-forwarded-for) are dropped too, while their real spelling passes;
+// other headers pass whatever their spelling. Headers reach the app in
+// sorted order, so which of two folded names wins never depends on a
+// random map order.
+func TestOwnedHeaderTwinsAreDropped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	// any: dropped under every spelling (the sidecar sets or strips it);
+	// otherwise only the spellings with "_" are dropped.
+	forged := []struct {
+		name, value string
+		any         bool
+	}{
+		{"X_Forwarded_Client_Cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"x_forwarded_client_cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"X-Forwarded_Client-Cert", "By=spiffe://evil;URI=spiffe://example.org/ns/prod/sa/admin", true},
+		{"x_user", "admin", true},
+		{"X_USER", "admin", true},
+		{"x_jwt_payload", "eyJzdWIiOiJhZG1pbiJ9", true},
+		{"X-Moatless-Internal", "1", true},
+		{"x_moatless_internal", "1", true},
+		{"x_auth_token", "forged", false},
+		{"X_Forwarded_For", "10.0.0.1", false},
+		{"x_forwarded_proto", "https", false},
+		{"Keep_Alive", "timeout=5", false},
+		{"Proxy_Authorization", "Basic Zm9vOmJhcg==", false},
+		{"Http2_Settings", "AAMAAABkAAQAoAAAAAIAAAAA", false},
+	}
+	kept := [][2]string{
+		{"X-Forwarded-For", "192.0.2.1"},
+		{"X_Request_Trace", "kept"},
+		{"Accept", "*/*"},
+	}
+	send := append([][2]string{}, kept...)
+	for _, f := range forged {
+		send = append(send, [2]string{f.name, f.value})
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", send); code != 200 {
+				t.Fatalf("status %d, want 200", code)
+			}
+			seen := app.take()
+			if len(seen) != 1 {
+				t.Fatalf("app saw %d requests", len(seen))
+			}
+			got := seen[0]
+			for _, f := range forged {
+				for k, vv := range got.header {
+					if foldName(k) != foldName(f.name) || !f.any && !strings.Contains(k, "_") {
+						continue
+					}
+					if k == xfccHeader && len(vv) == 1 && strings.HasPrefix(vv[0], "By="+ordersID+";") {
+						continue // the sidecar's own, over mTLS
+					}
+					t.Errorf("%s: %s: %q reached the app", f.name, k, vv)
+				}
+			}
+			for _, f := range kept {
+				var vv []string
+				for k, v := range got.header {
+					if strings.EqualFold(k, f[0]) {
+						vv = append(vv, v...)
+					}
+				}
+				if len(vv) != 1 || vv[0] != f[1] {
+					t.Errorf("%s: got %q, want %q", f[0], vv, f[1])
+				}
+			}
+			var order []string
+			for _, k := range got.order {
+				if k != "Host" && k != "Content-Length" {
+					order = append(order, k)
+				}
+			}
+			if !sort.StringsAreSorted(order) {
+				t.Errorf("headers not in sorted order: %q", got.order)
+			}
+		})
+	}
+}
+
+// TestRequestTrailersCannotCarryOwnedHeaders: trailer fields of a chunked
+// request reach the app only when announced in Trailer and not owned by
+// the sidecar: an app that merges trailers into headers (older servlet
+// containers did) must not see a forged x-forwarded-client-cert there.
+func TestRequestTrailersCannotCarryOwnedHeaders(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /api/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n"+
+		"Trailer: X-Forwarded-Client-Cert, X_User, X-Checksum\r\nConnection: close\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Forwarded-Client-Cert: By=evil;URI=spiffe://example.org/ns/prod/sa/admin\r\n"+
+		"X_User: admin\r\nX-Checksum: 42\r\nX-Undeclared: 1\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	seen := app.take()
+	if resp.StatusCode != 200 || len(seen) != 1 {
+		t.Fatalf("status %d, app saw %d requests", resp.StatusCode, len(seen))
+	}
+	want := http.Header{"X-Checksum": {"42"}}
+	if fmt.Sprint(seen[0].trailer) != fmt.Sprint(want) {
+		t.Fatalf("app got trailers %q, want %q", seen[0].trailer, want)
+	}
+}
+
+// TestConnectionCannotRemoveSidecarHeaders: hop-by-hop fields are removed
+// from the request as received, before the sidecar adds its own headers,
+// so "Connection: X-Forwarded-Client-Cert, X-User" no longer deletes the
+// verified caller and the token's claims after the sidecar set them. Other
+// fields a Connection header names are not removed at all (as in Envoy):
+// the caller sent them, policy saw them, and removing them would let a
+// caller delete what a proxy in front added.
+func TestConnectionCannotRemoveSidecarHeaders(t *testing.T) {
+	jwks, token := newTestIssuer(t)
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, withRequestAuthentication(jwks), policy.NormalizeBase, app.addr)
+	bearer := [2]string{"Authorization", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Unix() + 300})}
+	tests := []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"nominates_xfcc_and_claim_headers", [][2]string{{"Connection", "X-Forwarded-Client-Cert, X-User, X-Jwt-Payload"}}},
+		{"nominations_in_two_fields", [][2]string{{"Connection", "keep-alive, x-forwarded-client-cert"}, {"Connection", "x-user,x-jwt-payload"}}},
+		{"nominates_authorization", [][2]string{{"Connection", "Authorization"}}},
+		{"nominates_host_and_an_end_to_end_field", [][2]string{{"Connection", "Host, X-Custom"}, {"X-Custom", "kept"}}},
+	}
+	for _, tr := range attackTransports(ca)[:2] { // HTTP/2 has no Connection header
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/api/x", append([][2]string{bearer}, tc.headers...)); code != 200 {
+					t.Fatalf("status %d, want 200", code)
+				}
+				seen := app.take()
+				if len(seen) != 1 {
+					t.Fatalf("app saw %d requests", len(seen))
+				}
+				h := http.Header{}
+				for k, vv := range seen[0].header {
+					h[http.CanonicalHeaderKey(k)] = vv
+				}
+				if tr.name == "http1_mtls" && !strings.HasPrefix(h.Get(xfccHeader), "By="+ordersID+";") {
+					t.Errorf("x-forwarded-client-cert = %q, want the sidecar's", h.Get(xfccHeader))
+				}
+				if h.Get("X-User") != "alice" || h.Get("X-Jwt-Payload") == "" {
+					t.Errorf("x-user %q, x-jwt-payload %q: the token's headers are missing", h.Get("X-User"), h.Get("X-Jwt-Payload"))
+				}
+				if h.Get("Host") != "orders" {
+					t.Errorf("host %q", h.Get("Host"))
+				}
+				if x := h.Get("X-Custom"); strings.Contains(tc.name, "end_to_end") && x != "kept" {
+					t.Errorf("x-custom %q, want kept", x)
+				}
+				if c := h.Values("Connection"); len(c) != 0 {
+					t.Errorf("Connection %q reached the app", c)
+				}
+			})
+		}
+	}
+}
+
+// h2cApp is an app that would honour an h2c upgrade: x/net's h2c handler,
+// made lenient (it switches on "Upgrade: h2c" without insisting that
+// Connection names HTTP2-Settings, or that HTTP2-Settings is there). It answers "ok" and records whether a
+// request arrived with upgrade headers.
+func h2cApp(t *testing.T) (addr string, upgrades func() int) {
+	t.Helper()
+	var mu sync.Mutex
+	n := 0
+	h2 := h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok "+r.Proto)
+	}), &http2.Server{})
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" || r.Header.Get("Http2-Settings") != "" {
+			mu.Lock()
+			n++
+			mu.Unlock()
+		}
+		if httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") {
+			r.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+			if _, ok := r.Header["Http2-Settings"]; !ok {
+				r.Header.Set("Http2-Settings", "") // defaults
+			}
+		}
+		h2.ServeHTTP(w, r)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// TestH2CUpgradeIsNotForwarded: "Upgrade: h2c" used to reach the app, and
+// an app that honours it turned the connection into an HTTP/2 tunnel whose
+// requests policy never sees. Only upgrades the listener is configured for
+// (WebSocket) are forwarded; Upgrade, HTTP2-Settings and Connection are
+// stripped otherwise, the request is served as a plain one, and the
+// connection stays HTTP/1.1.
+func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app, upgrades := h2cApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app)
+	tests := []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"rfc7540_upgrade", [][2]string{{"Connection", "Upgrade, HTTP2-Settings"}, {"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+		{"settings_not_nominated", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+		{"h2c_listed_after_an_unknown_protocol", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "foo/2, h2c"}, {"HTTP2-Settings", ""}}},
+		{"upgrade_without_connection", [][2]string{{"Upgrade", "h2c"}, {"HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"}}},
+	}
+	for _, tr := range attackTransports(ca)[:2] {
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				before := upgrades()
+				var c net.Conn
+				var err error
+				if tr.name == "http1_mtls" {
+					cert := ca.SVID(t, frontendID, 0).TLSCertificate()
+					c, err = tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+				} else {
+					c, err = net.Dial("tcp", addr)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				var b bytes.Buffer
+				b.WriteString("GET /api/x HTTP/1.1\r\nHost: orders\r\n")
+				for _, h := range tc.headers {
+					fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
+				}
+				b.WriteString("\r\n")
+				c.Write(b.Bytes())
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(body) != "ok HTTP/1.1" {
+					t.Fatalf("got %d %q, want 200 \"ok HTTP/1.1\" (no switch)", resp.StatusCode, body)
+				}
+				if n := upgrades() - before; n != 0 {
+					t.Errorf("the app saw upgrade headers on %d requests", n)
+				}
+				// The connection is still HTTP/1.1 to the sidecar, which
+				// decides the next request itself.
+				io.WriteString(c, "GET /internal/keys HTTP/1.1\r\nHost: orders\r\n\r\n")
+				resp, err = http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusForbidden {
+					t.Fatalf("second request on the connection: %d, want 403", resp.StatusCode)
+				}
+			})
+		}
+	}
+}
+
+// switchingApp answers every request with 101 Switching Protocols to h2c,
+// whatever it was asked, then echoes bytes.
+func switchingApp(t *testing.T) string {
+	t.Helper()
+	return serveRaw(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+		io.Copy(c, br)
+	}).Addr().String()
+}
+
+// TestUnaskedProtocolSwitchIsRefused: an app answering 101 to a request
+// the sidecar did not ask to upgrade, or switching to another protocol
+// than the one asked for, gets no tunnel: the caller gets 502.
+func TestUnaskedProtocolSwitchIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, switchingApp(t))
+	for _, tc := range []struct {
+		name    string
+		headers [][2]string
+	}{
+		{"no_upgrade_asked", nil},
+		{"websocket_asked", [][2]string{{"Connection", "Upgrade"}, {"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}, {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if code := rawHTTP1(t, c, "GET", "/api/x", tc.headers); code != http.StatusBadGateway {
+				t.Fatalf("status %d, want 502", code)
+			}
+		})
+	}
+}
+
+// TestConnectIsRefused: CONNECT opens a tunnel whose bytes policy never
+// sees; an HTTP listener refuses it with 405 whatever its target.
+func TestConnectIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr)
+	for _, target := range []string{"/api/x", "app.internal:443"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if code := rawHTTP1(t, c, "CONNECT", target, nil); code != http.StatusMethodNotAllowed && code != http.StatusBadRequest {
+			t.Errorf("CONNECT %s: status %d, want 405 (or 400)", target, code)
+		}
+	}
+	// HTTP/2's extended CONNECT (RFC 8441: WebSocket over a stream).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if code := rawH2(t, c, "CONNECT", "/api/x", [][2]string{{":protocol", "websocket"}}); code != http.StatusMethodNotAllowed && code != 0 {
+		t.Errorf("h2 extended CONNECT: status %d, want 405 (or a reset)", code)
+	}
+	if seen := app.take(); len(seen) != 0 {
+		t.Errorf("the app was sent %q", seen[0].method+" "+seen[0].uri)
+	}
+}
+
+// TestUpgradesFollowListenerConfig: WebSocket is forwarded by default and
+// not at all on a listener configured with no upgrades; a listener cannot
+// be configured to forward h2c or anything else.
+func TestUpgradesFollowListenerConfig(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	l := listen(t)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	ca := testpki.NewCA(t, "example.org")
+	allow := &fakeAuthz{mode: policy.ModePermissive, evaluate: func(*policy.Request) policy.Decision {
+		return policy.Decision{Outcome: policy.Allow, Rule: -1}
+	}}
+	for _, tc := range []struct {
+		name     string
+		upgrades []string
+		wantWS   bool
+	}{
+		{"default_forwards_websocket", nil, true},
+		{"explicit_websocket", []string{"WebSocket"}, true},
+		{"none", []string{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inL := listen(t)
+			startSidecar(t, Config{
+				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+				Inbound: []Inbound{{Listener: inL, App: l.Addr().String(), Upgrades: tc.upgrades}}, Authorizer: allow,
+			})
+			ws, err := websocket.Dial("ws://"+inL.Addr().String()+"/ws", "", "http://localhost/")
+			if (err == nil) != tc.wantWS {
+				t.Fatalf("websocket dial: %v, want success %v", err, tc.wantWS)
+			}
+			if err == nil {
+				ws.Close()
+			}
+		})
+	}
+	for _, bad := range [][]string{{"h2c"}, {"websocket", "tls/1.2"}} {
+		_, err := New(Config{Identity: &NodeIdentity{}, Namespace: "prod", Inbound: []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:1", Upgrades: bad}}})
+		if err == nil || !strings.Contains(err.Error(), "only websocket") {
+			t.Errorf("inbound upgrades %q: err %v", bad, err)
+		}
+		_, err = New(Config{Identity: &NodeIdentity{}, Outbound: []Outbound{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString(ordersID), Upgrades: bad}}})
+		if err == nil || !strings.Contains(err.Error(), "only websocket") {
+			t.Errorf("outbound upgrades %q: err %v", bad, err)
+		}
+	}
+}
+
+// TestPathOverrideIsStripped: policy decides on the request target, so an
+// app must not serve another one. The headers IIS, older Symfony and some
+// Java stacks read a target from (X-Original-URL, X-Rewrite-URL,
+// X-Original-URI) never reach the app, under any spelling.
+func TestPathOverrideIsStripped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	headers := [][2]string{
+		{"X-Original-URL", "/admin"},
+		{"x_original_url", "/admin"},
+		{"X-Rewrite-Url", "/admin"},
+		{"X_REWRITE_URL", "/admin"},
+		{"X-Original-URI", "/admin"},
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", headers); code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			for _, sr := range app.take() {
+				for k, vv := range sr.header {
+					if f := foldName(k); strings.Contains(f, "original") || strings.Contains(f, "rewrite") {
+						t.Errorf("%s: %q reached the app", k, vv)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMethodOverrideIsStripped: policy decides on the request method, so
+// an app must not act on another one. The override headers frameworks
+// honour (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) never
+// reach the app, under any spelling, and neither does a _method query
+// parameter (Symfony, Laravel, Express's method-override), however its
+// name is escaped or spelled for PHP; the rest of the query is kept as
+// sent.
+func TestMethodOverrideIsStripped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	headers := [][2]string{
+		{"X-HTTP-Method-Override", "DELETE"},
+		{"x_http_method_override", "DELETE"},
+		{"X-Http-Method", "DELETE"},
+		{"X_HTTP_Method", "DELETE"},
+		{"X-Method-Override", "DELETE"},
+	}
+	queries := []struct{ in, want string }{
+		{"/api/x?_method=DELETE", "/api/x?"},
+		{"/api/x?a=1&_method=DELETE&b=%2F", "/api/x?a=1&b=%2F"},
+		{"/api/x?%5Fmethod=DELETE&a", "/api/x?a"},
+		{"/api/x?_%6Dethod=PUT", "/api/x?"},
+		{"/api/x?.method=DELETE", "/api/x?"},
+		{"/api/x?+method=DELETE&a=1", "/api/x?a=1"},
+		{"/api/x?a=1;_method=DELETE", "/api/x?a=1"},
+		{"/api/x?_method=DELETE&_method=PATCH", "/api/x?"},
+		{"/api/x?method=GET&x_method=1&_methods=2", "/api/x?method=GET&x_method=1&_methods=2"},
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name+"/headers", func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", headers); code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			for _, sr := range app.take() {
+				for k, vv := range sr.header {
+					if strings.Contains(foldName(k), "method") {
+						t.Errorf("%s: %q reached the app", k, vv)
+					}
+				}
+			}
+		})
+		t.Run(tr.name+"/query", func(t *testing.T) {
+			for _, q := range queries {
+				app.take()
+				if code := tr.do(t, addr, q.in, nil); code != 200 {
+					t.Fatalf("%s: status %d", q.in, code)
+				}
+				if seen := app.take(); len(seen) != 1 || seen[0].uri != q.want {
+					t.Errorf("%s: the app was sent %v, want %q", q.in, seen, q.want)
+				}
+			}
+		})
+	}
+}

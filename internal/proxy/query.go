@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"strings"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// removeQueryParams returns q (a raw query, without "?") without the
+// parameters whose name drop accepts, and whether it removed any. Names
+// are decoded as an application decodes them (percent-escapes, "+" as a
+// space) before drop sees them; "&" and ";" both separate parameters, as
+// older Python and Java parsers split on either. The parameters kept are
+// kept byte for byte, in order; q itself comes back when nothing matches.
+func removeQueryParams(q string, drop func(name string) bool) (string, bool) {
+	var out []byte
+	removed := false
+	start := 0
+	for i := 0; i <= len(q); i++ {
+		if i < len(q) && q[i] != '&' && q[i] != ';' {
+			continue
+		}
+		seg := q[start:i]
+		name, _, _ := strings.Cut(seg, "=")
+		if seg != "" && drop(decodeQueryName(name)) {
+			if !removed {
+				out = append(out, q[:max(start-1, 0)]...)
+				removed = true
+			}
+		} else if removed {
+			if len(out) > 0 {
+				out = append(out, q[start-1]) // the separator before seg
+			}
+			out = append(out, seg...)
+		}
+		start = i + 1
+	}
+	if !removed {
+		return q, false
+	}
+	return string(out), true
+}
+
+// decodeQueryName decodes a query parameter name leniently: valid
+// percent-escapes and "+" are decoded, anything else is kept.
+func decodeQueryName(s string) string {
+	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '+':
+			b = append(b, ' ')
+		case c == '%' && i+2 < len(s) && isHexDigit(s[i+1]) && isHexDigit(s[i+2]):
+			b = append(b, unhexDigit(s[i+1])<<4|unhexDigit(s[i+2]))
+			i += 2
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+func isHexDigit(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhexDigit(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// Method overrides. Policy decides on the request's method; frameworks
+// that honour an override act on another one (a POST that policy allowed
+// becomes the DELETE it denies). The sidecar strips them rather than
+// matching policy on the overridden method: which override an app honours,
+// and when, is the app's configuration, unknown here, and a mesh caller
+// can send any method it means anyway. An override carried in a form body
+// (Rails', Laravel's and Spring's hidden _method field) is beyond any
+// proxy's reach: such apps must write their policies for POST as for the
+// methods it may stand for, or turn the override off.
+
+// methodOverrideHeaders are dropped under every spelling (headerFilter).
+var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// isMethodOverrideParam reports whether a decoded query parameter name is
+// _method as Symfony, Laravel (PHP turns " " and "." in names into "_")
+// and Express's method-override read it.
+func isMethodOverrideParam(name string) bool {
+	if len(name) != len("_method") || name[1:] != "method" {
+		return false
+	}
+	switch name[0] {
+	case '_', ' ', '.':
+		return true
+	}
+	return false
+}
+
+// stripMethodOverride removes _method parameters from np's query,
+// returning np re-normalized (the same path) when it did.
+func stripMethodOverride(np policy.RequestPath) (policy.RequestPath, bool) {
+	q, ok := np.Query()
+	if !ok || strings.IndexByte(q, '%') < 0 && !strings.Contains(q, "method") {
+		return np, false
+	}
+	q, removed := removeQueryParams(q, isMethodOverrideParam)
+	if !removed {
+		return np, false
+	}
+	out, err := policy.NormalizeRequestPath(np.Path()+"?"+q, np.Mode())
+	if err != nil { // cannot happen: both parts were valid
+		return np, false
+	}
+	return out, true
+}

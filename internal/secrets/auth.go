@@ -1,0 +1,554 @@
+package secrets
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/secrets/acl"
+	"github.com/moatless/moatless/internal/store"
+)
+
+// TokenPrefix starts every client token, so a leaked token is
+// recognisable by secret scanners.
+const TokenPrefix = "mls."
+
+// tokenCtx is the authenticated caller of a request.
+type tokenCtx struct {
+	root     bool
+	adminID  string // actor name of an admin
+	accessor string // "" for the implicit mTLS identity
+	subject  string // spiffe://..., approle:NAME, jwt:ROLE
+	spiffeID string
+	approle  string
+	jwtRole  string
+	policies []string // named on the token
+	stored   *store.SecretsToken
+	acl      *acl.ACL
+}
+
+func (t *tokenCtx) actor() string {
+	switch {
+	case t.root:
+		return t.adminID
+	case t.spiffeID != "":
+		return t.spiffeID
+	}
+	return t.subject
+}
+
+func (t *tokenCtx) identity() acl.Identity {
+	return acl.Identity{SPIFFEID: t.spiffeID, AppRole: t.approle, JWTRole: t.jwtRole}
+}
+
+func hashToken(tok string) []byte {
+	h := sha256.Sum256([]byte(tok))
+	return h[:]
+}
+
+// presentedToken is the X-Vault-Token header, else a bearer token.
+func presentedToken(r *http.Request) string {
+	if t := r.Header.Get("X-Vault-Token"); t != "" {
+		return t
+	}
+	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+		return strings.TrimSpace(a[7:])
+	}
+	return ""
+}
+
+// authenticate finds the caller: the admin credential, a client token, or
+// (with no token) the mTLS peer's SPIFFE ID. A presented token that is
+// unknown or expired is refused even when a client certificate is also
+// presented: the caller asked to act as that token.
+func (s *Service) authenticate(rq *req) error {
+	r := rq.r
+	peer, perr := s.cfg.Peer(r)
+	if perr != nil {
+		return errf(http.StatusForbidden, "client certificate refused: %v", perr)
+	}
+	if actor, ok := s.cfg.Admin(r); ok {
+		rq.tok = &tokenCtx{root: true, adminID: actor, subject: "admin", acl: acl.Root()}
+		return nil
+	}
+	tok := presentedToken(r)
+	if tok == "" {
+		if peer == nil {
+			return errf(http.StatusForbidden, "permission denied: no token (X-Vault-Token) and no client certificate")
+		}
+		rq.tok = &tokenCtx{subject: peer.SPIFFEID, spiffeID: peer.SPIFFEID}
+		rq.tok.acl = s.aclFor(rq.ctx, rq.tok)
+		return nil
+	}
+	if len(tok) > 256 || !strings.HasPrefix(tok, TokenPrefix) {
+		return errPermission
+	}
+	// The lookup is by SHA-256 of the token: an index probe reveals
+	// nothing about the token through timing.
+	t, err := s.db.SecretsTokenByHash(rq.ctx, hashToken(tok))
+	if errors.Is(err, store.ErrNotFound) {
+		return errPermission
+	}
+	if err != nil {
+		return err
+	}
+	if !s.now().Before(t.ExpiresAt) {
+		return errPermission
+	}
+	tc := tokenFromStored(&t)
+	if tc.spiffeID != "" && s.cfg.Revoked(tc.spiffeID) {
+		return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID is revoked")
+	}
+	if t.NumUses > 0 {
+		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor); errors.Is(err, store.ErrNotFound) {
+			return errPermission
+		} else if err != nil {
+			return err
+		}
+	}
+	tc.acl = s.aclFor(rq.ctx, tc)
+	rq.tok = tc
+	return nil
+}
+
+func tokenFromStored(t *store.SecretsToken) *tokenCtx {
+	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t}
+	switch {
+	case strings.HasPrefix(t.Subject, "spiffe://"):
+		tc.spiffeID = t.Subject
+	case strings.HasPrefix(t.Subject, "approle:"):
+		tc.approle = strings.TrimPrefix(t.Subject, "approle:")
+	case strings.HasPrefix(t.Subject, "jwt:"):
+		tc.jwtRole = strings.TrimPrefix(t.Subject, "jwt:")
+		tc.spiffeID = t.Meta["spiffe_id"]
+	}
+	return tc
+}
+
+// issued is what a login hands out.
+type issued struct {
+	subject   string
+	display   string
+	policies  []string
+	meta      map[string]string
+	ttl       time.Duration
+	maxTTL    time.Duration
+	numUses   int64
+	notAfter  time.Time // the token never outlives this (a presented SVID)
+	renewable bool
+}
+
+// issueToken creates a token inside tx and returns the auth block.
+func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) {
+	now := s.now()
+	if in.ttl <= 0 {
+		in.ttl = s.cfg.DefaultTokenTTL
+	}
+	if in.maxTTL <= 0 || in.maxTTL > s.cfg.MaxTokenTTL {
+		in.maxTTL = s.cfg.MaxTokenTTL
+	}
+	in.ttl = min(in.ttl, in.maxTTL)
+	maxExp := now.Add(in.maxTTL)
+	if !in.notAfter.IsZero() && in.notAfter.Before(maxExp) {
+		maxExp = in.notAfter
+	}
+	exp := now.Add(in.ttl)
+	if exp.After(maxExp) {
+		exp = maxExp
+	}
+	if !exp.After(now) {
+		return nil, badRequest("the credential expires too soon to issue a token")
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	tok := TokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+	if in.meta == nil {
+		in.meta = map[string]string{}
+	}
+	if in.policies == nil {
+		in.policies = []string{}
+	}
+	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
+		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses,
+		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp}
+	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
+		return nil, err
+	}
+	tc := tokenFromStored(&st)
+	rq.tok = tc
+	pols := s.effectivePolicies(rq.ctx, tc)
+	rq.details["token_accessor"] = st.Accessor
+	s.metrics.tokens.WithLabelValues(strings.SplitN(in.subject, ":", 2)[0]).Inc()
+	return &authInfo{ClientToken: tok, Accessor: st.Accessor, Policies: pols, TokenPolicies: pols, Metadata: in.meta,
+		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: in.renewable, TokenType: "service", Orphan: true, NumUses: in.numUses}, nil
+}
+
+// loginFailed counts, rate-limits and explains a failed login. The
+// message is the same for every cause a caller could probe with.
+func (s *Service) loginFailed(rq *req, msg string, why string) error {
+	s.metrics.loginFailures.WithLabelValues(rq.engine + "/" + strings.Split(rq.path, "/")[1]).Inc()
+	rq.details["reason"] = why
+	if !s.loginLim.AllowN(s.now(), 1) {
+		return errf(http.StatusTooManyRequests, "too many failed logins; retry later")
+	}
+	return badRequest("%s", msg)
+}
+
+func (s *Service) login(rq *req, in issued, extra map[string]string) (*envelope, error) {
+	var ai *authInfo
+	for k, v := range extra {
+		rq.details[k] = v
+	}
+	err := rq.tx(func(tx *sql.Tx) error {
+		var err error
+		ai, err = s.issueToken(rq, tx, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &envelope{Auth: ai}, nil
+}
+
+// certLogin: POST auth/cert/login. The credential is the X509-SVID of
+// the TLS handshake; the token is bound to that SPIFFE ID and never
+// outlives the certificate.
+func (s *Service) certLogin(rq *req) (*envelope, error) {
+	rq.op = "update"
+	rq.body.str("name") // Vault's cert role name: the SVID decides here
+	if err := rq.body.done(); err != nil {
+		return nil, err
+	}
+	peer, err := s.cfg.Peer(rq.r)
+	if err != nil {
+		return nil, s.loginFailed(rq, "client certificate refused: "+err.Error(), "certificate refused")
+	}
+	if peer == nil {
+		return nil, s.loginFailed(rq, "cert login needs mutual TLS with an X509-SVID of this trust domain", "no certificate")
+	}
+	return s.login(rq, issued{subject: peer.SPIFFEID, display: "cert-" + peer.SPIFFEID, notAfter: peer.NotAfter, renewable: true},
+		map[string]string{"method": "cert"})
+}
+
+// JWTRole binds JWT-SVIDs to token settings (auth/jwt/role/NAME).
+type JWTRole struct {
+	BoundAudiences        []string      `json:"bound_audiences"`
+	BoundSubjects         []string      `json:"bound_subjects,omitempty"`
+	BoundSubjectPatterns  []string      `json:"bound_subject_patterns,omitempty"`
+	TokenPolicies         []string      `json:"token_policies"`
+	TokenTTL              time.Duration `json:"token_ttl"`
+	TokenMaxTTL           time.Duration `json:"token_max_ttl"`
+	TokenNumUses          int64         `json:"token_num_uses"`
+	TokenBoundCIDRs       []string      `json:"token_bound_cidrs,omitempty"`
+	ClockSkewLeewayIgnore bool          `json:"-"`
+}
+
+// jwtLogin: POST auth/jwt/login {role, jwt}: a JWT-SVID of our trust
+// domain, signed by the CA's JWT keys, for one of the role's audiences.
+func (s *Service) jwtLogin(rq *req) (*envelope, error) {
+	rq.op = "update"
+	role := rq.body.str("role")
+	tok := rq.body.str("jwt")
+	if err := rq.body.done(); err != nil {
+		return nil, err
+	}
+	if role == "" || tok == "" {
+		return nil, badRequest("role and jwt are required")
+	}
+	if len(tok) > 16<<10 {
+		return nil, s.loginFailed(rq, "invalid JWT", "jwt too large")
+	}
+	rq.details["role"] = role
+	var jr JWTRole
+	if err := s.getObject(rq, kindJWTRole, role, &jr); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, s.loginFailed(rq, "invalid role or JWT", "unknown role")
+		}
+		return nil, err
+	}
+	if s.cfg.JWTBundles == nil {
+		return nil, s.loginFailed(rq, "jwt login is not configured on this server", "no bundle")
+	}
+	svid, err := jwtsvid.ParseAndValidate(tok, s.cfg.JWTBundles, jr.BoundAudiences)
+	if err != nil {
+		return nil, s.loginFailed(rq, "invalid role or JWT: "+strings.TrimPrefix(err.Error(), "jwtsvid: "), "invalid jwt")
+	}
+	id := svid.ID.String()
+	if s.cfg.TrustDomain != "" && svid.ID.TrustDomain().Name() != s.cfg.TrustDomain {
+		return nil, s.loginFailed(rq, "invalid role or JWT: foreign trust domain", "foreign trust domain")
+	}
+	if s.cfg.Revoked(id) {
+		return nil, s.loginFailed(rq, "invalid role or JWT: the SPIFFE ID is revoked", "revoked")
+	}
+	bound := len(jr.BoundSubjects)+len(jr.BoundSubjectPatterns) == 0 || slices.Contains(jr.BoundSubjects, id)
+	for _, p := range jr.BoundSubjectPatterns {
+		bound = bound || (&acl.Policy{Subjects: acl.Subjects{SPIFFEIDPatterns: []string{p}}}).Applies(acl.Identity{SPIFFEID: id})
+	}
+	if !bound {
+		return nil, s.loginFailed(rq, "invalid role or JWT: subject not bound to the role", "subject not bound")
+	}
+	if err := checkCIDRs(jr.TokenBoundCIDRs, rq.r); err != nil {
+		return nil, s.loginFailed(rq, "invalid role or JWT: source address not allowed", "cidr")
+	}
+	rq.details["spiffe_id"] = id
+	return s.login(rq, issued{subject: "jwt:" + role, display: "jwt-" + role, policies: jr.TokenPolicies,
+		meta: map[string]string{"role": role, "spiffe_id": id}, ttl: jr.TokenTTL, maxTTL: jr.TokenMaxTTL, numUses: jr.TokenNumUses,
+		notAfter: svid.Expiry, renewable: true}, map[string]string{"method": "jwt"})
+}
+
+func checkCIDRs(cidrs []string, r *http.Request) error {
+	if len(cidrs) == 0 {
+		return nil
+	}
+	ip := remoteIP(r)
+	for _, c := range cidrs {
+		if _, n, err := net.ParseCIDR(c); err == nil && ip != nil && n.Contains(ip) {
+			return nil
+		}
+	}
+	return errors.New("source address not in the bound CIDRs")
+}
+
+func validCIDRs(field string, cidrs []string) error {
+	if len(cidrs) > 100 {
+		return badRequest("%s: at most 100", field)
+	}
+	for _, c := range cidrs {
+		if _, _, err := net.ParseCIDR(c); err != nil {
+			return badRequest("%s: %q is not a CIDR block", field, c)
+		}
+	}
+	return nil
+}
+
+// tokenAPI serves auth/token/*.
+func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
+	switch rest {
+	case "lookup-self":
+		if rq.op != "read" {
+			return nil, errf(http.StatusMethodNotAllowed, "lookup-self is GET")
+		}
+		return s.lookupToken(rq, rq.tok, true)
+	case "renew-self":
+		inc := rq.body.duration("increment")
+		if err := rq.body.done(); err != nil {
+			return nil, err
+		}
+		if rq.tok.stored == nil {
+			return nil, badRequest("this request carries no token to renew (identity from the client certificate)")
+		}
+		return s.renewToken(rq, rq.tok.stored, inc)
+	case "revoke-self":
+		if err := rq.body.done(); err != nil {
+			return nil, err
+		}
+		if rq.tok.stored == nil {
+			return nil, badRequest("this request carries no token to revoke")
+		}
+		if err := s.revokeTokenAudited(rq, rq.tok.stored.Accessor); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	case "lookup-accessor", "renew-accessor", "revoke-accessor":
+		if err := rq.needOp(); err != nil {
+			return nil, err
+		}
+		acc := rq.body.str("accessor")
+		inc := rq.body.duration("increment")
+		if err := rq.body.done(); err != nil {
+			return nil, err
+		}
+		t, err := s.db.SecretsTokenByAccessor(rq.ctx, s.db.SQL(), acc)
+		if err != nil {
+			return nil, badRequest("invalid accessor")
+		}
+		switch rest {
+		case "lookup-accessor":
+			return s.lookupToken(rq, tokenFromStored(&t), false)
+		case "renew-accessor":
+			return s.renewToken(rq, &t, inc)
+		}
+		if err := s.revokeTokenAudited(rq, acc); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	case "create", "create-orphan":
+		if err := rq.needOp(); err != nil {
+			return nil, err
+		}
+		return s.createToken(rq)
+	case "accessors":
+		return nil, errf(http.StatusNotFound, "listing token accessors is not supported")
+	}
+	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+}
+
+func (s *Service) lookupToken(rq *req, t *tokenCtx, self bool) (*envelope, error) {
+	pols := s.effectivePolicies(rq.ctx, t)
+	now := s.now()
+	d := map[string]any{"policies": pols, "type": "service", "orphan": true, "entity_id": "", "path": "",
+		"display_name": t.subject, "meta": map[string]string{}, "renewable": false, "num_uses": 0, "explicit_max_ttl": 0, "id": nil}
+	if t.root {
+		d["display_name"], d["policies"], d["ttl"], d["expire_time"] = "admin", []string{"root"}, 0, nil
+		return data(d), nil
+	}
+	if t.stored == nil {
+		d["display_name"], d["ttl"], d["expire_time"], d["path"] = t.spiffeID, 0, nil, "auth/cert/login"
+		d["meta"] = map[string]string{"spiffe_id": t.spiffeID, "implicit": "mtls"}
+		return data(d), nil
+	}
+	st := t.stored
+	d["accessor"] = st.Accessor
+	d["creation_time"] = st.CreatedAt.Unix()
+	d["creation_ttl"] = int64(st.TTL / time.Second)
+	d["expire_time"] = st.ExpiresAt.UTC().Format(time.RFC3339Nano)
+	d["issue_time"] = st.CreatedAt.UTC().Format(time.RFC3339Nano)
+	d["ttl"] = int64(st.ExpiresAt.Sub(now) / time.Second)
+	d["explicit_max_ttl"] = int64(st.MaxExpires.Sub(st.CreatedAt) / time.Second)
+	d["display_name"], d["meta"], d["renewable"], d["num_uses"] = st.DisplayName, st.Meta, st.Renewable, st.NumUses
+	if self {
+		d["id"] = presentedToken(rq.r)
+	}
+	return data(d), nil
+}
+
+func (s *Service) renewToken(rq *req, t *store.SecretsToken, inc time.Duration) (*envelope, error) {
+	if !t.Renewable {
+		return nil, badRequest("token is not renewable")
+	}
+	now := s.now()
+	if inc <= 0 {
+		inc = t.TTL
+	}
+	exp := now.Add(inc)
+	var warnings []string
+	if exp.After(t.MaxExpires) {
+		exp = t.MaxExpires
+		warnings = append(warnings, "TTL of the token is capped by its maximum lifetime")
+	}
+	rq.details["token_accessor"] = t.Accessor
+	if err := rq.tx(func(tx *sql.Tx) error { return s.db.RenewSecretsToken(rq.ctx, tx, t.Accessor, exp) }); err != nil {
+		return nil, err
+	}
+	t.ExpiresAt = exp
+	tc := tokenFromStored(t)
+	pols := s.effectivePolicies(rq.ctx, tc)
+	return &envelope{Warnings: warnings, Auth: &authInfo{Accessor: t.Accessor, Policies: pols, TokenPolicies: pols, Metadata: t.Meta,
+		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: true, TokenType: "service", Orphan: true, NumUses: t.NumUses}}, nil
+}
+
+// createToken: auth/token/create (admins, or sudo on the path) mints a
+// token with named policies.
+func (s *Service) createToken(rq *req) (*envelope, error) {
+	if !rq.tok.acl.Allowed(rq.path, acl.Sudo) {
+		return nil, errPermission
+	}
+	pols := rq.body.strList("policies")
+	ttl := rq.body.duration("ttl")
+	maxTTL := rq.body.duration("explicit_max_ttl")
+	uses := rq.body.integer("num_uses")
+	display := rq.body.str("display_name")
+	meta := rq.body.strMap("meta")
+	renew := true
+	if rq.body.has("renewable") {
+		renew = rq.body.boolean("renewable")
+	}
+	rq.body.raw("no_parent")
+	rq.body.raw("no_default_policy")
+	// Fields the official client always sends: only their empty or
+	// service-token values are accepted.
+	for _, k := range []string{"type", "entity_alias", "id", "period", "role_name"} {
+		raw := rq.body.raw(k)
+		var v any
+		json.Unmarshal(raw, &v)
+		if raw != nil && v != "" && v != 0.0 && v != "0" && !(k == "type" && v == "service") {
+			return nil, badRequest("%s: not supported (only service tokens with generated IDs are issued)", k)
+		}
+	}
+	if err := rq.body.done(); err != nil {
+		return nil, err
+	}
+	for _, p := range pols {
+		if !acl.ValidName(p) {
+			return nil, badRequest("policies: %q is not a policy name", p)
+		}
+	}
+	if uses < 0 {
+		return nil, badRequest("num_uses: must not be negative")
+	}
+	if display == "" {
+		display = "token"
+	}
+	return s.login(rq, issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
+		numUses: uses, renewable: renew}, map[string]string{"method": "token"})
+}
+
+func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
+	rq.details["token_accessor"] = accessor
+	if err := s.revokeToken(rq.ctx, accessor, "revoked by "+rq.tok.actor()); err != nil {
+		return err
+	}
+	return nil
+}
+
+// revokeToken revokes a token and every lease it created (Vault's
+// semantics: a lease never outlives its token).
+func (s *Service) revokeToken(ctx context.Context, accessor, why string) error {
+	leases, err := s.db.Leases(ctx, "", accessor, 10000)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	for _, l := range leases {
+		if err := s.db.MarkLeaseRevoking(ctx, s.db.SQL(), l.ID, now); err != nil {
+			return err
+		}
+	}
+	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if err := s.db.DeleteSecretsToken(ctx, tx, accessor); err != nil {
+			return err
+		}
+		return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: accessor,
+			Outcome: audit.Success, Details: map[string]string{"reason": why, "leases": fmt.Sprint(len(leases))}})
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		s.revokeLease(ctx, l)
+	}
+	return nil
+}
+
+// setPolicyList validates a list of policy names.
+func validPolicyNames(field string, l []string) error {
+	for _, p := range l {
+		if !acl.ValidName(p) {
+			return badRequest("%s: %q is not a policy name", field, p)
+		}
+	}
+	return nil
+}
+
+func jsonSpec(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

@@ -1,0 +1,152 @@
+package secrets
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzParams feeds request bodies through the parameter reader every
+// handler uses: it must never panic, and a body it accepts must give
+// typed values within their bounds.
+func FuzzParams(f *testing.F) {
+	for _, s := range []string{
+		`{"data":{"a":"b"},"options":{"cas":1}}`,
+		`{"ttl":"1h","increment":3600,"num_uses":"5","policies":"a,b","meta":"{\"k\":\"v\"}"}`,
+		`{"batch_input":[{"plaintext":"aGk="}]}`, `{}`, ``, `[]`, `{"a":1}{"b":2}`, `{"ttl":"99999999999d"}`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		p, err := parseParams([]byte(body))
+		if err != nil {
+			return
+		}
+		if d := p.duration("ttl"); p.err == nil && (d < 0 || d > MaxDuration) {
+			t.Fatalf("duration %v out of bounds", d)
+		}
+		p.integer("num_uses")
+		p.boolean("renewable")
+		p.strList("policies")
+		p.strMap("meta")
+		p.str("data")
+		p.b64("plaintext", true)
+		p.done()
+	})
+}
+
+// FuzzCleanPath: an accepted path has no empty, "." or ".." segment, no
+// glob characters and no control characters, so the ACL and the handler
+// read it the same way.
+func FuzzCleanPath(f *testing.F) {
+	for _, s := range []string{"secret/data/a", "secret/../sys", "a//b", "a/./b", "a/+/b", "a/*", "a\x00b", "sys/policies/acl/x/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		c, err := cleanPath(p)
+		if err != nil {
+			return
+		}
+		for _, seg := range strings.Split(c, "/") {
+			if seg == "" || seg == "." || seg == ".." || strings.ContainsAny(seg, "*+\x00\n\r") {
+				t.Fatalf("accepted %q (segment %q)", c, seg)
+			}
+		}
+	})
+}
+
+func FuzzDurationString(f *testing.F) {
+	for _, s := range []string{"1h", "90", "7d", "-1", "1e9", "3651d", "1h30m"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if d, err := parseDurationString(s); err == nil && (d < 0 || d > MaxDuration) {
+			t.Fatalf("%q -> %v", s, d)
+		}
+	})
+}
+
+func TestParseDuration(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{`3600`, time.Hour, true},
+		{`"3600"`, time.Hour, true},
+		{`"90m"`, 90 * time.Minute, true},
+		{`"7d"`, 7 * 24 * time.Hour, true},
+		{`"-5s"`, 0, false},
+		{`-5`, 0, false},
+		{`"3651d"`, 0, false},
+		{`true`, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			d, err := parseDuration([]byte(tc.in))
+			if (err == nil) != tc.ok || (tc.ok && d != tc.want) {
+				t.Fatalf("parseDuration(%s) = %v, %v", tc.in, d, err)
+			}
+		})
+	}
+}
+
+func TestCleanPath(t *testing.T) {
+	tests := []struct {
+		name, in string
+		ok       bool
+	}{
+		{"plain", "secret/data/app", true},
+		{"trailing_slash", "secret/metadata/", true},
+		{"dot_dot", "secret/data/../../sys/policies/acl/x", false},
+		{"dot", "secret/./data", false},
+		{"empty_segment", "secret//data", false},
+		{"glob", "secret/data/*", false},
+		{"plus", "secret/data/+", false},
+		{"control", "secret/data/a\nb", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := cleanPath(tc.in); (err == nil) != tc.ok {
+				t.Fatalf("cleanPath(%q) err = %v", tc.in, err)
+			}
+		})
+	}
+}
+
+func TestMergePatch(t *testing.T) {
+	got := mergePatch(map[string]any{"a": "1", "b": map[string]any{"c": "2", "d": "3"}, "e": "4"},
+		map[string]any{"a": nil, "b": map[string]any{"c": "x"}, "f": "5"})
+	if _, ok := got["a"]; ok || got["b"].(map[string]any)["c"] != "x" || got["b"].(map[string]any)["d"] != "3" || got["f"] != "5" || got["e"] != "4" {
+		t.Fatalf("merge patch = %v", got)
+	}
+}
+
+// TestParamsErrors: the first malformed field is what done reports, before
+// unknown fields.
+func TestParamsErrors(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+		read             func(p *params)
+	}{
+		{"bad_integer", `{"n":"x","zz":1}`, "n: want an integer", func(p *params) { p.integer("n") }},
+		{"bad_bool", `{"b":"maybe"}`, "b: want true or false", func(p *params) { p.boolean("b") }},
+		{"bad_duration", `{"ttl":"soon"}`, "ttl: want seconds", func(p *params) { p.duration("ttl") }},
+		{"bad_base64", `{"plaintext":"!!"}`, "plaintext: not base64", func(p *params) { p.b64("plaintext", true) }},
+		{"missing_required", `{}`, "missing plaintext", func(p *params) { p.b64("plaintext", true) }},
+		{"first_error_wins", `{"a":1,"b":"x"}`, "a: want a string", func(p *params) { p.str("a"); p.integer("b") }},
+		{"unknown_sorted", `{"zz":1,"aa":2}`, "unknown parameters: aa, zz", func(p *params) {}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := parseParams([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.read(p)
+			if err := p.done(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("done() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

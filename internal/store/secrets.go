@@ -1,0 +1,370 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The secrets service's storage (internal/secrets). Values arrive here
+// sealed by the secrets barrier; this file never sees a plaintext secret,
+// only hashes of tokens and secret IDs.
+
+// SecretsKeyring returns the sealed keyring and its KDF JSON, or
+// ErrNotFound before the secrets service was first unsealed.
+func (s *DB) SecretsKeyring(ctx context.Context) (sealed []byte, kdf string, err error) {
+	err = s.db.QueryRowContext(ctx, "SELECT sealed, kdf FROM secrets_keyring WHERE id = 1").Scan(&sealed, &kdf)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", ErrNotFound
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("store: read secrets keyring: %w", err)
+	}
+	return sealed, kdf, nil
+}
+
+// CreateSecretsKeyring stores the first keyring unless one exists; it
+// reports whether it stored it (replicas starting together agree on one).
+func (s *DB) CreateSecretsKeyring(ctx context.Context, sealed []byte, kdf string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO secrets_keyring (id, sealed, kdf, updated_at) VALUES (1, $1, $2, $3)
+		ON CONFLICT (id) DO NOTHING`, sealed, kdf, ns(s.now()))
+	if err != nil {
+		return false, fmt.Errorf("store: create secrets keyring: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// SecretsObject is an engine's configuration object (an AppRole, a transit
+// key, a database connection, ...). Spec is JSON; Sealed is the barrier's
+// blob of its secret part, if any.
+type SecretsObject struct {
+	Kind      string
+	Name      string
+	Lookup    string // unique within Kind when set (an AppRole's role_id)
+	Spec      json.RawMessage
+	Sealed    []byte
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// SecretsObject reads one object; with lock it takes the row lock inside
+// a transaction (PostgreSQL) so a read-modify-write is not interleaved.
+func (s *DB) SecretsObject(ctx context.Context, q Queryer, kind, name string, lock bool) (SecretsObject, error) {
+	query := "SELECT kind, name, lookup, spec, sealed, created_at, updated_at FROM secrets_objects WHERE kind = $1 AND name = $2"
+	if lock {
+		query += s.forUpdate()
+	}
+	return scanSecretsObject(q.QueryRowContext(ctx, query, kind, name))
+}
+
+// SecretsObjectByLookup finds an object by its lookup key.
+func (s *DB) SecretsObjectByLookup(ctx context.Context, kind, lookup string) (SecretsObject, error) {
+	return scanSecretsObject(s.db.QueryRowContext(ctx,
+		"SELECT kind, name, lookup, spec, sealed, created_at, updated_at FROM secrets_objects WHERE kind = $1 AND lookup = $2", kind, lookup))
+}
+
+func scanSecretsObject(r *sql.Row) (SecretsObject, error) {
+	var o SecretsObject
+	var lookup sql.NullString
+	var spec string
+	var created, updated int64
+	err := r.Scan(&o.Kind, &o.Name, &lookup, &spec, &o.Sealed, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return o, ErrNotFound
+	}
+	if err != nil {
+		return o, fmt.Errorf("store: read secrets object: %w", err)
+	}
+	o.Lookup, o.Spec, o.CreatedAt, o.UpdatedAt = lookup.String, json.RawMessage(spec), fromNS(created), fromNS(updated)
+	return o, nil
+}
+
+// PutSecretsObject creates or replaces an object (keeping its creation
+// time). A Lookup taken by another object of the kind is ErrConflict.
+func (s *DB) PutSecretsObject(ctx context.Context, q Queryer, o SecretsObject) error {
+	now := ns(s.now())
+	var lookup any
+	if o.Lookup != "" {
+		lookup = o.Lookup
+	}
+	_, err := q.ExecContext(ctx, `INSERT INTO secrets_objects (kind, name, lookup, spec, sealed, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $6)
+		ON CONFLICT (kind, name) DO UPDATE SET lookup = excluded.lookup, spec = excluded.spec, sealed = excluded.sealed, updated_at = excluded.updated_at`,
+		o.Kind, o.Name, lookup, string(o.Spec), o.Sealed, now)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("%w: %s lookup key in use", ErrConflict, o.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("store: write %s %s: %w", o.Kind, o.Name, err)
+	}
+	return nil
+}
+
+// DeleteSecretsObject deletes an object; ErrNotFound if absent.
+func (s *DB) DeleteSecretsObject(ctx context.Context, q Queryer, kind, name string) error {
+	res, err := q.ExecContext(ctx, "DELETE FROM secrets_objects WHERE kind = $1 AND name = $2", kind, name)
+	if err != nil {
+		return fmt.Errorf("store: delete %s %s: %w", kind, name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: %s %q", ErrNotFound, kind, name)
+	}
+	return nil
+}
+
+// SecretsObjectNames lists the names of a kind, sorted.
+func (s *DB) SecretsObjectNames(ctx context.Context, kind string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT name FROM secrets_objects WHERE kind = $1 ORDER BY name", kind)
+	if err != nil {
+		return nil, fmt.Errorf("store: list %s: %w", kind, err)
+	}
+	return scanStrings(rows)
+}
+
+// scanStrings reads a one-column result of strings and closes rows.
+func scanStrings(rows *sql.Rows) ([]string, error) {
+	defer rows.Close()
+	out := []string{}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// SecretsToken is a client token of the secrets service, by accessor.
+// Only the SHA-256 of the token is stored.
+type SecretsToken struct {
+	Accessor    string
+	Hash        []byte
+	Subject     string // who it stands for: spiffe://..., approle:NAME, jwt:ROLE, admin
+	DisplayName string
+	Policies    []string
+	Meta        map[string]string
+	TTL         time.Duration
+	Renewable   bool
+	NumUses     int64 // remaining uses; 0 unlimited
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+	MaxExpires  time.Time
+}
+
+// CreateSecretsToken stores a new token.
+func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) error {
+	pol, _ := json.Marshal(t.Policies)
+	meta, _ := json.Marshal(t.Meta)
+	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
+		num_uses, created_at, expires_at, max_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires))
+	if err != nil {
+		return fmt.Errorf("store: create token: %w", err)
+	}
+	return nil
+}
+
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at"
+
+// SecretsTokenByHash finds a token by the SHA-256 of its value.
+func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
+	return scanToken(s.db.QueryRowContext(ctx, "SELECT "+tokenCols+" FROM secrets_tokens WHERE token_hash = $1", hash))
+}
+
+// SecretsTokenByAccessor finds a token by accessor.
+func (s *DB) SecretsTokenByAccessor(ctx context.Context, q Queryer, accessor string) (SecretsToken, error) {
+	return scanToken(q.QueryRowContext(ctx, "SELECT "+tokenCols+" FROM secrets_tokens WHERE accessor = $1", accessor))
+}
+
+func scanToken(r *sql.Row) (SecretsToken, error) {
+	var t SecretsToken
+	var pol, meta string
+	var ttl, renew, created, exp, maxExp int64
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("%w: token", ErrNotFound)
+	}
+	if err != nil {
+		return t, fmt.Errorf("store: read token: %w", err)
+	}
+	if err := json.Unmarshal([]byte(pol), &t.Policies); err != nil {
+		return t, fmt.Errorf("store: token policies: %w", err)
+	}
+	if err := json.Unmarshal([]byte(meta), &t.Meta); err != nil {
+		return t, fmt.Errorf("store: token meta: %w", err)
+	}
+	t.TTL, t.Renewable = time.Duration(ttl), renew != 0
+	t.CreatedAt, t.ExpiresAt, t.MaxExpires = fromNS(created), fromNS(exp), fromNS(maxExp)
+	return t, nil
+}
+
+// UseSecretsToken spends one use of a use-limited token: the last use
+// deletes it (the request it authorizes still runs, as in Vault). A token
+// with NumUses 0 is unlimited and untouched. ErrNotFound when it is gone,
+// so concurrent requests can never spend more uses than it had.
+func (s *DB) UseSecretsToken(ctx context.Context, accessor string) error {
+	return s.Tx(ctx, func(tx *sql.Tx) error {
+		var uses int64
+		err := tx.QueryRowContext(ctx, "SELECT num_uses FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&uses)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("%w: token", ErrNotFound)
+		case err != nil:
+			return fmt.Errorf("store: use token: %w", err)
+		case uses == 0:
+			return nil
+		case uses == 1:
+			_, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor)
+		default:
+			_, err = tx.ExecContext(ctx, "UPDATE secrets_tokens SET num_uses = num_uses - 1 WHERE accessor = $1", accessor)
+		}
+		if err != nil {
+			return fmt.Errorf("store: use token: %w", err)
+		}
+		return nil
+	})
+}
+
+// RenewSecretsToken sets a token's expiry.
+func (s *DB) RenewSecretsToken(ctx context.Context, q Queryer, accessor string, expires time.Time) error {
+	res, err := q.ExecContext(ctx, "UPDATE secrets_tokens SET expires_at = $1 WHERE accessor = $2", ns(expires), accessor)
+	if err != nil {
+		return fmt.Errorf("store: renew token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: token", ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteSecretsToken deletes a token; ErrNotFound if absent.
+func (s *DB) DeleteSecretsToken(ctx context.Context, q Queryer, accessor string) error {
+	res, err := q.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor)
+	if err != nil {
+		return fmt.Errorf("store: revoke token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: token", ErrNotFound)
+	}
+	return nil
+}
+
+// ExpiredSecretsTokens lists the accessors of tokens expired at now (at
+// most limit), for revocation with their leases.
+func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2", ns(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: expired tokens: %w", err)
+	}
+	return scanStrings(rows)
+}
+
+// SecretID is an AppRole secret ID as stored: its hash, never its value.
+type SecretID struct {
+	Hash      []byte
+	Accessor  string
+	Role      string
+	Spec      json.RawMessage // metadata, CIDR list, num_uses, ttl
+	UsesLeft  int64           // 0: unlimited
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero: never
+}
+
+// CreateSecretID stores a secret ID.
+func (s *DB) CreateSecretID(ctx context.Context, q Queryer, x SecretID) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO secrets_secret_ids (id_hash, accessor, role, spec, uses_left, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`, x.Hash, x.Accessor, x.Role, string(x.Spec), x.UsesLeft, ns(x.CreatedAt), ns(x.ExpiresAt))
+	if err != nil {
+		return fmt.Errorf("store: create secret id: %w", err)
+	}
+	return nil
+}
+
+const secretIDCols = "id_hash, accessor, role, spec, uses_left, created_at, expires_at"
+
+func scanSecretID(r interface{ Scan(...any) error }) (SecretID, error) {
+	var x SecretID
+	var spec string
+	var created, exp int64
+	err := r.Scan(&x.Hash, &x.Accessor, &x.Role, &spec, &x.UsesLeft, &created, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return x, fmt.Errorf("%w: secret id", ErrNotFound)
+	}
+	if err != nil {
+		return x, fmt.Errorf("store: read secret id: %w", err)
+	}
+	x.Spec, x.CreatedAt, x.ExpiresAt = json.RawMessage(spec), fromNS(created), fromNS(exp)
+	return x, nil
+}
+
+// SecretIDByAccessor reads a secret ID by accessor.
+func (s *DB) SecretIDByAccessor(ctx context.Context, role, accessor string) (SecretID, error) {
+	return scanSecretID(s.db.QueryRowContext(ctx, "SELECT "+secretIDCols+" FROM secrets_secret_ids WHERE role = $1 AND accessor = $2", role, accessor))
+}
+
+// SecretIDAccessors lists a role's secret ID accessors.
+func (s *DB) SecretIDAccessors(ctx context.Context, role string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_secret_ids WHERE role = $1 ORDER BY accessor", role)
+	if err != nil {
+		return nil, fmt.Errorf("store: list secret ids: %w", err)
+	}
+	return scanStrings(rows)
+}
+
+// ConsumeSecretID looks a secret ID up by hash inside tx, locked, and
+// spends one use: the last use deletes it, so a use-limited secret ID can
+// never be used more often than allowed, even by concurrent logins. An
+// expired one is deleted and reported ErrNotFound.
+func (s *DB) ConsumeSecretID(ctx context.Context, tx *sql.Tx, hash []byte, now time.Time) (SecretID, error) {
+	x, err := scanSecretID(tx.QueryRowContext(ctx, "SELECT "+secretIDCols+" FROM secrets_secret_ids WHERE id_hash = $1"+s.forUpdate(), hash))
+	if err != nil {
+		return x, err
+	}
+	if !x.ExpiresAt.IsZero() && !now.Before(x.ExpiresAt) {
+		tx.ExecContext(ctx, "DELETE FROM secrets_secret_ids WHERE id_hash = $1", hash)
+		return x, fmt.Errorf("%w: secret id", ErrNotFound)
+	}
+	switch {
+	case x.UsesLeft == 1:
+		_, err = tx.ExecContext(ctx, "DELETE FROM secrets_secret_ids WHERE id_hash = $1", hash)
+	case x.UsesLeft > 1:
+		_, err = tx.ExecContext(ctx, "UPDATE secrets_secret_ids SET uses_left = uses_left - 1 WHERE id_hash = $1", hash)
+	}
+	if err != nil {
+		return x, fmt.Errorf("store: spend secret id: %w", err)
+	}
+	return x, nil
+}
+
+// DeleteSecretIDs deletes a role's secret IDs: the one with accessor, or
+// all when accessor is "". ErrNotFound when a named one is absent.
+func (s *DB) DeleteSecretIDs(ctx context.Context, q Queryer, role, accessor string) error {
+	if accessor == "" {
+		_, err := q.ExecContext(ctx, "DELETE FROM secrets_secret_ids WHERE role = $1", role)
+		return err
+	}
+	res, err := q.ExecContext(ctx, "DELETE FROM secrets_secret_ids WHERE role = $1 AND accessor = $2", role, accessor)
+	if err != nil {
+		return fmt.Errorf("store: delete secret id: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: secret id accessor", ErrNotFound)
+	}
+	return nil
+}
+
+// PruneSecrets drops expired secret IDs. Expired tokens are revoked by
+// the service (with their leases), not pruned here.
+func (s *DB) PruneSecrets(ctx context.Context, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, "DELETE FROM secrets_secret_ids WHERE expires_at > 0 AND expires_at <= $1", ns(now))
+	if err != nil {
+		return fmt.Errorf("store: prune secret ids: %w", err)
+	}
+	return nil
+}
