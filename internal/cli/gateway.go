@@ -12,9 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/gateway"
 	"github.com/moatless/moatless/internal/policy"
@@ -92,6 +94,9 @@ func (r *gatewayRun) policyOptions() policy.Options {
 // binding anything: what fails here would stop the gateway from
 // starting.
 func (r *gatewayRun) checkOnly(ctx context.Context) error {
+	if _, err := sharedSecrets(r.cfg.JWT.HMACIssuers); err != nil {
+		return err
+	}
 	g, err := gateway.New(gateway.Options{Config: r.cfg, Identity: &proxy.NodeIdentity{}, Logger: r.log, AccessLog: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
@@ -123,7 +128,11 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		return err
 	}
 	defer mi.close()
-	verifier := newJWTVerifier(ctx, mi, reg, r.log)
+	shared, err := sharedSecrets(cfg.JWT.HMACIssuers)
+	if err != nil {
+		return usageError{err}
+	}
+	verifier := newJWTVerifier(ctx, mi, reg, r.log, shared...)
 	defer verifier.Close()
 
 	g, err := gateway.New(gateway.Options{
@@ -219,4 +228,25 @@ func (r *gatewayRun) watchConfig(ctx context.Context, g *gateway.Gateway) {
 		}
 		r.log.Info("config reloaded", "file", r.path, "routes", len(cfg.Routes))
 	}
+}
+
+// sharedSecrets reads the HMAC issuers' secret files: the bytes as they
+// are, one trailing newline aside (echo adds one). A secret that is too
+// short for its algorithm stops the start, naming the file, never the
+// secret.
+func sharedSecrets(issuers []config.GatewayHMACIssuer) ([]authn.SharedSecret, error) {
+	var out []authn.SharedSecret
+	for i, h := range issuers {
+		b, err := readSmallFile(h.SecretFile, 4096)
+		if err != nil {
+			return nil, fmt.Errorf("jwt.hmac_issuers[%d].secret_file: %w", i, err)
+		}
+		b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+		s := authn.SharedSecret{Issuer: h.Issuer, Algorithm: jose.SignatureAlgorithm(h.Algorithm), Secret: b}
+		if err := s.Check(); err != nil {
+			return nil, fmt.Errorf("jwt.hmac_issuers[%d] (%s): %w", i, h.SecretFile, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }

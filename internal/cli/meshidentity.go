@@ -264,9 +264,10 @@ func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts pol
 }
 
 // newJWTVerifier is the verifier of request tokens, with the JWKS client
-// of the identity and its metrics registered.
-func newJWTVerifier(ctx context.Context, m *meshIdentity, reg *prometheus.Registry, log *slog.Logger) *authn.Verifier {
-	v := authn.NewVerifier(authn.Options{Logger: log, HTTPClient: m.jwksClient()})
+// of the identity, the shared-secret issuers given, and its metrics
+// registered.
+func newJWTVerifier(ctx context.Context, m *meshIdentity, reg *prometheus.Registry, log *slog.Logger, shared ...authn.SharedSecret) *authn.Verifier {
+	v := authn.NewVerifier(authn.Options{Logger: log, HTTPClient: m.jwksClient(), SharedSecrets: shared})
 	v.Start(ctx)
 	reg.MustRegister(authn.NewCollector(v))
 	return v

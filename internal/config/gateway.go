@@ -214,12 +214,18 @@ type GatewayJWT struct {
 	HMACIssuers []GatewayHMACIssuer `json:"hmac_issuers,omitempty"`
 }
 
-// GatewayHMACIssuer is an issuer whose tokens are HS256 (or HS384/512)
-// with a shared secret. Only the HMAC algorithms are accepted for it, and
-// only with this secret; its RequestAuthentication rules need no jwks.
+// GatewayHMACIssuer is an issuer whose tokens are HMAC-signed with a
+// shared secret. Its one algorithm is accepted for it, only with this
+// secret, and no other issuer's token may use HMAC (so an RS256 issuer
+// cannot be downgraded with its public key as the secret). Its
+// RequestAuthentication rules name no jwks or jwksUri.
 type GatewayHMACIssuer struct {
 	Issuer string `json:"issuer"`
-	// SecretFile holds the secret (at least 32 bytes).
+	// Algorithm is HS256 (default), HS384 or HS512.
+	Algorithm string `json:"algorithm,omitempty"`
+	// SecretFile holds the secret: its bytes as they are, one trailing
+	// newline aside; at least 32 bytes (48 for HS384, 64 for HS512). Read
+	// at start: a new secret needs a restart.
 	SecretFile string `json:"secret_file"`
 }
 
@@ -528,14 +534,9 @@ func (c *Gateway) Validate() error {
 		if h.SecretFile == "" {
 			add("%s.secret_file: required", f)
 		}
-	}
-	// Parsed so configs can be written ahead, refused until enforced: a
-	// setting that silently did nothing would be worse than an error.
-	if len(c.JWT.HMACIssuers) > 0 {
-		add("jwt.hmac_issuers: not supported yet (HS256 tokens are refused)")
-	}
-	if c.TokenExchange != nil {
-		add("token_exchange: not supported yet")
+		if !oneOf(h.Algorithm, "", "HS256", "HS384", "HS512") {
+			add("%s.algorithm: %q is not HS256, HS384 or HS512", f, h.Algorithm)
+		}
 	}
 	if len(c.Routes) == 0 {
 		add("routes: at least one route is required")

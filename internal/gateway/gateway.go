@@ -363,6 +363,8 @@ func restartOnly(a, b *config.Gateway) error {
 	same("namespace", a.Namespace, b.Namespace)
 	same("labels", a.Labels, b.Labels)
 	same("policy", a.Policy, b.Policy)
+	same("jwt", a.JWT, b.JWT)
+	same("token_exchange", a.TokenExchange, b.TokenExchange)
 	same("limits.max_conns", a.Limits.MaxConns, b.Limits.MaxConns)
 	same("limits.max_conns_per_ip", a.Limits.MaxConnsPerIP, b.Limits.MaxConnsPerIP)
 	same("limits.max_header_bytes", a.Limits.MaxHeaderBytes, b.Limits.MaxHeaderBytes)

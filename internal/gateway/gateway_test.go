@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
@@ -629,3 +632,77 @@ func TestGatewayDeniesWithoutPolicy(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// TestGatewayHS256Issuer: a shared-secret issuer (jwt.hmac_issuers)
+// authenticates at the edge like any other: its HS256 token with the
+// secret passes (and its claim reaches the upstream only through the
+// rule's header), one with another secret is a 401, and a token signed
+// with the secret but naming another issuer is refused too.
+func TestGatewayHS256Issuer(t *testing.T) {
+	const issuer = "https://legacy.example"
+	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
+	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, echoApp(t))
+	tg := startGatewayWith(t, ca, up, nil, func(o *Options) { o.Verifier = v })
+	tg.g.SetAuthorizer(2, compile(t, `
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: "`+issuer+`"
+    audiences: [orders]
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["`+issuer+`/*"]}}]
+`))
+	hs256 := func(iss string, key []byte) string {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
+		obj, err := s.Sign(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := obj.CompactSerialize()
+		return tok
+	}
+	tests := []struct {
+		name, token string
+		want        int
+	}{
+		{"with_the_secret", hs256(issuer, secret), 200},
+		{"another_secret", hs256(issuer, []byte("0123456789abcdef0123456789abcdef-guessed")), 401},
+		{"the_secret_for_another_issuer", hs256("https://issuer.example", secret), 401},
+		{"no_token", "", 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hdr := map[string]string{"X-User": "mallory"}
+			if tt.token != "" {
+				hdr["Authorization"] = "Bearer " + tt.token
+			}
+			resp, body := tg.do(t, "GET", "/orders/1", nil, hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if tt.want == 200 {
+				if got := decodeSeen(t, body).Headers["X-User"]; len(got) != 1 || got[0] != "alice" {
+					t.Errorf("upstream X-User %v, want [alice] from the token", got)
+				}
+			}
+		})
+	}
+}
