@@ -103,6 +103,9 @@ type Gateway struct {
 	// protocol), kept across reloads so pools and sessions survive.
 	upMu      sync.Mutex
 	upstreams map[upstreamKey]*proxy.Upstream
+	// exchange trades tokens for routes with token_exchange_audience;
+	// nil without token_exchange.
+	exchange *exchanger
 	// reloadMu serializes Reload.
 	reloadMu sync.Mutex
 	// redis are the rate-limit stores by URL, shared by limits and kept
@@ -185,6 +188,11 @@ func New(opts Options) (*Gateway, error) {
 	g.certs = &certReloader{read: opts.ReadFile, now: opts.Now}
 	if err := g.certs.load(opts.Config.TLS.Cert, opts.Config.TLS.Key); err != nil {
 		return nil, err
+	}
+	if te := opts.Config.TokenExchange; te != nil {
+		if g.exchange, err = newExchanger(te, opts.Identity, opts.ReadFile, opts.Now); err != nil {
+			return nil, err
+		}
 	}
 	st, err := g.build(context.Background(), opts.Config, nil)
 	if err != nil {

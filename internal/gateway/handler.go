@@ -235,6 +235,33 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// A route that names an audience gets the caller's token exchanged
+	// for one scoped to it. Fail closed: no exchange, no forwarding, and
+	// the caller's own token never goes on in its place.
+	exchangedTok := ""
+	if aud := rt.cfg.TokenExchangeAudience; aud != "" {
+		if auth != nil {
+			subject, ok := bearerToken(r.Header)
+			if !ok || g.exchange == nil {
+				g.reject(w, http.StatusForbidden, reasonExchange, "token exchange needs the token in Authorization")
+				return
+			}
+			tok, err := g.exchange.exchange(r.Context(), subject, aud)
+			if err != nil {
+				g.metrics.upstreamErrors.WithLabelValues(rt.name, "token_exchange").Inc()
+				g.log.Warn("token exchange failed", "route", rt.name, "audience", aud, "request_id", rc.id, "err", err)
+				status := http.StatusServiceUnavailable
+				if errors.Is(err, errExchangeRefused) {
+					status = http.StatusForbidden
+				}
+				g.reject(w, status, reasonExchange, "token exchange failed")
+				return
+			}
+			exchangedTok = tok
+		}
+		delete(r.Header, "Authorization")
+	}
+
 	// What the upstream is told, set after shaping so no caller copy
 	// survives: the client address, the scheme, the request ID, the
 	// verified claims the RequestAuthentication rule names, and the
@@ -245,6 +272,9 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	h["X-Forwarded-Proto"] = []string{"https"}
 	h["X-Request-Id"] = []string{rc.id}
 	proxy.ApplyAuth(r, auth)
+	if exchangedTok != "" {
+		h["Authorization"] = []string{"Bearer " + exchangedTok}
+	}
 	for k, v := range dec.Headers {
 		h[k] = []string{v}
 	}
@@ -505,4 +535,15 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
 	}
 	return true
+}
+
+// bearerToken is the token of the request's one Authorization header,
+// "Bearer <token>" (the scheme in any case).
+func bearerToken(h http.Header) (string, bool) {
+	v := h["Authorization"]
+	if len(v) != 1 || len(v[0]) < 8 || !strings.EqualFold(v[0][:7], "bearer ") {
+		return "", false
+	}
+	tok := strings.TrimSpace(v[0][7:])
+	return tok, tok != ""
 }
