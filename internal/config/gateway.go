@@ -261,6 +261,12 @@ type GatewayRoute struct {
 	RateLimits []string           `json:"rate_limits,omitempty"`
 	WAF        *GatewayRouteWAF   `json:"waf,omitempty"`
 	Validation *GatewayValidation `json:"validation,omitempty"`
+	// RequireToken answers 401 (WWW-Authenticate: Bearer) to a request
+	// that carries no token a RequestAuthentication rule verified, as
+	// Envoy's jwt_authn "requires" does, instead of leaving it to
+	// AuthorizationPolicy (which, as in Istio, would answer 403). Default
+	// false.
+	RequireToken bool `json:"require_token,omitempty"`
 	// TokenExchangeAudience, when set, trades the caller's verified token
 	// for one with this audience before forwarding (RFC 8693).
 	TokenExchangeAudience string `json:"token_exchange_audience,omitempty"`

@@ -645,7 +645,9 @@ func TestGatewayHS256Issuer(t *testing.T) {
 	t.Cleanup(func() { v.Close() })
 	ca := testpki.NewCA(t, td)
 	up := startUpstream(t, ca, ordersID, echoApp(t))
-	tg := startGatewayWith(t, ca, up, nil, func(o *Options) { o.Verifier = v })
+	tg := startGatewayWith(t, ca, up, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "private", PathPrefix: "/private", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID, RequireToken: true})
+	}, func(o *Options) { o.Verifier = v })
 	tg.g.SetAuthorizer(2, compile(t, `
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -687,16 +689,24 @@ spec:
 		{"another_secret", hs256(issuer, []byte("0123456789abcdef0123456789abcdef-guessed")), 401},
 		{"the_secret_for_another_issuer", hs256("https://issuer.example", secret), 401},
 		{"no_token", "", 403},
+		{"no_token_on_a_route_that_requires_one", "", 401},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			hdr := map[string]string{"X-User": "mallory"}
+			path := "/orders/1"
+			if strings.Contains(tt.name, "requires") {
+				path = "/private/1"
+			}
 			if tt.token != "" {
 				hdr["Authorization"] = "Bearer " + tt.token
 			}
-			resp, body := tg.do(t, "GET", "/orders/1", nil, hdr)
+			resp, body := tg.do(t, "GET", path, nil, hdr)
 			if resp.StatusCode != tt.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if tt.want == 401 && tt.token == "" && resp.Header.Get("Www-Authenticate") != `Bearer realm="moatless"` {
+				t.Errorf("WWW-Authenticate %q", resp.Header.Get("Www-Authenticate"))
 			}
 			if tt.want == 200 {
 				if got := decodeSeen(t, body).Headers["X-User"]; len(got) != 1 || got[0] != "alice" {
@@ -704,5 +714,24 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+// TestGatewayUnderMeshWideStrict: a mesh-wide STRICT PeerAuthentication
+// governs the sidecars, not the gateway's public listener, whose clients
+// have no mesh identity; it used to deny every request at the gateway.
+func TestGatewayUnderMeshWideStrict(t *testing.T) {
+	tg := startGateway(t, nil)
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+`))
+	if resp, body := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if resp, _ := tg.do(t, "DELETE", "/orders/1", nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("DELETE: status %d, want the DENY policy's 403", resp.StatusCode)
 	}
 }

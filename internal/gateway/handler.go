@@ -192,6 +192,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		Protocol:       policy.HTTP,
 		Source:         policy.Source{IP: rc.peer},
 		RemoteIP:       rc.client,
+		External:       true,
 		Destination:    g.destination(localIP(r)),
 		Time:           g.now(),
 		Method:         r.Method,
@@ -211,10 +212,24 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	if auth != nil {
 		rc.identity = auth.Principal
 	}
+	// require_token: no verified token where one is required is a 401,
+	// whatever the policy said (a denial that left the token unread
+	// stays the 403 it is when the request carries one).
+	missing := rt.cfg.RequireToken && auth == nil && dec.Outcome != policy.Unauthenticated &&
+		(dec.Outcome == policy.Allow || len(r.Header["Authorization"]) == 0)
+	if missing {
+		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
+	}
 	g.logDecision(r, rc, dec, ps)
 	switch dec.Outcome {
 	case policy.Allow:
 	case policy.Unauthenticated:
+		if missing {
+			// No credentials at all: RFC 6750 section 3.1, no error code.
+			w.Header().Set("Www-Authenticate", `Bearer realm="moatless"`)
+			g.reject(w, http.StatusUnauthorized, reasonUnauthn, "Jwt is missing")
+			return
+		}
 		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "Jwt verification fails")
 		return
