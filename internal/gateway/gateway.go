@@ -297,15 +297,18 @@ func (g *Gateway) Rego() *policy.Rego {
 func (g *Gateway) PolicyVersion() uint64 { return g.policy.Load().version }
 
 // SetRevocations replaces the revocation list: upstreams presenting a
-// revoked SPIFFE ID or serial are refused at the handshake, and tokens
-// with a revoked jti are refused (401). It returns 0: the gateway holds
-// no mesh connections from revoked peers to close.
+// revoked SPIFFE ID or serial are refused at the handshake, tokens with a
+// revoked jti are refused (401), and in-flight requests authenticated with
+// one are cut off, as a sidecar does. It returns how many were cut off.
 func (g *Gateway) SetRevocations(r *wire.Revocations) int {
-	g.revoked.Set(r)
 	if tr, ok := g.opts.Verifier.(proxy.TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	return 0
+	n := g.revoked.Set(r)
+	if n > 0 {
+		g.log.Info("cut off requests of revoked tokens", "count", n)
+	}
+	return n
 }
 
 // ReloadFailed counts a failed reload of what ("config", "tls",

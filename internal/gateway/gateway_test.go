@@ -735,3 +735,80 @@ spec: {mtls: {mode: STRICT}}
 		t.Fatalf("DELETE: status %d, want the DENY policy's 403", resp.StatusCode)
 	}
 }
+
+// TestGatewayRevokedTokenCutsOffInFlight: a request authenticated with a
+// token is cut off when the token's jti is revoked while it is still
+// waiting for the upstream, as a sidecar cuts one off: the client gets a
+// 401 then and there, not the upstream's answer seconds later.
+func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
+	const issuer = "https://legacy.example"
+	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
+	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, td)
+	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Verifier = v })
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: "`+issuer+`"}]
+`))
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
+	obj, _ := signer.Sign(payload)
+	tok, _ := obj.CompactSerialize()
+
+	type answer struct {
+		code int
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := tg.client.Do(req)
+		if err != nil {
+			done <- answer{err: err}
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- answer{code: resp.StatusCode}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for tg.g.revoked.Tracked() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never tracked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case a := <-done:
+		t.Fatalf("the slow request ended before the revocation: %+v", a)
+	default:
+	}
+	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
+		t.Fatalf("SetRevocations cut off %d requests, want 1", n)
+	}
+	// The app holds /slow for 5 s: an answer now is the cut-off's.
+	select {
+	case a := <-done:
+		if a.err != nil || a.code != 401 {
+			t.Fatalf("cut-off request: %+v, want a 401", a)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the request of a revoked token kept waiting for the upstream")
+	}
+	if n := tg.g.revoked.Tracked(); n != 0 {
+		t.Errorf("%d requests still tracked", n)
+	}
+	resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
+	if resp.StatusCode != 401 {
+		t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+	}
+}

@@ -293,13 +293,30 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	for k, v := range dec.Headers {
 		h[k] = []string{v}
 	}
+	// A request authenticated with a token is cut off when that token's
+	// jti is revoked, however long it streams.
+	if jti, _ := authClaim(auth, "jti"); jti != "" {
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		defer g.revoked.TrackToken(jti, func() { cancel(errTokenRevoked) })()
+		r = r.WithContext(ctx)
+	}
 	if rt.pool.timeout > 0 && upgrade == "" {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.pool.timeout)
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
 	rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) })
+	// Cut off before the upstream answered: the client is still there
+	// and is told why (after the headers, the forwarder reset the stream).
+	if !w.written && errors.Is(context.Cause(r.Context()), errTokenRevoked) {
+		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "token revoked")
+	}
 }
+
+// errTokenRevoked cancels an in-flight request whose token was revoked.
+var errTokenRevoked = errors.New("gateway: token revoked")
 
 // headBytes is the size of the request line and headers as sent (HTTP/2's
 // pseudo-headers counted like a request line).
@@ -561,4 +578,13 @@ func bearerToken(h http.Header) (string, bool) {
 	}
 	tok := strings.TrimSpace(v[0][7:])
 	return tok, tok != ""
+}
+
+// authClaim is a string claim of the verified token, "" without one.
+func authClaim(auth *policy.Auth, name string) (string, bool) {
+	if auth == nil {
+		return "", false
+	}
+	v, ok := auth.Claims[name].(string)
+	return v, ok
 }

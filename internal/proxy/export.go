@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,12 +36,27 @@ type PolicyTarget interface {
 var _ PolicyTarget = (*Sidecar)(nil)
 
 // Revocations is a revocation list for a part that is not a Sidecar: Set
-// swaps a new list in atomically; Peer and Token read it. The zero value
-// revokes nothing and is ready to use.
-type Revocations struct{ p atomic.Pointer[revocationSet] }
+// swaps a new list in atomically; Peer and Token read it; TrackToken
+// registers an in-flight request so that revoking its token cuts it off,
+// as the sidecar does. The zero value revokes nothing and is ready to use.
+type Revocations struct {
+	p    atomic.Pointer[revocationSet]
+	once sync.Once
+	live *tracker
+}
 
-// Set puts r in force (nil: nothing revoked).
-func (r *Revocations) Set(w *wire.Revocations) { r.p.Store(newRevocationSet(w)) }
+func (r *Revocations) tracker() *tracker {
+	r.once.Do(func() { r.live = newTracker() })
+	return r.live
+}
+
+// Set puts w in force (nil: nothing revoked) and cancels every tracked
+// request whose token it revokes; it returns how many.
+func (r *Revocations) Set(w *wire.Revocations) int {
+	rs := newRevocationSet(w)
+	r.p.Store(rs)
+	return r.tracker().sweep(rs, nil)
+}
 
 // Peer reports whether a SPIFFE ID or a leaf serial (lower-case hex) is
 // revoked.
@@ -48,6 +64,24 @@ func (r *Revocations) Peer(id, serial string) bool { return r.load().has(id, nor
 
 // Token reports whether a token ID is revoked.
 func (r *Revocations) Token(jti string) bool { return r.load().hasJTI(jti) }
+
+// TrackToken registers cancel, which ends an in-flight request
+// authenticated with token jti: Set calls it when jti is revoked, however
+// long the request streams. A jti revoked between the request's check and
+// this registration is caught here (cancel runs at once). Call done when
+// the request ends.
+func (r *Revocations) TrackToken(jti string, cancel func()) (done func()) {
+	t := r.tracker()
+	e := t.add(cancel, jtiKey(jti))
+	if r.Token(jti) {
+		t.remove(e)
+		e.once.Do(cancel)
+	}
+	return func() { t.remove(e) }
+}
+
+// Tracked is the number of in-flight requests registered by TrackToken.
+func (r *Revocations) Tracked() int { return r.tracker().len() }
 
 func (r *Revocations) load() *revocationSet {
 	if r == nil {
