@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -167,45 +166,21 @@ func (d *demo) viaGateway(ctx context.Context, method, path, bearer string, hdr 
 // gatewayBlock is why the gateway answered a request itself, from its
 // access log: the block reason and, for the WAF, the matched rules.
 func (d *demo) gatewayBlock(rid string) string {
-	var found string
-	waitUntil(context.Background(), 2*time.Second, "access log", func() bool {
-		f, err := os.Open(d.gateway.logPath)
-		if err != nil {
-			return false
+	return findLogLine(d.gateway.logPath, rid, func(line []byte) (string, bool) {
+		var ev struct {
+			Msg       string `json:"msg"`
+			RequestID string `json:"request_id"`
+			Reason    string `json:"block_reason"`
+			Detail    string `json:"detail"`
 		}
-		defer f.Close()
-		s := bufio.NewScanner(f)
-		s.Buffer(make([]byte, 64<<10), 1<<20)
-		for s.Scan() {
-			if !strings.Contains(s.Text(), rid) {
-				continue
-			}
-			var ev struct {
-				Msg, RequestID, Reason, Detail string
-			}
-			var raw map[string]any
-			if json.Unmarshal(s.Bytes(), &raw) != nil {
-				continue
-			}
-			ev.Msg, _ = raw["msg"].(string)
-			ev.RequestID, _ = raw["request_id"].(string)
-			ev.Reason, _ = raw["block_reason"].(string)
-			ev.Detail, _ = raw["detail"].(string)
-			if ev.Msg != "access" || ev.RequestID != rid {
-				continue
-			}
-			found = "gateway: " + ev.Reason
-			if ev.Detail != "" {
-				found += " (" + ev.Detail + ")"
-			}
-			return true
+		if json.Unmarshal(line, &ev) != nil || ev.Msg != "access" || ev.RequestID != rid {
+			return "", false
 		}
-		return false
+		if ev.Detail != "" {
+			return "gateway: " + ev.Reason + " (" + ev.Detail + ")", true
+		}
+		return "gateway: " + ev.Reason, true
 	})
-	if found == "" {
-		return "-"
-	}
-	return found
 }
 
 // gatewayRows are the edge's refusals: each answered by the gateway

@@ -162,10 +162,34 @@ func outcome(status int) string {
 // decision finds the decision a sidecar logged for a request ID and
 // formats it as "policy (rule N)" or the reason when no policy decided.
 func (d *demo) decision(sidecar, rid string) string {
-	sc := d.sidecars[sidecar]
-	var found string
-	waitUntil(context.Background(), 2*time.Second, "decision log", func() bool {
-		f, err := os.Open(sc.logPath)
+	return findLogLine(d.sidecars[sidecar].logPath, rid, func(line []byte) (string, bool) {
+		var ev struct {
+			Msg       string `json:"msg"`
+			RequestID string `json:"request_id"`
+			Policy    string `json:"policy"`
+			Rule      int    `json:"rule"`
+			Reason    string `json:"reason"`
+		}
+		if json.Unmarshal(line, &ev) != nil || ev.Msg != "decision" || ev.RequestID != rid {
+			return "", false
+		}
+		switch {
+		case ev.Policy != "" && ev.Rule >= 0:
+			return fmt.Sprintf("%s (rule %d)", ev.Policy, ev.Rule), true
+		case ev.Policy != "":
+			return ev.Policy, true
+		}
+		return ev.Reason, true
+	})
+}
+
+// findLogLine polls a process's JSON log, for up to two seconds, for a
+// line holding rid that match accepts, and returns what match made of it,
+// "-" when none came.
+func findLogLine(path, rid string, match func(line []byte) (string, bool)) string {
+	found := "-"
+	waitUntil(context.Background(), 2*time.Second, "log line", func() bool {
+		f, err := os.Open(path)
 		if err != nil {
 			return false
 		}
@@ -173,35 +197,18 @@ func (d *demo) decision(sidecar, rid string) string {
 		s := bufio.NewScanner(f)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		for s.Scan() {
-			line := s.Bytes()
-			if !strings.Contains(string(line), `"decision"`) || !strings.Contains(string(line), rid) {
+			if !strings.Contains(s.Text(), rid) {
 				continue
 			}
-			var ev struct {
-				Msg       string `json:"msg"`
-				RequestID string `json:"request_id"`
-				Policy    string `json:"policy"`
-				Rule      int    `json:"rule"`
-				Reason    string `json:"reason"`
+			if v, ok := match(s.Bytes()); ok {
+				if v != "" {
+					found = v
+				}
+				return true
 			}
-			if json.Unmarshal(line, &ev) != nil || ev.Msg != "decision" || ev.RequestID != rid {
-				continue
-			}
-			switch {
-			case ev.Policy != "" && ev.Rule >= 0:
-				found = fmt.Sprintf("%s (rule %d)", ev.Policy, ev.Rule)
-			case ev.Policy != "":
-				found = ev.Policy
-			default:
-				found = ev.Reason
-			}
-			return true
 		}
 		return false
 	})
-	if found == "" {
-		return "-"
-	}
 	return found
 }
 
