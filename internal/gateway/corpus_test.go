@@ -63,6 +63,13 @@ func TestCorpus(t *testing.T) {
 	if len(attacks) < 200 || len(benign) < 200 {
 		t.Fatalf("corpus too small: %d attacks, %d benign", len(attacks), len(benign))
 	}
+	sampled := raceEnabled
+	if sampled {
+		// Under -race only every 16th request runs, for the race
+		// detector's sake; the rates are checked by the full run
+		// without -race that make test does.
+		attacks, benign = every(attacks, 16), every(benign, 16)
+	}
 	for _, pl := range []int{1, 2} {
 		t.Run(fmt.Sprintf("paranoia_%d", pl), func(t *testing.T) {
 			tg := startGateway(t, func(c *config.Gateway) {
@@ -115,9 +122,18 @@ func TestCorpus(t *testing.T) {
 			for _, f := range falsePos {
 				t.Logf("  false positive: %s", f)
 			}
-			if pl == 1 && (detRate < 0.9 || fpRate > 0.02) {
+			if pl == 1 && !sampled && (detRate < 0.9 || fpRate > 0.02) {
 				t.Errorf("paranoia 1: detection %.1f%% (want >= 90%%), false positives %.1f%% (want <= 2%%)", 100*detRate, 100*fpRate)
 			}
 		})
 	}
+}
+
+// every returns every nth entry of es.
+func every(es []corpusEntry, n int) []corpusEntry {
+	var out []corpusEntry
+	for i := 0; i < len(es); i += n {
+		out = append(out, es[i])
+	}
+	return out
 }

@@ -74,6 +74,9 @@ func TestInspect(t *testing.T) {
 }
 
 func TestDetectOnlyAndExclusions(t *testing.T) {
+	if raceEnabled {
+		t.Skip("builds three engines (minutes under -race); make test runs it without -race")
+	}
 	d, err := New(Config{Detect: true, Paranoia: 1, Threshold: 5})
 	if err != nil {
 		t.Fatal(err)
