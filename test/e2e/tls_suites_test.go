@@ -47,9 +47,11 @@ func probeSuites(t *testing.T, addr string, cert *tls.Certificate) (tls12 []stri
 }
 
 // sslscanAccepted runs sslscan (Debian's, which .ci/run installs) against
-// addr and returns the ciphers it reports accepted; skipped=true when it
-// is not installed outside CI.
-func sslscanAccepted(t *testing.T, addr string) (ciphers []string, skipped bool) {
+// addr, presenting the client certificate in certFile/keyFile when given
+// (a listener that requires one would fail every TLS 1.2 handshake
+// without it), and returns the ciphers it reports accepted; skipped=true
+// when it is not installed outside CI.
+func sslscanAccepted(t *testing.T, addr, certFile, keyFile string) (ciphers []string, skipped bool) {
 	t.Helper()
 	path, err := exec.LookPath("sslscan")
 	if err != nil {
@@ -58,7 +60,11 @@ func sslscanAccepted(t *testing.T, addr string) (ciphers []string, skipped bool)
 		}
 		return nil, true
 	}
-	out, err := exec.Command(path, "--no-colour", "--no-heartbleed", "--no-renegotiation", "--no-compression", "--no-fallback", "--no-groups", addr).CombinedOutput()
+	args := []string{"--no-colour", "--no-heartbleed", "--no-renegotiation", "--no-compression", "--no-fallback", "--no-groups"}
+	if certFile != "" {
+		args = append(args, "--certs="+certFile, "--pk="+keyFile)
+	}
+	out, err := exec.Command(path, append(args, addr)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sslscan %s: %v\n%s", addr, err, out)
 	}
@@ -76,7 +82,8 @@ func sslscanAccepted(t *testing.T, addr string) (ciphers []string, skipped bool)
 
 // TestListenersOfferAEADOnly lists what each TLS listener accepts — the
 // server (one listener for the admin, agent, token, secrets and OPA APIs),
-// a sidecar's inbound listener, and "moatless authz" over TCP — and
+// a sidecar's inbound listener, "moatless authz" over TCP and the
+// gateway's public listener — and
 // requires AEAD suites only: no CBC with SHA-1 (Go's defaults include
 // ECDHE-ECDSA-AES128-SHA and -AES256-SHA under TLS 1.2). The sidecar's and
 // the agent's admin and health listeners are plaintext on loopback and
@@ -84,7 +91,9 @@ func sslscanAccepted(t *testing.T, addr string) (ciphers []string, skipped bool)
 func TestListenersOfferAEADOnly(t *testing.T) {
 	p := startPlane(t)
 	m := startSidecarMesh(t, sidecarEchoApp(t))
-	client := m.pki.ca.SVID(t, scFrontendID, 0).X509SVID()
+	clientSVID := m.pki.ca.SVID(t, scFrontendID, 0)
+	clientFiles := m.pki.ca.WriteFiles(t, t.TempDir(), "client", clientSVID)
+	client := clientSVID.X509SVID()
 	clientCert := &tls.Certificate{PrivateKey: client.PrivateKey, Leaf: client.Certificates[0]}
 	for _, c := range client.Certificates {
 		clientCert.Certificate = append(clientCert.Certificate, c.Raw)
@@ -112,14 +121,17 @@ func TestListenersOfferAEADOnly(t *testing.T) {
 		"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
 		"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
 	}
+	gw, _, _ := startGatewayMesh(t, "")
+
 	listeners := []struct {
 		name, addr string
-		cert       *tls.Certificate
-		want12     []string // the TLS 1.2 suites accepted, sorted; nil for TLS 1.3 only
+		cert       *tls.Certificate // presented when asked for (it is required by mutual TLS listeners)
+		want12     []string         // the TLS 1.2 suites accepted, sorted; nil for TLS 1.3 only
 	}{
 		{"server", p.addr, nil, ecdsaAEAD},
 		{"sidecar_inbound", m.inbound, clientCert, nil},
 		{"ext_authz_tcp", authzAddr, clientCert, ecdsaAEAD},
+		{"gateway_public", gw.addr, nil, ecdsaAEAD},
 	}
 	for _, l := range listeners {
 		t.Run(l.name, func(t *testing.T) {
@@ -143,7 +155,11 @@ func TestListenersOfferAEADOnly(t *testing.T) {
 					t.Errorf("accepts %s, not an AEAD suite", name)
 				}
 			}
-			ciphers, skipped := sslscanAccepted(t, l.addr)
+			certFile, keyFile := "", ""
+			if l.cert != nil {
+				certFile, keyFile = clientFiles.Cert, clientFiles.Key
+			}
+			ciphers, skipped := sslscanAccepted(t, l.addr, certFile, keyFile)
 			if skipped {
 				t.Log("sslscan not installed; crypto/tls probe only")
 				return
