@@ -72,6 +72,9 @@ type adminClient struct {
 	base  string
 	token string
 	http  *http.Client
+	// bundle is the trust bundle file that verifies the server, named
+	// when the server's certificate does not chain to it.
+	bundle string
 }
 
 // client builds an adminClient from the flags. Its errors say what to set.
@@ -126,7 +129,7 @@ func (a *adminFlags) client() (*adminClient, error) {
 	// carries the DNS names and IPs it listens on, so normal hostname
 	// verification applies.
 	tr := &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
-	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}, bundle: serverTrustPath(a.cacert, a.getenv)}, nil
 }
 
 // adminCommand is the frame every admin command shares: a flag set named
@@ -178,7 +181,7 @@ func (a *adminCommand) json() bool { return a.af.json() }
 // DATA_DIR/bundle.pem. A bundle with no certificate, or with one that does
 // not parse, is an error naming the file.
 func serverTrust(cacert string, getenv func(string) string) (*x509.CertPool, error) {
-	path := firstNonEmpty(cacert, getenv("MOATLESS_CACERT"), filepath.Join(config.DefaultDataDir(getenv), "bundle.pem"))
+	path := serverTrustPath(cacert, getenv)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
@@ -230,7 +233,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the server at %s: %w (is \"moatless server\" running? set --addr or MOATLESS_ADDR)", c.base, err)
+		return reachError(c.base, c.bundle, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -31,7 +31,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	str("join-token", "single-use join `token` for the first start (env MOATLESS_JOIN_TOKEN; visible in ps: prefer --join-token-file)")
 	str("join-token-file", "read the join token from this `file`")
 	str("trust-bundle", "PEM `file` of CA certificates that authenticate the server (the server's bundle.pem)")
-	str("socket", "Workload API unix socket `path` (default "+config.DefaultAgentSocket+")")
+	str("socket", "Workload API unix socket `path` (default "+config.AgentSocketHelp+"); its directory must be owned by this user and writable by no one else")
 	str("data-dir", "`directory` keeping the agent's own SVID and key across restarts (default DATA_DIR/agent)")
 	str("health-listen", "loopback `host:port` for /healthz, /readyz and /metrics, or \"off\" (default "+config.DefaultAgentHealthListen+")")
 	str("log-level", "debug, info, warn or error (default info)")
@@ -113,7 +113,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 		switch {
 		case errors.Is(err, agent.ErrJoinTokenRejected):
 			return e.errorf(ExitDenied, "%v", err)
-		case errors.Is(err, agent.ErrNoCredential):
+		case errors.Is(err, agent.ErrNoCredential), errors.Is(err, agent.ErrStaleState), errors.Is(err, agent.ErrDataDirInUse):
 			return e.errorf(ExitUsage, "%v", err)
 		case errors.Is(err, context.Canceled):
 			return ExitOK

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -237,6 +238,18 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	return nil
 }
 
+// healthMux is the start of an admin listener's mux: /metrics from reg
+// and the liveness endpoints (/livez, /healthz alias). The caller adds
+// /readyz, which differs per command.
+func healthMux(reg prometheus.Gatherer) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("GET /livez", live)
+	mux.HandleFunc("GET /healthz", live)
+	return mux
+}
+
 // serveAuthzAdmin serves /metrics, the health endpoints and the
 // read-only OPA API on a loopback address.
 func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry, p *filePolicy, log *slog.Logger) error {
@@ -248,14 +261,13 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 		return fmt.Errorf("%q is not a loopback address", addr)
 	}
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: another moatless authz (or program) on this host uses it; set --admin to a free loopback address, or --admin off", err)
+	}
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-	mux.HandleFunc("GET /livez", live)
-	mux.HandleFunc("GET /healthz", live)
+	mux := healthMux(reg)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
 	})

@@ -46,10 +46,14 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 			defer os.RemoveAll(tmp)
 		}
 	} else {
-		if err := os.MkdirAll(*dir, 0o700); err != nil {
+		cleared, err := prepareDemoDir(*dir)
+		if err != nil {
 			return e.errorf(ExitFailure, "demo: %v", err)
 		}
 		d.dir = *dir
+		if cleared {
+			d.logf("cleared the previous demo run's data in %s", *dir)
+		}
 	}
 	defer d.stop()
 

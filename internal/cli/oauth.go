@@ -745,7 +745,7 @@ func runOAuthTokenGet(ctx context.Context, e *Env, args []string) int {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 30 * time.Second}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return e.errorf(ExitFailure, "oauth token get: cannot reach %s: %v", iss, err)
+		return e.errorf(ExitFailure, "oauth token get: %v", reachError(iss, serverTrustPath(*cacert, e.getenv), err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

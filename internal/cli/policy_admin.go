@@ -450,7 +450,12 @@ func printPolicyNodes(e *Env, nodes []server.PolicyNodeStatus) {
 		if !n.LastAck.IsZero() {
 			ack = n.LastAck.Local().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, yn[n.Connected], n.PolicyVersion, yn[n.Current], ack)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, connectedCell(n.Connected, n.Revocation), n.PolicyVersion, yn[n.Current], ack)
 	}
 	tw.Flush()
+	for _, n := range nodes {
+		if n.Revoked {
+			fmt.Fprintln(e.Stdout, revokedLine(n.SPIFFEID, n.Revocation)+"; not counted")
+		}
+	}
 }

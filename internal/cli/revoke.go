@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"time"
 
@@ -26,8 +28,9 @@ func runRevoke(ctx context.Context, e *Env, args []string) int {
 	id := fs.String("spiffe-id", "", "revoke this SPIFFE `ID`: no SVID for it is served or accepted any more")
 	serial := fs.String("serial", "", "revoke one certificate by `serial` (hex, as the server reports it)")
 	reason := fs.String("reason", "", "why (goes to the audit log)")
+	force := fs.Bool("force", false, "revoke a SPIFFE ID that no entry, node or SVID has yet (ahead of time); without it such an ID is refused")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless revoke --spiffe-id ID | --serial SERIAL [--reason TEXT] [-o json]")
+		fmt.Fprintln(fs.Output(), "Usage: moatless revoke --spiffe-id ID [--force] | --serial SERIAL [--reason TEXT] [-o json]")
 		fmt.Fprintln(fs.Output(), "       moatless revoke list [-o json]")
 		fmt.Fprintln(fs.Output(), "       moatless revoke lift --spiffe-id ID")
 		fmt.Fprintln(fs.Output(), "\nA revocation reaches every connected agent on its watch stream at once.")
@@ -44,7 +47,12 @@ func runRevoke(ctx context.Context, e *Env, args []string) int {
 		return code
 	}
 	var out map[string]any
-	if err := c.do(ctx, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: *id, Serial: *serial, Reason: *reason}, &out); err != nil {
+	if err := c.do(ctx, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: *id, Serial: *serial, Reason: *reason, Force: *force}, &out); err != nil {
+		var ae *apiError
+		if *id != "" && errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+			// An unknown ID revokes nothing: a failure, not a lookup.
+			return e.errorf(ExitFailure, "revoke: %v", err)
+		}
 		return e.fail(err)
 	}
 	if cmd.json() {

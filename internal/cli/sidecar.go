@@ -69,7 +69,7 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
-	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm}
+	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm, cfgPath: cfgPath}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
@@ -93,8 +93,9 @@ type usageError struct{ error }
 func (u usageError) Unwrap() error { return u.error }
 
 type sidecarRun struct {
-	cfg config.Sidecar
-	log *slog.Logger
+	cfg     config.Sidecar
+	cfgPath string
+	log     *slog.Logger
 	// pathNorm is cfg.Policy.PathNormalization parsed.
 	pathNorm policy.PathNormalization
 }
@@ -206,7 +207,8 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	}
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, s.Ready, func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log)
+		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log,
+			fmt.Sprintf("another sidecar (or program) on this host uses it; every sidecar needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.cfgPath))
 		if err != nil {
 			return err
 		}

@@ -30,8 +30,6 @@ const (
 	// DefaultTrustDomain is the trust domain of a server started without
 	// --trust-domain.
 	DefaultTrustDomain = "moatless.local"
-	// DefaultAgentSocket is the Workload API socket of "moatless agent".
-	DefaultAgentSocket = "/tmp/moatless/agent.sock"
 )
 
 // DefaultDataDir is the server's data directory when --data-dir is unset:

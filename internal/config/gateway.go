@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -378,7 +379,7 @@ func (c *Gateway) FillDefaults() {
 		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
 	}
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = "1.2"

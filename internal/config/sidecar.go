@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -115,7 +116,7 @@ type Sidecar struct {
 // socket (ours or SPIRE's), PEM files, or a join token to the server.
 type SidecarIdentity struct {
 	// WorkloadAPI is the socket address, "unix:///run/spire/agent.sock".
-	// "default" means DefaultAgentSocket.
+	// "default" means AgentSocketForClients.
 	WorkloadAPI string        `json:"workload_api,omitempty"`
 	Files       *SidecarFiles `json:"files,omitempty"`
 	Join        *SidecarJoin  `json:"join,omitempty"`
@@ -298,7 +299,7 @@ func (c *Sidecar) fillDefaults() {
 		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
 	}
 }
 

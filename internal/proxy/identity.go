@@ -15,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/tlsconf"
 )
 
 // Identity is where the sidecar gets its own X509-SVID and the trust
@@ -236,7 +238,7 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 // ClientAuth is RequireAnyClientCert because crypto/tls's own verification
 // would check hostnames and web PKI rules; SPIFFE verification replaces it.
 func (t *tlsIdentity) serverConfig(nextProtos []string) *tls.Config {
-	return &tls.Config{
+	return tlsconf.Server(&tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ClientAuth: tls.RequireAnyClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -248,7 +250,7 @@ func (t *tlsIdentity) serverConfig(nextProtos []string) *tls.Config {
 		},
 		NextProtos: nextProtos,
 		Time:       t.now,
-	}
+	})
 }
 
 // clientConfig is the outbound TLS configuration for one upstream: the

@@ -703,10 +703,16 @@ type TokenRevoker interface {
 	SetRevokedTokens([]wire.RevokedTokenID)
 }
 
-// Ready reports whether the sidecar can serve: it has an SVID and, when it
-// has inbound listeners, a policy. The error says what is missing.
+// Ready reports whether the sidecar can serve: it has an SVID that is not
+// revoked and, when it has inbound listeners, a policy. The error says what
+// is missing, or when and why the sidecar's own identity was revoked (every
+// peer refuses it: a revoked sidecar must not look healthy).
 func (s *Sidecar) Ready() error {
-	if _, err := s.tls.certificate(); err != nil {
+	cert, err := s.tls.certificate()
+	if err != nil {
+		return err
+	}
+	if err := s.ownRevocation(cert); err != nil {
 		return err
 	}
 	if a, _ := s.authorizer(); a == nil && len(s.inbound) > 0 {

@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"crypto/tls"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -15,13 +19,15 @@ type revocationSet struct {
 	ids     map[string]struct{} // full "spiffe://" IDs
 	serials map[string]struct{} // lower-case hex, no leading zeros
 	jtis    map[string]time.Time
+	// src is what the set was built from: when and why an ID was revoked.
+	src *wire.Revocations
 }
 
 // newRevocationSet indexes r. Serials are normalized to lower case without
 // leading zeros, the form big.Int.Text(16) produces, so "0A1b" matches a
 // certificate with serial 0xa1b.
 func newRevocationSet(r *wire.Revocations) *revocationSet {
-	rs := &revocationSet{}
+	rs := &revocationSet{src: r}
 	if r == nil {
 		return rs
 	}
@@ -195,4 +201,25 @@ func keyRevoked(rs *revocationSet, k string) bool {
 		return rs.hasJTI(k[4:])
 	}
 	return false
+}
+
+// ownRevocation is an error saying when and why the sidecar's own SVID
+// in force (cert) was revoked, by SPIFFE ID or serial; nil when it is not.
+func (s *Sidecar) ownRevocation(cert *tls.Certificate) error {
+	rs := s.revoked.Load()
+	if rs == nil || cert.Leaf == nil {
+		return nil
+	}
+	id, err := x509svid.IDFromCert(cert.Leaf)
+	if err != nil {
+		return nil
+	}
+	if !rs.has(id.String(), cert.Leaf.SerialNumber.Text(16)) {
+		return nil
+	}
+	d, ok := rs.src.Detail(id.String())
+	if !ok {
+		return fmt.Errorf("proxy: this sidecar's certificate (serial %s) of %s is revoked", cert.Leaf.SerialNumber.Text(16), id)
+	}
+	return fmt.Errorf("proxy: this sidecar's identity %s", d)
 }

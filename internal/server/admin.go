@@ -583,6 +583,10 @@ func (s *Server) createRevocation(c *adminCall) {
 			c.fail(badf("spiffe_id: the server's own ID cannot be revoked"))
 			return
 		}
+		if err := s.checkKnownID(c.ctx, id.String(), in.Force); err != nil {
+			c.fail(err)
+			return
+		}
 		r := store.RevokedID{SPIFFEID: id.String(), Reason: in.Reason, RevokedBy: c.actor, RevokedAt: now}
 		err = c.change(func(tx *sql.Tx) (audit.Event, error) {
 			_, err := s.db.RevokeID(c.ctx, tx, r)
@@ -784,8 +788,9 @@ func (s *Server) listNodes(c *adminCall) {
 			return
 		}
 		req := max(base, pv)
-		out = append(out, NodeStatus{Node: n, Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat,
-			RequiredVersion: req, InSync: n.AckedVersion >= req})
+		rev := s.nodeRevocation(n)
+		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat),
+			RequiredVersion: req, InSync: n.AckedVersion >= req, Revocation: rev})
 	}
 	c.reply(http.StatusOK, out)
 }

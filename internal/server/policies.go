@@ -95,7 +95,8 @@ type PolicySetResponse struct {
 // mesh enforces; they are listed in NotEnforcing and never counted.
 type PolicyStatus struct {
 	Version uint64 `json:"version"`
-	// Converged: every connected node in Nodes acknowledged Version.
+	// Converged: every connected node in Nodes acknowledged Version
+	// (revoked nodes are never connected).
 	Converged bool `json:"converged"`
 	// Connected and AtVersion count the connected nodes of Nodes, and
 	// those of them that run Version.
@@ -127,6 +128,9 @@ type PolicyNodeStatus struct {
 	Current       bool      `json:"current"`
 	Connected     bool      `json:"connected"`
 	LastAck       time.Time `json:"last_ack,omitzero"`
+	// Revocation: a revoked node is not connected and does not count
+	// toward convergence.
+	Revocation
 }
 
 func (s *Server) policyRoutes() {
@@ -673,9 +677,10 @@ func (s *Server) policyStatus(c *adminCall) {
 	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}, NotEnforcing: []PolicyNodeStatus{}}
 	now := s.now()
 	for _, n := range nodes {
+		rev := s.nodeRevocation(n)
 		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
-			Current: n.PolicyVersion == cur, LastAck: n.LastAck,
-			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat}
+			Current: n.PolicyVersion == cur, LastAck: n.LastAck, Revocation: rev,
+			Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat)}
 		if !enforcesPolicy(n.Component) {
 			st.NotEnforcing = append(st.NotEnforcing, ns)
 			continue

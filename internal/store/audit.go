@@ -98,7 +98,9 @@ func (s *DB) AuditHead(ctx context.Context) (uint64, []byte, error) {
 	return uint64(max(seq, 0)), hash, err
 }
 
+// querier is what *sql.DB and *sql.Tx share.
 type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }

@@ -179,6 +179,49 @@ type Revocations struct {
 	SPIFFEIDs []string         `json:"spiffe_ids,omitempty"`
 	Serials   []RevokedSerial  `json:"serials,omitempty"`
 	TokenIDs  []RevokedTokenID `json:"token_ids,omitempty"` // OAuth access-token jti values
+	// IDDetails says when and why the IDs of SPIFFEIDs were revoked, so a
+	// revoked workload and its operator are told so rather than that an
+	// identity is missing. SPIFFEIDs alone decides what is revoked.
+	IDDetails []RevokedIDDetail `json:"id_details,omitempty"`
+}
+
+// RevokedIDDetail is when and why a SPIFFE ID was revoked.
+type RevokedIDDetail struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// String is "spiffe://… was revoked at TIME (reason: …)".
+func (d RevokedIDDetail) String() string {
+	s := d.SPIFFEID + " was revoked"
+	if !d.RevokedAt.IsZero() {
+		s += " at " + d.RevokedAt.UTC().Format(time.RFC3339)
+	}
+	if d.Reason != "" {
+		s += " (reason: " + d.Reason + ")"
+	}
+	return s
+}
+
+// Detail returns the details of id's revocation; ok is false when id is
+// not revoked. An ID revoked without details gets a detail with only its
+// SPIFFE ID.
+func (r *Revocations) Detail(id string) (d RevokedIDDetail, ok bool) {
+	if r == nil {
+		return d, false
+	}
+	for _, x := range r.IDDetails {
+		if x.SPIFFEID == id {
+			return x, true
+		}
+	}
+	for _, x := range r.SPIFFEIDs {
+		if x == id {
+			return RevokedIDDetail{SPIFFEID: id}, true
+		}
+	}
+	return d, false
 }
 
 // RevokedSerial is a revoked certificate, by lower-case hex serial, with the

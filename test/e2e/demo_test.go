@@ -10,8 +10,18 @@ import (
 // acknowledged, an OIDC login, a token exchange, two revocations, and the
 // secrets service (orders' KV read and card encryption by SVID). Every
 // row must come out as the demo expects.
+//
+// A second run in the same --dir (with --keep, as a user trying it again
+// would) works as the first did.
 func TestDemoOnce(t *testing.T) {
-	code, stdout, stderr := run(t, nil, "", "demo", "--once", "-o", "json", "--dir", t.TempDir())
+	dir := t.TempDir()
+	for _, pass := range []string{"first_run", "second_run_same_dir"} {
+		t.Run(pass, func(t *testing.T) { demoOnce(t, dir) })
+	}
+}
+
+func demoOnce(t *testing.T, dir string) {
+	code, stdout, stderr := run(t, nil, "", "demo", "--once", "-o", "json", "--dir", dir, "--keep")
 	var out struct {
 		Rows []struct {
 			Step             int
