@@ -42,6 +42,9 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless agent"); !ok {
+		return code
+	}
 
 	cfg := config.DefaultAgent(e.getenv)
 	if *file != "" {

@@ -74,6 +74,9 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless authz"); !ok {
+		return code
+	}
 	switch {
 	case len(files) == 0:
 		return e.errorf(ExitUsage, "authz: give the policies with -f FILE_OR_DIR")

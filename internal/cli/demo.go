@@ -32,6 +32,9 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless demo"); !ok {
+		return code
+	}
 	if *output != "text" && *output != "json" {
 		return e.errorf(ExitUsage, "demo: -o must be text or json")
 	}
@@ -172,7 +175,7 @@ func (d *demo) start(name string, args ...string) (string, error) {
 	cmd := exec.Command(d.exe, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "MOATLESS_DATA_DIR="+filepath.Join(d.dir, "server"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childProcAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("start %s: %w", name, err)

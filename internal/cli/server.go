@@ -45,6 +45,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless server"); !ok {
+		return code
+	}
 	// The file is decoded over the defaults without deriving anything, so
 	// that --data-dir also moves the store and KEK the file did not name.
 	cfg := config.DefaultServer(e.getenv)

@@ -84,6 +84,10 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
+	// -check validates anywhere; serving needs Linux.
+	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
+		return code
+	}
 	if err := sc.run(ctx); err != nil {
 		var ue usageError
 		if errors.As(err, &ue) {
