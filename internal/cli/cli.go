@@ -71,9 +71,6 @@ var commands = []command{
 	{"version", "print the version", runVersion},
 }
 
-// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
-var Version = "dev"
-
 // Main runs the command named by args[0] and returns its exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	env := &Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}
@@ -140,9 +137,4 @@ func (e *Env) subcommand(ctx context.Context, parent string, table []command, ar
 		names[i] = c.name
 	}
 	return e.errorf(ExitUsage, "unknown subcommand %q for %q; want one of: %s", args[0], parent, strings.Join(names, ", "))
-}
-
-func runVersion(_ context.Context, e *Env, _ []string) int {
-	fmt.Fprintf(e.Stdout, "moatless %s\n", Version)
-	return ExitOK
 }
