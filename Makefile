@@ -9,8 +9,12 @@ export CGO_ENABLED ?= 0
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
 
+# One build for "make demo", "make build" and the README's go run and go
+# build lines: the same tags and flags, so they share the build cache.
 demo:
-	$(GO) run $(GOFLAGS_BUILD) ./cmd/moatless demo
+	@[ -x bin/moatless ] || echo "compiling moatless into bin/ (the first build takes a few minutes; later ones are cached)..."
+	@$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
+	bin/moatless demo
 
 vet:
 	$(GO) vet ./...
