@@ -108,18 +108,18 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	if err := a.Serve(ctx); err != nil {
-		switch {
-		case errors.Is(err, agent.ErrJoinTokenRejected):
-			return e.errorf(ExitDenied, "%v", err)
-		case errors.Is(err, agent.ErrNoCredential):
-			return e.errorf(ExitUsage, "%v", err)
-		case errors.Is(err, context.Canceled):
-			return ExitOK
-		}
-		return e.errorf(ExitFailure, "%v", err)
+	stopped := logLifecycle(ctx, log)
+	err = a.Serve(ctx)
+	if !stopped(err) {
+		return ExitOK
 	}
-	return ExitOK
+	switch {
+	case errors.Is(err, agent.ErrJoinTokenRejected):
+		return ExitDenied
+	case errors.Is(err, agent.ErrNoCredential):
+		return ExitUsage
+	}
+	return ExitFailure
 }
 
 // readPEMCerts reads every CERTIFICATE block of a PEM file.
@@ -157,6 +157,16 @@ func parsePEMCerts(b []byte, name string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
+// logAttr keeps every log line readable by tools: a duration is written
+// as a Go duration string ("1.5s"), never as slog's integer nanoseconds.
+// Lists are JSON arrays already (slog encodes slices as JSON).
+func logAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
 // errLogFormat is newLogger's answer to a format other than json or text.
 var errLogFormat = errors.New("log format must be json or text")
 
@@ -170,7 +180,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: l}
+	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: logAttr}
 	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil

@@ -872,8 +872,8 @@ func runSecretsRender(ctx context.Context, e *Env, args []string) int {
 		}
 		return ExitOK
 	}
-	if err := r.Run(ctx); err != nil {
-		return e.errorf(ExitFailure, "secrets render: %v", err)
+	if stopped := logLifecycle(ctx, log); stopped(r.Run(ctx)) {
+		return ExitFailure
 	}
 	return ExitOK
 }

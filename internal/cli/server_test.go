@@ -237,7 +237,7 @@ func TestServerCommandRuns(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("server did not stop")
 	}
-	if !strings.Contains(errb.String(), "admin token was written to "+filepath.Join(data, "admin-token")) {
+	if !strings.Contains(errb.String(), `"msg":"created admin token`) || !strings.Contains(errb.String(), `"path":"`+filepath.Join(data, "admin-token")+`"`) {
 		t.Fatalf("first-start notice missing: %s", errb.String())
 	}
 	tok, _ := os.ReadFile(filepath.Join(data, "admin-token"))

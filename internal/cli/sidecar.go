@@ -88,12 +88,13 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
 		return code
 	}
-	if err := sc.run(ctx); err != nil {
+	stopped := logLifecycle(ctx, log)
+	if err := sc.run(ctx); stopped(err) {
 		var ue usageError
 		if errors.As(err, &ue) {
-			return e.errorf(ExitUsage, "sidecar: %v", err)
+			return ExitUsage
 		}
-		return e.errorf(ExitFailure, "sidecar: %v", err)
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -327,7 +328,6 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, proxy.ErrClosed) {
-		r.log.Info("sidecar stopped")
 		return nil
 	}
 	return err
