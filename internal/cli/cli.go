@@ -63,11 +63,11 @@ var commands = []command{
 	{"revoke", "revoke a SPIFFE ID or a certificate serial everywhere", runRevoke},
 	{"ca", "show and rotate the certificate authority", runCA},
 	{"svid", "fetch SVIDs and bundles from a Workload API socket", runSVID},
-	{"policy", "check policies offline; apply, get, delete, roll back and watch their rollout", runPolicy},
+	{"policy", "policies: check and test offline; apply, get, delete; history and rollback of versions; rollout status", runPolicy},
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
-	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
+	{"demo", "run a server, three services and a reporting job, each behind a sidecar with its own join token (no agent), and show policy at work", runDemo},
 	{"version", "print the version", runVersion},
 }
 

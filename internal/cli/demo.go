@@ -29,6 +29,14 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 	keep := fs.Bool("keep", false, "keep the working directory on exit")
 	output := fs.String("o", "text", "output format of the table: text or json")
 	pg := fs.String("postgres", "", "PostgreSQL admin `URL` (postgres://USER:PASSWORD@HOST:PORT/DB) for the database credentials row; skipped without it")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless demo [--once] [--dir DIR [--keep]] [-o json] [--postgres URL]")
+		fmt.Fprintln(fs.Output(), "\nStarts a server on a temporary embedded store, three services (frontend -> orders ->")
+		fmt.Fprintln(fs.Output(), "payments) and a reporting job, each behind its own sidecar that joins the server with")
+		fmt.Fprintln(fs.Output(), "its own join token (no agent); applies deny-by-default policies and an OIDC login, makes")
+		fmt.Fprintln(fs.Output(), "scripted calls and prints what the mesh decided. Flags:")
+		fs.PrintDefaults()
+	}
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
@@ -488,7 +496,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		}
 	}
 	if d.json {
-		d.e.printJSON(map[string]any{"rows": rows, "mismatches": bad})
+		d.e.printJSON(map[string]any{"items": rows, "mismatches": bad})
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)

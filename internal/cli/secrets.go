@@ -73,13 +73,9 @@ func (e *Env) newSecretsCmd(name, usage string, minArgs, maxArgs int) *secretsCm
 
 // parse parses flags anywhere among the positional arguments.
 func (c *secretsCmd) parse(args []string) (int, bool) {
-	c.fs.SetOutput(c.e.Stderr)
 	for {
-		if err := c.fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return ExitOK, false
-			}
-			return ExitUsage, false
+		if code, ok := c.e.parseFlagSet(c.fs, args); !ok {
+			return code, false
 		}
 		rest := c.fs.Args()
 		if len(rest) == 0 {

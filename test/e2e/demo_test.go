@@ -20,7 +20,7 @@ func TestDemoOnce(t *testing.T) {
 			Expected, Result string
 			Policy           string
 			OK               bool
-		} `json:"rows"`
+		} `json:"items"`
 		Mismatches int `json:"mismatches"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
