@@ -53,6 +53,7 @@ func FuzzParse(f *testing.F) {
 func FuzzParseJSON(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"a"},"spec":{"selector":{"matchLabels":{"a":"b"}},"portLevelMtls":{"80":{"mode":"STRICT"}}}}`))
 	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"RequestAuthentication","metadata":{"name":"a"},"spec":{"jwtRules":[{"issuer":"i","timeout":"1s"}]}}`))
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"RequestAuthentication","metadata":{"name":"a"},"spec":{"jwtRules":[{"jwksUri":"https://k.example/jwks","timeout":"10ms"}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := ParseJSON(data)
 		if err != nil {

@@ -527,7 +527,7 @@ func decodeObject(obj map[string]any, at fieldPath) (Document, *fieldError) {
 		return d, withObject(errAt(specPath, "%s", cleanProtoJSONError(err)))
 	}
 	if d.DryRun && d.Kind != KindAuthorizationPolicy {
-		d.Warnings = append(d.Warnings, fmt.Sprintf("annotation %s has no effect on a %s", AnnotationDryRun, d.Kind))
+		d.Warnings = append(d.Warnings, fmt.Sprintf("annotation %s: Istio refuses it on a %s (only an AuthorizationPolicy has a dry run); it has no effect here", AnnotationDryRun, d.Kind))
 	}
 
 	// Compiling one document alone is the semantic validation: the same

@@ -35,7 +35,7 @@ func compileReqAuthn(d *Document, spec fieldPath) (*compiledReqAuthn, []string, 
 	}
 	c := &compiledReqAuthn{ref: d.Ref(), ns: d.Namespace, targetRefs: ra.GetTargetRef() != nil || len(ra.GetTargetRefs()) > 0}
 	if c.targetRefs {
-		warnings = append(warnings, targetRefsWarning)
+		warnings = append(append(warnings, targetRefsWarning), targetRefWarnings(ra.GetTargetRef(), ra.GetTargetRefs(), spec)...)
 	}
 	sel, w, fe := validateSelector(ra.GetSelector(), spec.key("selector"))
 	if fe != nil {
@@ -59,8 +59,11 @@ func validateJWTRule(r *securityv1beta1.JWTRule, p fieldPath) *fieldError {
 	if r == nil {
 		return errAt(p, "rule must not be null")
 	}
-	if r.GetIssuer() == "" {
-		return errAt(p.key("issuer"), "issuer is required")
+	if r.GetIssuer() == "" && r.GetJwksUri() == "" && r.GetJwks() == "" {
+		// Istio allows a rule without an issuer: it accepts a token of
+		// any iss that the keys sign. Without keys there is nothing to
+		// discover them from.
+		return errAt(p.key("issuer"), "issuer is required unless jwksUri or jwks is set")
 	}
 	for i, a := range r.GetAudiences() {
 		if a == "" {
