@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/url"
 	"strings"
@@ -29,7 +30,7 @@ type compiledReqAuthn struct {
 // checked for shape only; the verifier in package authn parses it.
 func compileReqAuthn(d *Document, spec fieldPath) (*compiledReqAuthn, []string, *fieldError) {
 	ra := d.Spec.(*securityv1beta1.RequestAuthentication)
-	var warnings []string
+	warnings := dryRunRefused(d)
 	if fe := validateTargetRefs(ra.GetSelector(), ra.GetTargetRef(), ra.GetTargetRefs(), spec); fe != nil {
 		return nil, nil, fe
 	}
@@ -232,4 +233,13 @@ func (s *Set) JWTRules(dst Destination) []*securityv1beta1.JWTRule {
 		return merged
 	}
 	return single[:len(single):len(single)]
+}
+
+// dryRunRefused warns about the dry-run annotation on a kind without a dry
+// run: Istio refuses the document; here the annotation has no effect.
+func dryRunRefused(d *Document) []string {
+	if !d.DryRun {
+		return nil
+	}
+	return []string{fmt.Sprintf("annotation %s: Istio refuses it on a %s (only an AuthorizationPolicy has a dry run); it has no effect here", AnnotationDryRun, d.Kind)}
 }
