@@ -114,7 +114,10 @@ func copyFile(t *testing.T, from, to string) {
 	}
 }
 
-func TestFileWatcherPolicyAndRevocations(t *testing.T) {
+// newFileSidecar is a sidecar of prod (orders' SVID) for the FileWatcher
+// tests; it serves nothing.
+func newFileSidecar(t *testing.T) *Sidecar {
+	t.Helper()
 	ca := testpki.NewCA(t, "example.org")
 	s, err := New(Config{
 		Identity:  newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
@@ -125,6 +128,11 @@ func TestFileWatcherPolicyAndRevocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestFileWatcherPolicyAndRevocations(t *testing.T) {
+	s := newFileSidecar(t)
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "p.yaml")
 	revs := filepath.Join(t.TempDir(), "revocations.json")
@@ -316,16 +324,7 @@ func TestSVIDExpiryMetric(t *testing.T) {
 // broken is logged when it breaks, not on every check; a different broken
 // content and a repair followed by the same breakage are logged again.
 func TestFileWatcherLogsAFailureOncePerChange(t *testing.T) {
-	ca := testpki.NewCA(t, "example.org")
-	s, err := New(Config{
-		Identity:  newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
-		Namespace: "prod",
-		Inbound:   []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
-		Logger:    discardLogger(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newFileSidecar(t)
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "p.yaml")
 	doc := func(mode string) string {
