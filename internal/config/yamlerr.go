@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	yamlv3 "go.yaml.in/yaml/v3"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // decodeError turns what sigs.k8s.io/yaml reports while decoding a config
@@ -154,32 +156,11 @@ func nearestKey(k string, known []string) string {
 	nk := norm(k)
 	best, bestD := "", max(1, len(nk)/3)+1
 	for _, c := range known {
-		if d := editDistance(nk, norm(c)); d < bestD {
+		if d := policy.EditDistance(nk, norm(c)); d < bestD {
 			best, bestD = c, d
 		}
 	}
 	return best
-}
-
-// editDistance is the Levenshtein distance of two short strings.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // lineError puts the line of a validation error's field into its

@@ -344,7 +344,7 @@ func unknownField(p fieldPath, name string, known []string) *fieldError {
 			best, bestDist = k, 0
 			break
 		}
-		if d := editDistance(strings.ToLower(k), strings.ToLower(name)); d < bestDist {
+		if d := EditDistance(strings.ToLower(k), strings.ToLower(name)); d < bestDist {
 			best, bestDist = k, d
 		}
 	}
@@ -374,8 +374,10 @@ func snakeToCamel(s string) string {
 	return b.String()
 }
 
-// editDistance is the Levenshtein distance, for "did you mean" hints.
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance, for "did you mean" hints
+// (here and in package config); strings longer than 64 bytes are far from
+// everything (1<<20), so a hostile key costs nothing.
+func EditDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return 1 << 20
 	}
