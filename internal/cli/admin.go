@@ -311,17 +311,42 @@ func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 
 // parseFlags parses args into fs, printing errors to stderr. It returns
 // false with the exit code to use when parsing failed or help was asked.
 func (e *Env) parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
-	fs.SetOutput(e.Stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK, false
-		}
-		return ExitUsage, false
+	if code, ok := e.parseFlagSet(fs, args); !ok {
+		return code, false
 	}
 	if fs.NArg() > 0 {
 		return e.errorf(ExitUsage, "%s: unexpected argument %q", fs.Name(), fs.Arg(0)), false
 	}
 	return 0, true
+}
+
+// parseFlagSet parses args with fs, the one way every command parses its
+// flags. -h prints the command's usage to stdout (asked for, so not an
+// error: exit 0). A bad flag is one line on stderr, "moatless: CMD: what
+// is wrong (run "moatless CMD -h" for its flags)", exit 2: the flag
+// package would print the whole usage after the error, burying it.
+// Positional arguments are left in fs.Args().
+func (e *Env) parseFlagSet(fs *flag.FlagSet, args []string) (int, bool) {
+	usage := fs.Usage
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(e.Stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		if usage != nil {
+			usage()
+		} else {
+			fmt.Fprintf(e.Stdout, "Usage of moatless %s:\n", fs.Name())
+			fs.PrintDefaults()
+		}
+		return ExitOK, false
+	case err != nil:
+		return e.errorf(ExitUsage, "%s: %v (run \"moatless %s -h\" for its flags)", fs.Name(), err, fs.Name()), false
+	}
+	fs.SetOutput(e.Stderr)
+	return ExitOK, true
 }
 
 // stringList is a repeatable string flag.

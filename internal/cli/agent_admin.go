@@ -29,7 +29,7 @@ func runAgentList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tACKED\tREQUIRED\tIN SYNC\tPOLICY\tLAST SEEN\tSVID EXPIRES")

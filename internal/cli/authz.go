@@ -75,6 +75,9 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless authz"); !ok {
+		return code
+	}
 	switch {
 	case len(files) == 0:
 		return e.errorf(ExitUsage, "authz: give the policies with -f FILE_OR_DIR")
@@ -139,20 +142,14 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	go func() {
 		t := time.NewTicker(reload)
 		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := pol.load(ctx, false); err != nil {
-					log.Error("policy reload failed; keeping the policy in force", "err", err)
-				}
-			}
-		}
+		pol.watch(ctx, t.C)
 	}()
 	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
-	if err := srv.Serve(ctx, l, creds); err != nil && !errors.Is(err, net.ErrClosed) {
-		return e.errorf(ExitFailure, "authz: %v", err)
+	stopped := logLifecycle(ctx, log)
+	if err := srv.Serve(ctx, l, creds); errors.Is(err, net.ErrClosed) {
+		stopped(nil)
+	} else if stopped(err) {
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -191,9 +188,34 @@ type filePolicy struct {
 	version atomic.Uint64
 	sum     [32]byte
 	pending [32]byte
+	failed  string // the reload error last logged
 }
 
 func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
+
+// watch reloads the files on every tick until ctx ends or ticks closes. A
+// failed reload keeps the policy in force and is logged once per change
+// of the error, not on every tick a broken file stays broken.
+func (p *filePolicy) watch(ctx context.Context, ticks <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ticks:
+			if !ok {
+				return
+			}
+			err := p.load(ctx, false)
+			switch {
+			case err == nil:
+				p.failed = ""
+			case err.Error() != p.failed:
+				p.failed = err.Error()
+				p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+			}
+		}
+	}
+}
 
 // load reads the files and puts them in force when they changed and (but
 // at start) two consecutive reads agree, so a half-written file is never

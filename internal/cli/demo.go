@@ -29,7 +29,18 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 	keep := fs.Bool("keep", false, "keep the working directory on exit")
 	output := fs.String("o", "text", "output format of the table: text or json")
 	pg := fs.String("postgres", "", "PostgreSQL admin `URL` (postgres://USER:PASSWORD@HOST:PORT/DB) for the database credentials row; skipped without it")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless demo [--once] [--dir DIR [--keep]] [-o json] [--postgres URL]")
+		fmt.Fprintln(fs.Output(), "\nStarts a server on a temporary embedded store, three services (frontend -> orders ->")
+		fmt.Fprintln(fs.Output(), "payments) and a reporting job, each behind its own sidecar that joins the server with")
+		fmt.Fprintln(fs.Output(), "its own join token (no agent); applies deny-by-default policies and an OIDC login, makes")
+		fmt.Fprintln(fs.Output(), "scripted calls and prints what the mesh decided. Flags:")
+		fs.PrintDefaults()
+	}
 	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if code, ok := e.linuxOnly("moatless demo"); !ok {
 		return code
 	}
 	if *output != "text" && *output != "json" {
@@ -173,7 +184,7 @@ func (d *demo) start(name string, args ...string) (string, error) {
 	cmd := exec.Command(d.exe, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "MOATLESS_DATA_DIR="+filepath.Join(d.dir, "server"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childProcAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("start %s: %w", name, err)
@@ -501,7 +512,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		}
 	}
 	if d.json {
-		d.e.printJSON(map[string]any{"rows": rows, "mismatches": bad})
+		d.e.printJSON(map[string]any{"items": rows, "mismatches": bad})
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)

@@ -67,12 +67,13 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	if err := gr.run(ctx); err != nil {
+	stopped := logLifecycle(ctx, log)
+	if err := gr.run(ctx); stopped(err) {
 		var ue usageError
 		if errors.As(err, &ue) {
-			return e.errorf(ExitUsage, "gateway: %v", err)
+			return ExitUsage
 		}
-		return e.errorf(ExitFailure, "gateway: %v", err)
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -175,7 +176,6 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, gateway.ErrClosed) {
-		r.log.Info("gateway stopped")
 		return nil
 	}
 	return err

@@ -129,7 +129,7 @@ func TestAdminCommands(t *testing.T) {
 		{"ca_issue_admin", env, []string{"ca", "issue-admin", "--out", adminDir}, ExitOK, "MOATLESS_CLIENT_CERT"},
 		{"ca_issue_admin_not_admin", env, []string{"ca", "issue-admin", "--out", adminDir + "2", "--spiffe-id", "spiffe://moatless.local/me"}, ExitUsage, "admin_ids"},
 		{"admin_cert_works", with(env, "MOATLESS_CLIENT_CERT", filepath.Join(adminDir, "admin-cert.pem"), "MOATLESS_CLIENT_KEY", filepath.Join(adminDir, "admin-key.pem")), []string{"entry", "list"}, ExitOK, entry.ID},
-		{"agent_list", env, []string{"agent", "list", "-o", "json"}, ExitOK, "[]"},
+		{"agent_list", env, []string{"agent", "list", "-o", "json"}, ExitOK, `"items": []`},
 		{"audit_list", env, []string{"audit", "list", "--limit", "5"}, ExitOK, "admin.call"},
 		{"audit_verify", env, []string{"audit", "verify", "--data-dir", dir}, ExitOK, "audit log verifies"},
 		{"audit_verify_no_store", env, []string{"audit", "verify", "--data-dir", filepath.Join(dir, "none")}, ExitUsage, "no store"},
@@ -247,7 +247,7 @@ func TestServerCommandRuns(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("server did not stop")
 	}
-	if !strings.Contains(errb.String(), "admin token was written to "+filepath.Join(data, "admin-token")) {
+	if !strings.Contains(errb.String(), `"msg":"created admin token`) || !strings.Contains(errb.String(), `"path":"`+filepath.Join(data, "admin-token")+`"`) {
 		t.Fatalf("first-start notice missing: %s", errb.String())
 	}
 	tok, _ := os.ReadFile(filepath.Join(data, "admin-token"))

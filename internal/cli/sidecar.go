@@ -77,12 +77,17 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	if err := sc.run(ctx); err != nil {
+	// -check validates anywhere; serving needs Linux.
+	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
+		return code
+	}
+	stopped := logLifecycle(ctx, log)
+	if err := sc.run(ctx); stopped(err) {
 		var ue usageError
 		if errors.As(err, &ue) {
-			return e.errorf(ExitUsage, "sidecar: %v", err)
+			return ExitUsage
 		}
-		return e.errorf(ExitFailure, "sidecar: %v", err)
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -224,7 +229,6 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, proxy.ErrClosed) {
-		r.log.Info("sidecar stopped")
 		return nil
 	}
 	return err

@@ -152,7 +152,7 @@ func runSVIDFetch(ctx context.Context, e *Env, args []string) int {
 			out = append(out, svidJSON{SPIFFEID: s.ID.String(), Serial: strings.ToLower(leaf.SerialNumber.Text(16)),
 				NotBefore: leaf.NotBefore.UTC(), ExpiresAt: leaf.NotAfter.UTC(), CertChain: string(pemCerts(s.Certificates)), Hint: s.Hint})
 		}
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	for i, s := range x.SVIDs {
 		if i > 0 {
@@ -238,7 +238,7 @@ func runSVIDJWT(ctx context.Context, e *Env, args []string) int {
 		for _, s := range svids {
 			o = append(o, out{s.ID.String(), s.Marshal(), s.Audience, s.Expiry.UTC()})
 		}
-		return e.printJSON(o)
+		return e.printList(o, 0)
 	}
 	for _, s := range svids {
 		fmt.Fprintln(e.Stdout, s.Marshal())

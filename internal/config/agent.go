@@ -89,7 +89,7 @@ func LoadAgent(path string, getenv func(string) string) (Agent, error) {
 		return Agent{}, err
 	}
 	if err := c.Validate(); err != nil {
-		return Agent{}, fmt.Errorf("%s: %w", path, err)
+		return Agent{}, fileError(path, err)
 	}
 	return c, nil
 }

@@ -69,7 +69,7 @@ func decodeStrict(r io.Reader, v any) error {
 		return err
 	}
 	if err := yaml.UnmarshalStrict(b, v); err != nil {
-		return fmt.Errorf("config: %w", err)
+		return decodeError(b, err)
 	}
 	return nil
 }
@@ -86,6 +86,16 @@ func DecodeFile(path string, v any) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// fileError is a Validate error of the file at path: named by the file,
+// with the line of each field it names (withLines).
+func fileError(path string, err error) error {
+	b, rerr := os.ReadFile(path)
+	if rerr != nil || len(b) > MaxFileSize {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return fmt.Errorf("%s: %w", path, withLines(b, err))
 }
 
 // Decode is DecodeFile for a reader.
@@ -143,6 +153,9 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 				where := "top level"
 				if path != "" {
 					where = path
+				}
+				if near := nearestKey(k, known); near != "" {
+					return fmt.Errorf("config: line %d: unknown key %q in %s; did you mean %q? (known keys: %s)", n.Content[i].Line, k, where, near, strings.Join(known, ", "))
 				}
 				return fmt.Errorf("config: line %d: unknown key %q in %s (known keys: %s)", n.Content[i].Line, k, where, strings.Join(known, ", "))
 			}

@@ -349,7 +349,7 @@ func LoadGateway(path string) (Gateway, error) {
 	}
 	c.FillDefaults()
 	if err := c.Validate(); err != nil {
-		return Gateway{}, fmt.Errorf("%s: %w", path, err)
+		return Gateway{}, fileError(path, err)
 	}
 	return c, nil
 }

@@ -269,7 +269,7 @@ func LoadSidecar(path string) (Sidecar, error) {
 	}
 	c.fillDefaults()
 	if err := c.Validate(); err != nil {
-		return Sidecar{}, fmt.Errorf("%s: %w", path, err)
+		return Sidecar{}, fileError(path, err)
 	}
 	return c, nil
 }

@@ -67,10 +67,6 @@ type Config struct {
 	// Logger receives JSON logs; slog.Default() when nil. Never given a
 	// token or key.
 	Logger *slog.Logger
-	// Notice receives the first-start instructions for humans (where the
-	// admin token was written); discarded when nil. The token itself is
-	// never printed.
-	Notice io.Writer
 	// ExtraHandlers are mounted on the listener next to the built-in
 	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
 	// /.well-known/ and /oauth2/ here). See also Mount.
@@ -230,7 +226,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if err := s.initAdminToken(ctx, c.Notice, c.ResetAdminToken); err != nil {
+	if err := s.initAdminToken(ctx, c.ResetAdminToken); err != nil {
 		return nil, err
 	}
 	if err := s.renewServerCert(ctx); err != nil {
@@ -516,8 +512,11 @@ func newAdminToken() (string, error) {
 
 // initAdminToken loads the admin token's hash from the store, or on first
 // start (or with reset) creates a token, writes it once to
-// DIR/admin-token (0600) and keeps only its SHA-256.
-func (s *Server) initAdminToken(ctx context.Context, notice io.Writer, reset bool) error {
+// DIR/admin-token (0600) and keeps only its SHA-256. Where the token went,
+// and the environment admin commands elsewhere need, is one JSON log line
+// like every other (a plain-text notice would break a JSON log); the token
+// itself is never logged.
+func (s *Server) initAdminToken(ctx context.Context, reset bool) error {
 	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
 	if !reset {
 		v, err := s.db.Meta(ctx, adminTokenMetaKey)
@@ -548,25 +547,21 @@ func (s *Server) initAdminToken(ctx context.Context, notice io.Writer, reset boo
 			return fmt.Errorf("server: %w", err)
 		}
 		if !won { // another replica created it first: use theirs
-			return s.initAdminToken(ctx, notice, false)
+			return s.initAdminToken(ctx, false)
 		}
 	}
 	s.adminHash = sum
 	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600, false); err != nil {
 		return fmt.Errorf("server: write admin token: %w", err)
 	}
-	if notice != nil {
-		fmt.Fprintf(notice, `
-The admin token was written to %s (mode 0600). It is shown nowhere else.
-Admin commands on this machine find it there; elsewhere run:
-
-    export MOATLESS_ADDR=%s
-    export MOATLESS_CACERT=%s
-    export MOATLESS_TOKEN="$(cat %s)"
-
-`, path, clientAddr(s.cfg.Listen), filepath.Join(s.cfg.DataDir, BundleFile), path)
-	}
-	s.log.Info("created admin token", "path", path)
+	// WARN, so that it survives log_level: warn: a new admin credential
+	// exists, and this line is the only pointer to it.
+	s.log.Warn("created admin token; admin commands on this machine find it, elsewhere set env",
+		"path", path, "mode", "0600",
+		slog.Group("env",
+			"MOATLESS_ADDR", clientAddr(s.cfg.Listen),
+			"MOATLESS_CACERT", filepath.Join(s.cfg.DataDir, BundleFile),
+			"MOATLESS_TOKEN", fmt.Sprintf("$(cat %s)", path)))
 	return nil
 }
 

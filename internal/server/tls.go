@@ -98,7 +98,7 @@ func (s *Server) renewServerCert(ctx context.Context) error {
 	leaf := iss.Chain[0]
 	s.cert.Store(&serverCert{tls: c, renewAt: leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)})
 	s.metrics.svids.WithLabelValues(store.SVIDKindServer).Inc()
-	s.log.Info("issued server certificate", "serial", iss.Serial, "not_after", iss.NotAfter, "dns", dns, "ips", fmt.Sprint(ips))
+	s.log.Info("issued server certificate", "serial", iss.Serial, "not_after", iss.NotAfter, "dns", dns, "ips", ips)
 	return nil
 }
 

@@ -30,7 +30,7 @@ func demoOnce(t *testing.T, dir string) {
 			Expected, Result string
 			Policy           string
 			OK               bool
-		} `json:"rows"`
+		} `json:"items"`
 		Mismatches int `json:"mismatches"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil {

@@ -700,7 +700,7 @@ outbound:
 				Kind    string `json:"kind"`
 				Actor   string `json:"actor"`
 				Subject string `json:"subject"`
-			} `json:"records"`
+			} `json:"items"`
 		}
 		if err := json.Unmarshal([]byte(p.admin("audit", "list", "-o", "json")), &page); err != nil {
 			t.Fatal(err)
