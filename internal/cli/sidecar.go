@@ -231,6 +231,14 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		}
 		pc.Audit = audit
 		background = append(background, audit.Run)
+		if !cfg.Traffic.Disabled {
+			rec, err := newRecorder(cfg, node, reg, r.log)
+			if err != nil {
+				return err
+			}
+			pc.Recorder = rec
+			background = append(background, rec.Run)
+		}
 	}
 
 	s, err := proxy.New(pc)

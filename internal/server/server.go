@@ -110,6 +110,7 @@ type Server struct {
 	cert      atomic.Pointer[serverCert]
 	oauth     *oauthState   // the token service (oauth.go)
 	secrets   *secretsState // the secrets service (secrets.go)
+	detect    *detectState  // detection and response (detect.go)
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -249,6 +250,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.initSecrets(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := s.initDetect(ctx); err != nil {
 		return nil, err
 	}
 	ok = true

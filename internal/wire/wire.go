@@ -166,6 +166,9 @@ type Revocations struct {
 	SPIFFEIDs []string         `json:"spiffe_ids,omitempty"`
 	Serials   []RevokedSerial  `json:"serials,omitempty"`
 	TokenIDs  []RevokedTokenID `json:"token_ids,omitempty"` // OAuth access-token jti values
+	// BlockedEdges are the (source, destination) pairs refused by every
+	// sidecar until they lapse or are lifted (detect's block-pair).
+	BlockedEdges []BlockedEdge `json:"blocked_edges,omitempty"`
 }
 
 // RevokedSerial is a revoked certificate, by lower-case hex serial, with the
