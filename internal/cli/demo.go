@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/server"
 )
 
@@ -150,15 +150,8 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 	return d.script(ctx)
 }
 
-// freeAddr reserves a loopback port by binding and releasing it.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr picks a loopback address for a child to listen on.
+func freeAddr() (string, error) { return loopback.FreeAddr() }
 
 // start runs this binary with args as a child process, its output in
 // logs/NAME.log. Children get SIGTERM when the demo ends, and SIGKILL if

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,7 +223,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		defer node.Close()
 		pc.Identity = nodeID
 		audit := &proxy.ServerAudit{
-			ServerAddr:  strings.TrimPrefix(id.Join.Server, "https://"),
+			ServerAddrs: id.Join.Server.Addrs(),
 			Identity:    nodeID,
 			ServerRoots: func() *x509.CertPool { return nodeRoots(node) },
 			Logger:      r.log,
@@ -353,7 +352,7 @@ func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sideca
 	ni := &proxy.NodeIdentity{}
 	var node *agent.Node
 	node, err = agent.NewNode(agent.NodeConfig{
-		ServerAddr:  strings.TrimPrefix(j.Server, "https://"),
+		ServerAddrs: j.Server.Addrs(),
 		TrustBundle: roots,
 		JoinToken:   token,
 		DataDir:     j.StateDir,

@@ -137,8 +137,9 @@ type SidecarFiles struct {
 // with a single-use join token and receives its SVID, bundle, policies and
 // revocations over the watch stream.
 type SidecarJoin struct {
-	// Server is the server's address, "host:port" or an https URL.
-	Server string `json:"server"`
+	// Server is the server's address, "host:port" or an https URL, or a
+	// list of the replicas of one control plane (ServerList).
+	Server ServerList `json:"server"`
 	// TokenFile holds the join token (never put the token itself in a
 	// config file).
 	TokenFile string `json:"token_file"`
@@ -326,8 +327,8 @@ func (c *Sidecar) Validate() error {
 	}
 	if j := c.Identity.Join; j != nil {
 		n++
-		if j.Server == "" {
-			add("identity.join.server: required")
+		if err := j.Server.Validate("identity.join.server"); err != nil {
+			add("%s", strings.TrimPrefix(err.Error(), "config: "))
 		}
 		if j.TokenFile == "" {
 			add("identity.join.token_file: required")

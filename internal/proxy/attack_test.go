@@ -946,3 +946,54 @@ func TestMethodOverrideIsStripped(t *testing.T) {
 		})
 	}
 }
+
+// TestMalformedHostIsRefused: a Host that names no host (an empty label,
+// a port out of range, percent-encoding, userinfo) is a 400 before any
+// decision, as a malformed path is, rather than a policy denial that
+// depends on what the policies happen to say.
+func TestMalformedHostIsRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr)
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+	send := func(t *testing.T, mtls bool, host string) int {
+		t.Helper()
+		var c net.Conn
+		var err error
+		if mtls {
+			c, err = tls.Dial("tcp", addr, conf)
+		} else {
+			c, err = net.Dial("tcp", addr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /api/x HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, mtls := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mtls_%v", mtls), func(t *testing.T) {
+			for _, host := range []string{"orders", "orders:8080", "orders."} {
+				if code := send(t, mtls, host); code != http.StatusOK {
+					t.Fatalf("Host %q: status %d, want 200", host, code)
+				}
+			}
+			app.take()
+			for _, host := range []string{"orders..", ".orders", "orders:99999", "orders:8o", "admin%2Eexample.com", "user@orders", "[::1"} {
+				if code := send(t, mtls, host); code != http.StatusBadRequest {
+					t.Errorf("Host %q: status %d, want 400", host, code)
+				}
+			}
+			if seen := app.take(); len(seen) != 0 {
+				t.Errorf("the app was sent %d requests with a malformed Host", len(seen))
+			}
+		})
+	}
+}

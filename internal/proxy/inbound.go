@@ -512,7 +512,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// outright (a fragment, NUL, malformed escape) is a 400, not a policy
 	// decision.
 	np, perr := policy.NormalizeRequestPath(r.RequestURI, st.mode)
-	if perr != nil || r.URL.Opaque != "" {
+	if perr != nil || r.URL.Opaque != "" || policy.CheckRequestHost(r.Host) != nil {
+		// A Host that names no host is refused here too: hosts rules
+		// would deny it anyway, but only where a policy has them.
 		badRequest(w)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
