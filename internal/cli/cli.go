@@ -67,6 +67,8 @@ var commands = []command{
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
+	{"incident", "findings, incidents and containment: list, show, isolate, release, export", runIncident},
+	{"playbook", "apply, show and version the playbooks that contain compromised identities", runPlaybook},
 	{"store", "migrate, back up and restore the server's store", runStore},
 	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
 	{"version", "print the version", runVersion},
