@@ -334,6 +334,9 @@ type Incident struct {
 	// RevokedSerials the certificates it revoked.
 	Revoked        bool     `json:"revoked,omitempty"`
 	RevokedSerials []string `json:"revoked_serials,omitempty"`
+	// Notified says a notify step announced it: its release is announced
+	// too.
+	Notified bool `json:"notified,omitempty"`
 	// The timeline: the earliest record behind its findings, the first
 	// finding, the opening, containment (the first isolate or block in
 	// force) and release.

@@ -125,6 +125,11 @@ type detectMetrics struct {
 func (s *Server) initDetect(ctx context.Context) error {
 	d := &detectState{engine: detect.NewEngine(s.cfg.Detect), budget: newKeyedLimiter(2, 60, 100_000)}
 	s.detect = d
+	al, err := newAlerter(s, s.cfg.Detect.Alerts, s.cfg.Detect.SuppressFor.Std())
+	if err != nil {
+		return err
+	}
+	d.alerts = al
 	known, err := s.db.KnownEdges(ctx)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -171,7 +176,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 		}
 		return float64(n)
 	})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk)
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {

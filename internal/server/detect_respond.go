@@ -317,9 +317,6 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
 		return inc, err
 	}
-	if s.detect.alerts != nil {
-		s.detect.alerts.incident(inc)
-	}
 	return inc, nil
 }
 
@@ -487,12 +484,13 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 		res.Outcome = detect.OutcomeDryRun
 		res.Detail = s.quarantineReport(ctx, inc)
 	case detect.ActionNotify:
-		if s.detect.alerts == nil || !s.detect.alerts.configured() {
-			res.Detail = "no alert sink configured: logged only"
+		if !s.detect.alerts.configured() {
+			res.Detail = "no webhook configured: logged only"
 		} else {
-			res.Detail = "sent to " + strings.Join(s.detect.alerts.names(), ", ")
+			res.Detail = "queued for " + strings.Join(s.detect.alerts.names(), ", ")
 		}
-		s.log.Warn("incident notification", "incident", inc.ID, "identity", inc.Identity, "trigger", inc.Trigger)
+		inc.Notified = true
+		s.detect.alerts.incident(inc)
 	case detect.ActionRelease:
 		extra, err = s.undo(ctx, inc, actor, findingID, reason)
 		res.Detail = "released what the incident did"
@@ -607,6 +605,11 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
 	delete(s.detect.resp.open, inc.Identity)
 	s.changed(ctx)
+	if inc.Notified {
+		// Receivers that were told of the incident hear of its end
+		// (Alertmanager resolves it).
+		s.detect.alerts.incident(inc)
+	}
 	return evs, nil
 }
 

@@ -328,7 +328,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges} {
+	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges, s.detect.alerts.run} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(base) }()
 	}
