@@ -194,7 +194,7 @@ func AlertmanagerBody(a *Alert, suppressFor time.Duration) ([]byte, error) {
 	case a.Finding != nil:
 		f := a.Finding
 		am = amAlert{
-			Labels: map[string]string{"alertname": "MoatlessFinding", "severity": string(f.Severity), "detector": f.Detector, "identity": f.Identity},
+			Labels:      map[string]string{"alertname": "MoatlessFinding", "severity": string(f.Severity), "detector": f.Detector, "identity": f.Identity},
 			Annotations: map[string]string{"summary": f.Summary, "finding_id": f.ID, "count": strconv.Itoa(f.Count)},
 			StartsAt:    f.Time.UTC(), EndsAt: f.LastSeen.Add(suppressFor).UTC(),
 		}
