@@ -97,3 +97,42 @@ func TestIncidentCommandsAgainstServer(t *testing.T) {
 	run(ExitOK, "playbook", "delete", "contain")
 	run(ExitNotFound, "playbook", "delete", "contain")
 }
+
+func TestPolicyRecommendWhatIfAgainstServer(t *testing.T) {
+	env := startServer(t)
+	dir := env["HOME"]
+	run := func(want int, args ...string) string {
+		t.Helper()
+		code, out, stderr := runCLI(t, env, args...)
+		if code != want {
+			t.Fatalf("%v: exit %d (want %d): %s %s", args, code, want, out, stderr)
+		}
+		return out + stderr
+	}
+	run(ExitOK, "policy", "recommend", "-h")
+	run(ExitOK, "policy", "what-if", "-h")
+	if out := run(ExitUsage, "policy", "recommend"); !strings.Contains(out, "--namespace is required") {
+		t.Fatal(out)
+	}
+	if out := run(ExitUsage, "policy", "recommend", "--namespace", "istio-system"); !strings.Contains(out, "root namespace") {
+		t.Fatal(out)
+	}
+	if out := run(ExitFailure, "policy", "recommend", "--namespace", "prod"); !strings.Contains(out, "no allowed traffic recorded in namespace prod") {
+		t.Fatal(out)
+	}
+	run(ExitUsage, "policy", "what-if")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: prod}\nspec: {action: NUKE}\n"), 0o600)
+	if out := run(ExitUsage, "policy", "what-if", "-f", bad, "--addr", "127.0.0.1:1"); !strings.Contains(out, "bad.yaml") {
+		t.Fatalf("a bad policy must be refused before anything is sent: %s", out)
+	}
+	good := filepath.Join(dir, "deny.yaml")
+	os.WriteFile(good, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: prod}\nspec: {}\n"), 0o600)
+	if out := run(ExitOK, "policy", "what-if", "-f", good, "--fail-on-deny"); !strings.Contains(out, "0 recorded edges since") || !strings.Contains(out, "0 newly denied") {
+		t.Fatal(out)
+	}
+	var res server.WhatIfResponse
+	if err := json.Unmarshal([]byte(run(ExitOK, "policy", "what-if", "-f", good, "-o", "json")), &res); err != nil || res.Items == nil {
+		t.Fatalf("json: %v %+v", err, res)
+	}
+}

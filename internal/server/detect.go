@@ -25,6 +25,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -39,7 +40,29 @@ const (
 	PathAdminRisk      = PathAdminDetect + "/risk"      // GET
 	PathAdminWorkloads = PathAdminDetect + "/workloads" // GET
 	PathAdminTraffic   = PathAdminDetect + "/traffic"   // GET ?since=&namespace=: TrafficSnapshot (what-if, recommend)
+	PathAdminWhatIf    = PathAdminDetect + "/what-if"   // POST WhatIfRequest → WhatIfResponse
 )
+
+// WhatIfRequest replays the recorded traffic through policy files.
+type WhatIfRequest struct {
+	Files []PolicyFile `json:"files"`
+	// Since is a duration back from now ("1h", the default) or an RFC
+	// 3339 time; Namespace limits the traffic to one namespace.
+	Since     string `json:"since,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// RootNamespace is the namespace whose policies apply mesh-wide
+	// (default istio-system), as the sidecars are configured.
+	RootNamespace string `json:"root_namespace,omitempty"`
+}
+
+// WhatIfResponse is what would change, newly denied edges first.
+type WhatIfResponse struct {
+	Since        time.Time             `json:"since"`
+	Until        time.Time             `json:"until"`
+	NewlyDenied  int                   `json:"newly_denied"`
+	NewlyAllowed int                   `json:"newly_allowed"`
+	Items        []detect.WhatIfResult `json:"items"`
+}
 
 // Bounds of a reported record's fields (see validRecords).
 const (
@@ -191,6 +214,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 	mux.Handle("GET "+PathAdminFindings+"/{id}", s.admin(s.getFinding))
 	mux.Handle("GET "+PathAdminRisk, s.admin(s.listRisk))
 	mux.Handle("GET "+PathAdminWorkloads, s.admin(s.listWorkloads))
+	mux.Handle("POST "+PathAdminWhatIf, s.adminLimit(maxPolicyBody, s.whatIf))
 	return nil
 }
 
@@ -657,17 +681,40 @@ func (s *Server) getTraffic(c *adminCall) {
 	if eq.Direction == "" {
 		eq.Direction = "inbound"
 	}
-	ts, err := s.db.EdgeTotals(c.ctx, eq)
+	snap, err := s.trafficSnapshot(c.ctx, eq)
 	if err != nil {
 		c.fail(err)
 		return
 	}
-	ws, err := s.db.Workloads(c.ctx)
+	c.reply(http.StatusOK, snap)
+}
+
+// trafficSnapshot is the traffic eq selects with every workload known.
+func (s *Server) trafficSnapshot(ctx context.Context, eq store.EdgeQuery) (TrafficSnapshot, error) {
+	ts, err := s.db.EdgeTotals(ctx, eq)
 	if err != nil {
-		c.fail(err)
-		return
+		return TrafficSnapshot{}, err
 	}
-	c.reply(http.StatusOK, TrafficSnapshot{Since: eq.Since.UTC(), Until: s.now().UTC(), Edges: edgeSummaries(ts), Workloads: ws})
+	ws, err := s.db.Workloads(ctx)
+	if err != nil {
+		return TrafficSnapshot{}, err
+	}
+	return TrafficSnapshot{Since: eq.Since.UTC(), Until: s.now().UTC(), Edges: edgeSummaries(ts), Workloads: ws}, nil
+}
+
+// Detect is the snapshot in the terms of detect.Recommend and
+// detect.WhatIf.
+func (snap TrafficSnapshot) Detect() ([]detect.Edge, []detect.Workload) {
+	edges := make([]detect.Edge, 0, len(snap.Edges))
+	for _, e := range snap.Edges {
+		edges = append(edges, detect.Edge{Source: e.Source, Destination: e.Destination, Port: e.Port, Protocol: e.Protocol,
+			Method: e.Method, Path: e.Path, Decision: e.Decision, Token: e.Token, Requests: e.Requests})
+	}
+	ws := make([]detect.Workload, 0, len(snap.Workloads))
+	for _, w := range snap.Workloads {
+		ws = append(ws, detect.Workload{SPIFFEID: w.SPIFFEID, Namespace: w.Namespace, Labels: w.Labels, Ports: w.Ports})
+	}
+	return edges, ws
 }
 
 // listDecisions lists sampled raw decisions, newest first.
@@ -788,4 +835,55 @@ func (s *Server) listWorkloads(c *adminCall) {
 		return
 	}
 	c.reply(http.StatusOK, Page[store.Workload]{Items: ws})
+}
+
+// whatIf replays the recorded inbound traffic through the policies of the
+// request, with the sidecars' decision function (detect.WhatIf). The
+// policies are only compiled, never stored or pushed.
+func (s *Server) whatIf(c *adminCall) {
+	var in WhatIfRequest
+	if err := c.decode(&in); err != nil {
+		c.fail(err)
+		return
+	}
+	if len(in.Files) == 0 {
+		c.fail(badf("files: at least one policy file"))
+		return
+	}
+	var b policy.Bundle
+	for i, f := range in.Files {
+		if err := b.Add(f.Name, []byte(f.Content)); err != nil {
+			c.fail(badf("files[%d] (%s): %v", i, f.Name, err))
+			return
+		}
+	}
+	set, err := b.Compile(policy.Options{RootNamespace: in.RootNamespace})
+	if err != nil {
+		c.fail(badf("%v", err))
+		return
+	}
+	since, err := s.sinceQuery(in.Since, time.Hour)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	snap, err := s.trafficSnapshot(c.ctx, store.EdgeQuery{Since: since, Namespace: in.Namespace, Direction: "inbound"})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	edges, ws := snap.Detect()
+	out := WhatIfResponse{Since: snap.Since, Until: snap.Until, Items: detect.WhatIf(set, edges, ws)}
+	for _, r := range out.Items {
+		switch r.Change {
+		case detect.ChangeNewlyDenied:
+			out.NewlyDenied++
+		case detect.ChangeNewlyAllowed:
+			out.NewlyAllowed++
+		}
+	}
+	if out.Items == nil {
+		out.Items = []detect.WhatIfResult{}
+	}
+	c.reply(http.StatusOK, out)
 }
