@@ -34,11 +34,13 @@ func runPolicyRecommend(ctx context.Context, e *Env, args []string) int {
 	since := fs.String("since", "24h", "the traffic to learn from: a duration back from now, or an RFC 3339 time")
 	out := fs.String("out", "-", "write the policies to this `file` (- for standard output)")
 	root := fs.String("root-namespace", policy.DefaultRootNamespace, "root `namespace` of the mesh (no recommendation for it)")
+	withIncidents := fs.Bool("include-incidents", false, "learn from identities under an open or contained incident too (left out by default)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless policy recommend --namespace NS [--since 24h] [--out FILE] [-o json]")
+		fmt.Fprintln(fs.Output(), "Usage: moatless policy recommend --namespace NS [--since 24h] [--out FILE] [--include-incidents] [-o json]")
 		fmt.Fprintln(fs.Output(), "\nWrites Istio AuthorizationPolicies that allow exactly the edges and operations the sidecars of")
 		fmt.Fprintln(fs.Output(), "namespace NS recorded as allowed (paths that varied by an identifier as {*} templates), and an")
-		fmt.Fprintln(fs.Output(), "allow-nothing policy that denies the rest. Check them with \"moatless policy what-if\" first.")
+		fmt.Fprintln(fs.Output(), "allow-nothing policy that denies the rest. Traffic of identities under an open or contained")
+		fmt.Fprintln(fs.Output(), "incident is left out. Check them with \"moatless policy what-if\" first.")
 		fs.PrintDefaults()
 	}
 	if code, ok := cmd.parse(args); !ok {
@@ -58,8 +60,22 @@ func runPolicyRecommend(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.fail(err)
 	}
+	exclude := map[string]string{}
+	if !*withIncidents {
+		// What a compromised workload did is not what it should be
+		// allowed to do.
+		for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
+			var page server.Page[detect.Incident]
+			if err := c.do(ctx, "GET", server.PathAdminIncidents+"?limit=1000&state="+st, nil, &page); err != nil {
+				return e.fail(err)
+			}
+			for _, inc := range page.Items {
+				exclude[inc.Identity] = fmt.Sprintf("under incident %s, %s; --include-incidents to learn from it", inc.ID, inc.State)
+			}
+		}
+	}
 	edges, ws := snap.Detect()
-	rec := detect.Recommend(edges, ws, *ns, snap.Since, snap.Until)
+	rec := detect.Recommend(edges, ws, *ns, snap.Since, snap.Until, exclude)
 	if rec.Edges == 0 {
 		return e.errorf(ExitFailure, "policy recommend: no allowed traffic recorded in namespace %s since %s (are its sidecars in join mode, with traffic.disabled unset?)", *ns, *since)
 	}

@@ -77,7 +77,12 @@ func policyName(id string) string {
 // namespace, so that what was not observed is denied. Denied and refused
 // edges are left out; calls to workloads without labels to select them
 // by are listed in Skipped.
-func Recommend(edges []Edge, workloads []Workload, namespace string, from, to time.Time) Recommendation {
+//
+// Exclude names callers whose traffic must not be learned from (an
+// identity under an open or contained incident: what a compromised
+// workload did is not what it should be allowed), with the reason; their
+// edges are left out and listed in Skipped too.
+func Recommend(edges []Edge, workloads []Workload, namespace string, from, to time.Time, exclude map[string]string) Recommendation {
 	edges = MergeEdges(edges)
 	ws := map[string]Workload{}
 	apps := map[string]int{} // app label value → workloads of namespace carrying it
@@ -106,6 +111,10 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 		if !ok || w.Namespace != namespace {
 			continue
 		}
+		if why, ok := exclude[e.Source]; ok && e.Source != "" {
+			skipped[fmt.Sprintf("calls by %s (%s)", e.Source, why)] += e.Requests
+			continue
+		}
 		if selectorOf(w, apps) == nil {
 			skipped[fmt.Sprintf("calls to %s: the workload reported no labels a selector can use", e.Destination)] += e.Requests
 			continue
@@ -122,6 +131,9 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 		}
 		w, ok := ws[e.Destination]
 		if !ok || w.Namespace != namespace || selectorOf(w, apps) == nil {
+			continue
+		}
+		if _, ok := exclude[e.Source]; ok && e.Source != "" {
 			continue
 		}
 		if why := inexpressible(e); why != "" {

@@ -56,7 +56,7 @@ func compile(t *testing.T, y string) *policy.Set {
 
 func TestRecommendRoundTrip(t *testing.T) {
 	t0 := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
-	rec := Recommend(observed, roundTripWorkloads, "prod", t0, t0.Add(24*time.Hour))
+	rec := Recommend(observed, roundTripWorkloads, "prod", t0, t0.Add(24*time.Hour), nil)
 	set := compile(t, rec.YAML)
 	if rec.Policies != 5 { // allow-nothing, frontend, orders, payments, db
 		t.Errorf("%d policies, want 4:\n%s", rec.Policies, rec.YAML)
@@ -154,7 +154,7 @@ func TestRecommendSharedAppLabel(t *testing.T) {
 		{Source: reports, Destination: b, Port: 8080, Protocol: "http", Method: "GET", Path: "/v2", Decision: "allow", Requests: 1},
 	}
 	t0 := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
-	set := compile(t, Recommend(edges, ws, "prod", t0, t0.Add(time.Hour)).YAML)
+	set := compile(t, Recommend(edges, ws, "prod", t0, t0.Add(time.Hour), nil).YAML)
 	cross := []Edge{
 		{Source: reports, Destination: a, Port: 8080, Protocol: "http", Method: "GET", Path: "/v2", Decision: "allow", Requests: 1},
 		{Source: frontend, Destination: b, Port: 8080, Protocol: "http", Method: "GET", Path: "/v1", Decision: "allow", Requests: 1},
@@ -200,7 +200,7 @@ func TestRecommendLeavesOutInexpressiblePaths(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			edges := []Edge{{Source: frontend, Destination: orders, Port: 8080, Protocol: "http", Method: "GET", Path: tc.path, Decision: "allow", Requests: 1}}
-			rec := Recommend(edges, roundTripWorkloads, "prod", time.Time{}, time.Time{})
+			rec := Recommend(edges, roundTripWorkloads, "prod", time.Time{}, time.Time{}, nil)
 			compile(t, rec.YAML)
 			if got := rec.Edges == 1; got != tc.kept {
 				t.Fatalf("kept %v, want %v:\n%s", got, tc.kept, rec.YAML)
@@ -225,7 +225,7 @@ func FuzzRecommendRoundTrip(f *testing.F) {
 			{Source: src, Destination: orders, Port: 8080, Protocol: "http", Method: method, Path: path, Decision: "allow", Token: token, Requests: 1},
 			{Source: src, Destination: orders, Port: 8080, Protocol: "http", Method: method, Path: path2, Decision: "allow", Requests: 1},
 		}
-		rec := Recommend(edges, ws, "prod", time.Time{}, time.Time{})
+		rec := Recommend(edges, ws, "prod", time.Time{}, time.Time{}, nil)
 		var b policy.Bundle
 		if err := b.Add("r.yaml", []byte(rec.YAML)); err != nil {
 			t.Fatalf("does not parse: %v\n%s", err, rec.YAML)
@@ -246,4 +246,19 @@ func FuzzRecommendRoundTrip(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRecommendLeavesOutExcludedCallers(t *testing.T) {
+	rec := Recommend(observed, roundTripWorkloads, "prod", time.Time{}, time.Time{}, map[string]string{reports: "under incident 1"})
+	if strings.Contains(rec.YAML, "sa/reports\"]") || len(rec.Skipped) != 1 || !strings.Contains(rec.Skipped[0], "calls by "+reports+" (under incident 1): 93 requests") {
+		t.Fatalf("skipped %q:\n%s", rec.Skipped, rec.YAML)
+	}
+	if !strings.Contains(rec.YAML, "# Not included: calls by "+reports) {
+		t.Errorf("the file does not say what it left out:\n%s", rec.YAML)
+	}
+	for _, r := range WhatIf(compile(t, rec.YAML), observed, roundTripWorkloads) {
+		if (r.Source == reports) != (r.Change == ChangeNewlyDenied) {
+			t.Errorf("%s → %s %s %s: %s", r.Source, r.Destination, r.Method, r.Path, r.Change)
+		}
+	}
 }

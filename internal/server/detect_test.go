@@ -242,7 +242,7 @@ func TestRecommendWhatIfRoundTrip(t *testing.T) {
 	var snap server.TrafficSnapshot
 	e.admin("GET", server.PathAdminTraffic+"?since=1h&namespace=prod", nil, &snap)
 	edges, ws := snap.Detect()
-	rec := detect.Recommend(edges, ws, "prod", snap.Since, snap.Until)
+	rec := detect.Recommend(edges, ws, "prod", snap.Since, snap.Until, nil)
 	if rec.Policies != 3 || rec.Edges != 3 {
 		t.Fatalf("%d policies for %d edges:\n%s", rec.Policies, rec.Edges, rec.YAML)
 	}
