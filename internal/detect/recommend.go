@@ -2,7 +2,9 @@ package detect
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -197,7 +199,7 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 		fmt.Fprintf(&b, "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: %s\n  namespace: %s\n", policyName(d), yamlStr(namespace))
 		fmt.Fprintf(&b, "  annotations:\n    moatless.io/recommended-for: %s\n", yamlStr(d))
 		fmt.Fprintf(&b, "spec:\n  selector:\n    matchLabels:\n")
-		for _, k := range sortedKeys(sel) {
+		for _, k := range slices.Sorted(maps.Keys(sel)) {
 			fmt.Fprintf(&b, "      %s: %s\n", yamlStr(k), yamlStr(sel[k]))
 		}
 		fmt.Fprintf(&b, "  action: ALLOW\n  rules:\n")
@@ -224,8 +226,8 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 				fmt.Fprintf(&b, "        requestPrincipals: [%s]\n", yamlStr(ck.token+"/*"))
 			}
 			fmt.Fprintf(&b, "    to:\n")
-			for _, m := range sortedKeys(co.ops) {
-				paths := sortedKeys(co.ops[m])
+			for _, m := range slices.Sorted(maps.Keys(co.ops)) {
+				paths := slices.Sorted(maps.Keys(co.ops[m]))
 				q := make([]string, len(paths))
 				for i, p := range paths {
 					q[i] = yamlStr(p)
@@ -295,15 +297,6 @@ func MergeEdges(edges []Edge) []Edge {
 		idx[k] = len(out)
 		out = append(out, e)
 	}
-	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
 

@@ -251,6 +251,12 @@ func TestRecommendWhatIfRoundTrip(t *testing.T) {
 		e.admin("POST", server.PathAdminWhatIf, server.WhatIfRequest{Files: []server.PolicyFile{{Name: "recommended.yaml", Content: rec.YAML}}, Since: "1h"}, &res)
 		return res
 	}
+	// The server takes the recommendation as a policy set.
+	var applied server.PolicyApplyResponse
+	e.admin("POST", server.PathAdminPolicies, server.PolicyApplyRequest{Files: []server.PolicyFile{{Name: "recommended.yaml", Content: rec.YAML}}}, &applied)
+	if applied.Version == 0 {
+		t.Fatalf("apply: %+v", applied)
+	}
 	res := whatIf()
 	if res.NewlyDenied != 0 || res.NewlyAllowed != 0 || len(res.Items) != 4 {
 		t.Fatalf("round trip: %d newly denied, %d newly allowed, %d edges: %+v", res.NewlyDenied, res.NewlyAllowed, len(res.Items), res.Items)

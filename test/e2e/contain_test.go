@@ -229,55 +229,23 @@ inbound:
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var (
-		connected atomic.Int64
-		mu        sync.Mutex
-		seenAt    = make([]time.Time, nWatchers)
-		armed     atomic.Bool
-		wg        sync.WaitGroup
+		mu     sync.Mutex
+		seenAt = make([]time.Time, nWatchers)
+		armed  atomic.Bool
+		wg     sync.WaitGroup
 	)
 	defer wg.Wait()
 	defer cancel()
 	needle := []byte(`"` + attacker + `"`)
-	sem := make(chan struct{}, 32)
-	for c := range nWatchers {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: api.pool, Certificates: []tls.Certificate{certs[c%identities]}},
-				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
-			defer tr.CloseIdleConnections()
-			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+p.addr+"/v1/agent/watch", nil)
-			resp, err := (&http.Client{Transport: tr}).Do(req)
-			<-sem
-			if err != nil || resp.StatusCode != 200 {
-				if ctx.Err() == nil {
-					t.Errorf("watch client %d: %v", c, err)
-				}
-				return
+	connected := watchClients(ctx, t, &wg, nWatchers, 32, []string{p.addr}, api.pool, certs, func(c int, line []byte) {
+		if armed.Load() && bytes.Contains(line, needle) {
+			mu.Lock()
+			if seenAt[c].IsZero() {
+				seenAt[c] = time.Now()
 			}
-			defer resp.Body.Close()
-			r := bufio.NewReaderSize(resp.Body, 4<<10)
-			first := true
-			for {
-				line, err := r.ReadBytes('\n')
-				if err != nil {
-					return
-				}
-				if first {
-					first = false
-					connected.Add(1)
-				}
-				if armed.Load() && bytes.Contains(line, needle) {
-					mu.Lock()
-					if seenAt[c].IsZero() {
-						seenAt[c] = time.Now()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+			mu.Unlock()
+		}
+	})
 	waitFor(t, 5*time.Minute, fmt.Sprintf("%d watch streams", nWatchers), func() bool { return connected.Load() == int64(nWatchers) })
 
 	var sidecarLat, watchLat []time.Duration

@@ -137,53 +137,23 @@ func TestScaleWatchClients(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var (
-		connected atomic.Int64
-		mu        sync.Mutex
-		seenAt    = make([]time.Time, n)
-		wantVer   atomic.Uint64
-		wg        sync.WaitGroup
+		mu      sync.Mutex
+		seenAt  = make([]time.Time, n)
+		wantVer atomic.Uint64
+		wg      sync.WaitGroup
 	)
-	sem := make(chan struct{}, 64) // connects in flight
 	start := time.Now()
-	for c := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%identities]}},
-				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
-			defer tr.CloseIdleConnections()
-			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+rs.addrs[c%3]+"/v1/agent/watch", nil)
-			resp, err := (&http.Client{Transport: tr}).Do(req)
-			<-sem
-			if err != nil || resp.StatusCode != 200 {
-				t.Errorf("client %d: %v", c, err)
-				return
+	connected := watchClients(ctx, t, &wg, n, 64, rs.addrs, pool, certs, func(c int, line []byte) {
+		// A policy update names its version first: no JSON decoding of
+		// every heartbeat by ten thousand clients.
+		if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
+			mu.Lock()
+			if seenAt[c].IsZero() {
+				seenAt[c] = time.Now()
 			}
-			defer resp.Body.Close()
-			r := bufio.NewReaderSize(resp.Body, 4<<10)
-			first := true
-			for {
-				line, err := r.ReadBytes('\n')
-				if err != nil {
-					return
-				}
-				if first {
-					first = false
-					connected.Add(1)
-				}
-				// A policy update names its version first: no JSON
-				// decoding of every heartbeat by ten thousand clients.
-				if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
-					mu.Lock()
-					if seenAt[c].IsZero() {
-						seenAt[c] = time.Now()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+			mu.Unlock()
+		}
+	})
 	waitFor(t, 10*time.Minute, fmt.Sprintf("%d watch streams", n), func() bool { return connected.Load() == int64(n) })
 	connectTime := time.Since(start)
 	heapAfter, grAfter := liveHeap()
@@ -222,4 +192,48 @@ func TestScaleWatchClients(t *testing.T) {
 	t.Logf("policy push to %d clients: p50 %s, p99 %s, max %s", n, q(0.5), q(0.99), lat[n-1].Round(time.Millisecond))
 	cancel()
 	wg.Wait()
+}
+
+// watchClients opens n watch streams, stream c to addrs[c%len(addrs)] as
+// certs[c%len(certs)], each on its own TLS connection (as a sidecar
+// would have), at most inflight connecting at once; onLine gets every
+// line stream c reads. The counter is how many streams had their first
+// update. The streams end with ctx; wg waits for them.
+func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, inflight int, addrs []string, pool *x509.CertPool, certs []tls.Certificate, onLine func(c int, line []byte)) *atomic.Int64 {
+	var connected atomic.Int64
+	sem := make(chan struct{}, inflight)
+	for c := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%len(certs)]}},
+				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addrs[c%len(addrs)]+"/v1/agent/watch", nil)
+			resp, err := (&http.Client{Transport: tr}).Do(req)
+			<-sem
+			if err != nil || resp.StatusCode != 200 {
+				if ctx.Err() == nil {
+					t.Errorf("watch client %d: %v", c, err)
+				}
+				return
+			}
+			defer resp.Body.Close()
+			r := bufio.NewReaderSize(resp.Body, 4<<10)
+			first := true
+			for {
+				line, err := r.ReadBytes('\n')
+				if err != nil {
+					return
+				}
+				if first {
+					first = false
+					connected.Add(1)
+				}
+				onLine(c, line)
+			}
+		}()
+	}
+	return &connected
 }
