@@ -18,9 +18,7 @@ import (
 // reports go to the server over the node's own connection.
 func newRecorder(cfg config.Sidecar, node *agent.Node, reg prometheus.Registerer, log *slog.Logger) (*proxy.Recorder, error) {
 	rc := proxy.RecorderConfig{
-		Send: func(ctx context.Context, r *wire.RecordReport) error {
-			return node.PostJSON(ctx, wire.PathRecords, r, nil)
-		},
+		Send:      recordSender(node),
 		Component: "sidecar", Namespace: cfg.Namespace, Labels: cfg.Labels,
 		Interval: cfg.Traffic.Interval.Std(), MaxEdges: cfg.Traffic.MaxEdges,
 		Registerer: reg, Logger: log,
@@ -45,6 +43,26 @@ func newRecorder(cfg config.Sidecar, node *agent.Node, reg prometheus.Registerer
 		rc.PII = append(rc.PII, proxy.PIIEdge{Source: p.Source, OneIn: oneIn, MaxBytes: maxBytes})
 	}
 	return proxy.NewRecorder(rc)
+}
+
+// newGatewayRecorder builds the gateway's traffic recorder in join mode
+// (default interval and bounds; no PII sampling: the gateway's upstream
+// sidecars sample their own responses).
+func newGatewayRecorder(cfg config.Gateway, node *agent.Node, reg prometheus.Registerer, log *slog.Logger) (*proxy.Recorder, error) {
+	rc := proxy.RecorderConfig{Send: recordSender(node), Component: "gateway", Namespace: cfg.Namespace, Labels: cfg.Labels,
+		Registerer: reg, Logger: log}
+	if p := hostPortOf(cfg.Listen); p > 0 {
+		rc.Ports = []int{p}
+	}
+	return proxy.NewRecorder(rc)
+}
+
+// recordSender posts a report to the server over the node's own
+// connection.
+func recordSender(node *agent.Node) func(ctx context.Context, r *wire.RecordReport) error {
+	return func(ctx context.Context, r *wire.RecordReport) error {
+		return node.PostJSON(ctx, wire.PathRecords, r, nil)
+	}
 }
 
 // hostPortOf is the port of "host:port", 0 for anything else (a unix

@@ -375,7 +375,9 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 				return nil, nil, badf("%s: an outbound record's source is the reporter (%s), not %q", field("source"), reporter, clipReported(e.Source, 256))
 			}
 			row.Source = reporter
-			if err := checkID(e.Destination, true); err != nil {
+			// The overflow edge (the reporter's table was full) has no
+			// destination.
+			if err := checkID(e.Destination, e.Decision != "overflow"); err != nil {
 				return nil, nil, badf("%s: %v", field("destination"), err)
 			}
 		default:

@@ -82,6 +82,21 @@ func TestRecordsStoredAndListed(t *testing.T) {
 	}
 }
 
+// A sidecar whose table filled up sends its overflow edges, outbound too:
+// they have no destination, and the report is taken.
+func TestRecordsOverflowEdges(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	rep := e.report(
+		wire.EdgeRecord{Direction: "outbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 9},
+		wire.EdgeRecord{Direction: "inbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 4},
+	)
+	rep.Dropped = 13
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+		t.Fatalf("report with overflow edges: %d %s", st, body)
+	}
+}
+
 func TestRecordsRefused(t *testing.T) {
 	e := start(t, "")
 	n := e.attest(ordersID)
@@ -97,6 +112,9 @@ func TestRecordsRefused(t *testing.T) {
 			r.Edges[0] = wire.EdgeRecord{Direction: "outbound", Source: reportsID, Destination: ordersID, Protocol: "http", Decision: "allow", Requests: 1}
 		}, "edges[0].source"},
 		{"bad_direction", func(r *wire.RecordReport) { r.Edges[0].Direction = "sideways" }, "edges[0].direction"},
+		{"outbound_without_destination", func(r *wire.RecordReport) {
+			r.Edges[0] = wire.EdgeRecord{Direction: "outbound", Protocol: "http", Method: "GET", Path: "/", Decision: "allow", Requests: 1}
+		}, "edges[0].destination"},
 		{"bad_source", func(r *wire.RecordReport) { r.Edges[0].Source = "https://evil" }, "edges[0].source"},
 		{"bad_decision", func(r *wire.RecordReport) { r.Edges[0].Decision = "maybe" }, "edges[0].decision"},
 		{"bad_reason", func(r *wire.RecordReport) { r.Edges[0].Reason = "Deny Rule" }, "edges[0].reason"},
