@@ -192,7 +192,10 @@ func (a *alerter) enqueue(al *detect.Alert) {
 // deliver sends one alert to one webhook, retrying network errors, 5xx,
 // 408 and 429 with exponential backoff (full jitter, at most a minute,
 // Retry-After honoured up to a minute). Other 4xx answers are final.
-func (a *alerter) deliver(ctx context.Context, s *webhookSink, al *detect.Alert) {
+func (a *alerter) deliver(ctx context.Context, s *webhookSink, shared *detect.Alert) {
+	// Every webhook's goroutine gets the same alert: stamp a copy.
+	c := *shared
+	al := &c
 	al.SentAt = a.now().UTC()
 	var body []byte
 	var err error
