@@ -83,12 +83,19 @@ func (a *planeAPI) attest(id string) tls.Certificate {
 		Token string `json:"token"`
 	}
 	a.admin("POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": id}, &tok)
+	return attestJoin(a.t, a.https, a.addr, id, tok.Token)
+}
+
+// attestJoin attests with a join token through the agent API at addr, as
+// a node would, and returns the SVID with its new key.
+func attestJoin(t *testing.T, https *http.Client, addr, id, joinToken string) tls.Certificate {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	body, _ := json.Marshal(map[string]any{"join_token": tok.Token, "csr": csr})
-	resp, err := a.https.Post("https://"+a.addr+"/v1/agent/attest", "application/json", bytes.NewReader(body))
+	body, _ := json.Marshal(map[string]any{"join_token": joinToken, "csr": csr})
+	resp, err := https.Post("https://"+addr+"/v1/agent/attest", "application/json", bytes.NewReader(body))
 	if err != nil {
-		a.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var ar struct {
@@ -98,7 +105,7 @@ func (a *planeAPI) attest(id string) tls.Certificate {
 	}
 	json.NewDecoder(resp.Body).Decode(&ar)
 	if len(ar.SVID.CertChain) == 0 {
-		a.t.Fatalf("attest %s: %d", id, resp.StatusCode)
+		t.Fatalf("attest %s: %d", id, resp.StatusCode)
 	}
 	return tls.Certificate{Certificate: ar.SVID.CertChain, PrivateKey: key}
 }

@@ -4,12 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -57,24 +53,7 @@ func TestScaleWatchClients(t *testing.T) {
 		if !rs.admin(i%3, "POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": id}, &tok) {
 			t.Fatal("join token")
 		}
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		body, _ := json.Marshal(map[string]any{"join_token": tok.Token, "csr": csr})
-		resp, err := rs.https.Post("https://"+rs.addrs[i%3]+"/v1/agent/attest", "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ar struct {
-			SVID struct {
-				CertChain [][]byte `json:"cert_chain"`
-			} `json:"svid"`
-		}
-		json.NewDecoder(resp.Body).Decode(&ar)
-		resp.Body.Close()
-		if len(ar.SVID.CertChain) == 0 {
-			t.Fatalf("attest %s: %d", id, resp.StatusCode)
-		}
-		certs[i] = tls.Certificate{Certificate: ar.SVID.CertChain, PrivateKey: key}
+		certs[i] = attestJoin(t, rs.https, rs.addrs[i%3], id, tok.Token)
 	}
 
 	rss := func() (total int64) {
