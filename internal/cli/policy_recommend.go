@@ -65,12 +65,19 @@ func runPolicyRecommend(ctx context.Context, e *Env, args []string) int {
 		// What a compromised workload did is not what it should be
 		// allowed to do.
 		for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
-			var page server.Page[detect.Incident]
-			if err := c.do(ctx, "GET", server.PathAdminIncidents+"?limit=1000&state="+st, nil, &page); err != nil {
-				return e.fail(err)
-			}
-			for _, inc := range page.Items {
-				exclude[inc.Identity] = fmt.Sprintf("under incident %s, %s; --include-incidents to learn from it", inc.ID, inc.State)
+			q := url.Values{"state": {st}, "limit": {"1000"}}
+			for {
+				var page server.Page[detect.Incident]
+				if err := c.do(ctx, "GET", server.PathAdminIncidents+"?"+q.Encode(), nil, &page); err != nil {
+					return e.fail(err)
+				}
+				for _, inc := range page.Items {
+					exclude[inc.Identity] = fmt.Sprintf("under incident %s, %s; --include-incidents to learn from it", inc.ID, inc.State)
+				}
+				if page.Next == "" {
+					break
+				}
+				q.Set("before", page.Next)
 			}
 		}
 	}
