@@ -171,11 +171,21 @@ func (d *demo) containmentOf(ctx context.Context, id string, first time.Time) (d
 	}
 	c := demoContainment{Incident: inc.ID, State: inc.State, Playbook: inc.Playbook, Risk: inc.Risk,
 		DetectedMS: inc.DetectedAt.Sub(first).Milliseconds(), ContainedMS: inc.ContainedAt.Sub(first).Milliseconds()}
+	// Detection is the first finding raised after the first bad request
+	// (an earlier one about the job, a new edge say, is not about what
+	// it did once compromised).
+	var detected time.Time
 	for _, fid := range inc.Findings {
 		var f detect.Finding
 		if d.admin.do(ctx, "GET", server.PathAdminFindings+"/"+fid, nil, &f) == nil {
 			c.Findings = append(c.Findings, fmt.Sprintf("%s (%s)", f.Detector, f.Severity))
+			if !f.Time.Before(first) && (detected.IsZero() || f.Time.Before(detected)) {
+				detected = f.Time
+			}
 		}
+	}
+	if !detected.IsZero() {
+		c.DetectedMS = detected.Sub(first).Milliseconds()
 	}
 	sort.Strings(c.Findings)
 	var lastAck time.Time
