@@ -30,6 +30,13 @@ type StoreSink struct {
 	Now func() time.Time
 	// MaxBatch bounds a group commit; 256 when 0.
 	MaxBatch int
+	// OnAppend, when set, is told the events of every group commit
+	// (Append, AppendWith) once they are durable, on the committing
+	// goroutine: it must not block. Detection reads the token service's,
+	// the agent API's and the reporters' events from here. Events of
+	// AppendTx are not passed: the caller's transaction may still roll
+	// back.
+	OnAppend func([]Event)
 
 	mu      sync.Mutex
 	pending []*pendingEvent
@@ -164,6 +171,9 @@ func (s *StoreSink) lead(ctx context.Context) {
 			if err == nil {
 				break
 			}
+		}
+		if err == nil && s.OnAppend != nil {
+			s.OnAppend(evs)
 		}
 		for _, p := range batch {
 			p.done <- err

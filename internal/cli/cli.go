@@ -68,6 +68,8 @@ var commands = []command{
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
+	{"incident", "findings, incidents and containment: list, show, isolate, release, export", runIncident},
+	{"playbook", "apply, show and version the playbooks that contain compromised identities", runPlaybook},
 	{"store", "migrate, back up and restore the server's store", runStore},
 	{"demo", "run a server, three services and a reporting job, each behind a sidecar with its own join token (no agent), and show policy at work", runDemo},
 	{"version", "print the version", runVersion},

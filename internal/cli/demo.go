@@ -109,6 +109,8 @@ type demo struct {
 	// postgres is the admin URL of a PostgreSQL for the database
 	// credentials row ("" skips it).
 	postgres string
+	// containment is what the compromised reports job's rows measured.
+	containment *demoContainment
 }
 
 // demoSidecar is one workload's sidecar as the demo started it.
@@ -155,6 +157,9 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 	}
 	version, err := d.applyPolicies(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := d.applyPlaybook(ctx); err != nil {
 		return nil, err
 	}
 	if err := d.setUpTokens(ctx); err != nil {
@@ -226,7 +231,14 @@ func (d *demo) startServer(ctx context.Context) error {
 	d.bundlePath = filepath.Join(data, "bundle.pem")
 	d.tokenPath = filepath.Join(data, "admin-token")
 	d.logf("starting the control plane on %s (embedded store in %s)", addr, data)
-	if _, err := d.start("server", "server", "--data-dir", data, "--listen", addr, "--trust-domain", demoTrustDomain); err != nil {
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	cfg := filepath.Join(d.dir, "server.yaml")
+	if err := os.WriteFile(cfg, []byte(demoServerConfig), 0o600); err != nil {
+		return err
+	}
+	if _, err := d.start("server", "server", "--config", cfg, "--data-dir", data, "--listen", addr, "--trust-domain", demoTrustDomain); err != nil {
 		return err
 	}
 	// Wait for the first start to write the bundle and the admin token.
@@ -343,6 +355,9 @@ func (d *demo) startSidecars(ctx context.Context) error {
 			}
 		}
 		fmt.Fprintf(&b, "admin: %q\ndecision_log: {allow_sample_rate: 1}\n", sc.admin)
+		// Traffic records every second (the default is 5 s), so that the
+		// detection step does not wait for a report.
+		b.WriteString("traffic: {interval: 1s}\n")
 		cfg := filepath.Join(dir, "sidecar.yaml")
 		if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 			return err
@@ -512,7 +527,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		}
 	}
 	if d.json {
-		d.e.printJSON(map[string]any{"items": rows, "mismatches": bad})
+		d.e.printJSON(map[string]any{"items": rows, "mismatches": bad, "containment": d.containment})
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)
@@ -538,6 +553,10 @@ func (d *demo) printTable(rows []demoRow) int {
 func (d *demo) printNext() {
 	out := d.e.Stdout
 	fe, rp := d.sidecars["frontend"], d.sidecars["reports"]
+	inc := "INCIDENT_ID"
+	if d.containment != nil {
+		inc = d.containment.Incident
+	}
 	fmt.Fprintf(out, `
 The mesh keeps running (Ctrl-C stops it; data and logs in %s).
 In another terminal (the moatless commands need the binary on PATH: "make build" puts it in bin/), try:
@@ -547,7 +566,7 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
 
   curl -i http://%s/orders/7                    # as frontend → orders (allowed)
   curl -i -X DELETE http://%s/orders/7          # wrong method (denied)
-  curl -i http://%s/orders/7                    # as reports (revoked in step 10: refused)
+  curl -i http://%s/orders/7                    # as reports (isolated by the playbook: refused)
   curl -ik https://%s/                           # through the gateway, the only way in
   curl -ik "https://%s/search?q=%%3Cscript%%3E"     # the WAF: 403 with a request ID
   curl -i http://%s/                            # the frontend's own port: STRICT mTLS, refused
@@ -557,13 +576,31 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   moatless agent list                           # the nodes and what they acknowledged
   moatless audit list                           # every decision, issuance and admin call, hash-chained
   moatless audit verify --data-dir %s
-  moatless secrets kv get orders/config         # the secret orders read in step 12 (the admin may read it too)
+  moatless secrets kv get orders/config         # the secret orders read (the admin may read it too)
   moatless secrets policy get orders            # who may read what: orders' SPIFFE ID, three paths
   moatless secrets transit encrypt cards "5500 0000 0000 0004"   # then: moatless secrets transit decrypt cards vault:v1:...
+  moatless incident list                        # the compromised reports job's incident
+  moatless incident show %s      # its findings, steps and timeline; "incident export" writes the forensics bundle
+  moatless incident release %s   # lift the isolation (reports is trusted again)
+  moatless policy recommend --namespace prod --since 1h --out recommended.yaml   # least privilege from what the sidecars saw
+  moatless policy what-if -f recommended.yaml   # replay the recorded traffic through it: what would be denied
 
 Edit %s and "moatless policy apply -f" it: every sidecar has the new version within a second.
 Decision logs: %s/logs/*-sidecar.log and gateway.log (with its access log)
 `, d.dir, d.serverAddr, d.bundlePath, d.tokenPath,
 		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], d.gateway.addr, d.gateway.addr, fe.inbound,
-		filepath.Join(d.dir, "server"), filepath.Join(d.dir, "policies.yaml"), d.dir)
+		filepath.Join(d.dir, "server"), inc, inc, filepath.Join(d.dir, "policies.yaml"), d.dir)
+	if d.serves("/ui") {
+		fmt.Fprintf(out, "Dashboard: %s/ui (log in with the admin token in %s)\n", d.issuer, d.tokenPath)
+	}
+}
+
+// serves reports whether the server answers path with anything but 404.
+func (d *demo) serves(path string) bool {
+	resp, err := d.https.Get(d.issuer + path)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode != http.StatusNotFound
 }

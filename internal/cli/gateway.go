@@ -136,6 +136,14 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	verifier := newJWTVerifier(ctx, mi, reg, r.log, shared...)
 	defer verifier.Close()
 
+	// Join mode: traffic records go to the server over the node's
+	// connection, as the sidecars' do.
+	var rec *proxy.Recorder
+	if mi.node != nil {
+		if rec, err = newGatewayRecorder(cfg, mi.node, reg, r.log); err != nil {
+			return err
+		}
+	}
 	g, err := gateway.New(gateway.Options{
 		Config:     cfg,
 		Identity:   mi.source,
@@ -143,6 +151,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		Logger:     r.log,
 		AccessLog:  slog.New(slog.NewJSONHandler(r.stderr.Stderr, nil)),
 		Audit:      mi.auditSink(),
+		Recorder:   rec,
 		Registerer: reg,
 	})
 	if err != nil {
@@ -155,6 +164,9 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	}
 	if mi.node == nil && len(cfg.Policy.Files) == 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
+	}
+	if rec != nil {
+		background = append(background, rec.Run)
 	}
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 

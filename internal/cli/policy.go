@@ -29,6 +29,8 @@ var policyCommands = []command{
 	{"rollback", "make an earlier policy version current again", runPolicyRollback},
 	{"status", "show which sidecar runs which policy version", runPolicyStatus},
 	{"networkpolicy", "print Kubernetes NetworkPolicies that fence at L4 what the ALLOW policies allow", runPolicyNetworkPolicy},
+	{"recommend", "write AuthorizationPolicies allowing exactly the traffic recorded in a namespace", runPolicyRecommend},
+	{"what-if", "replay recorded traffic through other policies: what would be newly denied or allowed", runPolicyWhatIf},
 }
 
 func runPolicy(ctx context.Context, e *Env, args []string) int {

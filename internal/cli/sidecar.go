@@ -193,6 +193,17 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
+	// Join mode: traffic records go to the server over the node's
+	// connection (detection, incidents, policy recommend).
+	var rec *proxy.Recorder
+	if mi.node != nil && !cfg.Traffic.Disabled {
+		var err error
+		if rec, err = newRecorder(cfg, mi.node, reg, r.log); err != nil {
+			return err
+		}
+		pc.Recorder = rec
+	}
+
 	s, err := proxy.New(pc)
 	if err != nil {
 		return usageError{err}
@@ -206,6 +217,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	background, err := mi.start(ctx, s, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
 	if err != nil {
 		return err
+	}
+	if rec != nil {
+		background = append(background, rec.Run)
 	}
 	if mi.node == nil && len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")

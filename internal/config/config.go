@@ -133,18 +133,7 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 	case t.Kind() == reflect.Struct && n.Kind == yamlv3.MappingNode:
 		fields := map[string]reflect.Type{}
 		var known []string
-		for i := range t.NumField() {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name == "-" || !f.IsExported() {
-				continue
-			}
-			if name == "" {
-				name = f.Name
-			}
-			fields[name] = f.Type
-			known = append(known, name)
-		}
+		structKeys(t, fields, &known)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i].Value
 			ft, ok := fields[k]
@@ -177,6 +166,39 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 		}
 	}
 	return nil
+}
+
+// structKeys lists the keys encoding/json decodes into struct t: the
+// fields' JSON names, and the fields of an embedded struct without a JSON
+// name inline, as encoding/json promotes them.
+func structKeys(t reflect.Type, fields map[string]reflect.Type, known *[]string) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				structKeys(ft, fields, known)
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		if _, dup := fields[name]; !dup {
+			*known = append(*known, name)
+		}
+		fields[name] = f.Type
+	}
 }
 
 func joinPath(path, k string) string {

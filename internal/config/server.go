@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -144,6 +145,11 @@ type Server struct {
 	// node's budget.
 	AuditReportRate  float64 `json:"audit_report_rate,omitempty"`
 	AuditReportBurst int     `json:"audit_report_burst,omitempty"`
+
+	// Detect configures detection and response: traffic record
+	// retention, detector thresholds (per service too), alerts. See
+	// docs/detect.md.
+	Detect detect.Settings `json:"detect,omitzero"`
 }
 
 // Defaults of the per-node bound on reported decision events.
@@ -251,10 +257,14 @@ func (c *Server) Complete() {
 	if c.AuditReportBurst == 0 {
 		c.AuditReportBurst = d.AuditReportBurst
 	}
+	c.Detect.Complete()
 }
 
 // Validate checks every field; the error names the first bad one.
 func (c *Server) Validate() error {
+	if err := c.Detect.Validate("config: detect"); err != nil {
+		return err
+	}
 	if c.DataDir == "" {
 		return errors.New("config: data_dir: must be set")
 	}

@@ -67,3 +67,20 @@ func FuzzParseServer(f *testing.F) {
 		}
 	})
 }
+
+// The detect section's per-service thresholds embed detect.Thresholds:
+// their keys sit inline (encoding/json promotes them), and the key check
+// must see them there, and still refuse a typo among them.
+func TestParseServerDetectServices(t *testing.T) {
+	c, err := ParseServer(strings.NewReader("detect:\n  services:\n  - match: \"spiffe://moatless.local/ns/prod/sa/reports\"\n    bytes_per_minute: 4194304\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Detect.Services) != 1 || c.Detect.Services[0].BytesPerMinute != 4194304 {
+		t.Fatalf("services: %+v", c.Detect.Services)
+	}
+	_, err = ParseServer(strings.NewReader("detect:\n  services:\n  - match: \"spiffe://moatless.local/ns/prod/sa/reports\"\n    bytes_per_minuet: 4194304\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err == nil || !strings.Contains(err.Error(), `line 4: unknown key "bytes_per_minuet" in detect.services[0]`) || !strings.Contains(err.Error(), "bytes_per_minute") {
+		t.Fatalf("typo: %v", err)
+	}
+}

@@ -96,6 +96,9 @@ type Sidecar struct {
 	KeepStartupPages bool `json:"keep_startup_pages,omitempty"`
 
 	DecisionLog SidecarDecisionLog `json:"decision_log"`
+	// Traffic configures the traffic record sent to the server in join
+	// mode (see SidecarTraffic); on by default there.
+	Traffic SidecarTraffic `json:"traffic"`
 
 	// ReloadInterval is how often identity, policy and revocation files
 	// are checked for changes; default 2s.
@@ -385,6 +388,7 @@ func (c *Sidecar) Validate() error {
 	case len(c.OutboundAllowedGIDs) > 0 && tcpOutbound:
 		add("outbound_allowed_gids: a TCP outbound listener cannot learn the caller's group (the kernel records only the uid of a TCP socket): admit uids in outbound_allowed_uids, or make every outbound listen on a unix socket")
 	}
+	c.validateTraffic(add)
 	if slices.Contains(c.OutboundAllowedUIDs, math.MaxUint32) {
 		add("outbound_allowed_uids: 4294967295 is (uid_t)-1, not a user")
 	}

@@ -71,6 +71,13 @@ type Options struct {
 	DecisionLog *slog.Logger
 	// Audit, when set, receives every block as an audit record.
 	Audit proxy.AuditSink
+	// Recorder, when set, counts every request into the traffic record
+	// sent to the server (join mode): an outbound edge from the gateway
+	// to the route's upstream SPIFFE ID (an inbound one from the
+	// internet when the request was stopped before a route was chosen),
+	// with its method, path template, decision and block reason, status,
+	// bytes and latency.
+	Recorder *proxy.Recorder
 	// Registerer receives the gateway's metrics; default none.
 	Registerer prometheus.Registerer
 	// Listener, when set, is used instead of binding Config.Listen.

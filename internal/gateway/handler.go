@@ -389,6 +389,9 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	}
 	g.metrics.requests.WithLabelValues(route, strconv.Itoa(status/100)+"xx", rc.reason).Inc()
 	g.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+	if rec := g.opts.Recorder; rec != nil {
+		g.observe(rec, rc, r, status, w.bytes, d)
+	}
 	if g.access == nil {
 		return
 	}
@@ -412,6 +415,34 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 		attrs = append(attrs, slog.String("detail", rc.detail))
 	}
 	g.access.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+// observe counts the request in the traffic record: an outbound edge to
+// the route's upstream, or an inbound one from the internet when no route
+// was chosen. The decision is what
+// the gateway did: allow when nothing stopped it (whatever the upstream
+// answered), unauthenticated for a missing or invalid token, deny for
+// every other block, with the block reason.
+func (g *Gateway) observe(rec *proxy.Recorder, rc *reqCtx, r *http.Request, status int, respBytes int64, d time.Duration) {
+	o := proxy.Observation{
+		Direction: proxy.DirectionOutbound, Port: g.port, Protocol: "http", Method: r.Method, Path: r.URL.Path,
+		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: max(r.ContentLength, 0), RespBytes: respBytes, Latency: d,
+	}
+	if rc.route != nil {
+		o.Destination = rc.route.cfg.SPIFFEID
+	} else {
+		// Stopped before a route was chosen: a request from the
+		// internet (no principal) to the gateway itself.
+		o.Direction = proxy.DirectionInbound
+	}
+	switch rc.reason {
+	case "", reasonUpstream, reasonUpstreamTime:
+	case reasonUnauthn:
+		o.Decision = policy.Unauthenticated.String()
+	default:
+		o.Decision = policy.Deny.String()
+	}
+	rec.Observe(&o)
 }
 
 func addrString(a netip.Addr) string {

@@ -24,6 +24,7 @@ const (
 	ReasonNoPolicy      Reason = "no_policy"       // no policy version loaded yet: deny by default
 	ReasonMTLSRequired  Reason = "mtls_required"   // plaintext under STRICT
 	ReasonTLSNotAllowed Reason = "tls_not_allowed" // TLS under DISABLE
+	ReasonBlocked       Reason = "blocked"         // the (caller, this workload) pair is blocked (incident response)
 )
 
 func reasonOf(d policy.Decision, loaded bool) Reason {
@@ -101,6 +102,7 @@ type decisionLogger struct {
 	log    *slog.Logger
 	sample float64
 	audit  AuditSink
+	rec    *Recorder // nil: no decision samples
 	m      *metrics
 }
 
@@ -136,11 +138,22 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 				slog.String("result", c.Result), slog.String("error", c.Error), slog.String("input_sha256", c.InputSHA256))
 		}
 	}
-	if outcome == policy.Allow && len(custom) == 0 && !d.sampled() {
+	// A decision is logged when it is not a plain allow, or when the
+	// allow sample rate picks it; it is sampled into the traffic record
+	// on the recorder's own terms.
+	logged := outcome != policy.Allow || len(custom) > 0 || d.sampled()
+	sampled := d.rec != nil && d.rec.WantSample(outcome == policy.Allow)
+	if !logged && !sampled {
 		return
 	}
 	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom)}
 	fill(&ev)
+	if sampled {
+		d.rec.AddSample(wireEvent(&ev))
+	}
+	if !logged {
+		return
+	}
 	level := slog.LevelInfo
 	if outcome != policy.Allow {
 		level = slog.LevelWarn

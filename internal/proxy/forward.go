@@ -153,8 +153,10 @@ type forwarder struct {
 // removeHopHeaders, to the destination; upgrade is the protocol
 // removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
 // with the client connection once a protocol upgrade has taken it over,
-// and its return is called when the upgraded stream ends.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
+// and its return is called when the upgraded stream ends. It returns the
+// status sent to the client and the response body bytes copied (0 for
+// an upgraded stream), for the traffic record.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (status int, respBytes int64) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""
@@ -170,7 +172,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
-			return // the client went away; nobody to answer
+			return 0, 0 // the client went away; nobody to answer
 		}
 		f.s.metrics.upstreamErrors.WithLabelValues(f.name).Inc()
 		// url.Error would print the request URL, query included, and a
@@ -192,17 +194,17 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, body)
-		return
+		return http.StatusServiceUnavailable, 0
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {
 			resp.Body.Close()
 			f.s.log.Warn("protocol switch refused", "listener", f.name, "asked", upgrade, "answered", resp.Header.Get("Upgrade"))
 			http.Error(w, "upstream switched protocols unasked", http.StatusBadGateway)
-			return
+			return http.StatusBadGateway, 0
 		}
 		f.upgrade(w, r, resp, onHijack)
-		return
+		return http.StatusSwitchingProtocols, 0
 	}
 	defer resp.Body.Close()
 
@@ -231,6 +233,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
+			respBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -261,6 +264,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			}
 		}
 	}
+	return resp.StatusCode, respBytes
 }
 
 // upgrade completes a protocol switch (WebSocket): the 101 goes to the

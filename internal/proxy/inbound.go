@@ -276,6 +276,9 @@ func (ib *inbound) handle(c net.Conn) {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
+			if rp := (*revokedPeerError)(nil); errors.As(err, &rp) {
+				s.observe(&Observation{Direction: DirectionInbound, Source: rp.id, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Decision: "refused", Reason: "revoked"})
+			}
 			s.metrics.handshakeFailures.WithLabelValues(ib.name, handshakeReason(err)).Inc()
 			s.log.Debug("inbound handshake failed", "listener", ib.name, "remote", info.srcIPStr, "err", err)
 			fail()
@@ -310,7 +313,17 @@ func (ib *inbound) handle(c net.Conn) {
 		info.entry = s.live.add(func() { conn.Close() }, idKey(info.peer), serialKey(info.serial))
 		// A revocation may have landed between the handshake's check and
 		// the registration; the sweep would have missed this connection.
-		if s.revoked.Load().has(info.peer, info.serial) {
+		rs := s.revoked.Load()
+		if rs.has(info.peer, info.serial) {
+			ib.connDone(conn)
+			conn.Close()
+			return
+		}
+		// A blocked pair is refused before any policy runs; the check
+		// comes after the registration, so a block pushed meanwhile is
+		// either seen here or sweeps this connection.
+		if rs.blockedPair(info.peer, "spiffe://"+info.own, s.cfg.Now()) {
+			ib.connDenied(info, ReasonBlocked, "this caller is blocked from calling this workload (incident response)", version)
 			ib.connDone(conn)
 			conn.Close()
 			return
@@ -344,8 +357,10 @@ func (ib *inbound) connDone(c net.Conn) {
 
 // connDenied logs and counts a connection refused before any request.
 func (ib *inbound) connDenied(info *connInfo, reason Reason, text string, version uint64) {
+	ib.s.observe(&Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Decision: "refused", Reason: string(reason)})
 	ib.s.dec.record(context.Background(), policy.Deny, "", reason, func(ev *DecisionEvent) {
 		ev.Listener = ib.name
+		ev.Source = info.peer
 		ev.SourceIP = info.srcIPStr
 		ev.Destination = destString(ib.s.cfg.Namespace, ib.port)
 		ev.Protocol = ib.cfg.Protocol.String()
@@ -394,9 +409,17 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 		dec = authz.Evaluate(&req, s.verifier())
 	}
 	ib.logDecision(context.Background(), dec, authz != nil, version, info, nil)
+	ob := Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: "tcp", Decision: dec.Outcome.String()}
 	if dec.Outcome != policy.Allow {
+		ob.Reason = string(reasonOf(dec, authz != nil))
+		s.observe(&ob)
 		return
 	}
+	start := time.Now()
+	defer func() {
+		ob.Latency = time.Since(start)
+		s.observe(&ob)
+	}()
 	app, err := ib.dialApp(context.Background())
 	if err != nil {
 		s.metrics.upstreamErrors.WithLabelValues(ib.name).Inc()
@@ -464,6 +487,20 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
+	// The traffic record of this request, counted when it ends (the
+	// deferred call runs on every return, and when a body copy aborts).
+	var ob Observation
+	if s.rec != nil {
+		ob = Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Method: r.Method}
+		if r.ContentLength > 0 {
+			ob.ReqBytes = r.ContentLength
+		}
+		start := time.Now()
+		defer func() {
+			ob.Latency = time.Since(start)
+			s.observe(&ob)
+		}()
+	}
 	// One policy version for the whole request: its strip list, path
 	// normalization and decision.
 	st := s.policy.Load()
@@ -471,6 +508,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
 		// A tunnel: its bytes would pass no policy.
 		refuseConnect(w)
+		ob.Decision, ob.Reason, ob.Status = "deny", "connect", http.StatusMethodNotAllowed
 		return
 	}
 	h := r.Header
@@ -500,6 +538,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// A Host that names no host is refused here too: hosts rules
 		// would deny it anyway, but only where a policy has them.
 		badRequest(w)
+		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
 	// Policy decides on r.Method: a _method override in the query is
@@ -528,9 +567,21 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		dec = authz.Evaluate(req, s.verifier())
 	}
 	auth := req.Auth
+	if auth != nil && s.revoked.Load().revokedIdentityToken(auth.Claims) {
+		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
 	*req = policy.Request{}
 	reqPool.Put(req)
 	ib.logDecision(r.Context(), dec, authz != nil, version, info, r)
+	if s.rec != nil {
+		ob.Path, ob.Decision = np.Path(), dec.Outcome.String()
+		if dec.Outcome != policy.Allow {
+			ob.Reason = string(reasonOf(dec, authz != nil))
+		}
+		if auth != nil {
+			ob.Token, _ = auth.Claims["iss"].(string)
+		}
+	}
 
 	switch dec.Outcome {
 	case policy.Allow:
@@ -539,6 +590,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusUnauthorized)
 		io.WriteString(w, "Jwt verification fails")
+		ob.Status = http.StatusUnauthorized
 		return
 	default:
 		body := "RBAC: access denied"
@@ -552,6 +604,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(status)
 		io.WriteString(w, body)
+		ob.Status = status
 		return
 	}
 
@@ -578,11 +631,19 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
 	}
-	ib.fwd.forward(w, r, upgrade, func(c net.Conn) func() {
+	fw := w
+	pw := s.rec.piiSampler(w, info.peer)
+	if pw != nil {
+		fw = pw
+	}
+	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the
 		// connection; keep it registered for revocation until it ends.
 		return func() { ib.connDone(c) }
 	})
+	if pw != nil && len(pw.buf) > 0 {
+		s.rec.piiScan(&ob, pw)
+	}
 }
 
 // chanListener hands connections the sidecar accepted and authenticated

@@ -33,11 +33,16 @@ type outbound struct {
 	httpSrv *http.Server
 	fwd     *forwarder
 
+	upstreamID      string // cfg.ID as a string, for records
 	upstreamRevoked atomic.Bool
-	conns           sync.Map // TCP conns, for Close
-	closed          atomic.Bool
-	streams         streamGroup   // raw TCP streams
-	accept          acceptBackoff // the TCP accept loop's pacing
+	// refuseWhy says why calls are refused while upstreamRevoked holds:
+	// revoked (the upstream), blocked (this edge), isolated (this
+	// workload's own identity is revoked: its egress is cut).
+	refuseWhy atomic.Value // string
+	conns     sync.Map     // TCP conns, for Close
+	closed    atomic.Bool
+	streams   streamGroup   // raw TCP streams
+	accept    acceptBackoff // the TCP accept loop's pacing
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -56,7 +61,7 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	if err := CheckUpgrades(c.Upgrades); err != nil {
 		return nil, err
 	}
-	ob := &outbound{s: s, cfg: c, name: c.Name}
+	ob := &outbound{s: s, cfg: c, name: c.Name, upstreamID: c.ID.String()}
 	if c.Listener == nil && strings.HasPrefix(c.Listen, unixListenPrefix) {
 		p, err := unixSocketPath(c.Listen)
 		if err != nil {
@@ -185,10 +190,22 @@ func (ob *outbound) close() {
 }
 
 // revoked drops pooled connections to an upstream whose identity was
-// revoked; new handshakes with it fail verification.
-func (ob *outbound) revoked(rs *revocationSet) {
+// revoked, or that this identity (own) is blocked from calling, and cuts
+// every call when own itself is revoked; new handshakes with a revoked
+// upstream fail verification anyway.
+func (ob *outbound) revoked(rs *revocationSet, own string) {
 	was := ob.upstreamRevoked.Load()
-	now := rs.has(ob.cfg.ID.String(), "")
+	why := ""
+	switch {
+	case own != "" && rs.has(own, ""):
+		why = "isolated"
+	case rs.has(ob.upstreamID, ""):
+		why = "revoked"
+	case rs.blockedPair(own, ob.upstreamID, ob.s.cfg.Now()):
+		why = "blocked"
+	}
+	ob.refuseWhy.Store(why)
+	now := why != ""
 	ob.upstreamRevoked.Store(now)
 	if now && !was && ob.tr != nil {
 		ob.tr.CloseIdleConnections()
@@ -200,14 +217,29 @@ func (ob *outbound) revoked(rs *revocationSet) {
 
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var o Observation
+	if ob.s.rec != nil {
+		o = Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "http", Method: r.Method, Decision: "allow"}
+		if r.ContentLength > 0 {
+			o.ReqBytes = r.ContentLength
+		}
+		start := time.Now()
+		defer func() {
+			o.Latency = time.Since(start)
+			ob.s.observe(&o)
+		}()
+	}
 	if ob.upstreamRevoked.Load() {
+		why, _ := ob.refuseWhy.Load().(string)
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusServiceUnavailable)
-		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
+		io.WriteString(w, "upstream connect error or disconnect/reset before headers: "+refusalText(why))
+		o.Decision, o.Reason, o.Status = "refused", why, http.StatusServiceUnavailable
 		return
 	}
 	if r.Method == http.MethodConnect {
 		refuseConnect(w) // the upstream would refuse it too
+		o.Decision, o.Reason, o.Status = "refused", "connect", http.StatusMethodNotAllowed
 		return
 	}
 	// The upstream's policy decides on the target this sidecar forwards:
@@ -218,12 +250,25 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
 		badRequest(w)
+		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
 	if np.Changed() || target != r.RequestURI {
 		setTarget(r.URL, np)
 	}
-	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+	o.Path = np.Path()
+	o.Status, o.RespBytes = ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+}
+
+// refusalText tells the app why its call was refused locally.
+func refusalText(why string) string {
+	switch why {
+	case "isolated":
+		return "this workload's identity is revoked: its calls are cut off"
+	case "blocked":
+		return "calls from this workload to the upstream are blocked"
+	}
+	return "upstream identity revoked"
 }
 
 // originForm is r's request target in origin form ("/path?query"). An app
@@ -270,6 +315,11 @@ func (ob *outbound) serveTCP(c net.Conn) {
 	if ob.closed.Load() {
 		return
 	}
+	if ob.upstreamRevoked.Load() {
+		why, _ := ob.refuseWhy.Load().(string)
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "refused", Reason: why})
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	d := &tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: ob.tlsConf}
 	up, err := d.DialContext(ctx, "tcp", ob.cfg.Upstream)
@@ -278,8 +328,13 @@ func (ob *outbound) serveTCP(c net.Conn) {
 		s.metrics.upstreamErrors.WithLabelValues(ob.name).Inc()
 		s.metrics.handshakeFailures.WithLabelValues(ob.name, handshakeReason(err)).Inc()
 		s.log.Warn("outbound dial failed", "listener", ob.name, "upstream", ob.cfg.Upstream, "err", err)
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "refused", Reason: handshakeReason(err)})
 		return
 	}
+	start := time.Now()
+	defer func() {
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "allow", Latency: time.Since(start)})
+	}()
 	ob.conns.Store(up, struct{}{})
 	defer func() {
 		ob.conns.Delete(up)

@@ -220,6 +220,11 @@ type Config struct {
 	// Audit, when set, also receives every deny (join-token mode reports
 	// them to the server's audit log).
 	Audit AuditSink
+	// Recorder, when set, counts every request, refused connection and
+	// TCP stream into per-edge traffic records for the server (see
+	// Recorder), and samples decisions and, where opted in, response
+	// bodies. The caller runs it (Recorder.Run).
+	Recorder *Recorder
 	// Registerer receives the sidecar's Prometheus metrics; default none
 	// (a private registry).
 	Registerer prometheus.Registerer
@@ -280,6 +285,7 @@ type Sidecar struct {
 	revoked atomic.Pointer[revocationSet]
 	live    *tracker
 	dec     *decisionLogger
+	rec     *Recorder // nil: traffic is not recorded
 	metrics *metrics
 	callers *callerCheck
 
@@ -394,7 +400,8 @@ func New(cfg Config) (*Sidecar, error) {
 	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
 		return nil, err
 	}
-	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
+	s.rec = cfg.Recorder
+	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, rec: cfg.Recorder, m: m}
 
 	names := map[string]bool{}
 	for i := range cfg.Inbound {
@@ -679,6 +686,11 @@ func (s *Sidecar) PolicyVersion() uint64 { return s.policy.Load().version }
 // SetRevocations replaces the revocation list. New handshakes from a revoked
 // SPIFFE ID or serial fail; live connections authenticated with one, and
 // in-flight requests authenticated with a revoked token ID, are closed.
+// Blocked pairs (detect's block-pair) work the same way for one edge: a
+// peer blocked from calling this sidecar's identity has its connections
+// refused and closed, and calls from this identity to a blocked upstream
+// are refused. When this sidecar's own identity is revoked (isolated),
+// its outbound listeners refuse every call: its egress is cut.
 // It returns how many were closed. If the Verifier implements TokenRevoker,
 // it gets the token IDs too.
 func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
@@ -687,12 +699,16 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := s.cfg.Verifier.(TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	n := s.live.sweep(rs, func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	own := ""
+	if id, err := s.tls.ownID(); err == nil {
+		own = id.String()
+	}
+	n := s.live.sweep(rs, own, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
 	if n > 0 {
 		s.log.Info("closed connections of revoked identities", "count", n)
 	}
 	for _, ob := range s.outbound {
-		ob.revoked(rs)
+		ob.revoked(rs, own)
 	}
 	return n
 }

@@ -21,6 +21,9 @@ type revocationSet struct {
 	jtis    map[string]time.Time
 	// src is what the set was built from: when and why an ID was revoked.
 	src *wire.Revocations
+	// blocked holds the blocked (source, destination) pairs with their
+	// expiry (zero: until lifted).
+	blocked map[[2]string]time.Time
 }
 
 // newRevocationSet indexes r. Serials are normalized to lower case without
@@ -49,7 +52,48 @@ func newRevocationSet(r *wire.Revocations) *revocationSet {
 			rs.jtis[t.JTI] = t.ExpiresAt
 		}
 	}
+	if len(r.BlockedEdges) > 0 {
+		rs.blocked = make(map[[2]string]time.Time, len(r.BlockedEdges))
+		for _, b := range r.BlockedEdges {
+			rs.blocked[[2]string{b.Source, b.Destination}] = b.ExpiresAt
+		}
+	}
 	return rs
+}
+
+// blockedPair reports whether calls from src to dst (full SPIFFE IDs) are
+// blocked at now.
+func (rs *revocationSet) blockedPair(src, dst string, now time.Time) bool {
+	if rs == nil || len(rs.blocked) == 0 {
+		return false
+	}
+	exp, ok := rs.blocked[[2]string{src, dst}]
+	return ok && (exp.IsZero() || now.Before(exp))
+}
+
+// revokedIdentityToken reports whether a verified token names a revoked
+// workload as its subject, authorized party, client or actor: the tokens
+// of an isolated identity are refused wherever they are presented, not
+// only on its own connections.
+func (rs *revocationSet) revokedIdentityToken(claims map[string]any) bool {
+	if rs == nil || len(rs.ids) == 0 {
+		return false
+	}
+	for _, k := range []string{"sub", "azp", "client_id"} {
+		if v, _ := claims[k].(string); v != "" {
+			if _, ok := rs.ids[v]; ok {
+				return true
+			}
+		}
+	}
+	for act, _ := claims["act"].(map[string]any); act != nil; act, _ = act["act"].(map[string]any) {
+		if v, _ := act["sub"].(string); v != "" {
+			if _, ok := rs.ids[v]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func normalizeSerial(s string) string {
@@ -161,15 +205,15 @@ func (t *tracker) len() int {
 }
 
 // sweep closes and forgets every entry registered under a key that rs
-// revokes, and returns how many it closed. before, when non-nil, is told
+// revokes, or of a peer blocked from calling own (this sidecar's ID), and returns how many it closed. before, when non-nil, is told
 // the count before anything is closed, so whoever sees a connection end
 // already finds it counted. Closing happens outside the lock: a close
 // function may block on I/O.
-func (t *tracker) sweep(rs *revocationSet, before func(n int)) int {
+func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before func(n int)) int {
 	var victims []*tracked
 	t.mu.Lock()
 	for k, m := range t.byKey {
-		if !keyRevoked(rs, k) {
+		if !keyRevoked(rs, k) && !(strings.HasPrefix(k, "id:") && rs.blockedPair(k[3:], own, now)) {
 			continue
 		}
 		for e := range m {

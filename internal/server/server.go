@@ -107,6 +107,7 @@ type Server struct {
 	cert      atomic.Pointer[serverCert]
 	oauth     *oauthState   // the token service (oauth.go)
 	secrets   *secretsState // the secrets service (secrets.go)
+	detect    *detectState  // detection and response (detect.go)
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -268,6 +269,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.initSecrets(ctx, c); err != nil {
 		return nil, err
 	}
+	if err := s.initDetect(ctx); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }
@@ -320,7 +324,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges} {
+	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges, s.detect.alerts.run} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(base) }()
 	}

@@ -248,7 +248,11 @@ func (s *Server) reloadRevocations(ctx context.Context, version uint64) error {
 	if err != nil {
 		return err
 	}
-	set := &revocationSet{version: version, ids: map[string]bool{}, serials: map[string]bool{}, section: &wire.Revocations{TokenIDs: toks},
+	blocked, err := s.blockedEdges(ctx)
+	if err != nil {
+		return err
+	}
+	set := &revocationSet{version: version, ids: map[string]bool{}, serials: map[string]bool{}, section: &wire.Revocations{TokenIDs: toks, BlockedEdges: blocked},
 		why: map[string]revocationWhy{}}
 	for _, x := range l.IDs {
 		set.ids[x.SPIFFEID] = true

@@ -183,6 +183,9 @@ type Revocations struct {
 	// revoked workload and its operator are told so rather than that an
 	// identity is missing. SPIFFEIDs alone decides what is revoked.
 	IDDetails []RevokedIDDetail `json:"id_details,omitempty"`
+	// BlockedEdges are the (source, destination) pairs refused by every
+	// sidecar until they lapse or are lifted (detect's block-pair).
+	BlockedEdges []BlockedEdge `json:"blocked_edges,omitempty"`
 }
 
 // RevokedIDDetail is when and why a SPIFFE ID was revoked.
