@@ -43,6 +43,7 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/ui"
 )
 
 // Files the server keeps in its data directory.
@@ -111,6 +112,7 @@ type Server struct {
 	cert      atomic.Pointer[serverCert]
 	oauth     *oauthState   // the token service (oauth.go)
 	secrets   *secretsState // the secrets service (secrets.go)
+	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -270,6 +272,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.initSecrets(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := s.initDashboard(ctx); err != nil {
 		return nil, err
 	}
 	ok = true
