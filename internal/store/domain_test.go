@@ -282,7 +282,6 @@ func TestNodesAndSVIDs(t *testing.T) {
 	})
 }
 
-
 func TestSVIDsListsLiveSoonestFirst(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-		"strings"
+	"strings"
 	"time"
 
 	"github.com/moatless/moatless/internal/audit"

@@ -107,4 +107,3 @@ func TestBuildGraphBoundsTheDrawing(t *testing.T) {
 		t.Fatalf("nodes %d edges %d drawn %d too many %d", len(g.Nodes), len(g.Edges), len(g.Drawn), g.TooMany)
 	}
 }
-
