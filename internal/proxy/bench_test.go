@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -43,13 +45,25 @@ func (d *discardWriter) WriteHeader(int)             {}
 // handler (XFCC strip, policy evaluation, decision metrics, header
 // rewrite, forward, body copy) with the network replaced by a canned
 // answer. allocs/op is the sidecar's own per-request allocation.
-func BenchmarkInboundRequestPath(b *testing.B) {
+func BenchmarkInboundRequestPath(b *testing.B) { benchmarkInbound(b, nil) }
+
+// BenchmarkInboundRequestPathTraced is BenchmarkInboundRequestPath with
+// every request sampled into a span (recorded by the OTel SDK, not
+// exported): the price of tracing at 100% sampling, before export.
+func BenchmarkInboundRequestPathTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	benchmarkInbound(b, tp.Tracer("bench"))
+}
+
+func benchmarkInbound(b *testing.B, tracer trace.Tracer) {
 	s, err := New(Config{
 		Identity:   &NodeIdentity{},
 		Namespace:  "prod",
 		Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
 		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
 		Logger:     discardLogger(),
+		Tracer:     tracer,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -456,6 +458,14 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the sidecar adds below can be named away by the caller's Connection,
 	// and only an upgrade this listener carries survives.
 	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		var sw *statusWriter
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, attrListener.String(ib.name),
+			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+		w = sw
+		defer func() { endSpan(span, sw.status) }()
+	}
 	// Headers the sidecar writes for the app are its alone: a caller's
 	// copy, under any spelling the app could fold into the same name, is
 	// dropped whether or not it sends a token, from the header and from
@@ -509,6 +519,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*req = policy.Request{}
 	reqPool.Put(req)
 	ib.logDecision(r.Context(), dec, authz != nil, version, info, r)
+	if span != nil {
+		span.SetAttributes(decisionAttrs(dec, authz != nil, version, info, auth)...)
+		if r.URL.Path != "" {
+			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
+		}
+	}
 
 	switch dec.Outcome {
 	case policy.Allow:
@@ -566,6 +582,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
+	}
+	if span != nil {
+		propagate(r.Context(), h)
 	}
 	ib.fwd.forward(w, r, upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the

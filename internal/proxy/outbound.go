@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/moatless/moatless/internal/policy"
 )
 
@@ -253,7 +255,19 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if np.Changed() || target != r.RequestURI {
 		setTarget(r.URL, np)
 	}
-	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+	upgrade := removeHopHeaders(r.Header, ob.fwd.upgrades)
+	if ob.s.cfg.Tracer != nil {
+		var own string
+		if id, err := ob.s.tls.ownID(); err == nil {
+			own = id.String()
+		}
+		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, attrListener.String(ob.name),
+			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
+		r, w = r2, sw
+		defer func() { endSpan(span, sw.status) }()
+		propagate(r.Context(), r.Header)
+	}
+	ob.fwd.forward(w, r, upgrade, nil)
 }
 
 // originForm is r's request target in origin form ("/path?query"). An app

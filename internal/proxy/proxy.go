@@ -42,6 +42,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
@@ -220,6 +221,11 @@ type Config struct {
 	// Audit, when set, also receives every deny (join-token mode reports
 	// them to the server's audit log).
 	Audit AuditSink
+	// Tracer, when set, traces every HTTP request on every listener
+	// (tracing.go): W3C trace context in, a span with the decision, the
+	// span's context out to the app or the upstream. Nil: no tracing, and
+	// trace headers pass through untouched.
+	Tracer trace.Tracer
 	// Registerer receives the sidecar's Prometheus metrics; default none
 	// (a private registry).
 	Registerer prometheus.Registerer

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// Tracing (Config.Tracer): one span per HTTP request on each listener.
+// The inbound span is the server side of the caller's call: its parent is
+// the W3C traceparent the caller sent, and the app gets a traceparent
+// naming the inbound span, so its own spans hang under the decision. The
+// outbound span is the client side of the app's call, and the upstream
+// sidecar gets a traceparent naming it.
+//
+// Spans carry the security story (who called whom, what was decided by
+// which policy and rule, how the caller authenticated) and never a
+// credential: no header value, no query string (tokens travel there), no
+// claim of a token.
+
+// traceContext is the only context read from and written to requests.
+var traceContext propagation.TextMapPropagator = propagation.TraceContext{}
+
+// Span attribute keys of the sidecar.
+const (
+	attrSource        = attribute.Key("moatless.source.spiffe_id")
+	attrDestination   = attribute.Key("moatless.destination.spiffe_id")
+	attrListener      = attribute.Key("moatless.listener")
+	attrDecision      = attribute.Key("moatless.decision")
+	attrReason        = attribute.Key("moatless.decision.reason")
+	attrPolicy        = attribute.Key("moatless.policy")
+	attrRule          = attribute.Key("moatless.policy.rule")
+	attrPolicyVersion = attribute.Key("moatless.policy.version")
+	attrAuditPolicy   = attribute.Key("moatless.policy.audit")
+	attrPeerAuthn     = attribute.Key("moatless.authn.peer")
+	attrTokenAuthn    = attribute.Key("moatless.authn.token")
+)
+
+// startSpan starts a span for r with the caller's trace context as its
+// parent and wraps w to note the status. Only called with a Tracer: with
+// tracing off the request path builds no attribute at all.
+func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *statusWriter) {
+	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	attrs = append(attrs, attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
+	ctx, span := s.cfg.Tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+	return r.WithContext(ctx), span, &statusWriter{ResponseWriter: w}
+}
+
+// prefixed is a principal ("td/ns/x/sa/y") as a SPIFFE ID, "" for none.
+func prefixed(principal string) string {
+	if principal == "" {
+		return ""
+	}
+	return "spiffe://" + principal
+}
+
+// propagate writes the span's context into the headers forwarded, in
+// place of whatever trace context the sender put there.
+func propagate(ctx context.Context, h http.Header) {
+	h.Del("Traceparent")
+	h.Del("Tracestate")
+	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+}
+
+// decisionAttrs are a decision's span attributes.
+func decisionAttrs(dec policy.Decision, loaded bool, version uint64, info *connInfo, auth *policy.Auth) []attribute.KeyValue {
+	peer, token := "plaintext", "none"
+	if info.peer != "" {
+		peer = "mtls"
+	}
+	switch {
+	case dec.Outcome == policy.Unauthenticated:
+		token = "invalid"
+	case auth != nil:
+		token = "valid"
+	}
+	a := []attribute.KeyValue{
+		attrDecision.String(dec.Outcome.String()), attrReason.String(string(reasonOf(dec, loaded))),
+		attrPolicyVersion.Int64(int64(min(version, 1<<62))), attrPeerAuthn.String(peer), attrTokenAuthn.String(token),
+	}
+	if dec.Policy != "" {
+		a = append(a, attrPolicy.String(dec.Policy), attrRule.Int(dec.Rule))
+	}
+	if dec.Audit && dec.AuditPolicy != "" {
+		a = append(a, attrAuditPolicy.String(dec.AuditPolicy))
+	}
+	return a
+}
+
+// endSpan records the response status and ends the span: a 5xx is an
+// error of this hop; a 4xx is the caller's (the server-side convention).
+func endSpan(span trace.Span, status int) {
+	if span == nil {
+		return
+	}
+	if status != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", status))
+		if status >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(status))
+		}
+	}
+	span.End()
+}
+
+// statusWriter notes the final status written through it. Unwrap lets
+// http.ResponseController reach the connection (flush, hijack, full
+// duplex) as before.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
