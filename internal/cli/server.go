@@ -103,7 +103,15 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
+	tracing, stopTracing, err := e.startTracing(ctx, logger, "moatless-server")
+	if err != nil {
+		return e.errorf(ExitUsage, "server: %v", err)
+	}
+	defer stopTracing()
 	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset}
+	if tracing.Enabled() {
+		sc.Tracer = tracing.Tracer(tracerName)
+	}
 	// The root key or passphrase comes from the environment or a file,
 	// never from a flag's value (which "ps" shows to every local user).
 	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {

@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
@@ -29,6 +30,7 @@ import (
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -76,12 +78,23 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
 	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm}
+	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
 		}
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
+	}
+	tracing, stopTracing, err := e.startTracing(ctx, log, "moatless-sidecar")
+	if err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
+	defer stopTracing()
+	if tracing.Enabled() {
+		sc.tracer = tracing.Tracer(tracerName)
 	}
 	if err := sc.run(ctx); err != nil {
 		var ue usageError
@@ -103,6 +116,8 @@ type sidecarRun struct {
 	log *slog.Logger
 	// pathNorm is cfg.Policy.PathNormalization parsed.
 	pathNorm policy.PathNormalization
+	// tracer traces requests; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 // policyOptions compile every policy set of this sidecar, from files or
@@ -164,6 +179,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
 		KeepStartupPages: cfg.KeepStartupPages,
+		Tracer:           r.tracer,
 		OutboundCallers: proxy.LocalCallers{
 			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
 		},

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // xfccHeader is Envoy's x-forwarded-client-cert: the only way the app
@@ -460,11 +461,11 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
 	var span trace.Span
 	if s.cfg.Tracer != nil {
-		var sw *statusWriter
+		var sw *telemetry.StatusWriter
 		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, attrListener.String(ib.name),
 			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
 		w = sw
-		defer func() { endSpan(span, sw.status) }()
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
 	// Headers the sidecar writes for the app are its alone: a caller's
 	// copy, under any spelling the app could fold into the same name, is

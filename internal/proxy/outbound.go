@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // outbound is one loopback listener the app calls in plaintext; requests
@@ -264,7 +265,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, attrListener.String(ob.name),
 			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
 		r, w = r2, sw
-		defer func() { endSpan(span, sw.status) }()
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)
 	}
 	ob.fwd.forward(w, r, upgrade, nil)

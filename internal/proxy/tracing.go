@@ -5,11 +5,11 @@ import (
 	"net/http"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // Tracing (Config.Tracer): one span per HTTP request on each listener.
@@ -25,7 +25,7 @@ import (
 // claim of a token.
 
 // traceContext is the only context read from and written to requests.
-var traceContext propagation.TextMapPropagator = propagation.TraceContext{}
+var traceContext = telemetry.Propagator
 
 // Span attribute keys of the sidecar.
 const (
@@ -45,11 +45,11 @@ const (
 // startSpan starts a span for r with the caller's trace context as its
 // parent and wraps w to note the status. Only called with a Tracer: with
 // tracing off the request path builds no attribute at all.
-func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *statusWriter) {
+func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *telemetry.StatusWriter) {
 	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	attrs = append(attrs, attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
 	ctx, span := s.cfg.Tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
-	return r.WithContext(ctx), span, &statusWriter{ResponseWriter: w}
+	return r.WithContext(ctx), span, &telemetry.StatusWriter{ResponseWriter: w}
 }
 
 // prefixed is a principal ("td/ns/x/sa/y") as a SPIFFE ID, "" for none.
@@ -92,42 +92,3 @@ func decisionAttrs(dec policy.Decision, loaded bool, version uint64, info *connI
 	}
 	return a
 }
-
-// endSpan records the response status and ends the span: a 5xx is an
-// error of this hop; a 4xx is the caller's (the server-side convention).
-func endSpan(span trace.Span, status int) {
-	if span == nil {
-		return
-	}
-	if status != 0 {
-		span.SetAttributes(attribute.Int("http.response.status_code", status))
-		if status >= 500 {
-			span.SetStatus(codes.Error, http.StatusText(status))
-		}
-	}
-	span.End()
-}
-
-// statusWriter notes the final status written through it. Unwrap lets
-// http.ResponseController reach the connection (flush, hijack, full
-// duplex) as before.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
