@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/config"
 )
 
 // browser is a headless Chromium driven over the DevTools protocol. It
@@ -341,4 +342,65 @@ func evilSite(t *testing.T, target, id string) string {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String() + "/"
+}
+
+// TestOIDCLoginInChromium signs in through the server's own token service:
+// the dashboard's public client, a user holding the admin role, the token
+// service's login form, back to the dashboard with a session. A user
+// without the role is turned away; deleting the user ends the session.
+func TestOIDCLoginInChromium(t *testing.T) {
+	b := newBrowser(t)
+	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	client := map[string]any{"name": "moatless-dashboard", "token_endpoint_auth_method": "none", "grant_types": []string{"authorization_code"},
+		"scopes": []string{"openid"}, "redirect_uris": []string{e.base + "/ui/oidc/callback"}}
+	if st := e.admin("POST", "/v1/admin/oauth/clients", client, nil); st != http.StatusCreated {
+		t.Fatalf("create client: %d", st)
+	}
+	for _, u := range []map[string]any{
+		{"name": "alice", "password": "correct horse battery staple", "roles": []string{"moatless-admin"}},
+		{"name": "bob", "password": "correct horse battery staple", "roles": []string{"viewer"}},
+	} {
+		if st := e.admin("POST", "/v1/admin/oauth/users", u, nil); st != http.StatusCreated {
+			t.Fatalf("create user %s: %d", u["name"], st)
+		}
+	}
+	signIn := func(user string) {
+		b.visit("login "+user, e.base+"/ui/login", "#oidc")
+		b.run("sign in as "+user,
+			chromedp.Click(chromedp.CSS("#oidc")),
+			chromedp.WaitVisible(chromedp.CSS("#username")),
+			chromedp.SendKeys(chromedp.CSS("#username"), user),
+			chromedp.SendKeys(chromedp.CSS("#password"), "correct horse battery staple"),
+			chromedp.Submit(chromedp.CSS("#password")),
+		)
+	}
+	// Without the role: back on the login page with the reason.
+	signIn("bob")
+	b.run("bob refused", chromedp.WaitVisible(chromedp.CSS("#login-error")))
+	b.snap("bob refused")
+	if got := b.text("#login-error"); !strings.Contains(got, "admin role") {
+		t.Fatalf("bob: %q", got)
+	}
+	// With it: the dashboard, as the user.
+	signIn("alice")
+	b.run("alice signed in", chromedp.WaitVisible(chromedp.CSS("#actor")))
+	b.snap("alice signed in")
+	if got := b.text("#actor"); got != "user:alice" {
+		t.Fatalf("signed in as %q", got)
+	}
+	var login *struct{ outcome, method string }
+	for _, r := range e.auditRecords() {
+		if r.Kind == "ui.login" && r.Actor == "user:alice" {
+			login = &struct{ outcome, method string }{r.Outcome, r.Details["method"]}
+		}
+	}
+	if login == nil || login.outcome != "success" || login.method != "oidc" {
+		t.Fatalf("audit of alice's login: %+v", login)
+	}
+	// The role is checked on every request: deleting the user ends the
+	// session at once.
+	if st := e.admin("DELETE", "/v1/admin/oauth/users/alice", nil, nil); st != http.StatusNoContent && st != http.StatusOK {
+		t.Fatalf("delete alice: %d", st)
+	}
+	b.run("after delete", chromedp.Navigate(e.base+"/ui/nodes"), chromedp.WaitVisible(chromedp.CSS("#oidc")))
 }

@@ -277,3 +277,48 @@ func TestDisabled(t *testing.T) {
 		t.Fatalf("disabled dashboard: %d", resp.StatusCode)
 	}
 }
+
+func TestOIDCCallbackRefuses(t *testing.T) {
+	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	tests := []struct {
+		name  string
+		start bool   // begin the flow first (sets the state cookie)
+		query string // "STATE" is replaced by the flow's state
+		want  string // the login page's error code
+	}{
+		{name: "no_flow_started", query: "state=x&code=y", want: "oidc_expired"},
+		{name: "state_mismatch", start: true, query: "state=forged&code=y", want: "oidc_failed"},
+		{name: "no_state", start: true, query: "code=y", want: "oidc_failed"},
+		{name: "other_issuer", start: true, query: "state=STATE&code=y&iss=https%3A%2F%2Fevil.example", want: "oidc_failed"},
+		{name: "error_from_token_service", start: true, query: "state=STATE&error=access_denied", want: "oidc_denied"},
+		{name: "no_code", start: true, query: "state=STATE", want: "oidc_failed"},
+		{name: "code_never_issued", start: true, query: "state=STATE&code=mlc_forged", want: "oidc_failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := e.client()
+			q := tt.query
+			if tt.start {
+				resp, _ := e.get(c, "/ui/oidc/start")
+				loc, err := url.Parse(resp.Header.Get("Location"))
+				if resp.StatusCode != http.StatusSeeOther || err != nil || loc.Path != "/oauth2/authorize" {
+					t.Fatalf("start: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+				}
+				p := loc.Query()
+				if p.Get("code_challenge_method") != "S256" || p.Get("nonce") == "" || p.Get("redirect_uri") != e.base+"/ui/oidc/callback" {
+					t.Fatalf("authorization request %v", p)
+				}
+				q = strings.ReplaceAll(q, "STATE", p.Get("state"))
+			}
+			resp, _ := e.get(c, "/ui/oidc/callback?"+q)
+			if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login?error="+tt.want {
+				t.Fatalf("got %d %s, want a redirect to the login page with %s", resp.StatusCode, resp.Header.Get("Location"), tt.want)
+			}
+			for _, ck := range resp.Cookies() {
+				if ck.Name == "__Host-moatless-ui" && ck.MaxAge > 0 {
+					t.Fatal("a refused callback set a session")
+				}
+			}
+		})
+	}
+}
