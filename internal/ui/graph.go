@@ -257,14 +257,10 @@ func (u *UI) graphPage(q *request) {
 		u.fail(q, "Service graph", err)
 		return
 	}
-	revs, _, err := u.cfg.Revocations.Revocations(q.ctx)
+	revoked, err := u.revoked(q)
 	if err != nil {
 		u.fail(q, "Service graph", err)
 		return
-	}
-	revoked := map[string]bool{}
-	for _, r := range revs.IDs {
-		revoked[r.SPIFFEID] = true
 	}
 	g := buildGraph(recs, revoked)
 	g.Truncated = next != 0

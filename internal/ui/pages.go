@@ -279,17 +279,9 @@ func (u *UI) showCertificates(q *request, flash, flashErr string) {
 		u.fail(q, "Certificates", err)
 		return
 	}
-	revs, _, err := u.cfg.Revocations.Revocations(q.ctx)
-	if err != nil {
+	if d.Revoked, err = u.revoked(q); err != nil {
 		u.fail(q, "Certificates", err)
 		return
-	}
-	d.Revoked = map[string]bool{}
-	for _, r := range revs.IDs {
-		d.Revoked[r.SPIFFEID] = true
-	}
-	for _, r := range revs.Serials {
-		d.Revoked[r.Serial] = true
 	}
 	u.show(q, http.StatusOK, "certificates", &page{Title: "Certificates", Nav: "certificates", Path: Prefix + "/certificates",
 		Flash: flash, FlashErr: flashErr, Data: d})
@@ -405,4 +397,20 @@ func (u *UI) beforeParam(q *request, title string) (before uint64, ok bool) {
 		return 0, false
 	}
 	return b, true
+}
+
+// revoked is the set of revoked SPIFFE IDs and certificate serials.
+func (u *UI) revoked(q *request) (map[string]bool, error) {
+	revs, _, err := u.cfg.Revocations.Revocations(q.ctx)
+	if err != nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	for _, r := range revs.IDs {
+		set[r.SPIFFEID] = true
+	}
+	for _, r := range revs.Serials {
+		set[r.Serial] = true
+	}
+	return set, nil
 }

@@ -288,6 +288,17 @@ func (u *UI) authed(h func(*request)) http.Handler {
 		q := &request{w: w, r: r, ctx: r.Context(), sess: sess}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+			// Read the whole form now: a body over the bound or not a form
+			// is refused here, not read later as empty fields.
+			if err := r.ParseForm(); err != nil {
+				var tooBig *http.MaxBytesError
+				if errors.As(err, &tooBig) {
+					u.errorPage(w, r, http.StatusRequestEntityTooLarge, "The form is too large.")
+					return
+				}
+				u.errorPage(w, r, http.StatusBadRequest, "The form could not be read.")
+				return
+			}
 			if msg := u.checkStateChange(r, sess.CSRF); msg != "" {
 				u.refuse(q, msg)
 				return

@@ -3,6 +3,7 @@ package ui_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -318,6 +319,77 @@ func TestOIDCCallbackRefuses(t *testing.T) {
 				if ck.Name == "__Host-moatless-ui" && ck.MaxAge > 0 {
 					t.Fatal("a refused callback set a session")
 				}
+			}
+		})
+	}
+}
+
+// TestDashboardAttacks: what a logged-in browser's cookie and the
+// dashboard's paths must not be good for.
+func TestDashboardAttacks(t *testing.T) {
+	e := startServer(t)
+	const id = "spiffe://example.org/ns/prod/sa/reports"
+	e.createEntry(id)
+	c := e.client()
+	csrf := e.login(t, c)
+	raw := func(method, opaque string, body string, hdr map[string]string) (*http.Response, string) {
+		req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
+		req.URL.Opaque = opaque // sent as written: no client-side cleaning
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	form := map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf}
+	tests := []struct {
+		name, method, path, body string
+		hdr                      map[string]string
+		bad                      func(status int, body string) bool
+	}{
+		{name: "cookie_is_not_an_admin_api_credential", method: "GET", path: "/v1/admin/audit",
+			bad: func(st int, _ string) bool { return st != http.StatusUnauthorized }},
+		{name: "static_dot_segments", method: "GET", path: "/ui/static/../templates/layout.html",
+			bad: func(st int, b string) bool { return st == http.StatusOK && strings.Contains(b, "{{define") }},
+		{name: "static_encoded_dot_segments", method: "GET", path: "/ui/static/%2e%2e/templates/layout.html",
+			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
+		{name: "static_encoded_slash", method: "GET", path: "/ui/static/..%2ftemplates%2flayout.html",
+			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
+		{name: "action_by_get_does_nothing", method: "GET", path: "/ui/revocations/revoke?spiffe_id=" + url.QueryEscape(id) + "&csrf_token=" + csrf,
+			bad: func(st int, _ string) bool { return st < 400 }},
+		{name: "action_by_put", method: "PUT", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id), hdr: form,
+			bad: func(st int, _ string) bool { return st < 400 }},
+		{name: "oversized_form", method: "POST", path: "/ui/revocations/revoke",
+			body: "spiffe_id=" + url.QueryEscape(id) + "&pad=" + strings.Repeat("a", 20<<10), hdr: form,
+			bad: func(st int, _ string) bool { return st != http.StatusRequestEntityTooLarge }},
+		{name: "csrf_token_in_query_only", method: "POST", path: "/ui/revocations/revoke?csrf_token=" + csrf, body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded"},
+			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		{name: "origin_null", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": "null", "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
+			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		{name: "origin_with_path", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": e.base + "/ui", "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
+			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		{name: "underscore_csrf_header", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X_CSRF_Token": csrf},
+			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		{name: "unknown_page", method: "GET", path: "/ui/%2e%2e/v1/admin/audit",
+			bad: func(st int, b string) bool { return st == http.StatusOK && strings.Contains(b, `"records"`) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := raw(tt.method, tt.path, tt.body, tt.hdr)
+			if tt.bad(resp.StatusCode, body) {
+				t.Fatalf("%s %s: %d\n%.400s", tt.method, tt.path, resp.StatusCode, body)
+			}
+			if e.revoked(id) {
+				t.Fatalf("%s %s revoked %s", tt.method, tt.path, id)
 			}
 		})
 	}
