@@ -57,6 +57,7 @@ var commands = []command{
 	{"server", "run the control plane (CA, registry, policy store, token service, audit)", runServer},
 	{"agent", "run the node agent that serves the SPIFFE Workload API", runAgent},
 	{"sidecar", "run the mTLS sidecar in front of one workload", runSidecar},
+	{"gateway", "run the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh", runGateway},
 	{"authz", "serve Envoy's ext_authz (gRPC) with the same decisions, from policy files", runAuthz},
 	{"jointoken", "create single-use join tokens for agents and sidecars", runJoinToken},
 	{"entry", "create, list, show and delete registration entries", runEntry},

@@ -89,6 +89,7 @@ type demo struct {
 	https      *http.Client // trusts the demo's bundle, for the token endpoints
 
 	sidecars map[string]*demoSidecar
+	gateway  *demoGateway
 	apps     *demoApps
 	// postgres is the admin URL of a PostgreSQL for the database
 	// credentials row ("" skips it).
@@ -132,6 +133,9 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 		return nil, err
 	}
 	if err := d.startSidecars(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.startGateway(ctx); err != nil {
 		return nil, err
 	}
 	version, err := d.applyPolicies(ctx)
@@ -347,7 +351,8 @@ func orDash(s string) string {
 
 // demoPolicies is deny by default: STRICT mTLS mesh-wide, an ALLOW policy
 // with no rules in the root namespace, then exactly the calls the shop
-// needs. frontend is the edge (no gateway yet), so it takes plaintext.
+// needs. The gateway is the edge: what it lets in from the internet, and
+// that only it may call the frontend.
 const demoPolicies = `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
@@ -359,20 +364,34 @@ metadata: {name: allow-nothing, namespace: istio-system}
 spec: {action: ALLOW}
 ---
 apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: frontend-edge, namespace: prod}
+kind: RequestAuthentication
+metadata: {name: edge-users, namespace: istio-system}
 spec:
-  selector: {matchLabels: {app: frontend}}
-  mtls: {mode: PERMISSIVE}
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: "{{ISSUER}}"
+    jwksUri: "{{ISSUER}}/.well-known/jwks.json"
+    audiences: [orders, payments]
+    forwardOriginalToken: true
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: frontend-public, namespace: prod}
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*", "/search"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: frontend-from-gateway, namespace: prod}
 spec:
   selector: {matchLabels: {app: frontend}}
   action: ALLOW
   rules:
-  - to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*"]}}]
+  - from: [{source: {principals: ["{{TD}}/ns/istio-system/sa/gateway"]}}]
+    to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*", "/search"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -433,7 +452,7 @@ func (d *demo) applyPolicies(ctx context.Context) (uint64, error) {
 // answers ready.
 func (d *demo) waitConverged(ctx context.Context, version uint64) error {
 	plain := &http.Client{Timeout: 2 * time.Second}
-	for _, name := range []string{"payments", "orders", "frontend", "reports"} {
+	for _, name := range []string{"payments", "orders", "frontend", "reports", "gateway"} {
 		sc := d.sidecars[name]
 		want := fmt.Sprintf("policy version %d", version)
 		if err := waitUntil(ctx, 60*time.Second, "the "+name+" sidecar to run "+want, func() bool {
@@ -514,7 +533,9 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   curl -i http://%s/orders/7                    # as frontend → orders (allowed)
   curl -i -X DELETE http://%s/orders/7          # wrong method (denied)
   curl -i http://%s/orders/7                    # as reports (revoked in step 10: refused)
-  curl -i http://%s/                            # the edge, plaintext (PERMISSIVE)
+  curl -ik https://%s/                           # through the gateway, the only way in
+  curl -ik "https://%s/search?q=%%3Cscript%%3E"     # the WAF: 403 with a request ID
+  curl -i http://%s/                            # the frontend's own port: STRICT mTLS, refused
   moatless revoke list                          # what is cut off
   moatless policy status                        # which sidecar runs which policy version
   moatless policy history                       # every version; "moatless policy rollback" goes back
@@ -526,8 +547,8 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   moatless secrets transit encrypt cards "5500 0000 0000 0004"   # then: moatless secrets transit decrypt cards vault:v1:...
 
 Edit %s and "moatless policy apply -f" it: every sidecar has the new version within a second.
-Decision logs: %s/logs/*-sidecar.log
+Decision logs: %s/logs/*-sidecar.log and gateway.log (with its access log)
 `, d.dir, d.serverAddr, d.bundlePath, d.tokenPath,
-		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], fe.inbound,
+		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], d.gateway.addr, d.gateway.addr, fe.inbound,
 		filepath.Join(d.dir, "server"), filepath.Join(d.dir, "policies.yaml"), d.dir)
 }

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"math"
 	"net"
-	"net/url"
 	"path"
 	"slices"
 	"strconv"
@@ -308,38 +307,7 @@ func (c *Sidecar) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("config: "+format, args...)) }
 
-	n := 0
-	if c.Identity.WorkloadAPI != "" {
-		n++
-		u, err := url.Parse(c.Identity.WorkloadAPI)
-		if err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
-			add("identity.workload_api: %q is not a unix:///path or tcp://host:port address", c.Identity.WorkloadAPI)
-		}
-	}
-	if f := c.Identity.Files; f != nil {
-		n++
-		if f.Cert == "" || f.Key == "" || f.Bundle == "" {
-			add("identity.files: cert, key and bundle are all required")
-		}
-	}
-	if j := c.Identity.Join; j != nil {
-		n++
-		if err := j.Server.Validate("identity.join.server"); err != nil {
-			add("%s", strings.TrimPrefix(err.Error(), "config: "))
-		}
-		if j.TokenFile == "" {
-			add("identity.join.token_file: required")
-		}
-		if j.ServerBundle == "" {
-			add("identity.join.server_bundle: required")
-		}
-	}
-	switch {
-	case n == 0:
-		add("identity: set one of workload_api, files or join")
-	case n > 1:
-		add("identity: set only one of workload_api, files or join")
-	}
+	errs = append(errs, c.Identity.validate()...)
 	if len(c.Inbound) == 0 && len(c.Outbound) == 0 {
 		add("inbound, outbound: at least one listener is required")
 	}

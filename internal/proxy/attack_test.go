@@ -890,6 +890,38 @@ func TestUpgradesFollowListenerConfig(t *testing.T) {
 	}
 }
 
+// TestPathOverrideIsStripped: policy decides on the request target, so an
+// app must not serve another one. The headers IIS, older Symfony and some
+// Java stacks read a target from (X-Original-URL, X-Rewrite-URL,
+// X-Original-URI) never reach the app, under any spelling.
+func TestPathOverrideIsStripped(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	headers := [][2]string{
+		{"X-Original-URL", "/admin"},
+		{"x_original_url", "/admin"},
+		{"X-Rewrite-Url", "/admin"},
+		{"X_REWRITE_URL", "/admin"},
+		{"X-Original-URI", "/admin"},
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", headers); code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			for _, sr := range app.take() {
+				for k, vv := range sr.header {
+					if f := foldName(k); strings.Contains(f, "original") || strings.Contains(f, "rewrite") {
+						t.Errorf("%s: %q reached the app", k, vv)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestMethodOverrideIsStripped: policy decides on the request method, so
 // an app must not act on another one. The override headers frameworks
 // honour (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) never

@@ -144,6 +144,9 @@ type forwarder struct {
 	name     string
 	s        *Sidecar
 	errBody  func(err error) string
+	// onError, when set, answers a request that could not be forwarded
+	// instead of the default 503 (the gateway's 502 with its own body).
+	onError func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // forward sends r, whose hop-by-hop fields the caller removed with
@@ -178,6 +181,10 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			logErr = ue.Err
 		}
 		f.s.log.Warn("forward failed", "listener", f.name, "method", r.Method, "path", r.URL.Path, "err", logErr)
+		if f.onError != nil {
+			f.onError(w, r, err)
+			return
+		}
 		body := "upstream connect error or disconnect/reset before headers"
 		if f.errBody != nil {
 			body = f.errBody(err)

@@ -434,6 +434,28 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 	}
 }
 
+// applyAuth makes the header and query edits RequestAuthentication asked
+// for on an allowed request: output headers set, the token removed unless
+// forwardOriginalToken.
+func applyAuth(r *http.Request, auth *policy.Auth) {
+	if auth == nil {
+		return
+	}
+	h := r.Header
+	for _, k := range auth.RemoveHeaders {
+		h.Del(k)
+	}
+	for k, v := range auth.SetHeaders {
+		h.Set(k, v)
+	}
+	if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
+		// The token's parameter goes; the rest stays as sent.
+		r.URL.RawQuery, _ = removeQueryParams(r.URL.RawQuery, func(name string) bool {
+			return slices.Contains(auth.RemoveQueryParams, name)
+		})
+	}
+}
+
 var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
 
 // ServeHTTP is the inbound request path: strip the caller's
@@ -551,18 +573,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if auth != nil {
-		for _, k := range auth.RemoveHeaders {
-			h.Del(k)
-		}
-		for k, v := range auth.SetHeaders {
-			h.Set(k, v)
-		}
-		if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
-			// The token's parameter goes; the rest stays as sent.
-			r.URL.RawQuery, _ = removeQueryParams(r.URL.RawQuery, func(name string) bool {
-				return slices.Contains(auth.RemoveQueryParams, name)
-			})
-		}
+		applyAuth(r, auth)
 		// A request authenticated with a token is cut off when that
 		// token's jti is revoked, however long it streams.
 		if jti, _ := auth.Claims["jti"].(string); jti != "" {
