@@ -103,15 +103,12 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	tracing, stopTracing, err := e.startTracing(ctx, logger, "moatless-server")
+	tracer, stopTracing, err := e.tracer(ctx, logger, "moatless-server")
+	defer stopTracing()
 	if err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
 	}
-	defer stopTracing()
-	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset}
-	if tracing.Enabled() {
-		sc.Tracer = tracing.Tracer(tracerName)
-	}
+	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset, Tracer: tracer}
 	// The root key or passphrase comes from the environment or a file,
 	// never from a flag's value (which "ps" shows to every local user).
 	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {

@@ -82,14 +82,12 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	tracing, stopTracing, err := e.startTracing(ctx, log, "moatless-sidecar")
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-sidecar")
+	defer stopTracing()
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: %v", err)
 	}
-	defer stopTracing()
-	if tracing.Enabled() {
-		sc.tracer = tracing.Tracer(tracerName)
-	}
+	sc.tracer = tracer
 	if err := sc.run(ctx); err != nil {
 		var ue usageError
 		if errors.As(err, &ue) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/telemetry"
 )
@@ -21,11 +22,11 @@ const tracerName = "github.com/moatless/moatless"
 func (e *Env) startTracing(ctx context.Context, log *slog.Logger, service string) (*telemetry.Tracing, func(), error) {
 	c, err := telemetry.ParseTracingConfig(e.getenv)
 	if err != nil {
-		return nil, nil, err
+		return nil, func() {}, err
 	}
 	t, err := telemetry.StartTracing(ctx, c, service, log, attribute.String("moatless.role", service))
 	if err != nil {
-		return nil, nil, err
+		return nil, func() {}, err
 	}
 	return t, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -34,4 +35,14 @@ func (e *Env) startTracing(ctx context.Context, log *slog.Logger, service string
 			log.Warn("tracing: spans still queued at exit were dropped", "err", err)
 		}
 	}, nil
+}
+
+// tracer is startTracing for a component that takes a trace.Tracer: nil
+// when tracing is off (the component then builds no span at all).
+func (e *Env) tracer(ctx context.Context, log *slog.Logger, service string) (trace.Tracer, func(), error) {
+	t, stop, err := e.startTracing(ctx, log, service)
+	if err != nil || !t.Enabled() {
+		return nil, stop, err
+	}
+	return t.Tracer(tracerName), stop, nil
 }

@@ -33,6 +33,8 @@ type Span struct {
 	Service      string            // the resource's service.name
 	Resource     map[string]string
 	StatusCode   tracepb.Status_StatusCode
+	// Links are the linked spans as "TRACEID-SPANID" (hex).
+	Links []string
 }
 
 // Receiver collects the spans sent to it. Safe for concurrent use.
@@ -114,6 +116,9 @@ func (r *Receiver) add(req *coltracepb.ExportTraceServiceRequest) {
 				sp := Span{Name: s.GetName(), TraceID: hex.EncodeToString(s.GetTraceId()), SpanID: hex.EncodeToString(s.GetSpanId()),
 					Kind: s.GetKind(), Attrs: attrMap(s.GetAttributes()), Service: res["service.name"], Resource: res,
 					StatusCode: s.GetStatus().GetCode()}
+				for _, l := range s.GetLinks() {
+					sp.Links = append(sp.Links, hex.EncodeToString(l.GetTraceId())+"-"+hex.EncodeToString(l.GetSpanId()))
+				}
 				if len(s.GetParentSpanId()) > 0 {
 					sp.ParentSpanID = hex.EncodeToString(s.GetParentSpanId())
 				}
