@@ -475,6 +475,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
 		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
 		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
+		TraceID: proxy.TraceIDOf(r.Context()),
 	}
 	if rc.route != nil {
 		ev.Destination += "/" + rc.route.name
@@ -496,6 +497,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		slog.String("reason", ev.Reason),
 		slog.String("reason_code", string(ev.ReasonCode)),
 		slog.Uint64("policy_version", ev.PolicyVersion),
+		slog.String("trace_id", ev.TraceID),
 	)
 	if outcome != policy.Allow.String() && g.opts.Audit != nil {
 		g.opts.Audit.Record(context.Background(), ev)

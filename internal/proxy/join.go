@@ -167,6 +167,7 @@ func (a *ServerAudit) Record(_ context.Context, ev DecisionEvent) {
 		Destination: ev.Destination, Protocol: ev.Protocol, Method: ev.Method, Path: ev.Path,
 		Decision: ev.Decision, Policy: ev.Policy, Rule: ev.Rule, Reason: ev.Reason,
 		ReasonCode: string(ev.ReasonCode), PolicyVersion: ev.PolicyVersion, AuditPolicy: ev.AuditPolicy,
+		TraceID: ev.TraceID,
 	}
 	if n := len(ev.Custom); n > 0 && ev.Custom[n-1].Query != "" {
 		// The last provider asked is the one that decided a denial.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -72,7 +73,9 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	app, appAddr := startTraceApp(t)
 	ca := testpki.NewCA(t, "example.org")
 	inL := listen(t)
+	decisions := &syncBuf{}
 	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		DecisionLog: slog.New(slog.NewJSONHandler(decisions, nil)), AllowSampleRate: 1,
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}},
 		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar")})
 	outL := listen(t)
@@ -176,6 +179,23 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	}
 	if tps := app.traceparents("/garbage"); len(tps) != 1 || strings.Contains(tps[0], "zz") {
 		t.Errorf("malformed traceparent reached the app: %q", tps)
+	}
+	// The decision log names each sampled request's trace, and only those.
+	for _, want := range []struct {
+		path, trace string
+	}{{"/api/orders", sampledTrace}, {"/api/orders/1", deniedTrace}, {"/unsampled", ""}} {
+		found := false
+		for _, line := range strings.Split(decisions.String(), "\n") {
+			if strings.Contains(line, `"path":"`+want.path+`"`) {
+				found = true
+				if got := strings.Contains(line, `"trace_id"`); got != (want.trace != "") || (want.trace != "" && !strings.Contains(line, `"trace_id":"`+want.trace+`"`)) {
+					t.Errorf("decision line for %s: %s, want trace %q", want.path, line, want.trace)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no decision line for %s:\n%s", want.path, decisions.String())
+		}
 	}
 	// No credential in any span.
 	for _, s := range spans {

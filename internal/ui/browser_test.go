@@ -257,7 +257,8 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("edge table names no deciding policy:\n%s", got)
 	}
 	b.visit("decisions", e.base+"/ui/decisions", "#decisions")
-	if got := b.text("#decisions"); !strings.Contains(got, "/orders/export") || !strings.Contains(got, "prod/audit-orders") {
+	if got := b.text("#decisions"); !strings.Contains(got, "/orders/export") || !strings.Contains(got, "prod/audit-orders") ||
+		!strings.Contains(got, "4bf92f3577b34da6a3ce929d0e0e4736") {
 		t.Errorf("decision log:\n%s", got)
 	}
 

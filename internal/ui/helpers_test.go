@@ -183,7 +183,8 @@ func (e *env) reportDecision(kind, caller, callee, policy, path string) {
 	e.t.Helper()
 	d := map[string]string{"decision": strings.TrimPrefix(kind, "decision."), "decision_time": time.Now().UTC().Format(time.RFC3339Nano),
 		"listener": "inbound", "destination": "prod:8080", "protocol": "http", "reason_code": "deny_rule", "rule": "0",
-		"policy_version": "1", "source": caller, "method": "GET", "path": path, "remote": "127.0.0.1"}
+		"policy_version": "1", "source": caller, "method": "GET", "path": path, "remote": "127.0.0.1",
+		"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
 	out := audit.Denied
 	if kind == audit.KindDecisionAudit {
 		d["decision"], d["audit_policy"], d["reason_code"], out = "allow", policy, "audit_rule", audit.Success
