@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net"
 	"net/http"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -24,7 +25,7 @@ func (s *Server) traced(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := telemetry.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		attrs := []attribute.KeyValue{attribute.String("http.request.method", r.Method), attribute.String("client.address", remoteHost(r))}
+		attrs := []attribute.KeyValue{attribute.String("http.request.method", r.Method), attribute.String("client.address", hostOnly(r.RemoteAddr))}
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) == 1 {
 			// The handshake verified the chain; the ID is the caller's
 			// claim as the CA issued it (handlers still authorize it).
@@ -53,4 +54,12 @@ func routeOf(pattern string) string {
 		}
 	}
 	return pattern
+}
+
+// hostOnly is an address without its port (semconv's client.address).
+func hostOnly(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
