@@ -256,6 +256,12 @@ func TestDashboardInChromium(t *testing.T) {
 	if got := b.text("#edges"); !strings.Contains(got, "prod/orders-deny") {
 		t.Errorf("edge table names no deciding policy:\n%s", got)
 	}
+	// A click on a node lists that identity's decisions only.
+	b.run("click a node", chromedp.Click(chromedp.CSS(`g.node[data-id="`+web+`"] rect`)), chromedp.WaitVisible(chromedp.CSS("#filter")))
+	b.snap("decisions of web")
+	if got := b.text("#decisions"); !strings.Contains(got, "/orders") || strings.Contains(got, "/orders/export") {
+		t.Errorf("decisions of %s:\n%s", web, got)
+	}
 	b.visit("decisions", e.base+"/ui/decisions", "#decisions")
 	if got := b.text("#decisions"); !strings.Contains(got, "/orders/export") || !strings.Contains(got, "prod/audit-orders") ||
 		!strings.Contains(got, "4bf92f3577b34da6a3ce929d0e0e4736") {

@@ -271,19 +271,46 @@ func (u *UI) graphPage(q *request) {
 type decisionsData struct {
 	Records []audit.Record
 	Next    uint64
+	// ID is the identity the page is narrowed to ("" for all): the
+	// decisions it made as caller or received as callee, among the
+	// newest graphRecords.
+	ID string
 }
+
+// maxIDParam bounds the id filter (a SPIFFE ID is at most 2048 bytes).
+const maxIDParam = 2048
 
 func (u *UI) decisions(q *request) {
 	before, ok := u.beforeParam(q, "Decisions")
 	if !ok {
 		return
 	}
-	recs, next, err := u.cfg.Records.AuditRecords(q.ctx, before, 100, decisionKinds)
+	id := q.r.URL.Query().Get("id")
+	if len(id) > maxIDParam {
+		u.show(q, http.StatusBadRequest, "error", &page{Title: "Decisions", FlashErr: "id: too long"})
+		return
+	}
+	limit := 100
+	if id != "" {
+		limit = graphRecords
+	}
+	recs, next, err := u.cfg.Records.AuditRecords(q.ctx, before, limit, decisionKinds)
 	if err != nil {
 		u.fail(q, "Decisions", err)
 		return
 	}
-	p := &page{Title: "Decisions", Nav: "decisions", Data: decisionsData{Records: recs, Next: next}}
+	d := decisionsData{Records: recs, Next: next, ID: id}
+	if id != "" {
+		// One identity's decisions among the newest graphRecords: the
+		// page the graph links each node to.
+		d.Records, d.Next = nil, 0
+		for _, r := range recs {
+			if r.Subject == id || r.Actor == id {
+				d.Records = append(d.Records, r)
+			}
+		}
+	}
+	p := &page{Title: "Decisions", Nav: "decisions", Data: d}
 	if before == 0 {
 		p.Refresh = 5 * time.Second
 	}

@@ -379,6 +379,10 @@ func TestDashboardAttacks(t *testing.T) {
 		{name: "underscore_csrf_header", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
 			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X_CSRF_Token": csrf},
 			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		{name: "markup_in_the_id_filter", method: "GET", path: "/ui/decisions?id=%3Cscript%3Ealert(1)%3C/script%3E",
+			bad: func(st int, b string) bool { return st != http.StatusOK || strings.Contains(b, "<script>alert") }},
+		{name: "id_filter_too_long", method: "GET", path: "/ui/decisions?id=" + strings.Repeat("a", 3000),
+			bad: func(st int, _ string) bool { return st != http.StatusBadRequest }},
 		{name: "unknown_page", method: "GET", path: "/ui/%2e%2e/v1/admin/audit",
 			bad: func(st int, b string) bool { return st == http.StatusOK && strings.Contains(b, `"records"`) }},
 	}
