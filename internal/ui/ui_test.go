@@ -17,7 +17,7 @@ import (
 var csrfField = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
 
 // csrfOf returns the CSRF token a page carries.
-func csrfOf(t *testing.T, body string) string {
+func csrfOf(t testing.TB, body string) string {
 	t.Helper()
 	m := csrfField.FindStringSubmatch(body)
 	if m == nil {
@@ -28,7 +28,7 @@ func csrfOf(t *testing.T, body string) string {
 
 // login logs c in with the admin token and returns the session's CSRF
 // token.
-func (e *env) login(t *testing.T, c *http.Client) string {
+func (e *env) login(t testing.TB, c *http.Client) string {
 	t.Helper()
 	_, body := e.get(c, "/ui/login")
 	resp, body := e.form(c, "/ui/login", url.Values{"csrf_token": {csrfOf(t, body)}, "token": {e.token}}, map[string]string{"Origin": e.base})
