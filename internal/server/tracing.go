@@ -12,8 +12,9 @@ import (
 )
 
 // traced wraps the listener's handler with a server span per request when
-// Config.Tracer is set: the parent is the caller's W3C traceparent (a
-// sidecar's, an agent's, a CLI's), the name is the route ("POST
+// Config.Tracer is set: the parent is the caller's W3C traceparent when
+// the caller is a mesh member (a verified client certificate), a link
+// otherwise; the name is the route ("POST
 // /admin/revocations"), and the attributes are the route, the status,
 // the client address and, for an mTLS caller, its SPIFFE ID. Never the
 // path as sent, the query, a header value or a body: admin paths and the
@@ -24,14 +25,26 @@ func (s *Server) traced(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := telemetry.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		attrs := []attribute.KeyValue{attribute.String("http.request.method", r.Method), attribute.String("client.address", hostOnly(r.RemoteAddr))}
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) == 1 {
-			// The handshake verified the chain; the ID is the caller's
-			// claim as the CA issued it (handlers still authorize it).
-			attrs = append(attrs, attribute.String("moatless.source.spiffe_id", r.TLS.PeerCertificates[0].URIs[0].String()))
+		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+		ctx := r.Context()
+		caller := trace.SpanContextFromContext(telemetry.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header)))
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			// verifyConnection checked the chain against our bundle: a
+			// mesh member (agent, sidecar, admin certificate), whose
+			// trace this request continues.
+			ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
+			if u := r.TLS.PeerCertificates[0].URIs; len(u) == 1 {
+				attrs = append(attrs, attribute.String("moatless.source.spiffe_id", u[0].String()))
+			}
+		} else if caller.IsValid() {
+			// Anyone else (the token service's browsers and clients may
+			// be on the internet): a new trace, linked to the caller's,
+			// so an outsider can neither pick our trace IDs nor force
+			// its requests to be sampled.
+			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: caller}))
 		}
-		ctx, span := t.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+		ctx, span := t.Start(ctx, r.Method, append(opts, trace.WithAttributes(attrs...))...)
 		sw := &telemetry.StatusWriter{ResponseWriter: w}
 		r = r.WithContext(ctx)
 		defer func() {

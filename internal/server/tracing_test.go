@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"testing"
 	"time"
 
@@ -40,6 +41,18 @@ func TestTracedServer(t *testing.T) {
 		}
 	}
 	cancel()
+	// A mesh member's trace is continued; an anonymous caller's is only
+	// linked from a new one.
+	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	for _, c := range []*http.Client{n.http, e.client(nil)} {
+		req, _ := http.NewRequest("GET", "https://"+e.addr+"/readyz", nil)
+		req.Header.Set("Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
 	t.Cleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
@@ -53,9 +66,28 @@ func TestTracedServer(t *testing.T) {
 		}
 		return nil
 	}
+	readyz := func(s []otlptest.Span) (member, anon *otlptest.Span) {
+		for i := range s {
+			if s[i].Name == "GET /readyz" && s[i].TraceID == callerTrace {
+				member = &s[i]
+			}
+			if s[i].Name == "GET /readyz" && len(s[i].Links) == 1 {
+				anon = &s[i]
+			}
+		}
+		return member, anon
+	}
 	spans := rcv.Wait(t, 10*time.Second, func(s []otlptest.Span) bool {
-		return find(s, "POST "+server.PathAdminRevocations) != nil && find(s, "GET /v1/agent/watch") != nil
+		m, a := readyz(s)
+		return find(s, "POST "+server.PathAdminRevocations) != nil && find(s, "GET /v1/agent/watch") != nil && m != nil && a != nil
 	})
+	member, anon := readyz(spans)
+	if member.ParentSpanID != callerSpan || member.Attrs["moatless.source.spiffe_id"] != n.id {
+		t.Errorf("a node's request must continue its trace: %+v", member)
+	}
+	if anon.TraceID == callerTrace || anon.ParentSpanID != "" || anon.Links[0] != callerTrace+"-"+callerSpan {
+		t.Errorf("an anonymous request must start a new trace linked to its own: %+v", anon)
+	}
 	w := find(spans, "GET /v1/agent/watch")
 	if w.Kind != tracepb.Span_SPAN_KIND_SERVER || w.Attrs["moatless.source.spiffe_id"] != n.id || w.Attrs["http.route"] != "/v1/agent/watch" ||
 		w.Attrs["http.response.status_code"] != "200" || w.Attrs["client.address"] != "127.0.0.1" {
