@@ -484,7 +484,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var span trace.Span
 	if s.cfg.Tracer != nil {
 		var sw *telemetry.StatusWriter
-		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, attrListener.String(ib.name),
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
 			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
 		w = sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()

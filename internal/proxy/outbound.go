@@ -232,7 +232,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if id, err := ob.s.tls.ownID(); err == nil {
 			own = id.String()
 		}
-		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, attrListener.String(ob.name),
+		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, attrListener.String(ob.name),
 			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
 		r, w = r2, sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()

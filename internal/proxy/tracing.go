@@ -14,7 +14,7 @@ import (
 
 // Tracing (Config.Tracer): one span per HTTP request on each listener.
 // The inbound span is the server side of the caller's call: its parent is
-// the W3C traceparent the caller sent, and the app gets a traceparent
+// the W3C traceparent an mTLS caller sent, and the app gets a traceparent
 // naming the inbound span, so its own spans hang under the decision. The
 // outbound span is the client side of the app's call, and the upstream
 // sidecar gets a traceparent naming it.
@@ -42,13 +42,25 @@ const (
 	attrTokenAuthn    = attribute.Key("moatless.authn.token")
 )
 
-// startSpan starts a span for r with the caller's trace context as its
-// parent and wraps w to note the status. Only called with a Tracer: with
+// startSpan starts a span for r and wraps w to note the status. The
+// caller's trace context is the parent when the caller is trusted (a
+// verified mTLS peer, or the local app on an outbound listener); from a
+// plaintext caller (PERMISSIVE or DISABLE mTLS) the span starts a new
+// trace linked to the caller's, so an outsider can neither choose the
+// mesh's trace IDs nor force sampling. Only called with a Tracer: with
 // tracing off the request path builds no attribute at all.
-func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *telemetry.StatusWriter) {
-	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, trusted bool, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *telemetry.StatusWriter) {
+	ctx := r.Context()
+	caller := trace.SpanContextFromContext(traceContext.Extract(ctx, propagation.HeaderCarrier(r.Header)))
+	opts := []trace.SpanStartOption{trace.WithSpanKind(kind)}
+	switch {
+	case trusted:
+		ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
+	case caller.IsValid():
+		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: caller}))
+	}
 	attrs = append(attrs, attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
-	ctx, span := s.cfg.Tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+	ctx, span := s.cfg.Tracer.Start(ctx, name, append(opts, trace.WithAttributes(attrs...))...)
 	return r.WithContext(ctx), span, &telemetry.StatusWriter{ResponseWriter: w}
 }
 

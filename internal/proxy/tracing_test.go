@@ -206,3 +206,52 @@ func TestTracingThroughTheMesh(t *testing.T) {
 		}
 	}
 }
+
+// TestTracingPlaintextCallerIsLinked: under PERMISSIVE, a plaintext
+// caller (no verified identity) cannot make its trace the parent of the
+// sidecar's: the span starts a new trace linked to the caller's, and the
+// app is handed the new one.
+func TestTracingPlaintextCallerIsLinked(t *testing.T) {
+	rcv := otlptest.Start(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
+	tr, err := telemetry.StartTracing(context.Background(), telemetry.TracingConfig{Enabled: true, Protocol: telemetry.ProtocolGRPC}, "orders", discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, appAddr := startTraceApp(t)
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	allowAll := &fakeAuthz{mode: policy.ModePermissive, evaluate: func(*policy.Request) policy.Decision {
+		return policy.Decision{Outcome: policy.Allow, Policy: "prod/allow-all", Action: "ALLOW", Rule: 0}
+	}}
+	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound: []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}}, Authorizer: allowAll, Tracer: tr.Tracer("sidecar")})
+	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, _ := http.NewRequest("GET", "http://"+inL.Addr().String()+"/plain", nil)
+	req.Header.Set("Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("plaintext under PERMISSIVE: %d", resp.StatusCode)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	s := rcv.Wait(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 1 })[0]
+	if s.TraceID == callerTrace || s.ParentSpanID != "" || len(s.Links) != 1 || s.Links[0] != callerTrace+"-"+callerSpan {
+		t.Fatalf("span %+v: want a new trace linked to the caller's", s)
+	}
+	if s.Attrs["moatless.authn.peer"] != "plaintext" || s.Attrs["moatless.source.spiffe_id"] != "" {
+		t.Errorf("attributes %v", s.Attrs)
+	}
+	if tps := app.traceparents("/plain"); len(tps) != 1 || tps[0] != "00-"+s.TraceID+"-"+s.SpanID+"-01" {
+		t.Errorf("the app got %q, want the sidecar's new trace", tps)
+	}
+}
