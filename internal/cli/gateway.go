@@ -15,12 +15,14 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/gateway"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // runGateway runs "moatless gateway -config FILE": the edge in front of
@@ -60,6 +62,9 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "gateway: -log-level: %v", err)
 	}
 	gr := &gatewayRun{path: cfgPath, cfg: cfg, log: log, stderr: e}
+	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
+		return e.errorf(ExitUsage, "gateway: %v", err)
+	}
 	if check {
 		if err := gr.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "gateway: %v", err)
@@ -67,6 +72,12 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-gateway")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "gateway: %v", err)
+	}
+	gr.tracer = tracer
 	stopped := logLifecycle(ctx, log)
 	if err := gr.run(ctx); stopped(err) {
 		var ue usageError
@@ -83,6 +94,8 @@ type gatewayRun struct {
 	cfg    config.Gateway
 	log    *slog.Logger
 	stderr *Env
+	// tracer traces requests; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 func (r *gatewayRun) policyOptions() policy.Options {
@@ -153,6 +166,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		Audit:      mi.auditSink(),
 		Recorder:   rec,
 		Registerer: reg,
+		Tracer:     r.tracer,
 	})
 	if err != nil {
 		return usageError{err}

@@ -106,7 +106,12 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	sc := server.Config{Settings: cfg, Logger: logger, ResetAdminToken: *reset}
+	tracer, stopTracing, err := e.tracer(ctx, logger, "moatless-server")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "server: %v", err)
+	}
+	sc := server.Config{Settings: cfg, Logger: logger, ResetAdminToken: *reset, Tracer: tracer}
 	// The root key or passphrase comes from the environment or a file,
 	// never from a flag's value (which "ps" shows to every local user).
 	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {

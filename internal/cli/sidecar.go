@@ -19,11 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // runSidecar runs "moatless sidecar -config FILE": one sidecar in front of
@@ -70,6 +72,9 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
 	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm, cfgPath: cfgPath}
+	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
@@ -81,6 +86,12 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
 		return code
 	}
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-sidecar")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
+	sc.tracer = tracer
 	stopped := logLifecycle(ctx, log)
 	if err := sc.run(ctx); stopped(err) {
 		var ue usageError
@@ -103,6 +114,8 @@ type sidecarRun struct {
 	log     *slog.Logger
 	// pathNorm is cfg.Policy.PathNormalization parsed.
 	pathNorm policy.PathNormalization
+	// tracer traces requests; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 // policyOptions compile every policy set of this sidecar, from files or
@@ -169,6 +182,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		DrainTimeout:     cfg.DrainTimeout.Std(),
 		MaxConnections:   cfg.MaxConnections,
 		KeepStartupPages: cfg.KeepStartupPages,
+		Tracer:           r.tracer,
 		OutboundCallers: proxy.LocalCallers{
 			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
 		},

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
@@ -80,6 +81,10 @@ type Options struct {
 	Recorder *proxy.Recorder
 	// Registerer receives the gateway's metrics; default none.
 	Registerer prometheus.Registerer
+	// Tracer, when set, traces every request (tracing.go): a new trace
+	// per request, linked to the caller's, with the route, the block
+	// reason or the decision; its context goes upstream. Nil: no tracing.
+	Tracer trace.Tracer
 	// Listener, when set, is used instead of binding Config.Listen.
 	Listener net.Listener
 	// Now is the clock; default time.Now.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/wire"
@@ -46,7 +48,7 @@ func (d *discardWriter) WriteHeader(int)             {}
 // handler (XFCC strip, policy evaluation, decision metrics, header
 // rewrite, forward, body copy) with the network replaced by a canned
 // answer. allocs/op is the sidecar's own per-request allocation.
-func BenchmarkInboundRequestPath(b *testing.B) { benchmarkInboundRequestPath(b, false) }
+func BenchmarkInboundRequestPath(b *testing.B) { benchmarkInbound(b, false, nil) }
 
 // BenchmarkInboundRequestPathRecord is BenchmarkInboundRequestPath with
 // the traffic record off and on: the difference is what recording one
@@ -55,17 +57,27 @@ func BenchmarkInboundRequestPath(b *testing.B) { benchmarkInboundRequestPath(b, 
 // (outbound and inbound); docs/benchmarks.md relates twice the
 // difference to BenchmarkPair's cpu-ns/op.
 func BenchmarkInboundRequestPathRecord(b *testing.B) {
-	b.Run("records_off", func(b *testing.B) { benchmarkInboundRequestPath(b, false) })
-	b.Run("records_on", func(b *testing.B) { benchmarkInboundRequestPath(b, true) })
+	b.Run("records_off", func(b *testing.B) { benchmarkInbound(b, false, nil) })
+	b.Run("records_on", func(b *testing.B) { benchmarkInbound(b, true, nil) })
 }
 
-func benchmarkInboundRequestPath(b *testing.B, records bool) {
+// BenchmarkInboundRequestPathTraced is BenchmarkInboundRequestPath with
+// every request sampled into a span (recorded by the OTel SDK, not
+// exported): the price of tracing at 100% sampling, before export.
+func BenchmarkInboundRequestPathTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	benchmarkInbound(b, false, tp.Tracer("bench"))
+}
+
+func benchmarkInbound(b *testing.B, records bool, tracer trace.Tracer) {
 	s, err := New(Config{
 		Identity:   &NodeIdentity{},
 		Namespace:  "prod",
 		Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
 		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
 		Logger:     discardLogger(),
+		Tracer:     tracer,
 	})
 	if err != nil {
 		b.Fatal(err)

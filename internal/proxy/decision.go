@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -67,6 +68,18 @@ type DecisionEvent struct {
 	// Custom lists the CUSTOM providers asked (Rego queries), each with
 	// its result and the SHA-256 of its input document.
 	Custom []CustomDecision `json:"custom,omitempty"`
+	// TraceID is the W3C trace ID (32 hex digits) of the request's span
+	// when tracing is on and the trace is sampled: the decision's way to
+	// its trace.
+	TraceID string `json:"trace_id,omitempty"`
+}
+
+// TraceIDOf is the ID of ctx's sampled trace, "" when there is none.
+func TraceIDOf(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && sc.IsSampled() {
+		return sc.TraceID().String()
+	}
+	return ""
 }
 
 // CustomDecision is one CUSTOM provider's part in a decision.
@@ -146,7 +159,8 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 	if !logged && !sampled {
 		return
 	}
-	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom)}
+	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom),
+		TraceID: TraceIDOf(ctx)}
 	fill(&ev)
 	if sampled {
 		d.rec.AddSample(wireEvent(&ev))
@@ -177,6 +191,9 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 	if len(ev.Custom) > 0 {
 		attrs = append(attrs, slog.Any("custom", ev.Custom))
 	}
+	if ev.TraceID != "" {
+		attrs = append(attrs, slog.String("trace_id", ev.TraceID))
+	}
 	d.log.LogAttrs(ctx, level, "decision", attrs...)
 	if outcome != policy.Allow && d.audit != nil {
 		d.audit.Record(ctx, ev)
@@ -186,7 +203,8 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 // audited records a request an AUDIT policy matched: always logged, and
 // sent to the audit sink whatever the outcome.
 func (d *decisionLogger) audited(ctx context.Context, dec policy.Decision, fill func(*DecisionEvent)) {
-	ev := DecisionEvent{Time: d.now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true)}
+	ev := DecisionEvent{Time: d.now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true),
+		TraceID: TraceIDOf(ctx)}
 	fill(&ev)
 	ev.AuditPolicy = dec.AuditPolicy
 	d.log.LogAttrs(ctx, slog.LevelInfo, "audit",

@@ -20,8 +20,11 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // xfccHeader is Envoy's x-forwarded-client-cert: the only way the app
@@ -516,6 +519,14 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the sidecar adds below can be named away by the caller's Connection,
 	// and only an upgrade this listener carries survives.
 	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		var sw *telemetry.StatusWriter
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
+			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+		w = sw
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
+	}
 	// Headers the sidecar writes for the app are its alone: a caller's
 	// copy, under any spelling the app could fold into the same name, is
 	// dropped whether or not it sends a token, from the header and from
@@ -582,6 +593,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ob.Token, _ = auth.Claims["iss"].(string)
 		}
 	}
+	if span != nil {
+		span.SetAttributes(decisionAttrs(dec, authz != nil, version, info, auth)...)
+		if r.URL.Path != "" {
+			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
+		}
+	}
 
 	switch dec.Outcome {
 	case policy.Allow:
@@ -630,6 +647,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
+	}
+	if span != nil {
+		propagate(r.Context(), h)
 	}
 	fw := w
 	pw := s.rec.piiSampler(w, info.peer)

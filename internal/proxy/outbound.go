@@ -15,7 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // outbound is one loopback listener the app calls in plaintext; requests
@@ -257,7 +260,19 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		setTarget(r.URL, np)
 	}
 	o.Path = np.Path()
-	o.Status, o.RespBytes = ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+	upgrade := removeHopHeaders(r.Header, ob.fwd.upgrades)
+	if ob.s.cfg.Tracer != nil {
+		var own string
+		if id, err := ob.s.tls.ownID(); err == nil {
+			own = id.String()
+		}
+		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, attrListener.String(ob.name),
+			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
+		r, w = r2, sw
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
+		propagate(r.Context(), r.Header)
+	}
+	o.Status, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
 }
 
 // refusalText tells the app why its call was refused locally.

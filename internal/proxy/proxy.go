@@ -42,6 +42,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
@@ -225,6 +226,11 @@ type Config struct {
 	// Recorder), and samples decisions and, where opted in, response
 	// bodies. The caller runs it (Recorder.Run).
 	Recorder *Recorder
+	// Tracer, when set, traces every HTTP request on every listener
+	// (tracing.go): W3C trace context in, a span with the decision, the
+	// span's context out to the app or the upstream. Nil: no tracing, and
+	// trace headers pass through untouched.
+	Tracer trace.Tracer
 	// Registerer receives the sidecar's Prometheus metrics; default none
 	// (a private registry).
 	Registerer prometheus.Registerer

@@ -664,15 +664,24 @@ func (s *Server) policyStatus(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	cur, err := s.db.CurrentPolicyVersion(c.ctx, s.db.SQL())
+	st, err := s.policyStatusOf(c.ctx)
 	if err != nil {
 		c.fail(err)
 		return
 	}
-	nodes, err := s.db.Nodes(c.ctx)
+	c.reply(http.StatusOK, st)
+}
+
+// policyStatusOf says which node runs which policy version, for the admin
+// API and the dashboard.
+func (s *Server) policyStatusOf(ctx context.Context) (PolicyStatus, error) {
+	cur, err := s.db.CurrentPolicyVersion(ctx, s.db.SQL())
 	if err != nil {
-		c.fail(err)
-		return
+		return PolicyStatus{}, err
+	}
+	nodes, err := s.db.Nodes(ctx)
+	if err != nil {
+		return PolicyStatus{}, err
 	}
 	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}, NotEnforcing: []PolicyNodeStatus{}}
 	now := s.now()
@@ -694,5 +703,5 @@ func (s *Server) policyStatus(c *adminCall) {
 		st.Nodes = append(st.Nodes, ns)
 	}
 	st.Converged = st.AtVersion == st.Connected
-	c.reply(http.StatusOK, st)
+	return st, nil
 }

@@ -38,11 +38,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/ui"
 )
 
 // Files the server keeps in its data directory.
@@ -82,11 +84,15 @@ type Config struct {
 	// (Settings.SecretsKeyFile); see secrets.go.
 	SecretsRootKey    []byte
 	SecretsPassphrase []byte
+	// Tracer, when set, gives every request on the listener a server span
+	// (tracing.go); nil: no tracing.
+	Tracer trace.Tracer
 }
 
 // Server is the control plane. Create it with New.
 type Server struct {
 	cfg    config.Server
+	tracer trace.Tracer // nil: no tracing
 	td     spiffeid.TrustDomain
 	id     spiffeid.ID // spiffe://TD/moatless/server
 	admins map[string]bool
@@ -108,6 +114,7 @@ type Server struct {
 	oauth     *oauthState   // the token service (oauth.go)
 	secrets   *secretsState // the secrets service (secrets.go)
 	detect    *detectState  // detection and response (detect.go)
+	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -168,7 +175,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
+	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, tracer: c.Tracer, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -272,6 +279,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.initDetect(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.initDashboard(ctx); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }
@@ -308,7 +318,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving = true
 	base, cancel := context.WithCancel(ctx)
 	s.httpSrv = &http.Server{
-		Handler:           s.withDeadlines(s.mux),
+		Handler:           s.traced(s.withDeadlines(s.mux)),
 		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

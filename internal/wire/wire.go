@@ -374,4 +374,7 @@ type AuditEvent struct {
 	// it saw; empty when no Rego provider decided.
 	RegoQuery   string `json:"rego_query,omitempty"`
 	InputSHA256 string `json:"input_sha256,omitempty"`
+	// TraceID is the W3C trace ID (32 lower-case hex digits) of the
+	// request's sampled trace, when the reporter traces.
+	TraceID string `json:"trace_id,omitempty"`
 }
