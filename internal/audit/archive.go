@@ -121,6 +121,15 @@ func Archive(ctx context.Context, db *store.DB, sink *StoreSink, o ArchiveOption
 		if len(rows) == 0 {
 			return done, nil
 		}
+		if uint64(rows[0].Seq) != base+1 {
+			// Another replica archived, and deleted, records between
+			// reading the base and the rows: start again from its head.
+			// An unmoved base with a gap after it is a broken chain.
+			if b2, _, err := db.AuditBase(ctx); err == nil && b2 != base {
+				continue
+			}
+			return done, fmt.Errorf("audit: archive: record %d follows the archived head %d: the chain has a gap, nothing archived", rows[0].Seq, base)
+		}
 		seg, hashes, err := writeSegment(o.Dir, base, baseHash, rows)
 		if err != nil {
 			return done, err
@@ -136,6 +145,9 @@ func Archive(ctx context.Context, db *store.DB, sink *StoreSink, o ArchiveOption
 					"last_hash": hex.EncodeToString(seg.LastHash), "file_sha256": seg.FileSHA256}})
 		})
 		if err != nil {
+			// Not committed (another replica archived these first, or the
+			// store failed): the file is no segment of the chain.
+			os.Remove(filepath.Join(o.Dir, seg.File))
 			return done, fmt.Errorf("audit: archive records %d-%d: %w", seg.FirstSeq, seg.LastSeq, err)
 		}
 		done = append(done, seg)
