@@ -365,7 +365,7 @@ inbound:
 	// a change made on a live replica right then.
 	convergence := func(live int, at time.Time) time.Duration {
 		// A revocation: every node must apply it.
-		marker := map[string]string{"spiffe_id": fmt.Sprintf("spiffe://e2e.test/ns/chaos/sa/marker-%d", at.UnixNano()), "reason": "marker"}
+		marker := map[string]any{"spiffe_id": fmt.Sprintf("spiffe://e2e.test/ns/chaos/sa/marker-%d", at.UnixNano()), "reason": "marker", "force": true}
 		if !rs.admin(live, "POST", "/v1/admin/revocations", marker, nil) {
 			t.Fatalf("marker change through replica %d refused", live)
 		}

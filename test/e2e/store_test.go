@@ -22,7 +22,7 @@ func TestStoreMigrateBackupRestore(t *testing.T) {
 		p.admin("entry", "create", "--parent", agentID, "--spiffe-id", id, "--selector", uidSelector())
 	}
 	p.joinToken(agentID)
-	p.admin("revoke", "--spiffe-id", "spiffe://e2e.test/ns/a/sa/evil", "--reason", "test")
+	p.admin("revoke", "--force", "--spiffe-id", "spiffe://e2e.test/ns/a/sa/evil", "--reason", "test")
 	entriesBefore := p.admin("entry", "list", "-o", "json")
 	dsn := storetest.PostgresDSN(t)
 
