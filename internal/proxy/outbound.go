@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -32,6 +33,11 @@ type outbound struct {
 	tr      *http.Transport
 	httpSrv *http.Server
 	fwd     *forwarder
+	// app is the fast path's client of the upstream (nil: the fast path
+	// is off); hl then feeds httpSrv the connections it hands off.
+	app  *appClient
+	hl   *chanListener
+	fast fastConns
 
 	upstreamRevoked atomic.Bool
 	conns           sync.Map // TCP conns, for Close
@@ -126,15 +132,22 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 		Protocols:         protos,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		ErrorLog:          log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, st http.ConnState) {
+		ConnContext:       markHandoff,
+		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
+				if _, handedOff := markHandoff(context.Background(), c).Value(handoffKey{}).(bool); handedOff {
+					return // counted by the fast path's accept
+				}
 				s.metrics.active.WithLabelValues(ob.name).Inc()
 				s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
 			case http.StateClosed, http.StateHijacked:
 				s.metrics.active.WithLabelValues(ob.name).Dec()
 			}
 		},
+	}
+	if a, ok := rt.(*appClient); ok && !s.cfg.DisableHTTP1FastPath {
+		ob.app, ob.hl = a, newChanListener()
 	}
 	return ob, nil
 }
@@ -160,7 +173,9 @@ func (ob *outbound) errBody(err error) string {
 // listener's Accept, for TCP in the connection's goroutine, after the
 // accept loop has counted a successful accept.
 func (ob *outbound) serve() error {
-	if ob.httpSrv != nil {
+	if ob.app != nil {
+		go ob.httpSrv.Serve(ob.hl)
+	} else if ob.httpSrv != nil {
 		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
@@ -189,6 +204,10 @@ func (ob *outbound) serve() error {
 				c.Close()
 				return
 			}
+			if ob.app != nil {
+				ob.serveFast(c)
+				return
+			}
 			ob.serveTCP(c)
 		}()
 	}
@@ -197,6 +216,9 @@ func (ob *outbound) serve() error {
 func (ob *outbound) close() {
 	if ob.closed.Swap(true) {
 		return
+	}
+	if ob.hl != nil {
+		ob.hl.Close()
 	}
 	if ob.httpSrv != nil {
 		ob.httpSrv.Close()
@@ -230,10 +252,9 @@ func (ob *outbound) revoked(rs *revocationSet) {
 
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	handedOff(w, r)
 	if ob.upstreamRevoked.Load() {
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
+		ob.refuseRevoked(w)
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -256,20 +277,30 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
 }
 
+// refuseRevoked answers a call to an upstream whose identity is revoked.
+func (ob *outbound) refuseRevoked(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
+}
+
 // originForm is r's request target in origin form ("/path?query"). An app
 // using the listener as an HTTP proxy sends the absolute form
 // ("http://orders/path"), whose scheme and authority are dropped: the
 // upstream is fixed. ok is false for a target with a fragment, anywhere,
 // and for the authority and asterisk forms.
-func originForm(r *http.Request) (string, bool) {
-	t := r.RequestURI
-	if strings.IndexByte(t, '#') >= 0 || r.URL.Opaque != "" {
+func originForm(r *http.Request) (string, bool) { return originFormOf(r.RequestURI, r.URL) }
+
+// originFormOf is originForm of a request target t that net/http parsed
+// as u.
+func originFormOf(t string, u *url.URL) (string, bool) {
+	if strings.IndexByte(t, '#') >= 0 || u.Opaque != "" {
 		return "", false
 	}
 	if t == "" || t[0] == '/' {
 		return t, true
 	}
-	if r.URL.Scheme == "" || r.URL.Host == "" {
+	if u.Scheme == "" || u.Host == "" {
 		return "", false
 	}
 	_, rest, ok := strings.Cut(t, "://")
@@ -284,6 +315,34 @@ func originForm(r *http.Request) (string, bool) {
 	default:
 		return rest[i:], true
 	}
+}
+
+// serveFast serves an admitted HTTP connection from the app on the fast
+// path until it ends or is handed to net/http's server.
+func (ob *outbound) serveFast(c net.Conn) {
+	s := ob.s
+	s.metrics.active.WithLabelValues(ob.name).Inc()
+	s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
+	ob.conns.Store(c, struct{}{})
+	fc := newFastConn(s, c, ob.streams.isDraining)
+	ob.fast.add(fc)
+	o := fastClose
+	if !ob.closed.Load() {
+		o = fc.serve(func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
+	}
+	ob.fast.remove(fc)
+	ob.conns.Delete(c)
+	if o == fastHandoff {
+		hc := fc.handoff()
+		if !ob.closed.Load() && ob.hl.push(hc) {
+			return // net/http's server counts the end of it
+		}
+		c.Close()
+	} else {
+		fc.release()
+		c.Close()
+	}
+	s.metrics.active.WithLabelValues(ob.name).Dec()
 }
 
 // serveTCP pipes one plaintext connection from the app to the upstream.

@@ -246,6 +246,16 @@ type Config struct {
 	// finish after its context ends (see Shutdown); default 5s.
 	DrainTimeout time.Duration
 
+	// DisableHTTP1FastPath serves every HTTP/1.1 connection with
+	// net/http's server and client, as before the fast path. By default
+	// the common shape of HTTP/1.1 request (a Content-Length body of up
+	// to 64 KiB or none, no upgrade, no Expect) on an http listener and on
+	// an outbound listener with an HTTP/1.1 upstream is read, decided and
+	// forwarded on one goroutine per connection by the sidecar's own
+	// strict parser, and everything else is handed to net/http's server
+	// (see docs/sidecar.md#speed).
+	DisableHTTP1FastPath bool
+
 	// KeepStartupPages turns off the release of the executable's pages
 	// once the sidecar serves. By default (Linux only), when Serve has its
 	// listeners up, the sidecar unmaps from itself (madvise MADV_DONTNEED)
@@ -551,13 +561,15 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	for _, ib := range s.inbound {
 		ib.streams.drain()
+		ib.fast.wake()
 		if ib.ln != nil {
 			ib.ln.Close()
 		}
 	}
 	for _, ob := range s.outbound {
 		ob.streams.drain()
-		if ob.ln != nil && ob.httpSrv == nil {
+		ob.fast.wake()
+		if ob.ln != nil && (ob.httpSrv == nil || ob.app != nil) {
 			ob.ln.Close()
 		}
 	}

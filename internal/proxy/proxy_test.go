@@ -164,23 +164,37 @@ func newPair(t testing.TB, authz Authorizer, appAddr string, proto Protocol) *pa
 // newPairHTTP1 is newPair with the outbound's HTTP1 option set as given.
 func newPairHTTP1(t testing.TB, authz Authorizer, appAddr string, proto Protocol, http1 bool) *pair {
 	t.Helper()
+	return newPairWith(t, authz, appAddr, proto, http1, nil)
+}
+
+// newPairWith is newPairHTTP1 with both sidecars' configs passed through
+// edit (when not nil) before they start.
+func newPairWith(t testing.TB, authz Authorizer, appAddr string, proto Protocol, http1 bool, edit func(*Config)) *pair {
+	t.Helper()
+	if edit == nil {
+		edit = func(*Config) {}
+	}
 	ca := testpki.NewCA(t, "example.org")
 	p := &pair{ca: ca}
 	p.serverID = newStaticIdentity(ca, ca.SVID(t, ordersID, 0))
 	inL := listen(t)
 	p.inboundAddr = inL.Addr().String()
-	p.server = startSidecar(t, Config{
+	sc := Config{
 		Identity:   p.serverID,
 		Namespace:  "prod",
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: proto}},
 		Authorizer: authz,
-	})
+	}
+	edit(&sc)
+	p.server = startSidecar(t, sc)
 	outL := listen(t)
 	p.outboundURL = "http://" + outL.Addr().String()
-	p.client = startSidecar(t, Config{
+	cc := Config{
 		Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
 		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: p.inboundAddr, ID: spiffeid.RequireFromString(ordersID), Protocol: proto, HTTP1: http1}},
-	})
+	}
+	edit(&cc)
+	p.client = startSidecar(t, cc)
 	return p
 }
 
