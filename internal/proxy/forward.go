@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -181,15 +182,28 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	if r.ContentLength == 0 {
 		r.Body = nil
 	}
-	if r.ProtoMajor == 1 && upgrade == "" && r.ContentLength != 0 {
-		// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads) read
-		// the answer while it is still sending.
-		_ = http.NewResponseController(w).EnableFullDuplex()
+	var body *bodyReader
+	if r.ContentLength != 0 && r.Body != nil {
+		body = &bodyReader{ReadCloser: r.Body}
+		r.Body = body
+		if r.ProtoMajor == 1 && upgrade == "" {
+			// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads)
+			// read the answer while it is still sending.
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
 	}
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
 			return // the client went away; nobody to answer
+		}
+		if body != nil && body.failed() {
+			// The caller's body is malformed (a bad chunk): the request
+			// is refused, as one with a malformed head is, and the
+			// connection goes with it.
+			w.Header().Set("Connection", "close")
+			badRequest(w)
+			return
 		}
 		f.failed(w, r.Method, r.URL.Path, err)
 		return
@@ -261,6 +275,23 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		}
 	}
 }
+
+// bodyReader remembers whether reading a request body failed otherwise
+// than by its end.
+type bodyReader struct {
+	io.ReadCloser
+	err atomic.Bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.err.Store(true)
+	}
+	return n, err
+}
+
+func (b *bodyReader) failed() bool { return b.err.Load() }
 
 // failed answers a request that could not be forwarded (err) and counts
 // and logs it; path is the decoded path, never the query.
