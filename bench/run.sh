@@ -285,18 +285,18 @@ if [ -n "$INSTR" ]; then
 	# faults), zero the counters, collect over one wrk run, dump.
 	ir() { # pid → instructions collected since the last zeroing
 		callgrind_control -d "$1" >/dev/null
-		awk '/^(summary|totals):/ {print $2; exit}' "$(ls -t "$W"/cg."$1"* | head -1)"
+		awk '/^totals:/ {print $2; exit}' "$(ls -t "$W"/cg."$1".* | head -1)"
 	}
 	declare -A IR_A IR_B REQS
 	for s in "${SETUPS[@]}"; do
 		port=${PORT[$s]} pa=${PA[$s]} pb=${PB[$s]}
 		wrk -t1 -c8 -d5s "http://127.0.0.1:$port/" >/dev/null
-		callgrind_control -z "$pa" >/dev/null; callgrind_control -z "$pb" >/dev/null
 		callgrind_control -i on "$pa" >/dev/null; callgrind_control -i on "$pb" >/dev/null
+		callgrind_control -z "$pa" >/dev/null; callgrind_control -z "$pb" >/dev/null
 		out=$(wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$port/")
-		callgrind_control -i off "$pa" >/dev/null; callgrind_control -i off "$pb" >/dev/null
 		REQS[$s]=$(awk '/requests in/ {print $1}' <<<"$out")
 		IR_A[$s]=$(ir "$pa") IR_B[$s]=$(ir "$pb")
+		callgrind_control -i off "$pa" >/dev/null; callgrind_control -i off "$pb" >/dev/null
 		echo "bench: $s done" >&2
 	done
 	{
