@@ -36,7 +36,10 @@
 # which callgrind fails on the runtime's preemption signals; nginx with
 # master_process off.)
 #
-# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-i] [-2]
+# -k sets everything up, prints each setup's port and proxy PIDs, and
+# keeps it running until interrupted: for strace, perf or pprof by hand.
+#
+# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-i] [-2] [-k]
 # Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy
 # wrk), and valgrind for -i. Only 127.0.0.1 is used; everything started
 # is stopped on exit.
@@ -46,13 +49,15 @@ DUR=10
 OUT=""
 INSTR=""
 H2=""
-while getopts "d:o:i2" opt; do
+KEEP=""
+while getopts "d:o:i2k" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	i) INSTR=1 ;;
 	2) H2=1 ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-i] [-2]" >&2; exit 2 ;;
+	k) KEEP=1 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-i] [-2] [-k]" >&2; exit 2 ;;
 	esac
 done
 
@@ -279,6 +284,14 @@ label() {
 	*) echo "$1 pair" ;;
 	esac
 }
+
+if [ -n "$KEEP" ]; then
+	for s in direct "${SETUPS[@]}"; do
+		echo "$s: http://127.0.0.1:${PORT[$s]}/ proxies ${PA[$s]:-} ${PB[$s]:-}"
+	done
+	echo "bench: running until interrupted; files in $W" >&2
+	while :; do sleep 3600; done
+fi
 
 if [ -n "$INSTR" ]; then
 	# Instructions per request: warm up (pools, sessions, the first

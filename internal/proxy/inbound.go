@@ -102,7 +102,13 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		ib.name = fmt.Sprintf("inbound-%d", ib.port)
 	}
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	ib.dialApp = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+	ib.dialApp = func(ctx context.Context) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return withRawSyscalls(c), nil
+	}
 
 	if c.Protocol == TCP {
 		ib.tlsConf = s.tls.serverConfig(nil)
@@ -228,6 +234,7 @@ func (ib *inbound) destination(ip netip.Addr) policy.Destination {
 // and the handshake, registers it for revocation, then serves it.
 func (ib *inbound) handle(c net.Conn) {
 	s := ib.s
+	c = withRawSyscalls(c)
 	s.metrics.active.WithLabelValues(ib.name).Inc()
 	ib.open.Add(1)
 	info := &connInfo{}

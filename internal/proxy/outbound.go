@@ -110,12 +110,12 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 		// Plain requests over pooled HTTP/1.1 TLS connections on the lean
 		// client; streaming bodies, gRPC and upgrades keep the transport.
 		h1 := s.tls.clientConfig(c.ID, c.ServerName, []string{"http/1.1"})
-		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, Config: h1}
+		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 		rt = &appClient{
 			dial: func(ctx context.Context) (net.Conn, error) {
 				ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 				defer cancel()
-				return d.DialContext(ctx, "tcp", c.Upstream)
+				return dialTLS(ctx, d, c.Upstream, h1)
 			},
 			fallback: ob.tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
 		}
@@ -205,7 +205,7 @@ func (ob *outbound) serve() error {
 				return
 			}
 			if ob.app != nil {
-				ob.serveFast(c)
+				ob.serveFast(withRawSyscalls(c))
 				return
 			}
 			ob.serveTCP(c)
