@@ -5,12 +5,12 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // rawConn is a TCP or unix socket connection whose reads and writes make
 // their system calls without handing the goroutine's P back to the
-// scheduler (syscall.RawSyscall in a syscall.RawConn callback; the
+// scheduler (syscall.RawSyscall in a syscall.RawConn callback, except
+// under the race detector: rawconn_race.go; the
 // socket is non-blocking, so neither call sleeps: EAGAIN waits in the
 // network poller as net.Conn's own methods wait).
 //
@@ -54,14 +54,14 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	)
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			r, e := sysRead(fd, p)
 			switch e {
 			case syscall.EINTR:
 				continue
 			case syscall.EAGAIN:
 				return false
 			}
-			n, errno = int(r), e
+			n, errno = r, e
 			return true
 		}
 	})
@@ -83,10 +83,10 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	)
 	err := c.rc.Write(func(fd uintptr) bool {
 		for n < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
+			r, e := sysWrite(fd, p[n:])
 			switch e {
 			case 0:
-				n += int(r)
+				n += r
 			case syscall.EINTR:
 			case syscall.EAGAIN:
 				return false
