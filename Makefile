@@ -19,6 +19,16 @@ vet:
 # -race needs cgo; everything else is built without it.
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz
+
+# The sidecar's HTTP/1.1 fast path parses requests and responses itself;
+# its parsers are fuzzed against net/http's (same accept or reject, same
+# fields and framing) for a bounded time on every CI run. Their seed
+# corpora already ran with the tests above.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzH1RequestDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzH1ResponseDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
