@@ -36,10 +36,14 @@
 # which callgrind fails on the runtime's preemption signals; nginx with
 # master_process off.)
 #
+# -p runs the sidecars with keep_startup_pages: true (they keep the
+# executable's startup pages mapped instead of releasing them once
+# serving), for their memory without that release.
+#
 # -k sets everything up, prints each setup's port and proxy PIDs, and
 # keeps it running until interrupted: for strace, perf or pprof by hand.
 #
-# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-i] [-2] [-k]
+# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-i] [-2] [-p] [-k]
 # Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy
 # wrk), and valgrind for -i. Only 127.0.0.1 is used; everything started
 # is stopped on exit.
@@ -50,14 +54,16 @@ OUT=""
 INSTR=""
 H2=""
 KEEP=""
-while getopts "d:o:i2k" opt; do
+PAGES=""
+while getopts "d:o:i2pk" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	i) INSTR=1 ;;
 	2) H2=1 ;;
+	p) PAGES=1 ;;
 	k) KEEP=1 ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-i] [-2] [-k]" >&2; exit 2 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-i] [-2] [-p] [-k]" >&2; exit 2 ;;
 	esac
 done
 
@@ -224,6 +230,9 @@ outbound_conf "$MO_OUT" "$MO_IN" "$MO_ADM2" "" "" > moout.yaml
 inbound_conf "$MO_IN0" "$MO_ADM3" "disable_http1_fast_path: true" > moin0.yaml
 outbound_conf "$MO_OUT0" "$MO_IN0" "$MO_ADM4" "" "disable_http1_fast_path: true" > moout0.yaml
 outbound_conf "$MO_OUT2" "$MO_IN" "$MO_ADM5" ", upstream_http2: true" "" > moout2.yaml
+if [ -n "$PAGES" ]; then
+	for f in moin.yaml moout.yaml moin0.yaml moout0.yaml moout2.yaml; do echo "keep_startup_pages: true" >> "$f"; done
+fi
 
 # Under -i every proxy runs under callgrind, collecting nothing until told.
 VG=()
@@ -385,7 +394,7 @@ for s in "${SETUPS[@]}"; do measure "$s" "${PORT[$s]}" "${PA[$s]}" "${PB[$s]}"; 
 
 add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 {
-	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)."
+	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)${PAGES:+; sidecars keep their startup pages (-p)}${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
 	echo
 	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
