@@ -77,11 +77,16 @@ type fastConn struct {
 	// connection's identity or a request's token is revoked mid-request.
 	aborted atomic.Bool
 	up      atomic.Pointer[appConn]
+	// abortFn is abort as a func value, made once per connection rather
+	// than once per token-authenticated request.
+	abortFn func()
 }
 
 func newFastConn(s *Sidecar, nc net.Conn, draining func() bool) *fastConn {
 	p := fastConnBufs.Get().(*[]byte)
-	return &fastConn{nc: nc, s: s, pooled: p, buf: *p, draining: draining}
+	fc := &fastConn{nc: nc, s: s, pooled: p, buf: *p, draining: draining}
+	fc.abortFn = fc.abort
+	return fc
 }
 
 // abort closes the client connection and fails the upstream exchange in
@@ -833,7 +838,7 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	// A request authenticated with a token is cut off when that token's
 	// jti is revoked, the connection with it.
 	if jti := d.jti(); jti != "" {
-		e := s.live.add(fc.abort, jtiKey(jti))
+		e := s.live.add(fc.abortFn, jtiKey(jti))
 		defer s.live.remove(e)
 		if s.revoked.Load().hasJTI(jti) {
 			fc.abort()

@@ -79,10 +79,26 @@ func (rs *revocationSet) hasJTI(jti string) bool {
 	return ok
 }
 
-// Keys under which live connections and requests are tracked.
-func idKey(id string) string         { return "id:" + id }
-func serialKey(serial string) string { return "serial:" + serial }
-func jtiKey(jti string) string       { return "jti:" + jti }
+// liveKey is what a live connection or request was authenticated with,
+// under which it is tracked: a SPIFFE ID, a certificate serial or a
+// token ID. A struct, not a prefixed string, so that registering a
+// request costs no string building.
+type liveKey struct {
+	kind liveKind
+	v    string
+}
+
+type liveKind uint8
+
+const (
+	liveID liveKind = iota + 1
+	liveSerial
+	liveJTI
+)
+
+func idKey(id string) liveKey         { return liveKey{liveID, id} }
+func serialKey(serial string) liveKey { return liveKey{liveSerial, serial} }
+func jtiKey(jti string) liveKey       { return liveKey{liveJTI, jti} }
 
 // tracker knows every live inbound connection (and every in-flight request
 // authenticated by a token ID) by the identities it was authenticated with,
@@ -90,22 +106,24 @@ func jtiKey(jti string) string       { return "jti:" + jti }
 // what comes next.
 type tracker struct {
 	mu    sync.Mutex
-	byKey map[string]map[*tracked]struct{}
+	byKey map[liveKey]map[*tracked]struct{}
 	n     int
 }
 
 // tracked is one live connection or request. close is called at most once.
 type tracked struct {
-	keys  []string
-	close func()
-	once  sync.Once
+	keys   []liveKey // in keyBuf for up to two keys: one allocation per entry
+	keyBuf [2]liveKey
+	close  func()
+	once   sync.Once
 }
 
-func newTracker() *tracker { return &tracker{byKey: make(map[string]map[*tracked]struct{})} }
+func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]map[*tracked]struct{})} }
 
 // add registers close under keys and returns the handle to remove it with.
-func (t *tracker) add(close func(), keys ...string) *tracked {
-	e := &tracked{keys: keys, close: close}
+func (t *tracker) add(close func(), keys ...liveKey) *tracked {
+	e := &tracked{close: close}
+	e.keys = append(e.keyBuf[:0], keys...)
 	t.mu.Lock()
 	for _, k := range keys {
 		m := t.byKey[k]
@@ -183,16 +201,16 @@ func (t *tracker) sweep(rs *revocationSet, before func(n int)) int {
 	return len(victims)
 }
 
-func keyRevoked(rs *revocationSet, k string) bool {
-	switch {
-	case strings.HasPrefix(k, "id:"):
-		_, ok := rs.ids[k[3:]]
+func keyRevoked(rs *revocationSet, k liveKey) bool {
+	switch k.kind {
+	case liveID:
+		_, ok := rs.ids[k.v]
 		return ok
-	case strings.HasPrefix(k, "serial:"):
-		_, ok := rs.serials[k[7:]]
+	case liveSerial:
+		_, ok := rs.serials[k.v]
 		return ok
-	case strings.HasPrefix(k, "jti:"):
-		return rs.hasJTI(k[4:])
+	case liveJTI:
+		return rs.hasJTI(k.v)
 	}
 	return false
 }
