@@ -19,6 +19,7 @@ vet:
 # -race needs cgo; everything else is built without it.
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
 	$(MAKE) fuzz
 
 # The sidecar's HTTP/1.1 fast path parses requests and responses itself;

@@ -6,7 +6,9 @@
 //
 // The server-facing half is Node, a reusable client that any data-plane
 // process acting as its own agent (the sidecar, the gateway) embeds to
-// attest, renew, sign and receive updates.
+// attest, renew, sign and receive updates. A Node may know several
+// replicas of the control plane: it spreads over them and fails over
+// between them, resuming its watch stream where it left off.
 package agent
 
 import (
@@ -63,6 +65,13 @@ const (
 	DefaultComponent   = "agent"
 	DefaultBackoffBase = 500 * time.Millisecond
 	DefaultBackoffMax  = 30 * time.Second
+	// DefaultConnectTimeout bounds connecting to a server and getting the
+	// watch stream's headers, so a server that accepts connections but
+	// does not answer (frozen, overloaded) is left for another quickly.
+	DefaultConnectTimeout = 3 * time.Second
+	// DefaultRequestTimeout bounds each attempt of a call (attest, renew,
+	// sign, ack) on one server before the next replica is tried.
+	DefaultRequestTimeout = 10 * time.Second
 	// MaxUpdateSize bounds one watch-stream line.
 	MaxUpdateSize = 64 << 20
 	// maxResponseSize bounds every other answer from the server.
@@ -81,11 +90,18 @@ const (
 // update carries, and all before the update is acknowledged: when they
 // return, the update is in force. They must not block for long.
 type NodeConfig struct {
-	// ServerAddr is the server's agent API address, "host:port". Required.
+	// ServerAddr is the server's agent API address, "host:port".
 	ServerAddr string
-	// ServerName is the name the server's certificate must carry; the host
-	// of ServerAddr when empty. The certificate must also carry the
-	// server's SPIFFE ID, spiffe://<trust domain>/moatless/server (see
+	// ServerAddrs are more replicas of the same control plane (the same
+	// store and CA), "host:port" each. At least one of ServerAddr and
+	// ServerAddrs is required; ServerAddr, when set, counts as the first.
+	// The node starts at a random one, so a fleet spreads over the
+	// replicas, and moves to another when its watch stream breaks or goes
+	// silent, resuming from the version it holds.
+	ServerAddrs []string
+	// ServerName is the name every server's certificate must carry; the
+	// host of each address when empty. The certificate must also carry
+	// the server's SPIFFE ID, spiffe://<trust domain>/moatless/server (see
 	// verifyServer).
 	ServerName string
 	// TrustBundle authenticates the server before the node has the trust
@@ -107,8 +123,16 @@ type NodeConfig struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// WatchTimeout is how long the watch stream may stay silent before
-	// the node reconnects. Default 3 × wire.HeartbeatInterval.
+	// the node reconnects. Default 3 × the heartbeat interval the server
+	// announces (3 × wire.HeartbeatInterval from servers that announce
+	// none).
 	WatchTimeout time.Duration
+	// ConnectTimeout bounds connecting and getting the watch stream's
+	// answer from one server; default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// RequestTimeout bounds each attempt of a call on one server;
+	// default DefaultRequestTimeout.
+	RequestTimeout time.Duration
 	// BackoffBase and BackoffMax bound the exponential backoff (with full
 	// jitter) between reconnects and retries. Defaults 500ms and 30s.
 	BackoffBase, BackoffMax time.Duration
@@ -123,17 +147,23 @@ type NodeConfig struct {
 	// OnAttestFailure and OnReconnect feed metrics.
 	OnAttestFailure func()
 	OnReconnect     func()
+	// OnConnect is called each time a watch stream is established, with
+	// the server's address and whether the stream resumed from the
+	// node's version (a delta) rather than starting from a snapshot.
+	OnConnect func(addr string, resumed bool)
 }
 
 // Node is the server-facing client of a data-plane process. Lifecycle:
 // NewNode → Attest → Run (until its context ends) → Close. Its methods are
 // safe for concurrent use once Attest returned.
 type Node struct {
-	cfg        NodeConfig
-	log        *slog.Logger
-	now        func() time.Time
-	base       string
-	serverName string
+	cfg     NodeConfig
+	log     *slog.Logger
+	now     func() time.Time
+	servers []string // "host:port" of each replica
+	// cur indexes servers: the one the watch stream uses (or last used),
+	// and the first every call tries.
+	cur atomic.Int64
 
 	svid   atomic.Pointer[x509svid.SVID]
 	svidAt atomic.Int64 // when svid was received, unix ns (0: loaded from disk)
@@ -143,6 +173,8 @@ type Node struct {
 	bundle     *wire.Bundle
 	poolKey    string
 	version    uint64
+	epoch      string // of the stream that brought version
+	heartbeat  time.Duration
 	policyVer  uint64
 	connected  bool
 	closed     bool
@@ -151,25 +183,33 @@ type Node struct {
 
 // NewNode checks cfg; it does no I/O.
 func NewNode(cfg NodeConfig) (*Node, error) {
-	host, _, err := net.SplitHostPort(cfg.ServerAddr)
-	if err != nil {
-		return nil, fmt.Errorf("agent: server address %q must be host:port: %w", cfg.ServerAddr, err)
+	var servers []string
+	if cfg.ServerAddr != "" {
+		servers = append(servers, cfg.ServerAddr)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, serverName: cfg.ServerName}
+	servers = append(servers, cfg.ServerAddrs...)
+	if len(servers) == 0 {
+		return nil, errors.New("agent: no server address")
+	}
+	seen := map[string]bool{}
+	for _, a := range servers {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("agent: server address %q must be host:port: %w", a, err)
+		}
+		if seen[a] {
+			return nil, fmt.Errorf("agent: server address %q given twice", a)
+		}
+		seen[a] = true
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, servers: servers}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
 	if n.now == nil {
 		n.now = time.Now
 	}
-	if n.serverName == "" {
-		n.serverName = host
-	}
 	if n.cfg.Component == "" {
 		n.cfg.Component = DefaultComponent
-	}
-	if n.cfg.WatchTimeout <= 0 {
-		n.cfg.WatchTimeout = 3 * wire.HeartbeatInterval
 	}
 	if n.cfg.BackoffBase <= 0 {
 		n.cfg.BackoffBase = DefaultBackoffBase
@@ -177,8 +217,45 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	if n.cfg.BackoffMax <= 0 {
 		n.cfg.BackoffMax = DefaultBackoffMax
 	}
-	n.base = "https://" + cfg.ServerAddr
+	if n.cfg.ConnectTimeout <= 0 {
+		n.cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if n.cfg.RequestTimeout <= 0 {
+		n.cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	// Spread a fleet over the replicas.
+	n.cur.Store(int64(mrand.N(len(servers))))
 	return n, nil
+}
+
+// Server returns the address of the server the node uses now.
+func (n *Node) Server() string { return n.servers[n.cur.Load()] }
+
+// Servers returns every server address the node knows, in configured
+// order.
+func (n *Node) Servers() []string { return slices.Clone(n.servers) }
+
+// moveOn makes another server current after the one at index from
+// failed: a random one not in failed (the servers that failed since the
+// last good stream), so the clients of a replica that died split over the
+// survivors instead of all landing on the same one, and none tries a dead
+// one twice before every other was tried. It reports false when every
+// server failed: a round is over.
+func (n *Node) moveOn(from int64, failed map[int64]bool) bool {
+	var candidates []int64
+	for i := range int64(len(n.servers)) {
+		if i != from && !failed[i] {
+			candidates = append(candidates, i)
+		}
+	}
+	if len(candidates) == 0 {
+		if len(n.servers) > 1 {
+			n.cur.CompareAndSwap(from, (from+1)%int64(len(n.servers)))
+		}
+		return false
+	}
+	n.cur.CompareAndSwap(from, candidates[mrand.N(len(candidates))])
+	return true
 }
 
 // SVID returns the node's current SVID, or nil before Attest.
@@ -457,6 +534,10 @@ func readServerError(resp *http.Response) error {
 	return se
 }
 
+// post calls path on the current server and, when that server cannot be
+// reached or answers that it is unavailable, on each other replica in
+// turn. A server's answer on its merits (4xx, 500) is final: every
+// replica shares one store and would say the same.
 func (n *Node) post(ctx context.Context, path string, in, out any) error {
 	body, err := json.Marshal(in)
 	if err != nil {
@@ -465,7 +546,46 @@ func (n *Node) post(ctx context.Context, path string, in, out any) error {
 	if len(body) > wire.MaxBodySize {
 		return fmt.Errorf("request of %d bytes is larger than the server accepts (%d)", len(body), wire.MaxBodySize)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.base+path, bytes.NewReader(body))
+	first := n.cur.Load()
+	var errs []error
+	for i := range int64(len(n.servers)) {
+		addr := n.servers[(first+i)%int64(len(n.servers))]
+		err := n.postOnce(ctx, addr, path, body, out)
+		if err == nil || ctx.Err() != nil || !failoverable(err, path) {
+			return err
+		}
+		if len(n.servers) == 1 {
+			return err
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return errors.Join(errs...)
+}
+
+// failoverable reports whether a failed call may be tried on another
+// replica. A join token is single use: attestation moves on only when the
+// request cannot have reached the server (nothing to dial, or a TLS
+// handshake that failed), never after it may have been consumed.
+func failoverable(err error, path string) bool {
+	var se *ServerError
+	if errors.As(err, &se) {
+		return se.Status == http.StatusBadGateway || se.Status == http.StatusServiceUnavailable || se.Status == http.StatusGatewayTimeout
+	}
+	if path != wire.PathAttest {
+		return true
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var cv *tls.CertificateVerificationError
+	return errors.As(err, &cv) || errors.Is(err, errServerIdentity)
+}
+
+func (n *Node) postOnce(ctx context.Context, addr, path string, body []byte, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -520,8 +640,10 @@ func (n *Node) setPoolLocked() {
 	n.poolKey = key.String()
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
-			RootCAs:          pool,
-			ServerName:       n.serverName,
+			RootCAs: pool,
+			// Empty: each connection verifies the host of its own address
+			// (net/http fills it in), so replicas may have their own names.
+			ServerName:       n.cfg.ServerName,
 			MinVersion:       tls.VersionTLS12,
 			VerifyConnection: n.verifyServer,
 			// The current node SVID, read at every handshake, so renewal
@@ -539,9 +661,9 @@ func (n *Node) setPoolLocked() {
 			},
 		},
 		ForceAttemptHTTP2:   true,
-		TLSHandshakeTimeout: 10 * time.Second,
+		TLSHandshakeTimeout: n.cfg.ConnectTimeout,
 		IdleConnTimeout:     90 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         (&net.Dialer{Timeout: n.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 	}
 	// Old transports keep serving requests in flight (the watch stream);
 	// their idle connections are dropped.
@@ -566,7 +688,7 @@ func (n *Node) setPoolLocked() {
 // domain).
 func (n *Node) verifyServer(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
-		return errors.New("agent: the server presented no certificate")
+		return fmt.Errorf("%w: it presented no certificate", errServerIdentity)
 	}
 	want := "spiffe://<trust domain>" + serverIDPath
 	td := n.ID().TrustDomain()
@@ -575,31 +697,48 @@ func (n *Node) verifyServer(cs tls.ConnectionState) error {
 	}
 	id, err := x509svid.IDFromCert(cs.PeerCertificates[0])
 	if err != nil {
-		return fmt.Errorf("agent: the server's certificate has no SPIFFE ID (want %s): is %s the Moatless server? %w", want, n.cfg.ServerAddr, err)
+		return fmt.Errorf("%w: its certificate for %s has no SPIFFE ID (want %s): is it the Moatless server? %w", errServerIdentity, cs.ServerName, want, err)
 	}
 	if id.Path() != serverIDPath || (!td.IsZero() && id.TrustDomain() != td) {
-		return fmt.Errorf("agent: the certificate at %s is for %s, not the Moatless server (%s)", n.cfg.ServerAddr, id, want)
+		return fmt.Errorf("%w: the certificate for %s is for %s, not the Moatless server (%s)", errServerIdentity, cs.ServerName, id, want)
 	}
 	return nil
 }
 
+// errServerIdentity: the server's certificate verified but is not the
+// control plane's.
+var errServerIdentity = errors.New("agent: not the Moatless server")
+
+// watchLoop follows the watch stream until ctx ends. When a stream
+// breaks or goes silent it moves to another replica at once, and keeps
+// trying each in turn; only when a whole round failed does it back off.
 func (n *Node) watchLoop(ctx context.Context) {
-	attempt := 0
+	rounds := 0                // consecutive rounds in which every server failed
+	failed := map[int64]bool{} // servers that failed since the last good stream
 	for {
-		applied, err := n.watchOnce(ctx)
+		from := n.cur.Load()
+		connected, err := n.watchOnce(ctx, n.servers[from])
 		n.mu.Lock()
 		n.connected = false
 		n.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
-		if applied {
-			attempt = 0
+		if connected {
+			rounds = 0
+			clear(failed)
 		}
-		wait := n.backoff(attempt)
-		attempt++
-		n.log.Warn("watch stream ended; reconnecting", "error", err, "in", wait.Round(time.Millisecond))
-		if !sleepCtx(ctx, wait) {
+		failed[from] = true
+		var wait time.Duration
+		if !n.moveOn(from, failed) {
+			// Every server failed since the last good stream: back off
+			// before the next round.
+			wait = n.backoff(rounds)
+			rounds++
+			clear(failed)
+		}
+		n.log.Warn("watch stream ended; reconnecting", "server", n.servers[from], "next", n.Server(), "error", err, "in", wait.Round(time.Millisecond))
+		if wait > 0 && !sleepCtx(ctx, wait) {
 			return
 		}
 		if n.cfg.OnReconnect != nil {
@@ -608,67 +747,134 @@ func (n *Node) watchLoop(ctx context.Context) {
 	}
 }
 
-// watchOnce follows one watch stream until it breaks. applied reports
-// whether at least one update was applied (the server was healthy).
-func (n *Node) watchOnce(ctx context.Context) (applied bool, err error) {
+// progressReader calls onRead after every read that returned data.
+type progressReader struct {
+	r      io.Reader
+	onRead func()
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	k, err := p.r.Read(b)
+	if k > 0 {
+		p.onRead()
+	}
+	return k, err
+}
+
+// watchOnce follows one watch stream on addr until it breaks. connected
+// reports whether the stream was established (its first update arrived).
+func (n *Node) watchOnce(ctx context.Context, addr string) (connected bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	since := n.Version()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.base+wire.PathWatch+"?since="+strconv.FormatUint(since, 10), nil)
+	n.mu.Lock()
+	since, epoch := n.version, n.epoch
+	n.mu.Unlock()
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if epoch != "" {
+		q.Set("epoch", epoch)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+wire.PathWatch+"?"+q.Encode(), nil)
 	if err != nil {
 		return false, err
 	}
+	// A server that accepts the connection but does not answer is as
+	// good as dead: give up on it after ConnectTimeout. Once the stream
+	// flows, silence longer than the watch timeout ends it; any data
+	// read (a heartbeat, part of a large update) counts as life.
+	var (
+		silenceFor atomic.Int64
+		silent     atomic.Bool
+	)
+	silenceFor.Store(int64(n.cfg.ConnectTimeout))
+	silence := time.AfterFunc(n.cfg.ConnectTimeout, func() { silent.Store(true); cancel() })
+	defer silence.Stop()
+	alive := func() { silence.Reset(time.Duration(silenceFor.Load())) }
 	resp, err := n.client.Load().Do(req)
 	if err != nil {
+		if silent.Load() {
+			return false, fmt.Errorf("agent: no answer from %s within %s", addr, n.cfg.ConnectTimeout)
+		}
 		return false, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return false, readServerError(resp)
 	}
-	n.mu.Lock()
-	n.connected = true
-	n.mu.Unlock()
-	// A silent stream is a dead one: the server heartbeats.
-	silence := time.AfterFunc(n.cfg.WatchTimeout, cancel)
-	defer silence.Stop()
-	sc := bufio.NewScanner(resp.Body)
+	silenceFor.Store(int64(n.watchTimeout()))
+	alive()
+	sc := bufio.NewScanner(progressReader{resp.Body, alive})
 	sc.Buffer(make([]byte, 0, 64<<10), MaxUpdateSize)
 	first := true
+	var startEpoch string
 	for sc.Scan() {
-		silence.Reset(n.cfg.WatchTimeout)
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
 			continue
 		}
 		var u wire.Update
 		if err := json.Unmarshal(line, &u); err != nil {
-			return applied, fmt.Errorf("agent: malformed update: %w", err)
+			return connected, fmt.Errorf("agent: malformed update: %w", err)
 		}
 		cur := n.Version()
 		if !first && u.Version < cur {
-			return applied, fmt.Errorf("agent: update version went backwards (%d after %d)", u.Version, cur)
+			return connected, fmt.Errorf("agent: update version went backwards (%d after %d)", u.Version, cur)
 		}
-		first = false
+		isFirst := first
+		if first {
+			first = false
+			startEpoch = u.Epoch
+			n.mu.Lock()
+			n.connected = true
+			n.heartbeat = u.HeartbeatInterval.Std()
+			n.mu.Unlock()
+			connected = true
+			silenceFor.Store(int64(n.watchTimeout()))
+			alive()
+			if n.cfg.OnConnect != nil {
+				n.cfg.OnConnect(addr, u.Resumed)
+			}
+			n.log.Info("watch stream established", "server", addr, "version", u.Version, "resumed", u.Resumed)
+		}
 		if u.Heartbeat && u.Bundle == nil && u.Entries == nil && u.Revocations == nil && u.Policies == nil {
 			continue
 		}
 		if err := n.apply(&u); err != nil {
-			return applied, err
+			return connected, err
 		}
-		applied = true
+		if isFirst {
+			// The version now held belongs to this stream's history; a
+			// later stream may resume from it.
+			n.mu.Lock()
+			n.epoch = startEpoch
+			n.mu.Unlock()
+		}
 		if err := n.ack(ctx, u.Version); err != nil && ctx.Err() == nil {
 			// The next ack covers this one; the stream is still good.
 			n.log.Warn("ack failed", "version", u.Version, "error", err)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		if ctx.Err() != nil && ctx.Err() != context.Canceled {
-			return applied, ctx.Err()
+		if silent.Load() {
+			return connected, fmt.Errorf("agent: watch stream from %s silent for %s", addr, time.Duration(silenceFor.Load()))
 		}
-		return applied, fmt.Errorf("agent: watch stream: %w", err)
+		return connected, fmt.Errorf("agent: watch stream: %w", err)
 	}
-	return applied, errors.New("agent: watch stream closed by the server")
+	return connected, errors.New("agent: watch stream closed by the server")
+}
+
+// watchTimeout is how long the stream may stay silent: WatchTimeout when
+// configured, else three of the server's announced heartbeat intervals.
+func (n *Node) watchTimeout() time.Duration {
+	if n.cfg.WatchTimeout > 0 {
+		return n.cfg.WatchTimeout
+	}
+	n.mu.Lock()
+	hb := n.heartbeat
+	n.mu.Unlock()
+	if hb <= 0 {
+		hb = wire.HeartbeatInterval
+	}
+	return 3 * hb
 }
 
 // apply validates and applies one update: nothing of an invalid update is

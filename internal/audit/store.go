@@ -225,12 +225,21 @@ type VerifyOptions struct {
 	ExpectHead *Head
 	// PageSize is how many records are read per query; 1000 when 0.
 	PageSize int
+	// Archived, when set, is where the archived segment files end
+	// (VerifyArchive): the store's log must continue exactly there. When
+	// nil, a log whose oldest records were archived is checked from its
+	// archived head (the store's record of the last segment), which
+	// VerifyResult.Base reports.
+	Archived *Head
 }
 
 // VerifyResult summarizes a chain that verified.
 type VerifyResult struct {
 	Records uint64 `json:"records"`
 	Head    Head   `json:"head"`
+	// Base is where the checked chain starts: 0 and no hash for a log
+	// that was never archived, else the last archived record.
+	Base Head `json:"base"`
 }
 
 // Verify checks every row of db's audit log against the chain, reading
@@ -285,6 +294,29 @@ func verify(ctx context.Context, snap *store.AuditSnapshot, o VerifyOptions) (Ve
 		sawExpect bool
 		from      int64 = math.MinInt64
 	)
+	// Records archived out of the store (archive.go) are gone from it; the
+	// chain in the store continues from the last one: its rows must be
+	// exactly base+1 to the head.
+	baseSeq, baseHash, err := snap.Base(ctx)
+	if err != nil {
+		return res, fmt.Errorf("audit: %w", err)
+	}
+	res.Base = Head{Seq: baseSeq, Hash: baseHash}
+	if a := o.Archived; a != nil && (a.Seq != baseSeq || !bytes.Equal(a.Hash, baseHash)) {
+		return res, &VerifyError{Seq: int64(min(a.Seq, math.MaxInt64-1)) + 1, Reason: fmt.Sprintf("the archived segments end at %s but the store's log continues from %s", a, res.Base)}
+	}
+	if baseSeq > uint64(max(headSeq, 0)) {
+		return res, &VerifyError{Seq: headSeq, Reason: fmt.Sprintf("the chain head is before the archived head %s", res.Base)}
+	}
+	last, prev = int64(baseSeq), nilIfEmpty(baseHash)
+	if o.ExpectHead != nil && o.ExpectHead.Seq <= baseSeq && o.ExpectHead.Seq > 0 {
+		// The expected head was archived: only the archive's check
+		// (VerifyArchive) can see its record, except the base itself.
+		sawExpect = true
+		if o.ExpectHead.Seq == baseSeq && !bytes.Equal(o.ExpectHead.Hash, baseHash) {
+			return res, &VerifyError{Seq: int64(baseSeq), Reason: "its hash differs from the expected head (the chain was rewritten from this record or before)"}
+		}
+	}
 walk:
 	for {
 		rows, err := snap.RowsFrom(ctx, from, page)
@@ -296,6 +328,8 @@ walk:
 			switch {
 			case r.Seq < 1:
 				return res, &VerifyError{Seq: r.Seq, Reason: "outside the chain: sequence numbers start at 1 (written outside the audit sink)"}
+			case r.Seq <= int64(baseSeq):
+				return res, &VerifyError{Seq: r.Seq, Reason: fmt.Sprintf("outside the chain: at or before the archived head %s (an archived record left in or put back into the store)", res.Base)}
 			case r.Seq > headSeq:
 				return res, &VerifyError{Seq: r.Seq, Reason: fmt.Sprintf("after the chain head (%d): appended outside the audit sink", headSeq)}
 			case r.Seq != want:

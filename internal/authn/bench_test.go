@@ -126,7 +126,7 @@ func BenchmarkParseToken(b *testing.B) {
 	b.ReportAllocs()
 	cpu := cpuTime()
 	for b.Loop() {
-		if _, err := parseToken(tok, DefaultMaxTokenSize); err != nil {
+		if _, err := parseToken(tok, DefaultMaxTokenSize, false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -41,7 +41,7 @@ func FuzzParseToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		pt, err := parseToken(raw, DefaultMaxTokenSize)
+		pt, err := parseToken(raw, DefaultMaxTokenSize, false)
 		if err != nil {
 			if !errors.Is(err, ErrInvalidToken) || Reason(err) == "other" {
 				t.Fatalf("error %v is not a classified token error", err)

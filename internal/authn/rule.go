@@ -116,6 +116,8 @@ type compiledRule struct {
 
 	inline *keySet
 	remote *remoteKeys // nil for inline rules
+	// shared is the issuer's shared secret: the rule then has no key set.
+	shared *sharedIssuer
 	// source describes where keys come from, for errors and Stats.
 	source  string
 	timeout time.Duration
@@ -157,7 +159,7 @@ func (c *compiledRule) hasLocation(l *location) bool {
 // non-empty name of at most 1024 bytes (duplicates are allowed and count
 // once).
 func ValidateRule(r *securityv1beta1.JWTRule) error {
-	return compileRule(r, DefaultMaxJWKSSize, DefaultJWKSTimeout).err
+	return compileRule(r, DefaultMaxJWKSSize, DefaultJWKSTimeout, nil).err
 }
 
 // compileRule validates r and builds its compiled form. It always returns
@@ -166,8 +168,8 @@ func ValidateRule(r *securityv1beta1.JWTRule) error {
 // is refused with ErrRuleInvalid (fail closed) instead of passing as
 // "issuer unknown". The remote key source is described, not attached;
 // the verifier attaches it.
-func compileRule(r *securityv1beta1.JWTRule, maxJWKS int64, defTimeout time.Duration) *compiledRule {
-	c := &compiledRule{src: r, issuer: r.GetIssuer(), forward: r.GetForwardOriginalToken(), timeout: defTimeout}
+func compileRule(r *securityv1beta1.JWTRule, maxJWKS int64, defTimeout time.Duration, shared *sharedIssuer) *compiledRule {
+	c := &compiledRule{src: r, issuer: r.GetIssuer(), forward: r.GetForwardOriginalToken(), timeout: defTimeout, shared: shared}
 	if r == nil {
 		c.err = ruleErr("", "rule is nil")
 		c.defaultLocations()
@@ -212,6 +214,14 @@ func (c *compiledRule) compile(r *securityv1beta1.JWTRule, maxJWKS int64) error 
 	}
 
 	switch {
+	case c.shared != nil && c.shared.err != nil:
+		return ruleErr(iss, strings.TrimPrefix(c.shared.err.Error(), "authn: "))
+	case c.shared != nil && (r.GetJwks() != "" || r.GetJwksUri() != ""):
+		// A key set would make the issuer's keys ambiguous, and jwks
+		// here is a sign of a configuration mix-up.
+		return ruleErr(iss, "the issuer has a shared secret: its rule may not name jwks or jwksUri")
+	case c.shared != nil:
+		c.source = "shared secret (" + string(c.shared.alg) + ")"
 	case r.GetJwks() != "" && r.GetJwksUri() != "":
 		return ruleErr(iss, "only one of jwks and jwksUri may be set")
 	case r.GetJwks() != "":

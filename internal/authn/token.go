@@ -84,9 +84,11 @@ func validTokenSyntax(s string) bool {
 }
 
 // parseToken checks a compact JWS strictly and decodes its header and
-// claims. It never verifies the signature; verify does. Every error is a
+// claims. It never verifies the signature; verify does. hmac lets the
+// HMAC algorithms through (the verifier has shared-secret issuers; which
+// issuer may use them is checked against the rule). Every error is a
 // *tokenError whose text holds no part of the token.
-func parseToken(raw string, maxSize int) (*parsedToken, error) {
+func parseToken(raw string, maxSize int, hmac bool) (*parsedToken, error) {
 	if len(raw) > maxSize {
 		return nil, tokenErr(ErrTooLarge, "")
 	}
@@ -119,7 +121,7 @@ func parseToken(raw string, maxSize int) (*parsedToken, error) {
 		return nil, tokenErr(ErrMalformed, "signature is not base64url")
 	}
 	t := &parsedToken{raw: raw, payloadB64: p}
-	if err := t.parseHeader(header); err != nil {
+	if err := t.parseHeader(header, hmac); err != nil {
 		return nil, err
 	}
 	payload, err := strictB64.DecodeString(p)
@@ -147,7 +149,7 @@ func jsonError(where string, err error) error {
 	return tokenErr(ErrMalformed, where+": not a JSON object")
 }
 
-func (t *parsedToken) parseHeader(header []byte) error {
+func (t *parsedToken) parseHeader(header []byte, hmac bool) error {
 	if err := checkStrictJSON(header); err != nil {
 		return jsonError("header", err)
 	}
@@ -168,7 +170,7 @@ func (t *parsedToken) parseHeader(header []byte) error {
 		return tokenErr(ErrAlgorithm, "alg missing or not a string")
 	}
 	t.alg = jose.SignatureAlgorithm(alg)
-	if !slices.Contains(Algorithms, t.alg) {
+	if !slices.Contains(Algorithms, t.alg) && !(hmac && isHMAC(t.alg)) {
 		return tokenErr(ErrAlgorithm, "alg "+quote(alg))
 	}
 	if raw, ok := hdr["kid"]; ok {

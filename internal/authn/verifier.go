@@ -97,6 +97,10 @@ type Options struct {
 	// addition to the set given to SetRevokedTokens. It must be fast and
 	// safe for concurrent use; it is called on the request path.
 	Revoked func(jti string) bool
+	// SharedSecrets are the issuers whose tokens are HMAC-signed (HS256 and
+	// kin) with a shared secret; see SharedSecret. Default none: every
+	// HMAC token is refused.
+	SharedSecrets []SharedSecret
 	// OnJWKSFetch, if set, is called after every fetch attempt with the
 	// source (URL without query) and the error, nil on success. It runs
 	// on the fetching goroutine and must not block. For metrics and tests.
@@ -118,6 +122,9 @@ type Verifier struct {
 	maxToken   int
 	leeway     time.Duration
 	minRefresh time.Duration
+
+	// shared are the SharedSecrets by issuer, nil without any.
+	shared map[string]*sharedIssuer
 
 	rules     atomic.Pointer[ruleTable]
 	prepareMu sync.Mutex
@@ -162,6 +169,7 @@ func NewVerifier(opts Options) *Verifier {
 		minRefresh: opts.MinRefreshInterval,
 		adhoc:      map[*securityv1beta1.JWTRule]*compiledRule{},
 		remotes:    map[string]*remoteKeys{},
+		shared:     newSharedIssuers(opts.SharedSecrets),
 		kick:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
@@ -336,8 +344,8 @@ func fetchAll(ctx context.Context, rs []*remoteKeys) []error {
 
 // compile builds a rule and attaches its shared remote source.
 func (v *Verifier) compile(r *securityv1beta1.JWTRule) *compiledRule {
-	c := compileRule(r, v.maxJWKS, v.timeout)
-	if c.err != nil || c.inline != nil {
+	c := compileRule(r, v.maxJWKS, v.timeout, v.shared[r.GetIssuer()])
+	if c.err != nil || c.inline != nil || c.shared != nil {
 		return c
 	}
 	id, jwksURI, issuer := r.GetJwksUri(), r.GetJwksUri(), ""
@@ -541,7 +549,7 @@ func (e *cacheEntry) refusedBy(c *compiledRule) bool {
 // the rules that refused before it, for answersFor), otherwise the first
 // rule's error is returned.
 func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) (*cacheEntry, error) {
-	pt, err := parseToken(tok, v.maxToken)
+	pt, err := parseToken(tok, v.maxToken, v.shared != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -585,6 +593,19 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 	if err := pt.checkAudience(c.audiences); err != nil {
 		return nil, err
 	}
+	// The algorithm is pinned by the issuer: its shared secret verifies
+	// only its own algorithm, and no other issuer's token may be HMAC.
+	switch {
+	case c.shared != nil && pt.alg != c.shared.alg:
+		return nil, tokenErr(ErrAlgorithm, "alg "+quote(string(pt.alg))+": the issuer signs with "+string(c.shared.alg))
+	case c.shared != nil:
+		if err := pt.verifyHMAC(c.shared); err != nil {
+			return nil, err
+		}
+		return v.entry(pt, c, ks)
+	case isHMAC(pt.alg):
+		return nil, tokenErr(ErrAlgorithm, "alg "+quote(string(pt.alg))+": HMAC is accepted only from an issuer with a shared secret")
+	}
 	if ks == nil {
 		c.remote.requestRefresh(false)
 		return nil, tokenErr(ErrKeysUnavailable, "from "+c.remote.describe())
@@ -599,6 +620,11 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 	if err := pt.verifySignature(keys); err != nil {
 		return nil, err
 	}
+	return v.entry(pt, c, ks)
+}
+
+// entry is the cache entry of a token whose signature verified.
+func (v *Verifier) entry(pt *parsedToken, c *compiledRule, ks *keySet) (*cacheEntry, error) {
 	if v.isRevoked(pt.jti) {
 		return nil, tokenErr(ErrRevoked, "")
 	}

@@ -361,6 +361,17 @@ func (c *CA) Tick(ctx context.Context) (changed bool, err error) {
 	return c.transition(ctx, false)
 }
 
+// Sync adopts the state another server replica saved in the shared store,
+// if it is not the one this CA last loaded or saved, without taking a
+// rotation step of its own. It reports whether the trust bundle changed.
+// A replica that hears of another's rotation calls it so its agents get
+// the new bundle at once rather than at its next Tick.
+func (c *CA) Sync(ctx context.Context) (changed bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sync(ctx)
+}
+
 // Rotate prepares a new X.509 and a new JWT authority at once
 // (admin-triggered rotation). They are published in the bundle now and
 // activated by Tick after ActivationDelay; the old ones retire then and stay

@@ -25,7 +25,8 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	file := fs.String("config", "", "agent config `file` (YAML or JSON); flags override it")
 	vals := map[string]*string{}
 	str := func(name, usage string) { vals[name] = fs.String(name, "", usage) }
-	str("server", "server `host:port` (default "+config.DefaultListen+")")
+	var servers stringList
+	fs.Var(&servers, "server", "server `host:port` (repeatable: every replica of the control plane; default "+config.DefaultListen+")")
 	str("server-name", "`name` the server's certificate must carry (default: the host of --server)")
 	str("join-token", "single-use join `token` for the first start (env MOATLESS_JOIN_TOKEN; visible in ps: prefer --join-token-file)")
 	str("join-token-file", "read the join token from this `file`")
@@ -35,7 +36,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	str("health-listen", "loopback `host:port` for /healthz, /readyz and /metrics, or \"off\" (default "+config.DefaultAgentHealthListen+")")
 	str("log-level", "debug, info, warn or error (default info)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless agent --server HOST:PORT --join-token-file FILE --trust-bundle FILE --socket PATH [--data-dir DIR]")
+		fmt.Fprintln(fs.Output(), "Usage: moatless agent --server HOST:PORT [--server HOST:PORT ...] --join-token-file FILE --trust-bundle FILE --socket PATH [--data-dir DIR]")
 		fmt.Fprintln(fs.Output(), "\nAttests this node to the server and serves the SPIFFE Workload API on a unix socket.")
 		fs.PrintDefaults()
 	}
@@ -50,8 +51,11 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 			return e.errorf(ExitUsage, "agent: %v", err)
 		}
 	}
+	if len(servers) > 0 {
+		cfg.Server = config.ServerList(servers)
+	}
 	dst := map[string]*string{
-		"server": &cfg.Server, "server-name": &cfg.ServerName, "join-token": &cfg.JoinToken,
+		"server-name": &cfg.ServerName, "join-token": &cfg.JoinToken,
 		"join-token-file": &cfg.JoinTokenFile, "trust-bundle": &cfg.TrustBundle, "socket": &cfg.Socket,
 		"data-dir": &cfg.DataDir, "health-listen": &cfg.HealthListen, "log-level": &cfg.LogLevel,
 	}
@@ -95,7 +99,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	log = log.With("component", "agent")
 	a, err := agent.New(agent.Config{
 		Node: agent.NodeConfig{
-			ServerAddr: cfg.Server, ServerName: cfg.ServerName, TrustBundle: trust,
+			ServerAddrs: cfg.Server.Addrs(), ServerName: cfg.ServerName, TrustBundle: trust,
 			JoinToken: token, DataDir: cfg.DataDir,
 		},
 		SocketPath:   cfg.Socket,

@@ -57,6 +57,7 @@ var commands = []command{
 	{"server", "run the control plane (CA, registry, policy store, token service, audit)", runServer},
 	{"agent", "run the node agent that serves the SPIFFE Workload API", runAgent},
 	{"sidecar", "run the mTLS sidecar in front of one workload", runSidecar},
+	{"gateway", "run the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh", runGateway},
 	{"authz", "serve Envoy's ext_authz (gRPC) with the same decisions, from policy files", runAuthz},
 	{"jointoken", "create single-use join tokens for agents and sidecars", runJoinToken},
 	{"entry", "create, list, show and delete registration entries", runEntry},
@@ -67,6 +68,7 @@ var commands = []command{
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
+	{"store", "migrate, back up and restore the server's store", runStore},
 	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
 	{"version", "print the version", runVersion},
 }

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/server"
 )
 
@@ -89,6 +89,7 @@ type demo struct {
 	https      *http.Client // trusts the demo's bundle, for the token endpoints
 
 	sidecars map[string]*demoSidecar
+	gateway  *demoGateway
 	apps     *demoApps
 	// postgres is the admin URL of a PostgreSQL for the database
 	// credentials row ("" skips it).
@@ -134,6 +135,9 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 	if err := d.startSidecars(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.startGateway(ctx); err != nil {
+		return nil, err
+	}
 	version, err := d.applyPolicies(ctx)
 	if err != nil {
 		return nil, err
@@ -150,15 +154,8 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 	return d.script(ctx)
 }
 
-// freeAddr reserves a loopback port by binding and releasing it.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr picks a loopback address for a child to listen on.
+func freeAddr() (string, error) { return loopback.FreeAddr() }
 
 // start runs this binary with args as a child process, its output in
 // logs/NAME.log. Children get SIGTERM when the demo ends, and SIGKILL if
@@ -354,7 +351,8 @@ func orDash(s string) string {
 
 // demoPolicies is deny by default: STRICT mTLS mesh-wide, an ALLOW policy
 // with no rules in the root namespace, then exactly the calls the shop
-// needs. frontend is the edge (no gateway yet), so it takes plaintext.
+// needs. The gateway is the edge: what it lets in from the internet, and
+// that only it may call the frontend.
 const demoPolicies = `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
@@ -366,20 +364,34 @@ metadata: {name: allow-nothing, namespace: istio-system}
 spec: {action: ALLOW}
 ---
 apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: frontend-edge, namespace: prod}
+kind: RequestAuthentication
+metadata: {name: edge-users, namespace: istio-system}
 spec:
-  selector: {matchLabels: {app: frontend}}
-  mtls: {mode: PERMISSIVE}
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: "{{ISSUER}}"
+    jwksUri: "{{ISSUER}}/.well-known/jwks.json"
+    audiences: [orders, payments]
+    forwardOriginalToken: true
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: frontend-public, namespace: prod}
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*", "/search"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: frontend-from-gateway, namespace: prod}
 spec:
   selector: {matchLabels: {app: frontend}}
   action: ALLOW
   rules:
-  - to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*"]}}]
+  - from: [{source: {principals: ["{{TD}}/ns/istio-system/sa/gateway"]}}]
+    to: [{operation: {methods: [GET, POST], paths: ["/", "/checkout", "/orders/*", "/search"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -440,7 +452,7 @@ func (d *demo) applyPolicies(ctx context.Context) (uint64, error) {
 // answers ready.
 func (d *demo) waitConverged(ctx context.Context, version uint64) error {
 	plain := &http.Client{Timeout: 2 * time.Second}
-	for _, name := range []string{"payments", "orders", "frontend", "reports"} {
+	for _, name := range []string{"payments", "orders", "frontend", "reports", "gateway"} {
 		sc := d.sidecars[name]
 		want := fmt.Sprintf("policy version %d", version)
 		if err := waitUntil(ctx, 60*time.Second, "the "+name+" sidecar to run "+want, func() bool {
@@ -521,7 +533,9 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   curl -i http://%s/orders/7                    # as frontend → orders (allowed)
   curl -i -X DELETE http://%s/orders/7          # wrong method (denied)
   curl -i http://%s/orders/7                    # as reports (revoked in step 10: refused)
-  curl -i http://%s/                            # the edge, plaintext (PERMISSIVE)
+  curl -ik https://%s/                           # through the gateway, the only way in
+  curl -ik "https://%s/search?q=%%3Cscript%%3E"     # the WAF: 403 with a request ID
+  curl -i http://%s/                            # the frontend's own port: STRICT mTLS, refused
   moatless revoke list                          # what is cut off
   moatless policy status                        # which sidecar runs which policy version
   moatless policy history                       # every version; "moatless policy rollback" goes back
@@ -533,8 +547,8 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   moatless secrets transit encrypt cards "5500 0000 0000 0004"   # then: moatless secrets transit decrypt cards vault:v1:...
 
 Edit %s and "moatless policy apply -f" it: every sidecar has the new version within a second.
-Decision logs: %s/logs/*-sidecar.log
+Decision logs: %s/logs/*-sidecar.log and gateway.log (with its access log)
 `, d.dir, d.serverAddr, d.bundlePath, d.tokenPath,
-		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], fe.inbound,
+		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], d.gateway.addr, d.gateway.addr, fe.inbound,
 		filepath.Join(d.dir, "server"), filepath.Join(d.dir, "policies.yaml"), d.dir)
 }

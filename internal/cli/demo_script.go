@@ -162,10 +162,34 @@ func outcome(status int) string {
 // decision finds the decision a sidecar logged for a request ID and
 // formats it as "policy (rule N)" or the reason when no policy decided.
 func (d *demo) decision(sidecar, rid string) string {
-	sc := d.sidecars[sidecar]
-	var found string
-	waitUntil(context.Background(), 2*time.Second, "decision log", func() bool {
-		f, err := os.Open(sc.logPath)
+	return findLogLine(d.sidecars[sidecar].logPath, rid, func(line []byte) (string, bool) {
+		var ev struct {
+			Msg       string `json:"msg"`
+			RequestID string `json:"request_id"`
+			Policy    string `json:"policy"`
+			Rule      int    `json:"rule"`
+			Reason    string `json:"reason"`
+		}
+		if json.Unmarshal(line, &ev) != nil || ev.Msg != "decision" || ev.RequestID != rid {
+			return "", false
+		}
+		switch {
+		case ev.Policy != "" && ev.Rule >= 0:
+			return fmt.Sprintf("%s (rule %d)", ev.Policy, ev.Rule), true
+		case ev.Policy != "":
+			return ev.Policy, true
+		}
+		return ev.Reason, true
+	})
+}
+
+// findLogLine polls a process's JSON log, for up to two seconds, for a
+// line holding rid that match accepts, and returns what match made of it,
+// "-" when none came.
+func findLogLine(path, rid string, match func(line []byte) (string, bool)) string {
+	found := "-"
+	waitUntil(context.Background(), 2*time.Second, "log line", func() bool {
+		f, err := os.Open(path)
 		if err != nil {
 			return false
 		}
@@ -173,42 +197,25 @@ func (d *demo) decision(sidecar, rid string) string {
 		s := bufio.NewScanner(f)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		for s.Scan() {
-			line := s.Bytes()
-			if !strings.Contains(string(line), `"decision"`) || !strings.Contains(string(line), rid) {
+			if !strings.Contains(s.Text(), rid) {
 				continue
 			}
-			var ev struct {
-				Msg       string `json:"msg"`
-				RequestID string `json:"request_id"`
-				Policy    string `json:"policy"`
-				Rule      int    `json:"rule"`
-				Reason    string `json:"reason"`
+			if v, ok := match(s.Bytes()); ok {
+				if v != "" {
+					found = v
+				}
+				return true
 			}
-			if json.Unmarshal(line, &ev) != nil || ev.Msg != "decision" || ev.RequestID != rid {
-				continue
-			}
-			switch {
-			case ev.Policy != "" && ev.Rule >= 0:
-				found = fmt.Sprintf("%s (rule %d)", ev.Policy, ev.Rule)
-			case ev.Policy != "":
-				found = ev.Policy
-			default:
-				found = ev.Reason
-			}
-			return true
 		}
 		return false
 	})
-	if found == "" {
-		return "-"
-	}
 	return found
 }
 
 // script makes the calls and returns the table.
 func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	plain := &http.Client{Timeout: 10 * time.Second}
-	fe, pay, rep, ord := d.sidecars["frontend"], d.sidecars["payments"], d.sidecars["reports"], d.sidecars["orders"]
+	pay, rep, ord := d.sidecars["payments"], d.sidecars["reports"], d.sidecars["orders"]
 	var rows []demoRow
 	step := 0
 	send := func(addr, method, path, bearer, rid string) (int, http.Header) {
@@ -241,8 +248,9 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	rows = append(rows, demoRow{Step: step, Caller: "(plaintext)", Callee: "payments", Method: "POST", Path: "/payments",
 		Note: "no client certificate: PeerAuthentication STRICT (istio-system/default) refuses the connection", Expected: "refused", Result: outcome(status), Policy: "istio-system/default (STRICT)"})
 
-	// alice signs in and checks out: browser → frontend (edge,
-	// PERMISSIVE) → orders (her token, verified by orders' sidecar) →
+	// alice signs in and checks out: browser → gateway (TLS, WAF, limits,
+	// her token verified) → frontend (mTLS from the gateway only) →
+	// orders (her token, verified by orders' sidecar) →
 	// payments (a token exchanged by orders for audience payments, with
 	// act.sub = orders' SPIFFE ID).
 	userToken, err := d.login(ctx)
@@ -252,10 +260,17 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	d.logf("%s signed in (authorization code + PKCE on the server's login page)", demoUser)
 	checkout := func(note, expectEdge, expectOrders, expectPayments string) {
 		step++
-		rid := fmt.Sprintf("demo-%d", step)
-		status, h := send(fe.inbound, "POST", "/checkout", userToken, rid)
-		rows = append(rows, demoRow{Step: step, Caller: demoUser + " (browser)", Callee: "frontend", Method: "POST", Path: "/checkout",
-			Note: note, Expected: expectEdge, Result: outcome(status), Policy: d.decisionFor("frontend", rid, status)})
+		// Through the gateway, which gives the request its ID: the
+		// frontend's sidecar logs its decision under that one.
+		status, h, rid := d.viaGateway(ctx, "POST", "/checkout", userToken, nil, "")
+		var decided string
+		if status == http.StatusCreated || status == http.StatusBadGateway {
+			decided = d.decisionFor("frontend", rid, status)
+		} else {
+			decided = d.gatewayBlock(rid) // refused at the edge
+		}
+		rows = append(rows, demoRow{Step: step, Caller: demoUser + " (browser)", Callee: "frontend (via gateway)", Method: "POST", Path: "/checkout",
+			Note: note, Expected: expectEdge, Result: outcome(status), Policy: decided})
 		if expectOrders == "" {
 			return
 		}
@@ -309,13 +324,14 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	if err := d.admin.do(ctx, "POST", token.AdminPathPrefix+"tokens/revoke", tf, nil); err != nil {
 		return nil, fmt.Errorf("revoke %s's token: %w", demoUser, err)
 	}
-	waitUntil(ctx, 5*time.Second, "the token revocation to reach the sidecars", func() bool {
-		st, _ := send(fe.inbound, "GET", "/", userToken, "demo-probe")
+	waitUntil(ctx, 5*time.Second, "the token revocation to reach the gateway", func() bool {
+		st, _, _ := d.viaGateway(ctx, "GET", "/", userToken, nil, "")
 		cut = time.Since(start)
 		return st == http.StatusUnauthorized
 	})
 	checkout(fmt.Sprintf("after \"moatless oauth token revoke\": refused %v later, long before it expires", cut.Round(time.Millisecond)), "unauthenticated", "", "")
 	rows = append(rows, d.secretsRows(ctx, step)...)
+	rows = append(rows, d.gatewayRows(ctx, len(rows))...)
 	return rows, nil
 }
 

@@ -27,6 +27,7 @@ var policyCommands = []command{
 	{"history", "list policy versions", runPolicyHistory},
 	{"rollback", "make an earlier policy version current again", runPolicyRollback},
 	{"status", "show which sidecar runs which policy version", runPolicyStatus},
+	{"networkpolicy", "print Kubernetes NetworkPolicies that fence at L4 what the ALLOW policies allow", runPolicyNetworkPolicy},
 }
 
 func runPolicy(ctx context.Context, e *Env, args []string) int {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/server"
 )
 
@@ -195,12 +196,10 @@ func TestServerCommandRuns(t *testing.T) {
 	var out, errb strings.Builder
 	e := &Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &syncWriter{w: &errb}, Getenv: func(k string) string { return map[string]string{"HOME": dir}[k] }}
 	done := make(chan int, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	go func() { done <- e.main(ctx, []string{"server", "--config", cfg, "--data-dir", data, "--listen", addr}) }()
 	deadline := time.Now().Add(20 * time.Second)
 	adminEnv := map[string]string{"MOATLESS_DATA_DIR": data, "MOATLESS_ADDR": addr, "HOME": dir}

@@ -13,25 +13,18 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/moatless/moatless/internal/agent"
-	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
-	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
-	"github.com/moatless/moatless/internal/wire"
 )
 
 // runSidecar runs "moatless sidecar -config FILE": one sidecar in front of
@@ -157,21 +150,26 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	var sidecar atomic.Pointer[proxy.Sidecar]
+	mi, err := newMeshIdentity(ctx, cfg.Identity, "sidecar", r.log, r.policyOptions(), func() policyTarget {
+		if s := sidecar.Load(); s != nil {
+			return s
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	defer mi.close()
 	// jwksUri fetches trust the system roots and, in join mode, the
 	// server's current bundle, so a RequestAuthentication naming our own
 	// issuer works without extra configuration.
-	var joined atomic.Pointer[agent.Node]
-	verifier := authn.NewVerifier(authn.Options{Logger: r.log, HTTPClient: jwksClient(func() ([]*x509.Certificate, string) {
-		if n := joined.Load(); n != nil && !n.ID().IsZero() {
-			return nodeCerts(n), "spiffe://" + n.ID().TrustDomain().Name() + "/moatless/server"
-		}
-		return nil, ""
-	})})
+	verifier := newJWTVerifier(ctx, mi, reg, r.log)
 	defer verifier.Close()
-	verifier.Start(ctx)
-	reg.MustRegister(authn.NewCollector(verifier))
 
 	pc := proxy.Config{
+		Identity:             mi.source,
+		Audit:                mi.auditSink(),
 		Namespace:            cfg.Namespace,
 		Labels:               cfg.Labels,
 		Verifier:             verifier,
@@ -209,129 +207,30 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
-	var (
-		background []func(context.Context)
-		files      *proxy.FileSource
-		sidecar    *proxy.Sidecar
-		node       *agent.Node
-		nodeID     *proxy.NodeIdentity
-	)
-	switch id := cfg.Identity; {
-	case id.Files != nil:
-		f, err := proxy.NewFileSource(id.Files.Cert, id.Files.Key, id.Files.Bundle)
-		if err != nil {
-			return usageError{err}
-		}
-		files = f
-		pc.Identity = f
-	case id.WorkloadAPI != "":
-		r.log.Info("waiting for an X509-SVID from the Workload API", "addr", id.WorkloadAPI)
-		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
-		src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(id.WorkloadAPI)))
-		wcancel()
-		if err != nil {
-			return fmt.Errorf("no X509-SVID from the Workload API at %s: %w (is the agent running, and is there a registration entry for this process?)", id.WorkloadAPI, err)
-		}
-		defer src.Close()
-		pc.Identity = src
-	case id.Join != nil:
-		n, ni, err := r.newNode(id.Join, func() *proxy.Sidecar { return sidecar })
-		if err != nil {
-			return err
-		}
-		node, nodeID = n, ni
-		joined.Store(n)
-		defer node.Close()
-		pc.Identity = nodeID
-		audit := &proxy.ServerAudit{
-			ServerAddr:  strings.TrimPrefix(id.Join.Server, "https://"),
-			Identity:    nodeID,
-			ServerRoots: func() *x509.CertPool { return nodeRoots(node) },
-			Logger:      r.log,
-		}
-		pc.Audit = audit
-		background = append(background, audit.Run)
-	}
-
 	s, err := proxy.New(pc)
 	if err != nil {
 		return usageError{err}
 	}
-	sidecar = s
+	sidecar.Store(s)
 
-	if node != nil {
-		// Attest (or reuse the persisted SVID), then follow the watch
-		// stream: bundle, revocations and policies arrive through the
-		// callbacks and are acknowledged once in force.
-		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
-		err := node.Attest(actx)
-		acancel()
-		if err != nil {
-			return err
-		}
-		if b := node.Bundle(); b != nil {
-			if err := nodeID.SetBundle(*b); err != nil {
-				return err
-			}
-		}
-		background = append(background, func(ctx context.Context) {
-			if err := node.Run(ctx); err != nil && ctx.Err() == nil {
-				r.log.Error("server connection ended", "err", err)
-				cancel()
-			}
-		})
-	} else {
-		w := &proxy.FileWatcher{
-			Sidecar: s, Identity: files, PolicyFiles: cfg.Policy.Files, PolicyOptions: r.policyOptions(),
-			RevocationsFile: cfg.Policy.RevocationsFile, Interval: cfg.ReloadInterval.Std(), Logger: r.log,
-		}
-		if err := w.Load(ctx); err != nil {
-			return usageError{err}
-		}
-		if len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
-			r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
-		}
-		background = append(background, w.Run)
+	// Join mode: attest (or reuse the persisted SVID), then follow the
+	// watch stream: bundle, revocations and policies arrive through the
+	// callbacks and are acknowledged once in force. Files mode: load the
+	// policy files and keep every file reloaded.
+	background, err := mi.start(ctx, s, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
+	if err != nil {
+		return err
+	}
+	if mi.node == nil && len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
+		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 	}
 
 	if cfg.Admin != "off" {
-		l, err := net.Listen("tcp", cfg.Admin)
+		stop, err := serveAdmin(cfg.Admin, reg, s.Ready, func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log)
 		if err != nil {
-			return fmt.Errorf("admin listener: %w", err)
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-		mux.HandleFunc("GET /livez", live)
-		mux.HandleFunc("GET /healthz", live)
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := s.Ready(); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintf(w, "ok (policy version %d)\n", s.PolicyVersion())
-		})
-		// OPA's Data and Policy APIs, read-only, over the Rego modules and
-		// data of the policy version in force.
-		(&opaapi.Handler{Rego: s.Rego, Logger: r.log}).Register(mux, opaapi.LoopbackOnly)
-		if cfg.AdminPprof {
-			// runtime/pprof directly: net/http/pprof would also register
-			// itself on http.DefaultServeMux for the whole binary.
-			mux.HandleFunc("GET /debug/pprof/profile", cpuProfile)
-			mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
-				p := pprof.Lookup(r.PathValue("name"))
-				if p == nil {
-					http.Error(w, "unknown profile", http.StatusNotFound)
-					return
-				}
-				w.Header().Set("Content-Type", "application/octet-stream")
-				p.WriteTo(w, 0)
-			})
-		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(l)
-		defer srv.Close()
-		r.log.Info("admin listening", "addr", l.Addr().String())
+		defer stop()
 	}
 
 	var wg sync.WaitGroup
@@ -347,73 +246,6 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		return nil
 	}
 	return err
-}
-
-// newNode builds the agent client of join-token mode. Its callbacks feed
-// the sidecar, which exists by the time the first update arrives.
-func (r *sidecarRun) newNode(j *config.SidecarJoin, sidecar func() *proxy.Sidecar) (*agent.Node, *proxy.NodeIdentity, error) {
-	roots, err := readPEMCerts(j.ServerBundle)
-	if err != nil {
-		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
-	}
-	token := ""
-	if t, err := readTokenFile(j.TokenFile); err == nil {
-		token = t
-	} else if j.StateDir == "" {
-		return nil, nil, usageError{fmt.Errorf("identity.join.token_file: %w", err)}
-	}
-	ni := &proxy.NodeIdentity{}
-	var node *agent.Node
-	node, err = agent.NewNode(agent.NodeConfig{
-		ServerAddr:  strings.TrimPrefix(j.Server, "https://"),
-		TrustBundle: roots,
-		JoinToken:   token,
-		DataDir:     j.StateDir,
-		Component:   "sidecar",
-		Logger:      r.log,
-		OnBundle: func(b wire.Bundle) {
-			if err := ni.SetBundle(b); err != nil {
-				r.log.Error("bundle from server refused; keeping the previous one", "err", err)
-			}
-		},
-		OnRevocations: func(rv wire.Revocations) {
-			if s := sidecar(); s != nil {
-				s.SetRevocations(&rv)
-			}
-		},
-		OnPolicies: func(ps wire.PolicySet) {
-			s := sidecar()
-			if s == nil {
-				return
-			}
-			if ps.Version == 0 {
-				// No policy was ever applied on the server: deny by
-				// default, as in files mode without policy files. Once an
-				// admin applies policies, Istio's semantics hold in full
-				// (an empty set at a later version allows).
-				s.SetAuthorizer(0, nil)
-				r.log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
-				return
-			}
-			set, err := policy.FromWire(&ps, r.policyOptions())
-			if err == nil {
-				s.SetAuthorizer(ps.Version, set)
-				r.log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
-					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
-				return
-			}
-			s.ReloadFailed("policy")
-			r.log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)
-		},
-		OnSVID: func(s *x509svid.SVID) {
-			r.log.Info("own SVID", "spiffe_id", s.ID.String(), "expires", s.Certificates[0].NotAfter)
-		},
-	})
-	if err != nil {
-		return nil, nil, usageError{err}
-	}
-	ni.SVID = node.SVID
-	return node, ni, nil
 }
 
 // nodeRoots is the pool that verifies the server: the trust domain's

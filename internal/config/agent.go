@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"strings"
 )
 
 // DefaultAgentHealthListen is where the agent serves /healthz, /readyz and
@@ -19,17 +18,18 @@ const maxUnixSocketPath = 107
 
 // Agent is the "moatless agent" config. Example:
 //
-//	server: moatless.example.org:8443
+//	server: moatless.example.org:8443   # or a list of replicas (ServerList)
 //	trust_bundle: /etc/moatless/bundle.pem
 //	join_token_file: /etc/moatless/join-token
 //	socket: /run/moatless/agent.sock
 //	data_dir: /var/lib/moatless-agent
 //	health_listen: 127.0.0.1:8089
 type Agent struct {
-	// Server is the server's host:port; default DefaultListen.
-	Server string `json:"server,omitempty"`
-	// ServerName is the name the server's certificate must carry; the host
-	// of Server when empty.
+	// Server is the server's host:port, or a list of the replicas of one
+	// control plane (ServerList); default DefaultListen.
+	Server ServerList `json:"server,omitempty"`
+	// ServerName is the name every server's certificate must carry; the
+	// host of each address when empty.
 	ServerName string `json:"server_name,omitempty"`
 	// TrustBundle is a PEM file of CA certificates that authenticate the
 	// server on first contact (the server's DATA_DIR/bundle.pem). Required
@@ -57,7 +57,7 @@ type Agent struct {
 // (getenv nil: os.Getenv).
 func DefaultAgent(getenv func(string) string) Agent {
 	return Agent{
-		Server:       DefaultListen,
+		Server:       ServerList{DefaultListen},
 		Socket:       DefaultAgentSocket,
 		DataDir:      filepath.Join(DefaultDataDir(getenv), "agent"),
 		HealthListen: DefaultAgentHealthListen,
@@ -92,15 +92,8 @@ func LoadAgent(path string, getenv func(string) string) (Agent, error) {
 
 // Validate checks every field; the error names the first bad one.
 func (c *Agent) Validate() error {
-	host, port, err := net.SplitHostPort(c.Server)
-	if err != nil || host == "" || port == "" {
-		return fmt.Errorf("config: server %q: want host:port", c.Server)
-	}
-	if _, err := net.LookupPort("tcp", port); err != nil {
-		return fmt.Errorf("config: server %q: bad port", c.Server)
-	}
-	if strings.ContainsAny(host, "/ @") {
-		return fmt.Errorf("config: server %q: bad host", c.Server)
+	if err := c.Server.Validate("server"); err != nil {
+		return err
 	}
 	if c.JoinToken != "" && c.JoinTokenFile != "" {
 		return errors.New("config: join_token and join_token_file: set one, not both")

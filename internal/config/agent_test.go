@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -19,15 +20,25 @@ func TestParseAgent(t *testing.T) {
 		check   func(Agent) bool
 	}{
 		{"empty_is_defaults", "", "", func(a Agent) bool {
-			return a.Server == DefaultListen && a.Socket == DefaultAgentSocket && a.HealthListen == DefaultAgentHealthListen && a.DataDir == "/home/u/.local/share/moatless/agent"
+			return a.Server.String() == DefaultListen && a.Socket == DefaultAgentSocket && a.HealthListen == DefaultAgentHealthListen && a.DataDir == "/home/u/.local/share/moatless/agent"
 		}},
 		{"full", "server: s.example.org:443\ntrust_bundle: /b.pem\njoin_token_file: /t\nsocket: /run/m/a.sock\ndata_dir: /var/lib/m\nhealth_listen: '[::1]:9000'\nlog_level: debug\n", "", func(a Agent) bool {
-			return a.Server == "s.example.org:443" && a.HealthListen == "[::1]:9000" && a.LogLevel == "debug"
+			return a.Server.String() == "s.example.org:443" && a.HealthListen == "[::1]:9000" && a.LogLevel == "debug"
 		}},
 		{"health_off", "health_listen: \"off\"\n", "", func(a Agent) bool { return a.HealthListen == "off" }},
 		{"unknown_key", "sever: x:1\n", "sever", nil},
 		{"server_without_port", "server: example.org\n", "server", nil},
 		{"server_bad_port", "server: example.org:http2x\n", "server", nil},
+		{"server_list", "server: [a.example.org:8443, 'https://b.example.org:8443', '[::1]:8443']\n", "", func(a Agent) bool {
+			return fmt.Sprint(a.Server.Addrs()) == "[a.example.org:8443 b.example.org:8443 [::1]:8443]"
+		}},
+		{"server_list_bad_entry", "server: [a.example.org:8443, b.example.org]\n", "server[1]", nil},
+		{"server_list_duplicate", "server: [a:1, A:1]\n", "server[1]", nil},
+		{"server_list_empty", "server: []\n", "server", nil},
+		{"server_not_a_string", "server: {a: 1}\n", "server", nil},
+		{"server_url_with_path", "server: https://a:1/x\n", "server", nil},
+		{"server_url_http", "server: http://a:1\n", "server", nil},
+		{"server_list_too_long", "server: [" + strings.Repeat("a:1,", 32) + "b:1]\n", "at most", nil},
 		{"relative_socket", "socket: agent.sock\n", "socket", nil},
 		{"socket_too_long", "socket: /" + strings.Repeat("a", 120) + "\n", "socket", nil},
 		{"health_public", "health_listen: 0.0.0.0:8089\n", "health_listen", nil},
@@ -58,6 +69,7 @@ func TestParseAgent(t *testing.T) {
 func FuzzParseAgent(f *testing.F) {
 	f.Add("server: a:1\nsocket: /x\n")
 	f.Add("health_listen: 127.0.0.1:0\n")
+	f.Add("server: [a:1, 'https://b:2']\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		a, err := ParseAgent(strings.NewReader(in), func(string) string { return "" })
 		if err == nil {

@@ -6,11 +6,16 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 )
 
@@ -62,6 +67,9 @@ func decodeStrict(r io.Reader, v any) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nil
 	}
+	if err := checkKeys(b, reflect.TypeOf(v)); err != nil {
+		return err
+	}
 	if err := yaml.UnmarshalStrict(b, v); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -84,3 +92,85 @@ func DecodeFile(path string, v any) error {
 
 // Decode is DecodeFile for a reader.
 func Decode(r io.Reader, v any) error { return decodeStrict(r, v) }
+
+// checkKeys walks the YAML in b along the Go type t (its json tags, as
+// sigs.k8s.io/yaml decodes) and returns an error naming the first key
+// that t has no field for, with its line and field path, so a typo in a
+// long file is found at once. Input yaml.v3 cannot parse is left to the
+// decoder, whose error says why.
+func checkKeys(b []byte, t reflect.Type) error {
+	var root yamlv3.Node
+	if err := yamlv3.Unmarshal(b, &root); err != nil || len(root.Content) == 0 {
+		return nil
+	}
+	return walkKeys(root.Content[0], t, "")
+}
+
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
+func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
+	for n.Kind == yamlv3.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	for t.Kind() == reflect.Pointer {
+		if reflect.PointerTo(t.Elem()).Implements(jsonUnmarshaler) {
+			return nil
+		}
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return nil // decodes itself (durations); its errors are its own
+	}
+	switch {
+	case t.Kind() == reflect.Struct && n.Kind == yamlv3.MappingNode:
+		fields := map[string]reflect.Type{}
+		var known []string
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			fields[name] = f.Type
+			known = append(known, name)
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i].Value
+			ft, ok := fields[k]
+			if !ok {
+				slices.Sort(known)
+				where := "top level"
+				if path != "" {
+					where = path
+				}
+				return fmt.Errorf("config: line %d: unknown key %q in %s (known keys: %s)", n.Content[i].Line, k, where, strings.Join(known, ", "))
+			}
+			if err := walkKeys(n.Content[i+1], ft, joinPath(path, k)); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Map && n.Kind == yamlv3.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if err := walkKeys(n.Content[i+1], t.Elem(), fmt.Sprintf("%s[%q]", path, n.Content[i].Value)); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Slice && n.Kind == yamlv3.SequenceNode:
+		for i, c := range n.Content {
+			if err := walkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func joinPath(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}

@@ -25,8 +25,17 @@ const (
 	// DefaultServerCertTTL is the lifetime of the server's own TLS
 	// certificate; it is renewed at half life.
 	DefaultServerCertTTL = 24 * time.Hour
-	// DefaultPollInterval is how often a server reads the store's change
-	// version to notice changes made by other replicas.
+	// DefaultWatchHeartbeat is how often a server speaks on an idle watch
+	// stream. Clients call a stream dead after 3 silent intervals and move
+	// to another server, so with the default a client notices a server
+	// that vanished without closing its connections within 1.5 s.
+	DefaultWatchHeartbeat = 500 * time.Millisecond
+	// DefaultEvictNodesAfter is how long after its node SVID expired a
+	// node that stopped renewing is evicted.
+	DefaultEvictNodesAfter = 24 * time.Hour
+	// DefaultPollInterval is the period of the server's maintenance loop,
+	// which also reads the store's change version as the fallback for
+	// LISTEN/NOTIFY (see Server.PollInterval).
 	DefaultPollInterval = time.Second
 )
 
@@ -93,9 +102,35 @@ type Server struct {
 	MaxJoinTokenTTL wire.Duration `json:"max_join_token_ttl,omitempty"`
 	// ServerCertTTL is the lifetime of the server's TLS certificate (24h).
 	ServerCertTTL wire.Duration `json:"server_cert_ttl,omitempty"`
-	// PollInterval is how often the server looks for changes made by other
-	// replicas (1s).
+	// PollInterval is the period of the server's maintenance (CA rotation
+	// steps, certificate renewal, pruning) and of its fallback poll for
+	// changes other replicas made (1s). On PostgreSQL, replicas hear of
+	// each other's changes at once through LISTEN/NOTIFY; while that
+	// connection is up the version is polled only every tenth period.
 	PollInterval wire.Duration `json:"poll_interval,omitempty"`
+	// WatchHeartbeat is the longest the server stays silent on a watch
+	// stream (DefaultWatchHeartbeat). It is announced on every stream;
+	// clients reconnect, to another replica when they know several, after
+	// three silent intervals. Shorter means faster failover when a server
+	// disappears without closing its connections, at the cost of one small
+	// write per interval per connected client.
+	WatchHeartbeat wire.Duration `json:"watch_heartbeat,omitempty"`
+	// EvictNodesAfter is how long a node may go without renewing past its
+	// node SVID's expiry before it is evicted: removed from the node list,
+	// every certificate issued to it (its own, its workloads') revoked, its
+	// registration entries kept. It must attest again with a new join
+	// token. Default DefaultEvictNodesAfter.
+	EvictNodesAfter wire.Duration `json:"evict_nodes_after,omitempty"`
+	// AuditRetention, when set, is how long audit records stay in the
+	// store: older ones are moved, hourly, into segment files in
+	// AuditArchiveDir whose hash chain still verifies (moatless audit verify
+	// --archive DIR). 0 (the default) keeps every record in the store;
+	// "moatless audit archive" does the same on demand.
+	AuditRetention wire.Duration `json:"audit_retention,omitempty"`
+	// AuditArchiveDir receives archived audit segments; required with
+	// AuditRetention. With several replicas set it on one of them (or on
+	// a shared volume).
+	AuditArchiveDir string `json:"audit_archive_dir,omitempty"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level,omitempty"`
 	// AuditReportRate is how many decision events per second one node (a
@@ -145,6 +180,8 @@ func DefaultServer(getenv func(string) string) Server {
 		MaxJoinTokenTTL: wire.Duration(DefaultMaxTokenTTL),
 		ServerCertTTL:   wire.Duration(DefaultServerCertTTL),
 		PollInterval:    wire.Duration(DefaultPollInterval),
+		WatchHeartbeat:  wire.Duration(DefaultWatchHeartbeat),
+		EvictNodesAfter: wire.Duration(DefaultEvictNodesAfter),
 		LogLevel:        "info",
 
 		AuditReportRate:  DefaultAuditReportRate,
@@ -199,6 +236,7 @@ func (c *Server) Complete() {
 		{&c.MaxX509SVIDTTL, &d.MaxX509SVIDTTL}, {&c.MaxJWTSVIDTTL, &d.MaxJWTSVIDTTL},
 		{&c.JoinTokenTTL, &d.JoinTokenTTL}, {&c.MaxJoinTokenTTL, &d.MaxJoinTokenTTL},
 		{&c.ServerCertTTL, &d.ServerCertTTL}, {&c.PollInterval, &d.PollInterval},
+		{&c.WatchHeartbeat, &d.WatchHeartbeat}, {&c.EvictNodesAfter, &d.EvictNodesAfter},
 	} {
 		if *p.v == 0 {
 			*p.v = *p.def
@@ -282,10 +320,20 @@ func (c *Server) Validate() error {
 		{"join_token_ttl", c.JoinTokenTTL, time.Second, c.MaxJoinTokenTTL.Std()},
 		{"server_cert_ttl", c.ServerCertTTL, time.Minute, 30 * 24 * time.Hour},
 		{"poll_interval", c.PollInterval, 10 * time.Millisecond, time.Minute},
+		{"watch_heartbeat", c.WatchHeartbeat, 50 * time.Millisecond, wire.HeartbeatInterval},
+		{"evict_nodes_after", c.EvictNodesAfter, time.Minute, 366 * 24 * time.Hour},
 	}
 	for _, ck := range checks {
 		if d := ck.v.Std(); d < ck.min || d > ck.max {
 			return fmt.Errorf("config: %s %s: must be between %s and %s", ck.name, d, ck.min, ck.max)
+		}
+	}
+	if c.AuditRetention != 0 {
+		if d := c.AuditRetention.Std(); d < time.Hour || d > 100*366*24*time.Hour {
+			return fmt.Errorf("config: audit_retention %s: must be at least 1h (or 0 to keep every record)", d)
+		}
+		if c.AuditArchiveDir == "" {
+			return errors.New("config: audit_archive_dir: required with audit_retention (records leave the store only for files)")
 		}
 	}
 	if c.CATTL < 0 {

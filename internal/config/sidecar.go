@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"math"
 	"net"
-	"net/url"
 	"path"
 	"slices"
 	"strconv"
@@ -141,8 +140,9 @@ type SidecarFiles struct {
 // with a single-use join token and receives its SVID, bundle, policies and
 // revocations over the watch stream.
 type SidecarJoin struct {
-	// Server is the server's address, "host:port" or an https URL.
-	Server string `json:"server"`
+	// Server is the server's address, "host:port" or an https URL, or a
+	// list of the replicas of one control plane (ServerList).
+	Server ServerList `json:"server"`
 	// TokenFile holds the join token (never put the token itself in a
 	// config file).
 	TokenFile string `json:"token_file"`
@@ -314,38 +314,7 @@ func (c *Sidecar) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("config: "+format, args...)) }
 
-	n := 0
-	if c.Identity.WorkloadAPI != "" {
-		n++
-		u, err := url.Parse(c.Identity.WorkloadAPI)
-		if err != nil || (u.Scheme != "unix" && u.Scheme != "tcp") {
-			add("identity.workload_api: %q is not a unix:///path or tcp://host:port address", c.Identity.WorkloadAPI)
-		}
-	}
-	if f := c.Identity.Files; f != nil {
-		n++
-		if f.Cert == "" || f.Key == "" || f.Bundle == "" {
-			add("identity.files: cert, key and bundle are all required")
-		}
-	}
-	if j := c.Identity.Join; j != nil {
-		n++
-		if j.Server == "" {
-			add("identity.join.server: required")
-		}
-		if j.TokenFile == "" {
-			add("identity.join.token_file: required")
-		}
-		if j.ServerBundle == "" {
-			add("identity.join.server_bundle: required")
-		}
-	}
-	switch {
-	case n == 0:
-		add("identity: set one of workload_api, files or join")
-	case n > 1:
-		add("identity: set only one of workload_api, files or join")
-	}
+	errs = append(errs, c.Identity.validate()...)
 	if len(c.Inbound) == 0 && len(c.Outbound) == 0 {
 		add("inbound, outbound: at least one listener is required")
 	}

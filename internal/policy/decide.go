@@ -427,7 +427,7 @@ func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 
 // peerCheck refuses a plaintext source where PeerAuthentication is STRICT.
 func (s *Set) peerCheck(req *Request) (Decision, bool) {
-	if req.Source.Principal != "" {
+	if req.Source.Principal != "" || req.External {
 		return Decision{}, false
 	}
 	mode, ref := s.MTLSPolicy(req.Destination)

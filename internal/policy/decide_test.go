@@ -717,6 +717,16 @@ spec:
 			t.Errorf("decision = %+v", d)
 		}
 	})
+	t.Run("external_request_at_the_gateway_not_subject_to_peer_authentication", func(t *testing.T) {
+		req := newReq(plaintext(), dst("other"))
+		req.External = true
+		if d := s.Decide(req); d.Reason == ReasonMTLSRequired {
+			t.Errorf("decision = %+v", d)
+		}
+		if d := s.Evaluate(req, nil); d.Reason == ReasonMTLSRequired {
+			t.Errorf("Evaluate: decision = %+v", d)
+		}
+	})
 	t.Run("plaintext_to_disabled_port_allowed", func(t *testing.T) {
 		d := s.Decide(newReq(plaintext(), dst("foo", "app", "finance"), port(8080)))
 		if d.Outcome != Allow {

@@ -198,8 +198,14 @@ func normalizePath(buf []byte, path string, mode PathNormalization) (string, err
 	if len(b) == 0 {
 		return "/", nil
 	}
-	return unsafe.String(unsafe.SliceData(b), len(b)), nil
+	out := unsafe.String(unsafe.SliceData(b), len(b))
+	if (mode == NormalizeBase || mode == NormalizeMergeSlashes) && dotSegmentBehindEscapedSlash(out) {
+		return "", errEscapedSlashDots
+	}
+	return out, nil
 }
+
+var errEscapedSlashDots = fmt.Errorf("%w: a dot segment next to an encoded slash (%%2F or %%5C); use DECODE_AND_MERGE_SLASHES to have such paths decoded and resolved", ErrInvalidPath)
 
 var errFragment = fmt.Errorf("%w: a request target has no fragment (\"#\", RFC 9112 section 3.2)", ErrInvalidPath)
 
@@ -393,3 +399,37 @@ func (p RequestPath) Changed() bool { return p.changed }
 
 // Mode is the normalization the path went through.
 func (p RequestPath) Mode() PathNormalization { return p.mode }
+
+// dotSegmentBehindEscapedSlash reports whether p, a path BASE or
+// MERGE_SLASHES normalized, holds a "." or ".." segment once %2F and %5C
+// are read as separators. These modes keep %2F and %5C encoded, as Istio
+// does, so "/api/x%2F..%2F..%2Finternal" is one segment to the policy; an
+// app that decodes before it resolves dot segments (Python's http.server,
+// many static-file handlers) serves /internal. The dot segments between
+// real slashes are already resolved, so any found here sits against an
+// encoded separator: the request is refused (400), since no policy
+// decision can be sure which path the app will serve. A %2F elsewhere
+// ("/files/a%2Fb") is left alone.
+func dotSegmentBehindEscapedSlash(p string) bool {
+	if strings.IndexByte(p, '%') < 0 {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		sep := 0
+		switch {
+		case i == len(p) || p[i] == '/':
+			sep = 1
+		case p[i] == '%' && i+2 < len(p) && (p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f') || p[i+1] == '5' && (p[i+2] == 'C' || p[i+2] == 'c')):
+			sep = 3
+		default:
+			continue
+		}
+		if seg := p[start:i]; seg == "." || seg == ".." {
+			return true
+		}
+		start = i + sep
+		i += sep - 1
+	}
+	return false
+}

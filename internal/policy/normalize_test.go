@@ -262,3 +262,42 @@ func TestTrustDomain(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodedSlashBesideDotSegment: BASE and MERGE_SLASHES keep %2F and
+// %5C encoded, so a dot segment against one is refused rather than left
+// for an app that decodes before it resolves dot segments.
+func TestEncodedSlashBesideDotSegment(t *testing.T) {
+	cases := []struct {
+		name, target string
+		refused      bool
+	}{
+		{"dot_dot_between_encoded_slashes", "/api/x%2F..%2Finternal", true},
+		{"lower_case_escapes", "/api/x%2f..%2finternal", true},
+		{"encoded_backslashes", "/api/x%5C..%5Cadmin", true},
+		{"dot_dot_after_real_slash", "/api/x/..%2Fadmin", true},
+		{"single_dot", "/api/x%2F.%2Fy", true},
+		{"trailing_dot_dot", "/api/x%2F..", true},
+		{"encoded_dots_too", "/api/x%2F%2E%2E%2Fadmin", true},
+		{"encoded_slash_in_an_id", "/files/a%2Fb", false},
+		{"three_dots_are_a_name", "/a%2F...%2Fb", false},
+		{"dots_inside_a_name", "/a%2F..b%2Fc", false},
+		{"plain_dot_segments_resolved", "/a/../b%2Fc", false},
+		{"no_escapes", "/api/x/y", false},
+	}
+	for _, tc := range cases {
+		for _, mode := range []PathNormalization{NormalizeBase, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes, NormalizeNone} {
+			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
+				_, err := NormalizeRequestPath(tc.target, mode)
+				// DECODE_AND_MERGE_SLASHES decodes and resolves them;
+				// NONE resolves nothing and says so.
+				want := tc.refused && (mode == NormalizeBase || mode == NormalizeMergeSlashes)
+				if got := err != nil; got != want {
+					t.Fatalf("NormalizeRequestPath(%q, %s) err = %v; refused want %v", tc.target, mode, err, want)
+				}
+				if err != nil && !errors.Is(err, ErrInvalidPath) {
+					t.Fatalf("err %v does not wrap ErrInvalidPath", err)
+				}
+			})
+		}
+	}
+}

@@ -35,6 +35,12 @@ type Request struct {
 	// RemoteIP is the original client IP (from X-Forwarded-For at the
 	// gateway); equal to Source.IP inside the mesh.
 	RemoteIP netip.Addr
+	// External marks a request that arrived on the gateway's public
+	// listener, where clients from the internet speak TLS without a mesh
+	// identity: PeerAuthentication governs mesh traffic and is not
+	// applied to it (as Istio does not apply it to an ingress gateway's
+	// external port). Everything else is decided as for a sidecar.
+	External bool
 
 	Destination Destination
 	// SNI is the server name the client asked for in its TLS handshake.

@@ -918,6 +918,40 @@ func testUpgradesFollowListenerConfig(t *testing.T, sp serverPath) {
 	}
 }
 
+// TestPathOverrideIsStripped: policy decides on the request target, so an
+// app must not serve another one. The headers IIS, older Symfony and some
+// Java stacks read a target from (X-Original-URL, X-Rewrite-URL,
+// X-Original-URI) never reach the app, under any spelling.
+func TestPathOverrideIsStripped(t *testing.T) { forServerPaths(t, testPathOverrideIsStripped) }
+
+func testPathOverrideIsStripped(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
+	headers := [][2]string{
+		{"X-Original-URL", "/admin"},
+		{"x_original_url", "/admin"},
+		{"X-Rewrite-Url", "/admin"},
+		{"X_REWRITE_URL", "/admin"},
+		{"X-Original-URI", "/admin"},
+	}
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, addr, "/api/x", headers); code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			for _, sr := range app.take() {
+				for k, vv := range sr.header {
+					if f := foldName(k); strings.Contains(f, "original") || strings.Contains(f, "rewrite") {
+						t.Errorf("%s: %q reached the app", k, vv)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestMethodOverrideIsStripped: policy decides on the request method, so
 // an app must not act on another one. The override headers frameworks
 // honour (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) never
@@ -972,6 +1006,59 @@ func testMethodOverrideIsStripped(t *testing.T, sp serverPath) {
 				if seen := app.take(); len(seen) != 1 || seen[0].uri != q.want {
 					t.Errorf("%s: the app was sent %v, want %q", q.in, seen, q.want)
 				}
+			}
+		})
+	}
+}
+
+// TestMalformedHostIsRefused: a Host that names no host (an empty label,
+// a port out of range, percent-encoding, userinfo) is a 400 before any
+// decision, as a malformed path is, rather than a policy denial that
+// depends on what the policies happen to say.
+func TestMalformedHostIsRefused(t *testing.T) { forServerPaths(t, testMalformedHostIsRefused) }
+
+func testMalformedHostIsRefused(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr, sp)
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+	send := func(t *testing.T, mtls bool, host string) int {
+		t.Helper()
+		var c net.Conn
+		var err error
+		if mtls {
+			c, err = tls.Dial("tcp", addr, conf)
+		} else {
+			c, err = net.Dial("tcp", addr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /api/x HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, mtls := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mtls_%v", mtls), func(t *testing.T) {
+			for _, host := range []string{"orders", "orders:8080", "orders."} {
+				if code := send(t, mtls, host); code != http.StatusOK {
+					t.Fatalf("Host %q: status %d, want 200", host, code)
+				}
+			}
+			app.take()
+			for _, host := range []string{"orders..", ".orders", "orders:99999", "orders:8o", "admin%2Eexample.com", "user@orders", "[::1"} {
+				if code := send(t, mtls, host); code != http.StatusBadRequest {
+					t.Errorf("Host %q: status %d, want 400", host, code)
+				}
+			}
+			if seen := app.take(); len(seen) != 0 {
+				t.Errorf("the app was sent %d requests with a malformed Host", len(seen))
 			}
 		})
 	}

@@ -37,7 +37,9 @@ const (
 // file is never in force. Identity files need no such wait: a half-written
 // certificate or key fails to parse or to match and is refused.
 type FileWatcher struct {
-	Sidecar *Sidecar
+	// Sidecar is what the files are put in force in: a *Sidecar, or
+	// any other PolicyTarget (the gateway).
+	Sidecar PolicyTarget
 	// Identity, when set, is reloaded.
 	Identity *FileSource
 	// PolicyFiles are files or directories (not recursive) of Istio

@@ -167,6 +167,9 @@ type forwarder struct {
 	name     string
 	s        *Sidecar
 	errBody  func(err error) string
+	// onError, when set, answers a request that could not be forwarded
+	// instead of the default 503 (the gateway's 502 with its own body).
+	onError func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // forward sends r, whose hop-by-hop fields the caller removed with
@@ -196,6 +199,12 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
 			return // the client went away; nobody to answer
+		}
+		if f.onError != nil {
+			// The gateway's own answers (a body over its limit is a 413).
+			f.logFailed(r.Method, r.URL.Path, err)
+			f.onError(w, r, err)
+			return
 		}
 		if body != nil && body.failed() {
 			// The caller's body is malformed (a bad chunk): the request
@@ -296,6 +305,18 @@ func (b *bodyReader) failed() bool { return b.err.Load() }
 // failed answers a request that could not be forwarded (err) and counts
 // and logs it; path is the decoded path, never the query.
 func (f *forwarder) failed(w http.ResponseWriter, method, path string, err error) {
+	f.logFailed(method, path, err)
+	body := "upstream connect error or disconnect/reset before headers"
+	if f.errBody != nil {
+		body = f.errBody(err)
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(w, body)
+}
+
+// logFailed counts and logs a request that could not be forwarded.
+func (f *forwarder) logFailed(method, path string, err error) {
 	f.s.metrics.upstreamErrors.WithLabelValues(f.name).Inc()
 	// url.Error would print the request URL, query included, and a
 	// query can carry a token (RequestAuthentication fromParams).
@@ -305,13 +326,6 @@ func (f *forwarder) failed(w http.ResponseWriter, method, path string, err error
 		logErr = ue.Err
 	}
 	f.s.log.Warn("forward failed", "listener", f.name, "method", method, "path", path, "err", logErr)
-	body := "upstream connect error or disconnect/reset before headers"
-	if f.errBody != nil {
-		body = f.errBody(err)
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.WriteHeader(http.StatusServiceUnavailable)
-	io.WriteString(w, body)
 }
 
 // refuseSwitch answers 502 to a 101 that switches to another protocol

@@ -20,16 +20,28 @@ import (
 // keeps working and a forger gains nothing:
 //
 //   - headers the sidecar sets (x-forwarded-client-cert, the headers
-//     RequestAuthentication writes from a token), method overrides and the
-//     x-moatless-* namespace are dropped under every spelling;
+//     RequestAuthentication writes from a token), method and path
+//     overrides and the x-moatless-* namespace are dropped under every
+//     spelling;
 //   - headers that other parts of the request path vouch for or that frame
 //     the message (the token headers RequestAuthentication reads, hop-by-hop
 //     fields, Content-Length, x-forwarded-*) keep their real spelling and
 //     lose their "_" twins.
+//
+// The gateway uses the same filter in its edge form (NewEdgeHeaderFilter):
+// there the forwarding family, the request ID and Envoy's and Istio's
+// headers are owned too, and every name with "_" is dropped.
 
 // ownedHeaders are set by the sidecar alone, whatever the policy, or
-// never forwarded (method overrides: see query.go).
-var ownedHeaders = append([]string{xfccHeader}, methodOverrideHeaders...)
+// never forwarded (method overrides: see query.go; path overrides: see
+// pathOverrideHeaders).
+var ownedHeaders = append(append([]string{xfccHeader}, methodOverrideHeaders...), pathOverrideHeaders...)
+
+// pathOverrideHeaders name another target than the request line's, and
+// frameworks behind IIS and some PHP and Java stacks serve that one:
+// policy would decide on /public while the app serves /admin. Like method
+// overrides, they are never forwarded.
+var pathOverrideHeaders = []string{"X-Original-Url", "X-Rewrite-Url", "X-Original-Uri"}
 
 // twinHeaders lose their "_" spellings; the real spelling is either
 // handled elsewhere (hop-by-hop fields) or end-to-end.
@@ -45,6 +57,19 @@ const (
 	twinPrefix  = "x-forwarded-"
 )
 
+// At the edge (the gateway) nothing in front of the mesh is trusted to
+// have set anything: the client-address and request-ID headers a proxy
+// in front of a sidecar vouches for are the edge's own to write, and so
+// are Envoy's and Istio's internal headers, which Envoy too strips from
+// requests arriving from outside.
+var (
+	edgeOwnedHeaders = []string{
+		"Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "X-Cluster-Client-Ip",
+		"X-Original-Forwarded-For", "X-Request-Id",
+	}
+	edgeOwnedPrefixes = []string{twinPrefix, "x-envoy-", "x-istio-"}
+)
+
 type headerRule uint8
 
 const (
@@ -52,22 +77,30 @@ const (
 	dropUnderscored
 )
 
-// headerFilter removes, from one inbound listener's requests under one
-// policy version, the headers described above. It is built once per
-// policy version and read concurrently.
+// headerFilter removes, from one listener's requests under one policy
+// version, the headers described above. It is built once per policy
+// version and read concurrently.
 type headerFilter struct {
 	// exact are the canonical "-" spellings of the owned headers: every
 	// name without "_" arrives canonical.
 	exact []string
+	// prefixes are the lower-case owned name prefixes.
+	prefixes []string
 	// rules holds folded names (lower case, "_" read as "-"), consulted
 	// for names that contain "_".
 	rules map[string]headerRule
+	// anyUnderscore drops every name holding "_" (the edge).
+	anyUnderscore bool
 }
 
 // newHeaderFilter builds the filter for a listener whose RequestAuthentication
 // writes output and reads tokens from tokenHeaders.
 func newHeaderFilter(output, tokenHeaders []string) *headerFilter {
-	f := &headerFilter{rules: map[string]headerRule{}}
+	return buildHeaderFilter(output, tokenHeaders, false)
+}
+
+func buildHeaderFilter(output, tokenHeaders []string, edge bool) *headerFilter {
+	f := &headerFilter{rules: map[string]headerRule{}, prefixes: []string{ownedPrefix}, anyUnderscore: edge}
 	own := func(h string) {
 		folded := foldHeaderName(h)
 		if f.rules[folded] != dropAnySpelling {
@@ -75,11 +108,15 @@ func newHeaderFilter(output, tokenHeaders []string) *headerFilter {
 			f.exact = append(f.exact, http.CanonicalHeaderKey(folded))
 		}
 	}
-	for _, h := range ownedHeaders {
-		own(h)
+	owned := [][]string{ownedHeaders, output}
+	if edge {
+		owned = append(owned, edgeOwnedHeaders)
+		f.prefixes = append(f.prefixes, edgeOwnedPrefixes...)
 	}
-	for _, h := range output {
-		own(h)
+	for _, list := range owned {
+		for _, h := range list {
+			own(h)
+		}
 	}
 	for _, list := range [][]string{twinHeaders, tokenHeaders} {
 		for _, h := range list {
@@ -122,13 +159,21 @@ func (f *headerFilter) owned(k string) bool {
 			return true
 		}
 	}
-	return len(k) >= len(ownedPrefix) && strings.EqualFold(k[:len(ownedPrefix)], ownedPrefix)
+	for _, p := range f.prefixes {
+		if len(k) >= len(p) && strings.EqualFold(k[:len(p)], p) {
+			return true
+		}
+	}
+	return false
 }
 
 // underscored reports whether k, a name holding "_", folds to a refused
 // name. Folding uses a stack buffer: no allocation for names up to 64
 // bytes.
 func (f *headerFilter) underscored(k string) bool {
+	if f.anyUnderscore {
+		return true
+	}
 	var buf [64]byte
 	b := buf[:0]
 	for i := 0; i < len(k); i++ {
@@ -144,8 +189,12 @@ func (f *headerFilter) underscored(k string) bool {
 	if f.rules[string(b)] != 0 {
 		return true
 	}
-	return len(b) >= len(ownedPrefix) && string(b[:len(ownedPrefix)]) == ownedPrefix ||
-		len(b) >= len(twinPrefix) && string(b[:len(twinPrefix)]) == twinPrefix
+	for _, p := range f.prefixes {
+		if len(b) >= len(p) && string(b[:len(p)]) == p {
+			return true
+		}
+	}
+	return len(b) >= len(twinPrefix) && string(b[:len(twinPrefix)]) == twinPrefix
 }
 
 // guardTrailers applies f to the trailer fields of r, which reach the app

@@ -497,6 +497,36 @@ func decodedPath(p string) string {
 	return p
 }
 
+// applyAuth makes the header and query edits RequestAuthentication asked
+// for on an allowed request: output headers set, the token removed unless
+// forwardOriginalToken (for the gateway, through ApplyAuth).
+func applyAuth(r *http.Request, auth *policy.Auth) {
+	if q, changed := authEdits(r.Header, r.URL.RawQuery, auth); changed {
+		r.URL.RawQuery = q
+	}
+}
+
+// authEdits makes RequestAuthentication's header edits on h and returns
+// query without the token's parameters (the rest as sent), and whether
+// that changed it.
+func authEdits(h http.Header, query string, auth *policy.Auth) (string, bool) {
+	if auth == nil {
+		return query, false
+	}
+	for _, k := range auth.RemoveHeaders {
+		h.Del(k)
+	}
+	for k, v := range auth.SetHeaders {
+		h.Set(k, v)
+	}
+	if len(auth.RemoveQueryParams) > 0 && query != "" {
+		return removeQueryParams(query, func(name string) bool {
+			return slices.Contains(auth.RemoveQueryParams, name)
+		})
+	}
+	return query, false
+}
+
 var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
 
 // decidedRequest is one inbound request as policy decided it. Both
@@ -530,15 +560,16 @@ type decidedRequest struct {
 // gives both the path the engine matches and the target forwarded, a
 // _method override dropped from its query, and policy decides on the
 // request's own method. ok is false for a target refused outright (a
-// fragment, NUL, a malformed escape): a 400, not a decision. h is
-// changed in place.
+// fragment, NUL, a malformed escape) or a Host that names no host
+// (policy.CheckRequestHost: hosts rules would deny it, but only where a
+// policy has them): a 400, not a decision. h is changed in place.
 func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
 	s := ib.s
 	r.method, r.header, r.version = method, h, st.version
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
 	st.filter(ib.name).strip(h)
 	np, perr := policy.NormalizeRequestPath(target, st.mode)
-	if perr != nil {
+	if perr != nil || policy.CheckRequestHost(host) != nil {
 		return r, false
 	}
 	r.np, r.overridden = stripMethodOverride(np)
@@ -614,19 +645,7 @@ func (ib *inbound) answerDenied(w http.ResponseWriter, r *decidedRequest) bool {
 func (r *decidedRequest) allowed(info *connInfo) (query string, changed bool) {
 	h := r.header
 	query, _ = r.np.Query()
-	if auth := r.auth; auth != nil {
-		for _, k := range auth.RemoveHeaders {
-			h.Del(k)
-		}
-		for k, v := range auth.SetHeaders {
-			h.Set(k, v)
-		}
-		if len(auth.RemoveQueryParams) > 0 && query != "" {
-			query, changed = removeQueryParams(query, func(name string) bool {
-				return slices.Contains(auth.RemoveQueryParams, name)
-			})
-		}
-	}
+	query, changed = authEdits(h, query, r.auth)
 	for k, v := range r.dec.Headers {
 		h[k] = []string{v}
 	}

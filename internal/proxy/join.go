@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -89,10 +88,14 @@ func (n *NodeIdentity) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x5
 // server never slows the request path. Lifecycle: Run(ctx) sends until ctx
 // ends, then makes one last attempt to flush.
 type ServerAudit struct {
-	// ServerAddr is the server's "host:port"; ServerName the name its
-	// certificate carries (the host when empty).
-	ServerAddr string
-	ServerName string
+	// ServerAddr is the server's "host:port"; ServerAddrs more replicas
+	// of the same control plane. A report goes to the first that takes
+	// it, starting with the one that took the last. ServerName is the
+	// name every server's certificate carries (the host of each address
+	// when empty).
+	ServerAddr  string
+	ServerAddrs []string
+	ServerName  string
 	// Identity provides the client certificate.
 	Identity Identity
 	// ServerRoots verify the server's certificate (its TLS certificate is
@@ -102,6 +105,8 @@ type ServerAudit struct {
 	Logger      *slog.Logger
 
 	once    sync.Once
+	addrs   []string     // ServerAddr, then ServerAddrs
+	cur     atomic.Int64 // index of addrs to try first
 	queue   chan wire.AuditEvent
 	dropped atomic.Uint64
 	sent    atomic.Uint64
@@ -117,14 +122,14 @@ func (a *ServerAudit) init() {
 			a.Logger = slog.Default()
 		}
 		a.queue = make(chan wire.AuditEvent, a.QueueSize)
-		host, _, _ := net.SplitHostPort(a.ServerAddr)
-		name := a.ServerName
-		if name == "" {
-			name = host
+		if a.ServerAddr != "" {
+			a.addrs = append(a.addrs, a.ServerAddr)
 		}
+		a.addrs = append(a.addrs, a.ServerAddrs...)
 		conf := &tls.Config{
 			MinVersion: tls.VersionTLS12,
-			ServerName: name,
+			// Empty: net/http sets each connection's to its address's host.
+			ServerName: a.ServerName,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				s, err := a.Identity.GetX509SVID()
 				if err != nil {
@@ -146,7 +151,7 @@ func (a *ServerAudit) init() {
 				for _, c := range cs.PeerCertificates[1:] {
 					inter.AddCert(c)
 				}
-				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: name, Roots: a.ServerRoots(), Intermediates: inter})
+				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: cs.ServerName, Roots: a.ServerRoots(), Intermediates: inter})
 				return err
 			},
 		}
@@ -226,21 +231,51 @@ func (a *ServerAudit) Run(ctx context.Context) {
 	}
 }
 
-var errPermanent = errors.New("proxy: audit: refused")
+var (
+	errPermanent   = errors.New("proxy: audit: refused")
+	errUnavailable = errors.New("proxy: audit: server unavailable")
+)
 
+// send delivers one report to the replica that took the last one or, when
+// it cannot be reached or is unavailable, to the next that takes it.
 func (a *ServerAudit) send(ctx context.Context, events []wire.AuditEvent) error {
 	body, err := json.Marshal(wire.AuditReport{Events: events})
 	if err != nil {
 		return fmt.Errorf("%w: %w", errPermanent, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+a.ServerAddr+wire.PathAudit, bytes.NewReader(body))
+	if len(a.addrs) == 0 {
+		return fmt.Errorf("%w: no server address", errPermanent)
+	}
+	first := a.cur.Load()
+	var err1 error
+	for i := range int64(len(a.addrs)) {
+		k := (first + i) % int64(len(a.addrs))
+		err := a.sendTo(ctx, a.addrs[k], body)
+		// Only an unreachable or unavailable server sends the report on
+		// to the next: a refusal on its merits (429: over this node's
+		// budget) is retried later, never multiplied across replicas.
+		if err == nil || !errors.Is(err, errUnavailable) || ctx.Err() != nil {
+			if err == nil {
+				a.cur.Store(k)
+			}
+			return err
+		}
+		if err1 == nil {
+			err1 = err
+		}
+	}
+	return err1
+}
+
+func (a *ServerAudit) sendTo(ctx context.Context, addr string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+wire.PathAudit, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("%w: %w", errPermanent, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errUnavailable, err)
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -249,6 +284,8 @@ func (a *ServerAudit) send(ctx context.Context, events []wire.AuditEvent) error 
 		return nil
 	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusRequestEntityTooLarge:
 		return fmt.Errorf("%w: server answered %d", errPermanent, resp.StatusCode)
+	case resp.StatusCode == http.StatusBadGateway, resp.StatusCode == http.StatusServiceUnavailable, resp.StatusCode == http.StatusGatewayTimeout:
+		return fmt.Errorf("%w: server %s answered %d", errUnavailable, addr, resp.StatusCode)
 	}
-	return fmt.Errorf("proxy: audit: server answered %d", resp.StatusCode)
+	return fmt.Errorf("proxy: audit: server %s answered %d", addr, resp.StatusCode)
 }

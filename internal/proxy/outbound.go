@@ -88,38 +88,8 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 		ob.tlsConf = s.tls.clientConfig(c.ID, c.ServerName, nil)
 		return ob, nil
 	}
-	// One pool of HTTP/2 connections to the upstream (ALPN h2): many
-	// requests share one handshake. WebSocket upgrades need HTTP/1.1; the
-	// transport dials those on separate connections by itself.
-	ob.tr = &http.Transport{
-		TLSClientConfig:     s.tls.clientConfig(c.ID, c.ServerName, []string{"h2", "http/1.1"}),
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: s.cfg.HandshakeTimeout,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        256,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
-		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-	}
-	ob.tr.Protocols.SetHTTP1(true)
-	ob.tr.Protocols.SetHTTP2(true)
-	var rt http.RoundTripper = ob.tr
-	if c.HTTP1 {
-		// Plain requests over pooled HTTP/1.1 TLS connections on the lean
-		// client; streaming bodies, gRPC and upgrades keep the transport.
-		h1 := s.tls.clientConfig(c.ID, c.ServerName, []string{"http/1.1"})
-		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-		rt = &appClient{
-			dial: func(ctx context.Context) (net.Conn, error) {
-				ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-				defer cancel()
-				return dialTLS(ctx, d, c.Upstream, h1)
-			},
-			fallback: ob.tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
-		}
-	}
+	rt, tr := s.tls.upstreamClient(c.ID, c.ServerName, c.Upstream, c.HTTP1, s.cfg.HandshakeTimeout)
+	ob.tr = tr
 	ob.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "https", host: c.Upstream, name: ob.name, s: s, errBody: ob.errBody}
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)

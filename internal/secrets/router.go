@@ -58,7 +58,10 @@ func (s *Service) isKVMount(rq *req, name string) (bool, error) {
 	return err == nil, err
 }
 
-var reservedMounts = map[string]bool{"sys": true, "auth": true, "transit": true, "database": true, "fieldcrypt": true, "identity": true, "cubbyhole": true, "admin": true, "agent": true}
+// reservedMounts are names a KV mount may not take: the secrets service's
+// own engines and the server's other /v1/ APIs (admin, agent, and OPA's
+// /v1/data/ and /v1/policies/, which the server routes first).
+var reservedMounts = map[string]bool{"data": true, "policies": true, "sys": true, "auth": true, "transit": true, "database": true, "fieldcrypt": true, "identity": true, "cubbyhole": true, "admin": true, "agent": true}
 
 func (s *Service) sysAPI(rq *req, rest string) (*envelope, error) {
 	switch {

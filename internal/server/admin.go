@@ -784,7 +784,7 @@ func (s *Server) listNodes(c *adminCall) {
 			return
 		}
 		req := max(base, pv)
-		out = append(out, NodeStatus{Node: n, Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat,
+		out = append(out, NodeStatus{Node: n, Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat,
 			RequiredVersion: req, InSync: n.AckedVersion >= req})
 	}
 	c.reply(http.StatusOK, out)

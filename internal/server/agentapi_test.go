@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -438,31 +439,50 @@ func TestAuditReportFromSidecarClient(t *testing.T) {
 		}
 		certs = append(certs, c)
 	}
-	rep := &proxy.ServerAudit{
-		ServerAddr:  e.addr,
-		Identity:    nodeIdentity{svid: &x509svid.SVID{ID: spiffeid.RequireFromString(n.id), Certificates: certs, PrivateKey: n.key}, bundle: xb},
-		ServerRoots: func() *x509.CertPool { return e.pool },
+	// A replica nobody answers on: reports move on to the live one.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { rep.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	for i := range 3 {
-		rep.Record(ctx, proxy.DecisionEvent{Time: time.Now(), Listener: "inbound", Source: "spiffe://example.org/ns/prod/sa/orders", SourceIP: "127.0.0.1",
-			Destination: "prod:8080", Protocol: "http", Method: "GET", Path: fmt.Sprintf("/admin/%d", i), Decision: "deny",
-			Policy: "prod/deny-admin", Rule: 0, Reason: "denied", ReasonCode: proxy.ReasonDenyRule, PolicyVersion: 1})
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for rep.Sent() < 3 {
-		if time.Now().After(deadline) || rep.Dropped() > 0 {
-			t.Fatalf("sent %d, dropped %d", rep.Sent(), rep.Dropped())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	recs, _ := audit.List(context.Background(), e.srv.Store(), 0, 3)
-	for _, r := range recs {
-		if r.Kind != audit.KindDecisionDeny || r.Actor != n.id || !strings.HasPrefix(r.Details["path"], "/admin/") {
-			t.Fatalf("record: %+v", r)
-		}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	for _, tc := range []struct {
+		name  string
+		addr  string
+		addrs []string
+	}{
+		{"one_server", e.addr, nil},
+		{"first_replica_down", "", []string{deadAddr, e.addr}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := &proxy.ServerAudit{
+				ServerAddr:  tc.addr,
+				ServerAddrs: tc.addrs,
+				Identity:    nodeIdentity{svid: &x509svid.SVID{ID: spiffeid.RequireFromString(n.id), Certificates: certs, PrivateKey: n.key}, bundle: xb},
+				ServerRoots: func() *x509.CertPool { return e.pool },
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { rep.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			for i := range 3 {
+				rep.Record(ctx, proxy.DecisionEvent{Time: time.Now(), Listener: "inbound", Source: "spiffe://example.org/ns/prod/sa/orders", SourceIP: "127.0.0.1",
+					Destination: "prod:8080", Protocol: "http", Method: "GET", Path: fmt.Sprintf("/admin/%s/%d", tc.name, i), Decision: "deny",
+					Policy: "prod/deny-admin", Rule: 0, Reason: "denied", ReasonCode: proxy.ReasonDenyRule, PolicyVersion: 1})
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for rep.Sent() < 3 {
+				if time.Now().After(deadline) || rep.Dropped() > 0 {
+					t.Fatalf("sent %d, dropped %d", rep.Sent(), rep.Dropped())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			recs, _ := audit.List(context.Background(), e.srv.Store(), 0, 3)
+			for _, r := range recs {
+				if r.Kind != audit.KindDecisionDeny || r.Actor != n.id || !strings.HasPrefix(r.Details["path"], "/admin/"+tc.name+"/") {
+					t.Fatalf("record: %+v", r)
+				}
+			}
+		})
 	}
 }

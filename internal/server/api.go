@@ -84,7 +84,8 @@ type CAStatus struct {
 // NodeStatus is an attested node with what it runs.
 type NodeStatus struct {
 	store.Node
-	// Connected: heard from within three heartbeat intervals.
+	// Connected: a watch stream on this replica, or heard from on any
+	// replica lately (a stream records that it is alive every 30 s).
 	Connected bool `json:"connected"`
 	// EntriesVersion is the version of the last change this node must
 	// apply; InSync says it acknowledged at least that.

@@ -1,9 +1,14 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/http/httptest"
+	"net/url"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -132,4 +137,77 @@ func FuzzAuditReport(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzWatchQuery: whatever query string a node sends to the watch stream,
+// the parser answers a badRequest or a since and epoch that hold to the
+// rules (a bounded lower-case hex epoch, a version that fits int64).
+func FuzzWatchQuery(f *testing.F) {
+	f.Add("since=12&epoch=0123456789abcdef0123456789abcdef")
+	f.Add("since=0")
+	f.Add("epoch=ab&since=1&since=2")
+	f.Add("since=9223372036854775808")
+	f.Add("from=1;since=2")
+	f.Add("since=%31&epoch=%41")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		since, hasSince, epoch, err := watchQuery(q)
+		if err != nil {
+			if _, ok := err.(*badRequest); !ok {
+				t.Fatalf("error is not a badRequest: %v", err)
+			}
+			return
+		}
+		if since > 1<<63-1 || (!hasSince && since != 0) || len(epoch) > wire.MaxEpochLength || strings.Trim(epoch, "0123456789abcdef") != "" {
+			t.Fatalf("accepted %q: since %d (%v) epoch %q", raw, since, hasSince, epoch)
+		}
+	})
+}
+
+// TestEncodeUpdateMatchesWire: the watch stream's own encoder (shared
+// sections spliced in) yields, for every field of wire.Update, what
+// json.Marshal does: a client decoding either gets the same update.
+func TestEncodeUpdateMatchesWire(t *testing.T) {
+	s := fuzzServer()
+	entries := []wire.Entry{{ID: "e1", SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/a",
+		Selectors: []wire.Selector{{Type: "unix", Value: "uid:1"}}, Labels: map[string]string{"a": "<b>"}, Revision: 2}}
+	for _, u := range []wire.Update{
+		{Version: 7, Heartbeat: true},
+		{Version: 8},
+		{Version: 9, Epoch: "abcd", Resumed: true, HeartbeatInterval: wire.Duration(500 * time.Millisecond),
+			Bundle:      &wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{{1, 2, 3}}, SequenceNumber: 4},
+			Entries:     &entries,
+			Revocations: &wire.Revocations{SPIFFEIDs: []string{"spiffe://example.org/x"}, TokenIDs: []wire.RevokedTokenID{{JTI: "j"}}},
+			Policies:    &wire.PolicySet{Version: 3, Documents: []json.RawMessage{json.RawMessage(`{"kind":"AuthorizationPolicy","x":"<&>"}`)}}},
+		{Version: 10, Entries: &[]wire.Entry{}},
+	} {
+		got, err := s.encodeUpdate(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 || got[len(got)-1] != '\n' || bytes.Count(got, []byte("\n")) != 1 {
+			t.Fatalf("not one NDJSON line: %q", got)
+		}
+		want, _ := json.Marshal(u)
+		var a, b any
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("%q: %v", got, err)
+		}
+		json.Unmarshal(want, &b)
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("encodeUpdate:\n%s\njson.Marshal:\n%s", got, want)
+		}
+		// Again, from the cache.
+		if again, _ := s.encodeUpdate(u); !bytes.Equal(again, got) {
+			t.Fatalf("second encoding differs:\n%s\n%s", again, got)
+		}
+	}
+	// Every field of wire.Update is covered above: a field added later
+	// must be added to the cases (and, if shared, to encodeUpdate).
+	if n := reflect.TypeFor[wire.Update]().NumField(); n != 9 {
+		t.Fatalf("wire.Update has %d fields; extend this test and encodeUpdate", n)
+	}
 }

@@ -21,6 +21,7 @@ type metrics struct {
 	nodes          prometheus.Gauge
 	connected      prometheus.Gauge
 	watchUpdates   *prometheus.CounterVec // type: update, heartbeat
+	watchStarts    *prometheus.CounterVec // kind: snapshot, resumed
 	adminRequests  *prometheus.CounterVec // outcome
 	agentRequests  *prometheus.CounterVec // endpoint, outcome
 	reportEvents   *prometheus.CounterVec // outcome: recorded, rate_limited, error
@@ -28,6 +29,8 @@ type metrics struct {
 	signSeconds    prometheus.Histogram
 	bundleSeq      prometheus.GaugeFunc
 	version        prometheus.GaugeFunc
+	feedConnected  prometheus.GaugeFunc
+	feedEvents     *prometheus.CounterVec // event: notification, reconnect, poll_catch_up
 
 	s *Server
 }
@@ -51,6 +54,8 @@ func newMetrics(s *Server) *metrics {
 		Help: "Watch streams open on this server."})
 	m.watchUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_watch_updates_sent_total",
 		Help: "Messages sent on watch streams, by type (update, heartbeat)."}, []string{"type"})
+	m.watchStarts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_watch_streams_started_total",
+		Help: "Watch streams opened, by how the first update was built: snapshot (every section) or resumed (only what changed after the client's ?since)."}, []string{"kind"})
 	m.adminRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_admin_requests_total",
 		Help: "Admin API requests, by outcome (success, client_error, denied, server_error)."}, []string{"outcome"})
 	m.agentRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_agent_requests_total",
@@ -66,9 +71,20 @@ func newMetrics(s *Server) *metrics {
 		Help: "Sequence number of the trust bundle served."}, func() float64 { return float64(s.bundleSeq.Load()) })
 	m.version = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moatless_change_version",
 		Help: "Global change version this server has seen."}, func() float64 { return float64(s.hub.current()) })
+	m.feedConnected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moatless_change_feed_connected",
+		Help: "1 while this server listens for other replicas' changes (PostgreSQL LISTEN/NOTIFY), else 0 (it polls)."},
+		func() float64 {
+			if s.listening.Load() {
+				return 1
+			}
+			return 0
+		})
+	m.feedEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_change_feed_events_total",
+		Help: "Change feed events: notification (heard a change), reconnect (the LISTEN connection was re-established), poll_catch_up (a poll found a change no notification announced)."},
+		[]string{"event"})
 	for _, c := range []prometheus.Collector{m.svids, m.attestFailures, m.attestations, m.tokensCreated, m.entries,
-		m.nodes, m.connected, m.watchUpdates, m.adminRequests, m.agentRequests, m.reportEvents, m.tlsFailures, m.signSeconds,
-		m.bundleSeq, m.version,
+		m.nodes, m.connected, m.watchUpdates, m.watchStarts, m.adminRequests, m.agentRequests, m.reportEvents, m.tlsFailures, m.signSeconds,
+		m.bundleSeq, m.version, m.feedConnected, m.feedEvents,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

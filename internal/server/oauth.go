@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -26,7 +25,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/audit"
-	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/token"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -144,19 +142,11 @@ func (s *Server) oauthRevokedTokens(ctx context.Context) ([]wire.RevokedTokenID,
 	return out, nil
 }
 
-// oauthRevoked is the token service's OnRevoke: it bumps the revocations
-// version (so every server replica and every watch stream notices) and
-// pushes the new section at once.
-func (s *Server) oauthRevoked(ctx context.Context, jti string, exp time.Time) {
-	ctx = context.WithoutCancel(ctx)
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-		_, err := s.db.BumpVersion(ctx, tx, store.SectionRevocations)
-		return err
-	})
-	if err != nil {
-		s.log.Error("publish token revocation; sidecars learn of it at the next change", "jti", jti, "err", err)
-		return
-	}
+// oauthRevoked is the token service's OnRevoke. The store moved the
+// revocations version in the transaction that listed the token
+// (store.OAuth.RevokeTokenID), so every replica hears of it; this pushes
+// the new section to this server's watch streams at once.
+func (s *Server) oauthRevoked(ctx context.Context, _ string, _ time.Time) {
 	s.changed(ctx)
 }
 

@@ -511,6 +511,13 @@ func TestSecretsAttacks(t *testing.T) {
 	if st := raw(w.http, "GET", "/v1/secret/data/web/x", map[string]string{"X-Vault-Token": "mls.bogus"}, ""); st != 403 {
 		t.Fatalf("bogus token with a certificate: %d", st)
 	}
+	// A KV mount named for a path OPA's REST API serves (/v1/data/,
+	// /v1/policies/) could never be reached: refused when mounted.
+	for _, name := range []string{"data", "policies", "admin", "agent"} {
+		if st, _ := e.vreq(c, "POST", "/v1/sys/mounts/"+name, e.token, map[string]any{"type": "kv", "options": map[string]string{"version": "2"}}); st != 400 {
+			t.Fatalf("mount %q: status %d, want 400", name, st)
+		}
+	}
 	// The server's own API paths are not the secrets service's.
 	if st, _ := e.vreq(c, "GET", "/v1/agent/nothing", "", nil); st != 404 {
 		t.Fatalf("/v1/agent/: %d", st)

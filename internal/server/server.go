@@ -10,8 +10,10 @@
 // idempotent and releases everything.
 //
 // Several servers may share one PostgreSQL store (and one KEK file): every
-// change bumps a global version in the store, and each server polls it to
-// push changes made elsewhere to its own watch streams.
+// change bumps a global version in the store and notifies it with
+// PostgreSQL's NOTIFY; each server listens (replica.go), with a poll of the
+// version as the fallback, and pushes changes made elsewhere to its own
+// watch streams.
 package server
 
 import (
@@ -41,7 +43,6 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
-	"github.com/moatless/moatless/internal/wire"
 )
 
 // Files the server keeps in its data directory.
@@ -74,8 +75,8 @@ type Config struct {
 	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
 	// /.well-known/ and /oauth2/ here). See also Mount.
 	ExtraHandlers map[string]http.Handler
-	// HeartbeatInterval is the longest a watch stream stays silent;
-	// wire.HeartbeatInterval (15s) when 0. Tests shorten it.
+	// HeartbeatInterval, when set, overrides Settings.WatchHeartbeat
+	// (tests use it).
 	HeartbeatInterval time.Duration
 	// ResetAdminToken replaces the admin token with a new one written to
 	// DIR/admin-token (the old one stops working).
@@ -119,6 +120,7 @@ type Server struct {
 	credCache   sync.Map
 	credCount   atomic.Int64
 	policyCache atomic.Pointer[policyCacheEntry]
+	policyLoad  sync.Mutex // one load of the policy set at a time (cachedPolicySet)
 	opaRego     regoCache  // the OPA API's compiled Rego, per policy version
 	authzSet    authzCache // ext_authz's compiled policy set, per policy version
 	// entries caches registration entries for the signing path as of one
@@ -136,6 +138,19 @@ type Server struct {
 	closeErr  error
 	bundleSeq atomic.Uint64
 	ready     atomic.Bool
+
+	// listening is true while followChanges hears other replicas'
+	// changes (replica.go); refresh wakes refreshLoop.
+	listening atomic.Bool
+	refresh   chan struct{}
+	// bundleSeen is the bundle section version changed() last handled.
+	bundleSeen atomic.Uint64
+	// epoch is the store's (store.DB.Epoch), announced on watch streams.
+	epoch string
+	// shared and bundleCache encode the watch sections every stream
+	// sends once per version (encode.go).
+	shared      sharedJSON
+	bundleCache atomic.Pointer[bundleCacheEntry]
 }
 
 // serverID is the SPIFFE ID of the control plane itself.
@@ -156,7 +171,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}}
+	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -164,7 +179,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
-		s.heartbeat = wire.HeartbeatInterval
+		s.heartbeat = st.WatchHeartbeat.Std()
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -181,11 +196,16 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := os.MkdirAll(st.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
-	s.db, err = store.Open(ctx, st.Store)
+	// Lock: a second server on the same SQLite file is refused, and
+	// "moatless store migrate" sees that this store is live.
+	s.db, err = store.OpenWith(ctx, st.Store, store.OpenOptions{Lock: true})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.db.Now = s.now
+	if s.epoch, err = s.db.Epoch(ctx); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.audit = audit.NewStoreSink(s.db)
 	s.audit.Now = s.now
 	s.metrics = newMetrics(s)
@@ -227,6 +247,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, err
 	}
 	s.entries.Store(&entryCache{version: vs.Sections[store.SectionEntries]})
+	s.bundleSeen.Store(vs.Sections[store.SectionBundle])
 	s.hub.setVersions(vs)
 	if err := s.metrics.refreshCounts(ctx); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -303,8 +324,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.maintain(base) }()
+	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(base) }()
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.httpSrv.ServeTLS(s.ln, "", "") }()
@@ -416,7 +439,8 @@ func (s *Server) loadKEK(ctx context.Context) ([]byte, error) {
 }
 
 // readSecretFile reads a small file, refusing files readable by group or
-// others (a key or token must be private) and files over limit bytes.
+// others (a key or token must be private) and files over limit bytes. The
+// one exception is a Kubernetes Secret volume (secretFromReadOnlyMount).
 func readSecretFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -427,7 +451,7 @@ func readSecretFile(path string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 && !secretFromReadOnlyMount(f, fi) {
 		return nil, fmt.Errorf("%s is accessible by group or others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
 	}
 	if fi.Size() > limit {

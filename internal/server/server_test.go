@@ -327,11 +327,12 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-// TestWatchSinceStartsComplete: ?since is validated but the first update
-// of a stream is complete whatever it says (wire.Update's contract), so a
-// node that reconnects after losing its state, or after changes it
-// missed, is whole again from one update.
-func TestWatchSinceStartsComplete(t *testing.T) {
+// TestWatchSince: a client that echoes the epoch of its last stream and
+// the version it applied gets only what changed after that version; a
+// client the server cannot vouch for (no epoch: older clients; another
+// store's epoch; a version the store never reached) gets every section,
+// so it is whole again from one update whatever it held.
+func TestWatchSince(t *testing.T) {
 	e := start(t, "")
 	n := e.attest("spiffe://example.org/agent/since")
 	e.admin("POST", server.PathAdminEntries, entryReq(n.id, "spiffe://example.org/ns/a/sa/since", "unix:uid:3"), nil)
@@ -342,21 +343,56 @@ func TestWatchSinceStartsComplete(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	first := next(t, e.watch(ctx, n))
 	cancel()
+	if first.Epoch == "" || first.Resumed || first.HeartbeatInterval.Std() != testHeartbeat {
+		t.Fatalf("first update of a fresh stream: epoch %q resumed %v heartbeat %s", first.Epoch, first.Resumed, first.HeartbeatInterval.Std())
+	}
+	// One more change after first: an entry of this node.
+	var ent wire.Entry
+	e.admin("POST", server.PathAdminEntries, entryReq(n.id, "spiffe://example.org/ns/a/sa/later", "unix:uid:4"), &ent)
 
-	for _, since := range []uint64{first.Version, first.Version - 1, first.Version + 100} {
-		t.Run(fmt.Sprintf("since_%d", since), func(t *testing.T) {
+	complete := func(u wire.Update) bool {
+		return !u.Resumed && u.Bundle != nil && u.Entries != nil && len(*u.Entries) == 2 && u.Revocations != nil &&
+			len(u.Revocations.SPIFFEIDs) == 1 && u.Policies != nil && u.Policies.Version == 1
+	}
+	onlyEntries := func(u wire.Update) bool {
+		return u.Resumed && u.Bundle == nil && u.Revocations == nil && u.Policies == nil && u.Entries != nil && len(*u.Entries) == 2
+	}
+	nothing := func(u wire.Update) bool {
+		return u.Resumed && u.Bundle == nil && u.Revocations == nil && u.Policies == nil && u.Entries == nil
+	}
+	now := first.Version + 1
+	for _, tc := range []struct {
+		name  string
+		query string
+		want  func(wire.Update) bool
+	}{
+		{"no_epoch_older_client", fmt.Sprintf("since=%d", first.Version), complete},
+		{"no_since", "epoch=" + first.Epoch, complete},
+		// Version 0 of this epoch: the bundle never changed since.
+		{"since_zero", "since=0&epoch=" + first.Epoch, func(u wire.Update) bool {
+			return u.Resumed && u.Bundle == nil && u.Entries != nil && u.Revocations != nil && u.Policies != nil
+		}},
+		{"resume_before_entry_change", fmt.Sprintf("since=%d&epoch=%s", first.Version, first.Epoch), onlyEntries},
+		{"resume_up_to_date", fmt.Sprintf("since=%d&epoch=%s", now, first.Epoch), nothing},
+		{"since_ahead_of_store", fmt.Sprintf("since=%d&epoch=%s", now+100, first.Epoch), complete},
+		{"other_epoch", fmt.Sprintf("since=%d&epoch=%s", first.Version, strings.Repeat("ab", 16)), complete},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			u := next(t, e.watchQuery(ctx, n, fmt.Sprintf("since=%d", since)))
-			if u.Version != first.Version || u.Bundle == nil || u.Entries == nil || len(*u.Entries) != 1 ||
-				u.Revocations == nil || len(u.Revocations.SPIFFEIDs) != 1 || u.Policies == nil || u.Policies.Version != 1 {
-				t.Fatalf("first update with ?since=%d is not complete: %+v", since, u)
+			u := next(t, e.watchQuery(ctx, n, tc.query))
+			if u.Version != now || u.Epoch != first.Epoch || !tc.want(u) {
+				t.Fatalf("first update with ?%s: %+v", tc.query, u)
 			}
 		})
 	}
 	for _, tc := range []struct{ name, query string }{
 		{"since_not_a_number", "since=x"},
 		{"since_negative", "since=-1"},
+		{"since_twice", "since=1&since=2"},
+		{"epoch_not_hex", "since=1&epoch=ZZ"},
+		{"epoch_upper_case", "since=1&epoch=AB"},
+		{"epoch_too_long", "since=1&epoch=" + strings.Repeat("a", 65)},
 		{"unknown_parameter", "from=1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -91,6 +91,18 @@ func (s *Server) changed(ctx context.Context) {
 		s.log.Error("read change versions", "err", err)
 		return
 	}
+	if v := vs.Sections[store.SectionBundle]; v > s.bundleSeen.Load() {
+		// Another replica may have taken a CA step: adopt it before the
+		// streams send the bundle section, so they send the new bundle.
+		s.bundleSeen.Store(v)
+		if adopted, err := s.ca.Sync(ctx); err != nil {
+			s.log.Error("adopt the CA state another replica saved; retrying at the next tick", "err", err)
+		} else if adopted {
+			if err := s.writeBundleFile(); err != nil {
+				s.log.Error("write trust bundle", "err", err)
+			}
+		}
+	}
 	if v := vs.Sections[store.SectionEntries]; s.entries.Load().version != v {
 		s.entries.Store(&entryCache{version: v})
 	}
@@ -134,7 +146,7 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 	u := wire.Update{Version: vs.Global}
 	any := false
 	if full || vs.Sections[store.SectionBundle] > since {
-		u.Bundle = s.wireBundle()
+		u.Bundle = s.cachedWireBundle()
 		any = true
 	}
 	// A parent's entries version never exceeds the entries section's
@@ -173,28 +185,21 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 }
 
 // handleWatch streams wire.Update objects as NDJSON to an attested node:
-// first every section, then each change that concerns it (its entries, the
-// bundle, revocations, policies) with the global version, and a heartbeat
-// at least every wire.HeartbeatInterval. The stream ends when the caller's
-// SVID expires or is revoked (the node reconnects with a renewed SVID), or
-// when the server shuts down.
+// first what the node needs to be current (every section, or with a
+// resumable ?since only what changed after it), then each change that
+// concerns it (its entries, the bundle, revocations, policies) with the
+// global version, and a heartbeat at least every s.heartbeat. The stream
+// ends when the caller's SVID expires or is revoked (the node reconnects
+// with a renewed SVID), or when the server shuts down.
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	c, ok := s.authNode(w, r, "watch")
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
-	for k := range q {
-		if k != "since" {
-			s.agentErr(w, "watch", badf("query parameter %q: unknown (allowed: since)", k))
-			return
-		}
-	}
-	if v := q.Get("since"); v != "" {
-		if _, err := strconv.ParseUint(v, 10, 63); err != nil {
-			s.agentErr(w, "watch", badf("since %q: want a version number", v))
-			return
-		}
+	since, hasSince, epoch, err := watchQuery(r.URL.Query())
+	if err != nil {
+		s.agentErr(w, "watch", err)
+		return
 	}
 	ctx := r.Context()
 	id := c.id.String()
@@ -207,16 +212,26 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, "watch", err)
 		return
 	}
-	first, _, err := s.buildUpdate(ctx, c, vs, 0, true)
+	// A delta is only as good as the client's claim to hold the store's
+	// state at since: same history (epoch), not ahead of the store. A
+	// client that lies about it deprives only itself.
+	resume := hasSince && epoch != "" && epoch == s.epoch && since <= vs.Global
+	first, _, err := s.buildUpdate(ctx, c, vs, since, !resume)
 	if err != nil {
 		s.agentErr(w, "watch", err)
 		return
 	}
+	first.Epoch, first.Resumed, first.HeartbeatInterval = s.epoch, resume, wire.Duration(s.heartbeat)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 	s.metrics.agentRequests.WithLabelValues("watch", "success").Inc()
+	kind := "snapshot"
+	if resume {
+		kind = "resumed"
+	}
+	s.metrics.watchStarts.WithLabelValues(kind).Inc()
 	s.hub.connect(id, 1)
 	s.metrics.connected.Inc()
 	defer func() {
@@ -224,11 +239,16 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		s.metrics.connected.Dec()
 	}()
 	_ = s.db.TouchNode(ctx, id, s.now())
+	lastTouch := time.Now()
 
-	enc := json.NewEncoder(w)
 	send := func(u wire.Update) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if err := enc.Encode(u); err != nil {
+		line, err := s.encodeUpdate(u)
+		if err != nil {
+			s.log.Error("watch: encode update", "err", err)
+			return false
+		}
+		if _, err := w.Write(line); err != nil {
 			return false
 		}
 		if err := rc.Flush(); err != nil {
@@ -262,7 +282,12 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			if !send(wire.Update{Version: last, Heartbeat: true}) {
 				return
 			}
-			_ = s.db.TouchNode(ctx, id, s.now())
+			// last_seen is for humans (moatless agent list): one write
+			// per node per touchInterval, not per heartbeat.
+			if time.Since(lastTouch) >= touchInterval {
+				lastTouch = time.Now()
+				_ = s.db.TouchNode(ctx, id, s.now())
+			}
 		case <-wake:
 			wake = s.hub.wait()
 			if s.revs.Load().revoked(id, c.serial) {
@@ -292,17 +317,50 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// touchInterval is how often a watch stream records that its node is
+// still there (store.TouchNode).
+const touchInterval = 30 * time.Second
+
+// watchQuery parses the watch stream's query: since (a version) and
+// epoch (what an earlier stream announced). Anything else is refused.
+func watchQuery(q url.Values) (since uint64, hasSince bool, epoch string, err error) {
+	for k, v := range q {
+		if k != "since" && k != "epoch" {
+			return 0, false, "", badf("query parameter %q: unknown (allowed: since, epoch)", k)
+		}
+		if len(v) != 1 {
+			return 0, false, "", badf("query parameter %q: give it once", k)
+		}
+	}
+	if v := q.Get("since"); v != "" {
+		if since, err = strconv.ParseUint(v, 10, 63); err != nil {
+			return 0, false, "", badf("since %q: want a version number", v)
+		}
+		hasSince = true
+	}
+	epoch = q.Get("epoch")
+	if len(epoch) > wire.MaxEpochLength {
+		return 0, false, "", badf("epoch: longer than %d characters", wire.MaxEpochLength)
+	}
+	for _, r := range epoch {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return 0, false, "", badf("epoch %q: want lower-case hex, as the server sent it", epoch)
+		}
+	}
+	return since, hasSince, epoch, nil
+}
+
 // maintain runs the server's periodic work until ctx ends: CA rotation
-// steps, server certificate renewal, noticing other replicas' changes, and
-// pruning expired records.
+// steps, server certificate renewal, the fallback poll for other replicas'
+// changes (replica.go), and pruning expired records.
 func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval.Std())
 	defer t.Stop()
-	var lastPrune time.Time
+	var lastPrune, lastArchive time.Time
 	// Leases that expired while the server was down are revoked now, not
 	// a poll interval later.
 	s.tickSecrets(ctx)
-	for {
+	for tick := uint64(1); ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -326,14 +384,24 @@ func (s *Server) maintain(ctx context.Context) {
 				s.log.Error("renew server certificate; keeping the old one", "err", err)
 			}
 		}
-		if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
-			s.changed(ctx)
+		if s.pollDue(tick) {
+			if v, err := s.db.GlobalVersion(ctx); err == nil && v > s.hub.current() {
+				if s.listening.Load() {
+					s.metrics.feedEvents.WithLabelValues("poll_catch_up").Inc()
+				}
+				s.changed(ctx)
+			}
 		}
 		s.tickOAuth(ctx)
 		s.tickSecrets(ctx)
 		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
 			lastPrune = now
 			s.prune(ctx, now)
+			s.evictStaleNodes(ctx, now)
+		}
+		if now := s.now(); s.cfg.AuditRetention > 0 && now.Sub(lastArchive) >= archiveEvery {
+			lastArchive = now
+			s.archiveAudit(ctx, now)
 		}
 	}
 }

@@ -597,9 +597,19 @@ func (o *OAuth) RevokeGrant(ctx context.Context, grantID string, at time.Time) (
 				out = append(out, t)
 			}
 		}
-		return nil
+		return bumpIfRevoked(ctx, o.db, tx, len(out))
 	})
 	return out, err
+}
+
+// bumpIfRevoked moves the revocations section's version inside tx when n
+// token IDs were newly listed (see RevokeTokenID).
+func bumpIfRevoked(ctx context.Context, db *DB, tx *sql.Tx, n int) error {
+	if n == 0 {
+		return nil
+	}
+	_, err := db.BumpVersion(ctx, tx, SectionRevocations)
+	return err
 }
 
 // RevokeUserGrants ends every session of the user in one transaction:
@@ -654,7 +664,10 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 		if err := rows.Err(); err != nil {
 			return oerr("revoke user grants", err)
 		}
-		return rows.Close()
+		if err := rows.Close(); err != nil {
+			return oerr("revoke user grants", err)
+		}
+		return bumpIfRevoked(ctx, o.db, tx, len(out))
 	})
 	if err != nil {
 		return 0, nil, err
@@ -772,13 +785,25 @@ func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *to
 
 // ---- revoked access tokens and assertion replay
 
+// RevokeTokenID lists jti as revoked and, when it was not listed yet,
+// moves the revocations section's version in the same transaction: a
+// revocation that committed is on every watch stream, even if the server
+// that wrote it dies before it could announce it.
 func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error) {
-	res, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-		jti, unix(exp), unix(at))
-	if err != nil {
-		return false, oerr("revoke token id", err)
-	}
-	return rowsOne(res)
+	var fresh bool
+	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+			jti, unix(exp), unix(at))
+		if err != nil {
+			return oerr("revoke token id", err)
+		}
+		if fresh, err = rowsOne(res); err != nil || !fresh {
+			return err
+		}
+		_, err = o.db.BumpVersion(ctx, tx, SectionRevocations)
+		return err
+	})
+	return fresh, err
 }
 
 func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {

@@ -473,7 +473,13 @@ func (s *DB) Node(ctx context.Context, id string) (Node, error) {
 
 // Nodes lists attested nodes by SPIFFE ID.
 func (s *DB) Nodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.db.QueryContext(ctx, nodeCols+" ORDER BY spiffe_id")
+	return s.queryNodes(ctx, " ORDER BY spiffe_id")
+}
+
+// queryNodes lists the nodes that the rest of a SELECT (where, order,
+// limit) picks; never nil.
+func (s *DB) queryNodes(ctx context.Context, rest string, args ...any) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, nodeCols+rest, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list nodes: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
@@ -59,6 +60,12 @@ func (d Dialect) String() string {
 type DB struct {
 	db      *sql.DB
 	dialect Dialect
+	// dsn is the PostgreSQL DSN, for the dedicated connection of
+	// FollowChanges; empty under SQLite.
+	dsn string
+	// unlock releases the SQLite lock file taken with OpenOptions.Lock.
+	unlock     func()
+	unlockOnce sync.Once
 	// Now is the clock used for timestamps the store writes itself;
 	// time.Now when nil. Tests set it.
 	Now func() time.Time
@@ -92,18 +99,38 @@ type OpenOptions struct {
 	// migrations this binary does not know, since reading a schema this
 	// binary was not built for could misreport what the store holds.
 	ReadOnly bool
+	// Lock, for a server, marks the store as in use for as long as it is
+	// open, so tools that need it to stand still (InUse) refuse to run:
+	// SQLite takes an exclusive flock on PATH.lock, failing with an error
+	// wrapping ErrInUse when another server holds it (two servers on one
+	// SQLite file would each believe they are alone); PostgreSQL sessions
+	// carry application_name moatless-server unless the DSN sets one.
+	Lock bool
+	// SkipSchemaCheck opens a store without looking at its schema (with
+	// ReadOnly only): for InUse, which reads only catalogs.
+	SkipSchemaCheck bool
 }
 
 // OpenWith is Open with options.
-func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
+func OpenWith(ctx context.Context, dsn string, o OpenOptions) (_ *DB, err error) {
 	var (
 		db      *sql.DB
-		err     error
 		dialect Dialect
+		unlock  func() // the SQLite lock file's, when taken
 	)
+	defer func() {
+		if err != nil && unlock != nil {
+			unlock()
+		}
+	}()
 	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+	case IsPostgres(dsn):
 		dialect = Postgres
+		if o.Lock {
+			if dsn, err = withApplicationName(dsn, serverApplicationName); err != nil {
+				return nil, err
+			}
+		}
 		if o.ReadOnly {
 			u, err := url.Parse(dsn)
 			if err != nil {
@@ -120,9 +147,17 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 		}
 		db.SetMaxOpenConns(16)
 	default:
-		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
+		path := sqlitePath(dsn)
 		if path == "" {
 			return nil, errors.New("store: empty sqlite path")
+		}
+		if o.Lock && !o.ReadOnly {
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return nil, fmt.Errorf("store: %w", err)
+			}
+			if unlock, err = lockFile(path+lockSuffix, true); err != nil {
+				return nil, err
+			}
 		}
 		q := url.Values{}
 		if o.ReadOnly {
@@ -152,15 +187,23 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (*DB, error) {
 		// readers proceed under WAL.
 		db.SetMaxOpenConns(4)
 	}
-	s := &DB{db: db, dialect: dialect}
+	s := &DB{db: db, dialect: dialect, unlock: unlock}
+	if dialect == Postgres {
+		s.dsn = dsn
+	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to %s: %w", dialect, err)
 	}
-	if o.ReadOnly {
+	switch {
+	case o.ReadOnly && o.SkipSchemaCheck:
+	case o.ReadOnly:
 		err = s.checkSchema(ctx)
-	} else {
-		err = s.migrate(ctx)
+	default:
+		if err = s.migrate(ctx); err != nil {
+			break
+		}
+		err = s.ensureEpoch(ctx)
 	}
 	if err != nil {
 		db.Close()
@@ -235,12 +278,19 @@ func createPrivate(path string) error {
 	return f.Close()
 }
 
-// Close closes the database. It is safe to call more than once.
+// Close closes the database and releases the lock taken with
+// OpenOptions.Lock. It is safe to call more than once.
 func (s *DB) Close() error {
 	if s == nil || s.db == nil {
 		return nil
 	}
-	return s.db.Close()
+	err := s.db.Close()
+	s.unlockOnce.Do(func() {
+		if s.unlock != nil {
+			s.unlock()
+		}
+	})
+	return err
 }
 
 // Dialect reports the SQL engine.

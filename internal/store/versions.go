@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -31,9 +33,21 @@ const (
 // a reader that saw version v can never later see a commit with a version
 // below v. Call it after the change's own statements and before appending
 // the audit record, in every change transaction (one lock order for all).
+//
+// Under PostgreSQL the same statement queues a notification on
+// ChangeChannel carrying the new version; PostgreSQL delivers it to every
+// listening replica when (and only if) the transaction commits, in commit
+// order, so each replica hears of each change the moment it is durable
+// (FollowChanges) instead of at its next poll.
 func (s *DB) BumpVersion(ctx context.Context, tx *sql.Tx, sections ...Section) (uint64, error) {
 	var v int64
-	if err := tx.QueryRowContext(ctx, "UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value").Scan(&v); err != nil {
+	q := "UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value"
+	if s.dialect == Postgres {
+		// One round trip for the increment and the notification.
+		q = `WITH v AS (UPDATE counters SET value = value + 1 WHERE name = 'version' RETURNING value)
+			SELECT value FROM v, LATERAL (SELECT pg_notify('` + ChangeChannel + `', value::text)) n`
+	}
+	if err := tx.QueryRowContext(ctx, q).Scan(&v); err != nil {
 		return 0, fmt.Errorf("store: bump version: %w", err)
 	}
 	for _, sec := range sections {
@@ -113,4 +127,35 @@ func (s *DB) ParentVersion(ctx context.Context, parent string) (uint64, error) {
 		return 0, fmt.Errorf("store: read entries version: %w", err)
 	}
 	return uint64(v), nil
+}
+
+// epochMetaKey is where the store keeps its epoch.
+const epochMetaKey = "store_epoch"
+
+// Epoch identifies the store's history of versions: watch clients resume
+// from a version only within the epoch they saw it in. It is created at
+// the first Open and survives restarts and "moatless store migrate" (the
+// same history in another engine); restoring a backup gives the store a
+// new one (NewEpoch), since versions after the backup's may repeat with
+// other content.
+func (s *DB) Epoch(ctx context.Context) (string, error) {
+	return s.Meta(ctx, epochMetaKey)
+}
+
+// NewEpoch gives the store a fresh epoch through q: every watch client
+// gets a complete snapshot on its next connection.
+func (s *DB) NewEpoch(ctx context.Context, q Queryer) error {
+	return s.SetMeta(ctx, q, epochMetaKey, newEpoch())
+}
+
+// ensureEpoch creates the epoch of a store that has none.
+func (s *DB) ensureEpoch(ctx context.Context) error {
+	_, err := s.SetMetaIfAbsent(ctx, s.db, epochMetaKey, newEpoch())
+	return err
+}
+
+func newEpoch() string {
+	b := make([]byte, 16)
+	rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
 }

@@ -30,22 +30,35 @@ const (
 	// PathSignJWT: SignJWTRequest → SignJWTResponse. mTLS. Signs a JWT-SVID
 	// for an entry whose parent is the caller.
 	PathSignJWT = "/v1/agent/jwtsvid"
-	// PathWatch: GET, optionally with ?since=VERSION (the last version the
-	// client applied; validated, but informational only: the server does
-	// not send a delta against it). The answer is a stream of
-	// newline-delimited JSON Update objects, flushed as they happen: first
-	// one complete Update, then one per later change, each with a higher
-	// Version than the one before. The server sends a Heartbeat update at
-	// least every HeartbeatInterval so either side notices a dead stream.
+	// PathWatch: GET, optionally with ?since=VERSION&epoch=EPOCH: the last
+	// version the client applied and the Epoch of the stream it came from
+	// (to resume after a reconnect, on the same server or another replica
+	// of the same store). The answer is a stream of newline-delimited JSON
+	// Update objects, flushed as they happen: first one Update that brings
+	// the client to the current version, then one per later change, each
+	// with a higher Version than the one before. The first Update is a
+	// delta (Resumed, only the sections that changed after since) when the
+	// server can tell what changed: the epoch is its store's and since is
+	// not ahead of the store. Otherwise, and
+	// always for a client that sends no epoch (older clients send since
+	// alone), it is complete. The server sends a Heartbeat update at least
+	// every HeartbeatInterval it announced in the first Update, so either
+	// side notices a dead stream.
 	PathWatch = "/v1/agent/watch"
 	// PathAck: Ack → 204. mTLS. Records which version the caller has
 	// applied, so the server knows who runs what.
 	PathAck = "/v1/agent/ack"
 )
 
-// HeartbeatInterval is the longest the server stays silent on a watch
-// stream. A client that hears nothing for 3× this reconnects.
+// HeartbeatInterval is the longest a server that announces no heartbeat
+// interval (Update.HeartbeatInterval, absent from servers before it
+// existed) stays silent on a watch stream. A client that hears nothing for
+// 3× the interval in force considers the stream dead and reconnects,
+// to another server when it knows several.
 const HeartbeatInterval = 15 * time.Second
+
+// MaxEpochLength bounds the epoch a client echoes in ?epoch=.
+const MaxEpochLength = 64
 
 // MaxBodySize bounds every request body on the agent API.
 const MaxBodySize = 1 << 20
@@ -183,20 +196,33 @@ type RevokedTokenID struct {
 
 // Update is one message on the watch stream. Version is the global change
 // version it brings the receiver to. Each section is a full replacement of
-// that section. The first update of every stream carries every section
-// (Policies too, at policy version 0 before any policy exists), whatever
-// ?since said, so a client that reconnects after losing state, or after
-// changes it missed, is whole again from that one update. Later updates
-// carry only the sections that changed since the previous update on the
-// same stream (nil means "unchanged"). A receiver applies the whole
-// update, then posts an Ack with its Version.
+// that section. The first update of a stream carries every section
+// (Policies too, at policy version 0 before any policy exists), so a
+// client that connects for the first time, lost its state, or comes from
+// another store is whole again from that one update, unless it is
+// Resumed: then it carries only the sections that changed after the
+// client's ?since (see PathWatch), possibly none. Later updates carry only
+// the sections that changed since the previous update on the same stream
+// (nil means "unchanged"). A receiver applies the whole update, then posts
+// an Ack with its Version.
 type Update struct {
-	Version     uint64       `json:"version"`
-	Heartbeat   bool         `json:"heartbeat,omitempty"`
-	Bundle      *Bundle      `json:"bundle,omitempty"`
-	Entries     *[]Entry     `json:"entries,omitempty"` // entries parented by the caller
-	Revocations *Revocations `json:"revocations,omitempty"`
-	Policies    *PolicySet   `json:"policies,omitempty"`
+	Version   uint64 `json:"version"`
+	Heartbeat bool   `json:"heartbeat,omitempty"`
+	// Epoch identifies the store's history (first update only). Versions
+	// compare only within one epoch: a store restored from a backup gets a
+	// new one, so a client that saw later versions of the old history is
+	// sent everything again. A client echoes it with ?since to resume.
+	Epoch string `json:"epoch,omitempty"`
+	// Resumed marks a first update that is a delta against the client's
+	// ?since rather than a complete snapshot.
+	Resumed bool `json:"resumed,omitempty"`
+	// HeartbeatInterval is the longest this server stays silent on the
+	// stream (first update only; HeartbeatInterval when absent).
+	HeartbeatInterval Duration     `json:"heartbeat_interval,omitempty"`
+	Bundle            *Bundle      `json:"bundle,omitempty"`
+	Entries           *[]Entry     `json:"entries,omitempty"` // entries parented by the caller
+	Revocations       *Revocations `json:"revocations,omitempty"`
+	Policies          *PolicySet   `json:"policies,omitempty"`
 }
 
 // PolicySet is the whole set of security policies at one policy version:

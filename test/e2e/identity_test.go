@@ -53,14 +53,21 @@ func (p *plane) restart() {
 	t := p.t
 	t.Helper()
 	p.server = start(t, "server", p.env, "server", "--data-dir", p.dataDir, "--trust-domain", trustDomain, "--listen", p.addr)
+	waitListening(t, p.server, p.addr, p.dataDir)
+}
+
+// waitListening waits until the server process srv wrote dataDir's
+// bundle.pem and accepts connections on addr.
+func waitListening(t *testing.T, srv *proc, addr, dataDir string) {
+	t.Helper()
 	waitFor(t, 30*time.Second, "the server to listen", func() bool {
-		if p.server.exited() {
-			t.Fatalf("server exited:\n%s", p.server.out.String())
+		if srv.exited() {
+			t.Fatalf("server exited:\n%s", srv.out.String())
 		}
-		if _, err := os.Stat(filepath.Join(p.dataDir, "bundle.pem")); err != nil {
+		if _, err := os.Stat(filepath.Join(dataDir, "bundle.pem")); err != nil {
 			return false
 		}
-		c, err := net.DialTimeout("tcp", p.addr, time.Second)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return false
 		}

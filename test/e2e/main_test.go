@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/loopback"
+	"github.com/moatless/moatless/internal/store/storetest"
 )
 
 // bin is the moatless binary built once for every test.
@@ -37,6 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	storetest.Stop() // the PostgreSQL server of the replica tests, if one started
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -157,12 +160,11 @@ func run(t *testing.T, env []string, stdin string, args ...string) (code int, st
 // freeAddr returns a loopback address with a port nobody listens on.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := loopback.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // waitFor polls cond until it holds or the deadline passes. It waits for

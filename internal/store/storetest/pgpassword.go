@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/loopback"
 )
 
 // PasswordServer is a PostgreSQL server that authenticates with
@@ -69,14 +71,7 @@ func PostgresPassword(t testing.TB) *PasswordServer {
 	return pwServer
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return loopback.FreePort() }
 
 func startPasswordServer() (*PasswordServer, error) {
 	bin, err := findBin()

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of the edge on loopback, in one run:
+#
+#   direct:          wrk → app
+#   nginx:           wrk ⇒ TLS ⇒ nginx             ⇒ mTLS ⇒ moatless sidecar → app
+#   gateway:         wrk ⇒ TLS ⇒ moatless gateway  ⇒ mTLS ⇒ moatless sidecar → app
+#   gateway-waf:     the same route with the WAF on (Core Rule Set, paranoia 1)
+#   gateway-rl:      WAF off, one per-IP rate limit in memory
+#   gateway-rl-redis WAF off, one per-IP rate limit in redis-server
+#
+# nginx and the gateway terminate the same client TLS (TLS 1.3, P-256
+# certificate) and reach the same upstream sidecar over mutual TLS with the
+# same client SVID, on pooled keep-alive connections; each runs one worker
+# (nginx worker_processes 1, the gateway GOMAXPROCS=1). The app is an nginx
+# answering "hello" (one worker). Every request is the issue's reference:
+# POST of a 1 KB JSON order (43 fields), so the WAF has a body to inspect.
+# The gateway logs each request as a JSON access-log line; nginx's access
+# log is on too, so both write one line per request.
+#
+# Reported per setup: requests/s at 16 connections; p50/p99 latency at 1
+# connection and what the setup adds over direct; CPU seconds per 1,000
+# requests of the edge proxy (utime+stime from /proc during the
+# 16-connection run) and, for Redis, of redis-server. The rate-limit
+# check's cost is the difference between gateway-rl(-redis) and gateway.
+#
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md]
+# Needs: go, openssl, nginx, redis-server, wrk (apt-get install nginx redis-server wrk).
+# Only 127.0.0.1 is used; everything started is stopped on exit.
+set -euo pipefail
+
+DUR=10
+OUT=""
+while getopts "d:o:" opt; do
+	case $opt in
+	d) DUR=$OPTARG ;;
+	o) OUT=$OPTARG ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE]" >&2; exit 2 ;;
+	esac
+done
+
+for cmd in go openssl nginx redis-server wrk curl; do
+	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx redis-server wrk openssl curl)" >&2; exit 2; }
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/moatless-gwbench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+# Ports: a block chosen from the PID so parallel runs do not collide.
+BASE=$((20000 + ($$ % 400) * 100))
+APP=$BASE SC_IN=$((BASE + 1)) SC_ADM=$((BASE + 2)) NG=$((BASE + 3)) REDIS=$((BASE + 4))
+GW=$((BASE + 10)) GW_WAF=$((BASE + 11)) GW_RL=$((BASE + 12)) GW_RLR=$((BASE + 13))
+
+echo "bench: building moatless" >&2
+(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
+
+# --- PKI: one CA; the upstream's SVID, the edge's client SVID (used by
+# nginx and the gateway alike), the public certificate for localhost. ---
+cd "$W"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -days 2 -subj "/O=bench/CN=bench CA" \
+	-addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+	-addext "subjectAltName=URI:spiffe://bench.test" -out ca.pem 2>/dev/null
+leaf() { # name san
+	openssl ecparam -name prime256v1 -genkey -noout -out "$1.ec" 2>/dev/null
+	openssl pkcs8 -topk8 -nocrypt -in "$1.ec" -out "$1.key"
+	openssl req -new -key "$1.key" -subj "/O=bench" -out "$1.csr" 2>/dev/null
+	printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$2" > "$1.ext"
+	openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+}
+leaf orders "URI:spiffe://bench.test/ns/prod/sa/orders,DNS:localhost,IP:127.0.0.1"
+leaf edge "URI:spiffe://bench.test/ns/istio-system/sa/gateway"
+leaf public "DNS:localhost,IP:127.0.0.1"
+
+# The 1 KB JSON order of internal/gateway/waf's BenchmarkInspectJSON1K.
+{
+	printf '{"customer":{"id":"c-1029","name":"Ada Lovelace","email":"ada@example.com"},"items":['
+	for _ in $(seq 9); do printf '{"sku":"BK-1001","title":"Notes on the Analytical Engine","qty":1,"price":19.99},'; done
+	printf '{"sku":"BK-1002","title":"Sketch","qty":1,"price":9.5}],"note":"deliver after 5pm"}'
+} > order.json
+cat > post.lua <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+wrk.headers["Accept"] = "application/json"
+local f = io.open("$W/order.json"); wrk.body = f:read("*a"); f:close()
+LUA
+
+# --- the app: nginx answering "hello" ---
+mkdir -p app ng
+cat > app/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $W/app/pid; error_log $W/app/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; client_body_buffer_size 16k;
+  server { listen 127.0.0.1:$APP; location / { return 200 "hello\n"; } } }
+CONF
+
+# --- nginx as the TLS reverse proxy, mTLS to the sidecar ---
+cat > ng/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $W/ng/pid; error_log $W/ng/error.log warn;
+events { worker_connections 4096; }
+http { access_log $W/ng/access.log; keepalive_requests 1000000; client_body_buffer_size 16k;
+  server_tokens off;
+  upstream peer { server 127.0.0.1:$SC_IN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NG ssl http2;
+    ssl_certificate $W/public.pem; ssl_certificate_key $W/public.key; ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto https;
+      proxy_ssl_certificate $W/edge.pem; proxy_ssl_certificate_key $W/edge.key;
+      proxy_ssl_trusted_certificate $W/ca.pem; proxy_ssl_verify on; proxy_ssl_name localhost;
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+      add_header Strict-Transport-Security "max-age=31536000; includeSubDomains" always;
+      add_header X-Content-Type-Options nosniff always;
+    }
+  } }
+CONF
+
+# --- the upstream sidecar: STRICT, only the edge's SVID, GET and POST ---
+mkdir -p scpol gwpol
+cat > scpol/p.yaml <<CONF
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: prod}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: orders, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["bench.test/ns/istio-system/sa/gateway"]}}]
+    to: [{operation: {methods: ["GET", "POST"]}}]
+CONF
+cat > sidecar.yaml <<CONF
+identity: {files: {cert: $W/orders.pem, key: $W/orders.key, bundle: $W/ca.pem}}
+namespace: prod
+labels: {app: orders}
+inbound: [{listen: "127.0.0.1:$SC_IN", app: "127.0.0.1:$APP"}]
+policy: {files: [$W/scpol]}
+admin: "127.0.0.1:$SC_ADM"
+CONF
+
+# --- the gateways: one per setup, the same route but for the feature ---
+cat > gwpol/edge.yaml <<CONF
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {paths: ["/orders", "/orders/*"], methods: ["GET", "POST"]}}]
+CONF
+gateway() { # name port route-extra top-extra
+	cat > "$1.yaml" <<CONF
+listen: "127.0.0.1:$2"
+tls: {cert: $W/public.pem, key: $W/public.key}
+identity: {files: {cert: $W/edge.pem, key: $W/edge.key, bundle: $W/ca.pem}}
+$4
+routes:
+  - {name: orders, path_prefix: /orders, upstreams: ["127.0.0.1:$SC_IN"],
+     spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"$3}
+policy: {files: [$W/gwpol]}
+admin: "off"
+CONF
+}
+gateway gw "$GW" "" ""
+gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" ""
+gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"
+gateway gwrlr "$GW_RLR" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m, store: \"redis://127.0.0.1:$REDIS/0\"}]"
+
+startp() { # name cmd...
+	"${@:2}" >"$W/$1.log" 2>&1 &
+	PIDS+=($!)
+	eval "PID_$1=$!"
+}
+startp app nginx -c "$W/app/nginx.conf" -p "$W/app"
+startp ng nginx -c "$W/ng/nginx.conf" -p "$W/ng"
+startp redis redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$W"
+startp sidecar env GOMAXPROCS=1 "$W/moatless" sidecar -config "$W/sidecar.yaml"
+for g in gw gwwaf gwrl gwrlr; do
+	startp "$g" env GOMAXPROCS=1 "$W/moatless" gateway -config "$W/$g.yaml"
+done
+
+waitok() { # url
+	for _ in $(seq 1 400); do
+		if [ "$(curl -sk -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' --data-binary @"$W/order.json" "$1")" = 200 ]; then return 0; fi
+		sleep 0.05
+	done
+	echo "bench: $1 does not answer 200" >&2
+	tail -n 5 "$W"/*.log >&2
+	exit 1
+}
+waitok "http://127.0.0.1:$APP/orders"
+for p in $NG $GW $GW_WAF $GW_RL $GW_RLR; do waitok "https://127.0.0.1:$p/orders"; done
+
+# nginx forks workers: measure the worker (the child of the master).
+worker_of() { pgrep -P "$1" | head -1; }
+WPID_ng=$(worker_of "$PID_ng")
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
+	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+declare -A RPS P50 P99 CPU CPU_R
+measure() { # setup url pid [redis-pid]
+	local name=$1 url=$2 pa=${3:-} pr=${4:-}
+	local out reqs a0=0 r0=0
+	wrk -t1 -c16 -d2s -s "$W/post.lua" "$url" >/dev/null # warm up: pools, sessions
+	[ -n "$pa" ] && a0=$(ticks "$pa")
+	[ -n "$pr" ] && r0=$(ticks "$pr")
+	out=$(wrk -t2 -c16 -d"${DUR}s" -s "$W/post.lua" "$url")
+	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+	if [ -n "$pa" ]; then
+		CPU[$name]=$(awk -v t="$(( $(ticks "$pa") - a0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
+	fi
+	if [ -n "$pr" ]; then
+		CPU_R[$name]=$(awk -v t="$(( $(ticks "$pr") - r0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
+	fi
+	out=$(wrk -t1 -c1 -d"${DUR}s" --latency -s "$W/post.lua" "$url")
+	P50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+	P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+	echo "bench: $name done" >&2
+}
+
+measure direct "http://127.0.0.1:$APP/orders"
+measure nginx "https://127.0.0.1:$NG/orders" "$WPID_ng"
+measure gateway "https://127.0.0.1:$GW/orders" "$PID_gw"
+measure gateway-waf "https://127.0.0.1:$GW_WAF/orders" "$PID_gwwaf"
+measure gateway-rl "https://127.0.0.1:$GW_RL/orders" "$PID_gwrl"
+measure gateway-rl-redis "https://127.0.0.1:$GW_RLR/orders" "$PID_gwrlr" "$PID_redis"
+
+add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
+{
+	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; POST of a 1 KB JSON body; $(date -u +%Y-%m-%dT%H:%MZ)."
+	echo
+	echo "| setup | req/s @16 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | edge CPU s / 1k req | redis-server CPU s / 1k req |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+	for s in direct nginx gateway gateway-waf gateway-rl gateway-rl-redis; do
+		if [ "$s" = direct ]; then
+			echo "| direct (app, plain HTTP) | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – |"
+			continue
+		fi
+		echo "| $s | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU[$s]} | ${CPU_R[$s]:-–} |"
+	done
+	echo
+	echo "gateway / nginx CPU per request: $(awk -v a="${CPU[gateway]}" -v b="${CPU[nginx]}" 'BEGIN {printf "%.2f", a / b}')×; WAF on adds $(add "${P50[gateway-waf]}" "${P50[gateway]}") ms at p50 and $(awk -v a="${CPU[gateway-waf]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.2f", (a - b)}') CPU s / 1k req; a rate-limit check costs $(awk -v a="${CPU[gateway-rl]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.4f", (a - b)}') CPU s / 1k req in memory, $(awk -v a="${CPU[gateway-rl-redis]}" -v b="${CPU[gateway]}" -v r="${CPU_R[gateway-rl-redis]}" 'BEGIN {printf "%.4f (gateway) + %.4f (redis-server)", (a - b), r}') with Redis."
+} | tee "${OUT:-/dev/null}"

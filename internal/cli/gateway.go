@@ -1,0 +1,252 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// runGateway runs "moatless gateway -config FILE": the edge in front of
+// the mesh (see docs/gateway.md).
+func runGateway(ctx context.Context, e *Env, args []string) int {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	var (
+		cfgPath   string
+		logFormat string
+		logLevel  string
+		check     bool
+	)
+	fs.StringVar(&cfgPath, "config", "", "gateway config `file` (YAML or JSON; required)")
+	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&check, "check", false, "validate the config and every file it names, then exit")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless gateway -config FILE [flags]")
+		fmt.Fprintln(fs.Output(), "\nRuns the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh. Flags:")
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if cfgPath == "" {
+		return e.errorf(ExitUsage, "gateway: -config is required (see docs/gateway.md for an example)")
+	}
+	cfg, err := config.LoadGateway(cfgPath)
+	if err != nil {
+		return e.errorf(ExitUsage, "gateway: %v", err)
+	}
+	log, err := newLogger(e.Stderr, logFormat, logLevel)
+	switch {
+	case errors.Is(err, errLogFormat):
+		return e.errorf(ExitUsage, "gateway: -log-format must be json or text, not %q", logFormat)
+	case err != nil:
+		return e.errorf(ExitUsage, "gateway: -log-level: %v", err)
+	}
+	gr := &gatewayRun{path: cfgPath, cfg: cfg, log: log, stderr: e}
+	if check {
+		if err := gr.checkOnly(ctx); err != nil {
+			return e.errorf(ExitUsage, "gateway: %v", err)
+		}
+		fmt.Fprintln(e.Stdout, "config OK")
+		return ExitOK
+	}
+	if err := gr.run(ctx); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			return e.errorf(ExitUsage, "gateway: %v", err)
+		}
+		return e.errorf(ExitFailure, "gateway: %v", err)
+	}
+	return ExitOK
+}
+
+type gatewayRun struct {
+	path   string
+	cfg    config.Gateway
+	log    *slog.Logger
+	stderr *Env
+}
+
+func (r *gatewayRun) policyOptions() policy.Options {
+	pn, _ := policy.ParsePathNormalization(r.cfg.Policy.PathNormalization)
+	return policy.Options{RootNamespace: r.cfg.Policy.RootNamespace, PathNormalization: pn}
+}
+
+// checkOnly builds the gateway as a start would (certificate, routes,
+// WAF rules, schemas, secrets) and loads the policy files, without
+// binding anything: what fails here would stop the gateway from
+// starting.
+func (r *gatewayRun) checkOnly(ctx context.Context) error {
+	if _, err := sharedSecrets(r.cfg.JWT.HMACIssuers); err != nil {
+		return err
+	}
+	g, err := gateway.New(gateway.Options{Config: r.cfg, Identity: &proxy.NodeIdentity{}, Logger: r.log, AccessLog: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
+		return nil
+	}
+	w := &proxy.FileWatcher{Sidecar: g, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(),
+		RevocationsFile: r.cfg.Policy.RevocationsFile, Logger: r.log}
+	return w.Load(ctx)
+}
+
+func (r *gatewayRun) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cfg := r.cfg
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var gw atomic.Pointer[gateway.Gateway]
+	mi, err := newMeshIdentity(ctx, cfg.Identity, "gateway", r.log, r.policyOptions(), func() policyTarget {
+		if g := gw.Load(); g != nil {
+			return g
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	defer mi.close()
+	shared, err := sharedSecrets(cfg.JWT.HMACIssuers)
+	if err != nil {
+		return usageError{err}
+	}
+	verifier := newJWTVerifier(ctx, mi, reg, r.log, shared...)
+	defer verifier.Close()
+
+	g, err := gateway.New(gateway.Options{
+		Config:     cfg,
+		Identity:   mi.source,
+		Verifier:   verifier,
+		Logger:     r.log,
+		AccessLog:  slog.New(slog.NewJSONHandler(r.stderr.Stderr, nil)),
+		Audit:      mi.auditSink(),
+		Registerer: reg,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	gw.Store(g)
+	background, err := mi.start(ctx, g, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
+	if err != nil {
+		return err
+	}
+	if mi.node == nil && len(cfg.Policy.Files) == 0 {
+		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
+	}
+	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
+
+	if cfg.Admin != "off" {
+		stop, err := serveAdmin(cfg.Admin, reg, g.Ready, func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, false, r.log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	var wg sync.WaitGroup
+	for _, f := range background {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	err = g.Serve(ctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) || errors.Is(err, gateway.ErrClosed) {
+		r.log.Info("gateway stopped")
+		return nil
+	}
+	return err
+}
+
+// watchConfig re-reads the config file and the TLS certificate every
+// reload interval. A changed config is applied once two consecutive
+// reads agree (never a half-written file); one that does not load or
+// validate, or changes a setting that needs a restart, is refused with a
+// log line and a metric, and the one in force keeps serving.
+func (r *gatewayRun) watchConfig(ctx context.Context, g *gateway.Gateway) {
+	cur, _ := readSmallFile(r.path, config.MaxFileSize)
+	applied := sha256.Sum256(cur)
+	var pending [32]byte
+	t := time.NewTicker(r.cfg.ReloadInterval.Std())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if changed, err := g.ReloadCertificate(); err != nil {
+			r.log.Error("TLS certificate reload failed; keeping the one in force", "err", err)
+		} else if changed {
+			r.log.Info("TLS certificate reloaded")
+		}
+		b, err := readSmallFile(r.path, config.MaxFileSize)
+		if err != nil {
+			g.ReloadFailed("config")
+			r.log.Error("config reload failed; keeping the one in force", "err", err)
+			continue
+		}
+		sum := sha256.Sum256(b)
+		if sum == applied {
+			continue
+		}
+		if sum != pending {
+			pending = sum
+			continue
+		}
+		applied = sum
+		cfg, err := config.ParseGateway(bytes.NewReader(b))
+		if err == nil {
+			err = g.Reload(ctx, cfg)
+		}
+		if err != nil {
+			g.ReloadFailed("config")
+			r.log.Error("config reload refused; keeping the one in force", "file", r.path, "err", err)
+			continue
+		}
+		r.log.Info("config reloaded", "file", r.path, "routes", len(cfg.Routes))
+	}
+}
+
+// sharedSecrets reads the HMAC issuers' secret files: the bytes as they
+// are, one trailing newline aside (echo adds one). A secret that is too
+// short for its algorithm stops the start, naming the file, never the
+// secret.
+func sharedSecrets(issuers []config.GatewayHMACIssuer) ([]authn.SharedSecret, error) {
+	var out []authn.SharedSecret
+	for i, h := range issuers {
+		b, err := readSmallFile(h.SecretFile, 4096)
+		if err != nil {
+			return nil, fmt.Errorf("jwt.hmac_issuers[%d].secret_file: %w", i, err)
+		}
+		b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+		s := authn.SharedSecret{Issuer: h.Issuer, Algorithm: jose.SignatureAlgorithm(h.Algorithm), Secret: b}
+		if err := s.Check(); err != nil {
+			return nil, fmt.Errorf("jwt.hmac_issuers[%d] (%s): %w", i, h.SecretFile, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}

@@ -1,0 +1,273 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/pprof"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/moatless/moatless/internal/agent"
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/opaapi"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// policyTarget is what a data-plane process puts policies and
+// revocations in force in: a sidecar or the gateway.
+type policyTarget interface {
+	proxy.PolicyTarget
+	SetAuthorizer(version uint64, a proxy.Authorizer)
+}
+
+// meshIdentity is a sidecar's or the gateway's identity, set up from the
+// identity section they share: PEM files, a Workload API socket, or a
+// join token that makes the process its own agent (then policies,
+// revocations and the bundle come over the watch stream, and denies are
+// reported to the server's audit log).
+type meshIdentity struct {
+	source proxy.Identity
+	files  *proxy.FileSource   // files mode, reloaded by a FileWatcher
+	node   *agent.Node         // join mode
+	nodeID *proxy.NodeIdentity // join mode
+	audit  *proxy.ServerAudit  // join mode
+	// joined is the node once it exists, for the JWKS client.
+	joined  atomic.Pointer[agent.Node]
+	closers []func()
+}
+
+// newMeshIdentity opens the identity source. target returns the process's
+// policy target once it exists (nil before), for the watch stream's
+// callbacks. Call close when done.
+func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component string, log *slog.Logger, opts policy.Options, target func() policyTarget) (*meshIdentity, error) {
+	m := &meshIdentity{}
+	switch {
+	case id.Files != nil:
+		f, err := proxy.NewFileSource(id.Files.Cert, id.Files.Key, id.Files.Bundle)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		m.files, m.source = f, f
+	case id.WorkloadAPI != "":
+		log.Info("waiting for an X509-SVID from the Workload API", "addr", id.WorkloadAPI)
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		src, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(id.WorkloadAPI)))
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("no X509-SVID from the Workload API at %s: %w (is the agent running, and is there a registration entry for this process?)", id.WorkloadAPI, err)
+		}
+		m.closers = append(m.closers, func() { src.Close() })
+		m.source = src
+	case id.Join != nil:
+		n, ni, err := newNode(id.Join, component, log, opts, target)
+		if err != nil {
+			return nil, err
+		}
+		m.node, m.nodeID, m.source = n, ni, ni
+		m.joined.Store(n)
+		m.closers = append(m.closers, func() { n.Close() })
+		m.audit = &proxy.ServerAudit{
+			ServerAddrs: id.Join.Server.Addrs(),
+			Identity:    ni,
+			ServerRoots: func() *x509.CertPool { return nodeRoots(n) },
+			Logger:      log,
+		}
+	}
+	return m, nil
+}
+
+func (m *meshIdentity) close() {
+	for _, c := range m.closers {
+		c()
+	}
+}
+
+// jwksClient is the client for JWKS fetches: system roots and, in join
+// mode, the mesh bundle for the moatless server's own issuer.
+func (m *meshIdentity) jwksClient() *http.Client {
+	return jwksClient(func() ([]*x509.Certificate, string) {
+		if n := m.joined.Load(); n != nil && !n.ID().IsZero() {
+			return nodeCerts(n), "spiffe://" + n.ID().TrustDomain().Name() + "/moatless/server"
+		}
+		return nil, ""
+	})
+}
+
+// auditSink is the server audit reporter in join mode, nil otherwise.
+func (m *meshIdentity) auditSink() proxy.AuditSink {
+	if m.audit == nil {
+		return nil
+	}
+	return m.audit
+}
+
+// start runs what the identity needs in the background. In join mode it
+// attests (or reuses the persisted SVID) first and then follows the watch
+// stream, calling fail when the connection to the server ends for good.
+// In files mode it loads the policy and revocation files (an error here
+// stops the start) and keeps them and the identity files reloaded.
+func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, interval time.Duration, log *slog.Logger, fail func()) ([]func(context.Context), error) {
+	var bg []func(context.Context)
+	if m.node != nil {
+		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
+		err := m.node.Attest(actx)
+		acancel()
+		if err != nil {
+			return nil, err
+		}
+		if b := m.node.Bundle(); b != nil {
+			if err := m.nodeID.SetBundle(*b); err != nil {
+				return nil, err
+			}
+		}
+		bg = append(bg, m.audit.Run, func(ctx context.Context) {
+			if err := m.node.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("server connection ended", "err", err)
+				fail()
+			}
+		})
+		return bg, nil
+	}
+	w := &proxy.FileWatcher{
+		Sidecar: target, Identity: m.files, PolicyFiles: pol.Files, PolicyOptions: opts,
+		RevocationsFile: pol.RevocationsFile, Interval: interval, Logger: log,
+	}
+	if err := w.Load(ctx); err != nil {
+		return nil, usageError{err}
+	}
+	return append(bg, w.Run), nil
+}
+
+// serveAdmin serves /metrics, /livez, /healthz, /readyz (ready says what
+// is missing, status what is in force), optionally pprof, and OPA's
+// read-only Data and Policy APIs over the Rego modules and data in force
+// when rego is set, on a loopback address until the returned stop is
+// called.
+func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger) (stop func(), err error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("GET /livez", live)
+	mux.HandleFunc("GET /healthz", live)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ok (%s)\n", status())
+	})
+	if rego != nil {
+		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, opaapi.LoopbackOnly)
+	}
+	if withPprof {
+		// runtime/pprof directly: net/http/pprof would also register
+		// itself on http.DefaultServeMux for the whole binary.
+		mux.HandleFunc("GET /debug/pprof/profile", cpuProfile)
+		mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
+			p := pprof.Lookup(r.PathValue("name"))
+			if p == nil {
+				http.Error(w, "unknown profile", http.StatusNotFound)
+				return
+			}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			p.WriteTo(w, 0)
+		})
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	log.Info("admin listening", "addr", l.Addr().String())
+	return func() { srv.Close() }, nil
+}
+
+// newNode builds the agent client of join-token mode. Its callbacks feed
+// the policy target, which exists by the time the first update arrives.
+func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts policy.Options, target func() policyTarget) (*agent.Node, *proxy.NodeIdentity, error) {
+	roots, err := readPEMCerts(j.ServerBundle)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
+	}
+	token := ""
+	if t, err := readTokenFile(j.TokenFile); err == nil {
+		token = t
+	} else if j.StateDir == "" {
+		return nil, nil, usageError{fmt.Errorf("identity.join.token_file: %w", err)}
+	}
+	ni := &proxy.NodeIdentity{}
+	var node *agent.Node
+	node, err = agent.NewNode(agent.NodeConfig{
+		ServerAddrs: j.Server.Addrs(),
+		TrustBundle: roots,
+		JoinToken:   token,
+		DataDir:     j.StateDir,
+		Component:   component,
+		Logger:      log,
+		OnBundle: func(b wire.Bundle) {
+			if err := ni.SetBundle(b); err != nil {
+				log.Error("bundle from server refused; keeping the previous one", "err", err)
+			}
+		},
+		OnRevocations: func(rv wire.Revocations) {
+			if s := target(); s != nil {
+				s.SetRevocations(&rv)
+			}
+		},
+		OnPolicies: func(ps wire.PolicySet) {
+			s := target()
+			if s == nil {
+				return
+			}
+			if ps.Version == 0 {
+				// No policy was ever applied on the server: deny by
+				// default, as in files mode without policy files. Once an
+				// admin applies policies, Istio's semantics hold in full
+				// (an empty set at a later version allows).
+				s.SetAuthorizer(0, nil)
+				log.Warn("the server has no policies yet: every request is denied until one is applied (moatless policy apply)")
+				return
+			}
+			set, err := policy.FromWire(&ps, opts)
+			if err == nil {
+				s.SetAuthorizer(ps.Version, set)
+				log.Info("policy version in force", "version", ps.Version, "documents", len(ps.Documents),
+					"rego_modules", len(ps.Modules), "data_documents", len(ps.Data), "path_normalization", set.PathNormalization().String())
+				return
+			}
+			s.ReloadFailed("policy")
+			log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)
+		},
+		OnSVID: func(s *x509svid.SVID) {
+			log.Info("own SVID", "spiffe_id", s.ID.String(), "expires", s.Certificates[0].NotAfter)
+		},
+	})
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	ni.SVID = node.SVID
+	return node, ni, nil
+}
+
+// newJWTVerifier is the verifier of request tokens, with the JWKS client
+// of the identity, the shared-secret issuers given, and its metrics
+// registered.
+func newJWTVerifier(ctx context.Context, m *meshIdentity, reg *prometheus.Registry, log *slog.Logger, shared ...authn.SharedSecret) *authn.Verifier {
+	v := authn.NewVerifier(authn.Options{Logger: log, HTTPClient: m.jwksClient(), SharedSecrets: shared})
+	v.Start(ctx)
+	reg.MustRegister(authn.NewCollector(v))
+	return v
+}

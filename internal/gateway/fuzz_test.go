@@ -1,0 +1,71 @@
+package gateway
+
+import (
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// FuzzClientAddr: whatever X-Forwarded-For says, the client address is
+// the peer or an address a trusted hop vouched for, never one from before
+// an untrusted hop.
+func FuzzClientAddr(f *testing.F) {
+	for _, s := range []string{"203.0.113.7", "203.0.113.7, 10.0.0.1", "garbage, 10.0.0.1", "[::1]:80, 10.1.1.1", ",,,", "::ffff:10.0.0.1", "fe80::1%eth0"} {
+		f.Add(s, true)
+		f.Add(s, false)
+	}
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8")}
+	f.Fuzz(func(t *testing.T, xff string, peerTrusted bool) {
+		peer := netip.MustParseAddr("198.51.100.1")
+		if peerTrusted {
+			peer = netip.MustParseAddr("127.0.0.1")
+		}
+		got := clientAddr(peer, []string{xff}, trusted)
+		if !peerTrusted && got != peer {
+			t.Fatalf("untrusted peer: client %s from XFF %q", got, xff)
+		}
+		if got == peer {
+			return
+		}
+		for e := range strings.SplitSeq(xff, ",") {
+			if a, ok := parseHop(strings.TrimSpace(e)); ok && a == got {
+				return
+			}
+		}
+		t.Fatalf("client %s is neither the peer nor an entry of XFF %q", got, xff)
+	})
+}
+
+// FuzzShapeHeaders: no header a caller may not send survives the edge's
+// filter, whatever its spelling.
+func FuzzShapeHeaders(f *testing.F) {
+	for _, s := range []string{"X-Forwarded-Client-Cert", "x_forwarded_client_cert", "X-MOATLESS-User", "x-http-method-override", "X-Forwarded-Host", "Forwarded", "X-Envoy-Peer", "X-Custom", "X-Original-Url", "X-Request-Id"} {
+		f.Add(s)
+	}
+	refused := []string{"x-forwarded-client-cert", "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip",
+		"x-original-forwarded-for", "x-original-url", "x-rewrite-url", "x-original-uri", "x-http-method-override", "x-http-method",
+		"x-method-override", "x-request-id", "x-user"}
+	prefixes := []string{"x-moatless-", "x-forwarded-", "x-envoy-", "x-istio-"}
+	filter := proxy.NewEdgeHeaderFilter([]string{"X-User"}, []string{"Authorization"})
+	f.Fuzz(func(t *testing.T, name string) {
+		h := http.Header{}
+		// Names as net/http's parsers hand them over: canonical.
+		h[http.CanonicalHeaderKey(name)] = []string{"v"}
+		filter.Strip(h)
+		for k := range h {
+			l := strings.ToLower(k)
+			if strings.Contains(k, "_") || slices.Contains(refused, l) {
+				t.Fatalf("%q survived", k)
+			}
+			for _, p := range prefixes {
+				if strings.HasPrefix(l, p) {
+					t.Fatalf("%q survived", k)
+				}
+			}
+		}
+	})
+}

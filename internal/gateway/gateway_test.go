@@ -1,0 +1,814 @@
+package gateway
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+var securityHeaderNames = []string{
+	"Strict-Transport-Security", "Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+	"Referrer-Policy", "Permissions-Policy", "Cross-Origin-Opener-Policy", "X-Request-Id",
+}
+
+func checkSecurityHeaders(t *testing.T, h http.Header) {
+	t.Helper()
+	for _, k := range securityHeaderNames {
+		if h.Get(k) == "" {
+			t.Errorf("response lacks %s", k)
+		}
+	}
+	for _, k := range []string{"Server", "X-Powered-By"} {
+		if v := h.Get(k); v != "" {
+			t.Errorf("response carries banner %s: %q", k, v)
+		}
+	}
+}
+
+func TestGatewayForwardsOverMTLS(t *testing.T) {
+	tg := startGateway(t, nil)
+	resp, body := tg.do(t, "GET", "/orders/42?x=1", nil, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	checkSecurityHeaders(t, resp.Header)
+	s := decodeSeen(t, body)
+	if s.Path != "/orders/42" || s.Query != "x=1" {
+		t.Errorf("app saw %s?%s", s.Path, s.Query)
+	}
+	if xfcc := strings.Join(s.Headers["X-Forwarded-Client-Cert"], ","); !strings.Contains(xfcc, "URI="+gatewayID) {
+		t.Errorf("app saw XFCC %q, want the gateway's identity from the sidecar", xfcc)
+	}
+	if got := s.Headers["X-Request-Id"]; len(got) != 1 || got[0] != resp.Header.Get("X-Request-Id") {
+		t.Errorf("app saw request ID %v, client got %q", got, resp.Header.Get("X-Request-Id"))
+	}
+	if got := s.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+		t.Errorf("app saw X-Forwarded-For %v", got)
+	}
+	if resp.ProtoMajor != 2 {
+		t.Errorf("client spoke %s, want HTTP/2 by ALPN", resp.Proto)
+	}
+	if !strings.Contains(tg.access.String(), `"route":"orders"`) {
+		t.Errorf("no access log line for the request: %s", tg.access.String())
+	}
+}
+
+func TestGatewayAnswersCarrySecurityHeaders(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "other", Host: "api.example.com", PathPrefix: "/only", Upstreams: []string{c.Routes[0].Upstreams[0]}, SPIFFEID: ordersID})
+		c.Limits.MaxBodyBytes = 100
+	})
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		hdr    map[string]string
+		want   int
+	}{
+		{"allowed", "GET", "/orders/1", "", nil, 200},
+		{"denied_by_policy", "GET", "/admin", "", nil, 403},
+		{"deny_rule", "DELETE", "/orders/1", "", nil, 403},
+		{"no_route_for_host", "GET", "/orders", "", map[string]string{"Host": "api.example.com"}, 404},
+		{"body_too_large", "POST", "/orders", strings.Repeat("x", 101), nil, 413},
+		{"uri_too_long", "GET", "/orders/" + strings.Repeat("a", 9000), "", nil, 414},
+		{"headers_too_large", "GET", "/orders", "", map[string]string{"X-Big": strings.Repeat("b", 70000)}, 431},
+		{"trace", "TRACE", "/orders", "", nil, 405},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			resp, b := tg.do(t, tt.method, tt.path, body, tt.hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, b)
+			}
+			checkSecurityHeaders(t, resp.Header)
+			if tt.want != 200 {
+				var eb errorBody
+				if err := json.Unmarshal(b, &eb); err != nil || eb.RequestID != resp.Header.Get("X-Request-Id") || eb.RequestID == "" {
+					t.Errorf("error body %q does not name the request ID %q", b, resp.Header.Get("X-Request-Id"))
+				}
+			}
+		})
+	}
+}
+
+func TestGatewayStripsSpoofableHeaders(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) { c.TrustedProxies = nil })
+	hdr := map[string]string{
+		"X-Forwarded-Client-Cert": "By=spiffe://moatless.local/ns/prod/sa/orders;URI=spiffe://moatless.local/ns/prod/sa/admin",
+		"X_Forwarded_Client_Cert": "URI=spiffe://moatless.local/ns/prod/sa/admin",
+		"X-Moatless-User":         "admin",
+		"x-MOATLESS-role":         "root",
+		"X-Forwarded-For":         "10.9.9.9",
+		"X-Real-IP":               "10.9.9.9",
+		"Forwarded":               "for=10.9.9.9",
+		"X-HTTP-Method-Override":  "DELETE",
+		"X-Method-Override":       "DELETE",
+		"X-Original-URL":          "/admin",
+		"X-Request-Id":            "attacker-chosen",
+		"X-Envoy-Internal":        "true",
+		"X_Moatless_User":         "admin",
+		"Connection":              "X-Request-Id, X-Forwarded-For, keep-alive",
+		"Proxy-Authorization":     "Basic eDp5",
+	}
+	// HTTP/1.1 so the Connection header travels.
+	tg.client.Transport.(*http.Transport).ForceAttemptHTTP2 = false
+	tg.client.Transport.(*http.Transport).TLSClientConfig.NextProtos = []string{"http/1.1"}
+	resp, body := tg.do(t, "GET", "/orders/1", nil, hdr)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	s := decodeSeen(t, body)
+	for k, vv := range s.Headers {
+		for _, v := range vv {
+			if strings.Contains(v, "admin") || strings.Contains(v, "10.9.9.9") || strings.Contains(v, "DELETE") || v == "attacker-chosen" || strings.Contains(v, "eDp5") || v == "root" {
+				t.Errorf("app saw caller's %s: %q", k, v)
+			}
+		}
+		if strings.Contains(k, "_") || strings.HasPrefix(strings.ToLower(k), "x-moatless-") || strings.HasPrefix(strings.ToLower(k), "x-envoy-") {
+			t.Errorf("app saw header %s", k)
+		}
+	}
+	if s.Method != "GET" {
+		t.Errorf("app saw method %s", s.Method)
+	}
+	// The gateway's own headers survive the Connection nomination.
+	if got := s.Headers["X-Request-Id"]; len(got) != 1 || got[0] != resp.Header.Get("X-Request-Id") {
+		t.Errorf("Connection nomination removed the gateway's request ID: %v", got)
+	}
+	if got := s.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For %v, want the peer", got)
+	}
+}
+
+func TestGatewayClientAddress(t *testing.T) {
+	tests := []struct {
+		name    string
+		trusted []string
+		xff     string
+		deny    []string
+		want    int
+		wantXFF string
+	}{
+		{"untrusted_peer_xff_ignored", nil, "203.0.113.7", []string{"203.0.113.0/24"}, 200, "127.0.0.1"},
+		{"trusted_peer_xff_believed", []string{"127.0.0.1/32"}, "198.51.100.1, 203.0.113.7", []string{"203.0.113.0/24"}, 403, ""},
+		{"trusted_peer_rightmost_untrusted", []string{"127.0.0.0/8", "10.0.0.0/8"}, "203.0.113.7, 198.51.100.2, 10.1.1.1", nil, 200, "198.51.100.2"},
+		{"malformed_hop_stops_walk", []string{"127.0.0.1/32", "10.0.0.0/8"}, "203.0.113.7, garbage, 10.1.1.1", nil, 200, "10.1.1.1"},
+		{"deny_peer", nil, "", []string{"127.0.0.1"}, 403, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tg := startGateway(t, func(c *config.Gateway) { c.TrustedProxies = tt.trusted; c.IP.Deny = tt.deny })
+			hdr := map[string]string{}
+			if tt.xff != "" {
+				hdr["X-Forwarded-For"] = tt.xff
+			}
+			resp, body := tg.do(t, "GET", "/orders/1", nil, hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if tt.wantXFF != "" {
+				if got := decodeSeen(t, body).Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != tt.wantXFF {
+					t.Errorf("upstream X-Forwarded-For %v, want %s", got, tt.wantXFF)
+				}
+			}
+		})
+	}
+}
+
+func TestGatewayRefusesMalformedTargets(t *testing.T) {
+	tg := startGateway(t, nil)
+	tests := []struct{ name, req, want string }{
+		{"fragment", "GET /orders/1#frag HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
+		{"absolute_form", "GET http://evil.example/orders HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
+		{"dot_segments_escape_route", "GET /public/../admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
+		{"encoded_dot_segments", "GET /public/%2e%2e/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
+		{"double_slash", "GET //admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
+		// Transfer-Encoding wins and Content-Length is dropped (RFC 9112
+		// section 6.3): the smuggled request is parsed as a request of
+		// its own and meets the policy.
+		{"cl_te_smuggle", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 200"},
+		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello", "HTTP/1.1 501"},
+		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 "},
+		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
+		{"connect", "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n", "HTTP/1.1 4"},
+		// Hosts net/http lets through that the decision function cannot
+		// read as an authority: 400 before routing or deciding.
+		{"host_empty_label", "GET /orders/1 HTTP/1.1\r\nHost: api..example.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_percent_encoded", "GET /orders/1 HTTP/1.1\r\nHost: api%2Eexample.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_port_out_of_range", "GET /orders/1 HTTP/1.1\r\nHost: localhost:99999\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_two_ports", "GET /orders/1 HTTP/1.1\r\nHost: localhost:80:90\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_userinfo", "GET /orders/1 HTTP/1.1\r\nHost: user@localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"host_with_port_and_dot", "GET /orders/1 HTTP/1.1\r\nHost: localhost.:8443\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tg.raw(t, tt.req)
+			if !strings.HasPrefix(got, tt.want) {
+				t.Fatalf("answer %q, want %q...", firstLine(got), tt.want)
+			}
+			if tt.name == "bad_chunk_size" && strings.Contains(got, "200 OK") {
+				t.Fatalf("bad chunking reached the app: %q", got)
+			}
+			if tt.name == "cl_te_smuggle" && !strings.Contains(got, "HTTP/1.1 403") {
+				t.Fatalf("smuggled GET /admin not refused by policy: %q", got)
+			}
+		})
+	}
+}
+
+// TestGatewayStripsMethodOverrideQuery: policy decides on the request
+// method, so a _method parameter (Symfony, Laravel, Express) never reaches
+// the upstream, however it is escaped; the rest of the query is kept as
+// sent, and the upstream is served exactly the target policy decided on.
+func TestGatewayStripsMethodOverrideQuery(t *testing.T) {
+	tg := startGateway(t, nil)
+	tests := []struct{ target, wantPath, wantQuery string }{
+		{"/orders/1?_method=DELETE", "/orders/1", ""},
+		{"/orders/1?a=1&_method=DELETE&b=%2F", "/orders/1", "a=1&b=%2F"},
+		{"/orders/1?%5Fmethod=DELETE&a", "/orders/1", "a"},
+		{"/orders//1?.method=PUT", "/orders/1", ""},
+		{"/orders/1?method=GET&x_method=1", "/orders/1", "method=GET&x_method=1"},
+	}
+	for _, tt := range tests {
+		resp, body := tg.do(t, "GET", tt.target, nil, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d: %s", tt.target, resp.StatusCode, body)
+		}
+		if s := decodeSeen(t, body); s.Path != tt.wantPath || s.Query != tt.wantQuery || s.Method != "GET" {
+			t.Errorf("%s: upstream saw %s %s?%s, want GET %s?%s", tt.target, s.Method, s.Path, s.Query, tt.wantPath, tt.wantQuery)
+		}
+	}
+}
+
+// TestGatewayCustomDecision: a Rego CUSTOM provider decides at the gateway
+// as in a sidecar: on the gateway's clock (Request.Time), its headers
+// reach the upstream on an allow, its status is the answer on a deny.
+func TestGatewayCustomDecision(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, echoApp(t))
+	// The gateway's clock, in Unix seconds; it also checks certificates,
+	// so it stays within the test SVIDs' hour.
+	start := time.Now().Truncate(time.Second)
+	var clock atomic.Int64
+	clock.Store(start.Unix())
+	tg := startGatewayWith(t, ca, up, nil, func(o *Options) {
+		o.Now = func() time.Time { return time.Unix(clock.Load(), 0) }
+	})
+	var b policy.Bundle
+	if err := b.Add("edge.rego", []byte(fmt.Sprintf(`package edge
+import rego.v1
+default allow := false
+allow := {"allow": true, "headers": {"x-user-tier": "gold"}} if {
+	input.request.method == "GET"
+	input.time.unix < %d
+}
+allow := {"allow": false, "http_status": 429, "reason": "quota"} if input.request.method == "POST"
+`, start.Add(10*time.Minute).Unix()))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Add("edge.yaml", []byte(gatewayPolicy+`---
+apiVersion: moatless.io/v1
+kind: RegoProvider
+metadata: {name: edge, namespace: istio-system}
+spec: {query: data.edge.allow}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-custom, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: CUSTOM
+  provider: {name: edge}
+  rules: [{to: [{operation: {paths: ["/orders/*"]}}]}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{RootNamespace: "istio-system", PathNormalization: policy.NormalizeMergeSlashes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.g.SetAuthorizer(2, set)
+
+	resp, body := tg.do(t, "GET", "/orders/1", nil, map[string]string{"X-User-Tier": "platinum"})
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET before the deadline: status %d: %s", resp.StatusCode, body)
+	}
+	if got := decodeSeen(t, body).Headers["X-User-Tier"]; len(got) != 1 || got[0] != "gold" {
+		t.Errorf("upstream X-User-Tier %v, want the provider's [gold]", got)
+	}
+	resp, body = tg.do(t, "POST", "/orders/1", strings.NewReader("{}"), nil)
+	if resp.StatusCode != 429 || strings.Contains(string(body), "gold") {
+		t.Fatalf("POST: status %d (want the provider's 429): %s", resp.StatusCode, body)
+	}
+	if resp.Header.Get("Strict-Transport-Security") == "" || resp.Header.Get("X-Request-Id") == "" {
+		t.Errorf("the provider's denial lacks the security headers: %v", resp.Header)
+	}
+	clock.Store(start.Add(20 * time.Minute).Unix())
+	if resp, _ := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("GET past the deadline: status %d, want 403", resp.StatusCode)
+	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\r\n")
+	return l
+}
+
+func TestGatewayUpgrades(t *testing.T) {
+	tg := startGateway(t, nil)
+	t.Run("websocket_passes", func(t *testing.T) {
+		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("upgrade answer %v %v", resp, err)
+		}
+		io.WriteString(c, "ping")
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo %q %v", buf, err)
+		}
+	})
+	t.Run("h2c_upgrade_dropped", func(t *testing.T) {
+		got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+		if !strings.HasPrefix(got, "HTTP/1.1 200") || strings.Contains(got, "h2c") || strings.Contains(got, "Http2-Settings") {
+			t.Fatalf("h2c upgrade carried: %q", got)
+		}
+	})
+}
+
+func TestGatewayWrongUpstreamIdentity(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) { c.Routes[0].SPIFFEID = paymentsID })
+	resp, body := tg.do(t, "GET", "/orders/1", nil, nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502: %s", resp.StatusCode, body)
+	}
+	checkSecurityHeaders(t, resp.Header)
+	if !strings.Contains(tg.logs.String(), "upstream identity refused") || !strings.Contains(tg.logs.String(), ordersID) {
+		t.Errorf("no log line naming the refused identity:\n%s", tg.logs.String())
+	}
+}
+
+func TestGatewayRevokedUpstream(t *testing.T) {
+	tg := startGateway(t, nil)
+	tg.g.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{ordersID}})
+	resp, body := tg.do(t, "GET", "/orders/1", nil, nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502: %s", resp.StatusCode, body)
+	}
+}
+
+func TestGatewayRetriesIdempotentOnConnectFailure(t *testing.T) {
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].Upstreams = append([]string{deadAddr}, c.Routes[0].Upstreams...)
+	})
+	for i := range 6 {
+		resp, body := tg.do(t, "GET", "/orders/1", nil, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %d: status %d: %s", i, resp.StatusCode, body)
+		}
+	}
+	// A POST is not retried: one in two lands on the dead upstream.
+	failed := 0
+	for range 6 {
+		resp, _ := tg.do(t, "POST", "/orders", strings.NewReader("{}"), nil)
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Errorf("no POST failed: POSTs are retried")
+	}
+}
+
+func TestGatewayHealthChecks(t *testing.T) {
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].Upstreams = append([]string{deadAddr}, c.Routes[0].Upstreams...)
+		c.Routes[0].Retries = -1
+		c.Routes[0].HealthCheck = &config.GatewayHealthCheck{Path: "/orders/health", Interval: wire.Duration(50 * time.Millisecond)}
+	})
+	b := tg.g.state.Load().routes[0].pool.backends[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for b.healthy.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("dead upstream still healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := range 4 {
+		if resp, body := tg.do(t, "POST", "/orders", strings.NewReader("{}"), nil); resp.StatusCode != 200 {
+			t.Fatalf("POST %d went to the unhealthy upstream: %d %s", i, resp.StatusCode, body)
+		}
+	}
+}
+
+func TestGatewayCORS(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].CORS = &config.GatewayCORS{Origins: []string{"https://app.example.com"}, Methods: []string{"GET", "POST", "PUT"}, Credentials: true}
+	})
+	tests := []struct {
+		name       string
+		method     string
+		hdr        map[string]string
+		want       int
+		wantOrigin string
+	}{
+		{"preflight_allowed", "OPTIONS", map[string]string{"Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type, authorization"}, 204, "https://app.example.com"},
+		{"preflight_other_origin", "OPTIONS", map[string]string{"Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"}, 403, ""},
+		{"preflight_method_not_allowed", "OPTIONS", map[string]string{"Origin": "https://app.example.com", "Access-Control-Request-Method": "DELETE"}, 403, ""},
+		{"preflight_header_not_allowed", "OPTIONS", map[string]string{"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-admin"}, 403, ""},
+		{"simple_allowed", "GET", map[string]string{"Origin": "https://app.example.com"}, 200, "https://app.example.com"},
+		{"simple_other_origin", "GET", map[string]string{"Origin": "https://app.example.com.evil.example"}, 200, ""},
+		{"null_origin", "GET", map[string]string{"Origin": "null"}, 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := tg.do(t, tt.method, "/orders/1", nil, tt.hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if got := resp.Header.Get("Access-Control-Allow-Origin"); got != tt.wantOrigin {
+				t.Errorf("Allow-Origin %q, want %q", got, tt.wantOrigin)
+			}
+			if tt.wantOrigin != "" && resp.Header.Get("Access-Control-Allow-Credentials") != "true" {
+				t.Errorf("no Allow-Credentials")
+			}
+			if tt.name == "preflight_allowed" && (!strings.Contains(resp.Header.Get("Access-Control-Allow-Methods"), "PUT") || resp.Header.Get("Access-Control-Allow-Headers") != "content-type, authorization") {
+				t.Errorf("preflight grant %v", resp.Header)
+			}
+			if !strings.Contains(strings.Join(resp.Header.Values("Vary"), ","), "Origin") {
+				t.Errorf("no Vary: Origin")
+			}
+			checkSecurityHeaders(t, resp.Header)
+		})
+	}
+}
+
+func TestGatewayConnectionLimits(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Limits.MaxConnsPerIP = 2
+		c.Limits.ReadHeaderTimeout = wire.Duration(300 * time.Millisecond)
+	})
+	t.Run("per_ip_cap", func(t *testing.T) {
+		var conns []net.Conn
+		for range 2 {
+			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		_, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost"})
+		if err == nil {
+			t.Fatal("third connection from one IP accepted")
+		}
+	})
+	t.Run("slowloris_cut", func(t *testing.T) {
+		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n")
+		start := time.Now()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, err := io.WriteString(c, "X-A: b\r\n"); err != nil {
+				break
+			}
+			if _, err := c.Read(make([]byte, 1)); err != nil {
+				break
+			}
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("slow head kept the connection %s", d)
+		}
+	})
+}
+
+func TestGatewayTLSVersionsAndCiphers(t *testing.T) {
+	tg := startGateway(t, nil)
+	tests := []struct {
+		name string
+		conf *tls.Config
+		ok   bool
+	}{
+		{"tls13", &tls.Config{MinVersion: tls.VersionTLS13}, true},
+		{"tls12_aead", &tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}, true},
+		{"tls12_cbc", &tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA}}, false},
+		{"tls11", &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.conf.RootCAs = tg.ca.Pool()
+			tt.conf.ServerName = "localhost"
+			c, err := tls.Dial("tcp", tg.addr, tt.conf)
+			if c != nil {
+				c.Close()
+			}
+			if (err == nil) != tt.ok {
+				t.Fatalf("handshake err = %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestGatewayReload(t *testing.T) {
+	tg := startGateway(t, nil)
+	cfg := tg.g.state.Load().cfg
+	t.Run("bad_config_refused", func(t *testing.T) {
+		bad := cfg
+		bad.Routes = []config.GatewayRoute{{Name: "x", PathPrefix: "no-slash", Upstreams: []string{"127.0.0.1:1"}, SPIFFEID: ordersID}}
+		if err := tg.g.Reload(t.Context(), bad); err == nil {
+			t.Fatal("bad config applied")
+		}
+		if resp, _ := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("old config stopped serving: %d", resp.StatusCode)
+		}
+	})
+	t.Run("restart_only_setting_refused", func(t *testing.T) {
+		c := cfg
+		c.Listen = "127.0.0.1:1"
+		if err := tg.g.Reload(t.Context(), c); err == nil || !strings.Contains(err.Error(), "restart") {
+			t.Fatalf("listen change: %v", err)
+		}
+	})
+	t.Run("good_config_applies", func(t *testing.T) {
+		c := cfg
+		// A separately built identity section: equal, not the same pointers.
+		c.Identity = config.SidecarIdentity{Files: &config.SidecarFiles{Cert: "x", Key: "x", Bundle: "x"}}
+		c.Routes = append([]config.GatewayRoute{}, cfg.Routes...)
+		c.Routes[0].PathPrefix = "/public"
+		c.Limits.MaxBodyBytes = 10
+		if err := tg.g.Reload(t.Context(), c); err != nil {
+			t.Fatal(err)
+		}
+		if resp, _ := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 404 {
+			t.Errorf("old route still served: %d", resp.StatusCode)
+		}
+		if resp, _ := tg.do(t, "POST", "/public/x", strings.NewReader(strings.Repeat("y", 11)), nil); resp.StatusCode != 413 {
+			t.Errorf("new body limit not applied: %d", resp.StatusCode)
+		}
+	})
+}
+
+func TestGatewayStreamedBodyCutOff(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) { c.Limits.MaxBodyBytes = 1000 })
+	pr, pw := io.Pipe()
+	go func() {
+		for range 10 {
+			if _, err := pw.Write([]byte(strings.Repeat("z", 500))); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", tg.url("/orders"), pr)
+	resp, err := tg.client.Do(req)
+	if err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			s := decodeSeen(t, b)
+			if len(s.Body) > 1000 {
+				t.Fatalf("app received %d bytes of a body over the limit", len(s.Body))
+			}
+		}
+		if resp.StatusCode != 413 && resp.StatusCode < 500 {
+			t.Fatalf("status %d for a streamed body over the limit", resp.StatusCode)
+		}
+	}
+	pr.Close()
+}
+
+func TestGatewayDeniesWithoutPolicy(t *testing.T) {
+	tg := startGateway(t, nil)
+	tg.g.SetAuthorizer(2, nil)
+	resp, _ := tg.do(t, "GET", "/orders/1", nil, nil)
+	if resp.StatusCode != 403 {
+		t.Fatalf("status %d without policy, want 403", resp.StatusCode)
+	}
+	if err := tg.g.Ready(); err == nil {
+		t.Error("ready without policy")
+	}
+}
+
+var _ = fmt.Sprint
+
+// TestGatewayHS256Issuer: a shared-secret issuer (jwt.hmac_issuers)
+// authenticates at the edge like any other: its HS256 token with the
+// secret passes (and its claim reaches the upstream only through the
+// rule's header), one with another secret is a 401, and a token signed
+// with the secret but naming another issuer is refused too.
+func TestGatewayHS256Issuer(t *testing.T) {
+	const issuer = "https://legacy.example"
+	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
+	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, echoApp(t))
+	tg := startGatewayWith(t, ca, up, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "private", PathPrefix: "/private", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID, RequireToken: true})
+	}, func(o *Options) { o.Verifier = v })
+	tg.g.SetAuthorizer(2, compile(t, `
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: "`+issuer+`"
+    audiences: [orders]
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["`+issuer+`/*"]}}]
+`))
+	hs256 := func(iss string, key []byte) string {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
+		obj, err := s.Sign(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := obj.CompactSerialize()
+		return tok
+	}
+	tests := []struct {
+		name, token string
+		want        int
+	}{
+		{"with_the_secret", hs256(issuer, secret), 200},
+		{"another_secret", hs256(issuer, []byte("0123456789abcdef0123456789abcdef-guessed")), 401},
+		{"the_secret_for_another_issuer", hs256("https://issuer.example", secret), 401},
+		{"no_token", "", 403},
+		{"no_token_on_a_route_that_requires_one", "", 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hdr := map[string]string{"X-User": "mallory"}
+			path := "/orders/1"
+			if strings.Contains(tt.name, "requires") {
+				path = "/private/1"
+			}
+			if tt.token != "" {
+				hdr["Authorization"] = "Bearer " + tt.token
+			}
+			resp, body := tg.do(t, "GET", path, nil, hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, body)
+			}
+			if tt.want == 401 && tt.token == "" && resp.Header.Get("Www-Authenticate") != `Bearer realm="moatless"` {
+				t.Errorf("WWW-Authenticate %q", resp.Header.Get("Www-Authenticate"))
+			}
+			if tt.want == 200 {
+				if got := decodeSeen(t, body).Headers["X-User"]; len(got) != 1 || got[0] != "alice" {
+					t.Errorf("upstream X-User %v, want [alice] from the token", got)
+				}
+			}
+		})
+	}
+}
+
+// TestGatewayUnderMeshWideStrict: a mesh-wide STRICT PeerAuthentication
+// governs the sidecars, not the gateway's public listener, whose clients
+// have no mesh identity; it used to deny every request at the gateway.
+func TestGatewayUnderMeshWideStrict(t *testing.T) {
+	tg := startGateway(t, nil)
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+`))
+	if resp, body := tg.do(t, "GET", "/orders/1", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if resp, _ := tg.do(t, "DELETE", "/orders/1", nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("DELETE: status %d, want the DENY policy's 403", resp.StatusCode)
+	}
+}
+
+// TestGatewayRevokedTokenCutsOffInFlight: a request authenticated with a
+// token is cut off when the token's jti is revoked while it is still
+// waiting for the upstream, as a sidecar cuts one off: the client gets a
+// 401 then and there, not the upstream's answer seconds later.
+func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
+	const issuer = "https://legacy.example"
+	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
+	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, td)
+	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Verifier = v })
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: "`+issuer+`"}]
+`))
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
+	obj, _ := signer.Sign(payload)
+	tok, _ := obj.CompactSerialize()
+
+	type answer struct {
+		code int
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := tg.client.Do(req)
+		if err != nil {
+			done <- answer{err: err}
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- answer{code: resp.StatusCode}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for tg.g.revoked.Tracked() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never tracked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case a := <-done:
+		t.Fatalf("the slow request ended before the revocation: %+v", a)
+	default:
+	}
+	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
+		t.Fatalf("SetRevocations cut off %d requests, want 1", n)
+	}
+	// The app holds /slow for 5 s: an answer now is the cut-off's.
+	select {
+	case a := <-done:
+		if a.err != nil || a.code != 401 {
+			t.Fatalf("cut-off request: %+v, want a 401", a)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the request of a revoked token kept waiting for the upstream")
+	}
+	if n := tg.g.revoked.Tracked(); n != 0 {
+		t.Errorf("%d requests still tracked", n)
+	}
+	resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
+	if resp.StatusCode != 401 {
+		t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+	}
+}

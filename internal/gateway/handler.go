@@ -1,0 +1,590 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moatless/moatless/internal/gateway/waf"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// Block reasons: the bounded "reason" label of metrics and the access
+// log's block_reason.
+const (
+	reasonMethod       = "method"
+	reasonBadRequest   = "bad_request"
+	reasonURITooLong   = "uri_too_long"
+	reasonHeaderLarge  = "headers_too_large"
+	reasonBodyLarge    = "body_too_large"
+	reasonIPDenied     = "ip_denied"
+	reasonNoRoute      = "no_route"
+	reasonCORS         = "cors"
+	reasonRateLimited  = "rate_limited"
+	reasonWAF          = "waf"
+	reasonValidation   = "validation"
+	reasonUnauthn      = "unauthenticated"
+	reasonDenied       = "denied"
+	reasonNoPolicy     = "no_policy"
+	reasonExchange     = "token_exchange"
+	reasonUpstream     = "upstream"
+	reasonUpstreamID   = "upstream_identity"
+	reasonUpstreamTime = "upstream_timeout"
+)
+
+// reqCtx is what the chain learns about one request.
+type reqCtx struct {
+	st        *state
+	id        string
+	start     time.Time
+	peer      netip.Addr
+	client    netip.Addr
+	route     *route
+	origin    string
+	preflight bool
+	reason    string
+	identity  string
+	// detail is extra for the access log: the WAF's rule IDs.
+	detail string
+	// body is the request body when a check needed it whole (WAF,
+	// validation); r.Body then replays it.
+	body     []byte
+	bodyRead bool
+}
+
+// ServeHTTP is the gateway's request path; see the package comment for
+// the order of checks.
+func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
+	st := g.state.Load()
+	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
+	w := &respWriter{ResponseWriter: w0, rc: rc}
+	defer g.finish(w, r)
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		rc.peer = ap.Addr().Unmap()
+	}
+	lim := &st.cfg.Limits
+
+	// The request line and head, before anything reads them further.
+	switch r.Method {
+	case http.MethodConnect, http.MethodTrace:
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		g.reject(w, http.StatusMethodNotAllowed, reasonMethod, "method not allowed")
+		return
+	}
+	if len(r.RequestURI) > lim.MaxURIBytes {
+		g.reject(w, http.StatusRequestURITooLong, reasonURITooLong, "request target longer than "+strconv.Itoa(lim.MaxURIBytes)+" bytes")
+		return
+	}
+	if headBytes(r) > lim.MaxHeaderBytes {
+		g.reject(w, http.StatusRequestHeaderFieldsTooLarge, reasonHeaderLarge, "request headers larger than "+strconv.Itoa(lim.MaxHeaderBytes)+" bytes")
+		return
+	}
+	// Origin-form only: an absolute-form target ("GET http://other/")
+	// would route by one host and reach an app that reads another; a
+	// fragment is never sent by a browser and means a crafted request.
+	if !strings.HasPrefix(r.RequestURI, "/") || strings.IndexByte(r.RequestURI, '#') >= 0 || r.URL.Opaque != "" {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request target")
+		return
+	}
+	// A Host the decision function cannot read as an authority is a 400
+	// here, as the sidecar's path check is, rather than a request routed
+	// and decided on a host it does not match.
+	if policy.CheckRequestHost(r.Host) != nil {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed Host")
+		return
+	}
+
+	rc.client = clientAddr(rc.peer, r.Header["X-Forwarded-For"], st.trusted)
+	if !ipAllowed(rc.client, st.allow, st.deny) {
+		g.reject(w, http.StatusForbidden, reasonIPDenied, "client address not allowed")
+		g.blocked(r, rc, reasonIPDenied, "IP rules")
+		return
+	}
+
+	// The upstream is served the target policy decided on: one call
+	// normalizes it as the policy set says and gives both the path routes
+	// and policy match and the target forwarded, so they cannot differ.
+	// A _method override in the query goes before anything decides.
+	ps := g.policy.Load()
+	np, err := policy.NormalizeRequestPath(r.RequestURI, ps.mode)
+	if err != nil {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path")
+		return
+	}
+	np, overridden := proxy.StripMethodOverride(np)
+	if np.Changed() || overridden {
+		proxy.SetTarget(r.URL, np)
+	}
+	rc.route = st.table.lookup(canonicalHost(r.Host), np.Path())
+	if rc.route == nil {
+		g.reject(w, http.StatusNotFound, reasonNoRoute, "no route")
+		return
+	}
+	rt := rc.route
+
+	// Header shaping, the sidecar's own code: hop-by-hop headers first,
+	// from the request as received (only a WebSocket upgrade the route
+	// carries survives), then every header a caller may not send, under
+	// any spelling, from the header and the trailer.
+	upgrade := proxy.RemoveHopHeaders(r.Header, rt.upgrades)
+	if upgrade != "" && (r.Method != http.MethodGet || r.ProtoMajor != 1) {
+		delete(r.Header, "Connection")
+		delete(r.Header, "Upgrade")
+		upgrade = ""
+	}
+	ps.headers.Strip(r.Header)
+	ps.headers.GuardTrailers(r)
+
+	rc.origin = r.Header.Get("Origin")
+	if rt.cors != nil && isPreflight(r) {
+		rc.preflight = true
+		grant, ok := rt.cors.preflight(r)
+		if !ok {
+			rc.origin = "" // no CORS header on a refusal
+			g.reject(w, http.StatusForbidden, reasonCORS, "CORS preflight refused")
+			return
+		}
+		rt.cors.writePreflight(w.Header(), rc.origin, grant)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+
+	if r.ContentLength > rt.maxBody {
+		g.reject(w, http.StatusRequestEntityTooLarge, reasonBodyLarge, "request body larger than "+strconv.FormatInt(rt.maxBody, 10)+" bytes")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// A streamed body is cut off at the limit: the upstream sees the
+		// request fail, never a body past it.
+		r.Body = http.MaxBytesReader(w0, r.Body, rt.maxBody)
+	}
+
+	if !g.rateLimit(w, r, rc, nil, false) {
+		return
+	}
+	if rt.waf != nil {
+		if !g.readBody(w, r, rc) || !g.inspect(w, r, rc) {
+			return
+		}
+	}
+	if rt.valid != nil {
+		if !g.readBody(w, r, rc) {
+			return
+		}
+		if v := rt.valid.Validate(r.Context(), r, rc.body); v != nil {
+			g.rejectWith(w, http.StatusBadRequest, reasonValidation, errorBody{Error: v.Message, Pointer: v.Pointer})
+			return
+		}
+	}
+
+	// The one decision function, as in the sidecar.
+	req := policy.Request{
+		Protocol:       policy.HTTP,
+		Source:         policy.Source{IP: rc.peer},
+		RemoteIP:       rc.client,
+		External:       true,
+		Destination:    g.destination(localIP(r)),
+		Time:           g.now(),
+		Method:         r.Method,
+		Host:           r.Host,
+		Path:           np.Target(),
+		NormalizedPath: np,
+		Headers:        r.Header,
+	}
+	if r.TLS != nil {
+		req.SNI = r.TLS.ServerName
+	}
+	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
+	if ps.authz != nil {
+		dec = ps.authz.Evaluate(&req, g.opts.Verifier)
+	}
+	auth := req.Auth
+	if auth != nil {
+		rc.identity = auth.Principal
+	}
+	// require_token: no verified token where one is required is a 401,
+	// whatever the policy said (a denial that left the token unread
+	// stays the 403 it is when the request carries one).
+	missing := rt.cfg.RequireToken && auth == nil && dec.Outcome != policy.Unauthenticated &&
+		(dec.Outcome == policy.Allow || len(r.Header["Authorization"]) == 0)
+	if missing {
+		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
+	}
+	g.logDecision(r, rc, dec, ps)
+	switch dec.Outcome {
+	case policy.Allow:
+	case policy.Unauthenticated:
+		if missing {
+			// No credentials at all: RFC 6750 section 3.1, no error code.
+			w.Header().Set("Www-Authenticate", `Bearer realm="moatless"`)
+			g.reject(w, http.StatusUnauthorized, reasonUnauthn, "Jwt is missing")
+			return
+		}
+		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "Jwt verification fails")
+		return
+	default:
+		reason := reasonDenied
+		if ps.authz == nil {
+			reason = reasonNoPolicy
+		}
+		status := http.StatusForbidden
+		if dec.Status != 0 { // a CUSTOM provider's choice, 400-599
+			status = dec.Status
+		}
+		g.reject(w, status, reason, "RBAC: access denied")
+		return
+	}
+
+	if !g.rateLimit(w, r, rc, auth, true) {
+		return
+	}
+
+	// A route that names an audience gets the caller's token exchanged
+	// for one scoped to it. Fail closed: no exchange, no forwarding, and
+	// the caller's own token never goes on in its place.
+	exchangedTok := ""
+	if aud := rt.cfg.TokenExchangeAudience; aud != "" {
+		if auth != nil {
+			subject, ok := bearerToken(r.Header)
+			if !ok || g.exchange == nil {
+				g.reject(w, http.StatusForbidden, reasonExchange, "token exchange needs the token in Authorization")
+				return
+			}
+			tok, err := g.exchange.exchange(r.Context(), subject, aud)
+			if err != nil {
+				g.metrics.upstreamErrors.WithLabelValues(rt.name, "token_exchange").Inc()
+				g.log.Warn("token exchange failed", "route", rt.name, "audience", aud, "request_id", rc.id, "err", err)
+				status := http.StatusServiceUnavailable
+				if errors.Is(err, errExchangeRefused) {
+					status = http.StatusForbidden
+				}
+				g.reject(w, status, reasonExchange, "token exchange failed")
+				return
+			}
+			exchangedTok = tok
+		}
+		delete(r.Header, "Authorization")
+	}
+
+	// What the upstream is told, set after shaping so no caller copy
+	// survives: the client address, the scheme, the request ID, the
+	// verified claims the RequestAuthentication rule names, and the
+	// headers an allowing CUSTOM provider asked for (the policy package
+	// refused framing and identity headers among them).
+	h := r.Header
+	h["X-Forwarded-For"] = []string{rc.client.String()}
+	h["X-Forwarded-Proto"] = []string{"https"}
+	h["X-Request-Id"] = []string{rc.id}
+	proxy.ApplyAuth(r, auth)
+	if exchangedTok != "" {
+		h["Authorization"] = []string{"Bearer " + exchangedTok}
+	}
+	for k, v := range dec.Headers {
+		h[k] = []string{v}
+	}
+	// A request authenticated with a token is cut off when that token's
+	// jti is revoked, however long it streams.
+	if jti, _ := authClaim(auth, "jti"); jti != "" {
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		defer g.revoked.TrackToken(jti, func() { cancel(errTokenRevoked) })()
+		r = r.WithContext(ctx)
+	}
+	if rt.pool.timeout > 0 && upgrade == "" {
+		ctx, cancel := context.WithTimeout(r.Context(), rt.pool.timeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
+	rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) })
+	// Cut off before the upstream answered: the client is still there
+	// and is told why (after the headers, the forwarder reset the stream).
+	if !w.written && errors.Is(context.Cause(r.Context()), errTokenRevoked) {
+		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "token revoked")
+	}
+}
+
+// errTokenRevoked cancels an in-flight request whose token was revoked.
+var errTokenRevoked = errors.New("gateway: token revoked")
+
+// headBytes is the size of the request line and headers as sent (HTTP/2's
+// pseudo-headers counted like a request line).
+func headBytes(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + len(r.Host) + 16
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+func localIP(r *http.Request) netip.Addr {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		return addrIP(a)
+	}
+	return netip.Addr{}
+}
+
+// upstreamFailed answers a request the forwarder could not deliver: 502
+// when the upstream's identity was refused (logged as an error: a
+// misconfigured or impersonated upstream), 504 on the route's timeout,
+// 503 when no upstream could be reached.
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, rt *route, err error) {
+	rw, ok := w.(*respWriter)
+	if !ok {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	switch {
+	case errors.Is(err, proxy.ErrPeerNotAllowed), errors.Is(err, proxy.ErrPeerUnverified), errors.Is(err, proxy.ErrPeerRevoked):
+		g.metrics.upstreamErrors.WithLabelValues(rt.name, "identity").Inc()
+		g.log.Error("upstream identity refused", "route", rt.name, "want", rt.cfg.SPIFFEID, "request_id", rw.rc.id, "err", err)
+		g.reject(rw, http.StatusBadGateway, reasonUpstreamID, "upstream identity refused")
+	case errors.Is(err, context.DeadlineExceeded):
+		g.metrics.upstreamErrors.WithLabelValues(rt.name, "timeout").Inc()
+		g.reject(rw, http.StatusGatewayTimeout, reasonUpstreamTime, "upstream timed out")
+	default:
+		kind := "other"
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, errNoUpstream) {
+			kind = "connect"
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			g.reject(rw, http.StatusRequestEntityTooLarge, reasonBodyLarge, "request body larger than "+strconv.FormatInt(mbe.Limit, 10)+" bytes")
+			return
+		}
+		g.metrics.upstreamErrors.WithLabelValues(rt.name, kind).Inc()
+		status := http.StatusBadGateway
+		if kind == "connect" {
+			status = http.StatusServiceUnavailable
+		}
+		g.reject(rw, status, reasonUpstream, "upstream unavailable")
+	}
+}
+
+// finish counts the request and writes its access log line.
+func (g *Gateway) finish(w *respWriter, r *http.Request) {
+	rc := w.rc
+	d := g.now().Sub(rc.start)
+	route := ""
+	if rc.route != nil {
+		route = rc.route.name
+	}
+	status := w.status
+	if !w.written {
+		status = 499 // the client went away before an answer
+	}
+	g.metrics.requests.WithLabelValues(route, strconv.Itoa(status/100)+"xx", rc.reason).Inc()
+	g.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+	if g.access == nil {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", rc.id),
+		slog.String("client", addrString(rc.client)),
+		slog.String("method", r.Method),
+		slog.String("host", truncate(r.Host, 256)),
+		slog.String("path", truncate(r.URL.Path, 1024)),
+		slog.String("proto", r.Proto),
+		slog.String("route", route),
+		slog.Int("status", status),
+		slog.Int64("bytes", w.bytes),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("identity", rc.identity),
+	}
+	if rc.reason != "" {
+		attrs = append(attrs, slog.String("block_reason", rc.reason))
+	}
+	if rc.detail != "" {
+		attrs = append(attrs, slog.String("detail", rc.detail))
+	}
+	g.access.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// logDecision records the policy decision: every deny, allows as
+// sampled; denies also go to the audit sink.
+func (g *Gateway) logDecision(r *http.Request, rc *reqCtx, dec policy.Decision, ps *policyState) {
+	if dec.Outcome == policy.Allow && !g.sampleAllow() {
+		return
+	}
+	g.decisionRecord(r, rc, dec.Outcome.String(), dec.Policy, dec.Rule, dec.Reason, reasonCode(dec, ps.authz != nil), ps.version)
+}
+
+func reasonCode(d policy.Decision, loaded bool) string {
+	switch {
+	case !loaded:
+		return "no_policy"
+	case d.Outcome == policy.Allow:
+		return "allowed"
+	case d.Outcome == policy.Unauthenticated:
+		return "invalid_token"
+	case d.Policy != "" && d.Action != "ALLOW":
+		return "deny_rule"
+	}
+	return "no_allow_match"
+}
+
+// blocked records a request stopped before the policy decision (IP
+// rules, rate limit, WAF) as a deny with its reason.
+func (g *Gateway) blocked(r *http.Request, rc *reqCtx, code, reason string) {
+	g.decisionRecord(r, rc, policy.Deny.String(), "", -1, reason, code, g.policy.Load().version)
+}
+
+func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol string, rule int, reason, code string, version uint64) {
+	ev := proxy.DecisionEvent{
+		Time: g.now(), Listener: "gateway", SourceIP: addrString(rc.client),
+		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
+		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
+		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
+	}
+	if rc.route != nil {
+		ev.Destination += "/" + rc.route.name
+	}
+	level := slog.LevelInfo
+	if outcome != policy.Allow.String() {
+		level = slog.LevelWarn
+	}
+	g.decision.LogAttrs(context.Background(), level, "decision",
+		slog.String("listener", ev.Listener),
+		slog.String("source_ip", ev.SourceIP),
+		slog.String("destination", ev.Destination),
+		slog.String("method", ev.Method),
+		slog.String("path", ev.Path),
+		slog.String("request_id", ev.RequestID),
+		slog.String("decision", ev.Decision),
+		slog.String("policy", ev.Policy),
+		slog.Int("rule", ev.Rule),
+		slog.String("reason", ev.Reason),
+		slog.String("reason_code", string(ev.ReasonCode)),
+		slog.Uint64("policy_version", ev.PolicyVersion),
+	)
+	if outcome != policy.Allow.String() && g.opts.Audit != nil {
+		g.opts.Audit.Record(context.Background(), ev)
+	}
+}
+
+func (g *Gateway) sampleAllow() bool {
+	r := g.opts.Config.DecisionLog.AllowSampleRate
+	switch {
+	case r <= 0:
+		return false
+	case r >= 1:
+		return true
+	}
+	return randFloat() < r
+}
+
+func randFloat() float64 { return rand.Float64() }
+
+// readBody reads the whole body (already bounded by the route's limit)
+// for the checks that need it, and makes r replay it, also for a retry
+// on another upstream.
+func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
+	if rc.bodyRead {
+		return true
+	}
+	rc.bodyRead = true
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	b, err := io.ReadAll(r.Body)
+	r.Body.Close()
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			g.reject(w, http.StatusRequestEntityTooLarge, reasonBodyLarge, "request body larger than "+strconv.FormatInt(mbe.Limit, 10)+" bytes")
+			return false
+		}
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "request body could not be read")
+		return false
+	}
+	rc.body = b
+	r.ContentLength = int64(len(b))
+	r.TransferEncoding = nil
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	return true
+}
+
+// inspect runs the route's WAF. A block is a 403 naming only the request
+// ID; the decision log and the audit record name the matched rule IDs,
+// never any part of the request (body, cookies, Authorization).
+func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
+	local := netip.AddrPortFrom(localIP(r), uint16(g.port))
+	peerPort := uint16(0)
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peerPort = ap.Port()
+	}
+	v, err := rc.route.waf.Inspect(r, rc.body, netip.AddrPortFrom(rc.client, peerPort), local)
+	if err != nil {
+		// A request the engine cannot process is not let through.
+		g.log.Error("waf failed", "route", rc.route.name, "request_id", rc.id, "err", err)
+		v = waf.Verdict{Blocked: true, WouldBlock: true}
+	}
+	ids := make([]string, len(v.RuleIDs))
+	for i, id := range v.RuleIDs {
+		ids[i] = strconv.Itoa(id)
+	}
+	switch {
+	case v.Blocked:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
+		rc.detail = "waf rules " + strings.Join(ids, ",")
+		g.reject(w, http.StatusForbidden, reasonWAF, "request blocked by the web application firewall")
+		g.blocked(r, rc, reasonWAF, "waf: rules "+strings.Join(ids, ", "))
+		return false
+	case v.WouldBlock:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "detect").Inc()
+		rc.detail = "waf detect rules " + strings.Join(ids, ",")
+		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", "), "waf_detect", g.policy.Load().version)
+	default:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
+	}
+	return true
+}
+
+// bearerToken is the token of the request's one Authorization header,
+// "Bearer <token>" (the scheme in any case).
+func bearerToken(h http.Header) (string, bool) {
+	v := h["Authorization"]
+	if len(v) != 1 || len(v[0]) < 8 || !strings.EqualFold(v[0][:7], "bearer ") {
+		return "", false
+	}
+	tok := strings.TrimSpace(v[0][7:])
+	return tok, tok != ""
+}
+
+// authClaim is a string claim of the verified token, "" without one.
+func authClaim(auth *policy.Auth, name string) (string, bool) {
+	if auth == nil {
+		return "", false
+	}
+	v, ok := auth.Claims[name].(string)
+	return v, ok
+}

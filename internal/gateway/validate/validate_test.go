@@ -1,0 +1,135 @@
+package validate
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+const orderSchema = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["item", "qty"],
+  "additionalProperties": false,
+  "properties": {
+    "item": {"type": "string", "maxLength": 64},
+    "qty": {"type": "integer", "minimum": 1, "maximum": 100},
+    "lines": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]+$"}}}}
+  }
+}`
+
+const ordersAPI = `
+openapi: 3.0.3
+info: {title: orders, version: "1"}
+paths:
+  /orders/{id}:
+    get:
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: integer, minimum: 1}}
+        - {name: expand, in: query, schema: {type: string, enum: [items, customer]}}
+      responses: {"200": {description: ok}}
+  /orders:
+    post:
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [item, qty]
+              properties:
+                item: {type: string}
+                qty: {type: integer, minimum: 1}
+      responses: {"201": {description: created}}
+`
+
+func req(method, target, ctype string) *http.Request {
+	r, _ := http.NewRequest(method, "https://api.example.com"+target, nil)
+	if ctype != "" {
+		r.Header.Set("Content-Type", ctype)
+	}
+	return r
+}
+
+func TestJSONSchema(t *testing.T) {
+	v, err := NewJSONSchema("order.json", []byte(orderSchema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, ctype, body, pointer string
+		ok                         bool
+	}{
+		{"valid", "application/json", `{"item":"book","qty":2}`, "", true},
+		{"no_body", "", ``, "", true},
+		{"missing_field", "application/json", `{"item":"book"}`, "", false},
+		{"wrong_type", "application/json", `{"item":"book","qty":"2"}`, "/qty", false},
+		{"nested", "application/json", `{"item":"book","qty":1,"lines":[{"sku":"AB-1"},{"sku":"x"}]}`, "/lines/1/sku", false},
+		{"extra_field", "application/json", `{"item":"book","qty":1,"admin":true}`, "", false},
+		{"not_json", "application/json", `{"item":`, "", false},
+		{"form_body", "application/x-www-form-urlencoded", `item=book`, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			viol := v.Validate(context.Background(), req("POST", "/orders", tt.ctype), []byte(tt.body))
+			if (viol == nil) != tt.ok {
+				t.Fatalf("violation %+v, want ok=%v", viol, tt.ok)
+			}
+			if viol != nil && tt.pointer != "" && viol.Pointer != tt.pointer {
+				t.Errorf("pointer %q, want %q", viol.Pointer, tt.pointer)
+			}
+		})
+	}
+	if _, err := NewJSONSchema("x.json", []byte(`{"$ref": "https://evil.example/s.json"}`)); err == nil {
+		t.Error("external $ref compiled")
+	}
+}
+
+func TestOpenAPI(t *testing.T) {
+	v, err := NewOpenAPI("orders.yaml", []byte(ordersAPI))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, method, target, ctype, body, pointer string
+		ok                                         bool
+	}{
+		{"get_ok", "GET", "/orders/42?expand=items", "", "", "", true},
+		{"bad_path_param", "GET", "/orders/abc", "", "", "", false},
+		{"bad_enum", "GET", "/orders/1?expand=secrets", "", "", "", false},
+		{"unknown_operation", "DELETE", "/orders/1", "", "", "", false},
+		{"post_ok", "POST", "/orders", "application/json", `{"item":"book","qty":1}`, "", true},
+		{"post_bad_qty", "POST", "/orders", "application/json", `{"item":"book","qty":0}`, "/qty", false},
+		{"post_no_body", "POST", "/orders", "application/json", ``, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := req(tt.method, tt.target, tt.ctype)
+			viol := v.Validate(context.Background(), r, []byte(tt.body))
+			if (viol == nil) != tt.ok {
+				t.Fatalf("violation %+v, want ok=%v", viol, tt.ok)
+			}
+			if viol != nil && tt.pointer != "" && viol.Pointer != tt.pointer {
+				t.Errorf("pointer %q, want %q (%s)", viol.Pointer, tt.pointer, viol.Message)
+			}
+			if viol != nil && strings.Contains(viol.Message, "book") {
+				t.Errorf("message echoes input: %s", viol.Message)
+			}
+		})
+	}
+}
+
+// FuzzJSONSchema: any body is validated without panic.
+func FuzzJSONSchema(f *testing.F) {
+	v, err := NewJSONSchema("order.json", []byte(orderSchema))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{`{"item":"a","qty":1}`, `[]`, `{"lines":[{"sku":1}]}`, `"\ud800"`, `1e400`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		v.Validate(context.Background(), req("POST", "/orders", "application/json"), []byte(body))
+	})
+}

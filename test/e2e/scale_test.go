@@ -1,0 +1,225 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestScaleWatchClients connects many lightweight watch clients (each its
+// own TLS connection and stream, as a sidecar would have) spread over
+// three replicas, reports the servers' memory per connected client, then
+// applies a policy through one replica and reports how long until each
+// client had it (p50, p99, max). 300 clients by default;
+// MOATLESS_SCALE_CLIENTS=10000 is the run in docs/benchmarks.md.
+func TestScaleWatchClients(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three servers")
+	}
+	n := 300
+	if v := os.Getenv("MOATLESS_SCALE_CLIENTS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("MOATLESS_SCALE_CLIENTS=%q", v)
+		}
+	}
+	const identities = 100 // node identities the clients share (streams per node are independent)
+	// GOGC=10: the heap in use stays within a tenth of the live heap,
+	// so its growth is what the clients hold, not uncollected garbage.
+	rs := startReplicasEnv(t, 3, []string{"GOGC=10"})
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(rs.bundle)
+	pool.AppendCertsFromPEM(b)
+
+	// Node identities, attested through the agent API.
+	certs := make([]tls.Certificate, identities)
+	for i := range identities {
+		id := fmt.Sprintf("spiffe://e2e.test/agent/scale-%d", i)
+		var tok struct {
+			Token string `json:"token"`
+		}
+		if !rs.admin(i%3, "POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": id}, &tok) {
+			t.Fatal("join token")
+		}
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		body, _ := json.Marshal(map[string]any{"join_token": tok.Token, "csr": csr})
+		resp, err := rs.https.Post("https://"+rs.addrs[i%3]+"/v1/agent/attest", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ar struct {
+			SVID struct {
+				CertChain [][]byte `json:"cert_chain"`
+			} `json:"svid"`
+		}
+		json.NewDecoder(resp.Body).Decode(&ar)
+		resp.Body.Close()
+		if len(ar.SVID.CertChain) == 0 {
+			t.Fatalf("attest %s: %d", id, resp.StatusCode)
+		}
+		certs[i] = tls.Certificate{Certificate: ar.SVID.CertChain, PrivateKey: key}
+	}
+
+	rss := func() (total int64) {
+		for _, p := range rs.procs {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(line, "VmRSS:") {
+					kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+					total += kb << 10
+				}
+			}
+		}
+		return total
+	}
+	// Go heap in use and goroutines, summed over the replicas (their
+	// /metrics).
+	goStats := func() (heap, goroutines float64) {
+		for _, a := range rs.addrs {
+			resp, err := rs.https.Get("https://" + a + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				f := strings.Fields(sc.Text())
+				if len(f) != 2 {
+					continue
+				}
+				v, _ := strconv.ParseFloat(f[1], 64)
+				switch f[0] {
+				case "go_memstats_heap_inuse_bytes":
+					heap += v
+				case "go_goroutines":
+					goroutines += v
+				}
+			}
+			resp.Body.Close()
+		}
+		return heap, goroutines
+	}
+	// The low point over a few samples, between collections.
+	liveHeap := func() (heap, goroutines float64) {
+		heap = -1
+		for range 5 {
+			h, g := goStats()
+			if heap < 0 || h < heap {
+				heap = h
+			}
+			goroutines = g
+			time.Sleep(200 * time.Millisecond)
+		}
+		return heap, goroutines
+	}
+	before := rss()
+	heapBefore, grBefore := liveHeap()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var (
+		connected atomic.Int64
+		mu        sync.Mutex
+		seenAt    = make([]time.Time, n)
+		wantVer   atomic.Uint64
+		wg        sync.WaitGroup
+	)
+	sem := make(chan struct{}, 64) // connects in flight
+	start := time.Now()
+	for c := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%identities]}},
+				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+rs.addrs[c%3]+"/v1/agent/watch", nil)
+			resp, err := (&http.Client{Transport: tr}).Do(req)
+			<-sem
+			if err != nil || resp.StatusCode != 200 {
+				t.Errorf("client %d: %v", c, err)
+				return
+			}
+			defer resp.Body.Close()
+			r := bufio.NewReaderSize(resp.Body, 4<<10)
+			first := true
+			for {
+				line, err := r.ReadBytes('\n')
+				if err != nil {
+					return
+				}
+				if first {
+					first = false
+					connected.Add(1)
+				}
+				// A policy update names its version first: no JSON
+				// decoding of every heartbeat by ten thousand clients.
+				if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
+					mu.Lock()
+					if seenAt[c].IsZero() {
+						seenAt[c] = time.Now()
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Minute, fmt.Sprintf("%d watch streams", n), func() bool { return connected.Load() == int64(n) })
+	connectTime := time.Since(start)
+	heapAfter, grAfter := liveHeap()
+	after := rss()
+	t.Logf("%d clients on 3 replicas connected in %s; per client on the servers: %.1f KiB RSS (%d -> %d MiB), %.1f KiB live Go heap, %.1f goroutines",
+		n, connectTime.Round(time.Millisecond), float64(after-before)/float64(n)/1024, before>>20, after>>20,
+		(heapAfter-heapBefore)/float64(n)/1024, (grAfter-grBefore)/float64(n))
+
+	// A policy applied through replica 0 reaches every client.
+	var cur struct {
+		Version uint64 `json:"version"`
+	}
+	rs.admin(0, "GET", "/v1/admin/policies", nil, &cur)
+	wantVer.Store(cur.Version + 1)
+	req := map[string]any{"files": []map[string]string{{"name": "p.yaml", "content": policyDoc(1)}}}
+	t0 := time.Now()
+	var res struct {
+		Version uint64 `json:"version"`
+	}
+	if !rs.admin(0, "POST", "/v1/admin/policies", req, &res) || res.Version != cur.Version+1 {
+		t.Fatalf("apply: %+v", res)
+	}
+	waitFor(t, 5*time.Minute, "every client to get the policy", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !slices.ContainsFunc(seenAt, time.Time.IsZero)
+	})
+	mu.Lock()
+	lat := make([]time.Duration, n)
+	for i, at := range seenAt {
+		lat[i] = at.Sub(t0)
+	}
+	mu.Unlock()
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[min(n-1, int(p*float64(n)))].Round(time.Millisecond) }
+	t.Logf("policy push to %d clients: p50 %s, p99 %s, max %s", n, q(0.5), q(0.99), lat[n-1].Round(time.Millisecond))
+	cancel()
+	wg.Wait()
+}
