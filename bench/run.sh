@@ -43,7 +43,7 @@
 # -k sets everything up, prints each setup's port and proxy PIDs, and
 # keeps it running until interrupted: for strace, perf or pprof by hand.
 #
-# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-i] [-2] [-p] [-k]
+# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-r ROUNDS] [-i] [-2] [-p] [-k]
 # Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy
 # wrk), and valgrind for -i. Only 127.0.0.1 is used; everything started
 # is stopped on exit.
@@ -55,15 +55,17 @@ INSTR=""
 H2=""
 KEEP=""
 PAGES=""
-while getopts "d:o:i2pk" opt; do
+ROUNDS=1
+while getopts "d:o:r:i2pk" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	i) INSTR=1 ;;
 	2) H2=1 ;;
 	p) PAGES=1 ;;
+	r) ROUNDS=$OPTARG ;;
 	k) KEEP=1 ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-i] [-2] [-p] [-k]" >&2; exit 2 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-r ROUNDS] [-i] [-2] [-p] [-k]" >&2; exit 2 ;;
 	esac
 done
 
@@ -389,17 +391,27 @@ measure() { # setup port pidA pidB
 	echo "bench: $name done" >&2
 }
 
-measure direct "$APP"
-for s in "${SETUPS[@]}"; do measure "$s" "${PORT[$s]}" "${PA[$s]}" "${PB[$s]}"; done
-
+# -r ROUNDS measures every setup ROUNDS times, each round in another
+# order (rotated by one setup), and prints one table per round: on a
+# shared machine whose load drifts, a setup measured first and one
+# measured last see different machines; rounds in rotated order show it.
 add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
-{
-	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)${PAGES:+; sidecars keep their startup pages (-p)}${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
-	echo
-	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | – | – | – | – | – | – |"
-	for s in "${SETUPS[@]}"; do
-		echo "| $(label "$s") | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} / ${CPU_B[$s]} | ${CS_A[$s]} / ${CS_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
-	done
-} | tee "${OUT:-/dev/null}"
+[ -n "$OUT" ] && : >"$OUT"
+for round in $(seq 1 "$ROUNDS"); do
+	k=$(( (round - 1) % ${#SETUPS[@]} ))
+	ORDER=("${SETUPS[@]:$k}" "${SETUPS[@]:0:$k}")
+	measure direct "$APP"
+	for s in "${ORDER[@]}"; do measure "$s" "${PORT[$s]}" "${PA[$s]}" "${PB[$s]}"; done
+	{
+		[ "$round" -gt 1 ] && echo
+		[ "$ROUNDS" -gt 1 ] && echo "Round $round of $ROUNDS, measured in this order: ${ORDER[*]}."
+		echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)${PAGES:+; sidecars keep their startup pages (-p)}${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
+		echo
+		echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | – | – | – | – | – | – |"
+		for s in "${SETUPS[@]}"; do
+			echo "| $(label "$s") | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} / ${CPU_B[$s]} | ${CS_A[$s]} / ${CS_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+		done
+	} | tee -a "${OUT:-/dev/null}"
+done
