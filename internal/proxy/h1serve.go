@@ -800,23 +800,34 @@ func (s *fastConns) wake() {
 	}
 }
 
-// inboundFast serves one inbound request on the fast path (see decide).
+// begin takes up the request just parsed: it reads the body and says
+// whether the fast path serves the request. When ok is false, o is the
+// outcome to return: a handoff to net/http's server for a body over
+// fastMaxBody or an upgrade the listener carries (upgrades: a WebSocket,
+// which that server takes over), a close when the connection failed.
+func (fc *fastConn) begin(upgrades []string) (fr fastRequest, o fastOutcome, ok bool) {
+	if fc.req.length > fastMaxBody {
+		return fr, fastHandoff, false
+	}
+	if fr, ok = fc.request(); !ok {
+		return fr, fastClose, false
+	}
+	if upgradeOf(fr.header["Connection"], fr.header["Upgrade"], upgrades) != "" {
+		return fr, fastHandoff, false
+	}
+	return fr, fastKeep, true
+}
+
+// fastRequest serves one inbound request on the fast path (see decide).
 func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fastOutcome {
 	s := ib.s
-	req := &fc.req
-	if req.length > fastMaxBody {
-		return fastHandoff
-	}
-	fr, ok := fc.request()
+	fr, o, ok := fc.begin(ib.fwd.upgrades)
 	if !ok {
-		return fastClose
+		return o
 	}
 	h := fr.header
-	if upgradeOf(h["Connection"], h["Upgrade"], ib.fwd.upgrades) != "" {
-		return fastHandoff // a WebSocket: net/http's server takes the connection over
-	}
 	defer fc.consume(fr.size, fr.method)
-	closeAfter := req.close
+	closeAfter := fc.req.close
 	st := s.policy.Load()
 	ctx := context.Background()
 	d, ok := ib.decide(ctx, st, info, fr.method, fr.target, fr.host, h)
@@ -852,17 +863,11 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 // forwarded.
 func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	req := &fc.req
-	if req.length > fastMaxBody {
-		return fastHandoff
-	}
-	fr, ok := fc.request()
+	fr, o, ok := fc.begin(ob.fwd.upgrades)
 	if !ok {
-		return fastClose
+		return o
 	}
 	h := fr.header
-	if upgradeOf(h["Connection"], h["Upgrade"], ob.fwd.upgrades) != "" {
-		return fastHandoff
-	}
 	defer fc.consume(fr.size, fr.method)
 	var rw bufferedResponse
 	if ob.upstreamRevoked.Load() {
