@@ -300,6 +300,9 @@ type Sidecar struct {
 	serving bool
 	closed  bool
 	done    chan struct{}
+	// accepting is true from when Serve has every listener bound until
+	// Shutdown or Close: Ready's "can serve" includes it.
+	accepting atomic.Bool
 }
 
 type policyState struct {
@@ -510,6 +513,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	for i, ob := range s.outbound {
 		ob.ln = lns[len(s.inbound)+i]
 	}
+	s.accepting.Store(true)
 	s.mu.Unlock()
 
 	errc := make(chan error, len(s.inbound)+len(s.outbound))
@@ -554,6 +558,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 // may finish until ctx ends; then everything is closed. It returns ctx's
 // error if the drain was cut short.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.accepting.Store(false)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -599,6 +604,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 
 // Close stops every listener and closes every connection. It is idempotent.
 func (s *Sidecar) Close() error {
+	s.accepting.Store(false)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -715,9 +721,14 @@ type TokenRevoker interface {
 	SetRevokedTokens([]wire.RevokedTokenID)
 }
 
-// Ready reports whether the sidecar can serve: it has an SVID and, when it
-// has inbound listeners, a policy. The error says what is missing.
+// Ready reports whether the sidecar can serve: its listeners accept
+// (Serve has bound them and no drain has begun: a readiness probe must
+// not send traffic to a port that refuses it), it has an SVID and, when
+// it has inbound listeners, a policy. The error says what is missing.
 func (s *Sidecar) Ready() error {
+	if !s.accepting.Load() {
+		return errors.New("proxy: listeners not accepting")
+	}
 	if _, err := s.tls.certificate(); err != nil {
 		return err
 	}

@@ -704,3 +704,40 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestReadyOnlyWhileAccepting: Ready (the admin /readyz) says ready only
+// once Serve has bound every listener and until a drain begins. Before,
+// it said ready as soon as an SVID and a policy were loaded, while Serve
+// could still be probing the caller lookup before binding: a readiness
+// probe then sent traffic to a port that refused it.
+func TestReadyOnlyWhileAccepting(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	s, err := New(Config{
+		Identity:   newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
+		Namespace:  "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: listen(t), App: "127.0.0.1:1"}},
+		Outbound:   []Outbound{{Name: "out", Listener: listen(t), Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString(frontendID)}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Logger:     discardLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(); err == nil {
+		t.Fatal("ready before Serve")
+	}
+	serveSidecar(t, s)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready while serving: %v", s.Ready())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+	if err := s.Ready(); err == nil {
+		t.Fatal("ready after Shutdown")
+	}
+}
