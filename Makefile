@@ -4,28 +4,45 @@ GO ?= go
 GOFLAGS_BUILD = -tags grpcnotrace -trimpath
 export CGO_ENABLED ?= 0
 
-.PHONY: build demo test bench fuzz vet
+.PHONY: build demo test bench fuzz vet dist
+
+# The release version "make dist" stamps: the tag on HEAD without its v,
+# else 0.0.0-dev+<commit>.
+VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
 
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
 
+# One build for "make demo", "make build" and the README's go run and go
+# build lines: the same tags and flags, so they share the build cache.
 demo:
-	$(GO) run $(GOFLAGS_BUILD) ./cmd/moatless demo
+	@[ -x bin/moatless ] || echo "compiling moatless into bin/ (the first build takes a few minutes; later ones are cached)..."
+	@$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
+	bin/moatless demo
+
+# Static linux/amd64 and linux/arm64 binaries, a .deb of each (systemd
+# units, a moatless system user, /var/lib/moatless) and SHA256SUMS, in
+# dist/. deploy/dist is its own module: the packager's dependencies stay
+# out of the binary's.
+dist:
+	cd deploy/dist && $(GO) run . -repo ../.. -out ../../dist -version $(VERSION)
 
 vet:
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l cmd internal test fieldcrypt 2>/dev/null)" || (gofmt -l cmd internal test fieldcrypt; echo "gofmt needed"; exit 1)
+	cd deploy/dist && $(GO) vet ./...
+	@test -z "$$(gofmt -l cmd internal test fieldcrypt deploy 2>/dev/null)" || (gofmt -l cmd internal test fieldcrypt deploy; echo "gofmt needed"; exit 1)
 
 # -race needs cgo; everything else is built without it.
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
-	$(MAKE) fuzz
+	cd deploy/dist && $(GO) test -count=1 -timeout 10m ./...
 
 # The sidecar's HTTP/1.1 fast path parses requests and responses itself;
 # its parsers are fuzzed against net/http's (same accept or reject, same
-# fields and framing) for a bounded time on every CI run. Their seed
-# corpora already ran with the tests above.
+# fields and framing) for a bounded time. Not part of "make test" (the
+# instrumented build costs minutes); their seed corpora run there as
+# normal tests.
 FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzH1RequestDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/

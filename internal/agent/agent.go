@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// FirstSyncWait bounds how long a Workload API call made before the
+	// first complete sync with the server (entries received, their SVIDs
+	// signed) waits for it, so a workload started with the agent is not
+	// told it has no identity. Default workload.DefaultFirstSyncWait.
+	FirstSyncWait time.Duration
 	// Registry receives the agent's metrics; a new registry when nil (so
 	// several agents in one test process do not collide).
 	Registry *prometheus.Registry
@@ -104,6 +110,12 @@ func New(cfg Config) (*Agent, error) {
 			user.OnEntries(e)
 		}
 	}
+	nc.OnUpdate = func(v uint64) {
+		a.cache.updateApplied()
+		if user.OnUpdate != nil {
+			user.OnUpdate(v)
+		}
+	}
 	nc.OnSVID = func(s *x509svid.SVID) {
 		a.cache.SetNode(s.ID, strings.ToLower(s.Certificates[0].SerialNumber.Text(16)))
 		if user.OnSVID != nil {
@@ -129,12 +141,13 @@ func New(cfg Config) (*Agent, error) {
 	a.node = node
 	a.cache = newCache(node, CacheConfig{Logger: a.log.With("part", "cache"), Now: a.now, BackoffBase: nc.BackoffBase, BackoffMax: nc.BackoffMax})
 	a.wl, err = workload.New(workload.Config{
-		SocketPath: cfg.SocketPath,
-		Source:     a.cache,
-		Attestor:   cfg.Attestor,
-		Logger:     a.log.With("part", "workload"),
-		Now:        a.now,
-		OnServe:    func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
+		SocketPath:    cfg.SocketPath,
+		Source:        a.cache,
+		FirstSyncWait: cfg.FirstSyncWait,
+		Attestor:      cfg.Attestor,
+		Logger:        a.log.With("part", "workload"),
+		Now:           a.now,
+		OnServe:       func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
 		OnAttestFailure: func() {
 			a.metrics.attestFailures.WithLabelValues("workload").Inc()
 		},
@@ -223,7 +236,7 @@ func (a *Agent) attest(ctx context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || ctx.Err() != nil {
+		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || errors.Is(err, ErrDataDirInUse) || ctx.Err() != nil {
 			return err
 		}
 		wait := a.node.backoff(attempt)
@@ -273,6 +286,7 @@ func (a *Agent) checks() []check {
 	default:
 		out = append(out, check{"node_svid", nil})
 	}
+	out = append(out, check{"node_identity", a.node.Refused()})
 	if a.node.Bundle() == nil {
 		out = append(out, check{"bundle", errors.New("no trust bundle yet")})
 	} else {
@@ -289,6 +303,9 @@ func (a *Agent) checks() []check {
 
 func (a *Agent) startHealth() error {
 	lis, err := net.Listen("tcp", a.cfg.HealthListen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("agent: health listener: %w: another agent (or program) on this host uses it; set --health-listen (health_listen) to a free loopback address, or off", err)
+	}
 	if err != nil {
 		return fmt.Errorf("agent: health listener: %w", err)
 	}

@@ -67,12 +67,19 @@ func TestNodeAttestPersistAndRestart(t *testing.T) {
 		{"restart_uses_persisted_svid", "", dir, nil},
 		{"restart_ignores_used_token", "tok-1", dir, nil},
 	}
+	// While n holds the data directory, no other node may use it.
+	busy, _ := NewNode(f.nodeConfig(t, "", dir))
+	if err := busy.Attest(ctx); !errors.Is(err, ErrDataDirInUse) {
+		t.Fatalf("Attest on a data directory in use = %v, want ErrDataDirInUse", err)
+	}
+	n.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n2, err := NewNode(f.nodeConfig(t, tt.token, tt.dataDir))
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer n2.Close()
 			err = n2.Attest(ctx)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Attest = %v, want %v", err, tt.want)
@@ -146,13 +153,23 @@ type agentFixture struct {
 
 func startAgent(t *testing.T, f *fakeServer, token, dataDir string) *agentFixture {
 	t.Helper()
+	return startAgentWith(t, f, token, dataDir, nil)
+}
+
+// startAgentWith is startAgent with the agent's Config changed by edit.
+func startAgentWith(t *testing.T, f *fakeServer, token, dataDir string, edit func(*Config)) *agentFixture {
+	t.Helper()
 	sd, err := os.MkdirTemp("", "ag")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sd) })
 	af := &agentFixture{f: f, sock: filepath.Join(sd, "agent.sock"), done: make(chan error, 1)}
-	af.a, err = New(Config{Node: f.nodeConfig(t, token, dataDir), SocketPath: af.sock, HealthListen: "127.0.0.1:0", Logger: quiet()})
+	cfg := Config{Node: f.nodeConfig(t, token, dataDir), SocketPath: af.sock, HealthListen: "127.0.0.1:0", Logger: quiet()}
+	if edit != nil {
+		edit(&cfg)
+	}
+	af.a, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,6 +65,11 @@ type Cache struct {
 	maxB   time.Duration
 
 	wake chan struct{}
+	// synced is closed after the first sync pass that started once an
+	// update from the server had been applied and signed everything it
+	// had to: the Workload API holds early callers until then.
+	synced     chan struct{}
+	syncedOnce sync.Once
 
 	mu             sync.Mutex
 	bundle         *wire.Bundle
@@ -76,9 +81,11 @@ type Cache struct {
 	jwt            map[string]*cachedJWT
 	revokedIDs     map[string]struct{}
 	revokedSerials map[string]struct{}
+	revocations    *wire.Revocations // as received: when and why
 	nodeID         spiffeid.ID
 	nodeSerial     string
 	failures       int
+	updates        uint64 // updates applied (updateApplied)
 }
 
 // CacheConfig configures a Cache.
@@ -92,7 +99,7 @@ type CacheConfig struct {
 func newCache(s signer, cfg CacheConfig) *Cache {
 	c := &Cache{
 		signer: s, log: cfg.Logger, now: cfg.Now, base: cfg.BackoffBase, maxB: cfg.BackoffMax,
-		wake:    make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), synced: make(chan struct{}),
 		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{},
 		revokedIDs: map[string]struct{}{}, revokedSerials: map[string]struct{}{},
 	}
@@ -109,6 +116,19 @@ func newCache(s signer, cfg CacheConfig) *Cache {
 		c.maxB = DefaultBackoffMax
 	}
 	return c
+}
+
+// Synced implements workload.Syncer: it is closed once the cache holds
+// what the first update from the server asked for.
+func (c *Cache) Synced() <-chan struct{} { return c.synced }
+
+// updateApplied records that an update from the server is in force (its
+// entries, bundle and revocations were set) and wakes the sync loop.
+func (c *Cache) updateApplied() {
+	c.mu.Lock()
+	c.updates++
+	c.mu.Unlock()
+	c.kick()
 }
 
 // State implements workload.Source.
@@ -191,6 +211,7 @@ func (c *Cache) SetEntries(entries []wire.Entry) {
 // revokedIDs.
 func (c *Cache) SetRevocations(r wire.Revocations) {
 	c.mu.Lock()
+	c.revocations = &r
 	c.revokedIDs = make(map[string]struct{}, len(r.SPIFFEIDs))
 	for _, id := range r.SPIFFEIDs {
 		c.revokedIDs[id] = struct{}{}
@@ -232,14 +253,15 @@ func (c *Cache) publishLocked() {
 		return
 	}
 	now := c.now()
-	var ids []*workload.Identity
+	var ids, revoked []*workload.Identity
 	if !c.nodeRevokedLocked() {
 		for _, e := range c.entries {
-			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
-				continue
-			}
 			sid, err := spiffeid.FromString(e.SPIFFEID)
 			if err != nil {
+				continue
+			}
+			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
+				revoked = append(revoked, &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors})
 				continue
 			}
 			id := &workload.Identity{EntryID: e.ID, SPIFFEID: sid, Selectors: e.Selectors}
@@ -262,6 +284,7 @@ func (c *Cache) publishLocked() {
 		c.log.Error("cannot build Workload API state", "error", err)
 		return
 	}
+	st.Revoked, st.Revocations = revoked, c.revocations
 	c.pub.Publish(st)
 }
 
@@ -312,6 +335,7 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 		c.publishLocked()
 	}
 	bundle := c.bundle
+	afterUpdate := c.updates > 0
 	var todo []wire.Entry
 	if bundle != nil && !c.nodeRevokedLocked() {
 		for _, e := range c.entries {
@@ -365,6 +389,9 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 		return c.now().Add(wait)
 	}
 	c.failures = 0
+	if afterUpdate && ctx.Err() == nil {
+		c.syncedOnce.Do(func() { close(c.synced) })
+	}
 	// Wake for the next rotation, and for the next expiry so an SVID that
 	// could not be rotated stops being served the moment it expires.
 	var next time.Time

@@ -51,6 +51,9 @@ type fakeServer struct {
 	serial    int64
 	// tamper, when set, rewrites signed SVIDs (to test the agent's checks).
 	tamper func(*wire.X509SVID)
+	// signGate, when set, holds every X509 sign request until it is
+	// closed.
+	signGate chan struct{}
 }
 
 func newFakeServer(t *testing.T) *fakeServer { return newFakeServerTB(t) }
@@ -219,6 +222,12 @@ func (f *fakeServer) signX509(w http.ResponseWriter, r *http.Request) {
 	var req wire.SignX509Request
 	if !decode(w, r, &req) {
 		return
+	}
+	f.mu.Lock()
+	gate := f.signGate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -141,6 +141,9 @@ type NodeConfig struct {
 	OnRevocations func(wire.Revocations)
 	OnEntries     func([]wire.Entry)
 	OnPolicies    func(wire.PolicySet)
+	// OnUpdate is called after every section of an update was applied
+	// (and before it is acknowledged), with the update's version.
+	OnUpdate func(version uint64)
 	// OnSVID is called after the node's own SVID changed (attestation,
 	// load, renewal).
 	OnSVID func(*x509svid.SVID)
@@ -168,6 +171,11 @@ type Node struct {
 	svid   atomic.Pointer[x509svid.SVID]
 	svidAt atomic.Int64 // when svid was received, unix ns (0: loaded from disk)
 	client atomic.Pointer[http.Client]
+	// refused is the server's last refusal of the node's credential on
+	// the watch stream (revoked, unknown); nil once a stream is accepted.
+	refused atomic.Pointer[ServerError]
+	// unlock releases the data directory's lock (lockDir).
+	unlock func()
 
 	mu         sync.Mutex
 	bundle     *wire.Bundle
@@ -299,6 +307,9 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	if n.unlock != nil {
+		n.unlock()
+	}
 	for _, t := range n.transports {
 		t.CloseIdleConnections()
 	}
@@ -310,12 +321,20 @@ func (n *Node) Close() error {
 // ErrJoinTokenRejected, ErrNoCredential, or a transport error (the server
 // may be down: retry).
 func (n *Node) Attest(ctx context.Context) error {
+	if err := n.lockDir(); err != nil {
+		return err
+	}
 	if n.cfg.DataDir != "" {
 		if err := n.loadPersisted(); err == nil {
 			if n.cfg.JoinToken != "" {
 				n.log.Info("using the node SVID from the data directory; the join token was not used", "spiffe_id", n.ID().String())
 			}
 			return nil
+		} else if errors.Is(err, ErrStaleState) {
+			if n.cfg.JoinToken == "" {
+				return err
+			}
+			n.log.Warn("the node SVID in the data directory is from another server or trust domain; attesting with the join token and replacing it", "error", err)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
 		}
@@ -721,6 +740,7 @@ func (n *Node) watchLoop(ctx context.Context) {
 		n.mu.Lock()
 		n.connected = false
 		n.mu.Unlock()
+		n.noteRefusal(err)
 		if ctx.Err() != nil {
 			return
 		}
@@ -800,6 +820,7 @@ func (n *Node) watchOnce(ctx context.Context, addr string) (connected bool, err 
 	if resp.StatusCode != http.StatusOK {
 		return false, readServerError(resp)
 	}
+	n.refused.Store(nil)
 	silenceFor.Store(int64(n.watchTimeout()))
 	alive()
 	sc := bufio.NewScanner(progressReader{resp.Body, alive})
@@ -916,6 +937,9 @@ func (n *Node) apply(u *wire.Update) error {
 	n.mu.Lock()
 	n.version = u.Version
 	n.mu.Unlock()
+	if n.cfg.OnUpdate != nil {
+		n.cfg.OnUpdate(u.Version)
+	}
 	return nil
 }
 
@@ -1123,6 +1147,9 @@ func (n *Node) loadPersisted() error {
 	checked, err := checkSVID(w, signer, svid.ID, b, n.now())
 	if err != nil {
 		return fmt.Errorf("%s: %w", nodeFile, err)
+	}
+	if err := n.checkSavedState(checked, &b); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	n.bundle = &b

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -499,6 +500,50 @@ func TestVerifyDuringAppends(t *testing.T) {
 			if _, err := audit.Verify(ctx, db, audit.VerifyOptions{PageSize: 7}); err != nil {
 				t.Fatalf("verify during appends: %v", err)
 			}
+		}
+	})
+}
+
+func TestListKindsMatchesLiteralPrefixes(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		s := audit.NewStoreSink(db)
+		for _, k := range []string{"ui.login", "uiXlogin", "oauth.token", "oauth_x.token", "secrets.read", "entry.create", `100%.sure`, `1000.sure`} {
+			if err := s.Append(ctx, audit.Event{Kind: k, Actor: "admin-token", Outcome: audit.Success}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tests := []struct {
+			name     string
+			prefixes []string
+			want     []string // newest first
+		}{
+			{name: "all", want: []string{`1000.sure`, `100%.sure`, "entry.create", "secrets.read", "oauth_x.token", "oauth.token", "uiXlogin", "ui.login"}},
+			{name: "dot_is_literal", prefixes: []string{"ui."}, want: []string{"ui.login"}},
+			{name: "underscore_is_literal", prefixes: []string{"oauth_"}, want: []string{"oauth_x.token"}},
+			{name: "percent_is_literal", prefixes: []string{"100%"}, want: []string{`100%.sure`}},
+			{name: "several", prefixes: []string{"oauth.", "secrets."}, want: []string{"secrets.read", "oauth.token"}},
+			{name: "none_match", prefixes: []string{"nope."}, want: nil},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				recs, err := audit.ListKinds(ctx, db, 0, 100, tt.prefixes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, r := range recs {
+					got = append(got, r.Kind)
+				}
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("got %q, want %q", got, tt.want)
+				}
+			})
+		}
+		// Paging: before excludes the newest.
+		recs, err := audit.ListKinds(ctx, db, 8, 1, []string{"100", "ui."})
+		if err != nil || len(recs) != 1 || recs[0].Kind != `100%.sure` {
+			t.Fatalf("page before 8: %v %v", recs, err)
 		}
 	})
 }

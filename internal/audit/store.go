@@ -30,6 +30,13 @@ type StoreSink struct {
 	Now func() time.Time
 	// MaxBatch bounds a group commit; 256 when 0.
 	MaxBatch int
+	// OnAppend, when set, is told the events of every group commit
+	// (Append, AppendWith) once they are durable, on the committing
+	// goroutine: it must not block. Detection reads the token service's,
+	// the agent API's and the reporters' events from here. Events of
+	// AppendTx are not passed: the caller's transaction may still roll
+	// back.
+	OnAppend func([]Event)
 
 	mu      sync.Mutex
 	pending []*pendingEvent
@@ -165,6 +172,9 @@ func (s *StoreSink) lead(ctx context.Context) {
 				break
 			}
 		}
+		if err == nil && s.OnAppend != nil {
+			s.OnAppend(evs)
+		}
 		for _, p := range batch {
 			p.done <- err
 		}
@@ -193,6 +203,12 @@ func FromRow(r store.AuditRow) (Record, error) {
 // listed: a row stored outside that range was not written by the audit
 // sink (audit verify names it) and is never shown as a record.
 func List(ctx context.Context, db *store.DB, before uint64, limit int) ([]Record, error) {
+	return ListKinds(ctx, db, before, limit, nil)
+}
+
+// ListKinds is List for the records whose kind starts with one of
+// prefixes (all records when there are none).
+func ListKinds(ctx context.Context, db *store.DB, before uint64, limit int, prefixes []string) ([]Record, error) {
 	head, _, err := db.AuditHead(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
@@ -201,7 +217,7 @@ func List(ctx context.Context, db *store.DB, before uint64, limit int) ([]Record
 	if before > 0 {
 		upTo = min(upTo, before-1)
 	}
-	rows, err := db.AuditRowsDesc(ctx, upTo, limit)
+	rows, err := db.AuditRowsDescKinds(ctx, upTo, limit, prefixes)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}

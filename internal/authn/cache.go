@@ -30,7 +30,8 @@ type cacheEntry struct {
 	// keys is the key set the signature was checked against; if the
 	// rule's set has changed since, the entry no longer counts.
 	keys    *keySet
-	expires int64 // Unix nanoseconds: the token's exp
+	iss     string // the token's iss
+	expires int64  // Unix nanoseconds: the token's exp
 	jti     string
 	// x5t is the certificate thumbprint the token is bound to (cnf
 	// x5t#S256), "" when unbound. Checked against every request's

@@ -74,6 +74,11 @@ var (
 	// differs, or is "" for plaintext). A stolen bound token is useless
 	// without the certificate's private key.
 	ErrCertBinding = errors.New("token bound to another client certificate")
+	// ErrTokenRequired: a rule that applies says presence: REQUIRED and
+	// the request carries no token that rule accepts (none at all, none
+	// where the rule looks, or one of another issuer). As in Istio, the
+	// request is refused even when another rule accepted its token.
+	ErrTokenRequired = errors.New("token required")
 )
 
 // ErrInvalidRule is wrapped by ValidateRule and Prepare errors: a JWTRule
@@ -108,6 +113,7 @@ var reasonLabels = [...]struct {
 	{ErrNotYetValid, "not_yet_valid"},
 	{ErrIssuedInFuture, "issued_in_future"},
 	{ErrAudience, "audience"},
+	{ErrTokenRequired, "token_required"},
 	{ErrRevoked, "revoked"},
 	{ErrMultipleTokens, "multiple_tokens"},
 	{ErrRuleInvalid, "rule_invalid"},

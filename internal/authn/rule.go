@@ -107,6 +107,9 @@ type compiledRule struct {
 	audiences []string
 	locs      []*location
 	forward   bool
+	// required is presence: REQUIRED: a request without a token this
+	// rule accepts is refused.
+	required bool
 
 	payloadHeader string
 	claimHeaders  []claimHeader
@@ -169,7 +172,8 @@ func ValidateRule(r *securityv1beta1.JWTRule) error {
 // "issuer unknown". The remote key source is described, not attached;
 // the verifier attaches it.
 func compileRule(r *securityv1beta1.JWTRule, maxJWKS int64, defTimeout time.Duration, shared *sharedIssuer) *compiledRule {
-	c := &compiledRule{src: r, issuer: r.GetIssuer(), forward: r.GetForwardOriginalToken(), timeout: defTimeout, shared: shared}
+	c := &compiledRule{src: r, issuer: r.GetIssuer(), forward: r.GetForwardOriginalToken(), timeout: defTimeout, shared: shared,
+		required: r.GetPresence() == securityv1beta1.JWTRule_REQUIRED}
 	if r == nil {
 		c.err = ruleErr("", "rule is nil")
 		c.defaultLocations()
@@ -189,8 +193,8 @@ func compileRule(r *securityv1beta1.JWTRule, maxJWKS int64, defTimeout time.Dura
 
 func (c *compiledRule) compile(r *securityv1beta1.JWTRule, maxJWKS int64) error {
 	iss := c.issuer
-	if iss == "" {
-		return ruleErr(iss, "issuer is required")
+	if iss == "" && r.GetJwksUri() == "" && r.GetJwks() == "" {
+		return ruleErr(iss, "issuer is required unless jwksUri or jwks is set (the keys are found by OpenID Connect discovery from the issuer)")
 	}
 	if len(iss) > maxIssuerLen {
 		return ruleErr(iss, "issuer longer than 1024 bytes")
@@ -499,4 +503,21 @@ func OutputHeaders(rules []*securityv1beta1.JWTRule) []string {
 		}
 	}
 	return out
+}
+
+// acceptsIssuer reports whether the rule verifies tokens with this iss:
+// its issuer's only, or, for a rule without an issuer (allowed with
+// jwksUri or jwks, as in Istio and Envoy's jwt_authn), a token of any iss
+// that its keys sign.
+func (c *compiledRule) acceptsIssuer(iss string) bool {
+	return c.issuer == "" || c.issuer == iss
+}
+
+// describeIssuer names the rule's issuer for an error: quoted, or "any
+// issuer" for a rule without one.
+func (c *compiledRule) describeIssuer() string {
+	if c.issuer == "" {
+		return "any issuer"
+	}
+	return quote(c.issuer)
 }

@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -440,6 +441,11 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 		return nil, v.reject(err)
 	}
 	if len(fs) == 0 {
+		for _, c := range crs {
+			if c.required {
+				return nil, v.reject(tokenErr(ErrTokenRequired, "no token; the rule for "+c.describeIssuer()+" requires one"))
+			}
+		}
 		return nil, nil
 	}
 	tok := fs[0].token
@@ -471,6 +477,9 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 			if err := e.checkBinding(req); err != nil {
 				return nil, v.reject(err)
 			}
+			if err := v.checkRequired(tok, e, crs, cands, now); err != nil {
+				return nil, v.reject(err)
+			}
 			v.accepted.Add(1)
 			return e.auth(fs), nil
 		}
@@ -487,8 +496,33 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 	if err := e.checkBinding(req); err != nil {
 		return nil, v.reject(err)
 	}
+	if err := v.checkRequired(tok, e, crs, cands, now); err != nil {
+		return nil, v.reject(err)
+	}
 	v.accepted.Add(1)
 	return e.auth(fs), nil
+}
+
+// checkRequired enforces presence: REQUIRED: every such rule among crs
+// must accept tok too, not only e.rule, the rule that did. A required
+// rule that does not look where the token is (not in cands), or whose
+// issuer is not the token's, makes the token missing for it. A request
+// carries one token (ErrMultipleTokens), so two required rules of two
+// issuers refuse every request, failing closed where Istio would need
+// two tokens. The common case, no required rule, costs a loop.
+func (v *Verifier) checkRequired(tok string, e *cacheEntry, crs, cands []*compiledRule, now time.Time) error {
+	for _, r := range crs {
+		if !r.required || r == e.rule {
+			continue
+		}
+		if !slices.Contains(cands, r) || !r.acceptsIssuer(e.iss) {
+			return tokenErr(ErrTokenRequired, "the rule for "+r.describeIssuer()+" requires its own token")
+		}
+		if _, err := v.verifySlow(tok, []*compiledRule{r}, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkBinding enforces RFC 8705 §3: a token whose cnf carries x5t#S256
@@ -528,7 +562,7 @@ func (e *cacheEntry) answersFor(cands []*compiledRule) bool {
 		if c == e.rule {
 			return true
 		}
-		if c.issuer == e.rule.issuer && !e.refusedBy(c) {
+		if c.acceptsIssuer(e.iss) && !e.refusedBy(c) {
 			return false
 		}
 	}
@@ -556,7 +590,7 @@ func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) 
 	var firstErr error
 	var refused []refusal
 	for _, c := range cands {
-		if c.issuer != pt.iss {
+		if !c.acceptsIssuer(pt.iss) {
 			continue
 		}
 		// The key set is read once, before the check: a refusal is then
@@ -631,6 +665,7 @@ func (v *Verifier) entry(pt *parsedToken, c *compiledRule, ks *keySet) (*cacheEn
 	e := &cacheEntry{
 		rule:      c,
 		keys:      ks,
+		iss:       pt.iss,
 		expires:   pt.expiry().UnixNano(),
 		jti:       pt.jti,
 		x5t:       pt.x5t,

@@ -365,7 +365,9 @@ func TestValidateRule(t *testing.T) {
 			Timeout:               durationpb.New(2 * time.Second),
 		}, ""},
 		{"nil_rule", nil, "rule is nil"},
-		{"no_issuer", &securityv1beta1.JWTRule{Jwks: jwks}, "issuer is required"},
+		{"no_issuer_nor_keys", &securityv1beta1.JWTRule{FromParams: []string{"t"}}, "issuer is required"},
+		{"no_issuer_with_jwks", &securityv1beta1.JWTRule{Jwks: jwks}, ""},
+		{"no_issuer_with_jwks_uri", &securityv1beta1.JWTRule{JwksUri: "https://example.com/jwks"}, ""},
 		{"jwks_and_jwks_uri", &securityv1beta1.JWTRule{Issuer: "i", Jwks: jwks, JwksUri: "https://x/jwks"}, "only one of jwks and jwksUri"},
 		{"jwks_invalid", &securityv1beta1.JWTRule{Issuer: "i", Jwks: `{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`}, "no usable signing key"},
 		{"jwks_not_json", &securityv1beta1.JWTRule{Issuer: "i", Jwks: `keys`}, "jwks"},
@@ -642,4 +644,92 @@ func TestPrepareInstallsValidRules(t *testing.T) {
 	if strings.Count(err.Error(), "authn:") != 1 {
 		t.Errorf("error repeats its prefix: %v", err)
 	}
+}
+
+// TestRuleWithoutIssuer: Istio (and Envoy's jwt_authn) accept a JWT rule
+// with keys and no issuer: a token of any iss is verified with those
+// keys. A token signed by another key is still refused, and a rule with an
+// issuer beside it still only takes its own issuer's tokens.
+func TestRuleWithoutIssuer(t *testing.T) {
+	keys(t)
+	v, _ := newTestVerifier(t, Options{})
+	anyIss := &securityv1beta1.JWTRule{Jwks: jwksOf(t, keyES256), Audiences: []string{"orders"}}
+	pinned := inlineRule(t, keyRSA)
+	tests := []struct {
+		name          string
+		rules         []*securityv1beta1.JWTRule
+		tok           string
+		wantErr       error
+		wantPrincipal string
+	}{
+		{"any_iss_signed_by_the_keys", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyES256, claims(map[string]any{"iss": "https://elsewhere.example"})), nil, "https://elsewhere.example/alice"},
+		{"the_usual_iss_too", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyES256, claims(nil)), nil, testIssuer + "/alice"},
+		{"other_key_refused", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyEvil, claims(map[string]any{"iss": "https://elsewhere.example"})), ErrSignature, ""},
+		{"audience_still_checked", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyES256, claims(map[string]any{"aud": "payments"})), ErrAudience, ""},
+		{"pinned_rule_first_then_any", []*securityv1beta1.JWTRule{pinned, anyIss}, sign(t, keyES256, claims(nil)), nil, testIssuer + "/alice"},
+		{"pinned_rule_alone_refuses_other_iss", []*securityv1beta1.JWTRule{pinned}, sign(t, keyES256, claims(map[string]any{"iss": "https://elsewhere.example"})), ErrUnknownIssuer, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Twice: the second answer comes from the cache and must be the same.
+			for range 2 {
+				auth, err := v.Verify(tc.rules, bearer(tc.tok))
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err %v, want %v", err, tc.wantErr)
+				}
+				if tc.wantErr == nil && auth.Principal != tc.wantPrincipal {
+					t.Fatalf("principal %q, want %q", auth.Principal, tc.wantPrincipal)
+				}
+			}
+		})
+	}
+}
+
+// TestPresenceRequired: Istio's presence: REQUIRED refuses a request
+// without a token the rule accepts, even when another rule accepted the
+// request's token; OPTIONAL (the default) lets a request without a token
+// through unauthenticated.
+func TestPresenceRequired(t *testing.T) {
+	keys(t)
+	v, _ := newTestVerifier(t, Options{})
+	optional := inlineRule(t, keyES256)
+	required := inlineRule(t, keyES256)
+	required.Presence = securityv1beta1.JWTRule_REQUIRED
+	otherRequired := &securityv1beta1.JWTRule{Issuer: "https://other.example", Jwks: jwksOf(t, keyRSA), Presence: securityv1beta1.JWTRule_REQUIRED}
+	otherOptional := &securityv1beta1.JWTRule{Issuer: "https://other.example", Jwks: jwksOf(t, keyRSA)}
+	inParam := &securityv1beta1.JWTRule{Issuer: testIssuer, Jwks: jwksOf(t, keyES256), FromParams: []string{"t"}, Presence: securityv1beta1.JWTRule_REQUIRED}
+	good := sign(t, keyES256, claims(nil))
+	other := sign(t, keyRSA, claims(map[string]any{"iss": "https://other.example"}))
+	tests := []struct {
+		name    string
+		rules   []*securityv1beta1.JWTRule
+		req     *policy.Request
+		wantErr error
+		wantOK  bool // an identity is returned
+	}{
+		{"optional_without_token", []*securityv1beta1.JWTRule{optional}, &policy.Request{Path: "/"}, nil, false},
+		{"required_without_token", []*securityv1beta1.JWTRule{required}, &policy.Request{Path: "/"}, ErrTokenRequired, false},
+		{"required_with_token", []*securityv1beta1.JWTRule{required}, bearer(good), nil, true},
+		{"required_other_rule_accepted", []*securityv1beta1.JWTRule{otherOptional, required}, bearer(other), ErrTokenRequired, false},
+		{"required_other_issuer_required_too", []*securityv1beta1.JWTRule{required, otherRequired}, bearer(good), ErrTokenRequired, false},
+		{"required_where_no_token_is", []*securityv1beta1.JWTRule{optional, inParam}, bearer(good), ErrTokenRequired, false},
+		{"required_bad_token_refused", []*securityv1beta1.JWTRule{required}, bearer(sign(t, keyEvil, claims(nil))), ErrSignature, false},
+		{"two_required_rules_same_issuer", []*securityv1beta1.JWTRule{required, inlineRuleRequired(t)}, bearer(good), nil, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 2 { // the second time from the cache
+				auth, err := v.Verify(tc.rules, tc.req)
+				if !errors.Is(err, tc.wantErr) || (auth != nil) != tc.wantOK {
+					t.Fatalf("auth %v err %v; want err %v, identity %v", auth, err, tc.wantErr, tc.wantOK)
+				}
+			}
+		})
+	}
+}
+
+func inlineRuleRequired(t *testing.T) *securityv1beta1.JWTRule {
+	r := inlineRule(t, keyES256)
+	r.Presence = securityv1beta1.JWTRule_REQUIRED
+	return r
 }

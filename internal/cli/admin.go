@@ -72,6 +72,9 @@ type adminClient struct {
 	base  string
 	token string
 	http  *http.Client
+	// bundle is the trust bundle file that verifies the server, named
+	// when the server's certificate does not chain to it.
+	bundle string
 }
 
 // client builds an adminClient from the flags. Its errors say what to set.
@@ -126,7 +129,7 @@ func (a *adminFlags) client() (*adminClient, error) {
 	// carries the DNS names and IPs it listens on, so normal hostname
 	// verification applies.
 	tr := &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
-	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+	return &adminClient{base: addr, token: token, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}, bundle: serverTrustPath(a.cacert, a.getenv)}, nil
 }
 
 // adminCommand is the frame every admin command shares: a flag set named
@@ -178,7 +181,7 @@ func (a *adminCommand) json() bool { return a.af.json() }
 // DATA_DIR/bundle.pem. A bundle with no certificate, or with one that does
 // not parse, is an error naming the file.
 func serverTrust(cacert string, getenv func(string) string) (*x509.CertPool, error) {
-	path := firstNonEmpty(cacert, getenv("MOATLESS_CACERT"), filepath.Join(config.DefaultDataDir(getenv), "bundle.pem"))
+	path := serverTrustPath(cacert, getenv)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
@@ -230,7 +233,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the server at %s: %w (is \"moatless server\" running? set --addr or MOATLESS_ADDR)", c.base, err)
+		return reachError(c.base, c.bundle, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -308,17 +311,42 @@ func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 
 // parseFlags parses args into fs, printing errors to stderr. It returns
 // false with the exit code to use when parsing failed or help was asked.
 func (e *Env) parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
-	fs.SetOutput(e.Stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK, false
-		}
-		return ExitUsage, false
+	if code, ok := e.parseFlagSet(fs, args); !ok {
+		return code, false
 	}
 	if fs.NArg() > 0 {
 		return e.errorf(ExitUsage, "%s: unexpected argument %q", fs.Name(), fs.Arg(0)), false
 	}
 	return 0, true
+}
+
+// parseFlagSet parses args with fs, the one way every command parses its
+// flags. -h prints the command's usage to stdout (asked for, so not an
+// error: exit 0). A bad flag is one line on stderr, "moatless: CMD: what
+// is wrong (run "moatless CMD -h" for its flags)", exit 2: the flag
+// package would print the whole usage after the error, burying it.
+// Positional arguments are left in fs.Args().
+func (e *Env) parseFlagSet(fs *flag.FlagSet, args []string) (int, bool) {
+	usage := fs.Usage
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(e.Stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		if usage != nil {
+			usage()
+		} else {
+			fmt.Fprintf(e.Stdout, "Usage of moatless %s:\n", fs.Name())
+			fs.PrintDefaults()
+		}
+		return ExitOK, false
+	case err != nil:
+		return e.errorf(ExitUsage, "%s: %v (run \"moatless %s -h\" for its flags)", fs.Name(), err, fs.Name()), false
+	}
+	fs.SetOutput(e.Stderr)
+	return ExitOK, true
 }
 
 // stringList is a repeatable string flag.

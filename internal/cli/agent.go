@@ -31,7 +31,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	str("join-token", "single-use join `token` for the first start (env MOATLESS_JOIN_TOKEN; visible in ps: prefer --join-token-file)")
 	str("join-token-file", "read the join token from this `file`")
 	str("trust-bundle", "PEM `file` of CA certificates that authenticate the server (the server's bundle.pem)")
-	str("socket", "Workload API unix socket `path` (default "+config.DefaultAgentSocket+")")
+	str("socket", "Workload API unix socket `path` (default "+config.AgentSocketHelp+"); its directory must be owned by this user and writable by no one else")
 	str("data-dir", "`directory` keeping the agent's own SVID and key across restarts (default DATA_DIR/agent)")
 	str("health-listen", "loopback `host:port` for /healthz, /readyz and /metrics, or \"off\" (default "+config.DefaultAgentHealthListen+")")
 	str("log-level", "debug, info, warn or error (default info)")
@@ -41,6 +41,9 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 		fs.PrintDefaults()
 	}
 	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if code, ok := e.linuxOnly("moatless agent"); !ok {
 		return code
 	}
 
@@ -109,18 +112,18 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	if err := a.Serve(ctx); err != nil {
-		switch {
-		case errors.Is(err, agent.ErrJoinTokenRejected):
-			return e.errorf(ExitDenied, "%v", err)
-		case errors.Is(err, agent.ErrNoCredential):
-			return e.errorf(ExitUsage, "%v", err)
-		case errors.Is(err, context.Canceled):
-			return ExitOK
-		}
-		return e.errorf(ExitFailure, "%v", err)
+	stopped := logLifecycle(ctx, log)
+	err = a.Serve(ctx)
+	if !stopped(err) {
+		return ExitOK
 	}
-	return ExitOK
+	switch {
+	case errors.Is(err, agent.ErrJoinTokenRejected):
+		return ExitDenied
+	case errors.Is(err, agent.ErrNoCredential), errors.Is(err, agent.ErrStaleState), errors.Is(err, agent.ErrDataDirInUse):
+		return ExitUsage
+	}
+	return ExitFailure
 }
 
 // readPEMCerts reads every CERTIFICATE block of a PEM file.
@@ -158,6 +161,16 @@ func parsePEMCerts(b []byte, name string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
+// logAttr keeps every log line readable by tools: a duration is written
+// as a Go duration string ("1.5s"), never as slog's integer nanoseconds.
+// Lists are JSON arrays already (slog encodes slices as JSON).
+func logAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
 // errLogFormat is newLogger's answer to a format other than json or text.
 var errLogFormat = errors.New("log format must be json or text")
 
@@ -171,7 +184,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: l}
+	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: logAttr}
 	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil

@@ -29,7 +29,7 @@ func runAgentList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tACKED\tREQUIRED\tIN SYNC\tPOLICY\tLAST SEEN\tSVID EXPIRES")
@@ -39,10 +39,15 @@ func runAgentList(ctx context.Context, e *Env, args []string) int {
 		if comp == "" {
 			comp = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, yn[n.Connected], n.AckedVersion, n.RequiredVersion,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, connectedCell(n.Connected, n.Revocation), n.AckedVersion, n.RequiredVersion,
 			yn[n.InSync], n.PolicyVersion, n.LastSeen.Local().Format(time.RFC3339), n.NotAfter.Local().Format(time.RFC3339))
 	}
 	tw.Flush()
+	for _, n := range out {
+		if n.Revoked {
+			fmt.Fprintln(e.Stdout, revokedLine(n.SPIFFEID, n.Revocation))
+		}
+	}
 	return ExitOK
 }
 

@@ -224,7 +224,7 @@ func runAuditList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(page)
+		return e.printList(page.Records, page.Next)
 	}
 	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tOUTCOME\tACTOR\tSUBJECT\tDETAILS")

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,6 +73,9 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		fs.PrintDefaults()
 	}
 	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if code, ok := e.linuxOnly("moatless authz"); !ok {
 		return code
 	}
 	switch {
@@ -138,20 +142,14 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	go func() {
 		t := time.NewTicker(reload)
 		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := pol.load(ctx, false); err != nil {
-					log.Error("policy reload failed; keeping the policy in force", "err", err)
-				}
-			}
-		}
+		pol.watch(ctx, t.C)
 	}()
 	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
-	if err := srv.Serve(ctx, l, creds); err != nil && !errors.Is(err, net.ErrClosed) {
-		return e.errorf(ExitFailure, "authz: %v", err)
+	stopped := logLifecycle(ctx, log)
+	if err := srv.Serve(ctx, l, creds); errors.Is(err, net.ErrClosed) {
+		stopped(nil)
+	} else if stopped(err) {
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -190,9 +188,34 @@ type filePolicy struct {
 	version atomic.Uint64
 	sum     [32]byte
 	pending [32]byte
+	failed  string // the reload error last logged
 }
 
 func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
+
+// watch reloads the files on every tick until ctx ends or ticks closes. A
+// failed reload keeps the policy in force and is logged once per change
+// of the error, not on every tick a broken file stays broken.
+func (p *filePolicy) watch(ctx context.Context, ticks <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ticks:
+			if !ok {
+				return
+			}
+			err := p.load(ctx, false)
+			switch {
+			case err == nil:
+				p.failed = ""
+			case err.Error() != p.failed:
+				p.failed = err.Error()
+				p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+			}
+		}
+	}
+}
 
 // load reads the files and puts them in force when they changed and (but
 // at start) two consecutive reads agree, so a half-written file is never
@@ -237,6 +260,18 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	return nil
 }
 
+// healthMux is the start of an admin listener's mux: /metrics from reg
+// and the liveness endpoints (/livez, /healthz alias). The caller adds
+// /readyz, which differs per command.
+func healthMux(reg prometheus.Gatherer) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("GET /livez", live)
+	mux.HandleFunc("GET /healthz", live)
+	return mux
+}
+
 // serveAuthzAdmin serves /metrics, the health endpoints and the
 // read-only OPA API on a loopback address.
 func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry, p *filePolicy, log *slog.Logger) error {
@@ -248,14 +283,13 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 		return fmt.Errorf("%q is not a loopback address", addr)
 	}
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: another moatless authz (or program) on this host uses it; set --admin to a free loopback address, or --admin off", err)
+	}
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-	mux.HandleFunc("GET /livez", live)
-	mux.HandleFunc("GET /healthz", live)
+	mux := healthMux(reg)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
 	})

@@ -64,17 +64,16 @@ var commands = []command{
 	{"revoke", "revoke a SPIFFE ID or a certificate serial everywhere", runRevoke},
 	{"ca", "show and rotate the certificate authority", runCA},
 	{"svid", "fetch SVIDs and bundles from a Workload API socket", runSVID},
-	{"policy", "check policies offline; apply, get, delete, roll back and watch their rollout", runPolicy},
+	{"policy", "policies: check, lint and test offline; networkpolicy (Kubernetes L4 fences); apply, get, delete; history and rollback of versions; rollout status", runPolicy},
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},
+	{"incident", "findings, incidents and containment: list, show, isolate, release, export", runIncident},
+	{"playbook", "apply, show and version the playbooks that contain compromised identities", runPlaybook},
 	{"store", "migrate, back up and restore the server's store", runStore},
-	{"demo", "run a server, an agent and three services with sidecars, and show policy at work", runDemo},
+	{"demo", "run a server, three services and a reporting job, each behind a sidecar with its own join token (no agent), and show policy at work", runDemo},
 	{"version", "print the version", runVersion},
 }
-
-// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
-var Version = "dev"
 
 // Main runs the command named by args[0] and returns its exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -142,9 +141,4 @@ func (e *Env) subcommand(ctx context.Context, parent string, table []command, ar
 		names[i] = c.name
 	}
 	return e.errorf(ExitUsage, "unknown subcommand %q for %q; want one of: %s", args[0], parent, strings.Join(names, ", "))
-}
-
-func runVersion(_ context.Context, e *Env, _ []string) int {
-	fmt.Fprintf(e.Stdout, "moatless %s\n", Version)
-	return ExitOK
 }

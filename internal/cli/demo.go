@@ -29,7 +29,18 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 	keep := fs.Bool("keep", false, "keep the working directory on exit")
 	output := fs.String("o", "text", "output format of the table: text or json")
 	pg := fs.String("postgres", "", "PostgreSQL admin `URL` (postgres://USER:PASSWORD@HOST:PORT/DB) for the database credentials row; skipped without it")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: moatless demo [--once] [--dir DIR [--keep]] [-o json] [--postgres URL]")
+		fmt.Fprintln(fs.Output(), "\nStarts a server on a temporary embedded store, three services (frontend -> orders ->")
+		fmt.Fprintln(fs.Output(), "payments) and a reporting job, each behind its own sidecar that joins the server with")
+		fmt.Fprintln(fs.Output(), "its own join token (no agent); applies deny-by-default policies and an OIDC login, makes")
+		fmt.Fprintln(fs.Output(), "scripted calls and prints what the mesh decided. Flags:")
+		fs.PrintDefaults()
+	}
 	if code, ok := e.parseFlags(fs, args); !ok {
+		return code
+	}
+	if code, ok := e.linuxOnly("moatless demo"); !ok {
 		return code
 	}
 	if *output != "text" && *output != "json" {
@@ -46,10 +57,14 @@ func runDemo(ctx context.Context, e *Env, args []string) int {
 			defer os.RemoveAll(tmp)
 		}
 	} else {
-		if err := os.MkdirAll(*dir, 0o700); err != nil {
+		cleared, err := prepareDemoDir(*dir)
+		if err != nil {
 			return e.errorf(ExitFailure, "demo: %v", err)
 		}
 		d.dir = *dir
+		if cleared {
+			d.logf("cleared the previous demo run's data in %s", *dir)
+		}
 	}
 	defer d.stop()
 
@@ -94,6 +109,8 @@ type demo struct {
 	// postgres is the admin URL of a PostgreSQL for the database
 	// credentials row ("" skips it).
 	postgres string
+	// containment is what the compromised reports job's rows measured.
+	containment *demoContainment
 }
 
 // demoSidecar is one workload's sidecar as the demo started it.
@@ -142,6 +159,9 @@ func (d *demo) run(ctx context.Context) ([]demoRow, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := d.applyPlaybook(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.setUpTokens(ctx); err != nil {
 		return nil, err
 	}
@@ -169,7 +189,7 @@ func (d *demo) start(name string, args ...string) (string, error) {
 	cmd := exec.Command(d.exe, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "MOATLESS_DATA_DIR="+filepath.Join(d.dir, "server"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childProcAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("start %s: %w", name, err)
@@ -211,7 +231,14 @@ func (d *demo) startServer(ctx context.Context) error {
 	d.bundlePath = filepath.Join(data, "bundle.pem")
 	d.tokenPath = filepath.Join(data, "admin-token")
 	d.logf("starting the control plane on %s (embedded store in %s)", addr, data)
-	if _, err := d.start("server", "server", "--data-dir", data, "--listen", addr, "--trust-domain", demoTrustDomain); err != nil {
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	cfg := filepath.Join(d.dir, "server.yaml")
+	if err := os.WriteFile(cfg, []byte(demoServerConfig), 0o600); err != nil {
+		return err
+	}
+	if _, err := d.start("server", "server", "--config", cfg, "--data-dir", data, "--listen", addr, "--trust-domain", demoTrustDomain); err != nil {
 		return err
 	}
 	// Wait for the first start to write the bundle and the admin token.
@@ -328,6 +355,9 @@ func (d *demo) startSidecars(ctx context.Context) error {
 			}
 		}
 		fmt.Fprintf(&b, "admin: %q\ndecision_log: {allow_sample_rate: 1}\n", sc.admin)
+		// Traffic records every second (the default is 5 s), so that the
+		// detection step does not wait for a report.
+		b.WriteString("traffic: {interval: 1s}\n")
 		cfg := filepath.Join(dir, "sidecar.yaml")
 		if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 			return err
@@ -497,7 +527,7 @@ func (d *demo) printTable(rows []demoRow) int {
 		}
 	}
 	if d.json {
-		d.e.printJSON(map[string]any{"rows": rows, "mismatches": bad})
+		d.e.printJSON(map[string]any{"items": rows, "mismatches": bad, "containment": d.containment})
 		return bad
 	}
 	fmt.Fprintln(d.e.Stdout)
@@ -523,6 +553,10 @@ func (d *demo) printTable(rows []demoRow) int {
 func (d *demo) printNext() {
 	out := d.e.Stdout
 	fe, rp := d.sidecars["frontend"], d.sidecars["reports"]
+	inc := "INCIDENT_ID"
+	if d.containment != nil {
+		inc = d.containment.Incident
+	}
 	fmt.Fprintf(out, `
 The mesh keeps running (Ctrl-C stops it; data and logs in %s).
 In another terminal (the moatless commands need the binary on PATH: "make build" puts it in bin/), try:
@@ -532,7 +566,7 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
 
   curl -i http://%s/orders/7                    # as frontend → orders (allowed)
   curl -i -X DELETE http://%s/orders/7          # wrong method (denied)
-  curl -i http://%s/orders/7                    # as reports (revoked in step 10: refused)
+  curl -i http://%s/orders/7                    # as reports (isolated by the playbook: refused)
   curl -ik https://%s/                           # through the gateway, the only way in
   curl -ik "https://%s/search?q=%%3Cscript%%3E"     # the WAF: 403 with a request ID
   curl -i http://%s/                            # the frontend's own port: STRICT mTLS, refused
@@ -542,13 +576,31 @@ In another terminal (the moatless commands need the binary on PATH: "make build"
   moatless agent list                           # the nodes and what they acknowledged
   moatless audit list                           # every decision, issuance and admin call, hash-chained
   moatless audit verify --data-dir %s
-  moatless secrets kv get orders/config         # the secret orders read in step 12 (the admin may read it too)
+  moatless secrets kv get orders/config         # the secret orders read (the admin may read it too)
   moatless secrets policy get orders            # who may read what: orders' SPIFFE ID, three paths
   moatless secrets transit encrypt cards "5500 0000 0000 0004"   # then: moatless secrets transit decrypt cards vault:v1:...
+  moatless incident list                        # the compromised reports job's incident
+  moatless incident show %s      # its findings, steps and timeline; "incident export" writes the forensics bundle
+  moatless incident release %s   # lift the isolation (reports is trusted again)
+  moatless policy recommend --namespace prod --since 1h --out recommended.yaml   # least privilege from what the sidecars saw
+  moatless policy what-if -f recommended.yaml   # replay the recorded traffic through it: what would be denied
 
 Edit %s and "moatless policy apply -f" it: every sidecar has the new version within a second.
 Decision logs: %s/logs/*-sidecar.log and gateway.log (with its access log)
 `, d.dir, d.serverAddr, d.bundlePath, d.tokenPath,
 		fe.outbound["orders"], fe.outbound["orders"], rp.outbound["orders"], d.gateway.addr, d.gateway.addr, fe.inbound,
-		filepath.Join(d.dir, "server"), filepath.Join(d.dir, "policies.yaml"), d.dir)
+		filepath.Join(d.dir, "server"), inc, inc, filepath.Join(d.dir, "policies.yaml"), d.dir)
+	if d.serves("/ui") {
+		fmt.Fprintf(out, "Dashboard: %s/ui (log in with the admin token in %s)\n", d.issuer, d.tokenPath)
+	}
+}
+
+// serves reports whether the server answers path with anything but 404.
+func (d *demo) serves(path string) bool {
+	resp, err := d.https.Get(d.issuer + path)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode != http.StatusNotFound
 }

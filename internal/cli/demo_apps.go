@@ -113,6 +113,13 @@ func (a *demoApps) ordersHandler() http.Handler {
 	m.HandleFunc("GET /orders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"order": r.PathValue("id"), "status": "shipped", "caller": callerOf(r)})
 	})
+	// The reports job's export: every order, about 1 MiB of it.
+	m.HandleFunc("GET /orders/export", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for i := range demoExportOrders {
+			fmt.Fprintf(w, `{"order":%d,"status":"shipped","total_cents":%d,"items":%d,"note":"%0128d"}`+"\n", i, 1000+i*7%90000, 1+i%5, i)
+		}
+	})
 	m.HandleFunc("DELETE /orders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	})

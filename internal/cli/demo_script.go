@@ -18,7 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/token"
 )
 
@@ -215,7 +214,7 @@ func findLogLine(path, rid string, match func(line []byte) (string, bool)) strin
 // script makes the calls and returns the table.
 func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	plain := &http.Client{Timeout: 10 * time.Second}
-	pay, rep, ord := d.sidecars["payments"], d.sidecars["reports"], d.sidecars["orders"]
+	pay, ord := d.sidecars["payments"], d.sidecars["orders"]
 	var rows []demoRow
 	step := 0
 	send := func(addr, method, path, bearer, rid string) (int, http.Header) {
@@ -295,20 +294,17 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	checkout("", "allow", "allow", "allow")
 	hop("frontend", "orders", "POST", "/orders", "", "deny", "no user token: POST /orders needs a request principal with role buyer")
 
-	// reports may read orders; then its identity is revoked and its live
-	// connection is cut.
+	// reports may read orders; then it is compromised: it probes and
+	// pulls bulk data, is detected and isolated by the playbook, and
+	// orders' sidecar cuts its live connection.
 	hop("reports", "orders", "GET", "/orders/42", "", "allow", "")
-	start := time.Now()
-	if err := d.admin.do(ctx, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: rep.spiffeID, Reason: "demo: compromised"}, nil); err != nil {
-		return nil, fmt.Errorf("revoke reports: %w", err)
+	more, err := d.compromise(ctx, step, send)
+	if err != nil {
+		return nil, err
 	}
-	var cut time.Duration
-	waitUntil(ctx, 5*time.Second, "the revocation to take effect", func() bool {
-		st, _ := send(rep.outbound["orders"], "GET", "/orders/42", "", "demo-probe")
-		cut = time.Since(start)
-		return outcome(st) == "refused"
-	})
-	note := fmt.Sprintf("after \"moatless revoke --spiffe-id %s\": cut off %v later", rep.spiffeID, cut.Round(time.Millisecond))
+	rows = append(rows, more...)
+	step += len(more)
+	note := "isolated: every sidecar refuses its SPIFFE ID, and its own sidecar cuts its egress"
 	if n := countLines(ord.logPath, "closed connections of revoked identities"); n > 0 {
 		note += "; orders' sidecar closed its live connection"
 	}
@@ -320,7 +316,8 @@ func (d *demo) script(ctx context.Context) ([]demoRow, error) {
 	tf := struct {
 		Token string `json:"token"`
 	}{userToken}
-	start = time.Now()
+	start := time.Now()
+	var cut time.Duration
 	if err := d.admin.do(ctx, "POST", token.AdminPathPrefix+"tokens/revoke", tf, nil); err != nil {
 		return nil, fmt.Errorf("revoke %s's token: %w", demoUser, err)
 	}

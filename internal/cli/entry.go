@@ -176,10 +176,10 @@ func runEntryList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT\tSELECTORS\tNAMESPACE")
+	fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT ID\tSELECTORS\tNAMESPACE")
 	for _, en := range out {
 		s := make([]string, len(en.Selectors))
 		for i, x := range en.Selectors {

@@ -15,12 +15,14 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/gateway"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // runGateway runs "moatless gateway -config FILE": the edge in front of
@@ -60,6 +62,9 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "gateway: -log-level: %v", err)
 	}
 	gr := &gatewayRun{path: cfgPath, cfg: cfg, log: log, stderr: e}
+	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
+		return e.errorf(ExitUsage, "gateway: %v", err)
+	}
 	if check {
 		if err := gr.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "gateway: %v", err)
@@ -67,12 +72,19 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	if err := gr.run(ctx); err != nil {
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-gateway")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "gateway: %v", err)
+	}
+	gr.tracer = tracer
+	stopped := logLifecycle(ctx, log)
+	if err := gr.run(ctx); stopped(err) {
 		var ue usageError
 		if errors.As(err, &ue) {
-			return e.errorf(ExitUsage, "gateway: %v", err)
+			return ExitUsage
 		}
-		return e.errorf(ExitFailure, "gateway: %v", err)
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -82,6 +94,8 @@ type gatewayRun struct {
 	cfg    config.Gateway
 	log    *slog.Logger
 	stderr *Env
+	// tracer traces requests; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 func (r *gatewayRun) policyOptions() policy.Options {
@@ -135,6 +149,14 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	verifier := newJWTVerifier(ctx, mi, reg, r.log, shared...)
 	defer verifier.Close()
 
+	// Join mode: traffic records go to the server over the node's
+	// connection, as the sidecars' do.
+	var rec *proxy.Recorder
+	if mi.node != nil {
+		if rec, err = newGatewayRecorder(cfg, mi.node, reg, r.log); err != nil {
+			return err
+		}
+	}
 	g, err := gateway.New(gateway.Options{
 		Config:     cfg,
 		Identity:   mi.source,
@@ -142,7 +164,9 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		Logger:     r.log,
 		AccessLog:  slog.New(slog.NewJSONHandler(r.stderr.Stderr, nil)),
 		Audit:      mi.auditSink(),
+		Recorder:   rec,
 		Registerer: reg,
+		Tracer:     r.tracer,
 	})
 	if err != nil {
 		return usageError{err}
@@ -155,10 +179,14 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	if mi.node == nil && len(cfg.Policy.Files) == 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 	}
+	if rec != nil {
+		background = append(background, rec.Run)
+	}
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, g.Ready, func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, false, r.log)
+		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, false, r.log,
+			fmt.Sprintf("another gateway (or program) on this host uses it; every gateway needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.path))
 		if err != nil {
 			return err
 		}
@@ -174,7 +202,6 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, gateway.ErrClosed) {
-		r.log.Info("gateway stopped")
 		return nil
 	}
 	return err

@@ -67,10 +67,10 @@ func runJoinTokenList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "ID\tSPIFFE ID\tEXPIRES\tUSED")
+	fmt.Fprintln(tw, "ID\tSPIFFE ID\tEXPIRES AT\tUSED AT")
 	for _, t := range out {
 		used := "-"
 		if !t.UsedAt.IsZero() {

@@ -3,16 +3,17 @@ package cli
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"runtime/pprof"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -124,6 +125,9 @@ func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol
 		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
 		err := m.node.Attest(actx)
 		acancel()
+		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) || errors.Is(err, agent.ErrDataDirInUse) {
+			return nil, usageError{fmt.Errorf("identity.join.state_dir: %w", err)}
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -150,21 +154,36 @@ func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol
 	return append(bg, w.Run), nil
 }
 
+// ready is the process's readiness: inner's, and in join mode not
+// revoked (a revoked node reports the revocation, with its time and
+// reason, instead of looking healthy).
+func (m *meshIdentity) ready(inner func() error) func() error {
+	return func() error {
+		if err := inner(); err != nil {
+			return err
+		}
+		if m.node != nil {
+			return m.node.Refused()
+		}
+		return nil
+	}
+}
+
 // serveAdmin serves /metrics, /livez, /healthz, /readyz (ready says what
 // is missing, status what is in force), optionally pprof, and OPA's
 // read-only Data and Policy APIs over the Rego modules and data in force
 // when rego is set, on a loopback address until the returned stop is
-// called.
-func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger) (stop func(), err error) {
+// called. An address in use (another instance on this host) is a usage
+// error ending in inUse, which names the setting to change.
+func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, usageError{fmt.Errorf("admin listener: %w: %s", err, inUse)}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-	mux.HandleFunc("GET /livez", live)
-	mux.HandleFunc("GET /healthz", live)
+	mux := healthMux(reg)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := ready(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)

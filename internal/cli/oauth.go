@@ -165,10 +165,10 @@ func runOAuthClientList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out.Clients, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "CLIENT_ID\tAUTH\tGRANTS\tSPIFFE_ID")
+	fmt.Fprintln(tw, "CLIENT ID\tTOKEN ENDPOINT AUTH METHOD\tGRANT TYPES\tSPIFFE ID")
 	for _, cl := range out.Clients {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cl.ID, cl.AuthMethod, strings.Join(shortGrants(cl.GrantTypes), ","), cl.SPIFFEID)
 	}
@@ -353,10 +353,10 @@ func runOAuthUserList(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out.Users, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "NAME\tID\tMFA\tROLES\tTENANT")
+	fmt.Fprintln(tw, "NAME\tID\tMFA ENABLED\tROLES\tTENANT")
 	for _, u := range out.Users {
 		mfa := "off"
 		switch {
@@ -607,10 +607,10 @@ func runOAuthTokenRevoked(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out.Revoked, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "JTI\tEXPIRES_AT")
+	fmt.Fprintln(tw, "JTI\tEXPIRES AT")
 	for _, r := range out.Revoked {
 		fmt.Fprintf(tw, "%s\t%s\n", r.JTI, r.ExpiresAt.UTC().Format(time.RFC3339))
 	}
@@ -650,10 +650,10 @@ func (e *Env) oauthKeys(ctx context.Context, name, method, path string, args []s
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(out)
+		return e.printList(out.Keys, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "KID\tALG\tSTATE\tSIGNS_FROM\tSIGNS_UNTIL\tPUBLISHED_UNTIL")
+	fmt.Fprintln(tw, "KID\tALG\tSTATE\tACTIVATE AT\tRETIRE AT\tEXPIRE AT")
 	for _, k := range out.Keys {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, k.ActivateAt.Format(time.RFC3339), k.RetireAt.Format(time.RFC3339), k.ExpireAt.Format(time.RFC3339))
 	}
@@ -745,7 +745,7 @@ func runOAuthTokenGet(ctx context.Context, e *Env, args []string) int {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 30 * time.Second}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return e.errorf(ExitFailure, "oauth token get: cannot reach %s: %v", iss, err)
+		return e.errorf(ExitFailure, "oauth token get: %v", reachError(iss, serverTrustPath(*cacert, e.getenv), err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

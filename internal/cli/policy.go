@@ -20,6 +20,7 @@ import (
 // lives here; the others talk to the server (policy_admin.go).
 var policyCommands = []command{
 	{"check", "evaluate a request against policy files offline, exactly as a sidecar would", runPolicyCheck},
+	{"lint", "report every error and warning in policy files at once, for CI (exit 2 on errors)", runPolicyLint},
 	{"test", "run the Rego unit tests (test_* rules) of policy files, as opa test does", runPolicyTest},
 	{"apply", "validate and apply policies (multi-document YAML) as a new version", runPolicyApply},
 	{"get", "show the policies in force", runPolicyGet},
@@ -28,6 +29,8 @@ var policyCommands = []command{
 	{"rollback", "make an earlier policy version current again", runPolicyRollback},
 	{"status", "show which sidecar runs which policy version", runPolicyStatus},
 	{"networkpolicy", "print Kubernetes NetworkPolicies that fence at L4 what the ALLOW policies allow", runPolicyNetworkPolicy},
+	{"recommend", "write AuthorizationPolicies allowing exactly the traffic recorded in a namespace", runPolicyRecommend},
+	{"what-if", "replay recorded traffic through other policies: what would be newly denied or allowed", runPolicyWhatIf},
 }
 
 func runPolicy(ctx context.Context, e *Env, args []string) int {
@@ -52,7 +55,8 @@ REQ.json:
                "host": "payments.prod", "headers": {"authorization": "Bearer ..."}}}
   "principal": "" is a plaintext caller; "protocol": "tcp" is raw TCP.
 
-Exit status: 0 when the check ran (whatever the decision), 2 on bad input.
+Exit status: 0 when the check ran (whatever the decision; with --expect, only when
+the decision is the expected one, else 1), 2 on bad input.
 
 Flags:
 `
@@ -67,6 +71,7 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 		output  string
 		explain bool
 		at      string
+		expect  string
 	)
 	fs.Var(&files, "f", "policy `file or directory` (repeatable; - for stdin)")
 	fs.StringVar(&reqFile, "request", "", "request `file` in the REQ.json format (- for stdin)")
@@ -75,6 +80,7 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 	fs.StringVar(&output, "o", "text", "output format: text or json")
 	fs.BoolVar(&explain, "explain", false, "show every applicable policy and rule and why each did or did not match")
 	fs.StringVar(&at, "at", "", "decide as of this `time` (RFC 3339) instead of now: token expiry and Rego's input.time, for fixtures in CI")
+	fs.StringVar(&expect, "expect", "", "`outcome` the request must get, allow, deny or unauthenticated: exit 1 if it gets another (for CI)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), policyCheckUsage)
 		fs.PrintDefaults()
@@ -89,6 +95,8 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "policy check: give the request with --request REQ.json")
 	case output != "text" && output != "json":
 		return e.errorf(ExitUsage, "policy check: -o must be text or json, not %q", output)
+	case expect != "" && expect != "allow" && expect != "deny" && expect != "unauthenticated":
+		return e.errorf(ExitUsage, "policy check: --expect must be allow, deny or unauthenticated, not %q", expect)
 	}
 	stdinUsers := 0
 	for _, f := range append([]string{reqFile}, files...) {
@@ -170,14 +178,19 @@ func runPolicyCheck(ctx context.Context, e *Env, args []string) int {
 			out.Explain.Rego = append(out.Explain.Rego, ro)
 		}
 	}
+	code := ExitOK
 	if output == "json" {
-		return e.printJSON(out)
+		code = e.printJSON(out)
+	} else {
+		for _, w := range warnings {
+			fmt.Fprintf(e.Stderr, "warning: %s\n", w)
+		}
+		out.writeText(e.Stdout, explain)
 	}
-	for _, w := range warnings {
-		fmt.Fprintf(e.Stderr, "warning: %s\n", w)
+	if got := ex.Decision.Outcome.String(); code == ExitOK && expect != "" && got != expect {
+		return e.errorf(ExitFailure, "policy check: expected %s, got %s", expect, got)
 	}
-	out.writeText(e.Stdout, explain)
-	return ExitOK
+	return code
 }
 
 func nameOfInput(f string) string {

@@ -350,10 +350,10 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		return e.fail(err)
 	}
 	if cmd.json() {
-		return e.printJSON(hist)
+		return e.printList(hist, historyNext(hist, *limit))
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "VERSION\tTIME\tACTION\tBY\tDOCUMENTS\tCHANGES")
+	fmt.Fprintln(tw, "VERSION\tCREATED AT\tACTION\tACTOR\tDOCUMENTS\tCHANGES")
 	for _, h := range hist {
 		action := h.Action
 		if h.SourceVersion > 0 {
@@ -367,11 +367,8 @@ func runPolicyHistory(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", h.Version, h.CreatedAt.Local().Format(time.RFC3339), action, h.Actor, h.Documents, strings.Join(ch, ", "))
 	}
 	tw.Flush()
-	// The server answers a bare list (no "next" as in the audit page), so
-	// the hint follows the server's audit paging rule: a full page whose
-	// oldest version is above 1 (versions count from 1) has older ones.
-	if n := len(hist); n == *limit && hist[n-1].Version > 1 {
-		fmt.Fprintf(e.Stdout, "(older: moatless policy history --before %d)\n", hist[n-1].Version)
+	if next := historyNext(hist, *limit); next > 0 {
+		fmt.Fprintf(e.Stdout, "(older: moatless policy history --before %d)\n", next)
 	}
 	return ExitOK
 }
@@ -450,7 +447,24 @@ func printPolicyNodes(e *Env, nodes []server.PolicyNodeStatus) {
 		if !n.LastAck.IsZero() {
 			ack = n.LastAck.Local().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, yn[n.Connected], n.PolicyVersion, yn[n.Current], ack)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", n.SPIFFEID, comp, connectedCell(n.Connected, n.Revocation), n.PolicyVersion, yn[n.Current], ack)
 	}
 	tw.Flush()
+	for _, n := range nodes {
+		if n.Revoked {
+			fmt.Fprintln(e.Stdout, revokedLine(n.SPIFFEID, n.Revocation)+"; not counted")
+		}
+	}
+}
+
+// historyNext is the --before value of the page older than hist, 0 when
+// hist is the last page. The server answers a bare list (no "next" as in
+// the audit page), so it follows the server's audit paging rule: a full
+// page whose oldest version is above 1 (versions count from 1) has older
+// ones.
+func historyNext(hist []store.PolicyVersion, limit int) uint64 {
+	if n := len(hist); n == limit && hist[n-1].Version > 1 {
+		return hist[n-1].Version
+	}
+	return 0
 }

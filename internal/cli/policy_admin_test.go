@@ -77,14 +77,18 @@ func TestPolicyHistoryPaging(t *testing.T) {
 
 	t.Run("json_is_the_page", func(t *testing.T) {
 		code, out, errOut := runCLI(t, env, "policy", "history", "--before", "3", "-o", "json")
-		var hist []struct {
-			Version uint64 `json:"version"`
+		var page struct {
+			Items []struct {
+				Version uint64 `json:"version"`
+			} `json:"items"`
+			Next *uint64 `json:"next"`
 		}
-		if code != ExitOK || json.Unmarshal([]byte(out), &hist) != nil {
+		if code != ExitOK || json.Unmarshal([]byte(out), &page) != nil {
 			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
 		}
-		if len(hist) != 2 || hist[0].Version != 2 || hist[1].Version != 1 {
-			t.Fatalf("got %+v, want versions 2 and 1", hist)
+		hist := page.Items
+		if len(hist) != 2 || hist[0].Version != 2 || hist[1].Version != 1 || page.Next != nil {
+			t.Fatalf("got %+v, want versions 2 and 1 and no next page", page)
 		}
 	})
 

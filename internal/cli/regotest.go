@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -51,12 +50,8 @@ func runPolicyTest(ctx context.Context, e *Env, args []string) int {
 	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		paths, args = append(paths, args[0]), args[1:]
 	}
-	fset.SetOutput(e.Stderr)
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
+	if code, ok := e.parseFlagSet(fset, args); !ok {
+		return code
 	}
 	paths = append(paths, fset.Args()...)
 	if len(paths) == 0 {
@@ -122,10 +117,7 @@ func runPolicyTest(ctx context.Context, e *Env, args []string) int {
 		code = ExitFailure
 	}
 	if output == "json" {
-		if results == nil {
-			results = []policy.RegoTestResult{}
-		}
-		if c := e.printJSON(results); c != ExitOK {
+		if c := e.printList(results, 0); c != ExitOK {
 			return c
 		}
 		return code

@@ -129,8 +129,10 @@ test_prints if {
 		t.Fatalf("failing: exit %d: %s", code, out)
 	}
 	code, out, _ = run(failing, "-o", "json")
-	var results []struct{ Name, Outcome string }
-	if err := json.Unmarshal([]byte(out), &results); err != nil || code != ExitFailure || len(results) != 7 {
+	var results struct {
+		Items []struct{ Name, Outcome string }
+	}
+	if err := json.Unmarshal([]byte(out), &results); err != nil || code != ExitFailure || len(results.Items) != 7 {
 		t.Fatalf("json: exit %d, %v: %s", code, err, out)
 	}
 	empty := t.TempDir()

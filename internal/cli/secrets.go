@@ -73,13 +73,9 @@ func (e *Env) newSecretsCmd(name, usage string, minArgs, maxArgs int) *secretsCm
 
 // parse parses flags anywhere among the positional arguments.
 func (c *secretsCmd) parse(args []string) (int, bool) {
-	c.fs.SetOutput(c.e.Stderr)
 	for {
-		if err := c.fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return ExitOK, false
-			}
-			return ExitUsage, false
+		if code, ok := c.e.parseFlagSet(c.fs, args); !ok {
+			return code, false
 		}
 		rest := c.fs.Args()
 		if len(rest) == 0 {
@@ -872,8 +868,8 @@ func runSecretsRender(ctx context.Context, e *Env, args []string) int {
 		}
 		return ExitOK
 	}
-	if err := r.Run(ctx); err != nil {
-		return e.errorf(ExitFailure, "secrets render: %v", err)
+	if stopped := logLifecycle(ctx, log); stopped(r.Run(ctx)) {
+		return ExitFailure
 	}
 	return ExitOK
 }

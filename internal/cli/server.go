@@ -45,6 +45,9 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if code, ok := e.parseFlags(fs, args); !ok {
 		return code
 	}
+	if code, ok := e.linuxOnly("moatless server"); !ok {
+		return code
+	}
 	// The file is decoded over the defaults without deriving anything, so
 	// that --data-dir also moves the store and KEK the file did not name.
 	cfg := config.DefaultServer(e.getenv)
@@ -103,7 +106,12 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	sc := server.Config{Settings: cfg, Logger: logger, Notice: e.Stderr, ResetAdminToken: *reset}
+	tracer, stopTracing, err := e.tracer(ctx, logger, "moatless-server")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "server: %v", err)
+	}
+	sc := server.Config{Settings: cfg, Logger: logger, ResetAdminToken: *reset, Tracer: tracer}
 	// The root key or passphrase comes from the environment or a file,
 	// never from a flag's value (which "ps" shows to every local user).
 	if k := e.getenv("MOATLESS_SECRETS_ROOT_KEY"); k != "" {
@@ -131,8 +139,8 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		}
 		defer stop()
 	}
-	if err := srv.Serve(ctx); err != nil {
-		return e.errorf(ExitFailure, "%v", err)
+	if stopped := logLifecycle(ctx, logger); stopped(srv.Serve(ctx)) {
+		return ExitFailure
 	}
 	return ExitOK
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/testpki"
 )
 
 // startAdminServer runs an in-process server in a temp data dir and returns the
@@ -85,6 +87,10 @@ func TestAdminCommands(t *testing.T) {
 	badPolicy := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(badPolicy, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mod: STRICT}}\n"), 0o600)
 	adminDir := filepath.Join(dir, "admin")
+	// Another server's bundle: a running server whose certificate does not
+	// chain to it.
+	otherBundle := filepath.Join(dir, "other-bundle.pem")
+	os.WriteFile(otherBundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: testpki.NewCA(t, "moatless.local").Cert.Raw}), 0o600)
 
 	tests := []struct {
 		name string
@@ -104,10 +110,15 @@ func TestAdminCommands(t *testing.T) {
 		{"entry_label_twice", env, []string{"entry", "create", "--parent", parent, "--spiffe-id", "spiffe://moatless.local/x", "--selector", "unix:uid:1", "--label", "a=1", "--label", "a=2"}, ExitUsage, `entry create: --label "a" given twice`},
 		{"wrong_token", with(env, "MOATLESS_TOKEN", "mla_wrong"), []string{"entry", "list"}, ExitDenied, "not valid"},
 		{"unreachable", with(env, "MOATLESS_ADDR", "127.0.0.1:1"), []string{"entry", "list"}, ExitFailure, "cannot reach"},
+		{"wrong_cacert", with(env, "MOATLESS_CACERT", otherBundle), []string{"entry", "list"}, ExitFailure, "does not chain to the given bundle (" + otherBundle + ")"},
+		{"wrong_cacert_flag", env, []string{"entry", "list", "--cacert", otherBundle}, ExitFailure, "does not chain to the given bundle (" + otherBundle + ")"},
 		{"bad_output", env, []string{"entry", "list", "-o", "xml"}, ExitUsage, "-o must be"},
 		{"jointoken_list", env, []string{"jointoken", "list"}, ExitOK, parent},
 		{"jointoken_no_id", env, []string{"jointoken", "create"}, ExitUsage, "--spiffe-id is required"},
-		{"revoke", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/ns/prod/sa/bad", "--reason", "test"}, ExitOK, "revoked"},
+		{"revoke_unknown_id", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/ns/prod/sa/wbe"}, ExitFailure, "nearest known: spiffe://moatless.local/ns/prod/sa/web"},
+		{"revoke_unknown_id_json", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/ns/prod/sa/wbe", "-o", "json"}, ExitFailure, "--force"},
+		{"revoke_known_by_join_token", env, []string{"revoke", "--spiffe-id", parent, "--reason", "node lost"}, ExitOK, "revoked " + parent},
+		{"revoke", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/ns/prod/sa/bad", "--reason", "test", "--force"}, ExitOK, "revoked"},
 		{"revoke_again", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/ns/prod/sa/bad"}, ExitUsage, "revoked already"},
 		{"revoke_list", env, []string{"revoke", "list", "-o", "json"}, ExitOK, "sa/bad"},
 		{"revoke_both", env, []string{"revoke", "--spiffe-id", "spiffe://moatless.local/a", "--serial", "01"}, ExitUsage, "exactly one"},
@@ -118,7 +129,7 @@ func TestAdminCommands(t *testing.T) {
 		{"ca_issue_admin", env, []string{"ca", "issue-admin", "--out", adminDir}, ExitOK, "MOATLESS_CLIENT_CERT"},
 		{"ca_issue_admin_not_admin", env, []string{"ca", "issue-admin", "--out", adminDir + "2", "--spiffe-id", "spiffe://moatless.local/me"}, ExitUsage, "admin_ids"},
 		{"admin_cert_works", with(env, "MOATLESS_CLIENT_CERT", filepath.Join(adminDir, "admin-cert.pem"), "MOATLESS_CLIENT_KEY", filepath.Join(adminDir, "admin-key.pem")), []string{"entry", "list"}, ExitOK, entry.ID},
-		{"agent_list", env, []string{"agent", "list", "-o", "json"}, ExitOK, "[]"},
+		{"agent_list", env, []string{"agent", "list", "-o", "json"}, ExitOK, `"items": []`},
 		{"audit_list", env, []string{"audit", "list", "--limit", "5"}, ExitOK, "admin.call"},
 		{"audit_verify", env, []string{"audit", "verify", "--data-dir", dir}, ExitOK, "audit log verifies"},
 		{"audit_verify_no_store", env, []string{"audit", "verify", "--data-dir", filepath.Join(dir, "none")}, ExitUsage, "no store"},
@@ -236,7 +247,7 @@ func TestServerCommandRuns(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("server did not stop")
 	}
-	if !strings.Contains(errb.String(), "admin token was written to "+filepath.Join(data, "admin-token")) {
+	if !strings.Contains(errb.String(), `"msg":"created admin token`) || !strings.Contains(errb.String(), `"path":"`+filepath.Join(data, "admin-token")+`"`) {
 		t.Fatalf("first-start notice missing: %s", errb.String())
 	}
 	tok, _ := os.ReadFile(filepath.Join(data, "admin-token"))

@@ -20,11 +20,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // runSidecar runs "moatless sidecar -config FILE": one sidecar in front of
@@ -70,7 +72,10 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
-	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm}
+	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm, cfgPath: cfgPath}
+	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
 			return e.errorf(ExitUsage, "sidecar: %v", err)
@@ -79,12 +84,23 @@ func runSidecar(ctx context.Context, e *Env, args []string) int {
 		return ExitOK
 	}
 	sidecarGC(e.getenv("GOGC"))
-	if err := sc.run(ctx); err != nil {
+	// -check validates anywhere; serving needs Linux.
+	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
+		return code
+	}
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-sidecar")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "sidecar: %v", err)
+	}
+	sc.tracer = tracer
+	stopped := logLifecycle(ctx, log)
+	if err := sc.run(ctx); stopped(err) {
 		var ue usageError
 		if errors.As(err, &ue) {
-			return e.errorf(ExitUsage, "sidecar: %v", err)
+			return ExitUsage
 		}
-		return e.errorf(ExitFailure, "sidecar: %v", err)
+		return ExitFailure
 	}
 	return ExitOK
 }
@@ -112,10 +128,13 @@ type usageError struct{ error }
 func (u usageError) Unwrap() error { return u.error }
 
 type sidecarRun struct {
-	cfg config.Sidecar
-	log *slog.Logger
+	cfg     config.Sidecar
+	cfgPath string
+	log     *slog.Logger
 	// pathNorm is cfg.Policy.PathNormalization parsed.
 	pathNorm policy.PathNormalization
+	// tracer traces requests; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 // policyOptions compile every policy set of this sidecar, from files or
@@ -183,6 +202,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		MaxConnections:       cfg.MaxConnections,
 		KeepStartupPages:     cfg.KeepStartupPages,
 		DisableHTTP1FastPath: cfg.DisableHTTP1FastPath,
+		Tracer:               r.tracer,
 		OutboundCallers: proxy.LocalCallers{
 			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
 		},
@@ -207,6 +227,17 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
 	}
 
+	// Join mode: traffic records go to the server over the node's
+	// connection (detection, incidents, policy recommend).
+	var rec *proxy.Recorder
+	if mi.node != nil && !cfg.Traffic.Disabled {
+		var err error
+		if rec, err = newRecorder(cfg, mi.node, reg, r.log); err != nil {
+			return err
+		}
+		pc.Recorder = rec
+	}
+
 	s, err := proxy.New(pc)
 	if err != nil {
 		return usageError{err}
@@ -221,12 +252,16 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if rec != nil {
+		background = append(background, rec.Run)
+	}
 	if mi.node == nil && len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 	}
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, s.Ready, func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log)
+		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log,
+			fmt.Sprintf("another sidecar (or program) on this host uses it; every sidecar needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.cfgPath))
 		if err != nil {
 			return err
 		}
@@ -242,7 +277,6 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, proxy.ErrClosed) {
-		r.log.Info("sidecar stopped")
 		return nil
 	}
 	return err

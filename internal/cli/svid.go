@@ -41,14 +41,17 @@ type svidFlags struct {
 }
 
 func (s *svidFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.socket, "socket", "", "Workload API socket `path` or unix:// URL (env SPIFFE_ENDPOINT_SOCKET; default "+config.DefaultAgentSocket+")")
+	fs.StringVar(&s.socket, "socket", "", "Workload API socket `path` or unix:// URL (env SPIFFE_ENDPOINT_SOCKET; default "+config.SystemAgentSocket+" if it exists, else $XDG_RUNTIME_DIR/moatless/agent.sock)")
 	fs.StringVar(&s.output, "o", "text", "output format: text or json")
 	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "give up after this long")
 }
 
 // addr resolves the socket the way go-spiffe does, with our default.
 func (s *svidFlags) addr(e *Env) string {
-	a := firstNonEmpty(s.socket, e.getenv("SPIFFE_ENDPOINT_SOCKET"), config.DefaultAgentSocket)
+	a := firstNonEmpty(s.socket, e.getenv("SPIFFE_ENDPOINT_SOCKET"))
+	if a == "" {
+		a = config.AgentSocketForClients(e.getenv, os.Geteuid())
+	}
 	if !strings.Contains(a, "://") {
 		a = "unix://" + a
 	}
@@ -71,6 +74,9 @@ func (s *svidFlags) parse(e *Env, fs *flag.FlagSet, args []string) (int, bool) {
 func (e *Env) workloadFail(addr string, err error) int {
 	switch status.Code(err) {
 	case codes.PermissionDenied:
+		if strings.Contains(status.Convert(err).Message(), "identity revoked") {
+			return e.errorf(ExitDenied, "%v (see \"moatless revoke list\"; \"moatless revoke lift\" restores it)", err)
+		}
 		return e.errorf(ExitDenied, "%v (no registration entry matches this process: check \"moatless entry list\" and the selectors of this user and binary)", err)
 	case codes.InvalidArgument:
 		return e.errorf(ExitUsage, "%v", err)
@@ -146,7 +152,7 @@ func runSVIDFetch(ctx context.Context, e *Env, args []string) int {
 			out = append(out, svidJSON{SPIFFEID: s.ID.String(), Serial: strings.ToLower(leaf.SerialNumber.Text(16)),
 				NotBefore: leaf.NotBefore.UTC(), ExpiresAt: leaf.NotAfter.UTC(), CertChain: string(pemCerts(s.Certificates)), Hint: s.Hint})
 		}
-		return e.printJSON(out)
+		return e.printList(out, 0)
 	}
 	for i, s := range x.SVIDs {
 		if i > 0 {
@@ -232,7 +238,7 @@ func runSVIDJWT(ctx context.Context, e *Env, args []string) int {
 		for _, s := range svids {
 			o = append(o, out{s.ID.String(), s.Marshal(), s.Audience, s.Expiry.UTC()})
 		}
-		return e.printJSON(o)
+		return e.printList(o, 0)
 	}
 	for _, s := range svids {
 		fmt.Fprintln(e.Stdout, s.Marshal())

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 )
 
@@ -41,7 +42,10 @@ type Agent struct {
 	JoinToken string `json:"join_token,omitempty"`
 	// JoinTokenFile is a file holding the join token.
 	JoinTokenFile string `json:"join_token_file,omitempty"`
-	// Socket is the Workload API unix socket; default DefaultAgentSocket.
+	// Socket is the Workload API unix socket; default DefaultAgentSocket
+	// (/run/moatless/agent.sock as root, $XDG_RUNTIME_DIR/moatless/
+	// agent.sock for another user). Its directory must be owned by the
+	// agent's user and writable by no one else.
 	Socket string `json:"socket,omitempty"`
 	// DataDir keeps the agent's own SVID and key (0600) across restarts;
 	// default DefaultDataDir + "/agent".
@@ -58,7 +62,7 @@ type Agent struct {
 func DefaultAgent(getenv func(string) string) Agent {
 	return Agent{
 		Server:       ServerList{DefaultListen},
-		Socket:       DefaultAgentSocket,
+		Socket:       DefaultAgentSocket(getenv, os.Geteuid()),
 		DataDir:      filepath.Join(DefaultDataDir(getenv), "agent"),
 		HealthListen: DefaultAgentHealthListen,
 		LogLevel:     "info",
@@ -85,7 +89,7 @@ func LoadAgent(path string, getenv func(string) string) (Agent, error) {
 		return Agent{}, err
 	}
 	if err := c.Validate(); err != nil {
-		return Agent{}, fmt.Errorf("%s: %w", path, err)
+		return Agent{}, fileError(path, err)
 	}
 	return c, nil
 }
@@ -99,7 +103,7 @@ func (c *Agent) Validate() error {
 		return errors.New("config: join_token and join_token_file: set one, not both")
 	}
 	if c.Socket == "" {
-		return errors.New("config: socket: must be set")
+		return errors.New("config: socket: must be set (there is no default for a user other than root without XDG_RUNTIME_DIR: choose a path in a directory only this user can write)")
 	}
 	if !filepath.IsAbs(c.Socket) {
 		return fmt.Errorf("config: socket %q: must be an absolute path", c.Socket)

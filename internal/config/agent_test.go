@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 )
@@ -20,7 +21,7 @@ func TestParseAgent(t *testing.T) {
 		check   func(Agent) bool
 	}{
 		{"empty_is_defaults", "", "", func(a Agent) bool {
-			return a.Server.String() == DefaultListen && a.Socket == DefaultAgentSocket && a.HealthListen == DefaultAgentHealthListen && a.DataDir == "/home/u/.local/share/moatless/agent"
+			return a.Server.String() == DefaultListen && a.Socket == DefaultAgentSocket(env, os.Geteuid()) && a.HealthListen == DefaultAgentHealthListen && a.DataDir == "/home/u/.local/share/moatless/agent"
 		}},
 		{"full", "server: s.example.org:443\ntrust_bundle: /b.pem\njoin_token_file: /t\nsocket: /run/m/a.sock\ndata_dir: /var/lib/m\nhealth_listen: '[::1]:9000'\nlog_level: debug\n", "", func(a Agent) bool {
 			return a.Server.String() == "s.example.org:443" && a.HealthListen == "[::1]:9000" && a.LogLevel == "debug"
@@ -78,4 +79,34 @@ func FuzzParseAgent(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDefaultAgentSocket: root's agent listens in /run, another user's in
+// its own runtime directory; a user without one gets no default (never a
+// directory such as /tmp that other users can write).
+func TestDefaultAgentSocket(t *testing.T) {
+	tests := []struct {
+		name string
+		euid int
+		xdg  string
+		want string
+	}{
+		{"root", 0, "/run/user/0", "/run/moatless/agent.sock"},
+		{"user_with_runtime_dir", 1000, "/run/user/1000", "/run/user/1000/moatless/agent.sock"},
+		{"user_without_runtime_dir", 1000, "", ""},
+		{"user_with_relative_runtime_dir", 1000, "run/user", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := func(k string) string {
+				if k == "XDG_RUNTIME_DIR" {
+					return tt.xdg
+				}
+				return ""
+			}
+			if got := DefaultAgentSocket(env, tt.euid); got != tt.want {
+				t.Fatalf("DefaultAgentSocket = %q, want %q", got, tt.want)
+			}
+		})
+	}
 }

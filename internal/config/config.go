@@ -30,8 +30,6 @@ const (
 	// DefaultTrustDomain is the trust domain of a server started without
 	// --trust-domain.
 	DefaultTrustDomain = "moatless.local"
-	// DefaultAgentSocket is the Workload API socket of "moatless agent".
-	DefaultAgentSocket = "/tmp/moatless/agent.sock"
 )
 
 // DefaultDataDir is the server's data directory when --data-dir is unset:
@@ -71,7 +69,7 @@ func decodeStrict(r io.Reader, v any) error {
 		return err
 	}
 	if err := yaml.UnmarshalStrict(b, v); err != nil {
-		return fmt.Errorf("config: %w", err)
+		return decodeError(b, err)
 	}
 	return nil
 }
@@ -88,6 +86,16 @@ func DecodeFile(path string, v any) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// fileError is a Validate error of the file at path: named by the file,
+// with the line of each field it names (withLines).
+func fileError(path string, err error) error {
+	b, rerr := os.ReadFile(path)
+	if rerr != nil || len(b) > MaxFileSize {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return fmt.Errorf("%s: %w", path, withLines(b, err))
 }
 
 // Decode is DecodeFile for a reader.
@@ -125,18 +133,7 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 	case t.Kind() == reflect.Struct && n.Kind == yamlv3.MappingNode:
 		fields := map[string]reflect.Type{}
 		var known []string
-		for i := range t.NumField() {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name == "-" || !f.IsExported() {
-				continue
-			}
-			if name == "" {
-				name = f.Name
-			}
-			fields[name] = f.Type
-			known = append(known, name)
-		}
+		structKeys(t, fields, &known)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i].Value
 			ft, ok := fields[k]
@@ -145,6 +142,9 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 				where := "top level"
 				if path != "" {
 					where = path
+				}
+				if near := nearestKey(k, known); near != "" {
+					return fmt.Errorf("config: line %d: unknown key %q in %s; did you mean %q? (known keys: %s)", n.Content[i].Line, k, where, near, strings.Join(known, ", "))
 				}
 				return fmt.Errorf("config: line %d: unknown key %q in %s (known keys: %s)", n.Content[i].Line, k, where, strings.Join(known, ", "))
 			}
@@ -166,6 +166,39 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 		}
 	}
 	return nil
+}
+
+// structKeys lists the keys encoding/json decodes into struct t: the
+// fields' JSON names, and the fields of an embedded struct without a JSON
+// name inline, as encoding/json promotes them.
+func structKeys(t reflect.Type, fields map[string]reflect.Type, known *[]string) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				structKeys(ft, fields, known)
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		if _, dup := fields[name]; !dup {
+			*known = append(*known, name)
+		}
+		fields[name] = f.Type
+	}
 }
 
 func joinPath(path, k string) string {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -348,7 +349,7 @@ func LoadGateway(path string) (Gateway, error) {
 	}
 	c.FillDefaults()
 	if err := c.Validate(); err != nil {
-		return Gateway{}, fmt.Errorf("%s: %w", path, err)
+		return Gateway{}, fileError(path, err)
 	}
 	return c, nil
 }
@@ -378,7 +379,7 @@ func (c *Gateway) FillDefaults() {
 		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
 	}
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = "1.2"

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -144,7 +145,36 @@ type Server struct {
 	// node's budget.
 	AuditReportRate  float64 `json:"audit_report_rate,omitempty"`
 	AuditReportBurst int     `json:"audit_report_burst,omitempty"`
+
+	// Detect configures detection and response: traffic record
+	// retention, detector thresholds (per service too), alerts. See
+	// docs/detect.md.
+	Detect detect.Settings `json:"detect,omitzero"`
+	// Dashboard configures the web dashboard at /ui.
+	Dashboard Dashboard `json:"dashboard,omitzero"`
 }
+
+// Dashboard configures the web dashboard served at https://LISTEN/ui.
+type Dashboard struct {
+	// Disabled turns the dashboard off (/ui answers 404).
+	Disabled bool `json:"disabled,omitempty"`
+	// OIDCClientID, when set, offers login through the server's own token
+	// service with this client: a public client (auth method none) with
+	// the authorization_code grant, scope openid and the redirect URI
+	// ORIGIN/ui/oidc/callback (ORIGIN: the issuer's scheme and host).
+	// Without it only the admin token logs in.
+	OIDCClientID string `json:"oidc_client_id,omitempty"`
+	// AdminRole is the role a token service user needs to log in;
+	// default DefaultDashboardAdminRole.
+	AdminRole string `json:"admin_role,omitempty"`
+	// SessionTTL is how long a dashboard session lasts from login
+	// (default 30m, at most 12h).
+	SessionTTL wire.Duration `json:"session_ttl,omitempty"`
+}
+
+// DefaultDashboardAdminRole is the token service role that may use the
+// dashboard.
+const DefaultDashboardAdminRole = "moatless-admin"
 
 // Defaults of the per-node bound on reported decision events.
 const (
@@ -251,10 +281,20 @@ func (c *Server) Complete() {
 	if c.AuditReportBurst == 0 {
 		c.AuditReportBurst = d.AuditReportBurst
 	}
+	c.Detect.Complete()
+	if c.Dashboard.AdminRole == "" {
+		c.Dashboard.AdminRole = DefaultDashboardAdminRole
+	}
+	if c.Dashboard.SessionTTL == 0 {
+		c.Dashboard.SessionTTL = wire.Duration(30 * time.Minute)
+	}
 }
 
 // Validate checks every field; the error names the first bad one.
 func (c *Server) Validate() error {
+	if err := c.Detect.Validate("config: detect"); err != nil {
+		return err
+	}
 	if c.DataDir == "" {
 		return errors.New("config: data_dir: must be set")
 	}
@@ -335,6 +375,12 @@ func (c *Server) Validate() error {
 		if c.AuditArchiveDir == "" {
 			return errors.New("config: audit_archive_dir: required with audit_retention (records leave the store only for files)")
 		}
+	}
+	if d := c.Dashboard.SessionTTL.Std(); d < time.Minute || d > 12*time.Hour {
+		return fmt.Errorf("config: dashboard.session_ttl %s: must be between 1m and 12h", d)
+	}
+	if len(c.Dashboard.OIDCClientID) > 128 || len(c.Dashboard.AdminRole) > 128 {
+		return errors.New("config: dashboard: oidc_client_id and admin_role are at most 128 characters")
 	}
 	if c.CATTL < 0 {
 		return fmt.Errorf("config: ca_ttl %s: must not be negative", c.CATTL.Std())

@@ -15,7 +15,8 @@ func TestParseServerDefaults(t *testing.T) {
 	}
 	if c.Store != "/d/moatless.db" || c.KEKFile != "/d/kek" || c.Listen != DefaultListen ||
 		c.AdminIDs[0] != "spiffe://moatless.local/moatless/admin" || c.X509SVIDTTL.Std() != time.Hour ||
-		c.AuditReportRate != DefaultAuditReportRate || c.AuditReportBurst != DefaultAuditReportBurst {
+		c.AuditReportRate != DefaultAuditReportRate || c.AuditReportBurst != DefaultAuditReportBurst ||
+		c.Dashboard.Disabled || c.Dashboard.AdminRole != DefaultDashboardAdminRole || c.Dashboard.SessionTTL.Std() != 30*time.Minute {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -44,6 +45,10 @@ func TestParseServerRejects(t *testing.T) {
 		{"audit_report_rate_huge", "audit_report_rate: 1e9", "audit_report_rate"},
 		{"audit_report_burst_below_one_report", "audit_report_burst: 499", "audit_report_burst"},
 		{"audit_report_burst_string", "audit_report_burst: lots", "audit_report_burst"},
+		{"dashboard_session_too_short", "dashboard: {session_ttl: 30s}", "dashboard.session_ttl"},
+		{"dashboard_session_too_long", "dashboard: {session_ttl: 13h}", "dashboard.session_ttl"},
+		{"dashboard_unknown_key", "dashboard: {enabled: true}", "enabled"},
+		{"dashboard_role_too_long", "dashboard: {admin_role: " + strings.Repeat("r", 129) + "}", "dashboard"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,4 +71,21 @@ func FuzzParseServer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The detect section's per-service thresholds embed detect.Thresholds:
+// their keys sit inline (encoding/json promotes them), and the key check
+// must see them there, and still refuse a typo among them.
+func TestParseServerDetectServices(t *testing.T) {
+	c, err := ParseServer(strings.NewReader("detect:\n  services:\n  - match: \"spiffe://moatless.local/ns/prod/sa/reports\"\n    bytes_per_minute: 4194304\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Detect.Services) != 1 || c.Detect.Services[0].BytesPerMinute != 4194304 {
+		t.Fatalf("services: %+v", c.Detect.Services)
+	}
+	_, err = ParseServer(strings.NewReader("detect:\n  services:\n  - match: \"spiffe://moatless.local/ns/prod/sa/reports\"\n    bytes_per_minuet: 4194304\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err == nil || !strings.Contains(err.Error(), `line 4: unknown key "bytes_per_minuet" in detect.services[0]`) || !strings.Contains(err.Error(), "bytes_per_minute") {
+		t.Fatalf("typo: %v", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -102,6 +103,9 @@ type Sidecar struct {
 	DisableHTTP1FastPath bool `json:"disable_http1_fast_path,omitempty"`
 
 	DecisionLog SidecarDecisionLog `json:"decision_log"`
+	// Traffic configures the traffic record sent to the server in join
+	// mode (see SidecarTraffic); on by default there.
+	Traffic SidecarTraffic `json:"traffic"`
 
 	// ReloadInterval is how often identity, policy and revocation files
 	// are checked for changes; default 2s.
@@ -122,7 +126,7 @@ type Sidecar struct {
 // socket (ours or SPIRE's), PEM files, or a join token to the server.
 type SidecarIdentity struct {
 	// WorkloadAPI is the socket address, "unix:///run/spire/agent.sock".
-	// "default" means DefaultAgentSocket.
+	// "default" means AgentSocketForClients.
 	WorkloadAPI string        `json:"workload_api,omitempty"`
 	Files       *SidecarFiles `json:"files,omitempty"`
 	Join        *SidecarJoin  `json:"join,omitempty"`
@@ -275,7 +279,7 @@ func LoadSidecar(path string) (Sidecar, error) {
 	}
 	c.fillDefaults()
 	if err := c.Validate(); err != nil {
-		return Sidecar{}, fmt.Errorf("%s: %w", path, err)
+		return Sidecar{}, fileError(path, err)
 	}
 	return c, nil
 }
@@ -305,7 +309,7 @@ func (c *Sidecar) fillDefaults() {
 		c.Policy.PathNormalization = d.Policy.PathNormalization
 	}
 	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + DefaultAgentSocket
+		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
 	}
 }
 
@@ -391,6 +395,7 @@ func (c *Sidecar) Validate() error {
 	case len(c.OutboundAllowedGIDs) > 0 && tcpOutbound:
 		add("outbound_allowed_gids: a TCP outbound listener cannot learn the caller's group (the kernel records only the uid of a TCP socket): admit uids in outbound_allowed_uids, or make every outbound listen on a unix socket")
 	}
+	c.validateTraffic(add)
 	if slices.Contains(c.OutboundAllowedUIDs, math.MaxUint32) {
 		add("outbound_allowed_uids: 4294967295 is (uid_t)-1, not a user")
 	}

@@ -41,6 +41,7 @@ import (
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/tlsconf"
 )
 
 // Record is one decision, for the embedder's audit log (Config.OnDecision).
@@ -364,7 +365,9 @@ func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener,
 	if err != nil {
 		return nil, nil, fmt.Errorf("extauthz: %w", err)
 	}
-	return l, credentials.NewTLS(tlsConf), nil
+	// AEAD suites only under TLS 1.2, whatever the caller's config says;
+	// the caller's config is not modified.
+	return l, credentials.NewTLS(tlsconf.Server(tlsConf.Clone())), nil
 }
 
 // Serve serves Check on l until ctx ends.

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
@@ -71,8 +72,19 @@ type Options struct {
 	DecisionLog *slog.Logger
 	// Audit, when set, receives every block as an audit record.
 	Audit proxy.AuditSink
+	// Recorder, when set, counts every request into the traffic record
+	// sent to the server (join mode): an outbound edge from the gateway
+	// to the route's upstream SPIFFE ID (an inbound one from the
+	// internet when the request was stopped before a route was chosen),
+	// with its method, path template, decision and block reason, status,
+	// bytes and latency.
+	Recorder *proxy.Recorder
 	// Registerer receives the gateway's metrics; default none.
 	Registerer prometheus.Registerer
+	// Tracer, when set, traces every request (tracing.go): a new trace
+	// per request, linked to the caller's, with the route, the block
+	// reason or the decision; its context goes upstream. Nil: no tracing.
+	Tracer trace.Tracer
 	// Listener, when set, is used instead of binding Config.Listen.
 	Listener net.Listener
 	// Now is the clock; default time.Now.

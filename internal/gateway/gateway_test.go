@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -810,5 +813,55 @@ spec:
 	resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
 	if resp.StatusCode != 401 {
 		t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+	}
+}
+
+// In join mode the gateway reports its traffic: routed requests as
+// outbound edges to the route's upstream SPIFFE ID (allowed, or denied
+// at the gateway with the block reason), requests stopped before a route
+// was chosen as inbound edges from the internet.
+func TestGatewayTrafficRecord(t *testing.T) {
+	var mu sync.Mutex
+	var reports []*wire.RecordReport
+	rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
+		mu.Lock()
+		reports = append(reports, r)
+		mu.Unlock()
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testpki.NewCA(t, td)
+	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Recorder = rec })
+	for range 3 {
+		if resp, _ := tg.do(t, "GET", "/orders/42", nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("allowed request: %d", resp.StatusCode)
+		}
+	}
+	if resp, _ := tg.do(t, "DELETE", "/orders/42", nil, nil); resp.StatusCode != 403 {
+		t.Fatalf("denied request: %d", resp.StatusCode)
+	}
+	if resp, _ := tg.do(t, "TRACE", "/orders/42", nil, nil); resp.StatusCode != 405 {
+		t.Fatalf("TRACE: %d", resp.StatusCode)
+	}
+	if err := rec.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]wire.EdgeRecord{}
+	for _, r := range reports {
+		for _, e := range r.Edges {
+			got[e.Direction+" "+e.Destination+" "+e.Method+" "+e.Path+" "+e.Decision] = e
+		}
+	}
+	ok := got["outbound "+ordersID+" GET /orders/{*} allow"]
+	if ok.Requests != 3 || ok.Status != 2 || ok.RespBytes == 0 {
+		t.Errorf("allowed edge: %+v (all: %+v)", ok, got)
+	}
+	if d := got["outbound "+ordersID+" DELETE /orders/{*} deny"]; d.Requests != 1 || d.Reason != "denied" || d.Status != 4 {
+		t.Errorf("denied edge: %+v (all: %+v)", d, got)
+	}
+	if m := got["inbound  TRACE /orders/{*} deny"]; m.Requests != 1 || m.Reason != "method" || m.Source != "" {
+		t.Errorf("edge stopped before routing: %+v (all: %+v)", m, got)
 	}
 }

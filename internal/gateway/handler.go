@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
@@ -60,6 +62,8 @@ type reqCtx struct {
 	// validation); r.Body then replays it.
 	body     []byte
 	bodyRead bool
+	// span is the request's trace span, nil when tracing is off.
+	span trace.Span
 }
 
 // ServeHTTP is the gateway's request path; see the package comment for
@@ -68,6 +72,9 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	st := g.state.Load()
 	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
 	w := &respWriter{ResponseWriter: w0, rc: rc}
+	if g.opts.Tracer != nil {
+		r = g.startSpan(r, rc)
+	}
 	defer g.finish(w, r)
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		rc.peer = ap.Addr().Unmap()
@@ -221,6 +228,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
 	}
 	g.logDecision(r, rc, dec, ps)
+	rc.traceDecision(dec, ps.authz != nil)
 	switch dec.Outcome {
 	case policy.Allow:
 	case policy.Unauthenticated:
@@ -286,6 +294,9 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	h["X-Forwarded-For"] = []string{rc.client.String()}
 	h["X-Forwarded-Proto"] = []string{"https"}
 	h["X-Request-Id"] = []string{rc.id}
+	if rc.span != nil {
+		propagate(r)
+	}
 	proxy.ApplyAuth(r, auth)
 	if exchangedTok != "" {
 		h["Authorization"] = []string{"Bearer " + exchangedTok}
@@ -388,7 +399,11 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 		status = 499 // the client went away before an answer
 	}
 	g.metrics.requests.WithLabelValues(route, strconv.Itoa(status/100)+"xx", rc.reason).Inc()
+	rc.endSpan(status)
 	g.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+	if rec := g.opts.Recorder; rec != nil {
+		g.observe(rec, rc, r, status, w.bytes, d)
+	}
 	if g.access == nil {
 		return
 	}
@@ -412,6 +427,34 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 		attrs = append(attrs, slog.String("detail", rc.detail))
 	}
 	g.access.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+// observe counts the request in the traffic record: an outbound edge to
+// the route's upstream, or an inbound one from the internet when no route
+// was chosen. The decision is what
+// the gateway did: allow when nothing stopped it (whatever the upstream
+// answered), unauthenticated for a missing or invalid token, deny for
+// every other block, with the block reason.
+func (g *Gateway) observe(rec *proxy.Recorder, rc *reqCtx, r *http.Request, status int, respBytes int64, d time.Duration) {
+	o := proxy.Observation{
+		Direction: proxy.DirectionOutbound, Port: g.port, Protocol: "http", Method: r.Method, Path: r.URL.Path,
+		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: max(r.ContentLength, 0), RespBytes: respBytes, Latency: d,
+	}
+	if rc.route != nil {
+		o.Destination = rc.route.cfg.SPIFFEID
+	} else {
+		// Stopped before a route was chosen: a request from the
+		// internet (no principal) to the gateway itself.
+		o.Direction = proxy.DirectionInbound
+	}
+	switch rc.reason {
+	case "", reasonUpstream, reasonUpstreamTime:
+	case reasonUnauthn:
+		o.Decision = policy.Unauthenticated.String()
+	default:
+		o.Decision = policy.Deny.String()
+	}
+	rec.Observe(&o)
 }
 
 func addrString(a netip.Addr) string {
@@ -463,6 +506,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
 		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
 		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
+		TraceID: proxy.TraceIDOf(r.Context()),
 	}
 	if rc.route != nil {
 		ev.Destination += "/" + rc.route.name
@@ -484,6 +528,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		slog.String("reason", ev.Reason),
 		slog.String("reason_code", string(ev.ReasonCode)),
 		slog.Uint64("policy_version", ev.PolicyVersion),
+		slog.String("trace_id", ev.TraceID),
 	)
 	if outcome != policy.Allow.String() && g.opts.Audit != nil {
 		g.opts.Audit.Record(context.Background(), ev)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/tlsconf"
 )
 
 // acceptLoop accepts connections, refuses those over the connection caps
@@ -155,18 +156,6 @@ func addrIP(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// aeadSuites are the TLS 1.2 suites offered: ECDHE key exchange (forward
-// secrecy) with an AEAD cipher. No CBC, no RSA key exchange, no 3DES or
-// RC4. TLS 1.3's suites are all AEAD and not configurable.
-var aeadSuites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-}
-
 // serverTLSConfig is the public TLS configuration: TLS 1.2 (or 1.3) and
 // up, AEAD suites only, HTTP/2 and HTTP/1.1 by ALPN, the certificate read
 // per handshake so a reload applies to the next connection.
@@ -175,12 +164,13 @@ func serverTLSConfig(minVersion string, get func() (*tls.Certificate, error)) *t
 	if minVersion == "1.3" {
 		min = tls.VersionTLS13
 	}
-	return &tls.Config{
+	// tlsconf: under TLS 1.2 ECDHE with an AEAD cipher only, like every
+	// Moatless listener.
+	return tlsconf.Server(&tls.Config{
 		MinVersion:     min,
-		CipherSuites:   aeadSuites,
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return get() },
-	}
+	})
 }
 
 // certReloader holds the public certificate. A reload that fails (a file

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -202,6 +203,48 @@ func validateTargetRefs(sel *typev1beta1.WorkloadSelector, one *typev1beta1.Poli
 
 const targetRefsWarning = "targetRefs bind a policy to Gateways, waypoints and Services; no sidecar applies it (as in Istio)"
 
+// targetKinds are the kinds Istio's validation lets a policy's targetRef
+// name, each with its API group ("" and "core" both mean core).
+var targetKinds = map[string]string{
+	"Service":      "core",
+	"ServiceEntry": "networking.istio.io",
+	"Gateway":      "gateway.networking.k8s.io",
+	"GatewayClass": "gateway.networking.k8s.io",
+}
+
+// targetRefWarnings warns, as Istio's validation refuses, on a targetRef
+// naming a kind a policy cannot attach to or the wrong group for its
+// kind. No sidecar applies a targetRef policy either way (so this is a
+// warning, not an error), but Istio would not have accepted the document.
+func targetRefWarnings(one *typev1beta1.PolicyTargetReference, many []*typev1beta1.PolicyTargetReference, spec fieldPath) []string {
+	var out []string
+	check := func(r *typev1beta1.PolicyTargetReference, p fieldPath) {
+		group := r.GetGroup()
+		if group == "" {
+			group = "core"
+		}
+		want, ok := targetKinds[r.GetKind()]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s: Istio refuses kind %q: a targetRef names a Service, ServiceEntry, Gateway or GatewayClass", p.key("kind"), r.GetKind()))
+		case group != want:
+			if want == "core" {
+				want = `"" (core)`
+			} else {
+				want = strconv.Quote(want)
+			}
+			out = append(out, fmt.Sprintf("%s: Istio refuses group %q for kind %s: it must be %s", p.key("group"), r.GetGroup(), r.GetKind(), want))
+		}
+	}
+	if one != nil {
+		check(one, spec.key("targetRef"))
+	}
+	for i, r := range many {
+		check(r, spec.key("targetRefs").index(i))
+	}
+	return out
+}
+
 // compileAuthz validates an AuthorizationPolicy the way Istio's
 // ValidateAuthorizationPolicy does (and more strictly where Istio would
 // silently skip a rule) and builds its matchers.
@@ -216,7 +259,7 @@ func compileAuthz(d *Document, spec fieldPath) (*compiledAuthz, []string, *field
 		return nil, nil, fe
 	}
 	if c.targetRefs {
-		warnings = append(warnings, targetRefsWarning)
+		warnings = append(append(warnings, targetRefsWarning), targetRefWarnings(ap.GetTargetRef(), ap.GetTargetRefs(), spec)...)
 	}
 	sel, w, fe := validateSelector(ap.GetSelector(), spec.key("selector"))
 	if fe != nil {
@@ -236,6 +279,9 @@ func compileAuthz(d *Document, spec fieldPath) (*compiledAuthz, []string, *field
 		c.action = actCustom
 	default:
 		return nil, nil, errAt(spec.key("action"), "unknown action %v", ap.GetAction())
+	}
+	if c.dryRun && c.action == actAudit {
+		warnings = append(warnings, fmt.Sprintf("annotation %s: Istio refuses it on an AUDIT policy (an AUDIT policy decides nothing to rehearse); it has no effect here", AnnotationDryRun))
 	}
 	if ap.GetProvider() != nil && c.action != actCustom {
 		return nil, nil, errAt(spec.key("provider"), "`provider` must not be with non CUSTOM action, found %s", c.action)

@@ -13,7 +13,7 @@ const (
 	attrPrincipal        attrKind = iota // source.principal, from.source.principals
 	attrNamespace                        // source.namespace, from.source.namespaces
 	attrServiceAccount                   // source.serviceAccount, from.source.serviceAccounts
-	attrTrustDomain                      // from.source.trustDomains
+	attrTrustDomain                      // source.trustDomain, from.source.trustDomains
 	attrSourceIP                         // source.ip, from.source.ipBlocks
 	attrRemoteIP                         // remote.ip, from.source.remoteIpBlocks
 	attrRequestPrincipal                 // request.auth.principal, from.source.requestPrincipals
@@ -49,6 +49,7 @@ const (
 	keySourceNamespace  = "source.namespace"
 	keySourcePrincipal  = "source.principal"
 	keySourceSA         = "source.serviceAccount"
+	keySourceTD         = "source.trustDomain"
 	keyRequestPrincipal = "request.auth.principal"
 	keyRequestAudiences = "request.auth.audiences"
 	keyRequestPresenter = "request.auth.presenter"
@@ -86,6 +87,10 @@ func parseConditionKey(key string) (condKey, error) {
 		return condKey{kind: attrPrincipal}, nil
 	case keySourceSA:
 		return condKey{kind: attrServiceAccount}, nil
+	case keySourceTD:
+		// Istio's from.source.trustDomains "is the same as the
+		// source.trustDomain attribute".
+		return condKey{kind: attrTrustDomain}, nil
 	case keyRequestPrincipal:
 		return condKey{kind: attrRequestPrincipal}, nil
 	case keyRequestAudiences:

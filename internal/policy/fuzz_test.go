@@ -27,7 +27,17 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &a [*a]"))
 	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"x"},"spec":{"rules":[{"when":[{"key":"request.auth.claims[a][b]","values":["*"]}]}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// ParseSourceEach (policy lint) keeps the valid documents of an
+		// input with invalid ones: they must compile together, and with no
+		// error they are exactly Parse's.
+		each, eachErr := ParseSourceEach("", data)
+		if _, err := Compile(each, Options{}); err != nil {
+			t.Fatalf("documents ParseSourceEach kept do not compile: %v", err)
+		}
 		docs, err := Parse(bytes.NewReader(data))
+		if (err == nil) != (eachErr == nil) || len(docs) != len(each) && err == nil {
+			t.Fatalf("Parse: %d docs, %v; ParseSourceEach: %d docs, %v", len(docs), err, len(each), eachErr)
+		}
 		if err != nil {
 			if docs != nil {
 				t.Fatal("documents returned with an error")
@@ -53,6 +63,7 @@ func FuzzParse(f *testing.F) {
 func FuzzParseJSON(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"a"},"spec":{"selector":{"matchLabels":{"a":"b"}},"portLevelMtls":{"80":{"mode":"STRICT"}}}}`))
 	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"RequestAuthentication","metadata":{"name":"a"},"spec":{"jwtRules":[{"issuer":"i","timeout":"1s"}]}}`))
+	f.Add([]byte(`{"apiVersion":"security.istio.io/v1","kind":"RequestAuthentication","metadata":{"name":"a"},"spec":{"jwtRules":[{"jwksUri":"https://k.example/jwks","timeout":"10ms"}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := ParseJSON(data)
 		if err != nil {

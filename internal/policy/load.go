@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,6 +159,21 @@ func ParseSource(source string, r io.Reader) ([]Document, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: read %s: %w", nameOr(source, "input"), err)
 	}
+	if len(data) > MaxInputSize {
+		return nil, &ParseError{Source: source, Msg: fmt.Sprintf("input is larger than %d MiB", MaxInputSize>>20)}
+	}
+	docs, err := parseYAMLStream(source, data)
+	if err != nil {
+		return nil, err
+	}
+	return docs, nil
+}
+
+// ParseSourceEach is ParseSource for linters: it returns the documents
+// that are valid alongside the error for those that are not (up to 20),
+// instead of all or nothing. Duplicates among the valid ones are errors
+// too. Never use its documents to enforce anything when err is not nil.
+func ParseSourceEach(source string, data []byte) ([]Document, error) {
 	if len(data) > MaxInputSize {
 		return nil, &ParseError{Source: source, Msg: fmt.Sprintf("input is larger than %d MiB", MaxInputSize>>20)}
 	}
@@ -363,11 +379,20 @@ func parseYAMLStream(source string, data []byte) ([]Document, error) {
 			break
 		}
 	}
-	if len(errs) == 0 {
-		errs = checkDuplicates(docs)
+	if dups := checkDuplicates(docs); len(dups) > 0 {
+		errs = append(errs, dups...)
+		docs = slices.DeleteFunc(docs, func(d Document) bool {
+			for _, e := range dups {
+				if e.(*ParseError).Document == d.Index {
+					return true
+				}
+			}
+			return false
+		})
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		// ParseSource drops docs; ParseSourceEach keeps the valid ones.
+		return docs, errors.Join(errs...)
 	}
 	return docs, nil
 }
@@ -525,9 +550,6 @@ func decodeObject(obj map[string]any, at fieldPath) (Document, *fieldError) {
 	}
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(specJSON, d.Spec); err != nil {
 		return d, withObject(errAt(specPath, "%s", cleanProtoJSONError(err)))
-	}
-	if d.DryRun && d.Kind != KindAuthorizationPolicy {
-		d.Warnings = append(d.Warnings, fmt.Sprintf("annotation %s has no effect on a %s", AnnotationDryRun, d.Kind))
 	}
 
 	// Compiling one document alone is the semantic validation: the same

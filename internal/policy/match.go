@@ -239,6 +239,19 @@ func templateChar(c byte) bool {
 // IsValidLiteral: templateChar plus "=").
 func literalChar(c byte) bool { return templateChar(c) || c == '=' }
 
+// IsTemplateLiteral reports whether seg may be a literal segment of a
+// path template (the characters of Istio's IsValidLiteral, nothing
+// else), so that a generated template such as "/orders/{*}/items"
+// compiles.
+func IsTemplateLiteral(seg string) bool {
+	for i := 0; i < len(seg); i++ {
+		if !literalChar(seg[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 func parsePathTemplate(v string) (*pathTemplate, error) {
 	if !strings.HasPrefix(v, "/") {
 		return nil, fmt.Errorf("invalid path template %q: must start with \"/\"", v)

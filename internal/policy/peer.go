@@ -36,6 +36,7 @@ func compilePeer(d *Document, spec fieldPath, root string) (*compiledPeer, []str
 	if fe != nil {
 		return nil, nil, fe
 	}
+	warnings = append(warnings, dryRunRefused(d)...)
 	if pa.PortLevelMtls != nil && len(pa.PortLevelMtls) == 0 {
 		return nil, nil, errAt(spec.key("portLevelMtls"), "%s", emptyRefused["istio.security.v1beta1.PeerAuthentication.port_level_mtls"])
 	}

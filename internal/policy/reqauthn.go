@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/url"
 	"strings"
@@ -29,13 +30,13 @@ type compiledReqAuthn struct {
 // checked for shape only; the verifier in package authn parses it.
 func compileReqAuthn(d *Document, spec fieldPath) (*compiledReqAuthn, []string, *fieldError) {
 	ra := d.Spec.(*securityv1beta1.RequestAuthentication)
-	var warnings []string
+	warnings := dryRunRefused(d)
 	if fe := validateTargetRefs(ra.GetSelector(), ra.GetTargetRef(), ra.GetTargetRefs(), spec); fe != nil {
 		return nil, nil, fe
 	}
 	c := &compiledReqAuthn{ref: d.Ref(), ns: d.Namespace, targetRefs: ra.GetTargetRef() != nil || len(ra.GetTargetRefs()) > 0}
 	if c.targetRefs {
-		warnings = append(warnings, targetRefsWarning)
+		warnings = append(append(warnings, targetRefsWarning), targetRefWarnings(ra.GetTargetRef(), ra.GetTargetRefs(), spec)...)
 	}
 	sel, w, fe := validateSelector(ra.GetSelector(), spec.key("selector"))
 	if fe != nil {
@@ -59,8 +60,11 @@ func validateJWTRule(r *securityv1beta1.JWTRule, p fieldPath) *fieldError {
 	if r == nil {
 		return errAt(p, "rule must not be null")
 	}
-	if r.GetIssuer() == "" {
-		return errAt(p.key("issuer"), "issuer is required")
+	if r.GetIssuer() == "" && r.GetJwksUri() == "" && r.GetJwks() == "" {
+		// Istio allows a rule without an issuer: it accepts a token of
+		// any iss that the keys sign. Without keys there is nothing to
+		// discover them from.
+		return errAt(p.key("issuer"), "issuer is required unless jwksUri or jwks is set")
 	}
 	for i, a := range r.GetAudiences() {
 		if a == "" {
@@ -229,4 +233,13 @@ func (s *Set) JWTRules(dst Destination) []*securityv1beta1.JWTRule {
 		return merged
 	}
 	return single[:len(single):len(single)]
+}
+
+// dryRunRefused warns about the dry-run annotation on a kind without a dry
+// run: Istio refuses the document; here the annotation has no effect.
+func dryRunRefused(d *Document) []string {
+	if !d.DryRun {
+		return nil
+	}
+	return []string{fmt.Sprintf("annotation %s: Istio refuses it on a %s (only an AuthorizationPolicy has a dry run); it has no effect here", AnnotationDryRun, d.Kind)}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	yamlv3 "go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -115,8 +116,12 @@ func checkSchema(p fieldPath, v any, md protoreflect.MessageDescriptor) *fieldEr
 		return nil
 	}
 	if md.FullName() == "google.protobuf.Duration" {
-		if _, ok := v.(string); !ok {
+		s, ok := v.(string)
+		if !ok {
 			return errAt(p, "must be a duration string such as \"5s\", not %s", describeValue(v))
+		}
+		if _, err := time.ParseDuration(s); err != nil {
+			return errAt(p, "must be a duration such as \"5s\" or \"10ms\", not %q", s)
 		}
 		return nil
 	}
@@ -143,6 +148,9 @@ func checkSchema(p fieldPath, v any, md protoreflect.MessageDescriptor) *fieldEr
 		}
 		if fe := checkEmpty(p.key(k), obj, k, fd); fe != nil {
 			return fe
+		}
+		if fd.Message() != nil && fd.Message().FullName() == "google.protobuf.Duration" && !fd.IsList() {
+			obj[k] = normalizeDuration(obj[k])
 		}
 		if fe := checkField(p.key(k), obj[k], fd); fe != nil {
 			return fe
@@ -336,7 +344,7 @@ func unknownField(p fieldPath, name string, known []string) *fieldError {
 			best, bestDist = k, 0
 			break
 		}
-		if d := editDistance(strings.ToLower(k), strings.ToLower(name)); d < bestDist {
+		if d := EditDistance(strings.ToLower(k), strings.ToLower(name)); d < bestDist {
 			best, bestDist = k, d
 		}
 	}
@@ -366,8 +374,10 @@ func snakeToCamel(s string) string {
 	return b.String()
 }
 
-// editDistance is the Levenshtein distance, for "did you mean" hints.
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance, for "did you mean" hints
+// (here and in package config); strings longer than 64 bytes are far from
+// everything (1<<20), so a hostile key costs nothing.
+func EditDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return 1 << 20
 	}
@@ -388,4 +398,24 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// normalizeDuration rewrites a Go-style duration string ("10ms", "1m30s",
+// as Istio's CRD accepts them: its schema checks durations with CEL's
+// duration()) into the form protojson reads ("0.010s"). Anything else is
+// returned unchanged, for checkSchema and protojson to judge.
+func normalizeDuration(v any) any {
+	s, ok := v.(string)
+	if !ok {
+		return v
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return v
+	}
+	sign := ""
+	if d < 0 {
+		sign, d = "-", -d // -1<<63 ns does not parse: ParseDuration overflows first
+	}
+	return fmt.Sprintf("%s%d.%09ds", sign, d/time.Second, d%time.Second)
 }

@@ -148,6 +148,35 @@ spec:
 			t.Fatalf("revoked token: %d", resp.StatusCode)
 		}
 	})
+	t.Run("token_of_a_revoked_identity_is_401", func(t *testing.T) {
+		// Issued to a workload since revoked: refused however valid, while
+		// the caller's own connection (another identity) stays allowed.
+		const reportsID = "spiffe://example.org/ns/prod/sa/reports"
+		stolen := token(map[string]any{"iss": "https://issuer.example", "sub": "dave", "azp": reportsID, "exp": now + 300, "jti": "j-azp"})
+		for _, tc := range []struct {
+			name string
+			rev  *wire.Revocations
+			want int
+		}{
+			{"before_the_revocation", &wire.Revocations{}, 200},
+			{"after_the_revocation", &wire.Revocations{SPIFFEIDs: []string{reportsID}}, 401},
+		} {
+			s.SetRevocations(tc.rev)
+			req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+			req.Header.Set("Authorization", "Bearer "+stolen)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("%s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+			}
+			if tc.want == 200 {
+				<-seen
+			}
+		}
+	})
 }
 
 // TestCertBoundTokenThroughInbound: the sidecar hands the peer's

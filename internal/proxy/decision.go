@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -24,6 +25,7 @@ const (
 	ReasonNoPolicy      Reason = "no_policy"       // no policy version loaded yet: deny by default
 	ReasonMTLSRequired  Reason = "mtls_required"   // plaintext under STRICT
 	ReasonTLSNotAllowed Reason = "tls_not_allowed" // TLS under DISABLE
+	ReasonBlocked       Reason = "blocked"         // the (caller, this workload) pair is blocked (incident response)
 )
 
 func reasonOf(d policy.Decision, loaded bool) Reason {
@@ -66,6 +68,18 @@ type DecisionEvent struct {
 	// Custom lists the CUSTOM providers asked (Rego queries), each with
 	// its result and the SHA-256 of its input document.
 	Custom []CustomDecision `json:"custom,omitempty"`
+	// TraceID is the W3C trace ID (32 hex digits) of the request's span
+	// when tracing is on and the trace is sampled: the decision's way to
+	// its trace.
+	TraceID string `json:"trace_id,omitempty"`
+}
+
+// TraceIDOf is the ID of ctx's sampled trace, "" when there is none.
+func TraceIDOf(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && sc.IsSampled() {
+		return sc.TraceID().String()
+	}
+	return ""
 }
 
 // CustomDecision is one CUSTOM provider's part in a decision.
@@ -101,6 +115,7 @@ type decisionLogger struct {
 	log    *slog.Logger
 	sample float64
 	audit  AuditSink
+	rec    *Recorder // nil: no decision samples
 	m      *metrics
 }
 
@@ -136,11 +151,23 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 				slog.String("result", c.Result), slog.String("error", c.Error), slog.String("input_sha256", c.InputSHA256))
 		}
 	}
-	if outcome == policy.Allow && len(custom) == 0 && !d.sampled() {
+	// A decision is logged when it is not a plain allow, or when the
+	// allow sample rate picks it; it is sampled into the traffic record
+	// on the recorder's own terms.
+	logged := outcome != policy.Allow || len(custom) > 0 || d.sampled()
+	sampled := d.rec != nil && d.rec.WantSample(outcome == policy.Allow)
+	if !logged && !sampled {
 		return
 	}
-	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom)}
+	ev := DecisionEvent{Time: d.now(), Decision: outcome.String(), Policy: pol, Rule: -1, ReasonCode: reason, Custom: customDecisions(custom),
+		TraceID: TraceIDOf(ctx)}
 	fill(&ev)
+	if sampled {
+		d.rec.AddSample(wireEvent(&ev))
+	}
+	if !logged {
+		return
+	}
 	level := slog.LevelInfo
 	if outcome != policy.Allow {
 		level = slog.LevelWarn
@@ -164,6 +191,9 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 	if len(ev.Custom) > 0 {
 		attrs = append(attrs, slog.Any("custom", ev.Custom))
 	}
+	if ev.TraceID != "" {
+		attrs = append(attrs, slog.String("trace_id", ev.TraceID))
+	}
 	d.log.LogAttrs(ctx, level, "decision", attrs...)
 	if outcome != policy.Allow && d.audit != nil {
 		d.audit.Record(ctx, ev)
@@ -173,7 +203,8 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 // audited records a request an AUDIT policy matched: always logged, and
 // sent to the audit sink whatever the outcome.
 func (d *decisionLogger) audited(ctx context.Context, dec policy.Decision, fill func(*DecisionEvent)) {
-	ev := DecisionEvent{Time: d.now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true)}
+	ev := DecisionEvent{Time: d.now(), Decision: dec.Outcome.String(), Policy: dec.Policy, Rule: -1, ReasonCode: reasonOf(dec, true),
+		TraceID: TraceIDOf(ctx)}
 	fill(&ev)
 	ev.AuditPolicy = dec.AuditPolicy
 	d.log.LogAttrs(ctx, slog.LevelInfo, "audit",

@@ -67,6 +67,11 @@ type FileWatcher struct {
 	pendingPolicy [32]byte
 	pendingRev    [32]byte
 	settled       bool // Load: apply at once
+
+	// failed holds, per kind of reload, the error last logged, so that a
+	// file that stays broken is logged once per change, not on every
+	// check (the metric still counts every failed check).
+	failed map[string]string
 }
 
 // Load reads everything once. Unlike later reloads, an error here is
@@ -96,8 +101,8 @@ func (w *FileWatcher) Check(ctx context.Context) error {
 	var errs []error
 	if w.Identity != nil {
 		changed, err := w.Identity.Reload()
+		w.noteFailure("identity", err)
 		if err != nil {
-			w.Sidecar.ReloadFailed("identity")
 			errs = append(errs, err)
 		} else if changed {
 			if svid, err := w.Identity.GetX509SVID(); err == nil {
@@ -106,21 +111,35 @@ func (w *FileWatcher) Check(ctx context.Context) error {
 		}
 	}
 	if len(w.PolicyFiles) > 0 {
-		if _, err := w.reloadPolicy(ctx); err != nil {
-			w.Sidecar.ReloadFailed("policy")
-			errs = append(errs, err)
-		}
+		_, err := w.reloadPolicy(ctx)
+		w.noteFailure("policy", err)
+		errs = append(errs, err)
 	}
 	if w.RevocationsFile != "" {
-		if _, err := w.reloadRevocations(); err != nil {
-			w.Sidecar.ReloadFailed("revocations")
-			errs = append(errs, err)
-		}
-	}
-	for _, err := range errs {
-		w.Logger.Error("reload failed; keeping what is in force", "err", err)
+		_, err := w.reloadRevocations()
+		w.noteFailure("revocations", err)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// noteFailure counts a failed reload of what and logs it unless the same
+// error was the last one logged for what; a success forgets the error, so
+// the next failure is logged again.
+func (w *FileWatcher) noteFailure(what string, err error) {
+	if err == nil {
+		delete(w.failed, what)
+		return
+	}
+	w.Sidecar.ReloadFailed(what)
+	if w.failed[what] == err.Error() {
+		return
+	}
+	if w.failed == nil {
+		w.failed = map[string]string{}
+	}
+	w.failed[what] = err.Error()
+	w.Logger.Error("reload failed; keeping what is in force", "reload", what, "err", err)
 }
 
 // Run checks every Interval until ctx ends.

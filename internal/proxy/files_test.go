@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,7 +114,10 @@ func copyFile(t *testing.T, from, to string) {
 	}
 }
 
-func TestFileWatcherPolicyAndRevocations(t *testing.T) {
+// newFileSidecar is a sidecar of prod (orders' SVID) for the FileWatcher
+// tests; it serves nothing.
+func newFileSidecar(t *testing.T) *Sidecar {
+	t.Helper()
 	ca := testpki.NewCA(t, "example.org")
 	s, err := New(Config{
 		Identity:  newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
@@ -124,6 +128,11 @@ func TestFileWatcherPolicyAndRevocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestFileWatcherPolicyAndRevocations(t *testing.T) {
+	s := newFileSidecar(t)
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "p.yaml")
 	revs := filepath.Join(t.TempDir(), "revocations.json")
@@ -309,4 +318,50 @@ func TestSVIDExpiryMetric(t *testing.T) {
 		}
 	}
 	t.Fatal("no SVID expiry metric")
+}
+
+// TestFileWatcherLogsAFailureOncePerChange: a policy file that stays
+// broken is logged when it breaks, not on every check; a different broken
+// content and a repair followed by the same breakage are logged again.
+func TestFileWatcherLogsAFailureOncePerChange(t *testing.T) {
+	s := newFileSidecar(t)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "p.yaml")
+	doc := func(mode string) string {
+		return "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: prod}\nspec: {mtls: {mode: " + mode + "}}\n"
+	}
+	if err := os.WriteFile(pol, []byte(doc("STRICT")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	w := &FileWatcher{Sidecar: s, PolicyFiles: []string{dir}, Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	ctx := context.Background()
+	if err := w.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		content   string
+		checks    int
+		wantLines int
+	}{
+		{"broken_file_logged_once_over_many_checks", doc("SOMETIMES"), 10, 1},
+		{"other_broken_content_logged_again", doc("NEVER"), 10, 1},
+		{"repaired_file_logs_no_failure", doc("PERMISSIVE"), 5, 0},
+		{"same_breakage_after_repair_logged_again", doc("NEVER"), 5, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(pol, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			logs.Reset()
+			for range tc.checks {
+				w.Check(ctx)
+			}
+			if got := strings.Count(logs.String(), "reload failed"); got != tc.wantLines {
+				t.Fatalf("%d failure lines, want %d:\n%s", got, tc.wantLines, logs.String())
+			}
+		})
+	}
 }

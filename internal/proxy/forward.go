@@ -176,8 +176,10 @@ type forwarder struct {
 // removeHopHeaders, to the destination; upgrade is the protocol
 // removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
 // with the client connection once a protocol upgrade has taken it over,
-// and its return is called when the upgraded stream ends.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
+// and its return is called when the upgraded stream ends. It returns the
+// status sent to the client and the response body bytes copied (0 for
+// an upgraded stream), for the traffic record.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (status int, respBytes int64) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""
@@ -198,7 +200,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
-			return // the client went away; nobody to answer
+			return 0, 0 // the client went away; nobody to answer
 		}
 		if f.onError != nil {
 			// The gateway's own answers (a body over its limit is a 413).
@@ -212,19 +214,19 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			// connection goes with it.
 			w.Header().Set("Connection", "close")
 			badRequest(w)
-			return
+			return http.StatusBadRequest, 0
 		}
 		f.failed(w, r.Method, r.URL.Path, err)
-		return
+		return http.StatusServiceUnavailable, 0
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {
 			resp.Body.Close()
 			f.refuseSwitch(w, upgrade, resp.Header.Get("Upgrade"))
-			return
+			return http.StatusBadGateway, 0
 		}
 		f.upgrade(w, r, resp, onHijack)
-		return
+		return http.StatusSwitchingProtocols, 0
 	}
 	defer resp.Body.Close()
 
@@ -253,6 +255,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
+			respBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -283,6 +286,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			}
 		}
 	}
+	return resp.StatusCode, respBytes
 }
 
 // bodyReader remembers whether reading a request body failed otherwise

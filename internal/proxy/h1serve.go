@@ -67,6 +67,11 @@ type fastConn struct {
 	r, w   int // buf[r:w] is read and not yet consumed
 	req    h1Request
 	resp   h1Response
+	// status and respBytes are the status and response body bytes sent
+	// to the client for the request being served (0 when none was), for
+	// its traffic record.
+	status    int
+	respBytes int64
 	// lastPost: the previous request was a POST, after which net/http
 	// skips a stray CRLF (old clients sent one after the body).
 	lastPost bool
@@ -343,8 +348,10 @@ func (fc *fastConn) respond(r *bufferedResponse, method string, close bool) fast
 		out = append(out, "Connection: close\r\n"...)
 	}
 	out = append(out, "\r\n"...)
+	fc.status = r.status
 	if method != http.MethodHead {
 		out = append(out, r.body...)
+		fc.respBytes = int64(len(r.body))
 	}
 	if _, err := fc.nc.Write(out); err != nil || close {
 		return fastClose
@@ -564,6 +571,7 @@ func (fc *fastConn) relay(up net.Conn, in []byte, n int, out []byte, closeAfter 
 		reuse = false
 	}
 	left := resp.length - int64(len(body))
+	fc.status, fc.respBytes = resp.status, resp.length
 	for {
 		c := copy(out[len(out):cap(out)], body)
 		out, body = out[:len(out)+c], body[c:]
@@ -582,6 +590,7 @@ func (fc *fastConn) relay(up net.Conn, in []byte, n int, out []byte, closeAfter 
 		if m == 0 && rerr != nil {
 			// Cut short: the client must see a broken answer, not a
 			// shorter one.
+			fc.respBytes = resp.length - left
 			return false, rerr
 		}
 	}
@@ -615,6 +624,7 @@ func (fc *fastConn) relayResponse(f *forwarder, up net.Conn, in []byte, method s
 		return fc.respond(&rw, method, closeAfter)
 	}
 	closeAfter = closeAfter || fc.draining()
+	fc.status = resp.StatusCode
 	removeHopHeaders(resp.Header, nil)
 	noBody := method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := !noBody && resp.ContentLength < 0
@@ -668,6 +678,7 @@ func (fc *fastConn) relayResponse(f *forwarder, up net.Conn, in []byte, method s
 	buf := *bp
 	for {
 		m, rerr := resp.Body.Read(buf)
+		fc.respBytes += int64(m)
 		if m > 0 {
 			if chunked {
 				out = strconv.AppendInt(out, int64(m), 16)
@@ -818,6 +829,24 @@ func (fc *fastConn) begin(upgrades []string) (fr fastRequest, o fastOutcome, ok 
 	return fr, fastKeep, true
 }
 
+// startRecord starts the traffic record o of the request being served,
+// kept as ServeHTTP keeps it so that detection sees every request,
+// whichever path served it. rec is nil when the sidecar records no
+// traffic; end (deferred by the caller) counts the record with the
+// status, response bytes and latency of the answer sent.
+func (fc *fastConn) startRecord(o Observation) (rec *Observation, end func()) {
+	fc.status, fc.respBytes = 0, 0
+	if fc.s.rec == nil {
+		return nil, func() {}
+	}
+	rec = &o
+	start := time.Now()
+	return rec, func() {
+		rec.Status, rec.RespBytes, rec.Latency = fc.status, fc.respBytes, time.Since(start)
+		fc.s.observe(rec)
+	}
+}
+
 // fastRequest serves one inbound request on the fast path (see decide).
 func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fastOutcome {
 	s := ib.s
@@ -827,16 +856,24 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
+	ob, done := fc.startRecord(ib.observation(info, fr.method, int64(len(fr.body))))
+	defer done()
 	closeAfter := fc.req.close
 	st := s.policy.Load()
 	ctx := context.Background()
 	d, ok := ib.decide(ctx, st, info, fr.method, fr.target, fr.host, h)
 	var rw bufferedResponse
 	if !ok {
+		if ob != nil {
+			ob.Decision, ob.Reason, ob.Path = "deny", "bad_request", "/{invalid}"
+		}
 		badRequest(&rw)
 		return fc.respond(&rw, fr.method, true)
 	}
-	if ib.answerDenied(&rw, &d) {
+	if ob != nil {
+		d.record(ob)
+	}
+	if ib.answerDenied(&rw, &d) != 0 {
 		return fc.respond(&rw, fr.method, closeAfter)
 	}
 	target := d.np.Target()
@@ -869,9 +906,11 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
+	rec, done := fc.startRecord(ob.observation(fr.method, int64(len(fr.body))))
+	defer done()
 	var rw bufferedResponse
 	if ob.upstreamRevoked.Load() {
-		ob.refuseRevoked(&rw)
+		ob.refuseRevoked(&rw, rec)
 		return fc.respond(&rw, fr.method, req.close)
 	}
 	u := req.absolute
@@ -881,8 +920,14 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	target, ok := originFormOf(fr.target, u)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
+		if rec != nil {
+			rec.Decision, rec.Reason, rec.Path = "refused", "bad_request", "/{invalid}"
+		}
 		badRequest(&rw)
 		return fc.respond(&rw, fr.method, true)
+	}
+	if rec != nil {
+		rec.Path = np.Path()
 	}
 	removeHopHeaders(h, ob.fwd.upgrades)
 	return fc.exchange(ob.fwd, up, fr.method, np.Target(), fr.host, h, fr.body, req.close)

@@ -15,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/tlsconf"
 )
 
 // Identity is where the sidecar gets its own X509-SVID and the trust
@@ -206,6 +208,13 @@ var (
 	ErrPeerNotAllowed = errors.New("proxy: peer SPIFFE ID not the expected one")
 )
 
+// revokedPeerError is ErrPeerRevoked with the peer it refused, so the
+// refusal is recorded against the identity that is still trying.
+type revokedPeerError struct{ id string }
+
+func (e *revokedPeerError) Error() string        { return ErrPeerRevoked.Error() + ": " + e.id }
+func (e *revokedPeerError) Is(target error) bool { return target == ErrPeerRevoked }
+
 // verifyPeer verifies a peer's certificate chain as an X509-SVID against the
 // trust bundle of its trust domain (never by hostname), then refuses it if
 // its SPIFFE ID or leaf serial is revoked, then asks authorize (may be nil).
@@ -221,7 +230,7 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 		return id, fmt.Errorf("%w: %w", ErrPeerUnverified, err)
 	}
 	if rs := t.revoked(); rs.has(id.String(), serialHex(certs[0])) {
-		return id, fmt.Errorf("%w: %s", ErrPeerRevoked, id)
+		return id, &revokedPeerError{id: id.String()}
 	}
 	if authorize != nil {
 		if err := authorize(id); err != nil {
@@ -236,7 +245,7 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 // ClientAuth is RequireAnyClientCert because crypto/tls's own verification
 // would check hostnames and web PKI rules; SPIFFE verification replaces it.
 func (t *tlsIdentity) serverConfig(nextProtos []string) *tls.Config {
-	return &tls.Config{
+	return tlsconf.Server(&tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ClientAuth: tls.RequireAnyClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -248,7 +257,7 @@ func (t *tlsIdentity) serverConfig(nextProtos []string) *tls.Config {
 		},
 		NextProtos: nextProtos,
 		Time:       t.now,
-	}
+	})
 }
 
 // clientConfig is the outbound TLS configuration for one upstream: the

@@ -21,8 +21,11 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // xfccHeader is Envoy's x-forwarded-client-cert: the only way the app
@@ -137,7 +140,7 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		rt = &appClient{dial: ib.dialApp, fallback: tr, maxIdle: s.cfg.MaxIdleConnsPerApp, idleTimeout: 30 * time.Second, now: time.Now}
 	}
 	ib.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "http", host: host, name: ib.name, s: s}
-	if a, ok := rt.(*appClient); ok && !s.cfg.DisableHTTP1FastPath {
+	if a, ok := rt.(*appClient); ok && s.fastPathOn() {
 		ib.app = a
 	}
 	ib.hl = newChanListener()
@@ -291,6 +294,9 @@ func (ib *inbound) handle(c net.Conn) {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
+			if rp := (*revokedPeerError)(nil); errors.As(err, &rp) {
+				s.observe(&Observation{Direction: DirectionInbound, Source: rp.id, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Decision: "refused", Reason: "revoked"})
+			}
 			s.metrics.handshakeFailures.WithLabelValues(ib.name, handshakeReason(err)).Inc()
 			s.log.Debug("inbound handshake failed", "listener", ib.name, "remote", info.srcIPStr, "err", err)
 			fail()
@@ -321,9 +327,10 @@ func (ib *inbound) handle(c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 
 	// HTTP/1.1 (by ALPN, or plaintext that may still turn out to be h2c)
-	// goes to the fast path when it is on.
+	// goes to the fast path when it is on; a caller whose responses are
+	// sampled for PII stays on net/http's path, where the sampler runs.
 	var fc *fastConn
-	if tc, ok := conn.(*tls.Conn); ib.app != nil && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
+	if tc, ok := conn.(*tls.Conn); ib.app != nil && !s.rec.samplesPII(info.peer) && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		fc = newFastConn(s, conn, ib.streams.isDraining)
 		defer func() {
 			if fc.buf != nil { // not served: an early return below
@@ -341,7 +348,17 @@ func (ib *inbound) handle(c net.Conn) {
 		info.entry = s.live.add(closeConn, idKey(info.peer), serialKey(info.serial))
 		// A revocation may have landed between the handshake's check and
 		// the registration; the sweep would have missed this connection.
-		if s.revoked.Load().has(info.peer, info.serial) {
+		rs := s.revoked.Load()
+		if rs.has(info.peer, info.serial) {
+			ib.connDone(conn)
+			conn.Close()
+			return
+		}
+		// A blocked pair is refused before any policy runs; the check
+		// comes after the registration, so a block pushed meanwhile is
+		// either seen here or sweeps this connection.
+		if rs.blockedPair(info.peer, "spiffe://"+info.own, s.cfg.Now()) {
+			ib.connDenied(info, ReasonBlocked, "this caller is blocked from calling this workload (incident response)", version)
 			ib.connDone(conn)
 			conn.Close()
 			return
@@ -400,8 +417,10 @@ func (ib *inbound) connDone(c net.Conn) {
 
 // connDenied logs and counts a connection refused before any request.
 func (ib *inbound) connDenied(info *connInfo, reason Reason, text string, version uint64) {
+	ib.s.observe(&Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Decision: "refused", Reason: string(reason)})
 	ib.s.dec.record(context.Background(), policy.Deny, "", reason, func(ev *DecisionEvent) {
 		ev.Listener = ib.name
+		ev.Source = info.peer
 		ev.SourceIP = info.srcIPStr
 		ev.Destination = destString(ib.s.cfg.Namespace, ib.port)
 		ev.Protocol = ib.cfg.Protocol.String()
@@ -450,9 +469,17 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 		dec = authz.Evaluate(&req, s.verifier())
 	}
 	ib.logDecision(context.Background(), dec, authz != nil, version, info, nil)
+	ob := Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: "tcp", Decision: dec.Outcome.String()}
 	if dec.Outcome != policy.Allow {
+		ob.Reason = string(reasonOf(dec, authz != nil))
+		s.observe(&ob)
 		return
 	}
+	start := time.Now()
+	defer func() {
+		ob.Latency = time.Since(start)
+		s.observe(&ob)
+	}()
 	app, err := ib.dialApp(context.Background())
 	if err != nil {
 		s.metrics.upstreamErrors.WithLabelValues(ib.name).Inc()
@@ -593,10 +620,27 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 		r.dec = st.authz.Evaluate(req, s.verifier())
 	}
 	r.auth = req.Auth
+	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
+		// A token issued to or for a revoked identity is refused on
+		// every path, however valid its signature and lifetime.
+		r.dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
 	*req = policy.Request{}
 	reqPool.Put(req)
 	ib.logDecision(ctx, r.dec, r.loaded, r.version, info, &r)
 	return r, true
+}
+
+// record notes in ob what was decided: the path, the decision, the reason
+// of a refusal and the issuer of the token that authenticated it.
+func (r *decidedRequest) record(ob *Observation) {
+	ob.Path, ob.Decision = r.np.Path(), r.dec.Outcome.String()
+	if r.dec.Outcome != policy.Allow {
+		ob.Reason = string(reasonOf(r.dec, r.loaded))
+	}
+	if r.auth != nil {
+		ob.Token, _ = r.auth.Claims["iss"].(string)
+	}
 }
 
 // filter is the header filter of listener name under this policy.
@@ -608,18 +652,18 @@ func (st *policyState) filter(name string) *headerFilter {
 }
 
 // answerDenied answers a request policy did not allow (401 for an invalid
-// token, 403 or a CUSTOM provider's status otherwise) and reports whether
-// it did; false means allowed.
-func (ib *inbound) answerDenied(w http.ResponseWriter, r *decidedRequest) bool {
+// token, 403 or a CUSTOM provider's status otherwise) and returns the
+// status it answered; 0 means allowed.
+func (ib *inbound) answerDenied(w http.ResponseWriter, r *decidedRequest) int {
 	switch r.dec.Outcome {
 	case policy.Allow:
-		return false
+		return 0
 	case policy.Unauthenticated:
 		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusUnauthorized)
 		io.WriteString(w, "Jwt verification fails")
-		return true
+		return http.StatusUnauthorized
 	}
 	body := "RBAC: access denied"
 	if ib.s.cfg.DenyNamesPolicy && r.dec.Policy != "" {
@@ -632,7 +676,7 @@ func (ib *inbound) answerDenied(w http.ResponseWriter, r *decidedRequest) bool {
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(status)
 	io.WriteString(w, body)
-	return true
+	return status
 }
 
 // allowed makes the changes an allowed request gets before it is
@@ -664,6 +708,14 @@ func (r *decidedRequest) jti() string {
 	return jti
 }
 
+// observation is the traffic record of one request from info's peer
+// (reqBytes: the body's Content-Length, -1 for unknown), counted by the
+// caller when the request ends on either server path.
+func (ib *inbound) observation(info *connInfo, method string, reqBytes int64) Observation {
+	return Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(),
+		Method: method, ReqBytes: max(reqBytes, 0)}
+}
+
 // ServeHTTP is the inbound request path of net/http's server: strip the
 // caller's x-forwarded-client-cert, authenticate and authorize, then
 // forward (see decide).
@@ -675,16 +727,39 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	handedOff(w, r)
+	// The traffic record of this request, counted when it ends (the
+	// deferred call runs on every return, and when a body copy aborts).
+	var ob Observation
+	if s.rec != nil {
+		ob = ib.observation(info, r.Method, r.ContentLength)
+		start := time.Now()
+		defer func() {
+			ob.Latency = time.Since(start)
+			s.observe(&ob)
+		}()
+	}
 	// One policy version for the whole request: its strip list, path
 	// normalization and decision.
 	st := s.policy.Load()
 	if r.Method == http.MethodConnect {
 		// A tunnel: its bytes would pass no policy.
 		refuseConnect(w)
+		ob.Decision, ob.Reason, ob.Status = "deny", "connect", http.StatusMethodNotAllowed
 		return
+	}
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		// Before the decision, so that its log and audit event carry the
+		// trace ID.
+		var sw *telemetry.StatusWriter
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
+			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+		w = sw
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
 	if r.URL.Opaque != "" {
 		badRequest(w)
+		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
 	d, ok := ib.decide(r.Context(), st, info, r.Method, r.RequestURI, r.Host, r.Header)
@@ -692,12 +767,21 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.filter(ib.name).guardTrailers(r)
 	if !ok {
 		badRequest(w)
+		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
 	if d.np.Changed() || d.overridden {
 		setTarget(r.URL, d.np)
 	}
-	if ib.answerDenied(w, &d) {
+	d.record(&ob)
+	if span != nil {
+		span.SetAttributes(decisionAttrs(d.dec, d.loaded, d.version, info, d.auth)...)
+		if r.URL.Path != "" {
+			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
+		}
+	}
+	if status := ib.answerDenied(w, &d); status != 0 {
+		ob.Status = status
 		return
 	}
 	if q, changed := d.allowed(info); changed {
@@ -715,11 +799,22 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r = r.WithContext(ctx)
 	}
-	ib.fwd.forward(w, r, d.upgrade, func(c net.Conn) func() {
+	if span != nil {
+		propagate(r.Context(), r.Header)
+	}
+	fw := w
+	pw := s.rec.piiSampler(w, info.peer)
+	if pw != nil {
+		fw = pw
+	}
+	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the
 		// connection; keep it registered for revocation until it ends.
 		return func() { ib.connDone(c) }
 	})
+	if pw != nil && len(pw.buf) > 0 {
+		s.rec.piiScan(&ob, pw)
+	}
 }
 
 // chanListener hands connections the sidecar accepted and authenticated

@@ -162,16 +162,7 @@ func (a *ServerAudit) init() {
 // Record queues ev; it never blocks.
 func (a *ServerAudit) Record(_ context.Context, ev DecisionEvent) {
 	a.init()
-	we := wire.AuditEvent{
-		Time: ev.Time, Listener: ev.Listener, Source: ev.Source, SourceIP: ev.SourceIP,
-		Destination: ev.Destination, Protocol: ev.Protocol, Method: ev.Method, Path: ev.Path,
-		Decision: ev.Decision, Policy: ev.Policy, Rule: ev.Rule, Reason: ev.Reason,
-		ReasonCode: string(ev.ReasonCode), PolicyVersion: ev.PolicyVersion, AuditPolicy: ev.AuditPolicy,
-	}
-	if n := len(ev.Custom); n > 0 && ev.Custom[n-1].Query != "" {
-		// The last provider asked is the one that decided a denial.
-		we.RegoQuery, we.InputSHA256 = ev.Custom[n-1].Query, ev.Custom[n-1].InputSHA256
-	}
+	we := wireEvent(&ev)
 	select {
 	case a.queue <- we:
 	default:

@@ -16,7 +16,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // outbound is one loopback listener the app calls in plaintext; requests
@@ -39,11 +42,16 @@ type outbound struct {
 	hl   *chanListener
 	fast fastConns
 
+	upstreamID      string // cfg.ID as a string, for records
 	upstreamRevoked atomic.Bool
-	conns           sync.Map // TCP conns, for Close
-	closed          atomic.Bool
-	streams         streamGroup   // raw TCP streams
-	accept          acceptBackoff // the TCP accept loop's pacing
+	// refuseWhy says why calls are refused while upstreamRevoked holds:
+	// revoked (the upstream), blocked (this edge), isolated (this
+	// workload's own identity is revoked: its egress is cut).
+	refuseWhy atomic.Value // string
+	conns     sync.Map     // TCP conns, for Close
+	closed    atomic.Bool
+	streams   streamGroup   // raw TCP streams
+	accept    acceptBackoff // the TCP accept loop's pacing
 }
 
 func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
@@ -62,7 +70,7 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	if err := CheckUpgrades(c.Upgrades); err != nil {
 		return nil, err
 	}
-	ob := &outbound{s: s, cfg: c, name: c.Name}
+	ob := &outbound{s: s, cfg: c, name: c.Name, upstreamID: c.ID.String()}
 	if c.Listener == nil && strings.HasPrefix(c.Listen, unixListenPrefix) {
 		p, err := unixSocketPath(c.Listen)
 		if err != nil {
@@ -116,7 +124,7 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 			}
 		},
 	}
-	if a, ok := rt.(*appClient); ok && !s.cfg.DisableHTTP1FastPath {
+	if a, ok := rt.(*appClient); ok && s.fastPathOn() {
 		ob.app, ob.hl = a, newChanListener()
 	}
 	return ob, nil
@@ -207,10 +215,22 @@ func (ob *outbound) close() {
 }
 
 // revoked drops pooled connections to an upstream whose identity was
-// revoked; new handshakes with it fail verification.
-func (ob *outbound) revoked(rs *revocationSet) {
+// revoked, or that this identity (own) is blocked from calling, and cuts
+// every call when own itself is revoked; new handshakes with a revoked
+// upstream fail verification anyway.
+func (ob *outbound) revoked(rs *revocationSet, own string) {
 	was := ob.upstreamRevoked.Load()
-	now := rs.has(ob.cfg.ID.String(), "")
+	why := ""
+	switch {
+	case own != "" && rs.has(own, ""):
+		why = "isolated"
+	case rs.has(ob.upstreamID, ""):
+		why = "revoked"
+	case rs.blockedPair(own, ob.upstreamID, ob.s.cfg.Now()):
+		why = "blocked"
+	}
+	ob.refuseWhy.Store(why)
+	now := why != ""
 	ob.upstreamRevoked.Store(now)
 	if now && !was && ob.tr != nil {
 		ob.tr.CloseIdleConnections()
@@ -223,12 +243,22 @@ func (ob *outbound) revoked(rs *revocationSet) {
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	handedOff(w, r)
+	var o Observation
+	if ob.s.rec != nil {
+		o = ob.observation(r.Method, r.ContentLength)
+		start := time.Now()
+		defer func() {
+			o.Latency = time.Since(start)
+			ob.s.observe(&o)
+		}()
+	}
 	if ob.upstreamRevoked.Load() {
-		ob.refuseRevoked(w)
+		ob.refuseRevoked(w, &o)
 		return
 	}
 	if r.Method == http.MethodConnect {
 		refuseConnect(w) // the upstream would refuse it too
+		o.Decision, o.Reason, o.Status = "refused", "connect", http.StatusMethodNotAllowed
 		return
 	}
 	// The upstream's policy decides on the target this sidecar forwards:
@@ -239,19 +269,57 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
 		badRequest(w)
+		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
 	if np.Changed() || target != r.RequestURI {
 		setTarget(r.URL, np)
 	}
-	ob.fwd.forward(w, r, removeHopHeaders(r.Header, ob.fwd.upgrades), nil)
+	o.Path = np.Path()
+	upgrade := removeHopHeaders(r.Header, ob.fwd.upgrades)
+	if ob.s.cfg.Tracer != nil {
+		var own string
+		if id, err := ob.s.tls.ownID(); err == nil {
+			own = id.String()
+		}
+		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, attrListener.String(ob.name),
+			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
+		r, w = r2, sw
+		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
+		propagate(r.Context(), r.Header)
+	}
+	o.Status, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
 }
 
-// refuseRevoked answers a call to an upstream whose identity is revoked.
-func (ob *outbound) refuseRevoked(w http.ResponseWriter) {
+// refusalText tells the app why its call was refused locally.
+func refusalText(why string) string {
+	switch why {
+	case "isolated":
+		return "this workload's identity is revoked: its calls are cut off"
+	case "blocked":
+		return "calls from this workload to the upstream are blocked"
+	}
+	return "upstream identity revoked"
+}
+
+// observation is the traffic record of one call to the upstream, allowed
+// until refused (reqBytes: the body's Content-Length, -1 for unknown).
+func (ob *outbound) observation(method string, reqBytes int64) Observation {
+	return Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "http", Method: method,
+		Decision: "allow", ReqBytes: max(reqBytes, 0)}
+}
+
+// refuseRevoked answers a call refused while upstreamRevoked holds (the
+// upstream revoked, this edge blocked, or this workload isolated), on
+// either server path, and notes the refusal in o (nil: not recording).
+func (ob *outbound) refuseRevoked(w http.ResponseWriter, o *Observation) {
+	why, _ := ob.refuseWhy.Load().(string)
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusServiceUnavailable)
-	io.WriteString(w, "upstream connect error or disconnect/reset before headers: upstream identity revoked")
+	io.WriteString(w, "upstream connect error or disconnect/reset before headers: "+refusalText(why))
+	if o != nil {
+		o.Decision, o.Reason, o.Status = "refused", why, http.StatusServiceUnavailable
+	}
 }
 
 // originForm is r's request target in origin form ("/path?query"). An app
@@ -329,6 +397,11 @@ func (ob *outbound) serveTCP(c net.Conn) {
 	if ob.closed.Load() {
 		return
 	}
+	if ob.upstreamRevoked.Load() {
+		why, _ := ob.refuseWhy.Load().(string)
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "refused", Reason: why})
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	d := &tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: ob.tlsConf}
 	up, err := d.DialContext(ctx, "tcp", ob.cfg.Upstream)
@@ -337,8 +410,13 @@ func (ob *outbound) serveTCP(c net.Conn) {
 		s.metrics.upstreamErrors.WithLabelValues(ob.name).Inc()
 		s.metrics.handshakeFailures.WithLabelValues(ob.name, handshakeReason(err)).Inc()
 		s.log.Warn("outbound dial failed", "listener", ob.name, "upstream", ob.cfg.Upstream, "err", err)
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "refused", Reason: handshakeReason(err)})
 		return
 	}
+	start := time.Now()
+	defer func() {
+		s.observe(&Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "tcp", Decision: "allow", Latency: time.Since(start)})
+	}()
 	ob.conns.Store(up, struct{}{})
 	defer func() {
 		ob.conns.Delete(up)

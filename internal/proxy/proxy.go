@@ -42,6 +42,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
@@ -220,6 +221,16 @@ type Config struct {
 	// Audit, when set, also receives every deny (join-token mode reports
 	// them to the server's audit log).
 	Audit AuditSink
+	// Recorder, when set, counts every request, refused connection and
+	// TCP stream into per-edge traffic records for the server (see
+	// Recorder), and samples decisions and, where opted in, response
+	// bodies. The caller runs it (Recorder.Run).
+	Recorder *Recorder
+	// Tracer, when set, traces every HTTP request on every listener
+	// (tracing.go): W3C trace context in, a span with the decision, the
+	// span's context out to the app or the upstream. Nil: no tracing, and
+	// trace headers pass through untouched.
+	Tracer trace.Tracer
 	// Registerer receives the sidecar's Prometheus metrics; default none
 	// (a private registry).
 	Registerer prometheus.Registerer
@@ -290,6 +301,7 @@ type Sidecar struct {
 	revoked atomic.Pointer[revocationSet]
 	live    *tracker
 	dec     *decisionLogger
+	rec     *Recorder // nil: traffic is not recorded
 	metrics *metrics
 	callers *callerCheck
 
@@ -407,7 +419,8 @@ func New(cfg Config) (*Sidecar, error) {
 	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
 		return nil, err
 	}
-	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, m: m}
+	s.rec = cfg.Recorder
+	s.dec = &decisionLogger{now: cfg.Now, log: cfg.DecisionLog, sample: cfg.AllowSampleRate, audit: cfg.Audit, rec: cfg.Recorder, m: m}
 
 	names := map[string]bool{}
 	for i := range cfg.Inbound {
@@ -697,6 +710,11 @@ func (s *Sidecar) PolicyVersion() uint64 { return s.policy.Load().version }
 // SetRevocations replaces the revocation list. New handshakes from a revoked
 // SPIFFE ID or serial fail; live connections authenticated with one, and
 // in-flight requests authenticated with a revoked token ID, are closed.
+// Blocked pairs (detect's block-pair) work the same way for one edge: a
+// peer blocked from calling this sidecar's identity has its connections
+// refused and closed, and calls from this identity to a blocked upstream
+// are refused. When this sidecar's own identity is revoked (isolated),
+// its outbound listeners refuse every call: its egress is cut.
 // It returns how many were closed. If the Verifier implements TokenRevoker,
 // it gets the token IDs too.
 func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
@@ -705,12 +723,16 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := s.cfg.Verifier.(TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	n := s.live.sweep(rs, func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	own := ""
+	if id, err := s.tls.ownID(); err == nil {
+		own = id.String()
+	}
+	n := s.live.sweep(rs, own, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
 	if n > 0 {
 		s.log.Info("closed connections of revoked identities", "count", n)
 	}
 	for _, ob := range s.outbound {
-		ob.revoked(rs)
+		ob.revoked(rs, own)
 	}
 	return n
 }
@@ -721,15 +743,29 @@ type TokenRevoker interface {
 	SetRevokedTokens([]wire.RevokedTokenID)
 }
 
+// fastPathOn reports whether HTTP/1.1 connections may be served on the
+// fast path: it is not disabled, and no Tracer is set (spans and trace
+// context propagation are net/http's path only, so with tracing on every
+// request takes that path).
+func (s *Sidecar) fastPathOn() bool {
+	return !s.cfg.DisableHTTP1FastPath && s.cfg.Tracer == nil
+}
+
 // Ready reports whether the sidecar can serve: its listeners accept
 // (Serve has bound them and no drain has begun: a readiness probe must
-// not send traffic to a port that refuses it), it has an SVID and, when
-// it has inbound listeners, a policy. The error says what is missing.
+// not send traffic to a port that refuses it), it has an SVID that is not
+// revoked and, when it has inbound listeners, a policy. The error says
+// what is missing, or when and why the sidecar's own identity was revoked
+// (every peer refuses it: a revoked sidecar must not look healthy).
 func (s *Sidecar) Ready() error {
 	if !s.accepting.Load() {
 		return errors.New("proxy: listeners not accepting")
 	}
-	if _, err := s.tls.certificate(); err != nil {
+	cert, err := s.tls.certificate()
+	if err != nil {
+		return err
+	}
+	if err := s.ownRevocation(cert); err != nil {
 		return err
 	}
 	if a, _ := s.authorizer(); a == nil && len(s.inbound) > 0 {

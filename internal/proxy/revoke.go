@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"crypto/tls"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -15,13 +19,18 @@ type revocationSet struct {
 	ids     map[string]struct{} // full "spiffe://" IDs
 	serials map[string]struct{} // lower-case hex, no leading zeros
 	jtis    map[string]time.Time
+	// src is what the set was built from: when and why an ID was revoked.
+	src *wire.Revocations
+	// blocked holds the blocked (source, destination) pairs with their
+	// expiry (zero: until lifted).
+	blocked map[[2]string]time.Time
 }
 
 // newRevocationSet indexes r. Serials are normalized to lower case without
 // leading zeros, the form big.Int.Text(16) produces, so "0A1b" matches a
 // certificate with serial 0xa1b.
 func newRevocationSet(r *wire.Revocations) *revocationSet {
-	rs := &revocationSet{}
+	rs := &revocationSet{src: r}
 	if r == nil {
 		return rs
 	}
@@ -43,7 +52,48 @@ func newRevocationSet(r *wire.Revocations) *revocationSet {
 			rs.jtis[t.JTI] = t.ExpiresAt
 		}
 	}
+	if len(r.BlockedEdges) > 0 {
+		rs.blocked = make(map[[2]string]time.Time, len(r.BlockedEdges))
+		for _, b := range r.BlockedEdges {
+			rs.blocked[[2]string{b.Source, b.Destination}] = b.ExpiresAt
+		}
+	}
 	return rs
+}
+
+// blockedPair reports whether calls from src to dst (full SPIFFE IDs) are
+// blocked at now.
+func (rs *revocationSet) blockedPair(src, dst string, now time.Time) bool {
+	if rs == nil || len(rs.blocked) == 0 {
+		return false
+	}
+	exp, ok := rs.blocked[[2]string{src, dst}]
+	return ok && (exp.IsZero() || now.Before(exp))
+}
+
+// revokedIdentityToken reports whether a verified token names a revoked
+// workload as its subject, authorized party, client or actor: the tokens
+// of an isolated identity are refused wherever they are presented, not
+// only on its own connections.
+func (rs *revocationSet) revokedIdentityToken(claims map[string]any) bool {
+	if rs == nil || len(rs.ids) == 0 {
+		return false
+	}
+	for _, k := range []string{"sub", "azp", "client_id"} {
+		if v, _ := claims[k].(string); v != "" {
+			if _, ok := rs.ids[v]; ok {
+				return true
+			}
+		}
+	}
+	for act, _ := claims["act"].(map[string]any); act != nil; act, _ = act["act"].(map[string]any) {
+		if v, _ := act["sub"].(string); v != "" {
+			if _, ok := rs.ids[v]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func normalizeSerial(s string) string {
@@ -173,15 +223,16 @@ func (t *tracker) len() int {
 }
 
 // sweep closes and forgets every entry registered under a key that rs
-// revokes, and returns how many it closed. before, when non-nil, is told
+// revokes, or of a peer blocked from calling own (this sidecar's ID), and
+// returns how many it closed. before, when non-nil, is told
 // the count before anything is closed, so whoever sees a connection end
 // already finds it counted. Closing happens outside the lock: a close
 // function may block on I/O.
-func (t *tracker) sweep(rs *revocationSet, before func(n int)) int {
+func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before func(n int)) int {
 	var victims []*tracked
 	t.mu.Lock()
 	for k, m := range t.byKey {
-		if !keyRevoked(rs, k) {
+		if !keyRevoked(rs, k) && !(k.kind == liveID && rs.blockedPair(k.v, own, now)) {
 			continue
 		}
 		for e := range m {
@@ -213,4 +264,25 @@ func keyRevoked(rs *revocationSet, k liveKey) bool {
 		return rs.hasJTI(k.v)
 	}
 	return false
+}
+
+// ownRevocation is an error saying when and why the sidecar's own SVID
+// in force (cert) was revoked, by SPIFFE ID or serial; nil when it is not.
+func (s *Sidecar) ownRevocation(cert *tls.Certificate) error {
+	rs := s.revoked.Load()
+	if rs == nil || cert.Leaf == nil {
+		return nil
+	}
+	id, err := x509svid.IDFromCert(cert.Leaf)
+	if err != nil {
+		return nil
+	}
+	if !rs.has(id.String(), cert.Leaf.SerialNumber.Text(16)) {
+		return nil
+	}
+	d, ok := rs.src.Detail(id.String())
+	if !ok {
+		return fmt.Errorf("proxy: this sidecar's certificate (serial %s) of %s is revoked", cert.Leaf.SerialNumber.Text(16), id)
+	}
+	return fmt.Errorf("proxy: this sidecar's identity %s", d)
 }

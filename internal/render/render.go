@@ -36,7 +36,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"text/template"
 	"time"
 
@@ -95,8 +94,6 @@ type SVIDFiles struct {
 	BundleFile string   `json:"bundle_file"`
 	Command    []string `json:"command,omitempty"`
 }
-
-var signals = map[string]syscall.Signal{"HUP": syscall.SIGHUP, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "INT": syscall.SIGINT}
 
 // Validate checks the config; errors name the field.
 func (c *Config) Validate() error {
@@ -572,7 +569,7 @@ func (r *Renderer) notify(ctx context.Context, cmd []string, sig, pidFile string
 			r.log.Error("cannot signal: unreadable pid_file", "pid_file", pidFile)
 			return
 		}
-		if err := syscall.Kill(pid, signals[sig]); err != nil {
+		if err := signalPID(pid, sig); err != nil {
 			r.log.Error("signal failed", "pid", pid, "signal", sig, "err", err)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/ui"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -115,6 +116,9 @@ func (c *adminCall) event(kind, subject string, details map[string]string) audit
 		details = map[string]string{}
 	}
 	details["remote"] = remoteHost(c.r)
+	if a, ok := c.ctx.Value(dashboardActorKey{}).(ui.Actor); ok {
+		details["remote"], details["via"], details["session"] = a.Remote, "dashboard", a.Session
+	}
 	return audit.Event{Kind: kind, Actor: c.actor, Subject: subject, Outcome: audit.Success, Details: details}
 }
 
@@ -267,6 +271,11 @@ func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 // and message. A presented Authorization header is decisive: a wrong
 // token is refused even with a good certificate.
 func (s *Server) authenticateAdmin(r *http.Request) (actor string, status int, msg string) {
+	if a, ok := r.Context().Value(dashboardActorKey{}).(ui.Actor); ok && a.Name != "" {
+		// A dashboard action (ui.go): the dashboard authenticated its
+		// session; only server code puts this value in a context.
+		return a.Name, 0, ""
+	}
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
@@ -583,6 +592,10 @@ func (s *Server) createRevocation(c *adminCall) {
 			c.fail(badf("spiffe_id: the server's own ID cannot be revoked"))
 			return
 		}
+		if err := s.checkKnownID(c.ctx, id.String(), in.Force); err != nil {
+			c.fail(err)
+			return
+		}
 		r := store.RevokedID{SPIFFEID: id.String(), Reason: in.Reason, RevokedBy: c.actor, RevokedAt: now}
 		err = c.change(func(tx *sql.Tx) (audit.Event, error) {
 			_, err := s.db.RevokeID(c.ctx, tx, r)
@@ -764,28 +777,37 @@ func (s *Server) listNodes(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	nodes, err := s.db.Nodes(c.ctx)
+	out, err := s.nodeStatuses(c.ctx)
 	if err != nil {
 		c.fail(err)
 		return
 	}
-	vs, err := s.db.Versions(c.ctx)
+	c.reply(http.StatusOK, out)
+}
+
+// nodeStatuses lists every attested node with its convergence, for the
+// admin API and the dashboard.
+func (s *Server) nodeStatuses(ctx context.Context) ([]NodeStatus, error) {
+	nodes, err := s.db.Nodes(ctx)
 	if err != nil {
-		c.fail(err)
-		return
+		return nil, err
+	}
+	vs, err := s.db.Versions(ctx)
+	if err != nil {
+		return nil, err
 	}
 	base := max(vs.Sections[store.SectionBundle], vs.Sections[store.SectionRevocations], vs.Sections[store.SectionPolicies])
 	now := s.now()
 	out := make([]NodeStatus, 0, len(nodes))
 	for _, n := range nodes {
-		pv, err := s.db.ParentVersion(c.ctx, n.SPIFFEID)
+		pv, err := s.db.ParentVersion(ctx, n.SPIFFEID)
 		if err != nil {
-			c.fail(err)
-			return
+			return nil, err
 		}
 		req := max(base, pv)
-		out = append(out, NodeStatus{Node: n, Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat,
-			RequiredVersion: req, InSync: n.AckedVersion >= req})
+		rev := s.nodeRevocation(n)
+		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat),
+			RequiredVersion: req, InSync: n.AckedVersion >= req, Revocation: rev})
 	}
-	c.reply(http.StatusOK, out)
+	return out, nil
 }

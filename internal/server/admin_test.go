@@ -108,6 +108,7 @@ func TestAdminMalformedInput(t *testing.T) {
 		{"revoke_bad_id", "POST", server.PathAdminRevocations, `{"spiffe_id":"spiffe://other/x"}`, 400, "trust domain"},
 		{"revoke_server", "POST", server.PathAdminRevocations, `{"spiffe_id":"spiffe://example.org/moatless/server"}`, 400, "own ID"},
 		{"revoke_bad_serial", "POST", server.PathAdminRevocations, `{"serial":"xyz"}`, 400, "serial"},
+		{"revoke_unknown_id", "POST", server.PathAdminRevocations, `{"spiffe_id":"spiffe://example.org/nobody"}`, 404, "no registration entry, node or SVID has this SPIFFE ID"},
 		{"revoke_unknown_serial", "POST", server.PathAdminRevocations, `{"serial":"abc123"}`, 404, "not issued by this server"},
 		{"revoke_long_reason", "POST", server.PathAdminRevocations, `{"spiffe_id":"spiffe://example.org/x","reason":"` + strings.Repeat("r", 600) + `"}`, 400, "reason"},
 		{"unrevoke_missing_param", "DELETE", server.PathAdminRevocations, "", 400, "spiffe_id"},

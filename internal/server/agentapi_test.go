@@ -216,6 +216,7 @@ func TestAuditReport(t *testing.T) {
 	unauth.Decision, unauth.Source, unauth.Method, unauth.ReasonCode, unauth.Rule = "unauthenticated", "", "", "invalid_token", -1
 	audited := denyEvent("/orders/7")
 	audited.Decision, audited.AuditPolicy, audited.Method = "allow", "prod/audit-orders", "GET"
+	audited.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	poisoned := denyEvent("/x\n2026-01-01 admin.call success\x1b[2J" + strings.Repeat("é", 3000))
 	st, body := e.do(n.http, "POST", wire.PathAudit, "", wire.AuditReport{Events: []wire.AuditEvent{denyEvent("/admin"), unauth, audited, poisoned}})
 	if st != 204 {
@@ -246,7 +247,7 @@ func TestAuditReport(t *testing.T) {
 	if recs[2].Details["rule"] != "-1" || recs[2].Details["source"] != "" {
 		t.Fatalf("unauthenticated details: %v", recs[2].Details)
 	}
-	if recs[1].Details["audit_policy"] != "prod/audit-orders" {
+	if recs[1].Details["audit_policy"] != "prod/audit-orders" || recs[1].Details["trace_id"] != "4bf92f3577b34da6a3ce929d0e0e4736" {
 		t.Fatalf("audit details: %v", recs[1].Details)
 	}
 	// A path from the denied caller is escaped and clipped, never refused.
@@ -286,6 +287,10 @@ func TestAuditReport(t *testing.T) {
 		{"protocol_bad", reportJSON(t, map[string]string{"protocol": `"udp"`}), "events[0].protocol"},
 		{"reason_code_bad", reportJSON(t, map[string]string{"reason_code": `"Deny Rule"`}), "events[0].reason_code"},
 		{"rule_below_minus_one", reportJSON(t, map[string]string{"rule": `-2`}), "events[0].rule"},
+		{"trace_id_upper_case", reportJSON(t, map[string]string{"trace_id": `"4BF92F3577B34DA6A3CE929D0E0E4736"`}), "events[0].trace_id"},
+		{"trace_id_short", reportJSON(t, map[string]string{"trace_id": `"4bf92f3577b34da6"`}), "events[0].trace_id"},
+		{"trace_id_all_zero", reportJSON(t, map[string]string{"trace_id": `"00000000000000000000000000000000"`}), "events[0].trace_id"},
+		{"trace_id_with_span", reportJSON(t, map[string]string{"trace_id": `"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"`}), "events[0].trace_id"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,6 +57,9 @@ type RevokeRequest struct {
 	// Serial is the certificate serial in hex, as the server reports it.
 	Serial string `json:"serial,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Force revokes a SPIFFE ID that nothing known to the server has yet
+	// (ahead of time); without it such an ID is refused (404).
+	Force bool `json:"force,omitempty"`
 }
 
 // AdminCertRequest asks the server to sign an admin client certificate for
@@ -85,12 +88,15 @@ type CAStatus struct {
 type NodeStatus struct {
 	store.Node
 	// Connected: a watch stream on this replica, or heard from on any
-	// replica lately (a stream records that it is alive every 30 s).
+	// replica lately (a stream records that it is alive every 30 s); a
+	// revoked node is never connected.
 	Connected bool `json:"connected"`
 	// EntriesVersion is the version of the last change this node must
 	// apply; InSync says it acknowledged at least that.
 	RequiredVersion uint64 `json:"required_version"`
 	InSync          bool   `json:"in_sync"`
+	// Revocation: a revoked node is never Connected.
+	Revocation
 }
 
 // AuditPage is a page of audit records, newest first.

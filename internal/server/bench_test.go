@@ -94,7 +94,7 @@ func BenchmarkWatchFanout(b *testing.B) {
 			cpu0 := cpuTime()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				e.adminB(b, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: fmt.Sprintf("spiffe://example.org/gone/%d", i)}, nil)
+				e.adminB(b, "POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: fmt.Sprintf("spiffe://example.org/gone/%d", i), Force: true}, nil)
 				for _, ch := range chans {
 					for u := range ch {
 						if u.Revocations != nil {

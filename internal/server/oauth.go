@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/token"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -150,8 +151,13 @@ func (s *Server) oauthRevoked(ctx context.Context, _ string, _ time.Time) {
 	s.changed(ctx)
 }
 
-// oauthAudit appends a token service event to the audit log; the token
-// service withholds a grant whose record cannot be written.
+// oauthAudit appends a token service event to the audit log. A change's
+// record is written inside the change's store transaction (the token
+// service calls it with the context of store.OAuth.Atomically), so the
+// two commit together or not at all; other records (refusals, and
+// client_credentials grants, which change nothing) go through the group
+// commit. The token service withholds a grant, and rolls back a change,
+// whose record cannot be written.
 func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 	outcome := audit.Success
 	if e.Outcome != "success" {
@@ -184,7 +190,12 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 		}
 	}
 	ev := audit.Event{Kind: e.Type, Actor: actor, Subject: e.Subject, Outcome: outcome, Details: details}
-	err := s.audit.Append(context.WithoutCancel(ctx), ev)
+	var err error
+	if tx, ok := store.TxFrom(ctx); ok {
+		err = s.audit.AppendTx(ctx, tx, ev)
+	} else {
+		err = s.audit.Append(context.WithoutCancel(ctx), ev)
+	}
 	if call != nil {
 		call.note(err)
 	}
@@ -296,12 +307,10 @@ func (h *heldResponse) firstError() string {
 //     admin as actor; a call it recorded nothing for (reads, refusals,
 //     unknown endpoints) gets one admin.call record, as the built-in API
 //     gives calls with no change record.
-//
-// Unlike the built-in API's changes, a token service change is not in one
-// transaction with its record (the token store and the audit log are
-// written separately): when the record of a change fails, the change
-// stays made though unrecorded, and only its answer is withheld. The
-// refusal says so.
+//   - A token service change commits in one transaction with its record
+//     (oauthAudit), so a call whose record failed changed nothing. A call
+//     that answers 5xx after recording gets an admin.call record too: its
+//     transaction may have rolled back after the record was written.
 func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		actor, status, msg := s.authenticateAdmin(r)
@@ -327,7 +336,7 @@ func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 			res.status = http.StatusOK // what net/http sends for a handler that wrote nothing
 		}
 		recorded, failed := call.outcome()
-		if failed == nil && recorded == 0 {
+		if failed == nil && (recorded == 0 || res.status >= 500) {
 			outcome := audit.Success
 			switch {
 			case res.status == http.StatusUnauthorized || res.status == http.StatusForbidden:
@@ -354,7 +363,7 @@ func (s *Server) oauthAdmin(h http.Handler) http.Handler {
 			s.log.Error("audit log unavailable: withholding the token service's admin answer", "method", r.Method, "path", r.URL.Path, "err", failed)
 			res = newHeldResponse()
 			writeErrors(res, http.StatusInternalServerError,
-				"audit log unavailable; the answer was withheld, and a change the call made may stand unrecorded: check once the audit log works")
+				"audit log unavailable; the call changed nothing and its answer was withheld: try again once the audit log works")
 		}
 		switch {
 		case res.status == http.StatusUnauthorized || res.status == http.StatusForbidden:

@@ -95,7 +95,8 @@ type PolicySetResponse struct {
 // mesh enforces; they are listed in NotEnforcing and never counted.
 type PolicyStatus struct {
 	Version uint64 `json:"version"`
-	// Converged: every connected node in Nodes acknowledged Version.
+	// Converged: every connected node in Nodes acknowledged Version
+	// (revoked nodes are never connected).
 	Converged bool `json:"converged"`
 	// Connected and AtVersion count the connected nodes of Nodes, and
 	// those of them that run Version.
@@ -127,6 +128,9 @@ type PolicyNodeStatus struct {
 	Current       bool      `json:"current"`
 	Connected     bool      `json:"connected"`
 	LastAck       time.Time `json:"last_ack,omitzero"`
+	// Revocation: a revoked node is not connected and does not count
+	// toward convergence.
+	Revocation
 }
 
 func (s *Server) policyRoutes() {
@@ -660,22 +664,32 @@ func (s *Server) policyStatus(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	cur, err := s.db.CurrentPolicyVersion(c.ctx, s.db.SQL())
+	st, err := s.policyStatusOf(c.ctx)
 	if err != nil {
 		c.fail(err)
 		return
 	}
-	nodes, err := s.db.Nodes(c.ctx)
+	c.reply(http.StatusOK, st)
+}
+
+// policyStatusOf says which node runs which policy version, for the admin
+// API and the dashboard.
+func (s *Server) policyStatusOf(ctx context.Context) (PolicyStatus, error) {
+	cur, err := s.db.CurrentPolicyVersion(ctx, s.db.SQL())
 	if err != nil {
-		c.fail(err)
-		return
+		return PolicyStatus{}, err
+	}
+	nodes, err := s.db.Nodes(ctx)
+	if err != nil {
+		return PolicyStatus{}, err
 	}
 	st := PolicyStatus{Version: cur, Nodes: []PolicyNodeStatus{}, NotEnforcing: []PolicyNodeStatus{}}
 	now := s.now()
 	for _, n := range nodes {
+		rev := s.nodeRevocation(n)
 		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
-			Current: n.PolicyVersion == cur, LastAck: n.LastAck,
-			Connected: s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat}
+			Current: n.PolicyVersion == cur, LastAck: n.LastAck, Revocation: rev,
+			Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat)}
 		if !enforcesPolicy(n.Component) {
 			st.NotEnforcing = append(st.NotEnforcing, ns)
 			continue
@@ -689,5 +703,5 @@ func (s *Server) policyStatus(c *adminCall) {
 		st.Nodes = append(st.Nodes, ns)
 	}
 	st.Converged = st.AtVersion == st.Connected
-	c.reply(http.StatusOK, st)
+	return st, nil
 }

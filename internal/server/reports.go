@@ -38,6 +38,9 @@ var reasonCodeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 // inputDigestRE is a reported Rego input digest: hex SHA-256.
 var inputDigestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
+// traceIDRE is a W3C trace-context trace ID.
+var traceIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
 // handleAuditReport records the security decisions a data-plane process
 // reports (wire.PathAudit): every deny, and every request an AUDIT policy
 // matched. The caller is authenticated like every agent API call (its node
@@ -157,6 +160,9 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 	if e.InputSHA256 != "" && !inputDigestRE.MatchString(e.InputSHA256) {
 		return ev, badf("%s: want 64 lower-case hex digits", field("input_sha256"))
 	}
+	if e.TraceID != "" && (!traceIDRE.MatchString(e.TraceID) || strings.Trim(e.TraceID, "0") == "") {
+		return ev, badf("%s: want a W3C trace ID, 32 lower-case hex digits, not all zero", field("trace_id"))
+	}
 	if len(e.RegoQuery) > maxReportName || !printable(e.RegoQuery) {
 		return ev, badf("%s: want a Rego query of at most %d printable bytes", field("rego_query"), maxReportName)
 	}
@@ -177,7 +183,7 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 		"source": e.Source, "source_ip": e.SourceIP, "policy": e.Policy, "audit_policy": e.AuditPolicy,
 		"method": clipReported(e.Method, maxReportMethod), "path": clipReported(e.Path, maxReportPath),
 		"reason":     clipReported(e.Reason, maxReportReason),
-		"rego_query": e.RegoQuery, "input_sha256": e.InputSHA256,
+		"rego_query": e.RegoQuery, "input_sha256": e.InputSHA256, "trace_id": e.TraceID,
 	} {
 		if v != "" {
 			d[k] = v

@@ -38,11 +38,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/ui"
 )
 
 // Files the server keeps in its data directory.
@@ -67,10 +69,6 @@ type Config struct {
 	// Logger receives JSON logs; slog.Default() when nil. Never given a
 	// token or key.
 	Logger *slog.Logger
-	// Notice receives the first-start instructions for humans (where the
-	// admin token was written); discarded when nil. The token itself is
-	// never printed.
-	Notice io.Writer
 	// ExtraHandlers are mounted on the listener next to the built-in
 	// routes, keyed by http.ServeMux pattern (the OIDC issuer mounts
 	// /.well-known/ and /oauth2/ here). See also Mount.
@@ -86,11 +84,15 @@ type Config struct {
 	// (Settings.SecretsKeyFile); see secrets.go.
 	SecretsRootKey    []byte
 	SecretsPassphrase []byte
+	// Tracer, when set, gives every request on the listener a server span
+	// (tracing.go); nil: no tracing.
+	Tracer trace.Tracer
 }
 
 // Server is the control plane. Create it with New.
 type Server struct {
 	cfg    config.Server
+	tracer trace.Tracer // nil: no tracing
 	td     spiffeid.TrustDomain
 	id     spiffeid.ID // spiffe://TD/moatless/server
 	admins map[string]bool
@@ -111,6 +113,8 @@ type Server struct {
 	cert      atomic.Pointer[serverCert]
 	oauth     *oauthState   // the token service (oauth.go)
 	secrets   *secretsState // the secrets service (secrets.go)
+	detect    *detectState  // detection and response (detect.go)
+	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	hub       hub
 	metrics   *metrics
@@ -171,7 +175,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
+	s := &Server{cfg: st, td: td, id: serverID(td), now: c.Now, log: c.Logger, tracer: c.Tracer, admins: map[string]bool{}, refresh: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -230,7 +234,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if err := s.initAdminToken(ctx, c.Notice, c.ResetAdminToken); err != nil {
+	if err := s.initAdminToken(ctx, c.ResetAdminToken); err != nil {
 		return nil, err
 	}
 	if err := s.renewServerCert(ctx); err != nil {
@@ -272,6 +276,12 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err := s.initSecrets(ctx, c); err != nil {
 		return nil, err
 	}
+	if err := s.initDetect(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.initDashboard(ctx); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }
@@ -308,7 +318,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving = true
 	base, cancel := context.WithCancel(ctx)
 	s.httpSrv = &http.Server{
-		Handler:           s.withDeadlines(s.mux),
+		Handler:           s.traced(s.withDeadlines(s.mux)),
 		TLSConfig:         s.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -324,7 +334,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges} {
+	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges, s.detect.alerts.run} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(base) }()
 	}
@@ -516,8 +526,11 @@ func newAdminToken() (string, error) {
 
 // initAdminToken loads the admin token's hash from the store, or on first
 // start (or with reset) creates a token, writes it once to
-// DIR/admin-token (0600) and keeps only its SHA-256.
-func (s *Server) initAdminToken(ctx context.Context, notice io.Writer, reset bool) error {
+// DIR/admin-token (0600) and keeps only its SHA-256. Where the token went,
+// and the environment admin commands elsewhere need, is one JSON log line
+// like every other (a plain-text notice would break a JSON log); the token
+// itself is never logged.
+func (s *Server) initAdminToken(ctx context.Context, reset bool) error {
 	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
 	if !reset {
 		v, err := s.db.Meta(ctx, adminTokenMetaKey)
@@ -548,25 +561,21 @@ func (s *Server) initAdminToken(ctx context.Context, notice io.Writer, reset boo
 			return fmt.Errorf("server: %w", err)
 		}
 		if !won { // another replica created it first: use theirs
-			return s.initAdminToken(ctx, notice, false)
+			return s.initAdminToken(ctx, false)
 		}
 	}
 	s.adminHash = sum
 	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600, false); err != nil {
 		return fmt.Errorf("server: write admin token: %w", err)
 	}
-	if notice != nil {
-		fmt.Fprintf(notice, `
-The admin token was written to %s (mode 0600). It is shown nowhere else.
-Admin commands on this machine find it there; elsewhere run:
-
-    export MOATLESS_ADDR=%s
-    export MOATLESS_CACERT=%s
-    export MOATLESS_TOKEN="$(cat %s)"
-
-`, path, clientAddr(s.cfg.Listen), filepath.Join(s.cfg.DataDir, BundleFile), path)
-	}
-	s.log.Info("created admin token", "path", path)
+	// WARN, so that it survives log_level: warn: a new admin credential
+	// exists, and this line is the only pointer to it.
+	s.log.Warn("created admin token; admin commands on this machine find it, elsewhere set env",
+		"path", path, "mode", "0600",
+		slog.Group("env",
+			"MOATLESS_ADDR", clientAddr(s.cfg.Listen),
+			"MOATLESS_CACERT", filepath.Join(s.cfg.DataDir, BundleFile),
+			"MOATLESS_TOKEN", fmt.Sprintf("$(cat %s)", path)))
 	return nil
 }
 

@@ -268,7 +268,7 @@ func TestWatch(t *testing.T) {
 	if u.Version <= first.Version {
 		t.Fatalf("version went %d -> %d", first.Version, u.Version)
 	}
-	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/evil"}, nil)
+	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/evil", Force: true}, nil)
 	u2 := next(t, ch)
 	if u2.Revocations == nil || len(u2.Revocations.SPIFFEIDs) != 1 || u2.Entries != nil || u2.Version <= u.Version {
 		t.Fatalf("revocation update: %+v", u2)
@@ -336,7 +336,7 @@ func TestWatchSince(t *testing.T) {
 	e := start(t, "")
 	n := e.attest("spiffe://example.org/agent/since")
 	e.admin("POST", server.PathAdminEntries, entryReq(n.id, "spiffe://example.org/ns/a/sa/since", "unix:uid:3"), nil)
-	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/gone"}, nil)
+	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/gone", Force: true}, nil)
 	if st, _, body := apply(e, allowOrders, false); st != 200 {
 		t.Fatal(body)
 	}

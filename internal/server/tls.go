@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/tlsconf"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -97,15 +98,16 @@ func (s *Server) renewServerCert(ctx context.Context) error {
 	leaf := iss.Chain[0]
 	s.cert.Store(&serverCert{tls: c, renewAt: leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)})
 	s.metrics.svids.WithLabelValues(store.SVIDKindServer).Inc()
-	s.log.Info("issued server certificate", "serial", iss.Serial, "not_after", iss.NotAfter, "dns", dns, "ips", fmt.Sprint(ips))
+	s.log.Info("issued server certificate", "serial", iss.Serial, "not_after", iss.NotAfter, "dns", dns, "ips", ips)
 	return nil
 }
 
 // tlsConfig serves the current server certificate and asks for (does not
 // require) a client certificate: attestation, health and metrics have
-// none; everything else checks the caller's SVID per request.
+// none; everything else checks the caller's SVID per request. Under TLS
+// 1.2 only AEAD suites are offered (tlsconf).
 func (s *Server) tlsConfig() *tls.Config {
-	return &tls.Config{
+	return tlsconf.Server(&tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -113,7 +115,7 @@ func (s *Server) tlsConfig() *tls.Config {
 		},
 		ClientAuth:       tls.RequestClientCert,
 		VerifyConnection: s.verifyConnection,
-	}
+	})
 }
 
 // verifyConnection verifies a presented client certificate as an
@@ -168,8 +170,8 @@ func (s *Server) peer(r *http.Request) (*caller, error) {
 	if s.now().After(leaf.NotAfter) {
 		return c, errExpired
 	}
-	if s.revs.Load().revoked(c.id.String(), c.serial) {
-		return c, errRevoked
+	if set := s.revs.Load(); set.revoked(c.id.String(), c.serial) {
+		return c, fmt.Errorf("%w: %s", errRevoked, set.describe(c.id.String(), c.serial))
 	}
 	return c, nil
 }
@@ -216,6 +218,15 @@ type revocationSet struct {
 	// section is the watch stream's revocations section, built once with
 	// the snapshot and shared, read-only, by every stream that sends it.
 	section *wire.Revocations
+	// why holds each revoked ID's and serial's record, by ID or serial,
+	// for status listings.
+	why map[string]revocationWhy
+}
+
+// revocationWhy is when and why a SPIFFE ID or serial was revoked.
+type revocationWhy struct {
+	at     time.Time
+	reason string
 }
 
 func (r *revocationSet) revoked(id, serial string) bool {
@@ -237,13 +248,21 @@ func (s *Server) reloadRevocations(ctx context.Context, version uint64) error {
 	if err != nil {
 		return err
 	}
-	set := &revocationSet{version: version, ids: map[string]bool{}, serials: map[string]bool{}, section: &wire.Revocations{TokenIDs: toks}}
+	blocked, err := s.blockedEdges(ctx)
+	if err != nil {
+		return err
+	}
+	set := &revocationSet{version: version, ids: map[string]bool{}, serials: map[string]bool{}, section: &wire.Revocations{TokenIDs: toks, BlockedEdges: blocked},
+		why: map[string]revocationWhy{}}
 	for _, x := range l.IDs {
 		set.ids[x.SPIFFEID] = true
 		set.section.SPIFFEIDs = append(set.section.SPIFFEIDs, x.SPIFFEID)
+		set.section.IDDetails = append(set.section.IDDetails, wire.RevokedIDDetail{SPIFFEID: x.SPIFFEID, RevokedAt: x.RevokedAt, Reason: x.Reason})
+		set.why[x.SPIFFEID] = revocationWhy{x.RevokedAt, x.Reason}
 	}
 	for _, x := range l.Serials {
 		set.serials[x.Serial] = true
+		set.why[x.Serial] = revocationWhy{x.RevokedAt, x.Reason}
 		set.section.Serials = append(set.section.Serials, wire.RevokedSerial{Serial: x.Serial, ExpiresAt: x.ExpiresAt})
 	}
 	s.revs.Store(set)

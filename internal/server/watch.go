@@ -290,9 +290,10 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			}
 		case <-wake:
 			wake = s.hub.wait()
-			if s.revs.Load().revoked(id, c.serial) {
-				return
-			}
+			// A node revoked meanwhile gets this last update before the
+			// stream ends: it learns that it is cut off (an isolated
+			// sidecar then refuses its own workload's calls).
+			revoked := s.revs.Load().revoked(id, c.serial)
 			vs, ok := s.hub.snapshot()
 			if !ok || vs.Global <= last {
 				var err error
@@ -302,14 +303,27 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			if vs.Global <= last {
+				if revoked {
+					return
+				}
 				continue
 			}
 			u, any, err := s.buildUpdate(ctx, c, vs, last, false)
 			if err != nil {
 				s.log.Warn("watch: build update", "err", err)
+				if revoked {
+					return
+				}
 				continue
 			}
 			last = vs.Global
+			if revoked {
+				// Only the revocations: nothing else is served to it.
+				if u.Revocations != nil {
+					send(wire.Update{Version: u.Version, Revocations: u.Revocations})
+				}
+				return
+			}
 			if any && !send(u) {
 				return
 			}
@@ -394,7 +408,9 @@ func (s *Server) maintain(ctx context.Context) {
 		}
 		s.tickOAuth(ctx)
 		s.tickSecrets(ctx)
-		if now := s.now(); now.Sub(lastPrune) >= time.Minute {
+		now := s.now()
+		prune := now.Sub(lastPrune) >= time.Minute
+		if prune {
 			lastPrune = now
 			s.prune(ctx, now)
 			s.evictStaleNodes(ctx, now)
@@ -403,6 +419,7 @@ func (s *Server) maintain(ctx context.Context) {
 			lastArchive = now
 			s.archiveAudit(ctx, now)
 		}
+		s.tickDetect(ctx, now, prune)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 )
 
 // AuditRow is one stored audit record. The hashing and verification rules
@@ -98,7 +99,9 @@ func (s *DB) AuditHead(ctx context.Context) (uint64, []byte, error) {
 	return uint64(max(seq, 0)), hash, err
 }
 
+// querier is what *sql.DB and *sql.Tx share.
 type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
@@ -141,6 +144,31 @@ func (s *DB) AuditRowsDesc(ctx context.Context, upTo uint64, limit int) ([]Audit
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
 		FROM audit_log WHERE `+s.intSeq()+` AND seq >= 1 AND seq <= $1 ORDER BY seq DESC LIMIT $2`, int64(min(upTo, math.MaxInt64)), limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: read audit log: %w", err)
+	}
+	return scanAuditRows(rows)
+}
+
+// AuditRowsDescKinds is AuditRowsDesc for records whose kind starts with
+// one of prefixes (each a literal prefix such as "oauth."; LIKE's
+// wildcards in it are matched literally).
+func (s *DB) AuditRowsDescKinds(ctx context.Context, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
+	if len(prefixes) == 0 {
+		return s.AuditRowsDesc(ctx, upTo, limit)
+	}
+	if upTo == 0 {
+		return nil, nil
+	}
+	args := []any{int64(min(upTo, math.MaxInt64)), limit}
+	var conds []string
+	for _, p := range prefixes {
+		esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(p)
+		args = append(args, esc+"%")
+		conds = append(conds, fmt.Sprintf(`kind LIKE $%d ESCAPE '\'`, len(args)))
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+		FROM audit_log WHERE `+s.intSeq()+` AND seq >= 1 AND seq <= $1 AND (`+strings.Join(conds, " OR ")+`) ORDER BY seq DESC LIMIT $2`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -281,6 +282,34 @@ func TestNodesAndSVIDs(t *testing.T) {
 	})
 }
 
+func TestSVIDsListsLiveSoonestFirst(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		var svids []store.IssuedSVID
+		for i, d := range []time.Duration{3 * time.Hour, -time.Minute, time.Hour, 2 * time.Hour, 0} {
+			svids = append(svids, store.IssuedSVID{Serial: fmt.Sprintf("%02x", i+1), SPIFFEID: "spiffe://td/w", Kind: store.SVIDKindWorkload,
+				NotAfter: t0.Add(d), IssuedAt: t0.Add(-time.Hour)})
+		}
+		if err := db.InsertSVIDs(ctx, db.SQL(), svids...); err != nil {
+			t.Fatal(err)
+		}
+		// Expired (not_after before now) and expiring exactly now are gone.
+		got, total, err := db.SVIDs(ctx, t0, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serials []string
+		for _, v := range got {
+			serials = append(serials, v.Serial)
+		}
+		if total != 3 || !slices.Equal(serials, []string{"03", "04"}) {
+			t.Fatalf("got %q of %d, want [03 04] of 3", serials, total)
+		}
+		if !got[0].NotAfter.Equal(t0.Add(time.Hour)) || !got[0].IssuedAt.Equal(t0.Add(-time.Hour)) {
+			t.Fatalf("times: %+v", got[0])
+		}
+	})
+}
 func TestRevocations(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()

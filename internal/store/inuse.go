@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 )
 
@@ -86,6 +85,3 @@ func InUse(ctx context.Context, dsn string) error {
 	}
 	return nil
 }
-
-// lockPID formats the pid written into a lock file.
-func lockPID() []byte { return []byte(strconv.Itoa(os.Getpid()) + "\n") }

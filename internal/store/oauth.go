@@ -49,6 +49,39 @@ func (o *OAuth) prepare(ctx context.Context) error {
 
 var _ token.Store = (*OAuth)(nil)
 
+// q is where a statement runs: the transaction ctx carries (Atomically,
+// WithTx), else the database. Under SQLite a statement outside the
+// transaction would wait for the write lock the transaction holds.
+func (o *OAuth) q(ctx context.Context) querier {
+	if tx, ok := TxFrom(ctx); ok {
+		return tx
+	}
+	return o.db.db
+}
+
+// tx runs fn in the transaction ctx carries, else in a new one.
+func (o *OAuth) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	if tx, ok := TxFrom(ctx); ok {
+		return fn(tx)
+	}
+	return o.db.Tx(ctx, fn)
+}
+
+// Atomically runs fn in one transaction: every method of o that fn calls
+// with the context it is given runs in it, and so does the server's audit
+// record of the change (it appends through audit.StoreSink.AppendTx on
+// TxFrom(ctx)); it commits when fn returns nil and rolls everything back
+// otherwise. Called inside another Atomically it joins that transaction.
+// Under SQLite the transaction holds the database write lock throughout;
+// under PostgreSQL (READ COMMITTED) the row locks its statements take are
+// held until the end, which is what makes LockGrant's check hold.
+func (o *OAuth) Atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	if _, ok := TxFrom(ctx); ok {
+		return fn(ctx)
+	}
+	return o.tx(ctx, func(tx *sql.Tx) error { return fn(WithTx(ctx, tx)) })
+}
+
 // kindError wraps both this package's sentinel and the token package's,
 // so callers of either can branch with errors.Is.
 type kindError struct {
@@ -130,7 +163,7 @@ func (o *OAuth) CreateClient(ctx context.Context, c *token.Client) error {
 	if err != nil {
 		return oerr("create client", err)
 	}
-	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_clients (id, name, spiffe_id, secret_hash, spec, created_at, updated_at)
+	res, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_clients (id, name, spiffe_id, secret_hash, spec, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
 		c.ID, c.Name, nullString(c.SPIFFEID), c.SecretHash, string(spec), unix(c.CreatedAt), unix(c.UpdatedAt))
 	if err != nil {
@@ -170,6 +203,10 @@ func (o *OAuth) clientWhere(ctx context.Context, bySPIFFE bool, arg any) (*token
 	if bySPIFFE {
 		st = o.bySPIFFE
 	}
+	if tx, ok := TxFrom(ctx); ok {
+		st = tx.StmtContext(ctx, st)
+		defer st.Close()
+	}
 	c, err := scanClient(st.QueryRowContext(ctx, arg))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, oauthNotFound("client")
@@ -189,7 +226,7 @@ func (o *OAuth) ClientBySPIFFEID(ctx context.Context, spiffeID string) (*token.C
 }
 
 func (o *OAuth) Clients(ctx context.Context) ([]*token.Client, error) {
-	rows, err := o.db.db.QueryContext(ctx, "SELECT "+clientCols+" FROM oauth_clients ORDER BY name")
+	rows, err := o.q(ctx).QueryContext(ctx, "SELECT "+clientCols+" FROM oauth_clients ORDER BY name")
 	if err != nil {
 		return nil, oerr("list clients", err)
 	}
@@ -211,7 +248,7 @@ func (o *OAuth) Clients(ctx context.Context) ([]*token.Client, error) {
 func (o *OAuth) SetClientSecret(ctx context.Context, id string, hash []byte, previousUntil, at time.Time) error {
 	// The previous hash is the current one (same statement, so two
 	// concurrent rotations cannot lose it).
-	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_clients SET previous_secret_hash = CASE WHEN $1 > 0 THEN secret_hash ELSE NULL END,
+	res, err := o.q(ctx).ExecContext(ctx, `UPDATE oauth_clients SET previous_secret_hash = CASE WHEN $1 > 0 THEN secret_hash ELSE NULL END,
 		previous_secret_until = $1, secret_hash = $2, updated_at = $3 WHERE id = $4`, unix(previousUntil), hash, unix(at), id)
 	if err != nil {
 		return oerr("set client secret", err)
@@ -225,7 +262,7 @@ func (o *OAuth) SetClientSecret(ctx context.Context, id string, hash []byte, pre
 }
 
 func (o *OAuth) DeleteClient(ctx context.Context, id string) error {
-	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_clients WHERE id = $1", id)
+	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_clients WHERE id = $1", id)
 	if err != nil {
 		return oerr("delete client", err)
 	}
@@ -244,7 +281,7 @@ func (o *OAuth) CreateUser(ctx context.Context, u *token.User) error {
 	if err != nil {
 		return oerr("create user", err)
 	}
-	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_users (id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at)
+	res, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_users (id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
 		u.ID, u.Name, u.PasswordHash, u.TOTPSecret, boolInt(u.TOTPEnabled), u.TOTPLastStep, string(spec), unix(u.CreatedAt), unix(u.UpdatedAt))
 	if err != nil {
@@ -258,7 +295,7 @@ func (o *OAuth) CreateUser(ctx context.Context, u *token.User) error {
 	return nil
 }
 
-const userCols = `id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at`
+const userCols = `id, name, password_hash, totp_secret, totp_enabled, totp_last_step, spec, created_at, updated_at, sessions_epoch`
 
 func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
 	var (
@@ -267,7 +304,7 @@ func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
 		spec       string
 		created, m int64
 	)
-	if err := row.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TOTPSecret, &enabled, &u.TOTPLastStep, &spec, &created, &m); err != nil {
+	if err := row.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TOTPSecret, &enabled, &u.TOTPLastStep, &spec, &created, &m, &u.SessionsEpoch); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(spec), &u.UserSpec); err != nil {
@@ -279,7 +316,7 @@ func scanUser(row interface{ Scan(...any) error }) (*token.User, error) {
 }
 
 func (o *OAuth) userWhere(ctx context.Context, where string, arg any) (*token.User, error) {
-	u, err := scanUser(o.db.db.QueryRowContext(ctx, "SELECT "+userCols+" FROM oauth_users WHERE "+where, arg))
+	u, err := scanUser(o.q(ctx).QueryRowContext(ctx, "SELECT "+userCols+" FROM oauth_users WHERE "+where, arg))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, oauthNotFound("user")
 	}
@@ -297,8 +334,23 @@ func (o *OAuth) UserByID(ctx context.Context, id string) (*token.User, error) {
 	return o.userWhere(ctx, "id = $1", id)
 }
 
+// LockUser reads the user with a row lock (PostgreSQL: FOR UPDATE) held
+// until the transaction ctx carries ends; under SQLite that transaction
+// holds the write lock already. RevokeUserGrants updates the user's row
+// first, so it and a login finishing under LockUser take turns.
+func (o *OAuth) LockUser(ctx context.Context, id string) (*token.User, error) {
+	if _, ok := TxFrom(ctx); !ok {
+		return nil, oerr("lock user", errors.New("not inside Atomically"))
+	}
+	where := "id = $1"
+	if o.db.dialect == Postgres {
+		where += " FOR UPDATE"
+	}
+	return o.userWhere(ctx, where, id)
+}
+
 func (o *OAuth) Users(ctx context.Context) ([]*token.User, error) {
-	rows, err := o.db.db.QueryContext(ctx, "SELECT "+userCols+" FROM oauth_users ORDER BY name")
+	rows, err := o.q(ctx).QueryContext(ctx, "SELECT "+userCols+" FROM oauth_users ORDER BY name")
 	if err != nil {
 		return nil, oerr("list users", err)
 	}
@@ -317,16 +369,18 @@ func (o *OAuth) Users(ctx context.Context) ([]*token.User, error) {
 	return out, nil
 }
 
+// UpdateUser writes the password hash and spec only. The TOTP columns
+// are never written from a user read earlier: a password change racing an
+// MFA enrolment would otherwise switch the new TOTP off again (and a reset
+// would resurrect an old key). StartTOTP, EnableTOTP, UseTOTPStep and
+// ResetTOTP change them, each in one conditional statement.
 func (o *OAuth) UpdateUser(ctx context.Context, u *token.User) error {
 	spec, err := json.Marshal(u.UserSpec)
 	if err != nil {
 		return oerr("update user", err)
 	}
-	// totp_last_step is only ever raised (by UseTOTPStep) or reset to 0
-	// with a new TOTP key, never lowered to an older accepted step.
-	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_users SET password_hash = $1, totp_secret = $2, totp_enabled = $3,
-		totp_last_step = CASE WHEN $4 = 0 THEN 0 ELSE totp_last_step END, spec = $5, updated_at = $6 WHERE id = $7`,
-		u.PasswordHash, u.TOTPSecret, boolInt(u.TOTPEnabled), u.TOTPLastStep, string(spec), unix(u.UpdatedAt), u.ID)
+	res, err := o.q(ctx).ExecContext(ctx, `UPDATE oauth_users SET password_hash = $1, spec = $2, updated_at = $3 WHERE id = $4`,
+		u.PasswordHash, string(spec), unix(u.UpdatedAt), u.ID)
 	if err != nil {
 		return oerr("update user", err)
 	}
@@ -338,8 +392,52 @@ func (o *OAuth) UpdateUser(ctx context.Context, u *token.User) error {
 	return nil
 }
 
+// StartTOTP stores a new pending (not enabled) TOTP key, but only while
+// the user's TOTP is not enabled, in one conditional statement: an
+// enrolment started as another one completes cannot overwrite the key just
+// enabled. ErrTOTPEnabled when it is enabled (nothing changed).
+func (o *OAuth) StartTOTP(ctx context.Context, userID string, sealed []byte, at time.Time) error {
+	res, err := o.q(ctx).ExecContext(ctx, `UPDATE oauth_users SET totp_secret = $1, totp_enabled = 0, totp_last_step = 0, updated_at = $2
+		WHERE id = $3 AND totp_enabled = 0`, sealed, unix(at), userID)
+	if err != nil {
+		return oerr("start totp", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("start totp", err)
+	} else if !ok {
+		var one int
+		err := o.q(ctx).QueryRowContext(ctx, "SELECT 1 FROM oauth_users WHERE id = $1", userID).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return oauthNotFound("user")
+		}
+		if err != nil {
+			return oerr("start totp", err)
+		}
+		return &kindError{"store: oauth user has TOTP enabled already", []error{ErrConflict, token.ErrTOTPEnabled}}
+	}
+	return nil
+}
+
+// ResetTOTP turns the user's TOTP off, forgets the key and deletes the
+// recovery codes, in one transaction. ErrNotFound for an unknown user.
+func (o *OAuth) ResetTOTP(ctx context.Context, userID string, at time.Time) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE oauth_users SET totp_secret = NULL, totp_enabled = 0, totp_last_step = 0, updated_at = $1 WHERE id = $2`,
+			unix(at), userID)
+		if err != nil {
+			return oerr("reset totp", err)
+		}
+		if ok, err := rowsOne(res); err != nil {
+			return oerr("reset totp", err)
+		} else if !ok {
+			return oauthNotFound("user")
+		}
+		return setRecoveryCodes(ctx, tx, userID, nil)
+	})
+}
+
 func (o *OAuth) DeleteUser(ctx context.Context, name string) error {
-	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
 		var id string
 		err := tx.QueryRowContext(ctx, "SELECT id FROM oauth_users WHERE name = $1", name).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -359,7 +457,7 @@ func (o *OAuth) DeleteUser(ctx context.Context, name string) error {
 }
 
 func (o *OAuth) UseTOTPStep(ctx context.Context, userID string, step int64) error {
-	res, err := o.db.db.ExecContext(ctx, "UPDATE oauth_users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1", step, userID)
+	res, err := o.q(ctx).ExecContext(ctx, "UPDATE oauth_users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1", step, userID)
 	if err != nil {
 		return oerr("use totp step", err)
 	}
@@ -379,7 +477,7 @@ func (o *OAuth) UseTOTPStep(ctx context.Context, userID string, step int64) erro
 // concurrent enrolments changes the row, and only the winner replaces the
 // recovery codes.
 func (o *OAuth) EnableTOTP(ctx context.Context, userID string, sealed []byte, step int64, recoveryHashes [][]byte, at time.Time) error {
-	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE oauth_users SET totp_secret = $1, totp_enabled = 1, totp_last_step = $2, updated_at = $3
 			WHERE id = $4 AND totp_enabled = 0`, sealed, step, unix(at), userID)
 		if err != nil {
@@ -403,7 +501,7 @@ func (o *OAuth) EnableTOTP(ctx context.Context, userID string, sealed []byte, st
 }
 
 func (o *OAuth) SetRecoveryCodes(ctx context.Context, userID string, hashes [][]byte) error {
-	return o.db.Tx(ctx, func(tx *sql.Tx) error { return setRecoveryCodes(ctx, tx, userID, hashes) })
+	return o.tx(ctx, func(tx *sql.Tx) error { return setRecoveryCodes(ctx, tx, userID, hashes) })
 }
 
 func setRecoveryCodes(ctx context.Context, tx *sql.Tx, userID string, hashes [][]byte) error {
@@ -419,7 +517,7 @@ func setRecoveryCodes(ctx context.Context, tx *sql.Tx, userID string, hashes [][
 }
 
 func (o *OAuth) UseRecoveryCode(ctx context.Context, userID string, hash []byte) error {
-	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1 AND code_hash = $2", userID, hash)
+	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_recovery_codes WHERE user_id = $1 AND code_hash = $2", userID, hash)
 	if err != nil {
 		return oerr("use recovery code", err)
 	}
@@ -433,7 +531,7 @@ func (o *OAuth) UseRecoveryCode(ctx context.Context, userID string, hash []byte)
 
 func (o *OAuth) RecoveryCodesLeft(ctx context.Context, userID string) (int, error) {
 	var n int
-	if err := o.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_recovery_codes WHERE user_id = $1", userID).Scan(&n); err != nil {
+	if err := o.q(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_recovery_codes WHERE user_id = $1", userID).Scan(&n); err != nil {
 		return 0, oerr("count recovery codes", err)
 	}
 	return n, nil
@@ -442,7 +540,7 @@ func (o *OAuth) RecoveryCodesLeft(ctx context.Context, userID string) (int, erro
 // ---- signing keys
 
 func (o *OAuth) SigningKeys(ctx context.Context) ([]*token.SigningKey, error) {
-	rows, err := o.db.db.QueryContext(ctx, `SELECT kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at
+	rows, err := o.q(ctx).QueryContext(ctx, `SELECT kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at
 		FROM oauth_signing_keys ORDER BY activate_at, kid`)
 	if err != nil {
 		return nil, oerr("list signing keys", err)
@@ -467,7 +565,7 @@ func (o *OAuth) SigningKeys(ctx context.Context) ([]*token.SigningKey, error) {
 }
 
 func (o *OAuth) AddSigningKey(ctx context.Context, k *token.SigningKey) error {
-	res, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_signing_keys (kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at)
+	res, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_signing_keys (kid, alg, sealed, public_jwk, created_at, activate_at, retire_at, expire_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
 		k.KID, k.Alg, k.Sealed, k.Public, unix(k.CreatedAt), unix(k.ActivateAt), unix(k.RetireAt), unix(k.ExpireAt))
 	if err != nil {
@@ -482,7 +580,7 @@ func (o *OAuth) AddSigningKey(ctx context.Context, k *token.SigningKey) error {
 }
 
 func (o *OAuth) RetireSigningKeys(ctx context.Context, at, expireBy time.Time) error {
-	if _, err := o.db.db.ExecContext(ctx, `UPDATE oauth_signing_keys SET retire_at = $1,
+	if _, err := o.q(ctx).ExecContext(ctx, `UPDATE oauth_signing_keys SET retire_at = $1,
 		expire_at = CASE WHEN expire_at > $2 THEN $2 ELSE expire_at END
 		WHERE activate_at <= $1 AND retire_at > $1`, unix(at), unix(expireBy)); err != nil {
 		return oerr("retire signing keys", err)
@@ -491,7 +589,7 @@ func (o *OAuth) RetireSigningKeys(ctx context.Context, at, expireBy time.Time) e
 }
 
 func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, error) {
-	res, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
+	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
 	if err != nil {
 		return 0, oerr("delete signing keys", err)
 	}
@@ -502,7 +600,7 @@ func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, e
 // ---- grants
 
 func (o *OAuth) AddGrant(ctx context.Context, g *token.Grant) error {
-	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_grants (id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences)
+	_, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_grants (id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 		g.ID, g.ClientID, g.UserID, jsonList(g.Scope), unix(g.AuthTime), jsonList(g.AMR), unix(g.CreatedAt), unix(g.ExpiresAt), unix(g.RevokedAt), jsonList(g.Audiences))
 	if err != nil {
@@ -512,13 +610,34 @@ func (o *OAuth) AddGrant(ctx context.Context, g *token.Grant) error {
 }
 
 func (o *OAuth) Grant(ctx context.Context, id string) (*token.Grant, error) {
+	return o.grant(ctx, id, "")
+}
+
+// LockGrant reads the grant with a row lock (PostgreSQL: FOR UPDATE)
+// held until the transaction ctx carries ends; under SQLite that
+// transaction holds the database write lock already. RevokeGrant and
+// RevokeUserGrants update the grant row before anything else of it, so
+// they wait for this transaction, and everything it added to the grant
+// (refresh tokens, token IDs) is visible to their later statements.
+func (o *OAuth) LockGrant(ctx context.Context, id string) (*token.Grant, error) {
+	if _, ok := TxFrom(ctx); !ok {
+		return nil, oerr("lock grant", errors.New("not inside Atomically"))
+	}
+	suffix := ""
+	if o.db.dialect == Postgres {
+		suffix = " FOR UPDATE"
+	}
+	return o.grant(ctx, id, suffix)
+}
+
+func (o *OAuth) grant(ctx context.Context, id, suffix string) (*token.Grant, error) {
 	var (
 		g                 token.Grant
 		scope, amr, auds  string
 		at, c, exp, revok int64
 	)
-	err := o.db.db.QueryRowContext(ctx, `SELECT id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences
-		FROM oauth_grants WHERE id = $1`, id).Scan(&g.ID, &g.ClientID, &g.UserID, &scope, &at, &amr, &c, &exp, &revok, &auds)
+	err := o.q(ctx).QueryRowContext(ctx, `SELECT id, client_id, user_id, scope, auth_time, amr, created_at, expires_at, revoked_at, audiences
+		FROM oauth_grants WHERE id = $1`+suffix, id).Scan(&g.ID, &g.ClientID, &g.UserID, &scope, &at, &amr, &c, &exp, &revok, &auds)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, oauthNotFound("grant")
 	}
@@ -539,7 +658,7 @@ func (o *OAuth) Grant(ctx context.Context, id string) (*token.Grant, error) {
 }
 
 func (o *OAuth) RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error {
-	if _, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_grant_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)", jti, grantID, unix(exp)); err != nil {
+	if _, err := o.q(ctx).ExecContext(ctx, "INSERT INTO oauth_grant_tokens (jti, grant_id, expires_at) VALUES ($1, $2, $3)", jti, grantID, unix(exp)); err != nil {
 		return oerr("record token id", err)
 	}
 	return nil
@@ -547,7 +666,7 @@ func (o *OAuth) RecordTokenID(ctx context.Context, grantID, jti string, exp time
 
 func (o *OAuth) TokenGrant(ctx context.Context, jti string) (string, error) {
 	var g string
-	err := o.db.db.QueryRowContext(ctx, "SELECT grant_id FROM oauth_grant_tokens WHERE jti = $1", jti).Scan(&g)
+	err := o.q(ctx).QueryRowContext(ctx, "SELECT grant_id FROM oauth_grant_tokens WHERE jti = $1", jti).Scan(&g)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", oauthNotFound("token id")
 	}
@@ -559,7 +678,7 @@ func (o *OAuth) TokenGrant(ctx context.Context, jti string) (string, error) {
 
 func (o *OAuth) RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]token.RevokedToken, error) {
 	var out []token.RevokedToken
-	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+	err := o.tx(ctx, func(tx *sql.Tx) error {
 		out = nil
 		if _, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE id = $2 AND revoked_at = 0", unix(at), grantID); err != nil {
 			return oerr("revoke grant", err)
@@ -623,8 +742,20 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 		grants int
 		out    []token.RevokedToken
 	)
-	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+	err := o.tx(ctx, func(tx *sql.Tx) error {
 		grants, out = 0, nil
+		// The user, then codes, then grants, then refresh tokens: the
+		// order in which a login (LockUser), a redemption (code, then
+		// LockGrant) and a refresh (LockGrant, then its refresh token)
+		// lock rows, so none of them deadlocks with this under
+		// PostgreSQL. Moving the epoch makes every login in progress
+		// stale (token: finishLogin).
+		if _, err := tx.ExecContext(ctx, "UPDATE oauth_users SET sessions_epoch = sessions_epoch + 1 WHERE id = $1", userID); err != nil {
+			return oerr("revoke user grants", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE user_id = $1 AND used_at = 0", userID); err != nil {
+			return oerr("revoke user grants", err)
+		}
 		res, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE user_id = $2 AND revoked_at = 0", unix(at), userID)
 		if err != nil {
 			return oerr("revoke user grants", err)
@@ -636,9 +767,6 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 		grants = int(n)
 		if _, err := tx.ExecContext(ctx, `UPDATE oauth_refresh_tokens SET revoked_at = $1
 			WHERE revoked_at = 0 AND grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $2)`, unix(at), userID); err != nil {
-			return oerr("revoke user grants", err)
-		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE user_id = $1 AND used_at = 0", userID); err != nil {
 			return oerr("revoke user grants", err)
 		}
 		// Tokens of grants revoked earlier are listed already; ON
@@ -678,7 +806,7 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 // ---- authorization codes
 
 func (o *OAuth) AddCode(ctx context.Context, c *token.AuthCode) error {
-	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_codes (code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
+	_, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_codes (code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
 		auth_time, amr, audiences, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)`,
 		c.Hash, c.GrantID, c.ClientID, c.UserID, c.RedirectURI, jsonList(c.Scope), c.Nonce, c.Challenge,
 		unix(c.AuthTime), jsonList(c.AMR), jsonList(c.RequestedAuds), unix(c.CreatedAt), unix(c.ExpiresAt))
@@ -691,7 +819,7 @@ func (o *OAuth) AddCode(ctx context.Context, c *token.AuthCode) error {
 func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, want token.CodeRedemption, at time.Time) (*token.AuthCode, error) {
 	// The checks are part of the one statement that consumes the code:
 	// a presentation that does not match changes nothing.
-	res, err := o.db.db.ExecContext(ctx, `UPDATE oauth_codes SET used_at = $1
+	res, err := o.q(ctx).ExecContext(ctx, `UPDATE oauth_codes SET used_at = $1
 		WHERE code_hash = $2 AND used_at = 0 AND client_id = $3 AND redirect_uri = $4 AND challenge = $5`,
 		unix(at), hash, want.ClientID, want.RedirectURI, want.Challenge)
 	if err != nil {
@@ -706,7 +834,7 @@ func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, want token.CodeRed
 		scope, amr, auds     string
 		authAt, cr, exp, use int64
 	)
-	err = o.db.db.QueryRowContext(ctx, `SELECT code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
+	err = o.q(ctx).QueryRowContext(ctx, `SELECT code_hash, grant_id, client_id, user_id, redirect_uri, scope, nonce, challenge,
 		auth_time, amr, audiences, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1`, hash).
 		Scan(&c.Hash, &c.GrantID, &c.ClientID, &c.UserID, &c.RedirectURI, &scope, &c.Nonce, &c.Challenge, &authAt, &amr, &auds, &cr, &exp, &use)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -739,7 +867,7 @@ func (o *OAuth) ConsumeCode(ctx context.Context, hash []byte, want token.CodeRed
 // ---- refresh tokens
 
 func (o *OAuth) AddRefreshToken(ctx context.Context, t *token.RefreshToken) error {
-	_, err := o.db.db.ExecContext(ctx, `INSERT INTO oauth_refresh_tokens (token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at)
+	_, err := o.q(ctx).ExecContext(ctx, `INSERT INTO oauth_refresh_tokens (token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at)
 		VALUES ($1, $2, $3, $4, $5, 0, 0)`, t.Hash, t.GrantID, t.ClientID, unix(t.CreatedAt), unix(t.ExpiresAt))
 	if err != nil {
 		return oerr("add refresh token", err)
@@ -752,7 +880,7 @@ func (o *OAuth) RefreshToken(ctx context.Context, hash []byte) (*token.RefreshTo
 		t                 token.RefreshToken
 		c, e, used, revok int64
 	)
-	err := o.db.db.QueryRowContext(ctx, `SELECT token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at
+	err := o.q(ctx).QueryRowContext(ctx, `SELECT token_hash, grant_id, client_id, created_at, expires_at, used_at, revoked_at
 		FROM oauth_refresh_tokens WHERE token_hash = $1`, hash).Scan(&t.Hash, &t.GrantID, &t.ClientID, &c, &e, &used, &revok)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, oauthNotFound("refresh token")
@@ -765,7 +893,7 @@ func (o *OAuth) RefreshToken(ctx context.Context, hash []byte) (*token.RefreshTo
 }
 
 func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *token.RefreshToken, at time.Time) error {
-	return o.db.Tx(ctx, func(tx *sql.Tx) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, "UPDATE oauth_refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at = 0 AND revoked_at = 0", unix(at), oldHash)
 		if err != nil {
 			return oerr("rotate refresh token", err)
@@ -791,7 +919,7 @@ func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *to
 // that wrote it dies before it could announce it.
 func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error) {
 	var fresh bool
-	err := o.db.Tx(ctx, func(tx *sql.Tx) error {
+	err := o.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
 			jti, unix(exp), unix(at))
 		if err != nil {
@@ -808,14 +936,14 @@ func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time
 
 func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {
 	var n int
-	if err := o.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", jti).Scan(&n); err != nil {
+	if err := o.q(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", jti).Scan(&n); err != nil {
 		return false, oerr("check revoked token id", err)
 	}
 	return n > 0, nil
 }
 
 func (o *OAuth) RevokedTokenIDs(ctx context.Context, now time.Time) ([]token.RevokedToken, error) {
-	rows, err := o.db.db.QueryContext(ctx, "SELECT jti, expires_at FROM oauth_revoked_tokens WHERE expires_at > $1 ORDER BY jti", unix(now))
+	rows, err := o.q(ctx).QueryContext(ctx, "SELECT jti, expires_at FROM oauth_revoked_tokens WHERE expires_at > $1 ORDER BY jti", unix(now))
 	if err != nil {
 		return nil, oerr("list revoked token ids", err)
 	}
@@ -836,7 +964,7 @@ func (o *OAuth) RevokedTokenIDs(ctx context.Context, now time.Time) ([]token.Rev
 }
 
 func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error {
-	res, err := o.db.db.ExecContext(ctx, "INSERT INTO oauth_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+	res, err := o.q(ctx).ExecContext(ctx, "INSERT INTO oauth_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
 		clientID, jti, unix(exp))
 	if err != nil {
 		return oerr("use assertion jti", err)
@@ -853,7 +981,7 @@ func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp t
 
 func (o *OAuth) RecordLoginFailure(ctx context.Context, key string, at, forgetBefore time.Time) (int, error) {
 	var n int
-	err := o.db.db.QueryRowContext(ctx, `INSERT INTO oauth_login_throttle (key, failures, last_failure, locked_until) VALUES ($1, 1, $2, 0)
+	err := o.q(ctx).QueryRowContext(ctx, `INSERT INTO oauth_login_throttle (key, failures, last_failure, locked_until) VALUES ($1, 1, $2, 0)
 		ON CONFLICT (key) DO UPDATE SET
 			failures = CASE WHEN oauth_login_throttle.last_failure < $3 THEN 1 ELSE oauth_login_throttle.failures + 1 END,
 			last_failure = $2
@@ -865,7 +993,7 @@ func (o *OAuth) RecordLoginFailure(ctx context.Context, key string, at, forgetBe
 }
 
 func (o *OAuth) LockLogin(ctx context.Context, key string, until time.Time) error {
-	if _, err := o.db.db.ExecContext(ctx, "UPDATE oauth_login_throttle SET locked_until = $1 WHERE key = $2 AND locked_until < $1", unix(until), key); err != nil {
+	if _, err := o.q(ctx).ExecContext(ctx, "UPDATE oauth_login_throttle SET locked_until = $1 WHERE key = $2 AND locked_until < $1", unix(until), key); err != nil {
 		return oerr("lock login", err)
 	}
 	return nil
@@ -875,7 +1003,7 @@ func (o *OAuth) LoginLockedUntil(ctx context.Context, keys []string) (time.Time,
 	var latest int64
 	for _, k := range keys {
 		var v int64
-		err := o.db.db.QueryRowContext(ctx, "SELECT locked_until FROM oauth_login_throttle WHERE key = $1", k).Scan(&v)
+		err := o.q(ctx).QueryRowContext(ctx, "SELECT locked_until FROM oauth_login_throttle WHERE key = $1", k).Scan(&v)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -888,7 +1016,7 @@ func (o *OAuth) LoginLockedUntil(ctx context.Context, keys []string) (time.Time,
 }
 
 func (o *OAuth) ClearLoginFailures(ctx context.Context, key string) error {
-	if _, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE key = $1", key); err != nil {
+	if _, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE key = $1", key); err != nil {
 		return oerr("clear login failures", err)
 	}
 	return nil
@@ -896,7 +1024,7 @@ func (o *OAuth) ClearLoginFailures(ctx context.Context, key string) error {
 
 func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 	n := unix(now)
-	if _, err := o.db.db.ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE last_failure < $1 AND locked_until < $2", n-3600, n); err != nil {
+	if _, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_login_throttle WHERE last_failure < $1 AND locked_until < $2", n-3600, n); err != nil {
 		return oerr("prune", err)
 	}
 	for _, q := range []string{
@@ -907,7 +1035,7 @@ func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 		"DELETE FROM oauth_revoked_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",
 	} {
-		if _, err := o.db.db.ExecContext(ctx, q, n); err != nil {
+		if _, err := o.q(ctx).ExecContext(ctx, q, n); err != nil {
 			return oerr("prune", err)
 		}
 	}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -85,13 +86,13 @@ func TestOAuthUsersTOTPAndRecovery(t *testing.T) {
 				t.Fatalf("case %d step %d: got %v", i, tc.step, err)
 			}
 		}
-		// UpdateUser keeps the last step unless it resets it to 0.
+		// UpdateUser never touches the TOTP state, whatever u says.
 		u.TOTPEnabled, u.TOTPSecret, u.TOTPLastStep = true, []byte("sealed"), 5
 		if err := o.UpdateUser(ctx, u); err != nil {
 			t.Fatal(err)
 		}
 		got, _ := o.User(ctx, "alice")
-		if !got.TOTPEnabled || got.TOTPLastStep != 101 || got.Roles[0] != "admin" {
+		if got.TOTPEnabled || got.TOTPSecret != nil || got.TOTPLastStep != 101 || got.Roles[0] != "admin" {
 			t.Fatalf("%+v", got)
 		}
 		if err := o.SetRecoveryCodes(ctx, "u1", [][]byte{{1}, {2}}); err != nil {
@@ -193,8 +194,7 @@ func TestOAuthEnableTOTPOnlyOnce(t *testing.T) {
 			t.Fatalf("a refused enrolment changed the recovery codes: %d left, want 1", left)
 		}
 		// After a reset the user can enrol again.
-		u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep = nil, false, 0
-		if err := o.UpdateUser(ctx, u); err != nil {
+		if err := o.ResetTOTP(ctx, "u1", at); err != nil {
 			t.Fatal(err)
 		}
 		if err := o.EnableTOTP(ctx, "u1", []byte("new"), 2000, nil, at); err != nil {
@@ -545,6 +545,82 @@ func TestOAuthConsumeCodeChecksBeforeConsuming(t *testing.T) {
 		}
 		if _, err := o.ConsumeCode(ctx, []byte("h"), right, now); !errors.Is(err, token.ErrReused) {
 			t.Fatalf("matching second redemption: %v, want ErrReused", err)
+		}
+	})
+}
+
+// An admin's password change works on a user read before an MFA
+// enrolment completed, and an mfa-start on a user read before another
+// enrolment completed: neither may switch the new TOTP off or replace its
+// key (issue 11 item 17). UpdateUser writes no TOTP column; StartTOTP
+// only changes a user whose TOTP is off.
+func TestOAuthTOTPSurvivesStaleUserWrites(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		o := db.OAuth()
+		at := time.Unix(1_800_000_000, 0).UTC()
+		enrolled := func(t *testing.T, id string, key []byte) {
+			t.Helper()
+			u, err := o.UserByID(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !u.TOTPEnabled || !slices.Equal(u.TOTPSecret, key) {
+				t.Fatalf("TOTP enabled %v key %q, want on with %q", u.TOTPEnabled, u.TOTPSecret, key)
+			}
+		}
+		for i := range 20 {
+			id := fmt.Sprintf("u%d", i)
+			if err := o.CreateUser(ctx, &token.User{ID: id, Name: "user" + id, PasswordHash: "$argon2id$old", CreatedAt: at, UpdatedAt: at}); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.StartTOTP(ctx, id, []byte("pending"), at); err != nil {
+				t.Fatal(err)
+			}
+			stale, err := o.UserByID(ctx, id) // the admin's read: TOTP pending, off
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The password change and the enrolment race; either order
+			// leaves TOTP on with the enrolled key and the new password.
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				stale.PasswordHash = "$argon2id$new"
+				if err := o.UpdateUser(ctx, stale); err != nil {
+					t.Error(err)
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				if err := o.EnableTOTP(ctx, id, []byte("pending"), 10, [][]byte{{1}}, at); err != nil {
+					t.Error(err)
+				}
+			}()
+			wg.Wait()
+			enrolled(t, id, []byte("pending"))
+			if u, _ := o.UserByID(ctx, id); u.PasswordHash != "$argon2id$new" {
+				t.Fatalf("password %q, want the new one", u.PasswordHash)
+			}
+			// An mfa-start that read the user before the enrolment
+			// completed must not overwrite the key just enabled.
+			if err := o.StartTOTP(ctx, id, []byte("late"), at); !errors.Is(err, token.ErrTOTPEnabled) {
+				t.Fatalf("StartTOTP on an enabled user: %v, want ErrTOTPEnabled", err)
+			}
+			enrolled(t, id, []byte("pending"))
+		}
+		if err := o.ResetTOTP(ctx, "u0", at); err != nil {
+			t.Fatal(err)
+		}
+		if u, _ := o.UserByID(ctx, "u0"); u.TOTPEnabled || u.TOTPSecret != nil {
+			t.Fatalf("after ResetTOTP: %+v", u)
+		}
+		if n, _ := o.RecoveryCodesLeft(ctx, "u0"); n != 0 {
+			t.Fatalf("recovery codes survive the reset: %d", n)
+		}
+		if err := o.ResetTOTP(ctx, "nobody", at); !errors.Is(err, token.ErrNotFound) {
+			t.Fatalf("ResetTOTP of an unknown user: %v", err)
 		}
 	})
 }

@@ -568,3 +568,29 @@ func (s *DB) CountNodes(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// SVIDs returns up to limit certificates the server issued that have not
+// expired at now, soonest expiry first, and how many there are in all.
+func (s *DB) SVIDs(ctx context.Context, now time.Time, limit int) ([]IssuedSVID, int, error) {
+	var total int
+	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM svids WHERE not_after > $1", ns(now)).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("store: count SVIDs: %w", err)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT serial, spiffe_id, kind, entry_id, issued_to, not_after, issued_at FROM svids
+		WHERE not_after > $1 ORDER BY not_after, serial LIMIT $2`, ns(now), limit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: list SVIDs: %w", err)
+	}
+	defer rows.Close()
+	out := []IssuedSVID{}
+	for rows.Next() {
+		var v IssuedSVID
+		var na, ia int64
+		if err := rows.Scan(&v.Serial, &v.SPIFFEID, &v.Kind, &v.EntryID, &v.IssuedTo, &na, &ia); err != nil {
+			return nil, 0, fmt.Errorf("store: list SVIDs: %w", err)
+		}
+		v.NotAfter, v.IssuedAt = fromNS(na), fromNS(ia)
+		out = append(out, v)
+	}
+	return out, total, rows.Err()
+}

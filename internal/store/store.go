@@ -325,6 +325,24 @@ func (s *DB) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return nil
 }
 
+// txKey carries a transaction in a context (WithTx).
+type txKey struct{}
+
+// WithTx returns ctx carrying tx. Store methods that accept a context
+// and support it (OAuth's) run their statements in tx instead of
+// starting their own, so a caller can make several of them, and its own
+// writes such as an audit record (audit.StoreSink.AppendTx), one
+// transaction.
+func WithTx(ctx context.Context, tx *sql.Tx) context.Context {
+	return context.WithValue(ctx, txKey{}, tx)
+}
+
+// TxFrom returns the transaction ctx carries (WithTx), if any.
+func TxFrom(ctx context.Context) (*sql.Tx, bool) {
+	tx, ok := ctx.Value(txKey{}).(*sql.Tx)
+	return tx, ok && tx != nil
+}
+
 // rewrite adapts a migration to the dialect. Migrations write {{blob}} for
 // binary columns and {{serial}} for an auto-increment integer primary key.
 func (s *DB) rewrite(q string) string {

@@ -341,11 +341,16 @@ func (s *Service) CreateClient(ctx context.Context, req ClientRequest) (*ClientA
 		secret = s.newClientSecret()
 		c.SecretHash = clientSecretHash(secret)
 	}
-	if err := s.cfg.Store.CreateClient(ctx, c); err != nil {
+	err := s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.CreateClient(ctx, c); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.client.created", Outcome: "success", Subject: c.ID,
+			Details: map[string]string{"auth_method": c.AuthMethod, "grant_types": strings.Join(c.GrantTypes, " ")}})
+	})
+	if err != nil {
 		return nil, err
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.client.created", Outcome: "success", Subject: c.ID,
-		Details: map[string]string{"auth_method": c.AuthMethod, "grant_types": strings.Join(c.GrantTypes, " ")}})
 	return &ClientAnswer{Client: c, Secret: secret}, nil
 }
 
@@ -381,11 +386,16 @@ func (s *Service) adminGetClient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) adminDeleteClient(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.cfg.Store.DeleteClient(r.Context(), id); err != nil {
+	err := s.atomically(r.Context(), func(ctx context.Context) error {
+		if err := s.cfg.Store.DeleteClient(ctx, id); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.client.deleted", Outcome: "success", Subject: id})
+	})
+	if err != nil {
 		s.storeError(w, "client", err)
 		return
 	}
-	s.audit(r.Context(), AuditEvent{Type: "oauth.client.deleted", Outcome: "success", Subject: id})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -420,13 +430,18 @@ func (s *Service) adminRotateSecret(w http.ResponseWriter, r *http.Request) {
 	if req.Grace > 0 {
 		until = s.now().Add(time.Duration(req.Grace))
 	}
-	if err := s.cfg.Store.SetClientSecret(ctx, c.ID, clientSecretHash(secret), until, s.now()); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.SetClientSecret(ctx, c.ID, clientSecretHash(secret), until, s.now()); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", Subject: c.ID,
+			Details: map[string]string{"grace": time.Duration(req.Grace).String()}})
+	})
+	if err != nil {
 		s.storeError(w, "client", err)
 		return
 	}
 	c.UpdatedAt, c.PreviousSecretUntil = s.now(), until
-	s.audit(ctx, AuditEvent{Type: "oauth.client.secret_rotated", Outcome: "success", Subject: c.ID,
-		Details: map[string]string{"grace": time.Duration(req.Grace).String()}})
 	adminJSON(w, http.StatusOK, &ClientAnswer{Client: c, Secret: secret})
 }
 
@@ -455,10 +470,15 @@ func (s *Service) CreateUser(ctx context.Context, req UserRequest) (*User, error
 	}
 	now := s.now()
 	u := &User{ID: "u_" + s.hexID(), Name: req.Name, PasswordHash: hash, CreatedAt: now, UpdatedAt: now, UserSpec: req.UserSpec}
-	if err := s.cfg.Store.CreateUser(ctx, u); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.CreateUser(ctx, u); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.user.created", Outcome: "success", Subject: u.ID, Details: map[string]string{"username": u.Name}})
+	})
+	if err != nil {
 		return nil, err
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.user.created", Outcome: "success", Subject: u.ID, Details: map[string]string{"username": u.Name}})
 	return u, nil
 }
 
@@ -498,35 +518,34 @@ func (s *Service) adminGetUser(w http.ResponseWriter, r *http.Request) {
 }
 
 // endSessions ends every session of the user: all their grants and
-// refresh token families are revoked and their unredeemed codes dropped
-// in one store transaction, and the access token IDs issued under them go
-// to OnRevoke, so sidecars refuse those tokens within a second instead of
-// until they expire. An admin resets a password or second factor, or
-// deletes a user, because someone else may hold them; sessions opened
-// with them must not outlive that (refresh families last up to
-// RefreshFamilyTTL). Audited as oauth.user.sessions_revoked with the
-// action in Details["action"].
-func (s *Service) endSessions(ctx context.Context, userID, because string) error {
+// refresh token families are revoked and their unredeemed codes dropped,
+// and the access token IDs issued under them go to OnRevoke, so sidecars
+// refuse those tokens within a second instead of until they expire. An
+// admin resets a password or second factor, or deletes a user, because
+// someone else may hold them; sessions opened with them must not outlive
+// that (refresh families last up to RefreshFamilyTTL). Callers run it in
+// the atomically block of the action itself, so the action and the end
+// of the sessions commit together (with their records) or not at all.
+// It returns the record of it, oauth.user.sessions_revoked with the
+// action in Details["action"], for the caller to write with its own after
+// its last change (records last: see atomically).
+//
+// A refresh or code redemption racing it cannot keep a family alive:
+// those lock the grant (Store.LockGrant) in their own transaction, so
+// they either commit first, and what they added is revoked here, or find
+// the grant revoked.
+func (s *Service) endSessions(ctx context.Context, userID, because string) (AuditEvent, error) {
 	grants, toks, err := s.cfg.Store.RevokeUserGrants(ctx, userID, s.now())
 	if err != nil {
-		return err
+		return AuditEvent{}, err
 	}
 	s.revoked(ctx, toks)
-	s.audit(ctx, AuditEvent{Type: "oauth.user.sessions_revoked", Outcome: "success", Subject: userID,
-		Details: map[string]string{"action": because, "grants": itoa(grants), "revoked_tokens": itoa(len(toks))}})
-	return nil
+	return AuditEvent{Type: "oauth.user.sessions_revoked", Outcome: "success", Subject: userID,
+		Details: map[string]string{"action": because, "grants": itoa(grants), "revoked_tokens": itoa(len(toks))}}, nil
 }
 
-// sessionsError answers an admin action that was done but whose
-// sessions could not be ended: repeating it is safe and finishes the job.
-func (s *Service) sessionsError(w http.ResponseWriter, what string, err error) {
-	s.log.Error("token: admin: end sessions", "what", what, "err", err)
-	adminError(w, http.StatusInternalServerError, "%s, but the user's sessions could not be ended; run the command again", what)
-}
-
-// adminDeleteUser ends the user's sessions first and then deletes them:
-// if the deletion fails the user keeps an account with no sessions,
-// never the other way round.
+// adminDeleteUser ends the user's sessions and deletes them, in one
+// transaction with both records.
 func (s *Service) adminDeleteUser(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := r.PathValue("name")
@@ -535,15 +554,20 @@ func (s *Service) adminDeleteUser(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	if err := s.endSessions(ctx, u.ID, "user_deleted"); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		ended, err := s.endSessions(ctx, u.ID, "user_deleted")
+		if err != nil {
+			return err
+		}
+		if err := s.cfg.Store.DeleteUser(ctx, name); err != nil {
+			return err
+		}
+		return s.auditAll(ctx, ended, AuditEvent{Type: "oauth.user.deleted", Outcome: "success", Subject: u.ID, Details: map[string]string{"username": name}})
+	})
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}
-	if err := s.cfg.Store.DeleteUser(ctx, name); err != nil {
-		s.storeError(w, "user", err)
-		return
-	}
-	s.audit(ctx, AuditEvent{Type: "oauth.user.deleted", Outcome: "success", Subject: u.ID, Details: map[string]string{"username": name}})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -575,15 +599,18 @@ func (s *Service) adminSetPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u.UpdatedAt = s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
+			return err
+		}
+		ended, err := s.endSessions(ctx, u.ID, "password_set")
+		if err != nil {
+			return err
+		}
+		return s.auditAll(ctx, AuditEvent{Type: "oauth.user.password_set", Outcome: "success", Subject: u.ID}, ended)
+	})
+	if err != nil {
 		s.storeError(w, "user", err)
-		return
-	}
-	s.audit(ctx, AuditEvent{Type: "oauth.user.password_set", Outcome: "success", Subject: u.ID})
-	// After the new password is stored, so a login with the old one
-	// cannot slip in between and keep its session.
-	if err := s.endSessions(ctx, u.ID, "password_set"); err != nil {
-		s.sessionsError(w, "the password was set", err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -610,12 +637,21 @@ func (s *Service) adminStartMFA(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = sealed, false, 0, s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.StartTOTP(ctx, u.ID, sealed, s.now()); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.mfa.enrolment_started", Outcome: "success", Subject: u.ID})
+	})
+	if errors.Is(err, ErrTOTPEnabled) {
+		// An enrolment completed since the user was read.
+		adminError(w, http.StatusConflict, "user %s has MFA on already; reset it first (moatless oauth user reset-mfa)", u.Name)
+		return
+	}
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.mfa.enrolment_started", Outcome: "success", Subject: u.ID})
 	adminJSON(w, http.StatusOK, &Enrollment{Secret: key.Secret(), URI: key.URL(), QRPNG: qrPNG(key)})
 }
 
@@ -672,7 +708,14 @@ func (s *Service) adminConfirmMFA(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusBadRequest, "wrong code: check the device's clock and send the current code")
 		return
 	}
-	codes, err := s.enableTOTP(ctx, u, u.TOTPSecret, step)
+	var codes []string
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		var err error
+		if codes, err = s.enableTOTP(ctx, u, u.TOTPSecret, step); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.mfa.enrolled", Outcome: "success", Subject: u.ID, Details: map[string]string{"via": "admin"}})
+	})
 	if errors.Is(err, ErrTOTPEnabled) {
 		// The user enrolled at a login meanwhile.
 		adminError(w, http.StatusConflict, "user %s has MFA on already; reset it first (moatless oauth user reset-mfa)", u.Name)
@@ -682,7 +725,7 @@ func (s *Service) adminConfirmMFA(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.mfa.enrolled", Outcome: "success", Subject: u.ID, Details: map[string]string{"via": "admin"}})
+	s.metrics.mfa.WithLabelValues("enrolled").Inc()
 	adminJSON(w, http.StatusOK, &Enrollment{RecoveryCodes: codes})
 }
 
@@ -693,21 +736,21 @@ func (s *Service) adminResetMFA(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "user", err)
 		return
 	}
-	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = nil, false, 0, s.now()
-	if err := s.cfg.Store.UpdateUser(ctx, u); err != nil {
-		s.storeError(w, "user", err)
-		return
-	}
-	if err := s.cfg.Store.SetRecoveryCodes(ctx, u.ID, nil); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.ResetTOTP(ctx, u.ID, s.now()); err != nil {
+			return err
+		}
+		ended, err := s.endSessions(ctx, u.ID, "mfa_reset")
+		if err != nil {
+			return err
+		}
+		return s.auditAll(ctx, AuditEvent{Type: "oauth.mfa.reset", Outcome: "success", Subject: u.ID}, ended)
+	})
+	if err != nil {
 		s.storeError(w, "user", err)
 		return
 	}
 	s.metrics.mfa.WithLabelValues("reset").Inc()
-	s.audit(ctx, AuditEvent{Type: "oauth.mfa.reset", Outcome: "success", Subject: u.ID})
-	if err := s.endSessions(ctx, u.ID, "mfa_reset"); err != nil {
-		s.sessionsError(w, "MFA was reset", err)
-		return
-	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

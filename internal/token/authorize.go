@@ -46,6 +46,10 @@ type loginTx struct {
 	Exp      int64        `json:"e"`
 	AMR      []string     `json:"m,omitempty"`
 	AuthTime int64        `json:"t,omitempty"`
+	// Epoch is the user's SessionsEpoch when the password was checked: a
+	// password or MFA reset (or a deletion) since then moved it, and the
+	// login cannot finish.
+	Epoch int64 `json:"ep,omitempty"`
 	// EnrollKey is the TOTP key being enrolled (sealed for the user).
 	EnrollKey []byte `json:"k,omitempty"`
 }
@@ -360,7 +364,7 @@ func (s *Service) loginPassword(ctx context.Context, w http.ResponseWriter, r *h
 		return
 	}
 	next := *tx
-	next.UserID, next.AMR, next.AuthTime = u.ID, []string{"pwd"}, s.now().Unix()
+	next.UserID, next.AMR, next.AuthTime, next.Epoch = u.ID, []string{"pwd"}, s.now().Unix(), u.SessionsEpoch
 	switch {
 	case u.TOTPEnabled:
 		next.Stage = "totp"
@@ -390,19 +394,32 @@ func (s *Service) loginTOTP(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	ev := AuditEvent{Type: "oauth.mfa.verified", Outcome: "success", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Details: map[string]string{"method": "totp"}}
-	if rc := p.get("recovery_code"); rc != "" {
+	// The code (its time step, or the recovery code) is used up in one
+	// transaction with the record of its use.
+	rc := p.get("recovery_code")
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if rc == "" {
+			if err := s.checkTOTP(ctx, u, p.get("code")); err != nil {
+				return err
+			}
+			return s.auditGrant(ctx, ev)
+		}
 		ev.Details["method"] = "recovery_code"
-		err = s.cfg.Store.UseRecoveryCode(ctx, u.ID, s.recoveryHash(rc))
+		err := s.cfg.Store.UseRecoveryCode(ctx, u.ID, s.recoveryHash(rc))
 		if errors.Is(err, ErrNotFound) {
-			err = errTOTPInvalid
+			return errTOTPInvalid
+		} else if err != nil {
+			return err
 		}
-		if err == nil {
-			s.metrics.mfa.WithLabelValues("recovery_used").Inc()
-			left, _ := s.cfg.Store.RecoveryCodesLeft(ctx, u.ID)
-			ev.Details["recovery_codes_left"] = itoa(left)
+		left, err := s.cfg.Store.RecoveryCodesLeft(ctx, u.ID)
+		if err != nil {
+			return err
 		}
-	} else {
-		err = s.checkTOTP(ctx, u, p.get("code"))
+		ev.Details["recovery_codes_left"] = itoa(left)
+		return s.auditGrant(ctx, ev)
+	})
+	if err == nil && rc != "" {
+		s.metrics.mfa.WithLabelValues("recovery_used").Inc()
 	}
 	if err != nil {
 		msg := "Wrong code."
@@ -419,11 +436,11 @@ func (s *Service) loginTOTP(ctx context.Context, w http.ResponseWriter, r *http.
 		s.countFailure(ctx, key, ip)
 		s.metrics.logins.WithLabelValues("mfa_failed").Inc()
 		ev.Type, ev.Outcome = "oauth.mfa.failed", "failure"
+		delete(ev.Details, "recovery_codes_left")
 		s.audit(ctx, ev)
 		s.renderLogin(w, http.StatusUnauthorized, tx, msg, nil)
 		return
 	}
-	s.audit(ctx, ev)
 	tx.AMR = []string{"pwd", "otp", "mfa"}
 	s.finishLogin(ctx, w, r, tx)
 }
@@ -458,7 +475,17 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		s.renderLogin(w, http.StatusUnauthorized, tx, "Wrong code. Check the time on your device and enter the current code.", &Enrollment{Secret: string(secret)})
 		return
 	}
-	codes, err := s.enableTOTP(ctx, u, tx.EnrollKey, step)
+	var codes []string
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.checkLoginCurrent(ctx, tx); err != nil {
+			return err
+		}
+		var err error
+		if codes, err = s.enableTOTP(ctx, u, tx.EnrollKey, step); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.mfa.enrolled", Outcome: "success", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Details: map[string]string{"via": "login"}})
+	})
 	if errors.Is(err, ErrTOTPEnabled) {
 		// Another enrolment (a second form submitted at the same
 		// instant, or an admin's) passed the check above too and won:
@@ -467,12 +494,16 @@ func (s *Service) loginEnroll(ctx context.Context, w http.ResponseWriter, r *htt
 		s.refuseEnrolled(ctx, w, r, tx, u)
 		return
 	}
+	if errors.Is(err, errLoginStale) {
+		s.refuseStale(ctx, w, r, tx)
+		return
+	}
 	if err != nil {
 		s.log.Error("token: login: enable totp", "err", err)
 		s.renderLogin(w, http.StatusInternalServerError, tx, "The server could not save your MFA enrolment. Try again.", nil)
 		return
 	}
-	s.audit(ctx, AuditEvent{Type: "oauth.mfa.enrolled", Outcome: "success", ClientID: tx.Req.ClientID, Subject: u.ID, Remote: r.RemoteAddr, Details: map[string]string{"via": "login"}})
+	s.metrics.mfa.WithLabelValues("enrolled").Inc()
 	next := *tx
 	next.Stage, next.EnrollKey, next.AMR = "finish", nil, []string{"pwd", "otp", "mfa"}
 	s.renderLogin(w, http.StatusOK, &next, "", &Enrollment{RecoveryCodes: codes})
@@ -500,8 +531,38 @@ func (s *Service) enableTOTP(ctx context.Context, u *User, sealed []byte, step i
 		return nil, err
 	}
 	u.TOTPSecret, u.TOTPEnabled, u.TOTPLastStep, u.UpdatedAt = sealed, true, step, now
-	s.metrics.mfa.WithLabelValues("enrolled").Inc()
 	return codes, nil
+}
+
+// errLoginStale refuses a login whose user's sessions were ended since
+// the password was checked.
+var errLoginStale = errors.New("your account was changed while you were signing in (a password or second factor reset); start again from the application")
+
+// checkLoginCurrent, inside an atomically block, holds the user
+// (Store.LockUser) and refuses the login if their sessions were ended
+// since its password check: a password or MFA reset ends the logins in
+// progress too, not only the sessions they already opened. Holding the
+// user makes a reset either come first (and be seen here) or wait and end
+// what this login opens.
+func (s *Service) checkLoginCurrent(ctx context.Context, tx *loginTx) error {
+	u, err := s.cfg.Store.LockUser(ctx, tx.UserID)
+	if errors.Is(err, ErrNotFound) {
+		return errLoginStale
+	} else if err != nil {
+		return err
+	}
+	if u.SessionsEpoch != tx.Epoch {
+		return errLoginStale
+	}
+	return nil
+}
+
+// refuseStale answers a login that checkLoginCurrent refused: 400,
+// audited as oauth.login.failed/sessions_ended, nothing changed.
+func (s *Service) refuseStale(ctx context.Context, w http.ResponseWriter, r *http.Request, tx *loginTx) {
+	s.metrics.logins.WithLabelValues("stale").Inc()
+	s.audit(ctx, AuditEvent{Type: "oauth.login.failed", Outcome: "failure", ClientID: tx.Req.ClientID, Subject: tx.UserID, Reason: "sessions_ended", Remote: r.RemoteAddr})
+	s.errorPage(w, http.StatusBadRequest, errLoginStale.Error())
 }
 
 // finishLogin issues the authorization code and sends the browser back
@@ -518,40 +579,46 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 		return
 	}
 	now := s.now()
-	// Every sealed copy of this transaction expires within loginTxTTL of
-	// now, so remembering its ID that long makes it single use.
-	if err := s.cfg.Store.UseAssertionJTI(ctx, loginTxNamespace, tx.ID, now.Add(loginTxTTL+time.Minute)); err != nil {
-		if errors.Is(err, ErrConflict) {
-			s.errorPage(w, http.StatusBadRequest, "this sign-in was completed already; start again from the application")
-			return
-		}
-		s.log.Error("token: login: record transaction", "err", err)
-		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
-		return
-	}
 	g := &Grant{ID: s.newID(), ClientID: tx.Req.ClientID, UserID: u.ID, Scope: tx.Req.Scope, AuthTime: time.Unix(tx.AuthTime, 0),
 		AMR: tx.AMR, Audiences: tx.Req.Audiences, CreatedAt: now, ExpiresAt: now.Add(s.cfg.RefreshFamilyTTL)}
 	code := "mlc_" + base64.RawURLEncoding.EncodeToString(s.random(32))
 	ac := &AuthCode{Hash: hashSecret(code), GrantID: g.ID, ClientID: g.ClientID, UserID: u.ID, RedirectURI: tx.Req.RedirectURI,
 		Scope: tx.Req.Scope, Nonce: tx.Req.Nonce, Challenge: tx.Req.Challenge, AuthTime: g.AuthTime, AMR: g.AMR,
 		CreatedAt: now, ExpiresAt: now.Add(s.cfg.CodeTTL), RequestedAuds: tx.Req.Audiences}
-	if err := s.cfg.Store.AddGrant(ctx, g); err != nil {
-		s.log.Error("token: login: add grant", "err", err)
-		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
+	// The login's single use, its grant and code, and its record commit
+	// together: a code whose record could not be written does not exist.
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.checkLoginCurrent(ctx, tx); err != nil {
+			return err
+		}
+		// Every sealed copy of this transaction expires within
+		// loginTxTTL of now, so remembering its ID that long makes it
+		// single use.
+		if err := s.cfg.Store.UseAssertionJTI(ctx, loginTxNamespace, tx.ID, now.Add(loginTxTTL+time.Minute)); err != nil {
+			return err
+		}
+		if err := s.cfg.Store.AddGrant(ctx, g); err != nil {
+			return err
+		}
+		if err := s.cfg.Store.AddCode(ctx, ac); err != nil {
+			return err
+		}
+		if err := s.cfg.Store.ClearLoginFailures(ctx, s.throttleKey(u.Name)); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.login.success", Outcome: "success", ClientID: g.ClientID, Subject: u.ID, Remote: r.RemoteAddr,
+			Details: map[string]string{"amr": strings.Join(g.AMR, " "), "grant": g.ID, "scope": strings.Join(g.Scope, " ")}})
+	})
+	if errors.Is(err, ErrConflict) {
+		s.errorPage(w, http.StatusBadRequest, "this sign-in was completed already; start again from the application")
 		return
 	}
-	if err := s.cfg.Store.AddCode(ctx, ac); err != nil {
-		s.log.Error("token: login: add code", "err", err)
-		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
+	if errors.Is(err, errLoginStale) {
+		s.refuseStale(ctx, w, r, tx)
 		return
 	}
-	if err := s.cfg.Store.ClearLoginFailures(ctx, s.throttleKey(u.Name)); err != nil {
-		s.log.Warn("token: login: clear throttle counter", "err", err)
-	}
-	if err := s.auditGrant(ctx, AuditEvent{Type: "oauth.login.success", Outcome: "success", ClientID: g.ClientID, Subject: u.ID, Remote: r.RemoteAddr,
-		Details: map[string]string{"amr": strings.Join(g.AMR, " "), "grant": g.ID, "scope": strings.Join(g.Scope, " ")}}); err != nil {
-		// The code is stored but never handed out; it expires unused.
-		s.log.Error("token: audit log unavailable; withholding the authorization code", "err", err)
+	if err != nil {
+		s.log.Error("token: login: issue the authorization code", "err", err)
 		s.errorPage(w, http.StatusInternalServerError, "the server could not complete the login; try again")
 		return
 	}

@@ -130,12 +130,12 @@ func (s *Service) authenticateClient(ctx context.Context, r *http.Request, p par
 		if formID != "" && formID != basicID {
 			return nil, oerr(errInvalidRequest, "client_id does not match the HTTP Basic user")
 		}
-		return s.authSecret(ctx, basicID, basicSecret)
+		return s.authSecret(ctx, basicID, basicSecret, AuthSecretBasic)
 	case formSecret != "":
 		if formID == "" {
 			return nil, oerr(errInvalidRequest, "client_secret without client_id")
 		}
-		return s.authSecret(ctx, formID, formSecret)
+		return s.authSecret(ctx, formID, formSecret, AuthSecretPost)
 	case assertion != "":
 		if p.get("client_assertion_type") != assertionType {
 			return nil, oerr(errInvalidRequest, "client_assertion_type must be %s", assertionType)
@@ -178,7 +178,13 @@ func (s *Service) authenticateClient(ctx context.Context, r *http.Request, p par
 // unknown and known clients take the same path.
 var dummySecretHash = clientSecretHash("moatless-no-such-client")
 
-func (s *Service) authSecret(ctx context.Context, id, secret string) (*authedClient, *oauthError) {
+// authSecret checks a client secret presented by method (HTTP Basic or
+// the form): the client must be registered for exactly that method, as
+// RFC 7591's token_endpoint_auth_method says, so a client registered for
+// client_secret_basic cannot be authenticated with client_secret_post (a
+// secret in request bodies, which more often end up in logs), nor the
+// reverse.
+func (s *Service) authSecret(ctx context.Context, id, secret, method string) (*authedClient, *oauthError) {
 	c, err := s.cfg.Store.Client(ctx, id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, serverError(err)
@@ -197,10 +203,10 @@ func (s *Service) authSecret(ctx context.Context, id, secret string) (*authedCli
 	cur := subtle.ConstantTimeCompare(got, want) == 1
 	old := subtle.ConstantTimeCompare(got, prev) == 1 && prevValid
 	ok := cur || old
-	if c == nil || !ok || (c.AuthMethod != AuthSecretBasic && c.AuthMethod != AuthSecretPost) {
+	if c == nil || !ok || c.AuthMethod != method {
 		return nil, errClientAuth
 	}
-	return &authedClient{Client: c, method: c.AuthMethod}, nil
+	return &authedClient{Client: c, method: method}, nil
 }
 
 // assertionClaims are the claims of a client assertion (RFC 7523 §3).

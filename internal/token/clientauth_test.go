@@ -46,11 +46,17 @@ func TestClientCredentialsWithStandardClient(t *testing.T) {
 		if !strings.HasPrefix(cl.Secret, "mls_") || len(cl.Secret) < 40 {
 			t.Fatalf("secret %q", cl.Secret)
 		}
+		post := h.createClient(token.ClientRequest{Name: "orders-post", ClientSpec: token.ClientSpec{AuthMethod: token.AuthSecretPost,
+			GrantTypes: []string{"client_credentials"}, Scopes: []string{"read", "write"}, Audiences: []string{"payments", "inventory"},
+			Roles: []string{"service"}, Permissions: []string{"payments:create"}, Tenant: "acme",
+		}})
 		for _, tc := range []struct {
 			name  string
+			cl    *token.ClientAnswer
 			style oauth2.AuthStyle
-		}{{"client_secret_basic", oauth2.AuthStyleInHeader}, {"client_secret_post", oauth2.AuthStyleInParams}} {
+		}{{"client_secret_basic", cl, oauth2.AuthStyleInHeader}, {"client_secret_post", post, oauth2.AuthStyleInParams}} {
 			t.Run(tc.name, func(t *testing.T) {
+				cl := tc.cl
 				cc := clientcredentials.Config{ClientID: cl.ID, ClientSecret: cl.Secret, TokenURL: h.issuer + "/oauth2/token",
 					Scopes: []string{"read"}, EndpointParams: url.Values{"audience": {"payments"}}, AuthStyle: tc.style}
 				ctx := context.WithValue(context.Background(), oauth2.HTTPClient, h.http)
@@ -69,7 +75,7 @@ func TestClientCredentialsWithStandardClient(t *testing.T) {
 					t.Errorf("typ %q, want at+jwt", typ)
 				}
 				exp, iat := c["exp"].(float64), c["iat"].(float64)
-				if c["iss"] != h.issuer || c["sub"] != "orders" || c["aud"] != "payments" || c["client_id"] != "orders" ||
+				if c["iss"] != h.issuer || c["sub"] != cl.ID || c["aud"] != "payments" || c["client_id"] != cl.ID ||
 					c["scope"] != "read" || c["tenant"] != "acme" || c["jti"] == "" || exp-iat != 600 {
 					t.Errorf("claims: %v", c)
 				}
@@ -89,6 +95,8 @@ func TestClientCredentialsRefusals(t *testing.T) {
 		h := newHarness(t, db)
 		cl := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{
 			GrantTypes: []string{"client_credentials"}, Scopes: []string{"read"}, Audiences: []string{"payments"}}})
+		postOnly := h.createClient(token.ClientRequest{Name: "svc-post", ClientSpec: token.ClientSpec{AuthMethod: token.AuthSecretPost,
+			GrantTypes: []string{"client_credentials"}, Scopes: []string{"read"}, Audiences: []string{"payments"}}})
 		nocc := h.createClient(token.ClientRequest{Name: "web", ClientSpec: token.ClientSpec{
 			GrantTypes: []string{"authorization_code"}, RedirectURIs: []string{"https://app.example/cb"}}})
 		cc := url.Values{"grant_type": {"client_credentials"}}
@@ -107,6 +115,10 @@ func TestClientCredentialsRefusals(t *testing.T) {
 			code       string
 		}{
 			{"wrong_secret", cc, "svc", cl.Secret + "x", 401, "invalid_client"},
+			// RFC 7591 token_endpoint_auth_method: a client registered for
+			// one way of sending its secret cannot use the other.
+			{"basic_client_with_post", with("client_id", "svc", "client_secret", cl.Secret), "", "", 401, "invalid_client"},
+			{"post_client_with_basic", cc, "svc-post", postOnly.Secret, 401, "invalid_client"},
 			{"unknown_client", cc, "nobody", cl.Secret, 401, "invalid_client"},
 			{"no_credentials", cc, "", "", 401, "invalid_client"},
 			{"basic_and_post_together", with("client_id", "svc", "client_secret", cl.Secret), "svc", cl.Secret, 400, "invalid_request"},

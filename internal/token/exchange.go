@@ -168,6 +168,17 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 			return nil, serverError(err)
 		}
 	}
+	if grantID != "" {
+		// Held until the new token ID is recorded under it: a revocation
+		// of the login committed before (refused here) or revokes it.
+		g, err := s.cfg.Store.LockGrant(ctx, grantID)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, serverError(err)
+		}
+		if err != nil || !g.RevokedAt.IsZero() {
+			return nil, oerr(errInvalidRequest, "subject_token: its login was revoked")
+		}
+	}
 	raw, cl, err := s.issueAccess(ctx, accessSpec{
 		subject: subj.subject, clientID: c.ID, aud: req.audiences, scope: scope, ttl: ttl,
 		roles: roles, permissions: perms, tenant: tenant, authTime: subj.authTime,

@@ -128,16 +128,43 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 			oe = oerr(errUnsupportedGrantType, "grant types: client_credentials, authorization_code, refresh_token, token exchange")
 		}
 	}
+	// recorded: the outcome's audit record was written, in one
+	// transaction with every change the grant made (a code consumed, a
+	// refresh token rotated, token IDs recorded under the grant, a family
+	// revoked on reuse). client_credentials changes nothing and is
+	// recorded after it, with concurrent grants in one group commit.
+	recorded := false
 	if oe == nil {
-		switch grant {
-		case GrantClientCredentials:
+		if grant == GrantClientCredentials {
 			out, oe = s.clientCredentials(ctx, client, p)
-		case GrantAuthorizationCode:
-			out, oe = s.authorizationCode(ctx, client, p)
-		case GrantRefreshToken:
-			out, oe = s.refresh(ctx, client, p)
-		case GrantTokenExchange:
-			out, oe = s.exchange(ctx, client, p)
+		} else if _, err := s.keySetFor(ctx, s.now()); err != nil {
+			// A signing key first, in its own transaction (keySetFor).
+			oe = serverError(err)
+		} else {
+			err := s.atomically(ctx, func(ctx context.Context) error {
+				switch grant {
+				case GrantAuthorizationCode:
+					out, oe = s.authorizationCode(ctx, client, p)
+				case GrantRefreshToken:
+					out, oe = s.refresh(ctx, client, p)
+				case GrantTokenExchange:
+					out, oe = s.exchange(ctx, client, p)
+				}
+				if oe != nil && oe.cause != nil {
+					return errRollback // the server failed: keep nothing of it
+				}
+				return s.auditGrant(ctx, s.tokenEvent(r, grant, client, out, oe))
+			})
+			switch {
+			case err == nil:
+				recorded = true
+			case errors.Is(err, errRollback):
+			default:
+				// The record or the commit failed: nothing the grant did
+				// is kept, and no token leaves.
+				s.log.Error("token: audit log or store unavailable; withholding the token", "grant", grantLabel(grant), "err", err)
+				out, oe = nil, serverError(err)
+			}
 		}
 	}
 	label := grantLabel(grant)
@@ -145,6 +172,38 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 		allowCORS(w, r, client.Client)
 	}
 	s.metrics.duration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	if oe != nil {
+		s.metrics.failures.WithLabelValues(label, reasonLabel(oe.Code)).Inc()
+		if oe.cause != nil {
+			s.log.Error("token: token request failed", "grant", label, "err", oe.cause)
+		}
+		if !recorded {
+			s.audit(ctx, s.tokenEvent(r, grant, client, nil, oe))
+		}
+		writeOAuthError(w, oe)
+		return
+	}
+	if !recorded {
+		if err := s.auditGrant(ctx, s.tokenEvent(r, grant, client, out, nil)); err != nil {
+			// The token was signed but is not handed out.
+			s.log.Error("token: audit log unavailable; withholding the token", "grant", label, "err", err)
+			s.metrics.failures.WithLabelValues(label, errServerError).Inc()
+			writeOAuthError(w, serverError(err))
+			return
+		}
+	}
+	s.metrics.issued.WithLabelValues(label).Inc()
+	writeJSON(w, http.StatusOK, out.resp)
+}
+
+// errRollback ends an atomically block whose grant failed on the
+// server's side, so that nothing it did is kept.
+var errRollback = errors.New("token: rolled back")
+
+// tokenEvent is the audit record of a token request's outcome: out, or
+// the refusal oe.
+func (s *Service) tokenEvent(r *http.Request, grant string, client *authedClient, out *issued, oe *oauthError) AuditEvent {
+	label := grantLabel(grant)
 	ev := AuditEvent{Type: "oauth.token.issued", Outcome: "success", Remote: r.RemoteAddr, Details: map[string]string{"grant_type": label}}
 	if grant == GrantTokenExchange {
 		ev.Type = "oauth.exchange"
@@ -154,18 +213,12 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 		ev.Details["client_auth"] = client.method
 	}
 	if oe != nil {
-		s.metrics.failures.WithLabelValues(label, reasonLabel(oe.Code)).Inc()
-		if oe.cause != nil {
-			s.log.Error("token: token request failed", "grant", label, "err", oe.cause)
-		}
 		ev.Type, ev.Outcome, ev.Reason = "oauth.token.failed", "failure", oe.Code
 		if grant == GrantTokenExchange {
 			ev.Type = "oauth.exchange.failed"
 		}
 		ev.Details["description"] = oe.Description
-		s.audit(ctx, ev)
-		writeOAuthError(w, oe)
-		return
+		return ev
 	}
 	ev.Subject = out.subject
 	ev.Details["jti"] = out.jti
@@ -173,19 +226,7 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 	for k, v := range out.details {
 		ev.Details[k] = v
 	}
-	if err := s.auditGrant(ctx, ev); err != nil {
-		// The token was signed but is not handed out; revoke its ID so
-		// it is dead even if it leaked some other way.
-		s.log.Error("token: audit log unavailable; withholding the token", "grant", label, "err", err)
-		s.metrics.failures.WithLabelValues(label, errServerError).Inc()
-		if _, rerr := s.cfg.Store.RevokeTokenID(ctx, out.jti, s.now().Add(MaxAccessTokenTTL), s.now()); rerr != nil {
-			s.log.Error("token: revoke withheld token", "err", rerr)
-		}
-		writeOAuthError(w, serverError(err))
-		return
-	}
-	s.metrics.issued.WithLabelValues(label).Inc()
-	writeJSON(w, http.StatusOK, out.resp)
+	return ev
 }
 
 // accessSpec is what goes into an access token.
@@ -402,8 +443,10 @@ func (s *Service) authorizationCode(ctx context.Context, c *authedClient, p para
 			return nil, serverError(rerr)
 		}
 		s.revoked(ctx, toks)
-		s.audit(ctx, AuditEvent{Type: "oauth.code.reused", Outcome: "failure", ClientID: c.ID, Subject: ac.UserID, Reason: "code_reuse",
-			Details: map[string]string{"grant": ac.GrantID, "revoked_tokens": itoa(len(toks))}})
+		if err := s.auditGrant(ctx, AuditEvent{Type: "oauth.code.reused", Outcome: "failure", ClientID: c.ID, Subject: ac.UserID, Reason: "code_reuse",
+			Details: map[string]string{"grant": ac.GrantID, "revoked_tokens": itoa(len(toks))}}); err != nil {
+			return nil, serverError(err)
+		}
 		return nil, oerr(errInvalidGrant, "authorization code used before; tokens issued from it are revoked")
 	case err != nil:
 		return nil, serverError(err)
@@ -415,13 +458,26 @@ func (s *Service) authorizationCode(ctx context.Context, c *authedClient, p para
 	if !now.Before(ac.ExpiresAt) {
 		return nil, oerr(errInvalidGrant, "authorization code expired")
 	}
+	// The login's grant, held until this transaction ends (after the code
+	// row, the order RevokeUserGrants locks in): a password or MFA reset
+	// or user deletion that ended the user's sessions first is seen here;
+	// one that comes later waits and revokes what this adds.
+	lg, err := s.cfg.Store.LockGrant(ctx, ac.GrantID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, oerr(errInvalidGrant, "the login of this authorization code is gone")
+	} else if err != nil {
+		return nil, serverError(err)
+	}
+	if !lg.RevokedAt.IsZero() {
+		return nil, oerr(errInvalidGrant, "the login of this authorization code was revoked")
+	}
 	u, err := s.cfg.Store.UserByID(ctx, ac.UserID)
 	if errors.Is(err, ErrNotFound) {
 		return nil, oerr(errInvalidGrant, "the user no longer exists")
 	} else if err != nil {
 		return nil, serverError(err)
 	}
-	g := &Grant{ID: ac.GrantID, ClientID: c.ID, UserID: u.ID, Scope: ac.Scope, AuthTime: ac.AuthTime, AMR: ac.AMR}
+	g := &Grant{ID: ac.GrantID, ClientID: c.ID, UserID: u.ID, Scope: ac.Scope, AuthTime: ac.AuthTime, AMR: ac.AMR, ExpiresAt: lg.ExpiresAt}
 	aud := ac.RequestedAuds
 	if len(aud) == 0 {
 		aud = defaultAudiences(c.Client)
@@ -501,30 +557,42 @@ func (s *Service) refresh(ctx context.Context, c *authedClient, p params) (*issu
 	if rt.ClientID != c.ID {
 		return nil, oerr(errInvalidGrant, "refresh token was issued to another client")
 	}
+	// The grant is held until this transaction ends, before the refresh
+	// token's row is touched (the order RevokeGrant and RevokeUserGrants
+	// lock in). A reset that ended the user's sessions before reads as
+	// revoked here; one that comes later waits, then revokes the refresh
+	// token and the access token ID this adds: a refresh racing a
+	// password or MFA reset cannot carry the family past it.
+	g, err := s.cfg.Store.LockGrant(ctx, rt.GrantID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, oerr(errInvalidGrant, "the grant of this refresh token is gone")
+	} else if err != nil {
+		return nil, serverError(err)
+	}
 	reuse := func() (*issued, *oauthError) {
 		toks, err := s.cfg.Store.RevokeGrant(ctx, rt.GrantID, now)
 		if err != nil {
 			return nil, serverError(err)
 		}
 		s.revoked(ctx, toks)
-		s.audit(ctx, AuditEvent{Type: "oauth.refresh.reused", Outcome: "failure", ClientID: c.ID, Reason: "refresh_reuse",
-			Details: map[string]string{"grant": rt.GrantID, "revoked_tokens": itoa(len(toks))}})
+		if err := s.auditGrant(ctx, AuditEvent{Type: "oauth.refresh.reused", Outcome: "failure", ClientID: c.ID, Reason: "refresh_reuse",
+			Details: map[string]string{"grant": rt.GrantID, "revoked_tokens": itoa(len(toks))}}); err != nil {
+			return nil, serverError(err)
+		}
 		return nil, oerr(errInvalidGrant, "refresh token used before; its whole family is revoked")
+	}
+	// A login that was ended (revoked, a password or MFA reset) or ran
+	// out refuses its tokens as such, before the reuse check: presenting
+	// a token of a revoked family is not theft of a live one, and there
+	// is nothing left to revoke.
+	if !g.RevokedAt.IsZero() || !now.Before(g.ExpiresAt) {
+		return nil, oerr(errInvalidGrant, "the grant of this refresh token is revoked or expired")
 	}
 	if !rt.UsedAt.IsZero() || !rt.RevokedAt.IsZero() {
 		return reuse()
 	}
 	if !now.Before(rt.ExpiresAt) {
 		return nil, oerr(errInvalidGrant, "refresh token expired")
-	}
-	g, err := s.cfg.Store.Grant(ctx, rt.GrantID)
-	if errors.Is(err, ErrNotFound) {
-		return nil, oerr(errInvalidGrant, "the grant of this refresh token is gone")
-	} else if err != nil {
-		return nil, serverError(err)
-	}
-	if !g.RevokedAt.IsZero() || !now.Before(g.ExpiresAt) {
-		return nil, oerr(errInvalidGrant, "the grant of this refresh token is revoked or expired")
 	}
 	scope, oe := resolveScope(p.get("scope"), g.Scope)
 	if oe != nil {

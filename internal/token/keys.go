@@ -222,14 +222,19 @@ func (s *Service) RotateKeys(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := s.cfg.Store.RetireSigningKeys(ctx, now, now.Add(s.maxTokenTTL())); err != nil {
-		return "", fmt.Errorf("token: rotate keys: %w", err)
-	}
-	if err := s.cfg.Store.AddSigningKey(ctx, k); err != nil {
+	err = s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.RetireSigningKeys(ctx, now, now.Add(s.maxTokenTTL())); err != nil {
+			return err
+		}
+		if err := s.cfg.Store.AddSigningKey(ctx, k); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.key.rotated", Outcome: "success", Details: map[string]string{"kid": k.KID, "alg": k.Alg}})
+	})
+	if err != nil {
 		return "", fmt.Errorf("token: rotate keys: %w", err)
 	}
 	s.log.Warn("token: signing key rotated on request", "kid", k.KID, "alg", k.Alg)
-	s.audit(ctx, AuditEvent{Type: "oauth.key.rotated", Outcome: "success", Details: map[string]string{"kid": k.KID, "alg": k.Alg}})
 	return k.KID, s.rotateKeysLocked(ctx)
 }
 
@@ -264,11 +269,16 @@ func (s *Service) rotateKeysLocked(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := st.AddSigningKey(ctx, k); err != nil {
+		err = s.atomically(ctx, func(ctx context.Context) error {
+			if err := st.AddSigningKey(ctx, k); err != nil {
+				return err
+			}
+			return s.auditGrant(ctx, AuditEvent{Type: "oauth.key.created", Outcome: "success", Details: map[string]string{"kid": k.KID, "alg": k.Alg, "activate_at": k.ActivateAt.Format(time.RFC3339)}})
+		})
+		if err != nil {
 			return fmt.Errorf("token: rotate keys: %w", err)
 		}
 		s.log.Info("token: new signing key", "kid", k.KID, "alg", k.Alg, "activates", k.ActivateAt, "reason", why)
-		s.audit(ctx, AuditEvent{Type: "oauth.key.created", Outcome: "success", Details: map[string]string{"kid": k.KID, "alg": k.Alg, "activate_at": k.ActivateAt.Format(time.RFC3339)}})
 		stored = append(stored, k)
 		return nil
 	}
@@ -318,10 +328,15 @@ func (s *Service) rotateKeysLocked(ctx context.Context) error {
 }
 
 // keySetFor returns the key set, loading (and rotating) if there is no
-// key that signs at t.
+// key that signs at t. Inside an atomically block it never rotates: a key
+// made there would be in use before its transaction committed, and gone
+// if it rolled back (callers make sure of a key before the block).
 func (s *Service) keySetFor(ctx context.Context, t time.Time) (*keySet, error) {
 	ks := s.keys.Load()
 	if ks.signer(t) == nil {
+		if _, in := ctx.Value(pendingKey{}).(*pending); in {
+			return nil, errors.New("token: no active signing key")
+		}
 		if err := s.rotateKeys(ctx); err != nil {
 			return nil, err
 		}

@@ -55,7 +55,7 @@ func newMetrics() *metrics {
 		}, []string{"grant", "reason"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moatless_oauth_logins_total",
-			Help: "Login page attempts by result (success, bad_credentials, throttled, mfa_failed, busy).",
+			Help: "Login page attempts by result (success, bad_credentials, throttled, mfa_failed, busy, stale: the user's sessions were ended meanwhile).",
 		}, []string{"result"}),
 		mfa: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moatless_oauth_mfa_events_total",

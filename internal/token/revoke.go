@@ -69,13 +69,18 @@ func (s *Service) revokeToken(ctx context.Context, raw string, by *Client, remot
 		if by != nil && rt.ClientID != by.ID {
 			return oerr(errUnauthorizedClient, "the token was issued to another client")
 		}
-		toks, err := s.cfg.Store.RevokeGrant(ctx, rt.GrantID, now)
+		err = s.atomically(ctx, func(ctx context.Context) error {
+			toks, err := s.cfg.Store.RevokeGrant(ctx, rt.GrantID, now)
+			if err != nil {
+				return err
+			}
+			s.revoked(ctx, toks)
+			ev.Details["token_type"], ev.Details["grant"], ev.Details["revoked_tokens"] = "refresh_token", rt.GrantID, itoa(len(toks))
+			return s.auditGrant(ctx, ev)
+		})
 		if err != nil {
 			return serverError(err)
 		}
-		s.revoked(ctx, toks)
-		ev.Details["token_type"], ev.Details["grant"], ev.Details["revoked_tokens"] = "refresh_token", rt.GrantID, itoa(len(toks))
-		s.audit(ctx, ev)
 		return nil
 	}
 	var cl accessClaims
@@ -91,16 +96,22 @@ func (s *Service) revokeToken(ctx context.Context, raw string, by *Client, remot
 	return s.revokeJTI(ctx, cl.ID, cl.Expiry.Time(), ev)
 }
 
+// revokeJTI lists jti as revoked, in one transaction with ev, its record.
 func (s *Service) revokeJTI(ctx context.Context, jti string, exp time.Time, ev AuditEvent) *oauthError {
-	added, err := s.cfg.Store.RevokeTokenID(ctx, jti, exp, s.now())
+	err := s.atomically(ctx, func(ctx context.Context) error {
+		added, err := s.cfg.Store.RevokeTokenID(ctx, jti, exp, s.now())
+		if err != nil {
+			return err
+		}
+		if added {
+			s.revoked(ctx, []RevokedToken{{JTI: jti, ExpiresAt: exp}})
+		}
+		ev.Details["token_type"], ev.Details["jti"] = "access_token", jti
+		return s.auditGrant(ctx, ev)
+	})
 	if err != nil {
 		return serverError(err)
 	}
-	if added {
-		s.revoked(ctx, []RevokedToken{{JTI: jti, ExpiresAt: exp}})
-	}
-	ev.Details["token_type"], ev.Details["jti"] = "access_token", jti
-	s.audit(ctx, ev)
 	return nil
 }
 

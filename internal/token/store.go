@@ -37,6 +37,14 @@ var (
 // UseAssertionJTI) are atomic compare-and-set operations in the
 // database, never read-then-write in the caller.
 type Store interface {
+	// Atomically runs fn in one transaction and commits it when fn
+	// returns nil; otherwise nothing fn did is kept. Every Store method
+	// fn calls with the context fn is given runs in that transaction,
+	// and so must Config.Audit when given that context: a change and its
+	// audit record commit together or not at all. A call inside fn joins
+	// the transaction.
+	Atomically(ctx context.Context, fn func(ctx context.Context) error) error
+
 	// CreateClient stores a new client; ErrConflict when its ID, name or
 	// SPIFFE ID is taken.
 	CreateClient(ctx context.Context, c *Client) error
@@ -59,11 +67,23 @@ type Store interface {
 	User(ctx context.Context, name string) (*User, error)
 	// UserByID returns the user with this ID, or ErrNotFound.
 	UserByID(ctx context.Context, id string) (*User, error)
+	// LockUser is UserByID inside Atomically, holding the user until the
+	// transaction ends, so a concurrent RevokeUserGrants either committed
+	// before (SessionsEpoch moved) or waits for the transaction and then
+	// also ends what it opened. An error outside Atomically.
+	LockUser(ctx context.Context, id string) (*User, error)
 	// Users lists every user, ordered by name.
 	Users(ctx context.Context) ([]*User, error)
-	// UpdateUser writes the user's password hash, TOTP state and spec;
-	// ErrNotFound.
+	// UpdateUser writes the user's password hash and spec, never the
+	// TOTP state (see StartTOTP, EnableTOTP, ResetTOTP); ErrNotFound.
 	UpdateUser(ctx context.Context, u *User) error
+	// StartTOTP stores a pending (not enabled) TOTP key, but only if the
+	// user's TOTP is not enabled, atomically: ErrTOTPEnabled otherwise
+	// (nothing changed); ErrNotFound for an unknown user.
+	StartTOTP(ctx context.Context, userID string, sealed []byte, at time.Time) error
+	// ResetTOTP turns TOTP off, forgets the key and deletes the recovery
+	// codes, in one transaction; ErrNotFound.
+	ResetTOTP(ctx context.Context, userID string, at time.Time) error
 	// DeleteUser deletes a user and their recovery codes; ErrNotFound.
 	DeleteUser(ctx context.Context, name string) error
 	// UseTOTPStep records that the TOTP code of time step was accepted
@@ -103,6 +123,12 @@ type Store interface {
 	AddGrant(ctx context.Context, g *Grant) error
 	// Grant returns a grant by ID, or ErrNotFound.
 	Grant(ctx context.Context, id string) (*Grant, error)
+	// LockGrant is Grant inside Atomically, holding the grant until the
+	// transaction ends: a concurrent RevokeGrant or RevokeUserGrants
+	// either committed before (and the grant reads revoked) or waits,
+	// and then also revokes what the transaction added to the grant. An
+	// error outside Atomically.
+	LockGrant(ctx context.Context, id string) (*Grant, error)
 	// RecordTokenID remembers that an access token with this jti was
 	// issued under the grant, so revoking the grant can revoke it.
 	RecordTokenID(ctx context.Context, grantID, jti string, exp time.Time) error
@@ -115,7 +141,8 @@ type Store interface {
 	// Revoking a revoked grant returns none and no error.
 	RevokeGrant(ctx context.Context, grantID string, at time.Time) ([]RevokedToken, error)
 	// RevokeUserGrants ends every session of a user atomically (one
-	// transaction): it revokes all their grants and refresh tokens,
+	// transaction): it moves the user's SessionsEpoch, revokes all their
+	// grants and refresh tokens,
 	// deletes their unredeemed authorization codes, and adds the
 	// unexpired access token IDs issued under their grants to the revoked
 	// list. It returns the number of grants it revoked and the token IDs
@@ -261,6 +288,10 @@ type User struct {
 	TOTPLastStep int64     `json:"-"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// SessionsEpoch counts the times the user's sessions were ended
+	// (RevokeUserGrants). A login remembers it from the password check
+	// and completes only if it has not moved.
+	SessionsEpoch int64 `json:"-"`
 	UserSpec
 }
 

@@ -85,10 +85,16 @@ type Config struct {
 	Logger *slog.Logger
 	// Audit records an event durably: every grant, failure, exchange,
 	// revocation, login and MFA event; ignored when nil. It runs on the
-	// request path. When it fails for a grant (a token or an
-	// authorization code about to be handed out), the grant is withheld
-	// and the client gets server_error: no credential leaves unaudited.
-	// Other failures are logged.
+	// request path. A change to the service's state (a client, user or
+	// MFA change, a login, a token issued from a grant, a revocation, a
+	// signing key) is recorded inside the change's store transaction:
+	// Audit is then called with a context Store.Atomically gave, and
+	// must write in that transaction (the server appends with
+	// audit.StoreSink.AppendTx on store.TxFrom(ctx)). When it fails, the
+	// change is rolled back and the caller gets an error (server_error,
+	// 500): no change without its record, and no credential leaves
+	// unaudited. A failure to record a refusal, which changes nothing,
+	// is logged.
 	Audit func(ctx context.Context, e AuditEvent) error
 	// OnRevoke is called with every access token ID that becomes revoked
 	// (directly, or through its refresh family or a reused code), so the
@@ -312,7 +318,8 @@ func (s *Service) audit(ctx context.Context, e AuditEvent) {
 }
 
 // auditGrant records e and returns the failure, for the callers that must
-// withhold a credential when it cannot be audited.
+// withhold a credential, or roll back a change, when it cannot be
+// audited.
 func (s *Service) auditGrant(ctx context.Context, e AuditEvent) error {
 	if s.cfg.Audit == nil {
 		return nil
@@ -320,7 +327,54 @@ func (s *Service) auditGrant(ctx context.Context, e AuditEvent) error {
 	return s.cfg.Audit(ctx, e)
 }
 
+// auditAll records evs in order, stopping at the first failure.
+func (s *Service) auditAll(ctx context.Context, evs ...AuditEvent) error {
+	for _, e := range evs {
+		if err := s.auditGrant(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pendingKey carries the *pending of an atomically block.
+type pendingKey struct{}
+
+// pending collects what an atomically block announces once it commits.
+type pending struct {
+	revoked []RevokedToken
+}
+
+// atomically runs fn as one store transaction together with the audit
+// records it writes (auditGrant with the context fn is given): a change
+// and its record commit together or neither does. Token IDs fn revokes
+// (s.revoked) go to OnRevoke only after the commit, so sidecars never
+// hear of a revocation that was rolled back. Nested calls join the
+// outer block. Within fn the audit record is written last, after every
+// row lock the change takes, so transactions lock in one order.
+func (s *Service) atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	if _, ok := ctx.Value(pendingKey{}).(*pending); ok {
+		return fn(ctx)
+	}
+	p := &pending{}
+	if err := s.cfg.Store.Atomically(context.WithValue(ctx, pendingKey{}, p), fn); err != nil {
+		return err
+	}
+	s.announce(ctx, p.revoked)
+	return nil
+}
+
+// revoked announces newly revoked token IDs to OnRevoke: at once, or
+// inside an atomically block when it commits.
 func (s *Service) revoked(ctx context.Context, toks []RevokedToken) {
+	if p, ok := ctx.Value(pendingKey{}).(*pending); ok {
+		p.revoked = append(p.revoked, toks...)
+		return
+	}
+	s.announce(ctx, toks)
+}
+
+func (s *Service) announce(ctx context.Context, toks []RevokedToken) {
 	for _, t := range toks {
 		s.metrics.revoked.Inc()
 		if s.cfg.OnRevoke != nil {

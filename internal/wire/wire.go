@@ -179,6 +179,52 @@ type Revocations struct {
 	SPIFFEIDs []string         `json:"spiffe_ids,omitempty"`
 	Serials   []RevokedSerial  `json:"serials,omitempty"`
 	TokenIDs  []RevokedTokenID `json:"token_ids,omitempty"` // OAuth access-token jti values
+	// IDDetails says when and why the IDs of SPIFFEIDs were revoked, so a
+	// revoked workload and its operator are told so rather than that an
+	// identity is missing. SPIFFEIDs alone decides what is revoked.
+	IDDetails []RevokedIDDetail `json:"id_details,omitempty"`
+	// BlockedEdges are the (source, destination) pairs refused by every
+	// sidecar until they lapse or are lifted (detect's block-pair).
+	BlockedEdges []BlockedEdge `json:"blocked_edges,omitempty"`
+}
+
+// RevokedIDDetail is when and why a SPIFFE ID was revoked.
+type RevokedIDDetail struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// String is "spiffe://… was revoked at TIME (reason: …)".
+func (d RevokedIDDetail) String() string {
+	s := d.SPIFFEID + " was revoked"
+	if !d.RevokedAt.IsZero() {
+		s += " at " + d.RevokedAt.UTC().Format(time.RFC3339)
+	}
+	if d.Reason != "" {
+		s += " (reason: " + d.Reason + ")"
+	}
+	return s
+}
+
+// Detail returns the details of id's revocation; ok is false when id is
+// not revoked. An ID revoked without details gets a detail with only its
+// SPIFFE ID.
+func (r *Revocations) Detail(id string) (d RevokedIDDetail, ok bool) {
+	if r == nil {
+		return d, false
+	}
+	for _, x := range r.IDDetails {
+		if x.SPIFFEID == id {
+			return x, true
+		}
+	}
+	for _, x := range r.SPIFFEIDs {
+		if x == id {
+			return RevokedIDDetail{SPIFFEID: id}, true
+		}
+	}
+	return d, false
 }
 
 // RevokedSerial is a revoked certificate, by lower-case hex serial, with the
@@ -328,4 +374,7 @@ type AuditEvent struct {
 	// it saw; empty when no Rego provider decided.
 	RegoQuery   string `json:"rego_query,omitempty"`
 	InputSHA256 string `json:"input_sha256,omitempty"`
+	// TraceID is the W3C trace ID (32 lower-case hex digits) of the
+	// request's sampled trace, when the reporter traces.
+	TraceID string `json:"trace_id,omitempty"`
 }

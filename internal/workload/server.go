@@ -28,13 +28,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -63,8 +61,9 @@ const (
 // Config configures a Workload API server.
 type Config struct {
 	// SocketPath is the unix socket to listen on. Required. Its directory
-	// is created 0755 when missing; the socket itself is 0777 (any local
-	// process may ask; attestation decides what it gets). A stale socket
+	// is created 0755 when missing and must be owned by the agent's user
+	// and writable by no one else (checkSocketDir); the socket itself is
+	// 0777 (any local process may ask; attestation decides what it gets). A stale socket
 	// left by a dead agent is removed; a live one is an error.
 	SocketPath string
 	// Source serves the SVIDs and bundles. Required.
@@ -81,6 +80,10 @@ type Config struct {
 	// attested. Both must be cheap and safe for concurrent use.
 	OnServe         func(kind string)
 	OnAttestFailure func()
+	// FirstSyncWait bounds how long a call waits for a Source that is a
+	// Syncer to complete its first sync (see Syncer). Default
+	// DefaultFirstSyncWait.
+	FirstSyncWait time.Duration
 }
 
 // Server is a Workload API server. Lifecycle: New → Serve → Close.
@@ -203,6 +206,9 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("workload: create socket directory: %w", err)
 	}
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("workload: %s exists and is not a socket; remove it or choose another --socket", path)
@@ -216,49 +222,36 @@ func listenUnix(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("workload: remove stale socket: %w", err)
 		}
 	}
-	lis, err := net.Listen("unix", path)
+	// The socket is bound under a temporary name and renamed into place
+	// once it listens with its final mode: a workload started with the
+	// agent that connects the moment the path appears is never refused
+	// (bind(2) creates the file before listen(2) accepts).
+	tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".moatless-%d.sock", os.Getpid()))
+	os.Remove(tmp)
+	lis, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("workload: listen: %w", err)
+	}
+	fail := func(what string, err error) (net.Listener, error) {
+		lis.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("workload: %s: %w", what, err)
 	}
 	// Accepted sockets inherit SO_PASSCRED, so even the bytes a client
 	// writes before accept(2) carry its PID (see boundConn).
 	if err := passCred(lis.(*net.UnixListener)); err != nil {
-		lis.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("workload: listen: SO_PASSCRED: %w", err)
+		return fail("listen: SO_PASSCRED", err)
 	}
 	// The listener must not unlink on Close: Close removes the socket only
 	// when it is still ours (a new agent may have replaced it).
 	lis.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(path, 0o777); err != nil {
-		lis.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("workload: chmod socket: %w", err)
+	if err := os.Chmod(tmp, 0o777); err != nil {
+		return fail("chmod socket", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail("put the socket in place", err)
 	}
 	return lis, nil
-}
-
-func passCred(l *net.UnixListener) error {
-	raw, err := l.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil {
-		return err
-	}
-	return serr
-}
-
-func inode(path string) uint64 {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return 0
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }
 
 func removeIfSame(path string, ino uint64) {
@@ -277,6 +270,7 @@ func (s *Server) caller(ctx context.Context, method string) ([]wire.Selector, at
 	if v := md.Get(SecurityHeader); len(v) != 1 || v[0] != "true" {
 		return nil, attest.Peer{}, status.Error(codes.InvalidArgument, "security header missing from request")
 	}
+	s.waitFirstSync(ctx)
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return nil, attest.Peer{}, status.Error(codes.Internal, "no peer information")
@@ -397,7 +391,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		ids := liveX509(matching(st, sels), now)
 		if len(ids) == 0 {
 			s.log.Info("no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
-			return time.Time{}, errNoIdentity
+			return time.Time{}, noIdentity(st, sels, spiffeid.ID{})
 		}
 		// The answer changes when any served serial or the bundle does.
 		var key bytes.Buffer
@@ -515,7 +509,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	}
 	if len(ids) == 0 {
 		s.log.Info("no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
-		return nil, errNoIdentity
+		return nil, noIdentity(st, sels, want)
 	}
 	resp := &workload.JWTSVIDResponse{}
 	for _, id := range ids {

@@ -64,6 +64,12 @@ type State struct {
 	// BundleSequence is the bundle's sequence number (changes trigger
 	// bundle streams).
 	BundleSequence uint64
+	// Revoked are the entries left out of Identities because their SPIFFE
+	// ID is revoked, with Revocations saying when and why: a caller they
+	// match is told its identity was revoked, not that it has none. Set
+	// before the state is published.
+	Revoked     []*Identity
+	Revocations *wire.Revocations
 
 	x509BundleDER []byte
 	jwtBundleJSON []byte

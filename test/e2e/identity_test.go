@@ -263,10 +263,13 @@ func TestIdentityFetchAndValidate(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("svid fetch: %d %s", code, stderr)
 	}
-	var fetched []struct {
-		SPIFFEID string `json:"spiffe_id"`
+	var page struct {
+		Items []struct {
+			SPIFFEID string `json:"spiffe_id"`
+		} `json:"items"`
 	}
-	if err := json.Unmarshal([]byte(stdout), &fetched); err != nil || len(fetched) != 1 || fetched[0].SPIFFEID != svid.ID.String() {
+	err = json.Unmarshal([]byte(stdout), &page)
+	if fetched := page.Items; err != nil || len(fetched) != 1 || fetched[0].SPIFFEID != svid.ID.String() {
 		t.Fatalf("svid fetch -o json: %v %s", err, stdout)
 	}
 	if fi, err := os.Stat(filepath.Join(out, "svid_key.pem")); err != nil || fi.Mode().Perm() != 0o600 {

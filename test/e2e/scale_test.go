@@ -4,12 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -57,24 +53,7 @@ func TestScaleWatchClients(t *testing.T) {
 		if !rs.admin(i%3, "POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": id}, &tok) {
 			t.Fatal("join token")
 		}
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		body, _ := json.Marshal(map[string]any{"join_token": tok.Token, "csr": csr})
-		resp, err := rs.https.Post("https://"+rs.addrs[i%3]+"/v1/agent/attest", "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ar struct {
-			SVID struct {
-				CertChain [][]byte `json:"cert_chain"`
-			} `json:"svid"`
-		}
-		json.NewDecoder(resp.Body).Decode(&ar)
-		resp.Body.Close()
-		if len(ar.SVID.CertChain) == 0 {
-			t.Fatalf("attest %s: %d", id, resp.StatusCode)
-		}
-		certs[i] = tls.Certificate{Certificate: ar.SVID.CertChain, PrivateKey: key}
+		certs[i] = attestJoin(t, rs.https, rs.addrs[i%3], id, tok.Token)
 	}
 
 	rss := func() (total int64) {
@@ -137,53 +116,23 @@ func TestScaleWatchClients(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var (
-		connected atomic.Int64
-		mu        sync.Mutex
-		seenAt    = make([]time.Time, n)
-		wantVer   atomic.Uint64
-		wg        sync.WaitGroup
+		mu      sync.Mutex
+		seenAt  = make([]time.Time, n)
+		wantVer atomic.Uint64
+		wg      sync.WaitGroup
 	)
-	sem := make(chan struct{}, 64) // connects in flight
 	start := time.Now()
-	for c := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%identities]}},
-				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
-			defer tr.CloseIdleConnections()
-			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+rs.addrs[c%3]+"/v1/agent/watch", nil)
-			resp, err := (&http.Client{Transport: tr}).Do(req)
-			<-sem
-			if err != nil || resp.StatusCode != 200 {
-				t.Errorf("client %d: %v", c, err)
-				return
+	connected := watchClients(ctx, t, &wg, n, 64, rs.addrs, pool, certs, func(c int, line []byte) {
+		// A policy update names its version first: no JSON decoding of
+		// every heartbeat by ten thousand clients.
+		if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
+			mu.Lock()
+			if seenAt[c].IsZero() {
+				seenAt[c] = time.Now()
 			}
-			defer resp.Body.Close()
-			r := bufio.NewReaderSize(resp.Body, 4<<10)
-			first := true
-			for {
-				line, err := r.ReadBytes('\n')
-				if err != nil {
-					return
-				}
-				if first {
-					first = false
-					connected.Add(1)
-				}
-				// A policy update names its version first: no JSON
-				// decoding of every heartbeat by ten thousand clients.
-				if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
-					mu.Lock()
-					if seenAt[c].IsZero() {
-						seenAt[c] = time.Now()
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+			mu.Unlock()
+		}
+	})
 	waitFor(t, 10*time.Minute, fmt.Sprintf("%d watch streams", n), func() bool { return connected.Load() == int64(n) })
 	connectTime := time.Since(start)
 	heapAfter, grAfter := liveHeap()
@@ -222,4 +171,48 @@ func TestScaleWatchClients(t *testing.T) {
 	t.Logf("policy push to %d clients: p50 %s, p99 %s, max %s", n, q(0.5), q(0.99), lat[n-1].Round(time.Millisecond))
 	cancel()
 	wg.Wait()
+}
+
+// watchClients opens n watch streams, stream c to addrs[c%len(addrs)] as
+// certs[c%len(certs)], each on its own TLS connection (as a sidecar
+// would have), at most inflight connecting at once; onLine gets every
+// line stream c reads. The counter is how many streams had their first
+// update. The streams end with ctx; wg waits for them.
+func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, inflight int, addrs []string, pool *x509.CertPool, certs []tls.Certificate, onLine func(c int, line []byte)) *atomic.Int64 {
+	var connected atomic.Int64
+	sem := make(chan struct{}, inflight)
+	for c := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%len(certs)]}},
+				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addrs[c%len(addrs)]+"/v1/agent/watch", nil)
+			resp, err := (&http.Client{Transport: tr}).Do(req)
+			<-sem
+			if err != nil || resp.StatusCode != 200 {
+				if ctx.Err() == nil {
+					t.Errorf("watch client %d: %v", c, err)
+				}
+				return
+			}
+			defer resp.Body.Close()
+			r := bufio.NewReaderSize(resp.Body, 4<<10)
+			first := true
+			for {
+				line, err := r.ReadBytes('\n')
+				if err != nil {
+					return
+				}
+				if first {
+					first = false
+					connected.Add(1)
+				}
+				onLine(c, line)
+			}
+		}()
+	}
+	return &connected
 }

@@ -116,13 +116,20 @@ type sidecarProc struct {
 // or with needReady false until /livez answers.
 func startSidecarProc(t *testing.T, name, cfg string, needReady bool) *sidecarProc {
 	t.Helper()
+	return startSidecarProcEnv(t, name, cfg, needReady, nil)
+}
+
+// startSidecarProcEnv is startSidecarProc with env added to the process's
+// environment.
+func startSidecarProcEnv(t *testing.T, name, cfg string, needReady bool, env []string) *sidecarProc {
+	t.Helper()
 	admin := freeAddr(t)
 	path := filepath.Join(t.TempDir(), name+".yaml")
 	cfg += "admin: " + admin + "\nreload_interval: 200ms\n"
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &sidecarProc{proc: start(t, name, nil, "sidecar", "-config", path), admin: admin}
+	p := &sidecarProc{proc: start(t, name, env, "sidecar", "-config", path), admin: admin}
 	probe := "/livez"
 	if needReady {
 		probe = "/readyz"
@@ -201,6 +208,13 @@ func startSidecarMesh(t *testing.T, app string) *sidecarMesh {
 // startSidecarMeshWith is startSidecarMesh enforcing policies (YAML).
 func startSidecarMeshWith(t *testing.T, app, policies string) *sidecarMesh {
 	t.Helper()
+	return startSidecarMeshEnv(t, app, policies, nil, nil)
+}
+
+// startSidecarMeshEnv is startSidecarMeshWith with extra environment for
+// the orders and the frontend sidecar.
+func startSidecarMeshEnv(t *testing.T, app, policies string, ordersEnv, frontendEnv []string) *sidecarMesh {
+	t.Helper()
 	m := &sidecarMesh{pki: newSidecarPKI(t), policyDir: t.TempDir(), inbound: freeAddr(t), outbound: freeAddr(t)}
 	m.revocations = filepath.Join(m.pki.dir, "revocations.json")
 	if err := os.WriteFile(filepath.Join(m.policyDir, "policies.yaml"), []byte(policies), 0o600); err != nil {
@@ -208,7 +222,7 @@ func startSidecarMeshWith(t *testing.T, app, policies string) *sidecarMesh {
 	}
 	of, _ := m.pki.files("orders", scOrdersID)
 	ff, _ := m.pki.files("frontend", scFrontendID)
-	m.orders = startSidecarProc(t, "orders-sidecar", fmt.Sprintf(`identity:
+	m.orders = startSidecarProcEnv(t, "orders-sidecar", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 namespace: prod
 labels: {app: orders}
@@ -218,14 +232,14 @@ policy:
   files: [%s]
   revocations_file: %s
 decision_log: {allow_sample_rate: 1}
-`, of.Cert, of.Key, of.Bundle, m.inbound, app, m.policyDir, m.revocations), true)
-	m.frontend = startSidecarProc(t, "frontend-sidecar", fmt.Sprintf(`identity:
+`, of.Cert, of.Key, of.Bundle, m.inbound, app, m.policyDir, m.revocations), true, ordersEnv)
+	m.frontend = startSidecarProcEnv(t, "frontend-sidecar", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 namespace: prod
 labels: {app: frontend}
 outbound:
   - {name: orders, listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID), true)
+`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID), true, frontendEnv)
 	return m
 }
 
@@ -706,7 +720,7 @@ outbound:
 				Kind    string `json:"kind"`
 				Actor   string `json:"actor"`
 				Subject string `json:"subject"`
-			} `json:"records"`
+			} `json:"items"`
 		}
 		if err := json.Unmarshal([]byte(p.admin("audit", "list", "-o", "json")), &page); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,173 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestListOutputShape: every list command's -o json is one object with
+// "items" (an array, never null) and, where it pages, "next"; every text
+// column is a field of the items, named alike (upper case, spaces for
+// underscores); every time is RFC 3339.
+func TestListOutputShape(t *testing.T) {
+	env := startServer(t)
+	dir := env["HOME"]
+	mustRun := func(args ...string) string {
+		t.Helper()
+		code, out, stderr := runCLI(t, env, args...)
+		if code != ExitOK {
+			t.Fatalf("%v: exit %d: %s %s", args, code, out, stderr)
+		}
+		return out
+	}
+	mustRun("entry", "create", "--parent", "spiffe://example.org/node/n1", "--spiffe-id", "spiffe://example.org/ns/prod/sa/orders", "--selector", "unix:uid:1000")
+	mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")
+	mustRun("revoke", "--spiffe-id", "spiffe://example.org/ns/prod/sa/orders", "--reason", "test")
+	mustRun("oauth", "client", "create", "--name", "orders", "--grant", "client_credentials", "--scope", "a")
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("correct horse battery staple\n"), 0o600)
+	mustRun("oauth", "user", "create", "--name", "alice", "--password-file", pw)
+	pol := filepath.Join(dir, "p.yaml")
+	os.WriteFile(pol, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: prod}\nspec: {mtls: {mode: STRICT}}\n"), 0o600)
+	mustRun("policy", "apply", "-f", pol)
+
+	rfc3339 := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$`)
+	timeLike := regexp.MustCompile(`^\d{4}-\d\d-\d\d[T ]`)
+	tests := []struct {
+		name  string
+		args  []string
+		pages bool
+		// optional are fields JSON omits when empty (the text shows "-"
+		// or nothing).
+		optional []string
+	}{
+		{"entry_list", []string{"entry", "list"}, false, []string{"namespace"}},
+		{"jointoken_list", []string{"jointoken", "list", "--all"}, false, []string{"used_at"}},
+		{"revoke_list", []string{"revoke", "list"}, false, []string{"until"}},
+		{"agent_list", []string{"agent", "list"}, false, nil},
+		{"audit_list", []string{"audit", "list", "--limit", "2"}, true, nil},
+		{"policy_history", []string{"policy", "history"}, false, nil},
+		{"oauth_client_list", []string{"oauth", "client", "list"}, false, []string{"spiffe_id"}},
+		{"oauth_user_list", []string{"oauth", "user", "list"}, false, []string{"roles", "tenant"}},
+		{"oauth_keys_list", []string{"oauth", "keys", "list"}, false, nil},
+		{"oauth_token_revoked", []string{"oauth", "token", "revoked"}, false, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := mustRun(append(tc.args, "-o", "json")...)
+			var page map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(raw), &page); err != nil {
+				t.Fatalf("not an object: %v\n%s", err, raw)
+			}
+			var items []map[string]any
+			if string(page["items"]) == "null" || json.Unmarshal(page["items"], &items) != nil || items == nil {
+				t.Fatalf(`"items" is not an array: %s`, raw)
+			}
+			for k := range page {
+				if k != "items" && k != "next" {
+					t.Fatalf("unexpected key %q: %s", k, raw)
+				}
+			}
+			if _, ok := page["next"]; ok != tc.pages {
+				t.Fatalf(`"next" present=%v, want %v: %s`, ok, tc.pages, raw)
+			}
+			keys := map[string]bool{}
+			for _, k := range tc.optional {
+				keys[k] = true
+			}
+			for _, it := range items {
+				for k, v := range it {
+					keys[k] = true
+					if s, ok := v.(string); ok && timeLike.MatchString(s) && !rfc3339.MatchString(s) {
+						t.Errorf("%s: %q is not RFC 3339", k, s)
+					}
+				}
+			}
+			text := mustRun(tc.args...)
+			header := strings.Fields(strings.SplitN(text, "\n", 2)[0])
+			if len(items) == 0 {
+				return // an empty list may print a sentence instead of a table
+			}
+			for _, col := range splitColumns(strings.SplitN(text, "\n", 2)[0]) {
+				if !keys[col] {
+					t.Errorf("text column %q is no field of the JSON items %v (header %q)", col, keys, header)
+				}
+			}
+			for _, line := range strings.Split(text, "\n")[1:] {
+				for _, f := range strings.Fields(line) {
+					if timeLike.MatchString(f) {
+						if _, err := time.Parse(time.RFC3339, f); err != nil {
+							t.Errorf("text time %q is not RFC 3339", f)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// splitColumns reads a tabwriter header (columns separated by two or more
+// spaces) as JSON field names.
+func splitColumns(header string) []string {
+	var out []string
+	for _, c := range regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(header), -1) {
+		out = append(out, strings.ToLower(strings.ReplaceAll(c, " ", "_")))
+	}
+	return out
+}
+
+// TestHelpMatchesTheBinary: the command list names what each command
+// does: "policy" lists its subcommands and no "watch" (there is none);
+// "demo" starts no agent. A bad flag is one line naming -h; -h prints the
+// usage on stdout with exit 0.
+func TestHelpMatchesTheBinary(t *testing.T) {
+	_, help, _ := runCLI(t, nil, "help")
+	line := func(cmd string) string {
+		for _, l := range strings.Split(help, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == cmd {
+				return l
+			}
+		}
+		t.Fatalf("no %q in help:\n%s", cmd, help)
+		return ""
+	}
+	for _, c := range policyCommands {
+		if !strings.Contains(line("policy"), c.name) {
+			t.Errorf("policy summary does not name %q: %s", c.name, line("policy"))
+		}
+	}
+	if strings.Contains(line("policy"), "watch") {
+		t.Errorf("policy summary names watch: %s", line("policy"))
+	}
+	if l := line("demo"); strings.Contains(l, "an agent") {
+		t.Errorf("demo summary claims an agent: %s", l)
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{"unknown_flag_one_line", []string{"entry", "list", "--bogus"}, ExitUsage, "",
+			"moatless: entry list: flag provided but not defined: -bogus (run \"moatless entry list -h\" for its flags)\n"},
+		{"unknown_flag_long_running_command", []string{"server", "--nope"}, ExitUsage, "",
+			"moatless: server: flag provided but not defined: -nope (run \"moatless server -h\" for its flags)\n"},
+		{"bad_flag_value", []string{"audit", "list", "--limit", "x"}, ExitUsage, "",
+			"moatless: audit list: invalid value \"x\" for flag -limit: parse error (run \"moatless audit list -h\" for its flags)\n"},
+		{"help_on_stdout", []string{"demo", "-h"}, ExitOK, "Usage: moatless demo", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, stderr := runCLI(t, nil, tc.args...)
+			if code != tc.wantCode || stderr != tc.wantStderr || !strings.HasPrefix(out, tc.wantStdout) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d, stdout %q..., stderr %q", code, out, stderr, tc.wantCode, tc.wantStdout, tc.wantStderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,251 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Thresholds are the detectors' settings for the identities they judge.
+// A zero field takes the default (see DefaultThresholds).
+type Thresholds struct {
+	// RateFactor: a minute with more than RateFactor × the edge's
+	// baseline requests is a rate finding (default 3), when it is also
+	// above the baseline by 5 deviations and at least MinRate requests.
+	RateFactor float64 `json:"rate_factor,omitempty"`
+	MinRate    float64 `json:"min_rate,omitempty"` // default 30 requests per minute
+	// DenyBurst: this many refused requests (deny, unauthenticated,
+	// refused) from one identity in a minute is probing (default 20).
+	DenyBurst int `json:"deny_burst,omitempty"`
+	// NewPaths: this many paths the identity never called before, in 5
+	// minutes, is probing (default 10).
+	NewPaths int `json:"new_paths,omitempty"`
+	// BytesPerMinute: responses of this many bytes on one edge in a
+	// minute is exfiltration whatever the baseline (default 100 MB).
+	BytesPerMinute int64 `json:"bytes_per_minute,omitempty"`
+	// BytesFactor and MinBytes: more than BytesFactor × the edge's
+	// baseline response bytes in a minute, and at least MinBytes, is
+	// exfiltration too (defaults 10 and 10 MB).
+	BytesFactor float64 `json:"bytes_factor,omitempty"`
+	MinBytes    int64   `json:"min_bytes,omitempty"`
+	// PIIMatches: this many personal data matches in the sampled
+	// responses of one edge in a minute is exfiltration (default 20).
+	PIIMatches int `json:"pii_matches,omitempty"`
+	// ExchangeBurst: this many token exchanges by one client in a minute
+	// is a token anomaly (default 60).
+	ExchangeBurst int `json:"exchange_burst,omitempty"`
+	// AttestFailures: this many failed attestations from one address in
+	// 5 minutes is an attestation anomaly (default 5).
+	AttestFailures int `json:"attest_failures,omitempty"`
+}
+
+// DefaultThresholds are the detectors' defaults.
+var DefaultThresholds = Thresholds{
+	RateFactor: 3, MinRate: 30, DenyBurst: 20, NewPaths: 10,
+	BytesPerMinute: 100 << 20, BytesFactor: 10, MinBytes: 10 << 20, PIIMatches: 20,
+	ExchangeBurst: 60, AttestFailures: 5,
+}
+
+// merge fills t's zero fields from d.
+func (t Thresholds) merge(d Thresholds) Thresholds {
+	pick := func(a, b float64) float64 {
+		if a == 0 {
+			return b
+		}
+		return a
+	}
+	pickI := func(a, b int64) int64 {
+		if a == 0 {
+			return b
+		}
+		return a
+	}
+	return Thresholds{
+		RateFactor: pick(t.RateFactor, d.RateFactor), MinRate: pick(t.MinRate, d.MinRate),
+		DenyBurst: int(pickI(int64(t.DenyBurst), int64(d.DenyBurst))), NewPaths: int(pickI(int64(t.NewPaths), int64(d.NewPaths))),
+		BytesPerMinute: pickI(t.BytesPerMinute, d.BytesPerMinute), BytesFactor: pick(t.BytesFactor, d.BytesFactor),
+		MinBytes: pickI(t.MinBytes, d.MinBytes), PIIMatches: int(pickI(int64(t.PIIMatches), int64(d.PIIMatches))),
+		ExchangeBurst:  int(pickI(int64(t.ExchangeBurst), int64(d.ExchangeBurst))),
+		AttestFailures: int(pickI(int64(t.AttestFailures), int64(d.AttestFailures))),
+	}
+}
+
+func (t Thresholds) validate(field string) error {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"rate_factor", t.RateFactor}, {"min_rate", t.MinRate}, {"deny_burst", float64(t.DenyBurst)},
+		{"new_paths", float64(t.NewPaths)}, {"bytes_per_minute", float64(t.BytesPerMinute)},
+		{"bytes_factor", float64(t.BytesFactor)}, {"min_bytes", float64(t.MinBytes)},
+		{"pii_matches", float64(t.PIIMatches)}, {"exchange_burst", float64(t.ExchangeBurst)},
+		{"attest_failures", float64(t.AttestFailures)},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%s.%s: %v is negative", field, f.name, f.v)
+		}
+	}
+	if t.RateFactor != 0 && t.RateFactor < 1 || t.BytesFactor != 0 && t.BytesFactor < 1 {
+		return fmt.Errorf("%s: rate_factor and bytes_factor must be at least 1", field)
+	}
+	return nil
+}
+
+// ServiceThresholds overrides thresholds for the identities Match names:
+// a SPIFFE ID, or a pattern where "*" stands for any run of characters
+// ("spiffe://example.org/ns/batch/*").
+type ServiceThresholds struct {
+	Match string `json:"match"`
+	Thresholds
+}
+
+// Settings configure detection and response on the server (the detect
+// section of the server config). Every field has a working default.
+type Settings struct {
+	// Disabled turns detection off (records are still stored).
+	Disabled bool `json:"disabled,omitempty"`
+	// Retention is how long traffic records and sampled decisions are
+	// kept; default 14 days.
+	Retention wire.Duration `json:"retention,omitempty"`
+	// LearningPeriod is how long an identity's traffic is only learned
+	// from before the new-edge detector judges it; default 24h.
+	LearningPeriod wire.Duration `json:"learning_period,omitempty"`
+	// SuppressFor is how long a finding stays open: the same detector
+	// finding the same thing about the same identity and edge within it
+	// counts on the open finding instead of raising a new one; default
+	// 30m.
+	SuppressFor wire.Duration `json:"suppress_for,omitempty"`
+	// RiskWindow is how far back findings count towards an identity's
+	// risk; default 1h.
+	RiskWindow wire.Duration `json:"risk_window,omitempty"`
+	// MaxFindingsPerMinute bounds new findings mesh-wide; more are
+	// dropped and counted (default 100).
+	MaxFindingsPerMinute int `json:"max_findings_per_minute,omitempty"`
+	// Thresholds are the defaults for every identity; Services override
+	// them for some (the first match wins).
+	Thresholds Thresholds          `json:"thresholds,omitempty"`
+	Services   []ServiceThresholds `json:"services,omitempty"`
+	// Alerts say where findings and incidents are sent.
+	Alerts AlertSettings `json:"alerts,omitempty"`
+}
+
+// Defaults of Settings.
+const (
+	DefaultRetention            = 14 * 24 * time.Hour
+	DefaultLearningPeriod       = 24 * time.Hour
+	DefaultSuppressFor          = 30 * time.Minute
+	DefaultRiskWindow           = time.Hour
+	DefaultMaxFindingsPerMinute = 100
+)
+
+// Complete fills in defaults.
+func (s *Settings) Complete() {
+	def := func(d *wire.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = wire.Duration(v)
+		}
+	}
+	def(&s.Retention, DefaultRetention)
+	def(&s.LearningPeriod, DefaultLearningPeriod)
+	def(&s.SuppressFor, DefaultSuppressFor)
+	def(&s.RiskWindow, DefaultRiskWindow)
+	if s.MaxFindingsPerMinute == 0 {
+		s.MaxFindingsPerMinute = DefaultMaxFindingsPerMinute
+	}
+	s.Thresholds = s.Thresholds.merge(DefaultThresholds)
+}
+
+// Validate checks the settings; errors name the field under prefix
+// ("detect").
+func (s *Settings) Validate(prefix string) error {
+	var errs []error
+	pos := func(name string, d wire.Duration, lo time.Duration) {
+		if d != 0 && d.Std() < lo {
+			errs = append(errs, fmt.Errorf("%s.%s: %s: at least %s", prefix, name, d.Std(), lo))
+		}
+	}
+	pos("retention", s.Retention, time.Hour)
+	pos("learning_period", s.LearningPeriod, 0)
+	pos("suppress_for", s.SuppressFor, time.Minute)
+	pos("risk_window", s.RiskWindow, time.Minute)
+	if s.MaxFindingsPerMinute < 0 {
+		errs = append(errs, fmt.Errorf("%s.max_findings_per_minute: negative", prefix))
+	}
+	if err := s.Thresholds.validate(prefix + ".thresholds"); err != nil {
+		errs = append(errs, err)
+	}
+	for i, st := range s.Services {
+		f := fmt.Sprintf("%s.services[%d]", prefix, i)
+		if err := checkPattern(st.Match); err != nil {
+			errs = append(errs, fmt.Errorf("%s.match: %w", f, err))
+		}
+		if err := st.Thresholds.validate(f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := s.Alerts.validate(prefix + ".alerts"); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// checkPattern accepts a SPIFFE ID, or a pattern over them in which "*"
+// stands for any run of characters, "/" included
+// ("spiffe://example.org/ns/batch/*").
+func checkPattern(p string) error {
+	if p == "" {
+		return errors.New("required")
+	}
+	if len(p) > 2048 {
+		return errors.New("longer than 2048 bytes")
+	}
+	if !strings.Contains(p, "*") {
+		if _, err := spiffeid.FromString(p); err != nil {
+			return fmt.Errorf("%q: not a SPIFFE ID: %w", p, err)
+		}
+		return nil
+	}
+	if !strings.HasPrefix(p, "spiffe://") {
+		return fmt.Errorf("%q: a pattern starts with spiffe://", p)
+	}
+	return nil
+}
+
+// matchIdentity reports whether pattern names id: equal, or with each
+// "*" in pattern standing for any run of characters.
+func matchIdentity(pattern, id string) bool {
+	if !strings.Contains(pattern, "*") {
+		return pattern == id
+	}
+	parts := strings.Split(pattern, "*")
+	if !strings.HasPrefix(id, parts[0]) {
+		return false
+	}
+	rest := id[len(parts[0]):]
+	for i, part := range parts[1:] {
+		if i == len(parts)-2 {
+			return strings.HasSuffix(rest, part)
+		}
+		j := strings.Index(rest, part)
+		if j < 0 {
+			return false
+		}
+		rest = rest[j+len(part):]
+	}
+	return true
+}
+
+// thresholdsFor returns the thresholds in force for an identity.
+func (s *Settings) thresholdsFor(id string) Thresholds {
+	for _, st := range s.Services {
+		if matchIdentity(st.Match, id) {
+			return st.Thresholds.merge(s.Thresholds)
+		}
+	}
+	return s.Thresholds
+}

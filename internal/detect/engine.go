@@ -1,0 +1,749 @@
+// Package detect turns the mesh's traffic records into sight and
+// defence: per-edge baselines of what is normal, detectors that find
+// what is not, a risk score per identity, and playbooks that contain an
+// identity when its risk crosses a threshold.
+//
+// The package is pure: it does no I/O and reads no clock of its own (the
+// caller passes times in), so the server, the tests and the benchmarks
+// drive it the same way. The server (internal/server/detect.go) feeds it
+// the records sidecars and gateways report, the token service's and the
+// agent API's anomalies, stores what it finds and carries out what the
+// playbooks decide.
+package detect
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Severity of a finding.
+type Severity string
+
+// Severities, lowest first.
+const (
+	Low      Severity = "low"
+	Medium   Severity = "medium"
+	High     Severity = "high"
+	Critical Severity = "critical"
+)
+
+// Weight is the severity's contribution to an identity's risk.
+func (s Severity) Weight() float64 {
+	switch s {
+	case Critical:
+		return 1
+	case High:
+		return 0.75
+	case Medium:
+		return 0.5
+	case Low:
+		return 0.25
+	}
+	return 0
+}
+
+// Detectors.
+const (
+	DetectorRate         = "rate"               // requests above k× the edge's baseline
+	DetectorNewEdge      = "new_edge"           // a destination or operation the identity never called
+	DetectorProbing      = "probing"            // bursts of refusals, or of never-seen paths
+	DetectorExfiltration = "exfiltration"       // large responses, or personal data in them
+	DetectorToken        = "token_anomaly"      // refresh or code reuse, exchange bursts
+	DetectorAttestation  = "attestation"        // repeated failed attestations
+	DetectorRevoked      = "revoked_credential" // a revoked identity or token still in use
+)
+
+// Record is one aggregate of an edge's requests in part of a minute, as a
+// reporter saw it: the input of the detectors and the evidence of their
+// findings. Decision is allow, deny, unauthenticated or refused.
+type Record struct {
+	Time        time.Time `json:"time"`
+	Reporter    string    `json:"reporter,omitempty"`
+	Source      string    `json:"source"`
+	Destination string    `json:"destination"`
+	Method      string    `json:"method,omitempty"`
+	Path        string    `json:"path,omitempty"`
+	Decision    string    `json:"decision"`
+	Reason      string    `json:"reason,omitempty"`
+	Status      int       `json:"status,omitempty"`
+	Requests    uint64    `json:"requests"`
+	RespBytes   uint64    `json:"resp_bytes,omitempty"`
+	PIIMatches  uint64    `json:"pii_matches,omitempty"`
+}
+
+// Finding is something a detector found about one identity.
+type Finding struct {
+	ID string `json:"id"`
+	// Time is when it was first found, LastSeen when last; Count how
+	// many detections it folds (see Settings.SuppressFor).
+	Time     time.Time `json:"time"`
+	LastSeen time.Time `json:"last_seen"`
+	Count    int       `json:"count"`
+	Detector string    `json:"detector"`
+	Severity Severity  `json:"severity"`
+	// Identity is who the finding is about: the calling SPIFFE ID, or for
+	// the token service and attestation feeds the client or address.
+	Identity    string `json:"identity"`
+	Destination string `json:"destination,omitempty"`
+	Method      string `json:"method,omitempty"`
+	Path        string `json:"path,omitempty"`
+	Summary     string `json:"summary"`
+	// Evidence holds the numbers behind it: observed, expected, threshold.
+	Evidence map[string]string `json:"evidence,omitempty"`
+	// Records are the records it came from (at most maxEvidence).
+	Records []Record `json:"records,omitempty"`
+	// FirstRecord is the time of the earliest record behind it: when the
+	// behaviour it describes started, as far as the records tell.
+	FirstRecord time.Time `json:"first_record,omitzero"`
+	IncidentID  string    `json:"incident_id,omitempty"`
+}
+
+// maxEvidence bounds a finding's records.
+const maxEvidence = 20
+
+// Event is a signal from outside the traffic record: the token service,
+// the agent API, the audit log.
+type Event struct {
+	Time time.Time
+	// Kind is one of the Event* constants.
+	Kind string
+	// Identity is who did it: a SPIFFE ID when known, else an OAuth
+	// client ID or an address.
+	Identity string
+	// Detail describes it (the audit record's details).
+	Detail map[string]string
+}
+
+// Kinds of Event.
+const (
+	EventRefreshReuse      = "refresh_reuse"      // a rotated refresh token presented again
+	EventCodeReuse         = "code_reuse"         // an authorization code redeemed twice
+	EventTokenExchange     = "token_exchange"     // one RFC 8693 exchange (counted per minute)
+	EventAttestFailure     = "attest_failure"     // a refused node attestation
+	EventRevokedCredential = "revoked_credential" // a revoked SVID or token presented
+)
+
+type edgeKey struct{ src, dst, method, path string }
+
+type edgeState struct {
+	requests, bytes Baseline
+	minute          time.Time // the minute being counted
+	curReq, curByte float64
+	curPII          float64
+	recs            []Record // records of the current minute (bounded)
+	lastSeen        time.Time
+}
+
+type identState struct {
+	firstSeen time.Time
+	minute    time.Time
+	denies    uint64
+	exchanges int
+	denyRecs  []Record
+	// newPaths holds the paths never seen for this identity before, with
+	// when they were first called, for the last 5 minutes.
+	newPaths map[string]time.Time
+	newRecs  []Record
+	// paths is every (destination, path) the identity has called.
+	paths map[[2]string]struct{}
+	dsts  map[string]struct{}
+}
+
+type dedupKey struct{ detector, identity, destination string }
+
+// Engine holds the baselines and runs the detectors. It is safe for
+// concurrent use. Create it with NewEngine.
+type Engine struct {
+	cfg Settings
+
+	mu       sync.Mutex
+	edges    map[edgeKey]*edgeState
+	idents   map[string]*identState
+	open     map[dedupKey]*Finding
+	byIdent  map[string][]*Finding
+	attest   map[string][]time.Time
+	newKnown []KnownEdge
+	// first is the time of the first record the engine saw (or learned):
+	// the start of the mesh-wide learning period.
+	first time.Time
+	storm struct {
+		minute  time.Time
+		n       int
+		dropped uint64
+	}
+}
+
+// KnownEdge is an edge the new-edge detector knows: persisted by the
+// caller so that a restart does not forget it.
+type KnownEdge struct {
+	Source, Destination, Method, Path string
+	FirstSeen                         time.Time
+}
+
+// maxTracked bounds the edges (and identities) an engine keeps state for.
+const maxTracked = 200_000
+
+// NewEngine builds an engine with the settings (Complete is applied).
+func NewEngine(s Settings) *Engine {
+	s.Complete()
+	return &Engine{
+		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
+		open: map[dedupKey]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{},
+	}
+}
+
+// Settings returns the settings in force (defaults filled in).
+func (e *Engine) Settings() Settings { return e.cfg }
+
+// LoadKnown tells the engine the edges it has seen before (from the
+// store), with when each was first seen: an identity's first sighting
+// starts its learning period.
+func (e *Engine) LoadKnown(edges []KnownEdge) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, k := range edges {
+		id := e.ident(k.Source, k.FirstSeen)
+		if id == nil {
+			continue
+		}
+		if id.firstSeen.IsZero() || k.FirstSeen.Before(id.firstSeen) {
+			id.firstSeen = k.FirstSeen
+		}
+		if e.first.IsZero() || k.FirstSeen.Before(e.first) {
+			e.first = k.FirstSeen
+		}
+		id.dsts[k.Destination] = struct{}{}
+		id.paths[[2]string{k.Destination, k.Method + " " + k.Path}] = struct{}{}
+	}
+}
+
+// TakeNewKnown returns the edges first seen since the last call, for the
+// caller to persist.
+func (e *Engine) TakeNewKnown() []KnownEdge {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := e.newKnown
+	e.newKnown = nil
+	return out
+}
+
+func (e *Engine) ident(src string, now time.Time) *identState {
+	id := e.idents[src]
+	if id == nil {
+		if len(e.idents) >= maxTracked {
+			return nil
+		}
+		id = &identState{firstSeen: now, paths: map[[2]string]struct{}{}, dsts: map[string]struct{}{}, newPaths: map[string]time.Time{}}
+		e.idents[src] = id
+	}
+	return id
+}
+
+// Learn feeds historical records (oldest first) into the baselines and
+// the known edges without judging them: how a restarted server rebuilds
+// its picture of normal from the store.
+func (e *Engine) Learn(recs []Record) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := range recs {
+		e.account(&recs[i], false)
+	}
+	e.newKnown = nil // learned from the store, which has them
+}
+
+// Ingest adds fresh records (now is the server's time of arrival) and
+// returns the findings they raised or updated.
+func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
+	if e.cfg.Disabled {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []*Finding
+	for i := range recs {
+		out = append(out, e.judge(now, &recs[i])...)
+	}
+	return copies(out)
+}
+
+func copies(fs []*Finding) []Finding {
+	if len(fs) == 0 {
+		return nil
+	}
+	seen := map[*Finding]bool{}
+	out := make([]Finding, 0, len(fs))
+	for _, f := range fs {
+		if f == nil || seen[f] {
+			continue
+		}
+		seen[f] = true
+		c := *f
+		c.Records = append([]Record(nil), f.Records...)
+		c.Evidence = make(map[string]string, len(f.Evidence))
+		for k, v := range f.Evidence {
+			c.Evidence[k] = v
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func minuteOf(t time.Time) time.Time { return t.UTC().Truncate(time.Minute) }
+
+// account adds r to the edge's current minute (closing earlier minutes
+// into the baselines) and to the identity's state; with judge it also
+// notes what is new. It returns the edge and identity state.
+func (e *Engine) account(r *Record, judge bool) (*edgeState, *identState, bool, bool) {
+	m := minuteOf(r.Time)
+	if e.first.IsZero() || r.Time.Before(e.first) {
+		e.first = r.Time
+	}
+	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
+	es := e.edges[k]
+	if es == nil && len(e.edges) < maxTracked {
+		es = &edgeState{minute: m}
+		e.edges[k] = es
+	}
+	id := e.ident(r.Source, r.Time)
+	newDst, newOp := false, false
+	if id != nil {
+		if _, ok := id.dsts[r.Destination]; !ok {
+			newDst = true
+			id.dsts[r.Destination] = struct{}{}
+		}
+		op := [2]string{r.Destination, r.Method + " " + r.Path}
+		if _, ok := id.paths[op]; !ok {
+			newOp = true
+			id.paths[op] = struct{}{}
+			e.newKnown = append(e.newKnown, KnownEdge{Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path, FirstSeen: r.Time})
+		}
+	}
+	if es != nil {
+		if m.After(es.minute) {
+			es.close(m)
+		}
+		if !m.Before(es.minute) { // a late record does not count towards rates
+			es.curReq += float64(r.Requests)
+			es.curByte += float64(r.RespBytes)
+			es.curPII += float64(r.PIIMatches)
+			if judge && len(es.recs) < maxEvidence {
+				es.recs = append(es.recs, *r)
+			}
+		}
+		es.lastSeen = r.Time
+	}
+	return es, id, newDst, newOp
+}
+
+// close moves the edge to minute m: the minute counted so far, and every
+// empty minute after it (at most a day's worth), go into the baselines.
+func (es *edgeState) close(m time.Time) {
+	es.requests.Update(es.minute, es.curReq)
+	es.bytes.Update(es.minute, es.curByte)
+	gap := int(m.Sub(es.minute)/time.Minute) - 1
+	for i := 1; i <= min(gap, 1440); i++ {
+		t := es.minute.Add(time.Duration(i) * time.Minute)
+		es.requests.Update(t, 0)
+		es.bytes.Update(t, 0)
+	}
+	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, es.recs[:0]
+}
+
+// Tick closes the minutes that ended before now on every edge, so quiet
+// minutes are learned as quiet, and forgets state that can no longer
+// matter. Call it about once a minute.
+func (e *Engine) Tick(now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := minuteOf(now)
+	for k, es := range e.edges {
+		if m.After(es.minute) {
+			es.close(m)
+		}
+		if now.Sub(es.lastSeen) > 35*24*time.Hour {
+			delete(e.edges, k)
+		}
+	}
+	for k, f := range e.open {
+		if now.Sub(f.LastSeen) > e.cfg.SuppressFor.Std() {
+			delete(e.open, k)
+		}
+	}
+	cut := now.Add(-e.cfg.RiskWindow.Std())
+	for id, fs := range e.byIdent {
+		keep := fs[:0]
+		for _, f := range fs {
+			if !f.LastSeen.Before(cut) {
+				keep = append(keep, f)
+			}
+		}
+		if len(keep) == 0 {
+			delete(e.byIdent, id)
+		} else {
+			e.byIdent[id] = keep
+		}
+	}
+	for a, ts := range e.attest {
+		if len(ts) == 0 || now.Sub(ts[len(ts)-1]) > 5*time.Minute {
+			delete(e.attest, a)
+		}
+	}
+}
+
+// judge accounts r and runs the traffic detectors on it.
+func (e *Engine) judge(now time.Time, r *Record) []*Finding {
+	es, id, newDst, newOp := e.account(r, true)
+	th := e.cfg.thresholdsFor(r.Source)
+	var out []*Finding
+	add := func(f *Finding) {
+		if f != nil {
+			out = append(out, f)
+		}
+	}
+	refused := r.Decision != "allow"
+	if r.Decision == "refused" && r.Reason == "revoked" && r.Source != "" {
+		add(e.raise(now, DetectorRevoked, High, r.Source, r.Destination, fmt.Sprintf("revoked identity %s is still trying to connect to %s", r.Source, orAny(r.Destination)),
+			map[string]string{"refused_connections": strconv.FormatUint(r.Requests, 10)}, []Record{*r}))
+	}
+	if r.Source == "" {
+		return out // plaintext callers have no identity to judge
+	}
+	learned := id != nil && now.Sub(id.firstSeen) >= e.cfg.LearningPeriod.Std()
+	// An identity that appears after the engine has learned the mesh is
+	// new itself: its first calls are new edges, low severity (a
+	// deployment, or a minted identity), judged like any other after its
+	// own learning period.
+	fresh := id != nil && !learned && !e.first.IsZero() && id.firstSeen.Sub(e.first) >= e.cfg.LearningPeriod.Std()
+	if es != nil && !refused {
+		mean, dev, ok := es.requests.Expected(es.minute)
+		if ok {
+			thr := max(th.RateFactor*mean, mean+5*dev, th.MinRate)
+			if es.curReq > thr {
+				sev := Medium
+				if es.curReq > 3*thr {
+					sev = High
+				}
+				add(e.raise(now, DetectorRate, sev, r.Source, r.Destination,
+					fmt.Sprintf("%s called %s %.0f times in a minute; %.1f expected", r.Source, r.Destination, es.curReq, mean),
+					map[string]string{"observed_per_minute": fmtF(es.curReq), "expected_per_minute": fmtF(mean), "threshold": fmtF(thr), "method": r.Method, "path": r.Path}, es.recs))
+			}
+		}
+		switch bmean, bdev, bok := es.bytes.Expected(es.minute); {
+		case es.curByte >= float64(th.BytesPerMinute):
+			add(e.raise(now, DetectorExfiltration, High, r.Source, r.Destination,
+				fmt.Sprintf("%s pulled %s from %s in a minute (limit %s)", r.Source, fmtBytes(es.curByte), r.Destination, fmtBytes(float64(th.BytesPerMinute))),
+				map[string]string{"bytes_per_minute": fmtF(es.curByte), "threshold": strconv.FormatInt(th.BytesPerMinute, 10), "kind": "volume"}, es.recs))
+		case bok && es.curByte >= float64(th.MinBytes) && es.curByte > th.BytesFactor*bmean && es.curByte > bmean+5*bdev:
+			add(e.raise(now, DetectorExfiltration, Medium, r.Source, r.Destination,
+				fmt.Sprintf("%s pulled %s from %s in a minute; %s expected", r.Source, fmtBytes(es.curByte), r.Destination, fmtBytes(bmean)),
+				map[string]string{"bytes_per_minute": fmtF(es.curByte), "expected_bytes_per_minute": fmtF(bmean), "kind": "volume"}, es.recs))
+		}
+		if es.curPII >= float64(th.PIIMatches) {
+			add(e.raise(now, DetectorExfiltration, High, r.Source, r.Destination,
+				fmt.Sprintf("responses to %s from %s carry personal data: %.0f matches in sampled bodies this minute", r.Source, r.Destination, es.curPII),
+				map[string]string{"pii_matches_per_minute": fmtF(es.curPII), "threshold": strconv.Itoa(th.PIIMatches), "kind": "pii"}, es.recs))
+		}
+	}
+	if id == nil {
+		return out
+	}
+	if fresh && newDst && r.Decision != "refused" {
+		add(e.raise(now, DetectorNewEdge, Low, r.Source, r.Destination,
+			fmt.Sprintf("%s, an identity not seen before, called %s (%s %s, %s)", r.Source, r.Destination, r.Method, r.Path, r.Decision),
+			map[string]string{"kind": "new_identity", "method": r.Method, "path": r.Path}, []Record{*r}))
+	} else if learned && newDst && r.Decision != "refused" {
+		add(e.raise(now, DetectorNewEdge, Medium, r.Source, r.Destination,
+			fmt.Sprintf("%s called %s for the first time (%s %s, %s)", r.Source, r.Destination, r.Method, r.Path, r.Decision),
+			map[string]string{"kind": "destination", "method": r.Method, "path": r.Path}, []Record{*r}))
+	} else if learned && newOp && !refused {
+		add(e.raise(now, DetectorNewEdge, Low, r.Source, r.Destination,
+			fmt.Sprintf("%s called %s %s on %s for the first time", r.Source, r.Method, r.Path, r.Destination),
+			map[string]string{"kind": "operation", "method": r.Method, "path": r.Path}, []Record{*r}))
+	}
+	// Probing: refusals and never-seen paths, per identity.
+	m := minuteOf(r.Time)
+	if m.After(id.minute) {
+		id.minute, id.denies, id.exchanges, id.denyRecs = m, 0, 0, id.denyRecs[:0]
+	}
+	if refused && r.Reason != "revoked" {
+		id.denies += r.Requests
+		if len(id.denyRecs) < maxEvidence {
+			id.denyRecs = append(id.denyRecs, *r)
+		}
+		if id.denies >= uint64(th.DenyBurst) {
+			sev := Medium
+			if id.denies >= 5*uint64(th.DenyBurst) {
+				sev = High
+			}
+			add(e.raise(now, DetectorProbing, sev, r.Source, "",
+				fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies),
+				map[string]string{"refusals_per_minute": strconv.FormatUint(id.denies, 10), "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}, id.denyRecs))
+		}
+	}
+	if learned && newOp {
+		id.newPaths[r.Destination+" "+r.Method+" "+r.Path] = r.Time
+		if len(id.newRecs) < maxEvidence {
+			id.newRecs = append(id.newRecs, *r)
+		}
+		for p, t := range id.newPaths {
+			if r.Time.Sub(t) > 5*time.Minute {
+				delete(id.newPaths, p)
+			}
+		}
+		if len(id.newPaths) >= th.NewPaths {
+			add(e.raise(now, DetectorProbing, Medium, r.Source, "",
+				fmt.Sprintf("%s called %d paths it never called before within 5 minutes", r.Source, len(id.newPaths)),
+				map[string]string{"new_paths": strconv.Itoa(len(id.newPaths)), "threshold": strconv.Itoa(th.NewPaths), "kind": "paths"}, id.newRecs))
+		}
+	}
+	return out
+}
+
+// Observe handles an event from the token service, the agent API or the
+// audit log, and returns the finding it raised or updated, if any.
+func (e *Engine) Observe(now time.Time, ev Event) []Finding {
+	if e.cfg.Disabled || ev.Identity == "" {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	th := e.cfg.thresholdsFor(ev.Identity)
+	var f *Finding
+	switch ev.Kind {
+	case EventRefreshReuse:
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("a rotated refresh token of %s was presented again: the token was stolen or replayed", ev.Identity), ev.Detail, nil)
+	case EventCodeReuse:
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("an authorization code of %s was redeemed twice", ev.Identity), ev.Detail, nil)
+	case EventTokenExchange:
+		id := e.ident(ev.Identity, ev.Time)
+		if id == nil {
+			return nil
+		}
+		if m := minuteOf(ev.Time); m.After(id.minute) {
+			id.minute, id.denies, id.exchanges, id.denyRecs = m, 0, 0, id.denyRecs[:0]
+		}
+		id.exchanges++
+		if id.exchanges >= th.ExchangeBurst {
+			f = e.raise(now, DetectorToken, Medium, ev.Identity, "", fmt.Sprintf("%s made %d token exchanges in a minute", ev.Identity, id.exchanges),
+				map[string]string{"exchanges_per_minute": strconv.Itoa(id.exchanges), "threshold": strconv.Itoa(th.ExchangeBurst), "kind": "exchange_burst"}, nil)
+		}
+	case EventAttestFailure:
+		key := ev.Identity
+		ts := append(e.attest[key], ev.Time)
+		for len(ts) > 0 && ev.Time.Sub(ts[0]) > 5*time.Minute {
+			ts = ts[1:]
+		}
+		if len(ts) > 1000 {
+			ts = ts[len(ts)-1000:]
+		}
+		e.attest[key] = ts
+		if len(ts) >= th.AttestFailures {
+			f = e.raise(now, DetectorAttestation, Medium, ev.Identity, "", fmt.Sprintf("%d failed attestations by %s in 5 minutes", len(ts), ev.Identity),
+				map[string]string{"failures": strconv.Itoa(len(ts)), "threshold": strconv.Itoa(th.AttestFailures)}, nil)
+		}
+	case EventRevokedCredential:
+		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("%s presented a revoked credential", ev.Identity), ev.Detail, nil)
+	}
+	if f == nil {
+		return nil
+	}
+	return copies([]*Finding{f})
+}
+
+// raise records a detection: it updates the open finding of the same
+// detector, identity and destination, or opens a new one (unless the
+// mesh-wide bound of new findings per minute is reached).
+func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, dst, summary string, ev map[string]string, recs []Record) *Finding {
+	k := dedupKey{detector, identity, dst}
+	if detector == DetectorNewEdge {
+		// One open finding per identity gathers every new edge: a scan of
+		// fifty services is one finding, not fifty.
+		k.destination = ""
+	}
+	if f := e.open[k]; f != nil && now.Sub(f.LastSeen) <= e.cfg.SuppressFor.Std() {
+		f.LastSeen = now
+		f.Count++
+		if dst != "" && dst != f.Destination && !strings.Contains(f.Evidence["destinations"], dst) && len(f.Evidence["destinations"]) < 2048 {
+			f.Evidence["destinations"] += " " + dst
+		}
+		if sev.Weight() > f.Severity.Weight() {
+			f.Severity, f.Summary = sev, summary
+		}
+		for k, v := range ev {
+			f.Evidence[k] = v
+		}
+		for _, r := range recs {
+			if len(f.Records) >= maxEvidence {
+				break
+			}
+			f.Records = append(f.Records, r)
+		}
+		return f
+	}
+	if m := minuteOf(now); m.After(e.storm.minute) {
+		e.storm.minute, e.storm.n = m, 0
+	}
+	if e.storm.n >= e.cfg.MaxFindingsPerMinute {
+		e.storm.dropped++
+		return nil
+	}
+	e.storm.n++
+	f := &Finding{ID: newID(), Time: now, LastSeen: now, Count: 1, Detector: detector, Severity: sev, Identity: identity,
+		Destination: dst, Summary: summary, Evidence: map[string]string{}}
+	for k, v := range ev {
+		f.Evidence[k] = v
+	}
+	if m, ok := ev["method"]; ok {
+		f.Method, f.Path = m, ev["path"]
+	}
+	f.Records = append(f.Records, recs[:min(len(recs), maxEvidence)]...)
+	for _, r := range f.Records {
+		if f.FirstRecord.IsZero() || r.Time.Before(f.FirstRecord) {
+			f.FirstRecord = r.Time
+		}
+	}
+	e.open[k] = f
+	e.byIdent[identity] = append(e.byIdent[identity], f)
+	return f
+}
+
+// Findings returns copies of the findings about identity that count
+// towards its risk at now.
+func (e *Engine) Findings(identity string, now time.Time) []Finding {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	since := now.Add(-e.cfg.RiskWindow.Std())
+	var fs []*Finding
+	for _, f := range e.byIdent[identity] {
+		if !f.LastSeen.Before(since) {
+			fs = append(fs, f)
+		}
+	}
+	return copies(fs)
+}
+
+// Dropped is how many findings were dropped by MaxFindingsPerMinute.
+func (e *Engine) Dropped() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.storm.dropped
+}
+
+// SetIncident records that the finding with this ID belongs to an
+// incident, so later detections folded into it carry the incident.
+func (e *Engine) SetIncident(findingID, incidentID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, fs := range e.byIdent {
+		for _, f := range fs {
+			if f.ID == findingID {
+				f.IncidentID = incidentID
+			}
+		}
+	}
+}
+
+// Risk is an identity's risk at now, from the findings about it whose
+// last detection is within the risk window: the weight of the most
+// severe one, plus 0.1 for each further finding, capped at 1.
+func (e *Engine) Risk(identity string, now time.Time) float64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.risk(identity, now)
+}
+
+func (e *Engine) risk(identity string, now time.Time) float64 {
+	return RiskOf(e.byIdent[identity], now.Add(-e.cfg.RiskWindow.Std()))
+}
+
+// RiskOf is the risk score of findings (those last seen before since do
+// not count): the highest severity weight, +0.1 per further finding,
+// capped at 1.
+func RiskOf(fs []*Finding, since time.Time) float64 {
+	top, n := 0.0, 0
+	for _, f := range fs {
+		if f.LastSeen.Before(since) {
+			continue
+		}
+		n++
+		top = max(top, f.Severity.Weight())
+	}
+	if n == 0 {
+		return 0
+	}
+	return min(1, top+0.1*float64(n-1))
+}
+
+// IdentityRisk is one identity's risk and the findings behind it.
+type IdentityRisk struct {
+	Identity string   `json:"identity"`
+	Risk     float64  `json:"risk"`
+	Findings []string `json:"findings"`
+}
+
+// Risks lists every identity with a risk above zero, highest first.
+func (e *Engine) Risks(now time.Time) []IdentityRisk {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	since := now.Add(-e.cfg.RiskWindow.Std())
+	var out []IdentityRisk
+	for id, fs := range e.byIdent {
+		r := RiskOf(fs, since)
+		if r == 0 {
+			continue
+		}
+		ir := IdentityRisk{Identity: id, Risk: r}
+		for _, f := range fs {
+			if !f.LastSeen.Before(since) {
+				ir.Findings = append(ir.Findings, f.ID)
+			}
+		}
+		out = append(out, ir)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Risk != out[j].Risk {
+			return out[i].Risk > out[j].Risk
+		}
+		return out[i].Identity < out[j].Identity
+	})
+	return out
+}
+
+// newID is a random finding or incident ID: 16 hex digits.
+func newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// NewID returns a fresh random ID for findings and incidents.
+func NewID() string { return newID() }
+
+func fmtF(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
+func fmtBytes(v float64) string {
+	switch {
+	case v >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", v/(1<<30))
+	case v >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case v >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", v/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", v)
+}
+
+func orAny(s string) string {
+	if s == "" {
+		return "the mesh"
+	}
+	return s
+}

@@ -1,0 +1,891 @@
+package server
+
+// Detect and respond (internal/detect) wired into the control plane: the
+// agent API endpoint where sidecars and gateways report their traffic
+// records (wire.PathRecords), their storage with retention, the engine
+// that learns baselines and raises findings, the feeds from the token
+// service and the agent API (through the audit log), and the admin API
+// a dashboard reads (edges, decisions, findings, risk).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Admin API paths of detect and respond. Listings answer
+// {"items": [...], "next": CURSOR} (next absent on the last page).
+const (
+	PathAdminDetect    = "/v1/admin/detect"
+	PathAdminEdges     = PathAdminDetect + "/edges"     // GET ?since=1h&namespace=&source=&destination=&direction=
+	PathAdminDecisions = PathAdminDetect + "/decisions" // GET ?identity=&since=&before=&limit=
+	PathAdminFindings  = PathAdminDetect + "/findings"  // GET ?identity=&since=&before=&limit=; /{id}: GET
+	PathAdminRisk      = PathAdminDetect + "/risk"      // GET
+	PathAdminWorkloads = PathAdminDetect + "/workloads" // GET
+	PathAdminTraffic   = PathAdminDetect + "/traffic"   // GET ?since=&namespace=: TrafficSnapshot (what-if, recommend)
+	PathAdminWhatIf    = PathAdminDetect + "/what-if"   // POST WhatIfRequest → WhatIfResponse
+)
+
+// WhatIfRequest replays the recorded traffic through policy files.
+type WhatIfRequest struct {
+	Files []PolicyFile `json:"files"`
+	// Since is a duration back from now ("1h", the default) or an RFC
+	// 3339 time; Namespace limits the traffic to one namespace.
+	Since     string `json:"since,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// RootNamespace is the namespace whose policies apply mesh-wide
+	// (default istio-system), as the sidecars are configured.
+	RootNamespace string `json:"root_namespace,omitempty"`
+}
+
+// WhatIfResponse is what would change, newly denied edges first.
+type WhatIfResponse struct {
+	Since        time.Time             `json:"since"`
+	Until        time.Time             `json:"until"`
+	NewlyDenied  int                   `json:"newly_denied"`
+	NewlyAllowed int                   `json:"newly_allowed"`
+	Items        []detect.WhatIfResult `json:"items"`
+}
+
+// Bounds of a reported record's fields (see validRecords).
+const (
+	maxRecordID     = 2048 // SPIFFE IDs
+	maxRecordPath   = 512  // clipped
+	maxRecordMethod = 64   // clipped
+	maxRecordToken  = 512  // issuer URL
+	maxReportLabels = 64
+	// maxRecordAge is how old a report's window may be; older ones
+	// (a reporter cut off for a long time) are refused for good.
+	maxRecordAge = time.Hour
+	// maxRecordSkew is how far in the future a window may end.
+	maxRecordSkew = 2 * time.Minute
+)
+
+// Page is the shape of every detect listing.
+type Page[T any] struct {
+	Items []T    `json:"items"`
+	Next  string `json:"next,omitempty"`
+}
+
+// EdgeSummary is one edge of the service graph over a time range: one
+// (source, destination, method, path template, decision, status class)
+// with its traffic summed.
+type EdgeSummary struct {
+	Direction   string    `json:"direction"`
+	Source      string    `json:"source"`
+	Destination string    `json:"destination"`
+	Port        int       `json:"port,omitempty"`
+	Protocol    string    `json:"protocol"`
+	Method      string    `json:"method,omitempty"`
+	Path        string    `json:"path,omitempty"`
+	Decision    string    `json:"decision"`
+	Reason      string    `json:"reason,omitempty"`
+	Status      int       `json:"status"`
+	Token       string    `json:"token,omitempty"`
+	Requests    uint64    `json:"requests"`
+	ReqBytes    uint64    `json:"req_bytes"`
+	RespBytes   uint64    `json:"resp_bytes"`
+	LatencyAvg  float64   `json:"latency_avg_ms"`
+	LatencyMax  float64   `json:"latency_max_ms"`
+	PIISampled  uint64    `json:"pii_sampled,omitempty"`
+	PIIMatches  uint64    `json:"pii_matches,omitempty"`
+	FirstMinute time.Time `json:"first_minute"`
+	LastMinute  time.Time `json:"last_minute"`
+}
+
+// TrafficSnapshot is recorded traffic with the workloads it went to: the
+// input of "policy what-if" and "policy recommend".
+type TrafficSnapshot struct {
+	Since     time.Time        `json:"since"`
+	Until     time.Time        `json:"until"`
+	Edges     []EdgeSummary    `json:"edges"`
+	Workloads []store.Workload `json:"workloads"`
+}
+
+// detectState is the server's detection and response.
+type detectState struct {
+	engine  *detect.Engine
+	budget  *keyedLimiter // reports per node
+	metrics detectMetrics
+
+	mu       sync.Mutex
+	lastTick time.Time
+
+	// respMu serializes response: incidents, their steps, block expiry.
+	respMu sync.Mutex
+	resp   respondState
+	alerts *alerter
+}
+
+type detectMetrics struct {
+	records  *prometheus.CounterVec // outcome
+	edges    prometheus.Counter
+	findings *prometheus.CounterVec // detector, severity
+	dropped  prometheus.CounterFunc
+	atRisk   prometheus.GaugeFunc
+}
+
+// initDetect builds the engine, teaches it what the store remembers
+// (known edges, the traffic of the last week for the baselines), feeds
+// it the audit log's events, and mounts the endpoints.
+func (s *Server) initDetect(ctx context.Context) error {
+	d := &detectState{engine: detect.NewEngine(s.cfg.Detect), budget: newKeyedLimiter(2, 60, 100_000)}
+	s.detect = d
+	al, err := newAlerter(s, s.cfg.Detect.Alerts, s.cfg.Detect.SuppressFor.Std())
+	if err != nil {
+		return err
+	}
+	d.alerts = al
+	known, err := s.db.KnownEdges(ctx)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	ke := make([]detect.KnownEdge, len(known))
+	for i, k := range known {
+		ke[i] = detect.KnownEdge{Source: k.Source, Destination: k.Destination, Method: k.Method, Path: k.Path, FirstSeen: k.FirstSeen}
+	}
+	d.engine.LoadKnown(ke)
+	// The baselines learn from the last 8 days kept (a week of
+	// hour-of-week slots and a day to spare), in batches.
+	since := s.now().Add(-min(s.cfg.Detect.Retention.Std(), 8*24*time.Hour))
+	var batch []detect.Record
+	err = s.db.EdgeMinutes(ctx, store.EdgeQuery{Since: since, Direction: "inbound"}, func(r store.EdgeRow) error {
+		batch = append(batch, recordOf(r))
+		if len(batch) == 10_000 {
+			d.engine.Learn(batch)
+			batch = batch[:0]
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("server: rebuild traffic baselines: %w", err)
+	}
+	d.engine.Learn(batch)
+
+	m := &d.metrics
+	m.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_record_reports_total",
+		Help: "Traffic record reports from sidecars and gateways by outcome: recorded, rate_limited, refused, error."}, []string{"outcome"})
+	m.edges = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_edge_records_total",
+		Help: "Edge records stored."})
+	m.findings = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_findings_total",
+		Help: "New findings by detector and severity."}, []string{"detector", "severity"})
+	m.dropped = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_findings_dropped_total",
+		Help: "Findings dropped by the bound on new findings per minute (detect.max_findings_per_minute)."},
+		func() float64 { return float64(d.engine.Dropped()) })
+	m.atRisk = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moatless_detect_identities_at_risk",
+		Help: "Identities whose risk score is 0.75 or more."}, func() float64 {
+		n := 0
+		for _, r := range d.engine.Risks(s.now()) {
+			if r.Risk >= 0.75 {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, al.sent)
+	s.audit.OnAppend = s.detectAudit
+
+	if err := s.initRespond(ctx); err != nil {
+		return err
+	}
+	mux := s.mux
+	mux.HandleFunc("POST "+wire.PathRecords, s.handleRecords)
+	mux.Handle("GET "+PathAdminEdges, s.admin(s.listEdges))
+	mux.Handle("GET "+PathAdminTraffic, s.admin(s.getTraffic))
+	mux.Handle("GET "+PathAdminDecisions, s.admin(s.listDecisions))
+	mux.Handle("GET "+PathAdminFindings, s.admin(s.listFindings))
+	mux.Handle("GET "+PathAdminFindings+"/{id}", s.admin(s.getFinding))
+	mux.Handle("GET "+PathAdminRisk, s.admin(s.listRisk))
+	mux.Handle("GET "+PathAdminWorkloads, s.admin(s.listWorkloads))
+	mux.Handle("POST "+PathAdminWhatIf, s.adminLimit(maxPolicyBody, s.whatIf))
+	return nil
+}
+
+func recordOf(r store.EdgeRow) detect.Record {
+	return detect.Record{Time: r.Minute, Reporter: r.Reporter, Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path,
+		Decision: r.Decision, Reason: r.Reason, Status: r.Status, Requests: r.Requests, RespBytes: r.RespBytes, PIIMatches: r.PIIMatches}
+}
+
+// handleRecords stores a reporter's traffic records (wire.PathRecords)
+// and hands the inbound ones to the detectors. The caller is
+// authenticated like every agent API call (its node SVID): an inbound
+// record's destination and an outbound record's source are the caller,
+// whatever the body says. The report is validated whole (strict JSON,
+// bounds on every field, errors naming edges[i].field; caller-controlled
+// text such as paths is escaped and clipped rather than refused), and
+// charged to the caller's budget (2 reports a second, 60 at once): over
+// it the caller gets 429 and retries the report later.
+func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
+	const endpoint = "records"
+	d := s.detect
+	c, ok := s.authNode(w, r, endpoint)
+	if !ok {
+		return
+	}
+	var in wire.RecordReport
+	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
+		d.metrics.records.WithLabelValues("refused").Inc()
+		s.agentErr(w, endpoint, err)
+		return
+	}
+	reporter := c.id.String()
+	now := s.now()
+	rows, samples, err := validRecords(&in, reporter, now)
+	if err != nil {
+		d.metrics.records.WithLabelValues("refused").Inc()
+		s.agentErr(w, endpoint, err)
+		return
+	}
+	if ok, wait := d.budget.take(reporter, now, 1); !ok {
+		d.metrics.records.WithLabelValues("rate_limited").Inc()
+		s.metrics.agentRequests.WithLabelValues(endpoint, "rate_limited").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		writeErrors(w, http.StatusTooManyRequests, reporter+" sent more traffic reports than its budget allows; retry later")
+		return
+	}
+	ctx := r.Context()
+	if err := s.db.UpsertWorkload(ctx, store.Workload{SPIFFEID: reporter, Component: in.Component, Namespace: in.Namespace,
+		Labels: in.Labels, Ports: in.Ports, LastSeen: now}); err != nil {
+		d.metrics.records.WithLabelValues("error").Inc()
+		s.agentErr(w, endpoint, err)
+		return
+	}
+	if err := s.db.InsertEdges(ctx, rows); err != nil {
+		d.metrics.records.WithLabelValues("error").Inc()
+		s.agentErr(w, endpoint, err)
+		return
+	}
+	if err := s.db.InsertSamples(ctx, samples); err != nil {
+		d.metrics.records.WithLabelValues("error").Inc()
+		s.agentErr(w, endpoint, err)
+		return
+	}
+	d.metrics.records.WithLabelValues("recorded").Inc()
+	d.metrics.edges.Add(float64(len(rows)))
+	// The detectors judge what reached this workload (inbound), and the
+	// calls made to the server itself, which reports nothing.
+	recs := make([]detect.Record, 0, len(rows))
+	for _, row := range rows {
+		if row.Direction == "inbound" || row.Destination == s.id.String() {
+			rec := recordOf(row)
+			rec.Time = in.Start
+			recs = append(recs, rec)
+		}
+	}
+	s.findings(context.WithoutCancel(ctx), d.engine.Ingest(now, recs))
+	if known := d.engine.TakeNewKnown(); len(known) > 0 {
+		if err := s.db.AddKnownEdges(ctx, knownRows(known)); err != nil {
+			s.log.Warn("record known edges", "err", err)
+		}
+	}
+	s.agentOK(w, endpoint, http.StatusNoContent, nil)
+}
+
+func knownRows(ks []detect.KnownEdge) []store.KnownEdge {
+	out := make([]store.KnownEdge, len(ks))
+	for i, k := range ks {
+		out[i] = store.KnownEdge{Source: k.Source, Destination: k.Destination, Method: k.Method, Path: k.Path, FirstSeen: k.FirstSeen}
+	}
+	return out
+}
+
+// validRecords checks a report and turns it into rows and samples. Values
+// the reporter itself chooses (directions, decisions, IDs, counters) are
+// refused when they are out of bounds; values the caller of a recorded
+// request chose (method, path) are escaped and clipped, so that one
+// hostile request cannot get a whole report refused.
+func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]store.EdgeRow, []store.Sample, error) {
+	switch in.Component {
+	case "sidecar", "gateway":
+	default:
+		return nil, nil, badf("component %q: want sidecar or gateway", clipReported(in.Component, 64))
+	}
+	if len(in.Namespace) > 253 || !printable(in.Namespace) {
+		return nil, nil, badf("namespace: at most 253 printable bytes")
+	}
+	if len(in.Labels) > maxReportLabels {
+		return nil, nil, badf("labels: at most %d", maxReportLabels)
+	}
+	for k, v := range in.Labels {
+		if k == "" || len(k) > 256 || len(v) > 256 || !printable(k) || !printable(v) {
+			return nil, nil, badf("labels: %q: keys and values are 1 to 256 printable bytes", clipReported(k, 64))
+		}
+	}
+	if len(in.Ports) > maxReportLabels {
+		return nil, nil, badf("ports: at most %d", maxReportLabels)
+	}
+	for i, p := range in.Ports {
+		if p < 1 || p > 65535 {
+			return nil, nil, badf("ports[%d]: %d is not a port", i, p)
+		}
+	}
+	switch {
+	case in.Start.IsZero() || in.End.IsZero():
+		return nil, nil, badf("start, end: required")
+	case in.End.Before(in.Start) || in.End.Sub(in.Start) > 10*time.Minute:
+		return nil, nil, badf("start, end: a window of at most 10 minutes, start first")
+	case in.End.After(now.Add(maxRecordSkew)):
+		return nil, nil, badf("end %s: in the future (check the reporter's clock)", in.End.Format(time.RFC3339))
+	case in.Start.Before(now.Add(-maxRecordAge)):
+		return nil, nil, badf("start %s: older than %s: dropped", in.Start.Format(time.RFC3339), maxRecordAge)
+	}
+	if len(in.Edges) > wire.MaxEdgeRecords {
+		return nil, nil, badf("edges: at most %d", wire.MaxEdgeRecords)
+	}
+	if len(in.Samples) > wire.MaxDecisionSamples {
+		return nil, nil, badf("samples: at most %d", wire.MaxDecisionSamples)
+	}
+	minute := in.Start.UTC().Truncate(time.Minute)
+	rows := make([]store.EdgeRow, 0, len(in.Edges))
+	for i := range in.Edges {
+		e := &in.Edges[i]
+		field := func(n string) string { return fmt.Sprintf("edges[%d].%s", i, n) }
+		row := store.EdgeRow{Minute: minute, Reporter: reporter, Direction: e.Direction, Source: e.Source, Destination: e.Destination,
+			Port: e.Port, Protocol: e.Protocol, Method: clipReported(e.Method, maxRecordMethod), Path: clipReported(e.Path, maxRecordPath),
+			Decision: e.Decision, Reason: e.Reason, Status: e.Status, Token: e.Token, Requests: e.Requests, ReqBytes: e.ReqBytes,
+			RespBytes: e.RespBytes, LatencySum: e.LatencySumMicros, LatencyMax: e.LatencyMaxMicros}
+		switch e.Direction {
+		case "inbound":
+			if e.Destination != "" && e.Destination != reporter {
+				return nil, nil, badf("%s: an inbound record's destination is the reporter (%s), not %q", field("destination"), reporter, clipReported(e.Destination, 256))
+			}
+			row.Destination = reporter
+			if err := checkID(e.Source, false); err != nil {
+				return nil, nil, badf("%s: %v", field("source"), err)
+			}
+		case "outbound":
+			if e.Source != "" && e.Source != reporter {
+				return nil, nil, badf("%s: an outbound record's source is the reporter (%s), not %q", field("source"), reporter, clipReported(e.Source, 256))
+			}
+			row.Source = reporter
+			// The overflow edge (the reporter's table was full) has no
+			// destination.
+			if err := checkID(e.Destination, e.Decision != "overflow"); err != nil {
+				return nil, nil, badf("%s: %v", field("destination"), err)
+			}
+		default:
+			return nil, nil, badf("%s %q: want inbound or outbound", field("direction"), clipReported(e.Direction, 64))
+		}
+		switch e.Protocol {
+		case "http", "http2", "tcp":
+		default:
+			return nil, nil, badf("%s %q: want http, http2 or tcp", field("protocol"), clipReported(e.Protocol, 64))
+		}
+		switch e.Decision {
+		case "allow", "deny", "unauthenticated", "refused", "overflow":
+		default:
+			return nil, nil, badf("%s %q: want allow, deny, unauthenticated or refused", field("decision"), clipReported(e.Decision, 64))
+		}
+		if e.Reason != "" && !reasonCodeRE.MatchString(e.Reason) {
+			return nil, nil, badf("%s %q: want a short snake_case code such as deny_rule", field("reason"), clipReported(e.Reason, 64))
+		}
+		if e.Status < 0 || e.Status > 5 {
+			return nil, nil, badf("%s %d: want a status class 0 to 5", field("status"), e.Status)
+		}
+		if e.Port < 0 || e.Port > 65535 {
+			return nil, nil, badf("%s %d: not a port", field("port"), e.Port)
+		}
+		if len(e.Token) > maxRecordToken || !printable(e.Token) {
+			return nil, nil, badf("%s: at most %d printable bytes", field("token"), maxRecordToken)
+		}
+		if e.Requests == 0 && e.PII == nil {
+			return nil, nil, badf("%s: 0: an edge without requests is not reported", field("requests"))
+		}
+		if p := e.PII; p != nil {
+			row.PIISampled = p.Sampled
+			row.PIIMatches = sat(sat(p.Cards, p.Emails), p.NationalIDs)
+		}
+		rows = append(rows, row)
+	}
+	samples := make([]store.Sample, 0, len(in.Samples))
+	for i := range in.Samples {
+		ev := in.Samples[i]
+		field := func(n string) string { return fmt.Sprintf("samples[%d].%s", i, n) }
+		if ev.Time.IsZero() {
+			return nil, nil, badf("%s: required", field("time"))
+		}
+		switch ev.Decision {
+		case "allow", "deny", "unauthenticated":
+		default:
+			return nil, nil, badf("%s %q: want allow, deny or unauthenticated", field("decision"), clipReported(ev.Decision, 64))
+		}
+		if err := checkID(ev.Source, false); err != nil {
+			return nil, nil, badf("%s: %v", field("source"), err)
+		}
+		if ev.SourceIP != "" && net.ParseIP(ev.SourceIP) == nil {
+			return nil, nil, badf("%s: not an IP address", field("source_ip"))
+		}
+		if ev.ReasonCode != "" && !reasonCodeRE.MatchString(ev.ReasonCode) {
+			return nil, nil, badf("%s: want a short snake_case code", field("reason_code"))
+		}
+		for _, f := range []*string{&ev.Listener, &ev.Destination, &ev.Protocol, &ev.Policy, &ev.AuditPolicy, &ev.RegoQuery, &ev.InputSHA256} {
+			*f = clipReported(*f, maxReportName)
+		}
+		ev.Method, ev.Path, ev.Reason = clipReported(ev.Method, maxReportMethod), clipReported(ev.Path, maxReportPath), clipReported(ev.Reason, maxReportReason)
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return nil, nil, badf("%s: %v", field("time"), err)
+		}
+		samples = append(samples, store.Sample{At: ev.Time, Reporter: reporter, Source: ev.Source, Decision: ev.Decision, Event: b})
+	}
+	return rows, samples, nil
+}
+
+// checkID accepts a SPIFFE ID ("" unless required).
+func checkID(id string, required bool) error {
+	if id == "" {
+		if required {
+			return fmt.Errorf("required")
+		}
+		return nil
+	}
+	if len(id) > maxRecordID || !utf8.ValidString(id) {
+		return fmt.Errorf("not a SPIFFE ID")
+	}
+	if _, err := spiffeid.FromString(id); err != nil {
+		return fmt.Errorf("%q: not a SPIFFE ID: %v", clipReported(id, 256), err)
+	}
+	return nil
+}
+
+func sat(a, b uint64) uint64 {
+	if a+b < a {
+		return math.MaxUint64
+	}
+	return a + b
+}
+
+// findings stores what the detectors raised or updated and counts the
+// new ones. Later layers (playbooks, alerts) take them from here.
+func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
+	for i := range fs {
+		f := &fs[i]
+		if err := s.putFinding(ctx, s.db.SQL(), f); err != nil {
+			s.log.Error("record finding", "finding", f.ID, "err", err)
+			continue
+		}
+		if f.Count == 1 {
+			s.detect.metrics.findings.WithLabelValues(f.Detector, string(f.Severity)).Inc()
+			s.log.Warn("finding", "id", f.ID, "detector", f.Detector, "severity", f.Severity, "identity", f.Identity,
+				"destination", f.Destination, "summary", f.Summary)
+			if s.detect.alerts != nil {
+				s.detect.alerts.finding(f)
+			}
+		}
+	}
+	s.respond(ctx, fs)
+}
+
+func (s *Server) putFinding(ctx context.Context, q store.Queryer, f *detect.Finding) error {
+	body, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	return s.db.PutFinding(ctx, q, store.FindingRow{ID: f.ID, At: f.Time, LastAt: f.LastSeen, Detector: f.Detector, Severity: string(f.Severity),
+		Identity: f.Identity, Destination: f.Destination, Count: uint64(f.Count), IncidentID: f.IncidentID, Body: body})
+}
+
+// detectAudit reads the audit log's events for the detectors: the token
+// service's (refresh or code reuse, exchanges), refused attestations, and
+// revoked credentials presented to the agent API or to a sidecar.
+func (s *Server) detectAudit(evs []audit.Event) {
+	d := s.detect
+	if d == nil {
+		return
+	}
+	now := s.now()
+	var fs []detect.Finding
+	for _, ev := range evs {
+		var de detect.Event
+		switch {
+		case ev.Kind == "oauth.refresh.reused":
+			de = detect.Event{Kind: detect.EventRefreshReuse, Identity: ev.Actor}
+		case ev.Kind == "oauth.code.reused":
+			de = detect.Event{Kind: detect.EventCodeReuse, Identity: ev.Actor}
+		case ev.Kind == "oauth.exchange" && ev.Outcome == audit.Success:
+			de = detect.Event{Kind: detect.EventTokenExchange, Identity: ev.Actor}
+		case ev.Kind == audit.KindAttest && ev.Outcome != audit.Success:
+			host, _, err := net.SplitHostPort(ev.Details["remote"])
+			if err != nil {
+				host = ev.Details["remote"]
+			}
+			de = detect.Event{Kind: detect.EventAttestFailure, Identity: host}
+		case ev.Kind == audit.KindAgentCall && ev.Details["reason"] == "revoked":
+			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Actor}
+		case ev.Kind == audit.KindDecisionUnauthenticated && strings.Contains(ev.Details["reason"], "revoked"):
+			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Subject}
+		default:
+			continue
+		}
+		de.Time, de.Detail = ev.Time, ev.Details
+		fs = append(fs, d.engine.Observe(now, de)...)
+	}
+	if len(fs) > 0 {
+		// The audit sink calls from its committing goroutine; what the
+		// findings set off (storage, playbooks) runs on its own.
+		go s.findings(context.Background(), fs)
+	}
+}
+
+// tickDetect runs on every maintenance pass: the engine's minute
+// bookkeeping, and once a minute, the retention of traffic records.
+func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
+	d := s.detect
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	due := now.Sub(d.lastTick) >= 10*time.Second
+	if due {
+		d.lastTick = now
+	}
+	d.mu.Unlock()
+	if !due && !prune {
+		return
+	}
+	d.engine.Tick(now)
+	if known := d.engine.TakeNewKnown(); len(known) > 0 {
+		if err := s.db.AddKnownEdges(ctx, knownRows(known)); err != nil {
+			s.log.Warn("record known edges", "err", err)
+		}
+	}
+	s.expireBlocks(ctx, now)
+	if prune {
+		if _, err := s.db.PruneTraffic(ctx, now.Add(-s.cfg.Detect.Retention.Std())); err != nil {
+			s.log.Warn("prune traffic records", "err", err)
+		}
+	}
+}
+
+// sinceQuery reads ?since= as a duration back from now ("1h", default
+// def) or an RFC 3339 time.
+func (s *Server) sinceQuery(v string, def time.Duration) (time.Time, error) {
+	now := s.now()
+	if v == "" {
+		return now.Add(-def), nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		if d <= 0 || d > 400*24*time.Hour {
+			return time.Time{}, badf("since %q: want a positive duration such as 1h", v)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, badf("since %q: want a duration (1h, 24h) or an RFC 3339 time", v)
+	}
+	return t, nil
+}
+
+// cursorQuery reads ?before= (a cursor from "next": Unix nanoseconds) and
+// ?limit= (1 to 1000, default def).
+func cursorQuery(q map[string][]string, def int) (time.Time, int, error) {
+	get := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	limit := def
+	if v := get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return time.Time{}, 0, badf("limit %q: want 1 to 1000", v)
+		}
+		limit = n
+	}
+	var before time.Time
+	if v := get("before"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return time.Time{}, 0, badf("before %q: want the next cursor of the previous page", v)
+		}
+		before = time.Unix(0, n).UTC()
+	}
+	return before, limit, nil
+}
+
+func cursorOf(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
+
+func (s *Server) edgeQuery(c *adminCall, extra ...string) (store.EdgeQuery, error) {
+	q, err := c.query(append([]string{"since", "namespace", "source", "destination", "direction"}, extra...)...)
+	if err != nil {
+		return store.EdgeQuery{}, err
+	}
+	since, err := s.sinceQuery(q.Get("since"), time.Hour)
+	if err != nil {
+		return store.EdgeQuery{}, err
+	}
+	eq := store.EdgeQuery{Since: since, Namespace: q.Get("namespace"), Source: q.Get("source"), Destination: q.Get("destination"), Direction: q.Get("direction")}
+	switch eq.Direction {
+	case "", "inbound", "outbound":
+	default:
+		return eq, badf("direction %q: want inbound or outbound", eq.Direction)
+	}
+	return eq, nil
+}
+
+func edgeSummaries(ts []store.EdgeTotal) []EdgeSummary {
+	out := make([]EdgeSummary, 0, len(ts))
+	for _, t := range ts {
+		e := EdgeSummary{Direction: t.Direction, Source: t.Source, Destination: t.Destination, Port: t.Port, Protocol: t.Protocol,
+			Method: t.Method, Path: t.Path, Decision: t.Decision, Reason: t.Reason, Status: t.Status, Token: t.Token,
+			Requests: t.Requests, ReqBytes: t.ReqBytes, RespBytes: t.RespBytes, LatencyMax: float64(t.LatencyMax) / 1000,
+			PIISampled: t.PIISampled, PIIMatches: t.PIIMatches, FirstMinute: t.Minute, LastMinute: t.Last}
+		if t.Requests > 0 {
+			e.LatencyAvg = float64(t.LatencySum) / float64(t.Requests) / 1000
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// listEdges is the service graph: every edge seen since ?since (1h), with
+// its traffic.
+func (s *Server) listEdges(c *adminCall) {
+	eq, err := s.edgeQuery(c)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	ts, err := s.db.EdgeTotals(c.ctx, eq)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, Page[EdgeSummary]{Items: edgeSummaries(ts)})
+}
+
+// getTraffic is the recorded inbound traffic and the workloads it reached.
+func (s *Server) getTraffic(c *adminCall) {
+	eq, err := s.edgeQuery(c)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if eq.Direction == "" {
+		eq.Direction = "inbound"
+	}
+	snap, err := s.trafficSnapshot(c.ctx, eq)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, snap)
+}
+
+// trafficSnapshot is the traffic eq selects with every workload known.
+func (s *Server) trafficSnapshot(ctx context.Context, eq store.EdgeQuery) (TrafficSnapshot, error) {
+	ts, err := s.db.EdgeTotals(ctx, eq)
+	if err != nil {
+		return TrafficSnapshot{}, err
+	}
+	ws, err := s.db.Workloads(ctx)
+	if err != nil {
+		return TrafficSnapshot{}, err
+	}
+	return TrafficSnapshot{Since: eq.Since.UTC(), Until: s.now().UTC(), Edges: edgeSummaries(ts), Workloads: ws}, nil
+}
+
+// Detect is the snapshot in the terms of detect.Recommend and
+// detect.WhatIf.
+func (snap TrafficSnapshot) Detect() ([]detect.Edge, []detect.Workload) {
+	edges := make([]detect.Edge, 0, len(snap.Edges))
+	for _, e := range snap.Edges {
+		edges = append(edges, detect.Edge{Source: e.Source, Destination: e.Destination, Port: e.Port, Protocol: e.Protocol,
+			Method: e.Method, Path: e.Path, Decision: e.Decision, Token: e.Token, Requests: e.Requests})
+	}
+	ws := make([]detect.Workload, 0, len(snap.Workloads))
+	for _, w := range snap.Workloads {
+		ws = append(ws, detect.Workload{SPIFFEID: w.SPIFFEID, Namespace: w.Namespace, Labels: w.Labels, Ports: w.Ports})
+	}
+	return edges, ws
+}
+
+// listDecisions lists sampled raw decisions, newest first.
+func (s *Server) listDecisions(c *adminCall) {
+	q, err := c.query("identity", "since", "before", "limit")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	since, err := s.sinceQuery(q.Get("since"), 24*time.Hour)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	before, limit, err := cursorQuery(q, 100)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	id := q.Get("identity")
+	l, err := s.db.Samples(c.ctx, store.SampleQuery{Source: id, Reporter: id, Since: since, Before: before, Limit: limit})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	p := Page[store.Sample]{Items: l}
+	if len(l) == limit {
+		p.Next = cursorOf(l[len(l)-1].At)
+	}
+	c.reply(http.StatusOK, p)
+}
+
+func findingOf(r store.FindingRow) (detect.Finding, error) {
+	var f detect.Finding
+	if err := json.Unmarshal(r.Body, &f); err != nil {
+		return f, fmt.Errorf("finding %s: %w", r.ID, err)
+	}
+	f.LastSeen, f.Count, f.IncidentID = r.LastAt, int(r.Count), r.IncidentID
+	return f, nil
+}
+
+// listFindings lists findings, newest first.
+func (s *Server) listFindings(c *adminCall) {
+	q, err := c.query("identity", "since", "before", "limit")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	since, err := s.sinceQuery(q.Get("since"), 7*24*time.Hour)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	before, limit, err := cursorQuery(q, 100)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	rows, err := s.db.Findings(c.ctx, store.FindingQuery{Identity: q.Get("identity"), Since: since, Before: before, Limit: limit})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	p := Page[detect.Finding]{Items: make([]detect.Finding, 0, len(rows))}
+	for _, r := range rows {
+		f, err := findingOf(r)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		p.Items = append(p.Items, f)
+	}
+	if len(rows) == limit {
+		p.Next = cursorOf(rows[len(rows)-1].At)
+	}
+	c.reply(http.StatusOK, p)
+}
+
+func (s *Server) getFinding(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	r, err := s.db.Finding(c.ctx, c.r.PathValue("id"))
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	f, err := findingOf(r)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, f)
+}
+
+// listRisk lists the identities at risk, highest first.
+func (s *Server) listRisk(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	items := s.detect.engine.Risks(s.now())
+	if items == nil {
+		items = []detect.IdentityRisk{}
+	}
+	c.reply(http.StatusOK, Page[detect.IdentityRisk]{Items: items})
+}
+
+func (s *Server) listWorkloads(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	ws, err := s.db.Workloads(c.ctx)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, Page[store.Workload]{Items: ws})
+}
+
+// whatIf replays the recorded inbound traffic through the policies of the
+// request, with the sidecars' decision function (detect.WhatIf). The
+// policies are only compiled, never stored or pushed.
+func (s *Server) whatIf(c *adminCall) {
+	var in WhatIfRequest
+	if err := c.decode(&in); err != nil {
+		c.fail(err)
+		return
+	}
+	if len(in.Files) == 0 {
+		c.fail(badf("files: at least one policy file"))
+		return
+	}
+	var b policy.Bundle
+	for i, f := range in.Files {
+		if err := b.Add(f.Name, []byte(f.Content)); err != nil {
+			c.fail(badf("files[%d] (%s): %v", i, f.Name, err))
+			return
+		}
+	}
+	set, err := b.Compile(policy.Options{RootNamespace: in.RootNamespace})
+	if err != nil {
+		c.fail(badf("%v", err))
+		return
+	}
+	since, err := s.sinceQuery(in.Since, time.Hour)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	snap, err := s.trafficSnapshot(c.ctx, store.EdgeQuery{Since: since, Namespace: in.Namespace, Direction: "inbound"})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	edges, ws := snap.Detect()
+	out := WhatIfResponse{Since: snap.Since, Until: snap.Until, Items: detect.WhatIf(set, edges, ws)}
+	for _, r := range out.Items {
+		switch r.Change {
+		case detect.ChangeNewlyDenied:
+			out.NewlyDenied++
+		case detect.ChangeNewlyAllowed:
+			out.NewlyAllowed++
+		}
+	}
+	if out.Items == nil {
+		out.Items = []detect.WhatIfResult{}
+	}
+	c.reply(http.StatusOK, out)
+}

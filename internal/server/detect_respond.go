@@ -1,0 +1,1186 @@
+package server
+
+// Response: the playbooks (versioned like policies), the incidents they
+// open, the steps they take through the server's own machinery
+// (revocation, blocked pairs on the watch stream, certificate
+// revocation), each audited with the finding that caused it, and the
+// forensics bundle of an incident.
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// Admin API paths of response.
+const (
+	// PathAdminIncidents: GET ?identity=&state=&before=&limit= lists
+	// incidents; POST IncidentRequest acts by hand (isolate, block-pair,
+	// quarantine, revoke-certificate, notify, or a playbook).
+	// /{id}: GET; /{id}/release, /{id}/confirm: POST; /{id}/export: GET
+	// ForensicsBundle.
+	PathAdminIncidents = "/v1/admin/incidents"
+	// PathAdminPlaybooks: GET PlaybookSet (?version=N for an older one);
+	// POST PlaybookApplyRequest; /{name}: DELETE; /history: GET.
+	PathAdminPlaybooks = "/v1/admin/playbooks"
+	// PathAdminBlocks: GET the blocked pairs in force.
+	PathAdminBlocks = PathAdminDetect + "/blocks"
+)
+
+// Audit kinds of response.
+const (
+	KindIncidentOpen    = "incident.open"
+	KindIncidentStep    = "incident.step"
+	KindIncidentRelease = "incident.release"
+	KindIncidentConfirm = "incident.confirm"
+	KindPlaybookApply   = "playbook.apply"
+	KindPlaybookDelete  = "playbook.delete"
+)
+
+// IncidentRequest acts on an identity by hand. Exactly one of Action and
+// Playbook.
+type IncidentRequest struct {
+	Identity string `json:"identity"`
+	// Action is one step: isolate, block-pair, quarantine,
+	// revoke-certificate or notify.
+	Action string `json:"action,omitempty"`
+	// Playbook runs every step of the named playbook.
+	Playbook string `json:"playbook,omitempty"`
+	// Destination is the other end of a block-pair by hand.
+	Destination string `json:"destination,omitempty"`
+	// Duration of a block-pair (default 24h).
+	Duration wire.Duration `json:"duration,omitempty"`
+	Reason   string        `json:"reason,omitempty"`
+}
+
+// ReleaseRequest releases an incident.
+type ReleaseRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// PlaybookSet is the playbooks in force at a version.
+type PlaybookSet struct {
+	Version uint64            `json:"version"`
+	Items   []detect.Playbook `json:"items"`
+}
+
+// PlaybookApplyRequest applies playbook files: every document is created
+// or replaced; playbooks not named stay as they are.
+type PlaybookApplyRequest struct {
+	Files []PolicyFile `json:"files"`
+}
+
+// ForensicsBundle is everything the server knows about an incident's
+// identity, as one JSON file: the incident, its findings with the
+// records behind them, the identity's sampled decisions and traffic
+// around it, the audit records that name the identity or the incident
+// (with their hashes: compare the head with "moatless audit verify"),
+// its certificates, revocations and blocks.
+type ForensicsBundle struct {
+	Format       string               `json:"format"` // moatless-forensics/v1
+	GeneratedAt  time.Time            `json:"generated_at"`
+	GeneratedBy  string               `json:"generated_by"`
+	Incident     detect.Incident      `json:"incident"`
+	Findings     []detect.Finding     `json:"findings"`
+	Decisions    []store.Sample       `json:"decisions"`
+	Traffic      []EdgeSummary        `json:"traffic"`
+	AuditRecords []AuditRecord        `json:"audit_records"`
+	AuditHead    AuditHeadRef         `json:"audit_head"`
+	Certificates []store.IssuedSVID   `json:"certificates"`
+	Revocations  store.RevocationList `json:"revocations"`
+	Blocks       []store.Block        `json:"blocks"`
+}
+
+// AuditHeadRef is the audit chain's head when a bundle was made.
+type AuditHeadRef struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// respondState is the responder's part of detectState.
+type respondState struct {
+	// open maps an identity to its open incident's ID.
+	open map[string]string
+	// playbooks caches the set in force at a playbooks version.
+	pbVersion uint64
+	pbLoaded  bool
+	playbooks []detect.Playbook
+}
+
+// initRespond loads the open incidents and mounts the endpoints.
+func (s *Server) initRespond(ctx context.Context) error {
+	d := s.detect
+	d.resp.open = map[string]string{}
+	for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
+		rows, err := s.db.Incidents(ctx, store.IncidentQuery{State: st, Limit: 100_000})
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		for _, r := range rows {
+			d.resp.open[r.Identity] = r.ID
+		}
+	}
+	m := s.mux
+	m.Handle("GET "+PathAdminIncidents, s.admin(s.listIncidents))
+	m.Handle("POST "+PathAdminIncidents, s.admin(s.createIncident))
+	m.Handle("GET "+PathAdminIncidents+"/{id}", s.admin(s.getIncident))
+	m.Handle("POST "+PathAdminIncidents+"/{id}/release", s.admin(s.releaseIncident))
+	m.Handle("POST "+PathAdminIncidents+"/{id}/confirm", s.admin(s.confirmIncident))
+	m.Handle("GET "+PathAdminIncidents+"/{id}/export", s.admin(s.exportIncident))
+	m.Handle("GET "+PathAdminPlaybooks, s.admin(s.getPlaybooks))
+	m.Handle("POST "+PathAdminPlaybooks, s.adminLimit(maxPolicyBody, s.applyPlaybooks))
+	m.Handle("GET "+PathAdminPlaybooks+"/history", s.admin(s.playbookHistory))
+	m.Handle("DELETE "+PathAdminPlaybooks+"/{name}", s.admin(s.deletePlaybook))
+	m.Handle("GET "+PathAdminBlocks, s.admin(s.listBlocks))
+	return nil
+}
+
+// currentPlaybooks returns the playbooks in force (cached per version).
+func (s *Server) currentPlaybooks(ctx context.Context) (uint64, []detect.Playbook, error) {
+	d := s.detect
+	v, err := s.db.CurrentPolicyVersionIn(ctx, s.db.SQL(), store.Playbooks)
+	if err != nil {
+		return 0, nil, err
+	}
+	if d.resp.pbLoaded && d.resp.pbVersion == v {
+		return v, d.resp.playbooks, nil
+	}
+	v, objs, err := s.db.PolicySetIn(ctx, s.db.SQL(), store.Playbooks, v)
+	if err != nil {
+		return 0, nil, err
+	}
+	pbs := make([]detect.Playbook, 0, len(objs))
+	for _, o := range objs {
+		pb, err := detect.ParsePlaybookJSON(o.Raw)
+		if err != nil {
+			return 0, nil, fmt.Errorf("stored playbook %s: %w", o.Name, err)
+		}
+		pbs = append(pbs, pb)
+	}
+	d.resp.pbVersion, d.resp.playbooks, d.resp.pbLoaded = v, pbs, true
+	return v, pbs, nil
+}
+
+// respond runs after findings are stored: a finding about an identity
+// with an open incident joins it; otherwise the identity's risk is
+// checked against the playbooks, and the first that matches opens an
+// incident and runs. One response runs at a time.
+func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	now := s.now()
+	byIdent := map[string][]*detect.Finding{}
+	var order []string
+	for i := range fs {
+		f := &fs[i]
+		if byIdent[f.Identity] == nil {
+			order = append(order, f.Identity)
+		}
+		byIdent[f.Identity] = append(byIdent[f.Identity], f)
+	}
+	for _, id := range order {
+		if incID, ok := d.resp.open[id]; ok {
+			s.attachFindings(ctx, incID, byIdent[id])
+			continue
+		}
+		risk := d.engine.Risk(id, now)
+		open := d.engine.Findings(id, now)
+		var dets []string
+		for _, f := range open {
+			dets = append(dets, f.Detector)
+		}
+		version, pbs, err := s.currentPlaybooks(ctx)
+		if err != nil {
+			s.log.Error("read playbooks; no response", "identity", id, "err", err)
+			continue
+		}
+		pb, ok := detect.Choose(pbs, id, risk, dets)
+		if !ok {
+			continue
+		}
+		trigger := fmt.Sprintf("risk %.2f reached %.2f (%s)", risk, pb.Trigger.Risk, strings.Join(uniq(dets), ", "))
+		if _, err := s.openIncident(ctx, id, pb, version, "playbook:"+pb.Name, trigger, risk, open, IncidentRequest{}); err != nil {
+			s.log.Error("incident response failed", "identity", id, "playbook", pb.Name, "err", err)
+		}
+	}
+}
+
+func uniq(l []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range l {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// attachFindings adds findings to an open incident.
+func (s *Server) attachFindings(ctx context.Context, incID string, fs []*detect.Finding) {
+	err := s.updateIncident(ctx, incID, func(tx *sql.Tx, inc *detect.Incident) error {
+		for _, f := range fs {
+			if !contains(inc.Findings, f.ID) {
+				inc.Findings = append(inc.Findings, f.ID)
+			}
+			s.detect.engine.SetIncident(f.ID, inc.ID)
+			f.IncidentID = inc.ID
+			if err := s.putFinding(ctx, tx, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("attach findings to incident", "incident", incID, "err", err)
+	}
+}
+
+func contains(l []string, x string) bool {
+	for _, y := range l {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// openIncident opens an incident for identity and runs pb's steps (or,
+// with req.Action set, that one step by hand). Called with respMu held.
+func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Playbook, version uint64, actor, trigger string,
+	risk float64, fs []detect.Finding, req IncidentRequest) (*detect.Incident, error) {
+	now := s.now()
+	inc := &detect.Incident{ID: detect.NewID(), Identity: identity, State: detect.IncidentOpen, Playbook: pb.Name, PlaybookVersion: version,
+		Trigger: trigger, Risk: risk, OpenedAt: now, Findings: []string{}, Steps: []detect.StepResult{}}
+	for _, f := range fs {
+		inc.Findings = append(inc.Findings, f.ID)
+		if inc.DetectedAt.IsZero() || f.Time.Before(inc.DetectedAt) {
+			inc.DetectedAt = f.Time
+		}
+		if !f.FirstRecord.IsZero() && (inc.FirstRecord.IsZero() || f.FirstRecord.Before(inc.FirstRecord)) {
+			inc.FirstRecord = f.FirstRecord
+		}
+	}
+	cause := ""
+	if len(fs) > 0 {
+		cause = fs[0].ID
+	}
+	ev := audit.Event{Kind: KindIncidentOpen, Actor: actor, Subject: identity, Outcome: audit.Success,
+		Details: map[string]string{"incident": inc.ID, "trigger": trigger, "risk": fmt.Sprintf("%.2f", risk), "findings": strings.Join(inc.Findings, ",")}}
+	if pb.Name != "" {
+		ev.Details["playbook"] = pb.Name
+		ev.Details["playbook_version"] = fmt.Sprint(version)
+	}
+	if cause != "" {
+		ev.Details["finding"] = cause
+	}
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if err := s.putIncident(ctx, tx, inc); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(ctx, tx, ev)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.detect.resp.open[identity] = inc.ID
+	for i := range fs {
+		s.detect.engine.SetIncident(fs[i].ID, inc.ID)
+		fs[i].IncidentID = inc.ID
+		if err := s.putFinding(ctx, s.db.SQL(), &fs[i]); err != nil {
+			s.log.Warn("link finding to incident", "finding", fs[i].ID, "err", err)
+		}
+	}
+	s.log.Warn("incident opened", "incident", inc.ID, "identity", identity, "playbook", pb.Name, "trigger", trigger)
+	steps := pb.Steps
+	if req.Action != "" {
+		steps = []detect.Step{{Action: req.Action, Duration: req.Duration}}
+	}
+	for _, st := range steps {
+		s.runStep(ctx, inc, st, actor, cause, req)
+	}
+	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
+		return inc, err
+	}
+	return inc, nil
+}
+
+func (s *Server) putIncident(ctx context.Context, q store.Queryer, inc *detect.Incident) error {
+	body, err := json.Marshal(inc)
+	if err != nil {
+		return err
+	}
+	upd := inc.OpenedAt
+	if n := len(inc.Steps); n > 0 {
+		upd = inc.Steps[n-1].At
+	}
+	return s.db.PutIncident(ctx, q, store.IncidentRow{ID: inc.ID, Identity: inc.Identity, State: inc.State, OpenedAt: inc.OpenedAt, UpdatedAt: upd, Body: body})
+}
+
+func incidentOf(r store.IncidentRow) (detect.Incident, error) {
+	var inc detect.Incident
+	if err := json.Unmarshal(r.Body, &inc); err != nil {
+		return inc, fmt.Errorf("incident %s: %w", r.ID, err)
+	}
+	return inc, nil
+}
+
+// updateIncident reads an incident, lets fn change it and stores it, in
+// one transaction.
+func (s *Server) updateIncident(ctx context.Context, id string, fn func(*sql.Tx, *detect.Incident) error) error {
+	return s.db.Tx(ctx, func(tx *sql.Tx) error {
+		r, err := s.db.Incident(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		inc, err := incidentOf(r)
+		if err != nil {
+			return err
+		}
+		if err := fn(tx, &inc); err != nil {
+			return err
+		}
+		return s.putIncident(ctx, tx, &inc)
+	})
+}
+
+// runStep carries out one step and records it in the incident and the
+// audit log (with the finding that caused it).
+func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.Step, actor, findingID string, req IncidentRequest) {
+	now := s.now()
+	res := detect.StepResult{Action: st.Action, At: now, Actor: actor, FindingID: findingID, Outcome: detect.OutcomeDone}
+	reason := "incident " + inc.ID
+	if req.Reason != "" {
+		reason += ": " + req.Reason
+	}
+	details := map[string]string{"incident": inc.ID, "action": st.Action}
+	if findingID != "" {
+		details["finding"] = findingID
+	}
+	var err error
+	var extra []audit.Event
+	isSPIFFE := strings.HasPrefix(inc.Identity, "spiffe://")
+	switch st.Action {
+	case detect.ActionIsolate:
+		if !isSPIFFE {
+			res.Outcome, res.Detail = detect.OutcomeSkipped, "not a SPIFFE ID: nothing to revoke"
+			break
+		}
+		r := store.RevokedID{SPIFFEID: inc.Identity, Reason: reason, RevokedBy: actor, RevokedAt: now}
+		err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+			if _, err := s.db.RevokeID(ctx, tx, r); err != nil {
+				return err
+			}
+			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
+				Details: map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID}})
+		})
+		switch {
+		case errors.Is(err, store.ErrConflict):
+			err, res.Detail = nil, "already revoked (before this incident): left as it is"
+		case err == nil:
+			inc.Revoked = true
+			res.Detail = "SPIFFE ID revoked: every sidecar refuses it and closes its connections, its own sidecar cuts its calls, tokens naming it are refused, its secrets leases are revoked"
+			if inc.ContainedAt.IsZero() {
+				inc.ContainedAt = now
+			}
+			inc.State = detect.IncidentContained
+			s.changed(ctx)
+		}
+	case detect.ActionBlockPair:
+		if !isSPIFFE {
+			res.Outcome, res.Detail = detect.OutcomeSkipped, "not a SPIFFE ID: nothing to block"
+			break
+		}
+		dsts := req.Destination
+		var list []string
+		if dsts != "" {
+			list = []string{dsts}
+		} else {
+			list = s.incidentDestinations(ctx, inc)
+		}
+		if len(list) == 0 {
+			res.Outcome, res.Detail = detect.OutcomeSkipped, "no destination in the findings: nothing to block"
+			break
+		}
+		dur := st.Duration.Std()
+		if dur == 0 {
+			dur = detect.DefaultBlockDuration
+		}
+		until := now.Add(dur)
+		err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+			for _, dst := range list {
+				b := store.Block{Source: inc.Identity, Destination: dst, IncidentID: inc.ID, Reason: reason, CreatedBy: actor, CreatedAt: now, ExpiresAt: until}
+				if _, err := s.db.PutBlock(ctx, tx, b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, dst := range list {
+				inc.Blocks = append(inc.Blocks, wire.BlockedEdge{Source: inc.Identity, Destination: dst, ExpiresAt: until})
+			}
+			res.Detail = fmt.Sprintf("blocked %s → %s until %s, then released unless confirmed", inc.Identity, strings.Join(list, ", "), until.UTC().Format(time.RFC3339))
+			details["destinations"] = strings.Join(list, " ")
+			details["expires_at"] = until.UTC().Format(time.RFC3339)
+			if inc.ContainedAt.IsZero() {
+				inc.ContainedAt = now
+			}
+			inc.State = detect.IncidentContained
+			s.changed(ctx)
+		}
+	case detect.ActionRevokeCertificate:
+		var svids []store.IssuedSVID
+		if isSPIFFE {
+			svids, err = s.db.SVIDsOf(ctx, inc.Identity, now)
+		}
+		if err != nil {
+			break
+		}
+		var pick *store.IssuedSVID
+		for i := range svids {
+			if svids[i].Kind == store.SVIDKindWorkload || svids[i].Kind == store.SVIDKindNode {
+				pick = &svids[i]
+				break
+			}
+		}
+		if pick == nil {
+			res.Outcome, res.Detail = detect.OutcomeSkipped, "no unexpired certificate issued to it"
+			break
+		}
+		r := store.RevokedSerial{Serial: pick.Serial, SPIFFEID: pick.SPIFFEID, ExpiresAt: pick.NotAfter, Reason: reason, RevokedBy: actor, RevokedAt: now}
+		err = s.db.Tx(ctx, func(tx *sql.Tx) error {
+			if _, err := s.db.RevokeSerial(ctx, tx, r); err != nil {
+				return err
+			}
+			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: pick.Serial, Outcome: audit.Success,
+				Details: map[string]string{"spiffe_id": pick.SPIFFEID, "reason": reason, "incident": inc.ID, "finding": findingID}})
+		})
+		if errors.Is(err, store.ErrConflict) {
+			err, res.Detail = nil, "certificate "+pick.Serial+" was revoked already"
+		} else if err == nil {
+			inc.RevokedSerials = append(inc.RevokedSerials, pick.Serial)
+			res.Detail = fmt.Sprintf("revoked certificate %s (%s, issued %s); the identity's other certificates stay valid, and its agent signs a new one at its next rotation",
+				pick.Serial, pick.Kind, pick.IssuedAt.UTC().Format(time.RFC3339))
+			details["serial"] = pick.Serial
+			s.changed(ctx)
+		}
+	case detect.ActionQuarantine:
+		res.Outcome = detect.OutcomeDryRun
+		res.Detail = s.quarantineReport(ctx, inc)
+	case detect.ActionNotify:
+		if !s.detect.alerts.configured() {
+			res.Detail = "no webhook configured: logged only"
+		} else {
+			res.Detail = "queued for " + strings.Join(s.detect.alerts.names(), ", ")
+		}
+		inc.Notified = true
+		s.detect.alerts.incident(inc)
+	case detect.ActionRelease:
+		extra, err = s.undo(ctx, inc, actor, findingID, reason)
+		res.Detail = "released what the incident did"
+	default:
+		err = fmt.Errorf("unknown action %q", st.Action)
+	}
+	if err != nil {
+		res.Outcome, res.Detail = detect.OutcomeFailed, err.Error()
+		s.log.Error("incident step failed", "incident", inc.ID, "action", st.Action, "err", err)
+	}
+	inc.Steps = append(inc.Steps, res)
+	details["outcome"] = res.Outcome
+	if res.Detail != "" {
+		details["detail"] = res.Detail
+	}
+	outcome := audit.Success
+	if res.Outcome == detect.OutcomeFailed {
+		outcome = audit.Error
+	}
+	evs := append(extra, audit.Event{Kind: KindIncidentStep, Actor: actor, Subject: inc.Identity, Outcome: outcome, Details: details})
+	if err := s.audit.AppendWith(ctx, func(ctx context.Context, tx *sql.Tx) error { return s.putIncident(ctx, tx, inc) }, evs...); err != nil {
+		s.log.Error("audit incident step", "incident", inc.ID, "err", err)
+	}
+}
+
+// incidentDestinations are the destinations the incident's findings
+// name, the identity itself aside.
+func (s *Server) incidentDestinations(ctx context.Context, inc *detect.Incident) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(d string) {
+		if d != "" && d != inc.Identity && !seen[d] && strings.HasPrefix(d, "spiffe://") {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	for _, id := range inc.Findings {
+		r, err := s.db.Finding(ctx, id)
+		if err != nil {
+			continue
+		}
+		f, err := findingOf(r)
+		if err != nil {
+			continue
+		}
+		add(f.Destination)
+		for _, d := range strings.Fields(f.Evidence["destinations"]) {
+			add(d)
+		}
+		for _, rec := range f.Records {
+			if rec.Source == inc.Identity {
+				add(rec.Destination)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// quarantineReport says what isolating the identity would refuse: its
+// edges of the last hour.
+func (s *Server) quarantineReport(ctx context.Context, inc *detect.Incident) string {
+	ts, err := s.db.EdgeTotals(ctx, store.EdgeQuery{Since: s.now().Add(-time.Hour), Source: inc.Identity, Direction: "inbound"})
+	if err != nil {
+		return "dry run: could not read the identity's traffic: " + err.Error()
+	}
+	per := map[string]uint64{}
+	for _, t := range ts {
+		per[t.Destination] += t.Requests
+	}
+	dsts := make([]string, 0, len(per))
+	for d := range per {
+		dsts = append(dsts, d)
+	}
+	sort.Slice(dsts, func(i, j int) bool { return per[dsts[i]] > per[dsts[j]] })
+	var b strings.Builder
+	fmt.Fprintf(&b, "dry run: isolating %s would refuse its calls to %d destinations in the last hour", inc.Identity, len(dsts))
+	for i, d := range dsts {
+		if i == 10 {
+			fmt.Fprintf(&b, ", …")
+			break
+		}
+		fmt.Fprintf(&b, "; %s (%d requests)", d, per[d])
+	}
+	return b.String()
+}
+
+// undo lifts what an incident did: its revocation of the identity (only
+// when the incident made it) and its blocks. Revoked certificates stay
+// revoked. It returns the audit events of the lifts.
+func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingID, reason string) ([]audit.Event, error) {
+	var evs []audit.Event
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if inc.Revoked {
+			if _, err := s.db.UnrevokeID(ctx, tx, inc.Identity); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			evs = append(evs, audit.Event{Kind: audit.KindUnrevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
+				Details: map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID}})
+		}
+		for _, b := range inc.Blocks {
+			if _, err := s.db.DeleteBlock(ctx, tx, b.Source, b.Destination); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	inc.Revoked, inc.Blocks = false, nil
+	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
+	delete(s.detect.resp.open, inc.Identity)
+	s.changed(ctx)
+	if inc.Notified {
+		// Receivers that were told of the incident hear of its end
+		// (Alertmanager resolves it).
+		s.detect.alerts.incident(inc)
+	}
+	return evs, nil
+}
+
+// expireBlocks releases the blocks whose time is up (block-pair's
+// automatic release), records it in their incidents and the audit log,
+// and pushes the new revocations section.
+func (s *Server) expireBlocks(ctx context.Context, now time.Time) {
+	var gone []store.Block
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		gone, err = s.db.PruneBlocks(ctx, tx, now)
+		return err
+	})
+	if err != nil {
+		s.log.Warn("release expired blocks", "err", err)
+		return
+	}
+	if len(gone) == 0 {
+		return
+	}
+	s.changed(ctx)
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	for _, b := range gone {
+		details := map[string]string{"incident": b.IncidentID, "action": "release", "outcome": detect.OutcomeDone,
+			"detail": fmt.Sprintf("block %s → %s expired at %s and was not confirmed", b.Source, b.Destination, b.ExpiresAt.UTC().Format(time.RFC3339))}
+		var inc detect.Incident
+		if b.IncidentID != "" {
+			err := s.updateIncident(ctx, b.IncidentID, func(_ *sql.Tx, i *detect.Incident) error {
+				keep := i.Blocks[:0]
+				for _, x := range i.Blocks {
+					if x.Source != b.Source || x.Destination != b.Destination {
+						keep = append(keep, x)
+					}
+				}
+				i.Blocks = keep
+				if len(i.Findings) > 0 {
+					details["finding"] = i.Findings[0]
+				}
+				i.Steps = append(i.Steps, detect.StepResult{Action: detect.ActionRelease, At: now, Actor: s.id.String(), FindingID: details["finding"],
+					Outcome: detect.OutcomeDone, Detail: details["detail"]})
+				if len(i.Blocks) == 0 && !i.Revoked && i.State == detect.IncidentContained {
+					i.State, i.ReleasedAt = detect.IncidentReleased, now
+					delete(d.resp.open, i.Identity)
+				}
+				inc = *i
+				return nil
+			})
+			if err != nil {
+				s.log.Warn("record block release in its incident", "incident", b.IncidentID, "err", err)
+			}
+		}
+		ev := audit.Event{Kind: KindIncidentStep, Actor: s.id.String(), Subject: b.Source, Outcome: audit.Success, Details: details}
+		if err := s.audit.Append(ctx, ev); err != nil {
+			s.log.Error("audit block release", "err", err)
+		}
+		s.log.Info("block released: its time was up", "source", b.Source, "destination", b.Destination, "incident", b.IncidentID, "state", inc.State)
+	}
+}
+
+// blockedEdges is the revocations section's blocked pairs.
+func (s *Server) blockedEdges(ctx context.Context) ([]wire.BlockedEdge, error) {
+	bs, err := s.db.Blocks(ctx, s.now())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]wire.BlockedEdge, len(bs))
+	for i, b := range bs {
+		out[i] = wire.BlockedEdge{Source: b.Source, Destination: b.Destination, ExpiresAt: b.ExpiresAt}
+	}
+	return out, nil
+}
+
+func (s *Server) listIncidents(c *adminCall) {
+	q, err := c.query("identity", "state", "before", "limit")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	before, limit, err := cursorQuery(q, 100)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	switch st := q.Get("state"); st {
+	case "", detect.IncidentOpen, detect.IncidentContained, detect.IncidentReleased:
+	default:
+		c.fail(badf("state %q: want open, contained or released", st))
+		return
+	}
+	rows, err := s.db.Incidents(c.ctx, store.IncidentQuery{Identity: q.Get("identity"), State: q.Get("state"), Before: before, Limit: limit})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	p := Page[detect.Incident]{Items: make([]detect.Incident, 0, len(rows))}
+	for _, r := range rows {
+		inc, err := incidentOf(r)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		p.Items = append(p.Items, inc)
+	}
+	if len(rows) == limit {
+		p.Next = cursorOf(rows[len(rows)-1].OpenedAt)
+	}
+	c.reply(http.StatusOK, p)
+}
+
+func (s *Server) getIncident(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	inc, err := incidentOf(r)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, inc)
+}
+
+// createIncident acts on an identity by hand: one action, or a whole
+// playbook. An identity with an open incident gets the step in that
+// incident.
+func (s *Server) createIncident(c *adminCall) {
+	var in IncidentRequest
+	if err := c.decode(&in); err != nil {
+		c.fail(err)
+		return
+	}
+	if (in.Action == "") == (in.Playbook == "") {
+		c.fail(badf("give exactly one of action and playbook"))
+		return
+	}
+	id, err := s.parseSPIFFEID("identity", in.Identity)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if id == s.id {
+		c.fail(badf("identity: the server cannot be isolated"))
+		return
+	}
+	if len(in.Reason) > 512 {
+		c.fail(badf("reason: at most 512 characters"))
+		return
+	}
+	switch in.Action {
+	case "", detect.ActionIsolate, detect.ActionQuarantine, detect.ActionRevokeCertificate, detect.ActionNotify:
+		if in.Destination != "" || in.Duration != 0 {
+			c.fail(badf("destination, duration: only for block-pair"))
+			return
+		}
+	case detect.ActionBlockPair:
+		if _, err := s.parseSPIFFEID("destination", in.Destination); err != nil {
+			c.fail(err)
+			return
+		}
+		if d := in.Duration.Std(); d != 0 && (d < time.Minute || d > 30*24*time.Hour) {
+			c.fail(badf("duration %s: want 1m to 720h", d))
+			return
+		}
+	default:
+		c.fail(badf("action %q: want isolate, block-pair, quarantine, revoke-certificate or notify (release an incident with POST .../{id}/release)", in.Action))
+		return
+	}
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	var pb detect.Playbook
+	var version uint64
+	if in.Playbook != "" {
+		var pbs []detect.Playbook
+		version, pbs, err = s.currentPlaybooks(c.ctx)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		found := false
+		for _, p := range pbs {
+			if p.Name == in.Playbook {
+				pb, found = p, true
+			}
+		}
+		if !found {
+			c.fail(fmt.Errorf("%w: no playbook %q", store.ErrNotFound, in.Playbook))
+			return
+		}
+	}
+	fs := d.engine.Findings(in.Identity, s.now())
+	risk := d.engine.Risk(in.Identity, s.now())
+	if incID, ok := d.resp.open[in.Identity]; ok {
+		// The step joins the open incident.
+		steps := pb.Steps
+		if in.Action != "" {
+			steps = []detect.Step{{Action: in.Action, Duration: in.Duration}}
+		}
+		var inc detect.Incident
+		r, err := s.db.Incident(c.ctx, s.db.SQL(), incID)
+		if err == nil {
+			inc, err = incidentOf(r)
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		for _, st := range steps {
+			s.runStep(c.ctx, &inc, st, c.actor, "", in)
+		}
+		c.audited = true
+		c.reply(http.StatusOK, inc)
+		return
+	}
+	trigger := "by hand: " + c.actor
+	if in.Reason != "" {
+		trigger += ": " + in.Reason
+	}
+	inc, err := s.openIncident(c.ctx, in.Identity, pb, version, c.actor, trigger, risk, fs, in)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.audited = true
+	c.reply(http.StatusCreated, inc)
+}
+
+// releaseIncident undoes what an incident did and closes it.
+func (s *Server) releaseIncident(c *adminCall) {
+	var in ReleaseRequest
+	if c.r.ContentLength != 0 {
+		if err := c.decode(&in); err != nil {
+			c.fail(err)
+			return
+		}
+	} else if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	inc, err := incidentOf(r)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if inc.State == detect.IncidentReleased {
+		c.fail(fmt.Errorf("%w: incident %s was released already", store.ErrConflict, inc.ID))
+		return
+	}
+	finding := ""
+	if len(inc.Findings) > 0 {
+		finding = inc.Findings[0]
+	}
+	s.runStep(c.ctx, &inc, detect.Step{Action: detect.ActionRelease}, c.actor, finding, IncidentRequest{Reason: in.Reason})
+	if err := s.audit.Append(c.ctx, audit.Event{Kind: KindIncidentRelease, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
+		Details: map[string]string{"incident": inc.ID, "reason": in.Reason}}); err != nil {
+		c.fail(err)
+		return
+	}
+	c.audited = true
+	c.reply(http.StatusOK, inc)
+}
+
+// confirmIncident makes the incident's blocks permanent (until released):
+// block-pair releases a block by itself unless it was confirmed.
+func (s *Server) confirmIncident(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	id := c.r.PathValue("id")
+	var inc detect.Incident
+	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
+		r, err := s.db.Incident(c.ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if inc, err = incidentOf(r); err != nil {
+			return err
+		}
+		if len(inc.Blocks) == 0 {
+			return badf("incident %s has no block in force to confirm", id)
+		}
+		now := s.now()
+		for i, b := range inc.Blocks {
+			if _, err := s.db.PutBlock(c.ctx, tx, store.Block{Source: b.Source, Destination: b.Destination, IncidentID: inc.ID,
+				Reason: "incident " + inc.ID + ": confirmed", CreatedBy: c.actor, CreatedAt: now}); err != nil {
+				return err
+			}
+			inc.Blocks[i].ExpiresAt = time.Time{}
+		}
+		finding := ""
+		if len(inc.Findings) > 0 {
+			finding = inc.Findings[0]
+		}
+		inc.Steps = append(inc.Steps, detect.StepResult{Action: "confirm", At: now, Actor: c.actor, FindingID: finding, Outcome: detect.OutcomeDone,
+			Detail: "blocks kept until the incident is released"})
+		if err := s.putIncident(c.ctx, tx, &inc); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(c.ctx, tx, audit.Event{Kind: KindIncidentConfirm, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
+			Details: map[string]string{"incident": inc.ID, "finding": finding, "blocks": fmt.Sprint(len(inc.Blocks))}})
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.audited = true
+	s.changed(c.ctx)
+	c.reply(http.StatusOK, inc)
+}
+
+// maxBundleAudit bounds how far back the forensics bundle looks in the
+// audit log, in records.
+const maxBundleAudit = 50_000
+
+// exportIncident answers the forensics bundle of an incident.
+func (s *Server) exportIncident(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	inc, err := incidentOf(r)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	now := s.now()
+	b := ForensicsBundle{Format: "moatless-forensics/v1", GeneratedAt: now.UTC(), GeneratedBy: c.actor, Incident: inc, Findings: []detect.Finding{}}
+	from := inc.OpenedAt
+	if !inc.FirstRecord.IsZero() && inc.FirstRecord.Before(from) {
+		from = inc.FirstRecord
+	}
+	from = from.Add(-time.Hour)
+	frows, err := s.db.Findings(c.ctx, store.FindingQuery{Identity: inc.Identity, Since: from.Add(-24 * time.Hour), Limit: 1000})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	for _, fr := range frows {
+		f, err := findingOf(fr)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		b.Findings = append(b.Findings, f)
+	}
+	if b.Decisions, err = s.db.Samples(c.ctx, store.SampleQuery{Source: inc.Identity, Reporter: inc.Identity, Since: from, Limit: 1000}); err != nil {
+		c.fail(err)
+		return
+	}
+	ts, err := s.db.EdgeTotals(c.ctx, store.EdgeQuery{Since: from, Source: inc.Identity})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	b.Traffic = edgeSummaries(ts)
+	if b.Certificates, err = s.db.SVIDsOf(c.ctx, inc.Identity, from); err != nil {
+		c.fail(err)
+		return
+	}
+	revs, err := s.db.Revocations(c.ctx, now)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	b.Revocations = store.RevocationList{IDs: []store.RevokedID{}, Serials: []store.RevokedSerial{}}
+	for _, x := range revs.IDs {
+		if x.SPIFFEID == inc.Identity {
+			b.Revocations.IDs = append(b.Revocations.IDs, x)
+		}
+	}
+	for _, x := range revs.Serials {
+		if x.SPIFFEID == inc.Identity {
+			b.Revocations.Serials = append(b.Revocations.Serials, x)
+		}
+	}
+	blocks, err := s.db.Blocks(c.ctx, now)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	b.Blocks = []store.Block{}
+	for _, x := range blocks {
+		if x.Source == inc.Identity || x.Destination == inc.Identity || x.IncidentID == inc.ID {
+			b.Blocks = append(b.Blocks, x)
+		}
+	}
+	head, hash, err := s.db.AuditHead(c.ctx)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	b.AuditHead = AuditHeadRef{Seq: head, Hash: hex.EncodeToString(hash)}
+	b.AuditRecords = []AuditRecord{}
+	var before uint64
+	for scanned := 0; scanned < maxBundleAudit; {
+		recs, err := audit.List(c.ctx, s.db, before, 1000)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if len(recs) == 0 {
+			break
+		}
+		scanned += len(recs)
+		for _, rec := range recs {
+			if rec.Actor == inc.Identity || rec.Subject == inc.Identity || rec.Details["incident"] == inc.ID ||
+				rec.Details["source"] == inc.Identity || rec.Details["spiffe_id"] == inc.Identity {
+				b.AuditRecords = append(b.AuditRecords, AuditRecord{Seq: rec.Seq, Time: rec.Time, Kind: rec.Kind, Actor: rec.Actor, Subject: rec.Subject,
+					Outcome: rec.Outcome, Details: rec.Details, Hash: hex.EncodeToString(rec.Hash), PrevHash: hex.EncodeToString(rec.PrevHash)})
+			}
+		}
+		last := recs[len(recs)-1]
+		if last.Seq <= 1 || last.Time.Before(from.Add(-24*time.Hour)) {
+			break
+		}
+		before = last.Seq
+	}
+	c.reply(http.StatusOK, b)
+}
+
+func (s *Server) listBlocks(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	bs, err := s.db.Blocks(c.ctx, s.now())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, Page[store.Block]{Items: bs})
+}
+
+func (s *Server) getPlaybooks(c *adminCall) {
+	q, err := c.query("version")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	var version uint64
+	if v := q.Get("version"); v != "" {
+		if _, err := fmt.Sscan(v, &version); err != nil || version == 0 {
+			c.fail(badf("version %q: want a playbooks version number", v))
+			return
+		}
+	}
+	v, objs, err := s.db.PolicySetIn(c.ctx, s.db.SQL(), store.Playbooks, version)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	set := PlaybookSet{Version: v, Items: make([]detect.Playbook, 0, len(objs))}
+	for _, o := range objs {
+		pb, err := detect.ParsePlaybookJSON(o.Raw)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		set.Items = append(set.Items, pb)
+	}
+	c.reply(http.StatusOK, set)
+}
+
+// applyPlaybooks stores the playbooks of the files as a new playbooks
+// version (one audit record for the version).
+func (s *Server) applyPlaybooks(c *adminCall) {
+	var in PlaybookApplyRequest
+	if err := c.decode(&in); err != nil {
+		c.fail(err)
+		return
+	}
+	if len(in.Files) == 0 {
+		c.fail(badf("files: at least one playbook file"))
+		return
+	}
+	var writes []store.PolicyWrite
+	seen := map[string]string{}
+	for i, f := range in.Files {
+		pbs, err := detect.ParsePlaybooks([]byte(f.Content))
+		if err != nil {
+			c.fail(badf("files[%d] (%s): %v", i, f.Name, err))
+			return
+		}
+		for _, pb := range pbs {
+			if prev, ok := seen[pb.Name]; ok {
+				c.fail(badf("playbook %q is in both %s and %s", pb.Name, prev, f.Name))
+				return
+			}
+			seen[pb.Name] = f.Name
+			writes = append(writes, store.PolicyWrite{PolicyRef: store.PolicyRef{Kind: detect.PlaybookKind, Name: pb.Name}, Raw: pb.Document()})
+		}
+	}
+	var pv store.PolicyVersion
+	err := c.change(func(tx *sql.Tx) (audit.Event, error) {
+		var err error
+		pv, err = s.db.WritePoliciesIn(c.ctx, tx, store.Playbooks, c.actor, "apply", 0, writes, s.now())
+		names := make([]string, 0, len(seen))
+		for n := range seen {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return c.event(KindPlaybookApply, fmt.Sprint(pv.Version), map[string]string{"playbooks": strings.Join(names, ","), "changes": fmt.Sprint(len(pv.Changes))}), err
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, pv)
+}
+
+func (s *Server) deletePlaybook(c *adminCall) {
+	if _, err := c.query(); err != nil {
+		c.fail(err)
+		return
+	}
+	name := c.r.PathValue("name")
+	var pv store.PolicyVersion
+	err := c.change(func(tx *sql.Tx) (audit.Event, error) {
+		var err error
+		pv, err = s.db.WritePoliciesIn(c.ctx, tx, store.Playbooks, c.actor, "delete", 0,
+			[]store.PolicyWrite{{PolicyRef: store.PolicyRef{Kind: detect.PlaybookKind, Name: name}}}, s.now())
+		if errors.Is(err, store.ErrNotFound) {
+			err = fmt.Errorf("%w: no playbook %q", store.ErrNotFound, name)
+		}
+		return c.event(KindPlaybookDelete, name, map[string]string{"version": fmt.Sprint(pv.Version)}), err
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.reply(http.StatusOK, pv)
+}
+
+func (s *Server) playbookHistory(c *adminCall) {
+	before, limit, err := c.pageQuery(100, "a playbooks version")
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	h, err := s.db.PolicyHistoryIn(c.ctx, store.Playbooks, before, limit)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	p := Page[store.PolicyVersion]{Items: h}
+	if len(h) == limit && h[len(h)-1].Version > 1 {
+		p.Next = fmt.Sprint(h[len(h)-1].Version)
+	}
+	c.reply(http.StatusOK, p)
+}

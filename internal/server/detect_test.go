@@ -1,0 +1,315 @@
+package server_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+const (
+	ordersID  = "spiffe://example.org/ns/prod/sa/orders"
+	reportsID = "spiffe://example.org/ns/prod/sa/reports"
+)
+
+// report is a valid one-window report from orders' sidecar.
+func (e *env) report(edges ...wire.EdgeRecord) wire.RecordReport {
+	now := e.clock.Now().UTC()
+	return wire.RecordReport{Component: "sidecar", Namespace: "prod", Labels: map[string]string{"app": "orders"}, Ports: []int{8080},
+		Start: now.Add(-5 * time.Second), End: now, Edges: edges}
+}
+
+func inboundEdge(src, method, path, decision string, requests uint64) wire.EdgeRecord {
+	return wire.EdgeRecord{Direction: "inbound", Source: src, Port: 8080, Protocol: "http", Method: method, Path: path,
+		Decision: decision, Status: 2, Requests: requests, RespBytes: requests * 1000, LatencySumMicros: requests * 500, LatencyMaxMicros: 900}
+}
+
+func TestRecordsStoredAndListed(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	rep := e.report(
+		inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 10),
+		inboundEdge(reportsID, "DELETE", "/orders/{*}", "deny", 2),
+		wire.EdgeRecord{Direction: "outbound", Destination: "spiffe://example.org/ns/prod/sa/payments", Protocol: "http", Method: "POST", Path: "/payments", Decision: "allow", Status: 2, Requests: 3},
+	)
+	rep.Edges[1].Reason, rep.Edges[1].Status = "deny_rule", 4
+	rep.Samples = []wire.AuditEvent{{Time: e.clock.Now(), Listener: "in", Source: reportsID, Destination: "prod:8080", Protocol: "http",
+		Method: "DELETE", Path: "/orders/42\x1b[31m", Decision: "deny", Policy: "prod/orders", Rule: -1, ReasonCode: "no_allow_match"}}
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	var edges server.Page[server.EdgeSummary]
+	e.admin("GET", server.PathAdminEdges, nil, &edges)
+	if len(edges.Items) != 3 {
+		t.Fatalf("%d edges, want 3: %+v", len(edges.Items), edges.Items)
+	}
+	byKey := map[string]server.EdgeSummary{}
+	for _, x := range edges.Items {
+		byKey[x.Direction+" "+x.Source+" "+x.Destination+" "+x.Method] = x
+	}
+	in := byKey["inbound "+reportsID+" "+ordersID+" GET"]
+	if in.Requests != 10 || in.RespBytes != 10000 || in.LatencyAvg != 0.5 || in.Path != "/orders/{*}" {
+		t.Errorf("inbound edge as listed: %+v", in)
+	}
+	if out := byKey["outbound "+ordersID+" spiffe://example.org/ns/prod/sa/payments POST"]; out.Requests != 3 {
+		t.Errorf("outbound edge: the reporter must be its source: %+v", edges.Items)
+	}
+	var ds server.Page[store.Sample]
+	e.admin("GET", server.PathAdminDecisions+"?identity="+reportsID, nil, &ds)
+	if len(ds.Items) != 1 || ds.Items[0].Reporter != ordersID {
+		t.Fatalf("decision samples: %+v", ds.Items)
+	}
+	var ev wire.AuditEvent
+	json.Unmarshal(ds.Items[0].Event, &ev)
+	if strings.ContainsRune(ev.Path, 0x1b) {
+		t.Errorf("a control character in a reported path was stored: %q", ev.Path)
+	}
+	var ws server.Page[store.Workload]
+	e.admin("GET", server.PathAdminWorkloads, nil, &ws)
+	if len(ws.Items) != 1 || ws.Items[0].Namespace != "prod" || ws.Items[0].Labels["app"] != "orders" {
+		t.Errorf("workloads: %+v", ws.Items)
+	}
+	var tr server.TrafficSnapshot
+	e.admin("GET", server.PathAdminTraffic+"?since=1h", nil, &tr)
+	if len(tr.Edges) != 2 || len(tr.Workloads) != 1 {
+		t.Errorf("traffic snapshot: %d inbound edges, %d workloads", len(tr.Edges), len(tr.Workloads))
+	}
+}
+
+// A sidecar whose table filled up sends its overflow edges, outbound too:
+// they have no destination, and the report is taken.
+func TestRecordsOverflowEdges(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	rep := e.report(
+		wire.EdgeRecord{Direction: "outbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 9},
+		wire.EdgeRecord{Direction: "inbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 4},
+	)
+	rep.Dropped = 13
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+		t.Fatalf("report with overflow edges: %d %s", st, body)
+	}
+}
+
+func TestRecordsRefused(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	now := e.clock.Now().UTC()
+	ok := inboundEdge(reportsID, "GET", "/", "allow", 1)
+	for _, tc := range []struct {
+		name   string
+		mutate func(r *wire.RecordReport)
+		want   string
+	}{
+		{"inbound_destination_not_the_reporter", func(r *wire.RecordReport) { r.Edges[0].Destination = "spiffe://example.org/ns/prod/sa/payments" }, "edges[0].destination"},
+		{"outbound_source_not_the_reporter", func(r *wire.RecordReport) {
+			r.Edges[0] = wire.EdgeRecord{Direction: "outbound", Source: reportsID, Destination: ordersID, Protocol: "http", Decision: "allow", Requests: 1}
+		}, "edges[0].source"},
+		{"bad_direction", func(r *wire.RecordReport) { r.Edges[0].Direction = "sideways" }, "edges[0].direction"},
+		{"outbound_without_destination", func(r *wire.RecordReport) {
+			r.Edges[0] = wire.EdgeRecord{Direction: "outbound", Protocol: "http", Method: "GET", Path: "/", Decision: "allow", Requests: 1}
+		}, "edges[0].destination"},
+		{"bad_source", func(r *wire.RecordReport) { r.Edges[0].Source = "https://evil" }, "edges[0].source"},
+		{"bad_decision", func(r *wire.RecordReport) { r.Edges[0].Decision = "maybe" }, "edges[0].decision"},
+		{"bad_reason", func(r *wire.RecordReport) { r.Edges[0].Reason = "Deny Rule" }, "edges[0].reason"},
+		{"bad_status", func(r *wire.RecordReport) { r.Edges[0].Status = 7 }, "edges[0].status"},
+		{"no_requests", func(r *wire.RecordReport) { r.Edges[0].Requests = 0 }, "edges[0].requests"},
+		{"future_window", func(r *wire.RecordReport) { r.Start, r.End = now.Add(time.Hour), now.Add(time.Hour+time.Second) }, "end"},
+		{"stale_window", func(r *wire.RecordReport) { r.Start, r.End = now.Add(-3*time.Hour), now.Add(-3*time.Hour+time.Second) }, "start"},
+		{"long_window", func(r *wire.RecordReport) { r.Start = now.Add(-time.Hour) }, "window"},
+		{"bad_component", func(r *wire.RecordReport) { r.Component = "toaster" }, "component"},
+		{"too_many_edges", func(r *wire.RecordReport) {
+			r.Edges = make([]wire.EdgeRecord, wire.MaxEdgeRecords+1)
+			for i := range r.Edges {
+				r.Edges[i] = ok
+			}
+		}, "edges"},
+		{"label_with_control_character", func(r *wire.RecordReport) { r.Labels = map[string]string{"app": "a\nb"} }, "labels"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := e.report(ok)
+			tc.mutate(&rep)
+			st, body := e.do(n.http, "POST", wire.PathRecords, "", rep)
+			if st != 400 || !strings.Contains(string(body), tc.want) {
+				t.Fatalf("got %d %s, want 400 naming %s", st, body, tc.want)
+			}
+		})
+	}
+	t.Run("unknown_field", func(t *testing.T) {
+		st, body := e.do(n.http, "POST", wire.PathRecords, "", `{"component":"sidecar","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:00Z","edges":[],"extra":1}`)
+		if st != 400 || !strings.Contains(string(body), "extra") {
+			t.Fatalf("got %d %s", st, body)
+		}
+	})
+	t.Run("no_client_certificate", func(t *testing.T) {
+		if st, _ := e.do(e.client(nil), "POST", wire.PathRecords, "", e.report(ok)); st != 401 {
+			t.Fatalf("got %d, want 401", st)
+		}
+	})
+	t.Run("hostile_path_clipped_not_refused", func(t *testing.T) {
+		edge := inboundEdge(reportsID, "G\x00ET", "/"+strings.Repeat("\x1b", 2000), "deny", 1)
+		if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(edge)); st != 204 {
+			t.Fatalf("got %d %s", st, body)
+		}
+		var edges server.Page[server.EdgeSummary]
+		e.admin("GET", server.PathAdminEdges+"?source="+reportsID, nil, &edges)
+		for _, x := range edges.Items {
+			if strings.ContainsAny(x.Path+x.Method, "\x1b\x00") || len(x.Path) > 512 {
+				t.Fatalf("stored path %q method %q", x.Path, x.Method)
+			}
+		}
+	})
+	var edges server.Page[server.EdgeSummary]
+	e.admin("GET", server.PathAdminEdges, nil, &edges)
+	for _, x := range edges.Items {
+		if x.Method == "GET" && x.Path == "/" {
+			t.Fatalf("a refused report was stored: %+v", x)
+		}
+	}
+}
+
+func TestRecordsBudget(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	var limited bool
+	for i := 0; i < 80 && !limited; i++ {
+		st, _ := e.do(n.http, "POST", wire.PathRecords, "", e.report(inboundEdge(reportsID, "GET", fmt.Sprintf("/p%d", i), "allow", 1)))
+		switch st {
+		case 204:
+		case 429:
+			limited = true
+		default:
+			t.Fatalf("report %d: %d", i, st)
+		}
+	}
+	if !limited {
+		t.Fatal("80 reports at once were all taken: no budget per node")
+	}
+}
+
+func TestRecordsRaiseFindings(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	// reports, already revoked, is still knocking: orders' sidecar
+	// refused its handshakes.
+	refused := wire.EdgeRecord{Direction: "inbound", Source: reportsID, Protocol: "http", Decision: "refused", Reason: "revoked", Requests: 3}
+	// and a burst of denials from frontend.
+	deny := inboundEdge("spiffe://example.org/ns/prod/sa/frontend", "GET", "/admin/{*}", "deny", 40)
+	deny.Reason, deny.Status = "no_allow_match", 4
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(refused, deny)); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	var fs server.Page[detect.Finding]
+	e.admin("GET", server.PathAdminFindings, nil, &fs)
+	got := map[string]detect.Finding{}
+	for _, f := range fs.Items {
+		got[f.Detector+" "+f.Identity] = f
+	}
+	if f, ok := got[detect.DetectorRevoked+" "+reportsID]; !ok || f.Severity != detect.High || f.Destination != ordersID || len(f.Records) != 1 {
+		t.Errorf("revoked credential finding: %+v (all: %+v)", f, fs.Items)
+	}
+	if f, ok := got[detect.DetectorProbing+" spiffe://example.org/ns/prod/sa/frontend"]; !ok || f.Evidence["refusals_per_minute"] != "40" {
+		t.Errorf("probing finding: %+v", f)
+	}
+	var one detect.Finding
+	e.admin("GET", server.PathAdminFindings+"/"+fs.Items[0].ID, nil, &one)
+	if one.ID != fs.Items[0].ID {
+		t.Fatalf("finding by ID: %+v", one)
+	}
+	var risk server.Page[detect.IdentityRisk]
+	e.admin("GET", server.PathAdminRisk, nil, &risk)
+	if len(risk.Items) < 2 || risk.Items[0].Identity != reportsID || risk.Items[0].Risk != 0.75 {
+		t.Errorf("risk: %+v", risk.Items)
+	}
+}
+
+// TestRecommendWhatIfRoundTrip: traffic recorded by two sidecars →
+// policies recommended from the traffic snapshot → the what-if endpoint
+// replays the same traffic through them: nothing newly denied; a new
+// edge recorded afterwards is.
+func TestRecommendWhatIfRoundTrip(t *testing.T) {
+	e := start(t, "")
+	orders := e.attest(ordersID)
+	const paymentsID = "spiffe://example.org/ns/prod/sa/payments"
+	payments := e.attest(paymentsID)
+	post := func(n *node, rep wire.RecordReport) {
+		t.Helper()
+		if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+			t.Fatalf("report: %d %s", st, body)
+		}
+	}
+	denied := inboundEdge("spiffe://example.org/ns/prod/sa/frontend", "DELETE", "/orders/{*}", "deny", 3)
+	denied.Reason, denied.Status = "no_allow_match", 4
+	post(orders, e.report(
+		inboundEdge("spiffe://example.org/ns/prod/sa/frontend", "GET", "/orders/{*}", "allow", 50),
+		inboundEdge(reportsID, "GET", "/orders/export", "allow", 2),
+		denied,
+	))
+	failed := inboundEdge(ordersID, "POST", "/payments", "allow", 4)
+	failed.Status = 5 // the same edge, another status class
+	pay := e.report(inboundEdge(ordersID, "POST", "/payments", "allow", 40), failed)
+	pay.Labels = map[string]string{"app": "payments"}
+	post(payments, pay)
+
+	var snap server.TrafficSnapshot
+	e.admin("GET", server.PathAdminTraffic+"?since=1h&namespace=prod", nil, &snap)
+	edges, ws := snap.Detect()
+	rec := detect.Recommend(edges, ws, "prod", snap.Since, snap.Until, nil)
+	if rec.Policies != 3 || rec.Edges != 3 {
+		t.Fatalf("%d policies for %d edges:\n%s", rec.Policies, rec.Edges, rec.YAML)
+	}
+	whatIf := func() server.WhatIfResponse {
+		var res server.WhatIfResponse
+		e.admin("POST", server.PathAdminWhatIf, server.WhatIfRequest{Files: []server.PolicyFile{{Name: "recommended.yaml", Content: rec.YAML}}, Since: "1h"}, &res)
+		return res
+	}
+	// The server takes the recommendation as a policy set.
+	var applied server.PolicyApplyResponse
+	e.admin("POST", server.PathAdminPolicies, server.PolicyApplyRequest{Files: []server.PolicyFile{{Name: "recommended.yaml", Content: rec.YAML}}}, &applied)
+	if applied.Version == 0 {
+		t.Fatalf("apply: %+v", applied)
+	}
+	res := whatIf()
+	if res.NewlyDenied != 0 || res.NewlyAllowed != 0 || len(res.Items) != 4 {
+		t.Fatalf("round trip: %d newly denied, %d newly allowed, %d edges: %+v", res.NewlyDenied, res.NewlyAllowed, len(res.Items), res.Items)
+	}
+
+	// reports starts calling payments: the recommendation denies it.
+	post(payments, func() wire.RecordReport {
+		r := e.report(inboundEdge(reportsID, "POST", "/payments", "allow", 1))
+		r.Labels = map[string]string{"app": "payments"}
+		return r
+	}())
+	res = whatIf()
+	if res.NewlyDenied != 1 || res.Items[0].Source != reportsID || res.Items[0].Destination != "spiffe://example.org/ns/prod/sa/payments" ||
+		res.Items[0].Change != detect.ChangeNewlyDenied || res.Items[0].Reason == "" {
+		t.Fatalf("new edge: %+v", res)
+	}
+
+	for _, tc := range []struct {
+		name string
+		req  server.WhatIfRequest
+		want string
+	}{
+		{"no_files", server.WhatIfRequest{}, "at least one policy file"},
+		{"bad_policy", server.WhatIfRequest{Files: []server.PolicyFile{{Name: "x.yaml", Content: "kind: AuthorizationPolicy\napiVersion: security.istio.io/v1\nmetadata: {name: x, namespace: prod}\nspec: {action: NUKE}\n"}}}, "x.yaml"},
+		{"bad_since", server.WhatIfRequest{Files: []server.PolicyFile{{Name: "r.yaml", Content: rec.YAML}}, Since: "-1h"}, "since"},
+		{"bad_root_namespace", server.WhatIfRequest{Files: []server.PolicyFile{{Name: "r.yaml", Content: rec.YAML}}, RootNamespace: "Not_A_Namespace"}, "root namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, body := e.do(e.client(nil), "POST", server.PathAdminWhatIf, e.token, tc.req)
+			if st != 400 || !strings.Contains(string(body), tc.want) {
+				t.Fatalf("%d %s", st, body)
+			}
+		})
+	}
+	if st, _ := e.do(e.client(nil), "POST", server.PathAdminWhatIf, "", server.WhatIfRequest{}); st != 401 {
+		t.Fatalf("without the admin credential: %d", st)
+	}
+}

@@ -1,0 +1,246 @@
+package server
+
+// The dashboard (internal/ui) wired into the control plane. It reads
+// through the same functions the admin API handlers use, and changes
+// things only by running those handlers in process with the dashboard
+// user as the authenticated actor: a revocation from the dashboard is
+// validated, written, audited (with via=dashboard and the session) and
+// pushed to the mesh exactly as one from the CLI.
+
+import (
+	"bytes"
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/token"
+	"github.com/moatless/moatless/internal/ui"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// dashboardActorKey carries the ui.Actor of a dashboard action into the
+// admin handler it runs (authenticateAdmin, adminCall.event). Only this
+// package sets it; nothing from a request can.
+type dashboardActorKey struct{}
+
+// Dashboard returns the dashboard handler (nil when disabled).
+func (s *Server) Dashboard() *ui.UI { return s.ui }
+
+// initDashboard mounts the dashboard at /ui unless it is disabled. Its
+// session key is derived from the KEK (HKDF-SHA256 with its own label),
+// so replicas sharing the KEK accept each other's sessions, and a leaked
+// session key reveals nothing of the CA's or the token service's keys.
+func (s *Server) initDashboard(ctx context.Context) error {
+	dc := s.cfg.Dashboard
+	if dc.Disabled {
+		return nil
+	}
+	kek, err := s.loadKEK(ctx)
+	if err != nil {
+		return err
+	}
+	key, err := hkdf.Key(sha256.New, kek, nil, "moatless dashboard session v1", 32)
+	clear(kek)
+	if err != nil {
+		return fmt.Errorf("server: derive dashboard session key: %w", err)
+	}
+	d := dashboard{s}
+	cfg := ui.Config{
+		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
+		Logger: s.log.With("component", "ui"), Audit: s.audit,
+		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d,
+	}
+	if dc.OIDCClientID != "" {
+		cfg.OIDC = &ui.OIDC{ClientID: dc.OIDCClientID, AdminRole: dc.AdminRole, Provider: s.oauth.svc, Users: d}
+	}
+	u, err := ui.New(cfg)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.ui = u
+	s.mux.Handle(ui.Prefix, u)
+	s.mux.Handle(ui.Prefix+"/", u)
+	if cfg.OIDC != nil {
+		s.log.Info("dashboard OIDC login", "client_id", dc.OIDCClientID, "redirect_uri", u.RedirectURI(), "admin_role", dc.AdminRole)
+	}
+	return nil
+}
+
+// dashboard implements the dashboard's data sources.
+type dashboard struct{ s *Server }
+
+func (d dashboard) CheckAdminToken(tok string) bool { return d.s.checkAdminToken(tok) }
+
+// AdminTokenBinding is a hash of the admin token's hash: it changes with
+// the token and reveals nothing about it.
+func (d dashboard) AdminTokenBinding() []byte {
+	h := sha256.New()
+	h.Write([]byte("moatless dashboard admin binding v1\x00"))
+	h.Write(d.s.adminHash[:])
+	return h.Sum(nil)[:16]
+}
+
+func (d dashboard) DashboardUser(ctx context.Context, userID, role string) (string, bool, error) {
+	u, err := d.s.db.OAuth().UserByID(ctx, userID)
+	if errors.Is(err, token.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return u.Name, slices.Contains(u.Roles, role), nil
+}
+
+func (d dashboard) Nodes(ctx context.Context) ([]ui.Node, ui.Convergence, error) {
+	ns, err := d.s.nodeStatuses(ctx)
+	if err != nil {
+		return nil, ui.Convergence{}, err
+	}
+	st, err := d.s.policyStatusOf(ctx)
+	if err != nil {
+		return nil, ui.Convergence{}, err
+	}
+	out := make([]ui.Node, len(ns))
+	for i, n := range ns {
+		out[i] = ui.Node{Node: n.Node, Connected: n.Connected, RequiredVersion: n.RequiredVersion, InSync: n.InSync,
+			Enforcing: enforcesPolicy(n.Component), PolicyCurrent: n.PolicyVersion == st.Version}
+	}
+	return out, ui.Convergence{Version: st.Version, Connected: st.Connected, AtVersion: st.AtVersion, Converged: st.Converged}, nil
+}
+
+func (d dashboard) Entries(ctx context.Context) ([]wire.Entry, error) {
+	return d.s.db.ListEntries(ctx, store.EntryFilter{})
+}
+
+func (d dashboard) SVIDs(ctx context.Context, limit int) ([]store.IssuedSVID, int, error) {
+	return d.s.db.SVIDs(ctx, d.s.now(), limit)
+}
+
+func (d dashboard) CA(ctx context.Context) (ui.CAState, error) {
+	seq, _ := d.s.ca.Bundle().SequenceNumber()
+	return ui.CAState{TrustDomain: d.s.td.Name(), BundleSequence: seq, Authorities: d.s.ca.Status()}, nil
+}
+
+func (d dashboard) PolicyHistory(ctx context.Context, before uint64, limit int) ([]store.PolicyVersion, error) {
+	return d.s.db.PolicyHistory(ctx, before, limit)
+}
+
+// PolicyObjects shows each object as YAML, a Rego module as its source.
+func (d dashboard) PolicyObjects(ctx context.Context, version uint64) (uint64, []ui.PolicyObject, error) {
+	v, objs, err := d.s.db.PolicySet(ctx, d.s.db.SQL(), version)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil, &ui.ActionError{Status: http.StatusNotFound, Msg: fmt.Sprintf("There is no policy version %d.", version)}
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	out := make([]ui.PolicyObject, 0, len(objs))
+	for _, o := range objs {
+		var text string
+		if o.Kind == policy.KindRegoModule {
+			var m wire.RegoModule
+			if err := json.Unmarshal(o.Raw, &m); err != nil {
+				return 0, nil, fmt.Errorf("server: module %s: %w", o.Name, err)
+			}
+			text = m.Source
+		} else {
+			y, err := yaml.JSONToYAML(o.Raw)
+			if err != nil {
+				return 0, nil, fmt.Errorf("server: %s: %w", o.PolicyRef, err)
+			}
+			text = string(y)
+		}
+		out = append(out, ui.PolicyObject{PolicyRef: o.PolicyRef, Text: text})
+	}
+	return v, out, nil
+}
+
+func (d dashboard) RollbackPolicy(ctx context.Context, a ui.Actor, version uint64) (uint64, int, error) {
+	var res PolicyChangeResult
+	err := d.s.dashboardCall(ctx, a, d.s.rollbackPolicies, http.MethodPost, PathAdminPolicyRollback, PolicyRollbackRequest{Version: version}, &res)
+	return res.Version, len(res.Changes), err
+}
+
+func (d dashboard) Revocations(ctx context.Context) (store.RevocationList, []ui.RevokedToken, error) {
+	l, err := d.s.db.Revocations(ctx, d.s.now())
+	if err != nil {
+		return l, nil, err
+	}
+	toks, err := d.s.oauthRevokedTokens(ctx)
+	if err != nil {
+		return l, nil, err
+	}
+	out := make([]ui.RevokedToken, len(toks))
+	for i, t := range toks {
+		out[i] = ui.RevokedToken{JTI: t.JTI, ExpiresAt: t.ExpiresAt}
+	}
+	return l, out, nil
+}
+
+func (d dashboard) Revoke(ctx context.Context, a ui.Actor, spiffeID, serial, reason string) error {
+	return d.s.dashboardCall(ctx, a, d.s.createRevocation, http.MethodPost, PathAdminRevocations,
+		RevokeRequest{SPIFFEID: spiffeID, Serial: serial, Reason: reason}, nil)
+}
+
+func (d dashboard) Unrevoke(ctx context.Context, a ui.Actor, spiffeID string) error {
+	return d.s.dashboardCall(ctx, a, d.s.deleteRevocation, http.MethodDelete,
+		PathAdminRevocations+"?"+url.Values{"spiffe_id": {spiffeID}}.Encode(), nil, nil)
+}
+
+func (d dashboard) AuditRecords(ctx context.Context, before uint64, limit int, kinds []string) ([]audit.Record, uint64, error) {
+	recs, err := audit.ListKinds(ctx, d.s.db, before, limit, kinds)
+	if err != nil {
+		return nil, 0, err
+	}
+	var next uint64
+	if len(recs) == limit && recs[len(recs)-1].Seq > 1 {
+		next = recs[len(recs)-1].Seq
+	}
+	return recs, next, nil
+}
+
+// dashboardCall runs admin handler h in process for a dashboard action,
+// with a as the authenticated actor: the same validation, transaction,
+// audit record and push as an admin API call. A refusal (4xx) becomes a
+// *ui.ActionError with the handler's message; a server error stays
+// generic (the handler logged the detail).
+func (s *Server) dashboardCall(ctx context.Context, a ui.Actor, h func(*adminCall), method, target string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	r, err := http.NewRequestWithContext(context.WithValue(ctx, dashboardActorKey{}, a), method, target, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	r.RemoteAddr = a.Remote
+	res := newHeldResponse()
+	s.admin(h).ServeHTTP(res, r)
+	if res.status >= 400 {
+		msg := res.firstError()
+		if res.status >= 500 || msg == "" {
+			return fmt.Errorf("server: dashboard %s %s: status %d", method, target, res.status)
+		}
+		return &ui.ActionError{Status: res.status, Msg: msg}
+	}
+	if out != nil {
+		if err := json.Unmarshal(res.body.Bytes(), out); err != nil {
+			return fmt.Errorf("server: dashboard %s %s: %w", method, target, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,182 @@
+package store_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+)
+
+func TestDetectTraffic(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		m0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+		row := func(m time.Time, reporter, src string, n uint64) store.EdgeRow {
+			return store.EdgeRow{Minute: m, Reporter: reporter, Direction: "inbound", Source: src, Destination: "spiffe://td/ns/prod/sa/orders",
+				Port: 8080, Protocol: "http", Method: "GET", Path: "/orders/{*}", Decision: "allow", Status: 2,
+				Requests: n, RespBytes: n * 100, LatencySum: n * 10, LatencyMax: 30, PIIMatches: 1}
+		}
+		rows := []store.EdgeRow{
+			row(m0, "r1", "spiffe://td/a", 5), row(m0, "r2", "spiffe://td/a", 7),
+			row(m0.Add(time.Minute), "r1", "spiffe://td/a", 1), row(m0.Add(2*time.Minute), "r1", "spiffe://td/b", 2),
+		}
+		rows[3].LatencyMax = 99
+		if err := db.InsertEdges(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tot) != 2 || tot[0].Source != "spiffe://td/b" || tot[1].Requests != 13 || tot[1].RespBytes != 1300 || !tot[1].Minute.Equal(m0) || !tot[1].Last.Equal(m0.Add(time.Minute)) {
+			t.Fatalf("totals: %+v", tot)
+		}
+		if tot[0].LatencyMax != 99 || tot[1].PIIMatches != 3 {
+			t.Fatalf("max latency or PII: %+v", tot)
+		}
+		if tot, _ := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0, Source: "spiffe://td/b"}); len(tot) != 1 {
+			t.Fatalf("source filter: %+v", tot)
+		}
+		if err := db.UpsertWorkload(ctx, store.Workload{SPIFFEID: "spiffe://td/ns/prod/sa/orders", Component: "sidecar", Namespace: "prod",
+			Labels: map[string]string{"app": "orders"}, Ports: []int{8080}, LastSeen: m0}); err != nil {
+			t.Fatal(err)
+		}
+		if tot, _ := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0, Namespace: "prod"}); len(tot) != 2 {
+			t.Fatalf("namespace filter: %+v", tot)
+		}
+		if tot, _ := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0, Namespace: "dev"}); len(tot) != 0 {
+			t.Fatalf("namespace filter: %+v", tot)
+		}
+		var minutes []store.EdgeRow
+		if err := db.EdgeMinutes(ctx, store.EdgeQuery{Since: m0}, func(r store.EdgeRow) error { minutes = append(minutes, r); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(minutes) != 3 || minutes[0].Requests != 12 || !minutes[2].Minute.Equal(m0.Add(2*time.Minute)) {
+			t.Fatalf("minutes: %+v", minutes)
+		}
+		ev, _ := json.Marshal(map[string]string{"decision": "deny"})
+		if err := db.InsertSamples(ctx, []store.Sample{{At: m0, Reporter: "r1", Source: "spiffe://td/a", Decision: "deny", Event: ev},
+			{At: m0.Add(time.Minute), Reporter: "r1", Source: "spiffe://td/b", Decision: "allow", Event: ev}}); err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := db.Samples(ctx, store.SampleQuery{Source: "spiffe://td/a", Limit: 10}); len(l) != 1 || l[0].Decision != "deny" {
+			t.Fatalf("samples: %+v", l)
+		}
+		if n, err := db.PruneTraffic(ctx, m0.Add(90*time.Second)); err != nil || n != 5 { // 3 edge rows, 2 samples
+			t.Fatalf("prune: %d %v", n, err)
+		}
+		if tot, _ := db.EdgeTotals(ctx, store.EdgeQuery{}); len(tot) != 1 || tot[0].Source != "spiffe://td/b" {
+			t.Fatalf("after prune: %+v", tot)
+		}
+		for _, at := range []time.Time{m0, m0.Add(time.Hour)} {
+			k := store.KnownEdge{Source: "a", Destination: "b", Method: "GET", Path: "/", FirstSeen: at}
+			if err := db.AddKnownEdges(ctx, []store.KnownEdge{k, k}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if k, _ := db.KnownEdges(ctx); len(k) != 1 || !k[0].FirstSeen.Equal(m0) {
+			t.Fatalf("known edges keep the first sighting: %+v", k)
+		}
+	})
+}
+
+func TestDetectBlocks(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+		v0, _ := db.Versions(ctx)
+		put := func(b store.Block) {
+			if err := db.Tx(ctx, func(tx *sql.Tx) error { _, err := db.PutBlock(ctx, tx, b); return err }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put(store.Block{Source: "a", Destination: "b", IncidentID: "i1", CreatedBy: "test", CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+		put(store.Block{Source: "a", Destination: "c", CreatedBy: "test", CreatedAt: now})
+		v1, _ := db.Versions(ctx)
+		if v1.Sections[store.SectionRevocations] <= v0.Sections[store.SectionRevocations] {
+			t.Fatal("a block did not bump the revocations version")
+		}
+		if l, _ := db.Blocks(ctx, now); len(l) != 2 || !l[1].ExpiresAt.IsZero() {
+			t.Fatalf("blocks: %+v", l)
+		}
+		if l, _ := db.Blocks(ctx, now.Add(2*time.Hour)); len(l) != 1 || l[0].Destination != "c" {
+			t.Fatalf("a lapsed block is still listed: %+v", l)
+		}
+		var gone []store.Block
+		if err := db.Tx(ctx, func(tx *sql.Tx) error {
+			var err error
+			gone, err = db.PruneBlocks(ctx, tx, now.Add(2*time.Hour))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(gone) != 1 || gone[0].IncidentID != "i1" {
+			t.Fatalf("pruned: %+v", gone)
+		}
+		err := db.Tx(ctx, func(tx *sql.Tx) error { _, err := db.DeleteBlock(ctx, tx, "a", "b"); return err })
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("lifting a pruned block: %v", err)
+		}
+		if err := db.Tx(ctx, func(tx *sql.Tx) error { _, err := db.DeleteBlock(ctx, tx, "a", "c"); return err }); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestDetectFindingsAndIncidents(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+		for i, id := range []string{"f1", "f2", "f3"} {
+			f := store.FindingRow{ID: id, At: now.Add(time.Duration(i) * time.Minute), LastAt: now, Detector: "rate", Severity: "medium",
+				Identity: "spiffe://td/a", Count: 1, Body: json.RawMessage(`{"id":"` + id + `"}`)}
+			if err := db.PutFinding(ctx, db.SQL(), f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := db.PutFinding(ctx, db.SQL(), store.FindingRow{ID: "f1", At: now, LastAt: now.Add(time.Hour), Detector: "rate", Severity: "high",
+			Identity: "spiffe://td/a", Count: 5, IncidentID: "i1", Body: json.RawMessage(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := db.Finding(ctx, "f1")
+		if err != nil || f.Count != 5 || f.IncidentID != "i1" || f.Severity != "high" || !f.LastAt.Equal(now.Add(time.Hour)) {
+			t.Fatalf("updated finding: %+v %v", f, err)
+		}
+		l, _ := db.Findings(ctx, store.FindingQuery{Identity: "spiffe://td/a", Limit: 2})
+		if len(l) != 2 || l[0].ID != "f3" {
+			t.Fatalf("page 1: %+v", l)
+		}
+		l, _ = db.Findings(ctx, store.FindingQuery{Before: l[1].At, Limit: 2})
+		if len(l) != 1 || l[0].ID != "f1" {
+			t.Fatalf("page 2: %+v", l)
+		}
+		if _, err := db.Finding(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown finding: %v", err)
+		}
+		inc := store.IncidentRow{ID: "i1", Identity: "spiffe://td/a", State: "open", OpenedAt: now, UpdatedAt: now, Body: json.RawMessage(`{"x":1}`)}
+		if err := db.PutIncident(ctx, db.SQL(), inc); err != nil {
+			t.Fatal(err)
+		}
+		inc.State, inc.UpdatedAt = "released", now.Add(time.Hour)
+		err = db.Tx(ctx, func(tx *sql.Tx) error {
+			if _, err := db.Incident(ctx, tx, "i1"); err != nil {
+				return err
+			}
+			return db.PutIncident(ctx, tx, inc)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := db.Incidents(ctx, store.IncidentQuery{State: "released", Limit: 10}); len(l) != 1 || !l[0].UpdatedAt.Equal(now.Add(time.Hour)) {
+			t.Fatalf("incidents: %+v", l)
+		}
+		if l, _ := db.Incidents(ctx, store.IncidentQuery{State: "open", Limit: 10}); len(l) != 0 {
+			t.Fatalf("open incidents: %+v", l)
+		}
+	})
+}

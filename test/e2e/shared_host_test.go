@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSharedHostDefaults: what two instances on one host would share, or
+// what another local user could control, is refused with a message that
+// names the setting: a socket directory another user can write or owns,
+// a second agent on the same socket, health address or data directory,
+// and a second sidecar on the default admin address.
+func TestSharedHostDefaults(t *testing.T) {
+	p := startPlane(t)
+	bundle := filepath.Join(p.dataDir, "bundle.pem")
+	agentArgs := func(sock, health, data string) []string {
+		return []string{"agent", "--server", p.addr, "--trust-bundle", bundle, "--socket", sock, "--data-dir", data, "--health-listen", health}
+	}
+	first := p.startAgent(p.joinToken(agentID), t.TempDir())
+
+	worldWritable := shortTempDir(t)
+	os.Chmod(worldWritable, 0o1777)
+	otherUsers := shortTempDir(t)
+	if os.Geteuid() == 0 {
+		os.Chown(otherUsers, 4242, 4242)
+	}
+	usedData := filepath.Join(p.dataDir, "agent-used")
+	held := start(t, "agent-holding-data", append(p.env, "MOATLESS_JOIN_TOKEN="+p.joinToken("spiffe://e2e.test/agent/node3")),
+		agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", usedData)...)
+	waitFor(t, 20*time.Second, "the data directory to be held", func() bool {
+		_, err := os.Stat(filepath.Join(usedData, "node-svid.pem"))
+		return err == nil || held.exited()
+	})
+
+	tests := []struct {
+		name string
+		args []string
+		want []string
+		root bool
+	}{
+		{"world_writable_socket_dir", agentArgs(filepath.Join(worldWritable, "a.sock"), "off", t.TempDir()),
+			[]string{"socket directory " + worldWritable + " is writable by others", "--socket"}, false},
+		{"socket_dir_of_another_user", agentArgs(filepath.Join(otherUsers, "a.sock"), "off", t.TempDir()),
+			[]string{"socket directory " + otherUsers + " belongs to uid 4242", "--socket"}, true},
+		{"second_agent_same_socket", agentArgs(first.sock, "off", t.TempDir()),
+			[]string{"another process is serving " + first.sock, "--socket"}, false},
+		{"second_agent_same_health", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), first.health, t.TempDir()),
+			[]string{"address already in use", "--health-listen"}, false},
+		{"second_agent_same_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", usedData),
+			[]string{"uses " + usedData, "--data-dir"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.root && os.Geteuid() != 0 {
+				t.Skip("needs root to give a directory to another uid")
+			}
+			a := start(t, "agent-"+tt.name, append(p.env, "MOATLESS_JOIN_TOKEN="+p.joinToken("spiffe://e2e.test/agent/"+tt.name)), tt.args...)
+			if code := a.exitCode(t, 30*time.Second); code == 0 {
+				t.Fatalf("exit 0, want a refusal\n%s", a.out.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(a.out.String(), w) {
+					t.Fatalf("the refusal does not say %q:\n%s", w, a.out.String())
+				}
+			}
+		})
+	}
+
+	t.Run("second_sidecar_default_admin", func(t *testing.T) {
+		cfg := func(name string) string {
+			path := filepath.Join(t.TempDir(), name+".yaml")
+			writeTestFile(t, filepath.Dir(path), name+".yaml", fmt.Sprintf(
+				"identity:\n  join: {server: %q, token_file: %s, server_bundle: %s}\noutbound:\n  - {listen: %q, upstream: \"127.0.0.1:1\", spiffe_id: %q}\n",
+				p.addr, p.joinTokenFile("spiffe://e2e.test/ns/prod/sa/"+name), bundle, freeAddr(t), scOrdersID))
+			return path
+		}
+		one := start(t, "sidecar-one", nil, "sidecar", "-config", cfg("one"))
+		waitFor(t, 20*time.Second, "the first sidecar's default admin listener", func() bool {
+			return strings.Contains(one.out.String(), `"admin listening"`) || one.exited()
+		})
+		if one.exited() {
+			t.Skipf("the default admin address 127.0.0.1:15000 is taken on this host:\n%s", one.out.String())
+		}
+		two := start(t, "sidecar-two", nil, "sidecar", "-config", cfg("two"))
+		if code := two.exitCode(t, 30*time.Second); code != 2 {
+			t.Fatalf("second sidecar on the default admin address: exit %d, want 2\n%s", code, two.out.String())
+		}
+		if out := two.out.String(); !strings.Contains(out, "set admin: to a free loopback address") || !strings.Contains(out, `admin: "off"`) {
+			t.Fatalf("no hint to set admin:\n%s", out)
+		}
+	})
+}
