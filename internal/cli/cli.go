@@ -64,7 +64,7 @@ var commands = []command{
 	{"revoke", "revoke a SPIFFE ID or a certificate serial everywhere", runRevoke},
 	{"ca", "show and rotate the certificate authority", runCA},
 	{"svid", "fetch SVIDs and bundles from a Workload API socket", runSVID},
-	{"policy", "policies: check, lint and test offline; networkpolicy (Kubernetes L4 fences); apply, get, delete; history and rollback of versions; rollout status", runPolicy},
+	{"policy", "policies: check, lint and test offline; apply, get, delete; history and rollback of versions; rollout status; recommend and what-if from recorded traffic; networkpolicy (Kubernetes L4 fences)", runPolicy},
 	{"oauth", "manage OAuth 2.0 / OIDC clients, users and tokens", runOAuth},
 	{"secrets", "KV, transit, database credentials, leases and access policies (Vault-compatible API)", runSecrets},
 	{"audit", "verify and read the audit log", runAudit},

@@ -34,7 +34,7 @@ func TestTracedServer(t *testing.T) {
 	defer cancel()
 	ch := e.watch(ctx, n)
 	next(t, ch) // the first update arrives through the traced handler
-	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/ns/prod/sa/x", Reason: "test"}, nil)
+	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/ns/prod/sa/x", Reason: "test", Force: true}, nil)
 	for {
 		if u := next(t, ch); u.Revocations != nil && len(u.Revocations.SPIFFEIDs) > 0 {
 			break

@@ -89,7 +89,8 @@ func TestSharedHostDefaults(t *testing.T) {
 		if code := two.exitCode(t, 30*time.Second); code != 2 {
 			t.Fatalf("second sidecar on the default admin address: exit %d, want 2\n%s", code, two.out.String())
 		}
-		if out := two.out.String(); !strings.Contains(out, "set admin: to a free loopback address") || !strings.Contains(out, `admin: "off"`) {
+		// The reason is in the JSON log line "stopped" (quotes escaped).
+		if out := strings.ReplaceAll(two.out.String(), `\"`, `"`); !strings.Contains(out, "set admin: to a free loopback address") || !strings.Contains(out, `admin: "off"`) {
 			t.Fatalf("no hint to set admin:\n%s", out)
 		}
 	})
