@@ -38,5 +38,15 @@ test: vet
 	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
 	cd deploy/dist && $(GO) test -count=1 -timeout 10m ./...
 
+# The sidecar's HTTP/1.1 fast path parses requests and responses itself;
+# its parsers are fuzzed against net/http's (same accept or reject, same
+# fields and framing) for a bounded time. Not part of "make test" (the
+# instrumented build costs minutes); their seed corpora run there as
+# normal tests.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzH1RequestDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzH1ResponseDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

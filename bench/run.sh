@@ -7,35 +7,70 @@
 #   haproxy:  wrk → haproxy ⇒ mTLS ⇒ haproxy → app
 #
 # Every pair uses the same P-256 certificates (X509-SVIDs with SPIFFE URI
-# SANs from one CA), verifies the peer's certificate both ways, keeps
-# pooled keep-alive connections between the proxies and to the app, and
-# runs one worker each (nginx worker_processes 1, HAProxy nbthread 1, the
-# sidecar GOMAXPROCS=1). The app is an nginx answering "hello" (one worker).
+# SANs from one CA), verifies the peer's certificate both ways over TLS
+# 1.3, keeps pooled keep-alive connections between the proxies and to the
+# app, and runs one worker each (nginx worker_processes 1, HAProxy
+# nbthread 1, the sidecar GOMAXPROCS=1). The app is an nginx answering
+# "hello" (one worker). The moatless pair also enforces STRICT mTLS and an
+# AuthorizationPolicy with principals, methods and paths on every
+# request, sets x-forwarded-client-cert, counts every decision in its
+# metrics and logs 1% of allows (decision_log.allow_sample_rate 0.01). It
+# runs twice: as configured by default (HTTP/1.1 between the sidecars, the
+# HTTP/1.1 fast path), and with disable_http1_fast_path (net/http's server
+# and client only); -2 adds a pair with HTTP/2 between the sidecars.
 #
 # Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
 # connection and what the pair adds over direct; CPU seconds per 1,000
-# requests for each proxy of the pair (utime+stime from /proc during the
-# 32-connection run); RSS, private RSS and PSS at about 1,000 requests/s
-# and RSS after the 32-connection run. (Not VmHWM: the sidecar drops its
-# startup pages once serving, so the peak is the start, not the load.)
+# requests and context switches per request for each proxy of the pair
+# (utime+stime from /proc/PID/stat, voluntary and involuntary switches of
+# every thread from /proc/PID/task/*/status, over the 32-connection run);
+# RSS, private RSS and PSS at about 1,000 requests/s and RSS after the
+# 32-connection run. (Not VmHWM: the sidecar drops its startup pages once
+# serving, so the peak is the start, not the load.)
 #
-# Usage: bench/run.sh [-d SECONDS] [-o results.md]
-# Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
-# Only 127.0.0.1 is used; everything started is stopped on exit.
+# -i counts instructions instead (valgrind's callgrind, repeatable on a
+# loaded machine where CPU time is not): each proxy runs under callgrind
+# with collection off, is warmed up, then collects over a wrk run at 8
+# connections; reported is instructions per request for each proxy of
+# the pair. (Go sidecars run with GODEBUG=asyncpreemptoff=1, without
+# which callgrind fails on the runtime's preemption signals; nginx with
+# master_process off.)
+#
+# -p runs the sidecars with keep_startup_pages: true (they keep the
+# executable's startup pages mapped instead of releasing them once
+# serving), for their memory without that release.
+#
+# -k sets everything up, prints each setup's port and proxy PIDs, and
+# keeps it running until interrupted: for strace, perf or pprof by hand.
+#
+# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-r ROUNDS] [-i] [-2] [-p] [-k]
+# Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy
+# wrk), and valgrind for -i. Only 127.0.0.1 is used; everything started
+# is stopped on exit.
 set -euo pipefail
 
 DUR=10
 OUT=""
-while getopts "d:o:" opt; do
+INSTR=""
+H2=""
+KEEP=""
+PAGES=""
+ROUNDS=1
+while getopts "d:o:r:i2pk" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE]" >&2; exit 2 ;;
+	i) INSTR=1 ;;
+	2) H2=1 ;;
+	p) PAGES=1 ;;
+	r) ROUNDS=$OPTARG ;;
+	k) KEEP=1 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-r ROUNDS] [-i] [-2] [-p] [-k]" >&2; exit 2 ;;
 	esac
 done
 
-for cmd in go openssl nginx haproxy wrk; do
-	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx haproxy wrk openssl)" >&2; exit 2; }
+for cmd in go openssl nginx haproxy wrk ${INSTR:+valgrind callgrind_control}; do
+	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx haproxy wrk openssl valgrind)" >&2; exit 2; }
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +87,8 @@ trap cleanup EXIT
 BASE=$((20000 + ($$ % 400) * 100))
 APP=$BASE
 MO_IN=$((BASE + 1)) MO_OUT=$((BASE + 2)) MO_ADM1=$((BASE + 3)) MO_ADM2=$((BASE + 4))
-MO_OUT1=$((BASE + 5)) MO_ADM3=$((BASE + 6))
+MO_IN0=$((BASE + 5)) MO_OUT0=$((BASE + 6)) MO_ADM3=$((BASE + 7)) MO_ADM4=$((BASE + 8))
+MO_OUT2=$((BASE + 9)) MO_ADM5=$((BASE + 10))
 NG_IN=$((BASE + 11)) NG_OUT=$((BASE + 12))
 HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
 
@@ -85,9 +121,11 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$APP; location / { return 200 "hello\n"; } } }
 CONF
 
-# --- nginx pair ---
+# --- nginx pair (under callgrind: one process, no master) ---
+NGX_SINGLE=""
+[ -n "$INSTR" ] && NGX_SINGLE="master_process off;"
 cat > ngin/nginx.conf <<CONF
-worker_processes 1; daemon off; pid $W/ngin/pid; error_log $W/ngin/error.log warn;
+worker_processes 1; daemon off; ${NGX_SINGLE:-} pid $W/ngin/pid; error_log $W/ngin/error.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$APP; keepalive 64; }
@@ -100,7 +138,7 @@ http { access_log off; keepalive_requests 1000000;
   } }
 CONF
 cat > ngout/nginx.conf <<CONF
-worker_processes 1; daemon off; pid $W/ngout/pid; error_log $W/ngout/error.log warn;
+worker_processes 1; daemon off; ${NGX_SINGLE:-} pid $W/ngout/pid; error_log $W/ngout/error.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   upstream peer { server 127.0.0.1:$NG_IN; keepalive 64; }
@@ -152,7 +190,7 @@ backend peer
   server peer 127.0.0.1:$HA_IN ssl crt $W/client.bundle.pem ca-file $W/ca.pem verify required verifyhost localhost ssl-min-ver TLSv1.3
 CONF
 
-# --- moatless pair (files mode, STRICT, one ALLOW policy) ---
+# --- moatless pairs (files mode, STRICT, an ALLOW policy with principals, methods and paths) ---
 mkdir -p pol
 cat > pol/p.yaml <<CONF
 apiVersion: security.istio.io/v1
@@ -167,48 +205,66 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["bench.test/ns/prod/sa/frontend"]}}]
-    to: [{operation: {methods: ["GET"]}}]
+    to: [{operation: {methods: ["GET", "HEAD"], paths: ["/", "/api/*"]}}]
 CONF
-cat > moin.yaml <<CONF
+inbound_conf() { # listen admin extra
+	cat <<CONF
 identity: {files: {cert: $W/server.pem, key: $W/server.key, bundle: $W/ca.pem}}
 namespace: prod
 labels: {app: orders}
-inbound: [{listen: "127.0.0.1:$MO_IN", app: "127.0.0.1:$APP"}]
+inbound: [{listen: "127.0.0.1:$1", app: "127.0.0.1:$APP"}]
 policy: {files: [$W/pol]}
-admin: "127.0.0.1:$MO_ADM1"
+decision_log: {allow_sample_rate: 0.01}
+admin: "127.0.0.1:$2"
+$3
 CONF
-cat > moout.yaml <<CONF
+}
+outbound_conf() { # listen upstream admin outbound-extra extra
+	cat <<CONF
 identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
-outbound: [{listen: "127.0.0.1:$MO_OUT", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders", upstream_http2: true}]
-admin: "127.0.0.1:$MO_ADM2"
+outbound: [{listen: "127.0.0.1:$1", upstream: "127.0.0.1:$2", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"$4}]
+admin: "127.0.0.1:$3"
+$5
 CONF
-# The same with the default: HTTP/1.1 requests stay HTTP/1.1 between the sidecars.
-cat > moout1.yaml <<CONF
-identity: {files: {cert: $W/client.pem, key: $W/client.key, bundle: $W/ca.pem}}
-outbound: [{listen: "127.0.0.1:$MO_OUT1", upstream: "127.0.0.1:$MO_IN", spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"}]
-admin: "127.0.0.1:$MO_ADM3"
-CONF
+}
+inbound_conf "$MO_IN" "$MO_ADM1" "" > moin.yaml
+outbound_conf "$MO_OUT" "$MO_IN" "$MO_ADM2" "" "" > moout.yaml
+inbound_conf "$MO_IN0" "$MO_ADM3" "disable_http1_fast_path: true" > moin0.yaml
+outbound_conf "$MO_OUT0" "$MO_IN0" "$MO_ADM4" "" "disable_http1_fast_path: true" > moout0.yaml
+outbound_conf "$MO_OUT2" "$MO_IN" "$MO_ADM5" ", upstream_http2: true" "" > moout2.yaml
+if [ -n "$PAGES" ]; then
+	for f in moin.yaml moout.yaml moin0.yaml moout0.yaml moout2.yaml; do echo "keep_startup_pages: true" >> "$f"; done
+fi
 
+# Under -i every proxy runs under callgrind, collecting nothing until told.
+VG=()
+GOVG=""
+if [ -n "$INSTR" ]; then
+	VG=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$W/cg.%p")
+	GOVG="GODEBUG=asyncpreemptoff=1"
+fi
 startp() { # name cmd...
 	"${@:2}" >"$W/$1.log" 2>&1 &
 	PIDS+=($!)
 	eval "PID_$1=$!"
 }
 startp app nginx -c "$W/app/nginx.conf" -p "$W/app"
-startp ngin nginx -c "$W/ngin/nginx.conf" -p "$W/ngin"
-startp ngout nginx -c "$W/ngout/nginx.conf" -p "$W/ngout"
-startp hain haproxy -db -f "$W/hain.cfg"
-startp haout haproxy -db -f "$W/haout.cfg"
+startp ngin "${VG[@]}" nginx -c "$W/ngin/nginx.conf" -p "$W/ngin"
+startp ngout "${VG[@]}" nginx -c "$W/ngout/nginx.conf" -p "$W/ngout"
+startp hain "${VG[@]}" haproxy -db -f "$W/hain.cfg"
+startp haout "${VG[@]}" haproxy -db -f "$W/haout.cfg"
 # SIDECAR_ENV adds environment to the sidecars, e.g. SIDECAR_ENV="GOGC=200".
-env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moin.yaml" >"$W/moin.log" 2>&1 &
-PIDS+=($!); PID_moin=$!
-env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moout.yaml" >"$W/moout.log" 2>&1 &
-PIDS+=($!); PID_moout=$!
-env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/moatless" sidecar -config "$W/moout1.yaml" >"$W/moout1.log" 2>&1 &
-PIDS+=($!); PID_moout1=$!
+sidecar() { # name config
+	startp "$1" env GOMAXPROCS=1 $GOVG ${SIDECAR_ENV:-} "${VG[@]}" "$W/moatless" sidecar -config "$W/$2"
+}
+sidecar moin moin.yaml
+sidecar moout moout.yaml
+sidecar moin0 moin0.yaml
+sidecar moout0 moout0.yaml
+[ -n "$H2" ] && sidecar moout2 moout2.yaml
 
 waitport() {
-	for _ in $(seq 1 200); do
+	for _ in $(seq 1 1200); do
 		if curl -s -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
 		sleep 0.05
 	done
@@ -216,17 +272,72 @@ waitport() {
 	cat "$W"/*.log >&2
 	exit 1
 }
-for p in $APP $NG_OUT $HA_OUT $MO_OUT $MO_OUT1; do waitport "$p"; done
-for p in $NG_OUT $HA_OUT $MO_OUT $MO_OUT1; do
-	body=$(curl -s "http://127.0.0.1:$p/x")
-	[ "$body" = "hello" ] || { echo "bench: 127.0.0.1:$p answered '$body', not hello" >&2; cat "$W"/*.log >&2; exit 1; }
+SETUPS=(moatless moatless-nethttp)
+[ -n "$H2" ] && SETUPS+=(moatless-h2)
+SETUPS+=(nginx haproxy)
+declare -A PORT=([direct]=$APP [moatless]=$MO_OUT [moatless-nethttp]=$MO_OUT0 [moatless-h2]=$MO_OUT2 [nginx]=$NG_OUT [haproxy]=$HA_OUT)
+for s in direct "${SETUPS[@]}"; do waitport "${PORT[$s]}"; done
+for s in "${SETUPS[@]}"; do
+	body=$(curl -s "http://127.0.0.1:${PORT[$s]}/api/check")
+	[ "$body" = "hello" ] || { echo "bench: $s answered '$body', not hello" >&2; cat "$W"/*.log >&2; exit 1; }
 done
 
-# nginx forks workers: measure the worker (the child of the master).
-worker_of() { pgrep -P "$1" | head -1; }
-WPID_ngin=$(worker_of "$PID_ngin"); WPID_ngout=$(worker_of "$PID_ngout")
+# The processes measured: nginx forks its worker (the child of the master)
+# unless it runs as one process.
+worker_of() { if [ -n "$INSTR" ]; then echo "$1"; else pgrep -P "$1" | head -1; fi; }
+declare -A PA=([moatless]=$PID_moout [moatless-nethttp]=$PID_moout0 [moatless-h2]=${PID_moout2:-} [nginx]=$(worker_of "$PID_ngout") [haproxy]=$PID_haout)
+declare -A PB=([moatless]=$PID_moin [moatless-nethttp]=$PID_moin0 [moatless-h2]=$PID_moin [nginx]=$(worker_of "$PID_ngin") [haproxy]=$PID_hain)
+label() {
+	case $1 in
+	moatless) echo "moatless pair (default: HTTP/1.1 between sidecars, fast path)" ;;
+	moatless-nethttp) echo "moatless pair, disable_http1_fast_path (net/http only)" ;;
+	moatless-h2) echo "moatless pair, upstream_http2 (HTTP/2 between sidecars)" ;;
+	*) echo "$1 pair" ;;
+	esac
+}
+
+if [ -n "$KEEP" ]; then
+	for s in direct "${SETUPS[@]}"; do
+		echo "$s: http://127.0.0.1:${PORT[$s]}/ proxies ${PA[$s]:-} ${PB[$s]:-}"
+	done
+	echo "bench: running until interrupted; files in $W" >&2
+	while :; do sleep 3600; done
+fi
+
+if [ -n "$INSTR" ]; then
+	# Instructions per request: warm up (pools, sessions, the first
+	# faults), zero the counters, collect over one wrk run, dump.
+	ir() { # pid → instructions collected since the last zeroing
+		callgrind_control -d "$1" >/dev/null
+		awk '/^totals:/ {print $2; exit}' "$(ls -t "$W"/cg."$1".* | head -1)"
+	}
+	declare -A IR_A IR_B REQS
+	for s in "${SETUPS[@]}"; do
+		port=${PORT[$s]} pa=${PA[$s]} pb=${PB[$s]}
+		wrk -t1 -c8 -d5s "http://127.0.0.1:$port/" >/dev/null
+		callgrind_control -i on "$pa" >/dev/null; callgrind_control -i on "$pb" >/dev/null
+		callgrind_control -z "$pa" >/dev/null; callgrind_control -z "$pb" >/dev/null
+		out=$(wrk -t1 -c8 -d"${DUR}s" "http://127.0.0.1:$port/")
+		REQS[$s]=$(awk '/requests in/ {print $1}' <<<"$out")
+		IR_A[$s]=$(ir "$pa") IR_B[$s]=$(ir "$pb")
+		callgrind_control -i off "$pa" >/dev/null; callgrind_control -i off "$pb" >/dev/null
+		echo "bench: $s done" >&2
+	done
+	{
+		echo "Instructions per request (callgrind), loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s at 8 connections per setup after a 5s warm-up; $(date -u +%Y-%m-%dT%H:%MZ)."
+		echo
+		echo "| setup | requests counted | instructions / request (client-side proxy) | instructions / request (server-side proxy) |"
+		echo "|---|---:|---:|---:|"
+		for s in "${SETUPS[@]}"; do
+			echo "| $(label "$s") | ${REQS[$s]} | $(awk -v i="${IR_A[$s]}" -v n="${REQS[$s]}" 'BEGIN {printf "%.0f", i / n}') | $(awk -v i="${IR_B[$s]}" -v n="${REQS[$s]}" 'BEGIN {printf "%.0f", i / n}') |"
+		done
+	} | tee "${OUT:-/dev/null}"
+	exit 0
+fi
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of every thread, voluntary (blocking) and not.
+ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {n += $2} END {print n}'; }
 HZ=$(getconf CLK_TCK)
 
 to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
@@ -247,7 +358,7 @@ anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 mem() { awk -v k="$(rss "$1")" -v a="$(anon "$1")" -v p="$(pss "$1")" 'BEGIN {printf "%.1f (%.1f private, PSS %.1f)", k / 1024, a / 1024, p / 1024}'; }
 
-declare -A RPS P50 P99 CPU_A CPU_B RSS_A RSS_B LOW_RPS LOW_A LOW_B
+declare -A RPS P50 P99 CPU_A CPU_B CS_A CS_B RSS_A RSS_B LOW_RPS LOW_A LOW_B
 measure() { # setup port pidA pidB
 	local name=$1 port=$2 pa=${3:-} pb=${4:-}
 	local out
@@ -260,8 +371,8 @@ measure() { # setup port pidA pidB
 	fi
 	# warm up: pools, sessions, caches
 	wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null
-	local a0=0 b0=0
-	[ -n "$pa" ] && a0=$(ticks "$pa") && b0=$(ticks "$pb")
+	local a0=0 b0=0 ca0=0 cb0=0
+	[ -n "$pa" ] && a0=$(ticks "$pa") && b0=$(ticks "$pb") && ca0=$(ctxsw "$pa") && cb0=$(ctxsw "$pb")
 	local reqs
 	out=$(wrk -t2 -c32 -d"${DUR}s" "http://127.0.0.1:$port/")
 	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
@@ -269,6 +380,8 @@ measure() { # setup port pidA pidB
 	if [ -n "$pa" ]; then
 		CPU_A[$name]=$(awk -v t="$(( $(ticks "$pa") - a0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
 		CPU_B[$name]=$(awk -v t="$(( $(ticks "$pb") - b0 ))" -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}')
+		CS_A[$name]=$(awk -v c="$(( $(ctxsw "$pa") - ca0 ))" -v n="$reqs" 'BEGIN {printf "%.2f", c / n}')
+		CS_B[$name]=$(awk -v c="$(( $(ctxsw "$pb") - cb0 ))" -v n="$reqs" 'BEGIN {printf "%.2f", c / n}')
 		RSS_A[$name]=$(( $(rss "$pa") / 1024 ))
 		RSS_B[$name]=$(( $(rss "$pb") / 1024 ))
 	fi
@@ -278,26 +391,27 @@ measure() { # setup port pidA pidB
 	echo "bench: $name done" >&2
 }
 
-measure direct "$APP"
-measure moatless "$MO_OUT" "$PID_moout" "$PID_moin"
-measure moatless-h1 "$MO_OUT1" "$PID_moout1" "$PID_moin"
-measure nginx "$NG_OUT" "$WPID_ngout" "$WPID_ngin"
-measure haproxy "$HA_OUT" "$PID_haout" "$PID_hain"
-
+# -r ROUNDS measures every setup ROUNDS times, each round in another
+# order (rotated by one setup), and prints one table per round: on a
+# shared machine whose load drifts, a setup measured first and one
+# measured last see different machines; rounds in rotated order show it.
 add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
-{
-	echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)."
-	echo
-	echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side proxy) | CPU s / 1k req (server-side proxy) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for s in direct moatless moatless-h1 nginx haproxy; do
-		if [ "$s" = direct ]; then
-			echo "| direct | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | – | – | – | – | – | – |"
-		else
-			label="$s pair"
-			[ "$s" = moatless ] && label="moatless pair (upstream_http2: HTTP/2 between sidecars)"
-			[ "$s" = moatless-h1 ] && label="moatless pair (default: HTTP/1.1 between sidecars)"
-			echo "| $label | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} | ${CPU_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
-		fi
-	done
-} | tee "${OUT:-/dev/null}"
+[ -n "$OUT" ] && : >"$OUT"
+for round in $(seq 1 "$ROUNDS"); do
+	k=$(( (round - 1) % ${#SETUPS[@]} ))
+	ORDER=("${SETUPS[@]:$k}" "${SETUPS[@]:0:$k}")
+	measure direct "$APP"
+	for s in "${ORDER[@]}"; do measure "$s" "${PORT[$s]}" "${PA[$s]}" "${PB[$s]}"; done
+	{
+		[ "$round" -gt 1 ] && echo
+		[ "$ROUNDS" -gt 1 ] && echo "Round $round of $ROUNDS, measured in this order: ${ORDER[*]}."
+		echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)${PAGES:+; sidecars keep their startup pages (-p)}${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
+		echo
+		echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | – | – | – | – | – | – |"
+		for s in "${SETUPS[@]}"; do
+			echo "| $(label "$s") | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} / ${CPU_B[$s]} | ${CS_A[$s]} / ${CS_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+		done
+	} | tee -a "${OUT:-/dev/null}"
+done

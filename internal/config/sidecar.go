@@ -95,6 +95,13 @@ type Sidecar struct {
 	// minor faults on a cold path matter more than RSS.
 	KeepStartupPages bool `json:"keep_startup_pages,omitempty"`
 
+	// DisableHTTP1FastPath serves HTTP/1.1 with Go's net/http server
+	// and client only. By default the common shape of HTTP/1.1 request
+	// is served by the sidecar's own strict parser on one goroutine per
+	// connection, at about half the CPU per request, and everything else
+	// by net/http.
+	DisableHTTP1FastPath bool `json:"disable_http1_fast_path,omitempty"`
+
 	DecisionLog SidecarDecisionLog `json:"decision_log"`
 	// Traffic configures the traffic record sent to the server in join
 	// mode (see SidecarTraffic); on by default there.

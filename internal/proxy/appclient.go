@@ -82,7 +82,7 @@ func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		pc.nc.Close()
-		if !reused || attempt > 0 || !replayable(req) || req.Context().Err() != nil || errors.Is(err, errBadHeader) {
+		if !reused || attempt > 0 || !replayable(req.Method, req.Header) || req.Context().Err() != nil || errors.Is(err, errBadHeader) {
 			return nil, err
 		}
 	}
@@ -100,13 +100,16 @@ func (a *appClient) lean(req *http.Request) bool {
 	return !up && req.Method != http.MethodConnect
 }
 
-func replayable(req *http.Request) bool {
-	switch req.Method {
+// replayable reports whether a request may be sent again after its
+// connection failed, as net/http.Transport decides: an idempotent method,
+// or an idempotency key.
+func replayable(method string, h http.Header) bool {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
 	}
-	_, k1 := req.Header["Idempotency-Key"]
-	_, k2 := req.Header["X-Idempotency-Key"]
+	_, k1 := h["Idempotency-Key"]
+	_, k2 := h["X-Idempotency-Key"]
 	return k1 || k2
 }
 
@@ -217,57 +220,72 @@ func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http
 	return resp, nil
 }
 
-// writeRequest writes the request head and body with one flush. Header
-// names and values are checked as net/http.Transport checks them: a value
-// a policy put in (a JWT claim) must not smuggle a second header or
-// request. Headers go out sorted by name, as net/http writes them: an app
-// that folds two names into one sees the same winner every time.
+// writeRequest writes the request head and body with one flush.
 func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
-	if !httpguts.ValidHostHeader(host) {
-		return fmt.Errorf("%w: host %q", errBadHeader, host)
+	b := bufPool.Get().(*[]byte)
+	defer bufPool.Put(b)
+	head, err := appendRequestHead((*b)[:0], req.Method, req.URL.RequestURI(), host, req.Header, int64(len(body)))
+	if err != nil {
+		return err
 	}
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(req.URL.RequestURI())
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
+	bw.Write(head)
+	bw.Write(body)
+	return bw.Flush()
+}
+
+// appendRequestHead appends an HTTP/1.1 request head to dst: the request
+// line, Host, h's fields, and the framing of a body of length bytes (-1:
+// chunked). Header names and values are checked as net/http.Transport
+// checks them: a value a policy put in (a JWT claim) must not smuggle a
+// second header or request. Headers go out sorted by name, as net/http
+// writes them: an app that folds two names into one sees the same winner
+// every time. h's Host, Content-Length and Transfer-Encoding are not
+// written; the framing is.
+func appendRequestHead(dst []byte, method, target, host string, h http.Header, length int64) ([]byte, error) {
+	if !httpguts.ValidHostHeader(host) {
+		return dst, fmt.Errorf("%w: host %q", errBadHeader, host)
+	}
+	dst = append(dst, method...)
+	dst = append(dst, ' ')
+	dst = append(dst, target...)
+	dst = append(dst, " HTTP/1.1\r\nHost: "...)
+	dst = append(dst, host...)
+	dst = append(dst, "\r\n"...)
 	var keyBuf [32]string
 	keys := keyBuf[:0]
-	for k := range req.Header {
-		if k != "Host" && k != "Content-Length" {
+	for k := range h {
+		if k != "Host" && k != "Content-Length" && k != "Transfer-Encoding" {
 			keys = append(keys, k)
 		}
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		vv := req.Header[k]
 		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("%w: name %q", errBadHeader, k)
+			return dst, fmt.Errorf("%w: name %q", errBadHeader, k)
 		}
-		for _, v := range vv {
+		for _, v := range h[k] {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Errorf("%w: value of %s", errBadHeader, k)
+				return dst, fmt.Errorf("%w: value of %s", errBadHeader, k)
 			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+			dst = append(dst, k...)
+			dst = append(dst, ": "...)
+			dst = append(dst, v...)
+			dst = append(dst, "\r\n"...)
 		}
 	}
-	if len(body) > 0 || methodWantsLength(req.Method) {
-		var b [20]byte
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(b[:0], int64(len(body)), 10))
-		bw.WriteString("\r\n")
+	switch {
+	case length < 0:
+		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
+	case length > 0 || methodWantsLength(method):
+		dst = append(dst, "Content-Length: "...)
+		dst = strconv.AppendInt(dst, length, 10)
+		dst = append(dst, "\r\n"...)
 	}
-	bw.WriteString("\r\n")
-	bw.Write(body)
-	return bw.Flush()
+	return append(dst, "\r\n"...), nil
 }
 
 func methodWantsLength(m string) bool {

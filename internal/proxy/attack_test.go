@@ -282,7 +282,7 @@ func rawH2(t *testing.T, c net.Conn, method, path string, headers [][2]string) i
 
 // startAttackSidecar runs an orders sidecar in front of app enforcing
 // docs under mode.
-func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.PathNormalization, app string) string {
+func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.PathNormalization, app string, sp serverPath) string {
 	t.Helper()
 	parsed, err := policy.Parse(strings.NewReader(docs))
 	if err != nil {
@@ -292,7 +292,7 @@ func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.P
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, inL := startEngineSidecar(t, ca, set, app, true)
+	_, inL := startEngineSidecar(t, ca, set, app, true, sp.edit)
 	return inL.Addr().String()
 }
 
@@ -302,7 +302,9 @@ func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.P
 // resolves dot segments serves as /internal/keys, past the DENY; it is 400
 // now, over every transport and in every path_normalization mode, and the
 // app never sees it.
-func TestFragmentInTargetIsRefused(t *testing.T) {
+func TestFragmentInTargetIsRefused(t *testing.T) { forServerPaths(t, testFragmentInTargetIsRefused) }
+
+func testFragmentInTargetIsRefused(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
 	targets := []string{
@@ -312,7 +314,7 @@ func TestFragmentInTargetIsRefused(t *testing.T) {
 		"/api/x#",
 	}
 	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
-		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr)
+		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr, sp)
 		for _, tr := range attackTransports(ca) {
 			t.Run(strings.ToLower(mode.String())+"/"+tr.name, func(t *testing.T) {
 				// The same transport reaches the app with a plain target,
@@ -391,7 +393,9 @@ func genTargets(n int) []string {
 // into the inbound listener in every mode, and through an outbound
 // listener (which forwards the target normalized the same way) to it.
 // Whatever is refused is refused before policy and never reaches the app.
-func TestForwardedTargetIsDecided(t *testing.T) {
+func TestForwardedTargetIsDecided(t *testing.T) { forServerPaths(t, testForwardedTargetIsDecided) }
+
+func testForwardedTargetIsDecided(t *testing.T, sp serverPath) {
 	app := newRecordingApp(t)
 	targets := genTargets(250)
 	check := func(t *testing.T, authz *recordingAuthz, addr string, mode policy.PathNormalization) {
@@ -428,6 +432,7 @@ func TestForwardedTargetIsDecided(t *testing.T) {
 			startSidecar(t, Config{
 				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 				Inbound: []Inbound{{Listener: inL, App: app.addr}}, Authorizer: authz,
+				DisableHTTP1FastPath: sp.disable,
 			})
 			check(t, authz, inL.Addr().String(), mode)
 		})
@@ -435,7 +440,7 @@ func TestForwardedTargetIsDecided(t *testing.T) {
 	for _, http1 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("outbound/http1=%v", http1), func(t *testing.T) {
 			authz := &recordingAuthz{mode: policy.NormalizeBase}
-			p := newPairHTTP1(t, authz, app.addr, HTTP, http1)
+			p := newPairWith(t, authz, app.addr, HTTP, http1, sp.edit)
 			check(t, authz, strings.TrimPrefix(p.outboundURL, "http://"), policy.NormalizeBase)
 		})
 	}
@@ -496,10 +501,12 @@ func foldName(n string) string { return strings.ToLower(strings.ReplaceAll(n, "_
 // other headers pass whatever their spelling. Headers reach the app in
 // sorted order, so which of two folded names wins never depends on a
 // random map order.
-func TestOwnedHeaderTwinsAreDropped(t *testing.T) {
+func TestOwnedHeaderTwinsAreDropped(t *testing.T) { forServerPaths(t, testOwnedHeaderTwinsAreDropped) }
+
+func testOwnedHeaderTwinsAreDropped(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
 	// any: dropped under every spelling (the sidecar sets or strips it);
 	// otherwise only the spellings with "_" are dropped.
 	forged := []struct {
@@ -581,9 +588,13 @@ func TestOwnedHeaderTwinsAreDropped(t *testing.T) {
 // the sidecar: an app that merges trailers into headers (older servlet
 // containers did) must not see a forged x-forwarded-client-cert there.
 func TestRequestTrailersCannotCarryOwnedHeaders(t *testing.T) {
+	forServerPaths(t, testRequestTrailersCannotCarryOwnedHeaders)
+}
+
+func testRequestTrailersCannotCarryOwnedHeaders(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -617,10 +628,14 @@ func TestRequestTrailersCannotCarryOwnedHeaders(t *testing.T) {
 // the caller sent them, policy saw them, and removing them would let a
 // caller delete what a proxy in front added.
 func TestConnectionCannotRemoveSidecarHeaders(t *testing.T) {
+	forServerPaths(t, testConnectionCannotRemoveSidecarHeaders)
+}
+
+func testConnectionCannotRemoveSidecarHeaders(t *testing.T, sp serverPath) {
 	jwks, token := newTestIssuer(t)
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, withRequestAuthentication(jwks), policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, withRequestAuthentication(jwks), policy.NormalizeBase, app.addr, sp)
 	bearer := [2]string{"Authorization", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Unix() + 300})}
 	tests := []struct {
 		name    string
@@ -703,10 +718,12 @@ func h2cApp(t *testing.T) (addr string, upgrades func() int) {
 // (WebSocket) are forwarded; Upgrade, HTTP2-Settings and Connection are
 // stripped otherwise, the request is served as a plain one, and the
 // connection stays HTTP/1.1.
-func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+func TestH2CUpgradeIsNotForwarded(t *testing.T) { forServerPaths(t, testH2CUpgradeIsNotForwarded) }
+
+func testH2CUpgradeIsNotForwarded(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app, upgrades := h2cApp(t)
-	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app, sp)
 	tests := []struct {
 		name    string
 		headers [][2]string
@@ -788,8 +805,12 @@ func switchingApp(t *testing.T) string {
 // the sidecar did not ask to upgrade, or switching to another protocol
 // than the one asked for, gets no tunnel: the caller gets 502.
 func TestUnaskedProtocolSwitchIsRefused(t *testing.T) {
+	forServerPaths(t, testUnaskedProtocolSwitchIsRefused)
+}
+
+func testUnaskedProtocolSwitchIsRefused(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
-	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, switchingApp(t))
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, switchingApp(t), sp)
 	for _, tc := range []struct {
 		name    string
 		headers [][2]string
@@ -812,10 +833,12 @@ func TestUnaskedProtocolSwitchIsRefused(t *testing.T) {
 
 // TestConnectIsRefused: CONNECT opens a tunnel whose bytes policy never
 // sees; an HTTP listener refuses it with 405 whatever its target.
-func TestConnectIsRefused(t *testing.T) {
+func TestConnectIsRefused(t *testing.T) { forServerPaths(t, testConnectIsRefused) }
+
+func testConnectIsRefused(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr, sp)
 	for _, target := range []string{"/api/x", "app.internal:443"} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -844,6 +867,10 @@ func TestConnectIsRefused(t *testing.T) {
 // not at all on a listener configured with no upgrades; a listener cannot
 // be configured to forward h2c or anything else.
 func TestUpgradesFollowListenerConfig(t *testing.T) {
+	forServerPaths(t, testUpgradesFollowListenerConfig)
+}
+
+func testUpgradesFollowListenerConfig(t *testing.T, sp serverPath) {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
 	l := listen(t)
@@ -868,6 +895,7 @@ func TestUpgradesFollowListenerConfig(t *testing.T) {
 			startSidecar(t, Config{
 				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 				Inbound: []Inbound{{Listener: inL, App: l.Addr().String(), Upgrades: tc.upgrades}}, Authorizer: allow,
+				DisableHTTP1FastPath: sp.disable,
 			})
 			ws, err := websocket.Dial("ws://"+inL.Addr().String()+"/ws", "", "http://localhost/")
 			if (err == nil) != tc.wantWS {
@@ -894,10 +922,12 @@ func TestUpgradesFollowListenerConfig(t *testing.T) {
 // app must not serve another one. The headers IIS, older Symfony and some
 // Java stacks read a target from (X-Original-URL, X-Rewrite-URL,
 // X-Original-URI) never reach the app, under any spelling.
-func TestPathOverrideIsStripped(t *testing.T) {
+func TestPathOverrideIsStripped(t *testing.T) { forServerPaths(t, testPathOverrideIsStripped) }
+
+func testPathOverrideIsStripped(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
 	headers := [][2]string{
 		{"X-Original-URL", "/admin"},
 		{"x_original_url", "/admin"},
@@ -929,10 +959,12 @@ func TestPathOverrideIsStripped(t *testing.T) {
 // parameter (Symfony, Laravel, Express's method-override), however its
 // name is escaped or spelled for PHP; the rest of the query is kept as
 // sent.
-func TestMethodOverrideIsStripped(t *testing.T) {
+func TestMethodOverrideIsStripped(t *testing.T) { forServerPaths(t, testMethodOverrideIsStripped) }
+
+func testMethodOverrideIsStripped(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
 	headers := [][2]string{
 		{"X-HTTP-Method-Override", "DELETE"},
 		{"x_http_method_override", "DELETE"},
@@ -983,10 +1015,12 @@ func TestMethodOverrideIsStripped(t *testing.T) {
 // a port out of range, percent-encoding, userinfo) is a 400 before any
 // decision, as a malformed path is, rather than a policy denial that
 // depends on what the policies happen to say.
-func TestMalformedHostIsRefused(t *testing.T) {
+func TestMalformedHostIsRefused(t *testing.T) { forServerPaths(t, testMalformedHostIsRefused) }
+
+func testMalformedHostIsRefused(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr, sp)
 	conf := &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
 	send := func(t *testing.T, mtls bool, host string) int {
 		t.Helper()

@@ -25,6 +25,12 @@ import (
 // RequestAuthentication asks for, no token is decided by policy, and a
 // revoked jti is refused.
 func TestRequestAuthenticationWithRealEngine(t *testing.T) {
+	for _, v := range clientPaths {
+		t.Run(v.name, func(t *testing.T) { testRequestAuthenticationWithRealEngine(t, v) })
+	}
+}
+
+func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 	jwks, token := newTestIssuer(t)
 	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -63,8 +69,8 @@ spec:
 	t.Cleanup(func() { srv.Close() })
 
 	ca := testpki.NewCA(t, "example.org")
-	s, inL := startEngineSidecar(t, ca, set, l.Addr().String(), false)
-	c := mtlsClient(t, ca, frontendID, ordersID)
+	s, inL := startEngineSidecar(t, ca, set, l.Addr().String(), false, v.server.edit)
+	c := v.client(t, ca, frontendID, ordersID)
 	now := time.Now().Unix()
 	valid := token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": now + 300, "jti": "j-1"})
 	tests := []struct {
@@ -140,6 +146,35 @@ spec:
 		resp.Body.Close()
 		if resp.StatusCode != 401 {
 			t.Fatalf("revoked token: %d", resp.StatusCode)
+		}
+	})
+	t.Run("token_of_a_revoked_identity_is_401", func(t *testing.T) {
+		// Issued to a workload since revoked: refused however valid, while
+		// the caller's own connection (another identity) stays allowed.
+		const reportsID = "spiffe://example.org/ns/prod/sa/reports"
+		stolen := token(map[string]any{"iss": "https://issuer.example", "sub": "dave", "azp": reportsID, "exp": now + 300, "jti": "j-azp"})
+		for _, tc := range []struct {
+			name string
+			rev  *wire.Revocations
+			want int
+		}{
+			{"before_the_revocation", &wire.Revocations{}, 200},
+			{"after_the_revocation", &wire.Revocations{SPIFFEIDs: []string{reportsID}}, 401},
+		} {
+			s.SetRevocations(tc.rev)
+			req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+			req.Header.Set("Authorization", "Bearer "+stolen)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("%s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+			}
+			if tc.want == 200 {
+				<-seen
+			}
 		}
 	})
 }
@@ -232,7 +267,8 @@ func compileSet(t testing.TB, docs string) *policy.Set {
 // inbound listener forwarding to app, enforcing set with the real JWT
 // verifier: given in Config when viaConfig, else pushed with
 // SetAuthorizerContext as version 1.
-func startEngineSidecar(t testing.TB, ca *testpki.CA, set *policy.Set, app string, viaConfig bool) (*Sidecar, net.Listener) {
+// edit, when given, changes the config before the sidecar starts.
+func startEngineSidecar(t testing.TB, ca *testpki.CA, set *policy.Set, app string, viaConfig bool, edit ...func(*Config)) (*Sidecar, net.Listener) {
 	t.Helper()
 	v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
 	t.Cleanup(func() { v.Close() })
@@ -244,6 +280,9 @@ func startEngineSidecar(t testing.TB, ca *testpki.CA, set *policy.Set, app strin
 	}
 	if viaConfig {
 		cfg.Authorizer = set
+	}
+	for _, e := range edit {
+		e(&cfg)
 	}
 	s := startSidecar(t, cfg)
 	if !viaConfig {

@@ -11,9 +11,15 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
+// TestBlockedPair runs on both server paths, with HTTP/1.1 between the
+// sidecars (the fast path's case on both sides).
 func TestBlockedPair(t *testing.T) {
+	forServerPaths(t, testBlockedPair)
+}
+
+func testBlockedPair(t *testing.T, sp serverPath) {
 	app := echoApp(t)
-	p := newPair(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP)
+	p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP, true, sp.edit)
 	// A client that keeps its connection to the inbound sidecar: the
 	// outbound sidecar's pool.
 	c := &http.Client{}
@@ -59,8 +65,12 @@ func TestBlockedPair(t *testing.T) {
 }
 
 func TestIsolatedWorkloadEgressCut(t *testing.T) {
+	forServerPaths(t, testIsolatedWorkloadEgressCut)
+}
+
+func testIsolatedWorkloadEgressCut(t *testing.T, sp serverPath) {
 	app := echoApp(t)
-	p := newPair(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP)
+	p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP, true, sp.edit)
 	c := &http.Client{}
 	if code, _ := get(t, c, "GET", p.outboundURL+"/"); code != 200 {
 		t.Fatalf("before: %d", code)

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -45,6 +46,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
 	var conn, up, te []string
 	for k, v := range h {
+		if !hopHeader(k) {
+			continue
+		}
 		switch k {
 		case "Connection":
 			conn = v
@@ -52,18 +56,12 @@ func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
 			up = v
 		case "Te":
 			te = v
-		case "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-			"Trailer", "Transfer-Encoding", "Http2-Settings":
-		default:
-			continue
 		}
 		delete(h, k)
 	}
-	if len(allowed) > 0 && httpguts.HeaderValuesContainsToken(conn, "upgrade") {
-		upgrade = pickUpgrade(up, allowed)
-	}
+	upgrade = upgradeOf(conn, up, allowed)
 	for _, v := range te {
-		if strings.EqualFold(strings.TrimSpace(v), "trailers") {
+		if keepTE(v) {
 			h["Te"] = []string{"trailers"}
 			break
 		}
@@ -73,6 +71,31 @@ func removeHopHeaders(h http.Header, allowed []string) (upgrade string) {
 		h["Upgrade"] = []string{upgrade}
 	}
 	return upgrade
+}
+
+// hopHeader reports whether a canonical field name is hop-by-hop (see
+// removeHopHeaders).
+func hopHeader(k string) bool {
+	switch k {
+	case "Connection", "Upgrade", "Te", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Http2-Settings":
+		return true
+	}
+	return false
+}
+
+// keepTE reports whether a TE value is the "trailers" that survives
+// removeHopHeaders.
+func keepTE(v string) bool { return strings.EqualFold(strings.TrimSpace(v), "trailers") }
+
+// upgradeOf is the protocol a message's Connection and Upgrade values ask
+// to switch to among allowed, "" for none: removeHopHeaders' answer,
+// without changing anything.
+func upgradeOf(conn, up, allowed []string) string {
+	if len(allowed) == 0 || !httpguts.HeaderValuesContainsToken(conn, "upgrade") {
+		return ""
+	}
+	return pickUpgrade(up, allowed)
 }
 
 // pickUpgrade is the first protocol of an Upgrade field (RFC 9110 section
@@ -164,43 +187,42 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	if r.ContentLength == 0 {
 		r.Body = nil
 	}
-	if r.ProtoMajor == 1 && upgrade == "" && r.ContentLength != 0 {
-		// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads) read
-		// the answer while it is still sending.
-		_ = http.NewResponseController(w).EnableFullDuplex()
+	var body *bodyReader
+	if r.ContentLength != 0 && r.Body != nil {
+		body = &bodyReader{ReadCloser: r.Body}
+		r.Body = body
+		if r.ProtoMajor == 1 && upgrade == "" {
+			// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads)
+			// read the answer while it is still sending.
+			_ = http.NewResponseController(w).EnableFullDuplex()
+		}
 	}
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
 			return 0, 0 // the client went away; nobody to answer
 		}
-		f.s.metrics.upstreamErrors.WithLabelValues(f.name).Inc()
-		// url.Error would print the request URL, query included, and a
-		// query can carry a token (RequestAuthentication fromParams).
-		logErr := err
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			logErr = ue.Err
-		}
-		f.s.log.Warn("forward failed", "listener", f.name, "method", r.Method, "path", r.URL.Path, "err", logErr)
 		if f.onError != nil {
+			// The gateway's own answers (a body over its limit is a 413).
+			f.logFailed(r.Method, r.URL.Path, err)
 			f.onError(w, r, err)
 			return
 		}
-		body := "upstream connect error or disconnect/reset before headers"
-		if f.errBody != nil {
-			body = f.errBody(err)
+		if body != nil && body.failed() {
+			// The caller's body is malformed (a bad chunk): the request
+			// is refused, as one with a malformed head is, and the
+			// connection goes with it.
+			w.Header().Set("Connection", "close")
+			badRequest(w)
+			return http.StatusBadRequest, 0
 		}
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		io.WriteString(w, body)
+		f.failed(w, r.Method, r.URL.Path, err)
 		return http.StatusServiceUnavailable, 0
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {
 			resp.Body.Close()
-			f.s.log.Warn("protocol switch refused", "listener", f.name, "asked", upgrade, "answered", resp.Header.Get("Upgrade"))
-			http.Error(w, "upstream switched protocols unasked", http.StatusBadGateway)
+			f.refuseSwitch(w, upgrade, resp.Header.Get("Upgrade"))
 			return http.StatusBadGateway, 0
 		}
 		f.upgrade(w, r, resp, onHijack)
@@ -265,6 +287,56 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		}
 	}
 	return resp.StatusCode, respBytes
+}
+
+// bodyReader remembers whether reading a request body failed otherwise
+// than by its end.
+type bodyReader struct {
+	io.ReadCloser
+	err atomic.Bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.err.Store(true)
+	}
+	return n, err
+}
+
+func (b *bodyReader) failed() bool { return b.err.Load() }
+
+// failed answers a request that could not be forwarded (err) and counts
+// and logs it; path is the decoded path, never the query.
+func (f *forwarder) failed(w http.ResponseWriter, method, path string, err error) {
+	f.logFailed(method, path, err)
+	body := "upstream connect error or disconnect/reset before headers"
+	if f.errBody != nil {
+		body = f.errBody(err)
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(w, body)
+}
+
+// logFailed counts and logs a request that could not be forwarded.
+func (f *forwarder) logFailed(method, path string, err error) {
+	f.s.metrics.upstreamErrors.WithLabelValues(f.name).Inc()
+	// url.Error would print the request URL, query included, and a
+	// query can carry a token (RequestAuthentication fromParams).
+	logErr := err
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		logErr = ue.Err
+	}
+	f.s.log.Warn("forward failed", "listener", f.name, "method", method, "path", path, "err", logErr)
+}
+
+// refuseSwitch answers 502 to a 101 that switches to another protocol
+// than asked ("" when none was).
+func (f *forwarder) refuseSwitch(w http.ResponseWriter, asked, answered string) {
+	f.s.log.Warn("protocol switch refused", "listener", f.name, "asked", asked, "answered", answered)
+	http.Error(w, "upstream switched protocols unasked", http.StatusBadGateway)
 }
 
 // upgrade completes a protocol switch (WebSocket): the 101 goes to the

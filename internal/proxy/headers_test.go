@@ -38,12 +38,14 @@ spec:
 	set := compileSet(t, docs)
 	// However the policy arrives, the sidecar derives the same strip list
 	// and normalization from it.
-	for _, via := range []string{"set_authorizer", "config_authorizer"} {
-		t.Run(via, func(t *testing.T) { testInboundServesWhatPolicySaw(t, set, via == "config_authorizer") })
-	}
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		for _, via := range []string{"set_authorizer", "config_authorizer"} {
+			t.Run(via, func(t *testing.T) { testInboundServesWhatPolicySaw(t, set, via == "config_authorizer", sp) })
+		}
+	})
 }
 
-func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig bool) {
+func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig bool, sp serverPath) {
 
 	type seenReq struct{ user, payload, uri string }
 	seen := make(chan seenReq, 8)
@@ -56,7 +58,7 @@ func testInboundServesWhatPolicySaw(t *testing.T, set *policy.Set, viaConfig boo
 	t.Cleanup(func() { srv.Close() })
 
 	ca := testpki.NewCA(t, "example.org")
-	_, inL := startEngineSidecar(t, ca, set, l.Addr().String(), viaConfig)
+	_, inL := startEngineSidecar(t, ca, set, l.Addr().String(), viaConfig, sp.edit)
 
 	// Raw requests over mTLS, so the request target reaches the sidecar
 	// exactly as written (an http.Client would clean some of it).

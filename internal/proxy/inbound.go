@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -44,6 +45,10 @@ type inbound struct {
 	httpSrv *http.Server  // nil for TCP
 	hl      *chanListener // feeds accepted, authenticated conns to httpSrv
 	fwd     *forwarder
+	// app is the fast path's client of the app, nil when the fast path
+	// is off for this listener.
+	app     *appClient
+	fast    fastConns
 	dialApp func(ctx context.Context) (net.Conn, error)
 
 	conns   sync.Map // net.Conn → *connInfo, every live conn
@@ -100,7 +105,13 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		ib.name = fmt.Sprintf("inbound-%d", ib.port)
 	}
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	ib.dialApp = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+	ib.dialApp = func(ctx context.Context) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return withRawSyscalls(c), nil
+	}
 
 	if c.Protocol == TCP {
 		ib.tlsConf = s.tls.serverConfig(nil)
@@ -129,6 +140,9 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		rt = &appClient{dial: ib.dialApp, fallback: tr, maxIdle: s.cfg.MaxIdleConnsPerApp, idleTimeout: 30 * time.Second, now: time.Now}
 	}
 	ib.fwd = &forwarder{rt: rt, upgrades: upgradesOf(c.Upgrades), scheme: "http", host: host, name: ib.name, s: s}
+	if a, ok := rt.(*appClient); ok && s.fastPathOn() {
+		ib.app = a
+	}
 	ib.hl = newChanListener()
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
@@ -144,9 +158,9 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		ErrorLog:          log.New(io.Discard, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if v, ok := ib.conns.Load(c); ok {
-				return context.WithValue(ctx, connInfoKey{}, v.(*connInfo))
+				ctx = context.WithValue(ctx, connInfoKey{}, v.(*connInfo))
 			}
-			return ctx
+			return markHandoff(ctx, c)
 		},
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateClosed {
@@ -223,6 +237,7 @@ func (ib *inbound) destination(ip netip.Addr) policy.Destination {
 // and the handshake, registers it for revocation, then serves it.
 func (ib *inbound) handle(c net.Conn) {
 	s := ib.s
+	c = withRawSyscalls(c)
 	s.metrics.active.WithLabelValues(ib.name).Inc()
 	ib.open.Add(1)
 	info := &connInfo{}
@@ -311,9 +326,26 @@ func (ib *inbound) handle(c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Time{})
 
+	// HTTP/1.1 (by ALPN, or plaintext that may still turn out to be h2c)
+	// goes to the fast path when it is on; a caller whose responses are
+	// sampled for PII stays on net/http's path, where the sampler runs.
+	var fc *fastConn
+	if tc, ok := conn.(*tls.Conn); ib.app != nil && !s.rec.samplesPII(info.peer) && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
+		fc = newFastConn(s, conn, ib.streams.isDraining)
+		defer func() {
+			if fc.buf != nil { // not served: an early return below
+				fc.release()
+			}
+		}()
+	}
+	closeConn := func() { conn.Close() }
+	if fc != nil {
+		// Revocation also fails the exchange with the app in flight.
+		closeConn = fc.abort
+	}
 	ib.conns.Store(conn, info)
 	if info.peer != "" {
-		info.entry = s.live.add(func() { conn.Close() }, idKey(info.peer), serialKey(info.serial))
+		info.entry = s.live.add(closeConn, idKey(info.peer), serialKey(info.serial))
 		// A revocation may have landed between the handshake's check and
 		// the registration; the sweep would have missed this connection.
 		rs := s.revoked.Load()
@@ -337,13 +369,38 @@ func (ib *inbound) handle(c net.Conn) {
 		conn.Close()
 		return
 	}
-	if ib.cfg.Protocol == TCP {
+	switch {
+	case ib.cfg.Protocol == TCP:
 		ib.serveTCP(conn, info)
+		return
+	case fc != nil:
+		ib.serveFast(fc, conn, info)
 		return
 	}
 	if !ib.hl.push(conn) {
 		ib.connDone(conn)
 		conn.Close()
+	}
+}
+
+// serveFast serves an HTTP/1.1 connection on the fast path until it ends
+// or is handed to net/http's server.
+func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
+	ib.fast.add(fc)
+	o := fc.serve(func(fc *fastConn) fastOutcome { return ib.fastRequest(fc, info, ib.app) })
+	ib.fast.remove(fc)
+	if o != fastHandoff {
+		fc.release()
+		ib.connDone(conn)
+		conn.Close()
+		return
+	}
+	hc := fc.handoff()
+	ib.conns.Delete(conn)
+	ib.conns.Store(hc, info)
+	if ib.closed.Load() || !ib.hl.push(hc) {
+		ib.connDone(hc)
+		hc.Close()
 	}
 }
 
@@ -433,8 +490,9 @@ func (ib *inbound) serveTCP(conn net.Conn, info *connInfo) {
 	pipe(app, app, conn, conn)
 }
 
-// logDecision records a decision with the request's attributes.
-func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded bool, version uint64, info *connInfo, r *http.Request) {
+// logDecision records a decision with the request's attributes; r, nil
+// for a TCP connection, is the request as policy saw it.
+func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded bool, version uint64, info *connInfo, r *decidedRequest) {
 	reason := reasonOf(dec, loaded)
 	fill := func(ev *DecisionEvent) {
 		ev.Listener = ib.name
@@ -443,9 +501,9 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		ev.Destination = destString(ib.s.cfg.Namespace, ib.port)
 		ev.Protocol = ib.cfg.Protocol.String()
 		if r != nil {
-			ev.Method = r.Method
-			ev.Path = r.URL.Path
-			ev.RequestID = r.Header.Get("X-Request-Id")
+			ev.Method = r.method
+			ev.Path = decodedPath(r.np.Path())
+			ev.RequestID = r.header.Get("X-Request-Id")
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
@@ -457,32 +515,210 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 	}
 }
 
+// decodedPath is a normalized path percent-decoded, as logs show paths
+// (net/http's URL.Path).
+func decodedPath(p string) string {
+	if d, err := url.PathUnescape(p); err == nil {
+		return d
+	}
+	return p
+}
+
 // applyAuth makes the header and query edits RequestAuthentication asked
 // for on an allowed request: output headers set, the token removed unless
-// forwardOriginalToken.
+// forwardOriginalToken (for the gateway, through ApplyAuth).
 func applyAuth(r *http.Request, auth *policy.Auth) {
-	if auth == nil {
-		return
+	if q, changed := authEdits(r.Header, r.URL.RawQuery, auth); changed {
+		r.URL.RawQuery = q
 	}
-	h := r.Header
+}
+
+// authEdits makes RequestAuthentication's header edits on h and returns
+// query without the token's parameters (the rest as sent), and whether
+// that changed it.
+func authEdits(h http.Header, query string, auth *policy.Auth) (string, bool) {
+	if auth == nil {
+		return query, false
+	}
 	for _, k := range auth.RemoveHeaders {
 		h.Del(k)
 	}
 	for k, v := range auth.SetHeaders {
 		h.Set(k, v)
 	}
-	if len(auth.RemoveQueryParams) > 0 && r.URL.RawQuery != "" {
-		// The token's parameter goes; the rest stays as sent.
-		r.URL.RawQuery, _ = removeQueryParams(r.URL.RawQuery, func(name string) bool {
+	if len(auth.RemoveQueryParams) > 0 && query != "" {
+		return removeQueryParams(query, func(name string) bool {
 			return slices.Contains(auth.RemoveQueryParams, name)
 		})
 	}
+	return query, false
 }
 
 var reqPool = sync.Pool{New: func() any { return new(policy.Request) }}
 
-// ServeHTTP is the inbound request path: strip the caller's
-// x-forwarded-client-cert, authenticate and authorize, then forward.
+// decidedRequest is one inbound request as policy decided it. Both
+// server paths (net/http's and the HTTP/1.1 fast path) fill it with
+// decide, answer a refusal with answerDenied, and apply allowed to
+// what they forward, so the two cannot differ in what reaches the app.
+type decidedRequest struct {
+	method string
+	// header is the request's header, hop-by-hop and owned fields
+	// removed: what policy saw and, with allowed's additions, what the
+	// app gets.
+	header http.Header
+	// upgrade is the protocol switch forwarded ("" for none).
+	upgrade string
+	// np is the target decided on and forwarded.
+	np         policy.RequestPath
+	overridden bool // np lost a _method parameter
+	dec        policy.Decision
+	loaded     bool
+	version    uint64
+	auth       *policy.Auth
+}
+
+// decide runs one request through the inbound path up to the decision:
+// hop-by-hop fields are removed from the request as received (so nothing
+// the sidecar adds can be named away by the caller's Connection, and only
+// an upgrade this listener carries survives), then the headers the
+// sidecar writes for the app under any spelling the app could fold into
+// the same name (the filter), then the target is normalized as the policy
+// set says (Istio's meshConfig.pathNormalization) by the one call that
+// gives both the path the engine matches and the target forwarded, a
+// _method override dropped from its query, and policy decides on the
+// request's own method. ok is false for a target refused outright (a
+// fragment, NUL, a malformed escape) or a Host that names no host
+// (policy.CheckRequestHost: hosts rules would deny it, but only where a
+// policy has them): a 400, not a decision. h is changed in place.
+func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
+	s := ib.s
+	r.method, r.header, r.version = method, h, st.version
+	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
+	st.filter(ib.name).strip(h)
+	np, perr := policy.NormalizeRequestPath(target, st.mode)
+	if perr != nil || policy.CheckRequestHost(host) != nil {
+		return r, false
+	}
+	r.np, r.overridden = stripMethodOverride(np)
+	req := reqPool.Get().(*policy.Request)
+	*req = policy.Request{
+		Protocol:       policy.HTTP,
+		Source:         policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
+		RemoteIP:       info.srcIP,
+		Destination:    ib.destination(info.dstIP),
+		SNI:            info.sni,
+		Time:           s.cfg.Now(),
+		Method:         method,
+		Host:           host,
+		Path:           r.np.Target(),
+		NormalizedPath: r.np,
+		Headers:        h,
+	}
+	req.Destination.Principal = info.own
+	r.dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
+	if r.loaded = st.authz != nil; r.loaded {
+		r.dec = st.authz.Evaluate(req, s.verifier())
+	}
+	r.auth = req.Auth
+	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
+		// A token issued to or for a revoked identity is refused on
+		// every path, however valid its signature and lifetime.
+		r.dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
+	*req = policy.Request{}
+	reqPool.Put(req)
+	ib.logDecision(ctx, r.dec, r.loaded, r.version, info, &r)
+	return r, true
+}
+
+// record notes in ob what was decided: the path, the decision, the reason
+// of a refusal and the issuer of the token that authenticated it.
+func (r *decidedRequest) record(ob *Observation) {
+	ob.Path, ob.Decision = r.np.Path(), r.dec.Outcome.String()
+	if r.dec.Outcome != policy.Allow {
+		ob.Reason = string(reasonOf(r.dec, r.loaded))
+	}
+	if r.auth != nil {
+		ob.Token, _ = r.auth.Claims["iss"].(string)
+	}
+}
+
+// filter is the header filter of listener name under this policy.
+func (st *policyState) filter(name string) *headerFilter {
+	if hf := st.headers[name]; hf != nil {
+		return hf
+	}
+	return baseHeaderFilter
+}
+
+// answerDenied answers a request policy did not allow (401 for an invalid
+// token, 403 or a CUSTOM provider's status otherwise) and returns the
+// status it answered; 0 means allowed.
+func (ib *inbound) answerDenied(w http.ResponseWriter, r *decidedRequest) int {
+	switch r.dec.Outcome {
+	case policy.Allow:
+		return 0
+	case policy.Unauthenticated:
+		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, "Jwt verification fails")
+		return http.StatusUnauthorized
+	}
+	body := "RBAC: access denied"
+	if ib.s.cfg.DenyNamesPolicy && r.dec.Policy != "" {
+		body += " by " + r.dec.Policy
+	}
+	status := http.StatusForbidden
+	if r.dec.Status != 0 { // a CUSTOM provider's choice, 400-599
+		status = r.dec.Status
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+	return status
+}
+
+// allowed makes the changes an allowed request gets before it is
+// forwarded: RequestAuthentication's header edits, the headers an
+// allowing CUSTOM provider asked for (the policy package refused framing
+// and identity headers), and the verified caller in
+// x-forwarded-client-cert. It returns the query to forward, without the
+// token's parameter when RequestAuthentication removes it (the rest as
+// sent), and whether that changed it.
+func (r *decidedRequest) allowed(info *connInfo) (query string, changed bool) {
+	h := r.header
+	query, _ = r.np.Query()
+	query, changed = authEdits(h, query, r.auth)
+	for k, v := range r.dec.Headers {
+		h[k] = []string{v}
+	}
+	if info.xfcc != nil {
+		h[xfccHeader] = info.xfcc
+	}
+	return query, changed
+}
+
+// jti is the ID of the token that authenticated the request, "" for none.
+func (r *decidedRequest) jti() string {
+	if r.auth == nil {
+		return ""
+	}
+	jti, _ := r.auth.Claims["jti"].(string)
+	return jti
+}
+
+// observation is the traffic record of one request from info's peer
+// (reqBytes: the body's Content-Length, -1 for unknown), counted by the
+// caller when the request ends on either server path.
+func (ib *inbound) observation(info *connInfo, method string, reqBytes int64) Observation {
+	return Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(),
+		Method: method, ReqBytes: max(reqBytes, 0)}
+}
+
+// ServeHTTP is the inbound request path of net/http's server: strip the
+// caller's x-forwarded-client-cert, authenticate and authorize, then
+// forward (see decide).
 func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := ib.s
 	info, _ := r.Context().Value(connInfoKey{}).(*connInfo)
@@ -490,14 +726,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
+	handedOff(w, r)
 	// The traffic record of this request, counted when it ends (the
 	// deferred call runs on every return, and when a body copy aborts).
 	var ob Observation
 	if s.rec != nil {
-		ob = Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(), Method: r.Method}
-		if r.ContentLength > 0 {
-			ob.ReqBytes = r.ContentLength
-		}
+		ob = ib.observation(info, r.Method, r.ContentLength)
 		start := time.Now()
 		defer func() {
 			ob.Latency = time.Since(start)
@@ -507,156 +741,73 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// One policy version for the whole request: its strip list, path
 	// normalization and decision.
 	st := s.policy.Load()
-	authz, version := st.authz, st.version
 	if r.Method == http.MethodConnect {
 		// A tunnel: its bytes would pass no policy.
 		refuseConnect(w)
 		ob.Decision, ob.Reason, ob.Status = "deny", "connect", http.StatusMethodNotAllowed
 		return
 	}
-	h := r.Header
-	// Hop-by-hop fields go first, from the request as received: nothing
-	// the sidecar adds below can be named away by the caller's Connection,
-	// and only an upgrade this listener carries survives.
-	upgrade := removeHopHeaders(h, ib.fwd.upgrades)
 	var span trace.Span
 	if s.cfg.Tracer != nil {
+		// Before the decision, so that its log and audit event carry the
+		// trace ID.
 		var sw *telemetry.StatusWriter
 		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
 			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
 		w = sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
-	// Headers the sidecar writes for the app are its alone: a caller's
-	// copy, under any spelling the app could fold into the same name, is
-	// dropped whether or not it sends a token, from the header and from
-	// the trailer.
-	hf := st.headers[ib.name]
-	if hf == nil {
-		hf = baseHeaderFilter
-	}
-	hf.strip(h)
-	hf.guardTrailers(r)
-
-	// The app is served the target policy decided on: one call normalizes
-	// it as the policy set says (Istio's meshConfig.pathNormalization)
-	// and gives both the path the engine matches (NormalizedPath) and the
-	// target forwarded, so the two cannot differ. A target refused
-	// outright (a fragment, NUL, malformed escape) is a 400, not a policy
-	// decision.
-	np, perr := policy.NormalizeRequestPath(r.RequestURI, st.mode)
-	if perr != nil || r.URL.Opaque != "" || policy.CheckRequestHost(r.Host) != nil {
-		// A Host that names no host is refused here too: hosts rules
-		// would deny it anyway, but only where a policy has them.
+	if r.URL.Opaque != "" {
 		badRequest(w)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
-	// Policy decides on r.Method: a _method override in the query is
-	// dropped before it does (override headers went with the filter).
-	np, overridden := stripMethodOverride(np)
-	if np.Changed() || overridden {
-		setTarget(r.URL, np)
+	d, ok := ib.decide(r.Context(), st, info, r.Method, r.RequestURI, r.Host, r.Header)
+	// Trailer fields of a caller's body are filtered as its header was.
+	st.filter(ib.name).guardTrailers(r)
+	if !ok {
+		badRequest(w)
+		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
+		return
 	}
-	req := reqPool.Get().(*policy.Request)
-	*req = policy.Request{
-		Protocol:       policy.HTTP,
-		Source:         policy.Source{Principal: info.principal, IP: info.srcIP, CertSHA256: info.certSHA256},
-		RemoteIP:       info.srcIP,
-		Destination:    ib.destination(info.dstIP),
-		SNI:            info.sni,
-		Time:           s.cfg.Now(),
-		Method:         r.Method,
-		Host:           r.Host,
-		Path:           np.Target(),
-		NormalizedPath: np,
-		Headers:        h,
+	if d.np.Changed() || d.overridden {
+		setTarget(r.URL, d.np)
 	}
-	req.Destination.Principal = info.own
-	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
-	if authz != nil {
-		dec = authz.Evaluate(req, s.verifier())
-	}
-	auth := req.Auth
-	if auth != nil && s.revoked.Load().revokedIdentityToken(auth.Claims) {
-		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
-	}
-	*req = policy.Request{}
-	reqPool.Put(req)
-	ib.logDecision(r.Context(), dec, authz != nil, version, info, r)
-	if s.rec != nil {
-		ob.Path, ob.Decision = np.Path(), dec.Outcome.String()
-		if dec.Outcome != policy.Allow {
-			ob.Reason = string(reasonOf(dec, authz != nil))
-		}
-		if auth != nil {
-			ob.Token, _ = auth.Claims["iss"].(string)
-		}
-	}
+	d.record(&ob)
 	if span != nil {
-		span.SetAttributes(decisionAttrs(dec, authz != nil, version, info, auth)...)
+		span.SetAttributes(decisionAttrs(d.dec, d.loaded, d.version, info, d.auth)...)
 		if r.URL.Path != "" {
 			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
 		}
 	}
-
-	switch dec.Outcome {
-	case policy.Allow:
-	case policy.Unauthenticated:
-		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusUnauthorized)
-		io.WriteString(w, "Jwt verification fails")
-		ob.Status = http.StatusUnauthorized
-		return
-	default:
-		body := "RBAC: access denied"
-		if s.cfg.DenyNamesPolicy && dec.Policy != "" {
-			body += " by " + dec.Policy
-		}
-		status := http.StatusForbidden
-		if dec.Status != 0 { // a CUSTOM provider's choice, 400-599
-			status = dec.Status
-		}
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(status)
-		io.WriteString(w, body)
+	if status := ib.answerDenied(w, &d); status != 0 {
 		ob.Status = status
 		return
 	}
-
-	if auth != nil {
-		applyAuth(r, auth)
-		// A request authenticated with a token is cut off when that
-		// token's jti is revoked, however long it streams.
-		if jti, _ := auth.Claims["jti"].(string); jti != "" {
-			ctx, cancel := context.WithCancel(r.Context())
-			defer cancel()
-			e := s.live.add(cancel, jtiKey(jti))
-			defer s.live.remove(e)
-			if s.revoked.Load().hasJTI(jti) {
-				cancel()
-			}
-			r = r.WithContext(ctx)
+	if q, changed := d.allowed(info); changed {
+		r.URL.RawQuery = q
+	}
+	// A request authenticated with a token is cut off when that token's
+	// jti is revoked, however long it streams.
+	if jti := d.jti(); jti != "" {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		e := s.live.add(cancel, jtiKey(jti))
+		defer s.live.remove(e)
+		if s.revoked.Load().hasJTI(jti) {
+			cancel()
 		}
-	}
-	// Headers an allowing CUSTOM provider asked for replace the caller's
-	// (the policy package refused framing and identity headers).
-	for k, v := range dec.Headers {
-		h[k] = []string{v}
-	}
-	if info.xfcc != nil {
-		h[xfccHeader] = info.xfcc
+		r = r.WithContext(ctx)
 	}
 	if span != nil {
-		propagate(r.Context(), h)
+		propagate(r.Context(), r.Header)
 	}
 	fw := w
 	pw := s.rec.piiSampler(w, info.peer)
 	if pw != nil {
 		fw = pw
 	}
-	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, upgrade, func(c net.Conn) func() {
+	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, func(c net.Conn) func() {
 		// The upgraded stream outlives the HTTP server's view of the
 		// connection; keep it registered for revocation until it ends.
 		return func() { ib.connDone(c) }

@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,6 +36,11 @@ type outbound struct {
 	tr      *http.Transport
 	httpSrv *http.Server
 	fwd     *forwarder
+	// app is the fast path's client of the upstream (nil: the fast path
+	// is off); hl then feeds httpSrv the connections it hands off.
+	app  *appClient
+	hl   *chanListener
+	fast fastConns
 
 	upstreamID      string // cfg.ID as a string, for records
 	upstreamRevoked atomic.Bool
@@ -104,15 +110,22 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 		Protocols:         protos,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
 		ErrorLog:          log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, st http.ConnState) {
+		ConnContext:       markHandoff,
+		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
+				if _, handedOff := markHandoff(context.Background(), c).Value(handoffKey{}).(bool); handedOff {
+					return // counted by the fast path's accept
+				}
 				s.metrics.active.WithLabelValues(ob.name).Inc()
 				s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
 			case http.StateClosed, http.StateHijacked:
 				s.metrics.active.WithLabelValues(ob.name).Dec()
 			}
 		},
+	}
+	if a, ok := rt.(*appClient); ok && s.fastPathOn() {
+		ob.app, ob.hl = a, newChanListener()
 	}
 	return ob, nil
 }
@@ -138,7 +151,9 @@ func (ob *outbound) errBody(err error) string {
 // listener's Accept, for TCP in the connection's goroutine, after the
 // accept loop has counted a successful accept.
 func (ob *outbound) serve() error {
-	if ob.httpSrv != nil {
+	if ob.app != nil {
+		go ob.httpSrv.Serve(ob.hl)
+	} else if ob.httpSrv != nil {
 		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
@@ -167,6 +182,10 @@ func (ob *outbound) serve() error {
 				c.Close()
 				return
 			}
+			if ob.app != nil {
+				ob.serveFast(withRawSyscalls(c))
+				return
+			}
 			ob.serveTCP(c)
 		}()
 	}
@@ -175,6 +194,9 @@ func (ob *outbound) serve() error {
 func (ob *outbound) close() {
 	if ob.closed.Swap(true) {
 		return
+	}
+	if ob.hl != nil {
+		ob.hl.Close()
 	}
 	if ob.httpSrv != nil {
 		ob.httpSrv.Close()
@@ -220,12 +242,10 @@ func (ob *outbound) revoked(rs *revocationSet, own string) {
 
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	handedOff(w, r)
 	var o Observation
 	if ob.s.rec != nil {
-		o = Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "http", Method: r.Method, Decision: "allow"}
-		if r.ContentLength > 0 {
-			o.ReqBytes = r.ContentLength
-		}
+		o = ob.observation(r.Method, r.ContentLength)
 		start := time.Now()
 		defer func() {
 			o.Latency = time.Since(start)
@@ -233,11 +253,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	if ob.upstreamRevoked.Load() {
-		why, _ := ob.refuseWhy.Load().(string)
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		io.WriteString(w, "upstream connect error or disconnect/reset before headers: "+refusalText(why))
-		o.Decision, o.Reason, o.Status = "refused", why, http.StatusServiceUnavailable
+		ob.refuseRevoked(w, &o)
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -286,20 +302,43 @@ func refusalText(why string) string {
 	return "upstream identity revoked"
 }
 
+// observation is the traffic record of one call to the upstream, allowed
+// until refused (reqBytes: the body's Content-Length, -1 for unknown).
+func (ob *outbound) observation(method string, reqBytes int64) Observation {
+	return Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "http", Method: method,
+		Decision: "allow", ReqBytes: max(reqBytes, 0)}
+}
+
+// refuseRevoked answers a call refused while upstreamRevoked holds (the
+// upstream revoked, this edge blocked, or this workload isolated), on
+// either server path, and notes the refusal in o (nil: not recording).
+func (ob *outbound) refuseRevoked(w http.ResponseWriter, o *Observation) {
+	why, _ := ob.refuseWhy.Load().(string)
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(w, "upstream connect error or disconnect/reset before headers: "+refusalText(why))
+	if o != nil {
+		o.Decision, o.Reason, o.Status = "refused", why, http.StatusServiceUnavailable
+	}
+}
+
 // originForm is r's request target in origin form ("/path?query"). An app
 // using the listener as an HTTP proxy sends the absolute form
 // ("http://orders/path"), whose scheme and authority are dropped: the
 // upstream is fixed. ok is false for a target with a fragment, anywhere,
 // and for the authority and asterisk forms.
-func originForm(r *http.Request) (string, bool) {
-	t := r.RequestURI
-	if strings.IndexByte(t, '#') >= 0 || r.URL.Opaque != "" {
+func originForm(r *http.Request) (string, bool) { return originFormOf(r.RequestURI, r.URL) }
+
+// originFormOf is originForm of a request target t that net/http parsed
+// as u.
+func originFormOf(t string, u *url.URL) (string, bool) {
+	if strings.IndexByte(t, '#') >= 0 || u.Opaque != "" {
 		return "", false
 	}
 	if t == "" || t[0] == '/' {
 		return t, true
 	}
-	if r.URL.Scheme == "" || r.URL.Host == "" {
+	if u.Scheme == "" || u.Host == "" {
 		return "", false
 	}
 	_, rest, ok := strings.Cut(t, "://")
@@ -314,6 +353,34 @@ func originForm(r *http.Request) (string, bool) {
 	default:
 		return rest[i:], true
 	}
+}
+
+// serveFast serves an admitted HTTP connection from the app on the fast
+// path until it ends or is handed to net/http's server.
+func (ob *outbound) serveFast(c net.Conn) {
+	s := ob.s
+	s.metrics.active.WithLabelValues(ob.name).Inc()
+	s.metrics.connections.WithLabelValues(ob.name, "plaintext").Inc()
+	ob.conns.Store(c, struct{}{})
+	fc := newFastConn(s, c, ob.streams.isDraining)
+	ob.fast.add(fc)
+	o := fastClose
+	if !ob.closed.Load() {
+		o = fc.serve(func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
+	}
+	ob.fast.remove(fc)
+	ob.conns.Delete(c)
+	if o == fastHandoff {
+		hc := fc.handoff()
+		if !ob.closed.Load() && ob.hl.push(hc) {
+			return // net/http's server counts the end of it
+		}
+		c.Close()
+	} else {
+		fc.release()
+		c.Close()
+	}
+	s.metrics.active.WithLabelValues(ob.name).Dec()
 }
 
 // serveTCP pipes one plaintext connection from the app to the upstream.

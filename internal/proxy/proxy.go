@@ -257,6 +257,16 @@ type Config struct {
 	// finish after its context ends (see Shutdown); default 5s.
 	DrainTimeout time.Duration
 
+	// DisableHTTP1FastPath serves every HTTP/1.1 connection with
+	// net/http's server and client, as before the fast path. By default
+	// the common shape of HTTP/1.1 request (a Content-Length body of up
+	// to 64 KiB or none, no upgrade, no Expect) on an http listener and on
+	// an outbound listener with an HTTP/1.1 upstream is read, decided and
+	// forwarded on one goroutine per connection by the sidecar's own
+	// strict parser, and everything else is handed to net/http's server
+	// (see docs/sidecar.md#speed).
+	DisableHTTP1FastPath bool
+
 	// KeepStartupPages turns off the release of the executable's pages
 	// once the sidecar serves. By default (Linux only), when Serve has its
 	// listeners up, the sidecar unmaps from itself (madvise MADV_DONTNEED)
@@ -302,6 +312,9 @@ type Sidecar struct {
 	serving bool
 	closed  bool
 	done    chan struct{}
+	// accepting is true from when Serve has every listener bound until
+	// Shutdown or Close: Ready's "can serve" includes it.
+	accepting atomic.Bool
 }
 
 type policyState struct {
@@ -513,6 +526,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	for i, ob := range s.outbound {
 		ob.ln = lns[len(s.inbound)+i]
 	}
+	s.accepting.Store(true)
 	s.mu.Unlock()
 
 	errc := make(chan error, len(s.inbound)+len(s.outbound))
@@ -557,6 +571,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 // may finish until ctx ends; then everything is closed. It returns ctx's
 // error if the drain was cut short.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.accepting.Store(false)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -564,13 +579,15 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	for _, ib := range s.inbound {
 		ib.streams.drain()
+		ib.fast.wake()
 		if ib.ln != nil {
 			ib.ln.Close()
 		}
 	}
 	for _, ob := range s.outbound {
 		ob.streams.drain()
-		if ob.ln != nil && ob.httpSrv == nil {
+		ob.fast.wake()
+		if ob.ln != nil && (ob.httpSrv == nil || ob.app != nil) {
 			ob.ln.Close()
 		}
 	}
@@ -600,6 +617,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 
 // Close stops every listener and closes every connection. It is idempotent.
 func (s *Sidecar) Close() error {
+	s.accepting.Store(false)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -725,11 +743,24 @@ type TokenRevoker interface {
 	SetRevokedTokens([]wire.RevokedTokenID)
 }
 
-// Ready reports whether the sidecar can serve: it has an SVID that is not
-// revoked and, when it has inbound listeners, a policy. The error says what
-// is missing, or when and why the sidecar's own identity was revoked (every
-// peer refuses it: a revoked sidecar must not look healthy).
+// fastPathOn reports whether HTTP/1.1 connections may be served on the
+// fast path: it is not disabled, and no Tracer is set (spans and trace
+// context propagation are net/http's path only, so with tracing on every
+// request takes that path).
+func (s *Sidecar) fastPathOn() bool {
+	return !s.cfg.DisableHTTP1FastPath && s.cfg.Tracer == nil
+}
+
+// Ready reports whether the sidecar can serve: its listeners accept
+// (Serve has bound them and no drain has begun: a readiness probe must
+// not send traffic to a port that refuses it), it has an SVID that is not
+// revoked and, when it has inbound listeners, a policy. The error says
+// what is missing, or when and why the sidecar's own identity was revoked
+// (every peer refuses it: a revoked sidecar must not look healthy).
 func (s *Sidecar) Ready() error {
+	if !s.accepting.Load() {
+		return errors.New("proxy: listeners not accepting")
+	}
 	cert, err := s.tls.certificate()
 	if err != nil {
 		return err

@@ -140,6 +140,26 @@ func echoApp(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// serverPath is one of the two ways a sidecar serves HTTP/1.1: the fast
+// path (the default) or net/http's server (DisableHTTP1FastPath). Tests
+// of what reaches the app run on both.
+type serverPath struct {
+	name    string
+	disable bool
+}
+
+var serverPaths = []serverPath{{"fast", false}, {"nethttp", true}}
+
+// edit sets the path in a sidecar's config.
+func (sp serverPath) edit(c *Config) { c.DisableHTTP1FastPath = sp.disable }
+
+// forServerPaths runs test once per server path, as subtests.
+func forServerPaths(t *testing.T, test func(t *testing.T, sp serverPath)) {
+	for _, sp := range serverPaths {
+		t.Run(sp.name, func(t *testing.T) { test(t, sp) })
+	}
+}
+
 // pair is two sidecars: a client side (outbound) and a server side
 // (inbound in front of an app).
 type pair struct {
@@ -164,23 +184,37 @@ func newPair(t testing.TB, authz Authorizer, appAddr string, proto Protocol) *pa
 // newPairHTTP1 is newPair with the outbound's HTTP1 option set as given.
 func newPairHTTP1(t testing.TB, authz Authorizer, appAddr string, proto Protocol, http1 bool) *pair {
 	t.Helper()
+	return newPairWith(t, authz, appAddr, proto, http1, nil)
+}
+
+// newPairWith is newPairHTTP1 with both sidecars' configs passed through
+// edit (when not nil) before they start.
+func newPairWith(t testing.TB, authz Authorizer, appAddr string, proto Protocol, http1 bool, edit func(*Config)) *pair {
+	t.Helper()
+	if edit == nil {
+		edit = func(*Config) {}
+	}
 	ca := testpki.NewCA(t, "example.org")
 	p := &pair{ca: ca}
 	p.serverID = newStaticIdentity(ca, ca.SVID(t, ordersID, 0))
 	inL := listen(t)
 	p.inboundAddr = inL.Addr().String()
-	p.server = startSidecar(t, Config{
+	sc := Config{
 		Identity:   p.serverID,
 		Namespace:  "prod",
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: proto}},
 		Authorizer: authz,
-	})
+	}
+	edit(&sc)
+	p.server = startSidecar(t, sc)
 	outL := listen(t)
 	p.outboundURL = "http://" + outL.Addr().String()
-	p.client = startSidecar(t, Config{
+	cc := Config{
 		Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
 		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: p.inboundAddr, ID: spiffeid.RequireFromString(ordersID), Protocol: proto, HTTP1: http1}},
-	})
+	}
+	edit(&cc)
+	p.client = startSidecar(t, cc)
 	return p
 }
 
@@ -255,6 +289,31 @@ func mtlsClient(t testing.TB, ca *testpki.CA, id, want string) *http.Client {
 	ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
 	conf := ti.clientConfig(spiffeid.RequireFromString(want), "", nil)
 	tr := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// clientPath is one way an mTLS client's requests are served by an
+// inbound listener: HTTP/2 (net/http's server), or HTTP/1.1 on either
+// server path.
+type clientPath struct {
+	name   string
+	server serverPath
+	client func(t testing.TB, ca *testpki.CA, id, want string) *http.Client
+}
+
+var clientPaths = []clientPath{
+	{"h2", serverPaths[0], mtlsClient},
+	{"http1_fast", serverPaths[0], mtlsClientHTTP1},
+	{"http1_nethttp", serverPaths[1], mtlsClientHTTP1},
+}
+
+// mtlsClientHTTP1 is mtlsClient speaking HTTP/1.1 (ALPN http/1.1).
+func mtlsClientHTTP1(t testing.TB, ca *testpki.CA, id, want string) *http.Client {
+	t.Helper()
+	src := newStaticIdentity(ca, ca.SVID(t, id, 0))
+	ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
+	tr := &http.Transport{TLSClientConfig: ti.clientConfig(spiffeid.RequireFromString(want), "", []string{"http/1.1"})}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
 }
@@ -382,6 +441,73 @@ func TestRevocationClosesLiveConnections(t *testing.T) {
 	if _, err := dialer.Dial("tcp", addr); err == nil {
 		// TLS 1.3 reports a client-cert rejection on first read.
 		t.Log("dial succeeded; the server refuses on first read")
+	}
+}
+
+// TestRevocationClosesLiveHTTPConnections: revoking the caller's SPIFFE ID
+// closes its HTTP/1.1 keep-alive connections on either server path, idle
+// or in the middle of a request the app has not answered yet (the app's
+// exchange is failed too, not waited for).
+func TestRevocationClosesLiveHTTPConnections(t *testing.T) {
+	forServerPaths(t, testRevocationClosesLiveHTTPConnections)
+}
+
+func testRevocationClosesLiveHTTPConnections(t *testing.T, sp serverPath) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	arrived, abandoned := make(chan struct{}, 1), make(chan struct{}, 1)
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				abandoned <- struct{}{}
+			}
+		}
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), l.Addr().String(), HTTP, true, sp.edit)
+	dial := func() (net.Conn, *bufio.Reader) {
+		ti := &tlsIdentity{src: newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
+		c, err := tls.Dial("tcp", p.inboundAddr, ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	closed := func(c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("connection still open after revocation: %v", err)
+		}
+	}
+	idle, idleR := dial()
+	io.WriteString(idle, "GET /x HTTP/1.1\r\nHost: orders\r\n\r\n")
+	resp, err := http.ReadResponse(idleR, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	busy, busyR := dial()
+	io.WriteString(busy, "GET /slow HTTP/1.1\r\nHost: orders\r\n\r\n")
+	<-arrived
+	if n := p.server.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{frontendID}}); n != 2 {
+		t.Fatalf("closed %d, want 2", n)
+	}
+	closed(idle, idleR)
+	closed(busy, busyR)
+	select {
+	case <-abandoned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the app's connection for the revoked request is still open")
 	}
 }
 
@@ -577,4 +703,41 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestReadyOnlyWhileAccepting: Ready (the admin /readyz) says ready only
+// once Serve has bound every listener and until a drain begins. Before,
+// it said ready as soon as an SVID and a policy were loaded, while Serve
+// could still be probing the caller lookup before binding: a readiness
+// probe then sent traffic to a port that refused it.
+func TestReadyOnlyWhileAccepting(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	s, err := New(Config{
+		Identity:   newStaticIdentity(ca, ca.SVID(t, ordersID, 0)),
+		Namespace:  "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: listen(t), App: "127.0.0.1:1"}},
+		Outbound:   []Outbound{{Name: "out", Listener: listen(t), Upstream: "127.0.0.1:1", ID: spiffeid.RequireFromString(frontendID)}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Logger:     discardLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(); err == nil {
+		t.Fatal("ready before Serve")
+	}
+	serveSidecar(t, s)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready while serving: %v", s.Ready())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+	if err := s.Ready(); err == nil {
+		t.Fatal("ready after Shutdown")
+	}
 }

@@ -299,6 +299,17 @@ func (r *Recorder) AddSample(ev wire.AuditEvent) {
 	r.mu.Unlock()
 }
 
+// samplesPII reports whether responses to source may be sampled for PII
+// (its edge, or every edge, is opted in).
+func (r *Recorder) samplesPII(source string) bool {
+	if r == nil || r.pii == nil {
+		return false
+	}
+	_, one := r.pii[source]
+	_, all := r.pii["*"]
+	return one || all
+}
+
 // piiSampler returns a writer wrapper collecting the first bytes of a
 // response to source, when that edge is opted in and this response is
 // the one in OneIn; nil otherwise (the common case: a nil map read).

@@ -69,7 +69,14 @@ func newTestRecorder(t *testing.T, r *reports, cfg RecorderConfig) *Recorder {
 	return rec
 }
 
+// TestRecorderCountsEveryOutcome runs on both server paths, with
+// HTTP/1.1 between the sidecars: detection must see every request,
+// whichever path served it.
 func TestRecorderCountsEveryOutcome(t *testing.T) {
+	forServerPaths(t, testRecorderCountsEveryOutcome)
+}
+
+func testRecorderCountsEveryOutcome(t *testing.T, sp serverPath) {
 	app := echoApp(t)
 	ca := testpki.NewCA(t, "example.org")
 	var in, out reports
@@ -79,15 +86,17 @@ func TestRecorderCountsEveryOutcome(t *testing.T) {
 	inAddr := inL.Addr().String()
 	server := startSidecar(t, Config{
 		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: app, Port: 8080}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
-		Recorder:   inRec,
+		Inbound:              []Inbound{{Name: "in", Listener: inL, App: app, Port: 8080}},
+		Authorizer:           allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Recorder:             inRec,
+		DisableHTTP1FastPath: sp.disable,
 	})
 	outL := listen(t)
 	startSidecar(t, Config{
-		Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inAddr, ID: spiffeid.RequireFromString(ordersID)}},
-		Recorder: outRec,
+		Identity:             newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
+		Outbound:             []Outbound{{Name: "out", Listener: outL, Upstream: inAddr, ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+		Recorder:             outRec,
+		DisableHTTP1FastPath: sp.disable,
 	})
 	c := &http.Client{}
 	base := "http://" + outL.Addr().String()

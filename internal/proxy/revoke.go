@@ -129,10 +129,26 @@ func (rs *revocationSet) hasJTI(jti string) bool {
 	return ok
 }
 
-// Keys under which live connections and requests are tracked.
-func idKey(id string) string         { return "id:" + id }
-func serialKey(serial string) string { return "serial:" + serial }
-func jtiKey(jti string) string       { return "jti:" + jti }
+// liveKey is what a live connection or request was authenticated with,
+// under which it is tracked: a SPIFFE ID, a certificate serial or a
+// token ID. A struct, not a prefixed string, so that registering a
+// request costs no string building.
+type liveKey struct {
+	kind liveKind
+	v    string
+}
+
+type liveKind uint8
+
+const (
+	liveID liveKind = iota + 1
+	liveSerial
+	liveJTI
+)
+
+func idKey(id string) liveKey         { return liveKey{liveID, id} }
+func serialKey(serial string) liveKey { return liveKey{liveSerial, serial} }
+func jtiKey(jti string) liveKey       { return liveKey{liveJTI, jti} }
 
 // tracker knows every live inbound connection (and every in-flight request
 // authenticated by a token ID) by the identities it was authenticated with,
@@ -140,22 +156,24 @@ func jtiKey(jti string) string       { return "jti:" + jti }
 // what comes next.
 type tracker struct {
 	mu    sync.Mutex
-	byKey map[string]map[*tracked]struct{}
+	byKey map[liveKey]map[*tracked]struct{}
 	n     int
 }
 
 // tracked is one live connection or request. close is called at most once.
 type tracked struct {
-	keys  []string
-	close func()
-	once  sync.Once
+	keys   []liveKey // in keyBuf for up to two keys: one allocation per entry
+	keyBuf [2]liveKey
+	close  func()
+	once   sync.Once
 }
 
-func newTracker() *tracker { return &tracker{byKey: make(map[string]map[*tracked]struct{})} }
+func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]map[*tracked]struct{})} }
 
 // add registers close under keys and returns the handle to remove it with.
-func (t *tracker) add(close func(), keys ...string) *tracked {
-	e := &tracked{keys: keys, close: close}
+func (t *tracker) add(close func(), keys ...liveKey) *tracked {
+	e := &tracked{close: close}
+	e.keys = append(e.keyBuf[:0], keys...)
 	t.mu.Lock()
 	for _, k := range keys {
 		m := t.byKey[k]
@@ -205,7 +223,8 @@ func (t *tracker) len() int {
 }
 
 // sweep closes and forgets every entry registered under a key that rs
-// revokes, or of a peer blocked from calling own (this sidecar's ID), and returns how many it closed. before, when non-nil, is told
+// revokes, or of a peer blocked from calling own (this sidecar's ID), and
+// returns how many it closed. before, when non-nil, is told
 // the count before anything is closed, so whoever sees a connection end
 // already finds it counted. Closing happens outside the lock: a close
 // function may block on I/O.
@@ -213,7 +232,7 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 	var victims []*tracked
 	t.mu.Lock()
 	for k, m := range t.byKey {
-		if !keyRevoked(rs, k) && !(strings.HasPrefix(k, "id:") && rs.blockedPair(k[3:], own, now)) {
+		if !keyRevoked(rs, k) && !(k.kind == liveID && rs.blockedPair(k.v, own, now)) {
 			continue
 		}
 		for e := range m {
@@ -233,16 +252,16 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 	return len(victims)
 }
 
-func keyRevoked(rs *revocationSet, k string) bool {
-	switch {
-	case strings.HasPrefix(k, "id:"):
-		_, ok := rs.ids[k[3:]]
+func keyRevoked(rs *revocationSet, k liveKey) bool {
+	switch k.kind {
+	case liveID:
+		_, ok := rs.ids[k.v]
 		return ok
-	case strings.HasPrefix(k, "serial:"):
-		_, ok := rs.serials[k[7:]]
+	case liveSerial:
+		_, ok := rs.serials[k.v]
 		return ok
-	case strings.HasPrefix(k, "jti:"):
-		return rs.hasJTI(k[4:])
+	case liveJTI:
+		return rs.hasJTI(k.v)
 	}
 	return false
 }

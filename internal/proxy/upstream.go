@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -36,12 +35,12 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 		return tr, tr
 	}
 	h1 := t.clientConfig(want, serverName, []string{"http/1.1"})
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, Config: h1}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &appClient{
 		dial: func(ctx context.Context) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
-			return d.DialContext(ctx, "tcp", addr)
+			return dialTLS(ctx, d, addr, h1) // raw system calls: see rawConn
 		},
 		fallback: tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
 	}, tr

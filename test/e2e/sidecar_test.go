@@ -314,6 +314,12 @@ func TestSidecarFilesModeDecisions(t *testing.T) {
 	if got := m.orders.metric(t, `moatless_sidecar_decisions_total{decision="deny",policy="prod/orders-deny-admin-delete",reason="deny_rule"}`); got != 1 {
 		t.Errorf("deny metric for the DENY policy = %v, want 1", got)
 	}
+	// The sidecar's GC target is its own default (50) unless GOGC is set.
+	if os.Getenv("GOGC") == "" {
+		if got := m.orders.metric(t, "go_gc_gogc_percent"); got != 50 {
+			t.Errorf("go_gc_gogc_percent = %v, want the sidecar's default 50", got)
+		}
+	}
 	// The log line travels through a pipe: wait for it rather than race it.
 	waitFor(t, 10*time.Second, "the decision log line of the DENY policy", func() bool {
 		return strings.Contains(m.orders.out.String(), `"decision":"deny","policy":"prod/orders-deny-admin-delete"`)
