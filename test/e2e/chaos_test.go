@@ -334,7 +334,7 @@ inbound:
 				}
 			case 1:
 				id := fmt.Sprintf("spiffe://e2e.test/ns/chaos/sa/revoked-%d", n)
-				if rs.admin(i, "POST", "/v1/admin/revocations", map[string]string{"spiffe_id": id, "reason": "chaos"}, nil) {
+				if rs.admin(i, "POST", "/v1/admin/revocations", map[string]any{"spiffe_id": id, "reason": "chaos", "force": true}, nil) {
 					lmu.Lock()
 					ackRevoked = append(ackRevoked, id)
 					lmu.Unlock()
