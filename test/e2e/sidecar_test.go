@@ -333,7 +333,13 @@ func TestSidecarFilesModeDecisions(t *testing.T) {
 outbound:
   - {listen: "%s", upstream: "%s", spiffe_id: "spiffe://e2e.test/ns/prod/sa/payments"}
 `, ff.Cert, ff.Key, ff.Bundle, out, m.inbound), false)
-		code, body := sidecarDo(t, plain, "GET", "http://"+out+"/api/orders")
+		// Live is not listening: poll until the outbound listener answers.
+		var code int
+		var body string
+		waitFor(t, 10*time.Second, "the outbound listener", func() bool {
+			code, body = sidecarDo(t, plain, "GET", "http://"+out+"/api/orders")
+			return code != 0
+		})
 		if code != 503 || !strings.Contains(body, "upstream SPIFFE ID is not spiffe://e2e.test/ns/prod/sa/payments") {
 			t.Fatalf("got %d %q", code, body)
 		}
