@@ -174,6 +174,46 @@ func logAttr(_ []string, a slog.Attr) slog.Attr {
 // errLogFormat is newLogger's answer to a format other than json or text.
 var errLogFormat = errors.New("log format must be json or text")
 
+// roleFlags are what "moatless sidecar" and "moatless gateway" take on
+// the command line: the config file, -check, and the logger.
+type roleFlags struct {
+	cfgPath string
+	check   bool
+	log     *slog.Logger
+}
+
+// parseRoleFlags parses "-config FILE [-check] [-log-format F]
+// [-log-level L]" for role and builds its logger. When ok is false the
+// command ends with code (help, a bad flag or a missing -config).
+func parseRoleFlags(e *Env, role, checkHelp, summary, docs string, args []string) (rf roleFlags, code int, ok bool) {
+	fs := flag.NewFlagSet(role, flag.ContinueOnError)
+	var logFormat, logLevel string
+	fs.StringVar(&rf.cfgPath, "config", "", role+" config `file` (YAML or JSON; required)")
+	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&rf.check, "check", false, checkHelp)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: moatless %s -config FILE [flags]\n", role)
+		fmt.Fprintf(fs.Output(), "\n%s Flags:\n", summary)
+		fs.PrintDefaults()
+	}
+	if code, ok := e.parseFlags(fs, args); !ok {
+		return rf, code, false
+	}
+	if rf.cfgPath == "" {
+		return rf, e.errorf(ExitUsage, "%s: -config is required (see %s for an example)", role, docs), false
+	}
+	log, err := newLogger(e.Stderr, logFormat, logLevel)
+	switch {
+	case errors.Is(err, errLogFormat):
+		return rf, e.errorf(ExitUsage, "%s: -log-format must be json or text, not %q", role, logFormat), false
+	case err != nil:
+		return rf, e.errorf(ExitUsage, "%s: -log-level: %v", role, err), false
+	}
+	rf.log = log
+	return rf, 0, true
+}
+
 // newLogger logs to w in format "json" or "text" at level, one of slog's
 // level names (debug, info, warn, error). The server's and the agent's
 // configs were validated to those names; the sidecar's flags come here

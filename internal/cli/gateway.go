@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -28,38 +27,14 @@ import (
 // runGateway runs "moatless gateway -config FILE": the edge in front of
 // the mesh (see docs/gateway.md).
 func runGateway(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	var (
-		cfgPath   string
-		logFormat string
-		logLevel  string
-		check     bool
-	)
-	fs.StringVar(&cfgPath, "config", "", "gateway config `file` (YAML or JSON; required)")
-	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.BoolVar(&check, "check", false, "validate the config and every file it names, then exit")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless gateway -config FILE [flags]")
-		fmt.Fprintln(fs.Output(), "\nRuns the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh. Flags:")
-		fs.PrintDefaults()
-	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	rf, code, ok := parseRoleFlags(e, "gateway", "validate the config and every file it names, then exit", "Runs the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh.", "docs/gateway.md", args)
+	if !ok {
 		return code
 	}
-	if cfgPath == "" {
-		return e.errorf(ExitUsage, "gateway: -config is required (see docs/gateway.md for an example)")
-	}
+	cfgPath, check, log := rf.cfgPath, rf.check, rf.log
 	cfg, err := config.LoadGateway(cfgPath)
 	if err != nil {
 		return e.errorf(ExitUsage, "gateway: %v", err)
-	}
-	log, err := newLogger(e.Stderr, logFormat, logLevel)
-	switch {
-	case errors.Is(err, errLogFormat):
-		return e.errorf(ExitUsage, "gateway: -log-format must be json or text, not %q", logFormat)
-	case err != nil:
-		return e.errorf(ExitUsage, "gateway: -log-level: %v", err)
 	}
 	gr := &gatewayRun{path: cfgPath, cfg: cfg, log: log, stderr: e}
 	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -33,38 +32,14 @@ import (
 // one workload, its identity from a Workload API socket, PEM files or a
 // join token (see docs/sidecar.md).
 func runSidecar(ctx context.Context, e *Env, args []string) int {
-	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
-	var (
-		cfgPath   string
-		logFormat string
-		logLevel  string
-		check     bool
-	)
-	fs.StringVar(&cfgPath, "config", "", "sidecar config `file` (YAML or JSON; required)")
-	fs.StringVar(&logFormat, "log-format", "json", "log format: json or text")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.BoolVar(&check, "check", false, "validate the config (and policy files) and exit")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless sidecar -config FILE [flags]")
-		fmt.Fprintln(fs.Output(), "\nRuns the mTLS sidecar in front of one workload. Flags:")
-		fs.PrintDefaults()
-	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	rf, code, ok := parseRoleFlags(e, "sidecar", "validate the config (and policy files) and exit", "Runs the mTLS sidecar in front of one workload.", "docs/sidecar.md", args)
+	if !ok {
 		return code
 	}
-	if cfgPath == "" {
-		return e.errorf(ExitUsage, "sidecar: -config is required (see docs/sidecar.md for an example)")
-	}
+	cfgPath, check, log := rf.cfgPath, rf.check, rf.log
 	cfg, err := config.LoadSidecar(cfgPath)
 	if err != nil {
 		return e.errorf(ExitUsage, "sidecar: %v", err)
-	}
-	log, err := newLogger(e.Stderr, logFormat, logLevel)
-	switch {
-	case errors.Is(err, errLogFormat):
-		return e.errorf(ExitUsage, "sidecar: -log-format must be json or text, not %q", logFormat)
-	case err != nil:
-		return e.errorf(ExitUsage, "sidecar: -log-level: %v", err)
 	}
 	// LoadSidecar validated the name; parsing again keeps a config built
 	// any other way from silently falling back to BASE.

@@ -330,29 +330,15 @@ func DefaultGateway() Gateway {
 // ParseGateway reads a gateway config strictly (unknown keys are errors
 // naming the key and its line) over the defaults, then validates it.
 func ParseGateway(r io.Reader) (Gateway, error) {
-	c := DefaultGateway()
-	if err := Decode(r, &c); err != nil {
-		return Gateway{}, err
-	}
-	c.FillDefaults()
-	if err := c.Validate(); err != nil {
-		return Gateway{}, err
-	}
-	return c, nil
+	return loadRole(DefaultGateway(), "", r)
 }
 
 // LoadGateway is ParseGateway for a file; errors name the file.
 func LoadGateway(path string) (Gateway, error) {
-	c := DefaultGateway()
-	if err := DecodeFile(path, &c); err != nil {
-		return Gateway{}, err
-	}
-	c.FillDefaults()
-	if err := c.Validate(); err != nil {
-		return Gateway{}, fileError(path, err)
-	}
-	return c, nil
+	return loadRole(DefaultGateway(), path, nil)
 }
+
+func (c *Gateway) fillDefaults() { c.FillDefaults() }
 
 // FillDefaults puts the defaults in every field left zero.
 func (c *Gateway) FillDefaults() {

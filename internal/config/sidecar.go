@@ -260,26 +260,44 @@ func DefaultSidecar() Sidecar {
 // ParseSidecar reads a sidecar config strictly (unknown keys are errors
 // naming the key) over the defaults, then validates it.
 func ParseSidecar(r io.Reader) (Sidecar, error) {
-	c := DefaultSidecar()
-	if err := Decode(r, &c); err != nil {
-		return Sidecar{}, err
-	}
-	c.fillDefaults()
-	if err := c.Validate(); err != nil {
-		return Sidecar{}, err
-	}
-	return c, nil
+	return loadRole(DefaultSidecar(), "", r)
 }
 
 // LoadSidecar is ParseSidecar for a file; errors name the file.
 func LoadSidecar(path string) (Sidecar, error) {
-	c := DefaultSidecar()
-	if err := DecodeFile(path, &c); err != nil {
-		return Sidecar{}, err
+	return loadRole(DefaultSidecar(), path, nil)
+}
+
+// roleConfig is a data-plane role's config (sidecar, gateway): it
+// restores the defaults a file zeroed and validates itself.
+type roleConfig[T any] interface {
+	*T
+	fillDefaults()
+	Validate() error
+}
+
+// loadRole decodes a role's config strictly over its defaults def, from
+// the file path when set (errors then name it) or else from r, restores
+// zeroed defaults and validates it.
+func loadRole[T any, P roleConfig[T]](def T, path string, r io.Reader) (T, error) {
+	c := def
+	var err error
+	if path != "" {
+		err = DecodeFile(path, &c)
+	} else {
+		err = Decode(r, &c)
 	}
-	c.fillDefaults()
-	if err := c.Validate(); err != nil {
-		return Sidecar{}, fileError(path, err)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	P(&c).fillDefaults()
+	if err := P(&c).Validate(); err != nil {
+		var zero T
+		if path != "" {
+			err = fileError(path, err)
+		}
+		return zero, err
 	}
 	return c, nil
 }
