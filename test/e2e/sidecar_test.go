@@ -641,7 +641,8 @@ outbound:
 		}
 		defer cc.Close()
 		hc := healthpb.NewHealthClient(cc)
-		resp, err := hc.Check(deadline(t, 10*time.Second), &healthpb.HealthCheckRequest{Service: "orders"})
+		// WaitForReady: the sidecar is live before its listeners are bound.
+		resp, err := hc.Check(deadline(t, 10*time.Second), &healthpb.HealthCheckRequest{Service: "orders"}, grpc.WaitForReady(true))
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("Check: %v %v", resp, err)
 		}
