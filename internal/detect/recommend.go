@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/traffic"
 )
 
 // Edge is one recorded edge with its traffic summed over a time range,
@@ -338,19 +339,19 @@ func httpTokenChar(c byte) bool {
 // more: every segment is RFC 3986 pchar text (policy.IsTemplateLiteral:
 // no "*", which the policy would read as a wildcard, no space or control
 // character, which no request path holds), {*}, or — last — {**}; an
-// empty segment only ends a template. PathTemplate's output qualifies;
+// empty segment only ends a template. traffic.PathTemplate's output qualifies;
 // what a reporter sent otherwise is left out of a recommendation rather
 // than widened.
 func policyPath(p string) bool {
 	if !strings.HasPrefix(p, "/") {
 		return false
 	}
-	template := strings.Contains(p, AnySegment) || strings.Contains(p, "{**}")
+	template := strings.Contains(p, traffic.AnySegment) || strings.Contains(p, "{**}")
 	segs := strings.Split(p[1:], "/")
 	for i, seg := range segs {
 		last := i == len(segs)-1
 		switch {
-		case seg == AnySegment:
+		case seg == traffic.AnySegment:
 		case seg == "{**}":
 			if !last {
 				return false
@@ -397,7 +398,7 @@ func ReplayPath(template string) string {
 	if template == "" {
 		return "/"
 	}
-	return strings.ReplaceAll(strings.ReplaceAll(template, "{**}", "0"), AnySegment, "0")
+	return strings.ReplaceAll(strings.ReplaceAll(template, "{**}", "0"), traffic.AnySegment, "0")
 }
 
 // WhatIf decides every recorded inbound edge again with set — the same

@@ -11,7 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/traffic"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -77,7 +77,7 @@ type RecorderConfig struct {
 // PIIEdge opts one inbound edge in to PII sampling: the responses this
 // workload sends to Source ("*": any caller) are scanned, one in OneIn,
 // at most MaxBytes of each, for card numbers, e-mail addresses and
-// national IDs (detect.ScanPII). Only counts leave the sidecar.
+// national IDs (traffic.ScanPII). Only counts leave the sidecar.
 type PIIEdge struct {
 	Source   string
 	OneIn    int
@@ -94,7 +94,7 @@ type Observation struct {
 	Protocol    string
 	Method      string
 	// Path is the request path without its query; Observe turns it into
-	// a template (detect.PathTemplate).
+	// a template (traffic.PathTemplate).
 	Path      string
 	Decision  string
 	Reason    string
@@ -243,7 +243,7 @@ func (r *Recorder) Observe(o *Observation) {
 		method: o.Method, decision: o.Decision, reason: o.Reason, token: o.Token, status: statusClass(o.Status),
 	}
 	if o.Path != "" {
-		k.path = detect.PathTemplate(o.Path)
+		k.path = traffic.PathTemplate(o.Path)
 	}
 	lat := uint64(max(o.Latency, 0) / time.Microsecond)
 	r.mu.Lock()
@@ -333,7 +333,7 @@ func (r *Recorder) piiSampler(w http.ResponseWriter, source string) *piiWriter {
 // skips it (counted): sampling never slows a response.
 func (r *Recorder) piiScan(o *Observation, pw *piiWriter) {
 	k := recKey{dir: o.Direction, src: o.Source, dst: o.Destination, port: o.Port, proto: o.Protocol,
-		method: o.Method, path: detect.PathTemplate(o.Path), decision: o.Decision, reason: o.Reason, token: o.Token, status: statusClass(o.Status)}
+		method: o.Method, path: traffic.PathTemplate(o.Path), decision: o.Decision, reason: o.Reason, token: o.Token, status: statusClass(o.Status)}
 	select {
 	case r.scanq <- scanJob{key: k, body: pw.buf}:
 	default:
@@ -348,7 +348,7 @@ func (r *Recorder) scanLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-r.scanq:
-			c := detect.ScanPII(j.body)
+			c := traffic.ScanPII(j.body)
 			r.metrics.scanned.Inc()
 			r.mu.Lock()
 			v := r.cur[j.key]

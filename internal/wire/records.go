@@ -59,7 +59,7 @@ type EdgeRecord struct {
 	Port     int    `json:"port,omitempty"`
 	Protocol string `json:"protocol"` // http, http2, tcp
 	// Method and Path are the request's method and path template (see
-	// detect.PathTemplate: identifiers replaced by {*}); empty for TCP.
+	// traffic.PathTemplate: identifiers replaced by {*}); empty for TCP.
 	Method string `json:"method,omitempty"`
 	Path   string `json:"path,omitempty"`
 	// Decision is allow, deny, unauthenticated, or refused (a connection

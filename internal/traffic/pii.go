@@ -1,4 +1,4 @@
-package detect
+package traffic
 
 // PII kinds a response body sample is scanned for.
 const (
