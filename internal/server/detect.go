@@ -624,6 +624,23 @@ func cursorQuery(q map[string][]string, def int) (time.Time, int, error) {
 
 func cursorOf(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
 
+// pageOf converts the rows of one page with conv; a full page (limit
+// rows) gets the cursor of its last row, at, as next.
+func pageOf[R, T any](rows []R, limit int, conv func(R) (T, error), at func(R) time.Time) (Page[T], error) {
+	p := Page[T]{Items: make([]T, 0, len(rows))}
+	for _, r := range rows {
+		x, err := conv(r)
+		if err != nil {
+			return Page[T]{}, err
+		}
+		p.Items = append(p.Items, x)
+	}
+	if len(rows) == limit && limit > 0 {
+		p.Next = cursorOf(at(rows[len(rows)-1]))
+	}
+	return p, nil
+}
+
 func (s *Server) edgeQuery(c *adminCall, extra ...string) (store.EdgeQuery, error) {
 	q, err := c.query(append([]string{"since", "namespace", "source", "destination", "direction"}, extra...)...)
 	if err != nil {
@@ -780,17 +797,10 @@ func (s *Server) listFindings(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	p := Page[detect.Finding]{Items: make([]detect.Finding, 0, len(rows))}
-	for _, r := range rows {
-		f, err := findingOf(r)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		p.Items = append(p.Items, f)
-	}
-	if len(rows) == limit {
-		p.Next = cursorOf(rows[len(rows)-1].At)
+	p, err := pageOf(rows, limit, findingOf, func(r store.FindingRow) time.Time { return r.At })
+	if err != nil {
+		c.fail(err)
+		return
 	}
 	c.reply(http.StatusOK, p)
 }

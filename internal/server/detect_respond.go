@@ -706,19 +706,21 @@ func (s *Server) listIncidents(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	p := Page[detect.Incident]{Items: make([]detect.Incident, 0, len(rows))}
-	for _, r := range rows {
-		inc, err := incidentOf(r)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		p.Items = append(p.Items, inc)
-	}
-	if len(rows) == limit {
-		p.Next = cursorOf(rows[len(rows)-1].OpenedAt)
+	p, err := pageOf(rows, limit, incidentOf, func(r store.IncidentRow) time.Time { return r.OpenedAt })
+	if err != nil {
+		c.fail(err)
+		return
 	}
 	c.reply(http.StatusOK, p)
+}
+
+// pathIncident is the incident the request's {id} names.
+func (s *Server) pathIncident(c *adminCall) (detect.Incident, error) {
+	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
+	if err != nil {
+		return detect.Incident{}, err
+	}
+	return incidentOf(r)
 }
 
 func (s *Server) getIncident(c *adminCall) {
@@ -726,12 +728,7 @@ func (s *Server) getIncident(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	inc, err := incidentOf(r)
+	inc, err := s.pathIncident(c)
 	if err != nil {
 		c.fail(err)
 		return
@@ -859,12 +856,7 @@ func (s *Server) releaseIncident(c *adminCall) {
 	d := s.detect
 	d.respMu.Lock()
 	defer d.respMu.Unlock()
-	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	inc, err := incidentOf(r)
+	inc, err := s.pathIncident(c)
 	if err != nil {
 		c.fail(err)
 		return
@@ -949,12 +941,7 @@ func (s *Server) exportIncident(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	r, err := s.db.Incident(c.ctx, s.db.SQL(), c.r.PathValue("id"))
-	if err != nil {
-		c.fail(err)
-		return
-	}
-	inc, err := incidentOf(r)
+	inc, err := s.pathIncident(c)
 	if err != nil {
 		c.fail(err)
 		return
