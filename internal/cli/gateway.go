@@ -94,9 +94,7 @@ func (r *gatewayRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
-	w := &proxy.FileWatcher{Sidecar: g, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(),
-		RevocationsFile: r.cfg.Policy.RevocationsFile, Logger: r.log}
-	return w.Load(ctx)
+	return checkPolicyFiles(ctx, g, r.cfg.Policy, r.policyOptions(), r.log)
 }
 
 func (r *gatewayRun) run(ctx context.Context) error {
@@ -107,12 +105,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var gw atomic.Pointer[gateway.Gateway]
-	mi, err := newMeshIdentity(ctx, cfg.Identity, "gateway", r.log, r.policyOptions(), func() policyTarget {
-		if g := gw.Load(); g != nil {
-			return g
-		}
-		return nil
-	})
+	mi, err := newMeshIdentity(ctx, cfg.Identity, "gateway", r.log, r.policyOptions(), targetOf(&gw))
 	if err != nil {
 		return err
 	}

@@ -89,6 +89,27 @@ func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component s
 	return m, nil
 }
 
+// targetOf returns the policy target p holds once it is set (nil
+// before: never a typed nil inside the interface).
+func targetOf[T any, PT interface {
+	*T
+	policyTarget
+}](p *atomic.Pointer[T]) func() policyTarget {
+	return func() policyTarget {
+		if t := p.Load(); t != nil {
+			return PT(t)
+		}
+		return nil
+	}
+}
+
+// checkPolicyFiles loads a role's policy and revocation files once into
+// target, as -check does: an error names what does not load.
+func checkPolicyFiles(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, log *slog.Logger) error {
+	w := &proxy.FileWatcher{Sidecar: target, PolicyFiles: pol.Files, PolicyOptions: opts, RevocationsFile: pol.RevocationsFile, Logger: log}
+	return w.Load(ctx)
+}
+
 func (m *meshIdentity) close() {
 	for _, c := range m.closers {
 		c()

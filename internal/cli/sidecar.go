@@ -132,9 +132,7 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w := &proxy.FileWatcher{Sidecar: s, PolicyFiles: r.cfg.Policy.Files, PolicyOptions: r.policyOptions(),
-		RevocationsFile: r.cfg.Policy.RevocationsFile, Logger: r.log}
-	return w.Load(ctx)
+	return checkPolicyFiles(ctx, s, r.cfg.Policy, r.policyOptions(), r.log)
 }
 
 func (r *sidecarRun) run(ctx context.Context) error {
@@ -145,12 +143,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var sidecar atomic.Pointer[proxy.Sidecar]
-	mi, err := newMeshIdentity(ctx, cfg.Identity, "sidecar", r.log, r.policyOptions(), func() policyTarget {
-		if s := sidecar.Load(); s != nil {
-			return s
-		}
-		return nil
-	})
+	mi, err := newMeshIdentity(ctx, cfg.Identity, "sidecar", r.log, r.policyOptions(), targetOf(&sidecar))
 	if err != nil {
 		return err
 	}
