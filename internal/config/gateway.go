@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -358,15 +357,7 @@ func (c *Gateway) FillDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = d.DrainTimeout
 	}
-	if c.Policy.RootNamespace == "" {
-		c.Policy.RootNamespace = d.Policy.RootNamespace
-	}
-	if c.Policy.PathNormalization == "" {
-		c.Policy.PathNormalization = d.Policy.PathNormalization
-	}
-	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
-	}
+	fillMeshDefaults(&c.Policy, &c.Identity, d.Policy)
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = "1.2"
 	}

@@ -302,6 +302,22 @@ func loadRole[T any, P roleConfig[T]](def T, path string, r io.Reader) (T, error
 	return c, nil
 }
 
+// fillMeshDefaults restores what the sidecar and the gateway default
+// alike: the policy section's root namespace and path normalization (from
+// def), and "default" as the Workload API address, the agent's socket
+// for this user.
+func fillMeshDefaults(pol *SidecarPolicy, id *SidecarIdentity, def SidecarPolicy) {
+	if pol.RootNamespace == "" {
+		pol.RootNamespace = def.RootNamespace
+	}
+	if pol.PathNormalization == "" {
+		pol.PathNormalization = def.PathNormalization
+	}
+	if id.WorkloadAPI == "default" {
+		id.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
+	}
+}
+
 // fillDefaults restores defaults a file set to their zero value.
 func (c *Sidecar) fillDefaults() {
 	d := DefaultSidecar()
@@ -320,15 +336,7 @@ func (c *Sidecar) fillDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = d.DrainTimeout
 	}
-	if c.Policy.RootNamespace == "" {
-		c.Policy.RootNamespace = d.Policy.RootNamespace
-	}
-	if c.Policy.PathNormalization == "" {
-		c.Policy.PathNormalization = d.Policy.PathNormalization
-	}
-	if c.Identity.WorkloadAPI == "default" {
-		c.Identity.WorkloadAPI = "unix://" + AgentSocketForClients(nil, os.Geteuid())
-	}
+	fillMeshDefaults(&c.Policy, &c.Identity, d.Policy)
 }
 
 // Validate checks the config; each error names the field.
