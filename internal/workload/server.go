@@ -101,6 +101,9 @@ type Server struct {
 	closed   bool
 	ready    chan struct{}
 	readyOne sync.Once
+	// closeOnce makes every Close wait until the first has stopped the
+	// server and removed the socket: Serve returns only after that.
+	closeOnce sync.Once
 
 	testHooks testHooks
 }
@@ -184,20 +187,19 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Close stops the server (open streams end with Unavailable as the
-// connection closes) and removes the socket. It is idempotent.
+// connection closes) and removes the socket. It is idempotent, and a
+// call made while another is under way returns when that one is done.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	if s.closed {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		ino := s.sockIno
 		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	ino := s.sockIno
-	s.mu.Unlock()
-	s.grpc.Stop()
-	if ino != 0 {
-		removeIfSame(s.cfg.SocketPath, ino)
-	}
+		s.grpc.Stop()
+		if ino != 0 {
+			removeIfSame(s.cfg.SocketPath, ino)
+		}
+	})
 	return nil
 }
 
