@@ -783,10 +783,34 @@ outbound:
 		t.Fatalf("DENY policy on a path with a doubled slash under MERGE_SLASHES: %d %q", code, body)
 	}
 
+	// A live WebSocket through the pair: upgraded, it is never idle, so
+	// the frontend's own sidecar (which learns of the revocation too and
+	// cuts its egress by closing idle upstream connections) cannot be the
+	// one to close it; the callee must.
+	ws, err := websocket.Dial("ws://"+outbound+"/ws", "", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := websocket.Message.Send(ws, "before"); err != nil {
+		t.Fatal(err)
+	}
+	var echoed string
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := websocket.Message.Receive(ws, &echoed); err != nil || echoed != "before" {
+		t.Fatalf("WebSocket echo before the revocation: %q %v", echoed, err)
+	}
+
 	p.admin("revoke", "--spiffe-id", scFrontendID)
 	waitFor(t, 15*time.Second, "the revocation to close the caller's connection", func() bool {
 		return orders.metric(t, "moatless_sidecar_revoked_connections_closed_total") >= 1
 	})
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := websocket.Message.Receive(ws, &echoed); err == nil {
+		t.Fatalf("live WebSocket still open after the revocation (got %q)", echoed)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("live WebSocket not closed within 10s of the revocation")
+	}
 	code, body = sidecarDo(t, plain, "GET", "http://"+outbound+"/api/orders")
 	if code != 503 || !strings.Contains(body, "upstream connect error") {
 		t.Fatalf("revoked caller: %d %q, want 503 (handshake refused)", code, body)
