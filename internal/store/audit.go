@@ -195,9 +195,8 @@ func scanAuditRows(rows *sql.Rows) ([]AuditRow, error) {
 // AuditSnapshot reads the audit tables as of one instant, for checks that
 // compare several reads (the rows, their count, the head) and must not
 // mistake an append committed between two of them for tampering.
-// PostgreSQL: one REPEATABLE READ read-only transaction; SQLite: one read
-// transaction (a WAL snapshot). It is valid only inside the function given
-// to ReadAudit.
+// It is one ReadTx: it holds no write lock, so appends go on while it is
+// open. It is valid only inside the function given to ReadAudit.
 type AuditSnapshot struct {
 	s  *DB
 	tx *sql.Tx
@@ -206,16 +205,9 @@ type AuditSnapshot struct {
 // ReadAudit runs fn with a consistent snapshot of the audit tables. It
 // writes nothing.
 func (s *DB) ReadAudit(ctx context.Context, fn func(*AuditSnapshot) error) error {
-	var opts *sql.TxOptions
-	if s.dialect == Postgres {
-		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
-	}
-	tx, err := s.db.BeginTx(ctx, opts)
-	if err != nil {
-		return fmt.Errorf("store: begin audit read: %w", err)
-	}
-	defer tx.Rollback()
-	return fn(&AuditSnapshot{s: s, tx: tx})
+	return s.ReadTx(ctx, func(tx *sql.Tx) error {
+		return fn(&AuditSnapshot{s: s, tx: tx})
+	})
 }
 
 // Head is the chain head within the snapshot, as stored: the sequence

@@ -53,46 +53,40 @@ func Copy(ctx context.Context, src, dst *DB, o CopyOptions) ([]TableCount, error
 	if err := dst.checkEmpty(ctx, tables); err != nil {
 		return nil, err
 	}
-	opts := &sql.TxOptions{ReadOnly: true}
-	if src.dialect == Postgres {
-		opts.Isolation = sql.LevelRepeatableRead // one snapshot for every table
-	}
-	rtx, err := src.db.BeginTx(ctx, opts)
-	if err != nil {
-		return nil, fmt.Errorf("store: copy: read source: %w", err)
-	}
-	defer rtx.Rollback()
 	var counts []TableCount
-	err = dst.Tx(ctx, func(wtx *sql.Tx) error {
-		counts = counts[:0]
-		// What Open wrote into the empty destination (counters at 0, its
-		// own epoch) gives way to the source's.
-		for _, t := range []string{"meta", "counters"} {
-			if _, err := wtx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
-				return fmt.Errorf("store: copy: clear %s: %w", t, err)
+	// One snapshot of the source for every table (ReadTx).
+	err = src.ReadTx(ctx, func(rtx *sql.Tx) error {
+		return dst.Tx(ctx, func(wtx *sql.Tx) error {
+			counts = counts[:0]
+			// What Open wrote into the empty destination (counters at 0, its
+			// own epoch) gives way to the source's.
+			for _, t := range []string{"meta", "counters"} {
+				if _, err := wtx.ExecContext(ctx, "DELETE FROM "+t); err != nil {
+					return fmt.Errorf("store: copy: clear %s: %w", t, err)
+				}
 			}
-		}
-		for _, t := range tables {
-			n, err := copyTable(ctx, rtx, wtx, dst, t)
-			if err != nil {
+			for _, t := range tables {
+				n, err := copyTable(ctx, rtx, wtx, dst, t)
+				if err != nil {
+					return err
+				}
+				tc := TableCount{Table: t, Rows: n}
+				counts = append(counts, tc)
+				if o.Progress != nil {
+					o.Progress(tc)
+				}
+			}
+			if o.NewEpoch {
+				if err := dst.NewEpoch(ctx, wtx); err != nil {
+					return err
+				}
+			} else if _, err := dst.SetMetaIfAbsent(ctx, wtx, epochMetaKey, newEpoch()); err != nil {
+				// A source that never had an epoch (a store no server of
+				// this version opened) leaves the copy with a new one.
 				return err
 			}
-			tc := TableCount{Table: t, Rows: n}
-			counts = append(counts, tc)
-			if o.Progress != nil {
-				o.Progress(tc)
-			}
-		}
-		if o.NewEpoch {
-			if err := dst.NewEpoch(ctx, wtx); err != nil {
-				return err
-			}
-		} else if _, err := dst.SetMetaIfAbsent(ctx, wtx, epochMetaKey, newEpoch()); err != nil {
-			// A source that never had an epoch (a store no server of
-			// this version opened) leaves the copy with a new one.
-			return err
-		}
-		return dst.resetSequences(ctx, wtx)
+			return dst.resetSequences(ctx, wtx)
+		})
 	})
 	if err != nil {
 		return nil, err

@@ -58,7 +58,13 @@ func (d Dialect) String() string {
 
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
-	db      *sql.DB
+	db *sql.DB
+	// ro runs ReadTx. Under SQLite opened for writing it is a second pool
+	// on the same file, opened mode=ro with query_only, whose
+	// transactions begin DEFERRED: db begins every transaction IMMEDIATE
+	// (taking the one write lock at BEGIN), and a snapshot read must not
+	// hold that lock while it reads. Otherwise it is db.
+	ro      *sql.DB
 	dialect Dialect
 	// dsn is the PostgreSQL DSN, for the dedicated connection of
 	// FollowChanges; empty under SQLite.
@@ -164,10 +170,7 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (_ *DB, err error)
 			if _, err := os.Stat(path); err != nil {
 				return nil, fmt.Errorf("store: %w", err)
 			}
-			q.Set("mode", "ro")
-			for _, p := range []string{"busy_timeout(10000)", "query_only(1)"} {
-				q.Add("_pragma", p)
-			}
+			q = sqliteReadOnlyQuery()
 		} else {
 			if err := createPrivate(path); err != nil {
 				return nil, err
@@ -187,7 +190,7 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (_ *DB, err error)
 		// readers proceed under WAL.
 		db.SetMaxOpenConns(4)
 	}
-	s := &DB{db: db, dialect: dialect, unlock: unlock}
+	s := &DB{db: db, ro: db, dialect: dialect, unlock: unlock}
 	if dialect == Postgres {
 		s.dsn = dsn
 	}
@@ -205,11 +208,43 @@ func OpenWith(ctx context.Context, dsn string, o OpenOptions) (_ *DB, err error)
 		}
 		err = s.ensureEpoch(ctx)
 	}
+	if err == nil && dialect == SQLite && !o.ReadOnly {
+		// Opened after the migrations, so the file has its schema and is
+		// in WAL mode, where readers and the writer do not block each other.
+		err = s.openSQLiteReadPool(ctx, sqlitePath(dsn))
+	}
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// sqliteReadOnlyQuery is the DSN query of a SQLite connection that never
+// writes: mode=ro, and query_only so even a statement that reached it by
+// mistake fails with SQLITE_READONLY instead of taking the write lock.
+func sqliteReadOnlyQuery() url.Values {
+	q := url.Values{}
+	q.Set("mode", "ro")
+	for _, p := range []string{"busy_timeout(10000)", "query_only(1)"} {
+		q.Add("_pragma", p)
+	}
+	return q
+}
+
+// openSQLiteReadPool opens s.ro, the pool of ReadTx (see DB.ro).
+func (s *DB) openSQLiteReadPool(ctx context.Context, path string) error {
+	ro, err := sql.Open("sqlite", "file:"+path+"?"+sqliteReadOnlyQuery().Encode())
+	if err != nil {
+		return fmt.Errorf("store: open sqlite read pool: %w", err)
+	}
+	ro.SetMaxOpenConns(4)
+	if err := ro.PingContext(ctx); err != nil {
+		ro.Close()
+		return fmt.Errorf("store: open sqlite read pool: %w", err)
+	}
+	s.ro = ro
+	return nil
 }
 
 // checkSchema compares the migrations recorded in the store with the
@@ -285,6 +320,9 @@ func (s *DB) Close() error {
 		return nil
 	}
 	err := s.db.Close()
+	if s.ro != nil && s.ro != s.db {
+		err = errors.Join(err, s.ro.Close())
+	}
 	s.unlockOnce.Do(func() {
 		if s.unlock != nil {
 			s.unlock()
@@ -323,6 +361,28 @@ func (s *DB) Tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		return fmt.Errorf("store: commit: %w", err)
 	}
 	return nil
+}
+
+// ReadTx runs fn in a read-only transaction that sees one snapshot of the
+// store, for readers that compare several reads (audit verify, Copy) and
+// must not mistake a write committed between two of them for an
+// inconsistency. It never takes the write lock, so however long fn reads,
+// writers (Tx) proceed: under SQLite it is a DEFERRED transaction on the
+// read-only pool, whose WAL snapshot starts at fn's first read; under
+// PostgreSQL it is READ ONLY at REPEATABLE READ. A write inside fn fails in
+// both. The transaction is rolled back when fn returns; ReadTx returns
+// fn's error.
+func (s *DB) ReadTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if s.dialect == Postgres {
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	tx, err := s.ro.BeginTx(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("store: begin read: %w", err)
+	}
+	defer tx.Rollback()
+	return fn(tx)
 }
 
 // txKey carries a transaction in a context (WithTx).
