@@ -12,7 +12,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -149,7 +148,7 @@ type Server struct {
 	// Detect configures detection and response: traffic record
 	// retention, detector thresholds (per service too), alerts. See
 	// docs/detect.md.
-	Detect detect.Settings `json:"detect,omitzero"`
+	Detect DetectSettings `json:"detect,omitzero"`
 	// Dashboard configures the web dashboard at /ui.
 	Dashboard Dashboard `json:"dashboard,omitzero"`
 }

@@ -73,7 +73,7 @@ func FuzzParseServer(f *testing.F) {
 	})
 }
 
-// The detect section's per-service thresholds embed detect.Thresholds:
+// The detect section's per-service thresholds embed DetectThresholds:
 // their keys sit inline (encoding/json promotes them), and the key check
 // must see them there, and still refuse a typo among them.
 func TestParseServerDetectServices(t *testing.T) {

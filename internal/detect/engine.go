@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/moatless/moatless/internal/config"
 )
 
 // Severity of a finding.
@@ -81,7 +83,7 @@ type Record struct {
 type Finding struct {
 	ID string `json:"id"`
 	// Time is when it was first found, LastSeen when last; Count how
-	// many detections it folds (see Settings.SuppressFor).
+	// many detections it folds (see config.DetectSettings.SuppressFor).
 	Time     time.Time `json:"time"`
 	LastSeen time.Time `json:"last_seen"`
 	Count    int       `json:"count"`
@@ -160,7 +162,7 @@ type dedupKey struct{ detector, identity, destination string }
 // Engine holds the baselines and runs the detectors. It is safe for
 // concurrent use. Create it with NewEngine.
 type Engine struct {
-	cfg Settings
+	cfg config.DetectSettings
 
 	mu       sync.Mutex
 	edges    map[edgeKey]*edgeState
@@ -190,7 +192,7 @@ type KnownEdge struct {
 const maxTracked = 200_000
 
 // NewEngine builds an engine with the settings (Complete is applied).
-func NewEngine(s Settings) *Engine {
+func NewEngine(s config.DetectSettings) *Engine {
 	s.Complete()
 	return &Engine{
 		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
@@ -199,7 +201,7 @@ func NewEngine(s Settings) *Engine {
 }
 
 // Settings returns the settings in force (defaults filled in).
-func (e *Engine) Settings() Settings { return e.cfg }
+func (e *Engine) Settings() config.DetectSettings { return e.cfg }
 
 // LoadKnown tells the engine the edges it has seen before (from the
 // store), with when each was first seen: an identity's first sighting
@@ -399,7 +401,7 @@ func (e *Engine) Tick(now time.Time) {
 // judge accounts r and runs the traffic detectors on it.
 func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	es, id, newDst, newOp := e.account(r, true)
-	th := e.cfg.thresholdsFor(r.Source)
+	th := e.cfg.ThresholdsFor(r.Source)
 	var out []*Finding
 	add := func(f *Finding) {
 		if f != nil {
@@ -513,7 +515,7 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	th := e.cfg.thresholdsFor(ev.Identity)
+	th := e.cfg.ThresholdsFor(ev.Identity)
 	var f *Finding
 	switch ev.Kind {
 	case EventRefreshReuse:

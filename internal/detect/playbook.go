@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -221,7 +222,7 @@ func (pb *Playbook) validate() error {
 		}
 	}
 	for i, p := range t.Identities {
-		if err := checkPattern(p); err != nil {
+		if err := config.CheckIdentityPattern(p); err != nil {
 			return fmt.Errorf("spec.trigger.identities[%d]: %w", i, err)
 		}
 	}
@@ -264,7 +265,7 @@ func (pb Playbook) Matches(identity string, risk float64, openDetectors []string
 	if len(t.Identities) > 0 {
 		ok := false
 		for _, p := range t.Identities {
-			ok = ok || matchIdentity(p, identity)
+			ok = ok || config.MatchIdentityPattern(p, identity)
 		}
 		if !ok {
 			return false

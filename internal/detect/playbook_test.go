@@ -125,23 +125,3 @@ func FuzzParsePlaybooks(f *testing.F) {
 		}
 	})
 }
-
-func TestMatchIdentity(t *testing.T) {
-	for _, tc := range []struct {
-		pattern, id string
-		want        bool
-	}{
-		{"spiffe://td/ns/prod/sa/a", "spiffe://td/ns/prod/sa/a", true},
-		{"spiffe://td/ns/prod/sa/a", "spiffe://td/ns/prod/sa/ab", false},
-		{"spiffe://td/ns/prod/*", "spiffe://td/ns/prod/sa/a", true},
-		{"spiffe://td/ns/prod/*", "spiffe://td/ns/production/sa/a", false},
-		{"spiffe://td/ns/*/sa/reports", "spiffe://td/ns/dev/sa/reports", true},
-		{"spiffe://td/ns/*/sa/reports", "spiffe://td/ns/dev/sa/reports2", false},
-		{"spiffe://td/*", "spiffe://other/ns/x", false},
-		{"spiffe://*/ns/*/sa/*", "spiffe://td/ns/a/sa/b", true},
-	} {
-		if got := matchIdentity(tc.pattern, tc.id); got != tc.want {
-			t.Errorf("matchIdentity(%q, %q) = %v, want %v", tc.pattern, tc.id, got, tc.want)
-		}
-	}
-}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/config"
 )
 
 // The tests in this file run the detectors over a generated week of
@@ -330,7 +332,7 @@ func TestDetectorsOnGeneratedWeek(t *testing.T) {
 		t.Skip("a week of traffic")
 	}
 	w := newWeek(42, true)
-	e := NewEngine(Settings{})
+	e := NewEngine(config.DetectSettings{})
 	found := w.run(t, e, 42)
 	sc := score(w.attacks, found)
 	names := make([]string, 0, len(sc))
@@ -372,7 +374,7 @@ func TestNoFindingStormOnNormalTraffic(t *testing.T) {
 		t.Skip("a week of traffic")
 	}
 	w := newWeek(7, false)
-	e := NewEngine(Settings{})
+	e := NewEngine(config.DetectSettings{})
 	found := w.run(t, e, 7)
 	// A week of normal traffic may raise a handful of findings (a
 	// Poisson tail now and then), never a storm.

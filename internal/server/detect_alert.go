@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/detect"
 )
 
@@ -55,8 +56,8 @@ type webhookSink struct {
 
 // newAlerter reads the webhooks' secrets and roots; a secret file
 // readable by others, or missing, fails the server's start.
-func newAlerter(s *Server, st detect.AlertSettings, suppressFor time.Duration) (*alerter, error) {
-	a := &alerter{log: s.log.With("component", "alerts"), now: s.now, minSev: st.MinSeverity, suppressFor: suppressFor, sleep: sleepCtx}
+func newAlerter(s *Server, st config.AlertSettings, suppressFor time.Duration) (*alerter, error) {
+	a := &alerter{log: s.log.With("component", "alerts"), now: s.now, minSev: detect.Severity(st.MinSeverity), suppressFor: suppressFor, sleep: sleepCtx}
 	if a.minSev == "" {
 		a.minSev = detect.Medium
 	}
@@ -66,7 +67,7 @@ func newAlerter(s *Server, st detect.AlertSettings, suppressFor time.Duration) (
 		ws := &webhookSink{name: w.Name, url: w.URL, format: w.Format, timeout: w.Timeout.Std(), backoff: w.RetryBackoff.Std(),
 			attempts: w.MaxAttempts, queue: make(chan *detect.Alert, alertQueue)}
 		if ws.format == "" {
-			ws.format = detect.FormatMoatless
+			ws.format = config.WebhookFormatMoatless
 		}
 		if ws.timeout == 0 {
 			ws.timeout = 5 * time.Second
@@ -199,7 +200,7 @@ func (a *alerter) deliver(ctx context.Context, s *webhookSink, shared *detect.Al
 	al.SentAt = a.now().UTC()
 	var body []byte
 	var err error
-	if s.format == detect.FormatAlertmanager {
+	if s.format == config.WebhookFormatAlertmanager {
 		body, err = detect.AlertmanagerBody(al, a.suppressFor)
 	} else {
 		body, err = json.Marshal(al)

@@ -61,9 +61,9 @@ func TestAlertsSignedRetriedAndAlertmanager(t *testing.T) {
 	secretFile := filepath.Join(dir, "webhook-secret")
 	os.WriteFile(secretFile, append(secret, '\n'), 0o600)
 	e := start(t, "", func(st *config.Server) {
-		st.Detect.Alerts = detect.AlertSettings{Webhooks: []detect.Webhook{
+		st.Detect.Alerts = config.AlertSettings{Webhooks: []config.Webhook{
 			{Name: "soc", URL: soc.srv.URL + "/hook", SecretFile: secretFile, RetryBackoff: wire.Duration(10 * time.Millisecond)},
-			{Name: "am", URL: am.srv.URL + "/api/v2/alerts", Format: detect.FormatAlertmanager},
+			{Name: "am", URL: am.srv.URL + "/api/v2/alerts", Format: config.WebhookFormatAlertmanager},
 		}}
 	})
 	e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "c.yaml", Content: containPlaybook}}}, nil)
@@ -128,7 +128,7 @@ func TestAlertSecretFileMustBePrivate(t *testing.T) {
 	os.WriteFile(secretFile, []byte("a webhook secret of some length\n"), 0o644)
 	st := config.DefaultServer(func(string) string { return "" })
 	st.DataDir, st.TrustDomain, st.Listen = dir, "example.org", "127.0.0.1:0"
-	st.Detect.Alerts = detect.AlertSettings{Webhooks: []detect.Webhook{{Name: "soc", URL: "https://hooks.example.org/x", SecretFile: secretFile}}}
+	st.Detect.Alerts = config.AlertSettings{Webhooks: []config.Webhook{{Name: "soc", URL: "https://hooks.example.org/x", SecretFile: secretFile}}}
 	st.Complete()
 	_, err := server.New(t.Context(), server.Config{Settings: st})
 	if err == nil || !contains(err.Error(), "secret_file") || !contains(err.Error(), "chmod 600") {

@@ -1,8 +1,11 @@
-package detect
+package config
 
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -11,9 +14,9 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// Thresholds are the detectors' settings for the identities they judge.
-// A zero field takes the default (see DefaultThresholds).
-type Thresholds struct {
+// DetectThresholds are the detectors' settings for the identities they judge.
+// A zero field takes the default (see DefaultDetectThresholds).
+type DetectThresholds struct {
 	// RateFactor: a minute with more than RateFactor × the edge's
 	// baseline requests is a rate finding (default 3), when it is also
 	// above the baseline by 5 deviations and at least MinRate requests.
@@ -44,15 +47,15 @@ type Thresholds struct {
 	AttestFailures int `json:"attest_failures,omitempty"`
 }
 
-// DefaultThresholds are the detectors' defaults.
-var DefaultThresholds = Thresholds{
+// DefaultDetectThresholds are the detectors' defaults.
+var DefaultDetectThresholds = DetectThresholds{
 	RateFactor: 3, MinRate: 30, DenyBurst: 20, NewPaths: 10,
 	BytesPerMinute: 100 << 20, BytesFactor: 10, MinBytes: 10 << 20, PIIMatches: 20,
 	ExchangeBurst: 60, AttestFailures: 5,
 }
 
-// merge fills t's zero fields from d.
-func (t Thresholds) merge(d Thresholds) Thresholds {
+// Or returns t with its zero fields taken from d.
+func (t DetectThresholds) Or(d DetectThresholds) DetectThresholds {
 	pick := func(a, b float64) float64 {
 		if a == 0 {
 			return b
@@ -65,7 +68,7 @@ func (t Thresholds) merge(d Thresholds) Thresholds {
 		}
 		return a
 	}
-	return Thresholds{
+	return DetectThresholds{
 		RateFactor: pick(t.RateFactor, d.RateFactor), MinRate: pick(t.MinRate, d.MinRate),
 		DenyBurst: int(pickI(int64(t.DenyBurst), int64(d.DenyBurst))), NewPaths: int(pickI(int64(t.NewPaths), int64(d.NewPaths))),
 		BytesPerMinute: pickI(t.BytesPerMinute, d.BytesPerMinute), BytesFactor: pick(t.BytesFactor, d.BytesFactor),
@@ -75,7 +78,7 @@ func (t Thresholds) merge(d Thresholds) Thresholds {
 	}
 }
 
-func (t Thresholds) validate(field string) error {
+func (t DetectThresholds) validate(field string) error {
 	for _, f := range []struct {
 		name string
 		v    float64
@@ -101,12 +104,14 @@ func (t Thresholds) validate(field string) error {
 // ("spiffe://example.org/ns/batch/*").
 type ServiceThresholds struct {
 	Match string `json:"match"`
-	Thresholds
+	DetectThresholds
 }
 
-// Settings configure detection and response on the server (the detect
-// section of the server config). Every field has a working default.
-type Settings struct {
+// DetectSettings configure detection and response on the server (the
+// detect section of the server config, read by internal/detect). They live
+// here, not in detect, so that config, which every role links, does not
+// link the detection engine. Every field has a working default.
+type DetectSettings struct {
 	// Disabled turns detection off (records are still stored).
 	Disabled bool `json:"disabled,omitempty"`
 	// Retention is how long traffic records and sampled decisions are
@@ -128,41 +133,41 @@ type Settings struct {
 	MaxFindingsPerMinute int `json:"max_findings_per_minute,omitempty"`
 	// Thresholds are the defaults for every identity; Services override
 	// them for some (the first match wins).
-	Thresholds Thresholds          `json:"thresholds,omitempty"`
+	Thresholds DetectThresholds    `json:"thresholds,omitempty"`
 	Services   []ServiceThresholds `json:"services,omitempty"`
 	// Alerts say where findings and incidents are sent.
 	Alerts AlertSettings `json:"alerts,omitempty"`
 }
 
-// Defaults of Settings.
+// Defaults of DetectSettings.
 const (
-	DefaultRetention            = 14 * 24 * time.Hour
-	DefaultLearningPeriod       = 24 * time.Hour
-	DefaultSuppressFor          = 30 * time.Minute
-	DefaultRiskWindow           = time.Hour
-	DefaultMaxFindingsPerMinute = 100
+	DefaultDetectRetention            = 14 * 24 * time.Hour
+	DefaultDetectLearningPeriod       = 24 * time.Hour
+	DefaultDetectSuppressFor          = 30 * time.Minute
+	DefaultDetectRiskWindow           = time.Hour
+	DefaultDetectMaxFindingsPerMinute = 100
 )
 
 // Complete fills in defaults.
-func (s *Settings) Complete() {
+func (s *DetectSettings) Complete() {
 	def := func(d *wire.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = wire.Duration(v)
 		}
 	}
-	def(&s.Retention, DefaultRetention)
-	def(&s.LearningPeriod, DefaultLearningPeriod)
-	def(&s.SuppressFor, DefaultSuppressFor)
-	def(&s.RiskWindow, DefaultRiskWindow)
+	def(&s.Retention, DefaultDetectRetention)
+	def(&s.LearningPeriod, DefaultDetectLearningPeriod)
+	def(&s.SuppressFor, DefaultDetectSuppressFor)
+	def(&s.RiskWindow, DefaultDetectRiskWindow)
 	if s.MaxFindingsPerMinute == 0 {
-		s.MaxFindingsPerMinute = DefaultMaxFindingsPerMinute
+		s.MaxFindingsPerMinute = DefaultDetectMaxFindingsPerMinute
 	}
-	s.Thresholds = s.Thresholds.merge(DefaultThresholds)
+	s.Thresholds = s.Thresholds.Or(DefaultDetectThresholds)
 }
 
 // Validate checks the settings; errors name the field under prefix
 // ("detect").
-func (s *Settings) Validate(prefix string) error {
+func (s *DetectSettings) Validate(prefix string) error {
 	var errs []error
 	pos := func(name string, d wire.Duration, lo time.Duration) {
 		if d != 0 && d.Std() < lo {
@@ -181,10 +186,10 @@ func (s *Settings) Validate(prefix string) error {
 	}
 	for i, st := range s.Services {
 		f := fmt.Sprintf("%s.services[%d]", prefix, i)
-		if err := checkPattern(st.Match); err != nil {
+		if err := CheckIdentityPattern(st.Match); err != nil {
 			errs = append(errs, fmt.Errorf("%s.match: %w", f, err))
 		}
-		if err := st.Thresholds.validate(f); err != nil {
+		if err := st.DetectThresholds.validate(f); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -194,10 +199,10 @@ func (s *Settings) Validate(prefix string) error {
 	return errors.Join(errs...)
 }
 
-// checkPattern accepts a SPIFFE ID, or a pattern over them in which "*"
+// CheckIdentityPattern accepts a SPIFFE ID, or a pattern over them in which "*"
 // stands for any run of characters, "/" included
 // ("spiffe://example.org/ns/batch/*").
-func checkPattern(p string) error {
+func CheckIdentityPattern(p string) error {
 	if p == "" {
 		return errors.New("required")
 	}
@@ -216,9 +221,9 @@ func checkPattern(p string) error {
 	return nil
 }
 
-// matchIdentity reports whether pattern names id: equal, or with each
+// MatchIdentityPattern reports whether pattern names id: equal, or with each
 // "*" in pattern standing for any run of characters.
-func matchIdentity(pattern, id string) bool {
+func MatchIdentityPattern(pattern, id string) bool {
 	if !strings.Contains(pattern, "*") {
 		return pattern == id
 	}
@@ -240,12 +245,119 @@ func matchIdentity(pattern, id string) bool {
 	return true
 }
 
-// thresholdsFor returns the thresholds in force for an identity.
-func (s *Settings) thresholdsFor(id string) Thresholds {
+// AlertSettings say where findings and incidents are sent, besides the
+// server's log and metrics (always).
+//
+//	alerts:
+//	  min_severity: medium
+//	  webhooks:
+//	  - {name: soc, url: "https://hooks.example.org/moatless", secret_file: /etc/moatless/webhook-secret}
+//	  - {name: am, url: "https://alertmanager.example.org/api/v2/alerts", format: alertmanager}
+type AlertSettings struct {
+	// MinSeverity: findings below it are logged but not sent (default
+	// medium). Incidents are always sent.
+	MinSeverity string `json:"min_severity,omitempty"`
+	// Webhooks receive every alert.
+	Webhooks []Webhook `json:"webhooks,omitempty"`
+}
+
+// Webhook is one alert receiver.
+type Webhook struct {
+	// Name labels metrics and logs.
+	Name string `json:"name"`
+	// URL is https, or http to a loopback address only.
+	URL string `json:"url"`
+	// Format is "moatless" (default: the Alert JSON below, signed) or
+	// "alertmanager" (Prometheus Alertmanager's POST /api/v2/alerts
+	// body: a list of alerts with labels and annotations).
+	Format string `json:"format,omitempty"`
+	// SecretFile holds the HMAC-SHA256 key that signs each body
+	// (X-Moatless-Signature: t=UNIX,v1=HEX over "UNIX.BODY"); mode 0600.
+	// Required for the moatless format.
+	SecretFile string `json:"secret_file,omitempty"`
+	// CAFile holds extra PEM roots for the receiver's certificate.
+	CAFile string `json:"ca_file,omitempty"`
+	// Timeout bounds one attempt (default 5s); MaxAttempts the attempts of
+	// one alert (default 6); RetryBackoff the first wait between them
+	// (default 1s, doubling to at most 1m, with jitter).
+	Timeout      wire.Duration `json:"timeout,omitempty"`
+	MaxAttempts  int           `json:"max_attempts,omitempty"`
+	RetryBackoff wire.Duration `json:"retry_backoff,omitempty"`
+}
+
+// Webhook formats.
+const (
+	WebhookFormatMoatless     = "moatless"
+	WebhookFormatAlertmanager = "alertmanager"
+)
+
+func (a AlertSettings) validate(field string) error {
+	switch a.MinSeverity {
+	case "", "low", "medium", "high", "critical":
+	default:
+		return fmt.Errorf("%s.min_severity %q: want low, medium, high or critical", field, a.MinSeverity)
+	}
+	names := map[string]bool{}
+	for i, w := range a.Webhooks {
+		f := fmt.Sprintf("%s.webhooks[%d]", field, i)
+		if !webhookName.MatchString(w.Name) {
+			return fmt.Errorf("%s.name %q: lower-case letters, digits and '-'", f, w.Name)
+		}
+		if names[w.Name] {
+			return fmt.Errorf("%s.name %q: used twice", f, w.Name)
+		}
+		names[w.Name] = true
+		if err := checkWebhookURL(w.URL); err != nil {
+			return fmt.Errorf("%s.url: %w", f, err)
+		}
+		switch w.Format {
+		case "", WebhookFormatMoatless:
+			if w.SecretFile == "" {
+				return fmt.Errorf("%s.secret_file: required: receivers verify the signature", f)
+			}
+		case WebhookFormatAlertmanager:
+		default:
+			return fmt.Errorf("%s.format %q: want moatless or alertmanager", f, w.Format)
+		}
+		if w.Timeout < 0 || w.MaxAttempts < 0 || w.MaxAttempts > 20 || w.RetryBackoff < 0 {
+			return fmt.Errorf("%s: timeout, retry_backoff must be positive, max_attempts 1 to 20", f)
+		}
+	}
+	return nil
+}
+
+func checkWebhookURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q: %w", raw, err)
+	}
+	if u.User != nil || u.Fragment != "" || u.Host == "" {
+		return fmt.Errorf("%q: want scheme://host[:port]/path, without credentials or fragment", raw)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		ip := net.ParseIP(u.Hostname())
+		if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%q: plain http only to a loopback address; use https", raw)
+		}
+	default:
+		return fmt.Errorf("%q: want an https URL", raw)
+	}
+	return nil
+}
+
+// ThresholdsFor returns the thresholds in force for an identity: those of
+// the first Services entry whose Match names it, their zero fields taken
+// from Thresholds; Thresholds when none does.
+func (s *DetectSettings) ThresholdsFor(id string) DetectThresholds {
 	for _, st := range s.Services {
-		if matchIdentity(st.Match, id) {
-			return st.Thresholds.merge(s.Thresholds)
+		if MatchIdentityPattern(st.Match, id) {
+			return st.DetectThresholds.Or(s.Thresholds)
 		}
 	}
 	return s.Thresholds
 }
+
+// webhookName is what names a webhook in metrics and logs.
+var webhookName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
