@@ -176,14 +176,9 @@ func (r *gatewayRun) run(ctx context.Context) error {
 }
 
 // watchConfig re-reads the config file and the TLS certificate every
-// reload interval. A changed config is applied once two consecutive
-// reads agree (never a half-written file); one that does not load or
-// validate, or changes a setting that needs a restart, is refused with a
-// log line and a metric, and the one in force keeps serving.
+// reload interval (reloadTick) until ctx is done.
 func (r *gatewayRun) watchConfig(ctx context.Context, g *gateway.Gateway) {
-	cur, _ := readSmallFile(r.path, config.MaxFileSize)
-	applied := sha256.Sum256(cur)
-	var pending [32]byte
+	w := r.newConfigWatch()
 	t := time.NewTicker(r.cfg.ReloadInterval.Std())
 	defer t.Stop()
 	for {
@@ -192,37 +187,66 @@ func (r *gatewayRun) watchConfig(ctx context.Context, g *gateway.Gateway) {
 			return
 		case <-t.C:
 		}
-		if changed, err := g.ReloadCertificate(); err != nil {
-			r.log.Error("TLS certificate reload failed; keeping the one in force", "err", err)
-		} else if changed {
-			r.log.Info("TLS certificate reloaded")
-		}
-		b, err := readSmallFile(r.path, config.MaxFileSize)
-		if err != nil {
-			g.ReloadFailed("config")
-			r.log.Error("config reload failed; keeping the one in force", "err", err)
-			continue
-		}
-		sum := sha256.Sum256(b)
-		if sum == applied {
-			continue
-		}
-		if sum != pending {
-			pending = sum
-			continue
-		}
-		applied = sum
-		cfg, err := config.ParseGateway(bytes.NewReader(b))
-		if err == nil {
-			err = g.Reload(ctx, cfg)
-		}
-		if err != nil {
-			g.ReloadFailed("config")
-			r.log.Error("config reload refused; keeping the one in force", "file", r.path, "err", err)
-			continue
-		}
-		r.log.Info("config reloaded", "file", r.path, "routes", len(cfg.Routes))
+		r.reloadTick(ctx, g, w)
 	}
+}
+
+// configWatch is what reloadTick remembers from one tick to the next.
+type configWatch struct {
+	// applied is the hash of the config file in force, pending that of
+	// a changed file read once (applied when the next read agrees).
+	applied, pending [32]byte
+	// readFailure is the error of the last read when it failed.
+	readFailure string
+}
+
+func (r *gatewayRun) newConfigWatch() *configWatch {
+	cur, _ := readSmallFile(r.path, config.MaxFileSize)
+	return &configWatch{applied: sha256.Sum256(cur)}
+}
+
+// reloadTick is one tick of watchConfig: it re-reads the TLS certificate
+// (ReloadCertificate), then the config file. A changed config is applied
+// once two consecutive reads agree (never a half-written file); one that
+// does not load or validate, or changes a setting that needs a restart,
+// is refused with a log line and a metric, and the one in force keeps
+// serving. A file that cannot be read is logged when that starts or the
+// error changes, and once when it reads again, not on every tick: with
+// the default interval a lasting failure would otherwise log every 2 s.
+func (r *gatewayRun) reloadTick(ctx context.Context, g *gateway.Gateway, w *configWatch) {
+	g.ReloadCertificate() // logs and counts its own failures the same way
+	b, err := readSmallFile(r.path, config.MaxFileSize)
+	if err != nil {
+		g.ReloadFailed("config")
+		if err.Error() != w.readFailure {
+			w.readFailure = err.Error()
+			r.log.Error("config reload failed; keeping the one in force until the file reads", "file", r.path, "err", err)
+		}
+		return
+	}
+	if w.readFailure != "" {
+		w.readFailure = ""
+		r.log.Info("config file reads again", "file", r.path)
+	}
+	sum := sha256.Sum256(b)
+	if sum == w.applied {
+		return
+	}
+	if sum != w.pending {
+		w.pending = sum
+		return
+	}
+	w.applied = sum
+	cfg, err := config.ParseGateway(bytes.NewReader(b))
+	if err == nil {
+		err = g.Reload(ctx, cfg)
+	}
+	if err != nil {
+		g.ReloadFailed("config")
+		r.log.Error("config reload refused; keeping the one in force", "file", r.path, "err", err)
+		return
+	}
+	r.log.Info("config reloaded", "file", r.path, "routes", len(cfg.Routes))
 }
 
 // sharedSecrets reads the HMAC issuers' secret files: the bytes as they

@@ -120,6 +120,11 @@ type Gateway struct {
 	exchange *exchanger
 	// reloadMu serializes Reload.
 	reloadMu sync.Mutex
+	// certFailure is the error of the last ReloadCertificate when it
+	// failed ("" when it worked), so a failure is logged when it starts
+	// or changes, not on every call; certLogMu guards it.
+	certLogMu   sync.Mutex
+	certFailure string
 	// redis are the rate-limit stores by URL, shared by limits and kept
 	// across reloads.
 	redisMu   sync.Mutex
@@ -177,14 +182,15 @@ func New(opts Options) (*Gateway, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	m, err := newMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
 	g := &Gateway{
 		opts: opts, log: opts.Logger, access: opts.AccessLog, decision: opts.DecisionLog,
-		now: opts.Now, metrics: m, upstreams: map[upstreamKey]*proxy.Upstream{},
+		now: opts.Now, upstreams: map[upstreamKey]*proxy.Upstream{},
 		done: make(chan struct{}),
+	}
+	g.certs = &certReloader{read: opts.ReadFile, now: opts.Now}
+	var err error
+	if g.metrics, err = newMetrics(reg, g.certs.notAfter); err != nil {
+		return nil, err
 	}
 	if opts.Config.AccessLog != nil && !*opts.Config.AccessLog {
 		g.access = nil
@@ -197,7 +203,6 @@ func New(opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: listen: %w", err)
 	}
 	fmt.Sscan(port, &g.port)
-	g.certs = &certReloader{read: opts.ReadFile, now: opts.Now}
 	if err := g.certs.load(opts.Config.TLS.Cert, opts.Config.TLS.Key); err != nil {
 		return nil, err
 	}
@@ -397,15 +402,39 @@ func restartOnly(a, b *config.Gateway) error {
 	return errors.Join(errs...)
 }
 
-// ReloadCertificate re-reads the TLS certificate files; a pair that does
-// not load keeps the old one in force. changed reports a new certificate.
+// ReloadCertificate re-reads the TLS certificate files, for a caller that
+// calls it every reload interval; a pair that does not load keeps the last
+// good one in force. changed reports a new certificate.
+//
+// It logs what changed, not every call: a failure once (and a different
+// failure once more), not on every tick it lasts, and once when reloads
+// work again. Every failed call counts in reload_failures_total{what="tls"},
+// and tls_certificate_reload_failing is 1 while the files do not load, so
+// an alert does not depend on the log.
 func (g *Gateway) ReloadCertificate() (changed bool, err error) {
+	g.certLogMu.Lock()
+	defer g.certLogMu.Unlock()
 	c := g.state.Load().cfg.TLS
 	changed, err = g.certs.reload(c.Cert, c.Key)
 	if err != nil {
 		g.ReloadFailed("tls")
+		g.metrics.certReloadFailing.Set(1)
+		if msg := err.Error(); msg != g.certFailure {
+			g.certFailure = msg
+			g.log.Error("TLS certificate reload failed; serving the last good certificate until the files load", "err", err,
+				"not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
+		}
+		return false, err
 	}
-	return changed, err
+	g.metrics.certReloadFailing.Set(0)
+	switch {
+	case g.certFailure != "":
+		g.certFailure = ""
+		g.log.Info("TLS certificate reload works again", "changed", changed, "not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
+	case changed:
+		g.log.Info("TLS certificate reloaded", "not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
+	}
+	return changed, nil
 }
 
 // Serve binds the listener (or uses Options.Listener) and serves until ctx

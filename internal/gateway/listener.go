@@ -192,6 +192,15 @@ func (r *certReloader) get() (*tls.Certificate, error) {
 	return c, nil
 }
 
+// notAfter is the expiry of the certificate in force; the zero time
+// before the first load.
+func (r *certReloader) notAfter() time.Time {
+	if c := r.cert.Load(); c != nil {
+		return c.Leaf.NotAfter
+	}
+	return time.Time{}
+}
+
 // load is reload for the initial load and config reloads: an error is
 // returned to the caller, who refuses to start or to apply the config.
 func (r *certReloader) load(certFile, keyFile string) error {

@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are the gateway's Prometheus series. Labels are bounded: route
 // names and upstream addresses come from the config, reasons from the
@@ -19,9 +23,13 @@ type metrics struct {
 	policyVersion     prometheus.Gauge
 	storeErrors       *prometheus.CounterVec
 	wafMatches        *prometheus.CounterVec
+	certReloadFailing prometheus.Gauge
+	certNotAfter      prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics registers the gateway's series on reg; certNotAfter reports
+// the expiry of the public certificate in force.
+func newMetrics(reg prometheus.Registerer, certNotAfter func() time.Time) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "moatless_gateway_requests_total",
@@ -76,8 +84,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "moatless_gateway_waf_requests_total",
 			Help: "Requests the WAF inspected, by route and outcome (pass, detect, block).",
 		}, []string{"route", "outcome"}),
+		certReloadFailing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "moatless_gateway_tls_certificate_reload_failing",
+			Help: "1 while the TLS certificate files do not load (the last good certificate is served), 0 otherwise.",
+		}),
+		certNotAfter: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "moatless_gateway_tls_certificate_expiry_timestamp_seconds",
+			Help: "Expiry (Unix seconds) of the public TLS certificate being served.",
+		}, func() float64 {
+			if t := certNotAfter(); !t.IsZero() {
+				return float64(t.Unix())
+			}
+			return 0
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.connections, m.connsRefused, m.handshakeFailures, m.retries, m.upstreamHealthy, m.upstreamErrors, m.reloadFailures, m.configReloads, m.policyVersion, m.storeErrors, m.wafMatches} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.connections, m.connsRefused, m.handshakeFailures, m.retries, m.upstreamHealthy, m.upstreamErrors, m.reloadFailures, m.configReloads, m.policyVersion, m.storeErrors, m.wafMatches, m.certReloadFailing, m.certNotAfter} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
