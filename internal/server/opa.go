@@ -118,7 +118,7 @@ func (o opaWriter) call(r *http.Request) *adminCall {
 
 // write runs one change; build gets the objects in force.
 func (o opaWriter) write(r *http.Request, action string, build func(byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error)) error {
-	_, err := o.s.writePolicySet(o.call(r), action, 0, false, func(_ []policy.Document, byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+	_, err := o.s.writePolicySet(o.call(r), action, 0, false, func(byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
 		return build(byRef)
 	})
 	var br *badRequest

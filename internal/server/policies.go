@@ -238,7 +238,12 @@ func compileObjects(objs map[store.PolicyRef]json.RawMessage) error {
 	}
 	docs, err := policy.ParseJSONDocuments(ps.Documents)
 	if err != nil {
-		return fmt.Errorf("server: the stored policy set no longer validates: %w", err)
+		// What a change writes was parsed on the way in, so what fails
+		// here is a stored object the loader now refuses. It stays
+		// refused (a sidecar refuses the version too; read leniently an
+		// empty from would mean any source); the way out is to replace
+		// or delete it.
+		return fmt.Errorf("%w: a stored policy object no longer validates (re-apply a corrected version or delete it): %v", store.ErrConflict, err)
 	}
 	var opts policy.Options
 	if len(ps.Modules) > 0 || len(ps.Data) > 0 {
@@ -326,7 +331,7 @@ func loadSet(objs []store.PolicyObject) ([]policy.Document, error) {
 // build the writes with build, compile the result, write it as a new
 // version with its audit record, and tell the watch streams.
 func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryRun bool,
-	build func(current []policy.Document, byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error)) (PolicyChangeResult, error) {
+	build func(byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error)) (PolicyChangeResult, error) {
 	var res PolicyChangeResult
 	errDryRun := errors.New("dry run")
 	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
@@ -337,15 +342,15 @@ func (s *Server) writePolicySet(c *adminCall, action string, source uint64, dryR
 		if err != nil {
 			return err
 		}
-		current, err := loadSet(objs)
-		if err != nil {
-			return err
-		}
+		// The stored set is not parsed here: an object stored before the
+		// loader refused it (an empty from written before empty lists
+		// were refused, say) must not block the change that replaces or
+		// deletes it. The merged set below is checked whole instead.
 		byRef := map[store.PolicyRef]store.PolicyObject{}
 		for _, o := range objs {
 			byRef[o.PolicyRef] = o
 		}
-		writes, err := build(current, byRef)
+		writes, err := build(byRef)
 		if err != nil {
 			return err
 		}
@@ -468,7 +473,7 @@ func (s *Server) applyPolicies(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	res, err := s.writePolicySet(c, "apply", 0, in.DryRun, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+	res, err := s.writePolicySet(c, "apply", 0, in.DryRun, func(map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
 		out := make([]store.PolicyWrite, 0, len(docs)+len(rego))
 		for i := range docs {
 			out = append(out, store.PolicyWrite{PolicyRef: refOf(&docs[i]), Raw: docs[i].Raw})
@@ -545,7 +550,7 @@ func (s *Server) deletePolicies(c *adminCall) {
 		}
 		seen[r] = true
 	}
-	res, err := s.writePolicySet(c, "delete", 0, false, func(current []policy.Document, _ map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+	res, err := s.writePolicySet(c, "delete", 0, false, func(map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
 		out := make([]store.PolicyWrite, len(in.Objects))
 		for i, r := range in.Objects {
 			out[i] = store.PolicyWrite{PolicyRef: r}
@@ -569,7 +574,7 @@ func (s *Server) rollbackPolicies(c *adminCall) {
 		c.fail(badf("version: required (see \"moatless policy history\")"))
 		return
 	}
-	res, err := s.writePolicySet(c, "rollback", in.Version, false, func(current []policy.Document, byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
+	res, err := s.writePolicySet(c, "rollback", in.Version, false, func(byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
 		_, target, err := s.db.PolicySet(c.ctx, s.db.SQL(), in.Version)
 		if err != nil {
 			return nil, err
