@@ -32,7 +32,8 @@ func runAgentList(ctx context.Context, e *Env, args []string) int {
 		return e.printList(out, 0)
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tACKED\tREQUIRED\tIN SYNC\tPOLICY\tLAST SEEN\tSVID EXPIRES")
+	// Columns are the JSON field names (output.go).
+	fmt.Fprintln(tw, "SPIFFE ID\tCOMPONENT\tCONNECTED\tACKED VERSION\tREQUIRED VERSION\tIN SYNC\tPOLICY VERSION\tLAST SEEN\tSVID EXPIRES AT")
 	yn := map[bool]string{true: "yes", false: "no"}
 	for _, n := range out {
 		comp := n.Component

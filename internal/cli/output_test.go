@@ -1,13 +1,23 @@
 package cli
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestListOutputShape: every list command's -o json is one object with
@@ -26,7 +36,8 @@ func TestListOutputShape(t *testing.T) {
 		return out
 	}
 	mustRun("entry", "create", "--parent", "spiffe://example.org/node/n1", "--spiffe-id", "spiffe://example.org/ns/prod/sa/orders", "--selector", "unix:uid:1000")
-	mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")
+	attestNode(t, env, strings.TrimSpace(mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")))
+	mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n2")
 	mustRun("revoke", "--spiffe-id", "spiffe://example.org/ns/prod/sa/orders", "--reason", "test")
 	mustRun("oauth", "client", "create", "--name", "orders", "--grant", "client_credentials", "--scope", "a")
 	pw := filepath.Join(dir, "pw")
@@ -49,7 +60,7 @@ func TestListOutputShape(t *testing.T) {
 		{"entry_list", []string{"entry", "list"}, false, []string{"namespace"}},
 		{"jointoken_list", []string{"jointoken", "list", "--all"}, false, []string{"used_at"}},
 		{"revoke_list", []string{"revoke", "list"}, false, []string{"until"}},
-		{"agent_list", []string{"agent", "list"}, false, nil},
+		{"agent_list", []string{"agent", "list"}, false, []string{"component"}},
 		{"audit_list", []string{"audit", "list", "--limit", "2"}, true, nil},
 		{"policy_history", []string{"policy", "history"}, false, nil},
 		{"oauth_client_list", []string{"oauth", "client", "list"}, false, []string{"spiffe_id"}},
@@ -91,6 +102,9 @@ func TestListOutputShape(t *testing.T) {
 			text := mustRun(tc.args...)
 			header := strings.Fields(strings.SplitN(text, "\n", 2)[0])
 			if len(items) == 0 {
+				if tc.name == "agent_list" {
+					t.Fatal("no node attested: the agent list header goes unchecked")
+				}
 				return // an empty list may print a sentence instead of a table
 			}
 			for _, col := range splitColumns(strings.SplitN(text, "\n", 2)[0]) {
@@ -108,6 +122,88 @@ func TestListOutputShape(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// attestNode attests a node with a join token, as an agent's first start
+// does, so that lists of nodes have a row.
+func attestNode(t *testing.T, env map[string]string, token string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := os.ReadFile(env["MOATLESS_CACERT"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(bundle)
+	body, _ := json.Marshal(wire.AttestRequest{JoinToken: token, CSR: csr})
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Post("https://"+env["MOATLESS_ADDR"]+wire.PathAttest, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("attest: %d %s", resp.StatusCode, b)
+	}
+}
+
+// TestPolicyStatusColumns: "policy status" is not a list (-o json is one
+// object), but its node tables follow the list rule: every column is a
+// field of the JSON nodes, named alike.
+func TestPolicyStatusColumns(t *testing.T) {
+	env := startServer(t)
+	mustRun := func(args ...string) string {
+		t.Helper()
+		code, out, stderr := runCLI(t, env, args...)
+		if code != ExitOK {
+			t.Fatalf("%v: exit %d: %s %s", args, code, out, stderr)
+		}
+		return out
+	}
+	attestNode(t, env, strings.TrimSpace(mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")))
+	var st struct {
+		Nodes, NotEnforcing []map[string]any
+	}
+	raw := mustRun("policy", "status", "-o", "json")
+	var page map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(raw), &page); err != nil {
+		t.Fatal(err)
+	}
+	json.Unmarshal(page["nodes"], &st.Nodes)
+	json.Unmarshal(page["not_enforcing"], &st.NotEnforcing)
+	keys := map[string]bool{"component": true, "last_ack": true} // omitted until the node acks
+	for _, n := range append(st.Nodes, st.NotEnforcing...) {
+		for k := range n {
+			keys[k] = true
+		}
+	}
+	if len(keys) < 2 {
+		t.Fatalf("no node in the status: %s", raw)
+	}
+	var tables int
+	for _, line := range strings.Split(mustRun("policy", "status"), "\n") {
+		if !strings.HasPrefix(line, "SPIFFE ID") {
+			continue
+		}
+		tables++
+		for _, col := range splitColumns(line) {
+			if !keys[col] {
+				t.Errorf("text column %q is no field of the JSON nodes %v", col, keys)
+			}
+		}
+	}
+	if tables == 0 {
+		t.Fatal("policy status printed no node table")
 	}
 }
 
