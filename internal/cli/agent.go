@@ -14,6 +14,7 @@ import (
 
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // runAgent runs the node agent until interrupted.
@@ -218,18 +219,25 @@ func parseRoleFlags(e *Env, role, checkHelp, summary, docs string, args []string
 // level names (debug, info, warn, error). The server's and the agent's
 // configs were validated to those names; the sidecar's flags come here
 // unchecked: a bad level is an error, checked first, then a bad format is
-// errLogFormat.
+// errLogFormat. gRPC's own log goes to the new logger too
+// (telemetry.RouteGRPCLogs), process-wide.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: logAttr}
+	var log *slog.Logger
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		log = slog.New(slog.NewJSONHandler(w, opts))
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		log = slog.New(slog.NewTextHandler(w, opts))
+	default:
+		return nil, errLogFormat
 	}
-	return nil, errLogFormat
+	// Every role speaks gRPC somewhere (the Workload API, ext_authz,
+	// OTLP export): gRPC's own lines go to the same log.
+	telemetry.RouteGRPCLogs(log)
+	return log, nil
 }
