@@ -17,6 +17,16 @@ func runCLI(t *testing.T, env map[string]string, args ...string) (int, string, s
 	return code, out.String(), errb.String()
 }
 
+// mustCLI is runCLI for a command that must succeed: it returns stdout.
+func mustCLI(t *testing.T, env map[string]string, args ...string) string {
+	t.Helper()
+	code, out, stderr := runCLI(t, env, args...)
+	if code != ExitOK {
+		t.Fatalf("%v: exit %d: %s %s", args, code, out, stderr)
+	}
+	return out
+}
+
 func TestAgentCommandRejectsBadInput(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not.pem")

@@ -27,14 +27,7 @@ import (
 func TestListOutputShape(t *testing.T) {
 	env := startServer(t)
 	dir := env["HOME"]
-	mustRun := func(args ...string) string {
-		t.Helper()
-		code, out, stderr := runCLI(t, env, args...)
-		if code != ExitOK {
-			t.Fatalf("%v: exit %d: %s %s", args, code, out, stderr)
-		}
-		return out
-	}
+	mustRun := func(args ...string) string { t.Helper(); return mustCLI(t, env, args...) }
 	mustRun("entry", "create", "--parent", "spiffe://example.org/node/n1", "--spiffe-id", "spiffe://example.org/ns/prod/sa/orders", "--selector", "unix:uid:1000")
 	attestNode(t, env, strings.TrimSpace(mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")))
 	mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n2")
@@ -162,14 +155,7 @@ func attestNode(t *testing.T, env map[string]string, token string) {
 // field of the JSON nodes, named alike.
 func TestPolicyStatusColumns(t *testing.T) {
 	env := startServer(t)
-	mustRun := func(args ...string) string {
-		t.Helper()
-		code, out, stderr := runCLI(t, env, args...)
-		if code != ExitOK {
-			t.Fatalf("%v: exit %d: %s %s", args, code, out, stderr)
-		}
-		return out
-	}
+	mustRun := func(args ...string) string { t.Helper(); return mustCLI(t, env, args...) }
 	attestNode(t, env, strings.TrimSpace(mustRun("jointoken", "create", "--spiffe-id", "spiffe://example.org/node/n1")))
 	var st struct {
 		Nodes, NotEnforcing []map[string]any
