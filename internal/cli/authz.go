@@ -26,6 +26,7 @@ import (
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 const authzUsage = `Usage: moatless authz -f FILE_OR_DIR [-f ...] --listen ADDR [flags]
@@ -184,11 +185,11 @@ type filePolicy struct {
 	verifier *authn.Verifier
 	dst      policy.Destination
 
-	set     atomic.Pointer[policy.Set]
-	version atomic.Uint64
-	sum     [32]byte
-	pending [32]byte
-	failed  string // the reload error last logged
+	set      atomic.Pointer[policy.Set]
+	version  atomic.Uint64
+	sum      [32]byte
+	pending  [32]byte
+	failures telemetry.FailureLog // which reload outcomes are logged
 }
 
 func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
@@ -208,9 +209,10 @@ func (p *filePolicy) watch(ctx context.Context, ticks <-chan time.Time) {
 			err := p.load(ctx, false)
 			switch {
 			case err == nil:
-				p.failed = ""
-			case err.Error() != p.failed:
-				p.failed = err.Error()
+				// Not logged as a recovery: nil is also a changed file
+				// waiting for its second read (load).
+				p.failures.Worked("policy")
+			case p.failures.Failed("policy", err):
 				p.log.Error("policy reload failed; keeping the policy in force", "err", err)
 			}
 		}

@@ -196,8 +196,8 @@ type configWatch struct {
 	// applied is the hash of the config file in force, pending that of
 	// a changed file read once (applied when the next read agrees).
 	applied, pending [32]byte
-	// readFailure is the error of the last read when it failed.
-	readFailure string
+	// failures decides which read failures are logged.
+	failures telemetry.FailureLog
 }
 
 func (r *gatewayRun) newConfigWatch() *configWatch {
@@ -218,14 +218,12 @@ func (r *gatewayRun) reloadTick(ctx context.Context, g *gateway.Gateway, w *conf
 	b, err := readSmallFile(r.path, config.MaxFileSize)
 	if err != nil {
 		g.ReloadFailed("config")
-		if err.Error() != w.readFailure {
-			w.readFailure = err.Error()
+		if w.failures.Failed("config", err) {
 			r.log.Error("config reload failed; keeping the one in force until the file reads", "file", r.path, "err", err)
 		}
 		return
 	}
-	if w.readFailure != "" {
-		w.readFailure = ""
+	if w.failures.Worked("config") {
 		r.log.Info("config file reads again", "file", r.path)
 	}
 	sum := sha256.Sum256(b)

@@ -48,6 +48,7 @@ import (
 	"github.com/moatless/moatless/internal/gateway/ratelimit"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -120,11 +121,8 @@ type Gateway struct {
 	exchange *exchanger
 	// reloadMu serializes Reload.
 	reloadMu sync.Mutex
-	// certFailure is the error of the last ReloadCertificate when it
-	// failed ("" when it worked), so a failure is logged when it starts
-	// or changes, not on every call; certLogMu guards it.
-	certLogMu   sync.Mutex
-	certFailure string
+	// certFailures decides which ReloadCertificate outcomes are logged.
+	certFailures telemetry.FailureLog
 	// redis are the rate-limit stores by URL, shared by limits and kept
 	// across reloads.
 	redisMu   sync.Mutex
@@ -412,15 +410,12 @@ func restartOnly(a, b *config.Gateway) error {
 // and tls_certificate_reload_failing is 1 while the files do not load, so
 // an alert does not depend on the log.
 func (g *Gateway) ReloadCertificate() (changed bool, err error) {
-	g.certLogMu.Lock()
-	defer g.certLogMu.Unlock()
 	c := g.state.Load().cfg.TLS
 	changed, err = g.certs.reload(c.Cert, c.Key)
 	if err != nil {
 		g.ReloadFailed("tls")
 		g.metrics.certReloadFailing.Set(1)
-		if msg := err.Error(); msg != g.certFailure {
-			g.certFailure = msg
+		if g.certFailures.Failed("tls", err) {
 			g.log.Error("TLS certificate reload failed; serving the last good certificate until the files load", "err", err,
 				"not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
 		}
@@ -428,8 +423,7 @@ func (g *Gateway) ReloadCertificate() (changed bool, err error) {
 	}
 	g.metrics.certReloadFailing.Set(0)
 	switch {
-	case g.certFailure != "":
-		g.certFailure = ""
+	case g.certFailures.Worked("tls"):
 		g.log.Info("TLS certificate reload works again", "changed", changed, "not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
 	case changed:
 		g.log.Info("TLS certificate reloaded", "not_after", g.certs.notAfter().UTC().Format(time.RFC3339))

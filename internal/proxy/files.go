@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -68,10 +69,10 @@ type FileWatcher struct {
 	pendingRev    [32]byte
 	settled       bool // Load: apply at once
 
-	// failed holds, per kind of reload, the error last logged, so that a
-	// file that stays broken is logged once per change, not on every
+	// failures decides, per kind of reload, which failures are logged: a
+	// file that stays broken once per change of the error, not on every
 	// check (the metric still counts every failed check).
-	failed map[string]string
+	failures telemetry.FailureLog
 }
 
 // Load reads everything once. Unlike later reloads, an error here is
@@ -125,21 +126,17 @@ func (w *FileWatcher) Check(ctx context.Context) error {
 
 // noteFailure counts a failed reload of what and logs it unless the same
 // error was the last one logged for what; a success forgets the error, so
-// the next failure is logged again.
+// the next failure is logged again. No recovery line: a nil error is also
+// a changed file waiting for its second read, not yet known to be good.
 func (w *FileWatcher) noteFailure(what string, err error) {
 	if err == nil {
-		delete(w.failed, what)
+		w.failures.Worked(what)
 		return
 	}
 	w.Sidecar.ReloadFailed(what)
-	if w.failed[what] == err.Error() {
-		return
+	if w.failures.Failed(what, err) {
+		w.Logger.Error("reload failed; keeping what is in force", "reload", what, "err", err)
 	}
-	if w.failed == nil {
-		w.failed = map[string]string{}
-	}
-	w.failed[what] = err.Error()
-	w.Logger.Error("reload failed; keeping what is in force", "reload", what, "err", err)
 }
 
 // Run checks every Interval until ctx ends.
