@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -117,5 +119,43 @@ func TestCertificateReloadLogsOncePerFailure(t *testing.T) {
 	tick(2)
 	if n := len(logLines(t, tg.logs.String(), "TLS certificate reloaded")); n != 1 {
 		t.Fatalf("rotation: %d lines, want 1:\n%s", n, tg.logs.String())
+	}
+}
+
+// TestServedCertificateExpiryLoggedOnce: files that do not change while
+// the certificate they hold expires load fine on every tick, but clients
+// refuse that certificate; the gateway says so once, and again only after
+// a new certificate was in force and expired too.
+func TestServedCertificateExpiryLoggedOnce(t *testing.T) {
+	clock := struct {
+		sync.Mutex
+		t time.Time
+	}{t: time.Now()}
+	now := func() time.Time { clock.Lock(); defer clock.Unlock(); return clock.t }
+	advance := func(d time.Duration) { clock.Lock(); clock.t = clock.t.Add(d); clock.Unlock() }
+	ca := testpki.NewCA(t, td)
+	ca.Now = now
+	tg := startGatewayWith(t, ca, "127.0.0.1:1", nil, func(o *Options) { o.Now = now })
+	expired := func() int { return len(logLines(t, tg.logs.String(), "TLS certificate being served has expired")) }
+	steps := []struct {
+		name   string
+		change func()
+		want   int
+	}{
+		{"valid", func() {}, 0},
+		{"expired_logged_once", func() { advance(2 * time.Hour) }, 1},
+		{"renewed", func() { writeServerCert(t, ca, tg.dir) }, 1},
+		{"renewed_one_expired_again", func() { advance(2 * time.Hour) }, 2},
+	}
+	for _, s := range steps {
+		s.change()
+		for range 4 {
+			if _, err := tg.g.ReloadCertificate(); err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+		}
+		if got := expired(); got != s.want {
+			t.Fatalf("%s: %d expiry lines, want %d:\n%s", s.name, got, s.want, tg.logs.String())
+		}
 	}
 }

@@ -406,7 +406,8 @@ func restartOnly(a, b *config.Gateway) error {
 //
 // It logs what changed, not every call: a failure once (and a different
 // failure once more), not on every tick it lasts, and once when reloads
-// work again. Every failed call counts in reload_failures_total{what="tls"},
+// work again; likewise, once, a served certificate that expired while its
+// files did not change. Every failed call counts in reload_failures_total{what="tls"},
 // and tls_certificate_reload_failing is 1 while the files do not load, so
 // an alert does not depend on the log.
 func (g *Gateway) ReloadCertificate() (changed bool, err error) {
@@ -422,6 +423,17 @@ func (g *Gateway) ReloadCertificate() (changed bool, err error) {
 		return false, err
 	}
 	g.metrics.certReloadFailing.Set(0)
+	// The files may load and still hold the certificate being served after
+	// it expired: every client refuses it from then on. Said once, until a
+	// new certificate is in force.
+	if notAfter := g.certs.notAfter(); !g.now().Before(notAfter) {
+		if g.certFailures.Failed("tls-expired", errors.New(notAfter.String())) {
+			g.log.Error("the TLS certificate being served has expired; clients refuse it: replace the tls.cert and tls.key files",
+				"cert", c.Cert, "not_after", notAfter.UTC().Format(time.RFC3339))
+		}
+	} else {
+		g.certFailures.Worked("tls-expired")
+	}
 	switch {
 	case g.certFailures.Worked("tls"):
 		g.log.Info("TLS certificate reload works again", "changed", changed, "not_after", g.certs.notAfter().UTC().Format(time.RFC3339))
