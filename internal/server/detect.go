@@ -132,6 +132,8 @@ type detectState struct {
 	respMu sync.Mutex
 	resp   respondState
 	alerts *alerter
+	// risk publishes the watch stream's risk section (detect_risk.go).
+	risk riskPublisher
 }
 
 type detectMetrics struct {
@@ -204,6 +206,11 @@ func (s *Server) initDetect(ctx context.Context) error {
 
 	if err := s.initRespond(ctx); err != nil {
 		return err
+	}
+	// Findings may have aged out of the risk window while the server was
+	// down: the section the streams serve is current from the start.
+	if err := s.publishRisk(ctx, s.now()); err != nil {
+		return fmt.Errorf("server: risk scores: %w", err)
 	}
 	mux := s.mux
 	mux.HandleFunc("POST "+wire.PathRecords, s.handleRecords)
@@ -475,6 +482,9 @@ func sat(a, b uint64) uint64 {
 // findings stores what the detectors raised or updated and counts the
 // new ones. Later layers (playbooks, alerts) take them from here.
 func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
+	if len(fs) == 0 {
+		return
+	}
 	for i := range fs {
 		f := &fs[i]
 		if err := s.putFinding(ctx, s.db.SQL(), f); err != nil {
@@ -489,6 +499,9 @@ func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 				s.detect.alerts.finding(f)
 			}
 		}
+	}
+	if err := s.publishRisk(ctx, s.now()); err != nil {
+		s.log.Error("publish risk scores; retrying at the next detect tick", "err", err)
 	}
 	s.respond(ctx, fs)
 }
@@ -561,6 +574,9 @@ func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
 		return
 	}
 	d.engine.Tick(now)
+	if err := s.publishRisk(ctx, now); err != nil {
+		s.log.Warn("publish risk scores", "err", err)
+	}
 	if known := d.engine.TakeNewKnown(); len(known) > 0 {
 		if err := s.db.AddKnownEdges(ctx, knownRows(known)); err != nil {
 			s.log.Warn("record known edges", "err", err)

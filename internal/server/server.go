@@ -116,6 +116,7 @@ type Server struct {
 	detect    *detectState  // detection and response (detect.go)
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
+	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
 	hub       hub
 	metrics   *metrics
 	// credCache remembers serials already checked against the svids table
@@ -248,6 +249,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
+		return nil, err
+	}
+	if err := s.reloadRisk(ctx, vs.Sections[store.SectionRisk]); err != nil {
 		return nil, err
 	}
 	s.entries.Store(&entryCache{version: vs.Sections[store.SectionEntries]})
