@@ -32,7 +32,7 @@ func TestRiskScores(t *testing.T) {
 			want: []wire.RiskScore{{SPIFFEID: a, Score: 0.95}, {SPIFFEID: b, Score: 0.25}}},
 		{name: "capped_at_one", in: []store.RiskFinding{f(a, "critical", 0), f(a, "low", 0)}, want: []wire.RiskScore{{SPIFFEID: a, Score: 1}}},
 		{name: "findings_outside_the_window_do_not_count",
-			in:   []store.RiskFinding{f(a, "high", 61 * time.Minute), f(b, "low", 59 * time.Minute)},
+			in:   []store.RiskFinding{f(a, "high", 61*time.Minute), f(b, "low", 59*time.Minute)},
 			want: []wire.RiskScore{{SPIFFEID: b, Score: 0.25}}},
 		{name: "only_spiffe_ids", in: []store.RiskFinding{f("203.0.113.7", "high", 0), f("client-app", "medium", 0),
 			f("spiffe://bad id", "high", 0), f(b, "medium", 0)}, want: []wire.RiskScore{{SPIFFEID: b, Score: 0.5}}},
