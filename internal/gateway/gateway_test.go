@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
@@ -681,17 +680,7 @@ spec:
   - from: [{source: {requestPrincipals: ["`+issuer+`/*"]}}]
 `))
 	hs256 := func(iss string, key []byte) string {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		payload, _ := json.Marshal(map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
-		obj, err := s.Sign(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _ := obj.CompactSerialize()
-		return tok
+		return signHS256(t, key, map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
 	}
 	tests := []struct {
 		name, token string
@@ -767,13 +756,7 @@ spec:
   selector: {matchLabels: {istio: ingressgateway}}
   jwtRules: [{issuer: "`+issuer+`"}]
 `))
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, _ := json.Marshal(map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
-	obj, _ := signer.Sign(payload)
-	tok, _ := obj.CompactSerialize()
+	tok := signHS256(t, secret, map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
 
 	type answer struct {
 		code int
