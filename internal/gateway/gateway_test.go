@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
