@@ -3,10 +3,12 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -153,5 +155,132 @@ func TestTracingEndToEnd(t *testing.T) {
 				t.Errorf("%s span %q attribute %s carries a credential", s.Service, s.Name, k)
 			}
 		}
+	}
+}
+
+// TestTracingRiskScoreEndToEnd runs the built binary: a server and a
+// sidecar in join mode exporting to a real OTLP receiver. A workload the
+// policy refuses probes the sidecar; the sidecar's traffic record reaches
+// the server, the probing detector raises a finding, the identity's risk
+// score rises, the watch stream pushes it, and the sidecar's next span
+// for a request from that identity carries the score the server reports.
+func TestTracingRiskScoreEndToEnd(t *testing.T) {
+	rcv := otlptest.Start(t)
+	p := startPlane(t)
+	api := newPlaneAPI(t, p)
+	ordersID := "spiffe://" + trustDomain + "/ns/prod/sa/orders"
+	prober := "spiffe://" + trustDomain + "/ns/prod/sa/reports"
+	api.admin("POST", "/v1/admin/policies", map[string]any{"files": []map[string]string{{"name": "orders.yaml", "content": `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: orders-allow-frontend, namespace: prod}
+spec:
+  selector: {matchLabels: {app: orders}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["` + trustDomain + `/ns/prod/sa/frontend"]}}]}]
+`}}}, nil)
+	var tok struct {
+		Token string `json:"token"`
+	}
+	api.admin("POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": ordersID}, &tok)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tok.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inbound := freeAddr(t)
+	startSidecarProcEnv(t, "orders-sidecar", fmt.Sprintf(`identity:
+  join: {server: "%s", token_file: %s, server_bundle: %s}
+namespace: prod
+labels: {app: orders}
+inbound:
+  - {listen: "%s", app: "%s", port: 8080}
+traffic: {interval: 1s}
+`, p.addr, tokenFile, filepath.Join(p.dataDir, "bundle.pem"), inbound, sidecarEchoApp(t)), true, otelEnv("orders", "grpc", rcv.GRPCEndpoint))
+
+	cert := api.attest(prober)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: api.pool,
+		// The sidecar's SVID names a workload, not a host: check the
+		// chain and the SPIFFE ID instead.
+		InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != ordersID {
+				return fmt.Errorf("peer %v, want %s", leaf.URIs, ordersID)
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: api.pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			return err
+		}}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	n := 0
+	probe := func() string { // returns the request's trace ID
+		n++
+		trace := fmt.Sprintf("%032x", n)
+		req, _ := http.NewRequest("GET", "https://"+inbound+"/admin/"+strconv.Itoa(n), nil)
+		req.Header.Set("Traceparent", "00-"+trace+"-00f067aa0ba902b7-01")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("probe %d: %d, want 403", n, resp.StatusCode)
+		}
+		return trace
+	}
+	spanOf := func(trace string) map[string]string {
+		var attrs map[string]string
+		rcv.Wait(t, 30*time.Second, func(spans []otlptest.Span) bool {
+			for _, s := range spans {
+				if s.TraceID == trace && s.Service == "orders" {
+					attrs = s.Attrs
+					return true
+				}
+			}
+			return false
+		})
+		return attrs
+	}
+	// Before any finding the identity's score is 0.
+	if a := spanOf(probe()); a["moatless.source.risk_score"] != "0" || a["moatless.source.spiffe_id"] != prober || a["moatless.decision"] != "deny" {
+		t.Fatalf("first probe's span: %v", a)
+	}
+	// 45 refusals: whichever minute boundary splits them, one minute
+	// holds more than the detector's burst of 20 (a medium finding, 0.5).
+	for range 44 {
+		probe()
+	}
+	var risk struct {
+		Items []struct {
+			Identity string  `json:"identity"`
+			Risk     float64 `json:"risk"`
+		} `json:"items"`
+	}
+	waitFor(t, 30*time.Second, "the server to score the prober", func() bool {
+		api.admin("GET", "/v1/admin/detect/risk", nil, &risk)
+		return len(risk.Items) > 0 && risk.Items[0].Identity == prober
+	})
+	want := strconv.FormatFloat(risk.Items[0].Risk, 'g', -1, 64)
+	if want != "0.5" {
+		t.Fatalf("the server scored the prober %s, want 0.5 (one medium probing finding): %+v", want, risk.Items)
+	}
+	// The watch stream delivers the score within moments: poll with a
+	// deadline, one request at a time, until a span carries it; from
+	// then on every span does.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		a := spanOf(probe())
+		if got := a["moatless.source.risk_score"]; got == want {
+			break
+		} else if got != "0" {
+			t.Fatalf("span risk score %q: want 0 before the push, %s after", got, want)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no span carried the prober's risk score within 30s of the server raising it")
+		}
+	}
+	if a := spanOf(probe()); a["moatless.source.risk_score"] != want {
+		t.Errorf("the span after the push: %v", a)
 	}
 }
