@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/attest"
 	"github.com/moatless/moatless/internal/wire"
@@ -46,6 +47,9 @@ type Config struct {
 	// signed) waits for it, so a workload started with the agent is not
 	// told it has no identity. Default workload.DefaultFirstSyncWait.
 	FirstSyncWait time.Duration
+	// Tracer, when set, traces the Workload API: a span per call and per
+	// stream answer (workload.Config.Tracer). Nil: no tracing.
+	Tracer trace.Tracer
 	// Registry receives the agent's metrics; a new registry when nil (so
 	// several agents in one test process do not collide).
 	Registry *prometheus.Registry
@@ -144,6 +148,7 @@ func New(cfg Config) (*Agent, error) {
 		SocketPath:    cfg.SocketPath,
 		Source:        a.cache,
 		FirstSyncWait: cfg.FirstSyncWait,
+		Tracer:        cfg.Tracer,
 		Attestor:      cfg.Attestor,
 		Logger:        a.log.With("part", "workload"),
 		Now:           a.now,

@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
 )
@@ -282,5 +286,127 @@ traffic: {interval: 1s}
 	}
 	if a := spanOf(probe()); a["moatless.source.risk_score"] != want {
 		t.Errorf("the span after the push: %v", a)
+	}
+}
+
+// TestTracingWorkloadAPI runs the built server and agent, the agent
+// exporting over OTLP HTTP/protobuf to a real receiver; go-spiffe's
+// standard client calls every Workload API method. Each call, and each
+// answer of a stream, is a span with the attestation result, the
+// selectors counted, the SPIFFE IDs served and the gRPC status; no key,
+// SVID or token is in any of them.
+func TestTracingWorkloadAPI(t *testing.T) {
+	rcv := otlptest.Start(t)
+	p := startPlane(t)
+	a := p.startAgent(p.joinToken(agentID), t.TempDir(), otelEnv("node-agent", "http/protobuf", rcv.HTTPEndpoint)...)
+	c := a.client(t)
+	const web = "spiffe://" + trustDomain + "/ns/shop/sa/web"
+
+	// No entry yet: attested, but no identity.
+	if _, err := c.FetchX509Context(deadline(t, 10*time.Second)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("no entry: %v", err)
+	}
+	p.admin("entry", "create", "--parent", agentID, "--spiffe-id", web, "--selector", uidSelector())
+	fetchX509(t, c)
+	tok, err := c.FetchJWTSVID(deadline(t, 10*time.Second), jwtsvid.Params{Audience: "orders", ExtraAudiences: []string{"payments"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FetchJWTBundles(deadline(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ValidateJWTSVID(deadline(t, 10*time.Second), tok.Marshal(), "orders"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ValidateJWTSVID(deadline(t, 10*time.Second), tok.Marshal(), "billing"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("wrong audience: %v", err)
+	}
+	// A watch: its first answer, then the revocation ending it, are two
+	// spans of one stream.
+	w := x509Updates{make(chan *workloadapi.X509Context, 16), make(chan error, 16)}
+	ctx := deadline(t, 30*time.Second)
+	go c.WatchX509Context(ctx, w)
+	select {
+	case <-w.updates:
+	case <-ctx.Done():
+		t.Fatal("no first answer on the watch")
+	}
+	p.admin("revoke", "--spiffe-id", web)
+	for done := false; !done; {
+		select {
+		case err := <-w.errs:
+			done = status.Code(err) == codes.PermissionDenied
+		case <-w.updates:
+		case <-ctx.Done():
+			t.Fatal("the revocation did not end the watch")
+		}
+	}
+
+	type want struct {
+		method string
+		attrs  map[string]string
+	}
+	uid := strconv.Itoa(os.Geteuid())
+	ok := func(extra map[string]string) map[string]string {
+		m := map[string]string{"rpc.system": "grpc", "rpc.service": "SpiffeWorkloadAPI", "moatless.workload.attestation": "success",
+			"moatless.workload.caller.uid": uid, "moatless.workload.caller.pid": strconv.Itoa(os.Getpid()), "moatless.workload.selectors": ""}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	wants := []want{
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "0"})},
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.stream.update": "0", "moatless.workload.spiffe_ids": "[" + web + "]"})},
+		{"FetchJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.spiffe_ids": "[" + web + "]", "moatless.workload.jwt.audiences": "2"})},
+		{"FetchJWTBundles", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.trust_domain": trustDomain})},
+		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.jwt.valid": "true", "moatless.workload.spiffe_ids": "[" + web + "]"})},
+		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "3", "moatless.workload.jwt.valid": "false"})},
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "1"})},
+	}
+	matches := func(s otlptest.Span, w want) bool {
+		if s.Name != "SpiffeWorkloadAPI/"+w.method || s.Service != "node-agent" {
+			return false
+		}
+		for k, v := range w.attrs {
+			got, has := s.Attrs[k]
+			if !has || (v != "" && got != v) {
+				return false
+			}
+		}
+		return true
+	}
+	missing := func(spans []otlptest.Span) []want {
+		var out []want
+	next:
+		for _, w := range wants {
+			for _, s := range spans {
+				if matches(s, w) {
+					continue next
+				}
+			}
+			out = append(out, w)
+		}
+		return out
+	}
+	spans := rcv.Wait(t, 30*time.Second, func(s []otlptest.Span) bool { return len(missing(s)) == 0 })
+	jwtParts := strings.Split(tok.Marshal(), ".")
+	for _, s := range spans {
+		if s.Kind != tracepb.Span_SPAN_KIND_SERVER || s.ParentSpanID != "" || s.Resource["moatless.role"] != "moatless-agent" {
+			t.Errorf("span %s: kind %v, parent %q, role %q", s.Name, s.Kind, s.ParentSpanID, s.Resource["moatless.role"])
+		}
+		if s.Attrs["rpc.grpc.status_code"] != "0" && s.StatusCode != tracepb.Status_STATUS_CODE_ERROR {
+			t.Errorf("span %s with status %s is not in error", s.Name, s.Attrs["rpc.grpc.status_code"])
+		}
+		for k, v := range s.Attrs {
+			for _, part := range jwtParts {
+				if strings.Contains(v, part) {
+					t.Errorf("span %s attribute %s carries part of the JWT-SVID", s.Name, k)
+				}
+			}
+			if strings.Contains(v, "eyJ") || strings.Contains(v, "BEGIN") || strings.Contains(v, "unix:") {
+				t.Errorf("span %s attribute %s = %q: a token, a PEM block or a selector", s.Name, k, v)
+			}
+		}
 	}
 }
