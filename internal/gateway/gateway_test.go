@@ -741,21 +741,8 @@ spec: {mtls: {mode: STRICT}}
 // waiting for the upstream, as a sidecar cuts one off: the client gets a
 // 401 then and there, not the upstream's answer seconds later.
 func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
-	const issuer = "https://legacy.example"
-	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
-	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
-	t.Cleanup(func() { v.Close() })
-	ca := testpki.NewCA(t, td)
-	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Verifier = v })
-	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: legacy, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  jwtRules: [{issuer: "`+issuer+`"}]
-`))
-	tok := signHS256(t, secret, map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
+	tg, sign := startHS256Gateway(t)
+	tok := sign(map[string]any{"sub": "alice", "jti": "jti-slow"})
 
 	type answer struct {
 		code int

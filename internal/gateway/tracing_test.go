@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
 	"github.com/moatless/moatless/internal/testpki"
@@ -103,26 +102,12 @@ func TestGatewayTracingRisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const issuer, partner = "https://legacy.example", "spiffe://" + td + "/ns/partners/sa/acme"
-	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
-	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
-	t.Cleanup(func() { v.Close() })
+	const partner = "spiffe://" + td + "/ns/partners/sa/acme"
 	risk := &telemetry.RiskScores{}
 	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: partner, Score: 0.85}}})
-	ca := testpki.NewCA(t, td)
-	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) {
-		o.Tracer, o.Verifier, o.Risk = tr.Tracer("gw"), v, risk
-	})
-	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: legacy, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  jwtRules: [{issuer: "`+issuer+`"}]
-`))
+	tg, sign := startHS256Gateway(t, func(o *Options) { o.Tracer, o.Risk = tr.Tracer("gw"), risk })
 	token := func(sub string) map[string]string {
-		return map[string]string{"Authorization": "Bearer " + signHS256(t, secret, map[string]any{"iss": issuer, "sub": sub, "exp": time.Now().Add(time.Hour).Unix()})}
+		return map[string]string{"Authorization": "Bearer " + sign(map[string]any{"sub": sub})}
 	}
 	for path, hdr := range map[string]map[string]string{"/orders/partner": token(partner), "/orders/alice": token("alice"), "/orders/anonymous": nil} {
 		if resp, body := tg.do(t, "GET", path, nil, hdr); resp.StatusCode != 200 {

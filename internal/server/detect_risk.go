@@ -52,9 +52,9 @@ type riskPublisher struct {
 // detectors' rule (detect.RiskOf) over the findings last seen at or after
 // since, rounded to two decimals; identities that are no SPIFFE ID (OAuth
 // clients, addresses) are left out, since no span names them as a
-// source. At most max entries, the highest scores first (ties by ID),
+// source. At most limit entries, the highest scores first (ties by ID),
 // sorted by SPIFFE ID; trimmed is how many were left out.
-func riskScores(fs []store.RiskFinding, since time.Time, max int) (section wire.RiskScores, trimmed int) {
+func riskScores(fs []store.RiskFinding, since time.Time, limit int) (section wire.RiskScores, trimmed int) {
 	by := map[string][]*detect.Finding{}
 	for _, f := range fs {
 		if !strings.HasPrefix(f.Identity, "spiffe://") || len(f.Identity) > maxRecordID {
@@ -71,14 +71,14 @@ func riskScores(fs []store.RiskFinding, since time.Time, max int) (section wire.
 			out = append(out, wire.RiskScore{SPIFFEID: id, Score: r})
 		}
 	}
-	if len(out) > max {
+	if len(out) > limit {
 		sort.Slice(out, func(i, j int) bool {
 			if out[i].Score != out[j].Score {
 				return out[i].Score > out[j].Score
 			}
 			return out[i].SPIFFEID < out[j].SPIFFEID
 		})
-		trimmed, out = len(out)-max, out[:max]
+		trimmed, out = len(out)-limit, out[:limit]
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SPIFFEID < out[j].SPIFFEID })
 	return wire.RiskScores{Scores: out}, trimmed

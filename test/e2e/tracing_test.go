@@ -182,14 +182,6 @@ spec:
   action: ALLOW
   rules: [{from: [{source: {principals: ["` + trustDomain + `/ns/prod/sa/frontend"]}}]}]
 `}}}, nil)
-	var tok struct {
-		Token string `json:"token"`
-	}
-	api.admin("POST", "/v1/admin/jointokens", map[string]string{"spiffe_id": ordersID}, &tok)
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(tok.Token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	inbound := freeAddr(t)
 	startSidecarProcEnv(t, "orders-sidecar", fmt.Sprintf(`identity:
   join: {server: "%s", token_file: %s, server_bundle: %s}
@@ -198,7 +190,7 @@ labels: {app: orders}
 inbound:
   - {listen: "%s", app: "%s", port: 8080}
 traffic: {interval: 1s}
-`, p.addr, tokenFile, filepath.Join(p.dataDir, "bundle.pem"), inbound, sidecarEchoApp(t)), true, otelEnv("orders", "grpc", rcv.GRPCEndpoint))
+`, p.addr, p.joinTokenFile(ordersID), filepath.Join(p.dataDir, "bundle.pem"), inbound, sidecarEchoApp(t)), true, otelEnv("orders", "grpc", rcv.GRPCEndpoint))
 
 	cert := api.attest(prober)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: api.pool,
