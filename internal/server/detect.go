@@ -142,6 +142,11 @@ type detectMetrics struct {
 	findings *prometheus.CounterVec // detector, severity
 	dropped  prometheus.CounterFunc
 	atRisk   prometheus.GaugeFunc
+	// riskPublishes counts recomputations of the watch stream's risk
+	// section by outcome (changed, unchanged, error); riskSent is how many
+	// identities the section holds.
+	riskPublishes *prometheus.CounterVec
+	riskSent      prometheus.Gauge
 }
 
 // initDetect builds the engine, teaches it what the store remembers
@@ -201,7 +206,11 @@ func (s *Server) initDetect(ctx context.Context) error {
 		}
 		return float64(n)
 	})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, al.sent)
+	m.riskPublishes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_risk_section_updates_total",
+		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
+	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
+		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {

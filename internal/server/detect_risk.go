@@ -87,10 +87,18 @@ func riskScores(fs []store.RiskFinding, since time.Time, limit int) (section wir
 // publishRisk recomputes the risk section at now and, when it differs
 // from the stored one, stores it with a new SectionRisk version and wakes
 // the watch streams.
-func (s *Server) publishRisk(ctx context.Context, now time.Time) error {
+func (s *Server) publishRisk(ctx context.Context, now time.Time) (err error) {
 	d := s.detect
 	d.risk.mu.Lock()
 	defer d.risk.mu.Unlock()
+	changed := false
+	defer func() {
+		outcome := map[bool]string{true: "changed", false: "unchanged"}[changed]
+		if err != nil {
+			outcome = "error"
+		}
+		d.metrics.riskPublishes.WithLabelValues(outcome).Inc()
+	}()
 	since := now.Add(-d.engine.Settings().RiskWindow.Std())
 	fs, err := s.db.RiskFindings(ctx, since)
 	if err != nil {
@@ -106,10 +114,10 @@ func (s *Server) publishRisk(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("server: encode risk section: %w", err)
 	}
-	changed, err := s.db.PutRiskSection(ctx, body)
-	if err != nil {
+	if changed, err = s.db.PutRiskSection(ctx, body); err != nil {
 		return err
 	}
+	d.metrics.riskSent.Set(float64(len(section.Scores)))
 	if changed {
 		s.changed(ctx)
 	}

@@ -2,13 +2,18 @@ package server_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -91,5 +96,70 @@ func TestRiskSectionOnWatchStream(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the risk section was not emptied after the risk window")
 		}
+	}
+}
+
+// TestRiskSectionAcrossReplicas: two replicas on one PostgreSQL store. A
+// finding raised on one replica (from a report sent to it) reaches a
+// stream on the other, and the other replica's own recomputations agree:
+// the section does not flap between the replicas' views.
+func TestRiskSectionAcrossReplicas(t *testing.T) {
+	dsn := storetest.PostgresDSN(t)
+	kek := filepath.Join(t.TempDir(), "kek")
+	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
+	a := start(t, "", opt)
+	bDir := t.TempDir()
+	os.WriteFile(filepath.Join(bDir, server.AdminTokenFile), []byte(a.token), 0o600)
+	b := start(t, bDir, opt)
+
+	n := a.attest(ordersID)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := b.watch(ctx, n)
+	if first := next(t, ch); first.Risk == nil || len(first.Risk.Scores) != 0 {
+		t.Fatalf("first update from b: risk %+v", first.Risk)
+	}
+	deny := inboundEdge("spiffe://example.org/ns/prod/sa/frontend", "GET", "/admin/{*}", "deny", 40)
+	deny.Reason, deny.Status = "no_allow_match", 4
+	if st, body := a.do(n.http, "POST", wire.PathRecords, "", a.report(deny)); st != 204 {
+		t.Fatalf("report to a: %d %s", st, body)
+	}
+	var u wire.Update
+	for u.Risk == nil {
+		u = next(t, ch)
+	}
+	want := []wire.RiskScore{{SPIFFEID: "spiffe://example.org/ns/prod/sa/frontend", Score: 0.5}}
+	if diff := cmp.Diff(want, u.Risk.Scores); diff != "" {
+		t.Fatalf("b's stream after a's finding (-want +got):\n%s", diff)
+	}
+	// b recomputes on its detect ticks (due every 10 s of its clock, on
+	// the maintenance loop's next pass): move its clock on and wait for
+	// two recomputations. Its engine never saw the report, yet the
+	// stored section keeps its version.
+	vs, err := b.srv.Store().Versions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const unchanged = `moatless_detect_risk_section_updates_total{outcome="unchanged"}`
+	for range 2 {
+		seen := metric(t, b, unchanged)
+		b.clock.Add(11 * time.Second)
+		deadline := time.Now().Add(10 * time.Second)
+		for metric(t, b, unchanged) == seen {
+			if time.Now().After(deadline) {
+				t.Fatal("b did not recompute the risk section")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if got := metric(t, b, "moatless_detect_risk_section_identities"); got != 1 {
+		t.Errorf("b's risk section gauge: %v identities, want 1", got)
+	}
+	after, err := b.srv.Store().Versions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Sections[store.SectionRisk] != vs.Sections[store.SectionRisk] {
+		t.Errorf("b's ticks rewrote the risk section a published: version %d → %d", vs.Sections[store.SectionRisk], after.Sections[store.SectionRisk])
 	}
 }
