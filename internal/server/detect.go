@@ -509,9 +509,7 @@ func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 			}
 		}
 	}
-	if err := s.publishRisk(ctx, s.now()); err != nil {
-		s.log.Error("publish risk scores; retrying at the next detect tick", "err", err)
-	}
+	s.riskMoved(ctx)
 	s.respond(ctx, fs)
 }
 
@@ -580,6 +578,7 @@ func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
 	}
 	d.mu.Unlock()
 	if !due && !prune {
+		s.riskPending(ctx)
 		return
 	}
 	d.engine.Tick(now)

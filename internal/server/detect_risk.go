@@ -11,8 +11,10 @@ package server
 // and versioned like any other (store.SectionRisk): a stream resuming at
 // ?since gets it only when it changed after since, and a new epoch or a
 // first connection gets it whole. It is recomputed after findings are
-// stored and on every detect tick (findings age out of the risk window
-// with no write), and written only when a score moved.
+// stored (at most once per riskMinInterval: a burst of findings is one
+// push, not one per finding, since every push reaches every stream) and
+// on every detect tick (findings age out of the risk window with no
+// write), and written only when a score moved.
 
 import (
 	"context"
@@ -39,9 +41,19 @@ type riskCache struct {
 	section *wire.RiskScores
 }
 
+// riskMinInterval is the least time between two recomputations set off
+// by findings; one that comes sooner is left pending for the next
+// maintenance pass (every poll_interval, 1 s by default).
+const riskMinInterval = time.Second
+
 // riskPublisher serializes recomputations of the risk section.
 type riskPublisher struct {
 	mu sync.Mutex
+	// last is when the section was last recomputed (the process's own
+	// clock: this paces the work, it decides nothing); pending says that
+	// findings were stored since.
+	last    time.Time
+	pending bool
 	// trimmed is how many identities the last computation left out
 	// (over wire.MaxRiskScores), so the warning is logged once per
 	// change, not per tick.
@@ -84,6 +96,38 @@ func riskScores(fs []store.RiskFinding, since time.Time, limit int) (section wir
 	return wire.RiskScores{Scores: out}, trimmed
 }
 
+// riskMoved is called after findings were stored: it recomputes the
+// section now, or leaves that pending when the last recomputation was
+// less than riskMinInterval ago.
+func (s *Server) riskMoved(ctx context.Context) {
+	d := s.detect
+	d.risk.mu.Lock()
+	due := time.Since(d.risk.last) >= riskMinInterval
+	if !due {
+		d.risk.pending = true
+	}
+	d.risk.mu.Unlock()
+	if due {
+		if err := s.publishRisk(ctx, s.now()); err != nil {
+			s.log.Error("publish risk scores; retrying at the next detect tick", "err", err)
+		}
+	}
+}
+
+// riskPending runs a recomputation riskMoved left pending, once
+// riskMinInterval has passed.
+func (s *Server) riskPending(ctx context.Context) {
+	d := s.detect
+	d.risk.mu.Lock()
+	due := d.risk.pending && time.Since(d.risk.last) >= riskMinInterval
+	d.risk.mu.Unlock()
+	if due {
+		if err := s.publishRisk(ctx, s.now()); err != nil {
+			s.log.Warn("publish risk scores", "err", err)
+		}
+	}
+}
+
 // publishRisk recomputes the risk section at now and, when it differs
 // from the stored one, stores it with a new SectionRisk version and wakes
 // the watch streams.
@@ -91,6 +135,7 @@ func (s *Server) publishRisk(ctx context.Context, now time.Time) (err error) {
 	d := s.detect
 	d.risk.mu.Lock()
 	defer d.risk.mu.Unlock()
+	d.risk.last, d.risk.pending = time.Now(), false
 	changed := false
 	defer func() {
 		outcome := map[bool]string{true: "changed", false: "unchanged"}[changed]

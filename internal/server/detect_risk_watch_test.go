@@ -64,20 +64,36 @@ func TestRiskSectionOnWatchStream(t *testing.T) {
 	if v := versions().Sections[store.SectionRisk]; v != riskAt {
 		t.Errorf("a finding that moved no score bumped the risk section: %d → %d", riskAt, v)
 	}
+	// A new finding within a second of the last recomputation is
+	// pushed by the next maintenance pass.
+	paymentsID := "spiffe://example.org/ns/prod/sa/payments"
+	burst := inboundEdge(paymentsID, "POST", "/admin/{*}", "deny", 25)
+	burst.Reason, burst.Status = "no_allow_match", 4
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(burst)); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	var third wire.Update
+	for third.Risk == nil {
+		third = next(t, ch)
+	}
+	want = append(want[:1], wire.RiskScore{SPIFFEID: paymentsID, Score: 0.5}, want[1])
+	if diff := cmp.Diff(want, third.Risk.Scores); diff != "" {
+		t.Fatalf("risk after the third identity's finding (-want +got):\n%s", diff)
+	}
 
 	resume := func(since uint64) wire.Update {
 		rctx, rcancel := context.WithCancel(ctx)
 		defer rcancel()
 		return next(t, e.watchQuery(rctx, n, "since="+strconv.FormatUint(since, 10)+"&epoch="+first.Epoch))
 	}
-	if u := resume(raised.Version); !u.Resumed || u.Risk != nil {
+	if u := resume(third.Version); !u.Resumed || u.Risk != nil {
 		t.Errorf("resumed after the risk change: resumed %v, risk %+v; want no risk section", u.Resumed, u.Risk)
 	}
 	if u := resume(first.Version); !u.Resumed || u.Risk == nil || !cmp.Equal(u.Risk.Scores, want) {
 		t.Errorf("resumed before the risk change: resumed %v, risk %+v; want the scores", u.Resumed, u.Risk)
 	}
 	// A stream from another history (a wrong epoch) gets it whole.
-	if u := next(t, e.watchQuery(ctx, n, "since="+strconv.FormatUint(raised.Version, 10)+"&epoch=00")); u.Resumed || u.Risk == nil || len(u.Risk.Scores) != 2 {
+	if u := next(t, e.watchQuery(ctx, n, "since="+strconv.FormatUint(raised.Version, 10)+"&epoch=00")); u.Resumed || u.Risk == nil || len(u.Risk.Scores) != 3 {
 		t.Errorf("snapshot for another epoch: resumed %v, risk %+v", u.Resumed, u.Risk)
 	}
 
