@@ -184,5 +184,6 @@ func (s *Server) reloadRisk(ctx context.Context, version uint64) error {
 		}
 	}
 	s.risk.Store(&riskCache{version: version, section: sec})
+	s.riskScores.Set(*sec)
 	return nil
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/ui"
 )
 
@@ -117,8 +118,10 @@ type Server struct {
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
-	hub       hub
-	metrics   *metrics
+	// riskScores is the same section by SPIFFE ID, for the spans.
+	riskScores telemetry.RiskScores
+	hub        hub
+	metrics    *metrics
 	// credCache remembers serials already checked against the svids table
 	// (serial -> kind); certificates never change, revocation is checked
 	// separately on every request.
