@@ -42,6 +42,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -89,6 +90,9 @@ type Config struct {
 	// stream sends (tracing.go). Nil: no span, and nothing of the
 	// tracing is on the call path.
 	Tracer trace.Tracer
+	// Risk, when set with a Tracer, holds the risk scores the server
+	// pushes: a span that serves identities says the highest of theirs.
+	Risk *telemetry.RiskScores
 }
 
 // Server is a Workload API server. Lifecycle: New → Serve → Close.
@@ -601,7 +605,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	}
 	// The token is authentic: the ID it names is the caller's business,
 	// whether or not it is still good.
-	c.set(attrSPIFFEIDs.StringSlice([]string{svid.ID.String()}))
+	c.named(svid.ID.String())
 	if st.revoked(svid.ID) {
 		c.set(attrJWTValid.Bool(false))
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %s is revoked", svid.ID)

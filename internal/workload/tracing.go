@@ -22,7 +22,8 @@ import (
 // new to send makes no span. Spans carry what a security team needs to
 // follow an identity being handed out: the caller's process (pid, uid),
 // the attestation result and how many selectors it yielded, the SPIFFE
-// IDs served or validated, the gRPC status. Never a key, an SVID, a
+// IDs served or validated with the highest risk score among them
+// (Config.Risk), the gRPC status. Never a key, an SVID, a
 // token, a claim or the text of a token validation error (it may quote
 // the token); selectors are counted, not listed.
 //
@@ -45,6 +46,7 @@ const (
 	attrAudiences   = attribute.Key("moatless.workload.jwt.audiences")
 	attrJWTValid    = attribute.Key("moatless.workload.jwt.valid")
 	attrTrustDomain = attribute.Key("moatless.workload.trust_domain")
+	attrRisk        = attribute.Key("moatless.workload.risk_score")
 )
 
 // serviceName is the Workload API's gRPC service (workload.proto has no
@@ -56,6 +58,7 @@ const serviceName = "SpiffeWorkloadAPI"
 // nothing more without a Tracer.
 type call struct {
 	tr     trace.Tracer
+	risk   *telemetry.RiskScores
 	method string
 	start  time.Time
 	link   trace.SpanContext
@@ -68,7 +71,7 @@ func (s *Server) startCall(ctx context.Context, method string, update int) *call
 	if s.cfg.Tracer == nil {
 		return nil
 	}
-	c := &call{tr: s.cfg.Tracer, method: method, start: time.Now(), attrs: make([]attribute.KeyValue, 0, 12)}
+	c := &call{tr: s.cfg.Tracer, risk: s.cfg.Risk, method: method, start: time.Now(), attrs: make([]attribute.KeyValue, 0, 12)}
 	c.attrs = append(c.attrs, attrRPCSystem.String("grpc"), attrRPCService.String(serviceName), attrRPCMethod.String(method))
 	if update >= 0 {
 		c.attrs = append(c.attrs, attrStreamIndex.Int(update))
@@ -84,7 +87,7 @@ func (c *call) next(update int) *call {
 	if c == nil {
 		return nil
 	}
-	n := &call{tr: c.tr, method: c.method, start: time.Now(), link: c.link, attrs: make([]attribute.KeyValue, 0, 12)}
+	n := &call{tr: c.tr, risk: c.risk, method: c.method, start: time.Now(), link: c.link, attrs: make([]attribute.KeyValue, 0, 12)}
 	n.attrs = append(n.attrs, c.attrs[:3]...) // rpc.system, rpc.service, rpc.method
 	n.attrs = append(n.attrs, attrStreamIndex.Int(update))
 	return n
@@ -125,7 +128,20 @@ func (c *call) served(ids []*Identity) {
 	for i, id := range ids {
 		l[i] = id.SPIFFEID.String()
 	}
-	c.attrs = append(c.attrs, attrSPIFFEIDs.StringSlice(l))
+	c.named(l...)
+}
+
+// named records SPIFFE IDs a call served or validated, and the highest
+// risk score among them (0 when the server holds none against them).
+func (c *call) named(ids ...string) {
+	if c == nil {
+		return
+	}
+	risk := 0.0
+	for _, id := range ids {
+		risk = max(risk, c.risk.Score(id))
+	}
+	c.attrs = append(c.attrs, attrSPIFFEIDs.StringSlice(ids), attrRisk.Float64(risk))
 }
 
 // end makes the span, with err's gRPC status (its code only: a message

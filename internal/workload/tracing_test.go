@@ -16,6 +16,7 @@ import (
 
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestTracingSpans: spans reach a real OTLP receiver. A caller's
@@ -34,7 +35,10 @@ func TestTracingSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Shutdown(context.Background()) })
-	f := newFixtureWith(t, func(c *Config) { c.Tracer = tr.Tracer("wl") })
+	// The server holds web at risk 0.75: the spans serving it say so.
+	risk := &telemetry.RiskScores{}
+	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: "spiffe://" + td + "/web", Score: 0.75}}})
+	f := newFixtureWith(t, func(c *Config) { c.Tracer, c.Risk = tr.Tracer("wl"), risk })
 	web := f.identity("spiffe://"+td+"/web", time.Hour, uidSelector())
 	f.publish(1, nil, web)
 	raw := f.raw(t)
@@ -77,7 +81,8 @@ func TestTracingSpans(t *testing.T) {
 		t.Errorf("the caller's trace context must be a link, not the parent: %+v", jwt)
 	}
 	if jwt != nil && (jwt.Attrs["moatless.workload.spiffe_ids"] != "["+web.SPIFFEID.String()+"]" || jwt.Attrs["moatless.workload.attestation"] != "success" ||
-		jwt.Attrs["moatless.workload.caller.uid"] != strconv.Itoa(os.Geteuid()) || jwt.Kind != tracepb.Span_SPAN_KIND_SERVER) {
+		jwt.Attrs["moatless.workload.caller.uid"] != strconv.Itoa(os.Geteuid()) || jwt.Kind != tracepb.Span_SPAN_KIND_SERVER ||
+		jwt.Attrs["moatless.workload.risk_score"] != "0.75") {
 		t.Errorf("FetchJWTSVID span: %+v", jwt.Attrs)
 	}
 	if refused == nil || refused.Attrs["rpc.grpc.status_code"] != "3" || refused.StatusCode != tracepb.Status_STATUS_CODE_ERROR {
@@ -85,7 +90,8 @@ func TestTracingSpans(t *testing.T) {
 	} else if _, ok := refused.Attrs["moatless.workload.attestation"]; ok {
 		t.Errorf("a call refused before attestation records one: %v", refused.Attrs)
 	}
-	if len(x509) != 2 || x509[0].Attrs["moatless.workload.stream.update"] != "0" || x509[1].Attrs["moatless.workload.stream.update"] != "1" {
+	if len(x509) != 2 || x509[0].Attrs["moatless.workload.stream.update"] != "0" || x509[1].Attrs["moatless.workload.stream.update"] != "1" ||
+		x509[1].Attrs["moatless.workload.risk_score"] != "0.75" {
 		t.Errorf("stream spans: want one per answer sent (2), got %d: %+v", len(x509), x509)
 	}
 }

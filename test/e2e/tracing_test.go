@@ -349,10 +349,13 @@ func TestTracingWorkloadAPI(t *testing.T) {
 	}
 	wants := []want{
 		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "0"})},
-		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.stream.update": "0", "moatless.workload.spiffe_ids": "[" + web + "]"})},
-		{"FetchJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.spiffe_ids": "[" + web + "]", "moatless.workload.jwt.audiences": "2"})},
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.stream.update": "0", "moatless.workload.spiffe_ids": "[" + web + "]",
+			"moatless.workload.risk_score": "0"})},
+		{"FetchJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.spiffe_ids": "[" + web + "]", "moatless.workload.jwt.audiences": "2",
+			"moatless.workload.risk_score": "0"})},
 		{"FetchJWTBundles", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.trust_domain": trustDomain})},
-		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.jwt.valid": "true", "moatless.workload.spiffe_ids": "[" + web + "]"})},
+		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.jwt.valid": "true", "moatless.workload.spiffe_ids": "[" + web + "]",
+			"moatless.workload.risk_score": "0"})},
 		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "3", "moatless.workload.jwt.valid": "false"})},
 		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "1"})},
 	}
