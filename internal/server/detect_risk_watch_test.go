@@ -2,18 +2,13 @@ package server_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/moatless/moatless/internal/config"
-	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
-	"github.com/moatless/moatless/internal/store/storetest"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -120,13 +115,8 @@ func TestRiskSectionOnWatchStream(t *testing.T) {
 // stream on the other, and the other replica's own recomputations agree:
 // the section does not flap between the replicas' views.
 func TestRiskSectionAcrossReplicas(t *testing.T) {
-	dsn := storetest.PostgresDSN(t)
-	kek := filepath.Join(t.TempDir(), "kek")
-	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
-	a := start(t, "", opt)
-	bDir := t.TempDir()
-	os.WriteFile(filepath.Join(bDir, server.AdminTokenFile), []byte(a.token), 0o600)
-	b := start(t, bDir, opt)
+	rs := startReplicas(t, 2)
+	a, b := rs[0], rs[1]
 
 	n := a.attest(ordersID)
 	ctx, cancel := context.WithCancel(context.Background())
