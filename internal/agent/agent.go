@@ -15,8 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 	"github.com/moatless/moatless/internal/workload"
 )
@@ -46,6 +48,10 @@ type Config struct {
 	// signed) waits for it, so a workload started with the agent is not
 	// told it has no identity. Default workload.DefaultFirstSyncWait.
 	FirstSyncWait time.Duration
+	// Tracer, when set, traces the Workload API: a span per call and per
+	// stream answer (workload.Config.Tracer), with the risk score the
+	// server pushed for the identities served. Nil: no tracing.
+	Tracer trace.Tracer
 	// Registry receives the agent's metrics; a new registry when nil (so
 	// several agents in one test process do not collide).
 	Registry *prometheus.Registry
@@ -61,6 +67,9 @@ type Agent struct {
 	wl      *workload.Server
 	reg     *prometheus.Registry
 	metrics *metrics
+	// risk is the risk scores the watch stream pushes, for the Workload
+	// API's spans.
+	risk telemetry.RiskScores
 
 	mu         sync.Mutex
 	healthLis  net.Listener
@@ -104,6 +113,12 @@ func New(cfg Config) (*Agent, error) {
 			user.OnRevocations(r)
 		}
 	}
+	nc.OnRisk = func(r wire.RiskScores) {
+		a.risk.Set(r)
+		if user.OnRisk != nil {
+			user.OnRisk(r)
+		}
+	}
 	nc.OnEntries = func(e []wire.Entry) {
 		a.cache.SetEntries(e)
 		if user.OnEntries != nil {
@@ -144,6 +159,8 @@ func New(cfg Config) (*Agent, error) {
 		SocketPath:    cfg.SocketPath,
 		Source:        a.cache,
 		FirstSyncWait: cfg.FirstSyncWait,
+		Tracer:        cfg.Tracer,
+		Risk:          &a.risk,
 		Attestor:      cfg.Attestor,
 		Logger:        a.log.With("part", "workload"),
 		Now:           a.now,

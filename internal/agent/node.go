@@ -86,7 +86,7 @@ const (
 )
 
 // NodeConfig configures a Node. Callbacks run on the watch goroutine, in the
-// order bundle, revocations, entries, policies, each only for a section the
+// order bundle, revocations, entries, policies, risk, each only for a section the
 // update carries, and all before the update is acknowledged: when they
 // return, the update is in force. They must not block for long.
 type NodeConfig struct {
@@ -141,6 +141,10 @@ type NodeConfig struct {
 	OnRevocations func(wire.Revocations)
 	OnEntries     func([]wire.Entry)
 	OnPolicies    func(wire.PolicySet)
+	// OnRisk receives the risk section: the scores of the identities the
+	// server's detectors hold at risk, checked (see validRisk), replacing
+	// the previous ones. Servers that predate the section never call it.
+	OnRisk func(wire.RiskScores)
 	// OnUpdate is called after every section of an update was applied
 	// (and before it is acknowledged), with the update's version.
 	OnUpdate func(version uint64)
@@ -856,7 +860,7 @@ func (n *Node) watchOnce(ctx context.Context, addr string) (connected bool, err 
 			}
 			n.log.Info("watch stream established", "server", addr, "version", u.Version, "resumed", u.Resumed)
 		}
-		if u.Heartbeat && u.Bundle == nil && u.Entries == nil && u.Revocations == nil && u.Policies == nil {
+		if u.Heartbeat && u.Bundle == nil && u.Entries == nil && u.Revocations == nil && u.Policies == nil && u.Risk == nil {
 			continue
 		}
 		if err := n.apply(&u); err != nil {
@@ -909,6 +913,11 @@ func (n *Node) apply(u *wire.Update) error {
 			return fmt.Errorf("agent: update %d: bundle for trust domain %q, node is in %q", u.Version, u.Bundle.TrustDomain, id.TrustDomain().Name())
 		}
 	}
+	if u.Risk != nil {
+		if err := validRisk(u.Risk); err != nil {
+			return fmt.Errorf("agent: update %d: %w", u.Version, err)
+		}
+	}
 	if u.Bundle != nil {
 		b := *u.Bundle
 		n.mu.Lock()
@@ -933,6 +942,9 @@ func (n *Node) apply(u *wire.Update) error {
 		if n.cfg.OnPolicies != nil {
 			n.cfg.OnPolicies(*u.Policies)
 		}
+	}
+	if u.Risk != nil && n.cfg.OnRisk != nil {
+		n.cfg.OnRisk(*u.Risk)
 	}
 	n.mu.Lock()
 	n.version = u.Version
@@ -975,6 +987,30 @@ func validBundle(b *wire.Bundle) error {
 		if _, err := x509.ParsePKIXPublicKey(a.PublicKey); err != nil {
 			return fmt.Errorf("bundle: JWT authority %q: %w", a.KeyID, err)
 		}
+	}
+	return nil
+}
+
+// validRisk checks the risk section as the wire promises it: at most
+// wire.MaxRiskScores entries, each a SPIFFE ID listed once with a score in
+// (0, 1]. A server breaking any of these is refused like any malformed
+// update: nothing of the update is applied.
+func validRisk(r *wire.RiskScores) error {
+	if len(r.Scores) > wire.MaxRiskScores {
+		return fmt.Errorf("risk: %d scores, at most %d", len(r.Scores), wire.MaxRiskScores)
+	}
+	seen := make(map[string]struct{}, len(r.Scores))
+	for i, s := range r.Scores {
+		if _, err := spiffeid.FromString(s.SPIFFEID); err != nil {
+			return fmt.Errorf("risk: scores[%d]: %w", i, err)
+		}
+		if !(s.Score > 0 && s.Score <= 1) { // NaN fails too
+			return fmt.Errorf("risk: scores[%d]: score %v for %s: want more than 0, at most 1", i, s.Score, s.SPIFFEID)
+		}
+		if _, dup := seen[s.SPIFFEID]; dup {
+			return fmt.Errorf("risk: scores[%d]: %s listed twice", i, s.SPIFFEID)
+		}
+		seen[s.SPIFFEID] = struct{}{}
 	}
 	return nil
 }

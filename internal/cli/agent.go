@@ -101,6 +101,11 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "agent: log_level: %v", err)
 	}
 	log = log.With("component", "agent")
+	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-agent")
+	defer stopTracing()
+	if err != nil {
+		return e.errorf(ExitUsage, "agent: %v", err)
+	}
 	a, err := agent.New(agent.Config{
 		Node: agent.NodeConfig{
 			ServerAddrs: cfg.Server.Addrs(), ServerName: cfg.ServerName, TrustBundle: trust,
@@ -109,6 +114,7 @@ func runAgent(ctx context.Context, e *Env, args []string) int {
 		SocketPath:   cfg.Socket,
 		HealthListen: health,
 		Logger:       log,
+		Tracer:       tracer,
 	})
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)

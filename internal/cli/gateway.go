@@ -135,6 +135,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		Recorder:   rec,
 		Registerer: reg,
 		Tracer:     r.tracer,
+		Risk:       &mi.risk,
 	})
 	if err != nil {
 		return usageError{err}

@@ -23,6 +23,7 @@ import (
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -45,7 +46,10 @@ type meshIdentity struct {
 	nodeID *proxy.NodeIdentity // join mode
 	audit  *proxy.ServerAudit  // join mode
 	// joined is the node once it exists, for the JWKS client.
-	joined  atomic.Pointer[agent.Node]
+	joined atomic.Pointer[agent.Node]
+	// risk is the risk scores the watch stream pushes (join mode; empty
+	// otherwise), for the spans.
+	risk    telemetry.RiskScores
 	closers []func()
 }
 
@@ -72,7 +76,7 @@ func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component s
 		m.closers = append(m.closers, func() { src.Close() })
 		m.source = src
 	case id.Join != nil:
-		n, ni, err := newNode(id.Join, component, log, opts, target)
+		n, ni, err := newNode(id.Join, component, log, opts, target, &m.risk)
 		if err != nil {
 			return nil, err
 		}
@@ -237,7 +241,7 @@ func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 
 // newNode builds the agent client of join-token mode. Its callbacks feed
 // the policy target, which exists by the time the first update arrives.
-func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts policy.Options, target func() policyTarget) (*agent.Node, *proxy.NodeIdentity, error) {
+func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts policy.Options, target func() policyTarget, risk *telemetry.RiskScores) (*agent.Node, *proxy.NodeIdentity, error) {
 	roots, err := readPEMCerts(j.ServerBundle)
 	if err != nil {
 		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
@@ -290,6 +294,10 @@ func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts pol
 			}
 			s.ReloadFailed("policy")
 			log.Error("policy set from server refused; keeping the version in force", "version", ps.Version, "in_force", s.PolicyVersion(), "err", err)
+		},
+		OnRisk: func(r wire.RiskScores) {
+			risk.Set(r)
+			log.Debug("risk scores in force", "identities", len(r.Scores))
 		},
 		OnSVID: func(s *x509svid.SVID) {
 			log.Info("own SVID", "spiffe_id", s.ID.String(), "expires", s.Certificates[0].NotAfter)

@@ -171,6 +171,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		KeepStartupPages:     cfg.KeepStartupPages,
 		DisableHTTP1FastPath: cfg.DisableHTTP1FastPath,
 		Tracer:               r.tracer,
+		Risk:                 &mi.risk,
 		OutboundCallers: proxy.LocalCallers{
 			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
 		},

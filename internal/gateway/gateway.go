@@ -86,6 +86,10 @@ type Options struct {
 	// per request, linked to the caller's, with the route, the block
 	// reason or the decision; its context goes upstream. Nil: no tracing.
 	Tracer trace.Tracer
+	// Risk, when set, holds the risk scores the server pushes: a span
+	// whose request carries a verified token says the risk score of the
+	// token's subject (telemetry.AttrSourceRisk; 0 when unknown).
+	Risk *telemetry.RiskScores
 	// Listener, when set, is used instead of binding Config.Listen.
 	Listener net.Listener
 	// Now is the clock; default time.Now.

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
@@ -681,17 +679,7 @@ spec:
   - from: [{source: {requestPrincipals: ["`+issuer+`/*"]}}]
 `))
 	hs256 := func(iss string, key []byte) string {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		payload, _ := json.Marshal(map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
-		obj, err := s.Sign(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _ := obj.CompactSerialize()
-		return tok
+		return signHS256(t, key, map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
 	}
 	tests := []struct {
 		name, token string
@@ -753,27 +741,8 @@ spec: {mtls: {mode: STRICT}}
 // waiting for the upstream, as a sidecar cuts one off: the client gets a
 // 401 then and there, not the upstream's answer seconds later.
 func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
-	const issuer = "https://legacy.example"
-	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
-	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
-	t.Cleanup(func() { v.Close() })
-	ca := testpki.NewCA(t, td)
-	tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Verifier = v })
-	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: legacy, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  jwtRules: [{issuer: "`+issuer+`"}]
-`))
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, _ := json.Marshal(map[string]any{"iss": issuer, "sub": "alice", "jti": "jti-slow", "exp": time.Now().Add(time.Hour).Unix()})
-	obj, _ := signer.Sign(payload)
-	tok, _ := obj.CompactSerialize()
+	tg, sign := startHS256Gateway(t)
+	tok := sign(map[string]any{"sub": "alice", "jti": "jti-slow"})
 
 	type answer struct {
 		code int

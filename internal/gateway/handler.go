@@ -228,7 +228,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
 	}
 	g.logDecision(r, rc, dec, ps)
-	rc.traceDecision(dec, ps.authz != nil)
+	rc.traceDecision(dec, ps.authz != nil, auth, g.opts.Risk)
 	switch dec.Outcome {
 	case policy.Allow:
 	case policy.Unauthenticated:

@@ -19,10 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
@@ -337,4 +339,52 @@ func decodeSeen(t testing.TB, b []byte) seen {
 		t.Fatalf("app answer %q: %v", b, err)
 	}
 	return s
+}
+
+// signHS256 is a compact HS256 JWT with claims, signed with key.
+func signHS256(t testing.TB, key []byte, claims map[string]any) string {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(claims)
+	obj, err := s.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := obj.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// startHS256Gateway is startGatewayWith (opts applied) verifying request
+// tokens of a shared-secret HS256 issuer, which a RequestAuthentication
+// beside gatewayPolicy names. sign makes such a token from claims (iss
+// and an exp an hour away are added unless given).
+func startHS256Gateway(t *testing.T, opts ...func(o *Options)) (tg *testGateway, sign func(claims map[string]any) string) {
+	t.Helper()
+	const issuer = "https://legacy.example"
+	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
+	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, td)
+	tg = startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, append([]func(*Options){func(o *Options) { o.Verifier = v }}, opts...)...)
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: "`+issuer+`"}]
+`))
+	return tg, func(claims map[string]any) string {
+		all := map[string]any{"iss": issuer, "exp": time.Now().Add(time.Hour).Unix()}
+		for k, v := range claims {
+			all[k] = v
+		}
+		return signHS256(t, secret, all)
+	}
 }

@@ -24,7 +24,7 @@ import (
 func (g *Gateway) startSpan(r *http.Request, rc *reqCtx) *http.Request {
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer), trace.WithNewRoot(),
 		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path),
-			attribute.String("moatless.listener", "gateway"), attribute.String("moatless.request_id", rc.id))}
+			attribute.String("moatless.listener", "gateway"), attribute.String("moatless.request_id", rc.id), telemetry.AttrSourceRisk.Float64(0))}
 	if sc := trace.SpanContextFromContext(telemetry.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))); sc.IsValid() {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("moatless.link", "caller")}}))
 	}
@@ -33,10 +33,18 @@ func (g *Gateway) startSpan(r *http.Request, rc *reqCtx) *http.Request {
 	return r.WithContext(ctx)
 }
 
-// traceDecision puts the policy decision on the span.
-func (rc *reqCtx) traceDecision(dec policy.Decision, loaded bool) {
+// traceDecision puts the policy decision on the span, with the risk
+// score risk holds for the subject of the request's verified token (a
+// JWT-SVID's subject is the caller's SPIFFE ID; any other subject has
+// none, and the span keeps 0).
+func (rc *reqCtx) traceDecision(dec policy.Decision, loaded bool, auth *policy.Auth, risk *telemetry.RiskScores) {
 	if rc.span == nil {
 		return
+	}
+	if auth != nil {
+		if sub, _ := auth.Claims["sub"].(string); sub != "" {
+			rc.span.SetAttributes(risk.Attr(sub))
+		}
 	}
 	rc.span.SetAttributes(attribute.String("moatless.decision", dec.Outcome.String()), attribute.String("moatless.decision.reason", reasonCode(dec, loaded)))
 	if dec.Policy != "" {

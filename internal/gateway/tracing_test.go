@@ -9,6 +9,7 @@ import (
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestGatewayTracing: with a Tracer, every request is a new trace linked
@@ -85,5 +86,48 @@ func TestGatewayTracing(t *testing.T) {
 				t.Errorf("span attribute %s carries the secret: %q", k, v)
 			}
 		}
+	}
+}
+
+// TestGatewayTracingRisk: a request with a verified token whose subject
+// is a SPIFFE ID (a JWT-SVID's) carries that identity's risk score as the
+// server pushed it; one without a token, or with a subject the server
+// scored nothing for, carries 0.
+func TestGatewayTracingRisk(t *testing.T) {
+	rcv := otlptest.Start(t)
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
+	tr, err := telemetry.StartTracing(context.Background(), telemetry.TracingConfig{Enabled: true, Protocol: telemetry.ProtocolGRPC}, "edge", discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const partner = "spiffe://" + td + "/ns/partners/sa/acme"
+	risk := &telemetry.RiskScores{}
+	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: partner, Score: 0.85}}})
+	tg, sign := startHS256Gateway(t, func(o *Options) { o.Tracer, o.Risk = tr.Tracer("gw"), risk })
+	token := func(sub string) map[string]string {
+		return map[string]string{"Authorization": "Bearer " + sign(map[string]any{"sub": sub})}
+	}
+	for path, hdr := range map[string]map[string]string{"/orders/partner": token(partner), "/orders/alice": token("alice"), "/orders/anonymous": nil} {
+		if resp, body := tg.do(t, "GET", path, nil, hdr); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	spans := rcv.Wait(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	want := map[string]string{"/orders/partner": "0.85", "/orders/alice": "0", "/orders/anonymous": "0"}
+	for _, s := range spans {
+		if w, ok := want[s.Attrs["url.path"]]; ok && s.Attrs["moatless.source.risk_score"] != w {
+			t.Errorf("%s: risk score %q, want %q", s.Attrs["url.path"], s.Attrs["moatless.source.risk_score"], w)
+		}
+		delete(want, s.Attrs["url.path"])
+	}
+	if len(want) != 0 {
+		t.Errorf("no span for %v", want)
 	}
 }

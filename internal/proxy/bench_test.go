@@ -21,6 +21,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -75,15 +76,36 @@ func BenchmarkInboundRequestPathTraced(b *testing.B) {
 	benchmarkInbound(b, false, tp.Tracer("bench"))
 }
 
-func benchmarkInbound(b *testing.B, records bool, tracer trace.Tracer) {
-	s, err := New(Config{
+// BenchmarkInboundRequestPathTracedRisk is BenchmarkInboundRequestPathTraced
+// with the largest risk section the server sends (wire.MaxRiskScores
+// identities, the caller among them): the span's risk score attribute is
+// one atomic load and one map lookup.
+func BenchmarkInboundRequestPathTracedRisk(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	risk := &telemetry.RiskScores{}
+	scores := make([]wire.RiskScore, wire.MaxRiskScores)
+	for i := range scores {
+		scores[i] = wire.RiskScore{SPIFFEID: fmt.Sprintf("spiffe://example.org/ns/prod/sa/s%d", i), Score: 0.5}
+	}
+	scores[0].SPIFFEID = frontendID
+	risk.Set(wire.RiskScores{Scores: scores})
+	benchmarkInbound(b, false, tp.Tracer("bench"), func(c *Config) { c.Risk = risk })
+}
+
+func benchmarkInbound(b *testing.B, records bool, tracer trace.Tracer, opts ...func(*Config)) {
+	cfg := Config{
 		Identity:   &NodeIdentity{},
 		Namespace:  "prod",
 		Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
 		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
 		Logger:     discardLogger(),
 		Tracer:     tracer,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -753,7 +753,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// trace ID.
 		var sw *telemetry.StatusWriter
 		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
-			attrSource.String(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+			attrSource.String(info.peer), s.cfg.Risk.Attr(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
 		w = sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}

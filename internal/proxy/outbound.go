@@ -283,7 +283,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			own = id.String()
 		}
 		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, attrListener.String(ob.name),
-			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own))
+			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own), ob.s.cfg.Risk.Attr(own))
 		r, w = r2, sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)

@@ -47,6 +47,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -231,6 +232,10 @@ type Config struct {
 	// span's context out to the app or the upstream. Nil: no tracing, and
 	// trace headers pass through untouched.
 	Tracer trace.Tracer
+	// Risk, when set, holds the risk scores the server pushes: every span
+	// carries its source identity's (telemetry.AttrSourceRisk, 0 when
+	// unknown or when Risk is nil).
+	Risk *telemetry.RiskScores
 	// Registerer receives the sidecar's Prometheus metrics; default none
 	// (a private registry).
 	Registerer prometheus.Registerer

@@ -16,6 +16,7 @@ import (
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // traceApp records the trace headers of every request it serves.
@@ -74,7 +75,11 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	ca := testpki.NewCA(t, "example.org")
 	inL := listen(t)
 	decisions := &syncBuf{}
-	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+	// The server pushed a score for frontend; the outbound sidecar knows
+	// none (its spans say 0).
+	risk := &telemetry.RiskScores{}
+	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: frontendID, Score: 0.75}, {SPIFFEID: ordersID, Score: 0.25}}})
+	startSidecar(t, Config{Risk: risk, Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 		DecisionLog: slog.New(slog.NewJSONHandler(decisions, nil)), AllowSampleRate: 1,
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}},
 		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar")})
@@ -153,7 +158,7 @@ func TestTracingThroughTheMesh(t *testing.T) {
 		"moatless.source.spiffe_id": frontendID, "moatless.destination.spiffe_id": ordersID, "moatless.listener": "in",
 		"moatless.decision": "allow", "moatless.decision.reason": "allowed", "moatless.policy": "prod/allow", "moatless.policy.rule": "0",
 		"moatless.authn.peer": "mtls", "moatless.authn.token": "none", "http.request.method": "GET", "url.path": "/api/orders",
-		"http.response.status_code": "200", "source.address": "127.0.0.1",
+		"http.response.status_code": "200", "source.address": "127.0.0.1", "moatless.source.risk_score": "0.75",
 	}
 	for k, v := range wantIn {
 		if in.Attrs[k] != v {
@@ -163,7 +168,8 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	if in.Name != "inbound in" || out.Name != "outbound out" || in.Service != "orders" || out.Service != "frontend" {
 		t.Errorf("names %q %q services %q %q", in.Name, out.Name, in.Service, out.Service)
 	}
-	if out.Attrs["moatless.destination.spiffe_id"] != ordersID || out.Attrs["moatless.source.spiffe_id"] != frontendID || out.Attrs["http.response.status_code"] != "200" {
+	if out.Attrs["moatless.destination.spiffe_id"] != ordersID || out.Attrs["moatless.source.spiffe_id"] != frontendID || out.Attrs["http.response.status_code"] != "200" ||
+		out.Attrs["moatless.source.risk_score"] != "0" {
 		t.Errorf("outbound span attributes %v", out.Attrs)
 	}
 	denied := byTrace(deniedTrace, tracepb.Span_SPAN_KIND_SERVER)

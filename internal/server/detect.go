@@ -132,6 +132,8 @@ type detectState struct {
 	respMu sync.Mutex
 	resp   respondState
 	alerts *alerter
+	// risk publishes the watch stream's risk section (detect_risk.go).
+	risk riskPublisher
 }
 
 type detectMetrics struct {
@@ -140,6 +142,11 @@ type detectMetrics struct {
 	findings *prometheus.CounterVec // detector, severity
 	dropped  prometheus.CounterFunc
 	atRisk   prometheus.GaugeFunc
+	// riskPublishes counts recomputations of the watch stream's risk
+	// section by outcome (changed, unchanged, error); riskSent is how many
+	// identities the section holds.
+	riskPublishes *prometheus.CounterVec
+	riskSent      prometheus.Gauge
 }
 
 // initDetect builds the engine, teaches it what the store remembers
@@ -199,11 +206,20 @@ func (s *Server) initDetect(ctx context.Context) error {
 		}
 		return float64(n)
 	})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, al.sent)
+	m.riskPublishes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_risk_section_updates_total",
+		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
+	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
+		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {
 		return err
+	}
+	// Findings may have aged out of the risk window while the server was
+	// down: the section the streams serve is current from the start.
+	if err := s.publishRisk(ctx, s.now()); err != nil {
+		return fmt.Errorf("server: risk scores: %w", err)
 	}
 	mux := s.mux
 	mux.HandleFunc("POST "+wire.PathRecords, s.handleRecords)
@@ -475,6 +491,9 @@ func sat(a, b uint64) uint64 {
 // findings stores what the detectors raised or updated and counts the
 // new ones. Later layers (playbooks, alerts) take them from here.
 func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
+	if len(fs) == 0 {
+		return
+	}
 	for i := range fs {
 		f := &fs[i]
 		if err := s.putFinding(ctx, s.db.SQL(), f); err != nil {
@@ -490,6 +509,7 @@ func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 			}
 		}
 	}
+	s.riskMoved(ctx)
 	s.respond(ctx, fs)
 }
 
@@ -558,9 +578,13 @@ func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
 	}
 	d.mu.Unlock()
 	if !due && !prune {
+		s.riskPending(ctx)
 		return
 	}
 	d.engine.Tick(now)
+	if err := s.publishRisk(ctx, now); err != nil {
+		s.log.Warn("publish risk scores", "err", err)
+	}
 	if known := d.engine.TakeNewKnown(); len(known) > 0 {
 		if err := s.db.AddKnownEdges(ctx, knownRows(known)); err != nil {
 			s.log.Warn("record known edges", "err", err)

@@ -7,8 +7,8 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// The sections every stream sends alike (bundle, revocations, policies)
-// are encoded once per version, not once per stream: a change wakes every
+// The sections every stream sends alike (bundle, revocations, policies,
+// risk) are encoded once per version, not once per stream: a change wakes every
 // stream at once, and with thousands of streams and a large policy set the
 // JSON encoding of identical sections was most of the push.
 
@@ -59,8 +59,9 @@ func (s *Server) encodeUpdate(u wire.Update) ([]byte, error) {
 		{"bundle", u.Bundle, u.Bundle != nil},
 		{"revocations", u.Revocations, u.Revocations != nil},
 		{"policies", u.Policies, u.Policies != nil},
+		{"risk", u.Risk, u.Risk != nil},
 	}
-	u.Bundle, u.Revocations, u.Policies = nil, nil, nil
+	u.Bundle, u.Revocations, u.Policies, u.Risk = nil, nil, nil, nil
 	b, err := json.Marshal(u) // version, flags, this node's entries
 	if err != nil {
 		return nil, err

@@ -152,13 +152,8 @@ type connectEvent struct {
 // down, each time resuming from the version it holds (a delta, not a
 // snapshot), and keeps getting changes made through either replica.
 func TestNodeFailsOverBetweenReplicas(t *testing.T) {
-	dsn := storetest.PostgresDSN(t)
-	kek := filepath.Join(t.TempDir(), "kek")
-	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
-	a := start(t, "", opt)
-	bDir := t.TempDir()
-	os.WriteFile(filepath.Join(bDir, server.AdminTokenFile), []byte(a.token), 0o600)
-	b := start(t, bDir, opt)
+	rs := startReplicas(t, 2)
+	a, b := rs[0], rs[1]
 	// Each replica behind a proxy the test can freeze.
 	replicas := map[string]*env{}
 	proxies := map[string]*pausableProxy{}
@@ -272,16 +267,7 @@ func waitEntries(t *testing.T, ch <-chan []wire.Entry) []wire.Entry {
 // brings the prepared one forward instead of adding another), and the
 // audit chain verifies.
 func TestConcurrentRotationAcrossReplicas(t *testing.T) {
-	dsn := storetest.PostgresDSN(t)
-	kek := filepath.Join(t.TempDir(), "kek")
-	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
-	first := start(t, "", opt)
-	envs := []*env{first}
-	for range 2 {
-		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(first.token), 0o600)
-		envs = append(envs, start(t, dir, opt))
-	}
+	envs := startReplicas(t, 3)
 	for round := range 3 {
 		var wg sync.WaitGroup
 		codes := make([]int, len(envs))
@@ -334,7 +320,26 @@ func TestConcurrentRotationAcrossReplicas(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if _, err := audit.Verify(context.Background(), first.srv.Store(), audit.VerifyOptions{}); err != nil {
+	if _, err := audit.Verify(context.Background(), envs[0].srv.Store(), audit.VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startReplicas starts n servers on one PostgreSQL store (skipping the
+// test without one) sharing the key-encryption key and the admin token:
+// replicas of one control plane.
+func startReplicas(t *testing.T, n int) []*env {
+	t.Helper()
+	dsn := storetest.PostgresDSN(t)
+	kek := filepath.Join(t.TempDir(), "kek")
+	opt := func(c *config.Server) { c.Store = dsn; c.KEKFile = kek }
+	envs := []*env{start(t, "", opt)}
+	for range n - 1 {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, server.AdminTokenFile), []byte(envs[0].token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, start(t, dir, opt))
+	}
+	return envs
 }

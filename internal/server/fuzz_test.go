@@ -181,8 +181,10 @@ func TestEncodeUpdateMatchesWire(t *testing.T) {
 			Bundle:      &wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{{1, 2, 3}}, SequenceNumber: 4},
 			Entries:     &entries,
 			Revocations: &wire.Revocations{SPIFFEIDs: []string{"spiffe://example.org/x"}, TokenIDs: []wire.RevokedTokenID{{JTI: "j"}}},
-			Policies:    &wire.PolicySet{Version: 3, Documents: []json.RawMessage{json.RawMessage(`{"kind":"AuthorizationPolicy","x":"<&>"}`)}}},
+			Policies:    &wire.PolicySet{Version: 3, Documents: []json.RawMessage{json.RawMessage(`{"kind":"AuthorizationPolicy","x":"<&>"}`)}},
+			Risk:        &wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: "spiffe://example.org/x", Score: 0.85}}}},
 		{Version: 10, Entries: &[]wire.Entry{}},
+		{Version: 11, Risk: &wire.RiskScores{Scores: []wire.RiskScore{}}},
 	} {
 		got, err := s.encodeUpdate(u)
 		if err != nil {
@@ -207,7 +209,7 @@ func TestEncodeUpdateMatchesWire(t *testing.T) {
 	}
 	// Every field of wire.Update is covered above: a field added later
 	// must be added to the cases (and, if shared, to encodeUpdate).
-	if n := reflect.TypeFor[wire.Update]().NumField(); n != 9 {
+	if n := reflect.TypeFor[wire.Update]().NumField(); n != 10 {
 		t.Fatalf("wire.Update has %d fields; extend this test and encodeUpdate", n)
 	}
 }

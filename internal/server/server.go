@@ -44,6 +44,7 @@ import (
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/ui"
 )
 
@@ -116,8 +117,11 @@ type Server struct {
 	detect    *detectState  // detection and response (detect.go)
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
-	hub       hub
-	metrics   *metrics
+	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
+	// riskScores is the same section by SPIFFE ID, for the spans.
+	riskScores telemetry.RiskScores
+	hub        hub
+	metrics    *metrics
 	// credCache remembers serials already checked against the svids table
 	// (serial -> kind); certificates never change, revocation is checked
 	// separately on every request.
@@ -248,6 +252,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	if err := s.reloadRevocations(ctx, vs.Sections[store.SectionRevocations]); err != nil {
+		return nil, err
+	}
+	if err := s.reloadRisk(ctx, vs.Sections[store.SectionRisk]); err != nil {
 		return nil, err
 	}
 	s.entries.Store(&entryCache{version: vs.Sections[store.SectionEntries]})

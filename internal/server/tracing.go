@@ -16,7 +16,8 @@ import (
 // the caller is a mesh member (a verified client certificate), a link
 // otherwise; the name is the route ("POST
 // /admin/revocations"), and the attributes are the route, the status,
-// the client address and, for an mTLS caller, its SPIFFE ID. Never the
+// the client address and, for an mTLS caller, its SPIFFE ID and risk
+// score (the one the watch streams carry; 0 for anyone else). Never the
 // path as sent, the query, a header value or a body: admin paths and the
 // OAuth endpoints carry token IDs, codes and secrets' names there.
 func (s *Server) traced(next http.Handler) http.Handler {
@@ -25,7 +26,8 @@ func (s *Server) traced(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		attrs := []attribute.KeyValue{attribute.String("http.request.method", r.Method), attribute.String("client.address", hostOnly(r.RemoteAddr))}
+		attrs := make([]attribute.KeyValue, 2, 4)
+		attrs[0], attrs[1] = attribute.String("http.request.method", r.Method), attribute.String("client.address", hostOnly(r.RemoteAddr))
 		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 		ctx := r.Context()
 		caller := trace.SpanContextFromContext(telemetry.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header)))
@@ -35,7 +37,8 @@ func (s *Server) traced(next http.Handler) http.Handler {
 			// trace this request continues.
 			ctx = trace.ContextWithRemoteSpanContext(ctx, caller)
 			if u := r.TLS.PeerCertificates[0].URIs; len(u) == 1 {
-				attrs = append(attrs, attribute.String("moatless.source.spiffe_id", u[0].String()))
+				id := u[0].String()
+				attrs = append(attrs, attribute.String("moatless.source.spiffe_id", id), s.riskScores.Attr(id))
 			}
 		} else if caller.IsValid() {
 			// Anyone else (the token service's browsers and clients may
@@ -43,6 +46,9 @@ func (s *Server) traced(next http.Handler) http.Handler {
 			// so an outsider can neither pick our trace IDs nor force
 			// its requests to be sampled.
 			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: caller}))
+		}
+		if len(attrs) == 2 {
+			attrs = append(attrs, telemetry.AttrSourceRisk.Float64(0))
 		}
 		ctx, span := t.Start(ctx, r.Method, append(opts, trace.WithAttributes(attrs...))...)
 		sw := &telemetry.StatusWriter{ResponseWriter: w}

@@ -12,6 +12,7 @@ import (
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestTracedServer: with a Tracer, requests get route-named server
@@ -37,6 +38,19 @@ func TestTracedServer(t *testing.T) {
 	e.admin("POST", server.PathAdminRevocations, server.RevokeRequest{SPIFFEID: "spiffe://example.org/ns/prod/sa/x", Reason: "test", Force: true}, nil)
 	for {
 		if u := next(t, ch); u.Revocations != nil && len(u.Revocations.SPIFFEIDs) > 0 {
+			break
+		}
+	}
+	// Another node reports the orders node probing it: its risk score
+	// (0.5) is on the spans of its requests from then on.
+	reporter := e.attest(ordersID)
+	deny := inboundEdge(n.id, "GET", "/admin/{*}", "deny", 40)
+	deny.Reason, deny.Status = "no_allow_match", 4
+	if st, body := e.do(reporter.http, "POST", wire.PathRecords, "", e.report(deny)); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	for {
+		if u := next(t, ch); u.Risk != nil && len(u.Risk.Scores) == 1 {
 			break
 		}
 	}
@@ -82,8 +96,11 @@ func TestTracedServer(t *testing.T) {
 		return find(s, "POST "+server.PathAdminRevocations) != nil && find(s, "GET /v1/agent/watch") != nil && m != nil && a != nil
 	})
 	member, anon := readyz(spans)
-	if member.ParentSpanID != callerSpan || member.Attrs["moatless.source.spiffe_id"] != n.id {
-		t.Errorf("a node's request must continue its trace: %+v", member)
+	if member.ParentSpanID != callerSpan || member.Attrs["moatless.source.spiffe_id"] != n.id || member.Attrs["moatless.source.risk_score"] != "0.5" {
+		t.Errorf("a node's request must continue its trace, with its risk score: %+v", member)
+	}
+	if anon.Attrs["moatless.source.risk_score"] != "0" {
+		t.Errorf("an anonymous request's risk score: %q, want 0", anon.Attrs["moatless.source.risk_score"])
 	}
 	if anon.TraceID == callerTrace || anon.ParentSpanID != "" || anon.Links[0] != callerTrace+"-"+callerSpan {
 		t.Errorf("an anonymous request must start a new trace linked to its own: %+v", anon)

@@ -112,6 +112,12 @@ func (s *Server) changed(ctx context.Context) {
 			return
 		}
 	}
+	if vs.Sections[store.SectionRisk] != s.risk.Load().version {
+		if err := s.reloadRisk(ctx, vs.Sections[store.SectionRisk]); err != nil {
+			s.log.Error("reload risk scores", "err", err)
+			return
+		}
+	}
 	s.hub.setVersions(vs)
 }
 
@@ -169,6 +175,10 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 	}
 	if full || vs.Sections[store.SectionRevocations] > since {
 		u.Revocations = s.revs.Load().section
+		any = true
+	}
+	if full || vs.Sections[store.SectionRisk] > since {
+		u.Risk = s.risk.Load().section
 		any = true
 	}
 	if full || vs.Sections[store.SectionPolicies] > since {

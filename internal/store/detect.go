@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -651,4 +652,73 @@ func (s *DB) SVIDsOf(ctx context.Context, spiffeID string, now time.Time) ([]Iss
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// RiskFinding is what a stored finding contributes to its identity's
+// risk score.
+type RiskFinding struct {
+	Identity string
+	Severity string
+	LastAt   time.Time
+}
+
+// RiskFindings lists the findings last seen at or after since: every
+// replica's, since all write the same table.
+func (s *DB) RiskFindings(ctx context.Context, since time.Time) ([]RiskFinding, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT identity, severity, last_at FROM detect_findings WHERE last_at >= $1", ns(since))
+	if err != nil {
+		return nil, fmt.Errorf("store: read findings: %w", err)
+	}
+	defer rows.Close()
+	var out []RiskFinding
+	for rows.Next() {
+		var f RiskFinding
+		var last int64
+		if err := rows.Scan(&f.Identity, &f.Severity, &last); err != nil {
+			return nil, fmt.Errorf("store: read findings: %w", err)
+		}
+		f.LastAt = fromNS(last)
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
+// riskMetaKey is where the watch stream's risk section is kept (JSON of
+// wire.RiskScores).
+const riskMetaKey = "detect_risk_section"
+
+// RiskSection returns the stored risk section; ErrNotFound before the
+// first PutRiskSection.
+func (s *DB) RiskSection(ctx context.Context) ([]byte, error) {
+	v, err := s.Meta(ctx, riskMetaKey)
+	return []byte(v), err
+}
+
+// PutRiskSection stores the risk section body and bumps SectionRisk, in
+// one transaction, unless the stored body is already byte for byte the
+// same: replicas computing the same scores from the same findings change
+// nothing, and the watch streams wake only when a score moved. It returns
+// whether it changed the section.
+func (s *DB) PutRiskSection(ctx context.Context, body []byte) (bool, error) {
+	changed := false
+	err := s.Tx(ctx, func(tx *sql.Tx) error {
+		var cur string
+		err := tx.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = $1", riskMetaKey).Scan(&cur)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("store: read risk section: %w", err)
+		case cur == string(body):
+			return nil
+		}
+		if err := s.SetMeta(ctx, tx, riskMetaKey, string(body)); err != nil {
+			return err
+		}
+		if _, err := s.BumpVersion(ctx, tx, SectionRisk); err != nil {
+			return err
+		}
+		changed = true
+		return nil
+	})
+	return changed, err
 }

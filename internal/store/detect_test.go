@@ -180,3 +180,57 @@ func TestDetectFindingsAndIncidents(t *testing.T) {
 		}
 	})
 }
+
+// TestRiskSection: the findings the risk section is computed from are
+// those last seen in the window, whoever wrote them; the section is
+// stored with a new SectionRisk version only when its body changes.
+func TestRiskSection(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+		put := func(id, ident, sev string, last time.Time) {
+			t.Helper()
+			if err := db.PutFinding(ctx, db.SQL(), store.FindingRow{ID: id, At: last.Add(-time.Hour), LastAt: last, Detector: "probing",
+				Severity: sev, Identity: ident, Body: json.RawMessage(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put("f1", "spiffe://td/a", "high", now)
+		put("f2", "spiffe://td/b", "low", now.Add(-2*time.Hour))
+		put("f3", "spiffe://td/a", "medium", now.Add(-time.Hour)) // at the window's edge: counts
+		fs, err := db.RiskFindings(ctx, now.Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fs) != 2 || fs[0].Identity != "spiffe://td/a" || fs[1].Identity != "spiffe://td/a" {
+			t.Fatalf("findings in the window: %+v", fs)
+		}
+		if _, err := db.RiskSection(ctx); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("before any: %v", err)
+		}
+		version := func() uint64 {
+			vs, err := db.Versions(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return vs.Sections[store.SectionRisk]
+		}
+		body := []byte(`{"scores":[{"spiffe_id":"spiffe://td/a","score":0.85}]}`)
+		for i, tc := range []struct {
+			body    []byte
+			changed bool
+		}{{body, true}, {body, false}, {[]byte(`{"scores":[]}`), true}} {
+			before := version()
+			changed, err := db.PutRiskSection(ctx, tc.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if changed != tc.changed || (version() > before) != tc.changed {
+				t.Fatalf("put %d: changed %v, version %d → %d", i, changed, before, version())
+			}
+			if got, err := db.RiskSection(ctx); err != nil || string(got) != string(tc.body) {
+				t.Fatalf("put %d: stored %s, %v", i, got, err)
+			}
+		}
+	})
+}

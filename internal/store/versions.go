@@ -20,6 +20,9 @@ const (
 	SectionEntries     Section = "entries"
 	SectionRevocations Section = "revocations"
 	SectionPolicies    Section = "policies"
+	// SectionRisk changes with the risk scores the watch stream carries
+	// (PutRiskSection).
+	SectionRisk Section = "risk"
 	// SectionSecretsPolicies changes with the secrets service's access
 	// policies; no watch stream carries it, replicas reload on it.
 	SectionSecretsPolicies Section = "secrets_policies"

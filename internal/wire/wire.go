@@ -269,6 +269,33 @@ type Update struct {
 	Entries           *[]Entry     `json:"entries,omitempty"` // entries parented by the caller
 	Revocations       *Revocations `json:"revocations,omitempty"`
 	Policies          *PolicySet   `json:"policies,omitempty"`
+	// Risk is the risk score of every identity the detectors currently
+	// hold at risk (servers before it existed never send it; a receiver
+	// then knows no score). Like every section it is a full replacement.
+	Risk *RiskScores `json:"risk,omitempty"`
+}
+
+// MaxRiskScores bounds the Risk section: a server holding more
+// identities at risk sends the MaxRiskScores highest scores (ties by
+// SPIFFE ID), and a receiver refuses a section with more, as it refuses
+// any malformed update. At about 90 bytes an entry the section stays
+// under 1 MiB.
+const MaxRiskScores = 10_000
+
+// RiskScores is the detectors' risk score per identity (internal/detect:
+// the highest severity weight of its findings within the risk window,
+// +0.1 per further finding, capped at 1), for the data plane to put on
+// its spans. Only SPIFFE IDs with a score above zero are listed, each
+// once, sorted by SPIFFE ID; a score is in (0, 1], rounded to two
+// decimals. An identity not listed has score 0.
+type RiskScores struct {
+	Scores []RiskScore `json:"scores"`
+}
+
+// RiskScore is one identity's risk score.
+type RiskScore struct {
+	SPIFFEID string  `json:"spiffe_id"`
+	Score    float64 `json:"score"`
 }
 
 // PolicySet is the whole set of security policies at one policy version:

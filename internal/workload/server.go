@@ -33,6 +33,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -41,6 +42,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -84,6 +86,13 @@ type Config struct {
 	// Syncer to complete its first sync (see Syncer). Default
 	// DefaultFirstSyncWait.
 	FirstSyncWait time.Duration
+	// Tracer, when set, makes a span of every call and of every answer a
+	// stream sends (tracing.go). Nil: no span, and nothing of the
+	// tracing is on the call path.
+	Tracer trace.Tracer
+	// Risk, when set with a Tracer, holds the risk scores the server
+	// pushes: a span that serves identities says the highest of theirs.
+	Risk *telemetry.RiskScores
 }
 
 // Server is a Workload API server. Lifecycle: New → Serve → Close.
@@ -267,7 +276,15 @@ func removeIfSame(path string, ino uint64) {
 // process. Streams call it again before every later answer, so a stream
 // ends (PermissionDenied) once its opener executes another program, exits
 // or hands the connection to another process.
-func (s *Server) caller(ctx context.Context, method string) ([]wire.Selector, attest.Peer, error) {
+//
+// The attestation's result goes on c's span.
+func (s *Server) caller(ctx context.Context, method string, c *call) ([]wire.Selector, attest.Peer, error) {
+	sels, p, err := s.attestCaller(ctx, method)
+	c.attested(p, len(sels), err)
+	return sels, p, err
+}
+
+func (s *Server) attestCaller(ctx context.Context, method string) ([]wire.Selector, attest.Peer, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(SecurityHeader); len(v) != 1 || v[0] != "true" {
 		return nil, attest.Peer{}, status.Error(codes.InvalidArgument, "security header missing from request")
@@ -376,15 +393,20 @@ func (s *Server) watch(ctx context.Context, send func(*State) (time.Time, error)
 // FetchX509SVID implements the Workload API.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := stream.Context()
-	sels, p, err := s.caller(ctx, "FetchX509SVID")
+	c0 := s.startCall(ctx, "FetchX509SVID", 0)
+	sels, p, err := s.caller(ctx, "FetchX509SVID", c0)
 	if err != nil {
+		c0.end(err)
 		return err
 	}
 	var last []byte
-	first := true
+	first, sent := true, 0
 	return s.watch(ctx, func(st *State) (time.Time, error) {
+		c := c0
 		if !first {
-			if sels, _, err = s.caller(ctx, "FetchX509SVID"); err != nil {
+			c = c0.next(sent)
+			if sels, _, err = s.caller(ctx, "FetchX509SVID", c); err != nil {
+				c.end(err)
 				return time.Time{}, err
 			}
 		}
@@ -393,7 +415,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		ids := liveX509(matching(st, sels), now)
 		if len(ids) == 0 {
 			s.log.Info("no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
-			return time.Time{}, noIdentity(st, sels, spiffeid.ID{})
+			err := noIdentity(st, sels, spiffeid.ID{})
+			c.end(err)
+			return time.Time{}, err
 		}
 		// The answer changes when any served serial or the bundle does.
 		var key bytes.Buffer
@@ -414,10 +438,13 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		if bytes.Equal(key.Bytes(), last) {
 			return next, nil
 		}
-		if err := stream.Send(resp); err != nil {
+		c.served(ids)
+		err := stream.Send(resp)
+		c.end(err)
+		if err != nil {
 			return time.Time{}, err
 		}
-		last = key.Bytes()
+		last, sent = key.Bytes(), sent+1
 		if s.cfg.OnServe != nil {
 			for range ids {
 				s.cfg.OnServe("x509")
@@ -461,37 +488,49 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 // a caller entitled to no identity gets errNoIdentity instead, also when
 // its last entry goes away mid-stream.
 func (s *Server) streamBundles(ctx context.Context, method string, bundle func(*State) []byte, send func(map[string][]byte) error) error {
-	sels, _, err := s.caller(ctx, method)
+	c0 := s.startCall(ctx, method, 0)
+	sels, _, err := s.caller(ctx, method, c0)
 	if err != nil {
+		c0.end(err)
 		return err
 	}
 	var last []byte
-	sent, first := false, true
+	sent, first := 0, true
 	return s.watch(ctx, func(st *State) (time.Time, error) {
+		c := c0
 		if !first {
-			if sels, _, err = s.caller(ctx, method); err != nil {
+			c = c0.next(sent)
+			if sels, _, err = s.caller(ctx, method, c); err != nil {
+				c.end(err)
 				return time.Time{}, err
 			}
 		}
 		first = false
 		if len(matching(st, sels)) == 0 {
+			c.end(errNoIdentity)
 			return time.Time{}, errNoIdentity
 		}
 		b := bundle(st)
-		if sent && bytes.Equal(b, last) {
+		if sent > 0 && bytes.Equal(b, last) {
 			return time.Time{}, nil
 		}
-		if err := send(map[string][]byte{st.TrustDomain.IDString(): b}); err != nil {
+		c.set(attrTrustDomain.String(st.TrustDomain.Name()))
+		err := send(map[string][]byte{st.TrustDomain.IDString(): b})
+		c.end(err)
+		if err != nil {
 			return time.Time{}, err
 		}
-		last, sent = b, true
+		last, sent = b, sent+1
 		return time.Time{}, nil
 	})
 }
 
 // FetchJWTSVID implements the Workload API.
-func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	sels, p, err := s.caller(ctx, "FetchJWTSVID")
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (resp *workload.JWTSVIDResponse, err error) {
+	c := s.startCall(ctx, "FetchJWTSVID", -1)
+	defer func() { c.end(err) }()
+	c.set(attrAudiences.Int(len(req.Audience)))
+	sels, p, err := s.caller(ctx, "FetchJWTSVID", c)
 	if err != nil {
 		return nil, err
 	}
@@ -513,7 +552,8 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		s.log.Info("no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
 		return nil, noIdentity(st, sels, want)
 	}
-	resp := &workload.JWTSVIDResponse{}
+	resp = &workload.JWTSVIDResponse{}
+	c.served(ids)
 	for _, id := range ids {
 		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
 		if err != nil {
@@ -545,8 +585,10 @@ func checkAudience(aud []string) error {
 
 // ValidateJWTSVID implements the Workload API. Any caller may validate (no
 // identity is handed out), but the call is still attested and logged.
-func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	if _, _, err := s.caller(ctx, "ValidateJWTSVID"); err != nil {
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (resp *workload.ValidateJWTSVIDResponse, err error) {
+	c := s.startCall(ctx, "ValidateJWTSVID", -1)
+	defer func() { c.end(err) }()
+	if _, _, err := s.caller(ctx, "ValidateJWTSVID", c); err != nil {
 		return nil, err
 	}
 	switch {
@@ -558,14 +600,20 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	st, _ := s.cfg.Source.State()
 	svid, err := jwtsvid.ParseAndValidate(req.Svid, st.JWTBundle, []string{req.Audience})
 	if err != nil {
+		c.set(attrJWTValid.Bool(false))
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
 	}
+	// The token is authentic: the ID it names is the caller's business,
+	// whether or not it is still good.
+	c.named(svid.ID.String())
 	if st.revoked(svid.ID) {
+		c.set(attrJWTValid.Bool(false))
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %s is revoked", svid.ID)
 	}
 	claims, err := structpb.NewStruct(svid.Claims)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID claims: %v", err)
 	}
+	c.set(attrJWTValid.Bool(true))
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }

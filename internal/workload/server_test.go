@@ -78,7 +78,10 @@ func (f *fixture) signJWT(sub string, aud []string, exp time.Time) string {
 	return tok
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB) *fixture { return newFixtureWith(t, nil) }
+
+// newFixtureWith is newFixture with the server's Config changed by edit.
+func newFixtureWith(t testing.TB, edit func(*Config)) *fixture {
 	t.Helper()
 	f := &fixture{t: t, ca: testpki.NewCA(t, td)}
 	var err error
@@ -92,7 +95,7 @@ func newFixture(t testing.TB) *fixture {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	f.sock = filepath.Join(dir, "sub", "agent.sock")
-	f.srv, err = New(Config{
+	cfg := Config{
 		SocketPath: f.sock,
 		Source:     f,
 		Attestor:   attest.NewUnix(attest.UnixConfig{SkipNames: true}),
@@ -102,7 +105,11 @@ func newFixture(t testing.TB) *fixture {
 			*v.(*int)++
 			f.mu.Unlock()
 		},
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	f.srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,15 +111,15 @@ type agentProc struct {
 	health string
 }
 
-// startAgent starts an agent with the token and waits until /readyz says
-// it is ready.
-func (p *plane) startAgent(token, dataDir string) *agentProc {
+// startAgent starts an agent with the token (and env added to its
+// environment) and waits until /readyz says it is ready.
+func (p *plane) startAgent(token, dataDir string, env ...string) *agentProc {
 	t := p.t
 	t.Helper()
 	a := &agentProc{sock: filepath.Join(shortTempDir(t), "agent.sock"), health: freeAddr(t)}
 	args := []string{"agent", "--server", p.addr, "--trust-bundle", filepath.Join(p.dataDir, "bundle.pem"),
 		"--socket", a.sock, "--data-dir", dataDir, "--health-listen", a.health}
-	env := append(p.env, "MOATLESS_JOIN_TOKEN="+token)
+	env = append(append(env, p.env...), "MOATLESS_JOIN_TOKEN="+token)
 	a.proc = start(t, "agent", env, args...)
 	waitFor(t, 30*time.Second, "the agent to be ready", func() bool {
 		if a.exited() {

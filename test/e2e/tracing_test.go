@@ -3,16 +3,22 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/moatless/moatless/internal/telemetry/otlptest"
 )
@@ -151,6 +157,250 @@ func TestTracingEndToEnd(t *testing.T) {
 		for k, v := range s.Attrs {
 			if strings.Contains(v, secret) || strings.Contains(v, strings.TrimSpace(string(tok))) {
 				t.Errorf("%s span %q attribute %s carries a credential", s.Service, s.Name, k)
+			}
+		}
+	}
+}
+
+// TestTracingRiskScoreEndToEnd runs the built binary: a server and a
+// sidecar in join mode exporting to a real OTLP receiver. A workload the
+// policy refuses probes the sidecar; the sidecar's traffic record reaches
+// the server, the probing detector raises a finding, the identity's risk
+// score rises, the watch stream pushes it, and the sidecar's next span
+// for a request from that identity carries the score the server reports.
+func TestTracingRiskScoreEndToEnd(t *testing.T) {
+	rcv := otlptest.Start(t)
+	p := startPlane(t)
+	api := newPlaneAPI(t, p)
+	ordersID := "spiffe://" + trustDomain + "/ns/prod/sa/orders"
+	prober := "spiffe://" + trustDomain + "/ns/prod/sa/reports"
+	api.admin("POST", "/v1/admin/policies", map[string]any{"files": []map[string]string{{"name": "orders.yaml", "content": `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: orders-allow-frontend, namespace: prod}
+spec:
+  selector: {matchLabels: {app: orders}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["` + trustDomain + `/ns/prod/sa/frontend"]}}]}]
+`}}}, nil)
+	inbound := freeAddr(t)
+	startSidecarProcEnv(t, "orders-sidecar", fmt.Sprintf(`identity:
+  join: {server: "%s", token_file: %s, server_bundle: %s}
+namespace: prod
+labels: {app: orders}
+inbound:
+  - {listen: "%s", app: "%s", port: 8080}
+traffic: {interval: 1s}
+`, p.addr, p.joinTokenFile(ordersID), filepath.Join(p.dataDir, "bundle.pem"), inbound, sidecarEchoApp(t)), true, otelEnv("orders", "grpc", rcv.GRPCEndpoint))
+
+	cert := api.attest(prober)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: api.pool,
+		// The sidecar's SVID names a workload, not a host: check the
+		// chain and the SPIFFE ID instead.
+		InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != ordersID {
+				return fmt.Errorf("peer %v, want %s", leaf.URIs, ordersID)
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: api.pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			return err
+		}}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	n := 0
+	probe := func() string { // returns the request's trace ID
+		n++
+		trace := fmt.Sprintf("%032x", n)
+		req, _ := http.NewRequest("GET", "https://"+inbound+"/admin/"+strconv.Itoa(n), nil)
+		req.Header.Set("Traceparent", "00-"+trace+"-00f067aa0ba902b7-01")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("probe %d: %d, want 403", n, resp.StatusCode)
+		}
+		return trace
+	}
+	spanOf := func(trace string) map[string]string {
+		var attrs map[string]string
+		rcv.Wait(t, 30*time.Second, func(spans []otlptest.Span) bool {
+			for _, s := range spans {
+				if s.TraceID == trace && s.Service == "orders" {
+					attrs = s.Attrs
+					return true
+				}
+			}
+			return false
+		})
+		return attrs
+	}
+	// Before any finding the identity's score is 0.
+	if a := spanOf(probe()); a["moatless.source.risk_score"] != "0" || a["moatless.source.spiffe_id"] != prober || a["moatless.decision"] != "deny" {
+		t.Fatalf("first probe's span: %v", a)
+	}
+	// 45 refusals: whichever minute boundary splits them, one minute
+	// holds more than the detector's burst of 20 (a medium finding, 0.5).
+	for range 44 {
+		probe()
+	}
+	var risk struct {
+		Items []struct {
+			Identity string  `json:"identity"`
+			Risk     float64 `json:"risk"`
+		} `json:"items"`
+	}
+	waitFor(t, 30*time.Second, "the server to score the prober", func() bool {
+		api.admin("GET", "/v1/admin/detect/risk", nil, &risk)
+		return len(risk.Items) > 0 && risk.Items[0].Identity == prober
+	})
+	want := strconv.FormatFloat(risk.Items[0].Risk, 'g', -1, 64)
+	if want != "0.5" {
+		t.Fatalf("the server scored the prober %s, want 0.5 (one medium probing finding): %+v", want, risk.Items)
+	}
+	// The watch stream delivers the score within moments: poll with a
+	// deadline, one request at a time, until a span carries it; from
+	// then on every span does.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		a := spanOf(probe())
+		if got := a["moatless.source.risk_score"]; got == want {
+			break
+		} else if got != "0" {
+			t.Fatalf("span risk score %q: want 0 before the push, %s after", got, want)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no span carried the prober's risk score within 30s of the server raising it")
+		}
+	}
+	if a := spanOf(probe()); a["moatless.source.risk_score"] != want {
+		t.Errorf("the span after the push: %v", a)
+	}
+}
+
+// TestTracingWorkloadAPI runs the built server and agent, the agent
+// exporting over OTLP HTTP/protobuf to a real receiver; go-spiffe's
+// standard client calls every Workload API method. Each call, and each
+// answer of a stream, is a span with the attestation result, the
+// selectors counted, the SPIFFE IDs served and the gRPC status; no key,
+// SVID or token is in any of them.
+func TestTracingWorkloadAPI(t *testing.T) {
+	rcv := otlptest.Start(t)
+	p := startPlane(t)
+	a := p.startAgent(p.joinToken(agentID), t.TempDir(), otelEnv("node-agent", "http/protobuf", rcv.HTTPEndpoint)...)
+	c := a.client(t)
+	const web = "spiffe://" + trustDomain + "/ns/shop/sa/web"
+
+	// No entry yet: attested, but no identity.
+	if _, err := c.FetchX509Context(deadline(t, 10*time.Second)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("no entry: %v", err)
+	}
+	p.admin("entry", "create", "--parent", agentID, "--spiffe-id", web, "--selector", uidSelector())
+	fetchX509(t, c)
+	tok, err := c.FetchJWTSVID(deadline(t, 10*time.Second), jwtsvid.Params{Audience: "orders", ExtraAudiences: []string{"payments"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FetchJWTBundles(deadline(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ValidateJWTSVID(deadline(t, 10*time.Second), tok.Marshal(), "orders"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ValidateJWTSVID(deadline(t, 10*time.Second), tok.Marshal(), "billing"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("wrong audience: %v", err)
+	}
+	// A watch: its first answer, then the revocation ending it, are two
+	// spans of one stream.
+	w := x509Updates{make(chan *workloadapi.X509Context, 16), make(chan error, 16)}
+	ctx := deadline(t, 30*time.Second)
+	go c.WatchX509Context(ctx, w)
+	select {
+	case <-w.updates:
+	case <-ctx.Done():
+		t.Fatal("no first answer on the watch")
+	}
+	p.admin("revoke", "--spiffe-id", web)
+	for done := false; !done; {
+		select {
+		case err := <-w.errs:
+			done = status.Code(err) == codes.PermissionDenied
+		case <-w.updates:
+		case <-ctx.Done():
+			t.Fatal("the revocation did not end the watch")
+		}
+	}
+
+	type want struct {
+		method string
+		attrs  map[string]string
+	}
+	uid := strconv.Itoa(os.Geteuid())
+	ok := func(extra map[string]string) map[string]string {
+		m := map[string]string{"rpc.system": "grpc", "rpc.service": "SpiffeWorkloadAPI", "moatless.workload.attestation": "success",
+			"moatless.workload.caller.uid": uid, "moatless.workload.caller.pid": strconv.Itoa(os.Getpid()), "moatless.workload.selectors": ""}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	wants := []want{
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "0"})},
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.stream.update": "0", "moatless.workload.spiffe_ids": "[" + web + "]",
+			"moatless.workload.risk_score": "0"})},
+		{"FetchJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.spiffe_ids": "[" + web + "]", "moatless.workload.jwt.audiences": "2",
+			"moatless.workload.risk_score": "0"})},
+		{"FetchJWTBundles", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.trust_domain": trustDomain})},
+		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "0", "moatless.workload.jwt.valid": "true", "moatless.workload.spiffe_ids": "[" + web + "]",
+			"moatless.workload.risk_score": "0"})},
+		{"ValidateJWTSVID", ok(map[string]string{"rpc.grpc.status_code": "3", "moatless.workload.jwt.valid": "false"})},
+		{"FetchX509SVID", ok(map[string]string{"rpc.grpc.status_code": "7", "moatless.workload.stream.update": "1"})},
+	}
+	matches := func(s otlptest.Span, w want) bool {
+		if s.Name != "SpiffeWorkloadAPI/"+w.method || s.Service != "node-agent" {
+			return false
+		}
+		for k, v := range w.attrs {
+			got, has := s.Attrs[k]
+			if !has || (v != "" && got != v) {
+				return false
+			}
+		}
+		return true
+	}
+	missing := func(spans []otlptest.Span) []want {
+		var out []want
+	next:
+		for _, w := range wants {
+			for _, s := range spans {
+				if matches(s, w) {
+					continue next
+				}
+			}
+			out = append(out, w)
+		}
+		return out
+	}
+	spans := rcv.Wait(t, 30*time.Second, func(s []otlptest.Span) bool { return len(missing(s)) == 0 })
+	jwtParts := strings.Split(tok.Marshal(), ".")
+	for _, s := range spans {
+		if s.Kind != tracepb.Span_SPAN_KIND_SERVER || s.ParentSpanID != "" || s.Resource["moatless.role"] != "moatless-agent" {
+			t.Errorf("span %s: kind %v, parent %q, role %q", s.Name, s.Kind, s.ParentSpanID, s.Resource["moatless.role"])
+		}
+		if s.Attrs["rpc.grpc.status_code"] != "0" && s.StatusCode != tracepb.Status_STATUS_CODE_ERROR {
+			t.Errorf("span %s with status %s is not in error", s.Name, s.Attrs["rpc.grpc.status_code"])
+		}
+		for k, v := range s.Attrs {
+			for _, part := range jwtParts {
+				if strings.Contains(v, part) {
+					t.Errorf("span %s attribute %s carries part of the JWT-SVID", s.Name, k)
+				}
+			}
+			if strings.Contains(v, "eyJ") || strings.Contains(v, "BEGIN") || strings.Contains(v, "unix:") {
+				t.Errorf("span %s attribute %s = %q: a token, a PEM block or a selector", s.Name, k, v)
 			}
 		}
 	}

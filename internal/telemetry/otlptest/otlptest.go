@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ type Span struct {
 	SpanID       string // hex
 	ParentSpanID string // hex, "" for a root
 	Kind         tracepb.Span_SpanKind
-	Attrs        map[string]string // every value as text
+	Attrs        map[string]string // every value as text (an array as "[a b]")
 	Service      string            // the resource's service.name
 	Resource     map[string]string
 	StatusCode   tracepb.Status_StatusCode
@@ -157,6 +158,15 @@ func anyText(v *commonpb.AnyValue) string {
 		return "false"
 	case *commonpb.AnyValue_DoubleValue:
 		return ftoa(x.DoubleValue)
+	case *commonpb.AnyValue_StringValue:
+		return x.StringValue
+	case *commonpb.AnyValue_ArrayValue:
+		// As fmt prints a slice: "[a b]".
+		parts := make([]string, len(x.ArrayValue.GetValues()))
+		for i, e := range x.ArrayValue.GetValues() {
+			parts[i] = anyText(e)
+		}
+		return "[" + strings.Join(parts, " ") + "]"
 	default:
 		b, _ := proto.Marshal(v)
 		return hex.EncodeToString(b)
