@@ -33,7 +33,7 @@ type page struct {
 }
 
 // pageNames are the templates, each templates/NAME.html with layout.html.
-var pageNames = []string{"login", "error", "overview", "graph", "decisions", "nodes", "certificates", "policies", "policy", "revocations", "audit"}
+var pageNames = []string{"login", "error", "overview", "graph", "decisions", "nodes", "certificates", "policies", "policy", "revocations", "audit", "findings", "finding", "incidents", "incident", "confirm"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -68,6 +68,16 @@ var funcs = template.FuncMap{
 		return strconv.FormatFloat(f*100, 'f', 0, 64) + "%"
 	},
 	"seconds": func(d time.Duration) string { return roughDuration(d) },
+	"isolateButton": newIsolateButton,
+	"risk": func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
+	"spiffe": func(s string) bool { return strings.HasPrefix(s, "spiffe://") },
+	"cursor": cursor,
+	"first": func(l []string) string {
+		if len(l) == 0 {
+			return ""
+		}
+		return l[0]
+	},
 }
 
 func roughDuration(d time.Duration) string {
