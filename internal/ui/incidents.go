@@ -166,6 +166,12 @@ func (u *UI) showFinding(q *request, status int, id, flashErr string) {
 		return
 	}
 	f, err := u.cfg.Detect.Finding(q.ctx, id)
+	if err != nil && flashErr != "" {
+		// An action's refusal named a finding that is not there: the
+		// refusal says why.
+		u.show(q, status, "error", &page{Title: "Finding", FlashErr: flashErr})
+		return
+	}
 	if err != nil {
 		u.fail(q, "Finding", err)
 		return
@@ -314,6 +320,10 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		return
 	}
 	inc, err := u.cfg.Detect.Incident(q.ctx, id)
+	if err != nil && flashErr != "" {
+		u.show(q, status, "error", &page{Title: "Incident", FlashErr: flashErr})
+		return
+	}
 	if err != nil {
 		u.fail(q, "Incident", err)
 		return
