@@ -67,11 +67,11 @@ var funcs = template.FuncMap{
 	"pct": func(f float64) string {
 		return strconv.FormatFloat(f*100, 'f', 0, 64) + "%"
 	},
-	"seconds": func(d time.Duration) string { return roughDuration(d) },
+	"seconds":       func(d time.Duration) string { return roughDuration(d) },
 	"isolateButton": newIsolateButton,
-	"risk": func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
-	"spiffe": func(s string) bool { return strings.HasPrefix(s, "spiffe://") },
-	"cursor": cursor,
+	"risk":          func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
+	"spiffe":        func(s string) bool { return strings.HasPrefix(s, "spiffe://") },
+	"cursor":        cursor,
 	"first": func(l []string) string {
 		if len(l) == 0 {
 			return ""
