@@ -252,6 +252,7 @@ func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 			if c.errMsg != "" {
 				details["error"] = c.errMsg
 			}
+			viaDashboard(c.ctx, details)
 			ev := audit.Event{Kind: audit.KindAdminCall, Actor: c.actor, Subject: r.Method + " " + r.URL.Path, Outcome: outcome, Details: details}
 			if err := s.audit.Append(c.ctx, ev); err != nil {
 				s.log.Error("audit log unavailable: refusing the admin call", "err", err)

@@ -373,10 +373,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 	if req.Reason != "" {
 		reason += ": " + req.Reason
 	}
-	details := viaDashboard(ctx, map[string]string{"incident": inc.ID, "action": st.Action})
-	if findingID != "" {
-		details["finding"] = findingID
-	}
+	details := viaDashboard(ctx, withFinding(map[string]string{"incident": inc.ID, "action": st.Action}, findingID))
 	var err error
 	var extra []audit.Event
 	isSPIFFE := strings.HasPrefix(inc.Identity, "spiffe://")
@@ -392,7 +389,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 				return err
 			}
 			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
-				Details: viaDashboard(ctx, map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID})})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"reason": reason, "incident": inc.ID}, findingID))})
 		})
 		switch {
 		case errors.Is(err, store.ErrConflict):
@@ -474,7 +471,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 				return err
 			}
 			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: pick.Serial, Outcome: audit.Success,
-				Details: viaDashboard(ctx, map[string]string{"spiffe_id": pick.SPIFFEID, "reason": reason, "incident": inc.ID, "finding": findingID})})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"spiffe_id": pick.SPIFFEID, "reason": reason, "incident": inc.ID}, findingID))})
 		})
 		if errors.Is(err, store.ErrConflict) {
 			err, res.Detail = nil, "certificate "+pick.Serial+" was revoked already"
@@ -594,7 +591,7 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 				return err
 			}
 			evs = append(evs, audit.Event{Kind: audit.KindUnrevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
-				Details: viaDashboard(ctx, map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID})})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"reason": reason, "incident": inc.ID}, findingID))})
 		}
 		for _, b := range inc.Blocks {
 			if _, err := s.db.DeleteBlock(ctx, tx, b.Source, b.Destination); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -863,6 +860,15 @@ func (s *Server) createIncident(c *adminCall) {
 	c.reply(http.StatusCreated, inc)
 }
 
+// withFinding adds the finding that caused a step to an audit record's
+// details, when there is one.
+func withFinding(details map[string]string, finding string) map[string]string {
+	if finding != "" {
+		details["finding"] = finding
+	}
+	return details
+}
+
 // findingAbout returns the stored finding id, which must be about
 // identity.
 func (s *Server) findingAbout(ctx context.Context, id, identity string) (detect.Finding, error) {
@@ -913,7 +919,7 @@ func (s *Server) releaseIncident(c *adminCall) {
 	}
 	s.runStep(c.ctx, &inc, detect.Step{Action: detect.ActionRelease}, c.actor, finding, IncidentRequest{Reason: in.Reason})
 	if err := s.audit.Append(c.ctx, audit.Event{Kind: KindIncidentRelease, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
-		Details: viaDashboard(c.ctx, map[string]string{"incident": inc.ID, "reason": in.Reason, "finding": finding})}); err != nil {
+		Details: viaDashboard(c.ctx, withFinding(map[string]string{"incident": inc.ID, "reason": in.Reason}, finding))}); err != nil {
 		c.fail(err)
 		return
 	}
@@ -962,7 +968,7 @@ func (s *Server) confirmIncident(c *adminCall) {
 			return err
 		}
 		return s.audit.AppendTx(c.ctx, tx, audit.Event{Kind: KindIncidentConfirm, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
-			Details: viaDashboard(c.ctx, map[string]string{"incident": inc.ID, "finding": finding, "blocks": fmt.Sprint(len(inc.Blocks))})})
+			Details: viaDashboard(c.ctx, withFinding(map[string]string{"incident": inc.ID, "blocks": fmt.Sprint(len(inc.Blocks))}, finding))})
 	})
 	if err != nil {
 		c.fail(err)
