@@ -57,6 +57,7 @@ func TestFindingsAndIncidentsPages(t *testing.T) {
 		{name: "incident", path: "/ui/incidents/" + inc.ID, status: 200,
 			want: []string{"dry run", "dry run: isolating " + frontendID, f.ID, "incident.open", "incident.step", `id="release"`, `data-isolate="` + frontendID + `"`}},
 		{name: "unknown_incident", path: "/ui/incidents/nope", status: 404, want: []string{"There is no such incident."}},
+		{name: "overview", path: "/ui/", status: 200, want: []string{"<b>1</b> incidents in force", "<b>0.50</b> highest risk", frontendID}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -189,7 +190,12 @@ type overviewData struct {
 	ActiveCA                 *ca.Authority
 	RevokedIDs, RevokedCerts int
 	RevokedTokens            int
-	Recent                   []audit.Record
+	// Incidents in force (open or contained), at most listLimit of each
+	// state counted; the identity most at risk now.
+	Incidents       int
+	TopRisk         float64
+	TopRiskIdentity string
+	Recent          []audit.Record
 }
 
 func (u *UI) overview(q *request) {
@@ -238,6 +244,24 @@ func (u *UI) overview(q *request) {
 		return
 	}
 	d.RevokedIDs, d.RevokedCerts, d.RevokedTokens = len(revs.IDs), len(revs.Serials), len(toks)
+	for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
+		incs, _, err := u.cfg.Detect.Incidents(q.ctx, IncidentQuery{State: st, Limit: listLimit})
+		if err != nil {
+			u.fail(q, "Overview", err)
+			return
+		}
+		d.Incidents += len(incs)
+	}
+	risks, err := u.cfg.Detect.Risks(q.ctx)
+	if err != nil {
+		u.fail(q, "Overview", err)
+		return
+	}
+	for id, r := range risks {
+		if r > d.TopRisk || (r == d.TopRisk && id < d.TopRiskIdentity) {
+			d.TopRisk, d.TopRiskIdentity = r, id
+		}
+	}
 	if d.Recent, _, err = u.cfg.Records.AuditRecords(q.ctx, 0, 10, nil); err != nil {
 		u.fail(q, "Overview", err)
 		return
