@@ -10,6 +10,7 @@ package ui
 // CLI call is.
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"sort"
@@ -59,30 +60,37 @@ func (l listQuery) query(choiceKey string) string {
 	return "?" + v.Encode()
 }
 
-// listFilter reads ?identity=, ?before= (a cursor: Unix nanoseconds) and
-// ?CHOICEKEY= (one of choices). A malformed one gets a 400 page naming it
-// and ok false.
-func (u *UI) listFilter(q *request, title, choiceKey string, choices []string) (l listQuery, ok bool) {
-	p := q.r.URL.Query()
-	bad := func(msg string) (listQuery, bool) {
-		u.show(q, http.StatusBadRequest, "error", &page{Title: title, FlashErr: msg})
+// listFilter reads a list page's filter (parseListQuery); a malformed
+// one gets a 400 page naming it and ok false.
+func (u *UI) listFilter(q *request, title, choiceKey string, choices []string) (listQuery, bool) {
+	l, err := parseListQuery(q.r.URL.Query(), choiceKey, choices)
+	if err != nil {
+		u.show(q, http.StatusBadRequest, "error", &page{Title: title, FlashErr: err.Error()})
 		return listQuery{}, false
 	}
+	return l, true
+}
+
+// parseListQuery reads ?identity= (at most maxIDParam bytes, trimmed),
+// ?CHOICEKEY= (one of choices) and ?before= (a cursor: positive Unix
+// nanoseconds). The error names the parameter.
+func parseListQuery(p url.Values, choiceKey string, choices []string) (listQuery, error) {
+	var l listQuery
 	l.Identity = strings.TrimSpace(p.Get("identity"))
 	if len(l.Identity) > maxIDParam {
-		return bad("identity: too long")
+		return listQuery{}, errors.New("identity: too long")
 	}
 	if l.Choice = p.Get(choiceKey); l.Choice != "" && !contains(choices, l.Choice) {
-		return bad(choiceKey + ": want one of " + strings.Join(choices, ", "))
+		return listQuery{}, errors.New(choiceKey + ": want one of " + strings.Join(choices, ", "))
 	}
 	if v := p.Get("before"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
-			return bad("before: want the cursor of the previous page")
+			return listQuery{}, errors.New("before: want the cursor of the previous page")
 		}
 		l.Before = time.Unix(0, n).UTC()
 	}
-	return l, true
+	return l, nil
 }
 
 func contains(l []string, s string) bool {
