@@ -1061,7 +1061,7 @@ func (s *Server) exportIncident(c *adminCall) {
 		return
 	}
 	b.AuditHead = AuditHeadRef{Seq: head, Hash: hex.EncodeToString(hash)}
-	recs, err := s.auditScan(c.ctx, from.Add(-24*time.Hour), func(rec audit.Record) bool {
+	recs, err := s.auditScan(c.ctx, from.Add(-24*time.Hour), nil, func(rec audit.Record) bool {
 		return rec.Actor == inc.Identity || rec.Subject == inc.Identity || rec.Details["incident"] == inc.ID ||
 			rec.Details["source"] == inc.Identity || rec.Details["spiffe_id"] == inc.Identity
 	})
@@ -1078,13 +1078,14 @@ func (s *Server) exportIncident(c *adminCall) {
 }
 
 // auditScan returns the audit records that match, newest first, reading
-// back from the head at most maxBundleAudit records and stopping at the
-// first page that reaches back before from.
-func (s *Server) auditScan(ctx context.Context, from time.Time, match func(audit.Record) bool) ([]audit.Record, error) {
+// back from the head at most maxBundleAudit records (of kinds starting
+// with one of kinds; all with none) and stopping at the first page that
+// reaches back before from.
+func (s *Server) auditScan(ctx context.Context, from time.Time, kinds []string, match func(audit.Record) bool) ([]audit.Record, error) {
 	var out []audit.Record
 	var before uint64
 	for scanned := 0; scanned < maxBundleAudit; {
-		recs, err := audit.List(ctx, s.db, before, 1000)
+		recs, err := audit.ListKinds(ctx, s.db, before, 1000, kinds)
 		if err != nil {
 			return nil, err
 		}

@@ -311,10 +311,14 @@ func (d dashboard) Incident(ctx context.Context, id string) (detect.Incident, er
 	return incidentOf(r)
 }
 
+// incidentKinds are the kinds of the audit records an incident makes.
+var incidentKinds = []string{"incident.", "revocation."}
+
 // IncidentAudit scans the audit log back to the incident's opening for
-// the records that name it.
+// the records that name it (only the kinds incidents make: decision
+// records, the bulk of the log, are skipped in the query).
 func (d dashboard) IncidentAudit(ctx context.Context, inc detect.Incident) ([]audit.Record, error) {
-	return d.s.auditScan(ctx, inc.OpenedAt.Add(-time.Minute), func(r audit.Record) bool { return r.Details["incident"] == inc.ID })
+	return d.s.auditScan(ctx, inc.OpenedAt.Add(-time.Minute), incidentKinds, func(r audit.Record) bool { return r.Details["incident"] == inc.ID })
 }
 
 func (d dashboard) Isolate(ctx context.Context, a ui.Actor, identity, finding, reason string) (detect.Incident, error) {

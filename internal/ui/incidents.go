@@ -355,8 +355,12 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 	if flash == "" && q.r.Method == http.MethodGet {
 		flash = incidentDone[q.r.URL.Query().Get("done")]
 	}
-	u.show(q, status, "incident", &page{Title: "Incident " + inc.ID, Nav: "incidents", Path: Prefix + "/incidents/" + url.PathEscape(inc.ID),
-		Refresh: 5 * time.Second, Flash: flash, FlashErr: flashErr, Data: d})
+	p := &page{Title: "Incident " + inc.ID, Nav: "incidents", Path: Prefix + "/incidents/" + url.PathEscape(inc.ID), Flash: flash, FlashErr: flashErr, Data: d}
+	if inc.State != detect.IncidentReleased {
+		// A released incident no longer changes.
+		p.Refresh = 5 * time.Second
+	}
+	u.show(q, status, "incident", p)
 }
 
 // isolateButton is what the "isolate" template needs for a button that
