@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -58,7 +59,7 @@ func (s *Server) initDashboard(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: derive dashboard session key: %w", err)
 	}
-	d := dashboard{s}
+	d := dashboard{s: s, incAudit: &incidentAudit{m: map[string]*incidentAuditEntry{}}}
 	cfg := ui.Config{
 		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ui"), Audit: s.audit,
@@ -81,7 +82,10 @@ func (s *Server) initDashboard(ctx context.Context) error {
 }
 
 // dashboard implements the dashboard's data sources.
-type dashboard struct{ s *Server }
+type dashboard struct {
+	s        *Server
+	incAudit *incidentAudit
+}
 
 func (d dashboard) CheckAdminToken(tok string) bool { return d.s.checkAdminToken(tok) }
 
@@ -314,11 +318,79 @@ func (d dashboard) Incident(ctx context.Context, id string) (detect.Incident, er
 // incidentKinds are the kinds of the audit records an incident makes.
 var incidentKinds = []string{"incident.", "revocation."}
 
-// IncidentAudit scans the audit log back to the incident's opening for
-// the records that name it (only the kinds incidents make: decision
-// records, the bulk of the log, are skipped in the query).
-func (d dashboard) IncidentAudit(ctx context.Context, inc detect.Incident) ([]audit.Record, error) {
-	return d.s.auditScan(ctx, inc.OpenedAt.Add(-time.Minute), incidentKinds, func(r audit.Record) bool { return r.Details["incident"] == inc.ID })
+// Bounds of an incident page's audit search.
+const (
+	// maxIncidentAuditScan is how far back, in records, the first view
+	// of an incident searches the audit log.
+	maxIncidentAuditScan = 50_000
+	// maxCachedIncidents bounds the incidents whose records are kept.
+	maxCachedIncidents = 256
+)
+
+// incidentAudit keeps, per incident, the audit records found so far and
+// the head they were read up to. The log only grows, so a refresh of an
+// incident's page (every 5 s while it is open) reads only the records
+// appended since, not the log back to the incident's opening again.
+type incidentAudit struct {
+	mu sync.Mutex
+	m  map[string]*incidentAuditEntry
+}
+
+type incidentAuditEntry struct {
+	head, from uint64
+	recs       []audit.Record // newest first
+}
+
+// IncidentAudit returns the records that name the incident, newest
+// first, among the records from sequence number from on (1: the whole
+// log). Only the kinds incidents make are read: decision records, the
+// bulk of the log, are skipped in the query.
+func (d dashboard) IncidentAudit(ctx context.Context, inc detect.Incident) ([]audit.Record, uint64, error) {
+	head, _, err := d.s.db.AuditHead(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	c := d.incAudit
+	c.mu.Lock()
+	var e incidentAuditEntry
+	if old, ok := c.m[inc.ID]; ok && old.head <= head {
+		e = *old
+	} else {
+		e.head, e.from = head, 1
+		if head > maxIncidentAuditScan {
+			e.from = head - maxIncidentAuditScan + 1
+		}
+		e.head = e.from - 1
+	}
+	c.mu.Unlock()
+	var fresh []audit.Record
+	for upTo := head; upTo > e.head; {
+		recs, err := audit.ListRange(ctx, d.s.db, e.head+1, upTo, 1000, incidentKinds)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, r := range recs {
+			if r.Details["incident"] == inc.ID {
+				fresh = append(fresh, r)
+			}
+		}
+		if len(recs) < 1000 {
+			break
+		}
+		upTo = recs[len(recs)-1].Seq - 1
+	}
+	e.recs = append(fresh, e.recs...)
+	e.head = head
+	c.mu.Lock()
+	if _, ok := c.m[inc.ID]; !ok && len(c.m) >= maxCachedIncidents {
+		for k := range c.m { // drop one: the map has no order worth keeping
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[inc.ID] = &e
+	c.mu.Unlock()
+	return e.recs, e.from, nil
 }
 
 func (d dashboard) Isolate(ctx context.Context, a ui.Actor, identity, finding, reason string) (detect.Incident, error) {

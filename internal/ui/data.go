@@ -192,8 +192,9 @@ type DetectSource interface {
 	// Incident returns one incident (an *ActionError 404 when unknown).
 	Incident(ctx context.Context, id string) (detect.Incident, error)
 	// IncidentAudit returns the audit records of the incident, newest
-	// first.
-	IncidentAudit(ctx context.Context, inc detect.Incident) ([]audit.Record, error)
+	// first, among those from sequence number from on (1: the whole log;
+	// older ones were not searched).
+	IncidentAudit(ctx context.Context, inc detect.Incident) (recs []audit.Record, from uint64, err error)
 	// Isolate revokes identity everywhere in an incident (its open one,
 	// or a new one), with finding (optional) as the cause.
 	Isolate(ctx context.Context, a Actor, identity, finding, reason string) (detect.Incident, error)

@@ -265,8 +265,10 @@ type incidentData struct {
 	I     detect.Incident
 	Risk  float64
 	Steps []stepView
-	// Audit is every audit record naming the incident, newest first.
-	Audit []audit.Record
+	// Audit is every audit record naming the incident, newest first,
+	// among those from sequence number AuditFrom on.
+	Audit     []audit.Record
+	AuditFrom uint64
 	// Expiring: a block lapses by itself unless confirmed.
 	Expiring bool
 }
@@ -336,7 +338,7 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		u.fail(q, "Incident", err)
 		return
 	}
-	recs, err := u.cfg.Detect.IncidentAudit(q.ctx, inc)
+	recs, from, err := u.cfg.Detect.IncidentAudit(q.ctx, inc)
 	if err != nil {
 		u.fail(q, "Incident", err)
 		return
@@ -346,7 +348,7 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		u.fail(q, "Incident", err)
 		return
 	}
-	d := incidentData{I: inc, Risk: risk[inc.Identity], Steps: incidentSteps(inc.Steps, recs), Audit: recs}
+	d := incidentData{I: inc, Risk: risk[inc.Identity], Steps: incidentSteps(inc.Steps, recs), Audit: recs, AuditFrom: from}
 	for _, b := range inc.Blocks {
 		if !b.ExpiresAt.IsZero() {
 			d.Expiring = true
