@@ -531,11 +531,7 @@ func TestListKindsMatchesLiteralPrefixes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var got []string
-				for _, r := range recs {
-					got = append(got, r.Kind)
-				}
-				if !slices.Equal(got, tt.want) {
+				if got := kindsOf(recs); !slices.Equal(got, tt.want) {
 					t.Fatalf("got %q, want %q", got, tt.want)
 				}
 			})
@@ -562,14 +558,19 @@ func TestListKindsMatchesLiteralPrefixes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var got []string
-				for _, r := range recs {
-					got = append(got, r.Kind)
-				}
-				if !slices.Equal(got, tc.want) {
+				if got := kindsOf(recs); !slices.Equal(got, tc.want) {
 					t.Fatalf("got %q, want %q", got, tc.want)
 				}
 			})
 		}
 	})
+}
+
+// kindsOf lists the records' kinds in order.
+func kindsOf(recs []audit.Record) []string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Kind)
+	}
+	return out
 }
