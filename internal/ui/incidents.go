@@ -274,39 +274,53 @@ type incidentData struct {
 }
 
 // stepKinds are the audit kinds of the records a step makes besides its
-// incident.step record.
+// own (incident.step; incident.confirm for a confirmation).
 var stepKinds = map[string][]string{
 	detect.ActionIsolate:           {audit.KindRevoke},
 	detect.ActionRevokeCertificate: {audit.KindRevoke},
 	detect.ActionRelease:           {audit.KindUnrevoke, "incident.release"},
-	"confirm":                      {"incident.confirm"},
 }
 
-// incidentSteps pairs each step with its audit records: the n-th step
-// of an action with the n-th incident.step record of that action, and
-// the records of the step's other kinds between it and the step before.
+// ownRecord reports whether r is the record step st made of itself.
+func ownRecord(st detect.StepResult, r audit.Record) bool {
+	if st.Action == "confirm" {
+		return r.Kind == "incident.confirm"
+	}
+	return r.Kind == "incident.step" && r.Details["action"] == st.Action
+}
+
+// incidentSteps pairs each step with its audit records, taking the
+// records oldest first: a step's own record goes to the first step not
+// yet paired that it fits (earlier steps whose records were not searched
+// stay without); a record of another kind goes to the first step not yet
+// paired whose kinds it is of (revocation.create before its isolate
+// step), else to the step it follows (incident.release after the release
+// step).
 func incidentSteps(steps []detect.StepResult, recs []audit.Record) []stepView {
 	asc := append([]audit.Record(nil), recs...)
 	sort.Slice(asc, func(i, j int) bool { return asc[i].Seq < asc[j].Seq })
-	used := make([]bool, len(asc))
 	out := make([]stepView, len(steps))
-	var prevSeq uint64
 	for i, st := range steps {
 		out[i].StepResult = st
-		for j, r := range asc {
-			if used[j] || r.Seq <= prevSeq {
-				continue
+	}
+	// first is the first step from next on that fits r, or -1.
+	first := func(next int, fits func(detect.StepResult) bool) int {
+		for j := next; j < len(steps); j++ {
+			if fits(steps[j]) {
+				return j
 			}
-			own := r.Kind == "incident.step" && r.Details["action"] == st.Action
-			other := contains(stepKinds[st.Action], r.Kind)
-			if own || other {
-				used[j] = true
-				out[i].Records = append(out[i].Records, r)
-			}
-			if own || (st.Action == "confirm" && other) {
-				prevSeq = r.Seq
-				break
-			}
+		}
+		return -1
+	}
+	next := 0 // the first step without its own record yet
+	for _, r := range asc {
+		if j := first(next, func(st detect.StepResult) bool { return ownRecord(st, r) }); j >= 0 {
+			out[j].Records = append(out[j].Records, r)
+			next = j + 1
+		} else if j := first(next, func(st detect.StepResult) bool { return contains(stepKinds[st.Action], r.Kind) }); j >= 0 {
+			out[j].Records = append(out[j].Records, r)
+		} else if next > 0 && contains(stepKinds[steps[next-1].Action], r.Kind) {
+			out[next-1].Records = append(out[next-1].Records, r)
 		}
 	}
 	return out
