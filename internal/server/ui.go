@@ -63,7 +63,7 @@ func (s *Server) initDashboard(ctx context.Context) error {
 	cfg := ui.Config{
 		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ui"), Audit: s.audit,
-		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Detect: d,
+		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Findings: d, Incidents: d,
 	}
 	if dc.OIDCClientID != "" {
 		cfg.OIDC = &ui.OIDC{ClientID: dc.OIDCClientID, AdminRole: dc.AdminRole, Provider: s.oauth.svc, Users: d}

@@ -174,12 +174,8 @@ type IncidentQuery struct {
 	Limit  int
 }
 
-// DetectSource reads what the detection engine found and the incidents
-// it opened, and acts on them. The actions run the admin API's incident
-// handlers (POST /v1/admin/incidents, .../{id}/release, .../{id}/confirm),
-// so a dashboard isolate is validated, audited and pushed exactly as
-// "moatless incident isolate" is.
-type DetectSource interface {
+// FindingSource reads what the detection engine found.
+type FindingSource interface {
 	// Findings returns a page of findings and the cursor of the next
 	// one (zero at the end).
 	Findings(ctx context.Context, q FindingQuery) ([]detect.Finding, time.Time, error)
@@ -188,6 +184,14 @@ type DetectSource interface {
 	// Risks returns the risk score (0–1) of every identity with open
 	// findings.
 	Risks(ctx context.Context) (map[string]float64, error)
+}
+
+// IncidentSource reads the incidents playbooks and admins opened, and
+// acts on them. The actions run the admin API's incident handlers (POST
+// /v1/admin/incidents, .../{id}/release, .../{id}/confirm), so a
+// dashboard isolate is validated, audited and pushed exactly as
+// "moatless incident isolate" is.
+type IncidentSource interface {
 	Incidents(ctx context.Context, q IncidentQuery) ([]detect.Incident, time.Time, error)
 	// Incident returns one incident (an *ActionError 404 when unknown).
 	Incident(ctx context.Context, id string) (detect.Incident, error)

@@ -6,7 +6,7 @@ package ui
 // nothing and answers a confirmation page saying what will happen; the
 // second carries confirm=yes. Both pass the session, CSRF and Origin
 // checks of every action, and the second runs the admin API's own
-// incident handler (DetectSource), so it is validated and audited as a
+// incident handler (IncidentSource), so it is validated and audited as a
 // CLI call is.
 
 import (
@@ -134,12 +134,12 @@ func (u *UI) showFindings(q *request, status int, flashErr string) {
 	if !ok {
 		return
 	}
-	fs, next, err := u.cfg.Detect.Findings(q.ctx, FindingQuery{Identity: l.Identity, MinSeverity: detect.Severity(l.Choice), Before: l.Before, Limit: listLimit})
+	fs, next, err := u.cfg.Findings.Findings(q.ctx, FindingQuery{Identity: l.Identity, MinSeverity: detect.Severity(l.Choice), Before: l.Before, Limit: listLimit})
 	if err != nil {
 		u.fail(q, "Findings", err)
 		return
 	}
-	risk, err := u.cfg.Detect.Risks(q.ctx)
+	risk, err := u.cfg.Findings.Risks(q.ctx)
 	if err != nil {
 		u.fail(q, "Findings", err)
 		return
@@ -173,7 +173,7 @@ func (u *UI) showFinding(q *request, status int, id, flashErr string) {
 		u.show(q, http.StatusNotFound, "error", &page{Title: "Finding", FlashErr: "There is no such finding."})
 		return
 	}
-	f, err := u.cfg.Detect.Finding(q.ctx, id)
+	f, err := u.cfg.Findings.Finding(q.ctx, id)
 	if err != nil && flashErr != "" {
 		// An action's refusal named a finding that is not there: the
 		// refusal says why.
@@ -189,13 +189,13 @@ func (u *UI) showFinding(q *request, status int, id, flashErr string) {
 		d.Evidence = append(d.Evidence, [2]string{k, v})
 	}
 	sort.Slice(d.Evidence, func(i, j int) bool { return d.Evidence[i][0] < d.Evidence[j][0] })
-	risk, err := u.cfg.Detect.Risks(q.ctx)
+	risk, err := u.cfg.Findings.Risks(q.ctx)
 	if err != nil {
 		u.fail(q, "Finding", err)
 		return
 	}
 	d.Risk = risk[f.Identity]
-	others, _, err := u.cfg.Detect.Findings(q.ctx, FindingQuery{Identity: f.Identity, Limit: otherFindings + 1})
+	others, _, err := u.cfg.Findings.Findings(q.ctx, FindingQuery{Identity: f.Identity, Limit: otherFindings + 1})
 	if err != nil {
 		u.fail(q, "Finding", err)
 		return
@@ -217,7 +217,7 @@ func (u *UI) showFinding(q *request, status int, id, flashErr string) {
 // nil.
 func (u *UI) activeIncident(q *request, identity string) (*detect.Incident, error) {
 	for _, st := range []string{detect.IncidentContained, detect.IncidentOpen} {
-		l, _, err := u.cfg.Detect.Incidents(q.ctx, IncidentQuery{Identity: identity, State: st, Limit: 1})
+		l, _, err := u.cfg.Incidents.Incidents(q.ctx, IncidentQuery{Identity: identity, State: st, Limit: 1})
 		if err != nil {
 			return nil, err
 		}
@@ -242,7 +242,7 @@ func (u *UI) incidents(q *request) {
 	if !ok {
 		return
 	}
-	incs, next, err := u.cfg.Detect.Incidents(q.ctx, IncidentQuery{Identity: l.Identity, State: l.Choice, Before: l.Before, Limit: listLimit})
+	incs, next, err := u.cfg.Incidents.Incidents(q.ctx, IncidentQuery{Identity: l.Identity, State: l.Choice, Before: l.Before, Limit: listLimit})
 	if err != nil {
 		u.fail(q, "Incidents", err)
 		return
@@ -343,7 +343,7 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		u.show(q, http.StatusNotFound, "error", &page{Title: "Incident", FlashErr: "There is no such incident."})
 		return
 	}
-	inc, err := u.cfg.Detect.Incident(q.ctx, id)
+	inc, err := u.cfg.Incidents.Incident(q.ctx, id)
 	if err != nil && flashErr != "" {
 		u.show(q, status, "error", &page{Title: "Incident", FlashErr: flashErr})
 		return
@@ -352,12 +352,12 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		u.fail(q, "Incident", err)
 		return
 	}
-	recs, from, err := u.cfg.Detect.IncidentAudit(q.ctx, inc)
+	recs, from, err := u.cfg.Incidents.IncidentAudit(q.ctx, inc)
 	if err != nil {
 		u.fail(q, "Incident", err)
 		return
 	}
-	risk, err := u.cfg.Detect.Risks(q.ctx)
+	risk, err := u.cfg.Findings.Risks(q.ctx)
 	if err != nil {
 		u.fail(q, "Incident", err)
 		return
@@ -509,7 +509,7 @@ func (u *UI) isolate(q *request) {
 	if !u.confirmed(q, "Confirm isolation", c) {
 		return
 	}
-	inc, err := u.cfg.Detect.Isolate(q.ctx, q.actor(), identity, finding, reason)
+	inc, err := u.cfg.Incidents.Isolate(q.ctx, q.actor(), identity, finding, reason)
 	if err != nil {
 		u.actionError(q, what, err)
 		return
@@ -525,7 +525,7 @@ func (u *UI) incidentForAction(q *request, what string) (detect.Incident, bool) 
 		u.actionError(q, what, &ActionError{Status: http.StatusNotFound, Msg: "There is no such incident."})
 		return detect.Incident{}, false
 	}
-	inc, err := u.cfg.Detect.Incident(q.ctx, id)
+	inc, err := u.cfg.Incidents.Incident(q.ctx, id)
 	if err != nil {
 		u.actionError(q, what, err)
 		return detect.Incident{}, false
@@ -562,7 +562,7 @@ func (u *UI) release(q *request) {
 	if !u.confirmed(q, "Confirm release", c) {
 		return
 	}
-	inc, err := u.cfg.Detect.Release(q.ctx, q.actor(), inc.ID, reason)
+	inc, err := u.cfg.Incidents.Release(q.ctx, q.actor(), inc.ID, reason)
 	if err != nil {
 		u.actionError(q, what, err)
 		return
@@ -590,7 +590,7 @@ func (u *UI) confirmBlocks(q *request) {
 	if !u.confirmed(q, "Confirm the blocks", c) {
 		return
 	}
-	inc, err := u.cfg.Detect.ConfirmBlocks(q.ctx, q.actor(), inc.ID)
+	inc, err := u.cfg.Incidents.ConfirmBlocks(q.ctx, q.actor(), inc.ID)
 	if err != nil {
 		u.actionError(q, what, err)
 		return

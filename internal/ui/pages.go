@@ -245,14 +245,14 @@ func (u *UI) overview(q *request) {
 	}
 	d.RevokedIDs, d.RevokedCerts, d.RevokedTokens = len(revs.IDs), len(revs.Serials), len(toks)
 	for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
-		incs, _, err := u.cfg.Detect.Incidents(q.ctx, IncidentQuery{State: st, Limit: listLimit})
+		incs, _, err := u.cfg.Incidents.Incidents(q.ctx, IncidentQuery{State: st, Limit: listLimit})
 		if err != nil {
 			u.fail(q, "Overview", err)
 			return
 		}
 		d.Incidents += len(incs)
 	}
-	risks, err := u.cfg.Detect.Risks(q.ctx)
+	risks, err := u.cfg.Findings.Risks(q.ctx)
 	if err != nil {
 		u.fail(q, "Overview", err)
 		return

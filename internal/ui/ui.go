@@ -119,9 +119,9 @@ type Config struct {
 	Revocations RevocationSource
 	// Records is the audit log; the service graph and the decision log
 	// are read from its decision records.
-	Records AuditSource
-	// Detect is the detection engine's findings and incidents.
-	Detect DetectSource
+	Records   AuditSource
+	Findings  FindingSource
+	Incidents IncidentSource
 }
 
 // UI is the dashboard handler.
@@ -147,7 +147,7 @@ func New(cfg Config) (*UI, error) {
 		return nil, errors.New("ui: Admin is required")
 	case cfg.Audit == nil:
 		return nil, errors.New("ui: Audit is required")
-	case cfg.Nodes == nil || cfg.Certs == nil || cfg.Policies == nil || cfg.Revocations == nil || cfg.Records == nil || cfg.Detect == nil:
+	case cfg.Nodes == nil || cfg.Certs == nil || cfg.Policies == nil || cfg.Revocations == nil || cfg.Records == nil || cfg.Findings == nil || cfg.Incidents == nil:
 		return nil, errors.New("ui: every data source is required")
 	case cfg.SessionTTL < 0 || cfg.SessionTTL > MaxSessionTTL:
 		return nil, fmt.Errorf("ui: session TTL %s: want at most %s", cfg.SessionTTL, MaxSessionTTL)
