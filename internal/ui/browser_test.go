@@ -388,6 +388,9 @@ func TestIncidentResponseInChromium(t *testing.T) {
 	if !strings.Contains(loc, "/ui/incidents/") {
 		t.Errorf("after isolate the address bar shows %s", loc)
 	}
+	if got := b.text("#nav a.on"); got != "Incidents" {
+		t.Errorf("after isolate the menu marks %q", got)
+	}
 	if !e.revoked(frontendID) {
 		t.Fatal("the server's revocation list does not have the isolated identity")
 	}

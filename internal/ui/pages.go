@@ -31,6 +31,15 @@ type page struct {
 	FlashErr    string
 	Now         time.Time
 	Data        any
+	// OOB marks the menu of an htmx answer: htmx swaps it in beside the
+	// content ("out of band"), so the menu follows the page shown.
+	OOB bool
+}
+
+// WithOOB is the page with OOB set, for the menu of an htmx answer.
+func (p page) WithOOB() *page {
+	p.OOB = true
+	return &p
 }
 
 // pageNames are the templates, each templates/NAME.html with layout.html.
@@ -132,7 +141,8 @@ func parsePages() (map[string]*template.Template, error) {
 }
 
 // render writes the page. An htmx request gets only the content (the
-// <main> element), for swapping in place.
+// <main> element), for swapping in place, and the menu to swap out of
+// band.
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name string, p *page) {
 	t := u.pages[name]
 	p.Now = u.now()
@@ -142,7 +152,7 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	var buf bytes.Buffer
 	root := "layout"
 	if r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") == "" {
-		root = "main"
+		root = "fragment"
 	}
 	if err := t.ExecuteTemplate(&buf, root, p); err != nil {
 		u.log.Error("ui: render page", "page", name, "err", err)
