@@ -240,6 +240,16 @@ func TestIsolateAndReleaseActions(t *testing.T) {
 		t.Fatalf("second release: %d\n%.600s", resp.StatusCode, body)
 	}
 
+	// Isolating from the incident's page: a refusal is shown there.
+	resp, body = e.form(c, "/ui/incidents/isolate", isolate(func(v url.Values) {
+		v.Set("return", "incident")
+		v.Set("incident", incID)
+		v.Set("finding", other.ID)
+	}), self)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "Incident "+incID) || !strings.Contains(body, "is about "+ordersID) || e.revoked(frontendID) {
+		t.Fatalf("refused isolate from the incident page: %d\n%.600s", resp.StatusCode, body)
+	}
+
 	// An expired session: the clock passes the session's lifetime.
 	clk.Advance(31 * time.Minute)
 	resp, _ = e.form(c, "/ui/incidents/isolate", isolate(nil), self)
