@@ -352,3 +352,50 @@ func (e *env) incidentCount() int {
 	}
 	return len(p.Items)
 }
+
+// TestIncidentPathAttacks: the incident actions' paths, bent. None of
+// them may act (the identity stays unrevoked, no incident is released).
+func TestIncidentPathAttacks(t *testing.T) {
+	e := startServer(t)
+	f := e.probe(e.attest(ordersID), frontendID)
+	var inc detect.Incident
+	if st := e.admin("POST", server.PathAdminIncidents, server.IncidentRequest{Identity: frontendID, Action: detect.ActionIsolate, Finding: f.ID}, &inc); st != http.StatusCreated {
+		t.Fatalf("isolate: %d", st)
+	}
+	c := e.client()
+	csrf := e.login(t, c)
+	form := map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf}
+	confirm := "confirm=yes"
+	tests := []struct {
+		name, method, path, body string
+		hdr                      map[string]string
+		want                     int
+	}{
+		// The mux redirects to the clean path (307 keeps the method): the
+		// action runs only there, with every check.
+		{name: "dot_segments_to_release", method: "POST", path: "/ui/incidents/x/../" + inc.ID + "/release", body: confirm, hdr: form, want: http.StatusTemporaryRedirect},
+		{name: "encoded_dot_segments", method: "POST", path: "/ui/incidents/%2e%2e/incidents/" + inc.ID + "/release", body: confirm, hdr: form, want: http.StatusNotFound},
+		{name: "encoded_slash_in_the_id", method: "POST", path: "/ui/incidents/" + inc.ID + "%2Frelease/release", body: confirm, hdr: form, want: http.StatusNotFound},
+		{name: "id_too_long", method: "POST", path: "/ui/incidents/" + strings.Repeat("a", 300) + "/release", body: confirm, hdr: form, want: http.StatusNotFound},
+		{name: "release_by_get", method: "GET", path: "/ui/incidents/" + inc.ID + "/release?confirm=yes&csrf_token=" + csrf, want: http.StatusNotFound},
+		{name: "release_by_put", method: "PUT", path: "/ui/incidents/" + inc.ID + "/release", body: confirm, hdr: form, want: http.StatusNotFound},
+		{name: "trailing_slash", method: "POST", path: "/ui/incidents/" + inc.ID + "/release/", body: confirm, hdr: form, want: http.StatusNotFound},
+		{name: "underscore_csrf_header", method: "POST", path: "/ui/incidents/" + inc.ID + "/release", body: confirm,
+			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X_CSRF_Token": csrf}, want: http.StatusForbidden},
+		// Only a form's confirm=yes confirms: these get the confirmation page.
+		{name: "json_body", method: "POST", path: "/ui/incidents/" + inc.ID + "/release", body: `{"confirm":"yes"}`,
+			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/json", "X-CSRF-Token": csrf}, want: http.StatusOK},
+		{name: "confirm_in_query_only", method: "POST", path: "/ui/incidents/" + inc.ID + "/release?confirm=yes", body: "", hdr: form, want: http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := e.raw(c, tt.method, tt.path, tt.body, tt.hdr)
+			if resp.StatusCode != tt.want {
+				t.Fatalf("%s %s: %d, want %d\n%.400s", tt.method, tt.path, resp.StatusCode, tt.want, body)
+			}
+			if got := e.incident(inc.ID); got.State == detect.IncidentReleased || !e.revoked(frontendID) {
+				t.Fatalf("%s %s released the incident", tt.method, tt.path)
+			}
+		})
+	}
+}
