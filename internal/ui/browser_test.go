@@ -360,6 +360,9 @@ func TestIncidentResponseInChromium(t *testing.T) {
 	if n := get(b, "frontend's edge", chromedp.Nodes(chromedp.CSS(sel), chromedp.AtLeast(0))); len(n) != 1 {
 		t.Fatalf("graph: no denied edge %s -> %s", frontendID, ordersID)
 	}
+	if got := get(b, "frontend's node", chromedp.TextContent(chromedp.CSS(`g.node.at-risk[data-id="`+frontendID+`"] text`))); !strings.Contains(got, "0.50") {
+		t.Errorf("graph: frontend is not marked at risk: %q", got)
+	}
 
 	// The finding is listed; its page shows the evidence and records.
 	b.visit("findings", e.base+"/ui/findings", `tr[data-finding="`+f.ID+`"]`)
