@@ -412,3 +412,9 @@ func (d dashboard) ConfirmBlocks(ctx context.Context, a ui.Actor, id string) (de
 	err := d.s.dashboardCall(ctx, a, d.s.confirmIncident, http.MethodPost, PathAdminIncidents+"/"+url.PathEscape(id)+"/confirm", id, nil, &inc)
 	return inc, err
 }
+
+func (d dashboard) Export(ctx context.Context, a ui.Actor, id string) ([]byte, error) {
+	var b json.RawMessage
+	err := d.s.dashboardCall(ctx, a, d.s.exportIncident, http.MethodGet, PathAdminIncidents+"/"+url.PathEscape(id)+"/export", id, nil, &b)
+	return b, err
+}

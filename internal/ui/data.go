@@ -207,4 +207,7 @@ type IncidentSource interface {
 	// ConfirmBlocks keeps the incident's blocked pairs until it is
 	// released (block-pair lifts them by itself otherwise).
 	ConfirmBlocks(ctx context.Context, a Actor, incident string) (detect.Incident, error)
+	// Export returns the incident's forensics bundle (JSON), as
+	// "moatless incident export" gets it; the export is audited.
+	Export(ctx context.Context, a Actor, incident string) ([]byte, error)
 }

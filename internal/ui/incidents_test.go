@@ -1,6 +1,7 @@
 package ui_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -77,8 +78,28 @@ func TestFindingsAndIncidentsPages(t *testing.T) {
 			}
 		})
 	}
+	// The forensics bundle, downloaded and audited.
+	resp, body := e.get(c, "/ui/incidents/"+inc.ID+"/export")
+	var b server.ForensicsBundle
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Disposition") != `attachment; filename="incident-`+inc.ID+`.json"` ||
+		json.Unmarshal([]byte(body), &b) != nil || b.Format != "moatless-forensics/v1" || b.Incident.ID != inc.ID || len(b.Findings) == 0 {
+		t.Fatalf("export: %d %v\n%.300s", resp.StatusCode, resp.Header, body)
+	}
+	exported := false
+	for _, r := range e.auditRecords() {
+		if r.Kind == "admin.call" && r.Subject == "GET "+server.PathAdminIncidents+"/"+inc.ID+"/export" {
+			exported = r.Actor == "admin-token" && r.Details["via"] == "dashboard"
+		}
+	}
+	if !exported {
+		t.Error("the export is not audited as the admin's on the dashboard")
+	}
+	if resp, _ := e.get(c, "/ui/incidents/nope/export"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("export of an unknown incident: %d", resp.StatusCode)
+	}
+
 	// Not logged in: the pages send the browser to the login page.
-	for _, p := range []string{"/ui/findings", "/ui/findings/" + f.ID, "/ui/incidents", "/ui/incidents/" + inc.ID} {
+	for _, p := range []string{"/ui/findings", "/ui/findings/" + f.ID, "/ui/incidents", "/ui/incidents/" + inc.ID, "/ui/incidents/" + inc.ID + "/export"} {
 		if resp, _ := e.get(e.client(), p); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
 			t.Errorf("%s without a session: %d %s", p, resp.StatusCode, resp.Header.Get("Location"))
 		}

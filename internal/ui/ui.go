@@ -212,6 +212,7 @@ func (u *UI) routes() {
 	m.Handle("GET "+Prefix+"/findings/{id}", u.authed(u.finding))
 	m.Handle("GET "+Prefix+"/incidents", u.authed(u.incidents))
 	m.Handle("GET "+Prefix+"/incidents/{id}", u.authed(u.incident))
+	m.Handle("GET "+Prefix+"/incidents/{id}/export", u.authed(u.exportIncident))
 	m.Handle("POST "+Prefix+"/incidents/isolate", u.authed(u.isolate))
 	m.Handle("POST "+Prefix+"/incidents/{id}/release", u.authed(u.release))
 	m.Handle("POST "+Prefix+"/incidents/{id}/confirm", u.authed(u.confirmBlocks))
