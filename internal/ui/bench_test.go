@@ -27,10 +27,7 @@ func BenchmarkGraphPage(b *testing.B) {
 // decision records are not scanned), the risk scores, render.
 func BenchmarkIncidentPage(b *testing.B) {
 	e := startServer(b)
-	var inc detect.Incident
-	if st := e.admin("POST", server.PathAdminIncidents, server.IncidentRequest{Identity: frontendID, Action: detect.ActionIsolate}, &inc); st != http.StatusCreated {
-		b.Fatalf("isolate: %d", st)
-	}
+	inc := e.openIncident(server.IncidentRequest{Identity: frontendID, Action: detect.ActionIsolate})
 	e.appendDecisions(b, 20000, func(int) string { return ordersID })
 	benchPage(b, e, "/ui/incidents/"+inc.ID, func(body string) bool { return strings.Contains(body, "revocation.create") })
 }

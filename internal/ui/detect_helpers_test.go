@@ -66,14 +66,8 @@ func (e *env) agent(c *http.Client, method, path string, in any) (int, []byte) {
 		e.t.Fatal(err)
 	}
 	req, _ := http.NewRequest(method, e.base+path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out
+	resp, body := e.send(c, req, map[string]string{"Content-Type": "application/json"})
+	return resp.StatusCode, []byte(body)
 }
 
 // probe makes a real finding: n's sidecar reports, through the server's

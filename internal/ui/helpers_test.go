@@ -231,6 +231,13 @@ func (e *env) form(c *http.Client, path string, v url.Values, hdr map[string]str
 	e.t.Helper()
 	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(v.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return e.send(c, req, hdr)
+}
+
+// send sends req with c, with the given headers set, and returns the
+// response and its body.
+func (e *env) send(c *http.Client, req *http.Request, hdr map[string]string) (*http.Response, string) {
+	e.t.Helper()
 	for k, val := range hdr {
 		req.Header.Set(k, val)
 	}

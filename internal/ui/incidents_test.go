@@ -21,10 +21,7 @@ func TestFindingsAndIncidentsPages(t *testing.T) {
 	e := startServer(t)
 	f := e.probe(e.attest(ordersID), frontendID)
 	// An incident to list: quarantine (the dry run) by hand.
-	var inc detect.Incident
-	if st := e.admin("POST", server.PathAdminIncidents, server.IncidentRequest{Identity: frontendID, Action: detect.ActionQuarantine, Finding: f.ID}, &inc); st != http.StatusCreated {
-		t.Fatalf("quarantine: %d", st)
-	}
+	inc := e.openIncident(server.IncidentRequest{Identity: frontendID, Action: detect.ActionQuarantine, Finding: f.ID})
 	c := e.client()
 	e.login(t, c)
 	tests := []struct {
@@ -284,10 +281,7 @@ func TestIsolateAndReleaseActions(t *testing.T) {
 func TestConfirmBlocks(t *testing.T) {
 	e := startServer(t)
 	f := e.probe(e.attest(ordersID), frontendID)
-	var inc detect.Incident
-	if st := e.admin("POST", server.PathAdminIncidents, server.IncidentRequest{Identity: frontendID, Action: detect.ActionBlockPair, Destination: ordersID, Finding: f.ID}, &inc); st != http.StatusCreated {
-		t.Fatalf("block-pair: %d", st)
-	}
+	inc := e.openIncident(server.IncidentRequest{Identity: frontendID, Action: detect.ActionBlockPair, Destination: ordersID, Finding: f.ID})
 	if len(inc.Blocks) != 1 || inc.Blocks[0].ExpiresAt.IsZero() {
 		t.Fatalf("blocks: %+v", inc.Blocks)
 	}
@@ -353,6 +347,17 @@ func assertAudited(t *testing.T, e *env, incID, findingID string, kinds ...strin
 	}
 }
 
+// openIncident acts by hand through the admin API, as the CLI does, and
+// returns the new incident.
+func (e *env) openIncident(req server.IncidentRequest) detect.Incident {
+	e.t.Helper()
+	var inc detect.Incident
+	if st := e.admin("POST", server.PathAdminIncidents, req, &inc); st != http.StatusCreated {
+		e.t.Fatalf("%s %s by hand: %d", req.Action, req.Identity, st)
+	}
+	return inc
+}
+
 // incident reads an incident with the admin API (into a fresh value:
 // decoding into a used one keeps fields the JSON omits).
 func (e *env) incident(id string) detect.Incident {
@@ -379,10 +384,7 @@ func (e *env) incidentCount() int {
 func TestIncidentPathAttacks(t *testing.T) {
 	e := startServer(t)
 	f := e.probe(e.attest(ordersID), frontendID)
-	var inc detect.Incident
-	if st := e.admin("POST", server.PathAdminIncidents, server.IncidentRequest{Identity: frontendID, Action: detect.ActionIsolate, Finding: f.ID}, &inc); st != http.StatusCreated {
-		t.Fatalf("isolate: %d", st)
-	}
+	inc := e.openIncident(server.IncidentRequest{Identity: frontendID, Action: detect.ActionIsolate, Finding: f.ID})
 	c := e.client()
 	csrf := e.login(t, c)
 	form := map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf}

@@ -3,7 +3,6 @@ package ui_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -394,14 +393,5 @@ func (e *env) raw(c *http.Client, method, opaque, body string, hdr map[string]st
 	e.t.Helper()
 	req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
 	req.URL.Opaque = opaque
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
+	return e.send(c, req, hdr)
 }
