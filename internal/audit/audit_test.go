@@ -531,11 +531,7 @@ func TestListKindsMatchesLiteralPrefixes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var got []string
-				for _, r := range recs {
-					got = append(got, r.Kind)
-				}
-				if !slices.Equal(got, tt.want) {
+				if got := kindsOf(recs); !slices.Equal(got, tt.want) {
 					t.Fatalf("got %q, want %q", got, tt.want)
 				}
 			})
@@ -545,5 +541,36 @@ func TestListKindsMatchesLiteralPrefixes(t *testing.T) {
 		if err != nil || len(recs) != 1 || recs[0].Kind != `100%.sure` {
 			t.Fatalf("page before 8: %v %v", recs, err)
 		}
+		// A range: only records from..upTo (seq 1 is ui.login, 8 is 1000.sure).
+		for _, tc := range []struct {
+			name     string
+			from, to uint64
+			prefixes []string
+			want     []string
+		}{
+			{name: "range_of_kinds", from: 2, to: 8, prefixes: []string{"ui", "oauth."}, want: []string{"oauth.token", "uiXlogin"}},
+			{name: "range_of_all", from: 6, to: 7, want: []string{`100%.sure`, "entry.create"}},
+			{name: "from_zero_is_one", from: 0, to: 1, want: []string{"ui.login"}},
+			{name: "empty_range", from: 5, to: 4, want: nil},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				recs, err := audit.ListRange(ctx, db, tc.from, tc.to, 100, tc.prefixes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := kindsOf(recs); !slices.Equal(got, tc.want) {
+					t.Fatalf("got %q, want %q", got, tc.want)
+				}
+			})
+		}
 	})
+}
+
+// kindsOf lists the records' kinds in order.
+func kindsOf(recs []audit.Record) []string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Kind)
+	}
+	return out
 }

@@ -221,6 +221,20 @@ func ListKinds(ctx context.Context, db *store.DB, before uint64, limit int, pref
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
+	return records(rows)
+}
+
+// ListRange returns up to limit records with from <= seq <= upTo whose
+// kind starts with one of prefixes (all with none), newest first.
+func ListRange(ctx context.Context, db *store.DB, from, upTo uint64, limit int, prefixes []string) ([]Record, error) {
+	rows, err := db.AuditRowsRangeKinds(ctx, from, upTo, limit, prefixes)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return records(rows)
+}
+
+func records(rows []store.AuditRow) ([]Record, error) {
 	out := make([]Record, 0, len(rows))
 	for _, r := range rows {
 		rec, err := FromRow(r)

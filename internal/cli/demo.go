@@ -592,6 +592,9 @@ Decision logs: %s/logs/*-sidecar.log and gateway.log (with its access log)
 		filepath.Join(d.dir, "server"), inc, inc, filepath.Join(d.dir, "policies.yaml"), d.dir)
 	if d.serves("/ui") {
 		fmt.Fprintf(out, "Dashboard: %s/ui (log in with the admin token in %s)\n", d.issuer, d.tokenPath)
+		if d.containment != nil {
+			fmt.Fprintf(out, "           %s/ui/incidents/%s: the incident, its steps and their audit records; release it there\n", d.issuer, inc)
+		}
 	}
 }
 

@@ -175,8 +175,9 @@ func runIncidentIsolate(ctx context.Context, e *Env, args []string) int {
 	dst := fs.String("destination", "", "block-pair: the SPIFFE `ID` it may no longer call")
 	dur := fs.Duration("duration", 0, "block-pair: how long (default 24h); the block lapses then unless confirmed")
 	reason := fs.String("reason", "", "why (goes to the audit log)")
+	finding := fs.String("finding", "", "the finding `ID` acted on: the steps are audited with it as their cause")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless incident isolate --spiffe-id ID [--action A] [--playbook NAME] [--destination ID --duration D] [--reason TEXT] [-o json]")
+		fmt.Fprintln(fs.Output(), "Usage: moatless incident isolate --spiffe-id ID [--action A] [--playbook NAME] [--destination ID --duration D] [--finding ID] [--reason TEXT] [-o json]")
 		fmt.Fprintln(fs.Output(), "\nisolate revokes the identity everywhere: every sidecar refuses it and closes its connections, its own")
 		fmt.Fprintln(fs.Output(), "sidecar cuts its calls, tokens naming it are refused, its secrets leases are revoked.")
 		fs.PrintDefaults()
@@ -187,7 +188,7 @@ func runIncidentIsolate(ctx context.Context, e *Env, args []string) int {
 	if *id == "" {
 		return e.errorf(ExitUsage, "incident isolate: --spiffe-id is required")
 	}
-	req := server.IncidentRequest{Identity: *id, Destination: *dst, Duration: wire.Duration(*dur), Reason: *reason}
+	req := server.IncidentRequest{Identity: *id, Destination: *dst, Duration: wire.Duration(*dur), Reason: *reason, Finding: *finding}
 	if *pb != "" {
 		req.Playbook = *pb
 	} else {
@@ -299,6 +300,7 @@ func runIncidentFindings(ctx context.Context, e *Env, args []string) int {
 	cmd := e.newAdminCommand("incident findings")
 	fs := cmd.fs
 	identity := fs.String("identity", "", "only findings about this `identity`")
+	severity := fs.String("severity", "", "only findings of this `severity` (low, medium, high, critical) or above")
 	since := fs.String("since", "24h", "how far back: a duration or an RFC 3339 time")
 	limit := fs.Int("limit", 50, "at most `N` findings (1 to 1000)")
 	if code, ok := cmd.parse(args); !ok {
@@ -310,6 +312,7 @@ func runIncidentFindings(ctx context.Context, e *Env, args []string) int {
 	}
 	q := url.Values{"limit": {strconv.Itoa(*limit)}, "since": {*since}}
 	setIf(q, "identity", *identity)
+	setIf(q, "severity", *severity)
 	var page server.Page[detect.Finding]
 	if err := c.do(ctx, "GET", server.PathAdminFindings+"?"+q.Encode(), nil, &page); err != nil {
 		return e.fail(err)

@@ -53,6 +53,9 @@ func TestIncidentCommandsAgainstServer(t *testing.T) {
 
 	run(ExitUsage, "incident", "isolate")
 	run(ExitUsage, "incident", "isolate", "--spiffe-id", reports, "--action", "nuke")
+	run(ExitNotFound, "incident", "isolate", "--spiffe-id", reports, "--finding", "nope") // no such finding: nothing done
+	run(ExitUsage, "incident", "findings", "--severity", "extreme")
+	run(ExitOK, "incident", "findings", "--severity", "high")
 	out := run(ExitOK, "incident", "isolate", "--spiffe-id", reports, "--reason", "test", "-o", "json")
 	var inc detect.Incident
 	if err := json.Unmarshal([]byte(out), &inc); err != nil || inc.State != detect.IncidentContained || !inc.Revoked {

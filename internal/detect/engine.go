@@ -35,6 +35,21 @@ const (
 	Critical Severity = "critical"
 )
 
+// Severities are every severity, lowest first.
+var Severities = []Severity{Low, Medium, High, Critical}
+
+// AtLeast returns the names of the severities at or above s, lowest
+// first; none when s is not a severity.
+func (s Severity) AtLeast() []string {
+	var out []string
+	for _, x := range Severities {
+		if s.Weight() > 0 && x.Weight() >= s.Weight() {
+			out = append(out, string(x))
+		}
+	}
+	return out
+}
+
 // Weight is the severity's contribution to an identity's risk.
 func (s Severity) Weight() float64 {
 	switch s {

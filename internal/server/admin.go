@@ -116,10 +116,19 @@ func (c *adminCall) event(kind, subject string, details map[string]string) audit
 		details = map[string]string{}
 	}
 	details["remote"] = remoteHost(c.r)
-	if a, ok := c.ctx.Value(dashboardActorKey{}).(ui.Actor); ok {
+	viaDashboard(c.ctx, details)
+	return audit.Event{Kind: kind, Actor: c.actor, Subject: subject, Outcome: audit.Success, Details: details}
+}
+
+// viaDashboard marks the details of an audit record made for a dashboard
+// action (ctx carries its ui.Actor) with via=dashboard, the session and
+// the browser's address, and returns them; other details are left as
+// they are.
+func viaDashboard(ctx context.Context, details map[string]string) map[string]string {
+	if a, ok := ctx.Value(dashboardActorKey{}).(ui.Actor); ok {
 		details["remote"], details["via"], details["session"] = a.Remote, "dashboard", a.Session
 	}
-	return audit.Event{Kind: kind, Actor: c.actor, Subject: subject, Outcome: audit.Success, Details: details}
+	return details
 }
 
 // change runs fn in a transaction, appends ev to the audit log in the same
@@ -243,6 +252,7 @@ func (s *Server) adminLimit(limit int64, h func(*adminCall)) http.Handler {
 			if c.errMsg != "" {
 				details["error"] = c.errMsg
 			}
+			viaDashboard(c.ctx, details)
 			ev := audit.Event{Kind: audit.KindAdminCall, Actor: c.actor, Subject: r.Method + " " + r.URL.Path, Outcome: outcome, Details: details}
 			if err := s.audit.Append(c.ctx, ev); err != nil {
 				s.log.Error("audit log unavailable: refusing the admin call", "err", err)

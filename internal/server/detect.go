@@ -36,7 +36,7 @@ const (
 	PathAdminDetect    = "/v1/admin/detect"
 	PathAdminEdges     = PathAdminDetect + "/edges"     // GET ?since=1h&namespace=&source=&destination=&direction=
 	PathAdminDecisions = PathAdminDetect + "/decisions" // GET ?identity=&since=&before=&limit=
-	PathAdminFindings  = PathAdminDetect + "/findings"  // GET ?identity=&since=&before=&limit=; /{id}: GET
+	PathAdminFindings  = PathAdminDetect + "/findings"  // GET ?identity=&severity=&since=&before=&limit=; /{id}: GET
 	PathAdminRisk      = PathAdminDetect + "/risk"      // GET
 	PathAdminWorkloads = PathAdminDetect + "/workloads" // GET
 	PathAdminTraffic   = PathAdminDetect + "/traffic"   // GET ?since=&namespace=: TrafficSnapshot (what-if, recommend)
@@ -799,12 +799,20 @@ func findingOf(r store.FindingRow) (detect.Finding, error) {
 	return f, nil
 }
 
-// listFindings lists findings, newest first.
+// listFindings lists findings, newest first; ?severity= keeps those of
+// that severity or above.
 func (s *Server) listFindings(c *adminCall) {
-	q, err := c.query("identity", "since", "before", "limit")
+	q, err := c.query("identity", "severity", "since", "before", "limit")
 	if err != nil {
 		c.fail(err)
 		return
+	}
+	var sevs []string
+	if v := q.Get("severity"); v != "" {
+		if sevs = detect.Severity(v).AtLeast(); sevs == nil {
+			c.fail(badf("severity %q: want low, medium, high or critical", v))
+			return
+		}
 	}
 	since, err := s.sinceQuery(q.Get("since"), 7*24*time.Hour)
 	if err != nil {
@@ -816,7 +824,7 @@ func (s *Server) listFindings(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	rows, err := s.db.Findings(c.ctx, store.FindingQuery{Identity: q.Get("identity"), Since: since, Before: before, Limit: limit})
+	rows, err := s.db.Findings(c.ctx, store.FindingQuery{Identity: q.Get("identity"), Severities: sevs, Since: since, Before: before, Limit: limit})
 	if err != nil {
 		c.fail(err)
 		return

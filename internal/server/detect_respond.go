@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,10 @@ type IncidentRequest struct {
 	// Duration of a block-pair (default 24h).
 	Duration wire.Duration `json:"duration,omitempty"`
 	Reason   string        `json:"reason,omitempty"`
+	// Finding is the ID of the finding the admin acts on (optional): it
+	// must be about Identity; the steps are audited with it as their
+	// cause, and it joins the incident.
+	Finding string `json:"finding,omitempty"`
 }
 
 // ReleaseRequest releases an incident.
@@ -281,7 +286,7 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 		cause = fs[0].ID
 	}
 	ev := audit.Event{Kind: KindIncidentOpen, Actor: actor, Subject: identity, Outcome: audit.Success,
-		Details: map[string]string{"incident": inc.ID, "trigger": trigger, "risk": fmt.Sprintf("%.2f", risk), "findings": strings.Join(inc.Findings, ",")}}
+		Details: viaDashboard(ctx, map[string]string{"incident": inc.ID, "trigger": trigger, "risk": fmt.Sprintf("%.2f", risk), "findings": strings.Join(inc.Findings, ",")})}
 	if pb.Name != "" {
 		ev.Details["playbook"] = pb.Name
 		ev.Details["playbook_version"] = fmt.Sprint(version)
@@ -368,10 +373,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 	if req.Reason != "" {
 		reason += ": " + req.Reason
 	}
-	details := map[string]string{"incident": inc.ID, "action": st.Action}
-	if findingID != "" {
-		details["finding"] = findingID
-	}
+	details := viaDashboard(ctx, withFinding(map[string]string{"incident": inc.ID, "action": st.Action}, findingID))
 	var err error
 	var extra []audit.Event
 	isSPIFFE := strings.HasPrefix(inc.Identity, "spiffe://")
@@ -387,7 +389,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 				return err
 			}
 			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
-				Details: map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID}})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"reason": reason, "incident": inc.ID}, findingID))})
 		})
 		switch {
 		case errors.Is(err, store.ErrConflict):
@@ -469,7 +471,7 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 				return err
 			}
 			return s.audit.AppendTx(ctx, tx, audit.Event{Kind: audit.KindRevoke, Actor: actor, Subject: pick.Serial, Outcome: audit.Success,
-				Details: map[string]string{"spiffe_id": pick.SPIFFEID, "reason": reason, "incident": inc.ID, "finding": findingID}})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"spiffe_id": pick.SPIFFEID, "reason": reason, "incident": inc.ID}, findingID))})
 		})
 		if errors.Is(err, store.ErrConflict) {
 			err, res.Detail = nil, "certificate "+pick.Serial+" was revoked already"
@@ -589,7 +591,7 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 				return err
 			}
 			evs = append(evs, audit.Event{Kind: audit.KindUnrevoke, Actor: actor, Subject: inc.Identity, Outcome: audit.Success,
-				Details: map[string]string{"reason": reason, "incident": inc.ID, "finding": findingID}})
+				Details: viaDashboard(ctx, withFinding(map[string]string{"reason": reason, "incident": inc.ID}, findingID))})
 		}
 		for _, b := range inc.Blocks {
 			if _, err := s.db.DeleteBlock(ctx, tx, b.Source, b.Destination); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -762,6 +764,15 @@ func (s *Server) createIncident(c *adminCall) {
 		c.fail(badf("reason: at most 512 characters"))
 		return
 	}
+	var cause *detect.Finding
+	if in.Finding != "" {
+		f, err := s.findingAbout(c.ctx, in.Finding, in.Identity)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		cause = &f
+	}
 	switch in.Action {
 	case "", detect.ActionIsolate, detect.ActionQuarantine, detect.ActionRevokeCertificate, detect.ActionNotify:
 		if in.Destination != "" || in.Duration != 0 {
@@ -806,8 +817,16 @@ func (s *Server) createIncident(c *adminCall) {
 	}
 	fs := d.engine.Findings(in.Identity, s.now())
 	risk := d.engine.Risk(in.Identity, s.now())
+	if cause != nil {
+		// The finding acted on comes first: it is the steps' cause.
+		fs = slices.DeleteFunc(fs, func(f detect.Finding) bool { return f.ID == cause.ID })
+		fs = append([]detect.Finding{*cause}, fs...)
+	}
 	if incID, ok := d.resp.open[in.Identity]; ok {
-		// The step joins the open incident.
+		// The step joins the open incident, and so does the finding.
+		if cause != nil {
+			s.attachFindings(c.ctx, incID, []*detect.Finding{cause})
+		}
 		steps := pb.Steps
 		if in.Action != "" {
 			steps = []detect.Step{{Action: in.Action, Duration: in.Duration}}
@@ -822,7 +841,7 @@ func (s *Server) createIncident(c *adminCall) {
 			return
 		}
 		for _, st := range steps {
-			s.runStep(c.ctx, &inc, st, c.actor, "", in)
+			s.runStep(c.ctx, &inc, st, c.actor, in.Finding, in)
 		}
 		c.audited = true
 		c.reply(http.StatusOK, inc)
@@ -839,6 +858,35 @@ func (s *Server) createIncident(c *adminCall) {
 	}
 	c.audited = true
 	c.reply(http.StatusCreated, inc)
+}
+
+// withFinding adds the finding that caused a step to an audit record's
+// details, when there is one.
+func withFinding(details map[string]string, finding string) map[string]string {
+	if finding != "" {
+		details["finding"] = finding
+	}
+	return details
+}
+
+// findingAbout returns the stored finding id, which must be about
+// identity.
+func (s *Server) findingAbout(ctx context.Context, id, identity string) (detect.Finding, error) {
+	if len(id) > 128 {
+		return detect.Finding{}, badf("finding: at most 128 characters")
+	}
+	r, err := s.db.Finding(ctx, id)
+	if err != nil {
+		return detect.Finding{}, err
+	}
+	f, err := findingOf(r)
+	if err != nil {
+		return detect.Finding{}, err
+	}
+	if f.Identity != identity {
+		return detect.Finding{}, badf("finding %s is about %s, not %s", id, f.Identity, identity)
+	}
+	return f, nil
 }
 
 // releaseIncident undoes what an incident did and closes it.
@@ -871,7 +919,7 @@ func (s *Server) releaseIncident(c *adminCall) {
 	}
 	s.runStep(c.ctx, &inc, detect.Step{Action: detect.ActionRelease}, c.actor, finding, IncidentRequest{Reason: in.Reason})
 	if err := s.audit.Append(c.ctx, audit.Event{Kind: KindIncidentRelease, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
-		Details: map[string]string{"incident": inc.ID, "reason": in.Reason}}); err != nil {
+		Details: viaDashboard(c.ctx, withFinding(map[string]string{"incident": inc.ID, "reason": in.Reason}, finding))}); err != nil {
 		c.fail(err)
 		return
 	}
@@ -920,7 +968,7 @@ func (s *Server) confirmIncident(c *adminCall) {
 			return err
 		}
 		return s.audit.AppendTx(c.ctx, tx, audit.Event{Kind: KindIncidentConfirm, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
-			Details: map[string]string{"incident": inc.ID, "finding": finding, "blocks": fmt.Sprint(len(inc.Blocks))}})
+			Details: viaDashboard(c.ctx, withFinding(map[string]string{"incident": inc.ID, "blocks": fmt.Sprint(len(inc.Blocks))}, finding))})
 	})
 	if err != nil {
 		c.fail(err)
@@ -1013,32 +1061,50 @@ func (s *Server) exportIncident(c *adminCall) {
 		return
 	}
 	b.AuditHead = AuditHeadRef{Seq: head, Hash: hex.EncodeToString(hash)}
-	b.AuditRecords = []AuditRecord{}
+	recs, err := s.auditScan(c.ctx, from.Add(-24*time.Hour), nil, func(rec audit.Record) bool {
+		return rec.Actor == inc.Identity || rec.Subject == inc.Identity || rec.Details["incident"] == inc.ID ||
+			rec.Details["source"] == inc.Identity || rec.Details["spiffe_id"] == inc.Identity
+	})
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	b.AuditRecords = make([]AuditRecord, len(recs))
+	for i, rec := range recs {
+		b.AuditRecords[i] = AuditRecord{Seq: rec.Seq, Time: rec.Time, Kind: rec.Kind, Actor: rec.Actor, Subject: rec.Subject,
+			Outcome: rec.Outcome, Details: rec.Details, Hash: hex.EncodeToString(rec.Hash), PrevHash: hex.EncodeToString(rec.PrevHash)}
+	}
+	c.reply(http.StatusOK, b)
+}
+
+// auditScan returns the audit records that match, newest first, reading
+// back from the head at most maxBundleAudit records (of kinds starting
+// with one of kinds; all with none) and stopping at the first page that
+// reaches back before from.
+func (s *Server) auditScan(ctx context.Context, from time.Time, kinds []string, match func(audit.Record) bool) ([]audit.Record, error) {
+	var out []audit.Record
 	var before uint64
 	for scanned := 0; scanned < maxBundleAudit; {
-		recs, err := audit.List(c.ctx, s.db, before, 1000)
+		recs, err := audit.ListKinds(ctx, s.db, before, 1000, kinds)
 		if err != nil {
-			c.fail(err)
-			return
+			return nil, err
 		}
 		if len(recs) == 0 {
 			break
 		}
 		scanned += len(recs)
 		for _, rec := range recs {
-			if rec.Actor == inc.Identity || rec.Subject == inc.Identity || rec.Details["incident"] == inc.ID ||
-				rec.Details["source"] == inc.Identity || rec.Details["spiffe_id"] == inc.Identity {
-				b.AuditRecords = append(b.AuditRecords, AuditRecord{Seq: rec.Seq, Time: rec.Time, Kind: rec.Kind, Actor: rec.Actor, Subject: rec.Subject,
-					Outcome: rec.Outcome, Details: rec.Details, Hash: hex.EncodeToString(rec.Hash), PrevHash: hex.EncodeToString(rec.PrevHash)})
+			if match(rec) {
+				out = append(out, rec)
 			}
 		}
 		last := recs[len(recs)-1]
-		if last.Seq <= 1 || last.Time.Before(from.Add(-24*time.Hour)) {
+		if last.Seq <= 1 || last.Time.Before(from) {
 			break
 		}
 		before = last.Seq
 	}
-	c.reply(http.StatusOK, b)
+	return out, nil
 }
 
 func (s *Server) listBlocks(c *adminCall) {

@@ -192,6 +192,8 @@ func TestIncidentByHand(t *testing.T) {
 		{"the_server", server.IncidentRequest{Identity: "spiffe://example.org/moatless/server", Action: "isolate"}, 400},
 		{"block_without_destination", server.IncidentRequest{Identity: reportsID, Action: "block-pair"}, 400},
 		{"unknown_playbook", server.IncidentRequest{Identity: reportsID, Playbook: "nope"}, 404},
+		{"unknown_finding", server.IncidentRequest{Identity: reportsID, Action: "isolate", Finding: "nope"}, 404},
+		{"finding_id_too_long", server.IncidentRequest{Identity: reportsID, Action: "isolate", Finding: strings.Repeat("f", 200)}, 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if st, body := e.do(e.client(nil), "POST", server.PathAdminIncidents, e.token, tc.in); st != tc.want {

@@ -217,6 +217,14 @@ func TestRecordsRaiseFindings(t *testing.T) {
 	if f, ok := got[detect.DetectorProbing+" spiffe://example.org/ns/prod/sa/frontend"]; !ok || f.Evidence["refusals_per_minute"] != "40" {
 		t.Errorf("probing finding: %+v", f)
 	}
+	var high server.Page[detect.Finding]
+	e.admin("GET", server.PathAdminFindings+"?severity=high", nil, &high)
+	if len(high.Items) != 1 || high.Items[0].Detector != detect.DetectorRevoked {
+		t.Errorf("high or above: %+v", high.Items)
+	}
+	if st, body := e.do(e.client(nil), "GET", server.PathAdminFindings+"?severity=extreme", e.token, nil); st != 400 || !strings.Contains(string(body), "want low, medium, high or critical") {
+		t.Errorf("unknown severity: %d %s", st, body)
+	}
 	var one detect.Finding
 	e.admin("GET", server.PathAdminFindings+"/"+fs.Items[0].ID, nil, &one)
 	if one.ID != fs.Items[0].ID {

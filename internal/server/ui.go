@@ -18,10 +18,14 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
+	"sync"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/token"
@@ -55,11 +59,11 @@ func (s *Server) initDashboard(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: derive dashboard session key: %w", err)
 	}
-	d := dashboard{s}
+	d := dashboard{s: s, incAudit: &incidentAudit{m: map[string]*incidentAuditEntry{}}}
 	cfg := ui.Config{
 		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ui"), Audit: s.audit,
-		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d,
+		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Findings: d, Incidents: d,
 	}
 	if dc.OIDCClientID != "" {
 		cfg.OIDC = &ui.OIDC{ClientID: dc.OIDCClientID, AdminRole: dc.AdminRole, Provider: s.oauth.svc, Users: d}
@@ -78,7 +82,10 @@ func (s *Server) initDashboard(ctx context.Context) error {
 }
 
 // dashboard implements the dashboard's data sources.
-type dashboard struct{ s *Server }
+type dashboard struct {
+	s        *Server
+	incAudit *incidentAudit
+}
 
 func (d dashboard) CheckAdminToken(tok string) bool { return d.s.checkAdminToken(tok) }
 
@@ -168,7 +175,7 @@ func (d dashboard) PolicyObjects(ctx context.Context, version uint64) (uint64, [
 
 func (d dashboard) RollbackPolicy(ctx context.Context, a ui.Actor, version uint64) (uint64, int, error) {
 	var res PolicyChangeResult
-	err := d.s.dashboardCall(ctx, a, d.s.rollbackPolicies, http.MethodPost, PathAdminPolicyRollback, PolicyRollbackRequest{Version: version}, &res)
+	err := d.s.dashboardCall(ctx, a, d.s.rollbackPolicies, http.MethodPost, PathAdminPolicyRollback, "", PolicyRollbackRequest{Version: version}, &res)
 	return res.Version, len(res.Changes), err
 }
 
@@ -189,13 +196,13 @@ func (d dashboard) Revocations(ctx context.Context) (store.RevocationList, []ui.
 }
 
 func (d dashboard) Revoke(ctx context.Context, a ui.Actor, spiffeID, serial, reason string) error {
-	return d.s.dashboardCall(ctx, a, d.s.createRevocation, http.MethodPost, PathAdminRevocations,
+	return d.s.dashboardCall(ctx, a, d.s.createRevocation, http.MethodPost, PathAdminRevocations, "",
 		RevokeRequest{SPIFFEID: spiffeID, Serial: serial, Reason: reason}, nil)
 }
 
 func (d dashboard) Unrevoke(ctx context.Context, a ui.Actor, spiffeID string) error {
 	return d.s.dashboardCall(ctx, a, d.s.deleteRevocation, http.MethodDelete,
-		PathAdminRevocations+"?"+url.Values{"spiffe_id": {spiffeID}}.Encode(), nil, nil)
+		PathAdminRevocations+"?"+url.Values{"spiffe_id": {spiffeID}}.Encode(), "", nil, nil)
 }
 
 func (d dashboard) AuditRecords(ctx context.Context, before uint64, limit int, kinds []string) ([]audit.Record, uint64, error) {
@@ -212,10 +219,11 @@ func (d dashboard) AuditRecords(ctx context.Context, before uint64, limit int, k
 
 // dashboardCall runs admin handler h in process for a dashboard action,
 // with a as the authenticated actor: the same validation, transaction,
-// audit record and push as an admin API call. A refusal (4xx) becomes a
+// audit record and push as an admin API call. id is the {id} of the
+// handler's path pattern ("" for none). A refusal (4xx) becomes a
 // *ui.ActionError with the handler's message; a server error stays
 // generic (the handler logged the detail).
-func (s *Server) dashboardCall(ctx context.Context, a ui.Actor, h func(*adminCall), method, target string, in, out any) error {
+func (s *Server) dashboardCall(ctx context.Context, a ui.Actor, h func(*adminCall), method, target, id string, in, out any) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -228,6 +236,9 @@ func (s *Server) dashboardCall(ctx context.Context, a ui.Actor, h func(*adminCal
 		return err
 	}
 	r.RemoteAddr = a.Remote
+	if id != "" {
+		r.SetPathValue("id", id)
+	}
 	res := newHeldResponse()
 	s.admin(h).ServeHTTP(res, r)
 	if res.status >= 400 {
@@ -243,4 +254,167 @@ func (s *Server) dashboardCall(ctx context.Context, a ui.Actor, h func(*adminCal
 		}
 	}
 	return nil
+}
+
+// Findings reads the findings as the admin API lists them (newest first,
+// a cursor of first-seen times).
+func (d dashboard) Findings(ctx context.Context, q ui.FindingQuery) ([]detect.Finding, time.Time, error) {
+	rows, err := d.s.db.Findings(ctx, store.FindingQuery{Identity: q.Identity, Severities: q.MinSeverity.AtLeast(), Before: q.Before, Limit: q.Limit})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	p, err := pageOf(rows, q.Limit, findingOf, func(r store.FindingRow) time.Time { return r.At })
+	return p.Items, cursorTime(p.Next), err
+}
+
+// cursorTime is the time of a page cursor ("" the zero time).
+func cursorTime(next string) time.Time {
+	n, err := strconv.ParseInt(next, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func (d dashboard) Finding(ctx context.Context, id string) (detect.Finding, error) {
+	r, err := d.s.db.Finding(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return detect.Finding{}, &ui.ActionError{Status: http.StatusNotFound, Msg: "There is no such finding."}
+	}
+	if err != nil {
+		return detect.Finding{}, err
+	}
+	return findingOf(r)
+}
+
+func (d dashboard) Risks(ctx context.Context) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, r := range d.s.detect.engine.Risks(d.s.now()) {
+		out[r.Identity] = r.Risk
+	}
+	return out, nil
+}
+
+func (d dashboard) Incidents(ctx context.Context, q ui.IncidentQuery) ([]detect.Incident, time.Time, error) {
+	rows, err := d.s.db.Incidents(ctx, store.IncidentQuery{Identity: q.Identity, State: q.State, Before: q.Before, Limit: q.Limit})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	p, err := pageOf(rows, q.Limit, incidentOf, func(r store.IncidentRow) time.Time { return r.OpenedAt })
+	return p.Items, cursorTime(p.Next), err
+}
+
+func (d dashboard) Incident(ctx context.Context, id string) (detect.Incident, error) {
+	r, err := d.s.db.Incident(ctx, d.s.db.SQL(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return detect.Incident{}, &ui.ActionError{Status: http.StatusNotFound, Msg: "There is no such incident."}
+	}
+	if err != nil {
+		return detect.Incident{}, err
+	}
+	return incidentOf(r)
+}
+
+// incidentKinds are the kinds of the audit records an incident makes.
+var incidentKinds = []string{"incident.", "revocation."}
+
+// Bounds of an incident page's audit search.
+const (
+	// maxIncidentAuditScan is how far back, in records, the first view
+	// of an incident searches the audit log.
+	maxIncidentAuditScan = 50_000
+	// maxCachedIncidents bounds the incidents whose records are kept.
+	maxCachedIncidents = 256
+)
+
+// incidentAudit keeps, per incident, the audit records found so far and
+// the head they were read up to. The log only grows, so a refresh of an
+// incident's page (every 5 s while it is open) reads only the records
+// appended since, not the log back to the incident's opening again.
+type incidentAudit struct {
+	mu sync.Mutex
+	m  map[string]*incidentAuditEntry
+}
+
+type incidentAuditEntry struct {
+	head, from uint64
+	recs       []audit.Record // newest first
+}
+
+// IncidentAudit returns the records that name the incident, newest
+// first, among the records from sequence number from on (1: the whole
+// log). Only the kinds incidents make are read: decision records, the
+// bulk of the log, are skipped in the query.
+func (d dashboard) IncidentAudit(ctx context.Context, inc detect.Incident) ([]audit.Record, uint64, error) {
+	head, _, err := d.s.db.AuditHead(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	c := d.incAudit
+	c.mu.Lock()
+	var e incidentAuditEntry
+	if old, ok := c.m[inc.ID]; ok && old.head <= head {
+		e = *old
+	} else {
+		e.head, e.from = head, 1
+		if head > maxIncidentAuditScan {
+			e.from = head - maxIncidentAuditScan + 1
+		}
+		e.head = e.from - 1
+	}
+	c.mu.Unlock()
+	var fresh []audit.Record
+	for upTo := head; upTo > e.head; {
+		recs, err := audit.ListRange(ctx, d.s.db, e.head+1, upTo, 1000, incidentKinds)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, r := range recs {
+			if r.Details["incident"] == inc.ID {
+				fresh = append(fresh, r)
+			}
+		}
+		if len(recs) < 1000 {
+			break
+		}
+		upTo = recs[len(recs)-1].Seq - 1
+	}
+	e.recs = append(fresh, e.recs...)
+	e.head = head
+	c.mu.Lock()
+	if _, ok := c.m[inc.ID]; !ok && len(c.m) >= maxCachedIncidents {
+		for k := range c.m { // drop one: the map has no order worth keeping
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[inc.ID] = &e
+	c.mu.Unlock()
+	return e.recs, e.from, nil
+}
+
+func (d dashboard) Isolate(ctx context.Context, a ui.Actor, identity, finding, reason string) (detect.Incident, error) {
+	var inc detect.Incident
+	err := d.s.dashboardCall(ctx, a, d.s.createIncident, http.MethodPost, PathAdminIncidents, "",
+		IncidentRequest{Identity: identity, Action: detect.ActionIsolate, Finding: finding, Reason: reason}, &inc)
+	return inc, err
+}
+
+func (d dashboard) Release(ctx context.Context, a ui.Actor, id, reason string) (detect.Incident, error) {
+	var inc detect.Incident
+	err := d.s.dashboardCall(ctx, a, d.s.releaseIncident, http.MethodPost, PathAdminIncidents+"/"+url.PathEscape(id)+"/release", id,
+		ReleaseRequest{Reason: reason}, &inc)
+	return inc, err
+}
+
+func (d dashboard) ConfirmBlocks(ctx context.Context, a ui.Actor, id string) (detect.Incident, error) {
+	var inc detect.Incident
+	err := d.s.dashboardCall(ctx, a, d.s.confirmIncident, http.MethodPost, PathAdminIncidents+"/"+url.PathEscape(id)+"/confirm", id, nil, &inc)
+	return inc, err
+}
+
+func (d dashboard) Export(ctx context.Context, a ui.Actor, id string) ([]byte, error) {
+	var b json.RawMessage
+	err := d.s.dashboardCall(ctx, a, d.s.exportIncident, http.MethodGet, PathAdminIncidents+"/"+url.PathEscape(id)+"/export", id, nil, &b)
+	return b, err
 }

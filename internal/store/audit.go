@@ -157,18 +157,30 @@ func (s *DB) AuditRowsDescKinds(ctx context.Context, upTo uint64, limit int, pre
 	if len(prefixes) == 0 {
 		return s.AuditRowsDesc(ctx, upTo, limit)
 	}
-	if upTo == 0 {
+	return s.AuditRowsRangeKinds(ctx, 1, upTo, limit, prefixes)
+}
+
+// AuditRowsRangeKinds is AuditRowsDescKinds for the records with
+// from <= seq <= upTo: the bound keeps a search for rare kinds from
+// reading the whole log.
+func (s *DB) AuditRowsRangeKinds(ctx context.Context, from, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
+	from = max(from, 1)
+	if upTo < from {
 		return nil, nil
 	}
-	args := []any{int64(min(upTo, math.MaxInt64)), limit}
-	var conds []string
-	for _, p := range prefixes {
-		esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(p)
-		args = append(args, esc+"%")
-		conds = append(conds, fmt.Sprintf(`kind LIKE $%d ESCAPE '\'`, len(args)))
+	args := []any{int64(min(upTo, math.MaxInt64)), limit, int64(min(from, math.MaxInt64))}
+	kinds := ""
+	if len(prefixes) > 0 {
+		conds := make([]string, len(prefixes))
+		for i, p := range prefixes {
+			esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(p)
+			args = append(args, esc+"%")
+			conds[i] = fmt.Sprintf(`kind LIKE $%d ESCAPE '\'`, len(args))
+		}
+		kinds = " AND (" + strings.Join(conds, " OR ") + ")"
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
-		FROM audit_log WHERE `+s.intSeq()+` AND seq >= 1 AND seq <= $1 AND (`+strings.Join(conds, " OR ")+`) ORDER BY seq DESC LIMIT $2`, args...)
+		FROM audit_log WHERE `+s.intSeq()+` AND seq >= $3 AND seq <= $1`+kinds+` ORDER BY seq DESC LIMIT $2`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}

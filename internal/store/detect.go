@@ -391,11 +391,12 @@ func (s *DB) PutFinding(ctx context.Context, q Queryer, f FindingRow) error {
 	return nil
 }
 
-// FindingQuery selects findings: of Identity when set, first seen at or
-// after Since and before Before (zero: no bound), newest first, at most
-// Limit.
+// FindingQuery selects findings: of Identity when set, with one of
+// Severities when set, first seen at or after Since and before Before
+// (zero: no bound), newest first, at most Limit.
 type FindingQuery struct {
 	Identity      string
+	Severities    []string
 	Since, Before time.Time
 	Limit         int
 }
@@ -410,6 +411,14 @@ func (s *DB) Findings(ctx context.Context, q FindingQuery) ([]FindingRow, error)
 	if q.Identity != "" {
 		args = append(args, q.Identity)
 		conds = append(conds, fmt.Sprintf("identity = $%d", len(args)))
+	}
+	if len(q.Severities) > 0 {
+		ph := make([]string, len(q.Severities))
+		for i, sev := range q.Severities {
+			args = append(args, sev)
+			ph[i] = fmt.Sprintf("$%d", len(args))
+		}
+		conds = append(conds, "severity IN ("+strings.Join(ph, ", ")+")")
 	}
 	return s.findings(ctx, "WHERE "+strings.Join(conds, " AND ")+fmt.Sprintf(" ORDER BY at DESC, id DESC LIMIT %d", max(q.Limit, 1)), args...)
 }

@@ -155,6 +155,12 @@ func TestDetectFindingsAndIncidents(t *testing.T) {
 		if len(l) != 1 || l[0].ID != "f1" {
 			t.Fatalf("page 2: %+v", l)
 		}
+		if l, _ := db.Findings(ctx, store.FindingQuery{Severities: []string{"high", "critical"}, Limit: 10}); len(l) != 1 || l[0].ID != "f1" {
+			t.Fatalf("high or critical: %+v", l)
+		}
+		if l, _ := db.Findings(ctx, store.FindingQuery{Severities: []string{"low"}, Limit: 10}); len(l) != 0 {
+			t.Fatalf("low: %+v", l)
+		}
 		if _, err := db.Finding(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("unknown finding: %v", err)
 		}

@@ -235,6 +235,8 @@ func TestDashboardInChromium(t *testing.T) {
 		{"certificates", "/ui/certificates", "#entries"},
 		{"policies", "/ui/policies", "#versions"},
 		{"revocations", "/ui/revocations", "#revoked-ids"},
+		{"findings", "/ui/findings", "#findings"},
+		{"incidents", "/ui/incidents", "#incidents"},
 		{"activity", "/ui/activity", "#audit"},
 		{"audit", "/ui/audit", "#audit"},
 	}
@@ -329,6 +331,92 @@ func TestDashboardInChromium(t *testing.T) {
 	b.run("after logout", chromedp.Navigate(e.base+"/ui/nodes"), chromedp.WaitVisible(chromedp.CSS("#token")))
 	if nodes := get(b, "actor after logout", chromedp.Nodes(chromedp.CSS("#actor"), chromedp.AtLeast(0))); len(nodes) != 0 {
 		t.Error("still logged in after logout")
+	}
+}
+
+// TestIncidentResponseInChromium is the dashboard's containment story in
+// a real browser: a sidecar reports a burst of denied requests from
+// frontend through the server's records endpoint, the probing detector
+// raises a finding; the admin logs in, sees frontend in the graph, opens
+// the finding, isolates frontend (confirming on the page the button
+// leads to), and the server's revocation list and a sidecar's watch
+// stream have the revocation; releasing the incident lifts it from both.
+func TestIncidentResponseInChromium(t *testing.T) {
+	b := newBrowser(t)
+	e := startServer(t)
+	orders := e.attest(ordersID)
+	f := e.probe(orders, frontendID)
+	e.reportDecision(audit.KindDecisionDeny, frontendID, ordersID, "prod/orders-deny", "/admin/users")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	updates := e.watch(ctx, orders)
+
+	b.visit("login", e.base+"/ui/", "#token")
+	b.run("log in", chromedp.SendKeys(chromedp.CSS("#token"), e.token), chromedp.Click(chromedp.CSS("#login")), chromedp.WaitVisible(chromedp.CSS("#actor")))
+
+	// The graph shows frontend's denied calls to orders.
+	b.visit("graph", e.base+"/ui/graph", "#graph")
+	sel := `g.edge-g[data-from="` + frontendID + `"][data-to="` + ordersID + `"] path.edge.denied`
+	if n := get(b, "frontend's edge", chromedp.Nodes(chromedp.CSS(sel), chromedp.AtLeast(0))); len(n) != 1 {
+		t.Fatalf("graph: no denied edge %s -> %s", frontendID, ordersID)
+	}
+	if got := get(b, "frontend's node", chromedp.TextContent(chromedp.CSS(`g.node.at-risk[data-id="`+frontendID+`"] text`))); !strings.Contains(got, "0.50") {
+		t.Errorf("graph: frontend is not marked at risk: %q", got)
+	}
+
+	// The finding is listed; its page shows the evidence and records.
+	b.visit("findings", e.base+"/ui/findings", `tr[data-finding="`+f.ID+`"]`)
+	if got := b.text(`tr[data-finding="` + f.ID + `"]`); !strings.Contains(got, "probing") || !strings.Contains(got, frontendID) || !strings.Contains(got, "0.50") {
+		t.Errorf("findings row: %q", got)
+	}
+	b.run("open the finding", chromedp.Click(chromedp.CSS(`tr[data-finding="`+f.ID+`"] a[href="/ui/findings/`+f.ID+`"]`)), chromedp.WaitVisible(chromedp.CSS("#finding")))
+	b.snap("finding")
+	if got := b.text("#records"); !strings.Contains(got, ordersID) || !strings.Contains(got, "/admin/{*}") {
+		t.Errorf("records of the finding: %q", got)
+	}
+
+	// Isolate: the button leads to a confirmation; confirming isolates.
+	b.run("isolate", chromedp.Click(chromedp.CSS(`button[data-isolate="`+frontendID+`"]`)), chromedp.WaitVisible(chromedp.CSS("#confirm")))
+	b.snap("confirm isolation")
+	if e.revoked(frontendID) {
+		t.Fatal("revoked before the confirmation")
+	}
+	b.run("confirm isolation", chromedp.SendKeys(chromedp.CSS("#reason"), "probing /admin"), chromedp.Click(chromedp.CSS("#confirm-isolate")),
+		chromedp.WaitVisible(chromedp.CSS("#isolated")))
+	b.snap("isolated")
+	if got := b.text("#flash"); !strings.HasPrefix(got, "Isolated") {
+		t.Errorf("flash after isolate: %q", got)
+	}
+	loc := get(b, "location", chromedp.Location())
+	if !strings.Contains(loc, "/ui/incidents/") {
+		t.Errorf("after isolate the address bar shows %s", loc)
+	}
+	if got := b.text("#nav a.on"); got != "Incidents" {
+		t.Errorf("after isolate the menu marks %q", got)
+	}
+	if !e.revoked(frontendID) {
+		t.Fatal("the server's revocation list does not have the isolated identity")
+	}
+	waitRevoked(t, updates, frontendID, true)
+	if got := b.text("#steps"); !strings.Contains(got, "isolate") || !strings.Contains(got, "revocation.create") || !strings.Contains(got, "admin-token") {
+		t.Errorf("steps: %q", got)
+	}
+
+	// Release, confirmed the same way.
+	b.run("release", chromedp.Click(chromedp.CSS("#release")), chromedp.WaitVisible(chromedp.CSS("#confirm-release")))
+	b.snap("confirm release")
+	b.run("confirm release", chromedp.Click(chromedp.CSS("#confirm-release")), chromedp.WaitVisible(chromedp.CSS(".st-released")))
+	b.snap("released")
+	if e.revoked(frontendID) {
+		t.Fatal("still on the revocation list after the release")
+	}
+	waitRevoked(t, updates, frontendID, false)
+	b.visit("incidents", e.base+"/ui/incidents", "#incidents")
+	if got := b.text("#incidents"); !strings.Contains(got, "released") {
+		t.Errorf("incidents after release: %q", got)
+	}
+	if v := b.cspViolations(); len(v) > 0 {
+		t.Errorf("CSP violations:\n%s", strings.Join(v, "\n"))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -151,4 +152,62 @@ type Users interface {
 	// DashboardUser returns the user's name and whether they exist and
 	// hold role.
 	DashboardUser(ctx context.Context, userID, role string) (name string, ok bool, err error)
+}
+
+// FindingQuery selects a page of findings, newest first.
+type FindingQuery struct {
+	// Identity keeps the findings about one identity ("" all).
+	Identity string
+	// MinSeverity keeps the findings of that severity or above ("" all).
+	MinSeverity detect.Severity
+	// Before is the cursor of the page (zero: from the newest).
+	Before time.Time
+	Limit  int
+}
+
+// IncidentQuery selects a page of incidents, newest first.
+type IncidentQuery struct {
+	Identity string
+	// State is open, contained or released ("" all).
+	State  string
+	Before time.Time
+	Limit  int
+}
+
+// FindingSource reads what the detection engine found.
+type FindingSource interface {
+	// Findings returns a page of findings and the cursor of the next
+	// one (zero at the end).
+	Findings(ctx context.Context, q FindingQuery) ([]detect.Finding, time.Time, error)
+	// Finding returns one finding (an *ActionError 404 when unknown).
+	Finding(ctx context.Context, id string) (detect.Finding, error)
+	// Risks returns the risk score (0–1) of every identity with open
+	// findings.
+	Risks(ctx context.Context) (map[string]float64, error)
+}
+
+// IncidentSource reads the incidents playbooks and admins opened, and
+// acts on them. The actions run the admin API's incident handlers (POST
+// /v1/admin/incidents, .../{id}/release, .../{id}/confirm), so a
+// dashboard isolate is validated, audited and pushed exactly as
+// "moatless incident isolate" is.
+type IncidentSource interface {
+	Incidents(ctx context.Context, q IncidentQuery) ([]detect.Incident, time.Time, error)
+	// Incident returns one incident (an *ActionError 404 when unknown).
+	Incident(ctx context.Context, id string) (detect.Incident, error)
+	// IncidentAudit returns the audit records of the incident, newest
+	// first, among those from sequence number from on (1: the whole log;
+	// older ones were not searched).
+	IncidentAudit(ctx context.Context, inc detect.Incident) (recs []audit.Record, from uint64, err error)
+	// Isolate revokes identity everywhere in an incident (its open one,
+	// or a new one), with finding (optional) as the cause.
+	Isolate(ctx context.Context, a Actor, identity, finding, reason string) (detect.Incident, error)
+	// Release undoes what the incident did and closes it.
+	Release(ctx context.Context, a Actor, incident, reason string) (detect.Incident, error)
+	// ConfirmBlocks keeps the incident's blocked pairs until it is
+	// released (block-pair lifts them by itself otherwise).
+	ConfirmBlocks(ctx context.Context, a Actor, incident string) (detect.Incident, error)
+	// Export returns the incident's forensics bundle (JSON), as
+	// "moatless incident export" gets it; the export is audited.
+	Export(ctx context.Context, a Actor, incident string) ([]byte, error)
 }

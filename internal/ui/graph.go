@@ -59,6 +59,8 @@ type graphNode struct {
 	Label   string
 	X, Y    int
 	Revoked bool
+	// Risk is the identity's risk score now (0: no open finding).
+	Risk float64
 }
 
 // drawnEdge is an edge with its path in the drawing.
@@ -262,7 +264,15 @@ func (u *UI) graphPage(q *request) {
 		u.fail(q, "Service graph", err)
 		return
 	}
+	risks, err := u.cfg.Findings.Risks(q.ctx)
+	if err != nil {
+		u.fail(q, "Service graph", err)
+		return
+	}
 	g := buildGraph(recs, revoked)
+	for i := range g.Nodes {
+		g.Nodes[i].Risk = risks[g.Nodes[i].ID]
+	}
 	g.Truncated = next != 0
 	u.show(q, http.StatusOK, "graph", &page{Title: "Service graph", Nav: "graph", Refresh: 10 * time.Second, Data: g})
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +41,31 @@ type env struct {
 
 func startServer(t testing.TB, opts ...func(*config.Server)) *env {
 	t.Helper()
+	return startServerAt(t, nil, opts...)
+}
+
+// clock is a settable test clock: real time plus an offset the test
+// moves forward.
+type clock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.offset += d
+	c.mu.Unlock()
+}
+
+// startServerAt is startServer with the server on clk (nil: time.Now).
+func startServerAt(t testing.TB, clk *clock, opts ...func(*config.Server)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	st := config.DefaultServer(func(string) string { return "" })
 	st.DataDir, st.TrustDomain, st.Listen = dir, "example.org", "127.0.0.1:0"
@@ -56,7 +82,11 @@ func startServer(t testing.TB, opts ...func(*config.Server)) *env {
 	if testing.Verbose() {
 		logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := server.New(context.Background(), server.Config{Settings: st, Listener: ln, Logger: logger, HeartbeatInterval: 200 * time.Millisecond})
+	cfg := server.Config{Settings: st, Listener: ln, Logger: logger, HeartbeatInterval: 200 * time.Millisecond}
+	if clk != nil {
+		cfg.Now = clk.Now
+	}
+	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,6 +231,13 @@ func (e *env) form(c *http.Client, path string, v url.Values, hdr map[string]str
 	e.t.Helper()
 	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(v.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return e.send(c, req, hdr)
+}
+
+// send sends req with c, with the given headers set, and returns the
+// response and its body.
+func (e *env) send(c *http.Client, req *http.Request, hdr map[string]string) (*http.Response, string) {
+	e.t.Helper()
 	for k, val := range hdr {
 		req.Header.Set(k, val)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -30,10 +31,19 @@ type page struct {
 	FlashErr    string
 	Now         time.Time
 	Data        any
+	// OOB marks the menu of an htmx answer: htmx swaps it in beside the
+	// content ("out of band"), so the menu follows the page shown.
+	OOB bool
+}
+
+// WithOOB is the page with OOB set, for the menu of an htmx answer.
+func (p page) WithOOB() *page {
+	p.OOB = true
+	return &p
 }
 
 // pageNames are the templates, each templates/NAME.html with layout.html.
-var pageNames = []string{"login", "error", "overview", "graph", "decisions", "nodes", "certificates", "policies", "policy", "revocations", "audit"}
+var pageNames = []string{"login", "error", "overview", "graph", "decisions", "nodes", "certificates", "policies", "policy", "revocations", "audit", "findings", "finding", "incidents", "incident", "confirm"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -67,7 +77,17 @@ var funcs = template.FuncMap{
 	"pct": func(f float64) string {
 		return strconv.FormatFloat(f*100, 'f', 0, 64) + "%"
 	},
-	"seconds": func(d time.Duration) string { return roughDuration(d) },
+	"seconds":       func(d time.Duration) string { return roughDuration(d) },
+	"isolateButton": newIsolateButton,
+	"risk":          func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
+	"spiffe":        func(s string) bool { return strings.HasPrefix(s, "spiffe://") },
+	"cursor":        cursor,
+	"first": func(l []string) string {
+		if len(l) == 0 {
+			return ""
+		}
+		return l[0]
+	},
 }
 
 func roughDuration(d time.Duration) string {
@@ -121,7 +141,8 @@ func parsePages() (map[string]*template.Template, error) {
 }
 
 // render writes the page. An htmx request gets only the content (the
-// <main> element), for swapping in place.
+// <main> element), for swapping in place, and the menu to swap out of
+// band.
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name string, p *page) {
 	t := u.pages[name]
 	p.Now = u.now()
@@ -131,7 +152,7 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name str
 	var buf bytes.Buffer
 	root := "layout"
 	if r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-Boosted") == "" {
-		root = "main"
+		root = "fragment"
 	}
 	if err := t.ExecuteTemplate(&buf, root, p); err != nil {
 		u.log.Error("ui: render page", "page", name, "err", err)
@@ -179,7 +200,12 @@ type overviewData struct {
 	ActiveCA                 *ca.Authority
 	RevokedIDs, RevokedCerts int
 	RevokedTokens            int
-	Recent                   []audit.Record
+	// Incidents in force (open or contained), at most listLimit of each
+	// state counted; the identity most at risk now.
+	Incidents       int
+	TopRisk         float64
+	TopRiskIdentity string
+	Recent          []audit.Record
 }
 
 func (u *UI) overview(q *request) {
@@ -228,6 +254,24 @@ func (u *UI) overview(q *request) {
 		return
 	}
 	d.RevokedIDs, d.RevokedCerts, d.RevokedTokens = len(revs.IDs), len(revs.Serials), len(toks)
+	for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
+		incs, _, err := u.cfg.Incidents.Incidents(q.ctx, IncidentQuery{State: st, Limit: listLimit})
+		if err != nil {
+			u.fail(q, "Overview", err)
+			return
+		}
+		d.Incidents += len(incs)
+	}
+	risks, err := u.cfg.Findings.Risks(q.ctx)
+	if err != nil {
+		u.fail(q, "Overview", err)
+		return
+	}
+	for id, r := range risks {
+		if r > d.TopRisk || (r == d.TopRisk && id < d.TopRiskIdentity) {
+			d.TopRisk, d.TopRiskIdentity = r, id
+		}
+	}
 	if d.Recent, _, err = u.cfg.Records.AuditRecords(q.ctx, 0, 10, nil); err != nil {
 		u.fail(q, "Overview", err)
 		return

@@ -119,7 +119,9 @@ type Config struct {
 	Revocations RevocationSource
 	// Records is the audit log; the service graph and the decision log
 	// are read from its decision records.
-	Records AuditSource
+	Records   AuditSource
+	Findings  FindingSource
+	Incidents IncidentSource
 }
 
 // UI is the dashboard handler.
@@ -145,7 +147,7 @@ func New(cfg Config) (*UI, error) {
 		return nil, errors.New("ui: Admin is required")
 	case cfg.Audit == nil:
 		return nil, errors.New("ui: Audit is required")
-	case cfg.Nodes == nil || cfg.Certs == nil || cfg.Policies == nil || cfg.Revocations == nil || cfg.Records == nil:
+	case cfg.Nodes == nil || cfg.Certs == nil || cfg.Policies == nil || cfg.Revocations == nil || cfg.Records == nil || cfg.Findings == nil || cfg.Incidents == nil:
 		return nil, errors.New("ui: every data source is required")
 	case cfg.SessionTTL < 0 || cfg.SessionTTL > MaxSessionTTL:
 		return nil, fmt.Errorf("ui: session TTL %s: want at most %s", cfg.SessionTTL, MaxSessionTTL)
@@ -206,6 +208,14 @@ func (u *UI) routes() {
 	m.Handle("GET "+Prefix+"/audit", u.authed(u.auditLog))
 	m.Handle("GET "+Prefix+"/graph", u.authed(u.graphPage))
 	m.Handle("GET "+Prefix+"/decisions", u.authed(u.decisions))
+	m.Handle("GET "+Prefix+"/findings", u.authed(u.findings))
+	m.Handle("GET "+Prefix+"/findings/{id}", u.authed(u.finding))
+	m.Handle("GET "+Prefix+"/incidents", u.authed(u.incidents))
+	m.Handle("GET "+Prefix+"/incidents/{id}", u.authed(u.incident))
+	m.Handle("GET "+Prefix+"/incidents/{id}/export", u.authed(u.exportIncident))
+	m.Handle("POST "+Prefix+"/incidents/isolate", u.authed(u.isolate))
+	m.Handle("POST "+Prefix+"/incidents/{id}/release", u.authed(u.release))
+	m.Handle("POST "+Prefix+"/incidents/{id}/confirm", u.authed(u.confirmBlocks))
 	m.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		u.errorPage(w, r, http.StatusNotFound, "There is no such dashboard page.")
 	})

@@ -3,7 +3,6 @@ package ui_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -333,18 +332,7 @@ func TestDashboardAttacks(t *testing.T) {
 	c := e.client()
 	csrf := e.login(t, c)
 	raw := func(method, opaque string, body string, hdr map[string]string) (*http.Response, string) {
-		req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
-		req.URL.Opaque = opaque // sent as written: no client-side cleaning
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
+		return e.raw(c, method, opaque, body, hdr)
 	}
 	form := map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf}
 	tests := []struct {
@@ -397,4 +385,13 @@ func TestDashboardAttacks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// raw sends a request with c whose path is sent exactly as written (no
+// client-side cleaning of dot segments or escapes).
+func (e *env) raw(c *http.Client, method, opaque, body string, hdr map[string]string) (*http.Response, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
+	req.URL.Opaque = opaque
+	return e.send(c, req, hdr)
 }
