@@ -1,0 +1,136 @@
+package waf
+
+import (
+	"bufio"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	re2 "github.com/wasilibs/go-re2"
+)
+
+// corpusRequests reads the gateway's attack and benign corpora
+// (../testdata/corpus): method, target, content type, body.
+func corpusRequests(t testing.TB) [][4]string {
+	t.Helper()
+	var out [][4]string
+	for _, name := range []string{"attacks.tsv", "benign.tsv"} {
+		f, err := os.Open("../testdata/corpus/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			p := strings.Split(line, "\t")
+			if name == "attacks.tsv" {
+				p = p[1:]
+			}
+			for len(p) < 4 {
+				p = append(p, "")
+			}
+			out = append(out, [4]string{p[0], p[1], p[2], p[3]})
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestSetPrefilterSameVerdicts: with and without the Set in front of
+// @rx, every request of the attack and benign corpora gets the same
+// verdict and the same matched rules, so the prefilter changes what it
+// costs and nothing of what is detected.
+func TestSetPrefilterSameVerdicts(t *testing.T) {
+	e := testEngine(t)
+	if e.rx == nil {
+		t.Fatal("the Core Rule Set's @rx patterns did not compile into a Set")
+	}
+	plain := *e
+	plain.rx = nil // the operators find no scan: each pattern runs on its own
+	reqs := corpusRequests(t)
+	if len(reqs) < 400 {
+		t.Fatalf("corpus has %d requests", len(reqs))
+	}
+	step := 1
+	if raceEnabled {
+		step = 24
+	}
+	for i := 0; i < len(reqs); i += step {
+		r := reqs[i]
+		got := inspect(t, e, r[0], r[1], r[2], r[3])
+		want := inspect(t, &plain, r[0], r[1], r[2], r[3])
+		if got.Blocked != want.Blocked || got.WouldBlock != want.WouldBlock || !slices.Equal(got.RuleIDs, want.RuleIDs) {
+			t.Errorf("%s %s: with the Set %+v, without %+v", r[0], r[1], got, want)
+		}
+	}
+	n := 0
+	e.rx.txs.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d transactions' scans left behind", n)
+	}
+}
+
+func TestSetScanLimits(t *testing.T) {
+	s := testEngine(t).rx
+	tests := []struct {
+		name    string
+		budget  int
+		value   string
+		decided bool
+	}{
+		{"short_value", setScanBudget, "Ada Lovelace", true},
+		{"empty_value", setScanBudget, "", true},
+		{"longest_value", setScanBudget, strings.Repeat("a", setScanMaxValue), true},
+		{"value_too_long", setScanBudget, strings.Repeat("a", setScanMaxValue+1), false},
+		{"budget_spent", 5, "Ada Lovelace", false},
+		{"invalid_utf8", setScanBudget, "a\xffb", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &rxScan{set: s, seen: map[string][]uint64{}, budget: tt.budget}
+			if _, decided := c.lookup(tt.value, 0); decided != tt.decided {
+				t.Fatalf("decided = %v, want %v", decided, tt.decided)
+			}
+			if tt.decided && c.budget != tt.budget-len(tt.value) {
+				t.Fatalf("budget %d after scanning %d bytes of %d", c.budget, len(tt.value), tt.budget)
+			}
+		})
+	}
+}
+
+// FuzzSetAgreesWithPatterns: for any string, the Set reports exactly
+// the Core Rule Set patterns that match it on their own, so a pattern
+// the Set leaves out can be answered "no match" without running it.
+func FuzzSetAgreesWithPatterns(f *testing.F) {
+	for _, s := range []string{"Ada Lovelace", "1 UNION SELECT a FROM b", "<script>alert(1)</script>", "${jndi:ldap://x/a}", "../../etc/passwd", "; cat /etc/passwd", "json.items.0.sku", "a\nb", "", "<?php system($_GET['c']); ?>"} {
+		f.Add(s)
+	}
+	e := testEngine(f)
+	res := make([]*re2.Regexp, len(e.rx.exprs))
+	for id, expr := range e.rx.exprs {
+		res[id] = re2.MustCompile(expr)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		if !utf8.ValidString(value) || len(value) > setScanMaxValue {
+			return // never asked of the Set
+		}
+		ids, err := e.rx.set.FindAllStringWithError(value, -1)
+		if err != nil {
+			return // undecided: every pattern runs on its own
+		}
+		for id, re := range res {
+			if want := re.MatchString(value); want != slices.Contains(ids, id) {
+				t.Fatalf("pattern %q on %q: alone %v, in the Set %v", e.rx.exprs[id], value, want, !want)
+			}
+		}
+	})
+}
