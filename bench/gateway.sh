@@ -23,18 +23,23 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md]
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR]
+# With -p, CPU profiles of the WAF-off and WAF-on gateways during their
+# 16-connection runs are written to PROFILE-DIR/gateway{,-waf}.prof
+# (admin_pprof on a loopback admin port; read with go tool pprof).
 # Needs: go, openssl, nginx, redis-server, wrk (apt-get install nginx redis-server wrk).
 # Only 127.0.0.1 is used; everything started is stopped on exit.
 set -euo pipefail
 
 DUR=10
 OUT=""
-while getopts "d:o:" opt; do
+PROF=""
+while getopts "d:o:p:" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE]" >&2; exit 2 ;;
+	p) PROF=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR]" >&2; exit 2 ;;
 	esac
 done
 
@@ -56,6 +61,7 @@ trap cleanup EXIT
 BASE=$((20000 + ($$ % 400) * 100))
 APP=$BASE SC_IN=$((BASE + 1)) SC_ADM=$((BASE + 2)) NG=$((BASE + 3)) REDIS=$((BASE + 4))
 GW=$((BASE + 10)) GW_WAF=$((BASE + 11)) GW_RL=$((BASE + 12)) GW_RLR=$((BASE + 13))
+GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21))
 
 echo "bench: building moatless" >&2
 (cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
@@ -160,7 +166,10 @@ spec:
   rules:
   - to: [{operation: {paths: ["/orders", "/orders/*"], methods: ["GET", "POST"]}}]
 CONF
-gateway() { # name port route-extra top-extra
+gateway() { # name port route-extra top-extra [admin-port]
+	local admin='admin: "off"'
+	if [ -n "$PROF" ] && [ -n "${5:-}" ]; then admin="admin: \"127.0.0.1:$5\"
+admin_pprof: true"; fi
 	cat > "$1.yaml" <<CONF
 listen: "127.0.0.1:$2"
 tls: {cert: $W/public.pem, key: $W/public.key}
@@ -170,11 +179,11 @@ routes:
   - {name: orders, path_prefix: /orders, upstreams: ["127.0.0.1:$SC_IN"],
      spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"$3}
 policy: {files: [$W/gwpol]}
-admin: "off"
+$admin
 CONF
 }
-gateway gw "$GW" "" ""
-gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" ""
+gateway gw "$GW" "" "" "$GW_ADM"
+gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" "" "$GW_WAF_ADM"
 gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"
 gateway gwrlr "$GW_RLR" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m, store: \"redis://127.0.0.1:$REDIS/0\"}]"
 
@@ -213,13 +222,18 @@ to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
 }
 
 declare -A RPS P50 P99 CPU CPU_R
-measure() { # setup url pid [redis-pid]
-	local name=$1 url=$2 pa=${3:-} pr=${4:-}
-	local out reqs a0=0 r0=0
+measure() { # setup url pid [redis-pid] [admin-port]
+	local name=$1 url=$2 pa=${3:-} pr=${4:-} adm=${5:-}
+	local out reqs a0=0 r0=0 prof=""
 	wrk -t1 -c16 -d2s -s "$W/post.lua" "$url" >/dev/null # warm up: pools, sessions
 	[ -n "$pa" ] && a0=$(ticks "$pa")
 	[ -n "$pr" ] && r0=$(ticks "$pr")
+	if [ -n "$PROF" ] && [ -n "$adm" ]; then
+		curl -s -o "$PROF/$name.prof" "http://127.0.0.1:$adm/debug/pprof/profile?seconds=$DUR" &
+		prof=$!
+	fi
 	out=$(wrk -t2 -c16 -d"${DUR}s" -s "$W/post.lua" "$url")
+	[ -n "$prof" ] && wait "$prof"
 	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
 	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 	if [ -n "$pa" ]; then
@@ -236,8 +250,8 @@ measure() { # setup url pid [redis-pid]
 
 measure direct "http://127.0.0.1:$APP/orders"
 measure nginx "https://127.0.0.1:$NG/orders" "$WPID_ng"
-measure gateway "https://127.0.0.1:$GW/orders" "$PID_gw"
-measure gateway-waf "https://127.0.0.1:$GW_WAF/orders" "$PID_gwwaf"
+measure gateway "https://127.0.0.1:$GW/orders" "$PID_gw" "" "$GW_ADM"
+measure gateway-waf "https://127.0.0.1:$GW_WAF/orders" "$PID_gwwaf" "" "$GW_WAF_ADM"
 measure gateway-rl "https://127.0.0.1:$GW_RL/orders" "$PID_gwrl"
 measure gateway-rl-redis "https://127.0.0.1:$GW_RLR/orders" "$PID_gwrlr" "$PID_redis"
 
