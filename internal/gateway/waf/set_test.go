@@ -2,10 +2,14 @@ package waf
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	re2 "github.com/wasilibs/go-re2"
@@ -84,19 +88,21 @@ func TestSetScanLimits(t *testing.T) {
 	tests := []struct {
 		name    string
 		budget  int
+		spent   time.Duration
 		value   string
 		decided bool
 	}{
-		{"short_value", setScanBudget, "Ada Lovelace", true},
-		{"empty_value", setScanBudget, "", true},
-		{"longest_value", setScanBudget, strings.Repeat("a", setScanMaxValue), true},
-		{"value_too_long", setScanBudget, strings.Repeat("a", setScanMaxValue+1), false},
-		{"budget_spent", 5, "Ada Lovelace", false},
-		{"invalid_utf8", setScanBudget, "a\xffb", false},
+		{"short_value", setScanBudget, 0, "Ada Lovelace", true},
+		{"empty_value", setScanBudget, 0, "", true},
+		{"longest_value", setScanBudget, 0, strings.Repeat("a", setScanMaxValue), true},
+		{"value_too_long", setScanBudget, 0, strings.Repeat("a", setScanMaxValue+1), false},
+		{"bytes_spent", 5, 0, "Ada Lovelace", false},
+		{"time_spent", setScanBudget, setScanTime, "Ada Lovelace", false},
+		{"invalid_utf8", setScanBudget, 0, "a\xffb", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &rxScan{set: s, seen: map[string][]uint64{}, budget: tt.budget}
+			c := &rxScan{set: s, seen: map[string][]uint64{}, budget: tt.budget, spent: tt.spent}
 			if _, decided := c.lookup(tt.value, 0); decided != tt.decided {
 				t.Fatalf("decided = %v, want %v", decided, tt.decided)
 			}
@@ -133,4 +139,40 @@ func FuzzSetAgreesWithPatterns(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkInspectCrafted sends 8 KiB JSON bodies of values built to be
+// unlike anything the Set has seen (each iteration new ones), through
+// the engine with and without the Set: what a crafted body can make the
+// Set cost. Reports cpu-ns/op.
+func BenchmarkInspectCrafted(b *testing.B) {
+	words := []string{"select", "union", "<script>", "alert(", "${", "jndi", "../", "etc/passwd", "cmd", ";", "|", "'", "\"", "or 1=1", "exec", "eval(", "bash", "/bin/sh", "onerror=", "<img", "php", "system(", "a", "b", " ", "\n", "%", "0x", "@", "(", ")"}
+	e := testEngine(b)
+	plain := *e
+	plain.rx = nil
+	for _, vlen := range []int{30, 60, 120} {
+		for _, c := range []struct {
+			name string
+			e    *Engine
+		}{{"set", e}, {"no_set", &plain}} {
+			b.Run(fmt.Sprintf("values_%d/%s", vlen, c.name), func(b *testing.B) {
+				r := rand.New(rand.NewPCG(uint64(vlen), 1))
+				start, n := cpuTime(), 0
+				for b.Loop() {
+					m := map[string]string{}
+					for i := 0; i < 8<<10/vlen; i++ {
+						var sb strings.Builder
+						for sb.Len() < vlen {
+							sb.WriteString(words[r.IntN(len(words))])
+						}
+						m[fmt.Sprintf("k%d", i)] = sb.String()
+					}
+					body, _ := json.Marshal(m)
+					inspect(b, c.e, "POST", "/orders", "application/json", string(body))
+					n++
+				}
+				b.ReportMetric(float64(cpuTime()-start)/float64(n), "cpu-ns/op")
+			})
+		}
+	}
 }
