@@ -1,11 +1,9 @@
 package waf
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -13,41 +11,9 @@ import (
 	"unicode/utf8"
 
 	re2 "github.com/wasilibs/go-re2"
-)
 
-// corpusRequests reads the gateway's attack and benign corpora
-// (../testdata/corpus): method, target, content type, body.
-func corpusRequests(t testing.TB) [][4]string {
-	t.Helper()
-	var out [][4]string
-	for _, name := range []string{"attacks.tsv", "benign.tsv"} {
-		f, err := os.Open("../testdata/corpus/" + name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if line == "" || strings.HasPrefix(line, "#") {
-				continue
-			}
-			p := strings.Split(line, "\t")
-			if name == "attacks.tsv" {
-				p = p[1:]
-			}
-			for len(p) < 4 {
-				p = append(p, "")
-			}
-			out = append(out, [4]string{p[0], p[1], p[2], p[3]})
-		}
-		f.Close()
-		if err := sc.Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
+	"github.com/moatless/moatless/internal/gateway/corpustest"
+)
 
 // TestSetPrefilterSameVerdicts: with and without the Set in front of
 // @rx, every request of the attack and benign corpora gets the same
@@ -60,7 +26,7 @@ func TestSetPrefilterSameVerdicts(t *testing.T) {
 	}
 	plain := *e
 	plain.rx = nil // the operators find no scan: each pattern runs on its own
-	reqs := corpusRequests(t)
+	reqs := append(corpustest.Read(t, "../testdata/corpus/attacks.tsv", true), corpustest.Read(t, "../testdata/corpus/benign.tsv", false)...)
 	if len(reqs) < 400 {
 		t.Fatalf("corpus has %d requests", len(reqs))
 	}
@@ -70,10 +36,10 @@ func TestSetPrefilterSameVerdicts(t *testing.T) {
 	}
 	for i := 0; i < len(reqs); i += step {
 		r := reqs[i]
-		got := inspect(t, e, r[0], r[1], r[2], r[3])
-		want := inspect(t, &plain, r[0], r[1], r[2], r[3])
+		got := inspect(t, e, r.Method, r.Target, r.ContentType, r.Body)
+		want := inspect(t, &plain, r.Method, r.Target, r.ContentType, r.Body)
 		if got.Blocked != want.Blocked || got.WouldBlock != want.WouldBlock || !slices.Equal(got.RuleIDs, want.RuleIDs) {
-			t.Errorf("%s %s: with the Set %+v, without %+v", r[0], r[1], got, want)
+			t.Errorf("%s %s: with the Set %+v, without %+v", r.Method, r.Target, got, want)
 		}
 	}
 	n := 0
