@@ -23,7 +23,12 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR]
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]
+# With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
+# built from main) beside the first, and after the table ROUNDS (default
+# 5) rounds measure nginx, the gateway and the base gateway in turn, CPU
+# only: on a shared machine the load moves between runs minutes apart,
+# within a round much less.
 # With -p, CPU profiles of the WAF-off and WAF-on gateways during their
 # 16-connection runs are written to PROFILE-DIR/gateway{,-waf}.prof
 # (admin_pprof on a loopback admin port; read with go tool pprof).
@@ -34,12 +39,16 @@ set -euo pipefail
 DUR=10
 OUT=""
 PROF=""
-while getopts "d:o:p:" opt; do
+BASEBIN=""
+ROUNDS=5
+while getopts "d:o:p:b:r:" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	p) PROF=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR]" >&2; exit 2 ;;
+	b) BASEBIN=$(cd "$(dirname "$OPTARG")" && pwd)/$(basename "$OPTARG") ;;
+	r) ROUNDS=$OPTARG ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]" >&2; exit 2 ;;
 	esac
 done
 
@@ -61,7 +70,7 @@ trap cleanup EXIT
 BASE=$((20000 + ($$ % 400) * 100))
 APP=$BASE SC_IN=$((BASE + 1)) SC_ADM=$((BASE + 2)) NG=$((BASE + 3)) REDIS=$((BASE + 4))
 GW=$((BASE + 10)) GW_WAF=$((BASE + 11)) GW_RL=$((BASE + 12)) GW_RLR=$((BASE + 13))
-GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21))
+GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21)) GW_BASE=$((BASE + 22))
 
 echo "bench: building moatless" >&2
 (cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
@@ -183,6 +192,7 @@ $admin
 CONF
 }
 gateway gw "$GW" "" "" "$GW_ADM"
+[ -n "$BASEBIN" ] && gateway gwbase "$GW_BASE" "" ""
 gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" "" "$GW_WAF_ADM"
 gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"
 gateway gwrlr "$GW_RLR" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m, store: \"redis://127.0.0.1:$REDIS/0\"}]"
@@ -199,6 +209,7 @@ startp sidecar env GOMAXPROCS=1 "$W/moatless" sidecar -config "$W/sidecar.yaml"
 for g in gw gwwaf gwrl gwrlr; do
 	startp "$g" env GOMAXPROCS=1 "$W/moatless" gateway -config "$W/$g.yaml"
 done
+[ -n "$BASEBIN" ] && startp gwbase env GOMAXPROCS=1 "$BASEBIN" gateway -config "$W/gwbase.yaml"
 
 waitok() { # url
 	for _ in $(seq 1 400); do
@@ -210,7 +221,7 @@ waitok() { # url
 	exit 1
 }
 waitok "http://127.0.0.1:$APP/orders"
-for p in $NG $GW $GW_WAF $GW_RL $GW_RLR; do waitok "https://127.0.0.1:$p/orders"; done
+for p in $NG $GW $GW_WAF $GW_RL $GW_RLR ${BASEBIN:+$GW_BASE}; do waitok "https://127.0.0.1:$p/orders"; done
 
 # nginx forks workers: measure the worker (the child of the master).
 worker_of() { pgrep -P "$1" | head -1; }
@@ -271,3 +282,26 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 	echo
 	echo "gateway / nginx CPU per request: $(awk -v a="${CPU[gateway]}" -v b="${CPU[nginx]}" 'BEGIN {printf "%.2f", a / b}')×; WAF on adds $(add "${P50[gateway-waf]}" "${P50[gateway]}") ms at p50 and $(awk -v a="${CPU[gateway-waf]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.2f", (a - b)}') CPU s / 1k req; a rate-limit check costs $(awk -v a="${CPU[gateway-rl]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.4f", (a - b)}') CPU s / 1k req in memory, $(awk -v a="${CPU[gateway-rl-redis]}" -v b="${CPU[gateway]}" -v r="${CPU_R[gateway-rl-redis]}" 'BEGIN {printf "%.4f (gateway) + %.4f (redis-server)", (a - b), r}') with Redis."
 } | tee "${OUT:-/dev/null}"
+
+# -b: rounds of nginx, the gateway and the base gateway in turn, CPU only.
+if [ -n "$BASEBIN" ]; then
+	cpu1k() { # url pid → CPU s / 1k requests over one 16-connection run
+		local a out n
+		wrk -t1 -c16 -d1s -s "$W/post.lua" "$1" >/dev/null
+		a=$(ticks "$2")
+		out=$(wrk -t2 -c16 -d"${DUR}s" -s "$W/post.lua" "$1")
+		n=$(awk '/requests in/ {print $1}' <<<"$out")
+		awk -v t="$(( $(ticks "$2") - a ))" -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}'
+	}
+	{
+		echo
+		echo "| round | nginx CPU s / 1k | gateway | base gateway ($(basename "$BASEBIN")) | gateway / nginx | base / nginx | load |"
+		echo "|---|---:|---:|---:|---:|---:|---:|"
+		for r in $(seq "$ROUNDS"); do
+			n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")
+			g=$(cpu1k "https://127.0.0.1:$GW/orders" "$PID_gw")
+			b=$(cpu1k "https://127.0.0.1:$GW_BASE/orders" "$PID_gwbase")
+			echo "| $r | $n | $g | $b | $(awk -v a="$g" -v b="$n" 'BEGIN {printf "%.2f", a / b}')× | $(awk -v a="$b" -v c="$n" 'BEGIN {printf "%.2f", a / c}')× | $(cut -d' ' -f1 /proc/loadavg) |"
+		done
+	} | tee -a "${OUT:-/dev/null}"
+fi
