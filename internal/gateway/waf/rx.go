@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -63,7 +64,7 @@ func newRX(o plugintypes.OperatorOptions) (plugintypes.Operator, error) {
 		return nil, err
 	}
 	op := &rx{re: re, std: std}
-	if c := collecting; c != nil {
+	if c := collecting.Load(); c != nil {
 		c.add(op, expr)
 	}
 	return op, nil
@@ -104,10 +105,11 @@ const (
 )
 
 // collecting gathers the patterns of the engine New is compiling; New
-// holds collectMu while it is set.
+// holds collectMu while it is set (an atomic so that an operator built
+// outside New, as tests do, reads it safely).
 var (
 	collectMu  sync.Mutex
-	collecting *rxSetBuilder
+	collecting atomic.Pointer[rxSetBuilder]
 )
 
 type rxSetBuilder struct {
@@ -134,9 +136,9 @@ func compileRules(compile func() (coraza.WAF, error)) (coraza.WAF, *rxSet, error
 	collectMu.Lock()
 	defer collectMu.Unlock()
 	b := &rxSetBuilder{ids: map[string]int{}}
-	collecting = b
+	collecting.Store(b)
 	w, err := compile()
-	collecting = nil
+	collecting.Store(nil)
 	if err != nil || len(b.exprs) == 0 {
 		return w, nil, err
 	}
