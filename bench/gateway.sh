@@ -23,18 +23,32 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md]
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]
+# With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
+# built from main) beside the first, and after the table ROUNDS (default
+# 5) rounds measure nginx, the gateway and the base gateway in turn, CPU
+# only: on a shared machine the load moves between runs minutes apart,
+# within a round much less.
+# With -p, CPU profiles of the WAF-off and WAF-on gateways during their
+# 16-connection runs are written to PROFILE-DIR/gateway{,-waf}.prof
+# (admin_pprof on a loopback admin port; read with go tool pprof).
 # Needs: go, openssl, nginx, redis-server, wrk (apt-get install nginx redis-server wrk).
 # Only 127.0.0.1 is used; everything started is stopped on exit.
 set -euo pipefail
 
 DUR=10
 OUT=""
-while getopts "d:o:" opt; do
+PROF=""
+BASEBIN=""
+ROUNDS=5
+while getopts "d:o:p:b:r:" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE]" >&2; exit 2 ;;
+	p) PROF=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
+	b) BASEBIN=$(cd "$(dirname "$OPTARG")" && pwd)/$(basename "$OPTARG") ;;
+	r) ROUNDS=$OPTARG ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]" >&2; exit 2 ;;
 	esac
 done
 
@@ -56,6 +70,7 @@ trap cleanup EXIT
 BASE=$((20000 + ($$ % 400) * 100))
 APP=$BASE SC_IN=$((BASE + 1)) SC_ADM=$((BASE + 2)) NG=$((BASE + 3)) REDIS=$((BASE + 4))
 GW=$((BASE + 10)) GW_WAF=$((BASE + 11)) GW_RL=$((BASE + 12)) GW_RLR=$((BASE + 13))
+GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21)) GW_BASE=$((BASE + 22))
 
 echo "bench: building moatless" >&2
 (cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
@@ -160,7 +175,10 @@ spec:
   rules:
   - to: [{operation: {paths: ["/orders", "/orders/*"], methods: ["GET", "POST"]}}]
 CONF
-gateway() { # name port route-extra top-extra
+gateway() { # name port route-extra top-extra [admin-port]
+	local admin='admin: "off"'
+	if [ -n "$PROF" ] && [ -n "${5:-}" ]; then admin="admin: \"127.0.0.1:$5\"
+admin_pprof: true"; fi
 	cat > "$1.yaml" <<CONF
 listen: "127.0.0.1:$2"
 tls: {cert: $W/public.pem, key: $W/public.key}
@@ -170,11 +188,12 @@ routes:
   - {name: orders, path_prefix: /orders, upstreams: ["127.0.0.1:$SC_IN"],
      spiffe_id: "spiffe://bench.test/ns/prod/sa/orders"$3}
 policy: {files: [$W/gwpol]}
-admin: "off"
+$admin
 CONF
 }
-gateway gw "$GW" "" ""
-gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" ""
+gateway gw "$GW" "" "" "$GW_ADM"
+[ -n "$BASEBIN" ] && gateway gwbase "$GW_BASE" "" ""
+gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" "" "$GW_WAF_ADM"
 gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"
 gateway gwrlr "$GW_RLR" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m, store: \"redis://127.0.0.1:$REDIS/0\"}]"
 
@@ -190,6 +209,7 @@ startp sidecar env GOMAXPROCS=1 "$W/moatless" sidecar -config "$W/sidecar.yaml"
 for g in gw gwwaf gwrl gwrlr; do
 	startp "$g" env GOMAXPROCS=1 "$W/moatless" gateway -config "$W/$g.yaml"
 done
+[ -n "$BASEBIN" ] && startp gwbase env GOMAXPROCS=1 "$BASEBIN" gateway -config "$W/gwbase.yaml"
 
 waitok() { # url
 	for _ in $(seq 1 400); do
@@ -201,7 +221,7 @@ waitok() { # url
 	exit 1
 }
 waitok "http://127.0.0.1:$APP/orders"
-for p in $NG $GW $GW_WAF $GW_RL $GW_RLR; do waitok "https://127.0.0.1:$p/orders"; done
+for p in $NG $GW $GW_WAF $GW_RL $GW_RLR ${BASEBIN:+$GW_BASE}; do waitok "https://127.0.0.1:$p/orders"; done
 
 # nginx forks workers: measure the worker (the child of the master).
 worker_of() { pgrep -P "$1" | head -1; }
@@ -213,13 +233,18 @@ to_ms() { # wrk latency like 512.00us / 1.20ms / 1.01s → ms
 }
 
 declare -A RPS P50 P99 CPU CPU_R
-measure() { # setup url pid [redis-pid]
-	local name=$1 url=$2 pa=${3:-} pr=${4:-}
-	local out reqs a0=0 r0=0
+measure() { # setup url pid [redis-pid] [admin-port]
+	local name=$1 url=$2 pa=${3:-} pr=${4:-} adm=${5:-}
+	local out reqs a0=0 r0=0 prof=""
 	wrk -t1 -c16 -d2s -s "$W/post.lua" "$url" >/dev/null # warm up: pools, sessions
 	[ -n "$pa" ] && a0=$(ticks "$pa")
 	[ -n "$pr" ] && r0=$(ticks "$pr")
+	if [ -n "$PROF" ] && [ -n "$adm" ]; then
+		curl -s -o "$PROF/$name.prof" "http://127.0.0.1:$adm/debug/pprof/profile?seconds=$DUR" &
+		prof=$!
+	fi
 	out=$(wrk -t2 -c16 -d"${DUR}s" -s "$W/post.lua" "$url")
+	[ -n "$prof" ] && wait "$prof"
 	RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
 	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 	if [ -n "$pa" ]; then
@@ -236,8 +261,8 @@ measure() { # setup url pid [redis-pid]
 
 measure direct "http://127.0.0.1:$APP/orders"
 measure nginx "https://127.0.0.1:$NG/orders" "$WPID_ng"
-measure gateway "https://127.0.0.1:$GW/orders" "$PID_gw"
-measure gateway-waf "https://127.0.0.1:$GW_WAF/orders" "$PID_gwwaf"
+measure gateway "https://127.0.0.1:$GW/orders" "$PID_gw" "" "$GW_ADM"
+measure gateway-waf "https://127.0.0.1:$GW_WAF/orders" "$PID_gwwaf" "" "$GW_WAF_ADM"
 measure gateway-rl "https://127.0.0.1:$GW_RL/orders" "$PID_gwrl"
 measure gateway-rl-redis "https://127.0.0.1:$GW_RLR/orders" "$PID_gwrlr" "$PID_redis"
 
@@ -257,3 +282,26 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 	echo
 	echo "gateway / nginx CPU per request: $(awk -v a="${CPU[gateway]}" -v b="${CPU[nginx]}" 'BEGIN {printf "%.2f", a / b}')×; WAF on adds $(add "${P50[gateway-waf]}" "${P50[gateway]}") ms at p50 and $(awk -v a="${CPU[gateway-waf]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.2f", (a - b)}') CPU s / 1k req; a rate-limit check costs $(awk -v a="${CPU[gateway-rl]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.4f", (a - b)}') CPU s / 1k req in memory, $(awk -v a="${CPU[gateway-rl-redis]}" -v b="${CPU[gateway]}" -v r="${CPU_R[gateway-rl-redis]}" 'BEGIN {printf "%.4f (gateway) + %.4f (redis-server)", (a - b), r}') with Redis."
 } | tee "${OUT:-/dev/null}"
+
+# -b: rounds of nginx, the gateway and the base gateway in turn, CPU only.
+if [ -n "$BASEBIN" ]; then
+	cpu1k() { # url pid → CPU s / 1k requests over one 16-connection run
+		local a out n
+		wrk -t1 -c16 -d1s -s "$W/post.lua" "$1" >/dev/null
+		a=$(ticks "$2")
+		out=$(wrk -t2 -c16 -d"${DUR}s" -s "$W/post.lua" "$1")
+		n=$(awk '/requests in/ {print $1}' <<<"$out")
+		awk -v t="$(( $(ticks "$2") - a ))" -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}'
+	}
+	{
+		echo
+		echo "| round | nginx CPU s / 1k | gateway | base gateway ($(basename "$BASEBIN")) | gateway / nginx | base / nginx | load |"
+		echo "|---|---:|---:|---:|---:|---:|---:|"
+		for r in $(seq "$ROUNDS"); do
+			n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")
+			g=$(cpu1k "https://127.0.0.1:$GW/orders" "$PID_gw")
+			b=$(cpu1k "https://127.0.0.1:$GW_BASE/orders" "$PID_gwbase")
+			echo "| $r | $n | $g | $b | $(awk -v a="$g" -v b="$n" 'BEGIN {printf "%.2f", a / b}')× | $(awk -v a="$b" -v c="$n" 'BEGIN {printf "%.2f", a / c}')× | $(cut -d' ' -f1 /proc/loadavg) |"
+		done
+	} | tee -a "${OUT:-/dev/null}"
+fi

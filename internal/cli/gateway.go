@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -86,7 +87,7 @@ func (r *gatewayRun) checkOnly(ctx context.Context) error {
 	if _, err := sharedSecrets(r.cfg.JWT.HMACIssuers); err != nil {
 		return err
 	}
-	g, err := gateway.New(gateway.Options{Config: r.cfg, Identity: &proxy.NodeIdentity{}, Logger: r.log, AccessLog: slog.New(slog.DiscardHandler)})
+	g, err := gateway.New(gateway.Options{Config: r.cfg, Identity: &proxy.NodeIdentity{}, Logger: r.log, AccessLog: io.Discard})
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		Identity:   mi.source,
 		Verifier:   verifier,
 		Logger:     r.log,
-		AccessLog:  slog.New(slog.NewJSONHandler(r.stderr.Stderr, nil)),
+		AccessLog:  r.stderr.Stderr,
 		Audit:      mi.auditSink(),
 		Recorder:   rec,
 		Registerer: reg,
@@ -154,7 +155,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, false, r.log,
+		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, cfg.AdminPprof, r.log,
 			fmt.Sprintf("another gateway (or program) on this host uses it; every gateway needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.path))
 		if err != nil {
 			return err

@@ -86,6 +86,9 @@ type Gateway struct {
 	// Admin is the address of /metrics, /healthz, /livez and /readyz;
 	// default DefaultGatewayAdmin, "off" disables it. Must be loopback.
 	Admin string `json:"admin,omitempty"`
+	// AdminPprof serves Go's /debug/pprof/ on the admin address, for
+	// profiling, as the sidecar's does. Off by default.
+	AdminPprof bool `json:"admin_pprof,omitempty"`
 	// AccessLog turns the JSON access log (one line per request on
 	// stderr) off with false; default on.
 	AccessLog   *bool              `json:"access_log,omitempty"`

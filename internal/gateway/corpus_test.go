@@ -1,14 +1,13 @@
 package gateway
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway/corpustest"
 )
 
 const allowAll = `
@@ -20,37 +19,6 @@ spec:
   rules: [{}]
 `
 
-type corpusEntry struct{ kind, method, target, ctype, body string }
-
-// readCorpus reads a testdata/corpus file: tab-separated lines, '#'
-// comments. Attack lines start with their kind.
-func readCorpus(t *testing.T, name string, attacks bool) []corpusEntry {
-	t.Helper()
-	f, err := os.Open("testdata/corpus/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []corpusEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		p := strings.Split(line, "\t")
-		if !attacks {
-			p = append([]string{"benign"}, p...)
-		}
-		for len(p) < 5 {
-			p = append(p, "")
-		}
-		out = append(out, corpusEntry{p[0], p[1], p[2], p[3], p[4]})
-	}
-	return out
-}
-
 // TestCorpus replays the attack and benign corpora (testdata/corpus)
 // through a running gateway with the WAF on, at paranoia levels 1 and 2,
 // and reports the detection rate on attacks and the false-positive rate
@@ -58,8 +26,8 @@ func readCorpus(t *testing.T, name string, attacks bool) []corpusEntry {
 // TestCorpus -v ./internal/gateway/). It fails below 90% detection or
 // above 2% false positives at paranoia level 1.
 func TestCorpus(t *testing.T) {
-	attacks := readCorpus(t, "attacks.tsv", true)
-	benign := readCorpus(t, "benign.tsv", false)
+	attacks := corpustest.Read(t, "testdata/corpus/attacks.tsv", true)
+	benign := corpustest.Read(t, "testdata/corpus/benign.tsv", false)
 	if len(attacks) < 200 || len(benign) < 200 {
 		t.Fatalf("corpus too small: %d attacks, %d benign", len(attacks), len(benign))
 	}
@@ -77,32 +45,32 @@ func TestCorpus(t *testing.T) {
 				c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true}
 			})
 			tg.g.SetAuthorizer(2, compile(t, allowAll))
-			send := func(e corpusEntry) int {
+			send := func(e corpustest.Entry) int {
 				hdr := map[string]string{"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "Accept": "application/json"}
-				if e.ctype != "" {
-					hdr["Content-Type"] = e.ctype
+				if e.ContentType != "" {
+					hdr["Content-Type"] = e.ContentType
 				}
-				resp, _ := tg.do(t, e.method, e.target, strings.NewReader(e.body), hdr)
+				resp, _ := tg.do(t, e.Method, e.Target, strings.NewReader(e.Body), hdr)
 				return resp.StatusCode
 			}
 			caught := map[string][2]int{}
 			var missed []string
 			for _, e := range attacks {
-				c := caught[e.kind]
+				c := caught[e.Kind]
 				c[1]++
 				if st := send(e); st == 403 {
 					c[0]++
 				} else {
-					missed = append(missed, fmt.Sprintf("%s %s %s (%d)", e.kind, e.method, e.target, st))
+					missed = append(missed, fmt.Sprintf("%s %s %s (%d)", e.Kind, e.Method, e.Target, st))
 				}
-				caught[e.kind] = c
+				caught[e.Kind] = c
 			}
 			fp := 0
 			var falsePos []string
 			for _, e := range benign {
 				if st := send(e); st != 200 {
 					fp++
-					falsePos = append(falsePos, fmt.Sprintf("%s %s %.60s (%d)", e.method, e.target, e.body, st))
+					falsePos = append(falsePos, fmt.Sprintf("%s %s %.60s (%d)", e.Method, e.Target, e.Body, st))
 				}
 			}
 			det := 0
@@ -130,8 +98,8 @@ func TestCorpus(t *testing.T) {
 }
 
 // every returns every nth entry of es.
-func every(es []corpusEntry, n int) []corpusEntry {
-	var out []corpusEntry
+func every(es []corpustest.Entry, n int) []corpustest.Entry {
+	var out []corpustest.Entry
 	for i := 0; i < len(es); i += n {
 		out = append(out, es[i])
 	}

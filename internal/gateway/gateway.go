@@ -65,9 +65,10 @@ type Options struct {
 	Verifier policy.JWTVerifier
 	// Logger receives operational logs; default slog.Default().
 	Logger *slog.Logger
-	// AccessLog receives one line per request; default a JSON logger on
-	// stderr. Config.AccessLog=false turns it off.
-	AccessLog *slog.Logger
+	// AccessLog receives one JSON line per request (the line log/slog's
+	// JSONHandler would write); default stderr. Config.AccessLog=false
+	// turns it off.
+	AccessLog io.Writer
 	// DecisionLog receives every block (and sampled allows); default
 	// Logger.
 	DecisionLog *slog.Logger
@@ -106,7 +107,7 @@ var ErrClosed = errors.New("gateway: closed")
 type Gateway struct {
 	opts     Options
 	log      *slog.Logger
-	access   *slog.Logger
+	access   *accessLog
 	decision *slog.Logger
 	now      func() time.Time
 	metrics  *metrics
@@ -169,7 +170,7 @@ func New(opts Options) (*Gateway, error) {
 		opts.DecisionLog = opts.Logger
 	}
 	if opts.AccessLog == nil {
-		opts.AccessLog = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+		opts.AccessLog = os.Stderr
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -185,7 +186,7 @@ func New(opts Options) (*Gateway, error) {
 		reg = prometheus.NewRegistry()
 	}
 	g := &Gateway{
-		opts: opts, log: opts.Logger, access: opts.AccessLog, decision: opts.DecisionLog,
+		opts: opts, log: opts.Logger, access: &accessLog{w: opts.AccessLog}, decision: opts.DecisionLog,
 		now: opts.Now, upstreams: map[upstreamKey]*proxy.Upstream{},
 		done: make(chan struct{}),
 	}

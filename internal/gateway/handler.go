@@ -407,26 +407,12 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	if g.access == nil {
 		return
 	}
-	attrs := []slog.Attr{
-		slog.String("request_id", rc.id),
-		slog.String("client", addrString(rc.client)),
-		slog.String("method", r.Method),
-		slog.String("host", truncate(r.Host, 256)),
-		slog.String("path", truncate(r.URL.Path, 1024)),
-		slog.String("proto", r.Proto),
-		slog.String("route", route),
-		slog.Int("status", status),
-		slog.Int64("bytes", w.bytes),
-		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
-		slog.String("identity", rc.identity),
-	}
-	if rc.reason != "" {
-		attrs = append(attrs, slog.String("block_reason", rc.reason))
-	}
-	if rc.detail != "" {
-		attrs = append(attrs, slog.String("detail", rc.detail))
-	}
-	g.access.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+	g.access.write(&accessEntry{
+		time: rc.start.Add(d), requestID: rc.id, client: addrString(rc.client),
+		method: r.Method, host: truncate(r.Host, 256), path: truncate(r.URL.Path, 1024), proto: r.Proto,
+		route: route, status: status, bytes: w.bytes, duration: d,
+		identity: rc.identity, blockReason: rc.reason, detail: rc.detail,
+	})
 }
 
 // observe counts the request in the traffic record: an outbound edge to

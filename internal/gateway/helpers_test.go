@@ -263,7 +263,7 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	o := Options{
 		Config: cfg, Identity: identity(ca, t, gatewayID), Listener: l,
 		Logger:    slog.New(slog.NewJSONHandler(tg.logs, nil)),
-		AccessLog: slog.New(slog.NewJSONHandler(tg.access, nil)),
+		AccessLog: tg.access,
 	}
 	for _, f := range opts {
 		f(&o)

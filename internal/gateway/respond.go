@@ -54,8 +54,8 @@ func (w *respWriter) prepare() {
 		delete(h, k)
 	}
 	rc := w.rc
-	for _, kv := range rc.st.headers {
-		h[kv[0]] = []string{kv[1]}
+	for _, sh := range rc.st.headers {
+		h[sh.name] = sh.value
 	}
 	h["X-Request-Id"] = []string{rc.id}
 	if rc.route != nil && rc.route.cors != nil {

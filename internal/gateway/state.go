@@ -24,7 +24,7 @@ type state struct {
 	trusted []netip.Prefix
 	allow   []netip.Prefix
 	deny    []netip.Prefix
-	headers [][2]string
+	headers []secHeader
 	limits  map[string]*limiter
 	// wafs are the compiled engines by configuration key.
 	wafs   map[string]*waf.Engine
@@ -184,10 +184,18 @@ func (g *Gateway) validator(v *config.GatewayValidation) (validate.Validator, er
 	return validate.NewOpenAPI(path, b)
 }
 
+// secHeader is a security header as a response's header map holds it.
+// The value slice is made once per configuration and shared by every
+// response (net/http only reads it; capacity 1, so an append copies).
+type secHeader struct {
+	name  string
+	value []string
+}
+
 // securityHeaders is the list set on every response, defaults filled in;
 // "off" leaves a header out.
-func securityHeaders(h config.GatewayHeaders) [][2]string {
-	out := [][2]string{{"X-Content-Type-Options", "nosniff"}}
+func securityHeaders(h config.GatewayHeaders) []secHeader {
+	out := []secHeader{{"X-Content-Type-Options", []string{"nosniff"}}}
 	for _, kv := range [][3]string{
 		{"Strict-Transport-Security", h.HSTS, "max-age=31536000; includeSubDomains"},
 		{"Content-Security-Policy", h.CSP, "default-src 'none'; frame-ancestors 'none'"},
@@ -203,7 +211,7 @@ func securityHeaders(h config.GatewayHeaders) [][2]string {
 		if strings.EqualFold(v, "off") {
 			continue
 		}
-		out = append(out, [2]string{kv[0], v})
+		out = append(out, secHeader{kv[0], []string{v}})
 	}
 	return out
 }

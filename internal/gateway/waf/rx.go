@@ -4,8 +4,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
+	"github.com/corazawaf/coraza/v3"
 	"github.com/corazawaf/coraza/v3/experimental/plugins"
 	"github.com/corazawaf/coraza/v3/experimental/plugins/plugintypes"
 	re2 "github.com/wasilibs/go-re2"
@@ -36,6 +40,10 @@ func init() {
 type rx struct {
 	re  *re2.Regexp
 	std *regexp.Regexp // invalid UTF-8 input; nil for a byte-wise pattern
+	// set is the engine's prefilter and id this pattern's index in it;
+	// nil when the pattern is byte-wise or was compiled outside New.
+	set *rxSet
+	id  int
 }
 
 func newRX(o plugintypes.OperatorOptions) (plugintypes.Operator, error) {
@@ -55,13 +63,174 @@ func newRX(o plugintypes.OperatorOptions) (plugintypes.Operator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &rx{re: re, std: std}, nil
+	op := &rx{re: re, std: std}
+	if c := collecting.Load(); c != nil {
+		c.add(op, expr)
+	}
+	return op, nil
+}
+
+// The Core Rule Set runs about 300 @rx patterns, each over every
+// argument, argument name, header and cookie a rule names, after that
+// rule's transformations: a 1 KB JSON body with 43 fields makes about
+// 7,900 @rx evaluations, each a crossing into RE2 (docs/benchmarks.md).
+// Yet those evaluations see only about 100 distinct strings: many fields
+// repeat a value, and most transformation chains leave a plain value
+// as it is. So an engine compiles all its UTF-8 patterns once more into
+// one RE2 Set, and each transaction asks the Set, once per distinct
+// string, which patterns match it anywhere (one pass of one DFA). A
+// pattern the Set did not report does not match, and @rx answers false
+// without running it; a reported one runs on its own, for the captures.
+// Nothing is decided differently: the Set runs the same patterns with
+// the same flags, a string that is not valid UTF-8 still goes to Go's
+// regexp, and when the Set cannot decide (RE2 ran out of DFA memory)
+// every pattern runs on its own as before.
+
+// The Set's DFA is fast on strings like those it has seen (its states
+// are cached) but builds a new state for nearly every byte of a string
+// unlike any before, and with all the patterns in one automaton a state
+// costs far more than one pattern's: crafted values of 60-120 bytes cost
+// the Set 0.04-0.3 ms per byte, when the patterns run one by one read
+// them at a few microseconds per byte. So that a crafted body cannot buy
+// more CPU through the Set than without it, the Set only sees strings of
+// up to setScanMaxValue bytes, setScanBudget bytes per transaction, and
+// only until its scans in the transaction have taken setScanTime; past
+// any of these, patterns run one by one as before. (A benign JSON order
+// of 43 fields asks the Set about ~90 strings, 1.3 KiB, in ~0.15 ms.)
+// The limits change what a request costs, never what is detected.
+const (
+	setScanMaxValue = 64
+	setScanBudget   = 2048
+	setScanTime     = 2 * time.Millisecond
+)
+
+// collecting gathers the patterns of the engine New is compiling; New
+// holds collectMu while it is set (an atomic so that an operator built
+// outside New, as tests do, reads it safely).
+var (
+	collectMu  sync.Mutex
+	collecting atomic.Pointer[rxSetBuilder]
+)
+
+type rxSetBuilder struct {
+	exprs []string
+	ids   map[string]int
+	ops   []*rx
+}
+
+func (b *rxSetBuilder) add(op *rx, expr string) {
+	id, ok := b.ids[expr]
+	if !ok {
+		id = len(b.exprs)
+		b.ids[expr] = id
+		b.exprs = append(b.exprs, expr)
+	}
+	op.id = id
+	b.ops = append(b.ops, op)
+}
+
+// compileRules runs compile (which builds one Coraza WAF) while
+// collecting its @rx patterns, and compiles them into one Set. A Set
+// that does not compile (nil) leaves every pattern running on its own.
+func compileRules(compile func() (coraza.WAF, error)) (coraza.WAF, *rxSet, error) {
+	collectMu.Lock()
+	defer collectMu.Unlock()
+	b := &rxSetBuilder{ids: map[string]int{}}
+	collecting.Store(b)
+	w, err := compile()
+	collecting.Store(nil)
+	if err != nil || len(b.exprs) == 0 {
+		return w, nil, err
+	}
+	set, err := re2x.CompileSet(b.exprs)
+	if err != nil {
+		return w, nil, nil
+	}
+	s := &rxSet{set: set, exprs: b.exprs, n: len(b.exprs)}
+	for _, op := range b.ops {
+		op.set = s
+	}
+	return w, s, nil
+}
+
+// rxSet is one engine's @rx patterns as one RE2 Set, with the scans of
+// the transactions in flight.
+type rxSet struct {
+	set   *re2x.Set
+	exprs []string
+	n     int
+	txs   sync.Map // plugintypes.TransactionState → *rxScan
+}
+
+// begin starts the scan of one transaction; end must follow.
+func (s *rxSet) begin(tx any) {
+	if s != nil {
+		s.txs.Store(tx, &rxScan{set: s, seen: map[string][]uint64{}, budget: setScanBudget})
+	}
+}
+
+func (s *rxSet) end(tx any) {
+	if s != nil {
+		s.txs.Delete(tx)
+	}
+}
+
+// rxScan is what the Set said about each string one transaction has
+// shown @rx so far. Only the transaction's goroutine uses it.
+type rxScan struct {
+	set    *rxSet
+	seen   map[string][]uint64 // bit i: pattern i matches; nil: undecided
+	budget int                 // bytes the Set may still scan
+	spent  time.Duration       // time the Set's scans have taken
+}
+
+// lookup reports whether pattern id may match value (the Set reported
+// it, or the Set cannot decide) and whether the Set decided.
+func (c *rxScan) lookup(value string, id int) (match, decided bool) {
+	bits, ok := c.seen[value]
+	if !ok {
+		bits = c.scan(value)
+		c.seen[value] = bits
+	}
+	if bits == nil {
+		return true, false
+	}
+	return bits[id/64]&(1<<(id%64)) != 0, true
+}
+
+func (c *rxScan) scan(value string) []uint64 {
+	if len(value) > setScanMaxValue || len(value) > c.budget || c.spent >= setScanTime || !utf8.ValidString(value) {
+		return nil
+	}
+	c.budget -= len(value)
+	start := time.Now()
+	ids, err := c.set.set.FindAllStringWithError(value, -1)
+	c.spent += time.Since(start)
+	if err != nil {
+		return nil
+	}
+	bits := make([]uint64, (c.set.n+63)/64)
+	for _, id := range ids {
+		bits[id/64] |= 1 << (id % 64)
+	}
+	return bits
 }
 
 // maxCaptures is how many groups fill TX.0-9 (ModSecurity's limit).
 const maxCaptures = 10
 
 func (o *rx) Evaluate(tx plugintypes.TransactionState, value string) bool {
+	if o.set != nil {
+		if c, ok := o.set.txs.Load(tx); ok {
+			match, decided := c.(*rxScan).lookup(value, o.id)
+			switch {
+			case !match:
+				return false
+			case decided && !tx.Capturing():
+				return true
+			}
+		}
+	}
 	var m []int
 	switch {
 	case o.std != nil && !utf8.ValidString(value):
