@@ -71,7 +71,7 @@ func (a AlertSettings) validate(field string) error {
 	names := map[string]bool{}
 	for i, w := range a.Webhooks {
 		f := fmt.Sprintf("%s.webhooks[%d]", field, i)
-		if !nameRE.MatchString(w.Name) {
+		if !nameRE().MatchString(w.Name) {
 			return fmt.Errorf("%s.name %q: lower-case letters, digits and '-'", f, w.Name)
 		}
 		if names[w.Name] {
