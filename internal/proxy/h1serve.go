@@ -163,7 +163,7 @@ func (fc *fastConn) setReadDeadline(t time.Time) {
 // MaxHeaderBytes (431 past it, as net/http).
 func (fc *fastConn) readHead() (h1Verdict, error) {
 	cfg := &fc.s.cfg
-	limit := cfg.MaxHeaderBytes + 4096 // net/http's allowance
+	limit := fc.s.headLimit()
 	skipped := false
 	for {
 		if fc.r == fc.w {
@@ -760,22 +760,46 @@ func (fc *fastConn) handoff() net.Conn {
 type handoffKey struct{}
 
 // markHandoff is net/http's ConnContext for listeners that take handed
-// off connections.
+// off or guarded connections: it notes which, for framed.
 func markHandoff(ctx context.Context, c net.Conn) context.Context {
-	switch c.(type) {
+	switch c := c.(type) {
 	case *handoffConn, handoffTLSConn:
 		return context.WithValue(ctx, handoffKey{}, true)
+	case *framingGuard:
+		return context.WithValue(ctx, handoffKey{}, c)
+	case framingGuardTLS:
+		return context.WithValue(ctx, handoffKey{}, c.framingGuard)
 	}
 	return ctx
 }
 
-// handedOff makes net/http's server close an HTTP/1.x connection the fast
-// path handed off once it has answered: the next request on it meets the
-// fast path's parser again, on a new connection.
-func handedOff(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor == 1 && r.Context().Value(handoffKey{}) != nil {
-		w.Header().Set("Connection", "close")
+// framed runs first for every request net/http's server hands the
+// sidecar. On an HTTP/1.x connection the fast path handed off, it makes
+// the server close the connection once it has answered: the next request
+// on it meets the fast path's parser again, on a new connection. On a
+// guarded one (framingGuard) it refuses, as the fast path does, a request
+// whose head the fast path's parser refuses (400, or 431, and the
+// connection closed), and closes the connection after a request whose
+// body the guard did not follow. It reports whether to serve r; when
+// false, r has been answered.
+func framed(w http.ResponseWriter, r *http.Request) bool {
+	if r.ProtoMajor != 1 {
+		return true
 	}
+	switch v := r.Context().Value(handoffKey{}).(type) {
+	case bool:
+		w.Header().Set("Connection", "close")
+	case *framingGuard:
+		status, closeAfter := v.take()
+		if closeAfter {
+			w.Header().Set("Connection", "close")
+		}
+		if status != 0 {
+			http.Error(w, fmt.Sprintf("%d %s", status, http.StatusText(status)), status)
+			return false
+		}
+	}
+	return true
 }
 
 // fastConns are the fast path connections of one listener, for Shutdown

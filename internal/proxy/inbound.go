@@ -377,6 +377,14 @@ func (ib *inbound) handle(c net.Conn) {
 		ib.serveFast(fc, conn, info)
 		return
 	}
+	// An HTTP/1.x connection (by ALPN, or plaintext that may be h2c) is
+	// read by net/http through the fast path's parser (framingGuard).
+	if tc, ok := conn.(*tls.Conn); !ok || tc.ConnectionState().NegotiatedProtocol != "h2" {
+		gc := guardFraming(conn, s.headLimit())
+		ib.conns.Store(gc, info)
+		ib.conns.Delete(conn)
+		conn = gc
+	}
 	if !ib.hl.push(conn) {
 		ib.connDone(conn)
 		conn.Close()
@@ -726,7 +734,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
-	handedOff(w, r)
+	if !framed(w, r) {
+		return
+	}
 	// The traffic record of this request, counted when it ends (the
 	// deferred call runs on every return, and when a body copy aborts).
 	var ob Observation

@@ -154,7 +154,7 @@ func (ob *outbound) serve() error {
 	if ob.app != nil {
 		go ob.httpSrv.Serve(ob.hl)
 	} else if ob.httpSrv != nil {
-		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
+		err := ob.httpSrv.Serve(framingListener{&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name}, ob.s.headLimit()})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
@@ -242,7 +242,9 @@ func (ob *outbound) revoked(rs *revocationSet, own string) {
 
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	handedOff(w, r)
+	if !framed(w, r) {
+		return
+	}
 	var o Observation
 	if ob.s.rec != nil {
 		o = ob.observation(r.Method, r.ContentLength)
