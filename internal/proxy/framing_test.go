@@ -207,3 +207,47 @@ func firstHeadLength(in []byte) int64 {
 	parseRequestHead(append([]byte(nil), in...), &req)
 	return req.length
 }
+
+// TestFastConnHoldsOneTokenRegistration: a fast path connection is
+// registered under the jti of the token its requests carry once, not once
+// a request; another token moves the registration, none drops it, and so
+// does the connection's end. Revoking the jti it holds closes it.
+func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
+	s := &Sidecar{live: newTracker()}
+	c := &scriptConn{}
+	fc := newFastConn(s, c, func() bool { return false })
+	held := func() []string {
+		s.live.mu.Lock()
+		defer s.live.mu.Unlock()
+		var out []string
+		for k, m := range s.live.byKey {
+			out = append(out, fmt.Sprintf("%s×%d", k.v, len(m)))
+		}
+		return out
+	}
+	steps := []struct {
+		jti  string
+		want string
+	}{
+		{"a", "[a×1]"},
+		{"a", "[a×1]"},
+		{"b", "[b×1]"},
+		{"", "[]"},
+		{"a", "[a×1]"},
+	}
+	for i, st := range steps {
+		if got := fc.holdToken(st.jti); got != (st.jti != "") {
+			t.Fatalf("step %d: holdToken(%q) = %v", i, st.jti, got)
+		}
+		if got := fmt.Sprint(held()); got != st.want {
+			t.Fatalf("step %d (%q): registered %s, want %s", i, st.jti, got, st.want)
+		}
+	}
+	if n := s.live.sweep(&revocationSet{jtis: map[string]time.Time{"a": time.Now().Add(time.Hour)}}, "", time.Now(), nil); n != 1 || !fc.aborted.Load() {
+		t.Fatalf("revoking a closed %d, aborted %v; want the connection", n, fc.aborted.Load())
+	}
+	fc.release()
+	if got := fmt.Sprint(held()); got != "[]" {
+		t.Fatalf("after release: %s registered", got)
+	}
+}

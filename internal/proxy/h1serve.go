@@ -85,6 +85,11 @@ type fastConn struct {
 	// abortFn is abort as a func value, made once per connection rather
 	// than once per token-authenticated request.
 	abortFn func()
+	// jti is the token ID the connection is registered under in the
+	// sidecar's live tracker (jtiEntry), "" for none: that of the last
+	// request that carried a token with one. See holdToken.
+	jti      string
+	jtiEntry *tracked
 }
 
 func newFastConn(s *Sidecar, nc net.Conn, draining func() bool) *fastConn {
@@ -104,8 +109,10 @@ func (fc *fastConn) abort() {
 	}
 }
 
-// release returns the read buffer. The connection must not be read after.
+// release returns the read buffer and drops the connection's token
+// registration. The connection must not be read after.
 func (fc *fastConn) release() {
+	fc.holdToken("")
 	if fc.pooled != nil {
 		fastConnBufs.Put(fc.pooled)
 		fc.pooled = nil
@@ -909,14 +916,34 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	// A request authenticated with a token is cut off when that token's
 	// jti is revoked, the connection with it.
-	if jti := d.jti(); jti != "" {
-		e := s.live.add(fc.abortFn, jtiKey(jti))
-		defer s.live.remove(e)
+	if jti := d.jti(); fc.holdToken(jti) {
 		if s.revoked.Load().hasJTI(jti) {
 			fc.abort()
 		}
 	}
 	return fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
+}
+
+// holdToken registers the connection in the sidecar's live tracker under
+// jti (none for ""), so that revoking that token ID aborts the exchange
+// in flight and closes the connection, and reports whether jti is set.
+// The registration is the connection's, not the request's: it stays while
+// the requests on the connection carry the same token — a client sends
+// its token with every request, and registering each one cost three
+// allocations and the tracker's lock twice — and is replaced when a
+// request carries another (or none), and dropped by release. Until then a
+// revocation of jti also closes the connection between requests. The
+// caller checks the revocation list after this call: a revocation
+// published before the registration swept without it.
+func (fc *fastConn) holdToken(jti string) bool {
+	if jti != fc.jti {
+		fc.s.live.remove(fc.jtiEntry)
+		fc.jti, fc.jtiEntry = jti, nil
+		if jti != "" {
+			fc.jtiEntry = fc.s.live.add(fc.abortFn, jtiKey(jti))
+		}
+	}
+	return jti != ""
 }
 
 // fastRequest serves one outbound request on the fast path: the target
