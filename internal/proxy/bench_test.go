@@ -305,17 +305,13 @@ func BenchmarkPairRaw(b *testing.B) {
 // registration for revocation).
 func BenchmarkPairRawJWT(b *testing.B) {
 	jwks, tok := benchToken(b)
-	for _, bc := range []struct {
-		name, auth string
-	}{{"no_token", ""}, {"jwt_cache_hit", "Authorization: Bearer " + tok + "\r\n"}} {
-		b.Run(bc.name, func(b *testing.B) {
-			set := compileSet(b, jwtBenchPolicies(jwks))
-			v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-			b.Cleanup(func() { v.Close() })
-			p := newPairWith(b, set, rawHelloApp(b), HTTP, true, func(c *Config) { c.Verifier = v })
-			benchRawClient(b, p, "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n"+bc.auth+"\r\n")
-		})
-	}
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		set := compileSet(b, jwtBenchPolicies(jwks))
+		v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+		b.Cleanup(func() { v.Close() })
+		p := newPairWith(b, set, rawHelloApp(b), HTTP, true, func(c *Config) { c.Verifier = v })
+		benchRawClient(b, p, "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n"+auth+"\r\n")
+	})
 }
 
 // benchToken is a JWKS and a valid ES256 token it verifies (iss
@@ -355,46 +351,25 @@ spec:
 // bytes.
 func BenchmarkInboundFastJWT(b *testing.B) {
 	jwks, tok := benchToken(b)
-	for _, bc := range []struct {
-		name, auth string
-	}{{"no_token", ""}, {"jwt_cache_hit", "Authorization: Bearer " + tok + "\r\n"}} {
-		b.Run(bc.name, func(b *testing.B) {
-			v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-			b.Cleanup(func() { v.Close() })
-			s, err := New(Config{
-				Identity:   &NodeIdentity{},
-				Namespace:  "prod",
-				Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
-				Authorizer: compileSet(b, jwtBenchPolicies(jwks)),
-				Verifier:   v,
-				Logger:     discardLogger(),
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ib := s.inbound[0]
-			if ib.app == nil {
-				b.Fatal("the fast path is off")
-			}
-			ib.app.dial = func(context.Context) (net.Conn, error) {
-				return &scriptConn{answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"}, nil
-			}
-			info := &connInfo{peer: frontendID, principal: "example.org/ns/prod/sa/frontend", own: "example.org/ns/prod/sa/orders",
-				xfcc: []string{"By=" + ordersID + ";Hash=00;URI=" + frontendID}}
-			c := &scriptConn{request: "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n" + bc.auth + "\r\n", left: b.N}
-			fc := newFastConn(s, c, func() bool { return false })
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := cpuTime()
-			fc.serve(func(fc *fastConn) fastOutcome { return ib.fastRequest(fc, info, ib.app) })
-			b.StopTimer()
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-			fc.release()
-			if c.ok != b.N {
-				b.Fatalf("%d of %d answers were 200", c.ok, b.N)
-			}
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+		b.Cleanup(func() { v.Close() })
+		s, err := New(Config{
+			Identity:   &NodeIdentity{},
+			Namespace:  "prod",
+			Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
+			Authorizer: compileSet(b, jwtBenchPolicies(jwks)),
+			Verifier:   v,
+			Logger:     discardLogger(),
 		})
-	}
+		if err != nil {
+			b.Fatal(err)
+		}
+		ib := s.inbound[0]
+		info := &connInfo{peer: frontendID, principal: "example.org/ns/prod/sa/frontend", own: "example.org/ns/prod/sa/orders",
+			xfcc: []string{"By=" + ordersID + ";Hash=00;URI=" + frontendID}}
+		benchFastServe(b, s, ib.app, auth, func(fc *fastConn) fastOutcome { return ib.fastRequest(fc, info, ib.app) })
+	})
 }
 
 // BenchmarkOutboundFastJWT is BenchmarkInboundFastJWT's other half: the
@@ -403,38 +378,51 @@ func BenchmarkInboundFastJWT(b *testing.B) {
 // The token is only carried here; the difference is its bytes.
 func BenchmarkOutboundFastJWT(b *testing.B) {
 	_, tok := benchToken(b)
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		s, err := New(Config{
+			Identity: &NodeIdentity{},
+			Outbound: []Outbound{{Name: "out", Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9443", ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+			Logger:   discardLogger(),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ob := s.outbound[0]
+		benchFastServe(b, s, ob.app, auth, func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
+	})
+}
+
+// forTokenVariants runs bench as sub-benchmarks no_token and
+// jwt_cache_hit, with the Authorization field line to send ("" for none).
+func forTokenVariants(b *testing.B, tok string, bench func(b *testing.B, auth string)) {
 	for _, bc := range []struct {
 		name, auth string
 	}{{"no_token", ""}, {"jwt_cache_hit", "Authorization: Bearer " + tok + "\r\n"}} {
-		b.Run(bc.name, func(b *testing.B) {
-			s, err := New(Config{
-				Identity: &NodeIdentity{},
-				Outbound: []Outbound{{Name: "out", Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9443", ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
-				Logger:   discardLogger(),
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ob := s.outbound[0]
-			if ob.app == nil {
-				b.Fatal("the fast path is off")
-			}
-			ob.app.dial = func(context.Context) (net.Conn, error) {
-				return &scriptConn{answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"}, nil
-			}
-			c := &scriptConn{request: "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n" + bc.auth + "\r\n", left: b.N}
-			fc := newFastConn(s, c, func() bool { return false })
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := cpuTime()
-			fc.serve(func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
-			b.StopTimer()
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-			fc.release()
-			if c.ok != b.N {
-				b.Fatalf("%d of %d answers were 200", c.ok, b.N)
-			}
-		})
+		b.Run(bc.name, func(b *testing.B) { bench(b, bc.auth) })
+	}
+}
+
+// benchFastServe serves b.N requests (with the auth field line) on one
+// in-memory fast path connection of s through handle, app answering each
+// from memory, and reports the process's CPU per request as cpu-ns/op.
+func benchFastServe(b *testing.B, s *Sidecar, app *appClient, auth string, handle func(*fastConn) fastOutcome) {
+	if app == nil {
+		b.Fatal("the fast path is off")
+	}
+	app.dial = func(context.Context) (net.Conn, error) {
+		return &scriptConn{answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"}, nil
+	}
+	c := &scriptConn{request: "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n" + auth + "\r\n", left: b.N}
+	fc := newFastConn(s, c, func() bool { return false })
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	fc.serve(handle)
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	fc.release()
+	if c.ok != b.N {
+		b.Fatalf("%d of %d answers were 200", c.ok, b.N)
 	}
 }
 
