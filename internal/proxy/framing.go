@@ -102,6 +102,18 @@ func (g *framingGuard) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// CloseWrite half-closes the connection when it can, as net/http's server
+// does a *net.TCPConn or *tls.Conn before closing one after an answer: the
+// client reads the answer and then the end, not a reset for the bytes it
+// sent after the request (a request refused, or one after which the
+// connection closes, may have had others pipelined behind it).
+func (g *framingGuard) CloseWrite() error {
+	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // feed follows the connection's framing over the next bytes read.
 func (g *framingGuard) feed(b []byte) {
 	for len(b) > 0 && g.end == 0 {
