@@ -16,6 +16,7 @@ import (
 
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestContentLengthBesideTransferEncoding: RFC 9112 §6.1 — a request with
@@ -221,7 +222,7 @@ func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
 		defer s.live.mu.Unlock()
 		var out []string
 		for k, m := range s.live.byKey {
-			out = append(out, fmt.Sprintf("%s×%d", k.v, len(m)))
+			out = append(out, fmt.Sprintf("%s×%d", k.v, m.len()))
 		}
 		return out
 	}
@@ -268,5 +269,36 @@ func BenchmarkFramingGuard(b *testing.B) {
 		if s, _ := g.take(); s != 0 {
 			b.Fatalf("refused: %d", s)
 		}
+	}
+}
+
+// TestTrackerKeys: entries under one key, under two keys, removed in any
+// order and swept by a revocation, are each closed once and forgotten.
+func TestTrackerKeys(t *testing.T) {
+	tr := newTracker()
+	closed := map[string]int{}
+	entry := func(name string, keys ...liveKey) *tracked {
+		return tr.add(func() { closed[name]++ }, keys...)
+	}
+	a := entry("a", idKey("spiffe://td/x"), serialKey("1"))
+	b := entry("b", idKey("spiffe://td/x"), serialKey("2"))
+	entry("c", idKey("spiffe://td/x"))
+	j := entry("j", jtiKey("t1"))
+	tr.remove(a) // the first under idKey goes; b and c stay under it
+	tr.remove(a)
+	if n := tr.len(); n != 3 {
+		t.Fatalf("%d entries after removing a, want 3", n)
+	}
+	d := entry("d", idKey("spiffe://td/x")) // the freed single slot is taken again
+	rs := newRevocationSet(&wire.Revocations{SPIFFEIDs: []string{"spiffe://td/x"}})
+	tr.sweep(rs, "", time.Now(), nil)
+	if fmt.Sprint(closed) != "map[b:1 c:1 d:1]" || tr.len() != 1 {
+		t.Fatalf("closed %v, %d left; want b, c and d closed once, j left", closed, tr.len())
+	}
+	tr.remove(j)
+	tr.remove(b)
+	tr.remove(d)
+	if n, keys := tr.len(), len(tr.byKey); n != 0 || keys != 0 {
+		t.Fatalf("%d entries under %d keys left, want none", n, keys)
 	}
 }
