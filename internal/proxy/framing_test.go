@@ -47,18 +47,23 @@ func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
 		raw  string
 		want []int    // statuses before the connection closes
 		app  []string // targets the app reads
+		// nethttp, when set, is want on net/http's path: it refuses a
+		// target it cannot decide (400) without closing, the fast path
+		// closes.
+		nethttp []int
 	}{
-		{"cl_te", clTE + get, []int{400}, nil},
-		{"te_cl", post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n" + get, []int{400}, nil},
-		{"cl_zero_te", post + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{400}, nil},
-		{"lower_case_names", post + "content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG" + get, []int{400}, nil},
-		{"cl_te_after_keep_alive", get + clTE + get, []int{200, 400}, []string{"/api/x"}},
-		{"cl_te_after_a_body", post + "Content-Length: 5\r\n\r\nhello" + clTE + get, []int{200, 400}, []string{"/api/x"}},
+		{"cl_te", clTE + get, []int{400}, nil, nil},
+		{"te_cl", post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
+		{"cl_zero_te", post + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
+		{"lower_case_names", post + "content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG" + get, []int{400}, nil, nil},
+		{"cl_te_after_keep_alive", get + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
+		{"cl_te_after_a_body", post + "Content-Length: 5\r\n\r\nhello" + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
 		{"cl_te_in_a_body_is_data", post + "Content-Length: " + fmt.Sprint(len(clTE)) + "\r\n\r\n" + clTE + last,
-			[]int{200, 200}, []string{"/api/x", "/api/last"}},
-		{"pipelined_keep_alive", get + get + last, []int{200, 200, 200}, []string{"/api/x", "/api/x", "/api/last"}},
-		{"empty_line_after_post", post + "Content-Length: 5\r\n\r\nhello\r\n" + last, []int{200, 200}, []string{"/api/x", "/api/last"}},
-		{"chunked_closes_after", post + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{200}, []string{"/api/x"}},
+			[]int{200, 200}, []string{"/api/x", "/api/last"}, nil},
+		{"pipelined_keep_alive", get + get + last, []int{200, 200, 200}, []string{"/api/x", "/api/x", "/api/last"}, nil},
+		{"empty_line_after_post", post + "Content-Length: 5\r\n\r\nhello\r\n" + last, []int{200, 200}, []string{"/api/x", "/api/last"}, nil},
+		{"cl_te_after_options_asterisk", "OPTIONS * HTTP/1.1\r\nHost: orders\r\n\r\n" + clTE + get, []int{400}, nil, []int{400, 400}},
+		{"chunked_closes_after", post + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{200}, []string{"/api/x"}, nil},
 	}
 	dials := []struct {
 		name string
@@ -90,8 +95,12 @@ func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
 				for _, r := range app.take() {
 					seen = append(seen, r.uri)
 				}
-				if fmt.Sprint(got) != fmt.Sprint(tc.want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
-					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, tc.want, tc.app)
+				want := tc.want
+				if sp.disable && tc.nethttp != nil {
+					want = tc.nethttp
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
+					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, tc.app)
 				}
 			})
 		}

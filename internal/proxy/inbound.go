@@ -149,13 +149,17 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	protos.SetHTTP2(true)
 	protos.SetUnencryptedHTTP2(true)
 	ib.httpSrv = &http.Server{
-		Handler:           ib,
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		Protocols:         protos,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:          log.New(io.Discard, "", 0),
+		Handler: ib,
+		// "OPTIONS *" reaches the handler too (decided as on the fast
+		// path), rather than net/http's own answer: the framing guard
+		// counts every request the handler takes against the heads it read.
+		DisableGeneralOptionsHandler: true,
+		ReadHeaderTimeout:            s.cfg.ReadHeaderTimeout,
+		IdleTimeout:                  s.cfg.IdleTimeout,
+		MaxHeaderBytes:               s.cfg.MaxHeaderBytes,
+		Protocols:                    protos,
+		HTTP2:                        &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:                     log.New(io.Discard, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if v, ok := ib.conns.Load(c); ok {
 				ctx = context.WithValue(ctx, connInfoKey{}, v.(*connInfo))

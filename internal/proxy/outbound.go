@@ -103,14 +103,18 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
 	ob.httpSrv = &http.Server{
-		Handler:           ob,
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		Protocols:         protos,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:          log.New(io.Discard, "", 0),
-		ConnContext:       markHandoff,
+		Handler: ob,
+		// "OPTIONS *" reaches the handler too (decided as on the fast
+		// path), rather than net/http's own answer: the framing guard
+		// counts every request the handler takes against the heads it read.
+		DisableGeneralOptionsHandler: true,
+		ReadHeaderTimeout:            s.cfg.ReadHeaderTimeout,
+		IdleTimeout:                  s.cfg.IdleTimeout,
+		MaxHeaderBytes:               s.cfg.MaxHeaderBytes,
+		Protocols:                    protos,
+		HTTP2:                        &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:                     log.New(io.Discard, "", 0),
+		ConnContext:                  markHandoff,
 		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
