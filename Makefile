@@ -47,6 +47,8 @@ FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzH1RequestDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzH1ResponseDifferential$$' -fuzztime $(FUZZTIME) ./internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzFramingGuard$$' -fuzztime $(FUZZTIME) ./internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzValidFieldValue$$' -fuzztime $(FUZZTIME) ./internal/proxy/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // DefaultCacheSize is the default number of verified tokens remembered.
@@ -51,6 +53,18 @@ type cacheEntry struct {
 
 	slot int         // index in the shard's ring
 	ref  atomic.Bool // second-chance bit for the clock eviction
+
+	// shared is the Auth auth last built for a request that carried the
+	// token in one location (or for a rule that forwards it), handed out
+	// again to the next such request rather than built anew.
+	shared atomic.Pointer[sharedAuth]
+}
+
+// sharedAuth is an Auth for requests carrying the token at loc (nil for a
+// forwarding rule, where the location changes nothing).
+type sharedAuth struct {
+	loc  *location
+	auth *policy.Auth
 }
 
 // refusal is a rule that refused a token while it held key set keys.

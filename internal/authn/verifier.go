@@ -733,7 +733,29 @@ func claimString(claims map[string]any, path []string) (string, bool) {
 // the rule forwards the original token, its removal from every location
 // this request carried it in (also those another rule looks at: the
 // token is the same bearer credential wherever it sits).
+//
+// The Auth of a request with the token in one location is the entry's
+// shared one (the caller must not modify it): a cache hit allocates
+// nothing for it.
 func (e *cacheEntry) auth(fs []found) *policy.Auth {
+	var loc *location
+	if !e.rule.forward {
+		loc = fs[0].loc
+	}
+	one := e.rule.forward || len(fs) == 1
+	if one {
+		if sa := e.shared.Load(); sa != nil && sa.loc == loc {
+			return sa.auth
+		}
+	}
+	a := e.newAuth(fs)
+	if one {
+		e.shared.Store(&sharedAuth{loc: loc, auth: a})
+	}
+	return a
+}
+
+func (e *cacheEntry) newAuth(fs []found) *policy.Auth {
 	a := &policy.Auth{
 		Principal:  e.principal,
 		Audiences:  e.audiences,

@@ -260,11 +260,19 @@ func (r *sidecarRun) run(ctx context.Context) error {
 // roots AND carries the moatless server's SPIFFE ID: every workload SVID
 // chains to those roots too, so the name alone must not be enough to serve
 // keys from them.
+//
+// The system roots are read at the first fetch, not when the client is
+// made: most sidecars fetch no key set from outside the mesh, and the
+// pool parsed from the system's bundle is about 400 KB of heap kept for
+// the life of the process.
 func jwksClient(mesh func() (roots []*x509.Certificate, serverID string)) *http.Client {
-	system, err := x509.SystemCertPool()
-	if err != nil || system == nil {
-		system = x509.NewCertPool()
-	}
+	system := sync.OnceValue(func() *x509.CertPool {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			return x509.NewCertPool()
+		}
+		return pool
+	})
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
@@ -278,7 +286,7 @@ func jwksClient(mesh func() (roots []*x509.Certificate, serverID string)) *http.
 			// the SPIFFE ID rule for mesh-issued certificates.
 			InsecureSkipVerify: true,
 			VerifyConnection: func(cs tls.ConnectionState) error {
-				return verifyKeyServer(cs, host, system, mesh)
+				return verifyKeyServer(cs, host, system(), mesh)
 			},
 		}
 		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: conf}

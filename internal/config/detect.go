@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -300,7 +301,7 @@ func (a AlertSettings) validate(field string) error {
 	names := map[string]bool{}
 	for i, w := range a.Webhooks {
 		f := fmt.Sprintf("%s.webhooks[%d]", field, i)
-		if !webhookName.MatchString(w.Name) {
+		if !webhookName().MatchString(w.Name) {
 			return fmt.Errorf("%s.name %q: lower-case letters, digits and '-'", f, w.Name)
 		}
 		if names[w.Name] {
@@ -359,5 +360,6 @@ func (s *DetectSettings) ThresholdsFor(id string) DetectThresholds {
 	return s.Thresholds
 }
 
-// webhookName is what names a webhook in metrics and logs.
-var webhookName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+// webhookName is what names a webhook in metrics and logs; compiled on
+// first use (its bounded repetition is tens of KB every role would keep).
+var webhookName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`) })

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -416,10 +417,13 @@ func setDef[T int | int64 | wire.Duration](p *T, def T) {
 	}
 }
 
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
 var (
-	rateLimitName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	rateLimitName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`) })
 	headerName    = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-	claimName     = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+	claimName     = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`) })
 )
 
 // Validate checks the config; each error names the field.
@@ -476,7 +480,7 @@ func (c *Gateway) Validate() error {
 	limits := map[string]bool{}
 	for i, rl := range c.RateLimits {
 		f := fmt.Sprintf("rate_limits[%d]", i)
-		if !rateLimitName.MatchString(rl.Name) {
+		if !rateLimitName().MatchString(rl.Name) {
 			add("%s.name: %q must be lower-case letters, digits, '-' or '_'", f, rl.Name)
 		} else if limits[rl.Name] {
 			add("%s.name: %q used twice", f, rl.Name)
@@ -532,7 +536,7 @@ func (c *Gateway) Validate() error {
 	routeKeys := map[string]string{}
 	for i, r := range c.Routes {
 		f := fmt.Sprintf("routes[%d]", i)
-		if !rateLimitName.MatchString(r.Name) {
+		if !rateLimitName().MatchString(r.Name) {
 			add("%s.name: %q must be lower-case letters, digits, '-' or '_'", f, r.Name)
 		} else if routeNames[r.Name] {
 			add("%s.name: %q used twice", f, r.Name)
@@ -707,7 +711,7 @@ func checkRateLimitKey(k string) error {
 	case k == "ip", k == "route":
 		return nil
 	case strings.HasPrefix(k, "jwt:"):
-		if !claimName.MatchString(k[4:]) {
+		if !claimName().MatchString(k[4:]) {
 			return fmt.Errorf("%q: claim name must be 1-64 letters, digits, '_', '.', ':' or '-'", k)
 		}
 		return nil

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -108,7 +109,10 @@ type playbookDoc struct {
 	} `json:"spec"`
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`) })
 
 // MaxPlaybookSize bounds one playbook file.
 const MaxPlaybookSize = 1 << 20
@@ -197,7 +201,7 @@ func parsePlaybook(doc []byte) (Playbook, error) {
 		return Playbook{}, fmt.Errorf("kind %q: want %s", d.Kind, PlaybookKind)
 	}
 	pb := Playbook{Name: d.Metadata.Name, Trigger: d.Spec.Trigger, Steps: d.Spec.Steps}
-	if !nameRE.MatchString(pb.Name) {
+	if !nameRE().MatchString(pb.Name) {
 		return pb, fmt.Errorf("metadata.name %q: lower-case letters, digits and '-', at most 63", pb.Name)
 	}
 	if err := pb.validate(); err != nil {

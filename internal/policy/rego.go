@@ -51,8 +51,9 @@ var regoUnsafeBuiltins = map[string]struct{}{
 }
 
 // dataKeyRE is the shape of a data document's key: one path segment of
-// OPA's Data API, usable as data.<key> in Rego.
-var dataKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]{0,127}$`)
+// OPA's Data API, usable as data.<key> in Rego. Compiled on first use: the
+// {0,127} compiles to about 100 KB that every role would keep otherwise.
+var dataKeyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]{0,127}$`) })
 
 // RegoError is a module or data set OPA refused, with OPA's errors (code,
 // message, file = module ID, row and column). It wraps ErrInvalid.
@@ -122,7 +123,7 @@ func ValidRegoID(id string) error {
 
 // ValidDataKey reports whether key may name a data document.
 func ValidDataKey(key string) error {
-	if !dataKeyRE.MatchString(key) {
+	if !dataKeyRE().MatchString(key) {
 		return fmt.Errorf("data key %q: want a letter or _ then letters, digits, _ or - (at most 128)", key)
 	}
 	return nil

@@ -132,7 +132,9 @@ type JWTVerifier interface {
 	// Verify returns (nil, nil) when the request carries no token that any
 	// rule looks at, and a non-nil error when a token is present but
 	// invalid (the decision is then Unauthenticated: HTTP 401). It does no
-	// network I/O: key sets are fetched ahead of time.
+	// network I/O: key sets are fetched ahead of time. The Auth returned
+	// may be shared with other requests carrying the same token: callers
+	// read it and never modify it.
 	Verify(rules []*securityv1beta1.JWTRule, req *Request) (*Auth, error)
 }
 

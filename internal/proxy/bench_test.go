@@ -326,13 +326,27 @@ func BenchmarkPairRaw(b *testing.B) {
 // (its bytes through both sidecars, the cache lookup, the live-request
 // registration for revocation).
 func BenchmarkPairRawJWT(b *testing.B) {
+	jwks, tok := benchToken(b)
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		set := compileSet(b, jwtBenchPolicies(jwks))
+		v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+		b.Cleanup(func() { v.Close() })
+		p := newPairWith(b, set, rawHelloApp(b), HTTP, true, func(c *Config) { c.Verifier = v })
+		benchRawClient(b, p, "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n"+auth+"\r\n")
+	})
+}
+
+// benchToken is a JWKS and a valid ES256 token it verifies (iss
+// https://issuer.example, sub alice, a jti, an hour to live).
+func benchToken(b *testing.B) (jwks, tok string) {
 	jwks, token := newTestIssuer(b)
-	tok := token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Add(time.Hour).Unix(), "jti": "bench-1"})
-	for _, bc := range []struct {
-		name, auth string
-	}{{"no_token", ""}, {"jwt_cache_hit", "Authorization: Bearer " + tok + "\r\n"}} {
-		b.Run(bc.name, func(b *testing.B) {
-			set := compileSet(b, fmt.Sprintf(`apiVersion: security.istio.io/v1
+	return jwks, token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": time.Now().Add(time.Hour).Unix(), "jti": "bench-1"})
+}
+
+// jwtBenchPolicies: one RequestAuthentication trusting jwks and an ALLOW
+// with principals, methods and paths, as in bench/run.sh.
+func jwtBenchPolicies(jwks string) string {
+	return fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
@@ -346,14 +360,136 @@ spec:
   rules:
   - from: [{source: {principals: ["example.org/ns/prod/sa/frontend"]}}]
     to: [{operation: {methods: ["GET", "HEAD"], paths: ["/", "/api/*"]}}]
-`, jwks))
-			v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
-			b.Cleanup(func() { v.Close() })
-			p := newPairWith(b, set, rawHelloApp(b), HTTP, true, func(c *Config) { c.Verifier = v })
-			benchRawClient(b, p, "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n"+bc.auth+"\r\n")
+`, jwks)
+}
+
+// BenchmarkInboundFastJWT prices a request token on a cache hit where
+// the token is handled, without sockets or TLS: the inbound fast path's
+// real serve loop (parse the head, decide with the real policy engine and
+// verifier, compose the app's head, relay the answer) over in-memory
+// connections, with the same policies as BenchmarkPairRawJWT. The
+// difference in cpu-ns/op between jwt_cache_hit and no_token is the
+// token's price on the inbound sidecar; the outbound one only carries its
+// bytes.
+func BenchmarkInboundFastJWT(b *testing.B) {
+	jwks, tok := benchToken(b)
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		v := authn.NewVerifier(authn.Options{Logger: discardLogger()})
+		b.Cleanup(func() { v.Close() })
+		s, err := New(Config{
+			Identity:   &NodeIdentity{},
+			Namespace:  "prod",
+			Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
+			Authorizer: compileSet(b, jwtBenchPolicies(jwks)),
+			Verifier:   v,
+			Logger:     discardLogger(),
 		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ib := s.inbound[0]
+		info := &connInfo{peer: frontendID, principal: "example.org/ns/prod/sa/frontend", own: "example.org/ns/prod/sa/orders",
+			xfcc: []string{"By=" + ordersID + ";Hash=00;URI=" + frontendID}}
+		benchFastServe(b, s, ib.app, auth, func(fc *fastConn) fastOutcome { return ib.fastRequest(fc, info, ib.app) })
+	})
+}
+
+// BenchmarkOutboundFastJWT is BenchmarkInboundFastJWT's other half: the
+// outbound fast path (parse, normalize, compose, relay) over in-memory
+// connections, the upstream sidecar replaced by a canned answer (no TLS).
+// The token is only carried here; the difference is its bytes.
+func BenchmarkOutboundFastJWT(b *testing.B) {
+	_, tok := benchToken(b)
+	forTokenVariants(b, tok, func(b *testing.B, auth string) {
+		s, err := New(Config{
+			Identity: &NodeIdentity{},
+			Outbound: []Outbound{{Name: "out", Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9443", ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+			Logger:   discardLogger(),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ob := s.outbound[0]
+		benchFastServe(b, s, ob.app, auth, func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
+	})
+}
+
+// forTokenVariants runs bench as sub-benchmarks no_token and
+// jwt_cache_hit, with the Authorization field line to send ("" for none).
+func forTokenVariants(b *testing.B, tok string, bench func(b *testing.B, auth string)) {
+	for _, bc := range []struct {
+		name, auth string
+	}{{"no_token", ""}, {"jwt_cache_hit", "Authorization: Bearer " + tok + "\r\n"}} {
+		b.Run(bc.name, func(b *testing.B) { bench(b, bc.auth) })
 	}
 }
+
+// benchFastServe serves b.N requests (with the auth field line) on one
+// in-memory fast path connection of s through handle, app answering each
+// from memory, and reports the process's CPU per request as cpu-ns/op.
+func benchFastServe(b *testing.B, s *Sidecar, app *appClient, auth string, handle func(*fastConn) fastOutcome) {
+	if app == nil {
+		b.Fatal("the fast path is off")
+	}
+	app.dial = func(context.Context) (net.Conn, error) {
+		return &scriptConn{answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"}, nil
+	}
+	c := &scriptConn{request: "GET /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\n" + auth + "\r\n", left: b.N}
+	fc := newFastConn(s, c, func() bool { return false })
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	fc.serve(handle)
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	fc.release()
+	if c.ok != b.N {
+		b.Fatalf("%d of %d answers were 200", c.ok, b.N)
+	}
+}
+
+// scriptConn is an in-memory connection. As a client's, it reads request
+// left times, then EOF, and counts the 200 answers written to it; as an
+// app's, it answers every write with answer.
+type scriptConn struct {
+	request string
+	left    int
+	ok      int
+	answer  string
+	pending bool
+}
+
+func (c *scriptConn) Read(p []byte) (int, error) {
+	switch {
+	case c.answer != "" && c.pending:
+		c.pending = false
+		return copy(p, c.answer), nil
+	case c.answer == "" && c.left > 0:
+		c.left--
+		return copy(p, c.request), nil
+	}
+	return 0, io.EOF
+}
+
+func (c *scriptConn) Write(p []byte) (int, error) {
+	if c.answer != "" {
+		c.pending = true
+	} else if bytes.HasPrefix(p, []byte("HTTP/1.1 200 ")) {
+		c.ok++
+	}
+	return len(p), nil
+}
+
+func (c *scriptConn) Close() error { return nil }
+func (c *scriptConn) LocalAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}
+}
+func (c *scriptConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+}
+func (c *scriptConn) SetDeadline(time.Time) error      { return nil }
+func (c *scriptConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 
 // benchRawClient sends req over and over through p's outbound listener
 // from parallel keep-alive connections, failing on any answer but 200,

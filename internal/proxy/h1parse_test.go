@@ -353,3 +353,37 @@ func FuzzH1ResponseDifferential(f *testing.F) {
 		checkResponseAgainstNetHTTP(t, raw, head)
 	})
 }
+
+// FuzzValidFieldValue: the word-at-a-time check judges every value as
+// httpguts.ValidHeaderFieldValue does, as a string and as bytes.
+func FuzzValidFieldValue(f *testing.F) {
+	for _, s := range []string{"", "Bearer abc.def.ghi", "a\tb", "abcdefgh\x7f", "abcdefg\x00", "\x1fabcdefghijklmnop", "caf\xc3\xa9 ok and more", "01234567\t9abcdef\r"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		want := httpguts.ValidHeaderFieldValue(v)
+		if got := validFieldValue(v); got != want {
+			t.Fatalf("validFieldValue(%q) = %v, want %v", v, got, want)
+		}
+		if got := validFieldValue([]byte(v)); got != want {
+			t.Fatalf("validFieldValue([]byte(%q)) = %v, want %v", v, got, want)
+		}
+	})
+}
+
+// TestValidFieldValueEveryByte: every byte value, at every position of a
+// value two words and a tail long, beside obs-text and HTAB, is judged as
+// httpguts judges it.
+func TestValidFieldValueEveryByte(t *testing.T) {
+	for _, fill := range []byte{'a', 0x80, '\t', 0xff} {
+		for pos := range 19 {
+			for c := range 256 {
+				v := bytes.Repeat([]byte{fill}, 19)
+				v[pos] = byte(c)
+				if got, want := validFieldValue(v), httpguts.ValidHeaderFieldValue(string(v)); got != want {
+					t.Fatalf("fill %#x, byte %#x at %d: %v, want %v", fill, c, pos, got, want)
+				}
+			}
+		}
+	}
+}

@@ -85,6 +85,11 @@ type fastConn struct {
 	// abortFn is abort as a func value, made once per connection rather
 	// than once per token-authenticated request.
 	abortFn func()
+	// jti is the token ID the connection is registered under in the
+	// sidecar's live tracker (jtiEntry), "" for none: that of the last
+	// request that carried a token with one. See holdToken.
+	jti      string
+	jtiEntry *tracked
 }
 
 func newFastConn(s *Sidecar, nc net.Conn, draining func() bool) *fastConn {
@@ -104,8 +109,10 @@ func (fc *fastConn) abort() {
 	}
 }
 
-// release returns the read buffer. The connection must not be read after.
+// release returns the read buffer and drops the connection's token
+// registration. The connection must not be read after.
 func (fc *fastConn) release() {
+	fc.holdToken("")
 	if fc.pooled != nil {
 		fastConnBufs.Put(fc.pooled)
 		fc.pooled = nil
@@ -163,7 +170,7 @@ func (fc *fastConn) setReadDeadline(t time.Time) {
 // MaxHeaderBytes (431 past it, as net/http).
 func (fc *fastConn) readHead() (h1Verdict, error) {
 	cfg := &fc.s.cfg
-	limit := cfg.MaxHeaderBytes + 4096 // net/http's allowance
+	limit := fc.s.headLimit()
 	skipped := false
 	for {
 		if fc.r == fc.w {
@@ -760,22 +767,46 @@ func (fc *fastConn) handoff() net.Conn {
 type handoffKey struct{}
 
 // markHandoff is net/http's ConnContext for listeners that take handed
-// off connections.
+// off or guarded connections: it notes which, for framed.
 func markHandoff(ctx context.Context, c net.Conn) context.Context {
-	switch c.(type) {
+	switch c := c.(type) {
 	case *handoffConn, handoffTLSConn:
 		return context.WithValue(ctx, handoffKey{}, true)
+	case *framingGuard:
+		return context.WithValue(ctx, handoffKey{}, c)
+	case framingGuardTLS:
+		return context.WithValue(ctx, handoffKey{}, c.framingGuard)
 	}
 	return ctx
 }
 
-// handedOff makes net/http's server close an HTTP/1.x connection the fast
-// path handed off once it has answered: the next request on it meets the
-// fast path's parser again, on a new connection.
-func handedOff(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor == 1 && r.Context().Value(handoffKey{}) != nil {
-		w.Header().Set("Connection", "close")
+// framed runs first for every request net/http's server hands the
+// sidecar. On an HTTP/1.x connection the fast path handed off, it makes
+// the server close the connection once it has answered: the next request
+// on it meets the fast path's parser again, on a new connection. On a
+// guarded one (framingGuard) it refuses, as the fast path does, a request
+// whose head the fast path's parser refuses (400, or 431, and the
+// connection closed), and closes the connection after a request whose
+// body the guard did not follow. It reports whether to serve r; when
+// false, r has been answered.
+func framed(w http.ResponseWriter, r *http.Request) bool {
+	if r.ProtoMajor != 1 {
+		return true
 	}
+	switch v := r.Context().Value(handoffKey{}).(type) {
+	case bool:
+		w.Header().Set("Connection", "close")
+	case *framingGuard:
+		status, closeAfter := v.take()
+		if closeAfter {
+			w.Header().Set("Connection", "close")
+		}
+		if status != 0 {
+			http.Error(w, fmt.Sprintf("%d %s", status, http.StatusText(status)), status)
+			return false
+		}
+	}
+	return true
 }
 
 // fastConns are the fast path connections of one listener, for Shutdown
@@ -885,14 +916,34 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	// A request authenticated with a token is cut off when that token's
 	// jti is revoked, the connection with it.
-	if jti := d.jti(); jti != "" {
-		e := s.live.add(fc.abortFn, jtiKey(jti))
-		defer s.live.remove(e)
+	if jti := d.jti(); fc.holdToken(jti) {
 		if s.revoked.Load().hasJTI(jti) {
 			fc.abort()
 		}
 	}
 	return fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
+}
+
+// holdToken registers the connection in the sidecar's live tracker under
+// jti (none for ""), so that revoking that token ID aborts the exchange
+// in flight and closes the connection, and reports whether jti is set.
+// The registration is the connection's, not the request's: it stays while
+// the requests on the connection carry the same token — a client sends
+// its token with every request, and registering each one cost three
+// allocations and the tracker's lock twice — and is replaced when a
+// request carries another (or none), and dropped by release. Until then a
+// revocation of jti also closes the connection between requests. The
+// caller checks the revocation list after this call: a revocation
+// published before the registration swept without it.
+func (fc *fastConn) holdToken(jti string) bool {
+	if jti != fc.jti {
+		fc.s.live.remove(fc.jtiEntry)
+		fc.jti, fc.jtiEntry = jti, nil
+		if jti != "" {
+			fc.jtiEntry = fc.s.live.add(fc.abortFn, jtiKey(jti))
+		}
+	}
+	return jti != ""
 }
 
 // fastRequest serves one outbound request on the fast path: the target

@@ -149,13 +149,17 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	protos.SetHTTP2(true)
 	protos.SetUnencryptedHTTP2(true)
 	ib.httpSrv = &http.Server{
-		Handler:           ib,
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		Protocols:         protos,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:          log.New(io.Discard, "", 0),
+		Handler: ib,
+		// "OPTIONS *" reaches the handler too (decided as on the fast
+		// path), rather than net/http's own answer: the framing guard
+		// counts every request the handler takes against the heads it read.
+		DisableGeneralOptionsHandler: true,
+		ReadHeaderTimeout:            s.cfg.ReadHeaderTimeout,
+		IdleTimeout:                  s.cfg.IdleTimeout,
+		MaxHeaderBytes:               s.cfg.MaxHeaderBytes,
+		Protocols:                    protos,
+		HTTP2:                        &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:                     log.New(io.Discard, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if v, ok := ib.conns.Load(c); ok {
 				ctx = context.WithValue(ctx, connInfoKey{}, v.(*connInfo))
@@ -376,6 +380,14 @@ func (ib *inbound) handle(c net.Conn) {
 	case fc != nil:
 		ib.serveFast(fc, conn, info)
 		return
+	}
+	// An HTTP/1.x connection (by ALPN, or plaintext that may be h2c) is
+	// read by net/http through the fast path's parser (framingGuard).
+	if tc, ok := conn.(*tls.Conn); !ok || tc.ConnectionState().NegotiatedProtocol != "h2" {
+		gc := guardFraming(conn, s.headLimit())
+		ib.conns.Store(gc, info)
+		ib.conns.Delete(conn)
+		conn = gc
 	}
 	if !ib.hl.push(conn) {
 		ib.connDone(conn)
@@ -726,7 +738,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
-	handedOff(w, r)
+	if !framed(w, r) {
+		return
+	}
 	// The traffic record of this request, counted when it ends (the
 	// deferred call runs on every return, and when a body copy aborts).
 	var ob Observation

@@ -103,14 +103,18 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c from the app: gRPC clients
 	ob.httpSrv = &http.Server{
-		Handler:           ob,
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		Protocols:         protos,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:          log.New(io.Discard, "", 0),
-		ConnContext:       markHandoff,
+		Handler: ob,
+		// "OPTIONS *" reaches the handler too (decided as on the fast
+		// path), rather than net/http's own answer: the framing guard
+		// counts every request the handler takes against the heads it read.
+		DisableGeneralOptionsHandler: true,
+		ReadHeaderTimeout:            s.cfg.ReadHeaderTimeout,
+		IdleTimeout:                  s.cfg.IdleTimeout,
+		MaxHeaderBytes:               s.cfg.MaxHeaderBytes,
+		Protocols:                    protos,
+		HTTP2:                        &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:                     log.New(io.Discard, "", 0),
+		ConnContext:                  markHandoff,
 		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateNew:
@@ -154,7 +158,7 @@ func (ob *outbound) serve() error {
 	if ob.app != nil {
 		go ob.httpSrv.Serve(ob.hl)
 	} else if ob.httpSrv != nil {
-		err := ob.httpSrv.Serve(&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name})
+		err := ob.httpSrv.Serve(framingListener{&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name}, ob.s.headLimit()})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
@@ -242,7 +246,9 @@ func (ob *outbound) revoked(rs *revocationSet, own string) {
 
 // ServeHTTP forwards one plaintext request from the app to the upstream.
 func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	handedOff(w, r)
+	if !framed(w, r) {
+		return
+	}
 	var o Observation
 	if ob.s.rec != nil {
 		o = ob.observation(r.Method, r.ContentLength)

@@ -756,6 +756,10 @@ func (s *Sidecar) fastPathOn() bool {
 	return !s.cfg.DisableHTTP1FastPath && s.cfg.Tracer == nil
 }
 
+// headLimit is the longest request head either server path reads:
+// MaxHeaderBytes and net/http's allowance of 4 KiB over it.
+func (s *Sidecar) headLimit() int { return s.cfg.MaxHeaderBytes + 4096 }
+
 // Ready reports whether the sidecar can serve: its listeners accept
 // (Serve has bound them and no drain has begun: a readiness probe must
 // not send traffic to a port that refuses it), it has an SVID that is not

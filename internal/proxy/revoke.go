@@ -156,8 +156,58 @@ func jtiKey(jti string) liveKey       { return liveKey{liveJTI, jti} }
 // what comes next.
 type tracker struct {
 	mu    sync.Mutex
-	byKey map[liveKey]map[*tracked]struct{}
+	byKey map[liveKey]trackedSet
 	n     int
+}
+
+// trackedSet is the entries under one key. Most keys have one (a token's
+// jti, a peer with one connection open), held without a map of its own:
+// registering a request under its token ID allocates only the entry.
+type trackedSet struct {
+	one  *tracked
+	more map[*tracked]struct{}
+}
+
+func (s *trackedSet) add(e *tracked) {
+	if s.one == nil && len(s.more) == 0 {
+		s.one = e
+		return
+	}
+	if s.more == nil {
+		s.more = make(map[*tracked]struct{}, 2)
+	}
+	s.more[e] = struct{}{}
+}
+
+// remove reports whether e was in s.
+func (s *trackedSet) remove(e *tracked) bool {
+	if s.one == e {
+		s.one = nil
+		return true
+	}
+	if _, ok := s.more[e]; ok {
+		delete(s.more, e)
+		return true
+	}
+	return false
+}
+
+func (s *trackedSet) len() int {
+	n := len(s.more)
+	if s.one != nil {
+		n++
+	}
+	return n
+}
+
+func (s *trackedSet) appendTo(out []*tracked) []*tracked {
+	if s.one != nil {
+		out = append(out, s.one)
+	}
+	for e := range s.more {
+		out = append(out, e)
+	}
+	return out
 }
 
 // tracked is one live connection or request. close is called at most once.
@@ -168,7 +218,7 @@ type tracked struct {
 	once   sync.Once
 }
 
-func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]map[*tracked]struct{})} }
+func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]trackedSet)} }
 
 // add registers close under keys and returns the handle to remove it with.
 func (t *tracker) add(close func(), keys ...liveKey) *tracked {
@@ -176,12 +226,9 @@ func (t *tracker) add(close func(), keys ...liveKey) *tracked {
 	e.keys = append(e.keyBuf[:0], keys...)
 	t.mu.Lock()
 	for _, k := range keys {
-		m := t.byKey[k]
-		if m == nil {
-			m = make(map[*tracked]struct{}, 1)
-			t.byKey[k] = m
-		}
-		m[e] = struct{}{}
+		set := t.byKey[k]
+		set.add(e)
+		t.byKey[k] = set
 	}
 	t.n++
 	t.mu.Unlock()
@@ -201,13 +248,15 @@ func (t *tracker) remove(e *tracked) {
 func (t *tracker) removeLocked(e *tracked) {
 	removed := false
 	for _, k := range e.keys {
-		m := t.byKey[k]
-		if _, ok := m[e]; ok {
-			removed = true
-			delete(m, e)
-			if len(m) == 0 {
-				delete(t.byKey, k)
-			}
+		set, ok := t.byKey[k]
+		if !ok || !set.remove(e) {
+			continue
+		}
+		removed = true
+		if set.len() == 0 {
+			delete(t.byKey, k)
+		} else {
+			t.byKey[k] = set
 		}
 	}
 	if removed {
@@ -231,13 +280,11 @@ func (t *tracker) len() int {
 func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before func(n int)) int {
 	var victims []*tracked
 	t.mu.Lock()
-	for k, m := range t.byKey {
+	for k, set := range t.byKey {
 		if !keyRevoked(rs, k) && !(k.kind == liveID && rs.blockedPair(k.v, own, now)) {
 			continue
 		}
-		for e := range m {
-			victims = append(victims, e)
-		}
+		victims = set.appendTo(victims)
 	}
 	for _, e := range victims {
 		t.removeLocked(e)

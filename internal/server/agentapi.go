@@ -27,7 +27,10 @@ import (
 // maxSignBatch bounds the CSRs of one SignX509Request.
 const maxSignBatch = 500
 
-var componentName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
+var componentName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`) })
 
 // agentFail writes an agent API error and counts it.
 func (s *Server) agentFail(w http.ResponseWriter, endpoint string, status int, msg string) {
@@ -500,7 +503,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, "ack", err)
 		return
 	}
-	if !componentName.MatchString(in.Component) {
+	if !componentName().MatchString(in.Component) {
 		s.agentErr(w, "ack", badf("component %q: want a short lower-case name such as agent, sidecar or gateway", in.Component))
 		return
 	}

@@ -409,7 +409,7 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 		default:
 			return nil, nil, badf("%s %q: want allow, deny, unauthenticated or refused", field("decision"), clipReported(e.Decision, 64))
 		}
-		if e.Reason != "" && !reasonCodeRE.MatchString(e.Reason) {
+		if e.Reason != "" && !reasonCodeRE().MatchString(e.Reason) {
 			return nil, nil, badf("%s %q: want a short snake_case code such as deny_rule", field("reason"), clipReported(e.Reason, 64))
 		}
 		if e.Status < 0 || e.Status > 5 {
@@ -448,7 +448,7 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 		if ev.SourceIP != "" && net.ParseIP(ev.SourceIP) == nil {
 			return nil, nil, badf("%s: not an IP address", field("source_ip"))
 		}
-		if ev.ReasonCode != "" && !reasonCodeRE.MatchString(ev.ReasonCode) {
+		if ev.ReasonCode != "" && !reasonCodeRE().MatchString(ev.ReasonCode) {
 			return nil, nil, badf("%s: want a short snake_case code", field("reason_code"))
 		}
 		for _, f := range []*string{&ev.Listener, &ev.Destination, &ev.Protocol, &ev.Policy, &ev.AuditPolicy, &ev.RegoQuery, &ev.InputSHA256} {

@@ -538,7 +538,7 @@ func (s *Server) deletePolicies(c *adminCall) {
 		case !policyKinds[r.Kind]:
 			c.fail(badf("objects[%d].kind %q: want AuthorizationPolicy, PeerAuthentication, RequestAuthentication, RegoProvider, RegoModule or RegoData", i, r.Kind))
 			return
-		case !dnsLabel.MatchString(r.Namespace):
+		case !dnsLabel().MatchString(r.Namespace):
 			c.fail(badf("objects[%d].namespace %q: must be a namespace name", i, r.Namespace))
 			return
 		case r.Name == "" || len(r.Name) > 253:

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -33,13 +34,16 @@ const (
 	maxReportRule   = 1 << 20
 )
 
-var reasonCodeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
+var reasonCodeRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`) })
 
 // inputDigestRE is a reported Rego input digest: hex SHA-256.
-var inputDigestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var inputDigestRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 // traceIDRE is a W3C trace-context trace ID.
-var traceIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+var traceIDRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{32}$`) })
 
 // handleAuditReport records the security decisions a data-plane process
 // reports (wire.PathAudit): every deny, and every request an AUDIT policy
@@ -154,13 +158,13 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 	default:
 		return ev, badf("%s %q: want http, http2 or tcp", field("protocol"), clipReported(e.Protocol, 64))
 	}
-	if !reasonCodeRE.MatchString(e.ReasonCode) {
+	if !reasonCodeRE().MatchString(e.ReasonCode) {
 		return ev, badf("%s %q: want a short snake_case code such as deny_rule", field("reason_code"), clipReported(e.ReasonCode, 64))
 	}
-	if e.InputSHA256 != "" && !inputDigestRE.MatchString(e.InputSHA256) {
+	if e.InputSHA256 != "" && !inputDigestRE().MatchString(e.InputSHA256) {
 		return ev, badf("%s: want 64 lower-case hex digits", field("input_sha256"))
 	}
-	if e.TraceID != "" && (!traceIDRE.MatchString(e.TraceID) || strings.Trim(e.TraceID, "0") == "") {
+	if e.TraceID != "" && (!traceIDRE().MatchString(e.TraceID) || strings.Trim(e.TraceID, "0") == "") {
 		return ev, badf("%s: want a W3C trace ID, 32 lower-case hex digits, not all zero", field("trace_id"))
 	}
 	if len(e.RegoQuery) > maxReportName || !printable(e.RegoQuery) {

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -28,11 +29,14 @@ const (
 // agent's unix attestor produces).
 var SelectorKinds = []string{"uid", "gid", "user", "group", "supplementary_gid", "supplementary_group", "path", "sha256"}
 
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
 var (
-	posixName   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`)
-	labelName   = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$`)
-	dnsLabel    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	dnsSubLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	posixName   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`) })
+	labelName   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$`) })
+	dnsLabel    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`) })
+	dnsSubLabel = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`) })
 )
 
 // parseSPIFFEID parses an ID of our trust domain with a non-empty path.
@@ -91,7 +95,7 @@ func validateSelector(i int, sel wire.Selector) error {
 			return badf("%s %q: %s must be a decimal number", field, sel.String(), kind)
 		}
 	case "user", "group", "supplementary_group":
-		if !posixName.MatchString(val) {
+		if !posixName().MatchString(val) {
 			return badf("%s %q: %s must be a POSIX user or group name", field, sel.String(), kind)
 		}
 	case "path":
@@ -136,15 +140,15 @@ func validateLabels(labels map[string]string) error {
 				return badf("labels: key %q: bad prefix", k)
 			}
 			for _, l := range strings.Split(prefix, ".") {
-				if !dnsSubLabel.MatchString(l) || len(l) > 63 {
+				if !dnsSubLabel().MatchString(l) || len(l) > 63 {
 					return badf("labels: key %q: prefix must be a DNS subdomain", k)
 				}
 			}
 		}
-		if !labelName.MatchString(name) {
+		if !labelName().MatchString(name) {
 			return badf("labels: key %q: name must be 1-63 characters [A-Za-z0-9-_.], starting and ending alphanumeric", k)
 		}
-		if v != "" && !labelName.MatchString(v) {
+		if v != "" && !labelName().MatchString(v) {
 			return badf("labels[%q]: value %q must be at most 63 characters [A-Za-z0-9-_.], starting and ending alphanumeric", k, v)
 		}
 	}
@@ -194,7 +198,7 @@ func (s *Server) validateEntry(in EntryRequest) (wire.Entry, error) {
 	if d := in.JWTTTL.Std(); d != 0 && (d < minSVIDTTL || d > s.cfg.MaxJWTSVIDTTL.Std()) {
 		return e, badf("jwt_ttl %s: must be between %s and %s (or 0 for the default %s)", d, minSVIDTTL, s.cfg.MaxJWTSVIDTTL.Std(), s.cfg.JWTSVIDTTL.Std())
 	}
-	if in.Namespace != "" && !dnsLabel.MatchString(in.Namespace) {
+	if in.Namespace != "" && !dnsLabel().MatchString(in.Namespace) {
 		return e, badf("namespace %q: must be a DNS label (lower-case letters, digits and '-', at most 63)", in.Namespace)
 	}
 	if err := validateLabels(in.Labels); err != nil {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -167,7 +168,10 @@ func adminList[T any](s *Service, w http.ResponseWriter, what, key string, list 
 	adminJSON(w, http.StatusOK, map[string]any{key: list})
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$`)
+// Compiled on first use, not at start: a bounded repetition such as {0,61}
+// compiles to tens of KB, and every role of the one binary (the sidecar
+// too) would otherwise allocate and keep it.
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$`) })
 
 // ClientRequest is the body of POST clients.
 type ClientRequest struct {
@@ -185,13 +189,13 @@ type ClientAnswer struct {
 
 // validateClient checks a client registration and fills in defaults.
 func validateClient(c *ClientRequest) error {
-	if !nameRE.MatchString(c.Name) {
+	if !nameRE().MatchString(c.Name) {
 		return errors.New("name must be 1-128 characters of letters, digits and . _ @ + -, starting with a letter or digit")
 	}
 	if c.ID == "" {
 		c.ID = c.Name
 	}
-	if !nameRE.MatchString(c.ID) {
+	if !nameRE().MatchString(c.ID) {
 		return errors.New("client_id must be 1-128 characters of letters, digits and . _ @ + -")
 	}
 	if len(c.GrantTypes) == 0 {
@@ -454,7 +458,7 @@ type UserRequest struct {
 
 // CreateUser adds a user with an argon2id password hash.
 func (s *Service) CreateUser(ctx context.Context, req UserRequest) (*User, error) {
-	if !nameRE.MatchString(req.Name) {
+	if !nameRE().MatchString(req.Name) {
 		return nil, fmt.Errorf("%w: name must be 1-128 characters of letters, digits and . _ @ + -", ErrInvalid)
 	}
 	if err := checkNewPassword(req.Password); err != nil {

@@ -215,6 +215,13 @@ func startSidecarMeshWith(t *testing.T, app, policies string) *sidecarMesh {
 // the orders and the frontend sidecar.
 func startSidecarMeshEnv(t *testing.T, app, policies string, ordersEnv, frontendEnv []string) *sidecarMesh {
 	t.Helper()
+	return startSidecarMeshConf(t, app, policies, "", ordersEnv, frontendEnv)
+}
+
+// startSidecarMeshConf is startSidecarMeshEnv with extra top-level config
+// (YAML lines) for both sidecars.
+func startSidecarMeshConf(t *testing.T, app, policies, extra string, ordersEnv, frontendEnv []string) *sidecarMesh {
+	t.Helper()
 	m := &sidecarMesh{pki: newSidecarPKI(t), policyDir: t.TempDir(), inbound: freeAddr(t), outbound: freeAddr(t)}
 	m.revocations = filepath.Join(m.pki.dir, "revocations.json")
 	if err := os.WriteFile(filepath.Join(m.policyDir, "policies.yaml"), []byte(policies), 0o600); err != nil {
@@ -232,14 +239,14 @@ policy:
   files: [%s]
   revocations_file: %s
 decision_log: {allow_sample_rate: 1}
-`, of.Cert, of.Key, of.Bundle, m.inbound, app, m.policyDir, m.revocations), true, ordersEnv)
+%s`, of.Cert, of.Key, of.Bundle, m.inbound, app, m.policyDir, m.revocations, extra), true, ordersEnv)
 	m.frontend = startSidecarProcEnv(t, "frontend-sidecar", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 namespace: prod
 labels: {app: frontend}
 outbound:
   - {name: orders, listen: "%s", upstream: "%s", spiffe_id: "%s"}
-`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID), true, frontendEnv)
+%s`, ff.Cert, ff.Key, ff.Bundle, m.outbound, m.inbound, scOrdersID, extra), true, frontendEnv)
 	return m
 }
 

@@ -77,10 +77,23 @@ func (a *recordingApp) take() []string {
 // inbound listener over mTLS and in plaintext, and through an outbound
 // listener. Each is refused with 400 and a closed connection, and the app
 // never sees it; what is pipelined behind a complete request is a request
-// of its own, decided by policy.
+// of its own, decided by policy. All of it holds on both server paths:
+// the HTTP/1.1 fast path (the default) and net/http's server alone
+// (disable_http1_fast_path, as with tracing on), which by itself would
+// serve CL.TE, duplicate Content-Length and more on a kept-alive
+// connection.
 func TestSmugglingThroughSidecars(t *testing.T) {
+	for _, path := range []struct{ name, conf string }{
+		{"fast_path", ""},
+		{"nethttp", "disable_http1_fast_path: true\n"},
+	} {
+		t.Run(path.name, func(t *testing.T) { testSmugglingThroughSidecars(t, path.conf) })
+	}
+}
+
+func testSmugglingThroughSidecars(t *testing.T, conf string) {
 	app := startRecordingApp(t)
-	m := startSidecarMeshWith(t, app.addr, attackPolicies(`{"keys": []}`))
+	m := startSidecarMeshConf(t, app.addr, attackPolicies(`{"keys": []}`), conf, nil, nil)
 	e := &attackEnv{app: app.addr, inbound: m.inbound, outbound: m.outbound, pki: m.pki}
 	const post = "POST /api/x HTTP/1.1\r\nHost: orders\r\n"
 	const chunked = post + "Transfer-Encoding: chunked\r\n\r\n"
@@ -149,6 +162,12 @@ func TestSmugglingThroughSidecars(t *testing.T) {
 				}
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					t.Errorf("%s: the sidecar kept the connection open after %v", r.name, got)
+				}
+				// net/http's server refuses a transfer coding it does not
+				// know before the sidecar's handler runs, with the 501 RFC
+				// 9112 §6.1 suggests, and closes the connection.
+				if conf != "" && fmt.Sprint(got) == "[501]" && fmt.Sprint(tc.want) == "[400]" && strings.HasPrefix(tc.name, "te_te_") {
+					got = tc.want
 				}
 				if seen := app.take(); fmt.Sprint(got) != fmt.Sprint(tc.want) || strings.Join(seen, "|") != strings.Join(tc.app, "|") {
 					t.Errorf("%s: statuses %v, app saw %q; want %v and %q", r.name, got, seen, tc.want, tc.app)

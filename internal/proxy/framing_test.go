@@ -1,0 +1,313 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// TestContentLengthBesideTransferEncoding: RFC 9112 §6.1 — a request with
+// both Content-Length and Transfer-Encoding is refused with 400 and the
+// connection closed, on both server paths (net/http's server deletes the
+// Content-Length and keeps the connection open on its own), over mTLS
+// and in plaintext, wherever on the connection it comes, and the app sees
+// nothing of it or of what follows. What net/http's path keeps serving on
+// a guarded connection it still serves: keep-alive, pipelining, the empty
+// line net/http skips after a POST; a chunked request is answered and the
+// connection closed after it, as the fast path's handoff does.
+func TestContentLengthBesideTransferEncoding(t *testing.T) {
+	forServerPaths(t, testContentLengthBesideTransferEncoding)
+}
+
+func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr, sp)
+	const (
+		post = "POST /api/x HTTP/1.1\r\nHost: orders\r\n"
+		get  = "GET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n"
+		last = "GET /api/last HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n"
+		clTE = post + "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG"
+	)
+	tests := []struct {
+		name string
+		raw  string
+		want []int    // statuses before the connection closes
+		app  []string // targets the app reads
+		// nethttp, when set, is want on net/http's path: it refuses a
+		// target it cannot decide (400) without closing, the fast path
+		// closes.
+		nethttp []int
+	}{
+		{"cl_te", clTE + get, []int{400}, nil, nil},
+		{"te_cl", post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
+		{"cl_zero_te", post + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
+		{"lower_case_names", post + "content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG" + get, []int{400}, nil, nil},
+		{"cl_te_after_keep_alive", get + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
+		{"cl_te_after_a_body", post + "Content-Length: 5\r\n\r\nhello" + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
+		{"cl_te_in_a_body_is_data", post + "Content-Length: " + fmt.Sprint(len(clTE)) + "\r\n\r\n" + clTE + last,
+			[]int{200, 200}, []string{"/api/x", "/api/last"}, nil},
+		{"pipelined_keep_alive", get + get + last, []int{200, 200, 200}, []string{"/api/x", "/api/x", "/api/last"}, nil},
+		{"empty_line_after_post", post + "Content-Length: 5\r\n\r\nhello\r\n" + last, []int{200, 200}, []string{"/api/x", "/api/last"}, nil},
+		{"cl_te_after_options_asterisk", "OPTIONS * HTTP/1.1\r\nHost: orders\r\n\r\n" + clTE + get, []int{400}, nil, []int{400, 400}},
+		{"chunked_closes_after", post + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{200}, []string{"/api/x"}, nil},
+	}
+	dials := []struct {
+		name string
+		conf *tls.Config
+	}{
+		{"plaintext", nil},
+		{"mtls", &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}},
+	}
+	for _, tc := range tests {
+		for _, d := range dials {
+			t.Run(tc.name+"/"+d.name, func(t *testing.T) {
+				app.take()
+				var c net.Conn
+				var err error
+				if d.conf == nil {
+					c, err = net.Dial("tcp", addr)
+				} else {
+					c, err = tls.Dial("tcp", addr, d.conf)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				got, err := exchangeRaw(c, tc.raw)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("the sidecar kept the connection open after %v", got)
+				}
+				var seen []string
+				for _, r := range app.take() {
+					seen = append(seen, r.uri)
+				}
+				want := tc.want
+				if sp.disable && tc.nethttp != nil {
+					want = tc.nethttp
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
+					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, tc.app)
+				}
+			})
+		}
+	}
+}
+
+// exchangeRaw writes raw to c and reads responses until c ends (or 5 s
+// pass: the error is then os.ErrDeadlineExceeded).
+func exchangeRaw(c net.Conn, raw string) ([]int, error) {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(c)
+	var got []int
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return got, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		got = append(got, resp.StatusCode)
+	}
+}
+
+// TestFramingGuardVerdicts: what the guard tells the handler of each
+// request, for streams fed whole.
+func TestFramingGuardVerdicts(t *testing.T) {
+	const get = "GET / HTTP/1.1\r\nHost: o\r\n\r\n"
+	tests := []struct {
+		name string
+		in   string
+		want string // per request taken: status/close
+	}{
+		{"keep_alive", get + get, "0/false 0/false 400/true"},
+		{"body_then_head", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\n\r\nabc" + get, "0/false 0/false 400/true"},
+		{"post_then_crlf", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\n\r\nabc\r\n" + get, "0/false 0/false 400/true"},
+		{"cl_te", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n" + get, "400/true 400/true"},
+		{"second_is_cl_te", get + "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "0/false 400/true 400/true"},
+		{"chunked", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + get, "0/true 400/true"},
+		{"bare_lf", "GET / HTTP/1.1\nHost: o\n\n", "400/true 400/true"},
+		{"head_too_long", "GET / HTTP/1.1\r\nHost: o\r\nX: " + string(bytes.Repeat([]byte("a"), 200)), "431/true 400/true"},
+		{"head_not_yet_read", "GET / HTTP/1.1\r\nHost: o\r\n", "400/true"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, step := range []int{len(tc.in), 1, 7} {
+				g := &framingGuard{limit: 128}
+				for in := []byte(tc.in); len(in) > 0; {
+					k := min(step, len(in))
+					g.feed(append([]byte(nil), in[:k]...))
+					in = in[k:]
+				}
+				var got []string
+				for range len(strings.Fields(tc.want)) {
+					s, c := g.take()
+					got = append(got, fmt.Sprintf("%d/%v", s, c))
+				}
+				if strings.Join(got, " ") != tc.want {
+					t.Errorf("fed %d bytes at a time: %v, want %s", step, got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// FuzzFramingGuard: the guard's reading of a stream does not depend on how
+// the reads split it, and what it accepts as a head net/http reads as one
+// with the same body length.
+func FuzzFramingGuard(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: o\r\n\r\nGET / HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\n\r\nabc\r\nGET / HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.1\nHost: o\n\n",
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		whole := &framingGuard{limit: 512}
+		whole.feed(append([]byte(nil), in...))
+		split := &framingGuard{limit: 512}
+		k := max(int(step), 1)
+		for b := in; len(b) > 0; {
+			n := min(k, len(b))
+			split.feed(append([]byte(nil), b[:n]...))
+			b = b[n:]
+		}
+		if whole.heads != split.heads || whole.end != split.end || whole.refuse != split.refuse || whole.body != split.body {
+			t.Fatalf("whole: %d heads, end %d (%d), body %d; split by %d: %d heads, end %d (%d), body %d",
+				whole.heads, whole.end, whole.refuse, whole.body, k, split.heads, split.end, split.refuse, split.body)
+		}
+		// The first head, when the guard framed it, is one net/http reads
+		// with the body length the guard skips.
+		if whole.heads > 0 && (whole.end == 0 || whole.end > 1) {
+			req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(in)))
+			if err != nil {
+				t.Fatalf("the guard framed a head net/http refuses: %v", err)
+			}
+			// (A PRI preface is HTTP/2's: the guard's work ends there.)
+			if first := firstHeadLength(in); req.ProtoMajor == 1 && req.ContentLength != first {
+				t.Fatalf("net/http reads a body of %d bytes, the guard %d", req.ContentLength, first)
+			}
+		}
+	})
+}
+
+// firstHeadLength is the body length the guard gives the first head of in.
+func firstHeadLength(in []byte) int64 {
+	var req h1Request
+	parseRequestHead(append([]byte(nil), in...), &req)
+	return req.length
+}
+
+// TestFastConnHoldsOneTokenRegistration: a fast path connection is
+// registered under the jti of the token its requests carry once, not once
+// a request; another token moves the registration, none drops it, and so
+// does the connection's end. Revoking the jti it holds closes it.
+func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
+	s := &Sidecar{live: newTracker()}
+	c := &scriptConn{}
+	fc := newFastConn(s, c, func() bool { return false })
+	held := func() []string {
+		s.live.mu.Lock()
+		defer s.live.mu.Unlock()
+		var out []string
+		for k, m := range s.live.byKey {
+			out = append(out, fmt.Sprintf("%s×%d", k.v, m.len()))
+		}
+		return out
+	}
+	steps := []struct {
+		jti  string
+		want string
+	}{
+		{"a", "[a×1]"},
+		{"a", "[a×1]"},
+		{"b", "[b×1]"},
+		{"", "[]"},
+		{"a", "[a×1]"},
+	}
+	for i, st := range steps {
+		if got := fc.holdToken(st.jti); got != (st.jti != "") {
+			t.Fatalf("step %d: holdToken(%q) = %v", i, st.jti, got)
+		}
+		if got := fmt.Sprint(held()); got != st.want {
+			t.Fatalf("step %d (%q): registered %s, want %s", i, st.jti, got, st.want)
+		}
+	}
+	if n := s.live.sweep(&revocationSet{jtis: map[string]time.Time{"a": time.Now().Add(time.Hour)}}, "", time.Now(), nil); n != 1 || !fc.aborted.Load() {
+		t.Fatalf("revoking a closed %d, aborted %v; want the connection", n, fc.aborted.Load())
+	}
+	fc.release()
+	if got := fmt.Sprint(held()); got != "[]" {
+		t.Fatalf("after release: %s registered", got)
+	}
+}
+
+// BenchmarkFramingGuard is what the guard adds to a request on net/http's
+// path: following a keep-alive connection over one read per request.
+func BenchmarkFramingGuard(b *testing.B) {
+	req := []byte("POST /api/orders/42 HTTP/1.1\r\nHost: orders\r\nUser-Agent: bench\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+	g := &framingGuard{Conn: &scriptConn{request: string(req), left: 1 << 62}, limit: 64 << 10}
+	p := make([]byte, 4096)
+	b.ReportAllocs()
+	cpu0 := cpuTime()
+	defer func() { b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op") }()
+	for b.Loop() {
+		if _, err := g.Read(p); err != nil {
+			b.Fatal(err)
+		}
+		if s, _ := g.take(); s != 0 {
+			b.Fatalf("refused: %d", s)
+		}
+	}
+}
+
+// TestTrackerKeys: entries under one key, under two keys, removed in any
+// order and swept by a revocation, are each closed once and forgotten.
+func TestTrackerKeys(t *testing.T) {
+	tr := newTracker()
+	closed := map[string]int{}
+	entry := func(name string, keys ...liveKey) *tracked {
+		return tr.add(func() { closed[name]++ }, keys...)
+	}
+	a := entry("a", idKey("spiffe://td/x"), serialKey("1"))
+	b := entry("b", idKey("spiffe://td/x"), serialKey("2"))
+	entry("c", idKey("spiffe://td/x"))
+	j := entry("j", jtiKey("t1"))
+	tr.remove(a) // the first under idKey goes; b and c stay under it
+	tr.remove(a)
+	if n := tr.len(); n != 3 {
+		t.Fatalf("%d entries after removing a, want 3", n)
+	}
+	d := entry("d", idKey("spiffe://td/x")) // the freed single slot is taken again
+	rs := newRevocationSet(&wire.Revocations{SPIFFEIDs: []string{"spiffe://td/x"}})
+	tr.sweep(rs, "", time.Now(), nil)
+	if fmt.Sprint(closed) != "map[b:1 c:1 d:1]" || tr.len() != 1 {
+		t.Fatalf("closed %v, %d left; want b, c and d closed once, j left", closed, tr.len())
+	}
+	tr.remove(j)
+	tr.remove(b)
+	tr.remove(d)
+	if n, keys := tr.len(), len(tr.byKey); n != 0 || keys != 0 {
+		t.Fatalf("%d entries under %d keys left, want none", n, keys)
+	}
+}
