@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"io"
 	"context"
 	"fmt"
 	"log/slog"
@@ -39,7 +40,7 @@ admin: "off"
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	g, err := gateway.New(gateway.Options{Config: cfg, Identity: &proxy.NodeIdentity{}, Logger: log, AccessLog: slog.New(slog.DiscardHandler)})
+	g, err := gateway.New(gateway.Options{Config: cfg, Identity: &proxy.NodeIdentity{}, Logger: log, AccessLog: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
