@@ -2,9 +2,9 @@ package cli
 
 import (
 	"bytes"
-	"io"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
