@@ -310,4 +310,13 @@ func TestTrackerKeys(t *testing.T) {
 	if n, keys := tr.len(), len(tr.byKey); n != 0 || keys != 0 {
 		t.Fatalf("%d entries under %d keys left, want none", n, keys)
 	}
+
+	// An entry whose SPIFFE ID and serial are both revoked is one
+	// connection closed, counted once.
+	entry("e", idKey("spiffe://td/y"), serialKey("3"))
+	both := newRevocationSet(&wire.Revocations{SPIFFEIDs: []string{"spiffe://td/y"}, Serials: []wire.RevokedSerial{{Serial: "3", ExpiresAt: time.Now().Add(time.Hour)}}})
+	counted := 0
+	if n := tr.sweep(both, "", time.Now(), func(n int) { counted = n }); n != 1 || counted != 1 || closed["e"] != 1 || tr.len() != 0 {
+		t.Fatalf("sweep of an entry under two revoked keys: returned %d, counted %d, closed %d times, %d left; want 1, 1, 1, 0", n, counted, closed["e"], tr.len())
+	}
 }

@@ -245,7 +245,9 @@ func (t *tracker) remove(e *tracked) {
 	t.mu.Unlock()
 }
 
-func (t *tracker) removeLocked(e *tracked) {
+// removeLocked forgets e under every key and reports whether it was still
+// registered.
+func (t *tracker) removeLocked(e *tracked) bool {
 	removed := false
 	for _, k := range e.keys {
 		set, ok := t.byKey[k]
@@ -262,6 +264,7 @@ func (t *tracker) removeLocked(e *tracked) {
 	if removed {
 		t.n--
 	}
+	return removed
 }
 
 // len is the number of live tracked entries.
@@ -286,9 +289,17 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 		}
 		victims = set.appendTo(victims)
 	}
+	// An entry under two revoked keys (its SPIFFE ID and its serial, say)
+	// was collected twice; removeLocked forgets it from every key at once,
+	// so the second time it is no longer counted.
+	n := 0
 	for _, e := range victims {
-		t.removeLocked(e)
+		if t.removeLocked(e) {
+			victims[n] = e
+			n++
+		}
 	}
+	victims = victims[:n]
 	t.mu.Unlock()
 	if before != nil && len(victims) > 0 {
 		before(len(victims))
