@@ -381,6 +381,14 @@ func EditDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return 1 << 20
 	}
+	return Levenshtein(a, b)
+}
+
+// Levenshtein is the edit distance between a and b, in bytes, with no
+// length guard: O(len(a)·len(b)) time, so callers bound their inputs
+// (the server's revoke hint compares SPIFFE IDs, which are at most 2,048
+// bytes, against a bounded scan of known ones).
+func Levenshtein(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {

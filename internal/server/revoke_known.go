@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/store"
 )
 
@@ -47,7 +48,7 @@ func nearestIDs(id string, known []string, n int) []string {
 	}
 	var all []scored
 	for _, k := range known {
-		all = append(all, scored{k, editDistance(id, k)})
+		all = append(all, scored{k, policy.Levenshtein(id, k)})
 	}
 	slices.SortFunc(all, func(a, b scored) int {
 		if a.d != b.d {
@@ -60,25 +61,4 @@ func nearestIDs(id string, known []string, n int) []string {
 		out = append(out, s.id)
 	}
 	return out
-}
-
-// editDistance is the Levenshtein distance between a and b, in bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
