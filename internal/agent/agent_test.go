@@ -349,15 +349,28 @@ func TestAgentRidesOutServerOutage(t *testing.T) {
 	if jwtCalls != 1 {
 		t.Fatalf("server signed %d JWTs, want 1 (the second must come from the cache)", jwtCalls)
 	}
-	// readyz stays OK and says the stream is down.
-	resp, err := http.Get("http://" + af.a.HealthAddr().String() + "/readyz?verbose")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "disconnected") {
-		t.Fatalf("readyz during outage: %d %s", resp.StatusCode, body)
+	// readyz stays OK and says the stream is down. The stream's reader
+	// notices the closed connection on its own goroutine, which may come
+	// after the calls above failed, so poll (with a deadline) for it;
+	// readyz must answer 200 throughout.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + af.a.HealthAddr().String() + "/readyz?verbose")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("readyz during outage: %d %s", resp.StatusCode, body)
+		}
+		if strings.Contains(string(body), "disconnected") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz still does not say the stream is down 10s into the outage: %s", body)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
