@@ -141,7 +141,9 @@ type detectMetrics struct {
 	edges    prometheus.Counter
 	findings *prometheus.CounterVec // detector, severity
 	dropped  prometheus.CounterFunc
-	atRisk   prometheus.GaugeFunc
+	// atRisk is set with every recomputation of the risk section, from
+	// the stored findings (storedRisks).
+	atRisk prometheus.Gauge
 	// riskPublishes counts recomputations of the watch stream's risk
 	// section by outcome (changed, unchanged, error); riskSent is how many
 	// identities the section holds.
@@ -196,16 +198,8 @@ func (s *Server) initDetect(ctx context.Context) error {
 	m.dropped = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_findings_dropped_total",
 		Help: "Findings dropped by the bound on new findings per minute (detect.max_findings_per_minute)."},
 		func() float64 { return float64(d.engine.Dropped()) })
-	m.atRisk = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moatless_detect_identities_at_risk",
-		Help: "Identities whose risk score is 0.75 or more."}, func() float64 {
-		n := 0
-		for _, r := range d.engine.Risks(s.now()) {
-			if r.Risk >= 0.75 {
-				n++
-			}
-		}
-		return float64(n)
-	})
+	m.atRisk = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_identities_at_risk",
+		Help: "Identities whose risk score is 0.75 or more."})
 	m.riskPublishes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_risk_section_updates_total",
 		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
 	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
@@ -855,15 +849,17 @@ func (s *Server) getFinding(c *adminCall) {
 	c.reply(http.StatusOK, f)
 }
 
-// listRisk lists the identities at risk, highest first.
+// listRisk lists the identities at risk, highest first, from the stored
+// findings of every replica (storedRisks).
 func (s *Server) listRisk(c *adminCall) {
 	if _, err := c.query(); err != nil {
 		c.fail(err)
 		return
 	}
-	items := s.detect.engine.Risks(s.now())
-	if items == nil {
-		items = []detect.IdentityRisk{}
+	items, err := s.storedRisks(c.ctx, s.now())
+	if err != nil {
+		c.fail(err)
+		return
 	}
 	c.reply(http.StatusOK, Page[detect.IdentityRisk]{Items: items})
 }

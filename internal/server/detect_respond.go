@@ -114,29 +114,18 @@ type AuditHeadRef struct {
 	Hash string `json:"hash"`
 }
 
-// respondState is the responder's part of detectState.
+// respondState is the responder's part of detectState. Which incident is
+// open for an identity is not kept here but in the store
+// (store.ClaimOpenIncident), where every replica sees it.
 type respondState struct {
-	// open maps an identity to its open incident's ID.
-	open map[string]string
 	// playbooks caches the set in force at a playbooks version.
 	pbVersion uint64
 	pbLoaded  bool
 	playbooks []detect.Playbook
 }
 
-// initRespond loads the open incidents and mounts the endpoints.
-func (s *Server) initRespond(ctx context.Context) error {
-	d := s.detect
-	d.resp.open = map[string]string{}
-	for _, st := range []string{detect.IncidentOpen, detect.IncidentContained} {
-		rows, err := s.db.Incidents(ctx, store.IncidentQuery{State: st, Limit: 100_000})
-		if err != nil {
-			return fmt.Errorf("server: %w", err)
-		}
-		for _, r := range rows {
-			d.resp.open[r.Identity] = r.ID
-		}
-	}
+// initRespond mounts the endpoints.
+func (s *Server) initRespond(context.Context) error {
 	m := s.mux
 	m.Handle("GET "+PathAdminIncidents, s.admin(s.listIncidents))
 	m.Handle("POST "+PathAdminIncidents, s.admin(s.createIncident))
@@ -178,10 +167,45 @@ func (s *Server) currentPlaybooks(ctx context.Context) (uint64, []detect.Playboo
 	return v, pbs, nil
 }
 
+// incidentOpenError is openIncident's answer when another incident (of
+// this replica or another) holds the identity's open claim.
+type incidentOpenError struct{ id string }
+
+func (e *incidentOpenError) Error() string {
+	return fmt.Sprintf("server: incident %s is open for the identity already", e.id)
+}
+
+// storedFindings returns the stored findings about identity that count
+// towards its risk at now (those of every replica, oldest first) and that
+// risk: the playbooks' triggers read the same truth as /risk.
+func (s *Server) storedFindings(ctx context.Context, identity string, now time.Time) ([]detect.Finding, float64, error) {
+	since := now.Add(-s.detect.engine.Settings().RiskWindow.Std())
+	rows, err := s.db.Findings(ctx, store.FindingQuery{Identity: identity, SeenSince: since, Limit: 1000})
+	if err != nil {
+		return nil, 0, err
+	}
+	fs := make([]detect.Finding, 0, len(rows))
+	ptrs := make([]*detect.Finding, 0, len(rows))
+	for i := len(rows) - 1; i >= 0; i-- {
+		f, err := findingOf(rows[i])
+		if err != nil {
+			return nil, 0, err
+		}
+		fs = append(fs, f)
+	}
+	for i := range fs {
+		ptrs = append(ptrs, &fs[i])
+	}
+	return fs, detect.RiskOf(ptrs, since), nil
+}
+
 // respond runs after findings are stored: a finding about an identity
-// with an open incident joins it; otherwise the identity's risk is
-// checked against the playbooks, and the first that matches opens an
-// incident and runs. One response runs at a time.
+// with an open incident joins it; otherwise the identity's risk (from
+// the stored findings of every replica) is checked against the
+// playbooks, and the first that matches opens an incident and runs,
+// unless another replica opened one first: then the findings join that
+// one. One response runs at a time on a replica; across replicas the
+// store's open-incident claim decides.
 func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
 	d := s.detect
 	d.respMu.Lock()
@@ -197,12 +221,20 @@ func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
 		byIdent[f.Identity] = append(byIdent[f.Identity], f)
 	}
 	for _, id := range order {
-		if incID, ok := d.resp.open[id]; ok {
+		incID, err := s.db.OpenIncidentOf(ctx, s.db.SQL(), id)
+		if err != nil {
+			s.log.Error("read the open incident; no response", "identity", id, "err", err)
+			continue
+		}
+		if incID != "" {
 			s.attachFindings(ctx, incID, byIdent[id])
 			continue
 		}
-		risk := d.engine.Risk(id, now)
-		open := d.engine.Findings(id, now)
+		open, risk, err := s.storedFindings(ctx, id, now)
+		if err != nil {
+			s.log.Error("read findings; no response", "identity", id, "err", err)
+			continue
+		}
 		var dets []string
 		for _, f := range open {
 			dets = append(dets, f.Detector)
@@ -217,7 +249,12 @@ func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
 			continue
 		}
 		trigger := fmt.Sprintf("risk %.2f reached %.2f (%s)", risk, pb.Trigger.Risk, strings.Join(uniq(dets), ", "))
-		if _, err := s.openIncident(ctx, id, pb, version, "playbook:"+pb.Name, trigger, risk, open, IncidentRequest{}); err != nil {
+		_, err = s.openIncident(ctx, id, pb, version, "playbook:"+pb.Name, trigger, risk, open, IncidentRequest{})
+		if taken := (*incidentOpenError)(nil); errors.As(err, &taken) {
+			s.attachFindings(ctx, taken.id, byIdent[id])
+			continue
+		}
+		if err != nil {
 			s.log.Error("incident response failed", "identity", id, "playbook", pb.Name, "err", err)
 		}
 	}
@@ -267,6 +304,9 @@ func contains(l []string, x string) bool {
 
 // openIncident opens an incident for identity and runs pb's steps (or,
 // with req.Action set, that one step by hand). Called with respMu held.
+// When an incident is open for identity already (opened by another
+// replica since the caller looked), it changes nothing and returns an
+// *incidentOpenError naming that incident.
 func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Playbook, version uint64, actor, trigger string,
 	risk float64, fs []detect.Finding, req IncidentRequest) (*detect.Incident, error) {
 	now := s.now()
@@ -295,6 +335,13 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 		ev.Details["finding"] = cause
 	}
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		cur, claimed, err := s.db.ClaimOpenIncident(ctx, tx, identity, inc.ID)
+		if err != nil {
+			return err
+		}
+		if !claimed {
+			return &incidentOpenError{id: cur}
+		}
 		if err := s.putIncident(ctx, tx, inc); err != nil {
 			return err
 		}
@@ -303,7 +350,6 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	if err != nil {
 		return nil, err
 	}
-	s.detect.resp.open[identity] = inc.ID
 	for i := range fs {
 		s.detect.engine.SetIncident(fs[i].ID, inc.ID)
 		fs[i].IncidentID = inc.ID
@@ -598,6 +644,9 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 				return err
 			}
 		}
+		if err := s.db.ReleaseOpenIncident(ctx, tx, inc.Identity, inc.ID); err != nil {
+			return err
+		}
 		return nil
 	})
 	if err != nil {
@@ -605,7 +654,6 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 	}
 	inc.Revoked, inc.Blocks = false, nil
 	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
-	delete(s.detect.resp.open, inc.Identity)
 	s.changed(ctx)
 	if inc.Notified {
 		// Receivers that were told of the incident hear of its end
@@ -641,7 +689,7 @@ func (s *Server) expireBlocks(ctx context.Context, now time.Time) {
 			"detail": fmt.Sprintf("block %s → %s expired at %s and was not confirmed", b.Source, b.Destination, b.ExpiresAt.UTC().Format(time.RFC3339))}
 		var inc detect.Incident
 		if b.IncidentID != "" {
-			err := s.updateIncident(ctx, b.IncidentID, func(_ *sql.Tx, i *detect.Incident) error {
+			err := s.updateIncident(ctx, b.IncidentID, func(tx *sql.Tx, i *detect.Incident) error {
 				keep := i.Blocks[:0]
 				for _, x := range i.Blocks {
 					if x.Source != b.Source || x.Destination != b.Destination {
@@ -656,7 +704,9 @@ func (s *Server) expireBlocks(ctx context.Context, now time.Time) {
 					Outcome: detect.OutcomeDone, Detail: details["detail"]})
 				if len(i.Blocks) == 0 && !i.Revoked && i.State == detect.IncidentContained {
 					i.State, i.ReleasedAt = detect.IncidentReleased, now
-					delete(d.resp.open, i.Identity)
+					if err := s.db.ReleaseOpenIncident(ctx, tx, i.Identity, i.ID); err != nil {
+						return err
+					}
 				}
 				inc = *i
 				return nil
@@ -815,15 +865,19 @@ func (s *Server) createIncident(c *adminCall) {
 			return
 		}
 	}
-	fs := d.engine.Findings(in.Identity, s.now())
-	risk := d.engine.Risk(in.Identity, s.now())
+	fs, risk, err := s.storedFindings(c.ctx, in.Identity, s.now())
+	if err != nil {
+		c.fail(err)
+		return
+	}
 	if cause != nil {
 		// The finding acted on comes first: it is the steps' cause.
 		fs = slices.DeleteFunc(fs, func(f detect.Finding) bool { return f.ID == cause.ID })
 		fs = append([]detect.Finding{*cause}, fs...)
 	}
-	if incID, ok := d.resp.open[in.Identity]; ok {
-		// The step joins the open incident, and so does the finding.
+	// join runs the step in the identity's open incident, which the
+	// finding joins too.
+	join := func(incID string) {
 		if cause != nil {
 			s.attachFindings(c.ctx, incID, []*detect.Finding{cause})
 		}
@@ -845,6 +899,14 @@ func (s *Server) createIncident(c *adminCall) {
 		}
 		c.audited = true
 		c.reply(http.StatusOK, inc)
+	}
+	incID, err := s.db.OpenIncidentOf(c.ctx, s.db.SQL(), in.Identity)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if incID != "" {
+		join(incID)
 		return
 	}
 	trigger := "by hand: " + c.actor
@@ -852,6 +914,11 @@ func (s *Server) createIncident(c *adminCall) {
 		trigger += ": " + in.Reason
 	}
 	inc, err := s.openIncident(c.ctx, in.Identity, pb, version, c.actor, trigger, risk, fs, in)
+	if taken := (*incidentOpenError)(nil); errors.As(err, &taken) {
+		// Another replica opened one since: the step joins it.
+		join(taken.id)
+		return
+	}
 	if err != nil {
 		c.fail(err)
 		return

@@ -60,27 +60,70 @@ type riskPublisher struct {
 	trimmed int
 }
 
-// riskScores computes the section from findings: per SPIFFE ID, the
-// detectors' rule (detect.RiskOf) over the findings last seen at or after
-// since, rounded to two decimals; identities that are no SPIFFE ID (OAuth
-// clients, addresses) are left out, since no span names them as a
-// source. At most limit entries, the highest scores first (ties by ID),
-// sorted by SPIFFE ID; trimmed is how many were left out.
-func riskScores(fs []store.RiskFinding, since time.Time, limit int) (section wire.RiskScores, trimmed int) {
+// risksOf is every identity's risk from stored findings: per identity,
+// the detectors' rule (detect.RiskOf) over its findings last seen at or
+// after since, with their IDs in the order given; identities whose risk is
+// zero are left out. Highest risk first, ties by identity.
+func risksOf(fs []store.RiskFinding, since time.Time) []detect.IdentityRisk {
 	by := map[string][]*detect.Finding{}
 	for _, f := range fs {
-		if !strings.HasPrefix(f.Identity, "spiffe://") || len(f.Identity) > maxRecordID {
-			continue
-		}
-		if _, err := spiffeid.FromString(f.Identity); err != nil {
-			continue
-		}
-		by[f.Identity] = append(by[f.Identity], &detect.Finding{Severity: detect.Severity(f.Severity), LastSeen: f.LastAt})
+		by[f.Identity] = append(by[f.Identity], &detect.Finding{ID: f.ID, Severity: detect.Severity(f.Severity), LastSeen: f.LastAt})
 	}
-	out := make([]wire.RiskScore, 0, len(by))
+	out := []detect.IdentityRisk{}
 	for id, l := range by {
-		if r := math.Round(detect.RiskOf(l, since)*100) / 100; r > 0 {
-			out = append(out, wire.RiskScore{SPIFFEID: id, Score: r})
+		r := detect.RiskOf(l, since)
+		if r <= 0 {
+			continue
+		}
+		ir := detect.IdentityRisk{Identity: id, Risk: r}
+		for _, f := range l {
+			if !f.LastSeen.Before(since) {
+				ir.Findings = append(ir.Findings, f.ID)
+			}
+		}
+		out = append(out, ir)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Risk != out[j].Risk {
+			return out[i].Risk > out[j].Risk
+		}
+		return out[i].Identity < out[j].Identity
+	})
+	return out
+}
+
+// storedRisks is risksOf over the findings stored within the risk window
+// at now. It is the one source of risk for every reader (the admin API's
+// /risk, the dashboard, the playbooks' triggers, the watch stream's
+// section, the identities-at-risk gauge): every replica writes its
+// findings to the same table, so every replica answers alike, and a
+// restarted replica answers as before, although each replica's engine
+// holds only the findings it raised since it started.
+func (s *Server) storedRisks(ctx context.Context, now time.Time) ([]detect.IdentityRisk, error) {
+	since := now.Add(-s.detect.engine.Settings().RiskWindow.Std())
+	fs, err := s.db.RiskFindings(ctx, since)
+	if err != nil {
+		return nil, err
+	}
+	return risksOf(fs, since), nil
+}
+
+// riskScores computes the section from findings: the SPIFFE IDs among
+// risksOf, their scores rounded to two decimals; identities that are no
+// SPIFFE ID (OAuth clients, addresses) are left out, since no span names
+// them as a source. At most limit entries, the highest scores first (ties
+// by ID), sorted by SPIFFE ID; trimmed is how many were left out.
+func riskScores(fs []store.RiskFinding, since time.Time, limit int) (section wire.RiskScores, trimmed int) {
+	out := []wire.RiskScore{}
+	for _, ir := range risksOf(fs, since) {
+		if !strings.HasPrefix(ir.Identity, "spiffe://") || len(ir.Identity) > maxRecordID {
+			continue
+		}
+		if _, err := spiffeid.FromString(ir.Identity); err != nil {
+			continue
+		}
+		if r := math.Round(ir.Risk*100) / 100; r > 0 {
+			out = append(out, wire.RiskScore{SPIFFEID: ir.Identity, Score: r})
 		}
 	}
 	if len(out) > limit {
@@ -150,6 +193,13 @@ func (s *Server) publishRisk(ctx context.Context, now time.Time) (err error) {
 		return err
 	}
 	section, trimmed := riskScores(fs, since, wire.MaxRiskScores)
+	high := 0
+	for _, ir := range risksOf(fs, since) {
+		if ir.Risk >= 0.75 {
+			high++
+		}
+	}
+	d.metrics.atRisk.Set(float64(high))
 	if trimmed > 0 && trimmed != d.risk.trimmed {
 		s.log.Warn("more identities at risk than the watch stream carries; sending the highest scores", "at_risk", len(section.Scores)+trimmed,
 			"sent", len(section.Scores), "limit", wire.MaxRiskScores)

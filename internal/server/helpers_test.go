@@ -53,6 +53,8 @@ type env struct {
 	clock  *clock
 	cancel context.CancelFunc
 	done   chan error
+	// opts are the options the server was started with (restart).
+	opts []envOpt
 }
 
 type envOpt func(*config.Server)
@@ -100,7 +102,7 @@ func startTB(t testing.TB, dir string, srvOpt func(*server.Config), opts ...envO
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, dir: dir, srv: srv, addr: ln.Addr().String(), clock: clk, cancel: cancel, done: make(chan error, 1)}
+	e := &env{t: t, dir: dir, srv: srv, addr: ln.Addr().String(), clock: clk, cancel: cancel, done: make(chan error, 1), opts: opts}
 	go func() { e.done <- srv.Serve(ctx) }()
 	tok, err := os.ReadFile(filepath.Join(dir, server.AdminTokenFile))
 	if err != nil {

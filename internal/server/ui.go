@@ -288,8 +288,12 @@ func (d dashboard) Finding(ctx context.Context, id string) (detect.Finding, erro
 }
 
 func (d dashboard) Risks(ctx context.Context) (map[string]float64, error) {
-	out := map[string]float64{}
-	for _, r := range d.s.detect.engine.Risks(d.s.now()) {
+	rs, err := d.s.storedRisks(ctx, d.s.now())
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]float64, len(rs))
+	for _, r := range rs {
 		out[r.Identity] = r.Risk
 	}
 	return out, nil

@@ -393,11 +393,13 @@ func (s *DB) PutFinding(ctx context.Context, q Queryer, f FindingRow) error {
 
 // FindingQuery selects findings: of Identity when set, with one of
 // Severities when set, first seen at or after Since and before Before
-// (zero: no bound), newest first, at most Limit.
+// (zero: no bound), last seen at or after SeenSince (zero: no bound),
+// newest first, at most Limit.
 type FindingQuery struct {
 	Identity      string
 	Severities    []string
 	Since, Before time.Time
+	SeenSince     time.Time
 	Limit         int
 }
 
@@ -411,6 +413,10 @@ func (s *DB) Findings(ctx context.Context, q FindingQuery) ([]FindingRow, error)
 	if q.Identity != "" {
 		args = append(args, q.Identity)
 		conds = append(conds, fmt.Sprintf("identity = $%d", len(args)))
+	}
+	if !q.SeenSince.IsZero() {
+		args = append(args, ns(q.SeenSince))
+		conds = append(conds, fmt.Sprintf("last_at >= $%d", len(args)))
 	}
 	if len(q.Severities) > 0 {
 		ph := make([]string, len(q.Severities))
@@ -537,6 +543,59 @@ func (s *DB) incidents(ctx context.Context, q Queryer, tail string, args ...any)
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// ClaimOpenIncident makes incidentID the open incident of identity,
+// inside tx, unless one is open for it already: then it returns that
+// incident's ID and false. The claim is a row keyed by the identity, so of
+// two replicas claiming at once one wins and the other, once the winner
+// commits, reads its incident: a playbook fires once per identity however
+// many replicas raised findings about it. The claim lasts until
+// ReleaseOpenIncident, in the transaction that releases the incident.
+func (s *DB) ClaimOpenIncident(ctx context.Context, tx *sql.Tx, identity, incidentID string) (string, bool, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO detect_open_incidents (identity, incident_id) VALUES ($1, $2) ON CONFLICT (identity) DO NOTHING`,
+		identity, incidentID)
+	if err != nil {
+		return "", false, fmt.Errorf("store: claim the open incident of %s: %w", identity, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return "", false, fmt.Errorf("store: claim the open incident of %s: %w", identity, err)
+	} else if n == 1 {
+		return incidentID, true, nil
+	}
+	cur, err := s.OpenIncidentOf(ctx, tx, identity)
+	if err != nil {
+		return "", false, err
+	}
+	if cur == "" {
+		// Claimed and released between the two statements: the caller
+		// retries.
+		return "", false, fmt.Errorf("%w: the open incident of %s changed concurrently; retry", ErrConflict, identity)
+	}
+	return cur, false, nil
+}
+
+// OpenIncidentOf returns the ID of identity's open incident ("" when it
+// has none): the one every replica's responder joins.
+func (s *DB) OpenIncidentOf(ctx context.Context, q Queryer, identity string) (string, error) {
+	var id string
+	err := q.QueryRowContext(ctx, "SELECT incident_id FROM detect_open_incidents WHERE identity = $1", identity).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("store: read the open incident of %s: %w", identity, err)
+	}
+	return id, nil
+}
+
+// ReleaseOpenIncident ends incidentID's claim on identity (inside the
+// transaction that releases it); a claim held by another incident stays.
+func (s *DB) ReleaseOpenIncident(ctx context.Context, q Queryer, identity, incidentID string) error {
+	if _, err := q.ExecContext(ctx, "DELETE FROM detect_open_incidents WHERE identity = $1 AND incident_id = $2", identity, incidentID); err != nil {
+		return fmt.Errorf("store: release the open incident of %s: %w", identity, err)
+	}
+	return nil
 }
 
 // Block is a blocked (source, destination) pair.
@@ -666,15 +725,17 @@ func (s *DB) SVIDsOf(ctx context.Context, spiffeID string, now time.Time) ([]Iss
 // RiskFinding is what a stored finding contributes to its identity's
 // risk score.
 type RiskFinding struct {
+	ID       string
 	Identity string
 	Severity string
 	LastAt   time.Time
 }
 
 // RiskFindings lists the findings last seen at or after since: every
-// replica's, since all write the same table.
+// replica's, since all write the same table. They come in the order they
+// were first seen (ties by ID), so every reader lists them alike.
 func (s *DB) RiskFindings(ctx context.Context, since time.Time) ([]RiskFinding, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT identity, severity, last_at FROM detect_findings WHERE last_at >= $1", ns(since))
+	rows, err := s.db.QueryContext(ctx, "SELECT id, identity, severity, last_at FROM detect_findings WHERE last_at >= $1 ORDER BY at, id", ns(since))
 	if err != nil {
 		return nil, fmt.Errorf("store: read findings: %w", err)
 	}
@@ -683,7 +744,7 @@ func (s *DB) RiskFindings(ctx context.Context, since time.Time) ([]RiskFinding, 
 	for rows.Next() {
 		var f RiskFinding
 		var last int64
-		if err := rows.Scan(&f.Identity, &f.Severity, &last); err != nil {
+		if err := rows.Scan(&f.ID, &f.Identity, &f.Severity, &last); err != nil {
 			return nil, fmt.Errorf("store: read findings: %w", err)
 		}
 		f.LastAt = fromNS(last)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -237,6 +238,90 @@ func TestRiskSection(t *testing.T) {
 			if got, err := db.RiskSection(ctx); err != nil || string(got) != string(tc.body) {
 				t.Fatalf("put %d: stored %s, %v", i, got, err)
 			}
+		}
+	})
+}
+
+// TestOpenIncidentClaim: an identity has one open incident however many
+// responders claim it at once; the claim ends only with its own incident.
+func TestOpenIncidentClaim(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		const who = "spiffe://td/ns/prod/sa/reports"
+		claim := func(id string) (string, bool) {
+			t.Helper()
+			var cur string
+			var ok bool
+			if err := db.Tx(ctx, func(tx *sql.Tx) (err error) {
+				cur, ok, err = db.ClaimOpenIncident(ctx, tx, who, id)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return cur, ok
+		}
+		open := func() string {
+			t.Helper()
+			id, err := db.OpenIncidentOf(ctx, db.SQL(), who)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		if id := open(); id != "" {
+			t.Fatalf("open before any claim: %q", id)
+		}
+		const n = 8
+		type result struct {
+			cur string
+			ok  bool
+			err error
+		}
+		res := make(chan result, n)
+		for i := range n {
+			go func() {
+				var r result
+				r.err = db.Tx(ctx, func(tx *sql.Tx) (err error) {
+					r.cur, r.ok, err = db.ClaimOpenIncident(ctx, tx, who, fmt.Sprintf("inc-%d", i))
+					return err
+				})
+				res <- r
+			}()
+		}
+		won, winner := 0, open()
+		for range n {
+			r := <-res
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.ok {
+				won++
+			}
+			if r.cur != open() {
+				t.Errorf("a claimant was told %q, the open incident is %q", r.cur, open())
+			}
+		}
+		winner = open()
+		if won != 1 || winner == "" {
+			t.Fatalf("%d claims won at once (open: %q), want 1", won, winner)
+		}
+		if cur, ok := claim("later"); ok || cur != winner {
+			t.Fatalf("a later claim: %q %v", cur, ok)
+		}
+		if err := db.ReleaseOpenIncident(ctx, db.SQL(), who, "later"); err != nil {
+			t.Fatal(err)
+		}
+		if open() != winner {
+			t.Fatal("another incident's release ended the claim")
+		}
+		if err := db.ReleaseOpenIncident(ctx, db.SQL(), who, winner); err != nil {
+			t.Fatal(err)
+		}
+		if id := open(); id != "" {
+			t.Fatalf("open after the release: %q", id)
+		}
+		if cur, ok := claim("next"); !ok || cur != "next" {
+			t.Fatalf("a claim after the release: %q %v", cur, ok)
 		}
 	})
 }
