@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
+	"sort"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // AuditRow is one stored audit record. The hashing and verification rules
@@ -163,28 +166,93 @@ func (s *DB) AuditRowsDescKinds(ctx context.Context, upTo uint64, limit int, pre
 // AuditRowsRangeKinds is AuditRowsDescKinds for the records with
 // from <= seq <= upTo: the bound keeps a search for rare kinds from
 // reading the whole log.
+//
+// It reads through the audit_log_kind index (kind, seq) (migration 0063):
+// first the distinct kinds under each prefix (auditKinds, one index probe
+// per kind), then for each kind its newest limit records in that range (an
+// index walk that stops at limit), merged newest first. A page costs about
+// the same whether its kinds are rare or most of the log; a filter over
+// the log back from its head read the whole log for a rare kind, and a
+// range over the index sorted every record of a common one.
 func (s *DB) AuditRowsRangeKinds(ctx context.Context, from, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
 	from = max(from, 1)
-	if upTo < from {
+	if upTo < from || limit <= 0 {
 		return nil, nil
 	}
-	args := []any{int64(min(upTo, math.MaxInt64)), limit, int64(min(from, math.MaxInt64))}
-	kinds := ""
-	if len(prefixes) > 0 {
-		conds := make([]string, len(prefixes))
-		for i, p := range prefixes {
-			esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(p)
-			args = append(args, esc+"%")
-			conds[i] = fmt.Sprintf(`kind LIKE $%d ESCAPE '\'`, len(args))
+	hi, lo := int64(min(upTo, math.MaxInt64)), int64(min(from, math.MaxInt64))
+	if len(prefixes) == 0 {
+		rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+			FROM audit_log WHERE `+s.intSeq()+` AND seq >= $3 AND seq <= $1 ORDER BY seq DESC LIMIT $2`, hi, limit, lo)
+		if err != nil {
+			return nil, fmt.Errorf("store: read audit log: %w", err)
 		}
-		kinds = " AND (" + strings.Join(conds, " OR ") + ")"
+		return scanAuditRows(rows)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
-		FROM audit_log WHERE `+s.intSeq()+` AND seq >= $3 AND seq <= $1`+kinds+` ORDER BY seq DESC LIMIT $2`, args...)
+	for _, p := range prefixes {
+		if !utf8.ValidString(p) {
+			return nil, fmt.Errorf("store: read audit log: kind prefix %q is not UTF-8", p)
+		}
+	}
+	kinds, err := s.auditKinds(ctx, prefixes)
 	if err != nil {
-		return nil, fmt.Errorf("store: read audit log: %w", err)
+		return nil, err
 	}
-	return scanAuditRows(rows)
+	var out []AuditRow
+	for _, k := range kinds {
+		rows, err := s.db.QueryContext(ctx, s.auditKindRowsQuery(), s.customPlan(hi, limit, lo, k)...)
+		if err != nil {
+			return nil, fmt.Errorf("store: read audit log: %w", err)
+		}
+		l, err := scanAuditRows(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq > out[j].Seq })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// auditKinds lists the distinct kinds in the audit log that start with
+// one of prefixes, in byte order. It skips through the audit_log_kind
+// index (a loose index scan: one probe for the least kind above the last
+// one found), so it costs one probe per kind, not one per record. A
+// prefix is the byte range [prefix, its successor), compared in the
+// index's collation: exact for any text, where LIKE would be
+// case-insensitive in SQLite and unindexed in PostgreSQL outside the C
+// collation.
+func (s *DB) auditKinds(ctx context.Context, prefixes []string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range prefixes {
+		q, args := s.auditKindsQuery(p)
+		rows, err := s.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("store: read audit kinds: %w", err)
+		}
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("store: read audit kinds: %w", err)
+			}
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, k)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, fmt.Errorf("store: read audit kinds: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("store: read audit kinds: %w", err)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // scanAuditRows reads all of rows, the result of a query for the audit_log
@@ -289,4 +357,66 @@ func (a *AuditSnapshot) Anomalies(ctx context.Context) (AuditAnomalies, error) {
 		return an, fmt.Errorf("store: read audit head: %w", err)
 	}
 	return an, nil
+}
+
+// auditKindRowsQuery selects the newest records of one kind ($4) with
+// $3 <= seq <= $1, at most $2, walking the audit_log_kind index backwards.
+// Under PostgreSQL it must run with customPlan.
+func (s *DB) auditKindRowsQuery() string {
+	return `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+		FROM audit_log WHERE kind ` + s.collateC() + ` = $4 AND ` + s.intSeq() + ` AND seq >= $3 AND seq <= $1 ORDER BY seq DESC LIMIT $2`
+}
+
+// customPlan is args for a query whose plan depends on its parameters'
+// values: under PostgreSQL it runs as an unnamed statement, planned anew
+// with the values each time, rather than from pgx's statement cache,
+// whose generic plan (after five runs) cannot tell a rare kind from a
+// common one. For a rare kind the generic plan walked the primary key
+// back from the head and filtered, reading the whole log.
+func (s *DB) customPlan(args ...any) []any {
+	if s.dialect != Postgres {
+		return args
+	}
+	return append([]any{pgx.QueryExecModeExec}, args...)
+}
+
+// auditKindsQuery selects the distinct kinds starting with prefix, each
+// found by one probe of the audit_log_kind index for the least kind above
+// the one before.
+func (s *DB) auditKindsQuery(prefix string) (string, []any) {
+	c := s.collateC()
+	args := []any{prefix}
+	upper := ""
+	if succ, ok := prefixSuccessor(prefix); ok {
+		args = append(args, succ)
+		upper = " AND kind " + c + " < $2"
+	}
+	next := func(cmp, from string) string {
+		return "SELECT kind " + c + " FROM audit_log WHERE kind " + c + " " + cmp + " " + from + upper + " ORDER BY kind " + c + " LIMIT 1"
+	}
+	return "WITH RECURSIVE k(kind) AS (SELECT (" + next(">=", "$1") + ") UNION ALL SELECT (" + next(">", "k.kind") + ") FROM k WHERE k.kind IS NOT NULL) " +
+		"SELECT kind FROM k WHERE kind IS NOT NULL", args
+}
+
+// prefixSuccessor is the least string greater than every string that
+// starts with p, in byte order, and valid UTF-8 like p (PostgreSQL refuses
+// anything else as text): p with its last code point raised by one (past
+// the surrogates) and what follows it dropped. UTF-8's byte order is its
+// code point order, so [p, successor) holds exactly the strings starting
+// with p. ok is false when there is none (p empty or all U+10FFFF):
+// every string at or above p starts with it.
+func prefixSuccessor(p string) (string, bool) {
+	rs := []rune(p)
+	for i := len(rs) - 1; i >= 0; i-- {
+		switch r := rs[i]; {
+		case r >= utf8.MaxRune:
+			continue
+		case r == 0xD7FF:
+			rs[i] = 0xE000
+		default:
+			rs[i] = r + 1
+		}
+		return string(rs[:i+1]), true
+	}
+	return "", false
 }

@@ -404,13 +404,23 @@ func TxFrom(ctx context.Context) (*sql.Tx, bool) {
 }
 
 // rewrite adapts a migration to the dialect. Migrations write {{blob}} for
-// binary columns and {{serial}} for an auto-increment integer primary key.
+// binary columns, {{serial}} for an auto-increment integer primary key and
+// {{collate_c}} for byte-order comparison of text (collateC).
 func (s *DB) rewrite(q string) string {
 	blob, serial := "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"
 	if s.dialect == Postgres {
 		blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
 	}
-	return strings.NewReplacer("{{blob}}", blob, "{{serial}}", serial).Replace(q)
+	return strings.NewReplacer("{{blob}}", blob, "{{serial}}", serial, "{{collate_c}}", s.collateC()).Replace(q)
+}
+
+// collateC is the collation that compares text byte by byte: ranges over
+// it are exact prefix matches, and an index declared with it serves them.
+func (s *DB) collateC() string {
+	if s.dialect == Postgres {
+		return `COLLATE "C"`
+	}
+	return "COLLATE BINARY"
 }
 
 type migration struct {
