@@ -63,7 +63,7 @@ func (s *Server) initDashboard(ctx context.Context) error {
 	cfg := ui.Config{
 		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ui"), Audit: s.audit,
-		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Findings: d, Incidents: d,
+		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Findings: d, Incidents: d, Sessions: d,
 	}
 	if dc.OIDCClientID != "" {
 		cfg.OIDC = &ui.OIDC{ClientID: dc.OIDCClientID, AdminRole: dc.AdminRole, Provider: s.oauth.svc, Users: d}
@@ -88,6 +88,18 @@ type dashboard struct {
 }
 
 func (d dashboard) CheckAdminToken(tok string) bool { return d.s.checkAdminToken(tok) }
+
+// EndSession stores a logged-out dashboard session, where every replica
+// reads it.
+func (d dashboard) EndSession(ctx context.Context, id string, expires time.Time) error {
+	return d.s.db.EndUISession(ctx, id, expires)
+}
+
+// SessionEnded reports whether a dashboard session was logged out on any
+// replica.
+func (d dashboard) SessionEnded(ctx context.Context, id string) (bool, error) {
+	return d.s.db.UISessionEnded(ctx, id)
+}
 
 // AdminTokenBinding is a hash of the admin token's hash: it changes with
 // the token and reveals nothing about it.

@@ -452,6 +452,9 @@ func (s *Server) prune(ctx context.Context, now time.Time) {
 	} else if n > 0 {
 		s.changed(ctx)
 	}
+	if _, err := s.db.PruneUISessions(ctx, now); err != nil {
+		s.log.Warn("prune ended dashboard sessions", "err", err)
+	}
 	if err := s.metrics.refreshCounts(ctx); err != nil {
 		s.log.Warn("refresh gauges", "err", err)
 	}

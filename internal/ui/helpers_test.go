@@ -102,6 +102,7 @@ func startServerAt(t testing.TB, clk *clock, opts ...func(*config.Server)) *env 
 		}
 		srv.Close()
 	})
+	dir = st.DataDir // an option may have named the replica's own
 	e := &env{t: t, dir: dir, srv: srv, addr: ln.Addr().String()}
 	e.base = "https://" + e.addr
 	tok, err := os.ReadFile(filepath.Join(dir, server.AdminTokenFile))

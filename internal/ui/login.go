@@ -123,9 +123,19 @@ func (u *UI) startSession(w http.ResponseWriter, r *http.Request, s *session, ev
 	return nil
 }
 
-// logout ends the session: on this server at once (the session ID is
-// remembered until it would have expired) and in the browser.
+// logout ends the session: on every replica at once (the session ID is
+// stored, Config.Sessions, and remembered until it would have expired)
+// and in the browser. When it cannot be stored the session stays as it
+// was, cookie included, and the user is told to try again: a logout that
+// seemed to work on one replica and not on the others would be worse.
 func (u *UI) logout(q *request) {
+	if st := u.cfg.Sessions; st != nil {
+		if err := st.EndSession(q.ctx, q.sess.ID, time.Unix(q.sess.Expires, 0)); err != nil {
+			u.log.Error("end dashboard session", "session", q.sess.ID, "err", err)
+			u.errorPage(q.w, q.r, http.StatusServiceUnavailable, "The server could not end the session; try again.")
+			return
+		}
+	}
 	u.ended.add(q.sess.ID, q.sess.Expires, u.now())
 	clearCookie(q.w, sessionCookie)
 	u.audit(q.ctx, audit.Event{Kind: KindLogout, Actor: q.sess.Actor, Subject: "dashboard", Outcome: audit.Success,

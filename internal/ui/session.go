@@ -151,9 +151,8 @@ func clearCookie(w http.ResponseWriter, name string) {
 }
 
 // ended remembers sessions that logged out until they would have expired
-// anyway. It is per server process: behind several replicas a logged-out
-// cookie still opens on the others until its expiry (the browser deletes
-// it at logout, so only a copy taken before would). Bounded: beyond max
+// anyway, in this process: the one record without Config.Sessions, and in
+// front of it a cache of the sessions known to have ended. Bounded: beyond max
 // entries the oldest expired ones go first, and if none has expired the
 // list still grows (a logout is an authenticated, CSRF-checked action).
 type ended struct {

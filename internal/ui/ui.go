@@ -122,6 +122,22 @@ type Config struct {
 	Records   AuditSource
 	Findings  FindingSource
 	Incidents IncidentSource
+	// Sessions keeps the sessions that logged out where every replica
+	// sees them. Nil: this process alone remembers them, which is enough
+	// for one server only (behind several, a copy of a logged-out cookie
+	// would still open on the others until it expired).
+	Sessions SessionStore
+}
+
+// SessionStore records ended (logged-out) sessions for every replica of
+// the server. Both methods are called on the request's goroutine; an error
+// from SessionEnded refuses the request (fail closed).
+type SessionStore interface {
+	// EndSession records that session id ended; it is refused until
+	// expires (after which its cookie no longer opens anyway).
+	EndSession(ctx context.Context, id string, expires time.Time) error
+	// SessionEnded reports whether session id was ended, on any replica.
+	SessionEnded(ctx context.Context, id string) (bool, error)
 }
 
 // UI is the dashboard handler.
@@ -333,6 +349,16 @@ func (u *UI) session(r *http.Request) (*session, error) {
 	}
 	if u.ended.has(s.ID) {
 		return nil, errSessionExpired
+	}
+	if st := u.cfg.Sessions; st != nil {
+		ended, err := st.SessionEnded(r.Context(), s.ID)
+		if err != nil {
+			return nil, err
+		}
+		if ended {
+			u.ended.add(s.ID, s.Expires, now)
+			return nil, errSessionExpired
+		}
 	}
 	switch s.Method {
 	case MethodAdminToken:
