@@ -229,6 +229,30 @@ func (d dashboard) AuditRecords(ctx context.Context, before uint64, limit int, k
 	return recs, next, nil
 }
 
+// AuditEvents is the dashboard's EventSource: the newest records of kinds
+// without their hashes, details undecoded (the service graph decodes one
+// record's per edge).
+func (d dashboard) AuditEvents(ctx context.Context, limit int, kinds []string) ([]ui.Event, uint64, error) {
+	head, _, err := d.s.db.AuditHead(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	rows, err := d.s.db.AuditEventsDescKinds(ctx, head, limit, kinds)
+	if err != nil {
+		return nil, 0, err
+	}
+	evs := make([]ui.Event, len(rows))
+	for i, r := range rows {
+		evs[i] = ui.Event{Seq: uint64(r.Seq), Time: time.Unix(0, r.At).UTC(), Kind: r.Kind, Actor: r.Actor, Subject: r.Subject,
+			Outcome: r.Outcome, Details: json.RawMessage(r.Details)}
+	}
+	var next uint64
+	if len(evs) == limit && evs[len(evs)-1].Seq > 1 {
+		next = evs[len(evs)-1].Seq
+	}
+	return evs, next, nil
+}
+
 // dashboardCall runs admin handler h in process for a dashboard action,
 // with a as the authenticated actor: the same validation, transaction,
 // audit record and push as an admin API call. id is the {id} of the

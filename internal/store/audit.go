@@ -150,12 +150,12 @@ func (s *DB) AuditRowsDesc(ctx context.Context, upTo uint64, limit int) ([]Audit
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
-	return scanAuditRows(rows)
+	return scanAuditRows(rows, true)
 }
 
 // AuditRowsDescKinds is AuditRowsDesc for records whose kind starts with
-// one of prefixes (each a literal prefix such as "oauth."; LIKE's
-// wildcards in it are matched literally).
+// one of prefixes (each a literal prefix such as "oauth.", matched byte
+// for byte).
 func (s *DB) AuditRowsDescKinds(ctx context.Context, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
 	if len(prefixes) == 0 {
 		return s.AuditRowsDesc(ctx, upTo, limit)
@@ -175,18 +175,39 @@ func (s *DB) AuditRowsDescKinds(ctx context.Context, upTo uint64, limit int, pre
 // the log back from its head read the whole log for a rare kind, and a
 // range over the index sorted every record of a common one.
 func (s *DB) AuditRowsRangeKinds(ctx context.Context, from, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
+	return s.auditRange(ctx, from, upTo, limit, prefixes, true)
+}
+
+// AuditEventsDescKinds is AuditRowsDescKinds without the hashes (PrevHash
+// and Hash are nil): for readers that show events and do not judge the
+// chain (the dashboard's service graph), which then neither read nor copy
+// them.
+func (s *DB) AuditEventsDescKinds(ctx context.Context, upTo uint64, limit int, prefixes []string) ([]AuditRow, error) {
+	return s.auditRange(ctx, 1, upTo, limit, prefixes, false)
+}
+
+// auditColumns are the audit_log columns a read selects, in scanAuditRows'
+// order: with or without the hashes.
+func auditColumns(hashes bool) string {
+	if hashes {
+		return "seq, at, kind, actor, subject, outcome, details, prev_hash, hash"
+	}
+	return "seq, at, kind, actor, subject, outcome, details"
+}
+
+func (s *DB) auditRange(ctx context.Context, from, upTo uint64, limit int, prefixes []string, hashes bool) ([]AuditRow, error) {
 	from = max(from, 1)
 	if upTo < from || limit <= 0 {
 		return nil, nil
 	}
 	hi, lo := int64(min(upTo, math.MaxInt64)), int64(min(from, math.MaxInt64))
 	if len(prefixes) == 0 {
-		rows, err := s.db.QueryContext(ctx, `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+		rows, err := s.db.QueryContext(ctx, `SELECT `+auditColumns(hashes)+`
 			FROM audit_log WHERE `+s.intSeq()+` AND seq >= $3 AND seq <= $1 ORDER BY seq DESC LIMIT $2`, hi, limit, lo)
 		if err != nil {
 			return nil, fmt.Errorf("store: read audit log: %w", err)
 		}
-		return scanAuditRows(rows)
+		return scanAuditRows(rows, hashes)
 	}
 	for _, p := range prefixes {
 		if !utf8.ValidString(p) {
@@ -199,11 +220,11 @@ func (s *DB) AuditRowsRangeKinds(ctx context.Context, from, upTo uint64, limit i
 	}
 	var out []AuditRow
 	for _, k := range kinds {
-		rows, err := s.db.QueryContext(ctx, s.auditKindRowsQuery(), s.customPlan(hi, limit, lo, k)...)
+		rows, err := s.db.QueryContext(ctx, s.auditKindRowsQuery(hashes), s.customPlan(hi, limit, lo, k)...)
 		if err != nil {
 			return nil, fmt.Errorf("store: read audit log: %w", err)
 		}
-		l, err := scanAuditRows(rows)
+		l, err := scanAuditRows(rows, hashes)
 		if err != nil {
 			return nil, err
 		}
@@ -256,15 +277,19 @@ func (s *DB) auditKinds(ctx context.Context, prefixes []string) ([]string, error
 }
 
 // scanAuditRows reads all of rows, the result of a query for the audit_log
-// columns seq, at, kind, actor, subject, outcome, details, prev_hash, hash
-// in that order, and closes it. A scan error is "store: read audit log:
-// ..."; a query that matched nothing yields nil.
-func scanAuditRows(rows *sql.Rows) ([]AuditRow, error) {
+// columns auditColumns(hashes) (seq, at, kind, actor, subject, outcome,
+// details, and prev_hash, hash with hashes), and closes it. A scan error
+// is "store: read audit log: ..."; a query that matched nothing yields nil.
+func scanAuditRows(rows *sql.Rows, hashes bool) ([]AuditRow, error) {
 	defer rows.Close()
 	var out []AuditRow
 	for rows.Next() {
 		var r AuditRow
-		if err := rows.Scan(&r.Seq, &r.At, &r.Kind, &r.Actor, &r.Subject, &r.Outcome, &r.Details, &r.PrevHash, &r.Hash); err != nil {
+		dst := []any{&r.Seq, &r.At, &r.Kind, &r.Actor, &r.Subject, &r.Outcome, &r.Details}
+		if hashes {
+			dst = append(dst, &r.PrevHash, &r.Hash)
+		}
+		if err := rows.Scan(dst...); err != nil {
 			return nil, fmt.Errorf("store: read audit log: %w", err)
 		}
 		out = append(out, r)
@@ -305,7 +330,7 @@ func (a *AuditSnapshot) RowsFrom(ctx context.Context, from int64, limit int) ([]
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
-	return scanAuditRows(rows)
+	return scanAuditRows(rows, true)
 }
 
 // AuditAnomalies are facts about the audit tables that no append through
@@ -362,8 +387,8 @@ func (a *AuditSnapshot) Anomalies(ctx context.Context) (AuditAnomalies, error) {
 // auditKindRowsQuery selects the newest records of one kind ($4) with
 // $3 <= seq <= $1, at most $2, walking the audit_log_kind index backwards.
 // Under PostgreSQL it must run with customPlan.
-func (s *DB) auditKindRowsQuery() string {
-	return `SELECT seq, at, kind, actor, subject, outcome, details, prev_hash, hash
+func (s *DB) auditKindRowsQuery(hashes bool) string {
+	return `SELECT ` + auditColumns(hashes) + `
 		FROM audit_log WHERE kind ` + s.collateC() + ` = $4 AND ` + s.intSeq() + ` AND seq >= $3 AND seq <= $1 ORDER BY seq DESC LIMIT $2`
 }
 

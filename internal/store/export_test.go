@@ -39,7 +39,7 @@ func (s *DB) AuditKindPlans(ctx context.Context, prefix, kind string) (kinds, ro
 	} else if kinds, err = collect(s.db.QueryContext(ctx, explain+q, args...)); err != nil {
 		return "", "", err
 	}
-	rows, err = collect(s.db.QueryContext(ctx, explain+s.auditKindRowsQuery(), s.customPlan(int64(1<<62), 100, int64(1), kind)...))
+	rows, err = collect(s.db.QueryContext(ctx, explain+s.auditKindRowsQuery(true), s.customPlan(int64(1<<62), 100, int64(1), kind)...))
 	return kinds, rows, err
 }
 

@@ -120,7 +120,7 @@ func (s *DB) AuditRowsBefore(ctx context.Context, after uint64, before time.Time
 	if err != nil {
 		return nil, fmt.Errorf("store: read audit log: %w", err)
 	}
-	rows, err := scanAuditRows(q)
+	rows, err := scanAuditRows(q, true)
 	if err != nil {
 		return nil, err
 	}

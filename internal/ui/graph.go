@@ -1,6 +1,8 @@
 package ui
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -253,8 +255,34 @@ func shortID(id string) string {
 	return id
 }
 
+// graphRecords reads the newest graphRecords decision records. From an
+// EventSource it decodes the details of the newest record of each
+// (caller, callee) pair only: buildGraph reads no other record's details.
+func (u *UI) graphRecords(ctx context.Context) ([]audit.Record, uint64, error) {
+	es, ok := u.cfg.Records.(EventSource)
+	if !ok {
+		return u.cfg.Records.AuditRecords(ctx, 0, graphRecords, decisionKinds)
+	}
+	evs, next, err := es.AuditEvents(ctx, graphRecords, decisionKinds)
+	if err != nil {
+		return nil, 0, err
+	}
+	recs := make([]audit.Record, len(evs))
+	seen := make(map[[2]string]bool)
+	for i, ev := range evs {
+		recs[i] = audit.Record{Seq: ev.Seq, Event: audit.Event{Time: ev.Time, Kind: ev.Kind, Actor: ev.Actor, Subject: ev.Subject, Outcome: ev.Outcome}}
+		if k := [2]string{ev.Subject, ev.Actor}; !seen[k] {
+			seen[k] = true
+			if err := json.Unmarshal(ev.Details, &recs[i].Details); err != nil {
+				return nil, 0, fmt.Errorf("ui: audit record %d: details are not a JSON object of strings: %w", ev.Seq, err)
+			}
+		}
+	}
+	return recs, next, nil
+}
+
 func (u *UI) graphPage(q *request) {
-	recs, next, err := u.cfg.Records.AuditRecords(q.ctx, 0, graphRecords, decisionKinds)
+	recs, next, err := u.graphRecords(q.ctx)
 	if err != nil {
 		u.fail(q, "Service graph", err)
 		return
