@@ -704,15 +704,22 @@ type IdentityRisk struct {
 	Findings []string `json:"findings"`
 }
 
-// Risks lists every identity with a risk above zero, highest first.
+// Risks lists every identity with a risk above zero, highest first, from
+// the findings this engine holds.
 func (e *Engine) Risks(now time.Time) []IdentityRisk {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	since := now.Add(-e.cfg.RiskWindow.Std())
-	var out []IdentityRisk
-	for id, fs := range e.byIdent {
+	return RisksOf(e.byIdent, now.Add(-e.cfg.RiskWindow.Std()))
+}
+
+// RisksOf is the risk of every identity of byIdent (its findings, in the
+// order their IDs are listed) whose risk at since is above zero, with the
+// IDs of the findings that count: highest risk first, ties by identity.
+func RisksOf(byIdent map[string][]*Finding, since time.Time) []IdentityRisk {
+	out := []IdentityRisk{}
+	for id, fs := range byIdent {
 		r := RiskOf(fs, since)
-		if r == 0 {
+		if r <= 0 {
 			continue
 		}
 		ir := IdentityRisk{Identity: id, Risk: r}

@@ -69,27 +69,7 @@ func risksOf(fs []store.RiskFinding, since time.Time) []detect.IdentityRisk {
 	for _, f := range fs {
 		by[f.Identity] = append(by[f.Identity], &detect.Finding{ID: f.ID, Severity: detect.Severity(f.Severity), LastSeen: f.LastAt})
 	}
-	out := []detect.IdentityRisk{}
-	for id, l := range by {
-		r := detect.RiskOf(l, since)
-		if r <= 0 {
-			continue
-		}
-		ir := detect.IdentityRisk{Identity: id, Risk: r}
-		for _, f := range l {
-			if !f.LastSeen.Before(since) {
-				ir.Findings = append(ir.Findings, f.ID)
-			}
-		}
-		out = append(out, ir)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Risk != out[j].Risk {
-			return out[i].Risk > out[j].Risk
-		}
-		return out[i].Identity < out[j].Identity
-	})
-	return out
+	return detect.RisksOf(by, since)
 }
 
 // storedRisks is risksOf over the findings stored within the risk window
