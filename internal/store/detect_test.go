@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -324,4 +325,55 @@ func TestOpenIncidentClaim(t *testing.T) {
 			t.Fatalf("a claim after the release: %q %v", cur, ok)
 		}
 	})
+}
+
+// TestOpenIncidentBackfill: migration 0064 on a store whose replicas
+// opened several incidents for one identity (before the claim existed)
+// makes the newest open or contained one the identity's open incident.
+func TestOpenIncidentBackfill(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dsn  func(t *testing.T) string
+	}{
+		{"sqlite", func(t *testing.T) string { return "sqlite:" + filepath.Join(t.TempDir(), "moatless.db") }},
+		{"postgres", func(t *testing.T) string { return storetest.PostgresDSN(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := tc.dsn(t)
+			db, err := store.Open(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+			for _, r := range []store.IncidentRow{
+				{ID: "a-old", Identity: "a", State: "contained", OpenedAt: t0},
+				{ID: "a-new", Identity: "a", State: "open", OpenedAt: t0.Add(time.Minute)},
+				{ID: "a-released", Identity: "a", State: "released", OpenedAt: t0.Add(2 * time.Minute)},
+				{ID: "b-1", Identity: "b", State: "contained", OpenedAt: t0},
+				{ID: "c-1", Identity: "c", State: "released", OpenedAt: t0},
+			} {
+				r.UpdatedAt, r.Body = r.OpenedAt, []byte("{}")
+				if err := db.PutIncident(ctx, db.SQL(), r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The store as it was before migration 0064.
+			for _, stmt := range []string{"DROP TABLE detect_open_incidents", "DELETE FROM schema_migrations WHERE version = 64"} {
+				if _, err := db.SQL().ExecContext(ctx, stmt); err != nil {
+					t.Fatal(err)
+				}
+			}
+			db.Close()
+			if db, err = store.Open(ctx, dsn); err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			for who, want := range map[string]string{"a": "a-new", "b": "b-1", "c": ""} {
+				if got, err := db.OpenIncidentOf(ctx, db.SQL(), who); err != nil || got != want {
+					t.Errorf("open incident of %s: %q %v, want %q", who, got, err, want)
+				}
+			}
+		})
+	}
 }
