@@ -1,10 +1,12 @@
 package ui_test
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/moatless/moatless/internal/config"
@@ -54,5 +56,38 @@ func TestLogoutOnEveryReplica(t *testing.T) {
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("an action on %s after the logout: %d", name, resp.StatusCode)
 		}
+	}
+}
+
+// TestSessionStoreUnavailable: a logout that cannot be stored says so and
+// changes nothing (the session goes on; the user can try again) instead of
+// ending the session on this replica only; and when the ended sessions
+// cannot be read at all, the dashboard refuses the session rather than
+// trusting it.
+func TestSessionStoreUnavailable(t *testing.T) {
+	e := startServer(t)
+	c := e.client()
+	csrf := e.login(t, c)
+	db := e.srv.Store().SQL()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TRIGGER no_ended_sessions BEFORE INSERT ON ui_ended_sessions BEGIN SELECT RAISE(ABORT, 'refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := e.form(c, "/ui/logout", url.Values{"csrf_token": {csrf}}, map[string]string{"Origin": e.base})
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "could not end the session") {
+		t.Fatalf("logout that cannot be stored: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ := e.get(c, "/ui/nodes"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the session after a failed logout: %d", resp.StatusCode)
+	}
+	if _, err := db.ExecContext(ctx, `DROP TRIGGER no_ended_sessions`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `ALTER TABLE ui_ended_sessions RENAME TO ui_ended_sessions_gone`); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = e.get(c, "/ui/nodes")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+		t.Fatalf("a page when the ended sessions cannot be read: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
