@@ -85,7 +85,7 @@ func buildBinary(ctx context.Context, repo, dst, arch, version string) error {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-trimpath",
-		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli.Version=v"+version,
+		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli/dataplane.Version=v"+version,
 		"-o", abs, "./cmd/moatless")
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
