@@ -10,8 +10,8 @@ export CGO_ENABLED ?= 0
 # else 0.0.0-dev+<commit>.
 VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
 
-# bin/moatless (every command) and bin/moatless-sidecar (the data plane
-# alone: sidecar, agent, version; docs/sidecar.md#which-executable).
+# bin/moatless (every command) and bin/moatless-sidecar (the sidecar
+# alone, and version; docs/sidecar.md#which-executable).
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
 	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless-sidecar ./cmd/moatless-sidecar

@@ -1,8 +1,8 @@
-// Command moatless-sidecar is the data plane of moatless alone: the
-// sidecar, the node agent and version, the same functions "moatless
-// sidecar" and "moatless agent" run, in an executable that links none of
-// the control plane, the gateway or the WAF — a smaller process for the
-// sidecar that runs once per workload. Run "moatless-sidecar help".
+// Command moatless-sidecar is the sidecar of moatless alone: the same
+// function "moatless sidecar" runs (and version), in an executable that
+// links none of the control plane, the gateway or the WAF — a smaller
+// process for the sidecar that runs once per workload. Run
+// "moatless-sidecar help".
 package main
 
 import (

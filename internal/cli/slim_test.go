@@ -29,7 +29,7 @@ var logTime = regexp.MustCompile(`"time":"[^"]*"|time=\S+`)
 // TestSlimTakesTheSameFlags: moatless-sidecar takes exactly what "moatless
 // sidecar" takes — its flags as they are, or after "sidecar" — and answers
 // the same, byte for byte: help, -check of a good and a bad config, bad
-// flags; so do "agent" and "version". One config, three command lines.
+// flags; so does "version". One config, three command lines.
 func TestSlimTakesTheSameFlags(t *testing.T) {
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, "example.org")
@@ -76,8 +76,8 @@ func TestSlimTakesTheSameFlags(t *testing.T) {
 		})
 	}
 
-	// The agent and version: the same functions behind both.
-	for _, args := range [][]string{{"agent", "-h"}, {"agent", "-log-level", "loud"}, {"agent", "-nope"}, {"version", "-o", "json"}, {"version", "-o", "yaml"}} {
+	// version: the same function behind both.
+	for _, args := range [][]string{{"version", "-o", "json"}, {"version", "-o", "yaml"}, {"version", "-nope"}} {
 		code, out, stderr := runCLI(t, nil, args...)
 		sc, sout, serr := runSlim(t, nil, args...)
 		if sc != code || sout != out || serr != stderr {
@@ -97,11 +97,11 @@ func TestSlimCommands(t *testing.T) {
 		wantErr  string
 	}{
 		{"no_arguments_print_the_overview", nil, ExitUsage, "", "Usage: moatless-sidecar -config FILE"},
-		{"help", []string{"help"}, ExitOK, "agent    run the node agent", ""},
+		{"help", []string{"help"}, ExitOK, "sidecar  run the mTLS sidecar", ""},
 		{"version_flag", []string{"--version"}, ExitOK, "moatless ", ""},
-		{"server_is_not_here", []string{"server"}, ExitUsage, "", `unknown command "server"; moatless-sidecar runs sidecar, agent and version`},
+		{"server_is_not_here", []string{"server"}, ExitUsage, "", `unknown command "server"; moatless-sidecar runs sidecar and version`},
 		{"gateway_is_not_here", []string{"gateway", "-config", filepath.Join(t.TempDir(), "gw.yaml")}, ExitUsage, "", `unknown command "gateway"`},
-		{"agent_list_is_an_admin_command", []string{"agent", "list"}, ExitUsage, "", `unexpected argument "list"`},
+		{"agent_is_not_here", []string{"agent", "-h"}, ExitUsage, "", `unknown command "agent"; moatless-sidecar runs sidecar and version (run "moatless-sidecar help"); the other commands, the agent among them, are in moatless`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,7 +3,7 @@
 // moatless: exit codes, the Env a command runs in, flag parsing, logging,
 // tracing. Both executables run these same functions: "moatless sidecar"
 // (internal/cli, the one binary) and "moatless-sidecar"
-// (cmd/moatless-sidecar, Main here).
+// (cmd/moatless-sidecar, Main here, which runs the sidecar and version).
 //
 // The package exists for what it does not import: the control plane
 // (server, store, CA), detection, the dashboard, the gateway and its WAF.
