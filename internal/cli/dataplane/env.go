@@ -10,7 +10,8 @@
 // Every package a Go program links runs its initializers and keeps its
 // package-level data in memory in every role, so the sidecar that runs
 // once per pod is built from this package alone (docs/benchmarks.md,
-// "Memory"). TestSlimLinks in cmd/moatless-sidecar holds the line.
+// "moatless-sidecar, the data plane alone").
+// TestDataPlaneDoesNotLinkControlPlane (internal/cli) holds the line.
 package dataplane
 
 import (
