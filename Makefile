@@ -10,8 +10,11 @@ export CGO_ENABLED ?= 0
 # else 0.0.0-dev+<commit>.
 VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
 
+# bin/moatless (every command) and bin/moatless-sidecar (the sidecar
+# alone, and version; docs/sidecar.md#which-executable).
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
+	$(GO) build $(GOFLAGS_BUILD) -o bin/moatless-sidecar ./cmd/moatless-sidecar
 
 # One build for "make demo", "make build" and the README's go run and go
 # build lines: the same tags and flags, so they share the build cache.
@@ -20,8 +23,9 @@ demo:
 	@$(GO) build $(GOFLAGS_BUILD) -o bin/moatless ./cmd/moatless
 	bin/moatless demo
 
-# Static linux/amd64 and linux/arm64 binaries, a .deb of each (systemd
-# units, a moatless system user, /var/lib/moatless) and SHA256SUMS, in
+# Static linux/amd64 and linux/arm64 binaries (moatless and
+# moatless-sidecar), a .deb of each arch (both binaries, systemd units, a
+# moatless system user, /var/lib/moatless) and SHA256SUMS, in
 # dist/. deploy/dist is its own module: the packager's dependencies stay
 # out of the binary's.
 dist:

@@ -2,7 +2,7 @@
 # Side-by-side benchmark of mTLS proxy pairs on loopback, in one run:
 #
 #   direct:   wrk → app
-#   moatless: wrk → moatless sidecar (outbound) ⇒ mTLS ⇒ moatless sidecar (inbound) → app
+#   moatless: wrk → moatless-sidecar (outbound) ⇒ mTLS ⇒ moatless-sidecar (inbound) → app
 #   nginx:    wrk → nginx ⇒ mTLS ⇒ nginx → app
 #   haproxy:  wrk → haproxy ⇒ mTLS ⇒ haproxy → app
 #
@@ -15,9 +15,13 @@
 # AuthorizationPolicy with principals, methods and paths on every
 # request, sets x-forwarded-client-cert, counts every decision in its
 # metrics and logs 1% of allows (decision_log.allow_sample_rate 0.01). It
-# runs twice: as configured by default (HTTP/1.1 between the sidecars, the
-# HTTP/1.1 fast path), and with disable_http1_fast_path (net/http's server
-# and client only); -2 adds a pair with HTTP/2 between the sidecars.
+# runs three times: with HTTP/1.1 between the sidecars (the fast path)
+# keeping its startup pages (keep_startup_pages: true, the memory of the
+# process as it is); the same releasing them once serving (the default
+# configuration); and with disable_http1_fast_path (net/http's server and
+# client only, keeping its pages); -2 adds a pair with HTTP/2 between the
+# sidecars. The sidecars run from moatless-sidecar, the data-plane
+# executable; -f runs them from the one binary (moatless sidecar) instead.
 #
 # Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
 # connection and what the pair adds over direct; CPU seconds per 1,000
@@ -25,8 +29,10 @@
 # (utime+stime from /proc/PID/stat, voluntary and involuntary switches of
 # every thread from /proc/PID/task/*/status, over the 32-connection run);
 # RSS, private RSS and PSS at about 1,000 requests/s and RSS after the
-# 32-connection run. (Not VmHWM: the sidecar drops its startup pages once
-# serving, so the peak is the start, not the load.)
+# 32-connection run. (Not VmHWM: the peak is the start, not the load.)
+# PSS shares each page of a file among every process mapping it: the
+# sidecars share their executable (six processes, one per sidecar), nginx
+# and HAProxy theirs and the system's libssl and libcrypto.
 #
 # -i counts instructions instead (valgrind's callgrind, repeatable on a
 # loaded machine where CPU time is not): each proxy runs under callgrind
@@ -36,14 +42,13 @@
 # which callgrind fails on the runtime's preemption signals; nginx with
 # master_process off.)
 #
-# -p runs the sidecars with keep_startup_pages: true (they keep the
-# executable's startup pages mapped instead of releasing them once
-# serving), for their memory without that release.
+# -m measures only the memory at about 1,000 requests/s (every setup, in
+# rotated order under -r), not CPU, throughput or latency.
 #
 # -k sets everything up, prints each setup's port and proxy PIDs, and
 # keeps it running until interrupted: for strace, perf or pprof by hand.
 #
-# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-r ROUNDS] [-i] [-2] [-p] [-k]
+# Usage: bench/run.sh [-d SECONDS] [-o results.md] [-r ROUNDS] [-i] [-2] [-f] [-m] [-k]
 # Needs: go, openssl, nginx, haproxy, wrk (apt-get install nginx haproxy
 # wrk), and valgrind for -i. Only 127.0.0.1 is used; everything started
 # is stopped on exit.
@@ -54,18 +59,20 @@ OUT=""
 INSTR=""
 H2=""
 KEEP=""
-PAGES=""
+FULL=""
+MEMONLY=""
 ROUNDS=1
-while getopts "d:o:r:i2pk" opt; do
+while getopts "d:o:r:i2fmk" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	i) INSTR=1 ;;
 	2) H2=1 ;;
-	p) PAGES=1 ;;
+	f) FULL=1 ;;
+	m) MEMONLY=1 ;;
 	r) ROUNDS=$OPTARG ;;
 	k) KEEP=1 ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-r ROUNDS] [-i] [-2] [-p] [-k]" >&2; exit 2 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-r ROUNDS] [-i] [-2] [-f] [-m] [-k]" >&2; exit 2 ;;
 	esac
 done
 
@@ -89,11 +96,15 @@ APP=$BASE
 MO_IN=$((BASE + 1)) MO_OUT=$((BASE + 2)) MO_ADM1=$((BASE + 3)) MO_ADM2=$((BASE + 4))
 MO_IN0=$((BASE + 5)) MO_OUT0=$((BASE + 6)) MO_ADM3=$((BASE + 7)) MO_ADM4=$((BASE + 8))
 MO_OUT2=$((BASE + 9)) MO_ADM5=$((BASE + 10))
+MO_INR=$((BASE + 13)) MO_OUTR=$((BASE + 14)) MO_ADM6=$((BASE + 15)) MO_ADM7=$((BASE + 16))
 NG_IN=$((BASE + 11)) NG_OUT=$((BASE + 12))
 HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
 
-echo "bench: building moatless" >&2
-(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless.built" ./cmd/moatless)
+# The sidecars' executable: moatless-sidecar, or the one binary under -f.
+EXE=moatless-sidecar SC=("$W/moatless-sidecar")
+[ -n "$FULL" ] && EXE=moatless SC=("$W/moatless" sidecar)
+echo "bench: building $EXE" >&2
+(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/$EXE.built" "./cmd/$EXE")
 # The executable is copied past the page cache (O_DIRECT), so that its pages
 # are cached as an installed binary's are, by the reads of running it: the
 # linker's buffered writes leave it cached in large folios, and the
@@ -102,9 +113,9 @@ echo "bench: building moatless" >&2
 # and at 37 MB from a copy written with O_DIRECT, 2026-12-06). nginx and
 # HAProxy run from installed executables. Where O_DIRECT is refused
 # (tmpfs), the linker's output is used.
-dd if="$W/moatless.built" of="$W/moatless" bs=1M oflag=direct status=none 2>/dev/null || cp "$W/moatless.built" "$W/moatless"
-chmod +x "$W/moatless"
-rm -f "$W/moatless.built"
+dd if="$W/$EXE.built" of="$W/$EXE" bs=1M oflag=direct status=none 2>/dev/null || cp "$W/$EXE.built" "$W/$EXE"
+chmod +x "$W/$EXE"
+rm -f "$W/$EXE.built"
 
 # --- PKI: one CA, a server SVID (orders) and a client SVID (frontend). ---
 cd "$W"
@@ -243,9 +254,10 @@ outbound_conf "$MO_OUT" "$MO_IN" "$MO_ADM2" "" "" > moout.yaml
 inbound_conf "$MO_IN0" "$MO_ADM3" "disable_http1_fast_path: true" > moin0.yaml
 outbound_conf "$MO_OUT0" "$MO_IN0" "$MO_ADM4" "" "disable_http1_fast_path: true" > moout0.yaml
 outbound_conf "$MO_OUT2" "$MO_IN" "$MO_ADM5" ", upstream_http2: true" "" > moout2.yaml
-if [ -n "$PAGES" ]; then
-	for f in moin.yaml moout.yaml moin0.yaml moout0.yaml moout2.yaml; do echo "keep_startup_pages: true" >> "$f"; done
-fi
+# Every pair keeps its startup pages but the one that shows the release.
+for f in moin.yaml moout.yaml moin0.yaml moout0.yaml moout2.yaml; do echo "keep_startup_pages: true" >> "$f"; done
+inbound_conf "$MO_INR" "$MO_ADM6" "" > moinr.yaml
+outbound_conf "$MO_OUTR" "$MO_INR" "$MO_ADM7" "" "" > mooutr.yaml
 
 # Under -i every proxy runs under callgrind, collecting nothing until told.
 VG=()
@@ -266,12 +278,14 @@ startp hain "${VG[@]}" haproxy -db -f "$W/hain.cfg"
 startp haout "${VG[@]}" haproxy -db -f "$W/haout.cfg"
 # SIDECAR_ENV adds environment to the sidecars, e.g. SIDECAR_ENV="GOGC=200".
 sidecar() { # name config
-	startp "$1" env GOMAXPROCS=1 $GOVG ${SIDECAR_ENV:-} "${VG[@]}" "$W/moatless" sidecar -config "$W/$2"
+	startp "$1" env GOMAXPROCS=1 $GOVG ${SIDECAR_ENV:-} "${VG[@]}" "${SC[@]}" -config "$W/$2"
 }
 sidecar moin moin.yaml
 sidecar moout moout.yaml
 sidecar moin0 moin0.yaml
 sidecar moout0 moout0.yaml
+sidecar moinr moinr.yaml
+sidecar mooutr mooutr.yaml
 [ -n "$H2" ] && sidecar moout2 moout2.yaml
 
 waitport() {
@@ -283,26 +297,33 @@ waitport() {
 	cat "$W"/*.log >&2
 	exit 1
 }
-SETUPS=(moatless moatless-nethttp)
+SETUPS=(moatless moatless-release moatless-nethttp)
 [ -n "$H2" ] && SETUPS+=(moatless-h2)
 SETUPS+=(nginx haproxy)
-declare -A PORT=([direct]=$APP [moatless]=$MO_OUT [moatless-nethttp]=$MO_OUT0 [moatless-h2]=$MO_OUT2 [nginx]=$NG_OUT [haproxy]=$HA_OUT)
+declare -A PORT=([direct]=$APP [moatless]=$MO_OUT [moatless-release]=$MO_OUTR [moatless-nethttp]=$MO_OUT0 [moatless-h2]=$MO_OUT2 [nginx]=$NG_OUT [haproxy]=$HA_OUT)
 for s in direct "${SETUPS[@]}"; do waitport "${PORT[$s]}"; done
+# The outbound listener answers before the inbound one behind it is up
+# (slow under callgrind): poll the whole pair, with a deadline.
 for s in "${SETUPS[@]}"; do
-	body=$(curl -s "http://127.0.0.1:${PORT[$s]}/api/check")
+	for _ in $(seq 1 600); do
+		body=$(curl -s "http://127.0.0.1:${PORT[$s]}/api/check" || true)
+		[ "$body" = "hello" ] && break
+		sleep 0.1
+	done
 	[ "$body" = "hello" ] || { echo "bench: $s answered '$body', not hello" >&2; cat "$W"/*.log >&2; exit 1; }
 done
 
 # The processes measured: nginx forks its worker (the child of the master)
 # unless it runs as one process.
 worker_of() { if [ -n "$INSTR" ]; then echo "$1"; else pgrep -P "$1" | head -1; fi; }
-declare -A PA=([moatless]=$PID_moout [moatless-nethttp]=$PID_moout0 [moatless-h2]=${PID_moout2:-} [nginx]=$(worker_of "$PID_ngout") [haproxy]=$PID_haout)
-declare -A PB=([moatless]=$PID_moin [moatless-nethttp]=$PID_moin0 [moatless-h2]=$PID_moin [nginx]=$(worker_of "$PID_ngin") [haproxy]=$PID_hain)
+declare -A PA=([moatless]=$PID_moout [moatless-release]=$PID_mooutr [moatless-nethttp]=$PID_moout0 [moatless-h2]=${PID_moout2:-} [nginx]=$(worker_of "$PID_ngout") [haproxy]=$PID_haout)
+declare -A PB=([moatless]=$PID_moin [moatless-release]=$PID_moinr [moatless-nethttp]=$PID_moin0 [moatless-h2]=$PID_moin [nginx]=$(worker_of "$PID_ngin") [haproxy]=$PID_hain)
 label() {
 	case $1 in
-	moatless) echo "moatless pair (default: HTTP/1.1 between sidecars, fast path)" ;;
-	moatless-nethttp) echo "moatless pair, disable_http1_fast_path (net/http only)" ;;
-	moatless-h2) echo "moatless pair, upstream_http2 (HTTP/2 between sidecars)" ;;
+	moatless) echo "$EXE pair (HTTP/1.1 between sidecars, fast path; keeps its startup pages)" ;;
+	moatless-release) echo "$EXE pair, the same releasing its startup pages once serving (the default)" ;;
+	moatless-nethttp) echo "$EXE pair, disable_http1_fast_path (net/http only; keeps its pages)" ;;
+	moatless-h2) echo "$EXE pair, upstream_http2 (HTTP/2 between sidecars; keeps its pages)" ;;
 	*) echo "$1 pair" ;;
 	esac
 }
@@ -380,6 +401,7 @@ measure() { # setup port pidA pidB
 		LOW_A[$name]=$(mem "$pa")
 		LOW_B[$name]=$(mem "$pb")
 	fi
+	if [ -n "$MEMONLY" ]; then echo "bench: $name done" >&2; return; fi
 	# warm up: pools, sessions, caches
 	wrk -t1 -c32 -d2s "http://127.0.0.1:$port/" >/dev/null
 	local a0=0 b0=0 ca0=0 cb0=0
@@ -411,18 +433,24 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 for round in $(seq 1 "$ROUNDS"); do
 	k=$(( (round - 1) % ${#SETUPS[@]} ))
 	ORDER=("${SETUPS[@]:$k}" "${SETUPS[@]:0:$k}")
-	measure direct "$APP"
+	[ -z "$MEMONLY" ] && measure direct "$APP"
 	for s in "${ORDER[@]}"; do measure "$s" "${PORT[$s]}" "${PA[$s]}" "${PB[$s]}"; done
 	{
 		[ "$round" -gt 1 ] && echo
 		[ "$ROUNDS" -gt 1 ] && echo "Round $round of $ROUNDS, measured in this order: ${ORDER[*]}."
-		echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ)${PAGES:+; sidecars keep their startup pages (-p)}${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
+		echo "Loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DUR}s per measurement; $(date -u +%Y-%m-%dT%H:%MZ); sidecars run from $EXE${SIDECAR_ENV:+; sidecar environment $SIDECAR_ENV}."
 		echo
-		echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
-		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | – | – | – | – | – | – |"
-		for s in "${SETUPS[@]}"; do
-			echo "| $(label "$s") | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} / ${CPU_B[$s]} | ${CS_A[$s]} / ${CS_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
-		done
+		if [ -n "$MEMONLY" ]; then
+			echo "| setup | MB at ~1k req/s: RSS (private, PSS), client-side proxy | the same, server-side proxy | req/s reached |"
+			echo "|---|---:|---:|---:|"
+			for s in "${SETUPS[@]}"; do echo "| $(label "$s") | ${LOW_A[$s]} | ${LOW_B[$s]} | ${LOW_RPS[$s]} |"; done
+		else
+			echo "| setup | req/s @32 conns | p50 @1 conn (ms) | p99 @1 conn (ms) | added p50 (ms) | added p99 (ms) | CPU s / 1k req (client-side / server-side proxy) | context switches / req (client / server) | RSS MB at ~1k req/s (client / server proxy) | RSS MB after the 32-conn run (client / server) |"
+			echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+			echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | – | – | – | – | – | – |"
+			for s in "${SETUPS[@]}"; do
+				echo "| $(label "$s") | ${RPS[$s]} | ${P50[$s]} | ${P99[$s]} | $(add "${P50[$s]}" "${P50[direct]}") | $(add "${P99[$s]}" "${P99[direct]}") | ${CPU_A[$s]} / ${CPU_B[$s]} | ${CS_A[$s]} / ${CS_B[$s]} | ${LOW_A[$s]} / ${LOW_B[$s]} (at ${LOW_RPS[$s]} req/s) | ${RSS_A[$s]} / ${RSS_B[$s]} |"
+			done
+		fi
 	} | tee -a "${OUT:-/dev/null}"
 done

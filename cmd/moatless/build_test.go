@@ -52,7 +52,7 @@ func TestTourFilesIgnored(t *testing.T) {
 		t.Skip("not a git checkout")
 	}
 	for _, f := range []string{"moatless", "alice.pw", "admin.pw", "join-token", "bundle.pem", "agent.log", "server.log", "agent.pid",
-		"orders-sidecar.yaml", "policies.yaml", "revocations.json", "bin/moatless", "dist/moatless_linux_amd64"} {
+		"orders-sidecar.yaml", "policies.yaml", "revocations.json", "bin/moatless", "bin/moatless-sidecar", "moatless-sidecar", "dist/moatless_linux_amd64"} {
 		if err := exec.Command("git", "-C", "../..", "check-ignore", "-q", "--no-index", f).Run(); err != nil {
 			t.Errorf("%s is not ignored by .gitignore", f)
 		}

@@ -39,10 +39,12 @@ type Config struct {
 
 var versionRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+([-+~][0-9A-Za-z.+~-]+)?$`)
 
-// Build writes moatless_VERSION_linux_ARCH (a static binary),
-// moatless_VERSION_ARCH.deb and SHA256SUMS to c.Out and returns their
-// paths. The binary is built as "make build" builds it (CGO_ENABLED=0,
-// -trimpath, -tags grpcnotrace), with -s -w and the version stamped.
+// Build writes moatless_VERSION_linux_ARCH and
+// moatless-sidecar_VERSION_linux_ARCH (static binaries: the one binary and
+// the data plane alone), moatless_VERSION_ARCH.deb (both) and SHA256SUMS
+// to c.Out and returns their paths. The binaries are built as "make build"
+// builds them (CGO_ENABLED=0, -trimpath, -tags grpcnotrace), with -s -w
+// and the version stamped.
 func Build(ctx context.Context, c Config) ([]string, error) {
 	if !versionRE.MatchString(c.Version) {
 		return nil, fmt.Errorf("version %q is not a release version such as 1.2.3 or 1.2.3-rc.1", c.Version)
@@ -62,15 +64,19 @@ func Build(ctx context.Context, c Config) ([]string, error) {
 	}
 	var out []string
 	for _, arch := range c.Arches {
-		bin := filepath.Join(c.Out, fmt.Sprintf("moatless_%s_linux_%s", c.Version, arch))
-		if err := buildBinary(ctx, repo, bin, arch, c.Version); err != nil {
-			return nil, err
+		var bins []string
+		for _, cmd := range commands {
+			bin := filepath.Join(c.Out, fmt.Sprintf("%s_%s_linux_%s", cmd, c.Version, arch))
+			if err := buildBinary(ctx, repo, cmd, bin, arch, c.Version); err != nil {
+				return nil, err
+			}
+			bins = append(bins, bin)
 		}
 		pkg := filepath.Join(c.Out, fmt.Sprintf("moatless_%s_%s.deb", c.Version, arch))
-		if err := buildDeb(repo, bin, pkg, arch, c); err != nil {
+		if err := buildDeb(repo, bins, pkg, arch, c); err != nil {
 			return nil, fmt.Errorf("%s: %w", pkg, err)
 		}
-		out = append(out, bin, pkg)
+		out = append(append(out, bins...), pkg)
 	}
 	sums := filepath.Join(c.Out, "SHA256SUMS")
 	if err := writeSums(sums, out); err != nil {
@@ -79,27 +85,33 @@ func Build(ctx context.Context, c Config) ([]string, error) {
 	return append(out, sums), nil
 }
 
-func buildBinary(ctx context.Context, repo, dst, arch, version string) error {
+// commands are the executables of a release, each built from ./cmd/NAME
+// and installed as /usr/bin/NAME: the one binary, and the data plane
+// alone for the sidecar that runs once per workload.
+var commands = []string{"moatless", "moatless-sidecar"}
+
+func buildBinary(ctx context.Context, repo, cmdName, dst, arch, version string) error {
 	abs, err := filepath.Abs(dst)
 	if err != nil {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-trimpath",
-		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli.Version=v"+version,
-		"-o", abs, "./cmd/moatless")
+		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli/dataplane.Version=v"+version,
+		"-o", abs, "./cmd/"+cmdName)
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build linux/%s: %v\n%s", arch, err, b)
+		return fmt.Errorf("go build %s linux/%s: %v\n%s", cmdName, arch, err, b)
 	}
 	return nil
 }
 
-// buildDeb packages bin: /usr/bin/moatless, the server and agent units,
+// buildDeb packages bins (commands, in order): /usr/bin/moatless and
+// /usr/bin/moatless-sidecar, the server and agent units,
 // /etc/moatless/server.yaml (a conffile the upgrade keeps), the docs, and
 // maintainer scripts that create the moatless system user and
 // /var/lib/moatless (0700).
-func buildDeb(repo, bin, dst, arch string, c Config) error {
+func buildDeb(repo string, bins []string, dst, arch string, c Config) error {
 	deploy := filepath.Join(repo, "deploy")
 	agentUnit, err := packagedUnit(filepath.Join(deploy, "systemd", "moatless-agent.service"))
 	if err != nil {
@@ -118,10 +130,12 @@ func buildDeb(repo, bin, dst, arch string, c Config) error {
 		return &files.ContentFileInfo{Mode: m, Owner: "root", Group: "root", MTime: c.MTime}
 	}
 	contents := files.Contents{
-		{Source: bin, Destination: "/usr/bin/moatless", FileInfo: mode(0o755)},
 		{Source: filepath.Join(deploy, "debian", "moatless-server.service"), Destination: "/lib/systemd/system/moatless-server.service", FileInfo: mode(0o644)},
 		{Source: agentPath, Destination: "/lib/systemd/system/moatless-agent.service", FileInfo: mode(0o644)},
 		{Source: filepath.Join(deploy, "debian", "server.yaml"), Destination: "/etc/moatless/server.yaml", Type: files.TypeConfigNoReplace, FileInfo: mode(0o644)},
+	}
+	for i, bin := range bins {
+		contents = append(contents, &files.Content{Source: bin, Destination: "/usr/bin/" + commands[i], FileInfo: mode(0o755)})
 	}
 	for _, doc := range []string{"server.md", "agent.md", "sidecar.md", "cli.md", "policy.md"} {
 		contents = append(contents, &files.Content{Source: filepath.Join(repo, "docs", doc), Destination: "/usr/share/doc/moatless/" + doc, FileInfo: mode(0o644)})

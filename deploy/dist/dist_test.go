@@ -54,37 +54,44 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestReleaseFiles: a static binary that knows its version, a .deb, and
-// SHA256SUMS that match them.
+// TestReleaseFiles: static binaries (moatless and moatless-sidecar) that
+// know their version, a .deb, and SHA256SUMS that match them.
 func TestReleaseFiles(t *testing.T) {
 	dir := release(t)
 	bin := filepath.Join(dir, "moatless_"+testVersion+"_linux_"+runtime.GOARCH)
+	slim := filepath.Join(dir, "moatless-sidecar_"+testVersion+"_linux_"+runtime.GOARCH)
 	pkg := filepath.Join(dir, "moatless_"+testVersion+"_"+runtime.GOARCH+".deb")
 
-	f, err := elf.Open(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Error("the binary has a program interpreter: it is not static")
+	for _, b := range []string{bin, slim} {
+		f, err := elf.Open(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("%s has a program interpreter: it is not static", filepath.Base(b))
+			}
+		}
+		f.Close()
+		out, err := exec.Command(b, "version", "-o", "json").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ Version string }
+		if err := json.Unmarshal(out, &v); err != nil || v.Version != "v"+testVersion {
+			t.Fatalf("%s: version %q (%v), want v%s", filepath.Base(b), v.Version, err, testVersion)
 		}
 	}
-	f.Close()
-	out, err := exec.Command(bin, "version", "-o", "json").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v struct{ Version string }
-	if err := json.Unmarshal(out, &v); err != nil || v.Version != "v"+testVersion {
-		t.Fatalf("version %q (%v), want v%s", v.Version, err, testVersion)
+	// The data plane alone is the smaller file: no control plane, no WAF.
+	if a, b := fileSize(t, bin), fileSize(t, slim); b >= a/2 {
+		t.Errorf("moatless-sidecar is %d bytes, moatless %d: want less than half", b, a)
 	}
 
 	sums, err := os.ReadFile(filepath.Join(dir, "SHA256SUMS"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{filepath.Base(bin): true, filepath.Base(pkg): true}
+	want := map[string]bool{filepath.Base(bin): true, filepath.Base(slim): true, filepath.Base(pkg): true}
 	sc := bufio.NewScanner(strings.NewReader(string(sums)))
 	for sc.Scan() {
 		sum, name, ok := strings.Cut(sc.Text(), "  ")
@@ -167,7 +174,7 @@ func TestDebInstallsAndStarts(t *testing.T) {
 	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o700 || int(sys.Uid) != uid {
 		t.Fatalf("/var/lib/moatless: mode %v, uid %d; want 0700 and moatless (%d)", st.Mode().Perm(), sys.Uid, uid)
 	}
-	for _, p := range []string{"/usr/bin/moatless", "/lib/systemd/system/moatless-server.service", "/lib/systemd/system/moatless-agent.service", "/etc/moatless/server.yaml", "/usr/share/doc/moatless/server.md"} {
+	for _, p := range []string{"/usr/bin/moatless", "/usr/bin/moatless-sidecar", "/lib/systemd/system/moatless-server.service", "/lib/systemd/system/moatless-agent.service", "/etc/moatless/server.yaml", "/usr/share/doc/moatless/server.md"} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("not installed: %v", err)
 		}
@@ -236,9 +243,13 @@ func TestDebInstallsAndStarts(t *testing.T) {
 		t.Fatal("the server ignored SIGTERM")
 	}
 
+	if out, err := exec.Command("/usr/bin/moatless-sidecar", "version").CombinedOutput(); err != nil || !strings.Contains(string(out), "moatless v"+testVersion) {
+		t.Errorf("/usr/bin/moatless-sidecar version: %v\n%s", err, out)
+	}
+
 	dpkg("--purge", "moatless")
 	purged = true
-	for _, p := range []string{"/usr/bin/moatless", "/var/lib/moatless", "/etc/moatless/server.yaml"} {
+	for _, p := range []string{"/usr/bin/moatless", "/usr/bin/moatless-sidecar", "/var/lib/moatless", "/etc/moatless/server.yaml"} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s is still there after purge", p)
 		}
@@ -280,4 +291,13 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
 }

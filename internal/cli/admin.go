@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/config"
 )
 
@@ -186,7 +187,7 @@ func serverTrust(cacert string, getenv func(string) string) (*x509.CertPool, err
 	if err != nil {
 		return nil, fmt.Errorf("read trust bundle: %w (set --cacert or MOATLESS_CACERT to the server's bundle.pem)", err)
 	}
-	certs, err := parsePEMCerts(b, "trust bundle "+path)
+	certs, err := dataplane.ParsePEMCerts(b, "trust bundle "+path)
 	if err != nil {
 		return nil, err
 	}
@@ -276,14 +277,7 @@ func (e *Env) fail(err error) int {
 }
 
 // printJSON writes v as indented JSON followed by a newline.
-func (e *Env) printJSON(v any) int {
-	enc := json.NewEncoder(e.Stdout)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(v); err != nil {
-		return e.errorf(ExitFailure, "write output: %v", err)
-	}
-	return ExitOK
-}
+func (e *Env) printJSON(v any) int { return e.dp().PrintJSON(v) }
 
 // pagePath is path?limit=LIMIT[&before=BEFORE] for the paged listings
 // (audit list, policy history). The server's bounds are checked here so
@@ -304,53 +298,20 @@ func pagePath(path string, limit int, before uint64, what string) (string, error
 }
 
 // newTable is the writer of every table and key/value listing the
-// commands print: columns two spaces apart, padded with spaces. Flush it
-// at the end.
-func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
+// commands print (dataplane.NewTable). Flush it at the end.
+func newTable(w io.Writer) *tabwriter.Writer { return dataplane.NewTable(w) }
 
-// parseFlags parses args into fs, printing errors to stderr. It returns
-// false with the exit code to use when parsing failed or help was asked.
+// parseFlags parses args into fs (dataplane.Env.ParseFlags): false with
+// the exit code when parsing failed or help was asked.
 func (e *Env) parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
-	if code, ok := e.parseFlagSet(fs, args); !ok {
-		return code, false
-	}
-	if fs.NArg() > 0 {
-		return e.errorf(ExitUsage, "%s: unexpected argument %q", fs.Name(), fs.Arg(0)), false
-	}
-	return 0, true
+	return e.dp().ParseFlags(fs, args)
 }
 
-// parseFlagSet parses args with fs, the one way every command parses its
-// flags. -h prints the command's usage to stdout (asked for, so not an
-// error: exit 0). A bad flag is one line on stderr, "moatless: CMD: what
-// is wrong (run "moatless CMD -h" for its flags)", exit 2: the flag
-// package would print the whole usage after the error, burying it.
-// Positional arguments are left in fs.Args().
+// parseFlagSet parses args with fs, leaving positional arguments in
+// fs.Args() (dataplane.Env.ParseFlagSet).
 func (e *Env) parseFlagSet(fs *flag.FlagSet, args []string) (int, bool) {
-	usage := fs.Usage
-	fs.Usage = func() {}
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
-	fs.Usage = usage
-	fs.SetOutput(e.Stdout)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		if usage != nil {
-			usage()
-		} else {
-			fmt.Fprintf(e.Stdout, "Usage of moatless %s:\n", fs.Name())
-			fs.PrintDefaults()
-		}
-		return ExitOK, false
-	case err != nil:
-		return e.errorf(ExitUsage, "%s: %v (run \"moatless %s -h\" for its flags)", fs.Name(), err, fs.Name()), false
-	}
-	fs.SetOutput(e.Stderr)
-	return ExitOK, true
+	return e.dp().ParseFlagSet(fs, args)
 }
 
 // stringList is a repeatable string flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+type stringList = dataplane.StringList

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/extauthz"
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
@@ -113,7 +113,7 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 			return e.errorf(ExitUsage, "authz: %v", err)
 		}
 	}
-	log, err := newLogger(e.Stderr, "json", logLevel)
+	log, err := dataplane.NewLogger(e.Stderr, "json", logLevel)
 	if err != nil {
 		return e.errorf(ExitUsage, "authz: --log-level: %v", err)
 	}
@@ -146,7 +146,7 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		pol.watch(ctx, t.C)
 	}()
 	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
-	stopped := logLifecycle(ctx, log)
+	stopped := dataplane.LogLifecycle(ctx, log)
 	if err := srv.Serve(ctx, l, creds); errors.Is(err, net.ErrClosed) {
 		stopped(nil)
 	} else if stopped(err) {
@@ -262,18 +262,6 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	return nil
 }
 
-// healthMux is the start of an admin listener's mux: /metrics from reg
-// and the liveness endpoints (/livez, /healthz alias). The caller adds
-// /readyz, which differs per command.
-func healthMux(reg prometheus.Gatherer) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
-	mux.HandleFunc("GET /livez", live)
-	mux.HandleFunc("GET /healthz", live)
-	return mux
-}
-
 // serveAuthzAdmin serves /metrics, the health endpoints and the
 // read-only OPA API on a loopback address.
 func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry, p *filePolicy, log *slog.Logger) error {
@@ -291,7 +279,7 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 	if err != nil {
 		return err
 	}
-	mux := healthMux(reg)
+	mux := dataplane.HealthMux(reg)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
 	})

@@ -7,21 +7,24 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
+
+	"github.com/moatless/moatless/internal/cli/dataplane"
 )
 
 // Exit codes that scripts can rely on. They are documented in docs/cli.md.
 const (
-	ExitOK       = 0 // the command did what was asked
-	ExitFailure  = 1 // it could not: server unreachable, server error, I/O
-	ExitUsage    = 2 // bad flags or bad input; nothing was changed
-	ExitNotFound = 3 // the named object does not exist
-	ExitDenied   = 4 // the credential was missing, wrong or not allowed
+	ExitOK       = dataplane.ExitOK       // the command did what was asked
+	ExitFailure  = dataplane.ExitFailure  // it could not: server unreachable, server error, I/O
+	ExitUsage    = dataplane.ExitUsage    // bad flags or bad input; nothing was changed
+	ExitNotFound = dataplane.ExitNotFound // the named object does not exist
+	ExitDenied   = dataplane.ExitDenied   // the credential was missing, wrong or not allowed
 )
 
 // Env is everything a command may touch of the outside world, so tests can
-// run commands in-process with their own streams and environment.
+// run commands in-process with their own streams and environment. Its
+// fields are dataplane.Env's, so the data-plane commands run on it as they
+// are (dp).
 type Env struct {
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -30,17 +33,15 @@ type Env struct {
 	Getenv func(string) string
 }
 
-func (e *Env) getenv(k string) string {
-	if e.Getenv == nil {
-		return os.Getenv(k)
-	}
-	return e.Getenv(k)
-}
+// dp is e as the data-plane commands' Env: the same streams and
+// environment.
+func (e *Env) dp() *dataplane.Env { return (*dataplane.Env)(e) }
+
+func (e *Env) getenv(k string) string { return e.dp().Env(k) }
 
 // errorf prints "moatless: ..." to stderr and returns code.
 func (e *Env) errorf(code int, format string, args ...any) int {
-	fmt.Fprintf(e.Stderr, "moatless: "+format+"\n", args...)
-	return code
+	return e.dp().Errorf(code, format, args...)
 }
 
 // A command is one row of the table. run receives the arguments after the
@@ -56,7 +57,7 @@ type command struct {
 var commands = []command{
 	{"server", "run the control plane (CA, registry, policy store, token service, audit)", runServer},
 	{"agent", "run the node agent that serves the SPIFFE Workload API", runAgent},
-	{"sidecar", "run the mTLS sidecar in front of one workload", runSidecar},
+	{"sidecar", "run the mTLS sidecar in front of one workload", func(ctx context.Context, e *Env, args []string) int { return dataplane.RunSidecar(ctx, e.dp(), args) }},
 	{"gateway", "run the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh", runGateway},
 	{"authz", "serve Envoy's ext_authz (gRPC) with the same decisions, from policy files", runAuthz},
 	{"jointoken", "create single-use join tokens for agents and sidecars", runJoinToken},
@@ -72,7 +73,7 @@ var commands = []command{
 	{"playbook", "apply, show and version the playbooks that contain compromised identities", runPlaybook},
 	{"store", "migrate, back up and restore the server's store", runStore},
 	{"demo", "run a server, three services and a reporting job, each behind a sidecar with its own join token (no agent), and show policy at work", runDemo},
-	{"version", "print the version", runVersion},
+	{"version", "print the version", func(ctx context.Context, e *Env, args []string) int { return dataplane.RunVersion(ctx, e.dp(), args) }},
 }
 
 // Main runs the command named by args[0] and returns its exit code.

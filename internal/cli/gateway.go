@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/gateway"
 	"github.com/moatless/moatless/internal/policy"
@@ -28,11 +29,11 @@ import (
 // runGateway runs "moatless gateway -config FILE": the edge in front of
 // the mesh (see docs/gateway.md).
 func runGateway(ctx context.Context, e *Env, args []string) int {
-	rf, code, ok := parseRoleFlags(e, "gateway", "validate the config and every file it names, then exit", "Runs the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh.", "docs/gateway.md", args)
+	rf, code, ok := dataplane.ParseRoleFlags(e.dp(), "gateway", "validate the config and every file it names, then exit", "Runs the edge gateway: TLS, WAF, rate limits, IP rules, JWT, policy, then mTLS into the mesh.", "docs/gateway.md", args)
 	if !ok {
 		return code
 	}
-	cfgPath, check, log := rf.cfgPath, rf.check, rf.log
+	cfgPath, check, log := rf.CfgPath, rf.Check, rf.Log
 	cfg, err := config.LoadGateway(cfgPath)
 	if err != nil {
 		return e.errorf(ExitUsage, "gateway: %v", err)
@@ -48,15 +49,15 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-gateway")
+	tracer, stopTracing, err := e.dp().Tracer(ctx, log, "moatless-gateway")
 	defer stopTracing()
 	if err != nil {
 		return e.errorf(ExitUsage, "gateway: %v", err)
 	}
 	gr.tracer = tracer
-	stopped := logLifecycle(ctx, log)
+	stopped := dataplane.LogLifecycle(ctx, log)
 	if err := gr.run(ctx); stopped(err) {
-		var ue usageError
+		var ue dataplane.UsageError
 		if errors.As(err, &ue) {
 			return ExitUsage
 		}
@@ -95,7 +96,7 @@ func (r *gatewayRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
 	}
-	return checkPolicyFiles(ctx, g, r.cfg.Policy, r.policyOptions(), r.log)
+	return dataplane.CheckPolicyFiles(ctx, g, r.cfg.Policy, r.policyOptions(), r.log)
 }
 
 func (r *gatewayRun) run(ctx context.Context) error {
@@ -106,47 +107,47 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var gw atomic.Pointer[gateway.Gateway]
-	mi, err := newMeshIdentity(ctx, cfg.Identity, "gateway", r.log, r.policyOptions(), targetOf(&gw))
+	mi, err := dataplane.NewMeshIdentity(ctx, cfg.Identity, "gateway", r.log, r.policyOptions(), dataplane.TargetOf(&gw))
 	if err != nil {
 		return err
 	}
-	defer mi.close()
+	defer mi.Close()
 	shared, err := sharedSecrets(cfg.JWT.HMACIssuers)
 	if err != nil {
-		return usageError{err}
+		return dataplane.UsageError{Err: err}
 	}
-	verifier := newJWTVerifier(ctx, mi, reg, r.log, shared...)
+	verifier := dataplane.NewJWTVerifier(ctx, mi, reg, r.log, shared...)
 	defer verifier.Close()
 
 	// Join mode: traffic records go to the server over the node's
 	// connection, as the sidecars' do.
 	var rec *proxy.Recorder
-	if mi.node != nil {
-		if rec, err = newGatewayRecorder(cfg, mi.node, reg, r.log); err != nil {
+	if mi.Node != nil {
+		if rec, err = dataplane.NewGatewayRecorder(cfg, mi.Node, reg, r.log); err != nil {
 			return err
 		}
 	}
 	g, err := gateway.New(gateway.Options{
 		Config:     cfg,
-		Identity:   mi.source,
+		Identity:   mi.Source,
 		Verifier:   verifier,
 		Logger:     r.log,
 		AccessLog:  r.stderr.Stderr,
-		Audit:      mi.auditSink(),
+		Audit:      mi.AuditSink(),
 		Recorder:   rec,
 		Registerer: reg,
 		Tracer:     r.tracer,
-		Risk:       &mi.risk,
+		Risk:       &mi.Risk,
 	})
 	if err != nil {
-		return usageError{err}
+		return dataplane.UsageError{Err: err}
 	}
 	gw.Store(g)
-	background, err := mi.start(ctx, g, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
+	background, err := mi.Start(ctx, g, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
 	if err != nil {
 		return err
 	}
-	if mi.node == nil && len(cfg.Policy.Files) == 0 {
+	if mi.Node == nil && len(cfg.Policy.Files) == 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 	}
 	if rec != nil {
@@ -155,7 +156,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, cfg.AdminPprof, r.log,
+		stop, err := dataplane.ServeAdmin(cfg.Admin, reg, mi.Ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, cfg.AdminPprof, r.log,
 			fmt.Sprintf("another gateway (or program) on this host uses it; every gateway needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.path))
 		if err != nil {
 			return err

@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/moatless/moatless/internal/cli/dataplane"
 )
 
 // TestGRPCLogsAreJSON: what gRPC itself logs (grpclog: a client that
@@ -20,7 +22,7 @@ import (
 func TestGRPCLogsAreJSON(t *testing.T) {
 	var buf bytes.Buffer
 	w := &syncWriter{w: &buf}
-	if _, err := newLogger(w, "json", "info"); err != nil {
+	if _, err := dataplane.NewLogger(w, "json", "info"); err != nil {
 		t.Fatal(err)
 	}
 	snapshot := func() []byte {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/policy"
 )
 
@@ -37,7 +38,7 @@ func logLines(t *testing.T, b []byte) []map[string]any {
 // nanoseconds; lists are JSON arrays; nested groups too.
 func TestLogValues(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newLogger(&buf, "json", "info")
+	log, err := dataplane.NewLogger(&buf, "json", "info")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +86,10 @@ func TestLogLifecycle(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			log, _ := newLogger(&buf, "json", "info")
+			log, _ := dataplane.NewLogger(&buf, "json", "info")
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			stopped := logLifecycle(ctx, log)
+			stopped := dataplane.LogLifecycle(ctx, log)
 			if tc.cancel {
 				cancel(errors.New("terminated signal received"))
 			}
@@ -129,7 +130,7 @@ func TestAuthzLogsAFailedReloadOncePerChange(t *testing.T) {
 	}
 	write(doc("STRICT"))
 	var buf bytes.Buffer
-	log, _ := newLogger(&buf, "json", "info")
+	log, _ := dataplane.NewLogger(&buf, "json", "info")
 	verifier := authn.NewVerifier(authn.Options{Logger: log})
 	defer verifier.Close()
 	p := &filePolicy{e: &Env{}, files: []string{dir}, log: log, verifier: verifier, dst: policy.Destination{Namespace: "prod"}}

@@ -17,14 +17,8 @@ import (
 //   - Text table columns are the items' JSON field names, upper case with
 //     spaces for underscores, so a column can be found in the JSON by name.
 
-// checkOutput validates a -o value: text or json. It prints the error for
-// cmd and returns false with ExitUsage otherwise.
-func (e *Env) checkOutput(cmd, output string) (int, bool) {
-	if output != "text" && output != "json" {
-		return e.errorf(ExitUsage, "%s: -o must be text or json, not %q", cmd, output), false
-	}
-	return ExitOK, true
-}
+// checkOutput validates a -o value: text or json (dataplane.Env.CheckOutput).
+func (e *Env) checkOutput(cmd, output string) (int, bool) { return e.dp().CheckOutput(cmd, output) }
 
 // listOutput is the -o json shape of every list.
 type listOutput struct {

@@ -3,6 +3,8 @@ package cli
 import (
 	"strings"
 	"testing"
+
+	"github.com/moatless/moatless/internal/cli/dataplane"
 )
 
 // TestLinuxOnlyCommands: outside Linux the long-running commands say at
@@ -11,8 +13,8 @@ import (
 // (here: one that fails later, on the missing credential, not on the
 // system).
 func TestLinuxOnlyCommands(t *testing.T) {
-	defer func(g string) { goos = g }(goos)
-	goos = "darwin"
+	defer func(g string) { dataplane.GOOS = g }(dataplane.GOOS)
+	dataplane.GOOS = "darwin"
 	dir := t.TempDir()
 	env := map[string]string{"HOME": dir, "MOATLESS_DATA_DIR": dir}
 	for _, cmd := range []string{"server", "agent", "sidecar", "authz", "demo"} {

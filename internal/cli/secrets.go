@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/render"
 	"github.com/moatless/moatless/internal/secrets"
@@ -849,7 +850,7 @@ func runSecretsRender(ctx context.Context, e *Env, args []string) int {
 	if err := config.DecodeFile(*file, &cfg); err != nil {
 		return e.errorf(ExitUsage, "secrets render: %v", err)
 	}
-	log, err := newLogger(e.Stderr, "json", *logLevel)
+	log, err := dataplane.NewLogger(e.Stderr, "json", *logLevel)
 	if err != nil {
 		return e.errorf(ExitUsage, "secrets render: %v", err)
 	}
@@ -868,7 +869,7 @@ func runSecretsRender(ctx context.Context, e *Env, args []string) int {
 		}
 		return ExitOK
 	}
-	if stopped := logLifecycle(ctx, log); stopped(r.Run(ctx)) {
+	if stopped := dataplane.LogLifecycle(ctx, log); stopped(r.Run(ctx)) {
 		return ExitFailure
 	}
 	return ExitOK

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
@@ -101,12 +102,12 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	if err := cfg.Validate(); err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
 	}
-	logger, err := newLogger(e.Stderr, "json", cfg.LogLevel)
+	logger, err := dataplane.NewLogger(e.Stderr, "json", cfg.LogLevel)
 	if err != nil {
 		return e.errorf(ExitUsage, "server: log_level: %v", err)
 	}
 
-	tracer, stopTracing, err := e.tracer(ctx, logger, "moatless-server")
+	tracer, stopTracing, err := e.dp().Tracer(ctx, logger, "moatless-server")
 	defer stopTracing()
 	if err != nil {
 		return e.errorf(ExitUsage, "server: %v", err)
@@ -139,7 +140,7 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 		}
 		defer stop()
 	}
-	if stopped := logLifecycle(ctx, logger); stopped(srv.Serve(ctx)) {
+	if stopped := dataplane.LogLifecycle(ctx, logger); stopped(srv.Serve(ctx)) {
 		return ExitFailure
 	}
 	return ExitOK

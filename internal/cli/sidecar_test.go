@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -46,29 +45,6 @@ func TestSidecarCheck(t *testing.T) {
 			code, out, stderr := runCLI(t, map[string]string{"HOME": dir}, "sidecar", "-config", tc.cfg, "-check")
 			if code != tc.code || !strings.Contains(out+stderr, tc.want) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d containing %q", code, out, stderr, tc.code, tc.want)
-			}
-		})
-	}
-}
-
-func TestSidecarGCDefaultYieldsToGOGC(t *testing.T) {
-	tests := []struct {
-		name string
-		gogc string
-		want int
-	}{
-		{"unset_takes_the_sidecar_default", "", sidecarGCPercent},
-		{"set_is_left_to_the_runtime", "200", 100},
-		{"off_is_left_to_the_runtime", "off", 100},
-	}
-	prev := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(prev) })
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			debug.SetGCPercent(100) // what the runtime applied from the environment
-			sidecarGC(tc.gogc)
-			if got := debug.SetGCPercent(100); got != tc.want {
-				t.Fatalf("GC percent %d, want %d", got, tc.want)
 			}
 		})
 	}

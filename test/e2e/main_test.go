@@ -20,8 +20,9 @@ import (
 	"github.com/moatless/moatless/internal/store/storetest"
 )
 
-// bin is the moatless binary built once for every test.
-var bin string
+// bin is the moatless binary built once for every test; slimBin is
+// moatless-sidecar, the data plane alone, built beside it.
+var bin, slimBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "moatless-e2e-bin")
@@ -30,11 +31,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "moatless")
-	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", bin, "../../cmd/moatless")
+	slimBin = filepath.Join(dir, "moatless-sidecar")
+	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", dir, "../../cmd/moatless", "../../cmd/moatless-sidecar")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: building moatless:", err)
+		fmt.Fprintln(os.Stderr, "e2e: building moatless and moatless-sidecar:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -77,8 +79,14 @@ type proc struct {
 // its output is logged if the test failed.
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
+	return startArgv(t, name, env, append([]string{bin}, args...))
+}
+
+// startArgv is start for any executable: argv[0] is its path.
+func startArgv(t *testing.T, name string, env []string, argv []string) *proc {
+	t.Helper()
 	p := &proc{name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {

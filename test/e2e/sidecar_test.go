@@ -123,13 +123,26 @@ func startSidecarProc(t *testing.T, name, cfg string, needReady bool) *sidecarPr
 // environment.
 func startSidecarProcEnv(t *testing.T, name, cfg string, needReady bool, env []string) *sidecarProc {
 	t.Helper()
+	return startSidecarProcCmd(t, oneBinary(), name, cfg, needReady, env)
+}
+
+// The two executables a sidecar runs from: the command line before
+// "-config FILE".
+func oneBinary() []string  { return []string{bin, "sidecar"} }
+func slimBinary() []string { return []string{slimBin} }
+
+// startSidecarProcCmd is startSidecarProcEnv running cmd (oneBinary or
+// slimBinary).
+func startSidecarProcCmd(t *testing.T, cmd []string, name, cfg string, needReady bool, env []string) *sidecarProc {
+	t.Helper()
 	admin := freeAddr(t)
 	path := filepath.Join(t.TempDir(), name+".yaml")
 	cfg += "admin: " + admin + "\nreload_interval: 200ms\n"
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &sidecarProc{proc: start(t, name, env, "sidecar", "-config", path), admin: admin}
+	argv := append(append([]string(nil), cmd...), "-config", path)
+	p := &sidecarProc{proc: startArgv(t, name, env, argv), admin: admin}
 	probe := "/livez"
 	if needReady {
 		probe = "/readyz"
@@ -222,6 +235,13 @@ func startSidecarMeshEnv(t *testing.T, app, policies string, ordersEnv, frontend
 // (YAML lines) for both sidecars.
 func startSidecarMeshConf(t *testing.T, app, policies, extra string, ordersEnv, frontendEnv []string) *sidecarMesh {
 	t.Helper()
+	return startSidecarMeshCmd(t, oneBinary(), app, policies, extra, ordersEnv, frontendEnv)
+}
+
+// startSidecarMeshCmd is startSidecarMeshConf with both sidecars run by
+// cmd (oneBinary or slimBinary).
+func startSidecarMeshCmd(t *testing.T, cmd []string, app, policies, extra string, ordersEnv, frontendEnv []string) *sidecarMesh {
+	t.Helper()
 	m := &sidecarMesh{pki: newSidecarPKI(t), policyDir: t.TempDir(), inbound: freeAddr(t), outbound: freeAddr(t)}
 	m.revocations = filepath.Join(m.pki.dir, "revocations.json")
 	if err := os.WriteFile(filepath.Join(m.policyDir, "policies.yaml"), []byte(policies), 0o600); err != nil {
@@ -229,7 +249,7 @@ func startSidecarMeshConf(t *testing.T, app, policies, extra string, ordersEnv, 
 	}
 	of, _ := m.pki.files("orders", scOrdersID)
 	ff, _ := m.pki.files("frontend", scFrontendID)
-	m.orders = startSidecarProcEnv(t, "orders-sidecar", fmt.Sprintf(`identity:
+	m.orders = startSidecarProcCmd(t, cmd, "orders-sidecar", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 namespace: prod
 labels: {app: orders}
@@ -240,7 +260,7 @@ policy:
   revocations_file: %s
 decision_log: {allow_sample_rate: 1}
 %s`, of.Cert, of.Key, of.Bundle, m.inbound, app, m.policyDir, m.revocations, extra), true, ordersEnv)
-	m.frontend = startSidecarProcEnv(t, "frontend-sidecar", fmt.Sprintf(`identity:
+	m.frontend = startSidecarProcCmd(t, cmd, "frontend-sidecar", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 namespace: prod
 labels: {app: frontend}
@@ -277,10 +297,22 @@ func sidecarDo(t *testing.T, c *http.Client, method, url string) (int, string) {
 // TestSidecarFilesModeDecisions: allowed and denied calls through a pair of
 // sidecars run from files, a forged XFCC replaced by the verified one,
 // plaintext refused under STRICT, another identity refused, and an
-// outbound refusing an upstream with the wrong SPIFFE ID.
+// outbound refusing an upstream with the wrong SPIFFE ID; run by "moatless
+// sidecar" and by moatless-sidecar.
 func TestSidecarFilesModeDecisions(t *testing.T) {
+	// The same decisions from both executables: moatless-sidecar is the
+	// same sidecar without the rest of moatless.
+	for _, exe := range []struct {
+		name string
+		cmd  func() []string
+	}{{"moatless_sidecar", oneBinary}, {"moatless-sidecar", slimBinary}} {
+		t.Run(exe.name, func(t *testing.T) { testSidecarFilesModeDecisions(t, exe.cmd()) })
+	}
+}
+
+func testSidecarFilesModeDecisions(t *testing.T, cmd []string) {
 	app := sidecarEchoApp(t)
-	m := startSidecarMesh(t, app)
+	m := startSidecarMeshCmd(t, cmd, app, sidecarPolicies, "", nil, nil)
 	plain := &http.Client{Timeout: 10 * time.Second}
 
 	tests := []struct {
@@ -335,11 +367,11 @@ func TestSidecarFilesModeDecisions(t *testing.T) {
 	t.Run("outbound_refuses_upstream_with_wrong_id", func(t *testing.T) {
 		out := freeAddr(t)
 		ff, _ := m.pki.files("frontend2", scFrontendID)
-		startSidecarProc(t, "frontend-wrong-upstream", fmt.Sprintf(`identity:
+		startSidecarProcCmd(t, cmd, "frontend-wrong-upstream", fmt.Sprintf(`identity:
   files: {cert: %s, key: %s, bundle: %s}
 outbound:
   - {listen: "%s", upstream: "%s", spiffe_id: "spiffe://e2e.test/ns/prod/sa/payments"}
-`, ff.Cert, ff.Key, ff.Bundle, out, m.inbound), false)
+`, ff.Cert, ff.Key, ff.Bundle, out, m.inbound), false, nil)
 		// Live is not listening: poll until the outbound listener answers.
 		var code int
 		var body string

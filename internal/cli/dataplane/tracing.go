@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -19,8 +19,8 @@ const tracerName = "github.com/moatless/moatless"
 // service. stop flushes the spans still queued (for up to 5 seconds) and
 // is safe to call when tracing is off. A malformed variable is an error
 // for the user to fix.
-func (e *Env) startTracing(ctx context.Context, log *slog.Logger, service string) (*telemetry.Tracing, func(), error) {
-	c, err := telemetry.ParseTracingConfig(e.getenv)
+func (e *Env) StartTracing(ctx context.Context, log *slog.Logger, service string) (*telemetry.Tracing, func(), error) {
+	c, err := telemetry.ParseTracingConfig(e.Env)
 	if err != nil {
 		return nil, func() {}, err
 	}
@@ -39,8 +39,8 @@ func (e *Env) startTracing(ctx context.Context, log *slog.Logger, service string
 
 // tracer is startTracing for a component that takes a trace.Tracer: nil
 // when tracing is off (the component then builds no span at all).
-func (e *Env) tracer(ctx context.Context, log *slog.Logger, service string) (trace.Tracer, func(), error) {
-	t, stop, err := e.startTracing(ctx, log, service)
+func (e *Env) Tracer(ctx context.Context, log *slog.Logger, service string) (trace.Tracer, func(), error) {
+	t, stop, err := e.StartTracing(ctx, log, service)
 	if err != nil || !t.Enabled() {
 		return nil, stop, err
 	}

@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -45,10 +45,10 @@ func newRecorder(cfg config.Sidecar, node *agent.Node, reg prometheus.Registerer
 	return proxy.NewRecorder(rc)
 }
 
-// newGatewayRecorder builds the gateway's traffic recorder in join mode
+// NewGatewayRecorder builds the gateway's traffic recorder in join mode
 // (default interval and bounds; no PII sampling: the gateway's upstream
 // sidecars sample their own responses).
-func newGatewayRecorder(cfg config.Gateway, node *agent.Node, reg prometheus.Registerer, log *slog.Logger) (*proxy.Recorder, error) {
+func NewGatewayRecorder(cfg config.Gateway, node *agent.Node, reg prometheus.Registerer, log *slog.Logger) (*proxy.Recorder, error) {
 	rc := proxy.RecorderConfig{Send: recordSender(node), Component: "gateway", Namespace: cfg.Namespace, Labels: cfg.Labels,
 		Registerer: reg, Logger: log}
 	if p := hostPortOf(cfg.Listen); p > 0 {

@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -27,44 +28,44 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// policyTarget is what a data-plane process puts policies and
+// PolicyTarget is what a data-plane process puts policies and
 // revocations in force in: a sidecar or the gateway.
-type policyTarget interface {
+type PolicyTarget interface {
 	proxy.PolicyTarget
 	SetAuthorizer(version uint64, a proxy.Authorizer)
 }
 
-// meshIdentity is a sidecar's or the gateway's identity, set up from the
+// MeshIdentity is a sidecar's or the gateway's identity, set up from the
 // identity section they share: PEM files, a Workload API socket, or a
 // join token that makes the process its own agent (then policies,
 // revocations and the bundle come over the watch stream, and denies are
 // reported to the server's audit log).
-type meshIdentity struct {
-	source proxy.Identity
+type MeshIdentity struct {
+	Source proxy.Identity
 	files  *proxy.FileSource   // files mode, reloaded by a FileWatcher
-	node   *agent.Node         // join mode
+	Node   *agent.Node         // join mode
 	nodeID *proxy.NodeIdentity // join mode
 	audit  *proxy.ServerAudit  // join mode
 	// joined is the node once it exists, for the JWKS client.
 	joined atomic.Pointer[agent.Node]
 	// risk is the risk scores the watch stream pushes (join mode; empty
 	// otherwise), for the spans.
-	risk    telemetry.RiskScores
+	Risk    telemetry.RiskScores
 	closers []func()
 }
 
-// newMeshIdentity opens the identity source. target returns the process's
+// NewMeshIdentity opens the identity source. target returns the process's
 // policy target once it exists (nil before), for the watch stream's
 // callbacks. Call close when done.
-func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component string, log *slog.Logger, opts policy.Options, target func() policyTarget) (*meshIdentity, error) {
-	m := &meshIdentity{}
+func NewMeshIdentity(ctx context.Context, id config.SidecarIdentity, component string, log *slog.Logger, opts policy.Options, target func() PolicyTarget) (*MeshIdentity, error) {
+	m := &MeshIdentity{}
 	switch {
 	case id.Files != nil:
 		f, err := proxy.NewFileSource(id.Files.Cert, id.Files.Key, id.Files.Bundle)
 		if err != nil {
-			return nil, usageError{err}
+			return nil, UsageError{err}
 		}
-		m.files, m.source = f, f
+		m.files, m.Source = f, f
 	case id.WorkloadAPI != "":
 		log.Info("waiting for an X509-SVID from the Workload API", "addr", id.WorkloadAPI)
 		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
@@ -74,13 +75,13 @@ func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component s
 			return nil, fmt.Errorf("no X509-SVID from the Workload API at %s: %w (is the agent running, and is there a registration entry for this process?)", id.WorkloadAPI, err)
 		}
 		m.closers = append(m.closers, func() { src.Close() })
-		m.source = src
+		m.Source = src
 	case id.Join != nil:
-		n, ni, err := newNode(id.Join, component, log, opts, target, &m.risk)
+		n, ni, err := newNode(id.Join, component, log, opts, target, &m.Risk)
 		if err != nil {
 			return nil, err
 		}
-		m.node, m.nodeID, m.source = n, ni, ni
+		m.Node, m.nodeID, m.Source = n, ni, ni
 		m.joined.Store(n)
 		m.closers = append(m.closers, func() { n.Close() })
 		m.audit = &proxy.ServerAudit{
@@ -93,13 +94,13 @@ func newMeshIdentity(ctx context.Context, id config.SidecarIdentity, component s
 	return m, nil
 }
 
-// targetOf returns the policy target p holds once it is set (nil
+// TargetOf returns the policy target p holds once it is set (nil
 // before: never a typed nil inside the interface).
-func targetOf[T any, PT interface {
+func TargetOf[T any, PT interface {
 	*T
-	policyTarget
-}](p *atomic.Pointer[T]) func() policyTarget {
-	return func() policyTarget {
+	PolicyTarget
+}](p *atomic.Pointer[T]) func() PolicyTarget {
+	return func() PolicyTarget {
 		if t := p.Load(); t != nil {
 			return PT(t)
 		}
@@ -107,14 +108,14 @@ func targetOf[T any, PT interface {
 	}
 }
 
-// checkPolicyFiles loads a role's policy and revocation files once into
+// CheckPolicyFiles loads a role's policy and revocation files once into
 // target, as -check does: an error names what does not load.
-func checkPolicyFiles(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, log *slog.Logger) error {
+func CheckPolicyFiles(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, log *slog.Logger) error {
 	w := &proxy.FileWatcher{Sidecar: target, PolicyFiles: pol.Files, PolicyOptions: opts, RevocationsFile: pol.RevocationsFile, Logger: log}
 	return w.Load(ctx)
 }
 
-func (m *meshIdentity) close() {
+func (m *MeshIdentity) Close() {
 	for _, c := range m.closers {
 		c()
 	}
@@ -122,7 +123,7 @@ func (m *meshIdentity) close() {
 
 // jwksClient is the client for JWKS fetches: system roots and, in join
 // mode, the mesh bundle for the moatless server's own issuer.
-func (m *meshIdentity) jwksClient() *http.Client {
+func (m *MeshIdentity) jwksClient() *http.Client {
 	return jwksClient(func() ([]*x509.Certificate, string) {
 		if n := m.joined.Load(); n != nil && !n.ID().IsZero() {
 			return nodeCerts(n), "spiffe://" + n.ID().TrustDomain().Name() + "/moatless/server"
@@ -132,7 +133,7 @@ func (m *meshIdentity) jwksClient() *http.Client {
 }
 
 // auditSink is the server audit reporter in join mode, nil otherwise.
-func (m *meshIdentity) auditSink() proxy.AuditSink {
+func (m *MeshIdentity) AuditSink() proxy.AuditSink {
 	if m.audit == nil {
 		return nil
 	}
@@ -144,25 +145,25 @@ func (m *meshIdentity) auditSink() proxy.AuditSink {
 // stream, calling fail when the connection to the server ends for good.
 // In files mode it loads the policy and revocation files (an error here
 // stops the start) and keeps them and the identity files reloaded.
-func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, interval time.Duration, log *slog.Logger, fail func()) ([]func(context.Context), error) {
+func (m *MeshIdentity) Start(ctx context.Context, target proxy.PolicyTarget, pol config.SidecarPolicy, opts policy.Options, interval time.Duration, log *slog.Logger, fail func()) ([]func(context.Context), error) {
 	var bg []func(context.Context)
-	if m.node != nil {
+	if m.Node != nil {
 		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
-		err := m.node.Attest(actx)
+		err := m.Node.Attest(actx)
 		acancel()
 		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) || errors.Is(err, agent.ErrDataDirInUse) {
-			return nil, usageError{fmt.Errorf("identity.join.state_dir: %w", err)}
+			return nil, UsageError{fmt.Errorf("identity.join.state_dir: %w", err)}
 		}
 		if err != nil {
 			return nil, err
 		}
-		if b := m.node.Bundle(); b != nil {
+		if b := m.Node.Bundle(); b != nil {
 			if err := m.nodeID.SetBundle(*b); err != nil {
 				return nil, err
 			}
 		}
 		bg = append(bg, m.audit.Run, func(ctx context.Context) {
-			if err := m.node.Run(ctx); err != nil && ctx.Err() == nil {
+			if err := m.Node.Run(ctx); err != nil && ctx.Err() == nil {
 				log.Error("server connection ended", "err", err)
 				fail()
 			}
@@ -174,7 +175,7 @@ func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol
 		RevocationsFile: pol.RevocationsFile, Interval: interval, Logger: log,
 	}
 	if err := w.Load(ctx); err != nil {
-		return nil, usageError{err}
+		return nil, UsageError{err}
 	}
 	return append(bg, w.Run), nil
 }
@@ -182,33 +183,33 @@ func (m *meshIdentity) start(ctx context.Context, target proxy.PolicyTarget, pol
 // ready is the process's readiness: inner's, and in join mode not
 // revoked (a revoked node reports the revocation, with its time and
 // reason, instead of looking healthy).
-func (m *meshIdentity) ready(inner func() error) func() error {
+func (m *MeshIdentity) Ready(inner func() error) func() error {
 	return func() error {
 		if err := inner(); err != nil {
 			return err
 		}
-		if m.node != nil {
-			return m.node.Refused()
+		if m.Node != nil {
+			return m.Node.Refused()
 		}
 		return nil
 	}
 }
 
-// serveAdmin serves /metrics, /livez, /healthz, /readyz (ready says what
+// ServeAdmin serves /metrics, /livez, /healthz, /readyz (ready says what
 // is missing, status what is in force), optionally pprof, and OPA's
 // read-only Data and Policy APIs over the Rego modules and data in force
 // when rego is set, on a loopback address until the returned stop is
 // called. An address in use (another instance on this host) is a usage
 // error ending in inUse, which names the setting to change.
-func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
+func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return nil, usageError{fmt.Errorf("admin listener: %w: %s", err, inUse)}
+		return nil, UsageError{fmt.Errorf("admin listener: %w: %s", err, inUse)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
-	mux := healthMux(reg)
+	mux := HealthMux(reg)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := ready(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -241,16 +242,16 @@ func serveAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 
 // newNode builds the agent client of join-token mode. Its callbacks feed
 // the policy target, which exists by the time the first update arrives.
-func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts policy.Options, target func() policyTarget, risk *telemetry.RiskScores) (*agent.Node, *proxy.NodeIdentity, error) {
-	roots, err := readPEMCerts(j.ServerBundle)
+func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts policy.Options, target func() PolicyTarget, risk *telemetry.RiskScores) (*agent.Node, *proxy.NodeIdentity, error) {
+	roots, err := ReadPEMCerts(j.ServerBundle)
 	if err != nil {
-		return nil, nil, usageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
+		return nil, nil, UsageError{fmt.Errorf("identity.join.server_bundle: %w", err)}
 	}
 	token := ""
-	if t, err := readTokenFile(j.TokenFile); err == nil {
+	if t, err := ReadTokenFile(j.TokenFile); err == nil {
 		token = t
 	} else if j.StateDir == "" {
-		return nil, nil, usageError{fmt.Errorf("identity.join.token_file: %w", err)}
+		return nil, nil, UsageError{fmt.Errorf("identity.join.token_file: %w", err)}
 	}
 	ni := &proxy.NodeIdentity{}
 	var node *agent.Node
@@ -304,18 +305,30 @@ func newNode(j *config.SidecarJoin, component string, log *slog.Logger, opts pol
 		},
 	})
 	if err != nil {
-		return nil, nil, usageError{err}
+		return nil, nil, UsageError{err}
 	}
 	ni.SVID = node.SVID
 	return node, ni, nil
 }
 
-// newJWTVerifier is the verifier of request tokens, with the JWKS client
+// NewJWTVerifier is the verifier of request tokens, with the JWKS client
 // of the identity, the shared-secret issuers given, and its metrics
 // registered.
-func newJWTVerifier(ctx context.Context, m *meshIdentity, reg *prometheus.Registry, log *slog.Logger, shared ...authn.SharedSecret) *authn.Verifier {
+func NewJWTVerifier(ctx context.Context, m *MeshIdentity, reg *prometheus.Registry, log *slog.Logger, shared ...authn.SharedSecret) *authn.Verifier {
 	v := authn.NewVerifier(authn.Options{Logger: log, HTTPClient: m.jwksClient(), SharedSecrets: shared})
 	v.Start(ctx)
 	reg.MustRegister(authn.NewCollector(v))
 	return v
+}
+
+// HealthMux is the start of an admin listener's mux: /metrics from reg
+// and the liveness endpoints (/livez, /healthz alias). The caller adds
+// /readyz, which differs per command.
+func HealthMux(reg prometheus.Gatherer) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("GET /livez", live)
+	mux.HandleFunc("GET /healthz", live)
+	return mux
 }

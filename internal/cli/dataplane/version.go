@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 )
 
 // Version overrides the version the Go toolchain stamped into the binary;
-// set it with -ldflags "-X github.com/moatless/moatless/internal/cli.Version=v1.2.3".
+// set it with -ldflags "-X github.com/moatless/moatless/internal/cli/dataplane.Version=v1.2.3".
 // Left "dev", the module version from the build information is used.
 var Version = "dev"
 
@@ -72,7 +72,7 @@ func readBuildInfo(read func() (*debug.BuildInfo, bool), override string) buildI
 	return out
 }
 
-func runVersion(_ context.Context, e *Env, args []string) int {
+func RunVersion(_ context.Context, e *Env, args []string) int {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
 	output := fs.String("o", "text", "output format: text or json")
 	fs.Usage = func() {
@@ -80,18 +80,18 @@ func runVersion(_ context.Context, e *Env, args []string) int {
 		fmt.Fprintln(fs.Output(), "\nPrints the module version and the commit the binary was built from.")
 		fs.PrintDefaults()
 	}
-	if code, ok := e.parseFlags(fs, args); !ok {
+	if code, ok := e.ParseFlags(fs, args); !ok {
 		return code
 	}
-	if code, ok := e.checkOutput("version", *output); !ok {
+	if code, ok := e.CheckOutput("version", *output); !ok {
 		return code
 	}
 	bi := readBuildInfo(debug.ReadBuildInfo, Version)
 	if *output == "json" {
-		return e.printJSON(bi)
+		return e.PrintJSON(bi)
 	}
 	fmt.Fprintf(e.Stdout, "moatless %s\n", bi.Version)
-	tw := newTable(e.Stdout)
+	tw := NewTable(e.Stdout)
 	if bi.Revision != "" {
 		rev := bi.Revision
 		if bi.Modified {

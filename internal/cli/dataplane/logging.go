@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"sync"
 )
 
-// logLifecycle gives a long-running command's JSON log its shutdown lines:
+// LogLifecycle gives a long-running command's JSON log its shutdown lines:
 // "shutting down" with the cause (for SIGTERM, "terminated signal
 // received") as soon as ctx ends, and, from the returned func, "stopped"
 // when the command has finished: at INFO when it ended cleanly (err nil,
@@ -19,7 +19,7 @@ import (
 // The returned func must be called exactly once; it waits for the first
 // line, so the lines are always in order. It returns whether err was a
 // failure.
-func logLifecycle(ctx context.Context, log *slog.Logger) (stopped func(err error) (failed bool)) {
+func LogLifecycle(ctx context.Context, log *slog.Logger) (stopped func(err error) (failed bool)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	logCause := func() {

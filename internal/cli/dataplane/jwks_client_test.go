@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"crypto/tls"

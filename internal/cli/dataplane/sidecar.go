@@ -1,4 +1,4 @@
-package cli
+package dataplane
 
 import (
 	"context"
@@ -28,50 +28,50 @@ import (
 	"github.com/moatless/moatless/internal/telemetry"
 )
 
-// runSidecar runs "moatless sidecar -config FILE": one sidecar in front of
+// RunSidecar runs "moatless sidecar -config FILE": one sidecar in front of
 // one workload, its identity from a Workload API socket, PEM files or a
 // join token (see docs/sidecar.md).
-func runSidecar(ctx context.Context, e *Env, args []string) int {
-	rf, code, ok := parseRoleFlags(e, "sidecar", "validate the config (and policy files) and exit", "Runs the mTLS sidecar in front of one workload.", "docs/sidecar.md", args)
+func RunSidecar(ctx context.Context, e *Env, args []string) int {
+	rf, code, ok := ParseRoleFlags(e, "sidecar", "validate the config (and policy files) and exit", "Runs the mTLS sidecar in front of one workload.", "docs/sidecar.md", args)
 	if !ok {
 		return code
 	}
-	cfgPath, check, log := rf.cfgPath, rf.check, rf.log
+	cfgPath, check, log := rf.CfgPath, rf.Check, rf.Log
 	cfg, err := config.LoadSidecar(cfgPath)
 	if err != nil {
-		return e.errorf(ExitUsage, "sidecar: %v", err)
+		return e.Errorf(ExitUsage, "sidecar: %v", err)
 	}
 	// LoadSidecar validated the name; parsing again keeps a config built
 	// any other way from silently falling back to BASE.
 	pathNorm, err := policy.ParsePathNormalization(cfg.Policy.PathNormalization)
 	if err != nil {
-		return e.errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
+		return e.Errorf(ExitUsage, "sidecar: policy.path_normalization: %v", err)
 	}
 	sc := &sidecarRun{cfg: cfg, log: log, pathNorm: pathNorm, cfgPath: cfgPath}
-	if _, err := telemetry.ParseTracingConfig(e.getenv); err != nil {
-		return e.errorf(ExitUsage, "sidecar: %v", err)
+	if _, err := telemetry.ParseTracingConfig(e.Env); err != nil {
+		return e.Errorf(ExitUsage, "sidecar: %v", err)
 	}
 	if check {
 		if err := sc.checkOnly(ctx); err != nil {
-			return e.errorf(ExitUsage, "sidecar: %v", err)
+			return e.Errorf(ExitUsage, "sidecar: %v", err)
 		}
 		fmt.Fprintln(e.Stdout, "config OK")
 		return ExitOK
 	}
-	sidecarGC(e.getenv("GOGC"))
+	sidecarGC(e.Env("GOGC"))
 	// -check validates anywhere; serving needs Linux.
-	if code, ok := e.linuxOnly("moatless sidecar"); !ok {
+	if code, ok := e.LinuxOnly("moatless sidecar"); !ok {
 		return code
 	}
-	tracer, stopTracing, err := e.tracer(ctx, log, "moatless-sidecar")
+	tracer, stopTracing, err := e.Tracer(ctx, log, "moatless-sidecar")
 	defer stopTracing()
 	if err != nil {
-		return e.errorf(ExitUsage, "sidecar: %v", err)
+		return e.Errorf(ExitUsage, "sidecar: %v", err)
 	}
 	sc.tracer = tracer
-	stopped := logLifecycle(ctx, log)
+	stopped := LogLifecycle(ctx, log)
 	if err := sc.run(ctx); stopped(err) {
-		var ue usageError
+		var ue UsageError
 		if errors.As(err, &ue) {
 			return ExitUsage
 		}
@@ -97,10 +97,12 @@ func sidecarGC(gogc string) {
 	}
 }
 
-// usageError marks errors the user fixes in the config or its files.
-type usageError struct{ error }
+// UsageError marks errors the user fixes in the config or its files: the
+// command exits with ExitUsage.
+type UsageError struct{ Err error }
 
-func (u usageError) Unwrap() error { return u.error }
+func (u UsageError) Error() string { return u.Err.Error() }
+func (u UsageError) Unwrap() error { return u.Err }
 
 type sidecarRun struct {
 	cfg     config.Sidecar
@@ -132,7 +134,7 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return checkPolicyFiles(ctx, s, r.cfg.Policy, r.policyOptions(), r.log)
+	return CheckPolicyFiles(ctx, s, r.cfg.Policy, r.policyOptions(), r.log)
 }
 
 func (r *sidecarRun) run(ctx context.Context) error {
@@ -143,20 +145,20 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var sidecar atomic.Pointer[proxy.Sidecar]
-	mi, err := newMeshIdentity(ctx, cfg.Identity, "sidecar", r.log, r.policyOptions(), targetOf(&sidecar))
+	mi, err := NewMeshIdentity(ctx, cfg.Identity, "sidecar", r.log, r.policyOptions(), TargetOf(&sidecar))
 	if err != nil {
 		return err
 	}
-	defer mi.close()
+	defer mi.Close()
 	// jwksUri fetches trust the system roots and, in join mode, the
 	// server's current bundle, so a RequestAuthentication naming our own
 	// issuer works without extra configuration.
-	verifier := newJWTVerifier(ctx, mi, reg, r.log)
+	verifier := NewJWTVerifier(ctx, mi, reg, r.log)
 	defer verifier.Close()
 
 	pc := proxy.Config{
-		Identity:             mi.source,
-		Audit:                mi.auditSink(),
+		Identity:             mi.Source,
+		Audit:                mi.AuditSink(),
 		Namespace:            cfg.Namespace,
 		Labels:               cfg.Labels,
 		Verifier:             verifier,
@@ -171,7 +173,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		KeepStartupPages:     cfg.KeepStartupPages,
 		DisableHTTP1FastPath: cfg.DisableHTTP1FastPath,
 		Tracer:               r.tracer,
-		Risk:                 &mi.risk,
+		Risk:                 &mi.Risk,
 		OutboundCallers: proxy.LocalCallers{
 			UIDs: cfg.OutboundAllowedUIDs, GIDs: cfg.OutboundAllowedGIDs, AnyLocalUser: cfg.OutboundAllowAnyLocalUser,
 		},
@@ -179,18 +181,18 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	for _, in := range cfg.Inbound {
 		p, err := proxy.ParseProtocol(in.Protocol)
 		if err != nil {
-			return usageError{err}
+			return UsageError{err}
 		}
 		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Protocol: p, Port: in.Port, Upgrades: in.Upgrades})
 	}
 	for _, out := range cfg.Outbound {
 		p, err := proxy.ParseProtocol(out.Protocol)
 		if err != nil {
-			return usageError{err}
+			return UsageError{err}
 		}
 		mode, err := config.ParseSocketMode(string(out.SocketMode))
 		if err != nil {
-			return usageError{err}
+			return UsageError{err}
 		}
 		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2,
 			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
@@ -199,9 +201,9 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	// Join mode: traffic records go to the server over the node's
 	// connection (detection, incidents, policy recommend).
 	var rec *proxy.Recorder
-	if mi.node != nil && !cfg.Traffic.Disabled {
+	if mi.Node != nil && !cfg.Traffic.Disabled {
 		var err error
-		if rec, err = newRecorder(cfg, mi.node, reg, r.log); err != nil {
+		if rec, err = newRecorder(cfg, mi.Node, reg, r.log); err != nil {
 			return err
 		}
 		pc.Recorder = rec
@@ -209,7 +211,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 
 	s, err := proxy.New(pc)
 	if err != nil {
-		return usageError{err}
+		return UsageError{err}
 	}
 	sidecar.Store(s)
 
@@ -217,19 +219,19 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	// watch stream: bundle, revocations and policies arrive through the
 	// callbacks and are acknowledged once in force. Files mode: load the
 	// policy files and keep every file reloaded.
-	background, err := mi.start(ctx, s, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
+	background, err := mi.Start(ctx, s, cfg.Policy, r.policyOptions(), cfg.ReloadInterval.Std(), r.log, cancel)
 	if err != nil {
 		return err
 	}
 	if rec != nil {
 		background = append(background, rec.Run)
 	}
-	if mi.node == nil && len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
+	if mi.Node == nil && len(cfg.Policy.Files) == 0 && len(cfg.Inbound) > 0 {
 		r.log.Warn("no policy files: every request is denied until policies are configured (deny by default)")
 	}
 
 	if cfg.Admin != "off" {
-		stop, err := serveAdmin(cfg.Admin, reg, mi.ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log,
+		stop, err := ServeAdmin(cfg.Admin, reg, mi.Ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log,
 			fmt.Sprintf("another sidecar (or program) on this host uses it; every sidecar needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.cfgPath))
 		if err != nil {
 			return err
