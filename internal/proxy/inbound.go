@@ -772,7 +772,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
 	if r.URL.Opaque != "" {
-		badRequest(w)
+		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
@@ -780,7 +780,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Trailer fields of a caller's body are filtered as its header was.
 	st.filter(ib.name).guardTrailers(r)
 	if !ok {
-		badRequest(w)
+		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}

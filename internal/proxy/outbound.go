@@ -274,7 +274,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	target, ok := originForm(r)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
-		badRequest(w)
+		undecidable(w, r)
 		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
