@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 )
 
@@ -90,6 +91,25 @@ type fastConn struct {
 	// request that carried a token with one. See holdToken.
 	jti      string
 	jtiEntry *tracked
+	// memo is the connection's memo of the sidecar's token verifier (nil
+	// until a request needs one, and when the Verifier has none): its
+	// requests come one at a time, mostly with the same token.
+	memo *authn.Memo
+}
+
+// verifier is the token verifier of the connection's requests: its memo
+// of the sidecar's Verifier when that offers one (ConnectionVerifier),
+// else the Verifier.
+func (fc *fastConn) verifier() policy.JWTVerifier {
+	if fc.memo != nil {
+		return fc.memo
+	}
+	jv := fc.s.verifier()
+	if cv, ok := jv.(ConnectionVerifier); ok {
+		fc.memo = cv.Memo()
+		return fc.memo
+	}
+	return jv
 }
 
 func newFastConn(s *Sidecar, nc net.Conn, draining func() bool) *fastConn {
@@ -113,6 +133,10 @@ func (fc *fastConn) abort() {
 // registration. The connection must not be read after.
 func (fc *fastConn) release() {
 	fc.holdToken("")
+	if fc.memo != nil {
+		fc.memo.Forget()
+		fc.memo = nil
+	}
 	if fc.pooled != nil {
 		fastConnBufs.Put(fc.pooled)
 		fc.pooled = nil
@@ -892,7 +916,7 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	closeAfter := fc.req.close
 	st := s.policy.Load()
 	ctx := context.Background()
-	d, ok := ib.decide(ctx, st, info, fr.method, fr.target, fr.host, h)
+	d, ok := ib.decide(ctx, st, info, fc.verifier(), fr.method, fr.target, fr.host, h)
 	var rw bufferedResponse
 	if !ok {
 		if ob != nil {

@@ -602,7 +602,10 @@ type decidedRequest struct {
 // fragment, NUL, a malformed escape) or a Host that names no host
 // (policy.CheckRequestHost: hosts rules would deny it, but only where a
 // policy has them): a 400, not a decision. h is changed in place.
-func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
+//
+// jv verifies the request's tokens: the sidecar's Verifier, or on the fast
+// path the connection's memo of it (fastConn.verifier).
+func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, jv policy.JWTVerifier, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
 	s := ib.s
 	r.method, r.header, r.version = method, h, st.version
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
@@ -629,7 +632,7 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	req.Destination.Principal = info.own
 	r.dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if r.loaded = st.authz != nil; r.loaded {
-		r.dec = st.authz.Evaluate(req, s.verifier())
+		r.dec = st.authz.Evaluate(req, jv)
 	}
 	r.auth = req.Auth
 	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
@@ -776,7 +779,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
-	d, ok := ib.decide(r.Context(), st, info, r.Method, r.RequestURI, r.Host, r.Header)
+	d, ok := ib.decide(r.Context(), st, info, s.verifier(), r.Method, r.RequestURI, r.Host, r.Header)
 	// Trailer fields of a caller's body are filtered as its header was.
 	st.filter(ib.name).guardTrailers(r)
 	if !ok {
