@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
@@ -331,10 +330,9 @@ func (ib *inbound) handle(c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 
 	// HTTP/1.1 (by ALPN, or plaintext that may still turn out to be h2c)
-	// goes to the fast path when it is on; a caller whose responses are
-	// sampled for PII stays on net/http's path, where the sampler runs.
+	// goes to the fast path when it is on.
 	var fc *fastConn
-	if tc, ok := conn.(*tls.Conn); ib.app != nil && !s.rec.samplesPII(info.peer) && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
+	if tc, ok := conn.(*tls.Conn); ib.app != nil && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		fc = newFastConn(s, conn, ib.streams.isDraining)
 		defer func() {
 			if fc.buf != nil { // not served: an early return below
@@ -769,8 +767,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Before the decision, so that its log and audit event carry the
 		// trace ID.
 		var sw *telemetry.StatusWriter
-		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
-			attrSource.String(info.peer), s.cfg.Risk.Attr(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", ib.spanAttrs(info)...)
 		w = sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
@@ -792,10 +789,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d.record(&ob)
 	if span != nil {
-		span.SetAttributes(decisionAttrs(d.dec, d.loaded, d.version, info, d.auth)...)
-		if r.URL.Path != "" {
-			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
-		}
+		d.traced(span, info)
 	}
 	if status := ib.answerDenied(w, &d); status != 0 {
 		ob.Status = status
@@ -830,7 +824,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return func() { ib.connDone(c) }
 	})
 	if pw != nil && len(pw.buf) > 0 {
-		s.rec.piiScan(&ob, pw)
+		s.rec.piiScan(&ob, pw.buf)
 	}
 }
 

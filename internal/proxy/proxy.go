@@ -760,11 +760,10 @@ type TokenRevoker interface {
 }
 
 // fastPathOn reports whether HTTP/1.1 connections may be served on the
-// fast path: it is not disabled, and no Tracer is set (spans and trace
-// context propagation are net/http's path only, so with tracing on every
-// request takes that path).
+// fast path: it is not disabled. Tracing and PII sampling run on both
+// server paths.
 func (s *Sidecar) fastPathOn() bool {
-	return !s.cfg.DisableHTTP1FastPath && s.cfg.Tracer == nil
+	return !s.cfg.DisableHTTP1FastPath
 }
 
 // headLimit is the longest request head either server path reads:

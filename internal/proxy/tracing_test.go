@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,18 +20,24 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// traceApp records the trace headers of every request it serves.
+// traceApp records the trace headers of every request it serves, and
+// what during (when set) returns while serving it.
 type traceApp struct {
-	mu   sync.Mutex
-	seen map[string][]string // request path -> Traceparent values
+	mu     sync.Mutex
+	seen   map[string][]string // request path -> Traceparent values
+	during atomic.Pointer[func() int]
+	fast   map[string]int // request path -> during()
 }
 
 func startTraceApp(t *testing.T) (*traceApp, string) {
-	a := &traceApp{seen: map[string][]string{}}
+	a := &traceApp{seen: map[string][]string{}, fast: map[string]int{}}
 	l := listen(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.seen[r.URL.Path] = r.Header.Values("Traceparent")
+		if f := a.during.Load(); f != nil {
+			a.fast[r.URL.Path] = (*f)()
+		}
 		a.mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	})}
@@ -45,11 +52,32 @@ func (a *traceApp) traceparents(path string) []string {
 	return a.seen[path]
 }
 
+// fastServing is how many connections s's listeners serve on the HTTP/1.1
+// fast path at this moment.
+func fastServing(s *Sidecar) int {
+	n := 0
+	count := func(f *fastConns) {
+		f.mu.Lock()
+		n += len(f.m)
+		f.mu.Unlock()
+	}
+	for _, ib := range s.inbound {
+		count(&ib.fast)
+	}
+	for _, ob := range s.outbound {
+		count(&ob.fast)
+	}
+	return n
+}
+
 // TestTracingThroughTheMesh runs a request app → outbound sidecar →
-// inbound sidecar → app with both sidecars exporting to a real OTLP
-// receiver on loopback, and checks the spans, their parents and what the
-// app was handed.
-func TestTracingThroughTheMesh(t *testing.T) {
+// inbound sidecar → app (HTTP/1.1 between the sidecars) with both
+// sidecars exporting to a real OTLP receiver on loopback, and checks the
+// spans, their parents and what the app was handed — on both server
+// paths, the fast path being the one that serves each request when on.
+func TestTracingThroughTheMesh(t *testing.T) { forServerPaths(t, testTracingThroughTheMesh) }
+
+func testTracingThroughTheMesh(t *testing.T, sp serverPath) {
 	rcv := otlptest.Start(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
 	t.Setenv("OTEL_SERVICE_NAME", "")
@@ -79,14 +107,19 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	// none (its spans say 0).
 	risk := &telemetry.RiskScores{}
 	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: frontendID, Score: 0.75}, {SPIFFEID: ordersID, Score: 0.25}}})
-	startSidecar(t, Config{Risk: risk, Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+	server := startSidecar(t, Config{Risk: risk, Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 		DecisionLog: slog.New(slog.NewJSONHandler(decisions, nil)), AllowSampleRate: 1,
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar")})
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar"),
+		DisableHTTP1FastPath: sp.disable})
 	outL := listen(t)
-	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: HTTP}},
-		Tracer:   clientTr.Tracer("moatless/sidecar")})
+	client := startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
+		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: HTTP, HTTP1: true}},
+		Tracer:   clientTr.Tracer("moatless/sidecar"), DisableHTTP1FastPath: sp.disable})
+	// Which path served each request the app got: both sidecars' fast
+	// path connections, counted while the app serves it.
+	during := func() int { return fastServing(server)*10 + fastServing(client) }
+	app.during.Store(&during)
 	base := "http://" + outL.Addr().String()
 
 	const secret = "s3cr3t-token-value"
@@ -203,6 +236,15 @@ func TestTracingThroughTheMesh(t *testing.T) {
 			t.Errorf("no decision line for %s:\n%s", want.path, decisions.String())
 		}
 	}
+	// Each request the app got was served by the fast path of both
+	// sidecars, or (fast path off) by neither.
+	app.mu.Lock()
+	for path, n := range app.fast {
+		if got, want := n > 10 && n%10 > 0, !sp.disable; got != want || (sp.disable && n != 0) {
+			t.Errorf("%s: %d fast path connections on the inbound side, %d on the outbound side while the app served it; fast path on: %v", path, n/10, n%10, want)
+		}
+	}
+	app.mu.Unlock()
 	// No credential in any span.
 	for _, s := range spans {
 		for k, v := range s.Attrs {
@@ -216,8 +258,12 @@ func TestTracingThroughTheMesh(t *testing.T) {
 // TestTracingPlaintextCallerIsLinked: under PERMISSIVE, a plaintext
 // caller (no verified identity) cannot make its trace the parent of the
 // sidecar's: the span starts a new trace linked to the caller's, and the
-// app is handed the new one.
+// app is handed the new one. On both server paths.
 func TestTracingPlaintextCallerIsLinked(t *testing.T) {
+	forServerPaths(t, testTracingPlaintextCallerIsLinked)
+}
+
+func testTracingPlaintextCallerIsLinked(t *testing.T, sp serverPath) {
 	rcv := otlptest.Start(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
 	t.Setenv("OTEL_SERVICE_NAME", "")
@@ -233,7 +279,8 @@ func TestTracingPlaintextCallerIsLinked(t *testing.T) {
 		return policy.Decision{Outcome: policy.Allow, Policy: "prod/allow-all", Action: "ALLOW", Rule: 0}
 	}}
 	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound: []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}}, Authorizer: allowAll, Tracer: tr.Tracer("sidecar")})
+		Inbound: []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}}, Authorizer: allowAll, Tracer: tr.Tracer("sidecar"),
+		DisableHTTP1FastPath: sp.disable})
 	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	req, _ := http.NewRequest("GET", "http://"+inL.Addr().String()+"/plain", nil)
 	req.Header.Set("Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
