@@ -2,8 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +15,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/moatless/moatless/internal/policy"
@@ -306,5 +313,94 @@ func testTracingPlaintextCallerIsLinked(t *testing.T, sp serverPath) {
 	}
 	if tps := app.traceparents("/plain"); len(tps) != 1 || tps[0] != "00-"+s.TraceID+"-"+s.SpanID+"-01" {
 		t.Errorf("the app got %q, want the sidecar's new trace", tps)
+	}
+}
+
+// TestTracedFastPathUnderAttack: with tracing on, the fast path still
+// refuses what it refuses untraced (CL.TE: 400 and the connection closed,
+// the app sees nothing; an undecidable target likewise), the refused
+// request's span says 400 and carries no decision, and a trace context
+// under a name that only folds into traceparent ("Trace_parent") is not
+// taken as the caller's.
+func TestTracedFastPathUnderAttack(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(sr))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	parsed, err := policy.Parse(strings.NewReader(attackPolicies))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, inL := startEngineSidecar(t, ca, set, app.addr, true, func(c *Config) { c.Tracer = tp.Tracer("sidecar") })
+	const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	tests := []struct {
+		name string
+		raw  string
+		want []int
+		app  []string
+		// span: the status of the one span the sidecar ends, and whether
+		// it carries a decision.
+		status   int64
+		decision bool
+	}{
+		{"cl_te", "POST /api/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGGET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n",
+			[]int{400}, nil, -1, false},
+		{"fragment", "GET /api/x#/../internal HTTP/1.1\r\nHost: orders\r\n\r\nGET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n",
+			[]int{400}, nil, 400, false},
+		{"underscore_trace_context", "GET /api/x HTTP/1.1\r\nHost: orders\r\nTrace_parent: 00-" + callerTrace + "-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n",
+			[]int{200}, []string{"/api/x"}, 200, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			app.take()
+			before := len(sr.Ended())
+			c, err := tls.Dial("tcp", inL.Addr().String(), &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()},
+				RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			got, err := exchangeRaw(c, tc.raw)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("the sidecar kept the connection open after %v", got)
+			}
+			var seen []string
+			for _, r := range app.take() {
+				seen = append(seen, r.uri)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
+				t.Fatalf("statuses %v, app saw %q; want %v and %q", got, seen, tc.want, tc.app)
+			}
+			spans := sr.Ended()[before:]
+			if tc.status < 0 { // refused by the parser: before any span
+				if len(spans) != 0 {
+					t.Fatalf("%d spans for a request the parser refused", len(spans))
+				}
+				return
+			}
+			if len(spans) != 1 {
+				t.Fatalf("%d spans, want 1", len(spans))
+			}
+			sp := spans[0]
+			attrs := map[string]attribute.Value{}
+			for _, kv := range sp.Attributes() {
+				attrs[string(kv.Key)] = kv.Value
+			}
+			_, decided := attrs["moatless.decision"]
+			if attrs["http.response.status_code"].AsInt64() != tc.status || decided != tc.decision {
+				t.Errorf("span status %v, decision %v; want %d, %v", attrs["http.response.status_code"], decided, tc.status, tc.decision)
+			}
+			if sp.SpanContext().TraceID().String() == callerTrace || sp.Parent().IsValid() {
+				t.Errorf("the span took a trace context the sidecar does not read: trace %s, parent %v", sp.SpanContext().TraceID(), sp.Parent())
+			}
+		})
+	}
+	if fastServing(s) != 0 {
+		t.Error("connections left on the fast path")
 	}
 }
