@@ -35,23 +35,7 @@ func TestRequestAuthenticationWithRealEngine(t *testing.T) {
 
 func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 	jwks, token := newTestIssuer(t)
-	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://issuer.example
-    jwks: '%s'
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: need-user, namespace: prod}
-spec:
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
-`, jwks))
+	set := userPolicies(t, jwks)
 
 	seen := make(chan string, 8)
 	l := listen(t)
@@ -307,31 +291,12 @@ func TestTokenMemoOnOneConnection(t *testing.T) { forServerPaths(t, testTokenMem
 func testTokenMemoOnOneConnection(t *testing.T, sp serverPath) {
 	jwks, token := newTestIssuer(t)
 	jwks2, token2 := newTestIssuer(t) // the issuer's next key
-	policies := func(jwks string) *policy.Set {
-		return compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://issuer.example
-    jwks: '%s'
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: need-user, namespace: prod}
-spec:
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
-`, jwks))
-	}
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
 	v := authn.NewVerifier(authn.Options{Logger: discardLogger(), Now: func() time.Time { return time.Unix(0, now.Load()) }})
 	t.Cleanup(func() { v.Close() })
 	ca := testpki.NewCA(t, "example.org")
-	s, inL := startEngineSidecar(t, ca, policies(jwks), userApp(t), false, sp.edit, func(c *Config) { c.Verifier = v })
+	s, inL := startEngineSidecar(t, ca, userPolicies(t, jwks), userApp(t), false, sp.edit, func(c *Config) { c.Verifier = v })
 
 	c, err := tls.Dial("tcp", inL.Addr().String(), &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()},
 		RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
@@ -377,7 +342,7 @@ spec:
 		{"back_to_the_first", nil, alice, 200, "alice"},
 		{"past_its_exp", func() { now.Add(int64(5*time.Minute + authn.DefaultLeeway + time.Second)) }, alice, 401, ""},
 		{"still_valid_other", nil, bob, 200, "bob"},
-		{"key_rotated", func() { s.SetAuthorizerContext(context.Background(), 2, policies(jwks2)) }, bob, 401, ""},
+		{"key_rotated", func() { s.SetAuthorizerContext(context.Background(), 2, userPolicies(t, jwks2)) }, bob, 401, ""},
 		{"new_key", nil, carol, 200, "carol"},
 	}
 	for _, st := range steps {
@@ -399,6 +364,29 @@ spec:
 	if code, _, err := send(carol); err == nil && code != 401 {
 		t.Fatalf("after revocation: %d on the same connection", code)
 	}
+}
+
+// userPolicies are a RequestAuthentication of https://issuer.example
+// with the keys jwks, its sub forwarded as x-user, and an ALLOW policy
+// that wants a token of that issuer.
+func userPolicies(t testing.TB, jwks string) *policy.Set {
+	return compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '%s'
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-user, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+`, jwks))
 }
 
 // userApp answers each request with its x-user header.

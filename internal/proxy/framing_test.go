@@ -87,19 +87,7 @@ func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				got, err := exchangeRaw(c, tc.raw)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Errorf("the sidecar kept the connection open after %v", got)
-				}
-				var seen []string
-				for _, r := range app.take() {
-					seen = append(seen, r.uri)
-				}
-				want := tc.want
-				if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
-					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, tc.app)
-				}
+				checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
 			})
 		}
 	}
@@ -131,21 +119,29 @@ func TestOutboundUndecidableTargetCloses(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				got, err := exchangeRaw(c, tc.raw)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Errorf("the sidecar kept the connection open after %v", got)
-				}
-				var seen []string
-				for _, r := range app.take() {
-					seen = append(seen, r.uri)
-				}
-				if fmt.Sprint(got) != fmt.Sprint(tc.want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
-					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, tc.want, tc.app)
-				}
+				checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
 			})
 		}
 	})
+}
+
+// checkRawExchange writes raw on c and reads the answers until c ends,
+// then checks their statuses against want and the targets app read since
+// its last take against wantApp. It closes c.
+func checkRawExchange(t *testing.T, c net.Conn, app *recordingApp, raw string, want []int, wantApp []string) {
+	t.Helper()
+	defer c.Close()
+	got, err := exchangeRaw(c, raw)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the sidecar kept the connection open after %v", got)
+	}
+	var seen []string
+	for _, r := range app.take() {
+		seen = append(seen, r.uri)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(wantApp) {
+		t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, wantApp)
+	}
 }
 
 // exchangeRaw writes raw to c and reads responses until c ends (or 5 s

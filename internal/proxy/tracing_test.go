@@ -3,11 +3,8 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,18 +361,7 @@ func TestTracedFastPathUnderAttack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			got, err := exchangeRaw(c, tc.raw)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("the sidecar kept the connection open after %v", got)
-			}
-			var seen []string
-			for _, r := range app.take() {
-				seen = append(seen, r.uri)
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tc.want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
-				t.Fatalf("statuses %v, app saw %q; want %v and %q", got, seen, tc.want, tc.app)
-			}
+			checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
 			spans := sr.Ended()[before:]
 			if tc.status < 0 { // refused by the parser: before any span
 				if len(spans) != 0 {
