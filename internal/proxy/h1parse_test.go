@@ -362,8 +362,8 @@ func FuzzValidFieldValue(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		want := httpguts.ValidHeaderFieldValue(v)
-		if got := validFieldValue(v); got != want {
-			t.Fatalf("validFieldValue(%q) = %v, want %v", v, got, want)
+		if got := validFieldString(v); got != want {
+			t.Fatalf("validFieldString(%q) = %v, want %v", v, got, want)
 		}
 		if got := validFieldValue([]byte(v)); got != want {
 			t.Fatalf("validFieldValue([]byte(%q)) = %v, want %v", v, got, want)
