@@ -551,7 +551,15 @@ func authEdits(h http.Header, query string, auth *policy.Auth) (string, bool) {
 		return query, false
 	}
 	for _, k := range auth.RemoveHeaders {
-		h.Del(k)
+		// authn's names are canonical, as the header's are: the name
+		// found as is is deleted without canonicalizing it again on every
+		// request (half of this function's cost with a token); another
+		// spelling goes through Del.
+		if _, ok := h[k]; ok {
+			delete(h, k)
+		} else {
+			h.Del(k)
+		}
 	}
 	for k, v := range auth.SetHeaders {
 		h.Set(k, v)
