@@ -46,6 +46,21 @@ func BenchmarkVerify(b *testing.B) {
 			reportCPU(b, cpu)
 		})
 	}
+	// A connection's memo (the sidecar's fast path): the same token
+	// again on one connection, no SHA-256 and no cache lookup.
+	b.Run("memo_hit_es256", func(b *testing.B) {
+		v, rules, req := benchSetup(b, keyES256, 0)
+		m := v.Memo()
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu := cpuTime()
+		for b.Loop() {
+			if _, err := m.Verify(rules, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCPU(b, cpu)
+	})
 	b.Run("hit_es256_parallel", func(b *testing.B) {
 		v, rules, req := benchSetup(b, keyES256, 0)
 		b.ReportAllocs()

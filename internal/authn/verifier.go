@@ -419,6 +419,12 @@ func (v *Verifier) lookup(r *securityv1beta1.JWTRule) *compiledRule {
 // every request presenting the same token and are never modified after
 // verification: treat them as read-only.
 func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
+	return v.verify(rules, req, nil)
+}
+
+// verify is Verify, looking first in m (nil for none) and remembering
+// there the entry of a token it accepts.
+func (v *Verifier) verify(rules []*securityv1beta1.JWTRule, req *policy.Request, m *Memo) (*policy.Auth, error) {
 	if len(rules) == 0 || req == nil {
 		return nil, nil
 	}
@@ -466,22 +472,16 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 	}
 
 	now := v.now()
+	if m != nil && v.cache != nil {
+		if e := m.lookup(tok, now.UnixNano()); e != nil && e.answersFor(cands) && e.keys == e.rule.keys() {
+			return v.hit(e, tok, fs, crs, cands, req, now, m)
+		}
+	}
 	var key tokenKey
 	if v.cache != nil {
 		key = keyOf(tok)
 		if e := v.cache.get(&key, now.UnixNano()); e != nil && e.answersFor(cands) && e.keys == e.rule.keys() {
-			if v.isRevoked(e.jti) {
-				return nil, v.reject(tokenErr(ErrRevoked, ""))
-			}
-			v.hits.Add(1)
-			if err := e.checkBinding(req); err != nil {
-				return nil, v.reject(err)
-			}
-			if err := v.checkRequired(tok, e, crs, cands, now); err != nil {
-				return nil, v.reject(err)
-			}
-			v.accepted.Add(1)
-			return e.auth(fs), nil
+			return v.hit(e, tok, fs, crs, cands, req, now, m)
 		}
 		v.misses.Add(1)
 	}
@@ -493,11 +493,35 @@ func (v *Verifier) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request)
 		e.key = key
 		v.cache.put(e, now.UnixNano())
 	}
+	return v.accept(e, tok, fs, crs, cands, req, now, m)
+}
+
+// hit is Verify's answer for a token found verified (in the memo or the
+// cache) whose entry e answers for the candidate rules and key sets: the
+// checks that are per request still run.
+func (v *Verifier) hit(e *cacheEntry, tok string, fs []found, crs, cands []*compiledRule, req *policy.Request, now time.Time, m *Memo) (*policy.Auth, error) {
+	if v.isRevoked(e.jti) {
+		return nil, v.reject(tokenErr(ErrRevoked, ""))
+	}
+	v.hits.Add(1)
+	return v.accept(e, tok, fs, crs, cands, req, now, m)
+}
+
+// accept runs the per-request checks of a verified token (certificate
+// binding, REQUIRED rules) and returns its Auth, remembering e in m (when
+// not nil) once they pass.
+func (v *Verifier) accept(e *cacheEntry, tok string, fs []found, crs, cands []*compiledRule, req *policy.Request, now time.Time, m *Memo) (*policy.Auth, error) {
 	if err := e.checkBinding(req); err != nil {
 		return nil, v.reject(err)
 	}
 	if err := v.checkRequired(tok, e, crs, cands, now); err != nil {
 		return nil, v.reject(err)
+	}
+	// Only an entry the cache can hold (the cache on, the token
+	// unexpired) is remembered: the memo's hit is the cache's hit, not a
+	// way around its checks.
+	if m != nil && v.cache != nil && e.expires > now.UnixNano() {
+		m.remember(tok, e)
 	}
 	v.accepted.Add(1)
 	return e.auth(fs), nil

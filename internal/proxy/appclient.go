@@ -268,7 +268,7 @@ func appendRequestHead(dst []byte, method, target, host string, h http.Header, l
 			return dst, fmt.Errorf("%w: name %q", errBadHeader, k)
 		}
 		for _, v := range h[k] {
-			if !validFieldValue(v) {
+			if !validFieldString(v) {
 				return dst, fmt.Errorf("%w: value of %s", errBadHeader, k)
 			}
 			dst = append(dst, k...)

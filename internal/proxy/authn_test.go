@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,23 +35,7 @@ func TestRequestAuthenticationWithRealEngine(t *testing.T) {
 
 func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 	jwks, token := newTestIssuer(t)
-	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://issuer.example
-    jwks: '%s'
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: need-user, namespace: prod}
-spec:
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
-`, jwks))
+	set := userPolicies(t, jwks)
 
 	seen := make(chan string, 8)
 	l := listen(t)
@@ -289,4 +276,125 @@ func startEngineSidecar(t testing.TB, ca *testpki.CA, set *policy.Set, app strin
 		s.SetAuthorizerContext(context.Background(), 1, set)
 	}
 	return s, inL
+}
+
+// TestTokenMemoOnOneConnection: requests on one keep-alive connection,
+// where the fast path remembers the token it accepted last (authn.Memo),
+// are decided as on a new connection each: the same token again is
+// allowed with its own identity, one byte changed is 401, another valid
+// token gets its own identity, a token past its exp by the verifier's
+// clock is 401, a rotated key set (the policy's JWKS replaced) refuses the
+// old key's token, and revoking the token's jti closes the connection.
+// On both server paths.
+func TestTokenMemoOnOneConnection(t *testing.T) { forServerPaths(t, testTokenMemoOnOneConnection) }
+
+func testTokenMemoOnOneConnection(t *testing.T, sp serverPath) {
+	jwks, token := newTestIssuer(t)
+	jwks2, token2 := newTestIssuer(t) // the issuer's next key
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	v := authn.NewVerifier(authn.Options{Logger: discardLogger(), Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	t.Cleanup(func() { v.Close() })
+	ca := testpki.NewCA(t, "example.org")
+	s, inL := startEngineSidecar(t, ca, userPolicies(t, jwks), userApp(t), false, sp.edit, func(c *Config) { c.Verifier = v })
+
+	c, err := tls.Dial("tcp", inL.Addr().String(), &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()},
+		RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	send := func(tok string) (int, string, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer "+tok+"\r\n\r\n"); err != nil {
+			return 0, "", err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b), nil
+	}
+	exp := time.Unix(0, now.Load()).Add(5 * time.Minute).Unix()
+	alice := token(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": exp, "jti": "j-alice"})
+	bob := token(map[string]any{"iss": "https://issuer.example", "sub": "bob", "exp": exp + 600, "jti": "j-bob"})
+	i := len(alice) - 10
+	b := byte('A')
+	if alice[i] == 'A' {
+		b = 'B'
+	}
+	tampered := alice[:i] + string(b) + alice[i+1:]
+	carol := token2(map[string]any{"iss": "https://issuer.example", "sub": "carol", "exp": exp + 60, "jti": "j-carol"})
+	steps := []struct {
+		name   string
+		before func()
+		tok    string
+		code   int
+		user   string
+	}{
+		{"first", nil, alice, 200, "alice"},
+		{"same_token_again", nil, alice, 200, "alice"},
+		{"one_byte_changed", nil, tampered, 401, ""},
+		{"another_token", nil, bob, 200, "bob"},
+		{"back_to_the_first", nil, alice, 200, "alice"},
+		{"past_its_exp", func() { now.Add(int64(5*time.Minute + authn.DefaultLeeway + time.Second)) }, alice, 401, ""},
+		{"still_valid_other", nil, bob, 200, "bob"},
+		{"key_rotated", func() { s.SetAuthorizerContext(context.Background(), 2, userPolicies(t, jwks2)) }, bob, 401, ""},
+		{"new_key", nil, carol, 200, "carol"},
+	}
+	for _, st := range steps {
+		if st.before != nil {
+			st.before()
+		}
+		code, user, err := send(st.tok)
+		if err != nil {
+			t.Fatalf("%s: the connection failed: %v", st.name, err)
+		}
+		if code != st.code || (code == 200 && user != st.user) {
+			t.Fatalf("%s: %d %q, want %d %q", st.name, code, user, st.code, st.user)
+		}
+	}
+	// Revoking the token the connection carries closes it.
+	if n := s.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "j-carol", ExpiresAt: time.Now().Add(time.Hour)}}}); n < 1 && !sp.disable {
+		t.Fatalf("revocation closed %d connections, want the one carrying the token", n)
+	}
+	if code, _, err := send(carol); err == nil && code != 401 {
+		t.Fatalf("after revocation: %d on the same connection", code)
+	}
+}
+
+// userPolicies are a RequestAuthentication of https://issuer.example
+// with the keys jwks, its sub forwarded as x-user, and an ALLOW policy
+// that wants a token of that issuer.
+func userPolicies(t testing.TB, jwks string) *policy.Set {
+	return compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '%s'
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-user, namespace: prod}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+`, jwks))
+}
+
+// userApp answers each request with its x-user header.
+func userApp(t testing.TB) string {
+	t.Helper()
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Header.Get("X-User")) })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }

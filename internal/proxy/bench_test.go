@@ -414,6 +414,57 @@ func BenchmarkOutboundFastJWT(b *testing.B) {
 	})
 }
 
+// BenchmarkFastTraced prices tracing on the fast path: each side's real
+// serve loop over in-memory connections (as BenchmarkInboundFastJWT),
+// tracing off and on with every request sampled into a span (recorded by
+// the OTel SDK, not exported), the caller's traceparent read and the
+// app's or upstream's written. The difference per side is tracing's cost
+// at 100% sampling, before export.
+func BenchmarkFastTraced(b *testing.B) {
+	const tp = "Traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+	for _, traced := range []bool{false, true} {
+		name := map[bool]string{false: "off", true: "on"}[traced]
+		tracer := func(b *testing.B) trace.Tracer {
+			if !traced {
+				return nil
+			}
+			p := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+			b.Cleanup(func() { p.Shutdown(context.Background()) })
+			return p.Tracer("bench")
+		}
+		b.Run("inbound_"+name, func(b *testing.B) {
+			s, err := New(Config{
+				Identity:   &NodeIdentity{},
+				Namespace:  "prod",
+				Inbound:    []Inbound{{Name: "in", Listen: "127.0.0.1:0", App: "127.0.0.1:8080"}},
+				Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+				Logger:     discardLogger(),
+				Tracer:     tracer(b),
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ib := s.inbound[0]
+			info := &connInfo{peer: frontendID, principal: "example.org/ns/prod/sa/frontend", own: "example.org/ns/prod/sa/orders",
+				xfcc: []string{"By=" + ordersID + ";Hash=00;URI=" + frontendID}}
+			benchFastServe(b, s, ib.app, tp, func(fc *fastConn) fastOutcome { return ib.fastRequest(fc, info, ib.app) })
+		})
+		b.Run("outbound_"+name, func(b *testing.B) {
+			s, err := New(Config{
+				Identity: &NodeIdentity{},
+				Outbound: []Outbound{{Name: "out", Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9443", ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+				Logger:   discardLogger(),
+				Tracer:   tracer(b),
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ob := s.outbound[0]
+			benchFastServe(b, s, ob.app, tp, func(fc *fastConn) fastOutcome { return ob.fastRequest(fc, ob.app) })
+		})
+	}
+}
+
 // forTokenVariants runs bench as sub-benchmarks no_token and
 // jwt_cache_hit, with the Authorization field line to send ("" for none).
 func forTokenVariants(b *testing.B, tok string, bench func(b *testing.B, auth string)) {

@@ -147,6 +147,20 @@ func badRequest(w http.ResponseWriter) {
 	io.WriteString(w, "Bad Request")
 }
 
+// undecidable answers 400 to a request whose target or Host policy cannot
+// decide (a fragment, a dot segment beside an encoded slash, a malformed
+// escape), and on HTTP/1.x closes the connection after it, as the fast
+// path does: whatever sent such a head is not a client whose framing the
+// sidecar should keep trusting, and both server paths must leave a
+// connection in the same state. An HTTP/2 stream's framing is the
+// connection's, not the request's: only the stream is refused.
+func undecidable(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+	badRequest(w)
+}
+
 // refuseConnect answers a CONNECT request: an HTTP listener opens no
 // tunnels (405, as the method is known but not allowed here).
 func refuseConnect(w http.ResponseWriter) {

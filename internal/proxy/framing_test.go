@@ -47,23 +47,24 @@ func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
 		raw  string
 		want []int    // statuses before the connection closes
 		app  []string // targets the app reads
-		// nethttp, when set, is want on net/http's path: it refuses a
-		// target it cannot decide (400) without closing, the fast path
-		// closes.
-		nethttp []int
 	}{
-		{"cl_te", clTE + get, []int{400}, nil, nil},
-		{"te_cl", post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
-		{"cl_zero_te", post + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{400}, nil, nil},
-		{"lower_case_names", post + "content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG" + get, []int{400}, nil, nil},
-		{"cl_te_after_keep_alive", get + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
-		{"cl_te_after_a_body", post + "Content-Length: 5\r\n\r\nhello" + clTE + get, []int{200, 400}, []string{"/api/x"}, nil},
+		{"cl_te", clTE + get, []int{400}, nil},
+		{"te_cl", post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n" + get, []int{400}, nil},
+		{"cl_zero_te", post + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{400}, nil},
+		{"lower_case_names", post + "content-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG" + get, []int{400}, nil},
+		{"cl_te_after_keep_alive", get + clTE + get, []int{200, 400}, []string{"/api/x"}},
+		{"cl_te_after_a_body", post + "Content-Length: 5\r\n\r\nhello" + clTE + get, []int{200, 400}, []string{"/api/x"}},
 		{"cl_te_in_a_body_is_data", post + "Content-Length: " + fmt.Sprint(len(clTE)) + "\r\n\r\n" + clTE + last,
-			[]int{200, 200}, []string{"/api/x", "/api/last"}, nil},
-		{"pipelined_keep_alive", get + get + last, []int{200, 200, 200}, []string{"/api/x", "/api/x", "/api/last"}, nil},
-		{"empty_line_after_post", post + "Content-Length: 5\r\n\r\nhello\r\n" + last, []int{200, 200}, []string{"/api/x", "/api/last"}, nil},
-		{"cl_te_after_options_asterisk", "OPTIONS * HTTP/1.1\r\nHost: orders\r\n\r\n" + clTE + get, []int{400}, nil, []int{400, 400}},
-		{"chunked_closes_after", post + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{200}, []string{"/api/x"}, nil},
+			[]int{200, 200}, []string{"/api/x", "/api/last"}},
+		{"pipelined_keep_alive", get + get + last, []int{200, 200, 200}, []string{"/api/x", "/api/x", "/api/last"}},
+		{"empty_line_after_post", post + "Content-Length: 5\r\n\r\nhello\r\n" + last, []int{200, 200}, []string{"/api/x", "/api/last"}},
+		{"cl_te_after_options_asterisk", "OPTIONS * HTTP/1.1\r\nHost: orders\r\n\r\n" + clTE + get, []int{400}, nil},
+		// A target policy cannot decide is refused and the connection
+		// closed on both paths: what follows is not read.
+		{"fragment_closes", "GET /api/x#/../internal HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{400}, nil},
+		{"dot_segment_beside_encoded_slash_closes", "GET /api/%2F../internal HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{400}, nil},
+		{"undecidable_after_keep_alive", get + "GET /api/x#f HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{200, 400}, []string{"/api/x"}},
+		{"chunked_closes_after", post + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get, []int{200}, []string{"/api/x"}},
 	}
 	dials := []struct {
 		name string
@@ -86,24 +87,60 @@ func testContentLengthBesideTransferEncoding(t *testing.T, sp serverPath) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				got, err := exchangeRaw(c, tc.raw)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Errorf("the sidecar kept the connection open after %v", got)
-				}
-				var seen []string
-				for _, r := range app.take() {
-					seen = append(seen, r.uri)
-				}
-				want := tc.want
-				if sp.disable && tc.nethttp != nil {
-					want = tc.nethttp
-				}
-				if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(tc.app) {
-					t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, tc.app)
-				}
+				checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
 			})
 		}
+	}
+}
+
+// TestOutboundUndecidableTargetCloses: the outbound listener (HTTP/1.1 to
+// the upstream, so that the fast path serves it) refuses a
+// target the upstream's policy could not decide (400) and closes the
+// connection, on both server paths, and the upstream sees none of it.
+func TestOutboundUndecidableTargetCloses(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		app := newRecordingApp(t)
+		p := newPairWith(t, allowPrincipals(policy.ModePermissive, "example.org/ns/prod/sa/frontend"), app.addr, HTTP, true, sp.edit)
+		const get = "GET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n"
+		tests := []struct {
+			name string
+			raw  string
+			want []int
+			app  []string
+		}{
+			{"fragment", "GET /api/x#/../internal HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{400}, nil},
+			{"dot_segment_beside_encoded_slash", "GET /api/%2F../internal HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{400}, nil},
+			{"after_keep_alive", get + "GET /a#b HTTP/1.1\r\nHost: orders\r\n\r\n" + get, []int{200, 400}, []string{"/api/x"}},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				app.take()
+				c, err := net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
+			})
+		}
+	})
+}
+
+// checkRawExchange writes raw on c and reads the answers until c ends,
+// then checks their statuses against want and the targets app read since
+// its last take against wantApp. It closes c.
+func checkRawExchange(t *testing.T, c net.Conn, app *recordingApp, raw string, want []int, wantApp []string) {
+	t.Helper()
+	defer c.Close()
+	got, err := exchangeRaw(c, raw)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the sidecar kept the connection open after %v", got)
+	}
+	var seen []string
+	for _, r := range app.take() {
+		seen = append(seen, r.uri)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(seen) != fmt.Sprint(wantApp) {
+		t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, want, wantApp)
 	}
 }
 

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/http"
 	"net/url"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -92,28 +94,49 @@ func fieldValueByte(c byte) bool { return c == '\t' || c >= 0x20 && c != 0x7f }
 // checked byte by byte. The word tests never miss such a byte (Bit
 // Twiddling Hacks' hasless and haszero; bytes of obs-text, 0x80 and up,
 // are masked out by ^w).
-func validFieldValue[T string | []byte](v T) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	i := 0
-	for ; i+8 <= len(v); i += 8 {
-		w := uint64(v[i]) | uint64(v[i+1])<<8 | uint64(v[i+2])<<16 | uint64(v[i+3])<<24 |
-			uint64(v[i+4])<<32 | uint64(v[i+5])<<40 | uint64(v[i+6])<<48 | uint64(v[i+7])<<56
-		del := w ^ (ones * 0x7f)
-		if (w-ones*0x20)&^w&highs == 0 && (del-ones)&^del&highs == 0 {
-			continue
+func validFieldValue(v []byte) bool {
+	// Four words at a time, resliced (one bounds check per 32 bytes), the
+	// two tests of each word OR-ed into one: a block with a suspect byte
+	// anywhere is checked byte by byte.
+	for len(v) >= 32 {
+		if suspectWord(binary.LittleEndian.Uint64(v))|suspectWord(binary.LittleEndian.Uint64(v[8:]))|
+			suspectWord(binary.LittleEndian.Uint64(v[16:]))|suspectWord(binary.LittleEndian.Uint64(v[24:])) != 0 && !validFieldBytes(v[:32]) {
+			return false
 		}
-		for j := i; j < i+8; j++ {
-			if !fieldValueByte(v[j]) {
-				return false
-			}
-		}
+		v = v[32:]
 	}
-	for ; i < len(v); i++ {
-		if !fieldValueByte(v[i]) {
+	for len(v) >= 8 {
+		if suspectWord(binary.LittleEndian.Uint64(v)) != 0 && !validFieldBytes(v[:8]) {
+			return false
+		}
+		v = v[8:]
+	}
+	return validFieldBytes(v)
+}
+
+// suspectWord is not 0 when a byte of w is below 0x20 or is 0x7f (Bit
+// Twiddling Hacks' hasless and haszero; bytes of obs-text, 0x80 and up,
+// are masked out by ^w). It is never 0 for such a word; it may be for a
+// valid one (an HTAB), which is then checked byte by byte.
+func suspectWord(w uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	del := w ^ (ones * 0x7f)
+	return ((w-ones*0x20)&^w | (del-ones)&^del) & highs
+}
+
+// validFieldBytes is validFieldValue a byte at a time.
+func validFieldBytes(v []byte) bool {
+	for _, c := range v {
+		if !fieldValueByte(c) {
 			return false
 		}
 	}
 	return true
+}
+
+// validFieldString is validFieldValue of a string's bytes, in place.
+func validFieldString(v string) bool {
+	return validFieldValue(unsafe.Slice(unsafe.StringData(v), len(v)))
 }
 
 // h1HeadEnd returns the length of the head at the start of b, through the

@@ -362,8 +362,8 @@ func FuzzValidFieldValue(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		want := httpguts.ValidHeaderFieldValue(v)
-		if got := validFieldValue(v); got != want {
-			t.Fatalf("validFieldValue(%q) = %v, want %v", v, got, want)
+		if got := validFieldString(v); got != want {
+			t.Fatalf("validFieldString(%q) = %v, want %v", v, got, want)
 		}
 		if got := validFieldValue([]byte(v)); got != want {
 			t.Fatalf("validFieldValue([]byte(%q)) = %v, want %v", v, got, want)
@@ -372,13 +372,14 @@ func FuzzValidFieldValue(f *testing.F) {
 }
 
 // TestValidFieldValueEveryByte: every byte value, at every position of a
-// value two words and a tail long, beside obs-text and HTAB, is judged as
-// httpguts judges it.
+// value one 32-byte block, a word and a tail long, beside obs-text and
+// HTAB, is judged as httpguts judges it.
 func TestValidFieldValueEveryByte(t *testing.T) {
+	const n = 32 + 8 + 3
 	for _, fill := range []byte{'a', 0x80, '\t', 0xff} {
-		for pos := range 19 {
+		for pos := range n {
 			for c := range 256 {
-				v := bytes.Repeat([]byte{fill}, 19)
+				v := bytes.Repeat([]byte{fill}, n)
 				v[pos] = byte(c)
 				if got, want := validFieldValue(v), httpguts.ValidHeaderFieldValue(string(v)); got != want {
 					t.Fatalf("fill %#x, byte %#x at %d: %v, want %v", fill, c, pos, got, want)

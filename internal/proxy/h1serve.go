@@ -18,7 +18,11 @@ import (
 	"time"
 	"unsafe"
 
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/telemetry"
 )
 
 // The HTTP/1.1 fast path serves the common shape of request — HTTP/1.1,
@@ -90,6 +94,30 @@ type fastConn struct {
 	// request that carried a token with one. See holdToken.
 	jti      string
 	jtiEntry *tracked
+	// piiMax is how many response body bytes of the request being served
+	// are kept in pii for the PII scanner (0: the response is not
+	// sampled); see Recorder.piiSample.
+	piiMax int
+	pii    []byte
+	// memo is the connection's memo of the sidecar's token verifier (nil
+	// until a request needs one, and when the Verifier has none): its
+	// requests come one at a time, mostly with the same token.
+	memo *authn.Memo
+}
+
+// verifier is the token verifier of the connection's requests: its memo
+// of the sidecar's Verifier when that offers one (ConnectionVerifier),
+// else the Verifier.
+func (fc *fastConn) verifier() policy.JWTVerifier {
+	if fc.memo != nil {
+		return fc.memo
+	}
+	jv := fc.s.verifier()
+	if cv, ok := jv.(ConnectionVerifier); ok {
+		fc.memo = cv.Memo()
+		return fc.memo
+	}
+	return jv
 }
 
 func newFastConn(s *Sidecar, nc net.Conn, draining func() bool) *fastConn {
@@ -113,6 +141,10 @@ func (fc *fastConn) abort() {
 // registration. The connection must not be read after.
 func (fc *fastConn) release() {
 	fc.holdToken("")
+	if fc.memo != nil {
+		fc.memo.Forget()
+		fc.memo = nil
+	}
 	if fc.pooled != nil {
 		fastConnBufs.Put(fc.pooled)
 		fc.pooled = nil
@@ -359,6 +391,7 @@ func (fc *fastConn) respond(r *bufferedResponse, method string, close bool) fast
 	if method != http.MethodHead {
 		out = append(out, r.body...)
 		fc.respBytes = int64(len(r.body))
+		fc.sample(r.body) // a forwarding error's answer, as net/http's path samples it
 	}
 	if _, err := fc.nc.Write(out); err != nil || close {
 		return fastClose
@@ -514,6 +547,14 @@ func cutQuery(target string) (path, query string, ok bool) {
 	return target, "", false
 }
 
+// sample keeps the first bytes of the response body relayed, when the
+// response is sampled for PII (as piiWriter does on net/http's path).
+func (fc *fastConn) sample(b []byte) {
+	if room := fc.piiMax - len(fc.pii); room > 0 && len(b) > 0 {
+		fc.pii = append(fc.pii, b[:min(room, len(b))]...)
+	}
+}
+
 // readResponseHead reads from nc into in until it holds a response head
 // parseResponseHead can judge (h1Handoff also when the head outgrows
 // in). n is how much was read.
@@ -579,6 +620,7 @@ func (fc *fastConn) relay(up net.Conn, in []byte, n int, out []byte, closeAfter 
 	}
 	left := resp.length - int64(len(body))
 	fc.status, fc.respBytes = resp.status, resp.length
+	fc.sample(body)
 	for {
 		c := copy(out[len(out):cap(out)], body)
 		out, body = out[:len(out)+c], body[c:]
@@ -594,6 +636,7 @@ func (fc *fastConn) relay(up net.Conn, in []byte, n int, out []byte, closeAfter 
 		}
 		m, rerr := up.Read(in[:min(int64(len(in)), left)])
 		body, left = in[:m], left-int64(m)
+		fc.sample(body)
 		if m == 0 && rerr != nil {
 			// Cut short: the client must see a broken answer, not a
 			// shorter one.
@@ -686,6 +729,7 @@ func (fc *fastConn) relayResponse(f *forwarder, up net.Conn, in []byte, method s
 	for {
 		m, rerr := resp.Body.Read(buf)
 		fc.respBytes += int64(m)
+		fc.sample(buf[:m])
 		if m > 0 {
 			if chunked {
 				out = strconv.AppendInt(out, int64(m), 16)
@@ -892,7 +936,15 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	closeAfter := fc.req.close
 	st := s.policy.Load()
 	ctx := context.Background()
-	d, ok := ib.decide(ctx, st, info, fr.method, fr.target, fr.host, h)
+	var span trace.Span
+	if s.cfg.Tracer != nil {
+		// As on net/http's path: started before the decision, so that
+		// its log and audit event carry the trace ID; ended with the
+		// status the client got.
+		ctx, span = s.startSpanOf(ctx, h, fr.method, fc.requestPath(fr.target), "inbound "+ib.name, trace.SpanKindServer, info.peer != "", ib.spanAttrs(info)...)
+		defer func() { telemetry.EndHTTPSpan(span, fc.status, false) }()
+	}
+	d, ok := ib.decide(ctx, st, info, fc.verifier(), fr.method, fr.target, fr.host, h)
 	var rw bufferedResponse
 	if !ok {
 		if ob != nil {
@@ -903,6 +955,9 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	if ob != nil {
 		d.record(ob)
+	}
+	if span != nil {
+		d.traced(span, info)
 	}
 	if ib.answerDenied(&rw, &d) != 0 {
 		return fc.respond(&rw, fr.method, closeAfter)
@@ -921,7 +976,32 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 			fc.abort()
 		}
 	}
-	return fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
+	if span != nil {
+		propagate(ctx, h)
+	}
+	if fc.piiMax = s.rec.piiSample(info.peer); fc.piiMax == 0 {
+		return fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
+	}
+	fc.pii = nil
+	o = fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
+	if len(fc.pii) > 0 {
+		// The record's key as the deferred end will count it.
+		ob.Status = fc.status
+		s.rec.piiScan(ob, fc.pii)
+	}
+	fc.piiMax, fc.pii = 0, nil
+	return o
+}
+
+// requestPath is the path of the request just parsed, target its
+// target, as net/http's URL.Path has it (decoded; the absolute form's
+// path), for a span's url.path before the decision.
+func (fc *fastConn) requestPath(target string) string {
+	if u := fc.req.absolute; u != nil {
+		return u.Path
+	}
+	path, _, _ := cutQuery(target)
+	return decodedPath(path)
 }
 
 // holdToken registers the connection in the sidecar's live tracker under
@@ -981,6 +1061,11 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 		rec.Path = np.Path()
 	}
 	removeHopHeaders(h, ob.fwd.upgrades)
+	if ob.s.cfg.Tracer != nil {
+		ctx, span := ob.s.startSpanOf(context.Background(), h, fr.method, decodedPath(np.Path()), "outbound "+ob.name, trace.SpanKindClient, true, ob.spanAttrs()...)
+		defer func() { telemetry.EndHTTPSpan(span, fc.status, true) }()
+		propagate(ctx, h)
+	}
 	return fc.exchange(ob.fwd, up, fr.method, np.Target(), fr.host, h, fr.body, req.close)
 }
 

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/moatless/moatless/internal/policy"
@@ -331,10 +330,9 @@ func (ib *inbound) handle(c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 
 	// HTTP/1.1 (by ALPN, or plaintext that may still turn out to be h2c)
-	// goes to the fast path when it is on; a caller whose responses are
-	// sampled for PII stays on net/http's path, where the sampler runs.
+	// goes to the fast path when it is on.
 	var fc *fastConn
-	if tc, ok := conn.(*tls.Conn); ib.app != nil && !s.rec.samplesPII(info.peer) && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
+	if tc, ok := conn.(*tls.Conn); ib.app != nil && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		fc = newFastConn(s, conn, ib.streams.isDraining)
 		defer func() {
 			if fc.buf != nil { // not served: an early return below
@@ -553,7 +551,15 @@ func authEdits(h http.Header, query string, auth *policy.Auth) (string, bool) {
 		return query, false
 	}
 	for _, k := range auth.RemoveHeaders {
-		h.Del(k)
+		// authn's names are canonical, as the header's are: the name
+		// found as is is deleted without canonicalizing it again on every
+		// request (half of this function's cost with a token); another
+		// spelling goes through Del.
+		if _, ok := h[k]; ok {
+			delete(h, k)
+		} else {
+			h.Del(k)
+		}
 	}
 	for k, v := range auth.SetHeaders {
 		h.Set(k, v)
@@ -602,7 +608,10 @@ type decidedRequest struct {
 // fragment, NUL, a malformed escape) or a Host that names no host
 // (policy.CheckRequestHost: hosts rules would deny it, but only where a
 // policy has them): a 400, not a decision. h is changed in place.
-func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
+//
+// jv verifies the request's tokens: the sidecar's Verifier, or on the fast
+// path the connection's memo of it (fastConn.verifier).
+func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, jv policy.JWTVerifier, method, target, host string, h http.Header) (r decidedRequest, ok bool) {
 	s := ib.s
 	r.method, r.header, r.version = method, h, st.version
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
@@ -629,7 +638,7 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	req.Destination.Principal = info.own
 	r.dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if r.loaded = st.authz != nil; r.loaded {
-		r.dec = st.authz.Evaluate(req, s.verifier())
+		r.dec = st.authz.Evaluate(req, jv)
 	}
 	r.auth = req.Auth
 	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
@@ -766,21 +775,20 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Before the decision, so that its log and audit event carry the
 		// trace ID.
 		var sw *telemetry.StatusWriter
-		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", attrListener.String(ib.name),
-			attrSource.String(info.peer), s.cfg.Risk.Attr(info.peer), attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr))
+		r, span, sw = s.startSpan(w, r, "inbound "+ib.name, trace.SpanKindServer, info.peer != "", ib.spanAttrs(info)...)
 		w = sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
 	if r.URL.Opaque != "" {
-		badRequest(w)
+		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
-	d, ok := ib.decide(r.Context(), st, info, r.Method, r.RequestURI, r.Host, r.Header)
+	d, ok := ib.decide(r.Context(), st, info, s.verifier(), r.Method, r.RequestURI, r.Host, r.Header)
 	// Trailer fields of a caller's body are filtered as its header was.
 	st.filter(ib.name).guardTrailers(r)
 	if !ok {
-		badRequest(w)
+		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
@@ -789,10 +797,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d.record(&ob)
 	if span != nil {
-		span.SetAttributes(decisionAttrs(d.dec, d.loaded, d.version, info, d.auth)...)
-		if r.URL.Path != "" {
-			span.SetAttributes(attribute.String("url.path", r.URL.Path)) // as normalized and forwarded
-		}
+		d.traced(span, info)
 	}
 	if status := ib.answerDenied(w, &d); status != 0 {
 		ob.Status = status
@@ -827,7 +832,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return func() { ib.connDone(c) }
 	})
 	if pw != nil && len(pw.buf) > 0 {
-		s.rec.piiScan(&ob, pw)
+		s.rec.piiScan(&ob, pw.buf)
 	}
 }
 

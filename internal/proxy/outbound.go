@@ -274,7 +274,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	target, ok := originForm(r)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
-		badRequest(w)
+		undecidable(w, r)
 		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
 	}
@@ -284,12 +284,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.Path = np.Path()
 	upgrade := removeHopHeaders(r.Header, ob.fwd.upgrades)
 	if ob.s.cfg.Tracer != nil {
-		var own string
-		if id, err := ob.s.tls.ownID(); err == nil {
-			own = id.String()
-		}
-		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, attrListener.String(ob.name),
-			attrDestination.String(ob.cfg.ID.String()), attrSource.String(own), ob.s.cfg.Risk.Attr(own))
+		r2, span, sw := ob.s.startSpan(w, r, "outbound "+ob.name, trace.SpanKindClient, true, ob.spanAttrs()...)
 		r, w = r2, sw
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)

@@ -742,6 +742,17 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	return n
 }
 
+// ConnectionVerifier is an optional capability of a Verifier (authn's
+// has it): a verifier for the requests of one HTTP/1.1 connection, served
+// one at a time, that remembers the token it accepted last and serves the
+// next request carrying the same bytes without hashing them again, every
+// per-request check (expiry, keys, revocation, binding) still run. The
+// fast path makes one per connection on its first request, and Forgets
+// it when the connection ends.
+type ConnectionVerifier interface {
+	Memo() *authn.Memo
+}
+
 // TokenRevoker is an optional capability of a Verifier: it refuses tokens
 // whose jti is listed.
 type TokenRevoker interface {
@@ -749,11 +760,10 @@ type TokenRevoker interface {
 }
 
 // fastPathOn reports whether HTTP/1.1 connections may be served on the
-// fast path: it is not disabled, and no Tracer is set (spans and trace
-// context propagation are net/http's path only, so with tracing on every
-// request takes that path).
+// fast path: it is not disabled. Tracing and PII sampling run on both
+// server paths.
 func (s *Sidecar) fastPathOn() bool {
-	return !s.cfg.DisableHTTP1FastPath && s.cfg.Tracer == nil
+	return !s.cfg.DisableHTTP1FastPath
 }
 
 // headLimit is the longest request head either server path reads:

@@ -299,43 +299,43 @@ func (r *Recorder) AddSample(ev wire.AuditEvent) {
 	r.mu.Unlock()
 }
 
-// samplesPII reports whether responses to source may be sampled for PII
-// (its edge, or every edge, is opted in).
-func (r *Recorder) samplesPII(source string) bool {
-	if r == nil || r.pii == nil {
-		return false
-	}
-	_, one := r.pii[source]
-	_, all := r.pii["*"]
-	return one || all
-}
-
 // piiSampler returns a writer wrapper collecting the first bytes of a
 // response to source, when that edge is opted in and this response is
 // the one in OneIn; nil otherwise (the common case: a nil map read).
 func (r *Recorder) piiSampler(w http.ResponseWriter, source string) *piiWriter {
+	if max := r.piiSample(source); max > 0 {
+		return &piiWriter{ResponseWriter: w, max: max}
+	}
+	return nil
+}
+
+// piiSample decides whether the response to source about to be forwarded
+// is sampled, on either server path: it returns how many of its first
+// body bytes to keep, 0 for none.
+func (r *Recorder) piiSample(source string) int {
 	if r == nil || r.pii == nil {
-		return nil
+		return 0
 	}
 	p, ok := r.pii[source]
 	if !ok {
 		if p, ok = r.pii["*"]; !ok {
-			return nil
+			return 0
 		}
 	}
 	if r.piiTick.Add(1)%uint64(p.OneIn) != 0 {
-		return nil
+		return 0
 	}
-	return &piiWriter{ResponseWriter: w, max: p.MaxBytes}
+	return p.MaxBytes
 }
 
-// piiScan hands a sampled body to the scanner goroutine; a busy scanner
-// skips it (counted): sampling never slows a response.
-func (r *Recorder) piiScan(o *Observation, pw *piiWriter) {
+// piiScan hands a sampled body (owned by the scanner from then on) to the
+// scanner goroutine; a busy scanner skips it (counted): sampling never
+// slows a response.
+func (r *Recorder) piiScan(o *Observation, body []byte) {
 	k := recKey{dir: o.Direction, src: o.Source, dst: o.Destination, port: o.Port, proto: o.Protocol,
 		method: o.Method, path: traffic.PathTemplate(o.Path), decision: o.Decision, reason: o.Reason, token: o.Token, status: statusClass(o.Status)}
 	select {
-	case r.scanq <- scanJob{key: k, body: pw.buf}:
+	case r.scanq <- scanJob{key: k, body: body}:
 	default:
 		r.metrics.skipped.Inc()
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,6 +54,19 @@ func (r *reports) edges(t *testing.T, rec *Recorder) map[string]wire.EdgeRecord 
 			prev := out[k]
 			e.Requests += prev.Requests
 			e.RespBytes += prev.RespBytes
+			if p := prev.PII; p != nil {
+				// Scanned bodies are reported in the flush after their
+				// scan: sum them over the reports too.
+				sum := *p
+				if e.PII != nil {
+					sum.Sampled += e.PII.Sampled
+					sum.Bytes += e.PII.Bytes
+					sum.Cards += e.PII.Cards
+					sum.Emails += e.PII.Emails
+					sum.NationalIDs += e.PII.NationalIDs
+				}
+				e.PII = &sum
+			}
 			out[k] = e
 		}
 	}
@@ -189,21 +204,47 @@ func keys(m map[string]wire.EdgeRecord) []string {
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
-func TestRecorderPIISampling(t *testing.T) {
+// TestRecorderPIISampling: responses to an opted-in edge are scanned for
+// personal data, on both server paths (HTTP/1.1 between the sidecars, so
+// the fast path serves them when on) and whether the app's answer has a
+// Content-Length, is chunked, or spans several reads; other edges are not.
+func TestRecorderPIISampling(t *testing.T) { forServerPaths(t, testRecorderPIISampling) }
+
+func testRecorderPIISampling(t *testing.T, sp serverPath) {
+	const doc = `[{"email":"alice@example.com","pan":"4111 1111 1111 1111"},{"email":"bob@example.org","ssn":"123-45-6789"}]`
+	var server atomic.Pointer[Sidecar]
+	var fastMiss atomic.Int64 // requests the inbound fast path did not serve
 	l := listen(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `[{"email":"alice@example.com","pan":"4111 1111 1111 1111"},{"email":"bob@example.org","ssn":"123-45-6789"}]`)
+		if s := server.Load(); s != nil && fastServing(s) == 0 {
+			fastMiss.Add(1)
+		}
+		switch r.URL.Path {
+		case "/chunked":
+			io.WriteString(w, doc[:20])
+			w.(http.Flusher).Flush()
+			io.WriteString(w, doc[20:])
+		case "/long": // the PII first, then more than one read's worth
+			w.Header().Set("Content-Length", fmt.Sprint(len(doc)+40<<10))
+			io.WriteString(w, doc)
+			w.Write(bytes.Repeat([]byte{' '}, 40<<10))
+		default:
+			io.WriteString(w, doc)
+		}
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	for _, tc := range []struct {
 		name    string
 		source  string
+		path    string
 		wantPII bool
 	}{
-		{"opted_in_edge", frontendID, true},
-		{"any_caller", "*", true},
-		{"other_edge_not_sampled", "spiffe://example.org/ns/prod/sa/reports", false},
+		{"opted_in_edge", frontendID, "/customers", true},
+		{"any_caller", "*", "/customers", true},
+		{"chunked_answer", frontendID, "/chunked", true},
+		{"long_answer", frontendID, "/long", true},
+		{"other_edge_not_sampled", "spiffe://example.org/ns/prod/sa/reports", "/customers", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var in reports
@@ -213,21 +254,25 @@ func TestRecorderPIISampling(t *testing.T) {
 			go rec.scanLoop(ctx)
 			ca := testpki.NewCA(t, "example.org")
 			inL := listen(t)
-			startSidecar(t, Config{
+			server.Store(startSidecar(t, Config{
 				Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 				Inbound:    []Inbound{{Name: "in", Listener: inL, App: l.Addr().String()}},
 				Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
-				Recorder:   rec,
-			})
+				Recorder:   rec, DisableHTTP1FastPath: sp.disable,
+			}))
+			fastMiss.Store(0)
 			outL := listen(t)
 			startSidecar(t, Config{
 				Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-				Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID)}},
+				Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
 			})
 			for range 3 {
-				if code, _ := get(t, &http.Client{}, "GET", "http://"+outL.Addr().String()+"/customers"); code != 200 {
+				if code, _ := get(t, &http.Client{}, "GET", "http://"+outL.Addr().String()+tc.path); code != 200 {
 					t.Fatalf("GET: %d", code)
 				}
+			}
+			if n := fastMiss.Load(); (n == 0) != !sp.disable {
+				t.Errorf("%d of 3 requests not served by the inbound fast path (fast path on: %v)", n, !sp.disable)
 			}
 			var pii *wire.PIISample
 			deadline := time.Now().Add(5 * time.Second)

@@ -50,8 +50,16 @@ const (
 // mesh's trace IDs nor force sampling. Only called with a Tracer: with
 // tracing off the request path builds no attribute at all.
 func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string, kind trace.SpanKind, trusted bool, attrs ...attribute.KeyValue) (*http.Request, trace.Span, *telemetry.StatusWriter) {
-	ctx := r.Context()
-	caller := trace.SpanContextFromContext(traceContext.Extract(ctx, propagation.HeaderCarrier(r.Header)))
+	ctx, span := s.startSpanOf(r.Context(), r.Header, r.Method, r.URL.Path, name, kind, trusted, attrs...)
+	return r.WithContext(ctx), span, &telemetry.StatusWriter{ResponseWriter: w}
+}
+
+// startSpanOf is startSpan for a request given by its header, method and
+// path (as net/http's URL.Path: decoded): both server paths start their
+// spans with it, so that they cannot differ in parent, links, name or
+// attributes.
+func (s *Sidecar) startSpanOf(ctx context.Context, h http.Header, method, path, name string, kind trace.SpanKind, trusted bool, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	caller := trace.SpanContextFromContext(traceContext.Extract(ctx, propagation.HeaderCarrier(h)))
 	opts := []trace.SpanStartOption{trace.WithSpanKind(kind)}
 	switch {
 	case trusted:
@@ -59,9 +67,34 @@ func (s *Sidecar) startSpan(w http.ResponseWriter, r *http.Request, name string,
 	case caller.IsValid():
 		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: caller}))
 	}
-	attrs = append(attrs, attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
-	ctx, span := s.cfg.Tracer.Start(ctx, name, append(opts, trace.WithAttributes(attrs...))...)
-	return r.WithContext(ctx), span, &telemetry.StatusWriter{ResponseWriter: w}
+	attrs = append(attrs, attribute.String("http.request.method", method), attribute.String("url.path", path))
+	return s.cfg.Tracer.Start(ctx, name, append(opts, trace.WithAttributes(attrs...))...)
+}
+
+// spanAttrs are the attributes an inbound span starts with.
+func (ib *inbound) spanAttrs(info *connInfo) []attribute.KeyValue {
+	return []attribute.KeyValue{attrListener.String(ib.name), attrSource.String(info.peer), ib.s.cfg.Risk.Attr(info.peer),
+		attrDestination.String(prefixed(info.own)), attribute.String("source.address", info.srcIPStr)}
+}
+
+// spanAttrs are the attributes an outbound span starts with.
+func (ob *outbound) spanAttrs() []attribute.KeyValue {
+	var own string
+	if id, err := ob.s.tls.ownID(); err == nil {
+		own = id.String()
+	}
+	return []attribute.KeyValue{attrListener.String(ob.name), attrDestination.String(ob.cfg.ID.String()), attrSource.String(own), ob.s.cfg.Risk.Attr(own)}
+}
+
+// traced notes on an inbound span what was decided, and the path as
+// normalized and forwarded.
+func (r *decidedRequest) traced(span trace.Span, info *connInfo) {
+	a := decisionAttrs(r.dec, r.loaded, r.version, info, r.auth)
+	if p := decodedPath(r.np.Path()); p != "" {
+		a = append(a, attribute.String("url.path", p))
+	}
+	// One call: the span's attribute list grows once, not twice.
+	span.SetAttributes(a...)
 }
 
 // prefixed is a principal ("td/ns/x/sa/y") as a SPIFFE ID, "" for none.
@@ -92,10 +125,10 @@ func decisionAttrs(dec policy.Decision, loaded bool, version uint64, info *connI
 	case auth != nil:
 		token = "valid"
 	}
-	a := []attribute.KeyValue{
+	a := make([]attribute.KeyValue, 0, 9) // with room for traced's url.path
+	a = append(a,
 		attrDecision.String(dec.Outcome.String()), attrReason.String(string(reasonOf(dec, loaded))),
-		attrPolicyVersion.Int64(int64(min(version, 1<<62))), attrPeerAuthn.String(peer), attrTokenAuthn.String(token),
-	}
+		attrPolicyVersion.Int64(int64(min(version, 1<<62))), attrPeerAuthn.String(peer), attrTokenAuthn.String(token))
 	if dec.Policy != "" {
 		a = append(a, attrPolicy.String(dec.Policy), attrRule.Int(dec.Rule))
 	}

@@ -2,14 +2,19 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/moatless/moatless/internal/policy"
@@ -19,18 +24,24 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// traceApp records the trace headers of every request it serves.
+// traceApp records the trace headers of every request it serves, and
+// what during (when set) returns while serving it.
 type traceApp struct {
-	mu   sync.Mutex
-	seen map[string][]string // request path -> Traceparent values
+	mu     sync.Mutex
+	seen   map[string][]string // request path -> Traceparent values
+	during atomic.Pointer[func() int]
+	fast   map[string]int // request path -> during()
 }
 
 func startTraceApp(t *testing.T) (*traceApp, string) {
-	a := &traceApp{seen: map[string][]string{}}
+	a := &traceApp{seen: map[string][]string{}, fast: map[string]int{}}
 	l := listen(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.seen[r.URL.Path] = r.Header.Values("Traceparent")
+		if f := a.during.Load(); f != nil {
+			a.fast[r.URL.Path] = (*f)()
+		}
 		a.mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	})}
@@ -45,11 +56,32 @@ func (a *traceApp) traceparents(path string) []string {
 	return a.seen[path]
 }
 
+// fastServing is how many connections s's listeners serve on the HTTP/1.1
+// fast path at this moment.
+func fastServing(s *Sidecar) int {
+	n := 0
+	count := func(f *fastConns) {
+		f.mu.Lock()
+		n += len(f.m)
+		f.mu.Unlock()
+	}
+	for _, ib := range s.inbound {
+		count(&ib.fast)
+	}
+	for _, ob := range s.outbound {
+		count(&ob.fast)
+	}
+	return n
+}
+
 // TestTracingThroughTheMesh runs a request app → outbound sidecar →
-// inbound sidecar → app with both sidecars exporting to a real OTLP
-// receiver on loopback, and checks the spans, their parents and what the
-// app was handed.
-func TestTracingThroughTheMesh(t *testing.T) {
+// inbound sidecar → app (HTTP/1.1 between the sidecars) with both
+// sidecars exporting to a real OTLP receiver on loopback, and checks the
+// spans, their parents and what the app was handed — on both server
+// paths, the fast path being the one that serves each request when on.
+func TestTracingThroughTheMesh(t *testing.T) { forServerPaths(t, testTracingThroughTheMesh) }
+
+func testTracingThroughTheMesh(t *testing.T, sp serverPath) {
 	rcv := otlptest.Start(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
 	t.Setenv("OTEL_SERVICE_NAME", "")
@@ -79,14 +111,19 @@ func TestTracingThroughTheMesh(t *testing.T) {
 	// none (its spans say 0).
 	risk := &telemetry.RiskScores{}
 	risk.Set(wire.RiskScores{Scores: []wire.RiskScore{{SPIFFEID: frontendID, Score: 0.75}, {SPIFFEID: ordersID, Score: 0.25}}})
-	startSidecar(t, Config{Risk: risk, Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+	server := startSidecar(t, Config{Risk: risk, Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
 		DecisionLog: slog.New(slog.NewJSONHandler(decisions, nil)), AllowSampleRate: 1,
 		Inbound:    []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar")})
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), Tracer: serverTr.Tracer("moatless/sidecar"),
+		DisableHTTP1FastPath: sp.disable})
 	outL := listen(t)
-	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
-		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: HTTP}},
-		Tracer:   clientTr.Tracer("moatless/sidecar")})
+	client := startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
+		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: HTTP, HTTP1: true}},
+		Tracer:   clientTr.Tracer("moatless/sidecar"), DisableHTTP1FastPath: sp.disable})
+	// Which path served each request the app got: both sidecars' fast
+	// path connections, counted while the app serves it.
+	during := func() int { return fastServing(server)*10 + fastServing(client) }
+	app.during.Store(&during)
 	base := "http://" + outL.Addr().String()
 
 	const secret = "s3cr3t-token-value"
@@ -203,6 +240,15 @@ func TestTracingThroughTheMesh(t *testing.T) {
 			t.Errorf("no decision line for %s:\n%s", want.path, decisions.String())
 		}
 	}
+	// Each request the app got was served by the fast path of both
+	// sidecars, or (fast path off) by neither.
+	app.mu.Lock()
+	for path, n := range app.fast {
+		if got, want := n > 10 && n%10 > 0, !sp.disable; got != want || (sp.disable && n != 0) {
+			t.Errorf("%s: %d fast path connections on the inbound side, %d on the outbound side while the app served it; fast path on: %v", path, n/10, n%10, want)
+		}
+	}
+	app.mu.Unlock()
 	// No credential in any span.
 	for _, s := range spans {
 		for k, v := range s.Attrs {
@@ -216,8 +262,12 @@ func TestTracingThroughTheMesh(t *testing.T) {
 // TestTracingPlaintextCallerIsLinked: under PERMISSIVE, a plaintext
 // caller (no verified identity) cannot make its trace the parent of the
 // sidecar's: the span starts a new trace linked to the caller's, and the
-// app is handed the new one.
+// app is handed the new one. On both server paths.
 func TestTracingPlaintextCallerIsLinked(t *testing.T) {
+	forServerPaths(t, testTracingPlaintextCallerIsLinked)
+}
+
+func testTracingPlaintextCallerIsLinked(t *testing.T, sp serverPath) {
 	rcv := otlptest.Start(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.GRPCEndpoint)
 	t.Setenv("OTEL_SERVICE_NAME", "")
@@ -233,7 +283,8 @@ func TestTracingPlaintextCallerIsLinked(t *testing.T) {
 		return policy.Decision{Outcome: policy.Allow, Policy: "prod/allow-all", Action: "ALLOW", Rule: 0}
 	}}
 	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-		Inbound: []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}}, Authorizer: allowAll, Tracer: tr.Tracer("sidecar")})
+		Inbound: []Inbound{{Name: "in", Listener: inL, App: appAddr, Protocol: HTTP}}, Authorizer: allowAll, Tracer: tr.Tracer("sidecar"),
+		DisableHTTP1FastPath: sp.disable})
 	const callerTrace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	req, _ := http.NewRequest("GET", "http://"+inL.Addr().String()+"/plain", nil)
 	req.Header.Set("Traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
@@ -259,5 +310,83 @@ func TestTracingPlaintextCallerIsLinked(t *testing.T) {
 	}
 	if tps := app.traceparents("/plain"); len(tps) != 1 || tps[0] != "00-"+s.TraceID+"-"+s.SpanID+"-01" {
 		t.Errorf("the app got %q, want the sidecar's new trace", tps)
+	}
+}
+
+// TestTracedFastPathUnderAttack: with tracing on, the fast path still
+// refuses what it refuses untraced (CL.TE: 400 and the connection closed,
+// the app sees nothing; an undecidable target likewise), the refused
+// request's span says 400 and carries no decision, and a trace context
+// under a name that only folds into traceparent ("Trace_parent") is not
+// taken as the caller's.
+func TestTracedFastPathUnderAttack(t *testing.T) {
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(sr))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	parsed, err := policy.Parse(strings.NewReader(attackPolicies))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(parsed, policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, inL := startEngineSidecar(t, ca, set, app.addr, true, func(c *Config) { c.Tracer = tp.Tracer("sidecar") })
+	const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	tests := []struct {
+		name string
+		raw  string
+		want []int
+		app  []string
+		// span: the status of the one span the sidecar ends, and whether
+		// it carries a decision.
+		status   int64
+		decision bool
+	}{
+		{"cl_te", "POST /api/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGGET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n",
+			[]int{400}, nil, -1, false},
+		{"fragment", "GET /api/x#/../internal HTTP/1.1\r\nHost: orders\r\n\r\nGET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n",
+			[]int{400}, nil, 400, false},
+		{"underscore_trace_context", "GET /api/x HTTP/1.1\r\nHost: orders\r\nTrace_parent: 00-" + callerTrace + "-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n",
+			[]int{200}, []string{"/api/x"}, 200, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			app.take()
+			before := len(sr.Ended())
+			c, err := tls.Dial("tcp", inL.Addr().String(), &tls.Config{Certificates: []tls.Certificate{ca.SVID(t, frontendID, 0).TLSCertificate()},
+				RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRawExchange(t, c, app, tc.raw, tc.want, tc.app)
+			spans := sr.Ended()[before:]
+			if tc.status < 0 { // refused by the parser: before any span
+				if len(spans) != 0 {
+					t.Fatalf("%d spans for a request the parser refused", len(spans))
+				}
+				return
+			}
+			if len(spans) != 1 {
+				t.Fatalf("%d spans, want 1", len(spans))
+			}
+			sp := spans[0]
+			attrs := map[string]attribute.Value{}
+			for _, kv := range sp.Attributes() {
+				attrs[string(kv.Key)] = kv.Value
+			}
+			_, decided := attrs["moatless.decision"]
+			if attrs["http.response.status_code"].AsInt64() != tc.status || decided != tc.decision {
+				t.Errorf("span status %v, decision %v; want %d, %v", attrs["http.response.status_code"], decided, tc.status, tc.decision)
+			}
+			if sp.SpanContext().TraceID().String() == callerTrace || sp.Parent().IsValid() {
+				t.Errorf("the span took a trace context the sidecar does not read: trace %s, parent %v", sp.SpanContext().TraceID(), sp.Parent())
+			}
+		})
+	}
+	if fastServing(s) != 0 {
+		t.Error("connections left on the fast path")
 	}
 }
