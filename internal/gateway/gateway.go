@@ -244,6 +244,13 @@ func New(opts Options) (*Gateway, error) {
 			MaxReadFrameSize:          1 << 16,
 		},
 		ErrorLog: log.New(io.Discard, "", 0),
+		// HTTP/1.x connections are guarded (handshake): every head is
+		// also read by the sidecar's strict parser, and the handler asks
+		// it first (proxy.FramingVerdict). The handler must then see every
+		// request, "OPTIONS *" too, or the verdicts would go to the wrong
+		// requests; it refuses that target itself.
+		ConnContext:                  proxy.FramingContext,
+		DisableGeneralOptionsHandler: true,
 		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateClosed, http.StateHijacked:
