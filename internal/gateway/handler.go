@@ -83,10 +83,17 @@ type clientBody struct {
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
-		b.rc.bodyErr.CompareAndSwap(nil, &err)
+		b.rc.noteBodyErr(err)
 	}
 	return n, err
 }
+
+// noteBodyErr keeps the first error reading the client's body failed
+// with (not inlined: err escapes only when there is one, not on every
+// Read).
+//
+//go:noinline
+func (rc *reqCtx) noteBodyErr(err error) { rc.bodyErr.CompareAndSwap(nil, &err) }
 
 // ServeHTTP is the gateway's request path; see the package comment for
 // the order of checks.
