@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestFramingVerdict: the gateway's view of the guard gives, per request,
+// what framed acts on: a guarded connection's verdicts in order, nothing
+// for HTTP/2 or a request on a connection without a guard.
+func TestFramingVerdict(t *testing.T) {
+	const get = "GET / HTTP/1.1\r\nHost: o\r\n\r\n"
+	const clTE = "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+	tests := []struct {
+		name  string
+		in    string // fed to a guard; "" for no guard
+		proto int
+		want  []string
+	}{
+		{"keep_alive", get + get, 1, []string{"0/false", "0/false"}},
+		{"cl_te_after_get", get + clTE, 1, []string{"0/false", "400/true"}},
+		{"chunked_closes", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1, []string{"0/true"}},
+		{"no_guard", "", 1, []string{"0/false"}},
+		{"http2_is_not_asked", clTE, 2, []string{"0/false"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			ctx := context.Background()
+			if tc.in != "" {
+				gc := GuardFraming(a, 1024)
+				ctx = FramingContext(ctx, gc)
+				go b.Write([]byte(tc.in))
+				buf := make([]byte, len(tc.in))
+				for n := 0; n < len(tc.in); {
+					k, err := gc.Read(buf[n:])
+					if err != nil {
+						t.Fatal(err)
+					}
+					n += k
+				}
+			}
+			var got []string
+			for range tc.want {
+				r := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+				r.ProtoMajor = tc.proto
+				s, c := FramingVerdict(r)
+				got = append(got, fmt.Sprintf("%d/%v", s, c))
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("verdicts %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
