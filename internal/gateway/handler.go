@@ -70,7 +70,18 @@ type reqCtx struct {
 	// transport's goroutine that reads the body).
 	reqBody clientBody
 	bodyErr atomic.Pointer[error]
+	// rw is the request's respWriter and hdrs the backing of the header
+	// values the gateway sets on the forwarded request and its answer
+	// (X-Forwarded-For, X-Request-Id), in the one allocation of reqCtx.
+	rw     respWriter
+	hdrs   [2]string
+	decide policy.Request
 }
+
+// httpsProto is the X-Forwarded-Proto value of every forwarded request;
+// nothing modifies header value slices in place (as the security
+// headers' slices, shared by every response).
+var httpsProto = []string{"https"}
 
 // clientBody notes the error reading the client's body failed with, so
 // that a failed forward the client caused (a malformed chunk, a body cut
@@ -100,7 +111,9 @@ func (rc *reqCtx) noteBodyErr(err error) { rc.bodyErr.CompareAndSwap(nil, &err) 
 func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	st := g.state.Load()
 	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
-	w := &respWriter{ResponseWriter: w0, rc: rc}
+	rc.hdrs[1] = rc.id
+	w := &rc.rw
+	w.ResponseWriter, w.rc = w0, rc
 	if g.opts.Tracer != nil {
 		r = g.startSpan(r, rc)
 	}
@@ -245,8 +258,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	// The one decision function, as in the sidecar.
-	req := policy.Request{
+	// The one decision function, as in the sidecar. The request escapes
+	// (the Authorizer is an interface): it lives in reqCtx's allocation.
+	req := &rc.decide
+	*req = policy.Request{
 		Protocol:       policy.HTTP,
 		Source:         policy.Source{IP: rc.peer},
 		RemoteIP:       rc.client,
@@ -264,7 +279,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if ps.authz != nil {
-		dec = ps.authz.Evaluate(&req, g.opts.Verifier)
+		dec = ps.authz.Evaluate(req, g.opts.Verifier)
 	}
 	auth := req.Auth
 	if auth != nil {
@@ -342,9 +357,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	// headers an allowing CUSTOM provider asked for (the policy package
 	// refused framing and identity headers among them).
 	h := r.Header
-	h["X-Forwarded-For"] = []string{rc.client.String()}
-	h["X-Forwarded-Proto"] = []string{"https"}
-	h["X-Request-Id"] = []string{rc.id}
+	rc.hdrs[0] = rc.client.String()
+	h["X-Forwarded-For"] = rc.hdrs[0:1:1]
+	h["X-Forwarded-Proto"] = httpsProto
+	h["X-Request-Id"] = rc.hdrs[1:2:2]
 	if rc.span != nil {
 		propagate(r)
 	}
