@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -82,22 +83,7 @@ func TestGatewaySmuggling(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.WriteString(c, tc.raw); err != nil {
-				t.Fatal(err)
-			}
-			br := bufio.NewReader(c)
-			var got []int
-			for {
-				var resp *http.Response
-				if resp, err = http.ReadResponse(br, nil); err != nil {
-					break
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				got = append(got, resp.StatusCode)
-			}
+			got, err := exchangeStatuses(t, c, tc.raw)
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Errorf("the gateway kept the connection open after %v", got)
 			}
@@ -111,5 +97,28 @@ func TestGatewaySmuggling(t *testing.T) {
 				t.Errorf("statuses %v, app saw %q; want %v and %q", got, seen, tc.want, tc.app)
 			}
 		})
+	}
+}
+
+// exchangeStatuses writes raw to c and reads responses until c ends or 5 s
+// pass (the error is then os.ErrDeadlineExceeded: the server kept the
+// connection open); it returns their statuses and closes c.
+func exchangeStatuses(t *testing.T, c net.Conn, raw string) ([]int, error) {
+	t.Helper()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	var got []int
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return got, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		got = append(got, resp.StatusCode)
 	}
 }
