@@ -135,6 +135,7 @@ type Gateway struct {
 	storeErrs storeErrLog
 
 	conns   *connCounter
+	fast    fastSet
 	tlsConf *tls.Config
 	hl      *proxy.ConnListener
 	srv     *http.Server
@@ -409,6 +410,7 @@ func restartOnly(a, b *config.Gateway) error {
 	same("limits timeouts", []any{a.Limits.ReadHeaderTimeout, a.Limits.ReadTimeout, a.Limits.IdleTimeout, a.Limits.HandshakeTimeout},
 		[]any{b.Limits.ReadHeaderTimeout, b.Limits.ReadTimeout, b.Limits.IdleTimeout, b.Limits.HandshakeTimeout})
 	same("tls.min_version", a.TLS.MinVersion, b.TLS.MinVersion)
+	same("http1_fast_path", a.HTTP1FastPath, b.HTTP1FastPath)
 	return errors.Join(errs...)
 }
 
@@ -541,6 +543,7 @@ func (g *Gateway) Close() error {
 	g.mu.Unlock()
 	g.hl.Close()
 	g.srv.Close()
+	g.fast.closeAll()
 	if st := g.state.Load(); st != nil {
 		st.stop()
 	}

@@ -251,6 +251,9 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	dir := t.TempDir()
 	writeServerCert(t, ca, dir)
 	cfg := baseConfig(dir, up)
+	// MOATLESS_GATEWAY_HTTP1_FAST=1 runs every test on the HTTP/1.1 fast
+	// path (the package's tests, with the default flipped).
+	cfg.HTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "1"
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -288,6 +291,11 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 		TLSClientConfig:   &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"},
 		ForceAttemptHTTP2: true,
 	}, Timeout: 10 * time.Second}
+	if cfg.HTTP1FastPath {
+		tr := tg.client.Transport.(*http.Transport)
+		tr.ForceAttemptHTTP2 = false
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
 	t.Cleanup(tg.client.CloseIdleConnections)
 	return tg
 }

@@ -78,6 +78,10 @@ func (g *Gateway) handshake(c net.Conn) {
 	// guarded, as the sidecar's are, so that the handler refuses them.
 	var sc net.Conn = tc
 	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		if g.opts.Config.HTTP1FastPath {
+			g.serveFast(tc, c)
+			return
+		}
 		sc = proxy.GuardFraming(tc, g.srv.MaxHeaderBytes+4096)
 	}
 	if !g.hl.Push(sc) {
