@@ -23,24 +23,27 @@ func cpuTime() time.Duration {
 // upstream sidecar and the echo app, all in this process, with the WAF
 // off and on: the difference is what the WAF adds in place. The client
 // speaks HTTP/2 to the gateway, except in waf_off_http1: HTTP/1.1 on
-// kept-alive connections, as wrk in bench/gateway.sh does.
+// kept-alive connections, as wrk in bench/gateway.sh does (_fast: on the
+// gateway's HTTP/1.1 fast path).
 func BenchmarkGatewayJSON1K(b *testing.B) {
 	body := `{"customer":{"id":"c-1029","name":"Ada Lovelace","email":"ada@example.com"},"items":[` +
 		strings.Repeat(`{"sku":"BK-1001","title":"Notes on the Analytical Engine","qty":1,"price":19.99},`, 9) +
 		`{"sku":"BK-1002","title":"Sketch","qty":1,"price":9.5}],"note":"deliver after 5pm"}`
 	for _, tc := range []struct {
-		name       string
-		waf, http1 bool
+		name             string
+		waf, http1, fast bool
 	}{
-		{"waf_off", false, false},
-		{"waf_on", true, false},
-		{"waf_off_http1", false, true},
+		{"waf_off", false, false, false},
+		{"waf_on", true, false, false},
+		{"waf_off_http1", false, true, false},
+		{"waf_off_http1_fast", false, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			tg := startGateway(b, func(c *config.Gateway) {
 				c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: tc.waf}
 				f := false
 				c.AccessLog = &f
+				c.HTTP1FastPath = tc.fast
 			})
 			if tc.http1 {
 				tr := tg.client.Transport.(*http.Transport)

@@ -107,6 +107,9 @@ func (fc *fastConn) serve() net.Conn {
 	g := fc.g
 	lim := &g.opts.Config.Limits
 	limit := g.srv.MaxHeaderBytes + 4096
+	// skip is how many CR or LF may still come before the next head: after
+	// a POST net/http's server skips up to four (the framing guard too).
+	skip := 0
 	for {
 		// Wait for the next head: the idle timeout until its first byte,
 		// then the header timeout, as net/http's server.
@@ -122,6 +125,12 @@ func (fc *fastConn) serve() net.Conn {
 		var head proxy.H1Head
 		var v proxy.H1Verdict
 		for {
+			for ; skip > 0 && fc.r < fc.w && (fc.buf[fc.r] == '\r' || fc.buf[fc.r] == '\n'); skip-- {
+				fc.r++
+			}
+			if fc.r < fc.w {
+				skip = 0
+			}
 			head, v = proxy.ParseH1Head(fc.buf[fc.r:fc.w])
 			if v != proxy.H1More || fc.w-fc.r >= limit {
 				break
@@ -136,7 +145,11 @@ func (fc *fastConn) serve() net.Conn {
 		var u *url.URL
 		if v == proxy.H1Serve {
 			var err error
-			if u, err = url.ParseRequestURI(head.Target); err != nil {
+			// A head net/http's server may refuse on its own (it reads up
+			// to MaxHeaderBytes + 4096) is left to it to decide.
+			if head.N > g.srv.MaxHeaderBytes {
+				v = proxy.H1Other
+			} else if u, err = url.ParseRequestURI(head.Target); err != nil {
 				v = proxy.H1Other
 			} else if _, up := head.Header["Upgrade"]; up {
 				v = proxy.H1Other
@@ -147,6 +160,9 @@ func (fc *fastConn) serve() net.Conn {
 			return proxy.GuardFramingReplay(fc.tc, bytes.Clone(fc.buf[fc.r:fc.w]), limit)
 		}
 		fc.r += head.N
+		if head.Method == http.MethodPost {
+			skip = 4
+		}
 		if d := lim.ReadTimeout.Std(); d > 0 {
 			fc.tc.SetReadDeadline(start.Add(d))
 		} else {
