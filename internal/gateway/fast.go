@@ -37,9 +37,7 @@ import (
 //
 // Not yet done (why it is off by default): a client that goes away while
 // its request is forwarded is noticed when the answer is written, not at
-// once (net/http's background read cancels the request's context); the
-// server's Shutdown closes idle fast connections but does not wait for
-// the busy ones beyond Close's.
+// once (net/http's background read cancels the request's context).
 
 // maxPostHandlerReadBytes is how much of a body the handler left unread
 // is read and discarded to keep the connection, as net/http does.
@@ -115,8 +113,13 @@ func (fc *fastConn) serve() net.Conn {
 		// then the header timeout, as net/http's server.
 		if fc.r == fc.w {
 			fc.r, fc.w = 0, 0
+			if !g.fast.idle(fc, true) {
+				return nil // draining
+			}
 			fc.tc.SetReadDeadline(deadline(lim.IdleTimeout.Std(), lim.ReadTimeout.Std()))
-			if !fc.fill() {
+			ok := fc.fill()
+			g.fast.idle(fc, false)
+			if !ok {
 				return nil
 			}
 		}
@@ -168,7 +171,7 @@ func (fc *fastConn) serve() net.Conn {
 		} else {
 			fc.tc.SetReadDeadline(time.Time{})
 		}
-		if !fc.serveRequest(&head, u) || g.isClosed() {
+		if !fc.serveRequest(&head, u) || g.fast.isDraining() {
 			return nil
 		}
 	}
@@ -515,7 +518,7 @@ func (w *fastWriter) commit(end bool) {
 		w.chunked = true
 		t = append(t, "Transfer-Encoding: chunked\r\n"...)
 	}
-	if w.closeAfter || w.fc.g.isClosed() {
+	if w.closeAfter || w.fc.g.fast.isDraining() {
 		w.closeAfter = true
 		t = append(t, "Connection: close\r\n"...)
 	}
@@ -627,24 +630,72 @@ func appendDate(b []byte) []byte {
 	return append(b, dateCache.b...)
 }
 
-// fastSet is the fast path's connections, for Close to end them.
+// fastSet is the fast path's connections, for Shutdown and Close to end
+// them. The value is whether the connection waits for a request (idle).
 type fastSet struct {
-	mu     sync.Mutex
-	closed bool
-	m      map[*fastConn]struct{}
+	mu       sync.Mutex
+	draining bool
+	m        map[*fastConn]bool
 }
 
 func (s *fastSet) add(fc *fastConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.draining {
 		return false
 	}
 	if s.m == nil {
-		s.m = map[*fastConn]struct{}{}
+		s.m = map[*fastConn]bool{}
 	}
-	s.m[fc] = struct{}{}
+	s.m[fc] = false
 	return true
+}
+
+// idle marks fc waiting for a request (or not); false when the set
+// drains and fc is to close instead of waiting.
+func (s *fastSet) idle(fc *fastConn, idle bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if idle && s.draining {
+		return false
+	}
+	s.m[fc] = idle
+	return true
+}
+
+func (s *fastSet) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// drain closes the idle connections and lets the busy ones finish their
+// request (answered with Connection: close) until ctx ends; then closeAll
+// ends the rest.
+func (s *fastSet) drain(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for fc, idle := range s.m {
+		if idle {
+			fc.tc.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.m)
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 func (s *fastSet) remove(fc *fastConn) {
@@ -657,7 +708,7 @@ func (s *fastSet) remove(fc *fastConn) {
 // busy one once its answer is written (its reads fail).
 func (s *fastSet) closeAll() {
 	s.mu.Lock()
-	s.closed = true
+	s.draining = true
 	for fc := range s.m {
 		fc.tc.SetReadDeadline(time.Now())
 	}

@@ -196,3 +196,62 @@ func differential(t *testing.T, tg *testGateway, raw string) string {
 	}
 	return b.String()
 }
+
+// TestFastPathShutdownDrains: Shutdown closes an idle fast path
+// connection at once and lets a request in flight finish, answered with
+// Connection: close, as net/http's server does its connections.
+func TestFastPathShutdownDrains(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = true })
+	dial := func() *tls.Conn {
+		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+	idle, busy := dial(), dial()
+	io.WriteString(idle, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	ir := bufio.NewReader(idle)
+	if resp, err := http.ReadResponse(ir, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first request: %v %v", resp, err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	// The busy connection's request is in the handler, its body half sent.
+	io.WriteString(busy, "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello")
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		tg.g.fast.mu.Lock()
+		busyNow := 0
+		for _, idle := range tg.g.fast.m {
+			if !idle {
+				busyNow++
+			}
+		}
+		n := len(tg.g.fast.m)
+		tg.g.fast.mu.Unlock()
+		if n == 2 && busyNow == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	tg.stop() // Serve shuts down, as on SIGTERM
+	if _, err := ir.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection: read %v, want EOF", err)
+	}
+	io.WriteString(busy, "world")
+	resp, err := http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatalf("request in flight: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !resp.Close || !strings.Contains(string(body), `"body":"helloworld"`) {
+		t.Errorf("request in flight: %d close=%v %s", resp.StatusCode, resp.Close, body)
+	}
+	select {
+	case <-tg.done:
+	case <-time.After(5 * time.Second):
+		t.Error("Serve did not return after the request in flight")
+	}
+}

@@ -523,7 +523,14 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.ln.Close()
 	}
 	g.mu.Unlock()
+	// Fast path connections drain as net/http's do: the idle ones close
+	// now, the busy ones after their answer.
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- g.fast.drain(ctx) }()
 	err := g.srv.Shutdown(ctx)
+	if ferr := <-fastDone; err == nil {
+		err = ferr
+	}
 	g.Close()
 	return err
 }

@@ -191,6 +191,10 @@ type testGateway struct {
 	upstream string
 	logs     *syncBuffer
 	access   *syncBuffer
+	// stop cancels Serve's context (a graceful shutdown, as on SIGTERM);
+	// done is closed when Serve has returned.
+	stop func()
+	done chan struct{}
 }
 
 type syncBuffer struct {
@@ -277,8 +281,11 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	}
 	g.SetAuthorizer(1, compile(t, gatewayPolicy))
 	done := make(chan struct{})
-	go func() { g.Serve(context.Background()); close(done) }()
+	ctx, stop := context.WithCancel(context.Background())
+	go func() { g.Serve(ctx); close(done) }()
+	tg.stop, tg.done = stop, done
 	t.Cleanup(func() {
+		stop()
 		g.Close()
 		<-done
 		if t.Failed() {
