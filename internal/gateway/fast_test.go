@@ -211,7 +211,29 @@ func TestFastPathShutdownDrains(t *testing.T) {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		return c
 	}
-	idle, busy := dial(), dial()
+	// waitFor polls until the gateway has n fast connections, idle of
+	// them waiting for a request.
+	waitFor := func(n, idle int) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; {
+			tg.g.fast.mu.Lock()
+			got, gotIdle := len(tg.g.fast.m), 0
+			for _, i := range tg.g.fast.m {
+				if i {
+					gotIdle++
+				}
+			}
+			tg.g.fast.mu.Unlock()
+			if got == n && gotIdle == idle {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d fast connections, %d idle; want %d and %d", got, gotIdle, n, idle)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	idle := dial()
 	io.WriteString(idle, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
 	ir := bufio.NewReader(idle)
 	if resp, err := http.ReadResponse(ir, nil); err != nil || resp.StatusCode != 200 {
@@ -219,23 +241,12 @@ func TestFastPathShutdownDrains(t *testing.T) {
 	} else {
 		io.Copy(io.Discard, resp.Body)
 	}
+	waitFor(1, 1)
 	// The busy connection's request is in the handler, its body half sent.
+	busy := dial()
+	waitFor(2, 2)
 	io.WriteString(busy, "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello")
-	for deadline := time.Now().Add(3 * time.Second); ; {
-		tg.g.fast.mu.Lock()
-		busyNow := 0
-		for _, idle := range tg.g.fast.m {
-			if !idle {
-				busyNow++
-			}
-		}
-		n := len(tg.g.fast.m)
-		tg.g.fast.mu.Unlock()
-		if n == 2 && busyNow == 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(2, 1)
 	tg.stop() // Serve shuts down, as on SIGTERM
 	if _, err := ir.ReadByte(); err != io.EOF {
 		t.Errorf("idle connection: read %v, want EOF", err)
