@@ -220,7 +220,7 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 		Header: head.Header, Host: head.Host, RequestURI: head.Target, RemoteAddr: fc.remote,
 		ContentLength: head.ContentLength, Close: head.Close, TLS: &fc.state, Body: http.NoBody,
 	}
-	fc.body = fastBody{fc: fc, left: head.ContentLength}
+	fc.body.fc, fc.body.left, fc.body.err, fc.body.closed, fc.body.sealed = fc, head.ContentLength, nil, false, false
 	if head.ContentLength > 0 {
 		r.Body = &fc.body
 	}
@@ -247,32 +247,60 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	if !w.finish() {
 		return false
 	}
-	if fc.body.left > 0 {
-		// net/http's server discards an unread body of up to 256 KiB
-		// before the next request (here w.commit did when it could).
-		if fc.body.left > maxPostHandlerReadBytes {
-			return false
-		}
-		if _, err := io.Copy(io.Discard, &fc.body); err != nil {
-			return false
-		}
+	// The body is the connection's again: a transport still sending it
+	// upstream (an upstream that answered early) reads no more of it.
+	// net/http's server discards an unread body of up to 256 KiB before
+	// the next request (w.commit did already when it could).
+	if !fc.body.seal() {
+		return false
 	}
 	return !w.closeAfter && fc.rerr == nil
 }
 
 // fastBody is a request body of known length, read from the connection's
-// buffer, then the connection.
+// buffer, then the connection. mu orders the handler's reads (or a
+// transport's, on its own goroutine) with the connection's serving
+// goroutine, which seals the body once the handler has returned.
 type fastBody struct {
+	mu     sync.Mutex
 	fc     *fastConn
 	left   int64
 	err    error
 	closed bool
+	sealed bool
+}
+
+// seal ends the handler's use of the body and reads what it left (up to
+// maxPostHandlerReadBytes); false when the connection must close.
+func (b *fastBody) seal() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sealed = true
+	if b.left == 0 {
+		return true
+	}
+	if b.left > maxPostHandlerReadBytes {
+		return false
+	}
+	var scratch [4096]byte
+	for b.left > 0 {
+		if _, err := b.read(scratch[:]); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (b *fastBody) Read(p []byte) (int, error) {
-	if b.closed {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.sealed {
 		return 0, http.ErrBodyReadAfterClose
 	}
+	return b.read(p)
+}
+
+func (b *fastBody) read(p []byte) (int, error) {
 	if b.left == 0 {
 		return 0, io.EOF
 	}
@@ -306,7 +334,9 @@ func (b *fastBody) Read(p []byte) (int, error) {
 }
 
 func (b *fastBody) Close() error {
+	b.mu.Lock()
 	b.closed = true
+	b.mu.Unlock()
 	return nil
 }
 
@@ -477,14 +507,17 @@ func (w *fastWriter) commit(end bool) {
 	// The unread body of a request not in full duplex: read it now (up
 	// to 256 KiB) or close after the answer, as net/http does.
 	if b := &w.fc.body; w.req.ContentLength != 0 && !w.closeAfter && !w.fullDuplex {
+		b.mu.Lock()
+		closed, left := b.closed, b.left
+		b.mu.Unlock()
 		switch {
-		case b.closed:
-			if b.left > 0 {
+		case closed:
+			if left > 0 {
 				w.closeAfter = true
 			}
-		case b.left >= maxPostHandlerReadBytes:
+		case left >= maxPostHandlerReadBytes:
 			w.closeAfter = true
-		case b.left > 0:
+		case left > 0:
 			if _, err := io.Copy(io.Discard, b); err != nil {
 				w.closeAfter = true
 			}
