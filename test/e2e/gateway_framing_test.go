@@ -26,9 +26,20 @@ import (
 // by its chunked body and keep the connection (RFC 9112 §6.1 requires it
 // closed), and serve duplicate Content-Length, obs-fold and bare LF. What
 // is pipelined behind a complete request is a request of its own.
+// The same on the gateway's HTTP/1.1 fast path (http1_fast_path), which
+// hands these heads to net/http's server through the same guard.
 func TestGatewaySmuggling(t *testing.T) {
+	for _, path := range []struct{ name, conf string }{
+		{"nethttp", ""},
+		{"fast_path", "http1_fast_path: true"},
+	} {
+		t.Run(path.name, func(t *testing.T) { testGatewaySmuggling(t, path.conf) })
+	}
+}
+
+func testGatewaySmuggling(t *testing.T, extra string) {
 	app := startRecordingApp(t)
-	g, k, _ := startGatewayMeshApp(t, app.addr, "", false)
+	g, k, _ := startGatewayMeshApp(t, app.addr, extra, false)
 	const (
 		post    = "POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
 		get     = "GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n"
