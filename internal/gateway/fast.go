@@ -39,6 +39,10 @@ import (
 // its request is forwarded is noticed when the answer is written, not at
 // once (net/http's background read cancels the request's context).
 
+// fastWatchAfter is how long a fast path request runs before its
+// connection is read for the client going away (a variable for tests).
+var fastWatchAfter = 100 * time.Millisecond
+
 // maxPostHandlerReadBytes is how much of a body the handler left unread
 // is read and discarded to keep the connection, as net/http does.
 const maxPostHandlerReadBytes = 256 << 10
@@ -57,6 +61,14 @@ type fastConn struct {
 	out    []byte
 	rw     fastWriter
 	body   fastBody
+	// timer starts a watch of a request still in the handler; watchMu
+	// orders it with serveRequest: watching while the handler runs,
+	// cancel the request's, watched the watch started.
+	timer    *time.Timer
+	watchMu  sync.Mutex
+	watching bool
+	cancel   context.CancelFunc
+	watched  *fastWatch
 	// rerr is the error that ended reading, once one did.
 	rerr error
 }
@@ -226,6 +238,17 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	}
 	ctx, cancel := context.WithCancel(fc.ctx)
 	r = r.WithContext(ctx)
+	// A request still in the handler after fastWatchAfter gets a read of
+	// the connection that cancels it when the client goes away, as
+	// net/http's background read does; short requests never pay for it.
+	fc.watchMu.Lock()
+	fc.cancel, fc.watching, fc.watched = cancel, true, nil
+	fc.watchMu.Unlock()
+	if fc.timer == nil {
+		fc.timer = time.AfterFunc(fastWatchAfter, fc.watch)
+	} else {
+		fc.timer.Reset(fastWatchAfter)
+	}
 	w := &fc.rw
 	*w = fastWriter{fc: fc, req: r, cl: -1, out: w.out[:0], closeAfter: head.Close}
 	aborted := false
@@ -240,7 +263,15 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 		}()
 		fc.g.ServeHTTP(w, r)
 	}()
+	fc.timer.Stop()
+	fc.watchMu.Lock()
+	watch := fc.watched
+	fc.watching, fc.cancel = false, nil
+	fc.watchMu.Unlock()
 	cancel()
+	if watch != nil && !watch.stop(fc) {
+		return false
+	}
 	if aborted {
 		return false
 	}
@@ -255,6 +286,63 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 		return false
 	}
 	return !w.closeAfter && fc.rerr == nil
+}
+
+// fastWatch is a read of a connection while its request is in the
+// handler (see serveRequest).
+type fastWatch struct {
+	done chan struct{}
+	n    int
+	b    [1]byte
+	err  error
+}
+
+// watch starts reading fc, to cancel its request when the client goes
+// away, once the handler has read the whole body (before, the body's
+// reads see the client go). It runs on the timer's goroutine.
+func (fc *fastConn) watch() {
+	fc.watchMu.Lock()
+	defer fc.watchMu.Unlock()
+	if !fc.watching {
+		return // the request ended first
+	}
+	cancel := fc.cancel
+	b := &fc.body
+	b.mu.Lock()
+	left := b.left
+	b.mu.Unlock()
+	if left > 0 || fc.r < fc.w {
+		return // body still to read, or the next request already here
+	}
+	wt := &fastWatch{done: make(chan struct{})}
+	go func() {
+		defer close(wt.done)
+		wt.n, wt.err = fc.tc.Read(wt.b[:])
+		if wt.n == 0 {
+			cancel() // the client went away (or the read timed out, as net/http's)
+		}
+	}()
+	fc.watched = wt
+}
+
+// stop ends the watch's read and keeps what it read; false when the
+// connection is done.
+func (wt *fastWatch) stop(fc *fastConn) bool {
+	fc.tc.SetReadDeadline(time.Unix(1, 0))
+	<-wt.done
+	if wt.n == 0 {
+		if ne, ok := wt.err.(net.Error); ok && ne.Timeout() && fc.rerr == nil {
+			return true // our own wake-up
+		}
+		return false
+	}
+	if fc.r == fc.w {
+		fc.r, fc.w = 0, 0
+	}
+	fc.buf = append(fc.buf[:fc.w], wt.b[0])
+	fc.buf = fc.buf[:cap(fc.buf)]
+	fc.w++
+	return true
 }
 
 // fastBody is a request body of known length, read from the connection's

@@ -32,6 +32,11 @@ var ids = regexp.MustCompile(`[0-9a-f]{32,64}`)
 // the request the upstream saw), the same access-log lines, and close the
 // connection at the same point.
 func TestFastPathSameAsNetHTTP(t *testing.T) {
+	// Every request's connection is watched for the client going away
+	// (TestFastPathClientGoneCancels): what it reads must change nothing.
+	old := fastWatchAfter
+	fastWatchAfter = 0
+	t.Cleanup(func() { fastWatchAfter = old })
 	ca := testpki.NewCA(t, td)
 	up := startUpstream(t, ca, ordersID, echoApp(t))
 	edit := func(fast bool) func(c *config.Gateway) {
@@ -264,5 +269,87 @@ func TestFastPathShutdownDrains(t *testing.T) {
 	case <-tg.done:
 	case <-time.After(5 * time.Second):
 		t.Error("Serve did not return after the request in flight")
+	}
+}
+
+// TestFastPathClientGoneCancels: a client that goes away while its
+// request waits on the upstream cancels the request, on the fast path as
+// on net/http's server (its access line says 499 before the app's /slow
+// would have answered, 5 s later), and a request that outlives the watch
+// on a connection that stays keeps working, pipelined bytes included.
+func TestFastPathClientGoneCancels(t *testing.T) {
+	old := fastWatchAfter
+	fastWatchAfter = 0
+	t.Cleanup(func() { fastWatchAfter = old })
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast_%v", fast), func(t *testing.T) {
+			tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = fast })
+			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+			// The request is in the handler once the upstream has it:
+			// poll the app's side through the gateway's open request.
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				if fast {
+					tg.g.fast.mu.Lock()
+					busy := 0
+					for _, idle := range tg.g.fast.m {
+						if !idle {
+							busy++
+						}
+					}
+					tg.g.fast.mu.Unlock()
+					if busy == 1 {
+						break
+					}
+				} else if tg.g.conns.open() == 1 {
+					break
+				}
+			}
+			start := time.Now()
+			c.Close()
+			for deadline := time.Now().Add(4 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if strings.Contains(tg.access.String(), `"status":499`) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no 499 access line %v after the client left: %s", time.Since(start), tg.access.String())
+				}
+			}
+
+			// A kept-alive connection whose first request outlives the
+			// watch serves the next one, sent before the first's answer.
+			c2, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			c2.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c2, "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+			io.WriteString(c2, "GET /orders/2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+			got, err := exchangeAll(c2)
+			if err != nil || got != "200 200" {
+				t.Errorf("keep-alive after a watched request: %q %v", got, err)
+			}
+		})
+	}
+}
+
+// exchangeAll reads the statuses of the answers on c until it closes.
+func exchangeAll(c *tls.Conn) (string, error) {
+	br := bufio.NewReader(c)
+	var got []string
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = nil // the connection closed
+			}
+			return strings.Join(got, " "), err
+		}
+		io.Copy(io.Discard, resp.Body)
+		got = append(got, fmt.Sprint(resp.StatusCode))
 	}
 }
