@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -58,4 +62,37 @@ func TestFramingVerdict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseH1Head: a head ParseH1Head gives the gateway's fast path to
+// serve is one net/http's server reads the same way: method, target,
+// Host, header, Content-Length and Connection: close. (Everything else
+// goes to net/http's server itself.)
+func FuzzParseH1Head(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST /a?b=c HTTP/1.1\r\nHost: o:8443\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+		"GET /x HTTP/1.1\r\nhost: o\r\nx-a: 1\r\nX-A: 2\r\nPragma: no-cache\r\n\r\n",
+		"GET http://o/ HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		h, v := ParseH1Head(in)
+		if v != H1Serve {
+			return
+		}
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(in[:h.N])))
+		if err != nil {
+			t.Fatalf("net/http refuses a head the fast path serves: %v\n%q", err, in[:h.N])
+		}
+		if req.Method != h.Method || req.RequestURI != h.Target || req.Host != h.Host ||
+			req.ContentLength != h.ContentLength || req.Close != h.Close || !reflect.DeepEqual(req.Header, h.Header) {
+			t.Fatalf("net/http: %s %s host %q length %d close %v %v\nfast path: %s %s host %q length %d close %v %v",
+				req.Method, req.RequestURI, req.Host, req.ContentLength, req.Close, req.Header,
+				h.Method, h.Target, h.Host, h.ContentLength, h.Close, h.Header)
+		}
+	})
 }
