@@ -125,6 +125,9 @@ func (fc *fastConn) serve() net.Conn {
 		// then the header timeout, as net/http's server.
 		if fc.r == fc.w {
 			fc.r, fc.w = 0, 0
+			if len(fc.buf) > 16<<10 {
+				fc.buf = make([]byte, 8192) // a large head's buffer is not kept idle
+			}
 			if !g.fast.idle(fc, true) {
 				return nil // draining
 			}
@@ -277,6 +280,14 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	}
 	if !w.finish() {
 		return false
+	}
+	// An idle connection keeps no large buffer (10,000 of them would
+	// hold their largest answers).
+	if cap(w.out) > 8<<10 {
+		w.out = nil
+	}
+	if cap(fc.out) > 8<<10 {
+		fc.out = nil
 	}
 	// The body is the connection's again: a transport still sending it
 	// upstream (an upstream that answered early) reads no more of it.
