@@ -23,7 +23,10 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]] [-f]
+# With -f, the WAF-off gateway (not the base one) runs with
+# http1_fast_path: true; with -b set to a binary of the same commit, the
+# rounds compare the fast path with net/http's server.
 # With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
 # built from main) beside the first, and after the table ROUNDS (default
 # 5) rounds measure nginx, the gateway and the base gateway in turn, CPU
@@ -41,14 +44,16 @@ OUT=""
 PROF=""
 BASEBIN=""
 ROUNDS=5
-while getopts "d:o:p:b:r:" opt; do
+FAST=""
+while getopts "d:o:p:b:r:f" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	p) PROF=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
 	b) BASEBIN=$(cd "$(dirname "$OPTARG")" && pwd)/$(basename "$OPTARG") ;;
 	r) ROUNDS=$OPTARG ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]]" >&2; exit 2 ;;
+	f) FAST="http1_fast_path: true" ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]] [-f]" >&2; exit 2 ;;
 	esac
 done
 
@@ -191,7 +196,7 @@ policy: {files: [$W/gwpol]}
 $admin
 CONF
 }
-gateway gw "$GW" "" "" "$GW_ADM"
+gateway gw "$GW" "" "$FAST" "$GW_ADM"
 [ -n "$BASEBIN" ] && gateway gwbase "$GW_BASE" "" ""
 gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" "" "$GW_WAF_ADM"
 gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"

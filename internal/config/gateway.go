@@ -100,6 +100,11 @@ type Gateway struct {
 	// DrainTimeout is how long requests in flight may finish after
 	// SIGTERM; default 5s.
 	DrainTimeout wire.Duration `json:"drain_timeout,omitempty"`
+	// HTTP1FastPath serves HTTP/1.1 requests of the common shape on the
+	// gateway's own connection loop instead of net/http's server (the
+	// same handler, every check the same). Experimental, off by default:
+	// see docs/gateway.md for what it does not yet do.
+	HTTP1FastPath bool `json:"http1_fast_path,omitempty"`
 }
 
 // GatewayTLS is the public certificate, reloaded when the files change

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,22 +21,35 @@ func cpuTime() time.Duration {
 
 // BenchmarkGatewayJSON1K sends the 1 KB JSON order through a gateway, an
 // upstream sidecar and the echo app, all in this process, with the WAF
-// off and on: the difference is what the WAF adds in place.
+// off and on: the difference is what the WAF adds in place. The client
+// speaks HTTP/2 to the gateway, except in waf_off_http1: HTTP/1.1 on
+// kept-alive connections, as wrk in bench/gateway.sh does (_fast: on the
+// gateway's HTTP/1.1 fast path).
 func BenchmarkGatewayJSON1K(b *testing.B) {
 	body := `{"customer":{"id":"c-1029","name":"Ada Lovelace","email":"ada@example.com"},"items":[` +
 		strings.Repeat(`{"sku":"BK-1001","title":"Notes on the Analytical Engine","qty":1,"price":19.99},`, 9) +
 		`{"sku":"BK-1002","title":"Sketch","qty":1,"price":9.5}],"note":"deliver after 5pm"}`
-	for _, waf := range []bool{false, true} {
-		name := "waf_off"
-		if waf {
-			name = "waf_on"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, tc := range []struct {
+		name             string
+		waf, http1, fast bool
+	}{
+		{"waf_off", false, false, false},
+		{"waf_on", true, false, false},
+		{"waf_off_http1", false, true, false},
+		{"waf_off_http1_fast", false, true, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
 			tg := startGateway(b, func(c *config.Gateway) {
-				c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: waf}
+				c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: tc.waf}
 				f := false
 				c.AccessLog = &f
+				c.HTTP1FastPath = tc.fast
 			})
+			if tc.http1 {
+				tr := tg.client.Transport.(*http.Transport)
+				tr.ForceAttemptHTTP2 = false
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+			}
 			hdr := map[string]string{"Content-Type": "application/json", "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0", "Accept": "application/json"}
 			b.ReportAllocs()
 			start, n := cpuTime(), 0

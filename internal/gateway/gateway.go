@@ -135,6 +135,7 @@ type Gateway struct {
 	storeErrs storeErrLog
 
 	conns   *connCounter
+	fast    fastSet
 	tlsConf *tls.Config
 	hl      *proxy.ConnListener
 	srv     *http.Server
@@ -244,6 +245,13 @@ func New(opts Options) (*Gateway, error) {
 			MaxReadFrameSize:          1 << 16,
 		},
 		ErrorLog: log.New(io.Discard, "", 0),
+		// HTTP/1.x connections are guarded (handshake): every head is
+		// also read by the sidecar's strict parser, and the handler asks
+		// it first (proxy.FramingVerdict). The handler must then see every
+		// request, "OPTIONS *" too, or the verdicts would go to the wrong
+		// requests; it refuses that target itself.
+		ConnContext:                  proxy.FramingContext,
+		DisableGeneralOptionsHandler: true,
 		ConnState: func(c net.Conn, st http.ConnState) {
 			switch st {
 			case http.StateClosed, http.StateHijacked:
@@ -402,6 +410,7 @@ func restartOnly(a, b *config.Gateway) error {
 	same("limits timeouts", []any{a.Limits.ReadHeaderTimeout, a.Limits.ReadTimeout, a.Limits.IdleTimeout, a.Limits.HandshakeTimeout},
 		[]any{b.Limits.ReadHeaderTimeout, b.Limits.ReadTimeout, b.Limits.IdleTimeout, b.Limits.HandshakeTimeout})
 	same("tls.min_version", a.TLS.MinVersion, b.TLS.MinVersion)
+	same("http1_fast_path", a.HTTP1FastPath, b.HTTP1FastPath)
 	return errors.Join(errs...)
 }
 
@@ -514,7 +523,14 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.ln.Close()
 	}
 	g.mu.Unlock()
+	// Fast path connections drain as net/http's do: the idle ones close
+	// now, the busy ones after their answer.
+	fastDone := make(chan error, 1)
+	go func() { fastDone <- g.fast.drain(ctx) }()
 	err := g.srv.Shutdown(ctx)
+	if ferr := <-fastDone; err == nil {
+		err = ferr
+	}
 	g.Close()
 	return err
 }
@@ -534,6 +550,7 @@ func (g *Gateway) Close() error {
 	g.mu.Unlock()
 	g.hl.Close()
 	g.srv.Close()
+	g.fast.closeAll()
 	if st := g.state.Load(); st != nil {
 		st.stop()
 	}

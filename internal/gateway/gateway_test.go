@@ -62,7 +62,7 @@ func TestGatewayForwardsOverMTLS(t *testing.T) {
 	if got := s.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
 		t.Errorf("app saw X-Forwarded-For %v", got)
 	}
-	if resp.ProtoMajor != 2 {
+	if resp.ProtoMajor != 2 && !tg.g.opts.Config.HTTP1FastPath {
 		t.Errorf("client spoke %s, want HTTP/2 by ALPN", resp.Proto)
 	}
 	if !strings.Contains(tg.access.String(), `"route":"orders"`) {
@@ -205,12 +205,13 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"dot_segments_escape_route", "GET /public/../admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
 		{"encoded_dot_segments", "GET /public/%2e%2e/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
 		{"double_slash", "GET //admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 403"},
-		// Transfer-Encoding wins and Content-Length is dropped (RFC 9112
-		// section 6.3): the smuggled request is parsed as a request of
-		// its own and meets the policy.
-		{"cl_te_smuggle", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 200"},
+		// Content-Length beside Transfer-Encoding: refused and the
+		// connection closed (RFC 9112 section 6.1), so the request after
+		// it is never read (test/e2e TestGatewaySmuggling has the rest).
+		{"cl_te_smuggle", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
 		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello", "HTTP/1.1 501"},
-		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 "},
+		// The client's body failed, not the upstream: 400, not 502.
+		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
 		{"connect", "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n", "HTTP/1.1 4"},
 		// Hosts net/http lets through that the decision function cannot
@@ -231,8 +232,8 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 			if tt.name == "bad_chunk_size" && strings.Contains(got, "200 OK") {
 				t.Fatalf("bad chunking reached the app: %q", got)
 			}
-			if tt.name == "cl_te_smuggle" && !strings.Contains(got, "HTTP/1.1 403") {
-				t.Fatalf("smuggled GET /admin not refused by policy: %q", got)
+			if n := strings.Count(got, "HTTP/1.1 "); tt.name == "cl_te_smuggle" && n != 1 {
+				t.Fatalf("%d answers on a connection that should close after the first: %q", n, got)
 			}
 		})
 	}

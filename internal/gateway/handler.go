@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -64,14 +65,55 @@ type reqCtx struct {
 	bodyRead bool
 	// span is the request's trace span, nil when tracing is off.
 	span trace.Span
+	// reqBody is r.Body as it is streamed upstream; bodyErr is the error
+	// reading it from the client failed with, if it did (set by the
+	// transport's goroutine that reads the body).
+	reqBody clientBody
+	bodyErr atomic.Pointer[error]
+	// rw is the request's respWriter and hdrs the backing of the header
+	// values the gateway sets on the forwarded request and its answer
+	// (X-Forwarded-For, X-Request-Id), in the one allocation of reqCtx.
+	rw     respWriter
+	hdrs   [2]string
+	decide policy.Request
 }
+
+// httpsProto is the X-Forwarded-Proto value of every forwarded request;
+// nothing modifies header value slices in place (as the security
+// headers' slices, shared by every response).
+var httpsProto = []string{"https"}
+
+// clientBody notes the error reading the client's body failed with, so
+// that a failed forward the client caused (a malformed chunk, a body cut
+// short) is answered 400 and not blamed on the upstream.
+type clientBody struct {
+	io.ReadCloser
+	rc *reqCtx
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.rc.noteBodyErr(err)
+	}
+	return n, err
+}
+
+// noteBodyErr keeps the first error reading the client's body failed
+// with (not inlined: err escapes only when there is one, not on every
+// Read).
+//
+//go:noinline
+func (rc *reqCtx) noteBodyErr(err error) { rc.bodyErr.CompareAndSwap(nil, &err) }
 
 // ServeHTTP is the gateway's request path; see the package comment for
 // the order of checks.
 func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	st := g.state.Load()
 	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
-	w := &respWriter{ResponseWriter: w0, rc: rc}
+	rc.hdrs[1] = rc.id
+	w := &rc.rw
+	w.ResponseWriter, w.rc = w0, rc
 	if g.opts.Tracer != nil {
 		r = g.startSpan(r, rc)
 	}
@@ -80,6 +122,26 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		rc.peer = ap.Addr().Unmap()
 	}
 	lim := &st.cfg.Limits
+
+	// The framing of an HTTP/1.x connection first, as the sidecar's strict
+	// parser read the head (proxy.GuardFraming): a head net/http would
+	// serve but another hop may frame differently (Content-Length beside
+	// Transfer-Encoding, a duplicate Content-Length, obs-fold, a bare
+	// LF...) is refused and the connection closed, so that nothing after
+	// it on the connection is read as a request; after a chunked request
+	// the connection closes too (the guard does not follow chunks).
+	if status, closeAfter := proxy.FramingVerdict(r); status != 0 || closeAfter {
+		w.Header().Set("Connection", "close")
+		if status != 0 {
+			rc.client = rc.peer
+			reason, msg := reasonBadRequest, "malformed or ambiguous request framing"
+			if status == http.StatusRequestHeaderFieldsTooLarge {
+				reason, msg = reasonHeaderLarge, "request headers larger than "+strconv.Itoa(lim.MaxHeaderBytes)+" bytes"
+			}
+			g.reject(w, status, reason, msg)
+			return
+		}
+	}
 
 	// The request line and head, before anything reads them further.
 	switch r.Method {
@@ -174,6 +236,8 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		// A streamed body is cut off at the limit: the upstream sees the
 		// request fail, never a body past it.
 		r.Body = http.MaxBytesReader(w0, r.Body, rt.maxBody)
+		rc.reqBody = clientBody{ReadCloser: r.Body, rc: rc}
+		r.Body = &rc.reqBody
 	}
 
 	if !g.rateLimit(w, r, rc, nil, false) {
@@ -194,8 +258,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	// The one decision function, as in the sidecar.
-	req := policy.Request{
+	// The one decision function, as in the sidecar. The request escapes
+	// (the Authorizer is an interface): it lives in reqCtx's allocation.
+	req := &rc.decide
+	*req = policy.Request{
 		Protocol:       policy.HTTP,
 		Source:         policy.Source{IP: rc.peer},
 		RemoteIP:       rc.client,
@@ -213,7 +279,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if ps.authz != nil {
-		dec = ps.authz.Evaluate(&req, g.opts.Verifier)
+		dec = ps.authz.Evaluate(req, g.opts.Verifier)
 	}
 	auth := req.Auth
 	if auth != nil {
@@ -291,9 +357,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	// headers an allowing CUSTOM provider asked for (the policy package
 	// refused framing and identity headers among them).
 	h := r.Header
-	h["X-Forwarded-For"] = []string{rc.client.String()}
-	h["X-Forwarded-Proto"] = []string{"https"}
-	h["X-Request-Id"] = []string{rc.id}
+	rc.hdrs[0] = rc.client.String()
+	h["X-Forwarded-For"] = rc.hdrs[0:1:1]
+	h["X-Forwarded-Proto"] = httpsProto
+	h["X-Request-Id"] = rc.hdrs[1:2:2]
 	if rc.span != nil {
 		propagate(r)
 	}
@@ -372,9 +439,18 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, rt *rou
 		if errors.As(err, &op) && op.Op == "dial" || errors.Is(err, errNoUpstream) {
 			kind = "connect"
 		}
+		var bodyErr error
+		if p := rw.rc.bodyErr.Load(); p != nil {
+			bodyErr = *p
+		}
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if errors.As(err, &mbe) || errors.As(bodyErr, &mbe) {
 			g.reject(rw, http.StatusRequestEntityTooLarge, reasonBodyLarge, "request body larger than "+strconv.FormatInt(mbe.Limit, 10)+" bytes")
+			return
+		}
+		if bodyErr != nil {
+			// The client's body failed, not the upstream.
+			g.reject(rw, http.StatusBadRequest, reasonBadRequest, "request body could not be read")
 			return
 		}
 		g.metrics.upstreamErrors.WithLabelValues(rt.name, kind).Inc()

@@ -191,6 +191,10 @@ type testGateway struct {
 	upstream string
 	logs     *syncBuffer
 	access   *syncBuffer
+	// stop cancels Serve's context (a graceful shutdown, as on SIGTERM);
+	// done is closed when Serve has returned.
+	stop func()
+	done chan struct{}
 }
 
 type syncBuffer struct {
@@ -251,6 +255,9 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	dir := t.TempDir()
 	writeServerCert(t, ca, dir)
 	cfg := baseConfig(dir, up)
+	// MOATLESS_GATEWAY_HTTP1_FAST=1 runs every test on the HTTP/1.1 fast
+	// path (the package's tests, with the default flipped).
+	cfg.HTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "1"
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -274,8 +281,11 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	}
 	g.SetAuthorizer(1, compile(t, gatewayPolicy))
 	done := make(chan struct{})
-	go func() { g.Serve(context.Background()); close(done) }()
+	ctx, stop := context.WithCancel(context.Background())
+	go func() { g.Serve(ctx); close(done) }()
+	tg.stop, tg.done = stop, done
 	t.Cleanup(func() {
+		stop()
 		g.Close()
 		<-done
 		if t.Failed() {
@@ -288,6 +298,11 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 		TLSClientConfig:   &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"},
 		ForceAttemptHTTP2: true,
 	}, Timeout: 10 * time.Second}
+	if cfg.HTTP1FastPath {
+		tr := tg.client.Transport.(*http.Transport)
+		tr.ForceAttemptHTTP2 = false
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
 	t.Cleanup(tg.client.CloseIdleConnections)
 	return tg
 }

@@ -72,8 +72,20 @@ func (g *Gateway) handshake(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	if !g.hl.Push(tc) {
-		tc.Close()
+	// net/http's server alone would serve a request with both
+	// Content-Length and Transfer-Encoding (and other heads hops frame
+	// differently) and keep the connection: an HTTP/1.x connection is
+	// guarded, as the sidecar's are, so that the handler refuses them.
+	var sc net.Conn = tc
+	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		if g.opts.Config.HTTP1FastPath {
+			g.serveFast(tc, c)
+			return
+		}
+		sc = proxy.GuardFraming(tc, g.srv.MaxHeaderBytes+4096)
+	}
+	if !g.hl.Push(sc) {
+		sc.Close()
 		g.conns.release(c)
 	}
 }

@@ -57,7 +57,7 @@ func (w *respWriter) prepare() {
 	for _, sh := range rc.st.headers {
 		h[sh.name] = sh.value
 	}
-	h["X-Request-Id"] = []string{rc.id}
+	h["X-Request-Id"] = rc.hdrs[1:2:2]
 	if rc.route != nil && rc.route.cors != nil {
 		rc.route.cors.decorate(h, rc.origin, rc.preflight)
 	}

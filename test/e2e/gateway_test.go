@@ -56,18 +56,29 @@ type gatewayProc struct {
 // on loopback, and returns the gateway; extra is appended to its config.
 func startGatewayMesh(t *testing.T, extra string) (*gatewayProc, *sidecarPKI, string) {
 	t.Helper()
+	return startGatewayMeshApp(t, sidecarEchoApp(t), extra, true)
+}
+
+// startGatewayMeshApp is startGatewayMesh in front of the app at app,
+// with the route's WAF on or off.
+func startGatewayMeshApp(t *testing.T, app, extra string, waf bool) (*gatewayProc, *sidecarPKI, string) {
+	t.Helper()
 	k := newSidecarPKI(t)
-	app := sidecarEchoApp(t)
 	ordersFiles, _ := k.files("orders", "spiffe://"+scTD+"/ns/prod/sa/orders")
 	pol := t.TempDir()
 	os.WriteFile(filepath.Join(pol, "p.yaml"), []byte(ordersFromGateway), 0o600)
 	inbound := freeAddr(t)
 	startSidecarProc(t, "orders-sidecar", fmt.Sprintf("identity: {files: {cert: %s, key: %s, bundle: %s}}\nnamespace: prod\nlabels: {app: orders}\ninbound: [{listen: %q, app: %q}]\npolicy: {files: [%s]}\n",
 		ordersFiles.Cert, ordersFiles.Key, ordersFiles.Bundle, inbound, app, pol), true)
-	return startGatewayProc(t, k, inbound, extra), k, inbound
+	return startGatewayProcWAF(t, k, inbound, extra, waf), k, inbound
 }
 
 func startGatewayProc(t *testing.T, k *sidecarPKI, inbound, extra string) *gatewayProc {
+	t.Helper()
+	return startGatewayProcWAF(t, k, inbound, extra, true)
+}
+
+func startGatewayProcWAF(t *testing.T, k *sidecarPKI, inbound, extra string, waf bool) *gatewayProc {
 	t.Helper()
 	gwFiles, _ := k.files("gateway-"+filepath.Base(t.TempDir()), "spiffe://"+scTD+"/ns/istio-system/sa/gateway")
 	dir := t.TempDir()
@@ -86,8 +97,8 @@ reload_interval: 100ms
 policy: {files: [%s]}
 %s
 routes:
-  - {name: api, path_prefix: /api, upstreams: [%q], spiffe_id: "spiffe://%s/ns/prod/sa/orders", waf: {enabled: true}, rate_limits: %s}
-`, g.addr, filepath.Join(dir, "tls.pem"), filepath.Join(dir, "tls-key.pem"), gwFiles.Cert, gwFiles.Key, gwFiles.Bundle, g.admin, filepath.Join(dir, "pol"), extra, inbound, scTD, limitRefs(extra))
+  - {name: api, path_prefix: /api, upstreams: [%q], spiffe_id: "spiffe://%s/ns/prod/sa/orders", waf: {enabled: %t}, rate_limits: %s}
+`, g.addr, filepath.Join(dir, "tls.pem"), filepath.Join(dir, "tls-key.pem"), gwFiles.Cert, gwFiles.Key, gwFiles.Bundle, g.admin, filepath.Join(dir, "pol"), extra, inbound, scTD, waf, limitRefs(extra))
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

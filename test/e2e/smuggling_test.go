@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // recordingApp is an app that records every request it reads whole
@@ -143,23 +142,7 @@ func testSmugglingThroughSidecars(t *testing.T, conf string) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, r := range e.attackRoutes(t) {
 				app.take()
-				c := r.dial()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := io.WriteString(c, tc.raw); err != nil {
-					t.Fatal(err)
-				}
-				br := bufio.NewReader(c)
-				var got []int
-				var err error
-				for {
-					var resp *http.Response
-					if resp, err = http.ReadResponse(br, nil); err != nil {
-						break
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					got = append(got, resp.StatusCode)
-				}
+				got, err := exchangeStatuses(t, r.dial(), tc.raw)
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					t.Errorf("%s: the sidecar kept the connection open after %v", r.name, got)
 				}

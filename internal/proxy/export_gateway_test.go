@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestFramingVerdict: the gateway's view of the guard gives, per request,
+// what framed acts on: a guarded connection's verdicts in order, nothing
+// for HTTP/2 or a request on a connection without a guard.
+func TestFramingVerdict(t *testing.T) {
+	const get = "GET / HTTP/1.1\r\nHost: o\r\n\r\n"
+	const clTE = "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+	tests := []struct {
+		name  string
+		in    string // fed to a guard; "" for no guard
+		proto int
+		want  []string
+	}{
+		{"keep_alive", get + get, 1, []string{"0/false", "0/false"}},
+		{"cl_te_after_get", get + clTE, 1, []string{"0/false", "400/true"}},
+		{"chunked_closes", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1, []string{"0/true"}},
+		{"no_guard", "", 1, []string{"0/false"}},
+		{"http2_is_not_asked", clTE, 2, []string{"0/false"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			ctx := context.Background()
+			if tc.in != "" {
+				gc := GuardFraming(a, 1024)
+				ctx = FramingContext(ctx, gc)
+				go b.Write([]byte(tc.in))
+				buf := make([]byte, len(tc.in))
+				for n := 0; n < len(tc.in); {
+					k, err := gc.Read(buf[n:])
+					if err != nil {
+						t.Fatal(err)
+					}
+					n += k
+				}
+			}
+			var got []string
+			for range tc.want {
+				r := httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+				r.ProtoMajor = tc.proto
+				s, c := FramingVerdict(r)
+				got = append(got, fmt.Sprintf("%d/%v", s, c))
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("verdicts %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzParseH1Head: a head ParseH1Head gives the gateway's fast path to
+// serve is one net/http's server reads the same way: method, target,
+// Host, header, Content-Length and Connection: close. (Everything else
+// goes to net/http's server itself.)
+func FuzzParseH1Head(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST /a?b=c HTTP/1.1\r\nHost: o:8443\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+		"GET /x HTTP/1.1\r\nhost: o\r\nx-a: 1\r\nX-A: 2\r\nPragma: no-cache\r\n\r\n",
+		"GET http://o/ HTTP/1.1\r\nHost: o\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.0\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		h, v := ParseH1Head(in)
+		if v != H1Serve {
+			return
+		}
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(in[:h.N])))
+		if err != nil {
+			t.Fatalf("net/http refuses a head the fast path serves: %v\n%q", err, in[:h.N])
+		}
+		if req.Method != h.Method || req.RequestURI != h.Target || req.Host != h.Host ||
+			req.ContentLength != h.ContentLength || req.Close != h.Close || !reflect.DeepEqual(req.Header, h.Header) {
+			t.Fatalf("net/http: %s %s host %q length %d close %v %v\nfast path: %s %s host %q length %d close %v %v",
+				req.Method, req.RequestURI, req.Host, req.ContentLength, req.Close, req.Header,
+				h.Method, h.Target, h.Host, h.ContentLength, h.Close, h.Header)
+		}
+	})
+}
