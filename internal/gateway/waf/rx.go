@@ -182,7 +182,6 @@ func (s *rxSet) end(tx any) {
 type rxScan struct {
 	set    *rxSet
 	seen   map[string][]uint64 // bit i: pattern i matches; nil: undecided
-	forms  map[string]string   // runeErrorForm of values not valid UTF-8
 	budget int                 // bytes the Set may still scan
 	spent  time.Duration       // time the Set's scans have taken
 }
@@ -199,23 +198,6 @@ func (c *rxScan) lookup(value string, id int) (match, decided bool) {
 		return true, false
 	}
 	return bits[id/64]&(1<<(id%64)) != 0, true
-}
-
-// form is runeErrorForm(value), made once per transaction: the same
-// few values come back for every rule. c may be nil.
-func (c *rxScan) form(value string) string {
-	if c == nil {
-		return runeErrorForm(value)
-	}
-	f, ok := c.forms[value]
-	if !ok {
-		if c.forms == nil {
-			c.forms = map[string]string{}
-		}
-		f = runeErrorForm(value)
-		c.forms[value] = f
-	}
-	return f
 }
 
 func (c *rxScan) scan(value string) []uint64 {
@@ -243,22 +225,18 @@ func (o *rx) Evaluate(tx plugintypes.TransactionState, value string) bool {
 	// subject is what RE2 reads: value, or when value is not valid UTF-8
 	// (and the pattern not byte-wise) the runes Go's regexp would read.
 	subject, std := value, false
-	var scan *rxScan
+	if o.std != nil && !utf8.ValidString(value) {
+		subject, std = runeErrorForm(value), true
+	}
 	if o.set != nil {
 		if c, ok := o.set.txs.Load(tx); ok {
-			scan = c.(*rxScan)
-		}
-	}
-	if o.std != nil && !utf8.ValidString(value) {
-		subject, std = scan.form(value), true
-	}
-	if scan != nil {
-		match, decided := scan.lookup(subject, o.id)
-		switch {
-		case !match:
-			return false
-		case decided && !tx.Capturing():
-			return true
+			match, decided := c.(*rxScan).lookup(subject, o.id)
+			switch {
+			case !match:
+				return false
+			case decided && !tx.Capturing():
+				return true
+			}
 		}
 	}
 	var m []int
