@@ -28,11 +28,9 @@ import (
 // adds, captures fill TX.0-9, and a pattern that matches bytes rather
 // than UTF-8 (a \x80-\xff escape) matches byte-wise (Latin-1), as
 // Coraza's binaryregexp does. RE2 stops reading at invalid UTF-8, where
-// Go's regexp reads on, each byte that begins no valid sequence read as
-// U+FFFD: RE2 is therefore given such a value in that form
-// (runeErrorForm), so that it reads what Go's regexp reads and a stray
-// byte in front of a payload cannot hide it; the captures of a match come
-// from Go's regexp on the value itself, so that TX.0-9 hold its bytes.
+// Go's regexp reads on (as U+FFFD): a value that is not valid UTF-8 is
+// therefore matched by Go's regexp, so that a stray byte in front of a
+// payload cannot hide it.
 
 func init() {
 	// Replaces Coraza's @rx for every WAF in this process: the gateway's.
@@ -41,7 +39,7 @@ func init() {
 
 type rx struct {
 	re  *re2.Regexp
-	std *regexp.Regexp // captures in invalid UTF-8; nil for a byte-wise pattern
+	std *regexp.Regexp // invalid UTF-8 input; nil for a byte-wise pattern
 	// set is the engine's prefilter and id this pattern's index in it;
 	// nil when the pattern is byte-wise or was compiled outside New.
 	set *rxSet
@@ -84,9 +82,9 @@ func newRX(o plugintypes.OperatorOptions) (plugintypes.Operator, error) {
 // pattern the Set did not report does not match, and @rx answers false
 // without running it; a reported one runs on its own, for the captures.
 // Nothing is decided differently: the Set runs the same patterns with
-// the same flags, a string that is not valid UTF-8 is asked in the form
-// Go's regexp reads it (runeErrorForm), and when the Set cannot decide
-// (RE2 ran out of DFA memory) every pattern runs on its own as before.
+// the same flags, a string that is not valid UTF-8 still goes to Go's
+// regexp, and when the Set cannot decide (RE2 ran out of DFA memory)
+// every pattern runs on its own as before.
 
 // The Set's DFA is fast on strings like those it has seen (its states
 // are cached) but builds a new state for nearly every byte of a string
@@ -222,15 +220,9 @@ func (c *rxScan) scan(value string) []uint64 {
 const maxCaptures = 10
 
 func (o *rx) Evaluate(tx plugintypes.TransactionState, value string) bool {
-	// subject is what RE2 reads: value, or when value is not valid UTF-8
-	// (and the pattern not byte-wise) the runes Go's regexp would read.
-	subject, std := value, false
-	if o.std != nil && !utf8.ValidString(value) {
-		subject, std = runeErrorForm(value), true
-	}
 	if o.set != nil {
 		if c, ok := o.set.txs.Load(tx); ok {
-			match, decided := c.(*rxScan).lookup(subject, o.id)
+			match, decided := c.(*rxScan).lookup(value, o.id)
 			switch {
 			case !match:
 				return false
@@ -241,10 +233,13 @@ func (o *rx) Evaluate(tx plugintypes.TransactionState, value string) bool {
 	}
 	var m []int
 	switch {
-	case !tx.Capturing():
-		return o.re.MatchString(subject)
-	case std:
+	case o.std != nil && !utf8.ValidString(value):
+		if !tx.Capturing() {
+			return o.std.MatchString(value)
+		}
 		m = o.std.FindStringSubmatchIndex(value)
+	case !tx.Capturing():
+		return o.re.MatchString(value)
 	default:
 		m = o.re.FindStringSubmatchIndex(value)
 	}
@@ -259,27 +254,6 @@ func (o *rx) Evaluate(tx plugintypes.TransactionState, value string) bool {
 		}
 	}
 	return true
-}
-
-// runeErrorForm is s with every byte that begins no valid UTF-8 sequence
-// replaced by U+FFFD, byte by byte: the runes Go's regexp reads from s
-// (it decodes with utf8.DecodeRuneInString, one U+FFFD per such byte).
-// A pattern matches s under Go's regexp exactly when it matches the
-// result under RE2 (FuzzRuneErrorFormAgrees), which, unlike s, RE2 reads
-// to the end. The result is at most three times as long as s.
-func runeErrorForm(s string) string {
-	var b strings.Builder
-	b.Grow(len(s) + 16)
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b.WriteString("\uFFFD")
-		} else {
-			b.WriteString(s[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
 }
 
 // matchesBytes reports whether a pattern names a byte that is not UTF-8
