@@ -8,8 +8,11 @@
 // and grows with the number of arguments (about 7 ms for a JSON body of
 // 43 fields; docs/benchmarks.md): @rx runs on RE2, behind one RE2 Set of
 // all the patterns per distinct string (rx.go); what remains is Coraza's
-// per-rule, per-argument loop. Only the request is inspected (phases 1
-// and 2): the gateway does not buffer answers.
+// per-rule, per-argument loop, a third of it a transformation cache that
+// misses for every argument of a map-backed collection (upstream issue
+// corazawaf/coraza#1681; what a fix buys is in docs/benchmarks.md). Only
+// the request is inspected (phases 1 and 2): the gateway does not buffer
+// answers.
 package waf
 
 import (
