@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -164,18 +163,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 		defer stop()
 	}
 
-	var wg sync.WaitGroup
-	for _, f := range background {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(ctx) }()
-	}
-	err = g.Serve(ctx)
-	cancel()
-	wg.Wait()
-	if errors.Is(err, context.Canceled) || errors.Is(err, gateway.ErrClosed) {
-		return nil
-	}
-	return err
+	return dataplane.ServeBeside(ctx, cancel, background, g.Serve, gateway.ErrClosed)
 }
 
 // watchConfig re-reads the config file and the TLS certificate every

@@ -78,7 +78,7 @@ func (a *recordingApp) take() []string {
 // never sees it; what is pipelined behind a complete request is a request
 // of its own, decided by policy. All of it holds on both server paths:
 // the HTTP/1.1 fast path (the default) and net/http's server alone
-// (disable_http1_fast_path, as with tracing on), which by itself would
+// (disable_http1_fast_path, or h2 callers), which by itself would
 // serve CL.TE, duplicate Content-Length and more on a kept-alive
 // connection.
 func TestSmugglingThroughSidecars(t *testing.T) {

@@ -239,18 +239,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 		defer stop()
 	}
 
-	var wg sync.WaitGroup
-	for _, f := range background {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(ctx) }()
-	}
-	err = s.Serve(ctx)
-	cancel()
-	wg.Wait()
-	if errors.Is(err, context.Canceled) || errors.Is(err, proxy.ErrClosed) {
-		return nil
-	}
-	return err
+	return ServeBeside(ctx, cancel, background, s.Serve, proxy.ErrClosed)
 }
 
 // nodeRoots is the pool that verifies the server: the trust domain's
@@ -377,4 +366,24 @@ func cpuProfile(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 	}
 	pprof.StopCPUProfile()
+}
+
+// ServeBeside runs every background task beside serve and, once serve
+// returns, cancels the role's context (cancel is the one its caller made
+// for everything it started) and waits for the tasks, so a role never
+// exits with one of them still writing. A cancelled context or the role's
+// own "closed" error is a clean exit.
+func ServeBeside(ctx context.Context, cancel context.CancelFunc, background []func(context.Context), serve func(context.Context) error, closed error) error {
+	var wg sync.WaitGroup
+	for _, f := range background {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	err := serve(ctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) || errors.Is(err, closed) {
+		return nil
+	}
+	return err
 }
