@@ -46,12 +46,8 @@ func TestGatewayTracing(t *testing.T) {
 	if resp, _ := tg.do(t, "GET", "/admin", nil, nil); resp.StatusCode != 403 {
 		t.Fatalf("no allow rule: %d", resp.StatusCode)
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tr.Shutdown(sctx); err != nil {
-		t.Fatal(err)
-	}
-	spans := rcv.Wait(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	t.Cleanup(func() { tr.Shutdown(context.Background()) })
+	spans := rcv.WaitFlushing(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 3 }, tr.ForceFlush)
 	byMethod := map[string]otlptest.Span{}
 	for _, s := range spans {
 		byMethod[s.Attrs["http.request.method"]+" "+s.Attrs["url.path"]] = s
@@ -114,12 +110,8 @@ func TestGatewayTracingRisk(t *testing.T) {
 			t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tr.Shutdown(sctx); err != nil {
-		t.Fatal(err)
-	}
-	spans := rcv.Wait(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	t.Cleanup(func() { tr.Shutdown(context.Background()) })
+	spans := rcv.WaitFlushing(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 3 }, tr.ForceFlush)
 	want := map[string]string{"/orders/partner": "0.85", "/orders/alice": "0", "/orders/anonymous": "0"}
 	for _, s := range spans {
 		if w, ok := want[s.Attrs["url.path"]]; ok && s.Attrs["moatless.source.risk_score"] != w {

@@ -147,6 +147,15 @@ func (t *Tracing) Tracer(name string) trace.Tracer {
 // Enabled reports whether spans are exported.
 func (t *Tracing) Enabled() bool { return t != nil && t.tp != nil }
 
+// ForceFlush exports the spans ended so far without stopping the
+// exporter; ctx bounds how long it waits.
+func (t *Tracing) ForceFlush(ctx context.Context) error {
+	if t == nil || t.tp == nil {
+		return nil
+	}
+	return t.tp.ForceFlush(ctx)
+}
+
 // Shutdown flushes the spans still queued and stops the exporter; ctx
 // bounds how long it waits. Idempotent.
 func (t *Tracing) Shutdown(ctx context.Context) error {

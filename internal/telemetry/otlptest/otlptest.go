@@ -202,3 +202,33 @@ func (r *Receiver) Wait(t testing.TB, d time.Duration, match func([]Span) bool) 
 
 func itoa(i int64) string   { return strconv.FormatInt(i, 10) }
 func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// WaitFlushing is Wait for spans that end after the client got its
+// answer (a server may end its span after writing the response): until
+// match accepts what was received, it calls every flush (a Tracing's
+// ForceFlush) and waits for an export or a short tick, so a span ended a
+// moment late is still sent — a Shutdown right after the last response
+// would drop it.
+func (r *Receiver) WaitFlushing(t testing.TB, d time.Duration, match func([]Span) bool, flush ...func(context.Context) error) []Span {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, f := range flush {
+			f(ctx)
+		}
+		s := r.Spans()
+		if match(s) {
+			return s
+		}
+		select {
+		case <-r.wake:
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("spans received in %s did not match; got %d:\n%v", d, len(s), s)
+			return nil
+		}
+	}
+}
