@@ -45,6 +45,13 @@
 # -m measures only the memory at about 1,000 requests/s (every setup, in
 # rotated order under -r), not CPU, throughput or latency.
 #
+# SIDECAR_VARIANTS="/path/a /path/b" adds a pair per executable named
+# (built by hand, e.g. with other build tags), keeping its startup pages,
+# labelled by its file name: what leaving code out saves, measured in
+# the same run as the rest. Each variant's two processes share only their
+# own executable, so compare their PSS with a variant built from the
+# same code as $EXE, not with the six processes sharing $EXE.
+#
 # -k sets everything up, prints each setup's port and proxy PIDs, and
 # keeps it running until interrupted: for strace, perf or pprof by hand.
 #
@@ -104,7 +111,10 @@ HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
 EXE=moatless-sidecar SC=("$W/moatless-sidecar")
 [ -n "$FULL" ] && EXE=moatless SC=("$W/moatless" sidecar)
 echo "bench: building $EXE" >&2
-(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/$EXE.built" "./cmd/$EXE")
+# Each with the tags it ships with (Makefile): moatless-sidecar without OPA.
+TAGS=grpcnotrace
+[ "$EXE" = moatless-sidecar ] && TAGS=grpcnotrace,norego
+(cd "$ROOT" && CGO_ENABLED=0 go build -tags "$TAGS" -trimpath -o "$W/$EXE.built" "./cmd/$EXE")
 # The executable is copied past the page cache (O_DIRECT), so that its pages
 # are cached as an installed binary's are, by the reads of running it: the
 # linker's buffered writes leave it cached in large folios, and the
@@ -287,6 +297,24 @@ sidecar moout0 moout0.yaml
 sidecar moinr moinr.yaml
 sidecar mooutr mooutr.yaml
 [ -n "$H2" ] && sidecar moout2 moout2.yaml
+VARIANTS=()
+declare -A VNAME VPORT VPID_A VPID_B
+vi=0
+for v in ${SIDECAR_VARIANTS:-}; do
+	vi=$((vi + 1))
+	vin=$((BASE + 30 + 4 * vi)) vout=$((BASE + 31 + 4 * vi))
+	dd if="$v" of="$W/variant$vi" bs=1M oflag=direct status=none 2>/dev/null || cp "$v" "$W/variant$vi"
+	chmod +x "$W/variant$vi"
+	inbound_conf "$vin" $((BASE + 32 + 4 * vi)) "keep_startup_pages: true" > "vin$vi.yaml"
+	outbound_conf "$vout" "$vin" $((BASE + 33 + 4 * vi)) "" "keep_startup_pages: true" > "vout$vi.yaml"
+	startp vin env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/variant$vi" -config "$W/vin$vi.yaml"
+	VPID_B[variant$vi]=$PID_vin
+	startp vout env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/variant$vi" -config "$W/vout$vi.yaml"
+	VPID_A[variant$vi]=$PID_vout
+	VARIANTS+=("variant$vi")
+	VNAME[variant$vi]=$(basename "$v")
+	VPORT[variant$vi]=$vout
+done
 
 waitport() {
 	for _ in $(seq 1 1200); do
@@ -299,8 +327,9 @@ waitport() {
 }
 SETUPS=(moatless moatless-release moatless-nethttp)
 [ -n "$H2" ] && SETUPS+=(moatless-h2)
-SETUPS+=(nginx haproxy)
+SETUPS+=("${VARIANTS[@]}" nginx haproxy)
 declare -A PORT=([direct]=$APP [moatless]=$MO_OUT [moatless-release]=$MO_OUTR [moatless-nethttp]=$MO_OUT0 [moatless-h2]=$MO_OUT2 [nginx]=$NG_OUT [haproxy]=$HA_OUT)
+for s in "${VARIANTS[@]}"; do PORT[$s]=${VPORT[$s]}; done
 for s in direct "${SETUPS[@]}"; do waitport "${PORT[$s]}"; done
 # The outbound listener answers before the inbound one behind it is up
 # (slow under callgrind): poll the whole pair, with a deadline.
@@ -318,12 +347,14 @@ done
 worker_of() { if [ -n "$INSTR" ]; then echo "$1"; else pgrep -P "$1" | head -1; fi; }
 declare -A PA=([moatless]=$PID_moout [moatless-release]=$PID_mooutr [moatless-nethttp]=$PID_moout0 [moatless-h2]=${PID_moout2:-} [nginx]=$(worker_of "$PID_ngout") [haproxy]=$PID_haout)
 declare -A PB=([moatless]=$PID_moin [moatless-release]=$PID_moinr [moatless-nethttp]=$PID_moin0 [moatless-h2]=$PID_moin [nginx]=$(worker_of "$PID_ngin") [haproxy]=$PID_hain)
+for s in "${VARIANTS[@]}"; do PA[$s]=${VPID_A[$s]} PB[$s]=${VPID_B[$s]}; done
 label() {
 	case $1 in
 	moatless) echo "$EXE pair (HTTP/1.1 between sidecars, fast path; keeps its startup pages)" ;;
 	moatless-release) echo "$EXE pair, the same releasing its startup pages once serving (the default)" ;;
 	moatless-nethttp) echo "$EXE pair, disable_http1_fast_path (net/http only; keeps its pages)" ;;
 	moatless-h2) echo "$EXE pair, upstream_http2 (HTTP/2 between sidecars; keeps its pages)" ;;
+	variant*) echo "${VNAME[$1]} pair (keeps its pages)" ;;
 	*) echo "$1 pair" ;;
 	esac
 }

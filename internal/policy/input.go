@@ -1,3 +1,5 @@
+//go:build !norego
+
 package policy
 
 import (
@@ -32,28 +34,6 @@ import (
 //	attributes:  what the provider's routes declare for this request
 //
 // then every input mapping of the provider (user.id: auth.claims.sub).
-
-// needTree is the part of the input document the modules can read: a
-// nil tree (or node) means everything below it, a node lists the keys
-// read under it. Built once per provider (inputNeeds), so a request
-// builds only what the policy can see: a token's other claims, headers
-// nobody reads and the like cost nothing.
-type needTree struct {
-	kids map[string]*needTree
-	// canon is the canonical header name of a key under request.headers.
-	canon string
-}
-
-// child returns the subtree of key and whether key is read at all.
-func (n *needTree) child(key string) (*needTree, bool) {
-	if n == nil {
-		return nil, true
-	}
-	k, ok := n.kids[key]
-	return k, ok
-}
-
-func (n *needTree) has(key string) bool { _, ok := n.child(key); return ok }
 
 // buildInput builds the input document of p for req (the parts p's
 // modules read); path is the normalized path policies match.

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,10 +11,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/storage"
-	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"sigs.k8s.io/yaml"
 
 	"github.com/moatless/moatless/internal/wire"
@@ -58,7 +53,9 @@ var dataKeyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile
 // RegoError is a module or data set OPA refused, with OPA's errors (code,
 // message, file = module ID, row and column). It wraps ErrInvalid.
 type RegoError struct {
-	Errors ast.Errors
+	// Errors are OPA's (ast.Errors); in an executable built without OPA
+	// (tag norego) there are none.
+	Errors regoErrors
 	// Msg is set for errors that are not OPA's (limits, bad data).
 	Msg string
 }
@@ -81,19 +78,6 @@ func (e *RegoError) Unwrap() error { return ErrInvalid }
 
 func regoErrorf(format string, args ...any) error {
 	return &RegoError{Msg: fmt.Sprintf(format, args...)}
-}
-
-// asRegoError turns whatever OPA returned into a *RegoError.
-func asRegoError(err error) error {
-	var errs ast.Errors
-	if errors.As(err, &errs) {
-		return &RegoError{Errors: errs}
-	}
-	var one *ast.Error
-	if errors.As(err, &one) {
-		return &RegoError{Errors: ast.Errors{one}}
-	}
-	return &RegoError{Msg: err.Error()}
 }
 
 // ValidRegoID reports whether id may name a module: what OPA's Policy API
@@ -127,247 +111,6 @@ func ValidDataKey(key string) error {
 		return fmt.Errorf("data key %q: want a letter or _ then letters, digits, _ or - (at most 128)", key)
 	}
 	return nil
-}
-
-// ParseRegoModule parses one module as OPA does, trying Rego v1 first and
-// then v0: a v0 module (rules without "if", "default allow = false" with
-// "import future.keywords") is accepted where OPA accepts it with
-// --v0-compatible. The error is v1's, OPA's own text with the module ID
-// and line, when neither parses.
-func ParseRegoModule(id, src string) (*ast.Module, error) {
-	if err := ValidRegoID(id); err != nil {
-		return nil, &RegoError{Msg: err.Error()}
-	}
-	if len(src) > MaxRegoModuleSize {
-		return nil, regoErrorf("%s: module is larger than %d KiB", id, MaxRegoModuleSize>>10)
-	}
-	m, err := ast.ParseModuleWithOpts(id, src, ast.ParserOptions{RegoVersion: ast.RegoV1, ProcessAnnotation: true})
-	if err == nil {
-		return m, nil
-	}
-	if m0, err0 := ast.ParseModuleWithOpts(id, src, ast.ParserOptions{RegoVersion: ast.RegoV0, ProcessAnnotation: true}); err0 == nil {
-		return m0, nil
-	}
-	return nil, asRegoError(err)
-}
-
-// Rego is one compiled version of the Rego modules and data documents:
-// immutable and safe for concurrent use. Build it with CompileRego, once
-// per policy version, outside the request path; Compile prepares each
-// RegoProvider's query against it (Options.Rego).
-type Rego struct {
-	modules  []wire.RegoModule // sorted by ID
-	parsed   map[string]*ast.Module
-	data     []wire.DataDocument // sorted by key
-	dataMap  map[string]any
-	compiler *ast.Compiler
-	store    storage.Store
-
-	mu      sync.Mutex
-	queries map[string]rego.PreparedEvalQuery // Query's cache, bounded
-}
-
-// maxQueryCache bounds the prepared queries Rego.Query keeps.
-const maxQueryCache = 256
-
-// CompileRego parses and compiles modules with data. Errors are
-// *RegoError (wrapping ErrInvalid): OPA's parse and compile errors name
-// the module ID and line; limits and malformed data name the item. The
-// inputs are copied.
-func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, error) {
-	if len(modules) > MaxRegoModules {
-		return nil, regoErrorf("more than %d modules", MaxRegoModules)
-	}
-	if len(data) > MaxDataDocuments {
-		return nil, regoErrorf("more than %d data documents", MaxDataDocuments)
-	}
-	r := &Rego{parsed: make(map[string]*ast.Module, len(modules)), dataMap: make(map[string]any, len(data))}
-	var errs ast.Errors
-	for _, m := range modules {
-		if _, dup := r.parsed[m.ID]; dup {
-			return nil, regoErrorf("module %q given twice", m.ID)
-		}
-		pm, err := ParseRegoModule(m.ID, m.Source)
-		if err != nil {
-			var re *RegoError
-			if errors.As(err, &re) && re.Msg == "" {
-				errs = append(errs, re.Errors...)
-				r.parsed[m.ID] = nil
-				continue
-			}
-			return nil, err
-		}
-		r.parsed[m.ID] = pm
-		r.modules = append(r.modules, m)
-	}
-	if len(errs) > 0 {
-		return nil, &RegoError{Errors: errs}
-	}
-	total := 0
-	for _, d := range data {
-		if err := ValidDataKey(d.Key); err != nil {
-			return nil, &RegoError{Msg: err.Error()}
-		}
-		if _, dup := r.dataMap[d.Key]; dup {
-			return nil, regoErrorf("data document %q given twice", d.Key)
-		}
-		if len(d.Value) > MaxDataDocumentSize {
-			return nil, regoErrorf("data document %q is larger than %d MiB", d.Key, MaxDataDocumentSize>>20)
-		}
-		total += len(d.Value)
-		if total > MaxDataSize {
-			return nil, regoErrorf("data documents total more than %d MiB", MaxDataSize>>20)
-		}
-		v, err := decodeJSON(d.Value)
-		if err != nil {
-			return nil, regoErrorf("data document %q: %v", d.Key, err)
-		}
-		r.dataMap[d.Key] = v
-		r.data = append(r.data, d)
-	}
-	sort.Slice(r.modules, func(i, j int) bool { return r.modules[i].ID < r.modules[j].ID })
-	sort.Slice(r.data, func(i, j int) bool { return r.data[i].Key < r.data[j].Key })
-
-	r.compiler = ast.NewCompiler().
-		WithUnsafeBuiltins(regoUnsafeBuiltins).
-		WithEnablePrintStatements(false)
-	r.compiler.Compile(r.parsed)
-	if r.compiler.Failed() {
-		return nil, &RegoError{Errors: r.compiler.Errors}
-	}
-	// A rule and a data document at the same path would make every query
-	// under it fail at evaluation; OPA's server refuses the write, and so
-	// does this.
-	for _, key := range sortedKeys(r.dataMap) {
-		ref := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(key)}
-		for _, mm := range r.modules {
-			m := r.parsed[mm.ID]
-			if m.Package.Path.HasPrefix(ref) || ref.HasPrefix(m.Package.Path) {
-				return nil, regoErrorf("data document %q conflicts with package %s of module %q", key, m.Package.Path, moduleFile(m))
-			}
-		}
-	}
-	// The store holds AST values: a query reads data without converting
-	// it from Go values on every evaluation.
-	dv, err := ast.InterfaceToValue(r.dataMap)
-	if err != nil {
-		return nil, regoErrorf("data: %v", err)
-	}
-	obj, ok := dv.(ast.Object)
-	if !ok {
-		return nil, regoErrorf("data is not an object")
-	}
-	r.store = inmem.NewFromASTObject(obj)
-	return r, nil
-}
-
-func moduleFile(m *ast.Module) string {
-	if m.Package != nil && m.Package.Location != nil {
-		return m.Package.Location.File
-	}
-	return ""
-}
-
-// Modules are the modules, sorted by ID. Read only.
-func (r *Rego) Modules() []wire.RegoModule {
-	if r == nil {
-		return nil
-	}
-	return r.modules
-}
-
-// Data are the data documents, sorted by key. Read only.
-func (r *Rego) Data() []wire.DataDocument {
-	if r == nil {
-		return nil
-	}
-	return r.data
-}
-
-// Module returns the module with id and its parsed form.
-func (r *Rego) Module(id string) (wire.RegoModule, *ast.Module, bool) {
-	if r == nil {
-		return wire.RegoModule{}, nil, false
-	}
-	for _, m := range r.modules {
-		if m.ID == id {
-			return m, r.parsed[id], true
-		}
-	}
-	return wire.RegoModule{}, nil, false
-}
-
-// prepare compiles query against the modules and data, for repeated
-// evaluation. The query must be a reference into data.
-func (r *Rego) prepare(ctx context.Context, query ast.Ref) (rego.PreparedEvalQuery, error) {
-	return rego.New(
-		rego.ParsedQuery(ast.NewBody(ast.NewExpr(ast.NewTerm(query)))),
-		rego.Compiler(r.compiler),
-		rego.Store(r.store),
-		rego.UnsafeBuiltins(regoUnsafeBuiltins),
-		rego.EnablePrintStatements(false),
-	).PrepareForEval(ctx)
-}
-
-// DataRef parses an OPA Data API path ("a/b/c", as in /v1/data/a/b/c;
-// "" is the whole of data) into the reference data.a.b.c. Segments are
-// taken as strings (percent-decoding is the caller's), except that a
-// segment of digits indexes arrays as OPA's server does.
-func DataRef(p string) (ast.Ref, error) {
-	ref := ast.Ref{ast.DefaultRootDocument}
-	p = strings.Trim(p, "/")
-	if p == "" {
-		return ref, nil
-	}
-	segs := strings.Split(p, "/")
-	if len(segs) > 64 {
-		return nil, errors.New("path has more than 64 segments")
-	}
-	for _, s := range segs {
-		if s == "" {
-			return nil, errors.New("path has an empty segment")
-		}
-		ref = append(ref, ast.StringTerm(s))
-	}
-	return ref, nil
-}
-
-// Query evaluates the document at ref (data.a.b, from DataRef) with input
-// (nil for none) and returns its value as JSON-compatible Go values;
-// defined is false when the document is undefined. Prepared queries are
-// cached per path. It is for the Data API and tools, not the request
-// path (CUSTOM decisions use the providers' queries, prepared at Compile).
-func (r *Rego) Query(ctx context.Context, ref ast.Ref, input ast.Value) (result any, defined bool, err error) {
-	if r == nil {
-		return nil, false, errors.New("policy: no Rego modules or data loaded")
-	}
-	key := ref.String()
-	r.mu.Lock()
-	pq, ok := r.queries[key]
-	r.mu.Unlock()
-	if !ok {
-		if pq, err = r.prepare(ctx, ref); err != nil {
-			return nil, false, asRegoError(err)
-		}
-		r.mu.Lock()
-		if r.queries == nil || len(r.queries) >= maxQueryCache {
-			r.queries = map[string]rego.PreparedEvalQuery{}
-		}
-		r.queries[key] = pq
-		r.mu.Unlock()
-	}
-	opts := []rego.EvalOption{}
-	if input != nil {
-		opts = append(opts, rego.EvalParsedInput(input))
-	}
-	rs, err := pq.Eval(ctx, opts...)
-	if err != nil {
-		return nil, false, err
-	}
-	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
-		return nil, false, nil
-	}
-	return rs[0].Expressions[0].Value, true, nil
 }
 
 // ParseDataJSON reads a JSON document strictly (duplicate keys, trailing
@@ -469,7 +212,7 @@ func (b *Bundle) Add(name string, content []byte) error {
 		if prev, dup := b.from["module "+id]; dup {
 			return &RegoError{Msg: fmt.Sprintf("%s: module ID %q is also the name of %s", name, id, prev)}
 		}
-		if _, err := ParseRegoModule(id, string(content)); err != nil {
+		if err := checkRegoModule(id, string(content)); err != nil {
 			return err
 		}
 		b.from["module "+id] = name
@@ -538,12 +281,62 @@ const (
 	KindRegoData   = "RegoData"
 )
 
-// EmptyRego is the Rego of a version without modules or data: every
-// query of data is undefined but data itself ({}).
-var EmptyRego = sync.OnceValue(func() *Rego {
-	r, err := CompileRego(nil, nil)
-	if err != nil {
-		panic("policy: empty Rego does not compile: " + err.Error())
+// ErrRegoUnavailable is why a RegoProvider denies in an executable built
+// without OPA (tag norego; RegoAvailable is false there).
+var ErrRegoUnavailable = errors.New(`Rego is not built into this executable (moatless-sidecar leaves OPA out); run the sidecar as "moatless sidecar" to evaluate Rego`)
+
+// checkRegoCounts bounds how many modules and data documents one policy
+// version may hold.
+func checkRegoCounts(modules []wire.RegoModule, data []wire.DataDocument) error {
+	if len(modules) > MaxRegoModules {
+		return regoErrorf("more than %d modules", MaxRegoModules)
 	}
-	return r
-})
+	if len(data) > MaxDataDocuments {
+		return regoErrorf("more than %d data documents", MaxDataDocuments)
+	}
+	return nil
+}
+
+// decodeDataDocuments checks data documents (keys, duplicates, sizes,
+// strict JSON) and decodes them: the values by key, and the documents
+// sorted by key.
+func decodeDataDocuments(data []wire.DataDocument) (map[string]any, []wire.DataDocument, error) {
+	m := make(map[string]any, len(data))
+	var out []wire.DataDocument
+	total := 0
+	for _, d := range data {
+		if err := ValidDataKey(d.Key); err != nil {
+			return nil, nil, &RegoError{Msg: err.Error()}
+		}
+		if _, dup := m[d.Key]; dup {
+			return nil, nil, regoErrorf("data document %q given twice", d.Key)
+		}
+		if len(d.Value) > MaxDataDocumentSize {
+			return nil, nil, regoErrorf("data document %q is larger than %d MiB", d.Key, MaxDataDocumentSize>>20)
+		}
+		total += len(d.Value)
+		if total > MaxDataSize {
+			return nil, nil, regoErrorf("data documents total more than %d MiB", MaxDataSize>>20)
+		}
+		v, err := decodeJSON(d.Value)
+		if err != nil {
+			return nil, nil, regoErrorf("data document %q: %v", d.Key, err)
+		}
+		m[d.Key] = v
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return m, out, nil
+}
+
+// checkRegoSource checks what can be checked of a module without parsing
+// it: its ID and its size.
+func checkRegoSource(id, src string) error {
+	if err := ValidRegoID(id); err != nil {
+		return &RegoError{Msg: err.Error()}
+	}
+	if len(src) > MaxRegoModuleSize {
+		return regoErrorf("%s: module is larger than %d KiB", id, MaxRegoModuleSize>>10)
+	}
+	return nil
+}

@@ -1,10 +1,10 @@
+//go:build !norego
+
 package policy
 
 import (
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,45 +14,6 @@ import (
 
 	"github.com/moatless/moatless/internal/wire"
 )
-
-// regoBundle loads testdata/rego (the example policy, a
-// role-based and an ownership-based one, their data and providers) plus
-// extra files given as name → content.
-func regoBundle(t testing.TB, extra map[string]string) *Set {
-	t.Helper()
-	var b Bundle
-	entries, err := os.ReadDir("testdata/rego")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			continue // requests/: examples for the documentation
-		}
-		content, err := os.ReadFile(filepath.Join("testdata/rego", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Add(e.Name(), content); err != nil {
-			t.Fatalf("%s: %v", e.Name(), err)
-		}
-	}
-	for name, content := range extra {
-		if err := b.Add(name, []byte(content)); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-	}
-	s, err := b.Compile(Options{})
-	if err != nil {
-		t.Fatalf("Compile: %v", err)
-	}
-	return s
-}
-
-// at is a time of day on a fixed date, UTC.
-func at(hour, minute int) time.Time { return time.Date(2026, 3, 4, hour, minute, 0, 0, time.UTC) }
-
-func atTime(t time.Time) reqOpt { return func(r *Request) { r.Time = t } }
 
 func TestRegoExamplePolicy(t *testing.T) {
 	s := regoBundle(t, nil)

@@ -1,3 +1,5 @@
+//go:build !norego
+
 package policy
 
 import (

@@ -695,6 +695,7 @@ func (s *Sidecar) SetAuthorizerContext(ctx context.Context, version uint64, a Au
 	}
 	s.policy.Store(s.newPolicyState(version, a))
 	s.metrics.policyVersion.Set(float64(version))
+	s.warnRegoUnavailable(version, a)
 }
 
 // JWTRuleSource is an optional capability of an Authorizer (the policy

@@ -32,13 +32,20 @@ func TestMain(m *testing.M) {
 	}
 	bin = filepath.Join(dir, "moatless")
 	slimBin = filepath.Join(dir, "moatless-sidecar")
-	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", dir, "../../cmd/moatless", "../../cmd/moatless-sidecar")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: building moatless and moatless-sidecar:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	// Each with the tags it ships with (Makefile): moatless-sidecar
+	// without OPA (norego).
+	for _, b := range []struct{ tags, pkg string }{
+		{"grpcnotrace", "../../cmd/moatless"},
+		{"grpcnotrace,norego", "../../cmd/moatless-sidecar"},
+	} {
+		build := exec.Command("go", "build", "-tags", b.tags, "-o", dir, b.pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: building", b.pkg+":", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	storetest.Stop() // the PostgreSQL server of the replica tests, if one started

@@ -123,6 +123,8 @@ func (r *sidecarRun) policyOptions() policy.Options {
 
 // checkOnly validates the policy files and the revocations file the way
 // a start would: what fails here would stop the sidecar from starting.
+// In an executable without OPA (moatless-sidecar) it also refuses policy
+// files that hold Rego, which a start would accept and then deny.
 func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if len(r.cfg.Policy.Files) == 0 && r.cfg.Policy.RevocationsFile == "" {
 		return nil
@@ -134,7 +136,16 @@ func (r *sidecarRun) checkOnly(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return CheckPolicyFiles(ctx, s, r.cfg.Policy, r.policyOptions(), r.log)
+	if err := CheckPolicyFiles(ctx, s, r.cfg.Policy, r.policyOptions(), r.log); err != nil {
+		return err
+	}
+	// Started, this executable would serve such a policy and deny what
+	// its Rego decides (proxy.Sidecar.RegoUnavailable); checked, it is a
+	// config that cannot work here.
+	if err := s.RegoUnavailable(); err != nil {
+		return fmt.Errorf("policy.files: %w", err)
+	}
+	return nil
 }
 
 func (r *sidecarRun) run(ctx context.Context) error {

@@ -1,0 +1,78 @@
+//go:build norego
+
+package policy
+
+import (
+	"sort"
+
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// This file is Rego in an executable built without OPA (build tag
+// norego: moatless-sidecar, whose memory OPA's code, tables and
+// initializers would double). Modules and data documents are checked as
+// far as they can be without OPA (IDs, keys, sizes, counts, strict JSON)
+// and kept, so that the policy version they belong to loads and the rest
+// of it is enforced; a CUSTOM policy decided by a RegoProvider denies
+// (regoProvider.eval), as Istio denies when an ext_authz provider cannot
+// be reached and failOpen is not set.
+
+// RegoAvailable reports whether this executable evaluates Rego.
+const RegoAvailable = false
+
+// regoErrors are OPA's errors; there are none without OPA.
+type regoErrors = []error
+
+// checkRegoModule checks a module's ID and size; its source is not
+// parsed without OPA.
+func checkRegoModule(id, src string) error { return checkRegoSource(id, src) }
+
+// Rego is the Rego modules and data documents of one policy version,
+// checked but not compiled (no OPA in this executable). Immutable.
+type Rego struct {
+	modules []wire.RegoModule // sorted by ID
+	data    []wire.DataDocument
+}
+
+// CompileRego checks modules and data as far as it can without OPA: the
+// limits, module IDs and sizes, duplicates, data keys and strict JSON.
+// Errors are *RegoError (wrapping ErrInvalid). The inputs are copied.
+func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, error) {
+	if err := checkRegoCounts(modules, data); err != nil {
+		return nil, err
+	}
+	r := &Rego{}
+	seen := make(map[string]bool, len(modules))
+	for _, m := range modules {
+		if seen[m.ID] {
+			return nil, regoErrorf("module %q given twice", m.ID)
+		}
+		seen[m.ID] = true
+		if err := checkRegoModule(m.ID, m.Source); err != nil {
+			return nil, err
+		}
+		r.modules = append(r.modules, m)
+	}
+	sort.Slice(r.modules, func(i, j int) bool { return r.modules[i].ID < r.modules[j].ID })
+	var err error
+	if _, r.data, err = decodeDataDocuments(data); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Modules are the modules, sorted by ID. Read only.
+func (r *Rego) Modules() []wire.RegoModule {
+	if r == nil {
+		return nil
+	}
+	return r.modules
+}
+
+// Data are the data documents, sorted by key. Read only.
+func (r *Rego) Data() []wire.DataDocument {
+	if r == nil {
+		return nil
+	}
+	return r.data
+}
