@@ -71,6 +71,11 @@ func TestSidecarRegoByExecutable(t *testing.T) {
 		{"moatless-sidecar", slimBinary, 403, 403},
 	} {
 		t.Run(exe.name, func(t *testing.T) {
+			// version says which executable evaluates Rego.
+			out, err := exec.Command(exe.cmd()[0], "version", "-o", "json").Output()
+			if want := fmt.Sprintf(`"rego": %v`, exe.owner == 200); err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("version -o json: %v: %s, want %s", err, out, want)
+			}
 			m := startSidecarMeshCmd(t, exe.cmd(), app, regoFilesPolicies(jwks), "", nil, nil)
 			policytest.CopyRego(t, m.policyDir, "ownership.rego", "data.json")
 			waitFor(t, 20*time.Second, "the Rego module to be loaded", func() bool {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // Version overrides the version the Go toolchain stamped into the binary;
@@ -35,6 +37,9 @@ type buildInfo struct {
 	Go       string `json:"go"`
 	OS       string `json:"os"`
 	Arch     string `json:"arch"`
+	// Rego reports whether this executable evaluates Rego: false for
+	// moatless-sidecar, built without OPA (policy.RegoAvailable).
+	Rego bool `json:"rego"`
 }
 
 // readBuildInfo describes this binary from read (debug.ReadBuildInfo in
@@ -87,6 +92,7 @@ func RunVersion(_ context.Context, e *Env, args []string) int {
 		return code
 	}
 	bi := readBuildInfo(debug.ReadBuildInfo, Version)
+	bi.Rego = policy.RegoAvailable
 	if *output == "json" {
 		return e.PrintJSON(bi)
 	}
@@ -103,6 +109,11 @@ func RunVersion(_ context.Context, e *Env, args []string) int {
 		fmt.Fprintf(tw, "revision time\t%s\n", bi.RevisionTime)
 	}
 	fmt.Fprintf(tw, "go\t%s %s/%s\n", bi.Go, bi.OS, bi.Arch)
+	if bi.Rego {
+		fmt.Fprintf(tw, "rego\tevaluated\n")
+	} else {
+		fmt.Fprintf(tw, "rego\tnot built in: run the sidecar as \"moatless sidecar\" to evaluate Rego\n")
+	}
 	tw.Flush()
 	return ExitOK
 }
