@@ -60,19 +60,3 @@ func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, er
 	}
 	return r, nil
 }
-
-// Modules are the modules, sorted by ID. Read only.
-func (r *Rego) Modules() []wire.RegoModule {
-	if r == nil {
-		return nil
-	}
-	return r.modules
-}
-
-// Data are the data documents, sorted by key. Read only.
-func (r *Rego) Data() []wire.DataDocument {
-	if r == nil {
-		return nil
-	}
-	return r.data
-}

@@ -154,22 +154,6 @@ func moduleFile(m *ast.Module) string {
 	return ""
 }
 
-// Modules are the modules, sorted by ID. Read only.
-func (r *Rego) Modules() []wire.RegoModule {
-	if r == nil {
-		return nil
-	}
-	return r.modules
-}
-
-// Data are the data documents, sorted by key. Read only.
-func (r *Rego) Data() []wire.DataDocument {
-	if r == nil {
-		return nil
-	}
-	return r.data
-}
-
 // Module returns the module with id and its parsed form.
 func (r *Rego) Module(id string) (wire.RegoModule, *ast.Module, bool) {
 	if r == nil {

@@ -16,40 +16,6 @@ import (
 	"github.com/moatless/moatless/internal/policy/policytest"
 )
 
-// regoFilesPolicies trusts tokens of jwks and puts /documents/* of
-// app=orders under the ownership policy of the Rego examples (a CUSTOM
-// policy with a RegoProvider); nothing else is restricted.
-func regoFilesPolicies(jwks string) string {
-	return fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://idp.e2e
-    jwks: '%s'
----
-apiVersion: moatless.io/v1
-kind: RegoProvider
-metadata: {name: ownership}
-spec:
-  query: data.ownership.decision
-  routes:
-  - path: "/documents/{doc}"
-    methods: [GET]
-    attributes:
-      doc: {segment: doc}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: documents-owner, namespace: prod}
-spec:
-  selector: {matchLabels: {app: orders}}
-  action: CUSTOM
-  provider: {name: ownership}
-  rules: [{to: [{operation: {paths: ["/documents/*"]}}]}]
-`, jwks)
-}
-
 // TestSidecarRegoByExecutable: the same Rego policy files in files mode
 // through both executables. "moatless sidecar" evaluates them (the owner
 // of d1 allowed, another user refused with the policy's 404);
@@ -76,7 +42,9 @@ func TestSidecarRegoByExecutable(t *testing.T) {
 			if want := fmt.Sprintf(`"rego": %v`, exe.owner == 200); err != nil || !strings.Contains(string(out), want) {
 				t.Errorf("version -o json: %v: %s, want %s", err, out, want)
 			}
-			m := startSidecarMeshCmd(t, exe.cmd(), app, regoFilesPolicies(jwks), "", nil, nil)
+			// /documents/* of orders under the ownership policy, nothing
+			// else restricted.
+			m := startSidecarMeshCmd(t, exe.cmd(), app, ownershipPolicyYAML(jwks, "orders", `[{to: [{operation: {paths: ["/documents/*"]}}]}]`), "", nil, nil)
 			policytest.CopyRego(t, m.policyDir, "ownership.rego", "data.json")
 			waitFor(t, 20*time.Second, "the Rego module to be loaded", func() bool {
 				return strings.Contains(m.orders.out.String(), `"rego_modules":1,"data_documents":1`)

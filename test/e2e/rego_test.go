@@ -35,7 +35,15 @@ func ownershipPolicies(t *testing.T, jwks string) string {
 	t.Helper()
 	dir := t.TempDir()
 	policytest.CopyRego(t, dir, "ownership.rego", "data.json")
-	writeTestFile(t, dir, "policies.yaml", fmt.Sprintf(`apiVersion: security.istio.io/v1
+	writeTestFile(t, dir, "policies.yaml", ownershipPolicyYAML(jwks, "documents", "[{}]"))
+	return dir
+}
+
+// ownershipPolicyYAML trusts tokens of jwks and puts the requests of app
+// in prod that rules match under the ownership policy of the Rego
+// examples: a RegoProvider for /documents/{doc} and a CUSTOM policy.
+func ownershipPolicyYAML(jwks, app, rules string) string {
+	return fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
@@ -58,12 +66,11 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: documents-owner, namespace: prod}
 spec:
-  selector: {matchLabels: {app: documents}}
+  selector: {matchLabels: {app: %s}}
   action: CUSTOM
   provider: {name: ownership}
-  rules: [{}]
-`, jwks))
-	return dir
+  rules: %s
+`, jwks, app, rules)
 }
 
 // TestSidecarRego: Rego through the real binaries. The ownership policy
