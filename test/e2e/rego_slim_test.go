@@ -47,7 +47,7 @@ func TestSidecarRegoByExecutable(t *testing.T) {
 			m := startSidecarMeshCmd(t, exe.cmd(), app, ownershipPolicyYAML(jwks, "orders", `[{to: [{operation: {paths: ["/documents/*"]}}]}]`), "", nil, nil)
 			policytest.CopyRego(t, m.policyDir, "ownership.rego", "data.json")
 			waitFor(t, 20*time.Second, "the Rego module to be loaded", func() bool {
-				return strings.Contains(m.orders.out.String(), `"rego_modules":1,"data_documents":1`)
+				return strings.Contains(m.orders.out.String(), `"rego_modules":1,"data_documents":3`)
 			})
 			call := func(path, sub string) int {
 				req, _ := http.NewRequest("GET", "http://"+m.outbound+path, nil)
@@ -77,7 +77,7 @@ func TestSidecarRegoByExecutable(t *testing.T) {
 			var oe *opaclient.Error
 			cfg := filepath.Join(t.TempDir(), "check.yaml")
 			of, _ := m.pki.files("orders-check", scOrdersID)
-			writeTestFile(t, filepath.Dir(cfg), filepath.Base(cfg), fmt.Sprintf("identity:\n  files: {cert: %s, key: %s, bundle: %s}\nnamespace: prod\nlabels: {app: orders}\npolicy: {files: [%s]}\n", of.Cert, of.Key, of.Bundle, m.policyDir))
+			writeTestFile(t, filepath.Dir(cfg), filepath.Base(cfg), fmt.Sprintf("identity:\n  files: {cert: %s, key: %s, bundle: %s}\nnamespace: prod\nlabels: {app: orders}\ninbound: [{listen: %q, app: %q}]\npolicy: {files: [%s]}\n", of.Cert, of.Key, of.Bundle, freeAddr(t), app, m.policyDir))
 			check := exec.Command(exe.cmd()[0], append(exe.cmd()[1:], "-check", "-config", cfg)...)
 			var stderr bytes.Buffer
 			check.Stderr = &stderr
