@@ -24,6 +24,17 @@
 // through a JWTVerifier and then Decide. Every Decision names the policy
 // and rule that produced it.
 //
+// # Rego, and the build without it
+//
+// A CUSTOM policy whose provider is a RegoProvider document is decided by
+// OPA's evaluator, prepared once per policy version (rego_opa.go,
+// regoprovider_opa.go, input.go). Built with the tag norego (as
+// moatless-sidecar is, to keep OPA's code and initializers out of every
+// sidecar), the package links no OPA: modules and data are checked as far
+// as they can be without it and kept, RegoAvailable is false, and such a
+// provider denies with result "unavailable" (ErrRegoUnavailable) — the
+// same decision function, the rest of the policy unchanged.
+//
 // docs/policy.md lists every Istio field, whether it is supported, and
 // every deliberate difference.
 package policy
