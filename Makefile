@@ -45,6 +45,7 @@ vet:
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -tags norego $(NOREGO_PKGS)
+	$(GO) test -count=1 -tags norego -run 'Rego' ./internal/proxy/ ./internal/cli/dataplane/
 	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
 	cd deploy/dist && $(GO) test -count=1 -timeout 10m ./...
 
