@@ -36,6 +36,8 @@ type Rego struct {
 
 // CompileRego checks modules and data as far as it can without OPA: the
 // limits, module IDs and sizes, duplicates, data keys and strict JSON.
+// What needs OPA (parsing, compiling, a data document at a package's
+// path) is not checked; it could only change a deny into a refusal.
 // Errors are *RegoError (wrapping ErrInvalid). The inputs are copied.
 func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, error) {
 	if err := checkRegoCounts(modules, data); err != nil {
