@@ -21,7 +21,8 @@
 # configuration); and with disable_http1_fast_path (net/http's server and
 # client only, keeping its pages); -2 adds a pair with HTTP/2 between the
 # sidecars. The sidecars run from moatless-sidecar, the data-plane
-# executable; -f runs them from the one binary (moatless sidecar) instead.
+# executable (built as shipped: without OPA, tag norego); -f runs them
+# from the one binary (moatless sidecar) instead.
 #
 # Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
 # connection and what the pair adds over direct; CPU seconds per 1,000
