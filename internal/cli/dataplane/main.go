@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // Main is moatless-sidecar: the sidecar and version, and nothing of the
@@ -59,4 +61,10 @@ Commands:
 Run "moatless-sidecar -h" for the sidecar's flags. Every other command
 (server, agent, gateway, policy, ...) is in moatless.
 `)
+	if !policy.RegoAvailable {
+		fmt.Fprint(w, `
+Built without OPA: requests that a CUSTOM policy decided by a RegoProvider
+applies to are denied; run "moatless sidecar" to evaluate Rego.
+`)
+	}
 }
