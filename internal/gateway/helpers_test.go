@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -149,6 +150,15 @@ func echoApp(t testing.TB) string {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
+			return
+		}
+		if code, ok := strings.CutPrefix(r.URL.Path, "/orders/status/"); ok {
+			// An answer of any status, with a body where it may have one.
+			n, _ := strconv.Atoi(code)
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Etag", `"v1"`)
+			w.WriteHeader(n)
+			io.WriteString(w, "status "+code)
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
