@@ -20,8 +20,8 @@ import (
 	"github.com/moatless/moatless/internal/proxy"
 )
 
-// The HTTP/1.1 fast path (config http1_fast_path, experimental, off by
-// default). net/http's server costs the gateway more CPU per request than
+// The HTTP/1.1 fast path (on by default; config disable_http1_fast_path
+// turns it off). net/http's server costs the gateway more CPU per request than
 // the rest of the gateway together: a goroutine and a background read per
 // request, a request context with its cancel propagation, the response
 // header cloned at WriteHeader. The fast path reads each request head of
@@ -30,16 +30,17 @@ import (
 // server would and calls the same Gateway.ServeHTTP, so every check runs
 // as it runs for net/http's requests; only the connection loop and the
 // response framing are its own, written to net/http's rules (status line,
-// Content-Length or chunked, Date, Content-Type sniffing, Connection:
-// close, the unread body discarded up to 256 KiB). Whatever it does not
+// Content-Length or chunked, the head's fields in net/http's order, Date,
+// Content-Type sniffing, Connection: close, the unread body discarded up
+// to 256 KiB; TestFastPathSameAsNetHTTP compares the bytes). Whatever it does not
 // serve — another version, a chunked body, Expect, an upgrade, an
 // absolute-form target, a head the parser refuses or one over the limit —
 // it hands to net/http's server with the bytes it has read, through the
 // framing guard, exactly as a connection net/http serves from the start.
 //
-// Not yet done (why it is off by default): a client that goes away while
-// its request is forwarded is noticed when the answer is written, not at
-// once (net/http's background read cancels the request's context).
+// A client that goes away while its request is in the handler cancels
+// the request's context, as net/http's background read does, once the
+// request has run fastWatchAfter (see serveRequest).
 
 // fastWatchAfter is how long a fast path request runs before its
 // connection is read for the client going away (a variable for tests).

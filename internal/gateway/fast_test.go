@@ -44,7 +44,7 @@ func TestFastPathSameAsNetHTTP(t *testing.T) {
 	up := startUpstream(t, ca, ordersID, echoApp(t))
 	edit := func(fast bool) func(c *config.Gateway) {
 		return func(c *config.Gateway) {
-			c.HTTP1FastPath = fast
+			c.DisableHTTP1FastPath = !fast
 			c.Limits.MaxBodyBytes = 4096
 			c.Limits.MaxHeaderBytes = 8192
 			c.Limits.MaxURIBytes = 2048
@@ -214,7 +214,7 @@ func differential(t *testing.T, tg *testGateway, raw string) string {
 // connection at once and lets a request in flight finish, answered with
 // Connection: close, as net/http's server does its connections.
 func TestFastPathShutdownDrains(t *testing.T) {
-	tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = true })
+	tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = false })
 	dial := func() *tls.Conn {
 		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 		if err != nil {
@@ -291,7 +291,7 @@ func TestFastPathClientGoneCancels(t *testing.T) {
 	t.Cleanup(func() { fastWatchAfter = old })
 	for _, fast := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fast_%v", fast), func(t *testing.T) {
-			tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = fast })
+			tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
 			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 			if err != nil {
 				t.Fatal(err)

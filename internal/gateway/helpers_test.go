@@ -265,9 +265,12 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	dir := t.TempDir()
 	writeServerCert(t, ca, dir)
 	cfg := baseConfig(dir, up)
-	// MOATLESS_GATEWAY_HTTP1_FAST=1 runs every test on the HTTP/1.1 fast
-	// path (the package's tests, with the default flipped).
-	cfg.HTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "1"
+	// The package's tests run on the HTTP/1.1 fast path (the default),
+	// with a client that speaks HTTP/1.1 only so that they reach it;
+	// MOATLESS_GATEWAY_HTTP1_FAST=0 runs them on net/http's server alone,
+	// with a client that speaks HTTP/2 where ALPN offers it ("make test"
+	// runs the package both ways).
+	cfg.DisableHTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "0"
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -308,7 +311,7 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 		TLSClientConfig:   &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"},
 		ForceAttemptHTTP2: true,
 	}, Timeout: 10 * time.Second}
-	if cfg.HTTP1FastPath {
+	if !cfg.DisableHTTP1FastPath {
 		tr := tg.client.Transport.(*http.Transport)
 		tr.ForceAttemptHTTP2 = false
 		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
