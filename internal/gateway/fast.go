@@ -247,14 +247,16 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	// A request still in the handler after fastWatchAfter gets a read of
 	// the connection that cancels it when the client goes away, as
 	// net/http's background read does; short requests never pay for it.
+	// (The timer is made under watchMu: watch, which re-arms it, may
+	// run before AfterFunc returns.)
 	fc.watchMu.Lock()
 	fc.cancel, fc.watching, fc.watched = cancel, true, nil
-	fc.watchMu.Unlock()
 	if fc.timer == nil {
 		fc.timer = time.AfterFunc(fastWatchAfter, fc.watch)
 	} else {
 		fc.timer.Reset(fastWatchAfter)
 	}
+	fc.watchMu.Unlock()
 	w := &fc.rw
 	*w = fastWriter{fc: fc, req: r, cl: -1, out: w.out[:0], closeAfter: head.Close}
 	aborted := false
@@ -313,20 +315,29 @@ type fastWatch struct {
 
 // watch starts reading fc, to cancel its request when the client goes
 // away, once the handler has read the whole body (before, the body's
-// reads see the client go). It runs on the timer's goroutine.
+// reads see the client go: it looks again fastWatchAfter later). It runs
+// on the timer's goroutine.
 func (fc *fastConn) watch() {
 	fc.watchMu.Lock()
 	defer fc.watchMu.Unlock()
-	if !fc.watching {
-		return // the request ended first
+	if !fc.watching || fc.watched != nil {
+		return // the request ended first, or a re-armed timer fired late
 	}
 	cancel := fc.cancel
 	b := &fc.body
 	b.mu.Lock()
 	left := b.left
 	b.mu.Unlock()
-	if left > 0 || fc.r < fc.w {
-		return // body still to read, or the next request already here
+	if left > 0 {
+		// A slow upload: the body's reads notice the client leaving
+		// until it is whole; then the watch takes over.
+		fc.timer.Reset(max(fastWatchAfter, time.Millisecond))
+		return
+	}
+	if fc.r < fc.w {
+		// The next request is already here: a client that pipelines and
+		// half-closes is not gone (net/http would cancel this one).
+		return
 	}
 	wt := &fastWatch{done: make(chan struct{})}
 	go func() {

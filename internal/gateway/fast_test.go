@@ -345,6 +345,66 @@ func TestFastPathClientGoneCancels(t *testing.T) {
 	}
 }
 
+// TestFastPathClientGoneAfterSlowBody: a request whose body is still
+// coming in when the watch is due is watched once the body is read (the
+// body's own reads notice the client going away until then), so a
+// client that uploads slowly and then leaves still cancels it.
+func TestFastPathClientGoneAfterSlowBody(t *testing.T) {
+	old := fastWatchAfter
+	fastWatchAfter = 0
+	t.Cleanup(func() { fastWatchAfter = old })
+	tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = false })
+	c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// left is what is still to come of the body of the one busy request:
+	// -1 while there is none, -2 while a read of it blocks (holding the
+	// body's lock).
+	left := func() int64 {
+		tg.g.fast.mu.Lock()
+		defer tg.g.fast.mu.Unlock()
+		for fc, idle := range tg.g.fast.m {
+			if !idle {
+				if !fc.body.mu.TryLock() {
+					return -2
+				}
+				defer fc.body.mu.Unlock()
+				return fc.body.left
+			}
+		}
+		return -1
+	}
+	waitLeft := func(want func(int64) bool, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if want(left()) {
+				return
+			}
+			if time.Now().After(deadline) {
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				b, _ := io.ReadAll(c)
+				t.Fatalf("request never %s (left %d): %q\n%s", what, left(), b, tg.access.String())
+			}
+		}
+	}
+	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello")
+	waitLeft(func(n int64) bool { return n > 0 || n == -2 }, "reached the handler")
+	io.WriteString(c, "world")
+	waitLeft(func(n int64) bool { return n == 0 }, "read its body")
+	start := time.Now()
+	c.Close()
+	for deadline := time.Now().Add(4 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(tg.access.String(), `"status":499`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no 499 access line %v after the client left: %s", time.Since(start), tg.access.String())
+		}
+	}
+}
+
 // exchangeAll reads the statuses of the answers on c until it closes.
 func exchangeAll(c *tls.Conn) (string, error) {
 	br := bufio.NewReader(c)
