@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -420,4 +423,122 @@ func exchangeAll(c *tls.Conn) (string, error) {
 		io.Copy(io.Discard, resp.Body)
 		got = append(got, fmt.Sprint(resp.StatusCode))
 	}
+}
+
+// FuzzFastWriterSameAsNetHTTP: whatever fields, status and body a
+// handler writes, the fast path's answer has net/http's server's head
+// byte for byte (but Date) and the same body, for a GET or a HEAD sent
+// with Connection: close. Fields the gateway's handler never sets and
+// the fast path deliberately frames itself (Transfer-Encoding,
+// Content-Length, trailers) are left out.
+func FuzzFastWriterSameAsNetHTTP(f *testing.F) {
+	f.Add(200, false, "Content-Type: text/plain\nX-B: 1\nx-a: 2\n", []byte("hello"), uint8(1))
+	f.Add(200, true, "X-A: 1\n", []byte("<html><body>hi"), uint8(2))
+	f.Add(204, false, "Content-Type: text/plain\nEtag: \"x\"\n", []byte("no"), uint8(1))
+	f.Add(304, false, "Content-Type: text/plain\nEtag: \"x\"\n", []byte(""), uint8(1))
+	f.Add(299, false, "", []byte("odd status"), uint8(1))
+	f.Add(503, false, "Connection: close\nRetry-After: 1\n", []byte("busy"), uint8(1))
+	f.Add(200, false, "Connection: keep-alive\n", []byte("kept"), uint8(1))
+	f.Add(200, false, "Date: Mon, 01 Jan 2024 00:00:00 GMT\nContent-Encoding: gzip\n", []byte("\x1f\x8b"), uint8(1))
+	f.Add(200, false, "X-A: a\r\n b\nX B: bad name\nX-Empty:\n", []byte(strings.Repeat("x", 3000)), uint8(3))
+	f.Add(200, true, "", []byte(strings.Repeat("y", 5000)), uint8(4))
+	ca := testpki.NewCA(f, td)
+	cert := ca.ServerCert(f, "", "localhost")
+	var handler http.HandlerFunc
+	l := listen(f)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler(w, r) }),
+		ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(l)
+	f.Cleanup(func() { srv.Close() })
+	f.Fuzz(func(t *testing.T, status int, head bool, fields string, body []byte, writes uint8) {
+		if status < 200 || status > 999 {
+			status = 200 + int(uint(status)%800)
+		}
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		var kvs [][2]string
+		for _, line := range strings.Split(fields, "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			ck := http.CanonicalHeaderKey(k)
+			if !ok || ck == "Content-Length" || ck == "Transfer-Encoding" || ck == "Trailer" || strings.HasPrefix(ck, http.TrailerPrefix) {
+				continue
+			}
+			kvs = append(kvs, [2]string{k, v})
+		}
+		n := int(writes%4) + 1
+		handler = func(w http.ResponseWriter, r *http.Request) {
+			for _, kv := range kvs {
+				w.Header().Add(kv[0], kv[1])
+			}
+			w.WriteHeader(status)
+			for i := range n {
+				w.Write(body[i*len(body)/n : (i+1)*len(body)/n])
+			}
+		}
+		req := method + " / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+		// net/http's server.
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, req)
+		want, _ := io.ReadAll(c)
+		c.Close()
+
+		// The fast path's writer on a TLS connection over a pipe.
+		cs, ss := net.Pipe()
+		got := make(chan []byte, 1)
+		go func() {
+			cc := tls.Client(cs, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"})
+			cc.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(cc)
+			cc.Close()
+			got <- b
+		}()
+		sc := tls.Server(ss, &tls.Config{Certificates: []tls.Certificate{cert}})
+		sc.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := sc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		fc := &fastConn{g: &Gateway{}, tc: sc}
+		r := &http.Request{Method: method, URL: &url.URL{Path: "/"}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Connection": {"close"}}, Host: "localhost", RequestURI: "/", Close: true, Body: http.NoBody}
+		w := &fc.rw
+		*w = fastWriter{fc: fc, req: r, cl: -1, closeAfter: true}
+		handler(w, r)
+		w.finish()
+		sc.Close()
+
+		gh, gb := splitAnswer(t, <-got, method)
+		wh, wb := splitAnswer(t, want, method)
+		if gh != wh || gb != wb {
+			t.Errorf("fast path:\n%q\n%q\nnet/http:\n%q\n%q", gh, gb, wh, wb)
+		}
+	})
+}
+
+// splitAnswer is an HTTP/1.1 answer's head (Date's value taken out) and
+// its decoded body.
+func splitAnswer(t *testing.T, b []byte, method string) (head, body string) {
+	t.Helper()
+	i := bytes.Index(b, []byte("\r\n\r\n"))
+	if i < 0 {
+		t.Fatalf("no head in %q", b)
+	}
+	head = dateField.ReplaceAllString(string(b[:i+2]), "Date: (date)\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), &http.Request{Method: method})
+	if err != nil {
+		// A field value no client accepts (both servers send one the
+		// handler set): the rest as it came.
+		return head, "(unparsed) " + string(b[i:])
+	}
+	rb, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("body: %v: %q", err, b)
+	}
+	return head, string(rb)
 }
