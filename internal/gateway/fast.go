@@ -529,7 +529,7 @@ func (w *fastWriter) WriteHeader(code int) {
 			panic(http.ErrAbortHandler)
 		}
 		// An informational answer goes out now, on its own.
-		b := appendStatusLine(w.fc.out[:0], code)
+		b := proxy.AppendStatusLine(w.fc.out[:0], code)
 		b, _, _ = appendHeader(b, h, code)
 		b = append(b, "\r\n"...)
 		w.fc.out = b
@@ -568,7 +568,7 @@ func (w *fastWriter) WriteHeader(code int) {
 	w.hasEncoding = h.Get("Content-Encoding") != ""
 	// The head as it stands now (net/http's server snapshots the header
 	// at WriteHeader); the fields the server adds come at commit.
-	b := appendStatusLine(w.out[:0], code)
+	b := proxy.AppendStatusLine(w.out[:0], code)
 	b, w.connFrom, w.connTo = appendHeader(b, h, code)
 	w.headLen = len(b)
 	w.out = b
@@ -783,18 +783,6 @@ func hasToken(v, token string) bool {
 func (fc *fastConn) write(b []byte) error {
 	_, err := fc.tc.Write(b)
 	return err
-}
-
-func appendStatusLine(b []byte, code int) []byte {
-	b = append(b, "HTTP/1.1 "...)
-	if text := http.StatusText(code); text != "" {
-		b = strconv.AppendInt(b, int64(code), 10)
-		b = append(b, ' ')
-		b = append(b, text...)
-	} else {
-		b = fmt.Appendf(b, "%03d status code %d", code, code)
-	}
-	return append(b, "\r\n"...)
 }
 
 // appendHeader writes h's fields sorted by name, as net/http's server
