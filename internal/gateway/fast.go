@@ -33,9 +33,9 @@ import (
 // Content-Length or chunked, the head's fields in net/http's order, Date,
 // Content-Type sniffing, Connection: close, the unread body discarded up
 // to 256 KiB; TestFastPathSameAsNetHTTP and FuzzFastWriterSameAsNetHTTP
-// compare the bytes). Whatever it does not serve — another version, a chunked body, Expect, an upgrade, an
-// absolute-form target, a head the parser refuses or one over the limit —
-// it hands to net/http's server with the bytes it has read, through the
+// compare the bytes). Whatever it does not serve — another version, a
+// chunked body, Expect, an upgrade, an absolute-form target, a head the
+// parser refuses or one over the limit — it hands to net/http's server with the bytes it has read, through the
 // framing guard, exactly as a connection net/http serves from the start.
 //
 // A client that goes away while its request is in the handler cancels
