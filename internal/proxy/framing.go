@@ -26,14 +26,31 @@ import (
 // serves a request (the fast path is off, tracing is on, a caller's
 // responses are sampled) must not change what is accepted.
 //
+// net/http answers some heads itself, before any handler runs: a
+// Transfer-Encoding other than one "chunked" (501), a head over its limit
+// (431), a field name or value it cannot read (400). Those bare answers
+// carry none of the role's response headers (the gateway's HSTS, CSP...)
+// and leave no access-log line or metric. So that every head the parser
+// refuses reaches the handler, the guard holds a head's bytes back from
+// net/http until it has read the head whole: a head it frames is then
+// passed on as it came; one it refuses is replaced by a stand-in
+// (standIn: the request line and Host, or "GET /", no body, Connection:
+// close) that net/http reads without complaint, and take tells the
+// handler to refuse it. net/http never sees the refused head.
+//
 // The guard follows the connection's framing: a head, then the body its
 // Content-Length gives. A chunked body it does not follow: that request is
 // answered and the connection closed after it, as the fast path hands a
 // chunked request to net/http for one request only. A head it cannot read
 // whole within limit bytes ends the guarding too; the requests after it
-// are refused. Once a connection switches protocols (an upgrade, h2c) the
-// guard reads frames as heads and refuses them, but net/http's HTTP/1
-// handler is never called on it again.
+// are refused. A head that may switch protocols (an Upgrade field,
+// CONNECT, a version other than HTTP/1.x such as h2c's preface) opens the
+// connection: the guard holds nothing back after it, since what follows
+// may be a WebSocket's or HTTP/2's frames, which no head ends. If the
+// protocol does switch, the guard reads frames as heads and refuses them,
+// but net/http's HTTP/1 handler is never called on it again; if it does
+// not, the heads after it are still refused by the handler (take), only
+// net/http's own bare answers are no longer kept from them.
 //
 // Read is called by net/http's reading goroutine; take by the handler of
 // each request, in order. mu orders the two.
@@ -62,7 +79,16 @@ type framingGuard struct {
 	taken int
 	// refused: the handler refused a request; nothing more is read.
 	refused bool
-	req     h1Request
+	// open: a head that may switch protocols was read; nothing is held
+	// back from net/http any more (see the type's comment).
+	open bool
+	// out[outOff:] is what net/http may read next, of what the guard held
+	// back. queue: feed is to queue what it passes on in out (it is read
+	// in place otherwise).
+	out    []byte
+	outOff int
+	queue  bool
+	req    h1Request
 }
 
 // guardFraming wraps an HTTP/1.x connection for net/http's server (limit:
@@ -86,20 +112,53 @@ func (c framingGuardTLS) ConnectionState() tls.ConnectionState {
 
 func (g *framingGuard) Read(p []byte) (int, error) {
 	g.mu.Lock()
-	refused := g.refused
-	g.mu.Unlock()
-	if refused {
-		// net/http's server reads what is left of a refused request's
-		// body before it closes; a chunked one may never end.
-		return 0, io.EOF
-	}
-	n, err := g.Conn.Read(p)
-	if n > 0 {
-		g.mu.Lock()
-		g.feed(p[:n])
+	for {
+		switch {
+		case g.refused:
+			// net/http's server reads what is left of a refused request's
+			// body before it closes; a chunked one may never end.
+			g.mu.Unlock()
+			return 0, io.EOF
+		case g.outOff < len(g.out):
+			n := copy(p, g.out[g.outOff:])
+			g.outOff += n
+			if g.outOff == len(g.out) {
+				g.out, g.outOff = g.out[:0], 0
+			}
+			g.mu.Unlock()
+			return n, nil
+		}
+		// Body bytes, and everything once the guard holds nothing back,
+		// go to net/http as they are read; head bytes wait in g.out until
+		// the head is whole.
+		q, hold := p, !g.open && g.end == 0
+		if hold && g.body > 0 {
+			// A body: read no further than its end, so that the next
+			// head is held back from its first byte.
+			q, hold = p[:min(int64(len(p)), g.body)], false
+		}
 		g.mu.Unlock()
+		n, err := g.Conn.Read(q)
+		g.mu.Lock()
+		if n > 0 {
+			g.queue = hold
+			g.feed(q[:n])
+			g.queue = false
+		}
+		if !hold {
+			g.mu.Unlock()
+			return n, err
+		}
+		if err != nil && g.outOff == len(g.out) {
+			// The connection ended, or a deadline passed, inside a head:
+			// net/http gets the error alone. A head cut short is not
+			// answered; after a deadline (net/http's server wakes its
+			// background read with one) the head is still held, and the
+			// next read goes on with it.
+			g.mu.Unlock()
+			return 0, err
+		}
 	}
-	return n, err
 }
 
 // CloseWrite half-closes the connection when it can, as net/http's server
@@ -114,22 +173,31 @@ func (g *framingGuard) CloseWrite() error {
 	return nil
 }
 
-// feed follows the connection's framing over the next bytes read.
+// feed follows the connection's framing over the next bytes read. It
+// queues in g.out, in order, the bytes net/http may read: a body as it
+// comes, a head once it is whole (a refused one as its stand-in), and
+// everything once the guard holds nothing back.
 func (g *framingGuard) feed(b []byte) {
 	for len(b) > 0 && g.end == 0 {
 		if g.body > 0 {
 			k := min(int64(len(b)), g.body)
 			g.body -= k
+			g.pass(b[:k])
 			b = b[k:]
 			continue
 		}
 		if g.skip > 0 && len(g.head) == 0 {
 			if b[0] == '\r' || b[0] == '\n' {
 				g.skip--
+				g.pass(b[:1])
 				b = b[1:]
 				continue
 			}
 			g.skip = 0
+		}
+		if g.open {
+			// Nothing held back: net/http reads the head as it comes.
+			g.pass(b)
 		}
 		// A head ends at an empty line; look for one only where the new
 		// bytes may complete it, so that a head read a byte at a time
@@ -157,8 +225,21 @@ func (g *framingGuard) feed(b []byte) {
 			g.stop(g.req.refuse)
 			continue
 		case g.req.chunked:
+			if !g.open {
+				g.pass(g.head)
+			}
 			g.stop(0)
 			continue
+		}
+		if g.open {
+			// What followed the head was passed on with it, and is fed
+			// again below: take it back.
+			if g.queue {
+				g.out = g.out[:len(g.out)-(len(g.head)-g.req.n)]
+			}
+		} else {
+			g.pass(g.head[:g.req.n])
+			g.open = switchesProtocols(g.head, &g.req)
 		}
 		g.body = g.req.length
 		if string(g.head[g.req.method.off:g.req.method.end]) == http.MethodPost {
@@ -170,13 +251,74 @@ func (g *framingGuard) feed(b []byte) {
 		b = g.spare
 		g.head = g.head[:0]
 	}
+	g.pass(b)
+}
+
+// pass queues b for net/http when feed is to (g.queue).
+func (g *framingGuard) pass(b []byte) {
+	if g.queue {
+		g.out = append(g.out, b...)
+	}
+}
+
+// switchesProtocols reports whether the request head b (read into req)
+// may switch the connection to another protocol: an Upgrade field,
+// CONNECT, or a version other than HTTP/1.0 and HTTP/1.1 (h2c's "PRI *
+// HTTP/2.0" preface).
+func switchesProtocols(b []byte, req *h1Request) bool {
+	if string(b[req.method.off:req.method.end]) == http.MethodConnect {
+		return true
+	}
+	if !req.http11 && !bytes.HasPrefix(b[req.target.end:], []byte(" HTTP/1.0\r\n")) {
+		return true
+	}
+	for _, f := range req.fields {
+		if isField(b, f, "Upgrade") {
+			return true
+		}
+	}
+	return false
 }
 
 // stop ends the guarding at the last head counted: it is refused with
 // status, or answered and the connection then closed (status 0).
+// A refused head still held back is replaced, for net/http, by its
+// stand-in; what followed it is not passed on.
 func (g *framingGuard) stop(status int) {
+	if status != 0 && !g.open {
+		g.pass(standIn(g.head))
+	}
 	g.end, g.refuse = g.heads, status
 	g.head, g.spare = nil, nil
+}
+
+// standIn is the head net/http reads in place of the refused head b, so
+// that the handler runs and refuses it with the role's headers, log line
+// and metric: b's request line and Host field when the parser (and so
+// net/http) accepts them as they are, else "GET /" and no Host; no other
+// field, no body, "Connection: close". b may be cut short (a head over
+// the limit) or not a head at all.
+func standIn(b []byte) []byte {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	var host []byte
+	for rest := b[len(line):]; len(rest) > 0; {
+		var l []byte
+		l, rest, _ = bytes.Cut(rest, []byte("\n"))
+		if name, v, ok := bytes.Cut(l, []byte(":")); ok && bytes.EqualFold(name, []byte("Host")) {
+			host = bytes.Trim(bytes.TrimSuffix(v, []byte("\r")), " \t")
+			break
+		}
+	}
+	if len(line)+len(host) < 8<<10 && (bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0"))) {
+		h := make([]byte, 0, len(line)+len(host)+40)
+		h = append(append(append(append(h, line...), "\r\nHost: "...), host...), "\r\nConnection: close\r\n\r\n"...)
+		var req h1Request
+		if v := parseRequestHead(bytes.Clone(h), &req); v != h1Refuse && v != h1More && !req.expect && !switchesProtocols(h, &req) {
+			return h
+		}
+	}
+	return []byte("GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n")
 }
 
 // take tells the handler of the connection's next request whether to
