@@ -305,7 +305,7 @@ func standIn(b []byte) []byte {
 	for rest := b[len(line):]; len(rest) > 0; {
 		var l []byte
 		l, rest, _ = bytes.Cut(rest, []byte("\n"))
-		if name, v, ok := bytes.Cut(l, []byte(":")); ok && bytes.EqualFold(name, []byte("Host")) {
+		if name, v, ok := bytes.Cut(l, []byte(":")); ok && asciiEqualFold(name, "Host") {
 			host = bytes.Trim(bytes.TrimSuffix(v, []byte("\r")), " \t")
 			break
 		}

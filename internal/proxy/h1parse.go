@@ -355,7 +355,7 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 		v := b[req.fields[te].value.off:req.fields[te].value.end]
 		// HTTP/1.0 has no transfer codings (RFC 9112 §6.1): such a
 		// message's framing is faulty.
-		if tes > 1 || req.clField >= 0 || !req.http11 || !bytes.EqualFold(v, []byte("chunked")) {
+		if tes > 1 || req.clField >= 0 || !req.http11 || !asciiEqualFold(v, "chunked") {
 			return req.refused(http.StatusBadRequest)
 		}
 		req.chunked = true
@@ -363,7 +363,7 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	if req.absolute != nil && req.absolute.Host != "" {
 		// net/http serves an absolute-form request for its authority and
 		// ignores Host; a hop that routes by Host reads another request.
-		if !bytes.EqualFold([]byte(req.absolute.Host), b[req.host.off:req.host.end]) {
+		if !asciiEqualFold(b[req.host.off:req.host.end], req.absolute.Host) {
 			return req.refused(http.StatusBadRequest)
 		}
 	}
@@ -387,11 +387,34 @@ func hasToken(v []byte, tok string) bool {
 			el, v = v, nil
 		}
 		el = bytes.Trim(el, " \t")
-		if len(el) == len(tok) && bytes.EqualFold(el, []byte(tok)) {
+		if asciiEqualFold(el, tok) {
 			return true
 		}
 	}
 	return false
+}
+
+// asciiEqualFold reports whether b equals s under ASCII case folding, as
+// net/http compares header values ("chunked", "close"). bytes.EqualFold
+// folds Unicode too: it reads "chun\u212aed" (a Kelvin sign) as "chunked",
+// which net/http does not.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func (req *h1Request) refused(status int) h1Verdict {
@@ -505,7 +528,7 @@ func parseResponseHead(b []byte, head bool, resp *h1Response) h1Verdict {
 			resp.length = l
 		case isField(b, f, "Transfer-Encoding"):
 			tes++
-			if !bytes.EqualFold(v, []byte("chunked")) {
+			if !asciiEqualFold(v, "chunked") {
 				return h1Handoff
 			}
 		case isField(b, f, "Connection"):
