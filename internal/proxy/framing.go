@@ -36,7 +36,8 @@ import (
 // passed on as it came; one it refuses is replaced by a stand-in
 // (standIn: the request line and Host, or "GET /", no body, Connection:
 // close) that net/http reads without complaint, and take tells the
-// handler to refuse it. net/http never sees the refused head.
+// handler to refuse it. net/http never sees the refused head, nor
+// anything after it on the connection.
 //
 // The guard follows the connection's framing: a head, then the body its
 // Content-Length gives. A chunked body it does not follow: that request is
@@ -82,6 +83,12 @@ type framingGuard struct {
 	// open: a head that may switch protocols was read; nothing is held
 	// back from net/http any more (see the type's comment).
 	open bool
+	// drop: a refused head went to net/http as its stand-in; nothing
+	// read after it is passed on.
+	drop bool
+	// parsed is the copy of head the parser reads (it canonicalizes
+	// field names in place; net/http gets the head as it came).
+	parsed []byte
 	// out[outOff:] is what net/http may read next, of what the guard held
 	// back. queue: feed is to queue what it passes on in out (it is read
 	// in place otherwise).
@@ -131,7 +138,7 @@ func (g *framingGuard) Read(p []byte) (int, error) {
 		// Body bytes, and everything once the guard holds nothing back,
 		// go to net/http as they are read; head bytes wait in g.out until
 		// the head is whole.
-		q, hold := p, !g.open && g.end == 0
+		q, hold := p, !g.open && (g.end == 0 || g.drop)
 		if hold && g.body > 0 {
 			// A body: read no further than its end, so that the next
 			// head is held back from its first byte.
@@ -205,14 +212,20 @@ func (g *framingGuard) feed(b []byte) {
 		from := max(len(g.head)-3, 0)
 		g.head = append(g.head, b...)
 		b = nil
-		if !bytes.Contains(g.head[from:], []byte("\n\n")) && !bytes.Contains(g.head[from:], []byte("\n\r\n")) {
-			if len(g.head) >= g.limit {
-				g.heads++
-				g.stop(http.StatusRequestHeaderFieldsTooLarge)
-			}
+		end := headEnd(g.head, from)
+		if end < 0 && len(g.head) >= g.limit || end > g.limit {
+			// Over the limit, whether the head's end came in the same
+			// read or not: how the reads split a stream does not change
+			// the verdict.
+			g.heads++
+			g.stop(http.StatusRequestHeaderFieldsTooLarge)
 			continue
 		}
-		v := parseRequestHead(g.head, &g.req)
+		if end < 0 {
+			continue
+		}
+		g.parsed = append(g.parsed[:0], g.head...)
+		v := parseRequestHead(g.parsed, &g.req)
 		if v == h1More && len(g.head) < g.limit {
 			continue
 		}
@@ -239,10 +252,10 @@ func (g *framingGuard) feed(b []byte) {
 			}
 		} else {
 			g.pass(g.head[:g.req.n])
-			g.open = switchesProtocols(g.head, &g.req)
+			g.open = switchesProtocols(g.parsed, &g.req)
 		}
 		g.body = g.req.length
-		if string(g.head[g.req.method.off:g.req.method.end]) == http.MethodPost {
+		if string(g.parsed[g.req.method.off:g.req.method.end]) == http.MethodPost {
 			g.skip = 4
 		}
 		// What followed the head in this read is body or the next head;
@@ -251,7 +264,9 @@ func (g *framingGuard) feed(b []byte) {
 		b = g.spare
 		g.head = g.head[:0]
 	}
-	g.pass(b)
+	if !g.drop {
+		g.pass(b)
+	}
 }
 
 // pass queues b for net/http when feed is to (g.queue).
@@ -259,6 +274,19 @@ func (g *framingGuard) pass(b []byte) {
 	if g.queue {
 		g.out = append(g.out, b...)
 	}
+}
+
+// headEnd is where the first empty line of head ends (after its LF),
+// looking from offset from on; -1 when head has none there.
+func headEnd(head []byte, from int) int {
+	e := -1
+	if i := bytes.Index(head[from:], []byte("\n\n")); i >= 0 {
+		e = from + i + 2
+	}
+	if i := bytes.Index(head[from:], []byte("\n\r\n")); i >= 0 && (e < 0 || from+i+3 < e) {
+		e = from + i + 3
+	}
+	return e
 }
 
 // switchesProtocols reports whether the request head b (read into req)
@@ -287,6 +315,7 @@ func switchesProtocols(b []byte, req *h1Request) bool {
 func (g *framingGuard) stop(status int) {
 	if status != 0 && !g.open {
 		g.pass(standIn(g.head))
+		g.drop = true
 	}
 	g.end, g.refuse = g.heads, status
 	g.head, g.spare = nil, nil
@@ -299,6 +328,13 @@ func (g *framingGuard) stop(status int) {
 // field, no body, "Connection: close". b may be cut short (a head over
 // the limit) or not a head at all.
 func standIn(b []byte) []byte {
+	// Only the head: what followed it in the same read is not read.
+	if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+		b = b[:i+1]
+	}
+	if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 {
+		b = b[:i+1]
+	}
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	var host []byte
