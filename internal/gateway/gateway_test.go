@@ -209,7 +209,11 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		// connection closed (RFC 9112 section 6.1), so the request after
 		// it is never read (test/e2e TestGatewaySmuggling has the rest).
 		{"cl_te_smuggle", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
-		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello", "HTTP/1.1 501"},
+		// A transfer coding net/http does not know: the gateway's 400
+		// with its headers, never net/http's bare 501 (the framing guard
+		// keeps the head from net/http), and the connection closed.
+		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello" +
+			"GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
 		// The client's body failed, not the upstream: 400, not 502.
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
@@ -225,6 +229,7 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			logged := len(tg.access.String())
 			got := tg.raw(t, tt.req)
 			if !strings.HasPrefix(got, tt.want) {
 				t.Fatalf("answer %q, want %q...", firstLine(got), tt.want)
@@ -232,8 +237,29 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 			if tt.name == "bad_chunk_size" && strings.Contains(got, "200 OK") {
 				t.Fatalf("bad chunking reached the app: %q", got)
 			}
-			if n := strings.Count(got, "HTTP/1.1 "); tt.name == "cl_te_smuggle" && n != 1 {
+			if n := strings.Count(got, "HTTP/1.1 "); (tt.name == "cl_te_smuggle" || tt.name == "te_obfuscated") && n != 1 {
 				t.Fatalf("%d answers on a connection that should close after the first: %q", n, got)
+			}
+			if tt.name == "te_obfuscated" {
+				resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(got)), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkSecurityHeaders(t, resp.Header)
+				if !resp.Close {
+					t.Errorf("the answer does not close the connection: %q", got)
+				}
+				// The access log has its line (written before the answer's
+				// last byte, or just after).
+				for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					l := tg.access.String()[logged:]
+					if strings.Contains(l, `"status":400`) && strings.Contains(l, `"block_reason":"bad_request"`) && strings.Contains(l, `"path":"/orders"`) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("no access log line for the refusal: %q", l)
+					}
+				}
 			}
 		})
 	}
