@@ -138,18 +138,17 @@ func (g *framingGuard) Read(p []byte) (int, error) {
 		// Body bytes, and everything once the guard holds nothing back,
 		// go to net/http as they are read; head bytes wait in g.out until
 		// the head is whole.
-		q, hold := p, !g.open && (g.end == 0 || g.drop)
-		if hold && g.body > 0 {
-			// A body: read no further than its end, so that the next
-			// head is held back from its first byte.
-			q, hold = p[:min(int64(len(p)), g.body)], false
+		hold := !g.open && (g.end == 0 || g.drop)
+		if hold && g.body >= int64(len(p)) {
+			// This read is all body: net/http reads it in place.
+			hold = false
 		}
 		g.mu.Unlock()
-		n, err := g.Conn.Read(q)
+		n, err := g.Conn.Read(p)
 		g.mu.Lock()
 		if n > 0 {
 			g.queue = hold
-			g.feed(q[:n])
+			g.feed(p[:n])
 			g.queue = false
 		}
 		if !hold {
