@@ -39,7 +39,7 @@ func TestFramingVerdict(t *testing.T) {
 			defer b.Close()
 			ctx := context.Background()
 			if tc.in != "" {
-				gc := GuardFraming(a, 1024)
+				gc := GuardFraming(a, 1024, 0)
 				ctx = FramingContext(ctx, gc)
 				go func() {
 					b.Write([]byte(tc.in))

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // framingGuard reads the HTTP/1.x request heads of a connection served by
@@ -89,6 +90,12 @@ type framingGuard struct {
 	// parsed is the copy of head the parser reads (it canonicalizes
 	// field names in place; net/http gets the head as it came).
 	parsed []byte
+	// headTimeout bounds reading one held head from its first byte (the
+	// server's ReadHeaderTimeout; 0: none). readDeadline is the read
+	// deadline net/http set, headBy the held head's (zero: none); the
+	// connection's is the earlier of the two.
+	headTimeout          time.Duration
+	readDeadline, headBy time.Time
 	// out[outOff:] is what net/http may read next, of what the guard held
 	// back. queue: feed is to queue what it passes on in out (it is read
 	// in place otherwise).
@@ -99,10 +106,11 @@ type framingGuard struct {
 }
 
 // guardFraming wraps an HTTP/1.x connection for net/http's server (limit:
-// the longest head, as net/http allows it). A TLS connection stays one to
-// net/http (Request.TLS is set from its ConnectionState).
-func guardFraming(c net.Conn, limit int) net.Conn {
-	g := &framingGuard{Conn: c, limit: limit}
+// the longest head, as net/http allows it; headTimeout: its
+// ReadHeaderTimeout). A TLS connection stays one to net/http (Request.TLS
+// is set from its ConnectionState).
+func guardFraming(c net.Conn, limit int, headTimeout time.Duration) net.Conn {
+	g := &framingGuard{Conn: c, limit: limit, headTimeout: headTimeout}
 	if _, ok := c.(*tls.Conn); ok {
 		return framingGuardTLS{g}
 	}
@@ -150,6 +158,9 @@ func (g *framingGuard) Read(p []byte) (int, error) {
 			g.queue = hold
 			g.feed(p[:n])
 			g.queue = false
+			if hold {
+				g.timeHead()
+			}
 		}
 		if !hold {
 			g.mu.Unlock()
@@ -165,6 +176,52 @@ func (g *framingGuard) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// timeHead starts the held head's deadline at its first byte, and ends it
+// once the head is passed on. net/http bounds reading a head with
+// ReadHeaderTimeout from the head's first byte; on a kept-alive
+// connection it waits for that byte under IdleTimeout alone, and a held
+// head shows it no byte until it is whole: without its own deadline, a
+// client sending a head a byte at a time would have IdleTimeout for it
+// (slowloris).
+func (g *framingGuard) timeHead() {
+	switch {
+	case g.headTimeout <= 0:
+		return
+	case len(g.head) > 0 && g.end == 0 && g.headBy.IsZero():
+		g.headBy = time.Now().Add(g.headTimeout)
+	case (len(g.head) == 0 || g.end != 0) && !g.headBy.IsZero():
+		g.headBy = time.Time{}
+	default:
+		return
+	}
+	g.Conn.SetReadDeadline(g.deadline())
+}
+
+// deadline is the connection's read deadline: net/http's, or the held
+// head's if it is earlier.
+func (g *framingGuard) deadline() time.Time {
+	if !g.headBy.IsZero() && (g.readDeadline.IsZero() || g.headBy.Before(g.readDeadline)) {
+		return g.headBy
+	}
+	return g.readDeadline
+}
+
+// SetReadDeadline is net/http's read deadline; the held head's may be
+// earlier (timeHead).
+func (g *framingGuard) SetReadDeadline(t time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.readDeadline = t
+	return g.Conn.SetReadDeadline(g.deadline())
+}
+
+func (g *framingGuard) SetDeadline(t time.Time) error {
+	if err := g.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return g.SetReadDeadline(t)
 }
 
 // CloseWrite half-closes the connection when it can, as net/http's server
@@ -380,7 +437,8 @@ func (g *framingGuard) take() (refuse int, closeAfter bool) {
 // framingListener guards every connection it accepts (guardFraming).
 type framingListener struct {
 	net.Listener
-	limit int
+	limit       int
+	headTimeout time.Duration
 }
 
 func (l framingListener) Accept() (net.Conn, error) {
@@ -388,5 +446,5 @@ func (l framingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return guardFraming(c, l.limit), nil
+	return guardFraming(c, l.limit, l.headTimeout), nil
 }

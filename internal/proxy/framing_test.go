@@ -307,6 +307,75 @@ func TestFramingGuardStandIn(t *testing.T) {
 	}
 }
 
+// TestFramingGuardHeadTimeout: a held head shows net/http no byte until
+// it is whole, so the guard bounds reading it itself, from its first byte
+// (slowloris on a kept-alive connection, where net/http waits for the
+// next head's first byte under IdleTimeout alone): a head cut short fails
+// the read with a deadline error though net/http set none, while a
+// deadline net/http sets stays in force, and a connection idle between
+// heads is not bounded by the head's.
+func TestFramingGuardHeadTimeout(t *testing.T) {
+	const headTimeout = 100 * time.Millisecond
+	read := func(g net.Conn) (time.Duration, error) {
+		start := time.Now()
+		_, err := g.Read(make([]byte, 4096))
+		return time.Since(start), err
+	}
+	t.Run("head_cut_short", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		g := guardFraming(a, 4096, headTimeout)
+		g.SetReadDeadline(time.Time{}) // net/http, waiting for a kept-alive connection's next head
+		go io.WriteString(b, "GET / HTTP/1.1\r\nHost: o\r\nX-Slow: ")
+		took, err := read(g)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || took > 5*time.Second {
+			t.Fatalf("after %v: %v, want a deadline error", took, err)
+		}
+	})
+	t.Run("net_http_deadline_earlier", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		g := guardFraming(a, 4096, time.Hour)
+		go io.WriteString(b, "GET / HT")
+		g.SetReadDeadline(time.Now().Add(headTimeout))
+		if took, err := read(g); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("after %v: %v, want net/http's deadline", took, err)
+		}
+	})
+	t.Run("whole_head_then_idle", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		g := guardFraming(a, 4096, headTimeout)
+		go func() {
+			io.WriteString(b, "GET / HTT")
+			io.WriteString(b, "P/1.1\r\nHost: o\r\n\r\n")
+		}()
+		if _, err := io.ReadFull(g, make([]byte, len("GET / HTTP/1.1\r\nHost: o\r\n\r\n"))); err != nil {
+			t.Fatal(err)
+		}
+		// Idle after the head: the head's deadline is gone; the next
+		// bytes come after it would have passed.
+		done := make(chan error, 1)
+		go func() {
+			_, err := g.Read(make([]byte, 64))
+			done <- err
+		}()
+		time.Sleep(3 * headTimeout) // the client's pause; no clock is awaited
+		io.WriteString(b, "GET / HTTP/1.1\r\nHost: o\r\n\r\n")
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("the next head after an idle pause: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the next head was not passed on")
+		}
+	})
+}
+
 // splitConn is a connection whose reads return in, step bytes at a time,
 // then io.EOF.
 type splitConn struct {
