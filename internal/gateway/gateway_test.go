@@ -564,6 +564,45 @@ func TestGatewayConnectionLimits(t *testing.T) {
 			t.Fatalf("slow head kept the connection %s", d)
 		}
 	})
+	// After a request, on the kept-alive connection: net/http waits for
+	// the next head under the idle timeout (2 minutes), and the framing
+	// guard holds the head back until it is whole, so it bounds the head
+	// itself.
+	t.Run("slowloris_cut_after_keep_alive", func(t *testing.T) {
+		var c *tls.Conn
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			c, err = tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("first request: %v %v", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n")
+		start := time.Now()
+		for {
+			if _, err := io.WriteString(c, "X-A: b\r\n"); err != nil {
+				break
+			}
+			if _, err := br.ReadByte(); err != nil {
+				break
+			}
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("slow head kept the connection %s", d)
+		}
+	})
 }
 
 func TestGatewayTLSVersionsAndCiphers(t *testing.T) {
