@@ -217,6 +217,8 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		// Heads net/http's server would answer itself (a bare 400, 431)
 		// reach the gateway's handler too (the guard's stand-in).
 		{"request_line_control_byte", "GET /orders/1\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
+		{"expect_unknown", "POST /orders HTTP/1.1\r\nHost: localhost\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 417"},
+		{"http2_request_line", "GET /orders/1 HTTP/2.0\r\nHost: localhost\r\n\r\n", "HTTP/1.1 505"},
 		{"head_over_net_http_limit", "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX-Big: " + strings.Repeat("b", 200<<10) + "\r\n\r\n", "HTTP/1.1 431"},
 		// The client's body failed, not the upstream: 400, not 502.
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
@@ -241,7 +243,8 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 			if tt.name == "bad_chunk_size" && strings.Contains(got, "200 OK") {
 				t.Fatalf("bad chunking reached the app: %q", got)
 			}
-			own := tt.name == "te_obfuscated" || tt.name == "request_line_control_byte" || tt.name == "head_over_net_http_limit"
+			own := tt.name == "te_obfuscated" || tt.name == "request_line_control_byte" || tt.name == "head_over_net_http_limit" ||
+				tt.name == "expect_unknown" || tt.name == "http2_request_line"
 			if n := strings.Count(got, "HTTP/1.1 "); (tt.name == "cl_te_smuggle" || own) && n != 1 {
 				t.Fatalf("%d answers on a connection that should close after the first: %q", n, got)
 			}

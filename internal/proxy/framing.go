@@ -293,6 +293,9 @@ func (g *framingGuard) feed(b []byte) {
 		case v == h1Refuse:
 			g.stop(g.req.refuse)
 			continue
+		case v == h1Handoff && !g.open && ownAnswer(g.parsed, &g.req) != 0:
+			g.stop(ownAnswer(g.parsed, &g.req))
+			continue
 		case g.req.chunked:
 			if !g.open {
 				g.pass(g.head)
@@ -343,6 +346,50 @@ func headEnd(head []byte, from int) int {
 		e = from + i + 3
 	}
 	return e
+}
+
+// ownAnswer is the status net/http's server would answer the head b (read
+// into req, which the parser hands off) with itself, before any handler
+// runs, 0 for none: 505 for a version other than HTTP/1.x (but h2c's
+// "PRI * HTTP/2.0" preface), 417 for an Expect without 100-continue. The
+// guard refuses them itself, so that the role answers them.
+func ownAnswer(b []byte, req *h1Request) int {
+	eol := bytes.IndexByte(b, '\n')
+	proto := string(bytes.TrimSuffix(b[req.target.end+1:eol], []byte("\r")))
+	if major, minor, ok := http.ParseHTTPVersion(proto); ok && major != 1 &&
+		!(major == 2 && minor == 0 && string(b[req.method.off:req.method.end]) == "PRI" && string(b[req.target.off:req.target.end]) == "*") {
+		return http.StatusHTTPVersionNotSupported
+	}
+	if req.expect {
+		for _, f := range req.fields {
+			if isField(b, f, "Expect") {
+				// net/http reads the first Expect field only, and
+				// 100-continue anywhere in it between spaces, tabs or
+				// commas (its hasToken).
+				if v := b[f.value.off:f.value.end]; len(v) > 0 && !boundedToken(v, "100-continue") {
+					return http.StatusExpectationFailed
+				}
+				break
+			}
+		}
+	}
+	return 0
+}
+
+// boundedToken reports whether tok appears in v (ASCII case-insensitively)
+// with a space, tab, comma or either end on each side: net/http's
+// hasToken, which decides whether a request expects 100-continue.
+func boundedToken(v []byte, tok string) bool {
+	bound := func(c byte) bool { return c == ' ' || c == ',' || c == '\t' }
+	for sp := 0; sp+len(tok) <= len(v); sp++ {
+		if sp > 0 && !bound(v[sp-1]) || sp+len(tok) < len(v) && !bound(v[sp+len(tok)]) {
+			continue
+		}
+		if asciiEqualFold(v[sp:sp+len(tok)], tok) {
+			return true
+		}
+	}
+	return false
 }
 
 // switchesProtocols reports whether the request head b (read into req)

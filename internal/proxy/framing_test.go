@@ -255,6 +255,17 @@ func TestFramingGuardStandIn(t *testing.T) {
 		{"bad_request_line", "GET /a\x01 HTTP/1.1\r\nHost: orders\r\n\r\n", 400, "GET / HTTP/1.1 "},
 		{"not_http", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "GET / HTTP/1.1 "},
 		{"head_too_long", "GET /a HTTP/1.1\r\nHost: orders\r\nX: " + strings.Repeat("a", 300), 431, "GET /a HTTP/1.1 orders"},
+		// What net/http's server answers itself after reading a head it
+		// accepts: 417 for an Expect without 100-continue, 505 for
+		// another major version (h2c's preface aside).
+		{"expect_unknown", "POST /a HTTP/1.1\r\nHost: orders\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", 417, "POST /a HTTP/1.1 orders"},
+		{"expect_continue_lower_case_http10", "POST /a HTTP/1.0\r\nHost: orders\r\nExpect: 100-CONTINUE\r\nContent-Length: 2\r\n\r\n{}", 0, ""},
+		{"expect_continue_among_others", "POST /a HTTP/1.1\r\nHost: orders\r\nExpect: x 100-continue,y\r\nContent-Length: 2\r\n\r\n{}", 0, ""},
+		{"expect_continue_glued", "POST /a HTTP/1.1\r\nHost: orders\r\nExpect: x100-continue\r\nContent-Length: 2\r\n\r\n{}", 417, "POST /a HTTP/1.1 orders"},
+		{"expect_empty", "POST /a HTTP/1.1\r\nHost: orders\r\nExpect: \r\nContent-Length: 2\r\n\r\n{}", 0, ""},
+		{"expect_second_field_ignored", "POST /a HTTP/1.1\r\nHost: orders\r\nExpect: 100-continue\r\nExpect: x\r\nContent-Length: 2\r\n\r\n{}", 0, ""},
+		{"http2_without_preface", "GET /a HTTP/2.0\r\nHost: orders\r\n\r\n", 505, "GET / HTTP/1.1 "},
+		{"http3", "GET /a HTTP/3.0\r\nHost: orders\r\n\r\n", 505, "GET / HTTP/1.1 "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
