@@ -417,6 +417,7 @@ func FuzzFramingGuard(f *testing.F) {
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: o\r\n\r\nGET / HT",
 		"0 * HTTP/1.0\n\n0\nHost:00",
+		"0000 * HTTP/1.2\r\n\r\n0",
 		"POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
 		"GET /ws HTTP/1.1\r\nHost: o\r\nUpgrade: websocket\r\n\r\n\x81\x00GET / HTTP/1.1\r\nHost: o\r\n\r\n",
 	} {
@@ -480,6 +481,17 @@ func checkGuardOutput(t *testing.T, in []byte, k int) {
 		// A head cut short by the end of the connection is held back.
 		if held := len(g.head); g.open && !bytes.Equal(out, in) || !g.open && !bytes.Equal(out, in[:len(in)-held]) {
 			t.Fatalf("nothing refused, yet net/http reads %q for %q", out, in)
+		}
+		// A first head passed on whole is one net/http's server serves:
+		// it does not answer it itself (400, 417, 501, 505...).
+		if g.heads > 0 {
+			req, _, err := netHTTPRequest(in)
+			if err == nil && req.Header.Get("Expect") != "" && !boundedToken([]byte(req.Header.Get("Expect")), "100-continue") {
+				err = errors.New("417 Expectation Failed")
+			}
+			if err != nil {
+				t.Fatalf("the guard passes on %q, which net/http's server answers itself: %v", in, err)
+			}
 		}
 		return
 	}

@@ -292,10 +292,15 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	}
 	proto := line[sp2+1:]
 	req.http11 = string(proto) == "HTTP/1.1"
+	// hostRequired: HTTP/1.1 and any later HTTP/1.x (net/http's
+	// ProtoAtLeast(1, 1)); a later major version net/http refuses anyway.
+	hostRequired := req.http11
 	if !req.http11 {
-		if _, _, ok := http.ParseHTTPVersion(string(proto)); !ok {
+		major, minor, ok := http.ParseHTTPVersion(string(proto))
+		if !ok {
 			return req.refused(http.StatusBadRequest)
 		}
+		hostRequired = major == 1 && minor >= 1
 	}
 	connect := string(line[:sp]) == http.MethodConnect
 	if !connect && !validTarget(line[sp+1:sp2], req) {
@@ -348,7 +353,7 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	switch {
 	case hosts > 1,
 		hosts == 1 && !httpguts.ValidHostHeader(string(b[req.host.off:req.host.end])),
-		hosts == 0 && req.http11 && !connect:
+		hosts == 0 && hostRequired && !connect:
 		return req.refused(http.StatusBadRequest)
 	}
 	if tes > 0 {

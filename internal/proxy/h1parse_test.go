@@ -67,6 +67,9 @@ var h1RequestCases = []struct {
 	{"te_chunked_twice", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", h1Refuse},
 	{"te_chunked_obs_text", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\xff\r\n\r\n", h1Refuse},
 	{"te_kelvin_sign", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chun\xe2\x84\xaaed\r\n\r\n", h1Refuse},
+	// HTTP/1.2 is at least 1.1 to net/http: Host is required.
+	{"http12_without_host", "GET / HTTP/1.2\r\n\r\n", h1Refuse},
+	{"http12_with_host", "GET / HTTP/1.2\r\nHost: o\r\n\r\n", h1Handoff},
 	{"duplicate_cl_equal", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", h1Refuse},
 	{"duplicate_cl_different", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", h1Refuse},
 	{"comma_joined_cl", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 5\r\n\r\nhello", h1Refuse},
