@@ -29,7 +29,9 @@ import (
 //
 // net/http answers some heads itself, before any handler runs: a
 // Transfer-Encoding other than one "chunked" (501), a head over its limit
-// (431), a field name or value it cannot read (400). Those bare answers
+// (431), a field name or value it cannot read (400), an Expect other
+// than 100-continue (417), a version after HTTP/1.x (505; ownAnswer).
+// Those bare answers
 // carry none of the role's response headers (the gateway's HSTS, CSP...)
 // and leave no access-log line or metric. So that every head the parser
 // refuses reaches the handler, the guard holds a head's bytes back from
