@@ -28,7 +28,7 @@ func TestShutdownDrains(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ca := testpki.NewCA(t, td)
 			app := newHeldApp(t)
-			tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, app.addr), func(c *config.Gateway) { c.HTTP1FastPath = fast })
+			tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, app.addr), func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
 
 			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 			if err != nil {
