@@ -537,20 +537,23 @@ func TestGatewayConnectionLimits(t *testing.T) {
 			t.Fatal("third connection from one IP accepted")
 		}
 	})
-	t.Run("slowloris_cut", func(t *testing.T) {
-		// The gateway counts per_ip_cap's closed connections down once
-		// it has seen them close: until then a new one is refused.
-		var c *tls.Conn
-		var err error
+	// dialPastCap dials the gateway once it has counted per_ip_cap's
+	// closed connections down (it does when it has seen them close:
+	// until then a new one is refused).
+	dialPastCap := func(t *testing.T) *tls.Conn {
+		t.Helper()
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err = tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-			if err == nil || time.Now().After(deadline) {
-				break
+			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err == nil {
+				return c
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(err)
 			}
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	}
+	t.Run("slowloris_cut", func(t *testing.T) {
+		c := dialPastCap(t)
 		defer c.Close()
 		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n")
 		start := time.Now()
@@ -572,17 +575,7 @@ func TestGatewayConnectionLimits(t *testing.T) {
 	// guard holds the head back until it is whole, so it bounds the head
 	// itself.
 	t.Run("slowloris_cut_after_keep_alive", func(t *testing.T) {
-		var c *tls.Conn
-		var err error
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err = tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-			if err == nil || time.Now().After(deadline) {
-				break
-			}
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialPastCap(t)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		br := bufio.NewReader(c)
