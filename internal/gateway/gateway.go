@@ -100,7 +100,8 @@ type Options struct {
 	ReadFile func(path string) ([]byte, error)
 }
 
-// ErrClosed is returned by Serve after Close.
+// ErrClosed is returned by Serve after Close or Shutdown (as net/http's
+// Server.Serve returns http.ErrServerClosed).
 var ErrClosed = errors.New("gateway: closed")
 
 // Gateway is a running gateway. Its methods are safe for concurrent use.
@@ -145,8 +146,10 @@ type Gateway struct {
 	ln      net.Listener
 	serving bool
 	closed  bool
-	done    chan struct{}
-	wg      sync.WaitGroup
+	// draining: Shutdown has begun; Serve leaves the closing to it.
+	draining bool
+	done     chan struct{}
+	wg       sync.WaitGroup
 }
 
 type policyState struct {
@@ -458,10 +461,13 @@ func (g *Gateway) ReloadCertificate() (changed bool, err error) {
 }
 
 // Serve binds the listener (or uses Options.Listener) and serves until ctx
-// is done (then drains for Config.DrainTimeout) or Close is called.
+// is done (then drains for Config.DrainTimeout; it returns ctx's error),
+// or Shutdown or Close is called (it returns ErrClosed). After a direct
+// Shutdown, Serve returns once Shutdown has drained and closed, never
+// cutting the requests it lets finish.
 func (g *Gateway) Serve(ctx context.Context) error {
 	g.mu.Lock()
-	if g.closed {
+	if g.closed || g.draining {
 		g.mu.Unlock()
 		return ErrClosed
 	}
@@ -496,6 +502,16 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	case <-g.done:
 		err = ErrClosed
 	case err = <-errc:
+		// The listener closed under the accept loop: by Shutdown, whose
+		// drain must not be cut short here (it closes everything when
+		// done), or by Close.
+		g.mu.Lock()
+		stopping := g.draining || g.closed
+		g.mu.Unlock()
+		if stopping {
+			<-g.done
+			return ErrClosed
+		}
 	}
 	g.Close()
 	return err
@@ -512,13 +528,19 @@ func (g *Gateway) Addr() net.Addr {
 }
 
 // Shutdown stops accepting, lets requests in flight finish until ctx ends,
-// then closes everything.
+// then closes everything, like net/http's Server.Shutdown: a connection
+// idle between requests closes at once, a busy one after its answer
+// (with Connection: close). It returns ctx's error if requests were still
+// in flight when ctx ended (they are then cut). Serve, if running,
+// returns ErrClosed after Shutdown is done. Safe to call more than once
+// and beside Close.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
 		return nil
 	}
+	g.draining = true
 	if g.ln != nil {
 		g.ln.Close()
 	}

@@ -209,7 +209,17 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		// connection closed (RFC 9112 section 6.1), so the request after
 		// it is never read (test/e2e TestGatewaySmuggling has the rest).
 		{"cl_te_smuggle", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
-		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello", "HTTP/1.1 501"},
+		// A transfer coding net/http does not know: the gateway's 400
+		// with its headers, never net/http's bare 501 (the framing guard
+		// keeps the head from net/http), and the connection closed.
+		{"te_obfuscated", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello" +
+			"GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
+		// Heads net/http's server would answer itself (a bare 400, 431)
+		// reach the gateway's handler too (the guard's stand-in).
+		{"request_line_control_byte", "GET /orders/1\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"},
+		{"expect_unknown", "POST /orders HTTP/1.1\r\nHost: localhost\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 417"},
+		{"http2_request_line", "GET /orders/1 HTTP/2.0\r\nHost: localhost\r\n\r\n", "HTTP/1.1 505"},
+		{"head_over_net_http_limit", "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX-Big: " + strings.Repeat("b", 200<<10) + "\r\n\r\n", "HTTP/1.1 431"},
 		// The client's body failed, not the upstream: 400, not 502.
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
@@ -225,6 +235,7 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			logged := len(tg.access.String())
 			got := tg.raw(t, tt.req)
 			if !strings.HasPrefix(got, tt.want) {
 				t.Fatalf("answer %q, want %q...", firstLine(got), tt.want)
@@ -232,8 +243,31 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 			if tt.name == "bad_chunk_size" && strings.Contains(got, "200 OK") {
 				t.Fatalf("bad chunking reached the app: %q", got)
 			}
-			if n := strings.Count(got, "HTTP/1.1 "); tt.name == "cl_te_smuggle" && n != 1 {
+			own := tt.name == "te_obfuscated" || tt.name == "request_line_control_byte" || tt.name == "head_over_net_http_limit" ||
+				tt.name == "expect_unknown" || tt.name == "http2_request_line"
+			if n := strings.Count(got, "HTTP/1.1 "); (tt.name == "cl_te_smuggle" || own) && n != 1 {
 				t.Fatalf("%d answers on a connection that should close after the first: %q", n, got)
+			}
+			if own {
+				resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(got)), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkSecurityHeaders(t, resp.Header)
+				if !resp.Close {
+					t.Errorf("the answer does not close the connection: %q", got)
+				}
+				// The access log has its line (written before the answer's
+				// last byte, or just after).
+				for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					l := tg.access.String()[logged:]
+					if strings.Contains(l, `"status":`+tt.want[len("HTTP/1.1 "):]) && strings.Contains(l, `"block_reason":"`) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("no access log line for the refusal: %q", l)
+					}
+				}
 			}
 		})
 	}
@@ -503,20 +537,23 @@ func TestGatewayConnectionLimits(t *testing.T) {
 			t.Fatal("third connection from one IP accepted")
 		}
 	})
-	t.Run("slowloris_cut", func(t *testing.T) {
-		// The gateway counts per_ip_cap's closed connections down once
-		// it has seen them close: until then a new one is refused.
-		var c *tls.Conn
-		var err error
+	// dialPastCap dials the gateway once it has counted per_ip_cap's
+	// closed connections down (it does when it has seen them close:
+	// until then a new one is refused).
+	dialPastCap := func(t *testing.T) *tls.Conn {
+		t.Helper()
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err = tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-			if err == nil || time.Now().After(deadline) {
-				break
+			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err == nil {
+				return c
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(err)
 			}
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	}
+	t.Run("slowloris_cut", func(t *testing.T) {
+		c := dialPastCap(t)
 		defer c.Close()
 		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n")
 		start := time.Now()
@@ -526,6 +563,35 @@ func TestGatewayConnectionLimits(t *testing.T) {
 				break
 			}
 			if _, err := c.Read(make([]byte, 1)); err != nil {
+				break
+			}
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("slow head kept the connection %s", d)
+		}
+	})
+	// After a request, on the kept-alive connection: net/http waits for
+	// the next head under the idle timeout (2 minutes), and the framing
+	// guard holds the head back until it is whole, so it bounds the head
+	// itself.
+	t.Run("slowloris_cut_after_keep_alive", func(t *testing.T) {
+		c := dialPastCap(t)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("first request: %v %v", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n")
+		start := time.Now()
+		for {
+			if _, err := io.WriteString(c, "X-A: b\r\n"); err != nil {
+				break
+			}
+			if _, err := br.ReadByte(); err != nil {
 				break
 			}
 		}

@@ -135,8 +135,13 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		if status != 0 {
 			rc.client = rc.peer
 			reason, msg := reasonBadRequest, "malformed or ambiguous request framing"
-			if status == http.StatusRequestHeaderFieldsTooLarge {
+			switch status {
+			case http.StatusRequestHeaderFieldsTooLarge:
 				reason, msg = reasonHeaderLarge, "request headers larger than "+strconv.Itoa(lim.MaxHeaderBytes)+" bytes"
+			case http.StatusExpectationFailed:
+				msg = "unsupported Expect (only 100-continue)"
+			case http.StatusHTTPVersionNotSupported:
+				msg = "HTTP version not supported"
 			}
 			g.reject(w, status, reason, msg)
 			return

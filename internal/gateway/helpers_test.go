@@ -202,9 +202,10 @@ type testGateway struct {
 	logs     *syncBuffer
 	access   *syncBuffer
 	// stop cancels Serve's context (a graceful shutdown, as on SIGTERM);
-	// done is closed when Serve has returned.
-	stop func()
-	done chan struct{}
+	// done is closed when Serve has returned, serveErr then set.
+	stop     func()
+	done     chan struct{}
+	serveErr error
 }
 
 type syncBuffer struct {
@@ -295,7 +296,7 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	g.SetAuthorizer(1, compile(t, gatewayPolicy))
 	done := make(chan struct{})
 	ctx, stop := context.WithCancel(context.Background())
-	go func() { g.Serve(ctx); close(done) }()
+	go func() { tg.serveErr = g.Serve(ctx); close(done) }()
 	tg.stop, tg.done = stop, done
 	t.Cleanup(func() {
 		stop()

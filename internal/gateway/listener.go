@@ -82,7 +82,7 @@ func (g *Gateway) handshake(c net.Conn) {
 			g.serveFast(tc, c)
 			return
 		}
-		sc = proxy.GuardFraming(tc, g.srv.MaxHeaderBytes+4096)
+		sc = proxy.GuardFraming(tc, g.srv.MaxHeaderBytes+4096, g.srv.ReadHeaderTimeout)
 	}
 	if !g.hl.Push(sc) {
 		sc.Close()

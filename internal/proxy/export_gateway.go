@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"time"
 )
 
 // This file exports the sidecar's HTTP/1.x framing guard for the gateway,
@@ -18,8 +19,12 @@ import (
 // is then refused (FramingVerdict) and the connection closed, where
 // net/http alone would serve it and keep the connection. A TLS
 // connection stays one to net/http (Request.TLS is set). Do not wrap a
-// connection that negotiated h2.
-func GuardFraming(c net.Conn, limit int) net.Conn { return guardFraming(c, limit) }
+// connection that negotiated h2. headTimeout is the server's
+// ReadHeaderTimeout: the guard holds each head back until it is whole, and
+// bounds reading it from its first byte itself.
+func GuardFraming(c net.Conn, limit int, headTimeout time.Duration) net.Conn {
+	return guardFraming(c, limit, headTimeout)
+}
 
 // FramingContext is net/http's Server.ConnContext for a server whose
 // connections GuardFraming wrapped: it notes the guard for

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -38,16 +39,16 @@ func TestFramingVerdict(t *testing.T) {
 			defer b.Close()
 			ctx := context.Background()
 			if tc.in != "" {
-				gc := GuardFraming(a, 1024)
+				gc := GuardFraming(a, 1024, 0)
 				ctx = FramingContext(ctx, gc)
-				go b.Write([]byte(tc.in))
-				buf := make([]byte, len(tc.in))
-				for n := 0; n < len(tc.in); {
-					k, err := gc.Read(buf[n:])
-					if err != nil {
-						t.Fatal(err)
-					}
-					n += k
+				go func() {
+					b.Write([]byte(tc.in))
+					b.Close()
+				}()
+				// What net/http would read: a refused head comes out as
+				// its stand-in, of another length.
+				if _, err := io.Copy(io.Discard, gc); err != nil {
+					t.Fatal(err)
 				}
 			}
 			var got []string

@@ -292,10 +292,15 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	}
 	proto := line[sp2+1:]
 	req.http11 = string(proto) == "HTTP/1.1"
+	// hostRequired: HTTP/1.1 and any later HTTP/1.x (net/http's
+	// ProtoAtLeast(1, 1)); a later major version net/http refuses anyway.
+	hostRequired := req.http11
 	if !req.http11 {
-		if _, _, ok := http.ParseHTTPVersion(string(proto)); !ok {
+		major, minor, ok := http.ParseHTTPVersion(string(proto))
+		if !ok {
 			return req.refused(http.StatusBadRequest)
 		}
+		hostRequired = major == 1 && minor >= 1
 	}
 	connect := string(line[:sp]) == http.MethodConnect
 	if !connect && !validTarget(line[sp+1:sp2], req) {
@@ -348,14 +353,14 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	switch {
 	case hosts > 1,
 		hosts == 1 && !httpguts.ValidHostHeader(string(b[req.host.off:req.host.end])),
-		hosts == 0 && req.http11 && !connect:
+		hosts == 0 && hostRequired && !connect:
 		return req.refused(http.StatusBadRequest)
 	}
 	if tes > 0 {
 		v := b[req.fields[te].value.off:req.fields[te].value.end]
 		// HTTP/1.0 has no transfer codings (RFC 9112 §6.1): such a
 		// message's framing is faulty.
-		if tes > 1 || req.clField >= 0 || !req.http11 || !bytes.EqualFold(v, []byte("chunked")) {
+		if tes > 1 || req.clField >= 0 || !req.http11 || !asciiEqualFold(v, "chunked") {
 			return req.refused(http.StatusBadRequest)
 		}
 		req.chunked = true
@@ -363,7 +368,7 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	if req.absolute != nil && req.absolute.Host != "" {
 		// net/http serves an absolute-form request for its authority and
 		// ignores Host; a hop that routes by Host reads another request.
-		if !bytes.EqualFold([]byte(req.absolute.Host), b[req.host.off:req.host.end]) {
+		if !asciiEqualFold(b[req.host.off:req.host.end], req.absolute.Host) {
 			return req.refused(http.StatusBadRequest)
 		}
 	}
@@ -387,11 +392,34 @@ func hasToken(v []byte, tok string) bool {
 			el, v = v, nil
 		}
 		el = bytes.Trim(el, " \t")
-		if len(el) == len(tok) && bytes.EqualFold(el, []byte(tok)) {
+		if asciiEqualFold(el, tok) {
 			return true
 		}
 	}
 	return false
+}
+
+// asciiEqualFold reports whether b equals s under ASCII case folding, as
+// net/http compares header values ("chunked", "close"). bytes.EqualFold
+// folds Unicode too: it reads "chun\u212aed" (a Kelvin sign) as "chunked",
+// which net/http does not.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func (req *h1Request) refused(status int) h1Verdict {
@@ -505,7 +533,7 @@ func parseResponseHead(b []byte, head bool, resp *h1Response) h1Verdict {
 			resp.length = l
 		case isField(b, f, "Transfer-Encoding"):
 			tes++
-			if !bytes.EqualFold(v, []byte("chunked")) {
+			if !asciiEqualFold(v, "chunked") {
 				return h1Handoff
 			}
 		case isField(b, f, "Connection"):

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -52,6 +53,23 @@ var h1RequestCases = []struct {
 	{"te_obs_fold", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", h1Refuse},
 	{"te_vertical_tab", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \x0bchunked\r\n\r\n", h1Refuse},
 	{"te_on_http10", "POST / HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n", h1Refuse},
+	// What net/http takes as chunked (one field, "chunked" in any case,
+	// OWS around it) is handed off as chunked; every other value net/http
+	// answers 501 to is refused (checkRequestAgainstNetHTTP).
+	{"te_chunked_upper_case", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n", h1Handoff},
+	{"te_chunked_mixed_case_name", "POST / HTTP/1.1\r\nHost: o\r\ntransfer-ENCODING: Chunked\r\n\r\n0\r\n\r\n", h1Handoff},
+	{"te_chunked_ows", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \t chunked \t\r\n\r\n0\r\n\r\n", h1Handoff},
+	{"te_empty", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n", h1Refuse},
+	{"te_chunked_twice_in_a_list", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", h1Refuse},
+	{"te_chunked_trailing_comma", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked,\r\n\r\n", h1Refuse},
+	{"te_chunked_parameter", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked;q=1\r\n\r\n", h1Refuse},
+	{"te_chunked_quoted", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", h1Refuse},
+	{"te_chunked_twice", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", h1Refuse},
+	{"te_chunked_obs_text", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\xff\r\n\r\n", h1Refuse},
+	{"te_kelvin_sign", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chun\xe2\x84\xaaed\r\n\r\n", h1Refuse},
+	// HTTP/1.2 is at least 1.1 to net/http: Host is required.
+	{"http12_without_host", "GET / HTTP/1.2\r\n\r\n", h1Refuse},
+	{"http12_with_host", "GET / HTTP/1.2\r\nHost: o\r\n\r\n", h1Handoff},
 	{"duplicate_cl_equal", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", h1Refuse},
 	{"duplicate_cl_different", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", h1Refuse},
 	{"comma_joined_cl", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 5\r\n\r\nhello", h1Refuse},
@@ -204,6 +222,23 @@ func checkRequestAgainstNetHTTP(t *testing.T, raw []byte) {
 		if err == nil {
 			t.Fatalf("%q: the fast path waits for more; net/http read %s %s", raw, want.Method, want.RequestURI)
 		}
+	case h1Handoff:
+		// A chunked head is read as chunked by net/http, exactly: the
+		// parser refuses no Transfer-Encoding net/http takes as chunked.
+		if fr.chunked && err != nil {
+			t.Fatalf("%q: the fast path reads a chunked body; net/http refuses: %v", raw, err)
+		}
+		if fr.chunked && (fmt.Sprint(want.TransferEncoding) != "[chunked]" || want.ContentLength != -1) {
+			t.Fatalf("%q: the fast path reads a chunked body; net/http: %v, length %d", raw, want.TransferEncoding, want.ContentLength)
+		}
+	}
+	// A Transfer-Encoding net/http refuses (with a bare 501, before any
+	// handler) the parser refuses, so that the framing guard keeps the
+	// head from net/http and the handler answers it.
+	if err != nil && strings.Contains(err.Error(), "transfer encoding") && verdict != h1Refuse && verdict != h1More {
+		t.Fatalf("%q: net/http refuses the transfer coding (%v); the fast path's verdict is %d", raw, err, verdict)
+	}
+	switch verdict {
 	case h1Refuse:
 		if err == nil && !deliberateRefusal(raw, want) {
 			t.Fatalf("%q: the fast path refuses (%d); net/http accepts %s %s", raw, fr.refuse, want.Method, want.RequestURI)
@@ -268,6 +303,7 @@ var h1ResponseCases = []struct {
 	{"cl_te", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false, h1Handoff},
 	{"two_cl", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", false, h1Handoff},
 	{"te_gzip", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, h1Handoff},
+	{"te_kelvin_sign", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chun\xe2\x84\xaaed\r\n\r\n", false, h1Handoff},
 	{"obs_fold", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: a\r\n b\r\n\r\n", false, h1Handoff},
 	{"bare_lf", "HTTP/1.1 200 OK\nContent-Length: 0\n\n", false, h1Handoff},
 	{"bad_status", "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", false, h1Handoff},

@@ -382,7 +382,7 @@ func (ib *inbound) handle(c net.Conn) {
 	// An HTTP/1.x connection (by ALPN, or plaintext that may be h2c) is
 	// read by net/http through the fast path's parser (framingGuard).
 	if tc, ok := conn.(*tls.Conn); !ok || tc.ConnectionState().NegotiatedProtocol != "h2" {
-		gc := guardFraming(conn, s.headLimit())
+		gc := guardFraming(conn, s.headLimit(), s.cfg.ReadHeaderTimeout)
 		ib.conns.Store(gc, info)
 		ib.conns.Delete(conn)
 		conn = gc

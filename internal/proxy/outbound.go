@@ -158,7 +158,7 @@ func (ob *outbound) serve() error {
 	if ob.app != nil {
 		go ob.httpSrv.Serve(ob.hl)
 	} else if ob.httpSrv != nil {
-		err := ob.httpSrv.Serve(framingListener{&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name}, ob.s.headLimit()})
+		err := ob.httpSrv.Serve(framingListener{&callerListener{Listener: ob.ln, check: ob.s.callers, name: ob.name}, ob.s.headLimit(), ob.s.cfg.ReadHeaderTimeout})
 		if ob.closed.Load() || ob.streams.isDraining() || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
