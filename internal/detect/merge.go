@@ -149,3 +149,14 @@ func (e *Engine) Adopt(localID string, stored Finding) {
 	n.Delta = f.Delta
 	*f = n
 }
+
+// Unstored tells the engine that the caller could not store f, a copy it
+// returned: the detections f added count again in the next copy of its
+// open finding, so a store that was briefly unavailable loses none.
+func (e *Engine) Unstored(f Finding) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if o := e.open[f.Key()]; o != nil && o.ID == f.ID {
+		o.Delta += f.Delta
+	}
+}

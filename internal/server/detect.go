@@ -484,36 +484,72 @@ func sat(a, b uint64) uint64 {
 
 // findings stores what the detectors raised or updated and counts the
 // new ones. Later layers (playbooks, alerts) take them from here.
+//
+// Each is merged into the store (mergeFinding): a detection another
+// replica already opened a finding for folds into that one, and this
+// replica's engine follows it from then on. What follows (risk,
+// playbooks, incident links) sees the stored findings, and only the
+// replica that opened a finding counts, logs and alerts it.
 func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 	if len(fs) == 0 {
 		return
 	}
-	for i := range fs {
-		f := &fs[i]
-		if err := s.putFinding(ctx, s.db.SQL(), f); err != nil {
+	stored := fs[:0]
+	for _, f := range fs {
+		m, opened, err := s.mergeFinding(ctx, f)
+		if err != nil {
+			s.detect.engine.Unstored(f)
 			s.log.Error("record finding", "finding", f.ID, "err", err)
 			continue
 		}
-		if f.Count == 1 {
-			s.detect.metrics.findings.WithLabelValues(f.Detector, string(f.Severity)).Inc()
-			s.log.Warn("finding", "id", f.ID, "detector", f.Detector, "severity", f.Severity, "identity", f.Identity,
-				"destination", f.Destination, "summary", f.Summary)
+		s.detect.engine.Adopt(f.ID, m)
+		stored = append(stored, m)
+		if opened {
+			s.detect.metrics.findings.WithLabelValues(m.Detector, string(m.Severity)).Inc()
+			s.log.Warn("finding", "id", m.ID, "detector", m.Detector, "severity", m.Severity, "identity", m.Identity,
+				"destination", m.Destination, "summary", m.Summary)
 			if s.detect.alerts != nil {
-				s.detect.alerts.finding(f)
+				s.detect.alerts.finding(&m)
 			}
 		}
 	}
 	s.riskMoved(ctx)
-	s.respond(ctx, fs)
+	s.respond(ctx, stored)
 }
 
-func (s *Server) putFinding(ctx context.Context, q store.Queryer, f *detect.Finding) error {
-	body, err := json.Marshal(f)
-	if err != nil {
-		return err
+// mergeFinding stores f, a copy from this replica's engine, merged by its
+// key with the open finding of every replica (store.MergeFinding): a new
+// finding is inserted whole; one whose key another finding holds open
+// (within SuppressFor of f's last sighting) is folded into it, adding
+// the detections f adds since its last copy (detect.Finding.Fold). It
+// returns the finding as stored and whether f opened it.
+func (s *Server) mergeFinding(ctx context.Context, f detect.Finding) (detect.Finding, bool, error) {
+	var out detect.Finding
+	fold := func(stored *store.FindingRow) (store.FindingRow, error) {
+		if stored == nil {
+			out = f
+		} else {
+			st, err := findingOf(*stored)
+			if err != nil {
+				return store.FindingRow{}, err
+			}
+			st.Fold(f)
+			out = st
+		}
+		out.Delta = 0
+		body, err := json.Marshal(out)
+		if err != nil {
+			return store.FindingRow{}, err
+		}
+		return store.FindingRow{ID: out.ID, At: out.Time, LastAt: out.LastSeen, Detector: out.Detector, Severity: string(out.Severity),
+			Identity: out.Identity, Destination: out.Destination, Count: uint64(max(out.Count, 0)), IncidentID: out.IncidentID, Body: body}, nil
 	}
-	return s.db.PutFinding(ctx, q, store.FindingRow{ID: f.ID, At: f.Time, LastAt: f.LastSeen, Detector: f.Detector, Severity: string(f.Severity),
-		Identity: f.Identity, Destination: f.Destination, Count: uint64(f.Count), IncidentID: f.IncidentID, Body: body})
+	k := f.Key()
+	_, opened, err := s.db.MergeFinding(ctx, store.FindingKey(k), f.ID, f.LastSeen, f.LastSeen.Add(-s.detect.engine.Settings().SuppressFor.Std()), fold)
+	if err != nil {
+		return detect.Finding{}, false, err
+	}
+	return out, opened, nil
 }
 
 // detectAudit reads the audit log's events for the detectors: the token
@@ -588,6 +624,9 @@ func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
 	if prune {
 		if _, err := s.db.PruneTraffic(ctx, now.Add(-s.cfg.Detect.Retention.Std())); err != nil {
 			s.log.Warn("prune traffic records", "err", err)
+		}
+		if _, err := s.db.PruneOpenFindings(ctx, now.Add(-d.engine.Settings().SuppressFor.Std())); err != nil {
+			s.log.Warn("prune open findings", "err", err)
 		}
 	}
 }
