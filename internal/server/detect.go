@@ -519,15 +519,22 @@ func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 
 // mergeFinding stores f, a copy from this replica's engine, merged by its
 // key with the open finding of every replica (store.MergeFinding): a new
-// finding is inserted whole; one whose key another finding holds open
+// finding is inserted; one whose key another finding holds open
 // (within SuppressFor of f's last sighting) is folded into it, adding
-// the detections f adds since its last copy (detect.Finding.Fold). It
-// returns the finding as stored and whether f opened it.
+// the detections f adds since its last copy (detect.Finding.Fold). Only
+// f.Delta is ever added, so copies stored out of order, or by several
+// replicas, count each detection once; the engine gives back the Delta
+// of a copy that could not be stored (Engine.Unstored). It returns the
+// finding as stored and whether f opened it.
 func (s *Server) mergeFinding(ctx context.Context, f detect.Finding) (detect.Finding, bool, error) {
 	var out detect.Finding
 	fold := func(stored *store.FindingRow) (store.FindingRow, error) {
 		if stored == nil {
+			// Its count is the detections this copy adds, not the
+			// engine's count: a later copy of the same finding, handled
+			// at once with an earlier one, may reach the store first.
 			out = f
+			out.Count = f.Delta
 		} else {
 			st, err := findingOf(*stored)
 			if err != nil {
