@@ -22,18 +22,28 @@ spec:
   - action: notify
 `
 
-func riskOf(t *testing.T, e *env) []detect.IdentityRisk {
-	t.Helper()
-	var p server.Page[detect.IdentityRisk]
-	e.admin("GET", server.PathAdminRisk, nil, &p)
+// itemsOf is the first page of an admin listing.
+func itemsOf[T any](e *env, path string) []T {
+	e.t.Helper()
+	var p server.Page[T]
+	e.admin("GET", path, nil, &p)
 	return p.Items
 }
 
+func riskOf(t *testing.T, e *env) []detect.IdentityRisk {
+	return itemsOf[detect.IdentityRisk](e, server.PathAdminRisk)
+}
+
 func incidentsOf(t *testing.T, e *env) []detect.Incident {
-	t.Helper()
-	var p server.Page[detect.Incident]
-	e.admin("GET", server.PathAdminIncidents, nil, &p)
-	return p.Items
+	return itemsOf[detect.Incident](e, server.PathAdminIncidents)
+}
+
+// watchedReplicas starts two replicas on one PostgreSQL store with the
+// watch playbook applied.
+func watchedReplicas(t *testing.T) (a, b *env) {
+	rs := startReplicas(t, 2)
+	rs[0].admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "watch.yaml", Content: watchPlaybook}}}, nil)
+	return rs[0], rs[1]
 }
 
 // TestRiskAndPlaybooksAcrossReplicas: two replicas on one PostgreSQL
@@ -42,9 +52,7 @@ func incidentsOf(t *testing.T, e *env) []detect.Incident {
 // playbook fires once for the identity: on the replica whose finding
 // took the stored risk over the trigger, never again on the other.
 func TestRiskAndPlaybooksAcrossReplicas(t *testing.T) {
-	rs := startReplicas(t, 2)
-	a, b := rs[0], rs[1]
-	a.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "watch.yaml", Content: watchPlaybook}}}, nil)
+	a, b := watchedReplicas(t)
 
 	// A high probing finding about reports, raised on a.
 	orders := a.attest(ordersID)
@@ -101,13 +109,6 @@ func TestRiskAndPlaybooksAcrossReplicas(t *testing.T) {
 	}
 }
 
-func findingsOf(t *testing.T, e *env) []detect.Finding {
-	t.Helper()
-	var p server.Page[detect.Finding]
-	e.admin("GET", server.PathAdminFindings, nil, &p)
-	return p.Items
-}
-
 // TestFindingMergedAcrossReplicas: one burst of refusals by reports that
 // reaches two replicas (orders' sidecar reports to a, payments' to b) is
 // one stored finding, whichever replica's detectors saw which part of it
@@ -115,16 +116,14 @@ func findingsOf(t *testing.T, e *env) []detect.Finding {
 // identity's risk is that of one finding, which stays under a trigger
 // that two findings would cross.
 func TestFindingMergedAcrossReplicas(t *testing.T) {
-	rs := startReplicas(t, 2)
-	a, b := rs[0], rs[1]
-	a.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "watch.yaml", Content: watchPlaybook}}}, nil)
+	a, b := watchedReplicas(t)
 	orders, payments := a.attest(ordersID), b.attest("spiffe://example.org/ns/prod/sa/payments")
 
 	a.probe(t, orders)
 	b.probe(t, payments)
 	check := func(when string, count int) detect.Finding {
 		t.Helper()
-		fs := findingsOf(t, b)
+		fs := itemsOf[detect.Finding](b, server.PathAdminFindings)
 		if len(fs) != 1 || fs[0].Detector != detect.DetectorProbing || fs[0].Identity != reportsID || fs[0].Count != count {
 			t.Fatalf("%s: stored findings %+v, want one probing finding about reports, count %d", when, fs, count)
 		}

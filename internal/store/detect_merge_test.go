@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -174,62 +173,38 @@ func TestMergeFindingFoldError(t *testing.T) {
 // each key's most recently seen finding its open one, the new-edge
 // detector's keyed by identity alone.
 func TestOpenFindingBackfill(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		dsn  func(t *testing.T) string
-	}{
-		{"sqlite", func(t *testing.T) string { return "sqlite:" + filepath.Join(t.TempDir(), "moatless.db") }},
-		{"postgres", func(t *testing.T) string { return storetest.PostgresDSN(t) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			dsn := tc.dsn(t)
-			db, err := store.Open(ctx, dsn)
-			if err != nil {
+	t0 := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
+	beforeMigration(t, 66, "detect_open_findings", func(t *testing.T, db *store.DB) {
+		for _, f := range []store.FindingRow{
+			{ID: "p-old", Detector: "probing", Identity: "a", LastAt: t0},
+			{ID: "p-new", Detector: "probing", Identity: "a", LastAt: t0.Add(time.Minute)},
+			{ID: "r-x", Detector: "rate", Identity: "a", Destination: "x", LastAt: t0.Add(2 * time.Minute)},
+			{ID: "r-y", Detector: "rate", Identity: "a", Destination: "y", LastAt: t0},
+			{ID: "n-x", Detector: "new_edge", Identity: "a", Destination: "x", LastAt: t0.Add(time.Minute)},
+			{ID: "n-y", Detector: "new_edge", Identity: "a", Destination: "y", LastAt: t0},
+		} {
+			f.At, f.Severity, f.Count, f.Body = f.LastAt, "medium", 1, []byte("{}")
+			if err := db.PutFinding(context.Background(), db.SQL(), f); err != nil {
 				t.Fatal(err)
 			}
-			t0 := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
-			for _, f := range []store.FindingRow{
-				{ID: "p-old", Detector: "probing", Identity: "a", LastAt: t0},
-				{ID: "p-new", Detector: "probing", Identity: "a", LastAt: t0.Add(time.Minute)},
-				{ID: "r-x", Detector: "rate", Identity: "a", Destination: "x", LastAt: t0.Add(2 * time.Minute)},
-				{ID: "r-y", Detector: "rate", Identity: "a", Destination: "y", LastAt: t0},
-				{ID: "n-x", Detector: "new_edge", Identity: "a", Destination: "x", LastAt: t0.Add(time.Minute)},
-				{ID: "n-y", Detector: "new_edge", Identity: "a", Destination: "y", LastAt: t0},
-			} {
-				f.At, f.Severity, f.Count, f.Body = f.LastAt, "medium", 1, []byte("{}")
-				if err := db.PutFinding(ctx, db.SQL(), f); err != nil {
-					t.Fatal(err)
-				}
+		}
+	}, func(t *testing.T, db *store.DB) {
+		for _, c := range []struct {
+			key  store.FindingKey
+			want string
+		}{
+			{store.FindingKey{Detector: "probing", Identity: "a"}, "p-new"},
+			{store.FindingKey{Detector: "rate", Identity: "a", Destination: "x"}, "r-x"},
+			{store.FindingKey{Detector: "rate", Identity: "a", Destination: "y"}, "r-y"},
+			{store.FindingKey{Detector: "new_edge", Identity: "a"}, "n-x"},
+		} {
+			// A detection of the key within the window folds into the
+			// backfilled claim's finding.
+			row := store.FindingRow{ID: "probe", At: t0, LastAt: t0, Detector: c.key.Detector, Identity: c.key.Identity, Count: 1, Body: []byte("{}")}
+			got, ins, err := db.MergeFinding(context.Background(), c.key, "probe-"+c.want, t0.Add(3*time.Minute), t0.Add(-time.Hour), sumFold(row))
+			if err != nil || ins || got.ID != c.want || got.Count != 2 {
+				t.Errorf("%+v: merged into %s (count %d, inserted %v, %v), want %s", c.key, got.ID, got.Count, ins, err, c.want)
 			}
-			// The store as it was before migration 0066.
-			for _, stmt := range []string{"DROP TABLE detect_open_findings", "DELETE FROM schema_migrations WHERE version = 66"} {
-				if _, err := db.SQL().ExecContext(ctx, stmt); err != nil {
-					t.Fatal(err)
-				}
-			}
-			db.Close()
-			if db, err = store.Open(ctx, dsn); err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			for _, c := range []struct {
-				key  store.FindingKey
-				want string
-			}{
-				{store.FindingKey{Detector: "probing", Identity: "a"}, "p-new"},
-				{store.FindingKey{Detector: "rate", Identity: "a", Destination: "x"}, "r-x"},
-				{store.FindingKey{Detector: "rate", Identity: "a", Destination: "y"}, "r-y"},
-				{store.FindingKey{Detector: "new_edge", Identity: "a"}, "n-x"},
-			} {
-				// A detection of the key within the window folds into the
-				// backfilled claim's finding.
-				row := store.FindingRow{ID: "probe", At: t0, LastAt: t0, Detector: c.key.Detector, Identity: c.key.Identity, Count: 1, Body: []byte("{}")}
-				got, ins, err := db.MergeFinding(ctx, c.key, "probe-"+c.want, t0.Add(3*time.Minute), t0.Add(-time.Hour), sumFold(row))
-				if err != nil || ins || got.ID != c.want || got.Count != 2 {
-					t.Errorf("%+v: merged into %s (count %d, inserted %v, %v), want %s", c.key, got.ID, got.Count, ins, err, c.want)
-				}
-			}
-		})
-	}
+		}
+	})
 }
