@@ -112,14 +112,20 @@ func TestRiskAndPlaybooksAcrossReplicas(t *testing.T) {
 // TestFindingMergedAcrossReplicas: one burst of refusals by reports that
 // reaches two replicas (orders' sidecar reports to a, payments' to b) is
 // one stored finding, whichever replica's detectors saw which part of it
-// and however close together: its count is every detection's, and the
-// identity's risk is that of one finding, which stays under a trigger
-// that two findings would cross.
+// and however close together: its count is every detection's, its
+// severity and evidence the most severe and latest, and the identity's
+// risk is that of one finding, which stays under a trigger that two
+// findings would cross.
 func TestFindingMergedAcrossReplicas(t *testing.T) {
 	a, b := watchedReplicas(t)
 	orders, payments := a.attest(ordersID), b.attest("spiffe://example.org/ns/prod/sa/payments")
 
-	a.probe(t, orders)
+	// 30 refusals seen on a (medium), 120 on b (high).
+	few := inboundEdge(reportsID, "GET", "/admin/{*}", "deny", 30)
+	few.Reason, few.Status = "no_allow_match", 4
+	if st, body := a.do(orders.http, "POST", wire.PathRecords, "", a.report(few)); st != 204 {
+		t.Fatalf("report to a: %d %s", st, body)
+	}
 	b.probe(t, payments)
 	check := func(when string, count int) detect.Finding {
 		t.Helper()
@@ -138,6 +144,9 @@ func TestFindingMergedAcrossReplicas(t *testing.T) {
 		return fs[0]
 	}
 	first := check("after a burst seen by both replicas", 2)
+	if first.Severity != detect.High || len(first.Records) != 2 || first.Evidence["refusals_per_minute"] != "120" {
+		t.Fatalf("b's detection did not upgrade a's finding: %+v", first)
+	}
 
 	// Each replica's engine now follows the stored finding: later
 	// detections on either count on it.
