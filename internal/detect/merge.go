@@ -54,8 +54,9 @@ func (f *Finding) addDestination(dst string) {
 // summary; u's evidence numbers replace f's when u was seen last (the
 // "destinations" lists are joined), and u's records not already in f are
 // added, all within the bounds of a finding raised by one engine. f's ID
-// and incident stay (u's incident is taken when f has none). f.Delta is
-// left as it is.
+// and incident stay; u's incident is taken only when f has none and u is
+// a copy of f itself (same ID), since an incident lists the findings
+// linked to it. f.Delta is left as it is.
 //
 // Fold is how a store shared by several engines turns a burst that
 // reached more than one of them into one finding whose count is the sum
@@ -105,7 +106,7 @@ func (f *Finding) Fold(u Finding) {
 	if f.Method == "" && f.Path == "" {
 		f.Method, f.Path = u.Method, u.Path
 	}
-	if f.IncidentID == "" {
+	if f.IncidentID == "" && u.ID == f.ID {
 		f.IncidentID = u.IncidentID
 	}
 }

@@ -142,14 +142,23 @@ func TestFold(t *testing.T) {
 					t.Fatalf("%d keys", len(f.Evidence))
 				}
 			}},
-		{"incident_taken_when_none", Finding{Delta: 1, LastSeen: t0, IncidentID: "other"},
+		{"incident_of_the_same_finding_taken_when_none", Finding{ID: "stored", Delta: 1, LastSeen: t0, IncidentID: "inc"},
 			func(t *testing.T, f Finding) {
-				if f.IncidentID != "other" {
+				if f.IncidentID != "inc" {
 					t.Fatalf("incident %q", f.IncidentID)
 				}
+			}},
+		{"incident_of_another_finding_not_taken", Finding{ID: "local", Delta: 1, LastSeen: t0, IncidentID: "inc"},
+			func(t *testing.T, f Finding) {
+				if f.IncidentID != "" {
+					t.Fatalf("incident %q", f.IncidentID)
+				}
+			}},
+		{"incident_kept", Finding{ID: "stored", Delta: 1, LastSeen: t0, IncidentID: "other"},
+			func(t *testing.T, f Finding) {
 				g := base()
 				g.IncidentID = "mine"
-				g.Fold(Finding{IncidentID: "other"})
+				g.Fold(Finding{ID: "stored", IncidentID: "other"})
 				if g.IncidentID != "mine" {
 					t.Fatalf("replaced: %q", g.IncidentID)
 				}
