@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -204,4 +205,41 @@ func TestAdopt(t *testing.T) {
 	if diff := cmp.Diff(before, e.Findings("client-a", now.Add(2*time.Second))); diff != "" {
 		t.Fatalf("adopting an unknown finding changed the open one:\n%s", diff)
 	}
+}
+
+// FuzzFold folds a finding read from a stored body (another replica's,
+// perhaps of another version) with any detections into another: no
+// panic, the count is the sum, and the bounds of a finding hold.
+func FuzzFold(f *testing.F) {
+	f.Add([]byte(`{"id":"a","count":3,"severity":"medium","evidence":{"destinations":" x"},"records":[{"time":"2026-12-07T02:00:00Z","source":"s","destination":"d","decision":"deny","requests":1}]}`),
+		[]byte(`{"id":"b","severity":"high","destination":"y","evidence":{"k":"v"}}`), 2)
+	f.Add([]byte(`{"evidence":null,"records":null}`), []byte(`{"destination":"x","evidence":{"destinations":" a b c"}}`), 1)
+	f.Add([]byte(`{}`), []byte(`{"last_seen":"0001-01-01T00:00:00Z","time":"9999-12-31T23:59:59Z"}`), 0)
+	f.Fuzz(func(t *testing.T, stored, update []byte, delta int) {
+		var s, u Finding
+		if json.Unmarshal(stored, &s) != nil || json.Unmarshal(update, &u) != nil {
+			return
+		}
+		u.Delta = delta
+		n := len(s.Records)
+		dsts := len(s.Evidence["destinations"])
+		keys := len(s.Evidence)
+		count := s.Count
+		s.Fold(u)
+		if s.Count != count+delta {
+			t.Fatalf("count %d, want %d", s.Count, count+delta)
+		}
+		if len(s.Records) > max(n, maxEvidence) {
+			t.Fatalf("%d records", len(s.Records))
+		}
+		if l := len(s.Evidence["destinations"]); l > max(dsts, maxDestinations+1+len(u.Destination)+len(u.Evidence["destinations"])) {
+			t.Fatalf("destinations grew to %d bytes", l)
+		}
+		if len(s.Evidence) > max(keys, maxEvidenceKeys) {
+			t.Fatalf("%d evidence keys", len(s.Evidence))
+		}
+		if _, err := json.Marshal(s); err != nil {
+			t.Fatalf("folded finding does not marshal: %v", err)
+		}
+	})
 }
