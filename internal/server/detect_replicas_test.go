@@ -182,4 +182,11 @@ func TestFindingMergedAcrossReplicas(t *testing.T) {
 		}
 	}
 	check("after concurrent detections on both", 4+2*each)
+
+	// orders' sidecar moves to b mid-burst (its replica went away): b's
+	// detection of what it reports counts on the same finding.
+	if st, body := b.do(orders.http, "POST", wire.PathRecords, "", b.report(deny)); st != 204 {
+		t.Fatalf("report to b: %d %s", st, body)
+	}
+	check("after orders' sidecar reported to b", 5+2*each)
 }
