@@ -140,7 +140,10 @@ type detectMetrics struct {
 	records  *prometheus.CounterVec // outcome
 	edges    prometheus.Counter
 	findings *prometheus.CounterVec // detector, severity
-	dropped  prometheus.CounterFunc
+	// writes counts stored detections by outcome (opened, updated,
+	// joined, error): joined shows findings merging across replicas.
+	writes  *prometheus.CounterVec
+	dropped prometheus.CounterFunc
 	// atRisk is set with every recomputation of the risk section, from
 	// the stored findings (storedRisks).
 	atRisk prometheus.Gauge
@@ -195,6 +198,8 @@ func (s *Server) initDetect(ctx context.Context) error {
 		Help: "Edge records stored."})
 	m.findings = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_findings_total",
 		Help: "New findings by detector and severity."}, []string{"detector", "severity"})
+	m.writes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_finding_writes_total",
+		Help: "Findings stored by outcome: opened (a new finding), updated (detections counted on a stored finding), joined (a finding of this replica merged into one another replica opened), error."}, []string{"outcome"})
 	m.dropped = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_findings_dropped_total",
 		Help: "Findings dropped by the bound on new findings per minute (detect.max_findings_per_minute)."},
 		func() float64 { return float64(d.engine.Dropped()) })
@@ -204,7 +209,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
 	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
 		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {
@@ -499,11 +504,20 @@ func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 		m, opened, err := s.mergeFinding(ctx, f)
 		if err != nil {
 			s.detect.engine.Unstored(f)
+			s.detect.metrics.writes.WithLabelValues("error").Inc()
 			s.log.Error("record finding", "finding", f.ID, "err", err)
 			continue
 		}
 		s.detect.engine.Adopt(f.ID, m)
 		stored = append(stored, m)
+		switch {
+		case opened:
+			s.detect.metrics.writes.WithLabelValues("opened").Inc()
+		case m.ID != f.ID:
+			s.detect.metrics.writes.WithLabelValues("joined").Inc()
+		default:
+			s.detect.metrics.writes.WithLabelValues("updated").Inc()
+		}
 		if opened {
 			s.detect.metrics.findings.WithLabelValues(m.Detector, string(m.Severity)).Inc()
 			s.log.Warn("finding", "id", m.ID, "detector", m.Detector, "severity", m.Severity, "identity", m.Identity,

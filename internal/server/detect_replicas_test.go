@@ -144,6 +144,17 @@ func TestFindingMergedAcrossReplicas(t *testing.T) {
 		return fs[0]
 	}
 	first := check("after a burst seen by both replicas", 2)
+	// a opened it, b's detection joined it.
+	for name, c := range map[string]struct {
+		e    *env
+		want map[string]float64
+	}{"a": {a, map[string]float64{"opened": 1}}, "b": {b, map[string]float64{"joined": 1}}} {
+		for _, outcome := range []string{"opened", "joined", "updated", "error"} {
+			if got := c.e.metric(t, `moatless_detect_finding_writes_total{outcome="`+outcome+`"}`); got != c.want[outcome] {
+				t.Errorf("%s's finding writes %s: %v, want %v", name, outcome, got, c.want[outcome])
+			}
+		}
+	}
 	if first.Severity != detect.High || len(first.Records) != 2 || first.Evidence["refusals_per_minute"] != "120" {
 		t.Fatalf("b's detection did not upgrade a's finding: %+v", first)
 	}
