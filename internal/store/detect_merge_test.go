@@ -217,54 +217,46 @@ func TestOpenFindingBackfill(t *testing.T) {
 func BenchmarkPersistFinding(b *testing.B) {
 	t0 := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
 	body := json.RawMessage(`{"summary":"spiffe://td/ns/prod/sa/reports was refused 120 times in a minute","evidence":{"refusals_per_minute":"120"}}`)
-	for _, dialect := range []string{"sqlite", "postgres"} {
-		b.Run(dialect, func(b *testing.B) {
-			var db *store.DB
-			if dialect == "sqlite" {
-				db = storetest.SQLite(b)
-			} else {
-				db = storetest.Postgres(b)
+	storetest.EachB(b, func(b *testing.B, db *store.DB) {
+		ctx := context.Background()
+		row := func(i int, id string) store.FindingRow {
+			at := t0.Add(time.Duration(i) * time.Millisecond)
+			return store.FindingRow{ID: id, At: at, LastAt: at, Detector: "probing", Severity: "high",
+				Identity: fmt.Sprintf("spiffe://td/ns/prod/sa/s-%d", i), Count: 1, Body: body}
+		}
+		b.Run("put_upsert", func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				i++
+				if err := db.PutFinding(ctx, db.SQL(), row(i, fmt.Sprint("put-", i))); err != nil {
+					b.Fatal(err)
+				}
 			}
-			ctx := context.Background()
-			row := func(i int, id string) store.FindingRow {
-				at := t0.Add(time.Duration(i) * time.Millisecond)
-				return store.FindingRow{ID: id, At: at, LastAt: at, Detector: "probing", Severity: "high",
-					Identity: fmt.Sprintf("spiffe://td/ns/prod/sa/s-%d", i), Count: 1, Body: body}
-			}
-			b.Run("put_upsert", func(b *testing.B) {
+		})
+		for _, tc := range []struct {
+			name string
+			key  func(i int) store.FindingKey
+		}{
+			{"merge_new_key", func(i int) store.FindingKey {
+				return store.FindingKey{Detector: "probing", Identity: fmt.Sprintf("spiffe://td/ns/prod/sa/s-%d", i)}
+			}},
+			{"merge_same_key", func(int) store.FindingKey {
+				return store.FindingKey{Detector: "rate", Identity: "spiffe://td/ns/prod/sa/reports", Destination: "spiffe://td/ns/prod/sa/orders"}
+			}},
+		} {
+			b.Run(tc.name, func(b *testing.B) {
 				i := 0
 				for b.Loop() {
 					i++
-					if err := db.PutFinding(ctx, db.SQL(), row(i, fmt.Sprint("put-", i))); err != nil {
+					id := fmt.Sprint(tc.name, "-", i)
+					r := row(i, id)
+					k := tc.key(i)
+					r.Detector, r.Identity, r.Destination = k.Detector, k.Identity, k.Destination
+					if _, _, err := db.MergeFinding(ctx, k, id, r.LastAt, r.LastAt.Add(-30*time.Minute), sumFold(r)); err != nil {
 						b.Fatal(err)
 					}
 				}
 			})
-			for _, tc := range []struct {
-				name string
-				key  func(i int) store.FindingKey
-			}{
-				{"merge_new_key", func(i int) store.FindingKey {
-					return store.FindingKey{Detector: "probing", Identity: fmt.Sprintf("spiffe://td/ns/prod/sa/s-%d", i)}
-				}},
-				{"merge_same_key", func(int) store.FindingKey {
-					return store.FindingKey{Detector: "rate", Identity: "spiffe://td/ns/prod/sa/reports", Destination: "spiffe://td/ns/prod/sa/orders"}
-				}},
-			} {
-				b.Run(tc.name, func(b *testing.B) {
-					i := 0
-					for b.Loop() {
-						i++
-						id := fmt.Sprint(tc.name, "-", i)
-						r := row(i, id)
-						k := tc.key(i)
-						r.Detector, r.Identity, r.Destination = k.Detector, k.Identity, k.Destination
-						if _, _, err := db.MergeFinding(ctx, k, id, r.LastAt, r.LastAt.Add(-30*time.Minute), sumFold(r)); err != nil {
-							b.Fatal(err)
-						}
-					}
-				})
-			}
-		})
-	}
+		}
+	})
 }
