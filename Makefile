@@ -39,6 +39,9 @@ vet:
 # -race needs cgo; everything else is built without it.
 test: vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
+	# The gateway's tests once more on net/http's server alone (HTTP/2
+	# clients included): the run above takes the HTTP/1.1 fast path.
+	MOATLESS_GATEWAY_HTTP1_FAST=0 CGO_ENABLED=1 $(GO) test -race -count=1 ./internal/gateway/
 	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
 	cd deploy/dist && $(GO) test -count=1 -timeout 10m ./...
 

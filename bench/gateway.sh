@@ -23,15 +23,16 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]] [-f]
-# With -f, the WAF-off gateway (not the base one) runs with
-# http1_fast_path: true; with -b set to a binary of the same commit, the
-# rounds compare the fast path with net/http's server.
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS]
+# The gateways run with their defaults: HTTP/1.1 (wrk's) on the fast path.
 # With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
 # built from main) beside the first, and after the table ROUNDS (default
 # 5) rounds measure nginx, the gateway and the base gateway in turn, CPU
 # only: on a shared machine the load moves between runs minutes apart,
 # within a round much less.
+# With -n, the base gateway (this build's, without -b) runs with
+# disable_http1_fast_path: true: the rounds compare the fast path with
+# net/http's server.
 # With -p, CPU profiles of the WAF-off and WAF-on gateways during their
 # 16-connection runs are written to PROFILE-DIR/gateway{,-waf}.prof
 # (admin_pprof on a loopback admin port; read with go tool pprof).
@@ -44,16 +45,17 @@ OUT=""
 PROF=""
 BASEBIN=""
 ROUNDS=5
-FAST=""
-while getopts "d:o:p:b:r:f" opt; do
+NETHTTP=""
+while getopts "d:o:p:b:r:nf" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	p) PROF=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
 	b) BASEBIN=$(cd "$(dirname "$OPTARG")" && pwd)/$(basename "$OPTARG") ;;
 	r) ROUNDS=$OPTARG ;;
-	f) FAST="http1_fast_path: true" ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY [-r ROUNDS]] [-f]" >&2; exit 2 ;;
+	n) NETHTTP="disable_http1_fast_path: true" ;;
+	f) echo "bench: -f is gone: the fast path is the gateway's default; -n runs the base gateway on net/http's server" >&2; exit 2 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS]" >&2; exit 2 ;;
 	esac
 done
 
@@ -79,6 +81,11 @@ GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21)) GW_BASE=$((BASE + 22))
 
 echo "bench: building moatless" >&2
 (cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/moatless" ./cmd/moatless)
+BASENAME=${BASEBIN:+$(basename "$BASEBIN")}
+if [ -n "$NETHTTP" ]; then
+	BASEBIN=${BASEBIN:-$W/moatless}
+	BASENAME="${BASENAME:-this build}, net/http"
+fi
 
 # --- PKI: one CA; the upstream's SVID, the edge's client SVID (used by
 # nginx and the gateway alike), the public certificate for localhost. ---
@@ -196,8 +203,8 @@ policy: {files: [$W/gwpol]}
 $admin
 CONF
 }
-gateway gw "$GW" "" "$FAST" "$GW_ADM"
-[ -n "$BASEBIN" ] && gateway gwbase "$GW_BASE" "" ""
+gateway gw "$GW" "" "" "$GW_ADM"
+[ -n "$BASEBIN" ] && gateway gwbase "$GW_BASE" "" "$NETHTTP"
 gateway gwwaf "$GW_WAF" ", waf: {enabled: true}" "" "$GW_WAF_ADM"
 gateway gwrl "$GW_RL" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m}]"
 gateway gwrlr "$GW_RLR" ", rate_limits: [per-ip]" "rate_limits: [{name: per-ip, key: ip, limit: 1000000000, window: 1m, store: \"redis://127.0.0.1:$REDIS/0\"}]"
@@ -300,7 +307,7 @@ if [ -n "$BASEBIN" ]; then
 	}
 	{
 		echo
-		echo "| round | nginx CPU s / 1k | gateway | base gateway ($(basename "$BASEBIN")) | gateway / nginx | base / nginx | load |"
+		echo "| round | nginx CPU s / 1k | gateway | base gateway ($BASENAME) | gateway / nginx | base / nginx | load |"
 		echo "|---|---:|---:|---:|---:|---:|---:|"
 		for r in $(seq "$ROUNDS"); do
 			n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")

@@ -116,6 +116,16 @@ func checkKeys(b []byte, t reflect.Type) error {
 
 var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
 
+// retiredKeys are keys a config type once had, each refused with what to
+// write instead: silently ignoring one would leave a setting that no
+// longer does what its author meant, and a nearest-key guess would
+// point elsewhere.
+var retiredKeys = map[reflect.Type]map[string]string{
+	reflect.TypeFor[Gateway](): {
+		"http1_fast_path": `the HTTP/1.1 fast path is on by default; write "disable_http1_fast_path: true" to serve HTTP/1.1 with net/http only`,
+	},
+}
+
 func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 	for n.Kind == yamlv3.AliasNode && n.Alias != nil {
 		n = n.Alias
@@ -142,6 +152,9 @@ func walkKeys(n *yamlv3.Node, t reflect.Type, path string) error {
 				where := "top level"
 				if path != "" {
 					where = path
+				}
+				if instead, ok := retiredKeys[t][k]; ok {
+					return fmt.Errorf("config: line %d: key %q in %s is no longer accepted: %s", n.Content[i].Line, k, where, instead)
 				}
 				if near := nearestKey(k, known); near != "" {
 					return fmt.Errorf("config: line %d: unknown key %q in %s; did you mean %q? (known keys: %s)", n.Content[i].Line, k, where, near, strings.Join(known, ", "))

@@ -51,6 +51,7 @@ func TestParseGateway(t *testing.T) {
 		{"two_identities", strings.Replace(gatewayOK, "identity: {", "identity: {workload_api: \"unix:///x\", ", 1), "set only one"},
 		{"public_admin", gatewayOK + "admin: \"0.0.0.0:15200\"\n", "not a loopback"},
 		{"bad_waf_mode", gatewayOK + "waf: {mode: learn}\n", "waf.mode"},
+		{"retired_http1_fast_path", gatewayOK + "http1_fast_path: true\n", `line 18: key "http1_fast_path" in top level is no longer accepted: the HTTP/1.1 fast path is on by default; write "disable_http1_fast_path: true"`},
 		{"paranoia_5", gatewayOK + "waf: {paranoia_level: 5}\n", "waf.paranoia_level"},
 	}
 	for _, tt := range tests {

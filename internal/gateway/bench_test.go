@@ -43,7 +43,7 @@ func BenchmarkGatewayJSON1K(b *testing.B) {
 				c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: tc.waf}
 				f := false
 				c.AccessLog = &f
-				c.HTTP1FastPath = tc.fast
+				c.DisableHTTP1FastPath = !tc.fast
 			})
 			if tc.http1 {
 				tr := tg.client.Transport.(*http.Transport)

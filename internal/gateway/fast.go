@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,9 +20,9 @@ import (
 	"github.com/moatless/moatless/internal/proxy"
 )
 
-// The HTTP/1.1 fast path (config http1_fast_path, experimental, off by
-// default). net/http's server costs the gateway more CPU per request than
-// the rest of the gateway together: a goroutine and a background read per
+// The HTTP/1.1 fast path (on by default; config disable_http1_fast_path
+// turns it off). net/http's server costs the gateway more CPU per request
+// than the rest of the gateway together: a goroutine and a background read per
 // request, a request context with its cancel propagation, the response
 // header cloned at WriteHeader. The fast path reads each request head of
 // an HTTP/1.1 connection with the sidecar's strict parser (the framing
@@ -28,19 +30,24 @@ import (
 // server would and calls the same Gateway.ServeHTTP, so every check runs
 // as it runs for net/http's requests; only the connection loop and the
 // response framing are its own, written to net/http's rules (status line,
-// Content-Length or chunked, Date, Content-Type sniffing, Connection:
-// close, the unread body discarded up to 256 KiB). Whatever it does not
-// serve — another version, a chunked body, Expect, an upgrade, an
-// absolute-form target, a head the parser refuses or one over the limit —
-// it hands to net/http's server with the bytes it has read, through the
+// Content-Length or chunked, the head's fields in net/http's order, Date,
+// Content-Type sniffing, Connection: close, the unread body discarded up
+// to 256 KiB; TestFastPathSameAsNetHTTP and FuzzFastWriterSameAsNetHTTP
+// compare the bytes). Whatever it does not serve — another version, a
+// chunked body, Expect, an upgrade, an absolute-form target, a head the
+// parser refuses or one over the limit — it hands to net/http's server with the bytes it has read, through the
 // framing guard, exactly as a connection net/http serves from the start.
 //
-// Not yet done (why it is off by default): a client that goes away while
-// its request is forwarded is noticed when the answer is written, not at
-// once (net/http's background read cancels the request's context).
+// A client that goes away while its request is in the handler cancels
+// the request's context, as net/http's background read does, once the
+// request has run fastWatchAfter (see serveRequest).
 
 // fastWatchAfter is how long a fast path request runs before its
 // connection is read for the client going away (a variable for tests).
+// The watch costs a goroutine, a read and a deadline wake-up to stop it;
+// most requests are answered sooner and never pay (net/http's server
+// pays for every one). A client that leaves earlier is noticed at most
+// this much later than on net/http, while its request is still running.
 var fastWatchAfter = 100 * time.Millisecond
 
 // maxPostHandlerReadBytes is how much of a body the handler left unread
@@ -244,14 +251,16 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	// A request still in the handler after fastWatchAfter gets a read of
 	// the connection that cancels it when the client goes away, as
 	// net/http's background read does; short requests never pay for it.
+	// (The timer is made under watchMu: watch, which re-arms it, may
+	// run before AfterFunc returns.)
 	fc.watchMu.Lock()
 	fc.cancel, fc.watching, fc.watched = cancel, true, nil
-	fc.watchMu.Unlock()
 	if fc.timer == nil {
 		fc.timer = time.AfterFunc(fastWatchAfter, fc.watch)
 	} else {
 		fc.timer.Reset(fastWatchAfter)
 	}
+	fc.watchMu.Unlock()
 	w := &fc.rw
 	*w = fastWriter{fc: fc, req: r, cl: -1, out: w.out[:0], closeAfter: head.Close}
 	aborted := false
@@ -310,20 +319,29 @@ type fastWatch struct {
 
 // watch starts reading fc, to cancel its request when the client goes
 // away, once the handler has read the whole body (before, the body's
-// reads see the client go). It runs on the timer's goroutine.
+// reads see the client go: it looks again fastWatchAfter later). It runs
+// on the timer's goroutine.
 func (fc *fastConn) watch() {
 	fc.watchMu.Lock()
 	defer fc.watchMu.Unlock()
-	if !fc.watching {
-		return // the request ended first
+	if !fc.watching || fc.watched != nil {
+		return // the request ended first, or a re-armed timer fired late
 	}
 	cancel := fc.cancel
 	b := &fc.body
 	b.mu.Lock()
 	left := b.left
 	b.mu.Unlock()
-	if left > 0 || fc.r < fc.w {
-		return // body still to read, or the next request already here
+	if left > 0 {
+		// A slow upload: the body's reads notice the client leaving
+		// until it is whole; then the watch takes over.
+		fc.timer.Reset(max(fastWatchAfter, time.Millisecond))
+		return
+	}
+	if fc.r < fc.w {
+		// The next request is already here: a client that pipelines and
+		// half-closes is not gone (net/http would cancel this one).
+		return
 	}
 	wt := &fastWatch{done: make(chan struct{})}
 	go func() {
@@ -440,7 +458,11 @@ func (b *fastBody) Close() error {
 }
 
 // fastWriter is the http.ResponseWriter of a fast path request, framing
-// the answer as net/http's server does (see the file comment).
+// the answer as net/http's server does (see the file comment), to the
+// byte: the handler's fields sorted by name, then Date, Content-Length,
+// Content-Type, Connection and Transfer-Encoding where the server adds
+// them, so that a client (or a cache keyed on raw bytes) cannot tell the
+// two paths apart.
 type fastWriter struct {
 	fc  *fastConn
 	req *http.Request
@@ -450,14 +472,24 @@ type fastWriter struct {
 	// cl is the Content-Length the handler set, -1 without one.
 	cl int64
 	// out is the head, then the body buffered until the head is
-	// committed (up to bufferBeforeChunking bytes).
+	// committed (up to bufferBeforeChunking bytes; of a HEAD request's,
+	// only what sniffing needs).
 	out       []byte
 	headLen   int
 	committed bool
 	chunked   bool
 	noBody    bool
 	trailers  []string
-	written   int64
+	// hasTrailers: the handler declared trailers (Trailer, or a
+	// TrailerPrefix field), so no Content-Length is added.
+	hasTrailers bool
+	// What the header held at WriteHeader (net/http's snapshot).
+	hasDate, hasType, hasEncoding bool
+	// connFrom and connTo delimit the handler's Connection field in out;
+	// connClose: it names close.
+	connFrom, connTo int
+	connClose        bool
+	written          int64
 	// closeAfter: close the connection after this answer.
 	closeAfter bool
 	fullDuplex bool
@@ -468,6 +500,9 @@ type fastWriter struct {
 // held before the head is written with Transfer-Encoding: chunked; a
 // handler that ends before gets a Content-Length (net/http's 2048).
 const bufferBeforeChunking = 2048
+
+// sniffLen is how much of a body http.DetectContentType looks at.
+const sniffLen = 512
 
 func (w *fastWriter) Header() http.Header {
 	if w.hdr == nil {
@@ -487,6 +522,10 @@ func (w *fastWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return
 	}
+	if code < 100 || code > 999 {
+		// net/http's server panics too (its message, for the log).
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
 	h := w.Header()
 	if code < 200 {
 		if code == http.StatusSwitchingProtocols {
@@ -494,8 +533,8 @@ func (w *fastWriter) WriteHeader(code int) {
 			panic(http.ErrAbortHandler)
 		}
 		// An informational answer goes out now, on its own.
-		b := appendStatusLine(w.fc.out[:0], code)
-		b = appendHeader(b, h, nil)
+		b := proxy.AppendStatusLine(w.fc.out[:0], code)
+		b, _, _ = appendHeader(b, h, code)
 		b = append(b, "\r\n"...)
 		w.fc.out = b
 		w.fc.write(b)
@@ -509,25 +548,32 @@ func (w *fastWriter) WriteHeader(code int) {
 			delete(h, "Content-Length")
 		}
 	}
-	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	w.noBody = w.req.Method == http.MethodHead || !bodyAllowedForStatus(code)
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			w.hasTrailers = true
+		}
+	}
 	for _, v := range h["Trailer"] {
+		w.hasTrailers = true
 		for _, name := range strings.Split(v, ",") {
 			if name = strings.TrimSpace(name); name != "" {
 				w.trailers = append(w.trailers, http.CanonicalHeaderKey(name))
 			}
 		}
 	}
-	if strings.EqualFold(h.Get("Connection"), "close") {
+	conn := h.Get("Connection")
+	if strings.EqualFold(conn, "close") {
 		w.closeAfter = true
 	}
+	w.connClose = hasToken(conn, "close")
+	_, w.hasDate = h["Date"]
+	_, w.hasType = h["Content-Type"]
+	w.hasEncoding = h.Get("Content-Encoding") != ""
 	// The head as it stands now (net/http's server snapshots the header
-	// at WriteHeader); the framing fields are added at commit.
-	b := appendStatusLine(w.out[:0], code)
-	skip := []string{"Content-Length", "Transfer-Encoding", "Connection"}
-	if code == http.StatusNotModified {
-		skip = append(skip, "Content-Type")
-	}
-	b = appendHeader(b, h, skip)
+	// at WriteHeader); the fields the server adds come at commit.
+	b := proxy.AppendStatusLine(w.out[:0], code)
+	b, w.connFrom, w.connTo = appendHeader(b, h, code)
 	w.headLen = len(b)
 	w.out = b
 }
@@ -539,17 +585,28 @@ func (w *fastWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	if w.noBody {
-		if w.req.Method == http.MethodHead {
-			w.written += int64(len(p))
-			return len(p), nil
-		}
+	if !bodyAllowedForStatus(w.status) {
 		return 0, http.ErrBodyNotAllowed
 	}
 	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
 		return 0, http.ErrContentLength
 	}
 	w.written += int64(len(p))
+	if w.req.Method == http.MethodHead {
+		// No body goes out; what the server would sniff is kept, and a
+		// body larger than its buffer commits the head without a
+		// Content-Length, as net/http's does.
+		if !w.committed {
+			if n := w.headLen + sniffLen - len(w.out); n > 0 {
+				w.out = append(w.out, p[:min(n, len(p))]...)
+			}
+			if w.written > bufferBeforeChunking && w.cl < 0 {
+				w.commit(false)
+				return len(p), w.flush()
+			}
+		}
+		return len(p), nil
+	}
 	if !w.committed {
 		w.out = append(w.out, p...)
 		if len(w.out)-w.headLen <= bufferBeforeChunking || w.cl >= 0 {
@@ -595,16 +652,18 @@ func (w *fastWriter) flush() error {
 	return w.err
 }
 
-// commit completes the head: framing, Date, Content-Type, Connection.
-// end: the handler has returned, so a body of unknown length is whole.
+// commit completes the head with the fields net/http's server adds, in
+// its order: Date, Content-Length, Content-Type, Connection,
+// Transfer-Encoding. end: the handler has returned, so a body of unknown
+// length is whole.
 func (w *fastWriter) commit(end bool) {
 	w.committed = true
-	h := w.hdr
 	body := w.out[w.headLen:]
 	var tail [256]byte
 	t := tail[:0]
 	// The unread body of a request not in full duplex: read it now (up
 	// to 256 KiB) or close after the answer, as net/http does.
+	tooBig := false
 	if b := &w.fc.body; w.req.ContentLength != 0 && !w.closeAfter && !w.fullDuplex {
 		b.mu.Lock()
 		closed, left := b.closed, b.left
@@ -615,54 +674,61 @@ func (w *fastWriter) commit(end bool) {
 				w.closeAfter = true
 			}
 		case left >= maxPostHandlerReadBytes:
-			w.closeAfter = true
+			w.closeAfter, tooBig = true, true
 		case left > 0:
 			if _, err := io.Copy(io.Discard, b); err != nil {
 				w.closeAfter = true
 			}
 		}
 	}
-	if !w.noBody && w.status != http.StatusNoContent {
-		_, haveType := h["Content-Type"]
-		if !haveType && h.Get("Content-Encoding") == "" && len(body) > 0 && w.status != http.StatusNotModified {
-			t = append(t, "Content-Type: "...)
-			t = append(t, http.DetectContentType(body)...)
-			t = append(t, "\r\n"...)
-		}
+	draining := w.fc.g.fast.isDraining()
+	if draining {
+		w.closeAfter = true
 	}
-	if _, ok := h["Date"]; !ok {
+	if !w.hasDate {
 		t = append(t, "Date: "...)
 		t = appendDate(t)
 		t = append(t, "\r\n"...)
 	}
-	switch {
-	case w.status == http.StatusNoContent || w.status == http.StatusNotModified:
-	case w.cl >= 0:
-		t = append(t, "Content-Length: "...)
-		t = strconv.AppendInt(t, w.cl, 10)
-		t = append(t, "\r\n"...)
-	case end && len(w.trailers) == 0 && (w.req.Method != http.MethodHead || w.written > 0):
+	if end && w.cl < 0 && !w.hasTrailers && bodyAllowedForStatus(w.status) && (w.req.Method != http.MethodHead || w.written > 0) {
 		t = append(t, "Content-Length: "...)
 		t = strconv.AppendInt(t, w.written, 10)
 		t = append(t, "\r\n"...)
-	case w.req.Method == http.MethodHead:
-	default:
+		w.cl = w.written
+	}
+	if bodyAllowedForStatus(w.status) && !w.hasType && !w.hasEncoding && len(body) > 0 {
+		t = append(t, "Content-Type: "...)
+		t = append(t, http.DetectContentType(body)...)
+		t = append(t, "\r\n"...)
+	}
+	// The handler's Connection field stays unless the server closes for
+	// a reason the field does not say (net/http's delConnectionHeader).
+	head := w.out[:w.headLen]
+	keepConn := w.connTo > w.connFrom && !tooBig && !(w.closeAfter && (draining || !w.connClose))
+	if w.closeAfter && !keepConn {
+		t = append(t, "Connection: close\r\n"...)
+	}
+	if w.cl < 0 && w.req.Method != http.MethodHead && bodyAllowedForStatus(w.status) {
 		w.chunked = true
 		t = append(t, "Transfer-Encoding: chunked\r\n"...)
 	}
-	if w.closeAfter || w.fc.g.fast.isDraining() {
-		w.closeAfter = true
-		t = append(t, "Connection: close\r\n"...)
-	}
 	t = append(t, "\r\n"...)
+	if w.req.Method == http.MethodHead {
+		body = nil
+	}
 	// head + tail + body (chunked from here when it must be).
-	var out []byte
-	if len(body) == 0 || !w.chunked {
-		out = append(append(append(w.fc.out[:0], w.out[:w.headLen]...), t...), body...)
+	out := w.fc.out[:0]
+	if w.connTo > w.connFrom && !keepConn {
+		out = append(append(out, head[:w.connFrom]...), head[w.connTo:]...)
 	} else {
-		out = append(append(w.fc.out[:0], w.out[:w.headLen]...), t...)
+		out = append(out, head...)
+	}
+	out = append(out, t...)
+	if len(body) > 0 && w.chunked {
 		out = strconv.AppendInt(out, int64(len(body)), 16)
 		out = append(append(append(out, "\r\n"...), body...), "\r\n"...)
+	} else {
+		out = append(out, body...)
 	}
 	w.fc.out, w.out = w.out[:0], out
 }
@@ -700,38 +766,70 @@ func (w *fastWriter) finish() bool {
 	return true
 }
 
+// bodyAllowedForStatus is net/http's: 1xx, 204 and 304 have no body.
+func bodyAllowedForStatus(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// hasToken reports whether the comma-separated list v names token
+// (case-insensitively).
+func hasToken(v, token string) bool {
+	for v != "" {
+		var e string
+		e, v, _ = strings.Cut(v, ",")
+		if strings.EqualFold(strings.TrimSpace(e), token) {
+			return true
+		}
+	}
+	return false
+}
+
 func (fc *fastConn) write(b []byte) error {
 	_, err := fc.tc.Write(b)
 	return err
 }
 
-func appendStatusLine(b []byte, code int) []byte {
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(code)...)
-	return append(b, "\r\n"...)
-}
-
-// appendHeader writes h's fields but those in skip and trailer
-// placeholders, as net/http writes a header: names it cannot send left
-// out, CR and LF in values turned to spaces.
-func appendHeader(b []byte, h http.Header, skip []string) []byte {
-next:
-	for k, vv := range h {
-		for _, s := range skip {
-			if k == s {
-				continue next
-			}
-		}
-		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			b = appendHeaderField(b, k, v)
+// appendHeader writes h's fields sorted by name, as net/http's server
+// writes a header: names it cannot send and trailer placeholders left
+// out, CR and LF in values turned to spaces; Transfer-Encoding left out
+// (the fast path frames the body itself), and the fields a status
+// without a body must not carry (Content-Length; Content-Type too for
+// 304). A Content-Length is written as the number it parses to. It
+// returns where the Connection field is in b (equal when there is none),
+// for commit to take it out when the server closes for its own reason.
+func appendHeader(b []byte, h http.Header, code int) (_ []byte, connFrom, connTo int) {
+	var ka [24]string
+	keys := ka[:0]
+	for k := range h {
+		switch {
+		case k == "Transfer-Encoding", strings.HasPrefix(k, http.TrailerPrefix), !httpguts.ValidHeaderFieldName(k):
+		case k == "Content-Length" && !bodyAllowedForStatus(code):
+		case k == "Content-Type" && code == http.StatusNotModified:
+		default:
+			keys = append(keys, k)
 		}
 	}
-	return b
+	slices.Sort(keys)
+	for _, k := range keys {
+		if k == "Connection" {
+			connFrom = len(b)
+		}
+		for _, v := range h[k] {
+			if k == "Content-Length" {
+				if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+					b = append(b, "Content-Length: "...)
+					b = strconv.AppendInt(b, n, 10)
+					b = append(b, "\r\n"...)
+					continue
+				}
+			}
+			b = appendHeaderField(b, k, v)
+		}
+		if k == "Connection" {
+			connTo = len(b)
+		}
+	}
+	return b, connFrom, connTo
 }
 
 func appendHeaderField(b []byte, k, v string) []byte {

@@ -2,15 +2,18 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +25,9 @@ import (
 // ids are what differs between two gateways answering the same request:
 // request IDs, the gateway SVID's hash in the upstream's XFCC.
 var ids = regexp.MustCompile(`[0-9a-f]{32,64}`)
+
+// dateField is an answer's Date field, which differs between two runs.
+var dateField = regexp.MustCompile(`(?m)^Date: [^\r\n]*\r\n`)
 
 // TestFastPathSameAsNetHTTP is the HTTP/1.1 fast path's differential
 // test: the same bytes, benign and hostile (the smuggling and desync
@@ -41,7 +47,7 @@ func TestFastPathSameAsNetHTTP(t *testing.T) {
 	up := startUpstream(t, ca, ordersID, echoApp(t))
 	edit := func(fast bool) func(c *config.Gateway) {
 		return func(c *config.Gateway) {
-			c.HTTP1FastPath = fast
+			c.DisableHTTP1FastPath = !fast
 			c.Limits.MaxBodyBytes = 4096
 			c.Limits.MaxHeaderBytes = 8192
 			c.Limits.MaxURIBytes = 2048
@@ -66,6 +72,11 @@ func TestFastPathSameAsNetHTTP(t *testing.T) {
 		{"post_json", post + fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(json), json) + last},
 		{"pipelined", get + get + get + last},
 		{"head", "HEAD /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"},
+		{"head_denied", "HEAD /admin HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
+		{"status_without_text", "GET /orders/status/299 HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
+		{"status_no_content", "GET /orders/status/204 HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
+		{"status_not_modified", "GET /orders/status/304 HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: \"v1\"\r\n\r\n" + last},
+		{"status_upstream_error", "GET /orders/status/503 HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
 		{"connection_close", "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" + get},
 		{"get_with_body", "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello" + last},
 		{"empty_line_after_post", post + "Content-Length: 2\r\n\r\n{}\r\n" + last},
@@ -148,33 +159,33 @@ func differential(t *testing.T, tg *testGateway, raw string) string {
 	if _, err := io.WriteString(c, raw); err != nil {
 		t.Fatal(err)
 	}
+	// Everything the gateway sends until it closes (or the deadline),
+	// then parsed: each answer's head is compared as raw bytes, so the
+	// order of its fields counts (net/http writes them sorted, then
+	// Date, Content-Length, Content-Type, Connection, Transfer-Encoding).
+	all, err := io.ReadAll(c)
+	open := errors.Is(err, os.ErrDeadlineExceeded)
 	var b strings.Builder
-	br := bufio.NewReader(c)
+	src := bytes.NewReader(all)
+	br := bufio.NewReader(src)
 	for {
+		from := len(all) - src.Len() - br.Buffered()
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				b.WriteString("(connection left open)\n")
-			}
 			break
 		}
+		head := string(all[from : len(all)-src.Len()-br.Buffered()])
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		fmt.Fprintf(&b, "%s %s close=%v length=%d te=%v\n", resp.Proto, resp.Status, resp.Close, resp.ContentLength, resp.TransferEncoding)
-		var keys []string
-		for k := range resp.Header {
-			if k != "Date" {
-				keys = append(keys, k)
-			}
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(&b, "%s: %s\n", k, ids.ReplaceAllString(strings.Join(resp.Header[k], " | "), "ID"))
-		}
+		fmt.Fprintf(&b, "close=%v length=%d te=%v\n", resp.Close, resp.ContentLength, resp.TransferEncoding)
+		b.WriteString(ids.ReplaceAllString(dateField.ReplaceAllString(head, "Date: (date)\r\n"), "ID"))
 		for k, v := range resp.Trailer {
 			fmt.Fprintf(&b, "trailer %s: %s\n", k, v)
 		}
 		fmt.Fprintf(&b, "\n%s\n", ids.ReplaceAllString(string(body), "ID"))
+	}
+	if open {
+		b.WriteString("(connection left open)\n")
 	}
 	// The access log's lines for these requests: the gateway writes each
 	// before its answer's last byte reaches the client (or after it has
@@ -206,7 +217,7 @@ func differential(t *testing.T, tg *testGateway, raw string) string {
 // connection at once and lets a request in flight finish, answered with
 // Connection: close, as net/http's server does its connections.
 func TestFastPathShutdownDrains(t *testing.T) {
-	tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = true })
+	tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = false })
 	dial := func() *tls.Conn {
 		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 		if err != nil {
@@ -283,7 +294,7 @@ func TestFastPathClientGoneCancels(t *testing.T) {
 	t.Cleanup(func() { fastWatchAfter = old })
 	for _, fast := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fast_%v", fast), func(t *testing.T) {
-			tg := startGateway(t, func(c *config.Gateway) { c.HTTP1FastPath = fast })
+			tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
 			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 			if err != nil {
 				t.Fatal(err)
@@ -308,16 +319,7 @@ func TestFastPathClientGoneCancels(t *testing.T) {
 					break
 				}
 			}
-			start := time.Now()
-			c.Close()
-			for deadline := time.Now().Add(4 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-				if strings.Contains(tg.access.String(), `"status":499`) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("no 499 access line %v after the client left: %s", time.Since(start), tg.access.String())
-				}
-			}
+			closeAndWait499(t, tg, c)
 
 			// A kept-alive connection whose first request outlives the
 			// watch serves the next one, sent before the first's answer.
@@ -337,6 +339,74 @@ func TestFastPathClientGoneCancels(t *testing.T) {
 	}
 }
 
+// TestFastPathClientGoneAfterSlowBody: a request whose body is still
+// coming in when the watch is due is watched once the body is read (the
+// body's own reads notice the client going away until then), so a
+// client that uploads slowly and then leaves still cancels it.
+func TestFastPathClientGoneAfterSlowBody(t *testing.T) {
+	old := fastWatchAfter
+	fastWatchAfter = 0
+	t.Cleanup(func() { fastWatchAfter = old })
+	tg := startGateway(t, func(c *config.Gateway) { c.DisableHTTP1FastPath = false })
+	c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// left is what is still to come of the body of the one busy request:
+	// -1 while there is none, -2 while a read of it blocks (holding the
+	// body's lock).
+	left := func() int64 {
+		tg.g.fast.mu.Lock()
+		defer tg.g.fast.mu.Unlock()
+		for fc, idle := range tg.g.fast.m {
+			if !idle {
+				if !fc.body.mu.TryLock() {
+					return -2
+				}
+				defer fc.body.mu.Unlock()
+				return fc.body.left
+			}
+		}
+		return -1
+	}
+	waitLeft := func(want func(int64) bool, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if want(left()) {
+				return
+			}
+			if time.Now().After(deadline) {
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				b, _ := io.ReadAll(c)
+				t.Fatalf("request never %s (left %d): %q\n%s", what, left(), b, tg.access.String())
+			}
+		}
+	}
+	io.WriteString(c, "POST /slow HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello")
+	waitLeft(func(n int64) bool { return n > 0 || n == -2 }, "reached the handler")
+	io.WriteString(c, "world")
+	waitLeft(func(n int64) bool { return n == 0 }, "read its body")
+	closeAndWait499(t, tg, c)
+}
+
+// closeAndWait499 closes the client's connection c and waits for the
+// access log to say 499 (the request cancelled), well before the app's
+// /slow would have answered.
+func closeAndWait499(t *testing.T, tg *testGateway, c net.Conn) {
+	t.Helper()
+	start := time.Now()
+	c.Close()
+	for deadline := time.Now().Add(4 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(tg.access.String(), `"status":499`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no 499 access line %v after the client left: %s", time.Since(start), tg.access.String())
+		}
+	}
+}
+
 // exchangeAll reads the statuses of the answers on c until it closes.
 func exchangeAll(c *tls.Conn) (string, error) {
 	br := bufio.NewReader(c)
@@ -352,4 +422,122 @@ func exchangeAll(c *tls.Conn) (string, error) {
 		io.Copy(io.Discard, resp.Body)
 		got = append(got, fmt.Sprint(resp.StatusCode))
 	}
+}
+
+// FuzzFastWriterSameAsNetHTTP: whatever fields, status and body a
+// handler writes, the fast path's answer has net/http's server's head
+// byte for byte (but Date) and the same body, for a GET or a HEAD sent
+// with Connection: close. Fields the gateway's handler never sets and
+// the fast path deliberately frames itself (Transfer-Encoding,
+// Content-Length, trailers) are left out.
+func FuzzFastWriterSameAsNetHTTP(f *testing.F) {
+	f.Add(200, false, "Content-Type: text/plain\nX-B: 1\nx-a: 2\n", []byte("hello"), uint8(1))
+	f.Add(200, true, "X-A: 1\n", []byte("<html><body>hi"), uint8(2))
+	f.Add(204, false, "Content-Type: text/plain\nEtag: \"x\"\n", []byte("no"), uint8(1))
+	f.Add(304, false, "Content-Type: text/plain\nEtag: \"x\"\n", []byte(""), uint8(1))
+	f.Add(299, false, "", []byte("odd status"), uint8(1))
+	f.Add(503, false, "Connection: close\nRetry-After: 1\n", []byte("busy"), uint8(1))
+	f.Add(200, false, "Connection: keep-alive\n", []byte("kept"), uint8(1))
+	f.Add(200, false, "Date: Mon, 01 Jan 2024 00:00:00 GMT\nContent-Encoding: gzip\n", []byte("\x1f\x8b"), uint8(1))
+	f.Add(200, false, "X-A: a\r\n b\nX B: bad name\nX-Empty:\n", []byte(strings.Repeat("x", 3000)), uint8(3))
+	f.Add(200, true, "", []byte(strings.Repeat("y", 5000)), uint8(4))
+	ca := testpki.NewCA(f, td)
+	cert := ca.ServerCert(f, "", "localhost")
+	var handler http.HandlerFunc
+	l := listen(f)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler(w, r) }),
+		ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(l)
+	f.Cleanup(func() { srv.Close() })
+	f.Fuzz(func(t *testing.T, status int, head bool, fields string, body []byte, writes uint8) {
+		if status < 200 || status > 999 {
+			status = 200 + int(uint(status)%800)
+		}
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		var kvs [][2]string
+		for _, line := range strings.Split(fields, "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			ck := http.CanonicalHeaderKey(k)
+			if !ok || ck == "Content-Length" || ck == "Transfer-Encoding" || ck == "Trailer" || strings.HasPrefix(ck, http.TrailerPrefix) {
+				continue
+			}
+			kvs = append(kvs, [2]string{k, v})
+		}
+		n := int(writes%4) + 1
+		handler = func(w http.ResponseWriter, r *http.Request) {
+			for _, kv := range kvs {
+				w.Header().Add(kv[0], kv[1])
+			}
+			w.WriteHeader(status)
+			for i := range n {
+				w.Write(body[i*len(body)/n : (i+1)*len(body)/n])
+			}
+		}
+		req := method + " / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+		// net/http's server.
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, req)
+		want, _ := io.ReadAll(c)
+		c.Close()
+
+		// The fast path's writer on a TLS connection over a pipe.
+		cs, ss := net.Pipe()
+		got := make(chan []byte, 1)
+		go func() {
+			cc := tls.Client(cs, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"})
+			cc.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(cc)
+			cc.Close()
+			got <- b
+		}()
+		sc := tls.Server(ss, &tls.Config{Certificates: []tls.Certificate{cert}})
+		sc.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := sc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		fc := &fastConn{g: &Gateway{}, tc: sc}
+		r := &http.Request{Method: method, URL: &url.URL{Path: "/"}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Connection": {"close"}}, Host: "localhost", RequestURI: "/", Close: true, Body: http.NoBody}
+		w := &fc.rw
+		*w = fastWriter{fc: fc, req: r, cl: -1, closeAfter: true}
+		handler(w, r)
+		w.finish()
+		sc.Close()
+
+		gh, gb := splitAnswer(t, <-got, method)
+		wh, wb := splitAnswer(t, want, method)
+		if gh != wh || gb != wb {
+			t.Errorf("fast path:\n%q\n%q\nnet/http:\n%q\n%q", gh, gb, wh, wb)
+		}
+	})
+}
+
+// splitAnswer is an HTTP/1.1 answer's head (Date's value taken out) and
+// its decoded body.
+func splitAnswer(t *testing.T, b []byte, method string) (head, body string) {
+	t.Helper()
+	i := bytes.Index(b, []byte("\r\n\r\n"))
+	if i < 0 {
+		t.Fatalf("no head in %q", b)
+	}
+	head = dateField.ReplaceAllString(string(b[:i+2]), "Date: (date)\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b)), &http.Request{Method: method})
+	if err != nil {
+		// A field value no client accepts (both servers send one the
+		// handler set): the rest as it came.
+		return head, "(unparsed) " + string(b[i:])
+	}
+	rb, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("body: %v: %q", err, b)
+	}
+	return head, string(rb)
 }

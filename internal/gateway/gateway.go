@@ -410,7 +410,7 @@ func restartOnly(a, b *config.Gateway) error {
 	same("limits timeouts", []any{a.Limits.ReadHeaderTimeout, a.Limits.ReadTimeout, a.Limits.IdleTimeout, a.Limits.HandshakeTimeout},
 		[]any{b.Limits.ReadHeaderTimeout, b.Limits.ReadTimeout, b.Limits.IdleTimeout, b.Limits.HandshakeTimeout})
 	same("tls.min_version", a.TLS.MinVersion, b.TLS.MinVersion)
-	same("http1_fast_path", a.HTTP1FastPath, b.HTTP1FastPath)
+	same("disable_http1_fast_path", a.DisableHTTP1FastPath, b.DisableHTTP1FastPath)
 	return errors.Join(errs...)
 }
 

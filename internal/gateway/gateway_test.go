@@ -62,7 +62,7 @@ func TestGatewayForwardsOverMTLS(t *testing.T) {
 	if got := s.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
 		t.Errorf("app saw X-Forwarded-For %v", got)
 	}
-	if resp.ProtoMajor != 2 && !tg.g.opts.Config.HTTP1FastPath {
+	if resp.ProtoMajor != 2 && tg.g.opts.Config.DisableHTTP1FastPath {
 		t.Errorf("client spoke %s, want HTTP/2 by ALPN", resp.Proto)
 	}
 	if !strings.Contains(tg.access.String(), `"route":"orders"`) {

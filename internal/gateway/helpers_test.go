@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,15 @@ func echoApp(t testing.TB) string {
 			}
 			return
 		}
+		if code, ok := strings.CutPrefix(r.URL.Path, "/orders/status/"); ok {
+			// An answer of any status, with a body where it may have one.
+			n, _ := strconv.Atoi(code)
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Etag", `"v1"`)
+			w.WriteHeader(n)
+			io.WriteString(w, "status "+code)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Server", "nginx/1.2.3")
 		w.Header().Set("X-Powered-By", "PHP/5")
@@ -255,9 +265,12 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 	dir := t.TempDir()
 	writeServerCert(t, ca, dir)
 	cfg := baseConfig(dir, up)
-	// MOATLESS_GATEWAY_HTTP1_FAST=1 runs every test on the HTTP/1.1 fast
-	// path (the package's tests, with the default flipped).
-	cfg.HTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "1"
+	// The package's tests run on the HTTP/1.1 fast path (the default),
+	// with a client that speaks HTTP/1.1 only so that they reach it;
+	// MOATLESS_GATEWAY_HTTP1_FAST=0 runs them on net/http's server alone,
+	// with a client that speaks HTTP/2 where ALPN offers it ("make test"
+	// runs the package both ways).
+	cfg.DisableHTTP1FastPath = os.Getenv("MOATLESS_GATEWAY_HTTP1_FAST") == "0"
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -298,7 +311,7 @@ func startGatewayWith(t testing.TB, ca *testpki.CA, up string, edit func(c *conf
 		TLSClientConfig:   &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"},
 		ForceAttemptHTTP2: true,
 	}, Timeout: 10 * time.Second}
-	if cfg.HTTP1FastPath {
+	if !cfg.DisableHTTP1FastPath {
 		tr := tg.client.Transport.(*http.Transport)
 		tr.ForceAttemptHTTP2 = false
 		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}

@@ -78,7 +78,7 @@ func (g *Gateway) handshake(c net.Conn) {
 	// guarded, as the sidecar's are, so that the handler refuses them.
 	var sc net.Conn = tc
 	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		if g.opts.Config.HTTP1FastPath {
+		if !g.opts.Config.DisableHTTP1FastPath {
 			g.serveFast(tc, c)
 			return
 		}

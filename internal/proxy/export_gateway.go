@@ -123,3 +123,8 @@ type replayGuardTLS struct {
 func (c replayGuardTLS) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
 
 func (c replayGuardTLS) CloseWrite() error { return c.tc.CloseWrite() }
+
+// AppendStatusLine appends an HTTP/1.1 status line as net/http's server
+// writes it ("HTTP/1.1 299 status code 299" for a code without text),
+// for the gateway's fast path.
+func AppendStatusLine(b []byte, code int) []byte { return appendStatusLine(b, code) }

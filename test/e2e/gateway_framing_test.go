@@ -26,12 +26,13 @@ import (
 // by its chunked body and keep the connection (RFC 9112 §6.1 requires it
 // closed), and serve duplicate Content-Length, obs-fold and bare LF. What
 // is pipelined behind a complete request is a request of its own.
-// The same on the gateway's HTTP/1.1 fast path (http1_fast_path), which
-// hands these heads to net/http's server through the same guard.
+// The same on the gateway's HTTP/1.1 fast path (the default), which
+// hands these heads to net/http's server through the same guard, and
+// with disable_http1_fast_path (net/http's server alone).
 func TestGatewaySmuggling(t *testing.T) {
 	for _, path := range []struct{ name, conf string }{
-		{"nethttp", ""},
-		{"fast_path", "http1_fast_path: true"},
+		{"fast_path", ""},
+		{"nethttp", "disable_http1_fast_path: true"},
 	} {
 		t.Run(path.name, func(t *testing.T) { testGatewaySmuggling(t, path.conf) })
 	}
