@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -119,6 +118,11 @@ type Finding struct {
 	// behaviour it describes started, as far as the records tell.
 	FirstRecord time.Time `json:"first_record,omitzero"`
 	IncidentID  string    `json:"incident_id,omitempty"`
+	// Delta is how many of Count's detections no earlier copy of the
+	// finding returned by the engine (Ingest, Observe) carried: what a
+	// store that merges the findings of several engines adds to its
+	// count (see Fold). Not part of the finding's JSON.
+	Delta int `json:"-"`
 }
 
 // maxEvidence bounds a finding's records.
@@ -172,8 +176,6 @@ type identState struct {
 	dsts  map[string]struct{}
 }
 
-type dedupKey struct{ detector, identity, destination string }
-
 // Engine holds the baselines and runs the detectors. It is safe for
 // concurrent use. Create it with NewEngine.
 type Engine struct {
@@ -182,7 +184,7 @@ type Engine struct {
 	mu       sync.Mutex
 	edges    map[edgeKey]*edgeState
 	idents   map[string]*identState
-	open     map[dedupKey]*Finding
+	open     map[Key]*Finding
 	byIdent  map[string][]*Finding
 	attest   map[string][]time.Time
 	newKnown []KnownEdge
@@ -211,7 +213,7 @@ func NewEngine(s config.DetectSettings) *Engine {
 	s.Complete()
 	return &Engine{
 		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
-		open: map[dedupKey]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{},
+		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{},
 	}
 }
 
@@ -286,7 +288,20 @@ func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
 	for i := range recs {
 		out = append(out, e.judge(now, &recs[i])...)
 	}
-	return copies(out)
+	return take(out)
+}
+
+// take returns copies of fs (each once) for the caller to store, with
+// the detections each adds since its last copy taken (Delta), and starts
+// counting those afresh. Called with e.mu held.
+func take(fs []*Finding) []Finding {
+	out := copies(fs)
+	for _, f := range fs {
+		if f != nil {
+			f.Delta = 0
+		}
+	}
+	return out
 }
 
 func copies(fs []*Finding) []Finding {
@@ -570,25 +585,19 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	if f == nil {
 		return nil
 	}
-	return copies([]*Finding{f})
+	return take([]*Finding{f})
 }
 
 // raise records a detection: it updates the open finding of the same
 // detector, identity and destination, or opens a new one (unless the
 // mesh-wide bound of new findings per minute is reached).
 func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, dst, summary string, ev map[string]string, recs []Record) *Finding {
-	k := dedupKey{detector, identity, dst}
-	if detector == DetectorNewEdge {
-		// One open finding per identity gathers every new edge: a scan of
-		// fifty services is one finding, not fifty.
-		k.destination = ""
-	}
+	k := KeyOf(detector, identity, dst)
 	if f := e.open[k]; f != nil && now.Sub(f.LastSeen) <= e.cfg.SuppressFor.Std() {
 		f.LastSeen = now
 		f.Count++
-		if dst != "" && dst != f.Destination && !strings.Contains(f.Evidence["destinations"], dst) && len(f.Evidence["destinations"]) < 2048 {
-			f.Evidence["destinations"] += " " + dst
-		}
+		f.Delta++
+		f.addDestination(dst)
 		if sev.Weight() > f.Severity.Weight() {
 			f.Severity, f.Summary = sev, summary
 		}
@@ -611,7 +620,7 @@ func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, d
 		return nil
 	}
 	e.storm.n++
-	f := &Finding{ID: newID(), Time: now, LastSeen: now, Count: 1, Detector: detector, Severity: sev, Identity: identity,
+	f := &Finding{ID: newID(), Time: now, LastSeen: now, Count: 1, Delta: 1, Detector: detector, Severity: sev, Identity: identity,
 		Destination: dst, Summary: summary, Evidence: map[string]string{}}
 	for k, v := range ev {
 		f.Evidence[k] = v

@@ -140,7 +140,10 @@ type detectMetrics struct {
 	records  *prometheus.CounterVec // outcome
 	edges    prometheus.Counter
 	findings *prometheus.CounterVec // detector, severity
-	dropped  prometheus.CounterFunc
+	// writes counts stored detections by outcome (opened, updated,
+	// joined, error): joined shows findings merging across replicas.
+	writes  *prometheus.CounterVec
+	dropped prometheus.CounterFunc
 	// atRisk is set with every recomputation of the risk section, from
 	// the stored findings (storedRisks).
 	atRisk prometheus.Gauge
@@ -195,6 +198,8 @@ func (s *Server) initDetect(ctx context.Context) error {
 		Help: "Edge records stored."})
 	m.findings = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_findings_total",
 		Help: "New findings by detector and severity."}, []string{"detector", "severity"})
+	m.writes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_finding_writes_total",
+		Help: "Findings stored by outcome: opened (a new finding), updated (detections counted on a stored finding), joined (a finding of this replica merged into one another replica opened), error."}, []string{"outcome"})
 	m.dropped = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_findings_dropped_total",
 		Help: "Findings dropped by the bound on new findings per minute (detect.max_findings_per_minute)."},
 		func() float64 { return float64(d.engine.Dropped()) })
@@ -204,7 +209,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
 	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
 		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {
@@ -484,36 +489,88 @@ func sat(a, b uint64) uint64 {
 
 // findings stores what the detectors raised or updated and counts the
 // new ones. Later layers (playbooks, alerts) take them from here.
+//
+// Each is merged into the store (mergeFinding): a detection another
+// replica already opened a finding for folds into that one, and this
+// replica's engine follows it from then on. What follows (risk,
+// playbooks, incident links) sees the stored findings, and only the
+// replica that opened a finding counts, logs and alerts it.
 func (s *Server) findings(ctx context.Context, fs []detect.Finding) {
 	if len(fs) == 0 {
 		return
 	}
-	for i := range fs {
-		f := &fs[i]
-		if err := s.putFinding(ctx, s.db.SQL(), f); err != nil {
+	stored := fs[:0]
+	for _, f := range fs {
+		m, opened, err := s.mergeFinding(ctx, f)
+		if err != nil {
+			s.detect.engine.Unstored(f)
+			s.detect.metrics.writes.WithLabelValues("error").Inc()
 			s.log.Error("record finding", "finding", f.ID, "err", err)
 			continue
 		}
-		if f.Count == 1 {
-			s.detect.metrics.findings.WithLabelValues(f.Detector, string(f.Severity)).Inc()
-			s.log.Warn("finding", "id", f.ID, "detector", f.Detector, "severity", f.Severity, "identity", f.Identity,
-				"destination", f.Destination, "summary", f.Summary)
+		s.detect.engine.Adopt(f.ID, m)
+		stored = append(stored, m)
+		switch {
+		case opened:
+			s.detect.metrics.writes.WithLabelValues("opened").Inc()
+		case m.ID != f.ID:
+			s.detect.metrics.writes.WithLabelValues("joined").Inc()
+		default:
+			s.detect.metrics.writes.WithLabelValues("updated").Inc()
+		}
+		if opened {
+			s.detect.metrics.findings.WithLabelValues(m.Detector, string(m.Severity)).Inc()
+			s.log.Warn("finding", "id", m.ID, "detector", m.Detector, "severity", m.Severity, "identity", m.Identity,
+				"destination", m.Destination, "summary", m.Summary)
 			if s.detect.alerts != nil {
-				s.detect.alerts.finding(f)
+				s.detect.alerts.finding(&m)
 			}
 		}
 	}
 	s.riskMoved(ctx)
-	s.respond(ctx, fs)
+	s.respond(ctx, stored)
 }
 
-func (s *Server) putFinding(ctx context.Context, q store.Queryer, f *detect.Finding) error {
-	body, err := json.Marshal(f)
-	if err != nil {
-		return err
+// mergeFinding stores f, a copy from this replica's engine, merged by its
+// key with the open finding of every replica (store.MergeFinding): a new
+// finding is inserted; one whose key another finding holds open
+// (within SuppressFor of f's last sighting) is folded into it, adding
+// the detections f adds since its last copy (detect.Finding.Fold). Only
+// f.Delta is ever added, so copies stored out of order, or by several
+// replicas, count each detection once; the engine gives back the Delta
+// of a copy that could not be stored (Engine.Unstored). It returns the
+// finding as stored and whether f opened it.
+func (s *Server) mergeFinding(ctx context.Context, f detect.Finding) (detect.Finding, bool, error) {
+	var out detect.Finding
+	fold := func(stored *store.FindingRow) (store.FindingRow, error) {
+		if stored == nil {
+			// Its count is the detections this copy adds, not the
+			// engine's count: a later copy of the same finding, handled
+			// at once with an earlier one, may reach the store first.
+			out = f
+			out.Count = f.Delta
+		} else {
+			st, err := findingOf(*stored)
+			if err != nil {
+				return store.FindingRow{}, err
+			}
+			st.Fold(f)
+			out = st
+		}
+		out.Delta = 0
+		body, err := json.Marshal(out)
+		if err != nil {
+			return store.FindingRow{}, err
+		}
+		return store.FindingRow{ID: out.ID, At: out.Time, LastAt: out.LastSeen, Detector: out.Detector, Severity: string(out.Severity),
+			Identity: out.Identity, Destination: out.Destination, Count: uint64(max(out.Count, 0)), IncidentID: out.IncidentID, Body: body}, nil
 	}
-	return s.db.PutFinding(ctx, q, store.FindingRow{ID: f.ID, At: f.Time, LastAt: f.LastSeen, Detector: f.Detector, Severity: string(f.Severity),
-		Identity: f.Identity, Destination: f.Destination, Count: uint64(f.Count), IncidentID: f.IncidentID, Body: body})
+	k := f.Key()
+	_, opened, err := s.db.MergeFinding(ctx, store.FindingKey(k), f.ID, f.LastSeen, f.LastSeen.Add(-s.detect.engine.Settings().SuppressFor.Std()), fold)
+	if err != nil {
+		return detect.Finding{}, false, err
+	}
+	return out, opened, nil
 }
 
 // detectAudit reads the audit log's events for the detectors: the token
@@ -588,6 +645,9 @@ func (s *Server) tickDetect(ctx context.Context, now time.Time, prune bool) {
 	if prune {
 		if _, err := s.db.PruneTraffic(ctx, now.Add(-s.cfg.Detect.Retention.Std())); err != nil {
 			s.log.Warn("prune traffic records", "err", err)
+		}
+		if _, err := s.db.PruneOpenFindings(ctx, now.Add(-d.engine.Settings().SuppressFor.Std())); err != nil {
+			s.log.Warn("prune open findings", "err", err)
 		}
 	}
 }

@@ -282,7 +282,7 @@ func (s *Server) attachFindings(ctx context.Context, incID string, fs []*detect.
 			}
 			s.detect.engine.SetIncident(f.ID, inc.ID)
 			f.IncidentID = inc.ID
-			if err := s.putFinding(ctx, tx, f); err != nil {
+			if err := s.db.LinkFinding(ctx, tx, f.ID, inc.ID); err != nil {
 				return err
 			}
 		}
@@ -353,7 +353,7 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	for i := range fs {
 		s.detect.engine.SetIncident(fs[i].ID, inc.ID)
 		fs[i].IncidentID = inc.ID
-		if err := s.putFinding(ctx, s.db.SQL(), &fs[i]); err != nil {
+		if err := s.db.LinkFinding(ctx, s.db.SQL(), fs[i].ID, inc.ID); err != nil {
 			s.log.Warn("link finding to incident", "finding", fs[i].ID, "err", err)
 		}
 	}

@@ -39,41 +39,33 @@ func fillAudit(tb testing.TB, db *store.DB, n int) {
 
 func BenchmarkAuditRowsKinds(b *testing.B) {
 	const n = 100_000
-	for _, dialect := range []string{"sqlite", "postgres"} {
-		b.Run(dialect, func(b *testing.B) {
-			var db *store.DB
-			if dialect == "sqlite" {
-				db = storetest.SQLite(b)
-			} else {
-				db = storetest.Postgres(b)
-			}
-			fillAudit(b, db, n)
-			if _, err := db.SQL().ExecContext(context.Background(), "ANALYZE"); err != nil {
-				b.Fatal(err)
-			}
-			for _, tc := range []struct {
-				name   string
-				prefix string
-				want   int
-			}{
-				{"rare_incident", "incident.", 100},
-				{"tenth_oauth", "oauth.", 100},
-				{"common_agent", "agent.", 100},
-			} {
-				b.Run(tc.name, func(b *testing.B) {
-					for b.Loop() {
-						rows, err := db.AuditRowsDescKinds(context.Background(), n, 100, []string{tc.prefix})
-						if err != nil {
-							b.Fatal(err)
-						}
-						if len(rows) != tc.want {
-							b.Fatalf("%d rows, want %d", len(rows), tc.want)
-						}
+	storetest.EachB(b, func(b *testing.B, db *store.DB) {
+		fillAudit(b, db, n)
+		if _, err := db.SQL().ExecContext(context.Background(), "ANALYZE"); err != nil {
+			b.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name   string
+			prefix string
+			want   int
+		}{
+			{"rare_incident", "incident.", 100},
+			{"tenth_oauth", "oauth.", 100},
+			{"common_agent", "agent.", 100},
+		} {
+			b.Run(tc.name, func(b *testing.B) {
+				for b.Loop() {
+					rows, err := db.AuditRowsDescKinds(context.Background(), n, 100, []string{tc.prefix})
+					if err != nil {
+						b.Fatal(err)
 					}
-				})
-			}
-		})
-	}
+					if len(rows) != tc.want {
+						b.Fatalf("%d rows, want %d", len(rows), tc.want)
+					}
+				}
+			})
+		}
+	})
 }
 
 // TestAuditRowsByKind: a read by kind prefix returns exactly the records

@@ -378,8 +378,11 @@ type FindingRow struct {
 	Body        json.RawMessage
 }
 
-// PutFinding inserts a finding or, for one already stored, updates its
-// last sighting, count, incident and body.
+// PutFinding inserts a finding or, for one already stored, replaces its
+// last sighting, count, incident and body, claiming nothing: for copying
+// findings in whole. The server stores its detectors' findings with
+// MergeFinding, which merges them across replicas, and links them to
+// incidents with LinkFinding.
 func (s *DB) PutFinding(ctx context.Context, q Queryer, f FindingRow) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO detect_findings (id, at, last_at, detector, severity, identity, destination, count, incident_id, body)
 		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (id) DO UPDATE SET last_at = excluded.last_at, severity = excluded.severity,

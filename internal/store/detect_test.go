@@ -331,6 +331,36 @@ func TestOpenIncidentClaim(t *testing.T) {
 // opened several incidents for one identity (before the claim existed)
 // makes the newest open or contained one the identity's open incident.
 func TestOpenIncidentBackfill(t *testing.T) {
+	beforeMigration(t, 64, "detect_open_incidents", func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+		for _, r := range []store.IncidentRow{
+			{ID: "a-old", Identity: "a", State: "contained", OpenedAt: t0},
+			{ID: "a-new", Identity: "a", State: "open", OpenedAt: t0.Add(time.Minute)},
+			{ID: "a-released", Identity: "a", State: "released", OpenedAt: t0.Add(2 * time.Minute)},
+			{ID: "b-1", Identity: "b", State: "contained", OpenedAt: t0},
+			{ID: "c-1", Identity: "c", State: "released", OpenedAt: t0},
+		} {
+			r.UpdatedAt, r.Body = r.OpenedAt, []byte("{}")
+			if err := db.PutIncident(ctx, db.SQL(), r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}, func(t *testing.T, db *store.DB) {
+		for who, want := range map[string]string{"a": "a-new", "b": "b-1", "c": ""} {
+			if got, err := db.OpenIncidentOf(context.Background(), db.SQL(), who); err != nil || got != want {
+				t.Errorf("open incident of %s: %q %v, want %q", who, got, err, want)
+			}
+		}
+	})
+}
+
+// beforeMigration checks a backfilling migration, on SQLite and on
+// PostgreSQL: seed writes rows into a new store, which is then put back
+// as it was before the migration (its table dropped, its version
+// forgotten) and reopened, so that the migration runs on those rows;
+// check reads what it made of them.
+func beforeMigration(t *testing.T, version int, table string, seed, check func(t *testing.T, db *store.DB)) {
 	for _, tc := range []struct {
 		name string
 		dsn  func(t *testing.T) string
@@ -345,21 +375,8 @@ func TestOpenIncidentBackfill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
-			for _, r := range []store.IncidentRow{
-				{ID: "a-old", Identity: "a", State: "contained", OpenedAt: t0},
-				{ID: "a-new", Identity: "a", State: "open", OpenedAt: t0.Add(time.Minute)},
-				{ID: "a-released", Identity: "a", State: "released", OpenedAt: t0.Add(2 * time.Minute)},
-				{ID: "b-1", Identity: "b", State: "contained", OpenedAt: t0},
-				{ID: "c-1", Identity: "c", State: "released", OpenedAt: t0},
-			} {
-				r.UpdatedAt, r.Body = r.OpenedAt, []byte("{}")
-				if err := db.PutIncident(ctx, db.SQL(), r); err != nil {
-					t.Fatal(err)
-				}
-			}
-			// The store as it was before migration 0064.
-			for _, stmt := range []string{"DROP TABLE detect_open_incidents", "DELETE FROM schema_migrations WHERE version = 64"} {
+			seed(t, db)
+			for _, stmt := range []string{"DROP TABLE " + table, fmt.Sprintf("DELETE FROM schema_migrations WHERE version = %d", version)} {
 				if _, err := db.SQL().ExecContext(ctx, stmt); err != nil {
 					t.Fatal(err)
 				}
@@ -369,11 +386,7 @@ func TestOpenIncidentBackfill(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			for who, want := range map[string]string{"a": "a-new", "b": "b-1", "c": ""} {
-				if got, err := db.OpenIncidentOf(ctx, db.SQL(), who); err != nil || got != want {
-					t.Errorf("open incident of %s: %q %v, want %q", who, got, err, want)
-				}
-			}
+			check(t, db)
 		})
 	}
 }

@@ -55,6 +55,13 @@ func Each(t *testing.T, fn func(t *testing.T, db *store.DB)) {
 	t.Run("postgres", func(t *testing.T) { fn(t, Postgres(t)) })
 }
 
+// EachB runs fn as a sub-benchmark against SQLite and against
+// PostgreSQL.
+func EachB(b *testing.B, fn func(b *testing.B, db *store.DB)) {
+	b.Run("sqlite", func(b *testing.B) { fn(b, SQLite(b)) })
+	b.Run("postgres", func(b *testing.B) { fn(b, Postgres(b)) })
+}
+
 var (
 	pgOnce   sync.Once
 	pgServer *server
