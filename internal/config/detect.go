@@ -129,8 +129,8 @@ type DetectSettings struct {
 	// RiskWindow is how far back findings count towards an identity's
 	// risk; default 1h.
 	RiskWindow wire.Duration `json:"risk_window,omitempty"`
-	// MaxFindingsPerMinute bounds new findings mesh-wide; more are
-	// dropped and counted (default 100).
+	// MaxFindingsPerMinute bounds the new findings each server replica
+	// raises per minute; more are dropped and counted (default 100).
 	MaxFindingsPerMinute int `json:"max_findings_per_minute,omitempty"`
 	// Thresholds are the defaults for every identity; Services override
 	// them for some (the first match wins).
