@@ -590,7 +590,8 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 
 // raise records a detection: it updates the open finding of the same
 // detector, identity and destination, or opens a new one (unless the
-// mesh-wide bound of new findings per minute is reached).
+// bound of new findings per minute, counted per engine and so per
+// replica, is reached).
 func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, dst, summary string, ev map[string]string, recs []Record) *Finding {
 	k := KeyOf(detector, identity, dst)
 	if f := e.open[k]; f != nil && now.Sub(f.LastSeen) <= e.cfg.SuppressFor.Std() {
