@@ -20,7 +20,8 @@ import (
 // standard transport spends two goroutines per connection and three
 // hand-offs per request; this one writes the request and reads the answer
 // on the caller's goroutine over a LIFO pool of keep-alive connections,
-// parsing answers with net/http's own ReadResponse. It takes the common
+// parsing the common answer itself and any other with net/http's own
+// ReadResponse (readResponse: the same *http.Response either way). It takes the common
 // case — no upgrade, no trailers, a request body of known length up to
 // leanMaxBody — and hands everything else to fallback, the standard
 // transport, so streaming and upgrades keep their full semantics.
@@ -47,6 +48,9 @@ type appConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	// parsed and head are readResponse's, reused from answer to answer.
+	parsed h1Response
+	head   []byte
 }
 
 // peekAfter is how long a connection must have been idle before get
@@ -194,7 +198,7 @@ func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http
 	var resp *http.Response
 	for {
 		var err error
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = readResponse(pc.br, req, &pc.parsed, &pc.head)
 		if err != nil {
 			stop()
 			if ctx.Err() != nil {

@@ -568,11 +568,20 @@ func parseResponseHead(b []byte, head bool, resp *h1Response) h1Verdict {
 // is immutable: whatever keeps one (a decision log record, a Rego
 // result) keeps a valid string.
 func newHeader(head string, fields []h1Field) http.Header {
+	return fieldsHeader(head, fields, "Host")
+}
+
+// fieldsHeader is the http.Header of the fields of a head copied into
+// head, as net/textproto.ReadMIMEHeader builds it (canonical names,
+// values in order, all values sharing one array) plus net/http's
+// fixPragmaCacheControl, without the fields named skip (canonical; ""
+// skips none).
+func fieldsHeader(head string, fields []h1Field, skip string) http.Header {
 	h := make(http.Header, len(fields))
 	vals := make([]string, 0, len(fields))
 	for _, f := range fields {
 		name := head[f.name.off:f.name.end]
-		if name == "Host" {
+		if name == skip {
 			continue
 		}
 		v := head[f.value.off:f.value.end]
