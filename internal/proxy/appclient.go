@@ -69,7 +69,15 @@ func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var body []byte
 	if req.ContentLength > 0 {
-		body = make([]byte, req.ContentLength)
+		// The body is kept only until the request is written (and
+		// written again on a retry), all within this call: a pooled
+		// buffer, not a new kilobyte or more of garbage per request.
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		if body = *bp; int64(cap(body)) < req.ContentLength {
+			body = make([]byte, req.ContentLength)
+		}
+		body = body[:req.ContentLength]
 		if _, err := io.ReadFull(req.Body, body); err != nil {
 			req.Body.Close()
 			return nil, fmt.Errorf("proxy: read request body: %w", err)
