@@ -68,6 +68,9 @@ type fastConn struct {
 	out    []byte
 	rw     fastWriter
 	body   fastBody
+	// hdr is the answer's header map, cleared and handed to the next
+	// request's handler (see serveRequest).
+	hdr http.Header
 	// timer starts a watch of a request still in the handler; watchMu
 	// orders it with serveRequest: watching while the handler runs,
 	// cancel the request's, watched the watch started.
@@ -262,7 +265,18 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	}
 	fc.watchMu.Unlock()
 	w := &fc.rw
-	*w = fastWriter{fc: fc, req: r, cl: -1, out: w.out[:0], closeAfter: head.Close}
+	// The answer's header map is the connection's, emptied for each
+	// request: a map of a dozen fields (the upstream's and the security
+	// headers) was the largest allocation of a request. Nothing keeps it
+	// past the handler (the gateway's handler writes synchronously, and
+	// a handler must not use its ResponseWriter after returning); a
+	// connection whose request was aborted is closed with it.
+	if fc.hdr == nil {
+		fc.hdr = make(http.Header, 16)
+	} else {
+		clear(fc.hdr)
+	}
+	*w = fastWriter{fc: fc, req: r, hdr: fc.hdr, cl: -1, out: w.out[:0], closeAfter: head.Close}
 	aborted := false
 	func() {
 		defer func() {
@@ -297,6 +311,9 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	}
 	if cap(fc.out) > 8<<10 {
 		fc.out = nil
+	}
+	if len(fc.hdr) > 64 {
+		fc.hdr = nil // a map does not shrink when cleared
 	}
 	// The body is the connection's again: a transport still sending it
 	// upstream (an upstream that answered early) reads no more of it.

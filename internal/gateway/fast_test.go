@@ -71,6 +71,10 @@ func TestFastPathSameAsNetHTTP(t *testing.T) {
 		{"get", get + last},
 		{"post_json", post + fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(json), json) + last},
 		{"pipelined", get + get + get + last},
+		// The answer's header map is the connection's: nothing of one
+		// answer (the app's Etag, CORS grants) may reach the next.
+		{"no_field_carried_to_the_next_answer", "GET /orders/status/201 HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\n\r\n" + get +
+			"OPTIONS /orders/1 HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\n\r\n" + get + last},
 		{"head", "HEAD /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"},
 		{"head_denied", "HEAD /admin HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
 		{"status_without_text", "GET /orders/status/299 HTTP/1.1\r\nHost: localhost\r\n\r\n" + last},
