@@ -68,6 +68,8 @@ type fastConn struct {
 	out    []byte
 	rw     fastWriter
 	body   fastBody
+	// parser reads the request heads.
+	parser proxy.H1Parser
 	// hdr is the answer's header map, cleared and handed to the next
 	// request's handler (see serveRequest).
 	hdr http.Header
@@ -159,7 +161,7 @@ func (fc *fastConn) serve() net.Conn {
 			if fc.r < fc.w {
 				skip = 0
 			}
-			head, v = proxy.ParseH1Head(fc.buf[fc.r:fc.w])
+			head, v = fc.parser.Parse(fc.buf[fc.r:fc.w])
 			if v != proxy.H1More || fc.w-fc.r >= limit {
 				break
 			}

@@ -91,8 +91,25 @@ const (
 
 // ParseH1Head reads the request head at the start of b.
 func ParseH1Head(b []byte) (H1Head, H1Verdict) {
-	var req h1Request
-	switch parseRequestHead(b, &req) {
+	var p H1Parser
+	return p.Parse(b)
+}
+
+// H1Parser is ParseH1Head with its scratch space (where the field lines
+// are, read before the Header is built) kept from head to head: one per
+// connection saves the slice grown anew for every request.
+type H1Parser struct{ req h1Request }
+
+// Parse reads the request head at the start of b, as ParseH1Head does.
+// Nothing it returns refers to the scratch space.
+func (p *H1Parser) Parse(b []byte) (H1Head, H1Verdict) {
+	req := &p.req
+	defer func() {
+		if cap(req.fields) > 64 {
+			req.fields = nil // a head of many fields is not kept
+		}
+	}()
+	switch parseRequestHead(b, req) {
 	case h1More:
 		return H1Head{}, H1More
 	case h1OK:

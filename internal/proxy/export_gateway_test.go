@@ -82,6 +82,13 @@ func FuzzParseH1Head(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		h, v := ParseH1Head(in)
+		// A connection's parser, used before for a head of more fields,
+		// reads the same.
+		var p H1Parser
+		p.Parse([]byte("POST /p HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+		if rh, rv := p.Parse(bytes.Clone(in)); rv != v || !reflect.DeepEqual(rh, h) {
+			t.Fatalf("%q: a reused parser reads %v %+v, a new one %v %+v", in, rv, rh, v, h)
+		}
 		if v != H1Serve {
 			return
 		}
