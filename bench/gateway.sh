@@ -73,8 +73,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports: a block chosen from the PID so parallel runs do not collide.
-BASE=$((20000 + ($$ % 400) * 100))
+# Ports: a block chosen from the PID so parallel runs do not collide,
+# below the ephemeral range (32768 and up on Linux: a port there may be
+# any outgoing connection's, and bind fails), skipping a block in which
+# something already listens.
+BASE=""
+for i in $(seq 0 119); do
+	b=$((20000 + (($$ + i) % 120) * 100))
+	if ! ss -Htln 2>/dev/null | awk '{print $4}' | grep -Eq ":$((b / 100))[0-9]{2}\$"; then BASE=$b; break; fi
+done
+[ -n "$BASE" ] || { echo "bench: no free block of ports in 20000-31999" >&2; exit 2; }
 APP=$BASE SC_IN=$((BASE + 1)) SC_ADM=$((BASE + 2)) NG=$((BASE + 3)) REDIS=$((BASE + 4))
 GW=$((BASE + 10)) GW_WAF=$((BASE + 11)) GW_RL=$((BASE + 12)) GW_RLR=$((BASE + 13))
 GW_ADM=$((BASE + 20)) GW_WAF_ADM=$((BASE + 21)) GW_BASE=$((BASE + 22))
