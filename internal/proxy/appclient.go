@@ -21,10 +21,11 @@ import (
 // hand-offs per request; this one writes the request and reads the answer
 // on the caller's goroutine over a LIFO pool of keep-alive connections,
 // parsing the common answer itself and any other with net/http's own
-// ReadResponse (readResponse: the same *http.Response either way). It takes the common
-// case — no upgrade, no trailers, a request body of known length up to
-// leanMaxBody — and hands everything else to fallback, the standard
-// transport, so streaming and upgrades keep their full semantics.
+// ReadResponse (readResponse: the same *http.Response either way). It
+// takes the common case — no upgrade, no trailers, a request body of
+// known length up to leanMaxBody — and hands everything else to
+// fallback, the standard transport, so streaming and upgrades keep their
+// full semantics.
 //
 // A pooled connection the app has closed is noticed before reuse (a
 // non-blocking peek, for connections idle longer than peekAfter); a
