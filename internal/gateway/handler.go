@@ -85,14 +85,22 @@ var httpsProto = []string{"https"}
 
 // clientBody notes the error reading the client's body failed with, so
 // that a failed forward the client caused (a malformed chunk, a body cut
-// short) is answered 400 and not blamed on the upstream.
+// short) is answered 400 and not blamed on the upstream, and counts the
+// bytes read: an upstream that answers early reads less than the
+// Content-Length says, and the traffic record counts what was read, not
+// what was announced.
 type clientBody struct {
 	io.ReadCloser
 	rc *reqCtx
+	// n is written by the transport's goroutine that sends the body.
+	n atomic.Int64
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.n.Add(int64(n))
+	}
 	if err != nil && err != io.EOF {
 		b.rc.noteBodyErr(err)
 	}
@@ -241,7 +249,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		// A streamed body is cut off at the limit: the upstream sees the
 		// request fail, never a body past it.
 		r.Body = http.MaxBytesReader(w0, r.Body, rt.maxBody)
-		rc.reqBody = clientBody{ReadCloser: r.Body, rc: rc}
+		rc.reqBody.ReadCloser, rc.reqBody.rc = r.Body, rc
 		r.Body = &rc.reqBody
 	}
 
@@ -505,7 +513,7 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 func (g *Gateway) observe(rec *proxy.Recorder, rc *reqCtx, r *http.Request, status int, respBytes int64, d time.Duration) {
 	o := proxy.Observation{
 		Direction: proxy.DirectionOutbound, Port: g.port, Protocol: "http", Method: r.Method, Path: r.URL.Path,
-		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: max(r.ContentLength, 0), RespBytes: respBytes, Latency: d,
+		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: rc.reqBody.n.Load(), RespBytes: respBytes, Latency: d,
 	}
 	if rc.route != nil {
 		o.Destination = rc.route.cfg.SPIFFEID
