@@ -203,7 +203,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	}
 	var body *bodyReader
 	if r.ContentLength != 0 && r.Body != nil {
-		body = &bodyReader{ReadCloser: r.Body}
+		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength}
 		r.Body = body
 		if r.ProtoMajor == 1 && upgrade == "" {
 			// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads)
@@ -339,15 +339,21 @@ func finishEarly(rc *http.ResponseController, r *http.Request) {
 }
 
 // bodyReader remembers whether reading a request body failed otherwise
-// than by its end, and whether it reached its end.
+// than by its end, and whether it was read to its end.
 type bodyReader struct {
 	io.ReadCloser
-	err atomic.Bool
-	eof atomic.Bool
+	// length is the body's Content-Length, -1 when unknown (chunked).
+	length int64
+	read   atomic.Int64
+	err    atomic.Bool
+	eof    atomic.Bool
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.read.Add(int64(n))
+	}
 	switch {
 	case err == io.EOF:
 		b.eof.Store(true)
@@ -359,8 +365,12 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 
 func (b *bodyReader) failed() bool { return b.err.Load() }
 
-// done reports whether the body was read to its end.
-func (b *bodyReader) done() bool { return b.eof.Load() }
+// done reports whether the body was read to its end: its EOF, or as
+// many bytes as its Content-Length says (a client that reads exactly
+// that many, as the lean app client does, never asks for the EOF).
+func (b *bodyReader) done() bool {
+	return b.eof.Load() || b.length >= 0 && b.read.Load() >= b.length
+}
 
 // failed answers a request that could not be forwarded (err) and counts
 // and logs it; path is the decoded path, never the query.
