@@ -156,6 +156,16 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	// A request that may switch protocols (an Upgrade field, CONNECT)
+	// opened the framing guard: whatever follows it on the connection may
+	// be the new protocol's frames, and net/http alone reads it. Unless
+	// the switch happens (the forwarder then writes the upstream's 101
+	// and takes the connection over, this header unused), the connection
+	// closes after the answer, as Envoy's does after a refused upgrade.
+	if r.ProtoMajor == 1 && (len(r.Header["Upgrade"]) > 0 || r.Method == http.MethodConnect) {
+		w.Header().Set("Connection", "close")
+	}
+
 	// The request line and head, before anything reads them further.
 	switch r.Method {
 	case http.MethodConnect, http.MethodTrace:
