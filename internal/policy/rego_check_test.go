@@ -14,7 +14,9 @@ import (
 // with OPA and without. Run it both ways: go test ./internal/policy/ and
 // go test -tags norego ./internal/policy/.
 func TestCompileRegoSharedChecks(t *testing.T) {
-	mod := func(id string) wire.RegoModule { return wire.RegoModule{ID: id, Source: "package " + strings.TrimSuffix(id, ".rego") + "\n"} }
+	mod := func(id string) wire.RegoModule {
+		return wire.RegoModule{ID: id, Source: "package " + strings.TrimSuffix(id, ".rego") + "\n"}
+	}
 	many := make([]wire.RegoModule, MaxRegoModules+1)
 	for i := range many {
 		many[i] = mod("m" + strconv.Itoa(i) + ".rego")
