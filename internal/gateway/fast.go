@@ -537,6 +537,14 @@ func (w *fastWriter) EnableFullDuplex() error {
 	return nil
 }
 
+// SetReadDeadline sets the connection's read deadline, as net/http's
+// server does: the forwarder sets one in the past to wake a transport
+// blocked reading a body the upstream no longer wants (it answered
+// early), and the connection then closes after the answer.
+func (w *fastWriter) SetReadDeadline(t time.Time) error {
+	return w.fc.tc.SetReadDeadline(t)
+}
+
 func (w *fastWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return

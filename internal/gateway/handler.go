@@ -85,14 +85,22 @@ var httpsProto = []string{"https"}
 
 // clientBody notes the error reading the client's body failed with, so
 // that a failed forward the client caused (a malformed chunk, a body cut
-// short) is answered 400 and not blamed on the upstream.
+// short) is answered 400 and not blamed on the upstream, and counts the
+// bytes read: an upstream that answers early reads less than the
+// Content-Length says, and the traffic record counts what was read, not
+// what was announced.
 type clientBody struct {
 	io.ReadCloser
 	rc *reqCtx
+	// n is written by the transport's goroutine that sends the body.
+	n atomic.Int64
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.n.Add(int64(n))
+	}
 	if err != nil && err != io.EOF {
 		b.rc.noteBodyErr(err)
 	}
@@ -146,6 +154,16 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 			g.reject(w, status, reason, msg)
 			return
 		}
+	}
+
+	// A request that may switch protocols (an Upgrade field, CONNECT)
+	// opened the framing guard: whatever follows it on the connection may
+	// be the new protocol's frames, and net/http alone reads it. Unless
+	// the switch happens (the forwarder then writes the upstream's 101
+	// and takes the connection over, this header unused), the connection
+	// closes after the answer, as Envoy's does after a refused upgrade.
+	if r.ProtoMajor == 1 && (len(r.Header["Upgrade"]) > 0 || r.Method == http.MethodConnect) {
+		w.Header().Set("Connection", "close")
 	}
 
 	// The request line and head, before anything reads them further.
@@ -238,10 +256,21 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
+		// The wrappers go on a copy of net/http's request: its server
+		// decides what to do with a body the handler left unread by the
+		// body's own type (close the connection after an unanswered
+		// Expect: 100-continue or 256 KiB still to come), and would
+		// otherwise read up to 256 KiB of an unknown one before the
+		// answer's head, waiting for a client that waits for the answer
+		// (TestGatewayAnswerUnreadBody). The fast path keeps its body
+		// apart from r and needs no copy.
+		if _, fast := w0.(*fastWriter); !fast {
+			r = r.WithContext(r.Context())
+		}
 		// A streamed body is cut off at the limit: the upstream sees the
 		// request fail, never a body past it.
 		r.Body = http.MaxBytesReader(w0, r.Body, rt.maxBody)
-		rc.reqBody = clientBody{ReadCloser: r.Body, rc: rc}
+		rc.reqBody.ReadCloser, rc.reqBody.rc = r.Body, rc
 		r.Body = &rc.reqBody
 	}
 
@@ -505,7 +534,7 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 func (g *Gateway) observe(rec *proxy.Recorder, rc *reqCtx, r *http.Request, status int, respBytes int64, d time.Duration) {
 	o := proxy.Observation{
 		Direction: proxy.DirectionOutbound, Port: g.port, Protocol: "http", Method: r.Method, Path: r.URL.Path,
-		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: max(r.ContentLength, 0), RespBytes: respBytes, Latency: d,
+		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: rc.reqBody.n.Load(), RespBytes: respBytes, Latency: d,
 	}
 	if rc.route != nil {
 		o.Destination = rc.route.cfg.SPIFFEID

@@ -3,8 +3,6 @@
 package policy
 
 import (
-	"sort"
-
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -40,23 +38,11 @@ type Rego struct {
 // path) is not checked; it could only change a deny into a refusal.
 // Errors are *RegoError (wrapping ErrInvalid). The inputs are copied.
 func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, error) {
-	if err := checkRegoCounts(modules, data); err != nil {
+	r := &Rego{}
+	var err error
+	if r.modules, err = checkRegoModules(modules, data, nil); err != nil {
 		return nil, err
 	}
-	r := &Rego{}
-	seen := make(map[string]bool, len(modules))
-	for _, m := range modules {
-		if seen[m.ID] {
-			return nil, regoErrorf("module %q given twice", m.ID)
-		}
-		seen[m.ID] = true
-		if err := checkRegoModule(m.ID, m.Source); err != nil {
-			return nil, err
-		}
-		r.modules = append(r.modules, m)
-	}
-	sort.Slice(r.modules, func(i, j int) bool { return r.modules[i].ID < r.modules[j].ID })
-	var err error
 	if _, r.data, err = decodeDataDocuments(data); err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ package policy
 import (
 	"context"
 	"errors"
-	"sort"
 	"strings"
 	"sync"
 
@@ -83,37 +82,31 @@ const maxQueryCache = 256
 // the module ID and line; limits and malformed data name the item. The
 // inputs are copied.
 func CompileRego(modules []wire.RegoModule, data []wire.DataDocument) (*Rego, error) {
-	if err := checkRegoCounts(modules, data); err != nil {
-		return nil, err
-	}
 	r := &Rego{parsed: make(map[string]*ast.Module, len(modules))}
 	var errs ast.Errors
-	for _, m := range modules {
-		if _, dup := r.parsed[m.ID]; dup {
-			return nil, regoErrorf("module %q given twice", m.ID)
-		}
+	var err error
+	r.modules, err = checkRegoModules(modules, data, func(m wire.RegoModule) error {
 		pm, err := ParseRegoModule(m.ID, m.Source)
 		if err != nil {
 			var re *RegoError
 			if errors.As(err, &re) && re.Msg == "" {
-				errs = append(errs, re.Errors...)
-				r.parsed[m.ID] = nil
-				continue
+				errs = append(errs, re.Errors...) // reported with the others
+				return nil
 			}
-			return nil, err
+			return err
 		}
 		r.parsed[m.ID] = pm
-		r.modules = append(r.modules, m)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(errs) > 0 {
 		return nil, &RegoError{Errors: errs}
 	}
-	var err error
 	if r.dataMap, r.data, err = decodeDataDocuments(data); err != nil {
 		return nil, err
 	}
-	sort.Slice(r.modules, func(i, j int) bool { return r.modules[i].ID < r.modules[j].ID })
-
 	r.compiler = ast.NewCompiler().
 		WithUnsafeBuiltins(regoUnsafeBuiltins).
 		WithEnablePrintStatements(false)

@@ -203,7 +203,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	}
 	var body *bodyReader
 	if r.ContentLength != 0 && r.Body != nil {
-		body = &bodyReader{ReadCloser: r.Body}
+		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength}
 		r.Body = body
 		if r.ProtoMajor == 1 && upgrade == "" {
 			// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads)
@@ -257,6 +257,16 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		dst["Trailer"] = []string{strings.Join(names, ", ")}
 	}
 	announced := len(resp.Trailer)
+	// An answer that comes before the request's body has been read to its
+	// end (an upstream refusing an upload from its head, or answering and
+	// closing) may be the whole exchange: on HTTP/1.x the connection then
+	// closes after it, as Envoy's and nginx's do, since what the client
+	// still sends of its body would otherwise be read as the next request
+	// (see finishEarly). A full-duplex stream that goes on to send its body
+	// whole only costs a new connection.
+	if body != nil && !body.done() && r.ProtoMajor == 1 {
+		dst["Connection"] = []string{"close"}
+	}
 	w.WriteHeader(resp.StatusCode)
 
 	rc := http.NewResponseController(w)
@@ -300,25 +310,67 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			}
 		}
 	}
+	if body != nil && !body.done() {
+		finishEarly(rc, r)
+	}
 	return resp.StatusCode, respBytes
 }
 
+// finishEarly ends a request whose answer is complete before its body
+// was read to the end. The transport may still be sending that body,
+// blocked reading the client, who may send nothing more until it has the
+// answer (curl after Expect: 100-continue, a client that reads while it
+// writes): closing the answer's body waits for that sender, and net/http's
+// request body holds its lock while it reads, so nothing else can stop it
+// but the client or the read timeout. The answer is flushed to the client
+// first, then the client's body is cut off with a read deadline in the
+// past, which wakes the blocked read: on HTTP/1.x the connection then
+// closes after the answer (it said Connection: close, see forward); on
+// HTTP/2 the stream ends and net/http resets it with NO_ERROR, asking the
+// client to stop sending (RFC 9113 section 8.1), while the connection's
+// other streams go on.
+func finishEarly(rc *http.ResponseController, r *http.Request) {
+	_ = rc.Flush()
+	if err := rc.SetReadDeadline(time.Unix(1, 0)); err != nil && r.ProtoMajor != 1 {
+		// No deadline to set (an HTTP/2 body's Close does not wait for
+		// its reader): close the body instead.
+		r.Body.Close()
+	}
+}
+
 // bodyReader remembers whether reading a request body failed otherwise
-// than by its end.
+// than by its end, and whether it was read to its end.
 type bodyReader struct {
 	io.ReadCloser
-	err atomic.Bool
+	// length is the body's Content-Length, -1 when unknown (chunked).
+	length int64
+	read   atomic.Int64
+	err    atomic.Bool
+	eof    atomic.Bool
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
+	if n > 0 {
+		b.read.Add(int64(n))
+	}
+	switch {
+	case err == io.EOF:
+		b.eof.Store(true)
+	case err != nil:
 		b.err.Store(true)
 	}
 	return n, err
 }
 
 func (b *bodyReader) failed() bool { return b.err.Load() }
+
+// done reports whether the body was read to its end: its EOF, or as
+// many bytes as its Content-Length says (a client that reads exactly
+// that many, as the lean app client does, never asks for the EOF).
+func (b *bodyReader) done() bool {
+	return b.eof.Load() || b.length >= 0 && b.read.Load() >= b.length
+}
 
 // failed answers a request that could not be forwarded (err) and counts
 // and logs it; path is the decoded path, never the query.

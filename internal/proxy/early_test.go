@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/moatless/moatless/internal/policy"
+)
+
+// earlyAnswerApp answers 413 without reading the request body, as an
+// app refusing an upload from its head does; other requests get the
+// length of their body, read whole.
+func earlyAnswerApp(t testing.TB) string {
+	t.Helper()
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "upload refused")
+			return
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		io.WriteString(w, strconv.FormatInt(n, 10))
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// A sidecar relays an app's early answer (before it read the body) at
+// once, on its outbound (plain HTTP/1.1 from the local app) and its
+// inbound (mTLS HTTP/1.1), on both server paths, while the client
+// withholds the rest of a body too large for the fast path to read
+// whole; the connection then closes, so that the rest of the body is
+// never read as a request, and the pair still serves.
+func TestEarlyAnswerNotHeld(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), earlyAnswerApp(t), HTTP, false, sp.edit)
+		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
+		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
+		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		dials := []struct {
+			name string
+			dial func() (net.Conn, error)
+		}{
+			{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
+			{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
+		}
+		for _, d := range dials {
+			t.Run(d.name, func(t *testing.T) {
+				c, err := d.dial()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				io.WriteString(c, "POST /early HTTP/1.1\r\nHost: orders\r\nContent-Length: 1048576\r\n\r\n"+strings.Repeat("a", 1000))
+				// Far below the sidecar's timeouts: an answer that waits
+				// for one fails.
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("no answer: %v", err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != 413 || string(b) != "upload refused" || !resp.Close {
+					t.Fatalf("answer %d %q close=%v, want 413 %q and Connection: close", resp.StatusCode, b, resp.Close, "upload refused")
+				}
+				io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
+				rest, err := io.ReadAll(br)
+				var ne net.Error
+				if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+				}
+			})
+		}
+		resp, err := http.Post(p.outboundURL+"/echo", "text/plain", strings.NewReader(strings.Repeat("x", 100<<10)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != strconv.Itoa(100<<10) {
+			t.Fatalf("a request after the early answers: %d %q", resp.StatusCode, b)
+		}
+	})
+}
