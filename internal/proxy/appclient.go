@@ -46,6 +46,7 @@ type appClient struct {
 
 type appConn struct {
 	nc        net.Conn
+	hl        headLimit // under br: bounds each answer's head
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
@@ -149,7 +150,9 @@ func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &appConn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}, false, nil
+	pc := &appConn{nc: nc, hl: headLimit{r: nc, left: -1}, bw: bufio.NewWriterSize(nc, 4096)}
+	pc.br = bufio.NewReaderSize(&pc.hl, 4096)
+	return pc, false, nil
 }
 
 // put returns a connection to the pool, closing it if the pool is full or
@@ -205,6 +208,7 @@ func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http
 		return nil, err
 	}
 	var resp *http.Response
+	pc.hl.left = maxResponseHeadBytes // for the heads; lifted for the body
 	for {
 		var err error
 		resp, err = readResponse(pc.br, req, &pc.parsed, &pc.head)
@@ -220,6 +224,7 @@ func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http
 		}
 		resp.Body.Close() // 1xx: informational, the real answer follows
 	}
+	pc.hl.left = -1
 	reuse := !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	if resp.Body == http.NoBody {
 		if stop() && reuse {

@@ -3,10 +3,47 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
 )
+
+// maxResponseHeadBytes bounds what an app or upstream may send before an
+// answer's body: its head and any informational (1xx) answers before
+// it. net/http.ReadResponse has no bound of its own, so without one a
+// peer that sends an endless field line or endless 100 Continue answers
+// — a compromised service, say — grows the proxy's memory until it is
+// killed. Envoy's default is 60 KiB; the transports beside the lean
+// clients (MaxResponseHeaderBytes) get the same bound.
+const maxResponseHeadBytes = 64 << 10
+
+var errResponseHeadTooLarge = errors.New("proxy: the answer's head (with any 1xx answers before it) is larger than 64 KiB")
+
+// headLimit is the reader under a connection's bufio.Reader while an
+// answer's head is read: once left bytes are used up its reads fail with
+// errResponseHeadTooLarge. left < 0 means no limit (a body is read).
+// Bytes buffered ahead of the head count too; the buffer is far smaller
+// than the limit.
+type headLimit struct {
+	r    io.Reader
+	left int
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.left < 0 {
+		return l.r.Read(p)
+	}
+	if l.left == 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
 
 // readResponse reads one answer to req from br, as net/http.ReadResponse
 // reads it, and returns the same *http.Response: the same Status,

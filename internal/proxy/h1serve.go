@@ -653,7 +653,8 @@ func (fc *fastConn) relay(up net.Conn, in []byte, n int, out []byte, closeAfter 
 // removed, a body of unknown length chunked, trailers carried). in is
 // what was read from up so far. The upstream connection is not reused.
 func (fc *fastConn) relayResponse(f *forwarder, up net.Conn, in []byte, method string, closeAfter bool) fastOutcome {
-	br := bufio.NewReader(io.MultiReader(bytes.NewReader(in), up))
+	hl := &headLimit{r: io.MultiReader(bytes.NewReader(in), up), left: maxResponseHeadBytes}
+	br := bufio.NewReader(hl)
 	var resp *http.Response
 	for {
 		var err error
@@ -666,6 +667,7 @@ func (fc *fastConn) relayResponse(f *forwarder, up net.Conn, in []byte, method s
 		}
 		resp.Body.Close() // 1xx: informational, the real answer follows
 	}
+	hl.left = -1
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The fast path forwards no upgrade: every switch is unasked.

@@ -118,12 +118,13 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 	}
 	ib.tlsConf = s.tls.serverConfig([]string{"h2", "http/1.1"})
 	tr := &http.Transport{
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return ib.dialApp(ctx) },
-		MaxIdleConns:        s.cfg.MaxIdleConnsPerApp,
-		MaxIdleConnsPerHost: s.cfg.MaxIdleConnsPerApp,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
+		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return ib.dialApp(ctx) },
+		MaxIdleConns:           s.cfg.MaxIdleConnsPerApp,
+		MaxIdleConnsPerHost:    s.cfg.MaxIdleConnsPerApp,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: maxResponseHeadBytes,
+		DisableCompression:     true,
+		Protocols:              new(http.Protocols),
 	}
 	if c.Protocol == HTTP2 {
 		tr.Protocols.SetUnencryptedHTTP2(true)

@@ -18,16 +18,17 @@ import (
 // tr is the transport underneath, for closing its idle connections.
 func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, http1 bool, handshakeTimeout time.Duration) (rt http.RoundTripper, tr *http.Transport) {
 	tr = &http.Transport{
-		TLSClientConfig:     t.clientConfig(want, serverName, []string{"h2", "http/1.1"}),
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: handshakeTimeout,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        256,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
-		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		TLSClientConfig:        t.clientConfig(want, serverName, []string{"h2", "http/1.1"}),
+		DialContext:            (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:    handshakeTimeout,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: maxResponseHeadBytes,
+		DisableCompression:     true,
+		Protocols:              new(http.Protocols),
+		HTTP2:                  &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
 	tr.Protocols.SetHTTP1(true)
 	tr.Protocols.SetHTTP2(true)
