@@ -22,7 +22,13 @@ type hub struct {
 	version  uint64
 	sections store.Versions // the versions at h.version, shared by every stream
 	ch       chan struct{}
-	conns    map[string]int
+	conns    map[string]*nodeStreams
+}
+
+// nodeStreams is what the hub knows of one node's watch streams here.
+type nodeStreams struct {
+	n       int       // open streams
+	touched time.Time // the last store.TouchNode for the node, by any of them
 }
 
 func (h *hub) wait() <-chan struct{} {
@@ -67,10 +73,15 @@ func (h *hub) connect(id string, delta int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.conns == nil {
-		h.conns = map[string]int{}
+		h.conns = map[string]*nodeStreams{}
 	}
-	h.conns[id] += delta
-	if h.conns[id] <= 0 {
+	ns := h.conns[id]
+	if ns == nil {
+		ns = &nodeStreams{}
+		h.conns[id] = ns
+	}
+	ns.n += delta
+	if ns.n <= 0 {
 		delete(h.conns, id)
 	}
 }
@@ -78,7 +89,24 @@ func (h *hub) connect(id string, delta int) {
 func (h *hub) isConnected(id string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.conns[id] > 0
+	ns := h.conns[id]
+	return ns != nil && ns.n > 0
+}
+
+// touchDue reports whether a stream of node id, connected, should record
+// now that the node is still there (store.TouchNode): true for one stream
+// per node per touchInterval, however many streams the node has open
+// (one per sidecar sharing the node's identity), so last_seen costs one
+// store write per node per interval.
+func (h *hub) touchDue(id string, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ns := h.conns[id]
+	if ns == nil || now.Sub(ns.touched) < touchInterval {
+		return false
+	}
+	ns.touched = now
+	return true
 }
 
 // changed is called after this server committed a change, and by the
@@ -248,8 +276,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		s.hub.connect(id, -1)
 		s.metrics.connected.Dec()
 	}()
-	_ = s.db.TouchNode(ctx, id, s.now())
-	lastTouch := time.Now()
+	if s.hub.touchDue(id, time.Now()) {
+		_ = s.db.TouchNode(ctx, id, s.now())
+	}
 
 	updates := s.metrics.watchUpdates.WithLabelValues("update")
 	heartbeats := s.metrics.watchUpdates.WithLabelValues("heartbeat")
@@ -309,9 +338,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			heartbeats.Inc()
 			heartbeat.Reset(s.heartbeat)
 			// last_seen is for humans (moatless agent list): one write
-			// per node per touchInterval, not per heartbeat.
-			if time.Since(lastTouch) >= touchInterval {
-				lastTouch = time.Now()
+			// per node per touchInterval, not per heartbeat or stream.
+			if s.hub.touchDue(id, time.Now()) {
 				_ = s.db.TouchNode(ctx, id, s.now())
 			}
 		case <-wake:
