@@ -226,7 +226,8 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 // first what the node needs to be current (every section, or with a
 // resumable ?since only what changed after it), then each change that
 // concerns it (its entries, the bundle, revocations, policies) with the
-// global version, and a heartbeat at least every s.heartbeat. The stream
+// global version, and a heartbeat whenever it was silent for s.heartbeat
+// (the line every stream at that version sends alike). The stream
 // ends when the caller's SVID expires or is revoked (the node reconnects
 // with a renewed SVID), or when the server shuts down.
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
