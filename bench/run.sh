@@ -98,8 +98,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports: a block chosen from the PID so parallel runs do not collide.
-BASE=$((20000 + ($$ % 400) * 100))
+# Ports: a block of 100 chosen from the PID so parallel runs do not
+# collide, below the kernel's ephemeral range (32768–60999 by default):
+# a block inside it collides with the source port of some other
+# connection on a busy host, and a listener then fails with "address
+# already in use".
+EPH=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+BLOCKS=$(((EPH - 20000) / 100 - 1))
+[ "$BLOCKS" -ge 10 ] || BLOCKS=400
+BASE=$((20000 + ($$ % BLOCKS) * 100))
 APP=$BASE
 MO_IN=$((BASE + 1)) MO_OUT=$((BASE + 2)) MO_ADM1=$((BASE + 3)) MO_ADM2=$((BASE + 4))
 MO_IN0=$((BASE + 5)) MO_OUT0=$((BASE + 6)) MO_ADM3=$((BASE + 7)) MO_ADM4=$((BASE + 8))
