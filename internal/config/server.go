@@ -113,7 +113,9 @@ type Server struct {
 	// clients reconnect, to another replica when they know several, after
 	// three silent intervals. Shorter means faster failover when a server
 	// disappears without closing its connections, at the cost of one small
-	// write per interval per connected client.
+	// write per interval per idle connected client (a stream that just
+	// carried an update sends no heartbeat until it has been silent this
+	// long).
 	WatchHeartbeat wire.Duration `json:"watch_heartbeat,omitempty"`
 	// EvictNodesAfter is how long a node may go without renewing past its
 	// node SVID's expiry before it is evicted: removed from the node list,

@@ -2,7 +2,9 @@ package server
 
 import (
 	"encoding/json"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -98,4 +100,74 @@ func (s *Server) cachedWireBundle() *wire.Bundle {
 type bundleCacheEntry struct {
 	seq uint64
 	b   *wire.Bundle
+}
+
+// A change wakes every stream at once and most of them were at the same
+// version, so most send the very same line: the sections that changed,
+// none of them per node. Those lines are encoded once, by the first stream
+// that needs one, and the others write the same bytes. A heartbeat is the
+// same line for every stream at one version too.
+
+// lineKey names an update line that is the same for every stream: the
+// changes after since up to version, when no entries changed in between.
+type lineKey struct{ since, version uint64 }
+
+// sharedLine is one encoded update line; nil when nothing the streams
+// send changed (a change that concerned only entries of no node, say).
+type sharedLine struct{ line []byte }
+
+// sharedLines caches update lines by lineKey. Lookups are lock free: ten
+// thousand streams woken at once read it together.
+type sharedLines struct {
+	m sync.Map // lineKey → *sharedLine
+	n atomic.Int64
+	// build serialises the encoding of a missing line, so the streams
+	// that miss together encode it once.
+	build sync.Mutex
+}
+
+// maxSharedLines bounds the cache: streams only ever ask for the newest
+// few versions, and an evicted line is encoded again if asked for.
+const maxSharedLines = 64
+
+// get returns the line for k, calling encode once for it if absent.
+func (c *sharedLines) get(k lineKey, encode func() ([]byte, error)) ([]byte, error) {
+	if v, ok := c.m.Load(k); ok {
+		return v.(*sharedLine).line, nil
+	}
+	c.build.Lock()
+	defer c.build.Unlock()
+	if v, ok := c.m.Load(k); ok {
+		return v.(*sharedLine).line, nil
+	}
+	line, err := encode()
+	if err != nil {
+		return nil, err
+	}
+	if c.n.Add(1) > maxSharedLines {
+		c.m.Clear()
+		c.n.Store(1)
+	}
+	c.m.Store(k, &sharedLine{line: line})
+	return line, nil
+}
+
+// heartbeatLine is the encoded heartbeat at one version.
+type heartbeatLine struct {
+	version uint64
+	line    []byte
+}
+
+// heartbeatAt returns the heartbeat line for version, json.Marshal of
+// wire.Update{Version: version, Heartbeat: true} and a newline, shared by
+// every stream at that version: a heartbeat costs no encoding and no
+// allocation.
+func (s *Server) heartbeatAt(version uint64) []byte {
+	if h := s.heartbeats.Load(); h != nil && h.version == version {
+		return h.line
+	}
+	line := strconv.AppendUint([]byte(`{"version":`), version, 10)
+	line = append(line, `,"heartbeat":true}`+"\n"...)
+	s.heartbeats.Store(&heartbeatLine{version: version, line: line})
+	return line
 }

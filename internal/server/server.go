@@ -159,6 +159,10 @@ type Server struct {
 	// sends once per version (encode.go).
 	shared      sharedJSON
 	bundleCache atomic.Pointer[bundleCacheEntry]
+	// lines and heartbeats hold whole watch lines every stream sends
+	// alike (encode.go).
+	lines      sharedLines
+	heartbeats atomic.Pointer[heartbeatLine]
 }
 
 // serverID is the SPIFFE ID of the control plane itself.

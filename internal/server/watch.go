@@ -22,7 +22,13 @@ type hub struct {
 	version  uint64
 	sections store.Versions // the versions at h.version, shared by every stream
 	ch       chan struct{}
-	conns    map[string]int
+	conns    map[string]*nodeStreams
+}
+
+// nodeStreams is what the hub knows of one node's watch streams here.
+type nodeStreams struct {
+	n       int       // open streams
+	touched time.Time // the last store.TouchNode for the node, by any of them
 }
 
 func (h *hub) wait() <-chan struct{} {
@@ -67,10 +73,15 @@ func (h *hub) connect(id string, delta int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.conns == nil {
-		h.conns = map[string]int{}
+		h.conns = map[string]*nodeStreams{}
 	}
-	h.conns[id] += delta
-	if h.conns[id] <= 0 {
+	ns := h.conns[id]
+	if ns == nil {
+		ns = &nodeStreams{}
+		h.conns[id] = ns
+	}
+	ns.n += delta
+	if ns.n <= 0 {
 		delete(h.conns, id)
 	}
 }
@@ -78,7 +89,24 @@ func (h *hub) connect(id string, delta int) {
 func (h *hub) isConnected(id string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.conns[id] > 0
+	ns := h.conns[id]
+	return ns != nil && ns.n > 0
+}
+
+// touchDue reports whether a stream of node id, connected, should record
+// now that the node is still there (store.TouchNode): true for one stream
+// per node per touchInterval, however many streams the node has open
+// (one per sidecar sharing the node's identity), so last_seen costs one
+// store write per node per interval.
+func (h *hub) touchDue(id string, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ns := h.conns[id]
+	if ns == nil || now.Sub(ns.touched) < touchInterval {
+		return false
+	}
+	ns.touched = now
+	return true
 }
 
 // changed is called after this server committed a change, and by the
@@ -198,7 +226,8 @@ func (s *Server) buildUpdate(ctx context.Context, c *caller, vs store.Versions, 
 // first what the node needs to be current (every section, or with a
 // resumable ?since only what changed after it), then each change that
 // concerns it (its entries, the bundle, revocations, policies) with the
-// global version, and a heartbeat at least every s.heartbeat. The stream
+// global version, and a heartbeat whenever it was silent for s.heartbeat
+// (the line every stream at that version sends alike). The stream
 // ends when the caller's SVID expires or is revoked (the node reconnects
 // with a renewed SVID), or when the server shuts down.
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
@@ -248,34 +277,49 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		s.hub.connect(id, -1)
 		s.metrics.connected.Dec()
 	}()
-	_ = s.db.TouchNode(ctx, id, s.now())
-	lastTouch := time.Now()
+	if s.hub.touchDue(id, time.Now()) {
+		_ = s.db.TouchNode(ctx, id, s.now())
+	}
 
+	updates := s.metrics.watchUpdates.WithLabelValues("update")
+	heartbeats := s.metrics.watchUpdates.WithLabelValues("heartbeat")
+	// The write deadline cuts a peer that stops reading. It is moved
+	// only when less than watchWriteTimeout-watchDeadlineSlack is left,
+	// not on every line: on HTTP/2 each move is a round trip to the
+	// connection's goroutine and a new timer, which at a heartbeat every
+	// 500 ms on thousands of streams was a good part of the server's
+	// work. Every write still has at least that long to complete.
+	var deadline time.Time
+	write := func(line []byte) bool {
+		if now := time.Now(); deadline.Sub(now) < watchWriteTimeout-watchDeadlineSlack {
+			deadline = now.Add(watchWriteTimeout)
+			_ = rc.SetWriteDeadline(deadline)
+		}
+		if _, err := w.Write(line); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
 	send := func(u wire.Update) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		line, err := s.encodeUpdate(u)
 		if err != nil {
 			s.log.Error("watch: encode update", "err", err)
 			return false
 		}
-		if _, err := w.Write(line); err != nil {
+		if !write(line) {
 			return false
 		}
-		if err := rc.Flush(); err != nil {
-			return false
-		}
-		kind := "update"
-		if u.Heartbeat {
-			kind = "heartbeat"
-		}
-		s.metrics.watchUpdates.WithLabelValues(kind).Inc()
+		updates.Inc()
 		return true
 	}
 	if !send(first) {
 		return
 	}
 	last := first.Version
-	heartbeat := time.NewTicker(s.heartbeat)
+	// The heartbeat fires only after s.heartbeat without any line: a
+	// stream that just got an update is not idle, and the client's
+	// silence timer counts every line.
+	heartbeat := time.NewTimer(s.heartbeat)
 	defer heartbeat.Stop()
 	expiry := time.NewTimer(max(c.leaf.NotAfter.Sub(s.now()), 0))
 	defer expiry.Stop()
@@ -289,13 +333,14 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			if s.revs.Load().revoked(id, c.serial) {
 				return
 			}
-			if !send(wire.Update{Version: last, Heartbeat: true}) {
+			if !write(s.heartbeatAt(last)) {
 				return
 			}
+			heartbeats.Inc()
+			heartbeat.Reset(s.heartbeat)
 			// last_seen is for humans (moatless agent list): one write
-			// per node per touchInterval, not per heartbeat.
-			if time.Since(lastTouch) >= touchInterval {
-				lastTouch = time.Now()
+			// per node per touchInterval, not per heartbeat or stream.
+			if s.hub.touchDue(id, time.Now()) {
 				_ = s.db.TouchNode(ctx, id, s.now())
 			}
 		case <-wake:
@@ -318,27 +363,59 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 				}
 				continue
 			}
-			u, any, err := s.buildUpdate(ctx, c, vs, last, false)
-			if err != nil {
-				s.log.Warn("watch: build update", "err", err)
-				if revoked {
-					return
-				}
-				continue
-			}
-			last = vs.Global
 			if revoked {
 				// Only the revocations: nothing else is served to it.
-				if u.Revocations != nil {
+				u, _, err := s.buildUpdate(ctx, c, vs, last, false)
+				if err != nil {
+					s.log.Warn("watch: build update", "err", err)
+				} else if u.Revocations != nil {
 					send(wire.Update{Version: u.Version, Revocations: u.Revocations})
 				}
 				return
 			}
-			if any && !send(u) {
+			line, err := s.updateLine(ctx, c, vs, last)
+			if err != nil {
+				s.log.Warn("watch: build update", "err", err)
+				continue
+			}
+			last = vs.Global
+			if line == nil {
+				continue
+			}
+			if !write(line) {
 				return
 			}
+			updates.Inc()
+			heartbeat.Reset(s.heartbeat)
 		}
 	}
+}
+
+// watchWriteTimeout is how long one write to a watch stream may block
+// before the stream is dropped; watchDeadlineSlack is how much of it may
+// pass before the deadline is moved again (so a write has at least
+// watchWriteTimeout-watchDeadlineSlack).
+const (
+	watchWriteTimeout  = 30 * time.Second
+	watchDeadlineSlack = 10 * time.Second
+)
+
+// updateLine is the encoded update that brings caller c from version
+// since to vs, nil when nothing in it concerns c. When no entries changed
+// after since the line is the same for every stream and is encoded once
+// (s.lines); otherwise it carries c's own entries.
+func (s *Server) updateLine(ctx context.Context, c *caller, vs store.Versions, since uint64) ([]byte, error) {
+	encode := func() ([]byte, error) {
+		u, any, err := s.buildUpdate(ctx, c, vs, since, false)
+		if err != nil || !any {
+			return nil, err
+		}
+		return s.encodeUpdate(u)
+	}
+	if vs.Sections[store.SectionEntries] > since {
+		return encode()
+	}
+	return s.lines.get(lineKey{since: since, version: vs.Global}, encode)
 }
 
 // touchInterval is how often a watch stream records that its node is

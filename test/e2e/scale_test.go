@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,9 +38,16 @@ func TestScaleWatchClients(t *testing.T) {
 		}
 	}
 	const identities = 100 // node identities the clients share (streams per node are independent)
-	// GOGC=10: the heap in use stays within a tenth of the live heap,
-	// so its growth is what the clients hold, not uncollected garbage.
-	rs := startReplicasEnv(t, 3, []string{"GOGC=10"})
+	// GOGC=10 (the default here): the heap in use stays within a tenth
+	// of the live heap, so its growth is what the clients hold, not
+	// uncollected garbage. MOATLESS_SCALE_GOGC=100 runs the servers as
+	// deployed, for the push latency: GOGC=10 spends a good part of
+	// their CPU collecting.
+	gogc := cmp.Or(os.Getenv("MOATLESS_SCALE_GOGC"), "10")
+	if _, err := strconv.Atoi(gogc); err != nil && gogc != "off" {
+		t.Fatalf("MOATLESS_SCALE_GOGC=%q", gogc)
+	}
+	rs := startReplicasEnv(t, 3, []string{"GOGC=" + gogc})
 	pool := x509.NewCertPool()
 	b, _ := os.ReadFile(rs.bundle)
 	pool.AppendCertsFromPEM(b)
@@ -137,9 +146,16 @@ func TestScaleWatchClients(t *testing.T) {
 	connectTime := time.Since(start)
 	heapAfter, grAfter := liveHeap()
 	after := rss()
-	t.Logf("%d clients on 3 replicas connected in %s; per client on the servers: %.1f KiB RSS (%d -> %d MiB), %.1f KiB live Go heap, %.1f goroutines",
-		n, connectTime.Round(time.Millisecond), float64(after-before)/float64(n)/1024, before>>20, after>>20,
+	// The steady cost of the connected clients (heartbeats, mostly): CPU
+	// of the servers and of this process, the clients, over a window.
+	const window = 3 * time.Second
+	srv0, self0 := serversCPU(t, rs.procs), selfCPU()
+	time.Sleep(window)
+	srvIdle, selfIdle := serversCPU(t, rs.procs)-srv0, selfCPU()-self0
+	t.Logf("%d clients on 3 replicas connected in %s; per client on the servers (GOGC=%s): %.1f KiB RSS (%d -> %d MiB), %.1f KiB Go heap in use, %.1f goroutines",
+		n, connectTime.Round(time.Millisecond), gogc, float64(after-before)/float64(n)/1024, before>>20, after>>20,
 		(heapAfter-heapBefore)/float64(n)/1024, (grAfter-grBefore)/float64(n))
+	t.Logf("idle (heartbeats): servers %.0f ms CPU/s, clients %.0f ms CPU/s", float64(srvIdle.Milliseconds())/window.Seconds(), float64(selfIdle.Milliseconds())/window.Seconds())
 
 	// A policy applied through replica 0 reaches every client.
 	var cur struct {
@@ -148,6 +164,7 @@ func TestScaleWatchClients(t *testing.T) {
 	rs.admin(0, "GET", "/v1/admin/policies", nil, &cur)
 	wantVer.Store(cur.Version + 1)
 	req := map[string]any{"files": []map[string]string{{"name": "p.yaml", "content": policyDoc(1)}}}
+	srv0, self0 = serversCPU(t, rs.procs), selfCPU()
 	t0 := time.Now()
 	var res struct {
 		Version uint64 `json:"version"`
@@ -155,11 +172,13 @@ func TestScaleWatchClients(t *testing.T) {
 	if !rs.admin(0, "POST", "/v1/admin/policies", req, &res) || res.Version != cur.Version+1 {
 		t.Fatalf("apply: %+v", res)
 	}
+	applied := time.Since(t0)
 	waitFor(t, 5*time.Minute, "every client to get the policy", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return !slices.ContainsFunc(seenAt, time.Time.IsZero)
 	})
+	srvPush, selfPush := serversCPU(t, rs.procs)-srv0, selfCPU()-self0
 	mu.Lock()
 	lat := make([]time.Duration, n)
 	for i, at := range seenAt {
@@ -168,7 +187,9 @@ func TestScaleWatchClients(t *testing.T) {
 	mu.Unlock()
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[min(n-1, int(p*float64(n)))].Round(time.Millisecond) }
-	t.Logf("policy push to %d clients: p50 %s, p99 %s, max %s", n, q(0.5), q(0.99), lat[n-1].Round(time.Millisecond))
+	t.Logf("policy push to %d clients: p50 %s, p99 %s, max %s (first %s, the apply answered after %s); CPU during it: servers %s, clients %s",
+		n, q(0.5), q(0.99), lat[n-1].Round(time.Millisecond), lat[0].Round(time.Millisecond), applied.Round(time.Millisecond),
+		srvPush.Round(time.Millisecond), selfPush.Round(time.Millisecond))
 	cancel()
 	wg.Wait()
 }
@@ -215,4 +236,34 @@ func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, infl
 		}()
 	}
 	return &connected
+}
+
+// serversCPU is the user+system CPU time the processes used so far
+// (/proc/PID/stat, in clock ticks of 10 ms).
+func serversCPU(t *testing.T, procs []*proc) (total time.Duration) {
+	t.Helper()
+	for _, p := range procs {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The fields after the command name, which is in parentheses
+		// and may contain spaces: utime and stime are the 12th and 13th.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		for _, v := range f[11:13] {
+			ticks, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/%d/stat: %v", p.cmd.Process.Pid, err)
+			}
+			total += time.Duration(ticks) * 10 * time.Millisecond
+		}
+	}
+	return total
+}
+
+// selfCPU is the user+system CPU time of this process.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
