@@ -106,16 +106,11 @@ func (s *Server) unsealSecrets(ctx context.Context, c Config) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	if exists {
-		how := "restore " + path + ", set MOATLESS_SECRETS_ROOT_KEY, or run \"moatless secrets unseal\""
-		if kdf.Alg != "" {
-			how = "set MOATLESS_SECRETS_PASSPHRASE (or --secrets-passphrase-file) or run \"moatless secrets unseal --passphrase-file FILE\""
-		}
-		msg := "the secrets service is sealed: its root key was not given (" + how + ")"
-		svc.SetSealedMessage(msg)
-		s.log.Warn("secrets service sealed: no root key", "key_file", path)
+		s.sealedWithoutKey(kdf, path)
 		return nil
 	}
 	// First start: create the key file (0600), like the KEK.
+	beforeFirstSecretsKey()
 	k, err := barrier.NewKey()
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -123,11 +118,44 @@ func (s *Server) unsealSecrets(ctx context.Context, c Config) error {
 	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600, true); err != nil {
 		return fmt.Errorf("server: write secrets key file: %w", err)
 	}
-	s.log.Info("created secrets root key", "path", path)
-	if err := svc.UnsealKey(ctx, k); err != nil {
+	err = svc.UnsealKey(ctx, k)
+	if errors.Is(err, barrier.ErrWrongKey) {
+		// Another replica of the same store created the keyring between
+		// the look above and this one's create (replicas started together
+		// on a new store): its root key opens the keyring, this one's
+		// sealed nothing. Drop it and start sealed, as a replica started a
+		// moment later would, instead of failing the start.
+		os.Remove(path)
+		s.log.Warn("another replica created the secrets keyring first; this one starts sealed", "key_file", path)
+		_, kdf, err = svc.KeyringState(ctx)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		s.sealedWithoutKey(kdf, path)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	s.log.Info("created secrets root key", "path", path)
 	return nil
+}
+
+// beforeFirstSecretsKey runs between finding the store without a keyring
+// and creating this replica's root key: a test's seam for the replica
+// that loses that race.
+var beforeFirstSecretsKey = func() {}
+
+// sealedWithoutKey leaves the secrets service sealed because the store
+// has a keyring and this server was given no key to open it, with a 503
+// message saying how to give one.
+func (s *Server) sealedWithoutKey(kdf barrier.KDF, path string) {
+	how := "restore " + path + ", set MOATLESS_SECRETS_ROOT_KEY, or run \"moatless secrets unseal\""
+	if kdf.Alg != "" {
+		how = "set MOATLESS_SECRETS_PASSPHRASE (or --secrets-passphrase-file) or run \"moatless secrets unseal --passphrase-file FILE\""
+	}
+	s.secrets.svc.SetSealedMessage("the secrets service is sealed: its root key was not given (" + how + ")")
+	s.log.Warn("secrets service sealed: no root key", "key_file", path)
 }
 
 // secretsPeer is the request's verified X509-SVID, nil without one.
