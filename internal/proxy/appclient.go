@@ -53,6 +53,10 @@ type appConn struct {
 	// parsed and head are readResponse's, reused from answer to answer.
 	parsed h1Response
 	head   []byte
+	// expire unblocks any read or write on nc at once (an expired
+	// deadline); made once per connection, it is what a request's
+	// cancellation runs (see exchange).
+	expire func()
 }
 
 // peekAfter is how long a connection must have been idle before get
@@ -152,6 +156,7 @@ func (a *appClient) get(ctx context.Context) (*appConn, bool, error) {
 	}
 	pc := &appConn{nc: nc, hl: headLimit{r: nc, left: -1}, bw: bufio.NewWriterSize(nc, 4096)}
 	pc.br = bufio.NewReaderSize(&pc.hl, 4096)
+	pc.expire = func() { pc.nc.SetDeadline(time.Unix(1, 0)) }
 	return pc, false, nil
 }
 
@@ -201,8 +206,16 @@ func (a *appClient) CloseIdleConnections() {
 func (a *appClient) exchange(pc *appConn, req *http.Request, body []byte) (*http.Response, error) {
 	ctx := req.Context()
 	// Cancelling the request (client gone, token revoked) unblocks any
-	// read or write on the connection at once.
-	stop := context.AfterFunc(ctx, func() { pc.nc.SetDeadline(time.Unix(1, 0)) })
+	// read or write on the connection at once. A context that can never
+	// be cancelled registers nothing (AfterFunc costs several
+	// allocations a request). stop reports, as AfterFunc's does, that
+	// expire has not run: a connection whose expire ran (or is running)
+	// is closed, never pooled, so the expired deadline and the shared
+	// expire never reach another request.
+	stop := notCancellable
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, pc.expire)
+	}
 	if err := writeRequest(pc.bw, req, body); err != nil {
 		stop()
 		return nil, err
@@ -309,6 +322,9 @@ func appendRequestHead(dst []byte, method, target, host string, h http.Header, l
 func methodWantsLength(m string) bool {
 	return m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch
 }
+
+// notCancellable is exchange's stop for a context that is never done.
+func notCancellable() bool { return true }
 
 // appBody gives the connection back once the body has been read to its
 // end; closing it early closes the connection (its remaining bytes would

@@ -163,6 +163,79 @@ func TestAppClient(t *testing.T) {
 			t.Fatal("cancelled request still blocked")
 		}
 	})
+	t.Run("cancelled_request_on_a_reused_connection_unblocks", func(t *testing.T) {
+		// The first answer comes at once; the second never does. The
+		// connection's expire, shared by both requests, must still cut
+		// off the second; and the first request's cancellation (after it
+		// was answered) must not touch the pooled connection.
+		l := listen(t)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			io.Copy(io.Discard, br) // never answers again
+		}()
+		a := newAppClient(l.Addr().String())
+		defer a.CloseIdleConnections()
+		ctx1, cancel1 := context.WithCancel(context.Background())
+		req1, _ := http.NewRequestWithContext(ctx1, "GET", "http://app/", nil)
+		resp, err := a.RoundTrip(req1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "ok" {
+			t.Fatalf("first answer: %q %v", b, err)
+		}
+		resp.Body.Close()
+		cancel1() // after the answer: the pooled connection stays usable
+		a.mu.Lock()
+		pooled := len(a.idle)
+		a.mu.Unlock()
+		if pooled != 1 {
+			t.Fatalf("%d pooled connections after the first answer, want 1", pooled)
+		}
+		ctx2, cancel2 := context.WithCancel(context.Background())
+		req2, _ := http.NewRequestWithContext(ctx2, "GET", "http://app/", nil)
+		errc := make(chan error, 1)
+		go func() { _, err := a.RoundTrip(req2); errc <- err }()
+		cancel2()
+		select {
+		case err := <-errc:
+			if err == nil {
+				t.Fatal("cancelled request succeeded")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("cancelled request on a reused connection still blocked")
+		}
+		a.mu.Lock()
+		pooled = len(a.idle)
+		a.mu.Unlock()
+		if pooled != 0 {
+			t.Fatalf("the cut-off connection was pooled (%d idle)", pooled)
+		}
+	})
+	t.Run("request_that_cannot_be_cancelled_reuses_its_connection", func(t *testing.T) {
+		addr, conns := rawApp(t, 1000)
+		a := newAppClient(addr)
+		defer a.CloseIdleConnections()
+		for i := range 3 {
+			// context.Background: no AfterFunc registered, the connection
+			// is still given back after each answer.
+			if got, err := doApp(t, a, "GET", "", nil); err != nil || got != "GET /p 0 " {
+				t.Fatalf("request %d: %q %v", i, got, err)
+			}
+		}
+		if n := conns.Load(); n != 1 {
+			t.Fatalf("%d connections, want 1", n)
+		}
+	})
 }
 
 // waitClosed waits until every pooled connection reads as closed.
