@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -92,4 +93,29 @@ func FuzzAccessLine(f *testing.F) {
 			t.Fatalf("line\n got %s\nwant %s", got, want)
 		}
 	})
+}
+
+func TestStatusClass(t *testing.T) {
+	// The table must spell every status as the formula it replaced did:
+	// the metrics' labels are an interface dashboards depend on.
+	for _, tc := range []struct {
+		name   string
+		status int
+	}{
+		{"ok", 200},
+		{"informational", 100},
+		{"redirect", 308},
+		{"client_gone", 499},
+		{"upstream_unavailable", 503},
+		{"largest_three_digit", 999},
+		{"four_digits", 1000},
+		{"zero", 0},
+		{"negative", -5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, want := statusClass(tc.status), strconv.Itoa(tc.status/100)+"xx"; got != want {
+				t.Fatalf("statusClass(%d) = %q, want %q", tc.status, got, want)
+			}
+		})
+	}
 }

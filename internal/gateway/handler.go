@@ -508,7 +508,7 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	if !w.written {
 		status = 499 // the client went away before an answer
 	}
-	g.metrics.requests.WithLabelValues(route, strconv.Itoa(status/100)+"xx", rc.reason).Inc()
+	g.metrics.requests.WithLabelValues(route, statusClass(status), rc.reason).Inc()
 	rc.endSpan(status)
 	g.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
 	if rec := g.opts.Recorder; rec != nil {
@@ -523,6 +523,19 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 		route: route, status: status, bytes: w.bytes, duration: d,
 		identity: rc.identity, blockReason: rc.reason, detail: rc.detail,
 	})
+}
+
+// statusClasses are the metrics' status labels, one string each instead
+// of one built per request.
+var statusClasses = [...]string{"0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx"}
+
+// statusClass is the class label of status ("2xx"), as
+// strconv.Itoa(status/100)+"xx" spells it for any status.
+func statusClass(status int) string {
+	if c := status / 100; status >= 0 && c < len(statusClasses) {
+		return statusClasses[c]
+	}
+	return strconv.Itoa(status/100) + "xx"
 }
 
 // observe counts the request in the traffic record: an outbound edge to
