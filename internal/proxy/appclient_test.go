@@ -148,20 +148,7 @@ func TestAppClient(t *testing.T) {
 				io.Copy(io.Discard, c) // never answers
 			}
 		}()
-		a := newAppClient(l.Addr().String())
-		ctx, cancel := context.WithCancel(context.Background())
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://app/", nil)
-		errc := make(chan error, 1)
-		go func() { _, err := a.RoundTrip(req); errc <- err }()
-		cancel()
-		select {
-		case err := <-errc:
-			if err == nil {
-				t.Fatal("cancelled request succeeded")
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("cancelled request still blocked")
-		}
+		cancelWhileWaiting(t, newAppClient(l.Addr().String()))
 	})
 	t.Run("cancelled_request_on_a_reused_connection_unblocks", func(t *testing.T) {
 		// The first answer comes at once; the second never does. The
@@ -201,19 +188,7 @@ func TestAppClient(t *testing.T) {
 		if pooled != 1 {
 			t.Fatalf("%d pooled connections after the first answer, want 1", pooled)
 		}
-		ctx2, cancel2 := context.WithCancel(context.Background())
-		req2, _ := http.NewRequestWithContext(ctx2, "GET", "http://app/", nil)
-		errc := make(chan error, 1)
-		go func() { _, err := a.RoundTrip(req2); errc <- err }()
-		cancel2()
-		select {
-		case err := <-errc:
-			if err == nil {
-				t.Fatal("cancelled request succeeded")
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("cancelled request on a reused connection still blocked")
-		}
+		cancelWhileWaiting(t, a)
 		a.mu.Lock()
 		pooled = len(a.idle)
 		a.mu.Unlock()
@@ -236,6 +211,25 @@ func TestAppClient(t *testing.T) {
 			t.Fatalf("%d connections, want 1", n)
 		}
 	})
+}
+
+// cancelWhileWaiting sends a GET through a to an app that never answers
+// it, cancels it, and fails unless the request fails at once.
+func cancelWhileWaiting(t *testing.T, a *appClient) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://app/", nil)
+	errc := make(chan error, 1)
+	go func() { _, err := a.RoundTrip(req); errc <- err }()
+	cancel()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("cancelled request succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cancelled request still blocked")
+	}
 }
 
 // waitClosed waits until every pooled connection reads as closed.
