@@ -59,6 +59,12 @@ type appConn struct {
 	expire func()
 }
 
+// answered reports whether the app sent any byte of an answer to the
+// request being exchanged on pc: the head bound has been drawn on.
+func (pc *appConn) answered() bool {
+	return pc.hl.left >= 0 && pc.hl.left < maxResponseHeadBytes
+}
+
 // peekAfter is how long a connection must have been idle before get
 // checks that the app has not closed it.
 const peekAfter = 100 * time.Millisecond
@@ -100,7 +106,10 @@ func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		pc.nc.Close()
-		if !reused || attempt > 0 || !replayable(req.Method, req.Header) || req.Context().Err() != nil || errors.Is(err, errBadHeader) {
+		// Retried only when the app sent nothing of an answer (as
+		// net/http.Transport and the fast path do): one that sent a
+		// broken or oversized answer has seen the request.
+		if !reused || attempt > 0 || pc.answered() || !replayable(req.Method, req.Header) || req.Context().Err() != nil || errors.Is(err, errBadHeader) {
 			return nil, err
 		}
 	}

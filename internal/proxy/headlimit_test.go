@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,9 +19,13 @@ import (
 // ends, /fields with 100 KiB of short fields, /continue with endless
 // 100 Continue answers, /allowed with 24 KiB of fields and a 200 KiB
 // body (under the head bound; the body is not bounded by it). After what
-// it sent it waits for the proxy to give up.
-func hostileHeadApp(t testing.TB) string {
+// it sent it waits for the proxy to give up. seen counts the requests
+// it got by path.
+func hostileHeadApp(t testing.TB) (addr string, seen func(path string) int) {
 	t.Helper()
+	var mu sync.Mutex
+	count := map[string]int{}
+	seen = func(path string) int { mu.Lock(); defer mu.Unlock(); return count[path] }
 	return serveRaw(t, func(c net.Conn) {
 		defer c.Close()
 		br := bufio.NewReader(c)
@@ -30,6 +35,9 @@ func hostileHeadApp(t testing.TB) string {
 				return
 			}
 			io.Copy(io.Discard, req.Body)
+			mu.Lock()
+			count[req.URL.Path]++
+			mu.Unlock()
 			w := bufio.NewWriter(c)
 			switch req.URL.Path {
 			case "/line":
@@ -60,7 +68,7 @@ func hostileHeadApp(t testing.TB) string {
 			io.Copy(io.Discard, c) // until the proxy closes
 			return
 		}
-	}).Addr().String()
+	}).Addr().String(), seen
 }
 
 // An app (or an upstream: the same client code) cannot grow a sidecar's
@@ -70,15 +78,30 @@ func hostileHeadApp(t testing.TB) string {
 // as the app sends. An answer under the bound still passes whole, its
 // body unbounded by it. Both server paths (the fast path relays through
 // its own reader, net/http's through the lean client), and the outbound
-// on HTTP/1.1 (the lean client towards the inbound) and HTTP/2.
+// on HTTP/1.1 (the lean client towards the inbound) and HTTP/2. A GET
+// whose answer broke the bound on a reused connection is not sent to
+// the app again (it answered; retrying would repeat the request).
 func TestResponseHeadBounded(t *testing.T) {
-	app := hostileHeadApp(t)
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		for _, http1 := range []bool{true, false} {
 			t.Run(fmt.Sprintf("http1_between_sidecars_%v", http1), func(t *testing.T) {
+				app, seen := hostileHeadApp(t)
 				p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), app, HTTP, http1, sp.edit)
 				c := &http.Client{Timeout: 10 * time.Second}
+				allowed := func() {
+					t.Helper()
+					resp, err := c.Get(p.outboundURL + "/allowed")
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 || len(b) != 200<<10 || resp.Header.Get("X-F00767") == "" {
+						t.Fatalf("/allowed: %d, %d bytes, last field %q", resp.StatusCode, len(b), resp.Header.Get("X-F00767"))
+					}
+				}
 				for _, path := range []string{"/line", "/fields", "/continue"} {
+					allowed() // the hostile answer then comes on a reused connection
 					resp, err := c.Get(p.outboundURL + path)
 					if err != nil {
 						t.Fatalf("%s: %v (the sidecar kept reading the head)", path, err)
@@ -88,16 +111,11 @@ func TestResponseHeadBounded(t *testing.T) {
 					if resp.StatusCode != http.StatusServiceUnavailable {
 						t.Fatalf("%s: %d, want 503", path, resp.StatusCode)
 					}
+					if n := seen(path); n != 1 {
+						t.Fatalf("%s reached the app %d times, want 1", path, n)
+					}
 				}
-				resp, err := c.Get(p.outboundURL + "/allowed")
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || len(b) != 200<<10 || resp.Header.Get("X-F00767") == "" {
-					t.Fatalf("/allowed: %d, %d bytes, last field %q", resp.StatusCode, len(b), resp.Header.Get("X-F00767"))
-				}
+				allowed()
 			})
 		}
 	})
