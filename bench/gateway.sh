@@ -27,9 +27,20 @@
 # The gateways run with their defaults: HTTP/1.1 (wrk's) on the fast path.
 # With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
 # built from main) beside the first, and after the table ROUNDS (default
-# 5) rounds measure nginx, the gateway and the base gateway in turn, CPU
-# only: on a shared machine the load moves between runs minutes apart,
-# within a round much less.
+# 6) rounds measure nginx, the gateway and the base gateway one after the
+# other, CPU only: on a shared machine the load moves between runs
+# minutes apart, within a round much less. Odd rounds run nginx, gateway,
+# base; even rounds base, gateway, nginx. The gateway is always in the
+# middle, next to both others, and every ratio's distance in time flips
+# sign from one round to the next, so a load that rises or falls steadily
+# through the rounds biases no ratio over a pair of rounds (with one
+# fixed order it favours whichever setup runs first while the load
+# rises). Each round's ratios come from its own three measurements
+# (about 3 x (DUR+1) s apart at most); after the rounds come the medians
+# (with their range) over all rounds and over each order separately: if
+# the two orders' medians differ by more than their spread, the load
+# drifted within the rounds and only the overall medians mean anything.
+# Give an even ROUNDS.
 # With -n, the base gateway (this build's, without -b) runs with
 # disable_http1_fast_path: true: the rounds compare the fast path with
 # net/http's server.
@@ -44,7 +55,7 @@ DUR=10
 OUT=""
 PROF=""
 BASEBIN=""
-ROUNDS=5
+ROUNDS=6
 NETHTTP=""
 while getopts "d:o:p:b:r:nf" opt; do
 	case $opt in
@@ -303,7 +314,8 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.3f", a - b}'; }
 	echo "gateway / nginx CPU per request: $(awk -v a="${CPU[gateway]}" -v b="${CPU[nginx]}" 'BEGIN {printf "%.2f", a / b}')×; WAF on adds $(add "${P50[gateway-waf]}" "${P50[gateway]}") ms at p50 and $(awk -v a="${CPU[gateway-waf]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.2f", (a - b)}') CPU s / 1k req; a rate-limit check costs $(awk -v a="${CPU[gateway-rl]}" -v b="${CPU[gateway]}" 'BEGIN {printf "%.4f", (a - b)}') CPU s / 1k req in memory, $(awk -v a="${CPU[gateway-rl-redis]}" -v b="${CPU[gateway]}" -v r="${CPU_R[gateway-rl-redis]}" 'BEGIN {printf "%.4f (gateway) + %.4f (redis-server)", (a - b), r}') with Redis."
 } | tee "${OUT:-/dev/null}"
 
-# -b: rounds of nginx, the gateway and the base gateway in turn, CPU only.
+# -b: rounds of nginx, the gateway and the base gateway, CPU only, the
+# order reversed every other round (see the header).
 if [ -n "$BASEBIN" ]; then
 	cpu1k() { # url pid → CPU s / 1k requests over one 16-connection run
 		local a out n
@@ -313,15 +325,42 @@ if [ -n "$BASEBIN" ]; then
 		n=$(awk '/requests in/ {print $1}' <<<"$out")
 		awk -v t="$(( $(ticks "$2") - a ))" -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.4f", t / hz / (n / 1000)}'
 	}
+	ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+	# median VALUES...: "median (min–max)" of the numbers given
+	median() {
+		printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			printf "%.2f (%.2f–%.2f)", m, v[1], v[NR]}'
+	}
+	GN=() BN=() GB=() GN_F=() GN_R=() GB_F=() GB_R=() LOADS=()
 	{
 		echo
-		echo "| round | nginx CPU s / 1k | gateway | base gateway ($BASENAME) | gateway / nginx | base / nginx | load |"
-		echo "|---|---:|---:|---:|---:|---:|---:|"
+		echo "Rounds, CPU s per 1,000 requests of each edge process; odd rounds measure nginx → gateway → base, even rounds base → gateway → nginx."
+		echo
+		echo "| round | order | nginx | gateway | base ($BASENAME) | gateway / nginx | base / nginx | gateway / base | load |"
+		echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 		for r in $(seq "$ROUNDS"); do
-			n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")
-			g=$(cpu1k "https://127.0.0.1:$GW/orders" "$PID_gw")
-			b=$(cpu1k "https://127.0.0.1:$GW_BASE/orders" "$PID_gwbase")
-			echo "| $r | $n | $g | $b | $(awk -v a="$g" -v b="$n" 'BEGIN {printf "%.2f", a / b}')× | $(awk -v a="$b" -v c="$n" 'BEGIN {printf "%.2f", a / c}')× | $(cut -d' ' -f1 /proc/loadavg) |"
+			if [ $((r % 2)) = 1 ]; then
+				order="n g b"
+				n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")
+				g=$(cpu1k "https://127.0.0.1:$GW/orders" "$PID_gw")
+				b=$(cpu1k "https://127.0.0.1:$GW_BASE/orders" "$PID_gwbase")
+			else
+				order="b g n"
+				b=$(cpu1k "https://127.0.0.1:$GW_BASE/orders" "$PID_gwbase")
+				g=$(cpu1k "https://127.0.0.1:$GW/orders" "$PID_gw")
+				n=$(cpu1k "https://127.0.0.1:$NG/orders" "$WPID_ng")
+			fi
+			gn=$(ratio "$g" "$n") bn=$(ratio "$b" "$n") gb=$(ratio "$g" "$b") load=$(cut -d' ' -f1 /proc/loadavg)
+			GN+=("$gn") BN+=("$bn") GB+=("$gb") LOADS+=("$load")
+			if [ $((r % 2)) = 1 ]; then GN_F+=("$gn") GB_F+=("$gb"); else GN_R+=("$gn") GB_R+=("$gb"); fi
+			echo "| $r | $order | $n | $g | $b | ${gn}× | ${bn}× | $gb | $load |"
 		done
+		echo
+		echo "Medians over $ROUNDS rounds (range), load $(printf '%s\n' "${LOADS[@]}" | sort -g | awk 'NR == 1 {lo = $1} END {print lo "–" $1}'):"
+		echo "gateway / nginx $(median "${GN[@]}"); base / nginx $(median "${BN[@]}"); gateway / base $(median "${GB[@]}"), under 1 in $(printf '%s\n' "${GB[@]}" | awk '$1 < 1' | wc -l) of $ROUNDS."
+		if [ "${#GN_R[@]}" -gt 0 ]; then
+			echo "By order: gateway / nginx $(median "${GN_F[@]}") when nginx ran first, $(median "${GN_R[@]}") when it ran last; gateway / base $(median "${GB_F[@]}") and $(median "${GB_R[@]}")."
+		fi
 	} | tee -a "${OUT:-/dev/null}"
 fi
