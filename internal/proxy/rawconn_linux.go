@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -24,9 +25,32 @@ import (
 // per request besides its reads and writes; see docs/benchmarks.md).
 // Deadlines, Close and the poller behave as for the wrapped connection:
 // they act on the same file descriptor.
+//
+// The callbacks handed to syscall.RawConn are method values made once per
+// connection, and the arguments and results of the one Read and the one
+// Write in progress live in the rawConn: a closure made per call escapes
+// to the heap (RawConn.Read and Write keep f as they like), which cost an
+// allocation per read and per write, two to four per proxied request. A
+// mutex per direction keeps concurrent Reads (or Writes) from sharing the
+// state, as the descriptor's own read and write locks keep them from
+// sharing the socket; each call starts from zeroed results and drops its
+// buffer before it returns, so nothing of one call reaches the next and
+// the connection keeps no caller's buffer alive.
 type rawConn struct {
 	net.Conn // *net.TCPConn or *net.UnixConn
 	rc       syscall.RawConn
+
+	rmu    sync.Mutex
+	rp     []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool // c.read
+
+	wmu     sync.Mutex
+	wp      []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool // c.write
 }
 
 // withRawSyscalls wraps c when it is a socket the runtime polls; any
@@ -41,30 +65,21 @@ func withRawSyscalls(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawConn{Conn: c, rc: rc}
+	r := &rawConn{Conn: c, rc: rc}
+	r.readFn, r.writeFn = r.read, r.write
+	return r
 }
 
 func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, e := sysRead(fd, p)
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			n, errno = r, e
-			return true
-		}
-	})
+	c.rmu.Lock()
+	c.rp, c.rn, c.rerrno = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, errno := c.rn, c.rerrno
+	c.rp = nil
+	c.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -76,27 +91,29 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *rawConn) Write(p []byte) (int, error) {
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, e := sysWrite(fd, p[n:])
-			switch e {
-			case 0:
-				n += r
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+// read is Read's callback: one read(2) into c.rp, false (wait for the
+// poller) when nothing is there yet.
+func (c *rawConn) read(fd uintptr) bool {
+	for {
+		r, e := sysRead(fd, c.rp)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
 		}
+		c.rn, c.rerrno = r, e
 		return true
-	})
+	}
+}
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	c.wp, c.wn, c.werrno = p, 0, 0
+	err := c.rc.Write(c.writeFn)
+	n, errno := c.wn, c.werrno
+	c.wp = nil
+	c.wmu.Unlock()
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
@@ -104,6 +121,26 @@ func (c *rawConn) Write(p []byte) (int, error) {
 		return n, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
+}
+
+// write is Write's callback: write(2) until all of c.wp is written (c.wn
+// counts it across calls), false (wait for the poller) when the socket's
+// buffer is full.
+func (c *rawConn) write(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		r, e := sysWrite(fd, c.wp[c.wn:])
+		switch e {
+		case 0:
+			c.wn += r
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werrno = e
+			return true
+		}
+	}
+	return true
 }
 
 func (c *rawConn) opError(op string, err error) error {
