@@ -84,12 +84,15 @@ func (a *appClient) RoundTrip(req *http.Request) (*http.Response, error) {
 		// The body is kept only until the request is written (and
 		// written again on a retry), all within this call: a pooled
 		// buffer, not a new kilobyte or more of garbage per request.
-		bp := bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-		if body = *bp; int64(cap(body)) < req.ContentLength {
-			body = make([]byte, req.ContentLength)
+		// ReadFull fills all of it or the request fails, so nothing of
+		// an earlier request's body is ever sent.
+		pool := &bufPool
+		if req.ContentLength > bufSize {
+			pool = &largeBufPool // lean() has bounded it by leanMaxBody
 		}
-		body = body[:req.ContentLength]
+		bp := pool.Get().(*[]byte)
+		defer pool.Put(bp)
+		body = (*bp)[:req.ContentLength]
 		if _, err := io.ReadFull(req.Body, body); err != nil {
 			req.Body.Close()
 			return nil, fmt.Errorf("proxy: read request body: %w", err)

@@ -254,3 +254,123 @@ func waitClosed(t *testing.T, a *appClient) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// The lean client keeps each body in a pooled buffer (bufPool up to 32
+// KiB, largeBufPool up to leanMaxBody): one request after another, of
+// sizes that take either pool and shrink and grow between them, each
+// reaches the app with its own bytes and length only, and a body that
+// ends short of its Content-Length fails without sending anything.
+func TestAppClientPooledBodiesCarryOnlyTheirOwnBytes(t *testing.T) {
+	var received atomic.Int64
+	l := serveRaw(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			b, err := io.ReadAll(req.Body)
+			if err != nil {
+				return
+			}
+			received.Add(1)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
+		}
+	})
+	a := newAppClient(l.Addr().String())
+	defer a.CloseIdleConnections()
+
+	tests := []struct {
+		name   string
+		fill   byte
+		size   int
+		sendN  int  // bytes the body really has; size when 0
+		failed bool // the request must fail, the app see nothing
+	}{
+		{name: "large_pool", fill: 'a', size: 60 << 10},
+		{name: "large_pool_shorter", fill: 'b', size: 40 << 10},
+		{name: "just_over_small_pool", fill: 'c', size: bufSize + 1},
+		{name: "small_pool_after_large", fill: 'd', size: 100},
+		{name: "exactly_small_pool", fill: 'e', size: bufSize},
+		{name: "exactly_lean_max", fill: 'f', size: leanMaxBody},
+		{name: "large_body_short_of_its_length", fill: 'g', size: 50 << 10, sendN: 10 << 10, failed: true},
+		{name: "small_body_short_of_its_length", fill: 'h', size: 20 << 10, sendN: 1, failed: true},
+		{name: "large_after_short_ones", fill: 'i', size: 50 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sendN := tt.size
+			if tt.sendN > 0 {
+				sendN = tt.sendN
+			}
+			body := strings.Repeat(string(tt.fill), sendN)
+			req, _ := http.NewRequest("POST", "http://app/p", io.NopCloser(strings.NewReader(body)))
+			req.ContentLength = int64(tt.size)
+			before := received.Load()
+			resp, err := a.RoundTrip(req)
+			if tt.failed {
+				if err == nil {
+					resp.Body.Close()
+					t.Fatal("a body short of its Content-Length was sent")
+				}
+				if n := received.Load() - before; n != 0 {
+					t.Fatalf("the app received %d requests", n)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != body {
+				t.Fatalf("the app got %d bytes (%d of them %q), want %d", len(got), strings.Count(string(got), string(tt.fill)), tt.fill, len(body))
+			}
+		})
+	}
+}
+
+// BenchmarkAppClientBody sends POSTs through the lean client to an app on
+// loopback that reads each body and answers "ok": a 1 KB body (bufPool)
+// and a 40 KB one (largeBufPool). B/op is the client's and the app's
+// together; the app's share does not depend on the client.
+func BenchmarkAppClientBody(b *testing.B) {
+	l := serveRaw(b, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	for _, size := range []int{1 << 10, 40 << 10} {
+		b.Run(fmt.Sprintf("body_%dk", size>>10), func(b *testing.B) {
+			a := newAppClient(l.Addr().String())
+			defer a.CloseIdleConnections()
+			body := strings.NewReader(strings.Repeat("x", size))
+			buf := make([]byte, 8)
+			b.ReportAllocs()
+			for b.Loop() {
+				body.Seek(0, io.SeekStart)
+				req, _ := http.NewRequest("POST", "http://app/p", io.NopCloser(body))
+				req.ContentLength = int64(size)
+				resp, err := a.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.ReadFull(resp.Body, buf[:2])
+				resp.Body.Close()
+			}
+		})
+	}
+}

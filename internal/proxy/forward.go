@@ -18,8 +18,16 @@ import (
 )
 
 // bufPool holds the copy buffers of every body and byte stream, so steady
-// traffic allocates none.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// traffic allocates none. Each is bufSize bytes.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+const bufSize = 32 << 10
+
+// largeBufPool holds the buffers of request bodies larger than bufSize
+// that the lean app client keeps whole for a retry (up to leanMaxBody):
+// without it, each such request allocated its body anew. Each is
+// leanMaxBody bytes.
+var largeBufPool = sync.Pool{New: func() any { b := make([]byte, leanMaxBody); return &b }}
 
 // removeHopHeaders strips the hop-by-hop fields from h in place and
 // returns the protocol of the Upgrade the message asks for, when it is one
