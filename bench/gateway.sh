@@ -23,7 +23,7 @@
 # 16-connection run) and, for Redis, of redis-server. The rate-limit
 # check's cost is the difference between gateway-rl(-redis) and gateway.
 #
-# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS]
+# Usage: bench/gateway.sh [-d SECONDS] [-o results.md] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS] [-i]
 # The gateways run with their defaults: HTTP/1.1 (wrk's) on the fast path.
 # With -b, a second WAF-off gateway runs from BASE-BINARY (say, moatless
 # built from main) beside the first, and after the table ROUNDS (default
@@ -47,7 +47,23 @@
 # With -p, CPU profiles of the WAF-off and WAF-on gateways during their
 # 16-connection runs are written to PROFILE-DIR/gateway{,-waf}.prof
 # (admin_pprof on a loopback admin port; read with go tool pprof).
-# Needs: go, openssl, nginx, redis-server, wrk (apt-get install nginx redis-server wrk).
+# With -i, instructions per request instead of CPU time (valgrind's
+# callgrind: the count does not move with the machine's load, which on a
+# shared 2-core machine swings CPU time per request by ±15 % from one
+# run to the next): only nginx (one process, master_process off), the
+# gateway and the base gateway (-b or -n) run, each under callgrind with
+# collection off; each in turn is warmed up, counted over one
+# 4-connection run of DUR seconds (few connections and a long timeout: a
+# request wrk gives up on is counted in instructions, not in requests,
+# and its reconnection adds a handshake), and reported as instructions per
+# request and as a ratio to nginx's, ROUNDS times in the alternating order
+# of the CPU rounds. The Go processes run with GODEBUG=asyncpreemptoff=1
+# (callgrind fails on the runtime's preemption signals). Instructions are
+# not time (a cache miss or a system call's kernel side is not counted),
+# so this is the measure of a change to the gateway's own code, the CPU
+# rounds the measure of the target.
+# Needs: go, openssl, nginx, redis-server, wrk (apt-get install nginx redis-server wrk),
+# and valgrind for -i.
 # Only 127.0.0.1 is used; everything started is stopped on exit.
 set -euo pipefail
 
@@ -57,7 +73,8 @@ PROF=""
 BASEBIN=""
 ROUNDS=6
 NETHTTP=""
-while getopts "d:o:p:b:r:nf" opt; do
+INSTR=""
+while getopts "d:o:p:b:r:nfi" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
@@ -65,13 +82,14 @@ while getopts "d:o:p:b:r:nf" opt; do
 	b) BASEBIN=$(cd "$(dirname "$OPTARG")" && pwd)/$(basename "$OPTARG") ;;
 	r) ROUNDS=$OPTARG ;;
 	n) NETHTTP="disable_http1_fast_path: true" ;;
+	i) INSTR=1 ;;
 	f) echo "bench: -f is gone: the fast path is the gateway's default; -n runs the base gateway on net/http's server" >&2; exit 2 ;;
-	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS]" >&2; exit 2 ;;
+	*) echo "usage: $0 [-d SECONDS] [-o FILE] [-p PROFILE-DIR] [-b BASE-BINARY] [-n] [-r ROUNDS] [-i]" >&2; exit 2 ;;
 	esac
 done
 
-for cmd in go openssl nginx redis-server wrk curl; do
-	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx redis-server wrk openssl curl)" >&2; exit 2; }
+for cmd in go openssl nginx redis-server wrk curl ${INSTR:+valgrind callgrind_control}; do
+	command -v "$cmd" >/dev/null || { echo "bench: $cmd not found (apt-get install nginx redis-server wrk openssl curl${INSTR:+ valgrind})" >&2; exit 2; }
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -149,7 +167,7 @@ CONF
 
 # --- nginx as the TLS reverse proxy, mTLS to the sidecar ---
 cat > ng/nginx.conf <<CONF
-worker_processes 1; daemon off; pid $W/ng/pid; error_log $W/ng/error.log warn;
+worker_processes 1; daemon off; ${INSTR:+master_process off;} pid $W/ng/pid; error_log $W/ng/error.log warn;
 events { worker_connections 4096; }
 http { access_log $W/ng/access.log; keepalive_requests 1000000; client_body_buffer_size 16k;
   server_tokens off;
@@ -233,17 +251,25 @@ startp() { # name cmd...
 	PIDS+=($!)
 	eval "PID_$1=$!"
 }
+# Under -i the measured proxies run under callgrind, collecting nothing
+# until told; the other setups are not started.
+VG=() GOVG=() GWS=(gw gwwaf gwrl gwrlr)
+if [ -n "$INSTR" ]; then
+	VG=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$W/cg.%p")
+	GOVG=(GODEBUG=asyncpreemptoff=1)
+	GWS=(gw)
+fi
 startp app nginx -c "$W/app/nginx.conf" -p "$W/app"
-startp ng nginx -c "$W/ng/nginx.conf" -p "$W/ng"
-startp redis redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$W"
+startp ng "${VG[@]}" nginx -c "$W/ng/nginx.conf" -p "$W/ng"
+[ -z "$INSTR" ] && startp redis redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$W"
 startp sidecar env GOMAXPROCS=1 "$W/moatless" sidecar -config "$W/sidecar.yaml"
-for g in gw gwwaf gwrl gwrlr; do
-	startp "$g" env GOMAXPROCS=1 "$W/moatless" gateway -config "$W/$g.yaml"
+for g in "${GWS[@]}"; do
+	startp "$g" env GOMAXPROCS=1 "${GOVG[@]}" "${VG[@]}" "$W/moatless" gateway -config "$W/$g.yaml"
 done
-[ -n "$BASEBIN" ] && startp gwbase env GOMAXPROCS=1 "$BASEBIN" gateway -config "$W/gwbase.yaml"
+[ -n "$BASEBIN" ] && startp gwbase env GOMAXPROCS=1 "${GOVG[@]}" "${VG[@]}" "$BASEBIN" gateway -config "$W/gwbase.yaml"
 
 waitok() { # url
-	for _ in $(seq 1 400); do
+	for _ in $(seq 1 1200); do
 		if [ "$(curl -sk -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' --data-binary @"$W/order.json" "$1")" = 200 ]; then return 0; fi
 		sleep 0.05
 	done
@@ -252,7 +278,49 @@ waitok() { # url
 	exit 1
 }
 waitok "http://127.0.0.1:$APP/orders"
-for p in $NG $GW $GW_WAF $GW_RL $GW_RLR ${BASEBIN:+$GW_BASE}; do waitok "https://127.0.0.1:$p/orders"; done
+if [ -n "$INSTR" ]; then
+	for p in $NG $GW ${BASEBIN:+$GW_BASE}; do waitok "https://127.0.0.1:$p/orders"; done
+else
+	for p in $NG $GW $GW_WAF $GW_RL $GW_RLR ${BASEBIN:+$GW_BASE}; do waitok "https://127.0.0.1:$p/orders"; done
+fi
+
+# -i: instructions per request of nginx, the gateway and the base
+# gateway, ROUNDS times in the alternating order of the CPU rounds.
+if [ -n "$INSTR" ]; then
+	ir() { # pid url → instructions per request over one 16-connection run
+		local out n f
+		wrk -t1 -c4 -d3s --timeout 30s -s "$W/post.lua" "$2" >/dev/null # warm up: pools, sessions, first faults
+		callgrind_control -i on "$1" >/dev/null 2>&1
+		callgrind_control -z "$1" >/dev/null 2>&1
+		out=$(wrk -t1 -c4 -d"${DUR}s" --timeout 30s -s "$W/post.lua" "$2")
+		callgrind_control -d "$1" >/dev/null 2>&1
+		callgrind_control -i off "$1" >/dev/null 2>&1
+		n=$(awk '/requests in/ {print $1}' <<<"$out")
+		f=$(ls -t "$W"/cg."$1".* | head -1)
+		awk -v n="$n" '/^totals:/ {printf "%.0f %d\n", $2 / n, n; exit}' "$f"
+	}
+	iratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; else echo –; fi; }
+	{
+		echo "Instructions per request (callgrind), loopback, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start; ${DUR}s at 4 connections per measurement after a 3s warm-up; POST of a 1 KB JSON body; $(date -u +%Y-%m-%dT%H:%MZ)."
+		echo
+		echo "| round | order | nginx | gateway | base (${BASENAME:-none}) | gateway / nginx | base / nginx | gateway / base | requests counted (n / g / b) |"
+		echo "|---:|---|---:|---:|---:|---:|---:|---:|---|"
+		for r in $(seq "$ROUNDS"); do
+			order=(ng gw gwbase)
+			[ $((r % 2)) = 0 ] && order=(gwbase gw ng)
+			declare -A I=() N=()
+			for s in "${order[@]}"; do
+				case $s in
+				ng) read -r I[$s] N[$s] < <(ir "$PID_ng" "https://127.0.0.1:$NG/orders") ;;
+				gw) read -r I[$s] N[$s] < <(ir "$PID_gw" "https://127.0.0.1:$GW/orders") ;;
+				gwbase) [ -n "$BASEBIN" ] && read -r I[$s] N[$s] < <(ir "$PID_gwbase" "https://127.0.0.1:$GW_BASE/orders") ;;
+				esac
+			done
+			echo "| $r | ${order[*]} | ${I[ng]} | ${I[gw]} | ${I[gwbase]:-–} | $(iratio "${I[gw]}" "${I[ng]}") | $(iratio "${I[gwbase]:-}" "${I[ng]}") | $(iratio "${I[gw]}" "${I[gwbase]:-}") | ${N[ng]} / ${N[gw]} / ${N[gwbase]:-–} |"
+		done
+	} | tee "${OUT:-/dev/null}"
+	exit 0
+fi
 
 # nginx forks workers: measure the worker (the child of the master).
 worker_of() { pgrep -P "$1" | head -1; }

@@ -315,9 +315,9 @@ for v in ${SIDECAR_VARIANTS:-}; do
 	chmod +x "$W/variant$vi"
 	inbound_conf "$vin" $((BASE + 32 + 4 * vi)) "keep_startup_pages: true" > "vin$vi.yaml"
 	outbound_conf "$vout" "$vin" $((BASE + 33 + 4 * vi)) "" "keep_startup_pages: true" > "vout$vi.yaml"
-	startp vin env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/variant$vi" -config "$W/vin$vi.yaml"
+	startp vin env GOMAXPROCS=1 $GOVG ${SIDECAR_ENV:-} "${VG[@]}" "$W/variant$vi" -config "$W/vin$vi.yaml"
 	VPID_B[variant$vi]=$PID_vin
-	startp vout env GOMAXPROCS=1 ${SIDECAR_ENV:-} "$W/variant$vi" -config "$W/vout$vi.yaml"
+	startp vout env GOMAXPROCS=1 $GOVG ${SIDECAR_ENV:-} "${VG[@]}" "$W/variant$vi" -config "$W/vout$vi.yaml"
 	VPID_A[variant$vi]=$PID_vout
 	VARIANTS+=("variant$vi")
 	VNAME[variant$vi]=$(basename "$v")
