@@ -262,21 +262,13 @@ func waitClosed(t *testing.T, a *appClient) {
 // ends short of its Content-Length fails without sending anything.
 func TestAppClientPooledBodiesCarryOnlyTheirOwnBytes(t *testing.T) {
 	var received atomic.Int64
-	l := serveRaw(t, func(c net.Conn) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			b, err := io.ReadAll(req.Body)
-			if err != nil {
-				return
-			}
-			received.Add(1)
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
+	l := serveAnswers(t, func(req *http.Request) string {
+		b, err := io.ReadAll(req.Body)
+		if err != nil {
+			return ""
 		}
+		received.Add(1)
+		return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
 	})
 	a := newAppClient(l.Addr().String())
 	defer a.CloseIdleConnections()
@@ -339,19 +331,11 @@ func TestAppClientPooledBodiesCarryOnlyTheirOwnBytes(t *testing.T) {
 // and a 40 KB one (largeBufPool). B/op is the client's and the app's
 // together; the app's share does not depend on the client.
 func BenchmarkAppClientBody(b *testing.B) {
-	l := serveRaw(b, func(c net.Conn) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if _, err := io.Copy(io.Discard, req.Body); err != nil {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	l := serveAnswers(b, func(req *http.Request) string {
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return ""
 		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
 	for _, size := range []int{1 << 10, 40 << 10} {
 		b.Run(fmt.Sprintf("body_%dk", size>>10), func(b *testing.B) {
@@ -373,4 +357,27 @@ func BenchmarkAppClientBody(b *testing.B) {
 			}
 		})
 	}
+}
+
+// serveAnswers runs an HTTP/1.1 app on loopback that writes, for each
+// request it reads, the whole answer answer returns (which reads the
+// body); "" or a malformed request ends the connection.
+func serveAnswers(t testing.TB, answer func(req *http.Request) string) net.Listener {
+	return serveRaw(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			a := answer(req)
+			if a == "" {
+				return
+			}
+			if _, err := io.WriteString(c, a); err != nil {
+				return
+			}
+		}
+	})
 }
