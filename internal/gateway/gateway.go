@@ -137,7 +137,10 @@ type Gateway struct {
 
 	conns   *connCounter
 	fast    fastSet
-	tlsConf *tls.Config
+	// lingering is the connections closing after an answer to a request
+	// whose body was not read (linger.go).
+	lingering lingerSet
+	tlsConf   *tls.Config
 	hl      *proxy.ConnListener
 	srv     *http.Server
 	port    int
@@ -573,6 +576,7 @@ func (g *Gateway) Close() error {
 	g.hl.Close()
 	g.srv.Close()
 	g.fast.closeAll()
+	g.lingering.closeAll()
 	if st := g.state.Load(); st != nil {
 		st.stop()
 	}

@@ -63,6 +63,14 @@ type reqCtx struct {
 	// validation); r.Body then replays it.
 	body     []byte
 	bodyRead bool
+	// req is the request as the server gave it (its body unwrapped);
+	// forwarded: the forwarder has it, and settles its body (see
+	// respWriter.settle); bodyDone: the body was read to its end;
+	// linger: the connection closes lingering after the answer.
+	req       *http.Request
+	forwarded bool
+	bodyDone  bool
+	linger    bool
 	// span is the request's trace span, nil when tracing is off.
 	span trace.Span
 	// reqBody is r.Body as it is streamed upstream; bodyErr is the error
@@ -118,7 +126,7 @@ func (rc *reqCtx) noteBodyErr(err error) { rc.bodyErr.CompareAndSwap(nil, &err) 
 // the order of checks.
 func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	st := g.state.Load()
-	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
+	rc := &reqCtx{st: st, id: newRequestID(), start: g.now(), req: r}
 	rc.hdrs[1] = rc.id
 	w := &rc.rw
 	w.ResponseWriter, w.rc = w0, rc
@@ -418,6 +426,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
+	rc.forwarded = true
 	rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) })
 	// Cut off before the upstream answered: the client is still there
 	// and is told why (after the headers, the forwarder reset the stream).
@@ -499,6 +508,11 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, rt *rou
 // finish counts the request and writes its access log line.
 func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	rc := w.rc
+	if rc.linger {
+		if _, fast := w.ResponseWriter.(*fastWriter); !fast {
+			g.lingerHijacked(w)
+		}
+	}
 	d := g.now().Sub(rc.start)
 	route := ""
 	if rc.route != nil {
@@ -670,6 +684,7 @@ func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	}
 	b, err := io.ReadAll(r.Body)
 	r.Body.Close()
+	rc.bodyDone = err == nil
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

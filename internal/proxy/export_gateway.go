@@ -150,3 +150,19 @@ func (c replayGuardTLS) CloseWrite() error { return c.tc.CloseWrite() }
 // writes it ("HTTP/1.1 299 status code 299" for a code without text),
 // for the gateway's fast path.
 func AppendStatusLine(b []byte, code int) []byte { return appendStatusLine(b, code) }
+
+// GuardedConn is the connection GuardFraming or GuardFramingReplay
+// wrapped (c itself when it is not a guard's), for a server that has
+// taken c over from net/http's server (Hijack) and reads what is left of
+// it raw: the guard would read those bytes as request heads.
+func GuardedConn(c net.Conn) net.Conn {
+	switch g := c.(type) {
+	case replayGuardTLS:
+		return g.tc
+	case framingGuardTLS:
+		return g.Conn
+	case *framingGuard:
+		return g.Conn
+	}
+	return c
+}
