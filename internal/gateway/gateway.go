@@ -135,15 +135,15 @@ type Gateway struct {
 	redis     map[string]*ratelimit.Redis
 	storeErrs storeErrLog
 
-	conns   *connCounter
-	fast    fastSet
+	conns *connCounter
+	fast  fastSet
 	// lingering is the connections closing after an answer to a request
 	// whose body was not read (linger.go).
 	lingering lingerSet
 	tlsConf   *tls.Config
-	hl      *proxy.ConnListener
-	srv     *http.Server
-	port    int
+	hl        *proxy.ConnListener
+	srv       *http.Server
+	port      int
 
 	mu      sync.Mutex
 	ln      net.Listener
