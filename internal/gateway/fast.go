@@ -113,7 +113,7 @@ func (g *Gateway) serveFast(tc *tls.Conn, raw net.Conn) {
 
 // close ends the connection; one closing with a request body unread (a
 // closing answer came before the body: the gateway's own, or an
-// upstream's early one) lingers (see linger.go), still counted towards
+// upstream's early one) lingers (see proxy.DrainUnread), still counted towards
 // the connection caps.
 func (fc *fastConn) close(bp *[]byte) {
 	unread := fc.body.left > 0 && fc.rerr != io.EOF && fc.rerr != io.ErrUnexpectedEOF
@@ -124,7 +124,7 @@ func (fc *fastConn) close(bp *[]byte) {
 	}
 	fc.buf = nil
 	if unread {
-		fc.g.linger(fc.tc, buffered, func() { fc.g.conns.release(fc.raw) })
+		fc.g.lingering.Linger(fc.tc, int64(buffered), fc.g.opts.Config.Limits.MaxBodyBytes, func() { fc.g.conns.release(fc.raw) })
 		return
 	}
 	fc.tc.SetWriteDeadline(time.Now().Add(time.Second))

@@ -139,7 +139,7 @@ type Gateway struct {
 	fast  fastSet
 	// lingering is the connections closing after an answer to a request
 	// whose body was not read (linger.go).
-	lingering lingerSet
+	lingering proxy.LingerSet
 	tlsConf   *tls.Config
 	hl        *proxy.ConnListener
 	srv       *http.Server
@@ -576,7 +576,7 @@ func (g *Gateway) Close() error {
 	g.hl.Close()
 	g.srv.Close()
 	g.fast.closeAll()
-	g.lingering.closeAll()
+	g.lingering.Close()
 	if st := g.state.Load(); st != nil {
 		st.stop()
 	}

@@ -66,8 +66,10 @@ type reqCtx struct {
 	// req is the request as the server gave it (its body unwrapped);
 	// forwarded: the forwarder has it, and settles its body (see
 	// respWriter.settle); bodyDone: the body was read to its end;
-	// linger: the connection closes lingering after the answer.
+	// linger: the connection closes lingering after the answer;
+	// bodyBytes counts the body bytes read other than by the forwarder.
 	req       *http.Request
+	bodyBytes int64
 	forwarded bool
 	bodyDone  bool
 	linger    bool

@@ -259,10 +259,14 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	if ob.upstreamRevoked.Load() {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
 		ob.refuseRevoked(w, &o)
 		return
 	}
 	if r.Method == http.MethodConnect {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
 		refuseConnect(w) // the upstream would refuse it too
 		o.Decision, o.Reason, o.Status = "refused", "connect", http.StatusMethodNotAllowed
 		return
@@ -274,6 +278,8 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	target, ok := originForm(r)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
 		undecidable(w, r)
 		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
@@ -379,7 +385,11 @@ func (ob *outbound) serveFast(c net.Conn) {
 		c.Close()
 	} else {
 		fc.release()
-		c.Close()
+		if fc.linger {
+			s.lingering.Linger(c, 0, sidecarLingerBytes, func() {})
+		} else {
+			c.Close()
+		}
 	}
 	s.metrics.active.WithLabelValues(ob.name).Dec()
 }
