@@ -2,17 +2,21 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // deniedBody is how the gateway's own 403 for /private/1 begins.
@@ -187,6 +191,59 @@ func TestGatewayOwnAnswerUnreadBodyH2(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 				t.Fatalf("after the answer: %d %s", resp.StatusCode, resp.Proto)
+			}
+		})
+	}
+}
+
+// The gateway's traffic record counts the body bytes it read: 1,000 of
+// a denied request's announced 1 MiB (what settle read before the
+// answer), and the whole body of a forwarded one (counted once, by the
+// forwarder), on both HTTP/1.1 server paths.
+func TestGatewayRecordCountsBodyBytesRead(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, earlyApp(t))
+	for _, fast := range []bool{true, false} {
+		t.Run(ownPath(fast), func(t *testing.T) {
+			var mu sync.Mutex
+			var edges []wire.EdgeRecord
+			rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
+				mu.Lock()
+				edges = append(edges, r.Edges...)
+				mu.Unlock()
+				return nil
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast },
+				func(o *Options) { o.Recorder = rec })
+			earlyH1(t, tg, "/private/1", false, 1<<20, 1000, 5*time.Second, http.StatusForbidden, deniedBody)
+			if resp, b := tg.do(t, "POST", "/orders/echo", strings.NewReader(strings.Repeat("e", 1000)), nil); resp.StatusCode != 200 || string(b) != "1000" {
+				t.Fatalf("forwarded request: %d %q", resp.StatusCode, b)
+			}
+			if err := rec.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			seen := 0
+			for _, e := range edges {
+				switch {
+				case strings.HasPrefix(e.Path, "/private/"): // "/private/{*}"
+					seen++
+					if e.ReqBytes > 1000 {
+						t.Errorf("denied request recorded with %d body bytes, the client sent 1000", e.ReqBytes)
+					}
+				case e.Path == "/orders/echo":
+					seen++
+					if e.ReqBytes != 1000 {
+						t.Errorf("forwarded request recorded with %d body bytes, want 1000", e.ReqBytes)
+					}
+				}
+			}
+			if seen != 2 {
+				t.Errorf("%d of 2 requests recorded: %+v", seen, edges)
 			}
 		})
 	}

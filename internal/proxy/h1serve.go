@@ -961,7 +961,7 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
-	ob, done := fc.startRecord(ib.observation(info, fr.method, 0))
+	ob, done := fc.startRecord(ib.observation(info, fr.method))
 	defer done()
 	closeAfter := fc.req.close
 	st := s.policy.Load()
@@ -1078,7 +1078,7 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
-	rec, done := fc.startRecord(ob.observation(fr.method, 0))
+	rec, done := fc.startRecord(ob.observation(fr.method))
 	defer done()
 	var rw bufferedResponse
 	if ob.upstreamRevoked.Load() {

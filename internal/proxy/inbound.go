@@ -738,12 +738,13 @@ func (r *decidedRequest) jti() string {
 	return jti
 }
 
-// observation is the traffic record of one request from info's peer
-// (reqBytes: the body's Content-Length, -1 for unknown), counted by the
-// caller when the request ends on either server path.
-func (ib *inbound) observation(info *connInfo, method string, reqBytes int64) Observation {
+// observation is the traffic record of one request from info's peer,
+// counted by the caller when the request ends on either server path,
+// with the request body bytes the sidecar read (not the Content-Length:
+// an answer may come before the body was read).
+func (ib *inbound) observation(info *connInfo, method string) Observation {
 	return Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(),
-		Method: method, ReqBytes: max(reqBytes, 0)}
+		Method: method}
 }
 
 // ServeHTTP is the inbound request path of net/http's server: strip the
@@ -763,7 +764,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// deferred call runs on every return, and when a body copy aborts).
 	var ob Observation
 	if s.rec != nil {
-		ob = ib.observation(info, r.Method, r.ContentLength)
+		ob = ib.observation(info, r.Method)
 		start := time.Now()
 		defer func() {
 			ob.Latency = time.Since(start)
@@ -815,7 +816,8 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		d.traced(span, info)
 	}
 	if d.dec.Outcome != policy.Allow {
-		after, _ := s.settle(w, r, ib.taken)
+		var after func()
+		after, ob.ReqBytes = s.settle(w, r, ib.taken)
 		defer after()
 		ob.Status = ib.answerDenied(w, &d)
 		return
@@ -845,7 +847,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// An upgraded stream outlives the HTTP server's view of the
 	// connection; it stays registered for revocation until it ends.
-	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, ib.taken)
+	ob.Status, ob.ReqBytes, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, ib.taken)
 	if pw != nil && len(pw.buf) > 0 {
 		s.rec.piiScan(&ob, pw.buf)
 	}

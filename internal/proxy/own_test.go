@@ -15,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // The sidecar's own answer to a request whose body it has not read — the
@@ -116,6 +118,83 @@ func TestDeniedWholeBodyKeepsConnection(t *testing.T) {
 					t.Fatalf("the next request on the connection: %d %q", resp.StatusCode, b)
 				}
 			})
+		}
+	})
+}
+
+// The traffic records of both sidecars count the request body bytes
+// read, not the Content-Length announced: a request the app answers
+// before reading its 1 MiB body, and one the inbound denies, each sent
+// 1,000 bytes of it; a request read whole counts its body. Before, both
+// records said 1,048,576.
+func TestRecordCountsBodyBytesRead(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		ca := testpki.NewCA(t, "example.org")
+		var in, out reports
+		inRec := newTestRecorder(t, &in, RecorderConfig{Namespace: "prod", Ports: []int{8080}})
+		outRec := newTestRecorder(t, &out, RecorderConfig{})
+		inL := listen(t)
+		startSidecar(t, Config{
+			Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+			Inbound:              []Inbound{{Name: "in", Listener: inL, App: earlyAnswerApp(t), Port: 8080}},
+			Authorizer:           allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+			Recorder:             inRec,
+			DisableHTTP1FastPath: sp.disable,
+		})
+		outL := listen(t)
+		startSidecar(t, Config{
+			Identity:             newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
+			Outbound:             []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+			Recorder:             outRec,
+			DisableHTTP1FastPath: sp.disable,
+		})
+		const sent = 1000
+		const next = "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n"
+		for _, line := range []string{"POST /early HTTP/1.1", "DELETE /denied HTTP/1.1", "POST /echo HTTP/1.1"} {
+			c, err := net.Dial("tcp", outL.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			declared := 1 << 20
+			if strings.HasPrefix(line, "POST /echo") {
+				declared = sent
+			}
+			io.WriteString(c, line+"\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(declared)+"\r\n\r\n"+strings.Repeat("a", sent))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			io.ReadAll(resp.Body)
+			if declared > sent {
+				io.WriteString(c, next) // read as body, if at all
+				io.ReadAll(br)
+			}
+			c.Close()
+		}
+		for _, side := range []struct {
+			name  string
+			edges map[string]wire.EdgeRecord
+		}{{"inbound", in.edges(t, inRec)}, {"outbound", out.edges(t, outRec)}} {
+			seen := 0
+			for k, e := range side.edges {
+				switch e.Path {
+				case "/early", "/denied":
+					seen++
+					if e.ReqBytes > sent+uint64(len(next)) {
+						t.Errorf("%s record %q: %d request bytes, the client sent %d", side.name, k, e.ReqBytes, sent+len(next))
+					}
+				case "/echo":
+					seen++
+					if e.ReqBytes != sent {
+						t.Errorf("%s record %q: %d request bytes, want %d", side.name, k, e.ReqBytes, sent)
+					}
+				}
+			}
+			if seen != 3 {
+				t.Errorf("%s records: %d of 3 requests: %v", side.name, seen, side.edges)
+			}
 		}
 	})
 }
