@@ -15,6 +15,7 @@ import (
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -37,7 +38,7 @@ func ownPath(fast bool) string { return map[bool]string{true: "fast", false: "ne
 // an answer's head.
 func TestGatewayOwnAnswerUnreadBody(t *testing.T) {
 	ca := testpki.NewCA(t, td)
-	up := startUpstream(t, ca, ordersID, earlyApp(t))
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
 	sizes := []int{1 << 10, 100 << 10, 255 << 10, 1 << 20}
 	for _, fast := range []bool{true, false} {
 		tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
@@ -83,7 +84,7 @@ func waitGoroutines(t *testing.T, base int, within time.Duration) {
 // destroy the answer before the client read it.
 func TestGatewayOwnAnswerClientStillSending(t *testing.T) {
 	ca := testpki.NewCA(t, td)
-	up := startUpstream(t, ca, ordersID, earlyApp(t))
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
 	for _, fast := range []bool{true, false} {
 		tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
 		for _, size := range []int{255 << 10, 1 << 20, 4 << 20} {
@@ -98,8 +99,9 @@ func TestGatewayOwnAnswerClientStillSending(t *testing.T) {
 				if _, err := io.WriteString(c, head+strings.Repeat("a", 1000)); err != nil {
 					t.Fatal(err)
 				}
-				// The answer went out (the access log line is written
-				// after it) before the client sends the rest.
+				// The request was answered (its access log line is
+				// written as the answer goes out) before the client
+				// sends the rest.
 				deadline := time.Now().Add(5 * time.Second)
 				for strings.Count(tg.access.String(), `"status":403`) == answered {
 					if time.Now().After(deadline) {
@@ -176,7 +178,7 @@ func TestGatewayDeniedSmallBodyKeepsConnection(t *testing.T) {
 // read comes at once too (the stream ends; the connection goes on).
 func TestGatewayOwnAnswerUnreadBodyH2(t *testing.T) {
 	ca := testpki.NewCA(t, td)
-	up := startUpstream(t, ca, ordersID, earlyApp(t))
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
 	tg := startGatewayWith(t, ca, up, nil)
 	h2 := h2Client(tg)
 	defer h2.CloseIdleConnections()
@@ -202,7 +204,7 @@ func TestGatewayOwnAnswerUnreadBodyH2(t *testing.T) {
 // forwarder), on both HTTP/1.1 server paths.
 func TestGatewayRecordCountsBodyBytesRead(t *testing.T) {
 	ca := testpki.NewCA(t, td)
-	up := startUpstream(t, ca, ordersID, earlyApp(t))
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
 	for _, fast := range []bool{true, false} {
 		t.Run(ownPath(fast), func(t *testing.T) {
 			var mu sync.Mutex

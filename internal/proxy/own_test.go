@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -28,7 +29,7 @@ import (
 // as a request.
 func TestOwnAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
-		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), earlyAnswerApp(t), HTTP, false, sp.edit)
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
 		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
 		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
 		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
@@ -82,7 +83,7 @@ func TestOwnAnswerNotHeld(t *testing.T) {
 // the connection after it, as it always has.
 func TestDeniedWholeBodyKeepsConnection(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
-		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), earlyAnswerApp(t), HTTP, false, sp.edit)
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
 		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
 		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
 		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
@@ -136,7 +137,7 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 		inL := listen(t)
 		startSidecar(t, Config{
 			Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
-			Inbound:              []Inbound{{Name: "in", Listener: inL, App: earlyAnswerApp(t), Port: 8080}},
+			Inbound:              []Inbound{{Name: "in", Listener: inL, App: proxytest.EarlyApp(t), Port: 8080}},
 			Authorizer:           allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
 			Recorder:             inRec,
 			DisableHTTP1FastPath: sp.disable,
