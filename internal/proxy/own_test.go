@@ -199,3 +199,47 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 		}
 	})
 }
+
+// After its own answer to a request whose body it did not read, the
+// sidecar goes on reading what the client still sends of that body (a
+// lingering close) instead of closing with unread data, which the kernel
+// answers with an RST: a client that reads the answer and then sends the
+// rest of its 1 MiB body has every write accepted, and then sees the
+// connection end.
+func TestOwnAnswerLingers(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
+		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
+		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		for _, size := range []int{60 << 10, 1 << 20} {
+			t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+				c, err := tls.Dial("tcp", p.inboundAddr, conf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, "DELETE /orders/1 HTTP/1.1\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("a", 1000))
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("no answer: %v", err)
+				}
+				io.ReadAll(resp.Body)
+				if resp.StatusCode != 403 || !resp.Close {
+					t.Fatalf("answer %d close=%v, want 403 and Connection: close", resp.StatusCode, resp.Close)
+				}
+				chunk := []byte(strings.Repeat("b", 16<<10))
+				for left := size - 1000; left > 0; left -= len(chunk) {
+					if _, err := c.Write(chunk[:min(left, len(chunk))]); err != nil {
+						t.Fatalf("write after the answer, %d bytes left: %v", left, err)
+					}
+				}
+				if rest, err := io.ReadAll(br); len(rest) > 0 || err != nil {
+					t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+				}
+			})
+		}
+	})
+}
