@@ -23,8 +23,8 @@ import (
 // The sidecar's own answer to a request whose body it has not read — the
 // inbound's policy denial (DELETE is denied here), the outbound's refusal
 // of a target policy cannot decide — goes out at once while the client
-// withholds the rest of its body, whatever is still to come of it, on
-// both server paths; it says Connection: close and the connection
+// withholds the rest of its body, whatever is still to come of it, or
+// waits for 100 Continue, on both server paths; it says Connection: close and the connection
 // closes after it, so that the rest of the announced body is never read
 // as a request.
 func TestOwnAnswerNotHeld(t *testing.T) {
@@ -44,14 +44,20 @@ func TestOwnAnswerNotHeld(t *testing.T) {
 			{"inbound_denied", "DELETE /orders/1 HTTP/1.1", 403, func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
 		}
 		for _, d := range dials {
-			for _, size := range []int{1 << 10, 60 << 10, 100 << 10, 255 << 10, 1 << 20} {
-				t.Run(d.name+"_"+strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+			for _, size := range []int{1 << 10, 60 << 10, 100 << 10, 255 << 10, 1 << 20, -(1 << 10)} {
+				// A negative size: Expect: 100-continue, nothing of the
+				// body sent.
+				name, head, body := d.name+"_"+strconv.Itoa(size>>10)+"KiB", "", strings.Repeat("a", 512)
+				if size < 0 {
+					size, name, head, body = -size, d.name+"_expect_continue", "Expect: 100-continue\r\n", ""
+				}
+				t.Run(name, func(t *testing.T) {
 					c, err := d.dial()
 					if err != nil {
 						t.Fatal(err)
 					}
 					defer c.Close()
-					io.WriteString(c, d.line+"\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("a", 512))
+					io.WriteString(c, d.line+"\r\nHost: orders\r\n"+head+"Content-Length: "+strconv.Itoa(size)+"\r\n\r\n"+body)
 					// Far below the sidecar's timeouts: an answer that
 					// waits for one fails.
 					c.SetReadDeadline(time.Now().Add(5 * time.Second))
