@@ -150,27 +150,3 @@ func (c replayGuardTLS) CloseWrite() error { return c.tc.CloseWrite() }
 // writes it ("HTTP/1.1 299 status code 299" for a code without text),
 // for the gateway's fast path.
 func AppendStatusLine(b []byte, code int) []byte { return appendStatusLine(b, code) }
-
-// GuardedConn is the connection GuardFraming, GuardFramingReplay or a
-// fast path's handoff wrapped (c itself when it is not such a wrapper),
-// for a server that has taken c over from net/http's server (Hijack) and
-// reads what is left of it raw, to discard it: the guard would read
-// those bytes as request heads. What a wrapper still held is dropped.
-func GuardedConn(c net.Conn) net.Conn {
-	for {
-		switch g := c.(type) {
-		case replayGuardTLS:
-			return g.tc
-		case framingGuardTLS:
-			c = g.Conn
-		case *framingGuard:
-			c = g.Conn
-		case handoffTLSConn:
-			c = g.Conn
-		case *handoffConn:
-			c = g.Conn
-		default:
-			return c
-		}
-	}
-}

@@ -93,10 +93,34 @@ func LingerHijack(w http.ResponseWriter, set *LingerSet, maxBytes int64, taken f
 	if taken != nil {
 		done = taken(c)
 	}
-	set.Linger(GuardedConn(c), int64(brw.Reader.Buffered()), maxBytes, func() {
+	set.Linger(unwrapConn(c), int64(brw.Reader.Buffered()), maxBytes, func() {
 		c.Close()
 		done()
 	})
+}
+
+// unwrapConn is the connection GuardFraming, GuardFramingReplay or a
+// fast path's handoff wrapped (c itself when it is not such a wrapper),
+// for a server that has taken c over from net/http's server (Hijack) and
+// reads what is left of it raw, to discard it: the guard would read
+// those bytes as request heads. What a wrapper still held is dropped.
+func unwrapConn(c net.Conn) net.Conn {
+	for {
+		switch g := c.(type) {
+		case replayGuardTLS:
+			return g.tc
+		case framingGuardTLS:
+			c = g.Conn
+		case *framingGuard:
+			c = g.Conn
+		case handoffTLSConn:
+			c = g.Conn
+		case *handoffConn:
+			c = g.Conn
+		default:
+			return c
+		}
+	}
 }
 
 // LingerClose half-closes c (TLS close_notify, then FIN) and reads and
