@@ -128,6 +128,11 @@ func unwrapConn(c net.Conn) net.Conn {
 // LingerIdle, LingerTime has passed or maxBytes were read (read counts
 // those already read); then closes c.
 func LingerClose(c net.Conn, read, maxBytes int64) {
+	lingerClose(c, read, maxBytes, LingerIdle, LingerTime)
+}
+
+// lingerClose is LingerClose with its bounds given.
+func lingerClose(c net.Conn, read, maxBytes int64, idle, total time.Duration) {
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	if tc, ok := c.(*tls.Conn); ok {
 		_ = tc.CloseWrite()
@@ -137,11 +142,11 @@ func LingerClose(c net.Conn, read, maxBytes int64) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	end := time.Now().Add(LingerTime)
+	end := time.Now().Add(total)
 	bp := lingerBufs.Get().(*[]byte)
 	defer lingerBufs.Put(bp)
 	for read < maxBytes {
-		d := time.Now().Add(LingerIdle)
+		d := time.Now().Add(idle)
 		if d.After(end) {
 			d = end
 		}
