@@ -341,7 +341,7 @@ func (fc *fastConn) readRequestBody(fr *fastRequest) bool {
 
 // settle runs before the fast path's own answer to the request just
 // parsed, whose body it has not read: a body the client has sent whole
-// (in the buffer, or arriving within DrainWait) is read and the
+// (in the buffer, or arriving within DrainWait and DrainTime) is read and the
 // connection kept unless close; otherwise the answer goes out at once
 // and the connection closes lingering after it (fc.linger, see
 // DrainUnread). keep reports whether the connection is kept; n is the
@@ -349,8 +349,14 @@ func (fc *fastConn) readRequestBody(fr *fastRequest) bool {
 func (fc *fastConn) settle(fr *fastRequest, close bool) (keep bool, n int64) {
 	whole := fc.w-fc.r >= fr.size
 	if !whole && !close {
-		fc.nc.SetReadDeadline(time.Now().Add(DrainWait))
-		whole = fc.readBody(fr.size) == nil
+		end := time.Now().Add(DrainTime)
+		for !whole {
+			fc.nc.SetReadDeadline(drainDeadline(end))
+			if fc.fill(fc.r+fr.size) != nil {
+				break
+			}
+			whole = fc.w-fc.r >= fr.size
+		}
 		fc.nc.SetReadDeadline(fc.deadline)
 	}
 	fc.linger = !whole

@@ -32,12 +32,16 @@ import (
 // whole body before reading (most simple clients; net/http's server
 // waits a fixed 500 ms instead, without reading).
 var (
-	// DrainWait bounds reading what is already there of an unread body
-	// before an answer. It is not a wait for the client: a body sent
-	// whole is in the socket buffer and reading it costs only CPU (a few
-	// hundred microseconds for 256 KiB), so the bound is a margin for a
-	// loaded machine. A withheld body delays the answer this much.
-	DrainWait = 20 * time.Millisecond
+	// DrainWait bounds each read of what is already there of an unread
+	// body before an answer, and DrainTime all of them. It is not a wait
+	// for the client: a body sent whole is in the socket buffer and
+	// reading it costs only CPU (a few hundred microseconds for
+	// 256 KiB), so the bounds are a margin for a loaded machine (each
+	// read gets its own, as a starved goroutine may sit between setting
+	// a deadline and reading). A withheld body delays the answer
+	// DrainWait; one that trickles in, DrainTime at most.
+	DrainWait = 50 * time.Millisecond
+	DrainTime = 250 * time.Millisecond
 	// LingerTime and LingerIdle bound a lingering close (nginx:
 	// lingering_time 30 s, lingering_timeout 5 s; shorter here, as a
 	// client still sending 5 s after its answer has long been refused).
@@ -50,29 +54,50 @@ var (
 const DrainBytes = 256 << 10
 
 // DrainUnread reads what the client has already sent of body, the unread
-// body of w's HTTP/1.x request, DrainBytes at most and for DrainWait at
-// most (through http.ResponseController's read deadline), and reports
-// whether that was the whole body, n the bytes read. Call it before the
-// answer's head; when it reports false, answer with Connection: close
-// and close lingering. A request that waits for 100 Continue (expect)
-// is not read: reading would ask for the body.
+// body of w's HTTP/1.x request, DrainBytes at most, each read within
+// DrainWait and all within DrainTime (through http.ResponseController's
+// read deadline), and reports whether that was the whole body, n the
+// bytes read. Call it before the answer's head; when it reports false,
+// answer with Connection: close and close lingering (a read that timed
+// out leaves the connection unusable: net/http's server cancels it, and
+// TLS keeps some timeouts as permanent). A request that waits for 100
+// Continue (expect) is not read: reading would ask for the body.
 func DrainUnread(w http.ResponseWriter, body io.Reader, expect bool) (whole bool, n int64) {
 	if expect {
 		return false, 0
 	}
 	ctl := http.NewResponseController(w)
-	deadline := time.Now().Add(DrainWait)
-	if ctl.SetReadDeadline(deadline) != nil {
-		return false, 0
+	bp := lingerBufs.Get().(*[]byte)
+	defer lingerBufs.Put(bp)
+	end := time.Now().Add(DrainTime)
+	for {
+		deadline := drainDeadline(end)
+		if ctl.SetReadDeadline(deadline) != nil {
+			return false, n
+		}
+		m, err := body.Read((*bp)[:min(int64(len(*bp)), DrainBytes+1-n)])
+		n += int64(m)
+		if err == nil && n <= DrainBytes {
+			continue
+		}
+		// No deadline until the answer is written: net/http's server
+		// starts a read of the next request the moment the body ends,
+		// under the connection's deadline, and a timeout of that read
+		// would cancel every later request's context on the connection.
+		// Hence also the check that the deadline had not passed when it
+		// was lifted.
+		_ = ctl.SetReadDeadline(time.Time{})
+		return err == io.EOF && time.Now().Before(deadline), n
 	}
-	n, err := io.CopyN(io.Discard, body, DrainBytes+1)
-	// No deadline until the answer is written: net/http's server starts
-	// a read of the next request the moment the body ends, under the
-	// connection's deadline, and a timeout of that read would cancel
-	// every later request's context on the connection. Hence also the
-	// check that the deadline had not passed when it was lifted.
-	_ = ctl.SetReadDeadline(time.Time{})
-	return err == io.EOF && time.Now().Before(deadline), n
+}
+
+// drainDeadline is when the next read of a drain must end: DrainWait
+// from now, and not after end.
+func drainDeadline(end time.Time) time.Time {
+	if d := time.Now().Add(DrainWait); d.Before(end) {
+		return d
+	}
+	return end
 }
 
 // LingerHijack takes over the HTTP/1.x connection of w once its answer
