@@ -944,14 +944,7 @@ func (s *fastSet) isDraining() bool {
 // request (answered with Connection: close) until ctx ends; then closeAll
 // ends the rest.
 func (s *fastSet) drain(ctx context.Context) error {
-	s.mu.Lock()
-	s.draining = true
-	for fc, idle := range s.m {
-		if idle {
-			fc.tc.SetReadDeadline(time.Now())
-		}
-	}
-	s.mu.Unlock()
+	s.beginDrain()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -967,6 +960,19 @@ func (s *fastSet) drain(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// beginDrain marks the set draining (every answer from now on says
+// Connection: close) and closes the idle connections. Idempotent.
+func (s *fastSet) beginDrain() {
+	s.mu.Lock()
+	s.draining = true
+	for fc, idle := range s.m {
+		if idle {
+			fc.tc.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
 }
 
 func (s *fastSet) remove(fc *fastConn) {

@@ -544,12 +544,15 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	g.draining = true
+	// Fast path connections drain as net/http's do: the idle ones close
+	// now, the busy ones after their answer. Marked before the listener
+	// closes, so that every answer after it says Connection: close (the
+	// drain below ran on its own goroutine and marked it later).
+	g.fast.beginDrain()
 	if g.ln != nil {
 		g.ln.Close()
 	}
 	g.mu.Unlock()
-	// Fast path connections drain as net/http's do: the idle ones close
-	// now, the busy ones after their answer.
 	fastDone := make(chan error, 1)
 	go func() { fastDone <- g.fast.drain(ctx) }()
 	err := g.srv.Shutdown(ctx)
