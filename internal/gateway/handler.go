@@ -510,7 +510,9 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	rc := w.rc
 	if rc.linger {
 		if _, fast := w.ResponseWriter.(*fastWriter); !fast {
-			g.lingerHijacked(w)
+			// After the access log line: the client may see the
+			// connection end as soon as the lingering close begins.
+			defer g.lingerHijacked(w)
 		}
 	}
 	d := g.now().Sub(rc.start)
