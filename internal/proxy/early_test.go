@@ -18,6 +18,14 @@ import (
 	"github.com/moatless/moatless/internal/proxy/proxytest"
 )
 
+// frontendHTTP1 is the TLS config of a client of p's inbound that is
+// frontend (which p's policy allows) speaking HTTP/1.1.
+func (p *pair) frontendHTTP1(t testing.TB) *tls.Config {
+	src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
+	ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
+	return ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+}
+
 // A sidecar relays an app's early answer (before it read the body) at
 // once, on its outbound (plain HTTP/1.1 from the local app) and its
 // inbound (mTLS HTTP/1.1), on both server paths, while the client
@@ -27,9 +35,7 @@ import (
 func TestEarlyAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
-		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
-		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
-		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		conf := p.frontendHTTP1(t)
 		dials := []struct {
 			name string
 			dial func() (net.Conn, error)

@@ -30,9 +30,7 @@ import (
 func TestOwnAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
-		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
-		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
-		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		conf := p.frontendHTTP1(t)
 		dials := []struct {
 			name, line string
 			want       int
@@ -90,9 +88,7 @@ func TestOwnAnswerNotHeld(t *testing.T) {
 func TestDeniedWholeBodyKeepsConnection(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
-		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
-		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
-		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		conf := p.frontendHTTP1(t)
 		for _, size := range []int{1, 1 << 10, 60 << 10, 100 << 10} {
 			t.Run(strconv.Itoa(size), func(t *testing.T) {
 				c, err := tls.Dial("tcp", p.inboundAddr, conf)
@@ -215,9 +211,7 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 func TestOwnAnswerLingers(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
-		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
-		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
-		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		conf := p.frontendHTTP1(t)
 		for _, size := range []int{60 << 10, 1 << 20} {
 			t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
 				c, err := tls.Dial("tcp", p.inboundAddr, conf)
