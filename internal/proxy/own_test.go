@@ -177,11 +177,19 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 			c.Close()
 		}
 		for _, side := range []struct {
-			name  string
-			edges map[string]wire.EdgeRecord
-		}{{"inbound", in.edges(t, inRec)}, {"outbound", out.edges(t, outRec)}} {
+			name string
+			r    *reports
+			rec  *Recorder
+		}{{"inbound", &in, inRec}, {"outbound", &out, outRec}} {
+			// A request is counted once its answer is written: the
+			// client may have read it first. Poll for the three.
+			edges := side.r.edges(t, side.rec)
+			for deadline := time.Now().Add(5 * time.Second); countPaths(edges, "/early", "/denied", "/echo") < 3 && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+				edges = side.r.edges(t, side.rec)
+			}
 			seen := 0
-			for k, e := range side.edges {
+			for k, e := range edges {
 				switch e.Path {
 				case "/early", "/denied":
 					seen++
@@ -196,10 +204,23 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 				}
 			}
 			if seen != 3 {
-				t.Errorf("%s records: %d of 3 requests: %v", side.name, seen, side.edges)
+				t.Errorf("%s records: %d of 3 requests: %v", side.name, seen, edges)
 			}
 		}
 	})
+}
+
+// countPaths counts the edges of the given paths.
+func countPaths(edges map[string]wire.EdgeRecord, paths ...string) int {
+	n := 0
+	for _, e := range edges {
+		for _, p := range paths {
+			if e.Path == p {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // After its own answer to a request whose body it did not read, the
