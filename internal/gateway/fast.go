@@ -111,15 +111,26 @@ func (g *Gateway) serveFast(tc *tls.Conn, raw net.Conn) {
 	fc.close(bp)
 }
 
+// close ends the connection; one closing with a request body unread (a
+// closing answer came before the body: the gateway's own, or an
+// upstream's early one) lingers (see proxy.DrainUnread), still counted towards
+// the connection caps.
 func (fc *fastConn) close(bp *[]byte) {
-	fc.tc.SetWriteDeadline(time.Now().Add(time.Second))
-	fc.tc.CloseWrite()
-	fc.tc.Close()
-	fc.g.conns.release(fc.raw)
+	unread := fc.body.left > 0 && fc.rerr != io.EOF && fc.rerr != io.ErrUnexpectedEOF
+	buffered := fc.w - fc.r
 	if cap(fc.buf) <= 64<<10 {
 		*bp = fc.buf[:cap(fc.buf)]
 		fastBufPool.Put(bp)
 	}
+	fc.buf = nil
+	if unread {
+		fc.g.lingering.Linger(fc.tc, int64(buffered), fc.g.opts.Config.Limits.MaxBodyBytes, func() { fc.g.conns.release(fc.raw) })
+		return
+	}
+	fc.tc.SetWriteDeadline(time.Now().Add(time.Second))
+	fc.tc.CloseWrite()
+	fc.tc.Close()
+	fc.g.conns.release(fc.raw)
 }
 
 // serve runs the connection's requests; it returns the connection for
@@ -320,8 +331,10 @@ func (fc *fastConn) serveRequest(head *proxy.H1Head, u *url.URL) (keep bool) {
 	// The body is the connection's again: a transport still sending it
 	// upstream (an upstream that answered early) reads no more of it.
 	// net/http's server discards an unread body of up to 256 KiB before
-	// the next request (w.commit did already when it could).
-	if !fc.body.seal() {
+	// the next request (w.commit did already when it could); a
+	// connection that closes after the answer does not wait for it, it
+	// lingers (fc.close).
+	if !fc.body.seal(!w.closeAfter) {
 		return false
 	}
 	return !w.closeAfter && fc.rerr == nil
@@ -406,16 +419,17 @@ type fastBody struct {
 	sealed bool
 }
 
-// seal ends the handler's use of the body and reads what it left (up to
-// maxPostHandlerReadBytes); false when the connection must close.
-func (b *fastBody) seal() bool {
+// seal ends the handler's use of the body and, when read, reads what it
+// left (up to maxPostHandlerReadBytes); false when the connection must
+// close.
+func (b *fastBody) seal(read bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sealed = true
 	if b.left == 0 {
 		return true
 	}
-	if b.left > maxPostHandlerReadBytes {
+	if !read || b.left > maxPostHandlerReadBytes {
 		return false
 	}
 	var scratch [4096]byte
@@ -930,14 +944,7 @@ func (s *fastSet) isDraining() bool {
 // request (answered with Connection: close) until ctx ends; then closeAll
 // ends the rest.
 func (s *fastSet) drain(ctx context.Context) error {
-	s.mu.Lock()
-	s.draining = true
-	for fc, idle := range s.m {
-		if idle {
-			fc.tc.SetReadDeadline(time.Now())
-		}
-	}
-	s.mu.Unlock()
+	s.beginDrain()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -953,6 +960,19 @@ func (s *fastSet) drain(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// beginDrain marks the set draining (every answer from now on says
+// Connection: close) and closes the idle connections. Idempotent.
+func (s *fastSet) beginDrain() {
+	s.mu.Lock()
+	s.draining = true
+	for fc, idle := range s.m {
+		if idle {
+			fc.tc.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
 }
 
 func (s *fastSet) remove(fc *fastConn) {

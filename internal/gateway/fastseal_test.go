@@ -63,7 +63,7 @@ func TestFastBodySealedAgainstTransport(t *testing.T) {
 		// The handler has returned: the serving goroutine seals the body
 		// while the transport waits for more of it.
 		sealed := make(chan bool, 1)
-		go func() { sealed <- fc.body.seal() }()
+		go func() { sealed <- fc.body.seal(true) }()
 		go io.WriteString(cli, strings.Repeat("a", rest)+next)
 		var ok bool
 		select {

@@ -63,6 +63,19 @@ type reqCtx struct {
 	// validation); r.Body then replays it.
 	body     []byte
 	bodyRead bool
+	// req is the request as the server gave it (its body unwrapped);
+	// forwarded: the forwarder has it, and settles its body (see
+	// respWriter.settle); bodyDone: the body was read to its end;
+	// linger: the connection closes lingering after the answer;
+	// bodyBytes is the body bytes read from the client, for the traffic
+	// record: by the forwarder, readBody or settle (an answer may come
+	// before the body was read; the record counts what was read, not the
+	// Content-Length).
+	req       *http.Request
+	bodyBytes int64
+	forwarded bool
+	bodyDone  bool
+	linger    bool
 	// span is the request's trace span, nil when tracing is off.
 	span trace.Span
 	// reqBody is r.Body as it is streamed upstream; bodyErr is the error
@@ -85,22 +98,15 @@ var httpsProto = []string{"https"}
 
 // clientBody notes the error reading the client's body failed with, so
 // that a failed forward the client caused (a malformed chunk, a body cut
-// short) is answered 400 and not blamed on the upstream, and counts the
-// bytes read: an upstream that answers early reads less than the
-// Content-Length says, and the traffic record counts what was read, not
-// what was announced.
+// short) is answered 400 and not blamed on the upstream. (The bytes read
+// are counted by whoever reads: the forwarder, readBody, settle.)
 type clientBody struct {
 	io.ReadCloser
 	rc *reqCtx
-	// n is written by the transport's goroutine that sends the body.
-	n atomic.Int64
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.n.Add(int64(n))
-	}
 	if err != nil && err != io.EOF {
 		b.rc.noteBodyErr(err)
 	}
@@ -118,7 +124,7 @@ func (rc *reqCtx) noteBodyErr(err error) { rc.bodyErr.CompareAndSwap(nil, &err) 
 // the order of checks.
 func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	st := g.state.Load()
-	rc := &reqCtx{st: st, id: newRequestID(), start: g.now()}
+	rc := &reqCtx{st: st, id: newRequestID(), start: g.now(), req: r}
 	rc.hdrs[1] = rc.id
 	w := &rc.rw
 	w.ResponseWriter, w.rc = w0, rc
@@ -418,7 +424,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
-	rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) })
+	rc.forwarded = true
+	if n := rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }); !rc.bodyRead {
+		rc.bodyBytes = n // else the forwarder read readBody's copy
+	}
 	// Cut off before the upstream answered: the client is still there
 	// and is told why (after the headers, the forwarder reset the stream).
 	if !w.written && errors.Is(context.Cause(r.Context()), errTokenRevoked) {
@@ -499,6 +508,13 @@ func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, rt *rou
 // finish counts the request and writes its access log line.
 func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	rc := w.rc
+	if rc.linger {
+		if _, fast := w.ResponseWriter.(*fastWriter); !fast {
+			// After the access log line: the client may see the
+			// connection end as soon as the lingering close begins.
+			defer g.lingerHijacked(w)
+		}
+	}
 	d := g.now().Sub(rc.start)
 	route := ""
 	if rc.route != nil {
@@ -547,7 +563,7 @@ func statusClass(status int) string {
 func (g *Gateway) observe(rec *proxy.Recorder, rc *reqCtx, r *http.Request, status int, respBytes int64, d time.Duration) {
 	o := proxy.Observation{
 		Direction: proxy.DirectionOutbound, Port: g.port, Protocol: "http", Method: r.Method, Path: r.URL.Path,
-		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: rc.reqBody.n.Load(), RespBytes: respBytes, Latency: d,
+		Decision: policy.Allow.String(), Reason: rc.reason, Status: status, ReqBytes: rc.bodyBytes, RespBytes: respBytes, Latency: d,
 	}
 	if rc.route != nil {
 		o.Destination = rc.route.cfg.SPIFFEID
@@ -670,6 +686,7 @@ func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	}
 	b, err := io.ReadAll(r.Body)
 	r.Body.Close()
+	rc.bodyBytes, rc.bodyDone = int64(len(b)), err == nil
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

@@ -32,6 +32,9 @@ func (w *respWriter) WriteHeader(code int) {
 		return
 	}
 	if code >= 200 || code == http.StatusSwitchingProtocols {
+		if code >= 200 {
+			w.settle()
+		}
 		w.written = true
 		w.status = code
 	}

@@ -15,26 +15,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 )
 
-// earlyAnswerApp answers 413 without reading the request body, as an
-// app refusing an upload from its head does; other requests get the
-// length of their body, read whole.
-func earlyAnswerApp(t testing.TB) string {
-	t.Helper()
-	l := listen(t)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/early" {
-			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			io.WriteString(w, "upload refused")
-			return
-		}
-		n, _ := io.Copy(io.Discard, r.Body)
-		io.WriteString(w, strconv.FormatInt(n, 10))
-	})}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().String()
+// frontendHTTP1 is the TLS config of a client of p's inbound that is
+// frontend (which p's policy allows) speaking HTTP/1.1.
+func (p *pair) frontendHTTP1(t testing.TB) *tls.Config {
+	src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
+	ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
+	return ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
 }
 
 // A sidecar relays an app's early answer (before it read the body) at
@@ -45,10 +34,8 @@ func earlyAnswerApp(t testing.TB) string {
 // never read as a request, and the pair still serves.
 func TestEarlyAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
-		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), earlyAnswerApp(t), HTTP, false, sp.edit)
-		src := newStaticIdentity(p.ca, p.ca.SVID(t, frontendID, 0))
-		ti := &tlsIdentity{src: src, now: time.Now, revoked: func() *revocationSet { return nil }}
-		conf := ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
 		dials := []struct {
 			name string
 			dial func() (net.Conn, error)

@@ -208,9 +208,12 @@ func NewForwarder(c ForwarderConfig) (*Forwarder, error) {
 // must have been removed with RemoveHopHeaders first, which returned
 // upgrade ("" for none). onHijack, when non-nil, is called with the
 // client connection once an upgrade has taken it over, and its result
-// when the upgraded stream ends.
-func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) {
-	f.f.forward(w, r, upgrade, onHijack)
+// when the upgraded stream ends. It returns the request body bytes it
+// read from the client (fewer than the Content-Length when the answer
+// came first), for the traffic record.
+func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (reqBytes int64) {
+	_, reqBytes, _ = f.f.forward(w, r, upgrade, onHijack)
+	return reqBytes
 }
 
 // RemoveHopHeaders removes the hop-by-hop headers of RFC 9110 section

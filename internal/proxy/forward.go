@@ -199,9 +199,11 @@ type forwarder struct {
 // removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
 // with the client connection once a protocol upgrade has taken it over,
 // and its return is called when the upgraded stream ends. It returns the
-// status sent to the client and the response body bytes copied (0 for
-// an upgraded stream), for the traffic record.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (status int, respBytes int64) {
+// status sent to the client, the request body bytes read from the client
+// (fewer than its Content-Length when the answer came first) and the
+// response body bytes copied (0 for an upgraded stream), for the traffic
+// record.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (status int, reqBytes, respBytes int64) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""
@@ -210,6 +212,11 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		r.Body = nil
 	}
 	var body *bodyReader
+	defer func() {
+		if body != nil {
+			reqBytes = body.read.Load()
+		}
+	}()
 	if r.ContentLength != 0 && r.Body != nil {
 		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength}
 		r.Body = body
@@ -222,7 +229,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
-			return 0, 0 // the client went away; nobody to answer
+			return 0, 0, 0 // the client went away; nobody to answer
 		}
 		if f.onError != nil {
 			// The gateway's own answers (a body over its limit is a 413).
@@ -236,19 +243,19 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			// connection goes with it.
 			w.Header().Set("Connection", "close")
 			badRequest(w)
-			return http.StatusBadRequest, 0
+			return http.StatusBadRequest, 0, 0
 		}
 		f.failed(w, r.Method, r.URL.Path, err)
-		return http.StatusServiceUnavailable, 0
+		return http.StatusServiceUnavailable, 0, 0
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {
 			resp.Body.Close()
 			f.refuseSwitch(w, upgrade, resp.Header.Get("Upgrade"))
-			return http.StatusBadGateway, 0
+			return http.StatusBadGateway, 0, 0
 		}
 		f.upgrade(w, r, resp, onHijack)
-		return http.StatusSwitchingProtocols, 0
+		return http.StatusSwitchingProtocols, 0, 0
 	}
 	defer resp.Body.Close()
 
@@ -321,7 +328,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	if body != nil && !body.done() {
 		finishEarly(rc, r)
 	}
-	return resp.StatusCode, respBytes
+	return resp.StatusCode, 0, respBytes
 }
 
 // finishEarly ends a request whose answer is complete before its body

@@ -81,6 +81,8 @@ type fastConn struct {
 	lastPost bool
 	// deadline is the read deadline last set on nc.
 	deadline time.Time
+	// linger: the connection closes lingering (settle).
+	linger   bool
 	draining func() bool
 	// aborted is set, and up's deadline moved to the past, when the
 	// connection's identity or a request's token is revoked mid-request.
@@ -322,11 +324,43 @@ func (fc *fastConn) request() (fr fastRequest, ok bool) {
 	}
 	fr.header = newHeader(head, req.fields)
 	fr.size = req.n + int(req.length)
-	if err := fc.readBody(fr.size); err != nil {
-		return fr, false
-	}
-	fr.body = fc.buf[fc.r+req.n : fc.r+fr.size]
 	return fr, true
+}
+
+// readRequestBody reads the body of the request just parsed into the
+// buffer (fr.body), once it is to be forwarded; false when the
+// connection failed. The sidecar's own answers (a denial, a refusal) are
+// decided from the head and do not wait for it (settle).
+func (fc *fastConn) readRequestBody(fr *fastRequest) bool {
+	if err := fc.readBody(fr.size); err != nil {
+		return false
+	}
+	fr.body = fc.buf[fc.r+fc.req.n : fc.r+fr.size]
+	return true
+}
+
+// settle runs before the fast path's own answer to the request just
+// parsed, whose body it has not read: a body the client has sent whole
+// (in the buffer, or arriving within DrainWait and DrainTime) is read and the
+// connection kept unless close; otherwise the answer goes out at once
+// and the connection closes lingering after it (fc.linger, see
+// DrainUnread). keep reports whether the connection is kept; n is the
+// body bytes read.
+func (fc *fastConn) settle(fr *fastRequest, close bool) (keep bool, n int64) {
+	whole := fc.w-fc.r >= fr.size
+	if !whole && !close {
+		end := time.Now().Add(DrainTime)
+		for !whole {
+			fc.nc.SetReadDeadline(drainDeadline(end))
+			if fc.fill(fc.r+fr.size) != nil {
+				break
+			}
+			whole = fc.w-fc.r >= fr.size
+		}
+		fc.nc.SetReadDeadline(fc.deadline)
+	}
+	fc.linger = !whole
+	return whole && !close, int64(min(max(fc.w-fc.r-fc.req.n, 0), fr.size-fc.req.n))
 }
 
 // bufferedResponse is the http.ResponseWriter of answers the sidecar
@@ -933,7 +967,7 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
-	ob, done := fc.startRecord(ib.observation(info, fr.method, int64(len(fr.body))))
+	ob, done := fc.startRecord(ib.observation(info, fr.method))
 	defer done()
 	closeAfter := fc.req.close
 	st := s.policy.Load()
@@ -953,6 +987,7 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 			ob.Decision, ob.Reason, ob.Path = "deny", "bad_request", "/{invalid}"
 		}
 		badRequest(&rw)
+		fc.settle(&fr, true)
 		return fc.respond(&rw, fr.method, true)
 	}
 	if ob != nil {
@@ -962,7 +997,17 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 		d.traced(span, info)
 	}
 	if ib.answerDenied(&rw, &d) != 0 {
-		return fc.respond(&rw, fr.method, closeAfter)
+		keep, n := fc.settle(&fr, closeAfter)
+		if ob != nil {
+			ob.ReqBytes = n
+		}
+		return fc.respond(&rw, fr.method, !keep)
+	}
+	if !fc.readRequestBody(&fr) {
+		return fastClose
+	}
+	if ob != nil {
+		ob.ReqBytes = int64(len(fr.body))
 	}
 	target := d.np.Target()
 	if q, changed := d.allowed(info); changed {
@@ -1039,12 +1084,16 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	}
 	h := fr.header
 	defer fc.consume(fr.size, fr.method)
-	rec, done := fc.startRecord(ob.observation(fr.method, int64(len(fr.body))))
+	rec, done := fc.startRecord(ob.observation(fr.method))
 	defer done()
 	var rw bufferedResponse
 	if ob.upstreamRevoked.Load() {
 		ob.refuseRevoked(&rw, rec)
-		return fc.respond(&rw, fr.method, req.close)
+		keep, n := fc.settle(&fr, req.close)
+		if rec != nil {
+			rec.ReqBytes = n
+		}
+		return fc.respond(&rw, fr.method, !keep)
 	}
 	u := req.absolute
 	if u == nil {
@@ -1057,6 +1106,7 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 			rec.Decision, rec.Reason, rec.Path = "refused", "bad_request", "/{invalid}"
 		}
 		badRequest(&rw)
+		fc.settle(&fr, true)
 		return fc.respond(&rw, fr.method, true)
 	}
 	if rec != nil {
@@ -1067,6 +1117,12 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 		ctx, span := ob.s.startSpanOf(context.Background(), h, fr.method, decodedPath(np.Path()), "outbound "+ob.name, trace.SpanKindClient, true, ob.spanAttrs()...)
 		defer func() { telemetry.EndHTTPSpan(span, fc.status, true) }()
 		propagate(ctx, h)
+	}
+	if !fc.readRequestBody(&fr) {
+		return fastClose
+	}
+	if rec != nil {
+		rec.ReqBytes = int64(len(fr.body))
 	}
 	return fc.exchange(ob.fwd, up, fr.method, np.Target(), fr.host, h, fr.body, req.close)
 }

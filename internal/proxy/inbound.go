@@ -402,6 +402,10 @@ func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
 	ib.fast.remove(fc)
 	if o != fastHandoff {
 		fc.release()
+		if fc.linger {
+			ib.s.lingering.Linger(conn, 0, sidecarLingerBytes, func() { ib.connDone(conn) })
+			return
+		}
 		ib.connDone(conn)
 		conn.Close()
 		return
@@ -414,6 +418,10 @@ func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
 		hc.Close()
 	}
 }
+
+// taken keeps a connection net/http's server no longer serves (an
+// upgraded stream, a lingering close) registered until it ends.
+func (ib *inbound) taken(c net.Conn) func() { return func() { ib.connDone(c) } }
 
 // connDone forgets a closed connection.
 func (ib *inbound) connDone(c net.Conn) {
@@ -730,12 +738,13 @@ func (r *decidedRequest) jti() string {
 	return jti
 }
 
-// observation is the traffic record of one request from info's peer
-// (reqBytes: the body's Content-Length, -1 for unknown), counted by the
-// caller when the request ends on either server path.
-func (ib *inbound) observation(info *connInfo, method string, reqBytes int64) Observation {
+// observation is the traffic record of one request from info's peer,
+// counted by the caller when the request ends on either server path,
+// with the request body bytes the sidecar read (not the Content-Length:
+// an answer may come before the body was read).
+func (ib *inbound) observation(info *connInfo, method string) Observation {
 	return Observation{Direction: DirectionInbound, Source: info.peer, Port: ib.port, Protocol: ib.cfg.Protocol.String(),
-		Method: method, ReqBytes: max(reqBytes, 0)}
+		Method: method}
 }
 
 // ServeHTTP is the inbound request path of net/http's server: strip the
@@ -755,7 +764,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// deferred call runs on every return, and when a body copy aborts).
 	var ob Observation
 	if s.rec != nil {
-		ob = ib.observation(info, r.Method, r.ContentLength)
+		ob = ib.observation(info, r.Method)
 		start := time.Now()
 		defer func() {
 			ob.Latency = time.Since(start)
@@ -767,6 +776,8 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := s.policy.Load()
 	if r.Method == http.MethodConnect {
 		// A tunnel: its bytes would pass no policy.
+		after, _ := s.settle(w, r, ib.taken)
+		defer after()
 		refuseConnect(w)
 		ob.Decision, ob.Reason, ob.Status = "deny", "connect", http.StatusMethodNotAllowed
 		return
@@ -781,6 +792,8 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, false) }()
 	}
 	if r.URL.Opaque != "" {
+		after, _ := s.settle(w, r, ib.taken)
+		defer after()
 		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
@@ -789,6 +802,8 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Trailer fields of a caller's body are filtered as its header was.
 	st.filter(ib.name).guardTrailers(r)
 	if !ok {
+		after, _ := s.settle(w, r, ib.taken)
+		defer after()
 		undecidable(w, r)
 		ob.Decision, ob.Reason, ob.Status, ob.Path = "deny", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
@@ -800,8 +815,11 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if span != nil {
 		d.traced(span, info)
 	}
-	if status := ib.answerDenied(w, &d); status != 0 {
-		ob.Status = status
+	if d.dec.Outcome != policy.Allow {
+		var after func()
+		after, ob.ReqBytes = s.settle(w, r, ib.taken)
+		defer after()
+		ob.Status = ib.answerDenied(w, &d)
 		return
 	}
 	if q, changed := d.allowed(info); changed {
@@ -827,11 +845,9 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pw != nil {
 		fw = pw
 	}
-	ob.Status, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, func(c net.Conn) func() {
-		// The upgraded stream outlives the HTTP server's view of the
-		// connection; keep it registered for revocation until it ends.
-		return func() { ib.connDone(c) }
-	})
+	// An upgraded stream outlives the HTTP server's view of the
+	// connection; it stays registered for revocation until it ends.
+	ob.Status, ob.ReqBytes, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, ib.taken)
 	if pw != nil && len(pw.buf) > 0 {
 		s.rec.piiScan(&ob, pw.buf)
 	}

@@ -251,7 +251,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var o Observation
 	if ob.s.rec != nil {
-		o = ob.observation(r.Method, r.ContentLength)
+		o = ob.observation(r.Method)
 		start := time.Now()
 		defer func() {
 			o.Latency = time.Since(start)
@@ -259,10 +259,15 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	if ob.upstreamRevoked.Load() {
+		var after func()
+		after, o.ReqBytes = ob.s.settle(w, r, nil)
+		defer after()
 		ob.refuseRevoked(w, &o)
 		return
 	}
 	if r.Method == http.MethodConnect {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
 		refuseConnect(w) // the upstream would refuse it too
 		o.Decision, o.Reason, o.Status = "refused", "connect", http.StatusMethodNotAllowed
 		return
@@ -274,6 +279,8 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	target, ok := originForm(r)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
 	if !ok || err != nil {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
 		undecidable(w, r)
 		o.Decision, o.Reason, o.Status, o.Path = "refused", "bad_request", http.StatusBadRequest, "/{invalid}"
 		return
@@ -289,7 +296,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)
 	}
-	o.Status, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
+	o.Status, o.ReqBytes, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
 }
 
 // refusalText tells the app why its call was refused locally.
@@ -304,10 +311,11 @@ func refusalText(why string) string {
 }
 
 // observation is the traffic record of one call to the upstream, allowed
-// until refused (reqBytes: the body's Content-Length, -1 for unknown).
-func (ob *outbound) observation(method string, reqBytes int64) Observation {
+// until refused, with the request body bytes the sidecar read (see
+// inbound.observation).
+func (ob *outbound) observation(method string) Observation {
 	return Observation{Direction: DirectionOutbound, Destination: ob.upstreamID, Protocol: "http", Method: method,
-		Decision: "allow", ReqBytes: max(reqBytes, 0)}
+		Decision: "allow"}
 }
 
 // refuseRevoked answers a call refused while upstreamRevoked holds (the
@@ -379,7 +387,11 @@ func (ob *outbound) serveFast(c net.Conn) {
 		c.Close()
 	} else {
 		fc.release()
-		c.Close()
+		if fc.linger {
+			s.lingering.Linger(c, 0, sidecarLingerBytes, func() {})
+		} else {
+			c.Close()
+		}
 	}
 	s.metrics.active.WithLabelValues(ob.name).Dec()
 }

@@ -320,6 +320,10 @@ type Sidecar struct {
 	// accepting is true from when Serve has every listener bound until
 	// Shutdown or Close: Ready's "can serve" includes it.
 	accepting atomic.Bool
+
+	// lingering is the HTTP/1.x connections closing after an own answer
+	// to a request whose body was not read (linger.go).
+	lingering LingerSet
 }
 
 type policyState struct {
@@ -637,6 +641,7 @@ func (s *Sidecar) Close() error {
 		ob.close()
 	}
 	s.mu.Unlock()
+	s.lingering.Close()
 	return nil
 }
 

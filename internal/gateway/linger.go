@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"net/http"
+
+	"github.com/moatless/moatless/internal/proxy"
+)
+
+// settle runs before the gateway writes its own answer to rc's request
+// (a denial, a 401, a 429, a WAF block, a CORS preflight; the answers
+// the upstream writes are the forwarder's to settle): on HTTP/1.x, a body
+// nothing has read is read now if the client has sent it whole and the
+// connection kept; otherwise the answer goes out at once with
+// Connection: close and the connection closes lingering after it (see
+// proxy.DrainUnread), the fast path's in place (fastConn.close),
+// net/http's taken over (lingerHijacked). Lingering connections still
+// count towards the connection caps, and at most limits.max_body_bytes
+// are read from one.
+func (w *respWriter) settle() {
+	rc := w.rc
+	r := rc.req
+	if r == nil || r.ProtoMajor != 1 || rc.forwarded || rc.bodyDone || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return
+	}
+	h := w.Header()
+	if !hasToken(h.Get("Connection"), "close") {
+		body := r.Body
+		if rc.reqBody.ReadCloser != nil {
+			body = &rc.reqBody // the route's size limit
+		}
+		whole, n := proxy.DrainUnread(w.ResponseWriter, body, len(r.Header["Expect"]) > 0)
+		rc.bodyBytes += n
+		if whole {
+			rc.bodyDone = true
+			return
+		}
+	}
+	h.Set("Connection", "close")
+	rc.linger = true
+}
+
+// lingerHijacked takes over a net/http connection whose answer settle
+// set to close, once the answer is written, and closes it lingering on
+// its own goroutine, so that the request's handler ends (and its access
+// log line is written) at once.
+func (g *Gateway) lingerHijacked(w *respWriter) {
+	// net/http reported the connection gone when it was taken over: it
+	// is counted again for as long as it lingers.
+	proxy.LingerHijack(w.ResponseWriter, &g.lingering, g.opts.Config.Limits.MaxBodyBytes, g.conns.track)
+}

@@ -1,0 +1,54 @@
+// Package proxytest holds test helpers shared by the sidecar's
+// (internal/proxy) and the gateway's (internal/gateway) tests. Only tests
+// import it.
+package proxytest
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// EarlyApp runs, until the test ends, an app on a loopback port (its
+// "host:port" returned) that answers some requests before reading their
+// bodies, as an app refusing an upload from its head does: a path ending
+// in /early or /early/413 gets 413 "upload refused" and the handler
+// returns (net/http's server then closes the connection when the body
+// is too large to discard); a path ending in /early/close gets a 401
+// "nope" written on the raw connection, which is then closed. Any other
+// request has its whole body read and gets 200 with the body's length.
+func EarlyApp(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case strings.HasSuffix(p, "/early"), strings.HasSuffix(p, "/early/413"):
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/early/close"):
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			io.WriteString(conn, "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+			conn.Close()
+		default:
+			n, err := io.Copy(io.Discard, r.Body)
+			if err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			io.WriteString(w, strconv.FormatInt(n, 10))
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
