@@ -225,20 +225,6 @@ func validSegment() (string, audit.Head) {
 		h1, h1, h2), audit.Head{Seq: 2, Hash: h2}
 }
 
-// segmentRecord is a segment line as the format defines it (archive.go),
-// read here with exact member names.
-type segmentRecord struct {
-	Seq      uint64 `json:"seq"`
-	At       int64  `json:"at"`
-	Kind     string `json:"kind"`
-	Actor    string `json:"actor"`
-	Subject  string `json:"subject"`
-	Outcome  string `json:"outcome"`
-	Details  string `json:"details"`
-	PrevHash string `json:"prev_hash"`
-	Hash     string `json:"hash"`
-}
-
 // FuzzVerifySegment: whatever a segment file holds, verification never
 // panics, and what it accepts is a file the archiver could have written:
 // every line exactly the encoding of the values the hashes cover, so no
@@ -272,7 +258,7 @@ func FuzzVerifySegment(f *testing.F) {
 		}
 		var prev []byte
 		for _, line := range lines[1:] {
-			var r segmentRecord
+			var r audit.SegmentLine
 			if err := json.Unmarshal([]byte(line), &r); err != nil {
 				t.Fatalf("accepted line %q: %v", line, err)
 			}
