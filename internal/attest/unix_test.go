@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -266,11 +267,37 @@ func TestMatches(t *testing.T) {
 	}
 }
 
+// FuzzParseStatStartTime: whatever command name a local user gives a
+// process (any bytes but NUL, up to the kernel's 15, parentheses, spaces
+// and newlines included), the start time read from the line the kernel
+// writes (fs/proc/array.c, do_task_stat) is the one in it: a name such as
+// "x) R 1 1 1 ..." must not move the fields that PID-reuse checks rely on.
 func FuzzParseStatStartTime(f *testing.F) {
-	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9 1 1"))
-	f.Add([]byte("7 (a) b (c) R 1"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseStatStartTime(b)
+	f.Add([]byte("init"), int32(1), uint64(9), uint8(0))
+	f.Add([]byte("a) b (c"), int32(7), uint64(123456789), uint8(3))
+	f.Add([]byte("x) R 1 1 1 0 -1"), int32(4242), uint64(1), uint8(52))
+	f.Add([]byte(") ) ) )\n)"), int32(1<<22), uint64(1<<63), uint8(30))
+	f.Fuzz(func(t *testing.T, comm []byte, pid int32, start uint64, more uint8) {
+		if len(comm) > 15 || slices.Contains(comm, 0) || pid <= 0 {
+			return
+		}
+		// Fields 3 (state) to 52; a kernel before 3.5 stops earlier, but
+		// never before field 44.
+		fields := []string{"S"}
+		for n := 4; n <= 22+int(more)%31; n++ {
+			v := strconv.Itoa(n * 7)
+			if n == 22 {
+				v = strconv.FormatUint(start, 10)
+			} else if n == 7 {
+				v = "-1" // tty_pgrp: negative without a terminal
+			}
+			fields = append(fields, v)
+		}
+		line := fmt.Sprintf("%d (%s) %s\n", pid, comm, strings.Join(fields, " "))
+		got, err := ParseStatStartTime([]byte(line))
+		if err != nil || got != start {
+			t.Fatalf("%q: start time %d, %v; want %d", line, got, err, start)
+		}
 	})
 }
 
