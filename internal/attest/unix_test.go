@@ -301,13 +301,36 @@ func FuzzParseStatStartTime(f *testing.F) {
 	})
 }
 
+// FuzzParseStatusGroups: on any input the parser refuses or returns at
+// most maxGroups groups; and on the status the kernel writes
+// (proc_pid_status: "Name:" first, its "\n" and "\\" escaped, then
+// "Groups:" with a space after each group), whatever the command name,
+// it returns exactly the process's groups: a name such as
+// "x\nGroups:\t0" cannot claim root's group.
 func FuzzParseStatusGroups(f *testing.F) {
-	f.Add([]byte("Groups:\t4 24 27\n"))
-	f.Add([]byte("Name:\tx\nGroups:\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add([]byte("Groups:\t4 24 27\n"), []byte("x"), []byte{4, 24, 27})
+	f.Add([]byte("Name:\tx\nGroups:\n"), []byte("x\nGroups:\t0"), []byte{})
+	f.Add([]byte("Groups:\t0\nGroups:\t1"), []byte("Groups:\t0 \\n"), []byte{1, 2, 3, 200})
+	f.Fuzz(func(t *testing.T, b, comm, gids []byte) {
 		gs, err := ParseStatusGroups(b)
 		if err == nil && len(gs) > maxGroups {
 			t.Fatalf("%d groups accepted", len(gs))
+		}
+		if len(comm) > 15 || slices.Contains(comm, 0) || len(gids) > maxGroups {
+			return
+		}
+		name := strings.NewReplacer("\\", "\\\\", "\n", "\\n").Replace(string(comm))
+		var groups strings.Builder
+		want := []uint32{}
+		for _, g := range gids {
+			fmt.Fprintf(&groups, "%d ", uint32(g)*1009)
+			want = append(want, uint32(g)*1009)
+		}
+		status := "Name:\t" + name + "\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\nUid:\t1000\t1000\t1000\t1000\n" +
+			"Gid:\t1000\t1000\t1000\t1000\nFDSize:\t64\nGroups:\t" + groups.String() + "\nNStgid:\t7\n"
+		got, err := ParseStatusGroups([]byte(status))
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("%q: groups %v, %v; want %v", status, got, err, want)
 		}
 	})
 }
