@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -266,21 +267,70 @@ func TestMatches(t *testing.T) {
 	}
 }
 
+// FuzzParseStatStartTime: whatever command name a local user gives a
+// process (any bytes but NUL, up to the kernel's 15, parentheses, spaces
+// and newlines included), the start time read from the line the kernel
+// writes (fs/proc/array.c, do_task_stat) is the one in it: a name such as
+// "x) R 1 1 1 ..." must not move the fields that PID-reuse checks rely on.
 func FuzzParseStatStartTime(f *testing.F) {
-	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9 1 1"))
-	f.Add([]byte("7 (a) b (c) R 1"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseStatStartTime(b)
+	f.Add([]byte("init"), int32(1), uint64(9), uint8(0))
+	f.Add([]byte("a) b (c"), int32(7), uint64(123456789), uint8(3))
+	f.Add([]byte("x) R 1 1 1 0 -1"), int32(4242), uint64(1), uint8(52))
+	f.Add([]byte(") ) ) )\n)"), int32(1<<22), uint64(1<<63), uint8(30))
+	f.Fuzz(func(t *testing.T, comm []byte, pid int32, start uint64, more uint8) {
+		if len(comm) > 15 || slices.Contains(comm, 0) || pid <= 0 {
+			return
+		}
+		// Fields 3 (state) to 52; a kernel before 3.5 stops earlier, but
+		// never before field 44.
+		fields := []string{"S"}
+		for n := 4; n <= 22+int(more)%31; n++ {
+			v := strconv.Itoa(n * 7)
+			if n == 22 {
+				v = strconv.FormatUint(start, 10)
+			} else if n == 7 {
+				v = "-1" // tty_pgrp: negative without a terminal
+			}
+			fields = append(fields, v)
+		}
+		line := fmt.Sprintf("%d (%s) %s\n", pid, comm, strings.Join(fields, " "))
+		got, err := ParseStatStartTime([]byte(line))
+		if err != nil || got != start {
+			t.Fatalf("%q: start time %d, %v; want %d", line, got, err, start)
+		}
 	})
 }
 
+// FuzzParseStatusGroups: on any input the parser refuses or returns at
+// most maxGroups groups; and on the status the kernel writes
+// (proc_pid_status: "Name:" first, its "\n" and "\\" escaped, then
+// "Groups:" with a space after each group), whatever the command name,
+// it returns exactly the process's groups: a name such as
+// "x\nGroups:\t0" cannot claim root's group.
 func FuzzParseStatusGroups(f *testing.F) {
-	f.Add([]byte("Groups:\t4 24 27\n"))
-	f.Add([]byte("Name:\tx\nGroups:\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add([]byte("Groups:\t4 24 27\n"), []byte("x"), []byte{4, 24, 27})
+	f.Add([]byte("Name:\tx\nGroups:\n"), []byte("x\nGroups:\t0"), []byte{})
+	f.Add([]byte("Groups:\t0\nGroups:\t1"), []byte("Groups:\t0 \\n"), []byte{1, 2, 3, 200})
+	f.Fuzz(func(t *testing.T, b, comm, gids []byte) {
 		gs, err := ParseStatusGroups(b)
 		if err == nil && len(gs) > maxGroups {
 			t.Fatalf("%d groups accepted", len(gs))
+		}
+		if len(comm) > 15 || slices.Contains(comm, 0) || len(gids) > maxGroups {
+			return
+		}
+		name := strings.NewReplacer("\\", "\\\\", "\n", "\\n").Replace(string(comm))
+		var groups strings.Builder
+		want := []uint32{}
+		for _, g := range gids {
+			fmt.Fprintf(&groups, "%d ", uint32(g)*1009)
+			want = append(want, uint32(g)*1009)
+		}
+		status := "Name:\t" + name + "\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\nUid:\t1000\t1000\t1000\t1000\n" +
+			"Gid:\t1000\t1000\t1000\t1000\nFDSize:\t64\nGroups:\t" + groups.String() + "\nNStgid:\t7\n"
+		got, err := ParseStatusGroups([]byte(status))
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("%q: groups %v, %v; want %v", status, got, err, want)
 		}
 	})
 }

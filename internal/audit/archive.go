@@ -161,8 +161,7 @@ func writeSegment(dir string, base uint64, baseHash []byte, rows []store.AuditRo
 	first, last := uint64(rows[0].Seq), uint64(rows[len(rows)-1].Seq)
 	name := SegmentName(first, last)
 	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
+	enc := segmentEncoder(&buf)
 	if err := enc.Encode(segmentHeader{Format: segmentFormat, FirstSeq: first, LastSeq: last,
 		PrevHash: hex.EncodeToString(baseHash), Records: uint64(len(rows))}); err != nil {
 		return store.AuditSegment{}, nil, err
@@ -304,7 +303,14 @@ func verifySegment(r io.Reader, name string, prev Head, expect *Head) (VerifyRes
 	return res, nil
 }
 
-// strictJSON decodes one JSON object, refusing unknown fields.
+// strictJSON decodes one segment line into v and accepts it only if it is
+// exactly what the archiver writes for v (segmentEncoder): no unknown
+// member, and no repeated or differently cased one, extra space or other
+// escape either. encoding/json matches member names case-insensitively
+// and keeps the last of a repeated one, so a line such as
+// {"kind":"entry.delete","Kind":"entry.create",...} would verify against
+// the hash of entry.create while jq or a SIEM reading the file shows
+// entry.delete: the record verified must be the only record readable.
 func strictJSON(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -314,7 +320,22 @@ func strictJSON(b []byte, v any) error {
 	if dec.More() {
 		return errors.New("trailing data")
 	}
+	var canon bytes.Buffer
+	if err := segmentEncoder(&canon).Encode(v); err != nil {
+		return err
+	}
+	if !bytes.Equal(bytes.TrimSuffix(canon.Bytes(), []byte("\n")), b) {
+		return errors.New("not in the archiver's encoding (a repeated, differently cased or reformatted member)")
+	}
 	return nil
+}
+
+// segmentEncoder is the one encoding of segment lines, written by the
+// archiver and required by the verifier.
+func segmentEncoder(w io.Writer) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
 }
 
 // VerifyArchive checks the segment files in dir as one chain from record 1.

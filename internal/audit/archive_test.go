@@ -1,8 +1,11 @@
 package audit_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +105,14 @@ func TestArchiveTamperingFound(t *testing.T) {
 		{"edited_record_checked_by_store_sha256", func(t *testing.T) {
 			os.WriteFile(seg2, []byte(strings.Replace(string(orig), `"subject":"e7"`, `"subject":"e77"`, 1)), 0o600)
 		}, stored, 6, "SHA-256"},
+		// What jq shows is "e77"; encoding/json, case-insensitive and
+		// last-wins, would hash "e7": a second, shadowing member.
+		{"shadowing_member_shown_to_other_readers", func(t *testing.T) {
+			os.WriteFile(seg2, []byte(strings.Replace(string(orig), `"subject":"e7"`, `"subject":"e77","Subject":"e7"`, 1)), 0o600)
+		}, nil, 7, "archiver's encoding"},
+		{"repeated_member", func(t *testing.T) {
+			os.WriteFile(seg2, []byte(strings.Replace(string(orig), `"subject":"e7"`, `"subject":"e77","subject":"e7"`, 1)), 0o600)
+		}, nil, 7, "archiver's encoding"},
 		{"segment_deleted", func(t *testing.T) { os.Remove(seg2) }, nil, 6, "missing or out of order"},
 		{"segment_deleted_store_knows", func(t *testing.T) { os.Remove(seg2) }, stored, 6, "archived segment missing"},
 		{"tail_truncated", func(t *testing.T) {
@@ -203,22 +214,65 @@ func TestArchiveConcurrent(t *testing.T) {
 	}
 }
 
+// validSegment is a segment file of records 1-2 as the archiver writes
+// it, with the head it ends at.
+func validSegment() (string, audit.Head) {
+	h1 := audit.Hash(1, 10, "entry.create", "admin", "e1", "success", `{"a":"b"}`, nil)
+	h2 := audit.Hash(2, 20, "policy.apply", "cli", "p<1>", "denied", `{}`, h1)
+	return fmt.Sprintf("{\"moatless_audit_segment\":1,\"first_seq\":1,\"last_seq\":2,\"prev_hash\":\"\",\"records\":2}\n"+
+		"{\"seq\":1,\"at\":10,\"kind\":\"entry.create\",\"actor\":\"admin\",\"subject\":\"e1\",\"outcome\":\"success\",\"details\":\"{\\\"a\\\":\\\"b\\\"}\",\"prev_hash\":\"\",\"hash\":\"%x\"}\n"+
+		"{\"seq\":2,\"at\":20,\"kind\":\"policy.apply\",\"actor\":\"cli\",\"subject\":\"p<1>\",\"outcome\":\"denied\",\"details\":\"{}\",\"prev_hash\":\"%x\",\"hash\":\"%x\"}\n",
+		h1, h1, h2), audit.Head{Seq: 2, Hash: h2}
+}
+
 // FuzzVerifySegment: whatever a segment file holds, verification never
-// panics and never accepts a record whose hash does not match.
+// panics, and what it accepts is a file the archiver could have written:
+// every line exactly the encoding of the values the hashes cover, so no
+// other reader of the file (jq, a SIEM) can see a record other than the
+// one verified, and every record's hash is its content's.
 func FuzzVerifySegment(f *testing.F) {
+	valid, _ := validSegment()
+	f.Add(valid)
+	f.Add(strings.Replace(valid, `"kind":"entry.create"`, `"kind":"entry.delete","Kind":"entry.create"`, 1))
+	f.Add(strings.Replace(valid, `"subject":"e1"`, `"subject":"e1", "subject":"e1"`, 1))
 	f.Add("{\"moatless_audit_segment\":1,\"first_seq\":1,\"last_seq\":1,\"prev_hash\":\"\",\"records\":1}\n" +
 		"{\"seq\":1,\"at\":1,\"kind\":\"k\",\"actor\":\"a\",\"subject\":\"s\",\"outcome\":\"success\",\"details\":\"{}\",\"prev_hash\":\"\",\"hash\":\"00\"}\n")
 	f.Add("{}\n")
 	f.Add("")
 	f.Add("{\"moatless_audit_segment\":1,\"first_seq\":1,\"last_seq\":0,\"prev_hash\":\"\",\"records\":0}\n")
-	p := filepath.Join(f.TempDir(), audit.SegmentName(1, 1))
+	p := filepath.Join(f.TempDir(), audit.SegmentName(1, 2))
 	f.Fuzz(func(t *testing.T, content string) {
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		res, err := audit.VerifySegmentFile(p, audit.Head{})
-		if err == nil && res.Records == 0 {
+		if err != nil {
+			return
+		}
+		if res.Records == 0 {
 			t.Fatalf("accepted a segment with no record: %q", content)
+		}
+		lines := strings.Split(strings.TrimSuffix(strings.ReplaceAll(content, "\r\n", "\n"), "\n"), "\n")
+		if uint64(len(lines)) != res.Records+1 {
+			t.Fatalf("accepted %d records from %d lines: %q", res.Records, len(lines), content)
+		}
+		var prev []byte
+		for _, line := range lines[1:] {
+			var r audit.SegmentLine
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatalf("accepted line %q: %v", line, err)
+			}
+			var b bytes.Buffer
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(false)
+			enc.Encode(r)
+			if canonical := strings.TrimSuffix(b.String(), "\n"); canonical != line {
+				t.Fatalf("accepted line\n%s\nwhich reads as\n%s", line, canonical)
+			}
+			if h := audit.Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, prev); fmt.Sprintf("%x", h) != r.Hash {
+				t.Fatalf("accepted record %d whose hash is not its content's", r.Seq)
+			}
+			prev = audit.Hash(r.Seq, r.At, r.Kind, r.Actor, r.Subject, r.Outcome, r.Details, prev)
 		}
 	})
 }

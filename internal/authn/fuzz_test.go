@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -90,14 +92,90 @@ func FuzzParseJWKS(f *testing.F) {
 	})
 }
 
-// FuzzStrictJSON: what the strict checker accepts, encoding/json reads as
-// an object.
+// strictJSONReference is checkStrictJSON's definition read a second way:
+// encoding/json's token stream, which unescapes every member name, with a
+// map of names per object and a count of open containers. It returns the
+// same error kinds for the first violation in document order.
+func strictJSONReference(data []byte) error {
+	if !utf8.Valid(data) {
+		return errJSONUTF8
+	}
+	if t := bytes.TrimLeft(data, " \t\r\n"); !json.Valid(data) || len(t) == 0 || t[0] != '{' {
+		return errJSONNotObject
+	}
+	type frame struct {
+		object, key bool
+		names       map[string]bool
+	}
+	var stack []*frame
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return errJSONNotObject
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch v := tok.(type) {
+		case json.Delim:
+			switch v {
+			case '{', '[':
+				if len(stack) == maxJSONDepth {
+					return errJSONDepth
+				}
+				if top != nil && top.object {
+					top.key = true // this container is a member's value
+				}
+				stack = append(stack, &frame{object: v == '{', key: v == '{', names: map[string]bool{}})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+		case string:
+			if top.object && top.key {
+				if top.names[v] {
+					return &duplicateKeyError{name: v}
+				}
+				top.names[v] = true
+				top.key = false
+			} else if top.object {
+				top.key = true
+			}
+		default:
+			if top.object {
+				top.key = true
+			}
+		}
+	}
+}
+
+// FuzzStrictJSON: the strict checker's verdict is the reference's
+// (strictJSONReference), error kind and duplicate name included, and
+// what it accepts encoding/json reads as an object.
 func FuzzStrictJSON(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,{"c":null}]}}`, `{"a":1,"a":2}`, `[]`, `{"\u0061":1,"a":2}`, `{} `} {
+	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,{"c":null}]}}`, `{"a":1,"a":2}`, `[]`, `{"\u0061":1,"a":2}`, `{} `,
+		`{"a":{"b":1},"b":{"a":1},"c":[{"a":1},{"a":2}]}`, `{"\ud800":1,"\udc00":2}`, `{"a":"b","b":"a","a\"":1}`,
+		`{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17,"a":18}`,
+		strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth), "{\"a\":" + strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth) + "}",
+		"{\"a\":\"\xff\"}"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if checkStrictJSON(data) != nil {
+		got, want := checkStrictJSON(data), strictJSONReference(data)
+		var gd, wd *duplicateKeyError
+		switch {
+		case errors.As(got, &gd) && errors.As(want, &wd):
+			if gd.name != wd.name {
+				t.Fatalf("%q: duplicate %q, reference %q", data, gd.name, wd.name)
+			}
+		case got != want:
+			t.Fatalf("%q: %v, reference %v", data, got, want)
+		}
+		if got != nil {
 			return
 		}
 		var m map[string]any

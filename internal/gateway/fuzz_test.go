@@ -12,9 +12,11 @@ import (
 
 // FuzzClientAddr: whatever X-Forwarded-For says, the client address is
 // the peer or an address a trusted hop vouched for, never one from before
-// an untrusted hop.
+// an untrusted hop, and never a trusted hop while a well-formed entry
+// left of it remains within the hop limit.
 func FuzzClientAddr(f *testing.F) {
-	for _, s := range []string{"203.0.113.7", "203.0.113.7, 10.0.0.1", "garbage, 10.0.0.1", "[::1]:80, 10.1.1.1", ",,,", "::ffff:10.0.0.1", "fe80::1%eth0"} {
+	for _, s := range []string{"203.0.113.7", "203.0.113.7, 10.0.0.1", "garbage, 10.0.0.1", "[::1]:80, 10.1.1.1", ",,,", "::ffff:10.0.0.1", "fe80::1%eth0",
+		"198.51.100.9, 203.0.113.7, 10.0.0.1", "10.0.0.2, 10.0.0.1", "203.0.113.7, garbage, 127.0.0.1", strings.Repeat("10.0.0.3, ", 40) + "10.0.0.1"} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
@@ -28,15 +30,39 @@ func FuzzClientAddr(f *testing.F) {
 		if !peerTrusted && got != peer {
 			t.Fatalf("untrusted peer: client %s from XFF %q", got, xff)
 		}
-		if got == peer {
+		if !peerTrusted {
 			return
 		}
-		for e := range strings.SplitSeq(xff, ",") {
-			if a, ok := parseHop(strings.TrimSpace(e)); ok && a == got {
+		// The walk stopped at some position: the peer (len(entries)) or an
+		// entry equal to the client. Every entry right of it is a
+		// well-formed trusted hop, it is within the hop limit, and it
+		// stopped there because the client is untrusted, or the next entry
+		// left is malformed or missing, or the limit was reached.
+		entries := strings.Split(xff, ",")
+		stoppedAt := func(at int) bool {
+			for _, e := range entries[at+min(1, len(entries)-at):] {
+				if a, ok := parseHop(strings.TrimSpace(e)); !ok || !inPrefixes(a, trusted) {
+					return false
+				}
+			}
+			if len(entries)-at > maxForwardedHops {
+				return false
+			}
+			if inPrefixes(got, trusted) && at > 0 && len(entries)-at < maxForwardedHops {
+				_, ok := parseHop(strings.TrimSpace(entries[at-1]))
+				return !ok
+			}
+			return true
+		}
+		if got == peer && stoppedAt(len(entries)) {
+			return
+		}
+		for i, e := range entries {
+			if a, ok := parseHop(strings.TrimSpace(e)); ok && a == got && stoppedAt(i) {
 				return
 			}
 		}
-		t.Fatalf("client %s is neither the peer nor an entry of XFF %q", got, xff)
+		t.Fatalf("client %s: not the peer nor an entry of XFF %q where a right-to-left walk over trusted hops stops", got, xff)
 	})
 }
 

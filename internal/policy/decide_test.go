@@ -547,6 +547,34 @@ spec:
 			{name: "template_one_is_one_segment", req: newReq(method("PUT"), path("/users/4/2/profile")), outcome: Deny, policy: ""},
 			{name: "path_prefix_with_query", req: newReq(method("PUT"), path("/v1/orders?limit=5")), outcome: Allow, policy: "foo/ops", rule: 3},
 			{name: "not_methods_excludes", req: newReq(method("DELETE"), path("/v1/orders")), outcome: Deny, policy: ""},
+			{name: "template_one_takes_equals_sign", req: newReq(method("PUT"), path("/users/id=42/profile")), outcome: Allow, policy: "foo/ops", rule: 3},
+		},
+	}, {
+		// Envoy's "{*}" and "{**}" match "=" (the uri_template matcher's
+		// pchar set includes it): a DENY rule on a template must deny a
+		// segment with "=" in it, as Istio does, or it is bypassed.
+		name: "deny_template_with_equals_sign",
+		yaml: `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin/{*}", "/internal/{**}"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: foo}
+spec:
+  rules:
+  - {}
+`,
+		checks: []check{
+			{name: "plain_segment_denied", req: newReq(path("/admin/users")), outcome: Deny, policy: "foo/deny-admin", rule: 0},
+			{name: "segment_with_equals_denied", req: newReq(path("/admin/k=v")), outcome: Deny, policy: "foo/deny-admin", rule: 0},
+			{name: "any_with_equals_denied", req: newReq(path("/internal/a/k=v")), outcome: Deny, policy: "foo/deny-admin", rule: 0},
+			{name: "other_path_allowed", req: newReq(path("/public/k=v")), outcome: Allow, policy: "foo/allow-all", rule: 0},
 		},
 	}})
 }

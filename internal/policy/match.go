@@ -206,7 +206,7 @@ func (s *portSet) match(port int) bool {
 
 // pathTemplate is an Istio path template ("/foo/{*}/bar/{**}"), matched as
 // Envoy's uri_template matcher does: "{*}" is one non-empty path segment
-// of RFC 3986 pchar characters (without "*" and "="), "{**}" zero or more
+// of RFC 3986 pchar characters without "*" (templateChar), "{**}" zero or more
 // such characters and "/"; "{**}" is the last operator, and only literals
 // may follow it.
 type pathTemplate struct {
@@ -225,19 +225,18 @@ func isPathTemplate(v string) bool {
 	return strings.Contains(v, "{*}") || strings.Contains(v, "{**}")
 }
 
-// templateChar: pchar from RFC 3986 appendix A without "*" and "=", the
-// characters Envoy's "{*}" and "{**}" operators match.
+// templateChar: the characters Envoy's uri_template matcher lets "{*}"
+// and "{**}" match and a literal segment hold (kLiteral in Envoy's
+// uri_template_internal.cc, and Istio's IsValidLiteral): RFC 3986 pchar
+// without "*", with "=". Matching fewer than Envoy would let a path such
+// as "/admin/k=v" past a DENY rule on "/admin/{*}" that Istio enforces.
 func templateChar(c byte) bool {
 	switch {
 	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
 		return true
 	}
-	return strings.IndexByte("-._~%!$&'()+,;:@", c) >= 0
+	return strings.IndexByte("-._~%!$&'()+,;:@=", c) >= 0
 }
-
-// literalChar: what a literal segment of a template may hold (Istio's
-// IsValidLiteral: templateChar plus "=").
-func literalChar(c byte) bool { return templateChar(c) || c == '=' }
 
 // IsTemplateLiteral reports whether seg may be a literal segment of a
 // path template (the characters of Istio's IsValidLiteral, nothing
@@ -245,7 +244,7 @@ func literalChar(c byte) bool { return templateChar(c) || c == '=' }
 // compiles.
 func IsTemplateLiteral(seg string) bool {
 	for i := 0; i < len(seg); i++ {
-		if !literalChar(seg[i]) {
+		if !templateChar(seg[i]) {
 			return false
 		}
 	}
@@ -281,7 +280,7 @@ func parsePathTemplate(v string) (*pathTemplate, error) {
 			return nil, fmt.Errorf("invalid path template %q: empty path segment", v)
 		default:
 			for j := 0; j < len(s); j++ {
-				if !literalChar(s[j]) {
+				if !templateChar(s[j]) {
 					return nil, fmt.Errorf("invalid path template %q: %q is not allowed in a template segment (only {*} or {**} alone, or letters, digits and -._~%%!$&'()+,;:@=)", v, s[j])
 				}
 			}

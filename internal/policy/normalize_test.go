@@ -135,7 +135,7 @@ func TestPathTemplates(t *testing.T) {
 		{"/{*}/foo/", "/x/foo/", true},
 		{"/{*}/foo/", "/x/foo", false},
 		{"/{*}/foo", "//foo", false},
-		{"/users/{*}", "/users/a=b", false}, // "=" is not matched by an operator
+		{"/users/{*}", "/users/a=b", true}, // Envoy's operators match "=" (kLiteral)
 		{"/users/{*}", "/users/a*b", false},
 		{"/users/id=1/{*}", "/users/id=1/x", true},
 		{"/a/{*}", "/a/%2F", true},

@@ -982,6 +982,11 @@ func testMethodOverrideIsStripped(t *testing.T, sp serverPath) {
 		{"/api/x?a=1;_method=DELETE", "/api/x?a=1"},
 		{"/api/x?_method=DELETE&_method=PATCH", "/api/x?"},
 		{"/api/x?method=GET&x_method=1&_methods=2", "/api/x?method=GET&x_method=1&_methods=2"},
+		// PHP's $_GET['_method'] each time (leading spaces dropped, cut
+		// at a NUL, an array named by what precedes "[").
+		{"/api/x?a=1&+_method=DELETE", "/api/x?a=1"},
+		{"/api/x?_method%00x=DELETE&a", "/api/x?a"},
+		{"/api/x?_method%5B%5D=DELETE&a=1", "/api/x?a=1"},
 	}
 	for _, tr := range attackTransports(ca) {
 		t.Run(tr.name+"/headers", func(t *testing.T) {

@@ -90,17 +90,40 @@ func unhexDigit(c byte) byte {
 var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 // isMethodOverrideParam reports whether a decoded query parameter name is
-// _method as Symfony, Laravel (PHP turns " " and "." in names into "_")
-// and Express's method-override read it.
+// _method as Symfony, Laravel and Express's method-override read it: the
+// name itself, or the name PHP makes of it (phpParamName: leading spaces
+// dropped, " " and "." turned into "_", cut at a NUL, an array named by
+// what precedes a closed "["). " method" is dropped too, as before.
 func isMethodOverrideParam(name string) bool {
-	if len(name) != len("_method") || name[1:] != "method" {
-		return false
+	if len(name) == len("_method") && name[1:] == "method" {
+		switch name[0] {
+		case '_', ' ', '.':
+			return true
+		}
 	}
-	switch name[0] {
-	case '_', ' ', '.':
-		return true
+	return strings.Contains(name, "method") && phpParamName(name) == "_method"
+}
+
+// phpParamName is the variable name PHP registers for a decoded query
+// parameter name (main/php_variables.c, php_register_variable_ex): the
+// C string ends at the first NUL, leading spaces are dropped, " " and "."
+// become "_" up to the first "[", and a "[" closed by a later "]" starts
+// an array index, so the name ends there. (An unclosed "[" becomes "_"
+// with the rest kept, which can never give "_method".)
+func phpParamName(name string) string {
+	if i := strings.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
 	}
-	return false
+	name = strings.TrimLeft(name, " ")
+	if i := strings.IndexByte(name, '['); i >= 0 && strings.IndexByte(name[i:], ']') > 0 {
+		name = name[:i]
+	}
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '.' {
+			return '_'
+		}
+		return r
+	}, name)
 }
 
 // stripMethodOverride removes _method parameters from np's query,

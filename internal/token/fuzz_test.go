@@ -32,8 +32,9 @@ func fuzzService(f *testing.F) (*token.Service, string) {
 }
 
 // FuzzTokenRequest sends arbitrary form bodies to the token endpoint of a
-// real service: every answer is 200 with a token or an RFC 6749 §5.2
-// error object with a 400/401 status, never a 5xx or a panic.
+// real service: every answer is 200 with a token (only for the
+// authenticated client, within its scopes) or an RFC 6749 §5.2 error
+// object with a 400/401 status, never a 5xx or a panic.
 func FuzzTokenRequest(f *testing.F) {
 	svc, secret := fuzzService(f)
 	for _, s := range []string{
@@ -66,6 +67,19 @@ func FuzzTokenRequest(f *testing.F) {
 		case http.StatusOK:
 			if out["access_token"] == nil || out["token_type"] != "Bearer" {
 				t.Fatalf("200 without a token: %v", out)
+			}
+			// The fuzzer knows no secret and can sign no assertion: a
+			// token needs the client's Basic credentials, and carries no
+			// scope the client was not registered for.
+			if !basic {
+				t.Fatalf("token issued without client authentication: %q", body)
+			}
+			if sc, _ := out["scope"].(string); sc != "" {
+				for s := range strings.FieldsSeq(sc) {
+					if s != "openid" && s != "a" {
+						t.Fatalf("token with scope %q the client was not registered for: %q", s, body)
+					}
+				}
 			}
 		case http.StatusBadRequest, http.StatusUnauthorized:
 			if code, _ := out["error"].(string); code == "" || out["access_token"] != nil {
