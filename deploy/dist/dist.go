@@ -43,8 +43,8 @@ var versionRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+([-+~][0-9A-Za-z.+~-]
 // moatless-sidecar_VERSION_linux_ARCH (static binaries: the one binary and
 // the data plane alone), moatless_VERSION_ARCH.deb (both) and SHA256SUMS
 // to c.Out and returns their paths. The binaries are built as "make build"
-// builds them (CGO_ENABLED=0, -trimpath, -tags grpcnotrace, and norego for
-// moatless-sidecar), with -s -w
+// builds them (CGO_ENABLED=0, -trimpath, -tags grpcnotrace; moatless-sidecar
+// links no OPA because it does not import it), with -s -w
 // and the version stamped.
 func Build(ctx context.Context, c Config) ([]string, error) {
 	if !versionRE.MatchString(c.Version) {
@@ -96,13 +96,9 @@ func buildBinary(ctx context.Context, repo, cmdName, dst, arch, version string) 
 	if err != nil {
 		return err
 	}
-	// moatless-sidecar leaves OPA out (tag norego, as the Makefile
-	// builds it; docs/sidecar.md#which-executable).
-	tags := "grpcnotrace"
-	if cmdName == "moatless-sidecar" {
-		tags = "grpcnotrace,norego"
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", tags, "-trimpath",
+	// moatless-sidecar leaves OPA out by what it imports, not by a tag
+	// (docs/sidecar.md#which-executable).
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-trimpath",
 		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli/dataplane.Version=v"+version,
 		"-o", abs, "./cmd/"+cmdName)
 	cmd.Dir = repo
