@@ -74,8 +74,11 @@ func buildInput(b regoengine.Builder, p *regoProvider, req *Request, path string
 	}
 	if p != nil {
 		for _, m := range p.maps {
-			if v, ok := b.Lookup(in, m.from); ok {
-				b.Set(in, m.to, v)
+			if m.fromP == nil {
+				continue // not prepared: no evaluator
+			}
+			if v, ok := b.Lookup(in, m.fromP); ok {
+				b.Set(in, m.toP, v)
 			}
 		}
 	}

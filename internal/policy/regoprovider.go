@@ -144,6 +144,9 @@ type regoProvider struct {
 type inputMap struct {
 	to   []string
 	from []string
+	// toP and fromP are the paths as the evaluator's keys
+	// (regoengine.Builder.Path), made when the provider is prepared.
+	toP, fromP any
 }
 
 type regoRoute struct {
@@ -562,6 +565,10 @@ func (rp *regoProvider) prepare(r *Rego, spec fieldPath) *fieldError {
 	}
 	rp.pq = pq
 	rp.needs = inputNeeds(r, rp.maps)
+	b := regoengine.Current()
+	for i := range rp.maps {
+		rp.maps[i].toP, rp.maps[i].fromP = b.Path(rp.maps[i].to), b.Path(rp.maps[i].from)
+	}
 	return nil
 }
 

@@ -107,12 +107,15 @@ type Builder interface {
 	// JSONValue converts a JSON-compatible Go value (a verified token's
 	// claims); ok is false for one that does not convert.
 	JSONValue(v any) (any, bool)
-	// Lookup follows path through nested objects; ok is false where it
-	// is undefined.
-	Lookup(obj any, path []string) (any, bool)
-	// Set puts v at path, making objects on the way (a non-object on the
-	// way is replaced).
-	Set(obj any, path []string, v any)
+	// Path makes a path of object keys for Lookup and Set, once: a
+	// request then makes no key of it.
+	Path(keys []string) any
+	// Lookup follows path (from Path) through nested objects; ok is
+	// false where it is undefined.
+	Lookup(obj any, path any) (any, bool)
+	// Set puts v at path (from Path), making objects on the way (a
+	// non-object on the way is replaced).
+	Set(obj any, path any, v any)
 	// Digest is the hex SHA-256 of an unambiguous encoding of v: equal
 	// values have equal digests.
 	Digest(v any) string

@@ -61,17 +61,25 @@ func value(v any) ast.Value {
 	panic("regoopa: not a value of this builder")
 }
 
-func (builder) NewObject(n int) any                    { return ast.NewObjectWithCapacity(n) }
-func (builder) Put(obj any, key string, v any)         { obj.(ast.Object).Insert(keyTerm(key), term(v)) }
-func (builder) String(s string) any                    { return ast.StringTerm(s) }
-func (builder) Int(n int) any                          { return ast.InternedTerm(n) }
-func (builder) Number(text string) any                 { return ast.NumberTerm(json.Number(text)) }
-func (builder) Bool(b bool) any                        { return ast.BooleanTerm(b) }
-func (builder) JSON(v any) (any, error)                { return ast.JSON(value(v)) }
-func (builder) Digest(v any) string                    { return digest(value(v)) }
-func (builder) JSONValue(v any) (any, bool)            { return jsonValue(v) }
-func (builder) Lookup(obj any, p []string) (any, bool) { return lookup(obj.(ast.Object), p) }
-func (builder) Set(obj any, p []string, v any)         { set(obj.(ast.Object), p, term(v)) }
+func (builder) NewObject(n int) any               { return ast.NewObjectWithCapacity(n) }
+func (builder) Put(obj any, key string, v any)    { obj.(ast.Object).Insert(keyTerm(key), term(v)) }
+func (builder) String(s string) any               { return ast.StringTerm(s) }
+func (builder) Int(n int) any                     { return ast.InternedTerm(n) }
+func (builder) Number(text string) any            { return ast.NumberTerm(json.Number(text)) }
+func (builder) Bool(b bool) any                   { return ast.BooleanTerm(b) }
+func (builder) JSON(v any) (any, error)           { return ast.JSON(value(v)) }
+func (builder) Digest(v any) string               { return digest(value(v)) }
+func (builder) JSONValue(v any) (any, bool)       { return jsonValue(v) }
+func (builder) Lookup(obj any, p any) (any, bool) { return lookup(obj.(ast.Object), p.([]*ast.Term)) }
+func (builder) Set(obj any, p any, v any)         { set(obj.(ast.Object), p.([]*ast.Term), term(v)) }
+
+func (builder) Path(keys []string) any {
+	out := make([]*ast.Term, len(keys))
+	for i, k := range keys {
+		out[i] = keyTerm(k)
+	}
+	return out
+}
 
 func (builder) Strings(ss []string) any {
 	ts := make([]*ast.Term, len(ss))
@@ -90,7 +98,7 @@ func jsonValue(v any) (any, bool) {
 }
 
 // lookup follows path through nested objects.
-func lookup(o ast.Object, path []string) (any, bool) {
+func lookup(o ast.Object, path []*ast.Term) (any, bool) {
 	var cur ast.Value = o
 	var t *ast.Term
 	for _, k := range path {
@@ -98,7 +106,7 @@ func lookup(o ast.Object, path []string) (any, bool) {
 		if !ok {
 			return nil, false
 		}
-		if t = obj.Get(keyTerm(k)); t == nil {
+		if t = obj.Get(k); t == nil {
 			return nil, false
 		}
 		cur = t.Value
@@ -108,10 +116,9 @@ func lookup(o ast.Object, path []string) (any, bool) {
 
 // set puts v at path, creating objects on the way (a non-object on the
 // way is replaced: mappings own their targets).
-func set(o ast.Object, path []string, v *ast.Term) {
+func set(o ast.Object, path []*ast.Term, v *ast.Term) {
 	cur := o
-	for _, k := range path[:len(path)-1] {
-		key := keyTerm(k)
+	for _, key := range path[:len(path)-1] {
 		next, ok := func() (ast.Object, bool) {
 			if t := cur.Get(key); t != nil {
 				obj, ok := t.Value.(ast.Object)
@@ -125,7 +132,7 @@ func set(o ast.Object, path []string, v *ast.Term) {
 		}
 		cur = next
 	}
-	cur.Insert(keyTerm(path[len(path)-1]), v)
+	cur.Insert(path[len(path)-1], v)
 }
 
 // digest is the hex SHA-256 of an unambiguous encoding of the input
