@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"sort"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -181,13 +180,4 @@ func appendLP(buf []byte, tag byte, s string) []byte {
 	buf = append(buf, tag)
 	buf = binary.AppendUvarint(buf, uint64(len(s)))
 	return append(buf, s...)
-}
-
-func sortedKeys(m map[string]any) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

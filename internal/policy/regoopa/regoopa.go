@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -136,7 +138,7 @@ func (Engine) Compile(modules []regoengine.Module, data map[string]any, unsafe [
 	// A rule and a data document at the same path would make every query
 	// under it fail at evaluation; OPA's server refuses the write, and so
 	// does this.
-	for _, key := range sortedKeys(data) {
+	for _, key := range slices.Sorted(maps.Keys(data)) {
 		ref := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(key)}
 		for _, id := range c.ids {
 			m := c.parsed[id]
