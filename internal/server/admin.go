@@ -816,7 +816,7 @@ func (s *Server) nodeStatuses(ctx context.Context) ([]NodeStatus, error) {
 		}
 		req := max(base, pv)
 		rev := s.nodeRevocation(n)
-		out = append(out, NodeStatus{Node: n, Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat),
+		out = append(out, NodeStatus{Node: n, Connected: s.nodeConnected(n, rev.Revoked, now),
 			RequiredVersion: req, InSync: n.AckedVersion >= req, Revocation: rev})
 	}
 	return out, nil

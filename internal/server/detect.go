@@ -552,7 +552,15 @@ func (s *Server) mergeFinding(ctx context.Context, f detect.Finding) (detect.Fin
 		} else {
 			st, err := findingOf(*stored)
 			if err != nil {
-				return store.FindingRow{}, err
+				// A body that does not decode (damaged by hand, or a
+				// bug) would fail every merge into its key until the
+				// claim expired, dropping detections meanwhile. The
+				// row's own columns hold what merging needs; the
+				// body's summary, evidence and records are lost and
+				// the copy's take their place.
+				s.log.Warn("stored finding unreadable: rebuilt from its columns", "finding", stored.ID, "err", err)
+				st = findingFromColumns(*stored)
+				st.Summary = f.Summary
 			}
 			st.Fold(f)
 			out = st
@@ -842,6 +850,13 @@ func (s *Server) listDecisions(c *adminCall) {
 		p.Next = cursorOf(l[len(l)-1].At)
 	}
 	c.reply(http.StatusOK, p)
+}
+
+// findingFromColumns is the finding r's columns describe, without its
+// body: for a stored finding whose body does not decode.
+func findingFromColumns(r store.FindingRow) detect.Finding {
+	return detect.Finding{ID: r.ID, Time: r.At, LastSeen: r.LastAt, Count: int(r.Count), Detector: r.Detector,
+		Severity: detect.Severity(r.Severity), Identity: r.Identity, Destination: r.Destination, IncidentID: r.IncidentID}
 }
 
 func findingOf(r store.FindingRow) (detect.Finding, error) {

@@ -694,7 +694,7 @@ func (s *Server) policyStatusOf(ctx context.Context) (PolicyStatus, error) {
 		rev := s.nodeRevocation(n)
 		ns := PolicyNodeStatus{SPIFFEID: n.SPIFFEID, Component: n.Component, PolicyVersion: n.PolicyVersion,
 			Current: n.PolicyVersion == cur, LastAck: n.LastAck, Revocation: rev,
-			Connected: !rev.Revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < 3*s.heartbeat)}
+			Connected: s.nodeConnected(n, rev.Revoked, now)}
 		if !enforcesPolicy(n.Component) {
 			st.NotEnforcing = append(st.NotEnforcing, ns)
 			continue

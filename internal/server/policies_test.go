@@ -338,3 +338,36 @@ func TestPolicyApplyValidatesJWTRules(t *testing.T) {
 		t.Fatalf("a refused rollback wrote version %d", set.Version)
 	}
 }
+
+// TestConnectedSameInBothViews: the node list and the policy status agree
+// on whether a node is connected. A node whose watch stream is on another
+// replica is seen here only through last_seen, which a stream writes once
+// per 30 s (the touch interval); the policy status used a window of three
+// heartbeats and showed such a node as disconnected for most of each
+// interval while the node list showed it connected.
+func TestConnectedSameInBothViews(t *testing.T) {
+	e := start(t, "")
+	const id = "spiffe://example.org/sidecar/payments"
+	e.attest(id) // last seen now; no watch stream open on this replica
+	for _, tc := range []struct {
+		name      string
+		after     time.Duration
+		connected bool
+	}{
+		{"seen_20s_ago", 20 * time.Second, true},
+		{"seen_past_the_touch_window", 11 * time.Second, false}, // 31 s
+	} {
+		e.clock.Add(tc.after)
+		var nodes []server.NodeStatus
+		e.admin("GET", server.PathAdminNodes, nil, &nodes)
+		var st server.PolicyStatus
+		e.admin("GET", server.PathAdminPolicyStatus, nil, &st)
+		if len(nodes) != 1 || len(st.Nodes) != 1 || nodes[0].SPIFFEID != id || st.Nodes[0].SPIFFEID != id {
+			t.Fatalf("%s: nodes %+v, policy status %+v", tc.name, nodes, st)
+		}
+		if nodes[0].Connected != tc.connected || st.Nodes[0].Connected != tc.connected {
+			t.Fatalf("%s: node list connected=%v, policy status connected=%v, want %v",
+				tc.name, nodes[0].Connected, st.Nodes[0].Connected, tc.connected)
+		}
+	}
+}

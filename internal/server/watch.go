@@ -86,6 +86,16 @@ func (h *hub) connect(id string, delta int) {
 	}
 }
 
+// nodeConnected reports whether node n counts as connected at now: a
+// watch stream of it is open on this replica, or another replica
+// recorded one recently. Streams write last_seen once per touchInterval
+// (touchDue), so "recently" is that interval plus three heartbeats; a
+// shorter window would show a node connected to another replica as
+// disconnected for most of each interval. A revoked node never counts.
+func (s *Server) nodeConnected(n store.Node, revoked bool, now time.Time) bool {
+	return !revoked && (s.hub.isConnected(n.SPIFFEID) || now.Sub(n.LastSeen) < touchInterval+3*s.heartbeat)
+}
+
 func (h *hub) isConnected(id string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()

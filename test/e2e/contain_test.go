@@ -244,7 +244,7 @@ inbound:
 	defer wg.Wait()
 	defer cancel()
 	needle := []byte(`"` + attacker + `"`)
-	connected := watchClients(ctx, t, &wg, nWatchers, 32, []string{p.addr}, api.pool, certs, func(c int, line []byte) {
+	streams := watchClients(ctx, t, &wg, nWatchers, 32, []string{p.addr}, api.pool, certs, func(c int, line []byte) {
 		if armed.Load() && bytes.Contains(line, needle) {
 			mu.Lock()
 			if seenAt[c].IsZero() {
@@ -253,7 +253,7 @@ inbound:
 			mu.Unlock()
 		}
 	})
-	waitFor(t, 5*time.Minute, fmt.Sprintf("%d watch streams", nWatchers), func() bool { return connected.Load() == int64(nWatchers) })
+	streams.waitConnected(t, 5*time.Minute, nWatchers)
 
 	var sidecarLat, watchLat []time.Duration
 	for round := range rounds {

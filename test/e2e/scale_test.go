@@ -131,7 +131,7 @@ func TestScaleWatchClients(t *testing.T) {
 		wg      sync.WaitGroup
 	)
 	start := time.Now()
-	connected := watchClients(ctx, t, &wg, n, 64, rs.addrs, pool, certs, func(c int, line []byte) {
+	streams := watchClients(ctx, t, &wg, n, 64, rs.addrs, pool, certs, func(c int, line []byte) {
 		// A policy update names its version first: no JSON decoding of
 		// every heartbeat by ten thousand clients.
 		if w := wantVer.Load(); w > 0 && bytes.Contains(line, []byte(`"policies":{"version":`+strconv.FormatUint(w, 10)+`,`)) {
@@ -142,7 +142,7 @@ func TestScaleWatchClients(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	waitFor(t, 10*time.Minute, fmt.Sprintf("%d watch streams", n), func() bool { return connected.Load() == int64(n) })
+	streams.waitConnected(t, 10*time.Minute, n)
 	connectTime := time.Since(start)
 	heapAfter, grAfter := liveHeap()
 	after := rss()
@@ -152,8 +152,8 @@ func TestScaleWatchClients(t *testing.T) {
 	srv0, self0 := serversCPU(t, rs.procs), selfCPU()
 	time.Sleep(window)
 	srvIdle, selfIdle := serversCPU(t, rs.procs)-srv0, selfCPU()-self0
-	t.Logf("%d clients on 3 replicas connected in %s; per client on the servers (GOGC=%s): %.1f KiB RSS (%d -> %d MiB), %.1f KiB Go heap in use, %.1f goroutines",
-		n, connectTime.Round(time.Millisecond), gogc, float64(after-before)/float64(n)/1024, before>>20, after>>20,
+	t.Logf("%d clients on 3 replicas connected in %s (%d connects retried); per client on the servers (GOGC=%s): %.1f KiB RSS (%d -> %d MiB), %.1f KiB Go heap in use, %.1f goroutines",
+		n, connectTime.Round(time.Millisecond), streams.retries.Load(), gogc, float64(after-before)/float64(n)/1024, before>>20, after>>20,
 		(heapAfter-heapBefore)/float64(n)/1024, (grAfter-grBefore)/float64(n))
 	t.Logf("idle (heartbeats): servers %.0f ms CPU/s, clients %.0f ms CPU/s", float64(srvIdle.Milliseconds())/window.Seconds(), float64(selfIdle.Milliseconds())/window.Seconds())
 
@@ -174,6 +174,9 @@ func TestScaleWatchClients(t *testing.T) {
 	}
 	applied := time.Since(t0)
 	waitFor(t, 5*time.Minute, "every client to get the policy", func() bool {
+		if streams.ended.Load() > 0 {
+			t.Fatalf("%d watch streams ended before the policy reached them", streams.ended.Load())
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		return !slices.ContainsFunc(seenAt, time.Time.IsZero)
@@ -194,13 +197,34 @@ func TestScaleWatchClients(t *testing.T) {
 	wg.Wait()
 }
 
+// watchStreams counts watch clients' streams: connected is how many had
+// their first update, ended how many ended before the test cancelled
+// them (a connect that failed every attempt, or a stream the server
+// dropped), retries how many connects were tried again.
+type watchStreams struct{ connected, ended, retries atomic.Int64 }
+
+// waitConnected waits until every one of n streams either connected or
+// ended, and fails the test at once if any ended: one lost client would
+// otherwise keep the caller waiting for its full timeout.
+func (ws *watchStreams) waitConnected(t *testing.T, d time.Duration, n int) {
+	t.Helper()
+	waitFor(t, d, fmt.Sprintf("%d watch streams", n), func() bool { return ws.connected.Load()+ws.ended.Load() >= int64(n) })
+	if e := ws.ended.Load(); e > 0 {
+		t.Fatalf("%d of %d watch streams ended before all connected (%d connects retried)", e, n, ws.retries.Load())
+	}
+}
+
+// watchConnectAttempts is how often a watch client tries to connect, as
+// a sidecar retries: at thousands of connections on two cores, a TLS
+// handshake can outlast the server's 10 s ReadHeaderTimeout.
+const watchConnectAttempts = 3
+
 // watchClients opens n watch streams, stream c to addrs[c%len(addrs)] as
 // certs[c%len(certs)], each on its own TLS connection (as a sidecar
 // would have), at most inflight connecting at once; onLine gets every
-// line stream c reads. The counter is how many streams had their first
-// update. The streams end with ctx; wg waits for them.
-func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, inflight int, addrs []string, pool *x509.CertPool, certs []tls.Certificate, onLine func(c int, line []byte)) *atomic.Int64 {
-	var connected atomic.Int64
+// line stream c reads. The streams end with ctx; wg waits for them.
+func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, inflight int, addrs []string, pool *x509.CertPool, certs []tls.Certificate, onLine func(c int, line []byte)) *watchStreams {
+	ws := new(watchStreams)
 	sem := make(chan struct{}, inflight)
 	for c := range n {
 		sem <- struct{}{}
@@ -210,11 +234,25 @@ func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, infl
 			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{certs[c%len(certs)]}},
 				ForceAttemptHTTP2: true, ReadBufferSize: 4 << 10, WriteBufferSize: 4 << 10}
 			defer tr.CloseIdleConnections()
-			req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addrs[c%len(addrs)]+"/v1/agent/watch", nil)
-			resp, err := (&http.Client{Transport: tr}).Do(req)
+			var resp *http.Response
+			var err error
+			for attempt := range watchConnectAttempts {
+				if attempt > 0 {
+					ws.retries.Add(1)
+				}
+				req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addrs[c%len(addrs)]+"/v1/agent/watch", nil)
+				if resp, err = (&http.Client{Transport: tr}).Do(req); err == nil && resp.StatusCode != 200 {
+					resp.Body.Close()
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+			}
 			<-sem
-			if err != nil || resp.StatusCode != 200 {
+			if err != nil {
 				if ctx.Err() == nil {
+					ws.ended.Add(1)
 					t.Errorf("watch client %d: %v", c, err)
 				}
 				return
@@ -225,17 +263,21 @@ func watchClients(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n, infl
 			for {
 				line, err := r.ReadBytes('\n')
 				if err != nil {
+					if ctx.Err() == nil {
+						ws.ended.Add(1)
+						t.Errorf("watch client %d: stream ended: %v", c, err)
+					}
 					return
 				}
 				if first {
 					first = false
-					connected.Add(1)
+					ws.connected.Add(1)
 				}
 				onLine(c, line)
 			}
 		}()
 	}
-	return &connected
+	return ws
 }
 
 // serversCPU is the user+system CPU time the processes used so far
