@@ -21,7 +21,7 @@
 # configuration); and with disable_http1_fast_path (net/http's server and
 # client only, keeping its pages); -2 adds a pair with HTTP/2 between the
 # sidecars. The sidecars run from moatless-sidecar, the data-plane
-# executable (built as shipped: without OPA, tag norego); -f runs them
+# executable (built as shipped: it links no OPA); -f runs them
 # from the one binary (moatless sidecar) instead.
 #
 # Reported per setup: requests/s at 32 connections; p50/p99 latency at 1
@@ -119,10 +119,8 @@ HA_IN=$((BASE + 21)) HA_OUT=$((BASE + 22))
 EXE=moatless-sidecar SC=("$W/moatless-sidecar")
 [ -n "$FULL" ] && EXE=moatless SC=("$W/moatless" sidecar)
 echo "bench: building $EXE" >&2
-# Each with the tags it ships with (Makefile): moatless-sidecar without OPA.
-TAGS=grpcnotrace
-[ "$EXE" = moatless-sidecar ] && TAGS=grpcnotrace,norego
-(cd "$ROOT" && CGO_ENABLED=0 go build -tags "$TAGS" -trimpath -o "$W/$EXE.built" "./cmd/$EXE")
+# As shipped (Makefile): moatless-sidecar links no OPA by what it imports.
+(cd "$ROOT" && CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -o "$W/$EXE.built" "./cmd/$EXE")
 # The executable is copied past the page cache (O_DIRECT), so that its pages
 # are cached as an installed binary's are, by the reads of running it: the
 # linker's buffered writes leave it cached in large folios, and the

@@ -20,6 +20,9 @@ if [ "$1" = configure ]; then
 		if systemctl is-active --quiet moatless-server; then
 			systemctl restart moatless-server || true
 		fi
+		# Running sidecars move to the new binary; each drains its open
+		# requests on SIGTERM. Instances not running stay so.
+		systemctl try-restart 'moatless-sidecar@*.service' >/dev/null 2>&1 || true
 	fi
 fi
 exit 0

@@ -43,8 +43,8 @@ var versionRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+([-+~][0-9A-Za-z.+~-]
 // moatless-sidecar_VERSION_linux_ARCH (static binaries: the one binary and
 // the data plane alone), moatless_VERSION_ARCH.deb (both) and SHA256SUMS
 // to c.Out and returns their paths. The binaries are built as "make build"
-// builds them (CGO_ENABLED=0, -trimpath, -tags grpcnotrace, and norego for
-// moatless-sidecar), with -s -w
+// builds them (CGO_ENABLED=0, -trimpath, -tags grpcnotrace; moatless-sidecar
+// links no OPA because it does not import it), with -s -w
 // and the version stamped.
 func Build(ctx context.Context, c Config) ([]string, error) {
 	if !versionRE.MatchString(c.Version) {
@@ -96,13 +96,9 @@ func buildBinary(ctx context.Context, repo, cmdName, dst, arch, version string) 
 	if err != nil {
 		return err
 	}
-	// moatless-sidecar leaves OPA out (tag norego, as the Makefile
-	// builds it; docs/sidecar.md#which-executable).
-	tags := "grpcnotrace"
-	if cmdName == "moatless-sidecar" {
-		tags = "grpcnotrace,norego"
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", tags, "-trimpath",
+	// moatless-sidecar leaves OPA out by what it imports, not by a tag
+	// (docs/sidecar.md#which-executable).
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-trimpath",
 		"-ldflags", "-s -w -X github.com/moatless/moatless/internal/cli/dataplane.Version=v"+version,
 		"-o", abs, "./cmd/"+cmdName)
 	cmd.Dir = repo
@@ -114,32 +110,37 @@ func buildBinary(ctx context.Context, repo, cmdName, dst, arch, version string) 
 }
 
 // buildDeb packages bins (commands, in order): /usr/bin/moatless and
-// /usr/bin/moatless-sidecar, the server and agent units,
+// /usr/bin/moatless-sidecar, the server and agent units and the
+// sidecar's template (moatless-sidecar@.service), /etc/moatless/sidecar,
 // /etc/moatless/server.yaml (a conffile the upgrade keeps), the docs, and
 // maintainer scripts that create the moatless system user and
 // /var/lib/moatless (0700).
 func buildDeb(repo string, bins []string, dst, arch string, c Config) error {
 	deploy := filepath.Join(repo, "deploy")
-	agentUnit, err := packagedUnit(filepath.Join(deploy, "systemd", "moatless-agent.service"))
-	if err != nil {
-		return err
-	}
 	tmp, err := os.MkdirTemp("", "moatless-dist-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	agentPath := filepath.Join(tmp, "moatless-agent.service")
-	if err := os.WriteFile(agentPath, agentUnit, 0o644); err != nil {
-		return err
-	}
 	mode := func(m os.FileMode) *files.ContentFileInfo {
 		return &files.ContentFileInfo{Mode: m, Owner: "root", Group: "root", MTime: c.MTime}
 	}
 	contents := files.Contents{
 		{Source: filepath.Join(deploy, "debian", "moatless-server.service"), Destination: "/lib/systemd/system/moatless-server.service", FileInfo: mode(0o644)},
-		{Source: agentPath, Destination: "/lib/systemd/system/moatless-agent.service", FileInfo: mode(0o644)},
 		{Source: filepath.Join(deploy, "debian", "server.yaml"), Destination: "/etc/moatless/server.yaml", Type: files.TypeConfigNoReplace, FileInfo: mode(0o644)},
+		{Destination: "/etc/moatless/sidecar", Type: files.TypeDir, FileInfo: mode(0o755)},
+	}
+	// The units of deploy/systemd, for the package's /usr/bin.
+	for _, name := range []string{"moatless-agent.service", "moatless-sidecar@.service"} {
+		unit, err := packagedUnit(filepath.Join(deploy, "systemd", name))
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(tmp, name)
+		if err := os.WriteFile(p, unit, 0o644); err != nil {
+			return err
+		}
+		contents = append(contents, &files.Content{Source: p, Destination: "/lib/systemd/system/" + name, FileInfo: mode(0o644)})
 	}
 	for i, bin := range bins {
 		contents = append(contents, &files.Content{Source: bin, Destination: "/usr/bin/" + commands[i], FileInfo: mode(0o755)})
@@ -185,16 +186,21 @@ func buildDeb(repo string, bins []string, dst, arch string, c Config) error {
 }
 
 // packagedUnit is a unit of deploy/systemd (written for a binary installed
-// by hand in /usr/local/bin) with the package's /usr/bin/moatless.
+// by hand in /usr/local/bin) with the package's /usr/bin/moatless or
+// /usr/bin/moatless-sidecar.
 func packagedUnit(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	if !strings.Contains(string(b), "/usr/local/bin/moatless ") {
-		return nil, fmt.Errorf("%s: no /usr/local/bin/moatless to replace", path)
+	out := string(b)
+	for _, cmd := range commands {
+		out = strings.ReplaceAll(out, "/usr/local/bin/"+cmd+" ", "/usr/bin/"+cmd+" ")
 	}
-	return []byte(strings.ReplaceAll(string(b), "/usr/local/bin/moatless ", "/usr/bin/moatless ")), nil
+	if out == string(b) || strings.Contains(out, "/usr/local/bin/") {
+		return nil, fmt.Errorf("%s: want /usr/local/bin/moatless or /usr/local/bin/moatless-sidecar, and nothing else of /usr/local/bin, to replace", path)
+	}
+	return []byte(out), nil
 }
 
 // writeSums writes "HEX  NAME" lines, sha256sum's format: "sha256sum -c

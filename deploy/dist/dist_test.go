@@ -174,13 +174,19 @@ func TestDebInstallsAndStarts(t *testing.T) {
 	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o700 || int(sys.Uid) != uid {
 		t.Fatalf("/var/lib/moatless: mode %v, uid %d; want 0700 and moatless (%d)", st.Mode().Perm(), sys.Uid, uid)
 	}
-	for _, p := range []string{"/usr/bin/moatless", "/usr/bin/moatless-sidecar", "/lib/systemd/system/moatless-server.service", "/lib/systemd/system/moatless-agent.service", "/etc/moatless/server.yaml", "/usr/share/doc/moatless/server.md"} {
+	for _, p := range []string{"/usr/bin/moatless", "/usr/bin/moatless-sidecar", "/lib/systemd/system/moatless-server.service", "/lib/systemd/system/moatless-agent.service", "/lib/systemd/system/moatless-sidecar@.service", "/etc/moatless/server.yaml", "/usr/share/doc/moatless/server.md"} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("not installed: %v", err)
 		}
 	}
-	if b, _ := os.ReadFile("/lib/systemd/system/moatless-agent.service"); strings.Contains(string(b), "/usr/local/bin") {
-		t.Error("the packaged agent unit runs /usr/local/bin/moatless")
+	if st, err := os.Stat("/etc/moatless/sidecar"); err != nil || !st.IsDir() || st.Mode().Perm() != 0o755 {
+		t.Errorf("/etc/moatless/sidecar: %v, %v; want a directory, 0755", st, err)
+	}
+	for unit, exe := range map[string]string{"moatless-agent.service": "/usr/bin/moatless", "moatless-sidecar@.service": "/usr/bin/moatless-sidecar"} {
+		b, _ := os.ReadFile("/lib/systemd/system/" + unit)
+		if argv, _ := execStart(t, string(b)); strings.Contains(string(b), "/usr/local/bin") || argv[0] != exe {
+			t.Errorf("the packaged %s runs %q, want %s", unit, argv[0], exe)
+		}
 	}
 
 	unit, err := os.ReadFile("/lib/systemd/system/moatless-server.service")

@@ -45,16 +45,24 @@ var notInSidecar = []string{
 }
 
 // opa is OPA's evaluator and what only it brings in (its JWT library and
-// GraphQL parser), which moatless-sidecar, built with the tag norego,
-// leaves out: it doubled the executable's code and initializers and kept
-// the sidecar over 20 MB of RSS (docs/benchmarks.md).
+// GraphQL parser), which moatless-sidecar leaves out: it doubled the
+// executable's code and initializers and kept the sidecar over 20 MB of
+// RSS (docs/benchmarks.md). It is linked by importing regoopa, which
+// registers it (internal/policy/regoengine); no build tag is involved, so
+// a plain "go build" or "go install" of moatless-sidecar leaves it out
+// too. Every package under opaPrefix is forbidden besides these.
 var opa = []string{
+	"github.com/moatless/moatless/internal/policy/regoopa",
 	"github.com/open-policy-agent/opa/v1/ast",
 	"github.com/open-policy-agent/opa/v1/rego",
 	"github.com/open-policy-agent/opa/v1/topdown",
 	"github.com/lestrrat-go/jwx/v3/jwk",
 	"github.com/vektah/gqlparser/v2/ast",
 }
+
+// opaPrefix is OPA's module: no package of it may be linked where opa
+// is forbidden.
+const opaPrefix = "github.com/open-policy-agent/"
 
 // TestDataPlaneDoesNotLinkControlPlane: what each data-plane role links
 // (the packages its command files in this package import, and the named
@@ -69,7 +77,7 @@ func TestDataPlaneDoesNotLinkControlPlane(t *testing.T) {
 	}
 	roles := []struct {
 		name   string
-		tags   string   // the build tags it ships with (Makefile)
+		tags   string   // the build tags it is built with (Makefile; "" is a plain go build)
 		files  []string // this package's files that run the role
 		roots  []string
 		forbid []string
@@ -77,11 +85,14 @@ func TestDataPlaneDoesNotLinkControlPlane(t *testing.T) {
 		// The sidecar, the agent and version live in dataplane, which
 		// moatless-sidecar is built from: the executable links what its
 		// main imports and nothing else, not even this package's table,
-		// and, built with norego, not OPA.
-		{"moatless-sidecar", "grpcnotrace,norego", nil, []string{"github.com/moatless/moatless/cmd/moatless-sidecar"},
+		// nor OPA: as shipped (grpcnotrace) and as a user builds it
+		// ("go build ./cmd/moatless-sidecar", "go install …@v").
+		{"moatless-sidecar", "grpcnotrace", nil, []string{"github.com/moatless/moatless/cmd/moatless-sidecar"},
+			slices.Concat(controlPlane, edgeOnly, notInSidecar, opa)},
+		{"moatless-sidecar_plain_go_build", "", nil, []string{"github.com/moatless/moatless/cmd/moatless-sidecar"},
 			slices.Concat(controlPlane, edgeOnly, notInSidecar, opa)},
 		{"dataplane", "grpcnotrace", nil, []string{"github.com/moatless/moatless/internal/cli/dataplane"},
-			slices.Concat(controlPlane, edgeOnly, notInSidecar)},
+			slices.Concat(controlPlane, edgeOnly, notInSidecar, opa)},
 		{"gateway", "grpcnotrace", []string{"gateway.go"}, nil, controlPlane},
 	}
 	for _, role := range roles {
@@ -108,8 +119,21 @@ func TestDataPlaneDoesNotLinkControlPlane(t *testing.T) {
 				t.Fatalf("go list: %v\n%s", err, out)
 			}
 			deps := strings.Fields(string(out))
-			for _, bad := range role.forbid {
+			forbid := slices.Clone(role.forbid)
+			if slices.Contains(role.forbid, opa[0]) {
+				for _, d := range deps {
+					if strings.HasPrefix(d, opaPrefix) && !slices.Contains(forbid, d) {
+						forbid = append(forbid, d)
+					}
+				}
+			}
+			chains := 0
+			for _, bad := range forbid {
 				if !slices.Contains(deps, bad) {
+					continue
+				}
+				if chains++; chains > 5 {
+					t.Errorf("%s links %s", role.name, bad) // a chain per package would take minutes
 					continue
 				}
 				for _, root := range roots {
@@ -119,6 +143,30 @@ func TestDataPlaneDoesNotLinkControlPlane(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMoatlessLinksRegoEvaluator: the one binary registers OPA's
+// evaluator (this package imports regoopa), so "moatless sidecar",
+// "moatless gateway" and "moatless policy check" evaluate Rego; so does
+// moatless-sidecar built with -tags rego.
+func TestMoatlessLinksRegoEvaluator(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	for _, c := range []struct{ tags, cmd string }{
+		{"", "moatless"},
+		{"grpcnotrace", "moatless"},
+		// The opt-in: a sidecar-only executable that evaluates Rego.
+		{"grpcnotrace,rego", "moatless-sidecar"},
+	} {
+		out, err := exec.Command("go", "list", "-tags", c.tags, "-deps", "github.com/moatless/moatless/cmd/"+c.cmd).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list: %v\n%s", err, out)
+		}
+		if !slices.Contains(strings.Fields(string(out)), opa[0]) {
+			t.Errorf("tags %q: cmd/%s does not link %s", c.tags, c.cmd, opa[0])
+		}
 	}
 }
 

@@ -79,7 +79,7 @@ func runPolicyTest(ctx context.Context, e *Env, args []string) int {
 				if policy.ValidRegoID(id) != nil {
 					id = policy.RegoModuleID(p)
 				}
-				if _, err := policy.ParseRegoModule(id, string(content)); err != nil {
+				if err := policy.CheckRegoModule(id, string(content)); err != nil {
 					return e.errorf(ExitUsage, "policy test: %v", err)
 				}
 				b.Modules = append(b.Modules, wire.RegoModule{ID: id, Source: string(content)})

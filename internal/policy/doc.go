@@ -24,16 +24,20 @@
 // through a JWTVerifier and then Decide. Every Decision names the policy
 // and rule that produced it.
 //
-// # Rego, and the build without it
+// # Rego, and executables without it
 //
 // A CUSTOM policy whose provider is a RegoProvider document is decided by
-// OPA's evaluator, prepared once per policy version (rego_opa.go,
-// regoprovider_opa.go, input.go). Built with the tag norego (as
-// moatless-sidecar is, to keep OPA's code and initializers out of every
-// sidecar), the package links no OPA: modules and data are checked as far
-// as they can be without it and kept, RegoAvailable is false, and such a
-// provider denies with result "unavailable" (ErrRegoUnavailable) — the
-// same decision function, the rest of the policy unchanged.
+// the executable's Rego evaluator, prepared once per policy version
+// (rego_engine.go, regoprovider.go, input.go). The evaluator is OPA's,
+// in package regoopa, and it is linked by importing that package
+// (regoengine has the seam): cmd/moatless does, moatless-sidecar does
+// not, so a plain "go build" of the sidecar links no OPA. Without an
+// evaluator modules and data are checked as far as they can be and kept,
+// RegoAvailable() is false, and such a provider denies with result
+// "unavailable" (ErrRegoUnavailable) — the same decision function, the
+// rest of the policy unchanged. This package's tests run both ways:
+// "go test" registers OPA's evaluator (rego_engine_test.go), "go test
+// -tags norego" does not.
 //
 // docs/policy.md lists every Istio field, whether it is supported, and
 // every deliberate difference.

@@ -1,18 +1,13 @@
-//go:build !norego
-
 package policy
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
+	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/moatless/moatless/internal/policy/regoengine"
 )
 
 // The input document a Rego provider's query sees (docs/rego.md shows
@@ -36,18 +31,20 @@ import (
 // then every input mapping of the provider (user.id: auth.claims.sub).
 
 // buildInput builds the input document of p for req (the parts p's
-// modules read); path is the normalized path policies match.
-func buildInput(p *regoProvider, req *Request, path string) ast.Object {
+// modules read) with the evaluator's builder b; path is the normalized
+// path policies match. The values are b's own: an evaluator takes them
+// without converting Go values on every evaluation.
+func buildInput(b regoengine.Builder, p *regoProvider, req *Request, path string) any {
 	var need *needTree
 	if p != nil {
 		need = p.needs
 	}
-	in := ast.NewObjectWithCapacity(8)
+	in := b.NewObject(8)
 	if n, ok := need.child("source"); ok {
-		putSource(in, n, req)
+		putSource(b, in, n, req)
 	}
 	if n, ok := need.child("destination"); ok {
-		putDestination(in, n, req)
+		putDestination(b, in, n, req)
 	}
 	var query url.Values
 	if need.has("request") || need.has("attributes") {
@@ -57,149 +54,126 @@ func buildInput(p *regoProvider, req *Request, path string) ast.Object {
 		}
 	}
 	if n, ok := need.child("request"); ok {
-		putRequest(in, n, req, path, query)
+		putRequest(b, in, n, req, path, query)
 	}
 	if n, ok := need.child("connection"); ok && req.SNI != "" && n.has("sni") {
-		c := ast.NewObjectWithCapacity(1)
-		str(c, "sni", req.SNI)
-		put(in, "connection", ast.NewTerm(c))
+		c := b.NewObject(1)
+		str(b, c, "sni", req.SNI)
+		b.Put(in, "connection", c)
 	}
 	if n, ok := need.child("auth"); ok && req.Auth != nil && req.Protocol != TCP {
-		putAuth(in, n, req.Auth)
+		putAuth(b, in, n, req.Auth)
 	}
 	if n, ok := need.child("time"); ok && !req.Time.IsZero() {
-		putTime(in, n, p, req.Time)
+		putTime(b, in, n, p, req.Time)
 	}
 	if p != nil && req.Protocol != TCP && need.has("attributes") {
-		if attrs := p.attributes(req, path, query); attrs != nil {
-			put(in, "attributes", ast.NewTerm(attrs))
+		if attrs := p.attributes(b, req, path, query); attrs != nil {
+			b.Put(in, "attributes", attrs)
 		}
 	}
 	if p != nil {
 		for _, m := range p.maps {
-			if v := lookupInput(in, m.fromT); v != nil {
-				setInput(in, m.toT, v)
+			if m.fromP == nil {
+				continue // not prepared: no evaluator
+			}
+			if v, ok := b.Lookup(in, m.fromP); ok {
+				b.Set(in, m.toP, v)
 			}
 		}
 	}
 	return in
 }
 
-// keyTerms are the input document's own keys as terms, made once: terms
-// are immutable, and a request then allocates only for its values.
-var keyTerms = func() map[string]*ast.Term {
-	m := map[string]*ast.Term{}
-	for _, k := range []string{"source", "destination", "request", "connection", "auth", "time", "attributes",
-		"principal", "spiffe_id", "trust_domain", "namespace", "service_account", "ip", "remote_ip",
-		"labels", "port", "protocol", "method", "path", "query", "host", "headers", "sni",
-		"audiences", "presenter", "claims", "unix", "unix_ns", "rfc3339", "year", "month", "day",
-		"hour", "minute", "weekday"} {
-		m[k] = ast.StringTerm(k)
-	}
-	return m
-}()
-
-func put(o ast.Object, k string, v *ast.Term) {
-	kt := keyTerms[k]
-	if kt == nil {
-		kt = ast.StringTerm(k)
-	}
-	o.Insert(kt, v)
-}
-
-func str(o ast.Object, k, v string) {
+func str(b regoengine.Builder, o any, k, v string) {
 	if v != "" {
-		put(o, k, ast.StringTerm(v))
+		b.Put(o, k, b.String(v))
 	}
 }
 
-func putSource(in ast.Object, n *needTree, req *Request) {
-	src := ast.NewObjectWithCapacity(7)
+func putSource(b regoengine.Builder, in any, n *needTree, req *Request) {
+	src := b.NewObject(7)
 	if pr := strings.TrimPrefix(req.Source.Principal, "spiffe://"); pr != "" {
 		if n.has("principal") {
-			str(src, "principal", pr)
+			str(b, src, "principal", pr)
 		}
 		if n.has("spiffe_id") {
-			str(src, "spiffe_id", "spiffe://"+pr)
+			str(b, src, "spiffe_id", "spiffe://"+pr)
 		}
 		td, rest, _ := strings.Cut(pr, "/")
 		if n.has("trust_domain") {
-			str(src, "trust_domain", td)
+			str(b, src, "trust_domain", td)
 		}
 		if ns, sa, ok := nsSA(rest); ok {
 			if n.has("namespace") {
-				str(src, "namespace", ns)
+				str(b, src, "namespace", ns)
 			}
 			if n.has("service_account") {
-				str(src, "service_account", sa)
+				str(b, src, "service_account", sa)
 			}
 		}
 	}
 	if req.Source.IP.IsValid() && n.has("ip") {
-		str(src, "ip", req.Source.IP.String())
+		str(b, src, "ip", req.Source.IP.String())
 	}
 	if n.has("remote_ip") {
 		if ip := req.RemoteIP; ip.IsValid() {
-			str(src, "remote_ip", ip.String())
+			str(b, src, "remote_ip", ip.String())
 		} else if req.Source.IP.IsValid() {
-			str(src, "remote_ip", req.Source.IP.String())
+			str(b, src, "remote_ip", req.Source.IP.String())
 		}
 	}
-	put(in, "source", ast.NewTerm(src))
+	b.Put(in, "source", src)
 }
 
-func putDestination(in ast.Object, n *needTree, req *Request) {
-	dst := ast.NewObjectWithCapacity(5)
+func putDestination(b regoengine.Builder, in any, n *needTree, req *Request) {
+	dst := b.NewObject(5)
 	d := &req.Destination
 	if n.has("namespace") {
-		str(dst, "namespace", d.Namespace)
+		str(b, dst, "namespace", d.Namespace)
 	}
 	if len(d.Labels) > 0 && n.has("labels") {
-		l := ast.NewObjectWithCapacity(len(d.Labels))
+		l := b.NewObject(len(d.Labels))
 		for k, v := range d.Labels {
-			put(l, k, ast.StringTerm(v))
+			b.Put(l, k, b.String(v))
 		}
-		put(dst, "labels", ast.NewTerm(l))
+		b.Put(dst, "labels", l)
 	}
 	if d.Port > 0 && n.has("port") {
-		put(dst, "port", ast.InternedTerm(d.Port))
+		b.Put(dst, "port", b.Int(d.Port))
 	}
 	if d.IP.IsValid() && n.has("ip") {
-		str(dst, "ip", d.IP.String())
+		str(b, dst, "ip", d.IP.String())
 	}
 	if n.has("principal") {
-		str(dst, "principal", d.Principal)
+		str(b, dst, "principal", d.Principal)
 	}
-	put(in, "destination", ast.NewTerm(dst))
+	b.Put(in, "destination", dst)
 }
 
-func putRequest(in ast.Object, n *needTree, req *Request, path string, query url.Values) {
-	rq := ast.NewObjectWithCapacity(6)
+func putRequest(b regoengine.Builder, in any, n *needTree, req *Request, path string, query url.Values) {
+	rq := b.NewObject(6)
 	if req.Protocol == TCP {
-		str(rq, "protocol", "tcp")
-		put(in, "request", ast.NewTerm(rq))
+		str(b, rq, "protocol", "tcp")
+		b.Put(in, "request", rq)
 		return
 	}
-	str(rq, "protocol", "http")
-	str(rq, "method", req.Method)
-	str(rq, "path", path)
+	str(b, rq, "protocol", "http")
+	str(b, rq, "method", req.Method)
+	str(b, rq, "path", path)
 	if qn, ok := n.child("query"); ok && len(query) > 0 {
-		qo := ast.NewObjectWithCapacity(len(query))
+		qo := b.NewObject(len(query))
 		for k, vs := range query {
 			if !qn.has(k) {
 				continue
 			}
-			ts := make([]*ast.Term, len(vs))
-			for i, v := range vs {
-				ts[i] = ast.StringTerm(v)
-			}
-			put(qo, k, ast.ArrayTerm(ts...))
+			b.Put(qo, k, b.Strings(vs))
 		}
-		put(rq, "query", ast.NewTerm(qo))
+		b.Put(rq, "query", qo)
 	}
-	str(rq, "host", req.Host)
+	str(b, rq, "host", req.Host)
 	if hn, ok := n.child("headers"); ok && len(req.Headers) > 0 {
-		var ho ast.Object
+		var ho any
 		header := func(lower string, vs []string) {
 			if len(vs) == 0 {
 				return
@@ -208,79 +182,75 @@ func putRequest(in ast.Object, n *needTree, req *Request, path string, query url
 			if len(vs) > 1 {
 				v = strings.Join(vs, ",")
 			}
-			ho.Insert(ast.StringTerm(lower), ast.StringTerm(v))
+			b.Put(ho, lower, b.String(v))
 		}
 		if hn == nil {
-			ho = ast.NewObjectWithCapacity(len(req.Headers))
+			ho = b.NewObject(len(req.Headers))
 			for k, vs := range req.Headers {
 				header(strings.ToLower(k), vs)
 			}
 		} else {
-			ho = ast.NewObjectWithCapacity(len(hn.kids))
+			ho = b.NewObject(len(hn.kids))
 			for lower, k := range hn.kids {
 				header(lower, req.Headers[k.canon])
 			}
 		}
-		put(rq, "headers", ast.NewTerm(ho))
+		b.Put(rq, "headers", ho)
 	}
-	put(in, "request", ast.NewTerm(rq))
+	b.Put(in, "request", rq)
 }
 
-func putAuth(in ast.Object, n *needTree, a *Auth) {
-	ao := ast.NewObjectWithCapacity(4)
+func putAuth(b regoengine.Builder, in any, n *needTree, a *Auth) {
+	ao := b.NewObject(4)
 	if n.has("principal") {
-		str(ao, "principal", a.Principal)
+		str(b, ao, "principal", a.Principal)
 	}
 	if len(a.Audiences) > 0 && n.has("audiences") {
-		ts := make([]*ast.Term, len(a.Audiences))
-		for i, s := range a.Audiences {
-			ts[i] = ast.StringTerm(s)
-		}
-		put(ao, "audiences", ast.ArrayTerm(ts...))
+		b.Put(ao, "audiences", b.Strings(a.Audiences))
 	}
 	if n.has("presenter") {
-		str(ao, "presenter", a.Presenter)
+		str(b, ao, "presenter", a.Presenter)
 	}
 	// Claims come from a verified token's JSON: every value converts;
 	// one that does not is left out, never guessed.
 	if cn, ok := n.child("claims"); ok && a.Claims != nil {
 		if cn == nil {
-			if v, err := ast.InterfaceToValue(a.Claims); err == nil {
-				put(ao, "claims", ast.NewTerm(v))
+			if v, ok := b.JSONValue(a.Claims); ok {
+				b.Put(ao, "claims", v)
 			}
 		} else {
-			co := ast.NewObjectWithCapacity(len(cn.kids))
+			co := b.NewObject(len(cn.kids))
 			for k := range cn.kids {
 				if c, ok := a.Claims[k]; ok {
-					if v, err := ast.InterfaceToValue(c); err == nil {
-						co.Insert(ast.StringTerm(k), ast.NewTerm(v))
+					if v, ok := b.JSONValue(c); ok {
+						b.Put(co, k, v)
 					}
 				}
 			}
-			put(ao, "claims", ast.NewTerm(co))
+			b.Put(ao, "claims", co)
 		}
 	}
-	put(in, "auth", ast.NewTerm(ao))
+	b.Put(in, "auth", ao)
 }
 
-func putTime(in ast.Object, n *needTree, p *regoProvider, at time.Time) {
+func putTime(b regoengine.Builder, in any, n *needTree, p *regoProvider, at time.Time) {
 	loc := time.UTC
 	if p != nil && p.loc != nil {
 		loc = p.loc
 	}
 	t := at.In(loc)
-	to := ast.NewObjectWithCapacity(9)
+	to := b.NewObject(9)
 	num := func(k string, v int) {
 		if n.has(k) {
-			put(to, k, ast.InternedTerm(v))
+			b.Put(to, k, b.Int(v))
 		}
 	}
 	num("unix", int(t.Unix()))
 	if n.has("unix_ns") {
-		put(to, "unix_ns", ast.NumberTerm(json.Number(strconv.FormatInt(t.UnixNano(), 10))))
+		b.Put(to, "unix_ns", b.Number(strconv.FormatInt(t.UnixNano(), 10)))
 	}
 	if n.has("rfc3339") {
-		str(to, "rfc3339", t.Format(time.RFC3339Nano))
+		str(b, to, "rfc3339", t.Format(time.RFC3339Nano))
 	}
 	num("year", t.Year())
 	num("month", int(t.Month()))
@@ -288,9 +258,9 @@ func putTime(in ast.Object, n *needTree, p *regoProvider, at time.Time) {
 	num("hour", t.Hour())
 	num("minute", t.Minute())
 	if n.has("weekday") {
-		str(to, "weekday", t.Weekday().String())
+		str(b, to, "weekday", t.Weekday().String())
 	}
-	put(in, "time", ast.NewTerm(to))
+	b.Put(in, "time", to)
 }
 
 // nsSA reads "ns/<ns>/sa/<sa>" at the start of a SPIFFE ID's path, the
@@ -304,7 +274,7 @@ func nsSA(path string) (ns, sa string, ok bool) {
 }
 
 // attributes evaluates the first route of p that matches the request.
-func (p *regoProvider) attributes(req *Request, path string, query url.Values) ast.Object {
+func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
 	for i := range p.routes {
 		r := &p.routes[i]
 		if len(r.methods) > 0 && !containsString(r.methods, req.Method) {
@@ -314,7 +284,7 @@ func (p *regoProvider) attributes(req *Request, path string, query url.Values) a
 		if !ok {
 			continue
 		}
-		out := ast.NewObject()
+		out := b.NewObject(len(r.attrs))
 		for _, a := range r.attrs {
 			var v string
 			var present bool
@@ -333,8 +303,8 @@ func (p *regoProvider) attributes(req *Request, path string, query url.Values) a
 			if !present {
 				continue
 			}
-			if t := convertAttr(v, a.as); t != nil {
-				out.Insert(ast.StringTerm(a.name), t)
+			if t := convertAttr(b, v, a.as); t != nil {
+				b.Put(out, a.name, t)
 			}
 		}
 		return out
@@ -352,22 +322,22 @@ func containsString(list []string, s string) bool {
 }
 
 // convertAttr converts a declared attribute; nil when it does not convert.
-func convertAttr(v, as string) *ast.Term {
+func convertAttr(b regoengine.Builder, v, as string) any {
 	switch as {
 	case "number":
 		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		if err != nil || f != f || f > 1e300 || f < -1e300 {
 			return nil
 		}
-		return ast.NumberTerm(json.Number(strconv.FormatFloat(f, 'g', -1, 64)))
+		return b.Number(strconv.FormatFloat(f, 'g', -1, 64))
 	case "boolean":
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		x, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {
 			return nil
 		}
-		return ast.BooleanTerm(b)
+		return b.Bool(x)
 	}
-	return ast.StringTerm(v)
+	return b.String(v)
 }
 
 // match matches a normalized path against the template, returning the
@@ -412,98 +382,16 @@ func (r *regoRoute) match(path string) (map[string]string, bool) {
 	return caps, true
 }
 
-// lookupInput follows path through nested objects; nil when undefined.
-func lookupInput(o ast.Object, path []*ast.Term) *ast.Term {
-	var cur ast.Value = o
-	var t *ast.Term
-	for _, k := range path {
-		obj, ok := cur.(ast.Object)
-		if !ok {
-			return nil
-		}
-		if t = obj.Get(k); t == nil {
-			return nil
-		}
-		cur = t.Value
-	}
-	return t
-}
-
-// setInput puts v at path, creating objects on the way (a non-object on
-// the way is replaced: mappings own their targets).
-func setInput(o ast.Object, path []*ast.Term, v *ast.Term) {
-	cur := o
-	for _, key := range path[:len(path)-1] {
-		next, ok := func() (ast.Object, bool) {
-			if t := cur.Get(key); t != nil {
-				obj, ok := t.Value.(ast.Object)
-				return obj, ok
-			}
-			return nil, false
-		}()
-		if !ok {
-			next = ast.NewObject()
-			cur.Insert(key, ast.NewTerm(next))
-		}
-		cur = next
-	}
-	cur.Insert(path[len(path)-1], v)
-}
-
-// inputDigest is the hex SHA-256 of an unambiguous encoding of the input
-// (appendValue).
-func inputDigest(in ast.Value) string {
-	buf := make([]byte, 0, 1024)
-	buf = appendValue(buf, in)
-	sum := sha256.Sum256(buf)
-	return hex.EncodeToString(sum[:])
-}
-
-// appendValue encodes v unambiguously: a type byte, strings and numbers
-// length-prefixed, arrays and objects counted, object keys in OPA's
-// sorted order. Cheaper than rendering the value as text.
-func appendValue(buf []byte, v ast.Value) []byte {
-	switch t := v.(type) {
-	case ast.String:
-		return appendLP(buf, 's', string(t))
-	case ast.Number:
-		return appendLP(buf, 'n', string(t))
-	case ast.Boolean:
-		if t {
-			return append(buf, 't')
-		}
-		return append(buf, 'f')
-	case ast.Null:
-		return append(buf, 'z')
-	case *ast.Array:
-		buf = binary.AppendUvarint(append(buf, 'a'), uint64(t.Len()))
-		for i := 0; i < t.Len(); i++ {
-			buf = appendValue(buf, t.Elem(i).Value)
-		}
-		return buf
-	case ast.Object:
-		buf = binary.AppendUvarint(append(buf, 'o'), uint64(t.Len()))
-		for _, k := range t.Keys() {
-			buf = appendValue(buf, k.Value)
-			buf = appendValue(buf, t.Get(k).Value)
-		}
-		return buf
-	}
-	return appendLP(buf, 'x', v.String()) // sets and refs do not occur in inputs
-}
-
-func appendLP(buf []byte, tag byte, s string) []byte {
-	buf = append(buf, tag)
-	buf = binary.AppendUvarint(buf, uint64(len(s)))
-	return append(buf, s...)
-}
-
 // RegoInput is the input document provider's query sees for req, as JSON
 // values: what "moatless policy check --explain" prints and what tests
 // compare. An unknown provider gets the document without attributes and
 // mappings. It is the whole document: an evaluation builds only the root
 // fields the modules read. It does not modify req.
 func (s *Set) RegoInput(provider string, req *Request) (map[string]any, error) {
+	b := regoengine.Current()
+	if b == nil {
+		return nil, fmt.Errorf("policy: rego input: %w", ErrRegoUnavailable)
+	}
 	var p *regoProvider
 	if s != nil && s.providers[provider] != nil {
 		full := *s.providers[provider]
@@ -522,7 +410,7 @@ func (s *Set) RegoInput(provider string, req *Request) (map[string]any, error) {
 			return nil, err
 		}
 	}
-	v, err := ast.JSON(buildInput(p, req, path))
+	v, err := b.JSON(buildInput(b, p, req, path))
 	if err != nil {
 		return nil, err
 	}

@@ -53,8 +53,8 @@ var dataKeyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile
 // RegoError is a module or data set OPA refused, with OPA's errors (code,
 // message, file = module ID, row and column). It wraps ErrInvalid.
 type RegoError struct {
-	// Errors are OPA's (ast.Errors); in an executable built without OPA
-	// (tag norego) there are none.
+	// Errors are the evaluator's (OPA's ast.Errors, converted); in an
+	// executable without one (moatless-sidecar) there are none.
 	Errors regoErrors
 	// Msg is set for errors that are not OPA's (limits, bad data).
 	Msg string
@@ -281,8 +281,9 @@ const (
 	KindRegoData   = "RegoData"
 )
 
-// ErrRegoUnavailable is why a RegoProvider denies in an executable built
-// without OPA (tag norego; RegoAvailable is false there).
+// ErrRegoUnavailable is why a RegoProvider denies in an executable
+// without a Rego evaluator (moatless-sidecar; RegoAvailable() is false
+// there).
 var ErrRegoUnavailable = errors.New(`Rego is not built into this executable (moatless-sidecar leaves OPA out); run the sidecar as "moatless sidecar" to evaluate Rego`)
 
 // checkRegoCounts bounds how many modules and data documents one policy

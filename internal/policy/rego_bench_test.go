@@ -3,12 +3,11 @@
 package policy
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/moatless/moatless/internal/policy/regoengine"
 )
 
 // exampleRequest is an allowed request of the example policy:
@@ -41,15 +40,16 @@ func BenchmarkRegoExample(b *testing.B) {
 	b.Run("eval", func(b *testing.B) {
 		loopWithCPU(b, func() { p.eval(req, path) })
 	})
+	eng := regoengine.Current()
 	b.Run("input_only", func(b *testing.B) {
-		loopWithCPU(b, func() { inputDigest(buildInput(p, req, path)) })
+		loopWithCPU(b, func() { eng.Digest(buildInput(eng, p, req, path)) })
 	})
-	// OPA's evaluation alone: the prepared query on an input built once.
-	in := buildInput(p, req, path)
+	// OPA's evaluation alone (with its timeout's timer): the prepared
+	// query on an input built once.
+	in := buildInput(eng, p, req, path)
 	b.Run("opa_only", func(b *testing.B) {
-		ctx := context.Background()
 		loopWithCPU(b, func() {
-			if rs, err := p.pq.Eval(ctx, rego.EvalParsedInput(in), rego.EvalMetrics(noMetrics)); err != nil || len(rs) != 1 {
+			if _, ok, _, err := p.pq.Eval(in, time.Time{}, time.Second); err != nil || !ok {
 				b.Fatal(err)
 			}
 		})

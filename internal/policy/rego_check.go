@@ -6,15 +6,14 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// checkRegoModules is the part of CompileRego both builds share, so that
-// an executable with OPA and one without (tag norego) refuse the same
-// inputs for the same reasons: the counts of modules and data documents,
-// then each module in order, its ID unique, then its ID and size
-// (checkRegoSource), then parse (nil: nothing more to check). The first
-// failed check ends it; parse returns nil for an error it collects itself
-// to report with others (OPA's syntax errors, so that one answer names
-// every broken module). It returns a copy of the modules sorted by ID.
-func checkRegoModules(modules []wire.RegoModule, data []wire.DataDocument, parse func(wire.RegoModule) error) ([]wire.RegoModule, error) {
+// checkRegoModules is the part of CompileRego that needs no evaluator,
+// so that an executable with OPA and one without (moatless-sidecar)
+// refuse the same inputs for the same reasons: the counts of modules and
+// data documents, then each module in order, its ID unique, then its ID
+// and size (checkRegoSource). The first failed check ends it; the
+// evaluator then parses every module (and reports every module's syntax
+// errors at once). It returns a copy of the modules sorted by ID.
+func checkRegoModules(modules []wire.RegoModule, data []wire.DataDocument) ([]wire.RegoModule, error) {
 	if err := checkRegoCounts(modules, data); err != nil {
 		return nil, err
 	}
@@ -27,11 +26,6 @@ func checkRegoModules(modules []wire.RegoModule, data []wire.DataDocument, parse
 		seen[m.ID] = struct{}{}
 		if err := checkRegoSource(m.ID, m.Source); err != nil {
 			return nil, err
-		}
-		if parse != nil {
-			if err := parse(m); err != nil {
-				return nil, err
-			}
 		}
 		out = append(out, m)
 	}

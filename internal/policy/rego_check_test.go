@@ -9,7 +9,7 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// TestCompileRegoSharedChecks: the checks both builds make of a policy
+// TestCompileRegoSharedChecks: the checks both executables make of a policy
 // version's modules and data refuse the same inputs with the same errors,
 // with OPA and without. Run it both ways: go test ./internal/policy/ and
 // go test -tags norego ./internal/policy/.

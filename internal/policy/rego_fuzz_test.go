@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/moatless/moatless/internal/policy/regoengine"
 )
 
 // FuzzRegoInput: the input document builder turns any request (path,
@@ -39,12 +39,13 @@ func FuzzRegoInput(f *testing.F) {
 		before := *req
 		for _, name := range []string{"records-authz", "rbac", "ownership", "unknown"} {
 			p := s.providers[name]
-			in := buildInput(p, req, req.Path)
-			d1, d2 := inputDigest(in), inputDigest(buildInput(p, req, req.Path))
+			b := regoengine.Current()
+			in := buildInput(b, p, req, req.Path)
+			d1, d2 := b.Digest(in), b.Digest(buildInput(b, p, req, req.Path))
 			if d1 != d2 || len(d1) != 64 {
 				t.Fatalf("%s: digests %q and %q of one request", name, d1, d2)
 			}
-			v, err := ast.JSON(in)
+			v, err := b.JSON(in)
 			if err != nil {
 				t.Fatalf("%s: input does not convert: %v", name, err)
 			}

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/moatless/moatless/internal/policy/regoengine"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -193,9 +193,7 @@ func TestRegoV0AndV1Modules(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", src, err)
 		}
-		ref, _ := DataRef("x/allow")
-		in, _ := inputValue(map[string]any{"a": 1})
-		v, ok, err := r.Query(t.Context(), ref, in)
+		v, ok, err := r.Query(t.Context(), []string{"x", "allow"}, map[string]any{"a": 1}, true)
 		if err != nil || !ok || v != true {
 			t.Fatalf("%q: data.x.allow = %v %v %v", src, v, ok, err)
 		}
@@ -366,8 +364,6 @@ func TestBundleFiles(t *testing.T) {
 
 func jsonNum(s string) json.Number { return json.Number(s) }
 
-func inputValue(v any) (ast.Value, error) { return ast.InterfaceToValue(v) }
-
 // TestRegoInputNeeds: the input is built only as far as the modules read
 // it; "with input as" (tests) is not a read; reading input whole, or by
 // a variable key, builds it all.
@@ -376,7 +372,8 @@ func TestRegoInputNeeds(t *testing.T) {
 		t.Helper()
 		s := failClosedSet(t, src, "")
 		r := newReq(from("td/ns/a/sa/b"), header("X-A", "1"), header("X-B", "2"), auth(jwt("i", "alice", map[string]any{"role": "r"})), atTime(at(10, 0)))
-		v, err := ast.JSON(buildInput(s.providers["m"], r, "/"))
+		b := regoengine.Current()
+		v, err := b.JSON(buildInput(b, s.providers["m"], r, "/"))
 		if err != nil {
 			t.Fatal(err)
 		}

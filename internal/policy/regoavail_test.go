@@ -50,8 +50,8 @@ func atTime(t time.Time) reqOpt { return func(r *Request) { r.Time = t } }
 
 // TestRegoAvailability: the same policy version decides the same way
 // with and without OPA linked, except for CUSTOM policies decided by a
-// RegoProvider, which evaluate with OPA and deny without it (tag norego,
-// moatless-sidecar), saying why. Run it both ways:
+// RegoProvider, which evaluate with OPA and deny without it
+// (moatless-sidecar, which does not import regoopa), saying why. Run it both ways:
 // go test ./internal/policy/ and go test -tags norego ./internal/policy/.
 func TestRegoAvailability(t *testing.T) {
 	s := regoBundle(t, map[string]string{"other.yaml": `apiVersion: security.istio.io/v1
@@ -86,13 +86,13 @@ spec:
 		t.Run(c.name, func(t *testing.T) {
 			d := s.Decide(newReq(c.opts...))
 			want := c.want
-			if !RegoAvailable {
+			if !RegoAvailable() {
 				want = c.wantNot
 			}
 			if d.Outcome != want {
-				t.Fatalf("outcome %v (%s), want %v (RegoAvailable %v)", d.Outcome, d.Reason, want, RegoAvailable)
+				t.Fatalf("outcome %v (%s), want %v (RegoAvailable %v)", d.Outcome, d.Reason, want, RegoAvailable())
 			}
-			if RegoAvailable || c.custom == "" {
+			if RegoAvailable() || c.custom == "" {
 				return
 			}
 			if len(d.Custom) != 1 || d.Custom[0].Result != c.custom || d.Custom[0].Provider != "records-authz" {
@@ -104,7 +104,7 @@ spec:
 		})
 	}
 	_, err := s.RegoFailures("records-authz", newReq(dst("prod", "app", "records"), path("/records/alice/7")))
-	if got := errors.Is(err, ErrRegoUnavailable); got == RegoAvailable {
-		t.Errorf("RegoFailures error %v: ErrRegoUnavailable %v, want %v", err, got, !RegoAvailable)
+	if got := errors.Is(err, ErrRegoUnavailable); got == RegoAvailable() {
+		t.Errorf("RegoFailures error %v: ErrRegoUnavailable %v, want %v", err, got, !RegoAvailable())
 	}
 }

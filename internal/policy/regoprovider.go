@@ -2,13 +2,18 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/moatless/moatless/internal/policy/regoengine"
 )
 
 // KindRegoProvider is the Moatless document that makes a Rego query an
@@ -123,7 +128,7 @@ type regoProvider struct {
 	name    string
 	ref     string // "namespace/name" of the document
 	query   string
-	pq      regoQuery
+	pq      regoengine.Prepared // nil without an evaluator: eval denies
 	timeout time.Duration
 	loc     *time.Location
 	maps    []inputMap
@@ -139,8 +144,9 @@ type regoProvider struct {
 type inputMap struct {
 	to   []string
 	from []string
-	// toT and fromT are the paths as terms, made once.
-	toT, fromT []regoTerm
+	// toP and fromP are the paths as the evaluator's keys
+	// (regoengine.Builder.Path), made when the provider is prepared.
+	toP, fromP any
 }
 
 type regoRoute struct {
@@ -262,7 +268,7 @@ func compileRegoProviderSpec(spec *RegoProviderSpec, p fieldPath) (*regoProvider
 		if err != nil {
 			return nil, errAt(ip, "%v", err)
 		}
-		rp.maps = append(rp.maps, inputMap{to: to, from: from, toT: stringTerms(to), fromT: stringTerms(from)})
+		rp.maps = append(rp.maps, inputMap{to: to, from: from})
 	}
 	if len(spec.Routes) > maxRegoRoutes {
 		return nil, errAt(p.key("routes"), "at most %d routes", maxRegoRoutes)
@@ -541,3 +547,171 @@ func (ps regoProviders) sortedNames() []string {
 
 // maxRegoFailures bounds what RegoFailures reports.
 const maxRegoFailures = 20
+
+// prepare prepares rp's query against r (nil: no modules, so every
+// evaluation is undefined, which denies). Without an evaluator there is
+// nothing to prepare: eval denies.
+func (rp *regoProvider) prepare(r *Rego, spec fieldPath) *fieldError {
+	if !RegoAvailable() {
+		return nil
+	}
+	if r == nil {
+		// An empty Rego keeps one code path.
+		r = EmptyRego()
+	}
+	pq, err := r.compiled.Prepare(rp.query)
+	if err != nil {
+		return errAt(spec.key("query"), "%v", asRegoError(err))
+	}
+	rp.pq = pq
+	rp.needs = inputNeeds(r, rp.maps)
+	b := regoengine.Current()
+	for i := range rp.maps {
+		rp.maps[i].toP, rp.maps[i].fromP = b.Path(rp.maps[i].to), b.Path(rp.maps[i].from)
+	}
+	return nil
+}
+
+// parseRegoQuery reads a provider's query, a ground reference into data
+// (data.a.b), in the evaluator's canonical form. Without an evaluator it
+// is checked as far as it can be without OPA's parser: a reference into
+// data (data.a.b or data["a-b"]), on one line, within the value limit.
+// It is never evaluated there, so a query OPA would refuse can only
+// deny; the full executable and "moatless policy check" refuse it.
+func parseRegoQuery(q string) (string, bool) {
+	if e := regoengine.Current(); e != nil {
+		return e.ParseQuery(q)
+	}
+	if !strings.HasPrefix(q, "data.") && !strings.HasPrefix(q, "data[") || len(q) > maxValueLen {
+		return "", false
+	}
+	for _, r := range q {
+		if r < 0x20 || r == 0x7f || r == ' ' {
+			return "", false
+		}
+	}
+	return q, true
+}
+
+// inputNeeds is the part of the input the modules of r can read: every
+// reference to input, followed through its constant keys (a variable key
+// or a reference to the object itself reads all of it), and, for every
+// mapping whose target the modules read, the mapping's source. Nil: all.
+func inputNeeds(r *Rego, maps []inputMap) *needTree {
+	refs, whole := r.compiled.InputRefs()
+	if whole {
+		return nil
+	}
+	root := &needTree{kids: map[string]*needTree{}}
+	// add marks path as read in full.
+	add := func(path []string) {
+		n := root
+		for i, k := range path {
+			if n.kids == nil {
+				return // an ancestor is read in full
+			}
+			kid, ok := n.kids[k]
+			if !ok {
+				kid = &needTree{}
+				if i < len(path)-1 {
+					kid.kids = map[string]*needTree{}
+				}
+				n.kids[k] = kid
+			} else if i == len(path)-1 {
+				kid.kids = nil
+			}
+			n = kid
+		}
+	}
+	read := map[string]bool{}
+	for _, path := range refs {
+		read[path[0]] = true
+		if inputRoots[path[0]] {
+			add(path)
+		}
+	}
+	for _, m := range maps {
+		if read[m.to[0]] {
+			add(m.from)
+		}
+	}
+	// Header names are read lower-case; keep the form http.Header uses.
+	if rq := root.kids["request"]; rq != nil && rq.kids != nil {
+		if hs := rq.kids["headers"]; hs != nil {
+			for k, n := range hs.kids {
+				n.canon = http.CanonicalHeaderKey(k)
+			}
+		}
+	}
+	return root
+}
+
+// eval runs the provider's query on req. Any failure denies: an error,
+// the timeout, an undefined result, or a result of the wrong shape.
+// Without an evaluator it denies with result "unavailable"
+// (ErrRegoUnavailable), counted apart from a policy's own deny.
+func (p *regoProvider) eval(req *Request, path string) customResult {
+	if p.pq == nil {
+		return customResult{
+			reason: "rego provider " + p.name + " unavailable: " + ErrRegoUnavailable.Error(),
+			eval:   CustomEval{Provider: p.name, Query: p.query, Result: "unavailable", Error: ErrRegoUnavailable.Error()},
+		}
+	}
+	res := customResult{eval: CustomEval{Provider: p.name, Query: p.query}}
+	b := regoengine.Current()
+	in := buildInput(b, p, req, path)
+	res.eval.InputSHA256 = b.Digest(in)
+	v, defined, timedOut, err := p.pq.Eval(in, req.Time, p.timeout)
+	if err != nil {
+		res.eval.Result, res.eval.Error = "error", err.Error()
+		if timedOut {
+			res.eval.Result, res.eval.Error = "timeout", fmt.Sprintf("evaluation exceeded %s", p.timeout)
+		}
+		res.reason = "rego evaluation failed: " + res.eval.Error
+		return res
+	}
+	if !defined {
+		res.eval.Result, res.reason = "deny", p.query+" is undefined"
+		return res
+	}
+	if err := res.read(v); err != nil {
+		res.allow, res.headers, res.status = false, nil, 0
+		res.eval.Result, res.eval.Error = "error", err.Error()
+		res.reason = "rego result refused: " + err.Error()
+		return res
+	}
+	res.eval.Result = "deny"
+	if res.allow {
+		res.eval.Result = "allow"
+	}
+	if res.reason == "" {
+		res.reason = p.query + " is " + strconv.FormatBool(res.allow)
+	}
+	return res
+}
+
+// RegoFailures evaluates provider's query on req again with the
+// evaluator's tracer and lists the expressions that evaluated to false,
+// "file:line: expr", in evaluation order without repeats: for "moatless
+// policy check --explain", what kept an allow rule from matching. It
+// costs a traced evaluation and is not for the request path. Without an
+// evaluator it is ErrRegoUnavailable.
+func (s *Set) RegoFailures(provider string, req *Request) ([]string, error) {
+	if s == nil || s.providers[provider] == nil {
+		return nil, fmt.Errorf("policy: no Rego provider %q", provider)
+	}
+	p := s.providers[provider]
+	if p.pq == nil {
+		return nil, fmt.Errorf("policy: rego provider %q: %w", provider, ErrRegoUnavailable)
+	}
+	path := ""
+	if req.Protocol != TCP {
+		var err error
+		if path, err = s.matchPath(nil, req); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), MaxRegoTimeout)
+	defer cancel()
+	return p.pq.Failures(ctx, buildInput(regoengine.Current(), p, req, path), req.Time, maxRegoFailures)
+}

@@ -26,8 +26,8 @@ func (s *Sidecar) Rego() *policy.Rego {
 }
 
 // RegoUnavailable says what of the policy in force needs Rego, in an
-// executable that cannot evaluate it (policy.RegoAvailable false: the
-// norego build of moatless-sidecar); nil when nothing does or Rego is
+// executable that cannot evaluate it (policy.RegoAvailable false: an
+// executable without OPA, moatless-sidecar); nil when nothing does or Rego is
 // available. The error wraps policy.ErrRegoUnavailable.
 func (s *Sidecar) RegoUnavailable() error {
 	a, _ := s.authorizer()
@@ -36,7 +36,7 @@ func (s *Sidecar) RegoUnavailable() error {
 
 func regoUnavailable(a Authorizer) error {
 	rs, ok := a.(regoSource)
-	if policy.RegoAvailable || !ok {
+	if policy.RegoAvailable() || !ok {
 		return nil
 	}
 	var what []string

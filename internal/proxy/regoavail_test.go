@@ -11,7 +11,8 @@ import (
 
 // TestRegoUnavailable: what the sidecar reports (the once-per-version
 // warning, -check's refusal) about a policy version that needs Rego:
-// nothing where Rego is evaluated; without OPA (tag norego), what needs
+// nothing where Rego is evaluated; without OPA (moatless-sidecar; the
+// tests: tag norego), what needs
 // it, wrapping policy.ErrRegoUnavailable. Run both ways: go test and go
 // test -tags norego -run Rego ./internal/proxy/.
 func TestRegoUnavailable(t *testing.T) {
@@ -51,9 +52,9 @@ spec: {action: ALLOW, rules: [{}]}
 				t.Fatal(err)
 			}
 			err = regoUnavailable(s)
-			if policy.RegoAvailable || len(c.want) == 0 {
+			if policy.RegoAvailable() || len(c.want) == 0 {
 				if err != nil {
-					t.Fatalf("RegoAvailable %v: %v, want no error", policy.RegoAvailable, err)
+					t.Fatalf("RegoAvailable %v: %v, want no error", policy.RegoAvailable(), err)
 				}
 				return
 			}

@@ -500,7 +500,7 @@ func regoWrites(name, content string) (ws []store.PolicyWrite, isRego bool, err 
 	switch kind {
 	case policy.FileRego:
 		m := wire.RegoModule{ID: policy.RegoModuleID(name), Source: content}
-		if _, err := policy.ParseRegoModule(m.ID, m.Source); err != nil {
+		if err := policy.CheckRegoModule(m.ID, m.Source); err != nil {
 			return nil, true, policyErrors(err)
 		}
 		w, err := moduleObject(m)

@@ -61,7 +61,7 @@ Commands:
 Run "moatless-sidecar -h" for the sidecar's flags. Every other command
 (server, agent, gateway, policy, ...) is in moatless.
 `)
-	if !policy.RegoAvailable {
+	if !policy.RegoAvailable() {
 		fmt.Fprint(w, `
 Built without OPA: requests that a CUSTOM policy decided by a RegoProvider
 applies to are denied; run "moatless sidecar" to evaluate Rego.

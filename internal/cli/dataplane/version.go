@@ -92,7 +92,7 @@ func RunVersion(_ context.Context, e *Env, args []string) int {
 		return code
 	}
 	bi := readBuildInfo(debug.ReadBuildInfo, Version)
-	bi.Rego = policy.RegoAvailable
+	bi.Rego = policy.RegoAvailable()
 	if *output == "json" {
 		return e.PrintJSON(bi)
 	}

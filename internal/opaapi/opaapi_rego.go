@@ -1,5 +1,3 @@
-//go:build !norego
-
 package opaapi
 
 import (
@@ -8,13 +6,26 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 
-	"github.com/open-policy-agent/opa/v1/ast"
-
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/policy/regoengine"
 )
+
+// This file serves OPA's Data and Policy APIs from the policy in force,
+// through the executable's Rego evaluator. An executable without one
+// (moatless-sidecar: it does not link OPA) answers every call with 501.
+
+// CodeNotImplemented answers every request of an executable without a
+// Rego evaluator (moatless-sidecar): it cannot evaluate Rego, so it
+// serves neither the Data API nor the Policy API.
+const CodeNotImplemented = "not_implemented"
+
+// unavailable answers 501 in OPA's error shape, saying which executable
+// serves the API.
+func (h *Handler) unavailable(w http.ResponseWriter) {
+	writeJSON(w, http.StatusNotImplemented, Errorf(http.StatusNotImplemented, CodeNotImplemented, "%v", policy.ErrRegoUnavailable), false)
+}
 
 func (h *Handler) rego() *policy.Rego {
 	if h.Rego != nil {
@@ -26,6 +37,10 @@ func (h *Handler) rego() *policy.Rego {
 }
 
 func (h *Handler) serveData(w http.ResponseWriter, r *http.Request) {
+	if !policy.RegoAvailable() {
+		h.unavailable(w)
+		return
+	}
 	limit := int64(MaxInputSize)
 	if r.Method == http.MethodPut {
 		limit = h.maxWrite()
@@ -66,24 +81,11 @@ func (h *Handler) serveData(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) query(w http.ResponseWriter, ctx context.Context, dr *DataRequest) {
-	ref := ast.Ref{ast.DefaultRootDocument}
-	for _, k := range dr.Path {
-		if n, err := strconv.Atoi(k); err == nil && n >= 0 && strconv.Itoa(n) == k {
-			ref = append(ref, ast.InternedTerm(n)) // an array index, as OPA's server reads it
-			continue
-		}
-		ref = append(ref, ast.StringTerm(k))
+	res, defined, err := h.rego().Query(ctx, dr.Path, dr.Input, dr.HasInput)
+	if errors.Is(err, regoengine.ErrInput) {
+		h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "%v", err))
+		return
 	}
-	var in ast.Value
-	if dr.HasInput {
-		v, err := ast.InterfaceToValue(dr.Input)
-		if err != nil {
-			h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "input: %v", err))
-			return
-		}
-		in = v
-	}
-	res, defined, err := h.rego().Query(ctx, ref, in)
 	if err != nil {
 		var re *policy.RegoError
 		if errors.As(err, &re) {
@@ -102,12 +104,16 @@ func (h *Handler) query(w http.ResponseWriter, ctx context.Context, dr *DataRequ
 
 // PolicyModule is one module as the Policy API shows it.
 type PolicyModule struct {
-	ID  string      `json:"id"`
-	Raw string      `json:"raw"`
-	AST *ast.Module `json:"ast"`
+	ID  string `json:"id"`
+	Raw string `json:"raw"`
+	AST any    `json:"ast"` // OPA's AST of the module
 }
 
 func (h *Handler) servePolicies(w http.ResponseWriter, r *http.Request) {
+	if !policy.RegoAvailable() {
+		h.unavailable(w)
+		return
+	}
 	rest, _ := strings.CutPrefix(r.URL.EscapedPath(), "/v1/policies")
 	pretty := r.URL.Query().Get("pretty") == "true"
 	id := ""
@@ -153,7 +159,7 @@ func (h *Handler) servePolicies(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, Errorf(http.StatusRequestEntityTooLarge, CodeInvalidParameter, "module is larger than %d KiB", policy.MaxRegoModuleSize>>10))
 			return
 		}
-		if _, err := policy.ParseRegoModule(id, string(b)); err != nil {
+		if err := policy.CheckRegoModule(id, string(b)); err != nil {
 			h.fail(w, CompileError(err))
 			return
 		}
@@ -178,8 +184,8 @@ func errorCauses(re *policy.RegoError) []ErrorCause {
 	var out []ErrorCause
 	for _, x := range re.Errors {
 		c := ErrorCause{Code: x.Code, Message: x.Message}
-		if x.Location != nil {
-			c.Location = &Location{File: x.Location.File, Row: x.Location.Row, Col: x.Location.Col}
+		if x.Located {
+			c.Location = &Location{File: x.File, Row: x.Row, Col: x.Col}
 		}
 		out = append(out, c)
 	}
