@@ -14,8 +14,8 @@ import (
 // Connection: close and the connection closes lingering after it (see
 // proxy.DrainUnread), the fast path's in place (fastConn.close),
 // net/http's taken over (lingerHijacked). Lingering connections still
-// count towards the connection caps, and at most limits.max_body_bytes
-// are read from one.
+// count towards the connection caps, and at most lingerBytes are read
+// from one.
 func (w *respWriter) settle() {
 	rc := w.rc
 	r := rc.req
@@ -46,5 +46,16 @@ func (w *respWriter) settle() {
 func (g *Gateway) lingerHijacked(w *respWriter) {
 	// net/http reported the connection gone when it was taken over: it
 	// is counted again for as long as it lingers.
-	proxy.LingerHijack(w.ResponseWriter, &g.lingering, g.opts.Config.Limits.MaxBodyBytes, g.conns.track)
+	proxy.LingerHijack(w.ResponseWriter, &g.lingering, g.lingerBytes(), g.conns.track)
+}
+
+// lingerBytes is the byte cap of a lingering close: limits.max_body_bytes,
+// and at least proxy.LingerBytes. Not the body limit alone: a client
+// answered 413 still sends a body larger than it, and reaching the cap
+// closes the connection with the client's bytes unread, which makes the
+// kernel send an RST that can destroy the answer before the client reads
+// it (moatless demo's 200 KiB body against a 64 KiB limit got "broken
+// pipe" instead of its 413 about one run in three).
+func (g *Gateway) lingerBytes() int64 {
+	return max(g.opts.Config.Limits.MaxBodyBytes, proxy.LingerBytes)
 }

@@ -268,3 +268,50 @@ func TestGatewayRecordCountsBodyBytesRead(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayTooLargeAnswerNotReset: a client answered 413 for a body over
+// a small limit (moatless demo: 64 KiB) still sends the rest of it, more
+// than the limit; the lingering close reads it rather than closing at the
+// limit, whose RST broke the client's send and could destroy the answer
+// (the demo's 200 KiB POST got "broken pipe" about one run in three).
+func TestGatewayTooLargeAnswerNotReset(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
+	for _, fast := range []bool{true, false} {
+		tg := startGatewayWith(t, ca, up, func(c *config.Gateway) {
+			c.DisableHTTP1FastPath = !fast
+			c.Limits.MaxBodyBytes = 64 << 10
+		})
+		t.Run(ownPath(fast), func(t *testing.T) {
+			c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			const size = 200 << 10
+			head := "POST /orders/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n"
+			if _, err := io.WriteString(c, head+strings.Repeat("a", 1000)); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(tg.access.String(), `"status":413`) {
+				if time.Now().After(deadline) {
+					t.Fatal("no 413 logged within 5 s")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write([]byte(strings.Repeat("b", size-1000))); err != nil {
+				t.Fatalf("write after the answer: %v", err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("the answer was lost: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+				t.Fatalf("answer %d close=%v, want 413 and close", resp.StatusCode, resp.Close)
+			}
+		})
+	}
+}

@@ -403,7 +403,7 @@ func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
 	if o != fastHandoff {
 		fc.release()
 		if fc.linger {
-			ib.s.lingering.Linger(conn, 0, sidecarLingerBytes, func() { ib.connDone(conn) })
+			ib.s.lingering.Linger(conn, 0, LingerBytes, func() { ib.connDone(conn) })
 			return
 		}
 		ib.connDone(conn)

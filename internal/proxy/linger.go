@@ -236,10 +236,12 @@ func (s *LingerSet) Close() {
 	s.wg.Wait()
 }
 
-// sidecarLingerBytes is the byte cap of a sidecar connection's lingering
+// LingerBytes is the byte cap of a sidecar connection's lingering
 // close (the gateway's default max_body_bytes; a sidecar has no body
-// limit of its own).
-const sidecarLingerBytes = 10 << 20
+// limit of its own), and the least the gateway's may be: the cap must
+// exceed what a client still sends after its answer, and after a 413
+// that is more than the body limit by definition.
+const LingerBytes = 10 << 20
 
 // settle runs before the sidecar writes its own answer (a denial, a
 // refusal) to r on net/http's server: on HTTP/1.x a body nothing has
@@ -259,7 +261,7 @@ func (s *Sidecar) settle(w http.ResponseWriter, r *http.Request, taken func(c ne
 		}
 	}
 	w.Header().Set("Connection", "close")
-	return func() { LingerHijack(w, &s.lingering, sidecarLingerBytes, taken) }, n
+	return func() { LingerHijack(w, &s.lingering, LingerBytes, taken) }, n
 }
 
 // hasCloseToken reports whether Connection field values name close.

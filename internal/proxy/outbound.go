@@ -388,7 +388,7 @@ func (ob *outbound) serveFast(c net.Conn) {
 	} else {
 		fc.release()
 		if fc.linger {
-			s.lingering.Linger(c, 0, sidecarLingerBytes, func() {})
+			s.lingering.Linger(c, 0, LingerBytes, func() {})
 		} else {
 			c.Close()
 		}
