@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -26,48 +24,38 @@ func hostileHeadApp(t testing.TB) (addr string, seen func(path string) int) {
 	var mu sync.Mutex
 	count := map[string]int{}
 	seen = func(path string) int { mu.Lock(); defer mu.Unlock(); return count[path] }
-	return serveRaw(t, func(c net.Conn) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
+	return serveAnswers(t, func(req *http.Request) string {
+		io.Copy(io.Discard, req.Body)
+		mu.Lock()
+		count[req.URL.Path]++
+		mu.Unlock()
+		var w strings.Builder
+		switch req.URL.Path {
+		case "/line":
+			w.WriteString("HTTP/1.1 200 OK\r\nX-Endless: ")
+			for range 1 << 10 {
+				w.WriteString(strings.Repeat("a", 1<<10))
 			}
-			io.Copy(io.Discard, req.Body)
-			mu.Lock()
-			count[req.URL.Path]++
-			mu.Unlock()
-			w := bufio.NewWriter(c)
-			switch req.URL.Path {
-			case "/line":
-				w.WriteString("HTTP/1.1 200 OK\r\nX-Endless: ")
-				for range 1 << 10 {
-					w.WriteString(strings.Repeat("a", 1<<10))
-				}
-			case "/fields":
-				w.WriteString("HTTP/1.1 200 OK\r\n")
-				for i := range 100 << 10 / 32 {
-					fmt.Fprintf(w, "X-F%05d: %21d\r\n", i, i)
-				}
-			case "/continue":
-				for range 1 << 14 {
-					w.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-				}
-			case "/allowed":
-				w.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 204800\r\n")
-				for i := range 24 << 10 / 32 {
-					fmt.Fprintf(w, "X-F%05d: %21d\r\n", i, i)
-				}
-				w.WriteString("\r\n")
-				w.WriteString(strings.Repeat("b", 200<<10))
-				w.Flush()
-				continue
+		case "/fields":
+			w.WriteString("HTTP/1.1 200 OK\r\n")
+			for i := range 100 << 10 / 32 {
+				fmt.Fprintf(&w, "X-F%05d: %21d\r\n", i, i)
 			}
-			w.Flush()
-			io.Copy(io.Discard, c) // until the proxy closes
-			return
+		case "/continue":
+			for range 1 << 14 {
+				w.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			}
+		case "/allowed":
+			w.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 204800\r\n")
+			for i := range 24 << 10 / 32 {
+				fmt.Fprintf(&w, "X-F%05d: %21d\r\n", i, i)
+			}
+			w.WriteString("\r\n")
+			w.WriteString(strings.Repeat("b", 200<<10))
 		}
+		// An unfinished answer leaves serveAnswers reading the
+		// connection until the proxy gives up and closes it.
+		return w.String()
 	}).Addr().String(), seen
 }
 
