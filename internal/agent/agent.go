@@ -253,7 +253,7 @@ func (a *Agent) attest(ctx context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || errors.Is(err, ErrDataDirInUse) || ctx.Err() != nil {
+		if errors.Is(err, ErrJoinTokenRejected) || errors.Is(err, ErrNoCredential) || errors.Is(err, ErrStaleState) || errors.Is(err, ErrDataDirInUse) || errors.Is(err, ErrDataDirUnsafe) || ctx.Err() != nil {
 			return err
 		}
 		wait := a.node.backoff(attempt)

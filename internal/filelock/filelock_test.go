@@ -67,3 +67,25 @@ func TestLock(t *testing.T) {
 		})
 	}
 }
+
+// TestLockRefusesSymlink: a link planted at the lock's path is not
+// followed, so the file it points at is neither truncated nor written.
+func TestLockRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "lock")
+	if err := os.Symlink(victim, path); err != nil {
+		t.Fatal(err)
+	}
+	release, err := Lock(path, true)
+	if err == nil {
+		release()
+		t.Fatal("Lock followed a symbolic link")
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("the link's target now holds %q", b)
+	}
+}

@@ -15,8 +15,13 @@ import (
 // file, for the HeldError the next process gets. It fails with a
 // *HeldError (errors.Is ErrHeld) when another process holds it. release
 // unlocks and closes; the lock also ends with the process.
+//
+// A symbolic link at path is refused (O_NOFOLLOW, ELOOP), not followed:
+// the file is truncated and written, so a link planted in a directory
+// another user can write would let them aim a root process's write at
+// any file.
 func Lock(path string, writePID bool) (release func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("filelock: %w", err)
 	}

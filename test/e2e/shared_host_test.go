@@ -11,8 +11,8 @@ import (
 
 // TestSharedHostDefaults: what two instances on one host would share, or
 // what another local user could control, is refused with a message that
-// names the setting: a socket directory another user can write or owns,
-// a second agent on the same socket, health address or data directory,
+// names the setting: a socket or data directory another user can write
+// or owns, a second agent on the same socket, health address or data directory,
 // and a second sidecar on the default admin address.
 func TestSharedHostDefaults(t *testing.T) {
 	p := startPlane(t)
@@ -50,6 +50,10 @@ func TestSharedHostDefaults(t *testing.T) {
 			[]string{"another process is serving " + first.sock, "--socket"}, false},
 		{"second_agent_same_health", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), first.health, t.TempDir()),
 			[]string{"address already in use", "--health-listen"}, false},
+		{"world_writable_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", worldWritable),
+			[]string{"data directory " + worldWritable + " is writable by others", "--data-dir"}, false},
+		{"data_dir_of_another_user", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", otherUsers),
+			[]string{"data directory " + otherUsers + " belongs to uid 4242", "--data-dir"}, true},
 		{"second_agent_same_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", usedData),
 			[]string{"uses " + usedData, "--data-dir"}, false},
 	}

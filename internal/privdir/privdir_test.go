@@ -1,0 +1,79 @@
+//go:build unix
+
+package privdir
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheck(t *testing.T) {
+	use := Use{What: "data directory", Setting: "--data-dir", Risk: "replace the key"}
+	tests := []struct {
+		name  string
+		setup func(t *testing.T) string
+		root  bool
+		want  string // "" accepts
+	}{
+		{"private_0700", func(t *testing.T) string { return t.TempDir() }, false, ""},
+		{"private_0755", func(t *testing.T) string {
+			d := t.TempDir()
+			os.Chmod(d, 0o755)
+			return d
+		}, false, ""},
+		{"group_writable", func(t *testing.T) string {
+			d := t.TempDir()
+			os.Chmod(d, 0o775)
+			return d
+		}, false, "data directory %s is writable by others (mode 0775): another user could replace the key; chmod go-w %s or choose another --data-dir"},
+		{"world_writable_sticky", func(t *testing.T) string {
+			d := t.TempDir()
+			os.Chmod(d, 0o1777)
+			return d
+		}, false, "is writable by others (mode 0777)"},
+		{"symlink_to_private_dir", func(t *testing.T) string {
+			l := filepath.Join(t.TempDir(), "l")
+			os.Symlink(t.TempDir(), l)
+			return l
+		}, false, "data directory %s is a symbolic link: whoever controls its target could replace the key; give --data-dir a real directory"},
+		{"a_file", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "f")
+			os.WriteFile(p, nil, 0o600)
+			return p
+		}, false, "data directory %s is not a directory"},
+		{"another_users", func(t *testing.T) string {
+			d := t.TempDir()
+			if err := os.Chown(d, 4242, 4242); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}, true, "data directory %s belongs to uid 4242, not to this process's user (uid 0): whoever owns it could replace the key; remove it or choose another --data-dir"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.root && os.Geteuid() != 0 {
+				t.Skip("needs root to give a directory to another uid")
+			}
+			dir := tt.setup(t)
+			err := Check(dir, use)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Check = %v, want nil", err)
+				}
+				return
+			}
+			want := strings.ReplaceAll(tt.want, "%s", dir)
+			if !errors.Is(err, ErrNotPrivate) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("Check = %v, want ErrNotPrivate saying %q", err, want)
+			}
+		})
+	}
+	t.Run("missing", func(t *testing.T) {
+		if err := Check(filepath.Join(t.TempDir(), "no"), use); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("Check = %v, want os.ErrNotExist", err)
+		}
+	})
+}
