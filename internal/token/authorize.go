@@ -80,8 +80,9 @@ func (s *Service) parseAuthorize(ctx context.Context, p params) (*authzRequest, 
 		return nil, &authzError{"the server could not look up the client; try again"}, nil
 	}
 	// Exact string match (OAuth 2.0 Security BCP §4.1.3): no prefixes,
-	// no wildcards, and the parameter is required even with one URI.
-	if req.RedirectURI == "" || !contains(c.RedirectURIs, req.RedirectURI) {
+	// no wildcards, and the parameter is required even with one URI. The
+	// one leeway is the port of a loopback IP redirect (redirectAllowed).
+	if req.RedirectURI == "" || !redirectAllowed(c.RedirectURIs, req.RedirectURI) {
 		return nil, &authzError{"redirect_uri is missing or not registered for this client"}, nil
 	}
 	if len(req.State) > 1024 || len(req.Nonce) > 512 {
@@ -127,6 +128,62 @@ func (s *Service) parseAuthorize(ctx context.Context, p params) (*authzRequest, 
 		req.Audiences = aud
 	}
 	return req, nil, nil
+}
+
+// redirectAllowed reports whether requested is one of a client's
+// registered redirect URIs: the same string (OAuth 2.0 Security BCP
+// §4.1.3: no prefixes, no wildcards, no normalisation), or, for a
+// registered http URI on a loopback IP literal (127.0.0.1 or [::1]), the
+// same string with another port or none, as RFC 8252 §7.3 requires: a
+// native app listens on whatever port the OS gives it at the time of the
+// request. "localhost" gets no such leeway (RFC 8252 §8.3: a name may
+// resolve elsewhere, and a browser may not send it to loopback), nor does
+// any other part of the URI. The comparison is on the strings, so no URI
+// parser can read the request differently from the browser that follows
+// the redirect.
+func redirectAllowed(registered []string, requested string) bool {
+	if contains(registered, requested) {
+		return true
+	}
+	want, ok := loopbackWithoutPort(requested)
+	if !ok {
+		return false
+	}
+	for _, r := range registered {
+		if got, ok := loopbackWithoutPort(r); ok && got == want {
+			return true
+		}
+	}
+	return false
+}
+
+// loopbackWithoutPort returns raw without its port when raw is
+// http://127.0.0.1 or http://[::1], with a port of 1 to 65535 in canonical
+// decimal or none, followed by nothing or a path or query; ok is false for
+// anything else (another host, userinfo, a malformed port).
+func loopbackWithoutPort(raw string) (string, bool) {
+	for _, host := range []string{"http://127.0.0.1", "http://[::1]"} {
+		rest, ok := strings.CutPrefix(raw, host)
+		if !ok {
+			continue
+		}
+		if port, ok := strings.CutPrefix(rest, ":"); ok {
+			end := strings.IndexAny(port, "/?#")
+			if end < 0 {
+				end = len(port)
+			}
+			n, err := strconv.Atoi(port[:end])
+			if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port[:end] {
+				return "", false
+			}
+			rest = port[end:]
+		}
+		if rest != "" && rest[0] != '/' && rest[0] != '?' {
+			return "", false
+		}
+		return host + rest, true
+	}
+	return "", false
 }
 
 // handleAuthorize is the authorization endpoint. It validates the request

@@ -672,3 +672,78 @@ func TestUserinfoChecksCertificateBinding(t *testing.T) {
 		}
 	}
 }
+
+// RFC 8252 §7.3: a native app's loopback IP redirect URI matches with any
+// port, since the app listens on whatever port it gets at the time of the
+// request; nothing else of the URI varies, "localhost" keeps its exact
+// match, and the code is redeemed only with the URI the app asked with.
+func TestLoopbackRedirectAnyPort(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		h.createClient(token.ClientRequest{Name: "cli", ClientSpec: token.ClientSpec{AuthMethod: token.AuthNone,
+			GrantTypes: []string{"authorization_code"},
+			RedirectURIs: []string{"http://127.0.0.1/callback", "http://[::1]:8400/cb", "http://localhost:7000/cb", "https://app.example/cb"}}})
+		h.createUser("dana", "dana's password!", token.UserSpec{})
+		_, ch := pkce("l")
+		for _, tc := range []struct {
+			name, redirect string
+			ok             bool
+		}{
+			{"v4_ephemeral_port", "http://127.0.0.1:51234/callback", true},
+			{"v4_registered_without_port", "http://127.0.0.1/callback", true},
+			{"v4_highest_port", "http://127.0.0.1:65535/callback", true},
+			{"v6_other_port", "http://[::1]:49152/cb", true},
+			{"v6_no_port", "http://[::1]/cb", true},
+			{"v4_with_query", "http://127.0.0.1:51234/callback?x=1", false},
+			{"v4_other_path", "http://127.0.0.1:51234/other", false},
+			{"v4_dot_segment", "http://127.0.0.1:51234/callback/../x", false},
+			{"v4_trailing_slash", "http://127.0.0.1:51234/callback/", false},
+			{"v4_fragment", "http://127.0.0.1:51234/callback#f", false},
+			{"v4_port_zero", "http://127.0.0.1:0/callback", false},
+			{"v4_port_too_big", "http://127.0.0.1:65536/callback", false},
+			{"v4_port_leading_zero", "http://127.0.0.1:080/callback", false},
+			{"v4_port_sign", "http://127.0.0.1:+80/callback", false},
+			{"v4_empty_port", "http://127.0.0.1:/callback", false},
+			{"v4_userinfo_host", "http://127.0.0.1:80@evil.example/callback", false},
+			{"v4_userinfo", "http://127.0.0.1@evil.example/callback", false},
+			{"v4_longer_host", "http://127.0.0.1.evil.example:80/callback", false},
+			{"other_loopback_address", "http://127.0.0.2:51234/callback", false},
+			{"v4_https", "https://127.0.0.1:51234/callback", false},
+			{"v4_upper_scheme", "HTTP://127.0.0.1:51234/callback", false},
+			{"localhost_other_port", "http://localhost:7001/cb", false},
+			{"localhost_for_v4", "http://localhost:51234/callback", false},
+			{"v4_for_localhost", "http://127.0.0.1:7000/cb", false},
+			{"https_other_port", "https://app.example:8443/cb", false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				p := h.get(h.tlsClient(nil), h.authorizeURL("cli", tc.redirect, "", "st", "n", ch))
+				switch {
+				case tc.ok && p.status != 200:
+					t.Fatalf("status %d, want the login page: %s", p.status, p.body)
+				case !tc.ok && (p.status != 400 || p.location != ""):
+					t.Fatalf("status %d location %q, want 400 and no redirect", p.status, p.location)
+				}
+			})
+		}
+
+		t.Run("code_redeemed_with_the_uri_asked_with", func(t *testing.T) {
+			const asked = "http://127.0.0.1:51234/callback"
+			for _, tc := range []struct {
+				name, redirect string
+				status         int
+			}{
+				{"another_port", "http://127.0.0.1:51235/callback", 400},
+				{"registered_form", "http://127.0.0.1/callback", 400},
+				{"as_asked", asked, 200},
+			} {
+				v, ch := pkce("r")
+				code := h.loginForCode("cli", asked, "", "dana", "dana's password!", ch)
+				status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "client_id": {"cli"}, "code": {code},
+					"redirect_uri": {tc.redirect}, "code_verifier": {v}}, "", "")
+				if status != tc.status {
+					t.Fatalf("%s: %d %v, want %d", tc.name, status, body, tc.status)
+				}
+			}
+		})
+	})
+}

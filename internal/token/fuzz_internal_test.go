@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -228,4 +229,47 @@ func TestHashingIsBounded(t *testing.T) {
 	if err := s.acquireHash(context.Background()); err != nil {
 		t.Fatalf("a freed slot was not reusable: %v", err)
 	}
+}
+
+// FuzzRedirectAllowed: a redirect URI that is not one of the registered
+// strings is accepted only as a registered http loopback IP URI with
+// another port: net/url reads both as scheme http, no userinfo, the same
+// loopback IP literal (127.0.0.1 or ::1), a port of 1 to 65535 or none,
+// and the same path, query and fragment. The seeds run as a normal test.
+func FuzzRedirectAllowed(f *testing.F) {
+	for _, s := range [][2]string{
+		{"http://127.0.0.1/cb", "http://127.0.0.1:51234/cb"},
+		{"http://[::1]:8400/cb", "http://[::1]/cb"},
+		{"http://127.0.0.1/cb", "http://127.0.0.1:80@evil.example/cb"},
+		{"http://127.0.0.1", "http://127.0.0.1:1"},
+		{"http://127.0.0.1/cb?a=1", "http://127.0.0.1:9/cb?a=1"},
+		{"http://127.0.0.1/cb", "http://127.0.0.1:9/cb#x"},
+		{"http://localhost/cb", "http://localhost:9/cb"},
+		{"https://app.example/cb", "https://app.example:443/cb"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, registered, requested string) {
+		if !redirectAllowed([]string{registered}, requested) || registered == requested {
+			return
+		}
+		reg, err1 := url.Parse(registered)
+		req, err2 := url.Parse(requested)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("accepted %q for %q, which net/url cannot parse (%v, %v)", requested, registered, err1, err2)
+		}
+		for _, u := range []*url.URL{reg, req} {
+			if u.Scheme != "http" || u.User != nil || (u.Hostname() != "127.0.0.1" && u.Hostname() != "::1") {
+				t.Fatalf("accepted %q for %q: %q is not a plain http loopback IP URI", requested, registered, u)
+			}
+			if p := u.Port(); p != "" {
+				if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+					t.Fatalf("accepted %q for %q: port %q", requested, registered, p)
+				}
+			}
+		}
+		if reg.Hostname() != req.Hostname() || reg.EscapedPath() != req.EscapedPath() || reg.RawQuery != req.RawQuery || reg.Fragment != req.Fragment || reg.ForceQuery != req.ForceQuery {
+			t.Fatalf("accepted %q for %q: they differ beyond the port", requested, registered)
+		}
+	})
 }
