@@ -45,6 +45,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -335,6 +336,28 @@ func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.o.TrustDomain }
 // and the refresh hint. The result is the caller's own copy.
 func (c *CA) Bundle() *spiffebundle.Bundle {
 	return c.cur.Load().bundle.Clone()
+}
+
+// Signed reports whether one of this CA's own X.509 authorities (prepared,
+// active or retired, as long as it is in the state) signed leaf: the
+// leaf is not a CA, names it as issuer, and its signature verifies under
+// that authority's key.
+//
+// Verifying a chain against Bundle() does not say this: under an upstream
+// CA the bundle's authorities are the organisation's roots, and every
+// other CA below them can sign a certificate that verifies as an
+// X509-SVID of the trust domain. Whoever must know that this server
+// issued a certificate (a node SVID, an admin certificate) asks Signed.
+func (c *CA) Signed(leaf *x509.Certificate) bool {
+	if leaf == nil || leaf.IsCA {
+		return false
+	}
+	for _, a := range c.cur.Load().status {
+		if a.Certificate != nil && bytes.Equal(leaf.RawIssuer, a.Certificate.RawSubject) && leaf.CheckSignatureFrom(a.Certificate) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Status lists the authorities, X.509 first, each kind ordered by

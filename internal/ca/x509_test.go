@@ -1,6 +1,8 @@
 package ca
 
 import (
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -427,6 +429,79 @@ func TestSignServerCert(t *testing.T) {
 			_, err := e.ca.SignServerCert(tt.pub, id, tt.dns, tt.ips, 0)
 			if !isErr(err, ErrInvalidRequest) || !strings.Contains(err.Error(), tt.match) {
 				t.Errorf("err = %v, want ErrInvalidRequest mentioning %q", err, tt.match)
+			}
+		})
+	}
+}
+
+// TestSigned: Signed recognises what this CA's authorities signed, before
+// and after a rotation (the retired authority is still in the state), and
+// nothing else: a certificate from another CA, even one that copies the
+// issuer name, serial and SPIFFE ID of one of ours.
+func TestSigned(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	activeCert := func() *x509.Certificate {
+		for _, a := range e.ca.Status() {
+			if a.Kind == KindX509 && a.State == StateActive {
+				return a.Certificate
+			}
+		}
+		t.Fatal("no active X.509 authority")
+		return nil
+	}
+	before, authBefore := mustSign(t, e.ca, testID, 0), activeCert()
+	e.clock.Advance(time.Hour)
+	if err := e.ca.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(DefaultActivationDelay)
+	tick(t, e, false)
+	after := mustSign(t, e.ca, testID, 0)
+	if authBefore.Equal(activeCert()) {
+		t.Fatal("the rotation did not change the signing authority")
+	}
+
+	other := newEnv(t, nil)
+	foreign := mustSign(t, other.ca, testID, 0)
+	// A copy of ours made by a CA that took our authority's name.
+	ours := before.Chain[0]
+	impostorKey := newP256(t)
+	impostorCA := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: authBefore.Subject, RawSubject: authBefore.RawSubject,
+		NotBefore: ours.NotBefore, NotAfter: ours.NotAfter, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		SubjectKeyId: authBefore.SubjectKeyId}
+	caDER, err := x509.CreateCertificate(rand.Reader, impostorCA, impostorCA, impostorKey.Public(), impostorKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostorCert, _ := x509.ParseCertificate(caDER)
+	copyTmpl := &x509.Certificate{SerialNumber: ours.SerialNumber, URIs: ours.URIs, NotBefore: ours.NotBefore, NotAfter: ours.NotAfter,
+		KeyUsage: ours.KeyUsage, ExtKeyUsage: ours.ExtKeyUsage, AuthorityKeyId: ours.AuthorityKeyId}
+	copyDER, err := x509.CreateCertificate(rand.Reader, copyTmpl, impostorCert, newP256(t).Public(), impostorKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, _ := x509.ParseCertificate(copyDER)
+	if !bytes.Equal(copied.RawIssuer, ours.RawIssuer) || copied.SerialNumber.Cmp(ours.SerialNumber) != 0 {
+		t.Fatal("the copy does not carry our issuer name and serial")
+	}
+
+	tests := []struct {
+		name string
+		leaf *x509.Certificate
+		want bool
+	}{
+		{"signed_before_rotation", before.Chain[0], true},
+		{"signed_after_rotation", after.Chain[0], true},
+		{"another_ca", foreign.Chain[0], false},
+		{"copy_under_our_issuer_name", copied, false},
+		{"our_authority_itself", authBefore, false},
+		{"nil", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := e.ca.Signed(tt.leaf); got != tt.want {
+				t.Fatalf("Signed = %v, want %v", got, tt.want)
 			}
 		})
 	}

@@ -122,9 +122,9 @@ type Server struct {
 	riskScores telemetry.RiskScores
 	hub        hub
 	metrics    *metrics
-	// credCache remembers serials already checked against the svids table
-	// (serial -> kind); certificates never change, revocation is checked
-	// separately on every request.
+	// credCache remembers certificates already checked against the CA and
+	// the svids table (SHA-256 of the DER -> kind); certificates never
+	// change, revocation is checked separately on every request.
 	credCache   sync.Map
 	credCount   atomic.Int64
 	policyCache atomic.Pointer[policyCacheEntry]

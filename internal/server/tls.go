@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"database/sql"
@@ -176,13 +177,23 @@ func (s *Server) peer(r *http.Request) (*caller, error) {
 	return c, nil
 }
 
-// credentialKind returns the kind under which the server issued the
-// certificate with this serial to id ("node", "admin", ...), or "" when it
-// did not (or the record is gone). Positive answers are cached.
+// credentialKind returns the kind under which the server issued this very
+// certificate to id ("node", "admin", ...), or "" when it did not (or the
+// record is gone). Positive answers are cached by the certificate's
+// SHA-256.
+//
+// The record is found by serial, and a serial is no secret (audit records,
+// node listings, every TLS 1.2 handshake show it), so the certificate must
+// also be signed by one of this server's own CA authorities (ca.Signed):
+// under an upstream CA another CA below the same root could otherwise copy
+// a node's or an admin's SPIFFE ID and serial and pass for them.
 func (s *Server) credentialKind(ctx context.Context, c *caller) (string, error) {
-	key := c.serial
+	key := sha256.Sum256(c.leaf.Raw)
 	if v, ok := s.credCache.Load(key); ok {
 		return v.(issuedCred).kindFor(c.id.String()), nil
+	}
+	if !s.ca.Signed(c.leaf) {
+		return "", nil
 	}
 	rec, err := s.db.SVID(ctx, c.serial)
 	if errors.Is(err, store.ErrNotFound) {
