@@ -681,7 +681,7 @@ func TestLoopbackRedirectAnyPort(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		h := newHarness(t, db)
 		h.createClient(token.ClientRequest{Name: "cli", ClientSpec: token.ClientSpec{AuthMethod: token.AuthNone,
-			GrantTypes: []string{"authorization_code"},
+			GrantTypes:   []string{"authorization_code"},
 			RedirectURIs: []string{"http://127.0.0.1/callback", "http://[::1]:8400/cb", "http://localhost:7000/cb", "https://app.example/cb"}}})
 		h.createUser("dana", "dana's password!", token.UserSpec{})
 		_, ch := pkce("l")
