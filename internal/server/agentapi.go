@@ -372,6 +372,21 @@ func (s *Server) entryFor(ctx context.Context, c *caller, field, id string) (wir
 	return e, nil
 }
 
+// entryTTL is the lifetime of an SVID issued for an entry: the entry's
+// own TTL (def when it has none), never beyond the server's current max.
+// Entries are checked against the max when written; checking again here
+// makes lowering max_x509_svid_ttl or max_jwt_svid_ttl (say, during an
+// incident) bound every SVID issued from then on, not only new entries.
+func entryTTL(ttl, def, maxTTL time.Duration) time.Duration {
+	if ttl == 0 {
+		ttl = def
+	}
+	if maxTTL > 0 && ttl > maxTTL {
+		ttl = maxTTL
+	}
+	return ttl
+}
+
 // handleSignX509 signs X509-SVIDs for entries parented by the caller. All
 // or nothing: one bad request fails the whole batch and nothing is issued.
 // The issued certificates and one audit record each are written by a group
@@ -421,10 +436,7 @@ func (s *Server) handleSignX509(w http.ResponseWriter, r *http.Request) {
 			s.agentErr(w, "x509svids", fmt.Errorf("entry %s has a bad SPIFFE ID: %w", e.ID, err))
 			return
 		}
-		ttl := e.X509TTL.Std()
-		if ttl == 0 {
-			ttl = s.cfg.X509SVIDTTL.Std()
-		}
+		ttl := entryTTL(e.X509TTL.Std(), s.cfg.X509SVIDTTL.Std(), s.cfg.MaxX509SVIDTTL.Std())
 		iss, err := s.ca.SignX509SVID(req.CSR, id, ttl)
 		if err != nil {
 			s.agentErr(w, "x509svids", badf("requests[%d].csr: %v", i, err))
@@ -473,10 +485,7 @@ func (s *Server) handleSignJWT(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, "jwtsvid", err)
 		return
 	}
-	ttl := e.JWTTTL.Std()
-	if ttl == 0 {
-		ttl = s.cfg.JWTSVIDTTL.Std()
-	}
+	ttl := entryTTL(e.JWTTTL.Std(), s.cfg.JWTSVIDTTL.Std(), s.cfg.MaxJWTSVIDTTL.Std())
 	tok, exp, err := s.ca.SignJWTSVID(id, in.Audience, ttl)
 	if err != nil {
 		s.agentErr(w, "jwtsvid", badf("%v", err))
