@@ -253,6 +253,7 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 	if err := rq.need(want); err != nil {
 		return nil, err
 	}
+	kvWriteChecked()
 	var result store.KVVersion
 	var custom map[string]string
 	err = rq.tx(func(tx *sql.Tx) error {
@@ -261,6 +262,15 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 		isNew := errors.Is(err, store.ErrNotFound)
 		if err != nil && !isNew {
 			return err
+		}
+		if !patch && isNew == exists {
+			if err := rq.recheckCreate(!isNew); err != nil {
+				return err
+			}
+			rq.op = "update"
+			if isNew {
+				rq.op = "create"
+			}
 		}
 		if isNew {
 			if patch {
@@ -453,10 +463,17 @@ func (s *Service) kvWriteMeta(rq *req, mount, path string) (*envelope, error) {
 	if err := rq.need(want); err != nil {
 		return nil, err
 	}
+	kvWriteChecked()
 	return nil, rq.tx(func(tx *sql.Tx) error {
 		now := s.now()
 		m, err := s.db.KVMetadata(rq.ctx, tx, mount, path, true)
-		if errors.Is(err, store.ErrNotFound) {
+		isNew := errors.Is(err, store.ErrNotFound)
+		if rq.op != "patch" && isNew == (merr == nil) {
+			if err := rq.recheckCreate(!isNew); err != nil {
+				return err
+			}
+		}
+		if isNew {
 			if rq.op == "patch" {
 				return err
 			}
@@ -497,6 +514,25 @@ func (s *Service) kvWriteMeta(rq *req, mount, path string) (*envelope, error) {
 		return s.db.PutKVMetadata(rq.ctx, tx, m)
 	})
 }
+
+// recheckCreate checks again, inside a write's transaction, the
+// capability that existence decides (Vault's create for a new object,
+// update for an existing one) when the object's existence changed since
+// the first check. That check read outside the transaction: another
+// writer may have created or deleted the object in between, and what the
+// write does is decided under the row lock. Without it a create-only
+// token that raced another writer would overwrite what that one wrote,
+// and an update-only token would create what was deleted meanwhile.
+func (rq *req) recheckCreate(exists bool) error {
+	if exists {
+		return rq.need(acl.Update)
+	}
+	return rq.need(acl.Create)
+}
+
+// kvWriteChecked runs between a KV write's capability check and its
+// transaction; tests replace it to put a concurrent writer there.
+var kvWriteChecked = func() {}
 
 func (s *Service) kvConfigAPI(rq *req, mount string) (*envelope, error) {
 	if rq.op == "read" {
