@@ -743,64 +743,96 @@ func (o *OAuth) RevokeUserGrants(ctx context.Context, userID string, at time.Tim
 		out    []token.RevokedToken
 	)
 	err := o.tx(ctx, func(tx *sql.Tx) error {
-		grants, out = 0, nil
-		// The user, then codes, then grants, then refresh tokens: the
-		// order in which a login (LockUser), a redemption (code, then
-		// LockGrant) and a refresh (LockGrant, then its refresh token)
-		// lock rows, so none of them deadlocks with this under
-		// PostgreSQL. Moving the epoch makes every login in progress
-		// stale (token: finishLogin).
+		// The user first: the order in which a login (LockUser) locks
+		// rows. Moving the epoch makes every login in progress stale
+		// (token: finishLogin).
 		if _, err := tx.ExecContext(ctx, "UPDATE oauth_users SET sessions_epoch = sessions_epoch + 1 WHERE id = $1", userID); err != nil {
 			return oerr("revoke user grants", err)
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE user_id = $1 AND used_at = 0", userID); err != nil {
-			return oerr("revoke user grants", err)
-		}
-		res, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE user_id = $2 AND revoked_at = 0", unix(at), userID)
-		if err != nil {
-			return oerr("revoke user grants", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return oerr("revoke user grants", err)
-		}
-		grants = int(n)
-		if _, err := tx.ExecContext(ctx, `UPDATE oauth_refresh_tokens SET revoked_at = $1
-			WHERE revoked_at = 0 AND grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $2)`, unix(at), userID); err != nil {
-			return oerr("revoke user grants", err)
-		}
-		// Tokens of grants revoked earlier are listed already; ON
-		// CONFLICT leaves them out of what RETURNING reports as new.
-		rows, err := tx.QueryContext(ctx, `INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at)
-			SELECT t.jti, t.expires_at, $1 FROM oauth_grant_tokens t JOIN oauth_grants g ON g.id = t.grant_id
-			WHERE g.user_id = $2 AND t.expires_at > $1
-			ON CONFLICT DO NOTHING RETURNING jti, expires_at`, unix(at), userID)
-		if err != nil {
-			return oerr("revoke user grants", err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				jti string
-				exp int64
-			)
-			if err := rows.Scan(&jti, &exp); err != nil {
-				return oerr("revoke user grants", err)
-			}
-			out = append(out, token.RevokedToken{JTI: jti, ExpiresAt: fromUnix(exp)})
-		}
-		if err := rows.Err(); err != nil {
-			return oerr("revoke user grants", err)
-		}
-		if err := rows.Close(); err != nil {
-			return oerr("revoke user grants", err)
-		}
-		return bumpIfRevoked(ctx, o.db, tx, len(out))
+		var err error
+		grants, out, err = o.revokeGrantsOf(ctx, tx, "user_id", userID, at)
+		return err
 	})
 	if err != nil {
 		return 0, nil, err
 	}
 	return grants, out, nil
+}
+
+// RevokeClientGrants ends every session a client was given, in one
+// transaction, as RevokeUserGrants does for a user: the client's
+// unredeemed codes, its grants and their refresh tokens, and the
+// unexpired access token IDs recorded under them. It returns how many
+// grants it revoked and the token IDs it newly listed.
+func (o *OAuth) RevokeClientGrants(ctx context.Context, clientID string, at time.Time) (int, []token.RevokedToken, error) {
+	var (
+		grants int
+		out    []token.RevokedToken
+	)
+	err := o.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		grants, out, err = o.revokeGrantsOf(ctx, tx, "client_id", clientID, at)
+		return err
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return grants, out, nil
+}
+
+// revokeGrantsOf revokes the grants whose column (user_id or client_id)
+// is id, in tx: codes, then grants, then refresh tokens, the order in
+// which a redemption (code, then LockGrant) and a refresh (LockGrant,
+// then its refresh token) lock rows, so none of them deadlocks with this
+// under PostgreSQL.
+func (o *OAuth) revokeGrantsOf(ctx context.Context, tx *sql.Tx, column, id string, at time.Time) (int, []token.RevokedToken, error) {
+	what, ok := map[string]string{"user_id": "revoke user grants", "client_id": "revoke client grants"}[column]
+	if !ok {
+		return 0, nil, fmt.Errorf("store: revoke grants by %q", column)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_codes WHERE "+column+" = $1 AND used_at = 0", id); err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	res, err := tx.ExecContext(ctx, "UPDATE oauth_grants SET revoked_at = $1 WHERE "+column+" = $2 AND revoked_at = 0", unix(at), id)
+	if err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE oauth_refresh_tokens SET revoked_at = $1
+		WHERE revoked_at = 0 AND grant_id IN (SELECT id FROM oauth_grants WHERE `+column+` = $2)`, unix(at), id); err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	// Tokens of grants revoked earlier are listed already; ON CONFLICT
+	// leaves them out of what RETURNING reports as new.
+	rows, err := tx.QueryContext(ctx, `INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at)
+		SELECT t.jti, t.expires_at, $1 FROM oauth_grant_tokens t JOIN oauth_grants g ON g.id = t.grant_id
+		WHERE g.`+column+` = $2 AND t.expires_at > $1
+		ON CONFLICT DO NOTHING RETURNING jti, expires_at`, unix(at), id)
+	if err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	defer rows.Close()
+	var out []token.RevokedToken
+	for rows.Next() {
+		var (
+			jti string
+			exp int64
+		)
+		if err := rows.Scan(&jti, &exp); err != nil {
+			return 0, nil, oerr(what, err)
+		}
+		out = append(out, token.RevokedToken{JTI: jti, ExpiresAt: fromUnix(exp)})
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, nil, oerr(what, err)
+	}
+	return int(n), out, bumpIfRevoked(ctx, o.db, tx, len(out))
 }
 
 // ---- authorization codes

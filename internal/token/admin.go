@@ -388,13 +388,24 @@ func (s *Service) adminGetClient(w http.ResponseWriter, r *http.Request) {
 	adminJSON(w, http.StatusOK, &ClientAnswer{Client: c})
 }
 
+// adminDeleteClient deletes a client and ends every session it was given,
+// in one transaction with the record. Client IDs are names an admin
+// chooses: a client created again under the same ID (with fewer scopes, or
+// as a public client) must not inherit the old one's refresh families and
+// codes, which carry the old grant's scopes.
 func (s *Service) adminDeleteClient(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	err := s.atomically(r.Context(), func(ctx context.Context) error {
 		if err := s.cfg.Store.DeleteClient(ctx, id); err != nil {
 			return err
 		}
-		return s.auditGrant(ctx, AuditEvent{Type: "oauth.client.deleted", Outcome: "success", Subject: id})
+		grants, toks, err := s.cfg.Store.RevokeClientGrants(ctx, id, s.now())
+		if err != nil {
+			return err
+		}
+		s.revoked(ctx, toks)
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.client.deleted", Outcome: "success", Subject: id,
+			Details: map[string]string{"grants": itoa(grants), "revoked_tokens": itoa(len(toks))}})
 	})
 	if err != nil {
 		s.storeError(w, "client", err)

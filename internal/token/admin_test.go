@@ -262,3 +262,63 @@ func TestAdminUserActionsEndSessions(t *testing.T) {
 		})
 	}
 }
+
+// Deleting a client ends what it was given: every login's refresh family,
+// the access tokens recorded under them (pushed to OnRevoke), and codes
+// not yet redeemed. A client created again under the same ID (with fewer
+// scopes, say, or as a public client) does not inherit them; another
+// client's sessions stay.
+func TestDeletingClientEndsItsSessions(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		spec := token.ClientSpec{AuthMethod: token.AuthNone, GrantTypes: []string{"authorization_code", "refresh_token"},
+			RedirectURIs: []string{"http://127.0.0.1:9999/cb"}, Scopes: []string{"openid", "orders.write"}}
+		h.createClient(token.ClientRequest{Name: "cli", ClientSpec: spec})
+		web := h.webClient()
+		h.createUser("erin", "erin's password!", token.UserSpec{})
+		v, ch := pkce("d")
+		code := h.loginForCode("cli", "http://127.0.0.1:9999/cb", "openid orders.write", "erin", "erin's password!", ch)
+		redeem := url.Values{"grant_type": {"authorization_code"}, "client_id": {"cli"}, "code": {code}, "redirect_uri": {"http://127.0.0.1:9999/cb"}, "code_verifier": {v}}
+		status, cliTok := h.post(nil, "/oauth2/token", redeem, "", "")
+		if status != 200 {
+			t.Fatalf("redeem: %d %v", status, cliTok)
+		}
+		pending := h.loginForCode("cli", "http://127.0.0.1:9999/cb", "openid", "erin", "erin's password!", ch)
+		webCode := h.loginForCode("web", appCallback, "openid", "erin", "erin's password!", ch)
+		status, webTok := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {webCode},
+			"redirect_uri": {appCallback}, "code_verifier": {v}}, "web", web.Secret)
+		if status != 200 {
+			t.Fatalf("redeem web: %d %v", status, webTok)
+		}
+
+		if code := h.admin("DELETE", "clients/cli", nil, nil); code != 204 {
+			t.Fatalf("delete client: %d", code)
+		}
+		at := cliTok["access_token"].(string)
+		if h.active(at) {
+			t.Error("the deleted client's access token is still active")
+		}
+		if !h.wasRevoked(claims(t, at)["jti"].(string)) {
+			t.Error("the deleted client's access token ID was not pushed to OnRevoke")
+		}
+
+		// The same ID again, with fewer scopes.
+		spec.Scopes = []string{"openid"}
+		h.createClient(token.ClientRequest{Name: "cli", ClientSpec: spec})
+		if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "client_id": {"cli"},
+			"refresh_token": {cliTok["refresh_token"].(string)}}, "", ""); status != 400 || body["error"] != "invalid_grant" {
+			t.Errorf("the old client's refresh token on the new client: %d %v, want invalid_grant", status, body)
+		}
+		redeem.Set("code", pending)
+		if status, body := h.post(nil, "/oauth2/token", redeem, "", ""); status != 400 || body["error"] != "invalid_grant" {
+			t.Errorf("the old client's pending code on the new client: %d %v, want invalid_grant", status, body)
+		}
+		if !h.active(webTok["access_token"].(string)) {
+			t.Error("another client's access token was revoked")
+		}
+		if status, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {webTok["refresh_token"].(string)}},
+			"web", web.Secret); status != 200 {
+			t.Errorf("another client's refresh token: %d %v", status, body)
+		}
+	})
+}

@@ -149,6 +149,10 @@ type Store interface {
 	// it newly revoked (for OnRevoke). A user with no sessions, or an
 	// unknown user ID, gets 0, none and no error.
 	RevokeUserGrants(ctx context.Context, userID string, at time.Time) (int, []RevokedToken, error)
+	// RevokeClientGrants is RevokeUserGrants for every session a client
+	// was given: its grants, their refresh tokens, its unredeemed codes,
+	// and the unexpired access token IDs issued under them.
+	RevokeClientGrants(ctx context.Context, clientID string, at time.Time) (int, []RevokedToken, error)
 
 	// AddCode stores an authorization code (by hash).
 	AddCode(ctx context.Context, c *AuthCode) error
