@@ -298,8 +298,12 @@ func pagePath(path string, limit int, before uint64, what string) (string, error
 }
 
 // newTable is the writer of every table and key/value listing the
-// commands print (dataplane.NewTable). Flush it at the end.
-func newTable(w io.Writer) *tabwriter.Writer { return dataplane.NewTable(w) }
+// commands print (dataplane.NewTable). Flush it at the end. What it
+// writes goes through termSafe: no control character in a field reaches
+// the terminal raw. A field anyone may have chosen also goes through
+// printable, so a tab or newline in it cannot make cells or rows of its
+// own.
+func newTable(w io.Writer) *tabwriter.Writer { return dataplane.NewTable(termSafe{w}) }
 
 // parseFlags parses args into fs (dataplane.Env.ParseFlags): false with
 // the exit code when parsing failed or help was asked.

@@ -236,9 +236,10 @@ func runAuditList(ctx context.Context, e *Env, args []string) int {
 		sort.Strings(keys)
 		var d []string
 		for _, k := range keys {
-			d = append(d, k+"="+r.Details[k])
+			d = append(d, printable(k, "")+"="+printable(r.Details[k], ""))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Kind, r.Outcome, r.Actor, r.Subject, strings.Join(d, " "))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), printable(r.Kind, ""), printable(r.Outcome, ""),
+			printable(r.Actor, ""), printable(r.Subject, ""), strings.Join(d, " "))
 	}
 	tw.Flush()
 	if page.Next > 0 {

@@ -67,7 +67,7 @@ func runIncidentList(ctx context.Context, e *Env, args []string) int {
 		if by == "" {
 			by = "(by hand)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inc.ID, inc.Identity, inc.State, inc.OpenedAt.Local().Format(time.RFC3339), by, inc.Trigger)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inc.ID, inc.Identity, inc.State, inc.OpenedAt.Local().Format(time.RFC3339), by, printable(inc.Trigger, ""))
 	}
 	tw.Flush()
 	return ExitOK
@@ -125,7 +125,7 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 	fmt.Fprintf(tw, "Identity:\t%s\n", inc.Identity)
 	fmt.Fprintf(tw, "State:\t%s\n", inc.State)
 	fmt.Fprintf(tw, "Playbook:\t%s\n", by)
-	fmt.Fprintf(tw, "Trigger:\t%s\n", inc.Trigger)
+	fmt.Fprintf(tw, "Trigger:\t%s\n", printable(inc.Trigger, ""))
 	fmt.Fprintf(tw, "Risk:\t%.2f\n", inc.Risk)
 	stamp := func(name string, t time.Time) {
 		if !t.IsZero() {
@@ -152,7 +152,7 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 	tw = newTable(e.Stdout)
 	fmt.Fprintln(tw, "  AT\tACTION\tOUTCOME\tBY\tFINDING\tDETAIL")
 	for _, s := range inc.Steps {
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.At.Local().Format("15:04:05.000"), s.Action, s.Outcome, s.Actor, orDash(s.FindingID), s.Detail)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.At.Local().Format("15:04:05.000"), s.Action, s.Outcome, printable(s.Actor, ""), orDash(s.FindingID), printable(s.Detail, ""))
 	}
 	tw.Flush()
 	if len(fs) > 0 {
@@ -160,7 +160,7 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 		tw = newTable(e.Stdout)
 		fmt.Fprintln(tw, "  ID\tDETECTOR\tSEVERITY\tCOUNT\tSUMMARY")
 		for _, f := range fs {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", f.ID, f.Detector, f.Severity, f.Count, f.Summary)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", f.ID, f.Detector, f.Severity, f.Count, printable(f.Summary, ""))
 		}
 		tw.Flush()
 	}
@@ -327,7 +327,7 @@ func runIncidentFindings(ctx context.Context, e *Env, args []string) int {
 	tw := newTable(e.Stdout)
 	fmt.Fprintln(tw, "ID\tTIME\tDETECTOR\tSEVERITY\tCOUNT\tINCIDENT\tSUMMARY")
 	for _, f := range page.Items {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", f.ID, f.Time.Local().Format(time.RFC3339), f.Detector, f.Severity, f.Count, orDash(f.IncidentID), f.Summary)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", f.ID, f.Time.Local().Format(time.RFC3339), f.Detector, f.Severity, f.Count, orDash(f.IncidentID), printable(f.Summary, ""))
 	}
 	tw.Flush()
 	return ExitOK
