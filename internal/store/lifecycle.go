@@ -47,6 +47,30 @@ func (s *DB) EvictNode(ctx context.Context, tx *sql.Tx, id string, cutoff, now t
 	return true, revoked, nil
 }
 
+// SupersedeNodeSVIDs revokes, in tx, every node SVID issued for id that
+// is still valid at now, except keep (the one a re-attestation just
+// issued), with reason "node re-attested"; it bumps the revocations
+// version when it revoked any and returns how many.
+func (s *DB) SupersedeNodeSVIDs(ctx context.Context, tx *sql.Tx, id, keep string, now time.Time, by string) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO revoked_serials (serial, spiffe_id, expires_at, reason, revoked_by, revoked_at)
+		SELECT serial, spiffe_id, not_after, 'node re-attested', $3, $4 FROM svids
+		WHERE issued_to = $1 AND spiffe_id = $1 AND kind = $5 AND serial <> $2 AND not_after > $4
+		ON CONFLICT (serial) DO NOTHING`, id, keep, by, ns(now), SVIDKindNode)
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke superseded node SVIDs: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke superseded node SVIDs: %w", err)
+	}
+	if n > 0 {
+		if _, err := s.BumpVersion(ctx, tx, SectionRevocations); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
 // AuditSegment is one archived stretch of the audit log.
 type AuditSegment struct {
 	FirstSeq   uint64    `json:"first_seq"`
