@@ -24,8 +24,9 @@ func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
 	fs := cmd.fs
 	id := fs.String("spiffe-id", "", "SPIFFE `ID` the agent will have, e.g. spiffe://moatless.local/agent/node1 (required)")
 	ttl := fs.Duration("ttl", 0, "how long the token stays usable (default: the server's, 15m)")
+	replace := fs.Bool("replace", false, "the agent that attests with it replaces the node: every node SVID issued for the ID before is revoked (re-provisioning a machine, after a compromise); without it earlier holders keep theirs")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: moatless jointoken create --spiffe-id ID [--ttl D] [-o json]")
+		fmt.Fprintln(fs.Output(), "Usage: moatless jointoken create --spiffe-id ID [--ttl D] [--replace] [-o json]")
 		fmt.Fprintln(fs.Output(), "\nPrints the token alone (more with -o json). The server keeps only its hash: it is shown once.")
 		fs.PrintDefaults()
 	}
@@ -40,7 +41,7 @@ func runJoinTokenCreate(ctx context.Context, e *Env, args []string) int {
 		return code
 	}
 	var out server.JoinTokenResponse
-	if err := c.do(ctx, "POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: *id, TTL: wire.Duration(*ttl)}, &out); err != nil {
+	if err := c.do(ctx, "POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: *id, TTL: wire.Duration(*ttl), Replace: *replace}, &out); err != nil {
 		return e.fail(err)
 	}
 	if cmd.json() {

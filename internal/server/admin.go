@@ -515,10 +515,14 @@ func (s *Server) createJoinToken(c *adminCall) {
 	}
 	tok, tokID := newJoinToken()
 	now := s.now().UTC()
-	jt := store.JoinToken{ID: tokID, SPIFFEID: id.String(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	jt := store.JoinToken{ID: tokID, SPIFFEID: id.String(), CreatedAt: now, ExpiresAt: now.Add(ttl), Replace: in.Replace}
 	err = c.change(func(tx *sql.Tx) (audit.Event, error) {
 		err := s.db.InsertJoinToken(c.ctx, tx, jt, sha256.Sum256([]byte(tok)))
-		return c.event(audit.KindJoinTokenCreate, tokID, map[string]string{"spiffe_id": jt.SPIFFEID, "expires_at": jt.ExpiresAt.Format(time.RFC3339)}), err
+		details := map[string]string{"spiffe_id": jt.SPIFFEID, "expires_at": jt.ExpiresAt.Format(time.RFC3339)}
+		if jt.Replace {
+			details["replace"] = "true"
+		}
+		return c.event(audit.KindJoinTokenCreate, tokID, details), err
 	})
 	if err != nil {
 		c.fail(err)

@@ -257,16 +257,17 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 			IssuedTo: id.String(), NotAfter: iss.NotAfter, IssuedAt: now}); err != nil {
 			return err
 		}
-		// A node attested again (re-provisioned, perhaps after a
-		// compromise) is that node from now on: every node SVID issued
-		// for its ID before, renewed ones included, is revoked, so a copy
-		// of one cannot go on renewing beside the new agent.
-		superseded, err := s.db.SupersedeNodeSVIDs(r.Context(), tx, id.String(), iss.Serial, now, s.id.String())
-		if err != nil {
-			return err
-		}
 		details := map[string]string{"serial": iss.Serial, "not_after": iss.NotAfter.UTC().Format(time.RFC3339), "remote": remoteHost(r)}
-		if superseded > 0 {
+		if jt.Replace {
+			// The token replaces the node (re-provisioned, perhaps after a
+			// compromise): every node SVID issued for its ID before,
+			// renewed ones included, is revoked, so a copy of one cannot
+			// go on renewing beside the new agent. Without replace several
+			// holders of one ID are allowed (join-mode replicas).
+			superseded, err := s.db.SupersedeNodeSVIDs(r.Context(), tx, id.String(), iss.Serial, now, s.id.String())
+			if err != nil {
+				return err
+			}
 			details["superseded_svids"] = strconv.FormatInt(superseded, 10)
 		}
 		return s.audit.AppendTx(r.Context(), tx, audit.Event{Kind: audit.KindAttest, Actor: id.String(), Subject: jt.ID, Outcome: audit.Success,

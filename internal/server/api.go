@@ -42,6 +42,12 @@ type JoinTokenRequest struct {
 	SPIFFEID string `json:"spiffe_id"`
 	// TTL defaults to the server's join_token_ttl (15m).
 	TTL wire.Duration `json:"ttl,omitempty"`
+	// Replace makes the agent that attests with the token replace the
+	// node: every node SVID issued for SPIFFEID before is revoked (a
+	// machine re-provisioned after a compromise). Without it several
+	// processes may hold node SVIDs of one ID at once (replicas of a
+	// join-mode sidecar or gateway).
+	Replace bool `json:"replace,omitempty"`
 }
 
 // JoinTokenResponse carries the token, shown once: the server keeps only

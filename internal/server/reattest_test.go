@@ -11,13 +11,14 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// TestReattestationSupersedesEarlierNodeSVIDs: attesting a node ID again
-// (a machine re-provisioned with a new join token, say after it was
-// compromised) revokes every node SVID issued for that ID before, renewed
-// ones included: otherwise whoever kept a copy of the old one could renew
-// it forever beside the new agent. The new one works; workload entries
-// stay.
-func TestReattestationSupersedesEarlierNodeSVIDs(t *testing.T) {
+// TestReplacingJoinTokenSupersedesEarlierNodeSVIDs: a join token created
+// with replace (a machine re-provisioned after a compromise) makes the
+// agent that attests with it the node: every node SVID issued for that ID
+// before, renewed ones included, is revoked, so whoever kept a copy of the
+// old one cannot go on renewing it beside the new agent. A token without
+// replace leaves earlier holders alone: replicas of a join-mode sidecar or
+// gateway share one ID.
+func TestReplacingJoinTokenSupersedesEarlierNodeSVIDs(t *testing.T) {
 	e := start(t, "")
 	const id = "spiffe://example.org/agent/node1"
 	old := e.attest(id)
@@ -31,31 +32,50 @@ func TestReattestationSupersedesEarlierNodeSVIDs(t *testing.T) {
 	}
 	oldRenewed := e.client(&tls.Certificate{Certificate: renewed.SVID.CertChain, PrivateKey: old.key})
 
-	fresh := e.attest(id)
-	for _, tc := range []struct {
-		name string
-		c    *http.Client
-		want int
-	}{
-		{"first_svid", old.http, 403},
-		{"renewed_svid", oldRenewed, 403},
-		{"new_svid", fresh.http, 200},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if st, body := e.do(tc.c, "POST", wire.PathRenew, "", wire.RenewRequest{CSR: csr(t, newKey(t))}); st != tc.want {
-				t.Fatalf("renew: %d %s, want %d", st, body, tc.want)
+	replica := e.attest(id)
+	renews := func(t *testing.T, want map[string]int, clients map[string]*http.Client) {
+		t.Helper()
+		for name, c := range clients {
+			if st, body := e.do(c, "POST", wire.PathRenew, "", wire.RenewRequest{CSR: csr(t, newKey(t))}); st != want[name] {
+				t.Errorf("%s renews: %d %s, want %d", name, st, body, want[name])
 			}
-		})
-	}
-	var revs store.RevocationList
-	e.admin("GET", server.PathAdminRevocations, nil, &revs)
-	n := 0
-	for _, r := range revs.Serials {
-		if r.SPIFFEID == id && r.Reason == "node re-attested" {
-			n++
 		}
 	}
-	if n != 2 {
-		t.Fatalf("%d serials revoked as re-attested, want 2: %+v", n, revs.Serials)
+	t.Run("without_replace_holders_coexist", func(t *testing.T) {
+		renews(t, map[string]int{"first": 200, "renewed": 200, "replica": 200},
+			map[string]*http.Client{"first": old.http, "renewed": oldRenewed, "replica": replica.http})
+	})
+
+	var tok server.JoinTokenResponse
+	e.admin("POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: id, Replace: true}, &tok)
+	if !tok.Replace {
+		t.Fatalf("the token does not say it replaces: %+v", tok.JoinToken)
+	}
+	n := &node{id: id, key: newKey(t)}
+	st, body = e.do(e.client(nil), "POST", wire.PathAttest, "", wire.AttestRequest{JoinToken: tok.Token, CSR: csr(t, n.key)})
+	if st != 200 {
+		t.Fatalf("attest with the replacing token: %d %s", st, body)
+	}
+	var resp wire.AttestResponse
+	if err := json.Unmarshal(body, &resp); err != nil {
+		t.Fatal(err)
+	}
+	n.svid = resp.SVID
+	t.Run("with_replace_only_the_new_one", func(t *testing.T) {
+		renews(t, map[string]int{"first": 403, "renewed": 403, "replica": 403, "new": 200},
+			map[string]*http.Client{"first": old.http, "renewed": oldRenewed, "replica": replica.http, "new": e.client(n.cert())})
+	})
+	var revs store.RevocationList
+	e.admin("GET", server.PathAdminRevocations, nil, &revs)
+	got := 0
+	for _, r := range revs.Serials {
+		if r.SPIFFEID == id && r.Reason == "node re-attested" {
+			got++
+		}
+	}
+	// The first, its renewal, the replica, and the three renewals of the
+	// first subtest.
+	if got != 6 {
+		t.Fatalf("%d serials revoked as re-attested, want 6: %+v", got, revs.Serials)
 	}
 }

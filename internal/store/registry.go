@@ -275,12 +275,15 @@ type JoinToken struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	// UsedAt is when an agent consumed the token; zero while unused.
 	UsedAt time.Time `json:"used_at,omitzero"`
+	// Replace: the attestation with this token revokes every node SVID
+	// issued for SPIFFEID before (SupersedeNodeSVIDs).
+	Replace bool `json:"replace,omitempty"`
 }
 
 // InsertJoinToken stores a new token by its SHA-256 hash.
 func (s *DB) InsertJoinToken(ctx context.Context, tx *sql.Tx, t JoinToken, hash [sha256.Size]byte) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO join_tokens (id, token_hash, spiffe_id, created_at, expires_at, used_at)
-		VALUES ($1, $2, $3, $4, $5, 0)`, t.ID, hash[:], t.SPIFFEID, ns(t.CreatedAt), ns(t.ExpiresAt))
+	_, err := tx.ExecContext(ctx, `INSERT INTO join_tokens (id, token_hash, spiffe_id, created_at, expires_at, used_at, replace_node)
+		VALUES ($1, $2, $3, $4, $5, 0, $6)`, t.ID, hash[:], t.SPIFFEID, ns(t.CreatedAt), ns(t.ExpiresAt), boolInt(t.Replace))
 	if isUniqueViolation(err) {
 		return fmt.Errorf("%w: join token id or hash collision", ErrConflict)
 	}
@@ -299,12 +302,12 @@ func (s *DB) InsertJoinToken(ctx context.Context, tx *sql.Tx, t JoinToken, hash 
 // its timing reveals nothing an attacker can use to guess a token.
 func (s *DB) ConsumeJoinToken(ctx context.Context, tx *sql.Tx, hash [sha256.Size]byte, now time.Time) (JoinToken, error) {
 	var t JoinToken
-	var created, expires int64
+	var created, expires, replace int64
 	err := tx.QueryRowContext(ctx, `UPDATE join_tokens SET used_at = $1
 		WHERE token_hash = $2 AND used_at = 0 AND expires_at > $1
-		RETURNING id, spiffe_id, created_at, expires_at`, ns(now), hash[:]).Scan(&t.ID, &t.SPIFFEID, &created, &expires)
+		RETURNING id, spiffe_id, created_at, expires_at, replace_node`, ns(now), hash[:]).Scan(&t.ID, &t.SPIFFEID, &created, &expires, &replace)
 	if err == nil {
-		t.CreatedAt, t.ExpiresAt, t.UsedAt = fromNS(created), fromNS(expires), now.UTC()
+		t.CreatedAt, t.ExpiresAt, t.UsedAt, t.Replace = fromNS(created), fromNS(expires), now.UTC(), replace != 0
 		return t, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
@@ -330,7 +333,7 @@ func (s *DB) ConsumeJoinToken(ctx context.Context, tx *sql.Tx, hash [sha256.Size
 // JoinTokens lists tokens, newest first. With includeSpent false, used and
 // expired tokens are left out.
 func (s *DB) JoinTokens(ctx context.Context, includeSpent bool, now time.Time) ([]JoinToken, error) {
-	q := "SELECT id, spiffe_id, created_at, expires_at, used_at FROM join_tokens"
+	q := "SELECT id, spiffe_id, created_at, expires_at, used_at, replace_node FROM join_tokens"
 	var args []any
 	if !includeSpent {
 		q += " WHERE used_at = 0 AND expires_at > $1"
@@ -344,11 +347,11 @@ func (s *DB) JoinTokens(ctx context.Context, includeSpent bool, now time.Time) (
 	out := []JoinToken{}
 	for rows.Next() {
 		var t JoinToken
-		var c, x, u int64
-		if err := rows.Scan(&t.ID, &t.SPIFFEID, &c, &x, &u); err != nil {
+		var c, x, u, r int64
+		if err := rows.Scan(&t.ID, &t.SPIFFEID, &c, &x, &u, &r); err != nil {
 			return nil, fmt.Errorf("store: list join tokens: %w", err)
 		}
-		t.CreatedAt, t.ExpiresAt, t.UsedAt = fromNS(c), fromNS(x), fromNS(u)
+		t.CreatedAt, t.ExpiresAt, t.UsedAt, t.Replace = fromNS(c), fromNS(x), fromNS(u), r != 0
 		out = append(out, t)
 	}
 	return out, rows.Err()
