@@ -233,7 +233,19 @@ func (s *Service) approleRole(rq *req, name string) (*envelope, error) {
 	if !role.BindSecretID && len(role.SecretIDBoundCIDRs) == 0 && len(role.TokenBoundCIDRs) == 0 {
 		return nil, badRequest("bind_secret_id=false needs secret_id_bound_cidrs or token_bound_cidrs: a role_id alone is not a credential")
 	}
+	writeChecked()
 	return nil, rq.tx(func(tx *sql.Tx) error {
+		// Existence decided create or update outside this transaction;
+		// decide again under the row lock (recheckCreate).
+		_, err := s.db.SecretsObject(rq.ctx, tx, kindAppRole, name, true)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if now := err == nil; now != exists {
+			if err := rq.recheckCreate(now); err != nil {
+				return err
+			}
+		}
 		return s.db.PutSecretsObject(rq.ctx, tx, store.SecretsObject{Kind: kindAppRole, Name: name, Lookup: role.RoleID, Spec: jsonSpec(role)})
 	})
 }

@@ -253,7 +253,7 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 	if err := rq.need(want); err != nil {
 		return nil, err
 	}
-	kvWriteChecked()
+	writeChecked()
 	var result store.KVVersion
 	var custom map[string]string
 	err = rq.tx(func(tx *sql.Tx) error {
@@ -463,7 +463,7 @@ func (s *Service) kvWriteMeta(rq *req, mount, path string) (*envelope, error) {
 	if err := rq.need(want); err != nil {
 		return nil, err
 	}
-	kvWriteChecked()
+	writeChecked()
 	return nil, rq.tx(func(tx *sql.Tx) error {
 		now := s.now()
 		m, err := s.db.KVMetadata(rq.ctx, tx, mount, path, true)
@@ -530,9 +530,10 @@ func (rq *req) recheckCreate(exists bool) error {
 	return rq.need(acl.Create)
 }
 
-// kvWriteChecked runs between a KV write's capability check and its
-// transaction; tests replace it to put a concurrent writer there.
-var kvWriteChecked = func() {}
+// writeChecked runs between a create-or-update write's capability check
+// and its transaction (KV data and metadata, AppRole roles); tests replace
+// it to put a concurrent writer there.
+var writeChecked = func() {}
 
 func (s *Service) kvConfigAPI(rq *req, mount string) (*envelope, error) {
 	if rq.op == "read" {

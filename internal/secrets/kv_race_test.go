@@ -78,10 +78,11 @@ func testKVWriteRechecks(t *testing.T, db *store.DB) {
 	createOnly := tokenWith("write-once", "secret/data/*", `["create"]`)
 	updateOnly := tokenWith("rotate-only", "secret/data/*", `["update"]`)
 	metaCreateOnly := tokenWith("meta-once", "secret/metadata/*", `["create"]`)
-	t.Cleanup(func() { kvWriteChecked = func() {} })
+	roleMaker := tokenWith("role-maker", "auth/approle/role/*", `["create"]`)
+	t.Cleanup(func() { writeChecked = func() {} })
 	between := func(fn func()) {
-		kvWriteChecked = func() {
-			kvWriteChecked = func() {}
+		writeChecked = func() {
+			writeChecked = func() {}
 			fn()
 		}
 	}
@@ -138,6 +139,21 @@ func testKVWriteRechecks(t *testing.T, db *store.DB) {
 		d, _ := out["data"].(map[string]any)
 		if st != 200 || d["cas_required"] != true || d["max_versions"] != 10.0 {
 			t.Fatalf("metadata now %d %v", st, d)
+		}
+	})
+	t.Run("approle_create_only_after_another_created", func(t *testing.T) {
+		between(func() {
+			if st, out := call("POST", "auth/approle/role/deploy", adminToken, map[string]any{"token_policies": []string{"rotate-only"}}); st/100 != 2 {
+				t.Fatalf("concurrent create: %d %v", st, out)
+			}
+		})
+		if st, out := call("POST", "auth/approle/role/deploy", roleMaker, map[string]any{"token_policies": []string{"write-once", "meta-once"}}); st != 403 {
+			t.Errorf("create-only role write over a role created meanwhile: %d %v, want 403", st, out)
+		}
+		st, out := call("GET", "auth/approle/role/deploy", adminToken, nil)
+		d, _ := out["data"].(map[string]any)
+		if p, _ := d["token_policies"].([]any); st != 200 || len(p) != 1 || p[0] != "rotate-only" {
+			t.Fatalf("the role now reads %d %v", st, d)
 		}
 	})
 	t.Run("no_race_unchanged", func(t *testing.T) {
