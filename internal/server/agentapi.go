@@ -212,6 +212,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	}
 	hash := sha256.Sum256([]byte(in.JoinToken))
 	now := s.now()
+	var revokedNow bool
 	var (
 		jt  store.JoinToken
 		id  spiffeid.ID
@@ -241,7 +242,14 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		if id, err = spiffeid.FromString(jt.SPIFFEID); err != nil {
 			return fmt.Errorf("stored join token %s has a bad SPIFFE ID: %w", jt.ID, err)
 		}
-		if s.revs.Load().revoked(id.String(), "") {
+		// The revocation set in memory follows the store within a poll or
+		// a notification; an ID revoked on another replica a moment ago is
+		// read from the store itself, so no replica mints a node SVID for
+		// it in that window.
+		if revokedNow, err = s.db.IsRevokedIDTx(r.Context(), tx, id.String()); err != nil {
+			return err
+		}
+		if revokedNow || s.revs.Load().revoked(id.String(), "") {
 			refused = &refusal{"revoked", http.StatusForbidden, id.String() + " is revoked"}
 			return errRevoked
 		}

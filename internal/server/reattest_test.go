@@ -1,11 +1,15 @@
 package server_test
 
 import (
+	"context"
 	"crypto/tls"
+	"database/sql"
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
@@ -77,5 +81,30 @@ func TestReplacingJoinTokenSupersedesEarlierNodeSVIDs(t *testing.T) {
 	// first subtest.
 	if got != 6 {
 		t.Fatalf("%d serials revoked as re-attested, want 6: %+v", got, revs.Serials)
+	}
+}
+
+// TestAttestReadsRevocationsFromTheStore: an ID revoked a moment ago on
+// another replica is in the store before this replica's revocation set
+// catches up (a notification or a poll later). Attestation, which mints a
+// fresh node SVID, must not slip through that window: it reads the
+// revocation from the store. The revocation is written straight into the
+// store here, as another replica would, with this replica's poll far off.
+func TestAttestReadsRevocationsFromTheStore(t *testing.T) {
+	e := start(t, "", func(c *config.Server) { c.PollInterval = wire.Duration(time.Minute) })
+	const id = "spiffe://example.org/agent/revoked-elsewhere"
+	var tok server.JoinTokenResponse
+	e.admin("POST", server.PathAdminJoinTokens, server.JoinTokenRequest{SPIFFEID: id}, &tok)
+	db := e.srv.Store()
+	err := db.Tx(context.Background(), func(tx *sql.Tx) error {
+		_, err := db.RevokeID(context.Background(), tx, store.RevokedID{SPIFFEID: id, Reason: "compromised", RevokedBy: "replica-2", RevokedAt: time.Now()})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, body := e.do(e.client(nil), "POST", wire.PathAttest, "", wire.AttestRequest{JoinToken: tok.Token, CSR: csr(t, newKey(t))})
+	if st != http.StatusForbidden {
+		t.Fatalf("attest of an ID revoked in the store: %d %s, want 403", st, body)
 	}
 }

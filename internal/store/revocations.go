@@ -115,8 +115,17 @@ func (s *DB) Revocations(ctx context.Context, now time.Time) (RevocationList, er
 
 // IsRevokedID reports whether id is revoked.
 func (s *DB) IsRevokedID(ctx context.Context, id string) (bool, error) {
+	return isRevokedID(ctx, s.db, id)
+}
+
+// IsRevokedIDTx is IsRevokedID inside tx.
+func (s *DB) IsRevokedIDTx(ctx context.Context, tx *sql.Tx, id string) (bool, error) {
+	return isRevokedID(ctx, tx, id)
+}
+
+func isRevokedID(ctx context.Context, q Queryer, id string) (bool, error) {
 	var x string
-	err := s.db.QueryRowContext(ctx, "SELECT spiffe_id FROM revoked_ids WHERE spiffe_id = $1", id).Scan(&x)
+	err := q.QueryRowContext(ctx, "SELECT spiffe_id FROM revoked_ids WHERE spiffe_id = $1", id).Scan(&x)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
