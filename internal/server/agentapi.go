@@ -212,11 +212,11 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	}
 	hash := sha256.Sum256([]byte(in.JoinToken))
 	now := s.now()
-	var revokedNow bool
 	var (
-		jt  store.JoinToken
-		id  spiffeid.ID
-		iss *ca.Issued
+		jt         store.JoinToken
+		id         spiffeid.ID
+		iss        *ca.Issued
+		revokedNow bool
 	)
 	type refusal struct {
 		reason string
