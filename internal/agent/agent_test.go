@@ -534,3 +534,29 @@ func TestNodePinsServerIDAfterAttest(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTSVIDBudgetSpentIsResourceExhausted: the server refuses a node
+// JWT-SVIDs past its signing budget with 429. The workload hears that as
+// ResourceExhausted, not as an unreachable server (Unavailable).
+func TestJWTSVIDBudgetSpentIsResourceExhausted(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := client(t, af.sock)
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.jwtStatus = http.StatusTooManyRequests
+	f.mu.Unlock()
+	_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "another"})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "budget") {
+		t.Fatalf("FetchJWTSVID over the budget: %v, want ResourceExhausted naming the budget", err)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
+		t.Fatalf("a cached JWT-SVID is still served: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ type fakeServer struct {
 
 	mu        sync.Mutex
 	tokens    map[string]string // join token → SPIFFE ID
+	jwtStatus int               // when not 0, every JWT-SVID request gets it
 	nodeTTL   time.Duration
 	entries   []wire.Entry
 	rev       wire.Revocations
@@ -262,7 +263,12 @@ func (f *fakeServer) signJWT(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.jwtCalls++
 	e, ok := f.entry(parent, req.EntryID)
+	refuse := f.jwtStatus
 	f.mu.Unlock()
+	if refuse != 0 {
+		writeErr(w, refuse, "refused by the test")
+		return
+	}
 	if !ok {
 		writeErr(w, 403, "not your entry")
 		return

@@ -538,6 +538,10 @@ type ServerError struct {
 	Msgs   []string
 }
 
+// HTTPStatus is the server's status code (the Workload API tells a
+// spent signing budget, 429, from an unreachable server).
+func (e *ServerError) HTTPStatus() int { return e.Status }
+
 func (e *ServerError) Error() string {
 	if len(e.Msgs) == 0 {
 		return fmt.Sprintf("server answered %d %s", e.Status, http.StatusText(e.Status))

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
@@ -499,6 +500,15 @@ func (s *Server) handleSignJWT(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := validateAudience(in.Audience); err != nil {
 		s.agentErr(w, "jwtsvid", err)
+		return
+	}
+	// Each JWT-SVID is a signature and an fsynced audit record, and any
+	// local workload with an identity can ask for one per new audience:
+	// a node gets Config.JWTSVIDBurst at once, JWTSVIDRate per second.
+	if ok, wait := s.jwtSigns.take(c.id.String(), s.now(), 1); !ok {
+		s.metrics.agentRequests.WithLabelValues("jwtsvid", "rate_limited").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		writeErrors(w, http.StatusTooManyRequests, fmt.Sprintf("%s asked for more JWT-SVIDs than its budget allows; retry later", c.id))
 		return
 	}
 	id, err := spiffeid.FromString(e.SPIFFEID)

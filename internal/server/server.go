@@ -88,7 +88,22 @@ type Config struct {
 	// Tracer, when set, gives every request on the listener a server span
 	// (tracing.go); nil: no tracing.
 	Tracer trace.Tracer
+	// JWTSVIDRate and JWTSVIDBurst bound the JWT-SVIDs one node may have
+	// signed on this server: per second sustained, and at once (defaults
+	// DefaultJWTSVIDRate and DefaultJWTSVIDBurst). Each is a signature and
+	// an fsynced audit record, asked for by whatever local workload calls
+	// FetchJWTSVID with audiences the agent has not cached.
+	JWTSVIDRate  float64
+	JWTSVIDBurst int
 }
+
+// Defaults of Config.JWTSVIDRate and JWTSVIDBurst: far above what a node's
+// workloads need (the agent caches each JWT-SVID for half its life per
+// audience set), far below what a loop of fresh audiences could ask.
+const (
+	DefaultJWTSVIDRate  = 100
+	DefaultJWTSVIDBurst = 1000
+)
 
 // Server is the control plane. Create it with New.
 type Server struct {
@@ -105,6 +120,8 @@ type Server struct {
 	refusals *failLimiter
 	// reports bounds the decision events each node may report (reports.go).
 	reports *keyedLimiter
+	// jwtSigns bounds the JWT-SVIDs each node may have signed (agentapi.go).
+	jwtSigns *keyedLimiter
 
 	db    *store.DB
 	ca    *ca.CA
@@ -189,6 +206,14 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	}
 	s.refusals = newFailLimiter(50, 200)
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
+	jwtRate, jwtBurst := c.JWTSVIDRate, c.JWTSVIDBurst
+	if jwtRate <= 0 {
+		jwtRate = DefaultJWTSVIDRate
+	}
+	if jwtBurst <= 0 {
+		jwtBurst = DefaultJWTSVIDBurst
+	}
+	s.jwtSigns = newKeyedLimiter(jwtRate, float64(jwtBurst), 100_000)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = st.WatchHeartbeat.Std()

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -558,6 +559,10 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
 		if err != nil {
 			s.log.Warn("JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
+			var se interface{ HTTPStatus() int }
+			if errors.As(err, &se) && se.HTTPStatus() == http.StatusTooManyRequests {
+				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: this node asked the server for more JWT-SVIDs than its budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)
+			}
 			return nil, status.Errorf(codes.Unavailable, "could not get a JWT-SVID for %s: the agent cannot reach the server", id.SPIFFEID)
 		}
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.SPIFFEID.String(), Svid: tok})
