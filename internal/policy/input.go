@@ -341,28 +341,35 @@ func convertAttr(b regoengine.Builder, v, as string) any {
 }
 
 // match matches a normalized path against the template, returning the
-// named segments (percent-decoded where they decode).
+// named segments (percent-decoded where they decode). {*}, {name} and
+// {**} match what they match in a policy's path template (templateChar).
 func (r *regoRoute) match(path string) (map[string]string, bool) {
 	if !strings.HasPrefix(path, "/") {
 		return nil, false
 	}
-	parts := strings.Split(path[1:], "/")
+	rest := path[1:]
 	var caps map[string]string
 	for i, s := range r.segs {
-		if s.rest {
+		if s.kind == segRest {
+			for j := 0; j < len(rest); j++ {
+				if c := rest[j]; c != '/' && !templateChar(c) {
+					return nil, false
+				}
+			}
 			return caps, true
 		}
-		if i >= len(parts) {
-			return nil, false
+		part, more := rest, false
+		if end := strings.IndexByte(rest, '/'); end >= 0 {
+			part, rest, more = rest[:end], rest[end+1:], true
+		} else {
+			rest = ""
 		}
-		part := parts[i]
-		switch {
-		case s.lit != "":
+		if s.kind == segLit {
 			if part != s.lit {
 				return nil, false
 			}
-		default:
-			if part == "" {
+		} else {
+			if part == "" || !IsTemplateLiteral(part) {
 				return nil, false
 			}
 			if s.name != "" {
@@ -375,9 +382,12 @@ func (r *regoRoute) match(path string) (map[string]string, bool) {
 				caps[s.name] = part
 			}
 		}
-	}
-	if len(parts) != len(r.segs) {
-		return nil, false
+		last := i == len(r.segs)-1
+		if more == last {
+			// More path than template, or a template that wants more
+			// (another segment, or the "/" before {**}).
+			return nil, false
+		}
 	}
 	return caps, true
 }
