@@ -1068,3 +1068,84 @@ func testMalformedHostIsRefused(t *testing.T, sp serverPath) {
 		})
 	}
 }
+
+// TestPolicyHeaderTwinsAreDropped: a header an AuthorizationPolicy
+// condition reads by name is what the app must see under that name. An
+// app that folds "_" into "-" (CGI, WSGI, PHP: X_Role and X-Role are both
+// HTTP_X_ROLE) read "X_Role: admin" as the role the policy never saw: a
+// DENY on request.headers[x-role] = admin let it through, and an ALLOW on
+// x-role = user admitted "X-Role: user" next to "X_Role: admin". The "_"
+// twins of the headers the policies read are dropped; their real spelling
+// and unrelated "_" names pass.
+func TestPolicyHeaderTwinsAreDropped(t *testing.T) {
+	forServerPaths(t, testPolicyHeaderTwinsAreDropped)
+}
+
+func testPolicyHeaderTwinsAreDropped(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admins, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[X-Role]
+      values: ["admin"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tenants, namespace: prod}
+spec:
+  rules:
+  - when:
+    - key: request.headers[x-tenant]
+      values: ["acme"]
+`, policy.NormalizeBase, app.addr, sp)
+	tests := []struct {
+		name    string
+		headers [][2]string
+		want    int
+		reached map[string]string // folded name → the one value the app may see
+	}{
+		{"role_twin_alone", [][2]string{{"X-Tenant", "acme"}, {"X_Role", "admin"}}, 200, map[string]string{"x-role": ""}},
+		{"role_twin_beside_real", [][2]string{{"X-Tenant", "acme"}, {"X-Role", "user"}, {"x_role", "admin"}}, 200, map[string]string{"x-role": "user"}},
+		{"tenant_twin_beside_real", [][2]string{{"X-Tenant", "acme"}, {"X_TENANT", "other"}}, 200, map[string]string{"x-tenant": "acme"}},
+		{"tenant_twin_alone_is_no_tenant", [][2]string{{"x_tenant", "acme"}}, 403, nil},
+		{"real_role_denied", [][2]string{{"X-Tenant", "acme"}, {"X-Role", "admin"}}, 403, nil},
+		{"other_underscore_names_pass", [][2]string{{"X-Tenant", "acme"}, {"X_Trace", "1"}}, 200, map[string]string{"x-trace": "1"}},
+	}
+	for _, tr := range attackTransports(ca) {
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/api/x", tc.headers); code != tc.want {
+					t.Fatalf("status %d, want %d", code, tc.want)
+				}
+				seen := app.take()
+				if tc.want != 200 {
+					if len(seen) != 0 {
+						t.Fatalf("app saw %d requests", len(seen))
+					}
+					return
+				}
+				if len(seen) != 1 {
+					t.Fatalf("app saw %d requests", len(seen))
+				}
+				for folded, want := range tc.reached {
+					var got []string
+					for k, vv := range seen[0].header {
+						if foldName(k) == folded {
+							got = append(got, vv...)
+						}
+					}
+					if want == "" && len(got) != 0 || want != "" && (len(got) != 1 || got[0] != want) {
+						t.Errorf("app saw %s = %q, want %q", folded, got, want)
+					}
+				}
+			})
+		}
+	}
+}
