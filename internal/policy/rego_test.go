@@ -396,3 +396,35 @@ func TestRegoInputNeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestRegoInputReadThroughAVariable: a module that takes part of the
+// input whole (binds input.auth to a variable, or reads headers or
+// claims by a variable key) sees that part as the request has it. Such a
+// part was built empty: a leaf of the read tree counted as "nothing
+// below", so "deny if { some k; input.request.headers[k] == \"evil\" }"
+// never denied and allowed everything, and "a := input.auth" saw no
+// claims.
+func TestRegoInputReadThroughAVariable(t *testing.T) {
+	r := newReq(from("td/ns/a/sa/b"), header("X-A", "evil"), auth(jwt("i", "alice", map[string]any{"role": "r"})))
+	tests := []struct{ name, rule string }{
+		{"header_by_variable_key", `allow if { some k; input.request.headers[k] == "evil" }`},
+		{"request_bound", `allow if { q := input.request; q.headers["x-a"] == "evil" }`},
+		{"headers_bound", `allow if { h := input.request.headers; h["x-a"] == "evil" }`},
+		{"auth_bound", `allow if { a := input.auth; a.claims.role == "r" }`},
+		{"claim_by_variable_key", `allow if { some k; input.auth.claims[k] == "r" }`},
+		{"source_bound", `allow if { s := input.source; s.namespace == "a" }`},
+		{"named_header", `allow if input.request.headers["x-a"] == "evil"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := failClosedSet(t, "package m\nimport rego.v1\ndefault allow := false\n"+tc.rule+"\n", "")
+			if d := s.Decide(r); d.Outcome != Allow {
+				t.Fatalf("%v: %s; the module did not see the request", d.Outcome, d.Reason)
+			}
+			deny := failClosedSet(t, "package m\nimport rego.v1\ndefault deny := false\n"+strings.Replace(tc.rule, "allow", "deny", 1)+"\nallow if not deny\n", "")
+			if d := deny.Decide(r); d.Outcome != Deny {
+				t.Fatalf("deny-style module: %v: %s", d.Outcome, d.Reason)
+			}
+		})
+	}
+}

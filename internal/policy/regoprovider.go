@@ -112,12 +112,21 @@ type needTree struct {
 	canon string
 }
 
-// child returns the subtree of key and whether key is read at all.
+// child returns the subtree of key (nil: all of it) and whether key is
+// read at all. A node without kids is read in full (inputNeeds' add makes the last key
+// of a path such a leaf): everything below it is read, as below a nil
+// tree. Reading it as "nothing below" built input.auth empty for a
+// module that binds it to a variable (a := input.auth), and the headers
+// empty for one that reads them by a variable key, so a module that
+// denies on what it finds there allowed everything.
 func (n *needTree) child(key string) (*needTree, bool) {
-	if n == nil {
+	if n == nil || n.kids == nil {
 		return nil, true
 	}
 	k, ok := n.kids[key]
+	if ok && k.kids == nil {
+		return nil, true
+	}
 	return k, ok
 }
 
