@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"sort"
 	"strings"
 	"unsafe"
 )
@@ -371,6 +372,76 @@ func (s *Set) candidates(buf []*compiledAuthz, dst *Destination) ([]*compiledAut
 		}
 	}
 	return buf, dry
+}
+
+// RequestHeaders reports the request headers the policies that apply to
+// dst read by name: the headers of request.headers[...] conditions of
+// every AuthorizationPolicy (dry-run and AUDIT ones too) and, for CUSTOM
+// policies decided by a RegoProvider, the headers its routes declare and
+// its modules read. all is true when a provider's modules read the
+// headers whole (a variable key), so that any header may decide. Names
+// are canonical (net/http's form), sorted, without pseudo-headers.
+//
+// A sidecar drops the "_" spellings of these names (an app that folds
+// X_Role into X-Role would see a value the policy never saw) and, when
+// all, every name with "_".
+func (s *Set) RequestHeaders(dst Destination) (names []string, all bool) {
+	if s == nil {
+		return nil, false
+	}
+	seen := map[string]bool{}
+	add := func(h string) {
+		if h != "" && !strings.HasPrefix(h, ":") {
+			seen[h] = true
+		}
+	}
+	cands, _ := s.candidates(nil, &dst)
+	for _, p := range cands {
+		for i := range p.rules {
+			r := &p.rules[i]
+			for _, cls := range [][]clause{r.from, r.to, {r.when}} {
+				for _, cl := range cls {
+					for j := range cl {
+						if cl[j].kind == attrHeader {
+							add(cl[j].header)
+						}
+					}
+				}
+			}
+		}
+		if p.action != actCustom {
+			continue
+		}
+		rp := s.providers[p.provider]
+		if rp == nil {
+			continue
+		}
+		for _, rt := range rp.routes {
+			for _, a := range rt.attrs {
+				add(a.header)
+			}
+		}
+		req, ok := rp.needs.child("request")
+		if !ok {
+			continue
+		}
+		hs, ok := req.child("headers")
+		if !ok {
+			continue
+		}
+		if hs == nil {
+			all = true
+			continue
+		}
+		for _, k := range hs.kids {
+			add(k.canon)
+		}
+	}
+	for h := range seen {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	return names, all
 }
 
 // Decide is the authorization decision for req, without
