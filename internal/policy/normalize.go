@@ -202,8 +202,13 @@ func normalizePath(buf []byte, path string, mode PathNormalization) (string, err
 	if (mode == NormalizeBase || mode == NormalizeMergeSlashes) && dotSegmentBehindEscapedSlash(out) {
 		return "", errEscapedSlashDots
 	}
+	if mode != NormalizeNone && dotSegmentWithParams(out) {
+		return "", errDotSegmentParams
+	}
 	return out, nil
 }
+
+var errDotSegmentParams = fmt.Errorf("%w: a \".\" or \"..\" segment with path parameters (\"..;\"), which Tomcat, Jetty and Spring resolve as a dot segment", ErrInvalidPath)
 
 var errEscapedSlashDots = fmt.Errorf("%w: a dot segment next to an encoded slash (%%2F or %%5C); use DECODE_AND_MERGE_SLASHES to have such paths decoded and resolved", ErrInvalidPath)
 
@@ -426,6 +431,37 @@ func dotSegmentBehindEscapedSlash(p string) bool {
 			continue
 		}
 		if seg := p[start:i]; seg == "." || seg == ".." {
+			return true
+		}
+		start = i + sep
+		i += sep - 1
+	}
+	return false
+}
+
+// dotSegmentWithParams reports whether p holds a "." or ".." segment
+// carrying path parameters ("..;", "..;x=1", ".;"), with %2F and %5C read
+// as separators too. RFC 3986 (and so the policy) reads "..;" as a name;
+// Tomcat, Jetty and Spring strip a segment's parameters before they
+// resolve dot segments, so "/public/..;/admin" is /admin to them: the
+// request is refused (400), as a dot segment against an encoded slash is.
+// Parameters on other segments ("/cart;jsessionid=1") are left alone.
+func dotSegmentWithParams(p string) bool {
+	if strings.IndexByte(p, ';') < 0 {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		sep := 0
+		switch {
+		case i == len(p) || p[i] == '/':
+			sep = 1
+		case p[i] == '%' && i+2 < len(p) && (p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f') || p[i+1] == '5' && (p[i+2] == 'C' || p[i+2] == 'c')):
+			sep = 3
+		default:
+			continue
+		}
+		if name, _, params := strings.Cut(p[start:i], ";"); params && (name == "." || name == "..") {
 			return true
 		}
 		start = i + sep

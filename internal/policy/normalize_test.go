@@ -301,3 +301,43 @@ func TestEncodedSlashBesideDotSegment(t *testing.T) {
 		}
 	}
 }
+
+// TestDotSegmentWithParameters: Tomcat, Jetty and Spring strip path
+// parameters (";x=1") from each segment before they resolve dot
+// segments, so "/public/..;/admin" is /admin to such an app, while RFC
+// 3986 (and the policy) reads "..;" as a name: a DENY on /admin let it
+// through (the proxy-in-front-of-Tomcat bypass). A "." or ".." segment
+// that carries parameters is refused in every mode that resolves dot
+// segments; NONE resolves none and lets /a/../admin itself past.
+func TestDotSegmentWithParameters(t *testing.T) {
+	cases := []struct {
+		name, target string
+		refused      bool
+	}{
+		{"dot_dot_semicolon", "/public/..;/admin", true},
+		{"dot_dot_with_a_parameter", "/public/..;x=1/admin", true},
+		{"dot_semicolon", "/public/.;/admin", true},
+		{"encoded_dots", "/public/%2e%2e;/admin", true},
+		{"at_the_end", "/public/..;", true},
+		{"behind_an_encoded_slash", "/public%2F..;%2Fadmin", true},
+		{"parameter_on_a_name", "/admin;jsessionid=1", false},
+		{"dots_inside_a_name", "/a/..b;c/d", false},
+		{"three_dots", "/a/...;/b", false},
+		{"encoded_semicolon_is_a_name", "/a/..%3B/b", false},
+		{"semicolon_in_the_query", "/a/b?x=..;", false},
+	}
+	for _, tc := range cases {
+		for _, mode := range []PathNormalization{NormalizeBase, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes, NormalizeNone} {
+			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
+				_, err := NormalizeRequestPath(tc.target, mode)
+				want := tc.refused && mode != NormalizeNone
+				if got := err != nil; got != want {
+					t.Fatalf("NormalizeRequestPath(%q, %s) err = %v; refused want %v", tc.target, mode, err, want)
+				}
+				if err != nil && !errors.Is(err, ErrInvalidPath) {
+					t.Fatalf("err %v does not wrap ErrInvalidPath", err)
+				}
+			})
+		}
+	}
+}

@@ -1149,3 +1149,38 @@ spec:
 		}
 	}
 }
+
+// TestDotSegmentWithParametersIsRefused: "/api/..;/internal/keys" matched
+// ALLOW /api/* and missed DENY /internal/*, and reached the app as sent;
+// Tomcat, Jetty and Spring strip ";..." from a segment before they
+// resolve dot segments and serve /internal/keys. It is 400 now in every
+// mode that resolves dot segments, over every transport, and the app
+// never sees it.
+func TestDotSegmentWithParametersIsRefused(t *testing.T) {
+	forServerPaths(t, testDotSegmentWithParametersIsRefused)
+}
+
+func testDotSegmentWithParametersIsRefused(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	targets := []string{"/api/..;/internal/keys", "/api/..;x=1/internal/keys", "/api/%2e%2e;/internal/keys", "/api/.;/x"}
+	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
+		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr, sp)
+		for _, tr := range attackTransports(ca) {
+			t.Run(strings.ToLower(mode.String())+"/"+tr.name, func(t *testing.T) {
+				if code := tr.do(t, addr, "/api/x;jsessionid=1", nil); code != 200 {
+					t.Fatalf("GET /api/x;jsessionid=1: status %d, want 200", code)
+				}
+				app.take()
+				for _, target := range targets {
+					if code := tr.do(t, addr, target, nil); code != http.StatusBadRequest {
+						t.Errorf("GET %s: status %d, want 400", target, code)
+					}
+				}
+				if seen := app.take(); len(seen) != 0 {
+					t.Errorf("the app was sent %d requests, first %s", len(seen), seen[0].uri)
+				}
+			})
+		}
+	}
+}
