@@ -1070,7 +1070,11 @@ func testMalformedHostIsRefused(t *testing.T, sp serverPath) {
 }
 
 // TestPolicyHeaderTwinsAreDropped: a header an AuthorizationPolicy
-// condition reads by name is what the app must see under that name. An
+// condition reads by name is what the app must see under that name. A
+// repeated one is decided on joined with "," (Envoy's reading) and
+// reaches the app as that one field, so an app that keeps the last
+// (PHP) or the first (Go, Node for some names) cannot read "admin" where
+// the policy saw "user,admin". An
 // app that folds "_" into "-" (CGI, WSGI, PHP: X_Role and X-Role are both
 // HTTP_X_ROLE) read "X_Role: admin" as the role the policy never saw: a
 // DENY on request.headers[x-role] = admin let it through, and an ALLOW on
@@ -1116,6 +1120,8 @@ spec:
 		{"tenant_twin_alone_is_no_tenant", [][2]string{{"x_tenant", "acme"}}, 403, nil},
 		{"real_role_denied", [][2]string{{"X-Tenant", "acme"}, {"X-Role", "admin"}}, 403, nil},
 		{"other_underscore_names_pass", [][2]string{{"X-Tenant", "acme"}, {"X_Trace", "1"}}, 200, map[string]string{"x-trace": "1"}},
+		{"role_repeated_reaches_the_app_as_decided", [][2]string{{"X-Tenant", "acme"}, {"X-Role", "user"}, {"X-Role", "admin"}}, 200, map[string]string{"x-role": "user,admin"}},
+		{"tenant_repeated_is_one_value", [][2]string{{"X-Tenant", "other"}, {"X-Tenant", "acme"}}, 403, nil},
 	}
 	for _, tr := range attackTransports(ca) {
 		for _, tc := range tests {

@@ -91,6 +91,10 @@ type headerFilter struct {
 	rules map[string]headerRule
 	// anyUnderscore drops every name holding "_" (the edge).
 	anyUnderscore bool
+	// join are the canonical names of the headers the policies read: a
+	// repeated one becomes one field, its values joined with "," as the
+	// policy read them (policy.Set.RequestHeaders).
+	join []string
 }
 
 // newHeaderFilter builds the filter for a listener whose RequestAuthentication
@@ -138,7 +142,8 @@ func foldHeaderName(h string) string {
 }
 
 // strip deletes from h, in place, every header the filter refuses, in
-// one pass over h's own fields.
+// one pass over h's own fields, and joins the repeated fields of the
+// headers policies read.
 func (f *headerFilter) strip(h http.Header) {
 	for k := range h {
 		if strings.IndexByte(k, '_') >= 0 {
@@ -147,6 +152,11 @@ func (f *headerFilter) strip(h http.Header) {
 			}
 		} else if f.owned(k) {
 			delete(h, k)
+		}
+	}
+	for _, k := range f.join {
+		if vs := h[k]; len(vs) > 1 {
+			h[k] = []string{strings.Join(vs, ",")}
 		}
 	}
 }

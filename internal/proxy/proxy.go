@@ -348,7 +348,8 @@ type policyState struct {
 // engine's *Set has it): the request headers its policies for dst read by
 // name, and whether one reads them all. Their "_" twins (every "_" name
 // when all) are dropped before evaluation, so that an app folding "_"
-// into "-" sees under a policy-read name only what the policy saw.
+// into "-" sees under a policy-read name only what the policy saw, and a
+// repeated one reaches the app as the one joined value the policy read.
 type headerSource interface {
 	RequestHeaders(dst policy.Destination) (names []string, all bool)
 }
@@ -377,8 +378,8 @@ func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
 				output, twins = authn.OutputHeaders(rules), authn.TokenHeaders(rules)
 			}
 			var all bool
+			var read []string
 			if reads {
-				var read []string
 				read, all = hs.RequestHeaders(dst)
 				for _, h := range read {
 					// A name the policy spells with "_" is its own; only
@@ -389,7 +390,7 @@ func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
 				}
 			}
 			f := newHeaderFilter(output, twins)
-			f.anyUnderscore = all
+			f.anyUnderscore, f.join = all, read
 			st.headers[ib.name] = f
 		}
 	}
