@@ -1190,3 +1190,53 @@ func testDotSegmentWithParametersIsRefused(t *testing.T, sp serverPath) {
 		}
 	}
 }
+
+// TestUpgradeAnsweredWithoutSwitchIsNoTunnel: a request asking for an
+// upgrade (WebSocket, h2c) that the app answers without 101 leaves the
+// connection HTTP: a request pipelined behind it is decided (403 for
+// /internal/keys) or the connection closed, never tunnelled to the app
+// undecided, on both server paths. (Found sound.)
+func TestUpgradeAnsweredWithoutSwitchIsNoTunnel(t *testing.T) {
+	forServerPaths(t, testUpgradeAnsweredWithoutSwitchIsNoTunnel)
+}
+
+func testUpgradeAnsweredWithoutSwitchIsNoTunnel(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t) // answers 200 to everything, never 101
+	addr := startAttackSidecar(t, ca, attackPolicies, policy.NormalizeBase, app.addr, sp)
+	for _, tc := range []struct{ name, first string }{
+		{"websocket", "GET /api/x HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"},
+		{"h2c", "GET /api/x HTTP/1.1\r\nHost: orders\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"},
+		{"websocket_post", "POST /api/x HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			app.take()
+			io.WriteString(c, tc.first+"GET /internal/keys HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+			br := bufio.NewReader(c)
+			var codes []int
+			for len(codes) < 2 {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					break // closed after the first answer
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				codes = append(codes, resp.StatusCode)
+			}
+			if len(codes) == 0 || codes[0] != 200 || len(codes) == 2 && codes[1] != http.StatusForbidden {
+				t.Fatalf("statuses %v, want [200] or [200 403]", codes)
+			}
+			for _, s := range app.take() {
+				if s.uri != "/api/x" {
+					t.Fatalf("the app was sent %s %s", s.method, s.uri)
+				}
+			}
+		})
+	}
+}
