@@ -273,17 +273,66 @@ func nsSA(path string) (ns, sa string, ok bool) {
 	return "", "", false
 }
 
-// attributes evaluates the first route of p that matches the request.
-func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
+// route is the first route of p that matches the request, with the
+// segments it captured; nil when none does.
+func (p *regoProvider) route(req *Request, path string) (*regoRoute, map[string]string) {
 	for i := range p.routes {
 		r := &p.routes[i]
 		if len(r.methods) > 0 && !containsString(r.methods, req.Method) {
 			continue
 		}
-		caps, ok := r.match(path)
-		if !ok {
+		if caps, ok := r.match(path); ok {
+			return r, caps
+		}
+	}
+	return nil, nil
+}
+
+// ambiguousAttribute names a query attribute of the route that applies
+// to req whose parameter the query gives more than once with different
+// values ("" when there is none). Frameworks disagree on which one counts
+// (Go and Express's first, PHP's and Rails' last, older Python and Java
+// parsers split on ";" too), so no decision on one of them holds for the
+// app: eval denies such a request. Pairs are split on "&" and ";", names
+// and values percent-decoded where they decode.
+func (p *regoProvider) ambiguousAttribute(req *Request, path string) string {
+	_, q, ok := strings.Cut(req.Path, "?")
+	if !ok || req.Protocol == TCP {
+		return ""
+	}
+	r, _ := p.route(req, path)
+	if r == nil {
+		return ""
+	}
+	for _, a := range r.attrs {
+		if a.qry == "" {
 			continue
 		}
+		var first string
+		seen := false
+		for pair := range strings.FieldsFuncSeq(q, func(c rune) bool { return c == '&' || c == ';' }) {
+			k, v, _ := strings.Cut(pair, "=")
+			if u, err := url.QueryUnescape(k); err == nil {
+				k = u
+			}
+			if k != a.qry {
+				continue
+			}
+			if u, err := url.QueryUnescape(v); err == nil {
+				v = u
+			}
+			if seen && v != first {
+				return a.name
+			}
+			first, seen = v, true
+		}
+	}
+	return ""
+}
+
+// attributes evaluates the first route of p that matches the request.
+func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
+	if r, caps := p.route(req, path); r != nil {
 		out := b.NewObject(len(r.attrs))
 		for _, a := range r.attrs {
 			var v string

@@ -428,3 +428,61 @@ func TestRegoInputReadThroughAVariable(t *testing.T) {
 		})
 	}
 }
+
+// TestRegoQueryAttributeIsUnambiguous: a route attribute read from a
+// query parameter was its first value, while PHP, Rails and others read
+// the last: "?owner=alice&owner=bob" was alice to an ownership policy and
+// bob to the app. A parameter given more than once with different values
+// (with "&" or ";" between them: older Python and Java parsers split on
+// either) makes the provider deny, since no decision can be sure which
+// value the app serves; the same value repeated is that value.
+func TestRegoQueryAttributeIsUnambiguous(t *testing.T) {
+	var b Bundle
+	if err := b.Add("m.rego", []byte("package m\nimport rego.v1\ndefault allow := false\nallow if input.attributes.owner == input.auth.claims.sub\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Add("p.yaml", []byte(`apiVersion: moatless.io/v1
+kind: RegoProvider
+metadata: {name: m}
+spec:
+  query: data.m.allow
+  routes:
+  - path: /records
+    attributes: {owner: {query: owner}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: x, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: m}
+  rules: [{}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Compile(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, target string
+		want         Outcome
+	}{
+		{"own", "/records?owner=alice", Allow},
+		{"other", "/records?owner=bob", Deny},
+		{"same_value_twice", "/records?owner=alice&owner=alice", Allow},
+		{"first_own_last_other", "/records?owner=alice&owner=bob", Deny},
+		{"first_other_last_own", "/records?owner=bob&owner=alice", Deny},
+		{"encoded_name", "/records?owner=alice&%6Fwner=bob", Deny},
+		{"semicolon_separated", "/records?owner=alice;owner=bob", Deny},
+		{"other_parameters_repeat", "/records?owner=alice&x=1&x=2", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReq(path(tc.target), auth(jwt("i", "alice", nil)))
+			if d := s.Decide(r); d.Outcome != tc.want {
+				t.Fatalf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}

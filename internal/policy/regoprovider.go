@@ -142,6 +142,9 @@ type regoProvider struct {
 	loc     *time.Location
 	maps    []inputMap
 	routes  []regoRoute
+	// queryAttrs: a route declares an attribute from a query parameter
+	// (see ambiguousAttribute).
+	queryAttrs bool
 	// needs lists the input's root fields the modules read (directly or
 	// through the mappings): building the rest would be wasted work on
 	// every request. Nil means everything (a module reads input whole).
@@ -330,6 +333,7 @@ func compileRegoProviderSpec(spec *RegoProviderSpec, p fieldPath) (*regoProvider
 			}
 			if a.Query != "" {
 				n++
+				rp.queryAttrs = true
 			}
 			if n != 1 {
 				return nil, errAt(ap, "set exactly one of segment, header or query")
@@ -699,6 +703,13 @@ func (p *regoProvider) eval(req *Request, path string) customResult {
 		}
 	}
 	res := customResult{eval: CustomEval{Provider: p.name, Query: p.query}}
+	if p.queryAttrs {
+		if name := p.ambiguousAttribute(req, path); name != "" {
+			res.eval.Result = "deny"
+			res.reason = "attribute " + name + ": its query parameter is given different values, and apps differ on which counts"
+			return res
+		}
+	}
 	b := regoengine.Current()
 	in := buildInput(b, p, req, path)
 	res.eval.InputSHA256 = b.Digest(in)
