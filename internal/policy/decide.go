@@ -29,6 +29,16 @@ type evalCtx struct {
 	td      string // trust domain of the source principal
 }
 
+// pathTarget is :path as Envoy hands it to Istio's filters and as the
+// app is served it: the normalized path, then the query as received. It
+// allocates when there is a query; only :path conditions call it.
+func (c *evalCtx) pathTarget() string {
+	if _, q, ok := strings.Cut(c.req.Path, "?"); ok {
+		return c.path + "?" + q
+	}
+	return c.path
+}
+
 // parseHost reads req.Host for hosts and notHosts. A Host that is not an
 // authority is a bad request (ErrInvalidHost): it could name the denied
 // host to the application in a form the policy does not see.
@@ -181,7 +191,7 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 	case ":method":
 		v, present = r.Method, r.Method != ""
 	case ":path":
-		v, present = r.Path, r.Path != ""
+		v, present = c.pathTarget(), r.Path != ""
 	default:
 		vals := r.Headers[a.header]
 		switch len(vals) {

@@ -250,7 +250,7 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		case ":method":
 			return q("header :method", r.Method)
 		case ":path":
-			return q("header :path", r.Path)
+			return q("header :path", c.pathTarget())
 		}
 		if vs, ok := r.Headers[a.header]; ok {
 			return "header " + a.header + " " + strconv.Quote(strings.Join(vs, ","))

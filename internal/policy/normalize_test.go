@@ -341,3 +341,39 @@ func TestDotSegmentWithParameters(t *testing.T) {
 		}
 	}
 }
+
+// TestPathPseudoHeaderIsNormalized: request.headers[:path] reads the
+// target the app is served, the normalized path and the query, as in
+// Istio, where Envoy normalizes :path before any filter sees it. It read
+// the target as received, so "moatless policy check" (and an embedding
+// proxy that passes the raw target) let /%61dmin and /x/../admin past a
+// DENY on :path /admin*, which the sidecar serves as /admin.
+func TestPathPseudoHeaderIsNormalized(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: d, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[:path]", values: ["/admin*", "*?debug=1"]}]
+`, Options{})
+	tests := []struct {
+		name, target string
+		want         Outcome
+	}{
+		{"plain", "/admin", Deny},
+		{"encoded", "/%61dmin", Deny},
+		{"dot_segments", "/x/../admin", Deny},
+		{"with_query", "/admin?x=1", Deny},
+		{"query_kept", "/x/../public?debug=1", Deny},
+		{"other_path", "/public", Allow},
+		{"admin_in_query_only", "/x?/admin", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if d := s.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+				t.Fatalf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}
