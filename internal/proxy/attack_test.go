@@ -1240,3 +1240,50 @@ func testUpgradeAnsweredWithoutSwitchIsNoTunnel(t *testing.T, sp serverPath) {
 		})
 	}
 }
+
+// TestRequestTrailersCannotCarryPolicyHeaders: a header a policy reads
+// was decided on as the request's head had it; the same field sent as a
+// trailer (decided without, arriving after the decision) reached an app
+// that merges trailers into headers as "X-Role: admin" past a DENY on
+// x-role = admin. Such trailer fields are dropped; others pass.
+func TestRequestTrailersCannotCarryPolicyHeaders(t *testing.T) {
+	forServerPaths(t, testRequestTrailersCannotCarryPolicyHeaders)
+}
+
+func testRequestTrailersCannotCarryPolicyHeaders(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admins, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[X-Role]
+      values: ["admin"]
+`, policy.NormalizeBase, app.addr, sp)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /api/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n"+
+		"Trailer: X-Role, x_role, X-Checksum\r\nConnection: close\r\n\r\n"+
+		"5\r\nhello\r\n0\r\nX-Role: admin\r\nx_role: admin\r\nX-Checksum: 42\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	seen := app.take()
+	if resp.StatusCode != 200 || len(seen) != 1 {
+		t.Fatalf("status %d, app saw %d requests", resp.StatusCode, len(seen))
+	}
+	want := http.Header{"X-Checksum": {"42"}}
+	if fmt.Sprint(seen[0].trailer) != fmt.Sprint(want) {
+		t.Fatalf("app got trailers %q, want %q", seen[0].trailer, want)
+	}
+}

@@ -208,7 +208,8 @@ func (f *headerFilter) underscored(k string) bool {
 }
 
 // guardTrailers applies f to the trailer fields of r, which reach the app
-// after the body: declared fields are filtered now, and what arrives at
+// after the body (and which some apps merge into the headers): declared
+// fields are filtered now, those the policies read dropped, and what arrives at
 // the end of the body is cut down to the declared fields that remain (an
 // HTTP/1.1 body may carry trailer fields it never announced). It does
 // nothing for a request without trailers.
@@ -217,6 +218,11 @@ func (f *headerFilter) guardTrailers(r *http.Request) {
 		return
 	}
 	f.strip(r.Trailer)
+	// The policies decided on the head's fields: the same name arriving
+	// after the decision was never seen by them.
+	for _, k := range f.join {
+		delete(r.Trailer, k)
+	}
 	declared := make(map[string]bool, len(r.Trailer))
 	for k := range r.Trailer {
 		declared[k] = true
