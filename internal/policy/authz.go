@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -360,6 +361,11 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 			return cr, nil, fe
 		}
 		warnings = append(warnings, w...)
+		if c.action == actDeny {
+			if ms := t.GetOperation().GetMethods(); slices.Contains(ms, "GET") && !slices.Contains(ms, "HEAD") {
+				warnings = append(warnings, fmt.Sprintf("%s: a DENY on GET does not cover HEAD, which most frameworks (Go's net/http, Flask, Rails, Express, Spring) answer by running the GET handler; list HEAD too", tp.key("operation").key("methods")))
+			}
+		}
 		tcpInTo = tcpInTo || tcp
 		cr.to = append(cr.to, cl)
 	}

@@ -373,6 +373,13 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: deny-get, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET], paths: [/admin]}}, {operation: {methods: [GET, HEAD], paths: [/ops]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: gw, namespace: prod}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]
@@ -395,10 +402,14 @@ spec: {mtls: {mode: DISABLE}}
 		"AuthorizationPolicy prod/gw: targetRefs bind a policy",
 		"AuthorizationPolicy prod/authority-header: spec.rules[0].when[0].key: request.headers[Host] matches the Host header as sent",
 		"PeerAuthentication prod/b: PeerAuthentication prod/b is ignored: prod/a is already the namespace-wide policy",
+		"AuthorizationPolicy prod/deny-get: spec.rules[0].to[0].operation.methods: a DENY on GET does not cover HEAD",
 	} {
 		if !strings.Contains(all, w) {
 			t.Errorf("warnings lack %q:\n%s", w, all)
 		}
+	}
+	if strings.Contains(all, "to[1].operation.methods: a DENY on GET") {
+		t.Errorf("warned about a DENY that lists HEAD:\n%s", all)
 	}
 	// The targetRefs policy allows everything but applies to no sidecar.
 	if d := s.Decide(newReq(dst("prod"), method("GET"))); d.Outcome != Allow || d.Policy != "" {
