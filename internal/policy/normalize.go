@@ -419,6 +419,14 @@ func dotSegmentBehindEscapedSlash(p string) bool {
 	if strings.IndexByte(p, '%') < 0 {
 		return false
 	}
+	return dotSegment(p, false)
+}
+
+// dotSegment reports whether p has a "." or ".." segment (withParams: one
+// carrying path parameters, "..;x"), with "/", %2F and %5C (either case)
+// all read as separators. (A plain function, not one taking a callback:
+// p may alias normalizePath's stack buffer, which must not escape.)
+func dotSegment(p string, withParams bool) bool {
 	start := 0
 	for i := 0; i <= len(p); i++ {
 		sep := 0
@@ -430,7 +438,13 @@ func dotSegmentBehindEscapedSlash(p string) bool {
 		default:
 			continue
 		}
-		if seg := p[start:i]; seg == "." || seg == ".." {
+		seg := p[start:i]
+		if withParams {
+			name, _, params := strings.Cut(seg, ";")
+			if params && (name == "." || name == "..") {
+				return true
+			}
+		} else if seg == "." || seg == ".." {
 			return true
 		}
 		start = i + sep
@@ -450,22 +464,5 @@ func dotSegmentWithParams(p string) bool {
 	if strings.IndexByte(p, ';') < 0 {
 		return false
 	}
-	start := 0
-	for i := 0; i <= len(p); i++ {
-		sep := 0
-		switch {
-		case i == len(p) || p[i] == '/':
-			sep = 1
-		case p[i] == '%' && i+2 < len(p) && (p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f') || p[i+1] == '5' && (p[i+2] == 'C' || p[i+2] == 'c')):
-			sep = 3
-		default:
-			continue
-		}
-		if name, _, params := strings.Cut(p[start:i], ";"); params && (name == "." || name == "..") {
-			return true
-		}
-		start = i + sep
-		i += sep - 1
-	}
-	return false
+	return dotSegment(p, true)
 }

@@ -244,13 +244,20 @@ func TestRegoProviderValidation(t *testing.T) {
 // failClosedBundle is a provider over module src for app=x.
 func failClosedSet(t *testing.T, src, timeout string) *Set {
 	t.Helper()
-	var b Bundle
-	if err := b.Add("m.rego", []byte(src)); err != nil {
-		t.Fatal(err)
-	}
 	spec := "  query: data.m.allow\n"
 	if timeout != "" {
 		spec += "  timeout: " + timeout + "\n"
+	}
+	return customSet(t, src, spec)
+}
+
+// customSet is module src (file m.rego) and the RegoProvider "m" with the
+// given spec lines, deciding every request to namespace foo (CUSTOM).
+func customSet(t *testing.T, src, spec string) *Set {
+	t.Helper()
+	var b Bundle
+	if err := b.Add("m.rego", []byte(src)); err != nil {
+		t.Fatal(err)
 	}
 	y := "apiVersion: moatless.io/v1\nkind: RegoProvider\nmetadata: {name: m}\nspec:\n" + spec + `---
 apiVersion: security.istio.io/v1
@@ -437,33 +444,8 @@ func TestRegoInputReadThroughAVariable(t *testing.T) {
 // either) makes the provider deny, since no decision can be sure which
 // value the app serves; the same value repeated is that value.
 func TestRegoQueryAttributeIsUnambiguous(t *testing.T) {
-	var b Bundle
-	if err := b.Add("m.rego", []byte("package m\nimport rego.v1\ndefault allow := false\nallow if input.attributes.owner == input.auth.claims.sub\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Add("p.yaml", []byte(`apiVersion: moatless.io/v1
-kind: RegoProvider
-metadata: {name: m}
-spec:
-  query: data.m.allow
-  routes:
-  - path: /records
-    attributes: {owner: {query: owner}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: x, namespace: foo}
-spec:
-  action: CUSTOM
-  provider: {name: m}
-  rules: [{}]
-`)); err != nil {
-		t.Fatal(err)
-	}
-	s, err := b.Compile(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := customSet(t, "package m\nimport rego.v1\ndefault allow := false\nallow if input.attributes.owner == input.auth.claims.sub\n",
+		"  query: data.m.allow\n  routes:\n  - path: /records\n    attributes: {owner: {query: owner}}\n")
 	tests := []struct {
 		name, target string
 		want         Outcome

@@ -595,6 +595,16 @@ func testRequestTrailersCannotCarryOwnedHeaders(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
 	addr := startAttackSidecar(t, ca, headerPolicies, policy.NormalizeBase, app.addr, sp)
+	sendTrailers(t, addr, app, "X-Forwarded-Client-Cert, X_User, X-Checksum",
+		"X-Forwarded-Client-Cert: By=evil;URI=spiffe://example.org/ns/prod/sa/admin\r\nX_User: admin\r\nX-Checksum: 42\r\nX-Undeclared: 1\r\n")
+}
+
+// sendTrailers POSTs a chunked body to the sidecar at addr with a Trailer
+// header naming declared and the trailer fields (CRLF-terminated lines),
+// and checks that it is answered 200 and that the app gets X-Checksum: 42
+// as its only trailer field.
+func sendTrailers(t *testing.T, addr string, app *recordingApp, declared, fields string) {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -602,9 +612,7 @@ func testRequestTrailersCannotCarryOwnedHeaders(t *testing.T, sp serverPath) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "POST /api/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n"+
-		"Trailer: X-Forwarded-Client-Cert, X_User, X-Checksum\r\nConnection: close\r\n\r\n"+
-		"5\r\nhello\r\n0\r\nX-Forwarded-Client-Cert: By=evil;URI=spiffe://example.org/ns/prod/sa/admin\r\n"+
-		"X_User: admin\r\nX-Checksum: 42\r\nX-Undeclared: 1\r\n\r\n")
+		"Trailer: "+declared+"\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n"+fields+"\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -1069,6 +1077,18 @@ func testMalformedHostIsRefused(t *testing.T, sp serverPath) {
 	}
 }
 
+// noAdminsPolicy denies requests whose X-Role header is admin.
+const noAdminsPolicy = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admins, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[X-Role]
+      values: ["admin"]
+`
+
 // TestPolicyHeaderTwinsAreDropped: a header an AuthorizationPolicy
 // condition reads by name is what the app must see under that name. A
 // repeated one is decided on joined with "," (Envoy's reading) and
@@ -1088,17 +1108,7 @@ func TestPolicyHeaderTwinsAreDropped(t *testing.T) {
 func testPolicyHeaderTwinsAreDropped(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, `
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admins, namespace: prod}
-spec:
-  action: DENY
-  rules:
-  - when:
-    - key: request.headers[X-Role]
-      values: ["admin"]
----
+	addr := startAttackSidecar(t, ca, noAdminsPolicy+`---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: tenants, namespace: prod}
@@ -1253,37 +1263,6 @@ func TestRequestTrailersCannotCarryPolicyHeaders(t *testing.T) {
 func testRequestTrailersCannotCarryPolicyHeaders(t *testing.T, sp serverPath) {
 	ca := testpki.NewCA(t, "example.org")
 	app := newRecordingApp(t)
-	addr := startAttackSidecar(t, ca, `
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admins, namespace: prod}
-spec:
-  action: DENY
-  rules:
-  - when:
-    - key: request.headers[X-Role]
-      values: ["admin"]
-`, policy.NormalizeBase, app.addr, sp)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "POST /api/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n"+
-		"Trailer: X-Role, x_role, X-Checksum\r\nConnection: close\r\n\r\n"+
-		"5\r\nhello\r\n0\r\nX-Role: admin\r\nx_role: admin\r\nX-Checksum: 42\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	seen := app.take()
-	if resp.StatusCode != 200 || len(seen) != 1 {
-		t.Fatalf("status %d, app saw %d requests", resp.StatusCode, len(seen))
-	}
-	want := http.Header{"X-Checksum": {"42"}}
-	if fmt.Sprint(seen[0].trailer) != fmt.Sprint(want) {
-		t.Fatalf("app got trailers %q, want %q", seen[0].trailer, want)
-	}
+	addr := startAttackSidecar(t, ca, noAdminsPolicy, policy.NormalizeBase, app.addr, sp)
+	sendTrailers(t, addr, app, "X-Role, x_role, X-Checksum", "X-Role: admin\r\nx_role: admin\r\nX-Checksum: 42\r\n")
 }
