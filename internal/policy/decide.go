@@ -177,7 +177,9 @@ func (a *attrMatch) ipAttr(ip netip.Addr) bool {
 
 // headerAttr matches request.headers[name]. Several values of one header
 // are joined with "," first, as Envoy does; "*" matches a header that is
-// present, even empty.
+// present, even empty. A header RequestAuthentication writes (Auth.
+// SetHeaders) is the value, as Envoy's JWT filter writes it before the
+// authorization filters run.
 func (a *attrMatch) headerAttr(c *evalCtx) bool {
 	r := c.req
 	var (
@@ -194,6 +196,11 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 		v, present = c.pathTarget(), r.Path != ""
 	default:
 		vals := r.Headers[a.header]
+		if r.Auth != nil {
+			if sv, ok := r.Auth.SetHeaders[a.header]; ok {
+				v, present, vals = sv, true, nil
+			}
+		}
 		switch len(vals) {
 		case 0:
 		case 1:

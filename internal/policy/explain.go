@@ -252,7 +252,7 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		case ":path":
 			return q("header :path", c.pathTarget())
 		}
-		if vs, ok := r.Headers[a.header]; ok {
+		if vs := r.header(a.header); vs != nil {
 			return "header " + a.header + " " + strconv.Quote(strings.Join(vs, ","))
 		}
 		return "header " + a.header + " (absent)"

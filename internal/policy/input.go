@@ -187,12 +187,22 @@ func putRequest(b regoengine.Builder, in any, n *needTree, req *Request, path st
 		if hn == nil {
 			ho = b.NewObject(len(req.Headers))
 			for k, vs := range req.Headers {
+				if req.Auth != nil {
+					if _, set := req.Auth.SetHeaders[k]; set {
+						continue
+					}
+				}
 				header(strings.ToLower(k), vs)
+			}
+			if req.Auth != nil {
+				for k, v := range req.Auth.SetHeaders {
+					header(strings.ToLower(k), []string{v})
+				}
 			}
 		} else {
 			ho = b.NewObject(len(hn.kids))
 			for lower, k := range hn.kids {
-				header(lower, req.Headers[k.canon])
+				header(lower, req.header(k.canon))
 			}
 		}
 		b.Put(rq, "headers", ho)
@@ -341,7 +351,7 @@ func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path strin
 			case a.segment != "":
 				v, present = caps[a.segment]
 			case a.header != "":
-				if vs := req.Headers[a.header]; len(vs) > 0 {
+				if vs := req.header(a.header); len(vs) > 0 {
 					v, present = strings.Join(vs, ","), true
 				}
 			case a.qry != "":

@@ -468,3 +468,25 @@ func TestRegoQueryAttributeIsUnambiguous(t *testing.T) {
 		})
 	}
 }
+
+// TestRegoSeesTokenHeaders: a provider sees the headers
+// RequestAuthentication writes (as Istio's ext_authz runs after the JWT
+// filter), over what the caller sent, in input.request.headers read by
+// name or whole and in a route's header attribute.
+func TestRegoSeesTokenHeaders(t *testing.T) {
+	a := jwt("i", "alice", nil)
+	a.SetHeaders = map[string]string{"X-User": "alice"}
+	r := newReq(header("X-User", "bob"), path("/records"), auth(a))
+	for _, tc := range []struct{ name, rule, spec string }{
+		{"by_name", `allow if input.request.headers["x-user"] == "alice"`, ""},
+		{"whole", `allow if { some k, v; input.request.headers[k] = v; k == "x-user"; v == "alice" }`, ""},
+		{"route_attribute", `allow if input.attributes.user == "alice"`, "  routes:\n  - path: /records\n    attributes: {user: {header: x-user}}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := customSet(t, "package m\nimport rego.v1\ndefault allow := false\n"+tc.rule+"\n", "  query: data.m.allow\n"+tc.spec)
+			if d := s.Decide(r); d.Outcome != Allow {
+				t.Fatalf("%v: %s", d.Outcome, d.Reason)
+			}
+		})
+	}
+}

@@ -1266,3 +1266,56 @@ func testRequestTrailersCannotCarryPolicyHeaders(t *testing.T, sp serverPath) {
 	addr := startAttackSidecar(t, ca, noAdminsPolicy, policy.NormalizeBase, app.addr, sp)
 	sendTrailers(t, addr, app, "X-Role, x_role, X-Checksum", "X-Role: admin\r\nx_role: admin\r\nX-Checksum: 42\r\n")
 }
+
+// TestPoliciesSeeTokenHeaders: the headers RequestAuthentication writes
+// for the app (outputClaimToHeaders) are the request's when policies
+// decide, as in Istio, where the JWT filter runs first: a DENY on
+// x-user = alice refuses alice's token, whatever x-user the caller sent,
+// and lets bob's through; the app sees the token's value.
+func TestPoliciesSeeTokenHeaders(t *testing.T) { forServerPaths(t, testPoliciesSeeTokenHeaders) }
+
+func testPoliciesSeeTokenHeaders(t *testing.T, sp serverPath) {
+	jwks, token := newTestIssuer(t)
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, withRequestAuthentication(jwks)+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-alice, namespace: prod}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-user]", values: ["alice"]}]}]
+`, policy.NormalizeBase, app.addr, sp)
+	bearer := func(sub string) [2]string {
+		return [2]string{"Authorization", "Bearer " + token(map[string]any{"iss": "https://issuer.example", "sub": sub, "exp": time.Now().Unix() + 300})}
+	}
+	for _, tr := range attackTransports(ca) {
+		for _, tc := range []struct {
+			name    string
+			headers [][2]string
+			want    int
+		}{
+			{"alice", [][2]string{bearer("alice")}, 403},
+			{"alice_sends_x_user_bob", [][2]string{bearer("alice"), {"X-User", "bob"}}, 403},
+			{"bob", [][2]string{bearer("bob")}, 200},
+			{"bob_sends_x_user_alice", [][2]string{bearer("bob"), {"X-User", "alice"}}, 200},
+		} {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/api/x", tc.headers); code != tc.want {
+					t.Fatalf("status %d, want %d", code, tc.want)
+				}
+				seen := app.take()
+				if tc.want != 200 {
+					if len(seen) != 0 {
+						t.Fatalf("the app was sent %d requests", len(seen))
+					}
+					return
+				}
+				if len(seen) != 1 || firstValue(seen[0].header, "X-User") != "bob" || len(seen[0].header.Values("X-User")) != 1 {
+					t.Fatalf("app saw %v", seen)
+				}
+			})
+		}
+	}
+}
