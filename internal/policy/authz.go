@@ -350,6 +350,9 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		}
 		tcpInFrom = tcpInFrom || tcp
 		cr.from = append(cr.from, cl)
+		src := f.GetSource()
+		warnings = append(warnings, schemeWarnings(fp.key("source").key("principals"), src.GetPrincipals())...)
+		warnings = append(warnings, schemeWarnings(fp.key("source").key("notPrincipals"), src.GetNotPrincipals())...)
 	}
 	for j, t := range r.GetTo() {
 		tp := rp.key("to").index(j)
@@ -374,6 +377,10 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		am, fe := compileCondition(c, cond, wp)
 		if fe != nil {
 			return cr, nil, fe
+		}
+		if am.kind == attrPrincipal {
+			warnings = append(warnings, schemeWarnings(wp.key("values"), cond.GetValues())...)
+			warnings = append(warnings, schemeWarnings(wp.key("notValues"), cond.GetNotValues())...)
 		}
 		if am.kind == attrHeader && am.header == ":authority" {
 			warnings = append(warnings, fmt.Sprintf("%s: %s matches the Host header as sent, so a port, a trailing dot or another case makes a different value; to.operation.hosts matches the host name", wp.key("key"), cond.GetKey()))
@@ -400,6 +407,20 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		cr.reason = fmt.Sprintf("matched %s rule %d of %s", c.action, i, c.ref)
 	}
 	return cr, warnings, nil
+}
+
+// schemeWarnings warns about principals written as SPIFFE IDs with their
+// scheme: Istio matches "spiffe://" + value, so "spiffe://td/ns/a/sa/b"
+// never matches, and a DENY naming a caller that way denies nothing.
+// (Istio accepts it silently; so does Moatless, but it says so.)
+func schemeWarnings(p fieldPath, values []string) []string {
+	var w []string
+	for i, v := range values {
+		if rest, ok := strings.CutPrefix(v, "spiffe://"); ok {
+			w = append(w, fmt.Sprintf("%s: %q never matches: principals are SPIFFE IDs without \"spiffe://\" (write %q)", p.index(i), v, rest))
+		}
+	}
+	return w
 }
 
 // compileSource builds one from.source. tcp reports whether it uses any

@@ -373,6 +373,15 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: deny-scheme, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["td/ns/a/sa/ok", "spiffe://td/ns/a/sa/b"]}}]
+  - when: [{key: source.principal, values: ["spiffe://td/ns/a/sa/c"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: deny-get, namespace: prod}
 spec:
   action: DENY
@@ -403,6 +412,8 @@ spec: {mtls: {mode: DISABLE}}
 		"AuthorizationPolicy prod/authority-header: spec.rules[0].when[0].key: request.headers[Host] matches the Host header as sent",
 		"PeerAuthentication prod/b: PeerAuthentication prod/b is ignored: prod/a is already the namespace-wide policy",
 		"AuthorizationPolicy prod/deny-get: spec.rules[0].to[0].operation.methods: a DENY on GET does not cover HEAD",
+		`AuthorizationPolicy prod/deny-scheme: spec.rules[0].from[0].source.principals[1]: "spiffe://td/ns/a/sa/b" never matches: principals are SPIFFE IDs without "spiffe://" (write "td/ns/a/sa/b")`,
+		`AuthorizationPolicy prod/deny-scheme: spec.rules[1].when[0].values[0]: "spiffe://td/ns/a/sa/c" never matches`,
 	} {
 		if !strings.Contains(all, w) {
 			t.Errorf("warnings lack %q:\n%s", w, all)
