@@ -1319,3 +1319,50 @@ spec:
 		}
 	}
 }
+
+// TestPaddedHeaderValueIsRefused: an HTTP/2 field value may not start or
+// end with a space or a tab (RFC 9113 §8.2.1: the request is malformed),
+// and Go's HTTP/2 server does not check it. "x-role: admin " was
+// "admin " to a DENY on x-role = admin and "admin" to the HTTP/1.1 app,
+// which strips the padding: a bypass. Such a request is 400 and never
+// reaches the app; over HTTP/1.1 the padding is not part of the value
+// (RFC 9112 §5), so the DENY applies.
+func TestPaddedHeaderValueIsRefused(t *testing.T) {
+	forServerPaths(t, testPaddedHeaderValueIsRefused)
+}
+
+func testPaddedHeaderValueIsRefused(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, noAdminsPolicy, policy.NormalizeBase, app.addr, sp)
+	for _, tr := range attackTransports(ca) {
+		want := http.StatusForbidden
+		if strings.HasPrefix(tr.name, "h2") {
+			want = http.StatusBadRequest
+		}
+		for _, v := range []string{"admin ", " admin", "admin\t", "\tadmin"} {
+			t.Run(tr.name+"/"+strconv.Quote(v), func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/api/x", [][2]string{{"X-Role", v}}); code != want {
+					t.Fatalf("status %d, want %d", code, want)
+				}
+				if seen := app.take(); len(seen) != 0 {
+					t.Fatalf("the app was sent %d requests", len(seen))
+				}
+			})
+		}
+		t.Run(tr.name+"/other_header", func(t *testing.T) {
+			wantOther := 200
+			if want == http.StatusBadRequest {
+				wantOther = want
+			}
+			if code := tr.do(t, addr, "/api/x", [][2]string{{"X-Note", "a "}}); code != wantOther {
+				t.Fatalf("padded: status %d, want %d", code, wantOther)
+			}
+			if code := tr.do(t, addr, "/api/x", [][2]string{{"X-Note", "a b"}}); code != 200 {
+				t.Fatalf("inner space: status %d, want 200", code)
+			}
+			app.take()
+		})
+	}
+}

@@ -249,3 +249,22 @@ func (g *trailerGuard) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// paddedValue reports whether a field value of h starts or ends with a
+// space or a tab. An HTTP/1.1 parser strips that padding (RFC 9112 §5),
+// so only HTTP/2 delivers it, where it makes the request malformed (RFC
+// 9113 §8.2.1) and Go's server does not check: policy would match
+// "admin " where the HTTP/1.1 app, stripping it, reads "admin". Such a
+// request is refused (400).
+func paddedValue(h http.Header) bool {
+	for _, vs := range h {
+		for _, v := range vs {
+			if v != "" && (isSpaceOrTab(v[0]) || isSpaceOrTab(v[len(v)-1])) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isSpaceOrTab(c byte) bool { return c == ' ' || c == '\t' }

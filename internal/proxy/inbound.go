@@ -614,7 +614,8 @@ type decidedRequest struct {
 // gives both the path the engine matches and the target forwarded, a
 // _method override dropped from its query, and policy decides on the
 // request's own method. ok is false for a target refused outright (a
-// fragment, NUL, a malformed escape) or a Host that names no host
+// fragment, NUL, a malformed escape), a field value padded with
+// whitespace (paddedValue) or a Host that names no host
 // (policy.CheckRequestHost: hosts rules would deny it, but only where a
 // policy has them): a 400, not a decision. h is changed in place.
 //
@@ -626,7 +627,7 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
 	st.filter(ib.name).strip(h)
 	np, perr := policy.NormalizeRequestPath(target, st.mode)
-	if perr != nil || policy.CheckRequestHost(host) != nil {
+	if perr != nil || policy.CheckRequestHost(host) != nil || paddedValue(h) {
 		return r, false
 	}
 	r.np, r.overridden = stripMethodOverride(np)
