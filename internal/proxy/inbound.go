@@ -724,6 +724,17 @@ func (r *decidedRequest) allowed(info *connInfo) (query string, changed bool) {
 	for k, v := range r.dec.Headers {
 		h[k] = []string{v}
 	}
+	if len(r.dec.Headers) > 0 {
+		// The provider's word under its name, and under no "_" spelling
+		// an app would fold into it: its names are known only now.
+		for k := range h {
+			if strings.IndexByte(k, '_') >= 0 {
+				if _, set := r.dec.Headers[http.CanonicalHeaderKey(foldHeaderName(k))]; set {
+					delete(h, k)
+				}
+			}
+		}
+	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc
 	}
