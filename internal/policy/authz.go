@@ -368,6 +368,7 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 			if ms := t.GetOperation().GetMethods(); slices.Contains(ms, "GET") && !slices.Contains(ms, "HEAD") {
 				warnings = append(warnings, fmt.Sprintf("%s: a DENY on GET does not cover HEAD, which most frameworks (Go's net/http, Flask, Rails, Express, Spring) answer by running the GET handler; list HEAD too", tp.key("operation").key("methods")))
 			}
+			warnings = append(warnings, subtreeWarnings(tp.key("operation").key("paths"), t.GetOperation().GetPaths())...)
 		}
 		tcpInTo = tcpInTo || tcp
 		cr.to = append(cr.to, cl)
@@ -407,6 +408,25 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		cr.reason = fmt.Sprintf("matched %s rule %d of %s", c.action, i, c.ref)
 	}
 	return cr, warnings, nil
+}
+
+// subtreeWarnings warns about DENY paths that cover what is below a path
+// and not the path itself: "/admin/*" and "/admin/{**}" match
+// "/admin/x" and "/admin/", not "/admin", which most apps serve as the
+// same page (or redirect to "/admin/").
+func subtreeWarnings(p fieldPath, paths []string) []string {
+	var w []string
+	for i, v := range paths {
+		base, ok := strings.CutSuffix(v, "/*")
+		if !ok {
+			base, ok = strings.CutSuffix(v, "/{**}")
+		}
+		if !ok || base == "" || strings.ContainsAny(base, "*{}") || slices.Contains(paths, base) || slices.Contains(paths, base+"*") {
+			continue
+		}
+		w = append(w, fmt.Sprintf("%s: %q does not cover %q itself, which most apps serve (or redirect to %q); list %q too", p.index(i), v, base, base+"/", base))
+	}
+	return w
 }
 
 // schemeWarnings warns about principals written as SPIFFE IDs with their
