@@ -1366,3 +1366,61 @@ func testPaddedHeaderValueIsRefused(t *testing.T, sp serverPath) {
 		})
 	}
 }
+
+// TestHostIsTheOneDecided: the host a hosts rule decides on is the one
+// the app is sent. An HTTP/2 "host" field beside :authority, an
+// absolute-form target naming another host than Host, or two Host fields
+// cannot make the app see a host the policy did not: the h2 field is
+// dropped for :authority, the others are 400. (Probed in review; found
+// sound.)
+func TestHostIsTheOneDecided(t *testing.T) { forServerPaths(t, testHostIsTheOneDecided) }
+
+func testHostIsTheOneDecided(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, attackPolicies+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-evil, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {hosts: ["evil.example"]}}]}]
+`, policy.NormalizeBase, app.addr, sp)
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			code := tr.do(t, addr, "/api/x", [][2]string{{"Host", "evil.example"}})
+			seen := app.take()
+			if strings.HasPrefix(tr.name, "h2") {
+				if code != 200 || len(seen) != 1 || firstValue(seen[0].header, "Host") != "orders" {
+					t.Fatalf("status %d, app saw %v; want 200 with Host orders", code, seen)
+				}
+			} else if code != http.StatusBadRequest || len(seen) != 0 {
+				t.Fatalf("two Host fields: status %d, app saw %d requests; want 400", code, len(seen))
+			}
+		})
+	}
+	for _, head := range []string{
+		"GET http://evil.example/api/x HTTP/1.1\r\nHost: orders\r\n",
+		"GET http://orders/api/x HTTP/1.1\r\nHost: evil.example\r\n",
+		"GET https://evil.example:443/api/x HTTP/1.1\r\nHost: orders\r\n",
+	} {
+		t.Run("absolute_form", func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, head+"Connection: close\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%q: %v, want 400", head, err)
+			}
+			resp.Body.Close()
+			if seen := app.take(); len(seen) != 0 {
+				t.Fatalf("the app was sent %d requests", len(seen))
+			}
+		})
+	}
+}
