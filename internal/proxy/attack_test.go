@@ -305,22 +305,28 @@ func startAttackSidecar(t *testing.T, ca *testpki.CA, docs string, mode policy.P
 func TestFragmentInTargetIsRefused(t *testing.T) { forServerPaths(t, testFragmentInTargetIsRefused) }
 
 func testFragmentInTargetIsRefused(t *testing.T, sp serverPath) {
-	ca := testpki.NewCA(t, "example.org")
-	app := newRecordingApp(t)
-	targets := []string{
+	refusesTargets(t, sp, []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes}, "/api/x", []string{
 		"/api/x#/../internal/keys",
 		"/api/x#/../../admin",
 		"/api/x?q=1#/../../internal/keys",
 		"/api/x#",
-	}
-	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeNone, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
+	})
+}
+
+// refusesTargets checks, for each mode and transport, that a sidecar
+// enforcing attackPolicies answers 400 to every target and sends the app
+// none of them, while plain, on the same transport, reaches the app (so
+// a refusal is the sidecar's, not the harness's).
+func refusesTargets(t *testing.T, sp serverPath, modes []policy.PathNormalization, plain string, targets []string) {
+	t.Helper()
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	for _, mode := range modes {
 		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr, sp)
 		for _, tr := range attackTransports(ca) {
 			t.Run(strings.ToLower(mode.String())+"/"+tr.name, func(t *testing.T) {
-				// The same transport reaches the app with a plain target,
-				// so a refusal below is the sidecar's, not the harness's.
-				if code := tr.do(t, addr, "/api/x", nil); code != 200 {
-					t.Fatalf("GET /api/x: status %d, want 200", code)
+				if code := tr.do(t, addr, plain, nil); code != 200 {
+					t.Fatalf("GET %s: status %d, want 200", plain, code)
 				}
 				app.take()
 				for _, target := range targets {
@@ -329,7 +335,7 @@ func testFragmentInTargetIsRefused(t *testing.T, sp serverPath) {
 					}
 				}
 				if seen := app.take(); len(seen) != 0 {
-					t.Errorf("the app was sent %d requests with a fragment, first %s", len(seen), seen[0].uri)
+					t.Errorf("the app was sent %d refused requests, first %s", len(seen), seen[0].uri)
 				}
 			})
 		}
@@ -1177,28 +1183,8 @@ func TestDotSegmentWithParametersIsRefused(t *testing.T) {
 }
 
 func testDotSegmentWithParametersIsRefused(t *testing.T, sp serverPath) {
-	ca := testpki.NewCA(t, "example.org")
-	app := newRecordingApp(t)
-	targets := []string{"/api/..;/internal/keys", "/api/..;x=1/internal/keys", "/api/%2e%2e;/internal/keys", "/api/.;/x"}
-	for _, mode := range []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes} {
-		addr := startAttackSidecar(t, ca, attackPolicies, mode, app.addr, sp)
-		for _, tr := range attackTransports(ca) {
-			t.Run(strings.ToLower(mode.String())+"/"+tr.name, func(t *testing.T) {
-				if code := tr.do(t, addr, "/api/x;jsessionid=1", nil); code != 200 {
-					t.Fatalf("GET /api/x;jsessionid=1: status %d, want 200", code)
-				}
-				app.take()
-				for _, target := range targets {
-					if code := tr.do(t, addr, target, nil); code != http.StatusBadRequest {
-						t.Errorf("GET %s: status %d, want 400", target, code)
-					}
-				}
-				if seen := app.take(); len(seen) != 0 {
-					t.Errorf("the app was sent %d requests, first %s", len(seen), seen[0].uri)
-				}
-			})
-		}
-	}
+	refusesTargets(t, sp, []policy.PathNormalization{policy.NormalizeBase, policy.NormalizeMergeSlashes, policy.NormalizeDecodeAndMergeSlashes}, "/api/x;jsessionid=1",
+		[]string{"/api/..;/internal/keys", "/api/..;x=1/internal/keys", "/api/%2e%2e;/internal/keys", "/api/.;/x"})
 }
 
 // TestUpgradeAnsweredWithoutSwitchIsNoTunnel: a request asking for an
