@@ -22,7 +22,11 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string      // normalized, query removed; may alias a buffer on authorize's stack
+	path string // normalized, query removed; may alias a buffer on authorize's stack
+	// alt is path as Tomcat, Jetty and Spring read it (paramFreePath),
+	// "" when it has no path parameter: rules then match both readings
+	// (compiledAuthz.match).
+	alt  string
 	host requestHost // parsed req.Host, when it is not ""
 
 	srcDone bool
@@ -353,6 +357,28 @@ func (r *compiledRule) matches(c *evalCtx, act action) bool {
 
 // firstMatch is the index of the first rule that matches, -1 for none
 // (always -1 for a policy without rules).
+// match is the index of the rule of p that decides the request, -1 for
+// none. A path with path parameters ("/admin;x") has two readings, c.path
+// and c.alt (the one Java servers route on): a DENY, AUDIT or CUSTOM rule
+// applies when either reading matches it, an ALLOW rule only when both
+// do, so that neither reading is let through by the other.
+func (p *compiledAuthz) match(c *evalCtx) int {
+	if c.alt == "" {
+		return p.firstMatch(c)
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		raw := r.matches(c, p.action)
+		c.path, c.alt = c.alt, c.path
+		alt := r.matches(c, p.action)
+		c.path, c.alt = c.alt, c.path
+		if p.action == actAllow && raw && alt || p.action != actAllow && (raw || alt) {
+			return i
+		}
+	}
+	return -1
+}
+
 func (p *compiledAuthz) firstMatch(c *evalCtx) int {
 	for i := range p.rules {
 		if p.rules[i].matches(c, p.action) {
@@ -543,6 +569,7 @@ func (s *Set) authorize(req *Request) Decision {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
 		c.path = p
+		c.alt = paramFreePath(p)
 	}
 	var buf [32]*compiledAuthz
 	cands, dry := s.candidates(buf[:0], &req.Destination)
@@ -557,7 +584,7 @@ func (s *Set) authorize(req *Request) Decision {
 		}
 	}
 	for _, p := range cands {
-		if p.action == actAudit && !p.dryRun && p.firstMatch(&c) >= 0 {
+		if p.action == actAudit && !p.dryRun && p.match(&c) >= 0 {
 			d.Audit, d.AuditPolicy = true, p.ref
 			break
 		}
@@ -598,7 +625,7 @@ outer:
 		if p.action != actCustom || p.dryRun {
 			continue
 		}
-		i := p.firstMatch(c)
+		i := p.match(c)
 		if i < 0 {
 			continue
 		}
@@ -655,7 +682,7 @@ func decideDenyAllow(c *evalCtx, cands []*compiledAuthz, withDryRun bool) Decisi
 		if p.action != actDeny || (p.dryRun && !withDryRun) {
 			continue
 		}
-		if i := p.firstMatch(c); i >= 0 {
+		if i := p.match(c); i >= 0 {
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "DENY", Rule: i, Reason: p.rules[i].reason}
 		}
 	}
@@ -665,7 +692,7 @@ func decideDenyAllow(c *evalCtx, cands []*compiledAuthz, withDryRun bool) Decisi
 			continue
 		}
 		anyAllow = true
-		if i := p.firstMatch(c); i >= 0 {
+		if i := p.match(c); i >= 0 {
 			return Decision{Outcome: Allow, Policy: p.ref, Action: "ALLOW", Rule: i, Reason: p.rules[i].reason}
 		}
 	}

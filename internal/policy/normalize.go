@@ -466,3 +466,35 @@ func dotSegmentWithParams(p string) bool {
 	}
 	return dotSegment(p, true)
 }
+
+// paramFreePath is a normalized path as Tomcat, Jetty and Spring route
+// it: the path parameters of every segment (";jsessionid=1", ";") removed
+// and the slashes left side by side merged, so "/admin;x" and "/;x/admin"
+// are /admin. It is "" when p has no ";" (the common case: nothing is
+// allocated) or reads the same. Dot segments with parameters never get
+// here: normalizePath refuses them.
+func paramFreePath(p string) string {
+	if strings.IndexByte(p, ';') < 0 {
+		return ""
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == ';':
+			for i+1 < len(p) && p[i+1] != '/' {
+				i++
+			}
+		case c == '/' && len(b) > 0 && b[len(b)-1] == '/':
+		default:
+			b = append(b, c)
+		}
+	}
+	if len(b) == 0 {
+		b = append(b, '/')
+	}
+	if string(b) == p {
+		return ""
+	}
+	return string(b)
+}

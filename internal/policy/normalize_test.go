@@ -377,3 +377,53 @@ spec:
 		})
 	}
 }
+
+// TestPathParametersAreReadBothWays: Tomcat, Jetty and Spring drop a
+// segment's path parameters (";jsessionid=1") and merge the slashes
+// left behind before they route, so "/admin;x" is /admin to them, and
+// Istio's DENY on /admin let it through. A path with parameters is now
+// matched both as received and as those servers read it: a DENY (AUDIT,
+// CUSTOM) rule applies when either reading matches, an ALLOW rule only
+// when both do.
+func TestPathParametersAreReadBothWays(t *testing.T) {
+	deny := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/ops/*"]}}]}]
+`, Options{})
+	allow := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-api, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {paths: ["/api/*", "/login"]}}]
+  - to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]
+`, Options{})
+	tests := []struct {
+		name   string
+		set    *Set
+		target string
+		want   Outcome
+	}{
+		{"deny_exact_with_parameter", deny, "/admin;x=1", Deny},
+		{"deny_exact_with_empty_parameter", deny, "/admin;", Deny},
+		{"deny_behind_an_emptied_segment", deny, "/;x/admin", Deny},
+		{"deny_prefix_with_parameter", deny, "/ops;v=2/keys", Deny},
+		{"deny_other_path_with_parameter", deny, "/public;x", Allow},
+		{"deny_no_parameter", deny, "/public", Allow},
+		{"allow_with_session_parameter", allow, "/api/x;jsessionid=1", Allow},
+		{"allow_exact_with_parameter_still_refused", allow, "/login;jsessionid=1", Deny},
+		{"allow_not_paths_with_parameter", allow, "/files/secret;x", Deny},
+		{"allow_other_file_with_parameter", allow, "/files/public;x", Allow},
+		{"allow_parameter_in_the_query_only", allow, "/api/x?a=1;b=2", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if d := tc.set.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+				t.Fatalf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}

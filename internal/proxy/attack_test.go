@@ -1410,3 +1410,39 @@ spec:
 		})
 	}
 }
+
+// TestPathParametersCannotSkipADeny: "/admin;jsessionid=1" is /admin to
+// Tomcat, Jetty and Spring, which drop path parameters before routing;
+// the DENY on /admin applies to it through the sidecar, on both server
+// paths and every transport, while other paths with parameters pass.
+func TestPathParametersCannotSkipADeny(t *testing.T) {
+	forServerPaths(t, testPathParametersCannotSkipADeny)
+}
+
+func testPathParametersCannotSkipADeny(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+`, policy.NormalizeBase, app.addr, sp)
+	for _, tr := range attackTransports(ca) {
+		for _, tc := range []struct {
+			target string
+			want   int
+		}{{"/admin;jsessionid=1", 403}, {"/;x/admin", 403}, {"/admin", 403}, {"/cart;jsessionid=1", 200}} {
+			t.Run(tr.name+"/"+tc.target, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, tc.target, nil); code != tc.want {
+					t.Fatalf("status %d, want %d", code, tc.want)
+				}
+				if seen := app.take(); tc.want == 200 && (len(seen) != 1 || seen[0].uri != tc.target) || tc.want != 200 && len(seen) != 0 {
+					t.Fatalf("the app was sent %v", seen)
+				}
+			})
+		}
+	}
+}
