@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -425,5 +426,37 @@ spec:
 				t.Fatalf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
 			}
 		})
+	}
+}
+
+// TestExplainReadsPathParametersBothWays: --explain traces the rules as
+// Decide applies them to a path with parameters.
+func TestExplainReadsPathParametersBothWays(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-files, namespace: foo}
+spec:
+  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]}]
+`, Options{})
+	for _, tc := range []struct{ target, policy, why string }{
+		{"/admin;x", "foo/deny-admin", ""},
+		{"/files/secret;x", "foo/allow-files", `as Java servers read the path ("/files/secret", path parameters dropped)`},
+	} {
+		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)
+		for _, p := range e.Policies {
+			if p.Policy != tc.policy {
+				continue
+			}
+			if why := p.Rules[0].Why; tc.why == "" && why != "" || !strings.HasPrefix(why, tc.why) {
+				t.Errorf("%s: %s rule 0: %q, want %q…", tc.target, tc.policy, why, tc.why)
+			}
+		}
 	}
 }
