@@ -642,6 +642,12 @@ outer:
 			// c.path may alias authorize's stack buffer; the input
 			// document keeps its own copy.
 			res := rp.eval(req, strings.Clone(c.path))
+			if res.allow && c.alt != "" {
+				// The path as Java servers read it must be allowed too.
+				alt := rp.eval(req, strings.Clone(c.alt)) // may alias the stack buffer too (match swaps them)
+				out.Custom = append(out.Custom, res.eval)
+				res = alt
+			}
 			out.Custom = append(out.Custom, res.eval)
 			if !res.allow {
 				return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i, Status: res.status,

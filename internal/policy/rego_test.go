@@ -490,3 +490,25 @@ func TestRegoSeesTokenHeaders(t *testing.T) {
 		})
 	}
 }
+
+// TestRegoReadsPathParametersBothWays: a provider decides a path with
+// path parameters under both readings, and any deny denies:
+// "/records/bob;x/7" was owner "bob;x" to a module denying bob's records,
+// while a Java app serves bob's.
+func TestRegoReadsPathParametersBothWays(t *testing.T) {
+	s := customSet(t, "package m\nimport rego.v1\ndefault deny := false\ndeny if input.attributes.owner == \"bob\"\nallow if not deny\n",
+		"  query: data.m.allow\n  routes:\n  - path: /records/{owner}/{id}\n    attributes: {owner: {segment: owner}}\n")
+	for _, tc := range []struct {
+		target string
+		want   Outcome
+	}{
+		{"/records/bob/7", Deny},
+		{"/records/bob;x/7", Deny},
+		{"/records/alice;jsessionid=1/7", Allow},
+		{"/records/alice/7", Allow},
+	} {
+		if d := s.Decide(newReq(path(tc.target))); d.Outcome != tc.want {
+			t.Errorf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+		}
+	}
+}
