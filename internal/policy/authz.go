@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -349,6 +350,9 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		}
 		tcpInFrom = tcpInFrom || tcp
 		cr.from = append(cr.from, cl)
+		src := f.GetSource()
+		warnings = append(warnings, schemeWarnings(fp.key("source").key("principals"), src.GetPrincipals())...)
+		warnings = append(warnings, schemeWarnings(fp.key("source").key("notPrincipals"), src.GetNotPrincipals())...)
 	}
 	for j, t := range r.GetTo() {
 		tp := rp.key("to").index(j)
@@ -360,6 +364,12 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 			return cr, nil, fe
 		}
 		warnings = append(warnings, w...)
+		if c.action == actDeny {
+			if ms := t.GetOperation().GetMethods(); slices.Contains(ms, "GET") && !slices.Contains(ms, "HEAD") {
+				warnings = append(warnings, fmt.Sprintf("%s: a DENY on GET does not cover HEAD, which most frameworks (Go's net/http, Flask, Rails, Express, Spring) answer by running the GET handler; list HEAD too", tp.key("operation").key("methods")))
+			}
+			warnings = append(warnings, subtreeWarnings(tp.key("operation").key("paths"), t.GetOperation().GetPaths())...)
+		}
 		tcpInTo = tcpInTo || tcp
 		cr.to = append(cr.to, cl)
 	}
@@ -368,6 +378,10 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		am, fe := compileCondition(c, cond, wp)
 		if fe != nil {
 			return cr, nil, fe
+		}
+		if am.kind == attrPrincipal {
+			warnings = append(warnings, schemeWarnings(wp.key("values"), cond.GetValues())...)
+			warnings = append(warnings, schemeWarnings(wp.key("notValues"), cond.GetNotValues())...)
 		}
 		if am.kind == attrHeader && am.header == ":authority" {
 			warnings = append(warnings, fmt.Sprintf("%s: %s matches the Host header as sent, so a port, a trailing dot or another case makes a different value; to.operation.hosts matches the host name", wp.key("key"), cond.GetKey()))
@@ -394,6 +408,39 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 		cr.reason = fmt.Sprintf("matched %s rule %d of %s", c.action, i, c.ref)
 	}
 	return cr, warnings, nil
+}
+
+// subtreeWarnings warns about DENY paths that cover what is below a path
+// and not the path itself: "/admin/*" and "/admin/{**}" match
+// "/admin/x" and "/admin/", not "/admin", which most apps serve as the
+// same page (or redirect to "/admin/").
+func subtreeWarnings(p fieldPath, paths []string) []string {
+	var w []string
+	for i, v := range paths {
+		base, ok := strings.CutSuffix(v, "/*")
+		if !ok {
+			base, ok = strings.CutSuffix(v, "/{**}")
+		}
+		if !ok || base == "" || strings.ContainsAny(base, "*{}") || slices.Contains(paths, base) || slices.Contains(paths, base+"*") {
+			continue
+		}
+		w = append(w, fmt.Sprintf("%s: %q does not cover %q itself, which most apps serve (or redirect to %q); list %q too", p.index(i), v, base, base+"/", base))
+	}
+	return w
+}
+
+// schemeWarnings warns about principals written as SPIFFE IDs with their
+// scheme: Istio matches "spiffe://" + value, so "spiffe://td/ns/a/sa/b"
+// never matches, and a DENY naming a caller that way denies nothing.
+// (Istio accepts it silently; so does Moatless, but it says so.)
+func schemeWarnings(p fieldPath, values []string) []string {
+	var w []string
+	for i, v := range values {
+		if rest, ok := strings.CutPrefix(v, "spiffe://"); ok {
+			w = append(w, fmt.Sprintf("%s: %q never matches: principals are SPIFFE IDs without \"spiffe://\" (write %q)", p.index(i), v, rest))
+		}
+	}
+	return w
 }
 
 // compileSource builds one from.source. tcp reports whether it uses any

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"sort"
 	"strings"
 	"unsafe"
 )
@@ -21,11 +22,25 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string      // normalized, query removed; may alias a buffer on authorize's stack
+	path string // normalized, query removed; may alias a buffer on authorize's stack
+	// alt is path as Tomcat, Jetty and Spring read it (paramFreePath),
+	// "" when it has no path parameter: rules then match both readings
+	// (compiledAuthz.match).
+	alt  string
 	host requestHost // parsed req.Host, when it is not ""
 
 	srcDone bool
 	td      string // trust domain of the source principal
+}
+
+// pathTarget is :path as Envoy hands it to Istio's filters and as the
+// app is served it: the normalized path, then the query as received. It
+// allocates when there is a query; only :path conditions call it.
+func (c *evalCtx) pathTarget() string {
+	if _, q, ok := strings.Cut(c.req.Path, "?"); ok {
+		return c.path + "?" + q
+	}
+	return c.path
 }
 
 // parseHost reads req.Host for hosts and notHosts. A Host that is not an
@@ -166,7 +181,9 @@ func (a *attrMatch) ipAttr(ip netip.Addr) bool {
 
 // headerAttr matches request.headers[name]. Several values of one header
 // are joined with "," first, as Envoy does; "*" matches a header that is
-// present, even empty.
+// present, even empty. A header RequestAuthentication writes (Auth.
+// SetHeaders) is the value, as Envoy's JWT filter writes it before the
+// authorization filters run.
 func (a *attrMatch) headerAttr(c *evalCtx) bool {
 	r := c.req
 	var (
@@ -180,9 +197,14 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 	case ":method":
 		v, present = r.Method, r.Method != ""
 	case ":path":
-		v, present = r.Path, r.Path != ""
+		v, present = c.pathTarget(), r.Path != ""
 	default:
 		vals := r.Headers[a.header]
+		if r.Auth != nil {
+			if sv, ok := r.Auth.SetHeaders[a.header]; ok {
+				v, present, vals = sv, true, nil
+			}
+		}
 		switch len(vals) {
 		case 0:
 		case 1:
@@ -335,6 +357,28 @@ func (r *compiledRule) matches(c *evalCtx, act action) bool {
 
 // firstMatch is the index of the first rule that matches, -1 for none
 // (always -1 for a policy without rules).
+// match is the index of the rule of p that decides the request, -1 for
+// none. A path with path parameters ("/admin;x") has two readings, c.path
+// and c.alt (the one Java servers route on): a DENY, AUDIT or CUSTOM rule
+// applies when either reading matches it, an ALLOW rule only when both
+// do, so that neither reading is let through by the other.
+func (p *compiledAuthz) match(c *evalCtx) int {
+	if c.alt == "" {
+		return p.firstMatch(c)
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		raw := r.matches(c, p.action)
+		c.path, c.alt = c.alt, c.path
+		alt := r.matches(c, p.action)
+		c.path, c.alt = c.alt, c.path
+		if p.action == actAllow && raw && alt || p.action != actAllow && (raw || alt) {
+			return i
+		}
+	}
+	return -1
+}
+
 func (p *compiledAuthz) firstMatch(c *evalCtx) int {
 	for i := range p.rules {
 		if p.rules[i].matches(c, p.action) {
@@ -371,6 +415,76 @@ func (s *Set) candidates(buf []*compiledAuthz, dst *Destination) ([]*compiledAut
 		}
 	}
 	return buf, dry
+}
+
+// RequestHeaders reports the request headers the policies that apply to
+// dst read by name: the headers of request.headers[...] conditions of
+// every AuthorizationPolicy (dry-run and AUDIT ones too) and, for CUSTOM
+// policies decided by a RegoProvider, the headers its routes declare and
+// its modules read. all is true when a provider's modules read the
+// headers whole (a variable key), so that any header may decide. Names
+// are canonical (net/http's form), sorted, without pseudo-headers.
+//
+// A sidecar drops the "_" spellings of these names (an app that folds
+// X_Role into X-Role would see a value the policy never saw) and, when
+// all, every name with "_".
+func (s *Set) RequestHeaders(dst Destination) (names []string, all bool) {
+	if s == nil {
+		return nil, false
+	}
+	seen := map[string]bool{}
+	add := func(h string) {
+		if h != "" && !strings.HasPrefix(h, ":") {
+			seen[h] = true
+		}
+	}
+	cands, _ := s.candidates(nil, &dst)
+	for _, p := range cands {
+		for i := range p.rules {
+			r := &p.rules[i]
+			for _, cls := range [][]clause{r.from, r.to, {r.when}} {
+				for _, cl := range cls {
+					for j := range cl {
+						if cl[j].kind == attrHeader {
+							add(cl[j].header)
+						}
+					}
+				}
+			}
+		}
+		if p.action != actCustom {
+			continue
+		}
+		rp := s.providers[p.provider]
+		if rp == nil {
+			continue
+		}
+		for _, rt := range rp.routes {
+			for _, a := range rt.attrs {
+				add(a.header)
+			}
+		}
+		req, ok := rp.needs.child("request")
+		if !ok {
+			continue
+		}
+		hs, ok := req.child("headers")
+		if !ok {
+			continue
+		}
+		if hs == nil {
+			all = true
+			continue
+		}
+		for _, k := range hs.kids {
+			add(k.canon)
+		}
+	}
+	for h := range seen {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	return names, all
 }
 
 // Decide is the authorization decision for req, without
@@ -455,6 +569,7 @@ func (s *Set) authorize(req *Request) Decision {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
 		c.path = p
+		c.alt = paramFreePath(p)
 	}
 	var buf [32]*compiledAuthz
 	cands, dry := s.candidates(buf[:0], &req.Destination)
@@ -469,7 +584,7 @@ func (s *Set) authorize(req *Request) Decision {
 		}
 	}
 	for _, p := range cands {
-		if p.action == actAudit && !p.dryRun && p.firstMatch(&c) >= 0 {
+		if p.action == actAudit && !p.dryRun && p.match(&c) >= 0 {
 			d.Audit, d.AuditPolicy = true, p.ref
 			break
 		}
@@ -510,7 +625,7 @@ outer:
 		if p.action != actCustom || p.dryRun {
 			continue
 		}
-		i := p.firstMatch(c)
+		i := p.match(c)
 		if i < 0 {
 			continue
 		}
@@ -527,6 +642,12 @@ outer:
 			// c.path may alias authorize's stack buffer; the input
 			// document keeps its own copy.
 			res := rp.eval(req, strings.Clone(c.path))
+			if res.allow && c.alt != "" {
+				// The path as Java servers read it must be allowed too.
+				alt := rp.eval(req, strings.Clone(c.alt)) // may alias the stack buffer too (match swaps them)
+				out.Custom = append(out.Custom, res.eval)
+				res = alt
+			}
 			out.Custom = append(out.Custom, res.eval)
 			if !res.allow {
 				return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i, Status: res.status,
@@ -567,7 +688,7 @@ func decideDenyAllow(c *evalCtx, cands []*compiledAuthz, withDryRun bool) Decisi
 		if p.action != actDeny || (p.dryRun && !withDryRun) {
 			continue
 		}
-		if i := p.firstMatch(c); i >= 0 {
+		if i := p.match(c); i >= 0 {
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "DENY", Rule: i, Reason: p.rules[i].reason}
 		}
 	}
@@ -577,7 +698,7 @@ func decideDenyAllow(c *evalCtx, cands []*compiledAuthz, withDryRun bool) Decisi
 			continue
 		}
 		anyAllow = true
-		if i := p.firstMatch(c); i >= 0 {
+		if i := p.match(c); i >= 0 {
 			return Decision{Outcome: Allow, Policy: p.ref, Action: "ALLOW", Rule: i, Reason: p.rules[i].reason}
 		}
 	}

@@ -85,6 +85,7 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 			return e
 		}
 		c.path = p
+		c.alt = paramFreePath(p)
 	}
 	cands, _ := s.candidates(nil, &req.Destination)
 	for _, p := range cands {
@@ -93,7 +94,7 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 			pt.Note = "no rules: matches nothing"
 		}
 		for i := range p.rules {
-			rt := RuleTrace{Rule: i, Why: explainRule(&c, &p.rules[i], p.action)}
+			rt := RuleTrace{Rule: i, Why: explainBoth(&c, &p.rules[i], p.action)}
 			rt.Matched = rt.Why == ""
 			if rt.Matched && pt.Matched < 0 {
 				pt.Matched = i
@@ -139,6 +140,29 @@ func (s labelSelector) String() string {
 
 // explainRule returns "" when the rule matches, else the first reason it
 // does not, in the terms of the policy's own fields.
+// explainBoth is explainRule under the two readings of a path with path
+// parameters, as compiledAuthz.match combines them: "" when the rule
+// applies.
+func explainBoth(c *evalCtx, r *compiledRule, act action) string {
+	why := explainRule(c, r, act)
+	if c.alt == "" {
+		return why
+	}
+	c.path, c.alt = c.alt, c.path
+	whyAlt := explainRule(c, r, act)
+	c.path, c.alt = c.alt, c.path
+	if act == actAllow {
+		if why == "" && whyAlt != "" {
+			return "as Java servers read the path (" + strconv.Quote(c.alt) + ", path parameters dropped): " + whyAlt
+		}
+		return why
+	}
+	if whyAlt == "" {
+		return "" // either reading applies a DENY, AUDIT or CUSTOM rule
+	}
+	return why
+}
+
 func explainRule(c *evalCtx, r *compiledRule, act action) string {
 	if c.tcp && r.httpOnly && act == actAllow {
 		return "skipped on TCP: an ALLOW rule that uses HTTP-only fields never matches TCP traffic"
@@ -250,9 +274,9 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 		case ":method":
 			return q("header :method", r.Method)
 		case ":path":
-			return q("header :path", r.Path)
+			return q("header :path", c.pathTarget())
 		}
-		if vs, ok := r.Headers[a.header]; ok {
+		if vs := r.header(a.header); vs != nil {
 			return "header " + a.header + " " + strconv.Quote(strings.Join(vs, ","))
 		}
 		return "header " + a.header + " (absent)"

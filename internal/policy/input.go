@@ -187,12 +187,22 @@ func putRequest(b regoengine.Builder, in any, n *needTree, req *Request, path st
 		if hn == nil {
 			ho = b.NewObject(len(req.Headers))
 			for k, vs := range req.Headers {
+				if req.Auth != nil {
+					if _, set := req.Auth.SetHeaders[k]; set {
+						continue
+					}
+				}
 				header(strings.ToLower(k), vs)
+			}
+			if req.Auth != nil {
+				for k, v := range req.Auth.SetHeaders {
+					header(strings.ToLower(k), []string{v})
+				}
 			}
 		} else {
 			ho = b.NewObject(len(hn.kids))
 			for lower, k := range hn.kids {
-				header(lower, req.Headers[k.canon])
+				header(lower, req.header(k.canon))
 			}
 		}
 		b.Put(rq, "headers", ho)
@@ -273,17 +283,66 @@ func nsSA(path string) (ns, sa string, ok bool) {
 	return "", "", false
 }
 
-// attributes evaluates the first route of p that matches the request.
-func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
+// route is the first route of p that matches the request, with the
+// segments it captured; nil when none does.
+func (p *regoProvider) route(req *Request, path string) (*regoRoute, map[string]string) {
 	for i := range p.routes {
 		r := &p.routes[i]
 		if len(r.methods) > 0 && !containsString(r.methods, req.Method) {
 			continue
 		}
-		caps, ok := r.match(path)
-		if !ok {
+		if caps, ok := r.match(path); ok {
+			return r, caps
+		}
+	}
+	return nil, nil
+}
+
+// ambiguousAttribute names a query attribute of the route that applies
+// to req whose parameter the query gives more than once with different
+// values ("" when there is none). Frameworks disagree on which one counts
+// (Go and Express's first, PHP's and Rails' last, older Python and Java
+// parsers split on ";" too), so no decision on one of them holds for the
+// app: eval denies such a request. Pairs are split on "&" and ";", names
+// and values percent-decoded where they decode.
+func (p *regoProvider) ambiguousAttribute(req *Request, path string) string {
+	_, q, ok := strings.Cut(req.Path, "?")
+	if !ok || req.Protocol == TCP {
+		return ""
+	}
+	r, _ := p.route(req, path)
+	if r == nil {
+		return ""
+	}
+	for _, a := range r.attrs {
+		if a.qry == "" {
 			continue
 		}
+		var first string
+		seen := false
+		for pair := range strings.FieldsFuncSeq(q, func(c rune) bool { return c == '&' || c == ';' }) {
+			k, v, _ := strings.Cut(pair, "=")
+			if u, err := url.QueryUnescape(k); err == nil {
+				k = u
+			}
+			if k != a.qry {
+				continue
+			}
+			if u, err := url.QueryUnescape(v); err == nil {
+				v = u
+			}
+			if seen && v != first {
+				return a.name
+			}
+			first, seen = v, true
+		}
+	}
+	return ""
+}
+
+// attributes evaluates the first route of p that matches the request.
+func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
+	if r, caps := p.route(req, path); r != nil {
 		out := b.NewObject(len(r.attrs))
 		for _, a := range r.attrs {
 			var v string
@@ -292,7 +351,7 @@ func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path strin
 			case a.segment != "":
 				v, present = caps[a.segment]
 			case a.header != "":
-				if vs := req.Headers[a.header]; len(vs) > 0 {
+				if vs := req.header(a.header); len(vs) > 0 {
 					v, present = strings.Join(vs, ","), true
 				}
 			case a.qry != "":
@@ -341,28 +400,35 @@ func convertAttr(b regoengine.Builder, v, as string) any {
 }
 
 // match matches a normalized path against the template, returning the
-// named segments (percent-decoded where they decode).
+// named segments (percent-decoded where they decode). {*}, {name} and
+// {**} match what they match in a policy's path template (templateChar).
 func (r *regoRoute) match(path string) (map[string]string, bool) {
 	if !strings.HasPrefix(path, "/") {
 		return nil, false
 	}
-	parts := strings.Split(path[1:], "/")
+	rest := path[1:]
 	var caps map[string]string
 	for i, s := range r.segs {
-		if s.rest {
+		if s.kind == segRest {
+			for j := 0; j < len(rest); j++ {
+				if c := rest[j]; c != '/' && !templateChar(c) {
+					return nil, false
+				}
+			}
 			return caps, true
 		}
-		if i >= len(parts) {
-			return nil, false
+		part, more := rest, false
+		if end := strings.IndexByte(rest, '/'); end >= 0 {
+			part, rest, more = rest[:end], rest[end+1:], true
+		} else {
+			rest = ""
 		}
-		part := parts[i]
-		switch {
-		case s.lit != "":
+		if s.kind == segLit {
 			if part != s.lit {
 				return nil, false
 			}
-		default:
-			if part == "" {
+		} else {
+			if part == "" || !IsTemplateLiteral(part) {
 				return nil, false
 			}
 			if s.name != "" {
@@ -375,9 +441,12 @@ func (r *regoRoute) match(path string) (map[string]string, bool) {
 				caps[s.name] = part
 			}
 		}
-	}
-	if len(parts) != len(r.segs) {
-		return nil, false
+		last := i == len(r.segs)-1
+		if more == last {
+			// More path than template, or a template that wants more
+			// (another segment, or the "/" before {**}).
+			return nil, false
+		}
 	}
 	return caps, true
 }

@@ -373,6 +373,29 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: deny-scheme, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["td/ns/a/sa/ok", "spiffe://td/ns/a/sa/b"]}}]
+  - when: [{key: source.principal, values: ["spiffe://td/ns/a/sa/c"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET], paths: [/admin]}}, {operation: {methods: [GET, HEAD], paths: [/ops]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-subtree, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/internal/*", "/ops/{**}", "/ops", "/keys/*", "/keys*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: gw, namespace: prod}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]
@@ -395,10 +418,20 @@ spec: {mtls: {mode: DISABLE}}
 		"AuthorizationPolicy prod/gw: targetRefs bind a policy",
 		"AuthorizationPolicy prod/authority-header: spec.rules[0].when[0].key: request.headers[Host] matches the Host header as sent",
 		"PeerAuthentication prod/b: PeerAuthentication prod/b is ignored: prod/a is already the namespace-wide policy",
+		"AuthorizationPolicy prod/deny-get: spec.rules[0].to[0].operation.methods: a DENY on GET does not cover HEAD",
+		`AuthorizationPolicy prod/deny-scheme: spec.rules[0].from[0].source.principals[1]: "spiffe://td/ns/a/sa/b" never matches: principals are SPIFFE IDs without "spiffe://" (write "td/ns/a/sa/b")`,
+		`AuthorizationPolicy prod/deny-scheme: spec.rules[1].when[0].values[0]: "spiffe://td/ns/a/sa/c" never matches`,
+		`AuthorizationPolicy prod/deny-subtree: spec.rules[0].to[0].operation.paths[0]: "/internal/*" does not cover "/internal" itself`,
 	} {
 		if !strings.Contains(all, w) {
 			t.Errorf("warnings lack %q:\n%s", w, all)
 		}
+	}
+	if strings.Count(all, "itself, which most apps serve") != 1 {
+		t.Errorf("want one subtree warning (for /internal/*):\n%s", all)
+	}
+	if strings.Contains(all, "to[1].operation.methods: a DENY on GET") {
+		t.Errorf("warned about a DENY that lists HEAD:\n%s", all)
 	}
 	// The targetRefs policy allows everything but applies to no sidecar.
 	if d := s.Decide(newReq(dst("prod"), method("GET"))); d.Outcome != Allow || d.Policy != "" {

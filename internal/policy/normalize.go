@@ -202,8 +202,13 @@ func normalizePath(buf []byte, path string, mode PathNormalization) (string, err
 	if (mode == NormalizeBase || mode == NormalizeMergeSlashes) && dotSegmentBehindEscapedSlash(out) {
 		return "", errEscapedSlashDots
 	}
+	if mode != NormalizeNone && dotSegmentWithParams(out) {
+		return "", errDotSegmentParams
+	}
 	return out, nil
 }
+
+var errDotSegmentParams = fmt.Errorf("%w: a \".\" or \"..\" segment with path parameters (\"..;\"), which Tomcat, Jetty and Spring resolve as a dot segment", ErrInvalidPath)
 
 var errEscapedSlashDots = fmt.Errorf("%w: a dot segment next to an encoded slash (%%2F or %%5C); use DECODE_AND_MERGE_SLASHES to have such paths decoded and resolved", ErrInvalidPath)
 
@@ -414,6 +419,14 @@ func dotSegmentBehindEscapedSlash(p string) bool {
 	if strings.IndexByte(p, '%') < 0 {
 		return false
 	}
+	return dotSegment(p, false)
+}
+
+// dotSegment reports whether p has a "." or ".." segment (withParams: one
+// carrying path parameters, "..;x"), with "/", %2F and %5C (either case)
+// all read as separators. (A plain function, not one taking a callback:
+// p may alias normalizePath's stack buffer, which must not escape.)
+func dotSegment(p string, withParams bool) bool {
 	start := 0
 	for i := 0; i <= len(p); i++ {
 		sep := 0
@@ -425,11 +438,63 @@ func dotSegmentBehindEscapedSlash(p string) bool {
 		default:
 			continue
 		}
-		if seg := p[start:i]; seg == "." || seg == ".." {
+		seg := p[start:i]
+		if withParams {
+			name, _, params := strings.Cut(seg, ";")
+			if params && (name == "." || name == "..") {
+				return true
+			}
+		} else if seg == "." || seg == ".." {
 			return true
 		}
 		start = i + sep
 		i += sep - 1
 	}
 	return false
+}
+
+// dotSegmentWithParams reports whether p holds a "." or ".." segment
+// carrying path parameters ("..;", "..;x=1", ".;"), with %2F and %5C read
+// as separators too. RFC 3986 (and so the policy) reads "..;" as a name;
+// Tomcat, Jetty and Spring strip a segment's parameters before they
+// resolve dot segments, so "/public/..;/admin" is /admin to them: the
+// request is refused (400), as a dot segment against an encoded slash is.
+// Parameters on other segments ("/cart;jsessionid=1") are left alone.
+func dotSegmentWithParams(p string) bool {
+	if strings.IndexByte(p, ';') < 0 {
+		return false
+	}
+	return dotSegment(p, true)
+}
+
+// paramFreePath is a normalized path as Tomcat, Jetty and Spring route
+// it: the path parameters of every segment (";jsessionid=1", ";") removed
+// and the slashes left side by side merged, so "/admin;x" and "/;x/admin"
+// are /admin. It is "" when p has no ";" (the common case: nothing is
+// allocated) or reads the same. Dot segments with parameters never get
+// here: normalizePath refuses them.
+func paramFreePath(p string) string {
+	if strings.IndexByte(p, ';') < 0 {
+		return ""
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == ';':
+			for i+1 < len(p) && p[i+1] != '/' {
+				i++
+			}
+		case c == '/' && len(b) > 0 && b[len(b)-1] == '/':
+		default:
+			b = append(b, c)
+		}
+	}
+	if len(b) == 0 {
+		b = append(b, '/')
+	}
+	if string(b) == p {
+		return ""
+	}
+	return string(b)
 }

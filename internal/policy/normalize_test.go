@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -298,6 +299,164 @@ func TestEncodedSlashBesideDotSegment(t *testing.T) {
 					t.Fatalf("err %v does not wrap ErrInvalidPath", err)
 				}
 			})
+		}
+	}
+}
+
+// TestDotSegmentWithParameters: Tomcat, Jetty and Spring strip path
+// parameters (";x=1") from each segment before they resolve dot
+// segments, so "/public/..;/admin" is /admin to such an app, while RFC
+// 3986 (and the policy) reads "..;" as a name: a DENY on /admin let it
+// through (the proxy-in-front-of-Tomcat bypass). A "." or ".." segment
+// that carries parameters is refused in every mode that resolves dot
+// segments; NONE resolves none and lets /a/../admin itself past.
+func TestDotSegmentWithParameters(t *testing.T) {
+	cases := []struct {
+		name, target string
+		refused      bool
+	}{
+		{"dot_dot_semicolon", "/public/..;/admin", true},
+		{"dot_dot_with_a_parameter", "/public/..;x=1/admin", true},
+		{"dot_semicolon", "/public/.;/admin", true},
+		{"encoded_dots", "/public/%2e%2e;/admin", true},
+		{"at_the_end", "/public/..;", true},
+		{"behind_an_encoded_slash", "/public%2F..;%2Fadmin", true},
+		{"parameter_on_a_name", "/admin;jsessionid=1", false},
+		{"dots_inside_a_name", "/a/..b;c/d", false},
+		{"three_dots", "/a/...;/b", false},
+		{"encoded_semicolon_is_a_name", "/a/..%3B/b", false},
+		{"semicolon_in_the_query", "/a/b?x=..;", false},
+	}
+	for _, tc := range cases {
+		for _, mode := range []PathNormalization{NormalizeBase, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes, NormalizeNone} {
+			t.Run(tc.name+"/"+mode.String(), func(t *testing.T) {
+				_, err := NormalizeRequestPath(tc.target, mode)
+				want := tc.refused && mode != NormalizeNone
+				if got := err != nil; got != want {
+					t.Fatalf("NormalizeRequestPath(%q, %s) err = %v; refused want %v", tc.target, mode, err, want)
+				}
+				if err != nil && !errors.Is(err, ErrInvalidPath) {
+					t.Fatalf("err %v does not wrap ErrInvalidPath", err)
+				}
+			})
+		}
+	}
+}
+
+// TestPathPseudoHeaderIsNormalized: request.headers[:path] reads the
+// target the app is served, the normalized path and the query, as in
+// Istio, where Envoy normalizes :path before any filter sees it. It read
+// the target as received, so "moatless policy check" (and an embedding
+// proxy that passes the raw target) let /%61dmin and /x/../admin past a
+// DENY on :path /admin*, which the sidecar serves as /admin.
+func TestPathPseudoHeaderIsNormalized(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: d, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[:path]", values: ["/admin*", "*?debug=1"]}]
+`, Options{})
+	tests := []struct {
+		name, target string
+		want         Outcome
+	}{
+		{"plain", "/admin", Deny},
+		{"encoded", "/%61dmin", Deny},
+		{"dot_segments", "/x/../admin", Deny},
+		{"with_query", "/admin?x=1", Deny},
+		{"query_kept", "/x/../public?debug=1", Deny},
+		{"other_path", "/public", Allow},
+		{"admin_in_query_only", "/x?/admin", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if d := s.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+				t.Fatalf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}
+
+// TestPathParametersAreReadBothWays: Tomcat, Jetty and Spring drop a
+// segment's path parameters (";jsessionid=1") and merge the slashes
+// left behind before they route, so "/admin;x" is /admin to them, and
+// Istio's DENY on /admin let it through. A path with parameters is now
+// matched both as received and as those servers read it: a DENY (AUDIT,
+// CUSTOM) rule applies when either reading matches, an ALLOW rule only
+// when both do.
+func TestPathParametersAreReadBothWays(t *testing.T) {
+	deny := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/ops/*"]}}]}]
+`, Options{})
+	allow := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-api, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {paths: ["/api/*", "/login"]}}]
+  - to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]
+`, Options{})
+	tests := []struct {
+		name   string
+		set    *Set
+		target string
+		want   Outcome
+	}{
+		{"deny_exact_with_parameter", deny, "/admin;x=1", Deny},
+		{"deny_exact_with_empty_parameter", deny, "/admin;", Deny},
+		{"deny_behind_an_emptied_segment", deny, "/;x/admin", Deny},
+		{"deny_prefix_with_parameter", deny, "/ops;v=2/keys", Deny},
+		{"deny_other_path_with_parameter", deny, "/public;x", Allow},
+		{"deny_no_parameter", deny, "/public", Allow},
+		{"allow_with_session_parameter", allow, "/api/x;jsessionid=1", Allow},
+		{"allow_exact_with_parameter_still_refused", allow, "/login;jsessionid=1", Deny},
+		{"allow_not_paths_with_parameter", allow, "/files/secret;x", Deny},
+		{"allow_other_file_with_parameter", allow, "/files/public;x", Allow},
+		{"allow_parameter_in_the_query_only", allow, "/api/x?a=1;b=2", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if d := tc.set.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+				t.Fatalf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}
+
+// TestExplainReadsPathParametersBothWays: --explain traces the rules as
+// Decide applies them to a path with parameters.
+func TestExplainReadsPathParametersBothWays(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-files, namespace: foo}
+spec:
+  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]}]
+`, Options{})
+	for _, tc := range []struct{ target, policy, why string }{
+		{"/admin;x", "foo/deny-admin", ""},
+		{"/files/secret;x", "foo/allow-files", `as Java servers read the path ("/files/secret", path parameters dropped)`},
+	} {
+		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)
+		for _, p := range e.Policies {
+			if p.Policy != tc.policy {
+				continue
+			}
+			if why := p.Rules[0].Why; tc.why == "" && why != "" || !strings.HasPrefix(why, tc.why) {
+				t.Errorf("%s: %s rule 0: %q, want %q…", tc.target, tc.policy, why, tc.why)
+			}
 		}
 	}
 }

@@ -244,13 +244,20 @@ func TestRegoProviderValidation(t *testing.T) {
 // failClosedBundle is a provider over module src for app=x.
 func failClosedSet(t *testing.T, src, timeout string) *Set {
 	t.Helper()
-	var b Bundle
-	if err := b.Add("m.rego", []byte(src)); err != nil {
-		t.Fatal(err)
-	}
 	spec := "  query: data.m.allow\n"
 	if timeout != "" {
 		spec += "  timeout: " + timeout + "\n"
+	}
+	return customSet(t, src, spec)
+}
+
+// customSet is module src (file m.rego) and the RegoProvider "m" with the
+// given spec lines, deciding every request to namespace foo (CUSTOM).
+func customSet(t *testing.T, src, spec string) *Set {
+	t.Helper()
+	var b Bundle
+	if err := b.Add("m.rego", []byte(src)); err != nil {
+		t.Fatal(err)
 	}
 	y := "apiVersion: moatless.io/v1\nkind: RegoProvider\nmetadata: {name: m}\nspec:\n" + spec + `---
 apiVersion: security.istio.io/v1
@@ -393,6 +400,115 @@ func TestRegoInputNeeds(t *testing.T) {
 	} {
 		if got := build(src); got["source"] == nil || got["time"] == nil {
 			t.Fatalf("%q: input not built whole: %v", src, got)
+		}
+	}
+}
+
+// TestRegoInputReadThroughAVariable: a module that takes part of the
+// input whole (binds input.auth to a variable, or reads headers or
+// claims by a variable key) sees that part as the request has it. Such a
+// part was built empty: a leaf of the read tree counted as "nothing
+// below", so "deny if { some k; input.request.headers[k] == \"evil\" }"
+// never denied and allowed everything, and "a := input.auth" saw no
+// claims.
+func TestRegoInputReadThroughAVariable(t *testing.T) {
+	r := newReq(from("td/ns/a/sa/b"), header("X-A", "evil"), auth(jwt("i", "alice", map[string]any{"role": "r"})))
+	tests := []struct{ name, rule string }{
+		{"header_by_variable_key", `allow if { some k; input.request.headers[k] == "evil" }`},
+		{"request_bound", `allow if { q := input.request; q.headers["x-a"] == "evil" }`},
+		{"headers_bound", `allow if { h := input.request.headers; h["x-a"] == "evil" }`},
+		{"auth_bound", `allow if { a := input.auth; a.claims.role == "r" }`},
+		{"claim_by_variable_key", `allow if { some k; input.auth.claims[k] == "r" }`},
+		{"source_bound", `allow if { s := input.source; s.namespace == "a" }`},
+		{"named_header", `allow if input.request.headers["x-a"] == "evil"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := failClosedSet(t, "package m\nimport rego.v1\ndefault allow := false\n"+tc.rule+"\n", "")
+			if d := s.Decide(r); d.Outcome != Allow {
+				t.Fatalf("%v: %s; the module did not see the request", d.Outcome, d.Reason)
+			}
+			deny := failClosedSet(t, "package m\nimport rego.v1\ndefault deny := false\n"+strings.Replace(tc.rule, "allow", "deny", 1)+"\nallow if not deny\n", "")
+			if d := deny.Decide(r); d.Outcome != Deny {
+				t.Fatalf("deny-style module: %v: %s", d.Outcome, d.Reason)
+			}
+		})
+	}
+}
+
+// TestRegoQueryAttributeIsUnambiguous: a route attribute read from a
+// query parameter was its first value, while PHP, Rails and others read
+// the last: "?owner=alice&owner=bob" was alice to an ownership policy and
+// bob to the app. A parameter given more than once with different values
+// (with "&" or ";" between them: older Python and Java parsers split on
+// either) makes the provider deny, since no decision can be sure which
+// value the app serves; the same value repeated is that value.
+func TestRegoQueryAttributeIsUnambiguous(t *testing.T) {
+	s := customSet(t, "package m\nimport rego.v1\ndefault allow := false\nallow if input.attributes.owner == input.auth.claims.sub\n",
+		"  query: data.m.allow\n  routes:\n  - path: /records\n    attributes: {owner: {query: owner}}\n")
+	tests := []struct {
+		name, target string
+		want         Outcome
+	}{
+		{"own", "/records?owner=alice", Allow},
+		{"other", "/records?owner=bob", Deny},
+		{"same_value_twice", "/records?owner=alice&owner=alice", Allow},
+		{"first_own_last_other", "/records?owner=alice&owner=bob", Deny},
+		{"first_other_last_own", "/records?owner=bob&owner=alice", Deny},
+		{"encoded_name", "/records?owner=alice&%6Fwner=bob", Deny},
+		{"semicolon_separated", "/records?owner=alice;owner=bob", Deny},
+		{"other_parameters_repeat", "/records?owner=alice&x=1&x=2", Allow},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReq(path(tc.target), auth(jwt("i", "alice", nil)))
+			if d := s.Decide(r); d.Outcome != tc.want {
+				t.Fatalf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}
+
+// TestRegoSeesTokenHeaders: a provider sees the headers
+// RequestAuthentication writes (as Istio's ext_authz runs after the JWT
+// filter), over what the caller sent, in input.request.headers read by
+// name or whole and in a route's header attribute.
+func TestRegoSeesTokenHeaders(t *testing.T) {
+	a := jwt("i", "alice", nil)
+	a.SetHeaders = map[string]string{"X-User": "alice"}
+	r := newReq(header("X-User", "bob"), path("/records"), auth(a))
+	for _, tc := range []struct{ name, rule, spec string }{
+		{"by_name", `allow if input.request.headers["x-user"] == "alice"`, ""},
+		{"whole", `allow if { some k, v; input.request.headers[k] = v; k == "x-user"; v == "alice" }`, ""},
+		{"route_attribute", `allow if input.attributes.user == "alice"`, "  routes:\n  - path: /records\n    attributes: {user: {header: x-user}}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := customSet(t, "package m\nimport rego.v1\ndefault allow := false\n"+tc.rule+"\n", "  query: data.m.allow\n"+tc.spec)
+			if d := s.Decide(r); d.Outcome != Allow {
+				t.Fatalf("%v: %s", d.Outcome, d.Reason)
+			}
+		})
+	}
+}
+
+// TestRegoReadsPathParametersBothWays: a provider decides a path with
+// path parameters under both readings, and any deny denies:
+// "/records/bob;x/7" was owner "bob;x" to a module denying bob's records,
+// while a Java app serves bob's.
+func TestRegoReadsPathParametersBothWays(t *testing.T) {
+	s := customSet(t, "package m\nimport rego.v1\ndefault deny := false\ndeny if input.attributes.owner == \"bob\"\nallow if not deny\n",
+		"  query: data.m.allow\n  routes:\n  - path: /records/{owner}/{id}\n    attributes: {owner: {segment: owner}}\n")
+	for _, tc := range []struct {
+		target string
+		want   Outcome
+	}{
+		{"/records/bob/7", Deny},
+		{"/records/bob;x/7", Deny},
+		{"/records/alice;jsessionid=1/7", Allow},
+		{"/records/alice/7", Allow},
+	} {
+		if d := s.Decide(newReq(path(tc.target))); d.Outcome != tc.want {
+			t.Errorf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
 		}
 	}
 }

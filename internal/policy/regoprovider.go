@@ -112,12 +112,21 @@ type needTree struct {
 	canon string
 }
 
-// child returns the subtree of key and whether key is read at all.
+// child returns the subtree of key (nil: all of it) and whether key is
+// read at all. A node without kids is read in full (inputNeeds' add makes the last key
+// of a path such a leaf): everything below it is read, as below a nil
+// tree. Reading it as "nothing below" built input.auth empty for a
+// module that binds it to a variable (a := input.auth), and the headers
+// empty for one that reads them by a variable key, so a module that
+// denies on what it finds there allowed everything.
 func (n *needTree) child(key string) (*needTree, bool) {
-	if n == nil {
+	if n == nil || n.kids == nil {
 		return nil, true
 	}
 	k, ok := n.kids[key]
+	if ok && k.kids == nil {
+		return nil, true
+	}
 	return k, ok
 }
 
@@ -133,6 +142,9 @@ type regoProvider struct {
 	loc     *time.Location
 	maps    []inputMap
 	routes  []regoRoute
+	// queryAttrs: a route declares an attribute from a query parameter
+	// (see ambiguousAttribute).
+	queryAttrs bool
 	// needs lists the input's root fields the modules read (directly or
 	// through the mappings): building the rest would be wasted work on
 	// every request. Nil means everything (a module reads input whole).
@@ -156,10 +168,18 @@ type regoRoute struct {
 }
 
 type routeSeg struct {
-	lit  string
-	name string // {name}; "" with lit "" is {*}
-	rest bool   // {**}
+	kind segKind
+	lit  string // segLit: the segment ("" only as a trailing "/")
+	name string // segOne: the capture's name, "" for {*}
 }
+
+type segKind uint8
+
+const (
+	segLit  segKind = iota // a literal segment
+	segOne                 // {*} or {name}: one non-empty segment
+	segRest                // {**}: the rest of the path, after a "/"
+)
 
 type routeAttr struct {
 	name                 string
@@ -313,6 +333,7 @@ func compileRegoProviderSpec(spec *RegoProviderSpec, p fieldPath) (*regoProvider
 			}
 			if a.Query != "" {
 				n++
+				rp.queryAttrs = true
 			}
 			if n != 1 {
 				return nil, errAt(ap, "set exactly one of segment, header or query")
@@ -340,33 +361,42 @@ func parseInputPath(s string) ([]string, error) {
 	var out []string
 	rest := s
 	for rest != "" {
+		var name string
 		switch {
-		case rest[0] == '[':
+		case rest[0] == '[' && len(out) > 0:
 			end := strings.IndexByte(rest, ']')
 			if end < 0 {
 				return nil, bad("missing ]")
 			}
-			name := rest[1:end]
+			name = rest[1:end]
 			if name == "" || strings.ContainsAny(name, "[") {
 				return nil, bad("empty or unbalanced []")
 			}
-			out = append(out, name)
 			rest = rest[end+1:]
-		case rest[0] == '.' && len(out) > 0:
-			rest = rest[1:]
-			fallthrough
+			// After "]" comes ".", "[" or the end: "claims[a]b" is a
+			// typo, not claims.a.b.
+			if rest != "" && rest[0] != '.' && rest[0] != '[' {
+				return nil, bad("expected . or [ after ]")
+			}
 		default:
+			if len(out) > 0 {
+				// Not a "[": a "." and a name follow.
+				if rest[0] != '.' {
+					return nil, bad("expected . or [")
+				}
+				rest = rest[1:]
+			}
 			end := strings.IndexAny(rest, ".[")
 			if end < 0 {
 				end = len(rest)
 			}
-			name := rest[:end]
+			name = rest[:end]
 			if !pathSegRE.MatchString(name) {
 				return nil, bad("expected a name")
 			}
-			out = append(out, name)
 			rest = rest[end:]
 		}
+		out = append(out, name)
 		if len(out) > maxInputPathDepth+maxClaimDepth {
 			return nil, bad("nested too deep")
 		}
@@ -377,7 +407,14 @@ func parseInputPath(s string) ([]string, error) {
 	return out, nil
 }
 
-// parseRouteTemplate reads a route path template.
+// parseRouteTemplate reads a route path template. Its rules are those of
+// a policy's path templates (parsePathTemplate, Envoy's uri_template
+// matcher), with {name} as a {*} that captures: literal segments of RFC
+// 3986 pchar characters (IsTemplateLiteral), never empty except as a
+// trailing "/" ("/" alone is the root), and {**} only as the last
+// segment. An empty segment in the middle ("/records//x") is refused: read
+// as anything it would be a {*}, giving a path the attributes of a route
+// that does not name it.
 func parseRouteTemplate(t string) ([]routeSeg, map[string]bool, error) {
 	if !strings.HasPrefix(t, "/") {
 		return nil, nil, fmt.Errorf("path template %q must start with /", t)
@@ -389,14 +426,15 @@ func parseRouteTemplate(t string) ([]routeSeg, map[string]bool, error) {
 	parts := strings.Split(t[1:], "/")
 	segs := make([]routeSeg, 0, len(parts))
 	for i, p := range parts {
+		last := i == len(parts)-1
 		switch {
 		case p == "{**}":
-			if i != len(parts)-1 {
+			if !last {
 				return nil, nil, fmt.Errorf("path template %q: {**} must be last", t)
 			}
-			segs = append(segs, routeSeg{rest: true})
+			segs = append(segs, routeSeg{kind: segRest})
 		case p == "{*}":
-			segs = append(segs, routeSeg{})
+			segs = append(segs, routeSeg{kind: segOne})
 		case strings.HasPrefix(p, "{") && strings.HasSuffix(p, "}"):
 			name := p[1 : len(p)-1]
 			if !identRE.MatchString(name) {
@@ -406,11 +444,18 @@ func parseRouteTemplate(t string) ([]routeSeg, map[string]bool, error) {
 				return nil, nil, fmt.Errorf("path template %q: {%s} twice", t, name)
 			}
 			names[name] = true
-			segs = append(segs, routeSeg{name: name})
-		case strings.ContainsAny(p, "{}*?#"):
+			segs = append(segs, routeSeg{kind: segOne, name: name})
+		case p == "":
+			if !last {
+				return nil, nil, fmt.Errorf("path template %q: empty path segment", t)
+			}
+			segs = append(segs, routeSeg{kind: segLit}) // a trailing "/"
+		case strings.ContainsAny(p, "{}"):
 			return nil, nil, fmt.Errorf("path template %q: segment %q mixes text and {…}", t, p)
+		case !IsTemplateLiteral(p):
+			return nil, nil, fmt.Errorf("path template %q: segment %q: only letters, digits and -._~%%!$&'()+,;:@= are allowed in a literal segment", t, p)
 		default:
-			segs = append(segs, routeSeg{lit: p})
+			segs = append(segs, routeSeg{kind: segLit, lit: p})
 		}
 	}
 	return segs, names, nil
@@ -658,6 +703,13 @@ func (p *regoProvider) eval(req *Request, path string) customResult {
 		}
 	}
 	res := customResult{eval: CustomEval{Provider: p.name, Query: p.query}}
+	if p.queryAttrs {
+		if name := p.ambiguousAttribute(req, path); name != "" {
+			res.eval.Result = "deny"
+			res.reason = "attribute " + name + ": its query parameter is given different values, and apps differ on which counts"
+			return res
+		}
+	}
 	b := regoengine.Current()
 	in := buildInput(b, p, req, path)
 	res.eval.InputSHA256 = b.Digest(in)

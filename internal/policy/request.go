@@ -117,12 +117,27 @@ type Auth struct {
 
 	// Header changes RequestAuthentication asks for (outputPayloadToHeader,
 	// outputClaimToHeaders, forwardOriginalToken=false). The proxy applies
-	// them after an allow, before forwarding.
+	// them after an allow, before forwarding; policies already see
+	// SetHeaders as the request's (request.headers conditions, Rego's
+	// input.request.headers and route headers), as Istio's do.
 	SetHeaders    map[string]string
 	RemoveHeaders []string
 	// RemoveQueryParams are fromParams token parameters to drop when the
 	// token is not forwarded.
 	RemoveQueryParams []string
+}
+
+// header is the values of header k (canonical) as policies see them: a
+// header RequestAuthentication writes (Auth.SetHeaders) replaces what the
+// request carries, as Envoy's JWT filter writes it before the
+// authorization filters run.
+func (r *Request) header(k string) []string {
+	if r.Auth != nil {
+		if v, ok := r.Auth.SetHeaders[k]; ok {
+			return []string{v}
+		}
+	}
+	return r.Headers[k]
 }
 
 // JWTVerifier validates the JWTs a request carries against the

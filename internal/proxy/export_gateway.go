@@ -150,3 +150,9 @@ func (c replayGuardTLS) CloseWrite() error { return c.tc.CloseWrite() }
 // writes it ("HTTP/1.1 299 status code 299" for a code without text),
 // for the gateway's fast path.
 func AppendStatusLine(b []byte, code int) []byte { return appendStatusLine(b, code) }
+
+// PaddedHeaderValue reports whether a field value of h starts or ends
+// with a space or a tab: an HTTP/2 request the sidecar refuses (400) as
+// malformed (RFC 9113 §8.2.1), since policy would match the padded value
+// while an HTTP/1.1 hop after it strips the padding.
+func PaddedHeaderValue(h http.Header) bool { return paddedValue(h) }

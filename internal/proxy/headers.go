@@ -91,6 +91,10 @@ type headerFilter struct {
 	rules map[string]headerRule
 	// anyUnderscore drops every name holding "_" (the edge).
 	anyUnderscore bool
+	// join are the canonical names of the headers the policies read: a
+	// repeated one becomes one field, its values joined with "," as the
+	// policy read them (policy.Set.RequestHeaders).
+	join []string
 }
 
 // newHeaderFilter builds the filter for a listener whose RequestAuthentication
@@ -138,7 +142,8 @@ func foldHeaderName(h string) string {
 }
 
 // strip deletes from h, in place, every header the filter refuses, in
-// one pass over h's own fields.
+// one pass over h's own fields, and joins the repeated fields of the
+// headers policies read.
 func (f *headerFilter) strip(h http.Header) {
 	for k := range h {
 		if strings.IndexByte(k, '_') >= 0 {
@@ -147,6 +152,11 @@ func (f *headerFilter) strip(h http.Header) {
 			}
 		} else if f.owned(k) {
 			delete(h, k)
+		}
+	}
+	for _, k := range f.join {
+		if vs := h[k]; len(vs) > 1 {
+			h[k] = []string{strings.Join(vs, ",")}
 		}
 	}
 }
@@ -198,7 +208,8 @@ func (f *headerFilter) underscored(k string) bool {
 }
 
 // guardTrailers applies f to the trailer fields of r, which reach the app
-// after the body: declared fields are filtered now, and what arrives at
+// after the body (and which some apps merge into the headers): declared
+// fields are filtered now, those the policies read dropped, and what arrives at
 // the end of the body is cut down to the declared fields that remain (an
 // HTTP/1.1 body may carry trailer fields it never announced). It does
 // nothing for a request without trailers.
@@ -207,6 +218,11 @@ func (f *headerFilter) guardTrailers(r *http.Request) {
 		return
 	}
 	f.strip(r.Trailer)
+	// The policies decided on the head's fields: the same name arriving
+	// after the decision was never seen by them.
+	for _, k := range f.join {
+		delete(r.Trailer, k)
+	}
 	declared := make(map[string]bool, len(r.Trailer))
 	for k := range r.Trailer {
 		declared[k] = true
@@ -233,3 +249,22 @@ func (g *trailerGuard) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// paddedValue reports whether a field value of h starts or ends with a
+// space or a tab. An HTTP/1.1 parser strips that padding (RFC 9112 §5),
+// so only HTTP/2 delivers it, where it makes the request malformed (RFC
+// 9113 §8.2.1) and Go's server does not check: policy would match
+// "admin " where the HTTP/1.1 app, stripping it, reads "admin". Such a
+// request is refused (400).
+func paddedValue(h http.Header) bool {
+	for _, vs := range h {
+		for _, v := range vs {
+			if v != "" && (isSpaceOrTab(v[0]) || isSpaceOrTab(v[len(v)-1])) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isSpaceOrTab(c byte) bool { return c == ' ' || c == '\t' }

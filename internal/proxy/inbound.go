@@ -614,7 +614,8 @@ type decidedRequest struct {
 // gives both the path the engine matches and the target forwarded, a
 // _method override dropped from its query, and policy decides on the
 // request's own method. ok is false for a target refused outright (a
-// fragment, NUL, a malformed escape) or a Host that names no host
+// fragment, NUL, a malformed escape), a field value padded with
+// whitespace (paddedValue) or a Host that names no host
 // (policy.CheckRequestHost: hosts rules would deny it, but only where a
 // policy has them): a 400, not a decision. h is changed in place.
 //
@@ -626,7 +627,7 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
 	st.filter(ib.name).strip(h)
 	np, perr := policy.NormalizeRequestPath(target, st.mode)
-	if perr != nil || policy.CheckRequestHost(host) != nil {
+	if perr != nil || policy.CheckRequestHost(host) != nil || paddedValue(h) {
 		return r, false
 	}
 	r.np, r.overridden = stripMethodOverride(np)
@@ -722,6 +723,17 @@ func (r *decidedRequest) allowed(info *connInfo) (query string, changed bool) {
 	query, changed = authEdits(h, query, r.auth)
 	for k, v := range r.dec.Headers {
 		h[k] = []string{v}
+	}
+	if len(r.dec.Headers) > 0 {
+		// The provider's word under its name, and under no "_" spelling
+		// an app would fold into it: its names are known only now.
+		for k := range h {
+			if strings.IndexByte(k, '_') >= 0 {
+				if _, set := r.dec.Headers[http.CanonicalHeaderKey(foldHeaderName(k))]; set {
+					delete(h, k)
+				}
+			}
+		}
 	}
 	if info.xfcc != nil {
 		h[xfccHeader] = info.xfcc

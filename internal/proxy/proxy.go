@@ -344,6 +344,16 @@ type policyState struct {
 	mode policy.PathNormalization
 }
 
+// headerSource is an optional capability of an Authorizer (the policy
+// engine's *Set has it): the request headers its policies for dst read by
+// name, and whether one reads them all. Their "_" twins (every "_" name
+// when all) are dropped before evaluation, so that an app folding "_"
+// into "-" sees under a policy-read name only what the policy saw, and a
+// repeated one reaches the app as the one joined value the policy read.
+type headerSource interface {
+	RequestHeaders(dst policy.Destination) (names []string, all bool)
+}
+
 // pathNormalizer is an optional capability of an Authorizer (the policy
 // engine's *Set has it): how paths are normalized before matching.
 type pathNormalizer interface {
@@ -356,11 +366,32 @@ type pathNormalizer interface {
 // exactly as a pushed one does.
 func (s *Sidecar) newPolicyState(version uint64, a Authorizer) *policyState {
 	st := &policyState{version: version, authz: a}
-	if rs, ok := a.(JWTRuleSource); ok {
+	rs, jwt := a.(JWTRuleSource)
+	hs, reads := a.(headerSource)
+	if jwt || reads {
 		st.headers = map[string]*headerFilter{}
 		for _, ib := range s.inbound {
-			rules := rs.JWTRules(ib.destination(netip.Addr{}))
-			st.headers[ib.name] = newHeaderFilter(authn.OutputHeaders(rules), authn.TokenHeaders(rules))
+			dst := ib.destination(netip.Addr{})
+			var output, twins []string
+			if jwt {
+				rules := rs.JWTRules(dst)
+				output, twins = authn.OutputHeaders(rules), authn.TokenHeaders(rules)
+			}
+			var all bool
+			var read []string
+			if reads {
+				read, all = hs.RequestHeaders(dst)
+				for _, h := range read {
+					// A name the policy spells with "_" is its own; only
+					// the "_" twins of "-" names are an app's confusion.
+					if !strings.Contains(h, "_") {
+						twins = append(twins, h)
+					}
+				}
+			}
+			f := newHeaderFilter(output, twins)
+			f.anyUnderscore, f.join = all, read
+			st.headers[ib.name] = f
 		}
 	}
 	if pn, ok := a.(pathNormalizer); ok {

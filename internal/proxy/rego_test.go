@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/testpki"
 )
@@ -248,4 +249,63 @@ func newCustomCounter(t *testing.T, reg *prometheus.Registry, provider, result s
 	}
 	t.Fatalf("no series provider=%q result=%q", provider, result)
 	return nil
+}
+
+// TestProviderHeaderTwinsAreDropped: the headers an allowing Rego
+// provider sets for the app replace the caller's under their name, and
+// their "_" spellings are dropped: "X_User_Id: mallory" next to the
+// provider's "X-User-Id: alice" reached the app, sorted after it, and a
+// CGI-style app keeping the last of two folded names read mallory.
+func TestProviderHeaderTwinsAreDropped(t *testing.T) {
+	forServerPaths(t, testProviderHeaderTwinsAreDropped)
+}
+
+func testProviderHeaderTwinsAreDropped(t *testing.T, sp serverPath) {
+	var b policy.Bundle
+	if err := b.Add("m.rego", []byte("package m\nimport rego.v1\nresult := {\"allow\": true, \"headers\": {\"x-user-id\": \"alice\"}}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Add("p.yaml", []byte(`apiVersion: moatless.io/v1
+kind: RegoProvider
+metadata: {name: m}
+spec: {query: data.m.result}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: x, namespace: prod}
+spec:
+  action: CUSTOM
+  provider: {name: m}
+  rules: [{}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	_, inL := startEngineSidecar(t, ca, set, app.addr, true, sp.edit)
+	for _, tr := range attackTransports(ca) {
+		t.Run(tr.name, func(t *testing.T) {
+			app.take()
+			if code := tr.do(t, inL.Addr().String(), "/api/x", [][2]string{{"X_User_Id", "mallory"}, {"x-user-id", "eve"}, {"X_Other", "kept"}}); code != 200 {
+				t.Fatalf("status %d, want 200", code)
+			}
+			seen := app.take()
+			if len(seen) != 1 {
+				t.Fatalf("app saw %d requests", len(seen))
+			}
+			var got []string
+			for k, vv := range seen[0].header {
+				if foldName(k) == "x-user-id" {
+					got = append(got, vv...)
+				}
+			}
+			if len(got) != 1 || got[0] != "alice" || firstValue(seen[0].header, "X_Other") != "kept" {
+				t.Fatalf("app saw x-user-id %q, headers %v", got, seen[0].header)
+			}
+		})
+	}
 }

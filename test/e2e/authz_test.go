@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -77,8 +78,7 @@ func TestAuthzExtAuthz(t *testing.T) {
 			if p.exited() {
 				t.Fatalf("authz exited:\n%s", p.out.String())
 			}
-			_, err := os.Stat(sock)
-			return err == nil
+			return socketAccepts(sock)
 		})
 		expect(t, authzClient(t, sock))
 	})
@@ -92,9 +92,8 @@ func TestAuthzExtAuthz(t *testing.T) {
 			if pl.server.exited() {
 				t.Fatalf("server exited:\n%s", pl.server.out.String())
 			}
-			_, err := os.Stat(sock)
-			_, err2 := os.Stat(filepath.Join(pl.dataDir, "bundle.pem"))
-			return err == nil && err2 == nil
+			_, err := os.Stat(filepath.Join(pl.dataDir, "bundle.pem"))
+			return err == nil && socketAccepts(sock)
 		})
 		c := authzClient(t, sock)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -109,4 +108,16 @@ func TestAuthzExtAuthz(t *testing.T) {
 		pl.admin("policy", "apply", "-f", dir)
 		expect(t, c)
 	})
+}
+
+// socketAccepts reports whether a unix socket accepts connections. The
+// file exists from bind(2), a moment before listen(2): a client that
+// waited only for the file could be refused (seen as a flake).
+func socketAccepts(sock string) bool {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
