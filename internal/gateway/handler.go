@@ -425,9 +425,12 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 	}
 	rc.forwarded = true
-	if n := rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }); !rc.bodyRead {
-		rc.bodyBytes = n // else the forwarder read readBody's copy
+	n := &rc.bodyBytes
+	if rc.bodyRead {
+		n = nil // the forwarder reads readBody's copy
 	}
+	// An early answer closes the connection lingering (finish).
+	rc.linger = rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }, n)
 	// Cut off before the upstream answered: the client is still there
 	// and is told why (after the headers, the forwarder reset the stream).
 	if !w.written && errors.Is(context.Cause(r.Context()), errTokenRevoked) {

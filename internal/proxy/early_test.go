@@ -82,3 +82,71 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 		}
 	})
 }
+
+// After an app's early answer (before it read the body) the sidecar goes
+// on reading what the client still sends of that body, on its outbound
+// and its inbound and on both server paths, as after its own answers
+// (TestOwnAnswerLingers): a client that reads the answer and then sends
+// the rest of its body, at once or slowly, has every write accepted and
+// then sees the connection end. Before, net/http's server stopped
+// reading, waited 500 ms and closed, and the kernel reset the connection
+// over the unread bytes.
+func TestEarlyAnswerLingers(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		dials := []struct {
+			name string
+			dial func() (net.Conn, error)
+		}{
+			{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
+			{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
+		}
+		answers := []struct {
+			path, name string
+			want       int
+		}{{"/early/now", "413", 413}, {"/early/close", "close", 401}}
+		uploads := []struct {
+			size  int
+			pause time.Duration // between 16 KiB writes: a slow uploader still sending after 500 ms
+		}{{100 << 10, 0}, {1 << 20, 0}, {1 << 20, 15 * time.Millisecond}}
+		for _, d := range dials {
+			for _, a := range answers {
+				for _, u := range uploads {
+					name := d.name + "_" + a.name + "_" + strconv.Itoa(u.size>>10) + "KiB"
+					if u.pause > 0 {
+						name += "_slow"
+					}
+					t.Run(name, func(t *testing.T) {
+						c, err := d.dial()
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						io.WriteString(c, "POST "+a.path+" HTTP/1.1\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(u.size)+"\r\n\r\n"+strings.Repeat("a", 1000))
+						br := bufio.NewReader(c)
+						resp, err := http.ReadResponse(br, nil)
+						if err != nil {
+							t.Fatalf("no answer: %v", err)
+						}
+						io.ReadAll(resp.Body)
+						if resp.StatusCode != a.want || !resp.Close {
+							t.Fatalf("answer %d close=%v, want %d and Connection: close", resp.StatusCode, resp.Close, a.want)
+						}
+						chunk := []byte(strings.Repeat("b", 16<<10))
+						for left := u.size - 1000; left > 0; left -= len(chunk) {
+							time.Sleep(u.pause) // the client's pace
+							if _, err := c.Write(chunk[:min(left, len(chunk))]); err != nil {
+								t.Fatalf("write after the answer, %d bytes left: %v", left, err)
+							}
+						}
+						if rest, err := io.ReadAll(br); len(rest) > 0 || err != nil {
+							t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+						}
+					})
+				}
+			}
+		}
+	})
+}

@@ -847,9 +847,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// An upgraded stream outlives the HTTP server's view of the
 	// connection; it stays registered for revocation until it ends.
-	ob.Status, ob.ReqBytes, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, ib.taken)
+	early := ib.fwd.forward(fw, r, d.upgrade, ib.taken, &ob)
 	if pw != nil && len(pw.buf) > 0 {
 		s.rec.piiScan(&ob, pw.buf)
+	}
+	if early {
+		LingerHijack(w, &s.lingering, LingerBytes, ib.taken)
 	}
 }
 

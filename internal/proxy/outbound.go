@@ -296,7 +296,9 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)
 	}
-	o.Status, o.ReqBytes, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
+	if ob.fwd.forward(w, r, upgrade, nil, &o) {
+		LingerHijack(w, &ob.s.lingering, LingerBytes, nil)
+	}
 }
 
 // refusalText tells the app why its call was refused locally.

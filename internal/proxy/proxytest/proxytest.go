@@ -17,9 +17,12 @@ import (
 // bodies, as an app refusing an upload from its head does: a path ending
 // in /early or /early/413 gets 413 "upload refused" and the handler
 // returns (net/http's server then closes the connection when the body
-// is too large to discard); a path ending in /early/close gets a 401
-// "nope" written on the raw connection, which is then closed. Any other
-// request has its whole body read and gets 200 with the body's length.
+// is too large to discard, and reads a smaller one before it answers); a
+// path ending in /early/now gets the same 413 at once whatever the body's
+// size (full duplex: nothing is read first); a path ending in
+// /early/close gets a 401 "nope" written on the raw connection, which is
+// then closed. Any other request has its whole body read and gets 200
+// with the body's length.
 func EarlyApp(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -29,6 +32,11 @@ func EarlyApp(t testing.TB) string {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
 		case strings.HasSuffix(p, "/early"), strings.HasSuffix(p, "/early/413"):
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/early/now"):
+			_ = http.NewResponseController(w).EnableFullDuplex()
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			io.WriteString(w, "upload refused")
