@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // uploadAfterAnswer posts size bytes to path on a fresh HTTP/1.1
@@ -195,5 +198,136 @@ func TestEarlyUpstreamAnswerClientStillSendingH2(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// limits.linger_bytes, linger_time and linger_timeout bound the
+// gateway's lingering closes on both HTTP/1.1 server paths, a reload
+// applies new values to the lingering closes that begin after it, and
+// moatless_gateway_lingering_connections and
+// moatless_gateway_lingering_closes_total count them by how they ended.
+// Each case's client behaves so that the defaults (2 s idle, 5 s in all,
+// 10 MiB) would end its close otherwise than the setting does.
+func TestGatewayLingerSettings(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(ownPath(fast), func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			ca := testpki.NewCA(t, td)
+			tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), func(c *config.Gateway) {
+				c.DisableHTTP1FastPath = !fast
+				c.Limits.MaxBodyBytes = 64 << 10
+				c.Limits.LingerBytes = 128 << 10
+			}, func(o *Options) { o.Registerer = reg })
+			reload := func(edit func(l *config.GatewayLimits)) {
+				t.Helper()
+				c := tg.g.state.Load().cfg
+				edit(&c.Limits)
+				if err := tg.g.Reload(t.Context(), c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// denied sends the head of a 1 MiB POST (over the body
+			// limit: 413) and 1,000 bytes of its body, reads the answer
+			// and returns the connection, lingering.
+			denied := func() *tls.Conn {
+				t.Helper()
+				c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, "POST /private/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n"+strings.Repeat("a", 1000))
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 413 || !resp.Close {
+					t.Fatalf("answer %d close=%v, want 413 and close", resp.StatusCode, resp.Close)
+				}
+				return c
+			}
+			wantEnded := map[string]float64{}
+			ended := func(end string, within time.Duration) {
+				t.Helper()
+				wantEnded[end]++
+				pollMetrics(t, reg, within, func(m map[string]float64) bool {
+					return m[`closes{end="`+end+`"}`] == wantEnded[end] && m["now"] == 0
+				})
+			}
+
+			// linger_bytes: the client sends its whole 1 MiB after the
+			// answer; the gateway stops at 128 KiB (the default would
+			// read it all and see the client close).
+			c := denied()
+			pollMetrics(t, reg, 5*time.Second, func(m map[string]float64) bool { return m["now"] == 1 })
+			chunk := []byte(strings.Repeat("b", 16<<10))
+			for i := 0; i < 64; i++ {
+				if _, err := c.Write(chunk); err != nil {
+					break // reset once the cap was read: expected
+				}
+			}
+			c.Close()
+			ended("byte_limit", 5*time.Second)
+
+			// linger_time, after a reload: the client sends a byte every
+			// 20 ms for up to 3 s (the default ends after 5 s).
+			reload(func(l *config.GatewayLimits) {
+				l.LingerTime, l.LingerTimeout = wire.Duration(300*time.Millisecond), wire.Duration(200*time.Millisecond)
+			})
+			c = denied()
+			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+				if _, err := c.Write([]byte("b")); err != nil {
+					break
+				}
+			}
+			c.Close()
+			ended("time_limit", 5*time.Second)
+
+			// linger_timeout: the client sends nothing and keeps its end
+			// open; the close ends within 1.5 s (the default waits 2 s).
+			reload(func(l *config.GatewayLimits) {
+				l.LingerTime, l.LingerTimeout = wire.Duration(5*time.Second), wire.Duration(100*time.Millisecond)
+			})
+			c = denied()
+			ended("idle_timeout", 1500*time.Millisecond)
+			c.Close()
+
+			// The client closes.
+			denied().Close()
+			ended("client_closed", 5*time.Second)
+		})
+	}
+}
+
+// pollMetrics polls reg's lingering metrics ("now", and
+// `closes{end="…"}`) until ok holds, failing after within.
+func pollMetrics(t *testing.T, reg *prometheus.Registry, within time.Duration, ok func(m map[string]float64) bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]float64{}
+		for _, mf := range mfs {
+			switch mf.GetName() {
+			case "moatless_gateway_lingering_connections":
+				m["now"] = mf.GetMetric()[0].GetGauge().GetValue()
+			case "moatless_gateway_lingering_closes_total":
+				for _, x := range mf.GetMetric() {
+					m[`closes{end="`+x.GetLabel()[0].GetValue()+`"}`] = x.GetCounter().GetValue()
+				}
+			}
+		}
+		if ok(m) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lingering metrics: %v", m)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -403,7 +403,7 @@ func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
 	if o != fastHandoff {
 		fc.release()
 		if fc.linger {
-			ib.s.lingering.Linger(conn, 0, LingerBytes, func() { ib.connDone(conn) })
+			ib.s.lingering.Linger(conn, 0, SidecarLinger, func() { ib.connDone(conn) })
 			return
 		}
 		ib.connDone(conn)
@@ -852,7 +852,7 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.rec.piiScan(&ob, pw.buf)
 	}
 	if early {
-		LingerHijack(w, &s.lingering, LingerBytes, ib.taken)
+		LingerHijack(w, &s.lingering, SidecarLinger, ib.taken)
 	}
 }
 

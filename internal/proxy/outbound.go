@@ -297,7 +297,7 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		propagate(r.Context(), r.Header)
 	}
 	if ob.fwd.forward(w, r, upgrade, nil, &o) {
-		LingerHijack(w, &ob.s.lingering, LingerBytes, nil)
+		LingerHijack(w, &ob.s.lingering, SidecarLinger, nil)
 	}
 }
 
@@ -390,7 +390,7 @@ func (ob *outbound) serveFast(c net.Conn) {
 	} else {
 		fc.release()
 		if fc.linger {
-			s.lingering.Linger(c, 0, LingerBytes, func() {})
+			s.lingering.Linger(c, 0, SidecarLinger, func() {})
 		} else {
 			c.Close()
 		}
