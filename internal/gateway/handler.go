@@ -539,7 +539,7 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	g.access.write(&accessEntry{
 		time: rc.start.Add(d), requestID: rc.id, client: addrString(rc.client),
 		method: r.Method, host: truncate(r.Host, 256), path: truncate(r.URL.Path, 1024), proto: r.Proto,
-		route: route, status: status, bytes: w.bytes, duration: d,
+		route: route, status: status, bytes: w.bytes, requestBytes: rc.bodyBytes, duration: d,
 		identity: rc.identity, blockReason: rc.reason, detail: rc.detail,
 	})
 }
