@@ -53,21 +53,11 @@ func TestGatewayCountsBytesOfAbortedForward(t *testing.T) {
 			min:  limit / 2, max: limit},
 	}
 	for _, fast := range []bool{true, false} {
-		var mu sync.Mutex
-		var edges []wire.EdgeRecord
-		rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
-			mu.Lock()
-			edges = append(edges, r.Edges...)
-			mu.Unlock()
-			return nil
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		el := newEdgeLog(t)
 		tg := startGatewayWith(t, ca, up, func(c *config.Gateway) {
 			c.DisableHTTP1FastPath = !fast
 			c.Limits.MaxBodyBytes = limit
-		}, func(o *Options) { o.Recorder = rec })
+		}, func(o *Options) { o.Recorder = el.rec })
 		for _, tc := range cases {
 			t.Run(ownPath(fast)+"_"+tc.name, func(t *testing.T) {
 				c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
@@ -104,22 +94,54 @@ func TestGatewayCountsBytesOfAbortedForward(t *testing.T) {
 				} else if n := *line.RequestBytes; n < tc.min || n > tc.max {
 					t.Errorf("access log request_bytes %d, want %d to %d", n, tc.min, tc.max)
 				}
-				if err := rec.Flush(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-				mu.Lock()
-				defer mu.Unlock()
 				var got []uint64
-				for _, e := range edges {
+				for _, e := range el.take(t) {
 					if strings.HasPrefix(tc.path, strings.TrimSuffix(e.Path, "{*}")) || e.Path == tc.path {
 						got = append(got, e.ReqBytes)
 					}
 				}
-				edges = nil
 				if len(got) != 1 || got[0] < uint64(tc.min) || got[0] > uint64(tc.max) {
 					t.Errorf("traffic record request bytes %v, want one of %d to %d", got, tc.min, tc.max)
 				}
 			})
 		}
 	}
+}
+
+// edgeLog is a gateway's traffic recorder (rec, for Options.Recorder)
+// whose reports a test reads.
+type edgeLog struct {
+	rec   *proxy.Recorder
+	mu    sync.Mutex
+	edges []wire.EdgeRecord
+}
+
+func newEdgeLog(t testing.TB) *edgeLog {
+	t.Helper()
+	l := &edgeLog{}
+	rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
+		l.mu.Lock()
+		l.edges = append(l.edges, r.Edges...)
+		l.mu.Unlock()
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.rec = rec
+	return l
+}
+
+// take flushes the recorder and returns the edges reported since the
+// last take.
+func (l *edgeLog) take(t testing.TB) []wire.EdgeRecord {
+	t.Helper()
+	if err := l.rec.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.edges
+	l.edges = nil
+	return e
 }

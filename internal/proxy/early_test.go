@@ -26,6 +26,21 @@ func (p *pair) frontendHTTP1(t testing.TB) *tls.Config {
 	return ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
 }
 
+// sideDial dials one side of a pair as an HTTP/1.1 client.
+type sideDial struct {
+	name string
+	dial func() (net.Conn, error)
+}
+
+// http1Sides dials p's outbound (plain HTTP, as the local app) and its
+// inbound (mTLS with conf, as a peer).
+func (p *pair) http1Sides(conf *tls.Config) []sideDial {
+	return []sideDial{
+		{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
+		{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
+	}
+}
+
 // A sidecar relays an app's early answer (before it read the body) at
 // once, on its outbound (plain HTTP/1.1 from the local app) and its
 // inbound (mTLS HTTP/1.1), on both server paths, while the client
@@ -36,13 +51,7 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
 		conf := p.frontendHTTP1(t)
-		dials := []struct {
-			name string
-			dial func() (net.Conn, error)
-		}{
-			{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
-			{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
-		}
+		dials := p.http1Sides(conf)
 		for _, d := range dials {
 			t.Run(d.name, func(t *testing.T) {
 				c, err := d.dial()
@@ -95,13 +104,7 @@ func TestEarlyAnswerLingers(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
 		conf := p.frontendHTTP1(t)
-		dials := []struct {
-			name string
-			dial func() (net.Conn, error)
-		}{
-			{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
-			{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
-		}
+		dials := p.http1Sides(conf)
 		answers := []struct {
 			path, name string
 			want       int
