@@ -429,8 +429,9 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	if rc.bodyRead {
 		n = nil // the forwarder reads readBody's copy
 	}
-	// An early answer closes the connection lingering (finish).
-	rc.linger = rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }, n)
+	if rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }, n) {
+		rc.linger = true // an early answer: the connection closes lingering (finish)
+	}
 	// Cut off before the upstream answered: the client is still there
 	// and is told why (after the headers, the forwarder reset the stream).
 	if !w.written && errors.Is(context.Cause(r.Context()), errTokenRevoked) {

@@ -203,10 +203,11 @@ type forwarder struct {
 // It sets ob's Status (the status sent to the client), ReqBytes (the
 // request body bytes read from the client: fewer than its Content-Length
 // when the answer came first) and RespBytes (the response body bytes
-// copied, 0 for an upgraded stream), for the traffic record — also when
-// the forward is aborted (the client gone, the upstream reset, the body
-// over a limit midway): forward then panics with http.ErrAbortHandler,
-// and what was read and sent until then is what happened.
+// copied, 0 for an upgraded stream), for the traffic record, whatever
+// the end: the client gone or its body over a limit (an error return),
+// or the answer's copy aborted midway (the upstream failing: forward then
+// panics with http.ErrAbortHandler, and a deferred record still sees what
+// was read and sent until then).
 //
 // It reports early when the answer came before the request body was read
 // to its end on HTTP/1.x: the answer said Connection: close, nothing
@@ -242,7 +243,7 @@ func (f *forwarder) forwardBody(w http.ResponseWriter, r *http.Request, upgrade 
 	}
 	var body *bodyReader
 	if r.ContentLength != 0 && r.Body != nil {
-		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength}
+		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength, sealable: r.ProtoMajor == 1}
 		*bodyp = body
 		r.Body = body
 		if r.ProtoMajor == 1 && upgrade == "" {
@@ -404,10 +405,15 @@ type bodyReader struct {
 	read   atomic.Int64
 	err    atomic.Bool
 	eof    atomic.Bool
-	// mu is held by a read of ReadCloser (the transport's goroutine) and
-	// by seal, which waits for it; sealed is set under mu.
-	mu     sync.Mutex
-	sealed bool
+	// sealable: an HTTP/1.x body, which finishEarly may seal. mu is then
+	// held by a read of ReadCloser (the transport's goroutine), by Close
+	// and by seal, which waits for a read in progress; sealed is set
+	// under mu. (net/http's HTTP/1.x body serializes its reads and Close
+	// the same way; an HTTP/2 body is never sealed, and its Close must
+	// not wait for a read: the transport closes it to end one.)
+	sealable bool
+	mu       sync.Mutex
+	sealed   bool
 }
 
 // errBodySealed is what a read of a body sealed after an early answer
@@ -415,10 +421,12 @@ type bodyReader struct {
 var errBodySealed = errors.New("proxy: request body no longer read: the answer came first")
 
 func (b *bodyReader) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.sealed {
-		return 0, errBodySealed
+	if b.sealable {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.sealed {
+			return 0, errBodySealed
+		}
 	}
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
@@ -436,16 +444,19 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // Close closes the body unless it was sealed: the connection it reads
 // may have been taken over by then.
 func (b *bodyReader) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.sealed {
-		return nil
+	if b.sealable {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.sealed {
+			return nil
+		}
 	}
 	return b.ReadCloser.Close()
 }
 
 // seal waits for a read in progress to end (the caller woke it with a
 // read deadline) and makes every later Read fail and Close do nothing.
+// Only a sealable body may be sealed.
 func (b *bodyReader) seal() {
 	b.mu.Lock()
 	b.sealed = true
