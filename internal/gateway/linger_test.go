@@ -331,3 +331,30 @@ func pollMetrics(t *testing.T, reg *prometheus.Registry, within time.Duration, o
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// An upstream's early answer to a body the client withholds comes at
+// once on both HTTP/1.1 server paths, for bodies from 100 KiB to 1 MiB
+// (smaller ones the upstream's sidecar reads whole before its app sees
+// the request), with and without Expect: 100-continue, the upstream
+// keeping or closing its connection; the connection then closes, and
+// what the client sends next is never read as a request (earlyH1).
+func TestEarlyUpstreamAnswerBodyWithheld(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
+	for _, fast := range []bool{true, false} {
+		tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast })
+		for _, a := range []struct {
+			name, path, body string
+			want             int
+		}{{"413", "/orders/early/now", "upload refused", 413}, {"close", "/orders/early/close", "nope", 401}} {
+			for _, size := range []int{100 << 10, 255 << 10, 1 << 20} {
+				for _, expect := range []bool{false, true} {
+					name := ownPath(fast) + "_" + a.name + "_" + strconv.Itoa(size>>10) + "KiB" + map[bool]string{true: "_expect_continue", false: ""}[expect]
+					t.Run(name, func(t *testing.T) {
+						earlyH1(t, tg, a.path, expect, size, 1000, 5*time.Second, a.want, a.body)
+					})
+				}
+			}
+		}
+	}
+}
