@@ -203,7 +203,8 @@ func TestEarlyUpstreamAnswerClientStillSendingH2(t *testing.T) {
 
 // limits.linger_bytes, linger_time and linger_timeout bound the
 // gateway's lingering closes on both HTTP/1.1 server paths, a reload
-// applies new values to the lingering closes that begin after it, and
+// applies new values to the lingering closes that begin after it (one
+// with a value out of range is refused and changes nothing), and
 // moatless_gateway_lingering_connections and
 // moatless_gateway_lingering_closes_total count them by how they ended.
 // Each case's client behaves so that the defaults (2 s idle, 5 s in all,
@@ -297,6 +298,18 @@ func TestGatewayLingerSettings(t *testing.T) {
 			// The client closes.
 			denied().Close()
 			ended("client_closed", 5*time.Second)
+
+			// A reload with a bound out of range is refused and changes
+			// nothing.
+			c0 := tg.g.state.Load().cfg
+			bad := c0
+			bad.Limits.LingerBytes = bad.Limits.MaxBodyBytes - 1
+			if err := tg.g.Reload(t.Context(), bad); err == nil || !strings.Contains(err.Error(), "limits.linger_bytes") {
+				t.Fatalf("reload with linger_bytes under max_body_bytes: %v", err)
+			}
+			if got := tg.g.state.Load().cfg.Limits; got != c0.Limits {
+				t.Fatalf("a refused reload changed the limits: %+v, was %+v", got, c0.Limits)
+			}
 		})
 	}
 }
