@@ -57,11 +57,12 @@ type LingerBounds struct {
 	MaxBytes    int64
 }
 
-// SidecarLinger bounds a sidecar's lingering close, and is the
-// gateway's default (its limits.linger_timeout, linger_time and
-// linger_bytes): 2 s idle, 5 s in all (nginx: lingering_timeout 5 s,
-// lingering_time 30 s; shorter here, as a client still sending 5 s after
-// its answer has long been refused), LingerBytes.
+// SidecarLinger bounds a sidecar's lingering close (a sidecar's config
+// has no limits; the gateway's limits.linger_timeout, linger_time and
+// linger_bytes default to the same): 2 s idle, 5 s in all (nginx:
+// lingering_timeout 5 s, lingering_time 30 s; shorter here, as a client
+// still sending 5 s after its answer has long been refused),
+// LingerBytes.
 var SidecarLinger = LingerBounds{Idle: 2 * time.Second, Total: 5 * time.Second, MaxBytes: LingerBytes}
 
 // LingerEnd is how a lingering close ended, the label of its metric.
