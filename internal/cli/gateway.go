@@ -46,6 +46,12 @@ func runGateway(ctx context.Context, e *Env, args []string) int {
 			return e.errorf(ExitUsage, "gateway: %v", err)
 		}
 		fmt.Fprintln(e.Stdout, "config OK")
+		// The bounds in force once defaults are filled, which a user
+		// cannot see in the file: the body limit and the lingering
+		// close's (linger_bytes defaults from max_body_bytes).
+		l := cfg.Limits
+		fmt.Fprintf(e.Stdout, "limits: max_body_bytes=%d linger_timeout=%s linger_time=%s linger_bytes=%d\n",
+			l.MaxBodyBytes, l.LingerTimeout.Std(), l.LingerTime.Std(), l.LingerBytes)
 		return ExitOK
 	}
 	tracer, stopTracing, err := e.dp().Tracer(ctx, log, "moatless-gateway")

@@ -150,7 +150,37 @@ type GatewayLimits struct {
 	MaxConnsPerIP int `json:"max_conns_per_ip,omitempty"`
 	// MaxConns bounds all open connections; default 10,000.
 	MaxConns int `json:"max_conns,omitempty"`
+	// LingerTimeout, LingerTime and LingerBytes bound a lingering close
+	// (nginx's lingering_timeout, lingering_time and the byte cap nginx
+	// does not have): after an answer to a request whose body was not
+	// read (the gateway's own refusal, an upstream's early answer) the
+	// connection is half-closed and what the client still sends is read
+	// and discarded until it closes, goes quiet for LingerTimeout
+	// (default 2s), LingerTime has passed (default 5s) or LingerBytes
+	// were read (default the larger of max_body_bytes and 10 MiB; at
+	// least max_body_bytes, as a client answered 413 still sends more
+	// than that). Closing with the client's bytes unread would make the
+	// kernel reset the connection, which can destroy the answer. New
+	// connections take a reloaded value.
+	LingerTimeout wire.Duration `json:"linger_timeout,omitempty"`
+	LingerTime    wire.Duration `json:"linger_time,omitempty"`
+	LingerBytes   int64         `json:"linger_bytes,omitempty"`
 }
+
+// The defaults and bounds of the lingering close's settings. The caps
+// keep a lingering connection (a goroutine and a connection slot of its
+// client's max_conns_per_ip) from being held long or fed much.
+const (
+	DefaultLingerTimeout = 2 * time.Second
+	DefaultLingerTime    = 5 * time.Second
+	// DefaultLingerBytes is the least default linger_bytes.
+	DefaultLingerBytes = 10 << 20
+	minLinger          = 10 * time.Millisecond
+	maxLingerTimeout   = time.Minute
+	maxLingerTime      = 5 * time.Minute
+	// maxLingerBytes caps linger_bytes, or max_body_bytes when larger.
+	maxLingerBytes = 1 << 30
+)
 
 // GatewayWAF configures the Coraza engine with the embedded OWASP Core
 // Rule Set. Routes turn it on with waf: {enabled: true}.
@@ -383,6 +413,17 @@ func (c *Gateway) FillDefaults() {
 	setDef(&l.ReadTimeout, wire.Duration(60*time.Second))
 	setDef(&l.HandshakeTimeout, wire.Duration(10*time.Second))
 	setDef(&l.IdleTimeout, wire.Duration(2*time.Minute))
+	// Only zero (unset) takes a lingering default: a negative value is
+	// an error (Validate), not a request for the default.
+	if l.LingerTimeout == 0 {
+		l.LingerTimeout = wire.Duration(DefaultLingerTimeout)
+	}
+	if l.LingerTime == 0 {
+		l.LingerTime = wire.Duration(DefaultLingerTime)
+	}
+	if l.LingerBytes == 0 {
+		l.LingerBytes = max(l.MaxBodyBytes, DefaultLingerBytes)
+	}
 	if c.WAF.Mode == "" {
 		c.WAF.Mode = "block"
 	}
@@ -471,6 +512,7 @@ func (c *Gateway) Validate() error {
 	if l.MaxURIBytes < 256 || l.MaxURIBytes > l.MaxHeaderBytes {
 		add("limits.max_uri_bytes: %d is not between 256 and max_header_bytes", l.MaxURIBytes)
 	}
+	errs = append(errs, l.validateLinger()...)
 	if !oneOf(c.WAF.Mode, "block", "detect") {
 		add("waf.mode: %q is not block or detect", c.WAF.Mode)
 	}
@@ -748,4 +790,27 @@ func validHost(h string) bool {
 		}
 	}
 	return h != ""
+}
+
+// validateLinger checks the lingering close's settings (defaults
+// filled): each within its bounds, the idle bound not over the total,
+// and the byte cap not under the body limit.
+func (l GatewayLimits) validateLinger() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("config: "+format, args...)) }
+	if d := l.LingerTimeout.Std(); d < minLinger || d > maxLingerTimeout {
+		add("limits.linger_timeout: %s is not between %s and %s", d, minLinger, maxLingerTimeout)
+	}
+	if d := l.LingerTime.Std(); d < minLinger || d > maxLingerTime {
+		add("limits.linger_time: %s is not between %s and %s", d, minLinger, maxLingerTime)
+	} else if l.LingerTimeout > l.LingerTime {
+		add("limits.linger_timeout: %s is longer than limits.linger_time %s", l.LingerTimeout.Std(), d)
+	}
+	switch top := max(maxLingerBytes, l.MaxBodyBytes); {
+	case l.LingerBytes < l.MaxBodyBytes:
+		add("limits.linger_bytes: %d is less than limits.max_body_bytes %d (a client answered 413 still sends its body)", l.LingerBytes, l.MaxBodyBytes)
+	case l.LingerBytes > top:
+		add("limits.linger_bytes: %d is more than %d", l.LingerBytes, top)
+	}
+	return errs
 }

@@ -32,6 +32,9 @@ func TestParseGateway(t *testing.T) {
 	if c.Limits.MaxBodyBytes != DefaultMaxBodyBytes || c.Namespace != DefaultGatewayNamespace || c.Labels["istio"] != "ingressgateway" || c.WAF.Mode != "block" || c.Routes[0].Retries != 2 {
 		t.Errorf("defaults not filled: %+v", c)
 	}
+	if l := c.Limits; l.LingerTimeout.Std() != DefaultLingerTimeout || l.LingerTime.Std() != DefaultLingerTime || l.LingerBytes != DefaultLingerBytes {
+		t.Errorf("lingering defaults not filled: %+v", l)
+	}
 	tests := []struct {
 		name, yaml, want string
 	}{
@@ -53,12 +56,50 @@ func TestParseGateway(t *testing.T) {
 		{"bad_waf_mode", gatewayOK + "waf: {mode: learn}\n", "waf.mode"},
 		{"retired_http1_fast_path", gatewayOK + "http1_fast_path: true\n", `line 18: key "http1_fast_path" in top level is no longer accepted: the HTTP/1.1 fast path is on by default; write "disable_http1_fast_path: true"`},
 		{"paranoia_5", gatewayOK + "waf: {paranoia_level: 5}\n", "waf.paranoia_level"},
+		{"linger_timeout_negative", gatewayOK + "limits: {linger_timeout: -1s}\n", "limits.linger_timeout: -1s is not between 10ms and 1m0s"},
+		{"linger_timeout_tiny", gatewayOK + "limits: {linger_timeout: 1ms}\n", "limits.linger_timeout: 1ms is not between"},
+		{"linger_timeout_over_cap", gatewayOK + "limits: {linger_timeout: 2m, linger_time: 3m}\n", "limits.linger_timeout: 2m0s is not between"},
+		{"linger_timeout_over_time", gatewayOK + "limits: {linger_timeout: 10s}\n", "limits.linger_timeout: 10s is longer than limits.linger_time 5s"},
+		{"linger_time_negative", gatewayOK + "limits: {linger_time: -5s}\n", "limits.linger_time: -5s is not between 10ms and 5m0s"},
+		{"linger_time_over_cap", gatewayOK + "limits: {linger_time: 1h}\n", "limits.linger_time: 1h0m0s is not between"},
+		{"linger_bytes_negative", gatewayOK + "limits: {linger_bytes: -1}\n", "limits.linger_bytes: -1 is less than limits.max_body_bytes 10485760"},
+		{"linger_bytes_under_body_limit", gatewayOK + "limits: {max_body_bytes: 2097152, linger_bytes: 1048576}\n", "limits.linger_bytes: 1048576 is less than limits.max_body_bytes 2097152"},
+		{"linger_bytes_over_cap", gatewayOK + "limits: {linger_bytes: 2147483648}\n", "limits.linger_bytes: 2147483648 is more than 1073741824"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := ParseGateway(strings.NewReader(tt.yaml))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// The lingering close's settings: the byte cap defaults to the body
+// limit when that is larger than 10 MiB, and values within the bounds are
+// taken as written.
+func TestParseGatewayLinger(t *testing.T) {
+	tests := []struct {
+		name, limits   string
+		timeout, total string
+		bytes          int64
+	}{
+		{"defaults", "{}", "2s", "5s", 10 << 20},
+		{"body_limit_larger", "{max_body_bytes: 67108864}", "2s", "5s", 64 << 20},
+		{"set", "{linger_timeout: 500ms, linger_time: 30s, linger_bytes: 20971520}", "500ms", "30s", 20 << 20},
+		{"timeout_equals_time", "{linger_timeout: 1s, linger_time: 1s}", "1s", "1s", 10 << 20},
+		{"large_body_limit_over_cap", "{max_body_bytes: 4294967296}", "2s", "5s", 4 << 30},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseGateway(strings.NewReader(gatewayOK + "limits: " + tt.limits + "\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := c.Limits
+			if l.LingerTimeout.Std().String() != tt.timeout || l.LingerTime.Std().String() != tt.total || l.LingerBytes != tt.bytes {
+				t.Fatalf("linger_timeout %s, linger_time %s, linger_bytes %d; want %s, %s, %d", l.LingerTimeout.Std(), l.LingerTime.Std(), l.LingerBytes, tt.timeout, tt.total, tt.bytes)
 			}
 		})
 	}

@@ -29,9 +29,12 @@ type accessEntry struct {
 	requestID, client, method, host, path, proto string
 	route                                        string
 	status                                       int
-	bytes                                        int64
-	duration                                     time.Duration
-	identity, blockReason, detail                string
+	// bytes is the answer's body bytes written, requestBytes the
+	// request's body bytes read (fewer than announced when the answer
+	// came first, the forward was aborted or the client went away).
+	bytes, requestBytes           int64
+	duration                      time.Duration
+	identity, blockReason, detail string
 }
 
 func (l *accessLog) write(e *accessEntry) {
@@ -61,6 +64,8 @@ func appendAccess(b []byte, e *accessEntry) []byte {
 	b = strconv.AppendInt(b, int64(e.status), 10)
 	b = append(b, `,"bytes":`...)
 	b = strconv.AppendInt(b, e.bytes, 10)
+	b = append(b, `,"request_bytes":`...)
+	b = strconv.AppendInt(b, e.requestBytes, 10)
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendFloat(b, float64(e.duration.Microseconds())/1000, 'g', -1, 64)
 	b = appendField(b, "identity", e.identity)

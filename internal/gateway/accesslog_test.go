@@ -23,6 +23,7 @@ func slogLine(t testing.TB, e *accessEntry) string {
 		slog.String("route", e.route),
 		slog.Int("status", e.status),
 		slog.Int64("bytes", e.bytes),
+		slog.Int64("request_bytes", e.requestBytes),
 		slog.Float64("duration_ms", float64(e.duration.Microseconds())/1000),
 		slog.String("identity", e.identity),
 	}
@@ -45,7 +46,7 @@ func TestAccessLineIsSlogs(t *testing.T) {
 		time:      time.Date(2026, 12, 6, 20, 45, 1, 234567891, time.UTC),
 		requestID: "5f0c6d8e2a7b4c1d9e3f0a1b2c3d4e5f", client: "198.51.100.7", method: "POST",
 		host: "api.example.com", path: "/orders", proto: "HTTP/1.1", route: "orders",
-		status: 200, bytes: 6, duration: 1234567 * time.Nanosecond, identity: "spiffe://moatless.local/ns/prod/sa/web",
+		status: 200, bytes: 6, requestBytes: 12, duration: 1234567 * time.Nanosecond, identity: "spiffe://moatless.local/ns/prod/sa/web",
 	}
 	tests := []struct {
 		name string

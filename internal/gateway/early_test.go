@@ -12,15 +12,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
-	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
-	"github.com/moatless/moatless/internal/wire"
 )
 
 // An upstream that answers before it has read the request body (a 413 or
@@ -60,19 +57,9 @@ func TestEarlyUpstreamAnswer(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var edges []wire.EdgeRecord
-			rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
-				mu.Lock()
-				edges = append(edges, r.Edges...)
-				mu.Unlock()
-				return nil
-			}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			el := newEdgeLog(t)
 			tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !tc.fast },
-				func(o *Options) { o.Recorder = rec })
+				func(o *Options) { o.Recorder = el.rec })
 			h2 := h2Client(tg)
 			defer h2.CloseIdleConnections()
 			// Requests that complete, a small body and one streamed
@@ -123,11 +110,7 @@ func TestEarlyUpstreamAnswer(t *testing.T) {
 				!strings.Contains(tg.access.String(), `"status":`+strconv.Itoa(tc.want)+`,`) {
 				t.Errorf("access log has no %d line for %s:\n%s", tc.want, tc.path, tg.access.String())
 			}
-			if err := rec.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
+			edges := el.take(t)
 			found := false
 			for _, e := range edges {
 				if e.Method == "POST" && e.Status == tc.want/100 && strings.HasPrefix(e.Path, "/orders/early") {

@@ -124,7 +124,7 @@ func (fc *fastConn) close(bp *[]byte) {
 	}
 	fc.buf = nil
 	if unread {
-		fc.g.lingering.Linger(fc.tc, int64(buffered), fc.g.lingerBytes(), func() { fc.g.conns.release(fc.raw) })
+		fc.g.lingering.Linger(fc.tc, int64(buffered), lingerBounds(fc.g.state.Load()), func() { fc.g.conns.release(fc.raw) })
 		return
 	}
 	fc.tc.SetWriteDeadline(time.Now().Add(time.Second))

@@ -202,6 +202,10 @@ func New(opts Options) (*Gateway, error) {
 	if g.metrics, err = newMetrics(reg, g.certs.notAfter); err != nil {
 		return nil, err
 	}
+	// moatless_gateway_lingering_connections and _lingering_closes_total.
+	if err := reg.Register(g.lingering.Collector("moatless_gateway")); err != nil {
+		return nil, err
+	}
 	if opts.Config.AccessLog != nil && !*opts.Config.AccessLog {
 		g.access = nil
 	}

@@ -425,8 +425,12 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 	}
 	rc.forwarded = true
-	if n := rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }); !rc.bodyRead {
-		rc.bodyBytes = n // else the forwarder read readBody's copy
+	n := &rc.bodyBytes
+	if rc.bodyRead {
+		n = nil // the forwarder reads readBody's copy
+	}
+	if rt.fwd.Forward(w, r, upgrade, func(c net.Conn) func() { return g.conns.track(c) }, n) {
+		rc.linger = true // an early answer: the connection closes lingering (finish)
 	}
 	// Cut off before the upstream answered: the client is still there
 	// and is told why (after the headers, the forwarder reset the stream).
@@ -536,7 +540,7 @@ func (g *Gateway) finish(w *respWriter, r *http.Request) {
 	g.access.write(&accessEntry{
 		time: rc.start.Add(d), requestID: rc.id, client: addrString(rc.client),
 		method: r.Method, host: truncate(r.Host, 256), path: truncate(r.URL.Path, 1024), proto: r.Proto,
-		route: route, status: status, bytes: w.bytes, duration: d,
+		route: route, status: status, bytes: w.bytes, requestBytes: rc.bodyBytes, duration: d,
 		identity: rc.identity, blockReason: rc.reason, detail: rc.detail,
 	})
 }

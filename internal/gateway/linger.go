@@ -14,8 +14,8 @@ import (
 // Connection: close and the connection closes lingering after it (see
 // proxy.DrainUnread), the fast path's in place (fastConn.close),
 // net/http's taken over (lingerHijacked). Lingering connections still
-// count towards the connection caps, and at most lingerBytes are read
-// from one.
+// count towards the connection caps, and are bounded by the limits
+// (lingerBounds).
 func (w *respWriter) settle() {
 	rc := w.rc
 	r := rc.req
@@ -39,23 +39,38 @@ func (w *respWriter) settle() {
 	rc.linger = true
 }
 
-// lingerHijacked takes over a net/http connection whose answer settle
-// set to close, once the answer is written, and closes it lingering on
-// its own goroutine, so that the request's handler ends (and its access
-// log line is written) at once.
+// lingerHijacked takes over a net/http connection whose answer said
+// close before the request body was read (settle's, or the forwarder's
+// after an upstream's early answer), once the answer is written, and
+// closes it lingering on its own goroutine, so that the request's handler
+// ends (and its access log line is written) at once.
 func (g *Gateway) lingerHijacked(w *respWriter) {
 	// net/http reported the connection gone when it was taken over: it
 	// is counted again for as long as it lingers.
-	proxy.LingerHijack(w.ResponseWriter, &g.lingering, g.lingerBytes(), g.conns.track)
+	proxy.LingerHijack(w.ResponseWriter, &g.lingering, lingerBounds(w.rc.st), g.conns.track)
 }
 
-// lingerBytes is the byte cap of a lingering close: limits.max_body_bytes,
-// and at least proxy.LingerBytes. Not the body limit alone: a client
-// answered 413 still sends a body larger than it, and reaching the cap
-// closes the connection with the client's bytes unread, which makes the
-// kernel send an RST that can destroy the answer before the client reads
-// it (moatless demo's 200 KiB body against a 64 KiB limit got "broken
-// pipe" instead of its 413 about one run in three).
-func (g *Gateway) lingerBytes() int64 {
-	return max(g.opts.Config.Limits.MaxBodyBytes, proxy.LingerBytes)
+// lingerBounds is the bounds of a lingering close under st's config:
+// limits.linger_timeout, linger_time and linger_bytes (the config's
+// defaults and validation keep linger_bytes at least max_body_bytes: a
+// client answered 413 still sends a body larger than that, and reaching
+// the cap closes the connection with the client's bytes unread, which
+// makes the kernel send an RST that can destroy the answer before the
+// client reads it; moatless demo's 200 KiB body against a 64 KiB limit
+// got "broken pipe" instead of its 413 about one run in three). A config
+// whose defaults were not filled gets the sidecar's bounds.
+func lingerBounds(st *state) proxy.LingerBounds {
+	b := proxy.SidecarLinger
+	l := &st.cfg.Limits
+	if l.LingerTimeout > 0 {
+		b.Idle = l.LingerTimeout.Std()
+	}
+	if l.LingerTime > 0 {
+		b.Total = l.LingerTime.Std()
+	}
+	if l.LingerBytes > 0 {
+		b.MaxBytes = l.LingerBytes
+	}
+	b.MaxBytes = max(b.MaxBytes, l.MaxBodyBytes)
+	return b
 }

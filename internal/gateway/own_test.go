@@ -2,22 +2,18 @@ package gateway
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"io"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
-	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
-	"github.com/moatless/moatless/internal/wire"
 )
 
 // deniedBody is how the gateway's own 403 for /private/1 begins.
@@ -106,45 +102,7 @@ func TestGatewayOwnAnswerClientStillSending(t *testing.T) {
 				name += "_slow"
 			}
 			t.Run(name, func(t *testing.T) {
-				c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				answered := strings.Count(tg.access.String(), `"status":403`)
-				head := "POST /private/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + strconv.Itoa(size) + "\r\n\r\n"
-				if _, err := io.WriteString(c, head+strings.Repeat("a", 1000)); err != nil {
-					t.Fatal(err)
-				}
-				// The request was answered (its access log line is
-				// written as the answer goes out) before the client
-				// sends the rest.
-				deadline := time.Now().Add(5 * time.Second)
-				for strings.Count(tg.access.String(), `"status":403`) == answered {
-					if time.Now().After(deadline) {
-						t.Fatalf("no answer logged within 5 s while the client withholds %d bytes", size-1000)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				chunk := []byte(strings.Repeat("b", 16<<10))
-				for left := size - 1000; left > 0; left -= len(chunk) {
-					time.Sleep(tc.pause) // the client's pace, not a wait for the gateway
-					if _, err := c.Write(chunk[:min(left, len(chunk))]); err != nil {
-						// Within the lingering bounds the upload is read,
-						// not reset (a client such as curl then reports
-						// the failed send, not the answer).
-						t.Fatalf("write after the answer, %d bytes left: %v", left, err)
-					}
-				}
-				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-				if err != nil {
-					t.Fatalf("the answer was lost: %v", err)
-				}
-				b, err := io.ReadAll(resp.Body)
-				if err != nil || resp.StatusCode != 403 || !strings.HasPrefix(string(b), deniedBody) || !resp.Close {
-					t.Fatalf("answer %d close=%v %q: %v", resp.StatusCode, resp.Close, b, err)
-				}
+				uploadAfterAnswer(t, tg, "/private/1", size, false, tc.pause, http.StatusForbidden, deniedBody)
 			})
 		}
 	}
@@ -225,28 +183,14 @@ func TestGatewayRecordCountsBodyBytesRead(t *testing.T) {
 	up := startUpstream(t, ca, ordersID, proxytest.EarlyApp(t))
 	for _, fast := range []bool{true, false} {
 		t.Run(ownPath(fast), func(t *testing.T) {
-			var mu sync.Mutex
-			var edges []wire.EdgeRecord
-			rec, err := proxy.NewRecorder(proxy.RecorderConfig{Component: "gateway", Logger: discard(), Send: func(_ context.Context, r *wire.RecordReport) error {
-				mu.Lock()
-				edges = append(edges, r.Edges...)
-				mu.Unlock()
-				return nil
-			}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			el := newEdgeLog(t)
 			tg := startGatewayWith(t, ca, up, func(c *config.Gateway) { c.DisableHTTP1FastPath = !fast },
-				func(o *Options) { o.Recorder = rec })
+				func(o *Options) { o.Recorder = el.rec })
 			earlyH1(t, tg, "/private/1", false, 1<<20, 1000, 5*time.Second, http.StatusForbidden, deniedBody)
 			if resp, b := tg.do(t, "POST", "/orders/echo", strings.NewReader(strings.Repeat("e", 1000)), nil); resp.StatusCode != 200 || string(b) != "1000" {
 				t.Fatalf("forwarded request: %d %q", resp.StatusCode, b)
 			}
-			if err := rec.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
+			edges := el.take(t)
 			seen := 0
 			for _, e := range edges {
 				switch {

@@ -26,6 +26,21 @@ func (p *pair) frontendHTTP1(t testing.TB) *tls.Config {
 	return ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"})
 }
 
+// sideDial dials one side of a pair as an HTTP/1.1 client.
+type sideDial struct {
+	name string
+	dial func() (net.Conn, error)
+}
+
+// http1Sides dials p's outbound (plain HTTP, as the local app) and its
+// inbound (mTLS with conf, as a peer).
+func (p *pair) http1Sides(conf *tls.Config) []sideDial {
+	return []sideDial{
+		{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
+		{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
+	}
+}
+
 // A sidecar relays an app's early answer (before it read the body) at
 // once, on its outbound (plain HTTP/1.1 from the local app) and its
 // inbound (mTLS HTTP/1.1), on both server paths, while the client
@@ -36,13 +51,7 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
 		conf := p.frontendHTTP1(t)
-		dials := []struct {
-			name string
-			dial func() (net.Conn, error)
-		}{
-			{"outbound", func() (net.Conn, error) { return net.Dial("tcp", strings.TrimPrefix(p.outboundURL, "http://")) }},
-			{"inbound", func() (net.Conn, error) { return tls.Dial("tcp", p.inboundAddr, conf) }},
-		}
+		dials := p.http1Sides(conf)
 		for _, d := range dials {
 			t.Run(d.name, func(t *testing.T) {
 				c, err := d.dial()
@@ -79,6 +88,68 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || string(b) != strconv.Itoa(100<<10) {
 			t.Fatalf("a request after the early answers: %d %q", resp.StatusCode, b)
+		}
+	})
+}
+
+// After an app's early answer (before it read the body) the sidecar goes
+// on reading what the client still sends of that body, on its outbound
+// and its inbound and on both server paths, as after its own answers
+// (TestOwnAnswerLingers): a client that reads the answer and then sends
+// the rest of its body, at once or slowly, has every write accepted and
+// then sees the connection end. Before, net/http's server stopped
+// reading, waited 500 ms and closed, and the kernel reset the connection
+// over the unread bytes.
+func TestEarlyAnswerLingers(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		dials := p.http1Sides(conf)
+		answers := []struct {
+			path, name string
+			want       int
+		}{{"/early/now", "413", 413}, {"/early/close", "close", 401}}
+		uploads := []struct {
+			size  int
+			pause time.Duration // between 16 KiB writes: a slow uploader still sending after 500 ms
+		}{{100 << 10, 0}, {1 << 20, 0}, {1 << 20, 15 * time.Millisecond}}
+		for _, d := range dials {
+			for _, a := range answers {
+				for _, u := range uploads {
+					name := d.name + "_" + a.name + "_" + strconv.Itoa(u.size>>10) + "KiB"
+					if u.pause > 0 {
+						name += "_slow"
+					}
+					t.Run(name, func(t *testing.T) {
+						c, err := d.dial()
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(10 * time.Second))
+						io.WriteString(c, "POST "+a.path+" HTTP/1.1\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(u.size)+"\r\n\r\n"+strings.Repeat("a", 1000))
+						br := bufio.NewReader(c)
+						resp, err := http.ReadResponse(br, nil)
+						if err != nil {
+							t.Fatalf("no answer: %v", err)
+						}
+						io.ReadAll(resp.Body)
+						if resp.StatusCode != a.want || !resp.Close {
+							t.Fatalf("answer %d close=%v, want %d and Connection: close", resp.StatusCode, resp.Close, a.want)
+						}
+						chunk := []byte(strings.Repeat("b", 16<<10))
+						for left := u.size - 1000; left > 0; left -= len(chunk) {
+							time.Sleep(u.pause) // the client's pace
+							if _, err := c.Write(chunk[:min(left, len(chunk))]); err != nil {
+								t.Fatalf("write after the answer, %d bytes left: %v", left, err)
+							}
+						}
+						if rest, err := io.ReadAll(br); len(rest) > 0 || err != nil {
+							t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+						}
+					})
+				}
+			}
 		}
 	})
 }

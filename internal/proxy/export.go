@@ -208,12 +208,21 @@ func NewForwarder(c ForwarderConfig) (*Forwarder, error) {
 // must have been removed with RemoveHopHeaders first, which returned
 // upgrade ("" for none). onHijack, when non-nil, is called with the
 // client connection once an upgrade has taken it over, and its result
-// when the upgraded stream ends. It returns the request body bytes it
-// read from the client (fewer than the Content-Length when the answer
-// came first), for the traffic record.
-func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (reqBytes int64) {
-	_, reqBytes, _ = f.f.forward(w, r, upgrade, onHijack)
-	return reqBytes
+// when the upgraded stream ends. reqBytes, when non-nil, is set to the
+// request body bytes it read from the client (fewer than the
+// Content-Length when the answer came first), for the traffic record,
+// also when the forward is aborted (Forward then panics with
+// http.ErrAbortHandler; a deferred record sees the bytes). It reports
+// early when the answer came before the body was read to its end on
+// HTTP/1.x: the answer said Connection: close and the caller must close
+// the connection lingering (LingerHijack; the client may still be
+// sending).
+func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func(), reqBytes *int64) (early bool) {
+	var ob Observation
+	if reqBytes != nil {
+		defer func() { *reqBytes = ob.ReqBytes }()
+	}
+	return f.f.forward(w, r, upgrade, onHijack, &ob)
 }
 
 // RemoveHopHeaders removes the hop-by-hop headers of RFC 9110 section

@@ -198,12 +198,42 @@ type forwarder struct {
 // removeHopHeaders, to the destination; upgrade is the protocol
 // removeHopHeaders returned ("" for none). onHijack, when non-nil, is called
 // with the client connection once a protocol upgrade has taken it over,
-// and its return is called when the upgraded stream ends. It returns the
-// status sent to the client, the request body bytes read from the client
-// (fewer than its Content-Length when the answer came first) and the
-// response body bytes copied (0 for an upgraded stream), for the traffic
-// record.
-func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func()) (status int, reqBytes, respBytes int64) {
+// and its return is called when the upgraded stream ends.
+//
+// It sets ob's Status (the status sent to the client), ReqBytes (the
+// request body bytes read from the client: fewer than its Content-Length
+// when the answer came first) and RespBytes (the response body bytes
+// copied, 0 for an upgraded stream), for the traffic record, whatever
+// the end: the client gone or its body over a limit (an error return),
+// or the answer's copy aborted midway (the upstream failing: forward then
+// panics with http.ErrAbortHandler, and a deferred record still sees what
+// was read and sent until then).
+//
+// It reports early when the answer came before the request body was read
+// to its end on HTTP/1.x: the answer said Connection: close, nothing
+// reads the client's body any more, and the caller must close the
+// connection lingering (LingerHijack), since the client may still be
+// sending that body; closing it otherwise (net/http's server stops
+// reading, waits 500 ms and closes) makes the kernel answer the unread
+// bytes with an RST, which destroys the answer in a client that sends
+// its whole body before reading.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func(), ob *Observation) (early bool) {
+	var body *bodyReader
+	var respBytes int64
+	defer func() {
+		if body != nil {
+			ob.ReqBytes = body.read.Load()
+		}
+		ob.RespBytes = respBytes
+	}()
+	ob.Status, early = f.forwardBody(w, r, upgrade, onHijack, &body, &respBytes)
+	return early
+}
+
+// forwardBody is forward's work; body is the request body as it is read
+// and respBytes the response bytes copied, as they are, for forward to
+// count even when this panics.
+func (f *forwarder) forwardBody(w http.ResponseWriter, r *http.Request, upgrade string, onHijack func(net.Conn) func(), bodyp **bodyReader, respBytes *int64) (status int, early bool) {
 	r.URL.Scheme = f.scheme
 	r.URL.Host = f.host
 	r.RequestURI = ""
@@ -212,13 +242,9 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		r.Body = nil
 	}
 	var body *bodyReader
-	defer func() {
-		if body != nil {
-			reqBytes = body.read.Load()
-		}
-	}()
 	if r.ContentLength != 0 && r.Body != nil {
-		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength}
+		body = &bodyReader{ReadCloser: r.Body, length: r.ContentLength, sealable: r.ProtoMajor == 1}
+		*bodyp = body
 		r.Body = body
 		if r.ProtoMajor == 1 && upgrade == "" {
 			// Let a streaming HTTP/1.1 client (gRPC-web, chunked uploads)
@@ -229,7 +255,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
 		if errors.Is(r.Context().Err(), context.Canceled) {
-			return 0, 0, 0 // the client went away; nobody to answer
+			return 0, false // the client went away; nobody to answer
 		}
 		if f.onError != nil {
 			// The gateway's own answers (a body over its limit is a 413).
@@ -243,19 +269,19 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 			// connection goes with it.
 			w.Header().Set("Connection", "close")
 			badRequest(w)
-			return http.StatusBadRequest, 0, 0
+			return http.StatusBadRequest, false
 		}
 		f.failed(w, r.Method, r.URL.Path, err)
-		return http.StatusServiceUnavailable, 0, 0
+		return http.StatusServiceUnavailable, false
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {
 			resp.Body.Close()
 			f.refuseSwitch(w, upgrade, resp.Header.Get("Upgrade"))
-			return http.StatusBadGateway, 0, 0
+			return http.StatusBadGateway, false
 		}
 		f.upgrade(w, r, resp, onHijack)
-		return http.StatusSwitchingProtocols, 0, 0
+		return http.StatusSwitchingProtocols, false
 	}
 	defer resp.Body.Close()
 
@@ -294,7 +320,7 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			respBytes += int64(n)
+			*respBytes += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -326,9 +352,9 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 		}
 	}
 	if body != nil && !body.done() {
-		finishEarly(rc, r)
+		early = finishEarly(rc, r, body)
 	}
-	return resp.StatusCode, 0, respBytes
+	return resp.StatusCode, early
 }
 
 // finishEarly ends a request whose answer is complete before its body
@@ -344,17 +370,34 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, upgrade stri
 // HTTP/2 the stream ends and net/http resets it with NO_ERROR, asking the
 // client to stop sending (RFC 9113 section 8.1), while the connection's
 // other streams go on.
-func finishEarly(rc *http.ResponseController, r *http.Request) {
+//
+// On HTTP/1.x the body is then sealed: a read the deadline woke has
+// ended, and nothing reads the connection through it any more (the
+// transport's later Close included, which net/http's body would make a
+// read of up to 256 KiB), so that the caller may take the connection over
+// and close it lingering; early reports that it should.
+func finishEarly(rc *http.ResponseController, r *http.Request, body *bodyReader) (early bool) {
 	_ = rc.Flush()
-	if err := rc.SetReadDeadline(time.Unix(1, 0)); err != nil && r.ProtoMajor != 1 {
-		// No deadline to set (an HTTP/2 body's Close does not wait for
-		// its reader): close the body instead.
-		r.Body.Close()
+	if err := rc.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		if r.ProtoMajor != 1 {
+			// No deadline to set (an HTTP/2 body's Close does not wait
+			// for its reader): close the body instead.
+			r.Body.Close()
+		}
+		// An HTTP/1.x writer without deadlines: a read of the body may
+		// still be blocked, the connection cannot be taken over.
+		return false
 	}
+	if r.ProtoMajor != 1 {
+		return false
+	}
+	body.seal()
+	return true
 }
 
 // bodyReader remembers whether reading a request body failed otherwise
-// than by its end, and whether it was read to its end.
+// than by its end, whether it was read to its end and how many bytes were
+// read; once sealed (finishEarly) it reads and closes nothing.
 type bodyReader struct {
 	io.ReadCloser
 	// length is the body's Content-Length, -1 when unknown (chunked).
@@ -362,9 +405,29 @@ type bodyReader struct {
 	read   atomic.Int64
 	err    atomic.Bool
 	eof    atomic.Bool
+	// sealable: an HTTP/1.x body, which finishEarly may seal. mu is then
+	// held by a read of ReadCloser (the transport's goroutine), by Close
+	// and by seal, which waits for a read in progress; sealed is set
+	// under mu. (net/http's HTTP/1.x body serializes its reads and Close
+	// the same way; an HTTP/2 body is never sealed, and its Close must
+	// not wait for a read: the transport closes it to end one.)
+	sealable bool
+	mu       sync.Mutex
+	sealed   bool
 }
 
+// errBodySealed is what a read of a body sealed after an early answer
+// returns.
+var errBodySealed = errors.New("proxy: request body no longer read: the answer came first")
+
 func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.sealable {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.sealed {
+			return 0, errBodySealed
+		}
+	}
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
 		b.read.Add(int64(n))
@@ -376,6 +439,28 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		b.err.Store(true)
 	}
 	return n, err
+}
+
+// Close closes the body unless it was sealed: the connection it reads
+// may have been taken over by then.
+func (b *bodyReader) Close() error {
+	if b.sealable {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.sealed {
+			return nil
+		}
+	}
+	return b.ReadCloser.Close()
+}
+
+// seal waits for a read in progress to end (the caller woke it with a
+// read deadline) and makes every later Read fail and Close do nothing.
+// Only a sealable body may be sealed.
+func (b *bodyReader) seal() {
+	b.mu.Lock()
+	b.sealed = true
+	b.mu.Unlock()
 }
 
 func (b *bodyReader) failed() bool { return b.err.Load() }

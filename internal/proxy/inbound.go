@@ -403,7 +403,7 @@ func (ib *inbound) serveFast(fc *fastConn, conn net.Conn, info *connInfo) {
 	if o != fastHandoff {
 		fc.release()
 		if fc.linger {
-			ib.s.lingering.Linger(conn, 0, LingerBytes, func() { ib.connDone(conn) })
+			ib.s.lingering.Linger(conn, 0, SidecarLinger, func() { ib.connDone(conn) })
 			return
 		}
 		ib.connDone(conn)
@@ -859,9 +859,12 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// An upgraded stream outlives the HTTP server's view of the
 	// connection; it stays registered for revocation until it ends.
-	ob.Status, ob.ReqBytes, ob.RespBytes = ib.fwd.forward(fw, r, d.upgrade, ib.taken)
+	early := ib.fwd.forward(fw, r, d.upgrade, ib.taken, &ob)
 	if pw != nil && len(pw.buf) > 0 {
 		s.rec.piiScan(&ob, pw.buf)
+	}
+	if early {
+		LingerHijack(w, &s.lingering, SidecarLinger, ib.taken)
 	}
 }
 

@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A sidecar's or the gateway's own answer to an HTTP/1.1 request whose
@@ -26,7 +30,9 @@ import (
 // connection is closed after it with a lingering close, as nginx's
 // lingering_close (LingerClose): close_notify and FIN first, then what
 // the client still sends is read and discarded until it closes too, goes
-// quiet for LingerIdle, LingerTime has passed or a byte cap was read.
+// quiet for a while, a total time has passed or a byte cap was read
+// (LingerBounds; the answer of an upstream that came before the body was
+// read closes the same way, see forward).
 // Closing at once would drop the unread bytes and make the kernel answer
 // them with an RST, which destroys the answer in a client that sends its
 // whole body before reading (most simple clients; net/http's server
@@ -42,12 +48,49 @@ var (
 	// DrainWait; one that trickles in, DrainTime at most.
 	DrainWait = 50 * time.Millisecond
 	DrainTime = 250 * time.Millisecond
-	// LingerTime and LingerIdle bound a lingering close (nginx:
-	// lingering_time 30 s, lingering_timeout 5 s; shorter here, as a
-	// client still sending 5 s after its answer has long been refused).
-	LingerTime = 5 * time.Second
-	LingerIdle = 2 * time.Second
 )
+
+// LingerBounds bound one lingering close: it ends when the client has
+// been quiet for Idle, Total after it began, or once MaxBytes were read.
+type LingerBounds struct {
+	Idle, Total time.Duration
+	MaxBytes    int64
+}
+
+// SidecarLinger bounds a sidecar's lingering close (a sidecar's config
+// has no limits; the gateway's limits.linger_timeout, linger_time and
+// linger_bytes default to the same): 2 s idle, 5 s in all (nginx:
+// lingering_timeout 5 s, lingering_time 30 s; shorter here, as a client
+// still sending 5 s after its answer has long been refused),
+// LingerBytes.
+var SidecarLinger = LingerBounds{Idle: 2 * time.Second, Total: 5 * time.Second, MaxBytes: LingerBytes}
+
+// LingerEnd is how a lingering close ended, the label of its metric.
+type LingerEnd uint8
+
+const (
+	// LingerClientClosed: the client closed its end (or reset it).
+	LingerClientClosed LingerEnd = iota
+	// LingerIdleTimeout: the client was quiet for the idle bound.
+	LingerIdleTimeout
+	// LingerTimeLimit: the total bound passed with the client still
+	// sending.
+	LingerTimeLimit
+	// LingerByteLimit: the byte cap was read.
+	LingerByteLimit
+	// LingerShutdown: the server closed it (LingerSet.Close).
+	LingerShutdown
+	lingerEnds
+)
+
+var lingerEndNames = [lingerEnds]string{"client_closed", "idle_timeout", "time_limit", "byte_limit", "shutdown"}
+
+func (e LingerEnd) String() string {
+	if e < lingerEnds {
+		return lingerEndNames[e]
+	}
+	return "unknown"
+}
 
 // DrainBytes is how much of an unread body is read before an answer to
 // keep the connection (net/http's maxPostHandlerReadBytes).
@@ -102,10 +145,10 @@ func drainDeadline(end time.Time) time.Time {
 
 // LingerHijack takes over the HTTP/1.x connection of w once its answer
 // (which said Connection: close) is written, and closes it lingering on
-// a goroutine of set (maxBytes: the byte cap), so that the handler ends
-// at once. taken, when non-nil, is called with the connection when it is
-// taken over, and what it returns once the connection is closed.
-func LingerHijack(w http.ResponseWriter, set *LingerSet, maxBytes int64, taken func(c net.Conn) func()) {
+// a goroutine of set within b, so that the handler ends at once. taken,
+// when non-nil, is called with the connection when it is taken over, and
+// what it returns once the connection is closed.
+func LingerHijack(w http.ResponseWriter, set *LingerSet, b LingerBounds, taken func(c net.Conn) func()) {
 	ctl := http.NewResponseController(w)
 	if ctl.Flush() != nil {
 		return
@@ -118,7 +161,7 @@ func LingerHijack(w http.ResponseWriter, set *LingerSet, maxBytes int64, taken f
 	if taken != nil {
 		done = taken(c)
 	}
-	set.Linger(unwrapConn(c), int64(brw.Reader.Buffered()), maxBytes, func() {
+	set.Linger(unwrapConn(c), int64(brw.Reader.Buffered()), b, func() {
 		c.Close()
 		done()
 	})
@@ -150,14 +193,16 @@ func unwrapConn(c net.Conn) net.Conn {
 
 // LingerClose half-closes c (TLS close_notify, then FIN) and reads and
 // discards what the peer still sends until it closes, goes quiet for
-// LingerIdle, LingerTime has passed or maxBytes were read (read counts
-// those already read); then closes c.
-func LingerClose(c net.Conn, read, maxBytes int64) {
-	lingerClose(c, read, maxBytes, LingerIdle, LingerTime)
+// b.Idle, b.Total has passed or b.MaxBytes were read (read counts those
+// already read); then closes c and reports how it ended (a read that
+// fails otherwise than by a timeout is the client's doing, or the
+// server's closing c: the caller tells those apart).
+func LingerClose(c net.Conn, read int64, b LingerBounds) LingerEnd {
+	return lingerClose(c, read, b.MaxBytes, b.Idle, b.Total)
 }
 
 // lingerClose is LingerClose with its bounds given.
-func lingerClose(c net.Conn, read, maxBytes int64, idle, total time.Duration) {
+func lingerClose(c net.Conn, read, maxBytes int64, idle, total time.Duration) (end LingerEnd) {
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	if tc, ok := c.(*tls.Conn); ok {
 		_ = tc.CloseWrite()
@@ -167,44 +212,60 @@ func lingerClose(c net.Conn, read, maxBytes int64, idle, total time.Duration) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	end := time.Now().Add(total)
+	last := time.Now().Add(total)
 	bp := lingerBufs.Get().(*[]byte)
 	defer lingerBufs.Put(bp)
+	end = LingerByteLimit
 	for read < maxBytes {
-		d := time.Now().Add(idle)
-		if d.After(end) {
-			d = end
+		d, idleBound := time.Now().Add(idle), true
+		if d.After(last) {
+			d, idleBound = last, false
 		}
 		if c.SetReadDeadline(d) != nil {
+			end = LingerClientClosed
 			break
 		}
 		n, err := c.Read(*bp)
 		read += int64(n)
 		if err != nil {
+			var ne net.Error
+			switch {
+			case !errors.As(err, &ne) || !ne.Timeout():
+				end = LingerClientClosed
+			case idleBound:
+				end = LingerIdleTimeout
+			default:
+				end = LingerTimeLimit
+			}
 			break
 		}
 	}
 	c.Close()
+	return end
 }
 
 var lingerBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // LingerSet is the connections closing lingering, for Close to end them
-// at once and wait for their goroutines. The zero value is ready.
+// at once and wait for their goroutines, and for metrics to count them
+// (Lingering, Ended, Collector). The zero value is ready.
 type LingerSet struct {
 	mu     sync.Mutex
 	closed bool
 	m      map[net.Conn]struct{}
 	wg     sync.WaitGroup
+	ended  [lingerEnds]atomic.Uint64
 }
 
-// Linger closes c lingering (LingerClose) on a goroutine; done is called
-// once it is closed. After Close, c is closed at once.
-func (s *LingerSet) Linger(c net.Conn, read, maxBytes int64, done func()) {
+// Linger closes c lingering (LingerClose) within b on a goroutine; done
+// is called once it is closed. After Close, c is closed at once (and
+// counted as ended by shutdown).
+func (s *LingerSet) Linger(c net.Conn, read int64, b LingerBounds, done func()) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		c.Close()
+		s.ended[LingerShutdown].Add(1)
 		done()
 		return
 	}
@@ -216,12 +277,61 @@ func (s *LingerSet) Linger(c net.Conn, read, maxBytes int64, done func()) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		LingerClose(c, read, maxBytes)
+		end := LingerClose(c, read, b)
 		s.mu.Lock()
+		if s.closed && end == LingerClientClosed {
+			end = LingerShutdown // Close closed c under its read
+		}
 		delete(s.m, c)
+		s.ended[end].Add(1)
 		s.mu.Unlock()
 		done()
 	}()
+}
+
+// Lingering is how many connections are closing lingering now.
+func (s *LingerSet) Lingering() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// Ended is how many lingering closes ended as e.
+func (s *LingerSet) Ended(e LingerEnd) uint64 {
+	if e >= lingerEnds {
+		return 0
+	}
+	return s.ended[e].Load()
+}
+
+// Collector exports set as prefix+"_lingering_connections" (a gauge) and
+// prefix+"_lingering_closes_total" by how they ended (label end:
+// client_closed, idle_timeout, time_limit, byte_limit, shutdown; each
+// present from the start), read at scrape time.
+func (s *LingerSet) Collector(prefix string) prometheus.Collector {
+	return &lingerCollector{s: s,
+		now: prometheus.NewDesc(prefix+"_lingering_connections",
+			"Connections closing lingering now: answered before their request body was read, the client's bytes read and discarded until it closes or a limit.", nil, nil),
+		ended: prometheus.NewDesc(prefix+"_lingering_closes_total",
+			"Lingering closes by how they ended: client_closed, idle_timeout, time_limit, byte_limit, shutdown.", []string{"end"}, nil),
+	}
+}
+
+type lingerCollector struct {
+	s          *LingerSet
+	now, ended *prometheus.Desc
+}
+
+func (c *lingerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.now
+	ch <- c.ended
+}
+
+func (c *lingerCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.now, prometheus.GaugeValue, float64(c.s.Lingering()))
+	for e := range lingerEnds {
+		ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(c.s.Ended(e)), e.String())
+	}
 }
 
 // Close closes every lingering connection (its read fails), waits for
@@ -238,9 +348,10 @@ func (s *LingerSet) Close() {
 
 // LingerBytes is the byte cap of a sidecar connection's lingering
 // close (the gateway's default max_body_bytes; a sidecar has no body
-// limit of its own), and the least the gateway's may be: the cap must
-// exceed what a client still sends after its answer, and after a 413
-// that is more than the body limit by definition.
+// limit of its own), and the gateway's default unless its body limit is
+// larger: the cap must exceed what a client still sends after its
+// answer, and after a 413 that is more than the body limit by
+// definition.
 const LingerBytes = 10 << 20
 
 // settle runs before the sidecar writes its own answer (a denial, a
@@ -261,7 +372,7 @@ func (s *Sidecar) settle(w http.ResponseWriter, r *http.Request, taken func(c ne
 		}
 	}
 	w.Header().Set("Connection", "close")
-	return func() { LingerHijack(w, &s.lingering, LingerBytes, taken) }, n
+	return func() { LingerHijack(w, &s.lingering, SidecarLinger, taken) }, n
 }
 
 // hasCloseToken reports whether Connection field values name close.

@@ -296,7 +296,9 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { telemetry.EndHTTPSpan(span, sw.Status, true) }()
 		propagate(r.Context(), r.Header)
 	}
-	o.Status, o.ReqBytes, o.RespBytes = ob.fwd.forward(w, r, upgrade, nil)
+	if ob.fwd.forward(w, r, upgrade, nil, &o) {
+		LingerHijack(w, &ob.s.lingering, SidecarLinger, nil)
+	}
 }
 
 // refusalText tells the app why its call was refused locally.
@@ -388,7 +390,7 @@ func (ob *outbound) serveFast(c net.Conn) {
 	} else {
 		fc.release()
 		if fc.linger {
-			s.lingering.Linger(c, 0, LingerBytes, func() {})
+			s.lingering.Linger(c, 0, SidecarLinger, func() {})
 		} else {
 			c.Close()
 		}

@@ -128,8 +128,10 @@ func TestDeniedWholeBodyKeepsConnection(t *testing.T) {
 // The traffic records of both sidecars count the request body bytes
 // read, not the Content-Length announced: a request the app answers
 // before reading its 1 MiB body, and one the inbound denies, each sent
-// 1,000 bytes of it; a request read whole counts its body. Before, both
-// records said 1,048,576.
+// 1,000 bytes of it; a request read whole counts its body, also when the
+// app fails midway through its answer (the forward aborted). Before, the
+// first two records said 1,048,576, and an aborted forward's 0 on
+// net/http's server.
 func TestRecordCountsBodyBytesRead(t *testing.T) {
 	forServerPaths(t, func(t *testing.T, sp serverPath) {
 		ca := testpki.NewCA(t, "example.org")
@@ -153,13 +155,13 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 		})
 		const sent = 1000
 		const next = "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n"
-		for _, line := range []string{"POST /early HTTP/1.1", "DELETE /denied HTTP/1.1", "POST /echo HTTP/1.1"} {
+		for _, line := range []string{"POST /early HTTP/1.1", "DELETE /denied HTTP/1.1", "POST /echo HTTP/1.1", "POST /abort HTTP/1.1"} {
 			c, err := net.Dial("tcp", outL.Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}
 			declared := 1 << 20
-			if strings.HasPrefix(line, "POST /echo") {
+			if strings.HasPrefix(line, "POST /echo") || strings.HasPrefix(line, "POST /abort") {
 				declared = sent
 			}
 			io.WriteString(c, line+"\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(declared)+"\r\n\r\n"+strings.Repeat("a", sent))
@@ -182,9 +184,9 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 			rec  *Recorder
 		}{{"inbound", &in, inRec}, {"outbound", &out, outRec}} {
 			// A request is counted once its answer is written: the
-			// client may have read it first. Poll for the three.
+			// client may have read it first. Poll for the four.
 			edges := side.r.edges(t, side.rec)
-			for deadline := time.Now().Add(5 * time.Second); countPaths(edges, "/early", "/denied", "/echo") < 3 && time.Now().Before(deadline); {
+			for deadline := time.Now().Add(5 * time.Second); countPaths(edges, "/early", "/denied", "/echo", "/abort") < 4 && time.Now().Before(deadline); {
 				time.Sleep(10 * time.Millisecond)
 				edges = side.r.edges(t, side.rec)
 			}
@@ -196,15 +198,15 @@ func TestRecordCountsBodyBytesRead(t *testing.T) {
 					if e.ReqBytes > sent+uint64(len(next)) {
 						t.Errorf("%s record %q: %d request bytes, the client sent %d", side.name, k, e.ReqBytes, sent+len(next))
 					}
-				case "/echo":
+				case "/echo", "/abort":
 					seen++
 					if e.ReqBytes != sent {
 						t.Errorf("%s record %q: %d request bytes, want %d", side.name, k, e.ReqBytes, sent)
 					}
 				}
 			}
-			if seen != 3 {
-				t.Errorf("%s records: %d of 3 requests: %v", side.name, seen, edges)
+			if seen != 4 {
+				t.Errorf("%s records: %d of 4 requests: %v", side.name, seen, edges)
 			}
 		}
 	})

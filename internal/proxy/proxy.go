@@ -455,6 +455,9 @@ func New(cfg Config) (*Sidecar, error) {
 	if err := m.registerSVIDExpiry(reg, s.tls); err != nil {
 		return nil, err
 	}
+	if err := reg.Register(s.lingering.Collector("moatless_sidecar")); err != nil {
+		return nil, err
+	}
 	s.metrics = m
 	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
 		return nil, err

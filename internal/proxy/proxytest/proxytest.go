@@ -17,9 +17,15 @@ import (
 // bodies, as an app refusing an upload from its head does: a path ending
 // in /early or /early/413 gets 413 "upload refused" and the handler
 // returns (net/http's server then closes the connection when the body
-// is too large to discard); a path ending in /early/close gets a 401
-// "nope" written on the raw connection, which is then closed. Any other
-// request has its whole body read and gets 200 with the body's length.
+// is too large to discard, and reads a smaller one before it answers); a
+// path ending in /early/now gets the same 413 at once whatever the body's
+// size (full duplex: nothing is read first); a path ending in
+// /early/close gets a 401 "nope" written on the raw connection, which is
+// then closed. A path ending in /abort has its whole body read, then the
+// head of a 200 with a 1 MiB body and 64 KiB of it written on the
+// raw connection, which is then closed: an upstream failing mid-answer.
+// Any other request has its whole body read and gets 200 with the body's
+// length.
 func EarlyApp(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -32,6 +38,19 @@ func EarlyApp(t testing.TB) string {
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/early/now"):
+			_ = http.NewResponseController(w).EnableFullDuplex()
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/abort"):
+			io.Copy(io.Discard, r.Body)
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1048576\r\n\r\n"+strings.Repeat("r", 64<<10))
+			conn.Close()
 		case strings.HasSuffix(p, "/early/close"):
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err != nil {
