@@ -3,10 +3,13 @@ package gateway
 import (
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 )
 
@@ -92,6 +95,37 @@ func FuzzShapeHeaders(f *testing.F) {
 					t.Fatalf("%q survived", k)
 				}
 			}
+		}
+	})
+}
+
+// FuzzCheckPathMeaning: a path the check accepts holds no path parameter
+// and decodes to valid UTF-8, so a servlet container or a lax decoder
+// reads the path policy matched; and a normalized path the policy package
+// produces from any target is either refused by it or by the check, or
+// is such a path.
+func FuzzCheckPathMeaning(f *testing.F) {
+	for _, s := range []string{"/orders/1", "/orders/..;/admin", "/a;b", "/a%3Bb", "/caf%C3%A9", "/%C0%AE%C0%AE/x", "/\xff", "/%E2%82", "/%F0%9F%98%80", "/x?y=;"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		np, err := policy.NormalizeRequestPath(target, policy.NormalizeMergeSlashes)
+		if err != nil {
+			return
+		}
+		p := np.Path()
+		if checkPathMeaning(p) != nil {
+			return
+		}
+		if strings.Contains(p, ";") {
+			t.Fatalf("%q accepted with a path parameter", p)
+		}
+		dec, err := url.PathUnescape(p)
+		if err != nil {
+			t.Fatalf("normalized path %q does not unescape: %v", p, err)
+		}
+		if !utf8.ValidString(dec) {
+			t.Fatalf("%q accepted, decodes to invalid UTF-8 %q", p, dec)
 		}
 	})
 }

@@ -232,6 +232,20 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"host_two_ports", "GET /orders/1 HTTP/1.1\r\nHost: localhost:80:90\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
 		{"host_userinfo", "GET /orders/1 HTTP/1.1\r\nHost: user@localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
 		{"host_with_port_and_dot", "GET /orders/1 HTTP/1.1\r\nHost: localhost.:8443\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		// Paths a servlet container or a lax UTF-8 decoder reads as another
+		// path than the one policy allowed ("/orders/*"): refused before
+		// routing, never forwarded.
+		{"path_param_dot_segment", "GET /orders/..;/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_param_encoded_dots", "GET /orders/%2e%2e;x=1/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_param_segment", "GET /orders;jsessionid=1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		// A parameter segment the dot segment removes is gone from the
+		// normalized path forwarded ("/orders/1"): nothing left to misread.
+		{"path_param_resolved_away", "GET /orders/;x=1/../1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"path_overlong_utf8_dots", "GET /orders/%c0%ae%c0%ae/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_raw_invalid_utf8", "GET /orders/\xff HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_encoded_semicolon_is_data", "GET /orders/a%3Bb HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"path_utf8", "GET /orders/caf%C3%A9/\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"query_semicolon_kept", "GET /orders/1?a=1;b=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

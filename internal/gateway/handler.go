@@ -219,6 +219,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path")
 		return
 	}
+	if err := checkPathMeaning(np.Path()); err != nil {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: "+err.Error())
+		return
+	}
 	np, overridden := proxy.StripMethodOverride(np)
 	if np.Changed() || overridden {
 		proxy.SetTarget(r.URL, np)
