@@ -99,4 +99,10 @@ func TestGatewayValidation(t *testing.T) {
 	if resp.StatusCode != 200 || decodeSeen(t, b).Body != `{"item":"book","qty":2}` {
 		t.Fatalf("valid body: %d %s", resp.StatusCode, b)
 	}
+	// A member named twice: the schema checks the last value, an app
+	// whose parser keeps the first would get qty 0. Refused.
+	resp, b = tg.do(t, "POST", "/orders", strings.NewReader(`{"item":"book","qty":0,"qty":2}`), map[string]string{"Content-Type": "application/json"})
+	if resp.StatusCode != 400 || !strings.Contains(string(b), `"pointer":"/qty"`) {
+		t.Fatalf("duplicate member: status %d: %s", resp.StatusCode, b)
+	}
 }
