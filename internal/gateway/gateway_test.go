@@ -224,6 +224,13 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
 		{"connect", "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n", "HTTP/1.1 4"},
+		// A method in another case is another token to policy (the DENY on
+		// DELETE does not match "delete") but DELETE to an app that
+		// upper-cases it (Django, Rack): refused, as is "trace".
+		{"method_lower_case", "delete /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_mixed_case", "DeLeTe /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_trace_lower", "trace /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_extension_upper", "PROPFIND /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 		// Hosts net/http lets through that the decision function cannot
 		// read as an authority: 400 before routing or deciding.
 		{"host_empty_label", "GET /orders/1 HTTP/1.1\r\nHost: api..example.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},

@@ -173,6 +173,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 
 	// The request line and head, before anything reads them further.
+	// A method is case-sensitive (RFC 9110 section 9.1) and policy matches
+	// it exactly, but Django, Rack and others upper-case what they
+	// receive: "delete" would pass a DENY on DELETE and be served as one
+	// (and "trace" pass the refusal below). Every standard method is
+	// upper case; one with a lower-case letter is refused.
+	if hasLower(r.Method) {
+		g.reject(w, http.StatusBadRequest, reasonMethod, "method must be upper case")
+		return
+	}
 	switch r.Method {
 	case http.MethodConnect, http.MethodTrace:
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
@@ -438,6 +447,16 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "token revoked")
 	}
+}
+
+// hasLower reports whether s holds an ASCII lower-case letter.
+func hasLower(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'a' <= s[i] && s[i] <= 'z' {
+			return true
+		}
+	}
+	return false
 }
 
 // errTokenRevoked cancels an in-flight request whose token was revoked.
