@@ -176,6 +176,12 @@ func TestGatewayClientAddress(t *testing.T) {
 		{"trusted_peer_rightmost_untrusted", []string{"127.0.0.0/8", "10.0.0.0/8"}, "203.0.113.7, 198.51.100.2, 10.1.1.1", nil, 200, "198.51.100.2"},
 		{"malformed_hop_stops_walk", []string{"127.0.0.1/32", "10.0.0.0/8"}, "203.0.113.7, garbage, 10.1.1.1", nil, 200, "10.1.1.1"},
 		{"deny_peer", nil, "", []string{"127.0.0.1"}, 403, ""},
+		// An IPv4 client spelled as an IPv4-mapped IPv6 address, and a deny
+		// entry spelled so, are the same IPv4 address.
+		{"mapped_client_v4_deny", []string{"127.0.0.1/32"}, "::ffff:203.0.113.5", []string{"203.0.113.0/24"}, 403, ""},
+		{"v4_client_mapped_deny", []string{"127.0.0.1/32"}, "203.0.113.5", []string{"::ffff:203.0.113.0/120"}, 403, ""},
+		{"mapped_client_forwarded_as_v4", []string{"127.0.0.1/32"}, "::ffff:198.51.100.9", nil, 200, "198.51.100.9"},
+		{"v6_client_in_denied_64", []string{"127.0.0.1/32"}, "2001:db8:1:2::99", []string{"2001:db8:1:2::/64"}, 403, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
