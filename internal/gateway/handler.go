@@ -747,6 +747,13 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 		ids[i] = strconv.Itoa(id)
 	}
 	switch {
+	case v.Blocked && v.TooLarge:
+		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
+		rc.detail = "waf body over max_inspect_bytes"
+		max := strconv.Itoa(rc.route.waf.MaxInspectBytes())
+		g.reject(w, http.StatusRequestEntityTooLarge, reasonWAF, "request body larger than the web application firewall inspects ("+max+" bytes)")
+		g.blocked(r, rc, reasonWAF, "waf: body larger than max_inspect_bytes ("+max+")")
+		return false
 	case v.Blocked:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
 		rc.detail = "waf rules " + strings.Join(ids, ",")
@@ -756,6 +763,9 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	case v.WouldBlock:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "detect").Inc()
 		rc.detail = "waf detect rules " + strings.Join(ids, ",")
+		if v.TooLarge {
+			rc.detail += " (body over max_inspect_bytes)"
+		}
 		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", "), "waf_detect", g.policy.Load().version)
 	default:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()

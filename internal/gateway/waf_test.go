@@ -106,3 +106,47 @@ func TestGatewayValidation(t *testing.T) {
 		t.Fatalf("duplicate member: status %d: %s", resp.StatusCode, b)
 	}
 }
+
+// TestGatewayWAFBodyOverInspectLimit: an attack padded past
+// waf.max_inspect_bytes (128 KiB by default) does not reach the app, which
+// would parse the whole body; before, the rules read the first 128 KiB and
+// the gateway forwarded the rest.
+func TestGatewayWAFBodyOverInspectLimit(t *testing.T) {
+	attack := func(padKiB int) string {
+		return "pad=" + strings.Repeat("a", padKiB<<10) + "&q=" + url.QueryEscape("1' or 1=1-- ")
+	}
+	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	t.Run("default_limit", func(t *testing.T) {
+		tg := startGateway(t, func(c *config.Gateway) { c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true} })
+		for _, tt := range []struct {
+			name string
+			body string
+			want int
+		}{
+			{"attack_within_limit", attack(100), 403},
+			{"attack_past_limit", attack(140), 413},
+			{"benign_past_limit", "note=" + strings.Repeat("a", 140<<10), 413},
+			{"benign_within_limit", "note=" + strings.Repeat("a", 100<<10), 200},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				resp, b := tg.do(t, "POST", "/orders", strings.NewReader(tt.body), form)
+				if resp.StatusCode != tt.want {
+					t.Fatalf("status %d, want %d: %.200s", resp.StatusCode, tt.want, b)
+				}
+				checkSecurityHeaders(t, resp.Header)
+			})
+		}
+		if !strings.Contains(tg.access.String(), `"block_reason":"waf"`) {
+			t.Errorf("no access-log line with block_reason waf:\n%s", tg.access.String())
+		}
+	})
+	t.Run("raised_limit", func(t *testing.T) {
+		tg := startGateway(t, func(c *config.Gateway) {
+			c.WAF.MaxInspectBytes = 256 << 10
+			c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true}
+		})
+		if resp, b := tg.do(t, "POST", "/orders", strings.NewReader(attack(140)), form); resp.StatusCode != 403 {
+			t.Fatalf("padded attack within a raised limit: status %d: %.200s", resp.StatusCode, b)
+		}
+	})
+}

@@ -39,8 +39,11 @@ type Config struct {
 	Threshold int
 	// Exclusions are rule IDs removed.
 	Exclusions []int
-	// MaxInspectBytes is how much of a body is inspected; the rest passes
-	// uninspected (CRS ProcessPartial).
+	// MaxInspectBytes is the largest body the rules read. A blocking
+	// engine refuses a longer body uninspected (Verdict.TooLarge): what
+	// lies past the limit could hide anything ("pad=<128 KiB>&q=' or
+	// 1=1" passed before). A detecting engine inspects the first
+	// MaxInspectBytes and reports that it would block. Default 128 KiB.
 	MaxInspectBytes int
 }
 
@@ -111,7 +114,13 @@ type Verdict struct {
 	// RuleIDs are the detection rules that matched, in order; they name
 	// the attack without repeating any of the request.
 	RuleIDs []int
+	// TooLarge: the body is longer than MaxInspectBytes (with Blocked:
+	// refused uninspected; answer 413).
+	TooLarge bool
 }
+
+// MaxInspectBytes is the largest body the engine inspects.
+func (e *Engine) MaxInspectBytes() int { return e.max }
 
 // blockingEvaluation is the CRS rule that blocks once the inbound
 // anomaly score reaches the threshold.
@@ -130,6 +139,14 @@ const blockingEvaluation = 949110
 // processor, such a body is inspected a second time as application/json,
 // and the request is refused when either reading crosses the threshold.
 func (e *Engine) Inspect(r *http.Request, body []byte, client, server netip.AddrPort) (Verdict, error) {
+	if len(body) > e.max {
+		if !e.detect {
+			return Verdict{Blocked: true, WouldBlock: true, TooLarge: true}, nil
+		}
+		v, err := e.inspect(r, body[:e.max], client, server, false)
+		v.WouldBlock, v.TooLarge = true, true
+		return v, err
+	}
 	v, err := e.inspect(r, body, client, server, false)
 	if err != nil || v.WouldBlock {
 		return v, err

@@ -156,3 +156,35 @@ func BenchmarkInspectForm1K(b *testing.B) {
 	benchInspect(b, "POST", "/orders", "application/x-www-form-urlencoded",
 		"customer=c-1029&name=Ada+Lovelace&email=ada%40example.com&note="+strings.Repeat("deliver+after+5pm+", 52))
 }
+
+// TestBodyOverInspectLimit: an attack placed past MaxInspectBytes is not
+// waved through. A blocking engine refuses the body uninspected; a
+// detecting one inspects what it can and reports that it would block.
+func TestBodyOverInspectLimit(t *testing.T) {
+	pad := strings.Repeat("a", 2<<10)
+	form := "pad=" + pad + "&q=1%27%20or%201%3D1--%20"
+	multipart := "--b\r\nContent-Disposition: form-data; name=\"pad\"\r\n\r\n" + pad + "\r\n--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n1' or 1=1-- \r\n--b--\r\n"
+	for _, detect := range []bool{false, true} {
+		e, err := New(Config{Paranoia: 1, Threshold: 5, MaxInspectBytes: 1 << 10, Detect: detect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tests := []struct {
+			name, ctype, body string
+			tooLarge          bool
+		}{
+			{"form_padded_attack", "application/x-www-form-urlencoded", form, true},
+			{"multipart_padded_attack", "multipart/form-data; boundary=b", multipart, true},
+			{"benign_within_limit", "application/x-www-form-urlencoded", "item=book&qty=2", false},
+			{"benign_at_limit", "application/x-www-form-urlencoded", "note=" + strings.Repeat("b", 1<<10-5), false},
+		}
+		for _, tt := range tests {
+			t.Run(map[bool]string{false: "block", true: "detect"}[detect]+"/"+tt.name, func(t *testing.T) {
+				v := inspect(t, e, "POST", "/orders", tt.ctype, tt.body)
+				if v.TooLarge != tt.tooLarge || v.WouldBlock != tt.tooLarge || v.Blocked != (tt.tooLarge && !detect) {
+					t.Fatalf("verdict %+v, want too large %v (detect %v)", v, tt.tooLarge, detect)
+				}
+			})
+		}
+	}
+}
