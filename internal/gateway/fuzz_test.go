@@ -129,3 +129,17 @@ func FuzzCheckPathMeaning(f *testing.F) {
 		}
 	})
 }
+
+func TestHasEncodedSlash(t *testing.T) {
+	for _, tt := range []struct {
+		p    string
+		want bool
+	}{
+		{"/orders/1", false}, {"/a%2Fb", true}, {"/a%2fb", true}, {"/a%5Cb", true}, {"/a%20b%2F", true},
+		{"/a%252F", false}, {"/a%2", false}, {"/%", false}, {"/a%20b%41", false}, {"/%2%2F", true},
+	} {
+		if got := hasEncodedSlash(tt.p); got != tt.want {
+			t.Errorf("hasEncodedSlash(%q) = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+}

@@ -937,3 +937,43 @@ func TestGatewayTrafficRecord(t *testing.T) {
 		t.Errorf("edge stopped before routing: %+v (all: %+v)", m, got)
 	}
 }
+
+// TestGatewayEncodedSlashRoute: an encoded slash that hides a segment
+// boundary from the route table is refused when an app that decodes it
+// would be served another route's path: with /orders (WAF on) and /
+// (WAF off), "/orders%2Fsearch" went to / and skipped the WAF, while a
+// WSGI or PHP app serves /orders/search. An encoded slash that selects
+// the same route either way is data and passes.
+func TestGatewayEncodedSlashRoute(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
+			WAF: &config.GatewayRouteWAF{Enabled: true}})
+	})
+	// An edge policy that leaves paths to routes and the WAF.
+	tg.g.SetAuthorizer(2, compile(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules: [{}]
+`))
+	sqli := "?q=1%27%20OR%20%271%27%3D%271"
+	tests := []struct{ name, target, want string }{
+		{"encoded_slash_leaves_waf_route", "/orders%2Fsearch" + sqli, "HTTP/1.1 400"},
+		{"encoded_backslash_leaves_waf_route", "/orders%5csearch" + sqli, "HTTP/1.1 400"},
+		{"decoded_path_is_waf_route", "/orders/search" + sqli, "HTTP/1.1 403"},
+		{"encoded_slash_within_route", "/orders/a%2Fb", "HTTP/1.1 200"},
+		{"encoded_slash_on_catch_all", "/files/a%2Fb", "HTTP/1.1 200"},
+		{"encoded_slash_into_catch_all", "/x%2Forders", "HTTP/1.1 200"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tg.raw(t, "GET "+tt.target+" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+			if !strings.HasPrefix(got, tt.want) {
+				t.Fatalf("answer %q, want %q...", firstLine(got), tt.want)
+			}
+		})
+	}
+}

@@ -241,6 +241,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		g.reject(w, http.StatusNotFound, reasonNoRoute, "no route")
 		return
 	}
+	if !routeUnambiguous(st.table, canonicalHost(r.Host), rc.route, np, r.RequestURI, ps.mode) {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: an encoded slash (%2F or %5C) would select another route")
+		return
+	}
 	rt := rc.route
 
 	// Header shaping, the sidecar's own code: hop-by-hop headers first,

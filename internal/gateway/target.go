@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // Errors of checkPathMeaning: the reason in the 400's body.
@@ -66,4 +68,37 @@ func unhexByte(c byte) byte {
 		return c - 'A' + 10
 	}
 	return 0
+}
+
+// routeUnambiguous reports whether the route chosen for np (normalized
+// with mode) is also the route of the path as an app that decodes %2F
+// and %5C before it routes reads it (WSGI's PATH_INFO, PHP front
+// controllers, many Node and Ruby routers). With routes /orders (WAF on)
+// and / (WAF off), "/orders%2Fsearch" is one segment to the route table
+// and falls to /, while such an app serves /orders/search: the WAF, the
+// rate limits and the validation of /orders would be stepped around.
+// Under DECODE_AND_MERGE_SLASHES the path routed is already the decoded
+// one, and a path without an encoded slash has nothing to decode.
+func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.RequestPath, target string, mode policy.PathNormalization) bool {
+	if mode == policy.NormalizeDecodeAndMergeSlashes || !hasEncodedSlash(np.Path()) {
+		return true
+	}
+	alt, err := policy.NormalizeRequestPath(target, policy.NormalizeDecodeAndMergeSlashes)
+	return err == nil && t.lookup(host, alt.Path()) == chosen
+}
+
+// hasEncodedSlash reports whether p holds %2F or %5C (the normalized path
+// spells its escapes in upper case; lower case is checked too).
+func hasEncodedSlash(p string) bool {
+	for i := strings.IndexByte(p, '%'); i >= 0 && i+2 < len(p); {
+		if e := p[i+1 : i+3]; strings.EqualFold(e, "2F") || strings.EqualFold(e, "5C") {
+			return true
+		}
+		j := strings.IndexByte(p[i+1:], '%')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
 }
