@@ -939,11 +939,12 @@ func TestGatewayTrafficRecord(t *testing.T) {
 }
 
 // TestGatewayEncodedSlashRoute: an encoded slash that hides a segment
-// boundary from the route table is refused when an app that decodes it
-// would be served another route's path: with /orders (WAF on) and /
-// (WAF off), "/orders%2Fsearch" went to / and skipped the WAF, while a
-// WSGI or PHP app serves /orders/search. An encoded slash that selects
-// the same route either way is data and passes.
+// boundary from the route table or from policy is refused when an app
+// that decodes it would be served another route's path or a path policy
+// denies: with /orders (WAF on) and / (WAF off), "/orders%2Fsearch" went
+// to / and skipped the WAF, while a WSGI or PHP app serves
+// /orders/search. An encoded slash that selects the same route and the
+// same decision either way is data and passes.
 func TestGatewayEncodedSlashRoute(t *testing.T) {
 	tg := startGateway(t, func(c *config.Gateway) {
 		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
@@ -958,6 +959,15 @@ spec:
   selector: {matchLabels: {istio: ingressgateway}}
   action: ALLOW
   rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/orders/admin", "/orders/admin/*"]}}]
 `))
 	sqli := "?q=1%27%20OR%20%271%27%3D%271"
 	tests := []struct{ name, target, want string }{
@@ -967,6 +977,12 @@ spec:
 		{"encoded_slash_within_route", "/orders/a%2Fb", "HTTP/1.1 200"},
 		{"encoded_slash_on_catch_all", "/files/a%2Fb", "HTTP/1.1 200"},
 		{"encoded_slash_into_catch_all", "/x%2Forders", "HTTP/1.1 200"},
+		// The same for policy: the DENY on /orders/admin/* does not match
+		// the one segment "admin%2Fusers", but the app serves /orders/admin/users.
+		{"encoded_slash_past_deny", "/orders/admin%2Fusers", "HTTP/1.1 400"},
+		{"encoded_backslash_past_deny", "/orders/admin%5Cusers", "HTTP/1.1 400"},
+		{"decoded_path_denied", "/orders/admin/users", "HTTP/1.1 403"},
+		{"encoded_slash_allowed_either_way", "/orders/users%2Fadmin", "HTTP/1.1 200"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -337,6 +337,20 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if ps.authz != nil {
 		dec = ps.authz.Evaluate(req, g.opts.Verifier)
+		// An encoded slash is one segment to policy (BASE, MERGE_SLASHES)
+		// and a separator to an app that decodes it before it routes: a
+		// DENY on /admin/* does not match "/admin%2Fusers", which such an
+		// app serves as /admin/users. What policy allows must also be
+		// allowed as that app reads it.
+		if dec.Outcome == policy.Allow && ps.mode != policy.NormalizeDecodeAndMergeSlashes && hasEncodedSlash(np.Path()) {
+			alt, err := policy.NormalizeRequestPath(np.Target(), policy.NormalizeDecodeAndMergeSlashes)
+			altReq := *req
+			altReq.Path, altReq.NormalizedPath, altReq.Auth = alt.Target(), alt, nil
+			if err != nil || ps.authz.Evaluate(&altReq, g.opts.Verifier).Outcome != policy.Allow {
+				g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: an encoded slash (%2F or %5C) would change the policy decision")
+				return
+			}
+		}
 	}
 	auth := req.Auth
 	if auth != nil {
