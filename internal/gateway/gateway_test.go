@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -991,5 +992,34 @@ spec:
 				t.Fatalf("answer %q, want %q...", firstLine(got), tt.want)
 			}
 		})
+	}
+}
+
+// TestGatewayStripsCDNClientHeaders: the client-address and host headers
+// that CDNs set and apps configured for them believe (nginx real_ip_header,
+// Rails and Laravel Cloudflare middleware, host-override headers) are a
+// caller's to forge at an edge with no CDN in front. Found in the review:
+// they reach the app. The fix belongs in internal/proxy's edge header
+// filter (edgeOwnedHeaders), owned by the sidecar's engineer; until it
+// lands this test is skipped (MOATLESS_REVIEW_PROXY_FIX=1 runs it).
+func TestGatewayStripsCDNClientHeaders(t *testing.T) {
+	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
+		t.Skip("fails until internal/proxy's edge filter drops these headers (review-gw report)")
+	}
+	tg := startGateway(t, nil)
+	forged := []string{"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "X-Host", "X-Http-Host-Override", "X-Original-Host", "X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip"}
+	hdr := map[string]string{}
+	for _, h := range forged {
+		hdr[h] = "10.9.9.9"
+	}
+	resp, b := tg.do(t, "GET", "/orders/1", nil, hdr)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	s := decodeSeen(t, b)
+	for _, h := range forged {
+		if v, ok := s.Headers[h]; ok {
+			t.Errorf("the app received %s: %v", h, v)
+		}
 	}
 }
