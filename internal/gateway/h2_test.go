@@ -126,3 +126,53 @@ func TestGatewayHTTP2Oddities(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayTrailersCannotCarryIdentity: trailer fields are headers an
+// app may merge with the head (Go's Request.Trailer, gRPC metadata): the
+// identity and forwarding headers the gateway owns are dropped from them,
+// declared or not, in HTTP/1.1 chunked bodies and in HTTP/2 trailers; an
+// ordinary declared trailer goes through.
+func TestGatewayTrailersCannotCarryIdentity(t *testing.T) {
+	tg := startGateway(t, nil)
+	forged := []string{"X-Forwarded-For", "X-Forwarded-Client-Cert", "X-Moatless-Principal", "X-Request-Id", "X-Envoy-Original-Path"}
+	check := func(t *testing.T, body []byte) {
+		t.Helper()
+		s := decodeSeen(t, body)
+		for _, h := range forged {
+			if v, ok := s.Trailers[h]; ok {
+				t.Errorf("the app received trailer %s: %v", h, v)
+			}
+		}
+		if v := s.Trailers["X-Checksum"]; len(v) != 1 || v[0] != "abc" {
+			t.Errorf("declared trailer X-Checksum %v, want [abc] (trailers %v)", v, s.Trailers)
+		}
+		if got := s.Headers["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+			t.Errorf("X-Forwarded-For %v, want the gateway's", got)
+		}
+	}
+	t.Run("http1_chunked", func(t *testing.T) {
+		var tr strings.Builder
+		for _, h := range forged {
+			tr.WriteString(h + ": evil\r\n")
+		}
+		got := tg.raw(t, "POST /orders/1 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-Forwarded-For, X-Moatless-Principal\r\n\r\n"+
+			"3\r\nabc\r\n0\r\nX-Checksum: abc\r\n"+tr.String()+"\r\n")
+		if !strings.HasPrefix(got, "HTTP/1.1 200") {
+			t.Fatalf("answer %q", firstLine(got))
+		}
+		check(t, []byte(got[strings.Index(got, "\r\n\r\n")+4:]))
+	})
+	t.Run("http2", func(t *testing.T) {
+		trailers := []hf{{"x-checksum", "abc"}}
+		for _, h := range forged {
+			trailers = append(trailers, hf{strings.ToLower(h), "evil"})
+		}
+		got := h2raw(t, tg, []hf{{":method", "POST"}, {":scheme", "https"}, {":authority", "localhost"}, {":path", "/orders/1"},
+			{"trailer", "x-checksum, x-forwarded-for, x-moatless-principal"}}, "abc", trailers)
+		body, ok := strings.CutPrefix(got, "200 ")
+		if !ok {
+			t.Fatalf("answer %.300q", got)
+		}
+		check(t, []byte(body))
+	})
+}

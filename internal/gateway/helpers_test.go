@@ -126,6 +126,8 @@ type seen struct {
 	Query   string              `json:"query"`
 	Headers map[string][]string `json:"headers"`
 	Body    string              `json:"body"`
+	// Trailers are the trailer fields the app received, if any.
+	Trailers map[string][]string `json:"trailers,omitempty"`
 }
 
 // echoApp answers with what it saw; /slow waits for the client to go
@@ -165,7 +167,16 @@ func echoApp(t testing.TB) string {
 		w.Header().Set("Server", "nginx/1.2.3")
 		w.Header().Set("X-Powered-By", "PHP/5")
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body)})
+		var trailers map[string][]string
+		for k, v := range r.Trailer {
+			if len(v) > 0 {
+				if trailers == nil {
+					trailers = map[string][]string{}
+				}
+				trailers[k] = v
+			}
+		}
+		json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body), Trailers: trailers})
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
