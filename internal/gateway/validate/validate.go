@@ -166,6 +166,12 @@ func (o *OpenAPI) Validate(ctx context.Context, r *http.Request, body []byte) *V
 	if err != nil {
 		return &Violation{Message: "no operation of the API matches " + r.Method + " " + r.URL.Path}
 	}
+	// kin-openapi checks a body only against a declared requestBody; a
+	// body sent to an operation that declares none (a GET, say) would
+	// reach the app unchecked, and some apps read it.
+	if len(body) > 0 && route.Operation != nil && route.Operation.RequestBody == nil {
+		return &Violation{Message: "the operation " + r.Method + " " + route.Path + " takes no request body"}
+	}
 	in := &openapi3filter.RequestValidationInput{
 		Request: req, PathParams: params, Route: route,
 		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc},

@@ -110,6 +110,10 @@ func TestOpenAPI(t *testing.T) {
 		{"post_bad_qty", "POST", "/orders", "application/json", `{"item":"book","qty":0}`, "/qty", false},
 		{"post_no_body", "POST", "/orders", "application/json", ``, "", false},
 		{"post_duplicate_name", "POST", "/orders", "application/json", `{"item":"book","qty":0,"qty":1}`, "/qty", false},
+		// An operation without a requestBody takes none: a body would reach
+		// the app unchecked.
+		{"get_with_body", "GET", "/orders/1", "application/json", `{"qty":0}`, "", false},
+		{"get_with_untyped_body", "GET", "/orders/1", "", `{"qty":0}`, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
