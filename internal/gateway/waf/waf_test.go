@@ -3,6 +3,7 @@ package waf
 import (
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -186,5 +187,28 @@ func TestBodyOverInspectLimit(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestContentEncodingRefused: the rules read the body as sent, so a
+// compressed body (which the app may inflate) is unreadable to them; the
+// Core Rule Set's 920450 refuses any Content-Encoding on a request, in any
+// spelling. (Excluding 920450 lets compressed bodies through uninspected.)
+func TestContentEncodingRefused(t *testing.T) {
+	e := testEngine(t)
+	for _, ce := range []string{"gzip", "GZIP", "x-gzip", "deflate", "br", "zstd", "identity", "gzip, identity", " gzip"} {
+		t.Run(strings.TrimSpace(strings.ReplaceAll(ce, ", ", "_")), func(t *testing.T) {
+			body := `{"item":"book"}`
+			r, _ := http.NewRequest("POST", "https://api.example.com/orders", strings.NewReader(body))
+			r.RequestURI = "/orders"
+			r.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+			r.Header.Set("Accept", "application/json")
+			r.Header.Set("Content-Type", "application/json")
+			r.Header.Set("Content-Encoding", ce)
+			v, err := e.Inspect(r, []byte(body), netip.MustParseAddrPort("198.51.100.7:40000"), netip.MustParseAddrPort("10.0.0.1:8443"))
+			if err != nil || !v.Blocked || !slices.Contains(v.RuleIDs, 920450) {
+				t.Fatalf("Content-Encoding %q: verdict %+v, err %v", ce, v, err)
+			}
+		})
 	}
 }
