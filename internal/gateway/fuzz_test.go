@@ -143,3 +143,36 @@ func TestHasEncodedSlash(t *testing.T) {
 		}
 	}
 }
+
+// TestRouteLookupFold: the case-insensitive reading of the route table
+// picks the route an app routing without case would, whole segments only,
+// longest prefix first, and agrees with lookup on paths that differ only
+// in case from a prefix spelled in upper case.
+func TestRouteLookupFold(t *testing.T) {
+	mk := func(name, host, prefix string) *route { return &route{name: name, host: host, prefix: prefix} }
+	tab := newRouteTable([]*route{mk("all", "", "/"), mk("orders", "", "/orders"), mk("api", "", "/API"), mk("admin", "", "/orders/admin/"), mk("h", "api.example.com", "/v1")})
+	for _, tt := range []struct{ host, path, exact, fold string }{
+		{"", "/orders/1", "orders", "orders"},
+		{"", "/ORDERS/1", "all", "orders"},
+		{"", "/Orders", "all", "orders"},
+		{"", "/ordersX", "all", "all"},
+		{"", "/API/x", "api", "api"},
+		{"", "/api/x", "all", "api"},
+		{"", "/orders/ADMIN/x", "orders", "admin"},
+		{"api.example.com", "/V1/x", "", "h"},
+		{"api.example.com", "/v2", "", ""},
+	} {
+		name := func(r *route) string {
+			if r == nil {
+				return ""
+			}
+			return r.name
+		}
+		if got := name(tab.lookup(tt.host, tt.path)); got != tt.exact {
+			t.Errorf("lookup(%q, %q) = %q, want %q", tt.host, tt.path, got, tt.exact)
+		}
+		if got := name(tab.lookupFold(tt.host, tt.path)); got != tt.fold {
+			t.Errorf("lookupFold(%q, %q) = %q, want %q", tt.host, tt.path, got, tt.fold)
+		}
+	}
+}

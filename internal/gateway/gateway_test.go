@@ -944,8 +944,9 @@ func TestGatewayTrafficRecord(t *testing.T) {
 // that decodes it would be served another route's path or a path policy
 // denies: with /orders (WAF on) and / (WAF off), "/orders%2Fsearch" went
 // to / and skipped the WAF, while a WSGI or PHP app serves
-// /orders/search. An encoded slash that selects the same route and the
-// same decision either way is data and passes.
+// /orders/search; "/ORDERS/search" likewise to an app that routes
+// ignoring case. An encoded slash or a case that selects the same route
+// and the same decision either way is data and passes.
 func TestGatewayEncodedSlashRoute(t *testing.T) {
 	tg := startGateway(t, func(c *config.Gateway) {
 		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
@@ -978,6 +979,12 @@ spec:
 		{"encoded_slash_within_route", "/orders/a%2Fb", "HTTP/1.1 200"},
 		{"encoded_slash_on_catch_all", "/files/a%2Fb", "HTTP/1.1 200"},
 		{"encoded_slash_into_catch_all", "/x%2Forders", "HTTP/1.1 200"},
+		// Case: Express and ASP.NET Core route ignoring it by default.
+		{"upper_case_leaves_waf_route", "/ORDERS/search" + sqli, "HTTP/1.1 400"},
+		{"mixed_case_leaves_waf_route", "/Orders" + sqli, "HTTP/1.1 400"},
+		{"upper_case_within_route", "/orders/Search", "HTTP/1.1 200"},
+		{"upper_case_on_catch_all", "/files/README", "HTTP/1.1 200"},
+		{"longer_segment_not_a_prefix", "/ORDERSX", "HTTP/1.1 200"},
 		// The same for policy: the DENY on /orders/admin/* does not match
 		// the one segment "admin%2Fusers", but the app serves /orders/admin/users.
 		{"encoded_slash_past_deny", "/orders/admin%2Fusers", "HTTP/1.1 400"},

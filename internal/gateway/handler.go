@@ -242,7 +242,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !routeUnambiguous(st.table, canonicalHost(r.Host), rc.route, np, r.RequestURI, ps.mode) {
-		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: an encoded slash (%2F or %5C) would select another route")
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: read with its slashes decoded or its case ignored, it selects another route")
 		return
 	}
 	rt := rc.route

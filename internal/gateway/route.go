@@ -74,6 +74,52 @@ func prefixMatch(path, prefix string) bool {
 	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
 }
 
+// lookupFold is lookup with path prefixes compared ignoring ASCII case,
+// as an app with case-insensitive routing (Express and ASP.NET Core by
+// default, IIS) matches them. A longer prefix that matches only so wins,
+// as it would in such an app.
+func (t *routeTable) lookupFold(host, path string) *route {
+	rs, ok := t.byHost[host]
+	if !ok {
+		rs = t.anyHost
+	}
+	for _, r := range rs {
+		if prefixMatchFold(path, r.prefix) {
+			return r
+		}
+	}
+	return nil
+}
+
+func prefixMatchFold(path, prefix string) bool {
+	if len(path) < len(prefix) || !asciiEqualFold(path[:len(prefix)], prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII letters only: the
+// normalized path holds no raw byte above 0x7F, and Unicode folding
+// ("\u212a" is "k") is not what routers do.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
 // canonicalHost is the Host header as routes compare it: lower case,
 // without port or trailing dot.
 func canonicalHost(h string) string {

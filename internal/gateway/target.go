@@ -79,12 +79,23 @@ func unhexByte(c byte) byte {
 // rate limits and the validation of /orders would be stepped around.
 // Under DECODE_AND_MERGE_SLASHES the path routed is already the decoded
 // one, and a path without an encoded slash has nothing to decode.
+//
+// Likewise for case: with routes /orders (WAF on) and /, "/ORDERS/search"
+// goes to / while Express and ASP.NET Core, which route ignoring case by
+// default, serve it as /orders/search. A path whose route would differ
+// under case-insensitive matching is refused too.
 func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.RequestPath, target string, mode policy.PathNormalization) bool {
+	if t.lookupFold(host, np.Path()) != chosen {
+		return false
+	}
 	if mode == policy.NormalizeDecodeAndMergeSlashes || !hasEncodedSlash(np.Path()) {
 		return true
 	}
 	alt, err := policy.NormalizeRequestPath(target, policy.NormalizeDecodeAndMergeSlashes)
-	return err == nil && t.lookup(host, alt.Path()) == chosen
+	if err != nil {
+		return false
+	}
+	return t.lookup(host, alt.Path()) == chosen && t.lookupFold(host, alt.Path()) == chosen
 }
 
 // hasEncodedSlash reports whether p holds %2F or %5C (the normalized path
