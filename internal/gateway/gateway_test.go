@@ -1030,3 +1030,34 @@ func TestGatewayStripsCDNClientHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayHostSpellings: a host's routes and a policy on that host see
+// every spelling of it alike (case, trailing dot, port, empty port), so a
+// DENY on admin.example.com is not stepped around by "ADMIN.example.com."
+// (probed in the review, sound; kept as a guard).
+func TestGatewayHostSpellings(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "admin", Host: "admin.example.com", PathPrefix: "/", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID})
+	})
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ["admin.example.com", "admin.example.com:*"]}}]
+`))
+	for _, h := range []string{"admin.example.com", "ADMIN.example.com", "admin.example.com.", "admin.example.com.:443", "admin.example.com:443", "Admin.Example.Com.:8443", "admin.example.com:0443", "admin.example.com:"} {
+		t.Run(h, func(t *testing.T) {
+			got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: "+h+"\r\nConnection: close\r\n\r\n")
+			if !strings.HasPrefix(got, "HTTP/1.1 403") {
+				t.Fatalf("Host %q: %q, want the DENY's 403", h, firstLine(got))
+			}
+		})
+	}
+	if got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Fatalf("another host: %q", firstLine(got))
+	}
+}
