@@ -11,6 +11,9 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // hf is one HTTP/2 header field as a client writes it.
@@ -103,6 +106,12 @@ func TestGatewayHTTP2Oddities(t *testing.T) {
 		{"extended_connect", []hf{{":method", "CONNECT"}, {":protocol", "websocket"}, {":scheme", "https"}, {":authority", "localhost"}, {":path", "/ws"}}, ` RST PROTOCOL_ERROR`, ""},
 		{"h2c_upgrade", req("GET", "/orders/1", hf{"upgrade", "h2c"}, hf{"http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"}), `400 `, ""},
 		{"authority_userinfo", []hf{{":method", "GET"}, {":scheme", "https"}, {":authority", "user@localhost"}, {":path", "/orders/1"}}, ` RST PROTOCOL_ERROR`, ""},
+		// A field value padded with whitespace is malformed in HTTP/2 (RFC
+		// 9113 section 8.2.1): " admin" would not match what policy or a
+		// rate limit compares while the app, which trims, reads "admin".
+		{"value_leading_space", req("GET", "/orders/1", hf{"x-api-key", " spent"}), `400 {"status":400,"error":"malformed HTTP/2 field value`, ""},
+		{"value_trailing_tab", req("GET", "/orders/1", hf{"x-role", "admin\t"}), `400 {"status":400,"error":"malformed HTTP/2 field value`, ""},
+		{"value_inner_space", req("GET", "/orders/1", hf{"x-note", "a b"}), `200 `, ""},
 		// Spoofable identity under "_" spellings: dropped, the app sees the
 		// gateway's own X-Forwarded-For.
 		{"underscore_identity", req("GET", "/orders/1", hf{"x_forwarded_for", "6.6.6.6"}, hf{"x-moatless_principal", "evil"}, hf{"x_forwarded_client_cert", "By=evil"}),
@@ -175,4 +184,22 @@ func TestGatewayTrailersCannotCarryIdentity(t *testing.T) {
 		}
 		check(t, []byte(body))
 	})
+}
+
+// TestGatewayRateLimitKeyHTTP2Padding: over HTTP/2 a header-keyed limit
+// is not renewed by padding the key with whitespace: " spent" was a fresh
+// key to the gateway and "spent" to the app, whose HTTP/1.1 parser trims.
+func TestGatewayRateLimitKeyHTTP2Padding(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.RateLimits = []config.GatewayRateLimit{{Name: "per-key", Key: "header:X-API-Key", Limit: 1, Window: wire.Duration(time.Hour)}}
+		c.Routes[0].RateLimits = []string{"per-key"}
+	})
+	for i, tt := range []struct{ key, want string }{
+		{"spent", "200 "}, {"spent", "429 "}, {" spent", "400 "}, {"spent\t", "400 "}, {"fresh", "200 "},
+	} {
+		got := h2raw(t, tg, []hf{{":method", "GET"}, {":scheme", "https"}, {":authority", "localhost"}, {":path", "/orders/1"}, {"x-api-key", tt.key}}, "", nil)
+		if !strings.HasPrefix(got, tt.want) {
+			t.Fatalf("request %d, key %q: %.200q, want %q...", i, tt.key, got, tt.want)
+		}
+	}
 }

@@ -192,6 +192,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		g.reject(w, http.StatusRequestURITooLong, reasonURITooLong, "request target longer than "+strconv.Itoa(lim.MaxURIBytes)+" bytes")
 		return
 	}
+	// RFC 9113 section 8.2.1: an HTTP/2 field value that starts or ends
+	// with whitespace makes the request malformed. net/http's HTTP/2
+	// server passes it on; the gateway would then match " spent" (a rate
+	// limit's key, a policy's header value) where the app, whose HTTP/1.1
+	// parser trims it, reads "spent".
+	if r.ProtoMajor == 2 && paddedFieldValue(r.Header) {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed HTTP/2 field value (leading or trailing whitespace)")
+		return
+	}
 	if headBytes(r) > lim.MaxHeaderBytes {
 		g.reject(w, http.StatusRequestHeaderFieldsTooLarge, reasonHeaderLarge, "request headers larger than "+strconv.Itoa(lim.MaxHeaderBytes)+" bytes")
 		return
@@ -465,6 +474,19 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "token revoked")
 	}
+}
+
+// paddedFieldValue reports whether a value of h starts or ends with a
+// space or a tab.
+func paddedFieldValue(h http.Header) bool {
+	for _, vv := range h {
+		for _, v := range vv {
+			if n := len(v); n > 0 && (v[0] == ' ' || v[0] == '\t' || v[n-1] == ' ' || v[n-1] == '\t') {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // hasLower reports whether s holds an ASCII lower-case letter.
