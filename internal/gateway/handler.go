@@ -310,6 +310,13 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.waf != nil {
+		// A blocking WAF refuses a body longer than it inspects: such a
+		// body is not read (announced) or not read past the limit
+		// (chunked), rather than held whole in memory to be refused.
+		if max := int64(rt.waf.MaxInspectBytes()); rt.waf.Blocks() && r.ContentLength > max {
+			g.wafTooLarge(w, r, rc)
+			return
+		}
 		if !g.readBody(w, r, rc) || !g.inspect(w, r, rc) {
 			return
 		}
@@ -747,9 +754,23 @@ func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	b, err := io.ReadAll(r.Body)
-	r.Body.Close()
-	rc.bodyBytes, rc.bodyDone = int64(len(b)), err == nil
+	body := io.Reader(r.Body)
+	if e := rc.route.waf; e != nil && e.Blocks() {
+		// One byte past what the WAF inspects is enough to refuse.
+		body = io.LimitReader(r.Body, int64(e.MaxInspectBytes())+1)
+	}
+	b, err := io.ReadAll(body)
+	// A body cut at the WAF's limit is not done: the rest is left unread
+	// for the answer's settling (a lingering close), not closed here —
+	// net/http's Close would read a chunked body's rest first, waiting
+	// for a client that waits for the answer.
+	cut := false
+	if lr, ok := body.(*io.LimitedReader); ok && lr.N == 0 {
+		cut = true
+	} else {
+		r.Body.Close()
+	}
+	rc.bodyBytes, rc.bodyDone = int64(len(b)), err == nil && !cut
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -788,11 +809,7 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	}
 	switch {
 	case v.Blocked && v.TooLarge:
-		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
-		rc.detail = "waf body over max_inspect_bytes"
-		max := strconv.Itoa(rc.route.waf.MaxInspectBytes())
-		g.reject(w, http.StatusRequestEntityTooLarge, reasonWAF, "request body larger than the web application firewall inspects ("+max+" bytes)")
-		g.blocked(r, rc, reasonWAF, "waf: body larger than max_inspect_bytes ("+max+")")
+		g.wafTooLarge(w, r, rc)
 		return false
 	case v.Blocked:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
@@ -811,6 +828,15 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
 	}
 	return true
+}
+
+// wafTooLarge refuses a body longer than the route's WAF inspects (413).
+func (g *Gateway) wafTooLarge(w *respWriter, r *http.Request, rc *reqCtx) {
+	g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
+	rc.detail = "waf body over max_inspect_bytes"
+	max := strconv.Itoa(rc.route.waf.MaxInspectBytes())
+	g.reject(w, http.StatusRequestEntityTooLarge, reasonWAF, "request body larger than the web application firewall inspects ("+max+" bytes)")
+	g.blocked(r, rc, reasonWAF, "waf: body larger than max_inspect_bytes ("+max+")")
 }
 
 // bearerToken is the token of the request's one Authorization header,

@@ -1,12 +1,18 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/proxy"
@@ -148,5 +154,50 @@ func TestGatewayWAFBodyOverInspectLimit(t *testing.T) {
 		if resp, b := tg.do(t, "POST", "/orders", strings.NewReader(attack(140)), form); resp.StatusCode != 403 {
 			t.Fatalf("padded attack within a raised limit: status %d: %.200s", resp.StatusCode, b)
 		}
+	})
+}
+
+// TestGatewayWAFTooLargeNotRead: a body longer than the WAF inspects is
+// refused without being read whole: at once when its length is announced,
+// after max_inspect_bytes + 1 when it is chunked, while the client still
+// has the rest to send (before, the gateway read and buffered up to
+// max_body_bytes, waiting for a client that waits for the answer).
+func TestGatewayWAFTooLargeNotRead(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) { c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true} })
+	const tooLarge = `{"status":413,"error":"request body larger than the web application firewall inspects`
+	t.Run("announced", func(t *testing.T) {
+		earlyH1(t, tg, "/orders", false, 1<<20, 1000, 5*time.Second, http.StatusRequestEntityTooLarge, tooLarge)
+	})
+	t.Run("announced_expect", func(t *testing.T) {
+		earlyH1(t, tg, "/orders", true, 1<<20, 0, 5*time.Second, http.StatusRequestEntityTooLarge, tooLarge)
+	})
+	t.Run("chunked", func(t *testing.T) {
+		c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		chunk := strings.Repeat("a", 16<<10)
+		msg := "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+		for range 9 { // 144 KiB, then the client waits with no end in sight
+			msg += strconv.FormatInt(int64(len(chunk)), 16) + "\r\n" + chunk + "\r\n"
+		}
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("no answer while the chunked body is still coming: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.HasPrefix(string(b), tooLarge) {
+			t.Fatalf("answer %d %s", resp.StatusCode, b)
+		}
+	})
+	t.Run("h2_announced", func(t *testing.T) {
+		h2 := h2Client(tg)
+		defer h2.CloseIdleConnections()
+		earlyH2(t, h2, tg.url("/orders"), 1<<20, 1000, 5*time.Second, http.StatusRequestEntityTooLarge, tooLarge)
 	})
 }

@@ -122,6 +122,10 @@ type Verdict struct {
 // MaxInspectBytes is the largest body the engine inspects.
 func (e *Engine) MaxInspectBytes() int { return e.max }
 
+// Blocks reports whether the engine refuses what it detects (block
+// mode), and so refuses a body longer than MaxInspectBytes.
+func (e *Engine) Blocks() bool { return !e.detect }
+
 // blockingEvaluation is the CRS rule that blocks once the inbound
 // anomaly score reaches the threshold.
 const blockingEvaluation = 949110
