@@ -72,6 +72,12 @@ func TestInspect(t *testing.T) {
 		{"benign_json_labeled_xml", "POST", "/orders", "application/xml", `{"item":"book","qty":2}`, false},
 		{"benign_xml", "POST", "/orders", "application/xml", `<order><item>book</item><qty>2</qty></order>`, false},
 		{"benign_braces_not_json", "POST", "/orders", "application/xml", `{item: book}`, false},
+		// JSON shapes that hide a value from a naive reader: all seen
+		// (probed in the review, sound).
+		{"json_top_level_string", "POST", "/orders", "application/json", `"1' or 1=1-- "`, true},
+		{"json_attack_in_name", "POST", "/orders", "application/json", `{"1' or 1=1-- ":1}`, true},
+		{"json_escaped_xss", "POST", "/orders", "application/json", `{"a":"<scr\u0069pt>alert(1)</script>"}`, true},
+		{"json_nested_past_depth_limit", "POST", "/orders", "application/json", strings.Repeat("[", 2000) + `"x"` + strings.Repeat("]", 2000), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
