@@ -137,6 +137,11 @@ func TestGatewayRateLimitKeysClientsCannotVary(t *testing.T) {
 		{"header_spellings", "/public/x", []string{
 			"x-api-key: spent\r\n", "X_API_Key: other\r\nX-Api-Key: spent\r\n",
 		}, []string{"HTTP/1.1 429 Too Many Requests", "HTTP/1.1 429 Too Many Requests"}},
+		// Whitespace around the value is not part of it (RFC 9112 section
+		// 5.1), on both HTTP/1.1 server paths; HTTP/2 in h2_test.go.
+		{"header_value_padding", "/public/x", []string{
+			"X-API-Key:  spent \r\n", "X-API-Key:\tspent\t\r\n",
+		}, []string{"HTTP/1.1 429 Too Many Requests", "HTTP/1.1 429 Too Many Requests"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
