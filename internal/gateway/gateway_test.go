@@ -1049,3 +1049,24 @@ spec:
 	}
 	tg.get(t, "localhost", "/orders/1", "HTTP/1.1 200")
 }
+
+// TestGatewayDropsOddHeaderNames: a header name with a character other
+// than a letter, a digit or "-" reaches the app, where a CGI bridge that
+// maps every such character to "_" (lighttpd's FastCGI, for one) makes
+// "X.Forwarded.For" into HTTP_X_FORWARDED_FOR beside the gateway's own.
+// The edge drops "_" names already; nginx's ignore_invalid_headers drops
+// all of these. The fix belongs in internal/proxy's edge filter (found in
+// the review, skipped until it lands: MOATLESS_REVIEW_PROXY_FIX=1).
+func TestGatewayDropsOddHeaderNames(t *testing.T) {
+	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
+		t.Skip("fails until internal/proxy's edge filter drops names outside [A-Za-z0-9-] (review-gw report)")
+	}
+	tg := startGateway(t, nil)
+	got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX.Forwarded.For: 6.6.6.6\r\nX.Moatless.Principal: evil\r\nX~Request~Id: 1\r\nX-Forwarded-For.: 7.7.7.7\r\nConnection: close\r\n\r\n")
+	s := decodeSeen(t, []byte(got[strings.Index(got, "\r\n\r\n")+4:]))
+	for k := range s.Headers {
+		if strings.ContainsFunc(k, func(c rune) bool { return !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') }) {
+			t.Errorf("the app received %s: %v", k, s.Headers[k])
+		}
+	}
+}
