@@ -76,6 +76,12 @@ func TestJSONSchema(t *testing.T) {
 		{"same_name_other_objects", "application/json", `{"item":"book","qty":1,"lines":[{"sku":"AB-1"},{"sku":"AB-2"}]}`, "", true},
 		{"charset_utf16", "application/json; charset=utf-16", `{"item":"book","qty":2}`, "", false},
 		{"charset_utf8", "application/json; charset=UTF-8", `{"item":"book","qty":2}`, "", true},
+		// A JSON body under another type, or none, is not waved through
+		// unvalidated to an app that parses it as JSON anyway.
+		{"json_labeled_text_plain", "text/plain", `{"item":"book","qty":0}`, "", false},
+		{"json_labeled_xml", "application/xml", `{"item":"book","qty":0}`, "", false},
+		{"json_without_type", "", `{"item":"book","qty":0}`, "", false},
+		{"json_type_upper_case", "APPLICATION/JSON", `{"item":"book","qty":0}`, "/qty", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
