@@ -1065,7 +1065,9 @@ func TestGatewayDropsOddHeaderNames(t *testing.T) {
 	got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX.Forwarded.For: 6.6.6.6\r\nX.Moatless.Principal: evil\r\nX~Request~Id: 1\r\nX-Forwarded-For.: 7.7.7.7\r\nConnection: close\r\n\r\n")
 	s := decodeSeen(t, []byte(got[strings.Index(got, "\r\n\r\n")+4:]))
 	for k := range s.Headers {
-		if strings.ContainsFunc(k, func(c rune) bool { return !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') }) {
+		if strings.ContainsFunc(k, func(c rune) bool {
+			return !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z')
+		}) {
 			t.Errorf("the app received %s: %v", k, s.Headers[k])
 		}
 	}

@@ -91,33 +91,14 @@ func (t *routeTable) lookupFold(host, path string) *route {
 	return nil
 }
 
+// prefixMatchFold is prefixMatch ignoring case. The normalized path is
+// ASCII (bytes above 0x7F are percent-encoded), so strings.EqualFold's
+// Unicode folding ("\u212a" is "k") cannot apply to it.
 func prefixMatchFold(path, prefix string) bool {
-	if len(path) < len(prefix) || !asciiEqualFold(path[:len(prefix)], prefix) {
+	if len(path) < len(prefix) || !strings.EqualFold(path[:len(prefix)], prefix) {
 		return false
 	}
 	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
-}
-
-// asciiEqualFold is strings.EqualFold for ASCII letters only: the
-// normalized path holds no raw byte above 0x7F, and Unicode folding
-// ("\u212a" is "k") is not what routers do.
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // canonicalHost is the Host header as routes compare it: lower case,
