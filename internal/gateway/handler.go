@@ -814,16 +814,23 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	case v.Blocked:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
 		rc.detail = "waf rules " + strings.Join(ids, ",")
+		why := "waf: rules " + strings.Join(ids, ", ")
+		if v.Malformed != "" {
+			rc.detail, why = "waf "+v.Malformed, "waf: "+v.Malformed
+		}
 		g.reject(w, http.StatusForbidden, reasonWAF, "request blocked by the web application firewall")
-		g.blocked(r, rc, reasonWAF, "waf: rules "+strings.Join(ids, ", "))
+		g.blocked(r, rc, reasonWAF, why)
 		return false
 	case v.WouldBlock:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "detect").Inc()
 		rc.detail = "waf detect rules " + strings.Join(ids, ",")
-		if v.TooLarge {
+		switch {
+		case v.TooLarge:
 			rc.detail += " (body over max_inspect_bytes)"
+		case v.Malformed != "":
+			rc.detail = "waf detect " + v.Malformed
 		}
-		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", "), "waf_detect", g.policy.Load().version)
+		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", ")+" "+v.Malformed, "waf_detect", g.policy.Load().version)
 	default:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
 	}

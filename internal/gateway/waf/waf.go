@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -117,6 +118,9 @@ type Verdict struct {
 	// TooLarge: the body is longer than MaxInspectBytes (with Blocked:
 	// refused uninspected; answer 413).
 	TooLarge bool
+	// Malformed names what made the body unreadable to the rules alike
+	// for every parser (see multipartOutside); "" when nothing did.
+	Malformed string
 }
 
 // MaxInspectBytes is the largest body the engine inspects.
@@ -151,6 +155,9 @@ func (e *Engine) Inspect(r *http.Request, body []byte, client, server netip.Addr
 		v.WouldBlock, v.TooLarge = true, true
 		return v, err
 	}
+	if m := multipartOutside(r.Header, body); m != "" {
+		return Verdict{Blocked: !e.detect, WouldBlock: true, Malformed: m}, nil
+	}
 	v, err := e.inspect(r, body, client, server, false)
 	if err != nil || v.WouldBlock {
 		return v, err
@@ -168,6 +175,56 @@ func (e *Engine) Inspect(r *http.Request, body []byte, client, server netip.Addr
 		}
 	}
 	return v, nil
+}
+
+// multipartOutside reports a multipart body that parsers could split
+// into different parts: content before the first delimiter (the
+// preamble) or after the close delimiter (the epilogue), a line that
+// starts like a delimiter but is not one ("--bx" for boundary "b"), or
+// no close delimiter. RFC 2046 has the preamble and epilogue ignored and
+// "--bx" read as content, as Coraza's parser does; parsers that take any
+// line starting "--b" for a delimiter, or read on past "--b--", find
+// parts there that the rules never saw as parts. Browsers and HTTP
+// libraries send none of these. A multipart type without a boundary is
+// left to the rules (a body-processor error to them).
+func multipartOutside(h http.Header, body []byte) string {
+	cts := h["Content-Type"]
+	if len(cts) == 0 || !strings.HasPrefix(strings.ToLower(strings.TrimSpace(cts[0])), "multipart/") {
+		return ""
+	}
+	_, params, err := mime.ParseMediaType(cts[0])
+	if err != nil || params["boundary"] == "" {
+		return ""
+	}
+	delim := []byte("--" + params["boundary"])
+	if !bytes.HasPrefix(bytes.TrimLeft(body, "\r\n"), delim) {
+		return "multipart content before the first delimiter"
+	}
+	closed := false
+	for rest := body; len(rest) > 0; {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		if closed {
+			if len(bytes.Trim(line, " \t\r")) != 0 {
+				return "multipart content after the close delimiter"
+			}
+			continue
+		}
+		if !bytes.HasPrefix(line, delim) {
+			continue
+		}
+		switch string(bytes.TrimRight(line[len(delim):], " \t\r")) {
+		case "":
+		case "--":
+			closed = true
+		default:
+			return "a multipart line that starts like the delimiter but is not one"
+		}
+	}
+	if !closed {
+		return "multipart body without its close delimiter"
+	}
+	return ""
 }
 
 // asJSON is the body to inspect a second time as JSON: body, without a
