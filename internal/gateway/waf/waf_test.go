@@ -304,3 +304,21 @@ func FuzzMultipartOutside(f *testing.F) {
 		}
 	})
 }
+
+// TestTwoContentTypesRefused: a body with two Content-Type fields, which
+// parsers resolve differently (first, last, joined), is blocked by CRS
+// 920620 or before the rules run (probed in the review, sound).
+func TestTwoContentTypesRefused(t *testing.T) {
+	e := testEngine(t)
+	for _, cts := range [][]string{{"application/json", "multipart/form-data; boundary=b"}, {"multipart/form-data; boundary=b", "application/json"}, {"application/x-www-form-urlencoded", "application/json"}} {
+		body := `{"item":"book"}`
+		r, _ := http.NewRequest("POST", "https://api.example.com/orders", strings.NewReader(body))
+		r.RequestURI = "/orders"
+		r.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+		r.Header.Set("Accept", "application/json")
+		r.Header["Content-Type"] = cts
+		if v, err := e.Inspect(r, []byte(body), netip.MustParseAddrPort("198.51.100.7:40000"), netip.MustParseAddrPort("10.0.0.1:8443")); err != nil || !v.Blocked {
+			t.Errorf("Content-Type %q: verdict %+v, err %v", cts, v, err)
+		}
+	}
+}
