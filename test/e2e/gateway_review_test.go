@@ -12,8 +12,9 @@ import (
 // something policy, the route or the WAF did not see (the review of
 // 2026-12-07): a path parameter that makes "..;" a dot segment to a
 // servlet container, an overlong UTF-8 "..", a lower-case method, an
-// attack padded past what the WAF inspects, a JSON body labeled XML. An
-// encoded slash that changes nothing passes.
+// attack padded past what the WAF inspects, a JSON body labeled XML, a
+// multipart part after the close delimiter. An encoded slash or a case
+// that changes nothing passes.
 func TestGatewayReadsRequestsAsTheAppMight(t *testing.T) {
 	g, _, _ := startGatewayMesh(t, "")
 	sqli := url.QueryEscape("1' or 1=1-- ")
@@ -26,6 +27,9 @@ func TestGatewayReadsRequestsAsTheAppMight(t *testing.T) {
 		{"method_lower_case", "get", "/api/orders/1", "", "", 400},
 		{"attack_padded_past_waf", "POST", "/api/orders", "application/x-www-form-urlencoded", "pad=" + strings.Repeat("a", 140<<10) + "&q=" + sqli, 413},
 		{"json_attack_labeled_xml", "POST", "/api/orders", "application/xml", `{"q":"1\u0027 or 1=1-- "}`, 403},
+		{"multipart_part_after_close", "POST", "/api/orders", "multipart/form-data; boundary=b",
+			"--b\r\nContent-Disposition: form-data; name=\"ok\"\r\n\r\nfine\r\n--b--\r\n--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n1' or 1=1-- \r\n--b--\r\n", 403},
+		{"path_case_and_encoded_slash_as_data", "GET", "/api/Files/a%2Fb", "", "", 200},
 		{"encoded_slash_as_data", "GET", "/api/files/a%2Fb", "", "", 200},
 		{"benign", "POST", "/api/orders", "application/json", `{"item":"book","qty":1}`, 200},
 	}
