@@ -194,9 +194,13 @@ type GatewayWAF struct {
 	InboundAnomalyThreshold int `json:"inbound_anomaly_threshold,omitempty"`
 	// Exclusions are rule IDs removed everywhere.
 	Exclusions []int `json:"exclusions,omitempty"`
-	// MaxInspectBytes is how much of a body the rules read; default
-	// 128 KiB. Larger bodies are inspected up to there and forwarded
-	// whole (the Core Rule Set's ProcessPartial).
+	// MaxInspectBytes is the largest body the rules read; default
+	// 128 KiB. In block mode a larger body on a route with the WAF on is
+	// refused (413) uninspected, as ModSecurity's
+	// SecRequestBodyLimitAction Reject does: an attack placed past the
+	// limit would otherwise pass. In detect mode the first
+	// MaxInspectBytes are inspected and the request is logged as one
+	// that would be blocked.
 	MaxInspectBytes int `json:"max_inspect_bytes,omitempty"`
 }
 

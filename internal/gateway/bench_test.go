@@ -63,3 +63,25 @@ func BenchmarkGatewayJSON1K(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReviewChecks is what the review's checks add to every request
+// (2026-12-07): the method's case, the normalized path's ';' and UTF-8,
+// the case-insensitive second reading of the route table (five routes)
+// and the encoded-slash test, on a typical API path.
+func BenchmarkReviewChecks(b *testing.B) {
+	mk := func(name, prefix string) *route { return &route{name: name, prefix: prefix} }
+	tab := newRouteTable([]*route{mk("all", "/"), mk("orders", "/orders"), mk("users", "/api/users"), mk("search", "/search"), mk("admin", "/admin")})
+	for _, path := range []string{"/orders/1029/items", "/api/users/c-1029/Orders", "/search/caf%C3%A9"} {
+		b.Run(strings.Trim(strings.ReplaceAll(path[:min(len(path), 16)], "/", "_"), "_"), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if hasLower("GET") || checkPathMeaning(path) != nil || hasEncodedSlash(path) {
+					b.Fatal("refused")
+				}
+				if tab.lookupFold("", path) != tab.lookup("", path) {
+					b.Fatal("ambiguous")
+				}
+			}
+		})
+	}
+}

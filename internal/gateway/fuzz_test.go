@@ -3,10 +3,13 @@ package gateway
 import (
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 )
 
@@ -94,4 +97,82 @@ func FuzzShapeHeaders(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzCheckPathMeaning: a path the check accepts holds no path parameter
+// and decodes to valid UTF-8, so a servlet container or a lax decoder
+// reads the path policy matched; and a normalized path the policy package
+// produces from any target is either refused by it or by the check, or
+// is such a path.
+func FuzzCheckPathMeaning(f *testing.F) {
+	for _, s := range []string{"/orders/1", "/orders/..;/admin", "/a;b", "/a%3Bb", "/caf%C3%A9", "/%C0%AE%C0%AE/x", "/\xff", "/%E2%82", "/%F0%9F%98%80", "/x?y=;"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		np, err := policy.NormalizeRequestPath(target, policy.NormalizeMergeSlashes)
+		if err != nil {
+			return
+		}
+		p := np.Path()
+		if checkPathMeaning(p) != nil {
+			return
+		}
+		if strings.Contains(p, ";") {
+			t.Fatalf("%q accepted with a path parameter", p)
+		}
+		dec, err := url.PathUnescape(p)
+		if err != nil {
+			t.Fatalf("normalized path %q does not unescape: %v", p, err)
+		}
+		if !utf8.ValidString(dec) {
+			t.Fatalf("%q accepted, decodes to invalid UTF-8 %q", p, dec)
+		}
+	})
+}
+
+func TestHasEncodedSlash(t *testing.T) {
+	for _, tt := range []struct {
+		p    string
+		want bool
+	}{
+		{"/orders/1", false}, {"/a%2Fb", true}, {"/a%2fb", true}, {"/a%5Cb", true}, {"/a%20b%2F", true},
+		{"/a%252F", false}, {"/a%2", false}, {"/%", false}, {"/a%20b%41", false}, {"/%2%2F", true},
+	} {
+		if got := hasEncodedSlash(tt.p); got != tt.want {
+			t.Errorf("hasEncodedSlash(%q) = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+}
+
+// TestRouteLookupFold: the case-insensitive reading of the route table
+// picks the route an app routing without case would, whole segments only,
+// longest prefix first, and agrees with lookup on paths that differ only
+// in case from a prefix spelled in upper case.
+func TestRouteLookupFold(t *testing.T) {
+	mk := func(name, host, prefix string) *route { return &route{name: name, host: host, prefix: prefix} }
+	tab := newRouteTable([]*route{mk("all", "", "/"), mk("orders", "", "/orders"), mk("api", "", "/API"), mk("admin", "", "/orders/admin/"), mk("h", "api.example.com", "/v1")})
+	for _, tt := range []struct{ host, path, exact, fold string }{
+		{"", "/orders/1", "orders", "orders"},
+		{"", "/ORDERS/1", "all", "orders"},
+		{"", "/Orders", "all", "orders"},
+		{"", "/ordersX", "all", "all"},
+		{"", "/API/x", "api", "api"},
+		{"", "/api/x", "all", "api"},
+		{"", "/orders/ADMIN/x", "orders", "admin"},
+		{"api.example.com", "/V1/x", "", "h"},
+		{"api.example.com", "/v2", "", ""},
+	} {
+		name := func(r *route) string {
+			if r == nil {
+				return ""
+			}
+			return r.name
+		}
+		if got := name(tab.lookup(tt.host, tt.path)); got != tt.exact {
+			t.Errorf("lookup(%q, %q) = %q, want %q", tt.host, tt.path, got, tt.exact)
+		}
+		if got := name(tab.lookupFold(tt.host, tt.path)); got != tt.fold {
+			t.Errorf("lookupFold(%q, %q) = %q, want %q", tt.host, tt.path, got, tt.fold)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,6 +177,12 @@ func TestGatewayClientAddress(t *testing.T) {
 		{"trusted_peer_rightmost_untrusted", []string{"127.0.0.0/8", "10.0.0.0/8"}, "203.0.113.7, 198.51.100.2, 10.1.1.1", nil, 200, "198.51.100.2"},
 		{"malformed_hop_stops_walk", []string{"127.0.0.1/32", "10.0.0.0/8"}, "203.0.113.7, garbage, 10.1.1.1", nil, 200, "10.1.1.1"},
 		{"deny_peer", nil, "", []string{"127.0.0.1"}, 403, ""},
+		// An IPv4 client spelled as an IPv4-mapped IPv6 address, and a deny
+		// entry spelled so, are the same IPv4 address.
+		{"mapped_client_v4_deny", []string{"127.0.0.1/32"}, "::ffff:203.0.113.5", []string{"203.0.113.0/24"}, 403, ""},
+		{"v4_client_mapped_deny", []string{"127.0.0.1/32"}, "203.0.113.5", []string{"::ffff:203.0.113.0/120"}, 403, ""},
+		{"mapped_client_forwarded_as_v4", []string{"127.0.0.1/32"}, "::ffff:198.51.100.9", nil, 200, "198.51.100.9"},
+		{"v6_client_in_denied_64", []string{"127.0.0.1/32"}, "2001:db8:1:2::99", []string{"2001:db8:1:2::/64"}, 403, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,6 +231,13 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"bad_chunk_size", "POST /orders HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"},
 		{"two_content_lengths", "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400"},
 		{"connect", "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n", "HTTP/1.1 4"},
+		// A method in another case is another token to policy (the DENY on
+		// DELETE does not match "delete") but DELETE to an app that
+		// upper-cases it (Django, Rack): refused, as is "trace".
+		{"method_lower_case", "delete /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_mixed_case", "DeLeTe /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_trace_lower", "trace /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"method_extension_upper", "PROPFIND /orders/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 		// Hosts net/http lets through that the decision function cannot
 		// read as an authority: 400 before routing or deciding.
 		{"host_empty_label", "GET /orders/1 HTTP/1.1\r\nHost: api..example.com\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
@@ -232,6 +246,20 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"host_two_ports", "GET /orders/1 HTTP/1.1\r\nHost: localhost:80:90\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
 		{"host_userinfo", "GET /orders/1 HTTP/1.1\r\nHost: user@localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
 		{"host_with_port_and_dot", "GET /orders/1 HTTP/1.1\r\nHost: localhost.:8443\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		// Paths a servlet container or a lax UTF-8 decoder reads as another
+		// path than the one policy allowed ("/orders/*"): refused before
+		// routing, never forwarded.
+		{"path_param_dot_segment", "GET /orders/..;/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_param_encoded_dots", "GET /orders/%2e%2e;x=1/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_param_segment", "GET /orders;jsessionid=1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		// A parameter segment the dot segment removes is gone from the
+		// normalized path forwarded ("/orders/1"): nothing left to misread.
+		{"path_param_resolved_away", "GET /orders/;x=1/../1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"path_overlong_utf8_dots", "GET /orders/%c0%ae%c0%ae/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_raw_invalid_utf8", "GET /orders/\xff HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_encoded_semicolon_is_data", "GET /orders/a%3Bb HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"path_utf8", "GET /orders/caf%C3%A9/\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+		{"query_semicolon_kept", "GET /orders/1?a=1;b=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -908,5 +936,139 @@ func TestGatewayTrafficRecord(t *testing.T) {
 	}
 	if m := got["inbound  TRACE /orders/{*} deny"]; m.Requests != 1 || m.Reason != "method" || m.Source != "" {
 		t.Errorf("edge stopped before routing: %+v (all: %+v)", m, got)
+	}
+}
+
+// TestGatewayEncodedSlashRoute: an encoded slash that hides a segment
+// boundary from the route table or from policy is refused when an app
+// that decodes it would be served another route's path or a path policy
+// denies: with /orders (WAF on) and / (WAF off), "/orders%2Fsearch" went
+// to / and skipped the WAF, while a WSGI or PHP app serves
+// /orders/search; "/ORDERS/search" likewise to an app that routes
+// ignoring case. An encoded slash or a case that selects the same route
+// and the same decision either way is data and passes.
+func TestGatewayEncodedSlashRoute(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
+			WAF: &config.GatewayRouteWAF{Enabled: true}})
+	})
+	// An edge policy that leaves paths to routes and the WAF.
+	tg.g.SetAuthorizer(2, compile(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/orders/admin", "/orders/admin/*"]}}]
+`))
+	sqli := "?q=1%27%20OR%20%271%27%3D%271"
+	tests := []struct{ name, target, want string }{
+		{"encoded_slash_leaves_waf_route", "/orders%2Fsearch" + sqli, "HTTP/1.1 400"},
+		{"encoded_backslash_leaves_waf_route", "/orders%5csearch" + sqli, "HTTP/1.1 400"},
+		{"decoded_path_is_waf_route", "/orders/search" + sqli, "HTTP/1.1 403"},
+		{"encoded_slash_within_route", "/orders/a%2Fb", "HTTP/1.1 200"},
+		{"encoded_slash_on_catch_all", "/files/a%2Fb", "HTTP/1.1 200"},
+		{"encoded_slash_into_catch_all", "/x%2Forders", "HTTP/1.1 200"},
+		// Case: Express and ASP.NET Core route ignoring it by default.
+		{"upper_case_leaves_waf_route", "/ORDERS/search" + sqli, "HTTP/1.1 400"},
+		{"mixed_case_leaves_waf_route", "/Orders" + sqli, "HTTP/1.1 400"},
+		{"upper_case_within_route", "/orders/Search", "HTTP/1.1 200"},
+		{"upper_case_on_catch_all", "/files/README", "HTTP/1.1 200"},
+		{"longer_segment_not_a_prefix", "/ORDERSX", "HTTP/1.1 200"},
+		// The same for policy: the DENY on /orders/admin/* does not match
+		// the one segment "admin%2Fusers", but the app serves /orders/admin/users.
+		{"encoded_slash_past_deny", "/orders/admin%2Fusers", "HTTP/1.1 400"},
+		{"encoded_backslash_past_deny", "/orders/admin%5Cusers", "HTTP/1.1 400"},
+		{"decoded_path_denied", "/orders/admin/users", "HTTP/1.1 403"},
+		{"encoded_slash_allowed_either_way", "/orders/users%2Fadmin", "HTTP/1.1 200"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tg.get(t, "localhost", tt.target, tt.want) })
+	}
+}
+
+// TestGatewayStripsCDNClientHeaders: the client-address and host headers
+// that CDNs set and apps configured for them believe (nginx real_ip_header,
+// Rails and Laravel Cloudflare middleware, host-override headers) are a
+// caller's to forge at an edge with no CDN in front. Found in the review:
+// they reach the app. The fix belongs in internal/proxy's edge header
+// filter (edgeOwnedHeaders), owned by the sidecar's engineer; until it
+// lands this test is skipped (MOATLESS_REVIEW_PROXY_FIX=1 runs it).
+func TestGatewayStripsCDNClientHeaders(t *testing.T) {
+	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
+		t.Skip("fails until internal/proxy's edge filter drops these headers (review-gw report)")
+	}
+	tg := startGateway(t, nil)
+	forged := []string{"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "X-Host", "X-Http-Host-Override", "X-Original-Host", "X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip"}
+	hdr := map[string]string{}
+	for _, h := range forged {
+		hdr[h] = "10.9.9.9"
+	}
+	resp, b := tg.do(t, "GET", "/orders/1", nil, hdr)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	s := decodeSeen(t, b)
+	for _, h := range forged {
+		if v, ok := s.Headers[h]; ok {
+			t.Errorf("the app received %s: %v", h, v)
+		}
+	}
+}
+
+// TestGatewayHostSpellings: a host's routes and a policy on that host see
+// every spelling of it alike (case, trailing dot, port, empty port), so a
+// DENY on admin.example.com is not stepped around by "ADMIN.example.com."
+// (probed in the review, sound; kept as a guard).
+func TestGatewayHostSpellings(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "admin", Host: "admin.example.com", PathPrefix: "/", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID})
+	})
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ["admin.example.com", "admin.example.com:*"]}}]
+`))
+	for _, h := range []string{"admin.example.com", "ADMIN.example.com", "admin.example.com.", "admin.example.com.:443", "admin.example.com:443", "Admin.Example.Com.:8443", "admin.example.com:0443", "admin.example.com:"} {
+		t.Run(h, func(t *testing.T) { tg.get(t, h, "/orders/1", "HTTP/1.1 403") })
+	}
+	tg.get(t, "localhost", "/orders/1", "HTTP/1.1 200")
+}
+
+// TestGatewayDropsOddHeaderNames: a header name with a character other
+// than a letter, a digit or "-" reaches the app, where a CGI bridge that
+// maps every such character to "_" (lighttpd's FastCGI, for one) makes
+// "X.Forwarded.For" into HTTP_X_FORWARDED_FOR beside the gateway's own.
+// The edge drops "_" names already; nginx's ignore_invalid_headers drops
+// all of these. The fix belongs in internal/proxy's edge filter (found in
+// the review, skipped until it lands: MOATLESS_REVIEW_PROXY_FIX=1).
+func TestGatewayDropsOddHeaderNames(t *testing.T) {
+	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
+		t.Skip("fails until internal/proxy's edge filter drops names outside [A-Za-z0-9-] (review-gw report)")
+	}
+	tg := startGateway(t, nil)
+	got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX.Forwarded.For: 6.6.6.6\r\nX.Moatless.Principal: evil\r\nX~Request~Id: 1\r\nX-Forwarded-For.: 7.7.7.7\r\nConnection: close\r\n\r\n")
+	s := decodeSeen(t, []byte(got[strings.Index(got, "\r\n\r\n")+4:]))
+	for k := range s.Headers {
+		if strings.ContainsFunc(k, func(c rune) bool {
+			return !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z')
+		}) {
+			t.Errorf("the app received %s: %v", k, s.Headers[k])
+		}
 	}
 }

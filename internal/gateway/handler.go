@@ -173,6 +173,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 
 	// The request line and head, before anything reads them further.
+	// A method is case-sensitive (RFC 9110 section 9.1) and policy matches
+	// it exactly, but Django, Rack and others upper-case what they
+	// receive: "delete" would pass a DENY on DELETE and be served as one
+	// (and "trace" pass the refusal below). Every standard method is
+	// upper case; one with a lower-case letter is refused.
+	if hasLower(r.Method) {
+		g.reject(w, http.StatusBadRequest, reasonMethod, "method must be upper case")
+		return
+	}
 	switch r.Method {
 	case http.MethodConnect, http.MethodTrace:
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
@@ -181,6 +190,15 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 	if len(r.RequestURI) > lim.MaxURIBytes {
 		g.reject(w, http.StatusRequestURITooLong, reasonURITooLong, "request target longer than "+strconv.Itoa(lim.MaxURIBytes)+" bytes")
+		return
+	}
+	// RFC 9113 section 8.2.1: an HTTP/2 field value that starts or ends
+	// with whitespace makes the request malformed. net/http's HTTP/2
+	// server passes it on; the gateway would then match " spent" (a rate
+	// limit's key, a policy's header value) where the app, whose HTTP/1.1
+	// parser trims it, reads "spent".
+	if r.ProtoMajor == 2 && paddedFieldValue(r.Header) {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed HTTP/2 field value (leading or trailing whitespace)")
 		return
 	}
 	if headBytes(r) > lim.MaxHeaderBytes {
@@ -219,6 +237,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path")
 		return
 	}
+	if err := checkPathMeaning(np.Path()); err != nil {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: "+err.Error())
+		return
+	}
 	np, overridden := proxy.StripMethodOverride(np)
 	if np.Changed() || overridden {
 		proxy.SetTarget(r.URL, np)
@@ -226,6 +248,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	rc.route = st.table.lookup(canonicalHost(r.Host), np.Path())
 	if rc.route == nil {
 		g.reject(w, http.StatusNotFound, reasonNoRoute, "no route")
+		return
+	}
+	if !routeUnambiguous(st.table, canonicalHost(r.Host), rc.route, np, r.RequestURI, ps.mode) {
+		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: read with its slashes decoded or its case ignored, it selects another route")
 		return
 	}
 	rt := rc.route
@@ -284,6 +310,13 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.waf != nil {
+		// A blocking WAF refuses a body longer than it inspects: such a
+		// body is not read (announced) or not read past the limit
+		// (chunked), rather than held whole in memory to be refused.
+		if max := int64(rt.waf.MaxInspectBytes()); rt.waf.Blocks() && r.ContentLength > max {
+			g.wafTooLarge(w, r, rc)
+			return
+		}
 		if !g.readBody(w, r, rc) || !g.inspect(w, r, rc) {
 			return
 		}
@@ -320,6 +353,20 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if ps.authz != nil {
 		dec = ps.authz.Evaluate(req, g.opts.Verifier)
+		// An encoded slash is one segment to policy (BASE, MERGE_SLASHES)
+		// and a separator to an app that decodes it before it routes: a
+		// DENY on /admin/* does not match "/admin%2Fusers", which such an
+		// app serves as /admin/users. What policy allows must also be
+		// allowed as that app reads it.
+		if dec.Outcome == policy.Allow && ps.mode != policy.NormalizeDecodeAndMergeSlashes && hasEncodedSlash(np.Path()) {
+			alt, err := policy.NormalizeRequestPath(np.Target(), policy.NormalizeDecodeAndMergeSlashes)
+			altReq := *req
+			altReq.Path, altReq.NormalizedPath, altReq.Auth = alt.Target(), alt, nil
+			if err != nil || ps.authz.Evaluate(&altReq, g.opts.Verifier).Outcome != policy.Allow {
+				g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: an encoded slash (%2F or %5C) would change the policy decision")
+				return
+			}
+		}
 	}
 	auth := req.Auth
 	if auth != nil {
@@ -438,6 +485,29 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Www-Authenticate", `Bearer error="invalid_token"`)
 		g.reject(w, http.StatusUnauthorized, reasonUnauthn, "token revoked")
 	}
+}
+
+// paddedFieldValue reports whether a value of h starts or ends with a
+// space or a tab.
+func paddedFieldValue(h http.Header) bool {
+	for _, vv := range h {
+		for _, v := range vv {
+			if n := len(v); n > 0 && (v[0] == ' ' || v[0] == '\t' || v[n-1] == ' ' || v[n-1] == '\t') {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasLower reports whether s holds an ASCII lower-case letter.
+func hasLower(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'a' <= s[i] && s[i] <= 'z' {
+			return true
+		}
+	}
+	return false
 }
 
 // errTokenRevoked cancels an in-flight request whose token was revoked.
@@ -688,9 +758,23 @@ func (g *Gateway) readBody(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	b, err := io.ReadAll(r.Body)
-	r.Body.Close()
-	rc.bodyBytes, rc.bodyDone = int64(len(b)), err == nil
+	body := io.Reader(r.Body)
+	if e := rc.route.waf; e != nil && e.Blocks() {
+		// One byte past what the WAF inspects is enough to refuse.
+		body = io.LimitReader(r.Body, int64(e.MaxInspectBytes())+1)
+	}
+	b, err := io.ReadAll(body)
+	// A body cut at the WAF's limit is not done: the rest is left unread
+	// for the answer's settling (a lingering close), not closed here —
+	// net/http's Close would read a chunked body's rest first, waiting
+	// for a client that waits for the answer.
+	cut := false
+	if lr, ok := body.(*io.LimitedReader); ok && lr.N == 0 {
+		cut = true
+	} else {
+		r.Body.Close()
+	}
+	rc.bodyBytes, rc.bodyDone = int64(len(b)), err == nil && !cut
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -728,20 +812,42 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 		ids[i] = strconv.Itoa(id)
 	}
 	switch {
+	case v.Blocked && v.TooLarge:
+		g.wafTooLarge(w, r, rc)
+		return false
 	case v.Blocked:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
 		rc.detail = "waf rules " + strings.Join(ids, ",")
+		why := "waf: rules " + strings.Join(ids, ", ")
+		if v.Malformed != "" {
+			rc.detail, why = "waf "+v.Malformed, "waf: "+v.Malformed
+		}
 		g.reject(w, http.StatusForbidden, reasonWAF, "request blocked by the web application firewall")
-		g.blocked(r, rc, reasonWAF, "waf: rules "+strings.Join(ids, ", "))
+		g.blocked(r, rc, reasonWAF, why)
 		return false
 	case v.WouldBlock:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "detect").Inc()
 		rc.detail = "waf detect rules " + strings.Join(ids, ",")
-		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", "), "waf_detect", g.policy.Load().version)
+		switch {
+		case v.TooLarge:
+			rc.detail += " (body over max_inspect_bytes)"
+		case v.Malformed != "":
+			rc.detail = "waf detect " + v.Malformed
+		}
+		g.decisionRecord(r, rc, "allow", "", -1, "waf detection only: rules "+strings.Join(ids, ", ")+" "+v.Malformed, "waf_detect", g.policy.Load().version)
 	default:
 		g.metrics.wafMatches.WithLabelValues(rc.route.name, "pass").Inc()
 	}
 	return true
+}
+
+// wafTooLarge refuses a body longer than the route's WAF inspects (413).
+func (g *Gateway) wafTooLarge(w *respWriter, r *http.Request, rc *reqCtx) {
+	g.metrics.wafMatches.WithLabelValues(rc.route.name, "block").Inc()
+	rc.detail = "waf body over max_inspect_bytes"
+	max := strconv.Itoa(rc.route.waf.MaxInspectBytes())
+	g.reject(w, http.StatusRequestEntityTooLarge, reasonWAF, "request body larger than the web application firewall inspects ("+max+" bytes)")
+	g.blocked(r, rc, reasonWAF, "waf: body larger than max_inspect_bytes ("+max+")")
 }
 
 // bearerToken is the token of the request's one Authorization header,

@@ -126,6 +126,8 @@ type seen struct {
 	Query   string              `json:"query"`
 	Headers map[string][]string `json:"headers"`
 	Body    string              `json:"body"`
+	// Trailers are the trailer fields the app received, if any.
+	Trailers map[string][]string `json:"trailers,omitempty"`
 }
 
 // echoApp answers with what it saw; /slow waits for the client to go
@@ -165,7 +167,16 @@ func echoApp(t testing.TB) string {
 		w.Header().Set("Server", "nginx/1.2.3")
 		w.Header().Set("X-Powered-By", "PHP/5")
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body)})
+		var trailers map[string][]string
+		for k, v := range r.Trailer {
+			if len(v) > 0 {
+				if trailers == nil {
+					trailers = map[string][]string{}
+				}
+				trailers[k] = v
+			}
+		}
+		json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body), Trailers: trailers})
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -361,6 +372,18 @@ func (tg *testGateway) raw(t testing.TB, req string) string {
 	return string(b)
 }
 
+// get sends "GET target" with Host host on a fresh connection (closed
+// after the answer) and fails the test unless the answer starts with want
+// ("HTTP/1.1 400"); it returns the whole answer.
+func (tg *testGateway) get(t testing.TB, host, target, want string) string {
+	t.Helper()
+	got := tg.raw(t, "GET "+target+" HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(got, want) {
+		t.Fatalf("GET %s (Host %s): answer %q, want %q...", target, host, firstLine(got), want)
+	}
+	return got
+}
+
 func decodeSeen(t testing.TB, b []byte) seen {
 	t.Helper()
 	var s seen
@@ -369,6 +392,9 @@ func decodeSeen(t testing.TB, b []byte) seen {
 	}
 	return s
 }
+
+// hs256Issuer is the shared-secret issuer of startHS256Gateway.
+const hs256Issuer = "https://legacy.example"
 
 // signHS256 is a compact HS256 JWT with claims, signed with key.
 func signHS256(t testing.TB, key []byte, claims map[string]any) string {
@@ -392,10 +418,11 @@ func signHS256(t testing.TB, key []byte, claims map[string]any) string {
 // startHS256Gateway is startGatewayWith (opts applied) verifying request
 // tokens of a shared-secret HS256 issuer, which a RequestAuthentication
 // beside gatewayPolicy names. sign makes such a token from claims (iss
-// and an exp an hour away are added unless given).
+// and an exp an hour away are added unless given; a claim given as nil is
+// left out).
 func startHS256Gateway(t *testing.T, opts ...func(o *Options)) (tg *testGateway, sign func(claims map[string]any) string) {
 	t.Helper()
-	const issuer = "https://legacy.example"
+	const issuer = hs256Issuer
 	secret := []byte("0123456789abcdef0123456789abcdef-legacy")
 	v := authn.NewVerifier(authn.Options{SharedSecrets: []authn.SharedSecret{{Issuer: issuer, Secret: secret}}, Logger: discard()})
 	t.Cleanup(func() { v.Close() })
@@ -412,7 +439,11 @@ spec:
 	return tg, func(claims map[string]any) string {
 		all := map[string]any{"iss": issuer, "exp": time.Now().Add(time.Hour).Unix()}
 		for k, v := range claims {
-			all[k] = v
+			if v == nil {
+				delete(all, k)
+			} else {
+				all[k] = v
+			}
 		}
 		return signHS256(t, secret, all)
 	}

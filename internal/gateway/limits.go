@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,23 +36,43 @@ func (l *limiter) afterAuth() bool { return l.kind == "jwt" }
 
 // key is what the request is counted under. A jwt limit on a request
 // without that claim counts the client address instead: anonymous
-// traffic cannot step around a per-user limit.
-func (l *limiter) key(r *http.Request, rc *reqCtx, auth *policy.Auth) string {
+// traffic cannot step around a per-user limit. An IPv6 client is
+// counted by its /64 (clientBlock). A header limit on a request that
+// carries the header more than once has no key (ok false): the gateway
+// would count one value while the app may read another (the last, or
+// all joined), so a client could spend a fresh key per request on an
+// app that reads its real one.
+func (l *limiter) key(r *http.Request, rc *reqCtx, auth *policy.Auth) (key string, ok bool) {
 	switch l.kind {
 	case "route":
-		return l.name + "|route|" + rc.route.name
+		return l.name + "|route|" + rc.route.name, true
 	case "header":
-		if v := r.Header.Get(l.arg); v != "" {
-			return l.name + "|h|" + truncate(v, 256)
+		switch vs := r.Header[l.arg]; {
+		case len(vs) > 1:
+			return "", false
+		case len(vs) == 1 && vs[0] != "":
+			return l.name + "|h|" + truncate(vs[0], 256), true
 		}
 	case "jwt":
 		if auth != nil {
 			if v, ok := auth.Claims[l.arg]; ok {
-				return l.name + "|jwt|" + truncate(fmt.Sprint(v), 256)
+				return l.name + "|jwt|" + truncate(fmt.Sprint(v), 256), true
 			}
 		}
 	}
-	return l.name + "|ip|" + addrString(rc.client)
+	return l.name + "|ip|" + addrString(clientBlock(rc.client)), true
+}
+
+// clientBlock is the address a per-client limit counts: the address
+// itself for IPv4, its /64 for IPv6. One IPv6 host is routinely given a
+// whole /64 (SLAAC, privacy addresses, RFC 6177 end sites), so a limit by
+// the full address would give a client 2^64 budgets.
+func clientBlock(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
 }
 
 // limiters compiles the rate limits of cfg, reusing those of old whose
@@ -134,8 +155,13 @@ func (g *Gateway) rateLimit(w *respWriter, r *http.Request, rc *reqCtx, auth *po
 		if l.afterAuth() != afterAuth {
 			continue
 		}
+		key, ok := l.key(r, rc, auth)
+		if !ok {
+			g.reject(w, http.StatusBadRequest, reasonBadRequest, "more than one "+l.arg+" header")
+			return false
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 300*time.Millisecond)
-		res, err := l.store.Take(ctx, l.key(r, rc, auth), l.limit, l.window)
+		res, err := l.store.Take(ctx, key, l.limit, l.window)
 		cancel()
 		if err != nil {
 			action := "allow"

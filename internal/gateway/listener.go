@@ -105,9 +105,10 @@ func newConnCounter(max, perIP int) *connCounter {
 	return &connCounter{max: max, perIP: perIP, byIP: map[netip.Addr]int{}, live: map[string]netip.Addr{}}
 }
 
-// acquire counts c, or returns why it is refused.
+// acquire counts c, or returns why it is refused. The per-IP cap counts
+// an IPv6 peer by its /64, as the rate limits do (clientBlock).
 func (cc *connCounter) acquire(c net.Conn) string {
-	ip := addrIP(c.RemoteAddr())
+	ip := clientBlock(addrIP(c.RemoteAddr()))
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	switch {
@@ -141,7 +142,7 @@ func (cc *connCounter) release(c net.Conn) {
 // track counts an upgraded (hijacked) connection again for as long as its
 // stream lives: the HTTP server reported it gone when it was taken over.
 func (cc *connCounter) track(c net.Conn) func() {
-	ip := addrIP(c.RemoteAddr())
+	ip := clientBlock(addrIP(c.RemoteAddr()))
 	cc.mu.Lock()
 	cc.total++
 	cc.byIP[ip]++

@@ -91,9 +91,13 @@ func (g *Gateway) rejectWith(w *respWriter, status int, reason string, body erro
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))
-	if status == http.StatusRequestEntityTooLarge || status == http.StatusRequestHeaderFieldsTooLarge || status == http.StatusBadRequest || status == http.StatusRequestURITooLong {
+	if (status == http.StatusRequestEntityTooLarge || status == http.StatusRequestHeaderFieldsTooLarge || status == http.StatusBadRequest || status == http.StatusRequestURITooLong) &&
+		(w.rc.req == nil || w.rc.req.ProtoMajor < 2) {
 		// The rest of what the client sends is not read: it must not be
-		// taken for the next request on the connection.
+		// taken for the next request on the connection. HTTP/2 frames
+		// every stream apart: the stream ends, and the connection and the
+		// client's other streams go on (net/http's HTTP/2 server would
+		// answer Connection: close with a GOAWAY).
 		h.Set("Connection", "close")
 	}
 	w.WriteHeader(status)

@@ -74,6 +74,33 @@ func prefixMatch(path, prefix string) bool {
 	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
 }
 
+// lookupFold is lookup with path prefixes compared ignoring ASCII case,
+// as an app with case-insensitive routing (Express and ASP.NET Core by
+// default, IIS) matches them. A longer prefix that matches only so wins,
+// as it would in such an app.
+func (t *routeTable) lookupFold(host, path string) *route {
+	rs, ok := t.byHost[host]
+	if !ok {
+		rs = t.anyHost
+	}
+	for _, r := range rs {
+		if prefixMatchFold(path, r.prefix) {
+			return r
+		}
+	}
+	return nil
+}
+
+// prefixMatchFold is prefixMatch ignoring case. The normalized path is
+// ASCII (bytes above 0x7F are percent-encoded), so strings.EqualFold's
+// Unicode folding ("\u212a" is "k") cannot apply to it.
+func prefixMatchFold(path, prefix string) bool {
+	if len(path) < len(prefix) || !strings.EqualFold(path[:len(prefix)], prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
+}
+
 // canonicalHost is the Host header as routes compare it: lower case,
 // without port or trailing dot.
 func canonicalHost(h string) string {

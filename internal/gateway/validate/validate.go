@@ -5,11 +5,13 @@ package validate
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -72,12 +74,18 @@ func (j *JSONSchema) Validate(_ context.Context, r *http.Request, body []byte) *
 	if len(body) == 0 {
 		return nil
 	}
+	if v := checkContentType(r.Header); v != nil {
+		return v
+	}
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" && !strings.HasSuffix(mt, "+json") {
 		return &Violation{Message: "body must be application/json"}
 	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
 	if err != nil {
 		return &Violation{Message: "body is not valid JSON"}
+	}
+	if v := checkUniqueNames(body); v != nil {
+		return v
 	}
 	err = j.s.Validate(inst)
 	if err == nil {
@@ -141,12 +149,28 @@ func NewOpenAPI(name string, b []byte) (*OpenAPI, error) {
 
 // Validate implements Validator.
 func (o *OpenAPI) Validate(ctx context.Context, r *http.Request, body []byte) *Violation {
+	if len(body) > 0 {
+		if v := checkContentType(r.Header); v != nil {
+			return v
+		}
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/json" || strings.HasSuffix(mt, "+json") {
+			if v := checkUniqueNames(body); v != nil {
+				return v
+			}
+		}
+	}
 	req := r.Clone(ctx)
 	req.URL.Scheme, req.URL.Host = "https", r.Host
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	route, params, err := o.router.FindRoute(req)
 	if err != nil {
 		return &Violation{Message: "no operation of the API matches " + r.Method + " " + r.URL.Path}
+	}
+	// kin-openapi checks a body only against a declared requestBody; a
+	// body sent to an operation that declares none (a GET, say) would
+	// reach the app unchecked, and some apps read it.
+	if len(body) > 0 && route.Operation != nil && route.Operation.RequestBody == nil {
+		return &Violation{Message: "the operation " + r.Method + " " + route.Path + " takes no request body"}
 	}
 	in := &openapi3filter.RequestValidationInput{
 		Request: req, PathParams: params, Route: route,
@@ -174,4 +198,97 @@ func (o *OpenAPI) Validate(ctx context.Context, r *http.Request, body []byte) *V
 		}
 	}
 	return v
+}
+
+// checkContentType refuses a body whose type the gateway and the app
+// could read differently: more than one Content-Type field (one app
+// takes the first, another the last or both joined), or a JSON type
+// naming a charset other than UTF-8 (JSON between systems is UTF-8, RFC
+// 8259 section 8.1: the schema checked the bytes as UTF-8, an app that
+// honours the charset would decode other text).
+func checkContentType(h http.Header) *Violation {
+	cts := h["Content-Type"]
+	if len(cts) > 1 {
+		return &Violation{Message: "more than one Content-Type"}
+	}
+	if len(cts) == 0 {
+		return nil
+	}
+	mt, params, err := mime.ParseMediaType(cts[0])
+	if err != nil {
+		return &Violation{Message: "malformed Content-Type"}
+	}
+	if cs, ok := params["charset"]; ok && (mt == "application/json" || strings.HasSuffix(mt, "+json")) && !strings.EqualFold(cs, "utf-8") {
+		return &Violation{Message: "a JSON body must be UTF-8"}
+	}
+	return nil
+}
+
+// checkUniqueNames refuses a JSON document (already known to be valid)
+// in which an object names a member twice, however escaped
+// ({"qty":0,"q\u0074y":2}): the schema saw the last value (encoding/json
+// keeps the last), while parsers that keep the first (gjson, jsonparser,
+// several C and Java ones) would hand the app a value nobody checked.
+// I-JSON (RFC 7493 section 2.3) forbids such documents. The pointer names
+// the object and the duplicated member.
+func checkUniqueNames(body []byte) *Violation {
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.UseNumber()
+	// One frame per open object or array; path holds one element per
+	// member or array element being read, the pointer to the value.
+	type frame struct {
+		names     map[string]bool // nil for an array
+		index     int             // an array's next index
+		expectKey bool            // an object expecting a name (or '}')
+	}
+	var stack []*frame
+	var path []string
+	// valueDone: the value at path is complete; its parent object next
+	// expects a name.
+	valueDone := func() {
+		if len(stack) == 0 {
+			return
+		}
+		path = path[:len(path)-1]
+		if top := stack[len(stack)-1]; top.names != nil {
+			top.expectKey = true
+		}
+	}
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return &Violation{Message: "body is not valid JSON"}
+		}
+		if len(stack) > 0 {
+			top := stack[len(stack)-1]
+			switch {
+			case tok == json.Delim('}') || tok == json.Delim(']'):
+				stack = stack[:len(stack)-1]
+				valueDone()
+				continue
+			case top.expectKey:
+				name, _ := tok.(string)
+				if top.names[name] {
+					return &Violation{Pointer: pointer(append(path, name)), Message: "body names an object member twice"}
+				}
+				top.names[name], top.expectKey = true, false
+				path = append(path, name)
+				continue
+			case top.names == nil:
+				path = append(path, strconv.Itoa(top.index))
+				top.index++
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{names: map[string]bool{}, expectKey: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		default:
+			valueDone()
+		}
+	}
 }

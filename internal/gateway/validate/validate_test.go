@@ -69,6 +69,19 @@ func TestJSONSchema(t *testing.T) {
 		{"extra_field", "application/json", `{"item":"book","qty":1,"admin":true}`, "", false},
 		{"not_json", "application/json", `{"item":`, "", false},
 		{"form_body", "application/x-www-form-urlencoded", `item=book`, "", false},
+		// Bodies the schema and the app could read differently: refused.
+		{"duplicate_name_last_valid", "application/json", `{"item":"book","qty":0,"qty":2}`, "/qty", false},
+		{"duplicate_name_escaped", "application/json", `{"item":"book","q\u0074y":0,"qty":2}`, "/qty", false},
+		{"duplicate_name_nested", "application/json", `{"item":"book","qty":1,"lines":[{"sku":"AB-1"},{"sku":"x","sku":"AB-2"}]}`, "/lines/1/sku", false},
+		{"same_name_other_objects", "application/json", `{"item":"book","qty":1,"lines":[{"sku":"AB-1"},{"sku":"AB-2"}]}`, "", true},
+		{"charset_utf16", "application/json; charset=utf-16", `{"item":"book","qty":2}`, "", false},
+		{"charset_utf8", "application/json; charset=UTF-8", `{"item":"book","qty":2}`, "", true},
+		// A JSON body under another type, or none, is not waved through
+		// unvalidated to an app that parses it as JSON anyway.
+		{"json_labeled_text_plain", "text/plain", `{"item":"book","qty":0}`, "", false},
+		{"json_labeled_xml", "application/xml", `{"item":"book","qty":0}`, "", false},
+		{"json_without_type", "", `{"item":"book","qty":0}`, "", false},
+		{"json_type_upper_case", "APPLICATION/JSON", `{"item":"book","qty":0}`, "/qty", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,6 +115,11 @@ func TestOpenAPI(t *testing.T) {
 		{"post_ok", "POST", "/orders", "application/json", `{"item":"book","qty":1}`, "", true},
 		{"post_bad_qty", "POST", "/orders", "application/json", `{"item":"book","qty":0}`, "/qty", false},
 		{"post_no_body", "POST", "/orders", "application/json", ``, "", false},
+		{"post_duplicate_name", "POST", "/orders", "application/json", `{"item":"book","qty":0,"qty":1}`, "/qty", false},
+		// An operation without a requestBody takes none: a body would reach
+		// the app unchecked.
+		{"get_with_body", "GET", "/orders/1", "application/json", `{"qty":0}`, "", false},
+		{"get_with_untyped_body", "GET", "/orders/1", "", `{"qty":0}`, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,10 +144,35 @@ func FuzzJSONSchema(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, s := range []string{`{"item":"a","qty":1}`, `[]`, `{"lines":[{"sku":1}]}`, `"\ud800"`, `1e400`} {
+	for _, s := range []string{`{"item":"a","qty":1}`, `[]`, `{"lines":[{"sku":1}]}`, `"\ud800"`, `1e400`, `{"a":{"b":[1,{"c":2,"c":3}]}}`, `[[],{},[{}]]`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
 		v.Validate(context.Background(), req("POST", "/orders", "application/json"), []byte(body))
 	})
+}
+
+func TestCheckUniqueNames(t *testing.T) {
+	tests := []struct{ name, body, pointer string }{
+		{"flat", `{"a":1,"b":2}`, ""},
+		{"scalar_root", `"x"`, ""},
+		{"empty_containers", `[[],{},[{}],{"a":{},"b":[]}]`, ""},
+		{"root_duplicate", `{"a":1,"a":2}`, "/a"},
+		{"escaped_duplicate", `{"\u0061":1,"a":2}`, "/a"},
+		{"in_array", `[{"a":1},{"a":1,"a":2}]`, "/1/a"},
+		{"after_nested_values", `{"a":{"x":[1,2,{"y":3}]},"b":[{}],"a":0}`, "/a"},
+		{"deep", `{"a":{"b":[0,1,{"c~/":1,"c~/":2}]}}`, "/a/b/2/c~0~1"},
+		{"same_name_sibling_objects", `{"a":{"n":1},"b":{"n":1}}`, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := checkUniqueNames([]byte(tt.body))
+			switch {
+			case tt.pointer == "" && v != nil:
+				t.Fatalf("violation %+v for a document without duplicates", v)
+			case tt.pointer != "" && (v == nil || v.Pointer != tt.pointer):
+				t.Fatalf("violation %+v, want pointer %q", v, tt.pointer)
+			}
+		})
+	}
 }
