@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1002,12 +1001,9 @@ spec:
 // Rails and Laravel Cloudflare middleware, host-override headers) are a
 // caller's to forge at an edge with no CDN in front. Found in the review:
 // they reach the app. The fix belongs in internal/proxy's edge header
-// filter (edgeOwnedHeaders), owned by the sidecar's engineer; until it
-// lands this test is skipped (MOATLESS_REVIEW_PROXY_FIX=1 runs it).
+// filter (edgeOwnedHeaders), owned by the sidecar's engineer, where it
+// landed (review-sc).
 func TestGatewayStripsCDNClientHeaders(t *testing.T) {
-	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
-		t.Skip("fails until internal/proxy's edge filter drops these headers (review-gw report)")
-	}
 	tg := startGateway(t, nil)
 	forged := []string{"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "X-Host", "X-Http-Host-Override", "X-Original-Host", "X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip"}
 	hdr := map[string]string{}
@@ -1055,12 +1051,9 @@ spec:
 // maps every such character to "_" (lighttpd's FastCGI, for one) makes
 // "X.Forwarded.For" into HTTP_X_FORWARDED_FOR beside the gateway's own.
 // The edge drops "_" names already; nginx's ignore_invalid_headers drops
-// all of these. The fix belongs in internal/proxy's edge filter (found in
-// the review, skipped until it lands: MOATLESS_REVIEW_PROXY_FIX=1).
+// all of these. Fixed in internal/proxy's edge filter (found in the
+// gateway review, fixed by review-sc).
 func TestGatewayDropsOddHeaderNames(t *testing.T) {
-	if os.Getenv("MOATLESS_REVIEW_PROXY_FIX") != "1" {
-		t.Skip("fails until internal/proxy's edge filter drops names outside [A-Za-z0-9-] (review-gw report)")
-	}
 	tg := startGateway(t, nil)
 	got := tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\nX.Forwarded.For: 6.6.6.6\r\nX.Moatless.Principal: evil\r\nX~Request~Id: 1\r\nX-Forwarded-For.: 7.7.7.7\r\nConnection: close\r\n\r\n")
 	s := decodeSeen(t, []byte(got[strings.Index(got, "\r\n\r\n")+4:]))

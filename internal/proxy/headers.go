@@ -66,6 +66,11 @@ var (
 	edgeOwnedHeaders = []string{
 		"Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "X-Cluster-Client-Ip",
 		"X-Original-Forwarded-For", "X-Request-Id",
+		// What CDNs set and apps configured for them believe (nginx's
+		// real_ip_header, Cloudflare and Fastly middleware, host
+		// overrides): a caller's to forge at an edge with no CDN in front.
+		"Cf-Connecting-Ip", "Cf-Connecting-Ipv6", "Fastly-Client-Ip", "X-Host", "X-Http-Host-Override",
+		"X-Original-Host", "X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip",
 	}
 	edgeOwnedPrefixes = []string{twinPrefix, "x-envoy-", "x-istio-"}
 )
@@ -91,6 +96,11 @@ type headerFilter struct {
 	rules map[string]headerRule
 	// anyUnderscore drops every name holding "_" (the edge).
 	anyUnderscore bool
+	// oddNames drops every name holding a character other than a
+	// letter, a digit, "-" or "_" (the edge, as nginx's
+	// ignore_invalid_headers): a CGI bridge maps them to "_", so
+	// "X.Forwarded.For" would be HTTP_X_FORWARDED_FOR.
+	oddNames bool
 	// join are the canonical names of the headers the policies read: a
 	// repeated one becomes one field, its values joined with "," as the
 	// policy read them (policy.Set.RequestHeaders).
@@ -104,7 +114,7 @@ func newHeaderFilter(output, tokenHeaders []string) *headerFilter {
 }
 
 func buildHeaderFilter(output, tokenHeaders []string, edge bool) *headerFilter {
-	f := &headerFilter{rules: map[string]headerRule{}, prefixes: []string{ownedPrefix}, anyUnderscore: edge}
+	f := &headerFilter{rules: map[string]headerRule{}, prefixes: []string{ownedPrefix}, anyUnderscore: edge, oddNames: edge}
 	own := func(h string) {
 		folded := foldHeaderName(h)
 		if f.rules[folded] != dropAnySpelling {
@@ -146,7 +156,9 @@ func foldHeaderName(h string) string {
 // headers policies read.
 func (f *headerFilter) strip(h http.Header) {
 	for k := range h {
-		if strings.IndexByte(k, '_') >= 0 {
+		if f.oddNames && oddName(k) {
+			delete(h, k)
+		} else if strings.IndexByte(k, '_') >= 0 {
 			if f.underscored(k) {
 				delete(h, k)
 			}
@@ -268,3 +280,15 @@ func paddedValue(h http.Header) bool {
 }
 
 func isSpaceOrTab(c byte) bool { return c == ' ' || c == '\t' }
+
+// oddName reports whether a header name holds a character other than a
+// letter, a digit, "-" or "_".
+func oddName(k string) bool {
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c == '-' || c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return true
+		}
+	}
+	return false
+}
