@@ -63,8 +63,14 @@ func TestSharedHostDefaults(t *testing.T) {
 				t.Skip("needs root to give a directory to another uid")
 			}
 			a := start(t, "agent-"+tt.name, append(p.env, "MOATLESS_JOIN_TOKEN="+p.joinToken("spiffe://e2e.test/agent/"+tt.name)), tt.args...)
-			if code := a.exitCode(t, 30*time.Second); code == 0 {
+			code := a.exitCode(t, 30*time.Second)
+			if code == 0 {
 				t.Fatalf("exit 0, want a refusal\n%s", a.out.String())
+			}
+			// A data directory the agent will not use is a setting to
+			// change, not a failure to retry: exit 2, as for one in use.
+			if strings.Contains(tt.name, "data_dir") && code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", code, a.out.String())
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(a.out.String(), w) {

@@ -124,7 +124,7 @@ func RunAgent(ctx context.Context, e *Env, args []string) int {
 	switch {
 	case errors.Is(err, agent.ErrJoinTokenRejected):
 		return ExitDenied
-	case errors.Is(err, agent.ErrNoCredential), errors.Is(err, agent.ErrStaleState), errors.Is(err, agent.ErrDataDirInUse):
+	case errors.Is(err, agent.ErrNoCredential), errors.Is(err, agent.ErrStaleState), errors.Is(err, agent.ErrDataDirInUse), errors.Is(err, agent.ErrDataDirUnsafe):
 		return ExitUsage
 	}
 	return ExitFailure

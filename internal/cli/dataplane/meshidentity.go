@@ -151,7 +151,7 @@ func (m *MeshIdentity) Start(ctx context.Context, target proxy.PolicyTarget, pol
 		actx, acancel := context.WithTimeout(ctx, 60*time.Second)
 		err := m.Node.Attest(actx)
 		acancel()
-		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) || errors.Is(err, agent.ErrDataDirInUse) {
+		if errors.Is(err, agent.ErrStaleState) || errors.Is(err, agent.ErrNoCredential) || errors.Is(err, agent.ErrDataDirInUse) || errors.Is(err, agent.ErrDataDirUnsafe) {
 			return nil, UsageError{fmt.Errorf("identity.join.state_dir: %w", err)}
 		}
 		if err != nil {
