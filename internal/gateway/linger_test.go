@@ -208,7 +208,16 @@ func TestEarlyUpstreamAnswerClientStillSendingH2(t *testing.T) {
 // moatless_gateway_lingering_connections and
 // moatless_gateway_lingering_closes_total count them by how they ended.
 // Each case's client behaves so that the defaults (2 s idle, 5 s in all,
-// 10 MiB) would end its close otherwise than the setting does.
+// 10 MiB) would end its close otherwise than the setting does, and the
+// bounds a case does not test are set so that a starved client (a loaded
+// machine under -race) cannot meet them first: which bound ends a close
+// is decided by what the client does, never by how fast it runs. (Before,
+// the client_closed case ran under a 100 ms idle bound and the
+// time_limit case under a 200 ms one, so a client that took longer than
+// that to read its answer, close or write its next byte ended the close
+// by idle_timeout; and a client that closed before a starved gateway had
+// read its bytes reset the connection, read as client_closed:
+// TestGatewayLingerSettings/fast failed so at load 10.)
 func TestGatewayLingerSettings(t *testing.T) {
 	for _, fast := range []bool{true, false} {
 		t.Run(ownPath(fast), func(t *testing.T) {
@@ -218,6 +227,8 @@ func TestGatewayLingerSettings(t *testing.T) {
 				c.DisableHTTP1FastPath = !fast
 				c.Limits.MaxBodyBytes = 64 << 10
 				c.Limits.LingerBytes = 128 << 10
+				// Only the byte cap ends the first close.
+				c.Limits.LingerTime, c.Limits.LingerTimeout = wire.Duration(time.Minute), wire.Duration(time.Minute)
 			}, func(o *Options) { o.Registerer = reg })
 			reload := func(edit func(l *config.GatewayLimits)) {
 				t.Helper()
@@ -259,8 +270,12 @@ func TestGatewayLingerSettings(t *testing.T) {
 			}
 
 			// linger_bytes: the client sends its whole 1 MiB after the
-			// answer; the gateway stops at 128 KiB (the default would
-			// read it all and see the client close).
+			// answer and keeps its end open; the gateway stops at 128 KiB
+			// (the default would read it all, then time out idle). The
+			// client closes only once the close has ended: closing with
+			// the gateway's close_notify unread sends an RST, which a
+			// gateway starved before it read 128 KiB takes for the
+			// client's close (it did at load 20).
 			c := denied()
 			pollMetrics(t, reg, 5*time.Second, func(m map[string]float64) bool { return m["now"] == 1 })
 			chunk := []byte(strings.Repeat("b", 16<<10))
@@ -269,35 +284,61 @@ func TestGatewayLingerSettings(t *testing.T) {
 					break // reset once the cap was read: expected
 				}
 			}
+			ended("byte_limit", 10*time.Second)
 			c.Close()
-			ended("byte_limit", 5*time.Second)
 
 			// linger_time, after a reload: the client sends a byte every
-			// 20 ms for up to 3 s (the default ends after 5 s).
+			// 20 ms for up to 2 s and keeps its end open (the defaults:
+			// idle_timeout 2 s after its last byte). The idle bound is the
+			// total one, so that a client starved between two bytes does
+			// not end it first.
 			reload(func(l *config.GatewayLimits) {
-				l.LingerTime, l.LingerTimeout = wire.Duration(300*time.Millisecond), wire.Duration(200*time.Millisecond)
+				l.LingerTime, l.LingerTimeout = wire.Duration(300*time.Millisecond), wire.Duration(300*time.Millisecond)
 			})
 			c = denied()
-			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 				if _, err := c.Write([]byte("b")); err != nil {
 					break
 				}
 			}
+			ended("time_limit", 10*time.Second)
 			c.Close()
-			ended("time_limit", 5*time.Second)
 
-			// linger_timeout: the client sends nothing and keeps its end
-			// open; the close ends within 1.5 s (the default waits 2 s).
+			// linger_timeout: the client sends a byte every 500 ms and
+			// keeps its end open; the first pause ends the close (the
+			// defaults, 2 s idle, read on until 5 s: time_limit). A
+			// starved client only pauses longer.
 			reload(func(l *config.GatewayLimits) {
 				l.LingerTime, l.LingerTimeout = wire.Duration(5*time.Second), wire.Duration(100*time.Millisecond)
 			})
 			c = denied()
-			ended("idle_timeout", 1500*time.Millisecond)
+			paced := make(chan struct{})
+			stop := make(chan struct{})
+			go func() {
+				defer close(paced)
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(500 * time.Millisecond): // the client's pace
+					}
+					if _, err := c.Write([]byte("b")); err != nil {
+						return
+					}
+				}
+			}()
+			ended("idle_timeout", 10*time.Second)
+			close(stop)
+			<-paced
 			c.Close()
 
-			// The client closes.
+			// The client closes, under bounds no starved client meets
+			// first.
+			reload(func(l *config.GatewayLimits) {
+				l.LingerTime, l.LingerTimeout = wire.Duration(time.Minute), wire.Duration(time.Minute)
+			})
 			denied().Close()
-			ended("client_closed", 5*time.Second)
+			ended("client_closed", 10*time.Second)
 
 			// A reload with a bound out of range is refused and changes
 			// nothing.
