@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -247,10 +248,11 @@ func TestGatewayRefusesMalformedTargets(t *testing.T) {
 		{"host_with_port_and_dot", "GET /orders/1 HTTP/1.1\r\nHost: localhost.:8443\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 		// Paths a servlet container or a lax UTF-8 decoder reads as another
 		// path than the one policy allowed ("/orders/*"): refused before
-		// routing, never forwarded.
+		// routing, never forwarded. Other path parameters are read both
+		// ways (TestGatewayPathParameters).
 		{"path_param_dot_segment", "GET /orders/..;/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
 		{"path_param_encoded_dots", "GET /orders/%2e%2e;x=1/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
-		{"path_param_segment", "GET /orders;jsessionid=1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+		{"path_param_segment", "GET /orders/1;jsessionid=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
 		// A parameter segment the dot segment removes is gone from the
 		// normalized path forwarded ("/orders/1"): nothing left to misread.
 		{"path_param_resolved_away", "GET /orders/;x=1/../1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
@@ -993,6 +995,86 @@ spec:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tg.get(t, "localhost", tt.target, tt.want) })
+	}
+}
+
+// TestGatewayPathParameters: a path with ";" parameters is served when
+// both its readings, as received and as Tomcat, Jetty and Spring read it
+// (parameters cut off), select the same route, and policy and the WAF
+// read it both ways; one whose readings select different routes, or
+// that holds a dot segment with parameters, is a 400. Before, every ";"
+// in a path was a 400, ";jsessionid=" URL rewriting and matrix
+// parameters included.
+func TestGatewayPathParameters(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
+			WAF: &config.GatewayRouteWAF{Enabled: true}})
+	})
+	tg.g.SetAuthorizer(2, compile(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/orders/admin", "/orders/admin/*"]}}]
+`))
+	sqli := "?q=1%27%20OR%20%271%27%3D%271"
+	tests := []struct{ name, target, want string }{
+		{"jsessionid", "/orders;jsessionid=1/x", "HTTP/1.1 200"},
+		{"jsessionid_last", "/orders/x;jsessionid=1", "HTTP/1.1 200"},
+		{"matrix", "/orders/1;color=red;size=2/items", "HTTP/1.1 200"},
+		{"on_catch_all", "/files;v=2/a", "HTTP/1.1 200"},
+		{"waf_still_on", "/orders;jsessionid=1/x" + sqli, "HTTP/1.1 403"},
+		{"param_ends_route_prefix", "/orders;x/search" + sqli, "HTTP/1.1 403"},
+		// The route of one reading is not the other's: the WAF of
+		// /orders would be stepped around.
+		{"param_segment_leaves_waf_route", "/;x/orders/search" + sqli, "HTTP/1.1 400"},
+		{"param_with_upper_case", "/ORDERS;x/search", "HTTP/1.1 400"},
+		{"param_hides_encoded_slash", "/x;a%2F/orders", "HTTP/1.1 200"},
+		{"encoded_slash_then_param", "/%2F;a/orders/search", "HTTP/1.1 400"},
+		// Dot segments with parameters: ".." to those servers.
+		{"dot_dot", "/orders/..;/admin", "HTTP/1.1 400"},
+		{"dot_dot_param", "/orders/..;x=1/admin", "HTTP/1.1 400"},
+		{"dot", "/orders/.;/admin", "HTTP/1.1 400"},
+		{"encoded_dots", "/orders/%2E%2E;/admin", "HTTP/1.1 400"},
+		// Policy's DENY on /orders/admin/* applies to either reading.
+		{"deny_param_segment", "/orders/admin;x/users", "HTTP/1.1 403"},
+		{"deny_param_last", "/orders/admin;jsessionid=1", "HTTP/1.1 403"},
+		{"deny_empty_param_segment", "/orders/;/admin/users", "HTTP/1.1 403"},
+		// The WAF reads the path without its parameters too: a request
+		// for a .sql file (CRS 920440) to a Java app.
+		{"waf_restricted_extension", "/orders/dump.sql", "HTTP/1.1 403"},
+		{"waf_restricted_extension_param", "/orders/dump.sql;x", "HTTP/1.1 403"},
+		{"encoded_semicolon_is_data", "/orders/a%3Bb", "HTTP/1.1 200"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tg.get(t, "localhost", tt.target, tt.want)
+			if tt.want != "HTTP/1.1 200" {
+				return
+			}
+			// Forwarded as received (normalized): the app reads its
+			// parameters itself.
+			_, body, _ := strings.Cut(got, "\r\n\r\n")
+			np, err := policy.NormalizeRequestPath(tt.target, policy.NormalizeMergeSlashes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := url.PathUnescape(np.Path())
+			if got := decodeSeen(t, []byte(body)).Path; got != want {
+				t.Fatalf("the app saw path %q, want %q", got, want)
+			}
+		})
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/moatless/moatless/internal/gateway/validate"
 	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
@@ -89,6 +91,10 @@ type reqCtx struct {
 	rw     respWriter
 	hdrs   [2]string
 	decide policy.Request
+	// paramFree is the normalized path as Tomcat, Jetty and Spring read
+	// it (paramFreePath), "" when it has no path parameter: the WAF and
+	// validation check that reading too.
+	paramFree string
 }
 
 // httpsProto is the X-Forwarded-Proto value of every forwarded request;
@@ -255,6 +261,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := rc.route
+	rc.paramFree = paramFreePath(np.Path())
 
 	// Header shaping, the sidecar's own code: hop-by-hop headers first,
 	// from the request as received (only a WebSocket upgrade the route
@@ -325,7 +332,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		if !g.readBody(w, r, rc) {
 			return
 		}
-		if v := rt.valid.Validate(r.Context(), r, rc.body); v != nil {
+		if v := validateReadings(rt.valid, r, rc.body, rc.paramFree); v != nil {
 			g.rejectWith(w, http.StatusBadRequest, reasonValidation, errorBody{Error: v.Message, Pointer: v.Pointer})
 			return
 		}
@@ -801,7 +808,19 @@ func (g *Gateway) inspect(w *respWriter, r *http.Request, rc *reqCtx) bool {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		peerPort = ap.Port()
 	}
-	v, err := rc.route.waf.Inspect(r, rc.body, netip.AddrPortFrom(rc.client, peerPort), local)
+	client := netip.AddrPortFrom(rc.client, peerPort)
+	v, err := rc.route.waf.Inspect(r, rc.body, client, local)
+	if alt := rc.paramFree; err == nil && !v.WouldBlock && alt != "" {
+		// Tomcat, Jetty and Spring serve the path without its
+		// parameters: the rules read it so too ("/dump.sql;x" is a
+		// request for a .sql file to them), and either reading blocks.
+		r2 := r.WithContext(r.Context())
+		r2.RequestURI = alt
+		if i := strings.IndexByte(r.RequestURI, '?'); i >= 0 {
+			r2.RequestURI += r.RequestURI[i:]
+		}
+		v, err = rc.route.waf.Inspect(r2, rc.body, client, local)
+	}
 	if err != nil {
 		// A request the engine cannot process is not let through.
 		g.log.Error("waf failed", "route", rc.route.name, "request_id", rc.id, "err", err)
@@ -848,6 +867,27 @@ func (g *Gateway) wafTooLarge(w *respWriter, r *http.Request, rc *reqCtx) {
 	max := strconv.Itoa(rc.route.waf.MaxInspectBytes())
 	g.reject(w, http.StatusRequestEntityTooLarge, reasonWAF, "request body larger than the web application firewall inspects ("+max+" bytes)")
 	g.blocked(r, rc, reasonWAF, "waf: body larger than max_inspect_bytes ("+max+")")
+}
+
+// validateReadings validates r (its body given) against val, and again
+// with the path as Tomcat, Jetty and Spring read it, alt (paramFreePath),
+// unless that is "": an OpenAPI operation is chosen by the path, and the
+// app may serve either reading, so the request must be valid under both
+// ("/orders/admin;x" is /orders/{id} as received and /orders/admin to a
+// Java app).
+func validateReadings(val validate.Validator, r *http.Request, body []byte, alt string) *validate.Violation {
+	if v := val.Validate(r.Context(), r, body); v != nil || alt == "" {
+		return v
+	}
+	dec, err := url.PathUnescape(alt)
+	if err != nil {
+		return &validate.Violation{Message: "malformed request path"}
+	}
+	r2 := r.WithContext(r.Context())
+	u := *r.URL
+	u.Path, u.RawPath = dec, alt
+	r2.URL = &u
+	return val.Validate(r.Context(), r2, body)
 }
 
 // bearerToken is the token of the request's one Authorization header,

@@ -71,8 +71,14 @@ func prefixMatch(path, prefix string) bool {
 	if !strings.HasPrefix(path, prefix) {
 		return false
 	}
-	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
+	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || segmentEnd(path[len(prefix)])
 }
+
+// segmentEnd reports whether c ends a path segment a route prefix may
+// end at: "/", or ";", which starts a segment's path parameters, so that
+// "/orders;jsessionid=1/x" is under /orders, as Tomcat, Jetty and Spring
+// read it.
+func segmentEnd(c byte) bool { return c == '/' || c == ';' }
 
 // lookupFold is lookup with path prefixes compared ignoring ASCII case,
 // as an app with case-insensitive routing (Express and ASP.NET Core by
@@ -98,7 +104,7 @@ func prefixMatchFold(path, prefix string) bool {
 	if len(path) < len(prefix) || !strings.EqualFold(path[:len(prefix)], prefix) {
 		return false
 	}
-	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || path[len(prefix)] == '/'
+	return len(path) == len(prefix) || strings.HasSuffix(prefix, "/") || segmentEnd(path[len(prefix)])
 }
 
 // canonicalHost is the Host header as routes compare it: lower case,

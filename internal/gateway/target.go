@@ -10,30 +10,33 @@ import (
 
 // Errors of checkPathMeaning: the reason in the 400's body.
 var (
-	errPathParams = errors.New("path parameters (\";\") are not accepted: servers read them differently")
-	errPathUTF8   = errors.New("the decoded path is not valid UTF-8")
+	errDotParams = errors.New("a dot segment with path parameters (\"..;\"): servers read it as \"..\"")
+	errPathUTF8  = errors.New("the decoded path is not valid UTF-8")
 )
 
 // checkPathMeaning refuses a normalized path (policy.RequestPath.Path)
 // that the upstream may read as another path than the one routes and
 // policy matched, so that what was decided is what is served:
 //
-//   - a ";" anywhere in it: Tomcat, Jetty and other servlet containers
-//     cut a path parameter off every segment before they route, so
-//     "/public/..;/admin" is "/admin" to them and "/admin;x/users" is
-//     "/admin/users", while a policy on "/admin/*" matched neither (Spring
-//     Security's StrictHttpFirewall refuses ";" by default for the same
-//     reason). An encoded "%3B" stays encoded in the normalized path and
-//     is decoded by those servers only after the parameters are cut: it
-//     is data, and passes.
+//   - a "." or ".." segment with path parameters ("..;", ".;x", "%2E%2E;"),
+//     in every normalization mode: Tomcat, Jetty and other servlet
+//     containers cut a segment's parameters off before they resolve dot
+//     segments, so "/public/..;/admin" is "/admin" to them, while routes
+//     and policy read a name. (The policy package refuses them already
+//     in every mode but NONE.) Other path parameters pass: a path holding
+//     ";" is read both ways, by the route check (routeUnambiguous), by
+//     policy (a DENY applies when either reading matches, an ALLOW only
+//     when both do), by the WAF and by OpenAPI validation. An encoded
+//     "%3B" stays encoded in the normalized path and is decoded by those
+//     servers only after the parameters are cut: it is data.
 //   - percent-escapes or raw bytes that do not decode to valid UTF-8,
 //     overlong forms included: "%C0%AE%C0%AE" is ".." to a decoder that
 //     accepts overlong sequences (the IIS and early Java traversal), and
 //     a replacement character to one that does not; either way not the
 //     path policy matched.
 func checkPathMeaning(path string) error {
-	if strings.IndexByte(path, ';') >= 0 {
-		return errPathParams
+	if strings.IndexByte(path, ';') >= 0 && dotSegmentWithParams(path) {
+		return errDotParams
 	}
 	// Only bytes at and above 0x80 can make UTF-8 invalid; the normalized
 	// path holds them percent-encoded (raw ones were encoded by the
@@ -70,32 +73,113 @@ func unhexByte(c byte) byte {
 	return 0
 }
 
+// dotSegmentWithParams reports whether a segment of p is "." or ".."
+// once its path parameters are cut off, "%2E" read as "." (NONE leaves
+// it encoded, and Tomcat decodes before it resolves).
+func dotSegmentWithParams(p string) bool {
+	for seg := range strings.SplitSeq(p, "/") {
+		name, _, params := strings.Cut(seg, ";")
+		if !params {
+			continue
+		}
+		dots := 0
+		for i := 0; i < len(name); i++ {
+			switch {
+			case name[i] == '.':
+			case name[i] == '%' && i+2 < len(name) && name[i+1] == '2' && (name[i+2] == 'E' || name[i+2] == 'e'):
+				i += 2
+			default:
+				dots = -1
+			}
+			if dots < 0 {
+				break
+			}
+			dots++
+		}
+		if dots == 1 || dots == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// paramFreePath is a normalized path as Tomcat, Jetty and Spring route
+// it, the reading the policy package matches a path with ";" by too: the
+// path parameters of every segment removed and the slashes left side by
+// side merged, so "/admin;x" and "/;x/admin" are /admin. It is "" when p
+// has no ";" or reads the same.
+func paramFreePath(p string) string {
+	if strings.IndexByte(p, ';') < 0 {
+		return ""
+	}
+	b := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == ';':
+			for i+1 < len(p) && p[i+1] != '/' {
+				i++
+			}
+		case c == '/' && len(b) > 0 && b[len(b)-1] == '/':
+		default:
+			b = append(b, c)
+		}
+	}
+	if len(b) == 0 {
+		b = append(b, '/')
+	}
+	if string(b) == p {
+		return ""
+	}
+	return string(b)
+}
+
 // routeUnambiguous reports whether the route chosen for np (normalized
-// with mode) is also the route of the path as an app that decodes %2F
-// and %5C before it routes reads it (WSGI's PATH_INFO, PHP front
-// controllers, many Node and Ruby routers). With routes /orders (WAF on)
-// and / (WAF off), "/orders%2Fsearch" is one segment to the route table
-// and falls to /, while such an app serves /orders/search: the WAF, the
-// rate limits and the validation of /orders would be stepped around.
-// Under DECODE_AND_MERGE_SLASHES the path routed is already the decoded
-// one, and a path without an encoded slash has nothing to decode.
+// with mode) is also the route of the path as apps that read it
+// otherwise route it:
 //
-// Likewise for case: with routes /orders (WAF on) and /, "/ORDERS/search"
-// goes to / while Express and ASP.NET Core, which route ignoring case by
-// default, serve it as /orders/search. A path whose route would differ
-// under case-insensitive matching is refused too.
+//   - Tomcat, Jetty and Spring cut path parameters off before they
+//     route (paramFreePath): with routes /orders (WAF on) and /, the
+//     route table reads "/orders;x/search" under / while such an app
+//     serves /orders/search. A parameter that keeps the route
+//     ("/orders;jsessionid=1/x") passes, and policy reads such a path
+//     both ways.
+//   - an app that decodes %2F and %5C before it routes (WSGI's
+//     PATH_INFO, PHP front controllers, many Node and Ruby routers):
+//     "/orders%2Fsearch" is one segment to the route table and falls to
+//     /, while such an app serves /orders/search. Under
+//     DECODE_AND_MERGE_SLASHES the path routed is already the decoded
+//     one, and a path without an encoded slash has nothing to decode.
+//   - Express and ASP.NET Core route ignoring case by default:
+//     "/ORDERS/search" goes to / while they serve /orders/search.
+//
+// Each reading, and the readings composed (parameters cut from the
+// decoded path, case ignored in each), must select the chosen route; the
+// WAF, the rate limits and the validation of a route are not stepped
+// around by any of them.
 func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.RequestPath, target string, mode policy.PathNormalization) bool {
-	if t.lookupFold(host, np.Path()) != chosen {
+	same := func(p string) bool {
+		return t.lookup(host, p) == chosen && t.lookupFold(host, p) == chosen
+	}
+	params := paramFreePath(np.Path())
+	if t.lookupFold(host, np.Path()) != chosen || params != "" && !same(params) {
 		return false
 	}
 	if mode == policy.NormalizeDecodeAndMergeSlashes || !hasEncodedSlash(np.Path()) {
 		return true
 	}
 	alt, err := policy.NormalizeRequestPath(target, policy.NormalizeDecodeAndMergeSlashes)
-	if err != nil {
+	if err != nil || !same(alt.Path()) {
 		return false
 	}
-	return t.lookup(host, alt.Path()) == chosen && t.lookupFold(host, alt.Path()) == chosen
+	if p := paramFreePath(alt.Path()); p != "" && !same(p) {
+		return false
+	}
+	if params == "" || !hasEncodedSlash(params) {
+		return true
+	}
+	alt, err = policy.NormalizeRequestPath(params, policy.NormalizeDecodeAndMergeSlashes)
+	return err == nil && same(alt.Path())
 }
 
 // hasEncodedSlash reports whether p holds %2F or %5C (the normalized path

@@ -113,6 +113,56 @@ func TestGatewayValidation(t *testing.T) {
 	}
 }
 
+// TestGatewayValidationPathParameters: a path with parameters is
+// validated against the OpenAPI operation of each reading, as received
+// and as Tomcat, Jetty and Spring read it, and must pass both:
+// "/orders/admin;x" is /orders/{id} as received and /orders/admin to a
+// Java app, whose stricter body schema applies. Before, every ";" in a
+// path was a 400.
+func TestGatewayValidationPathParameters(t *testing.T) {
+	doc := t.TempDir() + "/api.yaml"
+	if err := os.WriteFile(doc, []byte(`
+openapi: 3.0.3
+info: {title: orders, version: "1"}
+paths:
+  /orders/{id}:
+    post:
+      parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+      requestBody: {required: true, content: {application/json: {schema: {type: object}}}}
+      responses: {"200": {description: ok}}
+  /orders/admin:
+    post:
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, required: [role], additionalProperties: false, properties: {role: {type: string, enum: [reader]}}}
+      responses: {"200": {description: ok}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.Routes[0].Validation = &config.GatewayValidation{OpenAPI: doc}
+	})
+	js := map[string]string{"Content-Type": "application/json"}
+	for _, tt := range []struct {
+		name, path, body string
+		want             int
+	}{
+		{"jsessionid", "/orders/7;jsessionid=1", `{"note":"x"}`, 200},
+		{"admin_valid", "/orders/admin", `{"role":"reader"}`, 200},
+		{"admin_invalid", "/orders/admin", `{"role":"root"}`, 400},
+		{"admin_invalid_behind_param", "/orders/admin;x", `{"role":"root"}`, 400},
+		{"admin_valid_behind_param", "/orders/admin;x", `{"role":"reader"}`, 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if resp, b := tg.do(t, "POST", tt.path, strings.NewReader(tt.body), js); resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, b)
+			}
+		})
+	}
+}
+
 // TestGatewayWAFBodyOverInspectLimit: an attack padded past
 // waf.max_inspect_bytes (128 KiB by default) does not reach the app, which
 // would parse the whole body; before, the rules read the first 128 KiB and
