@@ -54,7 +54,7 @@ test: vet
 	# run above and below) and the differential test, which runs both
 	# paths itself.
 	MOATLESS_GATEWAY_HTTP1_FAST=0 CGO_ENABLED=1 $(GO) test -race -count=1 -skip '^(TestCorpus|TestFastPathSameAsNetHTTP)$$' ./internal/gateway/
-	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions' ./internal/gateway/ ./internal/gateway/waf/
+	$(GO) test -count=1 -run 'TestCorpus|TestDetectOnlyAndExclusions|TestSetPrefilterSameVerdicts' ./internal/gateway/ ./internal/gateway/waf/
 	cd deploy/dist && $(GO) test -count=1 -timeout 10m ./...
 
 # Every fuzz target in the module, one at a time (FUZZTIME each; FUZZ

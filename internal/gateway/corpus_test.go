@@ -33,10 +33,10 @@ func TestCorpus(t *testing.T) {
 	}
 	sampled := raceEnabled
 	if sampled {
-		// Under -race only every 16th request runs, for the race
+		// Under -race only every 32nd request runs, for the race
 		// detector's sake; the rates are checked by the full run
 		// without -race that make test does.
-		attacks, benign = every(attacks, 16), every(benign, 16)
+		attacks, benign = every(attacks, 32), every(benign, 32)
 	}
 	for _, pl := range []int{1, 2} {
 		t.Run(fmt.Sprintf("paranoia_%d", pl), func(t *testing.T) {

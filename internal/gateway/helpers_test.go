@@ -27,6 +27,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/gateway/waf"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/testpki"
@@ -76,6 +77,33 @@ spec:
   rules:
   - from: [{source: {principals: ["moatless.local/ns/istio-system/sa/gateway"]}}]
 `
+
+// The WAF engines the package's tests compiled, by waf.Config.Key: a
+// gateway started with a WAF configuration an earlier test used gets
+// that test's engine (an Engine is immutable and safe for concurrent
+// use), as a reload keeps an unchanged one. Compiling the Core Rule Set
+// takes about 5 s of CPU under -race, and a dozen gateways in these
+// tests share three configurations. A test that needs an engine compiled
+// afresh sets newWAF to waf.New for its duration.
+var (
+	wafCacheMu sync.Mutex
+	wafCache   = map[string]*waf.Engine{}
+)
+
+func init() {
+	newWAF = func(c waf.Config) (*waf.Engine, error) {
+		wafCacheMu.Lock()
+		defer wafCacheMu.Unlock()
+		if e := wafCache[c.Key()]; e != nil {
+			return e, nil
+		}
+		e, err := waf.New(c)
+		if err == nil {
+			wafCache[c.Key()] = e
+		}
+		return e, err
+	}
+}
 
 func compile(t testing.TB, yaml string) *policy.Set {
 	t.Helper()
