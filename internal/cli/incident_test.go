@@ -139,3 +139,27 @@ func TestPolicyRecommendWhatIfAgainstServer(t *testing.T) {
 		t.Fatalf("json: %v %+v", err, res)
 	}
 }
+
+// An incident whose playbook held its containment says so, with what
+// would run and how to confirm, and each finding says whose word it is.
+func TestIncidentShowUncorroborated(t *testing.T) {
+	const orders = "spiffe://example.org/ns/prod/sa/orders"
+	inc := detect.Incident{ID: "abc", Identity: "spiffe://example.org/ns/prod/sa/payments", State: detect.IncidentOpen, Playbook: "contain",
+		Corroboration: "uncorroborated: reported only by " + orders, Held: []detect.Step{{Action: detect.ActionIsolate}, {Action: detect.ActionBlockPair}}}
+	fs := []detect.Finding{
+		{ID: "f1", Detector: detect.DetectorProbing, Severity: detect.High, Records: []detect.Record{{Reporter: orders}}},
+		{ID: "f2", Detector: detect.DetectorToken, Severity: detect.High},
+	}
+	var out strings.Builder
+	printIncident(&Env{Stdout: &out}, inc, fs)
+	for _, want := range []string{
+		"State:          open, uncorroborated",
+		"Corroboration:  uncorroborated: reported only by " + orders,
+		"Held:           isolate, block-pair, until corroborated or: moatless incident confirm abc",
+		"REPORTED BY", "f1  probing        high      0      " + orders, "f2  token_anomaly  high      0      server ",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, out.String())
+		}
+	}
+}
