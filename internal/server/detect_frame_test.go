@@ -147,3 +147,34 @@ func TestDetectionCannotFrame(t *testing.T) {
 		})
 	}
 }
+
+// Releasing an uncorroborated incident drops its held steps: nothing runs
+// later, and there is nothing left to confirm.
+func TestUncorroboratedIncidentReleased(t *testing.T) {
+	e := start(t, "")
+	e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: containPlaybook}}}, nil)
+	orders, payments := e.attest(ordersID), e.attest(paymentsID)
+	e.probeBy(t, orders, paymentsID, 120)
+	var incs server.Page[detect.Incident]
+	e.admin("GET", server.PathAdminIncidents, nil, &incs)
+	if len(incs.Items) != 1 || !incs.Items[0].Uncorroborated() {
+		t.Fatalf("incidents: %+v", incs.Items)
+	}
+	id := incs.Items[0].ID
+	var rel detect.Incident
+	e.admin("POST", server.PathAdminIncidents+"/"+id+"/release", server.ReleaseRequest{Reason: "orders lied"}, &rel)
+	if rel.State != detect.IncidentReleased || rel.Uncorroborated() || rel.Revoked {
+		t.Fatalf("released: %+v", rel)
+	}
+	// payments' own records arriving now corroborate nothing: the
+	// incident is closed.
+	e.calls(t, payments, ordersID, 120)
+	var revs store.RevocationList
+	e.admin("GET", server.PathAdminRevocations, nil, &revs)
+	if len(revs.IDs) != 0 {
+		t.Fatalf("revoked after release: %+v", revs.IDs)
+	}
+	if st, body := e.do(e.client(nil), "POST", server.PathAdminIncidents+"/"+id+"/confirm", e.token, nil); st != 400 || !strings.Contains(string(body), "no held step") {
+		t.Fatalf("confirm after release: %d %s", st, body)
+	}
+}

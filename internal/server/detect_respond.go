@@ -832,7 +832,7 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 	if err != nil {
 		return nil, err
 	}
-	inc.Revoked, inc.Blocks = false, nil
+	inc.Revoked, inc.Blocks, inc.Held = false, nil, nil
 	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
 	s.changed(ctx)
 	if inc.Notified {
