@@ -412,17 +412,36 @@ func (s *Server) holdStep(ctx context.Context, inc *detect.Incident, st detect.S
 }
 
 // runHeld runs the incident's held steps, as actor, and notes why they
-// run now. Called with respMu held.
-func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findingID, why string) {
-	held := inc.Held
-	inc.Held = nil
-	inc.Corroboration = why
+// run now; it reports whether there were any. The steps are taken from
+// the stored incident in a transaction (its row locked where the store
+// can), so that of two replicas corroborating it at once only one runs
+// them. Called with respMu held.
+func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findingID, why string) bool {
+	var held []detect.Step
+	err := s.updateIncident(ctx, inc.ID, func(_ *sql.Tx, cur *detect.Incident) error {
+		held, cur.Held = cur.Held, nil
+		if len(held) > 0 && cur.State != detect.IncidentReleased {
+			cur.Corroboration = why
+		} else {
+			held = nil
+		}
+		*inc = *cur
+		return nil
+	})
+	if err != nil {
+		s.log.Error("take the incident's held steps", "incident", inc.ID, "err", err)
+		return false
+	}
+	if len(held) == 0 {
+		return false
+	}
 	for _, st := range held {
 		s.runStep(ctx, inc, st, actor, findingID, IncidentRequest{})
 	}
 	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
 		s.log.Error("record the held steps run", "incident", inc.ID, "err", err)
 	}
+	return true
 }
 
 // recheckHeld runs an open incident's held steps once its findings are
@@ -1193,8 +1212,7 @@ func (s *Server) confirmIncident(c *adminCall) {
 		if len(inc.Findings) > 0 {
 			finding = inc.Findings[0]
 		}
-		s.runHeld(c.ctx, &inc, c.actor, finding, "confirmed by "+c.actor+" (the findings were not corroborated)")
-		ranHeld = true
+		ranHeld = s.runHeld(c.ctx, &inc, c.actor, finding, "confirmed by "+c.actor+" (the findings were not corroborated)")
 	}
 	var inc detect.Incident
 	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
