@@ -38,6 +38,14 @@ func TestDetectionCannotFrame(t *testing.T) {
 			e.calls(t, payments, ordersID, 10) // payments did call orders: 10 times
 			e.probeBy(t, orders, paymentsID, 120)
 		}, false, 1},
+		{"one_node_inflates_by_half", "", func(t *testing.T, e *env, orders, _, payments *node) {
+			e.calls(t, payments, ordersID, 80)
+			e.probeBy(t, orders, paymentsID, 120)
+		}, false, 1},
+		{"own_records_a_little_short", "", func(t *testing.T, e *env, orders, _, payments *node) {
+			e.calls(t, payments, ordersID, 100) // 100 of 120 (83%): the two ends' windows need not match exactly
+			e.probeBy(t, orders, paymentsID, 120)
+		}, true, 0},
 		{"one_node_repeats_its_claim", "", func(t *testing.T, e *env, orders, _, _ *node) {
 			for range 3 {
 				e.probeBy(t, orders, paymentsID, 120)

@@ -397,6 +397,12 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	return inc, nil
 }
 
+// bearsOut reports whether what the source reported, got, is at least 80%
+// of what a destination claims, want.
+func bearsOut(got, want uint64) bool {
+	return got >= want-want/5
+}
+
 // holdStep records a destructive step the playbook did not run for want
 // of corroboration, in the incident and the audit log.
 func (s *Server) holdStep(ctx context.Context, inc *detect.Incident, st detect.Step, actor, findingID string) {
@@ -521,10 +527,14 @@ func (s *Server) corroborate(ctx context.Context, identity string, fs []detect.F
 // sourceConfirms reports whether identity's own node bears out f: to
 // every destination f names, over the minutes of f's records (and one
 // either side: the two ends report in windows of their own), identity's
-// outbound records count at least half the requests and half the
+// outbound records count at least 80% of the requests and of the
 // response bytes the destination's inbound records say it made. A node
-// reporting calls identity never made, or ten times those it made, is
-// not borne out.
+// reporting calls identity never made, or more than a quarter more than
+// it made, is not borne out; so a lie can lift an identity's numbers
+// over a threshold only when they are within a quarter of it already.
+// Until the source's window that matches the destination's arrives, the
+// finding is not borne out: the playbook holds its steps and checks again
+// on the source's next report (recheckReporter).
 func (s *Server) sourceConfirms(ctx context.Context, identity string, f *detect.Finding) (bool, error) {
 	dsts := map[string]bool{}
 	add := func(d string) {
@@ -563,7 +573,7 @@ func (s *Server) sourceConfirms(ctx context.Context, identity string, f *detect.
 				dir.sum[1] = sat(dir.sum[1], t.RespBytes)
 			}
 		}
-		if confirmed[0] == 0 || confirmed[0] < claimed[0]/2 || confirmed[1] < claimed[1]/2 {
+		if confirmed[0] == 0 || !bearsOut(confirmed[0], claimed[0]) || !bearsOut(confirmed[1], claimed[1]) {
 			return false, nil
 		}
 	}
