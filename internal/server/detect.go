@@ -252,6 +252,12 @@ func recordOf(r store.EdgeRow) detect.Record {
 // text such as paths is escaped and clipped rather than refused), and
 // charged to the caller's budget (2 reports a second, 60 at once): over
 // it the caller gets 429 and retries the report later.
+//
+// The other end of each record (an inbound record's source) is the
+// caller's word only: findings keep who reported them, and playbooks
+// contain on corroborated findings only (detect.Corroborate). A report
+// with outbound records may be what corroborates the findings of an
+// incident held about its reporter, so it rechecks that incident.
 func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 	const endpoint = "records"
 	d := s.detect
