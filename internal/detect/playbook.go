@@ -400,4 +400,4 @@ const (
 
 // Uncorroborated reports whether the incident holds steps for want of
 // corroboration.
-func (inc *Incident) Uncorroborated() bool { return len(inc.Held) > 0 }
+func (inc Incident) Uncorroborated() bool { return len(inc.Held) > 0 }
