@@ -940,15 +940,12 @@ func TestGatewayTrafficRecord(t *testing.T) {
 	}
 }
 
-// TestGatewayEncodedSlashRoute: an encoded slash that hides a segment
-// boundary from the route table or from policy is refused when an app
-// that decodes it would be served another route's path or a path policy
-// denies: with /orders (WAF on) and / (WAF off), "/orders%2Fsearch" went
-// to / and skipped the WAF, while a WSGI or PHP app serves
-// /orders/search; "/ORDERS/search" likewise to an app that routes
-// ignoring case. An encoded slash or a case that selects the same route
-// and the same decision either way is data and passes.
-func TestGatewayEncodedSlashRoute(t *testing.T) {
+// startReadingsGateway is a gateway with routes / and /orders (WAF on)
+// and an edge policy that leaves paths to routes and the WAF but for a
+// DENY on /orders/admin and /orders/admin/*: where a path read otherwise
+// by an app would take another route or skip the DENY.
+func startReadingsGateway(t *testing.T) *testGateway {
+	t.Helper()
 	tg := startGateway(t, func(c *config.Gateway) {
 		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
 			WAF: &config.GatewayRouteWAF{Enabled: true}})
@@ -972,6 +969,19 @@ spec:
   rules:
   - to: [{operation: {paths: ["/orders/admin", "/orders/admin/*"]}}]
 `))
+	return tg
+}
+
+// TestGatewayEncodedSlashRoute: an encoded slash that hides a segment
+// boundary from the route table or from policy is refused when an app
+// that decodes it would be served another route's path or a path policy
+// denies: with /orders (WAF on) and / (WAF off), "/orders%2Fsearch" went
+// to / and skipped the WAF, while a WSGI or PHP app serves
+// /orders/search; "/ORDERS/search" likewise to an app that routes
+// ignoring case. An encoded slash or a case that selects the same route
+// and the same decision either way is data and passes.
+func TestGatewayEncodedSlashRoute(t *testing.T) {
+	tg := startReadingsGateway(t)
 	sqli := "?q=1%27%20OR%20%271%27%3D%271"
 	tests := []struct{ name, target, want string }{
 		{"encoded_slash_leaves_waf_route", "/orders%2Fsearch" + sqli, "HTTP/1.1 400"},
@@ -1006,28 +1016,7 @@ spec:
 // in a path was a 400, ";jsessionid=" URL rewriting and matrix
 // parameters included.
 func TestGatewayPathParameters(t *testing.T) {
-	tg := startGateway(t, func(c *config.Gateway) {
-		c.Routes = append(c.Routes, config.GatewayRoute{Name: "orders-waf", PathPrefix: "/orders", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID,
-			WAF: &config.GatewayRouteWAF{Enabled: true}})
-	})
-	tg.g.SetAuthorizer(2, compile(t, `
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: edge, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  action: ALLOW
-  rules: [{}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/orders/admin", "/orders/admin/*"]}}]
-`))
+	tg := startReadingsGateway(t)
 	sqli := "?q=1%27%20OR%20%271%27%3D%271"
 	tests := []struct{ name, target, want string }{
 		{"jsessionid", "/orders;jsessionid=1/x", "HTTP/1.1 200"},
