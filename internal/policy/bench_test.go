@@ -190,6 +190,11 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		"duplicate_headers":      func(r *Request) { r.Headers["X-Tenant"] = []string{"acme", "globex"} },
 		"host_with_port_and_dot": func(r *Request) { r.Host = "Payments.Prod.:08080" },
 		"ipv6_host":              func(r *Request) { r.Host = "[0:0::1]:8080" },
+		// Another reading is looked for, and none is found or needed.
+		"upper_case_path":    func(r *Request) { r.Path = "/api/v1/Payments/42" },
+		"escape_not_a_slash": func(r *Request) { r.Path = "/api/v1/payments/%E2%82%AC" },
+		"semicolon_in_query": func(r *Request) { r.Path = "/api/v1/payments/42?a=1;b=2" },
+		"upper_case_deny":    func(r *Request) { r.Method, r.Path = "DELETE", "/API/v1/payments/42" },
 		"path_normalized_ahead": func(r *Request) {
 			r.NormalizedPath, _ = NormalizeRequestPath("/api/v1/./payments/%34%32/../42?x=1", NormalizeBase)
 		},

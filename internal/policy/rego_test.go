@@ -506,6 +506,13 @@ func TestRegoReadsPathParametersBothWays(t *testing.T) {
 		{"/records/bob;x/7", Deny},
 		{"/records/alice;jsessionid=1/7", Allow},
 		{"/records/alice/7", Allow},
+		// As apps that decode %2F, and that route ignoring case, read it.
+		{"/records/bob%2F7", Deny},
+		{"/records/x/..%2Fbob/7", Deny}, // refused: a dot segment by an encoded slash
+		{"/RECORDS/bob/7", Deny},
+		{"/records/Bob/7", Deny},
+		{"/Records/BOB;x%2F7", Deny},
+		{"/records/Alice%2F7", Allow},
 	} {
 		if d := s.Decide(newReq(path(tc.target))); d.Outcome != tc.want {
 			t.Errorf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
