@@ -604,6 +604,9 @@ func (s *Set) authorize(req *Request) Decision {
 	if !c.tcp {
 		p, err := s.matchPath(pathBuf[:0], req)
 		if err == nil {
+			err = CheckMethod(req.Method)
+		}
+		if err == nil {
 			err = c.parseHost()
 		}
 		if err != nil {

@@ -79,6 +79,9 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 	if !c.tcp {
 		p, err := s.matchPath(nil, req)
 		if err == nil {
+			err = CheckMethod(req.Method)
+		}
+		if err == nil {
 			err = c.parseHost()
 		}
 		c.paths[0] = p

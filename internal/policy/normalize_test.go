@@ -615,3 +615,36 @@ spec:
 		}
 	}
 }
+
+// TestLowerCaseMethodsAreBadRequests: "delete" is DELETE to Django and
+// Rack; policy matches methods exactly, so a method with a lower-case
+// letter is refused as a bad request rather than decided on.
+func TestLowerCaseMethodsAreBadRequests(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: ["DELETE"]}}]}]
+`, Options{})
+	for _, tc := range []struct {
+		method string
+		want   Outcome
+		bad    bool
+	}{
+		{"GET", Allow, false},
+		{"DELETE", Deny, false},
+		{"delete", Deny, true},
+		{"Delete", Deny, true},
+		{"get", Deny, true},
+		{"M-SEARCH", Allow, false},
+	} {
+		d := s.Decide(newReq(dst("foo"), method(tc.method)))
+		if d.Outcome != tc.want || tc.bad != strings.HasPrefix(d.Reason, "bad request: ") {
+			t.Errorf("%s: %v (%s), want %v (bad request: %v)", tc.method, d.Outcome, d.Reason, tc.want, tc.bad)
+		}
+		if err := CheckMethod(tc.method); (err != nil) != tc.bad || err != nil && !errors.Is(err, ErrInvalidMethod) {
+			t.Errorf("CheckMethod(%q) = %v", tc.method, err)
+		}
+	}
+}
