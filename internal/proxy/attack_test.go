@@ -1450,6 +1450,50 @@ spec:
 	}
 }
 
+// TestPathReadingsCannotSkipADeny: "/admin%2Fusers" is /admin/users to
+// WSGI and PHP apps (which decode %2F before routing), "/ADMIN/users" to
+// Express, ASP.NET Core and IIS (which route ignoring case); the DENY on
+// /admin/* applies to them through the sidecar, on both server paths and
+// every transport, alone and combined with path parameters, while other
+// paths holding them pass unchanged.
+func TestPathReadingsCannotSkipADeny(t *testing.T) {
+	forServerPaths(t, testPathReadingsCannotSkipADeny)
+}
+
+func testPathReadingsCannotSkipADeny(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
+`, policy.NormalizeBase, app.addr, sp)
+	for _, tr := range attackTransports(ca) {
+		for _, tc := range []struct {
+			target string
+			want   int
+		}{
+			{"/admin%2Fusers", 403}, {"/admin%5Cusers", 403}, {"/admin%2fusers", 403},
+			{"/ADMIN/users", 403}, {"/Admin", 403},
+			{"/Admin;x%2Fusers", 403}, {"/%2FADMIN;v=1", 403},
+			{"/cart%2Fitems", 200}, {"/Cart/Items", 200}, {"/cart;x%2FAdmin", 200},
+		} {
+			t.Run(tr.name+"/"+tc.target, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, tc.target, nil); code != tc.want {
+					t.Fatalf("status %d, want %d", code, tc.want)
+				}
+				want, _ := policy.NormalizeRequestPath(tc.target, policy.NormalizeBase)
+				if seen := app.take(); tc.want == 200 && (len(seen) != 1 || seen[0].uri != want.Target()) || tc.want != 200 && len(seen) != 0 {
+					t.Fatalf("the app was sent %v", seen)
+				}
+			})
+		}
+	}
+}
+
 // TestLowerCaseMethodsAreRefused: Django, Rack and others upper-case the
 // method, so "delete" passed a DENY on DELETE and was served as one; a
 // method with a lower-case letter is 400 now, inbound on every transport
