@@ -430,38 +430,6 @@ spec:
 	}
 }
 
-// TestExplainReadsPathParametersBothWays: --explain traces the rules as
-// Decide applies them to a path with parameters.
-func TestExplainReadsPathParametersBothWays(t *testing.T) {
-	s := mustSet(t, `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: foo}
-spec:
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-files, namespace: foo}
-spec:
-  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]}]
-`, Options{})
-	for _, tc := range []struct{ target, policy, why string }{
-		{"/admin;x", "foo/deny-admin", ""},
-		{"/files/secret;x", "foo/allow-files", `as Java servers read the path ("/files/secret", path parameters dropped)`},
-	} {
-		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)
-		for _, p := range e.Policies {
-			if p.Policy != tc.policy {
-				continue
-			}
-			if why := p.Rules[0].Why; tc.why == "" && why != "" || !strings.HasPrefix(why, tc.why) {
-				t.Errorf("%s: %s rule 0: %q, want %q…", tc.target, tc.policy, why, tc.why)
-			}
-		}
-	}
-}
-
 // TestPathsAreReadAsAppsRouteThem: besides path parameters, a path is
 // matched as apps that decode %2F and %5C before routing read it (WSGI,
 // PHP: "/admin%2Fusers" is /admin/users, which Istio's BASE keeps as one
@@ -572,28 +540,33 @@ func TestPathReadings(t *testing.T) {
 	}
 }
 
-// TestExplainReadsPathsAsAppsRouteThem: --explain shows the reading that
-// made a DENY apply or an ALLOW fail.
+// TestExplainReadsPathsAsAppsRouteThem: --explain traces the rules as
+// Decide applies them under every reading of the path (path parameters
+// dropped, %2F decoded, ignoring case), and names the reading that made
+// an ALLOW rule fail.
 func TestExplainReadsPathsAsAppsRouteThem(t *testing.T) {
 	s := mustSet(t, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-admin, namespace: foo}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-files, namespace: foo}
 spec:
-  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret/*"]}}]}]
+  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret", "/files/secret/*"]}}]}]
 `, Options{})
 	for _, tc := range []struct{ target, policy, why string }{
+		{"/admin;x", "foo/deny-admin", ""},
+		{"/files/secret;x", "foo/allow-files", `as Java servers read the path ("/files/secret", path parameters dropped)`},
 		{"/admin%2Fusers", "foo/deny-admin", ""},
 		{"/ADMIN/users", "foo/deny-admin", ""},
 		{"/files/secret%2Fk", "foo/allow-files", `as apps that decode %2F read the path ("/files/secret/k", %2F and %5C decoded)`},
 		{"/files/Secret/k", "foo/allow-files", `as apps that route ignoring case read the path ("/files/Secret/k", ignoring case)`},
-		{"/files/Secret;x%2Fk", "foo/allow-files", `as apps that decode %2F and drop path parameters read the path ("/files/Secret/k", %2F and %5C decoded, path parameters dropped, ignoring case)`},
+		{"/files/Secret;x%2Fk", "foo/allow-files", `as Java servers read the path ("/files/Secret", path parameters dropped, ignoring case)`},
+		{"/files/SECRET%2Fk;x", "foo/allow-files", `as apps that decode %2F read the path ("/files/SECRET/k;x", %2F and %5C decoded, ignoring case)`},
 	} {
 		d := s.Decide(newReq(dst("foo"), path(tc.target)))
 		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)
@@ -613,6 +586,9 @@ spec:
 		if !found {
 			t.Errorf("%s: no trace of %s", tc.target, tc.policy)
 		}
+	}
+	if got, want := readingNote("/a/b", readParams|readSlashes, true), `as apps that decode %2F and drop path parameters read the path ("/a/b", %2F and %5C decoded, path parameters dropped, ignoring case)`; got != want {
+		t.Errorf("readingNote: %q, want %q", got, want)
 	}
 }
 
