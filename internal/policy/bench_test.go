@@ -136,6 +136,11 @@ func BenchmarkDecideVariants(b *testing.B) {
 		{"normalize_path", func(r *Request) { r.Path = "/api/v1/./payments/%34%32/../42?x=1" }},
 		{"tcp", func(r *Request) { r.Protocol, r.Method, r.Path, r.Host = TCP, "", "", "" }},
 		{"plaintext", func(r *Request) { r.Source.Principal = "" }},
+		// Paths with other readings: matched ignoring case too, and
+		// decoded (which allocates the decoded reading).
+		{"upper_case_path", func(r *Request) { r.Path = "/api/v1/Payments/42" }},
+		{"encoded_slash", func(r *Request) { r.Path = "/api/v1/payments%2F42" }},
+		{"parameter_slash_case", func(r *Request) { r.Path = "/api/v1/Payments;v=1%2F42" }},
 	}
 	for _, v := range variants {
 		req := benchRequest(1000)

@@ -477,7 +477,8 @@ func paramFreePath(p string) string {
 	if strings.IndexByte(p, ';') < 0 {
 		return ""
 	}
-	b := make([]byte, 0, len(p))
+	var buf [maxPathBuffer]byte
+	b := buf[:0] // one allocation, the result's, for usual lengths
 	for i := 0; i < len(p); i++ {
 		c := p[i]
 		switch {
@@ -513,12 +514,13 @@ func decodedSlashPath(p string, mode PathNormalization) (string, error) {
 		!strings.Contains(p, "%2F") && !strings.Contains(p, "%5C") {
 		return "", nil
 	}
-	d, err := normalizePath(nil, p, NormalizeDecodeAndMergeSlashes)
+	var buf [maxPathBuffer]byte
+	d, err := normalizePath(buf[:0], p, NormalizeDecodeAndMergeSlashes)
 	if err != nil || d == p {
 		return "", err
 	}
-	// A copy, so that p (which may alias authorize's stack buffer) is
-	// not seen to flow into the readings kept beside it.
+	// A copy: d may alias buf (or, to the compiler, p, which may alias
+	// authorize's stack buffer).
 	return strings.Clone(d), nil
 }
 
