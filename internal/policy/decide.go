@@ -420,6 +420,8 @@ func (c *evalCtx) applies(r *compiledRule, act action) bool {
 	return m
 }
 
+// firstMatch is the index of the first rule that matches the path as
+// received, -1 for none (always -1 for a policy without rules).
 func (p *compiledAuthz) firstMatch(c *evalCtx) int {
 	for i := range p.rules {
 		if p.rules[i].matches(c, p.action) {
