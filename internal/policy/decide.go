@@ -698,14 +698,14 @@ outer:
 			// Every reading of the path must be allowed (c.regoPaths);
 			// each evaluation is in the decision log.
 			var res customResult
-			for j, path := range c.regoPaths() {
+			for j, rd := range c.regoPaths(rp, req) {
 				if j > 0 {
 					if !res.allow {
 						break
 					}
 					out.Custom = append(out.Custom, res.eval)
 				}
-				res = rp.eval(req, path)
+				res = rp.eval(req, rd.path, rd.fold)
 			}
 			out.Custom = append(out.Custom, res.eval)
 			if !res.allow {
@@ -739,31 +739,49 @@ outer:
 	return out, false
 }
 
-// regoPaths are the paths a RegoProvider decides on: the path and its
-// other readings (evalCtx.applies), each also lower-cased when it holds
-// an upper-case letter (a module reads the path, or attributes its routes
-// capture from it, as an app that routes ignoring case may), distinct,
-// in that order. They are copies: c.paths[0] may alias authorize's stack
+// regoReading is one reading of a path a RegoProvider decides on: the
+// path its input carries, and whether its routes match that path's
+// literal segments ignoring ASCII case.
+type regoReading struct {
+	path string
+	fold bool
+}
+
+// regoPaths are the readings rp decides for req: the path and its other
+// readings (evalCtx.applies), distinct, in that order, each followed by
+// itself with routes matched ignoring case when that selects another
+// route than an exact match does (an app that routes ignoring case
+// serves "/RECORDS/bob/7" as /records/{owner}/{id}). The path itself is
+// never lower-cased: what a route captures ("Bob") and request.path are
+// the request's own text, which case-sensitive data (IDs, names, keys)
+// needs, so an allow-style module is not handed a value the caller did
+// not send. The paths are copies: c.paths[0] may alias authorize's stack
 // buffer, and the input document keeps them.
-func (c *evalCtx) regoPaths() []string {
-	paths := make([]string, 0, 2*(1+c.nalt))
-	add := func(p string) {
-		for _, q := range paths {
-			if q == p {
-				return
+func (c *evalCtx) regoPaths(rp *regoProvider, req *Request) []regoReading {
+	out := make([]regoReading, 0, 2*(1+c.nalt))
+	for i := 0; i <= c.nalt; i++ {
+		if seenReading(out, c.paths[i]) {
+			continue
+		}
+		p := strings.Clone(c.paths[i]) // its own variable: c.paths[i] must not escape
+		out = append(out, regoReading{path: p})
+		if exact, _ := rp.route(req, p, false); c.upper || rp.upperLits {
+			if folded, _ := rp.route(req, p, true); folded != exact {
+				out = append(out, regoReading{path: p, fold: true})
 			}
 		}
-		paths = append(paths, strings.Clone(p))
 	}
-	for _, p := range c.paths[:1+c.nalt] {
-		add(p)
-	}
-	if c.upper {
-		for _, p := range paths {
-			add(asciiToLower(p))
+	return out
+}
+
+// seenReading reports whether rs holds a reading of path p.
+func seenReading(rs []regoReading, p string) bool {
+	for _, r := range rs {
+		if r.path == p {
+			return true
 		}
 	}
-	return paths
+	return false
 }
 
 // decideDenyAllow is steps 2 to 5 of Istio's evaluation: any matching
