@@ -309,3 +309,62 @@ func TestExpectContinueH2C(t *testing.T) {
 		}
 	}
 }
+
+// The sidecar's own answer to a request it could not forward — the app
+// closed the connection after reading 16 KiB of the body — comes before
+// the body was read to its end, and ends as an app's early answer does,
+// on both server paths: Connection: close, then a lingering close, so
+// that a caller sending its whole body before it reads has every write
+// accepted and reads the 503 (unless the whole body was read before the
+// app failed: the connection then stays). Before, net/http's server
+// closed the connection over the unread body after an answer that said
+// it stays, and the caller's writes failed with a reset.
+func TestUnforwardedAnswerLingers(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		for _, size := range []int{1 << 20, 4 << 20} {
+			t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+				c, err := tls.Dial("tcp", p.inboundAddr, conf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				wrote := make(chan error, 1)
+				go func() {
+					_, err := io.WriteString(c, "POST /drop HTTP/1.1\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("a", size))
+					wrote <- err
+				}()
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("no answer: %v (write: %v)", err, <-wrote)
+				}
+				io.ReadAll(resp.Body)
+				if resp.StatusCode != 503 {
+					t.Fatalf("answer %d, want 503", resp.StatusCode)
+				}
+				if err := <-wrote; err != nil {
+					t.Fatalf("writing the body: %v", err)
+				}
+				if resp.Close {
+					if rest, err := io.ReadAll(br); len(rest) > 0 || err != nil {
+						t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+					}
+					return
+				}
+				// The sidecar read the whole body before the app failed
+				// (it fit in the socket buffers): the connection stays.
+				io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: orders\r\nContent-Length: 3\r\n\r\nabc")
+				next, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("the answer said the connection stays; the next request: %v", err)
+				}
+				if b, _ := io.ReadAll(next.Body); next.StatusCode != 200 || string(b) != "3" {
+					t.Fatalf("the next request: %d %q", next.StatusCode, b)
+				}
+			})
+		}
+	})
+}

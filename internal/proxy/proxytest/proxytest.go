@@ -23,7 +23,9 @@ import (
 // path ending in /early/keep answers as /early/now without Connection:
 // close, as a Go app does: net/http's server then drops the connection if
 // the body (under 256 KiB) was sent anyway (golang/go#68560, below); a
-// path ending in /early/close gets a 401 "nope" written on the raw
+// path ending in /drop has 16 KiB of its body read, then its connection
+// closed without an answer: an app failing mid-upload; a path ending in
+// /early/close gets a 401 "nope" written on the raw
 // connection, which is then closed. A path ending in /abort has its
 // whole body read, then the head of a 200 with a 1 MiB body and 64 KiB
 // of it written on the raw connection, which is then closed: an
@@ -59,6 +61,11 @@ func EarlyApp(t testing.TB) string {
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/drop"):
+			io.CopyN(io.Discard, r.Body, 16<<10)
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
 		case strings.HasSuffix(p, "/abort"):
 			io.Copy(io.Discard, r.Body)
 			conn, _, err := http.NewResponseController(w).Hijack()
