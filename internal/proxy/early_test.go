@@ -42,6 +42,20 @@ func (p *pair) http1Sides(conf *tls.Config) []sideDial {
 	}
 }
 
+// closedAfterAnswer sends c, after an answer that said Connection:
+// close, what looks like the next request, and fails unless the
+// connection (read through br) closes without answering it: the rest of
+// an announced body must never be read as a request.
+func closedAfterAnswer(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
+	rest, err := io.ReadAll(br)
+	var ne net.Error
+	if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+	}
+}
+
 // A sidecar relays an app's early answer (before it read the body) at
 // once, on its outbound (plain HTTP/1.1 from the local app) and its
 // inbound (mTLS HTTP/1.1), on both server paths, while the client
@@ -73,12 +87,7 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 				if resp.StatusCode != 413 || string(b) != "upload refused" || !resp.Close {
 					t.Fatalf("answer %d %q close=%v, want 413 %q and Connection: close", resp.StatusCode, b, resp.Close, "upload refused")
 				}
-				io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
-				rest, err := io.ReadAll(br)
-				var ne net.Error
-				if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
-					t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
-				}
+				closedAfterAnswer(t, c, br)
 			})
 		}
 		resp, err := http.Post(p.outboundURL+"/echo", "text/plain", strings.NewReader(strings.Repeat("x", 100<<10)))
@@ -219,12 +228,7 @@ func TestExpectContinueRelayed(t *testing.T) {
 						if d := time.Since(start); resp.StatusCode != tc.want || string(b) != tc.wantBody || !resp.Close || d > expectContinueTimeout/2 {
 							t.Fatalf("answer %d %q close=%v after %v, want %d %q and Connection: close at once (no body sent)", resp.StatusCode, b, resp.Close, d, tc.want, tc.wantBody)
 						}
-						io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
-						rest, err := io.ReadAll(br)
-						var ne net.Error
-						if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
-							t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
-						}
+						closedAfterAnswer(t, c, br)
 					})
 				}
 			}
