@@ -23,7 +23,7 @@ func runIncident(ctx context.Context, e *Env, args []string) int {
 		{"show", "show one incident: trigger, timeline, steps, findings", runIncidentShow},
 		{"isolate", "act on an identity by hand: isolate it (or another action, or a playbook)", runIncidentIsolate},
 		{"release", "undo what an incident did (lift its revocation and blocks) and close it", runIncidentRelease},
-		{"confirm", "keep an incident's blocked pairs until it is released (they lapse otherwise)", runIncidentConfirm},
+		{"confirm", "run an incident's held steps and keep its blocked pairs until it is released (they lapse otherwise)", runIncidentConfirm},
 		{"export", "write an incident's forensics bundle (one JSON file)", runIncidentExport},
 		{"findings", "list what the detectors found", runIncidentFindings},
 		{"risk", "list the identities at risk", runIncidentRisk},
@@ -67,10 +67,29 @@ func runIncidentList(ctx context.Context, e *Env, args []string) int {
 		if by == "" {
 			by = "(by hand)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inc.ID, inc.Identity, inc.State, inc.OpenedAt.Local().Format(time.RFC3339), by, printable(inc.Trigger, ""))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", inc.ID, inc.Identity, incidentState(inc), inc.OpenedAt.Local().Format(time.RFC3339), by, printable(inc.Trigger, ""))
 	}
 	tw.Flush()
 	return ExitOK
+}
+
+// incidentState is the incident's state, "uncorroborated" added while its
+// playbook holds containment steps for want of corroboration.
+func incidentState(inc detect.Incident) string {
+	if inc.Uncorroborated() {
+		return inc.State + ", uncorroborated"
+	}
+	return inc.State
+}
+
+// reportedBy names the nodes whose reports raised f, "server" when the
+// server observed it itself.
+func reportedBy(f detect.Finding) string {
+	ws := f.Witnesses()
+	if len(ws) == 0 {
+		return "server"
+	}
+	return printable(strings.Join(ws, ","), "")
 }
 
 func setIf(q url.Values, k, v string) {
@@ -123,10 +142,20 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 	}
 	fmt.Fprintf(tw, "Incident:\t%s\n", inc.ID)
 	fmt.Fprintf(tw, "Identity:\t%s\n", inc.Identity)
-	fmt.Fprintf(tw, "State:\t%s\n", inc.State)
+	fmt.Fprintf(tw, "State:\t%s\n", incidentState(inc))
 	fmt.Fprintf(tw, "Playbook:\t%s\n", by)
 	fmt.Fprintf(tw, "Trigger:\t%s\n", printable(inc.Trigger, ""))
 	fmt.Fprintf(tw, "Risk:\t%.2f\n", inc.Risk)
+	if inc.Corroboration != "" {
+		fmt.Fprintf(tw, "Corroboration:\t%s\n", printable(inc.Corroboration, ""))
+	}
+	if inc.Uncorroborated() {
+		var held []string
+		for _, st := range inc.Held {
+			held = append(held, st.Action)
+		}
+		fmt.Fprintf(tw, "Held:\t%s, until corroborated or: moatless incident confirm %s\n", strings.Join(held, ", "), inc.ID)
+	}
 	stamp := func(name string, t time.Time) {
 		if !t.IsZero() {
 			fmt.Fprintf(tw, "%s\t%s\n", name, t.Local().Format("2006-01-02T15:04:05.000Z07:00"))
@@ -158,9 +187,9 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 	if len(fs) > 0 {
 		fmt.Fprintln(e.Stdout, "\nFindings:")
 		tw = newTable(e.Stdout)
-		fmt.Fprintln(tw, "  ID\tDETECTOR\tSEVERITY\tCOUNT\tSUMMARY")
+		fmt.Fprintln(tw, "  ID\tDETECTOR\tSEVERITY\tCOUNT\tREPORTED BY\tSUMMARY")
 		for _, f := range fs {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", f.ID, f.Detector, f.Severity, f.Count, printable(f.Summary, ""))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", f.ID, f.Detector, f.Severity, f.Count, reportedBy(f), printable(f.Summary, ""))
 		}
 		tw.Flush()
 	}
@@ -255,7 +284,10 @@ func runIncidentConfirm(ctx context.Context, e *Env, args []string) int {
 	if cmd.json() {
 		return e.printJSON(inc)
 	}
-	fmt.Fprintf(e.Stdout, "incident %s: %d blocked pairs kept until the incident is released\n", inc.ID, len(inc.Blocks))
+	fmt.Fprintf(e.Stdout, "incident %s %s: %d blocked pairs kept until the incident is released\n", inc.ID, inc.State, len(inc.Blocks))
+	if n := len(inc.Steps); n > 0 && strings.Contains(inc.Steps[n-1].Detail, "held steps run") {
+		fmt.Fprintln(e.Stdout, "its held steps ran: moatless incident show "+inc.ID)
+	}
 	return ExitOK
 }
 
@@ -325,9 +357,9 @@ func runIncidentFindings(ctx context.Context, e *Env, args []string) int {
 		return ExitOK
 	}
 	tw := newTable(e.Stdout)
-	fmt.Fprintln(tw, "ID\tTIME\tDETECTOR\tSEVERITY\tCOUNT\tINCIDENT\tSUMMARY")
+	fmt.Fprintln(tw, "ID\tTIME\tDETECTOR\tSEVERITY\tCOUNT\tINCIDENT\tREPORTED BY\tSUMMARY")
 	for _, f := range page.Items {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", f.ID, f.Time.Local().Format(time.RFC3339), f.Detector, f.Severity, f.Count, orDash(f.IncidentID), printable(f.Summary, ""))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", f.ID, f.Time.Local().Format(time.RFC3339), f.Detector, f.Severity, f.Count, orDash(f.IncidentID), reportedBy(f), printable(f.Summary, ""))
 	}
 	tw.Flush()
 	return ExitOK

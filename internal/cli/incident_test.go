@@ -139,3 +139,32 @@ func TestPolicyRecommendWhatIfAgainstServer(t *testing.T) {
 		t.Fatalf("json: %v %+v", err, res)
 	}
 }
+
+// An incident whose playbook held its containment says so, with what
+// would run and how to confirm, and each finding says whose word it is.
+func TestIncidentShowUncorroborated(t *testing.T) {
+	const orders = "spiffe://example.org/ns/prod/sa/orders"
+	// As the server opens it for one node's claims (TestDetectionCannotFrame).
+	inc := detect.Incident{ID: "abc", Identity: "spiffe://example.org/ns/prod/sa/payments", State: detect.IncidentOpen, Playbook: "contain",
+		PlaybookVersion: 1, Trigger: "risk 0.75 reached 0.75 (probing)", Risk: 0.75,
+		Corroboration: "uncorroborated: reported only by " + orders + " (1 of the 2 nodes needed), and its own records do not bear it out; corroborated risk 0.00 < 0.75",
+		Held:          []detect.Step{{Action: detect.ActionIsolate}, {Action: detect.ActionBlockPair}}}
+	fs := []detect.Finding{
+		{ID: "f1", Detector: detect.DetectorProbing, Severity: detect.High, Count: 1, Records: []detect.Record{{Reporter: orders}},
+			Summary: "spiffe://example.org/ns/prod/sa/payments was refused 120 times in a minute"},
+		{ID: "f2", Detector: detect.DetectorToken, Severity: detect.High},
+	}
+	var out strings.Builder
+	printIncident(&Env{Stdout: &out}, inc, fs)
+	t.Log("\n" + out.String())
+	for _, want := range []string{
+		"State:          open, uncorroborated",
+		"Corroboration:  uncorroborated: reported only by " + orders,
+		"Held:           isolate, block-pair, until corroborated or: moatless incident confirm abc",
+		"REPORTED BY", "f1  probing        high      1      " + orders, "f2  token_anomaly  high      0      server ",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, out.String())
+		}
+	}
+}

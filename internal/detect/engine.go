@@ -118,6 +118,12 @@ type Finding struct {
 	// behaviour it describes started, as far as the records tell.
 	FirstRecord time.Time `json:"first_record,omitzero"`
 	IncidentID  string    `json:"incident_id,omitempty"`
+	// Reporters are the nodes (sidecars, gateways) whose reports raised
+	// it, sorted, at most maxReporters; none when the server observed it
+	// itself (the token service, attestation, the agent API). What a
+	// node reports about another identity is its word only: see
+	// Corroborate.
+	Reporters []string `json:"reporters,omitempty"`
 	// Delta is how many of Count's detections no earlier copy of the
 	// finding returned by the engine (Ingest, Observe) carried: what a
 	// store that merges the findings of several engines adds to its
@@ -139,6 +145,9 @@ type Event struct {
 	Identity string
 	// Detail describes it (the audit record's details).
 	Detail map[string]string
+	// Reporter is the node that reported it ("" when the server observed
+	// it itself): a decision a sidecar reported is that sidecar's word.
+	Reporter string
 }
 
 // Kinds of Event.
@@ -317,6 +326,7 @@ func copies(fs []*Finding) []Finding {
 		seen[f] = true
 		c := *f
 		c.Records = append([]Record(nil), f.Records...)
+		c.Reporters = append([]string(nil), f.Reporters...)
 		c.Evidence = make(map[string]string, len(f.Evidence))
 		for k, v := range f.Evidence {
 			c.Evidence[k] = v
@@ -585,6 +595,7 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	if f == nil {
 		return nil
 	}
+	f.addReporter(ev.Reporter)
 	return take([]*Finding{f})
 }
 
@@ -606,8 +617,9 @@ func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, d
 			f.Evidence[k] = v
 		}
 		for _, r := range recs {
+			f.addReporter(r.Reporter)
 			if len(f.Records) >= maxEvidence {
-				break
+				continue
 			}
 			f.Records = append(f.Records, r)
 		}
@@ -630,6 +642,9 @@ func (e *Engine) raise(now time.Time, detector string, sev Severity, identity, d
 		f.Method, f.Path = m, ev["path"]
 	}
 	f.Records = append(f.Records, recs[:min(len(recs), maxEvidence)]...)
+	for _, r := range recs {
+		f.addReporter(r.Reporter)
+	}
 	for _, r := range f.Records {
 		if f.FirstRecord.IsZero() || r.Time.Before(f.FirstRecord) {
 			f.FirstRecord = r.Time

@@ -103,6 +103,9 @@ func (f *Finding) Fold(u Finding) {
 	if !u.FirstRecord.IsZero() && (f.FirstRecord.IsZero() || u.FirstRecord.Before(f.FirstRecord)) {
 		f.FirstRecord = u.FirstRecord
 	}
+	for _, r := range u.Reporters {
+		f.addReporter(r)
+	}
 	if f.Method == "" && f.Path == "" {
 		f.Method, f.Path = u.Method, u.Path
 	}
@@ -146,6 +149,7 @@ func (e *Engine) Adopt(localID string, stored Finding) {
 		n.Evidence[k] = v
 	}
 	n.Records = append([]Record(nil), stored.Records...)
+	n.Reporters = append([]string(nil), stored.Reporters...)
 	n.Fold(*f) // adds f.Delta: the detections stored has not seen
 	n.Delta = f.Delta
 	*f = n

@@ -215,6 +215,7 @@ func FuzzFold(f *testing.F) {
 		[]byte(`{"id":"b","severity":"high","destination":"y","evidence":{"k":"v"}}`), 2)
 	f.Add([]byte(`{"evidence":null,"records":null}`), []byte(`{"destination":"x","evidence":{"destinations":" a b c"}}`), 1)
 	f.Add([]byte(`{}`), []byte(`{"last_seen":"0001-01-01T00:00:00Z","time":"9999-12-31T23:59:59Z"}`), 0)
+	f.Add([]byte(`{"reporters":["b","a","b"]}`), []byte(`{"reporters":["c","a"],"records":[{"reporter":"d"}]}`), 1)
 	f.Fuzz(func(t *testing.T, stored, update []byte, delta int) {
 		var s, u Finding
 		if json.Unmarshal(stored, &s) != nil || json.Unmarshal(update, &u) != nil {
@@ -225,7 +226,14 @@ func FuzzFold(f *testing.F) {
 		dsts := len(s.Evidence["destinations"])
 		keys := len(s.Evidence)
 		count := s.Count
+		reporters := len(s.Reporters)
 		s.Fold(u)
+		if len(s.Reporters) > max(reporters, maxReporters) {
+			t.Fatalf("%d reporters", len(s.Reporters))
+		}
+		if c := Corroborate(s.Identity, []Finding{s, u}, time.Time{}, delta%12, nil); c.Risk < 0 || c.Risk > 1 {
+			t.Fatalf("corroborated risk %v", c.Risk)
+		}
 		if s.Count != count+delta {
 			t.Fatalf("count %d, want %d", s.Count, count+delta)
 		}

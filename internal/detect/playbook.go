@@ -86,6 +86,16 @@ type Trigger struct {
 	// of these SPIFFE IDs or patterns ("*" stands for any run of
 	// characters).
 	Identities []string `json:"identities,omitempty"`
+	// Witnesses is how many distinct nodes, other than the identity's
+	// own, must have reported findings about it for the playbook to
+	// contain it on their word (see Corroborate): 0 means
+	// DefaultWitnesses (2); 1 trusts any single node, so that one node
+	// an attacker holds can get any identity contained. Findings the
+	// server observed itself, or that the identity's own records bear
+	// out, need no witness. Until the findings are corroborated, the
+	// incident opens with its destructive steps held (Incident.Held) for
+	// an admin's confirm.
+	Witnesses int `json:"witnesses,omitempty"`
 }
 
 // Step is one action.
@@ -220,6 +230,9 @@ func (pb *Playbook) validate() error {
 	if t.Risk < 0 || t.Risk > 1 {
 		return fmt.Errorf("spec.trigger.risk %v: want 0 (by hand only) to 1", t.Risk)
 	}
+	if t.Witnesses < 0 || t.Witnesses > 10 {
+		return fmt.Errorf("spec.trigger.witnesses %d: want 1 to 10 (0: the default, %d)", t.Witnesses, DefaultWitnesses)
+	}
 	for i, d := range t.Detectors {
 		if !detectors[d] {
 			return fmt.Errorf("spec.trigger.detectors[%d] %q: not a detector", i, d)
@@ -342,6 +355,14 @@ type Incident struct {
 	// Notified says a notify step announced it: its release is announced
 	// too.
 	Notified bool `json:"notified,omitempty"`
+	// Held are the playbook's destructive steps (isolate, block-pair,
+	// revoke-certificate) not run because the findings were not
+	// corroborated (Corroborate): they run when corroborating evidence
+	// comes in, or when an admin confirms the incident.
+	Held []Step `json:"held,omitempty"`
+	// Corroboration says what corroborated the findings the playbook
+	// acted on, or (while steps are held) why nothing did.
+	Corroboration string `json:"corroboration,omitempty"`
 	// The timeline: the earliest record behind its findings, the first
 	// finding, the opening, containment (the first isolate or block in
 	// force) and release.
@@ -372,4 +393,11 @@ const (
 	OutcomeDryRun  = "dry_run"
 	OutcomeSkipped = "skipped"
 	OutcomeFailed  = "failed"
+	// OutcomeHeld: a destructive step waiting for corroboration or an
+	// admin's confirm (Incident.Held).
+	OutcomeHeld = "held"
 )
+
+// Uncorroborated reports whether the incident holds steps for want of
+// corroboration.
+func (inc Incident) Uncorroborated() bool { return len(inc.Held) > 0 }

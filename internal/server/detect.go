@@ -152,6 +152,9 @@ type detectMetrics struct {
 	// identities the section holds.
 	riskPublishes *prometheus.CounterVec
 	riskSent      prometheus.Gauge
+	// held counts incidents a playbook opened with its containment held
+	// because the findings were not corroborated.
+	held prometheus.Counter
 }
 
 // initDetect builds the engine, teaches it what the store remembers
@@ -209,7 +212,9 @@ func (s *Server) initDetect(ctx context.Context) error {
 		Help: "Recomputations of the risk scores pushed to sidecars and gateways, by outcome: changed, unchanged, error."}, []string{"outcome"})
 	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
 		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
-	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, al.sent)
+	m.held = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_uncorroborated_incidents_total",
+		Help: "Incidents a playbook opened with its isolate, block-pair and revoke-certificate steps held: the findings rested on other nodes' word alone (fewer than the trigger's witnesses, not borne out by the identity's own records)."})
+	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, m.held, al.sent)
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {
@@ -247,6 +252,12 @@ func recordOf(r store.EdgeRow) detect.Record {
 // text such as paths is escaped and clipped rather than refused), and
 // charged to the caller's budget (2 reports a second, 60 at once): over
 // it the caller gets 429 and retries the report later.
+//
+// The other end of each record (an inbound record's source) is the
+// caller's word only: findings keep who reported them, and playbooks
+// contain on corroborated findings only (detect.Corroborate). A report
+// with outbound records may be what corroborates the findings of an
+// incident held about its reporter, so it rechecks that incident.
 func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 	const endpoint = "records"
 	d := s.detect
@@ -305,6 +316,11 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.findings(context.WithoutCancel(ctx), d.engine.Ingest(now, recs))
+	if len(recs) < len(rows) {
+		// Its outbound records may corroborate what others reported
+		// about it.
+		s.recheckReporter(context.WithoutCancel(ctx), reporter)
+	}
 	if known := d.engine.TakeNewKnown(); len(known) > 0 {
 		if err := s.db.AddKnownEdges(ctx, knownRows(known)); err != nil {
 			s.log.Warn("record known edges", "err", err)
@@ -609,7 +625,8 @@ func (s *Server) detectAudit(evs []audit.Event) {
 		case ev.Kind == audit.KindAgentCall && ev.Details["reason"] == "revoked":
 			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Actor}
 		case ev.Kind == audit.KindDecisionUnauthenticated && strings.Contains(ev.Details["reason"], "revoked"):
-			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Subject}
+			// A sidecar's report: its word about the caller.
+			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Subject, Reporter: ev.Actor}
 		default:
 			continue
 		}

@@ -228,6 +228,7 @@ func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
 		}
 		if incID != "" {
 			s.attachFindings(ctx, incID, byIdent[id])
+			s.recheckHeld(ctx, incID)
 			continue
 		}
 		open, risk, err := s.storedFindings(ctx, id, now)
@@ -249,9 +250,11 @@ func (s *Server) respond(ctx context.Context, fs []detect.Finding) {
 			continue
 		}
 		trigger := fmt.Sprintf("risk %.2f reached %.2f (%s)", risk, pb.Trigger.Risk, strings.Join(uniq(dets), ", "))
-		_, err = s.openIncident(ctx, id, pb, version, "playbook:"+pb.Name, trigger, risk, open, IncidentRequest{})
+		corr := s.corroborate(ctx, id, open, now, pb)
+		_, err = s.openIncident(ctx, id, pb, version, "playbook:"+pb.Name, trigger, risk, open, IncidentRequest{}, &corr)
 		if taken := (*incidentOpenError)(nil); errors.As(err, &taken) {
 			s.attachFindings(ctx, taken.id, byIdent[id])
+			s.recheckHeld(ctx, taken.id)
 			continue
 		}
 		if err != nil {
@@ -307,11 +310,25 @@ func contains(l []string, x string) bool {
 // When an incident is open for identity already (opened by another
 // replica since the caller looked), it changes nothing and returns an
 // *incidentOpenError naming that incident.
+//
+// corr is the judgement of the findings when a playbook acts by itself
+// (nil when an admin acts): when the corroborated risk is below the
+// playbook's trigger, its destructive steps are held (Incident.Held), to
+// run when corroborating evidence comes in (recheckHeld) or an admin
+// confirms the incident; the others (notify, quarantine) run.
 func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Playbook, version uint64, actor, trigger string,
-	risk float64, fs []detect.Finding, req IncidentRequest) (*detect.Incident, error) {
+	risk float64, fs []detect.Finding, req IncidentRequest, corr *detect.Corroboration) (*detect.Incident, error) {
 	now := s.now()
 	inc := &detect.Incident{ID: detect.NewID(), Identity: identity, State: detect.IncidentOpen, Playbook: pb.Name, PlaybookVersion: version,
 		Trigger: trigger, Risk: risk, OpenedAt: now, Findings: []string{}, Steps: []detect.StepResult{}}
+	hold := false
+	if corr != nil {
+		inc.Corroboration = corr.Why
+		hold = corr.Risk < pb.Trigger.Risk
+		if hold {
+			inc.Corroboration = fmt.Sprintf("%s; corroborated risk %.2f < %.2f", corr.Why, corr.Risk, pb.Trigger.Risk)
+		}
+	}
 	for _, f := range fs {
 		inc.Findings = append(inc.Findings, f.ID)
 		if inc.DetectedAt.IsZero() || f.Time.Before(inc.DetectedAt) {
@@ -363,12 +380,204 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 		steps = []detect.Step{{Action: req.Action, Duration: req.Duration}}
 	}
 	for _, st := range steps {
+		if hold && detect.Destructive(st.Action) {
+			s.holdStep(ctx, inc, st, actor, cause)
+			continue
+		}
 		s.runStep(ctx, inc, st, actor, cause, req)
+	}
+	if hold && inc.Uncorroborated() {
+		s.detect.metrics.held.Inc()
+		s.log.Warn("incident opened uncorroborated: containment held for corroboration or an admin's confirm", "incident", inc.ID,
+			"identity", identity, "playbook", pb.Name, "why", inc.Corroboration)
 	}
 	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
 		return inc, err
 	}
 	return inc, nil
+}
+
+// bearsOut reports whether what the source reported, got, is at least 80%
+// of what a destination claims, want.
+func bearsOut(got, want uint64) bool {
+	return got >= want-want/5
+}
+
+// holdStep records a destructive step the playbook did not run for want
+// of corroboration, in the incident and the audit log.
+func (s *Server) holdStep(ctx context.Context, inc *detect.Incident, st detect.Step, actor, findingID string) {
+	res := detect.StepResult{Action: st.Action, At: s.now(), Actor: actor, FindingID: findingID, Outcome: detect.OutcomeHeld,
+		Detail: "held until the findings are corroborated, or on: moatless incident confirm " + inc.ID}
+	inc.Held = append(inc.Held, st)
+	inc.Steps = append(inc.Steps, res)
+	details := withFinding(map[string]string{"incident": inc.ID, "action": st.Action, "outcome": res.Outcome, "detail": res.Detail}, findingID)
+	ev := audit.Event{Kind: KindIncidentStep, Actor: actor, Subject: inc.Identity, Outcome: audit.Success, Details: details}
+	if err := s.audit.AppendWith(ctx, func(ctx context.Context, tx *sql.Tx) error { return s.putIncident(ctx, tx, inc) }, ev); err != nil {
+		s.log.Error("audit incident step", "incident", inc.ID, "err", err)
+	}
+}
+
+// runHeld runs the incident's held steps, as actor, and notes why they
+// run now; it reports whether there were any. The steps are taken from
+// the stored incident in a transaction (its row locked where the store
+// can), so that of two replicas corroborating it at once only one runs
+// them. Called with respMu held.
+func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findingID, why string) bool {
+	var held []detect.Step
+	err := s.updateIncident(ctx, inc.ID, func(_ *sql.Tx, cur *detect.Incident) error {
+		held, cur.Held = cur.Held, nil
+		if len(held) > 0 && cur.State != detect.IncidentReleased {
+			cur.Corroboration = why
+		} else {
+			held = nil
+		}
+		*inc = *cur
+		return nil
+	})
+	if err != nil {
+		s.log.Error("take the incident's held steps", "incident", inc.ID, "err", err)
+		return false
+	}
+	if len(held) == 0 {
+		return false
+	}
+	for _, st := range held {
+		s.runStep(ctx, inc, st, actor, findingID, IncidentRequest{})
+	}
+	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
+		s.log.Error("record the held steps run", "incident", inc.ID, "err", err)
+	}
+	return true
+}
+
+// recheckHeld runs an open incident's held steps once its findings are
+// corroborated: after more findings joined it, and after its identity's
+// own node reported traffic (the source's side of what the others
+// reported often comes a reporting interval later). Called with respMu
+// held.
+func (s *Server) recheckHeld(ctx context.Context, incID string) {
+	r, err := s.db.Incident(ctx, s.db.SQL(), incID)
+	if err != nil {
+		s.log.Warn("read incident for corroboration", "incident", incID, "err", err)
+		return
+	}
+	inc, err := incidentOf(r)
+	if err != nil || !inc.Uncorroborated() || inc.State == detect.IncidentReleased {
+		return
+	}
+	_, pbs, err := s.currentPlaybooks(ctx)
+	if err != nil {
+		s.log.Warn("read playbooks for corroboration", "incident", incID, "err", err)
+		return
+	}
+	var pb detect.Playbook
+	for _, p := range pbs {
+		if p.Name == inc.Playbook {
+			pb = p
+		}
+	}
+	if pb.Name == "" || pb.Trigger.Risk == 0 {
+		return // the playbook is gone or no longer triggers: only an admin acts
+	}
+	now := s.now()
+	fs, _, err := s.storedFindings(ctx, inc.Identity, now)
+	if err != nil {
+		s.log.Warn("read findings for corroboration", "incident", incID, "err", err)
+		return
+	}
+	corr := s.corroborate(ctx, inc.Identity, fs, now, pb)
+	if corr.Risk < pb.Trigger.Risk {
+		return
+	}
+	cause := ""
+	if len(corr.Findings) > 0 {
+		cause = corr.Findings[0]
+	}
+	s.log.Warn("incident corroborated: running its held steps", "incident", inc.ID, "identity", inc.Identity, "why", corr.Why)
+	s.runHeld(ctx, &inc, "playbook:"+pb.Name, cause, corr.Why)
+}
+
+// recheckReporter rechecks the held steps of the open incident about the
+// node that just reported traffic: its own outbound records may be what
+// corroborates what others reported about it.
+func (s *Server) recheckReporter(ctx context.Context, reporter string) {
+	incID, err := s.db.OpenIncidentOf(ctx, s.db.SQL(), reporter)
+	if err != nil || incID == "" {
+		return
+	}
+	d := s.detect
+	d.respMu.Lock()
+	defer d.respMu.Unlock()
+	s.recheckHeld(ctx, incID)
+}
+
+// corroborate judges an identity's stored findings for pb
+// (detect.Corroborate), its own traffic records read from the store.
+func (s *Server) corroborate(ctx context.Context, identity string, fs []detect.Finding, now time.Time, pb detect.Playbook) detect.Corroboration {
+	since := now.Add(-s.detect.engine.Settings().RiskWindow.Std())
+	return detect.Corroborate(identity, fs, since, pb.Trigger.Witnesses, func(f *detect.Finding) bool {
+		ok, err := s.sourceConfirms(ctx, identity, f)
+		if err != nil {
+			s.log.Warn("read the source's own records", "identity", identity, "finding", f.ID, "err", err)
+		}
+		return ok
+	})
+}
+
+// sourceConfirms reports whether identity's own node bears out f: to
+// every destination f names, over the minutes of f's records (and one
+// either side: the two ends report in windows of their own), identity's
+// outbound records count at least 80% of the requests and of the
+// response bytes the destination's inbound records say it made. A node
+// reporting calls identity never made, or more than a quarter more than
+// it made, is not borne out; so a lie can lift an identity's numbers
+// over a threshold only when they are within a quarter of it already.
+// Until the source's window that matches the destination's arrives, the
+// finding is not borne out: the playbook holds its steps and checks again
+// on the source's next report (recheckReporter).
+func (s *Server) sourceConfirms(ctx context.Context, identity string, f *detect.Finding) (bool, error) {
+	dsts := map[string]bool{}
+	add := func(d string) {
+		if strings.HasPrefix(d, "spiffe://") && d != identity {
+			dsts[d] = true
+		}
+	}
+	add(f.Destination)
+	for _, r := range f.Records {
+		if r.Source == identity {
+			add(r.Destination)
+		}
+	}
+	if len(dsts) == 0 || !strings.HasPrefix(identity, "spiffe://") {
+		return false, nil
+	}
+	from := f.FirstRecord
+	if from.IsZero() || f.Time.Before(from) {
+		from = f.Time
+	}
+	q := store.EdgeQuery{Since: from.UTC().Truncate(time.Minute).Add(-time.Minute), Until: f.LastSeen.UTC().Truncate(time.Minute).Add(2 * time.Minute), Source: identity}
+	for d := range dsts {
+		q.Destination = d
+		var claimed, confirmed [2]uint64
+		for _, dir := range []struct {
+			name string
+			sum  *[2]uint64
+		}{{"inbound", &claimed}, {"outbound", &confirmed}} {
+			q.Direction = dir.name
+			ts, err := s.db.EdgeTotals(ctx, q)
+			if err != nil {
+				return false, err
+			}
+			for _, t := range ts {
+				dir.sum[0] = sat(dir.sum[0], t.Requests)
+				dir.sum[1] = sat(dir.sum[1], t.RespBytes)
+			}
+		}
+		if confirmed[0] == 0 || !bearsOut(confirmed[0], claimed[0]) || !bearsOut(confirmed[1], claimed[1]) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (s *Server) putIncident(ctx context.Context, q store.Queryer, inc *detect.Incident) error {
@@ -652,7 +861,7 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 	if err != nil {
 		return nil, err
 	}
-	inc.Revoked, inc.Blocks = false, nil
+	inc.Revoked, inc.Blocks, inc.Held = false, nil, nil
 	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
 	s.changed(ctx)
 	if inc.Notified {
@@ -913,7 +1122,7 @@ func (s *Server) createIncident(c *adminCall) {
 	if in.Reason != "" {
 		trigger += ": " + in.Reason
 	}
-	inc, err := s.openIncident(c.ctx, in.Identity, pb, version, c.actor, trigger, risk, fs, in)
+	inc, err := s.openIncident(c.ctx, in.Identity, pb, version, c.actor, trigger, risk, fs, in, nil)
 	if taken := (*incidentOpenError)(nil); errors.As(err, &taken) {
 		// Another replica opened one since: the step joins it.
 		join(taken.id)
@@ -994,8 +1203,10 @@ func (s *Server) releaseIncident(c *adminCall) {
 	c.reply(http.StatusOK, inc)
 }
 
-// confirmIncident makes the incident's blocks permanent (until released):
-// block-pair releases a block by itself unless it was confirmed.
+// confirmIncident is an admin endorsing an incident: the steps its
+// playbook held for want of corroboration run (as the admin), and its
+// blocks become permanent (until released): block-pair releases a block
+// by itself unless it was confirmed.
 func (s *Server) confirmIncident(c *adminCall) {
 	if _, err := c.query(); err != nil {
 		c.fail(err)
@@ -1005,6 +1216,14 @@ func (s *Server) confirmIncident(c *adminCall) {
 	d.respMu.Lock()
 	defer d.respMu.Unlock()
 	id := c.r.PathValue("id")
+	ranHeld := false
+	if inc, err := s.pathIncident(c); err == nil && inc.Uncorroborated() && inc.State != detect.IncidentReleased {
+		finding := ""
+		if len(inc.Findings) > 0 {
+			finding = inc.Findings[0]
+		}
+		ranHeld = s.runHeld(c.ctx, &inc, c.actor, finding, "confirmed by "+c.actor+" (the findings were not corroborated)")
+	}
 	var inc detect.Incident
 	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
 		r, err := s.db.Incident(c.ctx, tx, id)
@@ -1014,8 +1233,8 @@ func (s *Server) confirmIncident(c *adminCall) {
 		if inc, err = incidentOf(r); err != nil {
 			return err
 		}
-		if len(inc.Blocks) == 0 {
-			return badf("incident %s has no block in force to confirm", id)
+		if len(inc.Blocks) == 0 && !ranHeld {
+			return badf("incident %s has no held step and no block in force to confirm", id)
 		}
 		now := s.now()
 		for i, b := range inc.Blocks {
@@ -1029,8 +1248,15 @@ func (s *Server) confirmIncident(c *adminCall) {
 		if len(inc.Findings) > 0 {
 			finding = inc.Findings[0]
 		}
+		detail := "blocks kept until the incident is released"
+		switch {
+		case ranHeld && len(inc.Blocks) == 0:
+			detail = "held steps run"
+		case ranHeld:
+			detail = "held steps run; " + detail
+		}
 		inc.Steps = append(inc.Steps, detect.StepResult{Action: "confirm", At: now, Actor: c.actor, FindingID: finding, Outcome: detect.OutcomeDone,
-			Detail: "blocks kept until the incident is released"})
+			Detail: detail})
 		if err := s.putIncident(c.ctx, tx, &inc); err != nil {
 			return err
 		}

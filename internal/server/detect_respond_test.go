@@ -28,9 +28,26 @@ spec:
 // (probing, high: the identity's risk reaches 0.75).
 func (e *env) probe(t *testing.T, n *node) {
 	t.Helper()
-	deny := inboundEdge(reportsID, "GET", "/admin/{*}", "deny", 120)
+	e.probeBy(t, n, reportsID, 120)
+}
+
+// probeBy reports, as n's sidecar, requests refusals from src.
+func (e *env) probeBy(t *testing.T, n *node, src string, requests uint64) {
+	t.Helper()
+	deny := inboundEdge(src, "GET", "/admin/{*}", "deny", requests)
 	deny.Reason, deny.Status = "no_allow_match", 4
 	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(deny)); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+}
+
+// calls reports, as n's sidecar (the caller's own), requests it sent to
+// dst and the response bytes it got back: its side of what dst reports.
+func (e *env) calls(t *testing.T, n *node, dst string, requests uint64) {
+	t.Helper()
+	out := wire.EdgeRecord{Direction: "outbound", Destination: dst, Port: 8080, Protocol: "http", Method: "GET", Path: "/admin/{*}",
+		Decision: "allow", Status: 4, Requests: requests, RespBytes: requests * 1000}
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(out)); st != 204 {
 		t.Fatalf("report: %d %s", st, body)
 	}
 }
@@ -55,6 +72,10 @@ func TestPlaybookContainsAndReleases(t *testing.T) {
 	updates := e.watch(ctx, orders)
 	next(t, updates) // the first, whole update
 
+	// reports' own sidecar reports the calls orders refused: the
+	// findings are corroborated (detect_frame_test.go has the cases where
+	// they are not).
+	e.calls(t, e.attest(reportsID), ordersID, 120)
 	e.probe(t, orders)
 
 	var incs server.Page[detect.Incident]

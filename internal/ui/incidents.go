@@ -335,7 +335,7 @@ func (u *UI) incident(q *request) { u.showIncident(q, http.StatusOK, q.r.PathVal
 var incidentDone = map[string]string{
 	"isolated":  "Isolated: the identity is revoked; every sidecar refuses it and closes its connections.",
 	"released":  "Released: what the incident did is lifted.",
-	"confirmed": "Confirmed: the blocked pairs stay until the incident is released.",
+	"confirmed": "Confirmed: held steps ran, and the blocked pairs stay until the incident is released.",
 }
 
 func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
@@ -570,20 +570,29 @@ func (u *UI) release(q *request) {
 	u.actionDone(q, inc, "released")
 }
 
-// confirmBlocks keeps an incident's blocked pairs until it is released.
+// confirmBlocks confirms an incident: the steps its playbook held for
+// want of corroboration run, and its blocked pairs stay until it is
+// released.
 func (u *UI) confirmBlocks(q *request) {
-	const what = "Confirm the blocks"
+	const what = "Confirm the incident"
 	inc, ok := u.incidentForAction(q, what)
 	if !ok {
 		return
 	}
-	if len(inc.Blocks) == 0 {
-		u.actionError(q, what, &ActionError{Status: http.StatusBadRequest, Msg: "Incident " + inc.ID + " has no block in force to confirm."})
+	if len(inc.Blocks) == 0 && (!inc.Uncorroborated() || inc.State == detect.IncidentReleased) {
+		u.actionError(q, what, &ActionError{Status: http.StatusBadRequest, Msg: "Incident " + inc.ID + " has no held step and no block in force to confirm."})
 		return
 	}
 	c := confirmData{Action: "confirm", Question: "Keep the blocks of incident " + inc.ID + "?",
 		Post: Prefix + "/incidents/" + url.PathEscape(inc.ID) + "/confirm", Fields: []hidden{{"return", "incident"}},
 		Cancel: Prefix + "/incidents/" + url.PathEscape(inc.ID), Button: "Keep the blocks"}
+	if inc.Uncorroborated() {
+		c.Question, c.Button = "Confirm incident "+inc.ID+" and run the steps its playbook held?", "Run the held steps"
+		c.Effects = append(c.Effects, inc.Corroboration+".")
+		for _, h := range inc.Held {
+			c.Effects = append(c.Effects, "Runs "+h.Action+" against "+inc.Identity+", as you.")
+		}
+	}
 	for _, b := range inc.Blocks {
 		c.Effects = append(c.Effects, b.Source+" → "+b.Destination+" stays blocked until the incident is released, instead of lapsing on its own.")
 	}

@@ -422,3 +422,43 @@ func TestIncidentPathAttacks(t *testing.T) {
 		})
 	}
 }
+
+// TestConfirmHeldSteps: one node's claims about frontend open an incident
+// whose isolate step the playbook holds (uncorroborated); the page says
+// so, and an admin's confirmation runs it.
+func TestConfirmHeldSteps(t *testing.T) {
+	e := startServer(t)
+	const pb = "apiVersion: moatless.io/v1alpha1\nkind: Playbook\nmetadata: {name: contain}\nspec:\n  trigger: {risk: 0.5}\n  steps: [{action: notify}, {action: isolate}]\n"
+	if st := e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "c.yaml", Content: pb}}}, nil); st != http.StatusOK {
+		t.Fatalf("apply playbook: %d", st)
+	}
+	e.probe(e.attest(ordersID), frontendID)
+	var page server.Page[detect.Incident]
+	e.admin("GET", server.PathAdminIncidents, nil, &page)
+	if len(page.Items) != 1 || !page.Items[0].Uncorroborated() || e.revoked(frontendID) {
+		t.Fatalf("incidents: %+v", page.Items)
+	}
+	inc := page.Items[0]
+	c := e.client()
+	csrf := e.login(t, c)
+	self := map[string]string{"Origin": e.base}
+	_, html := e.get(c, "/ui/incidents/"+inc.ID)
+	for _, want := range []string{`id="uncorroborated"`, "the playbook holds isolate", `id="corroboration"`, "reported only by " + ordersID, "Confirm: run the held steps"} {
+		if !strings.Contains(html, want) {
+			t.Fatalf("incident page lacks %q:\n%s", want, html)
+		}
+	}
+	path := "/ui/incidents/" + inc.ID + "/confirm"
+	if resp, body := e.form(c, path, url.Values{"csrf_token": {csrf}}, self); resp.StatusCode != http.StatusOK || !strings.Contains(body, "Runs isolate against "+frontendID) {
+		t.Fatalf("first click: %d\n%.600s", resp.StatusCode, body)
+	}
+	if e.revoked(frontendID) {
+		t.Fatal("isolated without confirmation")
+	}
+	if resp, _ := e.form(c, path, url.Values{"csrf_token": {csrf}, "confirm": {"yes"}}, self); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("confirm: %d", resp.StatusCode)
+	}
+	if inc = e.incident(inc.ID); inc.Uncorroborated() || !inc.Revoked || !e.revoked(frontendID) {
+		t.Fatalf("after confirm: %+v", inc)
+	}
+}

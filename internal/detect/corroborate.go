@@ -1,0 +1,154 @@
+package detect
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// A traffic record is what one node says it saw. The server authenticates
+// the node and pins the record's own end to it (an inbound record's
+// destination, an outbound record's source), but the other end is the
+// node's word: a node an attacker controls can report "payments called me
+// ten thousand times" about an innocent payments. Findings keep who
+// reported them (Finding.Reporters), and automatic containment acts only
+// on findings something besides one such word bears out (Corroborate);
+// the rest wait for an admin.
+
+// maxReporters bounds a finding's Reporters.
+const maxReporters = 16
+
+// DefaultWitnesses is how many distinct nodes, other than the identity's
+// own, must have reported findings about an identity before a playbook
+// contains it on their word alone (Trigger.Witnesses).
+const DefaultWitnesses = 2
+
+// addReporter notes r among f's reporters (sorted, within the bound).
+func (f *Finding) addReporter(r string) {
+	if r == "" || len(f.Reporters) >= maxReporters {
+		return
+	}
+	i := sort.SearchStrings(f.Reporters, r)
+	if i < len(f.Reporters) && f.Reporters[i] == r {
+		return
+	}
+	f.Reporters = append(f.Reporters, "")
+	copy(f.Reporters[i+1:], f.Reporters[i:])
+	f.Reporters[i] = r
+}
+
+// Witnesses are the nodes whose reports raised f: its Reporters and the
+// reporters of its records (a finding stored before Reporters existed
+// names them only there), sorted. None: the server observed it itself.
+func (f *Finding) Witnesses() []string {
+	c := Finding{Reporters: append([]string(nil), f.Reporters...)}
+	for _, r := range f.Records {
+		c.addReporter(r.Reporter)
+	}
+	return c.Reporters
+}
+
+// Destructive reports whether an action changes what the mesh lets an
+// identity do (isolate, block-pair, revoke-certificate): what a playbook
+// does only on corroborated findings.
+func Destructive(action string) bool {
+	switch action {
+	case ActionIsolate, ActionBlockPair, ActionRevokeCertificate:
+		return true
+	}
+	return false
+}
+
+// Corroboration is the judgement of an identity's findings: how much of
+// its risk rests on more than one node's word.
+type Corroboration struct {
+	// Risk is the identity's risk from the corroborated findings only
+	// (RiskOf).
+	Risk float64 `json:"risk"`
+	// Findings are the IDs of the corroborated findings.
+	Findings []string `json:"findings,omitempty"`
+	// Witnesses are the distinct nodes, the identity's own aside, that
+	// reported findings about it.
+	Witnesses []string `json:"witnesses,omitempty"`
+	// Why says, in a line, what corroborated them or why nothing did.
+	Why string `json:"why"`
+}
+
+// Corroborate judges fs, the findings about identity that count towards
+// its risk at since. A finding is corroborated when
+//
+//   - the server observed it itself (no witnesses: the token service,
+//     attestation, the agent API), or
+//   - the identity's own node is among its witnesses, or
+//   - sourceConfirms (nil: never) says the identity's own records bear it
+//     out (its sidecar's outbound records to the finding's destinations
+//     account for what the destinations reported), or
+//   - at least need distinct nodes other than the identity's reported
+//     findings about it (need < 1 counts as DefaultWitnesses): then every
+//     finding is, since an attacker would have to hold that many nodes.
+//
+// So one node's records alone can raise an identity's risk, shown as
+// reported, but not its corroborated risk: what automatic containment
+// acts on.
+func Corroborate(identity string, fs []Finding, since time.Time, need int, sourceConfirms func(*Finding) bool) Corroboration {
+	if need < 1 {
+		need = DefaultWitnesses
+	}
+	var c Corroboration
+	others := Finding{}
+	for i := range fs {
+		for _, w := range fs[i].Witnesses() {
+			if w != identity {
+				others.addReporter(w)
+			}
+		}
+	}
+	c.Witnesses = others.Reporters
+	all := len(c.Witnesses) >= need
+	var ok []*Finding
+	var by []string
+	for i := range fs {
+		f := &fs[i]
+		if f.LastSeen.Before(since) {
+			continue
+		}
+		ws := f.Witnesses()
+		why := ""
+		switch {
+		case len(ws) == 0:
+			why = "observed by the server"
+		case contains(ws, identity):
+			why = "reported by its own node"
+		case all:
+			why = fmt.Sprintf("%d nodes reported it", len(c.Witnesses))
+		case sourceConfirms != nil && sourceConfirms(f):
+			why = "its own records bear it out"
+		default:
+			continue
+		}
+		ok = append(ok, f)
+		c.Findings = append(c.Findings, f.ID)
+		by = append(by, f.ID+" "+why)
+	}
+	c.Risk = RiskOf(ok, since)
+	switch {
+	case len(ok) > 0:
+		c.Why = "corroborated: " + strings.Join(by, "; ")
+	case len(c.Witnesses) == 0:
+		c.Why = "no finding"
+	default:
+		c.Why = fmt.Sprintf("uncorroborated: reported only by %s (%d of the %d nodes needed), and its own records do not bear it out",
+			strings.Join(c.Witnesses, ", "), len(c.Witnesses), need)
+	}
+	return c
+}
+
+func contains(l []string, x string) bool {
+	for _, y := range l {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,111 @@
+package detect
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/config"
+)
+
+func TestCorroborate(t *testing.T) {
+	const (
+		payments = "spiffe://example.org/ns/prod/sa/payments"
+		orders   = "spiffe://example.org/ns/prod/sa/orders"
+		frontend = "spiffe://example.org/ns/prod/sa/frontend"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	since := now.Add(-time.Hour)
+	by := func(id string, sev Severity, reporters ...string) Finding {
+		f := Finding{ID: id, Identity: payments, Severity: sev, LastSeen: now, Destination: orders}
+		for _, r := range reporters {
+			f.Records = append(f.Records, Record{Reporter: r, Source: payments, Destination: r, Requests: 1})
+		}
+		return f
+	}
+	never := func(*Finding) bool { return false }
+	for _, tc := range []struct {
+		name    string
+		fs      []Finding
+		need    int
+		confirm func(*Finding) bool
+		risk    float64
+		why     string
+	}{
+		{"one_node_alone", []Finding{by("a", High, orders)}, 0, never, 0, "uncorroborated: reported only by " + orders + " (1 of the 2"},
+		{"one_node_many_findings", []Finding{by("a", High, orders), by("b", Medium, orders), by("c", Medium, orders)}, 0, never, 0, "uncorroborated"},
+		{"source_confirms", []Finding{by("a", High, orders)}, 0, func(*Finding) bool { return true }, 0.75, "corroborated: a its own records bear it out"},
+		{"two_nodes", []Finding{by("a", High, orders), by("b", Medium, frontend)}, 0, never, 0.85, "corroborated: a 2 nodes reported it"},
+		{"two_nodes_one_finding", []Finding{by("a", High, orders, frontend)}, 0, never, 0.75, "corroborated"},
+		{"two_nodes_three_needed", []Finding{by("a", High, orders), by("b", Medium, frontend)}, 3, never, 0, "(2 of the 3 nodes needed)"},
+		{"one_needed", []Finding{by("a", High, orders)}, 1, never, 0.75, "corroborated"},
+		{"server_observed", []Finding{by("a", High)}, 0, never, 0.75, "a observed by the server"},
+		{"server_observed_does_not_lift_a_claim", []Finding{by("a", Medium), by("b", High, orders)}, 0, never, 0.5, "corroborated: a observed"},
+		{"its_own_node", []Finding{by("a", High, payments)}, 0, never, 0.75, "a reported by its own node"},
+		{"reporters_field", []Finding{{ID: "a", Identity: payments, Severity: High, LastSeen: now, Reporters: []string{orders, frontend}}}, 0, never, 0.75, "corroborated"},
+		{"aged_out", []Finding{{ID: "a", Identity: payments, Severity: High, LastSeen: since.Add(-time.Second)}}, 0, never, 0, "no finding"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Corroborate(payments, tc.fs, since, tc.need, tc.confirm)
+			if c.Risk != tc.risk || !strings.Contains(c.Why, tc.why) {
+				t.Fatalf("got risk %v, %q; want %v, %q", c.Risk, c.Why, tc.risk, tc.why)
+			}
+		})
+	}
+}
+
+// The engine notes who reported what it finds, and Fold keeps the union:
+// what Corroborate counts as witnesses.
+func TestFindingReporters(t *testing.T) {
+	const reports = "spiffe://example.org/ns/prod/sa/reports"
+	e := NewEngine(config.DetectSettings{})
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	var got []Finding
+	for _, rep := range []string{"spiffe://example.org/ns/prod/sa/orders", "spiffe://example.org/ns/prod/sa/frontend"} {
+		got = append(got, e.Ingest(now, []Record{{Time: now, Reporter: rep, Source: reports, Destination: rep, Decision: "deny", Requests: 30}})...)
+	}
+	if len(got) != 2 || got[0].ID != got[1].ID {
+		t.Fatalf("want one probing finding twice, got %+v", got)
+	}
+	want := []string{"spiffe://example.org/ns/prod/sa/frontend", "spiffe://example.org/ns/prod/sa/orders"}
+	if !slices.Equal(got[1].Reporters, want) {
+		t.Fatalf("reporters %v, want %v", got[1].Reporters, want)
+	}
+	stored := got[0]
+	stored.Fold(got[1])
+	if !slices.Equal(stored.Reporters, want) || !slices.Equal(stored.Witnesses(), want) {
+		t.Fatalf("folded reporters %v, witnesses %v", stored.Reporters, stored.Witnesses())
+	}
+	// A reported decision is its reporter's word; the server's own
+	// observation has no reporter.
+	fs := e.Observe(now, Event{Kind: EventRevokedCredential, Identity: reports, Reporter: "spiffe://example.org/ns/prod/sa/orders"})
+	if len(fs) != 1 || !slices.Equal(fs[0].Reporters, want[1:]) {
+		t.Fatalf("reported revoked credential: %+v", fs)
+	}
+	fs = e.Observe(now, Event{Kind: EventRefreshReuse, Identity: "client-a"})
+	if len(fs) != 1 || len(fs[0].Witnesses()) != 0 {
+		t.Fatalf("server-observed finding: %+v", fs)
+	}
+	// The bound.
+	var f Finding
+	for i := range 2 * maxReporters {
+		f.addReporter(string(rune('a' + i)))
+	}
+	if len(f.Reporters) != maxReporters || !slices.IsSorted(f.Reporters) {
+		t.Fatalf("reporters %v", f.Reporters)
+	}
+}
+
+func TestPlaybookWitnesses(t *testing.T) {
+	const doc = "apiVersion: moatless.io/v1alpha1\nkind: Playbook\nmetadata: {name: c}\nspec:\n  trigger: {risk: 0.75, witnesses: %s}\n  steps: [{action: isolate}]\n"
+	for _, tc := range []struct {
+		v    string
+		want string // error substring; "" parses
+	}{{"0", ""}, {"1", ""}, {"10", ""}, {"-1", "spec.trigger.witnesses -1"}, {"11", "spec.trigger.witnesses 11"}, {"two", "witnesses"}} {
+		_, err := ParsePlaybooks([]byte(strings.Replace(doc, "%s", tc.v, 1)))
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("witnesses %s: %v, want %q", tc.v, err, tc.want)
+		}
+	}
+}
