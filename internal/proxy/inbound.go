@@ -125,6 +125,7 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		MaxResponseHeaderBytes: maxResponseHeadBytes,
 		DisableCompression:     true,
 		Protocols:              new(http.Protocols),
+		ExpectContinueTimeout:  expectContinueTimeout,
 	}
 	if c.Protocol == HTTP2 {
 		tr.Protocols.SetUnencryptedHTTP2(true)

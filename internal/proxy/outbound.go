@@ -33,7 +33,7 @@ type outbound struct {
 	socketPath string
 
 	tlsConf *tls.Config // TCP: dialed per connection
-	tr      *http.Transport
+	tr      idleCloser
 	httpSrv *http.Server
 	fwd     *forwarder
 	// app is the fast path's client of the upstream (nil: the fast path
