@@ -141,7 +141,7 @@ func FuzzCheckPathMeaning(f *testing.F) {
 		if !utf8.ValidString(dec) {
 			t.Fatalf("%q accepted, decodes to invalid UTF-8 %q", p, dec)
 		}
-		pf := paramFreePath(p)
+		pf := policy.ParamFreePath(p)
 		if pf == "" {
 			return
 		}

@@ -259,7 +259,7 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := rc.route
-	rc.paramFree = paramFreePath(np.Path())
+	rc.paramFree = policy.ParamFreePath(np.Path())
 
 	// Header shaping, the sidecar's own code: hop-by-hop headers first,
 	// from the request as received (only a WebSocket upgrade the route

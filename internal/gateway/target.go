@@ -103,37 +103,6 @@ func dotSegmentWithParams(p string) bool {
 	return false
 }
 
-// paramFreePath is a normalized path as Tomcat, Jetty and Spring route
-// it, the reading the policy package matches a path with ";" by too: the
-// path parameters of every segment removed and the slashes left side by
-// side merged, so "/admin;x" and "/;x/admin" are /admin. It is "" when p
-// has no ";" or reads the same.
-func paramFreePath(p string) string {
-	if strings.IndexByte(p, ';') < 0 {
-		return ""
-	}
-	b := make([]byte, 0, len(p))
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c == ';':
-			for i+1 < len(p) && p[i+1] != '/' {
-				i++
-			}
-		case c == '/' && len(b) > 0 && b[len(b)-1] == '/':
-		default:
-			b = append(b, c)
-		}
-	}
-	if len(b) == 0 {
-		b = append(b, '/')
-	}
-	if string(b) == p {
-		return ""
-	}
-	return string(b)
-}
-
 // routeUnambiguous reports whether the route chosen for np (normalized
 // with mode) is also the route of the path as apps that read it
 // otherwise route it:
@@ -161,7 +130,7 @@ func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.Reque
 	same := func(p string) bool {
 		return t.lookup(host, p) == chosen && t.lookupFold(host, p) == chosen
 	}
-	params := paramFreePath(np.Path())
+	params := policy.ParamFreePath(np.Path())
 	if t.lookupFold(host, np.Path()) != chosen || params != "" && !same(params) {
 		return false
 	}
@@ -172,7 +141,7 @@ func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.Reque
 	if err != nil || !same(alt.Path()) {
 		return false
 	}
-	if p := paramFreePath(alt.Path()); p != "" && !same(p) {
+	if p := policy.ParamFreePath(alt.Path()); p != "" && !same(p) {
 		return false
 	}
 	if params == "" || !hasEncodedSlash(params) {

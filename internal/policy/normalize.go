@@ -467,6 +467,10 @@ func dotSegmentWithParams(p string) bool {
 	return dotSegment(p, true)
 }
 
+// ParamFreePath is paramFreePath for the gateway's route table, which
+// must read a path with ";" the way policy does.
+func ParamFreePath(p string) string { return paramFreePath(p) }
+
 // paramFreePath is a normalized path as Tomcat, Jetty and Spring route
 // it: the path parameters of every segment (";jsessionid=1", ";") removed
 // and the slashes left side by side merged, so "/admin;x" and "/;x/admin"
