@@ -344,6 +344,11 @@ type Incident struct {
 	PlaybookVersion uint64  `json:"playbook_version,omitempty"`
 	Trigger         string  `json:"trigger"`
 	Risk            float64 `json:"risk"`
+	// CorroboratedRisk is the risk of the corroborated findings alone
+	// (Corroboration.Risk) when the playbook last judged them: at the
+	// opening, and when held steps or destinations ran on corroboration.
+	// Nil when an admin acted by hand (nothing was judged).
+	CorroboratedRisk *float64 `json:"corroborated_risk,omitempty"`
 	// Findings are the IDs of the findings about the identity while the
 	// incident was open.
 	Findings []string     `json:"findings"`

@@ -176,6 +176,10 @@ spec:
 	if !strings.Contains(inc.Corroboration, "no corroborated finding of exfiltration (corroborated: probing)") {
 		t.Fatalf("corroboration: %q", inc.Corroboration)
 	}
+	// The corroborated risk, beside the reported one.
+	if inc.CorroboratedRisk == nil || *inc.CorroboratedRisk != 0.75 || inc.Risk <= 0.75 {
+		t.Fatalf("risk %v, corroborated %v", inc.Risk, inc.CorroboratedRisk)
+	}
 	var outcomes []string
 	for _, s := range inc.Steps {
 		outcomes = append(outcomes, s.Action+":"+s.Outcome)

@@ -326,6 +326,7 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	hold := false
 	if corr != nil {
 		inc.Corroboration = corr.Why
+		inc.CorroboratedRisk = &corr.Risk
 		hold = !corr.Reaches(pb, identity)
 		if hold {
 			inc.Corroboration = corr.Why + "; " + corr.Short(pb, identity)
@@ -433,6 +434,9 @@ func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findi
 		held, cur.Held = cur.Held, nil
 		if len(held) > 0 && cur.State != detect.IncidentReleased {
 			cur.Corroboration = why
+			if corr != nil {
+				cur.CorroboratedRisk = &corr.Risk
+			}
 		} else {
 			held = nil
 		}
@@ -504,6 +508,7 @@ func (s *Server) recheckHeld(ctx context.Context, incID string) {
 		s.runHeld(ctx, &inc, "playbook:"+pb.Name, cause, corr.Why, &corr)
 	}
 	if len(inc.HeldDestinations) > 0 {
+		inc.CorroboratedRisk = &corr.Risk
 		s.blockCorroborated(ctx, &inc, pb, &corr)
 	}
 }
