@@ -23,7 +23,8 @@ import (
 // An upstream that answers before it has read the request body (a 413 or
 // 401 from the head, or an answer and a close) gets that answer relayed
 // at once, whether the client sends the rest of its body slowly, withholds
-// it, or waits for 100 Continue first, on both HTTP/1.1 server paths and
+// it, or waits for 100 Continue (which it then never gets: the upstream
+// did not ask for the body), on both HTTP/1.1 server paths and
 // on HTTP/2. On HTTP/1.1 the client connection closes after the answer
 // (its unread body would otherwise be read as the next request); on
 // HTTP/2 only the stream ends. The upstream stays usable, nothing is left
@@ -52,6 +53,8 @@ func TestEarlyUpstreamAnswer(t *testing.T) {
 		{name: "h1_nethttp_413", path: "/orders/early/413", want: 413, wantBody: "upload refused"},
 		{name: "h1_nethttp_close", path: "/orders/early/close", want: 401, wantBody: "nope"},
 		{name: "h1_nethttp_expect_continue", path: "/orders/early/413", expect: true, want: 413, wantBody: "upload refused"},
+		{name: "h1_fast_expect_continue_full_duplex", fast: true, path: "/orders/early/now", expect: true, want: 413, wantBody: "upload refused"},
+		{name: "h1_nethttp_expect_continue_close", path: "/orders/early/close", expect: true, want: 401, wantBody: "nope"},
 		{name: "h2_413", h2: true, path: "/orders/early/413", want: 413, wantBody: "upload refused"},
 		{name: "h2_close", h2: true, path: "/orders/early/close", want: 401, wantBody: "nope"},
 	}
@@ -177,7 +180,13 @@ func earlyH1(t *testing.T, tg *testGateway, path string, expect bool, declared, 
 		if resp.StatusCode >= 200 {
 			break
 		}
-		resp.Body.Close() // 100 Continue: the client still withholds the body
+		if expect {
+			// The expectation reaches the app (over HTTP/1.1 to the
+			// upstream sidecar), which refuses from the head: nothing
+			// may ask for the body first.
+			t.Fatalf("%d before the answer: the client was asked for a body the upstream does not want", resp.StatusCode)
+		}
+		resp.Body.Close()
 	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {

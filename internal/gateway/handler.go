@@ -173,12 +173,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 
 	// The request line and head, before anything reads them further.
-	// A method is case-sensitive (RFC 9110 section 9.1) and policy matches
-	// it exactly, but Django, Rack and others upper-case what they
-	// receive: "delete" would pass a DENY on DELETE and be served as one
-	// (and "trace" pass the refusal below). Every standard method is
-	// upper case; one with a lower-case letter is refused.
-	if hasLower(r.Method) {
+	// A method with a lower-case letter is refused (policy.CheckMethod):
+	// "delete" would pass a DENY on DELETE and be served as one by Django
+	// or Rack (and "trace" pass the refusal below).
+	if policy.CheckMethod(r.Method) != nil {
 		g.reject(w, http.StatusBadRequest, reasonMethod, "method must be upper case")
 		return
 	}
@@ -352,21 +350,10 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	}
 	dec := policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "no policy loaded"}
 	if ps.authz != nil {
+		// Policy matches "/admin%2Fusers" as received and as an app
+		// that decodes %2F before routing reads it (/admin/users), and
+		// ignoring case: a DENY on /admin/* applies to both.
 		dec = ps.authz.Evaluate(req, g.opts.Verifier)
-		// An encoded slash is one segment to policy (BASE, MERGE_SLASHES)
-		// and a separator to an app that decodes it before it routes: a
-		// DENY on /admin/* does not match "/admin%2Fusers", which such an
-		// app serves as /admin/users. What policy allows must also be
-		// allowed as that app reads it.
-		if dec.Outcome == policy.Allow && ps.mode != policy.NormalizeDecodeAndMergeSlashes && hasEncodedSlash(np.Path()) {
-			alt, err := policy.NormalizeRequestPath(np.Target(), policy.NormalizeDecodeAndMergeSlashes)
-			altReq := *req
-			altReq.Path, altReq.NormalizedPath, altReq.Auth = alt.Target(), alt, nil
-			if err != nil || ps.authz.Evaluate(&altReq, g.opts.Verifier).Outcome != policy.Allow {
-				g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: an encoded slash (%2F or %5C) would change the policy decision")
-				return
-			}
-		}
 	}
 	auth := req.Auth
 	if auth != nil {
@@ -495,16 +482,6 @@ func paddedFieldValue(h http.Header) bool {
 			if n := len(v); n > 0 && (v[0] == ' ' || v[0] == '\t' || v[n-1] == ' ' || v[n-1] == '\t') {
 				return true
 			}
-		}
-	}
-	return false
-}
-
-// hasLower reports whether s holds an ASCII lower-case letter.
-func hasLower(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if 'a' <= s[i] && s[i] <= 'z' {
-			return true
 		}
 	}
 	return false

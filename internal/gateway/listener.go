@@ -34,6 +34,7 @@ func (g *Gateway) acceptLoop(ln net.Listener) error {
 			return fmt.Errorf("gateway: accept: %w", err)
 		}
 		backoff.Reset()
+		c = proxy.WithRawSyscalls(c) // as the sidecar's: no P handoff per loopback-speed write
 		if reason := g.conns.acquire(c); reason != "" {
 			g.metrics.connsRefused.WithLabelValues(reason).Inc()
 			c.Close()

@@ -62,6 +62,7 @@ type compiledAuthz struct {
 	targetRefs bool
 	rank       int // position in evaluation order
 	rules      []compiledRule
+	pathUpper  bool // some rule's paths or notPaths hold an upper-case letter
 }
 
 // compiledRule is one rule: any source, any operation, every condition.
@@ -72,6 +73,11 @@ type compiledRule struct {
 	when     clause
 	httpOnly bool   // uses an attribute that TCP traffic does not have
 	reason   string // "matched DENY rule 0 of prod/deny-delete", built once
+	// What the rule reads of the path, for its other readings
+	// (evalCtx.applies): pathDep, the path at all (paths, notPaths, a
+	// :path condition); pathPos and pathNeg, paths and notPaths values;
+	// pathUpper, an upper-case letter in those values.
+	pathDep, pathPos, pathNeg, pathUpper bool
 }
 
 // clause is a conjunction: a source, an operation, or the when list.
@@ -314,6 +320,7 @@ func compileAuthz(d *Document, spec fieldPath) (*compiledAuthz, []string, *field
 		}
 		warnings = append(warnings, w...)
 		c.rules = append(c.rules, cr)
+		c.pathUpper = c.pathUpper || cr.pathUpper
 	}
 	return c, warnings, nil
 }
@@ -393,6 +400,15 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 			for _, am := range cl {
 				if am.kind.httpOnly() {
 					cr.httpOnly = true
+				}
+				switch {
+				case am.kind == attrPath:
+					cr.pathDep = true
+					cr.pathPos = cr.pathPos || am.pos.n > 0
+					cr.pathNeg = cr.pathNeg || am.neg.n > 0
+					cr.pathUpper = cr.pathUpper || am.pos.paths.upper || am.neg.paths.upper
+				case am.kind == attrHeader && am.header == ":path":
+					cr.pathDep = true
 				}
 			}
 		}
@@ -616,7 +632,10 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 			vs.ports.ports = append(vs.ports.ports, port)
 		}
 	case attrPath:
-		var plain []string
+		var (
+			plain     []string
+			templates []*pathTemplate
+		)
 		for i, v := range values {
 			if !isPathTemplate(v) && !strings.ContainsAny(v, "{}") {
 				plain = append(plain, v)
@@ -626,9 +645,9 @@ func compileValues(c *compiledAuthz, kind attrKind, values []string, p fieldPath
 			if err != nil {
 				return vs, errAt(p.index(i), "%v", err)
 			}
-			vs.paths.templates = append(vs.paths.templates, t)
+			templates = append(templates, t)
 		}
-		vs.paths.strs = newStrSet(plain)
+		vs.paths = newPathSet(plain, templates)
 	case attrRequestPrincipal:
 		for _, v := range values {
 			vs.rps = append(vs.rps, parseRequestPrincipal(v))

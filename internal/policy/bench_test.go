@@ -136,6 +136,11 @@ func BenchmarkDecideVariants(b *testing.B) {
 		{"normalize_path", func(r *Request) { r.Path = "/api/v1/./payments/%34%32/../42?x=1" }},
 		{"tcp", func(r *Request) { r.Protocol, r.Method, r.Path, r.Host = TCP, "", "", "" }},
 		{"plaintext", func(r *Request) { r.Source.Principal = "" }},
+		// Paths with other readings: matched ignoring case too, and
+		// decoded (which allocates the decoded reading).
+		{"upper_case_path", func(r *Request) { r.Path = "/api/v1/Payments/42" }},
+		{"encoded_slash", func(r *Request) { r.Path = "/api/v1/payments%2F42" }},
+		{"parameter_slash_case", func(r *Request) { r.Path = "/api/v1/Payments;v=1%2F42" }},
 	}
 	for _, v := range variants {
 		req := benchRequest(1000)
@@ -190,6 +195,11 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		"duplicate_headers":      func(r *Request) { r.Headers["X-Tenant"] = []string{"acme", "globex"} },
 		"host_with_port_and_dot": func(r *Request) { r.Host = "Payments.Prod.:08080" },
 		"ipv6_host":              func(r *Request) { r.Host = "[0:0::1]:8080" },
+		// Another reading is looked for, and none is found or needed.
+		"upper_case_path":    func(r *Request) { r.Path = "/api/v1/Payments/42" },
+		"escape_not_a_slash": func(r *Request) { r.Path = "/api/v1/payments/%E2%82%AC" },
+		"semicolon_in_query": func(r *Request) { r.Path = "/api/v1/payments/42?a=1;b=2" },
+		"upper_case_deny":    func(r *Request) { r.Method, r.Path = "DELETE", "/API/v1/payments/42" },
 		"path_normalized_ahead": func(r *Request) {
 			r.NormalizedPath, _ = NormalizeRequestPath("/api/v1/./payments/%34%32/../42?x=1", NormalizeBase)
 		},

@@ -22,12 +22,22 @@ type evalCtx struct {
 	req *Request
 	tcp bool
 
-	path string // normalized, query removed; may alias a buffer on authorize's stack
-	// alt is path as Tomcat, Jetty and Spring read it (paramFreePath),
-	// "" when it has no path parameter: rules then match both readings
-	// (compiledAuthz.match).
-	alt  string
-	host requestHost // parsed req.Host, when it is not ""
+	// paths[cur] is the path rules match: paths[0] the path normalized,
+	// query removed (it may alias a buffer on authorize's stack), then
+	// its nalt other readings (pathReadings: as Java servers and as apps
+	// that decode %2F read it), kinds how each was made. upper: the path
+	// holds an upper-case letter, so that it reads otherwise to an app
+	// that routes ignoring case. Rules match every reading
+	// (evalCtx.applies); fold is set while paths match ignoring ASCII
+	// case. (An index, not a path field set from the readings: storing a
+	// string through c would move the stack buffer to the heap.)
+	paths [1 + maxReadings]string
+	kinds [1 + maxReadings]uint8
+	cur   int
+	nalt  int
+	upper bool
+	fold  bool
+	host  requestHost // parsed req.Host, when it is not ""
 
 	srcDone bool
 	td      string // trust domain of the source principal
@@ -38,10 +48,13 @@ type evalCtx struct {
 // allocates when there is a query; only :path conditions call it.
 func (c *evalCtx) pathTarget() string {
 	if _, q, ok := strings.Cut(c.req.Path, "?"); ok {
-		return c.path + "?" + q
+		return c.path() + "?" + q
 	}
-	return c.path
+	return c.path()
 }
+
+// path is the reading of the path being matched.
+func (c *evalCtx) path() string { return c.paths[c.cur] }
 
 // parseHost reads req.Host for hosts and notHosts. A Host that is not an
 // authority is a bad request (ErrInvalidHost): it could name the denied
@@ -125,10 +138,10 @@ func (a *attrMatch) match(c *evalCtx) bool {
 	case attrMethod:
 		return a.strAttr(r.Method, r.Method != "")
 	case attrPath:
-		if a.pos.n > 0 && !a.pos.paths.match(c.path) {
+		if a.pos.n > 0 && !a.pos.paths.match(c.path(), c.fold) {
 			return false
 		}
-		return a.neg.n == 0 || !a.neg.paths.match(c.path)
+		return a.neg.n == 0 || !a.neg.paths.match(c.path(), c.fold)
 	case attrHeader:
 		return a.headerAttr(c)
 	case attrRequestPrincipal:
@@ -355,30 +368,60 @@ func (r *compiledRule) matches(c *evalCtx, act action) bool {
 	return clauseMatches(c, r.when)
 }
 
-// firstMatch is the index of the first rule that matches, -1 for none
-// (always -1 for a policy without rules).
 // match is the index of the rule of p that decides the request, -1 for
-// none. A path with path parameters ("/admin;x") has two readings, c.path
-// and c.alt (the one Java servers route on): a DENY, AUDIT or CUSTOM rule
-// applies when either reading matches it, an ALLOW rule only when both
-// do, so that neither reading is let through by the other.
+// none: the first that applies (evalCtx.applies) to every reading of the
+// path.
 func (p *compiledAuthz) match(c *evalCtx) int {
-	if c.alt == "" {
-		return p.firstMatch(c)
+	if c.nalt == 0 && !c.upper && !p.pathUpper {
+		return p.firstMatch(c) // one reading: the common case
 	}
 	for i := range p.rules {
-		r := &p.rules[i]
-		raw := r.matches(c, p.action)
-		c.path, c.alt = c.alt, c.path
-		alt := r.matches(c, p.action)
-		c.path, c.alt = c.alt, c.path
-		if p.action == actAllow && raw && alt || p.action != actAllow && (raw || alt) {
+		if c.applies(&p.rules[i], p.action) {
 			return i
 		}
 	}
 	return -1
 }
 
+// applies reports whether rule r of a policy with action act applies to
+// the request. A path has other readings than the one received: as
+// Tomcat, Jetty and Spring route it ("/admin;x" is /admin), as apps that
+// decode %2F and %5C route it ("/admin%2Fusers" is /admin/users), and
+// ignoring ASCII case, as Express, ASP.NET Core and IIS route it
+// ("/ADMIN" is /admin) — each of the first ones ignoring case too. A
+// DENY, AUDIT or CUSTOM rule applies when any reading matches it, an
+// ALLOW rule only when every reading does, so that no reading is let
+// through by another.
+//
+// Reading ignoring case is skipped where it cannot change the outcome:
+// when neither the path nor the rule's paths hold an upper-case letter,
+// for a DENY-like rule without paths values (notPaths alone match less
+// ignoring case) and for an ALLOW rule without notPaths (paths alone
+// match more).
+func (c *evalCtx) applies(r *compiledRule, act action) bool {
+	allow := act == actAllow
+	m := r.matches(c, act)
+	if m != allow || !r.pathDep {
+		return m
+	}
+	fold := (c.upper || r.pathUpper) && (allow && r.pathNeg || !allow && r.pathPos)
+	for k := 0; k <= c.nalt && m == allow; k++ {
+		if k > 0 {
+			c.cur = k
+			m = r.matches(c, act)
+		}
+		if fold && m == allow {
+			c.fold = true
+			m = r.matches(c, act)
+			c.fold = false
+		}
+	}
+	c.cur = 0
+	return m
+}
+
+// firstMatch is the index of the first rule that matches the path as
+// received, -1 for none (always -1 for a policy without rules).
 func (p *compiledAuthz) firstMatch(c *evalCtx) int {
 	for i := range p.rules {
 		if p.rules[i].matches(c, p.action) {
@@ -563,13 +606,18 @@ func (s *Set) authorize(req *Request) Decision {
 	if !c.tcp {
 		p, err := s.matchPath(pathBuf[:0], req)
 		if err == nil {
+			err = CheckMethod(req.Method)
+		}
+		if err == nil {
 			err = c.parseHost()
 		}
 		if err != nil {
 			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
 		}
-		c.path = p
-		c.alt = paramFreePath(p)
+		c.paths[0] = p
+		if err = c.setReadings(s.opts.PathNormalization); err != nil {
+			return Decision{Outcome: Deny, Rule: -1, Reason: "bad request: " + err.Error()}
+		}
 	}
 	var buf [32]*compiledAuthz
 	cands, dry := s.candidates(buf[:0], &req.Destination)
@@ -597,6 +645,14 @@ func (s *Set) authorize(req *Request) Decision {
 		d.DryRun = DryRun{Applies: true, Outcome: w.Outcome, Policy: w.Policy, Action: w.Action, Rule: w.Rule, Reason: w.Reason}
 	}
 	return d
+}
+
+// setReadings sets the other readings of c.paths[0], normalized under
+// mode (see evalCtx.applies).
+func (c *evalCtx) setReadings(mode PathNormalization) error {
+	n, err := pathReadings(c.paths[0], mode, (*[maxReadings]string)(c.paths[1:]), (*[maxReadings]uint8)(c.kinds[1:]))
+	c.nalt, c.upper = n, upperLetter(c.paths[0])
+	return err
 }
 
 // matchPath is the path paths and notPaths match: req.NormalizedPath when
@@ -639,14 +695,17 @@ outer:
 			n++
 		}
 		if rp := s.providers[p.provider]; rp != nil {
-			// c.path may alias authorize's stack buffer; the input
-			// document keeps its own copy.
-			res := rp.eval(req, strings.Clone(c.path))
-			if res.allow && c.alt != "" {
-				// The path as Java servers read it must be allowed too.
-				alt := rp.eval(req, strings.Clone(c.alt)) // may alias the stack buffer too (match swaps them)
-				out.Custom = append(out.Custom, res.eval)
-				res = alt
+			// Every reading of the path must be allowed (c.regoPaths);
+			// each evaluation is in the decision log.
+			var res customResult
+			for j, rd := range c.regoPaths(rp, req) {
+				if j > 0 {
+					if !res.allow {
+						break
+					}
+					out.Custom = append(out.Custom, res.eval)
+				}
+				res = rp.eval(req, rd.path, rd.fold)
 			}
 			out.Custom = append(out.Custom, res.eval)
 			if !res.allow {
@@ -678,6 +737,51 @@ outer:
 		out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 	}
 	return out, false
+}
+
+// regoReading is one reading of a path a RegoProvider decides on: the
+// path its input carries, and whether its routes match that path's
+// literal segments ignoring ASCII case.
+type regoReading struct {
+	path string
+	fold bool
+}
+
+// regoPaths are the readings rp decides for req: the path and its other
+// readings (evalCtx.applies), distinct, in that order, each followed by
+// itself with routes matched ignoring case when that selects another
+// route than an exact match does (an app that routes ignoring case
+// serves "/RECORDS/bob/7" as /records/{owner}/{id}). The path itself is
+// never lower-cased: what a route captures ("Bob") and request.path are
+// the request's own text, which case-sensitive data (IDs, names, keys)
+// needs, so an allow-style module is not handed a value the caller did
+// not send. The paths are copies: c.paths[0] may alias authorize's stack
+// buffer, and the input document keeps them.
+func (c *evalCtx) regoPaths(rp *regoProvider, req *Request) []regoReading {
+	out := make([]regoReading, 0, 2*(1+c.nalt))
+	for i := 0; i <= c.nalt; i++ {
+		if seenReading(out, c.paths[i]) {
+			continue
+		}
+		p := strings.Clone(c.paths[i]) // its own variable: c.paths[i] must not escape
+		out = append(out, regoReading{path: p})
+		if exact, _ := rp.route(req, p, false); c.upper || rp.upperLits {
+			if folded, _ := rp.route(req, p, true); folded != exact {
+				out = append(out, regoReading{path: p, fold: true})
+			}
+		}
+	}
+	return out
+}
+
+// seenReading reports whether rs holds a reading of path p.
+func seenReading(rs []regoReading, p string) bool {
+	for _, r := range rs {
+		if r.path == p {
+			return true
+		}
+	}
+	return false
 }
 
 // decideDenyAllow is steps 2 to 5 of Istio's evaluation: any matching

@@ -79,13 +79,18 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 	if !c.tcp {
 		p, err := s.matchPath(nil, req)
 		if err == nil {
+			err = CheckMethod(req.Method)
+		}
+		if err == nil {
 			err = c.parseHost()
+		}
+		c.paths[0] = p
+		if err == nil {
+			err = c.setReadings(s.opts.PathNormalization)
 		}
 		if err != nil {
 			return e
 		}
-		c.path = p
-		c.alt = paramFreePath(p)
 	}
 	cands, _ := s.candidates(nil, &req.Destination)
 	for _, p := range cands {
@@ -94,7 +99,7 @@ func (s *Set) Explain(req *Request, v JWTVerifier) Explanation {
 			pt.Note = "no rules: matches nothing"
 		}
 		for i := range p.rules {
-			rt := RuleTrace{Rule: i, Why: explainBoth(&c, &p.rules[i], p.action)}
+			rt := RuleTrace{Rule: i, Why: explainReadings(&c, &p.rules[i], p.action)}
 			rt.Matched = rt.Why == ""
 			if rt.Matched && pt.Matched < 0 {
 				pt.Matched = i
@@ -140,27 +145,59 @@ func (s labelSelector) String() string {
 
 // explainRule returns "" when the rule matches, else the first reason it
 // does not, in the terms of the policy's own fields.
-// explainBoth is explainRule under the two readings of a path with path
-// parameters, as compiledAuthz.match combines them: "" when the rule
-// applies.
-func explainBoth(c *evalCtx, r *compiledRule, act action) string {
+// explainReadings is explainRule under every reading of the path, as
+// evalCtx.applies combines them: "" when the rule applies; for an ALLOW
+// rule that another reading fails, which reading and why.
+func explainReadings(c *evalCtx, r *compiledRule, act action) string {
+	allow := act == actAllow
 	why := explainRule(c, r, act)
-	if c.alt == "" {
+	if (why == "") != allow || !r.pathDep {
 		return why
 	}
-	c.path, c.alt = c.alt, c.path
-	whyAlt := explainRule(c, r, act)
-	c.path, c.alt = c.alt, c.path
-	if act == actAllow {
-		if why == "" && whyAlt != "" {
-			return "as Java servers read the path (" + strconv.Quote(c.alt) + ", path parameters dropped): " + whyAlt
+	fold := (c.upper || r.pathUpper) && (allow && r.pathNeg || !allow && r.pathPos)
+	defer func() { c.cur, c.fold = 0, false }()
+	for k := 0; k <= c.nalt; k++ {
+		c.cur = k
+		for _, f := range [2]bool{false, true} {
+			if f && !fold || !f && k == 0 {
+				continue
+			}
+			c.fold = f
+			if w := explainRule(c, r, act); (w == "") != allow {
+				if !allow {
+					return "" // another reading applies a DENY, AUDIT or CUSTOM rule
+				}
+				return readingNote(c.path(), c.kinds[k], f) + ": " + w
+			}
 		}
-		return why
-	}
-	if whyAlt == "" {
-		return "" // either reading applies a DENY, AUDIT or CUSTOM rule
 	}
 	return why
+}
+
+// readingNote names a reading of the path (evalCtx.applies).
+func readingNote(path string, kind uint8, fold bool) string {
+	var who string
+	var how []string
+	switch kind {
+	case readParams:
+		who = "Java servers"
+	case readSlashes:
+		who = "apps that decode %2F"
+	case readParams | readSlashes:
+		who = "apps that decode %2F and drop path parameters"
+	default:
+		who = "apps that route ignoring case"
+	}
+	if kind&readSlashes != 0 {
+		how = append(how, "%2F and %5C decoded")
+	}
+	if kind&readParams != 0 {
+		how = append(how, "path parameters dropped")
+	}
+	if fold {
+		how = append(how, "ignoring case")
+	}
+	return "as " + who + " read the path (" + strconv.Quote(path) + ", " + strings.Join(how, ", ") + ")"
 }
 
 func explainRule(c *evalCtx, r *compiledRule, act action) string {
@@ -266,7 +303,7 @@ func describeAttr(c *evalCtx, a *attrMatch) string {
 	case attrMethod:
 		return q("method", r.Method)
 	case attrPath:
-		return q("normalized path", c.path)
+		return q("normalized path", c.path())
 	case attrHeader:
 		switch a.header {
 		case ":authority":

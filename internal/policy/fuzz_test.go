@@ -188,8 +188,149 @@ func FuzzPathTemplate(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if got, want := pt.match(path), envoyTemplateRegexp(tmpl).MatchString(path); got != want {
+		re := envoyTemplateRegexp(tmpl)
+		if got, want := pt.match(path, false), re.MatchString(path); got != want {
 			t.Fatalf("template %q on %q: %v, Envoy's matcher says %v", tmpl, path, got, want)
+		}
+		// Ignoring ASCII case: the same regular expression with (?i),
+		// where Go's Unicode folding is ASCII's (no byte above 0x7F).
+		if isASCII(tmpl) && isASCII(path) {
+			if got, want := pt.match(path, true), regexp.MustCompile("(?i)"+re.String()).MatchString(path); got != want {
+				t.Fatalf("template %q on %q ignoring case: %v, want %v", tmpl, path, got, want)
+			}
+		}
+	})
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzPathReadings: Decide against a reference of the readings of a path
+// (evalCtx.applies), written apart from pathReadings: the normalized
+// path, with path parameters cut (";" up to the next "/") and slashes
+// merged, with %2F and %5C replaced by "/" and slashes merged (BASE and
+// MERGE_SLASHES), both in either order, each also lower-cased against
+// lower-cased patterns. A DENY applies when any reading matches, the
+// ALLOW only when every reading does.
+func FuzzPathReadings(f *testing.F) {
+	for _, s := range []string{"/admin", "/ADMIN/x", "/admin%2Fx", "/Admin;v=1%2Fx", "/x;a%2F/admin", "/files/a%2Fb",
+		"/files/SECRET/k", "/files/secret;x/k", "/files/Private", "/api/v1/SECRET", "/index.Php", "//admin", "/%2FADMIN;", "/a%5c%2fadmin"} {
+		for m := range uint8(4) {
+			f.Add(s, m)
+		}
+	}
+	const docs = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "*.PHP", "/api/{*}/secret"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: foo}
+spec:
+  rules: [{to: [{operation: {paths: ["/files/*", "/Public"], notPaths: ["/files/secret/*", "/Files/Private"]}}]}]
+`
+	var sets [4]*Set
+	for m := range sets {
+		sets[m] = mustSet(f, docs, Options{PathNormalization: PathNormalization(m)})
+	}
+	tmpl := regexp.MustCompile("^/api/[" + envoyPCharClass + "]+/secret$")
+	tmplFold := regexp.MustCompile("(?i)" + tmpl.String()) // paths are ASCII: Go's folding is ASCII's
+	lower := func(s string) string {
+		b := []byte(s)
+		for i, c := range b {
+			if 'A' <= c && c <= 'Z' {
+				b[i] = c + 'a' - 'A'
+			}
+		}
+		return string(b)
+	}
+	// match is Istio's string match of v against pattern, ignoring case
+	// when fold.
+	match := func(pattern, v string, fold bool) bool {
+		if fold {
+			pattern, v = lower(pattern), lower(v)
+		}
+		switch {
+		case strings.HasPrefix(pattern, "*"):
+			return strings.HasSuffix(v, pattern[1:])
+		case strings.HasSuffix(pattern, "*"):
+			return strings.HasPrefix(v, pattern[:len(pattern)-1])
+		}
+		return v == pattern
+	}
+	anyMatch := func(v string, fold bool, patterns ...string) bool {
+		for _, p := range patterns {
+			if match(p, v, fold) {
+				return true
+			}
+		}
+		return false
+	}
+	slashes := regexp.MustCompile("/+")
+	params := regexp.MustCompile(";[^/]*")
+	// Each reading exists only where its character is: "//admin" under
+	// BASE is not read merged (Istio's MERGE_SLASHES does that).
+	cut := func(p string) string {
+		if !strings.Contains(p, ";") {
+			return p
+		}
+		if p = slashes.ReplaceAllString(params.ReplaceAllString(p, ""), "/"); p == "" {
+			return "/"
+		}
+		return p
+	}
+	f.Fuzz(func(t *testing.T, raw string, m uint8) {
+		mode := PathNormalization(m % 4)
+		d := sets[mode].Decide(newReq(dst("foo"), path(raw)))
+		p, err := NormalizePath(raw, mode)
+		if err != nil {
+			if d.Outcome != Deny || !strings.HasPrefix(d.Reason, "bad request: ") {
+				t.Fatalf("%q (%v): %v (%s), want a bad request", raw, mode, d.Outcome, d.Reason)
+			}
+			return
+		}
+		decode := func(p string) string { return p }
+		if mode == NormalizeBase || mode == NormalizeMergeSlashes {
+			decode = func(p string) string {
+				if !strings.Contains(p, "%2F") && !strings.Contains(p, "%5C") {
+					return p
+				}
+				return slashes.ReplaceAllString(strings.NewReplacer("%2F", "/", "%5C", "/").Replace(p), "/")
+			}
+		}
+		readings := []string{p, cut(p), decode(p), cut(decode(p)), decode(cut(p))}
+		denied, allowed := false, true
+		for _, r := range readings {
+			for _, fold := range []bool{false, true} {
+				tm := tmpl.MatchString(r)
+				if fold {
+					tm = tmplFold.MatchString(r)
+				}
+				denied = denied || tm || anyMatch(r, fold, "/admin", "/admin/*", "*.PHP")
+				allowed = allowed && anyMatch(r, fold, "/files/*", "/Public") && !anyMatch(r, fold, "/files/secret/*", "/Files/Private")
+			}
+		}
+		want := Deny
+		if !denied && allowed {
+			want = Allow
+		}
+		if d.Outcome != want {
+			t.Fatalf("%q (%v, normalized %q, readings %q): %v (%s), want %v", raw, mode, p, readings, d.Outcome, d.Reason, want)
+		}
+		// --explain traces the rules as Decide applied them.
+		for _, pt := range sets[mode].Explain(newReq(dst("foo"), path(raw)), nil).Policies {
+			if matched := pt.Matched >= 0; pt.Policy == "foo/deny" && matched != denied || pt.Policy == "foo/allow" && matched != allowed {
+				t.Fatalf("%q (%v): --explain says %s matched=%v (%+v), Decide %v", raw, mode, pt.Policy, matched, pt.Rules, d.Outcome)
+			}
 		}
 	})
 }

@@ -32,9 +32,10 @@ import (
 
 // buildInput builds the input document of p for req (the parts p's
 // modules read) with the evaluator's builder b; path is the normalized
-// path policies match. The values are b's own: an evaluator takes them
+// path policies match (one of its readings), fold whether routes match its
+// literal segments ignoring ASCII case (regoProvider.route). The values are b's own: an evaluator takes them
 // without converting Go values on every evaluation.
-func buildInput(b regoengine.Builder, p *regoProvider, req *Request, path string) any {
+func buildInput(b regoengine.Builder, p *regoProvider, req *Request, path string, fold bool) any {
 	var need *needTree
 	if p != nil {
 		need = p.needs
@@ -68,7 +69,7 @@ func buildInput(b regoengine.Builder, p *regoProvider, req *Request, path string
 		putTime(b, in, n, p, req.Time)
 	}
 	if p != nil && req.Protocol != TCP && need.has("attributes") {
-		if attrs := p.attributes(b, req, path, query); attrs != nil {
+		if attrs := p.attributes(b, req, path, fold, query); attrs != nil {
 			b.Put(in, "attributes", attrs)
 		}
 	}
@@ -284,14 +285,16 @@ func nsSA(path string) (ns, sa string, ok bool) {
 }
 
 // route is the first route of p that matches the request, with the
-// segments it captured; nil when none does.
-func (p *regoProvider) route(req *Request, path string) (*regoRoute, map[string]string) {
+// segments it captured; nil when none does. With fold, a route's literal
+// segments match ignoring ASCII case, as an app that routes so reads them;
+// what its {name} segments capture is the path's own text either way.
+func (p *regoProvider) route(req *Request, path string, fold bool) (*regoRoute, map[string]string) {
 	for i := range p.routes {
 		r := &p.routes[i]
 		if len(r.methods) > 0 && !containsString(r.methods, req.Method) {
 			continue
 		}
-		if caps, ok := r.match(path); ok {
+		if caps, ok := r.match(path, fold); ok {
 			return r, caps
 		}
 	}
@@ -305,12 +308,12 @@ func (p *regoProvider) route(req *Request, path string) (*regoRoute, map[string]
 // parsers split on ";" too), so no decision on one of them holds for the
 // app: eval denies such a request. Pairs are split on "&" and ";", names
 // and values percent-decoded where they decode.
-func (p *regoProvider) ambiguousAttribute(req *Request, path string) string {
+func (p *regoProvider) ambiguousAttribute(req *Request, path string, fold bool) string {
 	_, q, ok := strings.Cut(req.Path, "?")
 	if !ok || req.Protocol == TCP {
 		return ""
 	}
-	r, _ := p.route(req, path)
+	r, _ := p.route(req, path, fold)
 	if r == nil {
 		return ""
 	}
@@ -341,8 +344,8 @@ func (p *regoProvider) ambiguousAttribute(req *Request, path string) string {
 }
 
 // attributes evaluates the first route of p that matches the request.
-func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, query url.Values) any {
-	if r, caps := p.route(req, path); r != nil {
+func (p *regoProvider) attributes(b regoengine.Builder, req *Request, path string, fold bool, query url.Values) any {
+	if r, caps := p.route(req, path, fold); r != nil {
 		out := b.NewObject(len(r.attrs))
 		for _, a := range r.attrs {
 			var v string
@@ -401,8 +404,9 @@ func convertAttr(b regoengine.Builder, v, as string) any {
 
 // match matches a normalized path against the template, returning the
 // named segments (percent-decoded where they decode). {*}, {name} and
-// {**} match what they match in a policy's path template (templateChar).
-func (r *regoRoute) match(path string) (map[string]string, bool) {
+// {**} match what they match in a policy's path template (templateChar);
+// with fold, literal segments match ignoring ASCII case.
+func (r *regoRoute) match(path string, fold bool) (map[string]string, bool) {
 	if !strings.HasPrefix(path, "/") {
 		return nil, false
 	}
@@ -424,7 +428,7 @@ func (r *regoRoute) match(path string) (map[string]string, bool) {
 			rest = ""
 		}
 		if s.kind == segLit {
-			if part != s.lit {
+			if part != s.lit && !(fold && asciiEqualFold(part, s.lit)) {
 				return nil, false
 			}
 		} else {
@@ -479,7 +483,7 @@ func (s *Set) RegoInput(provider string, req *Request) (map[string]any, error) {
 			return nil, err
 		}
 	}
-	v, err := b.JSON(buildInput(b, p, req, path))
+	v, err := b.JSON(buildInput(b, p, req, path, false))
 	if err != nil {
 		return nil, err
 	}

@@ -64,6 +64,20 @@ func (p strPat) matchFold(v string) bool {
 	}
 }
 
+// matchASCIIFold is match ignoring ASCII case, for paths.
+func (p strPat) matchASCIIFold(v string) bool {
+	switch p.kind {
+	case patExact:
+		return asciiEqualFold(v, p.s)
+	case patPrefix:
+		return len(v) >= len(p.s) && asciiEqualFold(v[:len(p.s)], p.s)
+	case patSuffix:
+		return len(v) >= len(p.s) && asciiEqualFold(v[len(v)-len(p.s):], p.s)
+	default:
+		return v != ""
+	}
+}
+
 // exactMapMin is the list length from which exact values go in a map.
 const exactMapMin = 8
 
@@ -298,7 +312,9 @@ func parsePathTemplate(v string) (*pathTemplate, error) {
 	return t, nil
 }
 
-func (t *pathTemplate) match(path string) bool {
+// match reports whether path matches the template; fold: ignoring ASCII
+// case in its literal parts.
+func (t *pathTemplate) match(path string, fold bool) bool {
 	if len(path) == 0 || path[0] != '/' {
 		return false
 	}
@@ -322,7 +338,7 @@ func (t *pathTemplate) match(path string) bool {
 				}
 			}
 		default:
-			if cur != seg.lit {
+			if cur != seg.lit && (!fold || !asciiEqualFold(cur, seg.lit)) {
 				return false
 			}
 		}
@@ -340,7 +356,10 @@ func (t *pathTemplate) match(path string) bool {
 		return rest == ""
 	}
 	// rest is what {**} and the literal tail must cover.
-	if len(rest) < len(t.after) || rest[len(rest)-len(t.after):] != t.after {
+	if len(rest) < len(t.after) {
+		return false
+	}
+	if tail := rest[len(rest)-len(t.after):]; tail != t.after && (!fold || !asciiEqualFold(tail, t.after)) {
 		return false
 	}
 	mid := rest[:len(rest)-len(t.after)]
@@ -356,14 +375,48 @@ func (t *pathTemplate) match(path string) bool {
 type pathSet struct {
 	strs      strSet
 	templates []*pathTemplate
+	// lower holds strs.exact's values lower-cased (ASCII), for matching
+	// ignoring case; nil when strs.exact is.
+	lower map[string]struct{}
+	upper bool // some value holds an upper-case letter
 }
 
-func (s *pathSet) match(path string) bool {
-	if s.strs.match(path) {
-		return true
+func newPathSet(plain []string, templates []*pathTemplate) pathSet {
+	s := pathSet{strs: newStrSet(plain), templates: templates}
+	if s.strs.exact != nil {
+		s.lower = make(map[string]struct{}, len(s.strs.exact))
+		for v := range s.strs.exact {
+			s.lower[asciiToLower(v)] = struct{}{}
+		}
+	}
+	for _, v := range plain {
+		s.upper = s.upper || hasUpper(v)
+	}
+	for _, t := range templates {
+		s.upper = s.upper || hasUpper(t.raw)
+	}
+	return s
+}
+
+// match reports whether path matches a value; fold: ignoring ASCII case,
+// as Express, ASP.NET Core and IIS route.
+func (s *pathSet) match(path string, fold bool) bool {
+	if !fold {
+		if s.strs.match(path) {
+			return true
+		}
+	} else {
+		if s.lower != nil && lookupFold(s.lower, path) {
+			return true
+		}
+		for i := range s.strs.pats {
+			if s.strs.pats[i].matchASCIIFold(path) {
+				return true
+			}
+		}
 	}
 	for _, t := range s.templates {
-		if t.match(path) {
+		if t.match(path, fold) {
 			return true
 		}
 	}

@@ -477,7 +477,8 @@ func paramFreePath(p string) string {
 	if strings.IndexByte(p, ';') < 0 {
 		return ""
 	}
-	b := make([]byte, 0, len(p))
+	var buf [maxPathBuffer]byte
+	b := buf[:0] // one allocation, the result's, for usual lengths
 	for i := 0; i < len(p); i++ {
 		c := p[i]
 		switch {
@@ -495,6 +496,138 @@ func paramFreePath(p string) string {
 	}
 	if string(b) == p {
 		return ""
+	}
+	return string(b)
+}
+
+// decodedSlashPath is a path BASE or MERGE_SLASHES normalized as an app
+// that decodes %2F and %5C before it routes reads it (WSGI's PATH_INFO,
+// PHP front controllers): the path a proxy forwards, normalized again
+// as DECODE_AND_MERGE_SLASHES would, so "/admin%2Fusers" and
+// "/admin%5C%2Fusers" are /admin/users. These modes refuse a dot segment
+// next to an encoded slash, so decoding reveals none. It is "" when p
+// holds no %2F or %5C (nothing is allocated), or under NONE and
+// DECODE_AND_MERGE_SLASHES (the one has no normalization to follow, the
+// other decoded them already).
+func decodedSlashPath(p string, mode PathNormalization) (string, error) {
+	if mode != NormalizeBase && mode != NormalizeMergeSlashes || strings.IndexByte(p, '%') < 0 ||
+		!strings.Contains(p, "%2F") && !strings.Contains(p, "%5C") {
+		return "", nil
+	}
+	var buf [maxPathBuffer]byte
+	d, err := normalizePath(buf[:0], p, NormalizeDecodeAndMergeSlashes)
+	if err != nil || d == p {
+		return "", err
+	}
+	// A copy: d may alias buf (or, to the compiler, p, which may alias
+	// authorize's stack buffer).
+	return strings.Clone(d), nil
+}
+
+// Reading kinds: how an alternate reading of a path was made from it.
+const (
+	readParams  uint8 = 1 << iota // path parameters dropped (paramFreePath)
+	readSlashes                   // %2F and %5C decoded (decodedSlashPath)
+)
+
+// maxReadings bounds the alternate readings of a path: parameters
+// dropped, slashes decoded, and both in either order.
+const maxReadings = 4
+
+// pathReadings sets alts to the readings of p, normalized under mode,
+// that differ from it, each distinct, with how each was made in kinds,
+// and returns how many: p as Tomcat, Jetty and Spring route it
+// (paramFreePath), as apps that decode %2F and %5C route it
+// (decodedSlashPath), and both ways composed in either order (an app may
+// cut path parameters before or after decoding: "/admin;x%2Fusers" is
+// /admin or /admin/users). A path without ";" and without %2F or %5C has
+// none, and nothing is allocated.
+func pathReadings(p string, mode PathNormalization, alts *[maxReadings]string, kinds *[maxReadings]uint8) (int, error) {
+	n := 0
+	add := func(r string, kind uint8) {
+		if r == "" || r == p {
+			return
+		}
+		for _, a := range alts[:n] {
+			if a == r {
+				return
+			}
+		}
+		alts[n], kinds[n] = r, kind
+		n++
+	}
+	params := paramFreePath(p)
+	slashes, err := decodedSlashPath(p, mode)
+	if err != nil {
+		return 0, err
+	}
+	add(params, readParams)
+	add(slashes, readSlashes)
+	if params != "" && slashes != "" {
+		add(paramFreePath(slashes), readParams|readSlashes)
+		ps, err := decodedSlashPath(params, mode)
+		if err != nil {
+			return 0, err
+		}
+		add(ps, readParams|readSlashes)
+	}
+	return n, nil
+}
+
+// hasUpper reports whether s holds an ASCII upper-case letter.
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+// upperLetter reports whether the path p holds an ASCII upper-case
+// letter outside its percent-escapes (whose hex digits are upper case
+// after normalization, and mean the same in either case).
+func upperLetter(p string) bool {
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '%':
+			i += 2
+		case 'A' <= c && c <= 'Z':
+			return true
+		}
+	}
+	return false
+}
+
+// asciiEqualFold reports whether a and b are equal ignoring ASCII case
+// (not Unicode's folding: "K" is not the Kelvin sign here).
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if x, y := a[i], b[i]; x != y && asciiLower(x) != asciiLower(y) {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiLower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// asciiToLower is s with its ASCII upper-case letters lower-cased.
+func asciiToLower(s string) string {
+	if !hasUpper(s) {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		b[i] = asciiLower(c)
 	}
 	return string(b)
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -147,7 +148,7 @@ func TestPathTemplates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := tm.match(tc.path); got != tc.want {
+			if got := tm.match(tc.path, false); got != tc.want {
 				t.Errorf("%q matches %q = %v, want %v", tc.template, tc.path, got, tc.want)
 			}
 		})
@@ -429,34 +430,197 @@ spec:
 	}
 }
 
-// TestExplainReadsPathParametersBothWays: --explain traces the rules as
-// Decide applies them to a path with parameters.
-func TestExplainReadsPathParametersBothWays(t *testing.T) {
+// TestPathsAreReadAsAppsRouteThem: besides path parameters, a path is
+// matched as apps that decode %2F and %5C before routing read it (WSGI,
+// PHP: "/admin%2Fusers" is /admin/users, which Istio's BASE keeps as one
+// segment) and ignoring ASCII case (Express, ASP.NET Core, IIS:
+// "/ADMIN/users" is /admin/users), and every combination: a DENY rule
+// applies when any reading matches, an ALLOW rule only when all do.
+func TestPathsAreReadAsAppsRouteThem(t *testing.T) {
+	const deny = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*", "*.PHP", "/api/{*}/Secret"]}}]}]
+`
+	const allow = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-files, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {paths: ["/files/*", "/Public/x"], notPaths: ["/files/secret", "/files/private/*"]}}]
+  - to: [{operation: {paths: ["/api/*"]}}]
+`
+	sets := map[PathNormalization][2]*Set{}
+	for _, m := range []PathNormalization{NormalizeBase, NormalizeMergeSlashes, NormalizeDecodeAndMergeSlashes, NormalizeNone} {
+		sets[m] = [2]*Set{mustSet(t, deny, Options{PathNormalization: m}), mustSet(t, allow, Options{PathNormalization: m})}
+	}
+	const D, A = 0, 1
+	tests := []struct {
+		name   string
+		set    int
+		mode   PathNormalization
+		target string
+		want   Outcome
+	}{
+		{"deny_encoded_slash", D, NormalizeBase, "/admin%2Fusers", Deny},
+		{"deny_encoded_slash_lower_hex", D, NormalizeBase, "/admin%2fusers", Deny},
+		{"deny_encoded_backslash", D, NormalizeBase, "/admin%5Cusers", Deny},
+		{"deny_encoded_slash_merged", D, NormalizeMergeSlashes, "/admin%2F%2Fusers", Deny},
+		{"deny_encoded_slash_base_runs", D, NormalizeBase, "/x/..//admin%2F", Deny},
+		{"deny_encoded_slash_before", D, NormalizeBase, "%2Fadmin", Deny}, // not origin-form: refused
+		{"deny_encoded_slash_leading", D, NormalizeBase, "/%2Fadmin", Deny},
+		{"deny_decoded_already", D, NormalizeDecodeAndMergeSlashes, "/admin%2Fusers", Deny},
+		{"deny_none_keeps_encoded", D, NormalizeNone, "/admin%2Fusers", Allow},
+		{"deny_upper_case", D, NormalizeBase, "/ADMIN/users", Deny},
+		{"deny_mixed_case_exact", D, NormalizeBase, "/Admin", Deny},
+		{"deny_upper_case_none", D, NormalizeNone, "/ADMIN", Deny},
+		{"deny_suffix_lower_case", D, NormalizeBase, "/index.php", Deny},
+		{"deny_template_case", D, NormalizeBase, "/API/v1/secret", Deny},
+		{"deny_template_other_segment", D, NormalizeBase, "/api/v1/public", Allow},
+		{"deny_case_and_slash", D, NormalizeBase, "/Admin%2FUsers", Deny},
+		{"deny_case_and_parameter", D, NormalizeBase, "/ADMIN;x", Deny},
+		{"deny_slash_in_parameter", D, NormalizeBase, "/admin;x%2Fusers", Deny},
+		{"deny_parameter_then_slash", D, NormalizeBase, "/x;a%2F/admin", Allow}, // /x/admin or /x: no reading is /admin
+		{"deny_slash_parameter_case", D, NormalizeBase, "/;x%2FADMIN", Deny},    // decoded, then parameters dropped: /ADMIN
+		{"deny_other", D, NormalizeBase, "/administrator%2Fx", Allow},
+		{"deny_other_upper", D, NormalizeBase, "/Public/Admin", Allow},
+		{"allow_files", A, NormalizeBase, "/files/report", Allow},
+		{"allow_files_upper", A, NormalizeBase, "/files/Report", Allow},
+		{"allow_secret_upper", A, NormalizeBase, "/files/SECRET", Deny},
+		{"allow_private_encoded", A, NormalizeBase, "/files/private%2Fkey", Deny},
+		{"allow_private_case_encoded_parameter", A, NormalizeBase, "/files/PRIVATE;v=1%2Fkey", Deny},
+		{"allow_encoded_in_data", A, NormalizeBase, "/files/a%2Fb", Allow},
+		{"allow_named_case_exact", A, NormalizeBase, "/Public/x", Allow},
+		{"allow_named_case_other", A, NormalizeBase, "/public/x", Deny},
+		{"allow_api_encoded_out", A, NormalizeBase, "/api%2F..%2Ffiles", Deny}, // refused: dots by an encoded slash
+		{"allow_api_decoded_elsewhere", A, NormalizeBase, "/api;x%2F/../admin", Deny},
+		{"allow_prefix_left_when_decoded", A, NormalizeMergeSlashes, "/files%2Fsecret", Deny}, // "/files%2Fsecret" is not under /files/ as received
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := sets[tc.mode][tc.set]
+			if d := s.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+				t.Fatalf("%s %q: %v (%s), want %v", tc.mode, tc.target, d.Outcome, d.Reason, tc.want)
+			}
+		})
+	}
+}
+
+// TestPathReadings: the readings of a normalized path other than itself.
+func TestPathReadings(t *testing.T) {
+	tests := []struct {
+		path string
+		mode PathNormalization
+		want []string
+	}{
+		{"/api/v1/x", NormalizeBase, nil},
+		{"/a%20b", NormalizeBase, nil},
+		{"/a;x", NormalizeBase, []string{"/a"}},
+		{"/a%2Fb", NormalizeBase, []string{"/a/b"}},
+		{"/a%2Fb", NormalizeNone, nil},
+		{"/a%5C%2F%2Fb", NormalizeMergeSlashes, []string{"/a/b"}},
+		{"//a%2F/b", NormalizeBase, []string{"/a/b"}},
+		{"/a;x%2Fb", NormalizeBase, []string{"/a", "/a;x/b", "/a/b"}},
+		{"/a%2Fb;x/c", NormalizeBase, []string{"/a%2Fb/c", "/a/b;x/c", "/a/b/c"}},
+		{"/a;x%2Fb%2Fc;y/d", NormalizeBase, []string{"/a/d", "/a;x/b/c;y/d", "/a/b/c/d"}},
+	}
+	for _, tc := range tests {
+		var alts [maxReadings]string
+		var kinds [maxReadings]uint8
+		n, err := pathReadings(tc.path, tc.mode, &alts, &kinds)
+		if err != nil {
+			t.Errorf("%s %q: %v", tc.mode, tc.path, err)
+			continue
+		}
+		if got := alts[:n]; !slices.Equal(got, tc.want) && !(n == 0 && tc.want == nil) {
+			t.Errorf("%s %q: %q, want %q", tc.mode, tc.path, got, tc.want)
+		}
+	}
+}
+
+// TestExplainReadsPathsAsAppsRouteThem: --explain traces the rules as
+// Decide applies them under every reading of the path (path parameters
+// dropped, %2F decoded, ignoring case), and names the reading that made
+// an ALLOW rule fail.
+func TestExplainReadsPathsAsAppsRouteThem(t *testing.T) {
 	s := mustSet(t, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-admin, namespace: foo}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-files, namespace: foo}
 spec:
-  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret"]}}]}]
+  rules: [{to: [{operation: {paths: ["/files/*"], notPaths: ["/files/secret", "/files/secret/*"]}}]}]
 `, Options{})
 	for _, tc := range []struct{ target, policy, why string }{
 		{"/admin;x", "foo/deny-admin", ""},
 		{"/files/secret;x", "foo/allow-files", `as Java servers read the path ("/files/secret", path parameters dropped)`},
+		{"/admin%2Fusers", "foo/deny-admin", ""},
+		{"/ADMIN/users", "foo/deny-admin", ""},
+		{"/files/secret%2Fk", "foo/allow-files", `as apps that decode %2F read the path ("/files/secret/k", %2F and %5C decoded)`},
+		{"/files/Secret/k", "foo/allow-files", `as apps that route ignoring case read the path ("/files/Secret/k", ignoring case)`},
+		{"/files/Secret;x%2Fk", "foo/allow-files", `as Java servers read the path ("/files/Secret", path parameters dropped, ignoring case)`},
+		{"/files/SECRET%2Fk;x", "foo/allow-files", `as apps that decode %2F read the path ("/files/SECRET/k;x", %2F and %5C decoded, ignoring case)`},
 	} {
+		d := s.Decide(newReq(dst("foo"), path(tc.target)))
 		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)
+		if d.Outcome != Deny {
+			t.Errorf("%s: %v, want deny", tc.target, d.Outcome)
+		}
+		found := false
 		for _, p := range e.Policies {
 			if p.Policy != tc.policy {
 				continue
 			}
+			found = true
 			if why := p.Rules[0].Why; tc.why == "" && why != "" || !strings.HasPrefix(why, tc.why) {
 				t.Errorf("%s: %s rule 0: %q, want %q…", tc.target, tc.policy, why, tc.why)
 			}
+		}
+		if !found {
+			t.Errorf("%s: no trace of %s", tc.target, tc.policy)
+		}
+	}
+	if got, want := readingNote("/a/b", readParams|readSlashes, true), `as apps that decode %2F and drop path parameters read the path ("/a/b", %2F and %5C decoded, path parameters dropped, ignoring case)`; got != want {
+		t.Errorf("readingNote: %q, want %q", got, want)
+	}
+}
+
+// TestLowerCaseMethodsAreBadRequests: "delete" is DELETE to Django and
+// Rack; policy matches methods exactly, so a method with a lower-case
+// letter is refused as a bad request rather than decided on.
+func TestLowerCaseMethodsAreBadRequests(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: ["DELETE"]}}]}]
+`, Options{})
+	for _, tc := range []struct {
+		method string
+		want   Outcome
+		bad    bool
+	}{
+		{"GET", Allow, false},
+		{"DELETE", Deny, false},
+		{"delete", Deny, true},
+		{"Delete", Deny, true},
+		{"get", Deny, true},
+		{"M-SEARCH", Allow, false},
+	} {
+		d := s.Decide(newReq(dst("foo"), method(tc.method)))
+		if d.Outcome != tc.want || tc.bad != strings.HasPrefix(d.Reason, "bad request: ") {
+			t.Errorf("%s: %v (%s), want %v (bad request: %v)", tc.method, d.Outcome, d.Reason, tc.want, tc.bad)
+		}
+		if err := CheckMethod(tc.method); (err != nil) != tc.bad || err != nil && !errors.Is(err, ErrInvalidMethod) {
+			t.Errorf("CheckMethod(%q) = %v", tc.method, err)
 		}
 	}
 }

@@ -34,19 +34,19 @@ func BenchmarkRegoExample(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if res := p.eval(req, path); !res.allow {
+	if res := p.eval(req, path, false); !res.allow {
 		b.Fatalf("benchmark request denied: %s", res.reason)
 	}
 	b.Run("eval", func(b *testing.B) {
-		loopWithCPU(b, func() { p.eval(req, path) })
+		loopWithCPU(b, func() { p.eval(req, path, false) })
 	})
 	eng := regoengine.Current()
 	b.Run("input_only", func(b *testing.B) {
-		loopWithCPU(b, func() { eng.Digest(buildInput(eng, p, req, path)) })
+		loopWithCPU(b, func() { eng.Digest(buildInput(eng, p, req, path, false)) })
 	})
 	// OPA's evaluation alone (with its timeout's timer): the prepared
 	// query on an input built once.
-	in := buildInput(eng, p, req, path)
+	in := buildInput(eng, p, req, path, false)
 	b.Run("opa_only", func(b *testing.B) {
 		loopWithCPU(b, func() {
 			if _, ok, _, err := p.pq.Eval(in, time.Time{}, time.Second); err != nil || !ok {

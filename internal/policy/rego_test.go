@@ -380,7 +380,7 @@ func TestRegoInputNeeds(t *testing.T) {
 		s := failClosedSet(t, src, "")
 		r := newReq(from("td/ns/a/sa/b"), header("X-A", "1"), header("X-B", "2"), auth(jwt("i", "alice", map[string]any{"role": "r"})), atTime(at(10, 0)))
 		b := regoengine.Current()
-		v, err := b.JSON(buildInput(b, s.providers["m"], r, "/"))
+		v, err := b.JSON(buildInput(b, s.providers["m"], r, "/", false))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -506,6 +506,40 @@ func TestRegoReadsPathParametersBothWays(t *testing.T) {
 		{"/records/bob;x/7", Deny},
 		{"/records/alice;jsessionid=1/7", Allow},
 		{"/records/alice/7", Allow},
+		// As apps that decode %2F, and that route ignoring case, read it.
+		{"/records/bob%2F7", Deny},
+		{"/records/x/..%2Fbob/7", Deny}, // refused: a dot segment by an encoded slash
+		// A route matches ignoring case too; what it captures is the
+		// request's own text (names and IDs may be case-sensitive data).
+		{"/RECORDS/bob/7", Deny},
+		{"/Records/bob;x%2F7", Deny},
+		{"/records/Bob/7", Allow},
+		{"/RECORDS/Bob/7", Allow},
+		{"/records/Alice%2F7", Allow},
+	} {
+		if d := s.Decide(newReq(path(tc.target))); d.Outcome != tc.want {
+			t.Errorf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+		}
+	}
+}
+
+// An allow-list module is never asked about a path the caller did not
+// send: the readings that ignore case fold the routes, not the path, so
+// mixed-case paths and the IDs routes capture from them stay as sent.
+func TestRegoMixedCasePathsStayAsSent(t *testing.T) {
+	s := customSet(t, "package m\nimport rego.v1\ndefault allow := false\n"+
+		"allow if input.request.path == \"/Reports/Q1\"\n"+
+		"allow if input.attributes.key == \"AbC9\"\n",
+		"  query: data.m.allow\n  routes:\n  - path: /keys/{key}\n    attributes: {key: {segment: key}}\n")
+	for _, tc := range []struct {
+		target string
+		want   Outcome
+	}{
+		{"/Reports/Q1", Allow},
+		{"/reports/q1", Deny},
+		{"/keys/AbC9", Allow},
+		{"/KEYS/AbC9", Deny}, // read exactly, no route names it: every reading must allow
+		{"/keys/abc9", Deny},
 	} {
 		if d := s.Decide(newReq(path(tc.target))); d.Outcome != tc.want {
 			t.Errorf("%s: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)

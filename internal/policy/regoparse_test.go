@@ -44,7 +44,7 @@ func TestRouteTemplateMatch(t *testing.T) {
 				t.Fatalf("parseRouteTemplate(%q): %v", tc.tmpl, err)
 			}
 			r := regoRoute{segs: segs}
-			caps, ok := r.match(tc.path)
+			caps, ok := r.match(tc.path, false)
 			if ok != tc.want {
 				t.Fatalf("%q on %q: %v, want %v", tc.tmpl, tc.path, ok, tc.want)
 			}
@@ -140,7 +140,29 @@ func FuzzRouteTemplate(f *testing.F) {
 			return
 		}
 		re := routeRegexp(tmpl)
-		caps, ok := (&regoRoute{segs: segs}).match(path)
+		r := &regoRoute{segs: segs}
+		// Ignoring case, literal segments match as (?i) reads them, and
+		// what {name} captures is the path's own text. (?i) folds Unicode
+		// too (K and the Kelvin sign), so only ASCII paths compare.
+		if isASCII(path) {
+			caps, ok := r.match(path, true)
+			m := regexp.MustCompile("(?i)" + re.String()).FindStringSubmatch(path)
+			if ok != (m != nil) {
+				t.Fatalf("route %q on %q ignoring case: %v, the template's (?i) regexp says %v", tmpl, path, ok, m != nil)
+			}
+			for i, n := range re.SubexpNames() {
+				if ok && n != "" {
+					want := m[i]
+					if u, err := url.PathUnescape(want); err == nil {
+						want = u
+					}
+					if caps[n] != want {
+						t.Fatalf("route %q on %q ignoring case: {%s} = %q, want %q", tmpl, path, n, caps[n], want)
+					}
+				}
+			}
+		}
+		caps, ok := r.match(path, false)
 		m := re.FindStringSubmatch(path)
 		if ok != (m != nil) {
 			t.Fatalf("route %q on %q: %v, the template's regexp says %v", tmpl, path, ok, m != nil)

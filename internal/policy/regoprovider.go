@@ -145,6 +145,10 @@ type regoProvider struct {
 	// queryAttrs: a route declares an attribute from a query parameter
 	// (see ambiguousAttribute).
 	queryAttrs bool
+	// upperLits: a route's literal segment holds an upper-case letter,
+	// so a path without one may still select another route ignoring case
+	// (evalCtx.regoPaths).
+	upperLits bool
 	// needs lists the input's root fields the modules read (directly or
 	// through the mappings): building the rest would be wasted work on
 	// every request. Nil means everything (a module reads input whole).
@@ -300,6 +304,7 @@ func compileRegoProviderSpec(spec *RegoProviderSpec, p fieldPath) (*regoProvider
 			return nil, errAt(rtp.key("path"), "%v", err)
 		}
 		rr := regoRoute{segs: segs}
+		rp.upperLits = rp.upperLits || upperLetter(r.Path)
 		for j, m := range r.Methods {
 			if !httpMethodR.MatchString(m) {
 				return nil, errAt(rtp.key("methods").index(j), "%q is not an upper-case HTTP method", m)
@@ -691,11 +696,13 @@ func inputNeeds(r *Rego, maps []inputMap) *needTree {
 	return root
 }
 
-// eval runs the provider's query on req. Any failure denies: an error,
+// eval runs the provider's query on req, with path (one reading of its
+// path) and fold (routes match literal segments ignoring case) as in
+// buildInput. Any failure denies: an error,
 // the timeout, an undefined result, or a result of the wrong shape.
 // Without an evaluator it denies with result "unavailable"
 // (ErrRegoUnavailable), counted apart from a policy's own deny.
-func (p *regoProvider) eval(req *Request, path string) customResult {
+func (p *regoProvider) eval(req *Request, path string, fold bool) customResult {
 	if p.pq == nil {
 		return customResult{
 			reason: "rego provider " + p.name + " unavailable: " + ErrRegoUnavailable.Error(),
@@ -704,14 +711,14 @@ func (p *regoProvider) eval(req *Request, path string) customResult {
 	}
 	res := customResult{eval: CustomEval{Provider: p.name, Query: p.query}}
 	if p.queryAttrs {
-		if name := p.ambiguousAttribute(req, path); name != "" {
+		if name := p.ambiguousAttribute(req, path, fold); name != "" {
 			res.eval.Result = "deny"
 			res.reason = "attribute " + name + ": its query parameter is given different values, and apps differ on which counts"
 			return res
 		}
 	}
 	b := regoengine.Current()
-	in := buildInput(b, p, req, path)
+	in := buildInput(b, p, req, path, fold)
 	res.eval.InputSHA256 = b.Digest(in)
 	v, defined, timedOut, err := p.pq.Eval(in, req.Time, p.timeout)
 	if err != nil {
@@ -765,5 +772,5 @@ func (s *Set) RegoFailures(provider string, req *Request) ([]string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), MaxRegoTimeout)
 	defer cancel()
-	return p.pq.Failures(ctx, buildInput(regoengine.Current(), p, req, path), req.Time, maxRegoFailures)
+	return p.pq.Failures(ctx, buildInput(regoengine.Current(), p, req, path, false), req.Time, maxRegoFailures)
 }

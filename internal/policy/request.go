@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"time"
@@ -247,4 +249,23 @@ func (m MTLSMode) String() string {
 	default:
 		return "UNSET"
 	}
+}
+
+// ErrInvalidMethod is a request method holding a lower-case letter,
+// refused outright with HTTP 400 rather than decided on (CheckMethod).
+var ErrInvalidMethod = errors.New("invalid request method")
+
+// CheckMethod refuses a method holding an ASCII lower-case letter: a
+// method is case-sensitive (RFC 9110 section 9.1) and policy matches it
+// exactly, but Django, Rack and others upper-case the method they
+// receive, so "delete" would pass a DENY on DELETE and be served as one.
+// Every standard method is upper case. Errors wrap ErrInvalidMethod:
+// answer 400. Decide denies such a request as a bad request.
+func CheckMethod(m string) error {
+	for i := 0; i < len(m); i++ {
+		if 'a' <= m[i] && m[i] <= 'z' {
+			return fmt.Errorf("%w: %q holds a lower-case letter (methods are upper case)", ErrInvalidMethod, m)
+		}
+	}
+	return nil
 }

@@ -19,7 +19,10 @@ func TestWildcardValuesAsIstio(t *testing.T) {
 		{"paths_star_matches_every_path", `{to: [{operation: {paths: ["*"]}}]}`, "DENY", newReq(dst("foo"), path("/")), Deny},
 		{"prefix_matches_itself", `{to: [{operation: {paths: ["/admin*"]}}]}`, "DENY", newReq(dst("foo"), path("/admin")), Deny},
 		{"prefix_matches_longer_name", `{to: [{operation: {paths: ["/admin*"]}}]}`, "DENY", newReq(dst("foo"), path("/administrator")), Deny},
-		{"prefix_is_case_sensitive", `{to: [{operation: {paths: ["/admin*"]}}]}`, "DENY", newReq(dst("foo"), path("/Admin")), Allow},
+		// Istio's prefix is case-sensitive; a DENY here also applies to
+		// the path as an app that routes ignoring case reads it.
+		{"prefix_deny_ignores_case", `{to: [{operation: {paths: ["/admin*"]}}]}`, "DENY", newReq(dst("foo"), path("/Admin")), Deny},
+		{"prefix_allow_is_case_sensitive", `{to: [{operation: {paths: ["/admin*"]}}]}`, "ALLOW", newReq(dst("foo"), path("/Admin")), Deny},
 		{"suffix", `{to: [{operation: {paths: ["*/secret"]}}]}`, "DENY", newReq(dst("foo"), path("/a/b/secret?x=1")), Deny},
 		{"star_inside_is_literal", `{to: [{operation: {paths: ["/a*b/c"]}}]}`, "DENY", newReq(dst("foo"), path("/axb/c")), Allow},
 		{"principals_star_any_mtls", `{from: [{source: {principals: ["*"]}}]}`, "ALLOW", newReq(dst("foo")), Allow},

@@ -23,9 +23,9 @@ import (
 // parsing the common answer itself and any other with net/http's own
 // ReadResponse (readResponse: the same *http.Response either way). It
 // takes the common case — no upgrade, no trailers, a request body of
-// known length up to leanMaxBody — and hands everything else to
-// fallback, the standard transport, so streaming and upgrades keep their
-// full semantics.
+// known length up to leanMaxBody, no 100 Continue expected — and hands
+// everything else to fallback, the standard transport, so streaming,
+// upgrades and the wait for 100 Continue keep their full semantics.
 //
 // A pooled connection the app has closed is noticed before reuse (a
 // non-blocking peek, for connections idle longer than peekAfter); a
@@ -124,6 +124,12 @@ func (a *appClient) lean(req *http.Request) bool {
 		return false
 	}
 	if req.ContentLength > 0 && req.Body == nil {
+		return false
+	}
+	if req.ContentLength > 0 && expectsContinue(req.Header) {
+		// The lean path reads the whole body before it writes: the
+		// client would be asked for it (100 Continue) before the app
+		// said whether it wants it.
 		return false
 	}
 	_, up := req.Header["Upgrade"]

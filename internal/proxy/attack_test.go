@@ -175,7 +175,10 @@ type transport struct {
 
 // attackTransports: HTTP/1.1 and HTTP/2, each in plaintext and over mTLS
 // as frontend.
-func attackTransports(ca *testpki.CA) []transport {
+func attackTransports(ca *testpki.CA) []transport { return methodTransports(ca, "GET") }
+
+// methodTransports is attackTransports sending method.
+func methodTransports(ca *testpki.CA, method string) []transport {
 	tlsConf := func(t *testing.T, proto string) *tls.Config {
 		cert := ca.SVID(t, frontendID, 0).TLSCertificate()
 		return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool(), InsecureSkipVerify: true, NextProtos: []string{proto}}
@@ -197,16 +200,16 @@ func attackTransports(ca *testpki.CA) []transport {
 	}
 	return []transport{
 		{"http1_plaintext", func(t *testing.T, addr, target string, hs [][2]string) int {
-			return rawHTTP1(t, dial(t, addr, nil), "GET", target, hs)
+			return rawHTTP1(t, dial(t, addr, nil), method, target, hs)
 		}},
 		{"http1_mtls", func(t *testing.T, addr, target string, hs [][2]string) int {
-			return rawHTTP1(t, dial(t, addr, tlsConf(t, "http/1.1")), "GET", target, hs)
+			return rawHTTP1(t, dial(t, addr, tlsConf(t, "http/1.1")), method, target, hs)
 		}},
 		{"h2c_plaintext", func(t *testing.T, addr, target string, hs [][2]string) int {
-			return rawH2(t, dial(t, addr, nil), "GET", target, hs)
+			return rawH2(t, dial(t, addr, nil), method, target, hs)
 		}},
 		{"h2_mtls", func(t *testing.T, addr, target string, hs [][2]string) int {
-			return rawH2(t, dial(t, addr, tlsConf(t, "h2")), "GET", target, hs)
+			return rawH2(t, dial(t, addr, tlsConf(t, "h2")), method, target, hs)
 		}},
 	}
 }
@@ -1411,10 +1414,14 @@ spec:
 	}
 }
 
-// TestPathParametersCannotSkipADeny: "/admin;jsessionid=1" is /admin to
-// Tomcat, Jetty and Spring, which drop path parameters before routing;
-// the DENY on /admin applies to it through the sidecar, on both server
-// paths and every transport, while other paths with parameters pass.
+// TestPathParametersCannotSkipADeny: a path is decided as the apps
+// behind the sidecar route it: "/admin;jsessionid=1" is /admin to Tomcat,
+// Jetty and Spring (path parameters dropped), "/admin%2Fusers" is
+// /admin/users to WSGI and PHP apps (%2F decoded), "/ADMIN/users" to
+// Express, ASP.NET Core and IIS (case ignored). The DENY on /admin and
+// /admin/* applies to each, and to their combinations, through the
+// sidecar, on both server paths and every transport, while other paths
+// holding them are forwarded as normalized.
 func TestPathParametersCannotSkipADeny(t *testing.T) {
 	forServerPaths(t, testPathParametersCannotSkipADeny)
 }
@@ -1427,22 +1434,86 @@ kind: AuthorizationPolicy
 metadata: {name: deny-admin, namespace: prod}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
 `, policy.NormalizeBase, app.addr, sp)
 	for _, tr := range attackTransports(ca) {
 		for _, tc := range []struct {
 			target string
 			want   int
-		}{{"/admin;jsessionid=1", 403}, {"/;x/admin", 403}, {"/admin", 403}, {"/cart;jsessionid=1", 200}} {
+		}{
+			{"/admin;jsessionid=1", 403}, {"/;x/admin", 403}, {"/admin", 403}, {"/cart;jsessionid=1", 200},
+			{"/admin%2Fusers", 403}, {"/admin%5Cusers", 403}, {"/admin%2fusers", 403},
+			{"/ADMIN/users", 403}, {"/Admin", 403},
+			{"/Admin;x%2Fusers", 403}, {"/%2FADMIN;v=1", 403},
+			{"/cart%2Fitems", 200}, {"/Cart/Items", 200}, {"/cart;x%2FAdmin", 200},
+		} {
 			t.Run(tr.name+"/"+tc.target, func(t *testing.T) {
 				app.take()
 				if code := tr.do(t, addr, tc.target, nil); code != tc.want {
 					t.Fatalf("status %d, want %d", code, tc.want)
 				}
-				if seen := app.take(); tc.want == 200 && (len(seen) != 1 || seen[0].uri != tc.target) || tc.want != 200 && len(seen) != 0 {
+				want, _ := policy.NormalizeRequestPath(tc.target, policy.NormalizeBase)
+				if seen := app.take(); tc.want == 200 && (len(seen) != 1 || seen[0].uri != want.Target()) || tc.want != 200 && len(seen) != 0 {
 					t.Fatalf("the app was sent %v", seen)
 				}
 			})
 		}
+	}
+}
+
+// TestLowerCaseMethodsAreRefused: Django, Rack and others upper-case the
+// method, so "delete" passed a DENY on DELETE and was served as one; a
+// method with a lower-case letter is 400 now, inbound on every transport
+// and outbound, on both server paths, and never reaches the app.
+func TestLowerCaseMethodsAreRefused(t *testing.T) {
+	forServerPaths(t, testLowerCaseMethodsAreRefused)
+}
+
+func testLowerCaseMethodsAreRefused(t *testing.T, sp serverPath) {
+	ca := testpki.NewCA(t, "example.org")
+	app := newRecordingApp(t)
+	addr := startAttackSidecar(t, ca, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: ["DELETE"]}}]}]
+`, policy.NormalizeBase, app.addr, sp)
+	p := newPairWith(t, &recordingAuthz{}, app.addr, HTTP, true, sp.edit)
+	outbound := strings.TrimPrefix(p.outboundURL, "http://")
+	cases := []struct {
+		method string
+		in     int // inbound status
+		out    int // outbound status
+	}{
+		{"delete", 400, 400}, {"Delete", 400, 400}, {"trace", 400, 400}, {"get", 400, 400},
+		{"DELETE", 403, 200}, {"GET", 200, 200}, {"M-SEARCH", 200, 200},
+	}
+	for _, tc := range cases {
+		for _, tr := range methodTransports(ca, tc.method) {
+			t.Run("inbound/"+tr.name+"/"+tc.method, func(t *testing.T) {
+				app.take()
+				if code := tr.do(t, addr, "/x", nil); code != tc.in {
+					t.Fatalf("status %d, want %d", code, tc.in)
+				}
+				if seen := app.take(); tc.in == 200 && len(seen) != 1 || tc.in != 200 && len(seen) != 0 {
+					t.Fatalf("the app was sent %v", seen)
+				}
+			})
+		}
+		t.Run("outbound/"+tc.method, func(t *testing.T) {
+			app.take()
+			c, err := net.Dial("tcp", outbound)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if code := rawHTTP1(t, c, tc.method, "/x", nil); code != tc.out {
+				t.Fatalf("status %d, want %d", code, tc.out)
+			}
+			if seen := app.take(); tc.out == 200 && (len(seen) != 1 || seen[0].method != tc.method) || tc.out != 200 && len(seen) != 0 {
+				t.Fatalf("the app was sent %v", seen)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -41,6 +42,20 @@ func (p *pair) http1Sides(conf *tls.Config) []sideDial {
 	}
 }
 
+// closedAfterAnswer sends c, after an answer that said Connection:
+// close, what looks like the next request, and fails unless the
+// connection (read through br) closes without answering it: the rest of
+// an announced body must never be read as a request.
+func closedAfterAnswer(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
+	rest, err := io.ReadAll(br)
+	var ne net.Error
+	if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+	}
+}
+
 // A sidecar relays an app's early answer (before it read the body) at
 // once, on its outbound (plain HTTP/1.1 from the local app) and its
 // inbound (mTLS HTTP/1.1), on both server paths, while the client
@@ -72,12 +87,7 @@ func TestEarlyAnswerNotHeld(t *testing.T) {
 				if resp.StatusCode != 413 || string(b) != "upload refused" || !resp.Close {
 					t.Fatalf("answer %d %q close=%v, want 413 %q and Connection: close", resp.StatusCode, b, resp.Close, "upload refused")
 				}
-				io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
-				rest, err := io.ReadAll(br)
-				var ne net.Error
-				if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
-					t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
-				}
+				closedAfterAnswer(t, c, br)
 			})
 		}
 		resp, err := http.Post(p.outboundURL+"/echo", "text/plain", strings.NewReader(strings.Repeat("x", 100<<10)))
@@ -150,6 +160,215 @@ func TestEarlyAnswerLingers(t *testing.T) {
 					})
 				}
 			}
+		}
+	})
+}
+
+// A request that expects 100 Continue is answered by the app: the
+// sidecars pass the expectation on (over HTTP/1.1 between them, as Go's
+// HTTP/2 server keeps it to itself) and read the caller's body only once
+// the app asked for it, so an app that refuses the upload from its head
+// has its answer relayed at once, no 100 Continue before it, and the
+// caller never sends the body; the connection then closes. An app that
+// wants the body sends 100 Continue, relayed to the caller, then answers
+// once it has it. On the outbound and the inbound, both server paths, a
+// body the lean app client would have read whole and one it would not.
+// Before, each sidecar read the body at once: the caller got 100 Continue
+// from the sidecar, sent its body, and the app got it with no
+// expectation.
+func TestExpectContinueRelayed(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		cases := []struct {
+			name, path string
+			want       int
+			wantBody   string // "": the body's length
+		}{
+			{"refused_full_duplex", "/early/now", 413, "upload refused"},
+			{"refused", "/early/413", 413, "upload refused"},
+			{"refused_and_closed", "/early/close", 401, "nope"},
+			{"wanted", "/echo", 200, ""},
+		}
+		for _, d := range p.http1Sides(conf) {
+			for _, tc := range cases {
+				for _, size := range []int{1 << 10, 1 << 20} {
+					t.Run(d.name+"_"+tc.name+"_"+strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+						c, err := d.dial()
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer c.Close()
+						// Far below the sidecars' timeouts, and above the
+						// 1 s a hop waits for 100 Continue before it sends
+						// the body anyway.
+						c.SetDeadline(time.Now().Add(5 * time.Second))
+						io.WriteString(c, "POST "+tc.path+" HTTP/1.1\r\nHost: orders\r\nExpect: 100-continue\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n")
+						br := bufio.NewReader(c)
+						start := time.Now()
+						resp, err := http.ReadResponse(br, nil)
+						if err != nil {
+							t.Fatalf("no answer: %v", err)
+						}
+						if tc.wantBody == "" {
+							if resp.StatusCode != 100 {
+								t.Fatalf("answer %d before the body was sent, want 100 Continue from the app", resp.StatusCode)
+							}
+							c.Write(bytes.Repeat([]byte("a"), size))
+							if resp, err = http.ReadResponse(br, nil); err != nil {
+								t.Fatalf("no answer after the body: %v", err)
+							}
+							b, _ := io.ReadAll(resp.Body)
+							if resp.StatusCode != tc.want || string(b) != strconv.Itoa(size) {
+								t.Fatalf("answer %d %q, want %d %q", resp.StatusCode, b, tc.want, strconv.Itoa(size))
+							}
+							return
+						}
+						b, _ := io.ReadAll(resp.Body)
+						if d := time.Since(start); resp.StatusCode != tc.want || string(b) != tc.wantBody || !resp.Close || d > expectContinueTimeout/2 {
+							t.Fatalf("answer %d %q close=%v after %v, want %d %q and Connection: close at once (no body sent)", resp.StatusCode, b, resp.Close, d, tc.want, tc.wantBody)
+						}
+						closedAfterAnswer(t, c, br)
+					})
+				}
+			}
+		}
+	})
+}
+
+// A Go app that refuses an upload from its head in full duplex and
+// keeps the connection (/early/keep) has its next request served, on
+// both server paths: it gets the expectation, so it is never sent the
+// body. Before, the sidecars sent the body at once, the app's server
+// read it after the handler and then panicked (golang/go#68560),
+// dropping the connection the sidecar had kept for the next request,
+// which got a 503.
+func TestExpectContinueAppKeepsConnection(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		for i := range 3 {
+			req, _ := http.NewRequest("POST", p.outboundURL+"/early/keep", strings.NewReader(strings.Repeat("a", 1<<10)))
+			req.Header.Set("Expect", "100-continue")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 413 {
+				t.Fatalf("%d: %d, want the app's 413", i, resp.StatusCode)
+			}
+			resp, err = c.Post(p.outboundURL+"/echo", "text/plain", strings.NewReader("next"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "4" {
+				t.Fatalf("%d: the request after the early answer: %d %q", i, resp.StatusCode, b)
+			}
+		}
+	})
+}
+
+// An HTTP/2 caller (h2c, on the outbound) that expects 100 Continue gets
+// it from the outbound as soon as the request is forwarded: Go's HTTP/2
+// server keeps the expectation to itself and answers it when the body is
+// first read, so it cannot be passed on. An app's early answer still
+// comes at once, ends the stream, and the next request is served. (An
+// app that answers and closes at once, /early/close, is left out: the
+// inbound's transport, still writing the body, may see the reset first
+// and answer 503; that race is not the expectation's.)
+func TestExpectContinueH2C(t *testing.T) {
+	p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, nil)
+	tr := &http.Transport{Protocols: new(http.Protocols), ExpectContinueTimeout: 5 * time.Second}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for _, path := range []string{"/early/now", "/early/413"} {
+		for _, size := range []int{1 << 10, 1 << 20} {
+			req, _ := http.NewRequest("POST", p.outboundURL+path, bytes.NewReader(make([]byte, size)))
+			req.Header.Set("Expect", "100-continue")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s %d: %v", path, size, err)
+			}
+			io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 413 {
+				t.Fatalf("%s %d: %d, want the app's answer", path, size, resp.StatusCode)
+			}
+			resp, err = c.Post(p.outboundURL+"/echo", "text/plain", strings.NewReader("next"))
+			if err != nil {
+				t.Fatalf("after %s %d: %v", path, size, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "4" {
+				t.Fatalf("after %s %d: %d %q", path, size, resp.StatusCode, b)
+			}
+		}
+	}
+}
+
+// The sidecar's own answer to a request it could not forward — the app
+// closed the connection after reading 16 KiB of the body — comes before
+// the body was read to its end, and ends as an app's early answer does,
+// on both server paths: Connection: close, then a lingering close, so
+// that a caller sending its whole body before it reads has every write
+// accepted and reads the 503 (unless the whole body was read before the
+// app failed: the connection then stays). Before, net/http's server
+// closed the connection over the unread body after an answer that said
+// it stays, and the caller's writes failed with a reset.
+func TestUnforwardedAnswerLingers(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		for _, size := range []int{1 << 20, 4 << 20} {
+			t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+				c, err := tls.Dial("tcp", p.inboundAddr, conf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				wrote := make(chan error, 1)
+				go func() {
+					_, err := io.WriteString(c, "POST /drop HTTP/1.1\r\nHost: orders\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+strings.Repeat("a", size))
+					wrote <- err
+				}()
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("no answer: %v (write: %v)", err, <-wrote)
+				}
+				io.ReadAll(resp.Body)
+				if resp.StatusCode != 503 {
+					t.Fatalf("answer %d, want 503", resp.StatusCode)
+				}
+				if err := <-wrote; err != nil {
+					t.Fatalf("writing the body: %v", err)
+				}
+				if resp.Close {
+					if rest, err := io.ReadAll(br); len(rest) > 0 || err != nil {
+						t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+					}
+					return
+				}
+				// The sidecar read the whole body before the app failed
+				// (it fit in the socket buffers): the connection stays.
+				io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: orders\r\nContent-Length: 3\r\n\r\nabc")
+				next, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("the answer said the connection stays; the next request: %v", err)
+				}
+				if b, _ := io.ReadAll(next.Body); next.StatusCode != 200 || string(b) != "3" {
+					t.Fatalf("the next request: %d %q", next.StatusCode, b)
+				}
+			})
 		}
 	})
 }

@@ -120,7 +120,7 @@ type UpstreamConfig struct {
 // UpstreamConfig.ID. Safe for concurrent use.
 type Upstream struct {
 	rt http.RoundTripper
-	tr *http.Transport
+	tr idleCloser
 }
 
 // NewUpstream checks c and builds the client. It dials nothing.

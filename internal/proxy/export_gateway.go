@@ -156,3 +156,10 @@ func AppendStatusLine(b []byte, code int) []byte { return appendStatusLine(b, co
 // malformed (RFC 9113 §8.2.1), since policy would match the padded value
 // while an HTTP/1.1 hop after it strips the padding.
 func PaddedHeaderValue(h http.Header) bool { return paddedValue(h) }
+
+// WithRawSyscalls wraps an accepted TCP or unix socket connection so that
+// its reads and writes make their system calls without handing the
+// goroutine's P to another thread (see rawConn: on Linux, outside the race
+// detector); any other connection, or any connection elsewhere, comes
+// back as it is. Deadlines, Close and CloseWrite act on the same socket.
+func WithRawSyscalls(c net.Conn) net.Conn { return withRawSyscalls(c) }

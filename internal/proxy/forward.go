@@ -254,25 +254,44 @@ func (f *forwarder) forwardBody(w http.ResponseWriter, r *http.Request, upgrade 
 	}
 	resp, err := f.rt.RoundTrip(r)
 	if err != nil {
+		// The answer to a request that could not be forwarded (the app
+		// failed mid-upload) may come before its body was read to the
+		// end, as an upstream's early answer may, and ends the same way:
+		// on HTTP/1.x Connection: close, then finishEarly, and the
+		// caller closes the connection lingering. Before, the 503 said
+		// the connection stays, net/http's server closed it over the
+		// unread body, and a caller still sending got a reset instead
+		// of the answer. It also keeps the handler from returning with
+		// a body net/http holds in full duplex (above) unread on a kept
+		// connection, which makes net/http's server panic reading the
+		// next request (golang/go#68560).
+		unread := body != nil && !body.done() && !body.failed() && r.ProtoMajor == 1
+		if unread {
+			w.Header().Set("Connection", "close")
+		}
 		if errors.Is(r.Context().Err(), context.Canceled) {
 			return 0, false // the client went away; nobody to answer
 		}
-		if f.onError != nil {
+		switch {
+		case f.onError != nil:
 			// The gateway's own answers (a body over its limit is a 413).
 			f.logFailed(r.Method, r.URL.Path, err)
 			f.onError(w, r, err)
-			return
-		}
-		if body != nil && body.failed() {
+		case body != nil && body.failed():
 			// The caller's body is malformed (a bad chunk): the request
 			// is refused, as one with a malformed head is, and the
 			// connection goes with it.
 			w.Header().Set("Connection", "close")
 			badRequest(w)
 			return http.StatusBadRequest, false
+		default:
+			f.failed(w, r.Method, r.URL.Path, err)
+			status = http.StatusServiceUnavailable
 		}
-		f.failed(w, r.Method, r.URL.Path, err)
-		return http.StatusServiceUnavailable, false
+		if unread && !body.done() {
+			early = finishEarly(http.NewResponseController(w), r, body)
+		}
+		return status, early
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if !switchedTo(resp, upgrade) {

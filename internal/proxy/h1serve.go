@@ -1101,7 +1101,7 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	}
 	target, ok := originFormOf(fr.target, u)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
-	if !ok || err != nil {
+	if !ok || err != nil || policy.CheckMethod(fr.method) != nil {
 		if rec != nil {
 			rec.Decision, rec.Reason, rec.Path = "refused", "bad_request", "/{invalid}"
 		}

@@ -125,6 +125,7 @@ func (s *Sidecar) newInbound(c Inbound) (*inbound, error) {
 		MaxResponseHeaderBytes: maxResponseHeadBytes,
 		DisableCompression:     true,
 		Protocols:              new(http.Protocols),
+		ExpectContinueTimeout:  expectContinueTimeout,
 	}
 	if c.Protocol == HTTP2 {
 		tr.Protocols.SetUnencryptedHTTP2(true)
@@ -615,9 +616,11 @@ type decidedRequest struct {
 // _method override dropped from its query, and policy decides on the
 // request's own method. ok is false for a target refused outright (a
 // fragment, NUL, a malformed escape), a field value padded with
-// whitespace (paddedValue) or a Host that names no host
+// whitespace (paddedValue), a Host that names no host
 // (policy.CheckRequestHost: hosts rules would deny it, but only where a
-// policy has them): a 400, not a decision. h is changed in place.
+// policy has them) or a method with a lower-case letter
+// (policy.CheckMethod: "delete" is DELETE to Django and Rack): a 400,
+// not a decision. h is changed in place.
 //
 // jv verifies the request's tokens: the sidecar's Verifier, or on the fast
 // path the connection's memo of it (fastConn.verifier).
@@ -627,7 +630,7 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	r.upgrade = removeHopHeaders(h, ib.fwd.upgrades)
 	st.filter(ib.name).strip(h)
 	np, perr := policy.NormalizeRequestPath(target, st.mode)
-	if perr != nil || policy.CheckRequestHost(host) != nil || paddedValue(h) {
+	if perr != nil || policy.CheckRequestHost(host) != nil || policy.CheckMethod(method) != nil || paddedValue(h) {
 		return r, false
 	}
 	r.np, r.overridden = stripMethodOverride(np)

@@ -33,7 +33,7 @@ type outbound struct {
 	socketPath string
 
 	tlsConf *tls.Config // TCP: dialed per connection
-	tr      *http.Transport
+	tr      idleCloser
 	httpSrv *http.Server
 	fwd     *forwarder
 	// app is the fast path's client of the upstream (nil: the fast path
@@ -276,9 +276,11 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// it is normalized here as the inbound side normalizes it, by the same
 	// function, so nothing this hop re-encodes can change what is
 	// decided; a target the inbound side would refuse is refused here.
+	// A method with a lower-case letter is refused as the upstream
+	// refuses it (policy.CheckMethod).
 	target, ok := originForm(r)
 	np, err := policy.NormalizeRequestPath(target, ob.s.policy.Load().mode)
-	if !ok || err != nil {
+	if !ok || err != nil || policy.CheckMethod(r.Method) != nil {
 		after, _ := ob.s.settle(w, r, nil)
 		defer after()
 		undecidable(w, r)

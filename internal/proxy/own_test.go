@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -68,12 +67,7 @@ func TestOwnAnswerNotHeld(t *testing.T) {
 					if resp.StatusCode != d.want || !resp.Close {
 						t.Fatalf("answer %d close=%v, want %d and Connection: close", resp.StatusCode, resp.Close, d.want)
 					}
-					io.WriteString(c, "GET /next HTTP/1.1\r\nHost: orders\r\n\r\n")
-					rest, err := io.ReadAll(br)
-					var ne net.Error
-					if len(rest) > 0 || errors.As(err, &ne) && ne.Timeout() {
-						t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
-					}
+					closedAfterAnswer(t, c, br)
 				})
 			}
 		}

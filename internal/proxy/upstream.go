@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 )
 
 // upstreamClient builds the client of one upstream sidecar at addr that
@@ -15,9 +16,11 @@ import (
 // pool of HTTP/1.1 TLS connections on the lean client while streaming
 // bodies, gRPC and upgrades keep the transport. WebSocket upgrades need
 // HTTP/1.1; the transport dials those on separate connections by itself.
-// tr is the transport underneath, for closing its idle connections.
-func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, http1 bool, handshakeTimeout time.Duration) (rt http.RoundTripper, tr *http.Transport) {
-	tr = &http.Transport{
+// A request that expects 100 Continue goes over HTTP/1.1 whatever the
+// mode (continueSplit). tr closes the idle connections of the transports
+// underneath.
+func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, http1 bool, handshakeTimeout time.Duration) (rt http.RoundTripper, tr idleCloser) {
+	h2 := &http.Transport{
 		TLSClientConfig:        t.clientConfig(want, serverName, []string{"h2", "http/1.1"}),
 		DialContext:            (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:    handshakeTimeout,
@@ -29,13 +32,21 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 		DisableCompression:     true,
 		Protocols:              new(http.Protocols),
 		HTTP2:                  &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		ExpectContinueTimeout:  expectContinueTimeout,
 	}
-	tr.Protocols.SetHTTP1(true)
-	tr.Protocols.SetHTTP2(true)
-	if !http1 {
-		return tr, tr
-	}
+	h2.Protocols.SetHTTP1(true)
+	h2.Protocols.SetHTTP2(true)
 	h1 := t.clientConfig(want, serverName, []string{"http/1.1"})
+	only1 := h2.Clone()
+	only1.TLSClientConfig = h1
+	only1.ForceAttemptHTTP2 = false
+	only1.HTTP2 = nil
+	only1.Protocols = new(http.Protocols)
+	only1.Protocols.SetHTTP1(true)
+	split := &continueSplit{rt: h2, h1: only1}
+	if !http1 {
+		return split, split
+	}
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &appClient{
 		dial: func(ctx context.Context) (net.Conn, error) {
@@ -43,6 +54,47 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 			defer cancel()
 			return dialTLS(ctx, d, addr, h1) // raw system calls: see rawConn
 		},
-		fallback: tr, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
-	}, tr
+		fallback: split, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
+	}, split
 }
+
+// expectContinueTimeout is how long a hop that forwards a request
+// expecting 100 Continue waits for the next hop's 100 (or its final
+// answer) before it sends the body anyway (RFC 9110 section 10.1.1: a
+// client need not wait indefinitely; curl and Go's default transport wait
+// 1 s too). Until then the client's body is not read, so that the client
+// is asked for it only once the app asked, and an app that refuses the
+// upload from its head is never sent it.
+const expectContinueTimeout = time.Second
+
+// expectsContinue reports whether a request's Expect field asks for 100
+// Continue (as net/http's server reads it).
+func expectsContinue(h http.Header) bool {
+	return httpguts.HeaderValuesContainsToken(h["Expect"], "100-continue")
+}
+
+// continueSplit sends a request that expects 100 Continue on h1 (HTTP/1.1
+// only) and every other on rt. Over HTTP/2 the expectation does not
+// survive the hop: Go's HTTP/2 server removes the Expect field and sends
+// 100 Continue itself when the body is first read, so the next sidecar
+// would read the body at once and never pass the expectation on to its
+// app; over HTTP/1.1 the field reaches the next sidecar's handler.
+type continueSplit struct {
+	rt, h1 *http.Transport
+}
+
+func (c *continueSplit) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.ContentLength != 0 && r.Body != nil && expectsContinue(r.Header) && r.Header.Get("Upgrade") == "" {
+		return c.h1.RoundTrip(r)
+	}
+	return c.rt.RoundTrip(r)
+}
+
+// CloseIdleConnections closes both transports' idle connections.
+func (c *continueSplit) CloseIdleConnections() {
+	c.rt.CloseIdleConnections()
+	c.h1.CloseIdleConnections()
+}
+
+// idleCloser is a client whose idle connections can be closed.
+type idleCloser interface{ CloseIdleConnections() }

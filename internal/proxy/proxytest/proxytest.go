@@ -19,11 +19,17 @@ import (
 // returns (net/http's server then closes the connection when the body
 // is too large to discard, and reads a smaller one before it answers); a
 // path ending in /early/now gets the same 413 at once whatever the body's
-// size (full duplex: nothing is read first); a path ending in
-// /early/close gets a 401 "nope" written on the raw connection, which is
-// then closed. A path ending in /abort has its whole body read, then the
-// head of a 200 with a 1 MiB body and 64 KiB of it written on the
-// raw connection, which is then closed: an upstream failing mid-answer.
+// size (full duplex: nothing is read first), saying Connection: close; a
+// path ending in /early/keep answers as /early/now without Connection:
+// close, as a Go app does: net/http's server then drops the connection if
+// the body (under 256 KiB) was sent anyway (golang/go#68560, below); a
+// path ending in /drop has 16 KiB of its body read, then its connection
+// closed without an answer: an app failing mid-upload; a path ending in
+// /early/close gets a 401 "nope" written on the raw
+// connection, which is then closed. A path ending in /abort has its
+// whole body read, then the head of a 200 with a 1 MiB body and 64 KiB
+// of it written on the raw connection, which is then closed: an
+// upstream failing mid-answer.
 // Any other request has its whole body read and gets 200 with the body's
 // length.
 func EarlyApp(t testing.TB) string {
@@ -38,11 +44,28 @@ func EarlyApp(t testing.TB) string {
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			io.WriteString(w, "upload refused")
-		case strings.HasSuffix(p, "/early/now"):
+		case strings.HasSuffix(p, "/early/keep"):
 			_ = http.NewResponseController(w).EnableFullDuplex()
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/early/now"):
+			_ = http.NewResponseController(w).EnableFullDuplex()
+			// In full duplex, net/http's server reads an unread body of
+			// up to 256 KiB after the handler returns, then panics
+			// reading the next request on the connection
+			// (golang/go#68560): it drops the connection after an
+			// answer that said it stays open. An app refusing an upload
+			// from its head closes the connection instead.
+			w.Header().Set("Connection", "close")
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			io.WriteString(w, "upload refused")
+		case strings.HasSuffix(p, "/drop"):
+			io.CopyN(io.Discard, r.Body, 16<<10)
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
 		case strings.HasSuffix(p, "/abort"):
 			io.Copy(io.Discard, r.Body)
 			conn, _, err := http.NewResponseController(w).Hijack()
