@@ -508,7 +508,6 @@ func (s *Server) recheckHeld(ctx context.Context, incID string) {
 		s.runHeld(ctx, &inc, "playbook:"+pb.Name, cause, corr.Why, &corr)
 	}
 	if len(inc.HeldDestinations) > 0 {
-		inc.CorroboratedRisk = &corr.Risk
 		s.blockCorroborated(ctx, &inc, pb, &corr)
 	}
 }
@@ -529,10 +528,29 @@ func (s *Server) blockCorroborated(ctx context.Context, inc *detect.Incident, pb
 	if len(corr.Findings) > 0 {
 		cause = corr.Findings[0]
 	}
-	for _, d := range slices.Clone(inc.HeldDestinations) {
-		if contains(block, d) {
-			s.runStep(ctx, inc, st, "playbook:"+pb.Name, cause, IncidentRequest{Destination: d}, corr)
+	// Claim the destinations under the incident's row lock, as runHeld
+	// claims held steps: of two replicas corroborating at once, only one
+	// blocks each, and neither writes over the other's incident.
+	var claimed []string
+	err := s.updateIncident(ctx, inc.ID, func(_ *sql.Tx, cur *detect.Incident) error {
+		if cur.State != detect.IncidentReleased {
+			for _, d := range cur.HeldDestinations {
+				if contains(block, d) {
+					claimed = append(claimed, d)
+				}
+			}
+			cur.HeldDestinations = slices.DeleteFunc(cur.HeldDestinations, func(d string) bool { return contains(claimed, d) })
+			cur.CorroboratedRisk = &corr.Risk
 		}
+		*inc = *cur
+		return nil
+	})
+	if err != nil {
+		s.log.Error("take the incident's held destinations", "incident", inc.ID, "err", err)
+		return
+	}
+	for _, d := range claimed {
+		s.runStep(ctx, inc, st, "playbook:"+pb.Name, cause, IncidentRequest{Destination: d}, corr)
 	}
 }
 
