@@ -145,7 +145,11 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 	fmt.Fprintf(tw, "State:\t%s\n", incidentState(inc))
 	fmt.Fprintf(tw, "Playbook:\t%s\n", by)
 	fmt.Fprintf(tw, "Trigger:\t%s\n", printable(inc.Trigger, ""))
-	fmt.Fprintf(tw, "Risk:\t%.2f\n", inc.Risk)
+	if inc.CorroboratedRisk != nil {
+		fmt.Fprintf(tw, "Risk:\t%.2f (corroborated %.2f)\n", inc.Risk, *inc.CorroboratedRisk)
+	} else {
+		fmt.Fprintf(tw, "Risk:\t%.2f\n", inc.Risk)
+	}
 	if inc.Corroboration != "" {
 		fmt.Fprintf(tw, "Corroboration:\t%s\n", printable(inc.Corroboration, ""))
 	}
@@ -155,6 +159,10 @@ func printIncident(e *Env, inc detect.Incident, fs []detect.Finding) {
 			held = append(held, st.Action)
 		}
 		fmt.Fprintf(tw, "Held:\t%s, until corroborated or: moatless incident confirm %s\n", strings.Join(held, ", "), inc.ID)
+	}
+	if len(inc.HeldDestinations) > 0 && inc.State != detect.IncidentReleased {
+		fmt.Fprintf(tw, "Held blocks:\t%s → %s, until a corroborated finding names them or: moatless incident confirm %s\n",
+			inc.Identity, printable(strings.Join(inc.HeldDestinations, ", "), ""), inc.ID)
 	}
 	stamp := func(name string, t time.Time) {
 		if !t.IsZero() {

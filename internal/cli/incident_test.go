@@ -146,7 +146,7 @@ func TestIncidentShowUncorroborated(t *testing.T) {
 	const orders = "spiffe://example.org/ns/prod/sa/orders"
 	// As the server opens it for one node's claims (TestDetectionCannotFrame).
 	inc := detect.Incident{ID: "abc", Identity: "spiffe://example.org/ns/prod/sa/payments", State: detect.IncidentOpen, Playbook: "contain",
-		PlaybookVersion: 1, Trigger: "risk 0.75 reached 0.75 (probing)", Risk: 0.75,
+		PlaybookVersion: 1, Trigger: "risk 0.75 reached 0.75 (probing)", Risk: 0.75, CorroboratedRisk: new(0.0),
 		Corroboration: "uncorroborated: reported only by " + orders + " (1 of the 2 nodes needed), and its own records do not bear it out; corroborated risk 0.00 < 0.75",
 		Held:          []detect.Step{{Action: detect.ActionIsolate}, {Action: detect.ActionBlockPair}}}
 	fs := []detect.Finding{
@@ -159,9 +159,25 @@ func TestIncidentShowUncorroborated(t *testing.T) {
 	t.Log("\n" + out.String())
 	for _, want := range []string{
 		"State:          open, uncorroborated",
+		"Risk:           0.75 (corroborated 0.00)",
 		"Corroboration:  uncorroborated: reported only by " + orders,
 		"Held:           isolate, block-pair, until corroborated or: moatless incident confirm abc",
 		"REPORTED BY", "f1  probing        high      1      " + orders, "f2  token_anomaly  high      0      server ",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, out.String())
+		}
+	}
+
+	// Contained on a corroborated finding, with a destination only
+	// frontend's word names held (TestBlockPairOnlyCorroborated).
+	inc.State, inc.Held, inc.CorroboratedRisk = detect.IncidentContained, nil, new(0.75)
+	inc.HeldDestinations = []string{"spiffe://example.org/ns/prod/sa/frontend"}
+	out.Reset()
+	printIncident(&Env{Stdout: &out}, inc, fs)
+	for _, want := range []string{
+		"Risk:           0.75 (corroborated 0.75)",
+		"Held blocks:    spiffe://example.org/ns/prod/sa/payments → spiffe://example.org/ns/prod/sa/frontend, until a corroborated finding names them or: moatless incident confirm abc",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("missing %q in:\n%s", want, out.String())

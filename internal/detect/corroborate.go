@@ -68,6 +68,10 @@ type Corroboration struct {
 	Risk float64 `json:"risk"`
 	// Findings are the IDs of the corroborated findings.
 	Findings []string `json:"findings,omitempty"`
+	// Detectors are the detectors of the corroborated findings, sorted:
+	// what a playbook's detectors filter looks at before it contains
+	// (Reaches).
+	Detectors []string `json:"detectors,omitempty"`
 	// Witnesses are the distinct nodes, the identity's own aside, that
 	// reported findings about it.
 	Witnesses []string `json:"witnesses,omitempty"`
@@ -129,9 +133,13 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 		}
 		ok = append(ok, f)
 		c.Findings = append(c.Findings, f.ID)
+		if !contains(c.Detectors, f.Detector) {
+			c.Detectors = append(c.Detectors, f.Detector)
+		}
 		by = append(by, f.ID+" "+why)
 	}
 	c.Risk = RiskOf(ok, since)
+	sort.Strings(c.Detectors)
 	switch {
 	case len(ok) > 0:
 		c.Why = "corroborated: " + strings.Join(by, "; ")
@@ -142,6 +150,34 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 			strings.Join(c.Witnesses, ", "), len(c.Witnesses), need)
 	}
 	return c
+}
+
+// Reaches reports whether c, the judgement of identity's findings,
+// reaches pb's trigger by itself: the corroborated risk reaches the
+// trigger's risk and, when the trigger names detectors, a corroborated
+// finding is of one of them. What the playbook's destructive steps wait
+// for; when not, Short says what is missing.
+func (c Corroboration) Reaches(pb Playbook, identity string) bool {
+	return pb.Matches(identity, c.Risk, c.Detectors)
+}
+
+// Short says why c does not reach pb's trigger, in a clause ("" when it
+// does).
+func (c Corroboration) Short(pb Playbook, identity string) string {
+	t := pb.Trigger
+	switch {
+	case c.Reaches(pb, identity):
+		return ""
+	case c.Risk < t.Risk:
+		return fmt.Sprintf("corroborated risk %.2f < %.2f", c.Risk, t.Risk)
+	case len(t.Detectors) > 0:
+		got := "none"
+		if len(c.Detectors) > 0 {
+			got = strings.Join(c.Detectors, ", ")
+		}
+		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), got)
+	}
+	return "the trigger does not match"
 }
 
 func contains(l []string, x string) bool {

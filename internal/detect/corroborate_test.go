@@ -109,3 +109,40 @@ func TestPlaybookWitnesses(t *testing.T) {
 		}
 	}
 }
+
+// Reaches: the corroborated findings alone must meet the trigger, its
+// detectors filter included.
+func TestCorroborationReaches(t *testing.T) {
+	const payments = "spiffe://example.org/ns/prod/sa/payments"
+	pb := Playbook{Name: "p", Trigger: Trigger{Risk: 0.75, Detectors: []string{DetectorExfiltration}}}
+	for _, tc := range []struct {
+		name  string
+		c     Corroboration
+		ok    bool
+		short string
+	}{
+		{"corroborated_exfiltration", Corroboration{Risk: 0.75, Detectors: []string{DetectorExfiltration}}, true, ""},
+		{"risk_short", Corroboration{Risk: 0.5, Detectors: []string{DetectorExfiltration}}, false, "corroborated risk 0.50 < 0.75"},
+		{"other_detector", Corroboration{Risk: 0.9, Detectors: []string{DetectorProbing}}, false, "no corroborated finding of exfiltration (corroborated: probing)"},
+		{"none", Corroboration{Risk: 0.9}, false, "no corroborated finding of exfiltration (corroborated: none)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.c.Reaches(pb, payments); got != tc.ok {
+				t.Fatalf("Reaches = %v, want %v", got, tc.ok)
+			}
+			if got := tc.c.Short(pb, payments); got != tc.short {
+				t.Fatalf("Short = %q, want %q", got, tc.short)
+			}
+		})
+	}
+	// Corroborate names the detectors of the corroborated findings only.
+	now := time.Now()
+	fs := []Finding{
+		{ID: "a", Identity: payments, Detector: DetectorProbing, Severity: High, LastSeen: now},
+		{ID: "b", Identity: payments, Detector: DetectorExfiltration, Severity: High, LastSeen: now, Reporters: []string{"spiffe://example.org/ns/prod/sa/frontend"}},
+	}
+	c := Corroborate(payments, fs, now.Add(-time.Hour), 0, nil)
+	if !slices.Equal(c.Detectors, []string{DetectorProbing}) || c.Reaches(pb, payments) {
+		t.Fatalf("corroboration %+v", c)
+	}
+}

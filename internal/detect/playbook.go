@@ -80,7 +80,9 @@ type Trigger struct {
 	// Risk: the playbook runs when an identity's risk reaches it (0 <
 	// Risk <= 1). Zero: only by hand.
 	Risk float64 `json:"risk,omitempty"`
-	// Detectors, when set, require an open finding of one of them.
+	// Detectors, when set, require an open finding of one of them; the
+	// destructive steps (Destructive) also a corroborated one
+	// (Corroboration.Reaches), else they are held.
 	Detectors []string `json:"detectors,omitempty"`
 	// Identities, when set, limit the playbook to identities matching one
 	// of these SPIFFE IDs or patterns ("*" stands for any run of
@@ -342,6 +344,11 @@ type Incident struct {
 	PlaybookVersion uint64  `json:"playbook_version,omitempty"`
 	Trigger         string  `json:"trigger"`
 	Risk            float64 `json:"risk"`
+	// CorroboratedRisk is the risk of the corroborated findings alone
+	// (Corroboration.Risk) when the playbook last judged them: at the
+	// opening, and when held steps or destinations ran on corroboration.
+	// Nil when an admin acted by hand (nothing was judged).
+	CorroboratedRisk *float64 `json:"corroborated_risk,omitempty"`
 	// Findings are the IDs of the findings about the identity while the
 	// incident was open.
 	Findings []string     `json:"findings"`
@@ -360,6 +367,12 @@ type Incident struct {
 	// corroborated (Corroborate): they run when corroborating evidence
 	// comes in, or when an admin confirms the incident.
 	Held []Step `json:"held,omitempty"`
+	// HeldDestinations are the destinations block-pair did not block
+	// when the playbook ran it by itself, because only uncorroborated
+	// findings name them (a node's word about calls to itself): an
+	// admin's confirm blocks them, and a corroborated finding naming one
+	// later does.
+	HeldDestinations []string `json:"held_destinations,omitempty"`
 	// Corroboration says what corroborated the findings the playbook
 	// acted on, or (while steps are held) why nothing did.
 	Corroboration string `json:"corroboration,omitempty"`

@@ -312,10 +312,12 @@ func contains(l []string, x string) bool {
 // *incidentOpenError naming that incident.
 //
 // corr is the judgement of the findings when a playbook acts by itself
-// (nil when an admin acts): when the corroborated risk is below the
-// playbook's trigger, its destructive steps are held (Incident.Held), to
-// run when corroborating evidence comes in (recheckHeld) or an admin
-// confirms the incident; the others (notify, quarantine) run.
+// (nil when an admin acts): when the corroborated findings alone do not
+// reach the playbook's trigger (risk, detectors), its destructive steps
+// are held (Incident.Held), to run when corroborating evidence comes in
+// (recheckHeld) or an admin confirms the incident; the others (notify,
+// quarantine) run. When they run, block-pair blocks only what
+// corroborated findings name (blockTargets).
 func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Playbook, version uint64, actor, trigger string,
 	risk float64, fs []detect.Finding, req IncidentRequest, corr *detect.Corroboration) (*detect.Incident, error) {
 	now := s.now()
@@ -324,9 +326,10 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 	hold := false
 	if corr != nil {
 		inc.Corroboration = corr.Why
-		hold = corr.Risk < pb.Trigger.Risk
+		inc.CorroboratedRisk = &corr.Risk
+		hold = !corr.Reaches(pb, identity)
 		if hold {
-			inc.Corroboration = fmt.Sprintf("%s; corroborated risk %.2f < %.2f", corr.Why, corr.Risk, pb.Trigger.Risk)
+			inc.Corroboration = corr.Why + "; " + corr.Short(pb, identity)
 		}
 	}
 	for _, f := range fs {
@@ -384,7 +387,7 @@ func (s *Server) openIncident(ctx context.Context, identity string, pb detect.Pl
 			s.holdStep(ctx, inc, st, actor, cause)
 			continue
 		}
-		s.runStep(ctx, inc, st, actor, cause, req)
+		s.runStep(ctx, inc, st, actor, cause, req, corr)
 	}
 	if hold && inc.Uncorroborated() {
 		s.detect.metrics.held.Inc()
@@ -422,12 +425,18 @@ func (s *Server) holdStep(ctx context.Context, inc *detect.Incident, st detect.S
 // the stored incident in a transaction (its row locked where the store
 // can), so that of two replicas corroborating it at once only one runs
 // them. Called with respMu held.
-func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findingID, why string) bool {
+//
+// corr is the judgement that corroborated the findings when the playbook
+// runs them by itself, nil when an admin confirms (runStep).
+func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findingID, why string, corr *detect.Corroboration) bool {
 	var held []detect.Step
 	err := s.updateIncident(ctx, inc.ID, func(_ *sql.Tx, cur *detect.Incident) error {
 		held, cur.Held = cur.Held, nil
 		if len(held) > 0 && cur.State != detect.IncidentReleased {
 			cur.Corroboration = why
+			if corr != nil {
+				cur.CorroboratedRisk = &corr.Risk
+			}
 		} else {
 			held = nil
 		}
@@ -442,7 +451,7 @@ func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findi
 		return false
 	}
 	for _, st := range held {
-		s.runStep(ctx, inc, st, actor, findingID, IncidentRequest{})
+		s.runStep(ctx, inc, st, actor, findingID, IncidentRequest{}, corr)
 	}
 	if err := s.putIncident(ctx, s.db.SQL(), inc); err != nil {
 		s.log.Error("record the held steps run", "incident", inc.ID, "err", err)
@@ -451,10 +460,11 @@ func (s *Server) runHeld(ctx context.Context, inc *detect.Incident, actor, findi
 }
 
 // recheckHeld runs an open incident's held steps once its findings are
-// corroborated: after more findings joined it, and after its identity's
-// own node reported traffic (the source's side of what the others
-// reported often comes a reporting interval later). Called with respMu
-// held.
+// corroborated, and blocks the held destinations that corroborated
+// findings now name: after more findings joined it, and after its
+// identity's own node reported traffic (the source's side of what the
+// others reported often comes a reporting interval later). Called with
+// respMu held.
 func (s *Server) recheckHeld(ctx context.Context, incID string) {
 	r, err := s.db.Incident(ctx, s.db.SQL(), incID)
 	if err != nil {
@@ -462,7 +472,7 @@ func (s *Server) recheckHeld(ctx context.Context, incID string) {
 		return
 	}
 	inc, err := incidentOf(r)
-	if err != nil || !inc.Uncorroborated() || inc.State == detect.IncidentReleased {
+	if err != nil || (!inc.Uncorroborated() && len(inc.HeldDestinations) == 0) || inc.State == detect.IncidentReleased {
 		return
 	}
 	_, pbs, err := s.currentPlaybooks(ctx)
@@ -486,15 +496,62 @@ func (s *Server) recheckHeld(ctx context.Context, incID string) {
 		return
 	}
 	corr := s.corroborate(ctx, inc.Identity, fs, now, pb)
-	if corr.Risk < pb.Trigger.Risk {
+	if !corr.Reaches(pb, inc.Identity) {
 		return
 	}
 	cause := ""
 	if len(corr.Findings) > 0 {
 		cause = corr.Findings[0]
 	}
-	s.log.Warn("incident corroborated: running its held steps", "incident", inc.ID, "identity", inc.Identity, "why", corr.Why)
-	s.runHeld(ctx, &inc, "playbook:"+pb.Name, cause, corr.Why)
+	if inc.Uncorroborated() {
+		s.log.Warn("incident corroborated: running its held steps", "incident", inc.ID, "identity", inc.Identity, "why", corr.Why)
+		s.runHeld(ctx, &inc, "playbook:"+pb.Name, cause, corr.Why, &corr)
+	}
+	if len(inc.HeldDestinations) > 0 {
+		s.blockCorroborated(ctx, &inc, pb, &corr)
+	}
+}
+
+// blockCorroborated blocks, as the playbook, the incident's held
+// destinations that a corroborated finding (of corr) now names, for the
+// playbook's block-pair duration. Called with respMu held.
+func (s *Server) blockCorroborated(ctx context.Context, inc *detect.Incident, pb detect.Playbook, corr *detect.Corroboration) {
+	block, _ := s.blockTargets(ctx, inc, corr)
+	st := detect.Step{Action: detect.ActionBlockPair}
+	for _, x := range pb.Steps {
+		if x.Action == detect.ActionBlockPair {
+			st = x
+			break
+		}
+	}
+	cause := ""
+	if len(corr.Findings) > 0 {
+		cause = corr.Findings[0]
+	}
+	// Claim the destinations under the incident's row lock, as runHeld
+	// claims held steps: of two replicas corroborating at once, only one
+	// blocks each, and neither writes over the other's incident.
+	var claimed []string
+	err := s.updateIncident(ctx, inc.ID, func(_ *sql.Tx, cur *detect.Incident) error {
+		if cur.State != detect.IncidentReleased {
+			for _, d := range cur.HeldDestinations {
+				if contains(block, d) {
+					claimed = append(claimed, d)
+				}
+			}
+			cur.HeldDestinations = slices.DeleteFunc(cur.HeldDestinations, func(d string) bool { return contains(claimed, d) })
+			cur.CorroboratedRisk = &corr.Risk
+		}
+		*inc = *cur
+		return nil
+	})
+	if err != nil {
+		s.log.Error("take the incident's held destinations", "incident", inc.ID, "err", err)
+		return
+	}
+	for _, d := range claimed {
+		s.runStep(ctx, inc, st, "playbook:"+pb.Name, cause, IncidentRequest{Destination: d}, corr)
+	}
 }
 
 // recheckReporter rechecks the held steps of the open incident about the
@@ -620,8 +677,11 @@ func (s *Server) updateIncident(ctx context.Context, id string, fn func(*sql.Tx,
 }
 
 // runStep carries out one step and records it in the incident and the
-// audit log (with the finding that caused it).
-func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.Step, actor, findingID string, req IncidentRequest) {
+// audit log (with the finding that caused it). corr is the judgement of
+// the findings when a playbook runs the step by itself (nil when an
+// admin acts): block-pair then blocks only the destinations corroborated
+// findings name (blockTargets).
+func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.Step, actor, findingID string, req IncidentRequest, corr *detect.Corroboration) {
 	now := s.now()
 	res := detect.StepResult{Action: st.Action, At: now, Actor: actor, FindingID: findingID, Outcome: detect.OutcomeDone}
 	reason := "incident " + inc.ID
@@ -663,12 +723,24 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 			res.Outcome, res.Detail = detect.OutcomeSkipped, "not a SPIFFE ID: nothing to block"
 			break
 		}
-		dsts := req.Destination
-		var list []string
-		if dsts != "" {
-			list = []string{dsts}
-		} else {
-			list = s.incidentDestinations(ctx, inc)
+		list, held := []string{req.Destination}, []string(nil)
+		if req.Destination == "" {
+			list, held = s.blockTargets(ctx, inc, corr)
+		}
+		for _, d := range held {
+			if !contains(inc.HeldDestinations, d) {
+				inc.HeldDestinations = append(inc.HeldDestinations, d)
+			}
+		}
+		heldNote := ""
+		if len(held) > 0 {
+			heldNote = fmt.Sprintf("; held (only uncorroborated findings name them): %s → %s, until a corroborated finding names them, or on: moatless incident confirm %s",
+				inc.Identity, strings.Join(held, ", "), inc.ID)
+			details["held_destinations"] = strings.Join(held, " ")
+		}
+		if len(list) == 0 && len(held) > 0 {
+			res.Outcome, res.Detail = detect.OutcomeHeld, "nothing blocked"+heldNote
+			break
 		}
 		if len(list) == 0 {
 			res.Outcome, res.Detail = detect.OutcomeSkipped, "no destination in the findings: nothing to block"
@@ -691,8 +763,9 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 		if err == nil {
 			for _, dst := range list {
 				inc.Blocks = append(inc.Blocks, wire.BlockedEdge{Source: inc.Identity, Destination: dst, ExpiresAt: until})
+				inc.HeldDestinations = slices.DeleteFunc(inc.HeldDestinations, func(d string) bool { return d == dst })
 			}
-			res.Detail = fmt.Sprintf("blocked %s → %s until %s, then released unless confirmed", inc.Identity, strings.Join(list, ", "), until.UTC().Format(time.RFC3339))
+			res.Detail = fmt.Sprintf("blocked %s → %s until %s, then released unless confirmed%s", inc.Identity, strings.Join(list, ", "), until.UTC().Format(time.RFC3339), heldNote)
 			details["destinations"] = strings.Join(list, " ")
 			details["expires_at"] = until.UTC().Format(time.RFC3339)
 			if inc.ContainedAt.IsZero() {
@@ -773,9 +846,30 @@ func (s *Server) runStep(ctx context.Context, inc *detect.Incident, st detect.St
 	}
 }
 
+// blockTargets are the destinations the incident's findings name, the
+// identity itself aside, sorted: what block-pair blocks. With corr (a
+// playbook acting by itself), block are those a corroborated finding
+// names and held the others: a destination only an uncorroborated
+// finding names is that node's word about calls to itself, and one lying
+// node must not cut a real call path once the identity has some
+// unrelated corroborated finding. Without (an admin acts), every
+// destination is blocked.
+func (s *Server) blockTargets(ctx context.Context, inc *detect.Incident, corr *detect.Corroboration) (block, held []string) {
+	if corr == nil {
+		return s.incidentDestinations(ctx, inc, nil), nil
+	}
+	block = s.incidentDestinations(ctx, inc, func(id string) bool { return contains(corr.Findings, id) })
+	for _, d := range s.incidentDestinations(ctx, inc, nil) {
+		if !contains(block, d) {
+			held = append(held, d)
+		}
+	}
+	return block, held
+}
+
 // incidentDestinations are the destinations the incident's findings
-// name, the identity itself aside.
-func (s *Server) incidentDestinations(ctx context.Context, inc *detect.Incident) []string {
+// (those keep accepts; all when nil) name, the identity itself aside.
+func (s *Server) incidentDestinations(ctx context.Context, inc *detect.Incident, keep func(id string) bool) []string {
 	seen := map[string]bool{}
 	var out []string
 	add := func(d string) {
@@ -785,6 +879,9 @@ func (s *Server) incidentDestinations(ctx context.Context, inc *detect.Incident)
 		}
 	}
 	for _, id := range inc.Findings {
+		if keep != nil && !keep(id) {
+			continue
+		}
 		r, err := s.db.Finding(ctx, id)
 		if err != nil {
 			continue
@@ -861,7 +958,7 @@ func (s *Server) undo(ctx context.Context, inc *detect.Incident, actor, findingI
 	if err != nil {
 		return nil, err
 	}
-	inc.Revoked, inc.Blocks, inc.Held = false, nil, nil
+	inc.Revoked, inc.Blocks, inc.Held, inc.HeldDestinations = false, nil, nil, nil
 	inc.State, inc.ReleasedAt = detect.IncidentReleased, s.now()
 	s.changed(ctx)
 	if inc.Notified {
@@ -1104,7 +1201,7 @@ func (s *Server) createIncident(c *adminCall) {
 			return
 		}
 		for _, st := range steps {
-			s.runStep(c.ctx, &inc, st, c.actor, in.Finding, in)
+			s.runStep(c.ctx, &inc, st, c.actor, in.Finding, in, nil)
 		}
 		c.audited = true
 		c.reply(http.StatusOK, inc)
@@ -1193,7 +1290,7 @@ func (s *Server) releaseIncident(c *adminCall) {
 	if len(inc.Findings) > 0 {
 		finding = inc.Findings[0]
 	}
-	s.runStep(c.ctx, &inc, detect.Step{Action: detect.ActionRelease}, c.actor, finding, IncidentRequest{Reason: in.Reason})
+	s.runStep(c.ctx, &inc, detect.Step{Action: detect.ActionRelease}, c.actor, finding, IncidentRequest{Reason: in.Reason}, nil)
 	if err := s.audit.Append(c.ctx, audit.Event{Kind: KindIncidentRelease, Actor: c.actor, Subject: inc.Identity, Outcome: audit.Success,
 		Details: viaDashboard(c.ctx, withFinding(map[string]string{"incident": inc.ID, "reason": in.Reason}, finding))}); err != nil {
 		c.fail(err)
@@ -1222,7 +1319,7 @@ func (s *Server) confirmIncident(c *adminCall) {
 		if len(inc.Findings) > 0 {
 			finding = inc.Findings[0]
 		}
-		ranHeld = s.runHeld(c.ctx, &inc, c.actor, finding, "confirmed by "+c.actor+" (the findings were not corroborated)")
+		ranHeld = s.runHeld(c.ctx, &inc, c.actor, finding, "confirmed by "+c.actor+" (the findings were not corroborated)", nil)
 	}
 	var inc detect.Incident
 	err := s.db.Tx(c.ctx, func(tx *sql.Tx) error {
@@ -1233,10 +1330,29 @@ func (s *Server) confirmIncident(c *adminCall) {
 		if inc, err = incidentOf(r); err != nil {
 			return err
 		}
-		if len(inc.Blocks) == 0 && !ranHeld {
+		heldDsts := inc.HeldDestinations
+		if inc.State == detect.IncidentReleased {
+			heldDsts = nil
+		}
+		if len(inc.Blocks) == 0 && !ranHeld && len(heldDsts) == 0 {
 			return badf("incident %s has no held step and no block in force to confirm", id)
 		}
 		now := s.now()
+		// The destinations the playbook held (only uncorroborated findings
+		// named them) are blocked now, on the admin's word.
+		for _, d := range heldDsts {
+			if !slices.ContainsFunc(inc.Blocks, func(b wire.BlockedEdge) bool { return b.Destination == d }) {
+				inc.Blocks = append(inc.Blocks, wire.BlockedEdge{Source: inc.Identity, Destination: d})
+			}
+		}
+		inc.HeldDestinations = nil
+		if len(heldDsts) > 0 {
+			ranHeld = true
+			if inc.ContainedAt.IsZero() {
+				inc.ContainedAt = now
+			}
+			inc.State = detect.IncidentContained
+		}
 		for i, b := range inc.Blocks {
 			if _, err := s.db.PutBlock(c.ctx, tx, store.Block{Source: b.Source, Destination: b.Destination, IncidentID: inc.ID,
 				Reason: "incident " + inc.ID + ": confirmed", CreatedBy: c.actor, CreatedAt: now}); err != nil {
@@ -1249,6 +1365,9 @@ func (s *Server) confirmIncident(c *adminCall) {
 			finding = inc.Findings[0]
 		}
 		detail := "blocks kept until the incident is released"
+		if len(heldDsts) > 0 {
+			detail = fmt.Sprintf("blocked the held destinations %s; %s", strings.Join(heldDsts, ", "), detail)
+		}
 		switch {
 		case ranHeld && len(inc.Blocks) == 0:
 			detail = "held steps run"
