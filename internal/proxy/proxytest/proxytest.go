@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // EarlyApp runs, until the test ends, an app on a loopback port (its
@@ -26,7 +27,8 @@ import (
 // path ending in /drop has 16 KiB of its body read, then its connection
 // closed without an answer: an app failing mid-upload; a path ending in
 // /early/close gets a 401 "nope" written on the raw
-// connection, which is then closed. A path ending in /abort has its
+// connection, which is then closed as servers close (FIN, then what the
+// peer still sends is read until it closes). A path ending in /abort has its
 // whole body read, then the head of a 200 with a 1 MiB body and 64 KiB
 // of it written on the raw connection, which is then closed: an
 // upstream failing mid-answer.
@@ -80,6 +82,18 @@ func EarlyApp(t testing.TB) string {
 				return
 			}
 			io.WriteString(conn, "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+			// Close as servers do (net/http's closeWriteAndWait, nginx's
+			// lingering close): FIN after the answer, then read what the
+			// peer still sends until it closes. A bare Close over unread
+			// bytes makes the kernel reset the connection, and a reset
+			// that arrives before the peer has read the answer discards
+			// it: the sidecar then saw no answer at all (a 503), which is
+			// the app's fault, not what these tests are about.
+			if tc, ok := conn.(*net.TCPConn); ok {
+				tc.CloseWrite()
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, conn)
 			conn.Close()
 		default:
 			n, err := io.Copy(io.Discard, r.Body)
