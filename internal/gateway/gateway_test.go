@@ -754,26 +754,7 @@ func TestGatewayHS256Issuer(t *testing.T) {
 	tg := startGatewayWith(t, ca, up, func(c *config.Gateway) {
 		c.Routes = append(c.Routes, config.GatewayRoute{Name: "private", PathPrefix: "/private", Upstreams: c.Routes[0].Upstreams, SPIFFEID: ordersID, RequireToken: true})
 	}, func(o *Options) { o.Verifier = v })
-	tg.g.SetAuthorizer(2, compile(t, `
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: legacy, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  jwtRules:
-  - issuer: "`+issuer+`"
-    audiences: [orders]
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: edge, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: ["`+issuer+`/*"]}}]
-`))
+	tg.g.SetAuthorizer(2, compile(t, hs256EdgePolicy(issuer, "*")))
 	hs256 := func(iss string, key []byte) string {
 		return signHS256(t, key, map[string]any{"iss": iss, "sub": "alice", "aud": "orders", "exp": time.Now().Add(time.Hour).Unix()})
 	}

@@ -476,3 +476,28 @@ spec:
 		return signHS256(t, secret, all)
 	}
 }
+
+// hs256EdgePolicy is the edge policy of the HS256 token tests: tokens of
+// issuer for audience orders, their sub written to x-user, and an ALLOW
+// for the request principals issuer/principal ("*" for any subject).
+func hs256EdgePolicy(issuer, principal string) string {
+	return `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: legacy, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules:
+  - issuer: "` + issuer + `"
+    audiences: [orders]
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: ["` + issuer + `/` + principal + `"]}}]
+`
+}

@@ -18,26 +18,7 @@ import (
 func TestGatewayEdgeTokens(t *testing.T) {
 	const issuer = hs256Issuer
 	tg, sign := startHS256Gateway(t)
-	tg.g.SetAuthorizer(3, compile(t, `
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: legacy, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  jwtRules:
-  - issuer: "`+issuer+`"
-    audiences: [orders]
-    outputClaimToHeaders: [{header: x-user, claim: sub}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: edge, namespace: istio-system}
-spec:
-  selector: {matchLabels: {istio: ingressgateway}}
-  action: ALLOW
-  rules:
-  - from: [{source: {requestPrincipals: ["`+issuer+`/alice"]}}]
-`))
+	tg.g.SetAuthorizer(3, compile(t, hs256EdgePolicy(issuer, "alice")))
 	now := time.Now()
 	tok := func(claims map[string]any) string {
 		all := map[string]any{"sub": "alice", "aud": "orders"}
