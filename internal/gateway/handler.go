@@ -254,12 +254,12 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		g.reject(w, http.StatusNotFound, reasonNoRoute, "no route")
 		return
 	}
-	if !routeUnambiguous(st.table, canonicalHost(r.Host), rc.route, np, r.RequestURI, ps.mode) {
+	rc.paramFree = policy.ParamFreePath(np.Path())
+	if !routeUnambiguous(st.table, canonicalHost(r.Host), rc.route, np, rc.paramFree, r.RequestURI, ps.mode) {
 		g.reject(w, http.StatusBadRequest, reasonBadRequest, "malformed request path: read with its slashes decoded or its case ignored, it selects another route")
 		return
 	}
 	rt := rc.route
-	rc.paramFree = policy.ParamFreePath(np.Path())
 
 	// Header shaping, the sidecar's own code: hop-by-hop headers first,
 	// from the request as received (only a WebSocket upgrade the route

@@ -122,15 +122,15 @@ func dotSegmentWithParams(p string) bool {
 //   - Express and ASP.NET Core route ignoring case by default:
 //     "/ORDERS/search" goes to / while they serve /orders/search.
 //
-// Each reading, and the readings composed (parameters cut from the
+// params is np's path without its parameters (policy.ParamFreePath), ""
+// when it has none. Each reading, and the readings composed (parameters cut from the
 // decoded path, case ignored in each), must select the chosen route; the
 // WAF, the rate limits and the validation of a route are not stepped
 // around by any of them.
-func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.RequestPath, target string, mode policy.PathNormalization) bool {
+func routeUnambiguous(t *routeTable, host string, chosen *route, np policy.RequestPath, params, target string, mode policy.PathNormalization) bool {
 	same := func(p string) bool {
 		return t.lookup(host, p) == chosen && t.lookupFold(host, p) == chosen
 	}
-	params := policy.ParamFreePath(np.Path())
 	if t.lookupFold(host, np.Path()) != chosen || params != "" && !same(params) {
 		return false
 	}
