@@ -16,7 +16,8 @@
 // Pages carry a Content-Security-Policy without 'unsafe-inline' or
 // 'unsafe-eval' (htmx is configured not to inject styles or evaluate
 // code), X-Frame-Options DENY and no-store caching. Logins are rate
-// limited per address and overall, and audited, as are logouts and every
+// limited per address, and audited (refusals within an overall bound,
+// the excess counted), as are logouts and every
 // action (the action through the same server code as the admin API).
 // Pages show no secret: no token, key or secret value is ever rendered.
 //
@@ -154,6 +155,8 @@ type UI struct {
 	mux    *http.ServeMux
 	// refusals bounds audited CSRF/Origin refusals.
 	refusals *loginLimiter
+	// deniedBudget bounds the audit records of refused logins.
+	deniedBudget *budget
 }
 
 // New checks cfg and prepares the dashboard. It starts nothing.
@@ -180,7 +183,8 @@ func New(cfg Config) (*UI, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &UI{cfg: cfg, now: cfg.Now, log: cfg.Logger, seal: s, ttl: cfg.SessionTTL, limit: newLoginLimiter(), refusals: newLoginLimiter()}
+	u := &UI{cfg: cfg, now: cfg.Now, log: cfg.Logger, seal: s, ttl: cfg.SessionTTL, limit: newLoginLimiter(), refusals: newLoginLimiter(),
+		deniedBudget: newBudget(deniedAuditRate, deniedAuditBurst)}
 	if u.now == nil {
 		u.now = time.Now
 	}

@@ -3,12 +3,16 @@ package ui_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/config"
 )
@@ -279,7 +283,8 @@ func TestDisabled(t *testing.T) {
 }
 
 func TestOIDCCallbackRefuses(t *testing.T) {
-	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	clk := &clock{}
+	e := startServerAt(t, clk, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
 	tests := []struct {
 		name  string
 		start bool   // begin the flow first (sets the state cookie)
@@ -296,6 +301,7 @@ func TestOIDCCallbackRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			clk.Advance(time.Minute) // the login limit's bucket refills: each case is another user's login
 			c := e.client()
 			q := tt.query
 			if tt.start {
@@ -394,4 +400,97 @@ func (e *env) raw(c *http.Client, method, opaque, body string, hdr map[string]st
 	req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
 	req.URL.Opaque = opaque
 	return e.send(c, req, hdr)
+}
+
+// TestOIDCCallbackRateLimited: the callback is a login attempt like the
+// admin token's form. An attacker who started one flow knows its state
+// and can replay its state cookie for ten minutes: each forged code is a
+// code redemption at the token service and an audited ui.login refusal.
+// They are bounded by the login limit. Fails on the parent commit: there,
+// 60 forged callbacks wrote 60 audit records.
+func TestOIDCCallbackRateLimited(t *testing.T) {
+	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	c := e.client()
+	resp, _ := e.get(c, "/ui/oidc/start")
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || err != nil {
+		t.Fatalf("start: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	state := loc.Query().Get("state")
+	u, _ := url.Parse(e.base)
+	kept := c.Jar.Cookies(u) // the state cookie, replayed with every attempt
+	denied := func() int {
+		n := 0
+		for _, r := range e.auditRecords() {
+			if r.Kind == "ui.login" && r.Outcome == "denied" {
+				n++
+			}
+		}
+		return n
+	}
+	before := denied()
+	limited := 0
+	for i := range 60 {
+		c.Jar.SetCookies(u, kept)
+		resp, _ := e.get(c, "/ui/oidc/callback?"+url.Values{"state": {state}, "code": {fmt.Sprintf("mlc_forged%d", i)}}.Encode())
+		switch {
+		case resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") != "":
+			limited++
+		case resp.StatusCode == http.StatusSeeOther && resp.Header.Get("Location") == "/ui/login?error=oidc_failed":
+		default:
+			t.Fatalf("attempt %d: %d %s", i, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if got := denied() - before; limited == 0 || got > 20 {
+		t.Fatalf("60 forged callbacks: %d refused with 429, %d audited refusals (want them bounded by the login limit)", limited, got)
+	}
+}
+
+// TestLoginNotLockedOutByOthers: wrong tokens sent from many addresses
+// (40 loopback addresses here; a botnet, or one host's IPv6 /64 before
+// addresses were folded by /64) must not lock the admin out of the
+// dashboard: the limit is per address, and the overall bound covers only
+// what a refusal costs, its audit record. Records past that bound are
+// counted in the next one written (not_audited_before). Fails on the
+// parent commit: there, the overall limit refused every login, the
+// admin's included, with 429.
+func TestLoginNotLockedOutByOthers(t *testing.T) {
+	e := startServer(t)
+	before := len(e.auditRecords())
+	for i := range 40 {
+		c := e.clientFrom(fmt.Sprintf("127.0.0.%d", 10+i))
+		for range 10 {
+			_, body := e.get(c, "/ui/login")
+			resp, _ := e.form(c, "/ui/login", url.Values{"csrf_token": {csrfOf(t, body)}, "token": {"mla_guess"}}, map[string]string{"Origin": e.base})
+			if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("wrong token: %d", resp.StatusCode)
+			}
+		}
+	}
+	e.login(t, e.client()) // fails the test unless the admin gets a session
+	recs := e.auditRecords()
+	recs = recs[:len(recs)-before]
+	refused, uncounted := 0, 0
+	for _, r := range recs {
+		if r.Kind == "ui.login" && r.Outcome == "denied" {
+			refused++
+			if n, err := strconv.Atoi(r.Details["not_audited_before"]); err == nil {
+				uncounted += n
+			}
+		}
+	}
+	// 400 wrong tokens: at most 20 (the burst) plus 2 a second audited one
+	// by one, the others counted in them (but for those after the last).
+	if refused == 0 || refused > 60 || refused+uncounted < 300 {
+		t.Fatalf("400 wrong tokens: %d audited, %d more counted in them", refused, uncounted)
+	}
+}
+
+// clientFrom is client() with connections from the loopback address ip
+// (every 127.0.0.0/8 address is this host's).
+func (e *env) clientFrom(ip string) *http.Client {
+	c := e.client()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c.Transport.(*http.Transport).DialContext = d.DialContext
+	return c
 }

@@ -1,0 +1,39 @@
+package ui
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestLoginLimitKeys: the login limit counts an IPv6 host by its /64
+// (rotating addresses within it costs nothing) and every IPv4 address,
+// and IPv4-mapped IPv6 addresses, on their own. Fails on the parent
+// commit: there, every IPv6 address had a bucket of its own.
+func TestLoginLimitKeys(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	tests := []struct {
+		name    string
+		addrs   func(i int) string
+		refused bool // the 11th attempt
+	}{
+		{"ipv6_same_64", func(i int) string { return fmt.Sprintf("2001:db8:1:2:%x::%x", i*4099, i+1) }, true},
+		{"ipv6_same_address", func(int) string { return "2001:db8::1" }, true},
+		{"ipv6_other_64s", func(i int) string { return fmt.Sprintf("2001:db8:1:%x::1", i) }, false},
+		{"ipv4_neighbours", func(i int) string { return fmt.Sprintf("192.0.2.%d", i+1) }, false},
+		{"ipv4_mapped_neighbours", func(i int) string { return fmt.Sprintf("::ffff:192.0.2.%d", i+1) }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLoginLimiter()
+			for i := range loginPerIPBurst {
+				if ok, _ := l.allow(tt.addrs(i), now); !ok {
+					t.Fatalf("attempt %d from %s refused", i, tt.addrs(i))
+				}
+			}
+			if ok, _ := l.allow(tt.addrs(loginPerIPBurst), now); ok == tt.refused {
+				t.Fatalf("attempt %d from %s: allowed %v", loginPerIPBurst, tt.addrs(loginPerIPBurst), ok)
+			}
+		})
+	}
+}
