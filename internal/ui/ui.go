@@ -272,9 +272,14 @@ func securityHeaders(h http.Header) {
 }
 
 // staticFiles serves the embedded assets; they may be cached briefly
-// (they change only with the binary).
+// (they change only with the binary). A directory is no page: no
+// listing of what is embedded.
 func (u *UI) staticFiles() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/") {
+			u.errorPage(w, r, http.StatusNotFound, "There is no such dashboard page.")
+			return
+		}
 		w.Header().Set("Cache-Control", "private, max-age=300")
 		u.static.ServeHTTP(w, r)
 	})

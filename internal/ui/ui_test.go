@@ -354,6 +354,8 @@ func TestDashboardAttacks(t *testing.T) {
 			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
 		{name: "static_encoded_slash", method: "GET", path: "/ui/static/..%2ftemplates%2flayout.html",
 			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
+		{name: "static_directory_listing", method: "GET", path: "/ui/static/",
+			bad: func(st int, b string) bool { return st != http.StatusNotFound || strings.Contains(b, "README.txt") }},
 		{name: "action_by_get_does_nothing", method: "GET", path: "/ui/revocations/revoke?spiffe_id=" + url.QueryEscape(id) + "&csrf_token=" + csrf,
 			bad: func(st int, _ string) bool { return st < 400 }},
 		{name: "action_by_put", method: "PUT", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id), hdr: form,
