@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
 )
 
@@ -495,4 +497,27 @@ func (e *env) clientFrom(ip string) *http.Client {
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 	c.Transport.(*http.Transport).DialContext = d.DialContext
 	return c
+}
+
+// TestDecisionsFilterSurvivesRefresh: the decision log narrowed to one
+// identity (a graph node's link) refreshes itself narrowed. Fails on the
+// parent commit: the refresh fetched /ui/decisions, and five seconds
+// after the click every identity's decisions replaced the identity's.
+func TestDecisionsFilterSurvivesRefresh(t *testing.T) {
+	e := startServer(t)
+	const web, batch = "spiffe://example.org/ns/prod/sa/web", "spiffe://example.org/ns/prod/sa/batch"
+	e.reportDecision(audit.KindDecisionDeny, web, ordersID, "prod/orders-deny", "/from-web")
+	e.reportDecision(audit.KindDecisionDeny, batch, ordersID, "prod/orders-deny", "/from-batch")
+	c := e.client()
+	e.login(t, c)
+	_, page := e.get(c, "/ui/decisions?id="+url.QueryEscape(web))
+	m := regexp.MustCompile(`<main id="content" hx-get="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("the narrowed decision log does not refresh itself:\n%s", page)
+	}
+	req, _ := http.NewRequest("GET", e.base+html.UnescapeString(m[1]), nil)
+	_, body := e.send(c, req, map[string]string{"HX-Request": "true"})
+	if !strings.Contains(body, "/from-web") || strings.Contains(body, "/from-batch") {
+		t.Fatalf("the refresh (%s) shows other identities' decisions:\n%s", m[1], body)
+	}
 }
