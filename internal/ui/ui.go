@@ -418,7 +418,7 @@ func checkOrigin(r *http.Request) string {
 	if o := r.Header.Get("Origin"); o != "" {
 		u, err := url.Parse(o)
 		if err != nil || u.Scheme != "https" || !strings.EqualFold(u.Host, r.Host) || u.Path != "" {
-			return "the request came from another site (Origin " + o + ")"
+			return "the request came from another site (Origin " + clip(o, 96) + ")"
 		}
 		return ""
 	}

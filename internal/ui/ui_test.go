@@ -374,6 +374,13 @@ func TestDashboardAttacks(t *testing.T) {
 		{name: "origin_with_path", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
 			hdr: map[string]string{"Origin": e.base + "/ui", "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
 			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		// The refusal is shown and audited; the Origin it names is the
+		// sender's, so it is clipped, not copied whole (8 KB a record).
+		{name: "huge_origin_not_echoed", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": "https://" + strings.Repeat("a", 8000), "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
+			bad: func(st int, b string) bool {
+				return st != http.StatusForbidden || strings.Contains(b, strings.Repeat("a", 200)) || strings.Contains(lastRefusal(e), strings.Repeat("a", 200))
+			}},
 		{name: "underscore_csrf_header", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
 			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X_CSRF_Token": csrf},
 			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
@@ -520,4 +527,14 @@ func TestDecisionsFilterSurvivesRefresh(t *testing.T) {
 	if !strings.Contains(body, "/from-web") || strings.Contains(body, "/from-batch") {
 		t.Fatalf("the refresh (%s) shows other identities' decisions:\n%s", m[1], body)
 	}
+}
+
+// lastRefusal is the reason of the newest ui.refused record ("" if none).
+func lastRefusal(e *env) string {
+	for _, r := range e.auditRecords() {
+		if r.Kind == "ui.refused" {
+			return r.Details["reason"]
+		}
+	}
+	return ""
 }
