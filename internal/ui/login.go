@@ -63,9 +63,16 @@ func (u *UI) renderLogin(w http.ResponseWriter, r *http.Request, status int, msg
 }
 
 // loginToken exchanges the admin token for a session. Checks, in order:
-// rate limit, Origin, the login CSRF cookie, the token (constant time).
-// Every attempt that gets that far is audited.
+// Origin, rate limit, the login CSRF cookie, the token (constant time).
+// Every attempt that gets that far is audited. The Origin comes first: a
+// form another site posts from the admin's browser must not use up the
+// admin's address's attempts (refusing it costs nothing and is not
+// audited).
 func (u *UI) loginToken(w http.ResponseWriter, r *http.Request) {
+	if msg := checkOrigin(r); msg != "" {
+		u.renderLogin(w, r, http.StatusForbidden, "Refused: "+msg+".")
+		return
+	}
 	ip := clientIP(r)
 	if ok, retry := u.limit.allow(ip, u.now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
@@ -73,10 +80,6 @@ func (u *UI) loginToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if msg := checkOrigin(r); msg != "" {
-		u.renderLogin(w, r, http.StatusForbidden, "Refused: "+msg+".")
-		return
-	}
 	if err := r.ParseForm(); err != nil {
 		u.renderLogin(w, r, http.StatusBadRequest, "The form could not be read.")
 		return

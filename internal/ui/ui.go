@@ -245,11 +245,42 @@ func (u *UI) routes() {
 // ServeHTTP serves every dashboard path with the security headers.
 func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w.Header())
+	if why := foreignFetch(r); why != "" {
+		u.errorPage(w, r, http.StatusForbidden, "Refused: "+why+".")
+		return
+	}
 	if r.URL.Path == Prefix {
 		http.Redirect(w, r, Prefix+"/", http.StatusSeeOther)
 		return
 	}
 	u.mux.ServeHTTP(w, r)
+}
+
+// foreignFetch returns why a page or asset request another site made the
+// browser send must be refused, or "" (a resource isolation policy on the
+// browser's Fetch Metadata, which no page can forge). Another site,
+// same-site siblings included (SameSite=Strict sends them the session
+// cookie), may only link to the dashboard: a top-level navigation. As a
+// subresource, in a frame or by script, its request would still run its
+// handler (the forensics bundle export is audited and costly) or use up
+// the address's login attempts (/ui/oidc/start). Requests that change
+// something are checked by Origin and CSRF token (checkStateChange);
+// browsers without Fetch Metadata send none of these headers.
+func foreignFetch(r *http.Request) string {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return ""
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "none", "same-origin":
+		return ""
+	}
+	if r.Header.Get("Sec-Fetch-Mode") == "navigate" {
+		switch r.Header.Get("Sec-Fetch-Dest") {
+		case "", "document":
+			return ""
+		}
+	}
+	return "another site made this request (only links to the dashboard are followed)"
 }
 
 // csp is the Content-Security-Policy of every dashboard response: only
