@@ -86,6 +86,9 @@ func TestResourceIsolation(t *testing.T) {
 		{"same_site_frame_of_the_export", export, sameSiteFrame, http.StatusForbidden},
 		{"same_site_image_of_a_page", "/ui/graph", sameSiteImage, http.StatusForbidden},
 		{"link_from_another_site", "/ui/incidents/" + inc.ID, crossSiteLink, http.StatusOK},
+		// A download does not unload the page that started it: a sibling
+		// page could navigate to the export again and again.
+		{"same_site_navigation_to_the_export", export, map[string]string{"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}, http.StatusForbidden},
 		{"same_origin_download", export, map[string]string{"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "empty"}, http.StatusOK},
 		{"typed_in_the_address_bar", export, map[string]string{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}, http.StatusOK},
 		{"no_fetch_metadata", export, nil, http.StatusOK},

@@ -643,6 +643,14 @@ func (u *UI) confirmBlocks(q *request) {
 // bundle is the identity's whole record, so the server audits the export
 // as the admin's.
 func (u *UI) exportIncident(q *request) {
+	// Not even a link from another site: a download does not unload the
+	// page that started it, which could start it again and again (the
+	// incident page's link is same-origin).
+	if s := q.r.Header.Get("Sec-Fetch-Site"); s == "same-site" || s == "cross-site" {
+		u.show(q, http.StatusForbidden, "error", &page{Title: "Incident",
+			FlashErr: "Refused: another site linked to the forensics bundle; download it from the incident's page."})
+		return
+	}
 	id := q.r.PathValue("id")
 	if len(id) > maxIncidentID {
 		u.show(q, http.StatusNotFound, "error", &page{Title: "Incident", FlashErr: "There is no such incident."})
