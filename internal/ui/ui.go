@@ -12,7 +12,9 @@
 // from the server's KEK, so replicas share it), HttpOnly, Secure,
 // SameSite=Strict, __Host- prefixed and short-lived. Every state-changing
 // request needs the session's CSRF token (a synchronizer token, compared
-// in constant time) and an Origin (or Sec-Fetch-Site) naming this server.
+// in constant time) and an Origin (or Sec-Fetch-Site) naming this server;
+// another site's page or asset requests are refused unless they are
+// top-level navigations (foreignFetch).
 // Pages carry a Content-Security-Policy without 'unsafe-inline' or
 // 'unsafe-eval' (htmx is configured not to inject styles or evaluate
 // code), X-Frame-Options DENY and no-store caching. Logins are rate
