@@ -106,3 +106,30 @@ func TestResourceIsolation(t *testing.T) {
 		})
 	}
 }
+
+// TestNoOpenRedirect: the dashboard redirects (to the login page, to the
+// overview, to a cleaned path, after the OIDC callback) only to its own
+// paths, whatever the request path or query says: a Location is never
+// another host ("//host", "/\host", a scheme). There is no next= or
+// return-URL parameter; these paths probe the mux's and our redirects.
+func TestNoOpenRedirect(t *testing.T) {
+	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	logged := e.client()
+	e.login(t, logged)
+	paths := []string{"/ui", "/ui?next=//evil.example", "/ui/login?next=https://evil.example", "/ui//evil.example/", "/ui/..//evil.example",
+		"/ui/%2F%2Fevil.example", "/ui/%5C%5Cevil.example", "/ui/./%2e%2e//evil.example", "/ui/incidents/x/..//evil.example",
+		"/ui/oidc/callback?state=x&code=y&redirect_uri=https://evil.example", "/ui/nodes?next=//evil.example", "/ui/static//evil.example"}
+	for _, c := range []*http.Client{e.client(), logged} {
+		for _, p := range paths {
+			resp, _ := e.raw(c, "GET", p, "", nil)
+			loc := resp.Header.Get("Location")
+			if loc == "" {
+				continue
+			}
+			// A path on this host ("/evil.example" included) is fine.
+			if !strings.HasPrefix(loc, "/") || strings.HasPrefix(loc, "//") || strings.HasPrefix(loc, "/\\") {
+				t.Errorf("GET %s: %d to %q", p, resp.StatusCode, loc)
+			}
+		}
+	}
+}
