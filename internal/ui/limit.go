@@ -50,14 +50,20 @@ func (l *loginLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
 	if lim == nil {
 		if len(l.perIP) >= maxLimiterKeys {
 			// Full buckets say nothing: drop them. If every bucket is in
-			// use, refuse new addresses until some refill.
+			// use (that many addresses failing at once), drop one anyway
+			// rather than refuse the newcomer, who may be the admin: its
+			// address gets one burst more, and what a flood costs, the
+			// refusals' audit records, is bounded overall.
 			for k, v := range l.perIP {
 				if v.TokensAt(now) >= loginPerIPBurst {
 					delete(l.perIP, k)
 				}
 			}
-			if len(l.perIP) >= maxLimiterKeys {
-				return false, loginPerIPEvery
+			for k := range l.perIP {
+				if len(l.perIP) < maxLimiterKeys {
+					break
+				}
+				delete(l.perIP, k)
 			}
 		}
 		lim = rate.NewLimiter(rate.Every(loginPerIPEvery), loginPerIPBurst)

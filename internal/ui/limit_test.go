@@ -37,3 +37,24 @@ func TestLoginLimitKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestLoginLimitFullTable: when as many addresses as the table holds are
+// all failing at once (a botnet), a new address still gets its attempts:
+// some other address's bucket is dropped (it starts again from full, at
+// most one burst more for it), not the newcomer refused, who may be the
+// admin. Fails on the parent commit: the newcomer was refused.
+func TestLoginLimitFullTable(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := newLoginLimiter()
+	for i := range maxLimiterKeys {
+		if ok, _ := l.allow(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255), now); !ok {
+			t.Fatalf("address %d refused", i)
+		}
+	}
+	if ok, _ := l.allow("192.0.2.1", now); !ok {
+		t.Fatal("a new address was refused while the table was full")
+	}
+	if n := len(l.perIP); n > maxLimiterKeys {
+		t.Fatalf("the table grew to %d", n)
+	}
+}
