@@ -2,6 +2,7 @@ package ui
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -57,4 +58,27 @@ func TestLoginLimitFullTable(t *testing.T) {
 	if n := len(l.perIP); n > maxLimiterKeys {
 		t.Fatalf("the table grew to %d", n)
 	}
+}
+
+// FuzzLimitKey: any RemoteAddr host folds without panicking; an IPv6
+// address's key is its /64, which the address lies in, and any other
+// string is its own key.
+func FuzzLimitKey(f *testing.F) {
+	for _, s := range []string{"127.0.0.1", "::1", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%eth0", "", "x", "2001:db8::1/64", "[::1]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		k := limitKey(s)
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			if k != s {
+				t.Fatalf("limitKey(%q) = %q, want it unchanged", s, k)
+			}
+			return
+		}
+		p, err := netip.ParsePrefix(k)
+		if err != nil || p.Bits() != 64 || !p.Contains(a.WithZone("")) {
+			t.Fatalf("limitKey(%q) = %q, want the /64 holding it", s, k)
+		}
+	})
 }
