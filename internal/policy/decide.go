@@ -24,8 +24,9 @@ type evalCtx struct {
 
 	// paths[cur] is the path rules match: paths[0] the path normalized,
 	// query removed (it may alias a buffer on authorize's stack), then
-	// its nalt other readings (pathReadings: as Java servers and as apps
-	// that decode %2F read it), kinds how each was made. upper: the path
+	// its nalt other readings (pathReadings: as Java servers, as apps
+	// that decode %2F and as routers that merge slashes read it), kinds
+	// how each was made. upper: the path
 	// holds an upper-case letter, so that it reads otherwise to an app
 	// that routes ignoring case. Rules match every reading
 	// (evalCtx.applies); fold is set while paths match ignoring ASCII
@@ -233,8 +234,18 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 			v, present = unsafe.String(unsafe.SliceData(b), len(b)), true
 		}
 	}
+	// :path is read as paths are: under a folded reading (evalCtx.
+	// applies) ignoring ASCII case, as an app that routes ignoring case
+	// reads "/ADMIN".
+	fold := c.fold && a.header == ":path"
 	in := func(vs *valueSet) bool {
-		return present && (vs.presence || vs.strs.match(v))
+		if !present || vs.presence {
+			return present
+		}
+		if fold {
+			return vs.strs.matchASCIIFold(v)
+		}
+		return vs.strs.match(v)
 	}
 	if a.pos.n > 0 && !in(&a.pos) {
 		return false
@@ -386,7 +397,8 @@ func (p *compiledAuthz) match(c *evalCtx) int {
 // applies reports whether rule r of a policy with action act applies to
 // the request. A path has other readings than the one received: as
 // Tomcat, Jetty and Spring route it ("/admin;x" is /admin), as apps that
-// decode %2F and %5C route it ("/admin%2Fusers" is /admin/users), and
+// decode %2F and %5C route it ("/admin%2Fusers" is /admin/users), as
+// routers that merge slashes route it ("//admin" is /admin), and
 // ignoring ASCII case, as Express, ASP.NET Core and IIS route it
 // ("/ADMIN" is /admin) — each of the first ones ignoring case too. A
 // DENY, AUDIT or CUSTOM rule applies when any reading matches it, an
