@@ -737,18 +737,51 @@ outer:
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
 				Reason: p.rules[i].reason + ": provider is not configured", Custom: out.Custom}, true
 		}
-		allow, reason := s.opts.Custom(p.provider, req)
-		if !allow {
-			if reason == "" {
-				reason = "denied"
+		// Asked about every reading of the path (customRequest), as a
+		// RegoProvider is: a provider deciding on "/admin" must not let
+		// "/admin;x" or "//admin" through to an app that serves /admin.
+		for k := 0; k <= c.nalt; k++ {
+			allow, reason := s.opts.Custom(p.provider, c.customRequest(req, k, s.opts.PathNormalization))
+			if !allow {
+				if reason == "" {
+					reason = "denied"
+				}
+				out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "deny"})
+				return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
+					Reason: p.rules[i].reason + ": " + reason, Custom: out.Custom}, true
 			}
-			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "deny"})
-			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
-				Reason: p.rules[i].reason + ": " + reason, Custom: out.Custom}, true
+			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 		}
-		out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 	}
 	return out, false
+}
+
+// customRequest is req as a provider given in Options.Custom is asked
+// about reading k of the path (evalCtx.applies): Path is that reading,
+// normalized, then the query as received, and NormalizedPath says so, as
+// Envoy hands ext_authz the path it normalized and the app is served. It
+// is req itself when req.Path is that already (reading 0 of a proxy's
+// request: no allocation), else a copy. The readings differ from each
+// other (pathReadings), so each is asked once. Case is not one of them:
+// the provider gets the request's own text (a path may hold
+// case-sensitive IDs), and one guarding an app that routes ignoring case
+// compares paths ignoring case itself.
+func (c *evalCtx) customRequest(req *Request, k int, mode PathNormalization) *Request {
+	rawPath, q, hasQ := strings.Cut(req.Path, "?")
+	if k == 0 && rawPath == c.paths[0] {
+		return req
+	}
+	// Its own variable: c.paths[k] may alias authorize's stack buffer,
+	// which must not escape.
+	p := strings.Clone(c.paths[k])
+	target := p
+	if hasQ {
+		target = p + "?" + q
+	}
+	r := *req
+	r.Path = target
+	r.NormalizedPath = RequestPath{target: target, pathLen: len(p), mode: mode, changed: true, ok: true}
+	return &r
 }
 
 // regoReading is one reading of a path a RegoProvider decides on: the
