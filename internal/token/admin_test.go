@@ -247,6 +247,7 @@ func TestAdminUserActionsEndSessions(t *testing.T) {
 					"web", web.Secret); status != 200 {
 					t.Errorf("another user's refresh token: %d %v", status, body["error"])
 				}
+				// Two logins, each an access token and an ID token.
 				var ev *token.AuditEvent
 				h.mu.Lock()
 				for i := range h.audits {
@@ -255,7 +256,7 @@ func TestAdminUserActionsEndSessions(t *testing.T) {
 					}
 				}
 				h.mu.Unlock()
-				if ev == nil || ev.Subject != alice.ID || ev.Details["action"] != tc.name || ev.Details["grants"] != "3" || ev.Details["revoked_tokens"] != "2" {
+				if ev == nil || ev.Subject != alice.ID || ev.Details["action"] != tc.name || ev.Details["grants"] != "3" || ev.Details["revoked_tokens"] != "4" {
 					t.Fatalf("audit record: %+v", ev)
 				}
 			})
