@@ -502,6 +502,34 @@ func TestLoginPageSecurityHeaders(t *testing.T) {
 	}
 }
 
+// Chrome and Safari apply the login page's CSP form-action to the 303 that
+// follows the form post, so the redirect URI's origin must be in it, or
+// the browser refuses to go back to the application after the sign-in.
+// A native app's private-use scheme (RFC 8252 §7.1, which registration
+// accepts) has no host: its scheme must be there as a scheme source. A
+// loopback redirect's port is the one asked for (RFC 8252 §7.3).
+func TestLoginPageFormActionAllowsTheRedirect(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	h.createClient(token.ClientRequest{Name: "native", ClientSpec: token.ClientSpec{GrantTypes: []string{"authorization_code"},
+		AuthMethod: "none", Scopes: []string{"openid"},
+		RedirectURIs: []string{"com.example.app:/oauth2redirect", "com.example.other://cb", "http://127.0.0.1/cb", appCallback}}})
+	_, ch := pkce("n")
+	for _, tc := range []struct{ redirect, want string }{
+		{"com.example.app:/oauth2redirect", "form-action 'self' com.example.app:;"},
+		{"com.example.other://cb", "form-action 'self' com.example.other://cb;"},
+		{"http://127.0.0.1:51234/cb", "form-action 'self' http://127.0.0.1:51234;"},
+		{appCallback, "form-action 'self' https://app.example;"},
+	} {
+		p := h.get(h.tlsClient(nil), h.authorizeURL("native", tc.redirect, "openid", "s", "", ch))
+		if p.status != http.StatusOK {
+			t.Fatalf("%s: %d %s", tc.redirect, p.status, p.body)
+		}
+		if csp := p.header.Get("Content-Security-Policy"); !strings.Contains(csp, tc.want) {
+			t.Errorf("%s: CSP %q lacks %q", tc.redirect, csp, tc.want)
+		}
+	}
+}
+
 // The audience asked for at login carries on through refreshes.
 func TestLoginAudienceSurvivesRefresh(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
