@@ -402,7 +402,9 @@ func (v *Verifier) lookup(r *securityv1beta1.JWTRule) *compiledRule {
 //     header or query parameter unless forwardOriginalToken).
 //
 // The rule used is the one whose issuer equals the token's iss among the
-// rules that look where the token was found; none is ErrUnknownIssuer.
+// rules that look where the token was found; a rule without issuer is
+// used only for an iss that no rule there names; none is
+// ErrUnknownIssuer.
 // Verify does no network I/O. A token already verified (cache hit) costs a
 // hash and a map lookup; its expiry, its rule, the rule's current key set
 // and the revocation set are checked again on every use, and a hit
@@ -582,11 +584,17 @@ func hasLocKey(locs []*location, l *location) bool {
 // full check could pick an earlier rule, with other claims
 // (spaceDelimitedClaims), headers or token forwarding.
 func (e *cacheEntry) answersFor(cands []*compiledRule) bool {
+	own := hasOwnRule(cands, e.iss)
+	if own && e.rule.issuer == "" {
+		return false
+	}
 	for _, c := range cands {
 		if c == e.rule {
 			return true
 		}
-		if c.acceptsIssuer(e.iss) && !e.refusedBy(c) {
+		// With the issuer's own rule here, verifySlow skips rules
+		// without issuer: they cannot have picked the token.
+		if c.acceptsIssuer(e.iss) && !(own && c.issuer == "") && !e.refusedBy(c) {
 			return false
 		}
 	}
@@ -597,6 +605,20 @@ func (e *cacheEntry) refusedBy(c *compiledRule) bool {
 	for _, r := range e.refused {
 		if r.rule == c {
 			return r.keys == c.keys()
+		}
+	}
+	return false
+}
+
+// hasOwnRule reports whether a rule among cands names iss as its issuer.
+// A token of such an issuer is verified by its own rules only: a rule
+// without issuer accepts whatever iss its keys sign, and must not let
+// the holder of those keys sign for an issuer whose rule applies here
+// (the principal is <iss>/<sub>).
+func hasOwnRule(cands []*compiledRule, iss string) bool {
+	for _, c := range cands {
+		if c.issuer != "" && c.issuer == iss {
+			return true
 		}
 	}
 	return false
@@ -613,8 +635,9 @@ func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) 
 	}
 	var firstErr error
 	var refused []refusal
+	own := hasOwnRule(cands, pt.iss)
 	for _, c := range cands {
-		if !c.acceptsIssuer(pt.iss) {
+		if !c.acceptsIssuer(pt.iss) || (own && c.issuer == "") {
 			continue
 		}
 		// The key set is read once, before the check: a refusal is then
