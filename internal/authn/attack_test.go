@@ -267,15 +267,28 @@ func TestIssuerlessRuleCannotSpeakForAnotherIssuer(t *testing.T) {
 	partner := &securityv1beta1.JWTRule{Jwks: jwksOf(t, keyEvil)}
 	spoof := sign(t, keyEvil, claims(map[string]any{"sub": "admin"}))
 	partnerTok := sign(t, keyEvil, claims(map[string]any{"iss": "https://partner.example", "sub": "p1"}))
+	// X's rule reading another header still makes X's tokens its own: the
+	// spoof put in Authorization, where only the issuer-less rule looks,
+	// is refused too.
+	ownElsewhere := &securityv1beta1.JWTRule{Issuer: testIssuer, Jwks: jwksOf(t, keyES256),
+		FromHeaders: []*securityv1beta1.JWTHeader{{Name: "x-jwt"}}}
 	for _, cacheSize := range []int{0, -1} {
 		v, _ := newTestVerifier(t, Options{CacheSize: cacheSize})
-		if err := v.Prepare(context.Background(), ruleList(own, partner)); err != nil {
+		if err := v.Prepare(context.Background(), ruleList(own, partner, ownElsewhere)); err != nil {
 			t.Fatal(err)
 		}
 		// Where only the issuer-less rule applies, it is the rule for
 		// any issuer (Istio's and Envoy's reading).
 		if a, err := v.Verify(ruleList(partner), bearer(spoof)); err != nil || a.Principal != testIssuer+"/admin" {
 			t.Fatalf("cache %d: issuer-less rule alone: %v %v", cacheSize, a, err)
+		}
+		for _, rules := range [][]*securityv1beta1.JWTRule{{ownElsewhere, partner}, {partner, ownElsewhere}} {
+			if a, err := v.Verify(rules, bearer(spoof)); err == nil {
+				t.Errorf("cache %d: with the issuer's rule reading x-jwt, the spoof in Authorization became %s", cacheSize, a.Principal)
+			}
+			if a, err := v.Verify(rules, bearer(partnerTok)); err != nil || a.Principal != "https://partner.example/p1" {
+				t.Errorf("cache %d: an issuer without its own rule, beside a rule reading x-jwt: %v %v", cacheSize, a, err)
+			}
 		}
 		for _, rules := range [][]*securityv1beta1.JWTRule{{own, partner}, {partner, own}} {
 			a, err := v.Verify(rules, bearer(spoof))
