@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // caBackdate is how far a new CA certificate's NotBefore is set in the
@@ -256,7 +257,67 @@ func (c *CA) newAuthority(kind AuthorityKind, now, activateAt time.Time) (record
 	if err := r.parse(KindX509, c.o.TrustDomain); err != nil {
 		return record{}, fmt.Errorf("ca: new X.509 authority: %w", err)
 	}
+	if c.o.Upstream != nil {
+		if err := c.checkSVIDsVerify(&r, now); err != nil {
+			return record{}, err
+		}
+	}
 	return r, nil
+}
+
+// checkSVIDsVerify signs a throwaway X509-SVID (a fresh key, discarded)
+// under the new upstream-signed intermediate r and verifies it to the
+// upstream roots for each of its extended key usages, as RFC 5280
+// validators (crypto/x509, OpenSSL and so Envoy) do. An upstream CA whose
+// own constraints leave no room below it (a path length on a CA above it
+// that counts our intermediate, name constraints that exclude the trust
+// domain, an extended key usage without serverAuth or clientAuth) is
+// refused here, when the intermediate is prepared, rather than found when
+// it activates and no SVID it signs verifies anywhere.
+func (c *CA) checkSVIDsVerify(r *record, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("ca: generate probe key: %w", err)
+	}
+	serial, err := c.newSerial()
+	if err != nil {
+		return err
+	}
+	id, err := spiffeid.FromSegments(c.o.TrustDomain, "moatless", "ca-probe")
+	if err != nil {
+		return fmt.Errorf("ca: probe SPIFFE ID: %w", err)
+	}
+	tmpl := svidTemplate(key.Public(), serial, id, r.NotBefore, r.NotAfter)
+	der, err := x509.CreateCertificate(c.o.Rand, tmpl, r.p.cert, key.Public(), r.p.signer)
+	if err != nil {
+		return fmt.Errorf("ca: sign probe X509-SVID: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("ca: parse probe X509-SVID: %w", err)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, cert := range r.p.roots {
+		roots.AddCert(cert)
+	}
+	inter.AddCert(r.p.cert)
+	for _, cert := range r.p.chain {
+		inter.AddCert(cert)
+	}
+	for _, eku := range svidExtKeyUsages {
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{eku}})
+		if err != nil {
+			return fmt.Errorf("ca: upstream: an X509-SVID signed below this upstream CA would not verify (%s): its certificate or one above it has a constraint (path length, name constraints, extended key usage) that leaves no room for the Moatless intermediate and its SVIDs: %w", ekuName(eku), err)
+		}
+	}
+	return nil
+}
+
+func ekuName(eku x509.ExtKeyUsage) string {
+	if eku == x509.ExtKeyUsageClientAuth {
+		return "as a TLS client"
+	}
+	return "as a TLS server"
 }
 
 // snapshot is an immutable view of one state, what signers read.

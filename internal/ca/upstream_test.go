@@ -38,6 +38,10 @@ type certSpec struct {
 	keyUsage     x509.KeyUsage
 	parent       *x509.Certificate
 	parentSigner crypto.Signer
+	// Constraints an organisation's CA may carry on what it signs below.
+	permittedURIDomains []string
+	permittedDNSDomains []string
+	extKeyUsage         []x509.ExtKeyUsage
 }
 
 func makeCert(t testing.TB, s certSpec, key crypto.Signer) *x509.Certificate {
@@ -53,6 +57,9 @@ func makeCert(t testing.TB, s certSpec, key crypto.Signer) *x509.Certificate {
 		IsCA:                  s.ca,
 		MaxPathLen:            s.maxPathLen,
 		MaxPathLenZero:        s.pathLenZero,
+		PermittedURIDomains:   s.permittedURIDomains,
+		PermittedDNSDomains:   s.permittedDNSDomains,
+		ExtKeyUsage:           s.extKeyUsage,
 	}
 	parent, signer := tmpl, key
 	if s.parent != nil {
@@ -301,6 +308,79 @@ func TestUpstreamRefused(t *testing.T) {
 			_, err := NewUpstream(tt.chain, tt.signer, tt.roots)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("NewUpstream = %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// An upstream CA whose own constraints leave no room for the SVIDs it
+// would anchor: the chain above our intermediate verifies (NewUpstream
+// accepts it), but every X509-SVID signed below it is refused by every
+// validator that applies RFC 5280 (crypto/x509 and so go-spiffe, OpenSSL
+// and so Envoy): a path length that counts our intermediate, URI name
+// constraints that exclude the trust domain, an extended key usage
+// without clientAuth or serverAuth. Found only when the intermediate
+// activates, that is a mesh-wide outage 10 minutes after start; the CA
+// must refuse to prepare such an intermediate, naming the cause.
+func TestUpstreamConstraintsLeaveNoRoom(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	org := newOrgPKI(t, now, 30*24*time.Hour)
+	life := certSpec{notBefore: now.Add(-time.Hour), notAfter: now.Add(30 * 24 * time.Hour), keyUsage: x509.KeyUsageCertSign, ca: true}
+	under := func(s certSpec, parent *x509.Certificate, parentKey crypto.Signer, key crypto.Signer) *x509.Certificate {
+		s.notBefore, s.notAfter, s.keyUsage, s.ca = life.notBefore, life.notAfter, life.keyUsage, true
+		s.parent, s.parentSigner = parent, parentKey
+		return makeCert(t, s, key)
+	}
+	// org.inter has pathlen:1, so a CA below it has no room for ours.
+	belowKey := newP256(t)
+	below := under(certSpec{cn: "CA below a pathlen:1 CA"}, org.inter, org.interKey, belowKey)
+	nameKey := newP256(t)
+	named := under(certSpec{cn: "URI-constrained CA", maxPathLen: 1, permittedURIDomains: []string{"other.example"}}, org.root, org.rootKey, nameKey)
+	ekuKey := newP256(t)
+	serverOnly := under(certSpec{cn: "serverAuth-only CA", maxPathLen: 1, extKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, org.root, org.rootKey, ekuKey)
+	clientOnlyKey := newP256(t)
+	clientOnly := under(certSpec{cn: "clientAuth-only CA", maxPathLen: 1, extKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, org.root, org.rootKey, clientOnlyKey)
+	goodKey := newP256(t)
+	good := under(certSpec{cn: "URI-constrained to the trust domain", maxPathLen: 1, permittedURIDomains: []string{"example.org"},
+		extKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, org.root, org.rootKey, goodKey)
+
+	tests := []struct {
+		name  string
+		chain []*x509.Certificate
+		key   crypto.Signer
+		want  string // "" = accepted
+	}{
+		{"parent_path_length_counts_our_intermediate", []*x509.Certificate{below, org.inter}, belowKey, "path length"},
+		{"uri_name_constraints_exclude_trust_domain", []*x509.Certificate{named}, nameKey, "constraint"},
+		{"extended_key_usage_server_auth_only", []*x509.Certificate{serverOnly}, ekuKey, "key usage"},
+		{"extended_key_usage_client_auth_only", []*x509.Certificate{clientOnly}, clientOnlyKey, "key usage"},
+		{"constrained_to_trust_domain_accepted", []*x509.Certificate{good}, goodKey, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, err := NewUpstream(tt.chain, tt.key, []*x509.Certificate{org.root})
+			if err != nil {
+				t.Fatalf("NewUpstream: %v (the chain above our intermediate is valid)", err)
+			}
+			o := Options{TrustDomain: testTD, State: &memStore{}, KEK: testKEK, Now: func() time.Time { return now }, Upstream: up}
+			c, err := Open(context.Background(), o)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				is := mustSign(t, c, testID, 0)
+				if _, _, err := x509svid.Verify(is.Chain, c.Bundle(), x509svid.WithTime(now)); err != nil {
+					t.Errorf("verify: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				is := mustSign(t, c, testID, 0)
+				_, _, verr := x509svid.Verify(is.Chain, c.Bundle(), x509svid.WithTime(now))
+				t.Fatalf("Open accepted the upstream; its SVIDs then fail verification: %v", verr)
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "upstream") {
+				t.Errorf("Open = %v, want an upstream error mentioning %q", err, tt.want)
 			}
 		})
 	}

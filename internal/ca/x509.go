@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -232,24 +233,10 @@ func (c *CA) signLeaf(pub crypto.PublicKey, spki []byte, id spiffeid.ID, dnsName
 	if err != nil {
 		return nil, err
 	}
-	ku := x509.KeyUsageDigitalSignature
-	if _, ok := pub.(*rsa.PublicKey); ok {
-		ku |= x509.KeyUsageKeyEncipherment // for TLS 1.2 RSA key exchange
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Moatless"}},
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              ku,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		SubjectKeyId:          skid,
-		URIs:                  []*url.URL{id.URL()},
-		DNSNames:              dnsNames,
-		IPAddresses:           ips,
-	}
+	tmpl := svidTemplate(pub, serial, id, notBefore, notAfter)
+	tmpl.SubjectKeyId = skid
+	tmpl.DNSNames = dnsNames
+	tmpl.IPAddresses = ips
 	der, err := x509.CreateCertificate(c.o.Rand, tmpl, s.cert, pub, s.key)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign X509-SVID: %w", err)
@@ -262,6 +249,31 @@ func (c *CA) signLeaf(pub crypto.PublicKey, spki []byte, id spiffeid.ID, dnsName
 	chain = append(chain, cert)
 	chain = append(chain, s.chain...)
 	return &Issued{Chain: chain, Serial: serial.Text(16), NotAfter: cert.NotAfter}, nil
+}
+
+// svidExtKeyUsages are the extended key usages of every X509-SVID; a
+// validator checks each against the whole chain.
+var svidExtKeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+
+// svidTemplate is the X509-SVID profile: one URI SAN, CA=false, key usage
+// digitalSignature (plus keyEncipherment for RSA keys), extended key usage
+// serverAuth and clientAuth.
+func svidTemplate(pub crypto.PublicKey, serial *big.Int, id spiffeid.ID, notBefore, notAfter time.Time) *x509.Certificate {
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := pub.(*rsa.PublicKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment // for TLS 1.2 RSA key exchange
+	}
+	return &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"Moatless"}},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           slices.Clone(svidExtKeyUsages),
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{id.URL()},
+	}
 }
 
 // newSerial returns a random positive 127-bit serial number.
