@@ -9,6 +9,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -263,6 +264,10 @@ func TestCSRRefused(t *testing.T) {
 		{"rsa_1024_key", rsa1024, "RSA key of 1024 bits"},
 		{"certificate_not_csr", e.ca.Bundle().X509Authorities()[0].Raw, ""},
 		{"sha1_signature", csrFor(t, newP256(t), &x509.CertificateRequest{SignatureAlgorithm: x509.ECDSAWithSHA1}), "signature algorithm ECDSA-SHA1 not accepted"},
+		// Proof of possession forged without any private key: with e = 1
+		// the "signature" is the padded digest itself, and anyone could
+		// then sign with the certified key.
+		{"rsa_exponent_one_forged_proof_of_possession", exponentOneCSR(t), "public exponent"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -277,6 +282,67 @@ func TestCSRRefused(t *testing.T) {
 	}
 }
 
+// exponentOneCSR forges a CSR for the RSA public key (N, e = 1) without
+// any private key: the PKCS #1 v1.5 encoded digest of the request is its
+// own e-th power, so it is its own "signature".
+func exponentOneCSR(t *testing.T) []byte {
+	t.Helper()
+	k, _ := rsa.GenerateKey(rand.Reader, 2048)
+	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: k.N, E: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer := csrWithSPKI(t, csrFor(t, k, nil), spki)
+	tbs, err := asn1.Marshal(outer.TBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256(tbs)
+	prefix := []byte{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20} // SHA-256 DigestInfo
+	n := k.Size()
+	em := bytes.Repeat([]byte{0xff}, n)
+	em[0], em[1] = 0, 1
+	em[n-len(prefix)-len(digest)-1] = 0
+	copy(em[n-len(prefix)-len(digest):], prefix)
+	copy(em[n-len(digest):], digest[:])
+	outer.Sig = asn1.BitString{Bytes: em, BitLength: 8 * n}
+	der, err := asn1.Marshal(outer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// rawCSR is a PKCS #10 request taken apart enough to replace its key.
+type rawCSR struct {
+	Raw asn1.RawContent
+	TBS struct {
+		Raw     asn1.RawContent
+		Version int
+		Subject asn1.RawValue
+		SPKI    asn1.RawValue
+		Attrs   asn1.RawValue `asn1:"tag:0"`
+	}
+	Alg asn1.RawValue
+	Sig asn1.BitString
+}
+
+// csrWithSPKI returns der with its SubjectPublicKeyInfo replaced by spki
+// (the signature is then the old one, over the old content).
+func csrWithSPKI(t *testing.T, der, spki []byte) rawCSR {
+	t.Helper()
+	var outer rawCSR
+	if _, err := asn1.Unmarshal(der, &outer); err != nil {
+		t.Fatal(err)
+	}
+	// The replacement changes lengths, so the outer structures are
+	// re-encoded.
+	outer.TBS.Raw = nil
+	outer.TBS.SPKI = asn1.RawValue{FullBytes: spki}
+	outer.Raw = nil
+	return outer
+}
+
 // weakRSA builds a CSR for a 1024-bit RSA key. crypto/rsa refuses to make
 // such keys by default, so the CSR is signed by a 2048-bit key with its
 // SubjectPublicKeyInfo replaced; the CA must refuse on the key size before
@@ -289,29 +355,7 @@ func weakRSA(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	k, _ := rsa.GenerateKey(rand.Reader, 2048)
-	good := csrFor(t, k, nil)
-	csr, _ := x509.ParseCertificateRequest(good)
-	// The replacement changes lengths, so re-encode the outer structures.
-	var outer struct {
-		Raw asn1.RawContent
-		TBS struct {
-			Raw     asn1.RawContent
-			Version int
-			Subject asn1.RawValue
-			SPKI    asn1.RawValue
-			Attrs   asn1.RawValue `asn1:"tag:0"`
-		}
-		Alg asn1.RawValue
-		Sig asn1.BitString
-	}
-	if _, err := asn1.Unmarshal(good, &outer); err != nil {
-		t.Fatal(err)
-	}
-	_ = csr
-	outer.TBS.Raw = nil
-	outer.TBS.SPKI = asn1.RawValue{FullBytes: spki}
-	outer.Raw = nil
-	der, err := asn1.Marshal(outer)
+	der, err := asn1.Marshal(csrWithSPKI(t, csrFor(t, k, nil), spki))
 	if err != nil {
 		t.Fatal(err)
 	}
