@@ -315,6 +315,9 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, "renew", badf("csr: required"))
 		return
 	}
+	if !s.spendX509(w, "renew", c, 1) {
+		return
+	}
 	iss, err := s.ca.SignX509SVID(in.CSR, c.id, s.cfg.X509SVIDTTL.Std())
 	if err != nil {
 		s.agentErr(w, "renew", badf("csr: %v", err))
@@ -428,6 +431,9 @@ func (s *Server) handleSignX509(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, "x509svids", badf("requests: want 1 to %d", maxSignBatch))
 		return
 	}
+	if !s.spendX509(w, "x509svids", c, len(in.Requests)) {
+		return
+	}
 	entries := make([]wire.Entry, len(in.Requests))
 	seen := map[string]wire.Entry{}
 	for i, req := range in.Requests {
@@ -482,6 +488,34 @@ func (s *Server) handleSignX509(w http.ResponseWriter, r *http.Request) {
 	s.agentOK(w, "x509svids", http.StatusOK, out)
 }
 
+// overBudget answers 429 for a spent signing budget, with Retry-After
+// when waiting helps, and counts it.
+func (s *Server) overBudget(w http.ResponseWriter, endpoint string, wait time.Duration, msg string) {
+	s.metrics.agentRequests.WithLabelValues(endpoint, "rate_limited").Inc()
+	if wait > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+	}
+	writeErrors(w, http.StatusTooManyRequests, msg)
+}
+
+// spendX509 takes n X509-SVIDs from the caller's signing budget
+// (Config.X509SVIDBurst at once, X509SVIDRate per second), or answers 429
+// and returns false. It is charged before anything is signed or written:
+// a node looping on the signing endpoints could otherwise fill the store
+// and the audit log and take the server's CPU.
+func (s *Server) spendX509(w http.ResponseWriter, endpoint string, c *caller, n int) bool {
+	ok, wait := s.x509Signs.take(c.id.String(), s.now(), float64(n))
+	switch {
+	case ok:
+		return true
+	case wait == 0:
+		s.overBudget(w, endpoint, 0, fmt.Sprintf("a batch of %d X509-SVIDs is larger than a node's signing budget allows at once; send smaller batches", n))
+	default:
+		s.overBudget(w, endpoint, wait, fmt.Sprintf("%s asked for more X509-SVIDs than its budget allows; retry later", c.id))
+	}
+	return false
+}
+
 // handleSignJWT signs a JWT-SVID for an entry parented by the caller.
 func (s *Server) handleSignJWT(w http.ResponseWriter, r *http.Request) {
 	c, ok := s.authNode(w, r, "jwtsvid")
@@ -506,9 +540,7 @@ func (s *Server) handleSignJWT(w http.ResponseWriter, r *http.Request) {
 	// local workload with an identity can ask for one per new audience:
 	// a node gets Config.JWTSVIDBurst at once, JWTSVIDRate per second.
 	if ok, wait := s.jwtSigns.take(c.id.String(), s.now(), 1); !ok {
-		s.metrics.agentRequests.WithLabelValues("jwtsvid", "rate_limited").Inc()
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
-		writeErrors(w, http.StatusTooManyRequests, fmt.Sprintf("%s asked for more JWT-SVIDs than its budget allows; retry later", c.id))
+		s.overBudget(w, "jwtsvid", wait, fmt.Sprintf("%s asked for more JWT-SVIDs than its budget allows; retry later", c.id))
 		return
 	}
 	id, err := spiffeid.FromString(e.SPIFFEID)

@@ -95,6 +95,15 @@ type Config struct {
 	// FetchJWTSVID with audiences the agent has not cached.
 	JWTSVIDRate  float64
 	JWTSVIDBurst int
+	// X509SVIDRate and X509SVIDBurst bound the X509-SVIDs one node may
+	// have signed on this server, its own renewals included: per second
+	// sustained, and at once (defaults DefaultX509SVIDRate and
+	// DefaultX509SVIDBurst). Each is a signature, a stored certificate
+	// record and an fsynced audit record; the agent asks for one per
+	// entry at start and at half of each SVID's life, in batches of up to
+	// 500, so the burst must be at least 500.
+	X509SVIDRate  float64
+	X509SVIDBurst int
 }
 
 // Defaults of Config.JWTSVIDRate and JWTSVIDBurst: far above what a node's
@@ -103,6 +112,16 @@ type Config struct {
 const (
 	DefaultJWTSVIDRate  = 100
 	DefaultJWTSVIDBurst = 1000
+)
+
+// Defaults of Config.X509SVIDRate and X509SVIDBurst: a node with 10,000
+// entries gets them all at start, and 50 a second sustains 90,000 entries
+// at the default 1 h TTL (renewed at half life); a node looping on the
+// signing endpoint is held to 50 certificates and audit records a second
+// instead of thousands.
+const (
+	DefaultX509SVIDRate  = 50
+	DefaultX509SVIDBurst = 10_000
 )
 
 // Server is the control plane. Create it with New.
@@ -122,6 +141,9 @@ type Server struct {
 	reports *keyedLimiter
 	// jwtSigns bounds the JWT-SVIDs each node may have signed (agentapi.go).
 	jwtSigns *keyedLimiter
+	// x509Signs bounds the X509-SVIDs each node may have signed, renewals
+	// of its own included (agentapi.go).
+	x509Signs *keyedLimiter
 
 	db    *store.DB
 	ca    *ca.CA
@@ -214,6 +236,14 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		jwtBurst = DefaultJWTSVIDBurst
 	}
 	s.jwtSigns = newKeyedLimiter(jwtRate, float64(jwtBurst), 100_000)
+	x509Rate, x509Burst := c.X509SVIDRate, c.X509SVIDBurst
+	if x509Rate <= 0 {
+		x509Rate = DefaultX509SVIDRate
+	}
+	if x509Burst <= 0 {
+		x509Burst = DefaultX509SVIDBurst
+	}
+	s.x509Signs = newKeyedLimiter(x509Rate, float64(x509Burst), 100_000)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = st.WatchHeartbeat.Std()
