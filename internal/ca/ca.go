@@ -457,6 +457,13 @@ func (c *CA) sync(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if _, cas := c.o.State.(StateSwapper); cas && st.Sequence < cur.st.Sequence {
+		// Saves are compare-and-swaps, each from the state before it, so
+		// the sequence never goes down by itself: an older state was put
+		// back (a restored backup, or a sealed blob replayed by someone
+		// who can write the store but has no KEK, to undo a rotation).
+		return false, fmt.Errorf("ca: the stored CA state (bundle sequence %d) is older than the one this server holds (%d); refusing to go back to it: if the store was restored from a backup on purpose, restart the servers", st.Sequence, cur.st.Sequence)
+	}
 	snap, err := c.buildSnapshot(st)
 	if err != nil {
 		return false, err

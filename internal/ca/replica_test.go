@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,4 +151,62 @@ func TestReplicasFirstStartRace(t *testing.T) {
 	if _, n := m.snapshot(); n != 1 {
 		t.Errorf("%d saves, want 1", n)
 	}
+}
+
+// Someone who can write the store but has no KEK cannot forge a state, but
+// can put back an older sealed blob (a backup, or one copied before an
+// admin rotation): it unseals, so a replica would adopt it and go back to
+// the authorities of then, undoing a rotation done after a key was
+// exposed. With compare-and-swap saves the bundle sequence never goes
+// down on its own, so a replica refuses a state older than its own, keeps
+// signing with what it has, and says why; the restored blob stays stored
+// (the server cannot tell a deliberate restore from an attack) and a
+// restart adopts it.
+func TestReplicaRefusesRolledBackState(t *testing.T) {
+	m := &memStore{}
+	e := newEnv(t, func(o *Options) { o.State = &swapStore{memStore: m} })
+	old, _ := m.snapshot()
+	if err := e.ca.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	seq, _ := e.ca.Bundle().SequenceNumber()
+	e.clock.Advance(DefaultActivationDelay)
+	tick(t, e, false)
+	active := activeX509ID(t, e.ca)
+
+	m.mu.Lock()
+	m.blob = old
+	m.mu.Unlock()
+	for name, step := range map[string]func() (bool, error){
+		"tick": func() (bool, error) { return e.ca.Tick(context.Background()) },
+		"sync": func() (bool, error) { return e.ca.Sync(context.Background()) },
+	} {
+		changed, err := step()
+		if err == nil || !strings.Contains(err.Error(), "older") {
+			t.Errorf("%s after the store was rolled back = %v, want an error saying the state is older", name, err)
+		}
+		if changed {
+			t.Errorf("%s reported a bundle change", name)
+		}
+	}
+	if got, _ := e.ca.Bundle().SequenceNumber(); got != seq {
+		t.Errorf("bundle sequence %d, want %d still", got, seq)
+	}
+	if got := activeX509ID(t, e.ca); got != active {
+		t.Errorf("active X.509 authority %s, want %s still", got, active)
+	}
+	if is := mustSign(t, e.ca, testID, 0); hex.EncodeToString(is.Chain[0].AuthorityKeyId) != active {
+		t.Errorf("signed with %x, want the authority of before the rollback", is.Chain[0].AuthorityKeyId)
+	}
+}
+
+func activeX509ID(t *testing.T, c *CA) string {
+	t.Helper()
+	for _, a := range c.Status() {
+		if a.Kind == KindX509 && a.State == StateActive {
+			return a.ID
+		}
+	}
+	t.Fatal("no active X.509 authority")
+	return ""
 }
