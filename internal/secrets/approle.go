@@ -277,6 +277,14 @@ func (s *Service) newSecretID(rq *req, name string) (*envelope, error) {
 	if err := validCIDRs("token_bound_cidrs", tcidrs); err != nil {
 		return nil, err
 	}
+	// As in Vault: a secret ID may narrow its role's address bindings,
+	// not widen them (its token_bound_cidrs replace the role's).
+	if len(cidrs) > 0 && !cidrsWithin(cidrs, role.SecretIDBoundCIDRs) {
+		return nil, badRequest("cidr_list: must be within the role's secret_id_bound_cidrs %v", role.SecretIDBoundCIDRs)
+	}
+	if len(tcidrs) > 0 && !cidrsWithin(tcidrs, role.TokenBoundCIDRs) {
+		return nil, badRequest("token_bound_cidrs: must be within the role's token_bound_cidrs %v", role.TokenBoundCIDRs)
+	}
 	if spec.NumUses < 0 {
 		return nil, badRequest("num_uses must not be negative")
 	}
@@ -359,7 +367,14 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 				return errSecretID
 			}
 			if len(spec.TokenBoundCIDRs) > 0 {
-				tokenCIDRs = spec.TokenBoundCIDRs
+				// A secret ID made before its role's bindings were
+				// narrowed is checked against both.
+				if err := checkCIDRs(role.TokenBoundCIDRs, rq.r); err != nil {
+					return errSecretID
+				}
+				if cidrsWithin(spec.TokenBoundCIDRs, role.TokenBoundCIDRs) {
+					tokenCIDRs = spec.TokenBoundCIDRs
+				}
 			}
 			rq.details["secret_id_accessor"] = x.Accessor
 		}
@@ -368,7 +383,8 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 		}
 		var err error
 		ai, err = s.issueToken(rq, tx, issued{subject: "approle:" + o.Name, display: "approle-" + o.Name, policies: role.TokenPolicies,
-			meta: map[string]string{"role_name": o.Name}, ttl: role.TokenTTL, maxTTL: role.TokenMaxTTL, numUses: role.TokenNumUses, renewable: true})
+			meta: map[string]string{"role_name": o.Name}, ttl: role.TokenTTL, maxTTL: role.TokenMaxTTL, numUses: role.TokenNumUses, renewable: true,
+			boundCIDRs: tokenCIDRs})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,191 @@
+package secrets
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/secrets/barrier"
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+)
+
+// The hostile review's attacks on the secrets engine, each against the
+// service as a caller sees it (ServeHTTP), on SQLite and PostgreSQL.
+
+const testAdminToken = "admin-test"
+
+// testService is an unsealed service on db with a settable clock; the
+// admin credential is X-Vault-Token testAdminToken.
+type testService struct {
+	t   *testing.T
+	svc *Service
+	now time.Time
+}
+
+func newTestService(t *testing.T, db *store.DB) *testService {
+	t.Helper()
+	ts := &testService{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
+	svc, err := New(Config{Store: db, Audit: discardAudit{}, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
+		Now:   func() time.Time { return ts.now },
+		Peer:  func(*http.Request) (*Peer, error) { return nil, nil },
+		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == testAdminToken }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := barrier.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.UnsealKey(t.Context(), k); err != nil {
+		t.Fatal(err)
+	}
+	ts.svc = svc
+	return ts
+}
+
+// replica is a second service on the same store (another server of an
+// HA pair), unsealed with the first one's keyring.
+func (ts *testService) replica(db *store.DB) *testService {
+	ts.t.Helper()
+	r := &testService{t: ts.t, now: ts.now}
+	svc, err := New(Config{Store: db, Audit: discardAudit{}, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
+		Now:   func() time.Time { return r.now },
+		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == testAdminToken }})
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	kr, err := ts.svc.barrier.Keyring()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	svc.barrier.Set(kr)
+	r.svc = svc
+	return r
+}
+
+// call sends a request from 127.0.0.1 (from when given).
+func (ts *testService) call(method, path, token string, body any, from ...string) (int, map[string]any) {
+	ts.t.Helper()
+	var b []byte
+	switch v := body.(type) {
+	case nil:
+	case string:
+		b = []byte(v)
+	default:
+		b, _ = json.Marshal(v)
+	}
+	r := httptest.NewRequest(method, "/v1/"+path, bytes.NewReader(b))
+	r.RemoteAddr = "127.0.0.1:40000"
+	if len(from) > 0 {
+		r.RemoteAddr = from[0]
+	}
+	if token != "" {
+		r.Header.Set("X-Vault-Token", token)
+	}
+	w := httptest.NewRecorder()
+	ts.svc.ServeHTTP(w, r)
+	var out map[string]any
+	json.Unmarshal(w.Body.Bytes(), &out)
+	return w.Code, out
+}
+
+// must calls and fails the test unless the status is 2xx.
+func (ts *testService) must(method, path, token string, body any) map[string]any {
+	ts.t.Helper()
+	st, out := ts.call(method, path, token, body)
+	if st/100 != 2 {
+		ts.t.Fatalf("%s %s: %d %v", method, path, st, out)
+	}
+	return out
+}
+
+// policy writes an HCL policy.
+func (ts *testService) policy(name, hcl string) {
+	ts.t.Helper()
+	ts.must("PUT", "sys/policies/acl/"+name, testAdminToken, map[string]any{"policy": hcl})
+}
+
+// tokenWith creates a token with the named policies.
+func (ts *testService) tokenWith(policies ...string) string {
+	ts.t.Helper()
+	out := ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": policies})
+	return authToken(ts.t, out)
+}
+
+func authToken(t *testing.T, out map[string]any) string {
+	t.Helper()
+	auth, _ := out["auth"].(map[string]any)
+	tok, _ := auth["client_token"].(string)
+	if tok == "" {
+		t.Fatalf("no client_token in %v", out)
+	}
+	return tok
+}
+
+func dataOf(out map[string]any) map[string]any {
+	d, _ := out["data"].(map[string]any)
+	return d
+}
+
+// TestBoundCIDRsBindTheToken: token_bound_cidrs ties the token to those
+// addresses (Vault's reading: "ties the resulting token to these blocks
+// as well"), so a token copied off the host it was issued to is refused
+// from anywhere else; and a secret ID cannot widen its role's bindings
+// (Vault requires a subset). The token was only checked at login.
+func TestBoundCIDRsBindTheToken(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("reader", `path "secret/data/*" { capabilities = ["read"] }`)
+		ts.must("PUT", "secret/data/app", testAdminToken, map[string]any{"data": map[string]any{"k": "v"}})
+		ts.must("POST", "auth/approle/role/bound", testAdminToken, map[string]any{"token_policies": "reader",
+			"token_bound_cidrs": []string{"127.0.0.0/8"}, "secret_id_bound_cidrs": []string{"127.0.0.0/8"}})
+		roleID := dataOf(ts.must("GET", "auth/approle/role/bound/role-id", testAdminToken, nil))["role_id"]
+		secretID := func(body any) (int, map[string]any) {
+			return ts.call("POST", "auth/approle/role/bound/secret-id", testAdminToken, body)
+		}
+		login := func(sid any) string {
+			t.Helper()
+			return authToken(t, ts.must("POST", "auth/approle/login", "", map[string]any{"role_id": roleID, "secret_id": sid}))
+		}
+		_, out := secretID(nil)
+		tok := login(dataOf(out)["secret_id"])
+		if st, out := ts.call("GET", "secret/data/app", tok, nil); st != 200 {
+			t.Fatalf("from the bound address: %d %v", st, out)
+		}
+		if st, _ := ts.call("GET", "secret/data/app", tok, nil, "192.0.2.7:5555"); st != 403 {
+			t.Errorf("the token used from outside its token_bound_cidrs: %d, want 403", st)
+		}
+		if st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil, "[2001:db8::1]:5555"); st != 403 {
+			t.Errorf("the token looked up from outside its token_bound_cidrs: %d, want 403", st)
+		}
+
+		for _, tc := range []struct {
+			name string
+			body map[string]any
+		}{
+			{"token_cidrs_wider_than_the_role", map[string]any{"token_bound_cidrs": []string{"0.0.0.0/0"}}},
+			{"token_cidrs_beside_the_role", map[string]any{"token_bound_cidrs": []string{"192.0.2.0/24"}}},
+			{"secret_id_cidrs_wider_than_the_role", map[string]any{"cidr_list": []string{"0.0.0.0/0"}}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if st, out := secretID(tc.body); st != 400 {
+					t.Fatalf("secret ID widening its role's bindings: %d %v, want 400", st, out)
+				}
+			})
+		}
+		// Narrower is allowed, and binds the token to the narrower block.
+		_, out = secretID(map[string]any{"token_bound_cidrs": []string{"127.0.0.1/32"}})
+		tok = login(dataOf(out)["secret_id"])
+		if st, _ := ts.call("GET", "secret/data/app", tok, nil, "127.0.0.2:1"); st != 403 {
+			t.Errorf("a token bound to 127.0.0.1/32 used from 127.0.0.2: %d, want 403", st)
+		}
+		if st, out := ts.call("GET", "auth/token/lookup-self", tok, nil); st != 200 || dataOf(out)["bound_cidrs"] == nil {
+			t.Errorf("lookup-self does not show the binding: %d %v", st, out)
+		}
+	})
+}
