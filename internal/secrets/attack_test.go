@@ -189,3 +189,56 @@ func TestBoundCIDRsBindTheToken(t *testing.T) {
 		}
 	})
 }
+
+// TestDeletedTransitKeyIsGoneOnEveryReplica: deleting a transit key is
+// how data encrypted under it is shredded. Replica A had the key cached
+// at generation 1; replica B deleted it and created a new key of the same
+// name, at generation 1 again. A went on decrypting the shredded data and
+// encrypting under the deleted key (which B cannot decrypt): its cache
+// was keyed by a generation that starts over.
+func TestDeletedTransitKeyIsGoneOnEveryReplica(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		a := newTestService(t, db)
+		b := a.replica(db)
+		pt := map[string]any{"plaintext": "c2hyZWQgbWU="}
+		a.must("POST", "transit/keys/pii", testAdminToken, nil)
+		old := dataOf(a.must("POST", "transit/encrypt/pii", testAdminToken, pt))["ciphertext"]
+
+		b.must("POST", "transit/keys/pii/config", testAdminToken, map[string]any{"deletion_allowed": true})
+		b.must("DELETE", "transit/keys/pii", testAdminToken, nil)
+		b.must("POST", "transit/keys/pii", testAdminToken, nil)
+
+		if st, out := a.call("POST", "transit/decrypt/pii", testAdminToken, map[string]any{"ciphertext": old}); st != 400 {
+			t.Errorf("replica A decrypted data under the deleted key: %d %v, want 400", st, out)
+		}
+		ct := dataOf(a.must("POST", "transit/encrypt/pii", testAdminToken, pt))["ciphertext"]
+		if st, out := b.call("POST", "transit/decrypt/pii", testAdminToken, map[string]any{"ciphertext": ct}); st != 200 {
+			t.Errorf("replica B cannot decrypt what A encrypted after the re-creation: %d %v", st, out)
+		}
+	})
+}
+
+// TestDBPoolFollowsTheConnectionNotItsGeneration: a connection deleted and
+// configured anew on another replica starts again at generation 0; this
+// replica's pool, opened for the old DSN (another host, the old admin
+// password), must not be reused for it.
+func TestDBPoolFollowsTheConnectionNotItsGeneration(t *testing.T) {
+	p := newDBPool()
+	defer p.closeAll()
+	old := &dbConnection{ConnectionURL: "postgres://admin:old@127.0.0.1:1/app", MaxOpenConnections: 2}
+	renewed := &dbConnection{ConnectionURL: "postgres://admin:new@127.0.0.1:2/app", MaxOpenConnections: 2}
+	d1, err := p.get("app", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := p.get("app", renewed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1 == d2 {
+		t.Fatal("the pool of the deleted connection's DSN served its re-creation")
+	}
+	if d3, _ := p.get("app", renewed); d3 != d2 {
+		t.Fatal("an unchanged connection did not reuse its pool")
+	}
+}

@@ -75,8 +75,10 @@ var (
 	defaultRootRotation = []string{`ALTER ROLE "{{username}}" WITH PASSWORD '{{password}}'`}
 )
 
-// dbPool keeps one *sql.DB per connection name and configuration
-// generation.
+// dbPool keeps one *sql.DB per connection name and configuration. A
+// pool is reused only for the same DSN and size: the generation starts
+// again at 0 when a connection is deleted and configured anew (on another
+// replica, which this one's pool never hears of).
 type dbPool struct {
 	mu  sync.Mutex
 	dbs map[string]*pooled
@@ -84,6 +86,8 @@ type dbPool struct {
 
 type pooled struct {
 	gen int64
+	dsn string
+	max int64
 	db  *sql.DB
 }
 
@@ -92,14 +96,15 @@ func newDBPool() *dbPool { return &dbPool{dbs: map[string]*pooled{}} }
 func (p *dbPool) get(name string, c *dbConnection) (*sql.DB, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	dsn := c.dsn()
 	if e := p.dbs[name]; e != nil {
-		if e.gen == c.Generation {
+		if e.gen == c.Generation && e.dsn == dsn && e.max == c.MaxOpenConnections {
 			return e.db, nil
 		}
 		e.db.Close()
 		delete(p.dbs, name)
 	}
-	db, err := sql.Open("pgx", c.dsn())
+	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %s", name, redact(err.Error(), c))
 	}
@@ -109,7 +114,7 @@ func (p *dbPool) get(name string, c *dbConnection) (*sql.DB, error) {
 	}
 	db.SetMaxOpenConns(n)
 	db.SetConnMaxIdleTime(time.Minute)
-	p.dbs[name] = &pooled{gen: c.Generation, db: db}
+	p.dbs[name] = &pooled{gen: c.Generation, dsn: dsn, max: c.MaxOpenConnections, db: db}
 	return db, nil
 }
 

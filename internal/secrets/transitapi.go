@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -20,10 +21,10 @@ import (
 // MaxBatch bounds batch_input.
 const MaxBatch = 1000
 
-// transitEntry caches an unsealed key at one generation.
+// transitEntry caches an unsealed key with the sealed blob it came from.
 type transitEntry struct {
-	gen int64
-	key *transit.Key
+	sealed []byte
+	key    *transit.Key
 }
 
 // transitSpec is what the store shows of a key in the clear: enough to
@@ -37,9 +38,14 @@ type transitSpec struct {
 	LatestAt time.Time `json:"latest_at"`
 }
 
-// loadKey returns the key, from the cache when its generation (a cheap
-// primary-key read) has not moved. The cached key is shared: callers must
-// not change it (updateKey works on a fresh copy).
+// loadKey returns the key, from the cache when the stored blob is the one
+// the cached key was opened from. Every save seals afresh (a random
+// nonce), so any change, on this replica or another, shows as another
+// blob. The generation is not enough: it starts again at 1 when a key is
+// deleted and created anew, and a replica that cached the deleted key at
+// generation 1 would go on encrypting and decrypting with it. The cached
+// key is shared: callers must not change it (updateKey works on a fresh
+// copy).
 func (s *Service) loadKey(rq *req, name string) (*transit.Key, error) {
 	o, err := s.db.SecretsObject(rq.ctx, s.db.SQL(), kindTransitKey, name, false)
 	if errors.Is(err, store.ErrNotFound) {
@@ -48,18 +54,14 @@ func (s *Service) loadKey(rq *req, name string) (*transit.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	var spec transitSpec
-	if err := json.Unmarshal(o.Spec, &spec); err != nil {
-		return nil, err
-	}
-	if e, ok := s.transit.Load(name); ok && e.(*transitEntry).gen == spec.Generation {
+	if e, ok := s.transit.Load(name); ok && bytes.Equal(e.(*transitEntry).sealed, o.Sealed) {
 		return e.(*transitEntry).key, nil
 	}
 	k, err := s.openKey(name, o.Sealed)
 	if err != nil {
 		return nil, err
 	}
-	s.transit.Store(name, &transitEntry{gen: spec.Generation, key: k})
+	s.transit.Store(name, &transitEntry{sealed: o.Sealed, key: k})
 	return k, nil
 }
 
