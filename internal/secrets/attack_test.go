@@ -242,3 +242,44 @@ func TestDBPoolFollowsTheConnectionNotItsGeneration(t *testing.T) {
 		t.Fatal("an unchanged connection did not reuse its pool")
 	}
 }
+
+// TestDatabaseConfigReadMasksPasswords: whoever may read
+// database/config/NAME (an operator checking allowed_roles) must not learn
+// the admin password when it was written into connection_url rather than
+// given as password with a {{password}} placeholder. Vault masks it (PRs
+// 4300 and 14744, which also covers the percent-encoded form).
+func TestDatabaseConfigReadMasksPasswords(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		for _, tc := range []struct {
+			name, url, want string
+			secrets         []string
+		}{
+			{"userinfo", "postgres://admin:hunter2hunter2@127.0.0.1:5432/app?sslmode=disable",
+				"postgres://admin:*****@127.0.0.1:5432/app?sslmode=disable", []string{"hunter2hunter2"}},
+			{"percent_encoded", "postgres://admin:yourStrong%28%21%29Pass@127.0.0.1:5432/app",
+				"postgres://admin:*****@127.0.0.1:5432/app", []string{"yourStrong", "(!)"}},
+			{"at_sign_in_password", "postgres://admin:p@ss@127.0.0.1/app", "postgres://admin:*****@127.0.0.1/app", []string{"p@ss"}},
+			{"query_parameter", "postgresql://127.0.0.1/app?user=admin&password=s3cr3t-query&sslmode=disable",
+				"postgresql://127.0.0.1/app?user=admin&password=*****&sslmode=disable", []string{"s3cr3t-query"}},
+			{"placeholders_shown", "postgres://{{username}}:{{password}}@127.0.0.1/app",
+				"postgres://{{username}}:{{password}}@127.0.0.1/app", nil},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ts.must("POST", "database/config/"+tc.name, testAdminToken, map[string]any{"plugin_name": PluginPostgres,
+					"connection_url": tc.url, "verify_connection": false, "allowed_roles": "*"})
+				out := ts.must("GET", "database/config/"+tc.name, testAdminToken, nil)
+				details, _ := dataOf(out)["connection_details"].(map[string]any)
+				if got := details["connection_url"]; got != tc.want {
+					t.Errorf("connection_url read as %q, want %q", got, tc.want)
+				}
+				b, _ := json.Marshal(out)
+				for _, s := range tc.secrets {
+					if bytes.Contains(b, []byte(s)) {
+						t.Errorf("the read shows %q: %s", s, b)
+					}
+				}
+			})
+		}
+	})
+}

@@ -136,15 +136,70 @@ func (p *dbPool) closeAll() {
 	}
 }
 
-// redact removes the connection's password from a driver error (pgx
-// errors may quote the DSN).
+// redact removes the connection's passwords from a driver error (pgx
+// errors may quote the DSN): the password field's and any written into
+// the connection URL.
 func redact(msg string, c *dbConnection) string {
-	for _, s := range []string{c.Password, url.QueryEscape(c.Password)} {
+	for _, s := range append([]string{c.Password, url.QueryEscape(c.Password)}, urlPasswords(c.ConnectionURL)...) {
 		if s != "" {
 			msg = strings.ReplaceAll(msg, s, "[redacted]")
 		}
 	}
 	return msg
+}
+
+// urlPasswords returns the passwords written into a connection URL
+// instead of the {{password}} placeholder (in its userinfo, or a password
+// query parameter), as written and unescaped.
+func urlPasswords(raw string) []string {
+	var out []string
+	splitURL(raw, func(p string) string {
+		out = append(out, p)
+		if u, err := url.PathUnescape(p); err == nil && u != p {
+			out = append(out, u)
+		}
+		return p
+	})
+	return out
+}
+
+// maskedURL is a connection URL as reads show it: a password written into
+// it is masked, as Vault masks it (its PRs 4300 and 14744); placeholders
+// are shown as they are.
+func maskedURL(raw string) string {
+	return splitURL(raw, func(string) string { return "*****" })
+}
+
+// splitURL rebuilds a postgres:// URL with each password written into it
+// (not the {{password}} placeholder) replaced by f's result. The userinfo
+// ends at the last '@' before the query: a password may hold '/' or '@'
+// unescaped, and masking too much is the safe side.
+func splitURL(raw string, f func(password string) string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	pre, query, hasQuery := strings.Cut(rest, "?")
+	if at := strings.LastIndexByte(pre, '@'); at >= 0 {
+		if user, pw, ok := strings.Cut(pre[:at], ":"); ok && pw != "" && pw != "{{password}}" {
+			pre = user + ":" + f(pw) + pre[at:]
+		}
+	}
+	if !hasQuery {
+		return scheme + "://" + pre
+	}
+	query, frag, hasFrag := strings.Cut(query, "#")
+	params := strings.Split(query, "&")
+	for i, kv := range params {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.EqualFold(k, "password") && v != "" && v != "{{password}}" {
+			params[i] = k + "=" + f(v)
+		}
+	}
+	out := scheme + "://" + pre + "?" + strings.Join(params, "&")
+	if hasFrag {
+		out += "#" + frag
+	}
+	return out
 }
 
 func (s *Service) loadConnection(ctx context.Context, q store.Queryer, name string, lock bool) (*dbConnection, error) {
@@ -242,9 +297,10 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Never the password; the URL as configured (with placeholders).
+		// Never a password; the URL as configured (with placeholders),
+		// a password written into it masked.
 		return data(map[string]any{"plugin_name": c.Plugin, "allowed_roles": c.AllowedRoles, "root_credentials_rotate_statements": c.RootRotation,
-			"connection_details": map[string]any{"connection_url": c.ConnectionURL, "username": c.Username, "max_open_connections": c.MaxOpenConnections},
+			"connection_details": map[string]any{"connection_url": maskedURL(c.ConnectionURL), "username": c.Username, "max_open_connections": c.MaxOpenConnections},
 			"password_policy":    "", "verify_connection": true}), nil
 	case "delete":
 		if err := rq.need(acl.Delete); err != nil {

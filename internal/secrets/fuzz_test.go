@@ -150,3 +150,31 @@ func TestParamsErrors(t *testing.T) {
 		})
 	}
 }
+
+// FuzzMaskedURL: a password written into a connection URL's userinfo or
+// password parameter never survives masking, whatever it holds; and
+// masking never panics on any string.
+func FuzzMaskedURL(f *testing.F) {
+	for _, s := range []string{"hunter2", "p@ss", "a:b", "yourStrong%28%21%29", "{{password}}", "x/y", "*"} {
+		f.Add(s, "postgres://u:{{password}}@h/db")
+	}
+	f.Fuzz(func(t *testing.T, pw, raw string) {
+		maskedURL(raw)
+		urlPasswords(raw)
+		if pw == "" || pw == "{{password}}" || strings.ContainsAny(pw, "?#") {
+			return
+		}
+		for _, u := range []string{"postgres://admin:" + pw + "@127.0.0.1:5432/app?sslmode=disable", "postgres://127.0.0.1/app?password=" + strings.ReplaceAll(pw, "&", "%26")} {
+			m := maskedURL(u)
+			if !strings.Contains(m, "*****") {
+				t.Fatalf("%q masked as %q", u, m)
+			}
+			if strings.Contains(pw, "&") || strings.Contains(pw, "*") {
+				continue
+			}
+			if strings.Contains(strings.TrimPrefix(m, "postgres://"), ":"+pw+"@") || strings.Contains(m, "password="+pw) {
+				t.Fatalf("%q masked as %q", u, m)
+			}
+		}
+	})
+}
