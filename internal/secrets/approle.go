@@ -80,25 +80,28 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 	}
 	name, sub, _ := strings.Cut(strings.TrimPrefix(rest, "role/"), "/")
 	if !strings.HasPrefix(rest, "role/") || !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["role"] = name
 	switch sub {
 	case "":
 		return s.approleRole(rq, name)
 	case "role-id":
+		// The capability first: a caller without it must not learn
+		// whether the role exists.
+		c := acl.Update
+		if rq.op == "read" {
+			c = acl.Read
+		}
+		if err := rq.need(c); err != nil {
+			return nil, err
+		}
 		var role AppRole
 		if err := s.getObject(rq, kindAppRole, name, &role); err != nil {
 			return nil, err
 		}
 		if rq.op == "read" {
-			if err := rq.need(acl.Read); err != nil {
-				return nil, err
-			}
 			return data(map[string]any{"role_id": role.RoleID}), nil
-		}
-		if err := rq.need(acl.Update); err != nil {
-			return nil, err
 		}
 		id := rq.body.str("role_id")
 		if err := rq.body.done(); err != nil {
@@ -152,7 +155,7 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 			"expiration_time": exp, "secret_id_num_uses": spec.NumUses, "secret_id_ttl": int64(spec.TTL / time.Second),
 			"cidr_list": spec.CIDRs, "metadata": spec.Metadata, "uses_left": x.UsesLeft}), nil
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func listing(keys []string) (*envelope, error) {
@@ -347,7 +350,9 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 	err = rq.s.db.Tx(rq.ctx, func(tx *sql.Tx) error {
 		if role.BindSecretID {
 			if secretID == "" {
-				return errf(http.StatusBadRequest, "secret_id: required")
+				// Not "secret_id: required": that told a valid role ID
+				// from an unknown one, unthrottled.
+				return errSecretID
 			}
 			x, err := s.db.ConsumeSecretID(rq.ctx, tx, hashToken(secretID), s.now())
 			if errors.Is(err, store.ErrNotFound) {
@@ -416,7 +421,7 @@ func (s *Service) jwtRoleAPI(rq *req, rest string) (*envelope, error) {
 	}
 	name := strings.TrimPrefix(rest, "role/")
 	if !strings.HasPrefix(rest, "role/") || !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	switch rq.op {
 	case "read":

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 	"time"
 
@@ -281,5 +282,55 @@ func TestDatabaseConfigReadMasksPasswords(t *testing.T) {
 				}
 			})
 		}
+	})
+}
+
+// TestNoExistenceOracle: a caller without a capability on a path gets the
+// same answer whether what it names exists or not, as Vault answers 403
+// to an unprivileged token for both (it checks the ACL before routing).
+// Each pair below differed: mounts, endpoints and AppRoles (and with the
+// login, role IDs) could be enumerated by anyone holding any token. (A
+// lease is answered "invalid lease" to any token, as Vault's default
+// policy lets every token renew and look up: its ID is 96 random bits.)
+func TestNoExistenceOracle(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("mine", `path "secret/data/mine/*" { capabilities = ["read"] }`)
+		tok := ts.tokenWith("mine")
+		ts.must("POST", "sys/mounts/team", testAdminToken, map[string]any{"type": "kv", "options": map[string]string{"version": "2"}})
+		ts.must("POST", "auth/approle/role/deploy", testAdminToken, map[string]any{"token_policies": "mine"})
+		roleID := dataOf(ts.must("GET", "auth/approle/role/deploy/role-id", testAdminToken, nil))["role_id"]
+
+		for _, tc := range []struct {
+			name           string
+			method         string
+			exists, absent string
+			body           any
+		}{
+			{"kv_mount", "GET", "team/data/x", "nosuchmount/data/x", nil},
+			{"kv_mount_other_kind", "GET", "team/nosuchkind/x", "nosuchmount/nosuchkind/x", nil},
+			{"approle_role_id", "GET", "auth/approle/role/deploy/role-id", "auth/approle/role/nosuch/role-id", nil},
+			{"sys_endpoint", "GET", "sys/mounts", "sys/nosuch", nil},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				st1, out1 := ts.call(tc.method, tc.exists, tok, tc.body)
+				st2, out2 := ts.call(tc.method, tc.absent, tok, tc.body)
+				if st1 != 403 || st2 != 403 {
+					t.Errorf("%s: %d %v; %s: %d %v; want 403 for both", tc.exists, st1, out1, tc.absent, st2, out2)
+				}
+			})
+		}
+		// The admin still learns that a route does not exist.
+		if st, _ := ts.call("GET", "nosuchmount/data/x", testAdminToken, nil); st != 404 {
+			t.Errorf("admin on a missing mount: %d, want 404", st)
+		}
+
+		t.Run("approle_login_without_secret_id", func(t *testing.T) {
+			st1, out1 := ts.call("POST", "auth/approle/login", "", map[string]any{"role_id": roleID})
+			st2, out2 := ts.call("POST", "auth/approle/login", "", map[string]any{"role_id": "no-such-role-id"})
+			if st1 != st2 || !reflect.DeepEqual(out1["errors"], out2["errors"]) {
+				t.Errorf("a known role ID answers %d %v, an unknown one %d %v", st1, out1, st2, out2)
+			}
+		})
 	})
 }

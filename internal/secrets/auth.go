@@ -437,7 +437,7 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 	case "accessors":
 		return nil, errf(http.StatusNotFound, "listing token accessors is not supported")
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) lookupToken(rq *req, t *tokenCtx, self bool) (*envelope, error) {

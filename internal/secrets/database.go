@@ -237,7 +237,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 	if name == "" && rq.op == "list" {
 		k := map[string]string{"config": kindDBConnection, "roles": kindDBRole}[kind]
 		if k == "" {
-			return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+			return nil, rq.noRoute()
 		}
 		if err := rq.need(acl.List); err != nil {
 			return nil, err
@@ -249,7 +249,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 		return listing(names)
 	}
 	if !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["name"] = name
 	switch kind {
@@ -284,7 +284,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 		rq.audited = false
 		return nil, nil
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {

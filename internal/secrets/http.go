@@ -256,6 +256,22 @@ func (rq *req) need(c acl.Capability, path ...string) error {
 	return nil
 }
 
+// noRoute answers a path nothing serves: 404, as in Vault, for a caller
+// with some capability on the path, and 403 for one with none, so an
+// unprivileged caller cannot tell a missing mount, role or endpoint from
+// a forbidden one (Vault checks the ACL before routing).
+func (rq *req) noRoute(detail ...string) error {
+	if rq.tok == nil || rq.tok.acl.Capabilities(rq.path) == 0 {
+		rq.details["denied_capability"] = "any"
+		return errPermission
+	}
+	msg := fmt.Sprintf("no handler for route %q", rq.path)
+	if len(detail) > 0 {
+		msg += ": " + detail[0]
+	}
+	return errf(http.StatusNotFound, "%s", msg)
+}
+
 // needOp checks the capability of the request's operation.
 func (rq *req) needOp() error {
 	c, _ := acl.ParseCapability(rq.op)

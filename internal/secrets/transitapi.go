@@ -178,12 +178,12 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		kind := name
 		name, sub, _ = strings.Cut(sub, "/")
 		if kind != "plaintext" && kind != "wrapped" {
-			return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+			return nil, rq.noRoute()
 		}
 		sub = kind
 	}
 	if !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["key"] = name
 	switch op {
@@ -191,7 +191,7 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		return s.transitKeys(rq, name, sub)
 	case "encrypt", "decrypt", "rewrap", "datakey", "hmac", "sign", "verify":
 	default:
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	if rq.op != "update" {
 		return nil, errf(http.StatusMethodNotAllowed, "%s is POST", rq.path)
@@ -352,7 +352,7 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 			return map[string]any{"valid": ok}, nil
 		})
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func algParam(p *params, field, fromPath string) (string, error) {
@@ -491,7 +491,7 @@ func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
 		}
 		return data(keyInfo(k)), nil
 	default:
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	switch rq.op {
 	case "read":
