@@ -2,13 +2,21 @@ package secrets
 
 import (
 	"bytes"
+	"context"
+	"database/sql"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatless/moatless/internal/audit"
 
 	"github.com/moatless/moatless/internal/secrets/barrier"
 	"github.com/moatless/moatless/internal/store"
@@ -23,15 +31,42 @@ const testAdminToken = "admin-test"
 // testService is an unsealed service on db with a settable clock; the
 // admin credential is X-Vault-Token testAdminToken.
 type testService struct {
-	t   *testing.T
-	svc *Service
-	now time.Time
+	t     *testing.T
+	svc   *Service
+	now   time.Time
+	audit *recordAudit
+}
+
+// recordAudit keeps the events it is given.
+type recordAudit struct {
+	mu     sync.Mutex
+	events []audit.Event
+}
+
+func (a *recordAudit) Append(_ context.Context, ev audit.Event) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.events = append(a.events, ev)
+	return nil
+}
+
+func (a *recordAudit) AppendTx(ctx context.Context, _ *sql.Tx, evs ...audit.Event) error {
+	for _, ev := range evs {
+		a.Append(ctx, ev)
+	}
+	return nil
+}
+
+func (a *recordAudit) last() audit.Event {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.events[len(a.events)-1]
 }
 
 func newTestService(t *testing.T, db *store.DB) *testService {
 	t.Helper()
-	ts := &testService{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
-	svc, err := New(Config{Store: db, Audit: discardAudit{}, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
+	ts := &testService{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), audit: &recordAudit{}}
+	svc, err := New(Config{Store: db, Audit: ts.audit, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
 		Now:   func() time.Time { return ts.now },
 		Peer:  func(*http.Request) (*Peer, error) { return nil, nil },
 		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == testAdminToken }})
@@ -332,5 +367,66 @@ func TestNoExistenceOracle(t *testing.T) {
 				t.Errorf("a known role ID answers %d %v, an unknown one %d %v", st1, out1, st2, out2)
 			}
 		})
+	})
+}
+
+// TestBodyAttacks: bodies built to cost the server more than they cost the
+// sender, and to be read one way here and another elsewhere. The login
+// endpoints parse a body before anyone is authenticated: 2 MiB of tiny
+// members decoded into a map at once (40 MB per request, OpenBao's
+// CVE-2025-59043, Vault's JSON limits), and the refusal named every one of
+// them (1.4 MB) in the answer and in the fsynced audit record. A repeated
+// member was silently the last one (Go's reading; others read the first).
+func TestBodyAttacks(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.must("POST", "transit/keys/k", testAdminToken, nil)
+		members := func(open, item, close string, n int) string {
+			var b strings.Builder
+			b.WriteString(open)
+			for i := 0; i < n && b.Len() < MaxBody-64; i++ {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				b.WriteString(strings.ReplaceAll(item, "N", fmt.Sprintf("%x", i)))
+			}
+			b.WriteString(close)
+			return b.String()
+		}
+		t.Run("many_members_before_authentication", func(t *testing.T) {
+			body := members("{", `"N":0`, "}", 1<<30)
+			var m1, m2 runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&m1)
+			st, out := ts.call("POST", "auth/approle/login", "", body)
+			runtime.ReadMemStats(&m2)
+			b, _ := json.Marshal(out)
+			if st != 400 || len(b) > 2048 {
+				t.Errorf("answer %d of %d bytes, want 400 and a short message", st, len(b))
+			}
+			if e := ts.audit.last().Details["error"]; len(e) > 1100 {
+				t.Errorf("the audit record's error is %d bytes", len(e))
+			}
+			if a := m2.TotalAlloc - m1.TotalAlloc; a > 16<<20 {
+				t.Errorf("one %d-byte body allocated %d MB", len(body), a>>20)
+			}
+		})
+		t.Run("many_batch_items", func(t *testing.T) {
+			body := members(`{"batch_input":[`, `{}`, "]}", 1<<30)
+			if st, out := ts.call("POST", "transit/encrypt/k", testAdminToken, body); st != 400 || !strings.Contains(fmt.Sprint(out), "at most") {
+				t.Errorf("%d %v", st, out)
+			}
+		})
+		for _, tc := range []struct{ name, path, body string }{
+			{"duplicate_member_login", "auth/approle/login", `{"role_id":"a","secret_id":"x","secret_id":"y"}`},
+			{"duplicate_member_token_create", "auth/token/create", `{"policies":["reader"],"policies":["admin"]}`},
+			{"duplicate_member_in_batch_item", "transit/encrypt/k", `{"batch_input":[{"plaintext":"aGk=","plaintext":"aG8="}]}`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if st, out := ts.call("POST", tc.path, testAdminToken, tc.body); st != 400 || !strings.Contains(fmt.Sprint(out), "more than once") {
+					t.Errorf("%d %v, want 400 naming the repeated member", st, out)
+				}
+			})
+		}
 	})
 }

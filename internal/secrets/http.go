@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/secrets/acl"
@@ -362,7 +363,9 @@ func (rq *req) finish(resp *envelope, err error) {
 	if !rq.audited && !(status == http.StatusServiceUnavailable && rq.tok == nil) && status != http.StatusTooManyRequests {
 		rq.details["status"] = strconv.Itoa(status)
 		if len(msgs) > 0 && msgs[0] != "" {
-			rq.details["error"] = msgs[0]
+			// Bounded: an error may quote what the caller sent, and a
+			// record is written (and fsynced) for refusals of anyone.
+			rq.details["error"] = truncate(msgs[0], 1024)
 		}
 		if aerr := rq.s.cfg.Audit.Append(context.WithoutCancel(rq.ctx), rq.event(outcome)); aerr != nil {
 			rq.s.log.Error("audit log unavailable: refusing the secrets request", "err", aerr)
@@ -417,19 +420,67 @@ type params struct {
 	err  error
 }
 
+// MaxParams bounds the members of a request body's top-level object. The
+// largest request takes about 15; the bound is read member by member, so
+// a body of 2 MiB of tiny members (about 200,000, which decoded into a map
+// at once cost 40 MB, before authentication) is refused after 256.
+const MaxParams = 256
+
+// parseParams reads a body's top-level JSON object member by member: at
+// most MaxParams members, each name once. A repeated name is refused: Go
+// keeps the last, other readers the first, and a check in front that read
+// the other one would be bypassed.
 func parseParams(b []byte) (*params, error) {
 	p := &params{m: map[string]json.RawMessage{}, used: map[string]bool{}}
 	if len(bytes.TrimSpace(b)) == 0 {
 		return p, nil
 	}
+	bad := func(err error) error {
+		return badRequest("body: want a JSON object: %v", strings.TrimPrefix(err.Error(), "json: "))
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&p.m); err != nil {
-		return nil, badRequest("body: want a JSON object: %v", strings.TrimPrefix(err.Error(), "json: "))
+	if t, err := dec.Token(); err != nil {
+		return nil, bad(err)
+	} else if t != json.Delim('{') {
+		return nil, badRequest("body: want a JSON object")
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad(err)
+		}
+		k, _ := t.(string)
+		if _, dup := p.m[k]; dup {
+			return nil, badRequest("body: member %q given more than once", truncate(k, 64))
+		}
+		if len(p.m) == MaxParams {
+			return nil, badRequest("body: more than %d members", MaxParams)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, bad(err)
+		}
+		p.m[k] = v
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, bad(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, badRequest("body holds data after the JSON object")
 	}
 	return p, nil
+}
+
+// truncate shortens s to at most n bytes (on a rune boundary) for an
+// error message or an audit record.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // has reports whether a field is present (and not null).
@@ -631,7 +682,14 @@ func (p *params) done() error {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return badRequest("unknown parameters: %s", strings.Join(unknown, ", "))
+		more := ""
+		if len(unknown) > 10 {
+			unknown, more = unknown[:10], fmt.Sprintf(" and %d more", len(unknown)-10)
+		}
+		for i, k := range unknown {
+			unknown[i] = truncate(k, 64)
+		}
+		return badRequest("unknown parameters: %s%s", strings.Join(unknown, ", "), more)
 	}
 	return nil
 }

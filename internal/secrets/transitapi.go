@@ -398,12 +398,9 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 	if rq.body.err != nil { // a malformed top-level field
 		return nil, rq.body.err
 	}
-	var items []map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil || len(items) == 0 {
-		return nil, badRequest("batch_input: want a non-empty list of objects")
-	}
-	if len(items) > MaxBatch {
-		return nil, badRequest("batch_input: at most %d items", MaxBatch)
+	items, err := batchItems(raw)
+	if err != nil {
+		return nil, err
 	}
 	// Top-level fields other than the batch knobs become defaults of each
 	// item (Vault lets context etc. be given once).
@@ -454,6 +451,40 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 		}
 	}
 	return env, nil
+}
+
+// batchItems reads batch_input item by item: at most MaxBatch objects
+// (counted as they are read, not after 2 MiB of empty objects were
+// decoded), each read like a body (parseParams: members bounded, each
+// name once).
+func batchItems(raw json.RawMessage) ([]map[string]json.RawMessage, error) {
+	bad := badRequest("batch_input: want a non-empty list of objects")
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return nil, bad
+	}
+	var items []map[string]json.RawMessage
+	for dec.More() {
+		if len(items) == MaxBatch {
+			return nil, badRequest("batch_input: at most %d items", MaxBatch)
+		}
+		var it json.RawMessage
+		if err := dec.Decode(&it); err != nil {
+			return nil, bad
+		}
+		if t := bytes.TrimSpace(it); len(t) == 0 || t[0] != '{' {
+			return nil, bad
+		}
+		p, err := parseParams(it)
+		if err != nil {
+			return nil, badRequest("batch_input[%d]: %s", len(items), err.Error())
+		}
+		items = append(items, p.m)
+	}
+	if len(items) == 0 {
+		return nil, bad
+	}
+	return items, nil
 }
 
 func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
