@@ -29,7 +29,7 @@ func FuzzParams(f *testing.F) {
 		if len(p.m) > MaxParams {
 			t.Fatalf("%d members accepted", len(p.m))
 		}
-		if len(bytes.TrimSpace([]byte(body))) > 0 {
+		if tr := bytes.TrimSpace([]byte(body)); len(tr) > 0 && string(tr) != "null" {
 			var std map[string]json.RawMessage
 			if err := json.Unmarshal([]byte(body), &std); err != nil || len(std) != len(p.m) {
 				t.Fatalf("accepted %q: the standard reader sees %d members (%v), we %d", body, len(std), err, len(p.m))
