@@ -430,3 +430,42 @@ func TestBodyAttacks(t *testing.T) {
 		}
 	})
 }
+
+// TestListIsCheckedWithTrailingSlash: Vault checks a list against the path
+// with a trailing "/" (http/logical.go), so Vault policies grant listing
+// with "secret/metadata/app/" or "secret/metadata/app/*", and deny it with
+// "secret/metadata/app/". Here the "/" was trimmed before the check: such
+// a deny never matched, and a broader grant listed the denied keys.
+func TestListIsCheckedWithTrailingSlash(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		for _, p := range []string{"hr/salaries", "team/a", "other/b"} {
+			ts.must("POST", "secret/data/"+p, testAdminToken, map[string]any{"data": map[string]any{"v": 1}})
+		}
+		ts.policy("browse", `
+path "secret/metadata/*" { capabilities = ["list"] }
+path "secret/metadata/hr/" { capabilities = ["deny"] }`)
+		ts.policy("team", `path "secret/metadata/team/*" { capabilities = ["list"] }`)
+		ts.policy("other", `path "secret/metadata/other" { capabilities = ["list"] }`)
+		browse, team, other := ts.tokenWith("browse"), ts.tokenWith("team"), ts.tokenWith("other")
+		for _, tc := range []struct {
+			name, token, path string
+			want              int
+		}{
+			{"deny_on_the_listed_folder", browse, "secret/metadata/hr", 403},
+			{"deny_with_the_slash_given", browse, "secret/metadata/hr/", 403},
+			{"grant_elsewhere_still_lists", browse, "secret/metadata/team", 200},
+			{"glob_under_the_folder_lists_it", team, "secret/metadata/team", 200},
+			{"path_without_slash_is_not_the_folder", other, "secret/metadata/other", 403},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				for _, m := range []string{"LIST", "GET?list=true"} {
+					method, q, _ := strings.Cut(m, "?")
+					if st, out := ts.call(method, tc.path+"?"+q, tc.token, nil); st != tc.want {
+						t.Errorf("%s %s: %d %v, want %d", method, tc.path, st, out, tc.want)
+					}
+				}
+			})
+		}
+	})
+}

@@ -243,10 +243,21 @@ func (rq *req) readBody() error {
 	return nil
 }
 
-// need checks the token's capability on the request path (or on path
-// when given). Denials are audited by finish.
+// aclPath is the path the ACL decides on: the request path, with a
+// trailing "/" for a list, as Vault checks a list (a policy grants
+// listing with "secret/metadata/app/" or "secret/metadata/app/*", and a
+// deny on "secret/metadata/app/" stops it).
+func (rq *req) aclPath() string {
+	if rq.op == "list" {
+		return rq.path + "/"
+	}
+	return rq.path
+}
+
+// need checks the token's capability on the request's aclPath (or on
+// path when given). Denials are audited by finish.
 func (rq *req) need(c acl.Capability, path ...string) error {
-	p := rq.path
+	p := rq.aclPath()
 	if len(path) > 0 {
 		p = path[0]
 	}
@@ -262,7 +273,7 @@ func (rq *req) need(c acl.Capability, path ...string) error {
 // unprivileged caller cannot tell a missing mount, role or endpoint from
 // a forbidden one (Vault checks the ACL before routing).
 func (rq *req) noRoute(detail ...string) error {
-	if rq.tok == nil || rq.tok.acl.Capabilities(rq.path) == 0 {
+	if rq.tok == nil || rq.tok.acl.Capabilities(rq.aclPath()) == 0 {
 		rq.details["denied_capability"] = "any"
 		return errPermission
 	}

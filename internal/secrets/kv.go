@@ -128,7 +128,7 @@ func (s *Service) kvAPI(rq *req, mount, rest string) (*envelope, error) {
 			return nil, err
 		}
 	}
-	if rq.tok.acl.Capabilities(rq.path) == 0 {
+	if rq.tok.acl.Capabilities(rq.aclPath()) == 0 {
 		return nil, rq.noRoute() // a 405 would tell that the mount exists
 	}
 	return nil, errf(http.StatusMethodNotAllowed, "unsupported operation %s on %s", rq.r.Method, rq.path)
