@@ -469,3 +469,22 @@ path "secret/metadata/hr/" { capabilities = ["deny"] }`)
 		}
 	})
 }
+
+// TestExpiredTokenStaysExpired: an expired token is revoked, with its
+// leases, by the next maintenance pass; until then it is only a row.
+// renew-accessor renewed it (to its max TTL) and brought it back to life.
+func TestExpiredTokenStaysExpired(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		out := ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"ttl": "1m", "explicit_max_ttl": "24h"})
+		tok := authToken(t, out)
+		acc := out["auth"].(map[string]any)["accessor"]
+		ts.now = ts.now.Add(2 * time.Minute) // expired; no Tick yet
+		if st, out := ts.call("POST", "auth/token/renew-accessor", testAdminToken, map[string]any{"accessor": acc, "increment": "1h"}); st != 400 {
+			t.Errorf("renew-accessor of an expired token: %d %v, want 400", st, out)
+		}
+		if st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil); st != 403 {
+			t.Errorf("the expired token works again: %d", st)
+		}
+	})
+}

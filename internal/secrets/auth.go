@@ -477,6 +477,11 @@ func (s *Service) renewToken(rq *req, t *store.SecretsToken, inc time.Duration) 
 		return nil, badRequest("token is not renewable")
 	}
 	now := s.now()
+	// An expired token waits for the maintenance loop to revoke it (and
+	// its leases); renew-accessor must not bring it back meanwhile.
+	if !now.Before(t.ExpiresAt) {
+		return nil, badRequest("token expired")
+	}
 	if inc <= 0 {
 		inc = t.TTL
 	}
