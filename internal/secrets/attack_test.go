@@ -346,6 +346,7 @@ func TestNoExistenceOracle(t *testing.T) {
 			{"kv_mount_other_kind", "GET", "team/nosuchkind/x", "nosuchmount/nosuchkind/x", nil},
 			{"approle_role_id", "GET", "auth/approle/role/deploy/role-id", "auth/approle/role/nosuch/role-id", nil},
 			{"sys_endpoint", "GET", "sys/mounts", "sys/nosuch", nil},
+			{"ui_mount_info", "GET", "sys/internal/ui/mounts/team", "sys/internal/ui/mounts/nosuch", nil},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				st1, out1 := ts.call(tc.method, tc.exists, tok, tc.body)
@@ -354,6 +355,10 @@ func TestNoExistenceOracle(t *testing.T) {
 					t.Errorf("%s: %d %v; %s: %d %v; want 403 for both", tc.exists, st1, out1, tc.absent, st2, out2)
 				}
 			})
+		}
+		// A mount the caller can use is described to it.
+		if st, out := ts.call("GET", "sys/internal/ui/mounts/secret", tok, nil); st != 200 || dataOf(out)["type"] != "kv" {
+			t.Errorf("the caller's own mount: %d %v", st, out)
 		}
 		// The admin still learns that a route does not exist.
 		if st, _ := ts.call("GET", "nosuchmount/data/x", testAdminToken, nil); st != 404 {

@@ -118,6 +118,11 @@ func (s *Service) sysAPI(rq *req, rest string) (*envelope, error) {
 }
 
 func (s *Service) mountInfo(rq *req, m string) (*envelope, error) {
+	// As Vault: only to a caller with some capability under the mount,
+	// so it cannot be used to enumerate mounts.
+	if !rq.tok.acl.AnyUnder(m) {
+		return nil, errPermission
+	}
 	ok, err := s.isKVMount(rq, m)
 	if err != nil {
 		return nil, err
