@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -41,6 +42,9 @@ type testService struct {
 type recordAudit struct {
 	mu     sync.Mutex
 	events []audit.Event
+	// failTx, when set, fails every AppendTx (the audit log unavailable
+	// for changes).
+	failTx bool
 }
 
 func (a *recordAudit) Append(_ context.Context, ev audit.Event) error {
@@ -51,6 +55,12 @@ func (a *recordAudit) Append(_ context.Context, ev audit.Event) error {
 }
 
 func (a *recordAudit) AppendTx(ctx context.Context, _ *sql.Tx, evs ...audit.Event) error {
+	a.mu.Lock()
+	fail := a.failTx
+	a.mu.Unlock()
+	if fail {
+		return errors.New("audit log unavailable")
+	}
 	for _, ev := range evs {
 		a.Append(ctx, ev)
 	}
@@ -490,6 +500,38 @@ func TestExpiredTokenStaysExpired(t *testing.T) {
 		}
 		if st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil); st != 403 {
 			t.Errorf("the expired token works again: %d", st)
+		}
+	})
+}
+
+// TestRotateRootFailureKeepsTheAdminPassword: rotate-root sets a new
+// password in PostgreSQL inside the transaction that stores it with its
+// audit record. When that transaction failed afterwards (here the audit
+// log), PostgreSQL had a password no one knew: every later creds,
+// revocation and rotate-root failed until a superuser stepped in.
+func TestRotateRootFailureKeepsTheAdminPassword(t *testing.T) {
+	pg := storetest.PostgresPassword(t)
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		admin := fmt.Sprintf("rot_admin_%d", time.Now().UnixNano())
+		if err := pg.Psql(pg.Password, fmt.Sprintf("CREATE ROLE %s LOGIN CREATEROLE PASSWORD 'rot-initial-pass'", admin)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pg.Psql(pg.Password, "DROP ROLE IF EXISTS "+admin) })
+		ts.must("POST", "database/config/rot", testAdminToken, map[string]any{"plugin_name": PluginPostgres,
+			"connection_url": fmt.Sprintf("postgres://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=3", pg.Port),
+			"username":       admin, "password": "rot-initial-pass", "allowed_roles": "*"})
+		ts.audit.mu.Lock()
+		ts.audit.failTx = true
+		ts.audit.mu.Unlock()
+		if st, out := ts.call("POST", "database/rotate-root/rot", testAdminToken, nil); st != 500 {
+			t.Fatalf("rotate-root with the audit log down: %d %v, want 500", st, out)
+		}
+		ts.audit.mu.Lock()
+		ts.audit.failTx = false
+		ts.audit.mu.Unlock()
+		if st, out := ts.call("POST", "database/rotate-root/rot", testAdminToken, nil); st != 204 {
+			t.Fatalf("the stored admin password no longer works: rotate-root %d %v", st, out)
 		}
 	})
 }

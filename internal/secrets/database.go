@@ -648,11 +648,15 @@ func (s *Service) revokeDBUser(ctx context.Context, l dbLease, now time.Time) er
 }
 
 // rotateRoot sets a new random password for the connection's admin user,
-// so only Moatless knows it. The new password is stored before it is set
-// in PostgreSQL under the connection's row lock; if setting it fails the
-// old one is kept.
+// so only Moatless knows it. PostgreSQL takes it under the connection's
+// row lock, in the transaction that stores it with its audit record; if
+// that transaction fails afterwards (the audit log unavailable, the
+// store), the old password is set back, or nobody would know the admin
+// password any more. If setting the old one fails too, the answer says so.
 func (s *Service) rotateRoot(rq *req, name string) error {
-	return rq.tx(func(tx *sql.Tx) error {
+	var changed *dbConnection // set once PostgreSQL has the new password
+	var old string
+	err := rq.tx(func(tx *sql.Tx) error {
 		c, err := s.loadConnection(rq.ctx, tx, name, true)
 		if err != nil {
 			return err
@@ -661,24 +665,54 @@ func (s *Service) rotateRoot(rq *req, name string) error {
 			return badRequest("rotate-root needs username, password and a connection_url with {{username}} and {{password}}")
 		}
 		pass := generatePassword()
-		sts := c.RootRotation
-		if len(sts) == 0 {
-			sts = defaultRootRotation
-		}
-		var out []string
-		for _, st := range sts {
-			out = append(out, strings.NewReplacer("{{username}}", c.Username, "{{name}}", c.Username, "{{password}}", pass).Replace(st))
-		}
 		db, err := s.dbs.get(name, c)
 		if err != nil {
 			return err
 		}
-		if err := execAll(rq.ctx, db, out); err != nil {
+		if err := execAll(rq.ctx, db, rootStatements(c, pass)); err != nil {
 			return errf(http.StatusInternalServerError, "rotate-root failed (the old password is still in force): %s", redactPass(err.Error(), pass, c))
 		}
+		old = c.Password
 		c.Password = pass
 		c.Generation++
 		s.dbs.drop(name)
+		changed = c
 		return s.saveConnection(rq.ctx, tx, name, c)
 	})
+	if err == nil || changed == nil {
+		return err
+	}
+	if rerr := restoreRoot(context.WithoutCancel(rq.ctx), changed, old); rerr != nil {
+		msg := redactPass(rerr.Error(), old, changed)
+		s.log.Error("rotate-root: PostgreSQL took the new admin password but it was not stored, and setting the old one back failed",
+			"db", name, "err", msg, "cause", err)
+		return errf(http.StatusInternalServerError, "rotate-root failed after PostgreSQL took the new password, and setting the old one back failed (%s): "+
+			"set the admin password by hand and write database/config/%s again", msg, name)
+	}
+	return err
+}
+
+// rootStatements are the connection's root rotation statements for pass.
+func rootStatements(c *dbConnection, pass string) []string {
+	sts := c.RootRotation
+	if len(sts) == 0 {
+		sts = defaultRootRotation
+	}
+	var out []string
+	for _, st := range sts {
+		out = append(out, strings.NewReplacer("{{username}}", c.Username, "{{name}}", c.Username, "{{password}}", pass).Replace(st))
+	}
+	return out
+}
+
+// restoreRoot logs in with the password PostgreSQL has now (c's) and sets
+// old again, on a connection of its own (the pool is keyed by the stored
+// configuration, which still has old).
+func restoreRoot(ctx context.Context, c *dbConnection, old string) error {
+	db, err := sql.Open("pgx", c.dsn())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return execAll(ctx, db, rootStatements(c, old))
 }
