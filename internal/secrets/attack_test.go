@@ -535,3 +535,49 @@ func TestRotateRootFailureKeepsTheAdminPassword(t *testing.T) {
 		}
 	})
 }
+
+// TestUseLimitsHoldUnderConcurrency: a secret ID with num_uses 1 and a
+// token with num_uses 1, spent by 16 concurrent requests, admit one
+// each: the use is spent under a row lock (PostgreSQL) or an immediate
+// transaction (SQLite) in the transaction that acts on it.
+func TestUseLimitsHoldUnderConcurrency(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("reader", `path "secret/data/*" { capabilities = ["read"] }`)
+		ts.must("POST", "auth/approle/role/once", testAdminToken, map[string]any{"token_policies": "reader", "token_num_uses": 1})
+		roleID := dataOf(ts.must("GET", "auth/approle/role/once/role-id", testAdminToken, nil))["role_id"]
+		sid := dataOf(ts.must("POST", "auth/approle/role/once/secret-id", testAdminToken, map[string]any{"num_uses": 1}))["secret_id"]
+		race := func(fn func() int) (ok int) {
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for range 16 {
+				wg.Go(func() {
+					if fn() == 200 {
+						mu.Lock()
+						ok++
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			return ok
+		}
+		var tok string
+		var tokMu sync.Mutex
+		logins := race(func() int {
+			st, out := ts.call("POST", "auth/approle/login", "", map[string]any{"role_id": roleID, "secret_id": sid})
+			if st == 200 {
+				tokMu.Lock()
+				tok = authToken(t, out)
+				tokMu.Unlock()
+			}
+			return st
+		})
+		if logins != 1 {
+			t.Fatalf("a one-use secret ID logged in %d times", logins)
+		}
+		if uses := race(func() int { st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil); return st }); uses != 1 {
+			t.Fatalf("a one-use token served %d requests", uses)
+		}
+	})
+}
