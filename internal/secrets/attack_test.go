@@ -3,6 +3,9 @@ package secrets
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -16,6 +19,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/moatless/moatless/internal/audit"
 
@@ -73,13 +81,17 @@ func (a *recordAudit) last() audit.Event {
 	return a.events[len(a.events)-1]
 }
 
-func newTestService(t *testing.T, db *store.DB) *testService {
+func newTestService(t *testing.T, db *store.DB, opts ...func(*Config)) *testService {
 	t.Helper()
 	ts := &testService{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), audit: &recordAudit{}}
-	svc, err := New(Config{Store: db, Audit: ts.audit, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
+	c := Config{Store: db, Audit: ts.audit, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
 		Now:   func() time.Time { return ts.now },
 		Peer:  func(*http.Request) (*Peer, error) { return nil, nil },
-		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == testAdminToken }})
+		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == testAdminToken }}
+	for _, o := range opts {
+		o(&c)
+	}
+	svc, err := New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,6 +590,48 @@ func TestUseLimitsHoldUnderConcurrency(t *testing.T) {
 		}
 		if uses := race(func() int { st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil); return st }); uses != 1 {
 			t.Fatalf("a one-use token served %d requests", uses)
+		}
+	})
+}
+
+// TestJWTRoleBoundCIDRsBindTheToken: a JWT role's token_bound_cidrs bind
+// the token it issues as an AppRole's do (the JWT-SVID is a bearer
+// credential too: a token from it copied elsewhere must not work there).
+func TestJWTRoleBoundCIDRsBindTheToken(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	bundle := jwtbundle.New(td)
+	if err := bundle.AddJWTAuthority("k1", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: "spiffe://example.org/ns/prod/sa/web", Audience: jwt.Audience{"moatless-secrets"},
+		Expiry: jwt.NewNumericDate(time.Now().Add(5 * time.Minute)), IssuedAt: jwt.NewNumericDate(time.Now())}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db, func(c *Config) { c.JWTBundles = bundle })
+		ts.now = time.Now() // the JWT-SVID is checked against the real clock
+		ts.policy("reader", `path "secret/data/*" { capabilities = ["read"] }`)
+		ts.must("POST", "secret/data/app", testAdminToken, map[string]any{"data": map[string]any{"k": "v"}})
+		ts.must("POST", "auth/jwt/role/web", testAdminToken, map[string]any{"bound_audiences": "moatless-secrets",
+			"bound_subjects": "spiffe://example.org/ns/prod/sa/web", "token_policies": "reader", "token_bound_cidrs": "127.0.0.0/8"})
+		tok := authToken(t, ts.must("POST", "auth/jwt/login", "", map[string]any{"role": "web", "jwt": svid}))
+		if st, out := ts.call("GET", "secret/data/app", tok, nil); st != 200 {
+			t.Fatalf("from the bound address: %d %v", st, out)
+		}
+		if st, _ := ts.call("GET", "secret/data/app", tok, nil, "192.0.2.7:5555"); st != 403 {
+			t.Errorf("the JWT login's token used from outside its token_bound_cidrs: %d, want 403", st)
+		}
+		if st, _ := ts.call("POST", "auth/jwt/login", "", map[string]any{"role": "web", "jwt": svid}, "192.0.2.7:5555"); st != 400 {
+			t.Errorf("JWT login from outside token_bound_cidrs: %d, want 400", st)
 		}
 	})
 }
