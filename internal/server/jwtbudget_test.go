@@ -18,10 +18,7 @@ import (
 // server's clock.
 func TestJWTSVIDSigningBudget(t *testing.T) {
 	e := startTB(t, "", func(c *server.Config) { c.JWTSVIDBurst, c.JWTSVIDRate = 3, 1 })
-	a, b := e.attest("spiffe://example.org/agent/a"), e.attest("spiffe://example.org/agent/b")
-	var entA, entB wire.Entry
-	e.admin("POST", server.PathAdminEntries, entryReq(a.id, "spiffe://example.org/ns/prod/sa/a", "unix:uid:1"), &entA)
-	e.admin("POST", server.PathAdminEntries, entryReq(b.id, "spiffe://example.org/ns/prod/sa/b", "unix:uid:1"), &entB)
+	a, b, entA, entB := twoNodesWithEntries(e)
 	sign := func(n *node, entry string, aud string) int {
 		t.Helper()
 		st, body := e.do(n.http, "POST", wire.PathSignJWT, "", wire.SignJWTRequest{EntryID: entry, Audience: []string{aud}})
@@ -56,4 +53,13 @@ func TestJWTSVIDSigningBudget(t *testing.T) {
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "1" {
 		t.Fatalf("and the one after: %d Retry-After %q, want 429 and 1", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
+}
+
+// twoNodesWithEntries attests nodes a and b and registers one entry under
+// each, for the signing budget tests.
+func twoNodesWithEntries(e *env) (a, b *node, entA, entB wire.Entry) {
+	a, b = e.attest("spiffe://example.org/agent/a"), e.attest("spiffe://example.org/agent/b")
+	e.admin("POST", server.PathAdminEntries, entryReq(a.id, "spiffe://example.org/ns/prod/sa/a", "unix:uid:1"), &entA)
+	e.admin("POST", server.PathAdminEntries, entryReq(b.id, "spiffe://example.org/ns/prod/sa/b", "unix:uid:1"), &entB)
+	return a, b, entA, entB
 }

@@ -124,6 +124,18 @@ const (
 	DefaultX509SVIDBurst = 10_000
 )
 
+// signingBudget is a per-node limiter of rate per second and burst at
+// once, each taking its default when not positive.
+func signingBudget(rate float64, burst int, defRate float64, defBurst int) *keyedLimiter {
+	if rate <= 0 {
+		rate = defRate
+	}
+	if burst <= 0 {
+		burst = defBurst
+	}
+	return newKeyedLimiter(rate, float64(burst), 100_000)
+}
+
 // Server is the control plane. Create it with New.
 type Server struct {
 	cfg    config.Server
@@ -228,22 +240,8 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	}
 	s.refusals = newFailLimiter(50, 200)
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
-	jwtRate, jwtBurst := c.JWTSVIDRate, c.JWTSVIDBurst
-	if jwtRate <= 0 {
-		jwtRate = DefaultJWTSVIDRate
-	}
-	if jwtBurst <= 0 {
-		jwtBurst = DefaultJWTSVIDBurst
-	}
-	s.jwtSigns = newKeyedLimiter(jwtRate, float64(jwtBurst), 100_000)
-	x509Rate, x509Burst := c.X509SVIDRate, c.X509SVIDBurst
-	if x509Rate <= 0 {
-		x509Rate = DefaultX509SVIDRate
-	}
-	if x509Burst <= 0 {
-		x509Burst = DefaultX509SVIDBurst
-	}
-	s.x509Signs = newKeyedLimiter(x509Rate, float64(x509Burst), 100_000)
+	s.jwtSigns = signingBudget(c.JWTSVIDRate, c.JWTSVIDBurst, DefaultJWTSVIDRate, DefaultJWTSVIDBurst)
+	s.x509Signs = signingBudget(c.X509SVIDRate, c.X509SVIDBurst, DefaultX509SVIDRate, DefaultX509SVIDBurst)
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = st.WatchHeartbeat.Std()

@@ -26,10 +26,7 @@ import (
 // backoff and keeps serving the SVIDs it holds.
 func TestX509SVIDSigningBudget(t *testing.T) {
 	e := startTB(t, "", func(c *server.Config) { c.X509SVIDBurst, c.X509SVIDRate = 4, 2 })
-	a, b := e.attest("spiffe://example.org/agent/a"), e.attest("spiffe://example.org/agent/b")
-	var entA, entB wire.Entry
-	e.admin("POST", server.PathAdminEntries, entryReq(a.id, "spiffe://example.org/ns/prod/sa/a", "unix:uid:1"), &entA)
-	e.admin("POST", server.PathAdminEntries, entryReq(b.id, "spiffe://example.org/ns/prod/sa/b", "unix:uid:1"), &entB)
+	a, b, entA, entB := twoNodesWithEntries(e)
 	sign := func(n *node, entry string, count int) (*http.Response, string) {
 		t.Helper()
 		reqs := make([]wire.X509SVIDRequest, count)
