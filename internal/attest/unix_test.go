@@ -495,3 +495,173 @@ func BenchmarkUnixBind(b *testing.B) {
 		}
 	}
 }
+
+// helperEnv makes the test binary, re-executed with it set, the attacker
+// of TestUnixAttestBindMountedBinary. As "unshare" it plays the
+// unprivileged user's unshare -Urm: it starts itself again as
+// "bind-exec" in a user and mount namespace of its own (its uid is root
+// there), prints that process's PID and waits for it. As "bind-exec" it
+// bind-mounts argument 1 over argument 2 and executes argument 2.
+const helperEnv = "MOATLESS_ATTEST_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "unshare":
+		c := exec.Command(os.Args[0], os.Args[1:]...)
+		c.Env = []string{helperEnv + "=bind-exec"}
+		c.Stderr = os.Stderr
+		c.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}},
+		}
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "user namespace:", err)
+			os.Exit(3)
+		}
+		fmt.Println(c.Process.Pid)
+		c.Wait()
+		os.Exit(0)
+	case "bind-exec":
+		src, dst := os.Args[1], os.Args[2]
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			fmt.Fprintln(os.Stderr, "bind mount:", err)
+			os.Exit(2)
+		}
+		err := syscall.Exec(dst, []string{dst, "30"}, nil)
+		fmt.Fprintln(os.Stderr, "exec:", err)
+		os.Exit(2)
+	}
+	os.Exit(2)
+}
+
+// TestUnixAttestBindMountedBinary: a local user without privilege makes a
+// user and mount namespace (unshare -Urm), bind-mounts a program of their
+// own over an allowed binary's path there and executes it. /proc/PID/exe
+// then names the allowed path (SPIRE's unix attestor reports it as
+// unix:path: spiffe/spire#1433), and a second process of the same user in
+// the agent's own namespace can execute the same file through
+// /proc/PID/root. Neither may be described by the allowed path, nor by a
+// hash of bytes whose source it chose: neither gets unix:path or
+// unix:sha256 (uid and gid still come from the kernel).
+func TestUnixAttestBindMountedBinary(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Files every user may read and execute: the test's own temporary
+	// directories are private to it.
+	dir, err := os.MkdirTemp("", "moatless-attest-bind-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allowed, evil, helper := filepath.Join(dir, "allowed"), filepath.Join(dir, "evil"), filepath.Join(dir, "helper")
+	copyFile("/bin/true", allowed)
+	copyFile(sleep, evil)
+	copyFile(self, helper)
+
+	uid, gid := os.Geteuid(), os.Getegid()
+	var cred *syscall.SysProcAttr
+	if uid == 0 {
+		// Play an unprivileged user.
+		uid, gid = 65534, 65534
+		cred = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}}
+	}
+	unshare := exec.Command(helper, evil, allowed)
+	unshare.Env = []string{helperEnv + "=unshare"}
+	unshare.Stderr = os.Stderr
+	unshare.SysProcAttr = cred
+	out, err := unshare.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unshare.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unshare.Process.Kill(); unshare.Wait() })
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Skipf("cannot make a user namespace here (%v)", err)
+	}
+	attacker, err := os.FindProcess(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { attacker.Kill() })
+	waitExe := func(pid int, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d never ran %s", pid, want)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	waitExe(pid, allowed)
+
+	// The same user, in the agent's mount namespace, executes the
+	// attacker's file through its root.
+	through := exec.Command(fmt.Sprintf("/proc/%d/root%s", pid, allowed), "30")
+	through.SysProcAttr = cred
+	if err := through.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { through.Process.Kill(); through.Wait() })
+	waitExe(through.Process.Pid, allowed)
+
+	u := NewUnix(UnixConfig{SkipNames: true})
+	for _, tc := range []struct {
+		name string
+		pid  int
+	}{
+		{"in_its_own_namespace", pid},
+		{"through_proc_root", through.Process.Pid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pidfd, err := unix.PidfdOpen(tc.pid, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(pidfd)
+			peer := Peer{PID: int32(tc.pid), UID: uint32(uid), GID: uint32(gid), PIDFD: pidfd}
+			img, err := u.Bind(context.Background(), peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			peer.Image = &img
+			got, err := u.Attest(context.Background(), peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(got, wire.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(uid)}) {
+				t.Errorf("unix:uid missing from %v", got)
+			}
+			for _, s := range got {
+				if strings.HasPrefix(s.Value, "path:") || strings.HasPrefix(s.Value, "sha256:") {
+					t.Errorf("a binary the caller bind-mounted is described by %s (all: %v)", s, got)
+				}
+			}
+		})
+	}
+}
