@@ -40,6 +40,9 @@ type peerCredentials struct {
 	// (an attestor that reads no /proc needs no binding).
 	binder attest.Binder
 	hooks  *testHooks
+	// limits bounds the open connections, by uid and in all; nil bounds
+	// nothing.
+	limits *connLimits
 }
 
 // AuthInfo is the peer information attached to every RPC on a Workload API
@@ -73,6 +76,12 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		if cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); serr != nil {
 			return
 		}
+		if pc.limits != nil {
+			if serr = pc.limits.acquire(cred.Uid); serr != nil {
+				cred = nil // no slot taken: nothing to release
+				return
+			}
+		}
 		// The listener has SO_PASSCRED, which accepted sockets inherit;
 		// set it again in case this one came from elsewhere. Bytes queued
 		// before it was set carry no PID and count as foreign.
@@ -84,11 +93,17 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 			pidfd = p
 		}
 	})
-	if cerr != nil {
-		return nil, nil, fmt.Errorf("workload: peer credentials: %w", cerr)
-	}
-	if serr != nil {
-		return nil, nil, fmt.Errorf("workload: peer credentials: %w", serr)
+	if cerr != nil || serr != nil {
+		if cred != nil && pc.limits != nil {
+			pc.limits.release(cred.Uid)
+		}
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		if errors.Is(serr, errTooManyConns) {
+			return nil, nil, serr
+		}
+		return nil, nil, fmt.Errorf("workload: peer credentials: %w", errors.Join(cerr, serr))
 	}
 	if pidfd < 0 && cred.Pid > 0 {
 		// Weaker than SO_PEERPIDFD: the PID may already name another
@@ -103,6 +118,9 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	}
 	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
 	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
+	if pc.limits != nil {
+		bc.release = func() { pc.limits.release(cred.Uid) }
+	}
 	if pc.binder != nil && cred.Pid > 0 {
 		img, err := pc.binder.Bind(context.Background(), peer)
 		if err != nil {
@@ -155,6 +173,10 @@ type boundConn struct {
 
 	oob   [64]byte
 	early earlyScan
+
+	// release gives back the connection's slot in peerCredentials.limits
+	// (nil: none taken).
+	release func()
 
 	foreign      atomic.Int32 // first other writer's PID (-1: a write without a PID)
 	earlyRequest atomic.Bool
@@ -223,6 +245,9 @@ func (c *boundConn) Close() error {
 	c.once.Do(func() {
 		if c.pidfd >= 0 {
 			unix.Close(c.pidfd)
+		}
+		if c.release != nil {
+			c.release()
 		}
 	})
 	return c.UnixConn.Close()

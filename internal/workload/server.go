@@ -59,6 +59,14 @@ const (
 	// SecurityHeader is the metadata key every call must carry with value
 	// "true".
 	SecurityHeader = "workload.spiffe.io"
+	// MaxHeaderListSize bounds the headers of one call (gRPC's default is
+	// 16 MiB, kept for the call's life; a Workload API client sends a few
+	// hundred bytes).
+	MaxHeaderListSize = 16 << 10
+	// MaxConcurrentStreams bounds the calls open at once on one connection.
+	MaxConcurrentStreams = 64
+	// DefaultMaxConnsPerUID is Config.MaxConnsPerUID's default.
+	DefaultMaxConnsPerUID = 512
 )
 
 // Config configures a Workload API server.
@@ -94,6 +102,19 @@ type Config struct {
 	// Risk, when set with a Tracer, holds the risk scores the server
 	// pushes: a span that serves identities says the highest of theirs.
 	Risk *telemetry.RiskScores
+	// MaxConnsPerUID bounds the connections one uid (SO_PEERCRED) holds
+	// open at once, MaxConns those of all callers together; a connection
+	// past either is closed when accepted, before gRPC reads from it.
+	// Every connection holds two of the agent's file descriptors (the
+	// socket and a pidfd) for as long as its caller keeps it open, so
+	// without a bound one local user could take them all: no other
+	// workload could connect, and the agent could neither read /proc nor
+	// reach the server. Defaults: DefaultMaxConnsPerUID, and MaxConns
+	// half of what the agent's descriptor limit (RLIMIT_NOFILE) leaves
+	// after keeping back a quarter of it, at most 1,024, for the agent's
+	// own use.
+	MaxConnsPerUID int
+	MaxConns       int
 }
 
 // Server is a Workload API server. Lifecycle: New → Serve → Close.
@@ -153,10 +174,18 @@ func New(cfg Config) (*Server, error) {
 		s.now = time.Now
 	}
 	binder, _ := cfg.Attestor.(attest.Binder)
+	limits := newConnLimits(cfg.MaxConnsPerUID, cfg.MaxConns, func(uid uint32, open int, all bool) {
+		if all {
+			s.log.Warn("refusing Workload API connections: too many open", "open", open, "uid", uid)
+			return
+		}
+		s.log.Warn("refusing Workload API connections of a user with too many open", "uid", uid, "open", open)
+	})
 	s.grpc = grpc.NewServer(
-		grpc.Creds(peerCredentials{binder: binder, hooks: &s.testHooks}),
+		grpc.Creds(peerCredentials{binder: binder, hooks: &s.testHooks, limits: limits}),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
-		grpc.MaxConcurrentStreams(64),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
 	return s, nil
