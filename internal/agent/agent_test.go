@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -558,5 +560,56 @@ func TestJWTSVIDBudgetSpentIsResourceExhausted(t *testing.T) {
 	}
 	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
 		t.Fatalf("a cached JWT-SVID is still served: %v", err)
+	}
+}
+
+// TestHealthListenerBoundsConnections: any local user may connect to the
+// health listener, and each connection it holds is one of the agent's
+// file descriptors. Past maxHealthConns open connections, a new one waits
+// in the kernel's accept queue (costing the agent nothing) and is served
+// once another closes.
+func TestHealthListenerBoundsConnections(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	af := startAgent(t, f, "t", t.TempDir())
+	addr := af.a.HealthAddr().String()
+	get := []byte("GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
+	// answered reads one response on c within d.
+	answered := func(c net.Conn, br *bufio.Reader, d time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(d))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	var held []net.Conn
+	for i := range maxHealthConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write(get)
+		if !answered(c, bufio.NewReader(c), 10*time.Second) {
+			t.Fatalf("connection %d of %d not answered", i+1, maxHealthConns)
+		}
+		held = append(held, c) // kept alive, idle
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.Write(get)
+	br := bufio.NewReader(extra)
+	if answered(extra, br, 200*time.Millisecond) {
+		t.Fatalf("a connection past %d open ones was served: the agent holds a descriptor for each", maxHealthConns)
+	}
+	held[0].Close()
+	if !answered(extra, br, 10*time.Second) {
+		t.Fatal("the waiting connection was not served after another closed")
 	}
 }
