@@ -49,9 +49,11 @@ type Peer struct {
 // mount of the process's own mount namespace, that namespace was made in
 // the agent's user namespace (not in one a user created with unshare(2),
 // where any user may bind-mount or overlay what they like over any path),
-// and it is not FUSE (whose server, possibly the caller, can answer the
-// agent's reads with other bytes than the kernel executed). unix:path and
-// unix:sha256 are given only for a trusted executable.
+// it is not FUSE (whose server, possibly the caller, can answer the
+// agent's reads with other bytes than the kernel executed), and the
+// process is in the agent's user namespace (the owner of another may
+// trace the process whatever Yama says). unix:path and unix:sha256 are
+// given only for a trusted executable.
 type Image struct {
 	StartTime  uint64
 	Dev, Ino   uint64

@@ -333,7 +333,31 @@ func (u *Unix) exeTrusted(dir string, img Image) (bool, error) {
 	if ok, err := mountListed(filepath.Join(dir, "mountinfo"), mnt); err != nil || !ok {
 		return false, err
 	}
+	if ok, err := u.inAgentUserNS(dir); err != nil || !ok {
+		return false, err
+	}
 	return u.nsOwnedByAgent(dir)
+}
+
+// inAgentUserNS reports whether the process at dir is in the agent's own
+// user namespace. The owner of a user namespace holds every capability in
+// it, CAP_SYS_PTRACE included: a user who starts a binary inside one they
+// made (unshare -U) may trace it and write its memory even where Yama's
+// admin-only mode (ptrace_scope 2) forbids that outside, so the binary
+// says nothing about what the process does.
+func (u *Unix) inAgentUserNS(dir string) (bool, error) {
+	self, err := u.agentUserNS()
+	if err != nil {
+		return false, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "ns", "user"), &st); err != nil {
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			return false, nil
+		}
+		return false, gone(err)
+	}
+	return st.Dev == self.Dev && st.Ino == self.Ino, nil
 }
 
 // mountID returns the ID of the mount fd was opened through: statx (Linux
