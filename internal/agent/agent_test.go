@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -611,5 +613,48 @@ func TestHealthListenerBoundsConnections(t *testing.T) {
 	held[0].Close()
 	if !answered(extra, br, 10*time.Second) {
 		t.Fatal("the waiting connection was not served after another closed")
+	}
+}
+
+// TestJWTSVIDShareOfOneIdentity: the server's JWT-SVID budget is per node,
+// and any workload with an identity may ask for a token per audience set
+// it makes up. One that asks for new audiences without end gets its share
+// (jwtShareBurst at once, on a clock that does not move) and then
+// ResourceExhausted, without the agent asking the server for more; another
+// identity on the node still gets new JWT-SVIDs, and the spent one still
+// gets those it has cached.
+func TestJWTSVIDShareOfOneIdentity(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{
+		uidEntry("e1", "spiffe://example.org/greedy", time.Hour),
+		uidEntry("e2", "spiffe://example.org/other", time.Hour),
+	}
+	frozen := time.Now()
+	af := startAgentWith(t, f, "t", "", func(c *Config) { c.Now = func() time.Time { return frozen } })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := client(t, af.sock)
+	greedy, _ := spiffeid.FromString("spiffe://example.org/greedy")
+	other, _ := spiffeid.FromString("spiffe://example.org/other")
+	served := 0
+	var err error
+	for i := range jwtShareBurst + 50 {
+		if _, err = c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: fmt.Sprintf("made-up-%d", i), Subject: greedy}); err != nil {
+			break
+		}
+		served++
+	}
+	if served != jwtShareBurst || status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "share") {
+		t.Fatalf("served %d new JWT-SVIDs, then %v; want %d, then ResourceExhausted naming the share", served, err, jwtShareBurst)
+	}
+	if _, jwtCalls, _, _ := f.counts(); jwtCalls != jwtShareBurst {
+		t.Fatalf("the server was asked for %d JWT-SVIDs, want %d", jwtCalls, jwtShareBurst)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "made-up-0", Subject: greedy}); err != nil {
+		t.Fatalf("a cached JWT-SVID of the spent identity: %v", err)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "made-up-0", Subject: other}); err != nil {
+		t.Fatalf("another identity on the node: %v", err)
 	}
 }

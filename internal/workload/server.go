@@ -588,6 +588,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
 		if err != nil {
 			s.log.Warn("JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
+			if errors.Is(err, ErrJWTSVIDShare) {
+				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: it asked for more new JWT-SVIDs than its share of this node's budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)
+			}
 			var se interface{ HTTPStatus() int }
 			if errors.As(err, &se) && se.HTTPStatus() == http.StatusTooManyRequests {
 				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: this node asked the server for more JWT-SVIDs than its budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)
