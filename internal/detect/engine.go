@@ -513,7 +513,11 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	if m.After(id.minute) {
 		id.minute, id.denies, id.exchanges, id.denyRecs = m, 0, 0, id.denyRecs[:0]
 	}
-	if refused && r.Reason != "revoked" {
+	// A 401 judges the token the request carried, not the caller: the
+	// caller's own identity passed mTLS, and a workload relays its users'
+	// tokens (Istio's end-user authentication), so an outsider sending
+	// bad tokens through an app must not raise the app's risk.
+	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" {
 		id.denies += r.Requests
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)

@@ -625,7 +625,17 @@ func (s *Server) detectAudit(evs []audit.Event) {
 		case ev.Kind == audit.KindAgentCall && ev.Details["reason"] == "revoked":
 			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Actor}
 		case ev.Kind == audit.KindDecisionUnauthenticated && strings.Contains(ev.Details["reason"], "revoked"):
-			// A sidecar's report: its word about the caller.
+			// A node's report of a revoked token: its word about who
+			// presented it. A caller with a SPIFFE ID passed mTLS with its
+			// own SVID and may be relaying its users' tokens (Istio's
+			// end-user authentication), so the token says nothing about
+			// it: two backends refusing one revoked user token that
+			// frontend forwarded must not get frontend contained. The
+			// record stays in the audit log. A caller without one (the
+			// gateway's client, by address) presented the token itself.
+			if ev.Details["source"] != "" {
+				continue
+			}
 			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Subject, Reporter: ev.Actor}
 		default:
 			continue
