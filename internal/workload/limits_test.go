@@ -4,6 +4,7 @@ package workload
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -210,5 +213,51 @@ func TestConnLimits(t *testing.T) {
 	want := []string{"uid=1 open=2 all=false", "uid=3 open=3 all=true"}
 	if fmt.Sprint(warned) != fmt.Sprint(want) {
 		t.Fatalf("warnings %v, want %v", warned, want)
+	}
+}
+
+// TestStreamsPerUserAreBounded: every open stream attests its caller again
+// whenever what the agent serves changes, so a workload holding thousands
+// open would make each rotation on the node cost the agent seconds of
+// CPU. A uid's streams past MaxStreamsPerUID, of any kind, are
+// ResourceExhausted; one closed makes room again.
+func TestStreamsPerUserAreBounded(t *testing.T) {
+	f := newFixtureWith(t, func(c *Config) { c.MaxStreamsPerUID = 2 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	c := f.raw(t)
+	open := func(ctx context.Context) error {
+		s, err := c.FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = s.Recv()
+		return err
+	}
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	defer cancel1()
+	if err := open(ctx1); err != nil {
+		t.Fatal(err)
+	}
+	bundles, err := c.FetchJWTBundles(withHeader(ctxT(t)), &workload.JWTBundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundles.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(ctxT(t)); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "streams open") {
+		t.Fatalf("a third stream of the same user: %v, want ResourceExhausted", err)
+	}
+	cancel1()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := open(ctxT(t))
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("after one stream closed: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
