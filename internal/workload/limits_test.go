@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -259,5 +261,70 @@ func TestStreamsPerUserAreBounded(t *testing.T) {
 			t.Fatalf("after one stream closed: %v", err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestDescriptorsSentAlongAreNotKept: a client may attach descriptors
+// (SCM_RIGHTS) to every byte it writes. The agent reads with recvmsg and a
+// control buffer: any descriptor the kernel finds room for there is
+// installed in the agent, and nothing closes it. One byte at a time, a
+// local user could fill the agent's descriptor table (the HTTP/2 preface,
+// SETTINGS and a PING are 50 bytes: 200 descriptors on the parent).
+func TestDescriptorsSentAlongAreNotKept(t *testing.T) {
+	f := newFixture(t)
+	countFDs := func() int {
+		t.Helper()
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	c, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	before := countFDs()
+	var stream bytes.Buffer
+	stream.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&stream, nil)
+	fr.WriteSettings()
+	fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	fd := int(devnull.Fd())
+	rights := unix.UnixRights(fd, fd, fd, fd)
+	for _, b := range stream.Bytes() {
+		if _, _, err := uc.WriteMsgUnix([]byte{b}, rights, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The PING's answer says the server has read every byte before it.
+	uc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rd := http2.NewFramer(io.Discard, uc)
+	for {
+		fr0, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if p, ok := fr0.(*http2.PingFrame); ok && p.IsAck() {
+			break
+		}
+	}
+	if grown := countFDs() - before; grown > 10 {
+		t.Fatalf("the agent holds %d more descriptors after one connection sent %d bytes with 4 descriptors each", grown, stream.Len())
+	}
+}
+
+// TestCredSpace: the control buffer fits one SCM_CREDENTIALS exactly (a
+// larger one has room for descriptors, a smaller one loses the writer).
+func TestCredSpace(t *testing.T) {
+	if want := unix.CmsgSpace(unix.SizeofUcred); credSpace != want {
+		t.Fatalf("credSpace %d, want %d", credSpace, want)
 	}
 }

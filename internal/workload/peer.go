@@ -171,7 +171,12 @@ type boundConn struct {
 	pidfd   int
 	bindErr error
 
-	oob   [64]byte
+	// oob has room for the writer's SCM_CREDENTIALS and nothing more:
+	// descriptors a client attaches (SCM_RIGHTS) find no room, so the
+	// kernel closes them instead of installing them in the agent (with
+	// 64 bytes it installed up to four per write, and a client writing
+	// one byte at a time could fill the agent's descriptor table).
+	oob   [credSpace]byte
 	early earlyScan
 
 	// release gives back the connection's slot in peerCredentials.limits
@@ -183,6 +188,9 @@ type boundConn struct {
 	once         sync.Once
 }
 
+// credSpace is the control buffer one SCM_CREDENTIALS takes.
+const credSpace = 32 // unix.CmsgSpace(unix.SizeofUcred) on every Linux ABI the agent builds for
+
 // Read implements net.Conn. Each recvmsg returns bytes of one writer only:
 // with SO_PASSCRED the kernel never merges writes of different processes
 // into one read.
@@ -191,6 +199,7 @@ func (c *boundConn) Read(p []byte) (int, error) {
 	if n < 0 { // some error paths report -1
 		n = 0
 	}
+	closeRights(c.oob[:oobn])
 	if n > 0 {
 		if w := writerPID(c.oob[:oobn]); w != c.pid {
 			if w == 0 {
@@ -205,9 +214,27 @@ func (c *boundConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// closeRights closes any descriptor that reached the agent in oob
+// (SCM_RIGHTS). The buffer leaves them no room (credSpace); this holds
+// should a kernel find some anyway.
+func closeRights(oob []byte) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return
+	}
+	for i := range msgs {
+		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		if fds, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+}
+
 // writerPID returns the PID in the SCM_CREDENTIALS of oob, 0 if none.
-// Descriptors a client sends along (SCM_RIGHTS) do not fit the buffer: the
-// kernel closes them and never installs them in the agent.
 func writerPID(oob []byte) int32 {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
