@@ -1,6 +1,7 @@
 package authn
 
 import (
+	"context"
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -249,5 +250,66 @@ func TestVerifyRequestShapeAttacks(t *testing.T) {
 			assertNoLeak(t, err.Error(), tok)
 			assertNoLeak(t, err.Error(), tok2)
 		})
+	}
+}
+
+// TestIssuerlessRuleCannotSpeakForAnotherIssuer: a rule without issuer
+// (Istio allows one with jwks or jwksUri) accepts any iss its keys sign,
+// and the principal is <iss>/<sub>. Where a rule for issuer X applies to
+// the request too, whoever holds the issuer-less rule's keys (a partner's
+// IdP, a test key) could otherwise sign {iss: X, sub: admin} and be X's
+// admin to every requestPrincipals policy. A token whose issuer has its own
+// rule among the request's rules is verified by that rule alone, also on a
+// cache hit of a token first accepted where X's rule did not apply.
+func TestIssuerlessRuleCannotSpeakForAnotherIssuer(t *testing.T) {
+	keys(t)
+	own := inlineRule(t, keyES256)
+	partner := &securityv1beta1.JWTRule{Jwks: jwksOf(t, keyEvil)}
+	spoof := sign(t, keyEvil, claims(map[string]any{"sub": "admin"}))
+	partnerTok := sign(t, keyEvil, claims(map[string]any{"iss": "https://partner.example", "sub": "p1"}))
+	// X's rule reading another header still makes X's tokens its own: the
+	// spoof put in Authorization, where only the issuer-less rule looks,
+	// is refused too.
+	ownElsewhere := &securityv1beta1.JWTRule{Issuer: testIssuer, Jwks: jwksOf(t, keyES256),
+		FromHeaders: []*securityv1beta1.JWTHeader{{Name: "x-jwt"}}}
+	for _, cacheSize := range []int{0, -1} {
+		v, _ := newTestVerifier(t, Options{CacheSize: cacheSize})
+		if err := v.Prepare(context.Background(), ruleList(own, partner, ownElsewhere)); err != nil {
+			t.Fatal(err)
+		}
+		// Where only the issuer-less rule applies, it is the rule for
+		// any issuer (Istio's and Envoy's reading).
+		if a, err := v.Verify(ruleList(partner), bearer(spoof)); err != nil || a.Principal != testIssuer+"/admin" {
+			t.Fatalf("cache %d: issuer-less rule alone: %v %v", cacheSize, a, err)
+		}
+		for _, rules := range [][]*securityv1beta1.JWTRule{{ownElsewhere, partner}, {partner, ownElsewhere}} {
+			if a, err := v.Verify(rules, bearer(spoof)); err == nil {
+				t.Errorf("cache %d: with the issuer's rule reading x-jwt, the spoof in Authorization became %s", cacheSize, a.Principal)
+			}
+			if a, err := v.Verify(rules, bearer(partnerTok)); err != nil || a.Principal != "https://partner.example/p1" {
+				t.Errorf("cache %d: an issuer without its own rule, beside a rule reading x-jwt: %v %v", cacheSize, a, err)
+			}
+		}
+		for _, rules := range [][]*securityv1beta1.JWTRule{{own, partner}, {partner, own}} {
+			a, err := v.Verify(rules, bearer(spoof))
+			if err == nil {
+				t.Errorf("cache %d, rules %s first: a token signed by the issuer-less rule's key became %s", cacheSize, rules[0].GetIssuer(), a.Principal)
+			} else if !errors.Is(err, ErrSignature) {
+				t.Errorf("cache %d: err = %v, want the signature error of the issuer's own rule", cacheSize, err)
+			}
+			if a, err := v.Verify(rules, bearer(partnerTok)); err != nil || a.Principal != "https://partner.example/p1" {
+				t.Errorf("cache %d: an issuer without its own rule: %v %v", cacheSize, a, err)
+			}
+			ownTok := sign(t, keyES256, claims(map[string]any{"jti": "own-" + rules[0].GetIssuer()}))
+			before := v.Stats().CacheHits
+			for range 2 {
+				if a, err := v.Verify(rules, bearer(ownTok)); err != nil || a.Principal != testIssuer+"/alice" {
+					t.Errorf("cache %d: the issuer's own token: %v %v", cacheSize, a, err)
+				}
+			}
+			if hits := v.Stats().CacheHits - before; cacheSize == 0 && hits != 1 {
+				t.Errorf("rules %q first: the issuer's own token is never a cache hit", rules[0].GetIssuer())
+			}
+		}
 	}
 }

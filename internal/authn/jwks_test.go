@@ -411,6 +411,47 @@ func TestRemoteJWKSBackgroundFetch(t *testing.T) {
 	}
 }
 
+// TestUnknownKIDKeepsFailureBackoff: tokens with made-up kids for an
+// issuer whose key set endpoint is failing must not pull the next fetch
+// forward. The refresher already retries a failing source with backoff
+// (up to 5 minutes); before, every MinRefreshInterval (30 s) an unknown
+// kid moved the retry to now, so anyone could make each sidecar hit a
+// struggling issuer ten times as often as the backoff allows.
+func TestUnknownKIDKeepsFailureBackoff(t *testing.T) {
+	keys(t)
+	srv := newJWKSServer(t, jwksOf(t, keyES256))
+	var now atomic.Int64
+	now.Store(testNow.UnixNano())
+	v, _ := newTestVerifier(t, Options{Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	rule := &securityv1beta1.JWTRule{Issuer: testIssuer, JwksUri: srv.URL + "/jwks"}
+	if err := v.Prepare(context.Background(), ruleList(rule)); err != nil {
+		t.Fatal(err)
+	}
+	srv.set("down", http.StatusServiceUnavailable)
+	for range 4 {
+		_ = v.Refresh(context.Background())
+	}
+	src := v.remoteList()[0]
+	_, next := src.due(time.Unix(0, now.Load()))
+	if want := testNow.Add(8 * time.Second); !next.Equal(want) {
+		t.Fatalf("after 4 failures the next fetch is at %v, want %v", next, want)
+	}
+	bogus := rawToken(`{"alg":"ES256","kid":"made-up"}`, mustJSON(t, claims(nil)), esSign(keyES256))
+	for i := range 3 {
+		now.Add(int64(DefaultMinRefreshInterval) / 10)
+		if _, err := v.Verify(ruleList(rule), bearer(bogus)); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("err = %v", err)
+		}
+		if due, at := src.due(time.Unix(0, now.Load())); due && time.Unix(0, now.Load()).Before(next) {
+			t.Fatalf("unknown kid %d moved the fetch of a failing key set to %v, inside its backoff (until %v)", i, at, next)
+		}
+	}
+	// The keys it had still verify meanwhile.
+	if _, err := v.Verify(ruleList(rule), bearer(sign(t, keyES256, claims(nil)))); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitFetch(t *testing.T, ch <-chan error) {
 	t.Helper()
 	select {

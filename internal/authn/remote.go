@@ -216,7 +216,8 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 
 // requestRefresh asks the refresher for a fetch outside the schedule.
 // unknownKID refreshes are rate limited to one per MinRefreshInterval per
-// source, so tokens with made-up kids cannot turn the sidecar into a
+// source, and never cut short the backoff of a source whose last fetch
+// failed, so tokens with made-up kids cannot turn the sidecar into a
 // load generator against the issuer. A source without keys is fetched on
 // its own backoff schedule; the request only wakes the refresher.
 func (r *remoteKeys) requestRefresh(unknownKID bool) {
@@ -228,7 +229,10 @@ func (r *remoteKeys) requestRefresh(unknownKID bool) {
 			return
 		}
 		r.lastKick = now
-		if r.nextFetch.After(now) {
+		// A failing source keeps its backoff: the refresher retries it
+		// anyway, and made-up kids must not make a struggling issuer's
+		// retries more frequent than the backoff allows.
+		if r.failures == 0 && r.nextFetch.After(now) {
 			r.nextFetch = now
 		}
 		r.mu.Unlock()

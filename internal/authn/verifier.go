@@ -402,7 +402,9 @@ func (v *Verifier) lookup(r *securityv1beta1.JWTRule) *compiledRule {
 //     header or query parameter unless forwardOriginalToken).
 //
 // The rule used is the one whose issuer equals the token's iss among the
-// rules that look where the token was found; none is ErrUnknownIssuer.
+// rules that look where the token was found; a rule without issuer is
+// used only for an iss that no rule there names; none is
+// ErrUnknownIssuer.
 // Verify does no network I/O. A token already verified (cache hit) costs a
 // hash and a map lookup; its expiry, its rule, the rule's current key set
 // and the revocation set are checked again on every use, and a hit
@@ -473,19 +475,19 @@ func (v *Verifier) verify(rules []*securityv1beta1.JWTRule, req *policy.Request,
 
 	now := v.now()
 	if m != nil && v.cache != nil {
-		if e := m.lookup(tok, now.UnixNano()); e != nil && e.answersFor(cands) && e.keys == e.rule.keys() {
+		if e := m.lookup(tok, now.UnixNano()); e != nil && e.answersFor(cands, crs) && e.keys == e.rule.keys() {
 			return v.hit(e, tok, fs, crs, cands, req, now, m)
 		}
 	}
 	var key tokenKey
 	if v.cache != nil {
 		key = keyOf(tok)
-		if e := v.cache.get(&key, now.UnixNano()); e != nil && e.answersFor(cands) && e.keys == e.rule.keys() {
+		if e := v.cache.get(&key, now.UnixNano()); e != nil && e.answersFor(cands, crs) && e.keys == e.rule.keys() {
 			return v.hit(e, tok, fs, crs, cands, req, now, m)
 		}
 		v.misses.Add(1)
 	}
-	e, err := v.verifySlow(tok, cands, now)
+	e, err := v.verifySlow(tok, cands, crs, now)
 	if err != nil {
 		return nil, v.reject(err)
 	}
@@ -542,7 +544,7 @@ func (v *Verifier) checkRequired(tok string, e *cacheEntry, crs, cands []*compil
 		if !slices.Contains(cands, r) || !r.acceptsIssuer(e.iss) {
 			return tokenErr(ErrTokenRequired, "the rule for "+r.describeIssuer()+" requires its own token")
 		}
-		if _, err := v.verifySlow(tok, []*compiledRule{r}, now); err != nil {
+		if _, err := v.verifySlow(tok, []*compiledRule{r}, crs, now); err != nil {
 			return err
 		}
 	}
@@ -581,12 +583,18 @@ func hasLocKey(locs []*location, l *location) bool {
 // that refused this token with the key set that rule holds now. Else the
 // full check could pick an earlier rule, with other claims
 // (spaceDelimitedClaims), headers or token forwarding.
-func (e *cacheEntry) answersFor(cands []*compiledRule) bool {
+func (e *cacheEntry) answersFor(cands, all []*compiledRule) bool {
+	// A rule without issuer never answers for an issuer whose own rule
+	// applies (verifySlow skips it); the common case, an entry of the
+	// issuer's own rule listed first, never looks.
+	if e.rule.issuer == "" && hasOwnRule(all, e.iss) {
+		return false
+	}
 	for _, c := range cands {
 		if c == e.rule {
 			return true
 		}
-		if c.acceptsIssuer(e.iss) && !e.refusedBy(c) {
+		if c.acceptsIssuer(e.iss) && !e.refusedBy(c) && !(c.issuer == "" && hasOwnRule(all, e.iss)) {
 			return false
 		}
 	}
@@ -602,19 +610,35 @@ func (e *cacheEntry) refusedBy(c *compiledRule) bool {
 	return false
 }
 
+// hasOwnRule reports whether a rule among all (every rule that applies
+// to the request, wherever it looks for tokens) names iss as its issuer.
+// A token of such an issuer is verified by its own rules only: a rule
+// without issuer accepts whatever iss its keys sign, and must not let
+// the holder of those keys sign for an issuer whose rule applies here
+// (the principal is <iss>/<sub>).
+func hasOwnRule(all []*compiledRule, iss string) bool {
+	for _, c := range all {
+		if c.issuer != "" && c.issuer == iss {
+			return true
+		}
+	}
+	return false
+}
+
 // verifySlow parses and fully verifies tok against the candidate rules
 // for its issuer, in order; the first that accepts wins (and remembers
 // the rules that refused before it, for answersFor), otherwise the first
 // rule's error is returned.
-func (v *Verifier) verifySlow(tok string, cands []*compiledRule, now time.Time) (*cacheEntry, error) {
+func (v *Verifier) verifySlow(tok string, cands, all []*compiledRule, now time.Time) (*cacheEntry, error) {
 	pt, err := parseToken(tok, v.maxToken, v.shared != nil)
 	if err != nil {
 		return nil, err
 	}
 	var firstErr error
 	var refused []refusal
+	own := hasOwnRule(all, pt.iss)
 	for _, c := range cands {
-		if !c.acceptsIssuer(pt.iss) {
+		if !c.acceptsIssuer(pt.iss) || (own && c.issuer == "") {
 			continue
 		}
 		// The key set is read once, before the check: a refusal is then

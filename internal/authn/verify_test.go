@@ -649,7 +649,8 @@ func TestPrepareInstallsValidRules(t *testing.T) {
 // TestRuleWithoutIssuer: Istio (and Envoy's jwt_authn) accept a JWT rule
 // with keys and no issuer: a token of any iss is verified with those
 // keys. A token signed by another key is still refused, and a rule with an
-// issuer beside it still only takes its own issuer's tokens.
+// issuer beside it still only takes its own issuer's tokens, and alone
+// decides for them.
 func TestRuleWithoutIssuer(t *testing.T) {
 	keys(t)
 	v, _ := newTestVerifier(t, Options{})
@@ -666,7 +667,12 @@ func TestRuleWithoutIssuer(t *testing.T) {
 		{"the_usual_iss_too", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyES256, claims(nil)), nil, testIssuer + "/alice"},
 		{"other_key_refused", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyEvil, claims(map[string]any{"iss": "https://elsewhere.example"})), ErrSignature, ""},
 		{"audience_still_checked", []*securityv1beta1.JWTRule{anyIss}, sign(t, keyES256, claims(map[string]any{"aud": "payments"})), ErrAudience, ""},
-		{"pinned_rule_first_then_any", []*securityv1beta1.JWTRule{pinned, anyIss}, sign(t, keyES256, claims(nil)), nil, testIssuer + "/alice"},
+		// The issuer's own rule decides for its tokens: the rule without
+		// issuer does not get a second try (Envoy would give it one).
+		{"own_rule_decides_for_its_issuer", []*securityv1beta1.JWTRule{pinned, anyIss}, sign(t, keyES256, claims(nil)), ErrUnknownKey, ""},
+		{"own_rule_decides_after_any", []*securityv1beta1.JWTRule{anyIss, pinned}, sign(t, keyES256, claims(nil)), ErrUnknownKey, ""},
+		{"any_rule_beside_a_rule_of_another_issuer", []*securityv1beta1.JWTRule{pinned, anyIss}, sign(t, keyES256, claims(map[string]any{"iss": "https://elsewhere.example"})), nil, "https://elsewhere.example/alice"},
+		{"own_rule_accepts_its_own", []*securityv1beta1.JWTRule{anyIss, pinned}, sign(t, keyRSA, claims(nil)), nil, testIssuer + "/alice"},
 		{"pinned_rule_alone_refuses_other_iss", []*securityv1beta1.JWTRule{pinned}, sign(t, keyES256, claims(map[string]any{"iss": "https://elsewhere.example"})), ErrUnknownIssuer, ""},
 	}
 	for _, tc := range tests {

@@ -75,8 +75,9 @@ type compiledRule struct {
 	reason   string // "matched DENY rule 0 of prod/deny-delete", built once
 	// What the rule reads of the path, for its other readings
 	// (evalCtx.applies): pathDep, the path at all (paths, notPaths, a
-	// :path condition); pathPos and pathNeg, paths and notPaths values;
-	// pathUpper, an upper-case letter in those values.
+	// :path condition); pathPos and pathNeg, paths and notPaths values
+	// or a :path condition's values and notValues; pathUpper, an
+	// upper-case letter in those values.
 	pathDep, pathPos, pathNeg, pathUpper bool
 }
 
@@ -408,7 +409,12 @@ func compileRule(c *compiledAuthz, r *securityv1beta1.Rule, i int, rp fieldPath)
 					cr.pathNeg = cr.pathNeg || am.neg.n > 0
 					cr.pathUpper = cr.pathUpper || am.pos.paths.upper || am.neg.paths.upper
 				case am.kind == attrHeader && am.header == ":path":
+					// Read as paths are (headerAttr matches it ignoring
+					// case under a folded reading).
 					cr.pathDep = true
+					cr.pathPos = cr.pathPos || am.pos.n > 0
+					cr.pathNeg = cr.pathNeg || am.neg.n > 0
+					cr.pathUpper = cr.pathUpper || am.pos.strs.hasUpper() || am.neg.strs.hasUpper()
 				}
 			}
 		}

@@ -141,6 +141,8 @@ func BenchmarkDecideVariants(b *testing.B) {
 		{"upper_case_path", func(r *Request) { r.Path = "/api/v1/Payments/42" }},
 		{"encoded_slash", func(r *Request) { r.Path = "/api/v1/payments%2F42" }},
 		{"parameter_slash_case", func(r *Request) { r.Path = "/api/v1/Payments;v=1%2F42" }},
+		// Slashes side by side: read merged too, as most routers do.
+		{"double_slash", func(r *Request) { r.Path = "/api/v1//payments/42" }},
 	}
 	for _, v := range variants {
 		req := benchRequest(1000)

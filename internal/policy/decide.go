@@ -24,8 +24,9 @@ type evalCtx struct {
 
 	// paths[cur] is the path rules match: paths[0] the path normalized,
 	// query removed (it may alias a buffer on authorize's stack), then
-	// its nalt other readings (pathReadings: as Java servers and as apps
-	// that decode %2F read it), kinds how each was made. upper: the path
+	// its nalt other readings (pathReadings: as Java servers, as apps
+	// that decode %2F and as routers that merge slashes read it), kinds
+	// how each was made. upper: the path
 	// holds an upper-case letter, so that it reads otherwise to an app
 	// that routes ignoring case. Rules match every reading
 	// (evalCtx.applies); fold is set while paths match ignoring ASCII
@@ -233,8 +234,18 @@ func (a *attrMatch) headerAttr(c *evalCtx) bool {
 			v, present = unsafe.String(unsafe.SliceData(b), len(b)), true
 		}
 	}
+	// :path is read as paths are: under a folded reading (evalCtx.
+	// applies) ignoring ASCII case, as an app that routes ignoring case
+	// reads "/ADMIN".
+	fold := c.fold && a.header == ":path"
 	in := func(vs *valueSet) bool {
-		return present && (vs.presence || vs.strs.match(v))
+		if !present || vs.presence {
+			return present
+		}
+		if fold {
+			return vs.strs.matchASCIIFold(v)
+		}
+		return vs.strs.match(v)
 	}
 	if a.pos.n > 0 && !in(&a.pos) {
 		return false
@@ -386,7 +397,8 @@ func (p *compiledAuthz) match(c *evalCtx) int {
 // applies reports whether rule r of a policy with action act applies to
 // the request. A path has other readings than the one received: as
 // Tomcat, Jetty and Spring route it ("/admin;x" is /admin), as apps that
-// decode %2F and %5C route it ("/admin%2Fusers" is /admin/users), and
+// decode %2F and %5C route it ("/admin%2Fusers" is /admin/users), as
+// routers that merge slashes route it ("//admin" is /admin), and
 // ignoring ASCII case, as Express, ASP.NET Core and IIS route it
 // ("/ADMIN" is /admin) — each of the first ones ignoring case too. A
 // DENY, AUDIT or CUSTOM rule applies when any reading matches it, an
@@ -725,18 +737,51 @@ outer:
 			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
 				Reason: p.rules[i].reason + ": provider is not configured", Custom: out.Custom}, true
 		}
-		allow, reason := s.opts.Custom(p.provider, req)
-		if !allow {
-			if reason == "" {
-				reason = "denied"
+		// Asked about every reading of the path (customRequest), as a
+		// RegoProvider is: a provider deciding on "/admin" must not let
+		// "/admin;x" or "//admin" through to an app that serves /admin.
+		for k := 0; k <= c.nalt; k++ {
+			allow, reason := s.opts.Custom(p.provider, c.customRequest(req, k, s.opts.PathNormalization))
+			if !allow {
+				if reason == "" {
+					reason = "denied"
+				}
+				out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "deny"})
+				return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
+					Reason: p.rules[i].reason + ": " + reason, Custom: out.Custom}, true
 			}
-			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "deny"})
-			return Decision{Outcome: Deny, Policy: p.ref, Action: "CUSTOM", Rule: i,
-				Reason: p.rules[i].reason + ": " + reason, Custom: out.Custom}, true
+			out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 		}
-		out.Custom = append(out.Custom, CustomEval{Provider: p.provider, Result: "allow"})
 	}
 	return out, false
+}
+
+// customRequest is req as a provider given in Options.Custom is asked
+// about reading k of the path (evalCtx.applies): Path is that reading,
+// normalized, then the query as received, and NormalizedPath says so, as
+// Envoy hands ext_authz the path it normalized and the app is served. It
+// is req itself when req.Path is that already (reading 0 of a proxy's
+// request: no allocation), else a copy. The readings differ from each
+// other (pathReadings), so each is asked once. Case is not one of them:
+// the provider gets the request's own text (a path may hold
+// case-sensitive IDs), and one guarding an app that routes ignoring case
+// compares paths ignoring case itself.
+func (c *evalCtx) customRequest(req *Request, k int, mode PathNormalization) *Request {
+	rawPath, q, hasQ := strings.Cut(req.Path, "?")
+	if k == 0 && rawPath == c.paths[0] {
+		return req
+	}
+	// Its own variable: c.paths[k] may alias authorize's stack buffer,
+	// which must not escape.
+	p := strings.Clone(c.paths[k])
+	target := p
+	if hasQ {
+		target = p + "?" + q
+	}
+	r := *req
+	r.Path = target
+	r.NormalizedPath = RequestPath{target: target, pathLen: len(p), mode: mode, changed: true, ok: true}
+	return &r
 }
 
 // regoReading is one reading of a path a RegoProvider decides on: the

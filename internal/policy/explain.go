@@ -185,6 +185,8 @@ func readingNote(path string, kind uint8, fold bool) string {
 		who = "apps that decode %2F"
 	case readParams | readSlashes:
 		who = "apps that decode %2F and drop path parameters"
+	case readMerged:
+		who = "apps that merge slashes"
 	default:
 		who = "apps that route ignoring case"
 	}
@@ -193,6 +195,9 @@ func readingNote(path string, kind uint8, fold bool) string {
 	}
 	if kind&readParams != 0 {
 		how = append(how, "path parameters dropped")
+	}
+	if kind&readMerged != 0 {
+		how = append(how, "slashes merged")
 	}
 	if fold {
 		how = append(how, "ignoring case")

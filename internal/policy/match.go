@@ -127,6 +127,39 @@ func (s *strSet) match(v string) bool {
 	return false
 }
 
+// matchASCIIFold is match ignoring ASCII case: a :path condition's
+// values against the path as an app that routes ignoring case reads it.
+// Exact values in the map are compared one by one: only that reading of
+// a long exact list pays for it.
+func (s *strSet) matchASCIIFold(v string) bool {
+	for k := range s.exact {
+		if asciiEqualFold(v, k) {
+			return true
+		}
+	}
+	for i := range s.pats {
+		if s.pats[i].matchASCIIFold(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasUpper reports whether a value holds an ASCII upper-case letter.
+func (s *strSet) hasUpper() bool {
+	for k := range s.exact {
+		if hasUpper(k) {
+			return true
+		}
+	}
+	for i := range s.pats {
+		if hasUpper(s.pats[i].s) {
+			return true
+		}
+	}
+	return false
+}
+
 // lookupFold looks v up lower-cased without allocating for usual lengths.
 func lookupFold(m map[string]struct{}, v string) bool {
 	var buf [256]byte

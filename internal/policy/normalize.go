@@ -528,23 +528,48 @@ func decodedSlashPath(p string, mode PathNormalization) (string, error) {
 	return strings.Clone(d), nil
 }
 
+// mergedSlashPath is a path normalized under a mode that keeps runs of
+// "/" (BASE, NONE) as an app that merges them reads it: Express, Gin,
+// Spring, nginx's merge_slashes and most routers serve "//admin" as
+// /admin, which a rule on "/admin*" does not match. It is "" when p has
+// no "//" (nothing is allocated). paramFreePath and decodedSlashPath
+// merge slashes already.
+func mergedSlashPath(p string) string {
+	i := strings.Index(p, "//")
+	if i < 0 {
+		return ""
+	}
+	var buf [maxPathBuffer]byte
+	b := append(buf[:0], p[:i+1]...) // one allocation, the result's, for usual lengths
+	for j := i + 1; j < len(p); j++ {
+		if p[j] == '/' && b[len(b)-1] == '/' {
+			continue
+		}
+		b = append(b, p[j])
+	}
+	return string(b)
+}
+
 // Reading kinds: how an alternate reading of a path was made from it.
 const (
 	readParams  uint8 = 1 << iota // path parameters dropped (paramFreePath)
 	readSlashes                   // %2F and %5C decoded (decodedSlashPath)
+	readMerged                    // runs of "/" merged (mergedSlashPath)
 )
 
 // maxReadings bounds the alternate readings of a path: parameters
-// dropped, slashes decoded, and both in either order.
-const maxReadings = 4
+// dropped, slashes decoded, both in either order, and slashes merged.
+const maxReadings = 5
 
 // pathReadings sets alts to the readings of p, normalized under mode,
 // that differ from it, each distinct, with how each was made in kinds,
 // and returns how many: p as Tomcat, Jetty and Spring route it
 // (paramFreePath), as apps that decode %2F and %5C route it
-// (decodedSlashPath), and both ways composed in either order (an app may
+// (decodedSlashPath), both ways composed in either order (an app may
 // cut path parameters before or after decoding: "/admin;x%2Fusers" is
-// /admin or /admin/users). A path without ";" and without %2F or %5C has
+// /admin or /admin/users), and as apps that merge slashes route it
+// (mergedSlashPath: "//admin" is /admin; the others merge slashes
+// too). A path without ";", without %2F or %5C and without "//" has
 // none, and nothing is allocated.
 func pathReadings(p string, mode PathNormalization, alts *[maxReadings]string, kinds *[maxReadings]uint8) (int, error) {
 	n := 0
@@ -567,6 +592,7 @@ func pathReadings(p string, mode PathNormalization, alts *[maxReadings]string, k
 	}
 	add(params, readParams)
 	add(slashes, readSlashes)
+	add(mergedSlashPath(p), readMerged)
 	if params != "" && slashes != "" {
 		add(paramFreePath(slashes), readParams|readSlashes)
 		ps, err := decodedSlashPath(params, mode)

@@ -497,6 +497,17 @@ spec:
 		{"allow_api_encoded_out", A, NormalizeBase, "/api%2F..%2Ffiles", Deny}, // refused: dots by an encoded slash
 		{"allow_api_decoded_elsewhere", A, NormalizeBase, "/api;x%2F/../admin", Deny},
 		{"allow_prefix_left_when_decoded", A, NormalizeMergeSlashes, "/files%2Fsecret", Deny}, // "/files%2Fsecret" is not under /files/ as received
+		// Runs of "/" are merged by most routers (Express, Gin, Spring,
+		// nginx): BASE and NONE keep them, so "//admin" is read merged too.
+		{"deny_double_slash", D, NormalizeBase, "//admin", Deny},
+		{"deny_slashes_inside", D, NormalizeBase, "///admin//users", Deny},
+		{"deny_double_slash_none", D, NormalizeNone, "//admin", Deny},
+		{"deny_double_slash_upper", D, NormalizeBase, "//ADMIN", Deny},
+		{"deny_double_slash_merged_already", D, NormalizeMergeSlashes, "//admin", Deny},
+		{"deny_double_slash_other", D, NormalizeBase, "//administrator", Allow},
+		{"allow_double_slash_secret", A, NormalizeBase, "/files//secret", Deny},
+		{"allow_double_slash_private_none", A, NormalizeNone, "/files//private//key", Deny},
+		{"allow_double_slash_data", A, NormalizeBase, "/files//report", Allow},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -505,6 +516,51 @@ spec:
 				t.Fatalf("%s %q: %v (%s), want %v", tc.mode, tc.target, d.Outcome, d.Reason, tc.want)
 			}
 		})
+	}
+}
+
+// A request.headers[:path] condition reads the path as paths and
+// notPaths do: under every reading, ignoring case too (an app that
+// routes ignoring case serves "/ADMIN" as /admin) and with slashes
+// merged ("//admin"). Before, a DENY on :path "/admin*" let "/ADMIN"
+// and "//admin" through, and an ALLOW with notValues "/internal*" let
+// "/INTERNAL/x" through.
+func TestPathConditionReadAsPaths(t *testing.T) {
+	s := mustSet(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[:path]", values: ["/admin*", "*.PHP"]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-public, namespace: foo}
+spec:
+  rules: [{when: [{key: "request.headers[:path]", notValues: ["/internal*", "/Secret"]}]}]
+`, Options{})
+	for _, tc := range []struct {
+		target string
+		want   Outcome
+	}{
+		{"/admin/users", Deny},
+		{"/ADMIN/users", Deny},
+		{"/Admin?x=1", Deny},
+		{"//admin", Deny},
+		{"//Admin/x", Deny},
+		{"/admin;x", Deny},
+		{"/index.php", Deny},
+		{"/public/x", Allow},
+		{"/internal/x", Deny},
+		{"/INTERNAL/x", Deny},
+		{"//internal", Deny},
+		{"/secret", Deny},
+		{"/Secret", Deny},
+		{"/secrets", Allow},
+	} {
+		if d := s.Decide(newReq(dst("foo"), path(tc.target))); d.Outcome != tc.want {
+			t.Errorf("%q: %v (%s), want %v", tc.target, d.Outcome, d.Reason, tc.want)
+		}
 	}
 }
 
@@ -521,7 +577,10 @@ func TestPathReadings(t *testing.T) {
 		{"/a%2Fb", NormalizeBase, []string{"/a/b"}},
 		{"/a%2Fb", NormalizeNone, nil},
 		{"/a%5C%2F%2Fb", NormalizeMergeSlashes, []string{"/a/b"}},
-		{"//a%2F/b", NormalizeBase, []string{"/a/b"}},
+		{"//a%2F/b", NormalizeBase, []string{"/a/b", "/a%2F/b"}},
+		{"//a", NormalizeBase, []string{"/a"}},
+		{"//a", NormalizeNone, []string{"/a"}},
+		{"/a//b;x", NormalizeBase, []string{"/a/b", "/a/b;x"}},
 		{"/a;x%2Fb", NormalizeBase, []string{"/a", "/a;x/b", "/a/b"}},
 		{"/a%2Fb;x/c", NormalizeBase, []string{"/a%2Fb/c", "/a/b;x/c", "/a/b/c"}},
 		{"/a;x%2Fb%2Fc;y/d", NormalizeBase, []string{"/a/d", "/a;x/b/c;y/d", "/a/b/c/d"}},
@@ -567,6 +626,8 @@ spec:
 		{"/files/Secret/k", "foo/allow-files", `as apps that route ignoring case read the path ("/files/Secret/k", ignoring case)`},
 		{"/files/Secret;x%2Fk", "foo/allow-files", `as Java servers read the path ("/files/Secret", path parameters dropped, ignoring case)`},
 		{"/files/SECRET%2Fk;x", "foo/allow-files", `as apps that decode %2F read the path ("/files/SECRET/k;x", %2F and %5C decoded, ignoring case)`},
+		{"/files//secret", "foo/allow-files", `as apps that merge slashes read the path ("/files/secret", slashes merged)`},
+		{"//ADMIN", "foo/deny-admin", ""},
 	} {
 		d := s.Decide(newReq(dst("foo"), path(tc.target)))
 		e := s.Explain(newReq(dst("foo"), path(tc.target)), nil)

@@ -14,11 +14,14 @@ import (
 const DefaultRootNamespace = "istio-system"
 
 // CustomFunc decides a request that matched a CUSTOM policy naming
-// provider (Istio's extension providers; Rego comes later). It returns
-// whether the provider allows the request and a short reason. It must be
-// safe for concurrent use; a provider that cannot decide must deny. The
-// engine calls it at most once per provider and request, and never for a
-// dry-run policy.
+// provider (Istio's extension providers other than a RegoProvider, such
+// as an ext_authz client). It returns whether the provider allows the
+// request and a short reason. It must be safe for concurrent use; a
+// provider that cannot decide must deny. The engine calls it once per
+// provider, request and reading of the path (parameters dropped, %2F
+// decoded, slashes merged: see docs/policy.md), with req.Path that
+// reading normalized, then the query: any deny denies, so no reading an
+// app may serve goes unasked. It never calls it for a dry-run policy.
 type CustomFunc func(provider string, req *Request) (allow bool, reason string)
 
 // Options configure a compiled Set. The zero value is Istio's defaults.

@@ -379,3 +379,73 @@ func TestUnforwardedAnswerLingers(t *testing.T) {
 		}
 	})
 }
+
+// An expectation reaches the app only as the sidecar's own server read
+// it, through real sidecars on the outbound and the inbound, both server
+// paths. One read two ways is refused with 417 (the client retries
+// without it): two Expect fields, which net/http's server reads as the
+// first and RFC 9110 section 5.3 as one list, and an Expect that
+// Connection names (end to end, yet taken back from all but the first
+// hop). An HTTP/1.0 client's expectation is ignored (RFC 9110 section
+// 10.1.1), so the app, reached over HTTP/1.1, gets none; a value that
+// net/http reads as 100-continue reaches the app as exactly that; a
+// request without a body expects nothing. Before, all of these reached
+// the app as sent.
+func TestExpectReadOneWay(t *testing.T) {
+	forServerPaths(t, func(t *testing.T, sp serverPath) {
+		p := newPairWith(t, allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"), proxytest.EarlyApp(t), HTTP, false, sp.edit)
+		conf := p.frontendHTTP1(t)
+		cases := []struct {
+			name, head string
+			body       string // sent with the head; "" waits for 100 Continue first
+			want       int
+			wantBody   string
+		}{
+			{"two_fields", "POST /expect HTTP/1.1\r\nHost: orders\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 5\r\n", "", 417, ""},
+			{"empty_field_then_continue", "POST /expect HTTP/1.1\r\nHost: orders\r\nExpect: \r\nExpect: 100-continue\r\nContent-Length: 5\r\n", "", 417, ""},
+			{"continue_then_other", "POST /expect HTTP/1.1\r\nHost: orders\r\nExpect: 100-continue\r\nExpect: x\r\nContent-Length: 5\r\n", "", 417, ""},
+			{"named_by_connection", "POST /expect HTTP/1.1\r\nHost: orders\r\nConnection: Expect\r\nExpect: 100-continue\r\nContent-Length: 5\r\n", "", 417, ""},
+			{"http10_ignored", "POST /expect HTTP/1.0\r\nHost: orders\r\nExpect: 100-continue\r\nContent-Length: 5\r\n", "hello", 200, `expect=[] n=5`},
+			{"continue_among_others", "POST /expect HTTP/1.1\r\nHost: orders\r\nExpect: x 100-continue\r\nContent-Length: 5\r\n", "", 200, `expect=["100-continue"] n=5`},
+			{"no_body", "GET /expect HTTP/1.1\r\nHost: orders\r\nExpect: 100-continue\r\n", "-", 200, `expect=[] n=0`},
+		}
+		for _, d := range p.http1Sides(conf) {
+			for _, tc := range cases {
+				t.Run(d.name+"_"+tc.name, func(t *testing.T) {
+					c, err := d.dial()
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					body := tc.body
+					if body == "-" {
+						body = ""
+					}
+					io.WriteString(c, tc.head+"\r\n"+body)
+					br := bufio.NewReader(c)
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatalf("no answer: %v", err)
+					}
+					if resp.StatusCode == 100 && tc.body == "" && tc.want == 200 {
+						io.WriteString(c, "hello")
+						if resp, err = http.ReadResponse(br, nil); err != nil {
+							t.Fatalf("no answer after the body: %v", err)
+						}
+					}
+					b, _ := io.ReadAll(resp.Body)
+					if resp.StatusCode != tc.want || tc.wantBody != "" && string(b) != tc.wantBody {
+						t.Fatalf("answer %d %q, want %d %q", resp.StatusCode, b, tc.want, tc.wantBody)
+					}
+					if tc.want == 417 {
+						if !resp.Close {
+							t.Fatal("a refused expectation leaves the connection open")
+						}
+						closedAfterAnswer(t, c, br)
+					}
+				})
+			}
+		}
+	})
+}

@@ -238,6 +238,7 @@ func (f *forwarder) forwardBody(w http.ResponseWriter, r *http.Request, upgrade 
 	r.URL.Host = f.host
 	r.RequestURI = ""
 	r.Close = false
+	settleExpect(r)
 	if r.ContentLength == 0 {
 		r.Body = nil
 	}

@@ -36,7 +36,17 @@ import (
 //     its colon;
 //   - NUL and every other control byte except HTAB in a field value, and
 //     any control byte in the request line;
-//   - an absolute-form target whose authority is not the Host field.
+//   - an absolute-form target whose authority is not the Host field;
+//   - an expectation with two readings (417, as net/http answers an
+//     Expect it cannot meet): more than one Expect field, whose values
+//     RFC 9110 §5.3 makes one list while net/http's server acts on the
+//     first field alone (an app's server may act on the list, or on the
+//     last: "Expect: 100-continue" then "Expect: x" is honoured by one
+//     and refused by the other), and an Expect that Connection names,
+//     which the client both sends to every hop (Expect is end to end,
+//     §10.1.1) and takes back from all but the first (§7.6.1 forbids
+//     nominating such a field). curl and other clients retry a 417
+//     without the expectation.
 //
 // The response parser reads what the app or the upstream sidecar answers.
 // It has no refusals of its own: what it does not take (an informational
@@ -311,8 +321,9 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 	if req.fields, ok = parseFields(b, eol+2, n, fields); !ok {
 		return req.refused(http.StatusBadRequest)
 	}
-	hosts, tes := 0, 0
+	hosts, tes, expects := 0, 0, 0
 	te := -1
+	connExpect := false
 	for i, f := range req.fields {
 		switch {
 		case isField(b, f, "Host"):
@@ -341,11 +352,14 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 			tes++
 			te = i
 		case isField(b, f, "Connection"):
-			if hasToken(b[f.value.off:f.value.end], "close") {
+			v := b[f.value.off:f.value.end]
+			if hasToken(v, "close") {
 				req.close = true
 			}
+			connExpect = connExpect || hasToken(v, "expect")
 		case isField(b, f, "Expect"):
 			req.expect = true
+			expects++
 		}
 	}
 	// One valid Host (none only where net/http does without: another
@@ -371,6 +385,10 @@ func parseRequestHead(b []byte, req *h1Request) h1Verdict {
 		if !asciiEqualFold(b[req.host.off:req.host.end], req.absolute.Host) {
 			return req.refused(http.StatusBadRequest)
 		}
+	}
+	// Framing first (400), then the expectation (417).
+	if expects > 1 || expects > 0 && connExpect {
+		return req.refused(http.StatusExpectationFailed)
 	}
 	// CONNECT is refused by the handler either way; net/http reads its
 	// authority-form target.

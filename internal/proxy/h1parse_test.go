@@ -39,6 +39,8 @@ var h1RequestCases = []struct {
 	{"http10", "GET / HTTP/1.0\r\nHost: o\r\n\r\n", h1Handoff},
 	{"chunked", "POST / HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", h1Handoff},
 	{"expect", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n", h1Handoff},
+	{"expect_http10", "POST / HTTP/1.0\r\nHost: o\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n", h1Handoff},
+	{"connection_names_expect_without_one", "GET / HTTP/1.1\r\nHost: o\r\nConnection: expect\r\n\r\n", h1OK},
 	{"connect", "CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n\r\n", h1Handoff},
 	{"h2_preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", h1Handoff},
 
@@ -102,6 +104,13 @@ var h1RequestCases = []struct {
 	{"bad_method", "G(T / HTTP/1.1\r\nHost: o\r\n\r\n", h1Refuse},
 	{"empty_line_first", "\r\nGET / HTTP/1.1\r\nHost: o\r\n\r\n", h1Refuse},
 	{"relative_target", "GET a HTTP/1.1\r\nHost: o\r\n\r\n", h1Refuse},
+	// An expectation read two ways (417): net/http's server acts on the
+	// first Expect field, RFC 9110 on the list of all of them.
+	{"expect_two_fields", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n", h1Refuse},
+	{"expect_empty_then_continue", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nExpect:\r\nExpect: 100-continue\r\n\r\n", h1Refuse},
+	{"expect_continue_then_other", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nExpect: 100-continue\r\nexpect: x\r\n\r\n", h1Refuse},
+	{"expect_named_by_connection", "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nConnection: Expect\r\nExpect: 100-continue\r\n\r\n", h1Refuse},
+	{"expect_named_by_connection_list", "POST / HTTP/1.0\r\nHost: o\r\nContent-Length: 1\r\nExpect: 100-continue\r\nConnection: keep-alive, EXPECT\r\n\r\n", h1Refuse},
 }
 
 func TestParseRequestHead(t *testing.T) {
@@ -178,8 +187,8 @@ func deliberateRefusal(b []byte, req *http.Request) bool {
 		}
 	}
 	lines := strings.Split(string(head), "\r\n")
-	cls, tes := 0, 0
-	host := ""
+	cls, tes, expects := 0, 0, 0
+	host, conn := "", ""
 	for _, l := range lines[1:] {
 		if l == "" {
 			continue
@@ -199,7 +208,14 @@ func deliberateRefusal(b []byte, req *http.Request) bool {
 			}
 		case "host":
 			host = value
+		case "expect":
+			expects++
+		case "connection":
+			conn += "," + value
 		}
+	}
+	if expects > 1 || expects > 0 && httpguts.HeaderValuesContainsToken([]string{conn}, "expect") {
+		return true // an expectation read two ways
 	}
 	if cls > 1 || cls > 0 && tes > 0 || tes > 1 || tes > 0 && !req.ProtoAtLeast(1, 1) {
 		return true

@@ -366,7 +366,7 @@ func (s *Sidecar) settle(w http.ResponseWriter, r *http.Request, taken func(c ne
 		return after, 0
 	}
 	if !hasCloseToken(w.Header()["Connection"]) {
-		whole, n := DrainUnread(w, r.Body, len(r.Header["Expect"]) > 0)
+		whole, n := DrainUnread(w, r.Body, awaitsContinue(r))
 		if whole {
 			return after, n
 		}

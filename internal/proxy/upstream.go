@@ -68,9 +68,41 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 const expectContinueTimeout = time.Second
 
 // expectsContinue reports whether a request's Expect field asks for 100
-// Continue (as net/http's server reads it).
+// Continue: after settleExpect, whether it says "100-continue".
 func expectsContinue(h http.Header) bool {
 	return httpguts.HeaderValuesContainsToken(h["Expect"], "100-continue")
+}
+
+// awaitsContinue reports whether net/http's server holds r's body back
+// until it sends 100 Continue: an HTTP/1.1 (or later) request with a
+// body whose first Expect field holds 100-continue, bounded by spaces,
+// tabs or commas (net/http's hasToken; the parser refuses a second
+// Expect field). An HTTP/1.0 client's expectation is ignored, as RFC
+// 9110 section 10.1.1 requires of a server; over HTTP/2 net/http removes
+// the field and answers it itself.
+func awaitsContinue(r *http.Request) bool {
+	v := r.Header["Expect"]
+	return len(v) > 0 && r.ProtoAtLeast(1, 1) && r.ContentLength != 0 && boundedToken([]byte(v[0]), "100-continue")
+}
+
+// settleExpect makes the expectation r carries on the one this hop's
+// server read (awaitsContinue): "Expect: 100-continue" when the client
+// waits for 100 Continue, no Expect otherwise, so that the next hop, which
+// the request reaches as HTTP/1.1, neither reads the field another way
+// (a value net/http's hasToken reads as 100-continue and another server
+// refuses, "x 100-continue") nor honours an expectation this hop
+// ignored: an HTTP/1.0 client's, which the app would otherwise answer
+// with a 100 it must not send such a client (RFC 9110 section 15.2), or
+// one on a request without a body.
+func settleExpect(r *http.Request) {
+	if _, ok := r.Header["Expect"]; !ok {
+		return
+	}
+	if awaitsContinue(r) {
+		r.Header["Expect"] = []string{"100-continue"}
+		return
+	}
+	delete(r.Header, "Expect")
 }
 
 // continueSplit sends a request that expects 100 Continue on h1 (HTTP/1.1

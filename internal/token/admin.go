@@ -198,6 +198,12 @@ func validateClient(c *ClientRequest) error {
 	if !nameRE().MatchString(c.ID) {
 		return errors.New("client_id must be 1-128 characters of letters, digits and . _ @ + -")
 	}
+	// A client's tokens carry its ID as sub, a user's their user ID: a
+	// client named like a user would get tokens that policies and
+	// userinfo take for that user's (RFC 9700 §4.15).
+	if strings.HasPrefix(c.ID, userIDPrefix) {
+		return fmt.Errorf("client_id may not begin with %q: user IDs do, and tokens name both in sub", userIDPrefix)
+	}
 	if len(c.GrantTypes) == 0 {
 		return errors.New("grant_types: give at least one (client_credentials, authorization_code, refresh_token, " + GrantTokenExchange + ")")
 	}
@@ -467,6 +473,9 @@ type UserRequest struct {
 	UserSpec
 }
 
+// userIDPrefix begins every user ID, and no client ID (validateClient).
+const userIDPrefix = "u_"
+
 // CreateUser adds a user with an argon2id password hash.
 func (s *Service) CreateUser(ctx context.Context, req UserRequest) (*User, error) {
 	if !nameRE().MatchString(req.Name) {
@@ -484,7 +493,7 @@ func (s *Service) CreateUser(ctx context.Context, req UserRequest) (*User, error
 		return nil, err
 	}
 	now := s.now()
-	u := &User{ID: "u_" + s.hexID(), Name: req.Name, PasswordHash: hash, CreatedAt: now, UpdatedAt: now, UserSpec: req.UserSpec}
+	u := &User{ID: userIDPrefix + s.hexID(), Name: req.Name, PasswordHash: hash, CreatedAt: now, UpdatedAt: now, UserSpec: req.UserSpec}
 	err = s.atomically(ctx, func(ctx context.Context) error {
 		if err := s.cfg.Store.CreateUser(ctx, u); err != nil {
 			return err

@@ -247,6 +247,7 @@ func TestAdminUserActionsEndSessions(t *testing.T) {
 					"web", web.Secret); status != 200 {
 					t.Errorf("another user's refresh token: %d %v", status, body["error"])
 				}
+				// Two logins, each an access token and an ID token.
 				var ev *token.AuditEvent
 				h.mu.Lock()
 				for i := range h.audits {
@@ -255,7 +256,7 @@ func TestAdminUserActionsEndSessions(t *testing.T) {
 					}
 				}
 				h.mu.Unlock()
-				if ev == nil || ev.Subject != alice.ID || ev.Details["action"] != tc.name || ev.Details["grants"] != "3" || ev.Details["revoked_tokens"] != "2" {
+				if ev == nil || ev.Subject != alice.ID || ev.Details["action"] != tc.name || ev.Details["grants"] != "3" || ev.Details["revoked_tokens"] != "4" {
 					t.Fatalf("audit record: %+v", ev)
 				}
 			})
@@ -321,4 +322,40 @@ func TestDeletingClientEndsItsSessions(t *testing.T) {
 			t.Errorf("another client's refresh token: %d %v", status, body)
 		}
 	})
+}
+
+// RFC 9700 §4.15 (client impersonating resource owner): a client_credentials
+// token's sub is the client ID and a user's token's sub the user ID, and a
+// sidecar's principal is iss/sub for both. A client registered under a
+// user's ID would get tokens that AuthorizationPolicy (requestPrincipals,
+// request.auth.claims[sub]) and userinfo take for that user's. User IDs
+// are "u_" + hex, so client IDs may not begin with "u_".
+func TestClientIDCannotNameAUser(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	alice := h.createUser("alice", "alice's password", token.UserSpec{Roles: []string{"admin"}})
+	for _, req := range []token.ClientRequest{
+		{Name: alice.ID},
+		{Name: "impostor", ID: alice.ID},
+		{Name: "u_" + strings.Repeat("0", 32)}, // a user ID not issued yet
+	} {
+		req.ClientSpec = token.ClientSpec{GrantTypes: []string{"client_credentials"}, Scopes: []string{"openid"}}
+		var out struct {
+			Errors []string `json:"errors"`
+			token.ClientAnswer
+		}
+		status := h.admin("POST", "clients", req, &out)
+		if status == 400 && len(out.Errors) == 1 && strings.Contains(out.Errors[0], "u_") {
+			continue
+		}
+		if status != 201 {
+			t.Fatalf("create client %q: %d %v", req.ID, status, out.Errors)
+		}
+		msg := ""
+		if _, body := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, out.ID, out.Secret); body["access_token"] != nil {
+			if sub := claims(t, body["access_token"].(string))["sub"]; sub == alice.ID {
+				msg = ": its client_credentials token has sub " + alice.ID + ", alice's"
+			}
+		}
+		t.Errorf("client %q (named %q) was registered%s", out.ID, req.Name, msg)
+	}
 }

@@ -689,12 +689,20 @@ func (s *Service) finishLogin(ctx context.Context, w http.ResponseWriter, r *htt
 }
 
 // pageHeaders are set on every HTML page: never cached, never framed, no
-// scripts, forms only to us (and the redirect to the client).
+// scripts, forms only to us (and the redirect to the client: Chrome and
+// Safari apply form-action to the redirect that answers a form post).
 func pageHeaders(w http.ResponseWriter, redirect string) {
 	h := w.Header()
 	formAction := "'self'"
-	if u, err := url.Parse(redirect); err == nil && u.Scheme != "" && u.Host != "" {
-		formAction += " " + u.Scheme + "://" + u.Host
+	if u, err := url.Parse(redirect); err == nil && u.Scheme != "" {
+		switch {
+		case u.Host != "":
+			formAction += " " + u.Scheme + "://" + u.Host
+		case u.Scheme != "http" && u.Scheme != "https":
+			// A native app's private-use scheme (RFC 8252 §7.1) has no
+			// host: allow the scheme (a CSP scheme source).
+			formAction += " " + u.Scheme + ":"
+		}
 	}
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")

@@ -172,6 +172,19 @@ func TestAuthorizeRequestChecks(t *testing.T) {
 			{"wrong_redirect_uri", mod("redirect_uri", "https://evil.example/cb"), 400, ""},
 			{"redirect_uri_prefix_trick", mod("redirect_uri", appCallback+"/../x"), 400, ""},
 			{"redirect_uri_extra_query", mod("redirect_uri", appCallback+"?next=x"), 400, ""},
+			// Spellings a URL parser or a browser may read as the
+			// registered URI (or as another host): compared as strings,
+			// none is the registered one, and none is redirected to.
+			{"redirect_uri_host_case", mod("redirect_uri", "https://APP.example/cb"), 400, ""},
+			{"redirect_uri_scheme_case", mod("redirect_uri", "HTTPS://app.example/cb"), 400, ""},
+			{"redirect_uri_trailing_slash", mod("redirect_uri", appCallback+"/"), 400, ""},
+			{"redirect_uri_default_port", mod("redirect_uri", "https://app.example:443/cb"), 400, ""},
+			{"redirect_uri_userinfo", mod("redirect_uri", "https://app.example@evil.example/cb"), 400, ""},
+			{"redirect_uri_backslash", mod("redirect_uri", "https://evil.example\\@app.example/cb"), 400, ""},
+			{"redirect_uri_encoded_path", mod("redirect_uri", "https://app.example/%63b"), 400, ""},
+			{"redirect_uri_fragment", mod("redirect_uri", appCallback+"#x"), 400, ""},
+			{"redirect_uri_http", mod("redirect_uri", "http://app.example/cb"), 400, ""},
+			{"redirect_uri_host_suffix", mod("redirect_uri", "https://app.example.evil.example/cb"), 400, ""},
 			{"missing_redirect_uri", mod("redirect_uri", ""), 400, ""},
 			{"unknown_client", mod("client_id", "nobody"), 400, ""},
 			{"duplicate_parameter", mod() + "&state=again", 400, ""},
@@ -486,6 +499,34 @@ func TestLoginPageSecurityHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 400 {
 		t.Fatalf("tampered form: %d", resp.StatusCode)
+	}
+}
+
+// Chrome and Safari apply the login page's CSP form-action to the 303 that
+// follows the form post, so the redirect URI's origin must be in it, or
+// the browser refuses to go back to the application after the sign-in.
+// A native app's private-use scheme (RFC 8252 §7.1, which registration
+// accepts) has no host: its scheme must be there as a scheme source. A
+// loopback redirect's port is the one asked for (RFC 8252 §7.3).
+func TestLoginPageFormActionAllowsTheRedirect(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	h.createClient(token.ClientRequest{Name: "native", ClientSpec: token.ClientSpec{GrantTypes: []string{"authorization_code"},
+		AuthMethod: "none", Scopes: []string{"openid"},
+		RedirectURIs: []string{"com.example.app:/oauth2redirect", "com.example.other://cb", "http://127.0.0.1/cb", appCallback}}})
+	_, ch := pkce("n")
+	for _, tc := range []struct{ redirect, want string }{
+		{"com.example.app:/oauth2redirect", "form-action 'self' com.example.app:;"},
+		{"com.example.other://cb", "form-action 'self' com.example.other://cb;"},
+		{"http://127.0.0.1:51234/cb", "form-action 'self' http://127.0.0.1:51234;"},
+		{appCallback, "form-action 'self' https://app.example;"},
+	} {
+		p := h.get(h.tlsClient(nil), h.authorizeURL("native", tc.redirect, "openid", "s", "", ch))
+		if p.status != http.StatusOK {
+			t.Fatalf("%s: %d %s", tc.redirect, p.status, p.body)
+		}
+		if csp := p.header.Get("Content-Security-Policy"); !strings.Contains(csp, tc.want) {
+			t.Errorf("%s: CSP %q lacks %q", tc.redirect, csp, tc.want)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -252,4 +253,64 @@ func TestExchangedTokensDieWithTheLogin(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Type confusion (RFC 8725 §3.11, RFC 8693 §2.1): the ID token is signed by
+// the same key as access tokens and the refresh token is a credential of
+// the same login, but neither is an access token. As a token exchange
+// subject or actor (under either token type), at introspection and at
+// userinfo, each is refused as if unknown, while the login's access token
+// is accepted by all of them.
+func TestTokenTypeConfusion(t *testing.T) {
+	h := newHarness(t, storetest.SQLite(t))
+	fe := h.createClient(token.ClientRequest{Name: "frontend", ClientSpec: token.ClientSpec{
+		GrantTypes:   []string{"authorization_code", "refresh_token", token.GrantTokenExchange},
+		RedirectURIs: []string{appCallback}, Scopes: []string{"openid"}, ExchangeAudiences: []string{"orders"}}})
+	h.createUser("oscar", "oscar's password", token.UserSpec{})
+	v, ch := pkce("t")
+	code := h.loginForCode("frontend", appCallback, "openid", "oscar", "oscar's password", ch)
+	status, tk := h.post(nil, "/oauth2/token", url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {appCallback}, "code_verifier": {v}}, "frontend", fe.Secret)
+	if status != 200 || tk["id_token"] == nil {
+		t.Fatalf("redeem: %d %v", status, tk)
+	}
+	exchange := func(param, tok, typ string) (int, map[string]any) {
+		f := url.Values{"grant_type": {token.GrantTokenExchange}, "subject_token": {tk["access_token"].(string)},
+			"subject_token_type": {token.TokenTypeAccess}, "audience": {"orders"}}
+		f.Set(param, tok)
+		f.Set(param+"_type", typ)
+		return h.post(nil, "/oauth2/token", f, "frontend", fe.Secret)
+	}
+	userinfo := func(tok string) int {
+		req, _ := http.NewRequest("GET", h.issuer+"/oauth2/userinfo", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := h.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	introspect := func(tok string) bool {
+		_, body := h.post(nil, "/oauth2/introspect", url.Values{"token": {tok}}, "frontend", fe.Secret)
+		return body["active"] == true
+	}
+	if status, body := exchange("subject_token", tk["access_token"].(string), token.TokenTypeAccess); status != 200 || !introspect(tk["access_token"].(string)) || userinfo(tk["access_token"].(string)) != 200 {
+		t.Fatalf("precondition: the access token is not accepted: exchange %d %v", status, body)
+	}
+	for _, name := range []string{"id_token", "refresh_token"} {
+		tok := tk[name].(string)
+		for _, param := range []string{"subject_token", "actor_token"} {
+			for _, typ := range []string{token.TokenTypeAccess, token.TokenTypeJWT} {
+				if status, body := exchange(param, tok, typ); status != 400 || body["error"] != "invalid_request" {
+					t.Errorf("%s as %s (%s): %d %v, want 400 invalid_request", name, param, typ, status, body["error"])
+				}
+			}
+		}
+		if introspect(tok) && name == "id_token" {
+			t.Errorf("%s introspected as active", name)
+		}
+		if code := userinfo(tok); code != http.StatusUnauthorized {
+			t.Errorf("%s at userinfo: %d", name, code)
+		}
+	}
 }

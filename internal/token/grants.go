@@ -522,6 +522,13 @@ func (s *Service) userTokens(ctx context.Context, c *authedClient, u *User, g *G
 		if resp.IDToken, _, err = s.sign(ctx, typID, idt); err != nil {
 			return nil, serverError(err)
 		}
+		// An ID token is a signed JWT of this issuer too, and a sidecar
+		// whose rule accepts the client's ID as audience (or names none)
+		// takes it as a bearer token: ending the login must end it there
+		// as it ends the access tokens, so its ID is recorded the same way.
+		if err := s.cfg.Store.RecordTokenID(ctx, g.ID, idt.ID, idt.Expiry.Time()); err != nil {
+			return nil, serverError(err)
+		}
 	}
 	return &issued{resp: resp, subject: u.ID, jti: cl.ID, details: map[string]string{"grant": g.ID, "audience": strings.Join(aud, " ")}}, nil
 }

@@ -154,3 +154,18 @@ func waitRevoked(t *testing.T, ch <-chan wire.Update, id string, want bool) {
 		}
 	}
 }
+
+// pulledBy makes a finding on n's word alone: n's sidecar reports that
+// src pulled 128 MiB from it in 4 calls (exfiltration, high), naming n
+// as the destination.
+func (e *env) pulledBy(n *node, src string) {
+	e.t.Helper()
+	now := time.Now().UTC()
+	edge := wire.EdgeRecord{Direction: "inbound", Source: src, Port: 8080, Protocol: "http", Method: "GET", Path: "/export",
+		Decision: "allow", Status: 2, Requests: 4, RespBytes: 128 << 20, LatencySumMicros: 2000, LatencyMaxMicros: 900}
+	rep := wire.RecordReport{Component: "sidecar", Namespace: "prod", Labels: map[string]string{"app": "export"}, Ports: []int{8080},
+		Start: now.Add(-5 * time.Second), End: now, Edges: []wire.EdgeRecord{edge}}
+	if st, body := e.agent(n.http, "POST", wire.PathRecords, rep); st != http.StatusNoContent {
+		e.t.Fatalf("report records: %d %s", st, body)
+	}
+}

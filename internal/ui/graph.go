@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -349,6 +350,10 @@ func (u *UI) decisions(q *request) {
 		}
 	}
 	p := &page{Title: "Decisions", Nav: "decisions", Data: d}
+	if id != "" {
+		// The refresh keeps the page narrowed to the identity.
+		p.Path = Prefix + "/decisions?" + url.Values{"id": {id}}.Encode()
+	}
 	if before == 0 {
 		p.Refresh = 5 * time.Second
 	}

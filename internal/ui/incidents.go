@@ -271,6 +271,29 @@ type incidentData struct {
 	AuditFrom uint64
 	// Expiring: a block lapses by itself unless confirmed.
 	Expiring bool
+	// Held are the destinations the playbook's block-pair holds (only
+	// uncorroborated findings name them) until a corroborated finding
+	// names them or an admin confirms.
+	Held []string
+}
+
+// heldDestinations are the incident's held destinations while they can
+// still be blocked: none once it is released (confirm then blocks
+// nothing, as the server decides).
+func heldDestinations(inc detect.Incident) []string {
+	if inc.State == detect.IncidentReleased {
+		return nil
+	}
+	return inc.HeldDestinations
+}
+
+// confirmable reports whether confirming the incident would do anything:
+// keep its blocks, run the steps its playbook held, or block its held
+// destinations (as the server's confirm does). The action refuses
+// otherwise; the page offers it when there is something to decide: a
+// block that lapses, a held step, a held destination.
+func confirmable(inc detect.Incident) bool {
+	return len(inc.Blocks) > 0 || len(heldDestinations(inc)) > 0 || (inc.Uncorroborated() && inc.State != detect.IncidentReleased)
 }
 
 // stepKinds are the audit kinds of the records a step makes besides its
@@ -362,7 +385,7 @@ func (u *UI) showIncident(q *request, status int, id, flash, flashErr string) {
 		u.fail(q, "Incident", err)
 		return
 	}
-	d := incidentData{I: inc, Risk: risk[inc.Identity], Steps: incidentSteps(inc.Steps, recs), Audit: recs, AuditFrom: from}
+	d := incidentData{I: inc, Risk: risk[inc.Identity], Steps: incidentSteps(inc.Steps, recs), Audit: recs, AuditFrom: from, Held: heldDestinations(inc)}
 	for _, b := range inc.Blocks {
 		if !b.ExpiresAt.IsZero() {
 			d.Expiring = true
@@ -579,8 +602,8 @@ func (u *UI) confirmBlocks(q *request) {
 	if !ok {
 		return
 	}
-	if len(inc.Blocks) == 0 && (!inc.Uncorroborated() || inc.State == detect.IncidentReleased) {
-		u.actionError(q, what, &ActionError{Status: http.StatusBadRequest, Msg: "Incident " + inc.ID + " has no held step and no block in force to confirm."})
+	if !confirmable(inc) {
+		u.actionError(q, what, &ActionError{Status: http.StatusBadRequest, Msg: "Incident " + inc.ID + " has no held step or destination and no block in force to confirm."})
 		return
 	}
 	c := confirmData{Action: "confirm", Question: "Keep the blocks of incident " + inc.ID + "?",
@@ -591,6 +614,14 @@ func (u *UI) confirmBlocks(q *request) {
 		c.Effects = append(c.Effects, inc.Corroboration+".")
 		for _, h := range inc.Held {
 			c.Effects = append(c.Effects, "Runs "+h.Action+" against "+inc.Identity+", as you.")
+		}
+	}
+	if held := heldDestinations(inc); len(held) > 0 {
+		if !inc.Uncorroborated() {
+			c.Question, c.Button = "Confirm incident "+inc.ID+" and block the destinations its playbook held?", "Block the held destinations"
+		}
+		for _, d := range held {
+			c.Effects = append(c.Effects, inc.Identity+" → "+d+" is blocked until the incident is released: the playbook held it, as only uncorroborated findings name it.")
 		}
 	}
 	for _, b := range inc.Blocks {
@@ -612,6 +643,14 @@ func (u *UI) confirmBlocks(q *request) {
 // bundle is the identity's whole record, so the server audits the export
 // as the admin's.
 func (u *UI) exportIncident(q *request) {
+	// Not even a link from another site: a download does not unload the
+	// page that started it, which could start it again and again (the
+	// incident page's link is same-origin).
+	if s := q.r.Header.Get("Sec-Fetch-Site"); s == "same-site" || s == "cross-site" {
+		u.show(q, http.StatusForbidden, "error", &page{Title: "Incident",
+			FlashErr: "Refused: another site linked to the forensics bundle; download it from the incident's page."})
+		return
+	}
 	id := q.r.PathValue("id")
 	if len(id) > maxIncidentID {
 		u.show(q, http.StatusNotFound, "error", &page{Title: "Incident", FlashErr: "There is no such incident."})

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -460,5 +461,68 @@ func TestConfirmHeldSteps(t *testing.T) {
 	}
 	if inc = e.incident(inc.ID); inc.Uncorroborated() || !inc.Revoked || !e.revoked(frontendID) {
 		t.Fatalf("after confirm: %+v", inc)
+	}
+}
+
+const paymentsID = "spiffe://example.org/ns/prod/sa/payments"
+
+// TestConfirmHeldDestinations: frontend, a node an attacker holds, claims
+// payments pulled 128 MiB from it (uncorroborated), and payments' own
+// node reports it probing itself (corroborated: its own node's word). The
+// playbook's block-pair then blocks nothing and holds payments →
+// frontend, on frontend's word alone: the incident's one pending action.
+// The page lists the held destination and offers the confirmation, whose
+// page says what it blocks; confirming blocks it. Fails on the parent
+// commit: there, the page named no held destination and offered no
+// confirmation, and a confirm from the dashboard was refused as having
+// nothing to confirm (only "moatless incident confirm" could).
+func TestConfirmHeldDestinations(t *testing.T) {
+	e := startServer(t)
+	const pb = "apiVersion: moatless.io/v1alpha1\nkind: Playbook\nmetadata: {name: pair}\nspec:\n  trigger: {risk: 0.5}\n  steps: [{action: notify}, {action: block-pair, duration: 1h}]\n"
+	if st := e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "p.yaml", Content: pb}}}, nil); st != http.StatusOK {
+		t.Fatalf("apply playbook: %d", st)
+	}
+	payments := e.attest(paymentsID)
+	e.pulledBy(e.attest(frontendID), paymentsID) // the lie: the incident opens, block-pair held
+	e.probe(payments, paymentsID)                // its own node's word: corroborated, names no other destination
+	var list server.Page[detect.Incident]
+	e.admin("GET", server.PathAdminIncidents, nil, &list)
+	if len(list.Items) != 1 {
+		t.Fatalf("incidents: %+v", list.Items)
+	}
+	inc := list.Items[0]
+	if inc.Uncorroborated() || len(inc.Blocks) != 0 || !slices.Equal(inc.HeldDestinations, []string{frontendID}) {
+		t.Fatalf("want an incident whose only pending action is the held destination %s: %+v", frontendID, inc)
+	}
+	c := e.client()
+	csrf := e.login(t, c)
+	self := map[string]string{"Origin": e.base}
+	_, html := e.get(c, "/ui/incidents/"+inc.ID)
+	for _, want := range []string{`id="held-destinations"`, "<code>" + frontendID + "</code>", `id="confirm-blocks"`, "Confirm: block the held destinations"} {
+		if !strings.Contains(html, want) {
+			t.Fatalf("incident page lacks %q:\n%s", want, html)
+		}
+	}
+	if _, html := e.get(c, "/ui/incidents"); !strings.Contains(html, "held → <code>"+frontendID+"</code>") {
+		t.Fatalf("incident list does not show the held destination:\n%s", html)
+	}
+	path := "/ui/incidents/" + inc.ID + "/confirm"
+	resp, body := e.form(c, path, url.Values{"csrf_token": {csrf}}, self)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, paymentsID+" → "+frontendID+" is blocked until the incident is released") {
+		t.Fatalf("first click: %d\n%.800s", resp.StatusCode, body)
+	}
+	if got := e.incident(inc.ID); len(got.Blocks) != 0 {
+		t.Fatalf("blocked without confirmation: %+v", got.Blocks)
+	}
+	if resp, _ := e.form(c, path, url.Values{"csrf_token": {csrf}, "confirm": {"yes"}}, self); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("confirm: %d", resp.StatusCode)
+	}
+	inc = e.incident(inc.ID)
+	if len(inc.HeldDestinations) != 0 || len(inc.Blocks) != 1 || inc.Blocks[0].Destination != frontendID || !inc.Blocks[0].ExpiresAt.IsZero() ||
+		inc.State != detect.IncidentContained {
+		t.Fatalf("after confirm: %+v", inc)
+	}
+	if _, html := e.get(c, "/ui/incidents/"+inc.ID); strings.Contains(html, `id="held-destinations"`) || strings.Contains(html, `id="confirm-blocks"`) {
+		t.Fatalf("after confirm the page still lists held destinations or offers a confirmation:\n%s", html)
 	}
 }

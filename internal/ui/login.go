@@ -63,9 +63,16 @@ func (u *UI) renderLogin(w http.ResponseWriter, r *http.Request, status int, msg
 }
 
 // loginToken exchanges the admin token for a session. Checks, in order:
-// rate limit, Origin, the login CSRF cookie, the token (constant time).
-// Every attempt that gets that far is audited.
+// Origin, rate limit, the login CSRF cookie, the token (constant time).
+// Every attempt that gets that far is audited. The Origin comes first: a
+// form another site posts from the admin's browser must not use up the
+// admin's address's attempts (refusing it costs nothing and is not
+// audited).
 func (u *UI) loginToken(w http.ResponseWriter, r *http.Request) {
+	if msg := checkOrigin(r); msg != "" {
+		u.renderLogin(w, r, http.StatusForbidden, "Refused: "+msg+".")
+		return
+	}
 	ip := clientIP(r)
 	if ok, retry := u.limit.allow(ip, u.now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
@@ -73,10 +80,6 @@ func (u *UI) loginToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if msg := checkOrigin(r); msg != "" {
-		u.renderLogin(w, r, http.StatusForbidden, "Refused: "+msg+".")
-		return
-	}
 	if err := r.ParseForm(); err != nil {
 		u.renderLogin(w, r, http.StatusBadRequest, "The form could not be read.")
 		return
@@ -94,7 +97,7 @@ func (u *UI) loginToken(w http.ResponseWriter, r *http.Request) {
 	ev := audit.Event{Kind: KindLogin, Actor: "anonymous", Subject: "dashboard", Details: map[string]string{"method": MethodAdminToken, "remote": ip}}
 	if tok == "" || len(tok) > 512 || !u.cfg.Admin.CheckAdminToken(tok) {
 		ev.Outcome, ev.Details["reason"] = audit.Denied, "wrong admin token"
-		u.audit(r.Context(), ev)
+		u.auditDenied(r.Context(), ev)
 		u.renderLogin(w, r, http.StatusUnauthorized, "That is not the admin token.")
 		return
 	}
@@ -121,6 +124,25 @@ func (u *UI) startSession(w http.ResponseWriter, r *http.Request, s *session, ev
 	}
 	clearCookie(w, loginCSRFCookie)
 	return nil
+}
+
+// auditDenied audits a refused login within deniedBudget: logins are
+// limited per address only, so refusals from many addresses are bounded
+// here. A record written after some were not says how many
+// (not_audited_before); the server log says when a run of them begins.
+func (u *UI) auditDenied(ctx context.Context, ev audit.Event) {
+	ok, n := u.deniedBudget.take(u.now())
+	if !ok {
+		if n == 1 {
+			u.log.Warn("ui: refused logins over the audit bound: the next ui.login refusal recorded counts them (not_audited_before)",
+				"remote", ev.Details["remote"], "reason", ev.Details["reason"])
+		}
+		return
+	}
+	if n > 0 {
+		ev.Details["not_audited_before"] = strconv.Itoa(n)
+	}
+	u.audit(ctx, ev)
 }
 
 // logout ends the session: on every replica at once (the session ID is
@@ -221,10 +243,18 @@ func (u *UI) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		u.errorPage(w, r, http.StatusNotFound, "Login through the token service is not configured.")
 		return
 	}
+	// A login attempt like the admin token's form: whoever started one
+	// flow knows its state and may replay its cookie until it expires,
+	// each forged code costing a redemption and an audit record.
+	if ok, retry := u.limit.allow(clientIP(r), u.now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+		u.renderLogin(w, r, http.StatusTooManyRequests, "Too many login attempts; wait a little and try again.")
+		return
+	}
 	fail := func(code, reason string) {
 		clearCookie(w, oidcStateCookie)
 		if reason != "" {
-			u.audit(r.Context(), audit.Event{Kind: KindLogin, Actor: "anonymous", Subject: "dashboard", Outcome: audit.Denied,
+			u.auditDenied(r.Context(), audit.Event{Kind: KindLogin, Actor: "anonymous", Subject: "dashboard", Outcome: audit.Denied,
 				Details: map[string]string{"method": MethodOIDC, "remote": clientIP(r), "reason": reason}})
 		}
 		http.Redirect(w, r, Prefix+"/login?error="+code, http.StatusSeeOther)

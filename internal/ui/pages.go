@@ -82,6 +82,7 @@ var funcs = template.FuncMap{
 	"risk":          func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
 	"spiffe":        func(s string) bool { return strings.HasPrefix(s, "spiffe://") },
 	"cursor":        cursor,
+	"held":          heldDestinations,
 	"first": func(l []string) string {
 		if len(l) == 0 {
 			return ""

@@ -12,11 +12,14 @@
 // from the server's KEK, so replicas share it), HttpOnly, Secure,
 // SameSite=Strict, __Host- prefixed and short-lived. Every state-changing
 // request needs the session's CSRF token (a synchronizer token, compared
-// in constant time) and an Origin (or Sec-Fetch-Site) naming this server.
+// in constant time) and an Origin (or Sec-Fetch-Site) naming this server;
+// another site's page or asset requests are refused unless they are
+// top-level navigations (foreignFetch).
 // Pages carry a Content-Security-Policy without 'unsafe-inline' or
 // 'unsafe-eval' (htmx is configured not to inject styles or evaluate
 // code), X-Frame-Options DENY and no-store caching. Logins are rate
-// limited per address and overall, and audited, as are logouts and every
+// limited per address, and audited (refusals within an overall bound,
+// the excess counted), as are logouts and every
 // action (the action through the same server code as the admin API).
 // Pages show no secret: no token, key or secret value is ever rendered.
 //
@@ -154,6 +157,8 @@ type UI struct {
 	mux    *http.ServeMux
 	// refusals bounds audited CSRF/Origin refusals.
 	refusals *loginLimiter
+	// deniedBudget bounds the audit records of refused logins.
+	deniedBudget *budget
 }
 
 // New checks cfg and prepares the dashboard. It starts nothing.
@@ -180,7 +185,8 @@ func New(cfg Config) (*UI, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &UI{cfg: cfg, now: cfg.Now, log: cfg.Logger, seal: s, ttl: cfg.SessionTTL, limit: newLoginLimiter(), refusals: newLoginLimiter()}
+	u := &UI{cfg: cfg, now: cfg.Now, log: cfg.Logger, seal: s, ttl: cfg.SessionTTL, limit: newLoginLimiter(), refusals: newLoginLimiter(),
+		deniedBudget: newBudget(deniedAuditRate, deniedAuditBurst)}
 	if u.now == nil {
 		u.now = time.Now
 	}
@@ -241,11 +247,42 @@ func (u *UI) routes() {
 // ServeHTTP serves every dashboard path with the security headers.
 func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w.Header())
+	if why := foreignFetch(r); why != "" {
+		u.errorPage(w, r, http.StatusForbidden, "Refused: "+why+".")
+		return
+	}
 	if r.URL.Path == Prefix {
 		http.Redirect(w, r, Prefix+"/", http.StatusSeeOther)
 		return
 	}
 	u.mux.ServeHTTP(w, r)
+}
+
+// foreignFetch returns why a page or asset request another site made the
+// browser send must be refused, or "" (a resource isolation policy on the
+// browser's Fetch Metadata, which no page can forge). Another site,
+// same-site siblings included (SameSite=Strict sends them the session
+// cookie), may only link to the dashboard: a top-level navigation. As a
+// subresource, in a frame or by script, its request would still run its
+// handler (the forensics bundle export is audited and costly) or use up
+// the address's login attempts (/ui/oidc/start). Requests that change
+// something are checked by Origin and CSRF token (checkStateChange);
+// browsers without Fetch Metadata send none of these headers.
+func foreignFetch(r *http.Request) string {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return ""
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "none", "same-origin":
+		return ""
+	}
+	if r.Header.Get("Sec-Fetch-Mode") == "navigate" {
+		switch r.Header.Get("Sec-Fetch-Dest") {
+		case "", "document":
+			return ""
+		}
+	}
+	return "another site made this request (only links to the dashboard are followed)"
 }
 
 // csp is the Content-Security-Policy of every dashboard response: only
@@ -268,9 +305,14 @@ func securityHeaders(h http.Header) {
 }
 
 // staticFiles serves the embedded assets; they may be cached briefly
-// (they change only with the binary).
+// (they change only with the binary). A directory is no page: no
+// listing of what is embedded.
 func (u *UI) staticFiles() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/") {
+			u.errorPage(w, r, http.StatusNotFound, "There is no such dashboard page.")
+			return
+		}
 		w.Header().Set("Cache-Control", "private, max-age=300")
 		u.static.ServeHTTP(w, r)
 	})
@@ -409,7 +451,7 @@ func checkOrigin(r *http.Request) string {
 	if o := r.Header.Get("Origin"); o != "" {
 		u, err := url.Parse(o)
 		if err != nil || u.Scheme != "https" || !strings.EqualFold(u.Host, r.Host) || u.Path != "" {
-			return "the request came from another site (Origin " + o + ")"
+			return "the request came from another site (Origin " + clip(o, 96) + ")"
 		}
 		return ""
 	}

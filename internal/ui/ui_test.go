@@ -3,13 +3,19 @@ package ui_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"html"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
 )
 
@@ -279,7 +285,8 @@ func TestDisabled(t *testing.T) {
 }
 
 func TestOIDCCallbackRefuses(t *testing.T) {
-	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	clk := &clock{}
+	e := startServerAt(t, clk, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
 	tests := []struct {
 		name  string
 		start bool   // begin the flow first (sets the state cookie)
@@ -296,6 +303,7 @@ func TestOIDCCallbackRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			clk.Advance(time.Minute) // the login limit's bucket refills: each case is another user's login
 			c := e.client()
 			q := tt.query
 			if tt.start {
@@ -348,6 +356,8 @@ func TestDashboardAttacks(t *testing.T) {
 			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
 		{name: "static_encoded_slash", method: "GET", path: "/ui/static/..%2ftemplates%2flayout.html",
 			bad: func(st int, b string) bool { return strings.Contains(b, "{{define") }},
+		{name: "static_directory_listing", method: "GET", path: "/ui/static/",
+			bad: func(st int, b string) bool { return st != http.StatusNotFound || strings.Contains(b, "README.txt") }},
 		{name: "action_by_get_does_nothing", method: "GET", path: "/ui/revocations/revoke?spiffe_id=" + url.QueryEscape(id) + "&csrf_token=" + csrf,
 			bad: func(st int, _ string) bool { return st < 400 }},
 		{name: "action_by_put", method: "PUT", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id), hdr: form,
@@ -364,6 +374,13 @@ func TestDashboardAttacks(t *testing.T) {
 		{name: "origin_with_path", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
 			hdr: map[string]string{"Origin": e.base + "/ui", "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
 			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
+		// The refusal is shown and audited; the Origin it names is the
+		// sender's, so it is clipped, not copied whole (8 KB a record).
+		{name: "huge_origin_not_echoed", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
+			hdr: map[string]string{"Origin": "https://" + strings.Repeat("a", 8000), "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf},
+			bad: func(st int, b string) bool {
+				return st != http.StatusForbidden || strings.Contains(b, strings.Repeat("a", 200)) || strings.Contains(lastRefusal(e), strings.Repeat("a", 200))
+			}},
 		{name: "underscore_csrf_header", method: "POST", path: "/ui/revocations/revoke", body: "spiffe_id=" + url.QueryEscape(id),
 			hdr: map[string]string{"Origin": e.base, "Content-Type": "application/x-www-form-urlencoded", "X_CSRF_Token": csrf},
 			bad: func(st int, _ string) bool { return st != http.StatusForbidden }},
@@ -394,4 +411,138 @@ func (e *env) raw(c *http.Client, method, opaque, body string, hdr map[string]st
 	req, _ := http.NewRequest(method, e.base+"/", strings.NewReader(body))
 	req.URL.Opaque = opaque
 	return e.send(c, req, hdr)
+}
+
+// TestOIDCCallbackRateLimited: the callback is a login attempt like the
+// admin token's form. An attacker who started one flow knows its state
+// and can replay its state cookie for ten minutes: each forged code is a
+// code redemption at the token service and an audited ui.login refusal.
+// They are bounded by the login limit. Fails on the parent commit: there,
+// 60 forged callbacks wrote 60 audit records.
+func TestOIDCCallbackRateLimited(t *testing.T) {
+	e := startServer(t, func(s *config.Server) { s.Dashboard.OIDCClientID = "moatless-dashboard" })
+	c := e.client()
+	resp, _ := e.get(c, "/ui/oidc/start")
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || err != nil {
+		t.Fatalf("start: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	state := loc.Query().Get("state")
+	u, _ := url.Parse(e.base)
+	kept := c.Jar.Cookies(u) // the state cookie, replayed with every attempt
+	denied := func() int {
+		n := 0
+		for _, r := range e.auditRecords() {
+			if r.Kind == "ui.login" && r.Outcome == "denied" {
+				n++
+			}
+		}
+		return n
+	}
+	before := denied()
+	limited := 0
+	for i := range 60 {
+		c.Jar.SetCookies(u, kept)
+		resp, _ := e.get(c, "/ui/oidc/callback?"+url.Values{"state": {state}, "code": {fmt.Sprintf("mlc_forged%d", i)}}.Encode())
+		switch {
+		case resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") != "":
+			limited++
+		case resp.StatusCode == http.StatusSeeOther && resp.Header.Get("Location") == "/ui/login?error=oidc_failed":
+		default:
+			t.Fatalf("attempt %d: %d %s", i, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if got := denied() - before; limited == 0 || got > 20 {
+		t.Fatalf("60 forged callbacks: %d refused with 429, %d audited refusals (want them bounded by the login limit)", limited, got)
+	}
+}
+
+// TestLoginNotLockedOutByOthers: wrong tokens sent from many addresses
+// (40 loopback addresses here; a botnet, or one host's IPv6 /64 before
+// addresses were folded by /64) must not lock the admin out of the
+// dashboard: the limit is per address, and the overall bound covers only
+// what a refusal costs, its audit record. Records past that bound are
+// counted in the next one written (not_audited_before). Fails on the
+// parent commit: there, the overall limit refused every login, the
+// admin's included, with 429.
+func TestLoginNotLockedOutByOthers(t *testing.T) {
+	clk := &clock{}
+	e := startServerAt(t, clk)
+	before := len(e.auditRecords())
+	wrong := func(c *http.Client) {
+		_, body := e.get(c, "/ui/login")
+		resp, _ := e.form(c, "/ui/login", url.Values{"csrf_token": {csrfOf(t, body)}, "token": {"mla_guess"}}, map[string]string{"Origin": e.base})
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("wrong token: %d", resp.StatusCode)
+		}
+	}
+	for i := range 40 {
+		c := e.clientFrom(fmt.Sprintf("127.0.0.%d", 10+i))
+		for range 10 {
+			wrong(c)
+		}
+	}
+	e.login(t, e.client()) // fails the test unless the admin gets a session
+	// A second later, one more wrong token is audited and counts the
+	// refusals that were not.
+	clk.Advance(time.Second)
+	wrong(e.clientFrom("127.0.0.99"))
+	recs := e.auditRecords()
+	recs = recs[:len(recs)-before]
+	refused, uncounted := 0, 0
+	for _, r := range recs {
+		if r.Kind == "ui.login" && r.Outcome == "denied" {
+			refused++
+			if n, err := strconv.Atoi(r.Details["not_audited_before"]); err == nil {
+				uncounted += n
+			}
+		}
+	}
+	// 401 wrong tokens: 20 (the burst) and 2 a second audited one by one,
+	// every other one counted in the next audited.
+	if refused > 60 || refused+uncounted != 401 {
+		t.Fatalf("401 wrong tokens: %d audited, %d more counted in them", refused, uncounted)
+	}
+}
+
+// clientFrom is client() with connections from the loopback address ip
+// (every 127.0.0.0/8 address is this host's).
+func (e *env) clientFrom(ip string) *http.Client {
+	c := e.client()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c.Transport.(*http.Transport).DialContext = d.DialContext
+	return c
+}
+
+// TestDecisionsFilterSurvivesRefresh: the decision log narrowed to one
+// identity (a graph node's link) refreshes itself narrowed. Fails on the
+// parent commit: the refresh fetched /ui/decisions, and five seconds
+// after the click every identity's decisions replaced the identity's.
+func TestDecisionsFilterSurvivesRefresh(t *testing.T) {
+	e := startServer(t)
+	const web, batch = "spiffe://example.org/ns/prod/sa/web", "spiffe://example.org/ns/prod/sa/batch"
+	e.reportDecision(audit.KindDecisionDeny, web, ordersID, "prod/orders-deny", "/from-web")
+	e.reportDecision(audit.KindDecisionDeny, batch, ordersID, "prod/orders-deny", "/from-batch")
+	c := e.client()
+	e.login(t, c)
+	_, page := e.get(c, "/ui/decisions?id="+url.QueryEscape(web))
+	m := regexp.MustCompile(`<main id="content" hx-get="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("the narrowed decision log does not refresh itself:\n%s", page)
+	}
+	req, _ := http.NewRequest("GET", e.base+html.UnescapeString(m[1]), nil)
+	_, body := e.send(c, req, map[string]string{"HX-Request": "true"})
+	if !strings.Contains(body, "/from-web") || strings.Contains(body, "/from-batch") {
+		t.Fatalf("the refresh (%s) shows other identities' decisions:\n%s", m[1], body)
+	}
+}
+
+// lastRefusal is the reason of the newest ui.refused record ("" if none).
+func lastRefusal(e *env) string {
+	for _, r := range e.auditRecords() {
+		if r.Kind == "ui.refused" {
+			return r.Details["reason"]
+		}
+	}
+	return ""
 }

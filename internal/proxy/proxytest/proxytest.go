@@ -4,6 +4,7 @@
 package proxytest
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,6 +33,8 @@ import (
 // whole body read, then the head of a 200 with a 1 MiB body and 64 KiB
 // of it written on the raw connection, which is then closed: an
 // upstream failing mid-answer.
+// A path ending in /expect has its whole body read and gets 200 with the
+// Expect fields it arrived with and the body's length: expect=["..."] n=5.
 // Any other request has its whole body read and gets 200 with the body's
 // length.
 func EarlyApp(t testing.TB) string {
@@ -95,6 +98,9 @@ func EarlyApp(t testing.TB) string {
 			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 			io.Copy(io.Discard, conn)
 			conn.Close()
+		case strings.HasSuffix(p, "/expect"):
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "expect=%q n=%d", r.Header["Expect"], n)
 		default:
 			n, err := io.Copy(io.Discard, r.Body)
 			if err != nil {
