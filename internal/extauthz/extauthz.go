@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/tlsconf"
 )
@@ -207,6 +208,7 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	set, version := s.cfg.Policy()
 	req, err := Request(cr, s.cfg.Destination, s.cfg.Now())
 	var dec policy.Decision
+	var forged []string
 	switch {
 	case err != nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
@@ -217,10 +219,70 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		if v == nil {
 			v = refuseTokens{}
 		}
+		forged = forgedHeaders(set, req)
 		dec = set.Evaluate(req, v)
 	}
 	s.record(ctx, cr, req, dec, version)
-	return response(dec, req), nil
+	return response(dec, req, forged), nil
+}
+
+// forgedHeaders deletes from req, before it is decided, the headers a
+// caller may not send, and returns their names as sent (lower case) for
+// Envoy to remove from an allowed request: the headers
+// RequestAuthentication writes for the app (outputClaimToHeaders,
+// outputPayloadToHeader) under any spelling, on requests with a token or
+// without, and the "_" twins of the headers policies read (every "_" name
+// when a Rego provider reads them all). Envoy forwards what ext_authz does
+// not remove, and WSGI, CGI, PHP and Rack read x_user and X-User as one
+// variable, so the app would take a caller's copy for the verified one.
+// These are the sidecar's rules (internal/proxy/headers.go), so a request
+// reaches the app through Envoy as it would through the sidecar.
+func forgedHeaders(set *policy.Set, req *policy.Request) []string {
+	var owned []string
+	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
+		owned = authn.OutputHeaders(rules)
+		for i, h := range owned {
+			owned[i] = foldHeaderName(h)
+		}
+	}
+	underscore := false
+	for k := range req.Headers {
+		if strings.IndexByte(k, '_') >= 0 {
+			underscore = true
+			break
+		}
+	}
+	if len(owned) == 0 && !underscore {
+		return nil
+	}
+	var read []string
+	all := false
+	if underscore {
+		names, a := set.RequestHeaders(req.Destination)
+		all = a
+		for _, h := range names {
+			// A name the policy spells with "_" is its own.
+			if !strings.Contains(h, "_") {
+				read = append(read, foldHeaderName(h))
+			}
+		}
+	}
+	var out []string
+	for k := range req.Headers {
+		f := foldHeaderName(k)
+		if slices.Contains(owned, f) || (strings.IndexByte(k, '_') >= 0 && (all || slices.Contains(read, f))) {
+			delete(req.Headers, k)
+			out = append(out, strings.ToLower(k))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// foldHeaderName is h as a CGI-style app compares it: lower case, "_"
+// read as "-".
+func foldHeaderName(h string) string {
+	return strings.ToLower(strings.ReplaceAll(h, "_", "-"))
 }
 
 type refuseTokens struct{}
@@ -232,8 +294,9 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, _ *policy.Request) 
 	return nil, errors.New("extauthz: no JWT verifier configured")
 }
 
-// response is Envoy's answer to dec.
-func response(dec policy.Decision, req *policy.Request) *authv3.CheckResponse {
+// response is Envoy's answer to dec; an allow removes the forged headers
+// (forgedHeaders) but those it sets, which it overwrites.
+func response(dec policy.Decision, req *policy.Request, forged []string) *authv3.CheckResponse {
 	switch dec.Outcome {
 	case policy.Allow:
 		ok := &authv3.OkHttpResponse{}
@@ -253,6 +316,13 @@ func response(dec policy.Decision, req *policy.Request) *authv3.CheckResponse {
 		}
 		for _, k := range sortedKeys(dec.Headers) {
 			set(k, dec.Headers[k])
+		}
+		for _, k := range forged {
+			// A name set here is overwritten (every copy) and must not
+			// also be removed, whichever edit Envoy makes first.
+			if !slices.ContainsFunc(ok.Headers, func(h *corev3.HeaderValueOption) bool { return h.GetHeader().GetKey() == k }) {
+				ok.HeadersToRemove = append(ok.HeadersToRemove, k)
+			}
 		}
 		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
 	case policy.Unauthenticated:

@@ -1,0 +1,123 @@
+package extauthz
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc/codes"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/policy/policytest"
+)
+
+// TestForgedHeaders is the attack of a caller who sends, through Envoy,
+// the headers the app trusts because Moatless writes them: the
+// RequestAuthentication output (outputClaimToHeaders) on a request
+// without a token, under its own name or a "_" spelling, and a "_" twin of
+// a header a policy reads. Envoy forwards whatever ext_authz does not
+// remove, and WSGI, CGI, PHP and Rack read x_user as HTTP_X_USER, the
+// same variable as x-user; the sidecar drops these (proxy/headers.go), so
+// ext_authz must neither decide on them nor let them through.
+func TestForgedHeaders(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+    outputClaimToHeaders: [{header: x-user, claim: sub}, {header: x-tenant, claim: tenant}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admin-only, namespace: prod}
+spec:
+  rules:
+  - to: [{operation: {paths: [/admin]}}]
+    when: [{key: "request.headers[x-user]", values: [admin]}]
+  - to: [{operation: {paths: [/public]}}]
+    when: [{key: "request.headers[x-plan]", values: [free]}]
+`, jwks))); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	token := func(sub string) string {
+		return "Bearer " + sign(map[string]any{"iss": "https://idp.example", "sub": sub, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	}
+	cases := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		raw     bool // as Envoy's encode_raw_headers sends them (header_map)
+		code    codes.Code
+		remove  []string // headers Envoy must remove, at least
+		set     map[string]string
+	}{
+		{"no_token_forged_output_header", "/admin", map[string]string{"x-user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"no_token_forged_output_header_raw", "/admin", map[string]string{"x-user": "admin"}, true, codes.PermissionDenied, nil, nil},
+		{"no_token_forged_underscore_output_header", "/admin", map[string]string{"x_user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"forged_output_header_removed_on_allow", "/public", map[string]string{"x-plan": "free", "x-user": "admin", "x_user": "admin", "x-tenant": "other"}, false, codes.OK, []string{"x-user", "x_user", "x-tenant"}, nil},
+		{"forged_output_header_removed_on_allow_raw", "/public", map[string]string{"x-plan": "free", "x_tenant": "other"}, true, codes.OK, []string{"x_tenant"}, nil},
+		{"token_sets_header_removes_twin_and_unset_claim", "/admin", map[string]string{"authorization": token("admin"), "x_user": "root", "x-tenant": "other"}, false, codes.OK, []string{"x_user", "x-tenant"}, map[string]string{"x-user": "admin"}},
+		{"token_overrides_forged_header", "/admin", map[string]string{"authorization": token("alice"), "x-user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"policy_header_twin_removed", "/public", map[string]string{"x-plan": "free", "x_plan": "enterprise"}, false, codes.OK, []string{"x_plan"}, nil},
+		{"policy_header_twin_alone_not_read", "/public", map[string]string{"x_plan": "free"}, false, codes.PermissionDenied, nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := check("GET", c.path, c.headers, "app=x", now)
+			if c.raw {
+				h := req.Attributes.Request.Http
+				for k, v := range h.Headers {
+					h.HeaderMap = &corev3.HeaderMap{Headers: append(h.GetHeaderMap().GetHeaders(), &corev3.HeaderValue{Key: k, RawValue: []byte(v)})}
+				}
+				h.Headers = nil
+			}
+			resp, err := s.Check(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
+			}
+			if c.code != codes.OK {
+				return
+			}
+			ok := resp.GetOkResponse()
+			set := map[string]string{}
+			for _, h := range ok.GetHeaders() {
+				set[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+			}
+			for _, k := range c.remove {
+				if !slices.Contains(ok.GetHeadersToRemove(), k) {
+					t.Errorf("Envoy is not told to remove %s: headers_to_remove %v", k, ok.GetHeadersToRemove())
+				}
+			}
+			for k, v := range c.set {
+				if set[k] != v {
+					t.Errorf("header %s=%q, want %q", k, set[k], v)
+				}
+				if slices.Contains(ok.GetHeadersToRemove(), k) {
+					t.Errorf("%s is set and removed: %v", k, ok.GetHeadersToRemove())
+				}
+			}
+		})
+	}
+}
