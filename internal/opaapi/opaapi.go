@@ -31,7 +31,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -42,6 +45,9 @@ const (
 	MaxInputSize = 1 << 20
 	// MaxPathSegments bounds /v1/data/{path}.
 	MaxPathSegments = 64
+	// DefaultEvalTimeout bounds one Data API evaluation, waiting for a
+	// slot included (Handler.EvalTimeout).
+	DefaultEvalTimeout = 5 * time.Second
 )
 
 // OPA's error codes.
@@ -120,6 +126,20 @@ type Handler struct {
 	Logger *slog.Logger
 	// MaxWriteSize bounds PUT bodies; default 16 MiB.
 	MaxWriteSize int64
+	// EvalTimeout bounds one Data API query, from its arrival to its
+	// result; past it the answer is OPA's 500 (503 when no evaluation
+	// slot came free). Default DefaultEvalTimeout. A caller hands the
+	// modules any input, and one a policy loops on would otherwise run
+	// for as long as the caller stays connected: OPA's server has no such
+	// bound, the decision path has one (a RegoProvider's timeout).
+	EvalTimeout time.Duration
+	// MaxEvals bounds the queries evaluated at once, so that callers of
+	// this API cannot take every CPU from the decisions the process
+	// serves; default half of GOMAXPROCS, at least 1.
+	MaxEvals int
+
+	slotsOnce sync.Once
+	slots     chan struct{}
 }
 
 // Register adds the routes to mux, each wrapped by wrap (authentication;
@@ -272,6 +292,25 @@ func (h *Handler) log() *slog.Logger {
 		return h.Logger
 	}
 	return slog.Default()
+}
+
+func (h *Handler) evalTimeout() time.Duration {
+	if h.EvalTimeout > 0 {
+		return h.EvalTimeout
+	}
+	return DefaultEvalTimeout
+}
+
+// evalSlots is the semaphore of MaxEvals.
+func (h *Handler) evalSlots() chan struct{} {
+	h.slotsOnce.Do(func() {
+		n := h.MaxEvals
+		if n <= 0 {
+			n = max(1, runtime.GOMAXPROCS(0)/2)
+		}
+		h.slots = make(chan struct{}, n)
+	})
+	return h.slots
 }
 
 func (h *Handler) maxWrite() int64 {
