@@ -69,3 +69,41 @@ func TestEvaluationBounded(t *testing.T) {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestLoopbackOnlyRebinding is the attack of a web page the host's
+// browser opens: its name re-resolved to 127.0.0.1 (DNS rebinding), the
+// browser reaches the loopback listener from a loopback address, with the
+// page's name as Host, and the page reads the answers as its own origin's
+// (every module and data document, decisions on any input). A loopback
+// caller is admitted only under a loopback Host, as geth's --http.vhosts
+// and Jupyter's allow_remote_access do.
+func TestLoopbackOnlyRebinding(t *testing.T) {
+	mux := http.NewServeMux()
+	(&Handler{Rego: func() *policy.Rego { return nil }}).Register(mux, LoopbackOnly)
+	cases := []struct {
+		name, remote, host string
+		status             int
+	}{
+		{"loopback_ip_host", "127.0.0.1:4000", "127.0.0.1:15000", 200},
+		{"loopback_ipv6_host", "[::1]:4000", "[::1]:15000", 200},
+		{"localhost_host", "127.0.0.1:4000", "localhost:15000", 200},
+		{"localhost_any_case_no_port", "127.0.0.1:4000", "LocalHost", 200},
+		{"no_host_http10", "127.0.0.1:4000", "", 200},
+		{"rebound_name", "127.0.0.1:4000", "evil.example:15000", 403},
+		{"rebound_name_no_port", "127.0.0.1:4000", "evil.example", 403},
+		{"localhost_lookalike", "127.0.0.1:4000", "localhost.evil.example:15000", 403},
+		{"non_loopback_ip_host", "127.0.0.1:4000", "192.0.2.1:15000", 403},
+		{"remote_caller", "192.0.2.7:4000", "127.0.0.1:15000", 403},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/v1/data", nil)
+			req.RemoteAddr, req.Host = c.remote, c.host
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, req)
+			if rec.Code != c.status {
+				t.Fatalf("status %d %s, want %d", rec.Code, rec.Body, c.status)
+			}
+		})
+	}
+}

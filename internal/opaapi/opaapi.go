@@ -356,7 +356,11 @@ func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
 
 // LoopbackOnly refuses (403) callers whose address is not loopback: the
 // sidecar's admin listener binds to loopback, and this keeps its OPA API
-// there even if a future configuration did not.
+// there even if a future configuration did not. It also refuses a Host
+// other than a loopback address or localhost: a web page the host's
+// browser opens can have its name re-resolved to 127.0.0.1 (DNS
+// rebinding) and then call from loopback, under its own name, reading the
+// answers as its own origin's.
 func LoopbackOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -365,6 +369,28 @@ func LoopbackOnly(next http.Handler) http.Handler {
 			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only"), false)
 			return
 		}
+		if !loopbackHost(r.Host) {
+			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only: call it as localhost or a loopback address, not %q", r.Host), false)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// loopbackHost reports whether a Host header names this host: a loopback
+// address or localhost, with or without a port, or no Host at all
+// (HTTP/1.0; browsers always send one).
+func loopbackHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	if name, _, err := net.SplitHostPort(h); err == nil {
+		h = name
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.Unmap().IsLoopback()
 }
