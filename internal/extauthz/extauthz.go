@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,11 +220,24 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		if v == nil {
 			v = refuseTokens{}
 		}
-		forged = forgedHeaders(set, req)
-		dec = set.Evaluate(req, v)
+		forged, dec = s.decide(set, req, v)
 	}
 	s.record(ctx, cr, req, dec, version)
 	return response(dec, req, forged), nil
+}
+
+// decide evaluates req, denying on a panic: gRPC does not recover a
+// handler's, the process would exit, and an Envoy configured with
+// failure_mode_allow reads an unreachable ext_authz server as an allow.
+func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifier) (forged []string, dec policy.Decision) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.cfg.Logger.Error("ext_authz decision panicked; denied", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			forged, dec = nil, policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "internal error"}
+		}
+	}()
+	forged = forgedHeaders(set, req)
+	return forged, set.Evaluate(req, v)
 }
 
 // forgedHeaders deletes from req, before it is decided, the headers a

@@ -3,12 +3,16 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
@@ -119,5 +123,34 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+type panickyVerifier struct{}
+
+func (panickyVerifier) Verify([]*securityv1beta1.JWTRule, *policy.Request) (*policy.Auth, error) {
+	panic("verifier bug")
+}
+
+// TestCheckPanicDenies: a panic while deciding (here in the token
+// verifier) answers a denial and keeps serving. gRPC does not recover a
+// handler's panic: the process would exit, and an Envoy configured with
+// failure_mode_allow reads an unreachable ext_authz server as an allow
+// for every request until it is back.
+func TestCheckPanicDenies(t *testing.T) {
+	set, _ := regoSet(t)
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: panickyVerifier{}, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := serve(t, s, "unix:"+filepath.Join(t.TempDir(), "authz.sock"), nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for range 2 {
+		resp, err := client.Check(context.Background(), check("GET", "/records/alice/7", map[string]string{"authorization": "Bearer x.y.z"}, "app=records", time.Now()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := codes.Code(resp.GetStatus().GetCode()); got != codes.PermissionDenied || resp.GetDeniedResponse().GetStatus().GetCode() != 403 {
+			t.Fatalf("status %v %v, want PERMISSION_DENIED with 403", got, resp.GetDeniedResponse().GetStatus())
+		}
 	}
 }
