@@ -331,12 +331,27 @@ func response(dec policy.Decision, req *policy.Request, forged []string) *authv3
 		for _, k := range sortedKeys(dec.Headers) {
 			set(k, dec.Headers[k])
 		}
+		isSet := func(k string) bool {
+			return slices.ContainsFunc(ok.Headers, func(h *corev3.HeaderValueOption) bool { return h.GetHeader().GetKey() == k })
+		}
 		for _, k := range forged {
 			// A name set here is overwritten (every copy) and must not
 			// also be removed, whichever edit Envoy makes first.
-			if !slices.ContainsFunc(ok.Headers, func(h *corev3.HeaderValueOption) bool { return h.GetHeader().GetKey() == k }) {
+			if !isSet(k) {
 				ok.HeadersToRemove = append(ok.HeadersToRemove, k)
 			}
+		}
+		if req != nil && len(ok.Headers) > 0 {
+			// The "_" spelling of a header set here (a Rego result's) would
+			// reach a CGI-style app as the same variable.
+			var twins []string
+			for k := range req.Headers {
+				if l := strings.ToLower(k); strings.IndexByte(l, '_') >= 0 && !isSet(l) && isSet(foldHeaderName(l)) {
+					twins = append(twins, l)
+				}
+			}
+			slices.Sort(twins)
+			ok.HeadersToRemove = append(ok.HeadersToRemove, twins...)
 		}
 		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
 	case policy.Unauthenticated:

@@ -154,3 +154,21 @@ func TestCheckPanicDenies(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedTwinOfRegoHeader: a Rego result's header (x-document-owner)
+// is set on allow; the caller's x_document_owner, which a CGI-style app
+// reads as the same variable, is removed.
+func TestForgedTwinOfRegoHeader(t *testing.T) {
+	set, token := regoSet(t)
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	alice := "Bearer " + token(map[string]any{"sub": "alice", "role": "user"})
+	resp, err := s.Check(context.Background(), check("GET", "/documents/d1", map[string]string{"authorization": alice, "x_document_owner": "mallory"}, "app=documents", time.Now()))
+	if err != nil || codes.Code(resp.GetStatus().GetCode()) != codes.OK {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if rm := resp.GetOkResponse().GetHeadersToRemove(); !slices.Contains(rm, "x_document_owner") || slices.Contains(rm, "x-document-owner") {
+		t.Fatalf("headers_to_remove %v, want x_document_owner and not the header set", rm)
+	}
+}
