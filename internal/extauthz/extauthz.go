@@ -35,6 +35,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -133,7 +134,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 	if t := a.GetRequest().GetTime(); t != nil && t.IsValid() {
 		req.Time = t.AsTime()
 	}
-	req.Source.Principal = strings.TrimPrefix(a.GetSource().GetPrincipal(), "spiffe://")
+	req.Source.Principal = spiffePrincipal(a.GetSource().GetPrincipal())
 	if sa := a.GetSource().GetAddress().GetSocketAddress(); sa != nil && sa.GetAddress() != "" {
 		ip, err := netip.ParseAddr(sa.GetAddress())
 		if err != nil {
@@ -149,7 +150,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 			req.Destination.IP = ip.Unmap()
 		}
 	}
-	req.Destination.Principal = strings.TrimPrefix(a.GetDestination().GetPrincipal(), "spiffe://")
+	req.Destination.Principal = spiffePrincipal(a.GetDestination().GetPrincipal())
 	ext := a.GetContextExtensions()
 	if ns, ok := ext["namespace"]; ok {
 		req.Destination.Namespace = ns
@@ -188,6 +189,25 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 		req.Headers.Add(http.CanonicalHeaderKey(hv.GetKey()), v)
 	}
 	return req, nil
+}
+
+// spiffePrincipal is the principal policies match for Envoy's p: a
+// SPIFFE ID without "spiffe://", as Istio writes principals, and ""
+// (no principal, as a plaintext peer) for anything else. Envoy's
+// principal is a certificate's URI SAN, else its DNS SAN, else its
+// subject: names a CA may take from the requester ("CN=x/ns/prod/sa/admin"),
+// which namespace and suffix patterns would otherwise match. A sidecar
+// admits SPIFFE certificates only, and "moatless policy check" refuses
+// any other principal.
+func spiffePrincipal(p string) string {
+	if p == "" {
+		return ""
+	}
+	id, err := spiffeid.FromString(p)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimPrefix(id.String(), "spiffe://")
 }
 
 func parseLabels(s string) (map[string]string, error) {

@@ -172,3 +172,59 @@ func TestForgedTwinOfRegoHeader(t *testing.T) {
 		t.Fatalf("headers_to_remove %v, want x_document_owner and not the header set", rm)
 	}
 }
+
+// TestNonSPIFFEPrincipal: Envoy's source.principal is a certificate's URI
+// SAN, else its DNS SAN, else its subject, so a client certificate of a
+// CA that issues names of the requester's choosing (a partner or
+// corporate CA at an ingress) can read "CN=x/ns/prod/sa/admin". Policies
+// name SPIFFE IDs: anything else is no principal, as on a sidecar (which
+// takes only SPIFFE certificates) and in "moatless policy check" (which
+// refuses such a principal), never a name a pattern might match.
+func TestNonSPIFFEPrincipal(t *testing.T) {
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  rules:
+  - from: [{source: {namespaces: [prod]}}]
+    to: [{operation: {paths: [/ns]}}]
+  - from: [{source: {principals: ["*/sa/admin"]}}]
+    to: [{operation: {paths: [/suffix]}}]
+  - from: [{source: {principals: ["*"]}}]
+    to: [{operation: {paths: [/any]}}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	cases := []struct {
+		name, principal, path string
+		code                  codes.Code
+	}{
+		{"spiffe_namespace", "spiffe://example.org/ns/prod/sa/web", "/ns", codes.OK},
+		{"spiffe_suffix", "spiffe://example.org/ns/dev/sa/admin", "/suffix", codes.OK},
+		{"spiffe_any", "spiffe://example.org/ns/dev/sa/web", "/any", codes.OK},
+		{"subject_namespace", "CN=x/ns/prod/sa/web,O=Partner", "/ns", codes.PermissionDenied},
+		{"subject_suffix", "O=Partner,CN=x/ns/dev/sa/admin", "/suffix", codes.PermissionDenied},
+		{"dns_san_any", "partner.example", "/any", codes.PermissionDenied},
+		{"other_uri_san_suffix", "https://partner.example/ns/prod/sa/admin", "/suffix", codes.PermissionDenied},
+		{"spiffe_uppercase_scheme", "SPIFFE://example.org/ns/prod/sa/admin", "/suffix", codes.PermissionDenied},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := check("GET", c.path, nil, "app=x", time.Now())
+			req.Attributes.Source.Principal = c.principal
+			resp, err := s.Check(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
+			}
+		})
+	}
+}
