@@ -461,6 +461,11 @@ func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener,
 		if p == "" {
 			return nil, nil, errors.New("extauthz: empty unix socket path")
 		}
+		// Only a stale socket is replaced: a path naming anything else is
+		// a mistake, and its file is not ours to delete.
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() != os.ModeSocket {
+			return nil, nil, fmt.Errorf("extauthz: %s exists and is not a socket; give a socket path", p)
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, nil, fmt.Errorf("extauthz: %w", err)
 		}

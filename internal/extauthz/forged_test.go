@@ -3,6 +3,8 @@ package extauthz
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -226,5 +228,32 @@ spec:
 				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
 			}
 		})
+	}
+}
+
+// TestListenKeepsNonSocket: --listen unix:PATH naming a file that is not a
+// socket (a typo for a config file, a path another program owns) is an
+// error, and the file is left as it was; only a stale socket is replaced.
+func TestListenKeepsNonSocket(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := Listen("unix:"+file, nil, nil); err == nil {
+		l.Close()
+		t.Fatal("a regular file was replaced by the socket")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Fatalf("the file is gone or changed: %q %v", b, err)
+	}
+	sock := filepath.Join(dir, "authz.sock")
+	for range 2 { // the second finds the first's socket file, stale
+		l, _, err := Listen("unix:"+sock, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
 	}
 }
