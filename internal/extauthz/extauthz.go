@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -88,6 +89,7 @@ type Server struct {
 	cfg       Config
 	decisions *prometheus.CounterVec
 	custom    *prometheus.CounterVec
+	outputs   atomic.Pointer[outputMemo]
 }
 
 // New checks cfg and builds a Server; it listens on nothing (Serve does).
@@ -203,11 +205,12 @@ func spiffePrincipal(p string) string {
 	if p == "" {
 		return ""
 	}
-	id, err := spiffeid.FromString(p)
-	if err != nil {
+	if _, err := spiffeid.FromString(p); err != nil {
 		return ""
 	}
-	return strings.TrimPrefix(id.String(), "spiffe://")
+	// A valid ID is its own canonical form (lower-case scheme and trust
+	// domain, no trailing "/"): what follows the scheme as sent.
+	return p[len("spiffe://"):]
 }
 
 func parseLabels(s string) (map[string]string, error) {
@@ -256,7 +259,7 @@ func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifi
 			forged, dec = nil, policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "internal error"}
 		}
 	}()
-	forged = forgedHeaders(set, req)
+	forged = s.forgedHeaders(set, req)
 	return forged, set.Evaluate(req, v)
 }
 
@@ -271,13 +274,10 @@ func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifi
 // variable, so the app would take a caller's copy for the verified one.
 // These are the sidecar's rules (internal/proxy/headers.go), so a request
 // reaches the app through Envoy as it would through the sidecar.
-func forgedHeaders(set *policy.Set, req *policy.Request) []string {
+func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	var owned []string
 	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
-		owned = authn.OutputHeaders(rules)
-		for i, h := range owned {
-			owned[i] = foldHeaderName(h)
-		}
+		owned = s.outputHeaders(rules)
 	}
 	underscore := false
 	for k := range req.Headers {
@@ -303,8 +303,8 @@ func forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	}
 	var out []string
 	for k := range req.Headers {
-		f := foldHeaderName(k)
-		if slices.Contains(owned, f) || (strings.IndexByte(k, '_') >= 0 && (all || slices.Contains(read, f))) {
+		folds := func(f string) bool { return foldsTo(k, f) }
+		if slices.ContainsFunc(owned, folds) || (strings.IndexByte(k, '_') >= 0 && (all || slices.ContainsFunc(read, folds))) {
 			delete(req.Headers, k)
 			out = append(out, strings.ToLower(k))
 		}
@@ -313,10 +313,60 @@ func forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	return out
 }
 
-// foldHeaderName is h as a CGI-style app compares it: lower case, "_"
-// read as "-".
+// outputMemo is the folded output headers of one rule list.
+type outputMemo struct {
+	rules  []*securityv1beta1.JWTRule
+	folded []string
+}
+
+// outputHeaders is authn.OutputHeaders(rules) folded (foldHeaderName),
+// remembered for the last rule list: a policy set returns the same list
+// for a destination until it is replaced.
+func (s *Server) outputHeaders(rules []*securityv1beta1.JWTRule) []string {
+	if m := s.outputs.Load(); m != nil && len(m.rules) == len(rules) && &m.rules[0] == &rules[0] {
+		return m.folded
+	}
+	folded := authn.OutputHeaders(rules)
+	for i, h := range folded {
+		folded[i] = foldHeaderName(h)
+	}
+	s.outputs.Store(&outputMemo{rules: rules, folded: folded})
+	return folded
+}
+
+// foldsTo reports whether foldHeaderName(h) == f, without allocating.
+func foldsTo(h, f string) bool {
+	if len(h) != len(f) {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != f[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// foldHeaderName is h as a CGI-style app compares it: ASCII lower case
+// (header names are ASCII tokens), "_" read as "-".
 func foldHeaderName(h string) string {
-	return strings.ToLower(strings.ReplaceAll(h, "_", "-"))
+	b := []byte(h)
+	for i, c := range b {
+		switch {
+		case c == '_':
+			b[i] = '-'
+		case 'A' <= c && c <= 'Z':
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 type refuseTokens struct{}

@@ -257,3 +257,16 @@ func TestListenKeepsNonSocket(t *testing.T) {
 		l.Close()
 	}
 }
+
+func FuzzFoldsTo(f *testing.F) {
+	f.Add("X_User", "x-user")
+	f.Add("x-user", "x-user")
+	f.Add("X-Üser", "x-üser")
+	f.Fuzz(func(t *testing.T, h, g string) {
+		for _, want := range []string{g, foldHeaderName(h)} {
+			if got := foldsTo(h, want); got != (foldHeaderName(h) == want) {
+				t.Fatalf("foldsTo(%q, %q) = %v", h, want, got)
+			}
+		}
+	})
+}
