@@ -81,6 +81,11 @@ type Config struct {
 	// OnDecision, when set, is called with every denial (the server
 	// audits them). It must not block.
 	OnDecision func(context.Context, Record)
+	// HandshakeTimeout bounds a connection's handshake (TLS on a TCP
+	// listener); default 10 s. gRPC's own is 120 s: a peer that opens
+	// connections and never completes one holds a descriptor and a
+	// goroutine each for that long, without any credential.
+	HandshakeTimeout time.Duration
 }
 
 // Server answers Check calls.
@@ -99,6 +104,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -546,7 +554,7 @@ func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener,
 
 // Serve serves Check on l until ctx ends.
 func (s *Server) Serve(ctx context.Context, l net.Listener, creds credentials.TransportCredentials) error {
-	g := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20))
+	g := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20), grpc.ConnectionTimeout(s.cfg.HandshakeTimeout))
 	authv3.RegisterAuthorizationServer(g, s)
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(l) }()

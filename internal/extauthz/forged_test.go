@@ -2,6 +2,8 @@ package extauthz
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/policy/policytest"
+	"github.com/moatless/moatless/internal/testpki"
 )
 
 // TestForgedHeaders is the attack of a caller who sends, through Envoy,
@@ -269,4 +272,32 @@ func FuzzFoldsTo(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestStalledHandshakeClosed is the attack of a network peer that opens
+// TCP connections to the mutual-TLS listener and never completes a
+// handshake, each holding a descriptor and a goroutine: the server closes
+// them after Config.HandshakeTimeout (gRPC's own default is 120 s).
+func TestStalledHandshakeClosed(t *testing.T) {
+	set, _ := regoSet(t)
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Logger: quiet(), HandshakeTimeout: 200 * time.Millisecond})
+	ca := testpki.NewCA(t, "example.org")
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t, "", "127.0.0.1")}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
+	l, creds, err := Listen("127.0.0.1:0", conf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(ctx, l, creds) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the stalled connection is still open: %v", err)
+	}
 }
