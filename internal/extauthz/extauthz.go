@@ -180,7 +180,8 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 	req.Protocol = policy.HTTP
 	req.Method, req.Host, req.Path = h.GetMethod(), h.GetHost(), h.GetPath()
 	if req.Path == "" {
-		req.Path = "/"
+		// Envoy sends every HTTP request's target; none is not "/".
+		return nil, errors.New("the HTTP request has no path")
 	}
 	for k, v := range h.GetHeaders() {
 		if strings.HasPrefix(k, ":") {

@@ -301,3 +301,42 @@ func TestStalledHandshakeClosed(t *testing.T) {
 		t.Fatalf("the stalled connection is still open: %v", err)
 	}
 }
+
+// TestConnectWithoutPath: Envoy sends a CONNECT tunnel's check with no
+// path (its target is an authority); policy refuses CONNECT, as a sidecar
+// does. Any other HTTP check without a path was read as "/", which an
+// ALLOW on paths ["/*"] admits: it is now a bad check request, denied.
+func TestConnectWithoutPath(t *testing.T) {
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  rules: [{to: [{operation: {paths: ["/*"]}}]}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	for _, c := range []struct {
+		method, path string
+		code         codes.Code
+	}{
+		{"GET", "/x", codes.OK},
+		{"CONNECT", "", codes.PermissionDenied},
+		{"GET", "", codes.PermissionDenied},
+	} {
+		req := check(c.method, c.path, nil, "app=x", time.Now())
+		req.Attributes.Request.Http.Host = "internal.example:22"
+		resp, err := s.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+			t.Errorf("%s %q: %v, want %v", c.method, c.path, got, c.code)
+		}
+	}
+}
