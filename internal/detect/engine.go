@@ -563,9 +563,9 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	var f *Finding
 	switch ev.Kind {
 	case EventRefreshReuse:
-		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("a rotated refresh token of %s was presented again: the token was stolen or replayed", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("a rotated refresh token of %s was presented again: the token was stolen or replayed", ev.Identity), withReuse(ev.Detail, "refresh_token"), nil)
 	case EventCodeReuse:
-		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("an authorization code of %s was redeemed twice", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("an authorization code of %s was redeemed twice", ev.Identity), withReuse(ev.Detail, "authorization_code"), nil)
 	case EventTokenExchange:
 		id := e.ident(ev.Identity, ev.Time)
 		if id == nil {
@@ -601,6 +601,18 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	}
 	f.addReporter(ev.Reporter)
 	return take([]*Finding{f})
+}
+
+// withReuse is a copy of detail that says what was reused: the mark
+// that keeps a token_anomaly finding evidence (Finding.Anomaly) when an
+// exchange burst folds into it.
+func withReuse(detail map[string]string, what string) map[string]string {
+	out := make(map[string]string, len(detail)+1)
+	for k, v := range detail {
+		out[k] = v
+	}
+	out["reuse"] = what
+	return out
 }
 
 // raise records a detection: it updates the open finding of the same

@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/server"
@@ -108,4 +110,119 @@ func TestRelayedTokensFrameNoOne(t *testing.T) {
 // findingsAbout lists the stored findings about identity.
 func findingsAbout(e *env, identity string) []detect.Finding {
 	return itemsOf[detect.Finding](e, fmt.Sprintf("%s?identity=%s", server.PathAdminFindings, strings.ReplaceAll(identity, "/", "%2F")))
+}
+
+// TestOutsidersTrafficContainsNoOne: what the mesh's users do through a
+// frontend lifts the frontend's numbers as a compromise would. A flash
+// crowd (or a flood through the gateway) multiplies its calls to orders
+// (rate, high: risk 0.75); users downloading big files pull 200 MiB a
+// minute through it (exfiltration by volume, high). Its own sidecar's
+// records bear both out, so both are corroborated, and the documented
+// playbook (risk 0.75, no detectors) isolated frontend on the parent: any
+// outsider could get the front service cut off. Anomalies alone now
+// alert: the incident opens and notifies, its containment is held for an
+// admin. Controls: the same volume with refusals by policy (evidence of
+// compromise, as in the demo's reports job) still contains, and so does
+// a playbook that names exfiltration among its detectors (the operator's
+// choice to contain on it). Fails on the parent in its two anomaly
+// cases (frontend contained).
+func TestOutsidersTrafficContainsNoOne(t *testing.T) {
+	const namedPlaybook = `apiVersion: moatless.io/v1alpha1
+kind: Playbook
+metadata: {name: contain-exfiltration}
+spec:
+  trigger: {risk: 0.75, detectors: [exfiltration], identities: ["spiffe://example.org/ns/prod/*"]}
+  steps:
+  - action: notify
+  - action: isolate
+`
+	// window reports edges as n's sidecar for the minute at start.
+	window := func(t *testing.T, e *env, n *node, start time.Time, edges ...wire.EdgeRecord) {
+		t.Helper()
+		rep := e.report(edges...)
+		rep.Start, rep.End = start, start.Add(59*time.Second)
+		if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+			t.Fatalf("records: %d %s", st, body)
+		}
+	}
+	// pull is frontend's requests to orders and the bytes it got back,
+	// as orders' sidecar (inbound) and frontend's (outbound) report them.
+	pull := func(requests, bytes uint64) (in, out wire.EdgeRecord) {
+		in = inboundEdge(frontendID, "GET", "/files/{*}", "allow", requests)
+		in.RespBytes = bytes
+		out = in
+		out.Direction, out.Source, out.Destination = "outbound", "", ordersID
+		return in, out
+	}
+	for _, tc := range []struct {
+		name     string
+		playbook string
+		// act plays frontend's and orders' sidecars up to the minute now.
+		act       func(t *testing.T, e *env, frontend, orders *node, now time.Time)
+		detector  string
+		contained bool
+	}{
+		{"flash_crowd", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			// 40 ordinary minutes of 10 calls in this hour: the baseline.
+			for i := 40; i > 0; i-- {
+				in, _ := pull(10, 10_000)
+				window(t, e, orders, now.Add(-time.Duration(i)*time.Minute), in)
+			}
+			in, out := pull(1000, 1_000_000)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorRate, false},
+		{"big_downloads", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorExfiltration, false},
+		{"control_downloads_and_refusals", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			deny := inboundEdge(frontendID, "GET", "/admin/{*}", "deny", 20)
+			deny.Reason, deny.Status = "no_allow_match", 4
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in, deny)
+		}, detect.DetectorExfiltration, true},
+		{"control_named_detector", namedPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorExfiltration, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, "")
+			// Forty minutes into an hour, so that its first forty are
+			// one hour-of-day slot of the baseline; the nodes attest at
+			// that time.
+			now := e.clock.Now().UTC()
+			e.clock.Add(now.Truncate(time.Hour).Add(time.Hour + 40*time.Minute).Sub(now))
+			now = e.clock.Now().UTC().Truncate(time.Minute)
+			e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: tc.playbook}}}, nil)
+			frontend, orders := e.attest(frontendID), e.attest(ordersID)
+			tc.act(t, e, frontend, orders, now)
+
+			var got []string
+			for _, f := range findingsAbout(e, frontendID) {
+				got = append(got, f.Detector+":"+string(f.Severity))
+			}
+			if !slices.Contains(got, tc.detector+":high") {
+				t.Fatalf("findings about frontend %v, want a high %s", got, tc.detector)
+			}
+			incs := incidentsOf(t, e)
+			if len(incs) != 1 || incs[0].Identity != frontendID || !incs[0].Notified {
+				t.Fatalf("want one incident about frontend, notified: %+v", incs)
+			}
+			inc := incs[0]
+			if tc.contained {
+				if inc.State != detect.IncidentContained || !inc.Revoked {
+					t.Fatalf("want frontend contained: %+v", inc)
+				}
+				return
+			}
+			if inc.State == detect.IncidentContained || inc.Revoked || len(inc.Held) == 0 || !strings.Contains(inc.Corroboration, "only anomalies") {
+				t.Fatalf("frontend contained on what its users did: state %s, revoked %v, held %v, %s", inc.State, inc.Revoked, inc.Held, inc.Corroboration)
+			}
+		})
+	}
 }
