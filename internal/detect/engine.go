@@ -516,8 +516,11 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	// A 401 judges the token the request carried, not the caller: the
 	// caller's own identity passed mTLS, and a workload relays its users'
 	// tokens (Istio's end-user authentication), so an outsider sending
-	// bad tokens through an app must not raise the app's risk.
-	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" {
+	// bad tokens through an app must not raise the app's risk. A deny
+	// for no_policy says the destination has no policy yet (its sidecar
+	// started while the server was out of reach) and refuses every
+	// caller alike: that is not the caller probing either.
+	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" && r.Reason != "no_policy" {
 		id.denies += r.Requests
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)
