@@ -239,3 +239,46 @@ spec:
 		})
 	}
 }
+
+// TestAddressFindingsContainNoNode: attestation failures are keyed by the
+// address they came from (the connection's, never a forwarded header),
+// and a node behind the same NAT shares it. An outsider failing to attest
+// from the address of a real node (here 127.0.0.1, orders' own) raises an
+// attestation finding about the address, and a playbook matching every
+// identity opens an incident about it; but containment acts on SPIFFE
+// IDs only: the isolate step is skipped, and orders keeps its SVID and
+// its calls.
+func TestAddressFindingsContainNoNode(t *testing.T) {
+	const anyone = `apiVersion: moatless.io/v1alpha1
+kind: Playbook
+metadata: {name: contain-all}
+spec:
+  trigger: {risk: 0.5, witnesses: 1}
+  steps:
+  - action: isolate
+  - action: block-pair
+  - action: revoke-certificate
+`
+	e := start(t, "")
+	e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "all.yaml", Content: anyone}}}, nil)
+	orders := e.attest(ordersID)
+	for i := 0; i < 5; i++ {
+		st, _ := e.do(e.client(nil), "POST", wire.PathAttest, "", wire.AttestRequest{JoinToken: "not-a-token", CSR: csr(t, newKey(t))})
+		if st == 200 {
+			t.Fatal("a bad join token attested")
+		}
+	}
+	waitFor(t, "the incident about the address", func() bool { return len(incidentsOf(t, e)) == 1 })
+	inc := incidentsOf(t, e)[0]
+	if inc.Identity != "127.0.0.1" || inc.Revoked || inc.State == detect.IncidentContained || len(inc.Blocks) != 0 || len(inc.RevokedSerials) != 0 {
+		t.Fatalf("an address contained: %+v", inc)
+	}
+	for _, s := range inc.Steps {
+		if s.Outcome != detect.OutcomeSkipped {
+			t.Fatalf("step %s on an address: %s %s", s.Action, s.Outcome, s.Detail)
+		}
+	}
+	if st, body := e.do(orders.http, "POST", wire.PathRecords, "", e.report(inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 1))); st != 204 {
+		t.Fatalf("orders refused after the address's incident: %d %s", st, body)
+	}
+}
