@@ -80,25 +80,28 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 	}
 	name, sub, _ := strings.Cut(strings.TrimPrefix(rest, "role/"), "/")
 	if !strings.HasPrefix(rest, "role/") || !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["role"] = name
 	switch sub {
 	case "":
 		return s.approleRole(rq, name)
 	case "role-id":
+		// The capability first: a caller without it must not learn
+		// whether the role exists.
+		c := acl.Update
+		if rq.op == "read" {
+			c = acl.Read
+		}
+		if err := rq.need(c); err != nil {
+			return nil, err
+		}
 		var role AppRole
 		if err := s.getObject(rq, kindAppRole, name, &role); err != nil {
 			return nil, err
 		}
 		if rq.op == "read" {
-			if err := rq.need(acl.Read); err != nil {
-				return nil, err
-			}
 			return data(map[string]any{"role_id": role.RoleID}), nil
-		}
-		if err := rq.need(acl.Update); err != nil {
-			return nil, err
 		}
 		id := rq.body.str("role_id")
 		if err := rq.body.done(); err != nil {
@@ -152,7 +155,7 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 			"expiration_time": exp, "secret_id_num_uses": spec.NumUses, "secret_id_ttl": int64(spec.TTL / time.Second),
 			"cidr_list": spec.CIDRs, "metadata": spec.Metadata, "uses_left": x.UsesLeft}), nil
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func listing(keys []string) (*envelope, error) {
@@ -277,6 +280,14 @@ func (s *Service) newSecretID(rq *req, name string) (*envelope, error) {
 	if err := validCIDRs("token_bound_cidrs", tcidrs); err != nil {
 		return nil, err
 	}
+	// As in Vault: a secret ID may narrow its role's address bindings,
+	// not widen them (its token_bound_cidrs replace the role's).
+	if len(cidrs) > 0 && !cidrsWithin(cidrs, role.SecretIDBoundCIDRs) {
+		return nil, badRequest("cidr_list: must be within the role's secret_id_bound_cidrs %v", role.SecretIDBoundCIDRs)
+	}
+	if len(tcidrs) > 0 && !cidrsWithin(tcidrs, role.TokenBoundCIDRs) {
+		return nil, badRequest("token_bound_cidrs: must be within the role's token_bound_cidrs %v", role.TokenBoundCIDRs)
+	}
 	if spec.NumUses < 0 {
 		return nil, badRequest("num_uses must not be negative")
 	}
@@ -339,7 +350,9 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 	err = rq.s.db.Tx(rq.ctx, func(tx *sql.Tx) error {
 		if role.BindSecretID {
 			if secretID == "" {
-				return errf(http.StatusBadRequest, "secret_id: required")
+				// Not "secret_id: required": that told a valid role ID
+				// from an unknown one, unthrottled.
+				return errSecretID
 			}
 			x, err := s.db.ConsumeSecretID(rq.ctx, tx, hashToken(secretID), s.now())
 			if errors.Is(err, store.ErrNotFound) {
@@ -359,7 +372,14 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 				return errSecretID
 			}
 			if len(spec.TokenBoundCIDRs) > 0 {
-				tokenCIDRs = spec.TokenBoundCIDRs
+				// A secret ID made before its role's bindings were
+				// narrowed is checked against both.
+				if err := checkCIDRs(role.TokenBoundCIDRs, rq.r); err != nil {
+					return errSecretID
+				}
+				if cidrsWithin(spec.TokenBoundCIDRs, role.TokenBoundCIDRs) {
+					tokenCIDRs = spec.TokenBoundCIDRs
+				}
 			}
 			rq.details["secret_id_accessor"] = x.Accessor
 		}
@@ -368,7 +388,8 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 		}
 		var err error
 		ai, err = s.issueToken(rq, tx, issued{subject: "approle:" + o.Name, display: "approle-" + o.Name, policies: role.TokenPolicies,
-			meta: map[string]string{"role_name": o.Name}, ttl: role.TokenTTL, maxTTL: role.TokenMaxTTL, numUses: role.TokenNumUses, renewable: true})
+			meta: map[string]string{"role_name": o.Name}, ttl: role.TokenTTL, maxTTL: role.TokenMaxTTL, numUses: role.TokenNumUses, renewable: true,
+			boundCIDRs: tokenCIDRs})
 		if err != nil {
 			return err
 		}
@@ -400,7 +421,7 @@ func (s *Service) jwtRoleAPI(rq *req, rest string) (*envelope, error) {
 	}
 	name := strings.TrimPrefix(rest, "role/")
 	if !strings.HasPrefix(rest, "role/") || !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	switch rq.op {
 	case "read":

@@ -108,6 +108,14 @@ func (s *Service) authenticate(rq *req) error {
 	if !s.now().Before(t.ExpiresAt) {
 		return errPermission
 	}
+	// A token from a role with token_bound_cidrs works only from those
+	// addresses (as in Vault): one copied off the host it was issued to
+	// is refused elsewhere, before it spends a use.
+	if err := checkCIDRs(t.BoundCIDRs, r); err != nil {
+		rq.details["token_accessor"] = t.Accessor
+		rq.details["reason"] = "source address outside the token's bound CIDRs"
+		return errPermission
+	}
 	tc := tokenFromStored(&t)
 	if tc.spiffeID != "" && s.cfg.Revoked(tc.spiffeID) {
 		return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID is revoked")
@@ -149,6 +157,8 @@ type issued struct {
 	numUses   int64
 	notAfter  time.Time // the token never outlives this (a presented SVID)
 	renewable bool
+	// boundCIDRs are the only addresses the token may be used from.
+	boundCIDRs []string
 }
 
 // issueToken creates a token inside tx and returns the auth block.
@@ -184,7 +194,7 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 		in.policies = []string{}
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
-		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses,
+		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,
 		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp}
 	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
 		return nil, err
@@ -308,7 +318,7 @@ func (s *Service) jwtLogin(rq *req) (*envelope, error) {
 	rq.details["spiffe_id"] = id
 	return s.login(rq, issued{subject: "jwt:" + role, display: "jwt-" + role, policies: jr.TokenPolicies,
 		meta: map[string]string{"role": role, "spiffe_id": id}, ttl: jr.TokenTTL, maxTTL: jr.TokenMaxTTL, numUses: jr.TokenNumUses,
-		notAfter: svid.Expiry, renewable: true}, map[string]string{"method": "jwt"})
+		notAfter: svid.Expiry, renewable: true, boundCIDRs: jr.TokenBoundCIDRs}, map[string]string{"method": "jwt"})
 }
 
 func checkCIDRs(cidrs []string, r *http.Request) error {
@@ -322,6 +332,38 @@ func checkCIDRs(cidrs []string, r *http.Request) error {
 		}
 	}
 	return errors.New("source address not in the bound CIDRs")
+}
+
+// cidrsWithin reports whether every block of inner lies inside a block
+// of outer (an empty outer allows anything): a secret ID may narrow its
+// role's address bindings, never widen them.
+func cidrsWithin(inner, outer []string) bool {
+	if len(outer) == 0 {
+		return true
+	}
+	if len(inner) == 0 {
+		return false
+	}
+	for _, in := range inner {
+		_, i, err := net.ParseCIDR(in)
+		if err != nil {
+			return false
+		}
+		ones, bits := i.Mask.Size()
+		ok := false
+		for _, out := range outer {
+			_, o, err := net.ParseCIDR(out)
+			if err != nil {
+				continue
+			}
+			oOnes, oBits := o.Mask.Size()
+			ok = ok || (oBits == bits && oOnes <= ones && o.Contains(i.IP))
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func validCIDRs(field string, cidrs []string) error {
@@ -395,7 +437,7 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 	case "accessors":
 		return nil, errf(http.StatusNotFound, "listing token accessors is not supported")
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) lookupToken(rq *req, t *tokenCtx, self bool) (*envelope, error) {
@@ -421,6 +463,9 @@ func (s *Service) lookupToken(rq *req, t *tokenCtx, self bool) (*envelope, error
 	d["ttl"] = int64(st.ExpiresAt.Sub(now) / time.Second)
 	d["explicit_max_ttl"] = int64(st.MaxExpires.Sub(st.CreatedAt) / time.Second)
 	d["display_name"], d["meta"], d["renewable"], d["num_uses"] = st.DisplayName, st.Meta, st.Renewable, st.NumUses
+	if len(st.BoundCIDRs) > 0 {
+		d["bound_cidrs"] = st.BoundCIDRs
+	}
 	if self {
 		d["id"] = presentedToken(rq.r)
 	}
@@ -432,6 +477,11 @@ func (s *Service) renewToken(rq *req, t *store.SecretsToken, inc time.Duration) 
 		return nil, badRequest("token is not renewable")
 	}
 	now := s.now()
+	// An expired token waits for the maintenance loop to revoke it (and
+	// its leases); renew-accessor must not bring it back meanwhile.
+	if !now.Before(t.ExpiresAt) {
+		return nil, badRequest("token expired")
+	}
 	if inc <= 0 {
 		inc = t.TTL
 	}

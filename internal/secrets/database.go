@@ -75,8 +75,10 @@ var (
 	defaultRootRotation = []string{`ALTER ROLE "{{username}}" WITH PASSWORD '{{password}}'`}
 )
 
-// dbPool keeps one *sql.DB per connection name and configuration
-// generation.
+// dbPool keeps one *sql.DB per connection name and configuration. A
+// pool is reused only for the same DSN and size: the generation starts
+// again at 0 when a connection is deleted and configured anew (on another
+// replica, which this one's pool never hears of).
 type dbPool struct {
 	mu  sync.Mutex
 	dbs map[string]*pooled
@@ -84,6 +86,8 @@ type dbPool struct {
 
 type pooled struct {
 	gen int64
+	dsn string
+	max int64
 	db  *sql.DB
 }
 
@@ -92,14 +96,15 @@ func newDBPool() *dbPool { return &dbPool{dbs: map[string]*pooled{}} }
 func (p *dbPool) get(name string, c *dbConnection) (*sql.DB, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	dsn := c.dsn()
 	if e := p.dbs[name]; e != nil {
-		if e.gen == c.Generation {
+		if e.gen == c.Generation && e.dsn == dsn && e.max == c.MaxOpenConnections {
 			return e.db, nil
 		}
 		e.db.Close()
 		delete(p.dbs, name)
 	}
-	db, err := sql.Open("pgx", c.dsn())
+	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %s", name, redact(err.Error(), c))
 	}
@@ -109,7 +114,7 @@ func (p *dbPool) get(name string, c *dbConnection) (*sql.DB, error) {
 	}
 	db.SetMaxOpenConns(n)
 	db.SetConnMaxIdleTime(time.Minute)
-	p.dbs[name] = &pooled{gen: c.Generation, db: db}
+	p.dbs[name] = &pooled{gen: c.Generation, dsn: dsn, max: c.MaxOpenConnections, db: db}
 	return db, nil
 }
 
@@ -131,15 +136,70 @@ func (p *dbPool) closeAll() {
 	}
 }
 
-// redact removes the connection's password from a driver error (pgx
-// errors may quote the DSN).
+// redact removes the connection's passwords from a driver error (pgx
+// errors may quote the DSN): the password field's and any written into
+// the connection URL.
 func redact(msg string, c *dbConnection) string {
-	for _, s := range []string{c.Password, url.QueryEscape(c.Password)} {
+	for _, s := range append([]string{c.Password, url.QueryEscape(c.Password)}, urlPasswords(c.ConnectionURL)...) {
 		if s != "" {
 			msg = strings.ReplaceAll(msg, s, "[redacted]")
 		}
 	}
 	return msg
+}
+
+// urlPasswords returns the passwords written into a connection URL
+// instead of the {{password}} placeholder (in its userinfo, or a password
+// query parameter), as written and unescaped.
+func urlPasswords(raw string) []string {
+	var out []string
+	splitURL(raw, func(p string) string {
+		out = append(out, p)
+		if u, err := url.PathUnescape(p); err == nil && u != p {
+			out = append(out, u)
+		}
+		return p
+	})
+	return out
+}
+
+// maskedURL is a connection URL as reads show it: a password written into
+// it is masked, as Vault masks it (its PRs 4300 and 14744); placeholders
+// are shown as they are.
+func maskedURL(raw string) string {
+	return splitURL(raw, func(string) string { return "*****" })
+}
+
+// splitURL rebuilds a postgres:// URL with each password written into it
+// (not the {{password}} placeholder) replaced by f's result. The userinfo
+// ends at the last '@' before the query: a password may hold '/' or '@'
+// unescaped, and masking too much is the safe side.
+func splitURL(raw string, f func(password string) string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	pre, query, hasQuery := strings.Cut(rest, "?")
+	if at := strings.LastIndexByte(pre, '@'); at >= 0 {
+		if user, pw, ok := strings.Cut(pre[:at], ":"); ok && pw != "" && pw != "{{password}}" {
+			pre = user + ":" + f(pw) + pre[at:]
+		}
+	}
+	if !hasQuery {
+		return scheme + "://" + pre
+	}
+	query, frag, hasFrag := strings.Cut(query, "#")
+	params := strings.Split(query, "&")
+	for i, kv := range params {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.EqualFold(k, "password") && v != "" && v != "{{password}}" {
+			params[i] = k + "=" + f(v)
+		}
+	}
+	out := scheme + "://" + pre + "?" + strings.Join(params, "&")
+	if hasFrag {
+		out += "#" + frag
+	}
+	return out
 }
 
 func (s *Service) loadConnection(ctx context.Context, q store.Queryer, name string, lock bool) (*dbConnection, error) {
@@ -177,7 +237,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 	if name == "" && rq.op == "list" {
 		k := map[string]string{"config": kindDBConnection, "roles": kindDBRole}[kind]
 		if k == "" {
-			return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+			return nil, rq.noRoute()
 		}
 		if err := rq.need(acl.List); err != nil {
 			return nil, err
@@ -189,7 +249,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 		return listing(names)
 	}
 	if !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["name"] = name
 	switch kind {
@@ -224,7 +284,7 @@ func (s *Service) databaseAPI(rq *req, rest string) (*envelope, error) {
 		rq.audited = false
 		return nil, nil
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
@@ -237,9 +297,10 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Never the password; the URL as configured (with placeholders).
+		// Never a password; the URL as configured (with placeholders),
+		// a password written into it masked.
 		return data(map[string]any{"plugin_name": c.Plugin, "allowed_roles": c.AllowedRoles, "root_credentials_rotate_statements": c.RootRotation,
-			"connection_details": map[string]any{"connection_url": c.ConnectionURL, "username": c.Username, "max_open_connections": c.MaxOpenConnections},
+			"connection_details": map[string]any{"connection_url": maskedURL(c.ConnectionURL), "username": c.Username, "max_open_connections": c.MaxOpenConnections},
 			"password_policy":    "", "verify_connection": true}), nil
 	case "delete":
 		if err := rq.need(acl.Delete); err != nil {
@@ -587,11 +648,15 @@ func (s *Service) revokeDBUser(ctx context.Context, l dbLease, now time.Time) er
 }
 
 // rotateRoot sets a new random password for the connection's admin user,
-// so only Moatless knows it. The new password is stored before it is set
-// in PostgreSQL under the connection's row lock; if setting it fails the
-// old one is kept.
+// so only Moatless knows it. PostgreSQL takes it under the connection's
+// row lock, in the transaction that stores it with its audit record; if
+// that transaction fails afterwards (the audit log unavailable, the
+// store), the old password is set back, or nobody would know the admin
+// password any more. If setting the old one fails too, the answer says so.
 func (s *Service) rotateRoot(rq *req, name string) error {
-	return rq.tx(func(tx *sql.Tx) error {
+	var changed *dbConnection // set once PostgreSQL has the new password
+	var old string
+	err := rq.tx(func(tx *sql.Tx) error {
 		c, err := s.loadConnection(rq.ctx, tx, name, true)
 		if err != nil {
 			return err
@@ -600,24 +665,54 @@ func (s *Service) rotateRoot(rq *req, name string) error {
 			return badRequest("rotate-root needs username, password and a connection_url with {{username}} and {{password}}")
 		}
 		pass := generatePassword()
-		sts := c.RootRotation
-		if len(sts) == 0 {
-			sts = defaultRootRotation
-		}
-		var out []string
-		for _, st := range sts {
-			out = append(out, strings.NewReplacer("{{username}}", c.Username, "{{name}}", c.Username, "{{password}}", pass).Replace(st))
-		}
 		db, err := s.dbs.get(name, c)
 		if err != nil {
 			return err
 		}
-		if err := execAll(rq.ctx, db, out); err != nil {
+		if err := execAll(rq.ctx, db, rootStatements(c, pass)); err != nil {
 			return errf(http.StatusInternalServerError, "rotate-root failed (the old password is still in force): %s", redactPass(err.Error(), pass, c))
 		}
+		old = c.Password
 		c.Password = pass
 		c.Generation++
 		s.dbs.drop(name)
+		changed = c
 		return s.saveConnection(rq.ctx, tx, name, c)
 	})
+	if err == nil || changed == nil {
+		return err
+	}
+	if rerr := restoreRoot(context.WithoutCancel(rq.ctx), changed, old); rerr != nil {
+		msg := redactPass(rerr.Error(), old, changed)
+		s.log.Error("rotate-root: PostgreSQL took the new admin password but it was not stored, and setting the old one back failed",
+			"db", name, "err", msg, "cause", err)
+		return errf(http.StatusInternalServerError, "rotate-root failed after PostgreSQL took the new password, and setting the old one back failed (%s): "+
+			"set the admin password by hand and write database/config/%s again", msg, name)
+	}
+	return err
+}
+
+// rootStatements are the connection's root rotation statements for pass.
+func rootStatements(c *dbConnection, pass string) []string {
+	sts := c.RootRotation
+	if len(sts) == 0 {
+		sts = defaultRootRotation
+	}
+	var out []string
+	for _, st := range sts {
+		out = append(out, strings.NewReplacer("{{username}}", c.Username, "{{name}}", c.Username, "{{password}}", pass).Replace(st))
+	}
+	return out
+}
+
+// restoreRoot logs in with the password PostgreSQL has now (c's) and sets
+// old again, on a connection of its own (the pool is keyed by the stored
+// configuration, which still has old).
+func restoreRoot(ctx context.Context, c *dbConnection, old string) error {
+	db, err := sql.Open("pgx", c.dsn())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return execAll(ctx, db, rootStatements(c, old))
 }

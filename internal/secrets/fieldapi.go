@@ -29,7 +29,7 @@ func (c keyCipher) Decrypt(_ context.Context, ct string, ctx []byte) ([]byte, er
 func (s *Service) fieldAPI(rq *req, rest string) (*envelope, error) {
 	op, name, _ := strings.Cut(rest, "/")
 	if (op != "encrypt" && op != "decrypt") || !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	if rq.op != "update" {
 		return nil, errf(http.StatusMethodNotAllowed, "%s is POST", rq.path)

@@ -1,6 +1,8 @@
 package secrets
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +13,7 @@ import (
 // typed values within their bounds.
 func FuzzParams(f *testing.F) {
 	for _, s := range []string{
-		`{"data":{"a":"b"},"options":{"cas":1}}`,
+		`{"data":{"a":"b"},"options":{"cas":1}}`, `{"a":1,"a":2}`, `{"a":1,"b":{"a":2}}`, ` {} `, `null`,
 		`{"ttl":"1h","increment":3600,"num_uses":"5","policies":"a,b","meta":"{\"k\":\"v\"}"}`,
 		`{"batch_input":[{"plaintext":"aGk="}]}`, `{}`, ``, `[]`, `{"a":1}{"b":2}`, `{"ttl":"99999999999d"}`,
 	} {
@@ -21,6 +23,22 @@ func FuzzParams(f *testing.F) {
 		p, err := parseParams([]byte(body))
 		if err != nil {
 			return
+		}
+		// Accepted: at most MaxParams members, each once, so the standard
+		// reader (last one wins) sees exactly the same members.
+		if len(p.m) > MaxParams {
+			t.Fatalf("%d members accepted", len(p.m))
+		}
+		if tr := bytes.TrimSpace([]byte(body)); len(tr) > 0 && string(tr) != "null" {
+			var std map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(body), &std); err != nil || len(std) != len(p.m) {
+				t.Fatalf("accepted %q: the standard reader sees %d members (%v), we %d", body, len(std), err, len(p.m))
+			}
+			for k, v := range std {
+				if !bytes.Equal(v, p.m[k]) {
+					t.Fatalf("member %q: %s here, %s for the standard reader", k, p.m[k], v)
+				}
+			}
 		}
 		if d := p.duration("ttl"); p.err == nil && (d < 0 || d > MaxDuration) {
 			t.Fatalf("duration %v out of bounds", d)
@@ -149,4 +167,46 @@ func TestParamsErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzMaskedURL: a password written into a connection URL's userinfo or
+// password parameter never survives masking, whatever it holds; and
+// masking never panics on any string.
+func FuzzMaskedURL(f *testing.F) {
+	for _, s := range []string{"hunter2", "p@ss", "a:b", "yourStrong%28%21%29", "{{password}}", "x/y", "*"} {
+		f.Add(s, "postgres://u:{{password}}@h/db")
+	}
+	f.Fuzz(func(t *testing.T, pw, raw string) {
+		maskedURL(raw)
+		urlPasswords(raw)
+		if pw == "" || pw == "{{password}}" || strings.ContainsAny(pw, "?#") {
+			return
+		}
+		for _, u := range []string{"postgres://admin:" + pw + "@127.0.0.1:5432/app?sslmode=disable", "postgres://127.0.0.1/app?password=" + strings.ReplaceAll(pw, "&", "%26")} {
+			m := maskedURL(u)
+			if !strings.Contains(m, "*****") {
+				t.Fatalf("%q masked as %q", u, m)
+			}
+			if strings.Contains(pw, "&") || strings.Contains(pw, "*") {
+				continue
+			}
+			if strings.Contains(strings.TrimPrefix(m, "postgres://"), ":"+pw+"@") || strings.Contains(m, "password="+pw) {
+				t.Fatalf("%q masked as %q", u, m)
+			}
+		}
+	})
+}
+
+// FuzzBatchItems: batch_input is read item by item; whatever it holds,
+// an accepted list has 1 to MaxBatch objects.
+func FuzzBatchItems(f *testing.F) {
+	for _, s := range []string{`[{"plaintext":"aGk="}]`, `[]`, `[{},{}]`, `[1]`, `[{"a":1,"a":2}]`, `[null]`, `{}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		items, err := batchItems(json.RawMessage(raw))
+		if err == nil && (len(items) == 0 || len(items) > MaxBatch) {
+			t.Fatalf("%d items accepted", len(items))
+		}
+	})
 }

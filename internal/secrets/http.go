@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/secrets/acl"
@@ -242,10 +243,21 @@ func (rq *req) readBody() error {
 	return nil
 }
 
-// need checks the token's capability on the request path (or on path
-// when given). Denials are audited by finish.
+// aclPath is the path the ACL decides on: the request path, with a
+// trailing "/" for a list, as Vault checks a list (a policy grants
+// listing with "secret/metadata/app/" or "secret/metadata/app/*", and a
+// deny on "secret/metadata/app/" stops it).
+func (rq *req) aclPath() string {
+	if rq.op == "list" {
+		return rq.path + "/"
+	}
+	return rq.path
+}
+
+// need checks the token's capability on the request's aclPath (or on
+// path when given). Denials are audited by finish.
 func (rq *req) need(c acl.Capability, path ...string) error {
-	p := rq.path
+	p := rq.aclPath()
 	if len(path) > 0 {
 		p = path[0]
 	}
@@ -254,6 +266,22 @@ func (rq *req) need(c acl.Capability, path ...string) error {
 		return errPermission
 	}
 	return nil
+}
+
+// noRoute answers a path nothing serves: 404, as in Vault, for a caller
+// with some capability on the path, and 403 for one with none, so an
+// unprivileged caller cannot tell a missing mount, role or endpoint from
+// a forbidden one (Vault checks the ACL before routing).
+func (rq *req) noRoute(detail ...string) error {
+	if rq.tok == nil || rq.tok.acl.Capabilities(rq.aclPath()) == 0 {
+		rq.details["denied_capability"] = "any"
+		return errPermission
+	}
+	msg := fmt.Sprintf("no handler for route %q", rq.path)
+	if len(detail) > 0 {
+		msg += ": " + detail[0]
+	}
+	return errf(http.StatusNotFound, "%s", msg)
 }
 
 // needOp checks the capability of the request's operation.
@@ -346,7 +374,9 @@ func (rq *req) finish(resp *envelope, err error) {
 	if !rq.audited && !(status == http.StatusServiceUnavailable && rq.tok == nil) && status != http.StatusTooManyRequests {
 		rq.details["status"] = strconv.Itoa(status)
 		if len(msgs) > 0 && msgs[0] != "" {
-			rq.details["error"] = msgs[0]
+			// Bounded: an error may quote what the caller sent, and a
+			// record is written (and fsynced) for refusals of anyone.
+			rq.details["error"] = truncate(msgs[0], 1024)
 		}
 		if aerr := rq.s.cfg.Audit.Append(context.WithoutCancel(rq.ctx), rq.event(outcome)); aerr != nil {
 			rq.s.log.Error("audit log unavailable: refusing the secrets request", "err", aerr)
@@ -401,19 +431,74 @@ type params struct {
 	err  error
 }
 
+// MaxParams bounds the members of a request body's top-level object. The
+// largest request takes about 15; the bound is read member by member, so
+// a body of 2 MiB of tiny members (about 200,000, which decoded into a map
+// at once cost 40 MB, before authentication) is refused after 256.
+const MaxParams = 256
+
+// parseParams reads a body's top-level JSON object member by member: at
+// most MaxParams members, each name once. A repeated name is refused: Go
+// keeps the last, other readers the first, and a check in front that read
+// the other one would be bypassed.
 func parseParams(b []byte) (*params, error) {
 	p := &params{m: map[string]json.RawMessage{}, used: map[string]bool{}}
 	if len(bytes.TrimSpace(b)) == 0 {
 		return p, nil
 	}
+	bad := func(err error) error {
+		return badRequest("body: want a JSON object: %v", strings.TrimPrefix(err.Error(), "json: "))
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&p.m); err != nil {
-		return nil, badRequest("body: want a JSON object: %v", strings.TrimPrefix(err.Error(), "json: "))
+	t, err := dec.Token()
+	switch {
+	case err != nil:
+		return nil, bad(err)
+	case t == nil: // null: Vault's clients send it for a write without data
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return nil, badRequest("body holds data after the JSON object")
+		}
+		return p, nil
+	case t != json.Delim('{'):
+		return nil, badRequest("body: want a JSON object")
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad(err)
+		}
+		k, _ := t.(string)
+		if _, dup := p.m[k]; dup {
+			return nil, badRequest("body: member %q given more than once", truncate(k, 64))
+		}
+		if len(p.m) == MaxParams {
+			return nil, badRequest("body: more than %d members", MaxParams)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, bad(err)
+		}
+		p.m[k] = v
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, bad(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, badRequest("body holds data after the JSON object")
 	}
 	return p, nil
+}
+
+// truncate shortens s to at most n bytes (on a rune boundary) for an
+// error message or an audit record.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // has reports whether a field is present (and not null).
@@ -615,7 +700,14 @@ func (p *params) done() error {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return badRequest("unknown parameters: %s", strings.Join(unknown, ", "))
+		more := ""
+		if len(unknown) > 10 {
+			unknown, more = unknown[:10], fmt.Sprintf(" and %d more", len(unknown)-10)
+		}
+		for i, k := range unknown {
+			unknown[i] = truncate(k, 64)
+		}
+		return badRequest("unknown parameters: %s%s", strings.Join(unknown, ", "), more)
 	}
 	return nil
 }

@@ -60,7 +60,7 @@ func (s *Service) kvAPI(rq *req, mount, rest string) (*envelope, error) {
 		return s.kvConfigAPI(rq, mount)
 	}
 	if path == "" && !(kind == "metadata" && rq.op == "list") {
-		return nil, errf(http.StatusNotFound, "no handler for route %q: a secret path is required", rq.path)
+		return nil, rq.noRoute("a secret path is required")
 	}
 	if len(path) > 512 {
 		return nil, badRequest("secret path longer than 512 bytes")
@@ -127,6 +127,9 @@ func (s *Service) kvAPI(rq *req, mount, rest string) (*envelope, error) {
 			}
 			return nil, err
 		}
+	}
+	if rq.tok.acl.Capabilities(rq.aclPath()) == 0 {
+		return nil, rq.noRoute() // a 405 would tell that the mount exists
 	}
 	return nil, errf(http.StatusMethodNotAllowed, "unsupported operation %s on %s", rq.r.Method, rq.path)
 }

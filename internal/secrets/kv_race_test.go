@@ -1,17 +1,11 @@
 package secrets
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
-	"encoding/json"
-	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 
 	"github.com/moatless/moatless/internal/audit"
-	"github.com/moatless/moatless/internal/secrets/barrier"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/store/storetest"
 )
@@ -34,33 +28,11 @@ func TestKVWriteRechecksExistenceInItsTransaction(t *testing.T) {
 }
 
 func testKVWriteRechecks(t *testing.T, db *store.DB) {
-	const adminToken = "admin-test"
-	svc, err := New(Config{Store: db, Audit: discardAudit{}, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
-		Peer:  func(*http.Request) (*Peer, error) { return nil, nil },
-		Admin: func(r *http.Request) (string, bool) { return "admin", r.Header.Get("X-Vault-Token") == adminToken }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := barrier.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.UnsealKey(t.Context(), k); err != nil {
-		t.Fatal(err)
-	}
+	const adminToken = testAdminToken
+	ts := newTestService(t, db)
 	call := func(method, path, token string, body any) (int, map[string]any) {
 		t.Helper()
-		var b []byte
-		if body != nil {
-			b, _ = json.Marshal(body)
-		}
-		r := httptest.NewRequest(method, "/v1/"+path, bytes.NewReader(b))
-		r.Header.Set("X-Vault-Token", token)
-		w := httptest.NewRecorder()
-		svc.ServeHTTP(w, r)
-		var out map[string]any
-		json.Unmarshal(w.Body.Bytes(), &out)
-		return w.Code, out
+		return ts.call(method, path, token, body)
 	}
 	tokenWith := func(name, path, caps string) string {
 		t.Helper()

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -201,7 +200,7 @@ func (s *Service) policiesAPI(rq *req, rest string) (*envelope, error) {
 		}
 		return data(res), nil
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) policySetAt(rq *req) (uint64, []*acl.Policy, error) {

@@ -44,7 +44,7 @@ func (s *Service) route(rq *req) (*envelope, error) {
 			return s.kvAPI(rq, first, rest)
 		}
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q: route entry not found", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) isKVMount(rq *req, name string) (bool, error) {
@@ -114,10 +114,15 @@ func (s *Service) sysAPI(rq *req, rest string) (*envelope, error) {
 		// server does not keep after unsealing.
 		return nil, errf(http.StatusNotImplemented, "rotating the keyring's data key is not supported yet")
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func (s *Service) mountInfo(rq *req, m string) (*envelope, error) {
+	// As Vault: only to a caller with some capability under the mount,
+	// so it cannot be used to enumerate mounts.
+	if !rq.tok.acl.AnyUnder(m) {
+		return nil, errPermission
+	}
 	ok, err := s.isKVMount(rq, m)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -20,10 +21,10 @@ import (
 // MaxBatch bounds batch_input.
 const MaxBatch = 1000
 
-// transitEntry caches an unsealed key at one generation.
+// transitEntry caches an unsealed key with the sealed blob it came from.
 type transitEntry struct {
-	gen int64
-	key *transit.Key
+	sealed []byte
+	key    *transit.Key
 }
 
 // transitSpec is what the store shows of a key in the clear: enough to
@@ -37,9 +38,14 @@ type transitSpec struct {
 	LatestAt time.Time `json:"latest_at"`
 }
 
-// loadKey returns the key, from the cache when its generation (a cheap
-// primary-key read) has not moved. The cached key is shared: callers must
-// not change it (updateKey works on a fresh copy).
+// loadKey returns the key, from the cache when the stored blob is the one
+// the cached key was opened from. Every save seals afresh (a random
+// nonce), so any change, on this replica or another, shows as another
+// blob. The generation is not enough: it starts again at 1 when a key is
+// deleted and created anew, and a replica that cached the deleted key at
+// generation 1 would go on encrypting and decrypting with it. The cached
+// key is shared: callers must not change it (updateKey works on a fresh
+// copy).
 func (s *Service) loadKey(rq *req, name string) (*transit.Key, error) {
 	o, err := s.db.SecretsObject(rq.ctx, s.db.SQL(), kindTransitKey, name, false)
 	if errors.Is(err, store.ErrNotFound) {
@@ -48,18 +54,14 @@ func (s *Service) loadKey(rq *req, name string) (*transit.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	var spec transitSpec
-	if err := json.Unmarshal(o.Spec, &spec); err != nil {
-		return nil, err
-	}
-	if e, ok := s.transit.Load(name); ok && e.(*transitEntry).gen == spec.Generation {
+	if e, ok := s.transit.Load(name); ok && bytes.Equal(e.(*transitEntry).sealed, o.Sealed) {
 		return e.(*transitEntry).key, nil
 	}
 	k, err := s.openKey(name, o.Sealed)
 	if err != nil {
 		return nil, err
 	}
-	s.transit.Store(name, &transitEntry{gen: spec.Generation, key: k})
+	s.transit.Store(name, &transitEntry{sealed: o.Sealed, key: k})
 	return k, nil
 }
 
@@ -176,12 +178,12 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		kind := name
 		name, sub, _ = strings.Cut(sub, "/")
 		if kind != "plaintext" && kind != "wrapped" {
-			return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+			return nil, rq.noRoute()
 		}
 		sub = kind
 	}
 	if !acl.ValidName(name) {
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	rq.details["key"] = name
 	switch op {
@@ -189,7 +191,7 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 		return s.transitKeys(rq, name, sub)
 	case "encrypt", "decrypt", "rewrap", "datakey", "hmac", "sign", "verify":
 	default:
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	if rq.op != "update" {
 		return nil, errf(http.StatusMethodNotAllowed, "%s is POST", rq.path)
@@ -350,7 +352,7 @@ func (s *Service) transitAPI(rq *req, rest string) (*envelope, error) {
 			return map[string]any{"valid": ok}, nil
 		})
 	}
-	return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+	return nil, rq.noRoute()
 }
 
 func algParam(p *params, field, fromPath string) (string, error) {
@@ -396,12 +398,9 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 	if rq.body.err != nil { // a malformed top-level field
 		return nil, rq.body.err
 	}
-	var items []map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil || len(items) == 0 {
-		return nil, badRequest("batch_input: want a non-empty list of objects")
-	}
-	if len(items) > MaxBatch {
-		return nil, badRequest("batch_input: at most %d items", MaxBatch)
+	items, err := batchItems(raw)
+	if err != nil {
+		return nil, err
 	}
 	// Top-level fields other than the batch knobs become defaults of each
 	// item (Vault lets context etc. be given once).
@@ -454,6 +453,40 @@ func (s *Service) batch(rq *req, fn func(it *params) (map[string]any, error), ig
 	return env, nil
 }
 
+// batchItems reads batch_input item by item: at most MaxBatch objects
+// (counted as they are read, not after 2 MiB of empty objects were
+// decoded), each read like a body (parseParams: members bounded, each
+// name once).
+func batchItems(raw json.RawMessage) ([]map[string]json.RawMessage, error) {
+	bad := badRequest("batch_input: want a non-empty list of objects")
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return nil, bad
+	}
+	var items []map[string]json.RawMessage
+	for dec.More() {
+		if len(items) == MaxBatch {
+			return nil, badRequest("batch_input: at most %d items", MaxBatch)
+		}
+		var it json.RawMessage
+		if err := dec.Decode(&it); err != nil {
+			return nil, bad
+		}
+		if t := bytes.TrimSpace(it); len(t) == 0 || t[0] != '{' {
+			return nil, bad
+		}
+		p, err := parseParams(it)
+		if err != nil {
+			return nil, badRequest("batch_input[%d]: %s", len(items), err.Error())
+		}
+		items = append(items, p.m)
+	}
+	if len(items) == 0 {
+		return nil, bad
+	}
+	return items, nil
+}
+
 func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
 	switch sub {
 	case "":
@@ -489,7 +522,7 @@ func (s *Service) transitKeys(rq *req, name, sub string) (*envelope, error) {
 		}
 		return data(keyInfo(k)), nil
 	default:
-		return nil, errf(http.StatusNotFound, "no handler for route %q", rq.path)
+		return nil, rq.noRoute()
 	}
 	switch rq.op {
 	case "read":

@@ -151,26 +151,33 @@ type SecretsToken struct {
 	TTL         time.Duration
 	Renewable   bool
 	NumUses     int64 // remaining uses; 0 unlimited
-	CreatedAt   time.Time
-	ExpiresAt   time.Time
-	MaxExpires  time.Time
+	// BoundCIDRs, when not empty, are the only client addresses the
+	// token may be used from.
+	BoundCIDRs []string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	MaxExpires time.Time
 }
 
 // CreateSecretsToken stores a new token.
 func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) error {
 	pol, _ := json.Marshal(t.Policies)
 	meta, _ := json.Marshal(t.Meta)
+	cidrs := []byte("[]")
+	if len(t.BoundCIDRs) > 0 {
+		cidrs, _ = json.Marshal(t.BoundCIDRs)
+	}
 	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
-		num_uses, created_at, expires_at, max_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		num_uses, created_at, expires_at, max_expires_at, bound_cidrs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
-		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires))
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs))
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at"
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs"
 
 // SecretsTokenByHash finds a token by the SHA-256 of its value.
 func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
@@ -184,9 +191,9 @@ func (s *DB) SecretsTokenByAccessor(ctx context.Context, q Queryer, accessor str
 
 func scanToken(r *sql.Row) (SecretsToken, error) {
 	var t SecretsToken
-	var pol, meta string
+	var pol, meta, cidrs string
 	var ttl, renew, created, exp, maxExp int64
-	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp)
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("%w: token", ErrNotFound)
 	}
@@ -198,6 +205,9 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 	}
 	if err := json.Unmarshal([]byte(meta), &t.Meta); err != nil {
 		return t, fmt.Errorf("store: token meta: %w", err)
+	}
+	if err := json.Unmarshal([]byte(cidrs), &t.BoundCIDRs); err != nil {
+		return t, fmt.Errorf("store: token bound CIDRs: %w", err)
 	}
 	t.TTL, t.Renewable = time.Duration(ttl), renew != 0
 	t.CreatedAt, t.ExpiresAt, t.MaxExpires = fromNS(created), fromNS(exp), fromNS(maxExp)

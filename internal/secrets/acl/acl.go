@@ -393,5 +393,33 @@ func (a *ACL) Capabilities(p string) Capability {
 // Allowed reports whether the ACL grants every capability in want on p.
 func (a *ACL) Allowed(p string, want Capability) bool { return a.Capabilities(p)&want == want }
 
+// AnyUnder reports whether the ACL grants some capability on some path
+// under mount (a path's first segment): what Vault checks before it
+// describes a mount to a caller (sys/internal/ui/mounts), so a caller
+// learns of the mounts it can use and no others.
+func (a *ACL) AnyUnder(mount string) bool {
+	if a.root {
+		return true
+	}
+	for p, c := range a.exact {
+		if c != 0 && c&Deny == 0 && strings.HasPrefix(p, mount+"/") {
+			return true
+		}
+	}
+	for _, g := range a.globs {
+		if g.caps == 0 || g.caps&Deny != 0 {
+			continue
+		}
+		first := g.segs[0]
+		switch {
+		case first == "+", first == mount && len(g.segs) > 1:
+			return true
+		case g.prefix && len(g.segs) == 1 && strings.HasPrefix(mount, first): // "*", "sec*"
+			return true
+		}
+	}
+	return false
+}
+
 // IsRoot reports whether this is the admin ACL.
 func (a *ACL) IsRoot() bool { return a.root }

@@ -161,3 +161,32 @@ func FuzzParseDocument(f *testing.F) {
 		New([]*Policy{&p}).Capabilities("secret/data/x")
 	})
 }
+
+// TestAnyUnder: a mount is described (sys/internal/ui/mounts) only to a
+// caller with some capability under it, as Vault's hasMountAccess does.
+func TestAnyUnder(t *testing.T) {
+	tests := []struct {
+		name, policy, mount string
+		want                bool
+	}{
+		{"exact_path_under", `path "team/data/x" { capabilities = ["read"] }`, "team", true},
+		{"exact_path_elsewhere", `path "secret/data/x" { capabilities = ["read"] }`, "team", false},
+		{"exact_path_of_a_longer_mount", `path "teams/data/x" { capabilities = ["read"] }`, "team", false},
+		{"glob_under", `path "team/metadata/*" { capabilities = ["list"] }`, "team", true},
+		{"plus_first_segment", `path "+/data/*" { capabilities = ["read"] }`, "team", true},
+		{"star", `path "*" { capabilities = ["read"] }`, "team", true},
+		{"prefix_of_the_mount", `path "te*" { capabilities = ["read"] }`, "team", true},
+		{"prefix_of_another", `path "tx*" { capabilities = ["read"] }`, "team", false},
+		{"deny_only", `path "team/*" { capabilities = ["deny"] }`, "team", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := New([]*Policy{mustPolicy(t, "p", tc.policy)}).AnyUnder(tc.mount); got != tc.want {
+				t.Errorf("AnyUnder(%q) = %v, want %v", tc.mount, got, tc.want)
+			}
+		})
+	}
+	if !Root().AnyUnder("x") {
+		t.Error("root")
+	}
+}
