@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/netutil"
 
 	"github.com/moatless/moatless/internal/attest"
 	"github.com/moatless/moatless/internal/telemetry"
@@ -25,6 +26,14 @@ import (
 
 // DefaultHealthListen is where /healthz, /readyz and /metrics are served.
 const DefaultHealthListen = "127.0.0.1:8089"
+
+// maxHealthConns bounds the health listener's open connections; more wait
+// in the kernel's accept queue. Any local user may connect to it, and each
+// connection is one of the agent's file descriptors for up to ReadTimeout:
+// without a bound, a user opening connections faster than they time out
+// would leave the agent none (Prometheus bounds its own listener the same
+// way, --web.max-connections).
+const maxHealthConns = 64
 
 // Config configures an Agent.
 type Config struct {
@@ -326,6 +335,7 @@ func (a *Agent) startHealth() error {
 	if err != nil {
 		return fmt.Errorf("agent: health listener: %w", err)
 	}
+	lis = netutil.LimitListener(lis, maxHealthConns)
 	mux := http.NewServeMux()
 	alive := func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }
 	mux.HandleFunc("GET /healthz", alive)

@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -558,5 +562,99 @@ func TestJWTSVIDBudgetSpentIsResourceExhausted(t *testing.T) {
 	}
 	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
 		t.Fatalf("a cached JWT-SVID is still served: %v", err)
+	}
+}
+
+// TestHealthListenerBoundsConnections: any local user may connect to the
+// health listener, and each connection it holds is one of the agent's
+// file descriptors. Past maxHealthConns open connections, a new one waits
+// in the kernel's accept queue (costing the agent nothing) and is served
+// once another closes.
+func TestHealthListenerBoundsConnections(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	af := startAgent(t, f, "t", t.TempDir())
+	addr := af.a.HealthAddr().String()
+	get := []byte("GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
+	// answered reads one response on c within d.
+	answered := func(c net.Conn, br *bufio.Reader, d time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(d))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	var held []net.Conn
+	for i := range maxHealthConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write(get)
+		if !answered(c, bufio.NewReader(c), 10*time.Second) {
+			t.Fatalf("connection %d of %d not answered", i+1, maxHealthConns)
+		}
+		held = append(held, c) // kept alive, idle
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.Write(get)
+	br := bufio.NewReader(extra)
+	if answered(extra, br, 200*time.Millisecond) {
+		t.Fatalf("a connection past %d open ones was served: the agent holds a descriptor for each", maxHealthConns)
+	}
+	held[0].Close()
+	if !answered(extra, br, 10*time.Second) {
+		t.Fatal("the waiting connection was not served after another closed")
+	}
+}
+
+// TestJWTSVIDShareOfOneIdentity: the server's JWT-SVID budget is per node,
+// and any workload with an identity may ask for a token per audience set
+// it makes up. One that asks for new audiences without end gets its share
+// (jwtShareBurst at once, on a clock that does not move) and then
+// ResourceExhausted, without the agent asking the server for more; another
+// identity on the node still gets new JWT-SVIDs, and the spent one still
+// gets those it has cached.
+func TestJWTSVIDShareOfOneIdentity(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{
+		uidEntry("e1", "spiffe://example.org/greedy", time.Hour),
+		uidEntry("e2", "spiffe://example.org/other", time.Hour),
+	}
+	frozen := time.Now()
+	af := startAgentWith(t, f, "t", "", func(c *Config) { c.Now = func() time.Time { return frozen } })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := client(t, af.sock)
+	greedy, _ := spiffeid.FromString("spiffe://example.org/greedy")
+	other, _ := spiffeid.FromString("spiffe://example.org/other")
+	served := 0
+	var err error
+	for i := range jwtShareBurst + 50 {
+		if _, err = c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: fmt.Sprintf("made-up-%d", i), Subject: greedy}); err != nil {
+			break
+		}
+		served++
+	}
+	if served != jwtShareBurst || status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "share") {
+		t.Fatalf("served %d new JWT-SVIDs, then %v; want %d, then ResourceExhausted naming the share", served, err, jwtShareBurst)
+	}
+	if _, jwtCalls, _, _ := f.counts(); jwtCalls != jwtShareBurst {
+		t.Fatalf("the server was asked for %d JWT-SVIDs, want %d", jwtCalls, jwtShareBurst)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "made-up-0", Subject: greedy}); err != nil {
+		t.Fatalf("a cached JWT-SVID of the spent identity: %v", err)
+	}
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "made-up-0", Subject: other}); err != nil {
+		t.Fatalf("another identity on the node: %v", err)
 	}
 }

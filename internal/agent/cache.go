@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"golang.org/x/time/rate"
 
 	"github.com/moatless/moatless/internal/wire"
 	"github.com/moatless/moatless/internal/workload"
@@ -33,6 +34,15 @@ const (
 	signBatch = 500
 	// maxJWTCache bounds the cached JWT-SVIDs (entry × audience set).
 	maxJWTCache = 10000
+	// jwtShareRate and jwtShareBurst bound the new JWT-SVIDs one SPIFFE ID
+	// may make the agent ask the server for: per second sustained, and at
+	// once. The server's budget is per node (server.DefaultJWTSVIDRate
+	// 100/s, burst 1,000), and any workload may ask for a token per
+	// audience set it makes up: without a share, one workload could spend
+	// the whole node's budget and leave every other one without new
+	// JWT-SVIDs. A tenth each; tokens already cached are not counted.
+	jwtShareRate  = 10
+	jwtShareBurst = 100
 )
 
 // cachedX509 is a workload SVID and what it was signed for. Its expiry is
@@ -79,6 +89,7 @@ type Cache struct {
 	entries        map[string]wire.Entry
 	x509           map[string]*cachedX509 // by entry ID
 	jwt            map[string]*cachedJWT
+	jwtShare       map[string]*rate.Limiter // by SPIFFE ID
 	revokedIDs     map[string]struct{}
 	revokedSerials map[string]struct{}
 	revocations    *wire.Revocations // as received: when and why
@@ -100,7 +111,7 @@ func newCache(s signer, cfg CacheConfig) *Cache {
 	c := &Cache{
 		signer: s, log: cfg.Logger, now: cfg.Now, base: cfg.BackoffBase, maxB: cfg.BackoffMax,
 		wake: make(chan struct{}, 1), synced: make(chan struct{}),
-		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{},
+		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{}, jwtShare: map[string]*rate.Limiter{},
 		revokedIDs: map[string]struct{}{}, revokedSerials: map[string]struct{}{},
 	}
 	if c.log == nil {
@@ -197,6 +208,15 @@ func (c *Cache) SetEntries(entries []wire.Entry) {
 	for k, j := range c.jwt {
 		if e, ok := next[strings.SplitN(k, "\x00", 2)[0]]; !ok || e.SPIFFEID != j.spiffeID {
 			delete(c.jwt, k)
+		}
+	}
+	live := make(map[string]bool, len(next))
+	for _, e := range next {
+		live[e.SPIFFEID] = true
+	}
+	for id := range c.jwtShare {
+		if !live[id] {
+			delete(c.jwtShare, id)
 		}
 	}
 	c.entries = next
@@ -463,6 +483,12 @@ func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []s
 	if cached != nil && now.Before(cached.reuseTil) {
 		return cached.token, nil
 	}
+	if !c.jwtShareAllows(id.SPIFFEID.String(), now) {
+		if cached != nil && now.Before(cached.expires) {
+			return cached.token, nil
+		}
+		return "", fmt.Errorf("agent: %s: %w (%d at once, %d per second)", id.SPIFFEID, workload.ErrJWTSVIDShare, jwtShareBurst, jwtShareRate)
+	}
 	resp, err := c.signer.SignJWT(ctx, id.EntryID, audience)
 	if err != nil {
 		if cached != nil && now.Before(cached.expires) {
@@ -513,6 +539,19 @@ func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []s
 	}
 	c.jwt[key] = entry
 	return resp.Token, nil
+}
+
+// jwtShareAllows takes one new JWT-SVID from the share of SPIFFE ID id
+// (jwtShareRate, jwtShareBurst), or reports that it is spent.
+func (c *Cache) jwtShareAllows(id string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	lim := c.jwtShare[id]
+	if lim == nil {
+		lim = rate.NewLimiter(jwtShareRate, jwtShareBurst)
+		c.jwtShare[id] = lim
+	}
+	return lim.AllowN(now, 1)
 }
 
 // EarliestExpiry returns when the first served workload SVID expires

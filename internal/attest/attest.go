@@ -43,10 +43,22 @@ type Peer struct {
 // read /proc/PID/exe (an agent without root attesting another user's
 // process, or a process that made itself non-dumpable); the image then
 // changes if it later becomes readable.
+//
+// ExeTrusted is whether the executable's path and content are the word of
+// the agent's own privilege rather than the caller's: the file lies on a
+// mount of the process's own mount namespace, that namespace was made in
+// the agent's user namespace (not in one a user created with unshare(2),
+// where any user may bind-mount or overlay what they like over any path),
+// it is not FUSE (whose server, possibly the caller, can answer the
+// agent's reads with other bytes than the kernel executed), and the
+// process is in the agent's user namespace (the owner of another may
+// trace the process whatever Yama says). unix:path and unix:sha256 are
+// given only for a trusted executable.
 type Image struct {
-	StartTime uint64
-	Dev, Ino  uint64
-	ExeKnown  bool
+	StartTime  uint64
+	Dev, Ino   uint64
+	ExeKnown   bool
+	ExeTrusted bool
 }
 
 // Binder is implemented by attestors that can bind a connection to the

@@ -3,6 +3,7 @@
 package attest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -34,6 +35,10 @@ import (
 //	unix:path:/abs/path         the caller's binary (/proc/PID/exe)
 //	unix:sha256:HEX             SHA-256 of that binary
 //
+// unix:path and unix:sha256 are given only for a binary whose path and
+// bytes the caller could not choose (Image.ExeTrusted): not one executed
+// from a mount namespace of a user namespace a user made, nor from FUSE.
+//
 // Races: Unix is a Binder. A peer bound when its connection was accepted
 // is attested only while it still runs the bound image: same start time
 // (not a reused PID), same executable device and inode (no execve since),
@@ -56,6 +61,10 @@ type Unix struct {
 
 	mu    sync.Mutex
 	cache map[fileKey]string
+
+	userNSOnce sync.Once
+	userNS     unix.Stat_t
+	userNSErr  error
 }
 
 type fileKey struct {
@@ -99,6 +108,11 @@ func (u *Unix) Bind(_ context.Context, peer Peer) (Image, error) {
 	img := Image{StartTime: start}
 	if img.Dev, img.Ino, img.ExeKnown, err = exeIdentity(dir); err != nil {
 		return Image{}, err
+	}
+	if img.ExeKnown {
+		if img.ExeTrusted, err = u.exeTrusted(dir, img); err != nil {
+			return Image{}, err
+		}
 	}
 	if err := u.same(dir, peer, img.StartTime); err != nil {
 		return Image{}, err
@@ -248,6 +262,10 @@ func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire
 	if !img.ExeKnown || key.dev != img.Dev || key.ino != img.Ino {
 		return nil, ErrExecuted
 	}
+	if !img.ExeTrusted {
+		// The path and the bytes are the caller's to choose (see Image).
+		return nil, nil
+	}
 	// The descriptor's own path: the file it opened, whatever the
 	// process runs by now.
 	path, err := os.Readlink(filepath.Join(u.procRoot, "self", "fd", strconv.Itoa(int(f.Fd()))))
@@ -261,6 +279,191 @@ func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire
 		sels = append(sels, sel("sha256", sum))
 	}
 	return sels, nil
+}
+
+// nsGetUserNS is NS_GET_USERNS (linux/nsfs.h: _IO(0xb7, 0x1)): the
+// user namespace that owns a namespace, as a new descriptor.
+const nsGetUserNS = 0xb701
+
+// exeTrusted reports whether the executable the process at dir runs,
+// whose device and inode img holds, is one whose path and content only
+// the agent's own privilege could have chosen (Image.ExeTrusted).
+//
+// /proc/PID/exe names the file as seen from the mount it was executed
+// through. A user who makes a user and mount namespace (unshare -Urm)
+// may bind-mount any file over /usr/local/bin/web there and execute it:
+// the link then reads /usr/local/bin/web and the running file is theirs.
+// A process of the same user in the agent's namespace can execute that
+// file too, through /proc/PID/root of the first. So the executable's
+// mount must be one of the process's own namespace, and that namespace
+// must be owned by the agent's user namespace: an unprivileged user can
+// neither add a mount to such a namespace (save FUSE through the setuid
+// fusermount) nor return to one after leaving it. On FUSE, the server
+// that answers the kernel's reads sees who reads and may answer the
+// agent's hash with other bytes than it gave exec(2).
+func (u *Unix) exeTrusted(dir string, img Image) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, "exe"))
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return false, nil
+		}
+		return false, gone(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return false, fmt.Errorf("attest: stat binary: %w", err)
+	}
+	if st.Dev != img.Dev || st.Ino != img.Ino {
+		// It executed another program meanwhile: Attest refuses it.
+		return false, nil
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return false, fmt.Errorf("attest: statfs binary: %w", err)
+	}
+	if fs.Type == unix.FUSE_SUPER_MAGIC {
+		return false, nil
+	}
+	mnt, err := u.mountID(fd)
+	if err != nil {
+		return false, err
+	}
+	if ok, err := mountListed(filepath.Join(dir, "mountinfo"), mnt); err != nil || !ok {
+		return false, err
+	}
+	if ok, err := u.inAgentUserNS(dir); err != nil || !ok {
+		return false, err
+	}
+	return u.nsOwnedByAgent(dir)
+}
+
+// inAgentUserNS reports whether the process at dir is in the agent's own
+// user namespace. The owner of a user namespace holds every capability in
+// it, CAP_SYS_PTRACE included: a user who starts a binary inside one they
+// made (unshare -U) may trace it and write its memory even where Yama's
+// admin-only mode (ptrace_scope 2) forbids that outside, so the binary
+// says nothing about what the process does.
+func (u *Unix) inAgentUserNS(dir string) (bool, error) {
+	self, err := u.agentUserNS()
+	if err != nil {
+		return false, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "ns", "user"), &st); err != nil {
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			return false, nil
+		}
+		return false, gone(err)
+	}
+	return st.Dev == self.Dev && st.Ino == self.Ino, nil
+}
+
+// mountID returns the ID of the mount fd was opened through: statx (Linux
+// ≥ 5.8), else /proc/self/fdinfo (≥ 3.15).
+func (u *Unix) mountID(fd int) (uint64, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err == nil && stx.Mask&unix.STATX_MNT_ID != 0 {
+		return stx.Mnt_id, nil
+	}
+	b, err := readProcFile(filepath.Join(u.procRoot, "self", "fdinfo", strconv.Itoa(fd)))
+	if err != nil {
+		return 0, fmt.Errorf("attest: mount of the binary: %w", err)
+	}
+	for line := range bytes.SplitSeq(b, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte("mnt_id:")); ok {
+			id, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("attest: mount of the binary: %w", err)
+			}
+			return id, nil
+		}
+	}
+	return 0, errors.New("attest: mount of the binary: no mnt_id in fdinfo")
+}
+
+// mountListed reports whether the mountinfo file at path lists the mount
+// id (its first field).
+func mountListed(path string, id uint64) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return false, nil
+		}
+		return false, gone(err)
+	}
+	defer f.Close()
+	want := strconv.FormatUint(id, 10) + " "
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := r.ReadSlice('\n')
+		if bytes.HasPrefix(line, []byte(want)) {
+			return true, nil
+		}
+		for errors.Is(err, bufio.ErrBufferFull) { // a line longer than the buffer: skip its rest
+			_, err = r.ReadSlice('\n')
+		}
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, gone(err)
+		}
+	}
+}
+
+// nsOwnedByAgent reports whether the mount namespace of the process at
+// dir is owned by the agent's own user namespace.
+func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
+	self, err := u.agentUserNS()
+	if err != nil {
+		return false, err
+	}
+	ns, err := os.Open(filepath.Join(dir, "ns", "mnt"))
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return false, nil
+		}
+		return false, gone(err)
+	}
+	defer ns.Close()
+	var st unix.Stat_t
+	owner, err := unix.IoctlRetInt(int(ns.Fd()), nsGetUserNS)
+	switch {
+	case err == nil:
+		defer unix.Close(owner)
+		if err := unix.Fstat(owner, &st); err != nil {
+			return false, fmt.Errorf("attest: owner of the mount namespace: %w", err)
+		}
+	case errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
+		// Before Linux 4.9: the process's own user namespace. An
+		// unprivileged process in the agent's can only be in a mount
+		// namespace of the same owner.
+		if err := unix.Stat(filepath.Join(dir, "ns", "user"), &st); err != nil {
+			if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+				return false, nil
+			}
+			return false, gone(err)
+		}
+	case errors.Is(err, unix.EPERM):
+		// Owned by a user namespace outside the agent's.
+		return false, nil
+	default:
+		return false, fmt.Errorf("attest: owner of the mount namespace: %w", err)
+	}
+	return st.Dev == self.Dev && st.Ino == self.Ino, nil
+}
+
+// agentUserNS is the agent's own user namespace, read once.
+func (u *Unix) agentUserNS() (unix.Stat_t, error) {
+	u.userNSOnce.Do(func() {
+		u.userNSErr = unix.Stat(filepath.Join(u.procRoot, "self", "ns", "user"), &u.userNS)
+		if u.userNSErr != nil {
+			u.userNSErr = fmt.Errorf("attest: the agent's user namespace: %w", u.userNSErr)
+		}
+	})
+	return u.userNS, u.userNSErr
 }
 
 func gone(err error) error {

@@ -495,3 +495,186 @@ func BenchmarkUnixBind(b *testing.B) {
 		}
 	}
 }
+
+// helperEnv makes the test binary, re-executed with it set, the attacker
+// of TestUnixAttestBinaryInUserNamespace. As "unshare" it plays the
+// unprivileged user's unshare -Urm ("unshare-user": unshare -Ur): it
+// starts itself again as "bind-exec" in a user and mount namespace of its
+// own (its uid is root there), prints that process's PID and waits for
+// it. As "bind-exec" it bind-mounts argument 1 (unless empty) over
+// argument 2 and executes argument 2.
+const helperEnv = "MOATLESS_ATTEST_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "unshare", "unshare-user":
+		flags := uintptr(syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS)
+		if os.Getenv(helperEnv) == "unshare-user" {
+			flags = syscall.CLONE_NEWUSER
+		}
+		c := exec.Command(os.Args[0], os.Args[1:]...)
+		c.Env = []string{helperEnv + "=bind-exec"}
+		c.Stderr = os.Stderr
+		c.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags:  flags,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}},
+		}
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "user namespace:", err)
+			os.Exit(3)
+		}
+		fmt.Println(c.Process.Pid)
+		c.Wait()
+		os.Exit(0)
+	case "bind-exec":
+		src, dst := os.Args[1], os.Args[2]
+		if src != "" {
+			if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+				fmt.Fprintln(os.Stderr, "bind mount:", err)
+				os.Exit(2)
+			}
+		}
+		err := syscall.Exec(dst, []string{dst, "30"}, nil)
+		fmt.Fprintln(os.Stderr, "exec:", err)
+		os.Exit(2)
+	}
+	os.Exit(2)
+}
+
+// TestUnixAttestBinaryInUserNamespace: a local user without privilege
+// makes a user and mount namespace (unshare -Urm), bind-mounts a program
+// of their own over an allowed binary's path there and executes it.
+// /proc/PID/exe then names the allowed path (SPIRE's unix attestor
+// reports it as unix:path: spiffe/spire#1433), and a second process of
+// the same user in the agent's own namespace can execute the same file
+// through /proc/PID/root. Neither may be described by the allowed path,
+// nor by a hash of bytes whose source it chose. Nor may a genuine binary
+// the user started inside a user namespace of their own (unshare -Ur),
+// which the user may trace at will. None of them gets unix:path or
+// unix:sha256 (uid and gid still come from the kernel); the same binary
+// started plainly by the same user does.
+func TestUnixAttestBinaryInUserNamespace(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Files every user may read and execute: the test's own temporary
+	// directories are private to it.
+	dir, err := os.MkdirTemp("", "moatless-attest-bind-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allowed, evil, helper := filepath.Join(dir, "allowed"), filepath.Join(dir, "evil"), filepath.Join(dir, "helper")
+	copyFile("/bin/true", allowed)
+	copyFile(sleep, evil)
+	copyFile(self, helper)
+
+	uid, gid := os.Geteuid(), os.Getegid()
+	var cred *syscall.SysProcAttr
+	if uid == 0 {
+		// Play an unprivileged user.
+		uid, gid = 65534, 65534
+		cred = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}}
+	}
+	// start runs a process as that user and returns its PID once it runs
+	// want.
+	start := func(c *exec.Cmd, want string) int {
+		t.Helper()
+		c.Stderr = os.Stderr
+		c.SysProcAttr = cred
+		out, err := c.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		pid := c.Process.Pid
+		if c.Path == helper {
+			if _, err := fmt.Fscan(out, &pid); err != nil {
+				t.Skipf("cannot make a user namespace here (%v)", err)
+			}
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == want {
+				return pid
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d never ran %s", pid, want)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	helperCmd := func(mode, src, dst string) *exec.Cmd {
+		c := exec.Command(helper, src, dst)
+		c.Env = []string{helperEnv + "=" + mode}
+		return c
+	}
+	bound := start(helperCmd("unshare", evil, allowed), allowed)
+	tests := []struct {
+		name    string
+		pid     int
+		trusted bool
+	}{
+		{"bind_mounted_in_its_own_namespace", bound, false},
+		{"through_proc_root", start(exec.Command(fmt.Sprintf("/proc/%d/root%s", bound, allowed), "30"), allowed), false},
+		{"genuine_binary_in_its_own_user_namespace", start(helperCmd("unshare-user", "", evil), evil), false},
+		{"genuine_binary_outside_namespaces", start(exec.Command(evil, "30"), evil), true},
+	}
+	u := NewUnix(UnixConfig{SkipNames: true})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pidfd, err := unix.PidfdOpen(tc.pid, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(pidfd)
+			peer := Peer{PID: int32(tc.pid), UID: uint32(uid), GID: uint32(gid), PIDFD: pidfd}
+			img, err := u.Bind(context.Background(), peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			peer.Image = &img
+			got, err := u.Attest(context.Background(), peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(got, wire.Selector{Type: "unix", Value: "uid:" + strconv.Itoa(uid)}) {
+				t.Errorf("unix:uid missing from %v", got)
+			}
+			var exeSels []wire.Selector
+			for _, s := range got {
+				if strings.HasPrefix(s.Value, "path:") || strings.HasPrefix(s.Value, "sha256:") {
+					exeSels = append(exeSels, s)
+				}
+			}
+			switch {
+			case !tc.trusted && exeSels != nil:
+				t.Errorf("a binary the caller chose the source of is described by %v (all: %v)", exeSels, got)
+			case tc.trusted && !slices.Contains(got, wire.Selector{Type: "unix", Value: "path:" + evil}):
+				t.Errorf("unix:path:%s missing from %v", evil, got)
+			}
+		})
+	}
+}

@@ -72,6 +72,10 @@ type Corroboration struct {
 	// what a playbook's detectors filter looks at before it contains
 	// (Reaches).
 	Detectors []string `json:"detectors,omitempty"`
+	// Evidence are the detectors of the corroborated findings that are
+	// more than an anomaly (Finding.Anomaly), sorted: a playbook whose
+	// trigger names no detectors contains only with one (Reaches).
+	Evidence []string `json:"evidence,omitempty"`
 	// Witnesses are the distinct nodes, the identity's own aside, that
 	// reported findings about it.
 	Witnesses []string `json:"witnesses,omitempty"`
@@ -136,10 +140,14 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 		if !contains(c.Detectors, f.Detector) {
 			c.Detectors = append(c.Detectors, f.Detector)
 		}
+		if !f.Anomaly() && !contains(c.Evidence, f.Detector) {
+			c.Evidence = append(c.Evidence, f.Detector)
+		}
 		by = append(by, f.ID+" "+why)
 	}
 	c.Risk = RiskOf(ok, since)
 	sort.Strings(c.Detectors)
+	sort.Strings(c.Evidence)
 	switch {
 	case len(ok) > 0:
 		c.Why = "corroborated: " + strings.Join(by, "; ")
@@ -155,10 +163,43 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 // Reaches reports whether c, the judgement of identity's findings,
 // reaches pb's trigger by itself: the corroborated risk reaches the
 // trigger's risk and, when the trigger names detectors, a corroborated
-// finding is of one of them. What the playbook's destructive steps wait
-// for; when not, Short says what is missing.
+// finding is of one of them; when it names none, a corroborated finding
+// is more than an anomaly (Finding.Anomaly). What the playbook's
+// destructive steps wait for; when not, Short says what is missing.
+//
+// Anomalies alone alert: a flash crowd, or users downloading much through
+// a frontend, lifts that frontend's rate and volume as a compromise would,
+// and neither the frontend's own records nor a second node tell them
+// apart. With evidence of compromise (refusals by policy, personal data,
+// a token replayed, a revoked credential) they still add to the risk; a
+// trigger that names their detector contains on them alone.
 func (c Corroboration) Reaches(pb Playbook, identity string) bool {
-	return pb.Matches(identity, c.Risk, c.Detectors)
+	return pb.Matches(identity, c.Risk, c.Detectors) && (len(pb.Trigger.Detectors) > 0 || len(c.Evidence) > 0)
+}
+
+// Anomaly reports whether f says only that its identity did more, or
+// other, than it used to: a rate above its baseline, a new edge, new
+// paths, a volume of responses, a burst of token exchanges. A workload
+// that serves the mesh's users does all of these when they do (a flash
+// crowd, a flood through the gateway, big downloads, paths the app
+// forwards), so an outsider can raise them about an innocent workload.
+// Refusals by policy, personal data in responses, a reused refresh token
+// or code, failed attestations and revoked credentials are not anomalies.
+// A finding folds detections of one key, so one that ever counted such
+// evidence (its evidence keys stay) is not an anomaly either.
+func (f *Finding) Anomaly() bool {
+	has := func(k string) bool { _, ok := f.Evidence[k]; return ok }
+	switch f.Detector {
+	case DetectorRate, DetectorNewEdge:
+		return true
+	case DetectorProbing:
+		return !has("refusals_per_minute")
+	case DetectorExfiltration:
+		return !has("pii_matches_per_minute")
+	case DetectorToken:
+		return has("exchanges_per_minute") && !has("reuse")
+	}
+	return false
 }
 
 // Short says why c does not reach pb's trigger, in a clause ("" when it
@@ -170,12 +211,14 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 		return ""
 	case c.Risk < t.Risk:
 		return fmt.Sprintf("corroborated risk %.2f < %.2f", c.Risk, t.Risk)
-	case len(t.Detectors) > 0:
+	case len(t.Detectors) > 0 && !pb.Matches(identity, c.Risk, c.Detectors):
 		got := "none"
 		if len(c.Detectors) > 0 {
 			got = strings.Join(c.Detectors, ", ")
 		}
 		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), got)
+	case len(t.Detectors) == 0 && len(c.Evidence) == 0 && pb.Matches(identity, c.Risk, c.Detectors):
+		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", strings.Join(c.Detectors, ", "))
 	}
 	return "the trigger does not match"
 }

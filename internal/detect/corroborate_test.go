@@ -146,3 +146,70 @@ func TestCorroborationReaches(t *testing.T) {
 		t.Fatalf("corroboration %+v", c)
 	}
 }
+
+// An anomaly alone alerts: a playbook whose trigger names no detectors
+// contains only when a corroborated finding is evidence of compromise
+// (see TestOutsidersTrafficContainsNoOne in internal/server for the
+// attack: a flash crowd or big downloads through a frontend).
+func TestAnomaliesAloneAlert(t *testing.T) {
+	const payments = "spiffe://example.org/ns/prod/sa/payments"
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	pb := Playbook{Name: "p", Trigger: Trigger{Risk: 0.75}}
+	named := Playbook{Name: "n", Trigger: Trigger{Risk: 0.75, Detectors: []string{DetectorRate}}}
+	// own: a finding its own node reported (corroborated), of detector
+	// det with these evidence keys.
+	own := func(id, det string, sev Severity, keys ...string) Finding {
+		f := Finding{ID: id, Identity: payments, Detector: det, Severity: sev, LastSeen: now, Reporters: []string{payments}, Evidence: map[string]string{}}
+		for _, k := range keys {
+			f.Evidence[k] = "1"
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		name   string
+		fs     []Finding
+		ok     bool
+		okNamd bool
+	}{
+		{"rate", []Finding{own("a", DetectorRate, High)}, false, true},
+		{"new_edge_and_rate", []Finding{own("a", DetectorRate, High), own("b", DetectorNewEdge, Medium)}, false, true},
+		{"new_paths", []Finding{own("a", DetectorProbing, High, "new_paths", "kind")}, false, false},
+		{"volume", []Finding{own("a", DetectorExfiltration, High, "bytes_per_minute", "kind")}, false, false},
+		{"exchange_burst", []Finding{own("a", DetectorToken, High, "exchanges_per_minute", "kind")}, false, false},
+		{"refusals", []Finding{own("a", DetectorProbing, High, "refusals_per_minute")}, true, false},
+		{"paths_then_refusals_folded", []Finding{own("a", DetectorProbing, High, "new_paths", "refusals_per_minute")}, true, false},
+		{"pii", []Finding{own("a", DetectorExfiltration, High, "pii_matches_per_minute", "bytes_per_minute")}, true, false},
+		{"refresh_reuse", []Finding{own("a", DetectorToken, High, "grant", "reuse")}, true, false},
+		{"burst_with_reuse_folded", []Finding{own("a", DetectorToken, High, "exchanges_per_minute", "reuse")}, true, false},
+		{"revoked", []Finding{own("a", DetectorRevoked, High)}, true, false},
+		{"rate_with_refusals", []Finding{own("a", DetectorRate, High), own("b", DetectorProbing, Medium, "refusals_per_minute")}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Corroborate(payments, tc.fs, now.Add(-time.Hour), 0, nil)
+			if got := c.Reaches(pb, payments); got != tc.ok {
+				t.Fatalf("Reaches = %v, want %v: %+v", got, tc.ok, c)
+			}
+			if short := c.Short(pb, payments); tc.ok != (short == "") || (!tc.ok && !strings.Contains(short, "only anomalies corroborated")) {
+				t.Fatalf("Short = %q", short)
+			}
+			if got := c.Reaches(named, payments); got != tc.okNamd {
+				t.Fatalf("with detectors [rate]: Reaches = %v, want %v", got, tc.okNamd)
+			}
+		})
+	}
+}
+
+// The engine marks a reused token so that an exchange burst folded into
+// the same finding leaves it evidence.
+func TestTokenReuseStaysEvidence(t *testing.T) {
+	e := NewEngine(config.DetectSettings{})
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	fs := e.Observe(now, Event{Time: now, Kind: EventRefreshReuse, Identity: "app", Detail: map[string]string{"grant": "g"}})
+	for i := 0; i < e.Settings().Thresholds.ExchangeBurst; i++ {
+		fs = append(fs, e.Observe(now, Event{Time: now, Kind: EventTokenExchange, Identity: "app"})...)
+	}
+	last := fs[len(fs)-1]
+	if last.Evidence["kind"] != "exchange_burst" || last.Anomaly() {
+		t.Fatalf("reuse then burst: %+v", last)
+	}
+}

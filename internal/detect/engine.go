@@ -516,8 +516,11 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	// A 401 judges the token the request carried, not the caller: the
 	// caller's own identity passed mTLS, and a workload relays its users'
 	// tokens (Istio's end-user authentication), so an outsider sending
-	// bad tokens through an app must not raise the app's risk.
-	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" {
+	// bad tokens through an app must not raise the app's risk. A deny
+	// for no_policy says the destination has no policy yet (its sidecar
+	// started while the server was out of reach) and refuses every
+	// caller alike: that is not the caller probing either.
+	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" && r.Reason != "no_policy" {
 		id.denies += r.Requests
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)
@@ -563,9 +566,9 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	var f *Finding
 	switch ev.Kind {
 	case EventRefreshReuse:
-		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("a rotated refresh token of %s was presented again: the token was stolen or replayed", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("a rotated refresh token of %s was presented again: the token was stolen or replayed", ev.Identity), withReuse(ev.Detail, "refresh_token"), nil)
 	case EventCodeReuse:
-		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("an authorization code of %s was redeemed twice", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorToken, High, ev.Identity, "", fmt.Sprintf("an authorization code of %s was redeemed twice", ev.Identity), withReuse(ev.Detail, "authorization_code"), nil)
 	case EventTokenExchange:
 		id := e.ident(ev.Identity, ev.Time)
 		if id == nil {
@@ -601,6 +604,18 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 	}
 	f.addReporter(ev.Reporter)
 	return take([]*Finding{f})
+}
+
+// withReuse is a copy of detail that says what was reused: the mark
+// that keeps a token_anomaly finding evidence (Finding.Anomaly) when an
+// exchange burst folds into it.
+func withReuse(detail map[string]string, what string) map[string]string {
+	out := make(map[string]string, len(detail)+1)
+	for k, v := range detail {
+		out[k] = v
+	}
+	out["reuse"] = what
+	return out
 }
 
 // raise records a detection: it updates the open finding of the same

@@ -82,7 +82,9 @@ type Trigger struct {
 	Risk float64 `json:"risk,omitempty"`
 	// Detectors, when set, require an open finding of one of them; the
 	// destructive steps (Destructive) also a corroborated one
-	// (Corroboration.Reaches), else they are held.
+	// (Corroboration.Reaches), else they are held. Unset, the destructive
+	// steps need a corroborated finding that is more than an anomaly
+	// (Finding.Anomaly): anomalies alone alert.
 	Detectors []string `json:"detectors,omitempty"`
 	// Identities, when set, limit the playbook to identities matching one
 	// of these SPIFFE IDs or patterns ("*" stands for any run of

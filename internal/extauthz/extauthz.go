@@ -25,21 +25,25 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
+	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/tlsconf"
 )
@@ -77,6 +81,11 @@ type Config struct {
 	// OnDecision, when set, is called with every denial (the server
 	// audits them). It must not block.
 	OnDecision func(context.Context, Record)
+	// HandshakeTimeout bounds a connection's handshake (TLS on a TCP
+	// listener); default 10 s. gRPC's own is 120 s: a peer that opens
+	// connections and never completes one holds a descriptor and a
+	// goroutine each for that long, without any credential.
+	HandshakeTimeout time.Duration
 }
 
 // Server answers Check calls.
@@ -85,6 +94,7 @@ type Server struct {
 	cfg       Config
 	decisions *prometheus.CounterVec
 	custom    *prometheus.CounterVec
+	outputs   atomic.Pointer[outputMemo]
 }
 
 // New checks cfg and builds a Server; it listens on nothing (Serve does).
@@ -94,6 +104,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -131,7 +144,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 	if t := a.GetRequest().GetTime(); t != nil && t.IsValid() {
 		req.Time = t.AsTime()
 	}
-	req.Source.Principal = strings.TrimPrefix(a.GetSource().GetPrincipal(), "spiffe://")
+	req.Source.Principal = spiffePrincipal(a.GetSource().GetPrincipal())
 	if sa := a.GetSource().GetAddress().GetSocketAddress(); sa != nil && sa.GetAddress() != "" {
 		ip, err := netip.ParseAddr(sa.GetAddress())
 		if err != nil {
@@ -147,7 +160,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 			req.Destination.IP = ip.Unmap()
 		}
 	}
-	req.Destination.Principal = strings.TrimPrefix(a.GetDestination().GetPrincipal(), "spiffe://")
+	req.Destination.Principal = spiffePrincipal(a.GetDestination().GetPrincipal())
 	ext := a.GetContextExtensions()
 	if ns, ok := ext["namespace"]; ok {
 		req.Destination.Namespace = ns
@@ -167,7 +180,8 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 	req.Protocol = policy.HTTP
 	req.Method, req.Host, req.Path = h.GetMethod(), h.GetHost(), h.GetPath()
 	if req.Path == "" {
-		req.Path = "/"
+		// Envoy sends every HTTP request's target; none is not "/".
+		return nil, errors.New("the HTTP request has no path")
 	}
 	for k, v := range h.GetHeaders() {
 		if strings.HasPrefix(k, ":") {
@@ -186,6 +200,26 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 		req.Headers.Add(http.CanonicalHeaderKey(hv.GetKey()), v)
 	}
 	return req, nil
+}
+
+// spiffePrincipal is the principal policies match for Envoy's p: a
+// SPIFFE ID without "spiffe://", as Istio writes principals, and ""
+// (no principal, as a plaintext peer) for anything else. Envoy's
+// principal is a certificate's URI SAN, else its DNS SAN, else its
+// subject: names a CA may take from the requester ("CN=x/ns/prod/sa/admin"),
+// which namespace and suffix patterns would otherwise match. A sidecar
+// admits SPIFFE certificates only, and "moatless policy check" refuses
+// any other principal.
+func spiffePrincipal(p string) string {
+	if p == "" {
+		return ""
+	}
+	if _, err := spiffeid.FromString(p); err != nil {
+		return ""
+	}
+	// A valid ID is its own canonical form (lower-case scheme and trust
+	// domain, no trailing "/"): what follows the scheme as sent.
+	return p[len("spiffe://"):]
 }
 
 func parseLabels(s string) (map[string]string, error) {
@@ -207,6 +241,7 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	set, version := s.cfg.Policy()
 	req, err := Request(cr, s.cfg.Destination, s.cfg.Now())
 	var dec policy.Decision
+	var forged []string
 	switch {
 	case err != nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
@@ -217,10 +252,130 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		if v == nil {
 			v = refuseTokens{}
 		}
-		dec = set.Evaluate(req, v)
+		forged, dec = s.decide(set, req, v)
 	}
 	s.record(ctx, cr, req, dec, version)
-	return response(dec, req), nil
+	return response(dec, req, forged), nil
+}
+
+// decide evaluates req, denying on a panic: gRPC does not recover a
+// handler's, the process would exit, and an Envoy configured with
+// failure_mode_allow reads an unreachable ext_authz server as an allow.
+func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifier) (forged []string, dec policy.Decision) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.cfg.Logger.Error("ext_authz decision panicked; denied", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			forged, dec = nil, policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "internal error"}
+		}
+	}()
+	forged = s.forgedHeaders(set, req)
+	return forged, set.Evaluate(req, v)
+}
+
+// forgedHeaders deletes from req, before it is decided, the headers a
+// caller may not send, and returns their names as sent (lower case) for
+// Envoy to remove from an allowed request: the headers
+// RequestAuthentication writes for the app (outputClaimToHeaders,
+// outputPayloadToHeader) under any spelling, on requests with a token or
+// without, and the "_" twins of the headers policies read (every "_" name
+// when a Rego provider reads them all). Envoy forwards what ext_authz does
+// not remove, and WSGI, CGI, PHP and Rack read x_user and X-User as one
+// variable, so the app would take a caller's copy for the verified one.
+// These are the sidecar's rules (internal/proxy/headers.go), so a request
+// reaches the app through Envoy as it would through the sidecar.
+func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
+	var owned []string
+	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
+		owned = s.outputHeaders(rules)
+	}
+	underscore := false
+	for k := range req.Headers {
+		if strings.IndexByte(k, '_') >= 0 {
+			underscore = true
+			break
+		}
+	}
+	if len(owned) == 0 && !underscore {
+		return nil
+	}
+	var read []string
+	all := false
+	if underscore {
+		names, a := set.RequestHeaders(req.Destination)
+		all = a
+		for _, h := range names {
+			// A name the policy spells with "_" is its own.
+			if !strings.Contains(h, "_") {
+				read = append(read, foldHeaderName(h))
+			}
+		}
+	}
+	var out []string
+	for k := range req.Headers {
+		folds := func(f string) bool { return foldsTo(k, f) }
+		if slices.ContainsFunc(owned, folds) || (strings.IndexByte(k, '_') >= 0 && (all || slices.ContainsFunc(read, folds))) {
+			delete(req.Headers, k)
+			out = append(out, strings.ToLower(k))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// outputMemo is the folded output headers of one rule list.
+type outputMemo struct {
+	rules  []*securityv1beta1.JWTRule
+	folded []string
+}
+
+// outputHeaders is authn.OutputHeaders(rules) folded (foldHeaderName),
+// remembered for the last rule list: a policy set returns the same list
+// for a destination until it is replaced.
+func (s *Server) outputHeaders(rules []*securityv1beta1.JWTRule) []string {
+	if m := s.outputs.Load(); m != nil && len(m.rules) == len(rules) && &m.rules[0] == &rules[0] {
+		return m.folded
+	}
+	folded := authn.OutputHeaders(rules)
+	for i, h := range folded {
+		folded[i] = foldHeaderName(h)
+	}
+	s.outputs.Store(&outputMemo{rules: rules, folded: folded})
+	return folded
+}
+
+// foldsTo reports whether foldHeaderName(h) == f, without allocating.
+func foldsTo(h, f string) bool {
+	if len(h) != len(f) {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != f[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// foldHeaderName is h as a CGI-style app compares it: ASCII lower case
+// (header names are ASCII tokens), "_" read as "-".
+func foldHeaderName(h string) string {
+	b := []byte(h)
+	for i, c := range b {
+		switch {
+		case c == '_':
+			b[i] = '-'
+		case 'A' <= c && c <= 'Z':
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 type refuseTokens struct{}
@@ -232,8 +387,9 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, _ *policy.Request) 
 	return nil, errors.New("extauthz: no JWT verifier configured")
 }
 
-// response is Envoy's answer to dec.
-func response(dec policy.Decision, req *policy.Request) *authv3.CheckResponse {
+// response is Envoy's answer to dec; an allow removes the forged headers
+// (forgedHeaders) but those it sets, which it overwrites.
+func response(dec policy.Decision, req *policy.Request, forged []string) *authv3.CheckResponse {
 	switch dec.Outcome {
 	case policy.Allow:
 		ok := &authv3.OkHttpResponse{}
@@ -253,6 +409,28 @@ func response(dec policy.Decision, req *policy.Request) *authv3.CheckResponse {
 		}
 		for _, k := range sortedKeys(dec.Headers) {
 			set(k, dec.Headers[k])
+		}
+		isSet := func(k string) bool {
+			return slices.ContainsFunc(ok.Headers, func(h *corev3.HeaderValueOption) bool { return h.GetHeader().GetKey() == k })
+		}
+		for _, k := range forged {
+			// A name set here is overwritten (every copy) and must not
+			// also be removed, whichever edit Envoy makes first.
+			if !isSet(k) {
+				ok.HeadersToRemove = append(ok.HeadersToRemove, k)
+			}
+		}
+		if req != nil && len(ok.Headers) > 0 {
+			// The "_" spelling of a header set here (a Rego result's) would
+			// reach a CGI-style app as the same variable.
+			var twins []string
+			for k := range req.Headers {
+				if l := strings.ToLower(k); strings.IndexByte(l, '_') >= 0 && !isSet(l) && isSet(foldHeaderName(l)) {
+					twins = append(twins, l)
+				}
+			}
+			slices.Sort(twins)
+			ok.HeadersToRemove = append(ok.HeadersToRemove, twins...)
 		}
 		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
 	case policy.Unauthenticated:
@@ -342,6 +520,11 @@ func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener,
 		if p == "" {
 			return nil, nil, errors.New("extauthz: empty unix socket path")
 		}
+		// Only a stale socket is replaced: a path naming anything else is
+		// a mistake, and its file is not ours to delete.
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().Type() != os.ModeSocket {
+			return nil, nil, fmt.Errorf("extauthz: %s exists and is not a socket; give a socket path", p)
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, nil, fmt.Errorf("extauthz: %w", err)
 		}
@@ -372,7 +555,7 @@ func Listen(addr string, tlsConf *tls.Config, allowUIDs []uint32) (net.Listener,
 
 // Serve serves Check on l until ctx ends.
 func (s *Server) Serve(ctx context.Context, l net.Listener, creds credentials.TransportCredentials) error {
-	g := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20))
+	g := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20), grpc.ConnectionTimeout(s.cfg.HandshakeTimeout))
 	authv3.RegisterAuthorizationServer(g, s)
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(l) }()

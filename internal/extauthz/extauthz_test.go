@@ -30,7 +30,7 @@ import (
 // regoSet loads internal/policy/testdata/rego (the example, a
 // role-based and an ownership-based policy) with a RequestAuthentication
 // for an issuer whose tokens sign signs.
-func regoSet(t *testing.T) (*policy.Set, func(claims map[string]any) string) {
+func regoSet(t testing.TB) (*policy.Set, func(claims map[string]any) string) {
 	t.Helper()
 	jwks, sign := policytest.Issuer(t)
 	var b policy.Bundle

@@ -172,8 +172,12 @@ func TestGatewayWAFBodyOverInspectLimit(t *testing.T) {
 		return "pad=" + strings.Repeat("a", padKiB<<10) + "&q=" + url.QueryEscape("1' or 1=1-- ")
 	}
 	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	// The rules read 100-140 KiB values here: under -race on a loaded
+	// 2-core machine one inspection took over the client's usual 10 s.
+	const inspectTimeout = time.Minute
 	t.Run("default_limit", func(t *testing.T) {
 		tg := startGateway(t, func(c *config.Gateway) { c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true} })
+		tg.client.Timeout = inspectTimeout
 		for _, tt := range []struct {
 			name string
 			body string
@@ -201,6 +205,7 @@ func TestGatewayWAFBodyOverInspectLimit(t *testing.T) {
 			c.WAF.MaxInspectBytes = 256 << 10
 			c.Routes[0].WAF = &config.GatewayRouteWAF{Enabled: true}
 		})
+		tg.client.Timeout = inspectTimeout
 		if resp, b := tg.do(t, "POST", "/orders", strings.NewReader(attack(140)), form); resp.StatusCode != 403 {
 			t.Fatalf("padded attack within a raised limit: status %d: %.200s", resp.StatusCode, b)
 		}

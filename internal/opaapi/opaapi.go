@@ -31,7 +31,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -42,6 +45,9 @@ const (
 	MaxInputSize = 1 << 20
 	// MaxPathSegments bounds /v1/data/{path}.
 	MaxPathSegments = 64
+	// DefaultEvalTimeout bounds one Data API evaluation, waiting for a
+	// slot included (Handler.EvalTimeout).
+	DefaultEvalTimeout = 5 * time.Second
 )
 
 // OPA's error codes.
@@ -120,6 +126,20 @@ type Handler struct {
 	Logger *slog.Logger
 	// MaxWriteSize bounds PUT bodies; default 16 MiB.
 	MaxWriteSize int64
+	// EvalTimeout bounds one Data API query, from its arrival to its
+	// result; past it the answer is OPA's 500 (503 when no evaluation
+	// slot came free). Default DefaultEvalTimeout. A caller hands the
+	// modules any input, and one a policy loops on would otherwise run
+	// for as long as the caller stays connected: OPA's server has no such
+	// bound, the decision path has one (a RegoProvider's timeout).
+	EvalTimeout time.Duration
+	// MaxEvals bounds the queries evaluated at once, so that callers of
+	// this API cannot take every CPU from the decisions the process
+	// serves; default half of GOMAXPROCS, at least 1.
+	MaxEvals int
+
+	slotsOnce sync.Once
+	slots     chan struct{}
 }
 
 // Register adds the routes to mux, each wrapped by wrap (authentication;
@@ -274,6 +294,25 @@ func (h *Handler) log() *slog.Logger {
 	return slog.Default()
 }
 
+func (h *Handler) evalTimeout() time.Duration {
+	if h.EvalTimeout > 0 {
+		return h.EvalTimeout
+	}
+	return DefaultEvalTimeout
+}
+
+// evalSlots is the semaphore of MaxEvals.
+func (h *Handler) evalSlots() chan struct{} {
+	h.slotsOnce.Do(func() {
+		n := h.MaxEvals
+		if n <= 0 {
+			n = max(1, runtime.GOMAXPROCS(0)/2)
+		}
+		h.slots = make(chan struct{}, n)
+	})
+	return h.slots
+}
+
 func (h *Handler) maxWrite() int64 {
 	if h.MaxWriteSize > 0 {
 		return h.MaxWriteSize
@@ -317,7 +356,11 @@ func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
 
 // LoopbackOnly refuses (403) callers whose address is not loopback: the
 // sidecar's admin listener binds to loopback, and this keeps its OPA API
-// there even if a future configuration did not.
+// there even if a future configuration did not. It also refuses a Host
+// other than a loopback address or localhost: a web page the host's
+// browser opens can have its name re-resolved to 127.0.0.1 (DNS
+// rebinding) and then call from loopback, under its own name, reading the
+// answers as its own origin's.
 func LoopbackOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -326,6 +369,28 @@ func LoopbackOnly(next http.Handler) http.Handler {
 			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only"), false)
 			return
 		}
+		if !loopbackHost(r.Host) {
+			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only: call it as localhost or a loopback address, not %q", r.Host), false)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// loopbackHost reports whether a Host header names this host: a loopback
+// address or localhost, with or without a port, or no Host at all
+// (HTTP/1.0; browsers always send one).
+func loopbackHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	if name, _, err := net.SplitHostPort(h); err == nil {
+		h = name
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.Unmap().IsLoopback()
 }

@@ -81,7 +81,24 @@ func (h *Handler) serveData(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) query(w http.ResponseWriter, ctx context.Context, dr *DataRequest) {
+	bound := h.evalTimeout()
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	slots := h.evalSlots()
+	select {
+	case slots <- struct{}{}:
+		defer func() { <-slots }()
+	case <-ctx.Done():
+		w.Header().Set("Retry-After", "1")
+		h.fail(w, Errorf(http.StatusServiceUnavailable, CodeInternal, "no evaluation slot came free within %s (the Data API's bound: %d at once); retry later", bound, cap(slots)))
+		return
+	}
 	res, defined, err := h.rego().Query(ctx, dr.Path, dr.Input, dr.HasInput)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		h.log().Warn("OPA API query exceeded its bound", "path", strings.Join(dr.Path, "/"), "bound", bound)
+		h.fail(w, Errorf(http.StatusInternalServerError, CodeInternal, "eval_cancel_error: evaluation exceeded %s (the Data API's bound)", bound))
+		return
+	}
 	if errors.Is(err, regoengine.ErrInput) {
 		h.fail(w, Errorf(http.StatusBadRequest, CodeInvalidParameter, "%v", err))
 		return

@@ -9,7 +9,8 @@
 // writable again at any time. So a directory that holds a node key and
 // the trust bundle that authenticates the server, or a socket that hands
 // out identities, must be a real directory (not a symbolic link), owned
-// by the effective user, and writable by neither group nor others.
+// by the effective user, and writable by neither group nor others; and
+// the directories above it must not let another user rename it away.
 package privdir
 
 import (

@@ -51,6 +51,45 @@ func TestCheck(t *testing.T) {
 			}
 			return d
 		}, true, "data directory %s belongs to uid 4242, not to this process's user (uid 0): whoever owns it could replace the key; remove it or choose another --data-dir"},
+		// Whoever may rename entries of a directory above can move the
+		// directory away and put their own in its place.
+		{"parent_group_writable", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "p")
+			os.Mkdir(p, 0o775)
+			os.Chmod(p, 0o775)
+			d := filepath.Join(p, "d")
+			os.Mkdir(d, 0o700)
+			return d
+		}, false, "data directory %s is inside %s/.., which others may write (mode 0775, not sticky): another user could replace the data directory with their own and replace the key; chmod go-w"},
+		{"parent_world_writable_sticky_like_tmp", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "p")
+			os.Mkdir(p, 0o777)
+			os.Chmod(p, os.ModeSticky|0o777)
+			d := filepath.Join(p, "d")
+			os.Mkdir(d, 0o700)
+			return d
+		}, false, ""},
+		{"grandparent_of_another_user", func(t *testing.T) string {
+			g := filepath.Join(t.TempDir(), "g")
+			os.Mkdir(g, 0o755)
+			if err := os.Chown(g, 4242, 4242); err != nil {
+				t.Fatal(err)
+			}
+			d := filepath.Join(g, "p", "d")
+			os.MkdirAll(d, 0o700)
+			return d
+		}, true, "is inside %s/../.., which belongs to uid 4242: whoever owns it could replace the data directory with their own"},
+		{"parent_reached_through_a_link_into_a_writable_directory", func(t *testing.T) string {
+			base := t.TempDir()
+			w := filepath.Join(base, "w")
+			os.Mkdir(w, 0o777)
+			os.Chmod(w, 0o777)
+			os.Mkdir(filepath.Join(w, "p"), 0o755)
+			os.Symlink(filepath.Join(w, "p"), filepath.Join(base, "link"))
+			d := filepath.Join(base, "link", "d")
+			os.Mkdir(d, 0o700)
+			return d
+		}, false, "which others may write (mode 0777, not sticky)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,7 +104,9 @@ func TestCheck(t *testing.T) {
 				}
 				return
 			}
-			want := strings.ReplaceAll(tt.want, "%s", dir)
+			want := strings.ReplaceAll(tt.want, "%s/../..", filepath.Dir(filepath.Dir(dir)))
+			want = strings.ReplaceAll(want, "%s/..", filepath.Dir(dir))
+			want = strings.ReplaceAll(want, "%s", dir)
 			if !errors.Is(err, ErrNotPrivate) || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Check = %v, want ErrNotPrivate saying %q", err, want)
 			}

@@ -213,7 +213,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 	m.riskSent = prometheus.NewGauge(prometheus.GaugeOpts{Name: "moatless_detect_risk_section_identities",
 		Help: "Identities whose risk score the watch streams carry (at most 10000)."})
 	m.held = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_uncorroborated_incidents_total",
-		Help: "Incidents a playbook opened with its isolate, block-pair and revoke-certificate steps held: the findings rested on other nodes' word alone (fewer than the trigger's witnesses, not borne out by the identity's own records)."})
+		Help: "Incidents a playbook opened with its isolate, block-pair and revoke-certificate steps held: the findings rested on other nodes' word alone (fewer than the trigger's witnesses, not borne out by the identity's own records), or on anomalies alone (no evidence of compromise, and the trigger names no detectors)."})
 	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, m.held, al.sent)
 	s.audit.OnAppend = s.detectAudit
 

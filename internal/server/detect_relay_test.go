@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/server"
@@ -16,11 +18,13 @@ import (
 // of bad ones, through frontend; both backends refuse them (401) and
 // report frontend as the caller. That is no evidence against frontend,
 // whose own SVID passed mTLS, so no finding is raised about it and it is
-// not contained, however many nodes report it. Controls: frontend's own
+// not contained, however many nodes report it. Nor are the denials of
+// backends whose sidecars have no policy yet (no_policy). Controls: frontend's own
 // revoked SVID still knocking, and requests frontend makes that policy
 // denies, are still its own, and two nodes reporting them contain it.
 // Fails on the parent commit: there, one revoked token (or 100 bad ones
-// in a minute) forwarded to two backends got frontend isolated.
+// in a minute) forwarded to two backends got frontend isolated; so did
+// 150 calls a minute to two backends starting without their policy.
 func TestRelayedTokensFrameNoOne(t *testing.T) {
 	// unauthenticated is the event a sidecar reports for a 401 (source:
 	// the caller's SPIFFE ID, empty for the gateway's clients).
@@ -67,6 +71,17 @@ func TestRelayedTokensFrameNoOne(t *testing.T) {
 				records(t, e, n, bad)
 			}
 		}, false},
+		// orders and payments restarted while the server was out of
+		// reach: until their first policy arrives they deny every
+		// request (no_policy), frontend's too. That is their state, not
+		// frontend probing.
+		{"destinations_without_policy", func(t *testing.T, e *env, backends ...*node) {
+			for _, n := range backends {
+				deny := inboundEdge(frontendID, "GET", "/orders/{*}", "deny", 150)
+				deny.Reason, deny.Status = "no_policy", 4
+				records(t, e, n, deny)
+			}
+		}, false},
 		{"control_own_revoked_svid", func(t *testing.T, e *env, backends ...*node) {
 			for _, n := range backends {
 				records(t, e, n, wire.EdgeRecord{Direction: "inbound", Source: frontendID, Protocol: "http", Decision: "refused", Reason: "revoked", Requests: 3})
@@ -94,7 +109,7 @@ func TestRelayedTokensFrameNoOne(t *testing.T) {
 			incs := incidentsOf(t, e)
 			if !tc.contained {
 				if fs := findingsAbout(e, frontendID); len(fs) != 0 || len(incs) != 0 {
-					t.Fatalf("frontend judged by the tokens it relayed: findings %+v, incidents %+v", fs, incs)
+					t.Fatalf("frontend judged by what others did: findings %+v, incidents %+v", fs, incs)
 				}
 				return
 			}
@@ -108,4 +123,162 @@ func TestRelayedTokensFrameNoOne(t *testing.T) {
 // findingsAbout lists the stored findings about identity.
 func findingsAbout(e *env, identity string) []detect.Finding {
 	return itemsOf[detect.Finding](e, fmt.Sprintf("%s?identity=%s", server.PathAdminFindings, strings.ReplaceAll(identity, "/", "%2F")))
+}
+
+// TestOutsidersTrafficContainsNoOne: what the mesh's users do through a
+// frontend lifts the frontend's numbers as a compromise would. A flash
+// crowd (or a flood through the gateway) multiplies its calls to orders
+// (rate, high: risk 0.75); users downloading big files pull 200 MiB a
+// minute through it (exfiltration by volume, high). Its own sidecar's
+// records bear both out, so both are corroborated, and the documented
+// playbook (risk 0.75, no detectors) isolated frontend on the parent: any
+// outsider could get the front service cut off. Anomalies alone now
+// alert: the incident opens and notifies, its containment is held for an
+// admin. Controls: the same volume with refusals by policy (evidence of
+// compromise, as in the demo's reports job) still contains, and so does
+// a playbook that names exfiltration among its detectors (the operator's
+// choice to contain on it). Fails on the parent in its two anomaly
+// cases (frontend contained).
+func TestOutsidersTrafficContainsNoOne(t *testing.T) {
+	const namedPlaybook = `apiVersion: moatless.io/v1alpha1
+kind: Playbook
+metadata: {name: contain-exfiltration}
+spec:
+  trigger: {risk: 0.75, detectors: [exfiltration], identities: ["spiffe://example.org/ns/prod/*"]}
+  steps:
+  - action: notify
+  - action: isolate
+`
+	// window reports edges as n's sidecar for the minute at start.
+	window := func(t *testing.T, e *env, n *node, start time.Time, edges ...wire.EdgeRecord) {
+		t.Helper()
+		rep := e.report(edges...)
+		rep.Start, rep.End = start, start.Add(59*time.Second)
+		if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+			t.Fatalf("records: %d %s", st, body)
+		}
+	}
+	// pull is frontend's requests to orders and the bytes it got back,
+	// as orders' sidecar (inbound) and frontend's (outbound) report them.
+	pull := func(requests, bytes uint64) (in, out wire.EdgeRecord) {
+		in = inboundEdge(frontendID, "GET", "/files/{*}", "allow", requests)
+		in.RespBytes = bytes
+		out = in
+		out.Direction, out.Source, out.Destination = "outbound", "", ordersID
+		return in, out
+	}
+	for _, tc := range []struct {
+		name     string
+		playbook string
+		// act plays frontend's and orders' sidecars up to the minute now.
+		act       func(t *testing.T, e *env, frontend, orders *node, now time.Time)
+		detector  string
+		contained bool
+	}{
+		{"flash_crowd", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			// 40 ordinary minutes of 10 calls in this hour: the baseline.
+			for i := 40; i > 0; i-- {
+				in, _ := pull(10, 10_000)
+				window(t, e, orders, now.Add(-time.Duration(i)*time.Minute), in)
+			}
+			in, out := pull(1000, 1_000_000)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorRate, false},
+		{"big_downloads", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorExfiltration, false},
+		{"control_downloads_and_refusals", containPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			deny := inboundEdge(frontendID, "GET", "/admin/{*}", "deny", 20)
+			deny.Reason, deny.Status = "no_allow_match", 4
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in, deny)
+		}, detect.DetectorExfiltration, true},
+		{"control_named_detector", namedPlaybook, func(t *testing.T, e *env, frontend, orders *node, now time.Time) {
+			in, out := pull(200, 200<<20)
+			window(t, e, frontend, now, out)
+			window(t, e, orders, now, in)
+		}, detect.DetectorExfiltration, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, "")
+			// Forty minutes into an hour, so that its first forty are
+			// one hour-of-day slot of the baseline; the nodes attest at
+			// that time.
+			now := e.clock.Now().UTC()
+			e.clock.Add(now.Truncate(time.Hour).Add(time.Hour + 40*time.Minute).Sub(now))
+			now = e.clock.Now().UTC().Truncate(time.Minute)
+			e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: tc.playbook}}}, nil)
+			frontend, orders := e.attest(frontendID), e.attest(ordersID)
+			tc.act(t, e, frontend, orders, now)
+
+			var got []string
+			for _, f := range findingsAbout(e, frontendID) {
+				got = append(got, f.Detector+":"+string(f.Severity))
+			}
+			if !slices.Contains(got, tc.detector+":high") {
+				t.Fatalf("findings about frontend %v, want a high %s", got, tc.detector)
+			}
+			incs := incidentsOf(t, e)
+			if len(incs) != 1 || incs[0].Identity != frontendID || !incs[0].Notified {
+				t.Fatalf("want one incident about frontend, notified: %+v", incs)
+			}
+			inc := incs[0]
+			if tc.contained {
+				if inc.State != detect.IncidentContained || !inc.Revoked {
+					t.Fatalf("want frontend contained: %+v", inc)
+				}
+				return
+			}
+			if inc.State == detect.IncidentContained || inc.Revoked || len(inc.Held) == 0 || !strings.Contains(inc.Corroboration, "only anomalies") {
+				t.Fatalf("frontend contained on what its users did: state %s, revoked %v, held %v, %s", inc.State, inc.Revoked, inc.Held, inc.Corroboration)
+			}
+		})
+	}
+}
+
+// TestAddressFindingsContainNoNode: attestation failures are keyed by the
+// address they came from (the connection's, never a forwarded header),
+// and a node behind the same NAT shares it. An outsider failing to attest
+// from the address of a real node (here 127.0.0.1, orders' own) raises an
+// attestation finding about the address, and a playbook matching every
+// identity opens an incident about it; but containment acts on SPIFFE
+// IDs only: the isolate step is skipped, and orders keeps its SVID and
+// its calls.
+func TestAddressFindingsContainNoNode(t *testing.T) {
+	const anyone = `apiVersion: moatless.io/v1alpha1
+kind: Playbook
+metadata: {name: contain-all}
+spec:
+  trigger: {risk: 0.5, witnesses: 1}
+  steps:
+  - action: isolate
+  - action: block-pair
+  - action: revoke-certificate
+`
+	e := start(t, "")
+	e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "all.yaml", Content: anyone}}}, nil)
+	orders := e.attest(ordersID)
+	for i := 0; i < 5; i++ {
+		st, _ := e.do(e.client(nil), "POST", wire.PathAttest, "", wire.AttestRequest{JoinToken: "not-a-token", CSR: csr(t, newKey(t))})
+		if st == 200 {
+			t.Fatal("a bad join token attested")
+		}
+	}
+	waitFor(t, "the incident about the address", func() bool { return len(incidentsOf(t, e)) == 1 })
+	inc := incidentsOf(t, e)[0]
+	if inc.Identity != "127.0.0.1" || inc.Revoked || inc.State == detect.IncidentContained || len(inc.Blocks) != 0 || len(inc.RevokedSerials) != 0 {
+		t.Fatalf("an address contained: %+v", inc)
+	}
+	for _, s := range inc.Steps {
+		if s.Outcome != detect.OutcomeSkipped {
+			t.Fatalf("step %s on an address: %s %s", s.Action, s.Outcome, s.Detail)
+		}
+	}
+	if st, body := e.do(orders.http, "POST", wire.PathRecords, "", e.report(inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 1))); st != 204 {
+		t.Fatalf("orders refused after the address's incident: %d %s", st, body)
+	}
 }

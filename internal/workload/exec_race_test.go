@@ -55,6 +55,8 @@ func TestMain(m *testing.M) {
 		runOpener()
 	case "user":
 		runUser()
+	case "unshare", "ns-bind-exec", "ns-fetch":
+		runNamespaced(os.Getenv(helperEnv))
 	}
 	os.Exit(3)
 }

@@ -40,6 +40,9 @@ type peerCredentials struct {
 	// (an attestor that reads no /proc needs no binding).
 	binder attest.Binder
 	hooks  *testHooks
+	// limits bounds the open connections, by uid and in all; nil bounds
+	// nothing.
+	limits *connLimits
 }
 
 // AuthInfo is the peer information attached to every RPC on a Workload API
@@ -73,6 +76,12 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		if cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); serr != nil {
 			return
 		}
+		if pc.limits != nil {
+			if serr = pc.limits.acquire(cred.Uid); serr != nil {
+				cred = nil // no slot taken: nothing to release
+				return
+			}
+		}
 		// The listener has SO_PASSCRED, which accepted sockets inherit;
 		// set it again in case this one came from elsewhere. Bytes queued
 		// before it was set carry no PID and count as foreign.
@@ -84,11 +93,17 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 			pidfd = p
 		}
 	})
-	if cerr != nil {
-		return nil, nil, fmt.Errorf("workload: peer credentials: %w", cerr)
-	}
-	if serr != nil {
-		return nil, nil, fmt.Errorf("workload: peer credentials: %w", serr)
+	if cerr != nil || serr != nil {
+		if cred != nil && pc.limits != nil {
+			pc.limits.release(cred.Uid)
+		}
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		if errors.Is(serr, errTooManyConns) {
+			return nil, nil, serr
+		}
+		return nil, nil, fmt.Errorf("workload: peer credentials: %w", errors.Join(cerr, serr))
 	}
 	if pidfd < 0 && cred.Pid > 0 {
 		// Weaker than SO_PEERPIDFD: the PID may already name another
@@ -103,6 +118,9 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	}
 	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
 	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
+	if pc.limits != nil {
+		bc.release = func() { pc.limits.release(cred.Uid) }
+	}
 	if pc.binder != nil && cred.Pid > 0 {
 		img, err := pc.binder.Bind(context.Background(), peer)
 		if err != nil {
@@ -153,13 +171,25 @@ type boundConn struct {
 	pidfd   int
 	bindErr error
 
-	oob   [64]byte
+	// oob has room for the writer's SCM_CREDENTIALS and nothing more:
+	// descriptors a client attaches (SCM_RIGHTS) find no room, so the
+	// kernel closes them instead of installing them in the agent (with
+	// 64 bytes it installed up to four per write, and a client writing
+	// one byte at a time could fill the agent's descriptor table).
+	oob   [credSpace]byte
 	early earlyScan
+
+	// release gives back the connection's slot in peerCredentials.limits
+	// (nil: none taken).
+	release func()
 
 	foreign      atomic.Int32 // first other writer's PID (-1: a write without a PID)
 	earlyRequest atomic.Bool
 	once         sync.Once
 }
+
+// credSpace is the control buffer one SCM_CREDENTIALS takes.
+const credSpace = 32 // unix.CmsgSpace(unix.SizeofUcred) on every Linux ABI the agent builds for
 
 // Read implements net.Conn. Each recvmsg returns bytes of one writer only:
 // with SO_PASSCRED the kernel never merges writes of different processes
@@ -169,6 +199,7 @@ func (c *boundConn) Read(p []byte) (int, error) {
 	if n < 0 { // some error paths report -1
 		n = 0
 	}
+	closeRights(c.oob[:oobn])
 	if n > 0 {
 		if w := writerPID(c.oob[:oobn]); w != c.pid {
 			if w == 0 {
@@ -183,9 +214,27 @@ func (c *boundConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// closeRights closes any descriptor that reached the agent in oob
+// (SCM_RIGHTS). The buffer leaves them no room (credSpace); this holds
+// should a kernel find some anyway.
+func closeRights(oob []byte) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return
+	}
+	for i := range msgs {
+		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		if fds, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+}
+
 // writerPID returns the PID in the SCM_CREDENTIALS of oob, 0 if none.
-// Descriptors a client sends along (SCM_RIGHTS) do not fit the buffer: the
-// kernel closes them and never installs them in the agent.
 func writerPID(oob []byte) int32 {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
@@ -223,6 +272,9 @@ func (c *boundConn) Close() error {
 	c.once.Do(func() {
 		if c.pidfd >= 0 {
 			unix.Close(c.pidfd)
+		}
+		if c.release != nil {
+			c.release()
 		}
 	})
 	return c.UnixConn.Close()

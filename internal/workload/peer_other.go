@@ -24,6 +24,7 @@ var errPeerCredUnsupported = errors.New("workload: the Workload API needs Linux 
 type peerCredentials struct {
 	binder attest.Binder
 	hooks  *testHooks
+	limits *connLimits
 }
 
 // AuthInfo is the peer information attached to every RPC on a Workload API

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -59,6 +60,16 @@ const (
 	// SecurityHeader is the metadata key every call must carry with value
 	// "true".
 	SecurityHeader = "workload.spiffe.io"
+	// MaxHeaderListSize bounds the headers of one call (gRPC's default is
+	// 16 MiB, kept for the call's life; a Workload API client sends a few
+	// hundred bytes).
+	MaxHeaderListSize = 16 << 10
+	// MaxConcurrentStreams bounds the calls open at once on one connection.
+	MaxConcurrentStreams = 64
+	// DefaultMaxConnsPerUID is Config.MaxConnsPerUID's default.
+	DefaultMaxConnsPerUID = 512
+	// DefaultMaxStreamsPerUID is Config.MaxStreamsPerUID's default.
+	DefaultMaxStreamsPerUID = 1024
 )
 
 // Config configures a Workload API server.
@@ -94,16 +105,38 @@ type Config struct {
 	// Risk, when set with a Tracer, holds the risk scores the server
 	// pushes: a span that serves identities says the highest of theirs.
 	Risk *telemetry.RiskScores
+	// MaxConnsPerUID bounds the connections one uid (SO_PEERCRED) holds
+	// open at once, MaxConns those of all callers together; a connection
+	// past either is closed when accepted, before gRPC reads from it.
+	// Every connection holds two of the agent's file descriptors (the
+	// socket and a pidfd) for as long as its caller keeps it open, so
+	// without a bound one local user could take them all: no other
+	// workload could connect, and the agent could neither read /proc nor
+	// reach the server. Defaults: DefaultMaxConnsPerUID, and MaxConns
+	// half of what the agent's descriptor limit (RLIMIT_NOFILE) leaves
+	// after keeping back a quarter of it, at most 1,024, for the agent's
+	// own use.
+	MaxConnsPerUID int
+	MaxConns       int
+	// MaxStreamsPerUID bounds the FetchX509SVID, FetchX509Bundles and
+	// FetchJWTBundles streams one uid holds open at once (default
+	// DefaultMaxStreamsPerUID); one more is ResourceExhausted. Every open
+	// stream attests its caller again at each change of what the agent
+	// serves (any rotation on the node): without a bound, a workload
+	// holding its connections' 64 streams each would make every rotation
+	// cost the agent seconds of CPU. A workload needs one of each kind.
+	MaxStreamsPerUID int
 }
 
 // Server is a Workload API server. Lifecycle: New → Serve → Close.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
-	grpc *grpc.Server
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	grpc    *grpc.Server
+	streams *connLimits // open streams by uid (no total)
 
 	mu       sync.Mutex
 	lis      net.Listener
@@ -153,10 +186,26 @@ func New(cfg Config) (*Server, error) {
 		s.now = time.Now
 	}
 	binder, _ := cfg.Attestor.(attest.Binder)
+	limits := newConnLimits(cfg.MaxConnsPerUID, cfg.MaxConns, func(uid uint32, open int, all bool) {
+		if all {
+			s.log.Warn("refusing Workload API connections: too many open", "open", open, "uid", uid)
+			return
+		}
+		s.log.Warn("refusing Workload API connections of a user with too many open", "uid", uid, "open", open)
+	})
+	perUID := cfg.MaxStreamsPerUID
+	if perUID <= 0 {
+		perUID = DefaultMaxStreamsPerUID
+	}
+	s.streams = &connLimits{perUID: perUID, total: math.MaxInt, byUID: map[uint32]int{}, warnedUID: map[uint32]bool{},
+		warn: func(uid uint32, open int, _ bool) {
+			s.log.Warn("refusing Workload API streams of a user with too many open", "uid", uid, "open", open)
+		}}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(peerCredentials{binder: binder, hooks: &s.testHooks}),
+		grpc.Creds(peerCredentials{binder: binder, hooks: &s.testHooks, limits: limits}),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
-		grpc.MaxConcurrentStreams(64),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
 	return s, nil
@@ -322,6 +371,15 @@ func (s *Server) attestCaller(ctx context.Context, method string) ([]wire.Select
 	return sels, info.Peer, nil
 }
 
+// holdStream counts a stream of p's uid open until release is called, or
+// refuses it (ResourceExhausted) past Config.MaxStreamsPerUID.
+func (s *Server) holdStream(p attest.Peer) (release func(), err error) {
+	if err := s.streams.acquire(p.UID); err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "uid %d holds %d Workload API streams open, the most one user may; a workload needs one of each kind: close the others", p.UID, s.streams.perUID)
+	}
+	return func() { s.streams.release(p.UID) }, nil
+}
+
 // matching returns the caller's identities in st, deduplicated by SPIFFE
 // ID (first entry wins, entries in the order the source gives them).
 func matching(st *State, sels []wire.Selector) []*Identity {
@@ -396,6 +454,12 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	ctx := stream.Context()
 	c0 := s.startCall(ctx, "FetchX509SVID", 0)
 	sels, p, err := s.caller(ctx, "FetchX509SVID", c0)
+	if err == nil {
+		var release func()
+		if release, err = s.holdStream(p); err == nil {
+			defer release()
+		}
+	}
 	if err != nil {
 		c0.end(err)
 		return err
@@ -490,7 +554,13 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 // its last entry goes away mid-stream.
 func (s *Server) streamBundles(ctx context.Context, method string, bundle func(*State) []byte, send func(map[string][]byte) error) error {
 	c0 := s.startCall(ctx, method, 0)
-	sels, _, err := s.caller(ctx, method, c0)
+	sels, p, err := s.caller(ctx, method, c0)
+	if err == nil {
+		var release func()
+		if release, err = s.holdStream(p); err == nil {
+			defer release()
+		}
+	}
 	if err != nil {
 		c0.end(err)
 		return err
@@ -559,6 +629,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
 		if err != nil {
 			s.log.Warn("JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
+			if errors.Is(err, ErrJWTSVIDShare) {
+				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: it asked for more new JWT-SVIDs than its share of this node's budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)
+			}
 			var se interface{ HTTPStatus() int }
 			if errors.As(err, &se) && se.HTTPStatus() == http.StatusTooManyRequests {
 				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: this node asked the server for more JWT-SVIDs than its budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)

@@ -4,14 +4,19 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -479,18 +484,34 @@ func TestJWTSVIDFetchAndValidate(t *testing.T) {
 
 	other := ecdsaKey(t)
 	tests := []struct {
-		name, token, aud string
+		name, token, aud, why string
 	}{
-		{"wrong_audience", one.Marshal(), "aud3"},
-		{"expired", f.signJWT(web.SPIFFEID.String(), []string{"a"}, time.Now().Add(-time.Minute)), "a"},
-		{"unknown_key", signWith(t, other, "k1", web.SPIFFEID.String()), "a"},
-		{"other_trust_domain", f.signJWT("spiffe://evil.org/web", []string{"a"}, time.Now().Add(time.Minute)), "a"},
-		{"not_a_spiffe_id", f.signJWT("web", []string{"a"}, time.Now().Add(time.Minute)), "a"},
+		{"wrong_audience", one.Marshal(), "aud3", "expected audience"},
+		{"expired", f.signJWT(web.SPIFFEID.String(), []string{"a"}, time.Now().Add(-time.Minute)), "a", "expired"},
+		{"unknown_key", signWith(t, other, "k1", web.SPIFFEID.String()), "a", "cryptographic"},
+		{"other_trust_domain", f.signJWT("spiffe://evil.org/web", []string{"a"}, time.Now().Add(time.Minute)), "a", "no bundle"},
+		{"not_a_spiffe_id", f.signJWT("web", []string{"a"}, time.Now().Add(time.Minute)), "a", "subject"},
+		// Forged tokens an attacker can make without the key: alg none,
+		// and HS256 keyed with the trust domain's public key (what a
+		// verifier that takes the algorithm from the token would check);
+		// and a correctly signed token that never expires.
+		{"alg_none", rawJWT(t, map[string]any{"alg": "none", "kid": "k1", "typ": "JWT"}, web.SPIFFEID.String(), nil), "a", "unable to parse"},
+		{"hs256_keyed_with_the_public_key", rawJWT(t, map[string]any{"alg": "HS256", "kid": "k1", "typ": "JWT"}, web.SPIFFEID.String(),
+			func(in []byte) []byte {
+				pub, _ := x509.MarshalPKIXPublicKey(f.jwtKey.Public())
+				m := hmac.New(sha256.New, pub)
+				m.Write(in)
+				return m.Sum(nil)
+			}), "a", "unable to parse"},
+		{"no_expiry", rawJWT(t, map[string]any{"alg": "ES256", "kid": "k1", "typ": "JWT"}, web.SPIFFEID.String(), func(in []byte) []byte {
+			return es256(t, f.jwtKey, in)
+		}), "a", "missing exp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := c.ValidateJWTSVID(ctxT(t), tt.token, tt.aud); status.Code(err) != codes.InvalidArgument {
-				t.Fatalf("got %v, want InvalidArgument", err)
+			_, err := c.ValidateJWTSVID(ctxT(t), tt.token, tt.aud)
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.why) {
+				t.Fatalf("got %v, want InvalidArgument saying %q", err, tt.why)
 			}
 		})
 	}
@@ -671,4 +692,38 @@ type pubOnly struct{ *Publisher }
 
 func (pubOnly) JWTSVID(context.Context, *Identity, []string) (string, error) {
 	return "", errors.New("no JWT signer")
+}
+
+// rawJWT builds a compact JWS by hand with header hdr and claims
+// {sub, aud: ["a"]} (no exp), signed by sign over "header.payload"
+// (nil: an empty signature).
+func rawJWT(t *testing.T, hdr map[string]any, sub string, sign func([]byte) []byte) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	in := enc(hdr) + "." + enc(map[string]any{"sub": sub, "aud": []string{"a"}})
+	var sig []byte
+	if sign != nil {
+		sig = sign([]byte(in))
+	}
+	return in + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// es256 is a JWS ES256 signature (r || s, 32 bytes each) over in.
+func es256(t *testing.T, key *ecdsa.PrivateKey, in []byte) []byte {
+	t.Helper()
+	h := sha256.Sum256(in)
+	r, s, err := ecdsa.Sign(rand.Reader, key, h[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 64)
+	r.FillBytes(out[:32])
+	s.FillBytes(out[32:])
+	return out
 }

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -21,9 +22,14 @@ type Source interface {
 	State() (*State, <-chan struct{})
 	// JWTSVID returns a JWT-SVID for the identity and audience, from a
 	// cache or freshly signed. Errors are reported to the workload as
-	// Unavailable.
+	// Unavailable, except ErrJWTSVIDShare (and a server's 429), which are
+	// ResourceExhausted.
 	JWTSVID(ctx context.Context, id *Identity, audience []string) (string, error)
 }
+
+// ErrJWTSVIDShare is what a Source's JWTSVID wraps when the identity has
+// asked for more new JWT-SVIDs than its share of the node's budget.
+var ErrJWTSVIDShare = errors.New("more new JWT-SVIDs than this identity's share of the node's budget")
 
 // Identity is one registration entry the agent may serve, with its
 // current X509-SVID when it has one.

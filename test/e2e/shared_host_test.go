@@ -56,6 +56,12 @@ func TestSharedHostDefaults(t *testing.T) {
 			[]string{"data directory " + otherUsers + " belongs to uid 4242", "--data-dir"}, true},
 		{"second_agent_same_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", usedData),
 			[]string{"uses " + usedData, "--data-dir"}, false},
+		// Whoever may rename entries of a directory above could move the
+		// agent's directory away and put one of their own in its place.
+		{"socket_dir_inside_a_dir_of_another_user", agentArgs(filepath.Join(otherUsers, "moatless", "a.sock"), "off", t.TempDir()),
+			[]string{"inside " + otherUsers + ", which belongs to uid 4242", "--socket"}, true},
+		{"data_dir_inside_a_writable_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", filepath.Join(worldWritable, "data")),
+			[]string{"inside " + worldWritable + ", which others may write", "--data-dir"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,342 @@
+package extauthz
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+
+	"github.com/moatless/moatless/internal/authn"
+	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/policy/policytest"
+	"github.com/moatless/moatless/internal/testpki"
+)
+
+// TestForgedHeaders is the attack of a caller who sends, through Envoy,
+// the headers the app trusts because Moatless writes them: the
+// RequestAuthentication output (outputClaimToHeaders) on a request
+// without a token, under its own name or a "_" spelling, and a "_" twin of
+// a header a policy reads. Envoy forwards whatever ext_authz does not
+// remove, and WSGI, CGI, PHP and Rack read x_user as HTTP_X_USER, the
+// same variable as x-user; the sidecar drops these (proxy/headers.go), so
+// ext_authz must neither decide on them nor let them through.
+func TestForgedHeaders(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+    outputClaimToHeaders: [{header: x-user, claim: sub}, {header: x-tenant, claim: tenant}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admin-only, namespace: prod}
+spec:
+  rules:
+  - to: [{operation: {paths: [/admin]}}]
+    when: [{key: "request.headers[x-user]", values: [admin]}]
+  - to: [{operation: {paths: [/public]}}]
+    when: [{key: "request.headers[x-plan]", values: [free]}]
+`, jwks))); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	token := func(sub string) string {
+		return "Bearer " + sign(map[string]any{"iss": "https://idp.example", "sub": sub, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	}
+	cases := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		raw     bool // as Envoy's encode_raw_headers sends them (header_map)
+		code    codes.Code
+		remove  []string // headers Envoy must remove, at least
+		set     map[string]string
+	}{
+		{"no_token_forged_output_header", "/admin", map[string]string{"x-user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"no_token_forged_output_header_raw", "/admin", map[string]string{"x-user": "admin"}, true, codes.PermissionDenied, nil, nil},
+		{"no_token_forged_underscore_output_header", "/admin", map[string]string{"x_user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"forged_output_header_removed_on_allow", "/public", map[string]string{"x-plan": "free", "x-user": "admin", "x_user": "admin", "x-tenant": "other"}, false, codes.OK, []string{"x-user", "x_user", "x-tenant"}, nil},
+		{"forged_output_header_removed_on_allow_raw", "/public", map[string]string{"x-plan": "free", "x_tenant": "other"}, true, codes.OK, []string{"x_tenant"}, nil},
+		{"token_sets_header_removes_twin_and_unset_claim", "/admin", map[string]string{"authorization": token("admin"), "x_user": "root", "x-tenant": "other"}, false, codes.OK, []string{"x_user", "x-tenant"}, map[string]string{"x-user": "admin"}},
+		{"token_overrides_forged_header", "/admin", map[string]string{"authorization": token("alice"), "x-user": "admin"}, false, codes.PermissionDenied, nil, nil},
+		{"policy_header_twin_removed", "/public", map[string]string{"x-plan": "free", "x_plan": "enterprise"}, false, codes.OK, []string{"x_plan"}, nil},
+		{"policy_header_twin_alone_not_read", "/public", map[string]string{"x_plan": "free"}, false, codes.PermissionDenied, nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := check("GET", c.path, c.headers, "app=x", now)
+			if c.raw {
+				h := req.Attributes.Request.Http
+				for k, v := range h.Headers {
+					h.HeaderMap = &corev3.HeaderMap{Headers: append(h.GetHeaderMap().GetHeaders(), &corev3.HeaderValue{Key: k, RawValue: []byte(v)})}
+				}
+				h.Headers = nil
+			}
+			resp, err := s.Check(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
+			}
+			if c.code != codes.OK {
+				return
+			}
+			ok := resp.GetOkResponse()
+			set := map[string]string{}
+			for _, h := range ok.GetHeaders() {
+				set[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+			}
+			for _, k := range c.remove {
+				if !slices.Contains(ok.GetHeadersToRemove(), k) {
+					t.Errorf("Envoy is not told to remove %s: headers_to_remove %v", k, ok.GetHeadersToRemove())
+				}
+			}
+			for k, v := range c.set {
+				if set[k] != v {
+					t.Errorf("header %s=%q, want %q", k, set[k], v)
+				}
+				if slices.Contains(ok.GetHeadersToRemove(), k) {
+					t.Errorf("%s is set and removed: %v", k, ok.GetHeadersToRemove())
+				}
+			}
+		})
+	}
+}
+
+type panickyVerifier struct{}
+
+func (panickyVerifier) Verify([]*securityv1beta1.JWTRule, *policy.Request) (*policy.Auth, error) {
+	panic("verifier bug")
+}
+
+// TestCheckPanicDenies: a panic while deciding (here in the token
+// verifier) answers a denial and keeps serving. gRPC does not recover a
+// handler's panic: the process would exit, and an Envoy configured with
+// failure_mode_allow reads an unreachable ext_authz server as an allow
+// for every request until it is back.
+func TestCheckPanicDenies(t *testing.T) {
+	set, _ := regoSet(t)
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: panickyVerifier{}, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := serve(t, s, "unix:"+filepath.Join(t.TempDir(), "authz.sock"), nil, nil, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for range 2 {
+		resp, err := client.Check(context.Background(), check("GET", "/records/alice/7", map[string]string{"authorization": "Bearer x.y.z"}, "app=records", time.Now()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := codes.Code(resp.GetStatus().GetCode()); got != codes.PermissionDenied || resp.GetDeniedResponse().GetStatus().GetCode() != 403 {
+			t.Fatalf("status %v %v, want PERMISSION_DENIED with 403", got, resp.GetDeniedResponse().GetStatus())
+		}
+	}
+}
+
+// TestForgedTwinOfRegoHeader: a Rego result's header (x-document-owner)
+// is set on allow; the caller's x_document_owner, which a CGI-style app
+// reads as the same variable, is removed.
+func TestForgedTwinOfRegoHeader(t *testing.T) {
+	set, token := regoSet(t)
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	alice := "Bearer " + token(map[string]any{"sub": "alice", "role": "user"})
+	resp, err := s.Check(context.Background(), check("GET", "/documents/d1", map[string]string{"authorization": alice, "x_document_owner": "mallory"}, "app=documents", time.Now()))
+	if err != nil || codes.Code(resp.GetStatus().GetCode()) != codes.OK {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if rm := resp.GetOkResponse().GetHeadersToRemove(); !slices.Contains(rm, "x_document_owner") || slices.Contains(rm, "x-document-owner") {
+		t.Fatalf("headers_to_remove %v, want x_document_owner and not the header set", rm)
+	}
+}
+
+// TestNonSPIFFEPrincipal: Envoy's source.principal is a certificate's URI
+// SAN, else its DNS SAN, else its subject, so a client certificate of a
+// CA that issues names of the requester's choosing (a partner or
+// corporate CA at an ingress) can read "CN=x/ns/prod/sa/admin". Policies
+// name SPIFFE IDs: anything else is no principal, as on a sidecar (which
+// takes only SPIFFE certificates) and in "moatless policy check" (which
+// refuses such a principal), never a name a pattern might match.
+func TestNonSPIFFEPrincipal(t *testing.T) {
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  rules:
+  - from: [{source: {namespaces: [prod]}}]
+    to: [{operation: {paths: [/ns]}}]
+  - from: [{source: {principals: ["*/sa/admin"]}}]
+    to: [{operation: {paths: [/suffix]}}]
+  - from: [{source: {principals: ["*"]}}]
+    to: [{operation: {paths: [/any]}}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	cases := []struct {
+		name, principal, path string
+		code                  codes.Code
+	}{
+		{"spiffe_namespace", "spiffe://example.org/ns/prod/sa/web", "/ns", codes.OK},
+		{"spiffe_suffix", "spiffe://example.org/ns/dev/sa/admin", "/suffix", codes.OK},
+		{"spiffe_any", "spiffe://example.org/ns/dev/sa/web", "/any", codes.OK},
+		{"subject_namespace", "CN=x/ns/prod/sa/web,O=Partner", "/ns", codes.PermissionDenied},
+		{"subject_suffix", "O=Partner,CN=x/ns/dev/sa/admin", "/suffix", codes.PermissionDenied},
+		{"dns_san_any", "partner.example", "/any", codes.PermissionDenied},
+		{"other_uri_san_suffix", "https://partner.example/ns/prod/sa/admin", "/suffix", codes.PermissionDenied},
+		{"spiffe_uppercase_scheme", "SPIFFE://example.org/ns/prod/sa/admin", "/suffix", codes.PermissionDenied},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := check("GET", c.path, nil, "app=x", time.Now())
+			req.Attributes.Source.Principal = c.principal
+			resp, err := s.Check(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
+			}
+		})
+	}
+}
+
+// TestListenKeepsNonSocket: --listen unix:PATH naming a file that is not a
+// socket (a typo for a config file, a path another program owns) is an
+// error, and the file is left as it was; only a stale socket is replaced.
+func TestListenKeepsNonSocket(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := Listen("unix:"+file, nil, nil); err == nil {
+		l.Close()
+		t.Fatal("a regular file was replaced by the socket")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Fatalf("the file is gone or changed: %q %v", b, err)
+	}
+	sock := filepath.Join(dir, "authz.sock")
+	for range 2 { // the second finds the first's socket file, stale
+		l, _, err := Listen("unix:"+sock, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+	}
+}
+
+func FuzzFoldsTo(f *testing.F) {
+	f.Add("X_User", "x-user")
+	f.Add("x-user", "x-user")
+	f.Add("X-Üser", "x-üser")
+	f.Fuzz(func(t *testing.T, h, g string) {
+		for _, want := range []string{g, foldHeaderName(h)} {
+			if got := foldsTo(h, want); got != (foldHeaderName(h) == want) {
+				t.Fatalf("foldsTo(%q, %q) = %v", h, want, got)
+			}
+		}
+	})
+}
+
+// TestStalledHandshakeClosed is the attack of a network peer that opens
+// TCP connections to the mutual-TLS listener and never completes a
+// handshake, each holding a descriptor and a goroutine: the server closes
+// them after Config.HandshakeTimeout (gRPC's own default is 120 s).
+func TestStalledHandshakeClosed(t *testing.T) {
+	set, _ := regoSet(t)
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Logger: quiet(), HandshakeTimeout: 200 * time.Millisecond})
+	ca := testpki.NewCA(t, "example.org")
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t, "", "127.0.0.1")}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
+	l, creds, err := Listen("127.0.0.1:0", conf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(ctx, l, creds) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the stalled connection is still open: %v", err)
+	}
+}
+
+// TestConnectWithoutPath: Envoy sends a CONNECT tunnel's check with no
+// path (its target is an authority); policy refuses CONNECT, as a sidecar
+// does. Any other HTTP check without a path was read as "/", which an
+// ALLOW on paths ["/*"] admits: it is now a bad check request, denied.
+func TestConnectWithoutPath(t *testing.T) {
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  rules: [{to: [{operation: {paths: ["/*"]}}]}]
+`)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	for _, c := range []struct {
+		method, path string
+		code         codes.Code
+	}{
+		{"GET", "/x", codes.OK},
+		{"CONNECT", "", codes.PermissionDenied},
+		{"GET", "", codes.PermissionDenied},
+	} {
+		req := check(c.method, c.path, nil, "app=x", time.Now())
+		req.Attributes.Request.Http.Host = "internal.example:22"
+		resp, err := s.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+			t.Errorf("%s %q: %v, want %v", c.method, c.path, got, c.code)
+		}
+	}
+}

@@ -1,0 +1,330 @@
+//go:build linux
+
+package workload
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// hugeHeaderRequest is a FetchJWTSVID call whose header list carries
+// pad bytes of one extra field, sent as a raw HTTP/2 client that does
+// not heed the server's SETTINGS_MAX_HEADER_LIST_SIZE (grpc-go's own
+// client would refuse to send it).
+func hugeHeaderRequest(pad int) []byte {
+	var buf bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{
+		{":method", "POST"}, {":scheme", "http"}, {":path", workload.SpiffeWorkloadAPI_FetchJWTSVID_FullMethodName},
+		{":authority", "localhost"}, {"content-type", "application/grpc"}, {"te", "trailers"}, {SecurityHeader, "true"},
+		{"x-pad", strings.Repeat("a", pad)},
+	} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	block := hb.Bytes()
+	const frag = 16 << 10 // the default SETTINGS_MAX_FRAME_SIZE
+	first := block[:min(frag, len(block))]
+	block = block[len(first):]
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: first, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		n := min(frag, len(block))
+		fr.WriteContinuation(1, n == len(block), block[:n])
+		block = block[n:]
+	}
+	msg, _ := proto.Marshal(&workload.JWTSVIDRequest{Audience: []string{"aud"}})
+	data := make([]byte, 5+len(msg))
+	binary.BigEndian.PutUint32(data[1:], uint32(len(msg)))
+	copy(data[5:], msg)
+	fr.WriteData(1, true, data)
+	return buf.Bytes()
+}
+
+// TestHugeHeaderListIsRefused: gRPC's server takes header lists of up to
+// 16 MiB by default and keeps them for the call's life, 64 calls to a
+// connection; a local caller holding streams open with such headers makes
+// the agent hold gigabytes. A call whose headers exceed MaxHeaderListSize
+// is reset, or its connection closed, before any handler sees it; a
+// normal call is still answered.
+func TestHugeHeaderListIsRefused(t *testing.T) {
+	f := newFixture(t)
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	for _, tc := range []struct {
+		name   string
+		pad    int
+		served bool
+	}{
+		{"small_headers_served", 100, true},
+		{"one_mebibyte_of_headers_reset", 1 << 20, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("unix", f.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			go c.Write(hugeHeaderRequest(tc.pad))
+			fr := http2.NewFramer(io.Discard, c)
+			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			for {
+				fr0, err := fr.ReadFrame()
+				if err != nil {
+					// The server may also drop the whole connection (an
+					// oversized header string is a compression error).
+					if tc.served {
+						t.Fatalf("read: %v", err)
+					}
+					return
+				}
+				switch fr0 := fr0.(type) {
+				case *http2.MetaHeadersFrame:
+					if fr0.StreamID == 1 {
+						if !tc.served {
+							t.Fatalf("a call with %d bytes of headers was answered: %v", tc.pad, fr0.Fields)
+						}
+						return
+					}
+				case *http2.RSTStreamFrame:
+					if fr0.StreamID == 1 {
+						if tc.served {
+							t.Fatalf("the call was reset: %v", fr0.ErrCode)
+						}
+						return
+					}
+				case *http2.GoAwayFrame:
+					if tc.served {
+						t.Fatalf("GOAWAY %v", fr0.ErrCode)
+					}
+					return
+				}
+			}
+		})
+	}
+}
+
+// TestConnectionsPerUserAreBounded: every Workload API connection holds
+// two of the agent's descriptors (the socket and a pidfd) for as long as
+// the caller keeps it open, and gRPC closes none that stay quiet. A local
+// user opening connections without end would use up the agent's
+// descriptors: no other workload could connect, and the agent could
+// neither read /proc nor reach the server. A user's connections past
+// MaxConnsPerUID are closed at once; one closed makes room again.
+func TestConnectionsPerUserAreBounded(t *testing.T) {
+	f := newFixtureWith(t, func(c *Config) { c.MaxConnsPerUID = 3 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	// served reports whether the server answers on c with its HTTP/2
+	// SETTINGS (it does once the connection was accepted and bound), or
+	// closes it.
+	served := func(c net.Conn) bool {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		fr := http2.NewFramer(io.Discard, c)
+		_, err := fr.ReadFrame()
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("read: %v", err)
+		}
+		return err == nil
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", f.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var open []net.Conn
+	for i := range 3 {
+		c := dial()
+		if !served(c) {
+			t.Fatalf("connection %d of 3 was closed", i+1)
+		}
+		open = append(open, c)
+	}
+	if served(dial()) {
+		t.Fatal("a fourth connection of the same user was served past MaxConnsPerUID 3")
+	}
+	open[0].Close()
+	// The server notices the close on its reader; until then the slot
+	// is taken.
+	deadline := time.Now().Add(20 * time.Second)
+	for !served(dial()) {
+		if time.Now().After(deadline) {
+			t.Fatal("no connection was served again after one closed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestConnLimits: a uid past its own bound is refused while others are
+// served; all callers together past the total are refused whatever their
+// uid; a released slot serves again, and each bound warns once until it
+// is left.
+func TestConnLimits(t *testing.T) {
+	var warned []string
+	l := newConnLimits(2, 3, func(uid uint32, open int, all bool) {
+		warned = append(warned, fmt.Sprintf("uid=%d open=%d all=%v", uid, open, all))
+	})
+	steps := []struct {
+		name    string
+		release bool
+		uid     uint32
+		ok      bool
+	}{
+		{"first_of_uid_1", false, 1, true},
+		{"second_of_uid_1", false, 1, true},
+		{"third_of_uid_1_refused", false, 1, false},
+		{"third_of_uid_1_refused_again", false, 1, false},
+		{"first_of_uid_2", false, 2, true},
+		{"total_reached_refuses_uid_3", false, 3, false},
+		{"release_one_of_uid_1", true, 1, true},
+		{"uid_3_served_again", false, 3, true},
+	}
+	for _, st := range steps {
+		if st.release {
+			l.release(st.uid)
+			continue
+		}
+		err := l.acquire(st.uid)
+		if (err == nil) != st.ok || (err != nil && !errors.Is(err, errTooManyConns)) {
+			t.Fatalf("%s: acquire = %v, want ok=%v", st.name, err, st.ok)
+		}
+	}
+	want := []string{"uid=1 open=2 all=false", "uid=3 open=3 all=true"}
+	if fmt.Sprint(warned) != fmt.Sprint(want) {
+		t.Fatalf("warnings %v, want %v", warned, want)
+	}
+}
+
+// TestStreamsPerUserAreBounded: every open stream attests its caller again
+// whenever what the agent serves changes, so a workload holding thousands
+// open would make each rotation on the node cost the agent seconds of
+// CPU. A uid's streams past MaxStreamsPerUID, of any kind, are
+// ResourceExhausted; one closed makes room again.
+func TestStreamsPerUserAreBounded(t *testing.T) {
+	f := newFixtureWith(t, func(c *Config) { c.MaxStreamsPerUID = 2 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	c := f.raw(t)
+	open := func(ctx context.Context) error {
+		s, err := c.FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = s.Recv()
+		return err
+	}
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	defer cancel1()
+	if err := open(ctx1); err != nil {
+		t.Fatal(err)
+	}
+	bundles, err := c.FetchJWTBundles(withHeader(ctxT(t)), &workload.JWTBundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundles.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(ctxT(t)); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "streams open") {
+		t.Fatalf("a third stream of the same user: %v, want ResourceExhausted", err)
+	}
+	cancel1()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := open(ctxT(t))
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("after one stream closed: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestDescriptorsSentAlongAreNotKept: a client may attach descriptors
+// (SCM_RIGHTS) to every byte it writes. The agent reads with recvmsg and a
+// control buffer: any descriptor the kernel finds room for there is
+// installed in the agent, and nothing closes it. One byte at a time, a
+// local user could fill the agent's descriptor table (the HTTP/2 preface,
+// SETTINGS and a PING are 50 bytes: 200 descriptors on the parent).
+func TestDescriptorsSentAlongAreNotKept(t *testing.T) {
+	f := newFixture(t)
+	countFDs := func() int {
+		t.Helper()
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	c, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	before := countFDs()
+	var stream bytes.Buffer
+	stream.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&stream, nil)
+	fr.WriteSettings()
+	fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	fd := int(devnull.Fd())
+	rights := unix.UnixRights(fd, fd, fd, fd)
+	for _, b := range stream.Bytes() {
+		if _, _, err := uc.WriteMsgUnix([]byte{b}, rights, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The PING's answer says the server has read every byte before it.
+	uc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rd := http2.NewFramer(io.Discard, uc)
+	for {
+		fr0, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if p, ok := fr0.(*http2.PingFrame); ok && p.IsAck() {
+			break
+		}
+	}
+	if grown := countFDs() - before; grown > 10 {
+		t.Fatalf("the agent holds %d more descriptors after one connection sent %d bytes with 4 descriptors each", grown, stream.Len())
+	}
+}
+
+// TestCredSpace: the control buffer fits one SCM_CREDENTIALS exactly (a
+// larger one has room for descriptors, a smaller one loses the writer).
+func TestCredSpace(t *testing.T) {
+	if want := unix.CmsgSpace(unix.SizeofUcred); credSpace != want {
+		t.Fatalf("credSpace %d, want %d", credSpace, want)
+	}
+}
