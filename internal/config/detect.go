@@ -23,8 +23,10 @@ type DetectThresholds struct {
 	// above the baseline by 5 deviations and at least MinRate requests.
 	RateFactor float64 `json:"rate_factor,omitempty"`
 	MinRate    float64 `json:"min_rate,omitempty"` // default 30 requests per minute
-	// DenyBurst: this many refused requests (deny, unauthenticated,
-	// refused) from one identity in a minute is probing (default 20).
+	// DenyBurst: this many requests refused by policy from one identity
+	// in a minute is probing (default 20). 401s (the token it relayed was
+	// bad) and no_policy denials (the destination had no policy yet) are
+	// not the caller's and do not count.
 	DenyBurst int `json:"deny_burst,omitempty"`
 	// NewPaths: this many paths the identity never called before, in 5
 	// minutes, is probing (default 10).
