@@ -123,8 +123,11 @@ func runOpener() {
 }
 
 // rawJWTRequest is a complete FetchJWTSVID call as HTTP/2 bytes: client
-// preface, SETTINGS, HEADERS and one DATA frame ending the stream.
-func rawJWTRequest() []byte {
+// preface, SETTINGS, HEADERS (with extra fields after the usual ones,
+// continued in CONTINUATION frames past 16 KiB) and one DATA frame ending
+// the stream. A raw client does not heed the server's
+// SETTINGS_MAX_HEADER_LIST_SIZE, as grpc-go's own would.
+func rawJWTRequest(extra ...hpack.HeaderField) []byte {
 	var buf bytes.Buffer
 	buf.WriteString(http2.ClientPreface)
 	fr := http2.NewFramer(&buf, nil)
@@ -137,7 +140,19 @@ func rawJWTRequest() []byte {
 	} {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	for _, f := range extra {
+		enc.WriteField(f)
+	}
+	block := hb.Bytes()
+	const frag = 16 << 10 // the default SETTINGS_MAX_FRAME_SIZE
+	first := block[:min(frag, len(block))]
+	block = block[len(first):]
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: first, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		n := min(frag, len(block))
+		fr.WriteContinuation(1, n == len(block), block[:n])
+		block = block[n:]
+	}
 	msg, _ := proto.Marshal(&workload.JWTSVIDRequest{Audience: []string{"aud"}})
 	data := make([]byte, 5+len(msg))
 	binary.BigEndian.PutUint32(data[1:], uint32(len(msg)))

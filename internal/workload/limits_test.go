@@ -5,7 +5,6 @@ package workload
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -21,44 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
-
-// hugeHeaderRequest is a FetchJWTSVID call whose header list carries
-// pad bytes of one extra field, sent as a raw HTTP/2 client that does
-// not heed the server's SETTINGS_MAX_HEADER_LIST_SIZE (grpc-go's own
-// client would refuse to send it).
-func hugeHeaderRequest(pad int) []byte {
-	var buf bytes.Buffer
-	buf.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(&buf, nil)
-	fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{
-		{":method", "POST"}, {":scheme", "http"}, {":path", workload.SpiffeWorkloadAPI_FetchJWTSVID_FullMethodName},
-		{":authority", "localhost"}, {"content-type", "application/grpc"}, {"te", "trailers"}, {SecurityHeader, "true"},
-		{"x-pad", strings.Repeat("a", pad)},
-	} {
-		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	block := hb.Bytes()
-	const frag = 16 << 10 // the default SETTINGS_MAX_FRAME_SIZE
-	first := block[:min(frag, len(block))]
-	block = block[len(first):]
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: first, EndHeaders: len(block) == 0})
-	for len(block) > 0 {
-		n := min(frag, len(block))
-		fr.WriteContinuation(1, n == len(block), block[:n])
-		block = block[n:]
-	}
-	msg, _ := proto.Marshal(&workload.JWTSVIDRequest{Audience: []string{"aud"}})
-	data := make([]byte, 5+len(msg))
-	binary.BigEndian.PutUint32(data[1:], uint32(len(msg)))
-	copy(data[5:], msg)
-	fr.WriteData(1, true, data)
-	return buf.Bytes()
-}
 
 // TestHugeHeaderListIsRefused: gRPC's server takes header lists of up to
 // 16 MiB by default and keeps them for the call's life, 64 calls to a
@@ -84,7 +46,7 @@ func TestHugeHeaderListIsRefused(t *testing.T) {
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(20 * time.Second))
-			go c.Write(hugeHeaderRequest(tc.pad))
+			go c.Write(rawJWTRequest(hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("a", tc.pad)}))
 			fr := http2.NewFramer(io.Discard, c)
 			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 			for {
