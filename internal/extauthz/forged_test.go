@@ -34,8 +34,7 @@ import (
 // ext_authz must neither decide on them nor let them through.
 func TestForgedHeaders(t *testing.T) {
 	jwks, sign := policytest.Issuer(t)
-	var b policy.Bundle
-	if err := b.Add("p.yaml", []byte(fmt.Sprintf(`apiVersion: security.istio.io/v1
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: jwt, namespace: prod}
 spec:
@@ -53,13 +52,7 @@ spec:
     when: [{key: "request.headers[x-user]", values: [admin]}]
   - to: [{operation: {paths: [/public]}}]
     when: [{key: "request.headers[x-plan]", values: [free]}]
-`, jwks))); err != nil {
-		t.Fatal(err)
-	}
-	set, err := b.Compile(policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, jwks))
 	v := authn.NewVerifier(authn.Options{Logger: quiet()})
 	t.Cleanup(func() { v.Close() })
 	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
@@ -186,8 +179,7 @@ func TestForgedTwinOfRegoHeader(t *testing.T) {
 // takes only SPIFFE certificates) and in "moatless policy check" (which
 // refuses such a principal), never a name a pattern might match.
 func TestNonSPIFFEPrincipal(t *testing.T) {
-	var b policy.Bundle
-	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+	set := compileSet(t, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: p, namespace: prod}
 spec:
@@ -198,13 +190,7 @@ spec:
     to: [{operation: {paths: [/suffix]}}]
   - from: [{source: {principals: ["*"]}}]
     to: [{operation: {paths: [/any]}}]
-`)); err != nil {
-		t.Fatal(err)
-	}
-	set, err := b.Compile(policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
 	cases := []struct {
 		name, principal, path string
@@ -307,19 +293,12 @@ func TestStalledHandshakeClosed(t *testing.T) {
 // does. Any other HTTP check without a path was read as "/", which an
 // ALLOW on paths ["/*"] admits: it is now a bad check request, denied.
 func TestConnectWithoutPath(t *testing.T) {
-	var b policy.Bundle
-	if err := b.Add("p.yaml", []byte(`apiVersion: security.istio.io/v1
+	set := compileSet(t, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: p, namespace: prod}
 spec:
   rules: [{to: [{operation: {paths: ["/*"]}}]}]
-`)); err != nil {
-		t.Fatal(err)
-	}
-	set, err := b.Compile(policy.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
 	for _, c := range []struct {
 		method, path string
@@ -339,4 +318,18 @@ spec:
 			t.Errorf("%s %q: %v, want %v", c.method, c.path, got, c.code)
 		}
 	}
+}
+
+// compileSet compiles one YAML document set of policies.
+func compileSet(t *testing.T, yaml string) *policy.Set {
+	t.Helper()
+	var b policy.Bundle
+	if err := b.Add("p.yaml", []byte(yaml)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := b.Compile(policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
 }
