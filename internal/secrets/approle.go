@@ -402,7 +402,7 @@ func (s *Service) approleLogin(rq *req) (*envelope, error) {
 		return nil, err
 	}
 	rq.audited = true
-	return &envelope{Auth: ai}, nil
+	return s.withPolicies(rq, ai), nil
 }
 
 var errSecretID = errors.New("secrets: invalid secret id")

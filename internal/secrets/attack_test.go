@@ -44,6 +44,9 @@ type testService struct {
 	svc   *Service
 	now   time.Time
 	audit *recordAudit
+	// ctx, when set, is every request's context (a deadline, so that a
+	// request that would wait for ever fails instead).
+	ctx context.Context
 }
 
 // recordAudit keeps the events it is given.
@@ -138,6 +141,9 @@ func (ts *testService) call(method, path, token string, body any, from ...string
 		b, _ = json.Marshal(v)
 	}
 	r := httptest.NewRequest(method, "/v1/"+path, bytes.NewReader(b))
+	if ts.ctx != nil {
+		r = r.WithContext(ts.ctx)
+	}
 	r.RemoteAddr = "127.0.0.1:40000"
 	if len(from) > 0 {
 		r.RemoteAddr = from[0]
@@ -632,6 +638,52 @@ func TestJWTRoleBoundCIDRsBindTheToken(t *testing.T) {
 		}
 		if st, _ := ts.call("POST", "auth/jwt/login", "", map[string]any{"role": "web", "jwt": svid}, "192.0.2.7:5555"); st != 400 {
 			t.Errorf("JWT login from outside token_bound_cidrs: %d, want 400", st)
+		}
+	})
+}
+
+// TestConcurrentLoginsKeepThePool: 48 AppRole logins at once with one
+// secret ID (a fleet of pods starting with the same credential) and 48
+// cert logins all succeed. Each login's transaction holds a connection
+// (and, for AppRole, the secret ID's row lock); it read the token's
+// policies through a second connection from the store's pool (16 on
+// PostgreSQL), so once every connection was held by a login waiting for
+// another, none moved again: every request of the server that needs the
+// store waited with them. Fails on the parent on PostgreSQL: the logins
+// end only at their deadline (TestUseLimitsHoldUnderConcurrency hung the
+// same way in one CI run).
+func TestConcurrentLoginsKeepThePool(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db, func(c *Config) {
+			c.Peer = func(*http.Request) (*Peer, error) {
+				return &Peer{SPIFFEID: "spiffe://example.org/ns/prod/sa/web", NotAfter: time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC)}, nil
+			}
+		})
+		ts.policy("reader", `path "secret/data/*" { capabilities = ["read"] }`)
+		ts.must("POST", "auth/approle/role/fleet", testAdminToken, map[string]any{"token_policies": "reader"})
+		roleID := dataOf(ts.must("GET", "auth/approle/role/fleet/role-id", testAdminToken, nil))["role_id"]
+		sid := dataOf(ts.must("POST", "auth/approle/role/fleet/secret-id", testAdminToken, nil))["secret_id"]
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		ts.ctx = ctx
+		for _, login := range []struct {
+			path string
+			body map[string]any
+		}{
+			{"auth/approle/login", map[string]any{"role_id": roleID, "secret_id": sid}},
+			{"auth/cert/login", nil},
+		} {
+			var wg sync.WaitGroup
+			codes := make([]int, 48)
+			for i := range codes {
+				wg.Go(func() { codes[i], _ = ts.call("POST", login.path, "", login.body) })
+			}
+			wg.Wait()
+			for i, c := range codes {
+				if c != 200 {
+					t.Fatalf("%s: login %d of %d answered %d (the pool ran dry: every login waited for another's connection)", login.path, i, len(codes), c)
+				}
+			}
 		}
 	})
 }

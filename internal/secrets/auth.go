@@ -201,11 +201,23 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	}
 	tc := tokenFromStored(&st)
 	rq.tok = tc
-	pols := s.effectivePolicies(rq.ctx, tc)
 	rq.details["token_accessor"] = st.Accessor
 	s.metrics.tokens.WithLabelValues(strings.SplitN(in.subject, ":", 2)[0]).Inc()
-	return &authInfo{ClientToken: tok, Accessor: st.Accessor, Policies: pols, TokenPolicies: pols, Metadata: in.meta,
+	// Policies are filled in by withPolicies once tx has committed: they
+	// are read from the store's pool, and a second connection asked for
+	// while tx holds one (and, for AppRole, a secret ID's row lock) is how
+	// 16 concurrent logins took every connection of the pool and waited
+	// on each other for ever.
+	return &authInfo{ClientToken: tok, Accessor: st.Accessor, Metadata: in.meta,
 		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: in.renewable, TokenType: "service", Orphan: true, NumUses: in.numUses}, nil
+}
+
+// withPolicies sets ai's policies, those of the token rq issued, after
+// the transaction that issued it has committed (issueToken).
+func (s *Service) withPolicies(rq *req, ai *authInfo) *envelope {
+	pols := s.effectivePolicies(rq.ctx, rq.tok)
+	ai.Policies, ai.TokenPolicies = pols, pols
+	return &envelope{Auth: ai}
 }
 
 // loginFailed counts, rate-limits and explains a failed login. The
@@ -232,7 +244,7 @@ func (s *Service) login(rq *req, in issued, extra map[string]string) (*envelope,
 	if err != nil {
 		return nil, err
 	}
-	return &envelope{Auth: ai}, nil
+	return s.withPolicies(rq, ai), nil
 }
 
 // certLogin: POST auth/cert/login. The credential is the X509-SVID of
