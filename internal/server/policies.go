@@ -574,18 +574,25 @@ func (s *Server) rollbackPolicies(c *adminCall) {
 		c.fail(badf("version: required (see \"moatless policy history\")"))
 		return
 	}
+	// The version to go back to is read and checked before the write's
+	// transaction: a past version never changes, and a read through the
+	// pool from inside that transaction held two connections, so as many
+	// rollbacks at once as the pool has connections (4 on SQLite) waited
+	// on each other for ever.
+	_, target, err := s.db.PolicySet(c.ctx, s.db.SQL(), in.Version)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	targetDocs, err := loadSet(target)
+	if err == nil {
+		err = validateJWTRules(targetDocs)
+	}
+	if err != nil {
+		c.fail(badf("version %d no longer validates: %v", in.Version, err))
+		return
+	}
 	res, err := s.writePolicySet(c, "rollback", in.Version, false, func(byRef map[store.PolicyRef]store.PolicyObject) ([]store.PolicyWrite, error) {
-		_, target, err := s.db.PolicySet(c.ctx, s.db.SQL(), in.Version)
-		if err != nil {
-			return nil, err
-		}
-		targetDocs, err := loadSet(target)
-		if err != nil {
-			return nil, badf("version %d no longer validates: %v", in.Version, err)
-		}
-		if err := validateJWTRules(targetDocs); err != nil {
-			return nil, badf("version %d no longer validates: %v", in.Version, err)
-		}
 		var out []store.PolicyWrite
 		keep := map[store.PolicyRef]bool{}
 		for _, o := range target {

@@ -1,10 +1,15 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"slices"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -369,5 +374,59 @@ func TestConnectedSameInBothViews(t *testing.T) {
 			t.Fatalf("%s: node list connected=%v, policy status connected=%v, want %v",
 				tc.name, nodes[0].Connected, st.Nodes[0].Connected, tc.connected)
 		}
+	}
+}
+
+// TestConcurrentRollbacks: 24 rollbacks at once, on SQLite and on
+// PostgreSQL, each answer within the client's 30 s, none waits for
+// ever. A rollback read the version it goes back to through the store's
+// pool from inside the write's transaction, which holds a connection and
+// the policy lock: with as many rollbacks as the pool has connections,
+// each held one and waited for another. Fails on the parent on
+// PostgreSQL (the rollbacks time out).
+func TestConcurrentRollbacks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start func(t *testing.T) *env
+	}{
+		{"sqlite", func(t *testing.T) *env { return start(t, "") }},
+		{"postgres", func(t *testing.T) *env { return startReplicas(t, 1)[0] }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.start(t)
+			if st, _, body := apply(e, allowOrders, false); st != 200 {
+				t.Fatalf("apply: %d %s", st, body)
+			}
+			if st, _, body := apply(e, strings.Replace(allowOrders, `"GET"`, `"POST"`, 1), false); st != 200 {
+				t.Fatalf("apply: %d %s", st, body)
+			}
+			c := e.client(nil)
+			body, _ := json.Marshal(server.PolicyRollbackRequest{Version: 1})
+			errs := make([]error, 24)
+			var wg sync.WaitGroup
+			for i := range errs {
+				wg.Go(func() {
+					req, _ := http.NewRequest("POST", "https://"+e.addr+server.PathAdminPolicyRollback, bytes.NewReader(body))
+					req.Header.Set("Authorization", "Bearer "+e.token)
+					req.Header.Set("Content-Type", "application/json")
+					resp, err := c.Do(req)
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						errs[i] = fmt.Errorf("%d %s", resp.StatusCode, b)
+					}
+				})
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if err != nil {
+					t.Fatalf("rollback %d of %d: %v", i, len(errs), err)
+				}
+			}
+		})
 	}
 }
