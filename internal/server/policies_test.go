@@ -9,8 +9,8 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
