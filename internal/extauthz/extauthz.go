@@ -343,39 +343,20 @@ func (s *Server) outputHeaders(rules []*securityv1beta1.JWTRule) []string {
 	return folded
 }
 
-// foldsTo reports whether foldHeaderName(h) == f, without allocating.
+// foldsTo reports whether foldHeaderName(h) == f, without allocating for
+// names up to 64 bytes.
 func foldsTo(h, f string) bool {
 	if len(h) != len(f) {
 		return false
 	}
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case c == '_':
-			c = '-'
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		}
-		if c != f[i] {
-			return false
-		}
-	}
-	return true
+	var buf [64]byte
+	return string(policy.AppendCGIName(buf[:0], h)) == f
 }
 
-// foldHeaderName is h as a CGI-style app compares it: ASCII lower case
-// (header names are ASCII tokens), "_" read as "-".
+// foldHeaderName is h as a CGI-style app compares it
+// (policy.AppendCGIName).
 func foldHeaderName(h string) string {
-	b := []byte(h)
-	for i, c := range b {
-		switch {
-		case c == '_':
-			b[i] = '-'
-		case 'A' <= c && c <= 'Z':
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
+	return string(policy.AppendCGIName(nil, h))
 }
 
 type refuseTokens struct{}

@@ -4,6 +4,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/moatless/moatless/internal/policy"
 )
 
 // Request headers the app could mistake for the sidecar's word.
@@ -197,17 +199,7 @@ func (f *headerFilter) underscored(k string) bool {
 		return true
 	}
 	var buf [64]byte
-	b := buf[:0]
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		switch {
-		case c == '_':
-			c = '-'
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		}
-		b = append(b, c)
-	}
+	b := policy.AppendCGIName(buf[:0], k)
 	if f.rules[string(b)] != 0 {
 		return true
 	}
