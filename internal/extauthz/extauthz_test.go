@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,9 +73,9 @@ spec:
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// serve starts a Server on addr and returns a connected go-control-plane
-// client.
-func serve(t *testing.T, s *Server, addr string, tlsConf *tls.Config, uids []uint32, dial grpc.DialOption) authv3.AuthorizationClient {
+// listen starts s on addr until the test ends and returns the address it
+// listens on.
+func listen(t *testing.T, s *Server, addr string, tlsConf *tls.Config, uids []uint32) net.Addr {
 	t.Helper()
 	l, creds, err := Listen(addr, tlsConf, uids)
 	if err != nil {
@@ -84,7 +85,14 @@ func serve(t *testing.T, s *Server, addr string, tlsConf *tls.Config, uids []uin
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(ctx, l, creds) }()
 	t.Cleanup(func() { cancel(); <-done })
-	target := "passthrough:///" + l.Addr().String()
+	return l.Addr()
+}
+
+// serve starts a Server on addr and returns a connected go-control-plane
+// client.
+func serve(t *testing.T, s *Server, addr string, tlsConf *tls.Config, uids []uint32, dial grpc.DialOption) authv3.AuthorizationClient {
+	t.Helper()
+	target := "passthrough:///" + listen(t, s, addr, tlsConf, uids).String()
 	if strings.HasPrefix(addr, "unix:") {
 		target = addr
 	}

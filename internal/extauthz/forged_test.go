@@ -269,15 +269,7 @@ func TestStalledHandshakeClosed(t *testing.T) {
 	s, _ := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Logger: quiet(), HandshakeTimeout: 200 * time.Millisecond})
 	ca := testpki.NewCA(t, "example.org")
 	conf := &tls.Config{Certificates: []tls.Certificate{ca.ServerCert(t, "", "127.0.0.1")}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
-	l, creds, err := Listen("127.0.0.1:0", conf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ctx, l, creds) }()
-	t.Cleanup(func() { cancel(); <-done })
-	c, err := net.Dial("tcp", l.Addr().String())
+	c, err := net.Dial("tcp", listen(t, s, "127.0.0.1:0", conf, nil).String())
 	if err != nil {
 		t.Fatal(err)
 	}
