@@ -138,6 +138,15 @@ type Bundle struct {
 	JWTAuthorities  []JWTAuthority `json:"jwt_authorities"`
 	RefreshHint     Duration       `json:"refresh_hint,omitempty"`
 	SequenceNumber  uint64         `json:"sequence_number"`
+	// TaintedX509Authorities names the X.509 authorities an operator has
+	// marked compromised (`moatless ca taint`), each by its certificate's
+	// subject key ID in lower-case hex; each is also in X509Authorities.
+	// A tainted authority is still trusted, so that what it signed keeps
+	// working for the moment it takes to replace it, but every holder of an
+	// SVID whose chain contains it must replace that SVID at once, and the
+	// next step (`ca revoke`) removes it from the bundle. Absent (the usual
+	// case, and every server before taint existed) means none is tainted.
+	TaintedX509Authorities []string `json:"tainted_x509_authorities,omitempty"`
 }
 
 // JWTAuthority is a JWT signing public key (PKIX DER).
@@ -145,6 +154,10 @@ type JWTAuthority struct {
 	KeyID     string    `json:"key_id"`
 	PublicKey []byte    `json:"public_key"`
 	ExpiresAt time.Time `json:"expires_at,omitempty"`
+	// Tainted marks a key an operator has marked compromised: tokens it
+	// signed still verify until it is revoked (removed from the bundle),
+	// but every holder must replace them at once.
+	Tainted bool `json:"tainted,omitempty"`
 }
 
 // Selector is a type and value a workload must show to be given an entry's
