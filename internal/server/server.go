@@ -284,6 +284,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		X509SVIDTTL: st.X509SVIDTTL.Std(), JWTSVIDTTL: st.JWTSVIDTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ca"),
 	}
+	if opts.RevokedAuthorities, err = readRevokedAuthorities(st.DataDir); err != nil {
+		return nil, err
+	}
 	if u := st.UpstreamCA; u != nil {
 		opts.Upstream, err = ca.LoadUpstream(u.Cert, u.Key, u.Bundle)
 		if err != nil {
@@ -677,7 +680,7 @@ func (s *Server) writeBundleFile() error {
 	}
 	seq, _ := b.SequenceNumber()
 	s.bundleSeq.Store(seq)
-	return nil
+	return s.writeRevokedAuthorities()
 }
 
 // remoteHost is the caller's address for logs and audit.

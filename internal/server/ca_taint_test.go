@@ -1,0 +1,318 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// caStep runs one operator step through the admin API and fails the test
+// unless it succeeds.
+func (e *env) caStep(path string, in server.CAStepRequest) server.CAStepResponse {
+	e.t.Helper()
+	var out server.CAStepResponse
+	e.admin("POST", path, in, &out)
+	return out
+}
+
+func activeIDs(st server.CAStatus) (x, j string) {
+	for _, a := range st.Authorities {
+		if a.State == ca.StateActive {
+			if a.Kind == ca.KindX509 {
+				x = a.ID
+			} else {
+				j = a.ID
+			}
+		}
+	}
+	return x, j
+}
+
+// serverCertIssuer is the subject key ID of the CA that signed the
+// certificate the server presents now.
+func (e *env) serverCertIssuer() string {
+	e.t.Helper()
+	conn, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.pool, ServerName: "127.0.0.1", Time: e.clock.Now})
+	if err != nil {
+		e.t.Fatalf("handshake: %v", err)
+	}
+	defer conn.Close()
+	return hex.EncodeToString(conn.ConnectionState().PeerCertificates[0].AuthorityKeyId)
+}
+
+func pemSKIDs(t *testing.T, b []byte) []string {
+	var out []string
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, hex.EncodeToString(c.SubjectKeyId))
+	}
+}
+
+// The emergency procedure of docs/ca.md "Compromised key" through the
+// admin API on a running server, with an attested node watching:
+// prepare and activate successors, taint the old keys (the bundle the
+// node receives marks them, the server re-issues its own certificate),
+// revoke them (they leave the bundle the node receives and bundle.pem;
+// the node's SVID signed by the revoked key is refused on its open
+// connection and at a new handshake), and the revocation survives a
+// restart.
+func TestCACompromisedKeyProcedure(t *testing.T) {
+	e := start(t, "")
+	n := e.attest("spiffe://example.org/agent/a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := e.watch(ctx, n)
+	first := next(t, ch)
+	if first.Bundle == nil {
+		t.Fatal("first update has no bundle")
+	}
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, oldJ := activeIDs(st)
+	if got := e.serverCertIssuer(); got != oldX {
+		t.Fatalf("server certificate signed by %s, want %s", got, oldX)
+	}
+	// The node's SVID works.
+	renew := func(c *http.Client) (int, string) {
+		st, body := e.do(c, "POST", wire.PathRenew, "", wire.RenewRequest{CSR: csr(t, newKey(t))})
+		return st, string(body)
+	}
+	nodeClient := n.http
+	if code, body := renew(nodeClient); code != 200 {
+		t.Fatalf("renew before: %d %s", code, body)
+	}
+
+	for _, k := range []string{"x509", "jwt"} {
+		p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: k})
+		if p.Authority.State != ca.StatePrepared {
+			t.Fatalf("prepare %s: %+v", k, p.Authority)
+		}
+		// Clients trust the new authority from bundle.pem (as the CLI
+		// reads it on every call) before the server certificate moves.
+		if !e.pool.AppendCertsFromPEM([]byte(p.BundlePEM)) {
+			t.Fatal("no certificate in the bundle")
+		}
+		a := e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: k})
+		if a.Authority.ID != p.Authority.ID || a.Authority.State != ca.StateActive {
+			t.Fatalf("activate %s: %+v", k, a.Authority)
+		}
+	}
+	// Taint both (kind found from the ID).
+	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
+	tj := e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldJ})
+	if tj.Authority.State != ca.StateTainted {
+		t.Fatalf("taint: %+v", tj.Authority)
+	}
+	var b *wire.Bundle
+	for b == nil || !slices.Contains(b.TaintedX509Authorities, oldX) || !jwtTainted(b, oldJ) {
+		u := next(t, ch)
+		if u.Bundle != nil {
+			b = u.Bundle
+		}
+	}
+	if len(b.TaintedX509Authorities) != 1 || len(b.X509Authorities) != 2 {
+		t.Errorf("tainted bundle: %d authorities, tainted %v", len(b.X509Authorities), b.TaintedX509Authorities)
+	}
+	// The server no longer presents a certificate of the tainted key.
+	if got := e.serverCertIssuer(); got == oldX {
+		t.Error("the server still presents a certificate signed by the tainted authority")
+	}
+	// A tainted key is still trusted: the node can renew.
+	if code, body := renew(nodeClient); code != 200 {
+		t.Fatalf("renew with a tainted signer: %d %s", code, body)
+	}
+
+	rx := e.caStep(server.PathAdminCARevoke, server.CAStepRequest{Kind: "x509", ID: oldX})
+	if rx.Authority.State != ca.StateRevoked || rx.BundleSequence <= b.SequenceNumber {
+		t.Fatalf("revoke: %+v, sequence %d", rx.Authority, rx.BundleSequence)
+	}
+	for {
+		u := next(t, ch)
+		if u.Bundle != nil && u.Bundle.SequenceNumber == rx.BundleSequence {
+			b = u.Bundle
+			break
+		}
+	}
+	for _, der := range b.X509Authorities {
+		c, _ := x509.ParseCertificate(der)
+		if hex.EncodeToString(c.SubjectKeyId) == oldX {
+			t.Error("the revoked authority is still in the bundle the node receives")
+		}
+	}
+	if len(b.TaintedX509Authorities) != 0 {
+		t.Errorf("bundle after revoke: tainted %v", b.TaintedX509Authorities)
+	}
+	// The node's watch stream ends once it has that bundle: its SVID
+	// chains to the revoked authority.
+	for ended := false; !ended; {
+		select {
+		case _, ok := <-ch:
+			ended = !ok
+		case <-time.After(10 * time.Second):
+			t.Fatal("the watch stream of a node whose SVID the revoked authority signed stays open")
+		}
+	}
+	e.caStep(server.PathAdminCARevoke, server.CAStepRequest{ID: oldJ})
+	e.admin("GET", server.PathAdminBundle, nil, &b)
+	if jwtIn(b, oldJ) || len(b.JWTAuthorities) != 1 {
+		t.Errorf("bundle after the JWT revoke: %d keys, %s still there: %v", len(b.JWTAuthorities), oldJ, jwtIn(b, oldJ))
+	}
+	bundlePEM, _ := os.ReadFile(filepath.Join(e.dir, server.BundleFile))
+	if ids := pemSKIDs(t, bundlePEM); slices.Contains(ids, oldX) || len(ids) != 1 {
+		t.Errorf("bundle.pem after revoke holds %v (revoked %s)", ids, oldX)
+	}
+	revokedFile, _ := os.ReadFile(filepath.Join(e.dir, server.RevokedAuthoritiesFile))
+	if got := strings.Fields(string(revokedFile)); !slices.Equal(got, sorted(oldX, oldJ)) {
+		t.Errorf("%s = %q, want %s and %s", server.RevokedAuthoritiesFile, revokedFile, oldX, oldJ)
+	}
+	// The node's SVID was signed by the revoked key: refused on the
+	// connection it already has open ...
+	if code, body := renew(nodeClient); code != 403 || !strings.Contains(body, "was revoked") {
+		t.Errorf("renew on the open connection after revoke: %d %s", code, body)
+	}
+	// ... and at a new handshake.
+	fresh := e.client(n.cert())
+	if _, err := fresh.Post("https://"+e.addr+wire.PathRenew, "application/json", strings.NewReader("{}")); err == nil {
+		t.Error("a new connection with an SVID of the revoked authority was accepted")
+	}
+
+	// Every step is audited.
+	var page server.AuditPage
+	e.admin("GET", server.PathAdminAudit+"?limit=100", nil, &page)
+	count := map[string]int{}
+	for _, r := range page.Records {
+		count[r.Kind]++
+	}
+	for k, want := range map[string]int{server.KindCAPrepare: 2, server.KindCAActivate: 2, server.KindCATaint: 2, server.KindCARevoke: 2} {
+		if count[k] != want {
+			t.Errorf("%d %s audit records, want %d", count[k], k, want)
+		}
+	}
+
+	// After a restart the keys are still revoked.
+	cancel()
+	e.stop()
+	e2 := start(t, e.dir)
+	var st2 server.CAStatus
+	e2.admin("GET", server.PathAdminCA, nil, &st2)
+	for _, a := range st2.Authorities {
+		if (a.ID == oldX || a.ID == oldJ) && a.State != ca.StateRevoked {
+			t.Errorf("after a restart %s is %s", a.ID, a.State)
+		}
+	}
+	if ids := pemSKIDs(t, []byte(st2.BundlePEM)); slices.Contains(ids, oldX) {
+		t.Error("after a restart the revoked authority is back in the bundle")
+	}
+}
+
+func jwtTainted(b *wire.Bundle, kid string) bool {
+	for _, a := range b.JWTAuthorities {
+		if a.KeyID == kid {
+			return a.Tainted
+		}
+	}
+	return false
+}
+
+func jwtIn(b *wire.Bundle, kid string) bool {
+	return slices.ContainsFunc(b.JWTAuthorities, func(a wire.JWTAuthority) bool { return a.KeyID == kid })
+}
+
+func sorted(s ...string) []string {
+	slices.Sort(s)
+	return s
+}
+
+// Every refused step answers with a clear error and changes nothing: no
+// new bundle sequence, no audit record, the same authorities.
+func TestCAStepRefusals(t *testing.T) {
+	e := start(t, "")
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	activeX, activeJ := activeIDs(st)
+	unknownX := strings.Repeat("0", 40)
+	for _, tc := range []struct {
+		name, path string
+		body       string
+		token      string
+		code       int
+		want       string
+	}{
+		{"no_credential", server.PathAdminCATaint, `{"id":"` + activeX + `"}`, "-", 401, ""},
+		{"prepare_no_kind", server.PathAdminCAPrepare, `{}`, "", 400, "kind: required"},
+		{"prepare_bad_kind", server.PathAdminCAPrepare, `{"kind":"X509"}`, "", 400, `X509\" is not`},
+		{"prepare_with_id", server.PathAdminCAPrepare, `{"kind":"x509","id":"` + activeX + `"}`, "", 400, "takes no id"},
+		{"prepare_unknown_field", server.PathAdminCAPrepare, `{"kind":"x509","now":true}`, "", 400, "now"},
+		{"prepare_no_body", server.PathAdminCAPrepare, ``, "", 400, "empty body"},
+		{"prepare_query", server.PathAdminCAPrepare + "?kind=x509", `{"kind":"x509"}`, "", 400, "kind"},
+		{"activate_nothing_prepared", server.PathAdminCAActivate, `{"kind":"jwt"}`, "", 409, "no jwt authority is prepared"},
+		{"activate_active", server.PathAdminCAActivate, `{"kind":"x509","id":"` + activeX + `"}`, "", 409, "only a prepared authority"},
+		{"taint_no_id", server.PathAdminCATaint, `{"kind":"x509"}`, "", 400, "id: required"},
+		{"taint_bad_id", server.PathAdminCATaint, `{"id":"../etc"}`, "", 400, "not an authority ID"},
+		{"taint_upper_hex", server.PathAdminCATaint, `{"id":"` + strings.ToUpper(activeX) + `"}`, "", 400, "not an authority ID"},
+		{"taint_kind_mismatch", server.PathAdminCATaint, `{"kind":"jwt","id":"` + activeX + `"}`, "", 400, "but kind is jwt"},
+		{"taint_active_x509", server.PathAdminCATaint, `{"id":"` + activeX + `"}`, "", 409, "is active and signs"},
+		{"taint_active_jwt", server.PathAdminCATaint, `{"kind":"jwt","id":"` + activeJ + `"}`, "", 409, "is active and signs"},
+		{"taint_unknown", server.PathAdminCATaint, `{"id":"` + unknownX + `"}`, "", 404, "no authority has ID"},
+		{"revoke_active", server.PathAdminCARevoke, `{"id":"` + activeX + `"}`, "", 409, "only a tainted authority"},
+		{"revoke_unknown", server.PathAdminCARevoke, `{"kind":"x509","id":"` + unknownX + `"}`, "", 404, "no x509 authority"},
+		{"taint_get", server.PathAdminCATaint, ``, "", 404, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before server.CAStatus
+			e.admin("GET", server.PathAdminCA, nil, &before)
+			var page server.AuditPage
+			e.admin("GET", server.PathAdminAudit+"?limit=1", nil, &page)
+			tok := e.token
+			if tc.token == "-" {
+				tok = ""
+			}
+			method := "POST"
+			if strings.HasSuffix(tc.name, "_get") {
+				method = "GET"
+			}
+			var body any
+			if tc.body != "" {
+				body = tc.body
+			}
+			code, out := e.do(e.client(nil), method, tc.path, tok, body)
+			if code != tc.code || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("%d %s, want %d containing %q", code, out, tc.code, tc.want)
+			}
+			var after server.CAStatus
+			e.admin("GET", server.PathAdminCA, nil, &after)
+			b1, _ := json.Marshal(before.Authorities)
+			b2, _ := json.Marshal(after.Authorities)
+			if after.BundleSequence != before.BundleSequence || string(b1) != string(b2) {
+				t.Error("a refused step changed the CA")
+			}
+			var page2 server.AuditPage
+			e.admin("GET", server.PathAdminAudit+"?limit=1", nil, &page2)
+			if len(page2.Records) > 0 && strings.HasPrefix(page2.Records[0].Kind, "ca.") && (len(page.Records) == 0 || page2.Records[0].Seq != page.Records[0].Seq) {
+				t.Errorf("a refused step wrote a CA audit record %s", page2.Records[0].Kind)
+			}
+		})
+	}
+}
