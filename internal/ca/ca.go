@@ -115,7 +115,7 @@ var (
 	// ErrAuthorityState is returned by Prepare, Activate, Taint and Revoke
 	// when the authority is not in a state that allows the step (tainting
 	// the active authority, revoking one that is not tainted, ...).
-	ErrAuthorityState = errors.New("ca: step not allowed in the authority's state")
+	ErrAuthorityState = errors.New("ca: not allowed")
 	// ErrRevokedAuthority is returned when a stored CA state holds an
 	// authority this server knows was revoked: a restored or replayed
 	// state, refused whatever its sequence.
@@ -397,10 +397,10 @@ func (c *CA) Signed(leaf *x509.Certificate) bool {
 }
 
 // Status lists the authorities, X.509 first, each kind ordered by
-// NotBefore, for `moatless ca show`.
+// NotBefore, for `moatless ca show`: those of the state (prepared, active,
+// retired, tainted) and the revoked ones until their NotAfter.
 func (c *CA) Status() []Authority {
-	s := c.cur.Load()
-	return append(append([]Authority(nil), s.status...), s.revoked...)
+	return slices.Clone(c.cur.Load().all)
 }
 
 // IssuerState reports which of this CA's X.509 authorities issued leaf,

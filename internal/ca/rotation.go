@@ -333,8 +333,10 @@ type snapshot struct {
 	jwt    *jwtSigner  // nil when no JWT authority is active
 	bundle *spiffebundle.Bundle
 	status []Authority // the state's authorities (not the revoked ones)
-	// revoked lists the revoked authorities, for Status.
+	// revoked lists the revoked authorities; all is status and revoked,
+	// each kind ordered by NotBefore, for Status.
 	revoked []Authority
+	all     []Authority
 	// bySubject is each X.509 authority's (and revoked authority's) state
 	// by the raw subject of its certificate, for IssuerState.
 	bySubject map[string]issuer
@@ -405,7 +407,7 @@ func (c *CA) buildSnapshot(st *state) (*snapshot, error) {
 		}
 		s.jwt = &jwtSigner{kid: r.ID, signer: sig, notAfter: r.NotAfter}
 	}
-	slices.SortStableFunc(s.status, func(a, b Authority) int {
+	byKindThenTime := func(a, b Authority) int {
 		if a.Kind != b.Kind {
 			if a.Kind == KindX509 {
 				return -1
@@ -413,7 +415,10 @@ func (c *CA) buildSnapshot(st *state) (*snapshot, error) {
 			return 1
 		}
 		return a.NotBefore.Compare(b.NotBefore)
-	})
+	}
+	slices.SortStableFunc(s.status, byKindThenTime)
+	s.all = append(slices.Clone(s.status), s.revoked...)
+	slices.SortStableFunc(s.all, byKindThenTime)
 	var err error
 	if s.bundle, err = buildBundle(c.o.TrustDomain, st, c.o.RefreshHint); err != nil {
 		return nil, err
