@@ -328,9 +328,11 @@ func TestRevokedAuthorityCannotComeBack(t *testing.T) {
 			// A restart that knows the revoked IDs refuses it too.
 			opts := e.opts
 			opts.RevokedAuthorities = e.ca.RevokedIDs()
-			if _, err := Open(ctx, opts); !errors.Is(err, ErrRevokedAuthority) || !strings.Contains(err.Error(), old) {
+			_, err := Open(ctx, opts)
+			if !errors.Is(err, ErrRevokedAuthority) || !strings.Contains(err.Error(), old) {
 				t.Errorf("Open of the restored state with the revoked IDs: %v, want ErrRevokedAuthority naming %s", err, old)
 			}
+			t.Logf("refused: %v", err)
 		})
 	}
 }
@@ -357,9 +359,11 @@ func TestReplicaRefusesReplayAtSameSequence(t *testing.T) {
 	m.mu.Lock()
 	m.blob = prepared
 	m.mu.Unlock()
-	if _, err := e.ca.Sync(ctx); err == nil || !strings.Contains(err.Error(), "older") {
+	_, err := e.ca.Sync(ctx)
+	if err == nil || !strings.Contains(err.Error(), "older") {
 		t.Errorf("Sync of a replayed state at the same sequence = %v, want an error saying it is older", err)
 	}
+	t.Logf("refused: %v", err)
 	if got := activeX509ID(t, e.ca); got != active {
 		t.Errorf("active authority %s after the replay, want %s", got, active)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -315,4 +317,49 @@ func TestCAStepRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A store restored from a backup taken before a revocation holds the
+// revoked key again: the server refuses to start on it and says what to
+// do, because DATA_DIR/ca-revoked remembers the revocation.
+func TestCARestoredStoreCannotBringRevokedKeyBack(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, _ := activeIDs(st)
+	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
+	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
+	e.stop()
+	// The backup: the SQLite file and its write-ahead log as they are.
+	db := filepath.Join(dir, "moatless.db")
+	backup := map[string][]byte{}
+	for _, f := range []string{"", "-wal", "-shm"} {
+		if b, err := os.ReadFile(db + f); err == nil {
+			backup[f] = b
+		}
+	}
+	e = start(t, dir)
+	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+	e.caStep(server.PathAdminCARevoke, server.CAStepRequest{ID: oldX})
+	e.stop()
+	for _, f := range []string{"", "-wal", "-shm"} {
+		os.Remove(db + f)
+		if b, ok := backup[f]; ok {
+			if err := os.WriteFile(db+f, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cfg := config.DefaultServer(func(string) string { return "" })
+	cfg.DataDir, cfg.TrustDomain, cfg.Listen = dir, "example.org", "127.0.0.1:0"
+	cfg.Store, cfg.KEKFile, cfg.AdminIDs = "", "", nil
+	cfg.Complete()
+	_, err := server.New(context.Background(), server.Config{Settings: cfg, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "holds a revoked authority") || !strings.Contains(err.Error(), oldX) || !strings.Contains(err.Error(), server.RevokedAuthoritiesFile) {
+		t.Fatalf("start on the restored store: %v", err)
+	}
+	t.Logf("refused: %v", err)
 }

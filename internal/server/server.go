@@ -295,6 +295,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	}
 	s.ca, err = ca.Open(ctx, opts)
 	clear(kek)
+	if errors.Is(err, ca.ErrRevokedAuthority) {
+		return nil, fmt.Errorf("server: %w; restore a backup taken after the revocation, or, to start with this store anyway, remove the authority's line from %s and revoke it again at once (docs/ca.md, \"Compromised key\")", err, filepath.Join(st.DataDir, RevokedAuthoritiesFile))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
