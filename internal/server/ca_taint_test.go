@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
@@ -362,4 +364,93 @@ func TestCARestoredStoreCannotBringRevokedKeyBack(t *testing.T) {
 		t.Fatalf("start on the restored store: %v", err)
 	}
 	t.Logf("refused: %v", err)
+}
+
+// A JWT-SVID the server validates (the secrets API's JWT login, as token
+// exchange does: both read the live bundle) is accepted while its key is
+// tainted and refused once it is revoked.
+func TestCARevokedJWTKeyRefusedAtLogin(t *testing.T) {
+	e := start(t, "")
+	admin := e.client(nil)
+	pol := "name: ci\nsubjects:\n  jwt_roles: [ci]\npaths:\n  - path: secret/data/ci/*\n    capabilities: [read]\n"
+	if st, out := e.vreq(admin, "POST", "/v1/sys/policies/apply", e.token, map[string]any{"files": []map[string]string{{"name": "p.yaml", "content": pol}}}); st != 200 {
+		t.Fatalf("apply: %d %v", st, out)
+	}
+	if st, out := e.vreq(admin, "POST", "/v1/auth/jwt/role/ci", e.token, map[string]any{"bound_audiences": []string{"moatless-secrets"},
+		"bound_subject_patterns": []string{"spiffe://example.org/ci/*"}}); st != 204 {
+		t.Fatalf("jwt role: %d %v", st, out)
+	}
+	tok, _, err := e.srv.CA().SignJWTSVID(spiffeid.RequireFromString("spiffe://example.org/ci/build"), []string{"moatless-secrets"}, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	login := func() int {
+		st, _ := e.vreq(admin, "POST", "/v1/auth/jwt/login", "", map[string]any{"role": "ci", "jwt": tok})
+		return st
+	}
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	_, oldJ := activeIDs(st)
+	e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "jwt"})
+	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "jwt"})
+	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldJ})
+	if got := login(); got != 200 {
+		t.Fatalf("login with a JWT-SVID of a tainted key: %d, want 200", got)
+	}
+	e.caStep(server.PathAdminCARevoke, server.CAStepRequest{ID: oldJ})
+	if got := login(); got != 400 {
+		t.Fatalf("login with a JWT-SVID of a revoked key: %d, want 400", got)
+	}
+}
+
+// Two replicas on one PostgreSQL store: a taint through one replica makes
+// the other re-issue its own server certificate, a revoke through the
+// other reaches the first replica's agents, bundle.pem and
+// DATA_DIR/ca-revoked, and the first replica's listener refuses the node
+// SVID the revoked key signed.
+func TestCATaintRevokeAcrossReplicas(t *testing.T) {
+	envs := startReplicas(t, 2)
+	a, b := envs[0], envs[1]
+	n := a.attest("spiffe://example.org/agent/r")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := a.watch(ctx, n)
+	next(t, ch)
+	var st server.CAStatus
+	a.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, _ := activeIDs(st)
+
+	p := b.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
+	for _, e := range envs {
+		e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+	}
+	b.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	b.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
+	waitFor(t, "replica a to re-issue its server certificate", func() bool { return a.serverCertIssuer() != oldX })
+
+	a.caStep(server.PathAdminCARevoke, server.CAStepRequest{ID: oldX})
+	for {
+		u := next(t, ch)
+		if u.Bundle != nil && len(u.Bundle.X509Authorities) == 1 {
+			break
+		}
+	}
+	for _, e := range envs {
+		waitFor(t, "bundle.pem without the revoked authority", func() bool {
+			b, _ := os.ReadFile(filepath.Join(e.dir, server.BundleFile))
+			return !slices.Contains(pemSKIDs(t, b), oldX)
+		})
+		waitFor(t, "ca-revoked to name it", func() bool {
+			b, _ := os.ReadFile(filepath.Join(e.dir, server.RevokedAuthoritiesFile))
+			return strings.TrimSpace(string(b)) == oldX
+		})
+	}
+	// The node SVID signed by the revoked key, on a new connection to
+	// either replica.
+	for i, e := range envs {
+		c := e.client(n.cert())
+		if _, err := c.Post("https://"+e.addr+wire.PathRenew, "application/json", strings.NewReader("{}")); err == nil {
+			t.Errorf("replica %d accepted a node SVID of the revoked authority", i)
+		}
+	}
 }
