@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -253,4 +254,21 @@ func unknownAuthority(st *state, kind AuthorityKind, id string) error {
 		return fmt.Errorf("%w: %s %s was revoked", ErrAuthorityState, what, id)
 	}
 	return fmt.Errorf("%w: no %s has ID %q (see `moatless ca show`)", ErrUnknownAuthority, what, id)
+}
+
+// IDKind returns the kind of authority an ID names by its form: 40
+// lower-case hex digits (an X.509 subject key ID, 20 bytes) or 43
+// base64url characters without padding (a JWT key ID, a SHA-256
+// thumbprint). Anything else is ErrInvalidRequest.
+func IDKind(id string) (AuthorityKind, error) {
+	switch {
+	case len(id) == 40 && strings.Trim(id, "0123456789abcdef") == "":
+		return KindX509, nil
+	case len(id) == 43 && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == "":
+		return KindJWT, nil
+	}
+	if len(id) > 80 {
+		id = id[:80] + "..."
+	}
+	return "", fmt.Errorf("%w: %q is not an authority ID: an X.509 authority has 40 lower-case hex digits, a JWT key 43 base64url characters", ErrInvalidRequest, id)
 }

@@ -288,13 +288,7 @@ func TestTaintRefusedUnderUpstream(t *testing.T) {
 // its sequence, and at start by a server that was told the revoked IDs.
 func TestRevokedAuthorityCannotComeBack(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name  string
-		store func(*memStore) StateStore
-	}{
-		{"with_compare_and_swap", func(m *memStore) StateStore { return &swapStore{memStore: m} }},
-		{"plain_store", func(m *memStore) StateStore { return plainStore{m} }},
-	} {
+	for _, tc := range stateStores {
 		t.Run(tc.name, func(t *testing.T) {
 			m := &memStore{}
 			e := newEnv(t, func(o *Options) { o.State = tc.store(m) })

@@ -7,12 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -183,19 +185,15 @@ func (e *Env) caStep(ctx context.Context, st caStepCmd, args []string) int {
 	return ExitOK
 }
 
-// checkAuthorityID checks the form of an authority ID: 40 lower-case hex
-// digits (an X.509 subject key ID) or 43 base64url characters (a JWT key
-// ID), of kind when given.
+// checkAuthorityID checks the form of an authority ID (ca.IDKind), and
+// that it names an authority of kind when kind is given.
 func checkAuthorityID(id, kind string) error {
-	isX := len(id) == 40 && strings.Trim(id, "0123456789abcdef") == ""
-	isJ := len(id) == 43 && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == ""
+	k, err := ca.IDKind(id)
 	switch {
-	case !isX && !isJ:
-		return fmt.Errorf("%q is not an authority ID: an X.509 authority has 40 lower-case hex digits, a JWT key 43 base64url characters", clipArg(id))
-	case isX && kind == "jwt":
-		return fmt.Errorf("%s is an X.509 authority ID, but --kind is jwt", id)
-	case isJ && !isX && kind == "x509":
-		return fmt.Errorf("%s is a JWT key ID, but --kind is x509", id)
+	case err != nil:
+		return errors.New(strings.TrimPrefix(err.Error(), ca.ErrInvalidRequest.Error()+": "))
+	case kind != "" && string(k) != kind:
+		return fmt.Errorf("%s is a %s authority ID, but --kind is %s", id, k, kind)
 	}
 	return nil
 }
@@ -298,12 +296,4 @@ func runCAIssueAdmin(ctx context.Context, e *Env, args []string) int {
 	fmt.Fprintf(e.Stdout, "use it with:\n  export MOATLESS_CLIENT_CERT=%s MOATLESS_CLIENT_KEY=%s\n",
 		filepath.Join(*out, "admin-cert.pem"), filepath.Join(*out, "admin-key.pem"))
 	return ExitOK
-}
-
-// clipArg shortens an argument quoted in an error message.
-func clipArg(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }

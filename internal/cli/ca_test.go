@@ -50,7 +50,7 @@ func TestCACompromisedKeyCommands(t *testing.T) {
 		{"taint_no_id", []string{"ca", "taint"}, ExitUsage, "the authority ID is required"},
 		{"taint_two_ids", []string{"ca", "taint", oldX, oldJ}, ExitUsage, "unexpected argument"},
 		{"taint_bad_id", []string{"ca", "taint", "../x"}, ExitUsage, "is not an authority ID"},
-		{"taint_kind_mismatch", []string{"ca", "taint", oldX, "--kind", "jwt"}, ExitUsage, "is an X.509 authority ID, but --kind is jwt"},
+		{"taint_kind_mismatch", []string{"ca", "taint", oldX, "--kind", "jwt"}, ExitUsage, "is a x509 authority ID, but --kind is jwt"},
 		{"taint_unknown_flag", []string{"ca", "taint", "--now", oldX}, ExitUsage, "flag provided but not defined"},
 		// Refused by the server, on the merits.
 		{"activate_nothing_prepared", []string{"ca", "activate", "--kind", "x509"}, ExitUsage, "no x509 authority is prepared"},

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -31,14 +30,6 @@ const (
 // store restored from before the revocation).
 const RevokedAuthoritiesFile = "ca-revoked"
 
-// authorityIDPattern matches the two forms of authority ID: an X.509
-// subject key ID (20 bytes, lower-case hex) and a JWT key ID (a SHA-256
-// thumbprint, base64url without padding).
-var (
-	x509IDPattern = regexp.MustCompile(`^[0-9a-f]{40}$`)
-	jwtIDPattern  = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
-)
-
 // parseAuthorityKind reads the kind of a CA step: "x509", "jwt", or (when
 // optional) "" for "find it by ID".
 func parseAuthorityKind(v string, optional bool) (ca.AuthorityKind, error) {
@@ -54,33 +45,23 @@ func parseAuthorityKind(v string, optional bool) (ca.AuthorityKind, error) {
 	}
 }
 
-// parseAuthorityID checks the form of an authority ID and, when kind is
-// given, that it is an ID of that kind.
+// parseAuthorityID checks the form of an authority ID (ca.IDKind) and,
+// when kind is given, that it is an ID of that kind.
 func parseAuthorityID(id string, kind ca.AuthorityKind, required bool) error {
-	switch {
-	case id == "" && !required:
+	if id == "" {
+		if required {
+			return badf("id: required (the authority's ID, as `moatless ca show` lists it)")
+		}
 		return nil
-	case id == "":
-		return badf("id: required (the authority's ID, as `moatless ca show` lists it)")
-	case x509IDPattern.MatchString(id):
-		if kind == ca.KindJWT {
-			return badf("id: %q is an X.509 authority ID (40 hex digits), but kind is jwt", id)
-		}
-	case jwtIDPattern.MatchString(id):
-		if kind == ca.KindX509 {
-			return badf("id: %q is a JWT key ID (43 base64url characters), but kind is x509", id)
-		}
-	default:
-		return badf("id: %q is not an authority ID: an X.509 authority has 40 lower-case hex digits, a JWT key 43 base64url characters", clip(id, 80))
+	}
+	k, err := ca.IDKind(id)
+	switch {
+	case err != nil:
+		return badf("id: %s", strings.TrimPrefix(err.Error(), ca.ErrInvalidRequest.Error()+": "))
+	case kind != "" && k != kind:
+		return badf("id: %s is a %s authority ID, but kind is %s", id, k, kind)
 	}
 	return nil
-}
-
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // caStep is POST /v1/admin/ca/{prepare,activate,taint,revoke}.
@@ -204,8 +185,8 @@ func parseRevokedAuthorities(b []byte) ([]string, error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
 		id := sc.Text()
-		if !x509IDPattern.MatchString(id) && !jwtIDPattern.MatchString(id) {
-			return nil, fmt.Errorf("line %d: %q is not an authority ID", n, clip(id, 80))
+		if _, err := ca.IDKind(id); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
 		if len(ids) == maxRevokedAuthorities {
 			return nil, fmt.Errorf("more than %d IDs", maxRevokedAuthorities)
