@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -129,17 +130,9 @@ func (e *Env) caStep(ctx context.Context, st caStepCmd, args []string) int {
 		fmt.Fprintf(fs.Output(), "Usage: moatless ca %s %s\n", st.name, st.usage)
 		fs.PrintDefaults()
 	}
-	var pos []string
-	for {
-		if code, ok := e.parseFlagSet(fs, args); !ok {
-			return code
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
+	flagArgs, pos := splitCAStepArgs(fs, args)
+	if code, ok := e.parseFlagSet(fs, flagArgs); !ok {
+		return code
 	}
 	usage := func(format string, a ...any) int {
 		return e.errorf(ExitUsage, "ca %s: %s (usage: moatless ca %s %s)", st.name, fmt.Sprintf(format, a...), st.name, st.usage)
@@ -183,6 +176,37 @@ func (e *Env) caStep(ctx context.Context, st caStepCmd, args []string) int {
 	printCAStatus(e, resp.CAStatus)
 	fmt.Fprintln(e.Stdout, st.note)
 	return ExitOK
+}
+
+// splitCAStepArgs separates flags (with their values) from positional
+// arguments anywhere on the command line. A JWT key ID may begin with "-"
+// (it is base64url): an argument that is a whole authority ID is
+// positional, unless it is the value of the flag before it (--token).
+// After "--" everything is positional.
+func splitCAStepArgs(fs *flag.FlagSet, args []string) (flags, pos []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		_, idErr := ca.IDKind(a)
+		switch {
+		case a == "--":
+			return flags, append(pos, args[i+1:]...)
+		case !strings.HasPrefix(a, "-") || a == "-" || idErr == nil:
+			pos = append(pos, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if f := fs.Lookup(name); f != nil && !strings.Contains(name, "=") && !isBoolFlag(f) && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		}
+	}
+	return flags, pos
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // checkAuthorityID checks the form of an authority ID (ca.IDKind), and

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -36,6 +37,7 @@ func TestCACompromisedKeyCommands(t *testing.T) {
 	}
 	oldX, oldJ := active("x509"), active("jwt")
 	unknownX := strings.Repeat("0", 40)
+	dashJWT := "-" + strings.Repeat("A", 42)
 
 	for _, tc := range []struct {
 		name string
@@ -56,6 +58,9 @@ func TestCACompromisedKeyCommands(t *testing.T) {
 		{"activate_nothing_prepared", []string{"ca", "activate", "--kind", "x509"}, ExitUsage, "no x509 authority is prepared"},
 		{"taint_active", []string{"ca", "taint", oldX}, ExitUsage, "is active and signs"},
 		{"taint_unknown", []string{"ca", "taint", unknownX}, ExitNotFound, "no authority has ID"},
+		// A JWT key ID may begin with "-": it is the ID, not a flag.
+		{"taint_unknown_jwt_dash", []string{"ca", "taint", dashJWT}, ExitNotFound, "no authority has ID"},
+		{"revoke_unknown_jwt_dash_kind_after", []string{"ca", "revoke", dashJWT, "--kind", "jwt"}, ExitNotFound, "no jwt authority has ID"},
 		{"revoke_active", []string{"ca", "revoke", "--kind", "jwt", oldJ}, ExitUsage, "only a tainted authority can be revoked"},
 		{"wrong_token", []string{"ca", "taint", oldX, "--token", "nope"}, ExitDenied, ""},
 	} {
@@ -102,5 +107,36 @@ func TestCACompromisedKeyCommands(t *testing.T) {
 	}
 	if st := status(); strings.Count(string(pemFile), "BEGIN CERTIFICATE") != 1 || st.BundlePEM != string(pemFile) {
 		t.Errorf("bundle.pem after the revoke holds %d certificates", strings.Count(string(pemFile), "BEGIN CERTIFICATE"))
+	}
+}
+
+// Flags and the ID may come in any order; an ID that begins with "-" (a
+// JWT key ID is base64url) is the ID, unless it is the value of a flag.
+func TestSplitCAStepArgs(t *testing.T) {
+	dash := "-8coqRp5seuWqRqOVNvqVaO6vARGL_H-ByDylEjciwQ"
+	x := strings.Repeat("ab", 20)
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		flags, pos []string
+	}{
+		{"id_only", []string{x}, nil, []string{x}},
+		{"dash_id", []string{dash}, nil, []string{dash}},
+		{"kind_then_dash_id", []string{"--kind", "jwt", dash}, []string{"--kind", "jwt"}, []string{dash}},
+		{"dash_id_then_kind", []string{dash, "-kind=jwt", "-o", "json"}, []string{"-kind=jwt", "-o", "json"}, []string{dash}},
+		{"token_value_like_an_id", []string{"--token", dash, x}, []string{"--token", dash}, []string{x}},
+		{"double_dash", []string{"--", "-o"}, nil, []string{"-o"}},
+		{"help", []string{"-h"}, []string{"-h"}, nil},
+		{"unknown_flag", []string{"--now", x}, []string{"--now"}, []string{x}},
+		{"two_ids", []string{x, dash}, nil, []string{x, dash}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := (&Env{Getenv: func(string) string { return "" }}).newAdminCommand("ca taint")
+			cmd.fs.String("kind", "", "")
+			flags, pos := splitCAStepArgs(cmd.fs, tc.args)
+			if !slices.Equal(flags, tc.flags) || !slices.Equal(pos, tc.pos) {
+				t.Errorf("flags %q, positional %q; want %q, %q", flags, pos, tc.flags, tc.pos)
+			}
+		})
 	}
 }
