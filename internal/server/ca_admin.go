@@ -99,6 +99,9 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 			a, changed, err = s.ca.Taint(c.ctx, kind, in.ID)
 			evKind = KindCATaint
 		case "revoke":
+			// Normally done at the taint; a failed renewal then is tried
+			// again before the key stops being trusted.
+			s.renewServerCertIfTainted(c.ctx)
 			a, changed, err = s.ca.Revoke(c.ctx, kind, in.ID)
 			evKind = KindCARevoke
 		}
