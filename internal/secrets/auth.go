@@ -699,7 +699,7 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 			if i > 0 {
 				reason = "parent token revoked (" + why + ")"
 			}
-			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: a,
+			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: s.hmacAccessor(a),
 				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(leases[a]))}})
 		}
 		return s.cfg.Audit.AppendTx(ctx, tx, evs...)

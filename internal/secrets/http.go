@@ -298,6 +298,14 @@ func (rq *req) event(outcome string) audit.Event {
 			rq.details["token_accessor"] = rq.tok.accessor
 		}
 	}
+	// An accessor looks up and revokes its token or secret ID (given the
+	// policy), so the record carries its HMAC, as Vault's audit devices
+	// do by default (hmac_accessor); sys/audit-hash finds a known one.
+	for _, k := range accessorDetails {
+		if v, ok := rq.details[k]; ok {
+			rq.details[k] = rq.s.hmacAccessor(v)
+		}
+	}
 	rq.details["op"] = rq.op
 	if rq.r != nil { // nil for the service's own changes (auto-rotation)
 		rq.details["remote"] = rq.r.RemoteAddr
