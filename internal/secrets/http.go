@@ -497,6 +497,56 @@ func parseParams(b []byte) (*params, error) {
 	return p, nil
 }
 
+// Bounds of a JSON document decoded whole into map[string]any (a KV
+// version's data, a fieldcrypt document). Decoded, each value costs an
+// interface, a slice slot or a map entry: a 2 MiB array of a million
+// tiny values took over 100 MB to write. Vault stores the JSON as sent
+// and has no such bound; 16,384 values nested 64 deep is far above any
+// secret's shape and keeps a write near the size of its body.
+const (
+	MaxDataValues = 16384
+	MaxDataDepth  = 64
+)
+
+// checkJSONShape refuses a JSON value nested deeper than MaxDataDepth or
+// with more than MaxDataValues values (counted as 1 + containers +
+// separators, so an empty container counts twice), in one pass over raw and without allocating, before anything
+// decodes it. raw is valid JSON (parseParams decoded it).
+func checkJSONShape(field string, raw []byte) error {
+	depth, values := 0, 1
+	inStr, esc := false, false
+	for _, c := range raw {
+		if inStr {
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inStr = true
+		case '{', '[':
+			if depth++; depth > MaxDataDepth {
+				return badRequest("%s: nested deeper than %d", field, MaxDataDepth)
+			}
+			values++
+		case '}', ']':
+			depth--
+		case ',':
+			values++
+		}
+		if values > MaxDataValues {
+			return badRequest("%s: more than %d values", field, MaxDataValues)
+		}
+	}
+	return nil
+}
+
 // truncate shortens s to at most n bytes (on a rune boundary) for an
 // error message or an audit record.
 func truncate(s string, n int) string {
