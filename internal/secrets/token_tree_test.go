@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -127,5 +128,41 @@ func TestTokenHierarchy(t *testing.T) {
 				t.Errorf("a token 9 deep: %d %v", st, out)
 			}
 		})
+	})
+}
+
+// TestChildCreationRacingParentRevocation: children created while their
+// parent is being revoked are revoked with it or refused; none is left
+// working (PostgreSQL: the creation locks the parent's row, the
+// revocation deletes it first).
+func TestChildCreationRacingParentRevocation(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("creator", `path "auth/token/create" { capabilities = ["update", "sudo"] }`)
+		parent := ts.tokenWith("creator")
+		const n = 16
+		kids := make(chan string, n)
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, out := ts.call("POST", "auth/token/create", parent, map[string]any{"policies": []string{"creator"}})
+				if st == 200 {
+					auth, _ := out["auth"].(map[string]any)
+					kids <- auth["client_token"].(string)
+				} else if st != 403 {
+					t.Errorf("create: %d %v", st, out)
+				}
+			}()
+		}
+		ts.must("POST", "auth/token/revoke", testAdminToken, map[string]any{"token": parent})
+		wg.Wait()
+		close(kids)
+		for k := range kids {
+			if st, _ := ts.call("GET", "auth/token/lookup-self", k, nil); st != 403 {
+				t.Errorf("a child created during its parent's revocation works: %d", st)
+			}
+		}
 	})
 }
