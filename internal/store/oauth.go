@@ -1006,6 +1006,11 @@ func (o *OAuth) tokenChildren(ctx context.Context, tx *sql.Tx, jti string, at ti
 	if err != nil {
 		return nil, err
 	}
+	return scanRevokedTokens(rows)
+}
+
+// scanRevokedTokens reads rows of (jti, expires_at) and closes them.
+func scanRevokedTokens(rows *sql.Rows) ([]token.RevokedToken, error) {
 	defer rows.Close()
 	var out []token.RevokedToken
 	for rows.Next() {
@@ -1058,20 +1063,11 @@ func (o *OAuth) RevokedTokenIDs(ctx context.Context, now time.Time) ([]token.Rev
 	if err != nil {
 		return nil, oerr("list revoked token ids", err)
 	}
-	defer rows.Close()
-	var out []token.RevokedToken
-	for rows.Next() {
-		var (
-			t   token.RevokedToken
-			exp int64
-		)
-		if err := rows.Scan(&t.JTI, &exp); err != nil {
-			return nil, oerr("list revoked token ids", err)
-		}
-		t.ExpiresAt = fromUnix(exp)
-		out = append(out, t)
+	out, err := scanRevokedTokens(rows)
+	if err != nil {
+		return nil, oerr("list revoked token ids", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error {

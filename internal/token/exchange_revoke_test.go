@@ -11,6 +11,16 @@ import (
 	"github.com/moatless/moatless/internal/token"
 )
 
+// exchangeClients creates frontend (client_credentials tokens for
+// orders) and orders (which exchanges them for payments).
+func exchangeClients(h *harness) (fe, ord *token.ClientAnswer) {
+	fe = h.createClient(token.ClientRequest{Name: "frontend", ClientSpec: token.ClientSpec{
+		GrantTypes: []string{"client_credentials"}, Audiences: []string{"orders"}}})
+	ord = h.createClient(token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{
+		GrantTypes: []string{token.GrantTokenExchange}, ExchangeAudiences: []string{"payments"}}})
+	return fe, ord
+}
+
 // Revoking a token revokes every token exchanged from it, transitively,
 // through the same revoked list the sidecars watch: a client_credentials
 // token has no login to end, so before this the exchanged tokens lived
@@ -19,10 +29,7 @@ import (
 func TestRevokingATokenRevokesItsExchanges(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		h := newHarness(t, db)
-		fe := h.createClient(token.ClientRequest{Name: "frontend", ClientSpec: token.ClientSpec{
-			GrantTypes: []string{"client_credentials"}, Audiences: []string{"orders"}}})
-		ord := h.createClient(token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{
-			GrantTypes: []string{token.GrantTokenExchange}, ExchangeAudiences: []string{"payments"}}})
+		fe, ord := exchangeClients(h)
 		pay := h.createClient(token.ClientRequest{Name: "payments", ClientSpec: token.ClientSpec{
 			GrantTypes: []string{token.GrantTokenExchange}, ExchangeAudiences: []string{"ledger"}}})
 		rs := h.createClient(token.ClientRequest{Name: "rs", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
@@ -103,10 +110,7 @@ func TestRevokingATokenRevokesItsExchanges(t *testing.T) {
 func TestExchangeRacingRevocation(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		h := newHarness(t, db)
-		fe := h.createClient(token.ClientRequest{Name: "frontend", ClientSpec: token.ClientSpec{
-			GrantTypes: []string{"client_credentials"}, Audiences: []string{"orders"}}})
-		ord := h.createClient(token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{
-			GrantTypes: []string{token.GrantTokenExchange}, ExchangeAudiences: []string{"payments"}}})
+		fe, ord := exchangeClients(h)
 		root := h.ccToken("frontend", fe.Secret)
 		const n = 16
 		got := make(chan string, n)
