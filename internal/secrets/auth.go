@@ -180,8 +180,8 @@ type issued struct {
 
 // Bounds of the token tree: a token at most maxTokenDepth tokens below an
 // orphan, with at most maxTokenChildren children (expired ones count until
-// the maintenance pass revokes them). Vault bounds
-// neither; a revocation walks the whole tree in one transaction.
+// the maintenance pass revokes them). Vault bounds neither; a revocation
+// walks the whole tree in one transaction.
 const (
 	maxTokenDepth    = 8
 	maxTokenChildren = 1000
