@@ -166,3 +166,16 @@ func TestChildCreationRacingParentRevocation(t *testing.T) {
 		}
 	})
 }
+
+// TestEmptyListIsBare404: listing a folder with nothing in it is a 404
+// whose errors list is empty, as Vault answers; it was [""].
+func TestEmptyListIsBare404(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		st, out := ts.call("LIST", "secret/metadata/nothing-here", testAdminToken, nil)
+		errs, ok := out["errors"].([]any)
+		if st != 404 || !ok || len(errs) != 0 {
+			t.Fatalf("%d %v, want 404 {\"errors\":[]}", st, out)
+		}
+	})
+}
