@@ -337,6 +337,10 @@ func TestDatabaseConfigReadMasksPasswords(t *testing.T) {
 				if got := details["connection_url"]; got != tc.want {
 					t.Errorf("connection_url read as %q, want %q", got, tc.want)
 				}
+				// Read back as written, as Vault stores it.
+				if v := dataOf(out)["verify_connection"]; v != false {
+					t.Errorf("verify_connection written false, read as %v", v)
+				}
 				b, _ := json.Marshal(out)
 				for _, s := range tc.secrets {
 					if bytes.Contains(b, []byte(s)) {
