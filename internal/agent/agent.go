@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 	"github.com/moatless/moatless/internal/workload"
@@ -368,7 +369,9 @@ func (a *Agent) startHealth() error {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	// Only a loopback Host, localhost or the configured host: a page in a
+	// browser on this host must not read /metrics by rebinding its name.
+	srv := &http.Server{Handler: loopback.GuardHost(a.cfg.HealthListen, mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
 	a.mu.Lock()
 	a.healthLis, a.healthSrv = lis, srv
 	a.mu.Unlock()

@@ -24,13 +24,19 @@ const nobodyUID = 65534
 // skipped otherwise.
 func callAsUser(t *testing.T, uid uint32, addr, path string) string {
 	t.Helper()
+	return callAsUserHost(t, uid, addr, "orders", path)
+}
+
+// callAsUserHost is callAsUser with the request's Host header.
+func callAsUserHost(t *testing.T, uid uint32, addr, hostHeader, path string) string {
+	t.Helper()
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	script := fmt.Sprintf(`exec 3<>/dev/tcp/%s/%s || exit 3
-printf 'GET %s HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n' >&3
-head -n 1 <&3`, host, port, path)
+printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' >&3
+head -n 1 <&3`, host, port, path, hostHeader)
 	cmd := exec.Command("bash", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, NoSetGroups: true}}
 	cmd.Dir = "/"
