@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -57,12 +58,27 @@ outbound_allowed_uids: [%d]
 // to 127.0.0.1: the browser then calls the admin listener from loopback
 // with the page's name as Host and hands the answers to the page —
 // /metrics (SPIFFE IDs, paths), /readyz, pprof (goroutines, the
-// heap). Every route refuses such a Host with 421; calls by address (as
-// Prometheus scrapes) and as localhost keep working.
+// heap). Every route of the sidecar's, the gateway's and "moatless
+// authz"'s admin listeners refuses such a Host with 421; calls by address
+// (as Prometheus scrapes) and as localhost keep working.
 func TestAdminListenersRefuseReboundHost(t *testing.T) {
 	m := startSidecarMeshConf(t, sidecarEchoApp(t), sidecarPolicies, "admin_pprof: true\n", nil, nil)
 	pprofed := m.frontend
 	_, port, _ := strings.Cut(pprofed.admin, ":")
+	gw, _, _ := startGatewayMesh(t, "")
+	authzAdmin := freeAddr(t)
+	pol := writeTestFile(t, t.TempDir(), "p.yaml", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n")
+	authz := start(t, "authz", nil, "authz", "-f", pol, "--listen", "unix:"+filepath.Join(shortTempDir(t), "authz.sock"), "--admin", authzAdmin)
+	waitFor(t, 30*time.Second, "authz's admin listener", func() bool {
+		if authz.exited() {
+			t.Fatalf("authz exited:\n%s", authz.out.String())
+		}
+		resp, err := http.Get("http://" + authzAdmin + "/livez")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
 	c := &http.Client{Timeout: 10 * time.Second}
 	for _, tc := range []struct {
 		name, addr, path, host string
@@ -77,6 +93,11 @@ func TestAdminListenersRefuseReboundHost(t *testing.T) {
 		{"pprof_by_address", pprofed.admin, "/debug/pprof/heap", pprofed.admin, 200},
 		{"pprof_rebound", pprofed.admin, "/debug/pprof/goroutine", "attacker.example:" + port, 421},
 		{"pprof_heap_rebound", pprofed.admin, "/debug/pprof/heap", "localhost.attacker.example", 421},
+		{"gateway_metrics_by_address", gw.admin, "/metrics", gw.admin, 200},
+		{"gateway_metrics_rebound", gw.admin, "/metrics", "attacker.example", 421},
+		{"authz_metrics_as_localhost", authzAdmin, "/metrics", "localhost", 200},
+		{"authz_metrics_rebound", authzAdmin, "/metrics", "attacker.example", 421},
+		{"authz_opa_api_rebound", authzAdmin, "/v1/policies", "attacker.example", 421},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", "http://"+tc.addr+tc.path, nil)
