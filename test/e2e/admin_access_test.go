@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,12 +16,7 @@ import (
 // log line naming it — until outbound_allowed_uids lists it. /metrics
 // stays open to every local user (Prometheus runs as its own).
 func TestSidecarOPAAPIRefusesOtherLocalUsers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test runs a client as another local user and needs root; CI runs as root")
-		}
-		t.Skip("needs root to run a client as another local user (uid 65534)")
-	}
+	needRootForOtherUser(t)
 	m := startSidecarMesh(t, sidecarEchoApp(t))
 	admin := m.frontend.admin
 	if code, body := sidecarDo(t, &http.Client{Timeout: 10 * time.Second}, "GET", "http://"+admin+"/v1/policies"); code != 200 {

@@ -16,6 +16,18 @@ import (
 // Linux host has, with no identity of its own.
 const nobodyUID = 65534
 
+// needRootForOtherUser skips the test unless it runs as root, which it
+// needs to run a client as another local user; under CI it fails instead.
+func needRootForOtherUser(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test runs a client as another local user and needs root; CI runs as root")
+		}
+		t.Skip("needs root to run a client as another local user (uid 65534)")
+	}
+}
+
 // callAsUser sends "GET path" to the loopback address addr from a bash
 // process running as uid (bash's /dev/tcp: no binary of ours, which other
 // users cannot reach in the test's private temporary directory) and
@@ -54,12 +66,7 @@ head -n 1 <&3`, host, port, path, hostHeader)
 // admits exactly the listed users instead. Refusals are logged and
 // counted on /metrics.
 func TestOutboundRefusesOtherLocalUsers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test runs a client as another local user and needs root; CI runs as root")
-		}
-		t.Skip("needs root to run a client as another local user (uid 65534)")
-	}
+	needRootForOtherUser(t)
 	m := startSidecarMesh(t, sidecarEchoApp(t))
 	root := &http.Client{Timeout: 10 * time.Second}
 	if code, body := sidecarDo(t, root, "GET", "http://"+m.outbound+"/api/orders"); code != 200 {
