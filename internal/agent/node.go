@@ -180,6 +180,9 @@ type Node struct {
 	refused atomic.Pointer[ServerError]
 	// unlock releases the data directory's lock (lockDir).
 	unlock func()
+	// renewNow wakes the renewal loop before half life: the node SVID's
+	// authority was tainted or revoked.
+	renewNow chan struct{}
 
 	mu         sync.Mutex
 	bundle     *wire.Bundle
@@ -213,7 +216,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 		}
 		seen[a] = true
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, servers: servers}
+	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, servers: servers, renewNow: make(chan struct{}, 1)}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
@@ -456,8 +459,14 @@ func (n *Node) renewLoop(ctx context.Context) {
 			// Retry sooner than half life, but never past expiry.
 			wait = min(n.backoff(attempt-1), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
 		}
-		if !sleepCtx(ctx, max(wait, 0)) {
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
+		case <-n.renewNow:
+			t.Stop()
 		}
 		if err := n.Renew(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -925,10 +934,12 @@ func (n *Node) apply(u *wire.Update) error {
 	if u.Bundle != nil {
 		b := *u.Bundle
 		n.mu.Lock()
+		old := n.bundle
 		n.bundle = &b
 		n.setPoolLocked()
 		n.mu.Unlock()
 		n.persistBundle()
+		n.checkOwnAuthority(old, &b)
 		if n.cfg.OnBundle != nil {
 			n.cfg.OnBundle(b)
 		}
@@ -957,6 +968,34 @@ func (n *Node) apply(u *wire.Update) error {
 		n.cfg.OnUpdate(u.Version)
 	}
 	return nil
+}
+
+// checkOwnAuthority wakes the renewal loop at once when the node SVID
+// chains to an authority that bundle b newly marks tainted, or no longer
+// verifies against b (its authority was revoked), instead of waiting for
+// half life. A renewal that fails is retried with backoff as usual; one
+// refused because the server no longer trusts the SVID at all needs the
+// node to attest again (ErrNodeRejected).
+func (n *Node) checkOwnAuthority(old, b *wire.Bundle) {
+	s := n.svid.Load()
+	if s == nil {
+		return
+	}
+	view, before := authoritiesOf(b), authoritiesOf(old)
+	why := ""
+	if view.untrusted(s.Certificates, n.now()) {
+		why = "revoked (no longer in the trust bundle)"
+	} else if ski := view.taintedIn(chainAuthorities(s.Certificates)); ski != "" && !before.tainted[ski] {
+		why = "tainted"
+	}
+	if why == "" {
+		return
+	}
+	n.log.Warn("the node SVID's CA authority was "+why+"; renewing it now", "spiffe_id", s.ID.String())
+	select {
+	case n.renewNow <- struct{}{}:
+	default:
+	}
 }
 
 func (n *Node) ack(ctx context.Context, version uint64) error {

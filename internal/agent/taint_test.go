@@ -1,0 +1,228 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// signedBy reports whether ca signed the leaf of s.
+func signedBy(s *x509svid.SVID, ca *testpki.CA) bool {
+	return bytes.Equal(s.Certificates[0].AuthorityKeyId, ca.Cert.SubjectKeyId)
+}
+
+// svidsByID is the SVIDs of an X.509 context by SPIFFE ID.
+func svidsByID(c *workloadapi.X509Context) map[string]*x509svid.SVID {
+	m := map[string]*x509svid.SVID{}
+	for _, s := range c.SVIDs {
+		m[s.ID.String()] = s
+	}
+	return m
+}
+
+// rotatedFixture is an agent serving /web signed by CA a and /db signed
+// by CA b, both in the bundle, watched by an unchanged go-spiffe client;
+// the node's own SVID is signed by a.
+type rotatedFixture struct {
+	f      *fakeServer
+	af     *agentFixture
+	a, b   *testpki.CA
+	ctx    context.Context
+	w      x509Watcher
+	before map[string]*x509svid.SVID
+}
+
+func newRotatedFixture(t *testing.T) *rotatedFixture {
+	t.Helper()
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	f.clientCAs = []*testpki.CA{b}
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	r := &rotatedFixture{f: f, af: af, a: a, b: b, ctx: ctx, w: x509Watcher{make(chan *workloadapi.X509Context, 64), make(chan error, 16)}}
+	go client(t, af.sock).WatchX509Context(ctx, r.w)
+	r.until(t, "/web signed by a", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, a)
+	})
+	// The CA key rotates to b: new SVIDs are signed by b.
+	f.issuer.Store(b)
+	f.push(func() { f.entries = append(f.entries, uidEntry("e2", "spiffe://example.org/db", time.Hour)) })
+	r.before = r.until(t, "/db signed by b", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/db"]
+		return s != nil && signedBy(s, b) && m["spiffe://example.org/web"] != nil
+	})
+	if !signedBy(af.a.Node().SVID(), a) {
+		t.Fatal("the node SVID is not signed by a")
+	}
+	return r
+}
+
+// until waits for a Workload API update for which ok holds and returns
+// its SVIDs.
+func (r *rotatedFixture) until(t *testing.T, what string, ok func(map[string]*x509svid.SVID) bool) map[string]*x509svid.SVID {
+	t.Helper()
+	for {
+		select {
+		case u := <-r.w.updates:
+			if m := svidsByID(u); ok(m) {
+				return m
+			}
+		case err := <-r.w.errs:
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("watch error: %v", err)
+			}
+		case <-r.ctx.Done():
+			t.Fatalf("no update with %s", what)
+		}
+	}
+}
+
+// TestAgentReplacesSVIDsOfTaintedAuthority: a bundle naming authority a
+// tainted makes the agent replace, at once, the workload SVID and the
+// node SVID signed by a, and only those; the go-spiffe client receives
+// the new one on its stream.
+func TestAgentReplacesSVIDsOfTaintedAuthority(t *testing.T) {
+	r := newRotatedFixture(t)
+	f := r.f
+	sign0, _, renews0, _ := f.counts()
+	start := time.Now()
+	f.push(func() { f.tainted = []string{hex.EncodeToString(r.a.Cert.SubjectKeyId)} })
+	after := r.until(t, "/web re-issued by b", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, r.b)
+	})
+	t.Logf("tainted authority: workload SVID re-issued and pushed to the go-spiffe client in %s", time.Since(start).Round(time.Microsecond))
+	if got, want := after["spiffe://example.org/db"].Certificates[0].SerialNumber, r.before["spiffe://example.org/db"].Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		t.Fatal("the SVID signed by the untainted authority was re-issued too")
+	}
+	// Only the tainted authority's SVID was asked for: one sign call.
+	sign1, _, _, _ := f.counts()
+	if sign1-sign0 != 1 {
+		t.Fatalf("%d sign calls for one tainted SVID, want 1", sign1-sign0)
+	}
+	// The node SVID is renewed too, long before half life.
+	for !signedBy(r.af.a.Node().SVID(), r.b) {
+		select {
+		case <-r.ctx.Done():
+			t.Fatal("the node SVID signed by the tainted authority was not renewed")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if _, _, renews1, _ := f.counts(); renews1-renews0 != 1 {
+		t.Fatalf("%d node renewals, want 1", renews1-renews0)
+	}
+	// Another update that still names a tainted does not re-issue again.
+	f.push(func() { f.entries = append(f.entries, uidEntry("e3", "spiffe://example.org/cache", time.Hour)) })
+	r.until(t, "/cache", func(m map[string]*x509svid.SVID) bool { return m["spiffe://example.org/cache"] != nil })
+	if sign2, _, renews2, _ := f.counts(); sign2-sign1 != 1 || renews2-renews0 != 1 {
+		t.Fatalf("after the taint was handled: %d more sign calls (want 1, for /cache), %d node renewals (want 1)", sign2-sign1, renews2-renews0)
+	}
+}
+
+// TestAgentDropsSVIDsOfRevokedAuthority: a bundle without authority a
+// stops serving the SVID signed by a at once and a new one, from b, is
+// pushed; the SVID from b is kept.
+func TestAgentDropsSVIDsOfRevokedAuthority(t *testing.T) {
+	r := newRotatedFixture(t)
+	f := r.f
+	start := time.Now()
+	f.push(func() { f.authorities = []*testpki.CA{r.b} })
+	after := r.until(t, "/web re-issued by b", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, r.b)
+	})
+	t.Logf("revoked authority: workload SVID replaced and pushed to the go-spiffe client in %s", time.Since(start).Round(time.Microsecond))
+	if got, want := after["spiffe://example.org/db"].Certificates[0].SerialNumber, r.before["spiffe://example.org/db"].Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		t.Fatal("the SVID signed by the remaining authority was re-issued too")
+	}
+	// The Workload API never again serves an SVID that does not verify
+	// against the bundle it serves.
+	x, err := client(t, r.af.sock).FetchX509Context(r.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range x.SVIDs {
+		b, _ := x.Bundles.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("example.org"))
+		if _, _, err := x509svid.Verify(s.Certificates, b); err != nil {
+			t.Fatalf("%s served but does not verify against the served bundle: %v", s.ID, err)
+		}
+	}
+	for !signedBy(r.af.a.Node().SVID(), r.b) {
+		select {
+		case <-r.ctx.Done():
+			t.Fatal("the node SVID signed by the revoked authority was not renewed")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey: a cached JWT-SVID signed
+// with a key the bundle marks tainted is not handed out again (the next
+// fetch asks the server), and once the key is removed, ValidateJWTSVID
+// refuses tokens it signed from the next call on.
+func TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := client(t, af.sock)
+	fetch := func() string {
+		t.Helper()
+		s, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "aud"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Marshal()
+	}
+	tok := fetch()
+	fetch()
+	if _, jwt0, _, _ := f.counts(); jwt0 != 1 {
+		t.Fatalf("%d JWT sign calls for two fetches, want 1 (cached)", jwt0)
+	}
+	waitApplied := func() {
+		t.Helper()
+		f.mu.Lock()
+		version := f.version
+		f.mu.Unlock()
+		for af.a.Node().Version() < version {
+			select {
+			case <-ctx.Done():
+				t.Fatal("update not applied")
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}
+	f.push(func() { f.jwtTainted = true })
+	waitApplied()
+	fetch()
+	if _, jwt1, _, _ := f.counts(); jwt1 != 2 {
+		t.Fatalf("%d JWT sign calls: the token signed with the tainted key was served from the cache", jwt1)
+	}
+	if _, err := c.ValidateJWTSVID(ctx, tok, "aud"); err != nil {
+		t.Fatalf("a token of a tainted (still trusted) key was refused: %v", err)
+	}
+	f.push(func() { f.jwtRemoved = true })
+	waitApplied()
+	if _, err := c.ValidateJWTSVID(ctx, tok, "aud"); err == nil {
+		t.Fatal("a token signed with a removed key still validates")
+	}
+}
