@@ -80,7 +80,16 @@ func (r *Revocations) TrackToken(jti string, cancel func()) (done func()) {
 	return func() { t.remove(e) }
 }
 
-// Tracked is the number of in-flight requests registered by TrackToken.
+// RecheckTrust closes every connection of the Upstreams given these
+// Revocations whose peer's chain no longer verifies against src's trust
+// bundle (its CA authority was revoked), as Sidecar.RecheckTrust does,
+// and returns how many.
+func (r *Revocations) RecheckTrust(src Identity) int {
+	return r.tracker().recheck(src, time.Now(), nil)
+}
+
+// Tracked is the number of in-flight requests registered by TrackToken
+// and connections of Upstreams given these Revocations.
 func (r *Revocations) Tracked() int { return r.tracker().len() }
 
 func (r *Revocations) load() *revocationSet {
@@ -141,6 +150,9 @@ func NewUpstream(c UpstreamConfig) (*Upstream, error) {
 		c.Now = time.Now
 	}
 	t := &tlsIdentity{src: c.Identity, now: c.Now, revoked: c.Revocations.load}
+	if c.Revocations != nil {
+		t.live = c.Revocations.tracker()
+	}
 	rt, tr := t.upstreamClient(c.ID, c.ServerName, c.Address, !c.HTTP2, c.HandshakeTimeout)
 	return &Upstream{rt: rt, tr: tr}, nil
 }

@@ -49,9 +49,14 @@ var ErrNoIdentity = errors.New("proxy: no X509-SVID available")
 type FileSource struct {
 	certFile, keyFile, bundleFile string
 
-	mu    sync.Mutex // serializes Reload
-	state atomic.Pointer[fileState]
+	mu      sync.Mutex // serializes Reload
+	state   atomic.Pointer[fileState]
+	updated updateSignal
 }
+
+// Updated is sent on after each Reload that put new files in force (one
+// pending send at most; one reader: the sidecar or gateway using it).
+func (f *FileSource) Updated() <-chan struct{} { return f.updated.c() }
 
 type fileState struct {
 	raw    [3][]byte // cert, key, bundle as read: change detection
@@ -107,6 +112,7 @@ func (f *FileSource) Reload() (changed bool, err error) {
 		return false, fmt.Errorf("proxy: bundle %s holds no certificate", f.bundleFile)
 	}
 	f.state.Store(&fileState{raw: raw, svid: svid, bundle: bundle})
+	f.updated.notify()
 	return true, nil
 }
 
@@ -158,6 +164,9 @@ type tlsIdentity struct {
 	src     Identity
 	now     func() time.Time
 	revoked func() *revocationSet
+	// live, when set, tracks every outbound connection under its peer's
+	// authority (dialTracked), so a revoked CA authority closes it.
+	live *tracker
 
 	cert atomic.Pointer[certCache]
 }

@@ -447,7 +447,7 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, live: newTracker(), done: make(chan struct{})}
 	s.revoked.Store(&revocationSet{})
-	s.tls = &tlsIdentity{src: cfg.Identity, now: cfg.Now, revoked: s.revoked.Load}
+	s.tls = &tlsIdentity{src: cfg.Identity, now: cfg.Now, revoked: s.revoked.Load, live: s.live}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -590,6 +590,16 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}()
 	}
 	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go func() {
+		select {
+		case <-s.done:
+			wcancel()
+		case <-wctx.Done():
+		}
+	}()
+	go WatchTrust(wctx, s.cfg.Identity, func() { s.RecheckTrust() })
 	if !s.cfg.KeepStartupPages {
 		go releaseStartupPagesOnce(s.log)
 	}

@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// A CA authority revoked by the control plane (`moatless ca revoke`,
+// SPIRE's localauthority revoke) leaves the trust bundle. New handshakes
+// verify against the bundle in force and so refuse a peer chained to it;
+// this file makes the connections already open follow: every live mTLS
+// connection, inbound and outbound, is tracked under the authority its
+// peer's chain was signed under (liveAuthority), and when the bundle
+// changes, those whose authority left it are verified again and closed
+// when they no longer verify. A tainted authority is still in the
+// bundle: connections chained to it stay up (their peer is about to
+// rotate).
+
+// authorityKey is the key a live connection whose peer presented chain
+// (leaf first, verified) is tracked under: the trust domain and the
+// subject key ID of the authority that signed the last certificate of
+// the chain (its own, when that certificate is self-signed).
+func authorityKey(chain []*x509.Certificate) liveKey {
+	if len(chain) == 0 {
+		return liveKey{liveAuthority, ""}
+	}
+	td := ""
+	if id, err := x509svid.IDFromCert(chain[0]); err == nil {
+		td = id.TrustDomain().Name()
+	}
+	top := chain[len(chain)-1]
+	ski := top.AuthorityKeyId
+	if bytes.Equal(top.RawIssuer, top.RawSubject) && len(top.SubjectKeyId) > 0 {
+		ski = top.SubjectKeyId
+	}
+	return liveKey{liveAuthority, td + "/" + hex.EncodeToString(ski)}
+}
+
+// addPeer registers close under keys and the authority of chain, which is
+// kept to verify the connection again when the bundle changes.
+func (t *tracker) addPeer(close func(), chain []*x509.Certificate, keys ...liveKey) *tracked {
+	e := &tracked{close: close, chain: chain}
+	e.keys = append(append(e.keyBuf[:0], keys...), authorityKey(chain))
+	t.mu.Lock()
+	for _, k := range e.keys {
+		set := t.byKey[k]
+		set.add(e)
+		t.byKey[k] = set
+	}
+	t.n++
+	t.mu.Unlock()
+	return e
+}
+
+// recheck closes and forgets every tracked connection whose peer's chain
+// no longer verifies against the bundles of src at now, and returns how
+// many. Only connections whose authority is missing from its trust
+// domain's bundle are verified again: the rest depend on nothing that
+// changed. before, when non-nil, is told the count before anything is
+// closed.
+func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n int)) int {
+	present := map[string]bool{} // authority key value → still in its bundle
+	inBundle := func(v string) bool {
+		if ok, seen := present[v]; seen {
+			return ok
+		}
+		ok := false
+		if tdName, ski, cut := cutLast(v, "/"); cut && ski != "" {
+			if td, err := spiffeid.TrustDomainFromString(tdName); err == nil {
+				if b, err := src.GetX509BundleForTrustDomain(td); err == nil {
+					for _, a := range b.X509Authorities() {
+						if hex.EncodeToString(a.SubjectKeyId) == ski {
+							ok = true
+							break
+						}
+					}
+				}
+			}
+		}
+		present[v] = ok
+		return ok
+	}
+	var suspects []*tracked
+	t.mu.Lock()
+	for k, set := range t.byKey {
+		if k.kind == liveAuthority && !inBundle(k.v) {
+			suspects = set.appendTo(suspects)
+		}
+	}
+	t.mu.Unlock()
+	// Verified outside the lock: a signature check per suspect.
+	victims := suspects[:0]
+	for _, e := range suspects {
+		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(now)); err != nil {
+			victims = append(victims, e)
+		}
+	}
+	n := 0
+	t.mu.Lock()
+	for _, e := range victims {
+		if t.removeLocked(e) {
+			victims[n] = e
+			n++
+		}
+	}
+	t.mu.Unlock()
+	victims = victims[:n]
+	if before != nil && n > 0 {
+		before(n)
+	}
+	for _, e := range victims {
+		e.once.Do(e.close)
+	}
+	return n
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	for i := len(s) - len(sep); i >= 0; i-- {
+		if s[i:i+len(sep)] == sep {
+			return s[:i], s[i+len(sep):], true
+		}
+	}
+	return s, "", false
+}
+
+// updater is an optional capability of an Identity: a channel sent on
+// (at most one pending send) whenever its SVID or bundle changed.
+// go-spiffe's *workloadapi.X509Source, *NodeIdentity and *FileSource
+// have it. It has one reader: the sidecar or gateway it was given to.
+type updater interface {
+	Updated() <-chan struct{}
+}
+
+// WatchTrust calls onChange each time id's SVID or bundle changes, until
+// ctx ends. It returns at once when id cannot tell (no Updated method).
+func WatchTrust(ctx context.Context, id Identity, onChange func()) {
+	u, ok := id.(updater)
+	if !ok {
+		return
+	}
+	ch := u.Updated()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			onChange()
+		}
+	}
+}
+
+// updateSignal is the one-slot change notification of NodeIdentity and
+// FileSource. The zero value is ready to use.
+type updateSignal struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (u *updateSignal) c() chan struct{} {
+	u.once.Do(func() { u.ch = make(chan struct{}, 1) })
+	return u.ch
+}
+
+func (u *updateSignal) notify() {
+	select {
+	case u.c() <- struct{}{}:
+	default:
+	}
+}
+
+// dialTracked dials addr with d, runs the TLS client handshake of conf
+// (which verifies the peer) and, when live is not nil, registers the
+// connection under its peer's authority so that a bundle change that
+// leaves the peer's chain unverifiable closes it (tracker.recheck). The
+// registration ends when the connection is closed. The *tls.Conn is
+// returned as such: net/http reads the negotiated protocol from it.
+func dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config, live *tracker) (*tls.Conn, error) {
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	raw := withRawSyscalls(c)
+	var tc *tls.Conn
+	if live == nil {
+		tc = tls.Client(raw, conf)
+	} else {
+		tcn := &trackedConn{Conn: raw, live: live}
+		tc = tls.Client(tcn, conf)
+		defer func() {
+			if tc != nil {
+				tcn.register(tc)
+			}
+		}()
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		tc = nil
+		return nil, err
+	}
+	return tc, nil
+}
+
+// trackedConn is the transport under an outbound TLS connection: its
+// Close ends the connection's registration in the tracker.
+type trackedConn struct {
+	net.Conn
+	live *tracker
+
+	mu     sync.Mutex
+	entry  *tracked
+	closed bool
+}
+
+func (c *trackedConn) register(tc *tls.Conn) {
+	e := c.live.addPeer(func() { c.Conn.Close() }, tc.ConnectionState().PeerCertificates)
+	c.mu.Lock()
+	c.entry = e
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		c.live.remove(e)
+	}
+}
+
+func (c *trackedConn) Close() error {
+	c.mu.Lock()
+	e := c.entry
+	c.closed = true
+	c.mu.Unlock()
+	c.live.remove(e)
+	return c.Conn.Close()
+}
+
+// RecheckTrust closes every live mTLS connection, inbound and outbound,
+// whose peer's certificate chain no longer verifies against the trust
+// bundle in force: its CA authority was revoked (removed from the
+// bundle). Connections chained to an authority still in the bundle,
+// tainted or not, stay up. It also logs, loudly, when the sidecar's own
+// SVID no longer verifies against its bundle (an SVID from files must
+// then be replaced by the operator). It returns how many connections it
+// closed. Serve calls it whenever the Identity reports a change (an
+// Updated channel: the Workload API source, NodeIdentity, FileSource).
+func (s *Sidecar) RecheckTrust() int {
+	n := s.live.recheck(s.cfg.Identity, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	if n > 0 {
+		s.log.Warn("closed live connections whose peer's CA authority left the trust bundle", "count", n)
+	}
+	if svid, err := s.cfg.Identity.GetX509SVID(); err == nil && svid != nil {
+		if _, _, err := x509svid.Verify(svid.Certificates, s.cfg.Identity, x509svid.WithTime(s.cfg.Now())); err != nil {
+			msg := "this sidecar's own SVID no longer verifies against its trust bundle (its CA authority was revoked?): every peer refuses it until it is replaced"
+			if _, files := s.cfg.Identity.(*FileSource); files {
+				msg = "this sidecar's own SVID (identity: files) no longer verifies against its trust bundle (its CA authority was revoked?): every peer refuses it; the operator must replace the certificate and key files with an SVID from the current CA"
+			}
+			s.log.Error(msg, "spiffe_id", svid.ID.String(), "err", err)
+		}
+	}
+	return n
+}
