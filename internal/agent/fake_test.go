@@ -66,6 +66,9 @@ type fakeServer struct {
 	// jwtTainted marks the JWT key tainted in the bundle; jwtRemoved
 	// leaves it out.
 	jwtTainted, jwtRemoved bool
+	// signing is the X509 sign requests being served, maxSigning the
+	// most at once.
+	signing, maxSigning int
 }
 
 func newFakeServer(t *testing.T) *fakeServer { return newFakeServerTB(t) }
@@ -258,12 +261,14 @@ func (f *fakeServer) signX509(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	gate := f.signGate
+	f.signing++
+	f.maxSigning = max(f.maxSigning, f.signing)
 	f.mu.Unlock()
 	if gate != nil {
 		<-gate
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	defer func() { f.signing--; f.mu.Unlock() }()
 	f.signCalls++
 	var resp wire.SignX509Response
 	for _, q := range req.Requests {

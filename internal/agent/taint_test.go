@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"testing"
 	"time"
 
@@ -224,5 +225,65 @@ func TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey(t *testing.T) {
 	waitApplied()
 	if _, err := c.ValidateJWTSVID(ctx, tok, "aud"); err == nil {
 		t.Fatal("a token signed with a removed key still validates")
+	}
+}
+
+// TestTaintedAuthorityRenewalIsBatched: a taint that hits every SVID of a
+// node with more than signBatch of them re-issues them all in batches of
+// signBatch, one request at a time (the server's per-node X509-SVID
+// budget is spent as by any renewal), not one request per SVID nor all
+// at once.
+func TestTaintedAuthorityRenewalIsBatched(t *testing.T) {
+	if testing.Short() {
+		t.Skip("signs 2,200 SVIDs")
+	}
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	f.clientCAs = []*testpki.CA{b}
+	const n = 2*signBatch + 100
+	for i := range n {
+		f.entries = append(f.entries, uidEntry(fmt.Sprintf("e%d", i), fmt.Sprintf("spiffe://example.org/w%d", i), time.Hour))
+	}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	signedByB := func() (int, int) {
+		st, _ := af.a.Cache().State()
+		byB, all := 0, 0
+		for _, id := range st.Identities {
+			if id.X509 != nil {
+				all++
+				if bytes.Equal(id.X509.Chain[0].AuthorityKeyId, b.Cert.SubjectKeyId) {
+					byB++
+				}
+			}
+		}
+		return byB, all
+	}
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		for !ok() {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("waiting for %s", what)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	wait("every SVID signed", func() bool { _, all := signedByB(); return all == n })
+	sign0, _, _, _ := f.counts()
+	f.issuer.Store(b)
+	start := time.Now()
+	f.push(func() { f.tainted = []string{hex.EncodeToString(a.Cert.SubjectKeyId)} })
+	wait("every SVID re-issued by b", func() bool { byB, _ := signedByB(); return byB == n })
+	t.Logf("tainted authority: %d workload SVIDs re-issued in %s", n, time.Since(start).Round(time.Millisecond))
+	sign1, _, _, _ := f.counts()
+	f.mu.Lock()
+	most := f.maxSigning
+	f.mu.Unlock()
+	if calls := sign1 - sign0; calls != (n+signBatch-1)/signBatch || most != 1 {
+		t.Fatalf("%d sign requests (want %d), up to %d at once (want 1)", calls, (n+signBatch-1)/signBatch, most)
 	}
 }
