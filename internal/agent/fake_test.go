@@ -49,7 +49,7 @@ type fakeServer struct {
 	jwtCalls  int
 	renews    int
 	watches   int
-	serial    int64
+	serial    atomic.Int64
 	// tamper, when set, rewrites signed SVIDs (to test the agent's checks).
 	tamper func(*wire.X509SVID)
 	// signGate, when set, holds every X509 sign request until it is
@@ -182,10 +182,10 @@ func (f *fakeServer) sign(csrDER []byte, id string, ttl time.Duration) (wire.X50
 	if i := f.issuer.Load(); i != nil {
 		ca = i
 	}
-	f.serial++
+	serial := f.serial.Add(1) // renew signs outside f.mu
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano() + f.serial), NotBefore: now.Add(-time.Second), NotAfter: now.Add(ttl),
+		SerialNumber: big.NewInt(now.UnixNano() + serial), NotBefore: now.Add(-time.Second), NotAfter: now.Add(ttl),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true, URIs: []*url.URL{u},
 	}

@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -184,8 +185,12 @@ type Node struct {
 	// authority was tainted or revoked.
 	renewNow chan struct{}
 
-	mu         sync.Mutex
-	bundle     *wire.Bundle
+	mu     sync.Mutex
+	bundle *wire.Bundle
+	// held is every X.509 authority (subject key ID, hex) a bundle from
+	// the server held in this run: one of TrustBundle the server's bundle
+	// held and no longer does was revoked, and is not trusted any more.
+	held       map[string]bool
 	poolKey    string
 	version    uint64
 	epoch      string // of the stream that brought version
@@ -654,15 +659,32 @@ func (n *Node) postOnce(ctx context.Context, addr, path string, body []byte, out
 // setPoolLocked (re)builds the HTTP client when the set of authorities
 // trusted for the server changed: the configured trust bundle plus the
 // trust domain's bundle, so a CA rotation announced on the watch stream is
-// trusted before the server presents a certificate from the new CA.
+// trusted before the server presents a certificate from the new CA. An
+// authority of the configured trust bundle that the server's bundle held
+// and then dropped (moatless ca revoke) is left out: whoever holds a
+// revoked CA key must not be able to pose as the server on the node's
+// next connection. Connections open already (the watch stream) were
+// verified when they opened and stay.
 func (n *Node) setPoolLocked() {
-	certs := slices.Clone(n.cfg.TrustBundle)
+	var certs []*x509.Certificate
+	now := map[string]bool{}
 	if n.bundle != nil {
+		if n.held == nil {
+			n.held = map[string]bool{}
+		}
 		for _, der := range n.bundle.X509Authorities {
 			if c, err := x509.ParseCertificate(der); err == nil {
 				certs = append(certs, c)
+				ski := hex.EncodeToString(c.SubjectKeyId)
+				now[ski], n.held[ski] = true, true
 			}
 		}
+	}
+	for _, c := range n.cfg.TrustBundle {
+		if ski := hex.EncodeToString(c.SubjectKeyId); len(c.SubjectKeyId) > 0 && n.held[ski] && !now[ski] {
+			continue
+		}
+		certs = append(certs, c)
 	}
 	var key strings.Builder
 	pool := x509.NewCertPool()

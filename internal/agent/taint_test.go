@@ -3,7 +3,9 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -62,8 +64,11 @@ func newRotatedFixture(t *testing.T) *rotatedFixture {
 		s := m["spiffe://example.org/web"]
 		return s != nil && signedBy(s, a)
 	})
-	// The CA key rotates to b: new SVIDs are signed by b.
+	// The CA key rotates to b: new SVIDs, and the server's own
+	// certificate, are signed by b.
 	f.issuer.Store(b)
+	c := b.ServerCert(t, fakeServerID, "127.0.0.1", fakeServerName)
+	f.cert.Store(&c)
 	f.push(func() { f.entries = append(f.entries, uidEntry("e2", "spiffe://example.org/db", time.Hour)) })
 	r.before = r.until(t, "/db signed by b", func(m map[string]*x509svid.SVID) bool {
 		s := m["spiffe://example.org/db"]
@@ -285,5 +290,62 @@ func TestTaintedAuthorityRenewalIsBatched(t *testing.T) {
 	f.mu.Unlock()
 	if calls := sign1 - sign0; calls != (n+signBatch-1)/signBatch || most != 1 {
 		t.Fatalf("%d sign requests (want %d), up to %d at once (want 1)", calls, (n+signBatch-1)/signBatch, most)
+	}
+}
+
+// TestNodeStopsTrustingRevokedAuthorityForServer: once the server's
+// bundle drops authority a, which the node's configured trust bundle
+// (--trust-bundle) holds, a server certificate signed by a is refused on
+// the node's next connection: whoever holds the revoked key cannot pose
+// as the server. One from the remaining authority is accepted.
+func TestNodeStopsTrustingRevokedAuthorityForServer(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	f.clientCAs = []*testpki.CA{b}
+	cfg := f.nodeConfig(t, "t", "")
+	if len(cfg.TrustBundle) != 1 || cfg.TrustBundle[0] != a.Cert {
+		t.Fatal("the node is not configured with a")
+	}
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Attest(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go n.Run(ctx)
+	applied := func() {
+		t.Helper()
+		f.mu.Lock()
+		v := f.version
+		f.mu.Unlock()
+		for n.Version() < v {
+			select {
+			case <-ctx.Done():
+				t.Fatal("update not applied")
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}
+	applied()
+	if err := n.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.push(func() { f.authorities = []*testpki.CA{b} }) // ca revoke a
+	applied()
+	// The TLS handshake refuses the server, before anything is sent.
+	var cve *tls.CertificateVerificationError
+	if err := n.Renew(ctx); !errors.As(err, &cve) {
+		t.Fatalf("a server certificate from the revoked authority: %v, want a TLS certificate verification error", err)
+	}
+	c := b.ServerCert(t, fakeServerID, "127.0.0.1", fakeServerName)
+	f.cert.Store(&c)
+	f.issuer.Store(b)
+	if err := n.Renew(ctx); err != nil {
+		t.Fatalf("a server certificate from the remaining authority: %v", err)
 	}
 }
