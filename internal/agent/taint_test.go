@@ -80,6 +80,33 @@ func newRotatedFixture(t *testing.T) *rotatedFixture {
 	return r
 }
 
+// onlyWebReissued waits for the go-spiffe client to receive /web signed
+// by b, logs how long that took since start, and checks that /db (signed
+// by b already) was not re-issued.
+func (r *rotatedFixture) onlyWebReissued(t *testing.T, start time.Time, what string) {
+	t.Helper()
+	after := r.until(t, "/web re-issued by b", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, r.b)
+	})
+	t.Logf("%s and pushed to the go-spiffe client in %s", what, time.Since(start).Round(time.Microsecond))
+	if got, want := after["spiffe://example.org/db"].Certificates[0].SerialNumber, r.before["spiffe://example.org/db"].Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		t.Fatal("the SVID signed by b was re-issued too")
+	}
+}
+
+// nodeRenewed waits until the node SVID is signed by b.
+func (r *rotatedFixture) nodeRenewed(t *testing.T) {
+	t.Helper()
+	for !signedBy(r.af.a.Node().SVID(), r.b) {
+		select {
+		case <-r.ctx.Done():
+			t.Fatal("the node SVID signed by a was not renewed")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // until waits for a Workload API update for which ok holds and returns
 // its SVIDs.
 func (r *rotatedFixture) until(t *testing.T, what string, ok func(map[string]*x509svid.SVID) bool) map[string]*x509svid.SVID {
@@ -110,27 +137,14 @@ func TestAgentReplacesSVIDsOfTaintedAuthority(t *testing.T) {
 	sign0, _, renews0, _ := f.counts()
 	start := time.Now()
 	f.push(func() { f.tainted = []string{hex.EncodeToString(r.a.Cert.SubjectKeyId)} })
-	after := r.until(t, "/web re-issued by b", func(m map[string]*x509svid.SVID) bool {
-		s := m["spiffe://example.org/web"]
-		return s != nil && signedBy(s, r.b)
-	})
-	t.Logf("tainted authority: workload SVID re-issued and pushed to the go-spiffe client in %s", time.Since(start).Round(time.Microsecond))
-	if got, want := after["spiffe://example.org/db"].Certificates[0].SerialNumber, r.before["spiffe://example.org/db"].Certificates[0].SerialNumber; got.Cmp(want) != 0 {
-		t.Fatal("the SVID signed by the untainted authority was re-issued too")
-	}
+	r.onlyWebReissued(t, start, "tainted authority: workload SVID re-issued")
 	// Only the tainted authority's SVID was asked for: one sign call.
 	sign1, _, _, _ := f.counts()
 	if sign1-sign0 != 1 {
 		t.Fatalf("%d sign calls for one tainted SVID, want 1", sign1-sign0)
 	}
 	// The node SVID is renewed too, long before half life.
-	for !signedBy(r.af.a.Node().SVID(), r.b) {
-		select {
-		case <-r.ctx.Done():
-			t.Fatal("the node SVID signed by the tainted authority was not renewed")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	r.nodeRenewed(t)
 	if _, _, renews1, _ := f.counts(); renews1-renews0 != 1 {
 		t.Fatalf("%d node renewals, want 1", renews1-renews0)
 	}
@@ -150,14 +164,7 @@ func TestAgentDropsSVIDsOfRevokedAuthority(t *testing.T) {
 	f := r.f
 	start := time.Now()
 	f.push(func() { f.authorities = []*testpki.CA{r.b} })
-	after := r.until(t, "/web re-issued by b", func(m map[string]*x509svid.SVID) bool {
-		s := m["spiffe://example.org/web"]
-		return s != nil && signedBy(s, r.b)
-	})
-	t.Logf("revoked authority: workload SVID replaced and pushed to the go-spiffe client in %s", time.Since(start).Round(time.Microsecond))
-	if got, want := after["spiffe://example.org/db"].Certificates[0].SerialNumber, r.before["spiffe://example.org/db"].Certificates[0].SerialNumber; got.Cmp(want) != 0 {
-		t.Fatal("the SVID signed by the remaining authority was re-issued too")
-	}
+	r.onlyWebReissued(t, start, "revoked authority: workload SVID replaced")
 	// The Workload API never again serves an SVID that does not verify
 	// against the bundle it serves.
 	x, err := client(t, r.af.sock).FetchX509Context(r.ctx)
@@ -170,13 +177,7 @@ func TestAgentDropsSVIDsOfRevokedAuthority(t *testing.T) {
 			t.Fatalf("%s served but does not verify against the served bundle: %v", s.ID, err)
 		}
 	}
-	for !signedBy(r.af.a.Node().SVID(), r.b) {
-		select {
-		case <-r.ctx.Done():
-			t.Fatal("the node SVID signed by the revoked authority was not renewed")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	r.nodeRenewed(t)
 }
 
 // TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey: a cached JWT-SVID signed

@@ -498,16 +498,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	go g.srv.Serve(g.hl)
 	// A CA authority revoked (removed from the bundle) closes the live
 	// upstream connections whose peer chained to it, as in a sidecar.
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	go func() {
-		select {
-		case <-g.done:
-			wcancel()
-		case <-wctx.Done():
-		}
-	}()
-	go proxy.WatchTrust(wctx, g.opts.Identity, func() {
+	go proxy.WatchTrust(ctx, g.done, g.opts.Identity, func() {
 		if n := g.revoked.RecheckTrust(g.opts.Identity); n > 0 {
 			g.log.Warn("closed upstream connections whose peer's CA authority left the trust bundle", "count", n)
 		}

@@ -590,16 +590,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}()
 	}
 	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	go func() {
-		select {
-		case <-s.done:
-			wcancel()
-		case <-wctx.Done():
-		}
-	}()
-	go WatchTrust(wctx, s.cfg.Identity, func() { s.RecheckTrust() })
+	go WatchTrust(ctx, s.done, s.cfg.Identity, func() { s.RecheckTrust() })
 	if !s.cfg.KeepStartupPages {
 		go releaseStartupPagesOnce(s.log)
 	}

@@ -231,15 +231,20 @@ func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]trackedSet)
 func (t *tracker) add(close func(), keys ...liveKey) *tracked {
 	e := &tracked{close: close}
 	e.keys = append(e.keyBuf[:0], keys...)
+	t.insert(e)
+	return e
+}
+
+// insert registers e under each of its keys.
+func (t *tracker) insert(e *tracked) {
 	t.mu.Lock()
-	for _, k := range keys {
+	for _, k := range e.keys {
 		set := t.byKey[k]
 		set.add(e)
 		t.byKey[k] = set
 	}
 	t.n++
 	t.mu.Unlock()
-	return e
 }
 
 // remove forgets e; removing twice is harmless.

@@ -51,14 +51,7 @@ func authorityKey(chain []*x509.Certificate) liveKey {
 func (t *tracker) addPeer(close func(), chain []*x509.Certificate, keys ...liveKey) *tracked {
 	e := &tracked{close: close, chain: chain}
 	e.keys = append(append(e.keyBuf[:0], keys...), authorityKey(chain))
-	t.mu.Lock()
-	for _, k := range e.keys {
-		set := t.byKey[k]
-		set.add(e)
-		t.byKey[k] = set
-	}
-	t.n++
-	t.mu.Unlock()
+	t.insert(e)
 	return e
 }
 
@@ -142,8 +135,9 @@ type updater interface {
 }
 
 // WatchTrust calls onChange each time id's SVID or bundle changes, until
-// ctx ends. It returns at once when id cannot tell (no Updated method).
-func WatchTrust(ctx context.Context, id Identity, onChange func()) {
+// ctx ends or stop is closed. It returns at once when id cannot tell (no
+// Updated method).
+func WatchTrust(ctx context.Context, stop <-chan struct{}, id Identity, onChange func()) {
 	u, ok := id.(updater)
 	if !ok {
 		return
@@ -152,6 +146,8 @@ func WatchTrust(ctx context.Context, id Identity, onChange func()) {
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-stop:
 			return
 		case <-ch:
 			onChange()

@@ -57,6 +57,42 @@ func echoes(c net.Conn, r *bufio.Reader) error {
 	return err
 }
 
+// inboundEcho runs a sidecar with identity id and one raw TCP inbound
+// listener, which frontend may call, in front of an echo app.
+func inboundEcho(t *testing.T, id Identity) (*Sidecar, net.Listener) {
+	t.Helper()
+	inL := listen(t)
+	s := startSidecar(t, Config{Identity: id, Namespace: "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: inL, App: tcpEcho(t), Protocol: TCP}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
+	return s, inL
+}
+
+// dialEcho connects to l and checks that a line comes back: over mTLS as
+// frontend with an SVID signed by signer, verifying orders against
+// bundle's authority, or in plaintext when signer is nil. The
+// connection is closed when the test ends.
+func dialEcho(t *testing.T, l net.Listener, bundle, signer *testpki.CA) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	if signer == nil {
+		c, err = net.Dial("tcp", l.Addr().String())
+	} else {
+		ti := &tlsIdentity{src: newStaticIdentity(bundle, signer.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
+		c, err = tls.Dial("tcp", l.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	if err := echoes(c, r); err != nil {
+		t.Fatal(err)
+	}
+	return c, r
+}
+
 // closedWithin reports how long it took the peer to close c, failing the
 // test when it is still open after 5 s.
 func closedWithin(t *testing.T, c net.Conn, r *bufio.Reader, start time.Time) time.Duration {
@@ -80,26 +116,9 @@ func isTimeout(err error) bool {
 func TestRevokedAuthorityClosesLiveInbound(t *testing.T) {
 	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
 	id := joinedIdentity(t, b.SVID(t, ordersID, 0), a, b)
-	inL := listen(t)
-	s := startSidecar(t, Config{Identity: id, Namespace: "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: tcpEcho(t), Protocol: TCP}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
-	dial := func(signer *testpki.CA) (net.Conn, *bufio.Reader) {
-		t.Helper()
-		ti := &tlsIdentity{src: newStaticIdentity(b, signer.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
-		c, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		r := bufio.NewReader(c)
-		if err := echoes(c, r); err != nil {
-			t.Fatal(err)
-		}
-		return c, r
-	}
-	fromA, rA := dial(a)
-	fromB, rB := dial(b)
+	s, inL := inboundEcho(t, id)
+	fromA, rA := dialEcho(t, inL, b, a)
+	fromB, rB := dialEcho(t, inL, b, b)
 	if n := s.LiveConnections(); n != 2 {
 		t.Fatalf("%d live connections, want 2", n)
 	}
@@ -149,20 +168,8 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 			}})
 			start := time.Now()
 			if tc.proto == TCP {
-				dial := func(l net.Listener) (net.Conn, *bufio.Reader) {
-					c, err := net.Dial("tcp", l.Addr().String())
-					if err != nil {
-						t.Fatal(err)
-					}
-					t.Cleanup(func() { c.Close() })
-					r := bufio.NewReader(c)
-					if err := echoes(c, r); err != nil {
-						t.Fatal(err)
-					}
-					return c, r
-				}
-				toA, rA := dial(outA)
-				toB, rB := dial(outB)
+				toA, rA := dialEcho(t, outA, nil, nil)
+				toB, rB := dialEcho(t, outB, nil, nil)
 				start = time.Now()
 				setAuthorities(t, id, b) // ca revoke a
 				t.Logf("revoked authority: live outbound stream closed %s after the bundle update", closedWithin(t, toA, rA, start).Round(time.Microsecond))
@@ -212,21 +219,9 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 func TestTaintedAuthorityKeepsConnections(t *testing.T) {
 	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
 	id := joinedIdentity(t, b.SVID(t, ordersID, 0), a, b)
-	inL := listen(t)
-	s := startSidecar(t, Config{Identity: id, Namespace: "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: tcpEcho(t), Protocol: TCP}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
-	ti := &tlsIdentity{src: newStaticIdentity(b, a.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
-	c, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	if err := echoes(c, r); err != nil {
-		t.Fatal(err)
-	}
-	err = id.SetBundle(wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{a.Cert.Raw, b.Cert.Raw},
+	s, inL := inboundEcho(t, id)
+	c, r := dialEcho(t, inL, b, a)
+	err := id.SetBundle(wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{a.Cert.Raw, b.Cert.Raw},
 		TaintedX509Authorities: []string{skiHex(a.Cert.SubjectKeyId)}})
 	if err != nil {
 		t.Fatal(err)

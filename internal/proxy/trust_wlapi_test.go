@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"os"
@@ -16,7 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/moatless/moatless/internal/attest"
-	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 	"github.com/moatless/moatless/internal/workload"
@@ -82,20 +79,8 @@ func TestRevokedAuthorityOverWorkloadAPI(t *testing.T) {
 	}
 	t.Cleanup(func() { x.Close() })
 
-	inL := listen(t)
-	s := startSidecar(t, Config{Identity: x, Namespace: "prod",
-		Inbound:    []Inbound{{Name: "in", Listener: inL, App: tcpEcho(t), Protocol: TCP}},
-		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
-	ti := &tlsIdentity{src: newStaticIdentity(b, a.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
-	c, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	if err := echoes(c, r); err != nil {
-		t.Fatal(err)
-	}
+	s, inL := inboundEcho(t, x)
+	c, r := dialEcho(t, inL, b, a)
 	if s.LiveConnections() != 1 {
 		t.Fatal("connection not tracked")
 	}
