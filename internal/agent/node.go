@@ -1036,6 +1036,7 @@ func validBundle(b *wire.Bundle) error {
 	if len(b.X509Authorities) == 0 {
 		return errors.New("bundle: no X.509 authorities")
 	}
+	skis := make(map[string]bool, len(b.X509Authorities))
 	for i, der := range b.X509Authorities {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
@@ -1043,6 +1044,16 @@ func validBundle(b *wire.Bundle) error {
 		}
 		if !c.IsCA {
 			return fmt.Errorf("bundle: X.509 authority %d is not a CA certificate", i)
+		}
+		skis[hex.EncodeToString(c.SubjectKeyId)] = true
+	}
+	// A tainted authority names one of the bundle's by its subject key
+	// ID (the wire contract): one that names none is a server bug that
+	// would leave an SVID of the authority meant unreplaced, not something
+	// to apply in part.
+	for i, ski := range b.TaintedX509Authorities {
+		if !skis[strings.ToLower(ski)] {
+			return fmt.Errorf("bundle: tainted X.509 authority %d (%.64q) is not the subject key ID of one of its X.509 authorities", i, ski)
 		}
 	}
 	for i, a := range b.JWTAuthorities {

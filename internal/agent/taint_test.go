@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -348,5 +349,32 @@ func TestNodeStopsTrustingRevokedAuthorityForServer(t *testing.T) {
 	f.issuer.Store(b)
 	if err := n.Renew(ctx); err != nil {
 		t.Fatalf("a server certificate from the remaining authority: %v", err)
+	}
+}
+
+// TestBundleTaintedAuthorityMustBeInBundle: a bundle naming a tainted
+// authority it does not hold is refused whole, like any malformed
+// bundle; the case of the hex does not matter.
+func TestBundleTaintedAuthorityMustBeInBundle(t *testing.T) {
+	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+	ski := hex.EncodeToString(a.Cert.SubjectKeyId)
+	for _, tc := range []struct {
+		name    string
+		tainted []string
+		ok      bool
+	}{
+		{"none", nil, true},
+		{"held", []string{ski}, true},
+		{"held_upper_case", []string{strings.ToUpper(ski)}, true},
+		{"not_held", []string{hex.EncodeToString(b.Cert.SubjectKeyId)}, false},
+		{"empty", []string{""}, false},
+		{"not_hex", []string{"zz"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validBundle(&wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{a.Cert.Raw}, TaintedX509Authorities: tc.tainted})
+			if (err == nil) != tc.ok {
+				t.Fatalf("validBundle: %v, want ok %v", err, tc.ok)
+			}
+		})
 	}
 }
