@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -377,4 +380,23 @@ func TestBundleTaintedAuthorityMustBeInBundle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzTokenKID: tokenKID never panics, and reads back the kid of any
+// header it is given.
+func FuzzTokenKID(f *testing.F) {
+	for _, s := range []string{"k1", "", `"`, "a.b", "\x00"} {
+		f.Add(s, "payload.sig")
+	}
+	f.Fuzz(func(t *testing.T, kid, rest string) {
+		head, err := json.Marshal(map[string]string{"alg": "ES256", "kid": kid})
+		if err != nil {
+			return
+		}
+		tok := base64.RawURLEncoding.EncodeToString(head) + "." + rest
+		if got := tokenKID(tok); got != kid && utf8.ValidString(kid) {
+			t.Fatalf("tokenKID = %q, want %q", got, kid)
+		}
+		tokenKID(rest) // any bytes at all
+	})
 }
