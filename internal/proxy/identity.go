@@ -167,6 +167,12 @@ type tlsIdentity struct {
 	// live, when set, tracks every outbound connection under its peer's
 	// authority (dialTracked), so a revoked CA authority closes it.
 	live *tracker
+	// verified holds, from verifyPeer until the connection registers
+	// (authorityOf), the authority each verified peer chained to, by its
+	// leaf (the *x509.Certificate the connection state hands out); pending
+	// counts them, about.
+	verified sync.Map
+	pending  atomic.Int64
 
 	cert atomic.Pointer[certCache]
 }
@@ -234,7 +240,7 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 	if len(certs) == 0 {
 		return spiffeid.ID{}, fmt.Errorf("%w: no certificate presented", ErrPeerUnverified)
 	}
-	id, _, err := x509svid.Verify(certs, t.src, x509svid.WithTime(t.now()))
+	id, chains, err := x509svid.Verify(certs, t.src, x509svid.WithTime(t.now()))
 	if err != nil {
 		return id, fmt.Errorf("%w: %w", ErrPeerUnverified, err)
 	}
@@ -245,6 +251,9 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 		if err := authorize(id); err != nil {
 			return id, err
 		}
+	}
+	if t.live != nil && len(chains) > 0 {
+		t.noteAuthority(certs[0], authorityOfChain(id.TrustDomain(), chains[0]))
 	}
 	return id, nil
 }

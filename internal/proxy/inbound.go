@@ -352,7 +352,7 @@ func (ib *inbound) handle(c net.Conn) {
 	}
 	ib.conns.Store(conn, info)
 	if info.peer != "" {
-		info.entry = s.live.addPeer(closeConn, peerChain, idKey(info.peer), serialKey(info.serial))
+		info.entry = s.live.addPeer(closeConn, peerChain, s.tls.authorityOf(peerChain), idKey(info.peer), serialKey(info.serial))
 		// A revocation may have landed between the handshake's check and
 		// the registration; the sweep would have missed this connection.
 		rs := s.revoked.Load()

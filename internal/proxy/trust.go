@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -26,31 +25,54 @@ import (
 // bundle: connections chained to it stay up (their peer is about to
 // rotate).
 
-// authorityKey is the key a live connection whose peer presented chain
-// (leaf first, verified) is tracked under: the trust domain and the
-// subject key ID of the authority that signed the last certificate of
-// the chain (its own, when that certificate is self-signed).
-func authorityKey(chain []*x509.Certificate) liveKey {
+// maxPendingAuthorities bounds tlsIdentity.verified: a peer that passes
+// verification and then fails the handshake leaves its entry behind.
+const maxPendingAuthorities = 4096
+
+// authorityOfChain is the key a connection whose peer's verified chain
+// (leaf first, ending at a root of the bundle) is tracked under: the
+// trust domain and the root's subject key ID.
+func authorityOfChain(td spiffeid.TrustDomain, verified []*x509.Certificate) liveKey {
+	root := verified[len(verified)-1]
+	return liveKey{liveAuthority, td.Name() + "/" + hex.EncodeToString(root.SubjectKeyId)}
+}
+
+// noteAuthority keeps the authority the handshake verified leaf up to,
+// for the connection's registration (authorityOf).
+func (t *tlsIdentity) noteAuthority(leaf *x509.Certificate, k liveKey) {
+	if t.pending.Add(1) > maxPendingAuthorities {
+		t.verified.Clear()
+		t.pending.Store(1)
+	}
+	t.verified.Store(leaf, k)
+}
+
+// authorityOf is the authority a handshake's peer chain (as the
+// connection state has it) was verified up to. It is the root the
+// verification itself chained to, never read off the presented chain: a
+// peer may present certificates that verification did not use. When the
+// handshake's note is gone, the chain is verified again.
+func (t *tlsIdentity) authorityOf(chain []*x509.Certificate) liveKey {
 	if len(chain) == 0 {
 		return liveKey{liveAuthority, ""}
 	}
-	td := ""
-	if id, err := x509svid.IDFromCert(chain[0]); err == nil {
-		td = id.TrustDomain().Name()
+	if v, ok := t.verified.LoadAndDelete(chain[0]); ok {
+		t.pending.Add(-1)
+		return v.(liveKey)
 	}
-	top := chain[len(chain)-1]
-	ski := top.AuthorityKeyId
-	if bytes.Equal(top.RawIssuer, top.RawSubject) && len(top.SubjectKeyId) > 0 {
-		ski = top.SubjectKeyId
+	id, chains, err := x509svid.Verify(chain, t.src, x509svid.WithTime(t.now()))
+	if err != nil || len(chains) == 0 {
+		return liveKey{liveAuthority, ""} // verified again at every bundle change
 	}
-	return liveKey{liveAuthority, td + "/" + hex.EncodeToString(ski)}
+	return authorityOfChain(id.TrustDomain(), chains[0])
 }
 
-// addPeer registers close under keys and the authority of chain, which is
-// kept to verify the connection again when the bundle changes.
-func (t *tracker) addPeer(close func(), chain []*x509.Certificate, keys ...liveKey) *tracked {
+// addPeer registers close under keys and auth, the authority the peer's
+// chain was verified up to (tlsIdentity.authorityOf); chain is kept to
+// verify the connection again when that authority leaves the bundle.
+func (t *tracker) addPeer(close func(), chain []*x509.Certificate, auth liveKey, keys ...liveKey) *tracked {
 	e := &tracked{close: close, chain: chain}
-	e.keys = append(append(e.keyBuf[:0], keys...), authorityKey(chain))
+	e.keys = append(append(e.keyBuf[:0], keys...), auth)
 	t.insert(e)
 	return e
 }
@@ -180,7 +202,8 @@ func (u *updateSignal) notify() {
 // leaves the peer's chain unverifiable closes it (tracker.recheck). The
 // registration ends when the connection is closed. The *tls.Conn is
 // returned as such: net/http reads the negotiated protocol from it.
-func dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config, live *tracker) (*tls.Conn, error) {
+func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config) (*tls.Conn, error) {
+	live := t.live
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -190,7 +213,7 @@ func dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Conf
 	if live == nil {
 		tc = tls.Client(raw, conf)
 	} else {
-		tcn := &trackedConn{Conn: raw, live: live}
+		tcn := &trackedConn{Conn: raw, live: live, id: t}
 		tc = tls.Client(tcn, conf)
 		defer func() {
 			if tc != nil {
@@ -211,6 +234,7 @@ func dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Conf
 type trackedConn struct {
 	net.Conn
 	live *tracker
+	id   *tlsIdentity
 
 	mu     sync.Mutex
 	entry  *tracked
@@ -218,7 +242,8 @@ type trackedConn struct {
 }
 
 func (c *trackedConn) register(tc *tls.Conn) {
-	e := c.live.addPeer(func() { c.Conn.Close() }, tc.ConnectionState().PeerCertificates)
+	chain := tc.ConnectionState().PeerCertificates
+	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain))
 	c.mu.Lock()
 	c.entry = e
 	closed := c.closed

@@ -122,6 +122,9 @@ func TestRevokedAuthorityClosesLiveInbound(t *testing.T) {
 	if n := s.LiveConnections(); n != 2 {
 		t.Fatalf("%d live connections, want 2", n)
 	}
+	if n := s.tls.pending.Load(); n != 0 {
+		t.Fatalf("%d handshake notes left behind by registered connections", n)
+	}
 	start := time.Now()
 	setAuthorities(t, id, b) // ca revoke a
 	t.Logf("revoked authority: live inbound connection closed %s after the bundle update", closedWithin(t, fromA, rA, start).Round(time.Microsecond))
@@ -241,4 +244,31 @@ func skiHex(b []byte) string {
 		out = append(out, digits[x>>4], digits[x&15])
 	}
 	return string(out)
+}
+
+// TestRevokedAuthorityNotHiddenByExtraCertificates: a peer whose SVID the
+// revoked authority a signed cannot keep its connection by appending a
+// certificate of the remaining authority b to the chain it presents
+// (unused by verification, but the last certificate, whose issuer a
+// tracker reading the presented chain would take for the peer's
+// authority): the authority is the one verification chained to.
+func TestRevokedAuthorityNotHiddenByExtraCertificates(t *testing.T) {
+	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+	id := joinedIdentity(t, b.SVID(t, ordersID, 0), a, b)
+	_, inL := inboundEcho(t, id)
+	peer := a.SVID(t, frontendID, 0)
+	peer.Chain = append(peer.Chain, b.SVID(t, "spiffe://example.org/decoy", 0).Chain[0])
+	ti := &tlsIdentity{src: newStaticIdentity(b, peer), now: time.Now, revoked: func() *revocationSet { return nil }}
+	c, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if err := echoes(c, r); err != nil {
+		t.Fatalf("the padded chain was refused at the handshake (%v): nothing to test", err)
+	}
+	start := time.Now()
+	setAuthorities(t, id, b) // ca revoke a
+	closedWithin(t, c, r, start)
 }

@@ -53,7 +53,7 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 		return func(ctx context.Context, _, a string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
-			return dialTracked(ctx, d, a, conf, t.live)
+			return t.dialTracked(ctx, d, a, conf)
 		}
 	}
 	h2.DialTLSContext = dialWith(h2.TLSClientConfig)
@@ -66,7 +66,7 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 		dial: func(ctx context.Context) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
-			return dialTracked(ctx, d, addr, h1, t.live) // raw system calls: see rawConn
+			return t.dialTracked(ctx, d, addr, h1) // raw system calls: see rawConn
 		},
 		fallback: split, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
 	}, split
