@@ -58,6 +58,9 @@ type cachedX509 struct {
 	// replaced at once when one of auths was tainted in a later one.
 	auths []string
 	gen   uint64
+	// untrusted: it no longer verifies against the bundle (its authority
+	// was revoked); replaced at once, served until then.
+	untrusted bool
 }
 
 type cachedJWT struct {
@@ -175,14 +178,19 @@ func (c *Cache) SetNode(id spiffeid.ID, serial string) {
 	c.mu.Unlock()
 }
 
-// SetBundle applies a new trust bundle. Before it returns, workload
-// X509-SVIDs whose chain no longer verifies against it (their authority
-// was revoked: removed from the bundle) stop being served, and cached
-// JWT-SVIDs signed with a key it no longer holds or marks tainted are
-// forgotten; the sync loop is woken to sign replacements for those and
-// for every X509-SVID whose chain contains an authority it marks tainted
-// (TaintedX509Authorities), at once rather than at half life, in the
-// batches and within the server's per-node budget of any renewal.
+// SetBundle applies a new trust bundle and publishes it to the Workload
+// API before it returns. Cached JWT-SVIDs signed with a key it no longer
+// holds or marks tainted are forgotten. The sync loop is woken to sign,
+// at once rather than at half life and first in the queue, replacements
+// for every X509-SVID that no longer verifies against it (its authority
+// was revoked: removed from the bundle) and every one whose chain
+// contains an authority it marks tainted (TaintedX509Authorities), in
+// the batches and within the server's per-node budget of any renewal.
+// Both kinds are served until their replacement arrives: a workload left
+// without an SVID would get PermissionDenied on its stream, and
+// go-spiffe's source then keeps the bundle it had, still trusting the
+// revoked authority, until it retries a second later; served, the new
+// bundle reaches it in this very update.
 func (c *Cache) SetBundle(b wire.Bundle) {
 	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
 	if err != nil {
@@ -219,11 +227,11 @@ func (c *Cache) SetBundle(b wire.Bundle) {
 		}
 	}
 	now := c.now()
-	var dropped, tainted int
-	for id, x := range c.x509 {
-		if view.untrusted(x.svid.Chain, now) {
-			delete(c.x509, id)
-			dropped++
+	var untrusted, tainted int
+	for _, x := range c.x509 {
+		if x.untrusted || view.untrusted(x.svid.Chain, now) {
+			x.untrusted = true
+			untrusted++
 		} else if c.mustReplaceLocked(x) {
 			tainted++
 		}
@@ -238,16 +246,20 @@ func (c *Cache) SetBundle(b wire.Bundle) {
 	c.bundle, c.td, c.x509Auth, c.jwtBundle, c.auth = &b, td, auth, jb, view
 	c.publishLocked()
 	c.mu.Unlock()
-	if dropped > 0 || tainted > 0 || jwtDropped > 0 {
+	if untrusted > 0 || tainted > 0 || jwtDropped > 0 {
 		c.log.Warn("CA authority tainted or revoked: replacing the workload SVIDs it signed now",
-			"x509_untrusted_dropped", dropped, "x509_tainted_replacing", tainted, "jwt_dropped", jwtDropped)
+			"x509_revoked_replacing", untrusted, "x509_tainted_replacing", tainted, "jwt_dropped", jwtDropped)
 		c.kick()
 	}
 }
 
-// mustReplaceLocked reports whether x chains to an authority tainted by a
-// bundle that came after x was requested.
+// mustReplaceLocked reports whether x must be replaced before its half
+// life: it no longer verifies against the bundle, or it chains to an
+// authority tainted by a bundle that came after x was requested.
 func (c *Cache) mustReplaceLocked(x *cachedX509) bool {
+	if x.untrusted {
+		return true
+	}
 	for _, k := range x.auths {
 		if g, ok := c.taintGen[k]; ok && x.gen < g {
 			return true

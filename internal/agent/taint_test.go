@@ -53,6 +53,24 @@ type rotatedFixture struct {
 
 func newRotatedFixture(t *testing.T) *rotatedFixture {
 	t.Helper()
+	r := startOnA(t)
+	f := r.f
+	r.rotateToB(t)
+	f.push(func() { f.entries = append(f.entries, uidEntry("e2", "spiffe://example.org/db", time.Hour)) })
+	r.before = r.until(t, "/db signed by b", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/db"]
+		return s != nil && signedBy(s, r.b) && m["spiffe://example.org/web"] != nil
+	})
+	if !signedBy(r.af.a.Node().SVID(), r.a) {
+		t.Fatal("the node SVID is not signed by a")
+	}
+	return r
+}
+
+// startOnA starts an agent serving /web signed by CA a, with a and b in
+// the bundle, watched by an unchanged go-spiffe client.
+func startOnA(t *testing.T) *rotatedFixture {
+	t.Helper()
 	f := newFakeServer(t)
 	f.tokens["t"] = nodeID
 	a, b := f.ca, testpki.NewCA(t, "example.org")
@@ -68,20 +86,15 @@ func newRotatedFixture(t *testing.T) *rotatedFixture {
 		s := m["spiffe://example.org/web"]
 		return s != nil && signedBy(s, a)
 	})
-	// The CA key rotates to b: new SVIDs, and the server's own
-	// certificate, are signed by b.
-	f.issuer.Store(b)
-	c := b.ServerCert(t, fakeServerID, "127.0.0.1", fakeServerName)
-	f.cert.Store(&c)
-	f.push(func() { f.entries = append(f.entries, uidEntry("e2", "spiffe://example.org/db", time.Hour)) })
-	r.before = r.until(t, "/db signed by b", func(m map[string]*x509svid.SVID) bool {
-		s := m["spiffe://example.org/db"]
-		return s != nil && signedBy(s, b) && m["spiffe://example.org/web"] != nil
-	})
-	if !signedBy(af.a.Node().SVID(), a) {
-		t.Fatal("the node SVID is not signed by a")
-	}
 	return r
+}
+
+// rotateToB makes the server sign new SVIDs, and its own certificate,
+// with b: the CA key rotated.
+func (r *rotatedFixture) rotateToB(t *testing.T) {
+	r.f.issuer.Store(r.b)
+	c := r.b.ServerCert(t, fakeServerID, "127.0.0.1", fakeServerName)
+	r.f.cert.Store(&c)
 }
 
 // onlyWebReissued waits for the go-spiffe client to receive /web signed
@@ -160,23 +173,43 @@ func TestAgentReplacesSVIDsOfTaintedAuthority(t *testing.T) {
 	}
 }
 
-// TestAgentDropsSVIDsOfRevokedAuthority: a bundle without authority a
-// stops serving the SVID signed by a at once and a new one, from b, is
-// pushed; the SVID from b is kept.
-func TestAgentDropsSVIDsOfRevokedAuthority(t *testing.T) {
+// TestAgentReplacesSVIDsOfRevokedAuthority: a bundle without authority
+// a reaches the go-spiffe client at once, in the very next update and
+// without a stream error (which would leave go-spiffe's source on the old
+// bundle, still trusting a, until it retries); the SVID signed by a is
+// re-issued by b right after, the one signed by b kept.
+func TestAgentReplacesSVIDsOfRevokedAuthority(t *testing.T) {
 	r := newRotatedFixture(t)
 	f := r.f
 	start := time.Now()
 	f.push(func() { f.authorities = []*testpki.CA{r.b} })
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	select {
+	case u := <-r.w.updates:
+		b, _ := u.Bundles.GetX509BundleForTrustDomain(td)
+		if b.HasX509Authority(r.a.Cert) {
+			t.Fatal("the next update still trusts the revoked authority")
+		}
+		t.Logf("revoked authority: bundle without it pushed to the go-spiffe client in %s", time.Since(start).Round(time.Microsecond))
+	case err := <-r.w.errs:
+		t.Fatalf("the revoke ended the client's stream: %v", err)
+	case <-r.ctx.Done():
+		t.Fatal("no update after the revoke")
+	}
 	r.onlyWebReissued(t, start, "revoked authority: workload SVID replaced")
-	// The Workload API never again serves an SVID that does not verify
+	select {
+	case err := <-r.w.errs:
+		t.Fatalf("the revoke ended the client's stream: %v", err)
+	default:
+	}
+	// From then on the Workload API serves only SVIDs that verify
 	// against the bundle it serves.
 	x, err := client(t, r.af.sock).FetchX509Context(r.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range x.SVIDs {
-		b, _ := x.Bundles.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("example.org"))
+		b, _ := x.Bundles.GetX509BundleForTrustDomain(td)
 		if _, _, err := x509svid.Verify(s.Certificates, b); err != nil {
 			t.Fatalf("%s served but does not verify against the served bundle: %v", s.ID, err)
 		}
@@ -399,4 +432,34 @@ func FuzzTokenKID(f *testing.F) {
 		}
 		tokenKID(rest) // any bytes at all
 	})
+}
+
+// TestRevokeKeepsTheStreamOfAWorkloadWithOneSVID: a workload whose only
+// SVID the revoked authority signed keeps its stream: it gets the bundle
+// without the authority in the next update, then its new SVID, never an
+// error (dropping the SVID ended the stream with PermissionDenied, and
+// go-spiffe's source kept trusting the revoked authority until it
+// retried a second later).
+func TestRevokeKeepsTheStreamOfAWorkloadWithOneSVID(t *testing.T) {
+	r := startOnA(t)
+	f, a, b, ctx := r.f, r.a, r.b, r.ctx
+	r.rotateToB(t)
+	f.push(func() { f.authorities = []*testpki.CA{b} })
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	for {
+		select {
+		case u := <-r.w.updates:
+			bundle, _ := u.Bundles.GetX509BundleForTrustDomain(td)
+			if bundle.HasX509Authority(a.Cert) {
+				continue // an update from before the revoke
+			}
+			if s := svidsByID(u)["spiffe://example.org/web"]; s != nil && signedBy(s, b) {
+				return
+			}
+		case err := <-r.w.errs:
+			t.Fatalf("the revoke ended the workload's stream: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no new SVID after the revoke")
+		}
+	}
 }
