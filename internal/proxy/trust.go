@@ -113,10 +113,18 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		}
 	}
 	t.mu.Unlock()
-	// Verified outside the lock: a signature check per suspect.
+	// Verified outside the lock: a signature check per suspect. What is
+	// asked is whether the chain still leads to the bundle, not whether
+	// the peer's SVID is still valid: a connection outlives the SVID it
+	// was opened with, and is not closed for that (here or anywhere
+	// else), so an expired chain is verified as of its last second.
 	victims := suspects[:0]
 	for _, e := range suspects {
-		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(now)); err != nil {
+		at := now
+		if len(e.chain) > 0 && !at.Before(e.chain[0].NotAfter) {
+			at = e.chain[0].NotAfter.Add(-time.Second)
+		}
+		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(at)); err != nil {
 			victims = append(victims, e)
 		}
 	}

@@ -272,3 +272,27 @@ func TestRevokedAuthorityNotHiddenByExtraCertificates(t *testing.T) {
 	setAuthorities(t, id, b) // ca revoke a
 	closedWithin(t, c, r, start)
 }
+
+// TestRecheckDoesNotCloseForExpiry: a connection whose authority must be
+// verified again (one the tracker cannot find in the bundle by key) is
+// closed only if its chain no longer leads to the bundle, not because
+// the peer's SVID expired while it was open.
+func TestRecheckDoesNotCloseForExpiry(t *testing.T) {
+	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+	peer := a.SVID(t, frontendID, time.Minute)
+	later := peer.Chain[0].NotAfter.Add(time.Hour)
+	for _, tc := range []struct {
+		name   string
+		bundle *testpki.CA
+		closed int
+	}{{"chain_leads_to_bundle", a, 0}, {"authority_gone", b, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTracker()
+			closed := 0
+			tr.addPeer(func() { closed++ }, peer.Chain, liveKey{liveAuthority, "example.org/"})
+			if n := tr.recheck(newStaticIdentity(tc.bundle, peer), later, nil); n != tc.closed || closed != tc.closed {
+				t.Fatalf("closed %d (%d calls), want %d", n, closed, tc.closed)
+			}
+		})
+	}
+}
