@@ -182,8 +182,11 @@ type Node struct {
 	// unlock releases the data directory's lock (lockDir).
 	unlock func()
 	// renewNow wakes the renewal loop before half life: the node SVID's
-	// authority was tainted or revoked.
-	renewNow chan struct{}
+	// authority was tainted or revoked. renewedFor holds the tainted
+	// authorities it was woken for in this run (once each: a server
+	// still signing with one must not make it loop).
+	renewNow   chan struct{}
+	renewedFor sync.Map
 
 	mu     sync.Mutex
 	bundle *wire.Bundle
@@ -956,12 +959,11 @@ func (n *Node) apply(u *wire.Update) error {
 	if u.Bundle != nil {
 		b := *u.Bundle
 		n.mu.Lock()
-		old := n.bundle
 		n.bundle = &b
 		n.setPoolLocked()
 		n.mu.Unlock()
 		n.persistBundle()
-		n.checkOwnAuthority(old, &b)
+		n.checkOwnAuthority(&b)
 		if n.cfg.OnBundle != nil {
 			n.cfg.OnBundle(b)
 		}
@@ -993,22 +995,25 @@ func (n *Node) apply(u *wire.Update) error {
 }
 
 // checkOwnAuthority wakes the renewal loop at once when the node SVID
-// chains to an authority that bundle b newly marks tainted, or no longer
+// chains to an authority that bundle b marks tainted (once per authority
+// in this run, also when the taint came before a restart), or no longer
 // verifies against b (its authority was revoked), instead of waiting for
 // half life. A renewal that fails is retried with backoff as usual; one
 // refused because the server no longer trusts the SVID at all needs the
 // node to attest again (ErrNodeRejected).
-func (n *Node) checkOwnAuthority(old, b *wire.Bundle) {
+func (n *Node) checkOwnAuthority(b *wire.Bundle) {
 	s := n.svid.Load()
 	if s == nil {
 		return
 	}
-	view, before := authoritiesOf(b), authoritiesOf(old)
+	view := authoritiesOf(b)
 	why := ""
 	if view.untrusted(s.Certificates, n.now()) {
 		why = "revoked (no longer in the trust bundle)"
-	} else if ski := view.taintedIn(chainAuthorities(s.Certificates)); ski != "" && !before.tainted[ski] {
-		why = "tainted"
+	} else if ski := view.taintedIn(chainAuthorities(s.Certificates)); ski != "" {
+		if _, done := n.renewedFor.LoadOrStore(ski, true); !done {
+			why = "tainted"
+		}
 	}
 	if why == "" {
 		return

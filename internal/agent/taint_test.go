@@ -463,3 +463,40 @@ func TestRevokeKeepsTheStreamOfAWorkloadWithOneSVID(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeRenewsWhenTaintPrecedesIt: a node whose SVID chains to an
+// authority already tainted in the first bundle it holds (the taint came
+// while it was down, or during its attestation) renews it at once too.
+func TestNodeRenewsWhenTaintPrecedesIt(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	f.clientCAs = []*testpki.CA{b}
+	f.tainted = []string{hex.EncodeToString(a.Cert.SubjectKeyId)}
+	n, err := NewNode(f.nodeConfig(t, "t", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Attest(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !signedBy(n.SVID(), a) {
+		t.Fatal("the node SVID is not signed by a")
+	}
+	r := &rotatedFixture{f: f, a: a, b: b}
+	r.rotateToB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go n.Run(ctx)
+	for !signedBy(n.SVID(), b) {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the node SVID of an authority tainted before the node started was not renewed")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if _, _, renews, _ := f.counts(); renews != 1 {
+		t.Fatalf("%d renewals, want 1", renews)
+	}
+}
