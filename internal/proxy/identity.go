@@ -165,7 +165,9 @@ type tlsIdentity struct {
 	now     func() time.Time
 	revoked func() *revocationSet
 	// live, when set, tracks every outbound connection under its peer's
-	// authority (dialTracked), so a revoked CA authority closes it.
+	// authority (dialTracked), so a revoked CA authority closes it; set,
+	// it also makes verifyPeer note each verified peer's authority for
+	// the registration of its connection (inbound ones too).
 	live *tracker
 	// verified holds, from verifyPeer until the connection registers
 	// (authorityOf), the authority each verified peer chained to, by its

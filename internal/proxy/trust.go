@@ -280,7 +280,8 @@ func (c *trackedConn) Close() error {
 // closed. Serve calls it whenever the Identity reports a change (an
 // Updated channel: the Workload API source, NodeIdentity, FileSource).
 func (s *Sidecar) RecheckTrust() int {
-	n := s.live.recheck(s.cfg.Identity, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	count := func(n int) { s.metrics.revokedClosed.Add(float64(n)) }
+	n := s.live.recheck(s.cfg.Identity, s.cfg.Now(), count) + s.liveOut.recheck(s.cfg.Identity, s.cfg.Now(), count)
 	if n > 0 {
 		s.log.Warn("closed live connections whose peer's CA authority left the trust bundle", "count", n)
 	}

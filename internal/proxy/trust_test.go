@@ -165,7 +165,7 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 			id := joinedIdentity(t, b.SVID(t, frontendID, 0), a, b)
 			outA, outB := listen(t), listen(t)
 			orders := spiffeid.RequireFromString(ordersID)
-			startSidecar(t, Config{Identity: id, Outbound: []Outbound{
+			client := startSidecar(t, Config{Identity: id, Outbound: []Outbound{
 				{Name: "to-a", Listener: outA, Upstream: addrA, ID: orders, Protocol: tc.proto, HTTP1: tc.http1},
 				{Name: "to-b", Listener: outB, Upstream: addrB, ID: orders, Protocol: tc.proto, HTTP1: tc.http1},
 			}})
@@ -178,6 +178,16 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 				t.Logf("revoked authority: live outbound stream closed %s after the bundle update", closedWithin(t, toA, rA, start).Round(time.Microsecond))
 				if err := echoes(toB, rB); err != nil {
 					t.Fatalf("the stream to the upstream of the remaining authority was cut: %v", err)
+				}
+				if n := client.liveOut.len(); n != 1 {
+					t.Fatalf("%d outbound connections tracked, want 1", n)
+				}
+				toB.Close()
+				for client.liveOut.len() != 0 {
+					if time.Since(start) > 5*time.Second {
+						t.Fatal("a closed outbound stream is still tracked")
+					}
+					time.Sleep(time.Millisecond)
 				}
 				return
 			}
