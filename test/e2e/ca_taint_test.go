@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // caAuthority is what "moatless ca show -o json" lists of an authority.
@@ -97,6 +100,17 @@ func (p *plane) serverAccepts(t *testing.T, cert tls.Certificate) bool {
 	return resp.StatusCode == 200
 }
 
+// startCAPlane starts a server and an agent with an entry for this
+// process, and returns the workload's first X509-SVID context.
+func startCAPlane(t *testing.T) (*plane, *agentProc, *workloadapi.Client, *workloadapi.X509Context) {
+	t.Helper()
+	p := startPlane(t)
+	a := p.startAgent(p.joinToken(agentID), t.TempDir())
+	p.admin("entry", "create", "--parent", agentID, "--spiffe-id", "spiffe://e2e.test/ns/shop/sa/web", "--selector", uidSelector())
+	wl := a.client(t)
+	return p, a, wl, fetchX509(t, wl)
+}
+
 // TestCACompromisedKey is the emergency procedure of docs/ca.md
 // "Compromised key" with a real server process, a real agent and a
 // workload on it: prepare and activate successors, taint the old keys (the
@@ -104,12 +118,7 @@ func (p *plane) serverAccepts(t *testing.T, cert tls.Certificate) bool {
 // its workloads and bundle.pem, and an SVID the revoked key signed is
 // refused by the server's listener).
 func TestCACompromisedKey(t *testing.T) {
-	p := startPlane(t)
-	a := p.startAgent(p.joinToken(agentID), t.TempDir())
-	const web = "spiffe://e2e.test/ns/shop/sa/web"
-	p.admin("entry", "create", "--parent", agentID, "--spiffe-id", web, "--selector", uidSelector())
-	wl := a.client(t)
-	x := fetchX509(t, wl)
+	p, _, wl, x := startCAPlane(t)
 	oldX, oldJ := p.authority("x509", "active"), p.authority("jwt", "active")
 	if got := hex.EncodeToString(x.DefaultSVID().Certificates[0].AuthorityKeyId); got != oldX {
 		t.Fatalf("workload SVID signed by %s, want the active %s", got, oldX)
@@ -202,4 +211,85 @@ func TestCACompromisedKey(t *testing.T) {
 	if p.serverAccepts(t, oldCert) {
 		t.Error("after a restart the server accepts an SVID signed by the revoked authority")
 	}
+}
+
+// TestCATaintAgentReissues: after "ca taint", the real agent re-issues at
+// once the workload X509-SVID and its own node SVID signed by the tainted
+// key, and a workload's next JWT-SVID is signed by the new key; after "ca
+// revoke" the agent is still connected (its node SVID is of the new key):
+// an entry created after the revoke reaches the workload.
+func TestCATaintAgentReissues(t *testing.T) {
+	p, a, wl, _ := startCAPlane(t)
+	oldX, oldJ := p.authority("x509", "active"), p.authority("jwt", "active")
+	kid := func() string {
+		t.Helper()
+		tok, err := wl.FetchJWTSVID(deadline(t, 10*time.Second), jwtsvid.Params{Audience: "orders"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decodeKid(t, tok.Marshal())
+	}
+	if got := kid(); got != oldJ {
+		t.Fatalf("JWT-SVID signed with %s, want %s", got, oldJ)
+	}
+	for _, k := range []string{"x509", "jwt"} {
+		p.admin("ca", "prepare", "--kind", k)
+		p.admin("ca", "activate", "--kind", k)
+	}
+	newX, newJ := p.authority("x509", "active"), p.authority("jwt", "active")
+	start := time.Now()
+	p.admin("ca", "taint", oldX)
+	p.admin("ca", "taint", oldJ)
+	waitFor(t, 30*time.Second, "the agent to re-issue the workload SVID under the new key", func() bool {
+		x, err := wl.FetchX509Context(deadline(t, 5*time.Second))
+		return err == nil && hex.EncodeToString(x.DefaultSVID().Certificates[0].AuthorityKeyId) == newX
+	})
+	t.Logf("workload X509-SVID re-issued under the new key %v after the taint command started", time.Since(start).Round(time.Millisecond))
+	// The JWT taint is a later bundle than the X.509 one: the cached
+	// JWT-SVID is dropped once the agent has it.
+	waitFor(t, 30*time.Second, "a JWT-SVID signed with the new key "+newJ, func() bool { return kid() == newJ })
+
+	p.admin("ca", "revoke", oldX)
+	p.admin("ca", "revoke", oldJ)
+	const api = "spiffe://e2e.test/ns/shop/sa/api"
+	p.admin("entry", "create", "--parent", agentID, "--spiffe-id", api, "--selector", uidSelector())
+	waitFor(t, 30*time.Second, "an entry created after the revoke to reach the workload", func() bool {
+		x, err := wl.FetchX509Context(deadline(t, 5*time.Second))
+		if err != nil {
+			return false
+		}
+		var ids []string
+		for _, s := range x.SVIDs {
+			if hex.EncodeToString(s.Certificates[0].AuthorityKeyId) != newX {
+				return false
+			}
+			ids = append(ids, s.ID.String())
+		}
+		return slices.Contains(ids, api)
+	})
+	for _, n := range p.nodes() {
+		if n.SPIFFEID == agentID && (!n.Connected || n.Revoked) {
+			t.Errorf("after the revoke the agent is listed as %+v", n)
+		}
+	}
+	if strings.Contains(a.out.String(), "tls: bad certificate") {
+		t.Errorf("the server refused the agent's node SVID:\n%s", a.out.String())
+	}
+}
+
+// decodeKid returns the kid of a compact JWS's protected header.
+func decodeKid(t *testing.T, tok string) string {
+	t.Helper()
+	h, _, _ := strings.Cut(tok, ".")
+	b, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr struct {
+		Kid string `json:"kid"`
+	}
+	if err := json.Unmarshal(b, &hdr); err != nil {
+		t.Fatal(err)
+	}
+	return hdr.Kid
 }
