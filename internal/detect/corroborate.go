@@ -76,6 +76,10 @@ type Corroboration struct {
 	// more than an anomaly (Finding.Anomaly), sorted: a playbook whose
 	// trigger names no detectors contains only with one (Reaches).
 	Evidence []string `json:"evidence,omitempty"`
+	// Relayed are the IDs of the corroborated findings that only say
+	// what a relay's clients asked for (Finding.Relayed): in Risk, but
+	// neither in Detectors nor in Evidence.
+	Relayed []string `json:"relayed,omitempty"`
 	// Witnesses are the distinct nodes, the identity's own aside, that
 	// reported findings about it.
 	Witnesses []string `json:"witnesses,omitempty"`
@@ -137,7 +141,12 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 		}
 		ok = append(ok, f)
 		c.Findings = append(c.Findings, f.ID)
-		if !contains(c.Detectors, f.Detector) {
+		if f.Relayed() {
+			// Counts towards the risk, but meets no trigger's
+			// detectors and is no evidence: what a relay's clients
+			// did, never enough to contain it.
+			c.Relayed = append(c.Relayed, f.ID)
+		} else if !contains(c.Detectors, f.Detector) {
 			c.Detectors = append(c.Detectors, f.Detector)
 		}
 		if !f.Anomaly() && !contains(c.Evidence, f.Detector) {
@@ -202,6 +211,21 @@ func (f *Finding) Anomaly() bool {
 	return false
 }
 
+// Relayed reports whether f only counts refusals of requests a relay
+// (config.DetectSettings.Relays: the edge gateway) forwarded for its
+// clients. Internet scanners asking the gateway for /.git/config or
+// /wp-admin are refused by the upstreams' policies in the gateway's
+// name; counted as the gateway's own probing, two backends reporting
+// them would contain the mesh's front door on the internet's say-so. So
+// such a finding is an anomaly that meets no trigger's detectors either,
+// not even a trigger naming probing: it adds to the relay's risk and
+// opens an incident, and contains only beside evidence of another kind.
+func (f *Finding) Relayed() bool {
+	_, relayed := f.Evidence["relayed_refusals_per_minute"]
+	_, own := f.Evidence["refusals_per_minute"]
+	return f.Detector == DetectorProbing && relayed && !own
+}
+
 // Short says why c does not reach pb's trigger, in a clause ("" when it
 // does).
 func (c Corroboration) Short(pb Playbook, identity string) string {
@@ -212,15 +236,24 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 	case c.Risk < t.Risk:
 		return fmt.Sprintf("corroborated risk %.2f < %.2f", c.Risk, t.Risk)
 	case len(t.Detectors) > 0 && !pb.Matches(identity, c.Risk, c.Detectors):
-		got := "none"
-		if len(c.Detectors) > 0 {
-			got = strings.Join(c.Detectors, ", ")
-		}
-		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), got)
+		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), c.named())
 	case len(t.Detectors) == 0 && len(c.Evidence) == 0 && pb.Matches(identity, c.Risk, c.Detectors):
-		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", strings.Join(c.Detectors, ", "))
+		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", c.named())
 	}
 	return "the trigger does not match"
+}
+
+// named lists the corroborated findings' detectors, and the relayed
+// refusals apart, for Short.
+func (c Corroboration) named() string {
+	l := append([]string(nil), c.Detectors...)
+	if len(c.Relayed) > 0 {
+		l = append(l, "probing by requests a relay forwarded (detect.relays), which alone never contains")
+	}
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }
 
 func contains(l []string, x string) bool {

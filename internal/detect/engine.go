@@ -530,9 +530,18 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			if id.denies >= 5*uint64(th.DenyBurst) {
 				sev = High
 			}
-			add(e.raise(now, DetectorProbing, sev, r.Source, "",
-				fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies),
-				map[string]string{"refusals_per_minute": strconv.FormatUint(id.denies, 10), "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}, id.denyRecs))
+			n := strconv.FormatUint(id.denies, 10)
+			summary := fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies)
+			ev := map[string]string{"refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}
+			if e.cfg.IsRelay(r.Source) {
+				// A relay (the edge gateway) forwards what its clients
+				// ask for: the paths scanners try on it are refused
+				// upstream in its name. That is an anomaly about it,
+				// not evidence of its compromise (Finding.Relayed).
+				summary = fmt.Sprintf("%s, a relay (detect.relays), had %d requests it forwarded refused in a minute", r.Source, id.denies)
+				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals"}
+			}
+			add(e.raise(now, DetectorProbing, sev, r.Source, "", summary, ev, id.denyRecs))
 		}
 	}
 	if learned && newOp {
