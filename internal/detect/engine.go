@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/traffic"
 )
 
 // Severity of a finding.
@@ -180,9 +181,12 @@ type identState struct {
 	// when they were first called, for the last 5 minutes.
 	newPaths map[string]time.Time
 	newRecs  []Record
-	// paths is every (destination, path) the identity has called.
+	// paths is every (destination, path) the identity has called (at
+	// most maxPerIdent).
 	paths map[[2]string]struct{}
 	dsts  map[string]struct{}
+	// edges counts the engine's edge states whose source it is.
+	edges int
 }
 
 // Engine holds the baselines and runs the detectors. It is safe for
@@ -216,6 +220,16 @@ type KnownEdge struct {
 
 // maxTracked bounds the edges (and identities) an engine keeps state for.
 const maxTracked = 200_000
+
+// maxPerIdent bounds the edges, and the operations, the engine keeps
+// apart for one source identity: one identity calling distinct paths
+// cannot fill the engine's tables and leave the next identity's new
+// edge without a state (no rate, no volume judged). Past it, the
+// identity's further edges to a destination share one state (path
+// traffic.OverflowPeerPath), and the overflow is an anomaly about it.
+// Edge states past maxTracked (every identity's share of a full table)
+// likewise share one per (source, destination), at most maxTracked/4.
+var maxPerIdent = 5_000
 
 // NewEngine builds an engine with the settings (Complete is applied).
 func NewEngine(s config.DetectSettings) *Engine {
@@ -340,30 +354,51 @@ func minuteOf(t time.Time) time.Time { return t.UTC().Truncate(time.Minute) }
 
 // account adds r to the edge's current minute (closing earlier minutes
 // into the baselines) and to the identity's state; with judge it also
-// notes what is new. It returns the edge and identity state.
-func (e *Engine) account(r *Record, judge bool) (*edgeState, *identState, bool, bool) {
+// notes what is new. It returns the edge and identity state, whether the
+// destination and the operation are new to the identity, and whether the
+// identity has more edges or operations than the engine keeps apart
+// (maxPerIdent).
+func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, newDst, newOp, crowded bool) {
 	m := minuteOf(r.Time)
 	if e.first.IsZero() || r.Time.Before(e.first) {
 		e.first = r.Time
 	}
+	id = e.ident(r.Source, r.Time)
 	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
-	es := e.edges[k]
-	if es == nil && len(e.edges) < maxTracked {
-		es = &edgeState{minute: m}
-		e.edges[k] = es
+	es = e.edges[k]
+	if es == nil {
+		switch {
+		case id != nil && id.edges >= maxPerIdent:
+			crowded = true
+			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPeerPath}
+		case len(e.edges) >= maxTracked:
+			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPath}
+		}
+		if es = e.edges[k]; es == nil && len(e.edges) < maxTracked+maxTracked/4 {
+			es = &edgeState{minute: m}
+			e.edges[k] = es
+			if id != nil {
+				id.edges++
+			}
+		}
 	}
-	id := e.ident(r.Source, r.Time)
-	newDst, newOp := false, false
 	if id != nil {
-		if _, ok := id.dsts[r.Destination]; !ok {
+		if _, ok := id.dsts[r.Destination]; !ok && len(id.dsts) < maxPerIdent {
 			newDst = true
 			id.dsts[r.Destination] = struct{}{}
 		}
 		op := [2]string{r.Destination, r.Method + " " + r.Path}
 		if _, ok := id.paths[op]; !ok {
-			newOp = true
-			id.paths[op] = struct{}{}
-			e.newKnown = append(e.newKnown, KnownEdge{Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path, FirstSeen: r.Time})
+			// Past its bound, an identity's operations are no longer
+			// remembered apart (nor judged new): it was told about
+			// when it crossed the bound.
+			if len(id.paths) < maxPerIdent {
+				newOp = true
+				id.paths[op] = struct{}{}
+				e.newKnown = append(e.newKnown, KnownEdge{Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path, FirstSeen: r.Time})
+			} else {
+				crowded = true
+			}
 		}
 	}
 	if es != nil {
@@ -380,7 +415,7 @@ func (e *Engine) account(r *Record, judge bool) (*edgeState, *identState, bool, 
 		}
 		es.lastSeen = r.Time
 	}
-	return es, id, newDst, newOp
+	return es, id, newDst, newOp, crowded
 }
 
 // close moves the edge to minute m: the minute counted so far, and every
@@ -410,6 +445,9 @@ func (e *Engine) Tick(now time.Time) {
 		}
 		if now.Sub(es.lastSeen) > 35*24*time.Hour {
 			delete(e.edges, k)
+			if id := e.idents[k.src]; id != nil && id.edges > 0 {
+				id.edges--
+			}
 		}
 	}
 	for k, f := range e.open {
@@ -440,7 +478,7 @@ func (e *Engine) Tick(now time.Time) {
 
 // judge accounts r and runs the traffic detectors on it.
 func (e *Engine) judge(now time.Time, r *Record) []*Finding {
-	es, id, newDst, newOp := e.account(r, true)
+	es, id, newDst, newOp, crowded := e.account(r, true)
 	th := e.cfg.ThresholdsFor(r.Source)
 	var out []*Finding
 	add := func(f *Finding) {
@@ -448,13 +486,32 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			out = append(out, f)
 		}
 	}
-	refused := r.Decision != "allow"
+	// An overflow edge that names no one ("overflow") says nothing of
+	// what was decided; one that keeps its peer has its decision.
+	refused := r.Decision != "allow" && r.Decision != "overflow"
+	if traffic.IsOverflow(r.Path) {
+		newOp = false // its requests' operations are not known
+	}
 	if r.Decision == "refused" && r.Reason == "revoked" && r.Source != "" {
 		add(e.raise(now, DetectorRevoked, High, r.Source, r.Destination, fmt.Sprintf("revoked identity %s is still trying to connect to %s", r.Source, orAny(r.Destination)),
 			map[string]string{"refused_connections": strconv.FormatUint(r.Requests, 10)}, []Record{*r}))
 	}
 	if r.Source == "" {
 		return out // plaintext callers have no identity to judge
+	}
+	if crowded || r.Path == traffic.OverflowPeerPath {
+		// The caller called more distinct edges than a reporter's
+		// window (a quarter of its table) or this engine keeps apart
+		// for one caller: a scan, or an attempt to crowd others' new
+		// edges out of the record. An anomaly: a caller with a huge
+		// REST surface does it too.
+		at := "server"
+		if !crowded && r.Reporter != "" {
+			at = r.Reporter
+		}
+		add(e.raise(now, DetectorProbing, Medium, r.Source, "",
+			fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at),
+			map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}, []Record{*r}))
 	}
 	learned := id != nil && now.Sub(id.firstSeen) >= e.cfg.LearningPeriod.Std()
 	// An identity that appears after the engine has learned the mesh is
