@@ -188,7 +188,9 @@ func (c Corroboration) Reaches(pb Playbook, identity string) bool {
 
 // Anomaly reports whether f says only that its identity did more, or
 // other, than it used to: a rate above its baseline, a new edge, new
-// paths, a volume of responses, a burst of token exchanges. A workload
+// paths, more distinct edges than a traffic record keeps apart for one
+// caller (record_overflow), refusals of what a relay forwarded
+// (Relayed), a volume of responses, a burst of token exchanges. A workload
 // that serves the mesh's users does all of these when they do (a flash
 // crowd, a flood through the gateway, big downloads, paths the app
 // forwards), so an outsider can raise them about an innocent workload.
