@@ -209,6 +209,14 @@ func (f *Finding) Anomaly() bool {
 		return !has("pii_matches_per_minute")
 	case DetectorToken:
 		return has("exchanges_per_minute") && !has("reuse")
+	case DetectorRevoked:
+		// Someone presented a revoked token issued to the identity:
+		// its credential leaked, which says nothing of what the
+		// identity itself does (a thief replays it), and containing the
+		// identity would not stop the thief (the token is refused
+		// already). Unless the identity presented a revoked credential
+		// itself (its own SVID, or a token by itself).
+		return has("revoked_token_of") && !has("presented") && !has("refused_connections")
 	}
 	return false
 }

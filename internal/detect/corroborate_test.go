@@ -183,6 +183,8 @@ func TestAnomaliesAloneAlert(t *testing.T) {
 		{"burst_with_reuse_folded", []Finding{own("a", DetectorToken, High, "exchanges_per_minute", "reuse")}, true, false},
 		{"revoked", []Finding{own("a", DetectorRevoked, High)}, true, false},
 		{"rate_with_refusals", []Finding{own("a", DetectorRate, High), own("b", DetectorProbing, Medium, "refusals_per_minute")}, true, true},
+		{"revoked_token_of_it", []Finding{own("a", DetectorRevoked, High, "revoked_token_of")}, false, false},
+		{"revoked_token_of_it_presented_by_it", []Finding{own("a", DetectorRevoked, High, "revoked_token_of", "presented")}, true, false},
 		{"relayed_refusals", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute")}, false, false},
 		{"relayed_refusals_and_rate", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute"), own("b", DetectorRate, Medium)}, false, true},
 		{"relayed_refusals_and_revoked", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute"), own("b", DetectorRevoked, Medium)}, true, false},

@@ -158,6 +158,9 @@ const (
 	EventTokenExchange     = "token_exchange"     // one RFC 8693 exchange (counted per minute)
 	EventAttestFailure     = "attest_failure"     // a refused node attestation
 	EventRevokedCredential = "revoked_credential" // a revoked SVID or token presented
+	// EventRevokedTokenOf: a revoked token issued to Identity (a mesh
+	// workload) was presented, by whoever: its credential is out.
+	EventRevokedTokenOf = "revoked_token_of"
 )
 
 type edgeKey struct{ src, dst, method, path string }
@@ -663,7 +666,13 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 				map[string]string{"failures": strconv.Itoa(len(ts)), "threshold": strconv.Itoa(th.AttestFailures)}, nil)
 		}
 	case EventRevokedCredential:
-		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("%s presented a revoked credential", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("%s presented a revoked credential", ev.Identity), withMark(ev.Detail, "presented", "credential"), nil)
+	case EventRevokedTokenOf:
+		by := ev.Detail["source"]
+		if by == "" {
+			by = orAny(ev.Detail["source_ip"])
+		}
+		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("a revoked token issued to %s was presented by %s", ev.Identity, by), withMark(ev.Detail, "revoked_token_of", ev.Identity), nil)
 	}
 	if f == nil {
 		return nil
@@ -676,11 +685,16 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 // that keeps a token_anomaly finding evidence (Finding.Anomaly) when an
 // exchange burst folds into it.
 func withReuse(detail map[string]string, what string) map[string]string {
+	return withMark(detail, "reuse", what)
+}
+
+// withMark is a copy of detail with k set to v.
+func withMark(detail map[string]string, k, v string) map[string]string {
 	out := make(map[string]string, len(detail)+1)
-	for k, v := range detail {
-		out[k] = v
+	for dk, dv := range detail {
+		out[dk] = dv
 	}
-	out["reuse"] = what
+	out[k] = v
 	return out
 }
 

@@ -535,7 +535,7 @@ func wireEvent(ev *DecisionEvent) wire.AuditEvent {
 		Destination: ev.Destination, Protocol: ev.Protocol, Method: ev.Method, Path: ev.Path,
 		Decision: ev.Decision, Policy: ev.Policy, Rule: ev.Rule, Reason: ev.Reason,
 		ReasonCode: string(ev.ReasonCode), PolicyVersion: ev.PolicyVersion, AuditPolicy: ev.AuditPolicy,
-		TraceID: ev.TraceID,
+		TraceID: ev.TraceID, TokenIssuer: ev.TokenIssuer, TokenSubject: ev.TokenSubject,
 	}
 	if n := len(ev.Custom); n > 0 && ev.Custom[n-1].Query != "" {
 		we.RegoQuery, we.InputSHA256 = ev.Custom[n-1].Query, ev.Custom[n-1].InputSHA256

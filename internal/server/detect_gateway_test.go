@@ -103,3 +103,80 @@ spec:
 		})
 	}
 }
+
+// TestRevokedTokenNamesItsOwner: an outsider holds a token the server's
+// token service issued to the reports workload, revoked since, and sends
+// it through frontend to orders and payments. Their sidecars refuse it
+// (401) and report the token's verified issuer and subject. The finding
+// names reports, whose credential is out, and not frontend, which only
+// relayed it (TestRelayedTokensFrameNoOne). It is an anomaly: the
+// incident about reports opens and notifies but contains nothing, since
+// the thief is not reports and its token is refused already. A subject
+// only a foreign issuer vouches for, or one of another trust domain,
+// names no one. Fails on the parent (no finding names reports).
+func TestRevokedTokenNamesItsOwner(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		issuer func(e *env) string
+		sub    string
+		named  bool
+	}{
+		{"issued_by_this_server", func(e *env) string { return e.srv.OAuth().Issuer() }, reportsID, true},
+		{"foreign_issuer", func(*env) string { return "https://idp.example.com" }, reportsID, false},
+		{"other_trust_domain", func(e *env) string { return e.srv.OAuth().Issuer() }, "spiffe://other.example/ns/prod/sa/reports", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := start(t, "")
+			e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: containPlaybook}}}, nil)
+			for _, n := range []*node{e.attest(ordersID), e.attest(paymentsID)} {
+				ev := denyEvent("/checkout")
+				ev.Source, ev.Method, ev.Decision, ev.Policy, ev.Rule = frontendID, "POST", "unauthenticated", "", -1
+				ev.Reason, ev.ReasonCode = "invalid token: token revoked", "invalid_token"
+				ev.TokenIssuer, ev.TokenSubject = tc.issuer(e), tc.sub
+				if st, body := e.do(n.http, "POST", wire.PathAudit, "", wire.AuditReport{Events: []wire.AuditEvent{ev}}); st != 204 {
+					t.Fatalf("audit report: %d %s", st, body)
+				}
+			}
+			// A plaintext caller's revoked token is a finding about its
+			// address: once it is stored, the events before it have been
+			// judged.
+			ev := denyEvent("/checkout")
+			ev.Source, ev.SourceIP, ev.Decision, ev.Policy, ev.Rule, ev.Reason, ev.ReasonCode = "", "203.0.113.9", "unauthenticated", "", -1, "invalid token: token revoked", "invalid_token"
+			if st, body := e.do(e.attest(ordersID).http, "POST", wire.PathAudit, "", wire.AuditReport{Events: []wire.AuditEvent{ev}}); st != 204 {
+				t.Fatalf("audit report: %d %s", st, body)
+			}
+			waitFor(t, "the finding about the address", func() bool { return len(findingsAbout(e, "203.0.113.9")) == 1 })
+			if fs := findingsAbout(e, frontendID); len(fs) != 0 {
+				t.Fatalf("frontend, which relayed the token, judged: %+v", fs)
+			}
+			var fs []detect.Finding
+			if tc.named {
+				waitFor(t, "the finding about the token's owner", func() bool { fs = findingsAbout(e, reportsID); return len(fs) == 1 })
+			}
+			fs = findingsAbout(e, reportsID)
+			if !tc.named {
+				if len(fs) != 0 {
+					t.Fatalf("a subject the server did not issue named: %+v", fs)
+				}
+				return
+			}
+			f := fs[0]
+			if f.Detector != detect.DetectorRevoked || !f.Anomaly() || f.Evidence["revoked_token_of"] != reportsID || !strings.Contains(f.Summary, "presented by "+frontendID) || len(f.Witnesses()) != 2 {
+				t.Fatalf("finding about the token's owner: %+v", f)
+			}
+			waitFor(t, "the incident about reports", func() bool {
+				for _, inc := range incidentsOf(t, e) {
+					if inc.Identity == reportsID && inc.Notified {
+						return true
+					}
+				}
+				return false
+			})
+			for _, inc := range incidentsOf(t, e) {
+				if inc.Identity == reportsID && (inc.State == detect.IncidentContained || inc.Revoked) {
+					t.Fatalf("reports contained because a thief replayed its revoked token: %+v", inc)
+				}
+			}
+		})
+	}
+}
