@@ -246,7 +246,11 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 	case c.Risk < t.Risk:
 		return fmt.Sprintf("corroborated risk %.2f < %.2f", c.Risk, t.Risk)
 	case len(t.Detectors) > 0 && !pb.Matches(identity, c.Risk, c.Detectors):
-		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), c.named())
+		why := fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), c.named())
+		if len(c.Relayed) > 0 {
+			why += "; a relay's refusals alone never contain"
+		}
+		return why
 	case len(t.Detectors) == 0 && len(c.Evidence) == 0 && pb.Matches(identity, c.Risk, c.Detectors):
 		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", c.named())
 	}
@@ -258,7 +262,7 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 func (c Corroboration) named() string {
 	l := append([]string(nil), c.Detectors...)
 	if len(c.Relayed) > 0 {
-		l = append(l, "probing by requests a relay forwarded (detect.relays), which alone never contains")
+		l = append(l, "probing by requests a relay forwarded (detect.relays)")
 	}
 	if len(l) == 0 {
 		return "none"

@@ -100,6 +100,7 @@ spec:
 			if len(fs) != 1 || !fs[0].Relayed() || !strings.Contains(fs[0].Summary, "relay") {
 				t.Fatalf("want one relayed probing finding about the gateway: %+v", fs)
 			}
+			t.Logf("finding: %s\nincident: %s, %s", fs[0].Summary, inc.State, inc.Corroboration)
 		})
 	}
 }
