@@ -207,7 +207,10 @@ type Engine struct {
 	// first is the time of the first record the engine saw (or learned):
 	// the start of the mesh-wide learning period.
 	first time.Time
-	storm struct {
+	// introduced counts, per reporter, the identities its records made
+	// known to the engine (maxIdentsPerReporter).
+	introduced map[string]int
+	storm      struct {
 		minute  time.Time
 		n       int
 		dropped uint64
@@ -234,12 +237,22 @@ const maxTracked = 200_000
 // likewise share one per (source, destination), at most maxTracked/4.
 var maxPerIdent = 5_000
 
+// maxIdentsPerReporter bounds the identities one node's records may make
+// known to the engine. The caller an inbound record names is the node's
+// word: without it, one compromised node reporting calls from 200,000
+// made-up SPIFFE IDs would fill the engine's table of identities, and
+// every identity that appears after (a freshly minted one an attacker
+// uses) would go unjudged. Past it, the node's records about callers new
+// to the engine are stored but not judged, and the flood is an anomaly
+// about the node.
+var maxIdentsPerReporter = 20_000
+
 // NewEngine builds an engine with the settings (Complete is applied).
 func NewEngine(s config.DetectSettings) *Engine {
 	s.Complete()
 	return &Engine{
 		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
-		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{},
+		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{}, introduced: map[string]int{},
 	}
 }
 
@@ -358,15 +371,23 @@ func minuteOf(t time.Time) time.Time { return t.UTC().Truncate(time.Minute) }
 // account adds r to the edge's current minute (closing earlier minutes
 // into the baselines) and to the identity's state; with judge it also
 // notes what is new. It returns the edge and identity state, whether the
-// destination and the operation are new to the identity, and whether the
+// destination and the operation are new to the identity, whether the
 // identity has more edges or operations than the engine keeps apart
-// (maxPerIdent).
-func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, newDst, newOp, crowded bool) {
+// (maxPerIdent), and whether r was left out because its reporter made
+// more identities known than it may (maxIdentsPerReporter).
+func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, newDst, newOp, crowded, flooded bool) {
 	m := minuteOf(r.Time)
 	if e.first.IsZero() || r.Time.Before(e.first) {
 		e.first = r.Time
 	}
-	id = e.ident(r.Source, r.Time)
+	if id = e.idents[r.Source]; id == nil {
+		if r.Reporter != "" && r.Reporter != r.Source && e.introduced[r.Reporter] >= maxIdentsPerReporter {
+			return nil, nil, false, false, false, true
+		}
+		if id = e.ident(r.Source, r.Time); id != nil && r.Reporter != "" && r.Reporter != r.Source {
+			e.introduced[r.Reporter]++
+		}
+	}
 	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
 	es = e.edges[k]
 	if es == nil {
@@ -418,7 +439,7 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, 
 		}
 		es.lastSeen = r.Time
 	}
-	return es, id, newDst, newOp, crowded
+	return es, id, newDst, newOp, crowded, false
 }
 
 // close moves the edge to minute m: the minute counted so far, and every
@@ -481,7 +502,7 @@ func (e *Engine) Tick(now time.Time) {
 
 // judge accounts r and runs the traffic detectors on it.
 func (e *Engine) judge(now time.Time, r *Record) []*Finding {
-	es, id, newDst, newOp, crowded := e.account(r, true)
+	es, id, newDst, newOp, crowded, flooded := e.account(r, true)
 	th := e.cfg.ThresholdsFor(r.Source)
 	var out []*Finding
 	add := func(f *Finding) {
@@ -501,6 +522,15 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	}
 	if r.Source == "" {
 		return out // plaintext callers have no identity to judge
+	}
+	if flooded {
+		// The node named more callers new to the engine than it may:
+		// about the node, an anomaly (a shared service with a huge
+		// number of callers does it too).
+		add(e.raise(now, DetectorProbing, Medium, r.Reporter, "",
+			fmt.Sprintf("%s reported calls from more than %d identities new to the server; further ones it names are not judged", r.Reporter, maxIdentsPerReporter),
+			map[string]string{"identities_introduced": strconv.Itoa(e.introduced[r.Reporter]), "kind": "caller_flood"}, nil))
+		return out
 	}
 	if crowded || r.Path == traffic.OverflowPeerPath {
 		// The caller called more distinct edges than a reporter's

@@ -105,3 +105,47 @@ func TestOverflowHidesNoEdge(t *testing.T) {
 		}
 	})
 }
+
+// TestReporterCannotFillIdentities: the caller an inbound record names is
+// its node's word. One node reporting calls from made-up identities could
+// fill the engine's table of identities (200,000), and every identity
+// that appeared after would go unjudged. A node now makes at most
+// maxIdentsPerReporter identities known; its further new callers are not
+// judged (nor kept), the flood is an anomaly about the node, and another
+// node's new caller is judged as before.
+func TestReporterCannotFillIdentities(t *testing.T) {
+	const (
+		liar    = "spiffe://example.org/ns/prod/sa/liar"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+		minted  = "spiffe://example.org/ns/prod/sa/minted"
+		regular = "spiffe://example.org/ns/prod/sa/frontend"
+	)
+	defer func(n int) { maxIdentsPerReporter = n }(maxIdentsPerReporter)
+	maxIdentsPerReporter = 10
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e := NewEngine(config.DetectSettings{LearningPeriod: 1})
+	e.Ingest(now.Add(-time.Hour), []Record{{Time: now.Add(-time.Hour), Reporter: orders, Source: regular, Destination: orders, Method: "GET", Path: "/", Decision: "allow", Requests: 1}})
+	var recs []Record
+	for i := range 50 {
+		recs = append(recs, Record{Time: now, Reporter: liar, Source: fmt.Sprintf("spiffe://example.org/ns/fake/sa/s%d", i), Destination: liar, Method: "GET", Path: "/", Decision: "allow", Requests: 1})
+	}
+	var flood *Finding
+	for _, f := range e.Ingest(now, recs) {
+		if f.Identity == liar && f.Evidence["kind"] == "caller_flood" {
+			flood = &f
+		}
+	}
+	if flood == nil || !flood.Anomaly() || flood.Evidence["identities_introduced"] != "10" {
+		t.Fatalf("want an anomaly about the node that named 50 new callers: %+v", flood)
+	}
+	e.mu.Lock()
+	n := len(e.idents)
+	e.mu.Unlock()
+	if n != 11 {
+		t.Fatalf("%d identities kept, want frontend and the first 10 made-up ones", n)
+	}
+	fs := e.Ingest(now, []Record{{Time: now, Reporter: orders, Source: minted, Destination: orders, Method: "GET", Path: "/admin", Decision: "allow", Requests: 1}})
+	if len(fs) != 1 || fs[0].Identity != minted || fs[0].Detector != DetectorNewEdge {
+		t.Fatalf("another node's new caller: %+v", fs)
+	}
+}
