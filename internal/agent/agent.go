@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/wire"
 	"github.com/moatless/moatless/internal/workload"
@@ -64,6 +65,10 @@ type Config struct {
 	// Registry receives the agent's metrics; a new registry when nil (so
 	// several agents in one test process do not collide).
 	Registry *prometheus.Registry
+	// MaxConnsPerUID and MaxStreamsPerUID are the Workload API's bounds
+	// per local uid (workload.Config); 0 for their defaults.
+	MaxConnsPerUID   int
+	MaxStreamsPerUID int
 }
 
 // Agent is the node agent. Lifecycle: New → Serve → Close.
@@ -165,15 +170,17 @@ func New(cfg Config) (*Agent, error) {
 	a.node = node
 	a.cache = newCache(node, CacheConfig{Logger: a.log.With("part", "cache"), Now: a.now, BackoffBase: nc.BackoffBase, BackoffMax: nc.BackoffMax})
 	a.wl, err = workload.New(workload.Config{
-		SocketPath:    cfg.SocketPath,
-		Source:        a.cache,
-		FirstSyncWait: cfg.FirstSyncWait,
-		Tracer:        cfg.Tracer,
-		Risk:          &a.risk,
-		Attestor:      cfg.Attestor,
-		Logger:        a.log.With("part", "workload"),
-		Now:           a.now,
-		OnServe:       func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
+		SocketPath:       cfg.SocketPath,
+		Source:           a.cache,
+		FirstSyncWait:    cfg.FirstSyncWait,
+		MaxConnsPerUID:   cfg.MaxConnsPerUID,
+		MaxStreamsPerUID: cfg.MaxStreamsPerUID,
+		Tracer:           cfg.Tracer,
+		Risk:             &a.risk,
+		Attestor:         cfg.Attestor,
+		Logger:           a.log.With("part", "workload"),
+		Now:              a.now,
+		OnServe:          func(kind string) { a.metrics.served.WithLabelValues(kind).Inc() },
 		OnAttestFailure: func() {
 			a.metrics.attestFailures.WithLabelValues("workload").Inc()
 		},
@@ -368,7 +375,9 @@ func (a *Agent) startHealth() error {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	// Only a loopback Host, localhost or the configured host: a page in a
+	// browser on this host must not read /metrics by rebinding its name.
+	srv := &http.Server{Handler: loopback.GuardHost(a.cfg.HealthListen, mux), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
 	a.mu.Lock()
 	a.healthLis, a.healthSrv = lis, srv
 	a.mu.Unlock()

@@ -575,7 +575,7 @@ func TestHealthListenerBoundsConnections(t *testing.T) {
 	f.tokens["t"] = nodeID
 	af := startAgent(t, f, "t", t.TempDir())
 	addr := af.a.HealthAddr().String()
-	get := []byte("GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
+	get := []byte("GET /healthz HTTP/1.1\r\nHost: " + addr + "\r\n\r\n")
 	// answered reads one response on c within d.
 	answered := func(c net.Conn, br *bufio.Reader, d time.Duration) bool {
 		c.SetReadDeadline(time.Now().Add(d))

@@ -28,7 +28,7 @@ func TestNodeRefusesDataDirOthersControl(t *testing.T) {
 			return dir
 		}, false, "is writable by others (mode 0777)"},
 		{"world_writable_sticky", func(t *testing.T, dir string) string {
-			os.Chmod(dir, 0o1777)
+			os.Chmod(dir, 0o777|os.ModeSticky)
 			return dir
 		}, false, "is writable by others"},
 		{"group_writable", func(t *testing.T, dir string) string {

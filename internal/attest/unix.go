@@ -65,6 +65,9 @@ type Unix struct {
 	userNSOnce sync.Once
 	userNS     unix.Stat_t
 	userNSErr  error
+
+	procOnce sync.Once
+	procErr  error
 }
 
 type fileKey struct {
@@ -99,6 +102,9 @@ func (u *Unix) procDir(pid int32) string {
 func (u *Unix) Bind(_ context.Context, peer Peer) (Image, error) {
 	if peer.PID <= 0 {
 		return Image{}, ErrInvalidPeer
+	}
+	if err := u.ownProc(); err != nil {
+		return Image{}, err
 	}
 	dir := u.procDir(peer.PID)
 	start, err := readStartTime(dir)
@@ -172,6 +178,9 @@ func exited(pidfd int) bool {
 func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 	if peer.PID <= 0 {
 		return nil, ErrInvalidPeer
+	}
+	if err := u.ownProc(); err != nil {
+		return nil, err
 	}
 	img := peer.Image
 	if img == nil {
@@ -453,6 +462,30 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 		return false, fmt.Errorf("attest: owner of the mount namespace: %w", err)
 	}
 	return st.Dev == self.Dev && st.Ino == self.Ino, nil
+}
+
+// ErrForeignProc means the procfs the attestor reads belongs to another
+// PID namespace than the agent's: the kernel gives the agent its peers'
+// PIDs in the agent's own namespace (SO_PEERCRED), so each would name
+// another process there. It happens when the agent runs in a PID
+// namespace of its own without a procfs of its own: `unshare --pid
+// --fork` without `--mount-proc`, or a container given the host's /proc.
+var ErrForeignProc = errors.New("attest: procfs belongs to another PID namespace than the agent's, so a peer's PID would name another process: mount a procfs of the agent's own PID namespace (unshare --mount-proc), or run the agent in the workloads' PID namespace (hostPID)")
+
+// ownProc checks, once, that procRoot is the procfs of the agent's own
+// PID namespace: there, "self" names the agent's own PID.
+func (u *Unix) ownProc() error {
+	u.procOnce.Do(func() {
+		self, err := os.Readlink(filepath.Join(u.procRoot, "self"))
+		if err != nil {
+			u.procErr = fmt.Errorf("attest: reading %s/self: %w", u.procRoot, err)
+			return
+		}
+		if self != strconv.Itoa(os.Getpid()) {
+			u.procErr = fmt.Errorf("%w (%s/self is %s, the agent is PID %d)", ErrForeignProc, u.procRoot, self, os.Getpid())
+		}
+	})
+	return u.procErr
 }
 
 // agentUserNS is the agent's own user namespace, read once.

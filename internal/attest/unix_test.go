@@ -173,7 +173,36 @@ func fakeProc(t *testing.T, pid int, stat, status string) string {
 	}
 	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 	os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644)
+	// As in the agent's own procfs, "self" names the reader.
+	if err := os.Symlink(strconv.Itoa(os.Getpid()), filepath.Join(root, "self")); err != nil {
+		t.Fatal(err)
+	}
 	return root
+}
+
+// TestUnixAttestForeignProcfs: an agent in a PID namespace of its own
+// that reads another namespace's procfs (unshare --pid --fork without
+// --mount-proc, a container given the host's /proc) gets its peers' PIDs
+// in its own namespace from the kernel, and each names another process in
+// that procfs. Attesting itself as PID 1 there read the outer namespace's
+// PID 1 (the host's init) and reported its binary; now every attestation
+// is refused, naming the cause. Runs itself as "pidns" in a new user and
+// PID namespace, keeping the parent's /proc.
+func TestUnixAttestForeignProcfs(t *testing.T) {
+	c := exec.Command(os.Args[0], "-test.run=^$")
+	c.Env = []string{helperEnv + "=pidns"}
+	c.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}},
+	}
+	out, err := c.CombinedOutput()
+	if err != nil && len(out) == 0 {
+		t.Skipf("cannot make a user and PID namespace here: %v", err)
+	}
+	if got := strings.TrimSpace(string(out)); got != "refused: foreign procfs" {
+		t.Fatalf("attestation in a PID namespace reading its parent's procfs: %s", got)
+	}
 }
 
 func TestUnixAttestMalformedProc(t *testing.T) {
@@ -528,6 +557,19 @@ func TestMain(m *testing.M) {
 		}
 		fmt.Println(c.Process.Pid)
 		c.Wait()
+		os.Exit(0)
+	case "pidns":
+		// PID 1 of a new PID namespace, with the parent's /proc.
+		u := NewUnix(UnixConfig{SkipNames: true})
+		sels, err := u.Attest(context.Background(), Peer{PID: int32(os.Getpid()), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PIDFD: -1})
+		switch {
+		case errors.Is(err, ErrForeignProc):
+			fmt.Println("refused: foreign procfs")
+		case err != nil:
+			fmt.Println("refused otherwise:", err)
+		default:
+			fmt.Println("attested PID", os.Getpid(), "as", sels)
+		}
 		os.Exit(0)
 	case "bind-exec":
 		src, dst := os.Args[1], os.Args[2]

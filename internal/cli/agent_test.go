@@ -47,6 +47,10 @@ func TestAgentCommandRejectsBadInput(t *testing.T) {
 		{"missing_token_file", []string{"agent", "--join-token-file", dir + "/none", "--socket", dir + "/a.sock"}, "read join token"},
 		{"config_unknown_key", []string{"agent", "--config", cfg}, "sockt"},
 		{"no_credential", []string{"agent", "--socket", dir + "/a.sock", "--data-dir", dir + "/d", "--health-listen", "off"}, "no join token"},
+		{"workload_conns_zero", []string{"agent", "--workload-max-conns-per-uid", "0", "--socket", dir + "/a.sock"}, "--workload-max-conns-per-uid 0: want 1 to 65536"},
+		{"workload_conns_negative", []string{"agent", "--workload-max-conns-per-uid", "-3", "--socket", dir + "/a.sock"}, "--workload-max-conns-per-uid -3"},
+		{"workload_streams_too_many", []string{"agent", "--workload-max-streams-per-uid", "70000", "--socket", dir + "/a.sock"}, "--workload-max-streams-per-uid 70000: want 1 to 65536"},
+		{"workload_streams_not_a_number", []string{"agent", "--workload-max-streams-per-uid", "lots", "--socket", dir + "/a.sock"}, "invalid value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/extauthz"
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/server"
@@ -283,8 +284,8 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
 	})
-	(&opaapi.Handler{Rego: func() *policy.Rego { return p.set.Load().Rego() }, Logger: log}).Register(mux, opaapi.LoopbackOnly)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	(&opaapi.Handler{Rego: func() *policy.Rego { return p.set.Load().Rego() }, Logger: log}).Register(mux, dataplane.OPAUsers(nil, log))
+	srv := &http.Server{Handler: loopback.GuardHost(addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	go func() { <-ctx.Done(); srv.Close() }()
 	log.Info("admin listening", "addr", l.Addr().String())

@@ -161,7 +161,7 @@ func (r *gatewayRun) run(ctx context.Context) error {
 	background = append(background, func(ctx context.Context) { r.watchConfig(ctx, g) })
 
 	if cfg.Admin != "off" {
-		stop, err := dataplane.ServeAdmin(cfg.Admin, reg, mi.Ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, cfg.AdminPprof, r.log,
+		stop, err := dataplane.ServeAdmin(cfg.Admin, reg, mi.Ready(g.Ready), func() string { return fmt.Sprintf("policy version %d", g.PolicyVersion()) }, g.Rego, nil, cfg.AdminPprof, r.log,
 			fmt.Sprintf("another gateway (or program) on this host uses it; every gateway needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.path))
 		if err != nil {
 			return err

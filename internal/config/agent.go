@@ -55,7 +55,22 @@ type Agent struct {
 	HealthListen string `json:"health_listen,omitempty"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `json:"log_level,omitempty"`
+	// WorkloadMaxConnsPerUID bounds the Workload API connections one
+	// local uid holds open at once (workload.Config.MaxConnsPerUID); 0
+	// is the default, 512. At most MaxWorkloadPerUIDBound.
+	WorkloadMaxConnsPerUID int `json:"workload_max_conns_per_uid,omitempty"`
+	// WorkloadMaxStreamsPerUID bounds the Workload API watch streams one
+	// local uid holds open at once (workload.Config.MaxStreamsPerUID); 0
+	// is the default, 1024. At most MaxWorkloadPerUIDBound.
+	WorkloadMaxStreamsPerUID int `json:"workload_max_streams_per_uid,omitempty"`
 }
+
+// MaxWorkloadPerUIDBound is the largest per-uid bound of the Workload API
+// the agent accepts: past it a bound no longer protects anything (every
+// connection costs the agent two file descriptors; the agent's own
+// descriptor limit is the real cap), and a typo of a few extra digits
+// should not silently disable the protection.
+const MaxWorkloadPerUIDBound = 65536
 
 // DefaultAgent returns the agent config with every default filled in
 // (getenv nil: os.Getenv).
@@ -128,6 +143,14 @@ func (c *Agent) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	for _, b := range []struct {
+		key string
+		n   int
+	}{{"workload_max_conns_per_uid", c.WorkloadMaxConnsPerUID}, {"workload_max_streams_per_uid", c.WorkloadMaxStreamsPerUID}} {
+		if b.n < 0 || b.n > MaxWorkloadPerUIDBound {
+			return fmt.Errorf("config: %s %d: want 1 to %d (0 or unset: the default)", b.key, b.n, MaxWorkloadPerUIDBound)
+		}
 	}
 	return nil
 }

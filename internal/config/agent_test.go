@@ -47,6 +47,14 @@ func TestParseAgent(t *testing.T) {
 		{"token_and_file", "join_token: a\njoin_token_file: /b\n", "join_token", nil},
 		{"bad_log_level", "log_level: loud\n", "log_level", nil},
 		{"empty_data_dir", "data_dir: \"\"\n", "data_dir", nil},
+		{"workload_bounds", "workload_max_conns_per_uid: 64\nworkload_max_streams_per_uid: 65536\n", "", func(a Agent) bool {
+			return a.WorkloadMaxConnsPerUID == 64 && a.WorkloadMaxStreamsPerUID == 65536
+		}},
+		{"workload_bounds_default", "", "", func(a Agent) bool { return a.WorkloadMaxConnsPerUID == 0 && a.WorkloadMaxStreamsPerUID == 0 }},
+		{"workload_conns_negative", "workload_max_conns_per_uid: -1\n", "workload_max_conns_per_uid", nil},
+		{"workload_conns_too_many", "workload_max_conns_per_uid: 65537\n", "workload_max_conns_per_uid", nil},
+		{"workload_streams_too_many", "workload_max_streams_per_uid: 100000000\n", "workload_max_streams_per_uid", nil},
+		{"workload_streams_not_a_number", "workload_max_streams_per_uid: many\n", "workload_max_streams_per_uid", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

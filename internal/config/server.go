@@ -171,7 +171,16 @@ type Dashboard struct {
 	// SessionTTL is how long a dashboard session lasts from login
 	// (default 30m, at most 12h).
 	SessionTTL wire.Duration `json:"session_ttl,omitempty"`
+	// HSTSMaxAge, when set (whole seconds, 1s to 2 years), sends
+	// Strict-Transport-Security: max-age=N with every dashboard answer.
+	// Off by default: a browser then refuses plain HTTP to every port of
+	// the host name for that long, other services on the host included.
+	HSTSMaxAge wire.Duration `json:"hsts_max_age,omitempty"`
 }
+
+// MaxHSTSMaxAge bounds dashboard.hsts_max_age: two years, the longest
+// max-age browsers' preload lists ask for.
+const MaxHSTSMaxAge = 2 * 365 * 24 * time.Hour
 
 // DefaultDashboardAdminRole is the token service role that may use the
 // dashboard.
@@ -379,6 +388,9 @@ func (c *Server) Validate() error {
 	}
 	if d := c.Dashboard.SessionTTL.Std(); d < time.Minute || d > 12*time.Hour {
 		return fmt.Errorf("config: dashboard.session_ttl %s: must be between 1m and 12h", d)
+	}
+	if d := c.Dashboard.HSTSMaxAge.Std(); d != 0 && (d < time.Second || d > MaxHSTSMaxAge || d%time.Second != 0) {
+		return fmt.Errorf("config: dashboard.hsts_max_age %s: want whole seconds from 1s to 17520h, two years (0 or unset: no HSTS)", d)
 	}
 	if len(c.Dashboard.OIDCClientID) > 128 || len(c.Dashboard.AdminRole) > 128 {
 		return errors.New("config: dashboard: oidc_client_id and admin_role are at most 128 characters")

@@ -16,7 +16,7 @@ func TestParseServerDefaults(t *testing.T) {
 	if c.Store != "/d/moatless.db" || c.KEKFile != "/d/kek" || c.Listen != DefaultListen ||
 		c.AdminIDs[0] != "spiffe://moatless.local/moatless/admin" || c.X509SVIDTTL.Std() != time.Hour ||
 		c.AuditReportRate != DefaultAuditReportRate || c.AuditReportBurst != DefaultAuditReportBurst ||
-		c.Dashboard.Disabled || c.Dashboard.AdminRole != DefaultDashboardAdminRole || c.Dashboard.SessionTTL.Std() != 30*time.Minute {
+		c.Dashboard.Disabled || c.Dashboard.AdminRole != DefaultDashboardAdminRole || c.Dashboard.SessionTTL.Std() != 30*time.Minute || c.Dashboard.HSTSMaxAge != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -49,6 +49,9 @@ func TestParseServerRejects(t *testing.T) {
 		{"dashboard_session_too_long", "dashboard: {session_ttl: 13h}", "dashboard.session_ttl"},
 		{"dashboard_unknown_key", "dashboard: {enabled: true}", "enabled"},
 		{"dashboard_role_too_long", "dashboard: {admin_role: " + strings.Repeat("r", 129) + "}", "dashboard"},
+		{"dashboard_hsts_negative", "dashboard: {hsts_max_age: -1s}", "dashboard.hsts_max_age"},
+		{"dashboard_hsts_fraction", "dashboard: {hsts_max_age: 1500ms}", "dashboard.hsts_max_age"},
+		{"dashboard_hsts_too_long", "dashboard: {hsts_max_age: 17521h}", "dashboard.hsts_max_age"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,5 +1,6 @@
 // Package loopback hands out loopback TCP addresses for a process about to
-// be started (the demo's children, tests' servers) to listen on.
+// be started (the demo's children, tests' servers) to listen on, and
+// guards plaintext loopback listeners against DNS rebinding (GuardHost).
 package loopback
 
 import (

@@ -31,11 +31,14 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/policy"
 )
 
@@ -360,16 +363,14 @@ func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
 // other than a loopback address or localhost: a web page the host's
 // browser opens can have its name re-resolved to 127.0.0.1 (DNS
 // rebinding) and then call from loopback, under its own name, reading the
-// answers as its own origin's.
+// answers as its own origin's (loopback.HostAllowed).
 func LoopbackOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		ip, perr := netip.ParseAddr(host)
-		if err != nil || perr != nil || !ip.Unmap().IsLoopback() {
+		if _, ok := loopbackRemote(r); !ok {
 			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only"), false)
 			return
 		}
-		if !loopbackHost(r.Host) {
+		if !loopback.HostAllowed(r.Host, "") {
 			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only: call it as localhost or a loopback address, not %q", r.Host), false)
 			return
 		}
@@ -377,20 +378,73 @@ func LoopbackOnly(next http.Handler) http.Handler {
 	})
 }
 
-// loopbackHost reports whether a Host header names this host: a loopback
-// address or localhost, with or without a port, or no Host at all
-// (HTTP/1.0; browsers always send one).
-func loopbackHost(h string) bool {
-	if h == "" {
-		return true
+// loopbackRemote is the caller's address when it is loopback.
+func loopbackRemote(r *http.Request) (netip.AddrPort, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return netip.AddrPort{}, false
 	}
-	if name, _, err := net.SplitHostPort(h); err == nil {
-		h = name
+	return ap, true
+}
+
+// LocalUsers keeps a loopback OPA API to the local users who may read it.
+//
+// A port on 127.0.0.1 is open to every user of the host; the API hands
+// out every Rego module and data document in force (which may hold
+// names, addresses, thresholds — the map of what the workload may do)
+// and evaluates them on any input. LocalUsers admits root, the uid this
+// process runs as (either can read the process's files and memory
+// anyway) and UIDs — for a sidecar, the app's users it already lets act
+// as the workload (outbound_allowed_uids). Every other caller gets 403
+// and a log line naming its uid. The kernel says who the caller is, by
+// the owner of the client's end of the TCP connection (ClientUID); a
+// caller it cannot name is refused too.
+type LocalUsers struct {
+	// UIDs are admitted besides root and the effective uid.
+	UIDs []uint32
+	// ClientUID returns the uid holding the client end of the loopback
+	// connection from client to server; the data plane passes
+	// proxy.LoopbackClientUID. Nil refuses every caller (platforms
+	// where the kernel cannot be asked).
+	ClientUID func(client, server netip.AddrPort) (uint32, error)
+	Logger    *slog.Logger
+}
+
+// Wrap is LoopbackOnly, then the user check.
+func (u *LocalUsers) Wrap(next http.Handler) http.Handler {
+	own := uint32(os.Geteuid())
+	return LoopbackOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		uid, err := u.clientUID(r)
+		if err == nil && (uid == 0 || uid == own || slices.Contains(u.UIDs, uid)) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		log := u.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		attrs := []any{"source", r.RemoteAddr, "method", r.Method, "path", r.URL.Path}
+		var msg string
+		if err != nil {
+			attrs = append(attrs, "reason", "unknown_caller", "err", err.Error())
+			msg = "this OPA API cannot tell which local user is calling, and answers only the users the operator admitted"
+		} else {
+			attrs = append(attrs, "reason", "not_allowed", "uid", uid)
+			msg = fmt.Sprintf("uid %d may not use this OPA API: it answers only the local users the operator admitted", uid)
+		}
+		log.Warn("OPA API request refused", attrs...)
+		writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "%s", msg), false)
+	}))
+}
+
+func (u *LocalUsers) clientUID(r *http.Request) (uint32, error) {
+	if u.ClientUID == nil {
+		return 0, errors.New("the local caller cannot be identified on " + runtime.GOOS)
 	}
-	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-	if strings.EqualFold(h, "localhost") {
-		return true
+	client, ok := loopbackRemote(r)
+	la, isTCP := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	if !ok || !isTCP {
+		return 0, fmt.Errorf("not a loopback TCP connection (from %s)", r.RemoteAddr)
 	}
-	ip, err := netip.ParseAddr(h)
-	return err == nil && ip.Unmap().IsLoopback()
+	return u.ClientUID(client, la.AddrPort())
 }

@@ -29,9 +29,12 @@ func TestCheck(t *testing.T) {
 			os.Chmod(d, 0o775)
 			return d
 		}, false, "data directory %s is writable by others (mode 0775): another user could replace the key; chmod go-w %s or choose another --data-dir"},
+		// Sticky or not, a directory of its own others may write is
+		// refused: they can add entries (a planted file the process
+		// later opens by name).
 		{"world_writable_sticky", func(t *testing.T) string {
 			d := t.TempDir()
-			os.Chmod(d, 0o1777)
+			chmodVerified(t, d, 0o777|os.ModeSticky)
 			return d
 		}, false, "is writable by others (mode 0777)"},
 		{"symlink_to_private_dir", func(t *testing.T) string {
@@ -64,11 +67,19 @@ func TestCheck(t *testing.T) {
 		{"parent_world_writable_sticky_like_tmp", func(t *testing.T) string {
 			p := filepath.Join(t.TempDir(), "p")
 			os.Mkdir(p, 0o777)
-			os.Chmod(p, os.ModeSticky|0o777)
+			chmodVerified(t, p, os.ModeSticky|0o777)
 			d := filepath.Join(p, "d")
 			os.Mkdir(d, 0o700)
 			return d
 		}, false, ""},
+		{"parent_world_writable_not_sticky", func(t *testing.T) string {
+			p := filepath.Join(t.TempDir(), "p")
+			os.Mkdir(p, 0o777)
+			chmodVerified(t, p, 0o777)
+			d := filepath.Join(p, "d")
+			os.Mkdir(d, 0o700)
+			return d
+		}, false, "data directory %s is inside %s/.., which others may write (mode 0777, not sticky)"},
 		{"grandparent_of_another_user", func(t *testing.T) string {
 			g := filepath.Join(t.TempDir(), "g")
 			os.Mkdir(g, 0o755)
@@ -117,4 +128,22 @@ func TestCheck(t *testing.T) {
 			t.Fatalf("Check = %v, want os.ErrNotExist", err)
 		}
 	})
+}
+
+// chmodVerified sets p's mode and fails the test unless the permission and
+// sticky bits then read back as asked. os.FileMode's sticky bit is
+// os.ModeSticky: os.Chmod(p, 0o1777) silently sets a plain 0777, and a
+// case named sticky would test a directory that is not.
+func chmodVerified(t *testing.T, p string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode() & (os.ModePerm | os.ModeSticky); got != mode {
+		t.Fatalf("chmod %s %v: mode reads %v", p, mode, got)
+	}
 }

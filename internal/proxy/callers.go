@@ -188,19 +188,7 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 		if cc.tcp == nil {
 			return localCaller{}, refusedLookupFailed, errors.New("no TCP owner lookup prepared")
 		}
-		s, err := cc.tcp.find(ca, sa)
-		if errors.Is(err, errNoSocket) {
-			return localCaller{}, refusedUnknown, errors.New("the client's socket is gone")
-		}
-		if err != nil {
-			return localCaller{}, refusedLookupFailed, err
-		}
-		// A socket no process holds (closed, TIME_WAIT) reads as uid 0:
-		// it must never pass for root.
-		if s.inode == 0 || s.state == tcpListen || s.state == tcpTimeWait {
-			return localCaller{}, refusedUnknown, fmt.Errorf("the client's socket belongs to no process (state %#02x)", s.state)
-		}
-		return localCaller{uid: s.uid, inode: s.inode}, "", nil
+		return tcpClientOwner(cc.tcp, ca, sa)
 	case *net.UnixConn:
 		p, err := unixPeerCred(c)
 		if err != nil {
@@ -209,6 +197,49 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 		return p, "", nil
 	}
 	return localCaller{}, refusedNotLocal, fmt.Errorf("%T is neither TCP nor a unix socket", c)
+}
+
+// tcpClientOwner finds, with l, the owner of the client end (client) of an
+// accepted loopback connection whose server end is server. On failure it
+// returns the refusal reason.
+func tcpClientOwner(l *tcpOwnerLookup, client, server netip.AddrPort) (localCaller, string, error) {
+	s, err := l.find(client, server)
+	if errors.Is(err, errNoSocket) {
+		return localCaller{}, refusedUnknown, errors.New("the client's socket is gone")
+	}
+	if err != nil {
+		return localCaller{}, refusedLookupFailed, err
+	}
+	// A socket no process holds (closed, TIME_WAIT) reads as uid 0:
+	// it must never pass for root.
+	if s.inode == 0 || s.state == tcpListen || s.state == tcpTimeWait {
+		return localCaller{}, refusedUnknown, fmt.Errorf("the client's socket belongs to no process (state %#02x)", s.state)
+	}
+	return localCaller{uid: s.uid, inode: s.inode}, "", nil
+}
+
+// LoopbackClientUID is the uid of the local process that holds the client
+// end of an accepted loopback TCP connection: client is the connection's
+// remote address as the server sees it, server its local address. It
+// asks the kernel as the outbound listeners' caller check does (netlink
+// sock_diag, else /proc/net/tcp; the lookup is picked once per process)
+// and fails — never guessing — when the client's socket is gone or held
+// by no process, when an address is not loopback, and outside Linux.
+// Other loopback listeners of the data plane (the admin listener's OPA
+// API) use it to tell local users apart.
+func LoopbackClientUID(client, server netip.AddrPort) (uint32, error) {
+	if !client.Addr().Unmap().IsLoopback() || !server.Addr().Unmap().IsLoopback() {
+		return 0, fmt.Errorf("proxy: %s → %s is not a loopback connection", client, server)
+	}
+	l, err := tcpOwnerBackend()
+	if err != nil {
+		return 0, err
+	}
+	p, _, err := tcpClientOwner(l, client, server)
+	if err != nil {
+		return 0, fmt.Errorf("proxy: owner of %s: %w", client, err)
+	}
+	return p.uid, nil
 }
 
 // allowed reports whether the caller is admitted.

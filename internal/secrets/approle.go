@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -160,7 +161,8 @@ func (s *Service) approleAPI(rq *req, rest string) (*envelope, error) {
 
 func listing(keys []string) (*envelope, error) {
 	if len(keys) == 0 {
-		return nil, errf(http.StatusNotFound, "")
+		// 404 with no error message, as Vault answers: {"errors":[]}.
+		return nil, fmt.Errorf("%w: nothing to list", store.ErrNotFound)
 	}
 	return data(map[string]any{"keys": keys}), nil
 }

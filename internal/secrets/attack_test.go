@@ -40,7 +40,7 @@ const testAdminToken = "admin-test"
 // testService is an unsealed service on db with a settable clock; the
 // admin credential is X-Vault-Token testAdminToken.
 type testService struct {
-	t     *testing.T
+	t     testing.TB
 	svc   *Service
 	now   time.Time
 	audit *recordAudit
@@ -84,7 +84,7 @@ func (a *recordAudit) last() audit.Event {
 	return a.events[len(a.events)-1]
 }
 
-func newTestService(t *testing.T, db *store.DB, opts ...func(*Config)) *testService {
+func newTestService(t testing.TB, db *store.DB, opts ...func(*Config)) *testService {
 	t.Helper()
 	ts := &testService{t: t, now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), audit: &recordAudit{}}
 	c := Config{Store: db, Audit: ts.audit, TrustDomain: "example.org", Logger: slog.New(slog.DiscardHandler),
@@ -181,7 +181,7 @@ func (ts *testService) tokenWith(policies ...string) string {
 	return authToken(ts.t, out)
 }
 
-func authToken(t *testing.T, out map[string]any) string {
+func authToken(t testing.TB, out map[string]any) string {
 	t.Helper()
 	auth, _ := out["auth"].(map[string]any)
 	tok, _ := auth["client_token"].(string)
@@ -336,6 +336,10 @@ func TestDatabaseConfigReadMasksPasswords(t *testing.T) {
 				details, _ := dataOf(out)["connection_details"].(map[string]any)
 				if got := details["connection_url"]; got != tc.want {
 					t.Errorf("connection_url read as %q, want %q", got, tc.want)
+				}
+				// Read back as written, as Vault stores it.
+				if v := dataOf(out)["verify_connection"]; v != false {
+					t.Errorf("verify_connection written false, read as %v", v)
 				}
 				b, _ := json.Marshal(out)
 				for _, s := range tc.secrets {

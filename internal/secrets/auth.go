@@ -116,6 +116,20 @@ func (s *Service) authenticate(rq *req) error {
 		rq.details["reason"] = "source address outside the token's bound CIDRs"
 		return errPermission
 	}
+	if t.Parent != "" {
+		// A child works while every token above it does (Vault revokes
+		// the children when a parent ends; its expiry or last use is
+		// revoked by the next maintenance pass, and refused here until).
+		_, alive, err := s.db.SecretsTokenChain(rq.ctx, s.db.SQL(), t.Parent, s.now(), maxTokenDepth)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			rq.details["token_accessor"] = t.Accessor
+			rq.details["reason"] = "a parent token is revoked or expired"
+			return errPermission
+		}
+	}
 	tc := tokenFromStored(&t)
 	if tc.spiffeID != "" && s.cfg.Revoked(tc.spiffeID) {
 		return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID is revoked")
@@ -159,7 +173,19 @@ type issued struct {
 	renewable bool
 	// boundCIDRs are the only addresses the token may be used from.
 	boundCIDRs []string
+	// parent is the accessor of the token creating this one ("": an
+	// orphan); notAfter must not be after the parent's max expiry.
+	parent string
 }
+
+// Bounds of the token tree: a token at most maxTokenDepth tokens below an
+// orphan, with at most maxTokenChildren children (expired ones count until
+// the maintenance pass revokes them). Vault bounds neither; a revocation
+// walks the whole tree in one transaction.
+const (
+	maxTokenDepth    = 8
+	maxTokenChildren = 1000
+)
 
 // issueToken creates a token inside tx and returns the auth block.
 func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) {
@@ -193,9 +219,24 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	if in.policies == nil {
 		in.policies = []string{}
 	}
+	if in.parent != "" {
+		// Held until tx ends: a revocation of the parent committed
+		// before (refused here) or revokes this child too.
+		depth, alive, kids, err := s.db.LockSecretsTokenParent(rq.ctx, tx, in.parent, now, maxTokenDepth)
+		switch {
+		case errors.Is(err, store.ErrNotFound) || (err == nil && !alive):
+			return nil, errPermission
+		case err != nil:
+			return nil, err
+		case depth > maxTokenDepth:
+			return nil, badRequest("the token is %d tokens below an orphan already; create an orphan (no_parent) instead", depth-1)
+		case kids >= maxTokenChildren:
+			return nil, badRequest("the token has %d child tokens already", kids)
+		}
+	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
 		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,
-		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp}
+		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent}
 	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
 		return nil, err
 	}
@@ -209,7 +250,7 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	// 16 concurrent logins took every connection of the pool and waited
 	// on each other for ever.
 	return &authInfo{ClientToken: tok, Accessor: st.Accessor, Metadata: in.meta,
-		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: in.renewable, TokenType: "service", Orphan: true, NumUses: in.numUses}, nil
+		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: in.renewable, TokenType: "service", Orphan: in.parent == "", NumUses: in.numUses}, nil
 }
 
 // withPolicies sets ai's policies, those of the token rq issued, after
@@ -441,11 +482,39 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 			return nil, err
 		}
 		return nil, nil
+	case "revoke", "revoke-orphan":
+		// Vault: revoke ends the token and its children; revoke-orphan
+		// (root-protected) the token alone, its children become orphans.
+		c := acl.Update
+		if rest == "revoke-orphan" {
+			c |= acl.Sudo
+		}
+		if err := rq.need(c); err != nil {
+			return nil, err
+		}
+		tok := rq.body.str("token")
+		if err := rq.body.done(); err != nil {
+			return nil, err
+		}
+		if len(tok) > 256 || !strings.HasPrefix(tok, TokenPrefix) {
+			return nil, badRequest("invalid token")
+		}
+		t, err := s.db.SecretsTokenByHash(rq.ctx, hashToken(tok))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, badRequest("invalid token")
+		} else if err != nil {
+			return nil, err
+		}
+		rq.details["token_accessor"] = t.Accessor
+		if err := s.revokeTokens(rq.ctx, t.Accessor, "revoked by "+rq.tok.actor(), rest == "revoke-orphan"); err != nil {
+			return nil, err
+		}
+		return nil, nil
 	case "create", "create-orphan":
 		if err := rq.needOp(); err != nil {
 			return nil, err
 		}
-		return s.createToken(rq)
+		return s.createToken(rq, rest == "create-orphan")
 	case "accessors":
 		return nil, errf(http.StatusNotFound, "listing token accessors is not supported")
 	}
@@ -455,7 +524,7 @@ func (s *Service) tokenAPI(rq *req, rest string) (*envelope, error) {
 func (s *Service) lookupToken(rq *req, t *tokenCtx, self bool) (*envelope, error) {
 	pols := s.effectivePolicies(rq.ctx, t)
 	now := s.now()
-	d := map[string]any{"policies": pols, "type": "service", "orphan": true, "entity_id": "", "path": "",
+	d := map[string]any{"policies": pols, "type": "service", "orphan": t.stored == nil || t.stored.Parent == "", "entity_id": "", "path": "",
 		"display_name": t.subject, "meta": map[string]string{}, "renewable": false, "num_uses": 0, "explicit_max_ttl": 0, "id": nil}
 	if t.root {
 		d["display_name"], d["policies"], d["ttl"], d["expire_time"] = "admin", []string{"root"}, 0, nil
@@ -511,12 +580,15 @@ func (s *Service) renewToken(rq *req, t *store.SecretsToken, inc time.Duration) 
 	tc := tokenFromStored(t)
 	pols := s.effectivePolicies(rq.ctx, tc)
 	return &envelope{Warnings: warnings, Auth: &authInfo{Accessor: t.Accessor, Policies: pols, TokenPolicies: pols, Metadata: t.Meta,
-		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: true, TokenType: "service", Orphan: true, NumUses: t.NumUses}}, nil
+		LeaseDuration: int64(exp.Sub(now) / time.Second), Renewable: true, TokenType: "service", Orphan: t.Parent == "", NumUses: t.NumUses}}, nil
 }
 
 // createToken: auth/token/create (admins, or sudo on the path) mints a
-// token with named policies.
-func (s *Service) createToken(rq *req) (*envelope, error) {
+// token with named policies. As in Vault it is a child of the token
+// that created it, unless orphan (create-orphan), no_parent (honoured:
+// the caller has sudo), or the caller is no token (the admin
+// credential, an mTLS identity).
+func (s *Service) createToken(rq *req, orphan bool) (*envelope, error) {
 	if !rq.tok.acl.Allowed(rq.path, acl.Sudo) {
 		return nil, errPermission
 	}
@@ -530,7 +602,9 @@ func (s *Service) createToken(rq *req) (*envelope, error) {
 	if rq.body.has("renewable") {
 		renew = rq.body.boolean("renewable")
 	}
-	rq.body.raw("no_parent")
+	if rq.body.has("no_parent") && rq.body.boolean("no_parent") {
+		orphan = true
+	}
 	rq.body.raw("no_default_policy")
 	// Fields the official client always sends: only their empty or
 	// service-token values are accepted.
@@ -556,8 +630,15 @@ func (s *Service) createToken(rq *req) (*envelope, error) {
 	if display == "" {
 		display = "token"
 	}
-	return s.login(rq, issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
-		numUses: uses, renewable: renew}, map[string]string{"method": "token"})
+	in := issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
+		numUses: uses, renewable: renew}
+	if p := rq.tok.stored; p != nil && !orphan {
+		// A child never outlives its parent's max TTL; the parent's
+		// revocation or expiry ends it sooner.
+		in.parent, in.notAfter = p.Accessor, p.MaxExpires
+		rq.details["parent_accessor"] = p.Accessor
+	}
+	return s.login(rq, in, map[string]string{"method": "token"})
 }
 
 func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
@@ -568,31 +649,75 @@ func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
 	return nil
 }
 
-// revokeToken revokes a token and every lease it created (Vault's
-// semantics: a lease never outlives its token).
+// revokeToken revokes a token, the tokens under it (its children, theirs,
+// ...) and every lease any of them created (Vault's semantics: a lease
+// never outlives its token, a child never outlives its parent).
 func (s *Service) revokeToken(ctx context.Context, accessor, why string) error {
-	leases, err := s.db.Leases(ctx, "", accessor, 10000)
-	if err != nil {
-		return err
+	return s.revokeTokens(ctx, accessor, why, false)
+}
+
+// revokeTokens is revokeToken; with orphanChildren it revokes the token
+// and its leases alone, and its children become orphans (revoke-orphan).
+func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphanChildren bool) error {
+	tree := []string{accessor}
+	if !orphanChildren {
+		var err error
+		if tree, err = s.db.SecretsTokenTree(ctx, accessor); err != nil {
+			return err
+		}
 	}
 	now := s.now()
-	for _, l := range leases {
-		if err := s.db.MarkLeaseRevoking(ctx, s.db.SQL(), l.ID, now); err != nil {
+	leases := map[string][]store.Lease{}
+	markLeases := func(acc string) error {
+		ls, err := s.db.Leases(ctx, "", acc, 10000)
+		if err != nil {
+			return err
+		}
+		for _, l := range ls {
+			if err := s.db.MarkLeaseRevoking(ctx, s.db.SQL(), l.ID, now); err != nil {
+				return err
+			}
+		}
+		leases[acc] = ls
+		return nil
+	}
+	// The leases are marked first: should the server stop after the
+	// tokens are gone, the maintenance loop still revokes them.
+	for _, a := range tree {
+		if err := markLeases(a); err != nil {
 			return err
 		}
 	}
-	err = s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if err := s.db.DeleteSecretsToken(ctx, tx, accessor); err != nil {
+	var gone []string
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if gone, err = s.db.DeleteSecretsTokenTree(ctx, tx, accessor, orphanChildren); err != nil {
 			return err
 		}
-		return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: accessor,
-			Outcome: audit.Success, Details: map[string]string{"reason": why, "leases": fmt.Sprint(len(leases))}})
+		evs := make([]audit.Event, 0, len(gone))
+		for i, a := range gone {
+			reason := why
+			if i > 0 {
+				reason = "parent token revoked (" + why + ")"
+			}
+			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: s.hmacAccessor(a),
+				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(leases[a]))}})
+		}
+		return s.cfg.Audit.AppendTx(ctx, tx, evs...)
 	})
 	if err != nil {
 		return err
 	}
-	for _, l := range leases {
-		s.revokeLease(ctx, l)
+	for _, a := range gone {
+		if _, ok := leases[a]; !ok {
+			// A child created after the tree was read.
+			if err := markLeases(a); err != nil {
+				return err
+			}
+		}
+		for _, l := range leases[a] {
+			s.revokeLease(ctx, l)
+		}
 	}
 	return nil
 }

@@ -35,6 +35,10 @@ type dbConnection struct {
 	RootRotation       []string `json:"root_rotation_statements,omitempty"`
 	MaxOpenConnections int64    `json:"max_open_connections"`
 	Generation         int64    `json:"generation"`
+	// SkipVerify: written with verify_connection false (stored inverted so
+	// that a connection saved before the field existed reads back true,
+	// which is what it was written with).
+	SkipVerify bool `json:"skip_verify,omitempty"`
 }
 
 // dsn fills {{username}} and {{password}} into the connection URL.
@@ -301,7 +305,7 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 		// a password written into it masked.
 		return data(map[string]any{"plugin_name": c.Plugin, "allowed_roles": c.AllowedRoles, "root_credentials_rotate_statements": c.RootRotation,
 			"connection_details": map[string]any{"connection_url": maskedURL(c.ConnectionURL), "username": c.Username, "max_open_connections": c.MaxOpenConnections},
-			"password_policy":    "", "verify_connection": true}), nil
+			"password_policy":    "", "verify_connection": !c.SkipVerify}), nil
 	case "delete":
 		if err := rq.need(acl.Delete); err != nil {
 			return nil, err
@@ -326,6 +330,7 @@ func (s *Service) dbConfigAPI(rq *req, name string) (*envelope, error) {
 	if p.has("verify_connection") {
 		verify = p.boolean("verify_connection")
 	}
+	c.SkipVerify = !verify
 	for _, k := range []string{"max_idle_connections", "max_connection_lifetime", "password_policy", "username_template", "plugin_version"} {
 		if p.has(k) {
 			return nil, badRequest("%s is not supported", k)

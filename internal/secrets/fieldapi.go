@@ -48,6 +48,9 @@ func (s *Service) fieldAPI(rq *req, rest string) (*envelope, error) {
 	if raw == nil || len(raw) == 0 || raw[0] != '{' {
 		return nil, badRequest("document: want a JSON object")
 	}
+	if err := checkJSONShape("document", raw); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.UseNumber()
 	if err := dec.Decode(&doc); err != nil {

@@ -228,7 +228,20 @@ func (rq *req) readQuery() error {
 }
 
 func (rq *req) readBody() error {
-	b, err := io.ReadAll(io.LimitReader(rq.r.Body, MaxBody+1))
+	var b []byte
+	var err error
+	if n := rq.r.ContentLength; n > 0 && n <= MaxBody {
+		// Read into a buffer of the announced size, not one doubled
+		// up to it; a body longer than announced is an error.
+		b = make([]byte, n)
+		if _, err = io.ReadFull(rq.r.Body, b); err == nil {
+			if m, _ := rq.r.Body.Read(make([]byte, 1)); m > 0 {
+				err = errors.New("body longer than its Content-Length")
+			}
+		}
+	} else {
+		b, err = io.ReadAll(io.LimitReader(rq.r.Body, MaxBody+1))
+	}
 	if err != nil {
 		return badRequest("read body: %v", err)
 	}
@@ -296,6 +309,14 @@ func (rq *req) event(outcome string) audit.Event {
 		actor = rq.tok.actor()
 		if rq.tok.accessor != "" {
 			rq.details["token_accessor"] = rq.tok.accessor
+		}
+	}
+	// An accessor looks up and revokes its token or secret ID (given the
+	// policy), so the record carries its HMAC, as Vault's audit devices
+	// do by default (hmac_accessor); sys/audit-hash finds a known one.
+	for _, k := range accessorDetails {
+		if v, ok := rq.details[k]; ok {
+			rq.details[k] = rq.s.hmacAccessor(v)
 		}
 	}
 	rq.details["op"] = rq.op
@@ -440,53 +461,165 @@ const MaxParams = 256
 // parseParams reads a body's top-level JSON object member by member: at
 // most MaxParams members, each name once. A repeated name is refused: Go
 // keeps the last, other readers the first, and a check in front that read
-// the other one would be bypassed.
+// the other one would be bypassed. The body is checked whole by
+// json.Valid (which allocates nothing) and its members are slices of b,
+// not copies: a 2 MiB body costs the server about its own size, where
+// a json.Decoder's buffer and a copy of each member cost five times it.
 func parseParams(b []byte) (*params, error) {
 	p := &params{m: map[string]json.RawMessage{}, used: map[string]bool{}}
-	if len(bytes.TrimSpace(b)) == 0 {
+	b = trimJSONSpace(b)
+	if len(b) == 0 {
 		return p, nil
 	}
-	bad := func(err error) error {
-		return badRequest("body: want a JSON object: %v", strings.TrimPrefix(err.Error(), "json: "))
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	t, err := dec.Token()
-	switch {
-	case err != nil:
-		return nil, bad(err)
-	case t == nil: // null: Vault's clients send it for a write without data
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	if !json.Valid(b) {
+		// Only now does encoding/json say where: its syntax check runs
+		// before anything is decoded.
+		err := json.Unmarshal(b, new(json.RawMessage))
+		if err == nil {
+			err = errors.New("invalid JSON")
+		}
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		if strings.Contains(msg, "after top-level value") {
 			return nil, badRequest("body holds data after the JSON object")
 		}
+		return nil, badRequest("body: want a JSON object: %s", msg)
+	}
+	switch b[0] {
+	case 'n': // null: Vault's clients send it for a write without data
 		return p, nil
-	case t != json.Delim('{'):
+	case '{':
+	default:
 		return nil, badRequest("body: want a JSON object")
 	}
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return nil, bad(err)
+	// b is one valid JSON object: '{' [key ':' value {',' key ':' value}] '}'.
+	i := skipJSONSpace(b, 1)
+	for b[i] != '}' {
+		end := jsonValueEnd(b, i)
+		var k string
+		if err := json.Unmarshal(b[i:end], &k); err != nil {
+			return nil, badRequest("body: want a JSON object: %v", err)
 		}
-		k, _ := t.(string)
 		if _, dup := p.m[k]; dup {
 			return nil, badRequest("body: member %q given more than once", truncate(k, 64))
 		}
 		if len(p.m) == MaxParams {
 			return nil, badRequest("body: more than %d members", MaxParams)
 		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, bad(err)
+		i = skipJSONSpace(b, skipJSONSpace(b, end)+1) // past ':'
+		end = jsonValueEnd(b, i)
+		p.m[k] = json.RawMessage(b[i:end:end])
+		if i = skipJSONSpace(b, end); b[i] == ',' {
+			i = skipJSONSpace(b, i+1)
 		}
-		p.m[k] = v
-	}
-	if _, err := dec.Token(); err != nil { // the closing '}'
-		return nil, bad(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, badRequest("body holds data after the JSON object")
 	}
 	return p, nil
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+func trimJSONSpace(b []byte) []byte {
+	for len(b) > 0 && isJSONSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isJSONSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && isJSONSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// jsonValueEnd returns the index just past the value starting at b[i] of
+// valid JSON b: a string, an object or array (strings inside skipped),
+// or a number or literal.
+func jsonValueEnd(b []byte, i int) int {
+	depth := 0
+	for inStr, esc := false, false; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inStr:
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		case c == '"':
+			inStr = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			if depth--; depth == 0 {
+				return i + 1
+			}
+			if depth < 0 { // the end of a number or literal before it
+				return i
+			}
+		case depth == 0 && (c == ',' || c == ':' || isJSONSpace(c)):
+			return i
+		}
+	}
+	return i
+}
+
+// Bounds of a JSON document decoded whole into map[string]any (a KV
+// version's data, a fieldcrypt document). Decoded, each value costs an
+// interface, a slice slot or a map entry: a 2 MiB array of a million
+// tiny values took over 100 MB to write. Vault stores the JSON as sent
+// and has no such bound; 16,384 values nested 64 deep is far above any
+// secret's shape and keeps a write near the size of its body.
+const (
+	MaxDataValues = 16384
+	MaxDataDepth  = 64
+)
+
+// checkJSONShape refuses a JSON value nested deeper than MaxDataDepth or
+// with more than MaxDataValues values (counted as 1 + containers +
+// separators, so an empty container counts twice), in one pass over raw and without allocating, before anything
+// decodes it. raw is valid JSON (parseParams decoded it).
+func checkJSONShape(field string, raw []byte) error {
+	depth, values := 0, 1
+	inStr, esc := false, false
+	for _, c := range raw {
+		if inStr {
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inStr = true
+		case '{', '[':
+			if depth++; depth > MaxDataDepth {
+				return badRequest("%s: nested deeper than %d", field, MaxDataDepth)
+			}
+			values++
+		case '}', ']':
+			depth--
+		case ',':
+			values++
+		}
+		if values > MaxDataValues {
+			return badRequest("%s: more than %d values", field, MaxDataValues)
+		}
+	}
+	return nil
 }
 
 // truncate shortens s to at most n bytes (on a rune boundary) for an

@@ -231,6 +231,9 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 	if raw == nil {
 		return nil, badRequest("no data provided")
 	}
+	if err := checkJSONShape("data", raw); err != nil {
+		return nil, err
+	}
 	var in map[string]any
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, badRequest("data: want a JSON object")

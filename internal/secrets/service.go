@@ -293,6 +293,19 @@ func (s *Service) hmacValue(v []byte) string {
 	return "hmac-sha256:" + hex.EncodeToString(m.Sum(nil))
 }
 
+// accessorDetails are the audit details that hold an accessor.
+var accessorDetails = []string{"token_accessor", "parent_accessor", "secret_id_accessor"}
+
+// hmacAccessor is what audit records carry for a token or secret ID
+// accessor: its hmacValue ("" while sealed, when there is no audit key).
+// A value hashed already is left as it is.
+func (s *Service) hmacAccessor(acc string) string {
+	if acc == "" || strings.HasPrefix(acc, "hmac-sha256:") {
+		return acc
+	}
+	return s.hmacValue([]byte(acc))
+}
+
 // hmacJSON HMACs the canonical JSON of v.
 func (s *Service) hmacJSON(v any) string {
 	b, err := json.Marshal(v)

@@ -61,7 +61,7 @@ func (s *Server) initDashboard(ctx context.Context) error {
 	}
 	d := dashboard{s: s, incAudit: &incidentAudit{m: map[string]*incidentAuditEntry{}}}
 	cfg := ui.Config{
-		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), Now: s.now,
+		TrustDomain: s.td.Name(), SessionKey: key, SessionTTL: dc.SessionTTL.Std(), HSTSMaxAge: dc.HSTSMaxAge.Std(), Now: s.now,
 		Logger: s.log.With("component", "ui"), Audit: s.audit,
 		Admin: d, Nodes: d, Certs: d, Policies: d, Revocations: d, Records: d, Findings: d, Incidents: d, Sessions: d,
 	}

@@ -156,17 +156,17 @@ func TestTokenRevocationMovesVersion(t *testing.T) {
 		}
 		before := section()
 		now := time.Now()
-		fresh, err := db.OAuth().RevokeTokenID(ctx, "jti-1", now.Add(time.Hour), now)
-		if err != nil || !fresh {
-			t.Fatalf("revoke: %v %v", fresh, err)
+		toks, err := db.OAuth().RevokeTokenID(ctx, "jti-1", now.Add(time.Hour), now)
+		if err != nil || len(toks) != 1 {
+			t.Fatalf("revoke: %v %v", toks, err)
 		}
 		after := section()
 		if after <= before {
 			t.Fatalf("revocations version %d -> %d after a token revocation", before, after)
 		}
 		// Listing it again changes nothing, so nothing moves.
-		if fresh, err := db.OAuth().RevokeTokenID(ctx, "jti-1", now.Add(time.Hour), now); err != nil || fresh {
-			t.Fatalf("revoke again: %v %v", fresh, err)
+		if toks, err := db.OAuth().RevokeTokenID(ctx, "jti-1", now.Add(time.Hour), now); err != nil || len(toks) != 0 {
+			t.Fatalf("revoke again: %v %v", toks, err)
 		}
 		if again := section(); again != after {
 			t.Fatalf("revocations version moved %d -> %d for a token already listed", after, again)

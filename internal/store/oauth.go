@@ -945,25 +945,109 @@ func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *to
 
 // ---- revoked access tokens and assertion replay
 
-// RevokeTokenID lists jti as revoked and, when it was not listed yet,
-// moves the revocations section's version in the same transaction: a
-// revocation that committed is on every watch stream, even if the server
-// that wrote it dies before it could announce it.
-func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error) {
-	var fresh bool
+// RevokeTokenID lists jti as revoked, and with it every token exchanged
+// from it, transitively (see RecordExchange), and when any of them was
+// not listed yet moves the revocations section's version in the same
+// transaction: a revocation that committed is on every watch stream,
+// even if the server that wrote it dies before it could announce it.
+//
+// Each token of the tree is locked (its oauth_token_links row) before
+// its children are read, the row an exchange from it locks before it
+// checks that it is not revoked: an exchange either committed before
+// (and its token is read here as a child) or waits and then finds its
+// subject token revoked. The tree is walked top down, an exchange locks
+// one row, so the two cannot deadlock.
+func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) ([]token.RevokedToken, error) {
+	var out []token.RevokedToken
 	err := o.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-			jti, unix(exp), unix(at))
-		if err != nil {
+		out = nil
+		if err := lockTokenLink(ctx, tx, jti, exp); err != nil {
 			return oerr("revoke token id", err)
 		}
-		if fresh, err = rowsOne(res); err != nil || !fresh {
-			return err
+		frontier := []token.RevokedToken{{JTI: jti, ExpiresAt: exp}}
+		for len(frontier) > 0 {
+			t := frontier[0]
+			frontier = frontier[1:]
+			res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+				t.JTI, unix(t.ExpiresAt), unix(at))
+			if err != nil {
+				return oerr("revoke token id", err)
+			}
+			if fresh, err := rowsOne(res); err != nil {
+				return oerr("revoke token id", err)
+			} else if fresh {
+				out = append(out, t)
+			}
+			kids, err := o.tokenChildren(ctx, tx, t.JTI, at)
+			if err != nil {
+				return oerr("revoke token id", err)
+			}
+			frontier = append(frontier, kids...)
 		}
-		_, err = o.db.BumpVersion(ctx, tx, SectionRevocations)
-		return err
+		return bumpIfRevoked(ctx, o.db, tx, len(out))
 	})
-	return fresh, err
+	return out, err
+}
+
+// lockTokenLink makes sure jti has an oauth_token_links row and holds it
+// until tx ends (an upsert that changes nothing takes the row lock under
+// PostgreSQL, waiting for a concurrent insert of the same key; SQLite's
+// transaction holds the write lock already).
+func lockTokenLink(ctx context.Context, tx *sql.Tx, jti string, exp time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO oauth_token_links (jti, parent_jti, expires_at) VALUES ($1, '', $2)
+		ON CONFLICT (jti) DO UPDATE SET expires_at = oauth_token_links.expires_at`, jti, unix(exp))
+	return err
+}
+
+// tokenChildren returns the unexpired tokens exchanged from jti, their
+// rows locked (PostgreSQL: FOR UPDATE) until tx ends.
+func (o *OAuth) tokenChildren(ctx context.Context, tx *sql.Tx, jti string, at time.Time) ([]token.RevokedToken, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT jti, expires_at FROM oauth_token_links WHERE parent_jti = $1 AND expires_at > $2 ORDER BY jti"+o.db.forUpdate(), jti, unix(at))
+	if err != nil {
+		return nil, err
+	}
+	return scanRevokedTokens(rows)
+}
+
+// scanRevokedTokens reads rows of (jti, expires_at) and closes them.
+func scanRevokedTokens(rows *sql.Rows) ([]token.RevokedToken, error) {
+	defer rows.Close()
+	var out []token.RevokedToken
+	for rows.Next() {
+		var (
+			t   token.RevokedToken
+			exp int64
+		)
+		if err := rows.Scan(&t.JTI, &exp); err != nil {
+			return nil, err
+		}
+		t.ExpiresAt = fromUnix(exp)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// RecordExchange records that the token jti was exchanged from parent,
+// so that revoking parent revokes it (RevokeTokenID). It locks parent's
+// row first and then checks that parent is not revoked: ErrRevoked (and
+// nothing recorded) when it is. Inside Atomically with the exchange.
+func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
+		if err := lockTokenLink(ctx, tx, parent, parentExp); err != nil {
+			return oerr("record exchange", err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", parent).Scan(&n); err != nil {
+			return oerr("record exchange", err)
+		}
+		if n > 0 {
+			return &kindError{"store: oauth subject token revoked", []error{ErrConflict, token.ErrRevoked}}
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_token_links (jti, parent_jti, expires_at) VALUES ($1, $2, $3)", jti, parent, unix(exp)); err != nil {
+			return oerr("record exchange", err)
+		}
+		return nil
+	})
 }
 
 func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {
@@ -979,20 +1063,11 @@ func (o *OAuth) RevokedTokenIDs(ctx context.Context, now time.Time) ([]token.Rev
 	if err != nil {
 		return nil, oerr("list revoked token ids", err)
 	}
-	defer rows.Close()
-	var out []token.RevokedToken
-	for rows.Next() {
-		var (
-			t   token.RevokedToken
-			exp int64
-		)
-		if err := rows.Scan(&t.JTI, &exp); err != nil {
-			return nil, oerr("list revoked token ids", err)
-		}
-		t.ExpiresAt = fromUnix(exp)
-		out = append(out, t)
+	out, err := scanRevokedTokens(rows)
+	if err != nil {
+		return nil, oerr("list revoked token ids", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func (o *OAuth) UseAssertionJTI(ctx context.Context, clientID, jti string, exp time.Time) error {
@@ -1063,6 +1138,7 @@ func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 		"DELETE FROM oauth_codes WHERE expires_at < $1",
 		"DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_grant_tokens WHERE expires_at < $1",
+		"DELETE FROM oauth_token_links WHERE expires_at < $1",
 		"DELETE FROM oauth_grants WHERE expires_at < $1",
 		"DELETE FROM oauth_revoked_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",

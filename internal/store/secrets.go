@@ -157,6 +157,9 @@ type SecretsToken struct {
 	CreatedAt  time.Time
 	ExpiresAt  time.Time
 	MaxExpires time.Time
+	// Parent is the accessor of the token that created this one; ""
+	// for an orphan. Revoking the parent revokes it.
+	Parent string
 }
 
 // CreateSecretsToken stores a new token.
@@ -168,16 +171,16 @@ func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) 
 		cidrs, _ = json.Marshal(t.BoundCIDRs)
 	}
 	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
-		num_uses, created_at, expires_at, max_expires_at, bound_cidrs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
-		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs))
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent)
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs"
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor"
 
 // SecretsTokenByHash finds a token by the SHA-256 of its value.
 func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
@@ -193,7 +196,7 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 	var t SecretsToken
 	var pol, meta, cidrs string
 	var ttl, renew, created, exp, maxExp int64
-	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs)
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("%w: token", ErrNotFound)
 	}
@@ -265,14 +268,125 @@ func (s *DB) DeleteSecretsToken(ctx context.Context, q Queryer, accessor string)
 	return nil
 }
 
-// ExpiredSecretsTokens lists the accessors of tokens expired at now (at
-// most limit), for revocation with their leases.
+// ExpiredSecretsTokens lists the accessors of tokens expired at now, and
+// of children whose parent is gone (used up), at most limit, for
+// revocation with their leases.
 func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2", ns(now), limit)
+	rows, err := s.db.QueryContext(ctx, `SELECT accessor FROM secrets_tokens t WHERE expires_at <= $1
+		OR (parent_accessor <> '' AND NOT EXISTS (SELECT 1 FROM secrets_tokens p WHERE p.accessor = t.parent_accessor))
+		ORDER BY expires_at LIMIT $2`, ns(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: expired tokens: %w", err)
 	}
 	return scanStrings(rows)
+}
+
+// LockSecretsTokenParent holds the token accessor (a parent about to get
+// a child) until tx ends (PostgreSQL: FOR UPDATE), so a revocation of it
+// either committed before (ErrNotFound) or waits and then finds the
+// child (DeleteSecretsTokenTree). It returns how many tokens the chain
+// from accessor up to its orphan root holds (at most limit+1) and
+// whether every one of them is there and unexpired at now, and how many
+// children accessor has.
+func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, limit int) (depth int, alive bool, children int, err error) {
+	var a string
+	err = tx.QueryRowContext(ctx, "SELECT accessor FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&a)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, 0, fmt.Errorf("%w: token", ErrNotFound)
+	}
+	if err != nil {
+		return 0, false, 0, fmt.Errorf("store: lock token: %w", err)
+	}
+	if depth, alive, err = s.SecretsTokenChain(ctx, tx, accessor, now, limit); err != nil {
+		return 0, false, 0, err
+	}
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&children); err != nil {
+		return 0, false, 0, fmt.Errorf("store: count child tokens: %w", err)
+	}
+	return depth, alive, children, nil
+}
+
+// SecretsTokenChain walks from the token accessor up through its parents
+// (at most limit+1 tokens) in one query. depth counts the tokens found;
+// alive is true when the chain ends at an orphan within limit+1 tokens
+// and each of them is unexpired at now.
+func (s *DB) SecretsTokenChain(ctx context.Context, q Queryer, accessor string, now time.Time, limit int) (depth int, alive bool, err error) {
+	rows, err := q.QueryContext(ctx, `WITH RECURSIVE chain(accessor, parent_accessor, expires_at, n) AS (
+			SELECT accessor, parent_accessor, expires_at, 1 FROM secrets_tokens WHERE accessor = $1
+			UNION ALL
+			SELECT t.accessor, t.parent_accessor, t.expires_at, c.n + 1 FROM secrets_tokens t JOIN chain c ON t.accessor = c.parent_accessor WHERE c.n <= $2
+		) SELECT parent_accessor, expires_at, n FROM chain ORDER BY n`, accessor, limit)
+	if err != nil {
+		return 0, false, fmt.Errorf("store: token chain: %w", err)
+	}
+	defer rows.Close()
+	alive = true
+	top := "-"
+	for rows.Next() {
+		var (
+			parent string
+			exp    int64
+			n      int
+		)
+		if err := rows.Scan(&parent, &exp, &n); err != nil {
+			return 0, false, fmt.Errorf("store: token chain: %w", err)
+		}
+		depth, top = n, parent
+		alive = alive && fromNS(exp).After(now)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, false, fmt.Errorf("store: token chain: %w", err)
+	}
+	return depth, alive && top == "", nil
+}
+
+// SecretsTokenTree lists accessor and every token under it (children
+// first by level), for the leases to revoke with them.
+func (s *DB) SecretsTokenTree(ctx context.Context, accessor string) ([]string, error) {
+	out := []string{accessor}
+	for i := 0; i < len(out); i++ {
+		rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE parent_accessor = $1 ORDER BY accessor", out[i])
+		if err != nil {
+			return nil, fmt.Errorf("store: token tree: %w", err)
+		}
+		kids, err := scanStrings(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, kids...)
+	}
+	return out, nil
+}
+
+// DeleteSecretsTokenTree deletes the token accessor and, unless
+// orphanChildren, every token under it; with orphanChildren its children
+// become orphans instead (Vault's revoke-orphan). The token goes first:
+// a child being created under it (LockSecretsTokenParent) committed
+// before, and is found here, or finds its parent gone. It returns the
+// accessors deleted, accessor first; ErrNotFound if accessor is absent.
+func (s *DB) DeleteSecretsTokenTree(ctx context.Context, tx *sql.Tx, accessor string, orphanChildren bool) ([]string, error) {
+	if err := s.DeleteSecretsToken(ctx, tx, accessor); err != nil {
+		return nil, err
+	}
+	if orphanChildren {
+		if _, err := tx.ExecContext(ctx, "UPDATE secrets_tokens SET parent_accessor = '' WHERE parent_accessor = $1", accessor); err != nil {
+			return nil, fmt.Errorf("store: orphan child tokens: %w", err)
+		}
+		return []string{accessor}, nil
+	}
+	out := []string{accessor}
+	for i := 0; i < len(out); i++ {
+		rows, err := tx.QueryContext(ctx, "DELETE FROM secrets_tokens WHERE parent_accessor = $1 RETURNING accessor", out[i])
+		if err != nil {
+			return nil, fmt.Errorf("store: revoke child tokens: %w", err)
+		}
+		kids, err := scanStrings(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, kids...)
+	}
+	return out, nil
 }
 
 // SecretID is an AppRole secret ID as stored: its hash, never its value.

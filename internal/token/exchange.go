@@ -187,6 +187,17 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	if err != nil {
 		return nil, serverError(err)
 	}
+	if !subj.svid {
+		// Revoking the subject token revokes this one (and what is
+		// exchanged from it in turn), grant or no grant.
+		err := s.cfg.Store.RecordExchange(ctx, subj.jti, subj.expiry, cl.ID, cl.Expiry.Time())
+		switch {
+		case errors.Is(err, ErrRevoked):
+			return nil, oerr(errInvalidRequest, "subject_token is invalid, expired or revoked")
+		case err != nil:
+			return nil, serverError(err)
+		}
+	}
 	issuedType := TokenTypeAccess
 	if req.requestedType == TokenTypeJWT {
 		issuedType = TokenTypeJWT

@@ -96,17 +96,18 @@ func (s *Service) revokeToken(ctx context.Context, raw string, by *Client, remot
 	return s.revokeJTI(ctx, cl.ID, cl.Expiry.Time(), ev)
 }
 
-// revokeJTI lists jti as revoked, in one transaction with ev, its record.
+// revokeJTI lists jti as revoked, and every token exchanged from it
+// (transitively), in one transaction with ev, its record.
 func (s *Service) revokeJTI(ctx context.Context, jti string, exp time.Time, ev AuditEvent) *oauthError {
 	err := s.atomically(ctx, func(ctx context.Context) error {
-		added, err := s.cfg.Store.RevokeTokenID(ctx, jti, exp, s.now())
+		toks, err := s.cfg.Store.RevokeTokenID(ctx, jti, exp, s.now())
 		if err != nil {
 			return err
 		}
-		if added {
-			s.revoked(ctx, []RevokedToken{{JTI: jti, ExpiresAt: exp}})
-		}
+		s.revoked(ctx, toks)
 		ev.Details["token_type"], ev.Details["jti"] = "access_token", jti
+		// The token itself and every token exchanged from it.
+		ev.Details["revoked_tokens"] = itoa(len(toks))
 		return s.auditGrant(ctx, ev)
 	})
 	if err != nil {

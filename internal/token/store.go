@@ -27,6 +27,9 @@ var (
 	// (another enrolment, at a login or by an admin, got there first).
 	// Nothing changed.
 	ErrTOTPEnabled = errors.New("token: totp enabled already")
+	// ErrRevoked: RecordExchange found the subject token on the revoked
+	// list. Nothing was recorded.
+	ErrRevoked = errors.New("token: revoked")
 )
 
 // Store is the persistence the token service needs. internal/store
@@ -177,8 +180,17 @@ type Store interface {
 	RotateRefreshToken(ctx context.Context, oldHash []byte, next *RefreshToken, at time.Time) error
 
 	// RevokeTokenID adds an access token ID to the revoked list until
-	// exp. It reports whether the ID was newly added.
-	RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) (bool, error)
+	// exp, and with it every unexpired token exchanged from it
+	// (RecordExchange), transitively, in one transaction. It returns the
+	// IDs it newly listed (for OnRevoke).
+	RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) ([]RevokedToken, error)
+	// RecordExchange records that token jti (expiring at exp) was
+	// exchanged from token parent (expiring at parentExp), so that
+	// revoking parent revokes jti. ErrRevoked when parent is on the
+	// revoked list: a revocation of parent either committed before
+	// (ErrRevoked) or waits for this transaction and then revokes jti.
+	// Inside Atomically.
+	RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time) error
 	// TokenIDRevoked reports whether the ID is on the revoked list.
 	TokenIDRevoked(ctx context.Context, jti string) (bool, error)
 	// RevokedTokenIDs lists the revoked IDs that expire after now.

@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,6 +108,11 @@ type Config struct {
 	// SessionTTL is how long a session lasts from login; DefaultSessionTTL
 	// when 0, at most MaxSessionTTL.
 	SessionTTL time.Duration
+	// HSTSMaxAge, when positive, adds Strict-Transport-Security with this
+	// max-age (whole seconds) to every response. Zero sends none: HSTS
+	// holds for the host name on every port, so the operator opts in
+	// knowing what else the host serves over plain HTTP.
+	HSTSMaxAge time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// Logger gets errors; slog.Default() when nil. Never given a token.
@@ -172,6 +178,8 @@ func New(cfg Config) (*UI, error) {
 		return nil, errors.New("ui: every data source is required")
 	case cfg.SessionTTL < 0 || cfg.SessionTTL > MaxSessionTTL:
 		return nil, fmt.Errorf("ui: session TTL %s: want at most %s", cfg.SessionTTL, MaxSessionTTL)
+	case cfg.HSTSMaxAge < 0 || cfg.HSTSMaxAge%time.Second != 0:
+		return nil, fmt.Errorf("ui: HSTS max-age %s: want whole seconds", cfg.HSTSMaxAge)
 	}
 	if o := cfg.OIDC; o != nil {
 		if o.ClientID == "" || o.Provider == nil || o.Users == nil {
@@ -247,6 +255,9 @@ func (u *UI) routes() {
 // ServeHTTP serves every dashboard path with the security headers.
 func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w.Header())
+	if u.cfg.HSTSMaxAge > 0 {
+		w.Header().Set("Strict-Transport-Security", "max-age="+strconv.FormatInt(int64(u.cfg.HSTSMaxAge/time.Second), 10))
+	}
 	if why := foreignFetch(r); why != "" {
 		u.errorPage(w, r, http.StatusForbidden, "Refused: "+why+".")
 		return

@@ -17,6 +17,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 var csrfField = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
@@ -545,4 +546,29 @@ func lastRefusal(e *env) string {
 		}
 	}
 	return ""
+}
+
+// TestHSTSOptIn: by default no dashboard answer carries
+// Strict-Transport-Security (it would hold for every port of the host
+// name, plain-HTTP services included); with dashboard.hsts_max_age every
+// one does — pages, assets, errors, refusals — and nothing outside /ui.
+func TestHSTSOptIn(t *testing.T) {
+	paths := []string{"/ui/login", "/ui/", "/ui/static/htmx.min.js", "/ui/nope"}
+	off := startServer(t)
+	for _, path := range paths {
+		if resp, _ := off.get(off.client(), path); resp.Header.Get("Strict-Transport-Security") != "" {
+			t.Errorf("default: %s sends HSTS %q", path, resp.Header.Get("Strict-Transport-Security"))
+		}
+	}
+	on := startServer(t, func(c *config.Server) { c.Dashboard.HSTSMaxAge = wire.Duration(365 * 24 * time.Hour) })
+	c := on.client()
+	on.login(t, c)
+	for _, path := range append(paths, "/ui/nodes") {
+		if resp, _ := on.get(c, path); resp.Header.Get("Strict-Transport-Security") != "max-age=31536000" {
+			t.Errorf("opted in: %s sends HSTS %q, want max-age=31536000", path, resp.Header.Get("Strict-Transport-Security"))
+		}
+	}
+	if resp, _ := on.get(c, "/livez"); resp.Header.Get("Strict-Transport-Security") != "" {
+		t.Errorf("/livez, outside the dashboard, sends HSTS")
+	}
 }

@@ -16,6 +16,18 @@ import (
 // Linux host has, with no identity of its own.
 const nobodyUID = 65534
 
+// needRootForOtherUser skips the test unless it runs as root, which it
+// needs to run a client as another local user; under CI it fails instead.
+func needRootForOtherUser(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test runs a client as another local user and needs root; CI runs as root")
+		}
+		t.Skip("needs root to run a client as another local user (uid 65534)")
+	}
+}
+
 // callAsUser sends "GET path" to the loopback address addr from a bash
 // process running as uid (bash's /dev/tcp: no binary of ours, which other
 // users cannot reach in the test's private temporary directory) and
@@ -24,13 +36,19 @@ const nobodyUID = 65534
 // skipped otherwise.
 func callAsUser(t *testing.T, uid uint32, addr, path string) string {
 	t.Helper()
+	return callAsUserHost(t, uid, addr, "orders", path)
+}
+
+// callAsUserHost is callAsUser with the request's Host header.
+func callAsUserHost(t *testing.T, uid uint32, addr, hostHeader, path string) string {
+	t.Helper()
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	script := fmt.Sprintf(`exec 3<>/dev/tcp/%s/%s || exit 3
-printf 'GET %s HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n' >&3
-head -n 1 <&3`, host, port, path)
+printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' >&3
+head -n 1 <&3`, host, port, path, hostHeader)
 	cmd := exec.Command("bash", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, NoSetGroups: true}}
 	cmd.Dir = "/"
@@ -48,12 +66,7 @@ head -n 1 <&3`, host, port, path)
 // admits exactly the listed users instead. Refusals are logged and
 // counted on /metrics.
 func TestOutboundRefusesOtherLocalUsers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test runs a client as another local user and needs root; CI runs as root")
-		}
-		t.Skip("needs root to run a client as another local user (uid 65534)")
-	}
+	needRootForOtherUser(t)
 	m := startSidecarMesh(t, sidecarEchoApp(t))
 	root := &http.Client{Timeout: 10 * time.Second}
 	if code, body := sidecarDo(t, root, "GET", "http://"+m.outbound+"/api/orders"); code != 200 {

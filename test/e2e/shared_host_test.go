@@ -22,8 +22,16 @@ func TestSharedHostDefaults(t *testing.T) {
 	}
 	first := p.startAgent(p.joinToken(agentID), t.TempDir())
 
+	// A directory of its own others may write is refused sticky or not;
+	// one above it only when it is not sticky (/tmp is fine).
+	worldWritableSticky := shortTempDir(t)
+	if err := os.Chmod(worldWritableSticky, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
 	worldWritable := shortTempDir(t)
-	os.Chmod(worldWritable, 0o1777)
+	if err := os.Chmod(worldWritable, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	otherUsers := shortTempDir(t)
 	if os.Geteuid() == 0 {
 		os.Chown(otherUsers, 4242, 4242)
@@ -42,16 +50,16 @@ func TestSharedHostDefaults(t *testing.T) {
 		want []string
 		root bool
 	}{
-		{"world_writable_socket_dir", agentArgs(filepath.Join(worldWritable, "a.sock"), "off", t.TempDir()),
-			[]string{"socket directory " + worldWritable + " is writable by others", "--socket"}, false},
+		{"world_writable_socket_dir", agentArgs(filepath.Join(worldWritableSticky, "a.sock"), "off", t.TempDir()),
+			[]string{"socket directory " + worldWritableSticky + " is writable by others", "--socket"}, false},
 		{"socket_dir_of_another_user", agentArgs(filepath.Join(otherUsers, "a.sock"), "off", t.TempDir()),
 			[]string{"socket directory " + otherUsers + " belongs to uid 4242", "--socket"}, true},
 		{"second_agent_same_socket", agentArgs(first.sock, "off", t.TempDir()),
 			[]string{"another process is serving " + first.sock, "--socket"}, false},
 		{"second_agent_same_health", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), first.health, t.TempDir()),
 			[]string{"address already in use", "--health-listen"}, false},
-		{"world_writable_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", worldWritable),
-			[]string{"data directory " + worldWritable + " is writable by others", "--data-dir"}, false},
+		{"world_writable_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", worldWritableSticky),
+			[]string{"data directory " + worldWritableSticky + " is writable by others", "--data-dir"}, false},
 		{"data_dir_of_another_user", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", otherUsers),
 			[]string{"data directory " + otherUsers + " belongs to uid 4242", "--data-dir"}, true},
 		{"second_agent_same_data_dir", agentArgs(filepath.Join(shortTempDir(t), "a.sock"), "off", usedData),

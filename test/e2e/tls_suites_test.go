@@ -128,7 +128,7 @@ func TestListenersOfferAEADOnly(t *testing.T) {
 		cert       *tls.Certificate // presented when asked for (it is required by mutual TLS listeners)
 		want12     []string         // the TLS 1.2 suites accepted, sorted; nil for TLS 1.3 only
 	}{
-		{"server", p.addr, nil, ecdsaAEAD},
+		{"server", p.addr, nil, nil},
 		{"sidecar_inbound", m.inbound, clientCert, nil},
 		{"ext_authz_tcp", authzAddr, clientCert, ecdsaAEAD},
 		{"gateway_public", gw.addr, nil, ecdsaAEAD},

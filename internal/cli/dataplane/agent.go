@@ -15,6 +15,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/telemetry"
+	"github.com/moatless/moatless/internal/workload"
 )
 
 // RunAgent runs "moatless agent": the node agent, until ctx ends.
@@ -33,6 +34,8 @@ func RunAgent(ctx context.Context, e *Env, args []string) int {
 	str("data-dir", "`directory` keeping the agent's own SVID and key across restarts (default DATA_DIR/agent)")
 	str("health-listen", "loopback `host:port` for /healthz, /readyz and /metrics, or \"off\" (default "+config.DefaultAgentHealthListen+")")
 	str("log-level", "debug, info, warn or error (default info)")
+	maxConns := fs.Int("workload-max-conns-per-uid", 0, fmt.Sprintf("Workload API connections one local uid may hold open at once, 1 to %d (default %d)", config.MaxWorkloadPerUIDBound, workload.DefaultMaxConnsPerUID))
+	maxStreams := fs.Int("workload-max-streams-per-uid", 0, fmt.Sprintf("Workload API watch streams one local uid may hold open at once, 1 to %d (default %d)", config.MaxWorkloadPerUIDBound, workload.DefaultMaxStreamsPerUID))
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: moatless agent --server HOST:PORT [--server HOST:PORT ...] --join-token-file FILE --trust-bundle FILE --socket PATH [--data-dir DIR]")
 		fmt.Fprintln(fs.Output(), "\nAttests this node to the server and serves the SPIFFE Workload API on a unix socket.")
@@ -60,11 +63,29 @@ func RunAgent(ctx context.Context, e *Env, args []string) int {
 		"join-token-file": &cfg.JoinTokenFile, "trust-bundle": &cfg.TrustBundle, "socket": &cfg.Socket,
 		"data-dir": &cfg.DataDir, "health-listen": &cfg.HealthListen, "log-level": &cfg.LogLevel,
 	}
+	given := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) {
+		given[fl.Name] = true
 		if d, ok := dst[fl.Name]; ok {
 			*d = *vals[fl.Name]
 		}
+		switch fl.Name {
+		case "workload-max-conns-per-uid":
+			cfg.WorkloadMaxConnsPerUID = *maxConns
+		case "workload-max-streams-per-uid":
+			cfg.WorkloadMaxStreamsPerUID = *maxStreams
+		}
 	})
+	// A flag given is a bound: 0 there is a mistake, not "the default"
+	// as an unset config key is.
+	for _, b := range []struct {
+		name string
+		n    int
+	}{{"workload-max-conns-per-uid", *maxConns}, {"workload-max-streams-per-uid", *maxStreams}} {
+		if given[b.name] && (b.n < 1 || b.n > config.MaxWorkloadPerUIDBound) {
+			return e.Errorf(ExitUsage, "agent: --%s %d: want 1 to %d", b.name, b.n, config.MaxWorkloadPerUIDBound)
+		}
+	}
 	if cfg.JoinToken == "" && cfg.JoinTokenFile == "" {
 		cfg.JoinToken = e.Env("MOATLESS_JOIN_TOKEN")
 	}
@@ -108,10 +129,12 @@ func RunAgent(ctx context.Context, e *Env, args []string) int {
 			ServerAddrs: cfg.Server.Addrs(), ServerName: cfg.ServerName, TrustBundle: trust,
 			JoinToken: token, DataDir: cfg.DataDir,
 		},
-		SocketPath:   cfg.Socket,
-		HealthListen: health,
-		Logger:       log,
-		Tracer:       tracer,
+		SocketPath:       cfg.Socket,
+		HealthListen:     health,
+		Logger:           log,
+		Tracer:           tracer,
+		MaxConnsPerUID:   cfg.WorkloadMaxConnsPerUID,
+		MaxStreamsPerUID: cfg.WorkloadMaxStreamsPerUID,
 	})
 	if err != nil {
 		return e.Errorf(ExitUsage, "%v", err)

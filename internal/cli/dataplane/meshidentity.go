@@ -21,6 +21,7 @@ import (
 	"github.com/moatless/moatless/internal/agent"
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
@@ -201,7 +202,13 @@ func (m *MeshIdentity) Ready(inner func() error) func() error {
 // when rego is set, on a loopback address until the returned stop is
 // called. An address in use (another instance on this host) is a usage
 // error ending in inUse, which names the setting to change.
-func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
+//
+// The OPA API answers root, this process's uid and opaUIDs only
+// (OPAUsers). Every route answers only requests whose Host is a loopback
+// address, localhost or addr's host (loopback.GuardHost): a page in a
+// browser on this host cannot read them by rebinding its name to
+// 127.0.0.1.
+func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, opaUIDs []uint32, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return nil, UsageError{fmt.Errorf("admin listener: %w: %s", err, inUse)}
@@ -218,7 +225,7 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 		fmt.Fprintf(w, "ok (%s)\n", status())
 	})
 	if rego != nil {
-		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, opaapi.LoopbackOnly)
+		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, OPAUsers(opaUIDs, log))
 	}
 	if withPprof {
 		// runtime/pprof directly: net/http/pprof would also register
@@ -234,10 +241,18 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 			p.WriteTo(w, 0)
 		})
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: loopback.GuardHost(addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	log.Info("admin listening", "addr", l.Addr().String())
 	return func() { srv.Close() }, nil
+}
+
+// OPAUsers is the access check of a loopback OPA API: loopback callers
+// under a loopback Host, of uid 0, this process's effective uid or one of
+// uids, as the kernel reports the owner of the caller's socket. Others
+// get 403 and a log line; outside Linux every caller does.
+func OPAUsers(uids []uint32, log *slog.Logger) func(http.Handler) http.Handler {
+	return (&opaapi.LocalUsers{UIDs: uids, ClientUID: proxy.LoopbackClientUID, Logger: log}).Wrap
 }
 
 // newNode builds the agent client of join-token mode. Its callbacks feed

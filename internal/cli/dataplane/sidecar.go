@@ -242,7 +242,10 @@ func (r *sidecarRun) run(ctx context.Context) error {
 	}
 
 	if cfg.Admin != "off" {
-		stop, err := ServeAdmin(cfg.Admin, reg, mi.Ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.AdminPprof, r.log,
+		// The OPA API answers the users that may act as the workload
+		// anyway: root, this uid and outbound_allowed_uids. Admitting
+		// any local user to outbound does not open it to everyone.
+		stop, err := ServeAdmin(cfg.Admin, reg, mi.Ready(s.Ready), func() string { return fmt.Sprintf("policy version %d", s.PolicyVersion()) }, s.Rego, cfg.OutboundAllowedUIDs, cfg.AdminPprof, r.log,
 			fmt.Sprintf("another sidecar (or program) on this host uses it; every sidecar needs its own: set admin: to a free loopback address in %s, or admin: \"off\"", r.cfgPath))
 		if err != nil {
 			return err

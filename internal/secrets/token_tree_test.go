@@ -1,0 +1,181 @@
+package secrets
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+)
+
+// TestTokenHierarchy: a token created by another token is its child, as
+// in Vault ("Token Hierarchies and Orphan Tokens"): revoking the parent
+// (revoke, revoke-self, revoke-accessor, its expiry) revokes the child
+// and the child's children; revoke-orphan revokes the parent alone, and
+// no_parent or create-orphan make a token without a parent. Every token
+// was an orphan: revoking a compromised parent left what it had minted
+// working.
+func TestTokenHierarchy(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("creator", `path "auth/token/create*" { capabilities = ["update", "sudo"] }`)
+		alive := func(tok string) bool {
+			t.Helper()
+			st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil)
+			return st == 200
+		}
+		create := func(by string, body map[string]any, path ...string) (string, string, bool) {
+			t.Helper()
+			p := "auth/token/create"
+			if len(path) > 0 {
+				p = path[0]
+			}
+			if body == nil {
+				body = map[string]any{}
+			}
+			if _, ok := body["policies"]; !ok {
+				body["policies"] = []string{"creator"}
+			}
+			out := ts.must("POST", p, by, body)
+			auth := out["auth"].(map[string]any)
+			return authToken(t, out), auth["accessor"].(string), auth["orphan"].(bool)
+		}
+		for _, tc := range []struct {
+			name string
+			end  func(parent, parentAcc string)
+			// orphaned: the parent alone ends, its children live on
+			orphaned bool
+		}{
+			{"revoke_self", func(p, _ string) { ts.must("POST", "auth/token/revoke-self", p, nil) }, false},
+			{"revoke_accessor", func(_, a string) {
+				ts.must("POST", "auth/token/revoke-accessor", testAdminToken, map[string]any{"accessor": a})
+			}, false},
+			{"revoke", func(p, _ string) { ts.must("POST", "auth/token/revoke", testAdminToken, map[string]any{"token": p}) }, false},
+			{"expiry", func(_, _ string) { ts.now = ts.now.Add(2 * time.Minute) }, false},
+			{"expiry_then_tick", func(_, _ string) {
+				ts.now = ts.now.Add(2 * time.Minute)
+				ts.svc.Tick(t.Context())
+			}, false},
+			{"revoke_orphan", func(p, _ string) {
+				ts.must("POST", "auth/token/revoke-orphan", testAdminToken, map[string]any{"token": p})
+			}, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				out := ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": []string{"creator"}, "ttl": "1m", "explicit_max_ttl": "24h"})
+				parent, parentAcc := authToken(t, out), out["auth"].(map[string]any)["accessor"].(string)
+				child, _, orphan := create(parent, map[string]any{"ttl": "1h"})
+				if orphan {
+					t.Fatal("a token created by a token is an orphan")
+				}
+				grandchild, _, _ := create(child, nil)
+				noParent, _, o1 := create(parent, map[string]any{"no_parent": true})
+				createOrphan, _, o2 := create(parent, nil, "auth/token/create-orphan")
+				if !o1 || !o2 {
+					t.Fatalf("no_parent / create-orphan made a child: %v %v", o1, o2)
+				}
+				tc.end(parent, parentAcc)
+				if alive(parent) {
+					t.Fatal("the parent still works")
+				}
+				for name, tok := range map[string]string{"child": child, "grandchild": grandchild} {
+					if got := alive(tok); got != tc.orphaned {
+						t.Errorf("%s works=%v after the parent ended, want %v", name, got, tc.orphaned)
+					}
+				}
+				for name, tok := range map[string]string{"no_parent": noParent, "create-orphan": createOrphan} {
+					if !alive(tok) {
+						t.Errorf("the orphan made with %s was revoked with the parent", name)
+					}
+				}
+				if tc.orphaned {
+					d := dataOf(ts.must("GET", "auth/token/lookup-self", child, nil))
+					if d["orphan"] != true {
+						t.Errorf("the child of a revoke-orphan'd parent is not an orphan now: %v", d)
+					}
+				}
+			})
+		}
+
+		t.Run("child_never_outlives_parents_max_ttl", func(t *testing.T) {
+			out := ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": []string{"creator"}, "ttl": "1h", "explicit_max_ttl": "2h"})
+			parent := authToken(t, out)
+			child, _, _ := create(parent, map[string]any{"ttl": "10h", "explicit_max_ttl": "100h"})
+			d := dataOf(ts.must("GET", "auth/token/lookup-self", child, nil))
+			if d["explicit_max_ttl"].(float64) > 2*3600 {
+				t.Errorf("child's max TTL %v outlives its parent's 2h", d["explicit_max_ttl"])
+			}
+		})
+
+		t.Run("revoke_orphan_needs_sudo", func(t *testing.T) {
+			ts.policy("revoker", `path "auth/token/revoke-orphan" { capabilities = ["update"] }`)
+			victim := ts.tokenWith("creator")
+			r := ts.tokenWith("revoker")
+			if st, out := ts.call("POST", "auth/token/revoke-orphan", r, map[string]any{"token": victim}); st != 403 {
+				t.Errorf("revoke-orphan without sudo: %d %v", st, out)
+			}
+			if !alive(victim) {
+				t.Error("a refused revoke-orphan revoked the token")
+			}
+		})
+
+		t.Run("depth_is_bounded", func(t *testing.T) {
+			tok := ts.tokenWith("creator")
+			for i := 1; i <= 8; i++ { // maxTokenDepth
+				tok, _, _ = create(tok, nil)
+			}
+			if st, out := ts.call("POST", "auth/token/create", tok, map[string]any{"policies": []string{"creator"}}); st != 400 {
+				t.Errorf("a token 9 deep: %d %v", st, out)
+			}
+		})
+	})
+}
+
+// TestChildCreationRacingParentRevocation: children created while their
+// parent is being revoked are revoked with it or refused; none is left
+// working (PostgreSQL: the creation locks the parent's row, the
+// revocation deletes it first).
+func TestChildCreationRacingParentRevocation(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		ts.policy("creator", `path "auth/token/create" { capabilities = ["update", "sudo"] }`)
+		parent := ts.tokenWith("creator")
+		const n = 16
+		kids := make(chan string, n)
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, out := ts.call("POST", "auth/token/create", parent, map[string]any{"policies": []string{"creator"}})
+				if st == 200 {
+					auth, _ := out["auth"].(map[string]any)
+					kids <- auth["client_token"].(string)
+				} else if st != 403 {
+					t.Errorf("create: %d %v", st, out)
+				}
+			}()
+		}
+		ts.must("POST", "auth/token/revoke", testAdminToken, map[string]any{"token": parent})
+		wg.Wait()
+		close(kids)
+		for k := range kids {
+			if st, _ := ts.call("GET", "auth/token/lookup-self", k, nil); st != 403 {
+				t.Errorf("a child created during its parent's revocation works: %d", st)
+			}
+		}
+	})
+}
+
+// TestEmptyListIsBare404: listing a folder with nothing in it is a 404
+// whose errors list is empty, as Vault answers; it was [""].
+func TestEmptyListIsBare404(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		st, out := ts.call("LIST", "secret/metadata/nothing-here", testAdminToken, nil)
+		errs, ok := out["errors"].([]any)
+		if st != 404 || !ok || len(errs) != 0 {
+			t.Fatalf("%d %v, want 404 {\"errors\":[]}", st, out)
+		}
+	})
+}
