@@ -530,6 +530,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
+		ev.TokenIssuer, ev.TokenSubject = dec.TokenIssuer, dec.TokenSubject
 		ev.PolicyVersion = version
 	}
 	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)
