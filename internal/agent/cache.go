@@ -53,10 +53,19 @@ type cachedX509 struct {
 	spiffeID string
 	ttl      wire.Duration
 	rotateAt time.Time
+	// auths are the authorities the chain depends on (chainAuthorities),
+	// gen the bundle generation its sign request was made under: it is
+	// replaced at once when one of auths was tainted in a later one.
+	auths []string
+	gen   uint64
+	// untrusted: it no longer verifies against the bundle (its authority
+	// was revoked); replaced at once, served until then.
+	untrusted bool
 }
 
 type cachedJWT struct {
 	token    string
+	kid      string // the key it is signed with: dropped when that is tainted or removed
 	spiffeID string
 	reuseTil time.Time // half life
 	expires  time.Time
@@ -93,10 +102,18 @@ type Cache struct {
 	revokedIDs     map[string]struct{}
 	revokedSerials map[string]struct{}
 	revocations    *wire.Revocations // as received: when and why
-	nodeID         spiffeid.ID
-	nodeSerial     string
-	failures       int
-	updates        uint64 // updates applied (updateApplied)
+	// auth indexes the bundle in force; bundleGen counts the bundles
+	// applied, and taintGen holds, for each tainted authority, the
+	// generation that first named it: an SVID requested before that is
+	// replaced at once, one requested after is not (the server signed it
+	// knowingly; replacing it again would only loop).
+	auth       *authorities
+	bundleGen  uint64
+	taintGen   map[string]uint64
+	nodeID     spiffeid.ID
+	nodeSerial string
+	failures   int
+	updates    uint64 // updates applied (updateApplied)
 }
 
 // CacheConfig configures a Cache.
@@ -113,6 +130,7 @@ func newCache(s signer, cfg CacheConfig) *Cache {
 		wake: make(chan struct{}, 1), synced: make(chan struct{}),
 		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{}, jwtShare: map[string]*rate.Limiter{},
 		revokedIDs: map[string]struct{}{}, revokedSerials: map[string]struct{}{},
+		auth: authoritiesOf(nil), taintGen: map[string]uint64{},
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -160,7 +178,19 @@ func (c *Cache) SetNode(id spiffeid.ID, serial string) {
 	c.mu.Unlock()
 }
 
-// SetBundle applies a new trust bundle.
+// SetBundle applies a new trust bundle and publishes it to the Workload
+// API before it returns. Cached JWT-SVIDs signed with a key it no longer
+// holds or marks tainted are forgotten. The sync loop is woken to sign,
+// at once rather than at half life and first in the queue, replacements
+// for every X509-SVID that no longer verifies against it (its authority
+// was revoked: removed from the bundle) and every one whose chain
+// contains an authority it marks tainted (TaintedX509Authorities), in
+// the batches and within the server's per-node budget of any renewal.
+// Both kinds are served until their replacement arrives: a workload left
+// without an SVID would get PermissionDenied on its stream, and
+// go-spiffe's source then keeps the bundle it had, still trusting the
+// revoked authority, until it retries a second later; served, the new
+// bundle reaches it in this very update.
 func (c *Cache) SetBundle(b wire.Bundle) {
 	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
 	if err != nil {
@@ -183,10 +213,59 @@ func (c *Cache) SetBundle(b wire.Bundle) {
 			c.log.Warn("skipping JWT authority", "key_id", a.KeyID, "error", err)
 		}
 	}
+	view := authoritiesOf(&b)
 	c.mu.Lock()
-	c.bundle, c.td, c.x509Auth, c.jwtBundle = &b, td, auth, jb
+	c.bundleGen++
+	for ski := range view.tainted {
+		if _, seen := c.taintGen[ski]; !seen {
+			c.taintGen[ski] = c.bundleGen
+		}
+	}
+	for ski := range c.taintGen {
+		if !view.tainted[ski] {
+			delete(c.taintGen, ski)
+		}
+	}
+	now := c.now()
+	var untrusted, tainted int
+	for _, x := range c.x509 {
+		if x.untrusted || view.untrusted(x.svid.Chain, now) {
+			x.untrusted = true
+			untrusted++
+		} else if c.mustReplaceLocked(x) {
+			tainted++
+		}
+	}
+	jwtDropped := 0
+	for k, j := range c.jwt {
+		if view.jwtKeyGone(j.kid) {
+			delete(c.jwt, k)
+			jwtDropped++
+		}
+	}
+	c.bundle, c.td, c.x509Auth, c.jwtBundle, c.auth = &b, td, auth, jb, view
 	c.publishLocked()
 	c.mu.Unlock()
+	if untrusted > 0 || tainted > 0 || jwtDropped > 0 {
+		c.log.Warn("CA authority tainted or revoked: replacing the workload SVIDs it signed now",
+			"x509_revoked_replacing", untrusted, "x509_tainted_replacing", tainted, "jwt_dropped", jwtDropped)
+		c.kick()
+	}
+}
+
+// mustReplaceLocked reports whether x must be replaced before its half
+// life: it no longer verifies against the bundle, or it chains to an
+// authority tainted by a bundle that came after x was requested.
+func (c *Cache) mustReplaceLocked(x *cachedX509) bool {
+	if x.untrusted {
+		return true
+	}
+	for _, k := range x.auths {
+		if g, ok := c.taintGen[k]; ok && x.gen < g {
+			return true
+		}
+	}
+	return false
 }
 
 // SetEntries replaces the node's entries; new and changed ones are signed
@@ -355,19 +434,26 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 		c.publishLocked()
 	}
 	bundle := c.bundle
+	gen := c.bundleGen
 	afterUpdate := c.updates > 0
-	var todo []wire.Entry
+	var todo, later []wire.Entry
 	if bundle != nil && !c.nodeRevokedLocked() {
 		for _, e := range c.entries {
 			if _, bad := c.revokedIDs[e.SPIFFEID]; bad {
 				continue
 			}
 			x := c.x509[e.ID]
-			if x == nil || x.spiffeID != e.SPIFFEID || x.ttl != e.X509TTL || !now.Before(x.rotateAt) {
+			switch {
+			case x == nil || c.mustReplaceLocked(x):
+				// Not served, or signed under a tainted authority:
+				// these go first.
 				todo = append(todo, e)
+			case x.spiffeID != e.SPIFFEID || x.ttl != e.X509TTL || !now.Before(x.rotateAt):
+				later = append(later, e)
 			}
 		}
 	}
+	todo = append(todo, later...)
 	c.mu.Unlock()
 
 	var failed error
@@ -397,7 +483,7 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 			failed = err
 			break
 		}
-		c.store(batch, svids, *bundle)
+		c.store(batch, svids, gen)
 	}
 
 	c.mu.Lock()
@@ -425,11 +511,15 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 	return next
 }
 
-// store checks each signed SVID and keeps the good ones.
-func (c *Cache) store(batch []pending, svids []wire.X509SVID, b wire.Bundle) {
+// store checks each signed SVID against the bundle in force now (an
+// authority revoked while the batch was signed is not trusted any more)
+// and keeps the good ones. gen is the bundle generation the batch was
+// requested under.
+func (c *Cache) store(batch []pending, svids []wire.X509SVID, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
+	b := *c.bundle
 	for i, p := range batch {
 		w := svids[i]
 		want, _ := spiffeid.FromString(p.entry.SPIFFEID)
@@ -458,12 +548,18 @@ func (c *Cache) store(batch []pending, svids []wire.X509SVID, b wire.Bundle) {
 		for _, cert := range svid.Certificates {
 			chainDER = append(chainDER, cert.Raw...)
 		}
-		c.x509[p.entry.ID] = &cachedX509{
+		x := &cachedX509{
 			svid:     &workload.X509SVID{Chain: svid.Certificates, ChainDER: chainDER, KeyDER: keyDER, Serial: serial, ExpiresAt: leaf.NotAfter},
 			spiffeID: p.entry.SPIFFEID,
 			ttl:      p.entry.X509TTL,
 			rotateAt: halfLife(leaf, now),
+			auths:    chainAuthorities(svid.Certificates),
+			gen:      gen,
 		}
+		if ski := c.auth.taintedIn(x.auths); ski != "" && !c.mustReplaceLocked(x) {
+			c.log.Error("the server signed a workload SVID under a tainted CA authority; serving it, but the server should sign with another (see moatless ca)", "entry_id", p.entry.ID, "authority", ski)
+		}
+		c.x509[p.entry.ID] = x
 	}
 	c.publishLocked()
 }
@@ -521,11 +617,16 @@ func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []s
 	if iat, ok := tok.Claims["iat"].(float64); ok {
 		issued = time.Unix(int64(iat), 0)
 	}
-	entry := &cachedJWT{token: resp.Token, spiffeID: id.SPIFFEID.String(), expires: tok.Expiry, reuseTil: issued.Add(tok.Expiry.Sub(issued) / 2)}
+	entry := &cachedJWT{token: resp.Token, kid: tokenKID(resp.Token), spiffeID: id.SPIFFEID.String(), expires: tok.Expiry, reuseTil: issued.Add(tok.Expiry.Sub(issued) / 2)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, bad := c.revokedIDs[entry.spiffeID]; bad {
 		return "", fmt.Errorf("agent: %s was revoked", entry.spiffeID)
+	}
+	if c.auth.jwtKeyGone(entry.kid) {
+		// Signed with a key tainted (or removed) meanwhile: handed out
+		// this once, never cached, so the next fetch asks again.
+		return resp.Token, nil
 	}
 	if len(c.jwt) >= maxJWTCache {
 		for k, j := range c.jwt {

@@ -49,12 +49,26 @@ type fakeServer struct {
 	jwtCalls  int
 	renews    int
 	watches   int
-	serial    int64
+	serial    atomic.Int64
 	// tamper, when set, rewrites signed SVIDs (to test the agent's checks).
 	tamper func(*wire.X509SVID)
 	// signGate, when set, holds every X509 sign request until it is
 	// closed.
 	signGate chan struct{}
+	// issuer, when set, signs SVIDs instead of ca (a CA key rotation).
+	issuer atomic.Pointer[testpki.CA]
+	// authorities, when set, are the bundle's X.509 authorities instead
+	// of ca alone; tainted its TaintedX509Authorities. clientCAs are
+	// more CAs whose SVIDs the fake accepts as clients.
+	authorities []*testpki.CA
+	tainted     []string
+	clientCAs   []*testpki.CA
+	// jwtTainted marks the JWT key tainted in the bundle; jwtRemoved
+	// leaves it out.
+	jwtTainted, jwtRemoved bool
+	// signing is the X509 sign requests being served, maxSigning the
+	// most at once.
+	signing, maxSigning int
 }
 
 func newFakeServer(t *testing.T) *fakeServer { return newFakeServerTB(t) }
@@ -79,10 +93,16 @@ func newFakeServerTB(t testing.TB) *fakeServer {
 	// Per handshake, so setServerID takes effect at once (GetCertificate
 	// alone is not asked when the client sends no SNI, as for an IP).
 	f.srv.TLS = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		pool := f.ca.Pool()
+		f.mu.Lock()
+		for _, ca := range f.clientCAs {
+			pool.AddCert(ca.Cert)
+		}
+		f.mu.Unlock()
 		return &tls.Config{
 			Certificates: []tls.Certificate{*f.cert.Load()},
 			ClientAuth:   tls.VerifyClientCertIfGiven,
-			ClientCAs:    f.ca.Pool(),
+			ClientCAs:    pool,
 			NextProtos:   []string{"h2", "http/1.1"},
 		}, nil
 	}}
@@ -112,8 +132,19 @@ func (f *fakeServer) addr() string { return f.srv.Listener.Addr().String() }
 
 func (f *fakeServer) bundle() wire.Bundle {
 	pub, _ := x509.MarshalPKIXPublicKey(f.jwtKey.Public())
-	return wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{f.ca.Cert.Raw},
-		JWTAuthorities: []wire.JWTAuthority{{KeyID: "k1", PublicKey: pub}}, SequenceNumber: 1}
+	b := wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{f.ca.Cert.Raw},
+		JWTAuthorities: []wire.JWTAuthority{{KeyID: "k1", PublicKey: pub, Tainted: f.jwtTainted}}, SequenceNumber: 1,
+		TaintedX509Authorities: f.tainted}
+	if f.authorities != nil {
+		b.X509Authorities = nil
+		for _, ca := range f.authorities {
+			b.X509Authorities = append(b.X509Authorities, ca.Cert.Raw)
+		}
+	}
+	if f.jwtRemoved {
+		b.JWTAuthorities = nil
+	}
+	return b
 }
 
 func writeErr(w http.ResponseWriter, code int, msg string) {
@@ -147,14 +178,18 @@ func (f *fakeServer) sign(csrDER []byte, id string, ttl time.Duration) (wire.X50
 		return wire.X509SVID{}, err
 	}
 	u, _ := url.Parse(id)
-	f.serial++
+	ca := f.ca
+	if i := f.issuer.Load(); i != nil {
+		ca = i
+	}
+	serial := f.serial.Add(1) // renew signs outside f.mu
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano() + f.serial), NotBefore: now.Add(-time.Second), NotAfter: now.Add(ttl),
+		SerialNumber: big.NewInt(now.UnixNano() + serial), NotBefore: now.Add(-time.Second), NotAfter: now.Add(ttl),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true, URIs: []*url.URL{u},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, f.ca.Cert, csr.PublicKey, f.ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
 	if err != nil {
 		return wire.X509SVID{}, err
 	}
@@ -226,12 +261,14 @@ func (f *fakeServer) signX509(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	gate := f.signGate
+	f.signing++
+	f.maxSigning = max(f.maxSigning, f.signing)
 	f.mu.Unlock()
 	if gate != nil {
 		<-gate
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	defer func() { f.signing--; f.mu.Unlock() }()
 	f.signCalls++
 	var resp wire.SignX509Response
 	for _, q := range req.Requests {

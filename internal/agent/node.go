@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,9 +181,19 @@ type Node struct {
 	refused atomic.Pointer[ServerError]
 	// unlock releases the data directory's lock (lockDir).
 	unlock func()
+	// renewNow wakes the renewal loop before half life: the node SVID's
+	// authority was tainted or revoked. renewedFor holds the tainted
+	// authorities it was woken for in this run (once each: a server
+	// still signing with one must not make it loop).
+	renewNow   chan struct{}
+	renewedFor sync.Map
 
-	mu         sync.Mutex
-	bundle     *wire.Bundle
+	mu     sync.Mutex
+	bundle *wire.Bundle
+	// held is every X.509 authority (subject key ID, hex) a bundle from
+	// the server held in this run: one of TrustBundle the server's bundle
+	// held and no longer does was revoked, and is not trusted any more.
+	held       map[string]bool
 	poolKey    string
 	version    uint64
 	epoch      string // of the stream that brought version
@@ -213,7 +224,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 		}
 		seen[a] = true
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, servers: servers}
+	n := &Node{cfg: cfg, log: cfg.Logger, now: cfg.Now, servers: servers, renewNow: make(chan struct{}, 1)}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
@@ -456,8 +467,14 @@ func (n *Node) renewLoop(ctx context.Context) {
 			// Retry sooner than half life, but never past expiry.
 			wait = min(n.backoff(attempt-1), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
 		}
-		if !sleepCtx(ctx, max(wait, 0)) {
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
+		case <-n.renewNow:
+			t.Stop()
 		}
 		if err := n.Renew(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -645,15 +662,32 @@ func (n *Node) postOnce(ctx context.Context, addr, path string, body []byte, out
 // setPoolLocked (re)builds the HTTP client when the set of authorities
 // trusted for the server changed: the configured trust bundle plus the
 // trust domain's bundle, so a CA rotation announced on the watch stream is
-// trusted before the server presents a certificate from the new CA.
+// trusted before the server presents a certificate from the new CA. An
+// authority of the configured trust bundle that the server's bundle held
+// and then dropped (moatless ca revoke) is left out: whoever holds a
+// revoked CA key must not be able to pose as the server on the node's
+// next connection. Connections open already (the watch stream) were
+// verified when they opened and stay.
 func (n *Node) setPoolLocked() {
-	certs := slices.Clone(n.cfg.TrustBundle)
+	var certs []*x509.Certificate
+	now := map[string]bool{}
 	if n.bundle != nil {
+		if n.held == nil {
+			n.held = map[string]bool{}
+		}
 		for _, der := range n.bundle.X509Authorities {
 			if c, err := x509.ParseCertificate(der); err == nil {
 				certs = append(certs, c)
+				ski := hex.EncodeToString(c.SubjectKeyId)
+				now[ski], n.held[ski] = true, true
 			}
 		}
+	}
+	for _, c := range n.cfg.TrustBundle {
+		if ski := hex.EncodeToString(c.SubjectKeyId); len(c.SubjectKeyId) > 0 && n.held[ski] && !now[ski] {
+			continue
+		}
+		certs = append(certs, c)
 	}
 	var key strings.Builder
 	pool := x509.NewCertPool()
@@ -929,6 +963,7 @@ func (n *Node) apply(u *wire.Update) error {
 		n.setPoolLocked()
 		n.mu.Unlock()
 		n.persistBundle()
+		n.checkOwnAuthority(&b)
 		if n.cfg.OnBundle != nil {
 			n.cfg.OnBundle(b)
 		}
@@ -959,6 +994,37 @@ func (n *Node) apply(u *wire.Update) error {
 	return nil
 }
 
+// checkOwnAuthority wakes the renewal loop at once when the node SVID
+// chains to an authority that bundle b marks tainted (once per authority
+// in this run, also when the taint came before a restart), or no longer
+// verifies against b (its authority was revoked), instead of waiting for
+// half life. A renewal that fails is retried with backoff as usual; one
+// refused because the server no longer trusts the SVID at all needs the
+// node to attest again (ErrNodeRejected).
+func (n *Node) checkOwnAuthority(b *wire.Bundle) {
+	s := n.svid.Load()
+	if s == nil {
+		return
+	}
+	view := authoritiesOf(b)
+	why := ""
+	if view.untrusted(s.Certificates, n.now()) {
+		why = "revoked (no longer in the trust bundle)"
+	} else if ski := view.taintedIn(chainAuthorities(s.Certificates)); ski != "" {
+		if _, done := n.renewedFor.LoadOrStore(ski, true); !done {
+			why = "tainted"
+		}
+	}
+	if why == "" {
+		return
+	}
+	n.log.Warn("the node SVID's CA authority was "+why+"; renewing it now", "spiffe_id", s.ID.String())
+	select {
+	case n.renewNow <- struct{}{}:
+	default:
+	}
+}
+
 func (n *Node) ack(ctx context.Context, version uint64) error {
 	n.mu.Lock()
 	pv := n.policyVer
@@ -975,6 +1041,7 @@ func validBundle(b *wire.Bundle) error {
 	if len(b.X509Authorities) == 0 {
 		return errors.New("bundle: no X.509 authorities")
 	}
+	skis := make(map[string]bool, len(b.X509Authorities))
 	for i, der := range b.X509Authorities {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
@@ -982,6 +1049,16 @@ func validBundle(b *wire.Bundle) error {
 		}
 		if !c.IsCA {
 			return fmt.Errorf("bundle: X.509 authority %d is not a CA certificate", i)
+		}
+		skis[hex.EncodeToString(c.SubjectKeyId)] = true
+	}
+	// A tainted authority names one of the bundle's by its subject key
+	// ID (the wire contract): one that names none is a server bug that
+	// would leave an SVID of the authority meant unreplaced, not something
+	// to apply in part.
+	for i, ski := range b.TaintedX509Authorities {
+		if !skis[strings.ToLower(ski)] {
+			return fmt.Errorf("bundle: tainted X.509 authority %d (%.64q) is not the subject key ID of one of its X.509 authorities", i, ski)
 		}
 	}
 	for i, a := range b.JWTAuthorities {

@@ -141,6 +141,21 @@ func Reason(err error) string {
 type tokenError struct {
 	kind   error
 	detail string
+	// issuer and subject of a token refused as revoked, whose
+	// signature verified (RevokedToken).
+	issuer, subject string
+}
+
+// RevokedToken returns the issuer and subject of a token refused because
+// it was revoked (ErrRevoked): its signature verified, so they are the
+// issuer's word about whose token it is. Empty for every other refusal.
+// Detection names the token's owner with them: a workload's stolen token
+// replayed through a relay is about the workload, not the relay.
+func (e *tokenError) RevokedToken() (issuer, subject string) {
+	if e.kind != ErrRevoked {
+		return "", ""
+	}
+	return e.issuer, e.subject
 }
 
 func (e *tokenError) Error() string {

@@ -503,7 +503,8 @@ func (v *Verifier) verify(rules []*securityv1beta1.JWTRule, req *policy.Request,
 // checks that are per request still run.
 func (v *Verifier) hit(e *cacheEntry, tok string, fs []found, crs, cands []*compiledRule, req *policy.Request, now time.Time, m *Memo) (*policy.Auth, error) {
 	if v.isRevoked(e.jti) {
-		return nil, v.reject(tokenErr(ErrRevoked, ""))
+		sub, _ := e.claims["sub"].(string)
+		return nil, v.reject(&tokenError{kind: ErrRevoked, issuer: e.iss, subject: sub})
 	}
 	v.hits.Add(1)
 	return v.accept(e, tok, fs, crs, cands, req, now, m)
@@ -708,7 +709,7 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 // entry is the cache entry of a token whose signature verified.
 func (v *Verifier) entry(pt *parsedToken, c *compiledRule, ks *keySet) (*cacheEntry, error) {
 	if v.isRevoked(pt.jti) {
-		return nil, tokenErr(ErrRevoked, "")
+		return nil, &tokenError{kind: ErrRevoked, issuer: pt.iss, subject: pt.sub}
 	}
 	e := &cacheEntry{
 		rule:      c,

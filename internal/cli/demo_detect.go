@@ -24,9 +24,11 @@ const demoExportOrders = 5500
 // demoServerConfig lowers the absolute exfiltration threshold for the
 // reports job to 4 MiB a minute (the default, 100 MB, would take the
 // demo a while to reach), as a team would for a job whose normal export
-// is small.
+// is small, and names the gateway a relay: what its upstreams refuse is
+// what its internet clients asked for.
 const demoServerConfig = `# moatless demo: the server's detection settings (docs/detect.md)
 detect:
+  relays: ["` + demoGatewayID + `"]
   services:
   - match: "spiffe://` + demoTrustDomain + `/ns/prod/sa/reports"
     bytes_per_minute: 4194304

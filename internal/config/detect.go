@@ -138,6 +138,13 @@ type DetectSettings struct {
 	// them for some (the first match wins).
 	Thresholds DetectThresholds    `json:"thresholds,omitempty"`
 	Services   []ServiceThresholds `json:"services,omitempty"`
+	// Relays name the identities that forward other parties' requests
+	// (the edge gateway): SPIFFE IDs or patterns, as Services' Match.
+	// The requests a relay's upstreams refuse by policy are what its
+	// clients asked for, so they count as an anomaly about the relay
+	// (an incident opens and notifies), never as evidence that contains
+	// it (see internal/detect: Finding.Relayed).
+	Relays []string `json:"relays,omitempty"`
 	// Alerts say where findings and incidents are sent.
 	Alerts AlertSettings `json:"alerts,omitempty"`
 }
@@ -194,6 +201,11 @@ func (s *DetectSettings) Validate(prefix string) error {
 		}
 		if err := st.DetectThresholds.validate(f); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for i, p := range s.Relays {
+		if err := CheckIdentityPattern(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s.relays[%d]: %w", prefix, i, err))
 		}
 	}
 	if err := s.Alerts.validate(prefix + ".alerts"); err != nil {
@@ -360,6 +372,16 @@ func (s *DetectSettings) ThresholdsFor(id string) DetectThresholds {
 		}
 	}
 	return s.Thresholds
+}
+
+// IsRelay reports whether one of Relays names id.
+func (s *DetectSettings) IsRelay(id string) bool {
+	for _, p := range s.Relays {
+		if MatchIdentityPattern(p, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // webhookName is what names a webhook in metrics and logs; compiled on

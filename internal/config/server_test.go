@@ -92,3 +92,18 @@ func TestParseServerDetectServices(t *testing.T) {
 		t.Fatalf("typo: %v", err)
 	}
 }
+
+// detect.relays are SPIFFE IDs or patterns, like services' match.
+func TestParseServerDetectRelays(t *testing.T) {
+	c, err := ParseServer(strings.NewReader("detect:\n  relays: [\"spiffe://moatless.local/ns/edge/sa/gateway\", \"spiffe://moatless.local/ns/ingress/*\"]\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Detect.IsRelay("spiffe://moatless.local/ns/edge/sa/gateway") || !c.Detect.IsRelay("spiffe://moatless.local/ns/ingress/sa/nginx") || c.Detect.IsRelay("spiffe://moatless.local/ns/edge/sa/other") {
+		t.Fatalf("relays: %+v", c.Detect.Relays)
+	}
+	_, err = ParseServer(strings.NewReader("detect:\n  relays: [\"gateway\"]\n"), env(map[string]string{"MOATLESS_DATA_DIR": "/d"}))
+	if err == nil || !strings.Contains(err.Error(), "detect.relays[0]") {
+		t.Fatalf("a relay that is no SPIFFE ID: %v", err)
+	}
+}

@@ -76,6 +76,10 @@ type Corroboration struct {
 	// more than an anomaly (Finding.Anomaly), sorted: a playbook whose
 	// trigger names no detectors contains only with one (Reaches).
 	Evidence []string `json:"evidence,omitempty"`
+	// Relayed are the IDs of the corroborated findings that only say
+	// what a relay's clients asked for (Finding.Relayed): in Risk, but
+	// neither in Detectors nor in Evidence.
+	Relayed []string `json:"relayed,omitempty"`
 	// Witnesses are the distinct nodes, the identity's own aside, that
 	// reported findings about it.
 	Witnesses []string `json:"witnesses,omitempty"`
@@ -137,7 +141,12 @@ func Corroborate(identity string, fs []Finding, since time.Time, need int, sourc
 		}
 		ok = append(ok, f)
 		c.Findings = append(c.Findings, f.ID)
-		if !contains(c.Detectors, f.Detector) {
+		if f.Relayed() {
+			// Counts towards the risk, but meets no trigger's
+			// detectors and is no evidence: what a relay's clients
+			// did, never enough to contain it.
+			c.Relayed = append(c.Relayed, f.ID)
+		} else if !contains(c.Detectors, f.Detector) {
 			c.Detectors = append(c.Detectors, f.Detector)
 		}
 		if !f.Anomaly() && !contains(c.Evidence, f.Detector) {
@@ -179,7 +188,9 @@ func (c Corroboration) Reaches(pb Playbook, identity string) bool {
 
 // Anomaly reports whether f says only that its identity did more, or
 // other, than it used to: a rate above its baseline, a new edge, new
-// paths, a volume of responses, a burst of token exchanges. A workload
+// paths, more distinct edges than a traffic record keeps apart for one
+// caller (record_overflow), refusals of what a relay forwarded
+// (Relayed), a volume of responses, a burst of token exchanges. A workload
 // that serves the mesh's users does all of these when they do (a flash
 // crowd, a flood through the gateway, big downloads, paths the app
 // forwards), so an outsider can raise them about an innocent workload.
@@ -198,8 +209,31 @@ func (f *Finding) Anomaly() bool {
 		return !has("pii_matches_per_minute")
 	case DetectorToken:
 		return has("exchanges_per_minute") && !has("reuse")
+	case DetectorRevoked:
+		// Someone presented a revoked token issued to the identity:
+		// its credential leaked, which says nothing of what the
+		// identity itself does (a thief replays it), and containing the
+		// identity would not stop the thief (the token is refused
+		// already). Unless the identity presented a revoked credential
+		// itself (its own SVID, or a token by itself).
+		return has("revoked_token_of") && !has("presented") && !has("refused_connections")
 	}
 	return false
+}
+
+// Relayed reports whether f only counts refusals of requests a relay
+// (config.DetectSettings.Relays: the edge gateway) forwarded for its
+// clients. Internet scanners asking the gateway for /.git/config or
+// /wp-admin are refused by the upstreams' policies in the gateway's
+// name; counted as the gateway's own probing, two backends reporting
+// them would contain the mesh's front door on the internet's say-so. So
+// such a finding is an anomaly that meets no trigger's detectors either,
+// not even a trigger naming probing: it adds to the relay's risk and
+// opens an incident, and contains only beside evidence of another kind.
+func (f *Finding) Relayed() bool {
+	_, relayed := f.Evidence["relayed_refusals_per_minute"]
+	_, own := f.Evidence["refusals_per_minute"]
+	return f.Detector == DetectorProbing && relayed && !own
 }
 
 // Short says why c does not reach pb's trigger, in a clause ("" when it
@@ -212,15 +246,28 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 	case c.Risk < t.Risk:
 		return fmt.Sprintf("corroborated risk %.2f < %.2f", c.Risk, t.Risk)
 	case len(t.Detectors) > 0 && !pb.Matches(identity, c.Risk, c.Detectors):
-		got := "none"
-		if len(c.Detectors) > 0 {
-			got = strings.Join(c.Detectors, ", ")
+		why := fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), c.named())
+		if len(c.Relayed) > 0 {
+			why += "; a relay's refusals alone never contain"
 		}
-		return fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), got)
+		return why
 	case len(t.Detectors) == 0 && len(c.Evidence) == 0 && pb.Matches(identity, c.Risk, c.Detectors):
-		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", strings.Join(c.Detectors, ", "))
+		return fmt.Sprintf("only anomalies corroborated (%s), which alone alert: containing needs evidence of compromise, or the detector named in the trigger's detectors", c.named())
 	}
 	return "the trigger does not match"
+}
+
+// named lists the corroborated findings' detectors, and the relayed
+// refusals apart, for Short.
+func (c Corroboration) named() string {
+	l := append([]string(nil), c.Detectors...)
+	if len(c.Relayed) > 0 {
+		l = append(l, "probing by requests a relay forwarded (detect.relays)")
+	}
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }
 
 func contains(l []string, x string) bool {

@@ -183,6 +183,11 @@ func TestAnomaliesAloneAlert(t *testing.T) {
 		{"burst_with_reuse_folded", []Finding{own("a", DetectorToken, High, "exchanges_per_minute", "reuse")}, true, false},
 		{"revoked", []Finding{own("a", DetectorRevoked, High)}, true, false},
 		{"rate_with_refusals", []Finding{own("a", DetectorRate, High), own("b", DetectorProbing, Medium, "refusals_per_minute")}, true, true},
+		{"revoked_token_of_it", []Finding{own("a", DetectorRevoked, High, "revoked_token_of")}, false, false},
+		{"revoked_token_of_it_presented_by_it", []Finding{own("a", DetectorRevoked, High, "revoked_token_of", "presented")}, true, false},
+		{"relayed_refusals", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute")}, false, false},
+		{"relayed_refusals_and_rate", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute"), own("b", DetectorRate, Medium)}, false, true},
+		{"relayed_refusals_and_revoked", []Finding{own("a", DetectorProbing, High, "relayed_refusals_per_minute"), own("b", DetectorRevoked, Medium)}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Corroborate(payments, tc.fs, now.Add(-time.Hour), 0, nil)
@@ -211,5 +216,45 @@ func TestTokenReuseStaysEvidence(t *testing.T) {
 	last := fs[len(fs)-1]
 	if last.Evidence["kind"] != "exchange_burst" || last.Anomaly() {
 		t.Fatalf("reuse then burst: %+v", last)
+	}
+}
+
+// A relay's refusals (config.DetectSettings.Relays: the edge gateway
+// forwarding scanners' paths) raise a probing finding that is relayed:
+// an anomaly that meets no trigger's detectors, not even probing. The
+// same refusals of any other identity are evidence. See
+// TestRelayScannedContainsNoOne in internal/server for the attack.
+func TestRelayRefusalsAlert(t *testing.T) {
+	const (
+		gateway  = "spiffe://example.org/ns/edge/sa/gateway"
+		frontend = "spiffe://example.org/ns/prod/sa/frontend"
+		orders   = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e := NewEngine(config.DetectSettings{Relays: []string{"spiffe://example.org/ns/edge/*"}})
+	probing := Playbook{Name: "p", Trigger: Trigger{Risk: 0.75, Detectors: []string{DetectorProbing}}}
+	for _, tc := range []struct {
+		caller  string
+		relayed bool
+	}{{gateway, true}, {frontend, false}} {
+		var fs []Finding
+		for _, p := range []string{"/.git/config", "/wp-admin"} {
+			fs = append(fs, e.Ingest(now, []Record{{Time: now, Reporter: orders, Source: tc.caller, Destination: orders, Method: "GET", Path: p, Decision: "deny", Reason: "no_allow_match", Requests: 60}})...)
+		}
+		if len(fs) == 0 {
+			t.Fatalf("%s: no finding", tc.caller)
+		}
+		f := fs[len(fs)-1]
+		if f.Detector != DetectorProbing || f.Severity != High || f.Relayed() != tc.relayed || f.Anomaly() != tc.relayed {
+			t.Fatalf("%s: relayed %v, anomaly %v: %+v", tc.caller, f.Relayed(), f.Anomaly(), f)
+		}
+		f.Reporters = []string{tc.caller} // as corroborated as it gets
+		c := Corroborate(tc.caller, []Finding{f}, now.Add(-time.Hour), 0, nil)
+		if c.Risk != 0.75 || c.Reaches(probing, tc.caller) == tc.relayed || c.Reaches(Playbook{Trigger: Trigger{Risk: 0.75}}, tc.caller) == tc.relayed {
+			t.Fatalf("%s: %+v", tc.caller, c)
+		}
+		if tc.relayed && !strings.Contains(c.Short(probing, tc.caller), "relay") {
+			t.Fatalf("Short = %q", c.Short(probing, tc.caller))
+		}
 	}
 }

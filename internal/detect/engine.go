@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/traffic"
 )
 
 // Severity of a finding.
@@ -157,6 +158,9 @@ const (
 	EventTokenExchange     = "token_exchange"     // one RFC 8693 exchange (counted per minute)
 	EventAttestFailure     = "attest_failure"     // a refused node attestation
 	EventRevokedCredential = "revoked_credential" // a revoked SVID or token presented
+	// EventRevokedTokenOf: a revoked token issued to Identity (a mesh
+	// workload) was presented, by whoever: its credential is out.
+	EventRevokedTokenOf = "revoked_token_of"
 )
 
 type edgeKey struct{ src, dst, method, path string }
@@ -180,9 +184,12 @@ type identState struct {
 	// when they were first called, for the last 5 minutes.
 	newPaths map[string]time.Time
 	newRecs  []Record
-	// paths is every (destination, path) the identity has called.
+	// paths is every (destination, path) the identity has called (at
+	// most maxPerIdent).
 	paths map[[2]string]struct{}
 	dsts  map[string]struct{}
+	// edges counts the engine's edge states whose source it is.
+	edges int
 }
 
 // Engine holds the baselines and runs the detectors. It is safe for
@@ -200,7 +207,10 @@ type Engine struct {
 	// first is the time of the first record the engine saw (or learned):
 	// the start of the mesh-wide learning period.
 	first time.Time
-	storm struct {
+	// introduced counts, per reporter, the identities its records made
+	// known to the engine (maxIdentsPerReporter).
+	introduced map[string]int
+	storm      struct {
 		minute  time.Time
 		n       int
 		dropped uint64
@@ -217,12 +227,32 @@ type KnownEdge struct {
 // maxTracked bounds the edges (and identities) an engine keeps state for.
 const maxTracked = 200_000
 
+// maxPerIdent bounds the edges, and the operations, the engine keeps
+// apart for one source identity: one identity calling distinct paths
+// cannot fill the engine's tables and leave the next identity's new
+// edge without a state (no rate, no volume judged). Past it, the
+// identity's further edges to a destination share one state (path
+// traffic.OverflowPeerPath), and the overflow is an anomaly about it.
+// Edge states past maxTracked (every identity's share of a full table)
+// likewise share one per (source, destination), at most maxTracked/4.
+var maxPerIdent = 5_000
+
+// maxIdentsPerReporter bounds the identities one node's records may make
+// known to the engine. The caller an inbound record names is the node's
+// word: without it, one compromised node reporting calls from 200,000
+// made-up SPIFFE IDs would fill the engine's table of identities, and
+// every identity that appears after (a freshly minted one an attacker
+// uses) would go unjudged. Past it, the node's records about callers new
+// to the engine are stored but not judged, and the flood is an anomaly
+// about the node.
+var maxIdentsPerReporter = 20_000
+
 // NewEngine builds an engine with the settings (Complete is applied).
 func NewEngine(s config.DetectSettings) *Engine {
 	s.Complete()
 	return &Engine{
 		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
-		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{},
+		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{}, introduced: map[string]int{},
 	}
 }
 
@@ -340,30 +370,59 @@ func minuteOf(t time.Time) time.Time { return t.UTC().Truncate(time.Minute) }
 
 // account adds r to the edge's current minute (closing earlier minutes
 // into the baselines) and to the identity's state; with judge it also
-// notes what is new. It returns the edge and identity state.
-func (e *Engine) account(r *Record, judge bool) (*edgeState, *identState, bool, bool) {
+// notes what is new. It returns the edge and identity state, whether the
+// destination and the operation are new to the identity, whether the
+// identity has more edges or operations than the engine keeps apart
+// (maxPerIdent), and whether r was left out because its reporter made
+// more identities known than it may (maxIdentsPerReporter).
+func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, newDst, newOp, crowded, flooded bool) {
 	m := minuteOf(r.Time)
 	if e.first.IsZero() || r.Time.Before(e.first) {
 		e.first = r.Time
 	}
-	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
-	es := e.edges[k]
-	if es == nil && len(e.edges) < maxTracked {
-		es = &edgeState{minute: m}
-		e.edges[k] = es
+	if id = e.idents[r.Source]; id == nil {
+		if r.Reporter != "" && r.Reporter != r.Source && e.introduced[r.Reporter] >= maxIdentsPerReporter {
+			return nil, nil, false, false, false, true
+		}
+		if id = e.ident(r.Source, r.Time); id != nil && r.Reporter != "" && r.Reporter != r.Source {
+			e.introduced[r.Reporter]++
+		}
 	}
-	id := e.ident(r.Source, r.Time)
-	newDst, newOp := false, false
+	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
+	es = e.edges[k]
+	if es == nil {
+		switch {
+		case id != nil && id.edges >= maxPerIdent:
+			crowded = true
+			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPeerPath}
+		case len(e.edges) >= maxTracked:
+			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPath}
+		}
+		if es = e.edges[k]; es == nil && len(e.edges) < maxTracked+maxTracked/4 {
+			es = &edgeState{minute: m}
+			e.edges[k] = es
+			if id != nil {
+				id.edges++
+			}
+		}
+	}
 	if id != nil {
-		if _, ok := id.dsts[r.Destination]; !ok {
+		if _, ok := id.dsts[r.Destination]; !ok && len(id.dsts) < maxPerIdent {
 			newDst = true
 			id.dsts[r.Destination] = struct{}{}
 		}
 		op := [2]string{r.Destination, r.Method + " " + r.Path}
 		if _, ok := id.paths[op]; !ok {
-			newOp = true
-			id.paths[op] = struct{}{}
-			e.newKnown = append(e.newKnown, KnownEdge{Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path, FirstSeen: r.Time})
+			// Past its bound, an identity's operations are no longer
+			// remembered apart (nor judged new): it was told about
+			// when it crossed the bound.
+			if len(id.paths) < maxPerIdent {
+				newOp = true
+				id.paths[op] = struct{}{}
+				e.newKnown = append(e.newKnown, KnownEdge{Source: r.Source, Destination: r.Destination, Method: r.Method, Path: r.Path, FirstSeen: r.Time})
+			} else {
+				crowded = true
+			}
 		}
 	}
 	if es != nil {
@@ -380,7 +439,7 @@ func (e *Engine) account(r *Record, judge bool) (*edgeState, *identState, bool, 
 		}
 		es.lastSeen = r.Time
 	}
-	return es, id, newDst, newOp
+	return es, id, newDst, newOp, crowded, false
 }
 
 // close moves the edge to minute m: the minute counted so far, and every
@@ -410,6 +469,9 @@ func (e *Engine) Tick(now time.Time) {
 		}
 		if now.Sub(es.lastSeen) > 35*24*time.Hour {
 			delete(e.edges, k)
+			if id := e.idents[k.src]; id != nil && id.edges > 0 {
+				id.edges--
+			}
 		}
 	}
 	for k, f := range e.open {
@@ -440,7 +502,7 @@ func (e *Engine) Tick(now time.Time) {
 
 // judge accounts r and runs the traffic detectors on it.
 func (e *Engine) judge(now time.Time, r *Record) []*Finding {
-	es, id, newDst, newOp := e.account(r, true)
+	es, id, newDst, newOp, crowded, flooded := e.account(r, true)
 	th := e.cfg.ThresholdsFor(r.Source)
 	var out []*Finding
 	add := func(f *Finding) {
@@ -448,13 +510,41 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			out = append(out, f)
 		}
 	}
-	refused := r.Decision != "allow"
+	// An overflow edge that names no one ("overflow") says nothing of
+	// what was decided; one that keeps its peer has its decision.
+	refused := r.Decision != "allow" && r.Decision != "overflow"
+	if traffic.IsOverflow(r.Path) {
+		newOp = false // its requests' operations are not known
+	}
 	if r.Decision == "refused" && r.Reason == "revoked" && r.Source != "" {
 		add(e.raise(now, DetectorRevoked, High, r.Source, r.Destination, fmt.Sprintf("revoked identity %s is still trying to connect to %s", r.Source, orAny(r.Destination)),
 			map[string]string{"refused_connections": strconv.FormatUint(r.Requests, 10)}, []Record{*r}))
 	}
 	if r.Source == "" {
 		return out // plaintext callers have no identity to judge
+	}
+	if flooded {
+		// The node named more callers new to the engine than it may:
+		// about the node, an anomaly (a shared service with a huge
+		// number of callers does it too).
+		add(e.raise(now, DetectorProbing, Medium, r.Reporter, "",
+			fmt.Sprintf("%s reported calls from more than %d identities new to the server; further ones it names are not judged", r.Reporter, maxIdentsPerReporter),
+			map[string]string{"identities_introduced": strconv.Itoa(e.introduced[r.Reporter]), "kind": "caller_flood"}, nil))
+		return out
+	}
+	if crowded || r.Path == traffic.OverflowPeerPath {
+		// The caller called more distinct edges than a reporter's
+		// window (a quarter of its table) or this engine keeps apart
+		// for one caller: a scan, or an attempt to crowd others' new
+		// edges out of the record. An anomaly: a caller with a huge
+		// REST surface does it too.
+		at := "server"
+		if !crowded && r.Reporter != "" {
+			at = r.Reporter
+		}
+		add(e.raise(now, DetectorProbing, Medium, r.Source, "",
+			fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at),
+			map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}, []Record{*r}))
 	}
 	learned := id != nil && now.Sub(id.firstSeen) >= e.cfg.LearningPeriod.Std()
 	// An identity that appears after the engine has learned the mesh is
@@ -530,9 +620,18 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			if id.denies >= 5*uint64(th.DenyBurst) {
 				sev = High
 			}
-			add(e.raise(now, DetectorProbing, sev, r.Source, "",
-				fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies),
-				map[string]string{"refusals_per_minute": strconv.FormatUint(id.denies, 10), "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}, id.denyRecs))
+			n := strconv.FormatUint(id.denies, 10)
+			summary := fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies)
+			ev := map[string]string{"refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}
+			if e.cfg.IsRelay(r.Source) {
+				// A relay (the edge gateway) forwards what its clients
+				// ask for: the paths scanners try on it are refused
+				// upstream in its name. That is an anomaly about it,
+				// not evidence of its compromise (Finding.Relayed).
+				summary = fmt.Sprintf("%s, a relay (detect.relays), had %d requests it forwarded refused in a minute", r.Source, id.denies)
+				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals"}
+			}
+			add(e.raise(now, DetectorProbing, sev, r.Source, "", summary, ev, id.denyRecs))
 		}
 	}
 	if learned && newOp {
@@ -597,7 +696,13 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 				map[string]string{"failures": strconv.Itoa(len(ts)), "threshold": strconv.Itoa(th.AttestFailures)}, nil)
 		}
 	case EventRevokedCredential:
-		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("%s presented a revoked credential", ev.Identity), ev.Detail, nil)
+		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("%s presented a revoked credential", ev.Identity), withMark(ev.Detail, "presented", "credential"), nil)
+	case EventRevokedTokenOf:
+		by := ev.Detail["source"]
+		if by == "" {
+			by = orAny(ev.Detail["source_ip"])
+		}
+		f = e.raise(now, DetectorRevoked, High, ev.Identity, "", fmt.Sprintf("a revoked token issued to %s was presented by %s", ev.Identity, by), withMark(ev.Detail, "revoked_token_of", ev.Identity), nil)
 	}
 	if f == nil {
 		return nil
@@ -610,11 +715,16 @@ func (e *Engine) Observe(now time.Time, ev Event) []Finding {
 // that keeps a token_anomaly finding evidence (Finding.Anomaly) when an
 // exchange burst folds into it.
 func withReuse(detail map[string]string, what string) map[string]string {
+	return withMark(detail, "reuse", what)
+}
+
+// withMark is a copy of detail with k set to v.
+func withMark(detail map[string]string, k, v string) map[string]string {
 	out := make(map[string]string, len(detail)+1)
-	for k, v := range detail {
-		out[k] = v
+	for dk, dv := range detail {
+		out[dk] = dv
 	}
-	out["reuse"] = what
+	out[k] = v
 	return out
 }
 

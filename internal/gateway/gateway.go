@@ -496,6 +496,13 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.mu.Unlock()
 
 	go g.srv.Serve(g.hl)
+	// A CA authority revoked (removed from the bundle) closes the live
+	// upstream connections whose peer chained to it, as in a sidecar.
+	go proxy.WatchTrust(ctx, g.done, g.opts.Identity, func() {
+		if n := g.revoked.RecheckTrust(g.opts.Identity); n > 0 {
+			g.log.Warn("closed upstream connections whose peer's CA authority left the trust bundle", "count", n)
+		}
+	})
 	errc := make(chan error, 1)
 	go func() { errc <- g.acceptLoop(ln) }()
 	g.log.Info("gateway serving", "addr", ln.Addr().String(), "routes", len(g.state.Load().routes))

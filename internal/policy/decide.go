@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"net/netip"
 	"sort"
 	"strings"
@@ -586,7 +587,12 @@ func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 				if !strings.Contains(reason, "invalid token") {
 					reason = "invalid token: " + reason
 				}
-				return Decision{Outcome: Unauthenticated, Rule: -1, Reason: reason}
+				d := Decision{Outcome: Unauthenticated, Rule: -1, Reason: reason}
+				var rt interface{ RevokedToken() (string, string) }
+				if errors.As(err, &rt) {
+					d.TokenIssuer, d.TokenSubject = rt.RevokedToken()
+				}
+				return d
 			}
 			req.Auth = auth
 		}

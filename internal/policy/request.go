@@ -191,6 +191,11 @@ type Decision struct {
 	// Reason is a short human explanation ("no ALLOW rule matched",
 	// "matched DENY rule 0 of prod/deny-delete", "invalid token: …").
 	Reason string
+	// TokenIssuer and TokenSubject name the token of an Unauthenticated
+	// decision when the token was refused as revoked after its signature
+	// verified (the verifier's error has RevokedToken): whose credential
+	// was presented, for detection. Empty otherwise.
+	TokenIssuer, TokenSubject string
 	// Audit reports that an AUDIT policy matched: the caller writes an
 	// audit record. AuditPolicy names it.
 	Audit       bool

@@ -72,6 +72,11 @@ type DecisionEvent struct {
 	// when tracing is on and the trace is sampled: the decision's way to
 	// its trace.
 	TraceID string `json:"trace_id,omitempty"`
+	// TokenIssuer and TokenSubject name a token refused as revoked whose
+	// signature verified (policy.Decision.TokenSubject): whose
+	// credential it was, which need not be the caller's.
+	TokenIssuer  string `json:"token_issuer,omitempty"`
+	TokenSubject string `json:"token_subject,omitempty"`
 }
 
 // TraceIDOf is the ID of ctx's sampled trace, "" when there is none.
@@ -193,6 +198,9 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 	}
 	if ev.TraceID != "" {
 		attrs = append(attrs, slog.String("trace_id", ev.TraceID))
+	}
+	if ev.TokenSubject != "" {
+		attrs = append(attrs, slog.String("token_issuer", ev.TokenIssuer), slog.String("token_subject", ev.TokenSubject))
 	}
 	d.log.LogAttrs(ctx, level, "decision", attrs...)
 	if outcome != policy.Allow && d.audit != nil {

@@ -42,12 +42,24 @@ var _ PolicyTarget = (*Sidecar)(nil)
 type Revocations struct {
 	p    atomic.Pointer[revocationSet]
 	once sync.Once
-	live *tracker
+	live *tracker // requests, by token ID
+	// conns are the live connections of the Upstreams given these
+	// Revocations, by their peer's authority (RecheckTrust).
+	conns *tracker
 }
 
 func (r *Revocations) tracker() *tracker {
-	r.once.Do(func() { r.live = newTracker() })
+	r.init()
 	return r.live
+}
+
+func (r *Revocations) init() {
+	r.once.Do(func() { r.live, r.conns = newTracker(), newTracker() })
+}
+
+func (r *Revocations) connTracker() *tracker {
+	r.init()
+	return r.conns
 }
 
 // Set puts w in force (nil: nothing revoked) and cancels every tracked
@@ -78,6 +90,14 @@ func (r *Revocations) TrackToken(jti string, cancel func()) (done func()) {
 		e.once.Do(cancel)
 	}
 	return func() { t.remove(e) }
+}
+
+// RecheckTrust closes every connection of the Upstreams given these
+// Revocations whose peer's chain no longer verifies against src's trust
+// bundle (its CA authority was revoked), as Sidecar.RecheckTrust does,
+// and returns how many.
+func (r *Revocations) RecheckTrust(src Identity) int {
+	return r.connTracker().recheck(src, time.Now(), nil)
 }
 
 // Tracked is the number of in-flight requests registered by TrackToken.
@@ -141,6 +161,9 @@ func NewUpstream(c UpstreamConfig) (*Upstream, error) {
 		c.Now = time.Now
 	}
 	t := &tlsIdentity{src: c.Identity, now: c.Now, revoked: c.Revocations.load}
+	if c.Revocations != nil {
+		t.live = c.Revocations.connTracker()
+	}
 	rt, tr := t.upstreamClient(c.ID, c.ServerName, c.Address, !c.HTTP2, c.HandshakeTimeout)
 	return &Upstream{rt: rt, tr: tr}, nil
 }

@@ -1126,18 +1126,3 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 	}
 	return fc.exchange(ob.fwd, up, fr.method, np.Target(), fr.host, h, fr.body, req.close)
 }
-
-// dialTLS dials addr with d and runs the TLS client handshake of conf on
-// the connection (with raw system calls, see rawConn), within ctx.
-func dialTLS(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config) (net.Conn, error) {
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	tc := tls.Client(withRawSyscalls(c), conf)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return tc, nil
-}

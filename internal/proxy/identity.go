@@ -49,9 +49,14 @@ var ErrNoIdentity = errors.New("proxy: no X509-SVID available")
 type FileSource struct {
 	certFile, keyFile, bundleFile string
 
-	mu    sync.Mutex // serializes Reload
-	state atomic.Pointer[fileState]
+	mu      sync.Mutex // serializes Reload
+	state   atomic.Pointer[fileState]
+	updated updateSignal
 }
+
+// Updated is sent on after each Reload that put new files in force (one
+// pending send at most; one reader: the sidecar or gateway using it).
+func (f *FileSource) Updated() <-chan struct{} { return f.updated.c() }
 
 type fileState struct {
 	raw    [3][]byte // cert, key, bundle as read: change detection
@@ -107,6 +112,7 @@ func (f *FileSource) Reload() (changed bool, err error) {
 		return false, fmt.Errorf("proxy: bundle %s holds no certificate", f.bundleFile)
 	}
 	f.state.Store(&fileState{raw: raw, svid: svid, bundle: bundle})
+	f.updated.notify()
 	return true, nil
 }
 
@@ -158,6 +164,17 @@ type tlsIdentity struct {
 	src     Identity
 	now     func() time.Time
 	revoked func() *revocationSet
+	// live, when set, tracks every outbound connection under its peer's
+	// authority (dialTracked), so a revoked CA authority closes it; set,
+	// it also makes verifyPeer note each verified peer's authority for
+	// the registration of its connection (inbound ones too).
+	live *tracker
+	// verified holds, from verifyPeer until the connection registers
+	// (authorityOf), the authority each verified peer chained to, by its
+	// leaf (the *x509.Certificate the connection state hands out); pending
+	// counts them, about.
+	verified sync.Map
+	pending  atomic.Int64
 
 	cert atomic.Pointer[certCache]
 }
@@ -225,7 +242,7 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 	if len(certs) == 0 {
 		return spiffeid.ID{}, fmt.Errorf("%w: no certificate presented", ErrPeerUnverified)
 	}
-	id, _, err := x509svid.Verify(certs, t.src, x509svid.WithTime(t.now()))
+	id, chains, err := x509svid.Verify(certs, t.src, x509svid.WithTime(t.now()))
 	if err != nil {
 		return id, fmt.Errorf("%w: %w", ErrPeerUnverified, err)
 	}
@@ -236,6 +253,9 @@ func (t *tlsIdentity) verifyPeer(certs []*x509.Certificate, authorize func(spiff
 		if err := authorize(id); err != nil {
 			return id, err
 		}
+	}
+	if t.live != nil && len(chains) > 0 {
+		t.noteAuthority(certs[0], authorityOfChain(id.TrustDomain(), chains[0]))
 	}
 	return id, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -280,6 +281,7 @@ func (ib *inbound) handle(c net.Conn) {
 	isTLS := first[0] == 0x16
 
 	var conn net.Conn = pc
+	var peerChain []*x509.Certificate // verified, of an mTLS peer
 	switch {
 	case isTLS && mode == policy.ModeDisable:
 		ib.connDenied(info, ReasonTLSNotAllowed, "PeerAuthentication DISABLE: TLS not accepted", version)
@@ -308,6 +310,7 @@ func (ib *inbound) handle(c net.Conn) {
 			return
 		}
 		cs := tc.ConnectionState()
+		peerChain = cs.PeerCertificates
 		leaf := cs.PeerCertificates[0]
 		id, err := x509svid.IDFromCert(leaf)
 		if err != nil { // verified in VerifyConnection; cannot happen
@@ -349,7 +352,7 @@ func (ib *inbound) handle(c net.Conn) {
 	}
 	ib.conns.Store(conn, info)
 	if info.peer != "" {
-		info.entry = s.live.add(closeConn, idKey(info.peer), serialKey(info.serial))
+		info.entry = s.live.addPeer(closeConn, peerChain, s.tls.authorityOf(peerChain), idKey(info.peer), serialKey(info.serial))
 		// A revocation may have landed between the handshake's check and
 		// the registration; the sweep would have missed this connection.
 		rs := s.revoked.Load()
@@ -527,6 +530,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
+		ev.TokenIssuer, ev.TokenSubject = dec.TokenIssuer, dec.TokenSubject
 		ev.PolicyVersion = version
 	}
 	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)

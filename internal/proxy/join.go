@@ -30,8 +30,13 @@ type NodeIdentity struct {
 	// SVID returns the current SVID, nil before attestation.
 	SVID func() *x509svid.SVID
 
-	bundle atomic.Pointer[x509bundle.Bundle]
+	bundle  atomic.Pointer[x509bundle.Bundle]
+	updated updateSignal
 }
+
+// Updated is sent on after each bundle put in force by SetBundle (one
+// pending send at most; one reader: the sidecar or gateway using it).
+func (n *NodeIdentity) Updated() <-chan struct{} { return n.updated.c() }
 
 // SetBundle puts a trust bundle from the server in force. A bundle without
 // X.509 authorities or with an invalid one is refused and the previous one
@@ -53,6 +58,7 @@ func (n *NodeIdentity) SetBundle(b wire.Bundle) error {
 		return fmt.Errorf("proxy: bundle for %s has no X.509 authority", td)
 	}
 	n.bundle.Store(x509bundle.FromX509Authorities(td, certs))
+	n.updated.notify()
 	return nil
 }
 

@@ -420,8 +420,7 @@ func (ob *outbound) serveTCP(c net.Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
-	d := &tls.Dialer{NetDialer: &net.Dialer{KeepAlive: 30 * time.Second}, Config: ob.tlsConf}
-	up, err := d.DialContext(ctx, "tcp", ob.cfg.Upstream)
+	up, err := s.tls.dialTracked(ctx, &net.Dialer{KeepAlive: 30 * time.Second}, ob.cfg.Upstream, ob.tlsConf)
 	cancel()
 	if err != nil {
 		s.metrics.upstreamErrors.WithLabelValues(ob.name).Inc()

@@ -305,6 +305,9 @@ type Sidecar struct {
 	policy  atomic.Pointer[policyState]
 	revoked atomic.Pointer[revocationSet]
 	live    *tracker
+	// liveOut tracks the outbound connections to upstreams, by their
+	// peer's CA authority only (RecheckTrust).
+	liveOut *tracker
 	dec     *decisionLogger
 	rec     *Recorder // nil: traffic is not recorded
 	metrics *metrics
@@ -445,9 +448,9 @@ func New(cfg Config) (*Sidecar, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Sidecar{cfg: cfg, log: cfg.Logger, live: newTracker(), done: make(chan struct{})}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, live: newTracker(), liveOut: newTracker(), done: make(chan struct{})}
 	s.revoked.Store(&revocationSet{})
-	s.tls = &tlsIdentity{src: cfg.Identity, now: cfg.Now, revoked: s.revoked.Load}
+	s.tls = &tlsIdentity{src: cfg.Identity, now: cfg.Now, revoked: s.revoked.Load, live: s.liveOut}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -590,6 +593,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}()
 	}
 	s.log.Info("sidecar serving", "inbound", len(s.inbound), "outbound", len(s.outbound))
+	go WatchTrust(ctx, s.done, s.cfg.Identity, func() { s.RecheckTrust() })
 	if !s.cfg.KeepStartupPages {
 		go releaseStartupPagesOnce(s.log)
 	}

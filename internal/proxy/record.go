@@ -29,9 +29,10 @@ const (
 	// unreachable: a minute of windows at the default interval (more
 	// when windows are split).
 	maxPendingReports = 12
-	// overflowPath is the path of the edge that takes requests arriving
-	// when the table is full.
-	overflowPath = "{overflow}"
+	// maxNamedOverflow bounds the overflow edges that keep their peer
+	// (one per caller inbound, per upstream outbound); past it, requests
+	// go to one overflow edge per direction that names no one.
+	maxNamedOverflow = 1000
 )
 
 // Directions of an Observation.
@@ -54,9 +55,15 @@ type RecorderConfig struct {
 	Ports     []int
 	// Interval is the window length; default DefaultRecordInterval.
 	Interval time.Duration
-	// MaxEdges bounds the distinct edges of one window; requests beyond
-	// go to one overflow edge per direction and are counted. Default
-	// DefaultRecordMaxEdges.
+	// MaxEdges bounds the distinct edges of one window, a quarter of it
+	// those of one peer (the caller of inbound requests, the upstream of
+	// outbound ones), so that no peer can crowd the others out; requests
+	// beyond go to an overflow edge that keeps their peer, decision,
+	// reason and status (path traffic.OverflowPeerPath when the peer had
+	// its share, traffic.OverflowPath when the table was full; at most
+	// maxNamedOverflow of them, then one per direction that names no one,
+	// decision "overflow") and are counted.
+	// Default DefaultRecordMaxEdges.
 	MaxEdges int
 	// SampleOneIn is the share of allowed requests whose decision is
 	// sampled into the report (every refusal is, up to MaxSamples per
@@ -136,6 +143,11 @@ type Recorder struct {
 	start   time.Time
 	over    uint64
 	samples []wire.AuditEvent
+	// edges counts cur's ordinary edges (the overflow edges aside),
+	// named its overflow edges that name a peer, peers each peer's
+	// ordinary edges.
+	edges, named int
+	peers        map[peerKey]int
 
 	sampleTick atomic.Uint64
 	pii        map[string]PIIEdge // by source; "*" for any
@@ -187,7 +199,7 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	if cfg.Component == "" {
 		cfg.Component = "sidecar"
 	}
-	r := &Recorder{cfg: cfg, cur: map[recKey]*recVal{}, start: cfg.Now()}
+	r := &Recorder{cfg: cfg, cur: map[recKey]*recVal{}, peers: map[peerKey]int{}, start: cfg.Now()}
 	for _, p := range cfg.PII {
 		if p.OneIn <= 0 {
 			p.OneIn = 1
@@ -249,14 +261,9 @@ func (r *Recorder) Observe(o *Observation) {
 	r.mu.Lock()
 	v := r.cur[k]
 	if v == nil {
-		if len(r.cur) >= r.cfg.MaxEdges {
+		var over bool
+		if v, over = r.newEdge(k); over {
 			r.over++
-			k = recKey{dir: k.dir, path: overflowPath, decision: "overflow", proto: k.proto}
-			v = r.cur[k]
-		}
-		if v == nil {
-			v = &recVal{}
-			r.cur[k] = v
 		}
 	}
 	v.requests++
@@ -265,6 +272,51 @@ func (r *Recorder) Observe(o *Observation) {
 	v.latSum += lat
 	v.latMax = max(v.latMax, lat)
 	r.mu.Unlock()
+}
+
+// peerKey is whom an edge is with: its caller (inbound) or its upstream
+// (outbound).
+type peerKey struct{ dir, src, dst string }
+
+func peerOf(k recKey) peerKey { return peerKey{k.dir, k.src, k.dst} }
+
+// newEdge returns the value to count k's request in when k has none yet:
+// a new edge, or, when the table is full or k's peer has its share of
+// it, the overflow edge of that peer (one that names no one past
+// maxNamedOverflow of them). An overflow cannot hide who called: the
+// caller whose edges overflowed is still reported, and so is the one
+// that made the table overflow (traffic.OverflowPeerPath), with what
+// was decided about their requests: refusals stay refusals. Called with r.mu
+// held. over says it is an overflow edge.
+func (r *Recorder) newEdge(k recKey) (v *recVal, over bool) {
+	p := peerOf(k)
+	share := max(r.cfg.MaxEdges/4, 1)
+	if r.edges < r.cfg.MaxEdges && r.peers[p] < share {
+		r.edges++
+		r.peers[p]++
+		v = &recVal{}
+		r.cur[k] = v
+		return v, false
+	}
+	path := traffic.OverflowPath
+	if r.peers[p] >= share {
+		path = traffic.OverflowPeerPath
+	}
+	ok := recKey{dir: k.dir, src: k.src, dst: k.dst, proto: k.proto, path: path, decision: k.decision, reason: k.reason, token: k.token, status: k.status}
+	if v = r.cur[ok]; v != nil {
+		return v, true
+	}
+	if r.named >= maxNamedOverflow {
+		ok = recKey{dir: k.dir, path: traffic.OverflowPath, decision: "overflow", proto: k.proto}
+		if v = r.cur[ok]; v != nil {
+			return v, true
+		}
+	} else {
+		r.named++
+	}
+	v = &recVal{}
+	r.cur[ok] = v
+	return v, true
 }
 
 // statusClass is the HTTP status class (2 for 2xx), 0 for none.
@@ -352,9 +404,8 @@ func (r *Recorder) scanLoop(ctx context.Context) {
 			r.metrics.scanned.Inc()
 			r.mu.Lock()
 			v := r.cur[j.key]
-			if v == nil && len(r.cur) < r.cfg.MaxEdges {
-				v = &recVal{}
-				r.cur[j.key] = v
+			if v == nil {
+				v, _ = r.newEdge(j.key)
 			}
 			if v != nil {
 				if v.pii == nil {
@@ -447,6 +498,7 @@ func (r *Recorder) cut() []*wire.RecordReport {
 	r.mu.Lock()
 	cur, start, over, samples := r.cur, r.start, r.over, r.samples
 	r.cur, r.start, r.over, r.samples = make(map[recKey]*recVal, len(cur)), now, 0, nil
+	r.edges, r.named, r.peers = 0, 0, make(map[peerKey]int, len(r.peers))
 	r.mu.Unlock()
 	if len(cur) == 0 && len(samples) == 0 {
 		return nil
@@ -483,7 +535,7 @@ func wireEvent(ev *DecisionEvent) wire.AuditEvent {
 		Destination: ev.Destination, Protocol: ev.Protocol, Method: ev.Method, Path: ev.Path,
 		Decision: ev.Decision, Policy: ev.Policy, Rule: ev.Rule, Reason: ev.Reason,
 		ReasonCode: string(ev.ReasonCode), PolicyVersion: ev.PolicyVersion, AuditPolicy: ev.AuditPolicy,
-		TraceID: ev.TraceID,
+		TraceID: ev.TraceID, TokenIssuer: ev.TokenIssuer, TokenSubject: ev.TokenSubject,
 	}
 	if n := len(ev.Custom); n > 0 && ev.Custom[n-1].Query != "" {
 		we.RegoQuery, we.InputSHA256 = ev.Custom[n-1].Query, ev.Custom[n-1].InputSHA256

@@ -301,22 +301,78 @@ func testRecorderPIISampling(t *testing.T, sp serverPath) {
 }
 
 func TestRecorderBounds(t *testing.T) {
-	t.Run("overflow_edge_past_max_edges", func(t *testing.T) {
+	t.Run("overflow_edges_past_max_edges_name_their_caller", func(t *testing.T) {
 		var r reports
 		rec := newTestRecorder(t, &r, RecorderConfig{MaxEdges: 3})
 		for i := range 10 {
 			rec.Observe(&Observation{Direction: DirectionInbound, Source: fmt.Sprintf("spiffe://td/ns/x/sa/s%d", i), Method: "GET", Path: "/", Decision: "allow", Status: 200})
 		}
 		es := r.edges(t, rec)
-		if len(es) != 4 {
-			t.Fatalf("%d edges, want 3 and the overflow edge: %v", len(es), keys(es))
+		if len(es) != 10 {
+			t.Fatalf("%d edges, want 3 and 7 overflow edges: %v", len(es), keys(es))
 		}
-		if e, ok := es["inbound    {overflow} overflow/ 0"]; !ok || e.Requests != 7 {
-			t.Fatalf("overflow edge %+v, want 7 requests (have %v)", e, keys(es))
+		for i := 3; i < 10; i++ {
+			if e, ok := es[fmt.Sprintf("inbound spiffe://td/ns/x/sa/s%d   {overflow} allow/ 2", i)]; !ok || e.Requests != 1 {
+				t.Fatalf("overflow edge of s%d: %+v (have %v)", i, e, keys(es))
+			}
 		}
 		if r.got[0].Dropped != 7 {
 			t.Fatalf("dropped %d, want 7", r.got[0].Dropped)
 		}
+	})
+	// A caller that fills a sidecar's table with distinct paths must not
+	// hide the edges of the callers after it: it gets a quarter of the
+	// table, its further requests land on its own overflow edge (which
+	// names it as the one that overflowed, and keeps its refusals
+	// refusals), and the next caller's new edge is recorded apart. Even four such callers (the whole table)
+	// only push a new caller onto an overflow edge that still names it;
+	// past maxNamedOverflow such edges, one names no one. Fails on the
+	// parent: there the new caller's request was in an overflow edge
+	// without a source.
+	t.Run("one_caller_cannot_hide_another", func(t *testing.T) {
+		const victim = "spiffe://td/ns/x/sa/new"
+		for _, tc := range []struct {
+			name      string
+			attackers int
+			want      string
+		}{
+			{"one_filler", 1, "inbound " + victim + "  GET /admin allow/ 2"},
+			{"four_fillers", 4, "inbound " + victim + "   {overflow} allow/ 2"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var r reports
+				rec := newTestRecorder(t, &r, RecorderConfig{MaxEdges: 8})
+				for a := range tc.attackers {
+					for i := range 100 {
+						rec.Observe(&Observation{Direction: DirectionInbound, Source: fmt.Sprintf("spiffe://td/ns/x/sa/a%d", a), Method: "GET", Path: fmt.Sprintf("/p%c%c", 'a'+i/26, 'a'+i%26), Decision: "deny", Reason: "no_allow_match", Status: 403})
+					}
+				}
+				rec.Observe(&Observation{Direction: DirectionInbound, Source: victim, Method: "GET", Path: "/admin", Decision: "allow", Status: 200})
+				es := r.edges(t, rec)
+				if e, ok := es[tc.want]; !ok || e.Requests != 1 {
+					t.Fatalf("the new caller's request: want %q, have %v", tc.want, keys(es))
+				}
+				for a := range tc.attackers {
+					if e := es[fmt.Sprintf("inbound spiffe://td/ns/x/sa/a%d   {overflow:peer} deny/no_allow_match 4", a)]; e.Requests != 98 {
+						t.Fatalf("filler a%d's overflow edge: %+v (have %v)", a, e, keys(es))
+					}
+				}
+			})
+		}
+		t.Run("named_overflow_bounded", func(t *testing.T) {
+			var r reports
+			rec := newTestRecorder(t, &r, RecorderConfig{MaxEdges: 1})
+			for i := range maxNamedOverflow + 2 {
+				rec.Observe(&Observation{Direction: DirectionInbound, Source: fmt.Sprintf("spiffe://td/ns/x/sa/s%d", i), Method: "GET", Path: "/", Decision: "allow"})
+			}
+			es := r.edges(t, rec)
+			if len(es) != maxNamedOverflow+2 {
+				t.Fatalf("%d edges, want 1, %d named overflow edges and one that names no one", len(es), maxNamedOverflow)
+			}
+			if e := es["inbound    {overflow} overflow/ 0"]; e.Requests != 1 {
+				t.Fatalf("the overflow edge that names no one: %+v", e)
+			}
+		})
 	})
 	t.Run("reports_kept_while_server_unreachable_then_oldest_dropped", func(t *testing.T) {
 		r := reports{fail: errors.New("server unreachable")}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"strings"
 	"sync"
@@ -144,6 +145,9 @@ const (
 	liveID liveKind = iota + 1
 	liveSerial
 	liveJTI
+	// liveAuthority: the trust domain and subject key ID of the CA
+	// authority a peer's chain was signed under (authorityKey).
+	liveAuthority
 )
 
 func idKey(id string) liveKey         { return liveKey{liveID, id} }
@@ -212,10 +216,13 @@ func (s *trackedSet) appendTo(out []*tracked) []*tracked {
 
 // tracked is one live connection or request. close is called at most once.
 type tracked struct {
-	keys   []liveKey // in keyBuf for up to two keys: one allocation per entry
-	keyBuf [2]liveKey
-	close  func()
-	once   sync.Once
+	keys   []liveKey // in keyBuf for up to three keys: one allocation per entry
+	keyBuf [3]liveKey
+	// chain is the peer's verified certificate chain of a connection
+	// (addPeer), verified again when its authority leaves the bundle.
+	chain []*x509.Certificate
+	close func()
+	once  sync.Once
 }
 
 func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]trackedSet)} }
@@ -224,15 +231,20 @@ func newTracker() *tracker { return &tracker{byKey: make(map[liveKey]trackedSet)
 func (t *tracker) add(close func(), keys ...liveKey) *tracked {
 	e := &tracked{close: close}
 	e.keys = append(e.keyBuf[:0], keys...)
+	t.insert(e)
+	return e
+}
+
+// insert registers e under each of its keys.
+func (t *tracker) insert(e *tracked) {
 	t.mu.Lock()
-	for _, k := range keys {
+	for _, k := range e.keys {
 		set := t.byKey[k]
 		set.add(e)
 		t.byKey[k] = set
 	}
 	t.n++
 	t.mu.Unlock()
-	return e
 }
 
 // remove forgets e; removing twice is harmless.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -43,16 +44,29 @@ func (t *tlsIdentity) upstreamClient(want spiffeid.ID, serverName, addr string, 
 	only1.HTTP2 = nil
 	only1.Protocols = new(http.Protocols)
 	only1.Protocols.SetHTTP1(true)
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	// Dialed here rather than by net/http so that every connection is
+	// tracked under its peer's authority (a revoked CA authority closes
+	// it); net/http ignores TLSHandshakeTimeout then, so it is applied
+	// here.
+	dialWith := func(conf *tls.Config) func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return func(ctx context.Context, _, a string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+			defer cancel()
+			return t.dialTracked(ctx, d, a, conf)
+		}
+	}
+	h2.DialTLSContext = dialWith(h2.TLSClientConfig)
+	only1.DialTLSContext = dialWith(h1)
 	split := &continueSplit{rt: h2, h1: only1}
 	if !http1 {
 		return split, split
 	}
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &appClient{
 		dial: func(ctx context.Context) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
-			return dialTLS(ctx, d, addr, h1) // raw system calls: see rawConn
+			return t.dialTracked(ctx, d, addr, h1) // raw system calls: see rawConn
 		},
 		fallback: split, maxIdle: 256, idleTimeout: 60 * time.Second, now: time.Now,
 	}, split
@@ -116,7 +130,13 @@ type continueSplit struct {
 }
 
 func (c *continueSplit) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.ContentLength != 0 && r.Body != nil && expectsContinue(r.Header) && r.Header.Get("Upgrade") == "" {
+	// An upgrade (WebSocket) needs HTTP/1.1 too. net/http would dial it
+	// a connection without h2 in ALPN by itself, but not through the
+	// DialTLSContext upstreamClient sets: that always offers h2.
+	if r.Header.Get("Upgrade") != "" {
+		return c.h1.RoundTrip(r)
+	}
+	if r.ContentLength != 0 && r.Body != nil && expectsContinue(r.Header) {
 		return c.h1.RoundTrip(r)
 	}
 	return c.rt.RoundTrip(r)

@@ -466,7 +466,7 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 		if ev.ReasonCode != "" && !reasonCodeRE().MatchString(ev.ReasonCode) {
 			return nil, nil, badf("%s: want a short snake_case code", field("reason_code"))
 		}
-		for _, f := range []*string{&ev.Listener, &ev.Destination, &ev.Protocol, &ev.Policy, &ev.AuditPolicy, &ev.RegoQuery, &ev.InputSHA256} {
+		for _, f := range []*string{&ev.Listener, &ev.Destination, &ev.Protocol, &ev.Policy, &ev.AuditPolicy, &ev.RegoQuery, &ev.InputSHA256, &ev.TokenIssuer, &ev.TokenSubject} {
 			*f = clipReported(*f, maxReportName)
 		}
 		ev.Method, ev.Path, ev.Reason = clipReported(ev.Method, maxReportMethod), clipReported(ev.Path, maxReportPath), clipReported(ev.Reason, maxReportReason)
@@ -625,6 +625,12 @@ func (s *Server) detectAudit(evs []audit.Event) {
 		case ev.Kind == audit.KindAgentCall && ev.Details["reason"] == "revoked":
 			de = detect.Event{Kind: detect.EventRevokedCredential, Identity: ev.Actor}
 		case ev.Kind == audit.KindDecisionUnauthenticated && strings.Contains(ev.Details["reason"], "revoked"):
+			// Whose token it was, when the token service issued it to
+			// a workload of the mesh: the finding names that workload
+			// (its stolen token in someone's hands), whoever relayed it.
+			if owner := s.revokedTokenOwner(ev.Details); owner != "" {
+				fs = append(fs, d.engine.Observe(now, detect.Event{Time: ev.Time, Kind: detect.EventRevokedTokenOf, Identity: owner, Detail: ev.Details, Reporter: ev.Actor})...)
+			}
 			// A node's report of a revoked token: its word about who
 			// presented it. A caller with a SPIFFE ID passed mTLS with its
 			// own SVID and may be relaying its users' tokens (Istio's
@@ -648,6 +654,23 @@ func (s *Server) detectAudit(evs []audit.Event) {
 		// findings set off (storage, playbooks) runs on its own.
 		go s.findings(context.Background(), fs)
 	}
+}
+
+// revokedTokenOwner is the SPIFFE ID a reported revoked token was
+// issued to (details token_issuer, token_subject): "" unless this
+// server's token service issued it (a foreign issuer's subject can be
+// any string, a SPIFFE ID of this mesh included) and its subject is an
+// identity of this trust domain.
+func (s *Server) revokedTokenOwner(details map[string]string) string {
+	iss, sub := details["token_issuer"], details["token_subject"]
+	if iss == "" || sub == "" || s.oauth == nil || iss != s.oauth.svc.Issuer() {
+		return ""
+	}
+	id, err := spiffeid.FromString(sub)
+	if err != nil || id.TrustDomain() != s.td {
+		return ""
+	}
+	return id.String()
 }
 
 // tickDetect runs on every maintenance pass: the engine's minute

@@ -10,6 +10,7 @@ import (
 	"github.com/moatless/moatless/internal/detect"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/traffic"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -83,17 +84,27 @@ func TestRecordsStoredAndListed(t *testing.T) {
 }
 
 // A sidecar whose table filled up sends its overflow edges, outbound too:
-// they have no destination, and the report is taken.
+// those that name no one have no destination, and the report is taken.
+// One that names the caller who took its share of the table
+// ({overflow:peer}) raises an anomaly about that caller (on the parent,
+// nothing: an outsider could crowd others' new edges out of the record
+// unseen).
 func TestRecordsOverflowEdges(t *testing.T) {
 	e := start(t, "")
 	n := e.attest(ordersID)
+	crowd := inboundEdge(reportsID, "", traffic.OverflowPeerPath, "allow", 700)
 	rep := e.report(
 		wire.EdgeRecord{Direction: "outbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 9},
 		wire.EdgeRecord{Direction: "inbound", Protocol: "http", Path: "{overflow}", Decision: "overflow", Requests: 4},
+		crowd,
 	)
-	rep.Dropped = 13
+	rep.Dropped = 713
 	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
 		t.Fatalf("report with overflow edges: %d %s", st, body)
+	}
+	fs := findingsAbout(e, reportsID)
+	if len(fs) != 1 || fs[0].Evidence["kind"] != "record_overflow" || fs[0].Evidence["overflow_requests"] != "700" || !fs[0].Anomaly() {
+		t.Fatalf("want an anomaly about the caller that overflowed orders' record: %+v", fs)
 	}
 }
 

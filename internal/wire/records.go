@@ -43,7 +43,11 @@ type RecordReport struct {
 	Samples []AuditEvent `json:"samples,omitempty"`
 	// Dropped counts requests the reporter could not attribute to an
 	// edge of its own because its record table was full; they are in
-	// the overflow edge (path "{overflow}") instead.
+	// overflow edges instead: path "{overflow}" (the table was full) or
+	// "{overflow:peer}" (their peer had its share of the table), with
+	// their peer, decision, reason and status, or, past a bound, in one
+	// edge with decision "overflow" that names no one (see
+	// traffic.OverflowPath).
 	Dropped uint64 `json:"dropped,omitempty"`
 }
 

@@ -417,4 +417,9 @@ type AuditEvent struct {
 	// TraceID is the W3C trace ID (32 lower-case hex digits) of the
 	// request's sampled trace, when the reporter traces.
 	TraceID string `json:"trace_id,omitempty"`
+	// TokenIssuer and TokenSubject name the token of an unauthenticated
+	// decision that refused it as revoked after its signature verified:
+	// whose credential was presented (the caller may be relaying it).
+	TokenIssuer  string `json:"token_issuer,omitempty"`
+	TokenSubject string `json:"token_subject,omitempty"`
 }

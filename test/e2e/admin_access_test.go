@@ -13,16 +13,17 @@ import (
 // business with the workload must not read the sidecar's Rego modules and
 // data, nor query them, through the OPA API on its loopback admin
 // listener. Root and the sidecar's uid get in; uid 65534 gets 403 and a
-// log line naming it — until outbound_allowed_uids lists it. /metrics
-// stays open to every local user (Prometheus runs as its own).
+// log line naming it — until outbound_allowed_uids lists it. pprof
+// (admin_pprof) answers the same users. /metrics stays open to every local
+// user (Prometheus runs as its own).
 func TestSidecarOPAAPIRefusesOtherLocalUsers(t *testing.T) {
 	needRootForOtherUser(t)
-	m := startSidecarMesh(t, sidecarEchoApp(t))
+	m := startSidecarMeshConf(t, sidecarEchoApp(t), sidecarPolicies, "admin_pprof: true\n", nil, nil)
 	admin := m.frontend.admin
 	if code, body := sidecarDo(t, &http.Client{Timeout: 10 * time.Second}, "GET", "http://"+admin+"/v1/policies"); code != 200 {
 		t.Fatalf("the sidecar's own uid: %d %s", code, body)
 	}
-	for _, path := range []string{"/v1/policies", "/v1/data"} {
+	for _, path := range []string{"/v1/policies", "/v1/data", "/debug/pprof/heap", "/debug/pprof/profile?seconds=1"} {
 		if got := callAsUserHost(t, nobodyUID, admin, admin, path); got != "HTTP/1.1 403 Forbidden" {
 			t.Fatalf("uid %d read %s: %q, want 403", nobodyUID, path, got)
 		}

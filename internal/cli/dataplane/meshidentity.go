@@ -203,7 +203,7 @@ func (m *MeshIdentity) Ready(inner func() error) func() error {
 // called. An address in use (another instance on this host) is a usage
 // error ending in inUse, which names the setting to change.
 //
-// The OPA API answers root, this process's uid and opaUIDs only
+// The OPA API and pprof answer root, this process's uid and opaUIDs only
 // (OPAUsers). Every route answers only requests whose Host is a loopback
 // address, localhost or addr's host (loopback.GuardHost): a page in a
 // browser on this host cannot read them by rebinding its name to
@@ -229,9 +229,13 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 	}
 	if withPprof {
 		// runtime/pprof directly: net/http/pprof would also register
-		// itself on http.DefaultServeMux for the whole binary.
-		mux.HandleFunc("GET /debug/pprof/profile", cpuProfile)
-		mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
+		// itself on http.DefaultServeMux for the whole binary. The same
+		// users as the OPA API: a profile shows the process's code paths
+		// and memory, and a CPU profile costs CPU for as long as the
+		// caller asks.
+		users := OPAUsers(opaUIDs, log)
+		mux.Handle("GET /debug/pprof/profile", users(http.HandlerFunc(cpuProfile)))
+		mux.Handle("GET /debug/pprof/{name}", users(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p := pprof.Lookup(r.PathValue("name"))
 			if p == nil {
 				http.Error(w, "unknown profile", http.StatusNotFound)
@@ -239,7 +243,7 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 			}
 			w.Header().Set("Content-Type", "application/octet-stream")
 			p.WriteTo(w, 0)
-		})
+		})))
 	}
 	srv := &http.Server{Handler: loopback.GuardHost(addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)

@@ -1,0 +1,151 @@
+package detect
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/traffic"
+)
+
+// TestOverflowHidesNoEdge: a caller can fill a reporter's record table
+// (or the engine's) with distinct paths so that what comes after it is
+// not recorded apart. The sidecar now keeps a quarter of its table per
+// caller and reports the caller's further requests on an overflow edge
+// that names it, with their decisions (internal/proxy
+// TestRecorderBounds); the engine judges that edge: the overflow is an
+// anomaly about the caller that caused it, refusals in it are still
+// refusals. The engine keeps at most maxPerIdent edges apart per caller,
+// so one caller cannot take the table others' new edges need; past it,
+// its edges to a destination share one state, so a volume spread over
+// many paths adds up. The named overflow case fails on the parent (no
+// finding about the caller whose requests overflowed).
+func TestOverflowHidesNoEdge(t *testing.T) {
+	const (
+		attacker = "spiffe://example.org/ns/prod/sa/attacker"
+		victim   = "spiffe://example.org/ns/prod/sa/newcomer"
+		orders   = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+	rec := func(src, path, decision string, requests, bytes uint64) Record {
+		r := Record{Time: now, Reporter: orders, Source: src, Destination: orders, Method: "GET", Path: path, Decision: decision, Requests: requests, RespBytes: bytes}
+		if traffic.IsOverflow(path) {
+			r.Method = ""
+		}
+		if decision == "deny" {
+			r.Reason = "no_allow_match"
+		}
+		return r
+	}
+	kinds := func(fs []Finding, who string) map[string]Finding {
+		out := map[string]Finding{}
+		for _, f := range fs {
+			if f.Identity == who {
+				out[f.Detector+":"+f.Evidence["kind"]] = f
+			}
+		}
+		return out
+	}
+	t.Run("sidecar_overflow_names_the_caller", func(t *testing.T) {
+		e := NewEngine(config.DetectSettings{})
+		fs := e.Ingest(now, []Record{rec(attacker, traffic.OverflowPeerPath, "allow", 500, 0)})
+		f, ok := kinds(fs, attacker)["probing:record_overflow"]
+		if !ok || !f.Anomaly() || f.Evidence["overflow_at"] != orders {
+			t.Fatalf("want an anomaly about the caller whose requests overflowed orders' record: %+v", fs)
+		}
+	})
+	t.Run("refusals_in_the_overflow_are_refusals", func(t *testing.T) {
+		e := NewEngine(config.DetectSettings{})
+		fs := e.Ingest(now, []Record{rec(attacker, traffic.OverflowPeerPath, "deny", 100, 0)})
+		f := kinds(fs, attacker)["probing:refusals"]
+		if f.Evidence["refusals_per_minute"] != "100" || f.Evidence["overflow_requests"] != "100" || f.Anomaly() {
+			t.Fatalf("refusals on the overflow edge: %+v", fs)
+		}
+	})
+	t.Run("table_full_overflow_is_no_anomaly_but_a_new_edge", func(t *testing.T) {
+		e := NewEngine(config.DetectSettings{LearningPeriod: 1})
+		learned := rec(attacker, "/orders/{*}", "allow", 1, 0)
+		learned.Time = now.Add(-time.Hour)
+		e.Ingest(learned.Time, []Record{learned}) // the mesh is learned
+		r := rec(victim, traffic.OverflowPath, "allow", 1, 0)
+		fs := e.Ingest(now, []Record{r})
+		got := kinds(fs, victim)
+		if _, ok := got["new_edge:new_identity"]; !ok || len(got) != 1 {
+			t.Fatalf("a new caller on the overflow edge of a full table: %+v", fs)
+		}
+	})
+	t.Run("engine_bound_per_caller", func(t *testing.T) {
+		defer func(n int) { maxPerIdent = n }(maxPerIdent)
+		maxPerIdent = 50
+		e := NewEngine(config.DetectSettings{})
+		var recs []Record
+		// 200 distinct paths, 1 MiB each: under the 100 MiB limit on
+		// every one of them.
+		for i := range 200 {
+			recs = append(recs, rec(attacker, fmt.Sprintf("/files/p%c%c", 'a'+i/26, 'a'+i%26), "allow", 1, 1<<20))
+		}
+		fs := e.Ingest(now, recs)
+		got := kinds(fs, attacker)
+		if f, ok := got["probing:record_overflow"]; !ok || f.Evidence["overflow_at"] != "server" || !f.Anomaly() {
+			t.Fatalf("want an anomaly about the caller past the engine's bound: %+v", fs)
+		}
+		if f, ok := got["exfiltration:volume"]; !ok || f.Evidence["bytes_per_minute"] != fmt.Sprint(150<<20) {
+			t.Fatalf("want the 150 MiB past the bound to add up on one state: %+v", got)
+		}
+		e.mu.Lock()
+		n := e.idents[attacker].edges
+		e.mu.Unlock()
+		if n != 51 {
+			t.Fatalf("%d edge states for the caller, want 50 and its overflow", n)
+		}
+		fs = e.Ingest(now, []Record{rec(victim, "/orders/export", "allow", 1, 200<<20)})
+		if _, ok := kinds(fs, victim)["exfiltration:volume"]; !ok {
+			t.Fatalf("the next caller's pull: %+v", fs)
+		}
+	})
+}
+
+// TestReporterCannotFillIdentities: the caller an inbound record names is
+// its node's word. One node reporting calls from made-up identities could
+// fill the engine's table of identities (200,000), and every identity
+// that appeared after would go unjudged. A node now makes at most
+// maxIdentsPerReporter identities known; its further new callers are not
+// judged (nor kept), the flood is an anomaly about the node, and another
+// node's new caller is judged as before.
+func TestReporterCannotFillIdentities(t *testing.T) {
+	const (
+		liar    = "spiffe://example.org/ns/prod/sa/liar"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+		minted  = "spiffe://example.org/ns/prod/sa/minted"
+		regular = "spiffe://example.org/ns/prod/sa/frontend"
+	)
+	defer func(n int) { maxIdentsPerReporter = n }(maxIdentsPerReporter)
+	maxIdentsPerReporter = 10
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e := NewEngine(config.DetectSettings{LearningPeriod: 1})
+	e.Ingest(now.Add(-time.Hour), []Record{{Time: now.Add(-time.Hour), Reporter: orders, Source: regular, Destination: orders, Method: "GET", Path: "/", Decision: "allow", Requests: 1}})
+	var recs []Record
+	for i := range 50 {
+		recs = append(recs, Record{Time: now, Reporter: liar, Source: fmt.Sprintf("spiffe://example.org/ns/fake/sa/s%d", i), Destination: liar, Method: "GET", Path: "/", Decision: "allow", Requests: 1})
+	}
+	var flood *Finding
+	for _, f := range e.Ingest(now, recs) {
+		if f.Identity == liar && f.Evidence["kind"] == "caller_flood" {
+			flood = &f
+		}
+	}
+	if flood == nil || !flood.Anomaly() || flood.Evidence["identities_introduced"] != "10" {
+		t.Fatalf("want an anomaly about the node that named 50 new callers: %+v", flood)
+	}
+	e.mu.Lock()
+	n := len(e.idents)
+	e.mu.Unlock()
+	if n != 11 {
+		t.Fatalf("%d identities kept, want frontend and the first 10 made-up ones", n)
+	}
+	fs := e.Ingest(now, []Record{{Time: now, Reporter: orders, Source: minted, Destination: orders, Method: "GET", Path: "/admin", Decision: "allow", Requests: 1}})
+	if len(fs) != 1 || fs[0].Identity != minted || fs[0].Detector != DetectorNewEdge {
+		t.Fatalf("another node's new caller: %+v", fs)
+	}
+}

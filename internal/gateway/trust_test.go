@@ -1,0 +1,75 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
+)
+
+// joined is the identity of a process that is its own agent, holding an
+// SVID for id signed by signer and a bundle of cas.
+func joined(t testing.TB, signer *testpki.CA, id string, cas ...*testpki.CA) *proxy.NodeIdentity {
+	t.Helper()
+	s := signer.SVID(t, id, time.Hour).X509SVID()
+	n := &proxy.NodeIdentity{SVID: func() *x509svid.SVID { return s }}
+	setBundle(t, n, cas...)
+	return n
+}
+
+func setBundle(t testing.TB, n *proxy.NodeIdentity, cas ...*testpki.CA) {
+	t.Helper()
+	b := wire.Bundle{TrustDomain: td}
+	for _, ca := range cas {
+		b.X509Authorities = append(b.X509Authorities, ca.Cert.Raw)
+	}
+	if err := n.SetBundle(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRevokedAuthorityClosesUpstreamConnections: when the CA authority
+// that signed the upstream sidecar's SVID leaves the gateway's bundle,
+// the gateway's live connection to it is closed and the next request is
+// refused at the handshake, not carried on the old connection.
+func TestRevokedAuthorityClosesUpstreamConnections(t *testing.T) {
+	a, b := testpki.NewCA(t, td), testpki.NewCA(t, td)
+	l := listen(t)
+	up, err := proxy.New(proxy.Config{
+		Identity: joined(t, a, ordersID, a, b), Namespace: "prod", Labels: map[string]string{"app": "orders"},
+		Inbound:    []proxy.Inbound{{Listener: l, App: echoApp(t)}},
+		Authorizer: compile(t, upstreamPolicy), Logger: discard(), KeepStartupPages: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { up.Serve(context.Background()); close(done) }()
+	t.Cleanup(func() { up.Close(); <-done })
+	id := joined(t, b, gatewayID, a, b)
+	tg := startGatewayWith(t, b, l.Addr().String(), nil, func(o *Options) { o.Identity = id })
+	if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("before the revoke: %d", resp.StatusCode)
+	}
+	if n := up.LiveConnections(); n != 1 {
+		t.Fatalf("upstream holds %d connections, want 1", n)
+	}
+	start := time.Now()
+	setBundle(t, id, b) // ca revoke a
+	for up.LiveConnections() != 0 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the gateway's connection to the upstream signed by the revoked authority is still open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("revoked authority: gateway's upstream connection closed %s after the bundle update", time.Since(start).Round(time.Microsecond))
+	if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode == http.StatusOK {
+		t.Fatal("a request reached the upstream signed by the revoked authority")
+	}
+}

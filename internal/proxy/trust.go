@@ -1,0 +1,298 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// A CA authority revoked by the control plane (`moatless ca revoke`,
+// SPIRE's localauthority revoke) leaves the trust bundle. New handshakes
+// verify against the bundle in force and so refuse a peer chained to it;
+// this file makes the connections already open follow: every live mTLS
+// connection, inbound and outbound, is tracked under the authority its
+// peer's chain was signed under (liveAuthority), and when the bundle
+// changes, those whose authority left it are verified again and closed
+// when they no longer verify. A tainted authority is still in the
+// bundle: connections chained to it stay up (their peer is about to
+// rotate).
+
+// maxPendingAuthorities bounds tlsIdentity.verified: a peer that passes
+// verification and then fails the handshake leaves its entry behind.
+const maxPendingAuthorities = 4096
+
+// authorityOfChain is the key a connection whose peer's verified chain
+// (leaf first, ending at a root of the bundle) is tracked under: the
+// trust domain and the root's subject key ID.
+func authorityOfChain(td spiffeid.TrustDomain, verified []*x509.Certificate) liveKey {
+	root := verified[len(verified)-1]
+	return liveKey{liveAuthority, td.Name() + "/" + hex.EncodeToString(root.SubjectKeyId)}
+}
+
+// noteAuthority keeps the authority the handshake verified leaf up to,
+// for the connection's registration (authorityOf).
+func (t *tlsIdentity) noteAuthority(leaf *x509.Certificate, k liveKey) {
+	if t.pending.Add(1) > maxPendingAuthorities {
+		t.verified.Clear()
+		t.pending.Store(1)
+	}
+	t.verified.Store(leaf, k)
+}
+
+// authorityOf is the authority a handshake's peer chain (as the
+// connection state has it) was verified up to. It is the root the
+// verification itself chained to, never read off the presented chain: a
+// peer may present certificates that verification did not use. When the
+// handshake's note is gone, the chain is verified again.
+func (t *tlsIdentity) authorityOf(chain []*x509.Certificate) liveKey {
+	if len(chain) == 0 {
+		return liveKey{liveAuthority, ""}
+	}
+	if v, ok := t.verified.LoadAndDelete(chain[0]); ok {
+		t.pending.Add(-1)
+		return v.(liveKey)
+	}
+	id, chains, err := x509svid.Verify(chain, t.src, x509svid.WithTime(t.now()))
+	if err != nil || len(chains) == 0 {
+		return liveKey{liveAuthority, ""} // verified again at every bundle change
+	}
+	return authorityOfChain(id.TrustDomain(), chains[0])
+}
+
+// addPeer registers close under keys and auth, the authority the peer's
+// chain was verified up to (tlsIdentity.authorityOf); chain is kept to
+// verify the connection again when that authority leaves the bundle.
+func (t *tracker) addPeer(close func(), chain []*x509.Certificate, auth liveKey, keys ...liveKey) *tracked {
+	e := &tracked{close: close, chain: chain}
+	e.keys = append(append(e.keyBuf[:0], keys...), auth)
+	t.insert(e)
+	return e
+}
+
+// recheck closes and forgets every tracked connection whose peer's chain
+// no longer verifies against the bundles of src at now, and returns how
+// many. Only connections whose authority is missing from its trust
+// domain's bundle are verified again: the rest depend on nothing that
+// changed. before, when non-nil, is told the count before anything is
+// closed.
+func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n int)) int {
+	present := map[string]bool{} // authority key value → still in its bundle
+	inBundle := func(v string) bool {
+		if ok, seen := present[v]; seen {
+			return ok
+		}
+		ok := false
+		if tdName, ski, cut := cutLast(v, "/"); cut && ski != "" {
+			if td, err := spiffeid.TrustDomainFromString(tdName); err == nil {
+				if b, err := src.GetX509BundleForTrustDomain(td); err == nil {
+					for _, a := range b.X509Authorities() {
+						if hex.EncodeToString(a.SubjectKeyId) == ski {
+							ok = true
+							break
+						}
+					}
+				}
+			}
+		}
+		present[v] = ok
+		return ok
+	}
+	var suspects []*tracked
+	t.mu.Lock()
+	for k, set := range t.byKey {
+		if k.kind == liveAuthority && !inBundle(k.v) {
+			suspects = set.appendTo(suspects)
+		}
+	}
+	t.mu.Unlock()
+	// Verified outside the lock: a signature check per suspect. What is
+	// asked is whether the chain still leads to the bundle, not whether
+	// the peer's SVID is still valid: a connection outlives the SVID it
+	// was opened with, and is not closed for that (here or anywhere
+	// else), so an expired chain is verified as of its last second.
+	victims := suspects[:0]
+	for _, e := range suspects {
+		at := now
+		if len(e.chain) > 0 && !at.Before(e.chain[0].NotAfter) {
+			at = e.chain[0].NotAfter.Add(-time.Second)
+		}
+		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(at)); err != nil {
+			victims = append(victims, e)
+		}
+	}
+	n := 0
+	t.mu.Lock()
+	for _, e := range victims {
+		if t.removeLocked(e) {
+			victims[n] = e
+			n++
+		}
+	}
+	t.mu.Unlock()
+	victims = victims[:n]
+	if before != nil && n > 0 {
+		before(n)
+	}
+	for _, e := range victims {
+		e.once.Do(e.close)
+	}
+	return n
+}
+
+func cutLast(s, sep string) (before, after string, found bool) {
+	for i := len(s) - len(sep); i >= 0; i-- {
+		if s[i:i+len(sep)] == sep {
+			return s[:i], s[i+len(sep):], true
+		}
+	}
+	return s, "", false
+}
+
+// updater is an optional capability of an Identity: a channel sent on
+// (at most one pending send) whenever its SVID or bundle changed.
+// go-spiffe's *workloadapi.X509Source, *NodeIdentity and *FileSource
+// have it. It has one reader: the sidecar or gateway it was given to.
+type updater interface {
+	Updated() <-chan struct{}
+}
+
+// WatchTrust calls onChange each time id's SVID or bundle changes, until
+// ctx ends or stop is closed. It returns at once when id cannot tell (no
+// Updated method).
+func WatchTrust(ctx context.Context, stop <-chan struct{}, id Identity, onChange func()) {
+	u, ok := id.(updater)
+	if !ok {
+		return
+	}
+	ch := u.Updated()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-ch:
+			onChange()
+		}
+	}
+}
+
+// updateSignal is the one-slot change notification of NodeIdentity and
+// FileSource. The zero value is ready to use.
+type updateSignal struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (u *updateSignal) c() chan struct{} {
+	u.once.Do(func() { u.ch = make(chan struct{}, 1) })
+	return u.ch
+}
+
+func (u *updateSignal) notify() {
+	select {
+	case u.c() <- struct{}{}:
+	default:
+	}
+}
+
+// dialTracked dials addr with d, runs the TLS client handshake of conf
+// (which verifies the peer) and, when live is not nil, registers the
+// connection under its peer's authority so that a bundle change that
+// leaves the peer's chain unverifiable closes it (tracker.recheck). The
+// registration ends when the connection is closed. The *tls.Conn is
+// returned as such: net/http reads the negotiated protocol from it.
+func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config) (*tls.Conn, error) {
+	live := t.live
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	raw := withRawSyscalls(c)
+	var tc *tls.Conn
+	if live == nil {
+		tc = tls.Client(raw, conf)
+	} else {
+		tcn := &trackedConn{Conn: raw, live: live, id: t}
+		tc = tls.Client(tcn, conf)
+		defer func() {
+			if tc != nil {
+				tcn.register(tc)
+			}
+		}()
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		tc = nil
+		return nil, err
+	}
+	return tc, nil
+}
+
+// trackedConn is the transport under an outbound TLS connection: its
+// Close ends the connection's registration in the tracker.
+type trackedConn struct {
+	net.Conn
+	live *tracker
+	id   *tlsIdentity
+
+	mu     sync.Mutex
+	entry  *tracked
+	closed bool
+}
+
+func (c *trackedConn) register(tc *tls.Conn) {
+	chain := tc.ConnectionState().PeerCertificates
+	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain))
+	c.mu.Lock()
+	c.entry = e
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		c.live.remove(e)
+	}
+}
+
+func (c *trackedConn) Close() error {
+	c.mu.Lock()
+	e := c.entry
+	c.closed = true
+	c.mu.Unlock()
+	c.live.remove(e)
+	return c.Conn.Close()
+}
+
+// RecheckTrust closes every live mTLS connection, inbound and outbound,
+// whose peer's certificate chain no longer verifies against the trust
+// bundle in force: its CA authority was revoked (removed from the
+// bundle). Connections chained to an authority still in the bundle,
+// tainted or not, stay up. It also logs, loudly, when the sidecar's own
+// SVID no longer verifies against its bundle (an SVID from files must
+// then be replaced by the operator). It returns how many connections it
+// closed. Serve calls it whenever the Identity reports a change (an
+// Updated channel: the Workload API source, NodeIdentity, FileSource).
+func (s *Sidecar) RecheckTrust() int {
+	count := func(n int) { s.metrics.revokedClosed.Add(float64(n)) }
+	n := s.live.recheck(s.cfg.Identity, s.cfg.Now(), count) + s.liveOut.recheck(s.cfg.Identity, s.cfg.Now(), count)
+	if n > 0 {
+		s.log.Warn("closed live connections whose peer's CA authority left the trust bundle", "count", n)
+	}
+	if svid, err := s.cfg.Identity.GetX509SVID(); err == nil && svid != nil {
+		if _, _, err := x509svid.Verify(svid.Certificates, s.cfg.Identity, x509svid.WithTime(s.cfg.Now())); err != nil {
+			msg := "this sidecar's own SVID no longer verifies against its trust bundle (its CA authority was revoked?): every peer refuses it until it is replaced"
+			if _, files := s.cfg.Identity.(*FileSource); files {
+				msg = "this sidecar's own SVID (identity: files) no longer verifies against its trust bundle (its CA authority was revoked?): every peer refuses it; the operator must replace the certificate and key files with an SVID from the current CA"
+			}
+			s.log.Error(msg, "spiffe_id", svid.ID.String(), "err", err)
+		}
+	}
+	return n
+}
