@@ -207,7 +207,7 @@ func (ps *pairState) close(m time.Time) {
 	for i := 1; i <= min(gap, 1440); i++ {
 		ps.bytes.Update(ps.minute.Add(time.Duration(i)*time.Minute), 0)
 	}
-	ps.minute, ps.cur, ps.recs = m, 0, ps.recs[:0]
+	ps.minute, ps.cur, ps.recs = m, 0, reuse(ps.recs)
 	if len(ps.paths) > 8 {
 		ps.paths = nil // a wide minute's buckets are not kept
 	} else {
@@ -571,7 +571,17 @@ func (es *edgeState) close(m time.Time) {
 		es.requests.Update(t, 0)
 		es.bytes.Update(t, 0)
 	}
-	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, es.recs[:0]
+	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, reuse(es.recs)
+}
+
+// reuse empties a minute's evidence for the next minute: a busy minute's
+// array (up to maxEvidence records, 4-6 KiB) is dropped, not kept on
+// every edge that once had one (BenchmarkEngineMemory, busy).
+func reuse(recs []Record) []Record {
+	if cap(recs) > 4 {
+		return nil
+	}
+	return recs[:0]
 }
 
 // Tick closes the minutes that ended before now on every edge, so quiet
