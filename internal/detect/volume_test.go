@@ -112,3 +112,26 @@ func TestVolumeSplitAcrossPaths(t *testing.T) {
 		}
 	})
 }
+
+// TestPairsBounded: one caller keeps at most maxPerIdent pair states
+// (calling many destinations cannot fill the table the next caller's
+// volume check needs), and a pair idle for 35 days is forgotten.
+func TestPairsBounded(t *testing.T) {
+	defer func(n int) { maxPerIdent = n }(maxPerIdent)
+	maxPerIdent = 3
+	e := NewEngine(config.DetectSettings{})
+	now := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+	var recs []Record
+	for d := range 5 {
+		recs = append(recs, Record{Time: now, Source: "spiffe://example.org/ns/prod/sa/a", Destination: fmt.Sprintf("spiffe://example.org/ns/prod/sa/d%d", d),
+			Method: "GET", Path: "/", Decision: "allow", Requests: 1, RespBytes: 10})
+	}
+	e.Ingest(now, recs)
+	if len(e.pairs) != 3 || e.idents["spiffe://example.org/ns/prod/sa/a"].pairs != 3 {
+		t.Fatalf("pairs of one caller: %d, want 3", len(e.pairs))
+	}
+	e.Tick(now.Add(36 * 24 * time.Hour))
+	if len(e.pairs) != 0 || e.idents["spiffe://example.org/ns/prod/sa/a"].pairs != 0 {
+		t.Fatalf("idle pairs kept: %d", len(e.pairs))
+	}
+}
