@@ -275,6 +275,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s.audit.Now = s.now
 	s.metrics = newMetrics(s)
 
+	if err := s.checkLostCA(ctx); err != nil {
+		return nil, err
+	}
 	kek, err := s.loadKEK(ctx)
 	if err != nil {
 		return nil, err
@@ -486,6 +489,25 @@ func (c caState) SwapCAState(ctx context.Context, old, sealed []byte) error {
 		return fmt.Errorf("%w: %w", ca.ErrStateConflict, err)
 	}
 	return err
+}
+
+// checkLostCA refuses to make a new CA in a data directory that served
+// one: the store holds no CA state, yet DIR/bundle.pem, written once a CA
+// exists, is there. That is a store that lost what it held (an SQLite file
+// copied without its -wal file, another or an emptied database), and a new
+// CA would silently cut off every agent and sidecar that trusts the old one.
+func (s *Server) checkLostCA(ctx context.Context) error {
+	if _, err := s.db.LoadCAState(ctx); !errors.Is(err, store.ErrNotFound) {
+		return nil // a CA to open, or an error ca.Open reports
+	}
+	bundle := filepath.Join(s.cfg.DataDir, BundleFile)
+	if _, err := os.Lstat(bundle); err != nil {
+		return nil
+	}
+	return fmt.Errorf("server: the store holds no CA, but %s exists: this data directory served a CA the store has lost "+
+		"(an SQLite store copied without its -wal file, or another database). Restore the store from a backup "+
+		"(moatless store backup and restore, docs/operations.md); to start a new CA on purpose, remove %s first: "+
+		"every agent and sidecar then needs the new bundle", bundle, bundle)
 }
 
 // loadKEK reads the key-encryption key, creating it (0600) on first start.

@@ -1,0 +1,61 @@
+package server_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
+)
+
+// TestLostCAIsNotReplacedSilently: a data directory whose store lost its
+// CA state (here an SQLite file put back without its -wal file, which held
+// every write since the last checkpoint) made the server create a new CA
+// at start, without a word: every agent and sidecar trusting the old one
+// was cut off, and the operator learnt it from their outages. The server
+// now refuses while DIR/bundle.pem says a CA lived here, names the file and
+// the remedy, and starts a new CA once the operator removes it.
+func TestLostCAIsNotReplacedSilently(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, _ := activeIDs(st)
+	e.stop()
+	for _, f := range []string{"moatless.db", "moatless.db-wal", "moatless.db-shm"} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	newServer := func() (*server.Server, error) {
+		cfg := config.DefaultServer(func(string) string { return "" })
+		cfg.DataDir, cfg.TrustDomain, cfg.Listen = dir, "example.org", "127.0.0.1:0"
+		cfg.Store, cfg.KEKFile, cfg.AdminIDs = "", "", nil
+		cfg.Complete()
+		return server.New(context.Background(), server.Config{Settings: cfg, Logger: slog.New(slog.DiscardHandler)})
+	}
+	bundle := filepath.Join(dir, server.BundleFile)
+	before, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newServer(); err == nil || !strings.Contains(err.Error(), "holds no CA") || !strings.Contains(err.Error(), bundle) {
+		t.Fatalf("start on a store that lost its CA: %v", err)
+	} else {
+		t.Logf("refused: %v", err)
+	}
+	if after, _ := os.ReadFile(bundle); string(after) != string(before) {
+		t.Fatal("the refused start rewrote bundle.pem")
+	}
+	// On purpose: without bundle.pem a new CA starts.
+	if err := os.Remove(bundle); err != nil {
+		t.Fatal(err)
+	}
+	e = start(t, dir)
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	if newX, _ := activeIDs(st); newX == oldX || newX == "" {
+		t.Fatalf("a new CA after bundle.pem's removal: active %q, the lost one %q", newX, oldX)
+	}
+}
