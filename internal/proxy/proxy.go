@@ -776,7 +776,8 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	if id, err := s.tls.ownID(); err == nil {
 		own = id.String()
 	}
-	n := s.live.sweep(rs, own, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	count := func(n int) { s.metrics.revokedClosed.Add(float64(n)) }
+	n := s.live.sweep(rs, own, s.cfg.Now(), count) + s.liveOut.sweepOut(rs, own, s.cfg.Now(), count)
 	if n > 0 {
 		s.log.Info("closed connections of revoked identities", "count", n)
 	}
