@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -289,6 +291,25 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 		}
 	}
 	return nil
+}
+
+// SyscallConn is the socket's, so that the lean client's peek at an idle
+// pooled connection (connAlive) still sees it through the wrapper.
+func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
+
+// CloseWrite half-closes the socket, when it can.
+func (c *trackedConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return cw.CloseWrite()
 }
 
 func (c *trackedConn) Close() error {
