@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -40,20 +39,9 @@ func setBundle(t testing.TB, n *proxy.NodeIdentity, cas ...*testpki.CA) {
 // refused at the handshake, not carried on the old connection.
 func TestRevokedAuthorityClosesUpstreamConnections(t *testing.T) {
 	a, b := testpki.NewCA(t, td), testpki.NewCA(t, td)
-	l := listen(t)
-	up, err := proxy.New(proxy.Config{
-		Identity: joined(t, a, ordersID, a, b), Namespace: "prod", Labels: map[string]string{"app": "orders"},
-		Inbound:    []proxy.Inbound{{Listener: l, App: echoApp(t)}},
-		Authorizer: compile(t, upstreamPolicy), Logger: discard(), KeepStartupPages: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { up.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { up.Close(); <-done })
+	up, addr := startUpstreamSidecar(t, joined(t, a, ordersID, a, b), echoApp(t))
 	id := joined(t, b, gatewayID, a, b)
-	tg := startGatewayWith(t, b, l.Addr().String(), nil, func(o *Options) { o.Identity = id })
+	tg := startGatewayWith(t, b, addr, nil, func(o *Options) { o.Identity = id })
 	if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("before the revoke: %d", resp.StatusCode)
 	}
@@ -94,19 +82,8 @@ func TestRevokedUpstreamClosesUpstreamConnections(t *testing.T) {
 			svid := a.SVID(t, ordersID, time.Hour).X509SVID()
 			upID := &proxy.NodeIdentity{SVID: func() *x509svid.SVID { return svid }}
 			setBundle(t, upID, a)
-			l := listen(t)
-			up, err := proxy.New(proxy.Config{
-				Identity: upID, Namespace: "prod", Labels: map[string]string{"app": "orders"},
-				Inbound:    []proxy.Inbound{{Listener: l, App: echoApp(t)}},
-				Authorizer: compile(t, upstreamPolicy), Logger: discard(), KeepStartupPages: true,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() { up.Serve(context.Background()); close(done) }()
-			t.Cleanup(func() { up.Close(); <-done })
-			tg := startGatewayWith(t, a, l.Addr().String(), nil, func(o *Options) { o.Identity = joined(t, a, gatewayID, a) })
+			up, addr := startUpstreamSidecar(t, upID, echoApp(t))
+			tg := startGatewayWith(t, a, addr, nil, func(o *Options) { o.Identity = joined(t, a, gatewayID, a) })
 			if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode != http.StatusOK {
 				t.Fatalf("before the revoke: %d", resp.StatusCode)
 			}
