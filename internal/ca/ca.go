@@ -23,7 +23,13 @@
 // prepared, so that agents and federated peers have the new key before any
 // SVID signed with it reaches them. Rotate (admin-triggered) prepares a new
 // authority of each kind at once and activates it after ActivationDelay.
-// Tick applies the schedule by the injected clock. Every change of state is
+// Tick applies the schedule by the injected clock.
+//
+// For a compromised key an operator has four more steps (taint.go): Prepare
+// a successor, Activate it at once, Taint the now retired authority (still
+// in the bundle, marked, so every holder of what it signed replaces it),
+// and Revoke it (removed from the bundle; a stored state that holds it
+// again is refused). Every change of state is
 // sealed and saved through the StateStore before it takes effect: a failed
 // save leaves the CA exactly as it was.
 //
@@ -50,6 +56,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,6 +109,17 @@ var (
 	// ErrTooManyAuthorities is returned by Rotate when the bundle already
 	// holds the maximum number of authorities of a kind.
 	ErrTooManyAuthorities = errors.New("ca: too many authorities in the bundle")
+	// ErrUnknownAuthority is returned by Activate, Taint and Revoke for an
+	// ID that names no authority of the CA.
+	ErrUnknownAuthority = errors.New("ca: no such authority")
+	// ErrAuthorityState is returned by Prepare, Activate, Taint and Revoke
+	// when the authority is not in a state that allows the step (tainting
+	// the active authority, revoking one that is not tainted, ...).
+	ErrAuthorityState = errors.New("ca: not allowed")
+	// ErrRevokedAuthority is returned when a stored CA state holds an
+	// authority this server knows was revoked: a restored or replayed
+	// state, refused whatever its sequence.
+	ErrRevokedAuthority = errors.New("ca: the stored CA state holds a revoked authority")
 )
 
 // StateStore persists the CA's sealed state (keys encrypted with the KEK).
@@ -169,6 +187,12 @@ type Options struct {
 	// Logger receives rotation events (authority IDs, never key material);
 	// default discards.
 	Logger *slog.Logger
+	// RevokedAuthorities are IDs of authorities this server knows were
+	// revoked (RevokedIDs of an earlier run, kept outside the store): Open
+	// refuses a stored state that holds one of them (ErrRevokedAuthority),
+	// so a store restored from before a revocation cannot bring the
+	// revoked key back.
+	RevokedAuthorities []string
 }
 
 // CA is a certificate authority for one trust domain. Create it with Open.
@@ -178,6 +202,10 @@ type CA struct {
 
 	mu  sync.Mutex // serializes state transitions (Tick, Rotate)
 	cur atomic.Pointer[snapshot]
+	// revokedIDs are the IDs of every revoked authority this CA has seen
+	// (Options.RevokedAuthorities and every state it loaded or saved);
+	// guarded by mu.
+	revokedIDs map[string]bool
 }
 
 // Open loads and unseals the CA's state from o.State, or, when nothing was
@@ -194,7 +222,10 @@ func Open(ctx context.Context, o Options) (*CA, error) {
 	if err := o.normalize(); err != nil {
 		return nil, err
 	}
-	c := &CA{o: o}
+	c := &CA{o: o, revokedIDs: map[string]bool{}}
+	for _, id := range o.RevokedAuthorities {
+		c.revokedIDs[id] = true
+	}
 	if o.Upstream != nil {
 		if err := o.Upstream.validate(o.Now()); err != nil {
 			return nil, err
@@ -242,6 +273,9 @@ func (c *CA) load(ctx context.Context) (*snapshot, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.checkRevoked(st); err != nil {
+		return nil, err
+	}
 	next, _, err := c.advance(st, o.Now(), false)
 	if err != nil {
 		return nil, err
@@ -251,6 +285,7 @@ func (c *CA) load(ctx context.Context) (*snapshot, error) {
 		return nil, err
 	}
 	snap.blob = sealed
+	c.noteRevoked(next)
 	if next != st || sealed == nil {
 		if snap.blob, err = c.save(ctx, next, sealed); err != nil {
 			return nil, err
@@ -281,6 +316,7 @@ func (o *Options) normalize() error {
 		return errors.New("ca: Options.KEK is all zeros; generate a random key")
 	}
 	o.KEK = append([]byte(nil), o.KEK...)
+	o.RevokedAuthorities = slices.Clone(o.RevokedAuthorities)
 	def := func(d *time.Duration, v time.Duration, name string) error {
 		if *d < 0 {
 			return fmt.Errorf("ca: Options.%s must not be negative", name)
@@ -361,10 +397,58 @@ func (c *CA) Signed(leaf *x509.Certificate) bool {
 }
 
 // Status lists the authorities, X.509 first, each kind ordered by
-// NotBefore, for `moatless ca show`.
+// NotBefore, for `moatless ca show`: those of the state (prepared, active,
+// retired, tainted) and the revoked ones until their NotAfter.
 func (c *CA) Status() []Authority {
-	s := c.cur.Load().status
-	return append([]Authority(nil), s...)
+	return slices.Clone(c.cur.Load().all)
+}
+
+// IssuerState reports which of this CA's X.509 authorities issued leaf,
+// by the issuer name (each authority's subject is distinct), and its
+// state: StateRevoked for a revoked one. ok is false when none did. It
+// does not check the signature: use it on a chain already verified (at
+// the TLS handshake) to learn whether its issuer has been tainted or
+// revoked since.
+func (c *CA) IssuerState(leaf *x509.Certificate) (id string, st AuthorityState, ok bool) {
+	if leaf == nil {
+		return "", "", false
+	}
+	i, ok := c.cur.Load().bySubject[string(leaf.RawIssuer)]
+	return i.id, i.state, ok
+}
+
+// RevokedIDs lists the IDs of every authority this CA has seen revoked.
+// The server keeps them outside the store and passes them back as
+// Options.RevokedAuthorities.
+func (c *CA) RevokedIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.revokedIDs))
+	for id := range c.revokedIDs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// checkRevoked refuses a state that holds an authority c knows was
+// revoked. Callers hold c.mu.
+func (c *CA) checkRevoked(st *state) error {
+	for _, l := range [][]record{st.X509, st.JWT} {
+		for i := range l {
+			if c.revokedIDs[l[i].ID] {
+				return fmt.Errorf("%w: %s authority %s (sequence %d): the store was restored from before the revocation, or an old state was written back; refusing it", ErrRevokedAuthority, l[i].State, l[i].ID, st.Sequence)
+			}
+		}
+	}
+	return nil
+}
+
+// noteRevoked remembers st's revoked authorities. Callers hold c.mu.
+func (c *CA) noteRevoked(st *state) {
+	for i := range st.Revoked {
+		c.revokedIDs[st.Revoked[i].ID] = true
+	}
 }
 
 // Tick applies the rotation schedule at the injected clock's now: prepares,
@@ -457,12 +541,17 @@ func (c *CA) sync(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, cas := c.o.State.(StateSwapper); cas && st.Sequence < cur.st.Sequence {
+	if err := c.checkRevoked(st); err != nil {
+		return false, err
+	}
+	if _, cas := c.o.State.(StateSwapper); cas && (st.Sequence < cur.st.Sequence || st.Generation <= cur.st.Generation && cur.st.Generation > 0) {
 		// Saves are compare-and-swaps, each from the state before it, so
-		// the sequence never goes down by itself: an older state was put
-		// back (a restored backup, or a sealed blob replayed by someone
-		// who can write the store but has no KEK, to undo a rotation).
-		return false, fmt.Errorf("ca: the stored CA state (bundle sequence %d) is older than the one this server holds (%d); refusing to go back to it: if the store was restored from a backup on purpose, restart the servers", st.Sequence, cur.st.Sequence)
+		// the sequence and the generation never go down, and a state
+		// different from ours has a higher generation: anything else is
+		// an older state put back (a restored backup, or a sealed blob
+		// replayed by someone who can write the store but has no KEK, to
+		// undo a rotation or an activation).
+		return false, fmt.Errorf("ca: the stored CA state (bundle sequence %d, generation %d) is older than the one this server holds (%d, generation %d); refusing to go back to it: if the store was restored from a backup on purpose, restart the servers", st.Sequence, st.Generation, cur.st.Sequence, cur.st.Generation)
 	}
 	snap, err := c.buildSnapshot(st)
 	if err != nil {
@@ -470,6 +559,7 @@ func (c *CA) sync(ctx context.Context) (bool, error) {
 	}
 	snap.blob = blob
 	c.cur.Store(snap)
+	c.noteRevoked(st)
 	c.o.Logger.Info("ca: adopted the CA state saved by another server", "sequence", st.Sequence)
 	return st.Sequence != cur.st.Sequence || bundleKey(st) != bundleKey(cur.st), nil
 }

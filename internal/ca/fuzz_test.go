@@ -52,6 +52,41 @@ func FuzzDecodeState(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(plain)
+	// A state with tainted and revoked authorities of both kinds.
+	ctx := context.Background()
+	for _, k := range []AuthorityKind{KindX509, KindJWT} {
+		old := idsIn(e.ca, k, StateActive)[0]
+		if _, _, err := e.ca.Activate(ctx, k, ""); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Taint(ctx, k, old); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Revoke(ctx, k, old); err != nil {
+			f.Fatal(err)
+		}
+		e.clock.Advance(time.Minute)
+		if _, _, err := e.ca.Prepare(ctx, k); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Activate(ctx, k, ""); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Prepare(ctx, k); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Activate(ctx, k, ""); err != nil {
+			f.Fatal(err)
+		}
+		if _, _, err := e.ca.Taint(ctx, k, idsIn(e.ca, k, StateRetired)[0]); err != nil {
+			f.Fatal(err)
+		}
+	}
+	blob, _ = e.store.snapshot()
+	if plain, err = unseal(testKEK, blob); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(plain)
 	f.Add([]byte(`{"version":1,"trust_domain":"example.org","sequence":1,"x509":[],"jwt":[]}`))
 	f.Add([]byte(`{"version":1,"trust_domain":"example.org","x509":[{"state":"active","key":"AA=="}]}`))
 	f.Add([]byte(`null`))

@@ -47,16 +47,19 @@ type plainStore struct{ m *memStore }
 func (p plainStore) LoadCAState(ctx context.Context) ([]byte, error) { return p.m.LoadCAState(ctx) }
 func (p plainStore) SaveCAState(ctx context.Context, b []byte) error { return p.m.SaveCAState(ctx, b) }
 
+// stateStores are the two kinds of StateStore a replica test runs on.
+var stateStores = []struct {
+	name  string
+	store func(*memStore) StateStore
+}{
+	{"with_compare_and_swap", func(m *memStore) StateStore { return &swapStore{memStore: m} }},
+	{"plain_store", func(m *memStore) StateStore { return plainStore{m} }},
+}
+
 // Two server replicas on one store follow one rotation: a step taken by
 // one is adopted by the other at its next Tick, never duplicated.
 func TestReplicasFollowOneRotation(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		store func(*memStore) StateStore
-	}{
-		{"with_compare_and_swap", func(m *memStore) StateStore { return &swapStore{memStore: m} }},
-		{"plain_store", func(m *memStore) StateStore { return plainStore{m} }},
-	} {
+	for _, tc := range stateStores {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, nil)
 			e.opts.State = tc.store(e.store)

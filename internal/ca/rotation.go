@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -34,10 +35,14 @@ func (c *CA) advance(st *state, now time.Time, rotate bool) (*state, bool, error
 	if err != nil {
 		return nil, false, err
 	}
-	if !xch && !jch {
+	// A revoked authority is remembered until its NotAfter; by then
+	// nothing it signed is valid, and a state that still held it would
+	// drop it as expired.
+	rev := slices.DeleteFunc(slices.Clone(st.Revoked), func(v revoked) bool { return !now.Before(v.NotAfter) })
+	if !xch && !jch && len(rev) == len(st.Revoked) {
 		return st, false, nil
 	}
-	next := &state{Version: stateVersion, TrustDomain: st.TrustDomain, Sequence: st.Sequence, X509: x, JWT: j}
+	next := &state{Version: stateVersion, TrustDomain: st.TrustDomain, Sequence: st.Sequence, Generation: st.Generation + 1, X509: x, JWT: j, Revoked: rev}
 	changed := bundleKey(st) != bundleKey(next)
 	if changed {
 		next.Sequence++
@@ -327,7 +332,20 @@ type snapshot struct {
 	x509   *x509Signer // nil when no X.509 authority is active
 	jwt    *jwtSigner  // nil when no JWT authority is active
 	bundle *spiffebundle.Bundle
-	status []Authority
+	status []Authority // the state's authorities (not the revoked ones)
+	// revoked lists the revoked authorities; all is status and revoked,
+	// each kind ordered by NotBefore, for Status.
+	revoked []Authority
+	all     []Authority
+	// bySubject is each X.509 authority's (and revoked authority's) state
+	// by the raw subject of its certificate, for IssuerState.
+	bySubject map[string]issuer
+}
+
+// issuer is what IssuerState reports.
+type issuer struct {
+	id    string
+	state AuthorityState
 }
 
 type x509Signer struct {
@@ -344,10 +362,22 @@ type jwtSigner struct {
 }
 
 func (c *CA) buildSnapshot(st *state) (*snapshot, error) {
-	s := &snapshot{st: st}
+	s := &snapshot{st: st, bySubject: map[string]issuer{}}
+	for i := range st.Revoked {
+		v := &st.Revoked[i]
+		a := Authority{Kind: v.Kind, ID: v.ID, State: StateRevoked, NotBefore: v.NotBefore, NotAfter: v.NotAfter, RevokedAt: v.RevokedAt}
+		if v.cert != nil {
+			sum := sha256.Sum256(v.cert.Raw)
+			a.Fingerprint = hex.EncodeToString(sum[:])
+			a.Issuer = v.cert.Issuer.String()
+			s.bySubject[string(v.cert.RawSubject)] = issuer{v.ID, StateRevoked}
+		}
+		s.revoked = append(s.revoked, a)
+	}
 	for i := range st.X509 {
 		r := &st.X509[i]
 		s.status = append(s.status, authorityStatus(KindX509, r))
+		s.bySubject[string(r.p.cert.RawSubject)] = issuer{r.ID, r.State}
 		if r.State != StateActive {
 			continue
 		}
@@ -377,7 +407,7 @@ func (c *CA) buildSnapshot(st *state) (*snapshot, error) {
 		}
 		s.jwt = &jwtSigner{kid: r.ID, signer: sig, notAfter: r.NotAfter}
 	}
-	slices.SortStableFunc(s.status, func(a, b Authority) int {
+	byKindThenTime := func(a, b Authority) int {
 		if a.Kind != b.Kind {
 			if a.Kind == KindX509 {
 				return -1
@@ -385,7 +415,10 @@ func (c *CA) buildSnapshot(st *state) (*snapshot, error) {
 			return 1
 		}
 		return a.NotBefore.Compare(b.NotBefore)
-	})
+	}
+	slices.SortStableFunc(s.status, byKindThenTime)
+	s.all = append(slices.Clone(s.status), s.revoked...)
+	slices.SortStableFunc(s.all, byKindThenTime)
 	var err error
 	if s.bundle, err = buildBundle(c.o.TrustDomain, st, c.o.RefreshHint); err != nil {
 		return nil, err

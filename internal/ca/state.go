@@ -42,6 +42,15 @@ const (
 	StatePrepared AuthorityState = "prepared"
 	StateActive   AuthorityState = "active"
 	StateRetired  AuthorityState = "retired"
+	// StateTainted is a retired authority an operator marked compromised
+	// (Taint): still in the bundle, so what it signed keeps verifying for
+	// the moment it takes to replace it, but marked there so that every
+	// holder replaces it at once. Revoke then removes it.
+	StateTainted AuthorityState = "tainted"
+	// StateRevoked is a tainted authority an operator revoked (Revoke):
+	// gone from the bundle and never trusted again. Status lists it until
+	// its NotAfter; it is not part of the state's authorities.
+	StateRevoked AuthorityState = "revoked"
 )
 
 // Authority describes one signing key for `moatless ca show`. It holds no
@@ -61,6 +70,8 @@ type Authority struct {
 	ActivateAt  time.Time `json:"activate_at,omitzero"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	TaintedAt   time.Time `json:"tainted_at,omitzero"`
+	RevokedAt   time.Time `json:"revoked_at,omitzero"`
 	// Fingerprint is the SHA-256 of the X.509 certificate (lower-case
 	// hex); empty for JWT authorities.
 	Fingerprint string `json:"fingerprint,omitempty"`
@@ -78,11 +89,35 @@ const stateVersion = 1
 // value is never modified once it has been saved or published in a
 // snapshot; transitions build a new one.
 type state struct {
-	Version     int      `json:"version"`
-	TrustDomain string   `json:"trust_domain"`
-	Sequence    uint64   `json:"sequence"`
-	X509        []record `json:"x509"`
-	JWT         []record `json:"jwt"`
+	Version     int    `json:"version"`
+	TrustDomain string `json:"trust_domain"`
+	// Sequence is the bundle's sequence number: it grows with every
+	// change of the bundle's content.
+	Sequence uint64 `json:"sequence"`
+	// Generation grows with every saved state, also when the bundle does
+	// not change (an activation): a replayed older state at the same
+	// Sequence is told apart by it.
+	Generation uint64   `json:"generation,omitempty"`
+	X509       []record `json:"x509"`
+	JWT        []record `json:"jwt"`
+	// Revoked lists the authorities an operator revoked, kept until their
+	// NotAfter: a state that holds one of them again is refused.
+	Revoked []revoked `json:"revoked,omitempty"`
+}
+
+// revoked is a revoked authority as stored: no key, only what is needed
+// to recognise it again.
+type revoked struct {
+	Kind AuthorityKind `json:"kind"`
+	ID   string        `json:"id"`
+	// Cert is the revoked X.509 CA certificate (DER), so that a
+	// certificate it signed is recognised by its issuer; empty for JWT.
+	Cert      []byte    `json:"cert,omitempty"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RevokedAt time.Time `json:"revoked_at"`
+
+	cert *x509.Certificate
 }
 
 // record is one authority as stored.
@@ -106,6 +141,7 @@ type record struct {
 	ActivateAt  time.Time `json:"activate_at,omitzero"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	TaintedAt   time.Time `json:"tainted_at,omitzero"`
 
 	p *parsed // decoded key and certificates; shared, never mutated
 }
@@ -181,6 +217,18 @@ func decodeState(plain []byte, td spiffeid.TrustDomain) (*state, error) {
 			return nil, fmt.Errorf("ca: saved CA state is invalid: %d active and %d prepared %s authorities", active, prepared, k.kind)
 		}
 	}
+	if len(st.Revoked) > 4*maxAuthorities {
+		return nil, fmt.Errorf("ca: saved CA state is invalid: %d revoked authorities", len(st.Revoked))
+	}
+	for i := range st.Revoked {
+		v := &st.Revoked[i]
+		if err := v.parse(); err != nil {
+			return nil, fmt.Errorf("ca: saved CA state is invalid: revoked authority %d: %w", i, err)
+		}
+		if st.holds(v.ID) {
+			return nil, fmt.Errorf("ca: saved CA state is invalid: revoked %s authority %s is still an authority", v.Kind, v.ID)
+		}
+	}
 	return &st, nil
 }
 
@@ -188,6 +236,13 @@ func decodeState(plain []byte, td spiffeid.TrustDomain) (*state, error) {
 func (r *record) parse(kind AuthorityKind, td spiffeid.TrustDomain) error {
 	switch r.State {
 	case StatePrepared, StateActive, StateRetired:
+		if !r.TaintedAt.IsZero() {
+			return errors.New("a taint time on an authority that is not tainted")
+		}
+	case StateTainted:
+		if r.TaintedAt.IsZero() {
+			return errors.New("tainted without a taint time")
+		}
 	default:
 		return fmt.Errorf("unknown state %q", r.State)
 	}
@@ -281,6 +336,53 @@ func (r *record) parse(kind AuthorityKind, td spiffeid.TrustDomain) error {
 	return nil
 }
 
+// parse checks a revoked record and sets v.cert.
+func (v *revoked) parse() error {
+	if v.ID == "" || v.RevokedAt.IsZero() || !v.NotAfter.After(v.NotBefore) {
+		return errors.New("incomplete record")
+	}
+	switch v.Kind {
+	case KindJWT:
+		if len(v.Cert) > 0 {
+			return errors.New("JWT authority with a certificate")
+		}
+	case KindX509:
+		cert, err := x509.ParseCertificate(v.Cert)
+		if err != nil {
+			return fmt.Errorf("certificate: %w", err)
+		}
+		if hex.EncodeToString(cert.SubjectKeyId) != v.ID {
+			return fmt.Errorf("ID %q does not match the certificate's subject key ID", v.ID)
+		}
+		v.cert = cert
+	default:
+		return fmt.Errorf("unknown kind %q", v.Kind)
+	}
+	return nil
+}
+
+// holds reports whether id is one of st's authorities (of either kind).
+func (st *state) holds(id string) bool {
+	for _, l := range [][]record{st.X509, st.JWT} {
+		for i := range l {
+			if l[i].ID == id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isRevoked reports whether st lists id as revoked.
+func (st *state) isRevoked(id string) bool {
+	for i := range st.Revoked {
+		if st.Revoked[i].ID == id {
+			return true
+		}
+	}
+	return false
+}
+
 // verifyCAChain checks that the CA certificate cert chains through
 // intermediates to one of roots at time at.
 func verifyCAChain(cert *x509.Certificate, intermediates, roots []*x509.Certificate, at time.Time) ([][]*x509.Certificate, error) {
@@ -326,6 +428,13 @@ func bundleKey(st *state) string {
 	for i := range st.JWT {
 		parts = append(parts, "j:"+st.JWT[i].ID)
 	}
+	for _, l := range [][]record{st.X509, st.JWT} {
+		for i := range l {
+			if l[i].State == StateTainted {
+				parts = append(parts, "t:"+l[i].ID)
+			}
+		}
+	}
 	sort.Strings(parts)
 	return strings.Join(slices.Compact(parts), ",")
 }
@@ -359,6 +468,7 @@ func authorityStatus(kind AuthorityKind, r *record) Authority {
 		PreparedAt:  r.PreparedAt,
 		ActivatedAt: r.ActivatedAt,
 		RetiredAt:   r.RetiredAt,
+		TaintedAt:   r.TaintedAt,
 	}
 	if r.State == StatePrepared {
 		a.ActivateAt = r.ActivateAt

@@ -7,20 +7,28 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
 )
 
-// runCA is "moatless ca show|rotate|bundle|issue-admin".
+// runCA is "moatless ca show|rotate|prepare|activate|taint|revoke|bundle|issue-admin".
 func runCA(ctx context.Context, e *Env, args []string) int {
 	return e.subcommand(ctx, "ca", []command{
-		{"show", "show the CA's authorities and the trust bundle sequence", runCAShow},
+		{"show", "show the CA's authorities (prepared, active, retired, tainted, revoked) and the trust bundle sequence", runCAShow},
 		{"rotate", "prepare new X.509 and JWT authorities now (activated after the publication delay)", runCARotate},
+		{"prepare", "prepare a new authority of one kind (--kind x509|jwt), published in the bundle now", runCAPrepare},
+		{"activate", "activate the prepared authority now, without the publication delay (emergency)", runCAActivate},
+		{"taint", "mark a retired authority compromised: every holder replaces what it signed", runCATaint},
+		{"revoke", "remove a tainted authority from the bundle for good", runCARevoke},
 		{"bundle", "print the trust bundle (PEM, or -o json for the SPIFFE form)", runCABundle},
 		{"issue-admin", "get an admin client certificate: key made here, CSR signed by the server", runCAIssueAdmin},
 	}, args)
@@ -70,6 +78,148 @@ func (e *Env) caStatus(ctx context.Context, name, method, path, note string, arg
 		fmt.Fprintln(e.Stdout, note)
 	}
 	return ExitOK
+}
+
+// caStepCmd is one of the operator's steps on an authority: prepare,
+// activate, taint, revoke (docs/ca.md "Compromised key").
+type caStepCmd struct {
+	name, path, usage string
+	// idArg: 0 no ID, 1 an optional ID, 2 a required ID.
+	idArg int
+	// kindRequired: --kind must be given (prepare, activate).
+	kindRequired bool
+	note         string
+}
+
+var caSteps = map[string]caStepCmd{
+	"prepare": {name: "prepare", path: server.PathAdminCAPrepare, usage: "--kind x509|jwt", kindRequired: true,
+		note: "\nThe new authority is in the trust bundle now and signs after the publication delay, or at once with `moatless ca activate`."},
+	"activate": {name: "activate", path: server.PathAdminCAActivate, usage: "--kind x509|jwt [ID]", idArg: 1, kindRequired: true,
+		note: "\nThe authority signs from now on; the one it replaces is retired (still trusted until its NotAfter, or until you taint and revoke it).\n" +
+			"Activated before its publication delay: an agent or federated peer that has not yet received the bundle with it refuses\n" +
+			"the SVIDs it signs until the bundle reaches it (connected agents get it within seconds)."},
+	"taint": {name: "taint", path: server.PathAdminCATaint, usage: "[--kind x509|jwt] ID", idArg: 2,
+		note: "\nThe bundle now marks this authority tainted: agents re-issue every SVID whose chain contains it and drop JWT-SVIDs it signed.\n" +
+			"It is still trusted until you revoke it (`moatless ca revoke ID`), once agents have replaced what it signed."},
+	"revoke": {name: "revoke", path: server.PathAdminCARevoke, usage: "[--kind x509|jwt] ID", idArg: 2,
+		note: "\nThe authority is out of the trust bundle and bundle.pem, and nothing it signed is accepted any more:\n" +
+			"connections authenticated with such an SVID are refused from their next request, and agents still holding one must attest again."},
+}
+
+func runCAPrepare(ctx context.Context, e *Env, args []string) int {
+	return e.caStep(ctx, caSteps["prepare"], args)
+}
+func runCAActivate(ctx context.Context, e *Env, args []string) int {
+	return e.caStep(ctx, caSteps["activate"], args)
+}
+func runCATaint(ctx context.Context, e *Env, args []string) int {
+	return e.caStep(ctx, caSteps["taint"], args)
+}
+func runCARevoke(ctx context.Context, e *Env, args []string) int {
+	return e.caStep(ctx, caSteps["revoke"], args)
+}
+
+// caStep runs one step: flags may come before or after the ID; the kind
+// and the ID are checked here before any credential is read, and again by
+// the server.
+func (e *Env) caStep(ctx context.Context, st caStepCmd, args []string) int {
+	cmd := e.newAdminCommand("ca " + st.name)
+	fs := cmd.fs
+	kind := fs.String("kind", "", "authority `kind`: x509 or jwt")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: moatless ca %s %s\n", st.name, st.usage)
+		fs.PrintDefaults()
+	}
+	flagArgs, pos := splitCAStepArgs(fs, args)
+	if code, ok := e.parseFlagSet(fs, flagArgs); !ok {
+		return code
+	}
+	usage := func(format string, a ...any) int {
+		return e.errorf(ExitUsage, "ca %s: %s (usage: moatless ca %s %s)", st.name, fmt.Sprintf(format, a...), st.name, st.usage)
+	}
+	maxArgs := map[int]int{0: 0, 1: 1, 2: 1}[st.idArg]
+	switch {
+	case len(pos) > maxArgs:
+		return usage("unexpected argument %q", pos[maxArgs])
+	case st.idArg == 2 && len(pos) == 0:
+		return usage("the authority ID is required (see `moatless ca show`)")
+	}
+	switch *kind {
+	case "x509", "jwt":
+	case "":
+		if st.kindRequired {
+			return usage("--kind is required")
+		}
+	default:
+		return usage("--kind must be x509 or jwt, not %q", *kind)
+	}
+	req := server.CAStepRequest{Kind: *kind}
+	if len(pos) == 1 {
+		req.ID = pos[0]
+		if err := checkAuthorityID(req.ID, *kind); err != nil {
+			return usage("%v", err)
+		}
+	}
+	c, code, ok := cmd.client()
+	if !ok {
+		return code
+	}
+	var resp server.CAStepResponse
+	if err := c.do(ctx, "POST", st.path, req, &resp); err != nil {
+		return e.fail(err)
+	}
+	if cmd.json() {
+		return e.printJSON(resp)
+	}
+	a := resp.Authority
+	fmt.Fprintf(e.Stdout, "%s authority %s is now %s.\n\n", a.Kind, a.ID, a.State)
+	printCAStatus(e, resp.CAStatus)
+	fmt.Fprintln(e.Stdout, st.note)
+	return ExitOK
+}
+
+// splitCAStepArgs separates flags (with their values) from positional
+// arguments anywhere on the command line. A JWT key ID may begin with "-"
+// (it is base64url): an argument that is a whole authority ID is
+// positional, unless it is the value of the flag before it (--token).
+// After "--" everything is positional.
+func splitCAStepArgs(fs *flag.FlagSet, args []string) (flags, pos []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		_, idErr := ca.IDKind(a)
+		switch {
+		case a == "--":
+			return flags, append(pos, args[i+1:]...)
+		case !strings.HasPrefix(a, "-") || a == "-" || idErr == nil:
+			pos = append(pos, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if f := fs.Lookup(name); f != nil && !strings.Contains(name, "=") && !isBoolFlag(f) && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		}
+	}
+	return flags, pos
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// checkAuthorityID checks the form of an authority ID (ca.IDKind), and
+// that it names an authority of kind when kind is given.
+func checkAuthorityID(id, kind string) error {
+	k, err := ca.IDKind(id)
+	switch {
+	case err != nil:
+		return errors.New(strings.TrimPrefix(err.Error(), ca.ErrInvalidRequest.Error()+": "))
+	case kind != "" && string(k) != kind:
+		return fmt.Errorf("%s is a %s authority ID, but --kind is %s", id, k, kind)
+	}
+	return nil
 }
 
 func runCABundle(ctx context.Context, e *Env, args []string) int {

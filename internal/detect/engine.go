@@ -174,6 +174,100 @@ type edgeState struct {
 	lastSeen        time.Time
 }
 
+// pairKey is a caller and a destination: what the volume check sums a
+// minute's responses over, whatever paths they came from.
+type pairKey struct{ src, dst string }
+
+// pairState is a caller's response bytes from one destination, summed
+// over its paths: a caller that splits a pull across many paths (or one
+// whose varying segment the template does not recognise) stays under the
+// limit on each edge, not on the pair.
+type pairState struct {
+	bytes  Baseline
+	minute time.Time
+	cur    float64
+	// paths is the minute's bytes per operation (at most maxPairPaths;
+	// the rest under pairOtherPaths), for the finding's evidence.
+	paths map[string]float64
+	// recs are the minute's largest records (at most maxEvidence).
+	recs     []Record
+	lastSeen time.Time
+}
+
+// maxPairPaths bounds the operations a pair's minute keeps apart for the
+// evidence; pairOtherPaths holds the rest.
+const (
+	maxPairPaths   = 256
+	pairOtherPaths = "(other paths)"
+)
+
+func (ps *pairState) close(m time.Time) {
+	ps.bytes.Update(ps.minute, ps.cur)
+	gap := int(m.Sub(ps.minute)/time.Minute) - 1
+	for i := 1; i <= min(gap, 1440); i++ {
+		ps.bytes.Update(ps.minute.Add(time.Duration(i)*time.Minute), 0)
+	}
+	ps.minute, ps.cur, ps.recs = m, 0, reuse(ps.recs)
+	if len(ps.paths) > 8 {
+		ps.paths = nil // a wide minute's buckets are not kept
+	} else {
+		clear(ps.paths)
+	}
+}
+
+// add counts r in the pair's current minute; with judge it keeps the
+// evidence too.
+func (ps *pairState) add(r *Record, judge bool) {
+	ps.cur += float64(r.RespBytes)
+	if !judge || r.RespBytes == 0 {
+		return
+	}
+	if ps.paths == nil {
+		ps.paths = map[string]float64{}
+	}
+	op := r.Method + " " + r.Path
+	if _, ok := ps.paths[op]; !ok && len(ps.paths) >= maxPairPaths {
+		op = pairOtherPaths
+	}
+	ps.paths[op] += float64(r.RespBytes)
+	if len(ps.recs) < maxEvidence {
+		ps.recs = append(ps.recs, *r)
+		return
+	}
+	small := 0
+	for i := range ps.recs {
+		if ps.recs[i].RespBytes < ps.recs[small].RespBytes {
+			small = i
+		}
+	}
+	if r.RespBytes > ps.recs[small].RespBytes {
+		ps.recs[small] = *r
+	}
+}
+
+// topPaths is the evidence of the pair's minute: how many operations,
+// and the top n by bytes ("GET /a 1.2 MiB, GET /b 800 KiB").
+func (ps *pairState) topPaths(n int) (int, string) {
+	ops := make([]string, 0, len(ps.paths))
+	for op := range ps.paths {
+		ops = append(ops, op)
+	}
+	sort.Slice(ops, func(i, j int) bool {
+		if ps.paths[ops[i]] != ps.paths[ops[j]] {
+			return ps.paths[ops[i]] > ps.paths[ops[j]]
+		}
+		return ops[i] < ops[j]
+	})
+	var b []byte
+	for i, op := range ops[:min(n, len(ops))] {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, op+" "+fmtBytes(ps.paths[op])...)
+	}
+	return len(ops), string(b)
+}
+
 type identState struct {
 	firstSeen time.Time
 	minute    time.Time
@@ -190,6 +284,9 @@ type identState struct {
 	dsts  map[string]struct{}
 	// edges counts the engine's edge states whose source it is.
 	edges int
+	// pairs counts the engine's pair states whose source it is (at most
+	// maxPerIdent).
+	pairs int
 }
 
 // Engine holds the baselines and runs the detectors. It is safe for
@@ -199,6 +296,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	edges    map[edgeKey]*edgeState
+	pairs    map[pairKey]*pairState
 	idents   map[string]*identState
 	open     map[Key]*Finding
 	byIdent  map[string][]*Finding
@@ -251,7 +349,7 @@ var maxIdentsPerReporter = 20_000
 func NewEngine(s config.DetectSettings) *Engine {
 	s.Complete()
 	return &Engine{
-		cfg: s, edges: map[edgeKey]*edgeState{}, idents: map[string]*identState{},
+		cfg: s, edges: map[edgeKey]*edgeState{}, pairs: map[pairKey]*pairState{}, idents: map[string]*identState{},
 		open: map[Key]*Finding{}, byIdent: map[string][]*Finding{}, attest: map[string][]time.Time{}, introduced: map[string]int{},
 	}
 }
@@ -375,14 +473,14 @@ func minuteOf(t time.Time) time.Time { return t.UTC().Truncate(time.Minute) }
 // identity has more edges or operations than the engine keeps apart
 // (maxPerIdent), and whether r was left out because its reporter made
 // more identities known than it may (maxIdentsPerReporter).
-func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, newDst, newOp, crowded, flooded bool) {
+func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, id *identState, newDst, newOp, crowded, flooded bool) {
 	m := minuteOf(r.Time)
 	if e.first.IsZero() || r.Time.Before(e.first) {
 		e.first = r.Time
 	}
 	if id = e.idents[r.Source]; id == nil {
 		if r.Reporter != "" && r.Reporter != r.Source && e.introduced[r.Reporter] >= maxIdentsPerReporter {
-			return nil, nil, false, false, false, true
+			return nil, nil, nil, false, false, false, true
 		}
 		if id = e.ident(r.Source, r.Time); id != nil && r.Reporter != "" && r.Reporter != r.Source {
 			e.introduced[r.Reporter]++
@@ -439,7 +537,27 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, id *identState, 
 		}
 		es.lastSeen = r.Time
 	}
-	return es, id, newDst, newOp, crowded, false
+	// The pair sums the caller's responses from the destination over
+	// every path (at most maxTracked pairs, maxPerIdent per caller; past
+	// them, the edges alone are judged).
+	pk := pairKey{r.Source, r.Destination}
+	if ps = e.pairs[pk]; ps == nil && len(e.pairs) < maxTracked && (id == nil || id.pairs < maxPerIdent) {
+		ps = &pairState{minute: m}
+		e.pairs[pk] = ps
+		if id != nil {
+			id.pairs++
+		}
+	}
+	if ps != nil {
+		if m.After(ps.minute) {
+			ps.close(m)
+		}
+		if !m.Before(ps.minute) {
+			ps.add(r, judge)
+		}
+		ps.lastSeen = r.Time
+	}
+	return es, ps, id, newDst, newOp, crowded, false
 }
 
 // close moves the edge to minute m: the minute counted so far, and every
@@ -453,7 +571,17 @@ func (es *edgeState) close(m time.Time) {
 		es.requests.Update(t, 0)
 		es.bytes.Update(t, 0)
 	}
-	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, es.recs[:0]
+	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, reuse(es.recs)
+}
+
+// reuse empties a minute's evidence for the next minute: a busy minute's
+// array (up to maxEvidence records, 4-6 KiB) is dropped, not kept on
+// every edge that once had one (BenchmarkEngineMemory, busy).
+func reuse(recs []Record) []Record {
+	if cap(recs) > 4 {
+		return nil
+	}
+	return recs[:0]
 }
 
 // Tick closes the minutes that ended before now on every edge, so quiet
@@ -471,6 +599,17 @@ func (e *Engine) Tick(now time.Time) {
 			delete(e.edges, k)
 			if id := e.idents[k.src]; id != nil && id.edges > 0 {
 				id.edges--
+			}
+		}
+	}
+	for k, ps := range e.pairs {
+		if m.After(ps.minute) {
+			ps.close(m)
+		}
+		if now.Sub(ps.lastSeen) > 35*24*time.Hour {
+			delete(e.pairs, k)
+			if id := e.idents[k.src]; id != nil && id.pairs > 0 {
+				id.pairs--
 			}
 		}
 	}
@@ -502,7 +641,7 @@ func (e *Engine) Tick(now time.Time) {
 
 // judge accounts r and runs the traffic detectors on it.
 func (e *Engine) judge(now time.Time, r *Record) []*Finding {
-	es, id, newDst, newOp, crowded, flooded := e.account(r, true)
+	es, ps, id, newDst, newOp, crowded, flooded := e.account(r, true)
 	th := e.cfg.ThresholdsFor(r.Source)
 	var out []*Finding
 	add := func(f *Finding) {
@@ -566,6 +705,7 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 					map[string]string{"observed_per_minute": fmtF(es.curReq), "expected_per_minute": fmtF(mean), "threshold": fmtF(thr), "method": r.Method, "path": r.Path}, es.recs))
 			}
 		}
+		volume := true // whether the edge's own volume raised a finding
 		switch bmean, bdev, bok := es.bytes.Expected(es.minute); {
 		case es.curByte >= float64(th.BytesPerMinute):
 			add(e.raise(now, DetectorExfiltration, High, r.Source, r.Destination,
@@ -575,6 +715,26 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			add(e.raise(now, DetectorExfiltration, Medium, r.Source, r.Destination,
 				fmt.Sprintf("%s pulled %s from %s in a minute; %s expected", r.Source, fmtBytes(es.curByte), r.Destination, fmtBytes(bmean)),
 				map[string]string{"bytes_per_minute": fmtF(es.curByte), "expected_bytes_per_minute": fmtF(bmean), "kind": "volume"}, es.recs))
+		default:
+			volume = false
+		}
+		// The same check on the caller's responses from the destination
+		// over all its paths this minute: a pull split across many
+		// paths. Not when the edge raised it already (the same finding:
+		// one detection per record).
+		if ps != nil && !volume {
+			switch bmean, bdev, bok := ps.bytes.Expected(ps.minute); {
+			case ps.cur >= float64(th.BytesPerMinute):
+				n, top := ps.topPaths(5)
+				add(e.raise(now, DetectorExfiltration, High, r.Source, r.Destination,
+					fmt.Sprintf("%s pulled %s from %s in a minute over %d paths (limit %s)", r.Source, fmtBytes(ps.cur), r.Destination, n, fmtBytes(float64(th.BytesPerMinute))),
+					map[string]string{"bytes_per_minute": fmtF(ps.cur), "threshold": strconv.FormatInt(th.BytesPerMinute, 10), "kind": "volume", "scope": "destination", "paths": strconv.Itoa(n), "top_paths": top}, ps.recs))
+			case bok && ps.cur >= float64(th.MinBytes) && ps.cur > th.BytesFactor*bmean && ps.cur > bmean+5*bdev:
+				n, top := ps.topPaths(5)
+				add(e.raise(now, DetectorExfiltration, Medium, r.Source, r.Destination,
+					fmt.Sprintf("%s pulled %s from %s in a minute over %d paths; %s expected", r.Source, fmtBytes(ps.cur), r.Destination, n, fmtBytes(bmean)),
+					map[string]string{"bytes_per_minute": fmtF(ps.cur), "expected_bytes_per_minute": fmtF(bmean), "kind": "volume", "scope": "destination", "paths": strconv.Itoa(n), "top_paths": top}, ps.recs))
+			}
 		}
 		if es.curPII >= float64(th.PIIMatches) {
 			add(e.raise(now, DetectorExfiltration, High, r.Source, r.Destination,

@@ -179,13 +179,17 @@ type issued struct {
 }
 
 // Bounds of the token tree: a token at most maxTokenDepth tokens below an
-// orphan, with at most maxTokenChildren children (expired ones count until
-// the maintenance pass revokes them). Vault bounds neither; a revocation
-// walks the whole tree in one transaction.
+// orphan, with at most maxTokenChildren children, in a tree of at most
+// maxTokenTree tokens (expired ones count until the maintenance pass
+// revokes them). Vault bounds none; a revocation walks the whole tree in
+// one transaction, which the first two alone let grow to 1000^8 tokens.
 const (
 	maxTokenDepth    = 8
 	maxTokenChildren = 1000
 )
+
+// maxTokenTree is a var for the tests.
+var maxTokenTree = 2000
 
 // issueToken creates a token inside tx and returns the auth block.
 func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) {
@@ -222,16 +226,18 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	if in.parent != "" {
 		// Held until tx ends: a revocation of the parent committed
 		// before (refused here) or revokes this child too.
-		depth, alive, kids, err := s.db.LockSecretsTokenParent(rq.ctx, tx, in.parent, now, maxTokenDepth)
+		p, err := s.db.LockSecretsTokenParent(rq.ctx, tx, in.parent, now, maxTokenDepth, maxTokenTree)
 		switch {
-		case errors.Is(err, store.ErrNotFound) || (err == nil && !alive):
+		case errors.Is(err, store.ErrNotFound) || (err == nil && !p.Alive):
 			return nil, errPermission
 		case err != nil:
 			return nil, err
-		case depth > maxTokenDepth:
-			return nil, badRequest("the token is %d tokens below an orphan already; create an orphan (no_parent) instead", depth-1)
-		case kids >= maxTokenChildren:
-			return nil, badRequest("the token has %d child tokens already", kids)
+		case p.Depth > maxTokenDepth:
+			return nil, badRequest("the token is %d tokens below an orphan already; create an orphan (no_parent) instead", p.Depth-1)
+		case p.Children >= maxTokenChildren:
+			return nil, badRequest("the token has %d child tokens already", p.Children)
+		case p.TreeSize >= maxTokenTree:
+			return nil, badRequest("the token's tree (its orphan root and every token under it) holds %d tokens already; revoke some, or create an orphan (no_parent)", p.TreeSize)
 		}
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,

@@ -54,6 +54,11 @@ func FuzzJSONShape(f *testing.F) {
 	for _, s := range []string{`{}`, `{"a":[1,2,{"b":"c,]"}]}`, `[[[]]]`, `"\\\""`, `{"a":"\u0022,"}`, `[1,[2,[3]],4]`} {
 		f.Add(s)
 	}
+	// At the bound, and one over it, both ways of counting.
+	for _, n := range []int{MaxDataValues - 1, MaxDataValues} {
+		f.Add("[" + strings.Repeat("0,", n-1) + "0]")
+		f.Add("[" + strings.Repeat("[],", n/2-1) + "[]]")
+	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if !json.Valid([]byte(s)) {
 			return
@@ -85,5 +90,38 @@ func FuzzJSONShape(f *testing.F) {
 		if maxDepth <= MaxDataDepth && 2*values <= MaxDataValues && err != nil {
 			t.Fatalf("%q: depth %d, %d values refused: %v", s, maxDepth, values, err)
 		}
+		// The direction the bound is for: what the decoder allocates (a
+		// value per container and scalar, keys not counted) is never
+		// over MaxDataValues once accepted.
+		if err == nil {
+			if n := decodedValues(s); n > MaxDataValues {
+				t.Fatalf("%d decoded values accepted", n)
+			}
+		}
 	})
+}
+
+// decodedValues counts what decoding s into an any allocates: one per
+// container and scalar (member names not counted).
+func decodedValues(s string) int {
+	var v any
+	if json.Unmarshal([]byte(s), &v) != nil {
+		return 0
+	}
+	var count func(any) int
+	count = func(v any) int {
+		n := 1
+		switch x := v.(type) {
+		case []any:
+			for _, e := range x {
+				n += count(e)
+			}
+		case map[string]any:
+			for _, e := range x {
+				n += count(e)
+			}
+		}
+		return n
+	}
+	return count(v)
 }

@@ -16,6 +16,10 @@ func FuzzParams(f *testing.F) {
 		`{"data":{"a":"b"},"options":{"cas":1}}`, `{"a":1,"a":2}`, `{"a":1,"b":{"a":2}}`, ` {} `, `null`,
 		`{"ttl":"1h","increment":3600,"num_uses":"5","policies":"a,b","meta":"{\"k\":\"v\"}"}`,
 		`{"batch_input":[{"plaintext":"aGk="}]}`, `{}`, ``, `[]`, `{"a":1}{"b":2}`, `{"ttl":"99999999999d"}`,
+		// Names equal only once decoded: escapes, invalid UTF-8 (U+FFFD
+		// for encoding/json), a lone surrogate; a BOM, NUL, huge numbers.
+		`{"p\u0061ssword":1,"password":2}`, "{\"a\xff\":1,\"a\xfe\":2}", `{"\ud800":1,"\ufffd":2}`,
+		"\xef\xbb\xbf{}", `{"\u0000":1}`, `{"a":1e999999,"b":-0}`, `{"a":1} x`, " null ",
 	} {
 		f.Add(s)
 	}
@@ -33,6 +37,23 @@ func FuzzParams(f *testing.F) {
 			var std map[string]json.RawMessage
 			if err := json.Unmarshal([]byte(body), &std); err != nil || len(std) != len(p.m) {
 				t.Fatalf("accepted %q: the standard reader sees %d members (%v), we %d", body, len(std), err, len(p.m))
+			}
+			// Every member written is one member read: a name repeated
+			// (however it is spelled) is refused, not deduplicated.
+			dec := json.NewDecoder(strings.NewReader(body))
+			written := 0
+			if tok, _ := dec.Token(); tok == json.Delim('{') {
+				for dec.More() {
+					dec.Token()
+					var v json.RawMessage
+					if dec.Decode(&v) != nil {
+						break
+					}
+					written++
+				}
+			}
+			if written != len(p.m) {
+				t.Fatalf("accepted %q: %d members written, %d read", body, written, len(p.m))
 			}
 			for k, v := range std {
 				if !bytes.Equal(v, p.m[k]) {

@@ -231,14 +231,7 @@ func (rq *req) readBody() error {
 	var b []byte
 	var err error
 	if n := rq.r.ContentLength; n > 0 && n <= MaxBody {
-		// Read into a buffer of the announced size, not one doubled
-		// up to it; a body longer than announced is an error.
-		b = make([]byte, n)
-		if _, err = io.ReadFull(rq.r.Body, b); err == nil {
-			if m, _ := rq.r.Body.Read(make([]byte, 1)); m > 0 {
-				err = errors.New("body longer than its Content-Length")
-			}
-		}
+		b, err = readAnnounced(rq.r.Body, int(n))
 	} else {
 		b, err = io.ReadAll(io.LimitReader(rq.r.Body, MaxBody+1))
 	}
@@ -254,6 +247,37 @@ func (rq *req) readBody() error {
 	}
 	rq.body = p
 	return nil
+}
+
+// maxBodyChunk is the most of a body's buffer allocated ahead of the
+// bytes that fill it.
+const maxBodyChunk = 64 << 10
+
+// readAnnounced reads a body of Content-Length n (at most MaxBody) into a
+// buffer that ends at exactly n bytes, but grows (doubling, from
+// maxBodyChunk) only as the body arrives: the body is read before the
+// token is checked, and a buffer of the announced size allocated up front
+// let anyone hold MaxBody per request (per HTTP/2 stream) by sending
+// headers alone. A body shorter or longer than n is an error.
+func readAnnounced(r io.Reader, n int) ([]byte, error) {
+	b := make([]byte, 0, min(n, maxBodyChunk))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = append(make([]byte, 0, min(2*cap(b), n)), b...)
+		}
+		m, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if errors.Is(err, io.EOF) && len(b) < n {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+	}
+	if m, _ := r.Read(make([]byte, 1)); m > 0 {
+		return nil, errors.New("body longer than its Content-Length")
+	}
+	return b, nil
 }
 
 // aclPath is the path the ACL decides on: the request path, with a

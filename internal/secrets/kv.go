@@ -1,9 +1,11 @@
 package secrets
 
 import (
+	"bytes"
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -205,7 +207,7 @@ func (s *Service) kvRead(rq *req, mount, path string) (*envelope, error) {
 		return nil, err
 	}
 	var d map[string]any
-	if err := json.Unmarshal(plain, &d); err != nil {
+	if err := decodeNumbers(plain, &d); err != nil {
 		return nil, err
 	}
 	rq.details["data_hmac"] = s.hmacValue(plain)
@@ -235,7 +237,7 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 		return nil, err
 	}
 	var in map[string]any
-	if err := json.Unmarshal(raw, &in); err != nil {
+	if err := decodeNumbers(raw, &in); err != nil {
 		return nil, badRequest("data: want a JSON object")
 	}
 	cfg, err := s.kvConfig(rq, mount)
@@ -303,7 +305,7 @@ func (s *Service) kvWrite(rq *req, mount, path string, patch bool) (*envelope, e
 				return err
 			}
 			var old map[string]any
-			if err := json.Unmarshal(plain, &old); err != nil {
+			if err := decodeNumbers(plain, &old); err != nil {
 				return err
 			}
 			in = mergePatch(old, in)
@@ -572,6 +574,21 @@ func (s *Service) kvConfigAPI(rq *req, mount string) (*envelope, error) {
 	return nil, rq.tx(func(tx *sql.Tx) error {
 		return s.db.PutSecretsObject(rq.ctx, tx, store.SecretsObject{Kind: kindKVConfig, Name: mount, Spec: jsonSpec(c)})
 	})
+}
+
+// decodeNumbers decodes a KV version's data with its numbers as
+// json.Number, as Vault's decoder does: into float64 a 20-digit number
+// was rounded and 1e400 refused, and re-encoded, stored as changed.
+func decodeNumbers(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }
 
 func strictJSON(raw json.RawMessage, v any) error {

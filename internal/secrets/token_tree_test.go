@@ -119,6 +119,38 @@ func TestTokenHierarchy(t *testing.T) {
 			}
 		})
 
+		// A tree is bounded as a whole: 1000 children a token and 8 deep
+		// let one token with sudo on auth/token/create grow a tree of
+		// 1000^8 tokens, which its revocation (or its root's expiry at
+		// the maintenance pass) walks in one transaction holding the
+		// database's write lock, two queries and an audit record a token.
+		// The parent created every token here.
+		t.Run("tree_is_bounded", func(t *testing.T) {
+			defer func(n int) { maxTokenTree = n }(maxTokenTree)
+			maxTokenTree = 6
+			root := ts.tokenWith("creator")
+			c1, c1Acc, _ := create(root, nil)
+			c2, _, _ := create(root, nil)
+			create(c1, nil)
+			create(c1, nil)
+			g3, _, _ := create(c2, nil) // 6 tokens: root, c1, c2 and three below them
+			for name, by := range map[string]string{"root": root, "child": c2, "grandchild": g3} {
+				if st, out := ts.call("POST", "auth/token/create", by, map[string]any{"policies": []string{"creator"}}); st != 400 {
+					t.Errorf("a 7th token in the tree, created by the %s: %d %v", name, st, out)
+				}
+			}
+			// An orphan starts a tree of its own.
+			if _, _, orphan := create(g3, map[string]any{"no_parent": true}); !orphan {
+				t.Error("no_parent made a child")
+			}
+			// Revoking a branch makes room again.
+			ts.must("POST", "auth/token/revoke-accessor", testAdminToken, map[string]any{"accessor": c1Acc})
+			if alive(c1) {
+				t.Fatal("c1 still works")
+			}
+			create(g3, nil)
+		})
+
 		t.Run("depth_is_bounded", func(t *testing.T) {
 			tok := ts.tokenWith("creator")
 			for i := 1; i <= 8; i++ { // maxTokenDepth

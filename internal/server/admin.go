@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/ui"
 	"github.com/moatless/moatless/internal/wire"
@@ -52,6 +53,10 @@ func (s *Server) routes() {
 	m.Handle("DELETE "+PathAdminRevocations, s.admin(s.deleteRevocation))
 	m.Handle("GET "+PathAdminCA, s.admin(s.caStatus))
 	m.Handle("POST "+PathAdminCARotate, s.admin(s.caRotate))
+	m.Handle("POST "+PathAdminCAPrepare, s.admin(s.caStep("prepare")))
+	m.Handle("POST "+PathAdminCAActivate, s.admin(s.caStep("activate")))
+	m.Handle("POST "+PathAdminCATaint, s.admin(s.caStep("taint")))
+	m.Handle("POST "+PathAdminCARevoke, s.admin(s.caStep("revoke")))
 	m.Handle("POST "+PathAdminCerts, s.admin(s.issueAdminCert))
 	m.Handle("GET "+PathAdminBundle, s.admin(s.getBundle))
 	m.Handle("GET "+PathAdminAudit, s.admin(s.listAudit))
@@ -104,6 +109,12 @@ func (c *adminCall) fail(err error) {
 		c.reply(http.StatusNotFound, errorBody(strings.TrimPrefix(err.Error(), "store: ")))
 	case errors.Is(err, store.ErrConflict):
 		c.reply(http.StatusConflict, errorBody(strings.TrimPrefix(err.Error(), "store: ")))
+	case errors.Is(err, ca.ErrInvalidRequest):
+		c.reply(http.StatusBadRequest, errorBody(err.Error()))
+	case errors.Is(err, ca.ErrUnknownAuthority):
+		c.reply(http.StatusNotFound, errorBody(err.Error()))
+	case errors.Is(err, ca.ErrAuthorityState), errors.Is(err, ca.ErrTooManyAuthorities), errors.Is(err, ca.ErrStateConflict):
+		c.reply(http.StatusConflict, errorBody(err.Error()))
 	default:
 		c.s.log.Error("admin request failed", "method", c.r.Method, "path", c.r.URL.Path, "err", err)
 		c.reply(http.StatusInternalServerError, errorBody("internal error; see the server log"))

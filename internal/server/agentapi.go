@@ -148,18 +148,24 @@ func (s *Server) wireBundle() *wire.Bundle {
 		out.X509Authorities = append(out.X509Authorities, c.Raw)
 	}
 	expiry := map[string]time.Time{}
+	taintedJWT := map[string]bool{}
 	for _, a := range s.ca.Status() {
-		if a.Kind == ca.KindJWT {
+		switch {
+		case a.Kind == ca.KindJWT:
 			expiry[a.ID] = a.NotAfter
+			taintedJWT[a.ID] = a.State == ca.StateTainted
+		case a.State == ca.StateTainted:
+			out.TaintedX509Authorities = append(out.TaintedX509Authorities, a.ID)
 		}
 	}
+	slices.Sort(out.TaintedX509Authorities)
 	for kid, pub := range b.JWTAuthorities() {
 		der, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
 			s.log.Error("cannot encode a JWT authority", "kid", kid, "err", err)
 			continue
 		}
-		out.JWTAuthorities = append(out.JWTAuthorities, wire.JWTAuthority{KeyID: kid, PublicKey: der, ExpiresAt: expiry[kid].UTC()})
+		out.JWTAuthorities = append(out.JWTAuthorities, wire.JWTAuthority{KeyID: kid, PublicKey: der, ExpiresAt: expiry[kid].UTC(), Tainted: taintedJWT[kid]})
 	}
 	slices.SortFunc(out.JWTAuthorities, func(a, b wire.JWTAuthority) int { return strings.Compare(a.KeyID, b.KeyID) })
 	if h, ok := b.RefreshHint(); ok {

@@ -17,6 +17,10 @@ const (
 	PathAdminRevocations = "/v1/admin/revocations" // GET, POST RevokeRequest, DELETE ?spiffe_id=
 	PathAdminCA          = "/v1/admin/ca"          // GET CAStatus
 	PathAdminCARotate    = "/v1/admin/ca/rotate"   // POST
+	PathAdminCAPrepare   = "/v1/admin/ca/prepare"  // POST CAStepRequest{kind}: CAStepResponse
+	PathAdminCAActivate  = "/v1/admin/ca/activate" // POST CAStepRequest{kind, id?}: CAStepResponse
+	PathAdminCATaint     = "/v1/admin/ca/taint"    // POST CAStepRequest{kind?, id}: CAStepResponse
+	PathAdminCARevoke    = "/v1/admin/ca/revoke"   // POST CAStepRequest{kind?, id}: CAStepResponse
 	PathAdminCerts       = "/v1/admin/ca/admin-certs"
 	PathAdminBundle      = "/v1/admin/bundle" // GET wire.Bundle
 	PathAdminAudit       = "/v1/admin/audit"  // GET ?before=SEQ&limit=N
@@ -88,6 +92,23 @@ type CAStatus struct {
 	BundleSequence uint64         `json:"bundle_sequence"`
 	Authorities    []ca.Authority `json:"authorities"`
 	BundlePEM      string         `json:"bundle_pem"`
+}
+
+// CAStepRequest is an operator's step on one CA authority (docs/ca.md
+// "Compromised key").
+type CAStepRequest struct {
+	// Kind is "x509" or "jwt"; required for prepare and activate, and for
+	// taint and revoke found from ID when empty.
+	Kind string `json:"kind,omitempty"`
+	// ID is the authority's ID as CAStatus lists it: required for taint
+	// and revoke; for activate, when set, it must be the prepared one.
+	ID string `json:"id,omitempty"`
+}
+
+// CAStepResponse is the authority a step changed, and the CA's status.
+type CAStepResponse struct {
+	Authority ca.Authority `json:"authority"`
+	CAStatus
 }
 
 // NodeStatus is an attested node with what it runs.

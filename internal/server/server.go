@@ -284,6 +284,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		X509SVIDTTL: st.X509SVIDTTL.Std(), JWTSVIDTTL: st.JWTSVIDTTL.Std(), Now: s.now,
 		Logger: s.log.With("component", "ca"),
 	}
+	if opts.RevokedAuthorities, err = readRevokedAuthorities(st.DataDir); err != nil {
+		return nil, err
+	}
 	if u := st.UpstreamCA; u != nil {
 		opts.Upstream, err = ca.LoadUpstream(u.Cert, u.Key, u.Bundle)
 		if err != nil {
@@ -292,6 +295,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	}
 	s.ca, err = ca.Open(ctx, opts)
 	clear(kek)
+	if errors.Is(err, ca.ErrRevokedAuthority) {
+		return nil, fmt.Errorf("server: %w; restore a backup taken after the revocation, or, to start with this store anyway, remove the authority's line from %s and revoke it again at once (docs/ca.md, \"Compromised key\")", err, filepath.Join(st.DataDir, RevokedAuthoritiesFile))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -677,7 +683,7 @@ func (s *Server) writeBundleFile() error {
 	}
 	seq, _ := b.SequenceNumber()
 	s.bundleSeq.Store(seq)
-	return nil
+	return s.writeRevokedAuthorities()
 }
 
 // remoteHost is the caller's address for logs and audit.

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/tlsconf"
 	"github.com/moatless/moatless/internal/wire"
@@ -145,6 +146,13 @@ func (s *Server) verifyConnection(cs tls.ConnectionState) error {
 	return nil
 }
 
+// signerRevoked reports whether the CA authority that signed c's
+// certificate was revoked after c connected.
+func (s *Server) signerRevoked(c *caller) bool {
+	_, st, ok := s.ca.IssuerState(c.leaf)
+	return ok && st == ca.StateRevoked
+}
+
 // caller is an authenticated mTLS peer.
 type caller struct {
 	id     spiffeid.ID
@@ -180,6 +188,12 @@ func (s *Server) peer(r *http.Request) (*caller, error) {
 	}
 	if set := s.revs.Load(); set.revoked(c.id.String(), c.serial) {
 		return c, fmt.Errorf("%w: %s", errRevoked, set.describe(c.id.String(), c.serial))
+	}
+	// A connection verified before its signer was revoked (keep-alive)
+	// is refused from then on, as a new handshake would be.
+	if s.signerRevoked(c) {
+		aid, _, _ := s.ca.IssuerState(leaf)
+		return c, fmt.Errorf("%w: its signing CA authority %s was revoked", errRevoked, aid)
 	}
 	return c, nil
 }

@@ -139,6 +139,7 @@ func (s *Server) changed(ctx context.Context) {
 			if err := s.writeBundleFile(); err != nil {
 				s.log.Error("write trust bundle", "err", err)
 			}
+			s.renewServerCertIfTainted(ctx)
 		}
 	}
 	if v := vs.Sections[store.SectionEntries]; s.entries.Load().version != v {
@@ -340,7 +341,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		case <-expiry.C:
 			return
 		case <-heartbeat.C:
-			if s.revs.Load().revoked(id, c.serial) {
+			if s.revs.Load().revoked(id, c.serial) || s.signerRevoked(c) {
 				return
 			}
 			if !write(s.heartbeatAt(last)) {
@@ -397,6 +398,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			}
 			updates.Inc()
 			heartbeat.Reset(s.heartbeat)
+			if s.signerRevoked(c) {
+				// The node got the bundle without the authority that
+				// signed its SVID; the stream ends, and the node must
+				// reconnect with an SVID of a trusted authority (or
+				// attest again).
+				return
+			}
 		}
 	}
 }
@@ -490,7 +498,7 @@ func (s *Server) maintain(ctx context.Context) {
 				s.log.Error("publish trust bundle", "err", err)
 			}
 		}
-		if c := s.cert.Load(); c == nil || s.now().After(c.renewAt) {
+		if c := s.cert.Load(); c == nil || s.now().After(c.renewAt) || s.serverCertIssuerTainted() {
 			if err := s.renewServerCert(ctx); err != nil {
 				s.log.Error("renew server certificate; keeping the old one", "err", err)
 			}

@@ -1028,11 +1028,29 @@ func scanRevokedTokens(rows *sql.Rows) ([]token.RevokedToken, error) {
 }
 
 // RecordExchange records that the token jti was exchanged from parent,
-// so that revoking parent revokes it (RevokeTokenID). It locks parent's
-// row first and then checks that parent is not revoked: ErrRevoked (and
-// nothing recorded) when it is. Inside Atomically with the exchange.
-func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time) error {
+// so that revoking parent revokes it (RevokeTokenID). It locks the row of
+// the tree's root and then parent's (top down, as a revocation locks),
+// then checks that parent is not revoked (ErrRevoked) and that the tree
+// holds fewer than limit exchanged tokens (ErrTooManyExchanges); on
+// either nothing is recorded. Inside Atomically with the exchange.
+func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time, limit int) error {
 	return o.tx(ctx, func(tx *sql.Tx) error {
+		// A row's root never changes once written: read before locking.
+		var root string
+		err := tx.QueryRowContext(ctx, "SELECT root_jti FROM oauth_token_links WHERE jti = $1", parent).Scan(&root)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return oerr("record exchange", err)
+		}
+		if root == "" {
+			root = parent
+		}
+		if root != parent {
+			// Held until tx ends: exchanges anywhere in one tree are
+			// counted one at a time.
+			if err := lockTokenLink(ctx, tx, root, parentExp); err != nil {
+				return oerr("record exchange", err)
+			}
+		}
 		if err := lockTokenLink(ctx, tx, parent, parentExp); err != nil {
 			return oerr("record exchange", err)
 		}
@@ -1043,7 +1061,17 @@ func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp tim
 		if n > 0 {
 			return &kindError{"store: oauth subject token revoked", []error{ErrConflict, token.ErrRevoked}}
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_token_links (jti, parent_jti, expires_at) VALUES ($1, $2, $3)", jti, parent, unix(exp)); err != nil {
+		// Every token of the tree expires with its root at the latest (an
+		// exchanged token lives no longer than its subject token), so
+		// the expired rows Prune has not reached yet count too.
+		if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_token_links WHERE root_jti = $1", root).Scan(&n); err != nil {
+			return oerr("record exchange", err)
+		}
+		if n >= limit {
+			return &kindError{fmt.Sprintf("store: %d tokens exchanged from the subject token's tree already", n), []error{ErrConflict, token.ErrTooManyExchanges}}
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_token_links (jti, parent_jti, expires_at, root_jti) VALUES ($1, $2, $3, $4)",
+			jti, parent, unix(exp), root); err != nil {
 			return oerr("record exchange", err)
 		}
 		return nil

@@ -26,7 +26,7 @@ func TestRevocationWaitsForAnExchangeOfItsToken(t *testing.T) {
 	inTx, release, exchanged := make(chan struct{}), make(chan struct{}), make(chan error, 1)
 	go func() {
 		exchanged <- o.Atomically(ctx, func(ctx context.Context) error {
-			if err := o.RecordExchange(ctx, "subject", exp, "exchanged", exp.Add(-time.Minute)); err != nil {
+			if err := o.RecordExchange(ctx, "subject", exp, "exchanged", exp.Add(-time.Minute), 1000); err != nil {
 				return err
 			}
 			close(inTx)
@@ -81,7 +81,7 @@ func TestRevocationWaitsForAnExchangeOfItsToken(t *testing.T) {
 	if len(got) != 2 || got[1] != "exchanged" {
 		t.Fatalf("the revocation listed %v, want the subject and the token exchanged from it", got)
 	}
-	if err := o.RecordExchange(ctx, "subject", exp, "late", exp); err == nil {
+	if err := o.RecordExchange(ctx, "subject", exp, "late", exp, 1000); err == nil {
 		t.Fatal("an exchange from a revoked token was recorded")
 	}
 }

@@ -281,29 +281,64 @@ func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int)
 	return scanStrings(rows)
 }
 
+// SecretsTokenParent is what LockSecretsTokenParent reads of a token
+// about to get a child.
+type SecretsTokenParent struct {
+	// Depth is how many tokens the chain from the token up to its orphan
+	// root holds (at most depthLimit+1).
+	Depth int
+	// Alive: every token of that chain is there and unexpired.
+	Alive bool
+	// Children is how many children the token has.
+	Children int
+	// TreeSize is how many tokens the tree of its orphan root holds, the
+	// root included (counted up to treeLimit+1).
+	TreeSize int
+}
+
 // LockSecretsTokenParent holds the token accessor (a parent about to get
 // a child) until tx ends (PostgreSQL: FOR UPDATE), so a revocation of it
 // either committed before (ErrNotFound) or waits and then finds the
-// child (DeleteSecretsTokenTree). It returns how many tokens the chain
-// from accessor up to its orphan root holds (at most limit+1) and
-// whether every one of them is there and unexpired at now, and how many
-// children accessor has.
-func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, limit int) (depth int, alive bool, children int, err error) {
+// child (DeleteSecretsTokenTree), and reads its chain, children and tree.
+func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit, treeLimit int) (SecretsTokenParent, error) {
+	var p SecretsTokenParent
 	var a string
-	err = tx.QueryRowContext(ctx, "SELECT accessor FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&a)
+	err := tx.QueryRowContext(ctx, "SELECT accessor FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&a)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, 0, fmt.Errorf("%w: token", ErrNotFound)
+		return p, fmt.Errorf("%w: token", ErrNotFound)
 	}
 	if err != nil {
-		return 0, false, 0, fmt.Errorf("store: lock token: %w", err)
+		return p, fmt.Errorf("store: lock token: %w", err)
 	}
-	if depth, alive, err = s.SecretsTokenChain(ctx, tx, accessor, now, limit); err != nil {
-		return 0, false, 0, err
+	var root string
+	if p.Depth, p.Alive, root, err = s.secretsTokenChain(ctx, tx, accessor, now, depthLimit); err != nil {
+		return p, err
 	}
-	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&children); err != nil {
-		return 0, false, 0, fmt.Errorf("store: count child tokens: %w", err)
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&p.Children); err != nil {
+		return p, fmt.Errorf("store: count child tokens: %w", err)
 	}
-	return depth, alive, children, nil
+	if p.Alive {
+		if p.TreeSize, err = secretsTokenTreeSize(ctx, tx, root, depthLimit, treeLimit+1); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// secretsTokenTreeSize counts the tokens of root's tree (root, its
+// children, theirs, ... at most depthLimit+1 levels), stopping at limit:
+// the cost of a count is bounded by the bound it checks.
+func secretsTokenTreeSize(ctx context.Context, q Queryer, root string, depthLimit, limit int) (int, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `WITH RECURSIVE tree(accessor, n) AS (
+			SELECT accessor, 1 FROM secrets_tokens WHERE accessor = $1
+			UNION ALL
+			SELECT t.accessor, tree.n + 1 FROM secrets_tokens t JOIN tree ON t.parent_accessor = tree.accessor WHERE tree.n <= $2
+		) SELECT COUNT(*) FROM (SELECT 1 FROM tree LIMIT $3) x`, root, depthLimit, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("store: count token tree: %w", err)
+	}
+	return n, nil
 }
 
 // SecretsTokenChain walks from the token accessor up through its parents
@@ -311,33 +346,40 @@ func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor st
 // alive is true when the chain ends at an orphan within limit+1 tokens
 // and each of them is unexpired at now.
 func (s *DB) SecretsTokenChain(ctx context.Context, q Queryer, accessor string, now time.Time, limit int) (depth int, alive bool, err error) {
+	depth, alive, _, err = s.secretsTokenChain(ctx, q, accessor, now, limit)
+	return depth, alive, err
+}
+
+// secretsTokenChain is SecretsTokenChain; it also returns the accessor
+// of the chain's top token (its orphan root when alive).
+func (s *DB) secretsTokenChain(ctx context.Context, q Queryer, accessor string, now time.Time, limit int) (depth int, alive bool, root string, err error) {
 	rows, err := q.QueryContext(ctx, `WITH RECURSIVE chain(accessor, parent_accessor, expires_at, n) AS (
 			SELECT accessor, parent_accessor, expires_at, 1 FROM secrets_tokens WHERE accessor = $1
 			UNION ALL
 			SELECT t.accessor, t.parent_accessor, t.expires_at, c.n + 1 FROM secrets_tokens t JOIN chain c ON t.accessor = c.parent_accessor WHERE c.n <= $2
-		) SELECT parent_accessor, expires_at, n FROM chain ORDER BY n`, accessor, limit)
+		) SELECT accessor, parent_accessor, expires_at, n FROM chain ORDER BY n`, accessor, limit)
 	if err != nil {
-		return 0, false, fmt.Errorf("store: token chain: %w", err)
+		return 0, false, "", fmt.Errorf("store: token chain: %w", err)
 	}
 	defer rows.Close()
 	alive = true
 	top := "-"
 	for rows.Next() {
 		var (
-			parent string
-			exp    int64
-			n      int
+			acc, parent string
+			exp         int64
+			n           int
 		)
-		if err := rows.Scan(&parent, &exp, &n); err != nil {
-			return 0, false, fmt.Errorf("store: token chain: %w", err)
+		if err := rows.Scan(&acc, &parent, &exp, &n); err != nil {
+			return 0, false, "", fmt.Errorf("store: token chain: %w", err)
 		}
-		depth, top = n, parent
+		depth, top, root = n, parent, acc
 		alive = alive && fromNS(exp).After(now)
 	}
 	if err := rows.Err(); err != nil {
-		return 0, false, fmt.Errorf("store: token chain: %w", err)
+		return 0, false, "", fmt.Errorf("store: token chain: %w", err)
 	}
-	return depth, alive && top == "", nil
+	return depth, alive && top == "", root, nil
 }
 
 // SecretsTokenTree lists accessor and every token under it (children

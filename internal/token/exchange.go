@@ -190,10 +190,12 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	if !subj.svid {
 		// Revoking the subject token revokes this one (and what is
 		// exchanged from it in turn), grant or no grant.
-		err := s.cfg.Store.RecordExchange(ctx, subj.jti, subj.expiry, cl.ID, cl.Expiry.Time())
+		err := s.cfg.Store.RecordExchange(ctx, subj.jti, subj.expiry, cl.ID, cl.Expiry.Time(), maxExchangeTree)
 		switch {
 		case errors.Is(err, ErrRevoked):
 			return nil, oerr(errInvalidRequest, "subject_token is invalid, expired or revoked")
+		case errors.Is(err, ErrTooManyExchanges):
+			return nil, oerr(errInvalidRequest, "subject_token: %d tokens were exchanged from it, or from the token it was exchanged from, already; use a fresh token", maxExchangeTree)
 		case err != nil:
 			return nil, serverError(err)
 		}
@@ -209,6 +211,11 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 		subject: cl.Subject, jti: cl.ID, details: det,
 	}, nil
 }
+
+// maxExchangeTree bounds the tokens exchanged from one token and from
+// those, transitively, during its life: revoking it revokes all of them
+// in one transaction and sends each to every sidecar (a var for tests).
+var maxExchangeTree = 1000
 
 // exchangeToken validates a subject or actor token: one of our access
 // tokens (not revoked), or for the jwt type a JWT-SVID whose audience is

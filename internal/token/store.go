@@ -30,6 +30,10 @@ var (
 	// ErrRevoked: RecordExchange found the subject token on the revoked
 	// list. Nothing was recorded.
 	ErrRevoked = errors.New("token: revoked")
+	// ErrTooManyExchanges: RecordExchange found the subject token's tree
+	// (the token first exchanged from and every token exchanged from it,
+	// transitively) full. Nothing was recorded.
+	ErrTooManyExchanges = errors.New("token: too many exchanges")
 )
 
 // Store is the persistence the token service needs. internal/store
@@ -189,8 +193,9 @@ type Store interface {
 	// revoking parent revokes jti. ErrRevoked when parent is on the
 	// revoked list: a revocation of parent either committed before
 	// (ErrRevoked) or waits for this transaction and then revokes jti.
-	// Inside Atomically.
-	RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time) error
+	// ErrTooManyExchanges when the tree parent belongs to holds limit
+	// exchanged tokens already. Inside Atomically.
+	RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time, limit int) error
 	// TokenIDRevoked reports whether the ID is on the revoked list.
 	TokenIDRevoked(ctx context.Context, jti string) (bool, error)
 	// RevokedTokenIDs lists the revoked IDs that expire after now.

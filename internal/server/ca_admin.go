@@ -1,0 +1,228 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/moatless/moatless/internal/audit"
+	"github.com/moatless/moatless/internal/ca"
+)
+
+// Audit kinds of the operator's CA steps (docs/ca.md "Compromised key").
+const (
+	KindCAPrepare  = "ca.prepare"
+	KindCAActivate = "ca.activate"
+	KindCATaint    = "ca.taint"
+	KindCARevoke   = "ca.revoke"
+)
+
+// RevokedAuthoritiesFile, in the data directory, lists the IDs of the CA
+// authorities this server has seen revoked, one per line. The server
+// refuses to start on a store whose CA state holds one of them again (a
+// store restored from before the revocation).
+const RevokedAuthoritiesFile = "ca-revoked"
+
+// parseAuthorityKind reads the kind of a CA step: "x509", "jwt", or (when
+// optional) "" for "find it by ID".
+func parseAuthorityKind(v string, optional bool) (ca.AuthorityKind, error) {
+	switch k := ca.AuthorityKind(v); {
+	case k == ca.KindX509 || k == ca.KindJWT:
+		return k, nil
+	case v == "" && optional:
+		return "", nil
+	case v == "":
+		return "", badf("kind: required, %q or %q", ca.KindX509, ca.KindJWT)
+	default:
+		return "", badf("kind: %q is not %q or %q", v, ca.KindX509, ca.KindJWT)
+	}
+}
+
+// parseAuthorityID checks the form of an authority ID (ca.IDKind) and,
+// when kind is given, that it is an ID of that kind.
+func parseAuthorityID(id string, kind ca.AuthorityKind, required bool) error {
+	if id == "" {
+		if required {
+			return badf("id: required (the authority's ID, as `moatless ca show` lists it)")
+		}
+		return nil
+	}
+	k, err := ca.IDKind(id)
+	switch {
+	case err != nil:
+		return badf("id: %s", strings.TrimPrefix(err.Error(), ca.ErrInvalidRequest.Error()+": "))
+	case kind != "" && k != kind:
+		return badf("id: %s is a %s authority ID, but kind is %s", id, k, kind)
+	}
+	return nil
+}
+
+// caStep is POST /v1/admin/ca/{prepare,activate,taint,revoke}.
+func (s *Server) caStep(step string) func(c *adminCall) {
+	return func(c *adminCall) {
+		var in CAStepRequest
+		if err := c.decode(&in); err != nil {
+			c.fail(err)
+			return
+		}
+		kind, err := parseAuthorityKind(in.Kind, step == "taint" || step == "revoke")
+		if err == nil {
+			err = parseAuthorityID(in.ID, kind, step == "taint" || step == "revoke")
+		}
+		if err == nil && step == "prepare" && in.ID != "" {
+			err = badf("id: prepare makes a new authority; it takes no id")
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		var (
+			a       ca.Authority
+			changed bool
+			evKind  string
+		)
+		switch step {
+		case "prepare":
+			a, changed, err = s.ca.Prepare(c.ctx, kind)
+			evKind = KindCAPrepare
+		case "activate":
+			a, changed, err = s.ca.Activate(c.ctx, kind, in.ID)
+			evKind = KindCAActivate
+		case "taint":
+			a, changed, err = s.ca.Taint(c.ctx, kind, in.ID)
+			evKind = KindCATaint
+		case "revoke":
+			// Normally done at the taint; a failed renewal then is tried
+			// again before the key stops being trusted.
+			s.renewServerCertIfTainted(c.ctx)
+			a, changed, err = s.ca.Revoke(c.ctx, kind, in.ID)
+			evKind = KindCARevoke
+		}
+		if err != nil {
+			if changed {
+				// The CA adopted another replica's step before refusing
+				// its own: that bundle must still go out.
+				s.publishAdopted(c.ctx)
+			}
+			c.fail(err)
+			return
+		}
+		// Every step is recorded with the bundle version, also an
+		// activation (which leaves the bundle as it was): agents then get
+		// the same bundle again, harmlessly.
+		ev := c.event(evKind, a.ID, map[string]string{"kind": string(a.Kind), "state": string(a.State), "not_after": a.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
+		if err := s.publishBundle(c.ctx, ev); err != nil {
+			c.fail(err)
+			return
+		}
+		c.audited = true
+		s.renewServerCertIfTainted(c.ctx)
+		seq, _ := s.ca.Bundle().SequenceNumber()
+		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()}})
+	}
+}
+
+// publishAdopted pushes a bundle the CA adopted from another replica.
+func (s *Server) publishAdopted(ctx context.Context) {
+	ev := audit.Event{Kind: audit.KindBundleChange, Actor: s.id.String(), Subject: s.td.Name(), Outcome: audit.Success}
+	if err := s.publishBundle(ctx, ev); err != nil {
+		s.log.Error("publish trust bundle", "err", err)
+	}
+}
+
+// serverCertIssuerTainted reports whether the server's own TLS certificate
+// was signed by an authority that is tainted or revoked since.
+func (s *Server) serverCertIssuerTainted() bool {
+	c := s.cert.Load()
+	if c == nil || c.tls.Leaf == nil {
+		return false
+	}
+	_, st, ok := s.ca.IssuerState(c.tls.Leaf)
+	return ok && (st == ca.StateTainted || st == ca.StateRevoked)
+}
+
+// renewServerCertIfTainted re-issues the server's own TLS certificate when
+// its signer was tainted or revoked: agents that drop the tainted
+// authority would refuse the server otherwise.
+func (s *Server) renewServerCertIfTainted(ctx context.Context) {
+	if !s.serverCertIssuerTainted() {
+		return
+	}
+	s.log.Warn("the server certificate was signed by a tainted CA authority; re-issuing it")
+	if err := s.renewServerCert(ctx); err != nil {
+		s.log.Error("re-issue the server certificate after a taint; keeping the old one", "err", err)
+	}
+}
+
+// readRevokedAuthorities reads DIR/ca-revoked: one authority ID a line.
+// A missing file is an empty list; anything else that is not an authority
+// ID stops the server (the file is the server's own).
+func readRevokedAuthorities(dir string) ([]string, error) {
+	path := filepath.Join(dir, RevokedAuthoritiesFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	ids, err := parseRevokedAuthorities(b)
+	if err != nil {
+		return nil, fmt.Errorf("server: %s: %w", path, err)
+	}
+	return ids, nil
+}
+
+// maxRevokedAuthorities bounds DIR/ca-revoked.
+const maxRevokedAuthorities = 100_000
+
+func parseRevokedAuthorities(b []byte) ([]string, error) {
+	var ids []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		id := sc.Text()
+		if _, err := ca.IDKind(id); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if len(ids) == maxRevokedAuthorities {
+			return nil, fmt.Errorf("more than %d IDs", maxRevokedAuthorities)
+		}
+		ids = append(ids, id)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// writeRevokedAuthorities adds the IDs the CA has seen revoked to
+// DIR/ca-revoked (it only grows: an ID revoked once is never trusted
+// again by this server).
+func (s *Server) writeRevokedAuthorities() error {
+	ids := s.ca.RevokedIDs()
+	if len(ids) == 0 {
+		return nil
+	}
+	old, err := readRevokedAuthorities(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	all := append(slices.Clone(old), ids...)
+	slices.Sort(all)
+	all = slices.Compact(all)
+	if slices.Equal(all, old) {
+		return nil
+	}
+	out := strings.Join(all, "\n") + "\n"
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, RevokedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
+		return fmt.Errorf("server: write %s: %w", RevokedAuthoritiesFile, err)
+	}
+	return nil
+}
