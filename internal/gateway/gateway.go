@@ -337,14 +337,15 @@ func (g *Gateway) PolicyVersion() uint64 { return g.policy.Load().version }
 // SetRevocations replaces the revocation list: upstreams presenting a
 // revoked SPIFFE ID or serial are refused at the handshake, tokens with a
 // revoked jti are refused (401), and in-flight requests authenticated with
-// one are cut off, as a sidecar does. It returns how many were cut off.
+// one are cut off, as are live connections to a revoked upstream, as a
+// sidecar does. It returns how many were cut off.
 func (g *Gateway) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := g.opts.Verifier.(proxy.TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
 	n := g.revoked.Set(r)
 	if n > 0 {
-		g.log.Info("cut off requests of revoked tokens", "count", n)
+		g.log.Info("cut off requests of revoked tokens and connections to revoked upstreams", "count", n)
 	}
 	return n
 }

@@ -214,9 +214,17 @@ func echoApp(t testing.TB) string {
 // startUpstream runs a real sidecar (identity id) in front of app.
 func startUpstream(t testing.TB, ca *testpki.CA, id, app string) string {
 	t.Helper()
+	_, addr := startUpstreamSidecar(t, identity(ca, t, id), app)
+	return addr
+}
+
+// startUpstreamSidecar runs a real sidecar with identity id in front of
+// app until the test ends, and returns it and its inbound address.
+func startUpstreamSidecar(t testing.TB, id proxy.Identity, app string) (*proxy.Sidecar, string) {
+	t.Helper()
 	l := listen(t)
 	s, err := proxy.New(proxy.Config{
-		Identity: identity(ca, t, id), Namespace: "prod", Labels: map[string]string{"app": "orders"},
+		Identity: id, Namespace: "prod", Labels: map[string]string{"app": "orders"},
 		Inbound:    []proxy.Inbound{{Listener: l, App: app}},
 		Authorizer: compile(t, upstreamPolicy), Logger: discard(), KeepStartupPages: true,
 	})
@@ -226,7 +234,7 @@ func startUpstream(t testing.TB, ca *testpki.CA, id, app string) string {
 	done := make(chan struct{})
 	go func() { s.Serve(context.Background()); close(done) }()
 	t.Cleanup(func() { s.Close(); <-done })
-	return l.Addr().String()
+	return s, l.Addr().String()
 }
 
 // testGateway is a gateway in front of an upstream sidecar and its echo

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -40,20 +39,9 @@ func setBundle(t testing.TB, n *proxy.NodeIdentity, cas ...*testpki.CA) {
 // refused at the handshake, not carried on the old connection.
 func TestRevokedAuthorityClosesUpstreamConnections(t *testing.T) {
 	a, b := testpki.NewCA(t, td), testpki.NewCA(t, td)
-	l := listen(t)
-	up, err := proxy.New(proxy.Config{
-		Identity: joined(t, a, ordersID, a, b), Namespace: "prod", Labels: map[string]string{"app": "orders"},
-		Inbound:    []proxy.Inbound{{Listener: l, App: echoApp(t)}},
-		Authorizer: compile(t, upstreamPolicy), Logger: discard(), KeepStartupPages: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { up.Serve(context.Background()); close(done) }()
-	t.Cleanup(func() { up.Close(); <-done })
+	up, addr := startUpstreamSidecar(t, joined(t, a, ordersID, a, b), echoApp(t))
 	id := joined(t, b, gatewayID, a, b)
-	tg := startGatewayWith(t, b, l.Addr().String(), nil, func(o *Options) { o.Identity = id })
+	tg := startGatewayWith(t, b, addr, nil, func(o *Options) { o.Identity = id })
 	if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("before the revoke: %d", resp.StatusCode)
 	}
@@ -71,5 +59,51 @@ func TestRevokedAuthorityClosesUpstreamConnections(t *testing.T) {
 	t.Logf("revoked authority: gateway's upstream connection closed %s after the bundle update", time.Since(start).Round(time.Microsecond))
 	if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode == http.StatusOK {
 		t.Fatal("a request reached the upstream signed by the revoked authority")
+	}
+}
+
+// TestRevokedUpstreamClosesUpstreamConnections: revoking the upstream
+// sidecar's SPIFFE ID or its certificate's serial closes the gateway's
+// live (pooled) connection to it at once, even when the upstream's own
+// sidecar has not heard of it, and the next request is refused at the
+// handshake instead of riding the old connection.
+func TestRevokedUpstreamClosesUpstreamConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rev  func(serial string) *wire.Revocations
+	}{
+		{"spiffe_id", func(string) *wire.Revocations { return &wire.Revocations{SPIFFEIDs: []string{ordersID}} }},
+		{"serial", func(s string) *wire.Revocations {
+			return &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: s, ExpiresAt: time.Now().Add(time.Hour)}}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := testpki.NewCA(t, td)
+			svid := a.SVID(t, ordersID, time.Hour).X509SVID()
+			upID := &proxy.NodeIdentity{SVID: func() *x509svid.SVID { return svid }}
+			setBundle(t, upID, a)
+			up, addr := startUpstreamSidecar(t, upID, echoApp(t))
+			tg := startGatewayWith(t, a, addr, nil, func(o *Options) { o.Identity = joined(t, a, gatewayID, a) })
+			if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode != http.StatusOK {
+				t.Fatalf("before the revoke: %d", resp.StatusCode)
+			}
+			if n := up.LiveConnections(); n != 1 {
+				t.Fatalf("upstream holds %d connections, want 1", n)
+			}
+			start := time.Now()
+			if n := tg.g.SetRevocations(tc.rev(svid.Certificates[0].SerialNumber.Text(16))); n != 1 {
+				t.Fatalf("closed %d connections, want 1", n)
+			}
+			for up.LiveConnections() != 0 {
+				if time.Since(start) > 5*time.Second {
+					t.Fatal("the gateway's connection to the revoked upstream is still open")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			t.Logf("revoked upstream: gateway's upstream connection closed %s after the revocation", time.Since(start).Round(time.Microsecond))
+			if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode == http.StatusOK {
+				t.Fatal("a request reached the revoked upstream")
+			}
+		})
 	}
 }

@@ -67,7 +67,7 @@ func (r *Revocations) connTracker() *tracker {
 func (r *Revocations) Set(w *wire.Revocations) int {
 	rs := newRevocationSet(w)
 	r.p.Store(rs)
-	return r.tracker().sweep(rs, "", time.Now(), nil)
+	return r.tracker().sweep(rs, "", time.Now(), nil) + r.connTracker().sweepOut(rs, "", time.Now(), nil)
 }
 
 // Peer reports whether a SPIFFE ID or a leaf serial (lower-case hex) is

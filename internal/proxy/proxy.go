@@ -756,13 +756,14 @@ type Preparer interface {
 // PolicyVersion is the version last passed to SetAuthorizer (0 before).
 func (s *Sidecar) PolicyVersion() uint64 { return s.policy.Load().version }
 
-// SetRevocations replaces the revocation list. New handshakes from a revoked
-// SPIFFE ID or serial fail; live connections authenticated with one, and
-// in-flight requests authenticated with a revoked token ID, are closed.
-// Blocked pairs (detect's block-pair) work the same way for one edge: a
-// peer blocked from calling this sidecar's identity has its connections
+// SetRevocations replaces the revocation list. New handshakes with a
+// revoked SPIFFE ID or serial fail; live connections authenticated with
+// one, inbound or outbound (to a revoked upstream), and in-flight
+// requests authenticated with a revoked token ID, are closed. Blocked
+// pairs (detect's block-pair) work the same way for one edge: a peer
+// blocked from calling this sidecar's identity has its connections
 // refused and closed, and calls from this identity to a blocked upstream
-// are refused. When this sidecar's own identity is revoked (isolated),
+// are refused and its live connections to it closed. When this sidecar's own identity is revoked (isolated),
 // its outbound listeners refuse every call: its egress is cut.
 // It returns how many were closed. If the Verifier implements TokenRevoker,
 // it gets the token IDs too.
@@ -776,7 +777,8 @@ func (s *Sidecar) SetRevocations(r *wire.Revocations) int {
 	if id, err := s.tls.ownID(); err == nil {
 		own = id.String()
 	}
-	n := s.live.sweep(rs, own, s.cfg.Now(), func(n int) { s.metrics.revokedClosed.Add(float64(n)) })
+	count := func(n int) { s.metrics.revokedClosed.Add(float64(n)) }
+	n := s.live.sweep(rs, own, s.cfg.Now(), count) + s.liveOut.sweepOut(rs, own, s.cfg.Now(), count)
 	if n > 0 {
 		s.log.Info("closed connections of revoked identities", "count", n)
 	}

@@ -286,17 +286,38 @@ func (t *tracker) len() int {
 	return t.n
 }
 
-// sweep closes and forgets every entry registered under a key that rs
-// revokes, or of a peer blocked from calling own (this sidecar's ID), and
-// returns how many it closed. before, when non-nil, is told
-// the count before anything is closed, so whoever sees a connection end
-// already finds it counted. Closing happens outside the lock: a close
-// function may block on I/O.
+// sweep closes and forgets every entry of an inbound tracker registered
+// under a key that rs revokes, or of a peer blocked from calling own
+// (this sidecar's ID), and returns how many it closed. before, when
+// non-nil, is told the count before anything is closed, so whoever sees
+// a connection end already finds it counted. Closing happens outside the
+// lock: a close function may block on I/O.
 func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before func(n int)) int {
+	return t.sweepDir(rs, own, false, now, before)
+}
+
+// sweepOut is sweep for a tracker of outbound connections, whose keys are
+// their upstream's: it closes the connections to a revoked upstream
+// identity or serial, and those own (this workload's ID, "" for none) is
+// blocked from calling (the pair read the other way round). The
+// workload's own revocation closes nothing here: its upstreams' sidecars,
+// which have the same list, close its connections from their side (an
+// inbound sweep), and its outbound listeners refuse new calls.
+func (t *tracker) sweepOut(rs *revocationSet, own string, now time.Time, before func(n int)) int {
+	return t.sweepDir(rs, own, true, now, before)
+}
+
+func (t *tracker) sweepDir(rs *revocationSet, own string, outbound bool, now time.Time, before func(n int)) int {
+	blocked := func(peer string) bool {
+		if outbound {
+			return own != "" && rs.blockedPair(own, peer, now)
+		}
+		return rs.blockedPair(peer, own, now)
+	}
 	var victims []*tracked
 	t.mu.Lock()
 	for k, set := range t.byKey {
-		if !keyRevoked(rs, k) && !(k.kind == liveID && rs.blockedPair(k.v, own, now)) {
+		if !keyRevoked(rs, k) && !(k.kind == liveID && blocked(k.v)) {
 			continue
 		}
 		victims = set.appendTo(victims)

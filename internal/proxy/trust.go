@@ -5,8 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -206,10 +209,12 @@ func (u *updateSignal) notify() {
 
 // dialTracked dials addr with d, runs the TLS client handshake of conf
 // (which verifies the peer) and, when live is not nil, registers the
-// connection under its peer's authority so that a bundle change that
-// leaves the peer's chain unverifiable closes it (tracker.recheck). The
-// registration ends when the connection is closed. The *tls.Conn is
-// returned as such: net/http reads the negotiated protocol from it.
+// connection under its peer's SPIFFE ID, leaf serial and authority, so
+// that revoking the upstream's identity (SetRevocations, tracker.sweepOut)
+// or a bundle change that leaves its chain unverifiable (tracker.recheck)
+// closes it. The registration ends when the connection is closed. The
+// *tls.Conn is returned as such: net/http reads the negotiated protocol
+// from it.
 func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr string, conf *tls.Config) (*tls.Conn, error) {
 	live := t.live
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -217,21 +222,22 @@ func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr strin
 		return nil, err
 	}
 	raw := withRawSyscalls(c)
-	var tc *tls.Conn
 	if live == nil {
-		tc = tls.Client(raw, conf)
-	} else {
-		tcn := &trackedConn{Conn: raw, live: live, id: t}
-		tc = tls.Client(tcn, conf)
-		defer func() {
-			if tc != nil {
-				tcn.register(tc)
-			}
-		}()
+		tc := tls.Client(raw, conf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
 	}
+	tcn := &trackedConn{Conn: raw, live: live, id: t}
+	tc := tls.Client(tcn, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
-		tc = nil
+		return nil, err
+	}
+	if err := tcn.register(tc); err != nil {
+		tc.Close()
 		return nil, err
 	}
 	return tc, nil
@@ -249,16 +255,61 @@ type trackedConn struct {
 	closed bool
 }
 
-func (c *trackedConn) register(tc *tls.Conn) {
+// register tracks the connection under its (verified) peer's SPIFFE ID,
+// leaf serial and authority. A revocation or block that landed between
+// the handshake's check and the registration, which the sweep missed, is
+// caught here: the error says so and the caller closes the connection.
+func (c *trackedConn) register(tc *tls.Conn) error {
 	chain := tc.ConnectionState().PeerCertificates
-	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain))
+	keys := make([]liveKey, 0, 2)
+	peer, serial := "", ""
+	if len(chain) > 0 {
+		if id, err := x509svid.IDFromCert(chain[0]); err == nil {
+			peer = id.String()
+			keys = append(keys, idKey(peer))
+		}
+		if serial = serialHex(chain[0]); serial != "" {
+			keys = append(keys, serialKey(serial))
+		}
+	}
+	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain), keys...)
 	c.mu.Lock()
 	c.entry = e
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
 		c.live.remove(e)
+		return nil
 	}
+	rs := c.id.revoked()
+	if rs.has(peer, serial) {
+		return &revokedPeerError{id: peer}
+	}
+	if rs != nil && len(rs.blocked) > 0 {
+		if own, err := c.id.ownID(); err == nil && rs.blockedPair(own.String(), peer, c.id.now()) {
+			return fmt.Errorf("proxy: calls from %s to %s are blocked", own, peer)
+		}
+	}
+	return nil
+}
+
+// SyscallConn is the socket's, so that the lean client's peek at an idle
+// pooled connection (connAlive) still sees it through the wrapper.
+func (c *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
+
+// CloseWrite half-closes the socket, when it can.
+func (c *trackedConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return cw.CloseWrite()
 }
 
 func (c *trackedConn) Close() error {
