@@ -665,35 +665,18 @@ func (s *Service) revokeToken(ctx context.Context, accessor, why string) error {
 // revokeTokens is revokeToken; with orphanChildren it revokes the token
 // and its leases alone, and its children become orphans (revoke-orphan).
 func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphanChildren bool) error {
-	tree := []string{accessor}
-	if !orphanChildren {
-		var err error
-		if tree, err = s.db.SecretsTokenTree(ctx, accessor); err != nil {
-			return err
-		}
-	}
 	now := s.now()
+	if s.testBeforeTokenDelete != nil {
+		s.testBeforeTokenDelete()
+	}
+	// The leases are read and marked in the transaction that deletes the
+	// tokens, after the delete: a lease being written by a request of one
+	// of them holds its token's row (lockLeaseToken) and committed before
+	// the delete went through, so it is read here; one written later finds
+	// its token gone and is refused. Marked with the delete, they are
+	// revoked by the maintenance loop should the server stop before the
+	// revocations below.
 	leases := map[string][]store.Lease{}
-	markLeases := func(acc string) error {
-		ls, err := s.db.Leases(ctx, "", acc, 10000)
-		if err != nil {
-			return err
-		}
-		for _, l := range ls {
-			if err := s.db.MarkLeaseRevoking(ctx, s.db.SQL(), l.ID, now); err != nil {
-				return err
-			}
-		}
-		leases[acc] = ls
-		return nil
-	}
-	// The leases are marked first: should the server stop after the
-	// tokens are gone, the maintenance loop still revokes them.
-	for _, a := range tree {
-		if err := markLeases(a); err != nil {
-			return err
-		}
-	}
 	var gone []string
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -702,12 +685,25 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 		}
 		evs := make([]audit.Event, 0, len(gone))
 		for i, a := range gone {
+			ls, err := s.db.TokenLeases(ctx, tx, a, 10000)
+			if err != nil {
+				return err
+			}
+			for j := range ls {
+				if err := s.db.MarkLeaseRevoking(ctx, tx, ls[j].ID, now); err != nil {
+					return err
+				}
+				if ls[j].RevokeRequestedAt.IsZero() {
+					ls[j].RevokeRequestedAt = now
+				}
+			}
+			leases[a] = ls
 			reason := why
 			if i > 0 {
 				reason = "parent token revoked (" + why + ")"
 			}
 			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: s.hmacAccessor(a),
-				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(leases[a]))}})
+				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(ls))}})
 		}
 		return s.cfg.Audit.AppendTx(ctx, tx, evs...)
 	})
@@ -715,17 +711,25 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 		return err
 	}
 	for _, a := range gone {
-		if _, ok := leases[a]; !ok {
-			// A child created after the tree was read.
-			if err := markLeases(a); err != nil {
-				return err
-			}
-		}
 		for _, l := range leases[a] {
 			s.revokeLease(ctx, l)
 		}
 	}
 	return nil
+}
+
+// lockLeaseToken holds the row of the token a lease is about to be
+// written for until tx ends (PostgreSQL: FOR UPDATE; SQLite's write
+// transaction serializes already), and refuses the lease if the token,
+// or a token above it, is gone or expired: a revocation of the token
+// either committed before, or waits and then finds the lease
+// (revokeTokens).
+func (s *Service) lockLeaseToken(rq *req, tx *sql.Tx, accessor string) error {
+	alive, err := s.db.LockSecretsToken(rq.ctx, tx, accessor, s.now(), maxTokenDepth)
+	if errors.Is(err, store.ErrNotFound) || err == nil && !alive {
+		return errf(http.StatusForbidden, "the token was revoked while the lease was being created")
+	}
+	return err
 }
 
 // setPolicyList validates a list of policy names.

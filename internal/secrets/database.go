@@ -594,9 +594,23 @@ func (s *Service) dbCreds(rq *req, roleName string) (*envelope, error) {
 	rq.details["lease_id"] = lease.ID
 	rq.details["username"] = user
 	rq.details["password_hmac"] = s.hmacValue([]byte(pass))
-	err = rq.tx(func(tx *sql.Tx) error { return s.db.CreateLease(rq.ctx, tx, lease) })
+	if s.testBeforeLeaseWrite != nil {
+		s.testBeforeLeaseWrite()
+	}
+	err = rq.tx(func(tx *sql.Tx) error {
+		if st := rq.tok.stored; st != nil {
+			if err := s.lockLeaseToken(rq, tx, st.Accessor); err != nil {
+				return err
+			}
+		}
+		if s.testLeaseTokenLocked != nil {
+			s.testLeaseTokenLocked()
+		}
+		return s.db.CreateLease(rq.ctx, tx, lease)
+	})
 	if err != nil {
-		// The user exists but no lease records it: drop it now.
+		// The user exists but no lease records it (its token revoked
+		// meanwhile, or the store failing): drop it now.
 		s.revokeDBUser(context.WithoutCancel(rq.ctx), dbLease{DB: role.DBName, Username: user, Revocation: rev}, now)
 		return nil, err
 	}

@@ -115,6 +115,15 @@ type Service struct {
 	unsealMu sync.Mutex
 	// lastRotateCheck is when Tick last looked for keys due for rotation.
 	lastRotateCheck atomic.Pointer[time.Time]
+
+	// Test hooks, nil outside tests: testBeforeTokenDelete runs in a token
+	// revocation before its tokens are deleted;
+	// testBeforeLeaseWrite runs after a lease's database user is created,
+	// before the lease is written; testLeaseTokenLocked runs in the
+	// lease's transaction, just before the lease is written.
+	testBeforeTokenDelete func()
+	testBeforeLeaseWrite  func()
+	testLeaseTokenLocked  func()
 }
 
 // New prepares a sealed service.

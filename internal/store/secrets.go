@@ -281,6 +281,29 @@ func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int)
 	return scanStrings(rows)
 }
 
+// LockSecretsToken holds the token accessor until tx ends (PostgreSQL:
+// FOR UPDATE; SQLite's write transaction serializes writers already),
+// so a revocation of it (DeleteSecretsTokenTree) either committed before
+// (ErrNotFound) or waits for tx and then finds what tx wrote for the
+// token: a child, a lease. alive is SecretsTokenChain's: the token and
+// every token above it are there and unexpired at now.
+func (s *DB) LockSecretsToken(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit int) (alive bool, err error) {
+	_, alive, _, err = s.lockSecretsToken(ctx, tx, accessor, now, depthLimit)
+	return alive, err
+}
+
+func (s *DB) lockSecretsToken(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit int) (depth int, alive bool, root string, err error) {
+	var a string
+	err = tx.QueryRowContext(ctx, "SELECT accessor FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&a)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, "", fmt.Errorf("%w: token", ErrNotFound)
+	}
+	if err != nil {
+		return 0, false, "", fmt.Errorf("store: lock token: %w", err)
+	}
+	return s.secretsTokenChain(ctx, tx, accessor, now, depthLimit)
+}
+
 // SecretsTokenParent is what LockSecretsTokenParent reads of a token
 // about to get a child.
 type SecretsTokenParent struct {
@@ -297,21 +320,13 @@ type SecretsTokenParent struct {
 }
 
 // LockSecretsTokenParent holds the token accessor (a parent about to get
-// a child) until tx ends (PostgreSQL: FOR UPDATE), so a revocation of it
-// either committed before (ErrNotFound) or waits and then finds the
-// child (DeleteSecretsTokenTree), and reads its chain, children and tree.
+// a child) until tx ends (LockSecretsToken), and reads its chain,
+// children and tree.
 func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit, treeLimit int) (SecretsTokenParent, error) {
 	var p SecretsTokenParent
-	var a string
-	err := tx.QueryRowContext(ctx, "SELECT accessor FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&a)
-	if errors.Is(err, sql.ErrNoRows) {
-		return p, fmt.Errorf("%w: token", ErrNotFound)
-	}
-	if err != nil {
-		return p, fmt.Errorf("store: lock token: %w", err)
-	}
 	var root string
-	if p.Depth, p.Alive, root, err = s.secretsTokenChain(ctx, tx, accessor, now, depthLimit); err != nil {
+	var err error
+	if p.Depth, p.Alive, root, err = s.lockSecretsToken(ctx, tx, accessor, now, depthLimit); err != nil {
 		return p, err
 	}
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&p.Children); err != nil {
@@ -380,24 +395,6 @@ func (s *DB) secretsTokenChain(ctx context.Context, q Queryer, accessor string, 
 		return 0, false, "", fmt.Errorf("store: token chain: %w", err)
 	}
 	return depth, alive && top == "", root, nil
-}
-
-// SecretsTokenTree lists accessor and every token under it (children
-// first by level), for the leases to revoke with them.
-func (s *DB) SecretsTokenTree(ctx context.Context, accessor string) ([]string, error) {
-	out := []string{accessor}
-	for i := 0; i < len(out); i++ {
-		rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE parent_accessor = $1 ORDER BY accessor", out[i])
-		if err != nil {
-			return nil, fmt.Errorf("store: token tree: %w", err)
-		}
-		kids, err := scanStrings(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, kids...)
-	}
-	return out, nil
 }
 
 // DeleteSecretsTokenTree deletes the token accessor and, unless

@@ -296,14 +296,22 @@ func (s *DB) RenewLease(ctx context.Context, q Queryer, id string, expires time.
 // Leases lists leases whose id starts with prefix, or that belong to the
 // token with accessor when prefix is "" and accessor is not.
 func (s *DB) Leases(ctx context.Context, prefix, accessor string, limit int) ([]Lease, error) {
-	var rows *sql.Rows
-	var err error
 	if accessor != "" {
-		rows, err = s.db.QueryContext(ctx, "SELECT "+leaseCols+" FROM secrets_leases WHERE token_accessor = $1 ORDER BY id LIMIT $2", accessor, limit)
-	} else {
-		rows, err = s.db.QueryContext(ctx, "SELECT "+leaseCols+" FROM secrets_leases WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
-			prefix, prefix+"\U0010FFFF", limit)
+		return s.TokenLeases(ctx, s.db, accessor, limit)
 	}
+	rows, err := s.db.QueryContext(ctx, "SELECT "+leaseCols+" FROM secrets_leases WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
+		prefix, prefix+"\U0010FFFF", limit)
+	return scanLeases(rows, err)
+}
+
+// TokenLeases lists the leases of the token with accessor, read through
+// q (a revocation's transaction, after it deleted the token).
+func (s *DB) TokenLeases(ctx context.Context, q Queryer, accessor string, limit int) ([]Lease, error) {
+	rows, err := q.QueryContext(ctx, "SELECT "+leaseCols+" FROM secrets_leases WHERE token_accessor = $1 ORDER BY id LIMIT $2", accessor, limit)
+	return scanLeases(rows, err)
+}
+
+func scanLeases(rows *sql.Rows, err error) ([]Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: list leases: %w", err)
 	}
