@@ -727,7 +727,7 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 func (s *Service) lockLeaseToken(rq *req, tx *sql.Tx, accessor string) error {
 	alive, err := s.db.LockSecretsToken(rq.ctx, tx, accessor, s.now(), maxTokenDepth)
 	if errors.Is(err, store.ErrNotFound) || err == nil && !alive {
-		return errf(http.StatusForbidden, "the token was revoked while the lease was being created")
+		return errf(http.StatusForbidden, "the token was revoked or used up before its lease was written")
 	}
 	return err
 }
