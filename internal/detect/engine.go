@@ -671,6 +671,12 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			map[string]string{"identities_introduced": strconv.Itoa(e.introduced[r.Reporter]), "kind": "caller_flood"}, nil))
 		return out
 	}
+	// A relay (the edge gateway) forwards what its clients ask for:
+	// the refusals, the never-seen paths and the record overflows of
+	// its requests are theirs. Its probing findings say so (relayed,
+	// Finding.Relayed): an anomaly about it, never evidence of its
+	// compromise.
+	relay := e.cfg.IsRelay(r.Source)
 	if crowded || r.Path == traffic.OverflowPeerPath {
 		// The caller called more distinct edges than a reporter's
 		// window (a quarter of its table) or this engine keeps apart
@@ -681,9 +687,13 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 		if !crowded && r.Reporter != "" {
 			at = r.Reporter
 		}
-		add(e.raise(now, DetectorProbing, Medium, r.Source, "",
-			fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at),
-			map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}, []Record{*r}))
+		summary := fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at)
+		ev := map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}
+		if relay {
+			summary = fmt.Sprintf("%s, a relay (detect.relays), forwarded more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at)
+			ev["relayed"] = "record_overflow"
+		}
+		add(e.raise(now, DetectorProbing, Medium, r.Source, "", summary, ev, []Record{*r}))
 	}
 	learned := id != nil && now.Sub(id.firstSeen) >= e.cfg.LearningPeriod.Std()
 	// An identity that appears after the engine has learned the mesh is
@@ -783,13 +793,11 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			n := strconv.FormatUint(id.denies, 10)
 			summary := fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies)
 			ev := map[string]string{"refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}
-			if e.cfg.IsRelay(r.Source) {
-				// A relay (the edge gateway) forwards what its clients
-				// ask for: the paths scanners try on it are refused
-				// upstream in its name. That is an anomaly about it,
-				// not evidence of its compromise (Finding.Relayed).
+			if relay {
+				// The paths scanners try on it are refused upstream
+				// in its name.
 				summary = fmt.Sprintf("%s, a relay (detect.relays), had %d requests it forwarded refused in a minute", r.Source, id.denies)
-				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals"}
+				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals", "relayed": "refusals"}
 			}
 			add(e.raise(now, DetectorProbing, sev, r.Source, "", summary, ev, id.denyRecs))
 		}
@@ -805,9 +813,14 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			}
 		}
 		if len(id.newPaths) >= th.NewPaths {
-			add(e.raise(now, DetectorProbing, Medium, r.Source, "",
-				fmt.Sprintf("%s called %d paths it never called before within 5 minutes", r.Source, len(id.newPaths)),
-				map[string]string{"new_paths": strconv.Itoa(len(id.newPaths)), "threshold": strconv.Itoa(th.NewPaths), "kind": "paths"}, id.newRecs))
+			summary := fmt.Sprintf("%s called %d paths it never called before within 5 minutes", r.Source, len(id.newPaths))
+			ev := map[string]string{"new_paths": strconv.Itoa(len(id.newPaths)), "threshold": strconv.Itoa(th.NewPaths), "kind": "paths"}
+			if relay {
+				// The paths a scanner tries through it.
+				summary = fmt.Sprintf("%s, a relay (detect.relays), forwarded %d paths it never called before within 5 minutes", r.Source, len(id.newPaths))
+				ev["relayed"] = "paths"
+			}
+			add(e.raise(now, DetectorProbing, Medium, r.Source, "", summary, ev, id.newRecs))
 		}
 	}
 	return out
