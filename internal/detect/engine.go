@@ -414,7 +414,11 @@ func (e *Engine) Learn(recs []Record) {
 }
 
 // Ingest adds fresh records (now is the server's time of arrival) and
-// returns the findings they raised or updated.
+// returns the findings they raised or updated. A record's time is its
+// reporter's clock; one ahead of now is judged at now: a future minute
+// would make every record of the current minute late (counted toward
+// no rate or volume), so one reporter with a fast clock could blind the
+// detectors to what others report about the same callers.
 func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
 	if e.cfg.Disabled {
 		return nil
@@ -423,7 +427,13 @@ func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
 	defer e.mu.Unlock()
 	var out []*Finding
 	for i := range recs {
-		out = append(out, e.judge(now, &recs[i])...)
+		r := &recs[i]
+		if r.Time.After(now) {
+			c := *r
+			c.Time = now
+			r = &c
+		}
+		out = append(out, e.judge(now, r)...)
 	}
 	return take(out)
 }

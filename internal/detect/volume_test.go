@@ -135,3 +135,48 @@ func TestPairsBounded(t *testing.T) {
 		t.Fatalf("idle pairs kept: %d", len(e.pairs))
 	}
 }
+
+// TestFutureRecordBlindsNoEdge: a record's time is its reporter's clock
+// (the start of its window), which the server accepts up to 2 minutes
+// ahead of its own. The engine moved the edge's, the pair's and the
+// identity's minute to that future minute, and every record of the
+// current minute after it was late and counted toward no rate, no
+// volume: one replica of orders with a fast clock (or an attacker
+// holding one) blinded the detectors to what every other replica of
+// orders reported about its callers, for as long as its reports kept
+// coming. A record from the future is now judged at the server's time.
+// Fails on the parent (no finding for the 200 MiB pull).
+func TestFutureRecordBlindsNoEdge(t *testing.T) {
+	const (
+		reports = "spiffe://example.org/ns/prod/sa/reports"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 10, 0, time.UTC)
+	rec := func(at time.Time, path string, bytes uint64) Record {
+		return Record{Time: at, Reporter: orders, Source: reports, Destination: orders, Method: "GET", Path: path,
+			Decision: "allow", Status: 2, Requests: 1, RespBytes: bytes}
+	}
+	for _, tc := range []struct {
+		name string
+		pull []Record
+	}{
+		{"one_path", []Record{rec(now, "/api/export", 200<<20)}},
+		{"split_paths", []Record{rec(now, "/api/export/a", 60<<20), rec(now, "/api/export/b", 60<<20)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := NewEngine(config.DetectSettings{})
+			// The skewed replica's window starts 110 s ahead: the next
+			// minute and then some.
+			e.Ingest(now, []Record{rec(now.Add(110*time.Second), "/api/export", 1)})
+			var got []Finding
+			for _, f := range e.Ingest(now, tc.pull) {
+				if f.Detector == DetectorExfiltration && f.Identity == reports {
+					got = append(got, f)
+				}
+			}
+			if len(got) != 1 || got[0].Severity != High {
+				t.Fatalf("the pull another replica reported after a record from the future: %+v", got)
+			}
+		})
+	}
+}
