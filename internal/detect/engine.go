@@ -167,12 +167,48 @@ type edgeKey struct{ src, dst, method, path string }
 
 type edgeState struct {
 	requests, bytes Baseline
-	minute          time.Time // the minute being counted
+	minutes
 	curReq, curByte float64
 	curPII          float64
 	recs            []Record // records of the current minute (bounded)
-	lastSeen        time.Time
 }
+
+// minutes is the bookkeeping an edge's and a pair's state share: the
+// minute being counted, and the time of the last record.
+type minutes struct {
+	minute   time.Time
+	lastSeen time.Time
+}
+
+// count makes t's minute the current one when it is later (roll) and
+// notes t as last seen. It reports whether a record of time t counts
+// toward the current minute: a late one counts toward no rate.
+func (w *minutes) count(t time.Time, roll func(m time.Time)) bool {
+	m := minuteOf(t)
+	if m.After(w.minute) {
+		roll(m)
+	}
+	w.lastSeen = t
+	return !m.Before(w.minute)
+}
+
+// roll moves to minute m (later than the current one): the minute
+// counted so far goes into the baselines with its values, and every
+// empty minute after it (at most a day's worth) with none; update feeds
+// them (counted says whether the minute is the one counted). The state
+// then empties its counts.
+func (w *minutes) roll(m time.Time, update func(t time.Time, counted bool)) {
+	update(w.minute, true)
+	gap := int(m.Sub(w.minute)/time.Minute) - 1
+	for i := 1; i <= min(gap, 1440); i++ {
+		update(w.minute.Add(time.Duration(i)*time.Minute), false)
+	}
+	w.minute = m
+}
+
+// idle reports whether the state has had no record for 35 days, the
+// longest a weekly baseline waits to be useful again: Tick forgets it.
+func (w *minutes) idle(now time.Time) bool { return now.Sub(w.lastSeen) > 35*24*time.Hour }
 
 // pairKey is a caller and a destination: what the volume check sums a
 // minute's responses over, whatever paths they came from.
@@ -183,15 +219,14 @@ type pairKey struct{ src, dst string }
 // whose varying segment the template does not recognise) stays under the
 // limit on each edge, not on the pair.
 type pairState struct {
-	bytes  Baseline
-	minute time.Time
-	cur    float64
+	bytes Baseline
+	minutes
+	cur float64
 	// paths is the minute's bytes per operation (at most maxPairPaths;
 	// the rest under pairOtherPaths), for the finding's evidence.
 	paths map[string]float64
 	// recs are the minute's largest records (at most maxEvidence).
-	recs     []Record
-	lastSeen time.Time
+	recs []Record
 }
 
 // maxPairPaths bounds the operations a pair's minute keeps apart for the
@@ -201,13 +236,12 @@ const (
 	pairOtherPaths = "(other paths)"
 )
 
+// close moves the pair to minute m (minutes.roll).
 func (ps *pairState) close(m time.Time) {
-	ps.bytes.Update(ps.minute, ps.cur)
-	gap := int(m.Sub(ps.minute)/time.Minute) - 1
-	for i := 1; i <= min(gap, 1440); i++ {
-		ps.bytes.Update(ps.minute.Add(time.Duration(i)*time.Minute), 0)
-	}
-	ps.minute, ps.cur, ps.recs = m, 0, reuse(ps.recs)
+	ps.roll(m, func(t time.Time, counted bool) {
+		ps.bytes.Update(t, pick(counted, ps.cur))
+	})
+	ps.cur, ps.recs = 0, reuse(ps.recs)
 	if len(ps.paths) > 8 {
 		ps.paths = nil // a wide minute's buckets are not kept
 	} else {
@@ -507,7 +541,7 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPath}
 		}
 		if es = e.edges[k]; es == nil && len(e.edges) < maxTracked+maxTracked/4 {
-			es = &edgeState{minute: m}
+			es = &edgeState{minutes: minutes{minute: m}}
 			e.edges[k] = es
 			if id != nil {
 				id.edges++
@@ -533,55 +567,46 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 			}
 		}
 	}
-	if es != nil {
-		if m.After(es.minute) {
-			es.close(m)
+	if es != nil && es.count(r.Time, es.close) {
+		es.curReq += float64(r.Requests)
+		es.curByte += float64(r.RespBytes)
+		es.curPII += float64(r.PIIMatches)
+		if judge && len(es.recs) < maxEvidence {
+			es.recs = append(es.recs, *r)
 		}
-		if !m.Before(es.minute) { // a late record does not count towards rates
-			es.curReq += float64(r.Requests)
-			es.curByte += float64(r.RespBytes)
-			es.curPII += float64(r.PIIMatches)
-			if judge && len(es.recs) < maxEvidence {
-				es.recs = append(es.recs, *r)
-			}
-		}
-		es.lastSeen = r.Time
 	}
 	// The pair sums the caller's responses from the destination over
 	// every path (at most maxTracked pairs, maxPerIdent per caller; past
 	// them, the edges alone are judged).
 	pk := pairKey{r.Source, r.Destination}
 	if ps = e.pairs[pk]; ps == nil && len(e.pairs) < maxTracked && (id == nil || id.pairs < maxPerIdent) {
-		ps = &pairState{minute: m}
+		ps = &pairState{minutes: minutes{minute: m}}
 		e.pairs[pk] = ps
 		if id != nil {
 			id.pairs++
 		}
 	}
-	if ps != nil {
-		if m.After(ps.minute) {
-			ps.close(m)
-		}
-		if !m.Before(ps.minute) {
-			ps.add(r, judge)
-		}
-		ps.lastSeen = r.Time
+	if ps != nil && ps.count(r.Time, ps.close) {
+		ps.add(r, judge)
 	}
 	return es, ps, id, newDst, newOp, crowded, false
 }
 
-// close moves the edge to minute m: the minute counted so far, and every
-// empty minute after it (at most a day's worth), go into the baselines.
+// close moves the edge to minute m (minutes.roll).
 func (es *edgeState) close(m time.Time) {
-	es.requests.Update(es.minute, es.curReq)
-	es.bytes.Update(es.minute, es.curByte)
-	gap := int(m.Sub(es.minute)/time.Minute) - 1
-	for i := 1; i <= min(gap, 1440); i++ {
-		t := es.minute.Add(time.Duration(i) * time.Minute)
-		es.requests.Update(t, 0)
-		es.bytes.Update(t, 0)
+	es.roll(m, func(t time.Time, counted bool) {
+		es.requests.Update(t, pick(counted, es.curReq))
+		es.bytes.Update(t, pick(counted, es.curByte))
+	})
+	es.curReq, es.curByte, es.curPII, es.recs = 0, 0, 0, reuse(es.recs)
+}
+
+// pick is v for the minute counted, 0 for an empty one.
+func pick(counted bool, v float64) float64 {
+	if counted {
+		return v
 	}
-	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, reuse(es.recs)
+	return 0
 }
 
 // reuse empties a minute's evidence for the next minute: a busy minute's
@@ -600,29 +625,8 @@ func reuse(recs []Record) []Record {
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	m := minuteOf(now)
-	for k, es := range e.edges {
-		if m.After(es.minute) {
-			es.close(m)
-		}
-		if now.Sub(es.lastSeen) > 35*24*time.Hour {
-			delete(e.edges, k)
-			if id := e.idents[k.src]; id != nil && id.edges > 0 {
-				id.edges--
-			}
-		}
-	}
-	for k, ps := range e.pairs {
-		if m.After(ps.minute) {
-			ps.close(m)
-		}
-		if now.Sub(ps.lastSeen) > 35*24*time.Hour {
-			delete(e.pairs, k)
-			if id := e.idents[k.src]; id != nil && id.pairs > 0 {
-				id.pairs--
-			}
-		}
-	}
+	tickStates(e, e.edges, now, func(k edgeKey) string { return k.src }, func(id *identState) *int { return &id.edges })
+	tickStates(e, e.pairs, now, func(k pairKey) string { return k.src }, func(id *identState) *int { return &id.pairs })
 	for k, f := range e.open {
 		if now.Sub(f.LastSeen) > e.cfg.SuppressFor.Std() {
 			delete(e.open, k)
@@ -645,6 +649,34 @@ func (e *Engine) Tick(now time.Time) {
 	for a, ts := range e.attest {
 		if len(ts) == 0 || now.Sub(ts[len(ts)-1]) > 5*time.Minute {
 			delete(e.attest, a)
+		}
+	}
+}
+
+// minuteState is an edge's or a pair's state.
+type minuteState interface {
+	close(m time.Time)
+	window() *minutes
+}
+
+func (es *edgeState) window() *minutes { return &es.minutes }
+func (ps *pairState) window() *minutes { return &ps.minutes }
+
+// tickStates closes the minutes before now's of every state of states,
+// and forgets the idle ones, each uncounted from its source identity's
+// count of them (src names it). Called with e.mu held.
+func tickStates[K comparable, S minuteState](e *Engine, states map[K]S, now time.Time, src func(K) string, count func(*identState) *int) {
+	m := minuteOf(now)
+	for k, st := range states {
+		w := st.window()
+		if m.After(w.minute) {
+			st.close(m)
+		}
+		if w.idle(now) {
+			delete(states, k)
+			if id := e.idents[src(k)]; id != nil && *count(id) > 0 {
+				*count(id)--
+			}
 		}
 	}
 }

@@ -180,3 +180,37 @@ func TestFutureRecordBlindsNoEdge(t *testing.T) {
 		})
 	}
 }
+
+// TestPairFollowsEdge: the pair state and the edge state count minutes
+// the same way (one mechanism, minutes.roll): for a caller that calls
+// its destination on one path only, the pair's byte baseline, minute and
+// count are the edge's, whatever the records' gaps (a quiet day and more
+// is learned as at most a day of empty minutes), late records and ticks.
+func TestPairFollowsEdge(t *testing.T) {
+	const (
+		reports = "spiffe://example.org/ns/prod/sa/reports"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	e := NewEngine(config.DetectSettings{})
+	at := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+	steps := []time.Duration{0, 10 * time.Second, time.Minute, 7 * time.Minute, -2 * time.Minute, 3 * time.Hour, 30 * time.Hour, time.Minute, 61 * time.Second}
+	for i, d := range steps {
+		at = at.Add(d)
+		e.Ingest(at, []Record{{Time: at, Reporter: orders, Source: reports, Destination: orders, Method: "GET", Path: "/export",
+			Decision: "allow", Requests: 1, RespBytes: uint64(1000 * (i + 1))}})
+		if i%3 == 2 {
+			e.Tick(at.Add(90 * time.Second))
+		}
+		e.mu.Lock()
+		es, ps := e.edges[edgeKey{reports, orders, "GET", "/export"}], e.pairs[pairKey{reports, orders}]
+		same := es.bytes == ps.bytes && es.minute.Equal(ps.minute) && es.curByte == ps.cur && es.lastSeen.Equal(ps.lastSeen)
+		n := es.bytes.Minutes()
+		e.mu.Unlock()
+		if !same {
+			t.Fatalf("step %d: the pair's minute or baseline differs from its only edge's", i)
+		}
+		if i == len(steps)-1 && (n < 1440 || n > 3*1440) {
+			t.Fatalf("%d minutes learned", n)
+		}
+	}
+}
