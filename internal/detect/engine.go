@@ -549,9 +549,18 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 		}
 	}
 	if id != nil {
-		if _, ok := id.dsts[r.Destination]; !ok && len(id.dsts) < maxPerIdent {
+		if _, ok := id.dsts[r.Destination]; !ok {
+			// Past its bound, a destination the identity is not
+			// known to have called is still new (each call to it is,
+			// since it is not remembered): an attacker touching
+			// maxPerIdent harmless destinations first does not reach
+			// the real one unseen. And it is the overflow anomaly.
 			newDst = true
-			id.dsts[r.Destination] = struct{}{}
+			if len(id.dsts) < maxPerIdent {
+				id.dsts[r.Destination] = struct{}{}
+			} else {
+				crowded = true
+			}
 		}
 		op := [2]string{r.Destination, r.Method + " " + r.Path}
 		if _, ok := id.paths[op]; !ok {

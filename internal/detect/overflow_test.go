@@ -2,6 +2,7 @@ package detect
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,6 +105,57 @@ func TestOverflowHidesNoEdge(t *testing.T) {
 			t.Fatalf("the next caller's pull: %+v", fs)
 		}
 	})
+}
+
+// TestDestinationsPastTheBound: the engine remembers at most maxPerIdent
+// destinations per caller. A caller that first touched that many
+// harmless destinations then reached the real target raised no new_edge
+// finding about it: the caller's open new_edge finding stopped counting
+// (and aged out of the risk window while the calls went on), and the
+// target was named nowhere once the overflow finding had its 20
+// records. A destination the engine does not remember is now still
+// judged new (never remembered: each call to it counts) and named in
+// the new_edge finding's destinations, beside the overflow anomaly.
+// Fails on the parent (no new_edge detection past the bound).
+func TestDestinationsPastTheBound(t *testing.T) {
+	defer func(n int) { maxPerIdent = n }(maxPerIdent)
+	maxPerIdent = 5
+	const (
+		attacker = "spiffe://example.org/ns/prod/sa/attacker"
+		target   = "spiffe://example.org/ns/prod/sa/vault"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+	call := func(dst string, at time.Time) Record {
+		return Record{Time: at, Reporter: dst, Source: attacker, Destination: dst, Method: "GET", Path: "/", Decision: "allow", Requests: 1}
+	}
+	e := NewEngine(config.DetectSettings{LearningPeriod: 1})
+	e.Ingest(now.Add(-time.Hour), []Record{call("spiffe://example.org/ns/prod/sa/d0", now.Add(-time.Hour))})
+	for i := 1; i < 30; i++ {
+		d := fmt.Sprintf("spiffe://example.org/ns/prod/sa/d%d", i)
+		e.Ingest(now, []Record{call(d, now)})
+	}
+	later := now.Add(10 * time.Minute)
+	var newEdge, overflow *Finding
+	for _, f := range e.Ingest(later, []Record{call(target, later)}) {
+		switch f.Detector + ":" + f.Evidence["kind"] {
+		case "new_edge:destination":
+			newEdge = &f
+		case "probing:record_overflow":
+			overflow = &f
+		}
+	}
+	if newEdge == nil || !newEdge.LastSeen.Equal(later) || newEdge.Count != 30 || !strings.Contains(newEdge.Evidence["destinations"], target) {
+		t.Fatalf("want the call to %s past the bound counted on the new_edge finding: %+v", target, newEdge)
+	}
+	if overflow == nil || !overflow.Anomaly() {
+		t.Fatalf("want the overflow anomaly: %+v", overflow)
+	}
+	e.mu.Lock()
+	n := len(e.idents[attacker].dsts)
+	e.mu.Unlock()
+	if n != maxPerIdent {
+		t.Fatalf("%d destinations remembered, want %d", n, maxPerIdent)
+	}
 }
 
 // TestReporterCannotFillIdentities: the caller an inbound record names is
