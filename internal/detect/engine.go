@@ -347,6 +347,29 @@ type Engine struct {
 		n       int
 		dropped uint64
 	}
+	// untracked counts the fresh records a full table left without a
+	// state (Untracked).
+	untracked Untracked
+}
+
+// Untracked counts the fresh records the engine judged without one of
+// its states because that table was full (maxTracked, every identity's
+// share of it): no identity state (no new-edge or probing judgement), no
+// edge state (no rate or volume on the edge), no pair state (no volume
+// summed over the pair's paths). A caller past its own share of a table
+// is not counted here: that is its record_overflow anomaly. Made-up
+// callers from several nodes, each within maxIdentsPerReporter, can fill
+// the tables: these counts are how the server shows that its detectors
+// went partly blind (moatless_detect_untracked_records_total).
+type Untracked struct {
+	Identities, Edges, Pairs uint64
+}
+
+// Untracked returns the counts so far.
+func (e *Engine) Untracked() Untracked {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.untracked
 }
 
 // KnownEdge is an edge the new-edge detector knows: persisted by the
@@ -356,8 +379,9 @@ type KnownEdge struct {
 	FirstSeen                         time.Time
 }
 
-// maxTracked bounds the edges (and identities) an engine keeps state for.
-const maxTracked = 200_000
+// maxTracked bounds the edges (and identities, and pairs) an engine
+// keeps state for.
+var maxTracked = 200_000
 
 // maxPerIdent bounds the edges, and the operations, the engine keeps
 // apart for one source identity: one identity calling distinct paths
@@ -528,6 +552,8 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 		}
 		if id = e.ident(r.Source, r.Time); id != nil && r.Reporter != "" && r.Reporter != r.Source {
 			e.introduced[r.Reporter]++
+		} else if id == nil && judge {
+			e.untracked.Identities++
 		}
 	}
 	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
@@ -546,6 +572,9 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 			if id != nil {
 				id.edges++
 			}
+		}
+		if es == nil && judge {
+			e.untracked.Edges++
 		}
 	}
 	if id != nil {
@@ -594,6 +623,8 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 		if id != nil {
 			id.pairs++
 		}
+	} else if ps == nil && judge && len(e.pairs) >= maxTracked {
+		e.untracked.Pairs++
 	}
 	if ps != nil && ps.count(r.Time, ps.close) {
 		ps.add(r, judge)

@@ -201,3 +201,30 @@ func TestReporterCannotFillIdentities(t *testing.T) {
 		t.Fatalf("another node's new caller: %+v", fs)
 	}
 }
+
+// TestFullTablesCounted: made-up callers from several nodes, each within
+// maxIdentsPerReporter, can fill the engine's tables, and every record
+// after was judged without its identity's, edge's or pair's state, in
+// silence: no finding, no metric. The engine now counts such records per
+// table (Untracked, the server's moatless_detect_untracked_records_total).
+// Fails on the parent (no count: it does not compile there).
+func TestFullTablesCounted(t *testing.T) {
+	defer func(n int) { maxTracked = n }(maxTracked)
+	maxTracked = 4
+	const orders = "spiffe://example.org/ns/prod/sa/orders"
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e := NewEngine(config.DetectSettings{})
+	for i := range 6 {
+		e.Ingest(now, []Record{{Time: now, Reporter: orders, Source: fmt.Sprintf("spiffe://example.org/ns/prod/sa/s%d", i), Destination: orders,
+			Method: "GET", Path: "/", Decision: "allow", Requests: 1}})
+	}
+	// 4 identities and pairs kept; 4 edges and one shared overflow edge
+	// (maxTracked/4 of them).
+	if got, want := e.Untracked(), (Untracked{Identities: 2, Edges: 1, Pairs: 2}); got != want {
+		t.Fatalf("untracked %+v, want %+v", got, want)
+	}
+	e.Learn([]Record{{Time: now, Source: "spiffe://example.org/ns/prod/sa/s9", Destination: orders, Method: "GET", Path: "/", Decision: "allow", Requests: 1}})
+	if got := e.Untracked(); got.Identities != 2 {
+		t.Fatalf("learned records counted: %+v", got)
+	}
+}

@@ -215,6 +215,15 @@ func (s *Server) initDetect(ctx context.Context) error {
 	m.held = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_uncorroborated_incidents_total",
 		Help: "Incidents a playbook opened with its isolate, block-pair and revoke-certificate steps held: the findings rested on other nodes' word alone (fewer than the trigger's witnesses, not borne out by the identity's own records), or on anomalies alone (no evidence of compromise, and the trigger names no detectors)."})
 	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, m.held, al.sent)
+	for table, n := range map[string]func(detect.Untracked) uint64{
+		"identities": func(u detect.Untracked) uint64 { return u.Identities },
+		"edges":      func(u detect.Untracked) uint64 { return u.Edges },
+		"pairs":      func(u detect.Untracked) uint64 { return u.Pairs },
+	} {
+		s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_untracked_records_total",
+			Help:        "Traffic records judged without a state of the detection engine because its table was full (maximum 200000 identities, edges, pairs): no new-edge or probing judgement without the identity's, no rate or volume without the edge's, no volume over the pair's paths without the pair's. Made-up callers reported by nodes can fill them.",
+			ConstLabels: prometheus.Labels{"table": table}}, func() float64 { return float64(n(d.engine.Untracked())) }))
+	}
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {

@@ -3,6 +3,7 @@ package server_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -330,5 +331,23 @@ func TestRecommendWhatIfRoundTrip(t *testing.T) {
 	}
 	if st, _ := e.do(e.client(nil), "POST", server.PathAdminWhatIf, "", server.WhatIfRequest{}); st != 401 {
 		t.Fatalf("without the admin credential: %d", st)
+	}
+}
+
+// TestUntrackedRecordsMetric: the records the engine judged without a
+// state because a table was full are counted per table (the engine's
+// side is TestFullTablesCounted in internal/detect).
+func TestUntrackedRecordsMetric(t *testing.T) {
+	e := start(t, "")
+	resp, err := e.client(nil).Get("https://" + e.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, table := range []string{"identities", "edges", "pairs"} {
+		if want := `moatless_detect_untracked_records_total{table="` + table + `"} 0`; !strings.Contains(string(b), want) {
+			t.Errorf("no %s in /metrics", want)
+		}
 	}
 }
