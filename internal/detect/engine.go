@@ -418,13 +418,28 @@ func (e *Engine) Settings() config.DetectSettings { return e.cfg }
 // LoadKnown tells the engine the edges it has seen before (from the
 // store), with when each was first seen: an identity's first sighting
 // starts its learning period.
+//
+// An identity it makes known counts as introduced (maxIdentsPerReporter)
+// by the destination of its earliest known edge, whose node reported it
+// (an inbound record's destination is its reporter): a node's budget of
+// made-up callers does not start afresh when the server restarts while
+// the identities it introduced stay known.
 func (e *Engine) LoadKnown(edges []KnownEdge) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	made := map[string]KnownEdge{} // identity made known here → its earliest edge
 	for _, k := range edges {
+		_, had := e.idents[k.Source]
 		id := e.ident(k.Source, k.FirstSeen)
 		if id == nil {
 			continue
+		}
+		if f, ok := made[k.Source]; ok {
+			if k.FirstSeen.Before(f.FirstSeen) {
+				made[k.Source] = k
+			}
+		} else if !had {
+			made[k.Source] = k
 		}
 		if id.firstSeen.IsZero() || k.FirstSeen.Before(id.firstSeen) {
 			id.firstSeen = k.FirstSeen
@@ -434,6 +449,11 @@ func (e *Engine) LoadKnown(edges []KnownEdge) {
 		}
 		id.dsts[k.Destination] = struct{}{}
 		id.paths[[2]string{k.Destination, k.Method + " " + k.Path}] = struct{}{}
+	}
+	for src, k := range made {
+		if k.Destination != src {
+			e.introduced[k.Destination]++
+		}
 	}
 }
 

@@ -202,6 +202,49 @@ func TestReporterCannotFillIdentities(t *testing.T) {
 	}
 }
 
+// TestReporterBudgetSurvivesRestart: the identities a node's records
+// made known are persisted as known edges and loaded at start
+// (LoadKnown), but the node's count of them started afresh: each restart
+// let a compromised node make another maxIdentsPerReporter made-up
+// callers known, until the table of identities was full. LoadKnown now
+// counts each identity it makes known against the destination of its
+// earliest known edge (an inbound record's reporter). Fails on the
+// parent (the node names 10 more new callers after the restart without
+// a caller_flood).
+func TestReporterBudgetSurvivesRestart(t *testing.T) {
+	const (
+		liar   = "spiffe://example.org/ns/prod/sa/liar"
+		orders = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	defer func(n int) { maxIdentsPerReporter = n }(maxIdentsPerReporter)
+	maxIdentsPerReporter = 10
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	calls := func(from, n int, at time.Time) []Record {
+		var recs []Record
+		for i := from; i < from+n; i++ {
+			recs = append(recs, Record{Time: at, Reporter: liar, Source: fmt.Sprintf("spiffe://example.org/ns/fake/sa/s%d", i), Destination: liar, Method: "GET", Path: "/", Decision: "allow", Requests: 1})
+		}
+		return recs
+	}
+	e := NewEngine(config.DetectSettings{})
+	e.Ingest(now, calls(0, 10, now))
+	// An honest caller of orders, known before: not the liar's.
+	known := append(e.TakeNewKnown(), KnownEdge{Source: liar, Destination: orders, Method: "GET", Path: "/", FirstSeen: now.Add(-time.Hour)})
+	restarted := NewEngine(config.DetectSettings{})
+	restarted.LoadKnown(known)
+	later := now.Add(time.Hour)
+	var flood bool
+	for _, f := range restarted.Ingest(later, calls(10, 10, later)) {
+		flood = flood || f.Identity == liar && f.Evidence["kind"] == "caller_flood"
+	}
+	restarted.mu.Lock()
+	n, byOrders := len(restarted.idents), restarted.introduced[orders]
+	restarted.mu.Unlock()
+	if !flood || n != 11 || byOrders != 1 {
+		t.Fatalf("after a restart: caller flood %v, %d identities (want the 10 made-up ones and liar), %d introduced by orders (want 1)", flood, n, byOrders)
+	}
+}
+
 // TestFullTablesCounted: made-up callers from several nodes, each within
 // maxIdentsPerReporter, can fill the engine's tables, and every record
 // after was judged without its identity's, edge's or pair's state, in
