@@ -883,7 +883,9 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	// started while the server was out of reach) and refuses every
 	// caller alike: that is not the caller probing either.
 	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" && r.Reason != "no_policy" {
-		id.denies += r.Requests
+		// Saturating: a reporter's count wrapping the sum would hide
+		// the refusals other nodes reported this minute.
+		id.denies = satAdd(id.denies, r.Requests)
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)
 		}
@@ -1179,6 +1181,14 @@ func newID() string {
 
 // NewID returns a fresh random ID for findings and incidents.
 func NewID() string { return newID() }
+
+// satAdd is a+b, at most the largest uint64.
+func satAdd(a, b uint64) uint64 {
+	if a+b < a {
+		return ^uint64(0)
+	}
+	return a + b
+}
 
 func fmtF(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 

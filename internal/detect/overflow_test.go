@@ -271,3 +271,33 @@ func TestFullTablesCounted(t *testing.T) {
 		t.Fatalf("learned records counted: %+v", got)
 	}
 }
+
+// TestRefusalCountDoesNotWrap: refusals reported about one caller in a
+// minute were summed in a uint64 that wrapped: one node reporting
+// 2^64-15 refusals right after another node's 15 brought the caller's
+// count back to 0, and the next 15 (30 by the honest node's count, over
+// the burst of 20) raised nothing. The sum now saturates. Fails on the
+// parent (no probing finding).
+func TestRefusalCountDoesNotWrap(t *testing.T) {
+	const (
+		caller = "spiffe://example.org/ns/prod/sa/scanner"
+		orders = "spiffe://example.org/ns/prod/sa/orders"
+		liar   = "spiffe://example.org/ns/prod/sa/liar"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	deny := func(reporter string, n uint64) []Record {
+		return []Record{{Time: now, Reporter: reporter, Source: caller, Destination: reporter, Method: "GET", Path: "/admin", Decision: "deny", Reason: "no_allow_match", Requests: n}}
+	}
+	e := NewEngine(config.DetectSettings{})
+	var fs []Finding
+	for _, recs := range [][]Record{deny(orders, 15), deny(liar, ^uint64(0)-14), deny(orders, 15)} {
+		fs = append(fs, e.Ingest(now, recs)...)
+	}
+	var got bool
+	for _, f := range fs {
+		got = got || f.Identity == caller && f.Detector == DetectorProbing
+	}
+	if !got {
+		t.Fatalf("30 refusals by orders in a minute, and a liar's wrap, raised nothing: %+v", fs)
+	}
+}
