@@ -179,10 +179,19 @@ func (s *Server) initDetect(ctx context.Context) error {
 	d.engine.LoadKnown(ke)
 	// The baselines learn from the last 8 days kept (a week of
 	// hour-of-week slots and a day to spare), in batches.
-	since := s.now().Add(-min(s.cfg.Detect.Retention.Std(), 8*24*time.Hour))
+	// A row from the future (a reporter's window may start up to
+	// maxRecordSkew ahead) is learned at the start time, as Ingest
+	// judges it: else the edge's minute would move ahead, and the next
+	// minutes' records would be late, counted toward no rate or volume.
+	started := s.now()
+	since := started.Add(-min(s.cfg.Detect.Retention.Std(), 8*24*time.Hour))
 	var batch []detect.Record
 	err = s.db.EdgeMinutes(ctx, store.EdgeQuery{Since: since, Direction: "inbound"}, func(r store.EdgeRow) error {
-		batch = append(batch, recordOf(r))
+		rec := recordOf(r)
+		if rec.Time.After(started) {
+			rec.Time = started
+		}
+		batch = append(batch, rec)
 		if len(batch) == 10_000 {
 			d.engine.Learn(batch)
 			batch = batch[:0]
