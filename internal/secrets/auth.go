@@ -239,6 +239,9 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 		case p.TreeSize >= maxTokenTree:
 			return nil, badRequest("the token's tree (its orphan root and every token under it) holds %d tokens already; revoke some, or create an orphan (no_parent)", p.TreeSize)
 		}
+		if s.testTokenParentLocked != nil {
+			s.testTokenParentLocked()
+		}
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
 		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,13 +323,31 @@ type SecretsTokenParent struct {
 
 // LockSecretsTokenParent holds the token accessor (a parent about to get
 // a child) until tx ends (LockSecretsToken), and reads its chain,
-// children and tree.
+// children and tree. On PostgreSQL it also holds the tree (an advisory
+// lock on its root) until tx ends, so the creations of children anywhere
+// in one tree count it one after the other: each locking its own parent
+// only, two at a tree's bound less one both counted it before the other
+// committed, and both went in. An advisory lock, not the root's row:
+// a revocation of the root deletes the rows of the tree in its own order
+// and would deadlock with a creation holding a parent and waiting for the
+// root; no revocation takes the advisory lock.
 func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit, treeLimit int) (SecretsTokenParent, error) {
 	var p SecretsTokenParent
 	var root string
 	var err error
 	if p.Depth, p.Alive, root, err = s.lockSecretsToken(ctx, tx, accessor, now, depthLimit); err != nil {
 		return p, err
+	}
+	// The root is read again once its tree is locked: a revoke-orphan
+	// above the parent meanwhile makes it the child of another root.
+	for locked := ""; s.dialect == Postgres && p.Alive && root != locked; {
+		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", tokenTreeLockKey(root)); err != nil {
+			return p, fmt.Errorf("store: lock token tree: %w", err)
+		}
+		locked = root
+		if p.Depth, p.Alive, root, err = s.secretsTokenChain(ctx, tx, accessor, now, depthLimit); err != nil {
+			return p, err
+		}
 	}
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&p.Children); err != nil {
 		return p, fmt.Errorf("store: count child tokens: %w", err)
@@ -338,6 +358,13 @@ func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor st
 		}
 	}
 	return p, nil
+}
+
+// tokenTreeLockKey is the PostgreSQL advisory lock key of the token tree
+// rooted at root: 64 bits of a SHA-256 of a name no other lock uses.
+func tokenTreeLockKey(root string) int64 {
+	h := sha256.Sum256([]byte("moatless secrets token tree\x00" + root))
+	return int64(binary.BigEndian.Uint64(h[:8]))
 }
 
 // secretsTokenTreeSize counts the tokens of root's tree (root, its
