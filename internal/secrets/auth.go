@@ -38,6 +38,21 @@ type tokenCtx struct {
 	policies []string // named on the token
 	stored   *store.SecretsToken
 	acl      *acl.ACL
+	// creator is the SPIFFE ID of the workload that created the token
+	// (store.SecretsToken.CreatorSPIFFEID): its revocation ends the token,
+	// but grants the token nothing (spiffeID does).
+	creator string
+}
+
+// revokedWith is the SPIFFE ID whose revocation ends the token: its
+// creator's, else its own ("" for neither). A token created by the token
+// (or by the mTLS identity) of a workload inherits it, so what a revoked
+// workload minted beforehand stops with it.
+func (t *tokenCtx) revokedWith() string {
+	if t.creator != "" {
+		return t.creator
+	}
+	return t.spiffeID
 }
 
 func (t *tokenCtx) actor() string {
@@ -131,8 +146,10 @@ func (s *Service) authenticate(rq *req) error {
 		}
 	}
 	tc := tokenFromStored(&t)
-	if tc.spiffeID != "" && s.cfg.Revoked(tc.spiffeID) {
-		return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID is revoked")
+	for _, id := range []string{tc.spiffeID, tc.creator} {
+		if id != "" && s.cfg.Revoked(id) {
+			return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID, or that of the workload that created it, is revoked")
+		}
 	}
 	if t.NumUses > 0 {
 		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor); errors.Is(err, store.ErrNotFound) {
@@ -147,7 +164,7 @@ func (s *Service) authenticate(rq *req) error {
 }
 
 func tokenFromStored(t *store.SecretsToken) *tokenCtx {
-	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t}
+	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t, creator: t.CreatorSPIFFEID}
 	switch {
 	case strings.HasPrefix(t.Subject, "spiffe://"):
 		tc.spiffeID = t.Subject
@@ -176,6 +193,8 @@ type issued struct {
 	// parent is the accessor of the token creating this one ("": an
 	// orphan); notAfter must not be after the parent's max expiry.
 	parent string
+	// creator: store.SecretsToken.CreatorSPIFFEID.
+	creator string
 }
 
 // Bounds of the token tree: a token at most maxTokenDepth tokens below an
@@ -245,7 +264,7 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
 		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,
-		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent}
+		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent, CreatorSPIFFEID: in.creator}
 	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
 		return nil, err
 	}
@@ -639,8 +658,9 @@ func (s *Service) createToken(rq *req, orphan bool) (*envelope, error) {
 	if display == "" {
 		display = "token"
 	}
+	// An orphan too: revoking the creator's identity ends what it minted.
 	in := issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
-		numUses: uses, renewable: renew}
+		numUses: uses, renewable: renew, creator: rq.tok.revokedWith()}
 	if p := rq.tok.stored; p != nil && !orphan {
 		// A child never outlives its parent's max TTL; the parent's
 		// revocation or expiry ends it sooner.

@@ -162,6 +162,10 @@ type SecretsToken struct {
 	// Parent is the accessor of the token that created this one; ""
 	// for an orphan. Revoking the parent revokes it.
 	Parent string
+	// CreatorSPIFFEID is the SPIFFE ID of the workload that created the
+	// token, directly over mTLS or through a token of its own (inherited
+	// down a tree), "" when none did: revoking that ID ends the token.
+	CreatorSPIFFEID string
 }
 
 // CreateSecretsToken stores a new token.
@@ -173,16 +177,16 @@ func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) 
 		cidrs, _ = json.Marshal(t.BoundCIDRs)
 	}
 	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
-		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
-		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent)
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent, t.CreatorSPIFFEID)
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor"
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id"
 
 // SecretsTokenByHash finds a token by the SHA-256 of its value.
 func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
@@ -198,7 +202,7 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 	var t SecretsToken
 	var pol, meta, cidrs string
 	var ttl, renew, created, exp, maxExp int64
-	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent)
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent, &t.CreatorSPIFFEID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("%w: token", ErrNotFound)
 	}
