@@ -152,7 +152,7 @@ func (s *Service) authenticate(rq *req) error {
 		}
 	}
 	if t.NumUses > 0 {
-		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor); errors.Is(err, store.ErrNotFound) {
+		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor, s.now()); errors.Is(err, store.ErrNotFound) {
 			return errPermission
 		} else if err != nil {
 			return err

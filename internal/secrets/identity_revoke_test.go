@@ -41,17 +41,7 @@ paths:
 		ts.policy("kid", `path "secret/data/*" { capabilities = ["read"] }
 path "database/creds/*" { capabilities = ["read"] }
 path "auth/token/create" { capabilities = ["update", "sudo"] }`)
-		admin := fmt.Sprintf("idrev_admin_%d", time.Now().UnixNano())
-		if err := pg.Psql(pg.Password, fmt.Sprintf("CREATE ROLE %s LOGIN CREATEROLE PASSWORD 'idrev-admin-pass'", admin)); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { pg.Psql(pg.Password, "DROP ROLE IF EXISTS "+admin) })
-		ts.must("POST", "database/config/idrev", testAdminToken, map[string]any{"plugin_name": PluginPostgres,
-			"connection_url": fmt.Sprintf("postgres://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=3", pg.Port),
-			"username":       admin, "password": "idrev-admin-pass", "allowed_roles": "*"})
-		role := fmt.Sprintf("idrev%d", db.Dialect())
-		ts.must("POST", "database/roles/"+role, testAdminToken, map[string]any{"db_name": "idrev", "default_ttl": "1h",
-			"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`})
+		role := ts.dbRole(pg, fmt.Sprintf("idrev%d", db.Dialect()))
 		ts.must("POST", "secret/data/x", testAdminToken, map[string]any{"data": map[string]any{"k": "v"}})
 		certTok := authToken(t, ts.must("POST", "auth/cert/login", "", nil))
 		child := authToken(t, ts.must("POST", "auth/token/create", certTok, map[string]any{"policies": []string{"kid"}}))
@@ -82,4 +72,22 @@ path "auth/token/create" { capabilities = ["update", "sudo"] }`)
 			t.Errorf("lease %s of the grandchild outlives the revocation of its creator's SPIFFE ID", l.ID)
 		}
 	})
+}
+
+// dbRole configures a database connection to pg's server and a role
+// named name creating a login user, and returns the role's name.
+func (ts *testService) dbRole(pg *storetest.PasswordServer, name string) string {
+	t := ts.t
+	t.Helper()
+	admin := fmt.Sprintf("%s_admin_%d", name, time.Now().UnixNano())
+	if err := pg.Psql(pg.Password, fmt.Sprintf("CREATE ROLE %s LOGIN CREATEROLE PASSWORD '%s-pass'", admin, name)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Psql(pg.Password, "DROP ROLE IF EXISTS "+admin) })
+	ts.must("POST", "database/config/"+name, testAdminToken, map[string]any{"plugin_name": PluginPostgres,
+		"connection_url": fmt.Sprintf("postgres://{{username}}:{{password}}@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=3", pg.Port),
+		"username":       admin, "password": name + "-pass", "allowed_roles": "*"})
+	ts.must("POST", "database/roles/"+name, testAdminToken, map[string]any{"db_name": name, "default_ttl": "1h",
+		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`})
+	return name
 }

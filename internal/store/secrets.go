@@ -224,10 +224,14 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 }
 
 // UseSecretsToken spends one use of a use-limited token: the last use
-// deletes it (the request it authorizes still runs, as in Vault). A token
-// with NumUses 0 is unlimited and untouched. ErrNotFound when it is gone,
-// so concurrent requests can never spend more uses than it had.
-func (s *DB) UseSecretsToken(ctx context.Context, accessor string) error {
+// deletes it (the request it authorizes still runs, as in Vault) and asks
+// for the revocation of the leases it obtained (revoke_requested_at set
+// to now: the maintenance pass revokes them, DueLeases), as the end of
+// any token does; its children, their parent gone, are revoked by that
+// pass too (ExpiredSecretsTokens). A token with NumUses 0 is unlimited
+// and untouched. ErrNotFound when it is gone, so concurrent requests can
+// never spend more uses than it had.
+func (s *DB) UseSecretsToken(ctx context.Context, accessor string, now time.Time) error {
 	return s.Tx(ctx, func(tx *sql.Tx) error {
 		var uses int64
 		err := tx.QueryRowContext(ctx, "SELECT num_uses FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&uses)
@@ -239,7 +243,9 @@ func (s *DB) UseSecretsToken(ctx context.Context, accessor string) error {
 		case uses == 0:
 			return nil
 		case uses == 1:
-			_, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor)
+			if _, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor); err == nil {
+				_, err = tx.ExecContext(ctx, "UPDATE secrets_leases SET revoke_requested_at = $1 WHERE token_accessor = $2 AND revoke_requested_at = 0", ns(now), accessor)
+			}
 		default:
 			_, err = tx.ExecContext(ctx, "UPDATE secrets_tokens SET num_uses = num_uses - 1 WHERE accessor = $1", accessor)
 		}

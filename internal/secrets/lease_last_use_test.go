@@ -1,0 +1,55 @@
+package secrets
+
+import (
+	"database/sql"
+	"fmt"
+	"testing"
+
+	"github.com/moatless/moatless/internal/store"
+	"github.com/moatless/moatless/internal/store/storetest"
+)
+
+// TestUsedUpTokensLeasesAreRevoked: when a use-limited token's last use
+// ends it, the leases it obtained with its earlier uses are revoked, as
+// for any other end of a token (Vault revokes a token whose uses run out,
+// and with it its leases). The last use deleted the token's row alone:
+// its database users lived on until their own TTL, with no token left to
+// revoke them by.
+func TestUsedUpTokensLeasesAreRevoked(t *testing.T) {
+	pg := storetest.PostgresPassword(t)
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		role := ts.dbRole(pg, fmt.Sprintf("lastuse%d", db.Dialect()))
+		ts.policy("creds", `path "database/creds/*" { capabilities = ["read"] }
+path "auth/token/create" { capabilities = ["update", "sudo"] }`)
+		tok := authToken(t, ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": []string{"creds"}, "num_uses": 3}))
+		out := ts.must("GET", "database/creds/"+role, tok, nil)
+		user, _ := dataOf(out)["username"].(string)
+		child := authToken(t, ts.must("POST", "auth/token/create", tok, map[string]any{"policies": []string{"creds"}}))
+		ts.must("GET", "database/creds/"+role, child, nil)
+		ts.must("GET", "auth/token/lookup-self", tok, nil) // the last use
+		if st, _ := ts.call("GET", "auth/token/lookup-self", tok, nil); st != 403 {
+			t.Fatalf("a used-up token: %d", st)
+		}
+		ts.svc.Tick(t.Context())
+		ls, err := db.Leases(t.Context(), "database/creds/"+role+"/", "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			t.Errorf("lease %s (token %s) outlives its used-up token", l.ID, l.TokenAccessor)
+		}
+		adminDB, err := sql.Open("pgx", pg.DSN(pg.Superuser, pg.Password, "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer adminDB.Close()
+		var n int
+		if err := adminDB.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_roles WHERE rolname = $1", user).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("database user %s outlives its used-up token", user)
+		}
+	})
+}
