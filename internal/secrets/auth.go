@@ -750,10 +750,12 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 func (s *Service) lockLeaseToken(rq *req, tx *sql.Tx, accessor string) error {
 	alive, err := s.db.LockSecretsToken(rq.ctx, tx, accessor, s.now(), maxTokenDepth)
 	if errors.Is(err, store.ErrNotFound) || err == nil && !alive {
-		return errf(http.StatusForbidden, "the token was revoked or used up before its lease was written")
+		return errTokenGoneBeforeLease
 	}
 	return err
 }
+
+var errTokenGoneBeforeLease = &apiError{status: http.StatusForbidden, msg: "the token was revoked or used up before its lease was written"}
 
 // setPolicyList validates a list of policy names.
 func validPolicyNames(field string, l []string) error {

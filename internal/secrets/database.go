@@ -566,6 +566,17 @@ func (s *Service) dbCreds(rq *req, roleName string) (*envelope, error) {
 	if rq.tok.stored != nil && rq.tok.stored.ExpiresAt.Before(exp) {
 		exp = rq.tok.stored.ExpiresAt
 	}
+	// A token gone since it authenticated this request (its last use
+	// deletes it; a revocation) gets no database user: looked at before
+	// the CREATE ROLE, which cannot be taken back but by a DROP ROLE. The
+	// lease's transaction checks again, under the token's lock.
+	if st := rq.tok.stored; st != nil {
+		if _, alive, err := s.db.SecretsTokenChain(rq.ctx, s.db.SQL(), st.Accessor, now, maxTokenDepth); err != nil {
+			return nil, err
+		} else if !alive {
+			return nil, errTokenGoneBeforeLease
+		}
+	}
 	user, pass := generateUsername(roleName), generatePassword()
 	db, err := s.dbs.get(role.DBName, conn)
 	if err != nil {

@@ -53,3 +53,29 @@ path "auth/token/create" { capabilities = ["update", "sudo"] }`)
 		}
 	})
 }
+
+// TestNoDatabaseUserForAGoneToken: a request whose token is gone by the
+// time it would create the database user (its own use was the token's
+// last, or the token was revoked since it authenticated the request)
+// creates none. The user was created first and the token checked only
+// when the lease was written: the lease was refused and the user dropped
+// again, a CREATE ROLE and a DROP ROLE on the database for a token that
+// could have none.
+func TestNoDatabaseUserForAGoneToken(t *testing.T) {
+	pg := storetest.PostgresPassword(t)
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		role := ts.dbRole(pg, fmt.Sprintf("gone%d", db.Dialect()))
+		ts.policy("creds", `path "database/creds/*" { capabilities = ["read"] }`)
+		created := false
+		ts.svc.testBeforeLeaseWrite = func() { created = true }
+		defer func() { ts.svc.testBeforeLeaseWrite = nil }()
+		tok := authToken(t, ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": []string{"creds"}, "num_uses": 1}))
+		if st, out := ts.call("GET", "database/creds/"+role, tok, nil); st != 403 {
+			t.Fatalf("creds on a token's last use: %d %v", st, out)
+		}
+		if created {
+			t.Error("a database user was created for a token's last use")
+		}
+	})
+}
