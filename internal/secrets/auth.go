@@ -685,6 +685,11 @@ func (s *Service) revokeToken(ctx context.Context, accessor, why string) error {
 	return s.revokeTokens(ctx, accessor, why, false)
 }
 
+// tokenLeasesAtOnce bounds the leases of a token revoked by its
+// revocation itself; the maintenance pass revokes the rest (a var for the
+// tests).
+var tokenLeasesAtOnce = 10000
+
 // revokeTokens is revokeToken; with orphanChildren it revokes the token
 // and its leases alone, and its children become orphans (revoke-orphan).
 func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphanChildren bool) error {
@@ -696,9 +701,10 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 	// tokens, after the delete: a lease being written by a request of one
 	// of them holds its token's row (lockLeaseToken) and committed before
 	// the delete went through, so it is read here; one written later finds
-	// its token gone and is refused. Marked with the delete, they are
-	// revoked by the maintenance loop should the server stop before the
-	// revocations below.
+	// its token gone and is refused. Marked with the delete (all of them,
+	// in one statement a token), they are revoked by the maintenance loop
+	// should the server stop before the revocations below, and beyond the
+	// first tokenLeasesAtOnce of a token.
 	leases := map[string][]store.Lease{}
 	var gone []string
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
@@ -708,16 +714,14 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 		}
 		evs := make([]audit.Event, 0, len(gone))
 		for i, a := range gone {
-			ls, err := s.db.TokenLeases(ctx, tx, a, 10000)
+			n, err := s.db.MarkLeasesOfToken(ctx, tx, a, now)
 			if err != nil {
 				return err
 			}
-			for j := range ls {
-				if err := s.db.MarkLeaseRevoking(ctx, tx, ls[j].ID, now); err != nil {
+			var ls []store.Lease
+			if n > 0 {
+				if ls, err = s.db.TokenLeases(ctx, tx, a, tokenLeasesAtOnce); err != nil {
 					return err
-				}
-				if ls[j].RevokeRequestedAt.IsZero() {
-					ls[j].RevokeRequestedAt = now
 				}
 			}
 			leases[a] = ls
@@ -726,7 +730,7 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 				reason = "parent token revoked (" + why + ")"
 			}
 			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: s.hmacAccessor(a),
-				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(ls))}})
+				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(n)}})
 		}
 		return s.cfg.Audit.AppendTx(ctx, tx, evs...)
 	})

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/store/storetest"
@@ -76,6 +77,39 @@ func TestNoDatabaseUserForAGoneToken(t *testing.T) {
 		}
 		if created {
 			t.Error("a database user was created for a token's last use")
+		}
+	})
+}
+
+// TestTokenRevocationReachesEveryLease: revoking a token asks for the
+// revocation of every lease it holds, however many: those past the ones
+// revoked at once (tokenLeasesAtOnce) are revoked by the maintenance
+// pass. The revocation marked only the first 10,000 (a token may obtain
+// any number of leases): the rest were left as they were, live until
+// their TTL.
+func TestTokenRevocationReachesEveryLease(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ts := newTestService(t, db)
+		defer func(n int) { tokenLeasesAtOnce = n }(tokenLeasesAtOnce)
+		tokenLeasesAtOnce = 2
+		out := ts.must("POST", "auth/token/create", testAdminToken, map[string]any{"policies": []string{"default"}})
+		acc := out["auth"].(map[string]any)["accessor"].(string)
+		for i := range 3 {
+			l := store.Lease{ID: fmt.Sprintf("database/creds/many/%d", i), Path: "database/creds/many", Kind: "database", TokenAccessor: acc,
+				Sealed: []byte("not sealed: its revocation fails and is retried"), IssuedAt: ts.now, ExpiresAt: ts.now.Add(time.Hour), MaxExpires: ts.now.Add(time.Hour)}
+			if err := db.CreateLease(t.Context(), db.SQL(), l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ts.must("POST", "auth/token/revoke-accessor", testAdminToken, map[string]any{"accessor": acc})
+		ls, err := db.Leases(t.Context(), "database/creds/many/", "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			if l.RevokeRequestedAt.IsZero() {
+				t.Errorf("lease %s of the revoked token is not being revoked", l.ID)
+			}
 		}
 	})
 }

@@ -244,7 +244,7 @@ func (s *DB) UseSecretsToken(ctx context.Context, accessor string, now time.Time
 			return nil
 		case uses == 1:
 			if _, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor); err == nil {
-				_, err = tx.ExecContext(ctx, "UPDATE secrets_leases SET revoke_requested_at = $1 WHERE token_accessor = $2 AND revoke_requested_at = 0", ns(now), accessor)
+				_, err = s.MarkLeasesOfToken(ctx, tx, accessor, now)
 			}
 		default:
 			_, err = tx.ExecContext(ctx, "UPDATE secrets_tokens SET num_uses = num_uses - 1 WHERE accessor = $1", accessor)
