@@ -337,10 +337,11 @@ type SecretsTokenParent struct {
 // lock on its root) until tx ends, so the creations of children anywhere
 // in one tree count it one after the other: each locking its own parent
 // only, two at a tree's bound less one both counted it before the other
-// committed, and both went in. An advisory lock, not the root's row:
-// a revocation of the root deletes the rows of the tree in its own order
-// and would deadlock with a creation holding a parent and waiting for the
-// root; no revocation takes the advisory lock.
+// committed, and both went in. An advisory lock, not the root's row: a
+// revocation of the root deletes the tree's rows top down (the root
+// first, then waiting for the parent) and would deadlock with a creation
+// holding the parent and waiting for the root; no revocation takes the
+// advisory lock.
 func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit, treeLimit int) (SecretsTokenParent, error) {
 	var p SecretsTokenParent
 	var root string
