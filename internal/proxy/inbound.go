@@ -352,9 +352,18 @@ func (ib *inbound) handle(c net.Conn) {
 	}
 	ib.conns.Store(conn, info)
 	if info.peer != "" {
-		info.entry = s.live.addPeer(closeConn, peerChain, s.tls.authorityOf(peerChain), idKey(info.peer), serialKey(info.serial))
-		// A revocation may have landed between the handshake's check and
-		// the registration; the sweep would have missed this connection.
+		auth := s.tls.authorityOf(peerChain)
+		info.entry = s.live.addPeer(closeConn, peerChain, auth, idKey(info.peer), serialKey(info.serial))
+		// A revocation, or a bundle change that revoked the peer's CA
+		// authority, may have landed between the handshake's check and
+		// the registration; the sweep or recheck would have missed this
+		// connection.
+		if !s.tls.stillTrusted(peerChain, auth) {
+			s.metrics.revokedClosed.Inc()
+			ib.connDone(conn)
+			conn.Close()
+			return
+		}
 		rs := s.revoked.Load()
 		if rs.has(info.peer, info.serial) {
 			ib.connDone(conn)

@@ -92,19 +92,7 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		if ok, seen := present[v]; seen {
 			return ok
 		}
-		ok := false
-		if tdName, ski, cut := cutLast(v, "/"); cut && ski != "" {
-			if td, err := spiffeid.TrustDomainFromString(tdName); err == nil {
-				if b, err := src.GetX509BundleForTrustDomain(td); err == nil {
-					for _, a := range b.X509Authorities() {
-						if hex.EncodeToString(a.SubjectKeyId) == ski {
-							ok = true
-							break
-						}
-					}
-				}
-			}
-		}
+		ok := authorityInBundle(src, v)
 		present[v] = ok
 		return ok
 	}
@@ -116,18 +104,10 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		}
 	}
 	t.mu.Unlock()
-	// Verified outside the lock: a signature check per suspect. What is
-	// asked is whether the chain still leads to the bundle, not whether
-	// the peer's SVID is still valid: a connection outlives the SVID it
-	// was opened with, and is not closed for that (here or anywhere
-	// else), so an expired chain is verified as of its last second.
+	// Verified outside the lock: a signature check per suspect.
 	victims := suspects[:0]
 	for _, e := range suspects {
-		at := now
-		if len(e.chain) > 0 && !at.Before(e.chain[0].NotAfter) {
-			at = e.chain[0].NotAfter.Add(-time.Second)
-		}
-		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(at)); err != nil {
+		if !chainVerifies(e.chain, src, now) {
 			victims = append(victims, e)
 		}
 	}
@@ -148,6 +128,69 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		e.once.Do(e.close)
 	}
 	return n
+}
+
+// authorityInBundle reports whether the authority of key value v (trust
+// domain "/" subject key ID, hex) is in its trust domain's bundle of src.
+// An unknown authority ("td/") is not.
+func authorityInBundle(src x509bundle.Source, v string) bool {
+	tdName, ski, cut := cutLast(v, "/")
+	if !cut || ski == "" {
+		return false
+	}
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return false
+	}
+	b, err := src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return false
+	}
+	for _, a := range b.X509Authorities() {
+		if hexEqual(a.SubjectKeyId, ski) {
+			return true
+		}
+	}
+	return false
+}
+
+// hexEqual reports whether h is b in lower-case hex, without building it.
+func hexEqual(b []byte, h string) bool {
+	const digits = "0123456789abcdef"
+	if len(h) != 2*len(b) {
+		return false
+	}
+	for i, x := range b {
+		if h[2*i] != digits[x>>4] || h[2*i+1] != digits[x&15] {
+			return false
+		}
+	}
+	return true
+}
+
+// chainVerifies reports whether a live connection's peer chain still
+// leads to the bundles of src. What is asked is whether the chain still
+// leads to the bundle, not whether the peer's SVID is still valid: a
+// connection outlives the SVID it was opened with, and is not closed for
+// that (here or anywhere else), so an expired chain is verified as of its
+// last second.
+func chainVerifies(chain []*x509.Certificate, src x509bundle.Source, now time.Time) bool {
+	if len(chain) > 0 && !now.Before(chain[0].NotAfter) {
+		now = chain[0].NotAfter.Add(-time.Second)
+	}
+	_, _, err := x509svid.Verify(chain, src, x509svid.WithTime(now))
+	return err == nil
+}
+
+// stillTrusted reports whether a connection just registered under auth
+// (its peer's chain) is still chained to the bundle in force. A bundle
+// change between the handshake's verification and the registration has
+// a recheck that cannot see the connection yet; the registration comes
+// first and this check after, so the connection is either swept by that
+// recheck or refused here. It costs a bundle lookup while the authority
+// is still in the bundle.
+func (t *tlsIdentity) stillTrusted(chain []*x509.Certificate, auth liveKey) bool {
+	return authorityInBundle(t.src, auth.v) || chainVerifies(chain, t.src, t.now())
 }
 
 func cutLast(s, sep string) (before, after string, found bool) {
@@ -272,7 +315,8 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 			keys = append(keys, serialKey(serial))
 		}
 	}
-	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain), keys...)
+	auth := c.id.authorityOf(chain)
+	e := c.live.addPeer(func() { c.Conn.Close() }, chain, auth, keys...)
 	c.mu.Lock()
 	c.entry = e
 	closed := c.closed
@@ -280,6 +324,9 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 	if closed {
 		c.live.remove(e)
 		return nil
+	}
+	if !c.id.stillTrusted(chain, auth) {
+		return fmt.Errorf("%w: its CA authority left the trust bundle during the handshake", ErrPeerUnverified)
 	}
 	rs := c.id.revoked()
 	if rs.has(peer, serial) {
