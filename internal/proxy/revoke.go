@@ -299,10 +299,11 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 // sweepOut is sweep for a tracker of outbound connections, whose keys are
 // their upstream's: it closes the connections to a revoked upstream
 // identity or serial, and those own (this workload's ID, "" for none) is
-// blocked from calling (the pair read the other way round). The
-// workload's own revocation closes nothing here: its upstreams' sidecars,
-// which have the same list, close its connections from their side (an
-// inbound sweep), and its outbound listeners refuse new calls.
+// blocked from calling (the pair read the other way round). When own
+// itself is revoked (the workload isolated), it closes every one: its
+// egress is cut here, not left to its upstreams' sidecars, since an
+// upstream may be a SPIFFE peer that never hears of moatless's
+// revocations (or a sidecar that hears later).
 func (t *tracker) sweepOut(rs *revocationSet, own string, now time.Time, before func(n int)) int {
 	return t.sweepDir(rs, own, true, now, before)
 }
@@ -314,10 +315,11 @@ func (t *tracker) sweepDir(rs *revocationSet, own string, outbound bool, now tim
 		}
 		return rs.blockedPair(peer, own, now)
 	}
+	isolated := outbound && own != "" && rs.has(own, "")
 	var victims []*tracked
 	t.mu.Lock()
 	for k, set := range t.byKey {
-		if !keyRevoked(rs, k) && !(k.kind == liveID && blocked(k.v)) {
+		if !isolated && !keyRevoked(rs, k) && !(k.kind == liveID && blocked(k.v)) {
 			continue
 		}
 		victims = set.appendTo(victims)

@@ -140,7 +140,9 @@ func openStream(t *testing.T, kind string, l net.Listener) liveStream {
 // closes the live outbound connections to it (a raw TCP stream, an
 // upgraded WebSocket, an HTTP/2 or HTTP/1.1 connection with a response in
 // progress) within milliseconds of the revocation reaching this sidecar,
-// even when the upstream's own sidecar has not heard of it. A block read
+// even when the upstream's own sidecar has not heard of it (or is a
+// SPIFFE peer that never hears of it). So does revoking this workload's
+// own identity (isolating it): its egress is cut. A block read
 // the other way round (the upstream blocked from calling this workload)
 // or another identity's revocation closes nothing.
 func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
@@ -154,6 +156,7 @@ func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
 		}{
 			{"spiffe_id", &wire.Revocations{SPIFFEIDs: []string{ordersID}}, true},
 			{"serial", &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: strings.ToUpper("000" + serialHex(ordersSVID.Chain[0])), ExpiresAt: time.Now().Add(time.Hour)}}}, true},
+			{"own_id", &wire.Revocations{SPIFFEIDs: []string{frontendID}}, true},
 			{"blocked_edge", &wire.Revocations{BlockedEdges: []wire.BlockedEdge{{Source: frontendID, Destination: ordersID}}}, true},
 			{"reverse_edge", &wire.Revocations{BlockedEdges: []wire.BlockedEdge{{Source: ordersID, Destination: frontendID}}}, false},
 			{"other_id", &wire.Revocations{SPIFFEIDs: []string{"spiffe://example.org/ns/prod/sa/payments"}}, false},
