@@ -338,12 +338,20 @@ func (g *Gateway) PolicyVersion() uint64 { return g.policy.Load().version }
 // revoked SPIFFE ID or serial are refused at the handshake, tokens with a
 // revoked jti are refused (401), and in-flight requests authenticated with
 // one are cut off, as are live connections to a revoked upstream, as a
-// sidecar does. It returns how many were cut off.
+// sidecar does. A blocked pair whose source is the gateway's own SPIFFE
+// ID (detect's block-pair of an edge gateway → upstream) refuses and
+// closes the gateway's connections to that upstream; the gateway's own
+// identity revoked closes and refuses them all. It returns how many were
+// cut off.
 func (g *Gateway) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := g.opts.Verifier.(proxy.TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	n := g.revoked.Set(r)
+	own := ""
+	if svid, err := g.opts.Identity.GetX509SVID(); err == nil && svid != nil {
+		own = svid.ID.String()
+	}
+	n := g.revoked.SetAs(r, own)
 	if n > 0 {
 		g.log.Info("cut off requests of revoked tokens and connections to revoked upstreams", "count", n)
 	}

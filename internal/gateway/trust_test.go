@@ -63,7 +63,8 @@ func TestRevokedAuthorityClosesUpstreamConnections(t *testing.T) {
 }
 
 // TestRevokedUpstreamClosesUpstreamConnections: revoking the upstream
-// sidecar's SPIFFE ID or its certificate's serial closes the gateway's
+// sidecar's SPIFFE ID or its certificate's serial, blocking the gateway
+// from calling it, or revoking the gateway's own identity closes the gateway's
 // live (pooled) connection to it at once, even when the upstream's own
 // sidecar has not heard of it, and the next request is refused at the
 // handshake instead of riding the old connection.
@@ -76,6 +77,12 @@ func TestRevokedUpstreamClosesUpstreamConnections(t *testing.T) {
 		{"serial", func(s string) *wire.Revocations {
 			return &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: s, ExpiresAt: time.Now().Add(time.Hour)}}}
 		}},
+		// detect's block-pair of the edge gateway → upstream
+		{"blocked_edge", func(string) *wire.Revocations {
+			return &wire.Revocations{BlockedEdges: []wire.BlockedEdge{{Source: gatewayID, Destination: ordersID}}}
+		}},
+		// the gateway's own identity revoked: its egress is cut
+		{"own_id", func(string) *wire.Revocations { return &wire.Revocations{SPIFFEIDs: []string{gatewayID}} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := testpki.NewCA(t, td)
@@ -101,9 +108,11 @@ func TestRevokedUpstreamClosesUpstreamConnections(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			t.Logf("revoked upstream: gateway's upstream connection closed %s after the revocation", time.Since(start).Round(time.Microsecond))
-			if resp, _ := tg.do(t, "GET", "/orders", nil, nil); resp.StatusCode == http.StatusOK {
+			resp, _ := tg.do(t, "GET", "/orders", nil, nil)
+			if resp.StatusCode == http.StatusOK {
 				t.Fatal("a request reached the revoked upstream")
 			}
+			t.Logf("the next request: %d", resp.StatusCode)
 		})
 	}
 }

@@ -62,12 +62,24 @@ func (r *Revocations) connTracker() *tracker {
 	return r.conns
 }
 
-// Set puts w in force (nil: nothing revoked) and cancels every tracked
-// request whose token it revokes; it returns how many.
-func (r *Revocations) Set(w *wire.Revocations) int {
+// Set puts w in force (nil: nothing revoked), cancels every tracked
+// request whose token it revokes and closes every connection of the
+// Upstreams given these Revocations to an upstream it revokes; it returns
+// how many. It is SetAs for a part without an identity of its own.
+func (r *Revocations) Set(w *wire.Revocations) int { return r.SetAs(w, "") }
+
+// SetAs is Set for a part whose own SPIFFE ID is own (a full
+// "spiffe://" ID, "" for none), as a sidecar's SetRevocations: the
+// connections to an upstream own is blocked from calling (a blocked pair
+// own → upstream) are closed too, and when own itself is revoked every
+// connection is (its egress is cut: an upstream that is a SPIFFE peer
+// without moatless's list would never close them). The Upstreams refuse
+// both at their next handshakes.
+func (r *Revocations) SetAs(w *wire.Revocations, own string) int {
 	rs := newRevocationSet(w)
 	r.p.Store(rs)
-	return r.tracker().sweep(rs, "", time.Now(), nil) + r.connTracker().sweepOut(rs, "", time.Now(), nil)
+	now := time.Now()
+	return r.tracker().sweep(rs, "", now, nil) + r.connTracker().sweepOut(rs, own, now, nil)
 }
 
 // Peer reports whether a SPIFFE ID or a leaf serial (lower-case hex) is

@@ -332,9 +332,14 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 	if rs.has(peer, serial) {
 		return &revokedPeerError{id: peer}
 	}
-	if rs != nil && len(rs.blocked) > 0 {
-		if own, err := c.id.ownID(); err == nil && rs.blockedPair(own.String(), peer, c.id.now()) {
-			return fmt.Errorf("proxy: calls from %s to %s are blocked", own, peer)
+	if rs != nil && (len(rs.blocked) > 0 || len(rs.ids) > 0) {
+		if own, err := c.id.ownID(); err == nil {
+			if rs.has(own.String(), "") {
+				return fmt.Errorf("proxy: this workload's identity %s is revoked: its calls are refused", own)
+			}
+			if rs.blockedPair(own.String(), peer, c.id.now()) {
+				return fmt.Errorf("proxy: calls from %s to %s are blocked", own, peer)
+			}
 		}
 	}
 	return nil
