@@ -506,10 +506,16 @@ func (g *Gateway) Serve(ctx context.Context) error {
 
 	go g.srv.Serve(g.hl)
 	// A CA authority revoked (removed from the bundle) closes the live
-	// upstream connections whose peer chained to it, as in a sidecar.
+	// upstream connections whose peer chained to it, as in a sidecar, and
+	// the connections to the token service whose certificate it signed.
 	go proxy.WatchTrust(ctx, g.done, g.opts.Identity, func() {
 		if n := g.revoked.RecheckTrust(g.opts.Identity); n > 0 {
 			g.log.Warn("closed upstream connections whose peer's CA authority left the trust bundle", "count", n)
+		}
+		if g.exchange != nil {
+			if n := g.exchange.recheckTrust(); n > 0 {
+				g.log.Warn("closed token exchange connections whose certificate's CA authority left the trust bundle", "count", n)
+			}
 		}
 	})
 	errc := make(chan error, 1)

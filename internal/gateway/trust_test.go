@@ -1,12 +1,20 @@
 package gateway
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
@@ -114,5 +122,55 @@ func TestRevokedUpstreamClosesUpstreamConnections(t *testing.T) {
 			}
 			t.Logf("the next request: %d", resp.StatusCode)
 		})
+	}
+}
+
+// TestRevokedAuthorityClosesTokenExchangeConnections: the gateway's
+// pooled connection to the token service, whose certificate the mesh CA
+// authority a signed, is not reused once a has left the bundle: it is
+// closed at the bundle update, and the next exchange dials anew and
+// verifies against the bundle in force (and fails, here).
+func TestRevokedAuthorityClosesTokenExchangeConnections(t *testing.T) {
+	a, b := testpki.NewCA(t, td), testpki.NewCA(t, td)
+	var open atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `{"error":"invalid_grant"}`)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{a.ServerCert(t, "", "127.0.0.1")}}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	id := joined(t, b, gatewayID, a, b)
+	up := startUpstream(t, b, ordersID, echoApp(t))
+	tg := startGatewayWith(t, b, up, func(c *config.Gateway) {
+		c.TokenExchange = &config.GatewayTokenExchange{TokenURL: srv.URL + "/oauth2/token", ClientID: "edge"}
+	}, func(o *Options) { o.Identity = id })
+	ctx := context.Background()
+	if _, err := tg.g.exchange.exchange(ctx, "subject", "orders"); !errors.Is(err, errExchangeRefused) {
+		t.Fatalf("before the revoke: %v, want a refusal from the token service", err)
+	}
+	if n := open.Load(); n != 1 {
+		t.Fatalf("%d connections to the token service, want 1 (pooled)", n)
+	}
+	start := time.Now()
+	setBundle(t, id, b) // ca revoke a
+	for open.Load() != 0 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the pooled connection to the token service chained to the revoked authority is still open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := tg.g.exchange.exchange(ctx, "subject", "orders"); err == nil || errors.Is(err, errExchangeRefused) {
+		t.Fatalf("after the revoke: %v, want a failed handshake", err)
 	}
 }
