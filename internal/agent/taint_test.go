@@ -9,6 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -498,5 +501,52 @@ func TestNodeRenewsWhenTaintPrecedesIt(t *testing.T) {
 	}
 	if _, _, renews, _ := f.counts(); renews != 1 {
 		t.Fatalf("%d renewals, want 1", renews)
+	}
+}
+
+// budgetSigner answers every signing request as a server whose per-node
+// signing budget is spent: 429 with Retry-After, as read from the wire.
+type budgetSigner struct{ header string }
+
+func (s budgetSigner) SignX509(context.Context, []wire.X509SVIDRequest) ([]wire.X509SVID, error) {
+	rec := httptest.NewRecorder()
+	rec.Header().Set("Retry-After", s.header)
+	rec.WriteHeader(http.StatusTooManyRequests)
+	io.WriteString(rec, `{"errors":["signing budget spent"]}`)
+	return nil, readServerError(rec.Result())
+}
+
+func (s budgetSigner) SignJWT(context.Context, string, []string) (*wire.SignJWTResponse, error) {
+	return nil, errors.New("no")
+}
+
+// TestSigningHonoursRetryAfter: when the server refuses a signing request
+// because the node's budget is spent and says when to come back
+// (Retry-After, in seconds), the next attempt waits at least that long
+// (the herd of agents re-issuing after a taint does not come back every
+// backoff step to be refused again), and at most a minute more than the
+// backoff would, whatever the server says; a Retry-After that is not a
+// number of seconds is ignored.
+func TestSigningHonoursRetryAfter(t *testing.T) {
+	f := newFakeServer(t)
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		header   string
+		min, max time.Duration
+	}{
+		{"20", 20 * time.Second, 25 * time.Second},
+		{"86400", time.Minute, 75 * time.Second},
+		{"soon", 0, time.Second},
+		{"-5", 0, time.Second},
+		{"", 0, time.Second},
+	} {
+		t.Run("retry_after_"+tc.header, func(t *testing.T) {
+			c := newCache(budgetSigner{tc.header}, CacheConfig{Logger: quiet(), Now: func() time.Time { return t0 }, BackoffBase: 500 * time.Millisecond, BackoffMax: 30 * time.Second})
+			c.SetBundle(f.bundle())
+			c.SetEntries([]wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)})
+			if wait := c.syncOnce(context.Background()).Sub(t0); wait < tc.min || wait > tc.max {
+				t.Fatalf("next attempt in %s, want %s to %s", wait, tc.min, tc.max)
+			}
+		})
 	}
 }
