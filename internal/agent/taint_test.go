@@ -225,13 +225,7 @@ func TestAgentReplacesSVIDsOfRevokedAuthority(t *testing.T) {
 // fetch asks the server), and once the key is removed, ValidateJWTSVID
 // refuses tokens it signed from the next call on.
 func TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey(t *testing.T) {
-	f := newFakeServer(t)
-	f.tokens["t"] = nodeID
-	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
-	af := startAgent(t, f, "t", "")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c := client(t, af.sock)
+	f, af, c, ctx := startWebAgent(t, 30*time.Second)
 	fetch := func() string {
 		t.Helper()
 		s, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "aud"})
