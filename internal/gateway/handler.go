@@ -374,6 +374,13 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	if missing {
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
 	}
+	if auth != nil && g.revoked.IdentityToken(auth.Claims) {
+		// A token issued to or for a revoked identity is refused however
+		// valid its signature and lifetime, as a sidecar refuses it: the
+		// upstream sees only the gateway's identity (and the token only
+		// when the route forwards it).
+		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
 	g.logDecision(r, rc, dec, ps)
 	rc.traceDecision(dec, ps.authz != nil, auth, g.opts.Risk)
 	switch dec.Outcome {

@@ -159,3 +159,33 @@ func TestRevokedAuthorityClosesTokenExchangeConnections(t *testing.T) {
 		t.Fatalf("after the revoke: %v, want a failed handshake", err)
 	}
 }
+
+// TestRevokedIdentityTokenRefused: a token issued to or for a revoked
+// workload (its SPIFFE ID the subject, authorized party, client or an
+// actor of the token) is refused at the edge with a 401, as a sidecar
+// refuses it, however valid its signature and lifetime: the upstream
+// need not hear of the revocation for the isolated identity's tokens to
+// stop opening the mesh from outside. Other tokens pass.
+func TestRevokedIdentityTokenRefused(t *testing.T) {
+	const isolated = "spiffe://" + td + "/ns/prod/sa/frontend"
+	tg, sign := startHS256Gateway(t)
+	tg.g.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{isolated}})
+	for _, tc := range []struct {
+		name   string
+		claims map[string]any
+		want   int
+	}{
+		{"subject", map[string]any{"sub": isolated}, http.StatusUnauthorized},
+		{"authorized_party", map[string]any{"sub": "alice", "azp": isolated}, http.StatusUnauthorized},
+		{"client_id", map[string]any{"sub": "alice", "client_id": isolated}, http.StatusUnauthorized},
+		{"actor", map[string]any{"sub": "alice", "act": map[string]any{"sub": "spiffe://" + td + "/ns/prod/sa/edge", "act": map[string]any{"sub": isolated}}}, http.StatusUnauthorized},
+		{"other", map[string]any{"sub": "alice", "azp": "spiffe://" + td + "/ns/prod/sa/billing"}, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := tg.do(t, "GET", "/orders", nil, map[string]string{"Authorization": "Bearer " + sign(tc.claims)})
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
+			}
+		})
+	}
+}

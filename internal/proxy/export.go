@@ -89,6 +89,14 @@ func (r *Revocations) Peer(id, serial string) bool { return r.load().has(id, nor
 // Token reports whether a token ID is revoked.
 func (r *Revocations) Token(jti string) bool { return r.load().hasJTI(jti) }
 
+// IdentityToken reports whether a verified token's claims name a revoked
+// workload as its subject, authorized party, client or actor (any level
+// of "act"): the tokens of an isolated identity are refused wherever
+// they are presented, as a sidecar refuses them.
+func (r *Revocations) IdentityToken(claims map[string]any) bool {
+	return r.load().revokedIdentityToken(claims)
+}
+
 // TrackToken registers cancel, which ends an in-flight request
 // authenticated with token jti: Set calls it when jti is revoked, however
 // long the request streams. A jti revoked between the request's check and
