@@ -871,6 +871,39 @@ func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
 	}
 }
 
+// TestGatewayRevokedTokenCutsOffUpgrade: an upgraded stream (WebSocket)
+// authenticated with a token ends when the token's jti is revoked, as a
+// request in flight does: once hijacked, the connection hears of it only
+// through the request's context.
+func TestGatewayRevokedTokenCutsOffUpgrade(t *testing.T) {
+	tg, sign := startHS256Gateway(t)
+	tok := sign(map[string]any{"sub": "alice", "jti": "jti-ws"})
+	c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+tok+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answer %v %v", resp, err)
+	}
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q %v", buf, err)
+	}
+	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-ws", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
+		t.Fatalf("SetRevocations cut off %d streams, want 1", n)
+	}
+	io.WriteString(c, "pong")
+	if n, err := io.ReadFull(br, buf); err == nil {
+		t.Fatalf("the upgraded stream of a revoked token still echoes %q", buf[:n])
+	}
+}
+
 // In join mode the gateway reports its traffic: routed requests as
 // outbound edges to the route's upstream SPIFFE ID (allowed, or denied
 // at the gateway with the block reason), requests stopped before a route
