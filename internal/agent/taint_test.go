@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -173,6 +174,51 @@ func TestAgentReplacesSVIDsOfTaintedAuthority(t *testing.T) {
 	r.until(t, "/cache", func(m map[string]*x509svid.SVID) bool { return m["spiffe://example.org/cache"] != nil })
 	if sign2, _, renews2, _ := f.counts(); sign2-sign1 != 1 || renews2-renews0 != 1 {
 		t.Fatalf("after the taint was handled: %d more sign calls (want 1, for /cache), %d node renewals (want 1)", sign2-sign1, renews2-renews0)
+	}
+}
+
+// TestServerStillSigningUnderTaintedAuthorityIsNoLoop: a server that
+// keeps signing under the tainted authority a (misconfigured, or an older
+// replica) gets one re-issue of each SVID a signed and one node renewal
+// after the taint, not a loop: what it signed after the taint is served
+// (and logged), and later bundles that still name a tainted re-issue
+// nothing more.
+func TestServerStillSigningUnderTaintedAuthorityIsNoLoop(t *testing.T) {
+	r := startOnA(t)
+	f := r.f
+	sign0, _, renews0, _ := f.counts()
+	st, _ := r.af.a.Cache().State()
+	var serial0 *big.Int
+	for _, id := range st.Identities {
+		if id.X509 != nil && id.SPIFFEID.String() == "spiffe://example.org/web" {
+			serial0 = id.X509.Chain[0].SerialNumber
+		}
+	}
+	if serial0 == nil {
+		t.Fatal("/web is not served")
+	}
+	f.push(func() { f.tainted = []string{hex.EncodeToString(r.a.Cert.SubjectKeyId)} })
+	r.until(t, "/web re-issued, by a again", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, r.a) && s.Certificates[0].SerialNumber.Cmp(serial0) != 0
+	})
+	for {
+		if _, _, renews, _ := f.counts(); renews-renews0 == 1 {
+			break
+		}
+		select {
+		case <-r.ctx.Done():
+			t.Fatal("the node SVID was not renewed after the taint")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	for i := range 3 {
+		e := uidEntry(fmt.Sprintf("x%d", i), fmt.Sprintf("spiffe://example.org/x%d", i), time.Hour)
+		f.push(func() { f.entries = append(f.entries, e) })
+		r.until(t, e.SPIFFEID, func(m map[string]*x509svid.SVID) bool { return m[e.SPIFFEID] != nil })
+	}
+	if sign, _, renews, _ := f.counts(); sign-sign0 != 1+3 || renews-renews0 != 1 {
+		t.Fatalf("after the taint: %d sign calls (want 1 re-issue and 3 new entries), %d node renewals (want 1)", sign-sign0, renews-renews0)
 	}
 }
 
