@@ -364,12 +364,17 @@ func (g *Gateway) ReloadFailed(what string) { g.metrics.reloadFailures.WithLabel
 
 var _ proxy.PolicyTarget = (*Gateway)(nil)
 
-// Ready reports whether the gateway can serve: it has an SVID and a
-// policy. The error says what is missing.
+// Ready reports whether the gateway can serve: it has an SVID that is
+// not revoked and a policy. The error says what is missing, or that the
+// gateway's own identity was revoked (every upstream refuses it: a
+// revoked gateway must not look healthy).
 func (g *Gateway) Ready() error {
 	svid, err := g.opts.Identity.GetX509SVID()
 	if err != nil || svid == nil {
 		return fmt.Errorf("gateway: no X509-SVID yet: %v", err)
+	}
+	if len(svid.Certificates) > 0 && g.revoked.Peer(svid.ID.String(), svid.Certificates[0].SerialNumber.Text(16)) {
+		return fmt.Errorf("gateway: this gateway's identity %s (certificate serial %s) is revoked: every upstream refuses it", svid.ID, svid.Certificates[0].SerialNumber.Text(16))
 	}
 	if g.policy.Load().authz == nil {
 		return errors.New("gateway: no policy loaded yet")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,6 +186,42 @@ func TestRevokedIdentityTokenRefused(t *testing.T) {
 			resp, body := tg.do(t, "GET", "/orders", nil, map[string]string{"Authorization": "Bearer " + sign(tc.claims)})
 			if resp.StatusCode != tc.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
+			}
+		})
+	}
+}
+
+// TestGatewayNotReadyWhenItsIdentityIsRevoked: a gateway whose own SPIFFE
+// ID or SVID serial is revoked says so on its readiness check, as a
+// sidecar does: every upstream refuses it, so a load balancer must not
+// keep sending it the internet's traffic. Another identity's revocation
+// leaves it ready.
+func TestGatewayNotReadyWhenItsIdentityIsRevoked(t *testing.T) {
+	ca := testpki.NewCA(t, td)
+	svid := ca.SVID(t, gatewayID, time.Hour).X509SVID()
+	for _, tc := range []struct {
+		name  string
+		rev   *wire.Revocations
+		ready bool
+	}{
+		{"spiffe_id", &wire.Revocations{SPIFFEIDs: []string{gatewayID}}, false},
+		{"serial", &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: svid.Certificates[0].SerialNumber.Text(16), ExpiresAt: time.Now().Add(time.Hour)}}}, false},
+		{"other_id", &wire.Revocations{SPIFFEIDs: []string{ordersID}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := &proxy.NodeIdentity{SVID: func() *x509svid.SVID { return svid }}
+			setBundle(t, id, ca)
+			tg := startGatewayWith(t, ca, startUpstream(t, ca, ordersID, echoApp(t)), nil, func(o *Options) { o.Identity = id })
+			if err := tg.g.Ready(); err != nil {
+				t.Fatalf("before the revocation: %v", err)
+			}
+			tg.g.SetRevocations(tc.rev)
+			err := tg.g.Ready()
+			if (err == nil) != tc.ready {
+				t.Fatalf("Ready() = %v, want ready %v", err, tc.ready)
+			}
+			if err != nil && !strings.Contains(err.Error(), gatewayID) {
+				t.Fatalf("the readiness error does not name the identity: %v", err)
 			}
 		})
 	}
