@@ -20,6 +20,7 @@ import (
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -816,58 +817,65 @@ spec: {mtls: {mode: STRICT}}
 // TestGatewayRevokedTokenCutsOffInFlight: a request authenticated with a
 // token is cut off when the token's jti is revoked while it is still
 // waiting for the upstream, as a sidecar cuts one off: the client gets a
-// 401 then and there, not the upstream's answer seconds later.
+// 401 then and there, not the upstream's answer seconds later. So is one
+// whose token names a workload (here as its authorized party) when that
+// workload's identity is revoked.
 func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
-	tg, sign := startHS256Gateway(t)
-	tok := sign(map[string]any{"sub": "alice", "jti": "jti-slow"})
+	const owner = "spiffe://" + td + "/ns/prod/sa/reports"
+	for _, tc := range []struct {
+		name string
+		rev  *wire.Revocations
+	}{
+		{"jti", &wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}},
+		{"token_workload", &wire.Revocations{SPIFFEIDs: []string{owner}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, sign := startHS256Gateway(t)
+			tok := sign(map[string]any{"sub": "alice", "azp": owner, "jti": "jti-slow"})
 
-	type answer struct {
-		code int
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := tg.client.Do(req)
-		if err != nil {
-			done <- answer{err: err}
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		done <- answer{code: resp.StatusCode}
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for tg.g.revoked.Tracked() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the request was never tracked")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	select {
-	case a := <-done:
-		t.Fatalf("the slow request ended before the revocation: %+v", a)
-	default:
-	}
-	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
-		t.Fatalf("SetRevocations cut off %d requests, want 1", n)
-	}
-	// The app holds /slow for 5 s: an answer now is the cut-off's.
-	select {
-	case a := <-done:
-		if a.err != nil || a.code != 401 {
-			t.Fatalf("cut-off request: %+v, want a 401", a)
-		}
-	case <-time.After(4 * time.Second):
-		t.Fatal("the request of a revoked token kept waiting for the upstream")
-	}
-	if n := tg.g.revoked.Tracked(); n != 0 {
-		t.Errorf("%d requests still tracked", n)
-	}
-	resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
-	if resp.StatusCode != 401 {
-		t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+			type answer struct {
+				code int
+				err  error
+			}
+			done := make(chan answer, 1)
+			go func() {
+				req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := tg.client.Do(req)
+				if err != nil {
+					done <- answer{err: err}
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				done <- answer{code: resp.StatusCode}
+			}()
+			proxytest.Within(t, "the request tracked", func() bool { return tg.g.revoked.Tracked() != 0 })
+			select {
+			case a := <-done:
+				t.Fatalf("the slow request ended before the revocation: %+v", a)
+			default:
+			}
+			if n := tg.g.SetRevocations(tc.rev); n != 1 {
+				t.Fatalf("SetRevocations cut off %d requests, want 1", n)
+			}
+			// The app holds /slow for 5 s: an answer now is the cut-off's.
+			select {
+			case a := <-done:
+				if a.err != nil || a.code != 401 {
+					t.Fatalf("cut-off request: %+v, want a 401", a)
+				}
+			case <-time.After(4 * time.Second):
+				t.Fatal("the request of a revoked token kept waiting for the upstream")
+			}
+			if n := tg.g.revoked.Tracked(); n != 0 {
+				t.Errorf("%d requests still tracked", n)
+			}
+			resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
+			if resp.StatusCode != 401 {
+				t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+			}
+		})
 	}
 }
 

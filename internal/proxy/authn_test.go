@@ -134,6 +134,39 @@ func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 			t.Fatal("streaming request still open after its token was revoked")
 		}
 	})
+	t.Run("revoking_the_token_s_workload_cuts_a_streaming_request", func(t *testing.T) {
+		// A token issued to a workload (its SPIFFE ID the authorized
+		// party), relayed by another caller: isolating that workload cuts
+		// the request off, as revoking the token's jti does.
+		const owner = "spiffe://example.org/ns/prod/sa/reports"
+		live := token(map[string]any{"iss": "https://issuer.example", "sub": "erin", "azp": owner, "exp": now + 300, "jti": "j-owned"})
+		req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/stream", nil)
+		req.Header.Set("Authorization", "Bearer "+live)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		<-streaming
+		buf := make([]byte, 12)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first chunk\n" {
+			t.Fatalf("first chunk: %q %v", buf, err)
+		}
+		if n := s.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{owner}}); n < 1 {
+			t.Fatalf("closed %d, want the streaming request", n)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := io.ReadAll(resp.Body); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("stream ended cleanly; want it cut off")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("streaming request still open after its token's workload was revoked")
+		}
+		s.SetRevocations(nil)
+	})
 	t.Run("revoking_the_jti_cuts_an_upgraded_stream", func(t *testing.T) {
 		live := token(map[string]any{"iss": "https://issuer.example", "sub": "dave", "exp": now + 300, "jti": "j-ws"})
 		ti := &tlsIdentity{src: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}

@@ -112,6 +112,29 @@ func (r *Revocations) TrackToken(jti string, cancel func()) (done func()) {
 	return func() { t.remove(e) }
 }
 
+// TrackClaims is TrackToken for a request authenticated with a token of
+// these verified claims: cancel also runs when a workload the token
+// names (its SPIFFE ID the subject, authorized party, client or an
+// actor: IdentityToken) is revoked. A token with neither a jti nor a
+// workload's SPIFFE ID is not tracked.
+func (r *Revocations) TrackClaims(claims map[string]any, cancel func()) (done func()) {
+	var keys []liveKey
+	jti, _ := claims["jti"].(string)
+	if jti != "" {
+		keys = append(keys, jtiKey(jti))
+	}
+	if keys = tokenOwnerKeys(keys, claims); len(keys) == 0 {
+		return func() {}
+	}
+	t := r.tracker()
+	e := t.add(cancel, keys...)
+	if r.Token(jti) || r.IdentityToken(claims) {
+		t.remove(e)
+		e.once.Do(cancel)
+	}
+	return func() { t.remove(e) }
+}
+
 // RecheckTrust closes every connection of the Upstreams given these
 // Revocations whose peer's chain no longer verifies against src's trust
 // bundle (its CA authority was revoked), as Sidecar.RecheckTrust does,

@@ -148,7 +148,37 @@ const (
 	// liveAuthority: the trust domain and subject key ID of the CA
 	// authority a peer's chain was signed under (authorityKey).
 	liveAuthority
+	// liveTokenOwner: a workload's SPIFFE ID that the token of a request
+	// in flight names as its subject, authorized party, client or actor
+	// (tokenOwnerKeys): revoking that identity cuts the request off, as
+	// revokedIdentityToken refuses the next one.
+	liveTokenOwner
 )
+
+// maxTokenOwnerKeys bounds the keys tokenOwnerKeys adds for one token:
+// sub, azp, client_id and the first actors of its "act" chain.
+const maxTokenOwnerKeys = 8
+
+// tokenOwnerKeys appends to keys a liveTokenOwner key for each SPIFFE ID
+// ("spiffe://…") that verified token claims name as subject, authorized
+// party, client or actor (revokedIdentityToken's claims), at most
+// maxTokenOwnerKeys. A token naming no workload adds none.
+func tokenOwnerKeys(keys []liveKey, claims map[string]any) []liveKey {
+	n := 0
+	add := func(v any) {
+		if id, _ := v.(string); n < maxTokenOwnerKeys && strings.HasPrefix(id, "spiffe://") {
+			keys = append(keys, liveKey{liveTokenOwner, id})
+			n++
+		}
+	}
+	add(claims["sub"])
+	add(claims["azp"])
+	add(claims["client_id"])
+	for act, _ := claims["act"].(map[string]any); act != nil && n < maxTokenOwnerKeys; act, _ = act["act"].(map[string]any) {
+		add(act["sub"])
+	}
+	return keys
+}
 
 func idKey(id string) liveKey         { return liveKey{liveID, id} }
 func serialKey(serial string) liveKey { return liveKey{liveSerial, serial} }
@@ -355,6 +385,9 @@ func keyRevoked(rs *revocationSet, k liveKey) bool {
 		return ok
 	case liveJTI:
 		return rs.hasJTI(k.v)
+	case liveTokenOwner:
+		_, ok := rs.ids[k.v]
+		return ok
 	}
 	return false
 }
