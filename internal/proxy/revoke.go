@@ -153,6 +153,10 @@ const (
 	// (tokenOwnerKeys): revoking that identity cuts the request off, as
 	// revokedIdentityToken refuses the next one.
 	liveTokenOwner
+	// liveOwnSerial: the serial of this workload's own certificate an
+	// outbound connection was opened with (trackedConn): revoking it
+	// closes the connection, whatever the upstream knows.
+	liveOwnSerial
 )
 
 // maxTokenOwnerKeys bounds the keys tokenOwnerKeys adds for one token:
@@ -246,8 +250,8 @@ func (s *trackedSet) appendTo(out []*tracked) []*tracked {
 
 // tracked is one live connection or request. close is called at most once.
 type tracked struct {
-	keys   []liveKey // in keyBuf for up to three keys: one allocation per entry
-	keyBuf [3]liveKey
+	keys   []liveKey // in keyBuf for up to four keys: one allocation per entry
+	keyBuf [4]liveKey
 	// chain is the peer's verified certificate chain of a connection
 	// (addPeer), verified again when its authority leaves the bundle.
 	chain []*x509.Certificate
@@ -328,8 +332,9 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 
 // sweepOut is sweep for a tracker of outbound connections, whose keys are
 // their upstream's: it closes the connections to a revoked upstream
-// identity or serial, and those own (this workload's ID, "" for none) is
-// blocked from calling (the pair read the other way round). When own
+// identity or serial, those opened with a certificate of this workload
+// whose serial rs revokes, and those own (this workload's ID, "" for
+// none) is blocked from calling (the pair read the other way round). When own
 // itself is revoked (the workload isolated), it closes every one: its
 // egress is cut here, not left to its upstreams' sidecars, since an
 // upstream may be a SPIFFE peer that never hears of moatless's
@@ -387,6 +392,9 @@ func keyRevoked(rs *revocationSet, k liveKey) bool {
 		return rs.hasJTI(k.v)
 	case liveTokenOwner:
 		_, ok := rs.ids[k.v]
+		return ok
+	case liveOwnSerial:
+		_, ok := rs.serials[k.v]
 		return ok
 	}
 	return false

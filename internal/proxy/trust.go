@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -274,6 +275,23 @@ func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr strin
 		return tc, nil
 	}
 	tcn := &trackedConn{Conn: raw, live: live, id: t}
+	if get := conf.GetClientCertificate; get != nil {
+		// The certificate this connection presents is noted, so that
+		// revoking its serial closes the connection (liveOwnSerial); a
+		// resumed session presents none, and carries the serial of the
+		// one its first connection presented (serialSessions).
+		conf = conf.Clone()
+		conf.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := get(cri)
+			if err == nil && c != nil {
+				tcn.ownSerial = serialHex(c.Leaf)
+			}
+			return c, err
+		}
+		if conf.ClientSessionCache != nil {
+			conf.ClientSessionCache = serialSessions{conf.ClientSessionCache, tcn}
+		}
+	}
 	tc := tls.Client(tcn, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
@@ -286,12 +304,55 @@ func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr strin
 	return tc, nil
 }
 
+// serialSessions is one outbound connection's view of the client
+// session cache: a session it stores carries the serial of the
+// certificate the connection presented (in SessionState.Extra), and a
+// session it resumes gives the connection that serial, for
+// liveOwnSerial. Sessions stored by anyone else carry none.
+type serialSessions struct {
+	tls.ClientSessionCache
+	c *trackedConn
+}
+
+// ownSerialExtra prefixes the serial in a session's Extra.
+const ownSerialExtra = "moatless-own-serial:"
+
+func (s serialSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	cs, ok := s.ClientSessionCache.Get(key)
+	if ok && cs != nil {
+		if _, st, err := cs.ResumptionState(); err == nil && st != nil {
+			for _, x := range st.Extra {
+				if v, found := strings.CutPrefix(string(x), ownSerialExtra); found {
+					s.c.ownSerial = v
+				}
+			}
+		}
+	}
+	return cs, ok
+}
+
+func (s serialSessions) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil && s.c.ownSerial != "" {
+		if ticket, st, err := cs.ResumptionState(); err == nil && st != nil {
+			st.Extra = append(st.Extra, []byte(ownSerialExtra+s.c.ownSerial))
+			if ncs, err := tls.NewResumptionState(ticket, st); err == nil {
+				cs = ncs
+			}
+		}
+	}
+	s.ClientSessionCache.Put(key, cs)
+}
+
 // trackedConn is the transport under an outbound TLS connection: its
 // Close ends the connection's registration in the tracker.
 type trackedConn struct {
 	net.Conn
 	live *tracker
 	id   *tlsIdentity
+
+	// ownSerial is the serial of the certificate the handshake presented
+	// (lower-case hex), "" when it presented none.
+	ownSerial string
 
 	mu     sync.Mutex
 	entry  *tracked
@@ -304,7 +365,10 @@ type trackedConn struct {
 // caught here: the error says so and the caller closes the connection.
 func (c *trackedConn) register(tc *tls.Conn) error {
 	chain := tc.ConnectionState().PeerCertificates
-	keys := make([]liveKey, 0, 2)
+	keys := make([]liveKey, 0, 3)
+	if c.ownSerial != "" {
+		keys = append(keys, liveKey{liveOwnSerial, c.ownSerial})
+	}
 	peer, serial := "", ""
 	if len(chain) > 0 {
 		if id, err := x509svid.IDFromCert(chain[0]); err == nil {
@@ -331,6 +395,9 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 	rs := c.id.revoked()
 	if rs.has(peer, serial) {
 		return &revokedPeerError{id: peer}
+	}
+	if rs.has("", c.ownSerial) {
+		return fmt.Errorf("proxy: this workload's certificate (serial %s) is revoked: its calls are refused", c.ownSerial)
 	}
 	if rs != nil && (len(rs.blocked) > 0 || len(rs.ids) > 0) {
 		if own, err := c.id.ownID(); err == nil {
