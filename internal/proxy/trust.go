@@ -170,11 +170,10 @@ func hexEqual(b []byte, h string) bool {
 }
 
 // chainVerifies reports whether a live connection's peer chain still
-// leads to the bundles of src. What is asked is whether the chain still
-// leads to the bundle, not whether the peer's SVID is still valid: a
-// connection outlives the SVID it was opened with, and is not closed for
-// that (here or anywhere else), so an expired chain is verified as of its
-// last second.
+// leads to the bundles of src, not whether the peer's SVID is still
+// valid: a connection outlives the SVID it was opened with, and is not
+// closed for that (here or anywhere else), so an expired chain is
+// verified as of its last second.
 func chainVerifies(chain []*x509.Certificate, src x509bundle.Source, now time.Time) bool {
 	if len(chain) > 0 && !now.Before(chain[0].NotAfter) {
 		now = chain[0].NotAfter.Add(-time.Second)
