@@ -473,19 +473,39 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 var ErrForeignProc = errors.New("attest: procfs belongs to another PID namespace than the agent's, so a peer's PID would name another process: mount a procfs of the agent's own PID namespace (unshare --mount-proc), or run the agent in the workloads' PID namespace (hostPID)")
 
 // ownProc checks, once, that procRoot is the procfs of the agent's own
-// PID namespace: there, "self" names the agent's own PID.
+// PID namespace: there, "self" names the agent's own PID, and its NSpid
+// (Linux ≥ 4.1) lists that one PID alone. "self" is not enough: in an
+// outer namespace's procfs the agent may have the same number as in its
+// own, while its peers' numbers still name other processes; NSpid, read
+// from the procfs's namespace down to the agent's, then lists two.
 func (u *Unix) ownProc() error {
-	u.procOnce.Do(func() {
-		self, err := os.Readlink(filepath.Join(u.procRoot, "self"))
-		if err != nil {
-			u.procErr = fmt.Errorf("attest: reading %s/self: %w", u.procRoot, err)
-			return
-		}
-		if self != strconv.Itoa(os.Getpid()) {
-			u.procErr = fmt.Errorf("%w (%s/self is %s, the agent is PID %d)", ErrForeignProc, u.procRoot, self, os.Getpid())
-		}
-	})
+	u.procOnce.Do(func() { u.procErr = checkOwnProc(u.procRoot, os.Getpid()) })
 	return u.procErr
+}
+
+func checkOwnProc(root string, pid int) error {
+	self, err := os.Readlink(filepath.Join(root, "self"))
+	if err != nil {
+		return fmt.Errorf("attest: reading %s/self: %w", root, err)
+	}
+	if self != strconv.Itoa(pid) {
+		return fmt.Errorf("%w (%s/self is %s, the agent is PID %d)", ErrForeignProc, root, self, pid)
+	}
+	status, err := readProcFile(filepath.Join(root, self, "status"))
+	if err != nil {
+		return fmt.Errorf("attest: reading %s/%s/status: %w", root, self, err)
+	}
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		rest, ok := bytes.CutPrefix(line, []byte("NSpid:"))
+		if !ok {
+			continue
+		}
+		if f := strings.Fields(string(rest)); len(f) != 1 || f[0] != self {
+			return fmt.Errorf("%w (the agent's NSpid there is %q: it is seen from %d PID namespaces)", ErrForeignProc, strings.TrimSpace(string(rest)), len(f))
+		}
+		return nil
+	}
+	return nil // before Linux 4.1: no NSpid
 }
 
 // agentUserNS is the agent's own user namespace, read once.

@@ -173,11 +173,66 @@ func fakeProc(t *testing.T, pid int, stat, status string) string {
 	}
 	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 	os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644)
-	// As in the agent's own procfs, "self" names the reader.
-	if err := os.Symlink(strconv.Itoa(os.Getpid()), filepath.Join(root, "self")); err != nil {
+	// As in the agent's own procfs, "self" names the reader, whose
+	// status has one PID: it is in the procfs's own PID namespace.
+	fakeSelf(t, root, strconv.Itoa(os.Getpid()), fmt.Sprintf("Name:\ttest\nNSpid:\t%d\n", os.Getpid()))
+	return root
+}
+
+// fakeSelf makes root/self a link to target and, when target is a
+// directory of root not made yet, gives it status.
+func fakeSelf(t *testing.T, root, target, status string) {
+	t.Helper()
+	if err := os.Symlink(target, filepath.Join(root, "self")); err != nil {
 		t.Fatal(err)
 	}
-	return root
+	dir := filepath.Join(root, target)
+	if _, err := os.Stat(dir); err == nil {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnixOwnProcfs: the attestor reads only the procfs of its own PID
+// namespace. "self" naming the agent's PID is not proof of that: an
+// agent in a nested PID namespace may have the same number there as in
+// the outer namespace whose procfs it was given, and every peer's PID
+// would still name another process. The procfs says in NSpid which
+// namespaces the reader is seen from: in the agent's own procfs that
+// is one PID, the agent's; in an outer one, two or more. (A kernel
+// before 4.1 writes no NSpid; then "self" alone decides.) The trees are
+// what such a procfs shows, made by hand: the numbers cannot be chosen
+// on a shared host.
+func TestUnixOwnProcfs(t *testing.T) {
+	pid := os.Getpid()
+	for _, tc := range []struct {
+		name, self, status string
+		foreign            bool
+	}{
+		{"own_namespace", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\n", pid), false},
+		{"kernel_without_nspid", strconv.Itoa(pid), "Name:\tmoatless\nGroups:\t\n", false},
+		{"outer_namespace_same_number", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t%d\n", pid, pid), true},
+		{"outer_namespace_two_levels", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t7\t%d\n", pid, pid), true},
+		{"outer_namespace_other_number", strconv.Itoa(pid + 1), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t%d\n", pid+1, pid), true},
+		{"nspid_of_another_process", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\t1\n", true},
+		{"nspid_not_a_number", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\tx\n", true},
+		{"nspid_empty", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			fakeSelf(t, root, tc.self, tc.status)
+			u := NewUnix(UnixConfig{ProcRoot: root, SkipNames: true})
+			_, err := u.Attest(context.Background(), Peer{PID: 42, PIDFD: -1})
+			if got := errors.Is(err, ErrForeignProc); got != tc.foreign {
+				t.Fatalf("foreign procfs %v (%v), want %v", got, err, tc.foreign)
+			}
+		})
+	}
 }
 
 // TestUnixAttestForeignProcfs: an agent in a PID namespace of its own
