@@ -77,3 +77,47 @@ func TestLoopbackClientUID(t *testing.T) {
 		t.Fatalf("connection of uid 65534: uid %d, %v", uid, err)
 	}
 }
+
+// TestLoopbackClientUIDFamilies: the owner is found whatever the
+// listener's family — IPv4, IPv6 ::1, and a dual-stack listener on [::]
+// whose IPv4 clients appear with IPv4-mapped addresses (as the admin
+// listener's OPA API sees them when admin is ":port" or "[::]:port") —
+// through sock_diag and through /proc/net/tcp{,6} alike.
+func TestLoopbackClientUIDFamilies(t *testing.T) {
+	for _, tc := range []struct{ name, network, listen, dial string }{
+		{"ipv4", "tcp4", "127.0.0.1:0", "127.0.0.1"},
+		{"ipv6", "tcp6", "[::1]:0", "::1"},
+		{"dual_stack_ipv4_client", "tcp", "[::]:0", "127.0.0.1"},
+		{"dual_stack_ipv6_client", "tcp", "[::]:0", "::1"},
+		{"ipv4_mapped_client", "tcp", "[::]:0", "::ffff:127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen(tc.network, tc.listen)
+			if err != nil {
+				t.Skipf("listen %s: %v", tc.listen, err)
+			}
+			defer ln.Close()
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			c, err := net.Dial("tcp", net.JoinHostPort(tc.dial, port))
+			if err != nil {
+				t.Skipf("dial %s: %v", tc.dial, err)
+			}
+			defer c.Close()
+			a, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			client := a.RemoteAddr().(*net.TCPAddr).AddrPort()
+			server := a.LocalAddr().(*net.TCPAddr).AddrPort()
+			if uid, err := LoopbackClientUID(client, server); err != nil || uid != uint32(os.Geteuid()) {
+				t.Fatalf("%s → %s: uid %d, %v; want %d", client, server, uid, err, os.Geteuid())
+			}
+			for _, l := range []*tcpOwnerLookup{diagLookup, procLookup} {
+				if p, _, err := tcpClientOwner(l, client, server); err != nil || p.uid != uint32(os.Geteuid()) {
+					t.Fatalf("%s: %s → %s: uid %d, %v; want %d", l.name, client, server, p.uid, err, os.Geteuid())
+				}
+			}
+		})
+	}
+}
