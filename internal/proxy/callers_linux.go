@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -274,4 +276,110 @@ func setSocketFileMode(path string, mode fs.FileMode, gid *uint32) error {
 		return &fs.PathError{Op: "chmod", Path: path, Err: err}
 	}
 	return nil
+}
+
+// overflowOwner says, once per process, whether the kernel may report a
+// local caller whose uid this process's user namespace does not map, and
+// under which uid: the overflow uid (/proc/sys/kernel/overflowuid, 65534
+// by default), which is also "nobody". The kernel reports every owner and
+// peer credential as this namespace sees it (sock_diag, /proc/net/tcp and
+// SO_PEERCRED alike), and maps a user it cannot map to the overflow uid.
+//
+// In the initial user namespace every uid is mapped: nothing is
+// ambiguous. Elsewhere a report of the overflow uid is ambiguous when
+// that uid is not mapped here (then it is always a stand-in), or when
+// the network namespace belongs to a user namespace outside this one (a
+// rootless container sharing the host's network): every host user can
+// then reach 127.0.0.1 here. In a network namespace of its own user
+// namespace only a privileged process from outside could enter, and a
+// mapped "nobody" is the app user it seems. Any doubt counts as
+// ambiguous: a caller is refused rather than taken for nobody.
+var overflowOwner = sync.OnceValues(func() (uid uint32, ambiguous bool) {
+	uid = 65534
+	if b, err := os.ReadFile("/proc/sys/kernel/overflowuid"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			uid = uint32(n)
+		}
+	}
+	b, err := os.ReadFile("/proc/self/uid_map")
+	if err != nil {
+		return uid, true
+	}
+	maps, err := parseUIDMap(b)
+	if err != nil {
+		return uid, true
+	}
+	if len(maps) == 1 && maps[0] == [3]uint64{0, 0, 1<<32 - 1} {
+		return uid, false // the initial user namespace
+	}
+	mapped := false
+	for _, m := range maps {
+		if uint64(uid) >= m[0] && uint64(uid)-m[0] < m[2] {
+			mapped = true
+		}
+	}
+	if !mapped {
+		return uid, true
+	}
+	own, err := netnsOwnedHere()
+	return uid, err != nil || !own
+})
+
+// parseUIDMap reads /proc/PID/uid_map: lines of "inside outside count".
+func parseUIDMap(b []byte) ([][3]uint64, error) {
+	var out [][3]uint64
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("uid_map line %q", line)
+		}
+		var m [3]uint64
+		for i := range f {
+			n, err := strconv.ParseUint(f[i], 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("uid_map line %q: %w", line, err)
+			}
+			m[i] = n
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// netnsOwnedHere reports whether this process's network namespace is
+// owned by its own user namespace (NS_GET_USERNS). An owner outside it
+// is EPERM: false.
+func netnsOwnedHere() (bool, error) {
+	ns, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		return false, err
+	}
+	defer ns.Close()
+	owner, err := unix.IoctlRetInt(int(ns.Fd()), nsGetUserNS)
+	if errors.Is(err, unix.EPERM) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(owner)
+	var o, self unix.Stat_t
+	if err := unix.Fstat(owner, &o); err != nil {
+		return false, err
+	}
+	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
+		return false, err
+	}
+	return o.Dev == self.Dev && o.Ino == self.Ino, nil
+}
+
+// nsGetUserNS is NS_GET_USERNS (linux/nsfs.h: _IO(0xb7, 0x1)).
+const nsGetUserNS = 0xb701
+
+// unmappedCaller reports whether uid, as the kernel reported a local
+// caller's, may stand for a user this process's user namespace does not
+// map (overflowOwner).
+func unmappedCaller(uid uint32) bool {
+	o, ambiguous := overflowOwner()
+	return ambiguous && uid == o
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -120,4 +122,164 @@ func TestLoopbackClientUIDFamilies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// clientUIDHelperEnv makes the test binary the helper of
+// TestLoopbackClientUIDUnmappedUser (TestClientUIDHelper).
+const clientUIDHelperEnv = "MOATLESS_PROXY_CLIENTUID_HELPER"
+
+// TestLoopbackClientUIDUnmappedUser: a sidecar run in a user namespace
+// that shares the host's network namespace (a rootless container with host
+// networking) is reached on 127.0.0.1 by every user of the host. The
+// kernel reports the owner of a socket as the sidecar's namespace sees
+// it, and a user not mapped there as the overflow uid, 65534, which is
+// also "nobody", the app user many images run as. Such a caller must be
+// unknown, never uid 65534: else admitting nobody — or running the
+// sidecar as nobody, which admits its own uid — admits every host user.
+// Runs itself as the sidecar in a new user namespace that maps root and
+// nobody to themselves, and calls it as host uid 4200000, unmapped there.
+func TestLoopbackClientUIDUnmappedUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a user namespace that maps root, and to call as another user")
+	}
+	c := exec.Command(os.Args[0], "-test.run=^TestClientUIDHelper$")
+	c.Env = append(os.Environ(), clientUIDHelperEnv+"=1")
+	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}, {ContainerID: 65534, HostID: 65534, Size: 1}}
+	c.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER, UidMappings: ids, GidMappings: ids}
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The helper answers on descriptor 3: its stdout carries the test
+	// framework's lines.
+	answers, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer answers.Close()
+	c.ExtraFiles = []*os.File{w}
+	var out strings.Builder
+	c.Stdout, c.Stderr = &out, &out
+	if err := c.Start(); err != nil {
+		t.Skipf("cannot make a user namespace here: %v", err)
+	}
+	w.Close()
+	defer func() { stdin.Close(); c.Wait() }()
+	r := bufio.NewReader(answers)
+	addr, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("helper: %v %s", err, out.String())
+	}
+	host, port, _ := net.SplitHostPort(strings.TrimSpace(addr))
+	// A bash of host uid 4200000 holds a connection open until its stdin
+	// ends.
+	caller := exec.Command("bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port+" && read -r _")
+	caller.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 4200000, Gid: 4200000, NoSetGroups: true}}
+	caller.Dir = "/"
+	callerIn, err := caller.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caller.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { callerIn.Close(); caller.Wait() }()
+	for _, want := range []string{"error:", "uid 0"} {
+		got, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("helper: %v %s", err, out.String())
+		}
+		if got = strings.TrimSpace(got); !strings.HasPrefix(got, want) {
+			t.Fatalf("got %q, want %q…: a host user unmapped in the sidecar's user namespace must be unknown; the sidecar's own connection, uid 0", got, want)
+		}
+	}
+}
+
+// TestClientUIDHelper is the sidecar of TestLoopbackClientUIDUnmappedUser:
+// it listens on loopback, writes its address, says who its first
+// caller is, then who its own second connection is, and waits for stdin
+// to end.
+func TestClientUIDHelper(t *testing.T) {
+	if os.Getenv(clientUIDHelperEnv) == "" {
+		t.Skip("helper of TestLoopbackClientUIDUnmappedUser")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	out := os.NewFile(3, "answers")
+	fmt.Fprintln(out, ln.Addr())
+	who := func() {
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		uid, err := LoopbackClientUID(a.RemoteAddr().(*net.TCPAddr).AddrPort(), a.LocalAddr().(*net.TCPAddr).AddrPort())
+		if err != nil {
+			fmt.Fprintln(out, "error:", err)
+			return
+		}
+		fmt.Fprintln(out, "uid", uid)
+	}
+	who()
+	own, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	who()
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// TestParseUIDMap: /proc/self/uid_map as the kernel writes it; anything
+// else is an error (and the caller then takes the overflow uid as
+// ambiguous).
+func TestParseUIDMap(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     [][3]uint64
+	}{
+		{"initial_namespace", "         0          0 4294967295\n", [][3]uint64{{0, 0, 4294967295}}},
+		{"rootless", "         0       1000          1\n         1     100000      65536\n", [][3]uint64{{0, 1000, 1}, {1, 100000, 65536}}},
+		{"empty", "", nil},
+		{"two_fields", "0 0\n", nil},
+		{"not_a_number", "0 x 1\n", nil},
+		{"too_large", "0 0 4294967296\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseUIDMap([]byte(tc.in))
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("parsed %v, want an error", got)
+				}
+				return
+			}
+			if err != nil || fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzParseUIDMap: no input panics, and every range parsed fits in 32
+// bits.
+func FuzzParseUIDMap(f *testing.F) {
+	for _, s := range []string{"0 0 4294967295\n", "0 1000 1\n1 100000 65536\n", "", "0 0", "\n\n", "0 0 1 1"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		maps, err := parseUIDMap(b)
+		if err != nil {
+			return
+		}
+		for _, m := range maps {
+			for _, n := range m {
+				if n > 1<<32-1 {
+					t.Fatalf("%v from %q", m, b)
+				}
+			}
+		}
+	})
 }
