@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -288,5 +291,96 @@ func TestDescriptorsSentAlongAreNotKept(t *testing.T) {
 func TestCredSpace(t *testing.T) {
 	if want := unix.CmsgSpace(unix.SizeofUcred); credSpace != want {
 		t.Fatalf("credSpace %d, want %d", credSpace, want)
+	}
+}
+
+// TestLimitsDoNotLeak: the slots of the per-uid bounds come back however a
+// connection or stream ends — closed before the HTTP/2 preface, while the
+// agent binds it to its process, after a call; a stream cancelled before
+// its first answer or after it — with many at once (run with -race). A
+// leaked slot would lock the user out for good once MaxConnsPerUID of
+// them leaked. After the storm, every stream slot is free and the user
+// holds MaxConnsPerUID served connections again.
+func TestLimitsDoNotLeak(t *testing.T) {
+	const conns = 4
+	f := newFixtureWith(t, func(c *Config) { c.MaxConnsPerUID = conns; c.MaxStreamsPerUID = 3 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	kinds := []func(){
+		func() { // closed at once: before the preface, often during binding
+			if c, err := net.Dial("unix", f.sock); err == nil {
+				c.Close()
+			}
+		},
+		func() { // half a preface, then gone
+			if c, err := net.Dial("unix", f.sock); err == nil {
+				io.WriteString(c, http2.ClientPreface[:10])
+				c.Close()
+			}
+		},
+		func() { // a stream cancelled before its first answer
+			conn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithCancel(withHeader(context.Background()))
+			if s, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{}); err == nil {
+				cancel()
+				s.Recv()
+			}
+			cancel()
+		},
+		func() { // a stream that got its answer, then cancelled
+			conn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(withHeader(context.Background()), 20*time.Second)
+			defer cancel()
+			if s, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchJWTBundles(ctx, &workload.JWTBundlesRequest{}); err == nil {
+				s.Recv()
+			}
+		},
+	}
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(kinds[i%len(kinds)])
+	}
+	wg.Wait()
+
+	served := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err := http2.NewFramer(io.Discard, c).ReadFrame()
+		return err == nil
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		f.srv.streams.mu.Lock()
+		open := f.srv.streams.n
+		f.srv.streams.mu.Unlock()
+		var held []net.Conn
+		all := true
+		for range conns {
+			c, err := net.Dial("unix", f.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+			if !served(c) {
+				all = false
+				break
+			}
+		}
+		for _, c := range held {
+			c.Close()
+		}
+		if open == 0 && all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the storm: %d stream slots held, %d connections served of %d", open, len(held), conns)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
