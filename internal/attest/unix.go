@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,17 @@ type Unix struct {
 
 	procOnce sync.Once
 	procErr  error
+
+	overflowOnce sync.Once
+	overflow     overflowIDs
+}
+
+// overflowIDs are the ids the kernel reports for a uid or gid the agent's
+// user namespace does not map (/proc/sys/kernel/overflowuid, overflowgid:
+// 65534, nobody and nogroup), and whether any can be unmapped at all.
+type overflowIDs struct {
+	uid, gid uint32
+	initial  bool // the agent is in the initial user namespace: all are mapped
 }
 
 type fileKey struct {
@@ -214,6 +226,9 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 	}
 	groups, err := ParseStatusGroups(status)
 	if err != nil {
+		return nil, err
+	}
+	if err := u.checkMapped(dir, peer, groups); err != nil {
 		return nil, err
 	}
 	for _, g := range groups {
@@ -462,6 +477,57 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 		return false, fmt.Errorf("attest: owner of the mount namespace: %w", err)
 	}
 	return st.Dev == self.Dev && st.Ino == self.Ino, nil
+}
+
+// ErrUnmappedPeer means the peer's uid, gid or a supplementary group is
+// the overflow id of an agent run in a user namespace, and the peer is in
+// another user namespace: the kernel reports any id the agent's namespace
+// does not map as that id, 65534 (nobody, nogroup), so the peer may be
+// any user of the host that reached the socket — it cannot be told from
+// nobody.
+var ErrUnmappedPeer = errors.New("attest: the caller's uid, gid or a group reads as the overflow id (65534) of the agent's user namespace, which stands for every id that namespace does not map: it is not attested; run the agent in the host's user namespace, or the workload under another uid")
+
+// checkMapped refuses (ErrUnmappedPeer) a peer that may hold ids the
+// agent's user namespace does not map. In the initial user namespace
+// every id is mapped. Elsewhere a peer in the agent's own user namespace
+// holds mapped ids (or those of the namespace's creator), and one whose
+// ids are not the overflow ids is mapped by definition.
+func (u *Unix) checkMapped(dir string, peer Peer, groups []uint32) error {
+	o := u.overflowIDs()
+	if o.initial || (peer.UID != o.uid && peer.GID != o.gid && !slices.Contains(groups, o.gid)) {
+		return nil
+	}
+	same, err := u.inAgentUserNS(dir)
+	if err != nil {
+		return err
+	}
+	if !same {
+		return ErrUnmappedPeer
+	}
+	return nil
+}
+
+// overflowIDs reads, once, the overflow ids and whether the agent is in
+// the initial user namespace (uid_map maps all 2^32-1 ids to themselves).
+// Anything unreadable counts as not initial.
+func (u *Unix) overflowIDs() overflowIDs {
+	u.overflowOnce.Do(func() {
+		o := overflowIDs{uid: 65534, gid: 65534}
+		read := func(name string, v *uint32) {
+			if b, err := readProcFile(filepath.Join(u.procRoot, "sys", "kernel", name)); err == nil {
+				if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+					*v = uint32(n)
+				}
+			}
+		}
+		read("overflowuid", &o.uid)
+		read("overflowgid", &o.gid)
+		if b, err := readProcFile(filepath.Join(u.procRoot, "self", "uid_map")); err == nil {
+			o.initial = slices.Equal(strings.Fields(string(b)), []string{"0", "0", "4294967295"})
+		}
+		u.overflow = o
+	})
+	return u.overflow
 }
 
 // ErrForeignProc means the procfs the attestor reads belongs to another

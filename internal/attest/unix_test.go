@@ -3,11 +3,13 @@
 package attest
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,6 +259,50 @@ func TestUnixAttestForeignProcfs(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); got != "refused: foreign procfs" {
 		t.Fatalf("attestation in a PID namespace reading its parent's procfs: %s", got)
+	}
+}
+
+// TestUnixAttestUnmappedPeer: an agent run in a user namespace (a
+// rootless container) whose socket a host user reaches gets that user's
+// credentials as its namespace sees them: a uid or gid it does not map
+// reads as 65534, nobody's. Attesting that as unix:uid:65534 would hand
+// nobody's identities to every user of the host the namespace does not
+// map. Runs itself as the agent in a new user namespace that maps 65534
+// to itself but not host root, and calls it as host root.
+func TestUnixAttestUnmappedPeer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: an unprivileged user's namespace can map only that user")
+	}
+	dir, err := os.MkdirTemp("", "unmapped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "agent.sock")
+	c := exec.Command(os.Args[0], "-test.run=^$", sock)
+	c.Env = []string{helperEnv + "=userns-attest"}
+	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 4100000, Size: 1}, {ContainerID: 65534, HostID: 65534, Size: 1}}
+	c.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER, UidMappings: ids, GidMappings: ids}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Skipf("cannot make a user namespace here: %v", err)
+	}
+	defer c.Wait()
+	r := bufio.NewReader(stdout)
+	if line, err := r.ReadString('\n'); line != "ready\n" {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got, _ := r.ReadString('\n'); strings.TrimSpace(got) != "refused: unmapped" {
+		t.Fatalf("a host user unmapped in the agent's user namespace: %q, want refused", got)
 	}
 }
 
@@ -624,6 +670,38 @@ func TestMain(m *testing.M) {
 			fmt.Println("refused otherwise:", err)
 		default:
 			fmt.Println("attested PID", os.Getpid(), "as", sels)
+		}
+		os.Exit(0)
+	case "userns-attest":
+		// The agent in a user namespace that maps 65534 (and not host
+		// root): attest the first caller of the unix socket at argument 1.
+		l, err := net.Listen("unix", os.Args[len(os.Args)-1])
+		if err != nil {
+			fmt.Println("listen:", err)
+			os.Exit(0)
+		}
+		fmt.Println("ready")
+		c, err := l.Accept()
+		if err != nil {
+			fmt.Println("accept:", err)
+			os.Exit(0)
+		}
+		var cred *unix.Ucred
+		raw, _ := c.(*net.UnixConn).SyscallConn()
+		raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+		if err != nil {
+			fmt.Println("peercred:", err)
+			os.Exit(0)
+		}
+		u := NewUnix(UnixConfig{SkipNames: true})
+		sels, err := u.Attest(context.Background(), Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: -1})
+		switch {
+		case errors.Is(err, ErrUnmappedPeer):
+			fmt.Println("refused: unmapped")
+		case err != nil:
+			fmt.Println("refused otherwise:", err)
+		default:
+			fmt.Println("attested as", sels)
 		}
 		os.Exit(0)
 	case "bind-exec":
