@@ -3,6 +3,7 @@
 package workload
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,8 +11,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -382,5 +388,104 @@ func TestLimitsDoNotLeak(t *testing.T) {
 			t.Fatalf("after the storm: %d stream slots held, %d connections served of %d", open, len(held), conns)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// subuidHolder is run by /usr/bin/python3 as a user with subordinate uids
+// (what newuidmap gives one, mapped here by the test as root): it makes
+// a user namespace of its own, prints its PID, waits for its maps, then
+// forks one child per inner uid 1..3, each of which takes that uid (a
+// host uid of its own) and connects to the socket at argv[1]. Each child
+// reports whether the agent served its connection (sent its HTTP/2
+// preface) or closed it, one after the other, and holds it until stdin
+// ends.
+const subuidHolder = `
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    print("unshare", ctypes.get_errno(), flush=True); sys.exit(1)
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+for i in (1, 2, 3):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        try:
+            os.setuid(i)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sys.argv[1])
+            s.settimeout(20)
+            try:
+                res = "served" if s.recv(1) else "closed"
+            except ConnectionResetError:
+                res = "closed"
+        except Exception as e:
+            res = "error " + repr(e)
+        os.write(w, res.encode())
+        sys.stdin.read()
+        os._exit(0)
+    os.close(w)
+    print(i, os.read(r, 200).decode(), flush=True)
+sys.stdin.read()
+`
+
+// TestSubordinateUIDsCountAsTheirUser: a user with subordinate uids
+// (/etc/subuid, 65,536 of them by default, mapped by the setuid
+// newuidmap into a user namespace of their own) runs a process under
+// each. Counted by the uid alone, each would have MaxConnsPerUID
+// connections, and some 64 of them would take every slot of MaxConns:
+// no other workload could connect. Connections from a user namespace
+// that a user other than root made count against that user.
+func TestSubordinateUIDsCountAsTheirUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to stand in for newuidmap and to run as another user")
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3 to make a user namespace as a single-threaded process")
+	}
+	f := newFixtureWith(t, func(c *Config) { c.MaxConnsPerUID = 2 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	for _, d := range []string{filepath.Dir(filepath.Dir(f.sock)), filepath.Dir(f.sock)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const user = 4400000
+	c := exec.Command("/usr/bin/python3", "-c", subuidHolder, f.sock)
+	c.Dir = "/"
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: user, Gid: user, NoSetGroups: true}}
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); c.Wait() }()
+	r := bufio.NewReader(stdout)
+	line, err := r.ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Skipf("the user cannot make a user namespace here: %q %v", line, err)
+	}
+	// As newuidmap would, for subordinate uids user+1..user+3.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/uid_map", pid), fmt.Appendf(nil, "1 %d 3\n", user+1), 0); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdin, "\n")
+	var got []string
+	for range 3 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("helper: %v (so far %v)", err, got)
+		}
+		got = append(got, strings.TrimSpace(line))
+	}
+	if want := []string{"1 served", "2 served", "3 closed"}; !slices.Equal(got, want) {
+		t.Fatalf("connections of three subordinate uids of one user, MaxConnsPerUID 2: %v, want %v", got, want)
 	}
 }

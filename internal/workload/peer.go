@@ -68,16 +68,18 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		return nil, nil, fmt.Errorf("workload: peer credentials: %w", err)
 	}
 	var (
-		cred  *unix.Ucred
-		serr  error
-		pidfd = -1
+		cred    *unix.Ucred
+		serr    error
+		pidfd   = -1
+		account uint32 // the uid the connection counts against in limits
 	)
 	cerr := raw.Control(func(fd uintptr) {
 		if cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); serr != nil {
 			return
 		}
 		if pc.limits != nil {
-			if serr = pc.limits.acquire(cred.Uid); serr != nil {
+			account = accountUID(cred)
+			if serr = pc.limits.acquire(account); serr != nil {
 				cred = nil // no slot taken: nothing to release
 				return
 			}
@@ -95,7 +97,7 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	})
 	if cerr != nil || serr != nil {
 		if cred != nil && pc.limits != nil {
-			pc.limits.release(cred.Uid)
+			pc.limits.release(account)
 		}
 		if pidfd >= 0 {
 			unix.Close(pidfd)
@@ -119,7 +121,7 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
 	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
 	if pc.limits != nil {
-		bc.release = func() { pc.limits.release(cred.Uid) }
+		bc.release = func() { pc.limits.release(account) }
 	}
 	if pc.binder != nil && cred.Pid > 0 {
 		img, err := pc.binder.Bind(context.Background(), peer)
@@ -279,6 +281,59 @@ func (c *boundConn) Close() error {
 	})
 	return c.UnixConn.Close()
 }
+
+// accountUID is the uid a connection of cred counts against in the
+// per-uid bounds: the peer's own, unless the peer runs in a user namespace
+// below the agent's that a user other than root made — then that user's,
+// the outermost such. A user with subordinate uids (/etc/subuid, mapped
+// by newuidmap into a namespace of their own) holds 65,536 uids or more:
+// counted by the uid alone, they could open MaxConnsPerUID connections
+// under each and take every slot of MaxConns from the other users. A
+// namespace root made (a container runtime's, Kubernetes' user
+// namespaces) gives each workload uids of its own, counted as such.
+// Anything the agent cannot read counts under the peer's uid.
+func accountUID(cred *unix.Ucred) uint32 {
+	if cred.Pid <= 0 {
+		return cred.Uid
+	}
+	var self unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
+		return cred.Uid
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", cred.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return cred.Uid
+	}
+	account := cred.Uid
+	// Nesting is at most 32 user namespaces deep (Linux's limit).
+	for range 33 {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || (st.Dev == self.Dev && st.Ino == self.Ino) {
+			break
+		}
+		if owner, err := unix.IoctlGetUint32(fd, nsGetOwnerUID); err == nil && owner != 0 {
+			account = owner
+		}
+		parent, err := unix.IoctlRetInt(fd, nsGetParent)
+		if err != nil {
+			// EPERM: the parent is outside the agent's namespace, so
+			// the peer's is not below it; its uid is what it is.
+			unix.Close(fd)
+			return cred.Uid
+		}
+		unix.Close(fd)
+		fd = parent
+	}
+	unix.Close(fd)
+	return account
+}
+
+// NS_GET_PARENT and NS_GET_OWNER_UID (linux/nsfs.h: _IO(0xb7, 0x2),
+// _IO(0xb7, 0x4)).
+const (
+	nsGetParent   = 0xb702
+	nsGetOwnerUID = 0xb704
+)
 
 // passCred turns on SO_PASSCRED, so every read names its writer.
 func passCred(l *net.UnixListener) error {
