@@ -28,7 +28,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/moatless/moatless/internal/attest"
 )
 
 // TestHugeHeaderListIsRefused: gRPC's server takes header lists of up to
@@ -487,5 +490,34 @@ func TestSubordinateUIDsCountAsTheirUser(t *testing.T) {
 	}
 	if want := []string{"1 served", "2 served", "3 closed"}; !slices.Equal(got, want) {
 		t.Fatalf("connections of three subordinate uids of one user, MaxConnsPerUID 2: %v, want %v", got, want)
+	}
+}
+
+// TestStreamsCountAgainstTheConnectionsUser: a stream counts against the
+// uid its connection counts against (accountUID), so subordinate uids of
+// one user share that user's MaxStreamsPerUID as they share its
+// connections.
+func TestStreamsCountAgainstTheConnectionsUser(t *testing.T) {
+	f := newFixtureWith(t, func(c *Config) { c.MaxStreamsPerUID = 1 })
+	on := func(account uint32) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: AuthInfo{conn: &boundConn{account: account}}})
+	}
+	release, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400002}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a second subordinate uid of the same user: %v, want ResourceExhausted", err)
+	}
+	other, err := f.srv.holdStream(on(4500000), attest.Peer{UID: 4500000})
+	if err != nil {
+		t.Fatalf("another user: %v", err)
+	}
+	other()
+	release()
+	if r, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400002}); err != nil {
+		t.Fatalf("after the first was released: %v", err)
+	} else {
+		r()
 	}
 }

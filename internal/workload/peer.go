@@ -119,8 +119,9 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		runHook(&pc.hooks.handshake, cred.Pid)
 	}
 	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
-	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
+	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd, account: cred.Uid}
 	if pc.limits != nil {
+		bc.account = account
 		bc.release = func() { pc.limits.release(account) }
 	}
 	if pc.binder != nil && cred.Pid > 0 {
@@ -184,6 +185,9 @@ type boundConn struct {
 	// release gives back the connection's slot in peerCredentials.limits
 	// (nil: none taken).
 	release func()
+	// account is the uid the connection and its streams count against
+	// (accountUID).
+	account uint32
 
 	foreign      atomic.Int32 // first other writer's PID (-1: a write without a PID)
 	earlyRequest atomic.Bool
@@ -251,6 +255,9 @@ func writerPID(oob []byte) int32 {
 	}
 	return 0
 }
+
+// accountOf is the uid the connection's streams count against.
+func (c *boundConn) accountOf() (uint32, bool) { return c.account, true }
 
 // check returns why no call may be served on this connection, or nil.
 // The messages go to the client: they say what happened and what to do.
