@@ -199,7 +199,7 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 		if err != nil {
 			return localCaller{}, refusedLookupFailed, err
 		}
-		if unmappedCaller(p.uid) {
+		if unmappedCaller(p.uid) || unmappedUnixPeer(p) {
 			return localCaller{}, refusedUnknown, fmt.Errorf("the caller is reported as uid %d, which here also stands for every user this user namespace does not map", p.uid)
 		}
 		return p, "", nil

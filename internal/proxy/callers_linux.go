@@ -286,44 +286,55 @@ func setSocketFileMode(path string, mode fs.FileMode, gid *uint32) error {
 // SO_PEERCRED alike), and maps a user it cannot map to the overflow uid.
 //
 // In the initial user namespace every uid is mapped: nothing is
-// ambiguous. Elsewhere a report of the overflow uid is ambiguous when
-// that uid is not mapped here (then it is always a stand-in), or when
-// the network namespace belongs to a user namespace outside this one (a
-// rootless container sharing the host's network): every host user can
-// then reach 127.0.0.1 here. In a network namespace of its own user
+// ambiguous. Elsewhere a report of the overflow uid is ambiguous for any
+// caller when that uid is not mapped here (then it is always a stand-in),
+// or when the network namespace belongs to a user namespace outside this
+// one (a rootless container sharing the host's network): every host user
+// can then reach 127.0.0.1 here. In a network namespace of its own user
 // namespace only a privileged process from outside could enter, and a
-// mapped "nobody" is the app user it seems. Any doubt counts as
-// ambiguous: a caller is refused rather than taken for nobody.
-var overflowOwner = sync.OnceValues(func() (uid uint32, ambiguous bool) {
-	uid = 65534
+// mapped "nobody" is the app user it seems — over TCP; a unix socket may
+// be reached through a shared directory, which unmappedUnixPeer checks.
+// Any doubt counts as ambiguous: a caller is refused rather than taken
+// for nobody.
+var overflowOwner = sync.OnceValue(func() (o overflowIDs) {
+	o.uid = 65534
 	if b, err := os.ReadFile("/proc/sys/kernel/overflowuid"); err == nil {
 		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
-			uid = uint32(n)
+			o.uid = uint32(n)
 		}
 	}
+	o.ambiguous = true
 	b, err := os.ReadFile("/proc/self/uid_map")
 	if err != nil {
-		return uid, true
+		return o
 	}
 	maps, err := parseUIDMap(b)
 	if err != nil {
-		return uid, true
+		return o
 	}
 	if len(maps) == 1 && maps[0] == [3]uint64{0, 0, 1<<32 - 1} {
-		return uid, false // the initial user namespace
+		o.initial, o.ambiguous = true, false
+		return o
 	}
-	mapped := false
 	for _, m := range maps {
-		if uint64(uid) >= m[0] && uint64(uid)-m[0] < m[2] {
-			mapped = true
+		if uint64(o.uid) >= m[0] && uint64(o.uid)-m[0] < m[2] {
+			own, err := netnsOwnedHere()
+			o.ambiguous = err != nil || !own
+			return o
 		}
 	}
-	if !mapped {
-		return uid, true
-	}
-	own, err := netnsOwnedHere()
-	return uid, err != nil || !own
+	return o
 })
+
+// overflowIDs is what overflowOwner found.
+type overflowIDs struct {
+	uid uint32
+	// initial: the initial user namespace, where every uid is mapped.
+	initial bool
+	// ambiguous: a caller of any transport reported as uid may be a user
+	// this namespace does not map.
+	ambiguous bool
+}
 
 // parseUIDMap reads /proc/PID/uid_map: lines of "inside outside count".
 func parseUIDMap(b []byte) ([][3]uint64, error) {
@@ -380,6 +391,28 @@ const nsGetUserNS = 0xb701
 // caller's, may stand for a user this process's user namespace does not
 // map (overflowOwner).
 func unmappedCaller(uid uint32) bool {
-	o, ambiguous := overflowOwner()
-	return ambiguous && uid == o
+	o := overflowOwner()
+	return o.ambiguous && uid == o.uid
+}
+
+// unmappedUnixPeer reports whether a unix socket peer reported as the
+// overflow uid may be a user this user namespace does not map although
+// overflowOwner found TCP callers unambiguous: outside the initial user
+// namespace, a peer this PID namespace does not show (pid 0), or one in
+// another user namespace, may have reached the socket through a shared
+// directory. A peer in this process's own user namespace holds mapped ids
+// (or its creator's).
+func unmappedUnixPeer(p localCaller) bool {
+	o := overflowOwner()
+	if o.initial || p.uid != o.uid {
+		return false
+	}
+	if p.pid <= 0 {
+		return true
+	}
+	var peer, self unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/user", p.pid), &peer) != nil || unix.Stat("/proc/self/ns/user", &self) != nil {
+		return true
+	}
+	return peer.Dev != self.Dev || peer.Ino != self.Ino
 }

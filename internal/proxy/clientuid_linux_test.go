@@ -283,3 +283,102 @@ func FuzzParseUIDMap(f *testing.F) {
 		}
 	})
 }
+
+// unixPeerHelperEnv makes the test binary the helper of
+// TestOutboundUnixUnmappedCaller (TestUnixPeerHelper).
+const unixPeerHelperEnv = "MOATLESS_PROXY_UNIXPEER_HELPER"
+
+// TestOutboundUnixUnmappedCaller: a sidecar in a user namespace with a
+// network namespace of its own (a rootless container) takes a unix socket
+// peer reported as 65534 for nobody over TCP — only a privileged process
+// could enter that network namespace — but a unix socket is reached
+// through the file system: a host user the namespace does not map, in a
+// directory shared with the host, reads as 65534 too. Such a peer (in
+// another user namespace, or one this PID namespace does not show) is
+// unknown, never nobody. Runs itself as the sidecar in new user and
+// network namespaces mapping root and nobody; host uid 4200000 calls.
+func TestOutboundUnixUnmappedCaller(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a user namespace that maps root, and to call as another user")
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3 to call a unix socket as another user")
+	}
+	dir, err := os.MkdirTemp("", "unixpeer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := dir + "/out.sock"
+	c := exec.Command(os.Args[0], "-test.run=^TestUnixPeerHelper$")
+	c.Env = append(os.Environ(), unixPeerHelperEnv+"="+sock)
+	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}, {ContainerID: 65534, HostID: 65534, Size: 1}}
+	c.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET, UidMappings: ids, GidMappings: ids}
+	answers, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer answers.Close()
+	c.ExtraFiles = []*os.File{w}
+	var out strings.Builder
+	c.Stdout, c.Stderr = &out, &out
+	if err := c.Start(); err != nil {
+		t.Skipf("cannot make user and network namespaces here: %v", err)
+	}
+	w.Close()
+	defer c.Wait()
+	r := bufio.NewReader(answers)
+	if line, err := r.ReadString('\n'); line != "ready\n" {
+		t.Fatalf("helper: %q %v %s", line, err, out.String())
+	}
+	caller := exec.Command("/usr/bin/python3", "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); sys.stdin.read()", sock)
+	caller.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 4200000, Gid: 4200000, NoSetGroups: true}}
+	caller.Dir = "/"
+	callerIn, err := caller.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caller.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { callerIn.Close(); caller.Wait() }()
+	got, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("helper: %v %s", err, out.String())
+	}
+	if got = strings.TrimSpace(got); !strings.HasPrefix(got, "refused "+refusedUnknown) {
+		t.Fatalf("a host user unmapped in the sidecar's user namespace, on a unix socket: %q, want refused as %s", got, refusedUnknown)
+	}
+}
+
+// TestUnixPeerHelper is the sidecar of TestOutboundUnixUnmappedCaller: it
+// listens on the unix socket named by its environment, writes "ready" and
+// then what the caller check says of its first caller to descriptor 3.
+func TestUnixPeerHelper(t *testing.T) {
+	path := os.Getenv(unixPeerHelperEnv)
+	if path == "" {
+		t.Skip("helper of TestOutboundUnixUnmappedCaller")
+	}
+	out := os.NewFile(3, "answers")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	os.Chmod(path, 0o777)
+	fmt.Fprintln(out, "ready")
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, reason, err := (&callerCheck{}).identify(c)
+	if err != nil {
+		fmt.Fprintln(out, "refused", reason, err)
+		return
+	}
+	fmt.Fprintln(out, "uid", p.uid, "pid", p.pid)
+}
