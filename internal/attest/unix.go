@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatless/moatless/internal/userns"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -305,10 +306,6 @@ func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire
 	return sels, nil
 }
 
-// nsGetUserNS is NS_GET_USERNS (linux/nsfs.h: _IO(0xb7, 0x1)): the
-// user namespace that owns a namespace, as a new descriptor.
-const nsGetUserNS = 0xb701
-
 // exeTrusted reports whether the executable the process at dir runs,
 // whose device and inode img holds, is one whose path and content only
 // the agent's own privilege could have chosen (Image.ExeTrusted).
@@ -453,7 +450,7 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 	}
 	defer ns.Close()
 	var st unix.Stat_t
-	owner, err := unix.IoctlRetInt(int(ns.Fd()), nsGetUserNS)
+	owner, err := userns.Owner(int(ns.Fd()))
 	switch {
 	case err == nil:
 		defer unix.Close(owner)
@@ -512,18 +509,10 @@ func (u *Unix) checkMapped(dir string, peer Peer, groups []uint32) error {
 // Anything unreadable counts as not initial.
 func (u *Unix) overflowIDs() overflowIDs {
 	u.overflowOnce.Do(func() {
-		o := overflowIDs{uid: 65534, gid: 65534}
-		read := func(name string, v *uint32) {
-			if b, err := readProcFile(filepath.Join(u.procRoot, "sys", "kernel", name)); err == nil {
-				if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
-					*v = uint32(n)
-				}
-			}
-		}
-		read("overflowuid", &o.uid)
-		read("overflowgid", &o.gid)
-		if b, err := readProcFile(filepath.Join(u.procRoot, "self", "uid_map")); err == nil {
-			o.initial = slices.Equal(strings.Fields(string(b)), []string{"0", "0", "4294967295"})
+		var o overflowIDs
+		o.uid, o.gid = userns.Overflow(u.procRoot)
+		if maps, err := userns.UIDMap(u.procRoot); err == nil {
+			o.initial = userns.Initial(maps)
 		}
 		u.overflow = o
 	})

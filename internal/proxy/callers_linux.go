@@ -9,14 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatless/moatless/internal/userns"
 )
 
 // callerCheckSupported: Linux tells who is behind a local connection.
@@ -297,31 +297,16 @@ func setSocketFileMode(path string, mode fs.FileMode, gid *uint32) error {
 // Any doubt counts as ambiguous: a caller is refused rather than taken
 // for nobody.
 var overflowOwner = sync.OnceValue(func() (o overflowIDs) {
-	o.uid = 65534
-	if b, err := os.ReadFile("/proc/sys/kernel/overflowuid"); err == nil {
-		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
-			o.uid = uint32(n)
-		}
-	}
+	o.uid, _ = userns.Overflow("/proc")
 	o.ambiguous = true
-	b, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil {
-		return o
-	}
-	maps, err := parseUIDMap(b)
-	if err != nil {
-		return o
-	}
-	if len(maps) == 1 && maps[0] == [3]uint64{0, 0, 1<<32 - 1} {
+	maps, err := userns.UIDMap("/proc")
+	switch {
+	case err != nil:
+	case userns.Initial(maps):
 		o.initial, o.ambiguous = true, false
-		return o
-	}
-	for _, m := range maps {
-		if uint64(o.uid) >= m[0] && uint64(o.uid)-m[0] < m[2] {
-			own, err := netnsOwnedHere()
-			o.ambiguous = err != nil || !own
-			return o
-		}
+	case userns.Maps(maps, o.uid):
+		own, err := netnsOwnedHere()
+		o.ambiguous = err != nil || !own
 	}
 	return o
 })
@@ -336,27 +321,6 @@ type overflowIDs struct {
 	ambiguous bool
 }
 
-// parseUIDMap reads /proc/PID/uid_map: lines of "inside outside count".
-func parseUIDMap(b []byte) ([][3]uint64, error) {
-	var out [][3]uint64
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			return nil, fmt.Errorf("uid_map line %q", line)
-		}
-		var m [3]uint64
-		for i := range f {
-			n, err := strconv.ParseUint(f[i], 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("uid_map line %q: %w", line, err)
-			}
-			m[i] = n
-		}
-		out = append(out, m)
-	}
-	return out, nil
-}
-
 // netnsOwnedHere reports whether this process's network namespace is
 // owned by its own user namespace (NS_GET_USERNS). An owner outside it
 // is EPERM: false.
@@ -366,7 +330,7 @@ func netnsOwnedHere() (bool, error) {
 		return false, err
 	}
 	defer ns.Close()
-	owner, err := unix.IoctlRetInt(int(ns.Fd()), nsGetUserNS)
+	owner, err := userns.Owner(int(ns.Fd()))
 	if errors.Is(err, unix.EPERM) {
 		return false, nil
 	}
@@ -374,18 +338,8 @@ func netnsOwnedHere() (bool, error) {
 		return false, err
 	}
 	defer unix.Close(owner)
-	var o, self unix.Stat_t
-	if err := unix.Fstat(owner, &o); err != nil {
-		return false, err
-	}
-	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
-		return false, err
-	}
-	return o.Dev == self.Dev && o.Ino == self.Ino, nil
+	return userns.Same(owner, "/proc/self/ns/user")
 }
-
-// nsGetUserNS is NS_GET_USERNS (linux/nsfs.h: _IO(0xb7, 0x1)).
-const nsGetUserNS = 0xb701
 
 // unmappedCaller reports whether uid, as the kernel reported a local
 // caller's, may stand for a user this process's user namespace does not

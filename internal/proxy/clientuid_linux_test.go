@@ -233,57 +233,6 @@ func TestClientUIDHelper(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
-// TestParseUIDMap: /proc/self/uid_map as the kernel writes it; anything
-// else is an error (and the caller then takes the overflow uid as
-// ambiguous).
-func TestParseUIDMap(t *testing.T) {
-	for _, tc := range []struct {
-		name, in string
-		want     [][3]uint64
-	}{
-		{"initial_namespace", "         0          0 4294967295\n", [][3]uint64{{0, 0, 4294967295}}},
-		{"rootless", "         0       1000          1\n         1     100000      65536\n", [][3]uint64{{0, 1000, 1}, {1, 100000, 65536}}},
-		{"empty", "", nil},
-		{"two_fields", "0 0\n", nil},
-		{"not_a_number", "0 x 1\n", nil},
-		{"too_large", "0 0 4294967296\n", nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseUIDMap([]byte(tc.in))
-			if tc.want == nil {
-				if err == nil {
-					t.Fatalf("parsed %v, want an error", got)
-				}
-				return
-			}
-			if err != nil || fmt.Sprint(got) != fmt.Sprint(tc.want) {
-				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
-			}
-		})
-	}
-}
-
-// FuzzParseUIDMap: no input panics, and every range parsed fits in 32
-// bits.
-func FuzzParseUIDMap(f *testing.F) {
-	for _, s := range []string{"0 0 4294967295\n", "0 1000 1\n1 100000 65536\n", "", "0 0", "\n\n", "0 0 1 1"} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		maps, err := parseUIDMap(b)
-		if err != nil {
-			return
-		}
-		for _, m := range maps {
-			for _, n := range m {
-				if n > 1<<32-1 {
-					t.Fatalf("%v from %q", m, b)
-				}
-			}
-		}
-	})
-}
-
 // unixPeerHelperEnv makes the test binary the helper of
 // TestOutboundUnixUnmappedCaller (TestUnixPeerHelper).
 const unixPeerHelperEnv = "MOATLESS_PROXY_UNIXPEER_HELPER"

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/userns"
 )
 
 // peerCredentials is a gRPC TransportCredentials that adds no encryption
@@ -303,10 +304,6 @@ func accountUID(cred *unix.Ucred) uint32 {
 	if cred.Pid <= 0 {
 		return cred.Uid
 	}
-	var self unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/user", &self); err != nil {
-		return cred.Uid
-	}
 	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", cred.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return cred.Uid
@@ -314,14 +311,13 @@ func accountUID(cred *unix.Ucred) uint32 {
 	account := cred.Uid
 	// Nesting is at most 32 user namespaces deep (Linux's limit).
 	for range 33 {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || (st.Dev == self.Dev && st.Ino == self.Ino) {
+		if same, err := userns.Same(fd, "/proc/self/ns/user"); err != nil || same {
 			break
 		}
-		if owner, err := unix.IoctlGetUint32(fd, nsGetOwnerUID); err == nil && owner != 0 {
+		if owner, err := userns.OwnerUID(fd); err == nil && owner != 0 {
 			account = owner
 		}
-		parent, err := unix.IoctlRetInt(fd, nsGetParent)
+		parent, err := userns.Parent(fd)
 		if err != nil {
 			// EPERM: the parent is outside the agent's namespace, so
 			// the peer's is not below it; its uid is what it is.
@@ -334,13 +330,6 @@ func accountUID(cred *unix.Ucred) uint32 {
 	unix.Close(fd)
 	return account
 }
-
-// NS_GET_PARENT and NS_GET_OWNER_UID (linux/nsfs.h: _IO(0xb7, 0x2),
-// _IO(0xb7, 0x4)).
-const (
-	nsGetParent   = 0xb702
-	nsGetOwnerUID = 0xb704
-)
 
 // passCred turns on SO_PASSCRED, so every read names its writer.
 func passCred(l *net.UnixListener) error {
