@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -117,11 +118,11 @@ const maxEdgeTotals = 20000
 
 // EdgeTotals sums the rows q selects per edge key (every field but the
 // minute and the reporter), newest last-seen first, at most 20,000.
+// Sums saturate (see counterSums).
 func (s *DB) EdgeTotals(ctx context.Context, q EdgeQuery) ([]EdgeTotal, error) {
 	where, args := q.where()
 	rows, err := s.db.QueryContext(ctx, `SELECT MIN(e.minute), MAX(e.minute), e.direction, e.source, e.destination, e.port, e.protocol,
-		e.method, e.path, e.decision, e.reason, e.status, e.token, SUM(e.requests), SUM(e.req_bytes), SUM(e.resp_bytes),
-		SUM(e.latency_sum_us), MAX(e.latency_max_us), SUM(e.pii_sampled), SUM(e.pii_matches)
+		e.method, e.path, e.decision, e.reason, e.status, e.token, MAX(e.latency_max_us), `+counterSums+`
 		FROM detect_edges e WHERE `+where+`
 		GROUP BY e.direction, e.source, e.destination, e.port, e.protocol, e.method, e.path, e.decision, e.reason, e.status, e.token
 		ORDER BY MAX(e.minute) DESC, e.source, e.destination, e.path LIMIT `+fmt.Sprint(maxEdgeTotals), args...)
@@ -132,28 +133,26 @@ func (s *DB) EdgeTotals(ctx context.Context, q EdgeQuery) ([]EdgeTotal, error) {
 	var out []EdgeTotal
 	for rows.Next() {
 		var t EdgeTotal
-		var first, last int64
-		var req, reqB, respB, latS, latM, piiS, piiM int64
-		if err := rows.Scan(&first, &last, &t.Direction, &t.Source, &t.Destination, &t.Port, &t.Protocol, &t.Method, &t.Path,
-			&t.Decision, &t.Reason, &t.Status, &t.Token, &req, &reqB, &respB, &latS, &latM, &piiS, &piiM); err != nil {
+		var first, last, latM int64
+		var sums counterTotals
+		if err := rows.Scan(append([]any{&first, &last, &t.Direction, &t.Source, &t.Destination, &t.Port, &t.Protocol, &t.Method, &t.Path,
+			&t.Decision, &t.Reason, &t.Status, &t.Token, &latM}, sums.dest()...)...); err != nil {
 			return nil, fmt.Errorf("store: read traffic: %w", err)
 		}
-		t.Minute, t.Last = fromNS(first), fromNS(last)
-		t.Requests, t.ReqBytes, t.RespBytes, t.LatencySum, t.LatencyMax, t.PIISampled, t.PIIMatches =
-			uint64(req), uint64(reqB), uint64(respB), uint64(latS), uint64(latM), uint64(piiS), uint64(piiM)
+		t.Minute, t.Last, t.LatencyMax = fromNS(first), fromNS(last), uint64(max(latM, 0))
+		sums.set(&t.EdgeRow)
 		out = append(out, t)
 	}
 	return out, rows.Err()
 }
 
 // EdgeMinutes calls fn with the rows q selects, oldest minute first, one
-// row per edge key and minute (reporters summed): what baselines are
-// rebuilt from after a restart.
+// row per edge key and minute (reporters summed, saturating): what
+// baselines are rebuilt from after a restart.
 func (s *DB) EdgeMinutes(ctx context.Context, q EdgeQuery, fn func(EdgeRow) error) error {
 	where, args := q.where()
 	rows, err := s.db.QueryContext(ctx, `SELECT e.minute, e.direction, e.source, e.destination, e.port, e.protocol, e.method, e.path,
-		e.decision, e.reason, e.status, e.token, SUM(e.requests), SUM(e.req_bytes), SUM(e.resp_bytes), SUM(e.latency_sum_us),
-		MAX(e.latency_max_us), SUM(e.pii_sampled), SUM(e.pii_matches)
+		e.decision, e.reason, e.status, e.token, MAX(e.latency_max_us), `+counterSums+`
 		FROM detect_edges e WHERE `+where+`
 		GROUP BY e.minute, e.direction, e.source, e.destination, e.port, e.protocol, e.method, e.path, e.decision, e.reason, e.status, e.token
 		ORDER BY e.minute`, args...)
@@ -163,20 +162,74 @@ func (s *DB) EdgeMinutes(ctx context.Context, q EdgeQuery, fn func(EdgeRow) erro
 	defer rows.Close()
 	for rows.Next() {
 		var r EdgeRow
-		var m int64
-		var req, reqB, respB, latS, latM, piiS, piiM int64
-		if err := rows.Scan(&m, &r.Direction, &r.Source, &r.Destination, &r.Port, &r.Protocol, &r.Method, &r.Path,
-			&r.Decision, &r.Reason, &r.Status, &r.Token, &req, &reqB, &respB, &latS, &latM, &piiS, &piiM); err != nil {
+		var m, latM int64
+		var sums counterTotals
+		if err := rows.Scan(append([]any{&m, &r.Direction, &r.Source, &r.Destination, &r.Port, &r.Protocol, &r.Method, &r.Path,
+			&r.Decision, &r.Reason, &r.Status, &r.Token, &latM}, sums.dest()...)...); err != nil {
 			return fmt.Errorf("store: read traffic: %w", err)
 		}
-		r.Minute = fromNS(m)
-		r.Requests, r.ReqBytes, r.RespBytes, r.LatencySum, r.LatencyMax, r.PIISampled, r.PIIMatches =
-			uint64(req), uint64(reqB), uint64(respB), uint64(latS), uint64(latM), uint64(piiS), uint64(piiM)
+		r.Minute, r.LatencyMax = fromNS(m), uint64(max(latM, 0))
+		sums.set(&r)
 		if err := fn(r); err != nil {
 			return err
 		}
 	}
 	return rows.Err()
+}
+
+// counterCols are the edge counters that are summed, in the order of
+// counterTotals.
+var counterCols = []string{"e.requests", "e.req_bytes", "e.resp_bytes", "e.latency_sum_us", "e.pii_sampled", "e.pii_matches"}
+
+// counterSums is the SQL that sums counterCols without overflowing: each
+// column's high and low 32 bits are summed apart. A plain SUM fails the
+// whole read once a group passes 2^63-1, which two rows saturated at
+// ingest (i64) do: SQLite's SUM raises "integer overflow" (TOTAL is a
+// float and loses the low digits), PostgreSQL's returns a numeric that
+// does not fit the int64 scanned. Split, a sum overflows only past 2^31
+// rows of saturated counters in one group (2^43 rows of counters the
+// server accepts), and counterTotals joins the halves saturating.
+var counterSums = func() string {
+	parts := make([]string, 0, 2*len(counterCols))
+	for _, c := range counterCols {
+		parts = append(parts, "SUM("+c+" / 4294967296)", "SUM("+c+" % 4294967296)")
+	}
+	return strings.Join(parts, ", ")
+}()
+
+// counterTotals scans counterSums: high and low halves per counter.
+type counterTotals [12]int64
+
+func (c *counterTotals) dest() []any {
+	out := make([]any, len(c))
+	for i := range c {
+		out[i] = &c[i]
+	}
+	return out
+}
+
+// set stores the totals in r's counters.
+func (c *counterTotals) set(r *EdgeRow) {
+	for i, f := range []*uint64{&r.Requests, &r.ReqBytes, &r.RespBytes, &r.LatencySum, &r.PIISampled, &r.PIIMatches} {
+		*f = joinSum(c[2*i], c[2*i+1])
+	}
+}
+
+// joinSum is hi·2^32 + lo, saturating at the largest uint64; counters
+// are stored non-negative, so a negative half (a row not written by
+// InsertEdges) counts as 0.
+func joinSum(hi, lo int64) uint64 {
+	if hi < 0 || lo < 0 {
+		return 0
+	}
+	if hi >= 1<<32 {
+		return math.MaxUint64
+	}
+	v := uint64(hi) << 32
+	if v+uint64(lo) < v {
+		return math.MaxUint64
+	}
+	return v + uint64(lo)
 }
 
 // PruneTraffic deletes edge rows and samples older than before.

@@ -390,3 +390,51 @@ func beforeMigration(t *testing.T, version int, table string, seed, check func(t
 		})
 	}
 }
+
+// TestEdgeSumsSaturate: rows whose counters were saturated when stored
+// (one hostile node's report) sum to a saturated total instead of
+// failing the listing: SQLite's SUM raises "integer overflow" past
+// 2^63-1, and PostgreSQL's numeric sum does not fit the int64 scanned.
+func TestEdgeSumsSaturate(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		m0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+		const huge = ^uint64(0)
+		row := func(reporter string, n uint64) store.EdgeRow {
+			return store.EdgeRow{Minute: m0, Reporter: reporter, Direction: "inbound", Source: "spiffe://td/a", Destination: "spiffe://td/b",
+				Protocol: "http", Method: "GET", Path: "/", Decision: "allow", Status: 2,
+				Requests: n, ReqBytes: n, RespBytes: n, LatencySum: n, LatencyMax: n, PIISampled: n, PIIMatches: n}
+		}
+		other := row("r3", 5)
+		other.Path = "/other"
+		if err := db.InsertEdges(ctx, []store.EdgeRow{row("r1", huge), row("r2", huge), row("r2", 7), other}); err != nil {
+			t.Fatal(err)
+		}
+		tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0})
+		if err != nil {
+			t.Fatalf("edge totals: %v", err)
+		}
+		if len(tot) != 2 {
+			t.Fatalf("totals: %+v", tot)
+		}
+		for _, x := range tot {
+			want := uint64(5)
+			if x.Path == "/" {
+				want = huge
+			}
+			for name, v := range map[string]uint64{"requests": x.Requests, "req_bytes": x.ReqBytes, "resp_bytes": x.RespBytes,
+				"latency_sum": x.LatencySum, "pii_sampled": x.PIISampled, "pii_matches": x.PIIMatches} {
+				if v != want {
+					t.Errorf("%s %s: %d, want %d", x.Path, name, v, want)
+				}
+			}
+		}
+		var minutes []store.EdgeRow
+		if err := db.EdgeMinutes(ctx, store.EdgeQuery{Since: m0}, func(r store.EdgeRow) error { minutes = append(minutes, r); return nil }); err != nil {
+			t.Fatalf("edge minutes: %v", err)
+		}
+		if len(minutes) != 2 || min(minutes[0].Requests, minutes[1].Requests) != 5 || max(minutes[0].Requests, minutes[1].Requests) != huge {
+			t.Fatalf("minutes: %+v", minutes)
+		}
+	})
+}
