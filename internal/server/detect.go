@@ -71,6 +71,12 @@ const (
 	maxRecordMethod = 64   // clipped
 	maxRecordToken  = 512  // issuer URL
 	maxReportLabels = 64
+	// maxRecordCounter bounds every counter of a record (requests,
+	// bytes, microseconds of latency, PII): 2^52 is more than a node
+	// serves in a report's window of at most 10 minutes (4 PiB, 142
+	// years of summed latency), and keeps the stored sums exact
+	// (store.EdgeTotals).
+	maxRecordCounter = 1 << 52
 	// maxRecordAge is how old a report's window may be; older ones
 	// (a reporter cut off for a long time) are refused for good.
 	maxRecordAge = time.Hour
@@ -460,6 +466,15 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 		if p := e.PII; p != nil {
 			row.PIISampled = p.Sampled
 			row.PIIMatches = sat(sat(p.Cards, p.Emails), p.NationalIDs)
+		}
+		for _, c := range []struct {
+			name string
+			v    uint64
+		}{{"requests", row.Requests}, {"req_bytes", row.ReqBytes}, {"resp_bytes", row.RespBytes}, {"latency_sum_us", row.LatencySum},
+			{"latency_max_us", row.LatencyMax}, {"pii.sampled", row.PIISampled}, {"pii", row.PIIMatches}} {
+			if c.v > maxRecordCounter {
+				return nil, nil, badf("%s %d: more than a node serves in a report's window (at most %d)", field(c.name), c.v, uint64(maxRecordCounter))
+			}
 		}
 		rows = append(rows, row)
 	}
