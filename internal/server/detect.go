@@ -317,12 +317,9 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, endpoint, err)
 		return
 	}
-	if err := s.db.InsertEdges(ctx, rows); err != nil {
-		d.metrics.records.WithLabelValues("error").Inc()
-		s.agentErr(w, endpoint, err)
-		return
-	}
-	if err := s.db.InsertSamples(ctx, samples); err != nil {
+	// One transaction: a report that failed half-stored would count its
+	// edges twice once the reporter retries it.
+	if err := s.db.InsertTraffic(ctx, rows, samples); err != nil {
 		d.metrics.records.WithLabelValues("error").Inc()
 		s.agentErr(w, endpoint, err)
 		return

@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +209,40 @@ func TestRecordsBudget(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("80 reports at once were all taken: no budget per node")
+	}
+}
+
+// TestRecordsAllOrNothing: a report the store fails to record half-way
+// (its samples refused after its edges) leaves nothing, so the node's
+// retry counts its traffic once, not twice.
+func TestRecordsAllOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	n := e.attest(ordersID)
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "moatless.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, "CREATE TRIGGER fail_samples BEFORE INSERT ON detect_samples BEGIN SELECT RAISE(ABORT, 'injected failure'); END"); err != nil {
+		t.Fatal(err)
+	}
+	rep := e.report(inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 10))
+	rep.Samples = []wire.AuditEvent{{Time: e.clock.Now(), Source: reportsID, Method: "GET", Path: "/orders/1", Decision: "allow"}}
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st < 500 {
+		t.Fatalf("report with failing samples: %d %s", st, body)
+	}
+	if _, err := db.ExecContext(ctx, "DROP TRIGGER fail_samples"); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+		t.Fatalf("retried report: %d %s", st, body)
+	}
+	var edges server.Page[server.EdgeSummary]
+	e.admin("GET", server.PathAdminEdges, nil, &edges)
+	if len(edges.Items) != 1 || edges.Items[0].Requests != 10 {
+		t.Fatalf("after a failure and a retry: %+v, want one edge of 10 requests", edges.Items)
 	}
 }
 

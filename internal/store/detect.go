@@ -44,8 +44,20 @@ type EdgeRow struct {
 
 const edgeCols = "minute, reporter, direction, source, destination, port, protocol, method, path, decision, reason, status, token, requests, req_bytes, resp_bytes, latency_sum_us, latency_max_us, pii_sampled, pii_matches"
 
-// InsertEdges stores reported edge rows.
-func (s *DB) InsertEdges(ctx context.Context, rows []EdgeRow) error {
+// InsertTraffic stores one report's edge rows and sampled decisions in
+// one transaction: all or none, so a report retried after a failure is
+// not counted twice (its edges stored, its samples not, then both
+// again).
+func (s *DB) InsertTraffic(ctx context.Context, rows []EdgeRow, samples []Sample) error {
+	return s.Tx(ctx, func(tx *sql.Tx) error {
+		if err := insertEdges(ctx, tx, rows); err != nil {
+			return err
+		}
+		return insertSamples(ctx, tx, samples)
+	})
+}
+
+func insertEdges(ctx context.Context, q Queryer, rows []EdgeRow) error {
 	const chunk = 200
 	for start := 0; start < len(rows); start += chunk {
 		part := rows[start:min(start+chunk, len(rows))]
@@ -55,7 +67,7 @@ func (s *DB) InsertEdges(ctx context.Context, rows []EdgeRow) error {
 				r.Decision, r.Reason, r.Status, r.Token, i64(r.Requests), i64(r.ReqBytes), i64(r.RespBytes), i64(r.LatencySum),
 				i64(r.LatencyMax), i64(r.PIISampled), i64(r.PIIMatches))
 		}
-		if _, err := s.db.ExecContext(ctx, insertValues("INSERT INTO detect_edges ("+edgeCols+")", len(part), 20), args...); err != nil {
+		if _, err := q.ExecContext(ctx, insertValues("INSERT INTO detect_edges ("+edgeCols+")", len(part), 20), args...); err != nil {
 			return fmt.Errorf("store: record traffic: %w", err)
 		}
 	}
@@ -255,8 +267,7 @@ type Sample struct {
 	Event    json.RawMessage `json:"event"`
 }
 
-// InsertSamples stores sampled decisions.
-func (s *DB) InsertSamples(ctx context.Context, samples []Sample) error {
+func insertSamples(ctx context.Context, q Queryer, samples []Sample) error {
 	const chunk = 100
 	for start := 0; start < len(samples); start += chunk {
 		part := samples[start:min(start+chunk, len(samples))]
@@ -264,7 +275,7 @@ func (s *DB) InsertSamples(ctx context.Context, samples []Sample) error {
 		for _, x := range part {
 			args = append(args, ns(x.At), x.Reporter, x.Source, x.Decision, string(x.Event))
 		}
-		if _, err := s.db.ExecContext(ctx, insertValues("INSERT INTO detect_samples (at, reporter, source, decision, event)", len(part), 5), args...); err != nil {
+		if _, err := q.ExecContext(ctx, insertValues("INSERT INTO detect_samples (at, reporter, source, decision, event)", len(part), 5), args...); err != nil {
 			return fmt.Errorf("store: record decision samples: %w", err)
 		}
 	}

@@ -28,7 +28,7 @@ func TestDetectTraffic(t *testing.T) {
 			row(m0.Add(time.Minute), "r1", "spiffe://td/a", 1), row(m0.Add(2*time.Minute), "r1", "spiffe://td/b", 2),
 		}
 		rows[3].LatencyMax = 99
-		if err := db.InsertEdges(ctx, rows); err != nil {
+		if err := db.InsertTraffic(ctx, rows, nil); err != nil {
 			t.Fatal(err)
 		}
 		tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0})
@@ -62,7 +62,7 @@ func TestDetectTraffic(t *testing.T) {
 			t.Fatalf("minutes: %+v", minutes)
 		}
 		ev, _ := json.Marshal(map[string]string{"decision": "deny"})
-		if err := db.InsertSamples(ctx, []store.Sample{{At: m0, Reporter: "r1", Source: "spiffe://td/a", Decision: "deny", Event: ev},
+		if err := db.InsertTraffic(ctx, nil, []store.Sample{{At: m0, Reporter: "r1", Source: "spiffe://td/a", Decision: "deny", Event: ev},
 			{At: m0.Add(time.Minute), Reporter: "r1", Source: "spiffe://td/b", Decision: "allow", Event: ev}}); err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +407,7 @@ func TestEdgeSumsSaturate(t *testing.T) {
 		}
 		other := row("r3", 5)
 		other.Path = "/other"
-		if err := db.InsertEdges(ctx, []store.EdgeRow{row("r1", huge), row("r2", huge), row("r2", 7), other}); err != nil {
+		if err := db.InsertTraffic(ctx, []store.EdgeRow{row("r1", huge), row("r2", huge), row("r2", 7), other}, nil); err != nil {
 			t.Fatal(err)
 		}
 		tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0})
@@ -435,6 +435,50 @@ func TestEdgeSumsSaturate(t *testing.T) {
 		}
 		if len(minutes) != 2 || min(minutes[0].Requests, minutes[1].Requests) != 5 || max(minutes[0].Requests, minutes[1].Requests) != huge {
 			t.Fatalf("minutes: %+v", minutes)
+		}
+	})
+}
+
+// TestInsertTrafficAllOrNothing: a report whose samples cannot be stored
+// leaves none of its edges either, so the reporter's retry counts its
+// traffic once.
+func TestInsertTrafficAllOrNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		m0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+		var rows []store.EdgeRow
+		for i := range 450 { // three statements of edges
+			rows = append(rows, store.EdgeRow{Minute: m0, Reporter: "r1", Direction: "inbound", Source: "spiffe://td/a", Destination: "spiffe://td/b",
+				Protocol: "http", Method: "GET", Path: fmt.Sprintf("/p%d", i), Decision: "allow", Status: 2, Requests: 3})
+		}
+		samples := []store.Sample{{At: m0, Reporter: "r1", Source: "spiffe://td/a", Decision: "deny", Event: json.RawMessage(`{}`)}}
+		undo, err := db.FailInserts(ctx, "detect_samples")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.InsertTraffic(ctx, rows, samples); err == nil {
+			t.Fatal("insert with failing samples succeeded")
+		}
+		if tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0}); err != nil || len(tot) != 0 {
+			t.Fatalf("a failed report left %d edges (%v)", len(tot), err)
+		}
+		if err := undo(); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.InsertTraffic(ctx, rows, samples); err != nil {
+			t.Fatal(err)
+		}
+		tot, err := db.EdgeTotals(ctx, store.EdgeQuery{Since: m0})
+		if err != nil || len(tot) != len(rows) {
+			t.Fatalf("%d edges after the retry, want %d (%v)", len(tot), len(rows), err)
+		}
+		for _, x := range tot {
+			if x.Requests != 3 {
+				t.Fatalf("%s: %d requests after the retry, want 3 (counted twice?)", x.Path, x.Requests)
+			}
+		}
+		if l, err := db.Samples(ctx, store.SampleQuery{Limit: 10}); err != nil || len(l) != 1 {
+			t.Fatalf("samples: %d %v", len(l), err)
 		}
 	})
 }

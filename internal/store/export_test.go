@@ -75,3 +75,26 @@ func collect(r *sql.Rows, err error) (string, error) {
 	}
 	return b.String(), r.Err()
 }
+
+// FailInserts makes every insert into table fail, with a trigger, until
+// the returned func drops it: a store failing in the middle of a write.
+func (s *DB) FailInserts(ctx context.Context, table string) (func() error, error) {
+	stmts := []string{"CREATE TRIGGER fail_" + table + " BEFORE INSERT ON " + table + " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"}
+	undo := []string{"DROP TRIGGER fail_" + table}
+	if s.dialect == Postgres {
+		stmts = []string{
+			"CREATE FUNCTION fail_" + table + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+			"CREATE TRIGGER fail_" + table + " BEFORE INSERT ON " + table + " FOR EACH ROW EXECUTE FUNCTION fail_" + table + "()",
+		}
+		undo = []string{"DROP TRIGGER fail_" + table + " ON " + table, "DROP FUNCTION fail_" + table + "()"}
+	}
+	run := func(l []string) error {
+		for _, q := range l {
+			if _, err := s.db.ExecContext(ctx, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return func() error { return run(undo) }, run(stmts)
+}
