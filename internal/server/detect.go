@@ -273,9 +273,10 @@ func recordOf(r store.EdgeRow) detect.Record {
 // record's destination and an outbound record's source are the caller,
 // whatever the body says. The report is validated whole (strict JSON,
 // bounds on every field, errors naming edges[i].field; caller-controlled
-// text such as paths is escaped and clipped rather than refused), and
-// charged to the caller's budget (2 reports a second, 60 at once): over
-// it the caller gets 429 and retries the report later.
+// text such as paths is escaped and clipped rather than refused). Every
+// report, refused ones too, is first charged to the caller's budget (2
+// reports a second, 60 at once): over it the caller gets 429, its body
+// unread, and retries the report later.
 //
 // The other end of each record (an inbound record's source) is the
 // caller's word only: findings keep who reported them, and playbooks
@@ -289,25 +290,28 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	reporter := c.id.String()
+	now := s.now()
+	// Charged before the body is read: a refused report (up to
+	// wire.MaxBodySize of JSON decoded and checked) costs like a
+	// recorded one.
+	if ok, wait := d.budget.take(reporter, now, 1); !ok {
+		d.metrics.records.WithLabelValues("rate_limited").Inc()
+		s.metrics.agentRequests.WithLabelValues(endpoint, "rate_limited").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		writeErrors(w, http.StatusTooManyRequests, reporter+" sent more traffic reports than its budget allows; retry later")
+		return
+	}
 	var in wire.RecordReport
 	if err := decodeJSON(r, wire.MaxBodySize, &in); err != nil {
 		d.metrics.records.WithLabelValues("refused").Inc()
 		s.agentErr(w, endpoint, err)
 		return
 	}
-	reporter := c.id.String()
-	now := s.now()
 	rows, samples, err := validRecords(&in, reporter, now)
 	if err != nil {
 		d.metrics.records.WithLabelValues("refused").Inc()
 		s.agentErr(w, endpoint, err)
-		return
-	}
-	if ok, wait := d.budget.take(reporter, now, 1); !ok {
-		d.metrics.records.WithLabelValues("rate_limited").Inc()
-		s.metrics.agentRequests.WithLabelValues(endpoint, "rate_limited").Inc()
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
-		writeErrors(w, http.StatusTooManyRequests, reporter+" sent more traffic reports than its budget allows; retry later")
 		return
 	}
 	ctx := r.Context()

@@ -246,6 +246,33 @@ func TestRecordsAllOrNothing(t *testing.T) {
 	}
 }
 
+// TestRecordsBudgetChargesRefused: reports refused as invalid are
+// charged too, so a node cannot make the server decode and check
+// megabytes of bad reports for free; once its budget is spent its valid
+// report waits as well.
+func TestRecordsBudgetChargesRefused(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	bad := e.report(inboundEdge(reportsID, "GET", "/", "allow", 1))
+	bad.Component = "toaster"
+	var limited bool
+	for i := 0; i < 80 && !limited; i++ {
+		switch st, body := e.do(n.http, "POST", wire.PathRecords, "", bad); st {
+		case 400:
+		case 429:
+			limited = true
+		default:
+			t.Fatalf("invalid report %d: %d %s", i, st, body)
+		}
+	}
+	if !limited {
+		t.Fatal("80 invalid reports at once were all checked: refusals cost nothing")
+	}
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(inboundEdge(reportsID, "GET", "/", "allow", 1))); st != 429 {
+		t.Fatalf("valid report after the budget was spent: %d %s", st, body)
+	}
+}
+
 func TestRecordsRaiseFindings(t *testing.T) {
 	e := start(t, "")
 	n := e.attest(ordersID)
