@@ -138,10 +138,16 @@ type NodeConfig struct {
 	// jitter) between reconnects and retries. Defaults 500ms and 30s.
 	BackoffBase, BackoffMax time.Duration
 
-	OnBundle      func(wire.Bundle)
-	OnRevocations func(wire.Revocations)
-	OnEntries     func([]wire.Entry)
-	OnPolicies    func(wire.PolicySet)
+	// OnBundle receives each bundle the node puts in force: one with a
+	// higher sequence number than the bundle held, or the same one again.
+	OnBundle func(wire.Bundle)
+	// OnBundleRefused is called for a bundle the node refused and left
+	// out of an update (see refuseBundle): older (a lower sequence
+	// number) or forked (the same one, other trust material).
+	OnBundleRefused func(wire.BundleOrder)
+	OnRevocations   func(wire.Revocations)
+	OnEntries       func([]wire.Entry)
+	OnPolicies      func(wire.PolicySet)
 	// OnRisk receives the risk section: the scores of the identities the
 	// server's detectors hold at risk, checked (see validRisk), replacing
 	// the previous ones. Servers that predate the section never call it.
@@ -997,13 +1003,21 @@ func (n *Node) apply(u *wire.Update) error {
 	if u.Bundle != nil {
 		b := *u.Bundle
 		n.mu.Lock()
-		n.bundle = &b
-		n.setPoolLocked()
+		held := n.bundle
+		order := wire.CompareBundle(held, &b)
+		if order == wire.BundleNewer || order == wire.BundleSame {
+			n.bundle = &b
+			n.setPoolLocked()
+		}
 		n.mu.Unlock()
-		n.persistBundle()
-		n.checkOwnAuthority(&b)
-		if n.cfg.OnBundle != nil {
-			n.cfg.OnBundle(b)
+		if order == wire.BundleNewer || order == wire.BundleSame {
+			n.persistBundle()
+			n.checkOwnAuthority(&b)
+			if n.cfg.OnBundle != nil {
+				n.cfg.OnBundle(b)
+			}
+		} else {
+			n.refuseBundle(held, &b, order, u.Version)
 		}
 	}
 	if u.Revocations != nil && n.cfg.OnRevocations != nil {
@@ -1030,6 +1044,29 @@ func (n *Node) apply(u *wire.Update) error {
 		n.cfg.OnUpdate(u.Version)
 	}
 	return nil
+}
+
+// refuseBundle logs and counts a bundle that is older than the one held,
+// or of the same sequence number with other trust material, and that apply
+// therefore left out. The server's bundle sequence number grows with every
+// change of its trust material and never goes back; a lower one comes from
+// a replica that has not yet adopted the latest CA state, or from an older
+// server version during an upgrade, and after "moatless ca revoke" it
+// would bring the revoked authority back into trust (for the node's
+// connections to the server, the workloads' bundles and the SVIDs checked
+// against it) until the next bundle change. The rest of the update is
+// applied: the store behind every replica is the same, only the CA state
+// a replica holds in memory can lag. The held bundle, persisted in
+// DataDir, stays until one with a higher sequence number comes; attesting
+// afresh with a join token is the way to take a lower one (a server whose
+// data directory was rebuilt).
+func (n *Node) refuseBundle(held, got *wire.Bundle, order wire.BundleOrder, version uint64) {
+	n.log.Warn("refused a trust bundle that is not newer than the one held; keeping the held one",
+		"reason", order.String(), "sequence", got.SequenceNumber, "held_sequence", held.SequenceNumber,
+		"server", n.Server(), "update", version)
+	if n.cfg.OnBundleRefused != nil {
+		n.cfg.OnBundleRefused(order)
+	}
 }
 
 // checkOwnAuthority wakes the renewal loop at once when the node SVID
