@@ -72,8 +72,8 @@ type fakeServer struct {
 	// bundleSeq is the bundle's sequence number: push bumps it when the
 	// bundle's trust material changed, as the real CA does.
 	bundleSeq uint64
-	// lagging, when set, is the bundle the watch stream sends instead of
-	// the current one: a replica that has not caught up.
+	// lagging, when set, is the bundle the watch stream and attestation
+	// send instead of the current one: a replica that has not caught up.
 	lagging *wire.Bundle
 }
 
@@ -221,7 +221,13 @@ func (f *fakeServer) attest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, 400, err.Error())
 		return
 	}
-	json.NewEncoder(w).Encode(wire.AttestResponse{SVID: svid, Bundle: f.bundle()})
+	f.mu.Lock()
+	b := f.bundle()
+	if f.lagging != nil {
+		b = *f.lagging
+	}
+	f.mu.Unlock()
+	json.NewEncoder(w).Encode(wire.AttestResponse{SVID: svid, Bundle: b})
 }
 
 func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {

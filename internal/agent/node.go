@@ -345,6 +345,11 @@ func (n *Node) Attest(ctx context.Context) error {
 	if err := n.lockDir(); err != nil {
 		return err
 	}
+	// floor is the bundle saved by an earlier run whose node SVID is no
+	// longer usable (expired, damaged): the attestation below must not
+	// take an older one from a lagging replica (see refuseBundle). State
+	// from another server or trust domain sets none.
+	var floor *wire.Bundle
 	if n.cfg.DataDir != "" {
 		if err := n.loadPersisted(); err == nil {
 			if n.cfg.JoinToken != "" {
@@ -358,6 +363,7 @@ func (n *Node) Attest(ctx context.Context) error {
 			n.log.Warn("the node SVID in the data directory is from another server or trust domain; attesting with the join token and replacing it", "error", err)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
+			floor = n.savedBundle()
 		}
 	}
 	n.mu.Lock()
@@ -385,7 +391,14 @@ func (n *Node) Attest(ctx context.Context) error {
 	if err := validBundle(&resp.Bundle); err != nil {
 		return fmt.Errorf("agent: attest: %w", err)
 	}
-	svid, err := checkSVID(resp.SVID, key, spiffeid.ID{}, resp.Bundle, n.now())
+	bundle := resp.Bundle
+	if floor != nil && floor.TrustDomain == bundle.TrustDomain {
+		if o := wire.CompareBundle(floor, &bundle); o == wire.BundleOlder || o == wire.BundleForked {
+			n.refuseBundle(floor, &bundle, o, 0)
+			bundle = *floor
+		}
+	}
+	svid, err := checkSVID(resp.SVID, key, spiffeid.ID{}, bundle, n.now())
 	if err != nil {
 		if n.cfg.OnAttestFailure != nil {
 			n.cfg.OnAttestFailure()
@@ -393,7 +406,7 @@ func (n *Node) Attest(ctx context.Context) error {
 		return fmt.Errorf("agent: attest: %w", err)
 	}
 	n.mu.Lock()
-	n.bundle = &resp.Bundle
+	n.bundle = &bundle
 	n.setPoolLocked()
 	n.mu.Unlock()
 	n.setSVID(svid, true)
@@ -1299,6 +1312,19 @@ func writeFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// savedBundle is the valid bundle DataDir holds, or nil.
+func (n *Node) savedBundle() *wire.Bundle {
+	raw, err := os.ReadFile(filepath.Join(n.cfg.DataDir, bundleFile))
+	if err != nil {
+		return nil
+	}
+	var b wire.Bundle
+	if json.Unmarshal(raw, &b) != nil || validBundle(&b) != nil {
+		return nil
+	}
+	return &b
 }
 
 // loadPersisted loads a node SVID and bundle from DataDir. It fails (and

@@ -194,3 +194,70 @@ func TestNodeRestartKeepsBundleSequence(t *testing.T) {
 		t.Fatalf("after a restart the node took the older bundle: sequence %d, with the revoked authority: %v", got.SequenceNumber, holds(got, b))
 	}
 }
+
+// TestNodeReattestKeepsBundleSequence: a node whose saved SVID expired
+// (it was down longer than its TTL) attests again with a join token and
+// the attesting replica lags: the bundle of the data directory, newer,
+// stays held. Only removing the saved state (or state from another server
+// or trust domain) lets an attestation take a lower sequence number.
+func TestNodeReattestKeepsBundleSequence(t *testing.T) {
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n1, err := NewNode(f.nodeConfig(t, "t", dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Attest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.push(func() { f.authorities = []*testpki.CA{a} }) // ca revoke b
+	rctx, rcancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- n1.Run(rctx) }()
+	waitApplied(ctx, t, f, n1)
+	rcancel()
+	<-done
+	n1.Close()
+
+	f.push(func() {
+		stale := f.bundle()
+		stale.X509Authorities = [][]byte{a.Cert.Raw, b.Cert.Raw}
+		stale.SequenceNumber = 1
+		f.lagging = &stale
+		f.tokens["t2"] = nodeID
+		f.nodeTTL = 3 * time.Hour
+	})
+	cfg := f.nodeConfig(t, "t2", dir)
+	cfg.Now = func() time.Time { return time.Now().Add(2 * time.Hour) } // the saved SVID (1h) expired
+	n2, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	if err := n2.Attest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := n2.Bundle(); got.SequenceNumber != 2 || holds(got, b) {
+		t.Fatalf("the attestation took the older bundle: sequence %d, with the revoked authority: %v", got.SequenceNumber, holds(got, b))
+	}
+
+	// Without the saved state, the attestation's bundle is taken.
+	dir2 := t.TempDir()
+	f.push(func() { f.tokens["t3"] = nodeID })
+	n3, err := NewNode(f.nodeConfig(t, "t3", dir2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n3.Close()
+	if err := n3.Attest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := n3.Bundle(); got.SequenceNumber != 1 {
+		t.Fatalf("a node with no saved state holds sequence %d, want the attestation's 1", got.SequenceNumber)
+	}
+}
