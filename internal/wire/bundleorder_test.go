@@ -20,7 +20,9 @@ func TestCompareBundle(t *testing.T) {
 		{"unsequenced_after_sequenced", base(4), base(0), BundleOlder},
 		{"unsequenced_after_unsequenced", base(0), with(base(0), func(b *Bundle) { b.X509Authorities = b.X509Authorities[:1] }), BundleNewer},
 		{"same_sequence_same_content", base(4), base(4), BundleSame},
-		{"same_sequence_reordered", base(4), with(base(4), func(b *Bundle) { b.X509Authorities[0], b.X509Authorities[1] = b.X509Authorities[1], b.X509Authorities[0] }), BundleSame},
+		{"same_sequence_reordered", base(4), with(base(4), func(b *Bundle) {
+			b.X509Authorities[0], b.X509Authorities[1] = b.X509Authorities[1], b.X509Authorities[0]
+		}), BundleSame},
 		{"same_sequence_refresh_hint_differs", base(4), with(base(4), func(b *Bundle) { b.RefreshHint = 7 }), BundleSame},
 		{"same_sequence_root_dropped", base(4), with(base(4), func(b *Bundle) { b.X509Authorities = b.X509Authorities[1:] }), BundleForked},
 		{"same_sequence_root_added", base(4), with(base(4), func(b *Bundle) { b.X509Authorities = append(b.X509Authorities, []byte("root-c")) }), BundleForked},
