@@ -113,7 +113,9 @@ type NodeConfig struct {
 	// Ignored when DataDir holds a valid node SVID.
 	JoinToken string
 	// DataDir, when set, is where the node SVID with its key (mode 0600)
-	// and the latest bundle are kept, so a restart needs no new token.
+	// and the latest bundle are kept, so a restart needs no new token and
+	// refuses, as the run before it did, a bundle older than the one kept
+	// (see refuseBundle).
 	DataDir string
 	// Component names the process in acks ("agent", "sidecar",
 	// "gateway"). Default "agent".
