@@ -278,15 +278,17 @@ func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifi
 // RequestAuthentication writes for the app (outputClaimToHeaders,
 // outputPayloadToHeader) under any spelling, on requests with a token or
 // without, and the "_" twins of the headers policies read (every "_" name
-// when a Rego provider reads them all). Envoy forwards what ext_authz does
+// when a Rego provider reads them all) and of the headers the rules read
+// tokens from (x_jwt_assertion, a token nobody verified, for
+// x-jwt-assertion). Envoy forwards what ext_authz does
 // not remove, and WSGI, CGI, PHP and Rack read x_user and X-User as one
 // variable, so the app would take a caller's copy for the verified one.
 // These are the sidecar's rules (internal/proxy/headers.go), so a request
 // reaches the app through Envoy as it would through the sidecar.
 func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
-	var owned []string
+	var owned, tokens []string
 	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
-		owned = s.outputHeaders(rules)
+		owned, tokens = s.ruleHeaders(rules)
 	}
 	underscore := false
 	for k := range req.Headers {
@@ -298,7 +300,10 @@ func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	if len(owned) == 0 && !underscore {
 		return nil
 	}
-	var read []string
+	// The "_" spelling of a header tokens are read from is not read by
+	// the verifier, and is read by the app as the header it verified.
+	// (Clipped: the memo's slice is shared by concurrent checks.)
+	read := slices.Clip(tokens)
 	all := false
 	if underscore {
 		names, a := set.RequestHeaders(req.Destination)
@@ -322,25 +327,32 @@ func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	return out
 }
 
-// outputMemo is the folded output headers of one rule list.
+// outputMemo is the folded output and token headers of one rule list.
 type outputMemo struct {
-	rules  []*securityv1beta1.JWTRule
-	folded []string
+	rules          []*securityv1beta1.JWTRule
+	output, tokens []string
 }
 
-// outputHeaders is authn.OutputHeaders(rules) folded (foldHeaderName),
-// remembered for the last rule list: a policy set returns the same list
-// for a destination until it is replaced.
-func (s *Server) outputHeaders(rules []*securityv1beta1.JWTRule) []string {
+// ruleHeaders returns authn.OutputHeaders(rules) and
+// authn.TokenHeaders(rules) folded (foldHeaderName), remembered for the
+// last rule list: a policy set returns the same list for a destination
+// until it is replaced.
+func (s *Server) ruleHeaders(rules []*securityv1beta1.JWTRule) (output, tokens []string) {
 	if m := s.outputs.Load(); m != nil && len(m.rules) == len(rules) && &m.rules[0] == &rules[0] {
-		return m.folded
+		return m.output, m.tokens
 	}
-	folded := authn.OutputHeaders(rules)
-	for i, h := range folded {
-		folded[i] = foldHeaderName(h)
+	output = authn.OutputHeaders(rules)
+	for i, h := range output {
+		output[i] = foldHeaderName(h)
 	}
-	s.outputs.Store(&outputMemo{rules: rules, folded: folded})
-	return folded
+	for _, h := range authn.TokenHeaders(rules) {
+		// A name the rule spells with "_" is its own.
+		if !strings.Contains(h, "_") {
+			tokens = append(tokens, foldHeaderName(h))
+		}
+	}
+	s.outputs.Store(&outputMemo{rules: rules, output: output, tokens: tokens})
+	return output, tokens
 }
 
 // foldsTo reports whether foldHeaderName(h) == f, without allocating for

@@ -325,3 +325,68 @@ func compileSet(t *testing.T, yaml string) *policy.Set {
 	}
 	return set
 }
+
+// TestForgedTokenHeaderTwin is the attack of a caller who sends, through
+// Envoy, a token the mesh never verified under a "_" spelling of the
+// header a RequestAuthentication rule reads tokens from (x_jwt_assertion
+// for x-jwt-assertion). The verifier reads x-jwt-assertion only, so the
+// request passes as tokenless wherever anonymous requests are allowed;
+// a CGI-style app reads x_jwt_assertion as HTTP_X_JWT_ASSERTION, the
+// variable it takes for the token the mesh verified (forwardOriginalToken),
+// and decodes the forged claims. The sidecar drops such twins
+// (proxy/headers.go, authn.TokenHeaders); ext_authz must have Envoy drop
+// them too, on requests with a token and without.
+func TestForgedTokenHeaderTwin(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+    fromHeaders: [{name: x-jwt-assertion}]
+    forwardOriginalToken: true
+`, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	good := sign(map[string]any{"iss": "https://idp.example", "sub": "alice", "exp": now.Add(time.Hour).Unix()})
+	forged := "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiYWRtaW4ifQ."
+	cases := []struct {
+		name    string
+		headers map[string]string
+		remove  []string
+		keep    []string
+	}{
+		{"twin_alone", map[string]string{"x_jwt_assertion": forged}, []string{"x_jwt_assertion"}, nil},
+		{"twin_mixed_case", map[string]string{"X_Jwt-Assertion": forged}, []string{"x_jwt-assertion"}, nil},
+		{"twin_beside_verified_token", map[string]string{"x-jwt-assertion": good, "x_jwt_assertion": forged}, []string{"x_jwt_assertion"}, []string{"x-jwt-assertion"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := s.Check(context.Background(), check("GET", "/", c.headers, "app=x", now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != codes.OK {
+				t.Fatalf("status %v (%s), want OK", got, resp.GetStatus().GetMessage())
+			}
+			rm := resp.GetOkResponse().GetHeadersToRemove()
+			for _, k := range c.remove {
+				if !slices.Contains(rm, k) {
+					t.Errorf("Envoy is not told to remove %s: headers_to_remove %v", k, rm)
+				}
+			}
+			for _, k := range c.keep {
+				if slices.Contains(rm, k) {
+					t.Errorf("the verified, forwarded %s is removed: %v", k, rm)
+				}
+			}
+		})
+	}
+}
