@@ -57,6 +57,13 @@ type Record struct {
 	Method, Path  string // Path without the query
 	Decision      policy.Decision
 	PolicyVersion uint64
+	// TokenIssuer and TokenSubject name the token of an Unauthenticated
+	// decision whose signature verified before it was refused (revoked,
+	// another audience, bound to another certificate, refused by a
+	// REQUIRED rule: Decision.Reason says which): whose credential was
+	// presented, the caller perhaps relaying it. Empty for a token that
+	// did not verify, whose claims are the sender's word.
+	TokenIssuer, TokenSubject string
 }
 
 // Config configures a Server. Policy is required.
@@ -242,6 +249,7 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	req, err := Request(cr, s.cfg.Destination, s.cfg.Now())
 	var dec policy.Decision
 	var forged []string
+	var tokIss, tokSub string
 	switch {
 	case err != nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
@@ -252,10 +260,36 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		if v == nil {
 			v = refuseTokens{}
 		}
-		forged, dec = s.decide(set, req, v)
+		tv := &tokenVerdict{v: v}
+		forged, dec = s.decide(set, req, tv)
+		if dec.Outcome == policy.Unauthenticated {
+			tokIss, tokSub = tv.verifiedToken()
+		}
 	}
-	s.record(ctx, cr, req, dec, version)
+	s.record(ctx, cr, req, dec, version, tokIss, tokSub)
 	return response(dec, req, forged), nil
+}
+
+// tokenVerdict is the verifier of one Check, keeping its refusal.
+type tokenVerdict struct {
+	v   policy.JWTVerifier
+	err error
+}
+
+func (t *tokenVerdict) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
+	a, err := t.v.Verify(rules, req)
+	t.err = err
+	return a, err
+}
+
+// verifiedToken is the issuer and subject of a token refused after its
+// signature verified (authn's VerifiedToken), "" for any other refusal.
+func (t *tokenVerdict) verifiedToken() (issuer, subject string) {
+	var vt interface{ VerifiedToken() (string, string) }
+	if t.err == nil || !errors.As(t.err, &vt) {
+		return "", ""
+	}
+	return vt.VerifiedToken()
 }
 
 // decide evaluates req, denying on a panic: gRPC does not recover a
@@ -461,7 +495,7 @@ func sortedKeys(m map[string]string) []string {
 // record counts and logs a decision (every denial and every decision a
 // CUSTOM provider took part in; other allows are only counted) and hands
 // denials to OnDecision.
-func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *policy.Request, dec policy.Decision, version uint64) {
+func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *policy.Request, dec policy.Decision, version uint64, tokIss, tokSub string) {
 	s.decisions.WithLabelValues(dec.Outcome.String(), dec.Policy).Inc()
 	for _, c := range dec.Custom {
 		s.custom.WithLabelValues(c.Provider, c.Result).Inc()
@@ -470,7 +504,8 @@ func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *polic
 		return
 	}
 	a := cr.GetAttributes()
-	rec := Record{Time: s.cfg.Now(), Source: a.GetSource().GetPrincipal(), Decision: dec, PolicyVersion: version}
+	rec := Record{Time: s.cfg.Now(), Source: a.GetSource().GetPrincipal(), Decision: dec, PolicyVersion: version,
+		TokenIssuer: tokIss, TokenSubject: tokSub}
 	if req != nil {
 		rec.SourceIP = addr(req.Source.IP)
 		rec.Destination = req.Destination.Namespace + ":" + strconv.Itoa(req.Destination.Port)
@@ -481,6 +516,9 @@ func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *polic
 		slog.String("source", rec.Source), slog.String("source_ip", rec.SourceIP), slog.String("destination", rec.Destination),
 		slog.String("method", rec.Method), slog.String("path", rec.Path), slog.String("decision", dec.Outcome.String()),
 		slog.String("policy", dec.Policy), slog.Int("rule", dec.Rule), slog.String("reason", dec.Reason), slog.Uint64("policy_version", version),
+	}
+	if tokSub != "" || tokIss != "" {
+		attrs = append(attrs, slog.String("token_issuer", tokIss), slog.String("token_subject", tokSub))
 	}
 	for i, c := range dec.Custom {
 		attrs = append(attrs, slog.Group("custom_"+strconv.Itoa(i), slog.String("provider", c.Provider), slog.String("query", c.Query),
