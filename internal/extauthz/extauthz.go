@@ -415,7 +415,8 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, _ *policy.Request) 
 }
 
 // response is Envoy's answer to dec; an allow removes the forged headers
-// (forgedHeaders) but those it sets, which it overwrites.
+// (forgedHeaders) but those it sets, which it overwrites, and the token's
+// header or query parameter unless its rule forwards it.
 func response(dec policy.Decision, req *policy.Request, forged []string) *authv3.CheckResponse {
 	switch dec.Outcome {
 	case policy.Allow:
@@ -430,6 +431,10 @@ func response(dec policy.Decision, req *policy.Request, forged []string) *authv3
 			for _, k := range req.Auth.RemoveHeaders {
 				ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(k))
 			}
+			// A token read from the query leaves it too, unless the rule
+			// forwards it: a bearer token in the URL reaches the app's
+			// access logs and the Referer of every link it serves.
+			ok.QueryParametersToRemove = append(ok.QueryParametersToRemove, req.Auth.RemoveQueryParams...)
 			for _, k := range sortedKeys(req.Auth.SetHeaders) {
 				set(k, req.Auth.SetHeaders[k])
 			}

@@ -475,3 +475,59 @@ spec:
 		})
 	}
 }
+
+// TestTokenQueryParameterRemoved: a token verified from a query
+// parameter (access_token, a rule's default location, or fromParams) is
+// removed from the request Envoy forwards unless the rule forwards the
+// original token, as the sidecar removes it: a bearer token left in the
+// URL reaches the app, its access logs and every Referer it sends.
+func TestTokenQueryParameterRemoved(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+  - issuer: https://fwd.example
+    jwks: '%s'
+    fromParams: [t]
+    forwardOriginalToken: true
+`, jwks, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok := func(iss string) string {
+		return sign(map[string]any{"iss": iss, "sub": "alice", "exp": now.Add(time.Hour).Unix()})
+	}
+	cases := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		want    []string
+	}{
+		{"default_param", "/r?x=1&access_token=" + tok("https://idp.example"), nil, []string{"access_token"}},
+		{"forwarded_param_kept", "/r?t=" + tok("https://fwd.example"), nil, nil},
+		{"header_token", "/r?x=1", map[string]string{"authorization": "Bearer " + tok("https://idp.example")}, nil},
+		{"no_token", "/r?access_token=", nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := s.Check(context.Background(), check("GET", c.path, c.headers, "app=x", now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != codes.OK {
+				t.Fatalf("status %v (%s), want OK", got, resp.GetStatus().GetMessage())
+			}
+			if got := resp.GetOkResponse().GetQueryParametersToRemove(); !slices.Equal(got, c.want) {
+				t.Fatalf("query_parameters_to_remove %v, want %v", got, c.want)
+			}
+		})
+	}
+}
