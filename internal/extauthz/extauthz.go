@@ -6,8 +6,9 @@
 //
 // A CheckRequest becomes a policy.Request: the source principal and
 // address Envoy saw, the destination's port and principal, the HTTP
-// method, path, host and headers, the TLS session's SNI and the request
-// time Envoy stamped. Destinations have no namespace or labels in Envoy's
+// method, path, host and headers, the TLS session's SNI, the thumbprint
+// of the peer certificate Envoy reports (include_peer_certificate, for
+// certificate-bound tokens) and the request time Envoy stamped. Destinations have no namespace or labels in Envoy's
 // request; they come from Config.Destination, overridden per route by the
 // context extensions "namespace" and "labels" ("app=web,tier=front").
 // Allowed requests get the headers the policies ask for (Rego results,
@@ -16,14 +17,19 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -160,6 +166,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 		req.Source.IP = ip.Unmap()
 	}
 	req.RemoteIP = req.Source.IP
+	req.Source.CertSHA256 = certThumbprint(a.GetSource().GetCertificate())
 	req.Destination = policy.Destination{Namespace: def.Namespace, Labels: def.Labels}
 	if ds := a.GetDestination().GetAddress().GetSocketAddress(); ds != nil {
 		req.Destination.Port = int(ds.GetPortValue())
@@ -227,6 +234,31 @@ func spiffePrincipal(p string) string {
 	// A valid ID is its own canonical form (lower-case scheme and trust
 	// domain, no trailing "/"): what follows the scheme as sent.
 	return p[len("spiffe://"):]
+}
+
+// maxPeerCertificate bounds the encoded peer certificate read.
+const maxPeerCertificate = 64 << 10
+
+// certThumbprint is the RFC 8705 thumbprint (policy.CertThumbprint) of
+// the peer certificate Envoy reports (include_peer_certificate: PEM,
+// URL-encoded), which a certificate-bound token must match as it must
+// match the sidecar's connection. "" for none, and for anything but one
+// URL-encoded PEM CERTIFICATE block: a bound token is then refused, and
+// nothing else changes.
+func certThumbprint(enc string) string {
+	if enc == "" || len(enc) > maxPeerCertificate {
+		return ""
+	}
+	text, err := url.PathUnescape(enc)
+	if err != nil {
+		return ""
+	}
+	b, rest := pem.Decode([]byte(text))
+	if b == nil || b.Type != "CERTIFICATE" || len(b.Headers) != 0 || len(bytes.TrimSpace(rest)) != 0 {
+		return ""
+	}
+	sum := sha256.Sum256(b.Bytes)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 func parseLabels(s string) (map[string]string, error) {
