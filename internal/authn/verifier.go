@@ -664,8 +664,10 @@ func (v *Verifier) verifySlow(tok string, cands, all []*compiledRule, now time.T
 
 // verifyWith checks pt against one rule, whose key set is ks (c.keys()
 // read by the caller). Cheap checks (times, audience) come before the
-// signature so that stale or misdirected tokens cost no public-key
-// operation and cannot trigger key refreshes.
+// signature so that stale tokens cost no public-key operation and
+// neither stale nor misdirected ones can trigger key refreshes; a
+// misdirected token's signature is checked (once, no refresh) only to
+// name its holder in the refusal.
 func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now time.Time) (*cacheEntry, error) {
 	if c.err != nil {
 		return nil, tokenErr(ErrRuleInvalid, strings.TrimPrefix(c.err.Error(), "authn: "))
