@@ -99,7 +99,31 @@ type Config struct {
 	// connections and never completes one holds a descriptor and a
 	// goroutine each for that long, without any credential.
 	HandshakeTimeout time.Duration
+	// Revocations, when set, refuses what the mesh has revoked, as a
+	// sidecar does: a request whose source principal is a revoked SPIFFE
+	// ID (denied: Envoy accepted its certificate, which it cannot know is
+	// revoked), and a verified token issued to or for a revoked workload
+	// (Unauthenticated). A revoked token ID is the Verifier's to refuse
+	// (authn.Options.Revoked). *proxy.Revocations implements it.
+	Revocations Revocations
 }
+
+// Revocations is what Config.Revocations asks.
+type Revocations interface {
+	// Peer reports whether a peer with this SPIFFE ID (or leaf serial,
+	// "" when unknown) is revoked.
+	Peer(id, serial string) bool
+	// IdentityToken reports whether a token with these verified claims
+	// names a revoked workload (subject, authorized party, client or an
+	// actor).
+	IdentityToken(claims map[string]any) bool
+}
+
+// The reasons of the refusals Config.Revocations makes.
+const (
+	ReasonSourceRevoked          = "the source's SPIFFE ID is revoked"
+	ReasonTokenOfRevokedIdentity = "invalid token: issued to or for a revoked identity"
+)
 
 // Server answers Check calls.
 type Server struct {
@@ -287,6 +311,8 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
 	case set == nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: policy.ReasonNoSet}
+	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), ""):
+		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: ReasonSourceRevoked}
 	default:
 		v := s.cfg.Verifier
 		if v == nil {
@@ -297,21 +323,49 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		if dec.Outcome == policy.Unauthenticated {
 			tokIss, tokSub = tv.verifiedToken()
 		}
+		if a := tv.revokedIdentity(s.cfg.Revocations); a != nil {
+			// Whatever the policy said with it: a token issued to or for
+			// a revoked identity is refused however valid its signature
+			// and lifetime, as a sidecar and the gateway refuse it. Its
+			// claims verified, so they name the token.
+			dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: ReasonTokenOfRevokedIdentity}
+			tokIss, _ = a.Claims["iss"].(string)
+			tokSub, _ = a.Claims["sub"].(string)
+		}
 	}
 	s.record(ctx, cr, req, dec, version, tokIss, tokSub)
 	return response(dec, req, forged), nil
 }
 
-// tokenVerdict is the verifier of one Check, keeping its refusal.
+// tokenVerdict is the verifier of one Check, keeping its refusal and
+// the tokens it verified.
 type tokenVerdict struct {
-	v   policy.JWTVerifier
-	err error
+	v     policy.JWTVerifier
+	err   error
+	auths []*policy.Auth
 }
 
 func (t *tokenVerdict) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
 	a, err := t.v.Verify(rules, req)
 	t.err = err
+	if a != nil && err == nil {
+		t.auths = append(t.auths, a)
+	}
 	return a, err
+}
+
+// revokedIdentity is a verified token of this Check issued to or for a
+// workload r says is revoked, nil when none (or r is nil).
+func (t *tokenVerdict) revokedIdentity(r Revocations) *policy.Auth {
+	if r == nil {
+		return nil
+	}
+	for _, a := range t.auths {
+		if r.IdentityToken(a.Claims) {
+			return a
+		}
+	}
+	return nil
 }
 
 // verifiedToken is the issuer and subject of a token refused after its

@@ -46,6 +46,7 @@ import (
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/ui"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // Files the server keeps in its data directory.
@@ -88,6 +89,13 @@ type Config struct {
 	// Tracer, when set, gives every request on the listener a server span
 	// (tracing.go); nil: no tracing.
 	Tracer trace.Tracer
+	// OnRevocations, when set, is called with the revocations in force
+	// each time this server reads a new version of them (at start, then
+	// on every change, its own or another replica's), before they take
+	// effect anywhere else in it. It must be fast and must not keep or
+	// change the section it is given. The ext_authz service of
+	// "moatless server --ext-authz" refuses what they revoke.
+	OnRevocations func(*wire.Revocations)
 	// JWTSVIDRate and JWTSVIDBurst bound the JWT-SVIDs one node may have
 	// signed on this server: per second sustained, and at once (defaults
 	// DefaultJWTSVIDRate and DefaultJWTSVIDBurst). Each is a signature and
@@ -168,6 +176,7 @@ type Server struct {
 	detect    *detectState  // detection and response (detect.go)
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
+	onRevs    func(*wire.Revocations)
 	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
 	// riskScores is the same section by SPIFFE ID, for the spans.
 	riskScores telemetry.RiskScores
@@ -242,6 +251,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.jwtSigns = signingBudget(c.JWTSVIDRate, c.JWTSVIDBurst, DefaultJWTSVIDRate, DefaultJWTSVIDBurst)
 	s.x509Signs = signingBudget(c.X509SVIDRate, c.X509SVIDBurst, DefaultX509SVIDRate, DefaultX509SVIDBurst)
+	s.onRevs = c.OnRevocations
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = st.WatchHeartbeat.Std()
