@@ -714,7 +714,7 @@ func (s *Server) caRotate(c *adminCall) {
 		return
 	}
 	if err := s.publishBundle(c.ctx, c.event(audit.KindCARotate, s.td.Name(), nil)); err != nil {
-		c.fail(err)
+		c.publishFailed("rotation", err)
 		return
 	}
 	c.audited = true

@@ -119,7 +119,7 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		// the same bundle again, harmlessly.
 		ev := c.event(evKind, a.ID, map[string]string{"kind": string(a.Kind), "state": string(a.State), "not_after": a.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
 		if err := s.publishBundle(c.ctx, ev); err != nil {
-			c.fail(err)
+			c.publishFailed(step, err)
 			return
 		}
 		c.audited = true
@@ -127,6 +127,16 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		seq, _ := s.ca.Bundle().SequenceNumber()
 		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()}})
 	}
+}
+
+// publishFailed answers a CA step that the CA saved (it is in force, and
+// taking it again is refused) but whose publication failed: its audit
+// record is pending with the publication, which the maintenance loop
+// retries, so the call is not audited again here.
+func (c *adminCall) publishFailed(step string, err error) {
+	c.s.log.Error("CA step saved, but publishing the trust bundle failed; the server retries it", "step", step, "err", err)
+	c.audited = true
+	c.reply(http.StatusInternalServerError, errorBody("the CA "+step+" was saved and is in force, but publishing the new trust bundle failed (see the server log); the server retries the publication: do not take the step again, check `moatless ca show` and `moatless agent list`"))
 }
 
 // publishAdopted pushes a bundle the CA adopted from another replica.

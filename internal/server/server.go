@@ -210,6 +210,8 @@ type Server struct {
 	// sends once per version (encode.go).
 	shared      sharedJSON
 	bundleCache atomic.Pointer[bundleCacheEntry]
+	// pub is the bundle publication still to be done (watch.go).
+	pub bundlePublication
 	// lines and heartbeats hold whole watch lines every stream sends
 	// alike (encode.go).
 	lines      sharedLines
