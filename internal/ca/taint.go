@@ -2,6 +2,8 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -259,13 +261,17 @@ func unknownAuthority(st *state, kind AuthorityKind, id string) error {
 // IDKind returns the kind of authority an ID names by its form: 40
 // lower-case hex digits (an X.509 subject key ID, 20 bytes) or 43
 // base64url characters without padding (a JWT key ID, a SHA-256
-// thumbprint). Anything else is ErrInvalidRequest.
+// thumbprint), in its canonical spelling: the last character's unused
+// bits are zero, so one key ID has one spelling. Anything else is
+// ErrInvalidRequest.
 func IDKind(id string) (AuthorityKind, error) {
 	switch {
 	case len(id) == 40 && strings.Trim(id, "0123456789abcdef") == "":
 		return KindX509, nil
 	case len(id) == 43 && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == "":
-		return KindJWT, nil
+		if b, err := base64.RawURLEncoding.Strict().DecodeString(id); err == nil && len(b) == sha256.Size {
+			return KindJWT, nil
+		}
 	}
 	if len(id) > 80 {
 		id = id[:80] + "..."
