@@ -82,6 +82,10 @@ const KEKSize = 32
 // admin rotations cannot grow the bundle (and the sealed state) without end.
 const maxAuthorities = 16
 
+// maxRevoked bounds the revoked authorities the state remembers (each
+// until its NotAfter), so the state a replica reads back stays bounded.
+const maxRevoked = 4 * maxAuthorities
+
 // Sentinel errors callers branch on (errors.Is).
 var (
 	// ErrNoState is returned by StateStore.LoadCAState when nothing was
@@ -106,8 +110,10 @@ var (
 	// replica saved first; Tick and Rotate return it and the next Tick
 	// adopts the other replica's state.
 	ErrStateConflict = errors.New("ca: CA state was changed by another server")
-	// ErrTooManyAuthorities is returned by Rotate when the bundle already
-	// holds the maximum number of authorities of a kind.
+	// ErrTooManyAuthorities is returned by Rotate and Prepare when the
+	// bundle already holds the maximum number of authorities of a kind,
+	// and by Revoke when the state remembers the maximum number of
+	// revoked ones.
 	ErrTooManyAuthorities = errors.New("ca: too many authorities in the bundle")
 	// ErrUnknownAuthority is returned by Activate, Taint and Revoke for an
 	// ID that names no authority of the CA.

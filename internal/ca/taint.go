@@ -128,7 +128,9 @@ func (c *CA) Taint(ctx context.Context, kind AuthorityKind, id string) (a Author
 // Signed no longer recognises it, IssuerState reports StateRevoked, and a
 // stored state that holds it again is refused (ErrRevokedAuthority). kind
 // "" finds it by ID alone. Only a tainted authority can be revoked
-// (ErrAuthorityState).
+// (ErrAuthorityState). The state remembers at most 64 revoked
+// authorities at once, each until its NotAfter (ErrTooManyAuthorities
+// beyond: the authority stays tainted).
 func (c *CA) Revoke(ctx context.Context, kind AuthorityKind, id string) (a Authority, changed bool, err error) {
 	return c.operate(ctx, func(st *state, now time.Time) (*state, string, error) {
 		if st.isRevoked(id) || (!st.holds(id) && c.revokedIDs[id]) {
@@ -147,8 +149,15 @@ func (c *CA) Revoke(ctx context.Context, kind AuthorityKind, id string) (a Autho
 		if err := v.parse(); err != nil {
 			return nil, "", fmt.Errorf("ca: revoke %s: %w", id, err)
 		}
+		// A state with more than maxRevoked is refused when read back:
+		// refuse the step instead of saving one no replica could open.
+		live := slices.DeleteFunc(slices.Clone(st.Revoked), func(v revoked) bool { return !now.Before(v.NotAfter) })
+		if len(live) >= maxRevoked {
+			first := slices.MinFunc(live, func(a, b revoked) int { return a.NotAfter.Compare(b.NotAfter) })
+			return nil, "", fmt.Errorf("%w: %d authorities are revoked and remembered until their NotAfter; the next can be revoked from %s (%s authority %s stays tainted until then)", ErrTooManyAuthorities, len(live), first.NotAfter.UTC().Format(time.RFC3339), k, id)
+		}
 		next := st.with(k, slices.Delete(slices.Clone(list), i, i+1))
-		next.Revoked = append(slices.Clone(st.Revoked), v)
+		next.Revoked = append(live, v)
 		c.o.Logger.Warn("ca: revoked authority (operator)", "kind", k, "id", id)
 		return next, id, nil
 	})
