@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -78,4 +79,60 @@ func TestCAStepPublishedAfterAFailedPublication(t *testing.T) {
 			return r.Kind == server.KindCATaint && r.Subject == oldX && r.Actor != "" && r.Details["bundle_sequence"] != ""
 		})
 	})
+}
+
+// The same failure, then a restart before the maintenance loop could
+// publish: the pending publication was in memory only. The restarted
+// server publishes the bundle it starts with, so an agent that resumes
+// its watch stream (?since, which sends only the sections that moved)
+// gets it; without that it kept the bundle before the taint.
+func TestCAStepPublishedAfterARestartInTheMiddle(t *testing.T) {
+	dir := t.TempDir()
+	slow := func(c *config.Server) { c.PollInterval = wire.Duration(time.Minute) }
+	e := start(t, dir, slow)
+	n := e.attest("spiffe://example.org/agent/a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := e.watch(ctx, n)
+	first := next(t, ch)
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, _ := activeIDs(st)
+	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
+	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	// The prepare and the activation each publish the bundle.
+	last := first.Version
+	for seen := 0; seen < 2; {
+		u := next(t, ch)
+		last = u.Version
+		if u.Bundle != nil && u.Bundle.SequenceNumber == p.BundleSequence {
+			seen++
+		}
+	}
+	db := e.srv.Store().SQL()
+	if _, err := db.Exec("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log down'); END"); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := e.do(e.client(nil), "POST", server.PathAdminCATaint, e.token, server.CAStepRequest{ID: oldX}); code != http.StatusInternalServerError {
+		t.Fatalf("taint with the audit log down: %d %s", code, body)
+	}
+	if _, err := db.Exec("DROP TRIGGER audit_down"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	e.stop()
+
+	e = start(t, dir, slow)
+	rctx, rcancel := context.WithCancel(context.Background())
+	defer rcancel()
+	rn := &node{id: n.id, key: n.key, svid: n.svid}
+	rn.http = e.client(rn.cert())
+	u := next(t, e.watchQuery(rctx, rn, "since="+strconv.FormatUint(last, 10)+"&epoch="+first.Epoch))
+	if !u.Resumed {
+		t.Fatalf("the stream did not resume: %+v", u)
+	}
+	if u.Bundle == nil || !slices.Contains(u.Bundle.TaintedX509Authorities, oldX) {
+		t.Fatalf("the resumed stream does not carry the bundle that marks the tainted authority: %+v", u.Bundle)
+	}
 }
