@@ -38,6 +38,21 @@ type tokenCtx struct {
 	policies []string // named on the token
 	stored   *store.SecretsToken
 	acl      *acl.ACL
+	// creator is the SPIFFE ID of the workload that created the token
+	// (store.SecretsToken.CreatorSPIFFEID): its revocation ends the token,
+	// but grants the token nothing (spiffeID does).
+	creator string
+}
+
+// revokedWith is the SPIFFE ID whose revocation ends the token: its
+// creator's, else its own ("" for neither). A token created by the token
+// (or by the mTLS identity) of a workload inherits it, so what a revoked
+// workload minted beforehand stops with it.
+func (t *tokenCtx) revokedWith() string {
+	if t.creator != "" {
+		return t.creator
+	}
+	return t.spiffeID
 }
 
 func (t *tokenCtx) actor() string {
@@ -131,11 +146,13 @@ func (s *Service) authenticate(rq *req) error {
 		}
 	}
 	tc := tokenFromStored(&t)
-	if tc.spiffeID != "" && s.cfg.Revoked(tc.spiffeID) {
-		return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID is revoked")
+	for _, id := range []string{tc.spiffeID, tc.creator} {
+		if id != "" && s.cfg.Revoked(id) {
+			return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID, or that of the workload that created it, is revoked")
+		}
 	}
 	if t.NumUses > 0 {
-		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor); errors.Is(err, store.ErrNotFound) {
+		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor, s.now()); errors.Is(err, store.ErrNotFound) {
 			return errPermission
 		} else if err != nil {
 			return err
@@ -147,7 +164,7 @@ func (s *Service) authenticate(rq *req) error {
 }
 
 func tokenFromStored(t *store.SecretsToken) *tokenCtx {
-	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t}
+	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t, creator: t.CreatorSPIFFEID}
 	switch {
 	case strings.HasPrefix(t.Subject, "spiffe://"):
 		tc.spiffeID = t.Subject
@@ -176,6 +193,8 @@ type issued struct {
 	// parent is the accessor of the token creating this one ("": an
 	// orphan); notAfter must not be after the parent's max expiry.
 	parent string
+	// creator: store.SecretsToken.CreatorSPIFFEID.
+	creator string
 }
 
 // Bounds of the token tree: a token at most maxTokenDepth tokens below an
@@ -239,10 +258,13 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 		case p.TreeSize >= maxTokenTree:
 			return nil, badRequest("the token's tree (its orphan root and every token under it) holds %d tokens already; revoke some, or create an orphan (no_parent)", p.TreeSize)
 		}
+		if s.testTokenParentLocked != nil {
+			s.testTokenParentLocked()
+		}
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
 		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,
-		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent}
+		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent, CreatorSPIFFEID: in.creator}
 	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
 		return nil, err
 	}
@@ -636,8 +658,9 @@ func (s *Service) createToken(rq *req, orphan bool) (*envelope, error) {
 	if display == "" {
 		display = "token"
 	}
+	// An orphan too: revoking the creator's identity ends what it minted.
 	in := issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
-		numUses: uses, renewable: renew}
+		numUses: uses, renewable: renew, creator: rq.tok.revokedWith()}
 	if p := rq.tok.stored; p != nil && !orphan {
 		// A child never outlives its parent's max TTL; the parent's
 		// revocation or expiry ends it sooner.
@@ -662,6 +685,11 @@ func (s *Service) revokeToken(ctx context.Context, accessor, why string) error {
 	return s.revokeTokens(ctx, accessor, why, false)
 }
 
+// tokenLeasesAtOnce bounds the leases of a token revoked by its
+// revocation itself; the maintenance pass revokes the rest (a var for the
+// tests).
+var tokenLeasesAtOnce = 10000
+
 // revokeTokens is revokeToken; with orphanChildren it revokes the token
 // and its leases alone, and its children become orphans (revoke-orphan).
 func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphanChildren bool) error {
@@ -673,9 +701,10 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 	// tokens, after the delete: a lease being written by a request of one
 	// of them holds its token's row (lockLeaseToken) and committed before
 	// the delete went through, so it is read here; one written later finds
-	// its token gone and is refused. Marked with the delete, they are
-	// revoked by the maintenance loop should the server stop before the
-	// revocations below.
+	// its token gone and is refused. Marked with the delete (all of them,
+	// in one statement a token), they are revoked by the maintenance loop
+	// should the server stop before the revocations below, and beyond the
+	// first tokenLeasesAtOnce of a token.
 	leases := map[string][]store.Lease{}
 	var gone []string
 	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
@@ -685,16 +714,14 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 		}
 		evs := make([]audit.Event, 0, len(gone))
 		for i, a := range gone {
-			ls, err := s.db.TokenLeases(ctx, tx, a, 10000)
+			n, err := s.db.MarkLeasesOfToken(ctx, tx, a, now)
 			if err != nil {
 				return err
 			}
-			for j := range ls {
-				if err := s.db.MarkLeaseRevoking(ctx, tx, ls[j].ID, now); err != nil {
+			var ls []store.Lease
+			if n > 0 {
+				if ls, err = s.db.TokenLeases(ctx, tx, a, tokenLeasesAtOnce); err != nil {
 					return err
-				}
-				if ls[j].RevokeRequestedAt.IsZero() {
-					ls[j].RevokeRequestedAt = now
 				}
 			}
 			leases[a] = ls
@@ -703,7 +730,7 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 				reason = "parent token revoked (" + why + ")"
 			}
 			evs = append(evs, audit.Event{Kind: "secrets.token.revoke", Actor: "moatless-secrets", Subject: s.hmacAccessor(a),
-				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(len(ls))}})
+				Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": fmt.Sprint(n)}})
 		}
 		return s.cfg.Audit.AppendTx(ctx, tx, evs...)
 	})
@@ -727,10 +754,12 @@ func (s *Service) revokeTokens(ctx context.Context, accessor, why string, orphan
 func (s *Service) lockLeaseToken(rq *req, tx *sql.Tx, accessor string) error {
 	alive, err := s.db.LockSecretsToken(rq.ctx, tx, accessor, s.now(), maxTokenDepth)
 	if errors.Is(err, store.ErrNotFound) || err == nil && !alive {
-		return errf(http.StatusForbidden, "the token was revoked or used up before its lease was written")
+		return errTokenGoneBeforeLease
 	}
 	return err
 }
+
+var errTokenGoneBeforeLease = &apiError{status: http.StatusForbidden, msg: "the token was revoked or used up before its lease was written"}
 
 // setPolicyList validates a list of policy names.
 func validPolicyNames(field string, l []string) error {

@@ -86,3 +86,39 @@ func TestBodyReadAgainstContentLength(t *testing.T) {
 		}
 	}
 }
+
+// countingBody counts the bytes read from it.
+type countingBody struct {
+	r    *strings.Reader
+	read int
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.read += n
+	return n, err
+}
+
+func (b *countingBody) Close() error { return nil }
+
+// TestBodyAnnouncedOverMaxBodyIsNotRead: a body whose Content-Length is
+// over MaxBody is refused (413) before a byte of it is read. It was read
+// up to MaxBody+1 bytes first, into a buffer grown to 2 MiB, before
+// anything was authenticated, to reach the answer its header gave.
+func TestBodyAnnouncedOverMaxBodyIsNotRead(t *testing.T) {
+	body := &countingBody{r: strings.NewReader(`"` + strings.Repeat("x", MaxBody+10) + `"`)}
+	r, err := http.NewRequest("POST", "http://127.0.0.1/v1/secret/data/x", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ContentLength = MaxBody + 12
+	rq := &req{r: r}
+	err = rq.readBody()
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("readBody: %v, want a 413", err)
+	}
+	if body.read > 0 {
+		t.Errorf("%d bytes read of a body announced over MaxBody", body.read)
+	}
+}

@@ -566,6 +566,17 @@ func (s *Service) dbCreds(rq *req, roleName string) (*envelope, error) {
 	if rq.tok.stored != nil && rq.tok.stored.ExpiresAt.Before(exp) {
 		exp = rq.tok.stored.ExpiresAt
 	}
+	// A token gone since it authenticated this request (its last use
+	// deletes it; a revocation) gets no database user: looked at before
+	// the CREATE ROLE, which cannot be taken back but by a DROP ROLE. The
+	// lease's transaction checks again, under the token's lock.
+	if st := rq.tok.stored; st != nil {
+		if _, alive, err := s.db.SecretsTokenChain(rq.ctx, s.db.SQL(), st.Accessor, now, maxTokenDepth); err != nil {
+			return nil, err
+		} else if !alive {
+			return nil, errTokenGoneBeforeLease
+		}
+	}
 	user, pass := generateUsername(roleName), generatePassword()
 	db, err := s.dbs.get(role.DBName, conn)
 	if err != nil {
@@ -584,7 +595,7 @@ func (s *Service) dbCreds(rq *req, roleName string) (*envelope, error) {
 		owner = rq.tok.actor()
 	}
 	rev, ren := role.Revocation, role.Renew
-	lease := store.Lease{ID: "database/creds/" + roleName + "/" + newID(12), Path: rq.path, Kind: "database", TokenAccessor: owner, SPIFFEID: rq.tok.spiffeID,
+	lease := store.Lease{ID: "database/creds/" + roleName + "/" + newID(12), Path: rq.path, Kind: "database", TokenAccessor: owner, SPIFFEID: rq.tok.revokedWith(),
 		Renewable: true, IssuedAt: now, ExpiresAt: exp, MaxExpires: now.Add(maxTTL)}
 	sealed, err := s.barrier.Seal("lease/"+lease.ID, jsonSpec(dbLease{DB: role.DBName, Role: roleName, Username: user, Revocation: rev, Renew: ren}))
 	if err != nil {

@@ -2,7 +2,6 @@ package secrets
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
 
@@ -51,9 +50,7 @@ func (s *Service) fieldAPI(rq *req, rest string) (*envelope, error) {
 	if err := checkJSONShape("document", raw); err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	dec.UseNumber()
-	if err := dec.Decode(&doc); err != nil {
+	if err := decodeNumbers(raw, &doc); err != nil {
 		return nil, badRequest("document: want a JSON object")
 	}
 	k, err := s.loadKey(rq, name)

@@ -26,6 +26,14 @@ func FuzzParams(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body string) {
 		p, err := parseParams([]byte(body))
 		if err != nil {
+			// Refused: the standard reader refuses it too, or it repeats
+			// a member or holds more than MaxParams.
+			var std map[string]json.RawMessage
+			if json.Unmarshal([]byte(body), &std) == nil {
+				if written := membersWritten(body); written == len(std) && written <= MaxParams {
+					t.Fatalf("refused %q (%v), which the standard reader takes as %d members", body, err, written)
+				}
+			}
 			return
 		}
 		// Accepted: at most MaxParams members, each once, so the standard
@@ -40,19 +48,7 @@ func FuzzParams(f *testing.F) {
 			}
 			// Every member written is one member read: a name repeated
 			// (however it is spelled) is refused, not deduplicated.
-			dec := json.NewDecoder(strings.NewReader(body))
-			written := 0
-			if tok, _ := dec.Token(); tok == json.Delim('{') {
-				for dec.More() {
-					dec.Token()
-					var v json.RawMessage
-					if dec.Decode(&v) != nil {
-						break
-					}
-					written++
-				}
-			}
-			if written != len(p.m) {
+			if written := membersWritten(body); written != len(p.m) {
 				t.Fatalf("accepted %q: %d members written, %d read", body, written, len(p.m))
 			}
 			for k, v := range std {
@@ -72,6 +68,24 @@ func FuzzParams(f *testing.F) {
 		p.b64("plaintext", true)
 		p.done()
 	})
+}
+
+// membersWritten counts the members of a JSON object as written, a
+// repeated name as often as it is written.
+func membersWritten(body string) int {
+	dec := json.NewDecoder(strings.NewReader(body))
+	written := 0
+	if tok, _ := dec.Token(); tok == json.Delim('{') {
+		for dec.More() {
+			dec.Token()
+			var v json.RawMessage
+			if dec.Decode(&v) != nil {
+				break
+			}
+			written++
+		}
+	}
+	return written
 }
 
 // FuzzCleanPath: an accepted path has no empty, "." or ".." segment, no

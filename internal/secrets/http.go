@@ -230,7 +230,11 @@ func (rq *req) readQuery() error {
 func (rq *req) readBody() error {
 	var b []byte
 	var err error
-	if n := rq.r.ContentLength; n > 0 && n <= MaxBody {
+	if rq.r.ContentLength > MaxBody {
+		// Refused by its header, before a byte of it is read.
+		return errf(http.StatusRequestEntityTooLarge, "body larger than %d bytes", MaxBody)
+	}
+	if n := rq.r.ContentLength; n > 0 {
 		b, err = readAnnounced(rq.r.Body, int(n))
 	} else {
 		b, err = io.ReadAll(io.LimitReader(rq.r.Body, MaxBody+1))

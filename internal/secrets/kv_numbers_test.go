@@ -1,7 +1,11 @@
 package secrets
 
 import (
+	"encoding/json"
+	"errors"
+	"io"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -48,6 +52,34 @@ func TestKVKeepsNumbersAsWritten(t *testing.T) {
 			if !strings.Contains(got, n) {
 				t.Errorf("after a patch of another key, %s reads %s", n, got)
 			}
+		}
+	})
+}
+
+// FuzzDecodeNumbers: decodeNumbers gives what a json.Decoder with
+// UseNumber gives (the values, or a refusal) whichever of its two ways it
+// takes: json.Unmarshal when the text holds no number.
+func FuzzDecodeNumbers(f *testing.F) {
+	for _, s := range []string{`{"a":"b"}`, `{"a":1}`, `{"a":"1"}`, `{"a":"\"1"}`, `{"a":"\\"}`, `{"a":[true,null,false]}`,
+		`{"a":-0}`, `{"a":"x"} {}`, `{"a":"x"`, `null`, ` {} `, `[]`, `"s"`, `{"a\u0031":{"b":[]}}`, "{\"\xff\":\"\xfe\"}", `{"a":tru}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var got, want map[string]any
+		err := decodeNumbers([]byte(s), &got)
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.UseNumber()
+		werr := dec.Decode(&want)
+		if werr == nil {
+			if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+				werr = errors.New("data after the value")
+			}
+		}
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("%q: decodeNumbers err %v, the decoder's %v", s, err, werr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: decodeNumbers %#v, the decoder %#v", s, got, want)
 		}
 	})
 }

@@ -260,6 +260,18 @@ func (s *Service) revokeLease(ctx context.Context, l store.Lease) error {
 	return nil
 }
 
+// RevokeLeasesOfRevokedIDs revokes now, rather than at the next Tick, the
+// leases of SPIFFE IDs revoked since (Config.Revoked): the server calls it
+// as soon as it has read a new revocation, so a compromised workload's
+// database users are dropped in the same moment its connections are cut.
+func (s *Service) RevokeLeasesOfRevokedIDs(ctx context.Context) {
+	if s.Sealed() {
+		return
+	}
+	s.revokeLeasesOfRevokedIDs(ctx)
+	s.revokeDueLeases(ctx)
+}
+
 // revokeLeasesOfRevokedIDs asks for the revocation of every lease held by
 // a SPIFFE ID that has been revoked since: a compromised workload's
 // database users go with it, not when their leases run out.

@@ -120,10 +120,13 @@ type Service struct {
 	// revocation before its tokens are deleted;
 	// testBeforeLeaseWrite runs after a lease's database user is created,
 	// before the lease is written; testLeaseTokenLocked runs in the
-	// lease's transaction, just before the lease is written.
+	// lease's transaction, just before the lease is written;
+	// testTokenParentLocked runs in a child token's transaction once its
+	// parent is locked and its tree counted, before the child is written.
 	testBeforeTokenDelete func()
 	testBeforeLeaseWrite  func()
 	testLeaseTokenLocked  func()
+	testTokenParentLocked func()
 }
 
 // New prepares a sealed service.

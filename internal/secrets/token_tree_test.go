@@ -211,3 +211,62 @@ func TestEmptyListIsBare404(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenTreeBoundHoldsAgainstRacingCreates: two tokens of one tree,
+// in different branches, creating a child at once when the tree is one
+// token short of its bound make one token, not two. Each creation locked
+// its own parent's row only, so on PostgreSQL both counted the tree
+// before either had committed and both went in: as many tokens past the
+// bound as there were creations racing. (SQLite's writers are serial.)
+func TestTokenTreeBoundHoldsAgainstRacingCreates(t *testing.T) {
+	db := storetest.Postgres(t)
+	ts := newTestService(t, db)
+	ts.policy("creator", `path "auth/token/create" { capabilities = ["update", "sudo"] }`)
+	defer func(n int) { maxTokenTree = n }(maxTokenTree)
+	maxTokenTree = 4
+	create := func(by string) (int, map[string]any) {
+		return ts.call("POST", "auth/token/create", by, map[string]any{"policies": []string{"creator"}})
+	}
+	root := ts.tokenWith("creator")
+	a := authToken(t, ts.must("POST", "auth/token/create", root, map[string]any{"policies": []string{"creator"}}))
+	b := authToken(t, ts.must("POST", "auth/token/create", root, map[string]any{"policies": []string{"creator"}}))
+	// The tree holds root, a and b. a's creation, once it has counted the
+	// tree, waits for b's to finish or to wait for a lock.
+	var bStatus int
+	var bOut map[string]any
+	done := make(chan struct{})
+	ts.svc.testTokenParentLocked = func() {
+		ts.svc.testTokenParentLocked = nil
+		go func() {
+			defer close(done)
+			bStatus, bOut = create(b)
+		}()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			var n int
+			if err := db.SQL().QueryRowContext(t.Context(), `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+				t.Error(err)
+				return
+			}
+			if n > 0 {
+				return
+			}
+		}
+	}
+	aStatus, aOut := create(a)
+	<-done
+	t.Logf("a's child: %d %v; b's child: %d %v", aStatus, aOut["errors"], bStatus, bOut["errors"])
+	if aStatus == 200 && bStatus == 200 {
+		t.Errorf("both children were created: the tree holds 5 tokens, bound %d", maxTokenTree)
+	}
+	if aStatus != 200 && bStatus != 200 {
+		t.Errorf("neither child was created (%d, %d): the tree had room for one", aStatus, bStatus)
+	}
+}

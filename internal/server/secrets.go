@@ -28,6 +28,10 @@ const SecretsKeyFile = "secrets-key"
 
 type secretsState struct {
 	svc *secrets.Service
+	// revoked wakes the maintenance loop to revoke the leases of SPIFFE
+	// IDs revoked since (capacity one: a wake already pending covers the
+	// next revocation too).
+	revoked chan struct{}
 }
 
 // Secrets returns the secrets service (nil before New finished).
@@ -53,7 +57,7 @@ func (s *Server) initSecrets(ctx context.Context, c Config) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	s.secrets = &secretsState{svc: svc}
+	s.secrets = &secretsState{svc: svc, revoked: make(chan struct{}, 1)}
 	for _, col := range svc.Collectors() {
 		s.metrics.reg.MustRegister(col)
 	}
@@ -201,4 +205,27 @@ func (s *Server) tickSecrets(ctx context.Context) {
 	if s.secrets != nil {
 		s.secrets.svc.Tick(ctx)
 	}
+}
+
+// secretsRevocationsChanged asks the maintenance loop to revoke, without
+// waiting for its next pass, the leases of the SPIFFE IDs just revoked:
+// their database users go in the same moment as the identity's
+// connections, not up to a poll interval later. It never blocks.
+func (s *Server) secretsRevocationsChanged() {
+	if s.secrets == nil {
+		return
+	}
+	select {
+	case s.secrets.revoked <- struct{}{}:
+	default:
+	}
+}
+
+// secretsRevoked is the channel secretsRevocationsChanged wakes (nil, so
+// never ready, without a secrets service).
+func (s *Server) secretsRevoked() <-chan struct{} {
+	if s.secrets == nil {
+		return nil
+	}
+	return s.secrets.revoked
 }

@@ -17,8 +17,10 @@ import (
 	vault "github.com/hashicorp/vault/api"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store/storetest"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 var pgSeq atomic.Int64
@@ -280,10 +282,11 @@ func expireLeases(t *testing.T, path string) {
 
 // TestDatabaseLeasesOfRevokedIdentity: a workload that obtained database
 // users with its SVID loses them when its SPIFFE ID is revoked, not when
-// the leases run out.
+// the leases run out, and not at the maintenance loop's next pass either:
+// with the next pass a minute away, the revocation itself drops them.
 func TestDatabaseLeasesOfRevokedIdentity(t *testing.T) {
 	a := newPGApp(t)
-	e := start(t, "")
+	e := start(t, "", func(c *config.Server) { c.PollInterval = wire.Duration(time.Minute) })
 	admin := e.vaultClient(t, e.token, nil)
 	if _, err := admin.Logical().Write("database/config/appdb", map[string]any{
 		"plugin_name": "postgresql-database-plugin", "connection_url": a.connURL,

@@ -150,6 +150,7 @@ func (s *Server) changed(ctx context.Context) {
 			s.log.Error("reload revocations", "err", err)
 			return
 		}
+		s.secretsRevocationsChanged()
 	}
 	if vs.Sections[store.SectionRisk] != s.risk.Load().version {
 		if err := s.reloadRisk(ctx, vs.Sections[store.SectionRisk]); err != nil {
@@ -540,6 +541,11 @@ func (s *Server) maintain(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.secretsRevoked():
+			if s.secrets != nil {
+				s.secrets.svc.RevokeLeasesOfRevokedIDs(ctx)
+			}
+			continue
 		case <-t.C:
 		}
 		// Tick may report a change together with an error: it adopted a

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -83,5 +84,67 @@ func TestRevocationWaitsForAnExchangeOfItsToken(t *testing.T) {
 	}
 	if err := o.RecordExchange(ctx, "subject", exp, "late", exp, 1000); err == nil {
 		t.Fatal("an exchange from a revoked token was recorded")
+	}
+}
+
+// TestExchangeTreeBoundHoldsAgainstRacingExchanges: on PostgreSQL two
+// exchanges in different branches of one tree, one token short of its
+// bound, make one token, not two: each locks the tree's root row before
+// it counts, so the second counts after the first committed. The test
+// holds the first exchange's transaction open until the second has
+// finished or waits for a lock.
+func TestExchangeTreeBoundHoldsAgainstRacingExchanges(t *testing.T) {
+	db := storetest.Postgres(t)
+	o := db.OAuth()
+	ctx := t.Context()
+	exp := time.Now().Add(10 * time.Minute)
+	for _, kid := range []string{"race-a", "race-b"} {
+		if err := o.RecordExchange(ctx, "race-root", exp, kid, exp, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inTx, release, first := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		first <- o.Atomically(ctx, func(ctx context.Context) error {
+			if err := o.RecordExchange(ctx, "race-a", exp, "race-a1", exp, 3); err != nil {
+				return err
+			}
+			close(inTx)
+			<-release
+			return nil
+		})
+	}()
+	<-inTx
+	second := make(chan error, 1)
+	go func() { second <- o.RecordExchange(ctx, "race-b", exp, "race-b1", exp, 3) }()
+	var err2 error
+	done := false
+	for deadline := time.Now().Add(20 * time.Second); !done; time.Sleep(time.Millisecond) {
+		select {
+		case err2 = <-second:
+			done = true
+		default:
+		}
+		var waiting int
+		if err := db.SQL().QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if done || waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second exchange neither finished nor waits for a lock")
+		}
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if !done {
+		err2 = <-second
+	}
+	if !errors.Is(err2, token.ErrTooManyExchanges) {
+		t.Fatalf("the second exchange at the bound: %v, want ErrTooManyExchanges", err2)
 	}
 }

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,6 +162,10 @@ type SecretsToken struct {
 	// Parent is the accessor of the token that created this one; ""
 	// for an orphan. Revoking the parent revokes it.
 	Parent string
+	// CreatorSPIFFEID is the SPIFFE ID of the workload that created the
+	// token, directly over mTLS or through a token of its own (inherited
+	// down a tree), "" when none did: revoking that ID ends the token.
+	CreatorSPIFFEID string
 }
 
 // CreateSecretsToken stores a new token.
@@ -171,16 +177,16 @@ func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) 
 		cidrs, _ = json.Marshal(t.BoundCIDRs)
 	}
 	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
-		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
-		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent)
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent, t.CreatorSPIFFEID)
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor"
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id"
 
 // SecretsTokenByHash finds a token by the SHA-256 of its value.
 func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
@@ -196,7 +202,7 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 	var t SecretsToken
 	var pol, meta, cidrs string
 	var ttl, renew, created, exp, maxExp int64
-	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent)
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent, &t.CreatorSPIFFEID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("%w: token", ErrNotFound)
 	}
@@ -218,10 +224,14 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 }
 
 // UseSecretsToken spends one use of a use-limited token: the last use
-// deletes it (the request it authorizes still runs, as in Vault). A token
-// with NumUses 0 is unlimited and untouched. ErrNotFound when it is gone,
-// so concurrent requests can never spend more uses than it had.
-func (s *DB) UseSecretsToken(ctx context.Context, accessor string) error {
+// deletes it (the request it authorizes still runs, as in Vault) and asks
+// for the revocation of the leases it obtained (revoke_requested_at set
+// to now: the maintenance pass revokes them, DueLeases), as the end of
+// any token does; its children, their parent gone, are revoked by that
+// pass too (ExpiredSecretsTokens). A token with NumUses 0 is unlimited
+// and untouched. ErrNotFound when it is gone, so concurrent requests can
+// never spend more uses than it had.
+func (s *DB) UseSecretsToken(ctx context.Context, accessor string, now time.Time) error {
 	return s.Tx(ctx, func(tx *sql.Tx) error {
 		var uses int64
 		err := tx.QueryRowContext(ctx, "SELECT num_uses FROM secrets_tokens WHERE accessor = $1"+s.forUpdate(), accessor).Scan(&uses)
@@ -233,7 +243,9 @@ func (s *DB) UseSecretsToken(ctx context.Context, accessor string) error {
 		case uses == 0:
 			return nil
 		case uses == 1:
-			_, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor)
+			if _, err = tx.ExecContext(ctx, "DELETE FROM secrets_tokens WHERE accessor = $1", accessor); err == nil {
+				_, err = s.MarkLeasesOfToken(ctx, tx, accessor, now)
+			}
 		default:
 			_, err = tx.ExecContext(ctx, "UPDATE secrets_tokens SET num_uses = num_uses - 1 WHERE accessor = $1", accessor)
 		}
@@ -321,13 +333,32 @@ type SecretsTokenParent struct {
 
 // LockSecretsTokenParent holds the token accessor (a parent about to get
 // a child) until tx ends (LockSecretsToken), and reads its chain,
-// children and tree.
+// children and tree. On PostgreSQL it also holds the tree (an advisory
+// lock on its root) until tx ends, so the creations of children anywhere
+// in one tree count it one after the other: each locking its own parent
+// only, two at a tree's bound less one both counted it before the other
+// committed, and both went in. An advisory lock, not the root's row: a
+// revocation of the root deletes the tree's rows top down (the root
+// first, then waiting for the parent) and would deadlock with a creation
+// holding the parent and waiting for the root; no revocation takes the
+// advisory lock.
 func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor string, now time.Time, depthLimit, treeLimit int) (SecretsTokenParent, error) {
 	var p SecretsTokenParent
 	var root string
 	var err error
 	if p.Depth, p.Alive, root, err = s.lockSecretsToken(ctx, tx, accessor, now, depthLimit); err != nil {
 		return p, err
+	}
+	// The root is read again once its tree is locked: a revoke-orphan
+	// above the parent meanwhile makes it the child of another root.
+	for locked := ""; s.dialect == Postgres && p.Alive && root != locked; {
+		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", tokenTreeLockKey(root)); err != nil {
+			return p, fmt.Errorf("store: lock token tree: %w", err)
+		}
+		locked = root
+		if p.Depth, p.Alive, root, err = s.secretsTokenChain(ctx, tx, accessor, now, depthLimit); err != nil {
+			return p, err
+		}
 	}
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM secrets_tokens WHERE parent_accessor = $1", accessor).Scan(&p.Children); err != nil {
 		return p, fmt.Errorf("store: count child tokens: %w", err)
@@ -338,6 +369,13 @@ func (s *DB) LockSecretsTokenParent(ctx context.Context, tx *sql.Tx, accessor st
 		}
 	}
 	return p, nil
+}
+
+// tokenTreeLockKey is the PostgreSQL advisory lock key of the token tree
+// rooted at root: 64 bits of a SHA-256 of a name no other lock uses.
+func tokenTreeLockKey(root string) int64 {
+	h := sha256.Sum256([]byte("moatless secrets token tree\x00" + root))
+	return int64(binary.BigEndian.Uint64(h[:8]))
 }
 
 // secretsTokenTreeSize counts the tokens of root's tree (root, its

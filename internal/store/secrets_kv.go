@@ -337,6 +337,18 @@ func (s *DB) LeaseSPIFFEIDs(ctx context.Context) ([]string, error) {
 	return scanStrings(rows)
 }
 
+// MarkLeasesOfToken asks for the revocation of every lease the token
+// accessor obtained (keeping the time it was first asked for of a lease
+// asked for already), however many, and returns how many it holds.
+func (s *DB) MarkLeasesOfToken(ctx context.Context, q Queryer, accessor string, now time.Time) (int64, error) {
+	res, err := q.ExecContext(ctx, `UPDATE secrets_leases SET revoke_requested_at = CASE WHEN revoke_requested_at = 0 THEN $1 ELSE revoke_requested_at END
+		WHERE token_accessor = $2`, ns(now), accessor)
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke leases of a token: %w", err)
+	}
+	return res.RowsAffected()
+}
+
 // MarkLeasesOfSPIFFEID asks for the revocation of every lease of id.
 func (s *DB) MarkLeasesOfSPIFFEID(ctx context.Context, q Queryer, id string, now time.Time) (int64, error) {
 	res, err := q.ExecContext(ctx, "UPDATE secrets_leases SET revoke_requested_at = $1 WHERE spiffe_id = $2 AND revoke_requested_at = 0", ns(now), id)
