@@ -307,6 +307,13 @@ func (s *Server) authenticateAdmin(r *http.Request) (actor string, status int, m
 		}
 		return "admin-token", 0, ""
 	}
+	return s.adminCert(r)
+}
+
+// adminCert authenticates r by an admin client certificate (the admin
+// API's and the secrets API's): an X509-SVID of an admin ID that this
+// server issued as an admin certificate, on a request no web page made.
+func (s *Server) adminCert(r *http.Request) (actor string, status int, msg string) {
 	c, err := s.peer(r)
 	switch {
 	case errors.Is(err, errNoClientCert):

@@ -66,3 +66,41 @@ func TestAdminCertRefusedOnCrossSiteRequests(t *testing.T) {
 		})
 	}
 }
+
+// The secrets API takes an admin certificate as the admin credential too
+// (when no token is presented): the same refusal of a request a page made.
+func TestSecretsAdminCertRefusedOnCrossSiteRequests(t *testing.T) {
+	e := start(t, "")
+	key := newKey(t)
+	var ac server.AdminCertResponse
+	e.admin("POST", server.PathAdminCerts, server.AdminCertRequest{SPIFFEID: "spiffe://example.org/moatless/admin", CSR: csr(t, key)}, &ac)
+	adminCert := &tls.Certificate{Certificate: ac.SVID.CertChain, PrivateKey: key}
+	pol := func(name string) string {
+		return `{"files":[{"name":"` + name + `.yaml","content":"name: ` + name + `\npaths:\n  - path: secret/data/x/*\n    capabilities: [read]\n"}]}`
+	}
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		ok      bool
+	}{
+		{"cross_site", map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, false},
+		{"foreign_origin_only", map[string]string{"Origin": "https://evil.example"}, false},
+		{"program", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", "https://"+e.addr+"/v1/sys/policies/apply", strings.NewReader(pol(tc.name)))
+			req.Header.Set("Content-Type", "text/plain")
+			for k, v := range tc.headers {
+				req.Header.Set(k, v)
+			}
+			resp, err := e.client(adminCert).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := resp.StatusCode == 200; got != tc.ok {
+				t.Fatalf("got %d, want success %v", resp.StatusCode, tc.ok)
+			}
+		})
+	}
+}
