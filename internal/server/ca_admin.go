@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -173,12 +174,29 @@ func (s *Server) renewServerCertIfTainted(ctx context.Context) {
 
 // readRevokedAuthorities reads DIR/ca-revoked: one authority ID a line.
 // A missing file is an empty list; anything else that is not an authority
-// ID stops the server (the file is the server's own).
+// ID stops the server (the file is the server's own), and so does
+// anything that is not a regular file of at most maxRevokedFileSize (a
+// FIFO or a device put in its place would block or exhaust the start).
 func readRevokedAuthorities(dir string) ([]string, error) {
 	path := filepath.Join(dir, RevokedAuthoritiesFile)
-	b, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > maxRevokedFileSize {
+		return nil, fmt.Errorf("server: %s is not a regular file of at most %d bytes (mode %s, %d bytes): the server writes it; restore it from a backup of the data directory", path, maxRevokedFileSize, fi.Mode(), fi.Size())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxRevokedFileSize+1))
+	if err == nil && len(b) > maxRevokedFileSize {
+		err = fmt.Errorf("over %d bytes", maxRevokedFileSize)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("server: read %s: %w", path, err)
@@ -190,8 +208,12 @@ func readRevokedAuthorities(dir string) ([]string, error) {
 	return ids, nil
 }
 
-// maxRevokedAuthorities bounds DIR/ca-revoked.
-const maxRevokedAuthorities = 100_000
+// maxRevokedAuthorities bounds DIR/ca-revoked, and maxRevokedFileSize
+// its size: that many of the longest IDs (43 characters) and newlines.
+const (
+	maxRevokedAuthorities = 100_000
+	maxRevokedFileSize    = maxRevokedAuthorities * 44
+)
 
 func parseRevokedAuthorities(b []byte) ([]string, error) {
 	var ids []string
