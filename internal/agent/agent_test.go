@@ -199,6 +199,20 @@ func uidEntry(id, spiffeID string, ttl time.Duration) wire.Entry {
 		Selectors: []wire.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(os.Geteuid())}}}
 }
 
+// startWebAgent runs the fake server with one entry (web, 1 h X509-SVIDs),
+// an agent joined to it with token "t", and a Workload API client of the
+// agent; ctx ends after d, or with the test.
+func startWebAgent(t *testing.T, d time.Duration) (*fakeServer, *agentFixture, *workloadapi.Client, context.Context) {
+	t.Helper()
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+	af := startAgent(t, f, "t", "")
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return f, af, client(t, af.sock), ctx
+}
+
 func client(t *testing.T, sock string) *workloadapi.Client {
 	c, err := workloadapi.New(context.Background(), workloadapi.WithAddr("unix://"+sock))
 	if err != nil {
@@ -308,13 +322,7 @@ revoked:
 }
 
 func TestAgentRidesOutServerOutage(t *testing.T) {
-	f := newFakeServer(t)
-	f.tokens["t"] = nodeID
-	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
-	af := startAgent(t, f, "t", "")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c := client(t, af.sock)
+	f, af, c, ctx := startWebAgent(t, 20*time.Second)
 	var before *workloadapi.X509Context
 	for before == nil {
 		x, err := c.FetchX509Context(ctx)
@@ -543,13 +551,7 @@ func TestNodePinsServerIDAfterAttest(t *testing.T) {
 // JWT-SVIDs past its signing budget with 429. The workload hears that as
 // ResourceExhausted, not as an unreachable server (Unavailable).
 func TestJWTSVIDBudgetSpentIsResourceExhausted(t *testing.T) {
-	f := newFakeServer(t)
-	f.tokens["t"] = nodeID
-	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
-	af := startAgent(t, f, "t", "")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c := client(t, af.sock)
+	f, _, c, ctx := startWebAgent(t, 20*time.Second)
 	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
 		t.Fatal(err)
 	}

@@ -490,7 +490,7 @@ func (c *Cache) syncOnce(ctx context.Context) time.Time {
 	defer c.mu.Unlock()
 	if failed != nil && ctx.Err() == nil {
 		c.failures++
-		wait := backoff(c.base, c.maxB, c.failures-1)
+		wait := afterRetryAfter(failed, backoff(c.base, c.maxB, c.failures-1))
 		c.log.Warn("signing workload SVIDs failed; serving cached ones and retrying", "error", failed, "in", wait.Round(time.Millisecond))
 		return c.now().Add(wait)
 	}

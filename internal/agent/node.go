@@ -456,6 +456,7 @@ func halfLife(c *x509.Certificate, received time.Time) time.Time {
 
 func (n *Node) renewLoop(ctx context.Context) {
 	attempt := 0
+	var lastErr error // of the last failed renewal: its Retry-After
 	for {
 		svid := n.svid.Load()
 		var received time.Time
@@ -465,7 +466,7 @@ func (n *Node) renewLoop(ctx context.Context) {
 		wait := halfLife(svid.Certificates[0], received).Sub(n.now())
 		if attempt > 0 {
 			// Retry sooner than half life, but never past expiry.
-			wait = min(n.backoff(attempt-1), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
+			wait = min(afterRetryAfter(lastErr, n.backoff(attempt-1)), max(svid.Certificates[0].NotAfter.Sub(n.now()), 0))
 		}
 		t := time.NewTimer(max(wait, 0))
 		select {
@@ -481,10 +482,11 @@ func (n *Node) renewLoop(ctx context.Context) {
 				return
 			}
 			attempt++
+			lastErr = err
 			n.log.Warn("node SVID renewal failed; retrying", "error", err, "expires_at", svid.Certificates[0].NotAfter)
 			continue
 		}
-		attempt = 0
+		attempt, lastErr = 0, nil
 	}
 }
 
@@ -553,6 +555,35 @@ func (n *Node) SignJWT(ctx context.Context, entryID string, audience []string) (
 type ServerError struct {
 	Status int
 	Msgs   []string
+	// RetryAfter is the answer's Retry-After in seconds (a spent signing
+	// budget says when it has room again), at most maxRetryAfter; zero
+	// when it has none, or one that is not a positive number of seconds.
+	RetryAfter time.Duration
+}
+
+// maxRetryAfter bounds the wait a server's Retry-After imposes: a broken
+// or hostile server must not stall renewals for longer.
+const maxRetryAfter = time.Minute
+
+// retryAfter is the Retry-After of err's server answer, 0 for none.
+func retryAfter(err error) time.Duration {
+	var se *ServerError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
+}
+
+// afterRetryAfter is the wait before the next attempt after err, whose
+// backoff is wait: at least the server's Retry-After, with a jitter of up
+// to a quarter of it on top, so that the agents a taint sent to sign at
+// once (and the server told to come back at the same second) do not all
+// come back together.
+func afterRetryAfter(err error, wait time.Duration) time.Duration {
+	if ra := retryAfter(err); ra > 0 {
+		return max(wait, ra+randN(ra/4+1))
+	}
+	return wait
 }
 
 // HTTPStatus is the server's status code (the Workload API tells a
@@ -568,6 +599,13 @@ func (e *ServerError) Error() string {
 
 func readServerError(resp *http.Response) error {
 	se := &ServerError{Status: resp.StatusCode}
+	// delta-seconds only (RFC 9110 section 10.2.3), which the server
+	// sends; an HTTP-date would need this host's clock to agree.
+	if v := resp.Header.Get("Retry-After"); v != "" && len(v) <= 9 {
+		if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
+			se.RetryAfter = min(time.Duration(secs)*time.Second, maxRetryAfter)
+		}
+	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var eb struct {
 		Errors []string `json:"errors"`

@@ -9,6 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +177,51 @@ func TestAgentReplacesSVIDsOfTaintedAuthority(t *testing.T) {
 	}
 }
 
+// TestServerStillSigningUnderTaintedAuthorityIsNoLoop: a server that
+// keeps signing under the tainted authority a (misconfigured, or an older
+// replica) gets one re-issue of each SVID a signed and one node renewal
+// after the taint, not a loop: what it signed after the taint is served
+// (and logged), and later bundles that still name a tainted re-issue
+// nothing more.
+func TestServerStillSigningUnderTaintedAuthorityIsNoLoop(t *testing.T) {
+	r := startOnA(t)
+	f := r.f
+	sign0, _, renews0, _ := f.counts()
+	st, _ := r.af.a.Cache().State()
+	var serial0 *big.Int
+	for _, id := range st.Identities {
+		if id.X509 != nil && id.SPIFFEID.String() == "spiffe://example.org/web" {
+			serial0 = id.X509.Chain[0].SerialNumber
+		}
+	}
+	if serial0 == nil {
+		t.Fatal("/web is not served")
+	}
+	f.push(func() { f.tainted = []string{hex.EncodeToString(r.a.Cert.SubjectKeyId)} })
+	r.until(t, "/web re-issued, by a again", func(m map[string]*x509svid.SVID) bool {
+		s := m["spiffe://example.org/web"]
+		return s != nil && signedBy(s, r.a) && s.Certificates[0].SerialNumber.Cmp(serial0) != 0
+	})
+	for {
+		if _, _, renews, _ := f.counts(); renews-renews0 == 1 {
+			break
+		}
+		select {
+		case <-r.ctx.Done():
+			t.Fatal("the node SVID was not renewed after the taint")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	for i := range 3 {
+		e := uidEntry(fmt.Sprintf("x%d", i), fmt.Sprintf("spiffe://example.org/x%d", i), time.Hour)
+		f.push(func() { f.entries = append(f.entries, e) })
+		r.until(t, e.SPIFFEID, func(m map[string]*x509svid.SVID) bool { return m[e.SPIFFEID] != nil })
+	}
+	if sign, _, renews, _ := f.counts(); sign-sign0 != 1+3 || renews-renews0 != 1 {
+		t.Fatalf("after the taint: %d sign calls (want 1 re-issue and 3 new entries), %d node renewals (want 1)", sign-sign0, renews-renews0)
+	}
+}
+
 // TestAgentReplacesSVIDsOfRevokedAuthority: a bundle without authority
 // a reaches the go-spiffe client at once, in the very next update and
 // without a stream error (which would leave go-spiffe's source on the old
@@ -222,13 +271,7 @@ func TestAgentReplacesSVIDsOfRevokedAuthority(t *testing.T) {
 // fetch asks the server), and once the key is removed, ValidateJWTSVID
 // refuses tokens it signed from the next call on.
 func TestAgentForgetsJWTSVIDsOfTaintedOrRemovedKey(t *testing.T) {
-	f := newFakeServer(t)
-	f.tokens["t"] = nodeID
-	f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
-	af := startAgent(t, f, "t", "")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c := client(t, af.sock)
+	f, af, c, ctx := startWebAgent(t, 30*time.Second)
 	fetch := func() string {
 		t.Helper()
 		s, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "aud"})
@@ -498,5 +541,52 @@ func TestNodeRenewsWhenTaintPrecedesIt(t *testing.T) {
 	}
 	if _, _, renews, _ := f.counts(); renews != 1 {
 		t.Fatalf("%d renewals, want 1", renews)
+	}
+}
+
+// budgetSigner answers every signing request as a server whose per-node
+// signing budget is spent: 429 with Retry-After, as read from the wire.
+type budgetSigner struct{ header string }
+
+func (s budgetSigner) SignX509(context.Context, []wire.X509SVIDRequest) ([]wire.X509SVID, error) {
+	rec := httptest.NewRecorder()
+	rec.Header().Set("Retry-After", s.header)
+	rec.WriteHeader(http.StatusTooManyRequests)
+	io.WriteString(rec, `{"errors":["signing budget spent"]}`)
+	return nil, readServerError(rec.Result())
+}
+
+func (s budgetSigner) SignJWT(context.Context, string, []string) (*wire.SignJWTResponse, error) {
+	return nil, errors.New("no")
+}
+
+// TestSigningHonoursRetryAfter: when the server refuses a signing request
+// because the node's budget is spent and says when to come back
+// (Retry-After, in seconds), the next attempt waits at least that long
+// (the herd of agents re-issuing after a taint does not come back every
+// backoff step to be refused again), and at most a minute more than the
+// backoff would, whatever the server says; a Retry-After that is not a
+// number of seconds is ignored.
+func TestSigningHonoursRetryAfter(t *testing.T) {
+	f := newFakeServer(t)
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		header   string
+		min, max time.Duration
+	}{
+		{"20", 20 * time.Second, 25 * time.Second},
+		{"86400", time.Minute, 75 * time.Second},
+		{"soon", 0, time.Second},
+		{"-5", 0, time.Second},
+		{"", 0, time.Second},
+	} {
+		t.Run("retry_after_"+tc.header, func(t *testing.T) {
+			c := newCache(budgetSigner{tc.header}, CacheConfig{Logger: quiet(), Now: func() time.Time { return t0 }, BackoffBase: 500 * time.Millisecond, BackoffMax: 30 * time.Second})
+			c.SetBundle(f.bundle())
+			c.SetEntries([]wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)})
+			if wait := c.syncOnce(context.Background()).Sub(t0); wait < tc.min || wait > tc.max {
+				t.Fatalf("next attempt in %s, want %s to %s", wait, tc.min, tc.max)
+			}
+		})
 	}
 }

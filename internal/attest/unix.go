@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatless/moatless/internal/userns"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -68,6 +70,17 @@ type Unix struct {
 
 	procOnce sync.Once
 	procErr  error
+
+	overflowOnce sync.Once
+	overflow     overflowIDs
+}
+
+// overflowIDs are the ids the kernel reports for a uid or gid the agent's
+// user namespace does not map (/proc/sys/kernel/overflowuid, overflowgid:
+// 65534, nobody and nogroup), and whether any can be unmapped at all.
+type overflowIDs struct {
+	uid, gid uint32
+	initial  bool // the agent is in the initial user namespace: all are mapped
 }
 
 type fileKey struct {
@@ -216,6 +229,9 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := u.checkMapped(dir, peer, groups); err != nil {
+		return nil, err
+	}
 	for _, g := range groups {
 		gs := strconv.FormatUint(uint64(g), 10)
 		sels = append(sels, sel("supplementary_gid", gs))
@@ -289,10 +305,6 @@ func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire
 	}
 	return sels, nil
 }
-
-// nsGetUserNS is NS_GET_USERNS (linux/nsfs.h: _IO(0xb7, 0x1)): the
-// user namespace that owns a namespace, as a new descriptor.
-const nsGetUserNS = 0xb701
 
 // exeTrusted reports whether the executable the process at dir runs,
 // whose device and inode img holds, is one whose path and content only
@@ -438,7 +450,7 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 	}
 	defer ns.Close()
 	var st unix.Stat_t
-	owner, err := unix.IoctlRetInt(int(ns.Fd()), nsGetUserNS)
+	owner, err := userns.Owner(int(ns.Fd()))
 	switch {
 	case err == nil:
 		defer unix.Close(owner)
@@ -464,6 +476,49 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 	return st.Dev == self.Dev && st.Ino == self.Ino, nil
 }
 
+// ErrUnmappedPeer means the peer's uid, gid or a supplementary group is
+// the overflow id of an agent run in a user namespace, and the peer is in
+// another user namespace: the kernel reports any id the agent's namespace
+// does not map as that id, 65534 (nobody, nogroup), so the peer may be
+// any user of the host that reached the socket — it cannot be told from
+// nobody.
+var ErrUnmappedPeer = errors.New("attest: the caller's uid, gid or a group reads as the overflow id (65534) of the agent's user namespace, which stands for every id that namespace does not map: it is not attested; run the agent in the host's user namespace, or the workload under another uid")
+
+// checkMapped refuses (ErrUnmappedPeer) a peer that may hold ids the
+// agent's user namespace does not map. In the initial user namespace
+// every id is mapped. Elsewhere a peer in the agent's own user namespace
+// holds mapped ids (or those of the namespace's creator), and one whose
+// ids are not the overflow ids is mapped by definition.
+func (u *Unix) checkMapped(dir string, peer Peer, groups []uint32) error {
+	o := u.overflowIDs()
+	if o.initial || (peer.UID != o.uid && peer.GID != o.gid && !slices.Contains(groups, o.gid)) {
+		return nil
+	}
+	same, err := u.inAgentUserNS(dir)
+	if err != nil {
+		return err
+	}
+	if !same {
+		return ErrUnmappedPeer
+	}
+	return nil
+}
+
+// overflowIDs reads, once, the overflow ids and whether the agent is in
+// the initial user namespace (uid_map maps all 2^32-1 ids to themselves).
+// Anything unreadable counts as not initial.
+func (u *Unix) overflowIDs() overflowIDs {
+	u.overflowOnce.Do(func() {
+		var o overflowIDs
+		o.uid, o.gid = userns.Overflow(u.procRoot)
+		if maps, err := userns.UIDMap(u.procRoot); err == nil {
+			o.initial = userns.Initial(maps)
+		}
+		u.overflow = o
+	})
+	return u.overflow
+}
+
 // ErrForeignProc means the procfs the attestor reads belongs to another
 // PID namespace than the agent's: the kernel gives the agent its peers'
 // PIDs in the agent's own namespace (SO_PEERCRED), so each would name
@@ -473,19 +528,39 @@ func (u *Unix) nsOwnedByAgent(dir string) (bool, error) {
 var ErrForeignProc = errors.New("attest: procfs belongs to another PID namespace than the agent's, so a peer's PID would name another process: mount a procfs of the agent's own PID namespace (unshare --mount-proc), or run the agent in the workloads' PID namespace (hostPID)")
 
 // ownProc checks, once, that procRoot is the procfs of the agent's own
-// PID namespace: there, "self" names the agent's own PID.
+// PID namespace: there, "self" names the agent's own PID, and its NSpid
+// (Linux ≥ 4.1) lists that one PID alone. "self" is not enough: in an
+// outer namespace's procfs the agent may have the same number as in its
+// own, while its peers' numbers still name other processes; NSpid, read
+// from the procfs's namespace down to the agent's, then lists two.
 func (u *Unix) ownProc() error {
-	u.procOnce.Do(func() {
-		self, err := os.Readlink(filepath.Join(u.procRoot, "self"))
-		if err != nil {
-			u.procErr = fmt.Errorf("attest: reading %s/self: %w", u.procRoot, err)
-			return
-		}
-		if self != strconv.Itoa(os.Getpid()) {
-			u.procErr = fmt.Errorf("%w (%s/self is %s, the agent is PID %d)", ErrForeignProc, u.procRoot, self, os.Getpid())
-		}
-	})
+	u.procOnce.Do(func() { u.procErr = checkOwnProc(u.procRoot, os.Getpid()) })
 	return u.procErr
+}
+
+func checkOwnProc(root string, pid int) error {
+	self, err := os.Readlink(filepath.Join(root, "self"))
+	if err != nil {
+		return fmt.Errorf("attest: reading %s/self: %w", root, err)
+	}
+	if self != strconv.Itoa(pid) {
+		return fmt.Errorf("%w (%s/self is %s, the agent is PID %d)", ErrForeignProc, root, self, pid)
+	}
+	status, err := readProcFile(filepath.Join(root, self, "status"))
+	if err != nil {
+		return fmt.Errorf("attest: reading %s/%s/status: %w", root, self, err)
+	}
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		rest, ok := bytes.CutPrefix(line, []byte("NSpid:"))
+		if !ok {
+			continue
+		}
+		if f := strings.Fields(string(rest)); len(f) != 1 || f[0] != self {
+			return fmt.Errorf("%w (the agent's NSpid there is %q: it is seen from %d PID namespaces)", ErrForeignProc, strings.TrimSpace(string(rest)), len(f))
+		}
+		return nil
+	}
+	return nil // before Linux 4.1: no NSpid
 }
 
 // agentUserNS is the agent's own user namespace, read once.

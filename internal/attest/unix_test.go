@@ -3,11 +3,13 @@
 package attest
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -173,11 +175,66 @@ func fakeProc(t *testing.T, pid int, stat, status string) string {
 	}
 	os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 	os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644)
-	// As in the agent's own procfs, "self" names the reader.
-	if err := os.Symlink(strconv.Itoa(os.Getpid()), filepath.Join(root, "self")); err != nil {
+	// As in the agent's own procfs, "self" names the reader, whose
+	// status has one PID: it is in the procfs's own PID namespace.
+	fakeSelf(t, root, strconv.Itoa(os.Getpid()), fmt.Sprintf("Name:\ttest\nNSpid:\t%d\n", os.Getpid()))
+	return root
+}
+
+// fakeSelf makes root/self a link to target and, when target is a
+// directory of root not made yet, gives it status.
+func fakeSelf(t *testing.T, root, target, status string) {
+	t.Helper()
+	if err := os.Symlink(target, filepath.Join(root, "self")); err != nil {
 		t.Fatal(err)
 	}
-	return root
+	dir := filepath.Join(root, target)
+	if _, err := os.Stat(dir); err == nil {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnixOwnProcfs: the attestor reads only the procfs of its own PID
+// namespace. "self" naming the agent's PID is not proof of that: an
+// agent in a nested PID namespace may have the same number there as in
+// the outer namespace whose procfs it was given, and every peer's PID
+// would still name another process. The procfs says in NSpid which
+// namespaces the reader is seen from: in the agent's own procfs that
+// is one PID, the agent's; in an outer one, two or more. (A kernel
+// before 4.1 writes no NSpid; then "self" alone decides.) The trees are
+// what such a procfs shows, made by hand: the numbers cannot be chosen
+// on a shared host.
+func TestUnixOwnProcfs(t *testing.T) {
+	pid := os.Getpid()
+	for _, tc := range []struct {
+		name, self, status string
+		foreign            bool
+	}{
+		{"own_namespace", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\n", pid), false},
+		{"kernel_without_nspid", strconv.Itoa(pid), "Name:\tmoatless\nGroups:\t\n", false},
+		{"outer_namespace_same_number", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t%d\n", pid, pid), true},
+		{"outer_namespace_two_levels", strconv.Itoa(pid), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t7\t%d\n", pid, pid), true},
+		{"outer_namespace_other_number", strconv.Itoa(pid + 1), fmt.Sprintf("Name:\tmoatless\nNSpid:\t%d\t%d\n", pid+1, pid), true},
+		{"nspid_of_another_process", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\t1\n", true},
+		{"nspid_not_a_number", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\tx\n", true},
+		{"nspid_empty", strconv.Itoa(pid), "Name:\tmoatless\nNSpid:\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			fakeSelf(t, root, tc.self, tc.status)
+			u := NewUnix(UnixConfig{ProcRoot: root, SkipNames: true})
+			_, err := u.Attest(context.Background(), Peer{PID: 42, PIDFD: -1})
+			if got := errors.Is(err, ErrForeignProc); got != tc.foreign {
+				t.Fatalf("foreign procfs %v (%v), want %v", got, err, tc.foreign)
+			}
+		})
+	}
 }
 
 // TestUnixAttestForeignProcfs: an agent in a PID namespace of its own
@@ -202,6 +259,50 @@ func TestUnixAttestForeignProcfs(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); got != "refused: foreign procfs" {
 		t.Fatalf("attestation in a PID namespace reading its parent's procfs: %s", got)
+	}
+}
+
+// TestUnixAttestUnmappedPeer: an agent run in a user namespace (a
+// rootless container) whose socket a host user reaches gets that user's
+// credentials as its namespace sees them: a uid or gid it does not map
+// reads as 65534, nobody's. Attesting that as unix:uid:65534 would hand
+// nobody's identities to every user of the host the namespace does not
+// map. Runs itself as the agent in a new user namespace that maps 65534
+// to itself but not host root, and calls it as host root.
+func TestUnixAttestUnmappedPeer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: an unprivileged user's namespace can map only that user")
+	}
+	dir, err := os.MkdirTemp("", "unmapped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "agent.sock")
+	c := exec.Command(os.Args[0], "-test.run=^$", sock)
+	c.Env = []string{helperEnv + "=userns-attest"}
+	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 4100000, Size: 1}, {ContainerID: 65534, HostID: 65534, Size: 1}}
+	c.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER, UidMappings: ids, GidMappings: ids}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Skipf("cannot make a user namespace here: %v", err)
+	}
+	defer c.Wait()
+	r := bufio.NewReader(stdout)
+	if line, err := r.ReadString('\n'); line != "ready\n" {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got, _ := r.ReadString('\n'); strings.TrimSpace(got) != "refused: unmapped" {
+		t.Fatalf("a host user unmapped in the agent's user namespace: %q, want refused", got)
 	}
 }
 
@@ -569,6 +670,38 @@ func TestMain(m *testing.M) {
 			fmt.Println("refused otherwise:", err)
 		default:
 			fmt.Println("attested PID", os.Getpid(), "as", sels)
+		}
+		os.Exit(0)
+	case "userns-attest":
+		// The agent in a user namespace that maps 65534 (and not host
+		// root): attest the first caller of the unix socket at argument 1.
+		l, err := net.Listen("unix", os.Args[len(os.Args)-1])
+		if err != nil {
+			fmt.Println("listen:", err)
+			os.Exit(0)
+		}
+		fmt.Println("ready")
+		c, err := l.Accept()
+		if err != nil {
+			fmt.Println("accept:", err)
+			os.Exit(0)
+		}
+		var cred *unix.Ucred
+		raw, _ := c.(*net.UnixConn).SyscallConn()
+		raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+		if err != nil {
+			fmt.Println("peercred:", err)
+			os.Exit(0)
+		}
+		u := NewUnix(UnixConfig{SkipNames: true})
+		sels, err := u.Attest(context.Background(), Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: -1})
+		switch {
+		case errors.Is(err, ErrUnmappedPeer):
+			fmt.Println("refused: unmapped")
+		case err != nil:
+			fmt.Println("refused otherwise:", err)
+		default:
+			fmt.Println("attested as", sels)
 		}
 		os.Exit(0)
 	case "bind-exec":

@@ -273,6 +273,10 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return fmt.Errorf("%q is not a loopback address", addr)
 	}
+	refused := opaapi.NewRefusedCounter()
+	if err := reg.Register(refused); err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return fmt.Errorf("%w: another moatless authz (or program) on this host uses it; set --admin to a free loopback address, or --admin off", err)
@@ -284,7 +288,7 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "ok (policy version %d)\n", p.version.Load())
 	})
-	(&opaapi.Handler{Rego: func() *policy.Rego { return p.set.Load().Rego() }, Logger: log}).Register(mux, dataplane.OPAUsers(nil, log))
+	(&opaapi.Handler{Rego: func() *policy.Rego { return p.set.Load().Rego() }, Logger: log}).Register(mux, dataplane.OPAUsers(nil, log, refused, "opa"))
 	srv := &http.Server{Handler: loopback.GuardHost(addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	go func() { <-ctx.Done(); srv.Close() }()

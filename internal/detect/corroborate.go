@@ -77,8 +77,8 @@ type Corroboration struct {
 	// trigger names no detectors contains only with one (Reaches).
 	Evidence []string `json:"evidence,omitempty"`
 	// Relayed are the IDs of the corroborated findings that only say
-	// what a relay's clients asked for (Finding.Relayed): in Risk, but
-	// neither in Detectors nor in Evidence.
+	// what a relay's clients asked for (Finding.Relayed: its probing):
+	// in Risk, but neither in Detectors nor in Evidence.
 	Relayed []string `json:"relayed,omitempty"`
 	// Witnesses are the distinct nodes, the identity's own aside, that
 	// reported findings about it.
@@ -189,11 +189,10 @@ func (c Corroboration) Reaches(pb Playbook, identity string) bool {
 // Anomaly reports whether f says only that its identity did more, or
 // other, than it used to: a rate above its baseline, a new edge, new
 // paths, more distinct edges than a traffic record keeps apart for one
-// caller (record_overflow), refusals of what a relay forwarded
-// (Relayed), a volume of responses, a burst of token exchanges. A workload
-// that serves the mesh's users does all of these when they do (a flash
-// crowd, a flood through the gateway, big downloads, paths the app
-// forwards), so an outsider can raise them about an innocent workload.
+// caller (record_overflow), what a relay forwarded (Relayed), a volume
+// of responses, a burst of token exchanges. A workload that serves the
+// mesh's users does all of these when they do (a flash crowd, a flood
+// through the gateway, big downloads, paths the app forwards), so an outsider can raise them about an innocent workload.
 // Refusals by policy, personal data in responses, a reused refresh token
 // or code, failed attestations and revoked credentials are not anomalies.
 // A finding folds detections of one key, so one that ever counted such
@@ -221,18 +220,25 @@ func (f *Finding) Anomaly() bool {
 	return false
 }
 
-// Relayed reports whether f only counts refusals of requests a relay
+// Relayed reports whether f only counts what a relay
 // (config.DetectSettings.Relays: the edge gateway) forwarded for its
-// clients. Internet scanners asking the gateway for /.git/config or
-// /wp-admin are refused by the upstreams' policies in the gateway's
-// name; counted as the gateway's own probing, two backends reporting
-// them would contain the mesh's front door on the internet's say-so. So
-// such a finding is an anomaly that meets no trigger's detectors either,
-// not even a trigger naming probing: it adds to the relay's risk and
-// opens an incident, and contains only beside evidence of another kind.
+// clients: the refusals of their requests, the never-seen paths they
+// tried, the distinct paths that overflowed a traffic record (evidence
+// "relayed" names the kind; a finding stored before it has
+// relayed_refusals_per_minute). Internet scanners asking the gateway
+// for /.git/config or /wp-admin are refused by the upstreams' policies,
+// or answered 404, in the gateway's name; counted as the gateway's own
+// probing, two backends reporting them would contain the mesh's front
+// door on the internet's say-so. So such a finding is an anomaly that
+// meets no trigger's detectors either, not even a trigger naming
+// probing: it adds to the relay's risk and opens an incident, and
+// contains only beside evidence of another kind. A probing finding that
+// ever folded the relay's own evidence (refusals counted while it was
+// no relay, the callers its own node reported) is not relayed.
 func (f *Finding) Relayed() bool {
-	_, relayed := f.Evidence["relayed_refusals_per_minute"]
-	_, own := f.Evidence["refusals_per_minute"]
+	has := func(k string) bool { _, ok := f.Evidence[k]; return ok }
+	relayed := has("relayed") || has("relayed_refusals_per_minute")
+	own := has("refusals_per_minute") || has("identities_introduced")
 	return f.Detector == DetectorProbing && relayed && !own
 }
 
@@ -248,7 +254,7 @@ func (c Corroboration) Short(pb Playbook, identity string) string {
 	case len(t.Detectors) > 0 && !pb.Matches(identity, c.Risk, c.Detectors):
 		why := fmt.Sprintf("no corroborated finding of %s (corroborated: %s)", strings.Join(t.Detectors, ", "), c.named())
 		if len(c.Relayed) > 0 {
-			why += "; a relay's refusals alone never contain"
+			why += "; what a relay forwarded alone never contains"
 		}
 		return why
 	case len(t.Detectors) == 0 && len(c.Evidence) == 0 && pb.Matches(identity, c.Risk, c.Detectors):

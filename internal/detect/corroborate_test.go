@@ -1,12 +1,14 @@
 package detect
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/traffic"
 )
 
 func TestCorroborate(t *testing.T) {
@@ -256,5 +258,90 @@ func TestRelayRefusalsAlert(t *testing.T) {
 		if tc.relayed && !strings.Contains(c.Short(probing, tc.caller), "relay") {
 			t.Fatalf("Short = %q", c.Short(probing, tc.caller))
 		}
+	}
+}
+
+// A relay's other probing detections are its clients' too: a scanner
+// trying ten never-seen paths through the gateway within 5 minutes
+// (fewer refusals than the burst, or none: an upstream that allows the
+// gateway any path answers 404), or so many distinct paths that the
+// upstream's record overflows for the gateway, raised a probing
+// finding that was not relayed, so a trigger naming probing contained
+// the mesh's front door on the internet's say-so. Every probing
+// detection about a relay from its records is now relayed; the same
+// records about any other identity are not, and a relay's own reports
+// (a caller flood) stay its own. Fails on the parent (new_paths and
+// record_overflow of the gateway reach the probing trigger).
+func TestRelayProbingAlerts(t *testing.T) {
+	const (
+		gateway  = "spiffe://example.org/ns/edge/sa/gateway"
+		frontend = "spiffe://example.org/ns/prod/sa/frontend"
+		orders   = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	probing := Playbook{Name: "p", Trigger: Trigger{Risk: 0.5, Detectors: []string{DetectorProbing}}}
+	rec := func(caller, path, decision string, n uint64) Record {
+		r := Record{Time: now, Reporter: orders, Source: caller, Destination: orders, Method: "GET", Path: path, Decision: decision, Requests: n}
+		if decision == "deny" {
+			r.Reason = "no_allow_match"
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name string
+		recs func(caller string) []Record
+		kind string
+	}{
+		{"new_paths_allowed", func(caller string) []Record {
+			var rs []Record
+			for i := range 10 {
+				rs = append(rs, rec(caller, fmt.Sprintf("/scan/%c", 'a'+i), "allow", 1))
+			}
+			return rs
+		}, "paths"},
+		{"new_paths_refused_under_the_burst", func(caller string) []Record {
+			var rs []Record
+			for i := range 10 {
+				rs = append(rs, rec(caller, fmt.Sprintf("/scan/%c", 'a'+i), "deny", 1))
+			}
+			return rs
+		}, "paths"},
+		{"record_overflow", func(caller string) []Record {
+			r := rec(caller, traffic.OverflowPeerPath, "allow", 500)
+			r.Method = ""
+			return []Record{r}
+		}, "record_overflow"},
+	} {
+		for _, caller := range []string{gateway, frontend} {
+			relayed := caller == gateway
+			t.Run(tc.name+"/"+caller[strings.LastIndex(caller, "/")+1:], func(t *testing.T) {
+				e := NewEngine(config.DetectSettings{LearningPeriod: 1, Relays: []string{"spiffe://example.org/ns/edge/*"}})
+				learned := rec(caller, "/", "allow", 1)
+				learned.Time = now.Add(-time.Hour)
+				e.Ingest(learned.Time, []Record{learned})
+				var f *Finding
+				for _, x := range e.Ingest(now, tc.recs(caller)) {
+					if x.Identity == caller && x.Detector == DetectorProbing {
+						f = &x
+					}
+				}
+				if f == nil || f.Evidence["kind"] != tc.kind {
+					t.Fatalf("want a probing finding of kind %s", tc.kind)
+				}
+				if f.Relayed() != relayed || !f.Anomaly() {
+					t.Fatalf("relayed %v, anomaly %v, want relayed %v: %+v", f.Relayed(), f.Anomaly(), relayed, f)
+				}
+				f.Reporters = []string{caller} // as corroborated as it gets
+				c := Corroborate(caller, []Finding{*f}, now.Add(-time.Hour), 0, nil)
+				if c.Reaches(probing, caller) == relayed {
+					t.Fatalf("a trigger naming probing reached %v, want %v: %+v", !relayed, !relayed, c)
+				}
+			})
+		}
+	}
+	// A relay's own word (the callers its node reports) is its own.
+	f := Finding{Detector: DetectorProbing, Evidence: map[string]string{"relayed": "paths", "new_paths": "10", "identities_introduced": "20000", "kind": "caller_flood"}}
+	if f.Relayed() {
+		t.Fatalf("a caller flood folded into a relay's probing finding is relayed: %+v", f)
 	}
 }

@@ -167,12 +167,48 @@ type edgeKey struct{ src, dst, method, path string }
 
 type edgeState struct {
 	requests, bytes Baseline
-	minute          time.Time // the minute being counted
+	minutes
 	curReq, curByte float64
 	curPII          float64
 	recs            []Record // records of the current minute (bounded)
-	lastSeen        time.Time
 }
+
+// minutes is the bookkeeping an edge's and a pair's state share: the
+// minute being counted, and the time of the last record.
+type minutes struct {
+	minute   time.Time
+	lastSeen time.Time
+}
+
+// count makes t's minute the current one when it is later (roll) and
+// notes t as last seen. It reports whether a record of time t counts
+// toward the current minute: a late one counts toward no rate.
+func (w *minutes) count(t time.Time, roll func(m time.Time)) bool {
+	m := minuteOf(t)
+	if m.After(w.minute) {
+		roll(m)
+	}
+	w.lastSeen = t
+	return !m.Before(w.minute)
+}
+
+// roll moves to minute m (later than the current one): the minute
+// counted so far goes into the baselines with its values, and every
+// empty minute after it (at most a day's worth) with none; update feeds
+// them (counted says whether the minute is the one counted). The state
+// then empties its counts.
+func (w *minutes) roll(m time.Time, update func(t time.Time, counted bool)) {
+	update(w.minute, true)
+	gap := int(m.Sub(w.minute)/time.Minute) - 1
+	for i := 1; i <= min(gap, 1440); i++ {
+		update(w.minute.Add(time.Duration(i)*time.Minute), false)
+	}
+	w.minute = m
+}
+
+// idle reports whether the state has had no record for 35 days, the
+// longest a weekly baseline waits to be useful again: Tick forgets it.
+func (w *minutes) idle(now time.Time) bool { return now.Sub(w.lastSeen) > 35*24*time.Hour }
 
 // pairKey is a caller and a destination: what the volume check sums a
 // minute's responses over, whatever paths they came from.
@@ -183,15 +219,14 @@ type pairKey struct{ src, dst string }
 // whose varying segment the template does not recognise) stays under the
 // limit on each edge, not on the pair.
 type pairState struct {
-	bytes  Baseline
-	minute time.Time
-	cur    float64
+	bytes Baseline
+	minutes
+	cur float64
 	// paths is the minute's bytes per operation (at most maxPairPaths;
 	// the rest under pairOtherPaths), for the finding's evidence.
 	paths map[string]float64
 	// recs are the minute's largest records (at most maxEvidence).
-	recs     []Record
-	lastSeen time.Time
+	recs []Record
 }
 
 // maxPairPaths bounds the operations a pair's minute keeps apart for the
@@ -201,13 +236,12 @@ const (
 	pairOtherPaths = "(other paths)"
 )
 
+// close moves the pair to minute m (minutes.roll).
 func (ps *pairState) close(m time.Time) {
-	ps.bytes.Update(ps.minute, ps.cur)
-	gap := int(m.Sub(ps.minute)/time.Minute) - 1
-	for i := 1; i <= min(gap, 1440); i++ {
-		ps.bytes.Update(ps.minute.Add(time.Duration(i)*time.Minute), 0)
-	}
-	ps.minute, ps.cur, ps.recs = m, 0, reuse(ps.recs)
+	ps.roll(m, func(t time.Time, counted bool) {
+		ps.bytes.Update(t, pick(counted, ps.cur))
+	})
+	ps.cur, ps.recs = 0, reuse(ps.recs)
 	if len(ps.paths) > 8 {
 		ps.paths = nil // a wide minute's buckets are not kept
 	} else {
@@ -313,6 +347,29 @@ type Engine struct {
 		n       int
 		dropped uint64
 	}
+	// untracked counts the fresh records a full table left without a
+	// state (Untracked).
+	untracked Untracked
+}
+
+// Untracked counts the fresh records the engine judged without one of
+// its states because that table was full (maxTracked, every identity's
+// share of it): no identity state (no new-edge or probing judgement), no
+// edge state (no rate or volume on the edge), no pair state (no volume
+// summed over the pair's paths). A caller past its own share of a table
+// is not counted here: that is its record_overflow anomaly. Made-up
+// callers from several nodes, each within maxIdentsPerReporter, can fill
+// the tables: these counts are how the server shows that its detectors
+// went partly blind (moatless_detect_untracked_records_total).
+type Untracked struct {
+	Identities, Edges, Pairs uint64
+}
+
+// Untracked returns the counts so far.
+func (e *Engine) Untracked() Untracked {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.untracked
 }
 
 // KnownEdge is an edge the new-edge detector knows: persisted by the
@@ -322,8 +379,9 @@ type KnownEdge struct {
 	FirstSeen                         time.Time
 }
 
-// maxTracked bounds the edges (and identities) an engine keeps state for.
-const maxTracked = 200_000
+// maxTracked bounds the edges (and identities, and pairs) an engine
+// keeps state for.
+var maxTracked = 200_000
 
 // maxPerIdent bounds the edges, and the operations, the engine keeps
 // apart for one source identity: one identity calling distinct paths
@@ -360,13 +418,28 @@ func (e *Engine) Settings() config.DetectSettings { return e.cfg }
 // LoadKnown tells the engine the edges it has seen before (from the
 // store), with when each was first seen: an identity's first sighting
 // starts its learning period.
+//
+// An identity it makes known counts as introduced (maxIdentsPerReporter)
+// by the destination of its earliest known edge, whose node reported it
+// (an inbound record's destination is its reporter): a node's budget of
+// made-up callers does not start afresh when the server restarts while
+// the identities it introduced stay known.
 func (e *Engine) LoadKnown(edges []KnownEdge) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	made := map[string]KnownEdge{} // identity made known here → its earliest edge
 	for _, k := range edges {
+		_, had := e.idents[k.Source]
 		id := e.ident(k.Source, k.FirstSeen)
 		if id == nil {
 			continue
+		}
+		if f, ok := made[k.Source]; ok {
+			if k.FirstSeen.Before(f.FirstSeen) {
+				made[k.Source] = k
+			}
+		} else if !had {
+			made[k.Source] = k
 		}
 		if id.firstSeen.IsZero() || k.FirstSeen.Before(id.firstSeen) {
 			id.firstSeen = k.FirstSeen
@@ -376,6 +449,11 @@ func (e *Engine) LoadKnown(edges []KnownEdge) {
 		}
 		id.dsts[k.Destination] = struct{}{}
 		id.paths[[2]string{k.Destination, k.Method + " " + k.Path}] = struct{}{}
+	}
+	for src, k := range made {
+		if k.Destination != src {
+			e.introduced[k.Destination]++
+		}
 	}
 }
 
@@ -414,7 +492,11 @@ func (e *Engine) Learn(recs []Record) {
 }
 
 // Ingest adds fresh records (now is the server's time of arrival) and
-// returns the findings they raised or updated.
+// returns the findings they raised or updated. A record's time is its
+// reporter's clock; one ahead of now is judged at now: a future minute
+// would make every record of the current minute late (counted toward
+// no rate or volume), so one reporter with a fast clock could blind the
+// detectors to what others report about the same callers.
 func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
 	if e.cfg.Disabled {
 		return nil
@@ -423,7 +505,13 @@ func (e *Engine) Ingest(now time.Time, recs []Record) []Finding {
 	defer e.mu.Unlock()
 	var out []*Finding
 	for i := range recs {
-		out = append(out, e.judge(now, &recs[i])...)
+		r := &recs[i]
+		if r.Time.After(now) {
+			c := *r
+			c.Time = now
+			r = &c
+		}
+		out = append(out, e.judge(now, r)...)
 	}
 	return take(out)
 }
@@ -484,6 +572,8 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 		}
 		if id = e.ident(r.Source, r.Time); id != nil && r.Reporter != "" && r.Reporter != r.Source {
 			e.introduced[r.Reporter]++
+		} else if id == nil && judge {
+			e.untracked.Identities++
 		}
 	}
 	k := edgeKey{r.Source, r.Destination, r.Method, r.Path}
@@ -497,17 +587,29 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 			k = edgeKey{src: r.Source, dst: r.Destination, path: traffic.OverflowPath}
 		}
 		if es = e.edges[k]; es == nil && len(e.edges) < maxTracked+maxTracked/4 {
-			es = &edgeState{minute: m}
+			es = &edgeState{minutes: minutes{minute: m}}
 			e.edges[k] = es
 			if id != nil {
 				id.edges++
 			}
 		}
+		if es == nil && judge {
+			e.untracked.Edges++
+		}
 	}
 	if id != nil {
-		if _, ok := id.dsts[r.Destination]; !ok && len(id.dsts) < maxPerIdent {
+		if _, ok := id.dsts[r.Destination]; !ok {
+			// Past its bound, a destination the identity is not
+			// known to have called is still new (each call to it is,
+			// since it is not remembered): an attacker touching
+			// maxPerIdent harmless destinations first does not reach
+			// the real one unseen. And it is the overflow anomaly.
 			newDst = true
-			id.dsts[r.Destination] = struct{}{}
+			if len(id.dsts) < maxPerIdent {
+				id.dsts[r.Destination] = struct{}{}
+			} else {
+				crowded = true
+			}
 		}
 		op := [2]string{r.Destination, r.Method + " " + r.Path}
 		if _, ok := id.paths[op]; !ok {
@@ -523,55 +625,48 @@ func (e *Engine) account(r *Record, judge bool) (es *edgeState, ps *pairState, i
 			}
 		}
 	}
-	if es != nil {
-		if m.After(es.minute) {
-			es.close(m)
+	if es != nil && es.count(r.Time, es.close) {
+		es.curReq += float64(r.Requests)
+		es.curByte += float64(r.RespBytes)
+		es.curPII += float64(r.PIIMatches)
+		if judge && len(es.recs) < maxEvidence {
+			es.recs = append(es.recs, *r)
 		}
-		if !m.Before(es.minute) { // a late record does not count towards rates
-			es.curReq += float64(r.Requests)
-			es.curByte += float64(r.RespBytes)
-			es.curPII += float64(r.PIIMatches)
-			if judge && len(es.recs) < maxEvidence {
-				es.recs = append(es.recs, *r)
-			}
-		}
-		es.lastSeen = r.Time
 	}
 	// The pair sums the caller's responses from the destination over
 	// every path (at most maxTracked pairs, maxPerIdent per caller; past
 	// them, the edges alone are judged).
 	pk := pairKey{r.Source, r.Destination}
 	if ps = e.pairs[pk]; ps == nil && len(e.pairs) < maxTracked && (id == nil || id.pairs < maxPerIdent) {
-		ps = &pairState{minute: m}
+		ps = &pairState{minutes: minutes{minute: m}}
 		e.pairs[pk] = ps
 		if id != nil {
 			id.pairs++
 		}
+	} else if ps == nil && judge && len(e.pairs) >= maxTracked {
+		e.untracked.Pairs++
 	}
-	if ps != nil {
-		if m.After(ps.minute) {
-			ps.close(m)
-		}
-		if !m.Before(ps.minute) {
-			ps.add(r, judge)
-		}
-		ps.lastSeen = r.Time
+	if ps != nil && ps.count(r.Time, ps.close) {
+		ps.add(r, judge)
 	}
 	return es, ps, id, newDst, newOp, crowded, false
 }
 
-// close moves the edge to minute m: the minute counted so far, and every
-// empty minute after it (at most a day's worth), go into the baselines.
+// close moves the edge to minute m (minutes.roll).
 func (es *edgeState) close(m time.Time) {
-	es.requests.Update(es.minute, es.curReq)
-	es.bytes.Update(es.minute, es.curByte)
-	gap := int(m.Sub(es.minute)/time.Minute) - 1
-	for i := 1; i <= min(gap, 1440); i++ {
-		t := es.minute.Add(time.Duration(i) * time.Minute)
-		es.requests.Update(t, 0)
-		es.bytes.Update(t, 0)
+	es.roll(m, func(t time.Time, counted bool) {
+		es.requests.Update(t, pick(counted, es.curReq))
+		es.bytes.Update(t, pick(counted, es.curByte))
+	})
+	es.curReq, es.curByte, es.curPII, es.recs = 0, 0, 0, reuse(es.recs)
+}
+
+// pick is v for the minute counted, 0 for an empty one.
+func pick(counted bool, v float64) float64 {
+	if counted {
+		return v
 	}
-	es.minute, es.curReq, es.curByte, es.curPII, es.recs = m, 0, 0, 0, reuse(es.recs)
+	return 0
 }
 
 // reuse empties a minute's evidence for the next minute: a busy minute's
@@ -590,29 +685,8 @@ func reuse(recs []Record) []Record {
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	m := minuteOf(now)
-	for k, es := range e.edges {
-		if m.After(es.minute) {
-			es.close(m)
-		}
-		if now.Sub(es.lastSeen) > 35*24*time.Hour {
-			delete(e.edges, k)
-			if id := e.idents[k.src]; id != nil && id.edges > 0 {
-				id.edges--
-			}
-		}
-	}
-	for k, ps := range e.pairs {
-		if m.After(ps.minute) {
-			ps.close(m)
-		}
-		if now.Sub(ps.lastSeen) > 35*24*time.Hour {
-			delete(e.pairs, k)
-			if id := e.idents[k.src]; id != nil && id.pairs > 0 {
-				id.pairs--
-			}
-		}
-	}
+	tickStates(e, e.edges, now, func(k edgeKey) string { return k.src }, func(id *identState) *int { return &id.edges })
+	tickStates(e, e.pairs, now, func(k pairKey) string { return k.src }, func(id *identState) *int { return &id.pairs })
 	for k, f := range e.open {
 		if now.Sub(f.LastSeen) > e.cfg.SuppressFor.Std() {
 			delete(e.open, k)
@@ -635,6 +709,34 @@ func (e *Engine) Tick(now time.Time) {
 	for a, ts := range e.attest {
 		if len(ts) == 0 || now.Sub(ts[len(ts)-1]) > 5*time.Minute {
 			delete(e.attest, a)
+		}
+	}
+}
+
+// minuteState is an edge's or a pair's state.
+type minuteState interface {
+	close(m time.Time)
+	window() *minutes
+}
+
+func (es *edgeState) window() *minutes { return &es.minutes }
+func (ps *pairState) window() *minutes { return &ps.minutes }
+
+// tickStates closes the minutes before now's of every state of states,
+// and forgets the idle ones, each uncounted from its source identity's
+// count of them (src names it). Called with e.mu held.
+func tickStates[K comparable, S minuteState](e *Engine, states map[K]S, now time.Time, src func(K) string, count func(*identState) *int) {
+	m := minuteOf(now)
+	for k, st := range states {
+		w := st.window()
+		if m.After(w.minute) {
+			st.close(m)
+		}
+		if w.idle(now) {
+			delete(states, k)
+			if id := e.idents[src(k)]; id != nil && *count(id) > 0 {
+				*count(id)--
+			}
 		}
 	}
 }
@@ -671,6 +773,12 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			map[string]string{"identities_introduced": strconv.Itoa(e.introduced[r.Reporter]), "kind": "caller_flood"}, nil))
 		return out
 	}
+	// A relay (the edge gateway) forwards what its clients ask for:
+	// the refusals, the never-seen paths and the record overflows of
+	// its requests are theirs. Its probing findings say so (relayed,
+	// Finding.Relayed): an anomaly about it, never evidence of its
+	// compromise.
+	relay := e.cfg.IsRelay(r.Source)
 	if crowded || r.Path == traffic.OverflowPeerPath {
 		// The caller called more distinct edges than a reporter's
 		// window (a quarter of its table) or this engine keeps apart
@@ -681,9 +789,13 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 		if !crowded && r.Reporter != "" {
 			at = r.Reporter
 		}
-		add(e.raise(now, DetectorProbing, Medium, r.Source, "",
-			fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at),
-			map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}, []Record{*r}))
+		summary := fmt.Sprintf("%s called more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at)
+		ev := map[string]string{"overflow_requests": strconv.FormatUint(r.Requests, 10), "overflow_at": at, "kind": "record_overflow"}
+		if relay {
+			summary = fmt.Sprintf("%s, a relay (detect.relays), forwarded more distinct edges than the traffic record of %s keeps apart for one caller", r.Source, at)
+			ev["relayed"] = "record_overflow"
+		}
+		add(e.raise(now, DetectorProbing, Medium, r.Source, "", summary, ev, []Record{*r}))
 	}
 	learned := id != nil && now.Sub(id.firstSeen) >= e.cfg.LearningPeriod.Std()
 	// An identity that appears after the engine has learned the mesh is
@@ -771,7 +883,9 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	// started while the server was out of reach) and refuses every
 	// caller alike: that is not the caller probing either.
 	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" && r.Reason != "no_policy" {
-		id.denies += r.Requests
+		// Saturating: a reporter's count wrapping the sum would hide
+		// the refusals other nodes reported this minute.
+		id.denies = satAdd(id.denies, r.Requests)
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)
 		}
@@ -783,13 +897,11 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			n := strconv.FormatUint(id.denies, 10)
 			summary := fmt.Sprintf("%s was refused %d times in a minute", r.Source, id.denies)
 			ev := map[string]string{"refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "refusals"}
-			if e.cfg.IsRelay(r.Source) {
-				// A relay (the edge gateway) forwards what its clients
-				// ask for: the paths scanners try on it are refused
-				// upstream in its name. That is an anomaly about it,
-				// not evidence of its compromise (Finding.Relayed).
+			if relay {
+				// The paths scanners try on it are refused upstream
+				// in its name.
 				summary = fmt.Sprintf("%s, a relay (detect.relays), had %d requests it forwarded refused in a minute", r.Source, id.denies)
-				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals"}
+				ev = map[string]string{"relayed_refusals_per_minute": n, "threshold": strconv.Itoa(th.DenyBurst), "kind": "relayed_refusals", "relayed": "refusals"}
 			}
 			add(e.raise(now, DetectorProbing, sev, r.Source, "", summary, ev, id.denyRecs))
 		}
@@ -805,9 +917,14 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 			}
 		}
 		if len(id.newPaths) >= th.NewPaths {
-			add(e.raise(now, DetectorProbing, Medium, r.Source, "",
-				fmt.Sprintf("%s called %d paths it never called before within 5 minutes", r.Source, len(id.newPaths)),
-				map[string]string{"new_paths": strconv.Itoa(len(id.newPaths)), "threshold": strconv.Itoa(th.NewPaths), "kind": "paths"}, id.newRecs))
+			summary := fmt.Sprintf("%s called %d paths it never called before within 5 minutes", r.Source, len(id.newPaths))
+			ev := map[string]string{"new_paths": strconv.Itoa(len(id.newPaths)), "threshold": strconv.Itoa(th.NewPaths), "kind": "paths"}
+			if relay {
+				// The paths a scanner tries through it.
+				summary = fmt.Sprintf("%s, a relay (detect.relays), forwarded %d paths it never called before within 5 minutes", r.Source, len(id.newPaths))
+				ev["relayed"] = "paths"
+			}
+			add(e.raise(now, DetectorProbing, Medium, r.Source, "", summary, ev, id.newRecs))
 		}
 	}
 	return out
@@ -1064,6 +1181,14 @@ func newID() string {
 
 // NewID returns a fresh random ID for findings and incidents.
 func NewID() string { return newID() }
+
+// satAdd is a+b, at most the largest uint64.
+func satAdd(a, b uint64) uint64 {
+	if a+b < a {
+		return ^uint64(0)
+	}
+	return a + b
+}
 
 func fmtF(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 

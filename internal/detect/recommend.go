@@ -89,10 +89,22 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 	edges = MergeEdges(edges)
 	ws := map[string]Workload{}
 	apps := map[string]int{} // app label value → workloads of namespace carrying it
+	var peers []Workload     // the workloads of namespace
 	for _, w := range workloads {
 		ws[w.SPIFFEID] = w
-		if app, ok := w.Labels["app"]; ok && w.Namespace == namespace {
-			apps[app]++
+		if w.Namespace == namespace {
+			peers = append(peers, w)
+			if app, ok := w.Labels["app"]; ok {
+				apps[app]++
+			}
+		}
+	}
+	// Each workload's selector (selectorOf), nil unless it selects that
+	// workload alone among the namespace's (selectsOnly).
+	sels := map[string]map[string]string{}
+	for _, w := range peers {
+		if sel := selectorOf(w, apps); sel != nil && selectsOnly(sel, w, peers) {
+			sels[w.SPIFFEID] = sel
 		}
 	}
 	type opKey struct{ method, path string }
@@ -118,8 +130,8 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 			skipped[fmt.Sprintf("calls by %s (%s)", e.Source, why)] += e.Requests
 			continue
 		}
-		if selectorOf(w, apps) == nil {
-			skipped[fmt.Sprintf("calls to %s: the workload reported no labels a selector can use", e.Destination)] += e.Requests
+		if sels[e.Destination] == nil {
+			skipped[fmt.Sprintf("calls to %s: the workload reported no labels a selector can use to select it alone", e.Destination)] += e.Requests
 			continue
 		}
 		k := [4]string{e.Source, e.Destination, e.Method, e.Path}
@@ -133,7 +145,7 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 			continue
 		}
 		w, ok := ws[e.Destination]
-		if !ok || w.Namespace != namespace || selectorOf(w, apps) == nil {
+		if !ok || w.Namespace != namespace || sels[e.Destination] == nil {
 			continue
 		}
 		if _, ok := exclude[e.Source]; ok && e.Source != "" {
@@ -195,8 +207,7 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 	fmt.Fprintf(&b, "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-nothing\n  namespace: %s\nspec: {}\n", yamlStr(namespace))
 	rec.Policies = 1
 	for _, d := range dsts {
-		w := ws[d]
-		sel := selectorOf(w, apps)
+		sel := sels[d]
 		fmt.Fprintf(&b, "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: %s\n  namespace: %s\n", policyName(d), yamlStr(namespace))
 		fmt.Fprintf(&b, "  annotations:\n    moatless.io/recommended-for: %s\n", yamlStr(d))
 		fmt.Fprintf(&b, "spec:\n  selector:\n    matchLabels:\n")
@@ -276,6 +287,31 @@ func selectorOf(w Workload, apps map[string]int) map[string]string {
 		}
 	}
 	return w.Labels
+}
+
+// selectsOnly reports whether sel, w's selector, selects no other
+// workload of peers (the namespace's). Istio's matchLabels selects every
+// workload whose labels include sel's, so all the labels of a workload
+// that reports a subset of another's (a canary with app=orders beside
+// orders' app=orders, version=v2; or a node lying about its labels)
+// select that other one too, and its policy would grant it its callers.
+func selectsOnly(sel map[string]string, w Workload, peers []Workload) bool {
+	for _, p := range peers {
+		if p.SPIFFEID == w.SPIFFEID {
+			continue
+		}
+		all := true
+		for k, v := range sel {
+			if pv, ok := p.Labels[k]; !ok || pv != v {
+				all = false
+				break
+			}
+		}
+		if all {
+			return false
+		}
+	}
+	return true
 }
 
 // MergeEdges sums the requests of edges that differ only in what a

@@ -167,6 +167,43 @@ func TestRecommendSharedAppLabel(t *testing.T) {
 	}
 }
 
+// TestRecommendSelectorSelectsOneWorkload: a selector by all labels
+// selects every workload whose labels include them, not only the one it
+// was written for. orders-canary reports only app=orders (or a
+// compromised node copies a subset of orders' labels, and reports
+// made-up callers of itself): its policy's selector, all its labels,
+// also selected orders, and granted orders' pods to its callers.
+// A workload whose labels select another workload of the namespace too
+// gets no policy (its calls are listed as not included), and the
+// crossing calls are denied. Fails on the parent (frontend → orders,
+// /canary, allowed by the canary's policy).
+func TestRecommendSelectorSelectsOneWorkload(t *testing.T) {
+	canary, full := tdp+"orders-canary", tdp+"orders"
+	ws := []Workload{
+		{SPIFFEID: canary, Namespace: "prod", Labels: map[string]string{"app": "orders"}},
+		{SPIFFEID: full, Namespace: "prod", Labels: map[string]string{"app": "orders", "version": "v2"}},
+	}
+	edges := []Edge{
+		{Source: frontend, Destination: canary, Port: 8080, Protocol: "http", Method: "GET", Path: "/canary", Decision: "allow", Requests: 1},
+		{Source: reports, Destination: full, Port: 8080, Protocol: "http", Method: "GET", Path: "/v2", Decision: "allow", Requests: 1},
+	}
+	t0 := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
+	rec := Recommend(edges, ws, "prod", t0, t0.Add(time.Hour), nil)
+	set := compile(t, rec.YAML)
+	if !strings.Contains(strings.Join(rec.Skipped, "\n"), "calls to "+canary) {
+		t.Errorf("the canary's calls are not listed as left out: %q", rec.Skipped)
+	}
+	cross := Edge{Source: frontend, Destination: full, Port: 8080, Protocol: "http", Method: "GET", Path: "/canary", Decision: "allow", Requests: 1}
+	for _, r := range WhatIf(set, append(edges, cross), ws) {
+		if r.Source == frontend && r.Destination == full && r.Change != ChangeNewlyDenied {
+			t.Errorf("the canary's caller on orders: %s\n%s", r.Change, rec.YAML)
+		}
+		if r.Source == reports && r.Change == ChangeNewlyDenied {
+			t.Errorf("orders' own caller denied: %+v", r)
+		}
+	}
+}
+
 func TestWhatIfMergesStatusClasses(t *testing.T) {
 	// The traffic snapshot splits an edge by status class; replay
 	// decides it once, with the requests summed.

@@ -135,3 +135,82 @@ func TestPairsBounded(t *testing.T) {
 		t.Fatalf("idle pairs kept: %d", len(e.pairs))
 	}
 }
+
+// TestFutureRecordBlindsNoEdge: a record's time is its reporter's clock
+// (the start of its window), which the server accepts up to 2 minutes
+// ahead of its own. The engine moved the edge's, the pair's and the
+// identity's minute to that future minute, and every record of the
+// current minute after it was late and counted toward no rate, no
+// volume: one replica of orders with a fast clock (or an attacker
+// holding one) blinded the detectors to what every other replica of
+// orders reported about its callers, for as long as its reports kept
+// coming. A record from the future is now judged at the server's time.
+// Fails on the parent (no finding for the 200 MiB pull).
+func TestFutureRecordBlindsNoEdge(t *testing.T) {
+	const (
+		reports = "spiffe://example.org/ns/prod/sa/reports"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	now := time.Date(2026, 12, 7, 12, 0, 10, 0, time.UTC)
+	rec := func(at time.Time, path string, bytes uint64) Record {
+		return Record{Time: at, Reporter: orders, Source: reports, Destination: orders, Method: "GET", Path: path,
+			Decision: "allow", Status: 2, Requests: 1, RespBytes: bytes}
+	}
+	for _, tc := range []struct {
+		name string
+		pull []Record
+	}{
+		{"one_path", []Record{rec(now, "/api/export", 200<<20)}},
+		{"split_paths", []Record{rec(now, "/api/export/a", 60<<20), rec(now, "/api/export/b", 60<<20)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := NewEngine(config.DetectSettings{})
+			// The skewed replica's window starts 110 s ahead: the next
+			// minute and then some.
+			e.Ingest(now, []Record{rec(now.Add(110*time.Second), "/api/export", 1)})
+			var got []Finding
+			for _, f := range e.Ingest(now, tc.pull) {
+				if f.Detector == DetectorExfiltration && f.Identity == reports {
+					got = append(got, f)
+				}
+			}
+			if len(got) != 1 || got[0].Severity != High {
+				t.Fatalf("the pull another replica reported after a record from the future: %+v", got)
+			}
+		})
+	}
+}
+
+// TestPairFollowsEdge: the pair state and the edge state count minutes
+// the same way (one mechanism, minutes.roll): for a caller that calls
+// its destination on one path only, the pair's byte baseline, minute and
+// count are the edge's, whatever the records' gaps (a quiet day and more
+// is learned as at most a day of empty minutes), late records and ticks.
+func TestPairFollowsEdge(t *testing.T) {
+	const (
+		reports = "spiffe://example.org/ns/prod/sa/reports"
+		orders  = "spiffe://example.org/ns/prod/sa/orders"
+	)
+	e := NewEngine(config.DetectSettings{})
+	at := time.Date(2026, 12, 7, 12, 0, 30, 0, time.UTC)
+	steps := []time.Duration{0, 10 * time.Second, time.Minute, 7 * time.Minute, -2 * time.Minute, 3 * time.Hour, 30 * time.Hour, time.Minute, 61 * time.Second}
+	for i, d := range steps {
+		at = at.Add(d)
+		e.Ingest(at, []Record{{Time: at, Reporter: orders, Source: reports, Destination: orders, Method: "GET", Path: "/export",
+			Decision: "allow", Requests: 1, RespBytes: uint64(1000 * (i + 1))}})
+		if i%3 == 2 {
+			e.Tick(at.Add(90 * time.Second))
+		}
+		e.mu.Lock()
+		es, ps := e.edges[edgeKey{reports, orders, "GET", "/export"}], e.pairs[pairKey{reports, orders}]
+		same := es.bytes == ps.bytes && es.minute.Equal(ps.minute) && es.curByte == ps.cur && es.lastSeen.Equal(ps.lastSeen)
+		n := es.bytes.Minutes()
+		e.mu.Unlock()
+		if !same {
+			t.Fatalf("step %d: the pair's minute or baseline differs from its only edge's", i)
+		}
+		if i == len(steps)-1 && (n < 1440 || n > 3*1440) {
+			t.Fatalf("%d minutes learned", n)
+		}
+	}
+}

@@ -55,6 +55,61 @@ type exchanger struct {
 	mu    sync.Mutex
 	cache map[exchangeKey]exchanged
 	group singleflight.Group
+
+	// roots verify the token service's certificate; fixed when they come
+	// from token_exchange.ca_file. conns are the live connections to the
+	// token service (*exchangeConn), verified again when the mesh's
+	// bundle changes (recheckTrust).
+	roots func() *x509.CertPool
+	fixed bool
+	conns sync.Map
+}
+
+// exchangeConn is a connection to the token service, registered in
+// exchanger.conns while it is open.
+type exchangeConn struct {
+	*tls.Conn
+	e *exchanger
+}
+
+func (c *exchangeConn) Close() error {
+	c.e.conns.Delete(c)
+	return c.Conn.Close()
+}
+
+// recheckTrust closes every connection to the token service whose
+// certificate no longer verifies against the roots in force (a CA
+// authority of the mesh's bundle revoked: the bundle changed), idle in
+// the pool or in use, and returns how many; the next exchange dials anew.
+// The rest are kept: a bundle update that revokes nothing (a key
+// prepared, activated or tainted) costs no exchange. As for the mesh's
+// connections, a certificate that expired while its connection was open
+// is verified as of its last second.
+func (e *exchanger) recheckTrust() int {
+	if e.fixed {
+		return 0
+	}
+	roots, n := e.roots(), 0
+	e.conns.Range(func(k, _ any) bool {
+		c := k.(*exchangeConn)
+		certs := c.ConnectionState().PeerCertificates
+		if len(certs) == 0 {
+			return true
+		}
+		opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool(), CurrentTime: e.now()}
+		for _, ic := range certs[1:] {
+			opts.Intermediates.AddCert(ic)
+		}
+		if !opts.CurrentTime.Before(certs[0].NotAfter) {
+			opts.CurrentTime = certs[0].NotAfter.Add(-time.Second)
+		}
+		if _, err := certs[0].Verify(opts); err != nil {
+			c.Close()
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 type exchangeKey struct {
@@ -111,6 +166,7 @@ func newExchanger(c *config.GatewayTokenExchange, id proxy.Identity, read func(s
 		}
 		return pool
 	}
+	e.roots, e.fixed = roots, fixed != nil
 	dialer := &net.Dialer{Timeout: exchangeTimeout}
 	tr := &http.Transport{
 		// The roots and the SVID are read per connection: both rotate.
@@ -130,7 +186,13 @@ func newExchanger(c *config.GatewayTokenExchange, id proxy.Identity, read func(s
 					return cert, nil
 				}
 			}
-			return (&tls.Dialer{NetDialer: dialer, Config: cfg}).DialContext(ctx, network, addr)
+			c, err := (&tls.Dialer{NetDialer: dialer, Config: cfg}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			ec := &exchangeConn{Conn: c.(*tls.Conn), e: e}
+			e.conns.Store(ec, struct{}{})
+			return ec, nil
 		},
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,

@@ -338,12 +338,20 @@ func (g *Gateway) PolicyVersion() uint64 { return g.policy.Load().version }
 // revoked SPIFFE ID or serial are refused at the handshake, tokens with a
 // revoked jti are refused (401), and in-flight requests authenticated with
 // one are cut off, as are live connections to a revoked upstream, as a
-// sidecar does. It returns how many were cut off.
+// sidecar does. A blocked pair whose source is the gateway's own SPIFFE
+// ID (detect's block-pair of an edge gateway → upstream) refuses and
+// closes the gateway's connections to that upstream; the gateway's own
+// identity revoked closes and refuses them all. It returns how many were
+// cut off.
 func (g *Gateway) SetRevocations(r *wire.Revocations) int {
 	if tr, ok := g.opts.Verifier.(proxy.TokenRevoker); ok && r != nil {
 		tr.SetRevokedTokens(r.TokenIDs)
 	}
-	n := g.revoked.Set(r)
+	own := ""
+	if svid, err := g.opts.Identity.GetX509SVID(); err == nil && svid != nil {
+		own = svid.ID.String()
+	}
+	n := g.revoked.SetAs(r, own)
 	if n > 0 {
 		g.log.Info("cut off requests of revoked tokens and connections to revoked upstreams", "count", n)
 	}
@@ -356,12 +364,17 @@ func (g *Gateway) ReloadFailed(what string) { g.metrics.reloadFailures.WithLabel
 
 var _ proxy.PolicyTarget = (*Gateway)(nil)
 
-// Ready reports whether the gateway can serve: it has an SVID and a
-// policy. The error says what is missing.
+// Ready reports whether the gateway can serve: it has an SVID that is
+// not revoked and a policy. The error says what is missing, or that the
+// gateway's own identity was revoked (every upstream refuses it: a
+// revoked gateway must not look healthy).
 func (g *Gateway) Ready() error {
 	svid, err := g.opts.Identity.GetX509SVID()
 	if err != nil || svid == nil {
 		return fmt.Errorf("gateway: no X509-SVID yet: %v", err)
+	}
+	if len(svid.Certificates) > 0 && g.revoked.Peer(svid.ID.String(), svid.Certificates[0].SerialNumber.Text(16)) {
+		return fmt.Errorf("gateway: this gateway's identity %s (certificate serial %s) is revoked: every upstream refuses it", svid.ID, svid.Certificates[0].SerialNumber.Text(16))
 	}
 	if g.policy.Load().authz == nil {
 		return errors.New("gateway: no policy loaded yet")
@@ -498,10 +511,16 @@ func (g *Gateway) Serve(ctx context.Context) error {
 
 	go g.srv.Serve(g.hl)
 	// A CA authority revoked (removed from the bundle) closes the live
-	// upstream connections whose peer chained to it, as in a sidecar.
+	// upstream connections whose peer chained to it, as in a sidecar, and
+	// the connections to the token service whose certificate it signed.
 	go proxy.WatchTrust(ctx, g.done, g.opts.Identity, func() {
 		if n := g.revoked.RecheckTrust(g.opts.Identity); n > 0 {
 			g.log.Warn("closed upstream connections whose peer's CA authority left the trust bundle", "count", n)
+		}
+		if g.exchange != nil {
+			if n := g.exchange.recheckTrust(); n > 0 {
+				g.log.Warn("closed token exchange connections whose certificate's CA authority left the trust bundle", "count", n)
+			}
 		}
 	})
 	errc := make(chan error, 1)

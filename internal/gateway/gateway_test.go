@@ -20,6 +20,7 @@ import (
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -816,58 +817,98 @@ spec: {mtls: {mode: STRICT}}
 // TestGatewayRevokedTokenCutsOffInFlight: a request authenticated with a
 // token is cut off when the token's jti is revoked while it is still
 // waiting for the upstream, as a sidecar cuts one off: the client gets a
-// 401 then and there, not the upstream's answer seconds later.
+// 401 then and there, not the upstream's answer seconds later. So is one
+// whose token names a workload (here as its authorized party) when that
+// workload's identity is revoked.
 func TestGatewayRevokedTokenCutsOffInFlight(t *testing.T) {
-	tg, sign := startHS256Gateway(t)
-	tok := sign(map[string]any{"sub": "alice", "jti": "jti-slow"})
+	const owner = "spiffe://" + td + "/ns/prod/sa/reports"
+	for _, tc := range []struct {
+		name string
+		rev  *wire.Revocations
+	}{
+		{"jti", &wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}},
+		{"token_workload", &wire.Revocations{SPIFFEIDs: []string{owner}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, sign := startHS256Gateway(t)
+			tok := sign(map[string]any{"sub": "alice", "azp": owner, "jti": "jti-slow"})
 
-	type answer struct {
-		code int
-		err  error
+			type answer struct {
+				code int
+				err  error
+			}
+			done := make(chan answer, 1)
+			go func() {
+				req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := tg.client.Do(req)
+				if err != nil {
+					done <- answer{err: err}
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				done <- answer{code: resp.StatusCode}
+			}()
+			proxytest.Within(t, "the request tracked", func() bool { return tg.g.revoked.Tracked() != 0 })
+			select {
+			case a := <-done:
+				t.Fatalf("the slow request ended before the revocation: %+v", a)
+			default:
+			}
+			if n := tg.g.SetRevocations(tc.rev); n != 1 {
+				t.Fatalf("SetRevocations cut off %d requests, want 1", n)
+			}
+			// The app holds /slow for 5 s: an answer now is the cut-off's.
+			select {
+			case a := <-done:
+				if a.err != nil || a.code != 401 {
+					t.Fatalf("cut-off request: %+v, want a 401", a)
+				}
+			case <-time.After(4 * time.Second):
+				t.Fatal("the request of a revoked token kept waiting for the upstream")
+			}
+			if n := tg.g.revoked.Tracked(); n != 0 {
+				t.Errorf("%d requests still tracked", n)
+			}
+			resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
+			if resp.StatusCode != 401 {
+				t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+			}
+		})
 	}
-	done := make(chan answer, 1)
-	go func() {
-		req, _ := http.NewRequest("GET", tg.url("/slow"), nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := tg.client.Do(req)
-		if err != nil {
-			done <- answer{err: err}
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		done <- answer{code: resp.StatusCode}
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for tg.g.revoked.Tracked() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the request was never tracked")
-		}
-		time.Sleep(5 * time.Millisecond)
+}
+
+// TestGatewayRevokedTokenCutsOffUpgrade: an upgraded stream (WebSocket)
+// authenticated with a token ends when the token's jti is revoked, as a
+// request in flight does: once hijacked, the connection hears of it only
+// through the request's context.
+func TestGatewayRevokedTokenCutsOffUpgrade(t *testing.T) {
+	tg, sign := startHS256Gateway(t)
+	tok := sign(map[string]any{"sub": "alice", "jti": "jti-ws"})
+	c, err := tls.Dial("tcp", tg.addr, &tls.Config{RootCAs: tg.ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	select {
-	case a := <-done:
-		t.Fatalf("the slow request ended before the revocation: %+v", a)
-	default:
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+tok+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answer %v %v", resp, err)
 	}
-	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-slow", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
-		t.Fatalf("SetRevocations cut off %d requests, want 1", n)
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q %v", buf, err)
 	}
-	// The app holds /slow for 5 s: an answer now is the cut-off's.
-	select {
-	case a := <-done:
-		if a.err != nil || a.code != 401 {
-			t.Fatalf("cut-off request: %+v, want a 401", a)
-		}
-	case <-time.After(4 * time.Second):
-		t.Fatal("the request of a revoked token kept waiting for the upstream")
+	if n := tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "jti-ws", ExpiresAt: time.Now().Add(time.Hour)}}}); n != 1 {
+		t.Fatalf("SetRevocations cut off %d streams, want 1", n)
 	}
-	if n := tg.g.revoked.Tracked(); n != 0 {
-		t.Errorf("%d requests still tracked", n)
-	}
-	resp, _ := tg.do(t, "GET", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + tok})
-	if resp.StatusCode != 401 {
-		t.Errorf("the revoked token's next request: %d, want 401", resp.StatusCode)
+	io.WriteString(c, "pong")
+	if n, err := io.ReadFull(br, buf); err == nil {
+		t.Fatalf("the upgraded stream of a revoked token still echoes %q", buf[:n])
 	}
 }
 

@@ -374,6 +374,13 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 	if missing {
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "the route requires a token and the request carries none"}
 	}
+	if auth != nil && g.revoked.IdentityToken(auth.Claims) {
+		// A token issued to or for a revoked identity is refused however
+		// valid its signature and lifetime, as a sidecar refuses it: the
+		// upstream sees only the gateway's identity (and the token only
+		// when the route forwards it).
+		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
 	g.logDecision(r, rc, dec, ps)
 	rc.traceDecision(dec, ps.authz != nil, auth, g.opts.Risk)
 	switch dec.Outcome {
@@ -453,11 +460,12 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		h[k] = []string{v}
 	}
 	// A request authenticated with a token is cut off when that token's
-	// jti is revoked, however long it streams.
-	if jti, _ := authClaim(auth, "jti"); jti != "" {
+	// jti is revoked, or the workload it was issued to or for, however
+	// long it streams.
+	if auth != nil {
 		ctx, cancel := context.WithCancelCause(r.Context())
 		defer cancel(nil)
-		defer g.revoked.TrackToken(jti, func() { cancel(errTokenRevoked) })()
+		defer g.revoked.TrackClaims(auth.Claims, func() { cancel(errTokenRevoked) })()
 		r = r.WithContext(ctx)
 	}
 	if rt.pool.timeout > 0 && upgrade == "" {
@@ -876,13 +884,4 @@ func bearerToken(h http.Header) (string, bool) {
 	}
 	tok := strings.TrimSpace(v[0][7:])
 	return tok, tok != ""
-}
-
-// authClaim is a string claim of the verified token, "" without one.
-func authClaim(auth *policy.Auth, name string) (string, bool) {
-	if auth == nil {
-		return "", false
-	}
-	v, ok := auth.Claims[name].(string)
-	return v, ok
 }

@@ -32,6 +32,8 @@ func TestHostAllowed(t *testing.T) {
 		{"configured_address", "10.1.2.3:15000", "10.1.2.3:15000", true},
 		{"any_ip_on_unspecified_listener", "10.1.2.3:15000", "0.0.0.0:15000", true},
 		{"any_ipv6_on_unspecified_listener", "[fd00::1]:15000", "[::]:15000", true},
+		{"any_ip_on_listener_without_host", "10.1.2.3:15000", ":15000", true},
+		{"empty_port", "127.0.0.1:", "127.0.0.1:15000", true},
 
 		{"rebound_name", "attacker.example:15000", "127.0.0.1:15000", false},
 		{"rebound_name_no_port", "attacker.example", "127.0.0.1:15000", false},
@@ -44,6 +46,18 @@ func TestHostAllowed(t *testing.T) {
 		{"zone", "[fe80::1%25eth0]:15000", "[::]:15000", false},
 		{"empty_name_with_port", ":15000", "127.0.0.1:15000", false},
 		{"brackets_only", "[]", "127.0.0.1:15000", false},
+		{"port_not_a_number", "127.0.0.1:evil", "127.0.0.1:15000", false},
+		{"userinfo_in_port", "127.0.0.1:80@evil.example", "127.0.0.1:15000", false},
+		{"localhost_port_not_a_number", "localhost:x", "127.0.0.1:15000", false},
+		{"name_on_listener_without_host", "attacker.example:15000", ":15000", false},
+		{"ip_on_unparsable_listener", "10.1.2.3:15000", "garbage", false},
+		{"ip_on_no_listener", "10.1.2.3:15000", "", false},
+		{"short_ipv4", "127.1:15000", "127.0.0.1:15000", false},
+		{"octal_ipv4", "0177.0.0.1:15000", "127.0.0.1:15000", false},
+		{"hex_ipv4", "0x7f.1:15000", "127.0.0.1:15000", false},
+		{"decimal_ipv4", "2130706433:15000", "127.0.0.1:15000", false},
+		{"ipv6_loopback_zone", "[::1%25lo]:15000", "127.0.0.1:15000", false},
+		{"ipv6_unbracketed", "::1", "127.0.0.1:15000", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := HostAllowed(tc.host, tc.listen); got != tc.want {

@@ -38,6 +38,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/policy"
 )
@@ -353,6 +355,7 @@ func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
 		status, b = http.StatusInternalServerError, []byte(`{"code":"internal_error","message":"cannot encode the result"}`)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	w.Write(append(b, '\n'))
 }
@@ -363,19 +366,68 @@ func writeJSON(w http.ResponseWriter, status int, v any, pretty bool) {
 // other than a loopback address or localhost: a web page the host's
 // browser opens can have its name re-resolved to 127.0.0.1 (DNS
 // rebinding) and then call from loopback, under its own name, reading the
-// answers as its own origin's (loopback.HostAllowed).
+// answers as its own origin's (loopback.HostAllowed). And it refuses a
+// request a proxy relayed (relayedBy): the proxy's clients are not local
+// users at all.
 func LoopbackOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := loopbackRemote(r); !ok {
-			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only"), false)
-			return
-		}
-		if !loopback.HostAllowed(r.Host, "") {
-			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "the OPA API of a sidecar answers loopback callers only: call it as localhost or a loopback address, not %q", r.Host), false)
+		if _, msg := loopbackRefusal(r); msg != "" {
+			writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "%s", msg), false)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// Reasons a loopback API refuses a request, the reason label of
+// moatless_admin_api_refused_total.
+const (
+	refusedNotLoopback = "not_loopback"
+	refusedHost        = "host"
+	refusedForwarded   = "forwarded"
+	refusedUnknown     = "unknown_caller"
+	refusedNotAllowed  = "not_allowed"
+)
+
+// loopbackRefusal returns why LoopbackOnly refuses r (the reason label,
+// and the message for the caller), or "" twice.
+func loopbackRefusal(r *http.Request) (reason, msg string) {
+	if _, ok := loopbackRemote(r); !ok {
+		return refusedNotLoopback, "this API answers loopback callers only"
+	}
+	if !loopback.HostAllowed(r.Host, "") {
+		return refusedHost, fmt.Sprintf("this API answers loopback callers only: call it as localhost or a loopback address, not %q", r.Host)
+	}
+	if h := relayedBy(r.Header); h != "" {
+		return refusedForwarded, fmt.Sprintf("this API answers local users only, not requests a proxy relayed (header %s): call it directly", h)
+	}
+	return "", ""
+}
+
+// relayedBy returns the name of the first header in h that proxies add to
+// the requests they relay — RFC 7239 Forwarded, X-Forwarded-*, Via, the
+// client-address headers of common proxies, tunnels and CDNs, Envoy's
+// x-envoy-* — or "" when there is none. Names are compared as proxies
+// and apps read them: case-insensitively, with _ taken for -.
+//
+// The kernel names the local user holding the client's socket; a proxy
+// or tunnel run as root or as the sidecar's user (cloudflared, Caddy,
+// Envoy, Squid, an SSRF-prone app) holds that socket for clients who are
+// no local user at all. A request it relays is refused by the mark it
+// leaves; one that leaves none is the proxy operator's to prevent (see
+// docs/sidecar.md).
+func relayedBy(h http.Header) string {
+	for k := range h {
+		n := strings.ToLower(strings.ReplaceAll(k, "_", "-"))
+		switch {
+		case n == "forwarded", n == "via", n == "x-real-ip", n == "true-client-ip",
+			n == "cf-connecting-ip", n == "x-client-ip", n == "x-cluster-client-ip",
+			n == "fastly-client-ip", n == "x-original-forwarded-for",
+			strings.HasPrefix(n, "x-forwarded-"), strings.HasPrefix(n, "x-envoy-"):
+			return k
+		}
+	}
+	return ""
 }
 
 // loopbackRemote is the caller's address when it is loopback.
@@ -385,6 +437,19 @@ func loopbackRemote(r *http.Request) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	return ap, true
+}
+
+// NewRefusedCounter returns moatless_admin_api_refused_total{api, reason}
+// for LocalUsers.Refused: the requests a loopback API refused, by API
+// (LocalUsers.API) and reason — not_loopback, host (not a loopback Host:
+// DNS rebinding), forwarded (relayed by a proxy), unknown_caller (the
+// kernel named no user), not_allowed (a user not admitted). The caller
+// registers it.
+func NewRefusedCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "moatless_admin_api_refused_total",
+		Help: "Requests to a loopback admin API (the OPA API, pprof) refused, by API and reason: not_loopback, host (a Host that is no loopback address: DNS rebinding), forwarded (relayed by a proxy), unknown_caller, not_allowed (a local user not admitted).",
+	}, []string{"api", "reason"})
 }
 
 // LocalUsers keeps a loopback OPA API to the local users who may read it.
@@ -397,8 +462,14 @@ func loopbackRemote(r *http.Request) (netip.AddrPort, bool) {
 // anyway) and UIDs — for a sidecar, the app's users it already lets act
 // as the workload (outbound_allowed_uids). Every other caller gets 403
 // and a log line naming its uid. The kernel says who the caller is, by
-// the owner of the client's end of the TCP connection (ClientUID); a
-// caller it cannot name is refused too.
+// the owner of the client's end of the TCP connection (ClientUID), asked
+// at every request; a caller it cannot name is refused too.
+//
+// The owner is the user who created the client's socket: a process it
+// handed the socket to (fork, SCM_RIGHTS) or that changed its uid since
+// is taken for that user, as with SO_PEERCRED. So is a proxy's client:
+// a request bearing a proxy's mark is refused (LoopbackOnly), but an
+// admitted user's proxy that marks nothing relays for its clients.
 type LocalUsers struct {
 	// UIDs are admitted besides root and the effective uid.
 	UIDs []uint32
@@ -408,33 +479,60 @@ type LocalUsers struct {
 	// where the kernel cannot be asked).
 	ClientUID func(client, server netip.AddrPort) (uint32, error)
 	Logger    *slog.Logger
+	// Refused, when set, counts refusals (NewRefusedCounter) under the
+	// label api=API.
+	Refused *prometheus.CounterVec
+	// API names the API in logs and metrics; default "opa".
+	API string
 }
 
 // Wrap is LoopbackOnly, then the user check.
 func (u *LocalUsers) Wrap(next http.Handler) http.Handler {
 	own := uint32(os.Geteuid())
-	return LoopbackOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		uid, err := u.clientUID(r)
-		if err == nil && (uid == 0 || uid == own || slices.Contains(u.UIDs, uid)) {
-			next.ServeHTTP(w, r)
-			return
+	api := u.API
+	if api == "" {
+		api = "opa"
+	}
+	log := u.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	logMsg, what := "OPA API request refused", "this OPA API"
+	if api != "opa" {
+		logMsg, what = "admin API request refused", "this API ("+api+")"
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var detail []any
+		reason, msg := loopbackRefusal(r)
+		switch reason {
+		case "":
+			uid, err := u.clientUID(r)
+			switch {
+			case err != nil:
+				reason, msg = refusedUnknown, what+" cannot tell which local user is calling, and answers only the users the operator admitted"
+				detail = []any{"err", err.Error()}
+			case uid == 0 || uid == own || slices.Contains(u.UIDs, uid):
+				next.ServeHTTP(w, r)
+				return
+			default:
+				reason, msg = refusedNotAllowed, fmt.Sprintf("uid %d may not use %s: it answers only the local users the operator admitted", uid, what)
+				detail = []any{"uid", uid}
+			}
+		case refusedHost:
+			detail = []any{"host", r.Host}
+		case refusedForwarded:
+			detail = []any{"header", relayedBy(r.Header)}
 		}
-		log := u.Logger
-		if log == nil {
-			log = slog.Default()
+		if u.Refused != nil {
+			u.Refused.WithLabelValues(api, reason).Inc()
 		}
-		attrs := []any{"source", r.RemoteAddr, "method", r.Method, "path", r.URL.Path}
-		var msg string
-		if err != nil {
-			attrs = append(attrs, "reason", "unknown_caller", "err", err.Error())
-			msg = "this OPA API cannot tell which local user is calling, and answers only the users the operator admitted"
-		} else {
-			attrs = append(attrs, "reason", "not_allowed", "uid", uid)
-			msg = fmt.Sprintf("uid %d may not use this OPA API: it answers only the local users the operator admitted", uid)
+		attrs := append([]any{"source", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", reason}, detail...)
+		if api != "opa" {
+			attrs = append(attrs, "api", api)
 		}
-		log.Warn("OPA API request refused", attrs...)
+		log.Warn(logMsg, attrs...)
 		writeJSON(w, http.StatusForbidden, Errorf(http.StatusForbidden, CodeUnauthorized, "%s", msg), false)
-	}))
+	})
 }
 
 func (u *LocalUsers) clientUID(r *http.Request) (uint32, error) {

@@ -41,6 +41,18 @@ func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 	l := listen(t)
 	streaming := make(chan struct{}, 1)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws" && r.Header.Get("Upgrade") != "" {
+			// A WebSocket-style echo after a 101.
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			io.Copy(conn, brw)
+			return
+		}
 		if r.URL.Path == "/stream" {
 			// A long response: one chunk, then wait until the caller is gone.
 			io.WriteString(w, "first chunk\n")
@@ -120,6 +132,69 @@ func testRequestAuthenticationWithRealEngine(t *testing.T, v clientPath) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("streaming request still open after its token was revoked")
+		}
+	})
+	t.Run("revoking_the_token_s_workload_cuts_a_streaming_request", func(t *testing.T) {
+		// A token issued to a workload (its SPIFFE ID the authorized
+		// party), relayed by another caller: isolating that workload cuts
+		// the request off, as revoking the token's jti does.
+		const owner = "spiffe://example.org/ns/prod/sa/reports"
+		live := token(map[string]any{"iss": "https://issuer.example", "sub": "erin", "azp": owner, "exp": now + 300, "jti": "j-owned"})
+		req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/stream", nil)
+		req.Header.Set("Authorization", "Bearer "+live)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		<-streaming
+		buf := make([]byte, 12)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first chunk\n" {
+			t.Fatalf("first chunk: %q %v", buf, err)
+		}
+		if n := s.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{owner}}); n < 1 {
+			t.Fatalf("closed %d, want the streaming request", n)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := io.ReadAll(resp.Body); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("stream ended cleanly; want it cut off")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("streaming request still open after its token's workload was revoked")
+		}
+		s.SetRevocations(nil)
+	})
+	t.Run("revoking_the_jti_cuts_an_upgraded_stream", func(t *testing.T) {
+		live := token(map[string]any{"iss": "https://issuer.example", "sub": "dave", "exp": now + 300, "jti": "j-ws"})
+		ti := &tlsIdentity{src: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
+		conn, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", []string{"http/1.1"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer "+live+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.WriteString(conn, "ping"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo before the revocation: %q %v", buf, err)
+		}
+		if n := s.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: "j-ws", ExpiresAt: time.Now().Add(time.Hour)}}}); n < 1 {
+			t.Fatalf("closed %d, want the upgraded stream", n)
+		}
+		io.WriteString(conn, "pong")
+		if n, err := io.ReadFull(br, buf); err == nil {
+			t.Fatalf("the upgraded stream of a revoked token still echoes %q", buf[:n])
 		}
 	})
 	t.Run("revoked_jti_is_401", func(t *testing.T) {

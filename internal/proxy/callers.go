@@ -163,6 +163,11 @@ func (cc *callerCheck) prepare(outbound, tcpListeners bool) error {
 		}
 		cc.tcp = l
 	}
+	for _, uid := range cc.uids {
+		if unmappedCaller(uid) {
+			cc.log.Warn("outbound callers: uid is the overflow uid of a user namespace that does not own this network namespace, or does not map it: the kernel reports every user it does not map as that uid, so callers reported as it are refused as unknown; run the app and the sidecar as another uid", "uid", uid)
+		}
+	}
 	attrs := []any{"uids", cc.uids, "gids", cc.gids}
 	if cc.tcp != nil {
 		attrs = append(attrs, "tcp_lookup", cc.tcp.name)
@@ -194,6 +199,9 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 		if err != nil {
 			return localCaller{}, refusedLookupFailed, err
 		}
+		if unmappedCaller(p.uid) || unmappedUnixPeer(p) {
+			return localCaller{}, refusedUnknown, fmt.Errorf("the caller is reported as uid %d, which here also stands for every user this user namespace does not map", p.uid)
+		}
 		return p, "", nil
 	}
 	return localCaller{}, refusedNotLocal, fmt.Errorf("%T is neither TCP nor a unix socket", c)
@@ -214,6 +222,11 @@ func tcpClientOwner(l *tcpOwnerLookup, client, server netip.AddrPort) (localCall
 	// it must never pass for root.
 	if s.inode == 0 || s.state == tcpListen || s.state == tcpTimeWait {
 		return localCaller{}, refusedUnknown, fmt.Errorf("the client's socket belongs to no process (state %#02x)", s.state)
+	}
+	// A user this user namespace does not map reads as the overflow uid
+	// (nobody): it must never pass for nobody.
+	if unmappedCaller(s.uid) {
+		return localCaller{}, refusedUnknown, fmt.Errorf("the client's socket is reported as uid %d, which here also stands for every user this user namespace does not map", s.uid)
 	}
 	return localCaller{uid: s.uid, inode: s.inode}, "", nil
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatless/moatless/internal/userns"
 )
 
 // callerCheckSupported: Linux tells who is behind a local connection.
@@ -274,4 +276,97 @@ func setSocketFileMode(path string, mode fs.FileMode, gid *uint32) error {
 		return &fs.PathError{Op: "chmod", Path: path, Err: err}
 	}
 	return nil
+}
+
+// overflowOwner says, once per process, whether the kernel may report a
+// local caller whose uid this process's user namespace does not map, and
+// under which uid: the overflow uid (/proc/sys/kernel/overflowuid, 65534
+// by default), which is also "nobody". The kernel reports every owner and
+// peer credential as this namespace sees it (sock_diag, /proc/net/tcp and
+// SO_PEERCRED alike), and maps a user it cannot map to the overflow uid.
+//
+// In the initial user namespace every uid is mapped: nothing is
+// ambiguous. Elsewhere a report of the overflow uid is ambiguous for any
+// caller when that uid is not mapped here (then it is always a stand-in),
+// or when the network namespace belongs to a user namespace outside this
+// one (a rootless container sharing the host's network): every host user
+// can then reach 127.0.0.1 here. In a network namespace of its own user
+// namespace only a privileged process from outside could enter, and a
+// mapped "nobody" is the app user it seems — over TCP; a unix socket may
+// be reached through a shared directory, which unmappedUnixPeer checks.
+// Any doubt counts as ambiguous: a caller is refused rather than taken
+// for nobody.
+var overflowOwner = sync.OnceValue(func() (o overflowIDs) {
+	o.uid, _ = userns.Overflow("/proc")
+	o.ambiguous = true
+	maps, err := userns.UIDMap("/proc")
+	switch {
+	case err != nil:
+	case userns.Initial(maps):
+		o.initial, o.ambiguous = true, false
+	case userns.Maps(maps, o.uid):
+		own, err := netnsOwnedHere()
+		o.ambiguous = err != nil || !own
+	}
+	return o
+})
+
+// overflowIDs is what overflowOwner found.
+type overflowIDs struct {
+	uid uint32
+	// initial: the initial user namespace, where every uid is mapped.
+	initial bool
+	// ambiguous: a caller of any transport reported as uid may be a user
+	// this namespace does not map.
+	ambiguous bool
+}
+
+// netnsOwnedHere reports whether this process's network namespace is
+// owned by its own user namespace (NS_GET_USERNS). An owner outside it
+// is EPERM: false.
+func netnsOwnedHere() (bool, error) {
+	ns, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		return false, err
+	}
+	defer ns.Close()
+	owner, err := userns.Owner(int(ns.Fd()))
+	if errors.Is(err, unix.EPERM) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(owner)
+	return userns.Same(owner, "/proc/self/ns/user")
+}
+
+// unmappedCaller reports whether uid, as the kernel reported a local
+// caller's, may stand for a user this process's user namespace does not
+// map (overflowOwner).
+func unmappedCaller(uid uint32) bool {
+	o := overflowOwner()
+	return o.ambiguous && uid == o.uid
+}
+
+// unmappedUnixPeer reports whether a unix socket peer reported as the
+// overflow uid may be a user this user namespace does not map although
+// overflowOwner found TCP callers unambiguous: outside the initial user
+// namespace, a peer this PID namespace does not show (pid 0), or one in
+// another user namespace, may have reached the socket through a shared
+// directory. A peer in this process's own user namespace holds mapped ids
+// (or its creator's).
+func unmappedUnixPeer(p localCaller) bool {
+	o := overflowOwner()
+	if o.initial || p.uid != o.uid {
+		return false
+	}
+	if p.pid <= 0 {
+		return true
+	}
+	var peer, self unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/user", p.pid), &peer) != nil || unix.Stat("/proc/self/ns/user", &self) != nil {
+		return true
+	}
+	return peer.Dev != self.Dev || peer.Ino != self.Ino
 }

@@ -62,12 +62,24 @@ func (r *Revocations) connTracker() *tracker {
 	return r.conns
 }
 
-// Set puts w in force (nil: nothing revoked) and cancels every tracked
-// request whose token it revokes; it returns how many.
-func (r *Revocations) Set(w *wire.Revocations) int {
+// Set puts w in force (nil: nothing revoked), cancels every tracked
+// request whose token it revokes and closes every connection of the
+// Upstreams given these Revocations to an upstream it revokes; it returns
+// how many. It is SetAs for a part without an identity of its own.
+func (r *Revocations) Set(w *wire.Revocations) int { return r.SetAs(w, "") }
+
+// SetAs is Set for a part whose own SPIFFE ID is own (a full
+// "spiffe://" ID, "" for none), as a sidecar's SetRevocations: the
+// connections to an upstream own is blocked from calling (a blocked pair
+// own → upstream) are closed too, and when own itself is revoked every
+// connection is (its egress is cut: an upstream that is a SPIFFE peer
+// without moatless's list would never close them). The Upstreams refuse
+// both at their next handshakes.
+func (r *Revocations) SetAs(w *wire.Revocations, own string) int {
 	rs := newRevocationSet(w)
 	r.p.Store(rs)
-	return r.tracker().sweep(rs, "", time.Now(), nil) + r.connTracker().sweepOut(rs, "", time.Now(), nil)
+	now := time.Now()
+	return r.tracker().sweep(rs, "", now, nil) + r.connTracker().sweepOut(rs, own, now, nil)
 }
 
 // Peer reports whether a SPIFFE ID or a leaf serial (lower-case hex) is
@@ -76,6 +88,14 @@ func (r *Revocations) Peer(id, serial string) bool { return r.load().has(id, nor
 
 // Token reports whether a token ID is revoked.
 func (r *Revocations) Token(jti string) bool { return r.load().hasJTI(jti) }
+
+// IdentityToken reports whether a verified token's claims name a revoked
+// workload as its subject, authorized party, client or actor (any level
+// of "act"): the tokens of an isolated identity are refused wherever
+// they are presented, as a sidecar refuses them.
+func (r *Revocations) IdentityToken(claims map[string]any) bool {
+	return r.load().revokedIdentityToken(claims)
+}
 
 // TrackToken registers cancel, which ends an in-flight request
 // authenticated with token jti: Set calls it when jti is revoked, however
@@ -86,6 +106,29 @@ func (r *Revocations) TrackToken(jti string, cancel func()) (done func()) {
 	t := r.tracker()
 	e := t.add(cancel, jtiKey(jti))
 	if r.Token(jti) {
+		t.remove(e)
+		e.once.Do(cancel)
+	}
+	return func() { t.remove(e) }
+}
+
+// TrackClaims is TrackToken for a request authenticated with a token of
+// these verified claims: cancel also runs when a workload the token
+// names (its SPIFFE ID the subject, authorized party, client or an
+// actor: IdentityToken) is revoked. A token with neither a jti nor a
+// workload's SPIFFE ID is not tracked.
+func (r *Revocations) TrackClaims(claims map[string]any, cancel func()) (done func()) {
+	var keys []liveKey
+	jti, _ := claims["jti"].(string)
+	if jti != "" {
+		keys = append(keys, jtiKey(jti))
+	}
+	if keys = tokenOwnerKeys(keys, claims); len(keys) == 0 {
+		return func() {}
+	}
+	t := r.tracker()
+	e := t.add(cancel, keys...)
+	if r.Token(jti) || r.IdentityToken(claims) {
 		t.remove(e)
 		e.once.Do(cancel)
 	}

@@ -547,6 +547,17 @@ func (f *forwarder) upgrade(w http.ResponseWriter, r *http.Request, resp *http.R
 	}
 	defer done()
 	defer conn.Close()
+	// The request's context ending ends the stream: it is how a request
+	// is cut off when the token that authenticated it is revoked (the
+	// sidecar's and the gateway's trackers cancel it), and a hijacked
+	// connection no longer hears of it otherwise. Once hijacked, nothing
+	// else cancels it before the handler returns (no timeout is set on
+	// an upgrade).
+	stop := context.AfterFunc(r.Context(), func() {
+		conn.Close()
+		back.Close()
+	})
+	defer stop()
 	resp.Header.Del("Keep-Alive")
 	// Status line and headers only: the body is the upgraded stream.
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")

@@ -529,9 +529,11 @@ func firstHeadLength(in []byte) int64 {
 }
 
 // TestFastConnHoldsOneTokenRegistration: a fast path connection is
-// registered under the jti of the token its requests carry once, not once
-// a request; another token moves the registration, none drops it, and so
-// does the connection's end. Revoking the jti it holds closes it.
+// registered under the jti of the token its requests carry (and the
+// workloads that token names) once, not once a request; another token
+// moves the registration, none drops it, and so does the connection's
+// end. Revoking the jti it holds closes it, and so does revoking a
+// workload its token names.
 func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
 	s := &Sidecar{live: newTracker()}
 	c := &scriptConn{}
@@ -556,7 +558,8 @@ func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
 		{"a", "[a×1]"},
 	}
 	for i, st := range steps {
-		if got := fc.holdToken(st.jti); got != (st.jti != "") {
+		d := &decidedRequest{auth: &policy.Auth{Claims: map[string]any{"jti": st.jti}}}
+		if got := fc.holdToken(st.jti, d); got != (st.jti != "") {
 			t.Fatalf("step %d: holdToken(%q) = %v", i, st.jti, got)
 		}
 		if got := fmt.Sprint(held()); got != st.want {
@@ -570,6 +573,13 @@ func TestFastConnHoldsOneTokenRegistration(t *testing.T) {
 	if got := fmt.Sprint(held()); got != "[]" {
 		t.Fatalf("after release: %s registered", got)
 	}
+	const owner = "spiffe://example.org/ns/prod/sa/reports"
+	fc = newFastConn(s, c, func() bool { return false })
+	fc.holdToken("c", &decidedRequest{auth: &policy.Auth{Claims: map[string]any{"jti": "c", "sub": "alice", "azp": owner}}})
+	if n := s.live.sweep(newRevocationSet(&wire.Revocations{SPIFFEIDs: []string{owner}}), "", time.Now(), nil); n != 1 || !fc.aborted.Load() {
+		t.Fatalf("revoking the token's workload closed %d, aborted %v; want the connection", n, fc.aborted.Load())
+	}
+	fc.release()
 }
 
 // BenchmarkFramingGuard is what the guard adds to a request on net/http's

@@ -142,7 +142,7 @@ func (fc *fastConn) abort() {
 // release returns the read buffer and drops the connection's token
 // registration. The connection must not be read after.
 func (fc *fastConn) release() {
-	fc.holdToken("")
+	fc.holdToken("", nil)
 	if fc.memo != nil {
 		fc.memo.Forget()
 		fc.memo = nil
@@ -1017,9 +1017,10 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 		}
 	}
 	// A request authenticated with a token is cut off when that token's
-	// jti is revoked, the connection with it.
-	if jti := d.jti(); fc.holdToken(jti) {
-		if s.revoked.Load().hasJTI(jti) {
+	// jti is revoked, or the workload it was issued to or for, the
+	// connection with it.
+	if jti := d.jti(); fc.holdToken(jti, &d) {
+		if rs := s.revoked.Load(); rs.hasJTI(jti) || rs.revokedIdentityToken(d.auth.Claims) {
 			fc.abort()
 		}
 	}
@@ -1052,8 +1053,10 @@ func (fc *fastConn) requestPath(target string) string {
 }
 
 // holdToken registers the connection in the sidecar's live tracker under
-// jti (none for ""), so that revoking that token ID aborts the exchange
-// in flight and closes the connection, and reports whether jti is set.
+// jti (none for "") and the workloads d's token names (tokenOwnerKeys),
+// so that revoking that token ID or one of those identities aborts the
+// exchange in flight and closes the connection, and reports whether jti
+// is set. A token without a jti is not held.
 // The registration is the connection's, not the request's: it stays while
 // the requests on the connection carry the same token — a client sends
 // its token with every request, and registering each one cost three
@@ -1062,12 +1065,13 @@ func (fc *fastConn) requestPath(target string) string {
 // revocation of jti also closes the connection between requests. The
 // caller checks the revocation list after this call: a revocation
 // published before the registration swept without it.
-func (fc *fastConn) holdToken(jti string) bool {
+func (fc *fastConn) holdToken(jti string, d *decidedRequest) bool {
 	if jti != fc.jti {
 		fc.s.live.remove(fc.jtiEntry)
 		fc.jti, fc.jtiEntry = jti, nil
 		if jti != "" {
-			fc.jtiEntry = fc.s.live.add(fc.abortFn, jtiKey(jti))
+			var buf [4]liveKey
+			fc.jtiEntry = fc.s.live.add(fc.abortFn, d.tokenKeys(buf[:0])...)
 		}
 	}
 	return jti != ""

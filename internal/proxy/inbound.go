@@ -352,9 +352,18 @@ func (ib *inbound) handle(c net.Conn) {
 	}
 	ib.conns.Store(conn, info)
 	if info.peer != "" {
-		info.entry = s.live.addPeer(closeConn, peerChain, s.tls.authorityOf(peerChain), idKey(info.peer), serialKey(info.serial))
-		// A revocation may have landed between the handshake's check and
-		// the registration; the sweep would have missed this connection.
+		auth := s.tls.authorityOf(peerChain)
+		info.entry = s.live.addPeer(closeConn, peerChain, auth, idKey(info.peer), serialKey(info.serial))
+		// A revocation, or a bundle change that revoked the peer's CA
+		// authority, may have landed between the handshake's check and
+		// the registration; the sweep or recheck would have missed this
+		// connection.
+		if !s.tls.stillTrusted(peerChain, auth) {
+			s.metrics.revokedClosed.Inc()
+			ib.connDone(conn)
+			conn.Close()
+			return
+		}
 		rs := s.revoked.Load()
 		if rs.has(info.peer, info.serial) {
 			ib.connDone(conn)
@@ -749,6 +758,19 @@ func (r *decidedRequest) allowed(info *connInfo) (query string, changed bool) {
 }
 
 // jti is the ID of the token that authenticated the request, "" for none.
+// tokenKeys appends to keys those a request authenticated with a token
+// is tracked under: its jti and the workloads it names (tokenOwnerKeys);
+// none without a token.
+func (r *decidedRequest) tokenKeys(keys []liveKey) []liveKey {
+	if r.auth == nil {
+		return keys
+	}
+	if jti := r.jti(); jti != "" {
+		keys = append(keys, jtiKey(jti))
+	}
+	return tokenOwnerKeys(keys, r.auth.Claims)
+}
+
 func (r *decidedRequest) jti() string {
 	if r.auth == nil {
 		return ""
@@ -845,13 +867,15 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.URL.RawQuery = q
 	}
 	// A request authenticated with a token is cut off when that token's
-	// jti is revoked, however long it streams.
-	if jti := d.jti(); jti != "" {
+	// jti is revoked, or the workload it was issued to or for, however
+	// long it streams.
+	var buf [4]liveKey
+	if keys := d.tokenKeys(buf[:0]); len(keys) > 0 {
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
-		e := s.live.add(cancel, jtiKey(jti))
+		e := s.live.add(cancel, keys...)
 		defer s.live.remove(e)
-		if s.revoked.Load().hasJTI(jti) {
+		if rs := s.revoked.Load(); rs.hasJTI(d.jti()) || rs.revokedIdentityToken(d.auth.Claims) {
 			cancel()
 		}
 		r = r.WithContext(ctx)

@@ -764,7 +764,8 @@ func (s *Sidecar) PolicyVersion() uint64 { return s.policy.Load().version }
 // blocked from calling this sidecar's identity has its connections
 // refused and closed, and calls from this identity to a blocked upstream
 // are refused and its live connections to it closed. When this sidecar's own identity is revoked (isolated),
-// its outbound listeners refuse every call: its egress is cut.
+// its outbound listeners refuse every call and its live outbound
+// connections are closed: its egress is cut.
 // It returns how many were closed. If the Verifier implements TokenRevoker,
 // it gets the token IDs too.
 func (s *Sidecar) SetRevocations(r *wire.Revocations) int {

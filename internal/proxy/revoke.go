@@ -148,7 +148,41 @@ const (
 	// liveAuthority: the trust domain and subject key ID of the CA
 	// authority a peer's chain was signed under (authorityKey).
 	liveAuthority
+	// liveTokenOwner: a workload's SPIFFE ID that the token of a request
+	// in flight names as its subject, authorized party, client or actor
+	// (tokenOwnerKeys): revoking that identity cuts the request off, as
+	// revokedIdentityToken refuses the next one.
+	liveTokenOwner
+	// liveOwnSerial: the serial of this workload's own certificate an
+	// outbound connection was opened with (trackedConn): revoking it
+	// closes the connection, whatever the upstream knows.
+	liveOwnSerial
 )
+
+// maxTokenOwnerKeys bounds the keys tokenOwnerKeys adds for one token:
+// sub, azp, client_id and the first actors of its "act" chain.
+const maxTokenOwnerKeys = 8
+
+// tokenOwnerKeys appends to keys a liveTokenOwner key for each SPIFFE ID
+// ("spiffe://…") that verified token claims name as subject, authorized
+// party, client or actor (revokedIdentityToken's claims), at most
+// maxTokenOwnerKeys. A token naming no workload adds none.
+func tokenOwnerKeys(keys []liveKey, claims map[string]any) []liveKey {
+	n := 0
+	add := func(v any) {
+		if id, _ := v.(string); n < maxTokenOwnerKeys && strings.HasPrefix(id, "spiffe://") {
+			keys = append(keys, liveKey{liveTokenOwner, id})
+			n++
+		}
+	}
+	add(claims["sub"])
+	add(claims["azp"])
+	add(claims["client_id"])
+	for act, _ := claims["act"].(map[string]any); act != nil && n < maxTokenOwnerKeys; act, _ = act["act"].(map[string]any) {
+		add(act["sub"])
+	}
+	return keys
+}
 
 func idKey(id string) liveKey         { return liveKey{liveID, id} }
 func serialKey(serial string) liveKey { return liveKey{liveSerial, serial} }
@@ -216,8 +250,8 @@ func (s *trackedSet) appendTo(out []*tracked) []*tracked {
 
 // tracked is one live connection or request. close is called at most once.
 type tracked struct {
-	keys   []liveKey // in keyBuf for up to three keys: one allocation per entry
-	keyBuf [3]liveKey
+	keys   []liveKey // in keyBuf for up to four keys: one allocation per entry
+	keyBuf [4]liveKey
 	// chain is the peer's verified certificate chain of a connection
 	// (addPeer), verified again when its authority leaves the bundle.
 	chain []*x509.Certificate
@@ -298,11 +332,13 @@ func (t *tracker) sweep(rs *revocationSet, own string, now time.Time, before fun
 
 // sweepOut is sweep for a tracker of outbound connections, whose keys are
 // their upstream's: it closes the connections to a revoked upstream
-// identity or serial, and those own (this workload's ID, "" for none) is
-// blocked from calling (the pair read the other way round). The
-// workload's own revocation closes nothing here: its upstreams' sidecars,
-// which have the same list, close its connections from their side (an
-// inbound sweep), and its outbound listeners refuse new calls.
+// identity or serial, those opened with a certificate of this workload
+// whose serial rs revokes, and those own (this workload's ID, "" for
+// none) is blocked from calling (the pair read the other way round). When own
+// itself is revoked (the workload isolated), it closes every one: its
+// egress is cut here, not left to its upstreams' sidecars, since an
+// upstream may be a SPIFFE peer that never hears of moatless's
+// revocations (or a sidecar that hears later).
 func (t *tracker) sweepOut(rs *revocationSet, own string, now time.Time, before func(n int)) int {
 	return t.sweepDir(rs, own, true, now, before)
 }
@@ -314,10 +350,11 @@ func (t *tracker) sweepDir(rs *revocationSet, own string, outbound bool, now tim
 		}
 		return rs.blockedPair(peer, own, now)
 	}
+	isolated := outbound && own != "" && rs.has(own, "")
 	var victims []*tracked
 	t.mu.Lock()
 	for k, set := range t.byKey {
-		if !keyRevoked(rs, k) && !(k.kind == liveID && blocked(k.v)) {
+		if !isolated && !keyRevoked(rs, k) && !(k.kind == liveID && blocked(k.v)) {
 			continue
 		}
 		victims = set.appendTo(victims)
@@ -353,6 +390,12 @@ func keyRevoked(rs *revocationSet, k liveKey) bool {
 		return ok
 	case liveJTI:
 		return rs.hasJTI(k.v)
+	case liveTokenOwner:
+		_, ok := rs.ids[k.v]
+		return ok
+	case liveOwnSerial:
+		_, ok := rs.serials[k.v]
+		return ok
 	}
 	return false
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -140,12 +141,15 @@ func openStream(t *testing.T, kind string, l net.Listener) liveStream {
 // closes the live outbound connections to it (a raw TCP stream, an
 // upgraded WebSocket, an HTTP/2 or HTTP/1.1 connection with a response in
 // progress) within milliseconds of the revocation reaching this sidecar,
-// even when the upstream's own sidecar has not heard of it. A block read
+// even when the upstream's own sidecar has not heard of it (or is a
+// SPIFFE peer that never hears of it). So does revoking this workload's
+// own identity (isolating it: its egress is cut), or the serial of the
+// certificate its connections were opened with. A block read
 // the other way round (the upstream blocked from calling this workload)
 // or another identity's revocation closes nothing.
 func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
 	ca := testpki.NewCA(t, "example.org")
-	ordersSVID := ca.SVID(t, ordersID, 0)
+	ordersSVID, frontendSVID := ca.SVID(t, ordersID, 0), ca.SVID(t, frontendID, 0)
 	for _, kind := range []string{"tcp", "websocket", "http2", "http1"} {
 		for _, tc := range []struct {
 			name   string
@@ -154,6 +158,9 @@ func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
 		}{
 			{"spiffe_id", &wire.Revocations{SPIFFEIDs: []string{ordersID}}, true},
 			{"serial", &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: strings.ToUpper("000" + serialHex(ordersSVID.Chain[0])), ExpiresAt: time.Now().Add(time.Hour)}}}, true},
+			{"own_id", &wire.Revocations{SPIFFEIDs: []string{frontendID}}, true},
+			// the certificate this workload's connections were opened with
+			{"own_serial", &wire.Revocations{Serials: []wire.RevokedSerial{{Serial: serialHex(frontendSVID.Chain[0]), ExpiresAt: time.Now().Add(time.Hour)}}}, true},
 			{"blocked_edge", &wire.Revocations{BlockedEdges: []wire.BlockedEdge{{Source: frontendID, Destination: ordersID}}}, true},
 			{"reverse_edge", &wire.Revocations{BlockedEdges: []wire.BlockedEdge{{Source: ordersID, Destination: frontendID}}}, false},
 			{"other_id", &wire.Revocations{SPIFFEIDs: []string{"spiffe://example.org/ns/prod/sa/payments"}}, false},
@@ -168,7 +175,7 @@ func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
 					Inbound:    []Inbound{{Name: "in", Listener: inL, App: app, Protocol: proto}},
 					Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
 				outL := listen(t)
-				client := startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)), Outbound: []Outbound{
+				client := startSidecar(t, Config{Identity: newStaticIdentity(ca, frontendSVID), Outbound: []Outbound{
 					{Name: "orders", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: proto, HTTP1: kind == "http1"},
 				}})
 				s := openStream(t, kind, outL)
@@ -201,5 +208,45 @@ func TestRevokedUpstreamClosesLiveOutbound(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestRevokedOwnSerialClosesResumedOutbound: an outbound connection that
+// resumed a TLS session presents no certificate (the session carries the
+// one the first connection presented); revoking that certificate's
+// serial closes it all the same, and refuses the next one, whether it
+// would resume or not.
+func TestRevokedOwnSerialClosesResumedOutbound(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	frontendSVID := ca.SVID(t, frontendID, 0)
+	inL := listen(t)
+	startSidecar(t, Config{Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: inL, App: tcpEcho(t), Protocol: TCP}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
+	outL := listen(t)
+	client := startSidecar(t, Config{Identity: newStaticIdentity(ca, frontendSVID), Outbound: []Outbound{
+		{Name: "orders", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: TCP},
+	}})
+	first, r := dialEcho(t, outL, nil, nil) // a full handshake, whose session is kept
+	if err := echoes(first, r); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	proxytest.Within(t, "the first stream forgotten", func() bool { return client.liveOut.len() == 0 })
+	resumed := openStream(t, "tcp", outL)
+	n := client.SetRevocations(&wire.Revocations{Serials: []wire.RevokedSerial{{Serial: serialHex(frontendSVID.Chain[0]), ExpiresAt: time.Now().Add(time.Hour)}}})
+	if n != 1 {
+		t.Fatalf("closed %d connections, want the resumed one", n)
+	}
+	if err := resumed.ended(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", outL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := echoes(c, bufio.NewReader(c)); err == nil {
+		t.Fatal("a new stream was opened with the revoked certificate's session")
 	}
 }

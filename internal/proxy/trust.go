@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -92,19 +93,7 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		if ok, seen := present[v]; seen {
 			return ok
 		}
-		ok := false
-		if tdName, ski, cut := cutLast(v, "/"); cut && ski != "" {
-			if td, err := spiffeid.TrustDomainFromString(tdName); err == nil {
-				if b, err := src.GetX509BundleForTrustDomain(td); err == nil {
-					for _, a := range b.X509Authorities() {
-						if hex.EncodeToString(a.SubjectKeyId) == ski {
-							ok = true
-							break
-						}
-					}
-				}
-			}
-		}
+		ok := authorityInBundle(src, v)
 		present[v] = ok
 		return ok
 	}
@@ -116,18 +105,10 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		}
 	}
 	t.mu.Unlock()
-	// Verified outside the lock: a signature check per suspect. What is
-	// asked is whether the chain still leads to the bundle, not whether
-	// the peer's SVID is still valid: a connection outlives the SVID it
-	// was opened with, and is not closed for that (here or anywhere
-	// else), so an expired chain is verified as of its last second.
+	// Verified outside the lock: a signature check per suspect.
 	victims := suspects[:0]
 	for _, e := range suspects {
-		at := now
-		if len(e.chain) > 0 && !at.Before(e.chain[0].NotAfter) {
-			at = e.chain[0].NotAfter.Add(-time.Second)
-		}
-		if _, _, err := x509svid.Verify(e.chain, src, x509svid.WithTime(at)); err != nil {
+		if !chainVerifies(e.chain, src, now) {
 			victims = append(victims, e)
 		}
 	}
@@ -148,6 +129,68 @@ func (t *tracker) recheck(src x509bundle.Source, now time.Time, before func(n in
 		e.once.Do(e.close)
 	}
 	return n
+}
+
+// authorityInBundle reports whether the authority of key value v (trust
+// domain "/" subject key ID, hex) is in its trust domain's bundle of src.
+// An unknown authority ("td/") is not.
+func authorityInBundle(src x509bundle.Source, v string) bool {
+	tdName, ski, cut := cutLast(v, "/")
+	if !cut || ski == "" {
+		return false
+	}
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return false
+	}
+	b, err := src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return false
+	}
+	for _, a := range b.X509Authorities() {
+		if hexEqual(a.SubjectKeyId, ski) {
+			return true
+		}
+	}
+	return false
+}
+
+// hexEqual reports whether h is b in lower-case hex, without building it.
+func hexEqual(b []byte, h string) bool {
+	const digits = "0123456789abcdef"
+	if len(h) != 2*len(b) {
+		return false
+	}
+	for i, x := range b {
+		if h[2*i] != digits[x>>4] || h[2*i+1] != digits[x&15] {
+			return false
+		}
+	}
+	return true
+}
+
+// chainVerifies reports whether a live connection's peer chain still
+// leads to the bundles of src, not whether the peer's SVID is still
+// valid: a connection outlives the SVID it was opened with, and is not
+// closed for that (here or anywhere else), so an expired chain is
+// verified as of its last second.
+func chainVerifies(chain []*x509.Certificate, src x509bundle.Source, now time.Time) bool {
+	if len(chain) > 0 && !now.Before(chain[0].NotAfter) {
+		now = chain[0].NotAfter.Add(-time.Second)
+	}
+	_, _, err := x509svid.Verify(chain, src, x509svid.WithTime(now))
+	return err == nil
+}
+
+// stillTrusted reports whether a connection just registered under auth
+// (its peer's chain) is still chained to the bundle in force. A bundle
+// change between the handshake's verification and the registration has
+// a recheck that cannot see the connection yet; the registration comes
+// first and this check after, so the connection is either swept by that
+// recheck or refused here. It costs a bundle lookup while the authority
+// is still in the bundle.
+func (t *tlsIdentity) stillTrusted(chain []*x509.Certificate, auth liveKey) bool {
+	return authorityInBundle(t.src, auth.v) || chainVerifies(chain, t.src, t.now())
 }
 
 func cutLast(s, sep string) (before, after string, found bool) {
@@ -231,6 +274,23 @@ func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr strin
 		return tc, nil
 	}
 	tcn := &trackedConn{Conn: raw, live: live, id: t}
+	if get := conf.GetClientCertificate; get != nil {
+		// The certificate this connection presents is noted, so that
+		// revoking its serial closes the connection (liveOwnSerial); a
+		// resumed session presents none, and carries the serial of the
+		// one its first connection presented (serialSessions).
+		conf = conf.Clone()
+		conf.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := get(cri)
+			if err == nil && c != nil {
+				tcn.ownSerial = serialHex(c.Leaf)
+			}
+			return c, err
+		}
+		if conf.ClientSessionCache != nil {
+			conf.ClientSessionCache = serialSessions{conf.ClientSessionCache, tcn}
+		}
+	}
 	tc := tls.Client(tcn, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
@@ -243,12 +303,55 @@ func (t *tlsIdentity) dialTracked(ctx context.Context, d *net.Dialer, addr strin
 	return tc, nil
 }
 
+// serialSessions is one outbound connection's view of the client
+// session cache: a session it stores carries the serial of the
+// certificate the connection presented (in SessionState.Extra), and a
+// session it resumes gives the connection that serial, for
+// liveOwnSerial. Sessions stored by anyone else carry none.
+type serialSessions struct {
+	tls.ClientSessionCache
+	c *trackedConn
+}
+
+// ownSerialExtra prefixes the serial in a session's Extra.
+const ownSerialExtra = "moatless-own-serial:"
+
+func (s serialSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	cs, ok := s.ClientSessionCache.Get(key)
+	if ok && cs != nil {
+		if _, st, err := cs.ResumptionState(); err == nil && st != nil {
+			for _, x := range st.Extra {
+				if v, found := strings.CutPrefix(string(x), ownSerialExtra); found {
+					s.c.ownSerial = v
+				}
+			}
+		}
+	}
+	return cs, ok
+}
+
+func (s serialSessions) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil && s.c.ownSerial != "" {
+		if ticket, st, err := cs.ResumptionState(); err == nil && st != nil {
+			st.Extra = append(st.Extra, []byte(ownSerialExtra+s.c.ownSerial))
+			if ncs, err := tls.NewResumptionState(ticket, st); err == nil {
+				cs = ncs
+			}
+		}
+	}
+	s.ClientSessionCache.Put(key, cs)
+}
+
 // trackedConn is the transport under an outbound TLS connection: its
 // Close ends the connection's registration in the tracker.
 type trackedConn struct {
 	net.Conn
 	live *tracker
 	id   *tlsIdentity
+
+	// ownSerial is the serial of the certificate the handshake presented
+	// (lower-case hex), "" when it presented none.
+	ownSerial string
 
 	mu     sync.Mutex
 	entry  *tracked
@@ -261,7 +364,10 @@ type trackedConn struct {
 // caught here: the error says so and the caller closes the connection.
 func (c *trackedConn) register(tc *tls.Conn) error {
 	chain := tc.ConnectionState().PeerCertificates
-	keys := make([]liveKey, 0, 2)
+	keys := make([]liveKey, 0, 3)
+	if c.ownSerial != "" {
+		keys = append(keys, liveKey{liveOwnSerial, c.ownSerial})
+	}
 	peer, serial := "", ""
 	if len(chain) > 0 {
 		if id, err := x509svid.IDFromCert(chain[0]); err == nil {
@@ -272,7 +378,8 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 			keys = append(keys, serialKey(serial))
 		}
 	}
-	e := c.live.addPeer(func() { c.Conn.Close() }, chain, c.id.authorityOf(chain), keys...)
+	auth := c.id.authorityOf(chain)
+	e := c.live.addPeer(func() { c.Conn.Close() }, chain, auth, keys...)
 	c.mu.Lock()
 	c.entry = e
 	closed := c.closed
@@ -281,13 +388,24 @@ func (c *trackedConn) register(tc *tls.Conn) error {
 		c.live.remove(e)
 		return nil
 	}
+	if !c.id.stillTrusted(chain, auth) {
+		return fmt.Errorf("%w: its CA authority left the trust bundle during the handshake", ErrPeerUnverified)
+	}
 	rs := c.id.revoked()
 	if rs.has(peer, serial) {
 		return &revokedPeerError{id: peer}
 	}
-	if rs != nil && len(rs.blocked) > 0 {
-		if own, err := c.id.ownID(); err == nil && rs.blockedPair(own.String(), peer, c.id.now()) {
-			return fmt.Errorf("proxy: calls from %s to %s are blocked", own, peer)
+	if rs.has("", c.ownSerial) {
+		return fmt.Errorf("proxy: this workload's certificate (serial %s) is revoked: its calls are refused", c.ownSerial)
+	}
+	if rs != nil && (len(rs.blocked) > 0 || len(rs.ids) > 0) {
+		if own, err := c.id.ownID(); err == nil {
+			if rs.has(own.String(), "") {
+				return fmt.Errorf("proxy: this workload's identity %s is revoked: its calls are refused", own)
+			}
+			if rs.blockedPair(own.String(), peer, c.id.now()) {
+				return fmt.Errorf("proxy: calls from %s to %s are blocked", own, peer)
+			}
 		}
 	}
 	return nil

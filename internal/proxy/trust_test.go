@@ -6,13 +6,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy/proxytest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -183,12 +186,7 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 					t.Fatalf("%d outbound connections tracked, want 1", n)
 				}
 				toB.Close()
-				for client.liveOut.len() != 0 {
-					if time.Since(start) > 5*time.Second {
-						t.Fatal("a closed outbound stream is still tracked")
-					}
-					time.Sleep(time.Millisecond)
-				}
+				proxytest.Within(t, "the closed outbound stream forgotten", func() bool { return client.liveOut.len() == 0 })
 				return
 			}
 			c := &http.Client{Transport: &http.Transport{}}
@@ -210,12 +208,7 @@ func TestRevokedAuthorityClosesLiveOutbound(t *testing.T) {
 			}
 			start = time.Now()
 			setAuthorities(t, id, b) // ca revoke a
-			for upA.LiveConnections() != 0 {
-				if time.Since(start) > 5*time.Second {
-					t.Fatal("the pooled connection to the upstream signed by the revoked authority is still open")
-				}
-				time.Sleep(time.Millisecond)
-			}
+			proxytest.Within(t, "the pooled connection to the upstream signed by the revoked authority closed", func() bool { return upA.LiveConnections() == 0 })
 			t.Logf("revoked authority: pooled outbound connection closed %s after the bundle update", time.Since(start).Round(time.Microsecond))
 			if code := call(outA); code == 200 {
 				t.Fatal("a call reached the upstream signed by the revoked authority")
@@ -305,4 +298,94 @@ func TestRecheckDoesNotCloseForExpiry(t *testing.T) {
 			}
 		})
 	}
+}
+
+// racedIdentity is an Identity whose bundle changes in the middle of a
+// handshake: the first bundle lookup after during is set (the
+// handshake's verification) is answered with the bundle in force, then
+// during runs (a bundle update and its recheck) before the handshake
+// goes on. It has no Updated channel: the test runs the recheck itself,
+// so no later one can hide a connection the race left open.
+type racedIdentity struct {
+	n      *NodeIdentity
+	during atomic.Pointer[func()]
+}
+
+func (r *racedIdentity) GetX509SVID() (*x509svid.SVID, error) { return r.n.GetX509SVID() }
+func (r *racedIdentity) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b, err := r.n.GetX509BundleForTrustDomain(td)
+	if f := r.during.Swap(nil); f != nil {
+		(*f)()
+	}
+	return b, err
+}
+
+// TestRevokeDuringHandshake: a CA authority revoked while a connection
+// chained to it is between its handshake's verification (which passed
+// against the old bundle) and its registration (the recheck that ran
+// meanwhile did not see it) is closed all the same, inbound and
+// outbound: the registration checks the bundle in force again.
+func TestRevokeDuringHandshake(t *testing.T) {
+	t.Run("inbound", func(t *testing.T) {
+		a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+		id := &racedIdentity{n: joinedIdentity(t, b.SVID(t, ordersID, 0), a, b)}
+		s, inL := inboundEcho(t, id)
+		revoke := func() {
+			setAuthorities(t, id.n, b) // ca revoke a
+			if n := s.RecheckTrust(); n != 0 {
+				t.Errorf("the recheck closed %d connections, want none yet", n)
+			}
+		}
+		id.during.Store(&revoke)
+		ti := &tlsIdentity{src: newStaticIdentity(b, a.SVID(t, frontendID, 0)), now: time.Now, revoked: func() *revocationSet { return nil }}
+		c, err := tls.Dial("tcp", inL.Addr().String(), ti.clientConfig(spiffeid.RequireFromString(ordersID), "", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if err := echoes(c, r); err == nil {
+			t.Fatal("a connection chained to the authority revoked during its handshake is served")
+		}
+		if id.during.Load() != nil {
+			t.Fatal("the handshake did not look the bundle up")
+		}
+		if n := s.LiveConnections(); n != 0 {
+			t.Fatalf("%d live connections, want 0", n)
+		}
+	})
+	t.Run("outbound", func(t *testing.T) {
+		a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+		upL := listen(t)
+		startSidecar(t, Config{Identity: joinedIdentity(t, a.SVID(t, ordersID, 0), a, b), Namespace: "prod",
+			Inbound:    []Inbound{{Name: "in", Listener: upL, App: tcpEcho(t), Protocol: TCP}},
+			Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend")})
+		id := &racedIdentity{n: joinedIdentity(t, b.SVID(t, frontendID, 0), a, b)}
+		outL := listen(t)
+		client := startSidecar(t, Config{Identity: id, Outbound: []Outbound{
+			{Name: "out", Listener: outL, Upstream: upL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), Protocol: TCP},
+		}})
+		revoke := func() {
+			setAuthorities(t, id.n, b) // ca revoke a
+			if n := client.RecheckTrust(); n != 0 {
+				t.Errorf("the recheck closed %d connections, want none yet", n)
+			}
+		}
+		id.during.Store(&revoke)
+		c, err := net.Dial("tcp", outL.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if err := echoes(c, r); err == nil {
+			t.Fatal("a stream to an upstream chained to the authority revoked during its handshake is served")
+		}
+		if id.during.Load() != nil {
+			t.Fatal("the handshake did not look the bundle up")
+		}
+		if n := client.liveOut.len(); n != 0 {
+			t.Fatalf("%d outbound connections tracked, want 0", n)
+		}
+	})
 }

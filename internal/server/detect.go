@@ -179,10 +179,19 @@ func (s *Server) initDetect(ctx context.Context) error {
 	d.engine.LoadKnown(ke)
 	// The baselines learn from the last 8 days kept (a week of
 	// hour-of-week slots and a day to spare), in batches.
-	since := s.now().Add(-min(s.cfg.Detect.Retention.Std(), 8*24*time.Hour))
+	// A row from the future (a reporter's window may start up to
+	// maxRecordSkew ahead) is learned at the start time, as Ingest
+	// judges it: else the edge's minute would move ahead, and the next
+	// minutes' records would be late, counted toward no rate or volume.
+	started := s.now()
+	since := started.Add(-min(s.cfg.Detect.Retention.Std(), 8*24*time.Hour))
 	var batch []detect.Record
 	err = s.db.EdgeMinutes(ctx, store.EdgeQuery{Since: since, Direction: "inbound"}, func(r store.EdgeRow) error {
-		batch = append(batch, recordOf(r))
+		rec := recordOf(r)
+		if rec.Time.After(started) {
+			rec.Time = started
+		}
+		batch = append(batch, rec)
 		if len(batch) == 10_000 {
 			d.engine.Learn(batch)
 			batch = batch[:0]
@@ -215,6 +224,15 @@ func (s *Server) initDetect(ctx context.Context) error {
 	m.held = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_uncorroborated_incidents_total",
 		Help: "Incidents a playbook opened with its isolate, block-pair and revoke-certificate steps held: the findings rested on other nodes' word alone (fewer than the trigger's witnesses, not borne out by the identity's own records), or on anomalies alone (no evidence of compromise, and the trigger names no detectors)."})
 	s.metrics.reg.MustRegister(m.records, m.edges, m.findings, m.writes, m.dropped, m.atRisk, m.riskPublishes, m.riskSent, m.held, al.sent)
+	for table, n := range map[string]func(detect.Untracked) uint64{
+		"identities": func(u detect.Untracked) uint64 { return u.Identities },
+		"edges":      func(u detect.Untracked) uint64 { return u.Edges },
+		"pairs":      func(u detect.Untracked) uint64 { return u.Pairs },
+	} {
+		s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moatless_detect_untracked_records_total",
+			Help:        "Traffic records judged without a state of the detection engine because its table was full (maximum 200000 identities, edges, pairs): no new-edge or probing judgement without the identity's, no rate or volume without the edge's, no volume over the pair's paths without the pair's. Made-up callers reported by nodes can fill them.",
+			ConstLabels: prometheus.Labels{"table": table}}, func() float64 { return float64(n(d.engine.Untracked())) }))
+	}
 	s.audit.OnAppend = s.detectAudit
 
 	if err := s.initRespond(ctx); err != nil {

@@ -1,8 +1,10 @@
 package server_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/detect"
@@ -35,6 +37,8 @@ spec:
   - action: notify
   - action: isolate
 `
+	// A playbook that contains on one medium probing finding.
+	probingMedium := strings.Replace(probingPlaybook, "risk: 0.75", "risk: 0.5", 1)
 	// scanned reports, as the caller's own gateway, the calls it made,
 	// and as each backend's sidecar, 120 refusals of them (scanners'
 	// paths): the caller's records bear the backends out.
@@ -49,6 +53,35 @@ spec:
 					if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(deny)); st != 204 {
 						t.Fatalf("records: %d %s", st, body)
 					}
+				}
+			}
+		}
+	}
+	// slowScan: the caller, learned (it called / two minutes ago),
+	// forwards ten never-seen paths to each backend within the minute,
+	// one request each: under the burst of refusals, over new_paths.
+	// The caller's records bear the backends out. On the parent the
+	// gateway's finding was probing of kind paths, not relayed, and the
+	// playbook naming probing isolated it.
+	slowScan := func(caller string) func(t *testing.T, e *env, gw *node, backends ...*node) {
+		return func(t *testing.T, e *env, gw *node, backends ...*node) {
+			for _, n := range backends {
+				if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(inboundEdge(caller, "GET", "/", "allow", 1))); st != 204 {
+					t.Fatalf("records: %d %s", st, body)
+				}
+			}
+			e.clock.Add(2 * time.Minute)
+			e.calls(t, gw, ordersID, 10)
+			e.calls(t, gw, paymentsID, 10)
+			for _, n := range backends {
+				var edges []wire.EdgeRecord
+				for i := range 10 {
+					deny := inboundEdge(caller, "GET", fmt.Sprintf("/scan-%c", 'a'+i), "deny", 1)
+					deny.Reason, deny.Status = "no_allow_match", 4
+					edges = append(edges, deny)
+				}
+				if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(edges...)); st != 204 {
+					t.Fatalf("records: %d %s", st, body)
 				}
 			}
 		}
@@ -75,9 +108,14 @@ spec:
 			}
 		}, true},
 		{"control_not_a_relay", []string{gatewayID}, containPlaybook, frontendID, scanned(frontendID), true},
+		{"relay_new_paths_under_probing_playbook", []string{gatewayID}, probingMedium, gatewayID, slowScan(gatewayID), false},
+		{"control_new_paths_not_a_relay", []string{gatewayID}, probingMedium, frontendID, slowScan(frontendID), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := start(t, "", func(st *config.Server) { st.Detect.Relays = tc.relays })
+			e := start(t, "", func(st *config.Server) {
+				st.Detect.Relays = tc.relays
+				st.Detect.LearningPeriod = wire.Duration(time.Minute)
+			})
 			e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: tc.playbook}}}, nil)
 			gw, orders, payments := e.attest(tc.caller), e.attest(ordersID), e.attest(paymentsID)
 			tc.act(t, e, gw, orders, payments)

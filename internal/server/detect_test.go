@@ -3,6 +3,7 @@ package server_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -330,5 +331,58 @@ func TestRecommendWhatIfRoundTrip(t *testing.T) {
 	}
 	if st, _ := e.do(e.client(nil), "POST", server.PathAdminWhatIf, "", server.WhatIfRequest{}); st != 401 {
 		t.Fatalf("without the admin credential: %d", st)
+	}
+}
+
+// TestUntrackedRecordsMetric: the records the engine judged without a
+// state because a table was full are counted per table (the engine's
+// side is TestFullTablesCounted in internal/detect).
+func TestUntrackedRecordsMetric(t *testing.T) {
+	e := start(t, "")
+	resp, err := e.client(nil).Get("https://" + e.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, table := range []string{"identities", "edges", "pairs"} {
+		if want := `moatless_detect_untracked_records_total{table="` + table + `"} 0`; !strings.Contains(string(b), want) {
+			t.Errorf("no %s in /metrics", want)
+		}
+	}
+}
+
+// TestFutureRowsBlindNoRestart: a report's window may start up to 2
+// minutes ahead of the server's clock, and its rows are stored with that
+// minute. The engine judges such a record at the server's time
+// (detect.Engine.Ingest), but a server restarting within those minutes
+// learned the stored row as it was: the edge's minute moved ahead, and
+// what orders reported next was late, counted toward no volume. The
+// server now learns a row from the future at its start time. Fails on
+// the parent (no finding for the 200 MB pull after the restart).
+func TestFutureRowsBlindNoRestart(t *testing.T) {
+	e := start(t, "")
+	n := e.attest(ordersID)
+	rep := e.report(inboundEdge(reportsID, "GET", "/export", "allow", 1))
+	rep.Start, rep.End = rep.Start.Add(110*time.Second), rep.End.Add(110*time.Second)
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", rep); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	e.stop()
+	e = start(t, e.dir)
+	n = e.attest(ordersID)
+	pull := inboundEdge(reportsID, "GET", "/export", "allow", 1)
+	pull.RespBytes = 200 << 20
+	if st, body := e.do(n.http, "POST", wire.PathRecords, "", e.report(pull)); st != 204 {
+		t.Fatalf("report: %d %s", st, body)
+	}
+	var got []detect.Finding
+	for _, f := range findingsAbout(e, reportsID) {
+		if f.Detector == detect.DetectorExfiltration {
+			got = append(got, f)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("the pull after a restart that learned a row from the future: %+v", findingsAbout(e, reportsID))
 	}
 }

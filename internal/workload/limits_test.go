@@ -3,6 +3,7 @@
 package workload
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,7 +11,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +25,13 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/moatless/moatless/internal/attest"
 )
 
 // TestHugeHeaderListIsRefused: gRPC's server takes header lists of up to
@@ -288,5 +300,224 @@ func TestDescriptorsSentAlongAreNotKept(t *testing.T) {
 func TestCredSpace(t *testing.T) {
 	if want := unix.CmsgSpace(unix.SizeofUcred); credSpace != want {
 		t.Fatalf("credSpace %d, want %d", credSpace, want)
+	}
+}
+
+// TestLimitsDoNotLeak: the slots of the per-uid bounds come back however a
+// connection or stream ends — closed before the HTTP/2 preface, while the
+// agent binds it to its process, after a call; a stream cancelled before
+// its first answer or after it — with many at once (run with -race). A
+// leaked slot would lock the user out for good once MaxConnsPerUID of
+// them leaked. After the storm, every stream slot is free and the user
+// holds MaxConnsPerUID served connections again.
+func TestLimitsDoNotLeak(t *testing.T) {
+	const conns = 4
+	f := newFixtureWith(t, func(c *Config) { c.MaxConnsPerUID = conns; c.MaxStreamsPerUID = 3 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	kinds := []func(){
+		func() { // closed at once: before the preface, often during binding
+			if c, err := net.Dial("unix", f.sock); err == nil {
+				c.Close()
+			}
+		},
+		func() { // half a preface, then gone
+			if c, err := net.Dial("unix", f.sock); err == nil {
+				io.WriteString(c, http2.ClientPreface[:10])
+				c.Close()
+			}
+		},
+		func() { // a stream cancelled before its first answer
+			conn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithCancel(withHeader(context.Background()))
+			if s, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{}); err == nil {
+				cancel()
+				s.Recv()
+			}
+			cancel()
+		},
+		func() { // a stream that got its answer, then cancelled
+			conn, err := grpc.NewClient("unix://"+f.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(withHeader(context.Background()), 20*time.Second)
+			defer cancel()
+			if s, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchJWTBundles(ctx, &workload.JWTBundlesRequest{}); err == nil {
+				s.Recv()
+			}
+		},
+	}
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(kinds[i%len(kinds)])
+	}
+	wg.Wait()
+
+	served := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err := http2.NewFramer(io.Discard, c).ReadFrame()
+		return err == nil
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		f.srv.streams.mu.Lock()
+		open := f.srv.streams.n
+		f.srv.streams.mu.Unlock()
+		var held []net.Conn
+		all := true
+		for range conns {
+			c, err := net.Dial("unix", f.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+			if !served(c) {
+				all = false
+				break
+			}
+		}
+		for _, c := range held {
+			c.Close()
+		}
+		if open == 0 && all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the storm: %d stream slots held, %d connections served of %d", open, len(held), conns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// subuidHolder is run by /usr/bin/python3 as a user with subordinate uids
+// (what newuidmap gives one, mapped here by the test as root): it makes
+// a user namespace of its own, prints its PID, waits for its maps, then
+// forks one child per inner uid 1..3, each of which takes that uid (a
+// host uid of its own) and connects to the socket at argv[1]. Each child
+// reports whether the agent served its connection (sent its HTTP/2
+// preface) or closed it, one after the other, and holds it until stdin
+// ends.
+const subuidHolder = `
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    print("unshare", ctypes.get_errno(), flush=True); sys.exit(1)
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+for i in (1, 2, 3):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        try:
+            os.setuid(i)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sys.argv[1])
+            s.settimeout(20)
+            try:
+                res = "served" if s.recv(1) else "closed"
+            except ConnectionResetError:
+                res = "closed"
+        except Exception as e:
+            res = "error " + repr(e)
+        os.write(w, res.encode())
+        sys.stdin.read()
+        os._exit(0)
+    os.close(w)
+    print(i, os.read(r, 200).decode(), flush=True)
+sys.stdin.read()
+`
+
+// TestSubordinateUIDsCountAsTheirUser: a user with subordinate uids
+// (/etc/subuid, 65,536 of them by default, mapped by the setuid
+// newuidmap into a user namespace of their own) runs a process under
+// each. Counted by the uid alone, each would have MaxConnsPerUID
+// connections, and some 64 of them would take every slot of MaxConns:
+// no other workload could connect. Connections from a user namespace
+// that a user other than root made count against that user.
+func TestSubordinateUIDsCountAsTheirUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to stand in for newuidmap and to run as another user")
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3 to make a user namespace as a single-threaded process")
+	}
+	f := newFixtureWith(t, func(c *Config) { c.MaxConnsPerUID = 2 })
+	f.publish(1, nil, f.identity("spiffe://example.org/web", time.Hour, uidSelector()))
+	for _, d := range []string{filepath.Dir(filepath.Dir(f.sock)), filepath.Dir(f.sock)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const user = 4400000
+	c := exec.Command("/usr/bin/python3", "-c", subuidHolder, f.sock)
+	c.Dir = "/"
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: user, Gid: user, NoSetGroups: true}}
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); c.Wait() }()
+	r := bufio.NewReader(stdout)
+	line, err := r.ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Skipf("the user cannot make a user namespace here: %q %v", line, err)
+	}
+	// As newuidmap would, for subordinate uids user+1..user+3.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/uid_map", pid), fmt.Appendf(nil, "1 %d 3\n", user+1), 0); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdin, "\n")
+	var got []string
+	for range 3 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("helper: %v (so far %v)", err, got)
+		}
+		got = append(got, strings.TrimSpace(line))
+	}
+	if want := []string{"1 served", "2 served", "3 closed"}; !slices.Equal(got, want) {
+		t.Fatalf("connections of three subordinate uids of one user, MaxConnsPerUID 2: %v, want %v", got, want)
+	}
+}
+
+// TestStreamsCountAgainstTheConnectionsUser: a stream counts against the
+// uid its connection counts against (accountUID), so subordinate uids of
+// one user share that user's MaxStreamsPerUID as they share its
+// connections.
+func TestStreamsCountAgainstTheConnectionsUser(t *testing.T) {
+	f := newFixtureWith(t, func(c *Config) { c.MaxStreamsPerUID = 1 })
+	on := func(account uint32) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: AuthInfo{conn: &boundConn{account: account}}})
+	}
+	release, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400002}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a second subordinate uid of the same user: %v, want ResourceExhausted", err)
+	}
+	other, err := f.srv.holdStream(on(4500000), attest.Peer{UID: 4500000})
+	if err != nil {
+		t.Fatalf("another user: %v", err)
+	}
+	other()
+	release()
+	if r, err := f.srv.holdStream(on(4400000), attest.Peer{UID: 4400002}); err != nil {
+		t.Fatalf("after the first was released: %v", err)
+	} else {
+		r()
 	}
 }

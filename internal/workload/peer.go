@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/moatless/moatless/internal/attest"
+	"github.com/moatless/moatless/internal/userns"
 )
 
 // peerCredentials is a gRPC TransportCredentials that adds no encryption
@@ -68,16 +69,18 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		return nil, nil, fmt.Errorf("workload: peer credentials: %w", err)
 	}
 	var (
-		cred  *unix.Ucred
-		serr  error
-		pidfd = -1
+		cred    *unix.Ucred
+		serr    error
+		pidfd   = -1
+		account uint32 // the uid the connection counts against in limits
 	)
 	cerr := raw.Control(func(fd uintptr) {
 		if cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); serr != nil {
 			return
 		}
 		if pc.limits != nil {
-			if serr = pc.limits.acquire(cred.Uid); serr != nil {
+			account = accountUID(cred)
+			if serr = pc.limits.acquire(account); serr != nil {
 				cred = nil // no slot taken: nothing to release
 				return
 			}
@@ -95,7 +98,7 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	})
 	if cerr != nil || serr != nil {
 		if cred != nil && pc.limits != nil {
-			pc.limits.release(cred.Uid)
+			pc.limits.release(account)
 		}
 		if pidfd >= 0 {
 			unix.Close(pidfd)
@@ -117,9 +120,10 @@ func (pc peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 		runHook(&pc.hooks.handshake, cred.Pid)
 	}
 	peer := attest.Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, PIDFD: pidfd}
-	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd}
+	bc := &boundConn{UnixConn: uc, pid: cred.Pid, pidfd: pidfd, account: cred.Uid}
 	if pc.limits != nil {
-		bc.release = func() { pc.limits.release(cred.Uid) }
+		bc.account = account
+		bc.release = func() { pc.limits.release(account) }
 	}
 	if pc.binder != nil && cred.Pid > 0 {
 		img, err := pc.binder.Bind(context.Background(), peer)
@@ -182,6 +186,9 @@ type boundConn struct {
 	// release gives back the connection's slot in peerCredentials.limits
 	// (nil: none taken).
 	release func()
+	// account is the uid the connection and its streams count against
+	// (accountUID).
+	account uint32
 
 	foreign      atomic.Int32 // first other writer's PID (-1: a write without a PID)
 	earlyRequest atomic.Bool
@@ -250,6 +257,9 @@ func writerPID(oob []byte) int32 {
 	return 0
 }
 
+// accountOf is the uid the connection's streams count against.
+func (c *boundConn) accountOf() (uint32, bool) { return c.account, true }
+
 // check returns why no call may be served on this connection, or nil.
 // The messages go to the client: they say what happened and what to do.
 func (c *boundConn) check() error {
@@ -278,6 +288,47 @@ func (c *boundConn) Close() error {
 		}
 	})
 	return c.UnixConn.Close()
+}
+
+// accountUID is the uid a connection of cred counts against in the
+// per-uid bounds: the peer's own, unless the peer runs in a user namespace
+// below the agent's that a user other than root made — then that user's,
+// the outermost such. A user with subordinate uids (/etc/subuid, mapped
+// by newuidmap into a namespace of their own) holds 65,536 uids or more:
+// counted by the uid alone, they could open MaxConnsPerUID connections
+// under each and take every slot of MaxConns from the other users. A
+// namespace root made (a container runtime's, Kubernetes' user
+// namespaces) gives each workload uids of its own, counted as such.
+// Anything the agent cannot read counts under the peer's uid.
+func accountUID(cred *unix.Ucred) uint32 {
+	if cred.Pid <= 0 {
+		return cred.Uid
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", cred.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return cred.Uid
+	}
+	account := cred.Uid
+	// Nesting is at most 32 user namespaces deep (Linux's limit).
+	for range 33 {
+		if same, err := userns.Same(fd, "/proc/self/ns/user"); err != nil || same {
+			break
+		}
+		if owner, err := userns.OwnerUID(fd); err == nil && owner != 0 {
+			account = owner
+		}
+		parent, err := userns.Parent(fd)
+		if err != nil {
+			// EPERM: the parent is outside the agent's namespace, so
+			// the peer's is not below it; its uid is what it is.
+			unix.Close(fd)
+			return cred.Uid
+		}
+		unix.Close(fd)
+		fd = parent
+	}
+	unix.Close(fd)
+	return account
 }
 
 // passCred turns on SO_PASSCRED, so every read names its writer.

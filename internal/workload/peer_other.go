@@ -59,6 +59,8 @@ type boundConn struct{}
 
 func (*boundConn) check() error { return errPeerCredUnsupported }
 
+func (*boundConn) accountOf() (uint32, bool) { return 0, false }
+
 // passCred fails: Listen then refuses to serve.
 func passCred(*net.UnixListener) error { return errPeerCredUnsupported }
 

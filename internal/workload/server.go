@@ -372,12 +372,22 @@ func (s *Server) attestCaller(ctx context.Context, method string) ([]wire.Select
 }
 
 // holdStream counts a stream of p's uid open until release is called, or
-// refuses it (ResourceExhausted) past Config.MaxStreamsPerUID.
-func (s *Server) holdStream(p attest.Peer) (release func(), err error) {
-	if err := s.streams.acquire(p.UID); err != nil {
-		return nil, status.Errorf(codes.ResourceExhausted, "uid %d holds %d Workload API streams open, the most one user may; a workload needs one of each kind: close the others", p.UID, s.streams.perUID)
+// refuses it (ResourceExhausted) past Config.MaxStreamsPerUID. The uid is
+// the one its connection counts against (accountUID): a user's
+// subordinate uids share the user's bound.
+func (s *Server) holdStream(ctx context.Context, p attest.Peer) (release func(), err error) {
+	uid := p.UID
+	if pr, ok := peer.FromContext(ctx); ok {
+		if info, ok := pr.AuthInfo.(AuthInfo); ok && info.conn != nil {
+			if a, ok := info.conn.accountOf(); ok {
+				uid = a
+			}
+		}
 	}
-	return func() { s.streams.release(p.UID) }, nil
+	if err := s.streams.acquire(uid); err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "uid %d holds %d Workload API streams open, the most one user may; a workload needs one of each kind: close the others", uid, s.streams.perUID)
+	}
+	return func() { s.streams.release(uid) }, nil
 }
 
 // matching returns the caller's identities in st, deduplicated by SPIFFE
@@ -456,7 +466,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	sels, p, err := s.caller(ctx, "FetchX509SVID", c0)
 	if err == nil {
 		var release func()
-		if release, err = s.holdStream(p); err == nil {
+		if release, err = s.holdStream(ctx, p); err == nil {
 			defer release()
 		}
 	}
@@ -557,7 +567,7 @@ func (s *Server) streamBundles(ctx context.Context, method string, bundle func(*
 	sels, p, err := s.caller(ctx, method, c0)
 	if err == nil {
 		var release func()
-		if release, err = s.holdStream(p); err == nil {
+		if release, err = s.holdStream(ctx, p); err == nil {
 			defer release()
 		}
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -20,9 +21,23 @@ func TestSidecarOPAAPIRefusesOtherLocalUsers(t *testing.T) {
 	needRootForOtherUser(t)
 	m := startSidecarMeshConf(t, sidecarEchoApp(t), sidecarPolicies, "admin_pprof: true\n", nil, nil)
 	admin := m.frontend.admin
-	if code, body := sidecarDo(t, &http.Client{Timeout: 10 * time.Second}, "GET", "http://"+admin+"/v1/policies"); code != 200 {
-		t.Fatalf("the sidecar's own uid: %d %s", code, body)
+	// A plain GET: sidecarDo forges x-forwarded-client-cert, a proxy's
+	// mark, which the admin APIs refuse whoever sends it.
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + admin + "/v1/policies")
+	if err != nil {
+		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the sidecar's own uid: %d %s", resp.StatusCode, body)
+	}
+	if code, _ := sidecarDo(t, &http.Client{Timeout: 10 * time.Second}, "GET", "http://"+admin+"/v1/policies"); code != 403 {
+		t.Fatalf("the sidecar's own uid, relayed by a proxy (x-forwarded-client-cert): %d, want 403", code)
+	}
+	waitFor(t, 10*time.Second, "the refusal log line of the relayed request", func() bool {
+		return strings.Contains(m.frontend.out.String(), `"reason":"forwarded","header":"X-Forwarded-Client-Cert"`)
+	})
 	for _, path := range []string{"/v1/policies", "/v1/data", "/debug/pprof/heap", "/debug/pprof/profile?seconds=1"} {
 		if got := callAsUserHost(t, nobodyUID, admin, admin, path); got != "HTTP/1.1 403 Forbidden" {
 			t.Fatalf("uid %d read %s: %q, want 403", nobodyUID, path, got)

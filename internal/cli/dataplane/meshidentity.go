@@ -209,6 +209,13 @@ func (m *MeshIdentity) Ready(inner func() error) func() error {
 // browser on this host cannot read them by rebinding its name to
 // 127.0.0.1.
 func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, status func() string, rego func() *policy.Rego, opaUIDs []uint32, withPprof bool, log *slog.Logger, inUse string) (stop func(), err error) {
+	var refused *prometheus.CounterVec
+	if rego != nil || withPprof {
+		refused = opaapi.NewRefusedCounter()
+		if err := reg.Register(refused); err != nil {
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
 	l, err := net.Listen("tcp", addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return nil, UsageError{fmt.Errorf("admin listener: %w: %s", err, inUse)}
@@ -225,7 +232,7 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 		fmt.Fprintf(w, "ok (%s)\n", status())
 	})
 	if rego != nil {
-		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, OPAUsers(opaUIDs, log))
+		(&opaapi.Handler{Rego: rego, Logger: log}).Register(mux, OPAUsers(opaUIDs, log, refused, "opa"))
 	}
 	if withPprof {
 		// runtime/pprof directly: net/http/pprof would also register
@@ -233,7 +240,7 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 		// users as the OPA API: a profile shows the process's code paths
 		// and memory, and a CPU profile costs CPU for as long as the
 		// caller asks.
-		users := OPAUsers(opaUIDs, log)
+		users := OPAUsers(opaUIDs, log, refused, "pprof")
 		mux.Handle("GET /debug/pprof/profile", users(http.HandlerFunc(cpuProfile)))
 		mux.Handle("GET /debug/pprof/{name}", users(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p := pprof.Lookup(r.PathValue("name"))
@@ -251,12 +258,14 @@ func ServeAdmin(addr string, reg *prometheus.Registry, ready func() error, statu
 	return func() { srv.Close() }, nil
 }
 
-// OPAUsers is the access check of a loopback OPA API: loopback callers
-// under a loopback Host, of uid 0, this process's effective uid or one of
-// uids, as the kernel reports the owner of the caller's socket. Others
-// get 403 and a log line; outside Linux every caller does.
-func OPAUsers(uids []uint32, log *slog.Logger) func(http.Handler) http.Handler {
-	return (&opaapi.LocalUsers{UIDs: uids, ClientUID: proxy.LoopbackClientUID, Logger: log}).Wrap
+// OPAUsers is the access check of a loopback OPA API (or of pprof, named
+// by api): loopback callers under a loopback Host, in requests no proxy
+// relayed, of uid 0, this process's effective uid or one of uids, as the
+// kernel reports the owner of the caller's socket. Others get 403, a log
+// line and, when refused is set, a count (opaapi.NewRefusedCounter);
+// outside Linux every caller does.
+func OPAUsers(uids []uint32, log *slog.Logger, refused *prometheus.CounterVec, api string) func(http.Handler) http.Handler {
+	return (&opaapi.LocalUsers{UIDs: uids, ClientUID: proxy.LoopbackClientUID, Logger: log, Refused: refused, API: api}).Wrap
 }
 
 // newNode builds the agent client of join-token mode. Its callbacks feed

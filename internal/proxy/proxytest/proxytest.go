@@ -114,3 +114,18 @@ func EarlyApp(t testing.TB) string {
 	t.Cleanup(func() { srv.Close() })
 	return l.Addr().String()
 }
+
+// Within polls done every millisecond until it holds, and fails the test
+// saying what did not happen when it does not within 5 s: for a state
+// another goroutine reaches (a connection closed, a registration
+// forgotten), not for a clock.
+func Within(t testing.TB, what string, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !done() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
