@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
@@ -32,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,6 +221,8 @@ type Server struct {
 	// sends once per version (encode.go).
 	shared      sharedJSON
 	bundleCache atomic.Pointer[bundleCacheEntry]
+	// pub is the bundle publication still to be done (watch.go).
+	pub bundlePublication
 	// lines and heartbeats hold whole watch lines every stream sends
 	// alike (encode.go).
 	lines      sharedLines
@@ -412,10 +416,23 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	defer cancel()
 
-	if err := s.audit.Append(ctx, audit.Event{Kind: audit.KindServerStart, Actor: s.id.String(), Outcome: audit.Success,
-		Details: map[string]string{"listen": s.ln.Addr().String(), "trust_domain": s.td.Name()}}); err != nil {
+	// The bundle the server starts with is published with its start: a
+	// CA step saved but not published before the server stopped (its
+	// publication failed, or the process died in between), or taken by
+	// ca.Open for the time it was stopped, reaches the agents that
+	// resume their watch streams, which are sent only what moved.
+	seq, _ := s.ca.Bundle().SequenceNumber()
+	start := audit.Event{Kind: audit.KindServerStart, Actor: s.id.String(), Outcome: audit.Success,
+		Details: map[string]string{"listen": s.ln.Addr().String(), "trust_domain": s.td.Name(), "bundle_sequence": strconv.FormatUint(seq, 10)}}
+	if err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(ctx, tx, start)
+	}); err != nil {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
+	s.changed(ctx)
 	var wg sync.WaitGroup
 	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges, s.detect.alerts.run} {
 		wg.Add(1)
