@@ -237,7 +237,13 @@ func parseRevokedAuthorities(b []byte) ([]string, error) {
 // writeRevokedAuthorities adds the IDs the CA has seen revoked to
 // DIR/ca-revoked (it only grows: an ID revoked once is never trusted
 // again by this server).
+//
+// Publication and changed() both call it: the read, merge and write is
+// one step under revokedFileMu, or a writer that read the file before
+// another's write would put it back without the other's newest ID.
 func (s *Server) writeRevokedAuthorities() error {
+	s.revokedFileMu.Lock()
+	defer s.revokedFileMu.Unlock()
 	ids := s.ca.RevokedIDs()
 	if len(ids) == 0 {
 		return nil

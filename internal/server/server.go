@@ -179,7 +179,9 @@ type Server struct {
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	onRevs    func(*wire.Revocations)
-	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
+	// revokedFileMu serializes writeRevokedAuthorities.
+	revokedFileMu sync.Mutex
+	risk          atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
 	// riskScores is the same section by SPIFFE ID, for the spans.
 	riskScores telemetry.RiskScores
 	hub        hub
