@@ -137,7 +137,7 @@ func newCallerCheck(c LocalCallers, outbound []Outbound, reg prometheus.Register
 	}
 	cc.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "moatless_sidecar_outbound_refused_total",
-		Help: "Outbound connections closed on accept because the local process that opened them is not admitted (outbound_allowed_uids/gids) or cannot be identified, by listener and reason.",
+		Help: "Outbound connections closed on accept because the local process that opened them is not admitted (outbound_allowed_uids/gids) or cannot be identified, and requests refused because a web browser sent them (reasons browser, foreign_host), by listener and reason.",
 	}, []string{"listener", "reason"})
 	if err := reg.Register(cc.refused); err != nil {
 		return nil, err
