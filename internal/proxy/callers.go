@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -104,6 +105,9 @@ type callerCheck struct {
 	tcp     *tcpOwnerLookup
 	refused *prometheus.CounterVec
 	log     *slog.Logger
+	// logPace paces the log lines of refusals: any local user can open
+	// refused connections in a loop. Each one is counted.
+	logPace refusalLog
 }
 
 // newCallerCheck checks c against the outbound listeners it will guard
@@ -274,7 +278,14 @@ func (cc *callerCheck) admit(c net.Conn, listener string) bool {
 		reason = refusedNotAllowed
 	}
 	cc.refused.WithLabelValues(listener, reason).Inc()
+	logIt, unlogged := cc.logPace.take(time.Now())
+	if !logIt {
+		return false
+	}
 	attrs := []any{"listener", listener, "reason", reason}
+	if unlogged > 0 {
+		attrs = append(attrs, "unlogged_before", unlogged)
+	}
 	if err == nil {
 		attrs = append(attrs, "uid", p.uid)
 		if p.hasGID {
