@@ -79,6 +79,10 @@ const (
 type tcpOwnerLookup struct {
 	name string // "sock_diag" or "/proc/net/tcp", for the logs
 	find func(local, remote netip.AddrPort) (tcpSocket, error)
+	// slots, when set, bounds how many finds run at once: a read of
+	// /proc/net/tcp costs time in the host's sockets, and any local user
+	// can make the sidecar do one per connection it opens.
+	slots chan struct{}
 }
 
 // localCaller is what the kernel says about the process at the other end
@@ -215,6 +219,10 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 // accepted loopback connection whose server end is server. On failure it
 // returns the refusal reason.
 func tcpClientOwner(l *tcpOwnerLookup, client, server netip.AddrPort) (localCaller, string, error) {
+	if l.slots != nil {
+		l.slots <- struct{}{}
+		defer func() { <-l.slots }()
+	}
 	s, err := l.find(client, server)
 	if errors.Is(err, errNoSocket) {
 		return localCaller{}, refusedUnknown, errors.New("the client's socket is gone")
