@@ -121,6 +121,12 @@ func New(cfg Config) (*Agent, error) {
 			user.OnBundle(b)
 		}
 	}
+	nc.OnBundleRefused = func(o wire.BundleOrder) {
+		a.metrics.bundleRefused.WithLabelValues(o.String()).Inc()
+		if user.OnBundleRefused != nil {
+			user.OnBundleRefused(o)
+		}
+	}
 	nc.OnRevocations = func(r wire.Revocations) {
 		a.cache.SetRevocations(r)
 		if user.OnRevocations != nil {

@@ -69,13 +69,19 @@ type fakeServer struct {
 	// signing is the X509 sign requests being served, maxSigning the
 	// most at once.
 	signing, maxSigning int
+	// bundleSeq is the bundle's sequence number: push bumps it when the
+	// bundle's trust material changed, as the real CA does.
+	bundleSeq uint64
+	// lagging, when set, is the bundle the watch stream and attestation
+	// send instead of the current one: a replica that has not caught up.
+	lagging *wire.Bundle
 }
 
 func newFakeServer(t *testing.T) *fakeServer { return newFakeServerTB(t) }
 
 func newFakeServerTB(t testing.TB) *fakeServer {
 	t.Helper()
-	f := &fakeServer{t: t, ca: testpki.NewCA(t, "example.org"), tokens: map[string]string{}, nodeTTL: time.Hour, changed: make(chan struct{}), version: 1}
+	f := &fakeServer{t: t, ca: testpki.NewCA(t, "example.org"), tokens: map[string]string{}, nodeTTL: time.Hour, changed: make(chan struct{}), version: 1, bundleSeq: 1}
 	var err error
 	if f.jwtKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 		t.Fatal(err)
@@ -133,7 +139,7 @@ func (f *fakeServer) addr() string { return f.srv.Listener.Addr().String() }
 func (f *fakeServer) bundle() wire.Bundle {
 	pub, _ := x509.MarshalPKIXPublicKey(f.jwtKey.Public())
 	b := wire.Bundle{TrustDomain: "example.org", X509Authorities: [][]byte{f.ca.Cert.Raw},
-		JWTAuthorities: []wire.JWTAuthority{{KeyID: "k1", PublicKey: pub, Tainted: f.jwtTainted}}, SequenceNumber: 1,
+		JWTAuthorities: []wire.JWTAuthority{{KeyID: "k1", PublicKey: pub, Tainted: f.jwtTainted}}, SequenceNumber: f.bundleSeq,
 		TaintedX509Authorities: f.tainted}
 	if f.authorities != nil {
 		b.X509Authorities = nil
@@ -215,7 +221,13 @@ func (f *fakeServer) attest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, 400, err.Error())
 		return
 	}
-	json.NewEncoder(w).Encode(wire.AttestResponse{SVID: svid, Bundle: f.bundle()})
+	f.mu.Lock()
+	b := f.bundle()
+	if f.lagging != nil {
+		b = *f.lagging
+	}
+	f.mu.Unlock()
+	json.NewEncoder(w).Encode(wire.AttestResponse{SVID: svid, Bundle: b})
 }
 
 func (f *fakeServer) renew(w http.ResponseWriter, r *http.Request) {
@@ -320,7 +332,11 @@ func (f *fakeServer) signJWT(w http.ResponseWriter, r *http.Request) {
 // push changes the server state and wakes every watch stream.
 func (f *fakeServer) push(fn func()) {
 	f.mu.Lock()
+	before := f.bundle()
 	fn()
+	if after := f.bundle(); wire.CompareBundle(&before, &after) == wire.BundleForked {
+		f.bundleSeq++
+	}
 	f.version++
 	close(f.changed)
 	f.changed = make(chan struct{})
@@ -341,6 +357,9 @@ func (f *fakeServer) watch(w http.ResponseWriter, r *http.Request) {
 	for {
 		f.mu.Lock()
 		b := f.bundle()
+		if f.lagging != nil {
+			b = *f.lagging
+		}
 		entries := slices.Clone(f.entries)
 		rev := f.rev
 		u := wire.Update{Version: f.version, Bundle: &b, Entries: &entries, Revocations: &rev}

@@ -10,6 +10,7 @@ type metrics struct {
 	served         *prometheus.CounterVec
 	attestFailures *prometheus.CounterVec
 	reconnects     prometheus.Counter
+	bundleRefused  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
@@ -26,6 +27,13 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 			Name: "moatless_agent_watch_reconnects_total",
 			Help: "Attempts to re-establish the watch stream to the server after it broke.",
 		}),
+		bundleRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "moatless_agent_bundle_refused_total",
+			Help: "Trust bundles from the server refused because they were not newer than the one held, by reason: older (a lower sequence number, from a lagging replica) or forked (the same sequence number with other authorities).",
+		}, []string{"reason"}),
+	}
+	for _, k := range []string{"older", "forked"} {
+		m.bundleRefused.WithLabelValues(k)
 	}
 	for _, k := range []string{"x509", "jwt"} {
 		m.served.WithLabelValues(k)
@@ -33,7 +41,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 	for _, k := range []string{"node", "workload"} {
 		m.attestFailures.WithLabelValues(k)
 	}
-	reg.MustRegister(m.served, m.attestFailures, m.reconnects, expiryCollector{a})
+	reg.MustRegister(m.served, m.attestFailures, m.reconnects, m.bundleRefused, expiryCollector{a})
 	return m
 }
 
@@ -46,6 +54,8 @@ var (
 		"1 while the watch stream to the server is up, else 0.", nil, nil)
 	cachedDesc = prometheus.NewDesc("moatless_agent_cached_svids",
 		"Workload X509-SVIDs currently held for serving.", nil, nil)
+	bundleSeqDesc = prometheus.NewDesc("moatless_agent_bundle_sequence",
+		"Sequence number of the trust bundle the agent holds (absent before it has one); compare with the server's to see a change propagate.", nil, nil)
 )
 
 // expiryCollector computes the time-dependent gauges at scrape time.
@@ -56,6 +66,7 @@ func (expiryCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodeExpiryDesc
 	ch <- connectedDesc
 	ch <- cachedDesc
+	ch <- bundleSeqDesc
 }
 
 func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
@@ -72,4 +83,7 @@ func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, v)
 	ch <- prometheus.MustNewConstMetric(cachedDesc, prometheus.GaugeValue, float64(c.a.cache.Served()))
+	if b := c.a.node.Bundle(); b != nil {
+		ch <- prometheus.MustNewConstMetric(bundleSeqDesc, prometheus.GaugeValue, float64(b.SequenceNumber))
+	}
 }

@@ -113,7 +113,9 @@ type NodeConfig struct {
 	// Ignored when DataDir holds a valid node SVID.
 	JoinToken string
 	// DataDir, when set, is where the node SVID with its key (mode 0600)
-	// and the latest bundle are kept, so a restart needs no new token.
+	// and the latest bundle are kept, so a restart needs no new token and
+	// refuses, as the run before it did, a bundle older than the one kept
+	// (see refuseBundle).
 	DataDir string
 	// Component names the process in acks ("agent", "sidecar",
 	// "gateway"). Default "agent".
@@ -138,10 +140,16 @@ type NodeConfig struct {
 	// jitter) between reconnects and retries. Defaults 500ms and 30s.
 	BackoffBase, BackoffMax time.Duration
 
-	OnBundle      func(wire.Bundle)
-	OnRevocations func(wire.Revocations)
-	OnEntries     func([]wire.Entry)
-	OnPolicies    func(wire.PolicySet)
+	// OnBundle receives each bundle the node puts in force: one with a
+	// higher sequence number than the bundle held, or the same one again.
+	OnBundle func(wire.Bundle)
+	// OnBundleRefused is called for a bundle the node refused and left
+	// out of an update (see refuseBundle): older (a lower sequence
+	// number) or forked (the same one, other trust material).
+	OnBundleRefused func(wire.BundleOrder)
+	OnRevocations   func(wire.Revocations)
+	OnEntries       func([]wire.Entry)
+	OnPolicies      func(wire.PolicySet)
 	// OnRisk receives the risk section: the scores of the identities the
 	// server's detectors hold at risk, checked (see validRisk), replacing
 	// the previous ones. Servers that predate the section never call it.
@@ -339,6 +347,11 @@ func (n *Node) Attest(ctx context.Context) error {
 	if err := n.lockDir(); err != nil {
 		return err
 	}
+	// floor is the bundle saved by an earlier run whose node SVID is no
+	// longer usable (expired, damaged): the attestation below must not
+	// take an older one from a lagging replica (see refuseBundle). State
+	// from another server or trust domain sets none.
+	var floor *wire.Bundle
 	if n.cfg.DataDir != "" {
 		if err := n.loadPersisted(); err == nil {
 			if n.cfg.JoinToken != "" {
@@ -352,6 +365,7 @@ func (n *Node) Attest(ctx context.Context) error {
 			n.log.Warn("the node SVID in the data directory is from another server or trust domain; attesting with the join token and replacing it", "error", err)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
+			floor = n.savedBundle()
 		}
 	}
 	n.mu.Lock()
@@ -379,7 +393,14 @@ func (n *Node) Attest(ctx context.Context) error {
 	if err := validBundle(&resp.Bundle); err != nil {
 		return fmt.Errorf("agent: attest: %w", err)
 	}
-	svid, err := checkSVID(resp.SVID, key, spiffeid.ID{}, resp.Bundle, n.now())
+	bundle := resp.Bundle
+	if floor != nil && floor.TrustDomain == bundle.TrustDomain {
+		if o := wire.CompareBundle(floor, &bundle); o == wire.BundleOlder || o == wire.BundleForked {
+			n.refuseBundle(floor, &bundle, o, 0)
+			bundle = *floor
+		}
+	}
+	svid, err := checkSVID(resp.SVID, key, spiffeid.ID{}, bundle, n.now())
 	if err != nil {
 		if n.cfg.OnAttestFailure != nil {
 			n.cfg.OnAttestFailure()
@@ -387,7 +408,7 @@ func (n *Node) Attest(ctx context.Context) error {
 		return fmt.Errorf("agent: attest: %w", err)
 	}
 	n.mu.Lock()
-	n.bundle = &resp.Bundle
+	n.bundle = &bundle
 	n.setPoolLocked()
 	n.mu.Unlock()
 	n.setSVID(svid, true)
@@ -997,13 +1018,21 @@ func (n *Node) apply(u *wire.Update) error {
 	if u.Bundle != nil {
 		b := *u.Bundle
 		n.mu.Lock()
-		n.bundle = &b
-		n.setPoolLocked()
+		held := n.bundle
+		order := wire.CompareBundle(held, &b)
+		if order == wire.BundleNewer || order == wire.BundleSame {
+			n.bundle = &b
+			n.setPoolLocked()
+		}
 		n.mu.Unlock()
-		n.persistBundle()
-		n.checkOwnAuthority(&b)
-		if n.cfg.OnBundle != nil {
-			n.cfg.OnBundle(b)
+		if order == wire.BundleNewer || order == wire.BundleSame {
+			n.persistBundle()
+			n.checkOwnAuthority(&b)
+			if n.cfg.OnBundle != nil {
+				n.cfg.OnBundle(b)
+			}
+		} else {
+			n.refuseBundle(held, &b, order, u.Version)
 		}
 	}
 	if u.Revocations != nil && n.cfg.OnRevocations != nil {
@@ -1030,6 +1059,29 @@ func (n *Node) apply(u *wire.Update) error {
 		n.cfg.OnUpdate(u.Version)
 	}
 	return nil
+}
+
+// refuseBundle logs and counts a bundle that is older than the one held,
+// or of the same sequence number with other trust material, and that apply
+// therefore left out. The server's bundle sequence number grows with every
+// change of its trust material and never goes back; a lower one comes from
+// a replica that has not yet adopted the latest CA state, or from an older
+// server version during an upgrade, and after "moatless ca revoke" it
+// would bring the revoked authority back into trust (for the node's
+// connections to the server, the workloads' bundles and the SVIDs checked
+// against it) until the next bundle change. The rest of the update is
+// applied: the store behind every replica is the same, only the CA state
+// a replica holds in memory can lag. The held bundle, persisted in
+// DataDir, stays until one with a higher sequence number comes; attesting
+// afresh with a join token is the way to take a lower one (a server whose
+// data directory was rebuilt).
+func (n *Node) refuseBundle(held, got *wire.Bundle, order wire.BundleOrder, version uint64) {
+	n.log.Warn("refused a trust bundle that is not newer than the one held; keeping the held one",
+		"reason", order.String(), "sequence", got.SequenceNumber, "held_sequence", held.SequenceNumber,
+		"server", n.Server(), "update", version)
+	if n.cfg.OnBundleRefused != nil {
+		n.cfg.OnBundleRefused(order)
+	}
 }
 
 // checkOwnAuthority wakes the renewal loop at once when the node SVID
@@ -1262,6 +1314,19 @@ func writeFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// savedBundle is the valid bundle DataDir holds, or nil.
+func (n *Node) savedBundle() *wire.Bundle {
+	raw, err := os.ReadFile(filepath.Join(n.cfg.DataDir, bundleFile))
+	if err != nil {
+		return nil
+	}
+	var b wire.Bundle
+	if json.Unmarshal(raw, &b) != nil || validBundle(&b) != nil {
+		return nil
+	}
+	return &b
 }
 
 // loadPersisted loads a node SVID and bundle from DataDir. It fails (and

@@ -33,6 +33,7 @@ type cacheEntry struct {
 	// rule's set has changed since, the entry no longer counts.
 	keys    *keySet
 	iss     string // the token's iss
+	sub     string // the token's sub, "" without
 	expires int64  // Unix nanoseconds: the token's exp
 	jti     string
 	// x5t is the certificate thumbprint the token is bound to (cnf

@@ -141,9 +141,36 @@ func Reason(err error) string {
 type tokenError struct {
 	kind   error
 	detail string
-	// issuer and subject of a token refused as revoked, whose
-	// signature verified (RevokedToken).
+	// issuer and subject of a token refused although its signature
+	// verified (VerifiedToken, and RevokedToken for ErrRevoked); empty
+	// for a token whose signature did not verify or was not checked.
 	issuer, subject string
+}
+
+// VerifiedToken returns the issuer and subject of a token refused after
+// its signature verified: revoked (ErrRevoked), sent over a connection
+// without the certificate it is bound to (ErrCertBinding), refused by a
+// REQUIRED rule of the request although another rule accepted it
+// (ErrTokenRequired and the other rule's refusals), or of an audience the
+// rule does not accept (ErrAudience) — the issuer's word about whose
+// token was presented, for an audit record. Empty for every other
+// refusal: the claims of a token that did not verify are the sender's
+// word, and must not be recorded as an identity.
+func (e *tokenError) VerifiedToken() (issuer, subject string) {
+	return e.issuer, e.subject
+}
+
+// verifiedRefusal is err (a refusal of a token whose signature verified,
+// with issuer iss and subject sub) carrying them for VerifiedToken. A
+// refusal that already names a token is left as it is.
+func verifiedRefusal(err error, iss, sub string) error {
+	te, ok := err.(*tokenError)
+	if !ok || te.issuer != "" {
+		return err
+	}
+	c := *te
+	c.issuer, c.subject = iss, sub
+	return &c
 }
 
 // RevokedToken returns the issuer and subject of a token refused because

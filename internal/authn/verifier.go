@@ -503,8 +503,7 @@ func (v *Verifier) verify(rules []*securityv1beta1.JWTRule, req *policy.Request,
 // checks that are per request still run.
 func (v *Verifier) hit(e *cacheEntry, tok string, fs []found, crs, cands []*compiledRule, req *policy.Request, now time.Time, m *Memo) (*policy.Auth, error) {
 	if v.isRevoked(e.jti) {
-		sub, _ := e.claims["sub"].(string)
-		return nil, v.reject(&tokenError{kind: ErrRevoked, issuer: e.iss, subject: sub})
+		return nil, v.reject(&tokenError{kind: ErrRevoked, issuer: e.iss, subject: e.sub})
 	}
 	v.hits.Add(1)
 	return v.accept(e, tok, fs, crs, cands, req, now, m)
@@ -514,11 +513,12 @@ func (v *Verifier) hit(e *cacheEntry, tok string, fs []found, crs, cands []*comp
 // binding, REQUIRED rules) and returns its Auth, remembering e in m (when
 // not nil) once they pass.
 func (v *Verifier) accept(e *cacheEntry, tok string, fs []found, crs, cands []*compiledRule, req *policy.Request, now time.Time, m *Memo) (*policy.Auth, error) {
+	// e's signature verified: a refusal here names its token.
 	if err := e.checkBinding(req); err != nil {
-		return nil, v.reject(err)
+		return nil, v.reject(verifiedRefusal(err, e.iss, e.sub))
 	}
 	if err := v.checkRequired(tok, e, crs, cands, now); err != nil {
-		return nil, v.reject(err)
+		return nil, v.reject(verifiedRefusal(err, e.iss, e.sub))
 	}
 	// Only an entry the cache can hold (the cache on, the token
 	// unexpired) is remembered: the memo's hit is the cache's hit, not a
@@ -664,8 +664,10 @@ func (v *Verifier) verifySlow(tok string, cands, all []*compiledRule, now time.T
 
 // verifyWith checks pt against one rule, whose key set is ks (c.keys()
 // read by the caller). Cheap checks (times, audience) come before the
-// signature so that stale or misdirected tokens cost no public-key
-// operation and cannot trigger key refreshes.
+// signature so that stale tokens cost no public-key operation and
+// neither stale nor misdirected ones can trigger key refreshes; a
+// misdirected token's signature is checked (once, no refresh) only to
+// name its holder in the refusal.
 func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now time.Time) (*cacheEntry, error) {
 	if c.err != nil {
 		return nil, tokenErr(ErrRuleInvalid, strings.TrimPrefix(c.err.Error(), "authn: "))
@@ -674,6 +676,14 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 		return nil, err
 	}
 	if err := pt.checkAudience(c.audiences); err != nil {
+		// A token of the issuer's, signed for another audience, is
+		// refused before its signature is checked; it is checked then
+		// only to say whose token it was (VerifiedToken). That costs
+		// no more than any token of the right audience with a bad
+		// signature, and never asks for a key refresh.
+		if v.signatureVerifies(pt, c, ks) {
+			return nil, verifiedRefusal(err, pt.iss, pt.sub)
+		}
 		return nil, err
 	}
 	// The algorithm is pinned by the issuer: its shared secret verifies
@@ -706,6 +716,19 @@ func (v *Verifier) verifyWith(pt *parsedToken, c *compiledRule, ks *keySet, now 
 	return v.entry(pt, c, ks)
 }
 
+// signatureVerifies reports whether pt's signature verifies with rule c's
+// keys ks (or shared secret), without asking for a refresh of any key.
+func (v *Verifier) signatureVerifies(pt *parsedToken, c *compiledRule, ks *keySet) bool {
+	switch {
+	case c.shared != nil:
+		return pt.alg == c.shared.alg && pt.verifyHMAC(c.shared) == nil
+	case isHMAC(pt.alg) || ks == nil:
+		return false
+	}
+	keys, err := ks.candidates(pt.alg, pt.kid, pt.hasKID)
+	return err == nil && pt.verifySignature(keys) == nil
+}
+
 // entry is the cache entry of a token whose signature verified.
 func (v *Verifier) entry(pt *parsedToken, c *compiledRule, ks *keySet) (*cacheEntry, error) {
 	if v.isRevoked(pt.jti) {
@@ -715,6 +738,7 @@ func (v *Verifier) entry(pt *parsedToken, c *compiledRule, ks *keySet) (*cacheEn
 		rule:      c,
 		keys:      ks,
 		iss:       pt.iss,
+		sub:       pt.sub,
 		expires:   pt.expiry().UnixNano(),
 		jti:       pt.jti,
 		x5t:       pt.x5t,

@@ -82,6 +82,10 @@ const KEKSize = 32
 // admin rotations cannot grow the bundle (and the sealed state) without end.
 const maxAuthorities = 16
 
+// maxRevoked bounds the revoked authorities the state remembers (each
+// until its NotAfter), so the state a replica reads back stays bounded.
+const maxRevoked = 4 * maxAuthorities
+
 // Sentinel errors callers branch on (errors.Is).
 var (
 	// ErrNoState is returned by StateStore.LoadCAState when nothing was
@@ -106,8 +110,10 @@ var (
 	// replica saved first; Tick and Rotate return it and the next Tick
 	// adopts the other replica's state.
 	ErrStateConflict = errors.New("ca: CA state was changed by another server")
-	// ErrTooManyAuthorities is returned by Rotate when the bundle already
-	// holds the maximum number of authorities of a kind.
+	// ErrTooManyAuthorities is returned by Rotate and Prepare when the
+	// bundle already holds the maximum number of authorities of a kind,
+	// and by Revoke when the state remembers the maximum number of
+	// revoked ones.
 	ErrTooManyAuthorities = errors.New("ca: too many authorities in the bundle")
 	// ErrUnknownAuthority is returned by Activate, Taint and Revoke for an
 	// ID that names no authority of the CA.
@@ -206,7 +212,12 @@ type CA struct {
 	// (Options.RevokedAuthorities and every state it loaded or saved);
 	// guarded by mu.
 	revokedIDs map[string]bool
+	// diverged is why the state in the store could not be adopted at the
+	// last sync (see Diverged); nil when it was.
+	diverged atomic.Pointer[divergence]
 }
+
+type divergence struct{ err error }
 
 // Open loads and unseals the CA's state from o.State, or, when nothing was
 // saved yet, creates the first X.509 and JWT authorities and saves them
@@ -520,6 +531,22 @@ func (c *CA) transition(ctx context.Context, rotate bool) (bool, error) {
 	return adopted || bundleChanged, nil
 }
 
+// Diverged reports why the CA state in the store, saved by another
+// replica, could not be adopted at the last sync: this build cannot read
+// it (a newer version's, or sealed with another KEK), it holds an
+// authority this CA knows was revoked, or it is older than the one held.
+// The CA then keeps signing with the state it holds, which may be one
+// the other replicas have left (an authority tainted or revoked since):
+// the server reports itself not ready. nil once a sync adopts the stored
+// state, or finds it is the one held; a store that cannot be reached is
+// not a divergence.
+func (c *CA) Diverged() error {
+	if d := c.diverged.Load(); d != nil {
+		return d.err
+	}
+	return nil
+}
+
 // sync loads the stored state and, when it is not the one this CA last
 // loaded or saved, adopts it: another replica saved a rotation step. It
 // reports whether the bundle changed.
@@ -528,6 +555,18 @@ func (c *CA) sync(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("ca: load CA state: %w", err)
 	}
+	changed, err := c.adopt(blob)
+	if err != nil {
+		c.diverged.Store(&divergence{err})
+	} else {
+		c.diverged.Store(nil)
+	}
+	return changed, err
+}
+
+// adopt adopts blob, the stored state, unless it is the one held.
+// Callers hold c.mu.
+func (c *CA) adopt(blob []byte) (bool, error) {
 	cur := c.cur.Load()
 	if bytes.Equal(blob, cur.blob) {
 		return false, nil

@@ -217,7 +217,7 @@ func decodeState(plain []byte, td spiffeid.TrustDomain) (*state, error) {
 			return nil, fmt.Errorf("ca: saved CA state is invalid: %d active and %d prepared %s authorities", active, prepared, k.kind)
 		}
 	}
-	if len(st.Revoked) > 4*maxAuthorities {
+	if len(st.Revoked) > maxRevoked {
 		return nil, fmt.Errorf("ca: saved CA state is invalid: %d revoked authorities", len(st.Revoked))
 	}
 	for i := range st.Revoked {

@@ -2,6 +2,8 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -126,7 +128,9 @@ func (c *CA) Taint(ctx context.Context, kind AuthorityKind, id string) (a Author
 // Signed no longer recognises it, IssuerState reports StateRevoked, and a
 // stored state that holds it again is refused (ErrRevokedAuthority). kind
 // "" finds it by ID alone. Only a tainted authority can be revoked
-// (ErrAuthorityState).
+// (ErrAuthorityState). The state remembers at most 64 revoked
+// authorities at once, each until its NotAfter (ErrTooManyAuthorities
+// beyond: the authority stays tainted).
 func (c *CA) Revoke(ctx context.Context, kind AuthorityKind, id string) (a Authority, changed bool, err error) {
 	return c.operate(ctx, func(st *state, now time.Time) (*state, string, error) {
 		if st.isRevoked(id) || (!st.holds(id) && c.revokedIDs[id]) {
@@ -145,8 +149,15 @@ func (c *CA) Revoke(ctx context.Context, kind AuthorityKind, id string) (a Autho
 		if err := v.parse(); err != nil {
 			return nil, "", fmt.Errorf("ca: revoke %s: %w", id, err)
 		}
+		// A state with more than maxRevoked is refused when read back:
+		// refuse the step instead of saving one no replica could open.
+		live := slices.DeleteFunc(slices.Clone(st.Revoked), func(v revoked) bool { return !now.Before(v.NotAfter) })
+		if len(live) >= maxRevoked {
+			first := slices.MinFunc(live, func(a, b revoked) int { return a.NotAfter.Compare(b.NotAfter) })
+			return nil, "", fmt.Errorf("%w: %d authorities are revoked and remembered until their NotAfter; the next can be revoked from %s (%s authority %s stays tainted until then)", ErrTooManyAuthorities, len(live), first.NotAfter.UTC().Format(time.RFC3339), k, id)
+		}
 		next := st.with(k, slices.Delete(slices.Clone(list), i, i+1))
-		next.Revoked = append(slices.Clone(st.Revoked), v)
+		next.Revoked = append(live, v)
 		c.o.Logger.Warn("ca: revoked authority (operator)", "kind", k, "id", id)
 		return next, id, nil
 	})
@@ -259,13 +270,17 @@ func unknownAuthority(st *state, kind AuthorityKind, id string) error {
 // IDKind returns the kind of authority an ID names by its form: 40
 // lower-case hex digits (an X.509 subject key ID, 20 bytes) or 43
 // base64url characters without padding (a JWT key ID, a SHA-256
-// thumbprint). Anything else is ErrInvalidRequest.
+// thumbprint), in its canonical spelling: the last character's unused
+// bits are zero, so one key ID has one spelling. Anything else is
+// ErrInvalidRequest.
 func IDKind(id string) (AuthorityKind, error) {
 	switch {
 	case len(id) == 40 && strings.Trim(id, "0123456789abcdef") == "":
 		return KindX509, nil
 	case len(id) == 43 && strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == "":
-		return KindJWT, nil
+		if b, err := base64.RawURLEncoding.Strict().DecodeString(id); err == nil && len(b) == sha256.Size {
+			return KindJWT, nil
+		}
 	}
 	if len(id) > 80 {
 		id = id[:80] + "..."

@@ -26,6 +26,7 @@ import (
 	"github.com/moatless/moatless/internal/loopback"
 	"github.com/moatless/moatless/internal/opaapi"
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/telemetry"
 )
@@ -298,7 +299,11 @@ func serveAuthzAdmin(ctx context.Context, addr string, reg *prometheus.Registry,
 
 // serveExtAuthz serves ext_authz from "moatless server" on a unix socket:
 // decisions with the policy set in force, denials audited.
-func serveExtAuthz(ctx context.Context, srv *server.Server, addr string, uidArgs []string, log *slog.Logger) (func(), error) {
+//
+// revs are the mesh's revocations, which the server keeps current: a
+// revoked source principal, a revoked token ID and a token issued to or
+// for a revoked workload are refused, as a sidecar refuses them.
+func serveExtAuthz(ctx context.Context, srv *server.Server, revs *proxy.Revocations, addr string, uidArgs []string, log *slog.Logger) (func(), error) {
 	if !strings.HasPrefix(addr, "unix:") {
 		return nil, fmt.Errorf("%q: the server serves ext_authz on a unix socket (unix:/path); for TCP with mutual TLS run \"moatless authz\"", addr)
 	}
@@ -310,10 +315,10 @@ func serveExtAuthz(ctx context.Context, srv *server.Server, addr string, uidArgs
 		}
 		allow = append(allow, uint32(n))
 	}
-	verifier := authn.NewVerifier(authn.Options{Logger: log})
+	verifier := authn.NewVerifier(authn.Options{Logger: log, Revoked: revs.Token})
 	verifier.Start(ctx)
 	x, err := extauthz.New(extauthz.Config{Policy: srv.AuthzPolicy, Verifier: verifier, Logger: log, OnDecision: srv.AuditAuthzDecision,
-		Destination: policy.Destination{Namespace: policy.DefaultNamespace}})
+		Destination: policy.Destination{Namespace: policy.DefaultNamespace}, Revocations: revs})
 	if err != nil {
 		verifier.Close()
 		return nil, err

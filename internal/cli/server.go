@@ -8,6 +8,7 @@ import (
 
 	"github.com/moatless/moatless/internal/cli/dataplane"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -128,13 +129,19 @@ func runServer(ctx context.Context, e *Env, args []string) int {
 	case e.getenv("MOATLESS_SECRETS_PASSPHRASE") != "":
 		sc.SecretsPassphrase = []byte(e.getenv("MOATLESS_SECRETS_PASSPHRASE"))
 	}
+	// ext_authz refuses what the mesh revoked, as a sidecar does: the
+	// server hands it every new revocation list it reads.
+	var revs proxy.Revocations
+	if *extAuthz != "" {
+		sc.OnRevocations = func(w *wire.Revocations) { revs.Set(w) }
+	}
 	srv, err := server.New(ctx, sc)
 	if err != nil {
 		return e.errorf(ExitFailure, "%v", err)
 	}
 	defer srv.Close()
 	if *extAuthz != "" {
-		stop, err := serveExtAuthz(ctx, srv, *extAuthz, extAuthzUIDs, logger)
+		stop, err := serveExtAuthz(ctx, srv, &revs, *extAuthz, extAuthzUIDs, logger)
 		if err != nil {
 			return e.errorf(ExitUsage, "server: --ext-authz: %v", err)
 		}

@@ -6,8 +6,9 @@
 //
 // A CheckRequest becomes a policy.Request: the source principal and
 // address Envoy saw, the destination's port and principal, the HTTP
-// method, path, host and headers, the TLS session's SNI and the request
-// time Envoy stamped. Destinations have no namespace or labels in Envoy's
+// method, path, host and headers, the TLS session's SNI, the thumbprint
+// of the peer certificate Envoy reports (include_peer_certificate, for
+// certificate-bound tokens) and the request time Envoy stamped. Destinations have no namespace or labels in Envoy's
 // request; they come from Config.Destination, overridden per route by the
 // context extensions "namespace" and "labels" ("app=web,tier=front").
 // Allowed requests get the headers the policies ask for (Rego results,
@@ -16,14 +17,19 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -57,6 +63,13 @@ type Record struct {
 	Method, Path  string // Path without the query
 	Decision      policy.Decision
 	PolicyVersion uint64
+	// TokenIssuer and TokenSubject name the token of an Unauthenticated
+	// decision whose signature verified before it was refused (revoked,
+	// another audience, bound to another certificate, refused by a
+	// REQUIRED rule: Decision.Reason says which): whose credential was
+	// presented, the caller perhaps relaying it. Empty for a token that
+	// did not verify, whose claims are the sender's word.
+	TokenIssuer, TokenSubject string
 }
 
 // Config configures a Server. Policy is required.
@@ -86,7 +99,31 @@ type Config struct {
 	// connections and never completes one holds a descriptor and a
 	// goroutine each for that long, without any credential.
 	HandshakeTimeout time.Duration
+	// Revocations, when set, refuses what the mesh has revoked, as a
+	// sidecar does: a request whose source principal is a revoked SPIFFE
+	// ID (denied: Envoy accepted its certificate, which it cannot know is
+	// revoked), and a verified token issued to or for a revoked workload
+	// (Unauthenticated). A revoked token ID is the Verifier's to refuse
+	// (authn.Options.Revoked). *proxy.Revocations implements it.
+	Revocations Revocations
 }
+
+// Revocations is what Config.Revocations asks.
+type Revocations interface {
+	// Peer reports whether a peer with this SPIFFE ID (or leaf serial,
+	// "" when unknown) is revoked.
+	Peer(id, serial string) bool
+	// IdentityToken reports whether a token with these verified claims
+	// names a revoked workload (subject, authorized party, client or an
+	// actor).
+	IdentityToken(claims map[string]any) bool
+}
+
+// The reasons of the refusals Config.Revocations makes.
+const (
+	ReasonSourceRevoked          = "the source's SPIFFE ID is revoked"
+	ReasonTokenOfRevokedIdentity = "invalid token: issued to or for a revoked identity"
+)
 
 // Server answers Check calls.
 type Server struct {
@@ -153,6 +190,7 @@ func Request(cr *authv3.CheckRequest, def policy.Destination, now time.Time) (*p
 		req.Source.IP = ip.Unmap()
 	}
 	req.RemoteIP = req.Source.IP
+	req.Source.CertSHA256 = certThumbprint(a.GetSource().GetCertificate())
 	req.Destination = policy.Destination{Namespace: def.Namespace, Labels: def.Labels}
 	if ds := a.GetDestination().GetAddress().GetSocketAddress(); ds != nil {
 		req.Destination.Port = int(ds.GetPortValue())
@@ -222,6 +260,31 @@ func spiffePrincipal(p string) string {
 	return p[len("spiffe://"):]
 }
 
+// maxPeerCertificate bounds the encoded peer certificate read.
+const maxPeerCertificate = 64 << 10
+
+// certThumbprint is the RFC 8705 thumbprint (policy.CertThumbprint) of
+// the peer certificate Envoy reports (include_peer_certificate: PEM,
+// URL-encoded), which a certificate-bound token must match as it must
+// match the sidecar's connection. "" for none, and for anything but one
+// URL-encoded PEM CERTIFICATE block: a bound token is then refused, and
+// nothing else changes.
+func certThumbprint(enc string) string {
+	if enc == "" || len(enc) > maxPeerCertificate {
+		return ""
+	}
+	text, err := url.PathUnescape(enc)
+	if err != nil {
+		return ""
+	}
+	b, rest := pem.Decode([]byte(text))
+	if b == nil || b.Type != "CERTIFICATE" || len(b.Headers) != 0 || len(bytes.TrimSpace(rest)) != 0 {
+		return ""
+	}
+	sum := sha256.Sum256(b.Bytes)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
 func parseLabels(s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
@@ -242,20 +305,77 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	req, err := Request(cr, s.cfg.Destination, s.cfg.Now())
 	var dec policy.Decision
 	var forged []string
+	var tokIss, tokSub string
 	switch {
 	case err != nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
 	case set == nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: policy.ReasonNoSet}
+	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), ""):
+		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: ReasonSourceRevoked}
 	default:
 		v := s.cfg.Verifier
 		if v == nil {
 			v = refuseTokens{}
 		}
-		forged, dec = s.decide(set, req, v)
+		tv := &tokenVerdict{v: v}
+		forged, dec = s.decide(set, req, tv)
+		if dec.Outcome == policy.Unauthenticated {
+			tokIss, tokSub = tv.verifiedToken()
+		}
+		if a := tv.revokedIdentity(s.cfg.Revocations); a != nil {
+			// Whatever the policy said with it: a token issued to or for
+			// a revoked identity is refused however valid its signature
+			// and lifetime, as a sidecar and the gateway refuse it. Its
+			// claims verified, so they name the token.
+			dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: ReasonTokenOfRevokedIdentity}
+			tokIss, _ = a.Claims["iss"].(string)
+			tokSub, _ = a.Claims["sub"].(string)
+		}
 	}
-	s.record(ctx, cr, req, dec, version)
+	s.record(ctx, cr, req, dec, version, tokIss, tokSub)
 	return response(dec, req, forged), nil
+}
+
+// tokenVerdict is the verifier of one Check, keeping its refusal and
+// the tokens it verified.
+type tokenVerdict struct {
+	v     policy.JWTVerifier
+	err   error
+	auths []*policy.Auth
+}
+
+func (t *tokenVerdict) Verify(rules []*securityv1beta1.JWTRule, req *policy.Request) (*policy.Auth, error) {
+	a, err := t.v.Verify(rules, req)
+	t.err = err
+	if a != nil && err == nil {
+		t.auths = append(t.auths, a)
+	}
+	return a, err
+}
+
+// revokedIdentity is a verified token of this Check issued to or for a
+// workload r says is revoked, nil when none (or r is nil).
+func (t *tokenVerdict) revokedIdentity(r Revocations) *policy.Auth {
+	if r == nil {
+		return nil
+	}
+	for _, a := range t.auths {
+		if r.IdentityToken(a.Claims) {
+			return a
+		}
+	}
+	return nil
+}
+
+// verifiedToken is the issuer and subject of a token refused after its
+// signature verified (authn's VerifiedToken), "" for any other refusal.
+func (t *tokenVerdict) verifiedToken() (issuer, subject string) {
+	var vt interface{ VerifiedToken() (string, string) }
+	if t.err == nil || !errors.As(t.err, &vt) {
+		return "", ""
+	}
+	return vt.VerifiedToken()
 }
 
 // decide evaluates req, denying on a panic: gRPC does not recover a
@@ -278,15 +398,17 @@ func (s *Server) decide(set *policy.Set, req *policy.Request, v policy.JWTVerifi
 // RequestAuthentication writes for the app (outputClaimToHeaders,
 // outputPayloadToHeader) under any spelling, on requests with a token or
 // without, and the "_" twins of the headers policies read (every "_" name
-// when a Rego provider reads them all). Envoy forwards what ext_authz does
+// when a Rego provider reads them all) and of the headers the rules read
+// tokens from (x_jwt_assertion, a token nobody verified, for
+// x-jwt-assertion). Envoy forwards what ext_authz does
 // not remove, and WSGI, CGI, PHP and Rack read x_user and X-User as one
 // variable, so the app would take a caller's copy for the verified one.
 // These are the sidecar's rules (internal/proxy/headers.go), so a request
 // reaches the app through Envoy as it would through the sidecar.
 func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
-	var owned []string
+	var owned, tokens []string
 	if rules := set.JWTRules(req.Destination); len(rules) > 0 {
-		owned = s.outputHeaders(rules)
+		owned, tokens = s.ruleHeaders(rules)
 	}
 	underscore := false
 	for k := range req.Headers {
@@ -298,7 +420,10 @@ func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	if len(owned) == 0 && !underscore {
 		return nil
 	}
-	var read []string
+	// The "_" spelling of a header tokens are read from is not read by
+	// the verifier, and is read by the app as the header it verified.
+	// (Clipped: the memo's slice is shared by concurrent checks.)
+	read := slices.Clip(tokens)
 	all := false
 	if underscore {
 		names, a := set.RequestHeaders(req.Destination)
@@ -322,25 +447,32 @@ func (s *Server) forgedHeaders(set *policy.Set, req *policy.Request) []string {
 	return out
 }
 
-// outputMemo is the folded output headers of one rule list.
+// outputMemo is the folded output and token headers of one rule list.
 type outputMemo struct {
-	rules  []*securityv1beta1.JWTRule
-	folded []string
+	rules          []*securityv1beta1.JWTRule
+	output, tokens []string
 }
 
-// outputHeaders is authn.OutputHeaders(rules) folded (foldHeaderName),
-// remembered for the last rule list: a policy set returns the same list
-// for a destination until it is replaced.
-func (s *Server) outputHeaders(rules []*securityv1beta1.JWTRule) []string {
+// ruleHeaders returns authn.OutputHeaders(rules) and
+// authn.TokenHeaders(rules) folded (foldHeaderName), remembered for the
+// last rule list: a policy set returns the same list for a destination
+// until it is replaced.
+func (s *Server) ruleHeaders(rules []*securityv1beta1.JWTRule) (output, tokens []string) {
 	if m := s.outputs.Load(); m != nil && len(m.rules) == len(rules) && &m.rules[0] == &rules[0] {
-		return m.folded
+		return m.output, m.tokens
 	}
-	folded := authn.OutputHeaders(rules)
-	for i, h := range folded {
-		folded[i] = foldHeaderName(h)
+	output = authn.OutputHeaders(rules)
+	for i, h := range output {
+		output[i] = foldHeaderName(h)
 	}
-	s.outputs.Store(&outputMemo{rules: rules, folded: folded})
-	return folded
+	for _, h := range authn.TokenHeaders(rules) {
+		// A name the rule spells with "_" is its own.
+		if !strings.Contains(h, "_") {
+			tokens = append(tokens, foldHeaderName(h))
+		}
+	}
+	s.outputs.Store(&outputMemo{rules: rules, output: output, tokens: tokens})
+	return output, tokens
 }
 
 // foldsTo reports whether foldHeaderName(h) == f, without allocating for
@@ -369,7 +501,8 @@ func (refuseTokens) Verify(rules []*securityv1beta1.JWTRule, _ *policy.Request) 
 }
 
 // response is Envoy's answer to dec; an allow removes the forged headers
-// (forgedHeaders) but those it sets, which it overwrites.
+// (forgedHeaders) but those it sets, which it overwrites, and the token's
+// header or query parameter unless its rule forwards it.
 func response(dec policy.Decision, req *policy.Request, forged []string) *authv3.CheckResponse {
 	switch dec.Outcome {
 	case policy.Allow:
@@ -384,6 +517,10 @@ func response(dec policy.Decision, req *policy.Request, forged []string) *authv3
 			for _, k := range req.Auth.RemoveHeaders {
 				ok.HeadersToRemove = append(ok.HeadersToRemove, strings.ToLower(k))
 			}
+			// A token read from the query leaves it too, unless the rule
+			// forwards it: a bearer token in the URL reaches the app's
+			// access logs and the Referer of every link it serves.
+			ok.QueryParametersToRemove = append(ok.QueryParametersToRemove, req.Auth.RemoveQueryParams...)
 			for _, k := range sortedKeys(req.Auth.SetHeaders) {
 				set(k, req.Auth.SetHeaders[k])
 			}
@@ -449,7 +586,7 @@ func sortedKeys(m map[string]string) []string {
 // record counts and logs a decision (every denial and every decision a
 // CUSTOM provider took part in; other allows are only counted) and hands
 // denials to OnDecision.
-func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *policy.Request, dec policy.Decision, version uint64) {
+func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *policy.Request, dec policy.Decision, version uint64, tokIss, tokSub string) {
 	s.decisions.WithLabelValues(dec.Outcome.String(), dec.Policy).Inc()
 	for _, c := range dec.Custom {
 		s.custom.WithLabelValues(c.Provider, c.Result).Inc()
@@ -458,7 +595,8 @@ func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *polic
 		return
 	}
 	a := cr.GetAttributes()
-	rec := Record{Time: s.cfg.Now(), Source: a.GetSource().GetPrincipal(), Decision: dec, PolicyVersion: version}
+	rec := Record{Time: s.cfg.Now(), Source: a.GetSource().GetPrincipal(), Decision: dec, PolicyVersion: version,
+		TokenIssuer: tokIss, TokenSubject: tokSub}
 	if req != nil {
 		rec.SourceIP = addr(req.Source.IP)
 		rec.Destination = req.Destination.Namespace + ":" + strconv.Itoa(req.Destination.Port)
@@ -469,6 +607,9 @@ func (s *Server) record(ctx context.Context, cr *authv3.CheckRequest, req *polic
 		slog.String("source", rec.Source), slog.String("source_ip", rec.SourceIP), slog.String("destination", rec.Destination),
 		slog.String("method", rec.Method), slog.String("path", rec.Path), slog.String("decision", dec.Outcome.String()),
 		slog.String("policy", dec.Policy), slog.Int("rule", dec.Rule), slog.String("reason", dec.Reason), slog.Uint64("policy_version", version),
+	}
+	if tokSub != "" || tokIss != "" {
+		attrs = append(attrs, slog.String("token_issuer", tokIss), slog.String("token_subject", tokSub))
 	}
 	for i, c := range dec.Custom {
 		attrs = append(attrs, slog.Group("custom_"+strconv.Itoa(i), slog.String("provider", c.Provider), slog.String("query", c.Query),

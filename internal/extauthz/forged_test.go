@@ -1,14 +1,18 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +26,7 @@ import (
 	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/testpki"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestForgedHeaders is the attack of a caller who sends, through Envoy,
@@ -324,4 +329,205 @@ func compileSet(t *testing.T, yaml string) *policy.Set {
 		t.Fatal(err)
 	}
 	return set
+}
+
+// TestForgedTokenHeaderTwin is the attack of a caller who sends, through
+// Envoy, a token the mesh never verified under a "_" spelling of the
+// header a RequestAuthentication rule reads tokens from (x_jwt_assertion
+// for x-jwt-assertion). The verifier reads x-jwt-assertion only, so the
+// request passes as tokenless wherever anonymous requests are allowed;
+// a CGI-style app reads x_jwt_assertion as HTTP_X_JWT_ASSERTION, the
+// variable it takes for the token the mesh verified (forwardOriginalToken),
+// and decodes the forged claims. The sidecar drops such twins
+// (proxy/headers.go, authn.TokenHeaders); ext_authz must have Envoy drop
+// them too, on requests with a token and without.
+func TestForgedTokenHeaderTwin(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+    fromHeaders: [{name: x-jwt-assertion}]
+    forwardOriginalToken: true
+`, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	good := sign(map[string]any{"iss": "https://idp.example", "sub": "alice", "exp": now.Add(time.Hour).Unix()})
+	forged := "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiYWRtaW4ifQ."
+	cases := []struct {
+		name    string
+		headers map[string]string
+		remove  []string
+		keep    []string
+	}{
+		{"twin_alone", map[string]string{"x_jwt_assertion": forged}, []string{"x_jwt_assertion"}, nil},
+		{"twin_mixed_case", map[string]string{"X_Jwt-Assertion": forged}, []string{"x_jwt-assertion"}, nil},
+		{"twin_beside_verified_token", map[string]string{"x-jwt-assertion": good, "x_jwt_assertion": forged}, []string{"x_jwt_assertion"}, []string{"x-jwt-assertion"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := s.Check(context.Background(), check("GET", "/", c.headers, "app=x", now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != codes.OK {
+				t.Fatalf("status %v (%s), want OK", got, resp.GetStatus().GetMessage())
+			}
+			rm := resp.GetOkResponse().GetHeadersToRemove()
+			for _, k := range c.remove {
+				if !slices.Contains(rm, k) {
+					t.Errorf("Envoy is not told to remove %s: headers_to_remove %v", k, rm)
+				}
+			}
+			for _, k := range c.keep {
+				if slices.Contains(rm, k) {
+					t.Errorf("the verified, forwarded %s is removed: %v", k, rm)
+				}
+			}
+		})
+	}
+}
+
+// TestUnauthenticatedRecordNamesVerifiedToken: the record and the
+// decision log of a 401 name the token's issuer and subject when its
+// signature verified before it was refused (revoked, another audience):
+// whose credential was presented, perhaps relayed by the caller. A token
+// whose signature does not verify names nobody, whatever its claims say.
+func TestUnauthenticatedRecordNamesVerifiedToken(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	_, forge := policytest.Issuer(t) // another key under the same kid
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+    audiences: [records]
+`, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	v.SetRevokedTokens([]wire.RevokedTokenID{{JTI: "stolen"}})
+	var mu sync.Mutex
+	var recs []Record
+	var logBuf bytes.Buffer
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"},
+		Logger: quiet(), DecisionLog: slog.New(slog.NewJSONHandler(&logBuf, nil)),
+		OnDecision: func(_ context.Context, r Record) { mu.Lock(); recs = append(recs, r); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	cl := func(aud, jti string) map[string]any {
+		return map[string]any{"iss": "https://idp.example", "sub": "spiffe://example.org/ns/prod/sa/reports", "aud": aud, "jti": jti, "exp": now.Add(time.Hour).Unix()}
+	}
+	cases := []struct {
+		name  string
+		token string
+		named bool
+	}{
+		{"revoked", sign(cl("records", "stolen")), true},
+		{"another_audience", sign(cl("billing", "j2")), true},
+		{"forged_signature", forge(cl("records", "j3")), false},
+		{"forged_signature_another_audience", forge(cl("billing", "j4")), false},
+		{"forged_signature_revoked", forge(cl("records", "stolen")), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			mu.Lock()
+			recs = nil
+			mu.Unlock()
+			logBuf.Reset()
+			resp, err := s.Check(context.Background(), check("GET", "/", map[string]string{"authorization": "Bearer " + c.token}, "app=x", now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != codes.Unauthenticated {
+				t.Fatalf("status %v (%s), want Unauthenticated", got, resp.GetStatus().GetMessage())
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(recs) != 1 {
+				t.Fatalf("%d records", len(recs))
+			}
+			r := recs[0]
+			logged := logBuf.String()
+			if c.named {
+				if r.TokenIssuer != "https://idp.example" || r.TokenSubject != "spiffe://example.org/ns/prod/sa/reports" {
+					t.Fatalf("record names %q of %q", r.TokenSubject, r.TokenIssuer)
+				}
+				if !strings.Contains(logged, `"token_subject":"spiffe://example.org/ns/prod/sa/reports"`) {
+					t.Fatalf("decision log lacks the token's subject: %s", logged)
+				}
+				return
+			}
+			if r.TokenIssuer != "" || r.TokenSubject != "" || strings.Contains(logged, "token_subject") {
+				t.Fatalf("a token that did not verify names %q of %q; log %s", r.TokenSubject, r.TokenIssuer, logged)
+			}
+		})
+	}
+}
+
+// TestTokenQueryParameterRemoved: a token verified from a query
+// parameter (access_token, a rule's default location, or fromParams) is
+// removed from the request Envoy forwards unless the rule forwards the
+// original token, as the sidecar removes it: a bearer token left in the
+// URL reaches the app, its access logs and every Referer it sends.
+func TestTokenQueryParameterRemoved(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+  - issuer: https://fwd.example
+    jwks: '%s'
+    fromParams: [t]
+    forwardOriginalToken: true
+`, jwks, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok := func(iss string) string {
+		return sign(map[string]any{"iss": iss, "sub": "alice", "exp": now.Add(time.Hour).Unix()})
+	}
+	cases := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		want    []string
+	}{
+		{"default_param", "/r?x=1&access_token=" + tok("https://idp.example"), nil, []string{"access_token"}},
+		{"forwarded_param_kept", "/r?t=" + tok("https://fwd.example"), nil, nil},
+		{"header_token", "/r?x=1", map[string]string{"authorization": "Bearer " + tok("https://idp.example")}, nil},
+		{"no_token", "/r?access_token=", nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := s.Check(context.Background(), check("GET", c.path, c.headers, "app=x", now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != codes.OK {
+				t.Fatalf("status %v (%s), want OK", got, resp.GetStatus().GetMessage())
+			}
+			if got := resp.GetOkResponse().GetQueryParametersToRemove(); !slices.Equal(got, c.want) {
+				t.Fatalf("query_parameters_to_remove %v, want %v", got, c.want)
+			}
+		})
+	}
 }

@@ -22,6 +22,10 @@ import (
 	"github.com/moatless/moatless/internal/wire"
 )
 
+// ErrBundleNotNewer: SetBundle was given a bundle older than the one in
+// force, or of the same sequence number with other authorities.
+var ErrBundleNotNewer = errors.New("proxy: the trust bundle is not newer than the one in force")
+
 // NodeIdentity is the Identity of a sidecar that is its own agent: the
 // SVID comes from SVID (the agent client's current, auto-renewed one) and
 // the bundle from the watch stream's Bundle sections, applied with
@@ -32,6 +36,10 @@ type NodeIdentity struct {
 
 	bundle  atomic.Pointer[x509bundle.Bundle]
 	updated updateSignal
+	// mu orders SetBundle calls; held is the wire bundle in force, whose
+	// sequence number the next one must not go below.
+	mu   sync.Mutex
+	held *wire.Bundle
 }
 
 // Updated is sent on after each bundle put in force by SetBundle (one
@@ -40,7 +48,13 @@ func (n *NodeIdentity) Updated() <-chan struct{} { return n.updated.c() }
 
 // SetBundle puts a trust bundle from the server in force. A bundle without
 // X.509 authorities or with an invalid one is refused and the previous one
-// stays.
+// stays. So is, with ErrBundleNotNewer, one older than the bundle in force
+// (a lower sequence number: a replica that has not caught up, which after
+// "moatless ca revoke" would bring the revoked authority back into trust)
+// or of the same sequence number with other trust material (a forked
+// history); see wire.CompareBundle. Nothing but a new NodeIdentity (a
+// restart, whose agent.Node keeps the same rule from its state directory)
+// takes a lower sequence number.
 func (n *NodeIdentity) SetBundle(b wire.Bundle) error {
 	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
 	if err != nil {
@@ -57,6 +71,12 @@ func (n *NodeIdentity) SetBundle(b wire.Bundle) error {
 	if len(certs) == 0 {
 		return fmt.Errorf("proxy: bundle for %s has no X.509 authority", td)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if o := wire.CompareBundle(n.held, &b); o == wire.BundleOlder || o == wire.BundleForked {
+		return fmt.Errorf("%w: %s (sequence %d, in force %d); keeping the one in force", ErrBundleNotNewer, o, b.SequenceNumber, n.held.SequenceNumber)
+	}
+	n.held = &b
 	n.bundle.Store(x509bundle.FromX509Authorities(td, certs))
 	n.updated.notify()
 	return nil

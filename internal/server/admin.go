@@ -307,12 +307,22 @@ func (s *Server) authenticateAdmin(r *http.Request) (actor string, status int, m
 		}
 		return "admin-token", 0, ""
 	}
+	return s.adminCert(r)
+}
+
+// adminCert authenticates r by an admin client certificate (the admin
+// API's and the secrets API's): an X509-SVID of an admin ID that this
+// server issued as an admin certificate, on a request no web page made.
+func (s *Server) adminCert(r *http.Request) (actor string, status int, msg string) {
 	c, err := s.peer(r)
 	switch {
 	case errors.Is(err, errNoClientCert):
 		return "anonymous", http.StatusUnauthorized, "an admin credential is required: the admin token (Authorization: Bearer) or an admin client certificate"
 	case err != nil:
 		return "anonymous", http.StatusUnauthorized, err.Error()
+	}
+	if madeByAPage(r) {
+		return c.id.String(), http.StatusForbidden, "a client certificate is not accepted on a request a web page made (Origin, Sec-Fetch-Site): use the CLI, or the dashboard"
 	}
 	if !s.admins[c.id.String()] {
 		return c.id.String(), http.StatusForbidden, fmt.Sprintf("%s is not an admin ID of this server", c.id)
@@ -325,6 +335,21 @@ func (s *Server) authenticateAdmin(r *http.Request) (actor string, status int, m
 		return c.id.String(), http.StatusForbidden, "this certificate was not issued as an admin certificate by this server (moatless ca issue-admin)"
 	}
 	return c.id.String(), 0, ""
+}
+
+// madeByAPage reports whether a browser says a web page made r: it has
+// an Origin, or Fetch Metadata other than a navigation the user started.
+// A client certificate imported into a browser is sent with whatever
+// request any page makes, as a cookie is, so it authenticates only
+// requests no page made (the CLI, programs; the dashboard has its own
+// session and CSRF token). The admin token travels in a header a page of
+// another site cannot set.
+func madeByAPage(r *http.Request) bool {
+	if _, ok := r.Header["Origin"]; ok {
+		return true
+	}
+	site, ok := r.Header["Sec-Fetch-Site"]
+	return ok && (len(site) != 1 || site[0] != "none")
 }
 
 // newID returns a random UUID (version 4) string.
@@ -714,7 +739,7 @@ func (s *Server) caRotate(c *adminCall) {
 		return
 	}
 	if err := s.publishBundle(c.ctx, c.event(audit.KindCARotate, s.td.Name(), nil)); err != nil {
-		c.fail(err)
+		c.publishFailed("rotation", err)
 		return
 	}
 	c.audited = true

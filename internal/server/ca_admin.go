@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -119,7 +120,7 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		// the same bundle again, harmlessly.
 		ev := c.event(evKind, a.ID, map[string]string{"kind": string(a.Kind), "state": string(a.State), "not_after": a.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
 		if err := s.publishBundle(c.ctx, ev); err != nil {
-			c.fail(err)
+			c.publishFailed(step, err)
 			return
 		}
 		c.audited = true
@@ -127,6 +128,16 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		seq, _ := s.ca.Bundle().SequenceNumber()
 		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()}})
 	}
+}
+
+// publishFailed answers a CA step that the CA saved (it is in force, and
+// taking it again is refused) but whose publication failed: its audit
+// record is pending with the publication, which the maintenance loop
+// retries, so the call is not audited again here.
+func (c *adminCall) publishFailed(step string, err error) {
+	c.s.log.Error("CA step saved, but publishing the trust bundle failed; the server retries it", "step", step, "err", err)
+	c.audited = true
+	c.reply(http.StatusInternalServerError, errorBody("the CA "+step+" was saved and is in force, but publishing the new trust bundle failed (see the server log); the server retries the publication: do not take the step again, check `moatless ca show` and `moatless agent list`"))
 }
 
 // publishAdopted pushes a bundle the CA adopted from another replica.
@@ -163,12 +174,29 @@ func (s *Server) renewServerCertIfTainted(ctx context.Context) {
 
 // readRevokedAuthorities reads DIR/ca-revoked: one authority ID a line.
 // A missing file is an empty list; anything else that is not an authority
-// ID stops the server (the file is the server's own).
+// ID stops the server (the file is the server's own), and so does
+// anything that is not a regular file of at most maxRevokedFileSize (a
+// FIFO or a device put in its place would block or exhaust the start).
 func readRevokedAuthorities(dir string) ([]string, error) {
 	path := filepath.Join(dir, RevokedAuthoritiesFile)
-	b, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > maxRevokedFileSize {
+		return nil, fmt.Errorf("server: %s is not a regular file of at most %d bytes (mode %s, %d bytes): the server writes it; restore it from a backup of the data directory", path, maxRevokedFileSize, fi.Mode(), fi.Size())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxRevokedFileSize+1))
+	if err == nil && len(b) > maxRevokedFileSize {
+		err = fmt.Errorf("over %d bytes", maxRevokedFileSize)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("server: read %s: %w", path, err)
@@ -180,8 +208,12 @@ func readRevokedAuthorities(dir string) ([]string, error) {
 	return ids, nil
 }
 
-// maxRevokedAuthorities bounds DIR/ca-revoked.
-const maxRevokedAuthorities = 100_000
+// maxRevokedAuthorities bounds DIR/ca-revoked, and maxRevokedFileSize
+// its size: that many of the longest IDs (43 characters) and newlines.
+const (
+	maxRevokedAuthorities = 100_000
+	maxRevokedFileSize    = maxRevokedAuthorities * 44
+)
 
 func parseRevokedAuthorities(b []byte) ([]string, error) {
 	var ids []string

@@ -101,7 +101,7 @@ func stateIn(c *ca.CA, id string) ca.AuthorityState {
 
 // DIR/ca-revoked is strict: one authority ID a line, nothing else.
 func TestParseRevokedAuthorities(t *testing.T) {
-	x, j := strings.Repeat("ab", 20), strings.Repeat("A_-z", 10)+"xyz"
+	x, j := strings.Repeat("ab", 20), strings.Repeat("A_-z", 10)+"xyw"
 	for _, tc := range []struct {
 		name, in string
 		want     []string
@@ -115,6 +115,7 @@ func TestParseRevokedAuthorities(t *testing.T) {
 		{"space", x + " \n", nil, "not an authority ID"},
 		{"short", x[:39], nil, "not an authority ID"},
 		{"jwt_padding", j[:42] + "=", nil, "not an authority ID"},
+		{"jwt_not_canonical", j[:42] + "z", nil, "not an authority ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseRevokedAuthorities([]byte(tc.in))

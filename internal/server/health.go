@@ -42,6 +42,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	} else {
 		add("ca", nil)
 	}
+	// A replica that cannot follow the shared CA state signs with the one
+	// it holds, which the others may have left (a key tainted or revoked
+	// since): traffic should go to the replicas that follow it.
+	add("ca-state", s.ca.Diverged())
 	ok := true
 	var b strings.Builder
 	for _, c := range checks {

@@ -19,7 +19,6 @@ import (
 
 	"github.com/moatless/moatless/internal/secrets"
 	"github.com/moatless/moatless/internal/secrets/barrier"
-	"github.com/moatless/moatless/internal/store"
 )
 
 // SecretsKeyFile is the default root key file of the secrets service in
@@ -187,15 +186,11 @@ func (s *Server) secretsAdmin(r *http.Request) (string, bool) {
 	if tok != "" {
 		return "admin-token", strings.HasPrefix(tok, "mla_") && s.checkAdminToken(tok)
 	}
-	c, err := s.peer(r)
-	if err != nil || !s.admins[c.id.String()] {
+	actor, status, _ := s.adminCert(r)
+	if status != 0 {
 		return "", false
 	}
-	kind, err := s.credentialKind(r.Context(), c)
-	if err != nil || kind != store.SVIDKindAdmin {
-		return "", false
-	}
-	return c.id.String(), true
+	return actor, true
 }
 
 // tickSecrets runs the secrets service's expiry and revocation work; the

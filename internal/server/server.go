@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
@@ -32,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +48,7 @@ import (
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/telemetry"
 	"github.com/moatless/moatless/internal/ui"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // Files the server keeps in its data directory.
@@ -88,6 +91,13 @@ type Config struct {
 	// Tracer, when set, gives every request on the listener a server span
 	// (tracing.go); nil: no tracing.
 	Tracer trace.Tracer
+	// OnRevocations, when set, is called with the revocations in force
+	// each time this server reads a new version of them (at start, then
+	// on every change, its own or another replica's), before they take
+	// effect anywhere else in it. It must be fast and must not keep or
+	// change the section it is given. The ext_authz service of
+	// "moatless server --ext-authz" refuses what they revoke.
+	OnRevocations func(*wire.Revocations)
 	// JWTSVIDRate and JWTSVIDBurst bound the JWT-SVIDs one node may have
 	// signed on this server: per second sustained, and at once (defaults
 	// DefaultJWTSVIDRate and DefaultJWTSVIDBurst). Each is a signature and
@@ -168,6 +178,7 @@ type Server struct {
 	detect    *detectState  // detection and response (detect.go)
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
+	onRevs    func(*wire.Revocations)
 	risk      atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
 	// riskScores is the same section by SPIFFE ID, for the spans.
 	riskScores telemetry.RiskScores
@@ -210,6 +221,8 @@ type Server struct {
 	// sends once per version (encode.go).
 	shared      sharedJSON
 	bundleCache atomic.Pointer[bundleCacheEntry]
+	// pub is the bundle publication still to be done (watch.go).
+	pub bundlePublication
 	// lines and heartbeats hold whole watch lines every stream sends
 	// alike (encode.go).
 	lines      sharedLines
@@ -242,6 +255,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.jwtSigns = signingBudget(c.JWTSVIDRate, c.JWTSVIDBurst, DefaultJWTSVIDRate, DefaultJWTSVIDBurst)
 	s.x509Signs = signingBudget(c.X509SVIDRate, c.X509SVIDBurst, DefaultX509SVIDRate, DefaultX509SVIDBurst)
+	s.onRevs = c.OnRevocations
 	s.heartbeat = c.HeartbeatInterval
 	if s.heartbeat <= 0 {
 		s.heartbeat = st.WatchHeartbeat.Std()
@@ -402,10 +416,23 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	defer cancel()
 
-	if err := s.audit.Append(ctx, audit.Event{Kind: audit.KindServerStart, Actor: s.id.String(), Outcome: audit.Success,
-		Details: map[string]string{"listen": s.ln.Addr().String(), "trust_domain": s.td.Name()}}); err != nil {
+	// The bundle the server starts with is published with its start: a
+	// CA step saved but not published before the server stopped (its
+	// publication failed, or the process died in between), or taken by
+	// ca.Open for the time it was stopped, reaches the agents that
+	// resume their watch streams, which are sent only what moved.
+	seq, _ := s.ca.Bundle().SequenceNumber()
+	start := audit.Event{Kind: audit.KindServerStart, Actor: s.id.String(), Outcome: audit.Success,
+		Details: map[string]string{"listen": s.ln.Addr().String(), "trust_domain": s.td.Name(), "bundle_sequence": strconv.FormatUint(seq, 10)}}
+	if err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(ctx, tx, start)
+	}); err != nil {
 		return fmt.Errorf("server: audit log unavailable: %w", err)
 	}
+	s.changed(ctx)
 	var wg sync.WaitGroup
 	for _, f := range []func(context.Context){s.maintain, s.refreshLoop, s.followChanges, s.detect.alerts.run} {
 		wg.Add(1)

@@ -297,6 +297,9 @@ func (s *Server) reloadRevocations(ctx context.Context, version uint64) error {
 		set.why[x.Serial] = revocationWhy{x.RevokedAt, x.Reason}
 		set.section.Serials = append(set.section.Serials, wire.RevokedSerial{Serial: x.Serial, ExpiresAt: x.ExpiresAt})
 	}
+	if s.onRevs != nil {
+		s.onRevs(set.section)
+	}
 	s.revs.Store(set)
 	return nil
 }

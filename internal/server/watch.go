@@ -161,27 +161,84 @@ func (s *Server) changed(ctx context.Context) {
 	s.hub.setVersions(vs)
 }
 
+// maxPendingBundleEvents bounds the audit records of bundle changes
+// waiting for their publication (the store failing for a long time).
+const maxPendingBundleEvents = 100
+
+// bundlePublication is what publishBundle has not finished: the audit
+// records of CA steps that took effect (the CA saved them) but whose new
+// bundle version was not committed yet, and whether bundle.pem and
+// ca-revoked are still to be rewritten. The maintenance loop retries it.
+type bundlePublication struct {
+	mu     sync.Mutex
+	events []audit.Event
+	files  bool
+}
+
 // publishBundle records a bundle change (rotation, a Tick step) as a new
 // bundle version with its audit record, rewrites DIR/bundle.pem and wakes
-// the watch streams.
+// the watch streams. The CA has saved the change already: when this fails
+// the change stays pending and the maintenance loop publishes it
+// (retryBundlePublication), with ev, once the store takes it.
 func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
 	seq, _ := s.ca.Bundle().SequenceNumber()
 	if ev.Details == nil {
 		ev.Details = map[string]string{}
 	}
 	ev.Details["bundle_sequence"] = strconv.FormatUint(seq, 10)
-	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-		if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+	p := &s.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.events) < maxPendingBundleEvents {
+		p.events = append(p.events, ev)
+	} else {
+		s.log.Error("too many bundle changes waiting for their publication; dropping one's audit record", "kind", ev.Kind, "subject", ev.Subject, "bundle_sequence", seq)
+	}
+	return s.publishPendingLocked(ctx)
+}
+
+// retryBundlePublication publishes what publishBundle could not.
+func (s *Server) retryBundlePublication(ctx context.Context) {
+	p := &s.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.events) == 0 && !p.files {
+		return
+	}
+	if err := s.publishPendingLocked(ctx); err != nil {
+		s.log.Error("publish trust bundle; will retry", "err", err)
+		return
+	}
+	s.log.Info("published a trust bundle change that failed to publish before")
+}
+
+// publishPendingLocked commits one bundle version with every pending
+// audit record, then rewrites the files and wakes the streams. Callers
+// hold s.pub.mu.
+func (s *Server) publishPendingLocked(ctx context.Context) error {
+	p := &s.pub
+	if len(p.events) > 0 {
+		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+			if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+				return err
+			}
+			for _, ev := range p.events {
+				if err := s.audit.AppendTx(ctx, tx, ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
 			return err
 		}
-		return s.audit.AppendTx(ctx, tx, ev)
-	})
-	if err != nil {
-		return err
+		p.events = nil
 	}
+	p.files = true
 	if err := s.writeBundleFile(); err != nil {
 		return err
 	}
+	p.files = false
 	s.changed(ctx)
 	return nil
 }
@@ -501,8 +558,10 @@ func (s *Server) maintain(ctx context.Context) {
 		if changed {
 			ev := audit.Event{Kind: audit.KindBundleChange, Actor: s.id.String(), Subject: s.td.Name(), Outcome: audit.Success}
 			if err := s.publishBundle(ctx, ev); err != nil {
-				s.log.Error("publish trust bundle", "err", err)
+				s.log.Error("publish trust bundle; will retry", "err", err)
 			}
+		} else {
+			s.retryBundlePublication(ctx)
 		}
 		if c := s.cert.Load(); c == nil || s.now().After(c.renewAt) || s.serverCertIssuerTainted() {
 			if err := s.renewServerCert(ctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,6 +108,19 @@ func TestAuthzExtAuthz(t *testing.T) {
 		})
 		pl.admin("policy", "apply", "-f", dir)
 		expect(t, c)
+		// The mesh's revocations reach ext_authz: Envoy accepted the
+		// ingress's certificate, which it cannot know is revoked; the
+		// owner's allow no longer holds for it.
+		pl.admin("revoke", "--force", "--spiffe-id", "spiffe://"+trustDomain+"/ns/istio-system/sa/ingress")
+		var resp *authv3.CheckResponse
+		waitFor(t, 10*time.Second, "the revocation to reach ext_authz", func() bool {
+			var err error
+			resp, err = c.Check(ctx, envoyCheck("/documents/d1", token("alice")))
+			return err == nil && codes.Code(resp.GetStatus().GetCode()) == codes.PermissionDenied
+		})
+		if got := resp.GetStatus().GetMessage(); !strings.Contains(got, "revoked") {
+			t.Fatalf("a revoked source's denial says %q", got)
+		}
 	})
 }
 
