@@ -163,6 +163,31 @@ func (c *CA) Revoke(ctx context.Context, kind AuthorityKind, id string) (a Autho
 	})
 }
 
+// errSequenceHigh ends RaiseSequence's step without a save.
+var errSequenceHigh = errors.New("ca: the bundle sequence is already higher")
+
+// RaiseSequence makes the bundle's sequence number greater than min, if it
+// is not already, with its authorities unchanged, and reports whether it
+// raised it. Agents refuse a bundle whose sequence is lower than the one
+// they hold (a lagging replica's): after a store was restored on purpose
+// from a backup older than a bundle this server published, the server
+// raises the restored state past what it published, and the agents take
+// it again.
+func (c *CA) RaiseSequence(ctx context.Context, min uint64) (bool, error) {
+	_, changed, err := c.operate(ctx, func(st *state, _ time.Time) (*state, string, error) {
+		if st.Sequence > min {
+			return nil, "", errSequenceHigh
+		}
+		next := *st
+		next.Sequence = min + 1
+		return &next, "", nil
+	})
+	if errors.Is(err, errSequenceHigh) {
+		return false, nil
+	}
+	return changed, err
+}
+
 // operate applies an operator's step: it adopts the stored state, computes
 // the next one with fn (which returns the ID of the authority it changed),
 // saves it and swaps the snapshot. A step that loses a compare-and-swap is

@@ -208,6 +208,12 @@ type SidecarOutbound struct {
 	// Upgrades lists the protocols the app's HTTP requests may switch to;
 	// only websocket is accepted. Default [websocket]; [] forwards none.
 	Upgrades []string `json:"upgrades,omitempty"`
+	// Hosts are more names the app sends as Host ("billing.internal",
+	// "*.example.internal"), besides IP literals, localhost, the
+	// upstream's host, server_name, name and the upstream's service
+	// names; a request under any other name is refused as a DNS
+	// rebinding (docs/sidecar.md, "Requests from web browsers").
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // SidecarPolicy is where policies come from in the modes without a server.

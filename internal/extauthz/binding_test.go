@@ -36,21 +36,7 @@ func TestCertBoundTokenThroughEnvoy(t *testing.T) {
 	ca := testpki.NewCA(t, "example.org")
 	certA := ca.SVID(t, "spiffe://example.org/ns/istio-system/sa/ingress", 0).Chain[0]
 	certB := ca.SVID(t, "spiffe://example.org/ns/istio-system/sa/other", 0).Chain[0]
-	jwks, sign := policytest.Issuer(t)
-	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://idp.example
-    jwks: '%s'
-`, jwks))
-	v := authn.NewVerifier(authn.Options{Logger: quiet()})
-	t.Cleanup(func() { v.Close() })
-	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, sign := issuerServer(t, authn.Options{}, nil)
 	now := time.Now()
 	bound := sign(map[string]any{"iss": "https://idp.example", "sub": "alice", "exp": now.Add(time.Hour).Unix(),
 		"cnf": map[string]any{"x5t#S256": policy.CertThumbprint(certA)}})
@@ -114,4 +100,34 @@ func FuzzCertThumbprint(f *testing.F) {
 			t.Fatalf("%q: thumbprint %s, want %s", enc, got, want)
 		}
 	})
+}
+
+// issuerServer is a Server deciding for namespace prod under one
+// RequestAuthentication rule that trusts a test issuer,
+// https://idp.example, and the function that signs its tokens. vopts
+// configure the verifier (its Logger is set), opts (when not nil) the
+// Server.
+func issuerServer(t *testing.T, vopts authn.Options, opts func(*Config)) (*Server, func(map[string]any) string) {
+	t.Helper()
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+`, jwks))
+	vopts.Logger = quiet()
+	v := authn.NewVerifier(vopts)
+	t.Cleanup(func() { v.Close() })
+	cfg := Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"}, Logger: quiet()}
+	if opts != nil {
+		opts(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, sign
 }

@@ -2,15 +2,13 @@ package extauthz
 
 import (
 	"context"
-	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/moatless/moatless/internal/authn"
-	"github.com/moatless/moatless/internal/policy"
-	"github.com/moatless/moatless/internal/policy/policytest"
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -28,24 +26,12 @@ func TestRevocationsRefused(t *testing.T) {
 		web     = "spiffe://example.org/ns/prod/sa/web"
 		other   = "spiffe://example.org/ns/prod/sa/other"
 	)
-	jwks, sign := policytest.Issuer(t)
-	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: prod}
-spec:
-  jwtRules:
-  - issuer: https://idp.example
-    jwks: '%s'
-`, jwks))
 	revs := &proxy.Revocations{}
-	v := authn.NewVerifier(authn.Options{Logger: quiet(), Revoked: revs.Token})
-	t.Cleanup(func() { v.Close() })
 	var recs []Record
-	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"},
-		Logger: quiet(), Revocations: revs, OnDecision: func(_ context.Context, r Record) { recs = append(recs, r) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, sign := issuerServer(t, authn.Options{Revoked: revs.Token}, func(c *Config) {
+		c.Revocations = revs
+		c.OnDecision = func(_ context.Context, r Record) { recs = append(recs, r) }
+	})
 	now := time.Now()
 	tok := func(claims map[string]any) string {
 		claims["iss"], claims["exp"] = "https://idp.example", now.Add(time.Hour).Unix()
@@ -88,7 +74,7 @@ spec:
 			if c.code == codes.OK {
 				return
 			}
-			if len(recs) != 1 || !contains(recs[0].Decision.Reason, c.reason) {
+			if len(recs) != 1 || !strings.Contains(recs[0].Decision.Reason, c.reason) {
 				t.Fatalf("records %+v, want one with reason %q", recs, c.reason)
 			}
 			if c.reason == ReasonTokenOfRevokedIdentity && recs[0].TokenIssuer != "https://idp.example" {
@@ -96,13 +82,4 @@ spec:
 			}
 		})
 	}
-}
-
-func contains(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
-		}
-	}
-	return false
 }

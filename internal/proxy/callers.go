@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -78,6 +79,10 @@ const (
 type tcpOwnerLookup struct {
 	name string // "sock_diag" or "/proc/net/tcp", for the logs
 	find func(local, remote netip.AddrPort) (tcpSocket, error)
+	// slots, when set, bounds how many finds run at once: a read of
+	// /proc/net/tcp costs time in the host's sockets, and any local user
+	// can make the sidecar do one per connection it opens.
+	slots chan struct{}
 }
 
 // localCaller is what the kernel says about the process at the other end
@@ -104,6 +109,9 @@ type callerCheck struct {
 	tcp     *tcpOwnerLookup
 	refused *prometheus.CounterVec
 	log     *slog.Logger
+	// logPace paces the log lines of refusals: any local user can open
+	// refused connections in a loop. Each one is counted.
+	logPace refusalLog
 }
 
 // newCallerCheck checks c against the outbound listeners it will guard
@@ -137,7 +145,7 @@ func newCallerCheck(c LocalCallers, outbound []Outbound, reg prometheus.Register
 	}
 	cc.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "moatless_sidecar_outbound_refused_total",
-		Help: "Outbound connections closed on accept because the local process that opened them is not admitted (outbound_allowed_uids/gids) or cannot be identified, by listener and reason.",
+		Help: "Outbound connections closed on accept because the local process that opened them is not admitted (outbound_allowed_uids/gids) or cannot be identified, and requests refused because a web browser sent them (reasons browser, foreign_host), by listener and reason.",
 	}, []string{"listener", "reason"})
 	if err := reg.Register(cc.refused); err != nil {
 		return nil, err
@@ -211,6 +219,10 @@ func (cc *callerCheck) identify(c net.Conn) (localCaller, string, error) {
 // accepted loopback connection whose server end is server. On failure it
 // returns the refusal reason.
 func tcpClientOwner(l *tcpOwnerLookup, client, server netip.AddrPort) (localCaller, string, error) {
+	if l.slots != nil {
+		l.slots <- struct{}{}
+		defer func() { <-l.slots }()
+	}
 	s, err := l.find(client, server)
 	if errors.Is(err, errNoSocket) {
 		return localCaller{}, refusedUnknown, errors.New("the client's socket is gone")
@@ -274,7 +286,14 @@ func (cc *callerCheck) admit(c net.Conn, listener string) bool {
 		reason = refusedNotAllowed
 	}
 	cc.refused.WithLabelValues(listener, reason).Inc()
+	logIt, unlogged := cc.logPace.take(time.Now())
+	if !logIt {
+		return false
+	}
 	attrs := []any{"listener", listener, "reason", reason}
+	if unlogged > 0 {
+		attrs = append(attrs, "unlogged_before", unlogged)
+	}
 	if err == nil {
 		attrs = append(attrs, "uid", p.uid)
 		if p.hasGID {

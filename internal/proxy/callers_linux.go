@@ -30,7 +30,9 @@ var tcpOwnerBackend = sync.OnceValues(func() (*tcpOwnerLookup, error) {
 
 var (
 	diagLookup = &tcpOwnerLookup{name: "sock_diag", find: diagFind}
-	procLookup = &tcpOwnerLookup{name: "/proc/net/tcp", find: procFind}
+	// One read of /proc/net/tcp at a time, per process: the connections
+	// any local user opens in a loop cost the sidecar at most one core.
+	procLookup = &tcpOwnerLookup{name: "/proc/net/tcp", find: procFind, slots: make(chan struct{}, 1)}
 )
 
 // probeTCPOwner returns the first lookup that finds the client end of a

@@ -803,3 +803,40 @@ func BenchmarkOutboundNewConnection(b *testing.B) {
 		})
 	}
 }
+
+// TestProcLookupOneAtATime: the /proc/net/tcp fallback reads the tables
+// for one connection at a time, however many connections local users
+// open at once: while one lookup runs, another waits.
+func TestProcLookupOneAtATime(t *testing.T) {
+	l := *procLookup
+	entered := make(chan struct{}, 2)
+	release := make(chan struct{})
+	l.find = func(local, remote netip.AddrPort) (tcpSocket, error) {
+		entered <- struct{}{}
+		<-release
+		return tcpSocket{}, errNoSocket
+	}
+	a := netip.MustParseAddrPort("127.0.0.1:40000")
+	b := netip.MustParseAddrPort("127.0.0.1:15001")
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			tcpClientOwner(&l, a, b)
+			done <- struct{}{}
+		}()
+	}
+	<-entered
+	select {
+	case <-entered:
+		close(release)
+		t.Fatal("two /proc/net/tcp lookups ran at once")
+	case <-time.After(200 * time.Millisecond):
+		// The other is waiting for the slot: it cannot be told from one
+		// that has not been scheduled yet, but on the parent commit it
+		// entered within microseconds.
+	}
+	close(release)
+	<-entered
+	<-done
+	<-done
+}

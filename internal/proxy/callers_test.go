@@ -153,3 +153,32 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 	}
 	return sum
 }
+
+// TestCallerRefusalsLogPaced: a local user opening refused connections in
+// a loop gets each one counted, but cannot make the sidecar write a log
+// line for each.
+func TestCallerRefusalsLogPaced(t *testing.T) {
+	logs := &syncBuf{}
+	reg := prometheus.NewRegistry()
+	cc, err := newCallerCheck(LocalCallers{UIDs: []uint32{0}}, nil, reg, slog.New(slog.NewJSONHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for range n {
+		a, b := net.Pipe()
+		if cc.admit(a, "orders") {
+			t.Fatal("a pipe was admitted")
+		}
+		a.Close()
+		b.Close()
+	}
+	if got := counterValue(t, reg, "moatless_sidecar_outbound_refused_total", map[string]string{"listener": "orders"}); got != n {
+		t.Fatalf("refusals counted: %v, want %d", got, n)
+	}
+	// One line a second: a machine slow enough to spend most of a second
+	// per refusal is not one this test runs on.
+	if lines := strings.Count(logs.String(), "outbound connection refused"); lines == 0 || lines > n/10 {
+		t.Fatalf("%d log lines for %d refusals", lines, n)
+	}
+}

@@ -1099,6 +1099,14 @@ func (ob *outbound) fastRequest(fc *fastConn, up *appClient) fastOutcome {
 		}
 		return fc.respond(&rw, fr.method, !keep)
 	}
+	if why := browserRefusal(fr.host, h, ob.hosts); why != "" {
+		ob.refuseBrowser(&rw, fr.host, h, why, rec)
+		keep, n := fc.settle(&fr, req.close)
+		if rec != nil {
+			rec.ReqBytes = n
+		}
+		return fc.respond(&rw, fr.method, !keep)
+	}
 	u := req.absolute
 	if u == nil {
 		u = &url.URL{}

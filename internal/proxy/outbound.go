@@ -42,7 +42,11 @@ type outbound struct {
 	hl   *chanListener
 	fast fastConns
 
-	upstreamID      string // cfg.ID as a string, for records
+	upstreamID string // cfg.ID as a string, for records
+	// hosts are the names the app may send as Host (outboundHosts).
+	hosts []string
+	// browserLog paces the log lines of refused browser requests.
+	browserLog      refusalLog
 	upstreamRevoked atomic.Bool
 	// refuseWhy says why calls are refused while upstreamRevoked holds:
 	// revoked (the upstream), blocked (this edge), isolated (this
@@ -70,7 +74,12 @@ func (s *Sidecar) newOutbound(c Outbound) (*outbound, error) {
 	if err := CheckUpgrades(c.Upgrades); err != nil {
 		return nil, err
 	}
-	ob := &outbound{s: s, cfg: c, name: c.Name, upstreamID: c.ID.String()}
+	for _, h := range c.Hosts {
+		if err := checkHostPattern(h); err != nil {
+			return nil, fmt.Errorf("proxy: config: outbound to %s: hosts: %w", c.Upstream, err)
+		}
+	}
+	ob := &outbound{s: s, cfg: c, name: c.Name, upstreamID: c.ID.String(), hosts: outboundHosts(c)}
 	if c.Listener == nil && strings.HasPrefix(c.Listen, unixListenPrefix) {
 		p, err := unixSocketPath(c.Listen)
 		if err != nil {
@@ -265,6 +274,12 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ob.refuseRevoked(w, &o)
 		return
 	}
+	if why := browserRefusal(r.Host, r.Header, ob.hosts); why != "" {
+		after, _ := ob.s.settle(w, r, nil)
+		defer after()
+		ob.refuseBrowser(w, r.Host, r.Header, why, &o)
+		return
+	}
 	if r.Method == http.MethodConnect {
 		after, _ := ob.s.settle(w, r, nil)
 		defer after()
@@ -300,6 +315,32 @@ func (ob *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if ob.fwd.forward(w, r, upgrade, nil, &o) {
 		LingerHijack(w, &ob.s.lingering, SidecarLinger, nil)
+	}
+}
+
+// refuseBrowser answers 403 to a request a web browser sent (why is
+// browserRefusal's reason), counts it, logs it (paced), and notes it in o
+// (nil: not recording).
+func (ob *outbound) refuseBrowser(w http.ResponseWriter, host string, h http.Header, why string, o *Observation) {
+	ob.s.callers.refused.WithLabelValues(ob.name, why).Inc()
+	if ok, unlogged := ob.browserLog.take(ob.s.cfg.Now()); ok {
+		attrs := []any{"listener", ob.name, "reason", why, "host", truncate(host, 256),
+			"origin", truncate(h.Get("Origin"), 256), "sec_fetch_site", truncate(h.Get("Sec-Fetch-Site"), 64)}
+		if unlogged > 0 {
+			attrs = append(attrs, "unlogged_before", unlogged)
+		}
+		ob.s.log.Warn("outbound request refused: sent by a web browser", attrs...)
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusForbidden)
+	if why == refusedHost {
+		io.WriteString(w, "outbound listener: Host is not a name this app calls the upstream by (a guard against DNS rebinding); call it by a loopback address, as localhost, or add the name to the outbound's hosts")
+	} else {
+		io.WriteString(w, "outbound listener: requests from a web browser (Origin, Sec-Fetch-Site) do not act as this workload")
+	}
+	if o != nil {
+		o.Decision, o.Reason, o.Status = "refused", why, http.StatusForbidden
 	}
 }
 

@@ -186,6 +186,12 @@ type Outbound struct {
 	// Upgrades lists the protocols a request from the app may switch to;
 	// nil means DefaultUpgrades, an empty list none. See CheckUpgrades.
 	Upgrades []string
+	// Hosts are the names, besides the upstream's host and ServerName,
+	// that the app sends as Host ("orders", or "*.example.org" for any
+	// name under it); an IP literal and localhost always pass. A request
+	// under any other name is refused (403): it is what a web page whose
+	// name was rebound to 127.0.0.1 sends. See browserRefusal.
+	Hosts []string
 }
 
 // Config configures a Sidecar. Identity and at least one listener are

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/moatless/moatless/internal/audit"
@@ -30,6 +31,73 @@ const (
 // refuses to start on a store whose CA state holds one of them again (a
 // store restored from before the revocation).
 const RevokedAuthoritiesFile = "ca-revoked"
+
+// BundleSequenceFile is the name, in the data directory, of the highest
+// bundle sequence number this server has published (decimal). A store
+// restored from an older backup holds a lower one, which agents refuse:
+// the server raises it past this one at start (raiseRestoredSequence).
+const BundleSequenceFile = "ca-sequence"
+
+// readBundleSequence reads DIR/ca-sequence: 0 when there is none.
+func readBundleSequence(dir string) (uint64, error) {
+	path := filepath.Join(dir, BundleSequenceFile)
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > 32 {
+		return 0, fmt.Errorf("server: %s is not a regular file of at most 32 bytes (mode %s, %d bytes): the server writes it; remove it to start anyway", path, fi.Mode(), fi.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("server: read %s: %w", path, err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("server: %s: %w", filepath.Join(dir, BundleSequenceFile), err)
+	}
+	return n, nil
+}
+
+// writeBundleSequence records seq as the highest bundle sequence
+// published, unless a higher one is recorded already.
+func (s *Server) writeBundleSequence(seq uint64) error {
+	s.revokedFileMu.Lock()
+	defer s.revokedFileMu.Unlock()
+	old, err := readBundleSequence(s.cfg.DataDir)
+	if err != nil || old >= seq {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, BundleSequenceFile), []byte(strconv.FormatUint(seq, 10)+"\n"), 0o644, false); err != nil {
+		return fmt.Errorf("server: write %s: %w", BundleSequenceFile, err)
+	}
+	return nil
+}
+
+// raiseRestoredSequence raises the stored CA state's bundle sequence past
+// the highest this data directory published, when the store holds a lower
+// one: a store restored from a backup. Without it every agent, which
+// refuses a bundle older than the one it holds, would keep the bundle from
+// before the restore until the sequence passed it again.
+func (s *Server) raiseRestoredSequence(ctx context.Context) error {
+	high, err := readBundleSequence(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	seq, _ := s.ca.Bundle().SequenceNumber()
+	if seq >= high {
+		return nil
+	}
+	s.log.Warn("ca: the stored CA state's bundle sequence is lower than this server published (a store restored from a backup?); raising it so the agents take the restored bundle",
+		"stored_sequence", seq, "published_sequence", high)
+	if _, err := s.ca.RaiseSequence(ctx, high); err != nil {
+		return fmt.Errorf("server: raise the restored bundle sequence past %d: %w", high, err)
+	}
+	return nil
+}
 
 // parseAuthorityKind reads the kind of a CA step: "x509", "jwt", or (when
 // optional) "" for "find it by ID".

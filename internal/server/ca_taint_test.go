@@ -335,26 +335,12 @@ func TestCARestoredStoreCannotBringRevokedKeyBack(t *testing.T) {
 	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
 	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
 	e.stop()
-	// The backup: the SQLite file and its write-ahead log as they are.
-	db := filepath.Join(dir, "moatless.db")
-	backup := map[string][]byte{}
-	for _, f := range []string{"", "-wal", "-shm"} {
-		if b, err := os.ReadFile(db + f); err == nil {
-			backup[f] = b
-		}
-	}
+	restore := backupStore(t, dir)
 	e = start(t, dir)
 	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
 	e.caStep(server.PathAdminCARevoke, server.CAStepRequest{ID: oldX})
 	e.stop()
-	for _, f := range []string{"", "-wal", "-shm"} {
-		os.Remove(db + f)
-		if b, ok := backup[f]; ok {
-			if err := os.WriteFile(db+f, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	restore()
 	cfg := config.DefaultServer(func(string) string { return "" })
 	cfg.DataDir, cfg.TrustDomain, cfg.Listen = dir, "example.org", "127.0.0.1:0"
 	cfg.Store, cfg.KEKFile, cfg.AdminIDs = "", "", nil
@@ -451,6 +437,69 @@ func TestCATaintRevokeAcrossReplicas(t *testing.T) {
 		c := e.client(n.cert())
 		if _, err := c.Post("https://"+e.addr+wire.PathRenew, "application/json", strings.NewReader("{}")); err == nil {
 			t.Errorf("replica %d accepted a node SVID of the revoked authority", i)
+		}
+	}
+}
+
+// TestCARestoredStoreRaisesBundleSequence: a store restored on purpose
+// from a backup older than the last bundle the server published holds a
+// lower bundle sequence, which agents refuse (a lagging replica's bundle
+// looks the same). The server raises it past what its data directory
+// published, so the agents take the restored bundle at once; a plain
+// restart changes nothing.
+func TestCARestoredStoreRaisesBundleSequence(t *testing.T) {
+	dir := t.TempDir()
+	seqOf := func(e *env) uint64 {
+		n, _ := e.srv.CA().Bundle().SequenceNumber()
+		return n
+	}
+	e := start(t, dir)
+	before := seqOf(e)
+	e.stop()
+	restore := backupStore(t, dir)
+	e = start(t, dir)
+	e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
+	published := seqOf(e)
+	if published <= before {
+		t.Fatalf("prepare left the sequence at %d (was %d)", published, before)
+	}
+	e.stop()
+	e = start(t, dir)
+	if got := seqOf(e); got != published {
+		t.Fatalf("a plain restart moved the sequence from %d to %d", published, got)
+	}
+	e.stop()
+	restore()
+	e = start(t, dir)
+	if got := seqOf(e); got <= published {
+		t.Fatalf("after restoring a backup from sequence %d the server publishes %d, not past the %d agents hold", before, got, published)
+	}
+	if n := len(e.srv.CA().Bundle().X509Authorities()); n != 1 {
+		t.Fatalf("the restored bundle has %d X.509 authorities, want the backup's 1", n)
+	}
+}
+
+// backupStore copies the SQLite store of the stopped server in dir (the
+// file and its write-ahead log as they are) and returns what puts the
+// copy back: a backup restored on purpose.
+func backupStore(t *testing.T, dir string) (restore func()) {
+	t.Helper()
+	db := filepath.Join(dir, "moatless.db")
+	backup := map[string][]byte{}
+	for _, f := range []string{"", "-wal", "-shm"} {
+		if b, err := os.ReadFile(db + f); err == nil {
+			backup[f] = b
+		}
+	}
+	return func() {
+		t.Helper()
+		for _, f := range []string{"", "-wal", "-shm"} {
+			os.Remove(db + f)
+			if b, ok := backup[f]; ok {
+				if err := os.WriteFile(db+f, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
 }

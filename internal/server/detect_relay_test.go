@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/detect"
+	"github.com/moatless/moatless/internal/extauthz"
+	"github.com/moatless/moatless/internal/policy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -280,5 +283,44 @@ spec:
 	}
 	if st, body := e.do(orders.http, "POST", wire.PathRecords, "", e.report(inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 1))); st != 204 {
 		t.Fatalf("orders refused after the address's incident: %d %s", st, body)
+	}
+}
+
+// TestExtAuthzRelayedRevokedTokenFramesNoOne: "moatless server
+// --ext-authz" now refuses revoked tokens, and audits the 401 with the
+// caller Envoy authenticated (its source principal) as subject. An
+// ingress relaying its users' tokens is then in frontend's place in
+// TestRelayedTokensFrameNoOne: an outsider's revoked token must not make
+// it a finding, as a sidecar's report of the same 401 does not (its
+// "source" says the caller passed mTLS with its own SVID). A caller
+// Envoy knows only by address presented the token itself and is judged.
+// Fails on the parent (the record had no "source"): a finding about the
+// ingress.
+func TestExtAuthzRelayedRevokedTokenFramesNoOne(t *testing.T) {
+	e := start(t, "")
+	e.admin("POST", server.PathAdminPlaybooks, server.PlaybookApplyRequest{Files: []server.PolicyFile{{Name: "contain.yaml", Content: containPlaybook}}}, nil)
+	refuse := func(source, ip, reason string) extauthz.Record {
+		return extauthz.Record{Time: time.Now(), Source: source, SourceIP: ip, Destination: "prod:8080", Method: "POST", Path: "/checkout",
+			Decision: policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: reason}, PolicyVersion: 1,
+			TokenIssuer: "https://idp.example", TokenSubject: "alice"}
+	}
+	for _, reason := range []string{"invalid token: token revoked", extauthz.ReasonTokenOfRevokedIdentity} {
+		for range 3 {
+			e.srv.AuditAuthzDecision(t.Context(), refuse(frontendID, "127.0.0.1", reason))
+		}
+	}
+	e.srv.AuditAuthzDecision(t.Context(), refuse("", "203.0.113.9", "invalid token: token revoked"))
+	waitFor(t, "the finding about the client known by address", func() bool {
+		return len(findingsAbout(e, "203.0.113.9")) == 1
+	})
+	if fs, incs := findingsAbout(e, frontendID), incidentsOf(t, e); len(fs) != 0 || len(incs) != 0 {
+		t.Fatalf("the relaying caller judged by its users' tokens: findings %+v, incidents %+v", fs, incs)
+	}
+	var page server.AuditPage
+	e.admin("GET", server.PathAdminAudit+"?limit=10", nil, &page)
+	for _, r := range page.Records {
+		if r.Kind == audit.KindDecisionUnauthenticated && r.Subject == frontendID && (r.Details["source"] != frontendID || r.Details["token_subject"] != "alice") {
+			t.Fatalf("ext_authz's audit record lacks the source or the token: %+v", r.Details)
+		}
 	}
 }

@@ -76,10 +76,19 @@ func (s *Server) AuditAuthzDecision(ctx context.Context, r extauthz.Record) {
 	if subject == "" {
 		subject = r.SourceIP
 	}
+	// As a sidecar's report: "source" names a caller that passed mTLS
+	// with its own SVID (Envoy's source principal), so a revoked token it
+	// relays for its users is judged as the token's, not as the caller's
+	// (detection); the token's issuer and subject when its signature
+	// verified, clipped like a report's.
 	d := map[string]string{
-		"listener": "ext_authz", "destination": r.Destination, "method": r.Method, "path": r.Path,
+		"listener": "ext_authz", "source": r.Source, "source_ip": r.SourceIP, "destination": r.Destination,
+		"method": r.Method, "path": r.Path,
 		"policy": r.Decision.Policy, "rule": strconv.Itoa(r.Decision.Rule), "reason": r.Decision.Reason,
 		"policy_version": strconv.FormatUint(r.PolicyVersion, 10),
+	}
+	if r.Decision.Outcome == policy.Unauthenticated {
+		d["token_issuer"], d["token_subject"] = clipReported(r.TokenIssuer, maxReportName), clipReported(r.TokenSubject, maxReportName)
 	}
 	if n := len(r.Decision.Custom); n > 0 {
 		d["rego_query"], d["input_sha256"] = r.Decision.Custom[n-1].Query, r.Decision.Custom[n-1].InputSHA256

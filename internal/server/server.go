@@ -320,6 +320,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if err := s.raiseRestoredSequence(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.initAdminToken(ctx, c.ResetAdminToken); err != nil {
 		return nil, err
 	}
@@ -734,6 +737,9 @@ func (s *Server) writeBundleFile() error {
 	}
 	seq, _ := b.SequenceNumber()
 	s.bundleSeq.Store(seq)
+	if err := s.writeBundleSequence(seq); err != nil {
+		return err
+	}
 	return s.writeRevokedAuthorities()
 }
 

@@ -206,7 +206,7 @@ func (r *sidecarRun) run(ctx context.Context) error {
 			return UsageError{err}
 		}
 		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, ID: spiffeid.RequireFromString(out.SPIFFEID), ServerName: out.ServerName, Protocol: p, HTTP1: !out.UpstreamHTTP2,
-			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades})
+			SocketMode: mode, SocketGID: out.SocketGID, Upgrades: out.Upgrades, Hosts: out.Hosts})
 	}
 
 	// Join mode: traffic records go to the server over the node's
