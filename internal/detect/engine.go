@@ -885,7 +885,7 @@ func (e *Engine) judge(now time.Time, r *Record) []*Finding {
 	if refused && r.Reason != "revoked" && r.Decision != "unauthenticated" && r.Reason != "no_policy" {
 		// Saturating: a reporter's count wrapping the sum would hide
 		// the refusals other nodes reported this minute.
-		id.denies = satAdd(id.denies, r.Requests)
+		id.denies = SatAdd(id.denies, r.Requests)
 		if len(id.denyRecs) < maxEvidence {
 			id.denyRecs = append(id.denyRecs, *r)
 		}
@@ -1182,8 +1182,9 @@ func newID() string {
 // NewID returns a fresh random ID for findings and incidents.
 func NewID() string { return newID() }
 
-// satAdd is a+b, at most the largest uint64.
-func satAdd(a, b uint64) uint64 {
+// SatAdd is a+b, at most the largest uint64: counters a node reports are
+// summed without wrapping (a wrapped sum would hide what others reported).
+func SatAdd(a, b uint64) uint64 {
 	if a+b < a {
 		return ^uint64(0)
 	}

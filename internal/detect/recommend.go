@@ -127,11 +127,13 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 			continue
 		}
 		if why, ok := exclude[e.Source]; ok && e.Source != "" {
-			skipped[fmt.Sprintf("calls by %s (%s)", e.Source, why)] += e.Requests
+			k := fmt.Sprintf("calls by %s (%s)", e.Source, why)
+			skipped[k] = SatAdd(skipped[k], e.Requests)
 			continue
 		}
 		if sels[e.Destination] == nil {
-			skipped[fmt.Sprintf("calls to %s: the workload reported no labels a selector can use to select it alone", e.Destination)] += e.Requests
+			k := fmt.Sprintf("calls to %s: the workload reported no labels a selector can use to select it alone", e.Destination)
+			skipped[k] = SatAdd(skipped[k], e.Requests)
 			continue
 		}
 		k := [4]string{e.Source, e.Destination, e.Method, e.Path}
@@ -152,11 +154,12 @@ func Recommend(edges []Edge, workloads []Workload, namespace string, from, to ti
 			continue
 		}
 		if why := inexpressible(e); why != "" {
-			skipped[fmt.Sprintf("calls to %s: %s", e.Destination, why)] += e.Requests
+			k := fmt.Sprintf("calls to %s: %s", e.Destination, why)
+			skipped[k] = SatAdd(skipped[k], e.Requests)
 			continue
 		}
 		rec.Edges++
-		rec.Requests += e.Requests
+		rec.Requests = SatAdd(rec.Requests, e.Requests)
 		// A token is required only when every request of the operation
 		// carried one from the same issuer, and the issuer holds no "*"
 		// (a wildcard in requestPrincipals).
@@ -328,7 +331,7 @@ func MergeEdges(edges []Edge) []Edge {
 	for _, e := range edges {
 		k := key{e.Source, e.Destination, e.Protocol, e.Method, e.Path, e.Decision, e.Token, e.Port}
 		if i, ok := idx[k]; ok {
-			out[i].Requests += e.Requests
+			out[i].Requests = SatAdd(out[i].Requests, e.Requests)
 			continue
 		}
 		idx[k] = len(out)

@@ -299,3 +299,22 @@ func TestRecommendLeavesOutExcludedCallers(t *testing.T) {
 		}
 	}
 }
+
+// TestRecommendTotalsSaturate: the store caps an edge's summed requests
+// at the largest uint64 (a node may report enormous counters); merging
+// and totalling them must not wrap, or recommend reports a handful of
+// requests and sorts the busiest edge last.
+func TestRecommendTotalsSaturate(t *testing.T) {
+	const most = ^uint64(0)
+	e := Edge{Source: frontend, Destination: orders, Protocol: "http", Method: "GET", Path: "/orders", Decision: "allow", Requests: most - 1}
+	small := e
+	small.Requests = 5
+	merged := MergeEdges([]Edge{e, small})
+	if len(merged) != 1 || merged[0].Requests != most {
+		t.Fatalf("merged %+v, want one edge of %d requests", merged, most)
+	}
+	rec := Recommend([]Edge{e, small}, []Workload{{SPIFFEID: orders, Namespace: "prod", Labels: map[string]string{"app": "orders"}}}, "prod", time.Now().Add(-time.Hour), time.Now(), nil)
+	if rec.Requests != most {
+		t.Fatalf("recommend counts %d requests, want %d", rec.Requests, most)
+	}
+}

@@ -466,7 +466,7 @@ func validRecords(in *wire.RecordReport, reporter string, now time.Time) ([]stor
 		}
 		if p := e.PII; p != nil {
 			row.PIISampled = p.Sampled
-			row.PIIMatches = sat(sat(p.Cards, p.Emails), p.NationalIDs)
+			row.PIIMatches = detect.SatAdd(detect.SatAdd(p.Cards, p.Emails), p.NationalIDs)
 		}
 		for _, c := range []struct {
 			name string
@@ -528,13 +528,6 @@ func checkID(id string, required bool) error {
 		return fmt.Errorf("%q: not a SPIFFE ID: %v", clipReported(id, 256), err)
 	}
 	return nil
-}
-
-func sat(a, b uint64) uint64 {
-	if a+b < a {
-		return math.MaxUint64
-	}
-	return a + b
 }
 
 // findings stores what the detectors raised or updated and counts the

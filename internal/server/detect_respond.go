@@ -626,8 +626,8 @@ func (s *Server) sourceConfirms(ctx context.Context, identity string, f *detect.
 				return false, err
 			}
 			for _, t := range ts {
-				dir.sum[0] = sat(dir.sum[0], t.Requests)
-				dir.sum[1] = sat(dir.sum[1], t.RespBytes)
+				dir.sum[0] = detect.SatAdd(dir.sum[0], t.Requests)
+				dir.sum[1] = detect.SatAdd(dir.sum[1], t.RespBytes)
 			}
 		}
 		if confirmed[0] == 0 || !bearsOut(confirmed[0], claimed[0]) || !bearsOut(confirmed[1], claimed[1]) {
@@ -913,7 +913,7 @@ func (s *Server) quarantineReport(ctx context.Context, inc *detect.Incident) str
 	}
 	per := map[string]uint64{}
 	for _, t := range ts {
-		per[t.Destination] += t.Requests
+		per[t.Destination] = detect.SatAdd(per[t.Destination], t.Requests)
 	}
 	dsts := make([]string, 0, len(per))
 	for d := range per {
