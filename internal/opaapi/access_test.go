@@ -233,3 +233,7 @@ func TestLocalUsersCountsRefusals(t *testing.T) {
 		}
 	}
 }
+
+// quietLog is a logger that discards everything (in every build of the
+// package: the norego build runs these tests too).
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

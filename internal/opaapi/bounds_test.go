@@ -5,8 +5,6 @@ package opaapi
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -67,8 +65,6 @@ func TestEvaluationBounded(t *testing.T) {
 		t.Fatalf("after the looping queries: %v %v %v", v, ok, err)
 	}
 }
-
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestLoopbackOnlyRebinding is the attack of a web page the host's
 // browser opens: its name re-resolved to 127.0.0.1 (DNS rebinding), the
