@@ -136,8 +136,9 @@ func outboundHosts(c Outbound) []string {
 	return hosts
 }
 
-// refusalLog paces the log lines of refused browser requests: a page can
-// send them in a loop. Every refusal is counted; one line per second is
+// refusalLog paces the log lines of refused requests (a browser's at an
+// outbound listener, a caller's the uid check refused): a page or a local
+// user can send them in a loop. Every refusal is counted; one line per second is
 // logged, with how many were not.
 type refusalLog struct {
 	next       atomic.Int64 // unix nanoseconds before which nothing is logged

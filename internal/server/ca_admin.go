@@ -65,8 +65,8 @@ func readBundleSequence(dir string) (uint64, error) {
 // writeBundleSequence records seq as the highest bundle sequence
 // published, unless a higher one is recorded already.
 func (s *Server) writeBundleSequence(seq uint64) error {
-	s.revokedFileMu.Lock()
-	defer s.revokedFileMu.Unlock()
+	s.dataFilesMu.Lock()
+	defer s.dataFilesMu.Unlock()
 	old, err := readBundleSequence(s.cfg.DataDir)
 	if err != nil || old >= seq {
 		return err
@@ -307,11 +307,11 @@ func parseRevokedAuthorities(b []byte) ([]string, error) {
 // again by this server).
 //
 // Publication and changed() both call it: the read, merge and write is
-// one step under revokedFileMu, or a writer that read the file before
+// one step under dataFilesMu, or a writer that read the file before
 // another's write would put it back without the other's newest ID.
 func (s *Server) writeRevokedAuthorities() error {
-	s.revokedFileMu.Lock()
-	defer s.revokedFileMu.Unlock()
+	s.dataFilesMu.Lock()
+	defer s.dataFilesMu.Unlock()
 	ids := s.ca.RevokedIDs()
 	if len(ids) == 0 {
 		return nil

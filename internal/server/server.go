@@ -179,9 +179,10 @@ type Server struct {
 	ui        *ui.UI        // the dashboard (ui.go); nil when disabled
 	revs      atomic.Pointer[revocationSet]
 	onRevs    func(*wire.Revocations)
-	// revokedFileMu serializes writeRevokedAuthorities.
-	revokedFileMu sync.Mutex
-	risk          atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
+	// dataFilesMu serializes the read-merge-write of the CA files in the
+	// data directory (ca-revoked, ca-sequence).
+	dataFilesMu sync.Mutex
+	risk        atomic.Pointer[riskCache] // the watch stream's risk section (detect_risk.go)
 	// riskScores is the same section by SPIFFE ID, for the spans.
 	riskScores telemetry.RiskScores
 	hub        hub
