@@ -381,6 +381,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		// when the route forwards it).
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
 	}
+	if auth != nil && dec.TokenIssuer == "" && dec.TokenSubject == "" {
+		// Its signature verified: the record names whose token it was
+		// (an override above, or an Authorizer that does not).
+		dec.TokenIssuer, dec.TokenSubject = auth.Token()
+	}
 	g.logDecision(r, rc, dec, ps)
 	rc.traceDecision(dec, ps.authz != nil, auth, g.opts.Risk)
 	switch dec.Outcome {
@@ -668,7 +673,7 @@ func (g *Gateway) logDecision(r *http.Request, rc *reqCtx, dec policy.Decision, 
 	if dec.Outcome == policy.Allow && !g.sampleAllow() {
 		return
 	}
-	g.decisionRecord(r, rc, dec.Outcome.String(), dec.Policy, dec.Rule, dec.Reason, reasonCode(dec, ps.authz != nil), ps.version)
+	g.decisionRecordToken(r, rc, dec.Outcome.String(), dec.Policy, dec.Rule, dec.Reason, reasonCode(dec, ps.authz != nil), ps.version, dec.TokenIssuer, dec.TokenSubject)
 }
 
 func reasonCode(d policy.Decision, loaded bool) string {
@@ -692,12 +697,20 @@ func (g *Gateway) blocked(r *http.Request, rc *reqCtx, code, reason string) {
 }
 
 func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol string, rule int, reason, code string, version uint64) {
+	g.decisionRecordToken(r, rc, outcome, pol, rule, reason, code, version, "", "")
+}
+
+// decisionRecordToken logs a decision and hands a denial to the audit
+// sink. tokIss and tokSub name the request's token whose signature
+// verified (policy.Decision.TokenSubject), "" for none: whose
+// credential it was, never the token itself.
+func (g *Gateway) decisionRecordToken(r *http.Request, rc *reqCtx, outcome, pol string, rule int, reason, code string, version uint64, tokIss, tokSub string) {
 	ev := proxy.DecisionEvent{
 		Time: g.now(), Listener: "gateway", SourceIP: addrString(rc.client),
 		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
 		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
 		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
-		TraceID: proxy.TraceIDOf(r.Context()),
+		TraceID: proxy.TraceIDOf(r.Context()), TokenIssuer: tokIss, TokenSubject: tokSub,
 	}
 	if rc.route != nil {
 		ev.Destination += "/" + rc.route.name
@@ -706,7 +719,11 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 	if outcome != policy.Allow.String() {
 		level = slog.LevelWarn
 	}
-	g.decision.LogAttrs(context.Background(), level, "decision",
+	var tok []slog.Attr
+	if tokIss != "" || tokSub != "" {
+		tok = []slog.Attr{slog.String("token_issuer", tokIss), slog.String("token_subject", tokSub)}
+	}
+	g.decision.LogAttrs(context.Background(), level, "decision", append([]slog.Attr{
 		slog.String("listener", ev.Listener),
 		slog.String("source_ip", ev.SourceIP),
 		slog.String("destination", ev.Destination),
@@ -720,7 +737,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		slog.String("reason_code", string(ev.ReasonCode)),
 		slog.Uint64("policy_version", ev.PolicyVersion),
 		slog.String("trace_id", ev.TraceID),
-	)
+	}, tok...)...)
 	if outcome != policy.Allow.String() && g.opts.Audit != nil {
 		g.opts.Audit.Record(context.Background(), ev)
 	}

@@ -670,7 +670,12 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
 		// A token issued to or for a revoked identity is refused on
 		// every path, however valid its signature and lifetime.
+		// Its signature verified: its claims name whose it is.
 		r.dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
+	if r.auth != nil && r.dec.TokenIssuer == "" && r.dec.TokenSubject == "" {
+		// An Authorizer other than policy's Set may not name the token.
+		r.dec.TokenIssuer, r.dec.TokenSubject = r.auth.Token()
 	}
 	*req = policy.Request{}
 	reqPool.Put(req)
