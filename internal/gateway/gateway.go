@@ -206,6 +206,12 @@ func New(opts Options) (*Gateway, error) {
 	if err := reg.Register(g.lingering.Collector("moatless_gateway")); err != nil {
 		return nil, err
 	}
+	// moatless_gateway_bundle_refusals_total, in join mode.
+	if c := proxy.BundleRefusalCollector("moatless_gateway", opts.Identity); c != nil {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Config.AccessLog != nil && !*opts.Config.AccessLog {
 		g.access = nil
 	}
