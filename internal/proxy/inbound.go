@@ -890,14 +890,24 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fw := w
 	pw := s.rec.piiSampler(w, info.peer)
+	var sent *piiBody
 	if pw != nil {
 		fw = pw
+		// What the app is sent, which its answer may echo.
+		if r.Body != nil && r.Body != http.NoBody {
+			sent = &piiBody{ReadCloser: r.Body, max: pw.max}
+			r.Body = sent
+		}
 	}
 	// An upgraded stream outlives the HTTP server's view of the
 	// connection; it stays registered for revocation until it ends.
 	early := ib.fwd.forward(fw, r, d.upgrade, ib.taken, &ob)
 	if pw != nil && len(pw.buf) > 0 {
-		s.rec.piiScan(&ob, pw.buf)
+		req := [][]byte{[]byte(r.URL.RequestURI())}
+		if sent != nil {
+			req = append(req, sent.sent())
+		}
+		s.rec.piiScan(&ob, pw.buf, req)
 	}
 	if early {
 		LingerHijack(w, &s.lingering, SidecarLinger, ib.taken)
