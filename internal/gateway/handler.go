@@ -95,6 +95,10 @@ type reqCtx struct {
 	// it (paramFreePath), "" when it has no path parameter: the WAF and
 	// validation check that reading too.
 	paramFree string
+	// repeated names the headers of the route's header rate limits that
+	// the request carried more than once, seen before the header filter
+	// joins a policy-read header's fields into one (limiter.key).
+	repeated []string
 }
 
 // httpsProto is the X-Forwarded-Proto value of every forwarded request;
@@ -270,6 +274,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		delete(r.Header, "Connection")
 		delete(r.Header, "Upgrade")
 		upgrade = ""
+	}
+	for _, l := range rt.limits {
+		if l.kind == "header" && len(r.Header[l.arg]) > 1 {
+			rc.repeated = append(rc.repeated, l.arg)
+		}
 	}
 	ps.headers.Strip(r.Header)
 	ps.headers.GuardTrailers(r)

@@ -5,6 +5,10 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // TestGatewayJoinsRepeatedPolicyHeaders: a header a policy reads, sent
@@ -62,5 +66,37 @@ spec:
 				t.Errorf("a header no policy reads: %q", got)
 			}
 		})
+	}
+}
+
+// TestGatewayRepeatedLimitHeaderReadByPolicy: a header rate limit's
+// header sent twice is refused (400) also when a policy reads that header
+// and the header filter joins its fields into one: "fresh-1,spent" would
+// otherwise be a fresh key per request for an app that reads "spent".
+// Fails without the check before the filter.
+func TestGatewayRepeatedLimitHeaderReadByPolicy(t *testing.T) {
+	tg := startGateway(t, func(c *config.Gateway) {
+		c.RateLimits = []config.GatewayRateLimit{{Name: "per-key", Key: "header:X-API-Key", Limit: 2, Window: wire.Duration(time.Hour)}}
+		c.Routes[0].RateLimits = []string{"per-key"}
+	})
+	tg.g.SetAuthorizer(2, compile(t, gatewayPolicy+`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: blocked-key, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-api-key]", values: ["blocked"]}]}]
+`))
+	for i, tc := range []struct{ head, want string }{
+		{"X-API-Key: spent\r\n", "HTTP/1.1 200 OK"},
+		{"X-API-Key: spent\r\n", "HTTP/1.1 200 OK"},
+		{"X-API-Key: spent\r\n", "HTTP/1.1 429 Too Many Requests"},
+		{"X-API-Key: fresh-1\r\nX-API-Key: spent\r\n", "HTTP/1.1 400 Bad Request"},
+		{"X-API-Key: spent\r\nX-API-Key: fresh-2\r\n", "HTTP/1.1 400 Bad Request"},
+	} {
+		if got := firstLine(tg.raw(t, "GET /orders/1 HTTP/1.1\r\nHost: localhost\r\n"+tc.head+"Connection: close\r\n\r\n")); got != tc.want {
+			t.Fatalf("request %d (%q): %q, want %q", i, tc.head, got, tc.want)
+		}
 	}
 }
