@@ -719,7 +719,8 @@ func (g *Gateway) decisionRecordToken(r *http.Request, rc *reqCtx, outcome, pol 
 		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
 		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
 		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
-		TraceID: proxy.TraceIDOf(r.Context()), TokenIssuer: tokIss, TokenSubject: tokSub,
+		TraceID:     proxy.TraceIDOf(r.Context()),
+		TokenIssuer: truncate(tokIss, proxy.MaxTokenName), TokenSubject: truncate(tokSub, proxy.MaxTokenName),
 	}
 	if rc.route != nil {
 		ev.Destination += "/" + rc.route.name
@@ -729,8 +730,8 @@ func (g *Gateway) decisionRecordToken(r *http.Request, rc *reqCtx, outcome, pol 
 		level = slog.LevelWarn
 	}
 	var tok []slog.Attr
-	if tokIss != "" || tokSub != "" {
-		tok = []slog.Attr{slog.String("token_issuer", tokIss), slog.String("token_subject", tokSub)}
+	if ev.TokenIssuer != "" || ev.TokenSubject != "" {
+		tok = []slog.Attr{slog.String("token_issuer", ev.TokenIssuer), slog.String("token_subject", ev.TokenSubject)}
 	}
 	g.decision.LogAttrs(context.Background(), level, "decision", append([]slog.Attr{
 		slog.String("listener", ev.Listener),

@@ -86,6 +86,16 @@ func TestGatewayDecisionNamesItsVerifiedToken(t *testing.T) {
 			}
 		})
 	}
+	t.Run("long_subject_clipped", func(t *testing.T) {
+		long := sign(map[string]any{"sub": strings.Repeat("s", 4096)})
+		resp, _ := tg.do(t, "DELETE", "/orders/1", nil, map[string]string{"Authorization": "Bearer " + long})
+		if resp.StatusCode != 403 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if ev := lastEvent(); len(ev.TokenSubject) > proxy.MaxTokenName || !strings.HasPrefix(ev.TokenSubject, "sss") {
+			t.Fatalf("a %d-byte token subject in the event", len(ev.TokenSubject))
+		}
+	})
 	if out := decisions.String(); strings.Contains(out, tok[strings.LastIndexByte(tok, '.')+1:]) {
 		t.Fatal("the decision log holds the token")
 	}

@@ -81,6 +81,11 @@ type DecisionEvent struct {
 	TokenSubject string `json:"token_subject,omitempty"`
 }
 
+// MaxTokenName bounds a decision event's TokenIssuer and TokenSubject (a
+// trusted issuer may still sign long claims): every denial carries them
+// now, into a log line and a queue of events.
+const MaxTokenName = 256
+
 // TraceIDOf is the ID of ctx's sampled trace, "" when there is none.
 func TraceIDOf(ctx context.Context) string {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && sc.IsSampled() {

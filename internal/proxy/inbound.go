@@ -539,7 +539,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
-		ev.TokenIssuer, ev.TokenSubject = dec.TokenIssuer, dec.TokenSubject
+		ev.TokenIssuer, ev.TokenSubject = truncate(dec.TokenIssuer, MaxTokenName), truncate(dec.TokenSubject, MaxTokenName)
 		ev.PolicyVersion = version
 	}
 	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)
