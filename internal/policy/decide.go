@@ -568,7 +568,10 @@ func (s *Set) Decide(req *Request) Decision {
 // RequestAuthentication (the JWT rules that apply to the destination go
 // to v; a present but invalid token makes the decision Unauthenticated,
 // HTTP 401; no token is not an error), then Decide. It sets req.Auth to
-// what v returned. With rules to apply and a nil v, it denies.
+// what v returned, and names the token whose signature verified (the one
+// in req.Auth, or one v refused after verifying it) in the Decision's
+// TokenIssuer and TokenSubject. With rules to apply and a nil v, it
+// denies.
 func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 	if s == nil {
 		return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoSet}
