@@ -114,6 +114,11 @@ type Cache struct {
 	nodeSerial string
 	failures   int
 	updates    uint64 // updates applied (updateApplied)
+
+	// jwtChecked, set by tests only, runs in JWTSVID after a new token
+	// was validated and before it is handed out: where a bundle change
+	// races with the fetch.
+	jwtChecked func()
 }
 
 // CacheConfig configures a Cache.
@@ -618,14 +623,25 @@ func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []s
 		issued = time.Unix(int64(iat), 0)
 	}
 	entry := &cachedJWT{token: resp.Token, kid: tokenKID(resp.Token), spiffeID: id.SPIFFEID.String(), expires: tok.Expiry, reuseTil: issued.Add(tok.Expiry.Sub(issued) / 2)}
+	if c.jwtChecked != nil {
+		c.jwtChecked()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.jwtBundle != jb {
+		// The bundle changed since the token was validated (`ca revoke`
+		// of its key): it must validate against the one in force, which
+		// workloads already hold, or it is not handed out.
+		if _, err := jwtsvid.ParseAndValidate(resp.Token, c.jwtBundle, audience[:1]); err != nil {
+			return "", fmt.Errorf("agent: the JWT-SVID the server sent no longer validates against the trust bundle: %w", err)
+		}
+	}
 	if _, bad := c.revokedIDs[entry.spiffeID]; bad {
 		return "", fmt.Errorf("agent: %s was revoked", entry.spiffeID)
 	}
 	if c.auth.jwtKeyGone(entry.kid) {
-		// Signed with a key tainted (or removed) meanwhile: handed out
-		// this once, never cached, so the next fetch asks again.
+		// Signed with a key tainted (still trusted): handed out this
+		// once, never cached, so the next fetch asks again.
 		return resp.Token, nil
 	}
 	if len(c.jwt) >= maxJWTCache {
