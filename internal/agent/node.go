@@ -352,9 +352,10 @@ func (n *Node) Attest(ctx context.Context) error {
 		return err
 	}
 	// floor is the bundle saved by an earlier run whose node SVID is no
-	// longer usable (expired, damaged): the attestation below must not
-	// take an older one from a lagging replica (see refuseBundle). State
-	// from another server or trust domain sets none.
+	// longer usable (expired, damaged) or was removed (to attest again
+	// after the node was revoked): the attestation below must not take an
+	// older one from a lagging replica (see refuseBundle). State from
+	// another server or trust domain sets none.
 	var floor *wire.Bundle
 	if n.cfg.DataDir != "" {
 		// Before any pool is built: a revoked authority of TrustBundle
@@ -375,6 +376,8 @@ func (n *Node) Attest(ctx context.Context) error {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
 			floor = n.savedBundle()
+		} else if saved := n.savedBundle(); saved != nil && n.vouchedFor(saved) {
+			floor = saved
 		}
 	}
 	n.mu.Lock()
