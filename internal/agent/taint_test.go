@@ -661,3 +661,48 @@ func TestJWTSVIDKeyRevokedDuringFetch(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTSVIDCacheBoundedInBytes: workloads asking for JWT-SVIDs with the
+// largest audience sets the Workload API accepts (32 of 512 bytes), each a
+// new set, within their shares, never make the cache hold more than its
+// bound in bytes (maxJWTCacheBytes, 1 MiB here to keep the test short);
+// what it holds is accounted exactly.
+func TestJWTSVIDCacheBoundedInBytes(t *testing.T) {
+	f := newFakeServer(t)
+	const ids = 2
+	for i := range ids {
+		f.entries = append(f.entries, uidEntry(fmt.Sprintf("e%d", i), fmt.Sprintf("spiffe://example.org/w%d", i), time.Hour))
+	}
+	c := newCache(jwtSigner{f}, CacheConfig{Logger: quiet()})
+	c.SetBundle(f.bundle())
+	c.SetEntries(f.entries)
+	c.jwtMaxBytes = 1 << 20
+	long := strings.Repeat("a", workload.MaxAudienceLen-8)
+	most := 0
+	for i := range ids {
+		id := &workload.Identity{EntryID: fmt.Sprintf("e%d", i), SPIFFEID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/w%d", i))}
+		for j := range 30 {
+			aud := make([]string, workload.MaxAudiences)
+			for k := range aud {
+				aud[k] = fmt.Sprintf("%s%08d", long[:len(long)-1], j*workload.MaxAudiences+k)
+			}
+			if _, err := c.JWTSVID(context.Background(), id, aud); err != nil {
+				t.Fatal(err)
+			}
+		}
+		{
+			c.mu.Lock()
+			sum := 0
+			for k, e := range c.jwt {
+				sum += len(k) + len(e.token)
+			}
+			accounted := c.jwtBytes
+			c.mu.Unlock()
+			if sum > c.jwtMaxBytes || sum != accounted {
+				t.Fatalf("the JWT-SVID cache holds %d bytes (accounted %d), at most %d", sum, accounted, c.jwtMaxBytes)
+			}
+			most = max(most, sum)
+		}
+	}
+	t.Logf("the cache held at most %d bytes", most)
+}
