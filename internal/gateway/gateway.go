@@ -230,6 +230,7 @@ func New(opts Options) (*Gateway, error) {
 		if g.exchange, err = newExchanger(te, opts.Identity, opts.ReadFile, opts.Now); err != nil {
 			return nil, err
 		}
+		g.exchange.revoked = g.revoked.Token
 	}
 	st, err := g.build(context.Background(), opts.Config, nil)
 	if err != nil {
