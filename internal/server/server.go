@@ -534,8 +534,16 @@ func (s *Server) checkLostCA(ctx context.Context) error {
 		return nil // a CA to open, or an error ca.Open reports
 	}
 	bundle := filepath.Join(s.cfg.DataDir, BundleFile)
-	if _, err := os.Lstat(bundle); err != nil {
+	_, err := os.Lstat(bundle)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		// Not "no such file": the directory cannot be read (permissions,
+		// an I/O error). Whether a CA lived here is unknown, and a new
+		// CA, once saved, would stay after the directory came back.
+		return fmt.Errorf("server: the store holds no CA, and whether this data directory served one cannot be checked (%w): "+
+			"fix access to %s before starting; no new CA is made while it is unreadable", err, s.cfg.DataDir)
 	}
 	return fmt.Errorf("server: the store holds no CA, but %s exists: this data directory served a CA the store has lost "+
 		"(an SQLite store copied without its -wal file, or another database). Restore the store from a backup "+
