@@ -414,6 +414,17 @@ func (c *CA) Status() []Authority {
 	return slices.Clone(c.cur.Load().all)
 }
 
+// View returns Bundle and Status as of one state: the bundle's sequence
+// number, authorities and refresh hint and the authorities' states are
+// read together. Two calls, Bundle then Status, can straddle a step of
+// the CA and describe two states (a bundle holding an authority that
+// Status lists as revoked since, or a taint shown under the sequence
+// number of the bundle before it). The results are the caller's own.
+func (c *CA) View() (*spiffebundle.Bundle, []Authority) {
+	snap := c.cur.Load()
+	return snap.bundle.Clone(), slices.Clone(snap.all)
+}
+
 // IssuerState reports which of this CA's X.509 authorities issued leaf,
 // by the issuer name (each authority's subject is distinct), and its
 // state: StateRevoked for a revoked one. ok is false when none did. It

@@ -140,16 +140,18 @@ func toWireSVID(iss *ca.Issued, id, entryID string) wire.X509SVID {
 	return out
 }
 
-// wireBundle converts the CA's bundle to the wire form.
+// wireBundle converts the CA's bundle to the wire form: the bundle and
+// the authorities' states from one snapshot (ca.View), so a bundle
+// sequence number never goes out with another state's taint marks.
 func (s *Server) wireBundle() *wire.Bundle {
-	b := s.ca.Bundle()
+	b, status := s.ca.View()
 	out := &wire.Bundle{TrustDomain: s.td.Name(), X509Authorities: [][]byte{}, JWTAuthorities: []wire.JWTAuthority{}}
 	for _, c := range b.X509Authorities() {
 		out.X509Authorities = append(out.X509Authorities, c.Raw)
 	}
 	expiry := map[string]time.Time{}
 	taintedJWT := map[string]bool{}
-	for _, a := range s.ca.Status() {
+	for _, a := range status {
 		switch {
 		case a.Kind == ca.KindJWT:
 			expiry[a.ID] = a.NotAfter

@@ -193,8 +193,7 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		}
 		c.audited = true
 		s.renewServerCertIfTainted(c.ctx)
-		seq, _ := s.ca.Bundle().SequenceNumber()
-		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()}})
+		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: s.caStatusNow()})
 	}
 }
 
