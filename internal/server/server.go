@@ -307,6 +307,10 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if opts.RevokedAuthorities, err = readRevokedAuthorities(st.DataDir); err != nil {
 		return nil, err
 	}
+	tainted, err := readAuthorityIDs(st.DataDir, TaintedAuthoritiesFile)
+	if err != nil {
+		return nil, err
+	}
 	if u := st.UpstreamCA; u != nil {
 		opts.Upstream, err = ca.LoadUpstream(u.Cert, u.Key, u.Bundle)
 		if err != nil {
@@ -322,6 +326,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	if err := s.raiseRestoredSequence(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.reapplyTaints(ctx, tainted); err != nil {
 		return nil, err
 	}
 	if err := s.initAdminToken(ctx, c.ResetAdminToken); err != nil {
@@ -734,9 +741,10 @@ func (s *Server) checkAdminToken(tok string) bool {
 }
 
 // writeBundleFile rewrites DIR/bundle.pem with the current X.509
-// authorities, atomically.
+// authorities, atomically, and brings ca-sequence, ca-revoked and
+// ca-tainted up to date, all from one CA snapshot.
 func (s *Server) writeBundleFile() error {
-	b := s.ca.Bundle()
+	b, status := s.ca.View()
 	var out []byte
 	for _, c := range b.X509Authorities() {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
@@ -749,7 +757,10 @@ func (s *Server) writeBundleFile() error {
 	if err := s.writeBundleSequence(seq); err != nil {
 		return err
 	}
-	return s.writeRevokedAuthorities()
+	if err := s.writeRevokedAuthorities(); err != nil {
+		return err
+	}
+	return s.writeTaintedAuthorities(status)
 }
 
 // remoteHost is the caller's address for logs and audit.
