@@ -82,6 +82,12 @@ const KEKSize = 32
 // admin rotations cannot grow the bundle (and the sealed state) without end.
 const maxAuthorities = 16
 
+// maxUpstreamRootsSize bounds the upstream roots (DER bytes): the
+// sealed state stores them once per distinct upstream bundle (encodeState,
+// base64 in JSON: 4/3), and must fit the old bundle's and the new one's
+// after an upstream change, with the authorities, in maxSealedSize.
+const maxUpstreamRootsSize = 320 << 10
+
 // maxRevoked bounds the revoked authorities the state remembers (each
 // until its NotAfter), so the state a replica reads back stays bounded.
 const maxRevoked = 4 * maxAuthorities
@@ -328,6 +334,17 @@ func (o *Options) normalize() error {
 	}
 	o.KEK = append([]byte(nil), o.KEK...)
 	o.RevokedAuthorities = slices.Clone(o.RevokedAuthorities)
+	if u := o.Upstream; u != nil {
+		n := 0
+		for _, c := range u.Roots {
+			n += len(c.Raw)
+		}
+		if n > maxUpstreamRootsSize {
+			return fmt.Errorf("ca: the upstream bundle's %d roots are %d bytes (DER), over the %d the sealed CA state has room for "+
+				"(it holds them with every authority the upstream signs, alongside the previous bundle's after a change): "+
+				"give only the roots your upstream CA chains to, not a whole public root store", len(u.Roots), n, maxUpstreamRootsSize)
+		}
+	}
 	def := func(d *time.Duration, v time.Duration, name string) error {
 		if *d < 0 {
 			return fmt.Errorf("ca: Options.%s must not be negative", name)
