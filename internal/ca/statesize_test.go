@@ -3,8 +3,8 @@ package ca
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"crypto/x509"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
