@@ -159,6 +159,10 @@ type Server struct {
 	heartbeat time.Duration
 	// refusals bounds audited anonymous refusals (limits.go).
 	refusals *failLimiter
+	// overBudgetLog paces the log lines of audit reports refused for a
+	// node's budget: a node looping over its budget would otherwise write
+	// one line per request. Every refusal is counted in the metrics.
+	overBudgetLog *failLimiter
 	// reports bounds the decision events each node may report (reports.go).
 	reports *keyedLimiter
 	// jwtSigns bounds the JWT-SVIDs each node may have signed (agentapi.go).
@@ -255,6 +259,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		s.now = time.Now
 	}
 	s.refusals = newFailLimiter(50, 200)
+	s.overBudgetLog = newFailLimiter(1, 10)
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.jwtSigns = signingBudget(c.JWTSVIDRate, c.JWTSVIDBurst, DefaultJWTSVIDRate, DefaultJWTSVIDBurst)
 	s.x509Signs = signingBudget(c.X509SVIDRate, c.X509SVIDBurst, DefaultX509SVIDRate, DefaultX509SVIDBurst)

@@ -1,14 +1,18 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/config"
+	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/store"
 	"github.com/moatless/moatless/internal/wire"
 )
@@ -60,5 +64,55 @@ func TestRenewReadsRevocationsFromTheStore(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// lockedBuffer is a log sink for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// TestOverBudgetReportsDoNotFloodTheLog: a node looping on the audit
+// report endpoint over its budget got a 429 and wrote one server log
+// line per request, without bound. The lines are paced (10 at once, one a
+// second); every refusal is still counted in the metrics.
+func TestOverBudgetReportsDoNotFloodTheLog(t *testing.T) {
+	logs := &lockedBuffer{}
+	e := startTB(t, "", func(sc *server.Config) { sc.Logger = slog.New(slog.NewJSONHandler(logs, nil)) },
+		func(c *config.Server) { c.AuditReportRate, c.AuditReportBurst = 1, wire.MaxAuditEvents })
+	n := e.attest("spiffe://example.org/sidecar/loud")
+	full := wire.AuditReport{Events: make([]wire.AuditEvent, wire.MaxAuditEvents)}
+	for i := range full.Events {
+		full.Events[i] = denyEvent("/")
+	}
+	if st, body := e.do(n.http, "POST", wire.PathAudit, "", full); st != 204 { // spends the budget; the test clock stands still
+		t.Fatalf("full report: %d %s", st, body)
+	}
+	report := wire.AuditReport{Events: []wire.AuditEvent{denyEvent("/")}}
+	refused := 0
+	for range 200 {
+		if st, body := e.do(n.http, "POST", wire.PathAudit, "", report); st == 429 {
+			refused++
+		} else if st != 204 {
+			t.Fatalf("report: %d %s", st, body)
+		}
+	}
+	lines := logs.count("audit report refused")
+	t.Logf("%d reports refused, %d log lines", refused, lines)
+	if refused < 190 || lines > 10 {
+		t.Fatalf("%d reports refused, %d log lines: want at least 190 refused and at most 10 lines", refused, lines)
 	}
 }
