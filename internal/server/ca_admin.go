@@ -35,7 +35,8 @@ const (
 const RevokedAuthoritiesFile = "ca-revoked"
 
 // TaintedAuthoritiesFile, in the data directory, lists the IDs of the CA
-// authorities this server has seen tainted, one per line. A store restored
+// authorities this server has seen tainted, one per line (revoked ones
+// too: the file only grows, as ca-revoked does). A store restored
 // from before a taint holds such an authority untainted: the server taints
 // it again at start when it is retired, and refuses to start when it is
 // active or prepared (reapplyTaints).
@@ -347,17 +348,14 @@ func (s *Server) writeRevokedAuthorities() error {
 }
 
 // writeTaintedAuthorities adds the IDs of the authorities tainted in
-// status to DIR/ca-tainted. An ID leaves the file once it is in
-// ca-revoked (which refuses it for good), so the file holds the taints
-// not yet followed by a revocation. Callers do not hold dataFilesMu.
+// status to DIR/ca-tainted. Like ca-revoked it only grows (bounded as
+// ca-revoked is): a revocation does not rewrite it, so the revoke step
+// publishes with no more file writes than before. Callers do not hold
+// dataFilesMu.
 func (s *Server) writeTaintedAuthorities(status []ca.Authority) error {
 	s.dataFilesMu.Lock()
 	defer s.dataFilesMu.Unlock()
 	old, err := readAuthorityIDs(s.cfg.DataDir, TaintedAuthoritiesFile)
-	if err != nil {
-		return err
-	}
-	revoked, err := readRevokedAuthorities(s.cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -367,16 +365,12 @@ func (s *Server) writeTaintedAuthorities(status []ca.Authority) error {
 			all = append(all, a.ID)
 		}
 	}
-	all = slices.DeleteFunc(all, func(id string) bool { return slices.Contains(revoked, id) })
 	slices.Sort(all)
 	all = slices.Compact(all)
 	if slices.Equal(all, old) {
 		return nil
 	}
-	out := ""
-	if len(all) > 0 {
-		out = strings.Join(all, "\n") + "\n"
-	}
+	out := strings.Join(all, "\n") + "\n"
 	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, TaintedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
 		return fmt.Errorf("server: write %s: %w", TaintedAuthoritiesFile, err)
 	}
