@@ -90,7 +90,9 @@ func (s *Server) handleAuditReport(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
 		writeErrors(w, http.StatusTooManyRequests, fmt.Sprintf("%s reported more decisions than its budget allows (%g per second, at most %d at once); retry later",
 			actor, s.cfg.AuditReportRate, s.cfg.AuditReportBurst))
-		s.log.Warn("audit report refused: over the node's budget", "spiffe_id", actor, "events", len(evs))
+		if s.overBudgetLog.allow(s.now()) {
+			s.log.Warn("audit report refused: over the node's budget (lines paced; see moatless_audit_report_events_total{outcome=\"rate_limited\"})", "spiffe_id", actor, "events", len(evs))
+		}
 		return
 	}
 	if err := s.audit.AppendWith(r.Context(), nil, evs...); err != nil {
