@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/cli/dataplane"
@@ -253,7 +254,7 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if err := p.verifier.Prepare(pctx, set.JWTRules(p.dst)); err != nil {
+	if err := p.verifier.Prepare(pctx, allJWTRules(set)); err != nil {
 		p.log.Warn("prepare JWT verifier", "err", err)
 	}
 	cancel()
@@ -262,6 +263,22 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	v := p.version.Add(1)
 	p.log.Info("policies loaded", "version", v, "files", len(pf), "documents", len(b.Docs), "rego_modules", len(b.Modules), "data_documents", len(b.Data))
 	return nil
+}
+
+// allJWTRules returns every JWT rule of every RequestAuthentication in set.
+// Envoy names the destination per route (context_extensions), so any
+// rule may be asked for: preparing only the default destination's left
+// the others' key sets unfetched at start, and Prepare dropped them at
+// every reload, so their tokens were refused (keys_unavailable, 401)
+// until the refresher fetched them again.
+func allJWTRules(set *policy.Set) []*securityv1beta1.JWTRule {
+	var rules []*securityv1beta1.JWTRule
+	for _, d := range set.Documents() {
+		if ra, ok := d.Spec.(*securityv1beta1.RequestAuthentication); ok {
+			rules = append(rules, ra.GetJwtRules()...)
+		}
+	}
+	return rules
 }
 
 // serveAuthzAdmin serves /metrics, the health endpoints and the
