@@ -30,6 +30,7 @@ import (
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/telemetry"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 const authzUsage = `Usage: moatless authz -f FILE_OR_DIR [-f ...] --listen ADDR [flags]
@@ -39,6 +40,14 @@ Moatless's decision function over policy files: Istio AuthorizationPolicy,
 PeerAuthentication-free RequestAuthentication, RegoProviders, *.rego modules
 and data.json. Files are re-read every --reload-interval; a change applies
 once two reads agree, and one that does not compile keeps the policy in force.
+
+Revocations: with --revocations FILE (a JSON revocation list, the format of
+a sidecar's revocations_file, re-read every --reload-interval) a revoked
+source SPIFFE ID is denied and a revoked token, or one issued to or for a
+revoked workload, is refused. Without it nothing revoked on a server is
+refused here: a revoked token lasts until its exp, a revoked workload
+until its SVID expires. "moatless server --ext-authz" follows the
+server's revocations itself.
 
 --listen unix:/path serves a unix socket (mode 0660) to the UIDs of
 --allow-uid (default: this process's); --listen host:port needs mutual TLS
@@ -56,7 +65,7 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		files, labels, uids           stringList
 		listen, admin, ns, root, norm string
 		cert, key, clientCA           string
-		logLevel                      string
+		logLevel, revFile             string
 		reload                        time.Duration
 	)
 	fs.Var(&files, "f", "policy `file or directory` (repeatable)")
@@ -70,7 +79,8 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	fs.StringVar(&root, "root-namespace", policy.DefaultRootNamespace, "root `namespace`: its policies apply mesh-wide")
 	fs.StringVar(&norm, "path-normalization", "BASE", "path normalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
 	fs.StringVar(&admin, "admin", "127.0.0.1:15010", "loopback `address` of /metrics, /livez, /readyz and the read-only OPA API; off to disable")
-	fs.DurationVar(&reload, "reload-interval", 2*time.Second, "how often policy files are checked for changes")
+	fs.StringVar(&revFile, "revocations", "", "JSON revocation list `file` (a sidecar's revocations_file: spiffe_ids, serials, token_ids), re-read every --reload-interval; without it nothing revoked on a server is refused")
+	fs.DurationVar(&reload, "reload-interval", 2*time.Second, "how often policy (and revocation) files are checked for changes")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), authzUsage)
@@ -121,15 +131,33 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "authz: --log-level: %v", err)
 	}
 
-	verifier := authn.NewVerifier(authn.Options{Logger: log})
+	reg := prometheus.NewRegistry()
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_authz_reload_failures_total",
+		Help: "Failed reloads of policy or revocation files (what: policy, revocations); what was in force stays."}, []string{"what"})
+	reg.MustRegister(failures)
+	revs := &proxy.Revocations{}
+	verifier := authn.NewVerifier(authn.Options{Logger: log, Revoked: revs.Token})
 	defer verifier.Close()
 	verifier.Start(ctx)
-	pol := &filePolicy{e: e, files: files, opts: policy.Options{RootNamespace: root, PathNormalization: mode}, log: log, verifier: verifier, dst: dst}
+	pol := &filePolicy{e: e, files: files, opts: policy.Options{RootNamespace: root, PathNormalization: mode}, log: log, verifier: verifier, dst: dst, failed: failures}
 	if err := pol.load(ctx, true); err != nil {
 		return e.errorf(ExitUsage, "authz: %v", err)
 	}
-	reg := prometheus.NewRegistry()
-	srv, err := extauthz.New(extauthz.Config{Policy: pol.current, Verifier: verifier, Destination: dst, Logger: log, Registerer: reg})
+	var revWatch *proxy.FileWatcher
+	if revFile != "" {
+		// A missing file is refused rather than read as an empty list: a
+		// mistyped path would otherwise leave everything revoked allowed.
+		if _, err := os.Stat(revFile); err != nil {
+			return e.errorf(ExitUsage, "authz: --revocations: %v (for an empty list write {} to the file)", err)
+		}
+		revWatch = &proxy.FileWatcher{Sidecar: &authzRevocations{revs: revs, failed: failures}, RevocationsFile: revFile, Interval: reload, Logger: log}
+		if err := revWatch.Load(ctx); err != nil {
+			return e.errorf(ExitUsage, "authz: --revocations: %v", err)
+		}
+	} else {
+		log.Warn("no --revocations file: tokens and workloads revoked on a server are not refused here")
+	}
+	srv, err := extauthz.New(extauthz.Config{Policy: pol.current, Verifier: verifier, Destination: dst, Logger: log, Registerer: reg, Revocations: revs})
 	if err != nil {
 		return e.errorf(ExitFailure, "authz: %v", err)
 	}
@@ -148,6 +176,9 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		defer t.Stop()
 		pol.watch(ctx, t.C)
 	}()
+	if revWatch != nil {
+		go revWatch.Run(ctx)
+	}
 	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
 	stopped := dataplane.LogLifecycle(ctx, log)
 	if err := srv.Serve(ctx, l, creds); errors.Is(err, net.ErrClosed) {
@@ -192,7 +223,8 @@ type filePolicy struct {
 	version  atomic.Uint64
 	sum      [32]byte
 	pending  [32]byte
-	failures telemetry.FailureLog // which reload outcomes are logged
+	failures telemetry.FailureLog   // which reload outcomes are logged
+	failed   *prometheus.CounterVec // moatless_authz_reload_failures_total; nil for none
 }
 
 func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
@@ -215,8 +247,13 @@ func (p *filePolicy) watch(ctx context.Context, ticks <-chan time.Time) {
 				// Not logged as a recovery: nil is also a changed file
 				// waiting for its second read (load).
 				p.failures.Worked("policy")
-			case p.failures.Failed("policy", err):
-				p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+			default:
+				if p.failed != nil {
+					p.failed.WithLabelValues("policy").Inc()
+				}
+				if p.failures.Failed("policy", err) {
+					p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+				}
 			}
 		}
 	}
@@ -264,6 +301,23 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	p.log.Info("policies loaded", "version", v, "files", len(pf), "documents", len(b.Docs), "rego_modules", len(b.Modules), "data_documents", len(b.Data))
 	return nil
 }
+
+// authzRevocations is where "moatless authz --revocations" puts the
+// revocation list a proxy.FileWatcher reads (with the sidecar's rules: a
+// change applies once two reads agree, a malformed or vanished file keeps
+// the list in force). It takes no policy: the files are filePolicy's.
+type authzRevocations struct {
+	revs   *proxy.Revocations
+	failed *prometheus.CounterVec
+}
+
+func (a *authzRevocations) SetRevocations(r *wire.Revocations) int { return a.revs.Set(r) }
+func (a *authzRevocations) ReloadFailed(what string)               { a.failed.WithLabelValues(what).Inc() }
+func (a *authzRevocations) PolicyVersion() uint64                  { return 0 }
+
+// SetAuthorizerContext is never called: the watcher is given no policy
+// files.
+func (a *authzRevocations) SetAuthorizerContext(context.Context, uint64, proxy.Authorizer) {}
 
 // allJWTRules returns every JWT rule of every RequestAuthentication in set.
 // Envoy names the destination per route (context_extensions), so any
