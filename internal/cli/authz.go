@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -99,6 +100,11 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "authz: --listen unix:/path or host:port is required")
 	case reload <= 0:
 		return e.errorf(ExitUsage, "authz: --reload-interval must be positive")
+	case slices.Contains(files, "-"):
+		// Standard input is read once: every reload would read it empty
+		// and, two reads agreeing, put an empty policy set in force,
+		// which allows every request.
+		return e.errorf(ExitUsage, "authz: -f -: standard input cannot be re-read on reload; give a file or directory")
 	}
 	mode, err := policy.ParsePathNormalization(norm)
 	if err != nil {

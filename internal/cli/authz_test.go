@@ -267,3 +267,25 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestAuthzRefusesStandardInput: "moatless authz -f -" read the policies
+// from standard input at start and again at every reload, where it was
+// empty: two empty reads agreed, an empty policy set was put in force and
+// every request was allowed (no ALLOW policy applies), a DENY policy
+// dropped a few seconds after start.
+func TestAuthzRefusesStandardInput(t *testing.T) {
+	deny := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: prod}\nspec: {action: DENY, rules: [{}]}\n"
+	dir, err := os.MkdirTemp("", "az")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Bounded: a server that starts (the parent) serves until ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	code := Main(ctx, []string{"authz", "-f", "-", "--listen", "unix:" + filepath.Join(dir, "s"), "--admin", "off"}, strings.NewReader(deny), io.Discard, &stderr)
+	if code != ExitUsage || !strings.Contains(stderr.String(), "standard input cannot be re-read") {
+		t.Fatalf("exit %d, stderr %s", code, stderr.String())
+	}
+}
