@@ -9,6 +9,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,11 +25,17 @@ const (
 	reportsID = "spiffe://example.org/ns/prod/sa/reports"
 )
 
-// report is a valid one-window report from orders' sidecar.
+// reportSeq makes every report's window its own.
+var reportSeq atomic.Int64
+
+// report is a valid one-window report from orders' sidecar. Its window
+// starts a few nanoseconds apart from every other report's, as a
+// reporter's windows never repeat: the server counts a report sent twice
+// (a retry after a lost answer) once, and the test clock stands still.
 func (e *env) report(edges ...wire.EdgeRecord) wire.RecordReport {
 	now := e.clock.Now().UTC()
 	return wire.RecordReport{Component: "sidecar", Namespace: "prod", Labels: map[string]string{"app": "orders"}, Ports: []int{8080},
-		Start: now.Add(-5 * time.Second), End: now, Edges: edges}
+		Start: now.Add(-5*time.Second + time.Duration(reportSeq.Add(1))), End: now, Edges: edges}
 }
 
 func inboundEdge(src, method, path, decision string, requests uint64) wire.EdgeRecord {
