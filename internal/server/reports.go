@@ -193,15 +193,15 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 			d[k] = v
 		}
 	}
-	// The issuer and subject of a token refused as revoked: the issuer
-	// signed them, but a foreign issuer may have put anything there, so
-	// they are clipped and escaped like the caller's own text; only an
-	// unauthenticated decision carries them.
-	if e.Decision == "unauthenticated" {
-		for k, v := range map[string]string{"token_issuer": e.TokenIssuer, "token_subject": e.TokenSubject} {
-			if v != "" {
-				d[k] = clipReported(v, maxReportName)
-			}
+	// The issuer and subject of the request's token whose signature
+	// verified (the one it was authenticated with, or one refused after
+	// verifying: revoked, of a revoked identity): the issuer signed them,
+	// but a foreign issuer may have put anything there, so they are
+	// clipped and escaped like the caller's own text. Detection reads
+	// them only on an unauthenticated decision refused as revoked.
+	for k, v := range map[string]string{"token_issuer": e.TokenIssuer, "token_subject": e.TokenSubject} {
+		if v != "" {
+			d[k] = clipReported(v, maxReportName)
 		}
 	}
 	ev.Details = d
