@@ -20,6 +20,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/pem"
@@ -271,19 +272,45 @@ const maxPeerCertificate = 64 << 10
 // URL-encoded PEM CERTIFICATE block: a bound token is then refused, and
 // nothing else changes.
 func certThumbprint(enc string) string {
-	if enc == "" || len(enc) > maxPeerCertificate {
+	der := peerCertDER(enc)
+	if der == nil {
 		return ""
+	}
+	sum := sha256.Sum256(der)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// peerCertDER is the DER of the peer certificate Envoy reports: nil for
+// none, and for anything but one URL-encoded PEM CERTIFICATE block.
+func peerCertDER(enc string) []byte {
+	if enc == "" || len(enc) > maxPeerCertificate {
+		return nil
 	}
 	text, err := url.PathUnescape(enc)
 	if err != nil {
-		return ""
+		return nil
 	}
 	b, rest := pem.Decode([]byte(text))
 	if b == nil || b.Type != "CERTIFICATE" || len(b.Headers) != 0 || len(bytes.TrimSpace(rest)) != 0 {
+		return nil
+	}
+	return b.Bytes
+}
+
+// peerSerial is the serial number (hex) of the peer certificate Envoy
+// reports, for the revocation check of a certificate revoked by serial
+// (a node's re-attestation with replace, say) while its SPIFFE ID is
+// not; "" when Envoy sends none or it does not parse.
+func peerSerial(enc string) string {
+	der := peerCertDER(enc)
+	if der == nil {
 		return ""
 	}
-	sum := sha256.Sum256(b.Bytes)
-	return base64.RawURLEncoding.EncodeToString(sum[:])
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return ""
+	}
+	return c.SerialNumber.Text(16)
 }
 
 func parseLabels(s string) (map[string]string, error) {
@@ -312,7 +339,7 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
 	case set == nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: policy.ReasonNoSet}
-	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), ""):
+	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), peerSerial(cr.GetAttributes().GetSource().GetCertificate())):
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: ReasonSourceRevoked}
 	default:
 		v := s.cfg.Verifier

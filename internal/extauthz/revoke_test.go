@@ -10,6 +10,7 @@ import (
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/proxy"
+	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
 )
 
@@ -79,6 +80,43 @@ func TestRevocationsRefused(t *testing.T) {
 			}
 			if c.reason == ReasonTokenOfRevokedIdentity && recs[0].TokenIssuer != "https://idp.example" {
 				t.Errorf("a verified token's refusal names issuer %q", recs[0].TokenIssuer)
+			}
+		})
+	}
+}
+
+// TestRevokedSerialRefused: a certificate revoked by its serial number
+// (a node attested again with replace, or an admin's revoke of one
+// certificate) while its SPIFFE ID is not, reported by Envoy as the peer
+// certificate (include_peer_certificate), is refused as a sidecar refuses
+// it at the handshake; before, ext_authz checked the ID alone.
+func TestRevokedSerialRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "example.org")
+	const id = "spiffe://example.org/ns/prod/sa/web"
+	revoked, kept := ca.SVID(t, id, 0).Chain[0], ca.SVID(t, id, 0).Chain[0]
+	revs := &proxy.Revocations{}
+	revs.Set(&wire.Revocations{Serials: []wire.RevokedSerial{{Serial: revoked.SerialNumber.Text(16), ExpiresAt: time.Now().Add(time.Hour)}}})
+	s, _ := issuerServer(t, authn.Options{}, func(c *Config) { c.Revocations = revs })
+	now := time.Now()
+	for _, c := range []struct {
+		name string
+		cert string
+		code codes.Code
+	}{
+		{"revoked_serial", envoyCertificate(revoked.Raw), codes.PermissionDenied},
+		{"other_serial", envoyCertificate(kept.Raw), codes.OK},
+		{"no_certificate", "", codes.OK},
+		{"not_a_certificate", envoyCertificate([]byte("garbage")), codes.OK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req := check("GET", "/", nil, "app=x", now)
+			req.Attributes.Source.Principal, req.Attributes.Source.Certificate = id, c.cert
+			resp, err := s.Check(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := codes.Code(resp.GetStatus().GetCode()); got != c.code {
+				t.Fatalf("status %v (%s), want %v", got, resp.GetStatus().GetMessage(), c.code)
 			}
 		})
 	}
