@@ -406,6 +406,11 @@ func serveExtAuthz(ctx context.Context, srv *server.Server, revs *proxy.Revocati
 		return nil, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
+	// The keys of every issuer the policies name are fetched before the
+	// first check and again when the policies change, as "moatless authz"
+	// does on each reload; unprepared, each issuer's first tokens were
+	// refused (keys_unavailable) until the refresher got its keys.
+	go prepareExtAuthzKeys(sctx, srv.AuthzPolicy, verifier, nil, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -415,4 +420,42 @@ func serveExtAuthz(ctx context.Context, srv *server.Server, revs *proxy.Revocati
 	}()
 	log.Info("ext_authz serving", "listen", addr)
 	return func() { cancel(); <-done; verifier.Close() }, nil
+}
+
+// extAuthzPrepareEvery is how often the server's ext_authz looks for a
+// new policy version whose JWT issuers it must prepare.
+const extAuthzPrepareEvery = 250 * time.Millisecond
+
+// prepareExtAuthzKeys prepares v for every RequestAuthentication rule of
+// the policy set in force, once (then closing first, if not nil) and on
+// each new version, until ctx ends. It does not hold up the server's
+// start: an unreachable JWKS would hold every check, not only tokens.
+func prepareExtAuthzKeys(ctx context.Context, current func() (*policy.Set, uint64), v *authn.Verifier, first chan<- struct{}, log *slog.Logger) {
+	var last *policy.Set
+	prepare := func() {
+		set, version := current()
+		if set == nil || set == last {
+			return
+		}
+		last = set
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := v.Prepare(pctx, allJWTRules(set)); err != nil {
+			log.Warn("ext_authz: prepare JWT verifier", "policy_version", version, "err", err)
+		}
+	}
+	prepare()
+	if first != nil {
+		close(first)
+	}
+	t := time.NewTicker(extAuthzPrepareEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			prepare()
+		}
+	}
 }

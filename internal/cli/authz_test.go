@@ -289,3 +289,69 @@ func TestAuthzRefusesStandardInput(t *testing.T) {
 		t.Fatalf("exit %d, stderr %s", code, stderr.String())
 	}
 }
+
+// TestServerExtAuthzPreparesKeys: "moatless server --ext-authz" never
+// prepared its verifier, so each issuer's first tokens after start, and
+// after a policy change named a new one, were refused (keys_unavailable)
+// until the refresher fetched its keys. prepareExtAuthzKeys prepares the
+// set in force before it reports ready and each new set after. The
+// verifier is never started: only Prepare fetches keys.
+func TestServerExtAuthzPreparesKeys(t *testing.T) {
+	type issuer struct {
+		url  string
+		sign func(map[string]any) string
+	}
+	newIssuer := func() issuer {
+		jwks, sign := policytest.Issuer(t)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, jwks) }))
+		t.Cleanup(srv.Close)
+		return issuer{srv.URL, sign}
+	}
+	compile := func(is issuer) *policy.Set {
+		var b policy.Bundle
+		doc := fmt.Sprintf("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: prod}\nspec:\n  jwtRules:\n  - issuer: %s\n    jwksUri: %s/jwks\n", is.url, is.url)
+		if err := b.Add("ra.yaml", []byte(doc)); err != nil {
+			t.Fatal(err)
+		}
+		set, err := b.Compile(policy.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	first, second := newIssuer(), newIssuer()
+	sets := []*policy.Set{compile(first), compile(second)}
+	var mu sync.Mutex
+	cur := 0
+	current := func() (*policy.Set, uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		return sets[cur], uint64(cur + 1)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	v := authn.NewVerifier(authn.Options{Logger: log})
+	defer v.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	go prepareExtAuthzKeys(ctx, current, v, ready, log)
+	<-ready
+	verify := func(set *policy.Set, is issuer) error {
+		tok := is.sign(map[string]any{"iss": is.url, "sub": "alice", "exp": time.Now().Add(time.Hour).Unix()})
+		_, err := v.Verify(set.JWTRules(policy.Destination{Namespace: "prod"}), &policy.Request{Headers: http.Header{"Authorization": {"Bearer " + tok}}})
+		return err
+	}
+	if err := verify(sets[0], first); err != nil {
+		t.Fatalf("at start: %v", err)
+	}
+	mu.Lock()
+	cur = 1
+	mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for verify(sets[1], second) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the new policy's issuer was never prepared: %v", verify(sets[1], second))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
