@@ -181,6 +181,14 @@ type bundlePublication struct {
 // the change stays pending and the maintenance loop publishes it
 // (retryBundlePublication), with ev, once the store takes it.
 func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
+	// A revoked CA key (revoked here or adopted from another replica)
+	// takes the tokens issued on its strength with it now, not at the
+	// token service's next tick.
+	if o := s.OAuth(); o != nil {
+		if err := o.RevokeAuthorityTokens(ctx); err != nil {
+			s.log.Error("revoke the access tokens of a revoked CA authority; will retry", "err", err)
+		}
+	}
 	seq, _ := s.ca.Bundle().SequenceNumber()
 	if ev.Details == nil {
 		ev.Details = map[string]string{}

@@ -1078,6 +1078,42 @@ func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp tim
 	})
 }
 
+func (o *OAuth) RecordTokenAuthorities(ctx context.Context, jti string, exp time.Time, authorities []string) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
+		for _, a := range authorities {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_token_authorities (authority, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+				a, jti, unix(exp)); err != nil {
+				return oerr("record token authorities", err)
+			}
+		}
+		return nil
+	})
+}
+
+func (o *OAuth) RevokeAuthorityTokens(ctx context.Context, authorities []string, at time.Time) ([]token.RevokedToken, error) {
+	var out []token.RevokedToken
+	for _, a := range authorities {
+		rows, err := o.q(ctx).QueryContext(ctx, `SELECT a.jti, a.expires_at FROM oauth_token_authorities a
+			WHERE a.authority = $1 AND a.expires_at > $2
+			AND NOT EXISTS (SELECT 1 FROM oauth_revoked_tokens r WHERE r.jti = a.jti) ORDER BY a.jti`, a, unix(at))
+		if err != nil {
+			return out, oerr("revoke authority tokens", err)
+		}
+		toks, err := scanRevokedTokens(rows)
+		if err != nil {
+			return out, oerr("revoke authority tokens", err)
+		}
+		for _, t := range toks {
+			got, err := o.RevokeTokenID(ctx, t.JTI, t.ExpiresAt, at)
+			out = append(out, got...)
+			if err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
 func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {
 	var n int
 	if err := o.q(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", jti).Scan(&n); err != nil {
@@ -1167,6 +1203,7 @@ func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 		"DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_grant_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_token_links WHERE expires_at < $1",
+		"DELETE FROM oauth_token_authorities WHERE expires_at < $1",
 		"DELETE FROM oauth_grants WHERE expires_at < $1",
 		"DELETE FROM oauth_revoked_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",

@@ -196,6 +196,16 @@ type Store interface {
 	// ErrTooManyExchanges when the tree parent belongs to holds limit
 	// exchanged tokens already. Inside Atomically.
 	RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time, limit int) error
+	// RecordTokenAuthorities records that access token jti (expiring at
+	// exp) was issued on the strength of these CA authorities (the key
+	// that signed a JWT-SVID, the authorities of an X509-SVID's chain),
+	// so that RevokeAuthorityTokens can revoke it. It joins the
+	// transaction of an Atomically context.
+	RecordTokenAuthorities(ctx context.Context, jti string, exp time.Time, authorities []string) error
+	// RevokeAuthorityTokens revokes (as RevokeTokenID: with every token
+	// exchanged from them) the unexpired, unrevoked tokens recorded
+	// under any of the authorities, and returns the IDs it newly listed.
+	RevokeAuthorityTokens(ctx context.Context, authorities []string, at time.Time) ([]RevokedToken, error)
 	// TokenIDRevoked reports whether the ID is on the revoked list.
 	TokenIDRevoked(ctx context.Context, jti string) (bool, error)
 	// RevokedTokenIDs lists the revoked IDs that expire after now.
