@@ -57,6 +57,11 @@ type Peer struct {
 	// NotAfter is when the presented X509-SVID expires; tokens from cert
 	// login never outlive it.
 	NotAfter time.Time
+	// Authority is the ID of the CA authority that issued the
+	// certificate (as `moatless ca show` lists it: the hex of its subject
+	// key ID, the leaf's authority key ID): tokens obtained with it end
+	// when that authority is revoked (Config.AuthorityRevoked).
+	Authority string
 }
 
 // Config configures a Service. Store and Audit are required.
@@ -74,6 +79,11 @@ type Config struct {
 	// Revoked reports whether a SPIFFE ID is revoked (tokens of a revoked
 	// identity stop working at once).
 	Revoked func(spiffeID string) bool
+	// AuthorityRevoked reports whether a CA authority (an X.509 authority
+	// or JWT key, by its ID) was revoked (`moatless ca revoke`): a token
+	// obtained with an SVID it signed, and every token created under that
+	// token, stops working at once. nil: none is.
+	AuthorityRevoked func(id string) bool
 	// JWTBundles validates JWT-SVIDs for jwt login (the CA's JWT keys).
 	JWTBundles jwtbundle.Source
 	// TrustDomain is the server's trust domain (JWT-SVIDs of others are
@@ -149,6 +159,9 @@ func New(c Config) (*Service, error) {
 	}
 	if s.cfg.Revoked == nil {
 		s.cfg.Revoked = func(string) bool { return false }
+	}
+	if s.cfg.AuthorityRevoked == nil {
+		s.cfg.AuthorityRevoked = func(string) bool { return false }
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

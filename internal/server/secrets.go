@@ -10,11 +10,13 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/moatless/moatless/internal/secrets"
@@ -49,9 +51,11 @@ func (s *Server) initSecrets(ctx context.Context, c Config) error {
 	svc, err := secrets.New(secrets.Config{
 		Store: s.db, Audit: s.audit, Now: s.now, Logger: s.log.With("component", "secrets"),
 		Peer: s.secretsPeer, Admin: s.secretsAdmin,
-		Revoked:     func(id string) bool { return s.revs.Load().revoked(id, "") },
-		JWTBundles:  caJWTBundles{s},
-		TrustDomain: s.td.Name(),
+		Revoked: func(id string) bool { return s.revs.Load().revoked(id, "") },
+		// Tokens obtained with an SVID of a revoked CA key end with it.
+		AuthorityRevoked: func(id string) bool { return slices.Contains(s.ca.RevokedIDs(), id) },
+		JWTBundles:       caJWTBundles{s},
+		TrustDomain:      s.td.Name(),
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -170,7 +174,7 @@ func (s *Server) secretsPeer(r *http.Request) (*secrets.Peer, error) {
 	case err != nil:
 		return nil, err
 	}
-	return &secrets.Peer{SPIFFEID: c.id.String(), NotAfter: c.leaf.NotAfter}, nil
+	return &secrets.Peer{SPIFFEID: c.id.String(), NotAfter: c.leaf.NotAfter, Authority: hex.EncodeToString(c.leaf.AuthorityKeyId)}, nil
 }
 
 // secretsAdmin recognises the admin credential on a secrets request: the

@@ -1,0 +1,6 @@
+-- The CA authority (X.509 authority or JWT key ID, as `moatless ca show`
+-- lists it) whose SVID a token was obtained with: the JWT-SVID of a jwt
+-- login, the X509-SVID of a cert login or of the mTLS identity that
+-- created it (inherited down a token tree). Revoking that authority ends
+-- the token. Empty: none (an approle login, an admin's token).
+ALTER TABLE secrets_tokens ADD COLUMN ca_authority TEXT NOT NULL DEFAULT '';
