@@ -588,6 +588,19 @@ func (o *OAuth) RetireSigningKeys(ctx context.Context, at, expireBy time.Time) e
 	return nil
 }
 
+func (o *OAuth) RevokeSigningKey(ctx context.Context, kid string) error {
+	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE kid = $1", kid)
+	if err != nil {
+		return oerr("revoke signing key", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("revoke signing key", err)
+	} else if !ok {
+		return oauthNotFound("signing key")
+	}
+	return nil
+}
+
 func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, error) {
 	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
 	if err != nil {

@@ -122,6 +122,9 @@ type Store interface {
 	// sign at at (activated, not retired), so none of them signs again,
 	// and brings their ExpireAt forward to expireBy when it is later.
 	RetireSigningKeys(ctx context.Context, at, expireBy time.Time) error
+	// RevokeSigningKey deletes the key kid at once, whatever its
+	// schedule; ErrNotFound when there is none.
+	RevokeSigningKey(ctx context.Context, kid string) error
 	// DeleteSigningKeys deletes keys whose ExpireAt is before t.
 	DeleteSigningKeys(ctx context.Context, before time.Time) (int, error)
 
