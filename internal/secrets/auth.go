@@ -158,7 +158,7 @@ func (s *Service) authenticate(rq *req) error {
 			return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID, or that of the workload that created it, is revoked")
 		}
 	}
-	if tc.authority != "" && s.cfg.AuthorityRevoked(tc.authority) {
+	if tc.authority != "" && slices.Contains(s.cfg.RevokedAuthorities(), tc.authority) {
 		rq.details["token_accessor"] = t.Accessor
 		rq.details["reason"] = "CA authority revoked"
 		return errf(http.StatusForbidden, "permission denied: the CA authority %s that signed the SVID this token was obtained with is revoked; log in again with a current SVID", tc.authority)
@@ -701,6 +701,26 @@ func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
 		return err
 	}
 	return nil
+}
+
+// revokeTokensOfRevokedAuthorities revokes, with their trees and leases,
+// the tokens obtained with an SVID of a CA authority revoked since
+// (Config.RevokedAuthorities): authenticate refuses them already, and
+// this ends the database users they obtained. At most 500 tokens an
+// authority a pass; the next pass takes the rest.
+func (s *Service) revokeTokensOfRevokedAuthorities(ctx context.Context) {
+	for _, id := range s.cfg.RevokedAuthorities() {
+		accs, err := s.db.SecretsTokensOfAuthority(ctx, id, 500)
+		if err != nil {
+			s.log.Warn("read the tokens of a revoked CA authority", "authority", id, "err", err)
+			continue
+		}
+		for _, a := range accs {
+			if err := s.revokeToken(ctx, a, "CA authority "+id+" revoked"); err != nil && !errors.Is(err, store.ErrNotFound) {
+				s.log.Warn("revoke a token of a revoked CA authority", "authority", id, "err", err)
+			}
+		}
+	}
 }
 
 // revokeToken revokes a token, the tokens under it (its children, theirs,

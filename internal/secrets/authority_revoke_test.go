@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -55,6 +56,7 @@ func TestTokensOfARevokedCAAuthorityStop(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			pg := storetest.PostgresPassword(t)
 			storetest.Each(t, func(t *testing.T, db *store.DB) {
 				var (
 					mu      sync.Mutex
@@ -65,14 +67,19 @@ func TestTokensOfARevokedCAAuthorityStop(t *testing.T) {
 					c.Peer = func(*http.Request) (*Peer, error) {
 						return &Peer{SPIFFEID: web, NotAfter: time.Now().Add(time.Hour), Authority: "c59c8259ba7bdd049b291090c954e0ece6fd563b"}, nil
 					}
-					c.AuthorityRevoked = func(id string) bool {
+					c.RevokedAuthorities = func() []string {
 						mu.Lock()
 						defer mu.Unlock()
-						return revoked[id]
+						var ids []string
+						for id := range revoked {
+							ids = append(ids, id)
+						}
+						return ids
 					}
 				})
 				ts.now = time.Now() // the JWT-SVID is checked against the real clock
 				ts.policy("reader", `path "secret/data/*" { capabilities = ["read"] }
+path "database/creds/*" { capabilities = ["read"] }
 path "auth/token/create" { capabilities = ["update", "sudo"] }`)
 				ts.must("PUT", "sys/policies/acl/web", testAdminToken, map[string]any{"policy": `
 name: web
@@ -83,7 +90,10 @@ paths:
     capabilities: [read]
   - path: auth/token/create*
     capabilities: [update, sudo]
+  - path: database/creds/*
+    capabilities: [read]
 `})
+				role := ts.dbRole(pg, fmt.Sprintf("carev%s%d", tc.name[:3], db.Dialect()))
 				ts.must("POST", "secret/data/app", testAdminToken, map[string]any{"data": map[string]any{"k": "v"}})
 				ts.must("POST", "auth/jwt/role/web", testAdminToken, map[string]any{"bound_audiences": "moatless-secrets",
 					"bound_subjects": web, "token_policies": "reader"})
@@ -97,6 +107,7 @@ paths:
 						t.Fatalf("%s before the revocation: %d %v", name, st, out)
 					}
 				}
+				ts.must("GET", "database/creds/"+role, child, nil)
 				mu.Lock()
 				revoked["some-other-key"] = true
 				mu.Unlock()
@@ -116,6 +127,22 @@ paths:
 				}
 				if st, out := ts.call("GET", "secret/data/app", other, nil); st != 200 {
 					t.Errorf("an admin's token after the revocation: %d %v, want 200", st, out)
+				}
+				// The maintenance pass revokes the tokens, and with them
+				// the database user the child obtained.
+				ts.svc.Tick(t.Context())
+				if accs, err := db.SecretsTokensOfAuthority(t.Context(), tc.authority, 10); err != nil || len(accs) != 0 {
+					t.Errorf("tokens of the revoked authority left after a maintenance pass: %v %v", accs, err)
+				}
+				ls, err := db.Leases(t.Context(), "database/creds/"+role+"/", "", 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, l := range ls {
+					t.Errorf("lease %s outlives the revocation of the CA authority of its token's login", l.ID)
+				}
+				if st, out := ts.call("GET", "secret/data/app", other, nil); st != 200 {
+					t.Errorf("an admin's token after the maintenance pass: %d %v, want 200", st, out)
 				}
 			})
 		})

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/moatless/moatless/internal/secrets"
@@ -53,9 +52,9 @@ func (s *Server) initSecrets(ctx context.Context, c Config) error {
 		Peer: s.secretsPeer, Admin: s.secretsAdmin,
 		Revoked: func(id string) bool { return s.revs.Load().revoked(id, "") },
 		// Tokens obtained with an SVID of a revoked CA key end with it.
-		AuthorityRevoked: func(id string) bool { return slices.Contains(s.ca.RevokedIDs(), id) },
-		JWTBundles:       caJWTBundles{s},
-		TrustDomain:      s.td.Name(),
+		RevokedAuthorities: func() []string { return s.ca.RevokedIDs() },
+		JWTBundles:         caJWTBundles{s},
+		TrustDomain:        s.td.Name(),
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -297,6 +297,16 @@ func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int)
 	return scanStrings(rows)
 }
 
+// SecretsTokensOfAuthority lists at most limit accessors of tokens
+// obtained with an SVID of the CA authority id (CAAuthority).
+func (s *DB) SecretsTokensOfAuthority(ctx context.Context, id string, limit int) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE ca_authority = $1 ORDER BY accessor LIMIT $2", id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: tokens of a CA authority: %w", err)
+	}
+	return scanStrings(rows)
+}
+
 // LockSecretsToken holds the token accessor until tx ends (PostgreSQL:
 // FOR UPDATE; SQLite's write transaction serializes writers already),
 // so a revocation of it (DeleteSecretsTokenTree) either committed before

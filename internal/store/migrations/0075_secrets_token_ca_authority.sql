@@ -4,3 +4,4 @@
 -- created it (inherited down a token tree). Revoking that authority ends
 -- the token. Empty: none (an approle login, an admin's token).
 ALTER TABLE secrets_tokens ADD COLUMN ca_authority TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS secrets_tokens_ca_authority ON secrets_tokens (ca_authority);
