@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -710,6 +711,19 @@ func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
 // authority a pass; the next pass takes the rest.
 func (s *Service) revokeTokensOfRevokedAuthorities(ctx context.Context) {
 	for _, id := range s.cfg.RevokedAuthorities() {
+		// The leases first: those obtained over mTLS with a certificate
+		// of the authority (no token) too.
+		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+			n, err := s.db.MarkLeasesOfAuthority(ctx, tx, id, s.now())
+			if err != nil || n == 0 {
+				return err
+			}
+			return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke_authority", Actor: "moatless-secrets", Subject: id,
+				Outcome: audit.Success, Details: map[string]string{"reason": "CA authority revoked", "leases": strconv.FormatInt(n, 10)}})
+		})
+		if err != nil {
+			s.log.Warn("revoke the leases of a revoked CA authority", "authority", id, "err", err)
+		}
 		accs, err := s.db.SecretsTokensOfAuthority(ctx, id, 500)
 		if err != nil {
 			s.log.Warn("read the tokens of a revoked CA authority", "authority", id, "err", err)

@@ -5,3 +5,8 @@
 -- the token. Empty: none (an approle login, an admin's token).
 ALTER TABLE secrets_tokens ADD COLUMN ca_authority TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS secrets_tokens_ca_authority ON secrets_tokens (ca_authority);
+-- The same for a lease: the CA authority of the SVID of the token or mTLS
+-- identity that obtained it, so that revoking the authority revokes the
+-- lease (a stolen CA key let its holder obtain database users directly).
+ALTER TABLE secrets_leases ADD COLUMN ca_authority TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS secrets_leases_ca_authority ON secrets_leases (ca_authority);
