@@ -235,11 +235,11 @@ type Lease struct {
 	// CAAuthority is the CA authority of the SVID behind the lease (the
 	// token's CAAuthority, or the mTLS identity's issuer); "" for none.
 	CAAuthority string
-	Sealed        []byte // what revocation needs, sealed
-	Renewable     bool
-	IssuedAt      time.Time
-	ExpiresAt     time.Time
-	MaxExpires    time.Time
+	Sealed      []byte // what revocation needs, sealed
+	Renewable   bool
+	IssuedAt    time.Time
+	ExpiresAt   time.Time
+	MaxExpires  time.Time
 	// RevokeRequestedAt is set once revocation was asked for (or the lease
 	// expired and revocation began); the lease stays until revocation
 	// succeeds.
