@@ -973,33 +973,42 @@ func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *to
 func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) ([]token.RevokedToken, error) {
 	var out []token.RevokedToken
 	err := o.tx(ctx, func(tx *sql.Tx) error {
-		out = nil
-		if err := lockTokenLink(ctx, tx, jti, exp); err != nil {
-			return oerr("revoke token id", err)
-		}
-		frontier := []token.RevokedToken{{JTI: jti, ExpiresAt: exp}}
-		for len(frontier) > 0 {
-			t := frontier[0]
-			frontier = frontier[1:]
-			res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-				t.JTI, unix(t.ExpiresAt), unix(at))
-			if err != nil {
-				return oerr("revoke token id", err)
-			}
-			if fresh, err := rowsOne(res); err != nil {
-				return oerr("revoke token id", err)
-			} else if fresh {
-				out = append(out, t)
-			}
-			kids, err := o.tokenChildren(ctx, tx, t.JTI, at)
-			if err != nil {
-				return oerr("revoke token id", err)
-			}
-			frontier = append(frontier, kids...)
+		var err error
+		if out, err = o.revokeTokenTree(ctx, tx, jti, exp, at, nil); err != nil {
+			return err
 		}
 		return bumpIfRevoked(ctx, o.db, tx, len(out))
 	})
 	return out, err
+}
+
+// revokeTokenTree lists jti and every unexpired token exchanged from it,
+// transitively, as revoked in tx, appending the newly listed ones to out.
+func (o *OAuth) revokeTokenTree(ctx context.Context, tx *sql.Tx, jti string, exp, at time.Time, out []token.RevokedToken) ([]token.RevokedToken, error) {
+	if err := lockTokenLink(ctx, tx, jti, exp); err != nil {
+		return out, oerr("revoke token id", err)
+	}
+	frontier := []token.RevokedToken{{JTI: jti, ExpiresAt: exp}}
+	for len(frontier) > 0 {
+		t := frontier[0]
+		frontier = frontier[1:]
+		res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+			t.JTI, unix(t.ExpiresAt), unix(at))
+		if err != nil {
+			return out, oerr("revoke token id", err)
+		}
+		if fresh, err := rowsOne(res); err != nil {
+			return out, oerr("revoke token id", err)
+		} else if fresh {
+			out = append(out, t)
+		}
+		kids, err := o.tokenChildren(ctx, tx, t.JTI, at)
+		if err != nil {
+			return out, oerr("revoke token id", err)
+		}
+		frontier = append(frontier, kids...)
+	}
+	return out, nil
 }
 
 // lockTokenLink makes sure jti has an oauth_token_links row and holds it
@@ -1106,23 +1115,32 @@ func (o *OAuth) RecordTokenAuthorities(ctx context.Context, jti string, exp time
 func (o *OAuth) RevokeAuthorityTokens(ctx context.Context, authorities []string, at time.Time) ([]token.RevokedToken, error) {
 	var out []token.RevokedToken
 	for _, a := range authorities {
-		rows, err := o.q(ctx).QueryContext(ctx, `SELECT a.jti, a.expires_at FROM oauth_token_authorities a
-			WHERE a.authority = $1 AND a.expires_at > $2
-			AND NOT EXISTS (SELECT 1 FROM oauth_revoked_tokens r WHERE r.jti = a.jti) ORDER BY a.jti`, a, unix(at))
-		if err != nil {
-			return out, oerr("revoke authority tokens", err)
-		}
-		toks, err := scanRevokedTokens(rows)
-		if err != nil {
-			return out, oerr("revoke authority tokens", err)
-		}
-		for _, t := range toks {
-			got, err := o.RevokeTokenID(ctx, t.JTI, t.ExpiresAt, at)
-			out = append(out, got...)
+		// One transaction an authority: one version bump (one reload of
+		// the revoked list on every replica) for all its tokens.
+		var got []token.RevokedToken
+		err := o.tx(ctx, func(tx *sql.Tx) error {
+			got = nil
+			rows, err := tx.QueryContext(ctx, `SELECT a.jti, a.expires_at FROM oauth_token_authorities a
+				WHERE a.authority = $1 AND a.expires_at > $2
+				AND NOT EXISTS (SELECT 1 FROM oauth_revoked_tokens r WHERE r.jti = a.jti) ORDER BY a.jti`, a, unix(at))
 			if err != nil {
-				return out, err
+				return oerr("revoke authority tokens", err)
 			}
+			toks, err := scanRevokedTokens(rows)
+			if err != nil {
+				return oerr("revoke authority tokens", err)
+			}
+			for _, t := range toks {
+				if got, err = o.revokeTokenTree(ctx, tx, t.JTI, t.ExpiresAt, at, got); err != nil {
+					return err
+				}
+			}
+			return bumpIfRevoked(ctx, o.db, tx, len(got))
+		})
+		if err != nil {
+			return out, err
 		}
+		out = append(out, got...)
 	}
 	return out, nil
 }
