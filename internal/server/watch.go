@@ -185,7 +185,9 @@ func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
 	// takes the tokens issued on its strength with it now, not at the
 	// token service's next tick.
 	if o := s.OAuth(); o != nil {
-		if err := o.RevokeAuthorityTokens(ctx); err != nil {
+		// Not cut short by an admin client that hangs up: Tick would
+		// otherwise be the next chance, 30 s later.
+		if err := o.RevokeAuthorityTokens(context.WithoutCancel(ctx)); err != nil {
 			s.log.Error("revoke the access tokens of a revoked CA authority; will retry", "err", err)
 		}
 	}
