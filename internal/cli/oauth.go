@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -636,6 +637,9 @@ func runOAuthKeysRotate(ctx context.Context, e *Env, args []string) int {
 
 func runOAuthKeysRevoke(ctx context.Context, e *Env, args []string) int {
 	kid, rest := positional(args)
+	if kid == "" && (slices.Contains(rest, "-h") || slices.Contains(rest, "-help") || slices.Contains(rest, "--help")) {
+		return e.oauthKeys(ctx, "oauth keys revoke KID", "POST", "", rest) // prints the usage
+	}
 	if kid == "" {
 		return e.errorf(ExitUsage, "oauth keys revoke: give the KID of a key that no longer signs (`moatless oauth keys list`; if it signs, `moatless oauth keys rotate` first)")
 	}
