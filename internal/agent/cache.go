@@ -32,8 +32,14 @@ const (
 	// signBatch bounds the CSRs in one sign request (each is ~0.5 KB of
 	// JSON; wire.MaxBodySize is 1 MiB).
 	signBatch = 500
-	// maxJWTCache bounds the cached JWT-SVIDs (entry × audience set).
-	maxJWTCache = 10000
+	// maxJWTCache bounds the cached JWT-SVIDs (entry × audience set), and
+	// maxJWTCacheBytes their size (token and key). A workload chooses its
+	// audiences, up to workload.MaxAudiences of workload.MaxAudienceLen
+	// bytes each: some 40 KiB a token with its key, so the count alone
+	// would let the workloads of a node make the agent hold hundreds of
+	// MiB; a usual token takes one or two.
+	maxJWTCache      = 10000
+	maxJWTCacheBytes = 32 << 20
 	// jwtShareRate and jwtShareBurst bound the new JWT-SVIDs one SPIFFE ID
 	// may make the agent ask the server for: per second sustained, and at
 	// once. The server's budget is per node (server.DefaultJWTSVIDRate
@@ -98,6 +104,8 @@ type Cache struct {
 	entries        map[string]wire.Entry
 	x509           map[string]*cachedX509 // by entry ID
 	jwt            map[string]*cachedJWT
+	jwtBytes       int                      // of jwt: len(key) + len(token) each (jwtSize)
+	jwtMaxBytes    int                      // maxJWTCacheBytes (tests set less)
 	jwtShare       map[string]*rate.Limiter // by SPIFFE ID
 	revokedIDs     map[string]struct{}
 	revokedSerials map[string]struct{}
@@ -114,6 +122,11 @@ type Cache struct {
 	nodeSerial string
 	failures   int
 	updates    uint64 // updates applied (updateApplied)
+
+	// jwtChecked, set by tests only, runs in JWTSVID after a new token
+	// was validated and before it is handed out: where a bundle change
+	// races with the fetch.
+	jwtChecked func()
 }
 
 // CacheConfig configures a Cache.
@@ -130,7 +143,7 @@ func newCache(s signer, cfg CacheConfig) *Cache {
 		wake: make(chan struct{}, 1), synced: make(chan struct{}),
 		entries: map[string]wire.Entry{}, x509: map[string]*cachedX509{}, jwt: map[string]*cachedJWT{}, jwtShare: map[string]*rate.Limiter{},
 		revokedIDs: map[string]struct{}{}, revokedSerials: map[string]struct{}{},
-		auth: authoritiesOf(nil), taintGen: map[string]uint64{},
+		auth: authoritiesOf(nil), taintGen: map[string]uint64{}, jwtMaxBytes: maxJWTCacheBytes,
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -239,7 +252,7 @@ func (c *Cache) SetBundle(b wire.Bundle) {
 	jwtDropped := 0
 	for k, j := range c.jwt {
 		if view.jwtKeyGone(j.kid) {
-			delete(c.jwt, k)
+			c.dropJWTLocked(k)
 			jwtDropped++
 		}
 	}
@@ -286,7 +299,7 @@ func (c *Cache) SetEntries(entries []wire.Entry) {
 	}
 	for k, j := range c.jwt {
 		if e, ok := next[strings.SplitN(k, "\x00", 2)[0]]; !ok || e.SPIFFEID != j.spiffeID {
-			delete(c.jwt, k)
+			c.dropJWTLocked(k)
 		}
 	}
 	live := make(map[string]bool, len(next))
@@ -328,7 +341,7 @@ func (c *Cache) SetRevocations(r wire.Revocations) {
 	}
 	for k, j := range c.jwt {
 		if _, bad := c.revokedIDs[j.spiffeID]; bad {
-			delete(c.jwt, k)
+			c.dropJWTLocked(k)
 		}
 	}
 	c.publishLocked()
@@ -618,28 +631,54 @@ func (c *Cache) JWTSVID(ctx context.Context, id *workload.Identity, audience []s
 		issued = time.Unix(int64(iat), 0)
 	}
 	entry := &cachedJWT{token: resp.Token, kid: tokenKID(resp.Token), spiffeID: id.SPIFFEID.String(), expires: tok.Expiry, reuseTil: issued.Add(tok.Expiry.Sub(issued) / 2)}
+	if c.jwtChecked != nil {
+		c.jwtChecked()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.jwtBundle != jb {
+		// The bundle changed since the token was validated (`ca revoke`
+		// of its key): it must validate against the one in force, which
+		// workloads already hold, or it is not handed out.
+		if _, err := jwtsvid.ParseAndValidate(resp.Token, c.jwtBundle, audience[:1]); err != nil {
+			return "", fmt.Errorf("agent: the JWT-SVID the server sent no longer validates against the trust bundle: %w", err)
+		}
+	}
 	if _, bad := c.revokedIDs[entry.spiffeID]; bad {
 		return "", fmt.Errorf("agent: %s was revoked", entry.spiffeID)
 	}
 	if c.auth.jwtKeyGone(entry.kid) {
-		// Signed with a key tainted (or removed) meanwhile: handed out
-		// this once, never cached, so the next fetch asks again.
+		// Signed with a key tainted (still trusted): handed out this
+		// once, never cached, so the next fetch asks again.
 		return resp.Token, nil
 	}
-	if len(c.jwt) >= maxJWTCache {
+	size := jwtSize(key, entry.token)
+	c.dropJWTLocked(key)
+	if len(c.jwt) >= maxJWTCache || c.jwtBytes+size > c.jwtMaxBytes {
 		for k, j := range c.jwt {
 			if !now.Before(j.expires) {
-				delete(c.jwt, k)
+				c.dropJWTLocked(k)
 			}
 		}
-		if len(c.jwt) >= maxJWTCache {
+		if len(c.jwt) >= maxJWTCache || c.jwtBytes+size > c.jwtMaxBytes {
 			clear(c.jwt)
+			c.jwtBytes = 0
 		}
 	}
 	c.jwt[key] = entry
+	c.jwtBytes += size
 	return resp.Token, nil
+}
+
+// jwtSize is what a cached JWT-SVID counts against maxJWTCacheBytes.
+func jwtSize(key, token string) int { return len(key) + len(token) }
+
+// dropJWTLocked forgets the cached JWT-SVID under key, if any.
+func (c *Cache) dropJWTLocked(key string) {
+	if j, ok := c.jwt[key]; ok {
+		c.jwtBytes -= jwtSize(key, j.token)
+		delete(c.jwt, key)
+	}
 }
 
 // jwtShareAllows takes one new JWT-SVID from the share of SPIFFE ID id

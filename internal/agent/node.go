@@ -112,10 +112,11 @@ type NodeConfig struct {
 	// JoinToken is the single-use credential for the first attestation.
 	// Ignored when DataDir holds a valid node SVID.
 	JoinToken string
-	// DataDir, when set, is where the node SVID with its key (mode 0600)
-	// and the latest bundle are kept, so a restart needs no new token and
-	// refuses, as the run before it did, a bundle older than the one kept
-	// (see refuseBundle).
+	// DataDir, when set, is where the node SVID with its key (mode 0600),
+	// the latest bundle and the authorities revoked from it (revokedFile)
+	// are kept, so a restart needs no new token and refuses, as the run
+	// before it did, a bundle older than the one kept (see refuseBundle)
+	// and a revoked authority of TrustBundle for the server.
 	DataDir string
 	// Component names the process in acks ("agent", "sidecar",
 	// "gateway"). Default "agent".
@@ -199,9 +200,12 @@ type Node struct {
 	mu     sync.Mutex
 	bundle *wire.Bundle
 	// held is every X.509 authority (subject key ID, hex) a bundle from
-	// the server held in this run: one of TrustBundle the server's bundle
-	// held and no longer does was revoked, and is not trusted any more.
-	held       map[string]bool
+	// the server held, in this run or (revokedFile) an earlier one: one of
+	// TrustBundle the server's bundle held and no longer does was revoked,
+	// and is not trusted any more.
+	held map[string]bool
+	// revokedKey is the content of revokedFile as last read or written.
+	revokedKey string
 	poolKey    string
 	version    uint64
 	epoch      string // of the stream that brought version
@@ -348,11 +352,17 @@ func (n *Node) Attest(ctx context.Context) error {
 		return err
 	}
 	// floor is the bundle saved by an earlier run whose node SVID is no
-	// longer usable (expired, damaged): the attestation below must not
-	// take an older one from a lagging replica (see refuseBundle). State
-	// from another server or trust domain sets none.
+	// longer usable (expired, damaged) or was removed (to attest again
+	// after the node was revoked): the attestation below must not take an
+	// older one from a lagging replica (see refuseBundle). State from
+	// another server or trust domain sets none.
 	var floor *wire.Bundle
 	if n.cfg.DataDir != "" {
+		// Before any pool is built: a revoked authority of TrustBundle
+		// must not authenticate the server on the first connection.
+		if err := n.loadRevoked(); err != nil {
+			return err
+		}
 		if err := n.loadPersisted(); err == nil {
 			if n.cfg.JoinToken != "" {
 				n.log.Info("using the node SVID from the data directory; the join token was not used", "spiffe_id", n.ID().String())
@@ -366,6 +376,8 @@ func (n *Node) Attest(ctx context.Context) error {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			n.log.Warn("persisted node SVID unusable; attesting with the join token", "error", err)
 			floor = n.savedBundle()
+		} else if saved := n.savedBundle(); saved != nil && n.vouchedFor(saved) {
+			floor = saved
 		}
 	}
 	n.mu.Lock()
@@ -725,8 +737,8 @@ func (n *Node) postOnce(ctx context.Context, addr, path string, body []byte, out
 // authority of the configured trust bundle that the server's bundle held
 // and then dropped (moatless ca revoke) is left out: whoever holds a
 // revoked CA key must not be able to pose as the server on the node's
-// next connection. Connections open already (the watch stream) were
-// verified when they opened and stay.
+// next connection, and after a restart (revokedFile). Connections open
+// already (the watch stream) were verified when they opened and stay.
 func (n *Node) setPoolLocked() {
 	var certs []*x509.Certificate
 	now := map[string]bool{}
@@ -748,6 +760,14 @@ func (n *Node) setPoolLocked() {
 		}
 		certs = append(certs, c)
 	}
+	var revoked []string
+	for ski := range n.held {
+		if !now[ski] {
+			revoked = append(revoked, ski)
+		}
+	}
+	slices.Sort(revoked)
+	n.persistRevokedLocked(revoked)
 	var key strings.Builder
 	pool := x509.NewCertPool()
 	for _, c := range certs {

@@ -261,3 +261,80 @@ func TestNodeReattestKeepsBundleSequence(t *testing.T) {
 		t.Fatalf("a node with no saved state holds sequence %d, want the attestation's 1", got.SequenceNumber)
 	}
 }
+
+// TestNodeReattestAfterSVIDRemoved: the operator removed the node SVID
+// from the data directory to attest again with a join token (the node was
+// revoked) and left the saved bundle. Against a lagging replica the saved
+// bundle, newer, stays held, as after an expired SVID. A server rebuilt
+// since (a new CA, its sequence back at 1), which the trust bundle given
+// now names, does not vouch for the saved bundle: its own is taken.
+func TestNodeReattestAfterSVIDRemoved(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	f := newFakeServer(t)
+	f.tokens["t"] = nodeID
+	a, b := f.ca, testpki.NewCA(t, "example.org")
+	f.authorities = []*testpki.CA{a, b}
+	setup := func(t *testing.T) string {
+		dir := t.TempDir()
+		f.push(func() { f.lagging = nil; f.authorities = []*testpki.CA{a, b}; f.tokens["t"] = nodeID })
+		n1, err := NewNode(f.nodeConfig(t, "t", dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.Attest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.push(func() { f.authorities = []*testpki.CA{a} }) // ca revoke b
+		rctx, rcancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- n1.Run(rctx) }()
+		waitApplied(ctx, t, f, n1)
+		rcancel()
+		<-done
+		n1.Close()
+		if err := os.Remove(filepath.Join(dir, nodeFile)); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+
+	t.Run("lagging_replica", func(t *testing.T) {
+		dir := setup(t)
+		held := f.bundle()
+		f.push(func() {
+			stale := f.bundle()
+			stale.X509Authorities = [][]byte{a.Cert.Raw, b.Cert.Raw}
+			stale.SequenceNumber = held.SequenceNumber - 1
+			f.lagging = &stale
+			f.tokens["t2"] = nodeID
+		})
+		n2, err := NewNode(f.nodeConfig(t, "t2", dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n2.Close()
+		if err := n2.Attest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := n2.Bundle(); got.SequenceNumber != held.SequenceNumber || holds(got, b) {
+			t.Fatalf("the attestation took the older bundle: sequence %d (held %d), with the revoked authority: %v", got.SequenceNumber, held.SequenceNumber, holds(got, b))
+		}
+	})
+	t.Run("rebuilt_server", func(t *testing.T) {
+		dir := setup(t)
+		f2 := newFakeServer(t)
+		f2.tokens["t"] = nodeID
+		n2, err := NewNode(f2.nodeConfig(t, "t", dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n2.Close()
+		if err := n2.Attest(ctx); err != nil {
+			t.Fatalf("attesting to a rebuilt server the trust bundle names: %v", err)
+		}
+		if got := n2.Bundle(); got.SequenceNumber != 1 || !holds(got, f2.ca) {
+			t.Fatalf("the node holds sequence %d, with the rebuilt server's CA: %v", got.SequenceNumber, holds(got, f2.ca))
+		}
+	})
+}

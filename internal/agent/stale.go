@@ -59,6 +59,26 @@ func (n *Node) checkSavedState(s *x509svid.SVID, saved *wire.Bundle) error {
 		ErrStaleState, path, s.ID, err, path)
 }
 
+// vouchedFor reports whether the configured TrustBundle vouches for a
+// bundle saved by an earlier run that left no node SVID beside it (the
+// operator removed it to attest again): the saved bundle holds one of
+// TrustBundle's authorities, or none is configured. A bundle of a server
+// rebuilt since, which the operator now points TrustBundle at, is not
+// held against that server's lower sequence number.
+func (n *Node) vouchedFor(saved *wire.Bundle) bool {
+	if len(n.cfg.TrustBundle) == 0 {
+		return true
+	}
+	for _, c := range n.cfg.TrustBundle {
+		for _, der := range saved.X509Authorities {
+			if string(der) == string(c.Raw) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // noteRefusal records a watch stream that ended with the server refusing
 // the node's credential (401, 403: revoked, unknown), for Refused.
 func (n *Node) noteRefusal(err error) {

@@ -18,6 +18,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -27,6 +29,7 @@ import (
 
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/wire"
+	"github.com/moatless/moatless/internal/workload"
 )
 
 // signedBy reports whether ca signed the leaf of s.
@@ -589,4 +592,117 @@ func TestSigningHonoursRetryAfter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// jwtSigner signs JWT-SVIDs with the fake server's JWT key, in process.
+type jwtSigner struct{ f *fakeServer }
+
+func (jwtSigner) SignX509(context.Context, []wire.X509SVIDRequest) ([]wire.X509SVID, error) {
+	return nil, errors.New("no")
+}
+
+func (s jwtSigner) SignJWT(_ context.Context, entryID string, audience []string) (*wire.SignJWTResponse, error) {
+	e, _ := s.f.entry(nodeID, entryID)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: s.f.jwtKey, KeyID: "k1"}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	exp := now.Add(5 * time.Minute)
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: e.SPIFFEID, Audience: audience, Expiry: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(now)}).Serialize()
+	return &wire.SignJWTResponse{SPIFFEID: e.SPIFFEID, Token: tok, ExpiresAt: exp}, err
+}
+
+// TestJWTSVIDKeyRevokedDuringFetch: the JWT key is revoked (removed from
+// the bundle) after the server signed a token with it and the agent
+// validated it, before the token is handed out. It must not reach the
+// workload (its peers already hold the bundle without the key), nor the
+// cache; a key tainted in that window still hands the token out once.
+func TestJWTSVIDKeyRevokedDuringFetch(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		change  func(f *fakeServer)
+		wantErr bool
+	}{
+		{"removed", func(f *fakeServer) { f.jwtRemoved = true }, true},
+		{"tainted", func(f *fakeServer) { f.jwtTainted = true }, false},
+		{"unchanged", func(*fakeServer) {}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeServer(t)
+			f.entries = []wire.Entry{uidEntry("e1", "spiffe://example.org/web", time.Hour)}
+			c := newCache(jwtSigner{f}, CacheConfig{Logger: quiet()})
+			c.SetBundle(f.bundle())
+			c.SetEntries(f.entries)
+			c.jwtChecked = func() {
+				c.jwtChecked = nil
+				f.mu.Lock()
+				tc.change(f)
+				b := f.bundle()
+				b.SequenceNumber++
+				f.mu.Unlock()
+				c.SetBundle(b)
+			}
+			id := &workload.Identity{EntryID: "e1", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/web")}
+			tok, err := c.JWTSVID(context.Background(), id, []string{"aud"})
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("a JWT-SVID signed with the key revoked meanwhile was handed out: %.20s…", tok)
+				}
+			} else if err != nil || tok == "" {
+				t.Fatalf("JWTSVID: %v", err)
+			}
+			c.mu.Lock()
+			cached := len(c.jwt)
+			c.mu.Unlock()
+			if want := map[bool]int{true: 1}[tc.name == "unchanged"]; cached != want {
+				t.Fatalf("%d JWT-SVIDs cached, want %d", cached, want)
+			}
+		})
+	}
+}
+
+// TestJWTSVIDCacheBoundedInBytes: workloads asking for JWT-SVIDs with the
+// largest audience sets the Workload API accepts (32 of 512 bytes), each a
+// new set, within their shares, never make the cache hold more than its
+// bound in bytes (maxJWTCacheBytes, 1 MiB here to keep the test short);
+// what it holds is accounted exactly.
+func TestJWTSVIDCacheBoundedInBytes(t *testing.T) {
+	f := newFakeServer(t)
+	const ids = 2
+	for i := range ids {
+		f.entries = append(f.entries, uidEntry(fmt.Sprintf("e%d", i), fmt.Sprintf("spiffe://example.org/w%d", i), time.Hour))
+	}
+	c := newCache(jwtSigner{f}, CacheConfig{Logger: quiet()})
+	c.SetBundle(f.bundle())
+	c.SetEntries(f.entries)
+	c.jwtMaxBytes = 1 << 20
+	long := strings.Repeat("a", workload.MaxAudienceLen-8)
+	most := 0
+	for i := range ids {
+		id := &workload.Identity{EntryID: fmt.Sprintf("e%d", i), SPIFFEID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/w%d", i))}
+		for j := range 30 {
+			aud := make([]string, workload.MaxAudiences)
+			for k := range aud {
+				aud[k] = fmt.Sprintf("%s%08d", long[:len(long)-1], j*workload.MaxAudiences+k)
+			}
+			if _, err := c.JWTSVID(context.Background(), id, aud); err != nil {
+				t.Fatal(err)
+			}
+		}
+		{
+			c.mu.Lock()
+			sum := 0
+			for k, e := range c.jwt {
+				sum += len(k) + len(e.token)
+			}
+			accounted := c.jwtBytes
+			c.mu.Unlock()
+			if sum > c.jwtMaxBytes || sum != accounted {
+				t.Fatalf("the JWT-SVID cache holds %d bytes (accounted %d), at most %d", sum, accounted, c.jwtMaxBytes)
+			}
+			most = max(most, sum)
+		}
+	}
+	t.Logf("the cache held at most %d bytes", most)
 }

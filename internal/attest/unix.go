@@ -63,6 +63,12 @@ type Unix struct {
 
 	mu    sync.Mutex
 	cache map[fileKey]string
+	// hashing holds, per uid, the binaries being hashed for its
+	// processes (at most hashesPerUID at once).
+	hashing map[uint32]*hashSlots
+	// testHashWait and testHashing, set by tests only, run when a hash
+	// waits for its uid's slot and once it holds it.
+	testHashWait, testHashing func(uid uint32)
 
 	userNSOnce sync.Once
 	userNS     unix.Stat_t
@@ -91,7 +97,7 @@ type fileKey struct {
 
 // NewUnix returns a unix attestor.
 func NewUnix(cfg UnixConfig) *Unix {
-	u := &Unix{procRoot: cfg.ProcRoot, maxBinary: cfg.MaxBinarySize, skipNames: cfg.SkipNames, cache: map[fileKey]string{}}
+	u := &Unix{procRoot: cfg.ProcRoot, maxBinary: cfg.MaxBinarySize, skipNames: cfg.SkipNames, cache: map[fileKey]string{}, hashing: map[uint32]*hashSlots{}}
 	if u.procRoot == "" {
 		u.procRoot = DefaultProcRoot
 	}
@@ -242,7 +248,7 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 		}
 	}
 
-	exeSels, err := u.exeSelectors(ctx, dir, img)
+	exeSels, err := u.exeSelectors(ctx, dir, img, peer.UID)
 	if err != nil {
 		return nil, err
 	}
@@ -264,10 +270,10 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]wire.Selector, error) {
 }
 
 // exeSelectors returns unix:path and unix:sha256 for the executable of
-// the process at dir, read through one descriptor that must be the bound
-// image's executable. An executable the agent may not read gives none,
+// the process at dir, of uid (see hashesPerUID), read through one
+// descriptor that must be the bound image's executable. An executable the agent may not read gives none,
 // unless the bound image's was readable (then the image changed).
-func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire.Selector, error) {
+func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image, uid uint32) ([]wire.Selector, error) {
 	f, err := os.Open(filepath.Join(dir, "exe"))
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
@@ -298,7 +304,7 @@ func (u *Unix) exeSelectors(ctx context.Context, dir string, img *Image) ([]wire
 		return nil, fmt.Errorf("attest: path of the binary: %w", err)
 	}
 	sels := []wire.Selector{sel("path", path)}
-	if sum, ok, err := u.hashExe(ctx, f, key); err != nil {
+	if sum, ok, err := u.hashExe(ctx, f, key, uid); err != nil {
 		return nil, err
 	} else if ok {
 		sels = append(sels, sel("sha256", sum))
@@ -581,16 +587,85 @@ func gone(err error) error {
 	return fmt.Errorf("attest: %w", err)
 }
 
-// hashExe hashes the binary open as f, whose stat key is key. ok is false
-// when the binary is larger than the limit.
-func (u *Unix) hashExe(ctx context.Context, f *os.File, key fileKey) (sum string, ok bool, err error) {
+// hashesPerUID bounds the binaries hashed at once for the processes of
+// one uid. A binary not in the cache costs a read of up to MaxBinarySize
+// (256 MiB: a good part of a second of a core); any local user can make
+// every call miss the cache (touch the binary between calls, or run many
+// copies) and make calls on hundreds of connections at once. Bounded per
+// uid, one user's hashes queue behind each other and take one core, and
+// other users' calls are not held. Users of a user namespace of their own
+// (their subordinate uids) are never hashed (Image.ExeTrusted).
+const hashesPerUID = 1
+
+// hashSlots are one uid's slots (a semaphore), with how many calls hold
+// or wait for one: the entry goes when none does.
+type hashSlots struct {
+	ch   chan struct{}
+	refs int
+}
+
+// hashSlot takes one of uid's hashing slots, waiting for it until ctx
+// ends. release gives it back.
+func (u *Unix) hashSlot(ctx context.Context, uid uint32) (release func(), err error) {
+	u.mu.Lock()
+	s := u.hashing[uid]
+	if s == nil {
+		s = &hashSlots{ch: make(chan struct{}, hashesPerUID)}
+		u.hashing[uid] = s
+	}
+	s.refs++
+	u.mu.Unlock()
+	done := func() {
+		u.mu.Lock()
+		if s.refs--; s.refs == 0 {
+			delete(u.hashing, uid)
+		}
+		u.mu.Unlock()
+	}
+	select {
+	case s.ch <- struct{}{}:
+	default:
+		if u.testHashWait != nil {
+			u.testHashWait(uid)
+		}
+		select {
+		case s.ch <- struct{}{}:
+		case <-ctx.Done():
+			done()
+			return nil, fmt.Errorf("attest: waiting to hash the binary: %w", ctx.Err())
+		}
+	}
+	return func() { <-s.ch; done() }, nil
+}
+
+// cachedHash is the cached hash of the binary with key, if any.
+func (u *Unix) cachedHash(key fileKey) (string, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	sum, hit := u.cache[key]
+	return sum, hit
+}
+
+// hashExe hashes the binary open as f, whose stat key is key, for a
+// process of uid (see hashesPerUID). ok is false when the binary is larger
+// than the limit.
+func (u *Unix) hashExe(ctx context.Context, f *os.File, key fileKey, uid uint32) (sum string, ok bool, err error) {
 	if int64(key.size) > u.maxBinary {
 		return "", false, nil
 	}
-	u.mu.Lock()
-	sum, hit := u.cache[key]
-	u.mu.Unlock()
-	if hit {
+	if sum, hit := u.cachedHash(key); hit {
+		return sum, true, nil
+	}
+	release, err := u.hashSlot(ctx, uid)
+	if err != nil {
+		return "", false, err
+	}
+	defer release()
+	if u.testHashing != nil {
+		u.testHashing(uid)
+	}
+	// Another call may have hashed it while this one waited.
+	if sum, hit := u.cachedHash(key); hit {
 		return sum, true, nil
 	}
 	h := sha256.New()

@@ -853,3 +853,81 @@ func TestUnixAttestBinaryInUserNamespace(t *testing.T) {
 		})
 	}
 }
+
+// TestUnixHashesOneBinaryAtATimePerUID: while a binary is hashed for a
+// process of one uid, a second hash for that uid waits (a user making
+// every call miss the cache takes one core, not all of them), a hash for
+// another uid does not, and the waiting call then takes the hash the first
+// one cached instead of hashing again.
+func TestUnixHashesOneBinaryAtATimePerUID(t *testing.T) {
+	u := NewUnix(UnixConfig{SkipNames: true})
+	peer := selfPeer(t)
+	other := peer
+	other.UID++
+	holding, waiting := make(chan uint32, 8), make(chan uint32, 8)
+	hold := make(chan struct{})
+	u.testHashing = func(uid uint32) {
+		holding <- uid
+		if uid == peer.UID {
+			<-hold
+		}
+	}
+	u.testHashWait = func(uid uint32) { waiting <- uid }
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type result struct {
+		sels []wire.Selector
+		err  error
+	}
+	results := make(chan result, 3)
+	attest := func(p Peer) {
+		sels, err := u.Attest(ctx, p)
+		results <- result{sels, err}
+	}
+	next := func(ch chan uint32) uint32 {
+		t.Helper()
+		select {
+		case uid := <-ch:
+			return uid
+		case <-ctx.Done():
+			t.Fatal("timed out")
+		}
+		return 0
+	}
+
+	go attest(peer)
+	if uid := next(holding); uid != peer.UID {
+		t.Fatalf("hashing for uid %d, want %d", uid, peer.UID)
+	}
+	go attest(peer)
+	select {
+	case uid := <-holding:
+		t.Fatalf("a second binary hashed for uid %d while one was", uid)
+	case uid := <-waiting:
+		if uid != peer.UID {
+			t.Fatalf("uid %d waited, want %d", uid, peer.UID)
+		}
+	case <-ctx.Done():
+		t.Fatal("timed out")
+	}
+	go attest(other)
+	if uid := next(holding); uid != other.UID {
+		t.Fatalf("hashing for uid %d, want the other uid %d at once", uid, other.UID)
+	}
+	close(hold)
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if !slices.ContainsFunc(r.sels, func(s wire.Selector) bool { return strings.HasPrefix(s.Value, "sha256:") }) {
+			t.Fatalf("no sha256 selector: %v", r.sels)
+		}
+	}
+	u.mu.Lock()
+	left := len(u.hashing)
+	u.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d uids' hashing slots left after every call returned", left)
+	}
+}

@@ -137,6 +137,8 @@ type Server struct {
 	now     func() time.Time
 	grpc    *grpc.Server
 	streams *connLimits // open streams by uid (no total)
+	// callerLog paces the log lines callers cause.
+	callerLog *logPacer
 
 	mu       sync.Mutex
 	lis      net.Listener
@@ -178,7 +180,7 @@ func New(cfg Config) (*Server, error) {
 	case cfg.Attestor == nil:
 		return nil, errors.New("workload: attestor is required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}), callerLog: newLogPacer()}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -353,7 +355,7 @@ func (s *Server) attestCaller(ctx context.Context, method string) ([]wire.Select
 		if s.cfg.OnAttestFailure != nil {
 			s.cfg.OnAttestFailure()
 		}
-		s.log.Warn("workload attestation failed", "method", method, "pid", info.Peer.PID, "uid", info.Peer.UID, "error", reason)
+		s.callerLog.log(s.log, s.now(), slog.LevelWarn, "workload attestation failed", "method", method, "pid", info.Peer.PID, "uid", info.Peer.UID, "error", reason)
 		return status.Error(codes.PermissionDenied, "workload attestation failed: "+msg)
 	}
 	if err := info.conn.check(); err != nil {
@@ -489,7 +491,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		now := s.now()
 		ids := liveX509(matching(st, sels), now)
 		if len(ids) == 0 {
-			s.log.Info("no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
+			s.callerLog.log(s.log, now, slog.LevelInfo, "no X509-SVID for caller", "pid", p.PID, "uid", p.UID)
 			err := noIdentity(st, sels, spiffeid.ID{})
 			c.end(err)
 			return time.Time{}, err
@@ -630,7 +632,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		ids = slices.DeleteFunc(ids, func(id *Identity) bool { return id.SPIFFEID != want })
 	}
 	if len(ids) == 0 {
-		s.log.Info("no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
+		s.callerLog.log(s.log, s.now(), slog.LevelInfo, "no JWT-SVID for caller", "pid", p.PID, "uid", p.UID, "requested", req.SpiffeId)
 		return nil, noIdentity(st, sels, want)
 	}
 	resp = &workload.JWTSVIDResponse{}
@@ -638,7 +640,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	for _, id := range ids {
 		tok, err := s.cfg.Source.JWTSVID(ctx, id, req.Audience)
 		if err != nil {
-			s.log.Warn("JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
+			s.callerLog.log(s.log, s.now(), slog.LevelWarn, "JWT-SVID unavailable", "spiffe_id", id.SPIFFEID.String(), "error", err)
 			if errors.Is(err, ErrJWTSVIDShare) {
 				return nil, status.Errorf(codes.ResourceExhausted, "could not get a JWT-SVID for %s: it asked for more new JWT-SVIDs than its share of this node's budget allows; reuse tokens per audience, retry in a second", id.SPIFFEID)
 			}
