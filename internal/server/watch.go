@@ -181,9 +181,11 @@ type bundlePublication struct {
 // the change stays pending and the maintenance loop publishes it
 // (retryBundlePublication), with ev, once the store takes it.
 func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
+	err := s.publishBundleEvent(ctx, ev)
 	// A revoked CA key (revoked here or adopted from another replica)
 	// takes the tokens issued on its strength with it now, not at the
-	// token service's next tick.
+	// token service's next tick; after the bundle went out, which agents
+	// need first.
 	if o := s.OAuth(); o != nil {
 		// Not cut short by an admin client that hangs up: Tick would
 		// otherwise be the next chance, 30 s later.
@@ -191,6 +193,10 @@ func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
 			s.log.Error("revoke the access tokens of a revoked CA authority; will retry", "err", err)
 		}
 	}
+	return err
+}
+
+func (s *Server) publishBundleEvent(ctx context.Context, ev audit.Event) error {
 	seq, _ := s.ca.Bundle().SequenceNumber()
 	if ev.Details == nil {
 		ev.Details = map[string]string{}
