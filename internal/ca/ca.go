@@ -82,6 +82,12 @@ const KEKSize = 32
 // admin rotations cannot grow the bundle (and the sealed state) without end.
 const maxAuthorities = 16
 
+// maxUpstreamRootsSize bounds the upstream roots (DER bytes): the
+// sealed state stores them once per distinct upstream bundle (encodeState,
+// base64 in JSON: 4/3), and must fit the old bundle's and the new one's
+// after an upstream change, with the authorities, in maxSealedSize.
+const maxUpstreamRootsSize = 320 << 10
+
 // maxRevoked bounds the revoked authorities the state remembers (each
 // until its NotAfter), so the state a replica reads back stays bounded.
 const maxRevoked = 4 * maxAuthorities
@@ -328,6 +334,17 @@ func (o *Options) normalize() error {
 	}
 	o.KEK = append([]byte(nil), o.KEK...)
 	o.RevokedAuthorities = slices.Clone(o.RevokedAuthorities)
+	if u := o.Upstream; u != nil {
+		n := 0
+		for _, c := range u.Roots {
+			n += len(c.Raw)
+		}
+		if n > maxUpstreamRootsSize {
+			return fmt.Errorf("ca: the upstream bundle's %d roots are %d bytes (DER), over the %d the sealed CA state has room for "+
+				"(it holds them with every authority the upstream signs, alongside the previous bundle's after a change): "+
+				"give only the roots your upstream CA chains to, not a whole public root store", len(u.Roots), n, maxUpstreamRootsSize)
+		}
+	}
 	def := func(d *time.Duration, v time.Duration, name string) error {
 		if *d < 0 {
 			return fmt.Errorf("ca: Options.%s must not be negative", name)
@@ -412,6 +429,17 @@ func (c *CA) Signed(leaf *x509.Certificate) bool {
 // retired, tainted) and the revoked ones until their NotAfter.
 func (c *CA) Status() []Authority {
 	return slices.Clone(c.cur.Load().all)
+}
+
+// View returns Bundle and Status as of one state: the bundle's sequence
+// number, authorities and refresh hint and the authorities' states are
+// read together. Two calls, Bundle then Status, can straddle a step of
+// the CA and describe two states (a bundle holding an authority that
+// Status lists as revoked since, or a taint shown under the sequence
+// number of the bundle before it). The results are the caller's own.
+func (c *CA) View() (*spiffebundle.Bundle, []Authority) {
+	snap := c.cur.Load()
+	return snap.bundle.Clone(), slices.Clone(snap.all)
 }
 
 // IssuerState reports which of this CA's X.509 authorities issued leaf,

@@ -132,6 +132,10 @@ type record struct {
 	// Roots are the trust anchors of Cert when it was signed by an
 	// upstream CA; a self-signed Cert is its own anchor.
 	Roots [][]byte `json:"roots,omitempty"`
+	// RootsOf, in a stored state only, names the earlier X.509 record
+	// whose Roots this record's are (encodeState stores a large upstream
+	// bundle once, not once per authority); decodeState puts them back.
+	RootsOf string `json:"roots_of,omitempty"`
 	// Parent is "" for a self-signed root, else the SHA-256 (hex) of the
 	// upstream signing certificate, to notice a change of upstream.
 	Parent      string    `json:"parent,omitempty"`
@@ -161,12 +165,71 @@ func (r *record) anchors() []*x509.Certificate {
 	return r.p.roots
 }
 
+// compactStateSize is the plain state size above which encodeState
+// stores each distinct upstream bundle once (RootsOf). Every X.509
+// authority signed by an upstream CA holds the upstream roots, so a
+// bundle of a few hundred KiB, repeated by the prepared, active and
+// retired authorities, would take the sealed state past maxSealedSize
+// after a rotation or two: the next rotation could not be saved and the
+// CA would run out of an active authority. Below it the state is written
+// as before, so replicas of an older build still read it.
+const compactStateSize = 256 << 10
+
+// encodeState encodes st for sealing. A state over compactStateSize
+// stores each X.509 record's Roots once: a later record with the same
+// roots names the first by RootsOf. st is not modified.
 func encodeState(st *state) ([]byte, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("ca: encode CA state: %w", err)
 	}
+	if len(b) <= compactStateSize {
+		return b, nil
+	}
+	cp := *st
+	cp.X509 = slices.Clone(st.X509)
+	compacted := false
+	for i := range cp.X509 {
+		r := &cp.X509[i]
+		if len(r.Roots) == 0 {
+			continue
+		}
+		for j := range i {
+			if o := st.X509[j]; len(o.Roots) > 0 && slices.EqualFunc(o.Roots, r.Roots, bytes.Equal) && cp.X509[j].RootsOf == "" {
+				r.Roots, r.RootsOf, compacted = nil, o.ID, true
+				break
+			}
+		}
+	}
+	if !compacted {
+		return b, nil
+	}
+	clear(b)
+	if b, err = json.Marshal(&cp); err != nil {
+		return nil, fmt.Errorf("ca: encode CA state: %w", err)
+	}
 	return b, nil
+}
+
+// expandRoots puts back the Roots of the X.509 records that name an
+// earlier record's by RootsOf (encodeState), so the state in memory
+// always holds every record's roots.
+func expandRoots(list []record) error {
+	for i := range list {
+		r := &list[i]
+		if r.RootsOf == "" {
+			continue
+		}
+		if len(r.Roots) > 0 {
+			return fmt.Errorf("X.509 authority %d has both roots and roots_of", i)
+		}
+		j := slices.IndexFunc(list[:i], func(o record) bool { return o.ID == r.RootsOf })
+		if j < 0 || list[j].RootsOf != "" || len(list[j].Roots) == 0 {
+			return fmt.Errorf("X.509 authority %d: roots_of %q names no earlier authority with roots", i, r.RootsOf)
+		}
+		r.Roots, r.RootsOf = list[j].Roots, ""
+	}
+	return nil
 }
 
 // decodeState parses and fully validates the plaintext state: strict JSON
@@ -187,6 +250,17 @@ func decodeState(plain []byte, td spiffeid.TrustDomain) (*state, error) {
 	}
 	if st.TrustDomain != td.Name() {
 		return nil, fmt.Errorf("ca: saved CA state is for trust domain %q, but the server is configured for %q: use the data directory of that trust domain, or a new one", st.TrustDomain, td.Name())
+	}
+	if len(st.X509) > 2*maxAuthorities {
+		return nil, fmt.Errorf("ca: saved CA state is invalid: %d %s authorities", len(st.X509), KindX509)
+	}
+	for i := range st.JWT {
+		if st.JWT[i].RootsOf != "" {
+			return nil, fmt.Errorf("ca: saved CA state is invalid: %s authority %d: JWT authority with X.509 fields", KindJWT, i)
+		}
+	}
+	if err := expandRoots(st.X509); err != nil {
+		return nil, fmt.Errorf("ca: saved CA state is invalid: %w", err)
 	}
 	for _, k := range []struct {
 		kind AuthorityKind

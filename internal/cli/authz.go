@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/cli/dataplane"
@@ -29,6 +31,7 @@ import (
 	"github.com/moatless/moatless/internal/proxy"
 	"github.com/moatless/moatless/internal/server"
 	"github.com/moatless/moatless/internal/telemetry"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 const authzUsage = `Usage: moatless authz -f FILE_OR_DIR [-f ...] --listen ADDR [flags]
@@ -38,6 +41,14 @@ Moatless's decision function over policy files: Istio AuthorizationPolicy,
 PeerAuthentication-free RequestAuthentication, RegoProviders, *.rego modules
 and data.json. Files are re-read every --reload-interval; a change applies
 once two reads agree, and one that does not compile keeps the policy in force.
+
+Revocations: with --revocations FILE (a JSON revocation list, the format of
+a sidecar's revocations_file, re-read every --reload-interval) a revoked
+source SPIFFE ID is denied and a revoked token, or one issued to or for a
+revoked workload, is refused. Without it nothing revoked on a server is
+refused here: a revoked token lasts until its exp, a revoked workload
+until its SVID expires. "moatless server --ext-authz" follows the
+server's revocations itself.
 
 --listen unix:/path serves a unix socket (mode 0660) to the UIDs of
 --allow-uid (default: this process's); --listen host:port needs mutual TLS
@@ -55,7 +66,7 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		files, labels, uids           stringList
 		listen, admin, ns, root, norm string
 		cert, key, clientCA           string
-		logLevel                      string
+		logLevel, revFile             string
 		reload                        time.Duration
 	)
 	fs.Var(&files, "f", "policy `file or directory` (repeatable)")
@@ -69,7 +80,8 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 	fs.StringVar(&root, "root-namespace", policy.DefaultRootNamespace, "root `namespace`: its policies apply mesh-wide")
 	fs.StringVar(&norm, "path-normalization", "BASE", "path normalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
 	fs.StringVar(&admin, "admin", "127.0.0.1:15010", "loopback `address` of /metrics, /livez, /readyz and the read-only OPA API; off to disable")
-	fs.DurationVar(&reload, "reload-interval", 2*time.Second, "how often policy files are checked for changes")
+	fs.StringVar(&revFile, "revocations", "", "JSON revocation list `file` (a sidecar's revocations_file: spiffe_ids, serials, token_ids), re-read every --reload-interval; without it nothing revoked on a server is refused")
+	fs.DurationVar(&reload, "reload-interval", 2*time.Second, "how often policy (and revocation) files are checked for changes")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), authzUsage)
@@ -88,6 +100,11 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "authz: --listen unix:/path or host:port is required")
 	case reload <= 0:
 		return e.errorf(ExitUsage, "authz: --reload-interval must be positive")
+	case slices.Contains(files, "-"):
+		// Standard input is read once: every reload would read it empty
+		// and, two reads agreeing, put an empty policy set in force,
+		// which allows every request.
+		return e.errorf(ExitUsage, "authz: -f -: standard input cannot be re-read on reload; give a file or directory")
 	}
 	mode, err := policy.ParsePathNormalization(norm)
 	if err != nil {
@@ -120,15 +137,33 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		return e.errorf(ExitUsage, "authz: --log-level: %v", err)
 	}
 
-	verifier := authn.NewVerifier(authn.Options{Logger: log})
+	reg := prometheus.NewRegistry()
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_authz_reload_failures_total",
+		Help: "Failed reloads of policy or revocation files (what: policy, revocations); what was in force stays."}, []string{"what"})
+	reg.MustRegister(failures)
+	revs := &proxy.Revocations{}
+	verifier := authn.NewVerifier(authn.Options{Logger: log, Revoked: revs.Token})
 	defer verifier.Close()
 	verifier.Start(ctx)
-	pol := &filePolicy{e: e, files: files, opts: policy.Options{RootNamespace: root, PathNormalization: mode}, log: log, verifier: verifier, dst: dst}
+	pol := &filePolicy{e: e, files: files, opts: policy.Options{RootNamespace: root, PathNormalization: mode}, log: log, verifier: verifier, dst: dst, failed: failures}
 	if err := pol.load(ctx, true); err != nil {
 		return e.errorf(ExitUsage, "authz: %v", err)
 	}
-	reg := prometheus.NewRegistry()
-	srv, err := extauthz.New(extauthz.Config{Policy: pol.current, Verifier: verifier, Destination: dst, Logger: log, Registerer: reg})
+	var revWatch *proxy.FileWatcher
+	if revFile != "" {
+		// A missing file is refused rather than read as an empty list: a
+		// mistyped path would otherwise leave everything revoked allowed.
+		if _, err := os.Stat(revFile); err != nil {
+			return e.errorf(ExitUsage, "authz: --revocations: %v (for an empty list write {} to the file)", err)
+		}
+		revWatch = &proxy.FileWatcher{Sidecar: &authzRevocations{revs: revs, failed: failures}, RevocationsFile: revFile, Interval: reload, Logger: log}
+		if err := revWatch.Load(ctx); err != nil {
+			return e.errorf(ExitUsage, "authz: --revocations: %v", err)
+		}
+	} else {
+		log.Warn("no --revocations file: tokens and workloads revoked on a server are not refused here")
+	}
+	srv, err := extauthz.New(extauthz.Config{Policy: pol.current, Verifier: verifier, Destination: dst, Logger: log, Registerer: reg, Revocations: revs})
 	if err != nil {
 		return e.errorf(ExitFailure, "authz: %v", err)
 	}
@@ -147,6 +182,9 @@ func runAuthz(ctx context.Context, e *Env, args []string) int {
 		defer t.Stop()
 		pol.watch(ctx, t.C)
 	}()
+	if revWatch != nil {
+		go revWatch.Run(ctx)
+	}
 	log.Info("ext_authz serving", "listen", l.Addr().String(), "policy_version", pol.version.Load())
 	stopped := dataplane.LogLifecycle(ctx, log)
 	if err := srv.Serve(ctx, l, creds); errors.Is(err, net.ErrClosed) {
@@ -191,7 +229,8 @@ type filePolicy struct {
 	version  atomic.Uint64
 	sum      [32]byte
 	pending  [32]byte
-	failures telemetry.FailureLog // which reload outcomes are logged
+	failures telemetry.FailureLog   // which reload outcomes are logged
+	failed   *prometheus.CounterVec // moatless_authz_reload_failures_total; nil for none
 }
 
 func (p *filePolicy) current() (*policy.Set, uint64) { return p.set.Load(), p.version.Load() }
@@ -214,8 +253,13 @@ func (p *filePolicy) watch(ctx context.Context, ticks <-chan time.Time) {
 				// Not logged as a recovery: nil is also a changed file
 				// waiting for its second read (load).
 				p.failures.Worked("policy")
-			case p.failures.Failed("policy", err):
-				p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+			default:
+				if p.failed != nil {
+					p.failed.WithLabelValues("policy").Inc()
+				}
+				if p.failures.Failed("policy", err) {
+					p.log.Error("policy reload failed; keeping the policy in force", "err", err)
+				}
 			}
 		}
 	}
@@ -253,7 +297,7 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if err := p.verifier.Prepare(pctx, set.JWTRules(p.dst)); err != nil {
+	if err := p.verifier.Prepare(pctx, allJWTRules(set)); err != nil {
 		p.log.Warn("prepare JWT verifier", "err", err)
 	}
 	cancel()
@@ -262,6 +306,39 @@ func (p *filePolicy) load(ctx context.Context, first bool) error {
 	v := p.version.Add(1)
 	p.log.Info("policies loaded", "version", v, "files", len(pf), "documents", len(b.Docs), "rego_modules", len(b.Modules), "data_documents", len(b.Data))
 	return nil
+}
+
+// authzRevocations is where "moatless authz --revocations" puts the
+// revocation list a proxy.FileWatcher reads (with the sidecar's rules: a
+// change applies once two reads agree, a malformed or vanished file keeps
+// the list in force). It takes no policy: the files are filePolicy's.
+type authzRevocations struct {
+	revs   *proxy.Revocations
+	failed *prometheus.CounterVec
+}
+
+func (a *authzRevocations) SetRevocations(r *wire.Revocations) int { return a.revs.Set(r) }
+func (a *authzRevocations) ReloadFailed(what string)               { a.failed.WithLabelValues(what).Inc() }
+func (a *authzRevocations) PolicyVersion() uint64                  { return 0 }
+
+// SetAuthorizerContext is never called: the watcher is given no policy
+// files.
+func (a *authzRevocations) SetAuthorizerContext(context.Context, uint64, proxy.Authorizer) {}
+
+// allJWTRules returns every JWT rule of every RequestAuthentication in set.
+// Envoy names the destination per route (context_extensions), so any
+// rule may be asked for: preparing only the default destination's left
+// the others' key sets unfetched at start, and Prepare dropped them at
+// every reload, so their tokens were refused (keys_unavailable, 401)
+// until the refresher fetched them again.
+func allJWTRules(set *policy.Set) []*securityv1beta1.JWTRule {
+	var rules []*securityv1beta1.JWTRule
+	for _, d := range set.Documents() {
+		if ra, ok := d.Spec.(*securityv1beta1.RequestAuthentication); ok {
+			rules = append(rules, ra.GetJwtRules()...)
+		}
+	}
+	return rules
 }
 
 // serveAuthzAdmin serves /metrics, the health endpoints and the

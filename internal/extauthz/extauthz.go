@@ -63,12 +63,13 @@ type Record struct {
 	Method, Path  string // Path without the query
 	Decision      policy.Decision
 	PolicyVersion uint64
-	// TokenIssuer and TokenSubject name the token of an Unauthenticated
-	// decision whose signature verified before it was refused (revoked,
+	// TokenIssuer and TokenSubject name the request's token whose
+	// signature verified: the one that authenticated it, or the one of
+	// an Unauthenticated decision refused after verifying (revoked,
 	// another audience, bound to another certificate, refused by a
 	// REQUIRED rule: Decision.Reason says which): whose credential was
-	// presented, the caller perhaps relaying it. Empty for a token that
-	// did not verify, whose claims are the sender's word.
+	// presented, the caller perhaps relaying it. Empty for no token and
+	// for a token that did not verify, whose claims are the sender's word.
 	TokenIssuer, TokenSubject string
 }
 
@@ -320,7 +321,11 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		}
 		tv := &tokenVerdict{v: v}
 		forged, dec = s.decide(set, req, tv)
-		if dec.Outcome == policy.Unauthenticated {
+		// The token whose signature verified, the one that
+		// authenticated the request or the one refused after verifying
+		// (Evaluate names both), for the record, as a sidecar's.
+		tokIss, tokSub = dec.TokenIssuer, dec.TokenSubject
+		if dec.Outcome == policy.Unauthenticated && tokIss == "" && tokSub == "" {
 			tokIss, tokSub = tv.verifiedToken()
 		}
 		if a := tv.revokedIdentity(s.cfg.Revocations); a != nil {

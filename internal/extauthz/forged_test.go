@@ -531,3 +531,51 @@ spec:
 		})
 	}
 }
+
+// TestDeniedRecordNamesVerifiedToken: the record of a request denied by
+// policy although its token verified names that token's issuer and
+// subject, as a sidecar's and the gateway's records do, so that audit
+// and detection can attribute it. Fails on the parent (only a 401's
+// record named a token).
+func TestDeniedRecordNamesVerifiedToken(t *testing.T) {
+	jwks, sign := policytest.Issuer(t)
+	set := compileSet(t, fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: prod}
+spec:
+  jwtRules:
+  - issuer: https://idp.example
+    jwks: '%s'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: prod}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+`, jwks))
+	v := authn.NewVerifier(authn.Options{Logger: quiet()})
+	t.Cleanup(func() { v.Close() })
+	var mu sync.Mutex
+	var recs []Record
+	s, err := New(Config{Policy: func() (*policy.Set, uint64) { return set, 1 }, Verifier: v, Destination: policy.Destination{Namespace: "prod"},
+		Logger: quiet(), DecisionLog: quiet(),
+		OnDecision: func(_ context.Context, r Record) { mu.Lock(); recs = append(recs, r); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok := sign(map[string]any{"iss": "https://idp.example", "sub": "spiffe://example.org/ns/prod/sa/reports", "exp": now.Add(time.Hour).Unix()})
+	resp, err := s.Check(context.Background(), check("DELETE", "/", map[string]string{"authorization": "Bearer " + tok}, "app=x", now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := codes.Code(resp.GetStatus().GetCode()); got != codes.PermissionDenied {
+		t.Fatalf("status %v (%s), want PermissionDenied", got, resp.GetStatus().GetMessage())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(recs) != 1 || recs[0].TokenIssuer != "https://idp.example" || recs[0].TokenSubject != "spiffe://example.org/ns/prod/sa/reports" {
+		t.Fatalf("records %+v", recs)
+	}
+}

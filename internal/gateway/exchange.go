@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,10 @@ type exchanger struct {
 	mu    sync.Mutex
 	cache map[exchangeKey]exchanged
 	group singleflight.Group
+	// revoked reports whether a token ID is on the mesh's revocation
+	// list: a cached token revoked since (its leak reported upstream,
+	// say) is exchanged again, never forwarded. nil: none is.
+	revoked func(jti string) bool
 
 	// roots verify the token service's certificate; fixed when they come
 	// from token_exchange.ca_file. conns are the live connections to the
@@ -119,6 +124,7 @@ type exchangeKey struct {
 
 type exchanged struct {
 	token   string
+	jti     string // the exchanged token's ID: revoking it drops the entry
 	expires time.Time
 }
 
@@ -210,8 +216,11 @@ func (e *exchanger) exchange(ctx context.Context, subject, audience string) (str
 	now := e.now()
 	e.mu.Lock()
 	if c, ok := e.cache[k]; ok && now.Before(c.expires) {
-		e.mu.Unlock()
-		return c.token, nil
+		if c.jti == "" || e.revoked == nil || !e.revoked(c.jti) {
+			e.mu.Unlock()
+			return c.token, nil
+		}
+		delete(e.cache, k)
 	}
 	e.mu.Unlock()
 	v, err, _ := e.group.Do(string(k.token[:])+"\x00"+audience, func() (any, error) {
@@ -226,7 +235,11 @@ func (e *exchanger) exchange(ctx context.Context, subject, audience string) (str
 		// Used until shortly before it expires: a tenth of its life, at
 		// most 10 s, is left for the upstream to check it.
 		margin := min(ttl/10, 10*time.Second)
-		e.put(k, exchanged{token: tok, expires: e.now().Add(ttl - margin)})
+		jti := tokenID(tok)
+		if jti != "" && e.revoked != nil && e.revoked(jti) {
+			return nil, fmt.Errorf("%w: the token service issued a revoked token", errExchangeRefused)
+		}
+		e.put(k, exchanged{token: tok, jti: jti, expires: e.now().Add(ttl - margin)})
 		return tok, nil
 	})
 	if err != nil {
@@ -304,6 +317,31 @@ func (e *exchanger) request(ctx context.Context, subject, audience string) (stri
 		return "", 0, fmt.Errorf("gateway: token exchange: issued token type %q", oauthCode(ans.IssuedTokenType))
 	}
 	return ans.AccessToken, time.Duration(ans.ExpiresIn) * time.Second, nil
+}
+
+// tokenID reads the jti of a JWS compact token our token service issued
+// over TLS (its signature is the upstream's to check), or "" when it is
+// not one: an opaque token is cached without a revocation check.
+func tokenID(tok string) string {
+	_, rest, ok := strings.Cut(tok, ".")
+	if !ok {
+		return ""
+	}
+	payload, _, ok := strings.Cut(rest, ".")
+	if !ok || len(payload) > maxExchangeResponse {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(payload)
+	if err != nil {
+		return ""
+	}
+	var cl struct {
+		ID string `json:"jti"`
+	}
+	if json.Unmarshal(b, &cl) != nil {
+		return ""
+	}
+	return cl.ID
 }
 
 // oauthCode keeps an error code from the token service fit for a log

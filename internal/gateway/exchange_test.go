@@ -16,12 +16,14 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/moatless/moatless/internal/authn"
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/store/storetest"
 	"github.com/moatless/moatless/internal/testpki"
 	"github.com/moatless/moatless/internal/token"
+	"github.com/moatless/moatless/internal/wire"
 )
 
 // tokenService runs our token service (SQLite store) on TLS with the
@@ -197,6 +199,22 @@ spec:
 	}
 	if code, s, _ = call(forEdge); code != 200 || ts.exchanges.Load() != 1 || strings.TrimPrefix(s.Headers["Authorization"][0], "Bearer ") != got {
 		t.Fatalf("second request: status %d, %d exchanges (want the cached token)", code, ts.exchanges.Load())
+	}
+
+	// The exchanged token is revoked (its leak reported by the upstream,
+	// say): the gateway no longer forwards it from its cache, it
+	// exchanges the caller's token again.
+	jti, _ := cl["jti"].(string)
+	if jti == "" {
+		t.Fatal("the exchanged token has no jti")
+	}
+	tg.g.SetRevocations(&wire.Revocations{TokenIDs: []wire.RevokedTokenID{{JTI: jti, ExpiresAt: time.Now().Add(time.Hour)}}})
+	code, s, body = call(forEdge)
+	if code != 200 || ts.exchanges.Load() != 2 {
+		t.Fatalf("after the exchanged token's revocation: status %d, %d exchanges (want a new one): %s", code, ts.exchanges.Load(), body)
+	}
+	if again := strings.TrimPrefix(s.Headers["Authorization"][0], "Bearer "); again == got {
+		t.Fatal("the gateway forwarded a revoked exchanged token from its cache")
 	}
 
 	// The service refuses: the token was not issued for the gateway.

@@ -79,7 +79,7 @@ func FuzzShapeHeaders(f *testing.F) {
 		"x-original-forwarded-for", "x-original-url", "x-rewrite-url", "x-original-uri", "x-http-method-override", "x-http-method",
 		"x-method-override", "x-request-id", "x-user"}
 	prefixes := []string{"x-moatless-", "x-forwarded-", "x-envoy-", "x-istio-"}
-	filter := proxy.NewEdgeHeaderFilter([]string{"X-User"}, []string{"Authorization"})
+	filter := proxy.NewEdgeHeaderFilter([]string{"X-User"}, []string{"Authorization"}, nil)
 	f.Fuzz(func(t *testing.T, name string) {
 		h := http.Header{}
 		// Names as net/http's parsers hand them over: canonical.

@@ -206,6 +206,12 @@ func New(opts Options) (*Gateway, error) {
 	if err := reg.Register(g.lingering.Collector("moatless_gateway")); err != nil {
 		return nil, err
 	}
+	// moatless_gateway_bundle_refusals_total, in join mode.
+	if c := proxy.BundleRefusalCollector("moatless_gateway", opts.Identity); c != nil {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Config.AccessLog != nil && !*opts.Config.AccessLog {
 		g.access = nil
 	}
@@ -224,6 +230,7 @@ func New(opts Options) (*Gateway, error) {
 		if g.exchange, err = newExchanger(te, opts.Identity, opts.ReadFile, opts.Now); err != nil {
 			return nil, err
 		}
+		g.exchange.revoked = g.revoked.Token
 	}
 	st, err := g.build(context.Background(), opts.Config, nil)
 	if err != nil {
@@ -284,12 +291,19 @@ func (g *Gateway) newPolicyState(version uint64, a proxy.Authorizer) *policyStat
 	}); ok {
 		ps.mode = pn.PathNormalization()
 	}
-	var output, tokenHeaders []string
+	var output, tokenHeaders, read []string
 	if rs, ok := a.(proxy.JWTRuleSource); ok {
 		rules := rs.JWTRules(g.destination(netip.Addr{}))
 		output, tokenHeaders = authn.OutputHeaders(rules), authn.TokenHeaders(rules)
 	}
-	ps.headers = proxy.NewEdgeHeaderFilter(output, tokenHeaders)
+	// The headers the policies read reach the upstream as the one value
+	// the policy decided on, as through a sidecar.
+	if hs, ok := a.(interface {
+		RequestHeaders(policy.Destination) ([]string, bool)
+	}); ok {
+		read, _ = hs.RequestHeaders(g.destination(netip.Addr{}))
+	}
+	ps.headers = proxy.NewEdgeHeaderFilter(output, tokenHeaders, read)
 	return ps
 }
 

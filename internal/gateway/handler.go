@@ -95,6 +95,10 @@ type reqCtx struct {
 	// it (paramFreePath), "" when it has no path parameter: the WAF and
 	// validation check that reading too.
 	paramFree string
+	// repeated names the headers of the route's header rate limits that
+	// the request carried more than once, seen before the header filter
+	// joins a policy-read header's fields into one (limiter.key).
+	repeated []string
 }
 
 // httpsProto is the X-Forwarded-Proto value of every forwarded request;
@@ -271,6 +275,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		delete(r.Header, "Upgrade")
 		upgrade = ""
 	}
+	for _, l := range rt.limits {
+		if l.kind == "header" && len(r.Header[l.arg]) > 1 {
+			rc.repeated = append(rc.repeated, l.arg)
+		}
+	}
 	ps.headers.Strip(r.Header)
 	ps.headers.GuardTrailers(r)
 
@@ -380,6 +389,11 @@ func (g *Gateway) ServeHTTP(w0 http.ResponseWriter, r *http.Request) {
 		// upstream sees only the gateway's identity (and the token only
 		// when the route forwards it).
 		dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
+	if auth != nil && dec.TokenIssuer == "" && dec.TokenSubject == "" {
+		// Its signature verified: the record names whose token it was
+		// (an override above, or an Authorizer that does not).
+		dec.TokenIssuer, dec.TokenSubject = auth.Token()
 	}
 	g.logDecision(r, rc, dec, ps)
 	rc.traceDecision(dec, ps.authz != nil, auth, g.opts.Risk)
@@ -668,7 +682,7 @@ func (g *Gateway) logDecision(r *http.Request, rc *reqCtx, dec policy.Decision, 
 	if dec.Outcome == policy.Allow && !g.sampleAllow() {
 		return
 	}
-	g.decisionRecord(r, rc, dec.Outcome.String(), dec.Policy, dec.Rule, dec.Reason, reasonCode(dec, ps.authz != nil), ps.version)
+	g.decisionRecordToken(r, rc, dec.Outcome.String(), dec.Policy, dec.Rule, dec.Reason, reasonCode(dec, ps.authz != nil), ps.version, dec.TokenIssuer, dec.TokenSubject)
 }
 
 func reasonCode(d policy.Decision, loaded bool) string {
@@ -692,12 +706,21 @@ func (g *Gateway) blocked(r *http.Request, rc *reqCtx, code, reason string) {
 }
 
 func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol string, rule int, reason, code string, version uint64) {
+	g.decisionRecordToken(r, rc, outcome, pol, rule, reason, code, version, "", "")
+}
+
+// decisionRecordToken logs a decision and hands a denial to the audit
+// sink. tokIss and tokSub name the request's token whose signature
+// verified (policy.Decision.TokenSubject), "" for none: whose
+// credential it was, never the token itself.
+func (g *Gateway) decisionRecordToken(r *http.Request, rc *reqCtx, outcome, pol string, rule int, reason, code string, version uint64, tokIss, tokSub string) {
 	ev := proxy.DecisionEvent{
 		Time: g.now(), Listener: "gateway", SourceIP: addrString(rc.client),
 		Destination: g.opts.Config.Namespace + ":" + strconv.Itoa(g.port), Protocol: "http",
 		Method: r.Method, RequestID: rc.id, Path: truncate(r.URL.Path, 1024), Decision: outcome,
 		Policy: pol, Rule: rule, Reason: reason, ReasonCode: proxy.Reason(code), PolicyVersion: version,
-		TraceID: proxy.TraceIDOf(r.Context()),
+		TraceID:     proxy.TraceIDOf(r.Context()),
+		TokenIssuer: truncate(tokIss, proxy.MaxTokenName), TokenSubject: truncate(tokSub, proxy.MaxTokenName),
 	}
 	if rc.route != nil {
 		ev.Destination += "/" + rc.route.name
@@ -706,7 +729,11 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 	if outcome != policy.Allow.String() {
 		level = slog.LevelWarn
 	}
-	g.decision.LogAttrs(context.Background(), level, "decision",
+	var tok []slog.Attr
+	if ev.TokenIssuer != "" || ev.TokenSubject != "" {
+		tok = []slog.Attr{slog.String("token_issuer", ev.TokenIssuer), slog.String("token_subject", ev.TokenSubject)}
+	}
+	g.decision.LogAttrs(context.Background(), level, "decision", append([]slog.Attr{
 		slog.String("listener", ev.Listener),
 		slog.String("source_ip", ev.SourceIP),
 		slog.String("destination", ev.Destination),
@@ -720,7 +747,7 @@ func (g *Gateway) decisionRecord(r *http.Request, rc *reqCtx, outcome, pol strin
 		slog.String("reason_code", string(ev.ReasonCode)),
 		slog.Uint64("policy_version", ev.PolicyVersion),
 		slog.String("trace_id", ev.TraceID),
-	)
+	}, tok...)...)
 	if outcome != policy.Allow.String() && g.opts.Audit != nil {
 		g.opts.Audit.Record(context.Background(), ev)
 	}

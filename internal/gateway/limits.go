@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,7 +49,9 @@ func (l *limiter) key(r *http.Request, rc *reqCtx, auth *policy.Auth) (key strin
 		return l.name + "|route|" + rc.route.name, true
 	case "header":
 		switch vs := r.Header[l.arg]; {
-		case len(vs) > 1:
+		case len(vs) > 1 || slices.Contains(rc.repeated, l.arg):
+			// Also when the header filter joined the fields of a header
+			// the policies read: an app may still read one of them.
 			return "", false
 		case len(vs) == 1 && vs[0] != "":
 			return l.name + "|h|" + truncate(vs[0], 256), true

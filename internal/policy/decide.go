@@ -568,7 +568,10 @@ func (s *Set) Decide(req *Request) Decision {
 // RequestAuthentication (the JWT rules that apply to the destination go
 // to v; a present but invalid token makes the decision Unauthenticated,
 // HTTP 401; no token is not an error), then Decide. It sets req.Auth to
-// what v returned. With rules to apply and a nil v, it denies.
+// what v returned, and names the token whose signature verified (the one
+// in req.Auth, or one v refused after verifying it) in the Decision's
+// TokenIssuer and TokenSubject. With rules to apply and a nil v, it
+// denies.
 func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 	if s == nil {
 		return Decision{Outcome: Deny, Rule: -1, Reason: ReasonNoSet}
@@ -588,16 +591,34 @@ func (s *Set) Evaluate(req *Request, v JWTVerifier) Decision {
 					reason = "invalid token: " + reason
 				}
 				d := Decision{Outcome: Unauthenticated, Rule: -1, Reason: reason}
-				var rt interface{ RevokedToken() (string, string) }
-				if errors.As(err, &rt) {
-					d.TokenIssuer, d.TokenSubject = rt.RevokedToken()
-				}
+				d.TokenIssuer, d.TokenSubject = verifiedRefusal(err)
 				return d
 			}
 			req.Auth = auth
 		}
 	}
-	return s.authorize(req)
+	d := s.authorize(req)
+	d.TokenIssuer, d.TokenSubject = req.Auth.Token()
+	return d
+}
+
+// verifiedRefusal is the issuer and subject of a token refused although
+// its signature verified (the verifier's error has VerifiedToken, or
+// RevokedToken for a verifier that names only revoked tokens), "" for
+// any other refusal: the claims of a token that did not verify are the
+// sender's word.
+func verifiedRefusal(err error) (issuer, subject string) {
+	var vt interface{ VerifiedToken() (string, string) }
+	if errors.As(err, &vt) {
+		if issuer, subject = vt.VerifiedToken(); issuer != "" || subject != "" {
+			return issuer, subject
+		}
+	}
+	var rt interface{ RevokedToken() (string, string) }
+	if errors.As(err, &rt) {
+		return rt.RevokedToken()
+	}
+	return "", ""
 }
 
 // peerCheck refuses a plaintext source where PeerAuthentication is STRICT.

@@ -951,3 +951,106 @@ func TestConcurrentDecisions(t *testing.T) {
 		<-done
 	}
 }
+
+// namedRefusal is a verifier's refusal of a token whose signature
+// verified, as authn's errors name it (VerifiedToken; RevokedToken only
+// when revoked is set, as authn's).
+type namedRefusal struct {
+	iss, sub string
+	revoked  bool
+}
+
+func (e namedRefusal) Error() string                   { return "invalid token: audience not allowed" }
+func (e namedRefusal) VerifiedToken() (string, string) { return e.iss, e.sub }
+func (e namedRefusal) RevokedToken() (string, string) {
+	if !e.revoked {
+		return "", ""
+	}
+	return e.iss, e.sub
+}
+
+// revokedOnlyRefusal names only a revoked token (RevokedToken, no
+// VerifiedToken), as a verifier may.
+type revokedOnlyRefusal struct{ iss, sub string }
+
+func (e revokedOnlyRefusal) Error() string                  { return "invalid token: revoked" }
+func (e revokedOnlyRefusal) RevokedToken() (string, string) { return e.iss, e.sub }
+
+// TestEvaluateNamesTheVerifiedToken: a decision on a request whose token
+// verified names that token's issuer and subject, whether the policy
+// allowed or denied it, and so does a refusal of a token whose signature
+// verified (revoked, another audience); a token whose signature did not
+// verify, and no token, name no one. Never the token itself. Fails on
+// the parent (an allow, a deny and an audience refusal named no token).
+func TestEvaluateNamesTheVerifiedToken(t *testing.T) {
+	s := mustSet(t, `
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: mesh, namespace: foo}
+spec:
+  jwtRules: [{issuer: "https://mesh.example", jwksUri: "https://mesh.example/jwks.json"}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: alice-only, namespace: foo}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ["https://mesh.example/alice"]}}]}]
+`, Options{})
+	const iss = "https://mesh.example"
+	verifier := verifierFunc(func(rules []*securityv1beta1JWTRule, r *Request) (*Auth, error) {
+		switch r.Headers.Get("Authorization") {
+		case "":
+			return nil, nil
+		case "Bearer alice":
+			return jwt(iss, "alice", nil), nil
+		case "Bearer bob":
+			return jwt(iss, "bob", nil), nil
+		case "Bearer other-audience":
+			return nil, namedRefusal{iss: iss, sub: "carol"}
+		case "Bearer revoked":
+			return nil, namedRefusal{iss: iss, sub: "dave", revoked: true}
+		case "Bearer revoked-old-verifier":
+			return nil, fmt.Errorf("wrapped: %w", revokedOnlyRefusal{iss: iss, sub: "erin"})
+		}
+		return nil, fmt.Errorf("signature invalid")
+	})
+	tests := []struct {
+		name     string
+		token    string
+		outcome  Outcome
+		iss, sub string
+	}{
+		{"allowed_names_its_token", "alice", Allow, iss, "alice"},
+		{"denied_names_its_token", "bob", Deny, iss, "bob"},
+		{"verified_refusal_names_its_token", "other-audience", Unauthenticated, iss, "carol"},
+		{"revoked_names_its_token", "revoked", Unauthenticated, iss, "dave"},
+		{"revoked_only_verifier_names_its_token", "revoked-old-verifier", Unauthenticated, iss, "erin"},
+		{"forged_names_no_one", "forged", Unauthenticated, "", ""},
+		{"no_token_names_no_one", "", Deny, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReq()
+			if tc.token != "" {
+				r.Headers.Set("Authorization", "Bearer "+tc.token)
+			}
+			d := s.Evaluate(r, verifier)
+			if d.Outcome != tc.outcome || d.TokenIssuer != tc.iss || d.TokenSubject != tc.sub {
+				t.Errorf("Evaluate = %v token %q %q, want %v %q %q (%s)", d.Outcome, d.TokenIssuer, d.TokenSubject, tc.outcome, tc.iss, tc.sub, d.Reason)
+			}
+		})
+	}
+	t.Run("naming_allocates_nothing", func(t *testing.T) {
+		alice := jwt(iss, "alice", nil)
+		v := verifierFunc(func([]*securityv1beta1JWTRule, *Request) (*Auth, error) { return alice, nil })
+		r := newReq(header("Authorization", "Bearer alice"))
+		if n := testing.AllocsPerRun(200, func() { r.Auth = nil; s.Evaluate(r, v) }); n != 0 {
+			t.Errorf("Evaluate with a verified token allocates %.1f times per call", n)
+		}
+	})
+	t.Run("decide_takes_auth_as_given_and_names_no_token", func(t *testing.T) {
+		if d := s.Decide(newReq(auth(jwt(iss, "alice", nil)))); d.Outcome != Allow || d.TokenSubject != "" {
+			t.Errorf("Decide = %+v", d)
+		}
+	})
+}

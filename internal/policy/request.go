@@ -129,6 +129,17 @@ type Auth struct {
 	RemoveQueryParams []string
 }
 
+// Token is the issuer and subject of the token (its iss and sub claims,
+// "" for one missing or not a string), "" for a nil a.
+func (a *Auth) Token() (issuer, subject string) {
+	if a == nil {
+		return "", ""
+	}
+	issuer, _ = a.Claims["iss"].(string)
+	subject, _ = a.Claims["sub"].(string)
+	return issuer, subject
+}
+
 // header is the values of header k (canonical) as policies see them: a
 // header RequestAuthentication writes (Auth.SetHeaders) replaces what the
 // request carries, as Envoy's JWT filter writes it before the
@@ -191,10 +202,16 @@ type Decision struct {
 	// Reason is a short human explanation ("no ALLOW rule matched",
 	// "matched DENY rule 0 of prod/deny-delete", "invalid token: …").
 	Reason string
-	// TokenIssuer and TokenSubject name the token of an Unauthenticated
-	// decision when the token was refused as revoked after its signature
-	// verified (the verifier's error has RevokedToken): whose credential
-	// was presented, for detection. Empty otherwise.
+	// TokenIssuer and TokenSubject name the request's token whose
+	// signature verified (Evaluate sets them; Decide leaves them empty):
+	// the token that authenticated the request (req.Auth's iss and sub),
+	// or the token of an Unauthenticated decision refused after its
+	// signature verified (revoked, another audience, bound to another
+	// certificate, refused by a REQUIRED rule: the verifier's error has
+	// VerifiedToken or RevokedToken). Whose credential was presented, the
+	// caller perhaps relaying it, for audit and detection. Empty for no
+	// token and for a token that did not verify, whose claims are the
+	// sender's word. Never the token itself.
 	TokenIssuer, TokenSubject string
 	// Audit reports that an AUDIT policy matched: the caller writes an
 	// audit record. AuditPolicy names it.

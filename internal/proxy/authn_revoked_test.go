@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +87,71 @@ func TestRevokedTokenNamesItsOwner(t *testing.T) {
 			}
 			if ev := next(); ev.TokenSubject != "" || ev.TokenIssuer != "" {
 				t.Fatalf("a token whose signature failed names %q of %q", ev.TokenSubject, ev.TokenIssuer)
+			}
+		})
+	}
+}
+
+// TestDecisionNamesItsVerifiedToken: a sidecar's decision on a request
+// authenticated by a token names that token's issuer and subject (never
+// the token), in the decision log of an allow as in the audit event of a
+// refusal, and so does the refusal of a token issued to an identity
+// revoked since, although its signature verified and the policy allowed
+// it. On every client path. Fails on the parent (the allow named no
+// token, and the revoked identity's refusal dropped the token Evaluate
+// had named).
+func TestDecisionNamesItsVerifiedToken(t *testing.T) {
+	for _, v := range clientPaths {
+		t.Run(v.name, func(t *testing.T) {
+			const reportsID = "spiffe://example.org/ns/prod/sa/reports"
+			jwks, token := newTestIssuer(t)
+			events := make(sinkEvents, 16)
+			logs := &syncBuf{}
+			ca := testpki.NewCA(t, "example.org")
+			s, inL := startEngineSidecar(t, ca, userPolicies(t, jwks), userApp(t), false, v.server.edit, func(c *Config) {
+				c.Audit = events
+				c.DecisionLog = slog.New(slog.NewJSONHandler(logs, nil))
+				c.AllowSampleRate = 1
+			})
+			c := v.client(t, ca, frontendID, ordersID)
+			tok := token(map[string]any{"iss": "https://issuer.example", "sub": reportsID, "exp": time.Now().Unix() + 300, "jti": "j-named"})
+			send := func() int {
+				t.Helper()
+				req, _ := http.NewRequest("GET", "https://"+inL.Addr().String()+"/", nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if code := send(); code != 200 {
+				t.Fatalf("allowed token: %d", code)
+			}
+			var rec struct {
+				Decision     string `json:"decision"`
+				TokenIssuer  string `json:"token_issuer"`
+				TokenSubject string `json:"token_subject"`
+			}
+			line, _, _ := strings.Cut(logs.String(), "\n")
+			if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Decision != "allow" || rec.TokenIssuer != "https://issuer.example" || rec.TokenSubject != reportsID {
+				t.Fatalf("allow's decision log (%v): %s", err, line)
+			}
+			if strings.Contains(logs.String(), tok) {
+				t.Fatal("the decision log holds the token")
+			}
+			s.SetRevocations(&wire.Revocations{SPIFFEIDs: []string{reportsID}})
+			if code := send(); code != 401 {
+				t.Fatalf("token of a revoked identity: %d", code)
+			}
+			select {
+			case ev := <-events:
+				if ev.Decision != "unauthenticated" || ev.TokenIssuer != "https://issuer.example" || ev.TokenSubject != reportsID {
+					t.Fatalf("decision event of a revoked identity's token: %+v", ev)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no decision event")
 			}
 		})
 	}

@@ -72,12 +72,19 @@ type DecisionEvent struct {
 	// when tracing is on and the trace is sampled: the decision's way to
 	// its trace.
 	TraceID string `json:"trace_id,omitempty"`
-	// TokenIssuer and TokenSubject name a token refused as revoked whose
-	// signature verified (policy.Decision.TokenSubject): whose
-	// credential it was, which need not be the caller's.
+	// TokenIssuer and TokenSubject name the request's token whose
+	// signature verified, the one that authenticated it or the one
+	// refused after verifying (revoked, issued to a revoked identity,
+	// another audience: policy.Decision.TokenSubject): whose credential
+	// it was, which need not be the caller's. Never the token itself.
 	TokenIssuer  string `json:"token_issuer,omitempty"`
 	TokenSubject string `json:"token_subject,omitempty"`
 }
+
+// MaxTokenName bounds a decision event's TokenIssuer and TokenSubject (a
+// trusted issuer may still sign long claims): every denial carries them
+// now, into a log line and a queue of events.
+const MaxTokenName = 256
 
 // TraceIDOf is the ID of ctx's sampled trace, "" when there is none.
 func TraceIDOf(ctx context.Context) string {
@@ -199,7 +206,7 @@ func (d *decisionLogger) recordCustom(ctx context.Context, outcome policy.Outcom
 	if ev.TraceID != "" {
 		attrs = append(attrs, slog.String("trace_id", ev.TraceID))
 	}
-	if ev.TokenSubject != "" {
+	if ev.TokenSubject != "" || ev.TokenIssuer != "" {
 		attrs = append(attrs, slog.String("token_issuer", ev.TokenIssuer), slog.String("token_subject", ev.TokenSubject))
 	}
 	d.log.LogAttrs(ctx, level, "decision", attrs...)

@@ -312,9 +312,15 @@ type HeaderFilter struct{ f *headerFilter }
 // overrides, the output headers, under every spelling) and, since nothing
 // in front of the edge is trusted, the forwarding family (X-Forwarded-*,
 // Forwarded, X-Real-IP and kin), X-Request-Id, x-envoy-* and x-istio-*,
-// and every name holding "_".
-func NewEdgeHeaderFilter(output, tokenHeaders []string) *HeaderFilter {
-	return &HeaderFilter{f: buildHeaderFilter(output, tokenHeaders, true)}
+// and every name holding "_". The repeated fields of a header in join
+// (canonical names: the ones the policies read, policy.Set.RequestHeaders)
+// become one, their values joined with "," as the policy read them: an
+// app reading the first of "X-Debug: 1" and "X-Debug: 0" would otherwise
+// act on a value no DENY rule on "1" saw.
+func NewEdgeHeaderFilter(output, tokenHeaders, join []string) *HeaderFilter {
+	f := buildHeaderFilter(output, tokenHeaders, true)
+	f.join = join
+	return &HeaderFilter{f: f}
 }
 
 // Strip deletes the refused headers from h in place.

@@ -1031,11 +1031,14 @@ func (ib *inbound) fastRequest(fc *fastConn, info *connInfo, app *appClient) fas
 		return fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
 	}
 	fc.pii = nil
+	// What the app was sent, which its answer may echo (a copy: the
+	// body is the connection's buffer).
+	sent := [][]byte{[]byte(target), bytes.Clone(fr.body[:min(len(fr.body), fc.piiMax)])}
 	o = fc.exchange(ib.fwd, app, fr.method, target, fr.host, h, fr.body, closeAfter)
 	if len(fc.pii) > 0 {
 		// The record's key as the deferred end will count it.
 		ob.Status = fc.status
-		s.rec.piiScan(ob, fc.pii)
+		s.rec.piiScan(ob, fc.pii, sent)
 	}
 	fc.piiMax, fc.pii = 0, nil
 	return o

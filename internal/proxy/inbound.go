@@ -539,7 +539,7 @@ func (ib *inbound) logDecision(ctx context.Context, dec policy.Decision, loaded 
 		}
 		ev.Rule = dec.Rule
 		ev.Reason = dec.Reason
-		ev.TokenIssuer, ev.TokenSubject = dec.TokenIssuer, dec.TokenSubject
+		ev.TokenIssuer, ev.TokenSubject = truncate(dec.TokenIssuer, MaxTokenName), truncate(dec.TokenSubject, MaxTokenName)
 		ev.PolicyVersion = version
 	}
 	ib.s.dec.recordCustom(ctx, dec.Outcome, dec.Policy, reason, dec.Custom, fill)
@@ -670,7 +670,12 @@ func (ib *inbound) decide(ctx context.Context, st *policyState, info *connInfo, 
 	if r.auth != nil && s.revoked.Load().revokedIdentityToken(r.auth.Claims) {
 		// A token issued to or for a revoked identity is refused on
 		// every path, however valid its signature and lifetime.
+		// Its signature verified: its claims name whose it is.
 		r.dec = policy.Decision{Outcome: policy.Unauthenticated, Rule: -1, Reason: "invalid token: issued to or for a revoked identity"}
+	}
+	if r.auth != nil && r.dec.TokenIssuer == "" && r.dec.TokenSubject == "" {
+		// An Authorizer other than policy's Set may not name the token.
+		r.dec.TokenIssuer, r.dec.TokenSubject = r.auth.Token()
 	}
 	*req = policy.Request{}
 	reqPool.Put(req)
@@ -885,14 +890,24 @@ func (ib *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fw := w
 	pw := s.rec.piiSampler(w, info.peer)
+	var sent *piiBody
 	if pw != nil {
 		fw = pw
+		// What the app is sent, which its answer may echo.
+		if r.Body != nil && r.Body != http.NoBody {
+			sent = &piiBody{ReadCloser: r.Body, max: pw.max}
+			r.Body = sent
+		}
 	}
 	// An upgraded stream outlives the HTTP server's view of the
 	// connection; it stays registered for revocation until it ends.
 	early := ib.fwd.forward(fw, r, d.upgrade, ib.taken, &ob)
 	if pw != nil && len(pw.buf) > 0 {
-		s.rec.piiScan(&ob, pw.buf)
+		req := [][]byte{[]byte(r.URL.RequestURI())}
+		if sent != nil {
+			req = append(req, sent.sent())
+		}
+		s.rec.piiScan(&ob, pw.buf, req)
 	}
 	if early {
 		LingerHijack(w, &s.lingering, SidecarLinger, ib.taken)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -40,6 +41,44 @@ type NodeIdentity struct {
 	// sequence number the next one must not go below.
 	mu   sync.Mutex
 	held *wire.Bundle
+	// refused counts SetBundle's refusals by BundleRefusal.
+	refused [bundleRefusals]atomic.Uint64
+}
+
+// BundleRefusal is why SetBundle refused a bundle, a label of the
+// bundle refusal counter (BundleRefusalCollector).
+type BundleRefusal uint8
+
+const (
+	// BundleRefusedOlder: a lower sequence number than the bundle in
+	// force (wire.BundleOlder).
+	BundleRefusedOlder BundleRefusal = iota
+	// BundleRefusedForked: the same sequence number with other trust
+	// material (wire.BundleForked).
+	BundleRefusedForked
+	// BundleRefusedInvalid: a bad trust domain, authority or none.
+	BundleRefusedInvalid
+	bundleRefusals
+)
+
+func (r BundleRefusal) String() string {
+	switch r {
+	case BundleRefusedOlder:
+		return "older"
+	case BundleRefusedForked:
+		return "forked"
+	case BundleRefusedInvalid:
+		return "invalid"
+	}
+	return "unknown"
+}
+
+// BundleRefused is how many bundles SetBundle refused for r.
+func (n *NodeIdentity) BundleRefused(r BundleRefusal) uint64 {
+	if r >= bundleRefusals {
+		return 0
+	}
+	return n.refused[r].Load()
 }
 
 // Updated is sent on after each bundle put in force by SetBundle (one
@@ -55,31 +94,70 @@ func (n *NodeIdentity) Updated() <-chan struct{} { return n.updated.c() }
 // history); see wire.CompareBundle. Nothing but a new NodeIdentity (a
 // restart, whose agent.Node keeps the same rule from its state directory)
 // takes a lower sequence number.
+// Every refusal is counted (BundleRefused, BundleRefusalCollector): a
+// replica serving an old bundle is otherwise one log line per push.
 func (n *NodeIdentity) SetBundle(b wire.Bundle) error {
 	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
 	if err != nil {
+		n.refused[BundleRefusedInvalid].Add(1)
 		return fmt.Errorf("proxy: bundle: %w", err)
 	}
 	var certs []*x509.Certificate
 	for _, der := range b.X509Authorities {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
+			n.refused[BundleRefusedInvalid].Add(1)
 			return fmt.Errorf("proxy: bundle for %s: %w", td, err)
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
+		n.refused[BundleRefusedInvalid].Add(1)
 		return fmt.Errorf("proxy: bundle for %s has no X.509 authority", td)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if o := wire.CompareBundle(n.held, &b); o == wire.BundleOlder || o == wire.BundleForked {
+		if o == wire.BundleOlder {
+			n.refused[BundleRefusedOlder].Add(1)
+		} else {
+			n.refused[BundleRefusedForked].Add(1)
+		}
 		return fmt.Errorf("%w: %s (sequence %d, in force %d); keeping the one in force", ErrBundleNotNewer, o, b.SequenceNumber, n.held.SequenceNumber)
 	}
 	n.held = &b
 	n.bundle.Store(x509bundle.FromX509Authorities(td, certs))
 	n.updated.notify()
 	return nil
+}
+
+// BundleRefusalCollector exports the bundles id refused as
+// prefix+"_bundle_refusals_total" by reason (older, forked, invalid; each
+// present from the start), read at scrape time: a replica that has not
+// caught up with a CA change, or a restored store, pushing a bundle the
+// process keeps refusing shows as a rising counter to alert on. Nil when
+// id refuses no bundles (it is not a NodeIdentity: files, a Workload API).
+func BundleRefusalCollector(prefix string, id Identity) prometheus.Collector {
+	n, ok := id.(*NodeIdentity)
+	if !ok || n == nil {
+		return nil
+	}
+	return &bundleRefusalCollector{n: n, desc: prometheus.NewDesc(prefix+"_bundle_refusals_total",
+		"Trust bundles from the server refused, the one in force kept, by reason: older (a lower sequence number), forked (the same sequence number, other authorities), invalid.",
+		[]string{"reason"}, nil)}
+}
+
+type bundleRefusalCollector struct {
+	n    *NodeIdentity
+	desc *prometheus.Desc
+}
+
+func (c *bundleRefusalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *bundleRefusalCollector) Collect(ch chan<- prometheus.Metric) {
+	for r := range bundleRefusals {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.n.BundleRefused(r)), r.String())
+	}
 }
 
 // GetX509SVID returns the agent client's current SVID.

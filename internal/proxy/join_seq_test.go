@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"crypto/tls"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -85,5 +88,57 @@ func TestNodeIdentityBundleNeverGoesBack(t *testing.T) {
 	}
 	if held, _ := id.GetX509BundleForTrustDomain(td); !held.HasX509Authority(c.Cert) {
 		t.Fatal("the newer bundle is not in force")
+	}
+}
+
+// TestBundleRefusalsCounted: every bundle a joined sidecar refuses (a
+// lagging replica's older one, a forked one, an invalid one) is counted
+// in moatless_sidecar_bundle_refusals_total by reason, so that a replica
+// that keeps pushing a stale bundle is an alert rather than a log line per
+// push; a bundle taken is not counted. A sidecar whose identity refuses no
+// bundles (files) exports no such series. Fails on the parent (no series).
+func TestBundleRefusalsCounted(t *testing.T) {
+	a, b := testpki.NewCA(t, "example.org"), testpki.NewCA(t, "example.org")
+	s := b.SVID(t, ordersID, 0).X509SVID()
+	id := &NodeIdentity{SVID: func() *x509svid.SVID { return s }}
+	reg := prometheus.NewRegistry()
+	if _, err := New(Config{Identity: id, Namespace: "prod", Registerer: reg, Logger: discardLogger(), Inbound: []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    wire.Bundle
+		ok   bool
+	}{
+		{"first", bundleOf(2, b), true},
+		{"older", bundleOf(1, a, b), false},
+		{"unsequenced", bundleOf(0, a, b), false},
+		{"forked", bundleOf(2, a, b), false},
+		{"no_authority", bundleOf(3), false},
+		{"bad_authority", wire.Bundle{TrustDomain: "example.org", SequenceNumber: 3, X509Authorities: [][]byte{{1, 2, 3}}}, false},
+		{"same", bundleOf(2, b), true},
+		{"newer", bundleOf(3, b), true},
+	} {
+		if err := id.SetBundle(tc.b); (err == nil) != tc.ok {
+			t.Fatalf("%s: SetBundle: %v", tc.name, err)
+		}
+	}
+	want := `
+# HELP moatless_sidecar_bundle_refusals_total Trust bundles from the server refused, the one in force kept, by reason: older (a lower sequence number), forked (the same sequence number, other authorities), invalid.
+# TYPE moatless_sidecar_bundle_refusals_total counter
+moatless_sidecar_bundle_refusals_total{reason="forked"} 1
+moatless_sidecar_bundle_refusals_total{reason="invalid"} 2
+moatless_sidecar_bundle_refusals_total{reason="older"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "moatless_sidecar_bundle_refusals_total"); err != nil {
+		t.Fatal(err)
+	}
+
+	files := prometheus.NewRegistry()
+	if _, err := New(Config{Identity: newStaticIdentity(b, b.SVID(t, ordersID, 0)), Namespace: "prod", Registerer: files, Logger: discardLogger(), Inbound: []Inbound{{Listen: "127.0.0.1:0", App: "127.0.0.1:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(files, "moatless_sidecar_bundle_refusals_total"); err != nil || n != 0 {
+		t.Fatalf("an identity that refuses no bundles exports %d series (%v)", n, err)
 	}
 }

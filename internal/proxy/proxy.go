@@ -467,6 +467,12 @@ func New(cfg Config) (*Sidecar, error) {
 	if err := reg.Register(s.lingering.Collector("moatless_sidecar")); err != nil {
 		return nil, err
 	}
+	// moatless_sidecar_bundle_refusals_total, in join mode.
+	if c := BundleRefusalCollector("moatless_sidecar", cfg.Identity); c != nil {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
 	s.metrics = m
 	if s.callers, err = newCallerCheck(cfg.OutboundCallers, cfg.Outbound, reg, cfg.Logger); err != nil {
 		return nil, err

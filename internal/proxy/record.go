@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -84,7 +86,8 @@ type RecorderConfig struct {
 // PIIEdge opts one inbound edge in to PII sampling: the responses this
 // workload sends to Source ("*": any caller) are scanned, one in OneIn,
 // at most MaxBytes of each, for card numbers, e-mail addresses and
-// national IDs (traffic.ScanPII). Only counts leave the sidecar.
+// national IDs (traffic.ScanPII), not counting a value the request
+// carried (traffic.ScanPIIEcho). Only counts leave the sidecar.
 type PIIEdge struct {
 	Source   string
 	OneIn    int
@@ -162,6 +165,7 @@ type Recorder struct {
 type scanJob struct {
 	key  recKey
 	body []byte
+	req  [][]byte
 }
 
 type recorderMetrics struct {
@@ -382,12 +386,15 @@ func (r *Recorder) piiSample(source string) int {
 
 // piiScan hands a sampled body (owned by the scanner from then on) to the
 // scanner goroutine; a busy scanner skips it (counted): sampling never
-// slows a response.
-func (r *Recorder) piiScan(o *Observation, body []byte) {
+// slows a response. req is what the app was sent (its target and the
+// first bytes of its body, also owned by the scanner): personal data the
+// answer echoes from it is not counted (traffic.ScanPIIEcho), a form
+// echo being no disclosure.
+func (r *Recorder) piiScan(o *Observation, body []byte, req [][]byte) {
 	k := recKey{dir: o.Direction, src: o.Source, dst: o.Destination, port: o.Port, proto: o.Protocol,
 		method: o.Method, path: traffic.PathTemplate(o.Path), decision: o.Decision, reason: o.Reason, token: o.Token, status: statusClass(o.Status)}
 	select {
-	case r.scanq <- scanJob{key: k, body: body}:
+	case r.scanq <- scanJob{key: k, body: body, req: req}:
 	default:
 		r.metrics.skipped.Inc()
 	}
@@ -400,7 +407,7 @@ func (r *Recorder) scanLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-r.scanq:
-			c := traffic.ScanPII(j.body)
+			c := traffic.ScanPIIEcho(j.body, j.req)
 			r.metrics.scanned.Inc()
 			r.mu.Lock()
 			v := r.cur[j.key]
@@ -439,6 +446,34 @@ func (p *piiWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.NewResponseController reach the real writer (flush,
 // full duplex, deadlines).
 func (p *piiWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
+
+// piiBody keeps the first max bytes of a request body read through it,
+// for the PII scan of the answer: what the app was sent.
+type piiBody struct {
+	io.ReadCloser
+	mu  sync.Mutex // the transport may read while the answer is read
+	buf []byte
+	max int
+}
+
+func (p *piiBody) Read(b []byte) (int, error) {
+	n, err := p.ReadCloser.Read(b)
+	if n > 0 {
+		p.mu.Lock()
+		if room := p.max - len(p.buf); room > 0 {
+			p.buf = append(p.buf, b[:min(room, n)]...)
+		}
+		p.mu.Unlock()
+	}
+	return n, err
+}
+
+// sent is a copy of what was read so far.
+func (p *piiBody) sent() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.buf)
+}
 
 // Run sends a report every Interval until ctx ends, then flushes once
 // more (bounded by 5 seconds).

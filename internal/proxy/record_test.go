@@ -425,3 +425,66 @@ func TestRecorderObserveAllocations(t *testing.T) {
 		t.Fatalf("%v allocations per observation of a known edge", n)
 	}
 }
+
+// TestRecorderPIIEchoNotCounted: an app that echoes what the caller sent
+// it (a form posted and shown back, a created record returned) discloses
+// nothing the caller did not have: the personal data its answer repeats
+// from the request (its body, form-encoded, or its query) is not counted,
+// while data the request did not carry is. On both server paths. Fails
+// on the parent (every echoed value counted as a disclosure: the
+// exfiltration detector's PII check fires on a signup form).
+func TestRecorderPIIEchoNotCounted(t *testing.T) { forServerPaths(t, testRecorderPIIEchoNotCounted) }
+
+func testRecorderPIIEchoNotCounted(t *testing.T, sp serverPath) {
+	l := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		fmt.Fprintf(w, `{"email":%q,"pan":%q,"ssn":%q,"manager":"carol@example.org"}`, r.PostForm.Get("email"), r.PostForm.Get("pan"), r.URL.Query().Get("ssn"))
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	var in reports
+	rec := newTestRecorder(t, &in, RecorderConfig{PII: []PIIEdge{{Source: frontendID, OneIn: 1, MaxBytes: 1 << 10}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go rec.scanLoop(ctx)
+	ca := testpki.NewCA(t, "example.org")
+	inL := listen(t)
+	startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, ordersID, 0)), Namespace: "prod",
+		Inbound:    []Inbound{{Name: "in", Listener: inL, App: l.Addr().String()}},
+		Authorizer: allowPrincipals(policy.ModeStrict, "example.org/ns/prod/sa/frontend"),
+		Recorder:   rec, DisableHTTP1FastPath: sp.disable,
+	})
+	outL := listen(t)
+	startSidecar(t, Config{
+		Identity: newStaticIdentity(ca, ca.SVID(t, frontendID, 0)),
+		Outbound: []Outbound{{Name: "out", Listener: outL, Upstream: inL.Addr().String(), ID: spiffeid.RequireFromString(ordersID), HTTP1: true}},
+	})
+	for range 3 {
+		resp, err := http.Post("http://"+outL.Addr().String()+"/signup?ssn=123-45-6789", "application/x-www-form-urlencoded",
+			strings.NewReader("email=Alice%40Example.com&pan=4111-1111-1111-1111"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "Alice@Example.com") {
+			t.Fatalf("POST: %d %s", resp.StatusCode, body)
+		}
+	}
+	var pii *wire.PIISample
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, e := range in.edges(t, rec) {
+			if e.PII != nil {
+				pii = e.PII
+			}
+		}
+		if pii != nil && pii.Sampled == 3 {
+			break
+		}
+	}
+	if pii == nil || pii.Sampled != 3 || pii.Cards != 0 || pii.Emails != 3 || pii.NationalIDs != 0 {
+		t.Fatalf("PII sample %+v, want 3 responses with only the 3 e-mails the requests did not carry", pii)
+	}
+}

@@ -712,12 +712,16 @@ func (s *Server) deleteRevocation(c *adminCall) {
 	c.reply(http.StatusNoContent, nil)
 }
 
-func (s *Server) bundlePEM() string {
+// caStatusNow is CAStatus from one snapshot of the CA (ca.View): the
+// sequence number, the authorities and the PEM bundle describe one state.
+func (s *Server) caStatusNow() CAStatus {
+	bundle, status := s.ca.View()
+	seq, _ := bundle.SequenceNumber()
 	var b strings.Builder
-	for _, c := range s.ca.Bundle().X509Authorities() {
+	for _, c := range bundle.X509Authorities() {
 		b.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
 	}
-	return b.String()
+	return CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: status, BundlePEM: b.String()}
 }
 
 func (s *Server) caStatus(c *adminCall) {
@@ -725,8 +729,7 @@ func (s *Server) caStatus(c *adminCall) {
 		c.fail(err)
 		return
 	}
-	seq, _ := s.ca.Bundle().SequenceNumber()
-	c.reply(http.StatusOK, CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()})
+	c.reply(http.StatusOK, s.caStatusNow())
 }
 
 func (s *Server) caRotate(c *adminCall) {
@@ -743,8 +746,7 @@ func (s *Server) caRotate(c *adminCall) {
 		return
 	}
 	c.audited = true
-	seq, _ := s.ca.Bundle().SequenceNumber()
-	c.reply(http.StatusOK, CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()})
+	c.reply(http.StatusOK, s.caStatusNow())
 }
 
 func (s *Server) issueAdminCert(c *adminCall) {
@@ -789,7 +791,7 @@ func (s *Server) issueAdminCert(c *adminCall) {
 		return
 	}
 	s.metrics.svids.WithLabelValues(store.SVIDKindAdmin).Inc()
-	c.reply(http.StatusCreated, AdminCertResponse{SVID: toWireSVID(iss, id.String(), ""), BundlePEM: s.bundlePEM()})
+	c.reply(http.StatusCreated, AdminCertResponse{SVID: toWireSVID(iss, id.String(), ""), BundlePEM: s.caStatusNow().BundlePEM})
 }
 
 func (s *Server) getBundle(c *adminCall) {

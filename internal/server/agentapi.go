@@ -140,16 +140,18 @@ func toWireSVID(iss *ca.Issued, id, entryID string) wire.X509SVID {
 	return out
 }
 
-// wireBundle converts the CA's bundle to the wire form.
+// wireBundle converts the CA's bundle to the wire form: the bundle and
+// the authorities' states from one snapshot (ca.View), so a bundle
+// sequence number never goes out with another state's taint marks.
 func (s *Server) wireBundle() *wire.Bundle {
-	b := s.ca.Bundle()
+	b, status := s.ca.View()
 	out := &wire.Bundle{TrustDomain: s.td.Name(), X509Authorities: [][]byte{}, JWTAuthorities: []wire.JWTAuthority{}}
 	for _, c := range b.X509Authorities() {
 		out.X509Authorities = append(out.X509Authorities, c.Raw)
 	}
 	expiry := map[string]time.Time{}
 	taintedJWT := map[string]bool{}
-	for _, a := range s.ca.Status() {
+	for _, a := range status {
 		switch {
 		case a.Kind == ca.KindJWT:
 			expiry[a.ID] = a.NotAfter
@@ -330,9 +332,31 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
+	var revokedNow bool
 	err = s.db.Tx(r.Context(), func(tx *sql.Tx) error {
 		if err := s.db.SetNodeSVID(r.Context(), tx, c.id.String(), iss.Serial, iss.NotAfter, now); err != nil {
 			return err
+		}
+		// authNode checked the revocation set in memory, which follows
+		// the store within a poll or a notification. A node whose
+		// certificate was revoked a moment ago (on another replica, or
+		// by a re-attestation with replace: SupersedeNodeSVIDs) must not
+		// renew in that window: its new serial would not be revoked, and
+		// it would go on renewing for good. So the store itself is read,
+		// in the transaction that records the new SVID, after the node
+		// row is written (a concurrent re-attestation writes it too, so
+		// one of the two sees the other).
+		idRevoked, err := s.db.IsRevokedIDTx(r.Context(), tx, c.id.String())
+		if err != nil {
+			return err
+		}
+		serialRevoked, err := s.db.IsRevokedSerialTx(r.Context(), tx, c.serial)
+		if err != nil {
+			return err
+		}
+		if idRevoked || serialRevoked {
+			revokedNow = true
+			return errRevoked
 		}
 		if err := s.db.InsertSVIDs(r.Context(), tx, store.IssuedSVID{Serial: iss.Serial, SPIFFEID: c.id.String(), Kind: store.SVIDKindNode,
 			IssuedTo: c.id.String(), NotAfter: iss.NotAfter, IssuedAt: now}); err != nil {
@@ -341,6 +365,10 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return s.audit.AppendTx(r.Context(), tx, audit.Event{Kind: audit.KindRenew, Actor: c.id.String(), Subject: c.id.String(), Outcome: audit.Success,
 			Details: map[string]string{"serial": iss.Serial, "previous_serial": c.serial, "not_after": iss.NotAfter.UTC().Format(time.RFC3339), "remote": remoteHost(r)}})
 	})
+	if revokedNow {
+		s.agentRefused(w, r, "renew", c, "revoked", http.StatusForbidden, errRevoked.Error())
+		return
+	}
 	if err != nil {
 		s.agentErr(w, "renew", err)
 		return

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/moatless/moatless/internal/audit"
 	"github.com/moatless/moatless/internal/ca"
+	"github.com/moatless/moatless/internal/store"
 )
 
 // Audit kinds of the operator's CA steps (docs/ca.md "Compromised key").
@@ -31,6 +33,14 @@ const (
 // refuses to start on a store whose CA state holds one of them again (a
 // store restored from before the revocation).
 const RevokedAuthoritiesFile = "ca-revoked"
+
+// TaintedAuthoritiesFile, in the data directory, lists the IDs of the CA
+// authorities this server has seen tainted, one per line (revoked ones
+// too: the file only grows, as ca-revoked does). A store restored
+// from before a taint holds such an authority untainted: the server taints
+// it again at start when it is retired, and refuses to start when it is
+// active or prepared (reapplyTaints).
+const TaintedAuthoritiesFile = "ca-tainted"
 
 // BundleSequenceFile is the name, in the data directory, of the highest
 // bundle sequence number this server has published (decimal). A store
@@ -193,8 +203,7 @@ func (s *Server) caStep(step string) func(c *adminCall) {
 		}
 		c.audited = true
 		s.renewServerCertIfTainted(c.ctx)
-		seq, _ := s.ca.Bundle().SequenceNumber()
-		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: CAStatus{TrustDomain: s.td.Name(), BundleSequence: seq, Authorities: s.ca.Status(), BundlePEM: s.bundlePEM()}})
+		c.reply(http.StatusOK, CAStepResponse{Authority: a, CAStatus: s.caStatusNow()})
 	}
 }
 
@@ -240,13 +249,18 @@ func (s *Server) renewServerCertIfTainted(ctx context.Context) {
 	}
 }
 
-// readRevokedAuthorities reads DIR/ca-revoked: one authority ID a line.
-// A missing file is an empty list; anything else that is not an authority
-// ID stops the server (the file is the server's own), and so does
-// anything that is not a regular file of at most maxRevokedFileSize (a
-// FIFO or a device put in its place would block or exhaust the start).
+// readRevokedAuthorities reads DIR/ca-revoked (readAuthorityIDs).
 func readRevokedAuthorities(dir string) ([]string, error) {
-	path := filepath.Join(dir, RevokedAuthoritiesFile)
+	return readAuthorityIDs(dir, RevokedAuthoritiesFile)
+}
+
+// readAuthorityIDs reads DIR/name, ca-revoked or ca-tainted: one authority
+// ID a line. A missing file is an empty list; anything else that is not an
+// authority ID stops the server (the file is the server's own), and so
+// does anything that is not a regular file of at most maxRevokedFileSize
+// (a FIFO or a device put in its place would block or exhaust the start).
+func readAuthorityIDs(dir, name string) ([]string, error) {
+	path := filepath.Join(dir, name)
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -329,6 +343,97 @@ func (s *Server) writeRevokedAuthorities() error {
 	out := strings.Join(all, "\n") + "\n"
 	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, RevokedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
 		return fmt.Errorf("server: write %s: %w", RevokedAuthoritiesFile, err)
+	}
+	return nil
+}
+
+// writeTaintedAuthorities adds the IDs of the authorities tainted in
+// status to DIR/ca-tainted. Like ca-revoked it only grows (bounded as
+// ca-revoked is): a revocation does not rewrite it, so the revoke step
+// publishes with no more file writes than before. Callers do not hold
+// dataFilesMu.
+func (s *Server) writeTaintedAuthorities(status []ca.Authority) error {
+	s.dataFilesMu.Lock()
+	defer s.dataFilesMu.Unlock()
+	old, err := readAuthorityIDs(s.cfg.DataDir, TaintedAuthoritiesFile)
+	if err != nil {
+		return err
+	}
+	all := slices.Clone(old)
+	for _, a := range status {
+		if a.State == ca.StateTainted {
+			all = append(all, a.ID)
+		}
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
+	if slices.Equal(all, old) {
+		return nil
+	}
+	out := strings.Join(all, "\n") + "\n"
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, TaintedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
+		return fmt.Errorf("server: write %s: %w", TaintedAuthoritiesFile, err)
+	}
+	return nil
+}
+
+// reapplyTaints taints again, at start, every authority DIR/ca-tainted
+// records tainted that the opened CA state holds untainted: a store
+// restored from a backup taken before the taint. Without it the restored
+// state would silently un-taint a key the operator declared compromised:
+// holders of SVIDs it signed would keep them, and agents would trust it
+// as a plain retired authority again. A retired one is tainted again (an
+// audited ca.taint by the server, with the reason); an active or prepared
+// one cannot be (it signs, or would), so the start is refused with what
+// to do.
+func (s *Server) reapplyTaints(ctx context.Context, tainted []string) error {
+	if len(tainted) == 0 {
+		return nil
+	}
+	path := filepath.Join(s.cfg.DataDir, TaintedAuthoritiesFile)
+	var evs []audit.Event
+	for _, a := range s.ca.Status() {
+		if !slices.Contains(tainted, a.ID) {
+			continue
+		}
+		switch a.State {
+		case ca.StateTainted, ca.StateRevoked:
+			continue
+		case ca.StateRetired:
+		default:
+			return fmt.Errorf("server: the store holds %s authority %s %s, but %s records it tainted: the store was restored from before the taint. "+
+				"Restore a backup taken after the taint, or, to start with this store anyway, remove the authority's line from %s, start, and at once prepare, activate and taint again (docs/ca.md, \"Compromised key\")",
+				a.Kind, a.ID, a.State, path, path)
+		}
+		t, _, err := s.ca.Taint(ctx, a.Kind, a.ID)
+		if err != nil {
+			return fmt.Errorf("server: taint %s authority %s again, as %s records: %w", a.Kind, a.ID, path, err)
+		}
+		s.log.Warn("ca: the store holds an authority this data directory recorded tainted (a store restored from before the taint); tainted it again",
+			"kind", a.Kind, "id", a.ID, "file", path)
+		evs = append(evs, audit.Event{Kind: KindCATaint, Actor: s.id.String(), Subject: a.ID, Outcome: audit.Success,
+			Details: map[string]string{"kind": string(t.Kind), "state": string(t.State), "reason": "the store was restored from before the taint; re-applied from " + TaintedAuthoritiesFile}})
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	seq, _ := s.ca.Bundle().SequenceNumber()
+	for i := range evs {
+		evs[i].Details["bundle_sequence"] = strconv.FormatUint(seq, 10)
+	}
+	// The taint is saved; the bundle version tells the other replicas to
+	// adopt it, in the transaction of its audit record. When this fails
+	// the start stops; the next start finds the authority tainted in the
+	// store (the streams of this server send it), and the other replicas
+	// adopt it at the next bundle change.
+	err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.db.BumpVersion(ctx, tx, store.SectionBundle); err != nil {
+			return err
+		}
+		return s.audit.AppendTx(ctx, tx, evs...)
+	})
+	if err != nil {
+		return fmt.Errorf("server: record the re-applied taint: %w", err)
 	}
 	return nil
 }

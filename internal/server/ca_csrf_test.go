@@ -2,12 +2,14 @@ package server_test
 
 import (
 	"crypto/tls"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/moatless/moatless/internal/ca"
 	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/token"
 )
 
 // An admin client certificate is an ambient credential, as a cookie is:
@@ -100,6 +102,69 @@ func TestSecretsAdminCertRefusedOnCrossSiteRequests(t *testing.T) {
 			resp.Body.Close()
 			if got := resp.StatusCode == 200; got != tc.ok {
 				t.Fatalf("got %d, want success %v", resp.StatusCode, tc.ok)
+			}
+		})
+	}
+}
+
+// A workload's certificate is as ambient in a browser as an admin's: a
+// page of another site that posts a form to the token endpoint, or to the
+// secrets API, must not get a token minted (tls_client_auth), a secret
+// written, or a secrets token issued (cert login) as the workload. The
+// same requests from a program succeed.
+func TestWorkloadCertRefusedOnCrossSiteRequests(t *testing.T) {
+	e := start(t, "")
+	const id = "spiffe://example.org/ns/prod/sa/orders"
+	e.admin("POST", "/v1/admin/oauth/clients", token.ClientRequest{Name: "orders", ClientSpec: token.ClientSpec{
+		GrantTypes: []string{"client_credentials"}, SPIFFEID: id, Audiences: []string{"payments"}}}, nil)
+	pol := "name: orders\nsubjects:\n  spiffe_ids: [\"" + id + "\"]\npaths:\n  - path: secret/data/orders/*\n    capabilities: [create, update, read]\n"
+	if st, out := e.vreq(e.client(nil), "POST", "/v1/sys/policies/apply", e.token, map[string]any{"files": []map[string]string{{"name": "p.yaml", "content": pol}}}); st != 200 {
+		t.Fatalf("apply: %d %v", st, out)
+	}
+	n := e.attest(id)
+	written := func(name string) bool {
+		st, _ := e.vreq(e.client(nil), "GET", "/v1/secret/data/orders/"+name, e.token, nil)
+		return st == 200
+	}
+	pages := []struct {
+		name    string
+		headers map[string]string
+	}{
+		{"cross_site_form", map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}},
+		{"cross_site_no_origin", map[string]string{"Sec-Fetch-Site": "cross-site"}},
+		{"same_site", map[string]string{"Sec-Fetch-Site": "same-site"}},
+		{"foreign_origin_only", map[string]string{"Origin": "https://evil.example"}},
+		{"null_origin", map[string]string{"Origin": "null"}},
+		{"program", nil},
+	}
+	for _, tc := range pages {
+		t.Run(tc.name, func(t *testing.T) {
+			program := tc.headers == nil
+			post := func(path, ctype, body string) (int, string) {
+				req, _ := http.NewRequest("POST", "https://"+e.addr+path, strings.NewReader(body))
+				req.Header.Set("Content-Type", ctype)
+				for k, v := range tc.headers {
+					req.Header.Set(k, v)
+				}
+				resp, err := n.http.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(b)
+			}
+			st, body := post("/oauth2/token", "application/x-www-form-urlencoded", "grant_type=client_credentials")
+			if got := st == 200 && strings.Contains(body, "access_token"); got != program {
+				t.Errorf("token endpoint: %d %s; want a token %v", st, body, program)
+			}
+			st, body = post("/v1/secret/data/orders/"+tc.name, "text/plain", `{"data":{"dsn":"attacker"}}`)
+			if got := written(tc.name); got != program {
+				t.Errorf("secret write: %d %s; written %v, want %v", st, body, got, program)
+			}
+			st, body = post("/v1/auth/cert/login", "text/plain", "")
+			if got := st == 200 && strings.Contains(body, "client_token"); got != program {
+				t.Errorf("cert login: %d %s; want a token %v", st, body, program)
 			}
 		})
 	}

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"net/http"
 	"slices"
 	"strconv"
@@ -134,5 +136,55 @@ func TestCAStepPublishedAfterARestartInTheMiddle(t *testing.T) {
 	}
 	if u.Bundle == nil || !slices.Contains(u.Bundle.TaintedX509Authorities, oldX) {
 		t.Fatalf("the resumed stream does not carry the bundle that marks the tainted authority: %+v", u.Bundle)
+	}
+}
+
+// A revoke whose publication failed (the audit log down) has taken effect
+// in the CA, but no version moved, so no wake reaches the watch streams.
+// The next heartbeat ends the stream of a node whose SVID the revoked key
+// signed; it must first hand the node the bundle without that key, or
+// the node (and its workloads) would go on trusting it until it attests
+// again: it cannot reconnect with its SVID to be told.
+func TestRevokedSignersStreamGetsTheBundleBeforeItEnds(t *testing.T) {
+	e := start(t, "", func(c *config.Server) { c.PollInterval = wire.Duration(time.Minute) })
+	db := e.srv.Store().SQL()
+	n := e.attest("spiffe://example.org/agent/a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := e.watch(ctx, n)
+	next(t, ch)
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	oldX, _ := activeIDs(st)
+	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
+	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
+
+	if _, err := db.Exec("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log down'); END"); err != nil {
+		t.Fatal(err)
+	}
+	code, body := e.do(e.client(nil), "POST", server.PathAdminCARevoke, e.token, server.CAStepRequest{Kind: "x509", ID: oldX})
+	if code != http.StatusInternalServerError || !strings.Contains(string(body), "saved") {
+		t.Fatalf("revoke with the audit log down: %d %s, want 500 saying the step was saved", code, body)
+	}
+	var last *wire.Bundle
+	for ended := false; !ended; {
+		select {
+		case u, ok := <-ch:
+			if ended = !ok; ok && u.Bundle != nil {
+				last = u.Bundle
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the watch stream of a node whose SVID the revoked authority signed stays open")
+		}
+	}
+	if last == nil {
+		t.Fatal("the stream ended without a bundle after the revoke")
+	}
+	for _, der := range last.X509Authorities {
+		if c, err := x509.ParseCertificate(der); err == nil && hex.EncodeToString(c.SubjectKeyId) == oldX {
+			t.Fatal("the last bundle the node got before its stream ended still trusts the revoked authority")
+		}
 	}
 }

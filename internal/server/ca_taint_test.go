@@ -503,3 +503,97 @@ func backupStore(t *testing.T, dir string) (restore func()) {
 		}
 	}
 }
+
+// TestCARestoredStoreKeepsTaint: a store restored from a backup taken
+// before a taint (not a revocation) held the tainted authority as a plain
+// retired one, and the server started on it without a word: agents
+// stopped replacing SVIDs the compromised key signed, and the taint the
+// operator took was gone. DATA_DIR/ca-tainted now remembers taints; at
+// start a retired authority it names is tainted again (audited), and an
+// active one (the store predates its successor) refuses the start.
+func TestCARestoredStoreKeepsTaint(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		kind string
+		// backupAfterActivate: the backup was taken once the successor
+		// was active (the old authority retired), else before prepare.
+		backupAfterActivate bool
+	}{
+		{"retired_x509_tainted_again", "x509", true},
+		{"retired_jwt_tainted_again", "jwt", true},
+		{"active_x509_refused", "x509", false},
+		{"active_jwt_refused", "jwt", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			e := start(t, dir)
+			var st server.CAStatus
+			e.admin("GET", server.PathAdminCA, nil, &st)
+			oldX, oldJ := activeIDs(st)
+			old := oldX
+			if tc.kind == "jwt" {
+				old = oldJ
+			}
+			var restore func()
+			if !tc.backupAfterActivate {
+				e.stop()
+				restore = backupStore(t, dir)
+				e = start(t, dir)
+			}
+			p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: tc.kind})
+			e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+			e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: tc.kind})
+			if tc.backupAfterActivate {
+				e.stop()
+				restore = backupStore(t, dir)
+				e = start(t, dir)
+				e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+			}
+			e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: old})
+			e.stop()
+			if b, err := os.ReadFile(filepath.Join(dir, server.TaintedAuthoritiesFile)); err != nil || !strings.Contains(string(b), old) {
+				t.Fatalf("%s after the taint: %q, %v", server.TaintedAuthoritiesFile, b, err)
+			}
+			restore()
+			if !tc.backupAfterActivate {
+				cfg := config.DefaultServer(func(string) string { return "" })
+				cfg.DataDir, cfg.TrustDomain, cfg.Listen = dir, "example.org", "127.0.0.1:0"
+				cfg.Store, cfg.KEKFile, cfg.AdminIDs = "", "", nil
+				cfg.Complete()
+				srv, err := server.New(context.Background(), server.Config{Settings: cfg, Logger: slog.New(slog.DiscardHandler)})
+				if err == nil {
+					srv.Close()
+					t.Fatal("started on a store that holds the tainted authority active")
+				}
+				if !strings.Contains(err.Error(), old) || !strings.Contains(err.Error(), server.TaintedAuthoritiesFile) || !strings.Contains(err.Error(), "active") {
+					t.Fatalf("start on the restored store: %v", err)
+				}
+				t.Logf("refused: %v", err)
+				return
+			}
+			e = start(t, dir)
+			e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+			e.admin("GET", server.PathAdminCA, nil, &st)
+			i := slices.IndexFunc(st.Authorities, func(a ca.Authority) bool { return a.ID == old })
+			if i < 0 || st.Authorities[i].State != ca.StateTainted {
+				t.Fatalf("after the restore the authority %s is %+v, want tainted", old, st.Authorities)
+			}
+			var page server.AuditPage
+			e.admin("GET", server.PathAdminAudit+"?limit=200", nil, &page)
+			if !slices.ContainsFunc(page.Records, func(r server.AuditRecord) bool {
+				return r.Kind == server.KindCATaint && r.Subject == old && r.Actor == "spiffe://example.org/moatless/server" && strings.Contains(r.Details["reason"], "restored")
+			}) {
+				t.Fatalf("no audit record of the re-applied taint of %s", old)
+			}
+			// A plain restart takes no step.
+			seq := st.BundleSequence
+			e.stop()
+			e = start(t, dir)
+			e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
+			e.admin("GET", server.PathAdminCA, nil, &st)
+			if st.BundleSequence != seq {
+				t.Fatalf("a plain restart moved the bundle sequence from %d to %d", seq, st.BundleSequence)
+			}
+		})
+	}
+}

@@ -9,6 +9,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -127,8 +129,10 @@ type TrafficSnapshot struct {
 
 // detectState is the server's detection and response.
 type detectState struct {
-	engine  *detect.Engine
-	budget  *keyedLimiter // reports per node
+	engine *detect.Engine
+	budget *keyedLimiter // reports per node
+	// reports remembers the reports taken, so a retried one counts once.
+	reports *detect.Reports
 	metrics detectMetrics
 
 	mu       sync.Mutex
@@ -167,7 +171,8 @@ type detectMetrics struct {
 // (known edges, the traffic of the last week for the baselines), feeds
 // it the audit log's events, and mounts the endpoints.
 func (s *Server) initDetect(ctx context.Context) error {
-	d := &detectState{engine: detect.NewEngine(s.cfg.Detect), budget: newKeyedLimiter(2, 60, 100_000)}
+	d := &detectState{engine: detect.NewEngine(s.cfg.Detect), budget: newKeyedLimiter(2, 60, 100_000),
+		reports: detect.NewReports(maxRecordAge + maxRecordSkew)}
 	s.detect = d
 	al, err := newAlerter(s, s.cfg.Detect.Alerts, s.cfg.Detect.SuppressFor.Std())
 	if err != nil {
@@ -211,7 +216,7 @@ func (s *Server) initDetect(ctx context.Context) error {
 
 	m := &d.metrics
 	m.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_record_reports_total",
-		Help: "Traffic record reports from sidecars and gateways by outcome: recorded, rate_limited, refused, error."}, []string{"outcome"})
+		Help: "Traffic record reports from sidecars and gateways by outcome: recorded, duplicate (a retry of a report recorded or being recorded: not counted again), rate_limited, refused, error."}, []string{"outcome"})
 	m.edges = prometheus.NewCounter(prometheus.CounterOpts{Name: "moatless_detect_edge_records_total",
 		Help: "Edge records stored."})
 	m.findings = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moatless_detect_findings_total",
@@ -314,6 +319,23 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, endpoint, err)
 		return
 	}
+	// A report retried after its answer was lost is counted once: twice
+	// its requests and bytes would be a rate or volume finding that never
+	// happened. One being recorded by another request answers "retry".
+	sum := reportDigest(&in)
+	switch d.reports.Begin(reporter, sum, now) {
+	case detect.ReportTaken:
+		d.metrics.records.WithLabelValues("duplicate").Inc()
+		s.agentOK(w, endpoint, http.StatusNoContent, nil)
+		return
+	case detect.ReportInFlight:
+		d.metrics.records.WithLabelValues("duplicate").Inc()
+		w.Header().Set("Retry-After", "1")
+		writeErrors(w, http.StatusConflict, "the same report is being recorded; retry later")
+		return
+	}
+	taken := false
+	defer func() { d.reports.Done(reporter, sum, taken, s.now()) }()
 	ctx := r.Context()
 	if err := s.db.UpsertWorkload(ctx, store.Workload{SPIFFEID: reporter, Component: in.Component, Namespace: in.Namespace,
 		Labels: in.Labels, Ports: in.Ports, LastSeen: now}); err != nil {
@@ -328,6 +350,7 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		s.agentErr(w, endpoint, err)
 		return
 	}
+	taken = true
 	d.metrics.records.WithLabelValues("recorded").Inc()
 	d.metrics.edges.Add(float64(len(rows)))
 	// The detectors judge what reached this workload (inbound), and the
@@ -352,6 +375,21 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.agentOK(w, endpoint, http.StatusNoContent, nil)
+}
+
+// reportDigest identifies a report as decoded (encoding/json writes
+// struct fields in order and map keys sorted: one report, one digest,
+// however its JSON was spaced).
+func reportDigest(in *wire.RecordReport) [32]byte {
+	b, err := json.Marshal(in)
+	if err != nil {
+		// Not reached for a decoded report; a digest of nothing known
+		// would merge distinct reports, so make it unique instead.
+		var u [32]byte
+		rand.Read(u[:])
+		return u
+	}
+	return sha256.Sum256(b)
 }
 
 func knownRows(ks []detect.KnownEdge) []store.KnownEdge {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,11 +25,17 @@ const (
 	reportsID = "spiffe://example.org/ns/prod/sa/reports"
 )
 
-// report is a valid one-window report from orders' sidecar.
+// reportSeq makes every report's window its own.
+var reportSeq atomic.Int64
+
+// report is a valid one-window report from orders' sidecar. Its window
+// starts a few nanoseconds apart from every other report's, as a
+// reporter's windows never repeat: the server counts a report sent twice
+// (a retry after a lost answer) once, and the test clock stands still.
 func (e *env) report(edges ...wire.EdgeRecord) wire.RecordReport {
 	now := e.clock.Now().UTC()
 	return wire.RecordReport{Component: "sidecar", Namespace: "prod", Labels: map[string]string{"app": "orders"}, Ports: []int{8080},
-		Start: now.Add(-5 * time.Second), End: now, Edges: edges}
+		Start: now.Add(-5*time.Second + time.Duration(reportSeq.Add(1))), End: now, Edges: edges}
 }
 
 func inboundEdge(src, method, path, decision string, requests uint64) wire.EdgeRecord {
@@ -243,6 +251,54 @@ func TestRecordsAllOrNothing(t *testing.T) {
 	e.admin("GET", server.PathAdminEdges, nil, &edges)
 	if len(edges.Items) != 1 || edges.Items[0].Requests != 10 {
 		t.Fatalf("after a failure and a retry: %+v, want one edge of 10 requests", edges.Items)
+	}
+}
+
+// TestRecordsRetriedReportCountedOnce: a report the server stored whose
+// answer the node never got (a timeout) is sent again; it was stored and
+// judged twice, doubling the edge's requests and bytes (a rate or volume
+// finding that never happened). It is now taken once, however its JSON
+// is spaced, and only from the node that sent it; another window with
+// the same edges still counts.
+func TestRecordsRetriedReportCountedOnce(t *testing.T) {
+	e := start(t, "")
+	orders, reports := e.attest(ordersID), e.attest(reportsID)
+	rep := e.report(inboundEdge(reportsID, "GET", "/orders/{*}", "allow", 10))
+	body, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spaced bytes.Buffer
+	json.Indent(&spaced, body, "", "  ")
+	next := rep
+	next.Start, next.End = rep.End, rep.End.Add(time.Second)
+	tests := []struct {
+		name   string
+		from   *node
+		body   any
+		wantTo map[string]uint64 // requests per destination after the post
+	}{
+		{"first", orders, rep, map[string]uint64{ordersID: 10}},
+		{"retried", orders, rep, map[string]uint64{ordersID: 10}},
+		{"retried_spaced_otherwise", orders, spaced.Bytes(), map[string]uint64{ordersID: 10}},
+		{"same_body_from_another_node", reports, rep, map[string]uint64{ordersID: 10, reportsID: 10}},
+		{"next_window", orders, next, map[string]uint64{ordersID: 20, reportsID: 10}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if st, b := e.do(tc.from.http, "POST", wire.PathRecords, "", tc.body); st != 204 {
+				t.Fatalf("report: %d %s", st, b)
+			}
+			var edges server.Page[server.EdgeSummary]
+			e.admin("GET", server.PathAdminEdges, nil, &edges)
+			got := map[string]uint64{}
+			for _, x := range edges.Items {
+				got[x.Destination] += x.Requests
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.wantTo) {
+				t.Fatalf("requests per destination %v, want %v", got, tc.wantTo)
+			}
+		})
 	}
 }
 

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/moatless/moatless/internal/config"
 	"github.com/moatless/moatless/internal/server"
+	"github.com/moatless/moatless/internal/store"
 )
 
 // TestLostCAIsNotReplacedSilently: a data directory whose store lost its
@@ -57,5 +59,50 @@ func TestLostCAIsNotReplacedSilently(t *testing.T) {
 	e.admin("GET", server.PathAdminCA, nil, &st)
 	if newX, _ := activeIDs(st); newX == oldX || newX == "" {
 		t.Fatalf("a new CA after bundle.pem's removal: active %q, the lost one %q", newX, oldX)
+	}
+}
+
+// TestLostCACheckFailsClosed: checkLostCA took any error looking for
+// DIR/bundle.pem (permission denied, an I/O error, a name too long) for
+// "no such file" and made a new CA, saved in the store before the start
+// failed on the same directory: once the directory came back, the store
+// held a CA that nothing trusts. An error other than "does not exist" now
+// stops the start with the store untouched.
+func TestLostCACheckFailsClosed(t *testing.T) {
+	// A data directory whose bundle.pem path is one the kernel refuses
+	// (ENAMETOOLONG; permission denied when not root): the store and the
+	// KEK live elsewhere, as with PostgreSQL and a KEK from a secret.
+	base := t.TempDir()
+	dir := base
+	for len(dir) < 4090 {
+		dir = filepath.Join(dir, strings.Repeat("d", min(200, 4090-len(dir)-1)))
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Skipf("cannot make a %d-byte path here: %v", len(dir), err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, server.BundleFile)); err == nil || os.IsNotExist(err) {
+		t.Fatalf("lstat bundle.pem in a %d-byte directory: %v, want an error other than not-exist", len(dir), err)
+	}
+	storeDir := t.TempDir()
+	cfg := config.DefaultServer(func(string) string { return "" })
+	cfg.DataDir, cfg.TrustDomain, cfg.Listen = dir, "example.org", "127.0.0.1:0"
+	cfg.Store, cfg.KEKFile, cfg.AdminIDs = filepath.Join(storeDir, "moatless.db"), filepath.Join(storeDir, "kek"), nil
+	cfg.Complete()
+	srv, err := server.New(context.Background(), server.Config{Settings: cfg, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		srv.Close()
+		t.Fatal("started with a data directory it cannot check")
+	}
+	if !strings.Contains(err.Error(), "cannot be checked") {
+		t.Fatalf("start: %v", err)
+	}
+	t.Logf("refused: %.200s...", err)
+	db, err := store.Open(context.Background(), cfg.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.LoadCAState(context.Background()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused start left CA state in the store: %v", err)
 	}
 }

@@ -212,7 +212,16 @@ func (s *Server) oauthAudit(ctx context.Context, e token.AuditEvent) error {
 // tls_client_auth. The listener verified the certificate as an
 // X509-SVID of our trust domain at the handshake; peer checks expiry and
 // revocation again.
+//
+// A certificate on a request a web page made does not count (madeByAPage):
+// a browser holding a workload's or an admin's certificate presents it
+// to any page's request, so a page of another site could otherwise post
+// grant_type=client_credentials (a form needs no preflight) and have a
+// token minted, or a bound token revoked, as that client.
 func (s *Server) oauthPeer(r *http.Request) (spiffeid.ID, bool) {
+	if madeByAPage(r) {
+		return spiffeid.ID{}, false
+	}
 	c, err := s.peer(r)
 	if err != nil {
 		return spiffeid.ID{}, false

@@ -90,7 +90,9 @@ func (s *Server) handleAuditReport(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
 		writeErrors(w, http.StatusTooManyRequests, fmt.Sprintf("%s reported more decisions than its budget allows (%g per second, at most %d at once); retry later",
 			actor, s.cfg.AuditReportRate, s.cfg.AuditReportBurst))
-		s.log.Warn("audit report refused: over the node's budget", "spiffe_id", actor, "events", len(evs))
+		if s.overBudgetLog.allow(s.now()) {
+			s.log.Warn("audit report refused: over the node's budget (lines paced; see moatless_audit_report_events_total{outcome=\"rate_limited\"})", "spiffe_id", actor, "events", len(evs))
+		}
 		return
 	}
 	if err := s.audit.AppendWith(r.Context(), nil, evs...); err != nil {
@@ -193,15 +195,15 @@ func reportedEvent(i int, e *wire.AuditEvent) (audit.Event, error) {
 			d[k] = v
 		}
 	}
-	// The issuer and subject of a token refused as revoked: the issuer
-	// signed them, but a foreign issuer may have put anything there, so
-	// they are clipped and escaped like the caller's own text; only an
-	// unauthenticated decision carries them.
-	if e.Decision == "unauthenticated" {
-		for k, v := range map[string]string{"token_issuer": e.TokenIssuer, "token_subject": e.TokenSubject} {
-			if v != "" {
-				d[k] = clipReported(v, maxReportName)
-			}
+	// The issuer and subject of the request's token whose signature
+	// verified (the one it was authenticated with, or one refused after
+	// verifying: revoked, of a revoked identity): the issuer signed them,
+	// but a foreign issuer may have put anything there, so they are
+	// clipped and escaped like the caller's own text. Detection reads
+	// them only on an unauthenticated decision refused as revoked.
+	for k, v := range map[string]string{"token_issuer": e.TokenIssuer, "token_subject": e.TokenSubject} {
+		if v != "" {
+			d[k] = clipReported(v, maxReportName)
 		}
 	}
 	ev.Details = d

@@ -164,8 +164,15 @@ func (s *Server) sealedWithoutKey(kdf barrier.KDF, path string) {
 	s.log.Warn("secrets service sealed: no root key", "key_file", path)
 }
 
-// secretsPeer is the request's verified X509-SVID, nil without one.
+// secretsPeer is the request's verified X509-SVID, nil without one, and
+// nil on a request a web page made (madeByAPage): a certificate in a
+// browser is ambient, and a page of another site must not read, write or
+// log in as the workload whose certificate the browser holds. Tokens
+// travel in headers such a page cannot set, and still work.
 func (s *Server) secretsPeer(r *http.Request) (*secrets.Peer, error) {
+	if madeByAPage(r) {
+		return nil, nil
+	}
 	c, err := s.peer(r)
 	switch {
 	case errors.Is(err, errNoClientCert):

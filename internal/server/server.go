@@ -159,6 +159,10 @@ type Server struct {
 	heartbeat time.Duration
 	// refusals bounds audited anonymous refusals (limits.go).
 	refusals *failLimiter
+	// overBudgetLog paces the log lines of audit reports refused for a
+	// node's budget: a node looping over its budget would otherwise write
+	// one line per request. Every refusal is counted in the metrics.
+	overBudgetLog *failLimiter
 	// reports bounds the decision events each node may report (reports.go).
 	reports *keyedLimiter
 	// jwtSigns bounds the JWT-SVIDs each node may have signed (agentapi.go).
@@ -255,6 +259,7 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		s.now = time.Now
 	}
 	s.refusals = newFailLimiter(50, 200)
+	s.overBudgetLog = newFailLimiter(1, 10)
 	s.reports = newKeyedLimiter(st.AuditReportRate, float64(st.AuditReportBurst), 100_000)
 	s.jwtSigns = signingBudget(c.JWTSVIDRate, c.JWTSVIDBurst, DefaultJWTSVIDRate, DefaultJWTSVIDBurst)
 	s.x509Signs = signingBudget(c.X509SVIDRate, c.X509SVIDBurst, DefaultX509SVIDRate, DefaultX509SVIDBurst)
@@ -307,6 +312,10 @@ func New(ctx context.Context, c Config) (*Server, error) {
 	if opts.RevokedAuthorities, err = readRevokedAuthorities(st.DataDir); err != nil {
 		return nil, err
 	}
+	tainted, err := readAuthorityIDs(st.DataDir, TaintedAuthoritiesFile)
+	if err != nil {
+		return nil, err
+	}
 	if u := st.UpstreamCA; u != nil {
 		opts.Upstream, err = ca.LoadUpstream(u.Cert, u.Key, u.Bundle)
 		if err != nil {
@@ -322,6 +331,9 @@ func New(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	if err := s.raiseRestoredSequence(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.reapplyTaints(ctx, tainted); err != nil {
 		return nil, err
 	}
 	if err := s.initAdminToken(ctx, c.ResetAdminToken); err != nil {
@@ -534,8 +546,16 @@ func (s *Server) checkLostCA(ctx context.Context) error {
 		return nil // a CA to open, or an error ca.Open reports
 	}
 	bundle := filepath.Join(s.cfg.DataDir, BundleFile)
-	if _, err := os.Lstat(bundle); err != nil {
+	_, err := os.Lstat(bundle)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		// Not "no such file": the directory cannot be read (permissions,
+		// an I/O error). Whether a CA lived here is unknown, and a new
+		// CA, once saved, would stay after the directory came back.
+		return fmt.Errorf("server: the store holds no CA, and whether this data directory served one cannot be checked (%w): "+
+			"fix access to %s before starting; no new CA is made while it is unreadable", err, s.cfg.DataDir)
 	}
 	return fmt.Errorf("server: the store holds no CA, but %s exists: this data directory served a CA the store has lost "+
 		"(an SQLite store copied without its -wal file, or another database). Restore the store from a backup "+
@@ -726,9 +746,10 @@ func (s *Server) checkAdminToken(tok string) bool {
 }
 
 // writeBundleFile rewrites DIR/bundle.pem with the current X.509
-// authorities, atomically.
+// authorities, atomically, and brings ca-sequence, ca-revoked and
+// ca-tainted up to date, all from one CA snapshot.
 func (s *Server) writeBundleFile() error {
-	b := s.ca.Bundle()
+	b, status := s.ca.View()
 	var out []byte
 	for _, c := range b.X509Authorities() {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
@@ -741,7 +762,10 @@ func (s *Server) writeBundleFile() error {
 	if err := s.writeBundleSequence(seq); err != nil {
 		return err
 	}
-	return s.writeRevokedAuthorities()
+	if err := s.writeRevokedAuthorities(); err != nil {
+		return err
+	}
+	return s.writeTaintedAuthorities(status)
 }
 
 // remoteHost is the caller's address for logs and audit.

@@ -147,8 +147,9 @@ func (d dashboard) SVIDs(ctx context.Context, limit int) ([]store.IssuedSVID, in
 }
 
 func (d dashboard) CA(ctx context.Context) (ui.CAState, error) {
-	seq, _ := d.s.ca.Bundle().SequenceNumber()
-	return ui.CAState{TrustDomain: d.s.td.Name(), BundleSequence: seq, Authorities: d.s.ca.Status()}, nil
+	b, status := d.s.ca.View()
+	seq, _ := b.SequenceNumber()
+	return ui.CAState{TrustDomain: d.s.td.Name(), BundleSequence: seq, Authorities: status}, nil
 }
 
 func (d dashboard) PolicyHistory(ctx context.Context, before uint64, limit int) ([]store.PolicyVersion, error) {

@@ -415,7 +415,16 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		case <-expiry.C:
 			return
 		case <-heartbeat.C:
-			if s.revs.Load().revoked(id, c.serial) || s.signerRevoked(c) {
+			if s.revs.Load().revoked(id, c.serial) {
+				return
+			}
+			if s.signerRevoked(c) {
+				// The revoke has not woken this stream yet (the wake
+				// follows the store's version bump): the node gets the
+				// bundle without the authority that signed its SVID
+				// before the stream ends, as on a wake, or it would go
+				// on trusting that authority until it attests again.
+				send(wire.Update{Version: last, Bundle: s.cachedWireBundle()})
 				return
 			}
 			if !write(s.heartbeatAt(last)) {

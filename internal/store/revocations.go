@@ -135,6 +135,21 @@ func isRevokedID(ctx context.Context, q Queryer, id string) (bool, error) {
 	return true, nil
 }
 
+// IsRevokedSerialTx reports, inside tx, whether the certificate with
+// serial is revoked (expired entries included: a caller checks expiry
+// itself).
+func (s *DB) IsRevokedSerialTx(ctx context.Context, tx *sql.Tx, serial string) (bool, error) {
+	var x string
+	err := tx.QueryRowContext(ctx, "SELECT serial FROM revoked_serials WHERE serial = $1", serial).Scan(&x)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: read revocation: %w", err)
+	}
+	return true, nil
+}
+
 // PruneRevokedSerials drops revoked serials whose certificates expired at
 // or before now, bumping the revocations version when any went.
 func (s *DB) PruneRevokedSerials(ctx context.Context, tx *sql.Tx, now time.Time) (int64, error) {

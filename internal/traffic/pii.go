@@ -42,18 +42,66 @@ func (c *PIICounts) Add(o PIICounts) {
 // The sidecar runs it on sampled response bodies off the request path
 // (see internal/proxy); the bytes themselves are never kept or reported.
 func ScanPII(b []byte) PIICounts {
+	return scanPII(b, nil, nil)
+}
+
+// ScanPIIEcho is ScanPII of a response body b, not counting the matches
+// the request itself carried (req: its target and the first bytes of its
+// body): a form echoed back, a created record returned to its creator
+// discloses nothing the caller did not have. A match is the request's
+// when the same value, normalized (a card number's or SSN's digits, an
+// e-mail address in lower case), is in req as sent or percent-decoded.
+// Only exact values are discounted, never a count: a request stuffed
+// with made-up values hides nothing, and one that hides a value already
+// knew it. It allocates for the request's values; the bytes are never
+// kept.
+func ScanPIIEcho(b []byte, req [][]byte) PIICounts {
+	sent := map[string]struct{}{}
+	for _, r := range req {
+		scanPII(r, nil, sent)
+		if d, ok := percentDecode(r); ok {
+			scanPII(d, nil, sent)
+		}
+	}
+	if len(sent) == 0 {
+		return scanPII(b, nil, nil)
+	}
+	return scanPII(b, sent, nil)
+}
+
+// scanPII counts the matches in b, skipping those whose normalized value
+// is in skip; it adds every match's normalized value to collect when
+// collect is not nil. Without either it does not allocate.
+func scanPII(b []byte, skip, collect map[string]struct{}) PIICounts {
 	var c PIICounts
+	// seen reports whether the match b[s:e] of kind is the request's, and
+	// records it when collecting.
+	seen := func(kind string, s, e int) bool {
+		if skip == nil && collect == nil {
+			return false
+		}
+		k := piiKey(kind, b[s:e])
+		if collect != nil {
+			collect[k] = struct{}{}
+		}
+		_, ok := skip[k]
+		return ok
+	}
 	for i := 0; i < len(b); {
 		ch := b[i]
 		switch {
 		case isDigit(ch) && (i == 0 || !isAlnum(b[i-1])):
 			if n := ssnAt(b, i); n > 0 {
-				c.NationalIDs++
+				if !seen(PIINationalID, i, i+n) {
+					c.NationalIDs++
+				}
 				i += n
 				continue
 			}
 			if n := cardAt(b, i); n > 0 {
-				c.Cards++
+				if !seen(PIICard, i, i+n) {
+					c.Cards++
+				}
 				i += n
 				continue
 			}
@@ -62,8 +110,10 @@ func ScanPII(b []byte) PIICounts {
 			}
 			continue
 		case ch == '@':
-			if emailAround(b, i) {
-				c.Emails++
+			if l, e, ok := emailAround(b, i); ok {
+				if !seen(PIIEmail, l, e) {
+					c.Emails++
+				}
 				// Skip the domain so "a@b.c@d.e" counts once per "@".
 				i++
 				for i < len(b) && isDomainChar(b[i]) {
@@ -73,7 +123,9 @@ func ScanPII(b []byte) PIICounts {
 			}
 		case isUpper(ch) && (i == 0 || !isAlnum(b[i-1])):
 			if n := ninoAt(b, i); n > 0 {
-				c.NationalIDs++
+				if !seen(PIINationalID, i, i+n) {
+					c.NationalIDs++
+				}
 				i += n
 				continue
 			}
@@ -81,6 +133,62 @@ func ScanPII(b []byte) PIICounts {
 		i++
 	}
 	return c
+}
+
+// piiKey is the normalized value of match m of kind: its digits for a
+// card number or a national ID written with digits, lower case for an
+// e-mail address (and a UK NI number as it is).
+func piiKey(kind string, m []byte) string {
+	k := make([]byte, 0, len(m)+1)
+	k = append(k, kind[0])
+	for _, c := range m {
+		switch {
+		case kind == PIIEmail && isUpper(c):
+			k = append(k, c+'a'-'A')
+		case kind == PIIEmail || isAlnum(c):
+			k = append(k, c)
+		}
+	}
+	return string(k)
+}
+
+// percentDecode is b with %XX escapes and '+' decoded, as a form body or
+// a query carries values; ok is false when b has neither.
+func percentDecode(b []byte) ([]byte, bool) {
+	n := 0
+	for _, c := range b {
+		if c == '%' || c == '+' {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, false
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '+':
+			out = append(out, ' ')
+		case c == '%' && i+2 < len(b) && isHex(b[i+1]) && isHex(b[i+2]):
+			out = append(out, unhex(b[i+1])<<4|unhex(b[i+2]))
+			i += 2
+		default:
+			out = append(out, c)
+		}
+	}
+	return out, true
+}
+
+func isHex(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+func unhex(c byte) byte {
+	switch {
+	case isDigit(c):
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
@@ -233,17 +341,19 @@ func isLocalChar(c byte) bool {
 func isDomainChar(c byte) bool { return isAlnum(c) || c == '.' || c == '-' }
 
 // emailAround reports whether the "@" at b[at] joins a local part and a
-// domain with a dot and a top-level label of at least two letters.
-func emailAround(b []byte, at int) bool {
+// domain with a dot and a top-level label of at least two letters, and
+// where that address starts and ends.
+func emailAround(b []byte, at int) (start, end int, ok bool) {
 	l := at
 	for l > 0 && isLocalChar(b[l-1]) && at-l < 64 {
 		l--
 	}
 	if l == at {
-		return false
+		return 0, 0, false
 	}
 	r := at + 1
-	lastDot, end := -1, r
+	lastDot := -1
+	end = r
 	for end < len(b) && isDomainChar(b[end]) && end-r < 253 {
 		if b[end] == '.' {
 			lastDot = end
@@ -263,12 +373,12 @@ func emailAround(b []byte, at int) bool {
 		}
 	}
 	if lastDot <= r || end-lastDot-1 < 2 {
-		return false
+		return 0, 0, false
 	}
 	for k := lastDot + 1; k < end; k++ {
 		if !isAlpha(b[k]) {
-			return false
+			return 0, 0, false
 		}
 	}
-	return true
+	return l, end, true
 }

@@ -75,3 +75,34 @@ func BenchmarkScanPII(b *testing.B) {
 		ScanPII(body)
 	}
 }
+
+// TestScanPIIEcho: a response's personal data that the request itself
+// carried (a form echoed back, a created record returned) is not counted,
+// whether the request sent it raw, percent-encoded or formatted
+// otherwise; data the request did not carry is, however many made-up
+// values the request stuffs in.
+func TestScanPIIEcho(t *testing.T) {
+	const resp = `{"email":"Alice@Example.com","card":"4111 1111 1111 1111","ssn":"123-45-6789","nino":"AB123456C","boss":"carol@example.org"}`
+	tests := []struct {
+		name string
+		req  []string
+		want PIICounts
+	}{
+		{"no_request_counts_all", nil, PIICounts{Cards: 1, Emails: 2, NationalIDs: 2}},
+		{"json_echo", []string{"/users", `{"email":"alice@example.com","card":"4111111111111111","ssn":"123-45-6789","nino":"AB123456C"}`}, PIICounts{Emails: 1}},
+		{"form_echo", []string{"/users", "email=alice%40example.com&card=4111-1111-1111-1111&nino=AB123456C"}, PIICounts{Emails: 1, NationalIDs: 1}},
+		{"query_echo", []string{"/lookup?email=alice%40example.com", ""}, PIICounts{Cards: 1, Emails: 1, NationalIDs: 2}},
+		{"stuffed_request_hides_nothing", []string{"/users", strings.Repeat("x@example.net 5555555555554444 078-05-1120 ", 50)}, PIICounts{Cards: 1, Emails: 2, NationalIDs: 2}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var req [][]byte
+			for _, r := range tc.req {
+				req = append(req, []byte(r))
+			}
+			if got := ScanPIIEcho([]byte(resp), req); got != tc.want {
+				t.Errorf("ScanPIIEcho = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}

@@ -417,9 +417,11 @@ type AuditEvent struct {
 	// TraceID is the W3C trace ID (32 lower-case hex digits) of the
 	// request's sampled trace, when the reporter traces.
 	TraceID string `json:"trace_id,omitempty"`
-	// TokenIssuer and TokenSubject name the token of an unauthenticated
-	// decision that refused it as revoked after its signature verified:
-	// whose credential was presented (the caller may be relaying it).
+	// TokenIssuer and TokenSubject name the request's token whose
+	// signature verified: the one it was authenticated with, or one
+	// refused after verifying (revoked, of a revoked identity, another
+	// audience): whose credential was presented (the caller may be
+	// relaying it). At most 256 bytes each.
 	TokenIssuer  string `json:"token_issuer,omitempty"`
 	TokenSubject string `json:"token_subject,omitempty"`
 }
