@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +23,7 @@ func runOAuth(ctx context.Context, e *Env, args []string) int {
 		{"client", "create, list, show, rotate-secret and delete OAuth clients", runOAuthClient},
 		{"user", "create, list, show and delete users; passwords and MFA", runOAuthUser},
 		{"token", "revoke and introspect tokens; list revoked token IDs", runOAuthToken},
-		{"keys", "list the token signing keys (public data); rotate them now", runOAuthKeys},
+		{"keys", "list the token signing keys (public data); rotate them now; revoke a leaked one", runOAuthKeys},
 	}, args)
 }
 
@@ -626,11 +627,23 @@ func runOAuthKeys(ctx context.Context, e *Env, args []string) int {
 	return e.subcommand(ctx, "oauth keys", []command{
 		{"list", "list the signing keys: signing, next and retired-but-published", runOAuthKeysList},
 		{"rotate", "make a new key that signs from now on (emergency rotation)", runOAuthKeysRotate},
+		{"revoke", "remove a leaked key that no longer signs (rotate first): its tokens stop verifying", runOAuthKeysRevoke},
 	}, args)
 }
 
 func runOAuthKeysRotate(ctx context.Context, e *Env, args []string) int {
 	return e.oauthKeys(ctx, "oauth keys rotate", "POST", "keys/rotate", args)
+}
+
+func runOAuthKeysRevoke(ctx context.Context, e *Env, args []string) int {
+	kid, rest := positional(args)
+	if kid == "" && (slices.Contains(rest, "-h") || slices.Contains(rest, "-help") || slices.Contains(rest, "--help")) {
+		return e.oauthKeys(ctx, "oauth keys revoke KID", "POST", "", rest) // prints the usage
+	}
+	if kid == "" {
+		return e.errorf(ExitUsage, "oauth keys revoke: give the KID of a key that no longer signs (`moatless oauth keys list`; if it signs, `moatless oauth keys rotate` first)")
+	}
+	return e.oauthKeys(ctx, "oauth keys revoke", "POST", "keys/"+url.PathEscape(kid)+"/revoke", rest)
 }
 
 func runOAuthKeysList(ctx context.Context, e *Env, args []string) int {

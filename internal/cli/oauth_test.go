@@ -29,7 +29,7 @@ func TestOAuthCommandsHelp(t *testing.T) {
 		{"oauth", "user", "delete", "-h"}, {"oauth", "user", "set-password", "-h"}, {"oauth", "user", "mfa-enroll", "-h"},
 		{"oauth", "user", "mfa-confirm", "-h"}, {"oauth", "user", "reset-mfa", "-h"},
 		{"oauth", "token", "get", "-h"}, {"oauth", "token", "revoke", "-h"}, {"oauth", "token", "introspect", "-h"}, {"oauth", "token", "revoked", "-h"},
-		{"oauth", "keys", "-h"}, {"oauth", "keys", "list", "-h"}, {"oauth", "keys", "rotate", "-h"}, {"oauth", "help"},
+		{"oauth", "keys", "-h"}, {"oauth", "keys", "list", "-h"}, {"oauth", "keys", "rotate", "-h"}, {"oauth", "keys", "revoke", "-h"}, {"oauth", "help"},
 	} {
 		t.Run(strings.Join(args[1:], "_"), func(t *testing.T) {
 			if code, _, stderr := runCLI(t, nil, args...); code != ExitOK {
@@ -174,9 +174,22 @@ func TestOAuthCommandsAgainstServer(t *testing.T) {
 	if out := run(ExitOK, "oauth", "keys"); !strings.Contains(out, "signing") {
 		t.Fatalf("keys: %s", out)
 	}
-	if out := run(ExitOK, "oauth", "keys", "rotate"); !strings.Contains(out, "retired") || !strings.Contains(out, "signing") {
+	out = run(ExitOK, "oauth", "keys", "rotate")
+	if !strings.Contains(out, "retired") || !strings.Contains(out, "signing") {
 		t.Fatalf("keys rotate: %s", out)
 	}
+	// The retired (possibly leaked) key is revoked: it leaves the list.
+	var retired string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == "retired" {
+			retired = f[0]
+		}
+	}
+	if out := run(ExitOK, "oauth", "keys", "revoke", retired); retired == "" || strings.Contains(out, retired) || !strings.Contains(out, "signing") {
+		t.Fatalf("keys revoke %q: %s", retired, out)
+	}
+	run(ExitNotFound, "oauth", "keys", "revoke", retired)
+	run(ExitUsage, "oauth", "keys", "revoke")
 	run(ExitOK, "oauth", "client", "delete", "orders")
 	run(ExitNotFound, "oauth", "client", "delete", "orders")
 	run(ExitOK, "oauth", "user", "delete", "alice")

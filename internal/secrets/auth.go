@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
 	"github.com/moatless/moatless/internal/audit"
@@ -42,6 +45,11 @@ type tokenCtx struct {
 	// (store.SecretsToken.CreatorSPIFFEID): its revocation ends the token,
 	// but grants the token nothing (spiffeID does).
 	creator string
+	// authority is the CA authority whose SVID the token was obtained
+	// with (store.SecretsToken.CAAuthority), or that issued the mTLS
+	// identity's certificate: its revocation ends the token and what the
+	// token creates.
+	authority string
 }
 
 // revokedWith is the SPIFFE ID whose revocation ends the token: its
@@ -104,7 +112,7 @@ func (s *Service) authenticate(rq *req) error {
 		if peer == nil {
 			return errf(http.StatusForbidden, "permission denied: no token (X-Vault-Token) and no client certificate")
 		}
-		rq.tok = &tokenCtx{subject: peer.SPIFFEID, spiffeID: peer.SPIFFEID}
+		rq.tok = &tokenCtx{subject: peer.SPIFFEID, spiffeID: peer.SPIFFEID, authority: peer.Authority}
 		rq.tok.acl = s.aclFor(rq.ctx, rq.tok)
 		return nil
 	}
@@ -151,6 +159,11 @@ func (s *Service) authenticate(rq *req) error {
 			return errf(http.StatusForbidden, "permission denied: the token's SPIFFE ID, or that of the workload that created it, is revoked")
 		}
 	}
+	if tc.authority != "" && slices.Contains(s.cfg.RevokedAuthorities(), tc.authority) {
+		rq.details["token_accessor"] = t.Accessor
+		rq.details["reason"] = "CA authority revoked"
+		return errf(http.StatusForbidden, "permission denied: the CA authority %s that signed the SVID this token was obtained with is revoked; log in again with a current SVID", tc.authority)
+	}
 	if t.NumUses > 0 {
 		if err := s.db.UseSecretsToken(rq.ctx, t.Accessor, s.now()); errors.Is(err, store.ErrNotFound) {
 			return errPermission
@@ -164,7 +177,7 @@ func (s *Service) authenticate(rq *req) error {
 }
 
 func tokenFromStored(t *store.SecretsToken) *tokenCtx {
-	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t, creator: t.CreatorSPIFFEID}
+	tc := &tokenCtx{accessor: t.Accessor, subject: t.Subject, policies: t.Policies, stored: t, creator: t.CreatorSPIFFEID, authority: t.CAAuthority}
 	switch {
 	case strings.HasPrefix(t.Subject, "spiffe://"):
 		tc.spiffeID = t.Subject
@@ -195,6 +208,8 @@ type issued struct {
 	parent string
 	// creator: store.SecretsToken.CreatorSPIFFEID.
 	creator string
+	// authority: store.SecretsToken.CAAuthority.
+	authority string
 }
 
 // Bounds of the token tree: a token at most maxTokenDepth tokens below an
@@ -264,7 +279,7 @@ func (s *Service) issueToken(rq *req, tx *sql.Tx, in issued) (*authInfo, error) 
 	}
 	st := store.SecretsToken{Accessor: newUUID(), Hash: hashToken(tok), Subject: in.subject, DisplayName: in.display,
 		Policies: in.policies, Meta: in.meta, TTL: in.ttl, Renewable: in.renewable, NumUses: in.numUses, BoundCIDRs: in.boundCIDRs,
-		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent, CreatorSPIFFEID: in.creator}
+		CreatedAt: now, ExpiresAt: exp, MaxExpires: maxExp, Parent: in.parent, CreatorSPIFFEID: in.creator, CAAuthority: in.authority}
 	if err := s.db.CreateSecretsToken(rq.ctx, tx, st); err != nil {
 		return nil, err
 	}
@@ -332,7 +347,7 @@ func (s *Service) certLogin(rq *req) (*envelope, error) {
 	if peer == nil {
 		return nil, s.loginFailed(rq, "cert login needs mutual TLS with an X509-SVID of this trust domain", "no certificate")
 	}
-	return s.login(rq, issued{subject: peer.SPIFFEID, display: "cert-" + peer.SPIFFEID, notAfter: peer.NotAfter, renewable: true},
+	return s.login(rq, issued{subject: peer.SPIFFEID, display: "cert-" + peer.SPIFFEID, notAfter: peer.NotAfter, renewable: true, authority: peer.Authority},
 		map[string]string{"method": "cert"})
 }
 
@@ -399,7 +414,18 @@ func (s *Service) jwtLogin(rq *req) (*envelope, error) {
 	rq.details["spiffe_id"] = id
 	return s.login(rq, issued{subject: "jwt:" + role, display: "jwt-" + role, policies: jr.TokenPolicies,
 		meta: map[string]string{"role": role, "spiffe_id": id}, ttl: jr.TokenTTL, maxTTL: jr.TokenMaxTTL, numUses: jr.TokenNumUses,
-		notAfter: svid.Expiry, renewable: true, boundCIDRs: jr.TokenBoundCIDRs}, map[string]string{"method": "jwt"})
+		notAfter: svid.Expiry, renewable: true, boundCIDRs: jr.TokenBoundCIDRs, authority: jwtKeyID(tok)}, map[string]string{"method": "jwt"})
+}
+
+// jwtKeyID is the key ID in a validated JWT-SVID's header: the CA's JWT
+// authority that signed it (jwtsvid found the key by it).
+func jwtKeyID(raw string) string {
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.ES512,
+		jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512, jose.EdDSA})
+	if err != nil || len(tok.Headers) == 0 || len(tok.Headers[0].KeyID) > 256 {
+		return ""
+	}
+	return tok.Headers[0].KeyID
 }
 
 func checkCIDRs(cidrs []string, r *http.Request) error {
@@ -660,7 +686,7 @@ func (s *Service) createToken(rq *req, orphan bool) (*envelope, error) {
 	}
 	// An orphan too: revoking the creator's identity ends what it minted.
 	in := issued{subject: "token:" + display, display: "token-" + display, policies: pols, meta: meta, ttl: ttl, maxTTL: maxTTL,
-		numUses: uses, renewable: renew, creator: rq.tok.revokedWith()}
+		numUses: uses, renewable: renew, creator: rq.tok.revokedWith(), authority: rq.tok.authority}
 	if p := rq.tok.stored; p != nil && !orphan {
 		// A child never outlives its parent's max TTL; the parent's
 		// revocation or expiry ends it sooner.
@@ -676,6 +702,39 @@ func (s *Service) revokeTokenAudited(rq *req, accessor string) error {
 		return err
 	}
 	return nil
+}
+
+// revokeTokensOfRevokedAuthorities revokes, with their trees and leases,
+// the tokens obtained with an SVID of a CA authority revoked since
+// (Config.RevokedAuthorities): authenticate refuses them already, and
+// this ends the database users they obtained. At most 500 tokens an
+// authority a pass; the next pass takes the rest.
+func (s *Service) revokeTokensOfRevokedAuthorities(ctx context.Context) {
+	for _, id := range s.cfg.RevokedAuthorities() {
+		// The leases first: those obtained over mTLS with a certificate
+		// of the authority (no token) too.
+		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
+			n, err := s.db.MarkLeasesOfAuthority(ctx, tx, id, s.now())
+			if err != nil || n == 0 {
+				return err
+			}
+			return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke_authority", Actor: "moatless-secrets", Subject: id,
+				Outcome: audit.Success, Details: map[string]string{"reason": "CA authority revoked", "leases": strconv.FormatInt(n, 10)}})
+		})
+		if err != nil {
+			s.log.Warn("revoke the leases of a revoked CA authority", "authority", id, "err", err)
+		}
+		accs, err := s.db.SecretsTokensOfAuthority(ctx, id, 500)
+		if err != nil {
+			s.log.Warn("read the tokens of a revoked CA authority", "authority", id, "err", err)
+			continue
+		}
+		for _, a := range accs {
+			if err := s.revokeToken(ctx, a, "CA authority "+id+" revoked"); err != nil && !errors.Is(err, store.ErrNotFound) {
+				s.log.Warn("revoke a token of a revoked CA authority", "authority", id, "err", err)
+			}
+		}
+	}
 }
 
 // revokeToken revokes a token, the tokens under it (its children, theirs,

@@ -595,7 +595,7 @@ func (s *Service) dbCreds(rq *req, roleName string) (*envelope, error) {
 		owner = rq.tok.actor()
 	}
 	rev, ren := role.Revocation, role.Renew
-	lease := store.Lease{ID: "database/creds/" + roleName + "/" + newID(12), Path: rq.path, Kind: "database", TokenAccessor: owner, SPIFFEID: rq.tok.revokedWith(),
+	lease := store.Lease{ID: "database/creds/" + roleName + "/" + newID(12), Path: rq.path, Kind: "database", TokenAccessor: owner, SPIFFEID: rq.tok.revokedWith(), CAAuthority: rq.tok.authority,
 		Renewable: true, IssuedAt: now, ExpiresAt: exp, MaxExpires: now.Add(maxTTL)}
 	sealed, err := s.barrier.Seal("lease/"+lease.ID, jsonSpec(dbLease{DB: role.DBName, Role: roleName, Username: user, Revocation: rev, Renew: ren}))
 	if err != nil {

@@ -57,6 +57,11 @@ type Peer struct {
 	// NotAfter is when the presented X509-SVID expires; tokens from cert
 	// login never outlive it.
 	NotAfter time.Time
+	// Authority is the ID of the CA authority that issued the
+	// certificate (as `moatless ca show` lists it: the hex of its subject
+	// key ID, the leaf's authority key ID): tokens obtained with it end
+	// when that authority is revoked (Config.AuthorityRevoked).
+	Authority string
 }
 
 // Config configures a Service. Store and Audit are required.
@@ -74,6 +79,12 @@ type Config struct {
 	// Revoked reports whether a SPIFFE ID is revoked (tokens of a revoked
 	// identity stop working at once).
 	Revoked func(spiffeID string) bool
+	// RevokedAuthorities lists the IDs of the CA authorities (X.509
+	// authorities and JWT keys) that were revoked (`moatless ca revoke`):
+	// a token obtained with an SVID one signed, and every token created
+	// under that token, is refused from then on, and revoked with its
+	// leases at the next Tick. nil: none is.
+	RevokedAuthorities func() []string
 	// JWTBundles validates JWT-SVIDs for jwt login (the CA's JWT keys).
 	JWTBundles jwtbundle.Source
 	// TrustDomain is the server's trust domain (JWT-SVIDs of others are
@@ -149,6 +160,9 @@ func New(c Config) (*Service, error) {
 	}
 	if s.cfg.Revoked == nil {
 		s.cfg.Revoked = func(string) bool { return false }
+	}
+	if s.cfg.RevokedAuthorities == nil {
+		s.cfg.RevokedAuthorities = func() []string { return nil }
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -343,6 +357,7 @@ func (s *Service) Tick(ctx context.Context) {
 		}
 	}
 	s.revokeLeasesOfRevokedIDs(ctx)
+	s.revokeTokensOfRevokedAuthorities(ctx)
 	s.revokeDueLeases(ctx)
 	if last := s.lastRotateCheck.Load(); last == nil || now.Sub(*last) >= time.Minute {
 		s.lastRotateCheck.Store(&now)

@@ -87,6 +87,9 @@ func (s *Server) initOAuth(ctx context.Context, issuer string) error {
 		OnRevoke:   s.oauthRevoked,
 		SVIDPeer:   s.oauthPeer,
 		JWTBundles: caJWTBundles{s},
+		// Tokens issued on the strength of a CA key (a JWT-SVID it
+		// signed, a client X509-SVID it issued) end with its revocation.
+		RevokedAuthorities: func() []string { return s.ca.RevokedIDs() },
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

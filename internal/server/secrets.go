@@ -10,6 +10,7 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -49,9 +50,11 @@ func (s *Server) initSecrets(ctx context.Context, c Config) error {
 	svc, err := secrets.New(secrets.Config{
 		Store: s.db, Audit: s.audit, Now: s.now, Logger: s.log.With("component", "secrets"),
 		Peer: s.secretsPeer, Admin: s.secretsAdmin,
-		Revoked:     func(id string) bool { return s.revs.Load().revoked(id, "") },
-		JWTBundles:  caJWTBundles{s},
-		TrustDomain: s.td.Name(),
+		Revoked: func(id string) bool { return s.revs.Load().revoked(id, "") },
+		// Tokens obtained with an SVID of a revoked CA key end with it.
+		RevokedAuthorities: func() []string { return s.ca.RevokedIDs() },
+		JWTBundles:         caJWTBundles{s},
+		TrustDomain:        s.td.Name(),
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -177,7 +180,7 @@ func (s *Server) secretsPeer(r *http.Request) (*secrets.Peer, error) {
 	case err != nil:
 		return nil, err
 	}
-	return &secrets.Peer{SPIFFEID: c.id.String(), NotAfter: c.leaf.NotAfter}, nil
+	return &secrets.Peer{SPIFFEID: c.id.String(), NotAfter: c.leaf.NotAfter, Authority: hex.EncodeToString(c.leaf.AuthorityKeyId)}, nil
 }
 
 // secretsAdmin recognises the admin credential on a secrets request: the

@@ -181,6 +181,22 @@ type bundlePublication struct {
 // the change stays pending and the maintenance loop publishes it
 // (retryBundlePublication), with ev, once the store takes it.
 func (s *Server) publishBundle(ctx context.Context, ev audit.Event) error {
+	err := s.publishBundleEvent(ctx, ev)
+	// A revoked CA key (revoked here or adopted from another replica)
+	// takes the tokens issued on its strength with it now, not at the
+	// token service's next tick; after the bundle went out, which agents
+	// need first.
+	if o := s.OAuth(); o != nil {
+		// Not cut short by an admin client that hangs up: Tick would
+		// otherwise be the next chance, 30 s later.
+		if err := o.RevokeAuthorityTokens(context.WithoutCancel(ctx)); err != nil {
+			s.log.Error("revoke the access tokens of a revoked CA authority; will retry", "err", err)
+		}
+	}
+	return err
+}
+
+func (s *Server) publishBundleEvent(ctx context.Context, ev audit.Event) error {
 	seq, _ := s.ca.Bundle().SequenceNumber()
 	if ev.Details == nil {
 		ev.Details = map[string]string{}

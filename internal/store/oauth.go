@@ -588,6 +588,19 @@ func (o *OAuth) RetireSigningKeys(ctx context.Context, at, expireBy time.Time) e
 	return nil
 }
 
+func (o *OAuth) RevokeSigningKey(ctx context.Context, kid string) error {
+	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE kid = $1", kid)
+	if err != nil {
+		return oerr("revoke signing key", err)
+	}
+	if ok, err := rowsOne(res); err != nil {
+		return oerr("revoke signing key", err)
+	} else if !ok {
+		return oauthNotFound("signing key")
+	}
+	return nil
+}
+
 func (o *OAuth) DeleteSigningKeys(ctx context.Context, before time.Time) (int, error) {
 	res, err := o.q(ctx).ExecContext(ctx, "DELETE FROM oauth_signing_keys WHERE expire_at < $1", unix(before))
 	if err != nil {
@@ -960,33 +973,42 @@ func (o *OAuth) RotateRefreshToken(ctx context.Context, oldHash []byte, next *to
 func (o *OAuth) RevokeTokenID(ctx context.Context, jti string, exp, at time.Time) ([]token.RevokedToken, error) {
 	var out []token.RevokedToken
 	err := o.tx(ctx, func(tx *sql.Tx) error {
-		out = nil
-		if err := lockTokenLink(ctx, tx, jti, exp); err != nil {
-			return oerr("revoke token id", err)
-		}
-		frontier := []token.RevokedToken{{JTI: jti, ExpiresAt: exp}}
-		for len(frontier) > 0 {
-			t := frontier[0]
-			frontier = frontier[1:]
-			res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-				t.JTI, unix(t.ExpiresAt), unix(at))
-			if err != nil {
-				return oerr("revoke token id", err)
-			}
-			if fresh, err := rowsOne(res); err != nil {
-				return oerr("revoke token id", err)
-			} else if fresh {
-				out = append(out, t)
-			}
-			kids, err := o.tokenChildren(ctx, tx, t.JTI, at)
-			if err != nil {
-				return oerr("revoke token id", err)
-			}
-			frontier = append(frontier, kids...)
+		var err error
+		if out, err = o.revokeTokenTree(ctx, tx, jti, exp, at, nil); err != nil {
+			return err
 		}
 		return bumpIfRevoked(ctx, o.db, tx, len(out))
 	})
 	return out, err
+}
+
+// revokeTokenTree lists jti and every unexpired token exchanged from it,
+// transitively, as revoked in tx, appending the newly listed ones to out.
+func (o *OAuth) revokeTokenTree(ctx context.Context, tx *sql.Tx, jti string, exp, at time.Time, out []token.RevokedToken) ([]token.RevokedToken, error) {
+	if err := lockTokenLink(ctx, tx, jti, exp); err != nil {
+		return out, oerr("revoke token id", err)
+	}
+	frontier := []token.RevokedToken{{JTI: jti, ExpiresAt: exp}}
+	for len(frontier) > 0 {
+		t := frontier[0]
+		frontier = frontier[1:]
+		res, err := tx.ExecContext(ctx, "INSERT INTO oauth_revoked_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+			t.JTI, unix(t.ExpiresAt), unix(at))
+		if err != nil {
+			return out, oerr("revoke token id", err)
+		}
+		if fresh, err := rowsOne(res); err != nil {
+			return out, oerr("revoke token id", err)
+		} else if fresh {
+			out = append(out, t)
+		}
+		kids, err := o.tokenChildren(ctx, tx, t.JTI, at)
+		if err != nil {
+			return out, oerr("revoke token id", err)
+		}
+		frontier = append(frontier, kids...)
+	}
+	return out, nil
 }
 
 // lockTokenLink makes sure jti has an oauth_token_links row and holds it
@@ -1078,6 +1100,57 @@ func (o *OAuth) RecordExchange(ctx context.Context, parent string, parentExp tim
 	})
 }
 
+func (o *OAuth) RecordTokenAuthorities(ctx context.Context, jti string, exp time.Time, authorities []string) error {
+	return o.tx(ctx, func(tx *sql.Tx) error {
+		for _, a := range authorities {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO oauth_token_authorities (authority, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+				a, jti, unix(exp)); err != nil {
+				return oerr("record token authorities", err)
+			}
+		}
+		return nil
+	})
+}
+
+func (o *OAuth) RevokeAuthorityTokens(ctx context.Context, authorities []string, at time.Time) ([]token.RevokedToken, error) {
+	var out []token.RevokedToken
+	for _, a := range authorities {
+		// One transaction an authority: one version bump (one reload of
+		// the revoked list on every replica) for all its tokens.
+		var got []token.RevokedToken
+		err := o.tx(ctx, func(tx *sql.Tx) error {
+			got = nil
+			rows, err := tx.QueryContext(ctx, `SELECT a.jti, a.expires_at FROM oauth_token_authorities a
+				WHERE a.authority = $1 AND a.expires_at > $2
+				AND NOT EXISTS (SELECT 1 FROM oauth_revoked_tokens r WHERE r.jti = a.jti) ORDER BY a.jti`, a, unix(at))
+			if err != nil {
+				return oerr("revoke authority tokens", err)
+			}
+			toks, err := scanRevokedTokens(rows)
+			if err != nil {
+				return oerr("revoke authority tokens", err)
+			}
+			for _, t := range toks {
+				if got, err = o.revokeTokenTree(ctx, tx, t.JTI, t.ExpiresAt, at, got); err != nil {
+					return err
+				}
+				// Its revocation is recorded: the next sweep need not
+				// read it again (only rows it read: one recorded since
+				// is the next sweep's).
+				if _, err := tx.ExecContext(ctx, "DELETE FROM oauth_token_authorities WHERE authority = $1 AND jti = $2", a, t.JTI); err != nil {
+					return oerr("revoke authority tokens", err)
+				}
+			}
+			return bumpIfRevoked(ctx, o.db, tx, len(got))
+		})
+		if err != nil {
+			return out, err
+		}
+		out = append(out, got...)
+	}
+	return out, nil
+}
+
 func (o *OAuth) TokenIDRevoked(ctx context.Context, jti string) (bool, error) {
 	var n int
 	if err := o.q(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $1", jti).Scan(&n); err != nil {
@@ -1167,6 +1240,7 @@ func (o *OAuth) Prune(ctx context.Context, now time.Time) error {
 		"DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_grant_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_token_links WHERE expires_at < $1",
+		"DELETE FROM oauth_token_authorities WHERE expires_at < $1",
 		"DELETE FROM oauth_grants WHERE expires_at < $1",
 		"DELETE FROM oauth_revoked_tokens WHERE expires_at < $1",
 		"DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",

@@ -166,6 +166,10 @@ type SecretsToken struct {
 	// token, directly over mTLS or through a token of its own (inherited
 	// down a tree), "" when none did: revoking that ID ends the token.
 	CreatorSPIFFEID string
+	// CAAuthority is the ID of the CA authority that signed the SVID the
+	// token was obtained with (inherited down a tree), "" for none:
+	// revoking that authority ends the token.
+	CAAuthority string
 }
 
 // CreateSecretsToken stores a new token.
@@ -177,16 +181,16 @@ func (s *DB) CreateSecretsToken(ctx context.Context, q Queryer, t SecretsToken) 
 		cidrs, _ = json.Marshal(t.BoundCIDRs)
 	}
 	_, err := q.ExecContext(ctx, `INSERT INTO secrets_tokens (accessor, token_hash, subject, display_name, policies, meta, ttl, renewable,
-		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id, ca_authority) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
 		t.Accessor, t.Hash, t.Subject, t.DisplayName, string(pol), string(meta), int64(t.TTL), boolInt(t.Renewable), t.NumUses,
-		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent, t.CreatorSPIFFEID)
+		ns(t.CreatedAt), ns(t.ExpiresAt), ns(t.MaxExpires), string(cidrs), t.Parent, t.CreatorSPIFFEID, t.CAAuthority)
 	if err != nil {
 		return fmt.Errorf("store: create token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id"
+const tokenCols = "accessor, token_hash, subject, display_name, policies, meta, ttl, renewable, num_uses, created_at, expires_at, max_expires_at, bound_cidrs, parent_accessor, creator_spiffe_id, ca_authority"
 
 // SecretsTokenByHash finds a token by the SHA-256 of its value.
 func (s *DB) SecretsTokenByHash(ctx context.Context, hash []byte) (SecretsToken, error) {
@@ -202,7 +206,7 @@ func scanToken(r *sql.Row) (SecretsToken, error) {
 	var t SecretsToken
 	var pol, meta, cidrs string
 	var ttl, renew, created, exp, maxExp int64
-	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent, &t.CreatorSPIFFEID)
+	err := r.Scan(&t.Accessor, &t.Hash, &t.Subject, &t.DisplayName, &pol, &meta, &ttl, &renew, &t.NumUses, &created, &exp, &maxExp, &cidrs, &t.Parent, &t.CreatorSPIFFEID, &t.CAAuthority)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("%w: token", ErrNotFound)
 	}
@@ -289,6 +293,16 @@ func (s *DB) ExpiredSecretsTokens(ctx context.Context, now time.Time, limit int)
 		ORDER BY expires_at LIMIT $2`, ns(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: expired tokens: %w", err)
+	}
+	return scanStrings(rows)
+}
+
+// SecretsTokensOfAuthority lists at most limit accessors of tokens
+// obtained with an SVID of the CA authority id (CAAuthority).
+func (s *DB) SecretsTokensOfAuthority(ctx context.Context, id string, limit int) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT accessor FROM secrets_tokens WHERE ca_authority = $1 ORDER BY accessor LIMIT $2", id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: tokens of a CA authority: %w", err)
 	}
 	return scanStrings(rows)
 }

@@ -232,11 +232,14 @@ type Lease struct {
 	Kind          string // "database"
 	TokenAccessor string
 	SPIFFEID      string // the identity behind the lease; "" for AppRole and admin tokens
-	Sealed        []byte // what revocation needs, sealed
-	Renewable     bool
-	IssuedAt      time.Time
-	ExpiresAt     time.Time
-	MaxExpires    time.Time
+	// CAAuthority is the CA authority of the SVID behind the lease (the
+	// token's CAAuthority, or the mTLS identity's issuer); "" for none.
+	CAAuthority string
+	Sealed      []byte // what revocation needs, sealed
+	Renewable   bool
+	IssuedAt    time.Time
+	ExpiresAt   time.Time
+	MaxExpires  time.Time
 	// RevokeRequestedAt is set once revocation was asked for (or the lease
 	// expired and revocation began); the lease stays until revocation
 	// succeeds.
@@ -246,13 +249,13 @@ type Lease struct {
 	LastError         string
 }
 
-const leaseCols = "id, path, kind, token_accessor, spiffe_id, sealed, renewable, issued_at, expires_at, max_expires_at, revoke_requested_at, attempts, next_attempt_at, last_error"
+const leaseCols = "id, path, kind, token_accessor, spiffe_id, sealed, renewable, issued_at, expires_at, max_expires_at, revoke_requested_at, attempts, next_attempt_at, last_error, ca_authority"
 
 func scanLease(r interface{ Scan(...any) error }) (Lease, error) {
 	var l Lease
 	var renew int
 	var iss, exp, maxExp, req, next int64
-	err := r.Scan(&l.ID, &l.Path, &l.Kind, &l.TokenAccessor, &l.SPIFFEID, &l.Sealed, &renew, &iss, &exp, &maxExp, &req, &l.Attempts, &next, &l.LastError)
+	err := r.Scan(&l.ID, &l.Path, &l.Kind, &l.TokenAccessor, &l.SPIFFEID, &l.Sealed, &renew, &iss, &exp, &maxExp, &req, &l.Attempts, &next, &l.LastError, &l.CAAuthority)
 	if errors.Is(err, sql.ErrNoRows) {
 		return l, fmt.Errorf("%w: lease", ErrNotFound)
 	}
@@ -266,9 +269,9 @@ func scanLease(r interface{ Scan(...any) error }) (Lease, error) {
 
 // CreateLease stores a lease.
 func (s *DB) CreateLease(ctx context.Context, q Queryer, l Lease) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO secrets_leases (`+leaseCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+	_, err := q.ExecContext(ctx, `INSERT INTO secrets_leases (`+leaseCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		l.ID, l.Path, l.Kind, l.TokenAccessor, l.SPIFFEID, l.Sealed, boolInt(l.Renewable), ns(l.IssuedAt), ns(l.ExpiresAt), ns(l.MaxExpires),
-		ns(l.RevokeRequestedAt), l.Attempts, ns(l.NextAttemptAt), l.LastError)
+		ns(l.RevokeRequestedAt), l.Attempts, ns(l.NextAttemptAt), l.LastError, l.CAAuthority)
 	if err != nil {
 		return fmt.Errorf("store: create lease: %w", err)
 	}
@@ -345,6 +348,16 @@ func (s *DB) MarkLeasesOfToken(ctx context.Context, q Queryer, accessor string, 
 		WHERE token_accessor = $2`, ns(now), accessor)
 	if err != nil {
 		return 0, fmt.Errorf("store: revoke leases of a token: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// MarkLeasesOfAuthority asks for the revocation of every lease obtained
+// with an SVID of the CA authority id (CAAuthority).
+func (s *DB) MarkLeasesOfAuthority(ctx context.Context, q Queryer, id string, now time.Time) (int64, error) {
+	res, err := q.ExecContext(ctx, "UPDATE secrets_leases SET revoke_requested_at = $1 WHERE ca_authority = $2 AND revoke_requested_at = 0", ns(now), id)
+	if err != nil {
+		return 0, fmt.Errorf("store: revoke leases of CA authority %s: %w", id, err)
 	}
 	return res.RowsAffected()
 }

@@ -44,6 +44,8 @@ import (
 //	GET    tokens/revoked               revoked access token IDs
 //	GET    keys                         signing keys (public data only)
 //	POST   keys/rotate                  emergency rotation: a new key signs from now on
+//	POST   keys/{kid}/revoke            remove a (leaked) key that no longer signs: it
+//	                                    leaves the JWKS and its tokens stop verifying
 func (s *Service) AdminHandler() http.Handler { return s.admin }
 
 func (s *Service) adminRoutes() http.Handler {
@@ -67,6 +69,7 @@ func (s *Service) adminRoutes() http.Handler {
 	mux.HandleFunc("GET "+p+"/tokens/revoked", s.adminRevokedList)
 	mux.HandleFunc("GET "+p+"/keys", s.adminKeys)
 	mux.HandleFunc("POST "+p+"/keys/rotate", s.adminRotateKeys)
+	mux.HandleFunc("POST "+p+"/keys/{kid}/revoke", s.adminRevokeKey)
 	mux.HandleFunc(p+"/", func(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusNotFound, "no such admin endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -879,6 +882,22 @@ func (s *Service) adminRotateKeys(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := s.RotateKeys(r.Context()); err != nil {
 		s.storeError(w, "keys", err)
+		return
+	}
+	s.adminKeys(w, r)
+}
+
+func (s *Service) adminRevokeKey(w http.ResponseWriter, r *http.Request) {
+	if !decodeAdminEmpty(w, r) {
+		return
+	}
+	kid := r.PathValue("kid")
+	switch err := s.RevokeKey(r.Context(), kid); {
+	case errors.Is(err, ErrKeySigning):
+		adminError(w, http.StatusConflict, "signing key %q signs now: rotate first (POST keys/rotate), then revoke it", kid)
+		return
+	case err != nil:
+		s.storeError(w, "signing key", err)
 		return
 	}
 	s.adminKeys(w, r)

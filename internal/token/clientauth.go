@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -41,6 +42,9 @@ type authedClient struct {
 	certThumbprint string
 	// spiffeID is the verified SPIFFE ID of the TLS peer, when any.
 	spiffeID string
+	// authorities are the CA authorities the client's X509-SVID depends
+	// on (tls_client_auth): its tokens are revoked with them.
+	authorities []string
 }
 
 // actorID names the client in act claims and audit records: its SPIFFE ID
@@ -85,6 +89,24 @@ func (s *Service) peerSPIFFEID(r *http.Request) (spiffeid.ID, string, bool) {
 	}
 	sum = sha256.Sum256(leaf.Raw)
 	return id, base64.RawURLEncoding.EncodeToString(sum[:]), true
+}
+
+// certAuthorities names the CA authority that issued the request's TLS
+// client certificate: the hex of the leaf's authority key ID, which is
+// how the CA names its X.509 authorities (the subject key ID of the
+// signing certificate; under an upstream CA, the Moatless intermediate,
+// the only authority of the chain `moatless ca revoke` can revoke). The
+// leaf is the one the handshake verified, so its signed AKID is
+// authentic. nil without one.
+func certAuthorities(r *http.Request) []string {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	akid := r.TLS.PeerCertificates[0].AuthorityKeyId
+	if len(akid) == 0 || len(akid) > 64 {
+		return nil
+	}
+	return []string{hex.EncodeToString(akid)}
 }
 
 // authenticateClient authenticates the client of a token, revocation or
@@ -167,7 +189,7 @@ func (s *Service) authenticateClient(ctx context.Context, r *http.Request, p par
 		if !hasPeer || c.SPIFFEID == "" || peer.String() != c.SPIFFEID {
 			return nil, errClientAuth
 		}
-		return &authedClient{Client: c, method: AuthTLSClient, certThumbprint: thumb, spiffeID: peer.String()}, nil
+		return &authedClient{Client: c, method: AuthTLSClient, certThumbprint: thumb, spiffeID: peer.String(), authorities: certAuthorities(r)}, nil
 	case AuthNone:
 		return &authedClient{Client: c, method: AuthNone}, nil
 	}

@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,8 @@ type exchangeSubject struct {
 	mayAct      *actor
 	svid        bool
 	jti         string
+	// authorities: the key ID of a JWT-SVID's signing CA key.
+	authorities []string
 }
 
 // exchangeRequest is the parsed, syntactically checked form of a token
@@ -114,6 +117,7 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 		return nil, oerr(errInvalidRequest, "the subject_token was not issued to or for this client")
 	}
 	actorID := c.actorID()
+	authorities := append(slices.Clone(subj.authorities), c.authorities...)
 	if req.actorToken != "" {
 		act, oe := s.exchangeToken(ctx, req.actorToken, req.actorType, "actor_token")
 		if oe != nil {
@@ -123,6 +127,7 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 			return nil, oerr(errInvalidRequest, "the actor_token must name the requesting client")
 		}
 		actorID = act.subject
+		authorities = append(authorities, act.authorities...)
 	}
 	// may_act (RFC 8693 §4.4): the subject said who may act for it.
 	if subj.mayAct != nil && actorID != subj.subject && subj.mayAct.Subject != actorID && subj.mayAct.Subject != c.ID {
@@ -182,7 +187,7 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	raw, cl, err := s.issueAccess(ctx, accessSpec{
 		subject: subj.subject, clientID: c.ID, aud: req.audiences, scope: scope, ttl: ttl,
 		roles: roles, permissions: perms, tenant: tenant, authTime: subj.authTime,
-		certThumbprint: c.certThumbprint, act: act, grantID: grantID,
+		certThumbprint: c.certThumbprint, act: act, grantID: grantID, authorities: authorities,
 	})
 	if err != nil {
 		return nil, serverError(err)
@@ -208,7 +213,7 @@ func (s *Service) exchange(ctx context.Context, c *authedClient, p params) (*iss
 	return &issued{
 		resp: &tokenResponse{AccessToken: raw, IssuedTokenType: issuedType, TokenType: "Bearer",
 			ExpiresIn: ttlSeconds(cl, now), Scope: cl.Scope},
-		subject: cl.Subject, jti: cl.ID, details: det,
+		subject: cl.Subject, jti: cl.ID, details: det, authorities: authorities, expiry: cl.Expiry.Time(),
 	}, nil
 }
 
@@ -261,6 +266,11 @@ func (s *Service) exchangeToken(ctx context.Context, raw, typ, what string) (*ex
 		return nil, oerr(errInvalidRequest, "%s is not a valid JWT-SVID for audience %s", what, s.cfg.Issuer)
 	}
 	out := &exchangeSubject{subject: sv.ID.String(), issuer: sv.ID.TrustDomain().IDString(), aud: sv.Audience, expiry: sv.Expiry, svid: true}
+	// The key that signed it (jwtsvid found it by this kid): revoking
+	// that CA key revokes what is issued from the SVID.
+	if kid := tok.Headers[0].KeyID; kid != "" && len(kid) <= 256 {
+		out.authorities = []string{kid}
+	}
 	if m, ok := sv.Claims["may_act"].(map[string]any); ok {
 		if sub, ok := m["sub"].(string); ok && sub != "" {
 			out.mayAct = &actor{Subject: sub}

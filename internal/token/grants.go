@@ -99,6 +99,9 @@ type issued struct {
 	subject string
 	jti     string
 	details map[string]string
+	// authorities: accessSpec.authorities of the access token.
+	authorities []string
+	expiry      time.Time
 }
 
 func (s *Service) newID() string { return base64.RawURLEncoding.EncodeToString(s.random(16)) }
@@ -166,6 +169,20 @@ func (s *Service) handleToken(w http.ResponseWriter, r *http.Request) {
 				out, oe = nil, serverError(err)
 			}
 		}
+	}
+	if oe == nil && s.authorityRevoked(out.authorities) {
+		// A CA authority the token relied on was revoked while it was
+		// being issued (its JWT-SVID or client certificate verified just
+		// before): the revocation's sweep may have run before the token
+		// was recorded, so it is revoked here and not handed out.
+		toks, err := s.cfg.Store.RevokeTokenID(ctx, out.jti, out.expiry, s.now())
+		s.announce(ctx, toks)
+		if err != nil {
+			oe = serverError(err)
+		} else {
+			oe = oerr(errInvalidGrant, "a CA authority this token relied on was revoked: obtain a new SVID and try again")
+		}
+		out, recorded = nil, false
 	}
 	label := grantLabel(grant)
 	if client != nil {
@@ -240,6 +257,9 @@ type accessSpec struct {
 	certThumbprint     string
 	act, mayAct        *actor
 	grantID            string // record the jti under this grant
+	// authorities are the CA authorities the token's issuance relied on
+	// (Store.RecordTokenAuthorities).
+	authorities []string
 }
 
 func (s *Service) issueAccess(ctx context.Context, a accessSpec) (string, *accessClaims, error) {
@@ -266,6 +286,11 @@ func (s *Service) issueAccess(ctx context.Context, a accessSpec) (string, *acces
 	}
 	if a.grantID != "" {
 		if err := s.cfg.Store.RecordTokenID(ctx, a.grantID, c.ID, c.Expiry.Time()); err != nil {
+			return "", nil, err
+		}
+	}
+	if len(a.authorities) > 0 {
+		if err := s.cfg.Store.RecordTokenAuthorities(ctx, c.ID, c.Expiry.Time(), a.authorities); err != nil {
 			return "", nil, err
 		}
 	}
@@ -364,6 +389,7 @@ func (s *Service) clientCredentials(ctx context.Context, c *authedClient, p para
 	raw, cl, err := s.issueAccess(ctx, accessSpec{
 		subject: c.ID, clientID: c.ID, aud: aud, scope: scope, ttl: c.accessTTL(s.cfg.AccessTokenTTL),
 		roles: c.Roles, permissions: c.Permissions, tenant: c.Tenant, certThumbprint: c.certThumbprint,
+		authorities: c.authorities,
 	})
 	if err != nil {
 		return nil, serverError(err)
@@ -371,6 +397,7 @@ func (s *Service) clientCredentials(ctx context.Context, c *authedClient, p para
 	return &issued{
 		resp:    &tokenResponse{AccessToken: raw, TokenType: "Bearer", ExpiresIn: ttlSeconds(cl, s.now()), Scope: cl.Scope},
 		subject: cl.Subject, jti: cl.ID, details: map[string]string{"audience": strings.Join(aud, " ")},
+		authorities: c.authorities, expiry: cl.Expiry.Time(),
 	}, nil
 }
 
@@ -492,7 +519,7 @@ func (s *Service) userTokens(ctx context.Context, c *authedClient, u *User, g *G
 	raw, cl, err := s.issueAccess(ctx, accessSpec{
 		subject: u.ID, clientID: c.ID, aud: aud, scope: scope, ttl: c.accessTTL(s.cfg.AccessTokenTTL),
 		roles: u.Roles, permissions: u.Permissions, tenant: u.Tenant, authTime: g.AuthTime,
-		certThumbprint: c.certThumbprint, grantID: g.ID,
+		certThumbprint: c.certThumbprint, grantID: g.ID, authorities: c.authorities,
 	})
 	if err != nil {
 		return nil, serverError(err)
@@ -530,7 +557,8 @@ func (s *Service) userTokens(ctx context.Context, c *authedClient, u *User, g *G
 			return nil, serverError(err)
 		}
 	}
-	return &issued{resp: resp, subject: u.ID, jti: cl.ID, details: map[string]string{"grant": g.ID, "audience": strings.Join(aud, " ")}}, nil
+	return &issued{resp: resp, subject: u.ID, jti: cl.ID, details: map[string]string{"grant": g.ID, "audience": strings.Join(aud, " ")},
+		authorities: c.authorities, expiry: cl.Expiry.Time()}, nil
 }
 
 // atHash is OIDC Core §3.1.3.6: the left half of the hash of the access

@@ -238,6 +238,46 @@ func (s *Service) RotateKeys(ctx context.Context) (string, error) {
 	return k.KID, s.rotateKeysLocked(ctx)
 }
 
+// ErrKeySigning: RevokeKey was asked to revoke the key that signs now.
+var ErrKeySigning = errors.New("token: the key signs now")
+
+// RevokeKey removes the signing key kid for good, for a key that may
+// have leaked: it leaves the JWKS at once, and every token it signed (or
+// that was forged with it) stops verifying here (introspection, userinfo,
+// exchange) at once, and at relying parties when they next fetch the JWKS;
+// holders of legitimate tokens it signed get new ones. The key that signs
+// now cannot be revoked (ErrKeySigning): RotateKeys first, which makes a
+// successor sign at once. Other replicas drop the key at their next Tick
+// (the server's runs every 30 s); until then they still accept its
+// tokens. ErrNotFound for an unknown kid.
+func (s *Service) RevokeKey(ctx context.Context, kid string) error {
+	s.keysMu.Lock()
+	defer s.keysMu.Unlock()
+	// A fresh view of the store: another replica may have rotated.
+	if err := s.rotateKeysLocked(ctx); err != nil {
+		return err
+	}
+	ks := s.keys.Load()
+	k := ks.byIDOrNil(kid)
+	if k == nil {
+		return fmt.Errorf("token: signing key %q: %w", kid, ErrNotFound)
+	}
+	if ks.signer(s.now()) == k {
+		return fmt.Errorf("token: signing key %q: %w; rotate first (POST keys/rotate), then revoke it", kid, ErrKeySigning)
+	}
+	err := s.atomically(ctx, func(ctx context.Context) error {
+		if err := s.cfg.Store.RevokeSigningKey(ctx, kid); err != nil {
+			return err
+		}
+		return s.auditGrant(ctx, AuditEvent{Type: "oauth.key.revoked", Outcome: "success", Details: map[string]string{"kid": kid, "alg": string(k.alg)}})
+	})
+	if err != nil {
+		return fmt.Errorf("token: revoke signing key: %w", err)
+	}
+	s.log.Warn("token: signing key revoked on request; the tokens it signed no longer verify", "kid", kid)
+	return s.rotateKeysLocked(ctx)
+}
+
 // rotateKeys implements the key part of Tick.
 func (s *Service) rotateKeys(ctx context.Context) error {
 	s.keysMu.Lock()

@@ -310,3 +310,88 @@ func TestReplicaWithClockSkew(t *testing.T) {
 		})
 	}
 }
+
+// A leaked signing key can be revoked: it leaves the JWKS and its tokens
+// (every one it signed, or an attacker forged with it) stop verifying at
+// once, here and, at their next Tick, at the other replicas. Before,
+// the only remedy was rotation, which keeps the old key published, and
+// its tokens (forged ones too) valid, until its last token's expiry. The
+// key that signs now cannot be revoked: rotate first.
+func TestRevokeLeakedSigningKey(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		h := newHarness(t, db)
+		cl := h.createClient(token.ClientRequest{Name: "svc", ClientSpec: token.ClientSpec{GrantTypes: []string{"client_credentials"}}})
+		old := h.ccToken("svc", cl.Secret)
+		oldKID := kidOf(t, old)
+		replica, err := token.New(token.Config{Issuer: h.issuer, Store: db.OAuth(), KEK: bytes.Repeat([]byte{7}, 32), Now: h.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { replica.Close() })
+		if err := replica.Tick(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		activeAt := func(svc *token.Service, raw string) bool {
+			t.Helper()
+			b, _ := json.Marshal(map[string]string{"token": raw})
+			rec := httptest.NewRecorder()
+			svc.AdminHandler().ServeHTTP(rec, httptest.NewRequest("POST", token.AdminPathPrefix+"tokens/introspect", bytes.NewReader(b)))
+			var m map[string]any
+			if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &m) != nil {
+				t.Fatalf("introspect: %d %s", rec.Code, rec.Body)
+			}
+			return m["active"] == true
+		}
+		for _, tc := range []struct {
+			name, kid string
+			rotate    bool
+			want      int
+		}{
+			{"the_signing_key", oldKID, false, http.StatusConflict},
+			{"unknown_key", "no-such-kid", false, http.StatusNotFound},
+			{"a_retired_key", oldKID, true, http.StatusOK},
+			{"again", oldKID, false, http.StatusNotFound},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if tc.rotate {
+					if code := h.admin("POST", "keys/rotate", nil, nil); code != 200 {
+						t.Fatalf("rotate: %d", code)
+					}
+				}
+				before := len(h.auditTypes())
+				if code := h.admin("POST", "keys/"+tc.kid+"/revoke", nil, nil); code != tc.want {
+					t.Fatalf("revoke: %d, want %d", code, tc.want)
+				}
+				revoked := tc.want == http.StatusOK
+				if got := h.auditTypes(); revoked && (len(got) != before+1 || got[len(got)-1] != "oauth.key.revoked") {
+					t.Errorf("audit records of the revocation: %v", got[before:])
+				}
+				if tc.name == "the_signing_key" && !h.active(old) {
+					t.Error("a refused revocation changed something: the key's token is inactive")
+				}
+			})
+		}
+		if h.active(old) {
+			t.Error("a token of the revoked key is active")
+		}
+		for _, k := range h.jwks() {
+			if k == oldKID {
+				t.Error("the revoked key is still in the JWKS")
+			}
+		}
+		fresh := h.ccToken("svc", cl.Secret)
+		if kidOf(t, fresh) == oldKID || !h.active(fresh) {
+			t.Error("the successor key does not sign")
+		}
+		// Another replica drops the key at its next Tick.
+		if err := replica.Tick(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if activeAt(replica, old) {
+			t.Error("a replica accepts a token of the revoked key after its Tick")
+		}
+		if !activeAt(replica, fresh) {
+			t.Error("a replica refuses the successor key's token")
+		}
+	})
+}

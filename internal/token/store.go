@@ -122,6 +122,9 @@ type Store interface {
 	// sign at at (activated, not retired), so none of them signs again,
 	// and brings their ExpireAt forward to expireBy when it is later.
 	RetireSigningKeys(ctx context.Context, at, expireBy time.Time) error
+	// RevokeSigningKey deletes the key kid at once, whatever its
+	// schedule; ErrNotFound when there is none.
+	RevokeSigningKey(ctx context.Context, kid string) error
 	// DeleteSigningKeys deletes keys whose ExpireAt is before t.
 	DeleteSigningKeys(ctx context.Context, before time.Time) (int, error)
 
@@ -196,6 +199,16 @@ type Store interface {
 	// ErrTooManyExchanges when the tree parent belongs to holds limit
 	// exchanged tokens already. Inside Atomically.
 	RecordExchange(ctx context.Context, parent string, parentExp time.Time, jti string, exp time.Time, limit int) error
+	// RecordTokenAuthorities records that access token jti (expiring at
+	// exp) was issued on the strength of these CA authorities (the key
+	// that signed a JWT-SVID, the authorities of an X509-SVID's chain),
+	// so that RevokeAuthorityTokens can revoke it. It joins the
+	// transaction of an Atomically context.
+	RecordTokenAuthorities(ctx context.Context, jti string, exp time.Time, authorities []string) error
+	// RevokeAuthorityTokens revokes (as RevokeTokenID: with every token
+	// exchanged from them) the unexpired, unrevoked tokens recorded
+	// under any of the authorities, and returns the IDs it newly listed.
+	RevokeAuthorityTokens(ctx context.Context, authorities []string, at time.Time) ([]RevokedToken, error)
 	// TokenIDRevoked reports whether the ID is on the revoked list.
 	TokenIDRevoked(ctx context.Context, jti string) (bool, error)
 	// RevokedTokenIDs lists the revoked IDs that expire after now.

@@ -105,6 +105,14 @@ type Config struct {
 	// which requires the listener to verify client certificates against
 	// the trust bundle (tls.VerifyClientCertIfGiven).
 	SVIDPeer func(r *http.Request) (spiffeid.ID, bool)
+	// RevokedAuthorities lists the IDs of the CA authorities that were
+	// revoked (`moatless ca revoke`: X.509 authorities by the hex of their
+	// subject key ID, JWT keys by key ID). A token issued on the strength
+	// of one (exchanged from a JWT-SVID it signed, or to a tls_client_auth
+	// client whose X509-SVID it issued) is revoked with it: at Tick, at
+	// RevokeAuthorityTokens, and at once if the revocation raced its
+	// issuance. nil: none is ever revoked.
+	RevokedAuthorities func() []string
 	// JWTBundles validates JWT-SVIDs presented as token exchange subject
 	// or actor tokens. nil: JWT-SVIDs are refused.
 	JWTBundles jwtbundle.Source
@@ -290,7 +298,47 @@ func (s *Service) Tick(ctx context.Context) error {
 	if err := s.cfg.Store.Prune(ctx, s.now()); err != nil {
 		return fmt.Errorf("token: prune: %w", err)
 	}
+	return s.RevokeAuthorityTokens(ctx)
+}
+
+// RevokeAuthorityTokens revokes every unexpired token issued on the
+// strength of a CA authority that is now revoked
+// (Config.RevokedAuthorities), with what was exchanged from those, and
+// announces them to OnRevoke. Tick does it; the server also calls it
+// when its trust bundle changes, so that a `moatless ca revoke` (on this
+// replica or adopted from another) reaches the tokens at once. A token
+// revoked already is left alone, so repeating it costs one query per
+// revoked authority.
+func (s *Service) RevokeAuthorityTokens(ctx context.Context) error {
+	if s.cfg.RevokedAuthorities == nil {
+		return nil
+	}
+	ids := s.cfg.RevokedAuthorities()
+	if len(ids) == 0 {
+		return nil
+	}
+	toks, err := s.cfg.Store.RevokeAuthorityTokens(ctx, ids, s.now())
+	s.announce(ctx, toks)
+	if err != nil {
+		return fmt.Errorf("token: revoke the tokens of revoked CA authorities: %w", err)
+	}
+	if len(toks) > 0 {
+		s.log.Info("token: revoked the access tokens issued on the strength of a revoked CA authority", "tokens", len(toks))
+	}
 	return nil
+}
+
+// authorityRevoked reports whether any of ids is a revoked CA authority.
+func (s *Service) authorityRevoked(ids []string) bool {
+	if s.cfg.RevokedAuthorities == nil || len(ids) == 0 {
+		return false
+	}
+	for _, r := range s.cfg.RevokedAuthorities() {
+		if contains(ids, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // RevokedTokenIDs lists the revoked access token IDs that have not
