@@ -90,6 +90,7 @@ func (s *Server) initOAuth(ctx context.Context, issuer string) error {
 		// Tokens issued on the strength of a CA key (a JWT-SVID it
 		// signed, a client X509-SVID it issued) end with its revocation.
 		RevokedAuthorities: func() []string { return s.ca.RevokedIDs() },
+		RevokedID:          func(id string) bool { return id != "" && s.revs.Load().revoked(id, "") },
 	})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -265,6 +265,9 @@ func (s *Service) exchangeToken(ctx context.Context, raw, typ, what string) (*ex
 		s.log.Debug("token: JWT-SVID refused", "what", what, "err", err)
 		return nil, oerr(errInvalidRequest, "%s is not a valid JWT-SVID for audience %s", what, s.cfg.Issuer)
 	}
+	if s.cfg.RevokedID != nil && s.cfg.RevokedID(sv.ID.String()) {
+		return nil, oerr(errInvalidRequest, "%s is a JWT-SVID of a revoked SPIFFE ID", what)
+	}
 	out := &exchangeSubject{subject: sv.ID.String(), issuer: sv.ID.TrustDomain().IDString(), aud: sv.Audience, expiry: sv.Expiry, svid: true}
 	// The key that signed it (jwtsvid found it by this kid): revoking
 	// that CA key revokes what is issued from the SVID.
@@ -296,5 +299,53 @@ func (s *Service) validAccessToken(ctx context.Context, raw string) (*accessClai
 	if revoked {
 		return nil, oerr(errInvalidToken, "token revoked")
 	}
+	if revoked, err := s.identityRevoked(ctx, &cl); err != nil {
+		return nil, serverError(err)
+	} else if revoked {
+		return nil, oerr(errInvalidToken, "token of a revoked identity")
+	}
 	return &cl, nil
+}
+
+// identityRevoked reports whether cl was issued to or for a revoked
+// SPIFFE ID (Config.RevokedID): its sub, client_id, an act actor, or the
+// SPIFFE ID of the tls_client_auth client a certificate-bound token went
+// to (whose sub and client_id are the client's name), or that an
+// exchanged token's sub names.
+func (s *Service) identityRevoked(ctx context.Context, cl *accessClaims) (bool, error) {
+	f := s.cfg.RevokedID
+	if f == nil {
+		return false, nil
+	}
+	if f(cl.Subject) || f(cl.ClientID) {
+		return true, nil
+	}
+	for a := cl.Act; a != nil; a = a.Act {
+		if f(a.Subject) {
+			return true, nil
+		}
+	}
+	// The clients that may stand for a workload: the one a certificate-
+	// bound token went to, and the subject of an exchanged token (the
+	// client a client_credentials token was issued to keeps being its
+	// sub down the exchange chain). Other tokens cost no store read.
+	var names []string
+	if cl.Cnf != nil && cl.ClientID != "" {
+		names = append(names, cl.ClientID)
+	}
+	if cl.Act != nil && cl.Subject != "" && cl.Subject != cl.ClientID {
+		names = append(names, cl.Subject)
+	}
+	for _, name := range names {
+		c, err := s.cfg.Store.Client(ctx, name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return false, err
+		}
+		if c.SPIFFEID != "" && f(c.SPIFFEID) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

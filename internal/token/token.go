@@ -113,6 +113,14 @@ type Config struct {
 	// RevokeAuthorityTokens, and at once if the revocation raced its
 	// issuance. nil: none is ever revoked.
 	RevokedAuthorities func() []string
+	// RevokedID reports whether a SPIFFE ID is revoked (`moatless revoke`).
+	// A token issued to or for one — its sub, client_id or an act actor,
+	// or the SPIFFE ID of the tls_client_auth client a certificate-bound
+	// token was issued to — is inactive at introspection and refused as
+	// an exchange's subject or actor, and a JWT-SVID of one is not
+	// exchanged, as sidecars refuse them. A check, not a sweep: lifting
+	// the revocation makes them valid again. nil: none is revoked.
+	RevokedID func(id string) bool
 	// JWTBundles validates JWT-SVIDs presented as token exchange subject
 	// or actor tokens. nil: JWT-SVIDs are refused.
 	JWTBundles jwtbundle.Source
