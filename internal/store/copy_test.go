@@ -259,3 +259,38 @@ func TestInUse(t *testing.T) {
 		}
 	})
 }
+
+// TestServerSessionsEndAnIdleTransaction: a server's PostgreSQL session
+// is ended by PostgreSQL when it sits idle inside a transaction (a
+// replica stopped with SIGSTOP, a frozen host), so the row locks it holds
+// — the audit chain's head among them — stop blocking every other
+// replica's writes (seen in the chaos test: a hung replica held the
+// audit head, and another replica's audited revocation waited on it).
+// A tool's session is left as PostgreSQL's default.
+func TestServerSessionsEndAnIdleTransaction(t *testing.T) {
+	ctx := context.Background()
+	dsn := storetest.PostgresDSN(t)
+	db, err := store.OpenWith(ctx, dsn, store.OpenOptions{Lock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var got string
+	if err := db.SQL().QueryRowContext(ctx, "SHOW idle_in_transaction_session_timeout").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != "3s" {
+		t.Fatalf("a server session's idle_in_transaction_session_timeout is %q, want 3s", got)
+	}
+	tool, err := store.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tool.Close()
+	if err := tool.SQL().QueryRowContext(ctx, "SHOW idle_in_transaction_session_timeout").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got == "3s" {
+		t.Fatal("a tool's session got the server's idle timeout")
+	}
+}

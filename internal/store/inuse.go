@@ -31,7 +31,8 @@ func IsPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
-// withApplicationName sets application_name in a PostgreSQL URL DSN
+// withApplicationName sets application_name (and the server sessions'
+// idle-in-transaction timeout) in a PostgreSQL URL DSN
 // unless it has one.
 func withApplicationName(dsn, name string) (string, error) {
 	u, err := url.Parse(dsn)
@@ -41,10 +42,23 @@ func withApplicationName(dsn, name string) (string, error) {
 	q := u.Query()
 	if q.Get("application_name") == "" {
 		q.Set("application_name", name)
-		u.RawQuery = q.Encode()
 	}
+	// A replica that hangs (a stopped process, a frozen host) inside a
+	// transaction keeps its row locks — the audit chain's head among
+	// them — and every audited write of every replica waits on it. The
+	// server's transactions never wait between statements for anything
+	// but their own CPU, so PostgreSQL ends one idle for this long and
+	// its locks go (pgx sends unknown keys as run-time parameters).
+	if q.Get("idle_in_transaction_session_timeout") == "" {
+		q.Set("idle_in_transaction_session_timeout", serverIdleInTxTimeout)
+	}
+	u.RawQuery = q.Encode()
 	return u.String(), nil
 }
+
+// serverIdleInTxTimeout is how long a server's PostgreSQL session may
+// sit idle inside a transaction before PostgreSQL ends it.
+const serverIdleInTxTimeout = "3s"
 
 // InUse reports, with an error wrapping ErrInUse that says who, whether a
 // server is using the store named by dsn: for SQLite, whether a server
