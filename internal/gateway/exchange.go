@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/moatless/moatless/internal/config"
@@ -319,30 +320,24 @@ func (e *exchanger) request(ctx context.Context, subject, audience string) (stri
 	return ans.AccessToken, time.Duration(ans.ExpiresIn) * time.Second, nil
 }
 
-// tokenID reads the jti of a JWS compact token our token service issued
-// over TLS (its signature is the upstream's to check), or "" when it is
-// not one: an opaque token is cached without a revocation check.
+// tokenID reads the jti of a JWS our token service issued over TLS (its
+// signature is the upstream's to check), or "" when it is not one: an
+// opaque token is cached without a revocation check.
 func tokenID(tok string) string {
-	_, rest, ok := strings.Cut(tok, ".")
-	if !ok {
-		return ""
-	}
-	payload, _, ok := strings.Cut(rest, ".")
-	if !ok || len(payload) > maxExchangeResponse {
-		return ""
-	}
-	b, err := base64.RawURLEncoding.DecodeString(payload)
+	jws, err := jwt.ParseSigned(tok, exchangedAlgs)
 	if err != nil {
 		return ""
 	}
-	var cl struct {
-		ID string `json:"jti"`
-	}
-	if json.Unmarshal(b, &cl) != nil {
+	var cl jwt.Claims
+	if jws.UnsafeClaimsWithoutVerification(&cl) != nil {
 		return ""
 	}
 	return cl.ID
 }
+
+// exchangedAlgs are the token service's signing algorithms
+// (token.Config.SigningAlg).
+var exchangedAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.RS256, jose.EdDSA}
 
 // oauthCode keeps an error code from the token service fit for a log
 // line: short, printable ASCII.
