@@ -115,6 +115,10 @@ type Revocations interface {
 	// Peer reports whether a peer with this SPIFFE ID (or leaf serial,
 	// "" when unknown) is revoked.
 	Peer(id, serial string) bool
+	// HasSerials reports whether any certificate is revoked by serial:
+	// only then is the peer certificate Envoy reports parsed for its
+	// serial.
+	HasSerials() bool
 	// IdentityToken reports whether a token with these verified claims
 	// names a revoked workload (subject, authorized party, client or an
 	// actor).
@@ -301,8 +305,11 @@ func peerCertDER(enc string) []byte {
 // reports, for the revocation check of a certificate revoked by serial
 // (a node's re-attestation with replace, say) while its SPIFFE ID is
 // not; "" when Envoy sends none or it does not parse.
-func peerSerial(enc string) string {
-	der := peerCertDER(enc)
+func (s *Server) peerSerial(cr *authv3.CheckRequest) string {
+	if !s.cfg.Revocations.HasSerials() {
+		return "" // no certificate is revoked by serial: nothing to parse
+	}
+	der := peerCertDER(cr.GetAttributes().GetSource().GetCertificate())
 	if der == nil {
 		return ""
 	}
@@ -339,7 +346,7 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: "bad check request: " + err.Error()}
 	case set == nil:
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: policy.ReasonNoSet}
-	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), peerSerial(cr.GetAttributes().GetSource().GetCertificate())):
+	case s.cfg.Revocations != nil && s.cfg.Revocations.Peer(cr.GetAttributes().GetSource().GetPrincipal(), s.peerSerial(cr)):
 		dec = policy.Decision{Outcome: policy.Deny, Rule: -1, Reason: ReasonSourceRevoked}
 	default:
 		v := s.cfg.Verifier

@@ -86,6 +86,14 @@ func (r *Revocations) SetAs(w *wire.Revocations, own string) int {
 // revoked.
 func (r *Revocations) Peer(id, serial string) bool { return r.load().has(id, normalizeSerial(serial)) }
 
+// HasSerials reports whether any certificate is revoked by serial, so a
+// caller that must parse a certificate to learn its serial (ext_authz,
+// from the PEM Envoy reports) does so only then.
+func (r *Revocations) HasSerials() bool {
+	rs := r.load()
+	return rs != nil && len(rs.serials) > 0
+}
+
 // Token reports whether a token ID is revoked.
 func (r *Revocations) Token(jti string) bool { return r.load().hasJTI(jti) }
 
