@@ -324,13 +324,34 @@ func parseRevokedAuthorities(b []byte) ([]string, error) {
 // one step under dataFilesMu, or a writer that read the file before
 // another's write would put it back without the other's newest ID.
 func (s *Server) writeRevokedAuthorities() error {
-	s.dataFilesMu.Lock()
-	defer s.dataFilesMu.Unlock()
-	ids := s.ca.RevokedIDs()
+	return s.addAuthorityIDs(RevokedAuthoritiesFile, s.ca.RevokedIDs())
+}
+
+// writeTaintedAuthorities adds the IDs of the authorities tainted in
+// status to DIR/ca-tainted. Like ca-revoked it only grows (bounded as
+// ca-revoked is): a revocation does not rewrite it, so the revoke step
+// publishes with no more file writes than before.
+func (s *Server) writeTaintedAuthorities(status []ca.Authority) error {
+	var ids []string
+	for _, a := range status {
+		if a.State == ca.StateTainted {
+			ids = append(ids, a.ID)
+		}
+	}
+	return s.addAuthorityIDs(TaintedAuthoritiesFile, ids)
+}
+
+// addAuthorityIDs merges ids into DIR/name (ca-revoked, ca-tainted),
+// which only grows, and writes it atomically when anything is new. The
+// read, merge and write is one step under dataFilesMu; callers do not
+// hold it.
+func (s *Server) addAuthorityIDs(name string, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	old, err := readRevokedAuthorities(s.cfg.DataDir)
+	s.dataFilesMu.Lock()
+	defer s.dataFilesMu.Unlock()
+	old, err := readAuthorityIDs(s.cfg.DataDir, name)
 	if err != nil {
 		return err
 	}
@@ -341,38 +362,8 @@ func (s *Server) writeRevokedAuthorities() error {
 		return nil
 	}
 	out := strings.Join(all, "\n") + "\n"
-	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, RevokedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
-		return fmt.Errorf("server: write %s: %w", RevokedAuthoritiesFile, err)
-	}
-	return nil
-}
-
-// writeTaintedAuthorities adds the IDs of the authorities tainted in
-// status to DIR/ca-tainted. Like ca-revoked it only grows (bounded as
-// ca-revoked is): a revocation does not rewrite it, so the revoke step
-// publishes with no more file writes than before. Callers do not hold
-// dataFilesMu.
-func (s *Server) writeTaintedAuthorities(status []ca.Authority) error {
-	s.dataFilesMu.Lock()
-	defer s.dataFilesMu.Unlock()
-	old, err := readAuthorityIDs(s.cfg.DataDir, TaintedAuthoritiesFile)
-	if err != nil {
-		return err
-	}
-	all := slices.Clone(old)
-	for _, a := range status {
-		if a.State == ca.StateTainted {
-			all = append(all, a.ID)
-		}
-	}
-	slices.Sort(all)
-	all = slices.Compact(all)
-	if slices.Equal(all, old) {
-		return nil
-	}
-	out := strings.Join(all, "\n") + "\n"
-	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, TaintedAuthoritiesFile), []byte(out), 0o644, false); err != nil {
-		return fmt.Errorf("server: write %s: %w", TaintedAuthoritiesFile, err)
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, name), []byte(out), 0o644, false); err != nil {
+		return fmt.Errorf("server: write %s: %w", name, err)
 	}
 	return nil
 }
