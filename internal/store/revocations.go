@@ -124,23 +124,20 @@ func (s *DB) IsRevokedIDTx(ctx context.Context, tx *sql.Tx, id string) (bool, er
 }
 
 func isRevokedID(ctx context.Context, q Queryer, id string) (bool, error) {
-	var x string
-	err := q.QueryRowContext(ctx, "SELECT spiffe_id FROM revoked_ids WHERE spiffe_id = $1", id).Scan(&x)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("store: read revocation: %w", err)
-	}
-	return true, nil
+	return rowExists(ctx, q, "SELECT spiffe_id FROM revoked_ids WHERE spiffe_id = $1", id)
 }
 
 // IsRevokedSerialTx reports, inside tx, whether the certificate with
 // serial is revoked (expired entries included: a caller checks expiry
 // itself).
 func (s *DB) IsRevokedSerialTx(ctx context.Context, tx *sql.Tx, serial string) (bool, error) {
+	return rowExists(ctx, tx, "SELECT serial FROM revoked_serials WHERE serial = $1", serial)
+}
+
+// rowExists reports whether query (one column, one argument) finds a row.
+func rowExists(ctx context.Context, q Queryer, query, arg string) (bool, error) {
 	var x string
-	err := tx.QueryRowContext(ctx, "SELECT serial FROM revoked_serials WHERE serial = $1", serial).Scan(&x)
+	err := q.QueryRowContext(ctx, query, arg).Scan(&x)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
