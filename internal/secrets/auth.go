@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -713,13 +712,8 @@ func (s *Service) revokeTokensOfRevokedAuthorities(ctx context.Context) {
 	for _, id := range s.cfg.RevokedAuthorities() {
 		// The leases first: those obtained over mTLS with a certificate
 		// of the authority (no token) too.
-		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-			n, err := s.db.MarkLeasesOfAuthority(ctx, tx, id, s.now())
-			if err != nil || n == 0 {
-				return err
-			}
-			return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke_authority", Actor: "moatless-secrets", Subject: id,
-				Outcome: audit.Success, Details: map[string]string{"reason": "CA authority revoked", "leases": strconv.FormatInt(n, 10)}})
+		err := s.markLeasesAudited(ctx, "secrets.lease.revoke_authority", id, "CA authority revoked", func(tx *sql.Tx) (int64, error) {
+			return s.db.MarkLeasesOfAuthority(ctx, tx, id, s.now())
 		})
 		if err != nil {
 			s.log.Warn("revoke the leases of a revoked CA authority", "authority", id, "err", err)

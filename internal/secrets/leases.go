@@ -285,18 +285,27 @@ func (s *Service) revokeLeasesOfRevokedIDs(ctx context.Context) {
 		if !s.cfg.Revoked(id) {
 			continue
 		}
-		err := s.db.Tx(ctx, func(tx *sql.Tx) error {
-			n, err := s.db.MarkLeasesOfSPIFFEID(ctx, tx, id, s.now())
-			if err != nil || n == 0 {
-				return err
-			}
-			return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: "secrets.lease.revoke_identity", Actor: "moatless-secrets", Subject: id,
-				Outcome: audit.Success, Details: map[string]string{"reason": "SPIFFE ID revoked", "leases": strconv.FormatInt(n, 10)}})
+		err := s.markLeasesAudited(ctx, "secrets.lease.revoke_identity", id, "SPIFFE ID revoked", func(tx *sql.Tx) (int64, error) {
+			return s.db.MarkLeasesOfSPIFFEID(ctx, tx, id, s.now())
 		})
 		if err != nil {
 			s.log.Warn("revoke leases of a revoked SPIFFE ID", "spiffe_id", id, "err", err)
 		}
 	}
+}
+
+// markLeasesAudited marks leases for revocation (mark returns how many)
+// and, when any were, appends the audit record kind saying why, in one
+// transaction: the maintenance pass revokes what is marked.
+func (s *Service) markLeasesAudited(ctx context.Context, kind, subject, reason string, mark func(*sql.Tx) (int64, error)) error {
+	return s.db.Tx(ctx, func(tx *sql.Tx) error {
+		n, err := mark(tx)
+		if err != nil || n == 0 {
+			return err
+		}
+		return s.cfg.Audit.AppendTx(ctx, tx, audit.Event{Kind: kind, Actor: "moatless-secrets", Subject: subject,
+			Outcome: audit.Success, Details: map[string]string{"reason": reason, "leases": strconv.FormatInt(n, 10)}})
+	})
 }
 
 // revokeDueLeases revokes every lease that expired or whose revocation
