@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/moatless/moatless/internal/policy"
+	"github.com/moatless/moatless/internal/traffic"
 )
 
 // removeQueryParams returns q (a raw query, without "?") without the
@@ -47,33 +48,11 @@ func decodeQueryName(s string) string {
 	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
 		return s
 	}
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '+':
-			b = append(b, ' ')
-		case c == '%' && i+2 < len(s) && isHexDigit(s[i+1]) && isHexDigit(s[i+2]):
-			b = append(b, unhexDigit(s[i+1])<<4|unhexDigit(s[i+2]))
-			i += 2
-		default:
-			b = append(b, c)
-		}
-	}
-	return string(b)
+	return string(traffic.AppendQueryUnescaped(make([]byte, 0, len(s)), s))
 }
 
 func isHexDigit(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhexDigit(c byte) byte {
-	switch {
-	case c <= '9':
-		return c - '0'
-	case c <= 'F':
-		return c - 'A' + 10
-	}
-	return c - 'a' + 10
 }
 
 // Method overrides. Policy decides on the request's method; frameworks

@@ -1,5 +1,7 @@
 package traffic
 
+import "bytes"
+
 // PII kinds a response body sample is scanned for.
 const (
 	PIICard       = "card"        // payment card number, Luhn-checked
@@ -155,28 +157,30 @@ func piiKey(kind string, m []byte) string {
 // percentDecode is b with %XX escapes and '+' decoded, as a form body or
 // a query carries values; ok is false when b has neither.
 func percentDecode(b []byte) ([]byte, bool) {
-	n := 0
-	for _, c := range b {
-		if c == '%' || c == '+' {
-			n++
-		}
-	}
-	if n == 0 {
+	if bytes.IndexByte(b, '%') < 0 && bytes.IndexByte(b, '+') < 0 {
 		return nil, false
 	}
-	out := make([]byte, 0, len(b))
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
+	return AppendQueryUnescaped(make([]byte, 0, len(b)), b), true
+}
+
+// AppendQueryUnescaped appends s to dst with '+' and valid %XX escapes
+// decoded, as a query or a form body carries them; anything else (a
+// '%' not followed by two hex digits) is kept as it is. Lenient where
+// url.QueryUnescape refuses: the sidecar reads what a hostile request
+// sent, and an app that decodes leniently must not see another name.
+func AppendQueryUnescaped[T ~string | ~[]byte](dst []byte, s T) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
 		case c == '+':
-			out = append(out, ' ')
-		case c == '%' && i+2 < len(b) && isHex(b[i+1]) && isHex(b[i+2]):
-			out = append(out, unhex(b[i+1])<<4|unhex(b[i+2]))
+			dst = append(dst, ' ')
+		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
+			dst = append(dst, unhex(s[i+1])<<4|unhex(s[i+2]))
 			i += 2
 		default:
-			out = append(out, c)
+			dst = append(dst, c)
 		}
 	}
-	return out, true
+	return dst
 }
 
 func isHex(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
