@@ -42,12 +42,7 @@ func TestCAStepPublishedAfterAFailedPublication(t *testing.T) {
 	defer cancel()
 	ch := e.watch(ctx, n)
 	next(t, ch)
-	var st server.CAStatus
-	e.admin("GET", server.PathAdminCA, nil, &st)
-	oldX, _ := activeIDs(st)
-	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
-	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
-	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	oldX, _ := e.rotate("x509")
 
 	auditDown(true)
 	code, body := e.do(e.client(nil), "POST", server.PathAdminCATaint, e.token, server.CAStepRequest{ID: oldX})
@@ -97,12 +92,7 @@ func TestCAStepPublishedAfterARestartInTheMiddle(t *testing.T) {
 	defer cancel()
 	ch := e.watch(ctx, n)
 	first := next(t, ch)
-	var st server.CAStatus
-	e.admin("GET", server.PathAdminCA, nil, &st)
-	oldX, _ := activeIDs(st)
-	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
-	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
-	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	oldX, p := e.rotate("x509")
 	// The prepare and the activation each publish the bundle.
 	last := first.Version
 	for seen := 0; seen < 2; {
@@ -153,12 +143,7 @@ func TestRevokedSignersStreamGetsTheBundleBeforeItEnds(t *testing.T) {
 	defer cancel()
 	ch := e.watch(ctx, n)
 	next(t, ch)
-	var st server.CAStatus
-	e.admin("GET", server.PathAdminCA, nil, &st)
-	oldX, _ := activeIDs(st)
-	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
-	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
-	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	oldX, _ := e.rotate("x509")
 	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
 
 	if _, err := db.Exec("CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log down'); END"); err != nil {

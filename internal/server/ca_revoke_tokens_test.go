@@ -79,14 +79,8 @@ func TestCARevokeEndsTokensObtainedWithItsSVIDs(t *testing.T) {
 		}
 	}
 	want("issuance", true, true, true)
-	var status server.CAStatus
-	e.admin("GET", server.PathAdminCA, nil, &status)
-	oldX, oldJ := activeIDs(status)
-	for _, kind := range []string{"x509", "jwt"} {
-		p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: kind})
-		e.pool.AppendCertsFromPEM([]byte(p.BundlePEM)) // the admin client trusts the successor
-		e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: kind})
-	}
+	oldX, _ := e.rotate("x509")
+	oldJ, _ := e.rotate("jwt")
 	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldJ})
 	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
 	want("the taints", true, true, true)

@@ -33,6 +33,25 @@ func (e *env) caStep(path string, in server.CAStepRequest) server.CAStepResponse
 	return out
 }
 
+// rotate replaces the active authority of kind ("x509", "jwt"): it
+// prepares a successor, has the test's clients trust it (as the CLI reads
+// bundle.pem on every call) and activates it. It returns the ID of the
+// authority that was active, now retired, and the prepare step's answer.
+func (e *env) rotate(kind string) (old string, prepared server.CAStepResponse) {
+	e.t.Helper()
+	var st server.CAStatus
+	e.admin("GET", server.PathAdminCA, nil, &st)
+	x, j := activeIDs(st)
+	old = x
+	if kind == "jwt" {
+		old = j
+	}
+	prepared = e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: kind})
+	e.pool.AppendCertsFromPEM([]byte(prepared.BundlePEM))
+	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: kind})
+	return old, prepared
+}
+
 func activeIDs(st server.CAStatus) (x, j string) {
 	for _, a := range st.Authorities {
 		if a.State == ca.StateActive {
@@ -327,12 +346,7 @@ func TestCAStepRefusals(t *testing.T) {
 func TestCARestoredStoreCannotBringRevokedKeyBack(t *testing.T) {
 	dir := t.TempDir()
 	e := start(t, dir)
-	var st server.CAStatus
-	e.admin("GET", server.PathAdminCA, nil, &st)
-	oldX, _ := activeIDs(st)
-	p := e.caStep(server.PathAdminCAPrepare, server.CAStepRequest{Kind: "x509"})
-	e.pool.AppendCertsFromPEM([]byte(p.BundlePEM))
-	e.caStep(server.PathAdminCAActivate, server.CAStepRequest{Kind: "x509"})
+	oldX, p := e.rotate("x509")
 	e.caStep(server.PathAdminCATaint, server.CAStepRequest{ID: oldX})
 	e.stop()
 	restore := backupStore(t, dir)
