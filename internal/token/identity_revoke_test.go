@@ -1,7 +1,6 @@
 package token_test
 
 import (
-	"bytes"
 	"net/url"
 	"sync"
 	"testing"
@@ -49,14 +48,7 @@ func TestTokensOfARevokedIdentity(t *testing.T) {
 		ordersCert := h.ca.SVID(t, ordersID, time.Hour).TLSCertificate()
 		ordersTLS := h.tlsClient(&ordersCert)
 
-		active := func(raw string) bool {
-			t.Helper()
-			status, out := h.rawPost("/oauth2/introspect", url.Values{"token": {raw}}, "rs", rs.Secret)
-			if status != 200 {
-				t.Fatalf("introspect: %d %s", status, out)
-			}
-			return !bytes.Equal(out, []byte(`{"active":false}`))
-		}
+		active := func(raw string) bool { t.Helper(); return h.introspectActive(raw, "rs", rs.Secret) }
 		exchangeSVID := func() (int, map[string]any) {
 			return h.post(ordersTLS, "/oauth2/token", url.Values{"grant_type": {token.GrantTokenExchange}, "client_id": {"orders"},
 				"subject_token": {minter.mint(t, ordersID, []string{h.issuer}, nil)}, "subject_token_type": {token.TokenTypeJWT}, "audience": {"payments"}}, "", "")

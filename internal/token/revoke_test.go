@@ -24,6 +24,17 @@ func (h *harness) ccToken(client, secret string) string {
 }
 
 // rawPost returns the exact answer bytes.
+// introspectActive reports whether the token service says raw is
+// active, asked by the client id with secret.
+func (h *harness) introspectActive(raw, id, secret string) bool {
+	h.t.Helper()
+	status, out := h.rawPost("/oauth2/introspect", url.Values{"token": {raw}}, id, secret)
+	if status != 200 {
+		h.t.Fatalf("introspect: %d %s", status, out)
+	}
+	return !bytes.Equal(out, []byte(`{"active":false}`))
+}
+
 func (h *harness) rawPost(path string, form url.Values, user, pass string) (int, []byte) {
 	h.t.Helper()
 	req, _ := http.NewRequest("POST", h.issuer+path, strings.NewReader(form.Encode()))
