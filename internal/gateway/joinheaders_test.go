@@ -31,20 +31,42 @@ spec:
 	tests := []struct {
 		name   string
 		debug  []string
+		extra  http.Header // more fields the caller sends
 		status int
 		app    []string // X-Debug as the app received it
 	}{
-		{"one_denied", []string{"1"}, 403, nil},
-		{"one_allowed", []string{"0"}, 200, []string{"0"}},
-		{"repeated_reach_the_app_as_the_policy_read_them", []string{"1", "0"}, 200, []string{"1,0"}},
-		{"repeated_other_order", []string{"0", "1"}, 200, []string{"0,1"}},
+		{"one_denied", []string{"1"}, nil, 403, nil},
+		{"one_allowed", []string{"0"}, nil, 200, []string{"0"}},
+		{"repeated_reach_the_app_as_the_policy_read_them", []string{"1", "0"}, nil, 200, []string{"1,0"}},
+		{"repeated_other_order", []string{"0", "1"}, nil, 200, []string{"0,1"}},
+		// The "_" twin is dropped at the edge: an app that folds "_"
+		// into "-" does not get a second X-Debug the policy never read.
+		{"underscore_twin_dropped", []string{"0"}, http.Header{"X_debug": {"1"}}, 200, []string{"0"}},
+		// A Connection nomination (HTTP/1.1: HTTP/2 has no Connection
+		// field) is not honoured: the field the policy read reaches the
+		// app, and a denied one stays denied.
+		{"nominated_still_denied", []string{"1"}, http.Header{"Connection": {"X-Debug"}}, 403, nil},
+		{"nominated_reaches_the_app_as_read", []string{"0"}, http.Header{"Connection": {"X-Debug"}}, 200, []string{"0"}},
 	}
+	// An HTTP/1.1 client, whichever of its server paths the gateway
+	// runs: the nominations are sent over it.
+	tr := tg.client.Transport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2, tr.TLSClientConfig.NextProtos = false, []string{"http/1.1"}
+	h1 := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	defer tr.CloseIdleConnections()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", tg.url("/orders/1"), nil)
 			req.Header["X-Debug"] = tc.debug
 			req.Header["X-Other"] = []string{"a", "b"}
-			resp, err := tg.client.Do(req)
+			for k, v := range tc.extra {
+				req.Header[k] = v
+			}
+			client := tg.client
+			if tc.extra.Get("Connection") != "" {
+				client = h1
+			}
+			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,6 +83,9 @@ spec:
 			}
 			if got := s.Headers["X-Debug"]; !slices.Equal(got, tc.app) {
 				t.Errorf("the app got X-Debug %q, want %q", got, tc.app)
+			}
+			if got := s.Headers["X_debug"]; got != nil {
+				t.Errorf("the app got the _ twin: %q", got)
 			}
 			if got := s.Headers["X-Other"]; !slices.Equal(got, []string{"a", "b"}) {
 				t.Errorf("a header no policy reads: %q", got)
